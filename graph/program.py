@@ -1,0 +1,199 @@
+"""Program: a captured model as an fx GraphModule (parameters reached by get_attr nodes), its
+example inputs, and the analysis results attached to it by passes.
+
+A Program can be run, trained, re-exported (the validity check), saved as a `.pt2` archive
+(torch.export's format: a JSON graph plus tensor data, no pickled Python classes) and reloaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.utils._pytree as pytree
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+from prunefx.graph.errors import ProgramFileError, VerificationError
+
+_METADATA_FILE = "prunefx.json"
+_FORMAT_VERSION = 1
+
+# Graph operators whose behaviour depends on the training flag, and the index of that flag.
+_TRAINING_FLAG_ARG = {
+    torch.ops.aten.batch_norm.default: 5,
+    torch.ops.aten.dropout.default: 2,
+    torch.ops.aten.feature_dropout.default: 2,
+    torch.ops.aten.alpha_dropout.default: 2,
+    torch.ops.aten.feature_alpha_dropout.default: 2,
+}
+
+
+class Program:
+    """A captured model. `module` is the torch.fx.GraphModule; `example_inputs` a tuple of tensors."""
+
+    def __init__(self, module: torch.fx.GraphModule, example_inputs: tuple[torch.Tensor, ...], *,
+                 name: str = "model", analysis: dict | None = None,
+                 output_shapes: list[tuple[int, ...]] | None = None):
+        self.module = module
+        self.example_inputs = tuple(example_inputs)
+        self.name = name
+        # The output shapes at capture time: every pass must keep them (checked by verify()).
+        self.output_shapes = output_shapes if output_shapes is not None else current_output_shapes(module)
+        # JSON-serialisable results of analysis passes (e.g. channel groups), saved with the Program.
+        self.analysis: dict = analysis if analysis is not None else {}
+
+    @classmethod
+    def from_exported(cls, exported: torch.export.ExportedProgram, example_inputs, *, name: str) -> Program:
+        module = exported.module()
+        program = cls(module, tuple(example_inputs), name=name)
+        program._set_module_training_attr(_graph_training_mode(module.graph))
+        return program
+
+    # --- running -------------------------------------------------------------------------------
+    def __call__(self, *inputs: torch.Tensor):
+        return self.module(*inputs)
+
+    def run_example(self):
+        with torch.no_grad():
+            return self.module(*self.example_inputs)
+
+    @property
+    def graph(self) -> torch.fx.Graph:
+        return self.module.graph
+
+    @property
+    def training(self) -> bool:
+        return _graph_training_mode(self.module.graph)
+
+    def train(self, mode: bool = True) -> Program:
+        """Flip the training flag of every batch norm and dropout inside the graph."""
+        changed = False
+        for node in self.module.graph.nodes:
+            index = _TRAINING_FLAG_ARG.get(node.target)
+            if node.op == "call_function" and index is not None and len(node.args) > index:
+                if node.args[index] != mode:
+                    args = list(node.args)
+                    args[index] = mode
+                    node.args = tuple(args)
+                    changed = True
+        if changed:
+            self.module.recompile()
+        self._set_module_training_attr(mode)
+        return self
+
+    def eval(self) -> Program:
+        return self.train(False)
+
+    def _set_module_training_attr(self, mode: bool) -> None:
+        # GraphModules from torch.export refuse .train(); set the attribute directly on every submodule.
+        for submodule in self.module.modules():
+            submodule.training = mode
+
+    # --- parameters ----------------------------------------------------------------------------
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        return self.module.parameters()
+
+    def named_parameters(self):
+        return self.module.named_parameters()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.module.state_dict()
+
+    # --- graph maintenance ---------------------------------------------------------------------
+    def recompile(self) -> None:
+        """Regenerate code after a graph rewrite and refresh every node's shape metadata."""
+        self.module.graph.eliminate_dead_code()
+        self.module.delete_all_unused_submodules()
+        self.module.recompile()
+        self.refresh_meta()
+
+    def refresh_meta(self) -> None:
+        """Re-run shape propagation with fake tensors so node.meta['val'] matches the rewritten graph."""
+        # Parameters stay real tensors; the mode converts them on the fly instead of copying them.
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        with torch.no_grad():
+            FakeTensorProp(self.module, mode=mode).propagate(*self.example_inputs)
+
+    def clone(self) -> Program:
+        return Program(copy.deepcopy(self.module), self.example_inputs, name=self.name,
+                       analysis=copy.deepcopy(self.analysis), output_shapes=list(self.output_shapes))
+
+    def export(self) -> torch.export.ExportedProgram:
+        """Re-export the rewritten module. Success is the validity check DESIGN.md asks for."""
+        try:
+            return torch.export.export(self.module, self.example_inputs, strict=False)
+        except Exception as error:
+            raise VerificationError(f"program '{self.name}' no longer exports: {type(error).__name__}: "
+                                    f"{str(error).splitlines()[0] if str(error) else ''}") from error
+
+    # --- persistence ---------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        metadata = {
+            "format": _FORMAT_VERSION,
+            "name": self.name,
+            "inputs": [{"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
+                       for x in self.example_inputs],
+            "output_shapes": [list(shape) for shape in self.output_shapes],
+            "analysis": self.analysis,
+        }
+        torch.export.save(self.export(), path, extra_files={_METADATA_FILE: json.dumps(metadata)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Program:
+        path = Path(path)
+        if not path.is_file():
+            raise ProgramFileError(f"no such program file: {path}")
+        if not zipfile.is_zipfile(path):
+            raise ProgramFileError(f"{path} is not a .pt2 archive (corrupt or wrong file type)")
+        extra = {_METADATA_FILE: ""}
+        try:
+            exported = torch.export.load(path, extra_files=extra)
+        except Exception as error:
+            raise ProgramFileError(f"cannot read program {path}: {type(error).__name__}: "
+                                   f"{str(error).splitlines()[0] if str(error) else ''}") from error
+        metadata = json.loads(extra[_METADATA_FILE]) if extra[_METADATA_FILE] else {}
+        inputs = _inputs_from_metadata(metadata, exported)
+        program = cls.from_exported(exported, inputs, name=metadata.get("name", path.stem))
+        program.analysis = metadata.get("analysis", {})
+        if "output_shapes" in metadata:
+            program.output_shapes = [tuple(shape) for shape in metadata["output_shapes"]]
+        return program
+
+
+def current_output_shapes(module: torch.fx.GraphModule) -> list[tuple[int, ...]]:
+    """Shapes of the graph's tensor outputs, in flattened order, from the shape metadata."""
+    output = next(node for node in reversed(module.graph.nodes) if node.op == "output")
+    leaves = pytree.tree_leaves(output.args[0])
+    values = [leaf.meta.get("val") for leaf in leaves if isinstance(leaf, torch.fx.Node)]
+    return [tuple(int(s) for s in v.shape) for v in values if isinstance(v, torch.Tensor)]
+
+
+def _graph_training_mode(graph: torch.fx.Graph) -> bool:
+    """A graph is in training mode when any of its batch norms or dropouts is (no such node: eval)."""
+    for node in graph.nodes:
+        index = _TRAINING_FLAG_ARG.get(node.target)
+        if node.op == "call_function" and index is not None and len(node.args) > index:
+            if node.args[index]:
+                return True
+    return False
+
+
+def _inputs_from_metadata(metadata: dict, exported: torch.export.ExportedProgram) -> tuple[torch.Tensor, ...]:
+    if metadata.get("inputs"):
+        generator = torch.Generator().manual_seed(0)
+        return tuple(torch.randn(spec["shape"], generator=generator, dtype=getattr(torch, spec["dtype"]))
+                     if spec["dtype"].startswith("float") else torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"]))
+                     for spec in metadata["inputs"])
+    # An archive written by torch.export.save directly: rebuild inputs from the placeholders' metadata.
+    shapes = [node.meta["val"] for node in exported.graph.nodes
+              if node.op == "placeholder" and node.name in exported.graph_signature.user_inputs]
+    return tuple(torch.randn(tuple(v.shape), dtype=v.dtype) for v in shapes)

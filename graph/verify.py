@@ -1,0 +1,51 @@
+"""verify(program): the validity checks run after every pass.
+
+1. the fx graph lints (well-formed, topologically ordered);
+2. shape propagation succeeds on the example inputs and the output shapes are those at capture;
+3. in eval mode, a real run gives finite outputs (training mode is checked by shapes only, so
+   verification never moves batch-norm statistics);
+4. the module re-exports with torch.export.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.utils._pytree as pytree
+
+from prunefx.graph.errors import VerificationError
+from prunefx.graph.program import Program, current_output_shapes
+
+
+def _check_lint(program: Program) -> None:
+    try:
+        program.graph.lint()
+    except Exception as error:
+        raise VerificationError(f"graph of '{program.name}' is malformed: {error}") from error
+
+
+def _check_shapes(program: Program) -> None:
+    try:
+        program.refresh_meta()
+    except Exception as error:
+        raise VerificationError(f"shape propagation failed on '{program.name}': {type(error).__name__}: "
+                                f"{str(error).splitlines()[0] if str(error) else ''}") from error
+    shapes = current_output_shapes(program.module)
+    if shapes != list(program.output_shapes):
+        raise VerificationError(f"output shapes of '{program.name}' changed: {program.output_shapes} -> {shapes}")
+
+
+def _check_finite(program: Program) -> None:
+    outputs = pytree.tree_leaves(program.run_example())
+    for index, output in enumerate(outputs):
+        if isinstance(output, torch.Tensor) and output.is_floating_point() and not torch.isfinite(output).all():
+            raise VerificationError(f"output {index} of '{program.name}' has NaN or infinite values")
+
+
+def verify(program: Program, *, reexport: bool = True) -> None:
+    """Raise VerificationError with the reason when `program` is not valid; return None when it is."""
+    _check_lint(program)
+    _check_shapes(program)
+    if not program.training:
+        _check_finite(program)
+    if reexport:
+        program.export()
