@@ -19,6 +19,7 @@ import torch.utils._pytree as pytree
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
+from prunefx.graph.attributes import delete_unused_tensors
 from prunefx.graph.errors import ProgramFileError, VerificationError
 
 _METADATA_FILE = "prunefx.json"
@@ -109,6 +110,7 @@ class Program:
     def recompile(self) -> None:
         """Regenerate code after a graph rewrite and refresh every node's shape metadata."""
         self.module.graph.eliminate_dead_code()
+        delete_unused_tensors(self.module)
         self.module.delete_all_unused_submodules()
         self.module.recompile()
         self.refresh_meta()

@@ -1,0 +1,130 @@
+"""fold_batchnorm: fold an eval-mode batch norm into the convolution or linear layer before it.
+
+Rewrites `bn(conv(x, W, b))` into `conv(x, W', b')` (likewise for linear) with
+    s  = gamma / sqrt(running_var + eps)
+    W' = W * s            (per output channel)
+    b' = (b - running_mean) * s + beta
+which is exact in eval mode.
+
+Preconditions for a fold (otherwise the pair is left alone and counted in the stats):
+- the batch norm is in eval mode and tracks running statistics;
+- the layer's only user is the batch norm, and its weight is used by no other node;
+- the layer is a (non-transposed) convolution, or a linear layer whose output is 2-D [N, C]
+  (BatchNorm1d on [N, C, L] normalises a different axis than linear's output features).
+Non-goals: folding a batch norm *before* a layer (the merge_blocks pass does that), training mode.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prunefx.graph import Program
+from prunefx.graph.attributes import free_name, get_tensor, set_tensor, users_of_tensor
+from prunefx.graph.counting import count
+from prunefx.passes.result import Result
+
+aten = torch.ops.aten
+
+# Layer operator -> index of its bias argument; weight is argument 1 for all of them.
+_FOLDABLE_LAYERS = {
+    aten.conv1d.default: 2, aten.conv2d.default: 2, aten.conv3d.default: 2,
+    aten.conv1d.padding: 2, aten.conv2d.padding: 2, aten.conv3d.padding: 2,
+    aten.convolution.default: 2, aten.linear.default: 2,
+}
+
+
+def _attr(node) -> str | None:
+    return node.target if isinstance(node, torch.fx.Node) and node.op == "get_attr" else None
+
+
+def _batch_norm_parts(bn: torch.fx.Node):
+    """(gamma, beta, mean, var, eps) targets/values of an eval-mode batch norm, or None."""
+    _, weight, bias, mean, var, training, _, eps = bn.args[:8]
+    if training or _attr(mean) is None or _attr(var) is None:
+        return None
+    if (weight is not None and _attr(weight) is None) or (bias is not None and _attr(bias) is None):
+        return None
+    return _attr(weight), _attr(bias), _attr(mean), _attr(var), eps
+
+
+def _foldable_layer(bn: torch.fx.Node, module: torch.fx.GraphModule) -> torch.fx.Node | None:
+    layer = bn.args[0]
+    if not isinstance(layer, torch.fx.Node) or layer.op != "call_function" or layer.target not in _FOLDABLE_LAYERS:
+        return None
+    if len(layer.users) != 1:
+        return None
+    if layer.target is aten.convolution.default and layer.args[6]:  # transposed
+        return None
+    if layer.target is aten.linear.default and layer.meta["val"].dim() != 2:
+        return None
+    weight = _attr(layer.args[1])
+    if weight is None or len(users_of_tensor(module, weight)) != 1:
+        return None
+    bias = layer.args[2] if len(layer.args) > 2 else None
+    if bias is not None and (_attr(bias) is None or len(users_of_tensor(module, _attr(bias))) != 1):
+        return None
+    return layer
+
+
+def _fold_pair(module: torch.fx.GraphModule, layer: torch.fx.Node, bn: torch.fx.Node, parts) -> None:
+    gamma_t, beta_t, mean_t, var_t, eps = parts
+    weight_t = layer.args[1].target
+    weight = get_tensor(module, weight_t)
+    dtype = weight.dtype
+    channels = weight.shape[0]
+    as64 = lambda target, default: (get_tensor(module, target).double() if target else default)  # noqa: E731
+    gamma = as64(gamma_t, torch.ones(channels, dtype=torch.float64))
+    beta = as64(beta_t, torch.zeros(channels, dtype=torch.float64))
+    mean, var = as64(mean_t, None), as64(var_t, None)
+    bias_node = layer.args[2] if len(layer.args) > 2 else None
+    bias = get_tensor(module, bias_node.target).double() if bias_node is not None else torch.zeros(channels, dtype=torch.float64)
+
+    scale = gamma / torch.sqrt(var + eps)
+    new_weight = weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+    new_bias = (bias - mean) * scale + beta
+    set_tensor(module, weight_t, new_weight.to(dtype))
+    _set_bias(module, layer, weight_t, new_bias.to(dtype))
+    bn.replace_all_uses_with(layer)
+    module.graph.erase_node(bn)
+
+
+def _set_bias(module: torch.fx.GraphModule, layer: torch.fx.Node, weight_target: str, value: torch.Tensor) -> None:
+    bias_node = layer.args[2] if len(layer.args) > 2 else None
+    if bias_node is not None:
+        set_tensor(module, bias_node.target, value)
+        return
+    stem = weight_target[: -len("weight")] if weight_target.endswith("weight") else weight_target + "_"
+    target = free_name(module, stem + "bias")
+    set_tensor(module, target, value, parameter=True)
+    with module.graph.inserting_before(layer):
+        bias_node = module.graph.get_attr(target)
+    args = list(layer.args) + [None] * max(0, 3 - len(layer.args))
+    args[2] = bias_node
+    layer.args = tuple(args)
+
+
+def fold_batchnorm(program: Program, /, *, config: dict | None = None) -> Result:
+    module = program.module
+    batch_norms = [n for n in module.graph.nodes if n.op == "call_function" and n.target is aten.batch_norm.default]
+    macs_before = count(program).macs
+    folded, skipped_training, skipped_pattern = 0, 0, 0
+    for bn in batch_norms:
+        parts = _batch_norm_parts(bn)
+        if parts is None:
+            skipped_training += bool(bn.args[5])
+            skipped_pattern += not bn.args[5]
+            continue
+        layer = _foldable_layer(bn, module)
+        if layer is None:
+            skipped_pattern += 1
+            continue
+        _fold_pair(module, layer, bn, parts)
+        folded += 1
+    if folded:
+        program.recompile()
+    stats = {"folded": folded, "batch_norms": len(batch_norms), "left_in_training_mode": skipped_training,
+             "left_no_foldable_layer": skipped_pattern, "macs_before": macs_before, "macs_after": count(program).macs}
+    return Result(program, modified=folded > 0, stats=stats)
+
+
+fold_batchnorm.exact = True

@@ -1,0 +1,108 @@
+"""Pipeline: an explicit, ordered tuple of passes, verified after every step.
+
+After each pass the Program is verified (graph lint, shape propagation, output shapes, re-export)
+and, for passes that promise exactness (`pass.exact = True`), the outputs on the example inputs are
+compared with those before the pass. A failure names the failing pass and the passes that ran
+before it, so a user can bisect a recipe without reading tracebacks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+from tqdm.auto import tqdm
+
+from prunefx.graph import Program, verify
+from prunefx.graph.errors import PrunefxError
+from prunefx.passes.result import Pass, Result
+
+VERIFY_LEVELS = ("full", "shapes", "none")
+EXACTNESS_TOLERANCE = 1e-4  # relative to the largest output magnitude
+
+
+class PipelineError(PrunefxError):
+    def __init__(self, message: str, *, failed: str, ran_before: list[str]):
+        super().__init__(message)
+        self.failed = failed
+        self.ran_before = ran_before
+
+
+@dataclass(frozen=True)
+class Step:
+    function: Pass
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.function.__name__
+
+
+@dataclass
+class PipelineResult:
+    program: Program
+    steps: list[tuple[str, Result]]
+
+    @property
+    def modified(self) -> bool:
+        return any(result.modified for _, result in self.steps)
+
+    def stats(self) -> dict[str, dict]:
+        return {name: result.stats for name, result in self.steps}
+
+
+def _outputs(program: Program) -> list[torch.Tensor]:
+    return [t for t in pytree.tree_leaves(program.run_example()) if isinstance(t, torch.Tensor)]
+
+
+def _largest_relative_error(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
+    scale = max(float(t.abs().max()) for t in before) or 1.0
+    return max(float((a - b).abs().max()) for a, b in zip(before, after)) / scale
+
+
+class Pipeline:
+    def __init__(self, steps, *, verify: str = "full", progress: bool = False):
+        if verify not in VERIFY_LEVELS:
+            raise PrunefxError(f"verify must be one of {VERIFY_LEVELS}, not '{verify}'")
+        self.steps = tuple(step if isinstance(step, Step) else Step(step) for step in steps)
+        self.verify = verify
+        self.progress = progress
+
+    @property
+    def names(self) -> list[str]:
+        return [step.name for step in self.steps]
+
+    def run(self, program: Program) -> PipelineResult:
+        """Run every pass on a copy of `program` (the caller's Program is left untouched)."""
+        program = program.clone()
+        done: list[tuple[str, Result]] = []
+        for step in tqdm(self.steps, desc="passes", disable=not self.progress):
+            result = self._run_step(step, program, [name for name, _ in done])
+            done.append((step.name, result))
+            program = result.program
+        return PipelineResult(program, done)
+
+    def _run_step(self, step: Step, program: Program, ran_before: list[str]) -> Result:
+        check_exact = self.verify == "full" and getattr(step.function, "exact", False) and not program.training
+        reference = _outputs(program) if check_exact else None
+        try:
+            result = step.function(program, config=dict(step.config))
+            self._check(step, result, reference)
+        except PipelineError:
+            raise
+        except Exception as error:
+            before = ", ".join(ran_before) or "none"
+            raise PipelineError(f"pass '{step.name}' failed: {error} (passes that ran before it: {before})",
+                                failed=step.name, ran_before=ran_before) from error
+        return result
+
+    def _check(self, step: Step, result: Result, reference: list[torch.Tensor] | None) -> None:
+        if self.verify == "none":
+            return
+        verify(result.program, reexport=self.verify == "full")
+        if reference is not None and result.modified:
+            error = _largest_relative_error(reference, _outputs(result.program))
+            if error > EXACTNESS_TOLERANCE:
+                raise PrunefxError(f"promised an exact rewrite but outputs moved by {error:.2e} (relative)")

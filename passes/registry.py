@@ -1,0 +1,19 @@
+"""Passes by name, so recipes (YAML) and the CLI spell the same pipeline as the Python API."""
+
+from __future__ import annotations
+
+from prunefx.graph.errors import PrunefxError
+from prunefx.passes.fold_batchnorm import fold_batchnorm
+from prunefx.passes.result import Pass
+
+PASSES: dict[str, Pass] = {
+    "fold_batchnorm": fold_batchnorm,
+}
+
+
+def get_pass(name: str) -> Pass:
+    try:
+        return PASSES[name]
+    except KeyError:
+        known = ", ".join(sorted(PASSES))
+        raise PrunefxError(f"unknown pass '{name}' (known passes: {known})") from None

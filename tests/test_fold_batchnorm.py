@@ -1,0 +1,73 @@
+"""fold_batchnorm is exact on real models, honest about `modified`, and leaves training-mode BNs alone."""
+
+import pytest
+import torch
+import torchvision
+
+from prunefx.graph import capture, verify
+from prunefx.passes.fold_batchnorm import fold_batchnorm
+
+
+def _randomise_batchnorms(model: torch.nn.Module) -> torch.nn.Module:
+    # Freshly built models have identity statistics, which would make a wrong fold look exact.
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=generator) * 2 - 1)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(n, generator=generator) - 0.5)
+    return model.eval()
+
+
+def _batch_norm_count(program) -> int:
+    return sum(1 for n in program.graph.nodes if n.target is torch.ops.aten.batch_norm.default)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v2"])
+def test_fold_is_exact_and_idempotent(name):
+    torch.manual_seed(0)
+    model = _randomise_batchnorms(torchvision.models.get_model(name, num_classes=100))
+    x = torch.randn(2, 3, 64, 64)
+    program = capture(model, x, name=name)
+    result = fold_batchnorm(program)
+
+    assert result.modified
+    assert result.stats["folded"] == result.stats["batch_norms"] > 0
+    assert _batch_norm_count(result.program) == 0
+    assert not any("running_mean" in key for key in result.program.state_dict())
+    with torch.no_grad():
+        expected, actual = model(x), result.program(x)
+    assert (expected - actual).abs().max() <= 1e-5 * expected.abs().max()
+    verify(result.program)
+    assert fold_batchnorm(result.program).modified is False
+
+
+def test_folds_linear_followed_by_batchnorm1d_and_creates_missing_bias():
+    model = _randomise_batchnorms(torch.nn.Sequential(torch.nn.Linear(6, 4, bias=False), torch.nn.BatchNorm1d(4)))
+    x = torch.randn(3, 6)
+    result = fold_batchnorm(capture(model, x))
+    assert result.stats["folded"] == 1
+    with torch.no_grad():
+        assert torch.allclose(result.program(x), model(x), atol=1e-6)
+
+
+def test_leaves_training_mode_and_shared_layers_alone():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    program = capture(model.train(), torch.randn(2, 3, 8, 8))
+    result = fold_batchnorm(program)
+    assert not result.modified
+    assert result.stats["left_in_training_mode"] == 1
+
+    class ConvFeedsTwo(torch.nn.Module):  # conv output used by the BN and by a residual: not foldable
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(4, 4, 1), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    result = fold_batchnorm(capture(_randomise_batchnorms(ConvFeedsTwo()), torch.randn(1, 4, 5, 5)))
+    assert not result.modified and result.stats["left_no_foldable_layer"] == 1

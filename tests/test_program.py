@@ -1,0 +1,122 @@
+"""Program: capture, run, train/eval flags, save/load, counting, verification."""
+
+import pytest
+import torch
+import torchvision
+
+from prunefx.graph import CaptureError, Program, ProgramFileError, VerificationError, capture, count, verify
+
+
+@pytest.fixture(scope="module")
+def resnet18_program():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    return model, capture(model, torch.randn(2, 3, 64, 64), name="resnet18")
+
+
+def test_capture_matches_eager_model(resnet18_program):
+    model, program = resnet18_program
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(program(x), model(x), atol=1e-5)
+    assert program.output_shapes == [(2, 10)]
+
+
+def test_capture_does_not_share_weights_with_the_model(resnet18_program):
+    model, program = resnet18_program
+    assert program.module.state_dict()["conv1.weight"].data_ptr() != model.conv1.weight.data_ptr()
+
+
+def test_capture_error_names_model_and_cause():
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            if x.sum().item() > 0:  # data-dependent control flow cannot be exported
+                return x * 2
+            return x
+
+    with pytest.raises(CaptureError, match="'DataDependent'"):
+        capture(DataDependent(), torch.randn(1, 3))
+
+
+def test_train_flips_batchnorm_and_dropout_flags_and_updates_statistics():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
+                                torch.nn.Dropout(0.5), torch.nn.LazyLinear(4))
+    model(torch.randn(1, 3, 8, 8))
+    program = capture(model.eval(), torch.randn(4, 3, 8, 8))
+    assert not program.training
+    program.train()
+    assert program.training
+    flags = [n.args[5] for n in program.graph.nodes if "batch_norm" in str(n.target)]
+    flags += [n.args[2] for n in program.graph.nodes if "dropout" in str(n.target)]
+    assert flags == [True, True]
+
+    statistics = program.module.state_dict()["1.running_mean"].clone()
+    weights = {k: v.clone() for k, v in program.named_parameters()}
+    optimiser = torch.optim.SGD(program.parameters(), lr=0.1)
+    for _ in range(3):
+        loss = program(torch.randn(4, 3, 8, 8)).pow(2).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert not torch.equal(statistics, program.module.state_dict()["1.running_mean"])
+    assert all(not torch.equal(weights[k], v) for k, v in program.named_parameters())
+
+    program.eval()
+    x = torch.randn(4, 3, 8, 8)
+    assert torch.equal(program(x), program(x)), "eval mode must be deterministic (no dropout)"
+
+
+def test_save_load_reproduces_outputs_bit_for_bit(resnet18_program, tmp_path):
+    _, program = resnet18_program
+    program.analysis["note"] = {"kept": [1, 2, 3]}
+    path = program.save(tmp_path / "model.pt2")
+    loaded = Program.load(path)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), program(x))
+    assert loaded.name == "resnet18"
+    assert loaded.analysis == {"note": {"kept": [1, 2, 3]}}
+    assert loaded.output_shapes == program.output_shapes
+    assert [tuple(t.shape) for t in loaded.example_inputs] == [(2, 3, 64, 64)]
+
+
+def test_load_rejects_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(ProgramFileError, match="no such program file"):
+        Program.load(tmp_path / "missing.pt2")
+    corrupt = tmp_path / "corrupt.pt2"
+    corrupt.write_bytes(b"not a zip archive")
+    with pytest.raises(ProgramFileError, match="not a .pt2 archive"):
+        Program.load(corrupt)
+
+
+def test_counter_matches_hand_computed_macs_and_params():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(8 * 16, 5))
+    program = capture(model.eval(), torch.randn(1, 3, 4, 4))
+    cost = count(program)
+    conv = 8 * 4 * 4 * (3 * 3 * 3)
+    linear = 5 * 8 * 16
+    assert cost.macs == conv + linear
+    assert cost.params == (8 * 3 * 9 + 8) + (8 * 16 * 5 + 5)
+
+
+def test_counter_counts_attention_and_batched_matmul():
+    class Attention(torch.nn.Module):
+        def forward(self, q, k, v):
+            scores = torch.bmm(q, k.transpose(1, 2))
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v) + torch.bmm(scores.softmax(-1), v)
+
+    q, k, v = torch.randn(2, 5, 8), torch.randn(2, 7, 8), torch.randn(2, 7, 8)
+    program = capture(Attention(), (q, k, v))
+    bmm_scores, bmm_values = 2 * 5 * 7 * 8, 2 * 5 * 8 * 7
+    sdpa = 2 * 5 * 7 * (8 + 8)
+    assert count(program).macs == bmm_scores + bmm_values + sdpa
+
+
+def test_verify_detects_changed_output_shape(resnet18_program):
+    _, program = resnet18_program
+    broken = program.clone()
+    broken.output_shapes = [(2, 11)]
+    with pytest.raises(VerificationError, match="output shapes"):
+        verify(broken)
+    verify(program)  # the untouched program is valid
