@@ -1,0 +1,46 @@
+"""Errors raised by the runtime layer (ONNX export, ONNX Runtime, parity checks).
+
+Each subclasses PrunefxError and carries a one-line message meant to be shown to a user as is.
+"""
+
+import re
+
+from prunefx.graph.errors import PrunefxError
+
+# torch.onnx colours parts of its messages; terminal escape codes have no place in a report.
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class OnnxExportError(PrunefxError):
+    """Neither the dynamo nor the TorchScript ONNX exporter could export the Program."""
+
+
+class OnnxSessionError(PrunefxError):
+    """An .onnx file could not be loaded by ONNX Runtime, or was run on unsuitable inputs."""
+
+
+class ParityError(PrunefxError):
+    """The torch Program and the ONNX model cannot be compared (different output count or shapes)."""
+
+
+class MeasurementError(PrunefxError):
+    """A latency measurement was asked for with unusable settings (no runs, negative warm-up)."""
+
+
+def first_line(error: BaseException) -> str:
+    """`Type: first non-empty line of the message`, short enough for a one-line report."""
+    text = _ANSI_ESCAPE.sub("", str(error))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
+
+
+def describe_failure(error: BaseException) -> str:
+    """One line naming the error and, when it wraps another, the root cause (the useful part)."""
+    root = error
+    while root.__cause__ is not None:
+        root = root.__cause__
+    if root is error:
+        return first_line(error)
+    # Keep only the outer error's first sentence: torch.onnx follows it with generic advice.
+    outer = first_line(error).split(". ")[0].rstrip(".")
+    return f"{outer} ({first_line(root)})"

@@ -1,0 +1,117 @@
+"""Latency statistics: warm-up, many individually timed runs, median and tail percentiles.
+
+DESIGN.md: a latency measurement is warm-up, many timed runs, median and p90/p99, threads pinned and
+stated; a speed-up is two such measurements taken *alternately* in one process run, so that drift
+(thermal throttling, a noisy neighbour, frequency scaling) hits both sides equally instead of
+whichever ran second. Each call is timed on its own with `time.perf_counter` (the clock can be
+swapped, which is how the tests check the statistics exactly).
+
+The callables are zero-argument functions; `prunefx.runtime.runners` builds them from a Program
+(torch) or an .onnx file (ONNX Runtime), with their thread count attached as `fn.threads`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from prunefx.runtime.errors import MeasurementError
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Per-call latency in milliseconds over `runs` timed calls, at `threads` threads (None: unknown)."""
+
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    runs: int
+    threads: int | None
+
+    @classmethod
+    def from_seconds(cls, samples: Sequence[float], *, threads: int | None = None) -> LatencyStats:
+        ms = np.asarray(samples, dtype=np.float64) * 1e3
+        median, p90, p99 = np.percentile(ms, [50, 90, 99])
+        return cls(median_ms=float(median), p90_ms=float(p90), p99_ms=float(p99),
+                   mean_ms=float(ms.mean()), min_ms=float(ms.min()), runs=len(ms), threads=threads)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class LatencyComparison:
+    """Two alternately measured callables; `speedup` = a.median / b.median (how much faster b is)."""
+
+    a: LatencyStats
+    b: LatencyStats
+    speedup: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def measure_latency(fn: Callable[[], object], *, warmup: int = 10, runs: int = 50,
+                    threads: int | None = None, progress: bool = False,
+                    clock: Clock = time.perf_counter) -> LatencyStats:
+    """Call `fn` `warmup` times untimed, then `runs` times, timing each call."""
+    _check_counts(warmup, runs)
+    for _ in range(warmup):
+        fn()
+    samples = [_time_call(fn, clock) for _ in _steps(runs, progress, "latency")]
+    return LatencyStats.from_seconds(samples, threads=_threads_of(fn, threads))
+
+
+def compare_latency(fn_a: Callable[[], object], fn_b: Callable[[], object], *, warmup: int = 10,
+                    runs: int = 50, threads: int | None = None, progress: bool = False,
+                    clock: Clock = time.perf_counter) -> LatencyComparison:
+    """Measure `fn_a` and `fn_b` alternately (a, b, a, b, ...), warm-up included."""
+    _check_counts(warmup, runs)
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    samples_a, samples_b = [], []
+    for _ in _steps(runs, progress, "latency a/b"):
+        samples_a.append(_time_call(fn_a, clock))
+        samples_b.append(_time_call(fn_b, clock))
+    a = LatencyStats.from_seconds(samples_a, threads=_threads_of(fn_a, threads))
+    b = LatencyStats.from_seconds(samples_b, threads=_threads_of(fn_b, threads))
+    return LatencyComparison(a=a, b=b, speedup=_ratio(a.median_ms, b.median_ms))
+
+
+def _time_call(fn: Callable[[], object], clock: Clock) -> float:
+    start = clock()
+    fn()
+    return clock() - start
+
+
+def _steps(runs: int, progress: bool, description: str):
+    # Off by default: library calls stay quiet; the CLI and benchmarks turn it on for long runs.
+    return tqdm(range(runs), desc=description, unit="run", disable=not progress, leave=False)
+
+
+def _threads_of(fn: Callable[[], object], threads: int | None) -> int | None:
+    # An explicit argument wins; otherwise the runners from prunefx.runtime.runners state their own.
+    return threads if threads is not None else getattr(fn, "threads", None)
+
+
+def _ratio(slow_ms: float, fast_ms: float) -> float:
+    if fast_ms > 0:
+        return slow_ms / fast_ms
+    return 1.0 if slow_ms == 0 else float("inf")
+
+
+def _check_counts(warmup: int, runs: int) -> None:
+    if runs < 1:
+        raise MeasurementError(f"a latency measurement needs at least 1 timed run, got runs={runs}")
+    if warmup < 0:
+        raise MeasurementError(f"warm-up cannot be negative, got warmup={warmup}")

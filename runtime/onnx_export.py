@@ -1,0 +1,119 @@
+"""Lower a Program to a single, cleaned, checked ONNX file.
+
+The dynamo exporter (`torch.onnx.export(..., dynamo=True)`) is tried first on the Program's
+re-exported `ExportedProgram`: that is the graph torch.export already validated, so nothing is traced
+twice. Some models do not get through it even dense (timm BEiT's attention reshape, for one); then the
+TorchScript exporter traces `program.module` instead and the reason is recorded in `fallback_reason`,
+so reports can say which exporter produced the file. The result is cleaned with onnx-graphsurgeon
+(constant folding, dead-node removal, topological sort) and verified with `onnx.checker`.
+
+Graph inputs are named input_0, input_1, ... and outputs output_0, output_1, ... in the flattened
+(torch.utils._pytree) order of the Program's inputs and outputs, whichever exporter ran.
+
+Training mode: ONNX is an inference format, so a Program in training mode is exported from an
+eval-mode copy (`program.clone().eval()`); the caller's Program is never changed.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnx_graphsurgeon as gs
+import torch
+
+from prunefx.graph import Program
+from prunefx.runtime.errors import OnnxExportError, describe_failure
+
+DEFAULT_OPSET = 18
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """What export_onnx wrote and how: `exporter` is 'dynamo' or 'torchscript'."""
+
+    path: Path
+    exporter: str
+    fallback_reason: str | None
+    node_count: int
+    raw_node_count: int  # nodes as the exporter produced them, before graph-surgeon cleanup
+
+
+def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET) -> OnnxExport:
+    """Export `program` (in eval mode) to the ONNX file `path`, cleaned and checked."""
+    path = Path(path)
+    program = program.clone().eval() if program.training else program
+    exporter, fallback_reason = "dynamo", None
+    try:
+        model = _export_dynamo(program, opset)
+    except Exception as dynamo_error:  # torch.onnx raises many types; all mean "this exporter failed"
+        exporter, fallback_reason = "torchscript", describe_failure(dynamo_error)
+        try:
+            model = _export_torchscript(program, opset)
+        except Exception as torchscript_error:
+            raise OnnxExportError(
+                f"could not export model '{program.name}' to ONNX: dynamo exporter: {fallback_reason}; "
+                f"TorchScript exporter: {describe_failure(torchscript_error)}") from torchscript_error
+    raw_node_count = len(model.graph.node)
+    model = _clean(model)
+    _save_checked(model, path, program.name)
+    return OnnxExport(path=path, exporter=exporter, fallback_reason=fallback_reason,
+                      node_count=len(model.graph.node), raw_node_count=raw_node_count)
+
+
+def _export_dynamo(program: Program, opset: int) -> onnx.ModelProto:
+    # program.export() raises VerificationError if the module no longer exports; the dynamo exporter
+    # would fail the same way, so that error simply becomes the fallback reason.
+    exported = program.export()
+    onnx_program = torch.onnx.export(exported, program.example_inputs, dynamo=True, opset_version=opset,
+                                     external_data=False, optimize=True, verbose=False)
+    return onnx_program.model_proto
+
+
+def _export_torchscript(program: Program, opset: int) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The legacy exporter warns that it is deprecated, and the tracer warns about the input-shape
+        # guards that torch.export puts in the module: both are expected here and not actionable.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(program.module, program.example_inputs, buffer, dynamo=False,
+                          opset_version=opset, do_constant_folding=True)
+    return onnx.load_model_from_string(buffer.getvalue())
+
+
+def _clean(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold constants, drop dead nodes, sort, and give inputs and outputs their stable names."""
+    graph = gs.import_onnx(model)
+    graph.fold_constants()
+    graph.cleanup()
+    graph.toposort()
+    _rename(graph.inputs, "input")
+    _rename(graph.outputs, "output")
+    return gs.export_onnx(graph)
+
+
+def _rename(tensors: list[gs.Tensor], prefix: str) -> None:
+    # graph-surgeon nodes refer to tensor objects, not names, so renaming the tensor is enough.
+    for index, tensor in enumerate(tensors):
+        tensor.name = f"{prefix}_{index}"
+
+
+def _save_checked(model: onnx.ModelProto, path: Path, name: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # One self-contained file whenever protobuf allows it (2 GB); only larger models need the weights
+    # in a side file, and the checker must then read the model from disk to follow them.
+    large = model.ByteSize() >= onnx.checker.MAXIMUM_PROTOBUF
+    try:
+        if large:
+            onnx.save_model(model, path, save_as_external_data=True, location=f"{path.name}.data")
+            onnx.checker.check_model(str(path))
+        else:
+            onnx.checker.check_model(model)
+            onnx.save_model(model, path)
+    except onnx.checker.ValidationError as error:
+        raise OnnxExportError(f"the ONNX graph of model '{name}' fails onnx.checker: "
+                              f"{describe_failure(error)}") from error

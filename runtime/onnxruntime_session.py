@@ -1,0 +1,93 @@
+"""A small wrapper around an ONNX Runtime CPU InferenceSession with pinned, stated threads.
+
+ONNX Runtime is prunefx's embedded default backend: it runs everywhere, CI included. Latency numbers
+are only comparable when the thread count is fixed, so it is always explicit here (one intra-op
+thread by default), with one inter-op thread, sequential execution and all graph optimisations.
+Loading and input errors become OnnxSessionError with a one-line message instead of a protobuf or
+pybind traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from prunefx.runtime.errors import OnnxSessionError, first_line
+
+DEFAULT_THREADS = 1
+
+
+class OnnxRuntimeSession:
+    """Run an .onnx file on the CPU: `OnnxRuntimeSession(path, threads=2).run(x)` -> list of arrays."""
+
+    def __init__(self, path: str | os.PathLike, *, threads: int = DEFAULT_THREADS):
+        if threads < 1:
+            raise OnnxSessionError(f"threads must be at least 1, got {threads}")
+        self.path = Path(path)
+        self.threads = threads
+        self.session = _load(self.path, threads)
+        self.input_names = [arg.name for arg in self.session.get_inputs()]
+        self.output_names = [arg.name for arg in self.session.get_outputs()]
+
+    def run(self, *inputs: np.ndarray | torch.Tensor) -> list[np.ndarray]:
+        """Run the model on positional inputs (numpy arrays or torch tensors), in graph input order."""
+        return self._run(self.feed(*inputs))
+
+    def feed(self, *inputs: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
+        """Check the inputs against the graph and convert them to the feed ONNX Runtime expects."""
+        if len(inputs) != len(self.input_names):
+            raise OnnxSessionError(f"{self.path.name} takes {len(self.input_names)} input(s), "
+                                   f"got {len(inputs)}")
+        arrays = [_as_array(value) for value in inputs]
+        for arg, array in zip(self.session.get_inputs(), arrays):
+            _check_shape(self.path.name, arg, array.shape)
+        return dict(zip(self.input_names, arrays))
+
+    def runner(self, *inputs: np.ndarray | torch.Tensor) -> Callable[[], list[np.ndarray]]:
+        """A zero-argument callable running on fixed inputs: conversion happens once, not per call."""
+        feed = self.feed(*inputs)
+        return lambda: self._run(feed)
+
+    def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self.session.run(self.output_names, feed)
+        except Exception as error:  # pybind errors (wrong dtype, kernel failures) have no common base
+            raise OnnxSessionError(f"ONNX Runtime failed to run {self.path.name}: "
+                                   f"{first_line(error)}") from error
+
+
+def _load(path: Path, threads: int) -> ort.InferenceSession:
+    if not path.is_file():
+        raise OnnxSessionError(f"no such ONNX file: {path}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # InvalidProtobuf, Fail, InvalidGraph...: all mean "unusable file"
+        raise OnnxSessionError(f"cannot load ONNX model {path} (corrupt or not an ONNX file): "
+                               f"{first_line(error)}") from error
+
+
+def _as_array(value: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    # ONNX Runtime reads the buffer directly; a strided view (a transposed tensor) must be copied.
+    return np.ascontiguousarray(value)
+
+
+def _check_shape(file_name: str, arg: ort.NodeArg, shape: tuple[int, ...]) -> None:
+    # Symbolic dimensions come back as strings or None; only fixed integer dimensions are checked.
+    expected = arg.shape
+    fits = len(expected) == len(shape) and all(
+        not isinstance(want, int) or want == got for want, got in zip(expected, shape))
+    if not fits:
+        shown = tuple(d if isinstance(d, int) else "?" for d in expected)
+        raise OnnxSessionError(f"{file_name}: input '{arg.name}' expects shape {shown}, got {tuple(shape)}")

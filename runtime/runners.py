@@ -1,0 +1,65 @@
+"""Zero-argument callables that run a model once, for the latency functions.
+
+`torch_runner` runs a Program under `torch.inference_mode` with torch's intra-op thread count pinned
+for the call and restored after it, so two runners with different thread counts can be measured
+alternately. The pin is skipped when torch already uses that count: set `torch.set_num_threads`
+globally beforehand to avoid resizing the thread pool on every call. `onnx_runner` runs an .onnx file
+through OnnxRuntimeSession, with the inputs converted once. Both carry `.threads` so that the
+measurement reports the thread count it ran at.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from prunefx.graph import Program
+from prunefx.runtime.onnxruntime_session import DEFAULT_THREADS, OnnxRuntimeSession
+
+
+class TorchRunner:
+    """Calling it runs `program` once on fixed inputs, at `threads` torch threads, without autograd."""
+
+    def __init__(self, program: Program, inputs: Sequence[torch.Tensor], threads: int):
+        self.program = program
+        self.inputs = tuple(inputs)
+        self.threads = threads
+
+    def __call__(self):
+        previous = torch.get_num_threads()
+        if previous != self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                return self.program(*self.inputs)
+        finally:
+            if previous != self.threads:
+                torch.set_num_threads(previous)
+
+
+class OnnxRunner:
+    """Calling it runs an ONNX Runtime session once on fixed inputs; returns a list of arrays."""
+
+    def __init__(self, session: OnnxRuntimeSession, inputs: Sequence[np.ndarray | torch.Tensor]):
+        self.session = session
+        self.threads = session.threads
+        self._run = session.runner(*inputs)
+
+    def __call__(self) -> list[np.ndarray]:
+        return self._run()
+
+
+def torch_runner(program: Program, inputs: Sequence[torch.Tensor] | None = None, *,
+                 threads: int = DEFAULT_THREADS) -> TorchRunner:
+    """Run `program` (its example inputs by default) in eval mode; a training Program is copied."""
+    program = program.clone().eval() if program.training else program
+    return TorchRunner(program, program.example_inputs if inputs is None else inputs, threads)
+
+
+def onnx_runner(path: str | os.PathLike, inputs: Sequence[np.ndarray | torch.Tensor], *,
+                threads: int = DEFAULT_THREADS) -> OnnxRunner:
+    """Run the .onnx file at `path` on `inputs` with ONNX Runtime on the CPU at `threads` threads."""
+    return OnnxRunner(OnnxRuntimeSession(path, threads=threads), inputs)

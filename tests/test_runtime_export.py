@@ -1,0 +1,173 @@
+"""runtime: ONNX export (dynamo and TorchScript fallback), graph-surgeon cleanup, ONNX Runtime, parity."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torchvision
+
+from prunefx.graph import PrunefxError, capture
+from prunefx.runtime import (
+    OnnxExportError,
+    OnnxRuntimeSession,
+    OnnxSessionError,
+    check_parity,
+    export_onnx,
+)
+
+TOLERANCE = 1e-4
+
+
+class TinyNet(torch.nn.Module):
+    """conv-bn-relu, pooling and two heads returned as a dict, like a segmentation model."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.drop = torch.nn.Dropout(0.5)
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        features = torch.relu(self.bn(self.conv(x)))
+        pooled = self.drop(features.mean(dim=(2, 3)))
+        return {"logits": self.head(pooled), "features": features}
+
+
+def tiny_program(*, training=False):
+    torch.manual_seed(0)
+    model = TinyNet().train(training)
+    with torch.no_grad():  # non-trivial statistics, so that train and eval batch norm differ
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+    return capture(model, torch.randn(2, 3, 16, 16), name="tiny")
+
+
+@pytest.fixture(scope="module")
+def resnet18(tmp_path_factory):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    program = capture(model, torch.randn(1, 3, 64, 64), name="resnet18")
+    return program, export_onnx(program, tmp_path_factory.mktemp("onnx") / "resnet18.onnx")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    program = tiny_program()
+    return program, export_onnx(program, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+
+
+@pytest.mark.parametrize("case", ["resnet18", "tiny"])
+def test_dynamo_export_matches_torch(case, request):
+    program, result = request.getfixturevalue(case)
+    assert result.exporter == "dynamo" and result.fallback_reason is None
+    parity = check_parity(program, result.path)
+    assert parity.relative < TOLERANCE, parity
+    assert parity.output_scale > 0
+    # Fresh inputs too, not only the ones the model was exported on.
+    other = (torch.randn_like(program.example_inputs[0]),)
+    assert check_parity(program, result.path, other).relative < TOLERANCE
+
+
+@pytest.mark.parametrize("case", ["resnet18", "tiny"])
+def test_exported_file_is_checked_single_and_clean(case, request):
+    _, result = request.getfixturevalue(case)
+    onnx.checker.check_model(str(result.path))
+    model = onnx.load(result.path)
+    assert all(init.data_location != onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
+    assert [p.name for p in result.path.parent.iterdir() if p.name.startswith(result.path.name)] == [
+        result.path.name]
+    assert 0 < result.node_count <= result.raw_node_count
+    assert result.node_count == len(model.graph.node)
+    assert [i.name for i in model.graph.input] == ["input_0"]
+
+
+def test_dict_outputs_are_flattened_in_order(tiny):
+    program, result = tiny
+    parity = check_parity(program, result.path)
+    assert [o.name for o in parity.outputs] == ["output_0", "output_1"]
+    assert [o.shape for o in parity.outputs] == [(2, 4), (2, 8, 16, 16)]  # logits, then features
+
+
+def test_fallback_to_torchscript_when_dynamo_fails(monkeypatch, tmp_path):
+    original = torch.onnx.export
+
+    def dynamo_breaks(*args, **kwargs):
+        if kwargs.get("dynamo", True):
+            raise RuntimeError("simulated dynamo failure\nwith a long traceback")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_breaks)
+    program = tiny_program()
+    result = export_onnx(program, tmp_path / "tiny.onnx")
+    assert result.exporter == "torchscript"
+    assert result.fallback_reason == "RuntimeError: simulated dynamo failure"
+    assert check_parity(program, result.path).relative < TOLERANCE
+    names = [o.name for o in onnx.load(result.path).graph.output]
+    assert names == ["output_0", "output_1"]
+
+
+def test_both_exporters_failing_names_the_model(monkeypatch, tmp_path):
+    def always_breaks(*args, **kwargs):
+        raise RuntimeError("nope")
+
+    monkeypatch.setattr(torch.onnx, "export", always_breaks)
+    with pytest.raises(OnnxExportError, match="'tiny'.*dynamo.*TorchScript"):
+        export_onnx(tiny_program(), tmp_path / "tiny.onnx")
+    assert not (tmp_path / "tiny.onnx").exists()
+
+
+def test_training_program_is_exported_in_eval_mode_without_changing_it(tmp_path):
+    program = tiny_program(training=True)
+    assert program.training
+    result = export_onnx(program, tmp_path / "tiny.onnx")
+    assert program.training  # the caller's Program is untouched
+    x = program.example_inputs[0]
+    with torch.no_grad():
+        expected = program.clone().eval()(x)["logits"].numpy()
+    logits = OnnxRuntimeSession(result.path).run(x)[0]
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_real_dynamo_failure_falls_back(tmp_path):
+    # timm BEiT does not get through the dynamo exporter (its attention reshape) on torch 2.14.
+    timm_beit = pytest.importorskip("timm.models.beit")
+    torch.manual_seed(0)
+    model = timm_beit.Beit(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                           use_rel_pos_bias=True, num_classes=10).eval()
+    program = capture(model, torch.randn(1, 3, 32, 32), name="beit")
+    result = export_onnx(program, tmp_path / "beit.onnx")
+    assert (result.exporter == "torchscript") == (result.fallback_reason is not None)
+    assert check_parity(program, result.path).relative < TOLERANCE
+
+
+def test_session_accepts_numpy_and_torch(tiny):
+    program, result = tiny
+    session = OnnxRuntimeSession(result.path, threads=1)
+    x = program.example_inputs[0]
+    from_torch, from_numpy = session.run(x), session.run(x.numpy())
+    assert len(from_torch) == 2
+    for a, b in zip(from_torch, from_numpy):
+        np.testing.assert_array_equal(a, b)
+    assert session.session.get_session_options().intra_op_num_threads == 1
+
+
+def test_session_rejects_wrong_inputs(tiny):
+    program, result = tiny
+    session = OnnxRuntimeSession(result.path)
+    with pytest.raises(OnnxSessionError, match="takes 1 input"):
+        session.run()
+    with pytest.raises(OnnxSessionError, match=r"expects shape \(2, 3, 16, 16\)"):
+        session.run(torch.randn(2, 3, 8, 8))
+    with pytest.raises(OnnxSessionError, match="ONNX Runtime failed"):  # float64 instead of float32
+        session.run(np.zeros((2, 3, 16, 16)))
+
+
+def test_corrupt_or_missing_onnx_file_is_a_clear_error(tmp_path):
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07 this is not a protobuf \xff\xfe")
+    with pytest.raises(PrunefxError, match="corrupt or not an ONNX file") as caught:
+        OnnxRuntimeSession(corrupt)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(OnnxSessionError, match="no such ONNX file"):
+        OnnxRuntimeSession(tmp_path / "missing.onnx")

@@ -1,0 +1,133 @@
+"""runtime: latency statistics, alternating comparisons, torch and ONNX Runtime runners."""
+
+import random
+import time
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from prunefx.graph import PrunefxError, capture
+from prunefx.runtime import (
+    LatencyStats,
+    MeasurementError,
+    TorchRunner,
+    compare_latency,
+    export_onnx,
+    measure_latency,
+    onnx_runner,
+    torch_runner,
+)
+
+
+class FakeClock:
+    """A clock that only moves when a scripted callable says how long it took."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def callable_taking(self, durations_ms):
+        durations = iter(durations_ms)
+
+        def fn():
+            self.now += next(durations) / 1e3
+        return fn
+
+
+def test_stats_equal_known_values_with_a_fake_clock():
+    clock = FakeClock()
+    timed = list(range(1, 101))  # 1..100 ms, in random order: order must not matter
+    random.Random(0).shuffle(timed)
+    warmup = [10_000.0] * 5  # huge warm-up calls must not be counted
+    stats = measure_latency(clock.callable_taking(warmup + timed), warmup=5, runs=100, clock=clock)
+    assert stats.runs == 100 and stats.threads is None
+    assert stats.median_ms == pytest.approx(50.5)
+    assert stats.p90_ms == pytest.approx(90.1)  # linear interpolation between order statistics
+    assert stats.p99_ms == pytest.approx(99.01)
+    assert stats.mean_ms == pytest.approx(50.5)
+    assert stats.min_ms == pytest.approx(1.0)
+
+
+@given(st.lists(st.floats(min_value=0, max_value=10, allow_nan=False), min_size=1, max_size=200))
+def test_percentiles_are_ordered(samples):
+    stats = LatencyStats.from_seconds(samples)
+    assert stats.min_ms <= stats.median_ms <= stats.p90_ms <= stats.p99_ms <= max(samples) * 1e3 + 1e-9
+    assert stats.min_ms <= stats.mean_ms <= max(samples) * 1e3 + 1e-9
+    assert stats.runs == len(samples)
+
+
+def test_to_dict_has_every_field():
+    stats = LatencyStats.from_seconds([0.001, 0.002], threads=2)
+    assert stats.to_dict() == {"median_ms": pytest.approx(1.5), "p90_ms": pytest.approx(1.9),
+                               "p99_ms": pytest.approx(1.99), "mean_ms": pytest.approx(1.5),
+                               "min_ms": pytest.approx(1.0), "runs": 2, "threads": 2}
+
+
+def test_compare_latency_alternates_calls():
+    order = []
+    comparison = compare_latency(lambda: order.append("a"), lambda: order.append("b"), warmup=2, runs=3)
+    assert order == ["a", "b"] * 5
+    assert comparison.a.runs == comparison.b.runs == 3
+
+
+def test_compare_latency_speedup_with_a_fake_clock():
+    clock = FakeClock()
+    slow, fast = clock.callable_taking([9.0] * 12), clock.callable_taking([3.0] * 12)
+    comparison = compare_latency(slow, fast, warmup=2, runs=10, clock=clock)
+    assert comparison.a.median_ms == pytest.approx(9.0)
+    assert comparison.b.median_ms == pytest.approx(3.0)
+    assert comparison.speedup == pytest.approx(3.0)
+    assert set(comparison.to_dict()) == {"a", "b", "speedup"}
+
+
+def test_sleeping_callables_give_a_speedup_of_about_three():
+    comparison = compare_latency(lambda: time.sleep(0.006), lambda: time.sleep(0.002), warmup=2, runs=15)
+    assert comparison.b.median_ms >= 2.0 and comparison.a.median_ms >= 6.0  # sleep never returns early
+    assert 1.5 < comparison.speedup < 4.0  # loose: sleeps overshoot on a loaded machine
+
+
+def test_bad_counts_are_refused():
+    with pytest.raises(MeasurementError, match="at least 1 timed run"):
+        measure_latency(lambda: None, runs=0)
+    with pytest.raises(PrunefxError, match="warm-up cannot be negative"):
+        compare_latency(lambda: None, lambda: None, warmup=-1)
+
+
+def test_progress_bar_is_optional(capsys):
+    stats = measure_latency(lambda: None, warmup=0, runs=3, progress=True)
+    assert stats.runs == 3
+    assert "latency" in capsys.readouterr().err
+
+
+def test_torch_runner_pins_and_restores_threads():
+    seen = []
+
+    def fake_program(*inputs):
+        seen.append((torch.get_num_threads(), torch.is_inference_mode_enabled(), inputs))
+
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    runner = TorchRunner(fake_program, (torch.ones(1),), threads=target)
+    stats = measure_latency(runner, warmup=1, runs=2)
+    assert [(threads, inference) for threads, inference, _ in seen] == [(target, True)] * 3
+    assert torch.get_num_threads() == before
+    assert stats.threads == target
+    assert measure_latency(runner, warmup=0, runs=1, threads=7).threads == 7  # explicit argument wins
+
+
+def test_torch_and_onnx_runners_compare_on_a_real_model(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 5))
+    program = capture(model.eval(), torch.randn(1, 3, 32, 32), name="small")
+    path = export_onnx(program, tmp_path / "small.onnx").path
+    on_torch, on_onnx = torch_runner(program, threads=1), onnx_runner(path, program.example_inputs, threads=1)
+    torch.testing.assert_close(torch.from_numpy(on_onnx()[0]), on_torch(), rtol=1e-4, atol=1e-5)
+    comparison = compare_latency(on_torch, on_onnx, warmup=2, runs=5)
+    assert comparison.a.threads == comparison.b.threads == 1
+    assert comparison.a.median_ms > 0 and comparison.b.median_ms > 0
+    assert comparison.speedup == pytest.approx(comparison.a.median_ms / comparison.b.median_ms)
