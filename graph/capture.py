@@ -49,6 +49,18 @@ def _as_tuple(example_inputs) -> tuple[torch.Tensor, ...]:
     return inputs
 
 
+def _check_runs_eagerly(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], name: str) -> None:
+    """A model that fails in plain PyTorch has a wrong input, not an export problem: say so.
+    Runs on a copy, so that batch norms in training mode keep the user's statistics."""
+    try:
+        with torch.no_grad():
+            copy.deepcopy(model)(*inputs)
+    except Exception as error:
+        shapes = ", ".join("x".join(map(str, x.shape)) for x in inputs)
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CaptureError(f"model '{name}' does not run on input shape {shapes}: {first[:300]}") from error
+
+
 def capture(model: torch.nn.Module, example_inputs, *, name: str | None = None) -> Program:
     """Export `model` on `example_inputs` (a tensor or tuple of tensors) and wrap it as a Program.
 
@@ -59,6 +71,7 @@ def capture(model: torch.nn.Module, example_inputs, *, name: str | None = None) 
     try:
         exported = torch.export.export(model, inputs, strict=False)
     except Exception as error:  # torch raises many unrelated types here; all mean "cannot export"
+        _check_runs_eagerly(model, inputs, name)
         raise _capture_error(name, error) from error
     # exported.module() shares parameter and buffer storage with `model`; copy it so that training or
     # rewriting the Program never changes the user's model behind their back.

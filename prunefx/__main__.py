@@ -1,0 +1,5 @@
+import sys
+
+from prunefx.cli import main
+
+sys.exit(main())

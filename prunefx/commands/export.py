@@ -1,0 +1,26 @@
+"""prunefx export MODEL -o model.onnx: a cleaned, checked ONNX file, with torch-vs-ORT parity printed."""
+
+from __future__ import annotations
+
+from prunefx.loading import program_from_args
+from prunefx.runtime import check_parity, export_onnx
+
+NAME = "export"
+HELP = "export a model to a cleaned, checked ONNX file and print its parity with torch"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+
+
+def run(args) -> int:
+    program = program_from_args(args).eval()
+    exported = export_onnx(program, args.output, opset=args.opset)
+    parity = check_parity(program, exported.path)
+    print(f"wrote {exported.path} ({exported.node_count} nodes, {exported.exporter} exporter)")
+    if exported.fallback_reason:
+        print(f"note: the dynamo exporter failed ({exported.fallback_reason}); used the TorchScript exporter")
+    print(f"parity torch vs ONNX Runtime: max abs error {parity.max_abs_error:.3e} "
+          f"(output scale {parity.output_scale:.3e}, relative {parity.relative:.2e})")
+    return 0

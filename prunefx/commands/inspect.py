@@ -1,0 +1,46 @@
+"""prunefx inspect MODEL: parameters, MACs, node count and operator histogram."""
+
+from __future__ import annotations
+
+import json
+
+from prunefx.graph import count, operator_histogram
+from prunefx.loading import program_from_args
+
+NAME = "inspect"
+HELP = "parameters, MACs, node count and operator histogram of a model"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def summary(program) -> dict:
+    cost = count(program)
+    histogram = operator_histogram(program.module)
+    return {
+        "name": program.name,
+        "input_shapes": [list(x.shape) for x in program.example_inputs],
+        "output_shapes": [list(s) for s in program.output_shapes],
+        "params": cost.params,
+        "macs": cost.macs,
+        "nodes": len(program.graph.nodes),
+        "operators": dict(histogram.most_common()),
+    }
+
+
+def run(args) -> int:
+    info = summary(program_from_args(args))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"model      {info['name']}")
+    print(f"inputs     {info['input_shapes']}")
+    print(f"outputs    {info['output_shapes']}")
+    print(f"params     {info['params']:,} ({info['params'] / 1e6:.2f} M)")
+    print(f"MACs       {info['macs']:,} ({info['macs'] / 1e9:.3f} G)")
+    print(f"nodes      {info['nodes']}")
+    print("operators:")
+    for operator, times in info["operators"].items():
+        print(f"  {times:6d}  {operator}")
+    return 0

@@ -1,0 +1,43 @@
+"""Turn a model reference from the command line (or a script) into a Program.
+
+`torchvision:NAME`, `timm:NAME` and `file.py:factory` are built, given weights when asked, and
+captured on a random input of the requested shape; a saved `.pt2` is loaded as it was saved.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prunefx.graph import Program, capture
+from prunefx.graph.errors import PrunefxError
+from prunefx.models import build_model, load_weights, parse_input_shape
+
+
+def _square_image_size(shape: tuple[int, ...] | None) -> int | None:
+    # Fixed-size models (ViTs) must be built for the input they will get.
+    if shape is not None and len(shape) == 4 and shape[2] == shape[3]:
+        return shape[2]
+    return None
+
+
+def program_from_reference(reference: str, *, weights: str | None = None, input_shape: str | None = None) -> Program:
+    shape = parse_input_shape(input_shape) if input_shape else None
+    spec = build_model(reference, image_size=_square_image_size(shape))
+    if spec.kind == "program":
+        if weights:
+            raise PrunefxError("--weights cannot be used with a saved .pt2 program: its weights are inside it")
+        program = Program.load(spec.program_path)
+        saved = tuple(program.example_inputs[0].shape)
+        if shape is not None and shape != saved:
+            raise PrunefxError(f"{spec.program_path} was captured for input shape {'x'.join(map(str, saved))}; "
+                               "a saved program cannot change its input shape")
+        return program.eval()
+    if weights:
+        load_weights(spec.module, weights)
+    shape = shape or spec.default_input_shape
+    generator = torch.Generator().manual_seed(0)
+    return capture(spec.module.eval(), torch.randn(shape, generator=generator), name=spec.name).eval()
+
+
+def program_from_args(args) -> Program:
+    return program_from_reference(args.model, weights=args.weights, input_shape=args.input_shape)
