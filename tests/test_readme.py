@@ -1,0 +1,27 @@
+"""The README's Python example is executed as written, and its commands exist."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
+    block = re.search(r"## Python API\n\n```python\n(.*?)```", README, re.DOTALL).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1] == "20" and printed[-1] == "True"
+    assert (tmp_path / "out" / "resnet18_folded.onnx").is_file()
+
+
+def test_readme_cli_commands_are_real_subcommands():
+    shell_blocks = "\n".join(re.findall(r"```sh\n(.*?)```", README, re.DOTALL))
+    commands = set(re.findall(r"^prunefx (\w+)", shell_blocks, re.MULTILINE))
+    assert commands >= {"inspect", "export", "bench"}
+    for command in commands:
+        done = subprocess.run([sys.executable, "-m", "prunefx", command, "--help"], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
