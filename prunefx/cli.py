@@ -8,6 +8,7 @@ prints one line too, and the traceback only with PRUNEFX_DEBUG=1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
@@ -39,13 +40,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _WithoutTorchPrints:
+    """Stands in for sys.stderr while a command runs. torch.export prints the partial graph of a model
+    it could not capture straight to sys.stderr (`print(e.partial_fx_graph, file=sys.stderr)`), which
+    would bury the one-line error under pages of code; writes made directly from torch's own modules are
+    dropped, everything else (progress bars, our messages) passes through as it comes."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller == "torch" or caller.startswith("torch."):
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not os.environ.get("PRUNEFX_DEBUG"):
+    debug = bool(os.environ.get("PRUNEFX_DEBUG"))
+    if not debug:
         warnings.filterwarnings("ignore")  # torch.export/onnx warnings are noise for CLI users
+    quiet = contextlib.nullcontext() if debug else contextlib.redirect_stderr(_WithoutTorchPrints(sys.stderr))
     try:
-        return int(args.handler(args) or 0)
+        with quiet:
+            return int(args.handler(args) or 0)
     except PrunefxError as error:
         print(f"prunefx {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -68,7 +68,7 @@ def run(args) -> int:
 
     comparison = compare_latency(torch_runner(dense, threads=args.threads),
                                  torch_runner(folded, threads=args.threads), warmup=5, runs=args.runs)
-    ort = measure_latency(onnx_runner(path, images[:1], threads=args.threads), warmup=5, runs=args.runs)
+    ort = measure_latency(onnx_runner(path, [images[:1]], threads=args.threads), warmup=5, runs=args.runs)
     print(f"[latency] torch, batch 1, {args.threads} threads: dense {comparison.a.median_ms:.2f} ms, "
           f"folded {comparison.b.median_ms:.2f} ms ({comparison.speedup:.2f}x, measured side by side)")
     print(f"[latency] ONNX Runtime, batch 1, {args.threads} threads: median {ort.median_ms:.2f} ms, "

@@ -1,0 +1,160 @@
+"""Helpers shared by the benchmark scripts (this is not a benchmark; run_all.py skips it).
+
+- `machine_info()`: what a reader needs to judge a timing: CPU model and flags, cores, versions.
+- `command_line()`: the exact command that is running, to print next to the results it produced.
+- `write_results(name, data, markdown)`: benchmarks/results/NAME.json and NAME.md.
+- `markdown_table()`, `relative_difference()`, `realistic_batchnorm()`: small pieces several
+  benchmarks need.
+
+Benchmark scripts run as `python benchmarks/NAME.py`, so this folder is on sys.path and they
+import it as `from common import ...`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+
+BENCHMARKS = Path(__file__).resolve().parent
+REPO = BENCHMARKS.parent
+RESULTS = BENCHMARKS / "results"
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's block of /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields = {}
+    for line in text.split("\n\n")[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info(**settings) -> dict:
+    """CPU, cores, OS and library versions, plus the benchmark's own settings (threads, runs, ...)."""
+    flags = set(_cpuinfo().get("flags", "").split())
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "avx512": "avx512f" in flags,
+        "avx2": "avx2" in flags,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {name: _version(name) for name in ("torch", "torchvision", "onnx", "onnxruntime", "prunefx")},
+        # Others' work on the same machine shows up here; a high value means noisy timings.
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        **settings,
+    }
+
+
+def _shown(path: str) -> str:
+    """A path relative to the repository when it lies inside it (.venv/bin/python, benchmarks/x.py)."""
+    try:
+        return str(Path(path).absolute().relative_to(REPO))
+    except ValueError:
+        return path
+
+
+def command_line() -> str:
+    """The command that is running, as typed from the repository root."""
+    return shlex.join([_shown(sys.executable), _shown(sys.argv[0]), *sys.argv[1:]])
+
+
+def write_results(name: str, data: dict, markdown: str, *, folder: Path = RESULTS) -> tuple[Path, Path]:
+    """Write NAME.json and NAME.md under `folder` (benchmarks/results by default); return both paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = folder / f"{name}.json", folder / f"{name}.md"
+    json_path.write_text(json.dumps(data, indent=2) + "\n")
+    md_path.write_text(markdown.rstrip("\n") + "\n")
+    return json_path, md_path
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_summary(info: dict) -> str:
+    """One Markdown line describing the machine, for the top of a results file."""
+    versions = info["versions"]
+    isa = "AVX-512" if info["avx512"] else "AVX2" if info["avx2"] else "no AVX2"
+    return (f"{info['cpu']} ({isa}, {info['usable_cpus']} usable of {info['logical_cpus']} logical CPUs), "
+            f"Python {info['python']}, torch {versions['torch']}, ONNX Runtime {versions['onnxruntime']}")
+
+
+def _leaves(outputs) -> list[np.ndarray]:
+    arrays = []
+    for leaf in pytree.tree_leaves(outputs):
+        if isinstance(leaf, torch.Tensor):
+            leaf = leaf.detach().cpu().numpy()
+        if isinstance(leaf, np.ndarray):
+            arrays.append(leaf.astype(np.float64))
+    return arrays
+
+
+def relative_difference(reference, other) -> float:
+    """max |reference - other| / max |reference| over all (flattened) outputs, in float64."""
+    want, got = _leaves(reference), _leaves(other)
+    if len(want) != len(got) or any(a.shape != b.shape for a, b in zip(want, got)):
+        raise ValueError("the two sets of outputs differ in number or shape")
+    error = max(float(np.max(np.abs(a - b), initial=0.0)) for a, b in zip(want, got))
+    scale = max(float(np.max(np.abs(a), initial=0.0)) for a in want)
+    return error / scale if scale > 0 else (0.0 if error == 0 else float("inf"))
+
+
+@torch.no_grad()
+def realistic_batchnorm(model: torch.nn.Module, input_shape: Sequence[int], *, seed: int = 0,
+                        batches: int = 2) -> torch.nn.Module:
+    """Give every batch norm of a randomly initialised model non-trivial parameters and statistics.
+
+    torchvision initialises batch norms to the identity (gamma 1, beta 0, mean 0, var 1), which makes
+    folding them trivial. Here gamma ~ U(0.5, 1.5) and beta ~ U(-0.25, 0.25), and the running mean and
+    variance are estimated on random-normal inputs (train mode, cumulative average), so activations
+    stay at a sane scale through deep networks. Returns the model in eval mode.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        if norm.affine:
+            norm.weight.copy_(torch.rand(norm.weight.shape, generator=generator) + 0.5)
+            norm.bias.copy_((torch.rand(norm.bias.shape, generator=generator) - 0.5) * 0.5)
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative moving average: every calibration batch counts equally
+    model.train()
+    for _ in range(batches):
+        model(torch.randn(tuple(input_shape), generator=generator))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    return model.eval()

@@ -1,0 +1,136 @@
+"""Dependency analysis ("combing"): which channels of which tensors must be removed together.
+
+Labels are propagated through the graph by the rules in channel_rules.py; tied labels are joined
+into classes (connected components); a class is one removable channel (every index of every tensor
+that must go with it). Classes touching the same tensor dims form a *group* (the width of a layer,
+a residual stream, the heads of an attention block). Labels pinned by an operator without a rule
+are not removable, and the operator is reported against the tensors it blocked.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from prunefx.graph.channel_labels import FIXED, LabelSpace, Member
+from prunefx.graph.channel_rules import RULES
+
+
+class _Context:
+    def __init__(self, module: torch.fx.GraphModule):
+        self.space = LabelSpace()
+        self.node_labels: dict[torch.fx.Node, object] = {}
+        self.module = module
+
+    def labels(self, arg):
+        return self.node_labels.get(arg) if isinstance(arg, torch.fx.Node) else None
+
+    @staticmethod
+    def shape(arg):
+        value = arg.meta.get("val") if isinstance(arg, torch.fx.Node) else None
+        return tuple(int(s) for s in value.shape) if isinstance(value, torch.Tensor) else None
+
+    def block(self, labels: np.ndarray, node: torch.fx.Node, reason: str) -> None:
+        self.space.pin(labels, node=node.name, operator=str(node.target), reason=reason)
+
+
+def _tensor_leaves(value):
+    return [leaf for leaf in pytree.tree_leaves(value) if isinstance(leaf, np.ndarray)]
+
+
+def _unknown_operator(ctx: _Context, node: torch.fx.Node, reason: str = "no channel rule for this operator"):
+    for arg in pytree.tree_leaves((node.args, node.kwargs)):
+        for labels in _tensor_leaves(ctx.labels(arg)):
+            ctx.block(labels, node, reason)
+    value = node.meta.get("val")
+    fixed = lambda v: [ctx.space.fixed(int(s)) for s in v.shape] if isinstance(v, torch.Tensor) else None  # noqa: E731
+    return [fixed(v) for v in value] if isinstance(value, (list, tuple)) else fixed(value)
+
+
+def _propagate(ctx: _Context, kept: set[str]) -> None:
+    for node in ctx.module.graph.nodes:
+        shape = ctx.shape(node)
+        if node.op == "placeholder":
+            ctx.node_labels[node] = [ctx.space.fixed(s) for s in shape] if shape is not None else None
+        elif node.op == "get_attr":
+            ctx.node_labels[node] = _attribute_labels(ctx, node, shape)
+        elif node.op == "call_function":
+            rule = RULES.get(node.target)
+            try:
+                ctx.node_labels[node] = rule(ctx, node) if rule else _unknown_operator(ctx, node)
+            except Exception as error:  # a rule met a form it does not handle: block, never guess
+                ctx.node_labels[node] = _unknown_operator(ctx, node, f"unsupported form ({error})")
+        elif node.op == "output":
+            for labels in _tensor_leaves([ctx.labels(a) for a in pytree.tree_leaves(node.args)]):
+                ctx.space.tie(labels, ctx.space.fixed(labels.size))
+        if node.name in kept:
+            for labels in _tensor_leaves(ctx.node_labels.get(node)):
+                ctx.block(labels, node, "kept by the user")
+
+
+def _attribute_labels(ctx: _Context, node: torch.fx.Node, shape) -> list[np.ndarray]:
+    labels = [ctx.space.fresh(s) for s in shape]
+    for dim, dim_labels in enumerate(labels):
+        ctx.space.members.append(Member(node.target, dim, dim_labels))
+    return labels
+
+
+def _components(size: int, ties: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    if ties:
+        rows = np.concatenate([a for a, _ in ties])
+        cols = np.concatenate([b for _, b in ties])
+    else:
+        rows = cols = np.zeros(0, dtype=np.int64)
+    graph = coo_matrix((np.ones(rows.size, dtype=np.int8), (rows, cols)), shape=(size, size))
+    _, classes = connected_components(graph, directed=False)
+    return classes
+
+
+def solve(space: LabelSpace, *, with_blockers: bool = True) -> np.ndarray:
+    """Class of every label. A grid with a fixed element pins all its factors (the merged dim cannot
+    shrink), which may fix more grids: iterate to a fixpoint."""
+    ties = list(space.ties)
+    if with_blockers:
+        ties += [(b.labels, np.zeros_like(b.labels)) for b in space.blockers]
+    while True:
+        classes = _components(space.next_label, ties)
+        fixed = classes[FIXED]
+        newly = [g for g in space.grids if (classes[g.elements] == fixed).any()
+                 and any((classes[f] != fixed).any() for f in g.factors)]
+        if not newly:
+            return classes
+        ties += [(f, np.zeros_like(f)) for g in newly for f in g.factors]
+
+
+@dataclass
+class ChannelAnalysis:
+    space: LabelSpace
+    classes: np.ndarray
+    node_labels: dict
+    unblocked_classes: np.ndarray = field(repr=False, default=None)
+
+    @property
+    def fixed_class(self) -> int:
+        return int(self.classes[FIXED])
+
+
+def analyse_channels(module: torch.fx.GraphModule, *, keep: set[str] | None = None) -> ChannelAnalysis:
+    ctx = _Context(module)
+    _propagate(ctx, keep or set())
+    classes = solve(ctx.space)
+    unblocked = solve(ctx.space, with_blockers=False) if ctx.space.blockers else classes
+    return ChannelAnalysis(ctx.space, classes, ctx.node_labels, unblocked)
+
+
+def members_by_class(analysis: ChannelAnalysis) -> dict[int, set[tuple[str, int]]]:
+    touched: dict[int, set[tuple[str, int]]] = defaultdict(set)
+    for member in analysis.space.members:
+        for cls in np.unique(analysis.classes[member.labels]):
+            touched[int(cls)].add((member.target, member.dim))
+    return touched

@@ -1,0 +1,74 @@
+"""The table of channel-label rules: operator -> rule. An operator missing here blocks every dim it
+touches (its channels are not prunable) and the analysis reports it; it never guesses."""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+
+from prunefx.graph import channel_rules_basic as basic
+from prunefx.graph import channel_rules_layers as layers
+from prunefx.graph.channel_rules_reshape import view
+
+aten = torch.ops.aten
+
+_UNARY = [
+    "relu", "relu_", "gelu", "gelu_", "silu", "silu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "hardswish",
+    "hardswish_", "hardsigmoid", "hardsigmoid_", "hardtanh", "hardtanh_", "relu6", "leaky_relu", "leaky_relu_",
+    "elu", "elu_", "mish", "mish_", "softplus", "neg", "exp", "log", "sqrt", "rsqrt", "abs", "erf", "clone",
+    "contiguous", "detach", "alias", "dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout",
+    "_to_copy", "to", "type_as", "clamp", "clamp_", "clamp_min", "clamp_max", "pow", "square", "reciprocal",
+    "lift_fresh_copy", "_assert_tensor_metadata", "native_dropout",
+]
+_BINARY = ["add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "where", "maximum", "minimum", "rsub",
+           "eq", "ne", "lt", "le", "gt", "ge", "masked_fill", "masked_fill_", "copy_"]
+_REDUCTIONS = ["mean", "sum", "amax", "amin"]
+
+
+def _overloads(name: str):
+    packet = getattr(aten, name, None)
+    if packet is None:
+        return []
+    return [getattr(packet, overload) for overload in packet.overloads()]
+
+
+def _table() -> dict:
+    rules = {}
+    for name in _UNARY:
+        rules.update(dict.fromkeys(_overloads(name), basic.same_as_input))
+    for name in _BINARY:
+        rules.update(dict.fromkeys(_overloads(name), basic.broadcast))
+    for name in _REDUCTIONS:
+        rules.update({o: basic.reduction for o in _overloads(name) if "dim" in str(o) or "IntList" in str(o)})
+    for name in ("softmax", "_softmax", "log_softmax", "_log_softmax"):
+        rules.update(dict.fromkeys(_overloads(name), basic.softmax))
+    for name in ("max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+                 "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool2d",
+                 "upsample_nearest2d", "upsample_bilinear2d", "_upsample_bilinear2d_aa", "upsample_bicubic2d",
+                 "reflection_pad2d", "replicate_pad2d"):
+        rules.update(dict.fromkeys(_overloads(name), basic.pooling))
+    for name in ("view", "reshape", "_unsafe_view", "unflatten"):
+        rules.update(dict.fromkeys(_overloads(name), view))
+    rules.update({
+        aten.roll.default: basic.roll, aten.constant_pad_nd.default: basic.constant_pad,
+        aten.permute.default: basic.permute, aten.transpose.int: basic.transpose, aten.t.default: basic.t,
+        aten.unsqueeze.default: basic.unsqueeze, aten.flatten.using_ints: basic.flatten,
+        aten.cat.default: basic.cat, aten.concat.default: basic.cat,
+        aten.split.Tensor: basic.split, aten.split_with_sizes.default: basic.split_with_sizes,
+        aten.chunk.default: basic.chunk, aten.unbind.int: basic.unbind, operator.getitem: basic.getitem,
+        aten.select.int: basic.select, aten.slice.Tensor: basic.slice_, aten.expand.default: basic.expand,
+        aten.linear.default: layers.linear, aten.matmul.default: layers.matmul, aten.mm.default: layers.matmul,
+        aten.bmm.default: layers.matmul, aten.addmm.default: layers.addmm,
+        aten.scaled_dot_product_attention.default: layers.attention,
+        aten.batch_norm.default: layers.batch_norm, aten.layer_norm.default: layers.layer_norm,
+        aten.group_norm.default: layers.group_norm,
+    })
+    rules.update(dict.fromkeys(_overloads("squeeze"), basic.squeeze))
+    for name in ("conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d",
+                 "conv_transpose3d"):
+        rules.update(dict.fromkeys(_overloads(name), layers.convolution))
+    return rules
+
+
+RULES = _table()

@@ -1,0 +1,219 @@
+"""Channel-label rules for element-wise, reduction and shape operators.
+
+Each rule takes the analysis context and a node and returns the labels of the node's output:
+a list with one label array per dim (or, for operators returning several tensors, a list of those).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+aten = torch.ops.aten
+
+
+def same_as_input(ctx, node):
+    """Unary element-wise operators, copies, dropout, casts: output index i is input index i."""
+    return list(ctx.labels(node.args[0]))
+
+
+def broadcast(ctx, node):
+    """Element-wise operators with broadcasting: dims of equal size are tied, size-1 dims broadcast."""
+    out_shape = ctx.shape(node)
+    rank = len(out_shape)
+    result: list[np.ndarray | None] = [None] * rank
+    for arg in list(node.args) + list(node.kwargs.values()):
+        labels = ctx.labels(arg) if isinstance(arg, torch.fx.Node) else None
+        if labels is None:
+            continue
+        offset = rank - len(labels)
+        for dim, dim_labels in enumerate(labels):
+            out_dim = dim + offset
+            if dim_labels.size != out_shape[out_dim]:
+                continue  # broadcast from size 1: the singleton is not tied to anything
+            if result[out_dim] is None:
+                result[out_dim] = dim_labels
+            else:
+                ctx.space.tie(result[out_dim], dim_labels)
+    return [r if r is not None else ctx.space.fixed(size) for r, size in zip(result, out_shape)]
+
+
+def _normalised_dims(dims, rank: int) -> list[int]:
+    if dims is None or dims == []:
+        return list(range(rank))
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    return sorted(d % rank for d in dims)
+
+
+def reduction(ctx, node):
+    """sum/mean/amax/... over `dim` (arg 1): reduced dims vanish or become fixed singletons.
+    Reducing over a channel dim makes its removal inexact (a mean divides by the count)."""
+    labels = ctx.labels(node.args[0])
+    dims = _normalised_dims(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim"), len(labels))
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    for dim in dims:
+        if node.target not in (aten.sum.dim_IntList,):
+            ctx.space.inexact.append(labels[dim])
+    return [ctx.space.fixed(1) if d in dims else lab for d, lab in enumerate(labels) if keepdim or d not in dims]
+
+
+def softmax(ctx, node):
+    labels = list(ctx.labels(node.args[0]))
+    ctx.space.inexact.append(labels[node.args[1] % len(labels)])
+    return labels
+
+
+def pooling(ctx, node):
+    """Pooling, padding, resizing: batch and channel pass through, spatial dims are new and fixed.
+    If the batch or channel dim changes size (padding channels), the channels are blocked."""
+    labels = ctx.labels(node.args[0])
+    if any(lab.size != size for lab, size in zip(labels[:2], ctx.shape(node)[:2])):
+        for lab in labels:
+            ctx.block(lab, node, "changes the size of the batch or channel dim")
+        return [ctx.space.fixed(size) for size in ctx.shape(node)]
+    return list(labels[:2]) + [ctx.space.fixed(size) for size in ctx.shape(node)[2:]]
+
+
+def roll(ctx, node):
+    """roll(x, shifts, dims): rolled dims are re-indexed (blocked if they carry channels)."""
+    labels = list(ctx.labels(node.args[0]))
+    dims = node.args[2] if len(node.args) > 2 else []
+    for dim in ([dims] if isinstance(dims, int) else dims) or range(len(labels)):
+        ctx.block(labels[dim % len(labels)], node, "roll shifts this dim")
+        labels[dim % len(labels)] = ctx.space.fixed(labels[dim % len(labels)].size)
+    return labels
+
+
+def constant_pad(ctx, node):
+    """constant_pad_nd(x, pad): padded dims (from the last one backwards) are new and fixed."""
+    labels = list(ctx.labels(node.args[0]))
+    pads = node.args[1]
+    for k in range(len(pads) // 2):
+        dim = len(labels) - 1 - k
+        if pads[2 * k] or pads[2 * k + 1]:
+            ctx.block(labels[dim], node, "pads this dim")
+            labels[dim] = ctx.space.fixed(ctx.shape(node)[dim])
+    return labels
+
+
+def permute(ctx, node):
+    labels = ctx.labels(node.args[0])
+    return [labels[d % len(labels)] for d in node.args[1]]
+
+
+def transpose(ctx, node):
+    labels = list(ctx.labels(node.args[0]))
+    a, b = node.args[1] % len(labels), node.args[2] % len(labels)
+    labels[a], labels[b] = labels[b], labels[a]
+    return labels
+
+
+def t(ctx, node):
+    return list(reversed(ctx.labels(node.args[0])))
+
+
+def unsqueeze(ctx, node):
+    labels = list(ctx.labels(node.args[0]))
+    labels.insert(node.args[1] % (len(labels) + 1), ctx.space.fixed(1))
+    return labels
+
+
+def squeeze(ctx, node):
+    labels = ctx.labels(node.args[0])
+    dims = _normalised_dims(node.args[1] if len(node.args) > 1 else None, len(labels))
+    return [lab for d, lab in enumerate(labels) if not (d in dims and lab.size == 1)]
+
+
+def flatten(ctx, node):
+    labels = ctx.labels(node.args[0])
+    rank = len(labels)
+    start = (node.args[1] if len(node.args) > 1 else 0) % max(rank, 1)
+    end = (node.args[2] if len(node.args) > 2 else -1) % max(rank, 1)
+    if rank == 0 or start == end:
+        return list(labels)
+    merged = ctx.space.grid(list(labels[start:end + 1]))
+    return list(labels[:start]) + [merged] + list(labels[end + 1:])
+
+
+def cat(ctx, node):
+    tensors = [t for t in node.args[0] if ctx.shape(t) is not None and np.prod(ctx.shape(t)) > 0]
+    dim = (node.args[1] if len(node.args) > 1 else 0) % len(ctx.shape(node))
+    pieces = [ctx.labels(t) for t in tensors]
+    result = []
+    for d in range(len(ctx.shape(node))):
+        if d == dim:
+            result.append(np.concatenate([p[d] for p in pieces]))
+        else:
+            for other in pieces[1:]:
+                ctx.space.tie(pieces[0][d], other[d])
+            result.append(pieces[0][d])
+    return result
+
+
+def _split_pieces(ctx, node, sizes):
+    labels = ctx.labels(node.args[0])
+    dim = (node.args[2] if len(node.args) > 2 else 0) % len(labels)
+    bounds = np.cumsum([0] + list(sizes))
+    return [[lab[bounds[i]:bounds[i + 1]] if d == dim else lab for d, lab in enumerate(labels)]
+            for i in range(len(sizes))]
+
+
+def split(ctx, node):
+    size = ctx.labels(node.args[0])[(node.args[2] if len(node.args) > 2 else 0)].size
+    step = node.args[1]
+    return _split_pieces(ctx, node, [min(step, size - s) for s in range(0, size, step)])
+
+
+def split_with_sizes(ctx, node):
+    return _split_pieces(ctx, node, list(node.args[1]))
+
+
+def chunk(ctx, node):
+    labels = ctx.labels(node.args[0])
+    dim = (node.args[2] if len(node.args) > 2 else 0) % len(labels)
+    size, chunks = labels[dim].size, node.args[1]
+    step = -(-size // chunks)
+    return _split_pieces(ctx, node, [min(step, size - s) for s in range(0, size, step)])
+
+
+def unbind(ctx, node):
+    labels = ctx.labels(node.args[0])
+    dim = (node.args[1] if len(node.args) > 1 else 0) % len(labels)
+    ctx.block(labels[dim], node, "unbind takes fixed indices of this dim")
+    return [[lab for d, lab in enumerate(labels) if d != dim] for _ in range(labels[dim].size)]
+
+
+def getitem(ctx, node):
+    return ctx.labels(node.args[0])[node.args[1]]
+
+
+def select(ctx, node):
+    labels = ctx.labels(node.args[0])
+    dim = node.args[1] % len(labels)
+    ctx.block(labels[dim], node, "select takes a fixed index of this dim")
+    return [lab for d, lab in enumerate(labels) if d != dim]
+
+
+def slice_(ctx, node):
+    labels = list(ctx.labels(node.args[0]))
+    dim = (node.args[1] if len(node.args) > 1 else 0) % len(labels)
+    start = node.args[2] if len(node.args) > 2 and node.args[2] is not None else 0
+    end = node.args[3] if len(node.args) > 3 and node.args[3] is not None else labels[dim].size
+    step = node.args[4] if len(node.args) > 4 else 1
+    if step != 1:
+        ctx.block(labels[dim], node, "strided slice of this dim")
+        labels[dim] = ctx.space.fixed(ctx.shape(node)[dim])
+        return labels
+    labels[dim] = labels[dim][slice(start, end)]
+    return labels
+
+
+def expand(ctx, node):
+    labels = ctx.labels(node.args[0])
+    out_shape = ctx.shape(node)
+    offset = len(out_shape) - len(labels)
+    result = [ctx.space.fixed(size) for size in out_shape[:offset]]
+    for d, lab in enumerate(labels):
+        result.append(lab if lab.size == out_shape[d + offset] else ctx.space.fixed(out_shape[d + offset]))
+    return result
+

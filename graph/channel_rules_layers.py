@@ -1,0 +1,132 @@
+"""Channel-label rules for layers with weights (convolution, linear, norms) and matrix products."""
+
+from __future__ import annotations
+
+import torch
+
+aten = torch.ops.aten
+
+
+def _arg(node, index, name, default=None):
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def convolution(ctx, node):
+    """x [N, C_in, *S] * w [C_out, C_in / g, *K] -> [N, C_out, *S'].
+    Grouped convs are grids (groups x per-group channels) with a fixed group factor, so every
+    group loses the same channels; depthwise convs tie input channel c to output channels of c."""
+    x, weight = ctx.labels(node.args[0]), ctx.labels(node.args[1])
+    bias = ctx.labels(node.args[2]) if _arg(node, 2, "bias") is not None else None
+    transposed = (node.target is aten.convolution.default and node.args[6]) or "conv_transpose" in str(node.target)
+    groups = node.args[8] if node.target is aten.convolution.default else _arg(node, 6, "groups", 1)
+    out_shape = ctx.shape(node)
+    for kernel in weight[2:]:
+        ctx.space.tie(kernel, ctx.space.fixed(kernel.size))
+    if transposed:
+        if groups != 1:
+            ctx.block(x[1], node, "grouped transposed convolution")
+            return [x[0], ctx.space.fixed(out_shape[1])] + [ctx.space.fixed(s) for s in out_shape[2:]]
+        ctx.space.tie(x[1], weight[0])
+        out_channels = weight[1]
+    elif groups == 1:
+        ctx.space.tie(x[1], weight[1])
+        out_channels = weight[0]
+    elif weight[1].size == 1:  # depthwise (possibly with a channel multiplier)
+        multiplier = weight[0].size // x[1].size
+        out_channels = x[1] if multiplier == 1 else ctx.space.grid([x[1], ctx.space.fixed(multiplier)])
+        ctx.space.tie(weight[0], out_channels)
+        ctx.space.tie(weight[1], ctx.space.fixed(1))
+    else:
+        ctx.space.tie(x[1], ctx.space.grid([ctx.space.fixed(groups), weight[1]]))
+        per_group = ctx.space.fresh(weight[0].size // groups)
+        out_channels = ctx.space.grid([ctx.space.fixed(groups), per_group])
+        ctx.space.tie(weight[0], out_channels)
+    if bias is not None:
+        ctx.space.tie(bias[0], out_channels)
+    return [x[0], out_channels] + [ctx.space.fixed(s) for s in out_shape[2:]]
+
+
+def linear(ctx, node):
+    x, weight = ctx.labels(node.args[0]), ctx.labels(node.args[1])
+    ctx.space.tie(x[-1], weight[1])
+    if _arg(node, 2, "bias") is not None:
+        ctx.space.tie(ctx.labels(node.args[2])[0], weight[0])
+    return list(x[:-1]) + [weight[0]]
+
+
+def _tie_batch_dims(ctx, a, b, out_rank):
+    """Broadcast batch dims of two matrix operands; returns the output's batch labels."""
+    batch_a, batch_b = a[:-2], b[:-2]
+    rank = out_rank - 2
+    result = []
+    for d in range(rank):
+        da, db = d - (rank - len(batch_a)), d - (rank - len(batch_b))
+        la = batch_a[da] if da >= 0 else None
+        lb = batch_b[db] if db >= 0 else None
+        if la is not None and lb is not None and la.size == lb.size:
+            ctx.space.tie(la, lb)
+        result.append(la if la is not None and la.size != 1 else lb if lb is not None else la)
+    return result
+
+
+def matmul(ctx, node):
+    """mm/bmm/matmul: the contracted dims tie; rows come from the left, columns from the right."""
+    a, b = ctx.labels(node.args[0]), ctx.labels(node.args[1])
+    if len(a) == 1 or len(b) == 1:
+        ctx.block(a[-1], node, "vector matmul")
+        return [ctx.space.fixed(s) for s in ctx.shape(node)]
+    ctx.space.tie(a[-1], b[-2])
+    return _tie_batch_dims(ctx, a, b, len(ctx.shape(node))) + [a[-2], b[-1]]
+
+
+def addmm(ctx, node):
+    bias, a, b = (ctx.labels(arg) for arg in node.args[:3])
+    ctx.space.tie(a[-1], b[-2])
+    if bias[-1].size == b[-1].size:
+        ctx.space.tie(bias[-1], b[-1])
+    return [a[-2], b[-1]]
+
+
+def attention(ctx, node):
+    """scaled_dot_product_attention(q, k, v): q and k share their last dim, k and v their sequence."""
+    q, k, v = (ctx.labels(arg) for arg in node.args[:3])
+    ctx.space.tie(q[-1], k[-1])
+    ctx.space.tie(k[-2], v[-2])
+    ctx.space.inexact.append(k[-2])
+    batch = _tie_batch_dims(ctx, q, k, len(q))
+    _tie_batch_dims(ctx, k, v, len(v))
+    return batch + [q[-2], v[-1]]
+
+
+def batch_norm(ctx, node):
+    x = ctx.labels(node.args[0])
+    for index in range(1, 5):
+        if node.args[index] is not None:
+            ctx.space.tie(ctx.labels(node.args[index])[0], x[1])
+    return list(x)
+
+
+def layer_norm(ctx, node):
+    x = ctx.labels(node.args[0])
+    normalised = len(node.args[1])
+    for arg in (_arg(node, 2, "weight"), _arg(node, 3, "bias")):
+        if arg is not None:
+            for dim_labels, x_labels in zip(ctx.labels(arg), x[-normalised:]):
+                ctx.space.tie(dim_labels, x_labels)
+    for x_labels in x[-normalised:]:
+        ctx.space.inexact.append(x_labels)  # mean and variance run over these channels
+    return list(x)
+
+
+def group_norm(ctx, node):
+    x = ctx.labels(node.args[0])
+    groups = node.args[1]
+    per_group = ctx.space.fresh(x[1].size // groups)
+    ctx.space.tie(x[1], ctx.space.grid([ctx.space.fixed(groups), per_group]))
+    for arg in (_arg(node, 2, "weight"), _arg(node, 3, "bias")):
+        if arg is not None:
+            ctx.space.tie(ctx.labels(arg)[0], x[1])
+    ctx.space.inexact.append(x[1])
+    return list(x)

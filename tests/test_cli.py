@@ -1,0 +1,275 @@
+"""The `prunefx` command line, driven through prunefx.cli.main(argv) (and once through the real script).
+
+Deliberate errors must exit with status 2 and print exactly one line to stderr, never a traceback.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torchvision
+
+from prunefx.cli import EXIT_USER_ERROR, main
+from prunefx.graph import capture, count
+from prunefx.runtime import OnnxRuntimeSession, export_onnx
+
+SHAPE = "1x3x64x64"
+
+MODEL_FILE = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+
+    def wider():
+        torch.manual_seed(1)
+        return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
+                             nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+
+    class Gate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            if y.mean().item() > 0:  # data-dependent Python control flow: torch.export refuses it
+                return y * 2
+            return y - 1
+
+
+    def data_dependent():
+        return Gate()
+""")
+
+
+def _load_factories(path: Path):
+    namespace: dict = {}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)
+    return namespace
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "models.py"
+    path.write_text(MODEL_FILE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def factories(model_file):
+    return _load_factories(model_file)
+
+
+def run_cli(capsys, *argv: str):
+    """main(argv) -> (exit code, stdout, stderr)."""
+    code = main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, out: str, err: str, command: str) -> str:
+    assert code == EXIT_USER_ERROR, (code, err)
+    assert "Traceback" not in err and "Traceback" not in out
+    lines = err.strip("\n").splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"prunefx {command}: error: "), lines[0]
+    assert out == ""
+    return lines[0]
+
+
+# --- inspect -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def resnet18_eval():
+    return torchvision.models.resnet18(weights=None).eval()
+
+
+def test_inspect_json_counts_resnet18(capsys, resnet18_eval):
+    code, out, err = run_cli(capsys, "inspect", "torchvision:resnet18", "--input-shape", SHAPE, "--json")
+    assert code == 0, err
+    info = json.loads(out)  # the whole of stdout is one JSON object
+    assert info["params"] == sum(p.numel() for p in resnet18_eval.parameters()) == 11_689_512
+    program = capture(resnet18_eval, torch.randn(1, 3, 64, 64))
+    assert info["macs"] == count(program).macs
+    assert info["input_shapes"] == [[1, 3, 64, 64]]
+    assert info["output_shapes"] == [[1, 1000]]
+    assert info["operators"]["aten.conv2d.default"] == 20
+
+
+def test_inspect_table_lists_operator_counts(capsys):
+    code, out, err = run_cli(capsys, "inspect", "torchvision:resnet18", "--input-shape", SHAPE)
+    assert code == 0, err
+    operators = {name: int(times) for times, name in re.findall(r"^\s+(\d+)\s+(aten\.\S+)$", out, re.MULTILINE)}
+    assert operators["aten.conv2d.default"] == 20
+    assert operators["aten.linear.default"] == 1
+    assert re.search(r"^params\s+11,689,512 \(11\.69 M\)$", out, re.MULTILINE)
+
+
+def test_inspect_file_factory_with_weights(capsys, tmp_path, model_file, factories):
+    weights = tmp_path / "weights.pth"
+    torch.save(factories["build"]().state_dict(), weights)
+    code, out, err = run_cli(capsys, "inspect", f"{model_file}:build", "--weights", weights,
+                             "--input-shape", SHAPE, "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["params"] == sum(p.numel() for p in factories["build"]().parameters())
+    assert info["output_shapes"] == [[1, 10]]
+
+
+def test_inspect_file_factory_with_mismatched_weights(capsys, tmp_path, model_file, factories):
+    weights = tmp_path / "other.pth"
+    torch.save(factories["wider"]().state_dict(), weights)
+    code, out, err = run_cli(capsys, "inspect", f"{model_file}:build", "--weights", weights, "--input-shape", SHAPE)
+    line = assert_one_line_error(code, out, err, "inspect")
+    assert "do not fit" in line and "other.pth" in line
+
+
+# --- deliberate errors ---------------------------------------------------------------------------------
+
+BAD_INPUTS = {
+    # name: (argv builder taking (tmp_path, model_file), substring the message must contain)
+    "unknown model": (lambda tmp, models: ["inspect", "torchvision:resnet181"], "unknown torchvision model"),
+    "malformed shape": (lambda tmp, models: ["inspect", "torchvision:resnet18", "--input-shape", "1x3xabc"],
+                        "'abc' is not a positive integer"),
+    "missing pt2": (lambda tmp, models: ["inspect", tmp / "missing.pt2"], "not found"),
+    "corrupt pt2": (lambda tmp, models: ["inspect", tmp / "corrupt.pt2"], "not a .pt2 archive"),
+    "missing onnx": (lambda tmp, models: ["bench", tmp / "missing.onnx"], "no such ONNX file"),
+    "wrong input shape": (lambda tmp, models: ["inspect", f"{models}:build", "--input-shape", "1x3x64"],
+                          "does not run on input shape 1x3x64"),
+    "will not export": (lambda tmp, models: ["export", f"{models}:data_dependent", "--input-shape", SHAPE,
+                                             "-o", tmp / "never.onnx"], "could not capture model"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, model_file, case):
+    (tmp_path / "corrupt.pt2").write_bytes(np.random.default_rng(0).bytes(4096))
+    build_argv, expected = BAD_INPUTS[case]
+    argv = build_argv(tmp_path, model_file)
+    code, out, err = run_cli(capsys, *argv)
+    line = assert_one_line_error(code, out, err, argv[0])
+    assert expected in line
+    assert not (tmp_path / "never.onnx").exists()
+
+
+# --- export --------------------------------------------------------------------------------------------
+
+def test_export_writes_a_checked_file_with_parity_and_the_given_weights(capsys, tmp_path, model_file, factories):
+    trained = factories["build"]()
+    with torch.no_grad():  # weights unlike the factory's own, so the test sees whether --weights took
+        for tensor in trained.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.uniform_(0.5, 1.5)
+    weights = tmp_path / "trained.pth"
+    torch.save(trained.state_dict(), weights)
+    output = tmp_path / "model.onnx"
+
+    code, out, err = run_cli(capsys, "export", f"{model_file}:build", "--weights", weights,
+                             "--input-shape", SHAPE, "-o", output)
+    assert code == 0, err
+    onnx.checker.check_model(onnx.load(output))
+    parity = re.search(r"^parity torch vs ONNX Runtime: max abs error (\S+) .*relative (\S+)\)$", out, re.MULTILINE)
+    assert parity, out
+    assert float(parity.group(2)) < 1e-4
+
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    got = OnnxRuntimeSession(output).run(x)[0]
+    with torch.no_grad():
+        want = trained.eval()(x).numpy()
+        untrained = factories["build"]().eval()(x).numpy()
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    assert np.abs(got - untrained).max() > 1e-2  # the file holds the loaded weights, not the factory's
+
+
+# --- saved programs and bench --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def saved_program(tmp_path_factory, factories):
+    model = factories["build"]().eval()
+    path = tmp_path_factory.mktemp("programs") / "x.pt2"
+    capture(model, torch.randn(1, 3, 64, 64), name="x").save(path)
+    return path, sum(p.numel() for p in model.parameters())
+
+
+def test_inspect_saved_program(capsys, saved_program):
+    path, params = saved_program
+    code, out, err = run_cli(capsys, "inspect", path, "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["params"] == params
+    assert info["input_shapes"] == [[1, 3, 64, 64]]
+
+
+def test_inspect_saved_program_refuses_another_shape(capsys, saved_program):
+    code, out, err = run_cli(capsys, "inspect", saved_program[0], "--input-shape", "1x3x32x32")
+    assert "cannot change its input shape" in assert_one_line_error(code, out, err, "inspect")
+
+
+def test_bench_saved_program_with_torch(capsys, saved_program):
+    code, out, err = run_cli(capsys, "bench", saved_program[0], "--backend", "torch", "--runs", "3",
+                             "--warmup", "1", "--threads", "1", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["backend"] == "torch" and report["runs"] == 3
+    latency = report["latency"]
+    assert latency["runs"] == 3 and latency["threads"] == 1
+    assert 0 < latency["min_ms"] <= latency["median_ms"] <= latency["p90_ms"] <= latency["p99_ms"]
+
+
+def test_bench_onnx_vs_onnx(capsys, tmp_path, factories):
+    files = []
+    for name in ("build", "wider"):
+        program = capture(factories[name]().eval(), torch.randn(1, 3, 64, 64), name=name)
+        files.append(export_onnx(program, tmp_path / f"{name}.onnx").path)
+    code, out, err = run_cli(capsys, "bench", files[0], "--vs", files[1], "--runs", "5", "--warmup", "1",
+                             "--threads", "1", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["threads"] == 1 and report["a"]["threads"] == 1 and report["b"]["threads"] == 1
+    assert report["a"]["runs"] == report["b"]["runs"] == 5
+    assert report["speedup"] == pytest.approx(report["a"]["median_ms"] / report["b"]["median_ms"], rel=0, abs=1e-9)
+    for side in ("a", "b"):
+        assert report[side]["median_ms"] <= report[side]["p90_ms"] <= report[side]["p99_ms"]
+
+
+def test_bench_rejects_zero_runs(capsys, saved_program):
+    code, out, err = run_cli(capsys, "bench", saved_program[0], "--runs", "0")
+    assert "--runs" in assert_one_line_error(code, out, err, "bench")
+
+
+# --- the installed entry point -------------------------------------------------------------------------
+
+def _entry_point() -> list[str]:
+    script = Path(sys.executable).with_name("prunefx")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "prunefx"]
+
+
+def test_installed_script_runs_and_fails_cleanly(tmp_path, model_file):
+    environment = {key: value for key, value in os.environ.items() if key != "PRUNEFX_DEBUG"}
+    ok = subprocess.run([*_entry_point(), "inspect", f"{model_file}:build", "--input-shape", SHAPE, "--json"],
+                        capture_output=True, text=True, timeout=120, env=environment)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["output_shapes"] == [[1, 10]]
+
+    # A real process also shows anything written straight to file descriptor 2, which capsys cannot see.
+    bad = subprocess.run([*_entry_point(), "export", f"{model_file}:data_dependent", "--input-shape", SHAPE,
+                          "-o", str(tmp_path / "never.onnx")], capture_output=True, text=True, timeout=120,
+                         env=environment)
+    assert bad.returncode == EXIT_USER_ERROR
+    assert bad.stdout == "" and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip("\n").splitlines()) == 1, bad.stderr
