@@ -18,7 +18,7 @@ import torch.utils._pytree as pytree
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from prunefx.graph.channel_labels import FIXED, LabelSpace, Member
+from prunefx.graph.channel_labels import FIXED, Grid, LabelSpace, Member
 from prunefx.graph.channel_rules import RULES
 
 
@@ -92,20 +92,46 @@ def _components(size: int, ties: list[tuple[np.ndarray, np.ndarray]]) -> np.ndar
     return classes
 
 
+def _grid_consistency_ties(space: LabelSpace, classes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Ties that make grids over the same channels agree: two grids whose elements are the same
+    classes must have the same factors (q, k and v views of one projection); if their factor
+    shapes differ the factorisations conflict, and every factor is pinned."""
+    fixed = classes[FIXED]
+    by_elements: dict[bytes, Grid] = {}
+    ties = []
+    for grid in space.grids:
+        key = np.sort(classes[grid.elements].ravel()).tobytes()
+        first = by_elements.setdefault(key, grid)
+        if first is grid:
+            continue
+        same_shape = first.elements.shape == grid.elements.shape and np.array_equal(
+            classes[first.elements], classes[grid.elements])
+        if same_shape:
+            ties += [(a, b) for a, b in zip(first.factors, grid.factors)
+                     if not np.array_equal(classes[a], classes[b])]
+        else:
+            ties += [(f, np.zeros_like(f)) for f in first.factors + grid.factors if (classes[f] != fixed).any()]
+    return ties
+
+
+def _fixed_grid_ties(space: LabelSpace, classes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A grid with a fixed element pins all its factors (the merged dim cannot shrink)."""
+    fixed = classes[FIXED]
+    return [(f, np.zeros_like(f)) for g in space.grids if (classes[g.elements] == fixed).any()
+            for f in g.factors if (classes[f] != fixed).any()]
+
+
 def solve(space: LabelSpace, *, with_blockers: bool = True) -> np.ndarray:
-    """Class of every label. A grid with a fixed element pins all its factors (the merged dim cannot
-    shrink), which may fix more grids: iterate to a fixpoint."""
+    """Class of every label; grid rules may add ties, so iterate to a fixpoint."""
     ties = list(space.ties)
     if with_blockers:
         ties += [(b.labels, np.zeros_like(b.labels)) for b in space.blockers]
     while True:
         classes = _components(space.next_label, ties)
-        fixed = classes[FIXED]
-        newly = [g for g in space.grids if (classes[g.elements] == fixed).any()
-                 and any((classes[f] != fixed).any() for f in g.factors)]
-        if not newly:
+        extra = _fixed_grid_ties(space, classes) + _grid_consistency_ties(space, classes)
+        if not extra:
             return classes
-        ties += [(f, np.zeros_like(f)) for g in newly for f in g.factors]
+        ties += extra
 
 
 @dataclass

@@ -70,7 +70,7 @@ def _rewrite_literals(node, analysis, removed) -> None:
     if target in _SIZE_LITERAL:
         _replace_arg(node, 1, _new_shape(analysis, node, removed))
     elif target is aten.unflatten.int:
-        dim = node.args[1] % len(labels[node])
+        dim = node.args[1] % len(labels[node.args[0]])
         _replace_arg(node, 2, _new_shape(analysis, node, removed)[dim:dim + len(node.args[2])])
     elif target is aten.layer_norm.default:
         _replace_arg(node, 1, _new_shape(analysis, node, removed)[-len(node.args[1]):])
