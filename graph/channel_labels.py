@@ -74,7 +74,7 @@ class LabelSpace:
         self.ties.append((a, b))
 
     def pin(self, labels: np.ndarray, *, node: str, operator: str, reason: str) -> None:
-        self.tie(labels, self.fixed(labels.size))
+        """Make `labels` unremovable because of `operator` (solved together with the ties)."""
         self.blockers.append(Blocker(node, operator, reason, labels))
 
     def grid(self, factors: list[np.ndarray]) -> np.ndarray:

@@ -128,5 +128,5 @@ def group_norm(ctx, node):
     for arg in (_arg(node, 2, "weight"), _arg(node, 3, "bias")):
         if arg is not None:
             ctx.space.tie(ctx.labels(arg)[0], x[1])
-    ctx.space.inexact.append(x[1])
+    ctx.space.inexact += [x[1], per_group]  # statistics run over the channels of a group
     return list(x)
