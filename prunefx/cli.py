@@ -50,7 +50,10 @@ class _WithoutTorchPrints:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        caller = sys._getframe(1).f_globals.get("__name__", "")
+        try:
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+        except ValueError:  # called from C with no Python frame above: not torch's print
+            caller = ""
         if caller == "torch" or caller.startswith("torch."):
             return len(text)
         return self._stream.write(text)
