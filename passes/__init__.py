@@ -1,5 +1,6 @@
 """Graph-rewriting passes: one pass per file, `(program, /, *, config) -> Result`."""
 
+from prunefx.passes.comb_channels import comb_channels
 from prunefx.passes.fold_batchnorm import fold_batchnorm
 from prunefx.passes.pipeline import Pipeline, PipelineError, PipelineResult, Step
 from prunefx.passes.recipe import RecipeError, load_recipe, pipeline_from_spec
@@ -8,5 +9,5 @@ from prunefx.passes.result import Pass, Result
 
 __all__ = [
     "PASSES", "Pass", "Pipeline", "PipelineError", "PipelineResult", "RecipeError", "Result", "Step",
-    "fold_batchnorm", "get_pass", "load_recipe", "pipeline_from_spec",
+    "comb_channels", "fold_batchnorm", "get_pass", "load_recipe", "pipeline_from_spec",
 ]

@@ -85,3 +85,17 @@ def test_attention_heads_and_head_dims_are_separate_factor_groups():
     groups = find_channel_groups(program.module).groups
     block0 = [g for g in groups if g.factor and ("blocks.0.attn.qkv.weight", 0) in g.members]
     assert sorted(g.size for g in block0) == [3, 64]  # 3 heads of 64 dims
+
+
+def test_comb_channels_pass_stores_groups_that_survive_save_and_load(tmp_path):
+    from prunefx.graph import Program
+    from prunefx.passes import Pipeline, comb_channels
+
+    program = capture(build_model("torchvision:resnet18").module, torch.randn(1, 3, 32, 32)).eval()
+    result = Pipeline([comb_channels]).run(program)
+    stats = result.stats()["comb_channels"]
+    assert not result.modified and stats["groups"] == 12 and stats["blocked_groups"] == 0
+    stored = result.program.analysis["channel_groups"]["groups"]
+    assert stored[0]["size"] == 64 and "conv1.weight:0" in stored[0]["members"]
+    reloaded = Program.load(result.program.save(tmp_path / "combed.pt2"))
+    assert reloaded.analysis["channel_groups"] == result.program.analysis["channel_groups"]
