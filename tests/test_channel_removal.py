@@ -99,3 +99,15 @@ def test_comb_channels_pass_stores_groups_that_survive_save_and_load(tmp_path):
     assert stored[0]["size"] == 64 and "conv1.weight:0" in stored[0]["members"]
     reloaded = Program.load(result.program.save(tmp_path / "combed.pt2"))
     assert reloaded.analysis["channel_groups"] == result.program.analysis["channel_groups"]
+
+
+def test_inspect_lists_channel_groups(capsys):
+    import json
+
+    from prunefx.cli import main
+
+    assert main(["inspect", "torchvision:resnet18", "--input-shape", "1x3x32x32", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert len(info["channel_groups"]) == 12 and info["blocked_groups"] == []
+    # per stage: the residual stream and the inner width of each of its two blocks
+    assert sum(g["size"] for g in info["channel_groups"]) == 3 * (64 + 128 + 256 + 512)

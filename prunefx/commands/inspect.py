@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from prunefx.graph import count, operator_histogram
+from prunefx.graph.channel_groups import find_channel_groups
 from prunefx.loading import program_from_args
 
 NAME = "inspect"
@@ -18,6 +19,7 @@ def add_arguments(parser) -> None:
 def summary(program) -> dict:
     cost = count(program)
     histogram = operator_histogram(program.module)
+    combing = find_channel_groups(program.module)
     return {
         "name": program.name,
         "input_shapes": [list(x.shape) for x in program.example_inputs],
@@ -26,6 +28,8 @@ def summary(program) -> dict:
         "macs": cost.macs,
         "nodes": len(program.graph.nodes),
         "operators": dict(histogram.most_common()),
+        "channel_groups": [group.to_dict() for group in combing.groups],
+        "blocked_groups": [blocked.to_dict() for blocked in combing.blocked],
     }
 
 
@@ -43,4 +47,17 @@ def run(args) -> int:
     print("operators:")
     for operator, times in info["operators"].items():
         print(f"  {times:6d}  {operator}")
+    _print_groups(info)
     return 0
+
+
+def _print_groups(info: dict) -> None:
+    groups = info["channel_groups"]
+    print(f"channel groups: {len(groups)} ({sum(g['size'] for g in groups)} removable channels)")
+    for group in groups:
+        kind = "factor" if group["factor"] else "width"
+        exact = "" if group["exact"] else ", inexact (normalised)"
+        print(f"  #{group['id']:<4d} {group['size']:6d} channels  {kind}{exact}  {len(group['members'])} tensors, "
+              f"e.g. {group['members'][0]}")
+    for blocked in info["blocked_groups"]:
+        print(f"  blocked: {blocked['size']} channels of {blocked['members'][0]} by {', '.join(blocked['operators'])}")
