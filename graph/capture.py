@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from prunefx.graph.errors import CaptureError
+from prunefx.graph.errors import CaptureError, first_line
 from prunefx.graph.program import Program
 
 _OPERATOR_PATTERNS = (
@@ -30,11 +30,10 @@ def _blamed_operator(message: str) -> str | None:
 
 
 def _capture_error(name: str, error: Exception) -> CaptureError:
-    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     operator = _blamed_operator(str(error))
     where = f" at operator {operator}" if operator else ""
     return CaptureError(
-        f"could not capture model '{name}'{where}: {type(error).__name__}: {message[:300]}. "
+        f"could not capture model '{name}'{where}: {first_line(error)}. "
         "Fix: make the failing code traceable (no data-dependent Python control flow, no .item()/.tolist() "
         "on tensors), or wrap it in a custom operator (torch.library.custom_op)."
     )
@@ -57,8 +56,7 @@ def _check_runs_eagerly(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]
             copy.deepcopy(model)(*inputs)
     except Exception as error:
         shapes = ", ".join("x".join(map(str, x.shape)) for x in inputs)
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CaptureError(f"model '{name}' does not run on input shape {shapes}: {first[:300]}") from error
+        raise CaptureError(f"model '{name}' does not run on input shape {shapes}: {first_line(error)}") from error
 
 
 def capture(model: torch.nn.Module, example_inputs, *, name: str | None = None) -> Program:

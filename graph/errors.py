@@ -1,5 +1,17 @@
 """Errors raised by the IR layer. Each carries a message meant to be shown to a user as is."""
 
+import re
+
+# torch colours parts of its messages; terminal escape codes have no place in a one-line report.
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def first_line(error: BaseException) -> str:
+    """`Type: first non-empty line of the message`, short enough for a one-line report."""
+    text = _ANSI_ESCAPE.sub("", str(error))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
+
 
 class PrunefxError(Exception):
     """Base class of every error prunefx raises on purpose (the CLI prints these in one line)."""

@@ -20,7 +20,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from prunefx.graph.attributes import delete_unused_tensors
-from prunefx.graph.errors import ProgramFileError, VerificationError
+from prunefx.graph.errors import ProgramFileError, VerificationError, first_line
 
 _METADATA_FILE = "prunefx.json"
 _FORMAT_VERSION = 1
@@ -131,8 +131,8 @@ class Program:
         try:
             return torch.export.export(self.module, self.example_inputs, strict=False)
         except Exception as error:
-            raise VerificationError(f"program '{self.name}' no longer exports: {type(error).__name__}: "
-                                    f"{str(error).splitlines()[0] if str(error) else ''}") from error
+            raise VerificationError(f"program '{self.name}' no longer exports: "
+                                    f"{first_line(error)}") from error
 
     # --- persistence ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -160,8 +160,8 @@ class Program:
         try:
             exported = torch.export.load(path, extra_files=extra)
         except Exception as error:
-            raise ProgramFileError(f"cannot read program {path}: {type(error).__name__}: "
-                                   f"{str(error).splitlines()[0] if str(error) else ''}") from error
+            raise ProgramFileError(f"cannot read program {path}: "
+                                   f"{first_line(error)}") from error
         metadata = json.loads(extra[_METADATA_FILE]) if extra[_METADATA_FILE] else {}
         inputs = _inputs_from_metadata(metadata, exported)
         program = cls.from_exported(exported, inputs, name=metadata.get("name", path.stem))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.utils._pytree as pytree
 
-from prunefx.graph.errors import VerificationError
+from prunefx.graph.errors import VerificationError, first_line
 from prunefx.graph.program import Program, current_output_shapes
 
 
@@ -27,8 +27,8 @@ def _check_shapes(program: Program) -> None:
     try:
         program.refresh_meta()
     except Exception as error:
-        raise VerificationError(f"shape propagation failed on '{program.name}': {type(error).__name__}: "
-                                f"{str(error).splitlines()[0] if str(error) else ''}") from error
+        raise VerificationError(f"shape propagation failed on '{program.name}': "
+                                f"{first_line(error)}") from error
     shapes = current_output_shapes(program.module)
     if shapes != list(program.output_shapes):
         raise VerificationError(f"output shapes of '{program.name}' changed: {program.output_shapes} -> {shapes}")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from prunefx.graph.errors import PrunefxError
+from prunefx.graph.errors import PrunefxError, first_line
 from prunefx.passes.pipeline import Pipeline, Step
 from prunefx.passes.registry import get_pass
 
@@ -50,5 +50,5 @@ def load_recipe(path: str | Path, *, progress: bool = False) -> Pipeline:
     try:
         spec = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise RecipeError(f"recipe {path} is not valid YAML: {str(error).splitlines()[0]}") from error
+        raise RecipeError(f"recipe {path} is not valid YAML: {first_line(error)}") from error
     return pipeline_from_spec(spec, progress=progress)

@@ -13,7 +13,7 @@ import os
 import sys
 import warnings
 
-from prunefx.graph.errors import PrunefxError
+from prunefx.graph.errors import PrunefxError, first_line
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         if os.environ.get("PRUNEFX_DEBUG"):
             raise
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        print(f"prunefx {args.command}: internal error: {type(error).__name__}: {first} "
+        print(f"prunefx {args.command}: internal error: {first_line(error)} "
               "(rerun with PRUNEFX_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
 

@@ -3,12 +3,7 @@
 Each subclasses PrunefxError and carries a one-line message meant to be shown to a user as is.
 """
 
-import re
-
-from prunefx.graph.errors import PrunefxError
-
-# torch.onnx colours parts of its messages; terminal escape codes have no place in a report.
-_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+from prunefx.graph.errors import PrunefxError, first_line
 
 
 class OnnxExportError(PrunefxError):
@@ -25,13 +20,6 @@ class ParityError(PrunefxError):
 
 class MeasurementError(PrunefxError):
     """A latency measurement was asked for with unusable settings (no runs, negative warm-up)."""
-
-
-def first_line(error: BaseException) -> str:
-    """`Type: first non-empty line of the message`, short enough for a one-line report."""
-    text = _ANSI_ESCAPE.sub("", str(error))
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
 
 
 def describe_failure(error: BaseException) -> str:
