@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -35,31 +36,34 @@ def _shape(value) -> tuple[int, ...] | None:
     return tuple(int(s) for s in meta.shape) if isinstance(meta, torch.Tensor) else None
 
 
+ShapeOf = Callable[[object], "tuple[int, ...] | None"]
+
+
 def _numel(shape: tuple[int, ...] | None) -> int:
     return math.prod(shape) if shape is not None else 0
 
 
-def _convolution_macs(node: torch.fx.Node) -> int:
-    weight = _shape(node.args[1])
+def _convolution_macs(node: torch.fx.Node, shape: ShapeOf) -> int:
+    weight = shape(node.args[1])
     if weight is None:
         return 0
     transposed = node.target is aten.convolution.default and len(node.args) > 6 and node.args[6]
     if transposed:  # weight is [C_in, C_out / groups, k...]: every input element feeds C_out/groups * k taps
-        return _numel(_shape(node.args[0])) * math.prod(weight[1:])
-    return _numel(_shape(node)) * math.prod(weight[1:])
+        return _numel(shape(node.args[0])) * math.prod(weight[1:])
+    return _numel(shape(node)) * math.prod(weight[1:])
 
 
-def _matrix_product_macs(node: torch.fx.Node) -> int:
+def _matrix_product_macs(node: torch.fx.Node, shape: ShapeOf) -> int:
     # addmm(bias, a, b) and baddbmm(bias, a, b) carry the left operand second.
     left = node.args[1] if node.target in (aten.addmm.default, aten.baddbmm.default, aten.addbmm.default) else node.args[0]
-    left_shape = _shape(left)
+    left_shape = shape(left)
     if left_shape is None:
         return 0
-    return _numel(_shape(node)) * left_shape[-1]
+    return _numel(shape(node)) * left_shape[-1]
 
 
-def _attention_macs(node: torch.fx.Node) -> int:
-    query, key, value = (_shape(a) for a in node.args[:3])
+def _attention_macs(node: torch.fx.Node, shape: ShapeOf) -> int:
+    query, key, value = (shape(a) for a in node.args[:3])
     if query is None or key is None or value is None:
         return 0
     batch_heads = math.prod(query[:-2])
@@ -67,37 +71,41 @@ def _attention_macs(node: torch.fx.Node) -> int:
     return batch_heads * length * source * (depth + value[-1])  # QK^T then (softmax) V
 
 
-def _einsum_macs(node: torch.fx.Node) -> int:
+def _einsum_macs(node: torch.fx.Node, shape: ShapeOf) -> int:
     equation, operands = node.args[0], node.args[1]
     inputs = re.sub(r"\s", "", equation).split("->")[0].split(",")
     sizes: dict[str, int] = {}
     for letters, operand in zip(inputs, operands):
-        shape = _shape(operand)
-        if shape is None or "." in letters:
+        operand_shape = shape(operand)
+        if operand_shape is None or "." in letters:
             return 0
-        sizes.update(zip(letters, shape))
+        sizes.update(zip(letters, operand_shape))
     return math.prod(sizes.values())
 
 
-def node_macs(node: torch.fx.Node) -> int:
-    """Multiply-accumulates of one graph node (0 for operators that are not counted)."""
+def node_macs(node: torch.fx.Node, shape: ShapeOf = _shape) -> int:
+    """Multiply-accumulates of one graph node (0 for operators that are not counted).
+
+    `shape` gives the shape of a node; the default reads its metadata. Channel selection passes
+    the shapes a node would have after a removal, to predict MACs without rewriting the graph.
+    """
     if node.op != "call_function":
         return 0
     target = node.target
     if target in _CONVOLUTIONS:
-        return _convolution_macs(node)
+        return _convolution_macs(node, shape)
     if target in _TRANSPOSED_CONVOLUTIONS:
-        weight = _shape(node.args[1])
-        return _numel(_shape(node.args[0])) * math.prod(weight[1:]) if weight else 0
+        weight = shape(node.args[1])
+        return _numel(shape(node.args[0])) * math.prod(weight[1:]) if weight else 0
     if target is aten.linear.default:
-        weight = _shape(node.args[1])
-        return _numel(_shape(node)) * weight[1] if weight else 0
+        weight = shape(node.args[1])
+        return _numel(shape(node)) * weight[1] if weight else 0
     if target in _MATRIX_PRODUCTS:
-        return _matrix_product_macs(node)
+        return _matrix_product_macs(node, shape)
     if target is aten.scaled_dot_product_attention.default:
-        return _attention_macs(node)
+        return _attention_macs(node, shape)
     if target is aten.einsum.default:
-        return _einsum_macs(node)
+        return _einsum_macs(node, shape)
     return 0
 
 

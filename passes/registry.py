@@ -5,11 +5,13 @@ from __future__ import annotations
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.comb_channels import comb_channels
 from prunefx.passes.fold_batchnorm import fold_batchnorm
+from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.result import Pass
 
 PASSES: dict[str, Pass] = {
     "comb_channels": comb_channels,
     "fold_batchnorm": fold_batchnorm,
+    "remove_channels": remove_channels,
 }
 
 

@@ -1,0 +1,179 @@
+"""Channel selection: which channels of which groups to remove to reach a MACs/params/width target.
+
+Every group lists its channels from least to most important; a plan removes a prefix of that list
+from each group. Pruned widths are restricted to the *allowed widths* of a group: multiples of
+`round_to` (the runtime's preferred width; the original width is always allowed), never below
+`(1 - max_ratio)` of the original, never zero. A grid factor that is a small count (attention heads)
+steps by one, since `round_to` applies to the widths it multiplies; head-dims are rounded like widths.
+
+Two rankings, each driven by one scalar that a bisection tunes to the target:
+- local: every group removes the same fraction `p` of its channels;
+- global: scores are normalised by their group's mean, and every channel below a threshold `t`
+  goes (CPD's non-uniform widths, chosen globally).
+The cost of a plan is predicted exactly, without touching the graph: each node's shape after the
+removal is the number of surviving labels in each dim, fed to the same MACs counter as everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from prunefx.graph.channel_groups import ChannelGroup, Combing
+from prunefx.graph.counting import Cost, _shape, node_macs
+from prunefx.graph.errors import PrunefxError
+
+TARGET_KINDS = ("macs", "params", "channels")
+TARGET_TOLERANCE = 0.03  # relative to the target cost
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str       # "macs", "params" or "channels"
+    fraction: float  # the fraction of the dense model's cost to keep
+
+    def __post_init__(self):
+        if self.kind not in TARGET_KINDS:
+            raise PrunefxError(f"unknown target '{self.kind}' (known: {', '.join(TARGET_KINDS)})")
+        if not 0.0 < self.fraction <= 1.0:
+            raise PrunefxError(f"target {self.kind}={self.fraction} must be a fraction in (0, 1]")
+
+
+@dataclass
+class Plan:
+    kept: list[int]                 # surviving width of every group
+    removed: list[np.ndarray]       # removed classes of every group
+    predicted: Cost
+    channels: int                   # surviving channels summed over the groups
+    target_met: bool
+
+
+def expand_mask(analysis, mask: np.ndarray) -> np.ndarray:
+    """Grow a boolean mask over classes to a fixpoint: removing a grid factor index (a head)
+    removes every class inside its slice of the grid."""
+    mask = mask.copy()
+    classes = analysis.classes
+    changed = True
+    while changed:
+        changed = False
+        for grid in analysis.space.grids:
+            for axis, factor in enumerate(grid.factors):
+                gone = mask[classes[factor]]
+                if gone.any():
+                    inside = classes[np.compress(gone, grid.elements, axis=axis)]
+                    if not mask[inside].all():
+                        mask[inside] = True
+                        changed = True
+    return mask
+
+
+def allowed_widths(group: ChannelGroup, *, round_to: int, max_ratio: float) -> np.ndarray:
+    """Widths a group may keep, ascending; the last one is the original width."""
+    size = group.size
+    step = max(int(round_to), 1)
+    if group.factor and (size % step or size <= step):
+        step = 1  # a count of heads (or of groups): round the widths it multiplies, not the count
+    smallest = max(math.ceil((1.0 - max_ratio) * size - 1e-9), 1)
+    widths = [w for w in range(step, size, step) if w >= smallest]
+    return np.array(widths + [size], dtype=np.int64)
+
+
+class CostModel:
+    """Predicts MACs and parameters after removing a set of classes."""
+
+    def __init__(self, module: torch.fx.GraphModule, analysis):
+        self.analysis = analysis
+        self.mac_nodes = [n for n in module.graph.nodes if node_macs(n) > 0]
+        parameters = dict(module.named_parameters())
+        self.parameter_nodes = [n for n in module.graph.nodes if n.op == "get_attr" and n.target in parameters]
+        unlabelled = set(parameters) - {n.target for n in self.parameter_nodes}
+        self.fixed_params = sum(parameters[name].numel() for name in unlabelled)
+
+    def cost(self, removed_mask: np.ndarray) -> Cost:
+        survives = ~expand_mask(self.analysis, removed_mask)
+        classes, node_labels = self.analysis.classes, self.analysis.node_labels
+
+        def shape(arg):
+            labels = node_labels.get(arg) if isinstance(arg, torch.fx.Node) else None
+            if isinstance(labels, list) and all(isinstance(dim, np.ndarray) for dim in labels):
+                return tuple(int(survives[classes[dim]].sum()) for dim in labels)
+            return _shape(arg)
+
+        macs = sum(node_macs(node, shape) for node in self.mac_nodes)
+        params = self.fixed_params + sum(math.prod(shape(node)) for node in self.parameter_nodes)
+        return Cost(macs=int(macs), params=int(params))
+
+
+class Selector:
+    """Turns importance scores into a removal plan for a target."""
+
+    def __init__(self, module, combing: Combing, scores: list[np.ndarray], *, round_to: int = 8,
+                 max_ratio: float = 0.9, ranking: str = "global"):
+        if ranking not in ("global", "local"):
+            raise PrunefxError(f"unknown ranking '{ranking}' (use 'global' or 'local')")
+        if not 0.0 <= max_ratio < 1.0:
+            raise PrunefxError(f"max_ratio {max_ratio} must be in [0, 1)")
+        self.combing, self.ranking = combing, ranking
+        self.cost_model = CostModel(module, combing.analysis)
+        self.dense = self.cost_model.cost(np.zeros(int(combing.analysis.classes.max()) + 1, dtype=bool))
+        self.orders = [np.argsort(s, kind="stable") for s in scores]
+        self.sorted_normalised = [np.sort(s / s.mean()) if s.mean() > 0 else np.zeros_like(s) for s in scores]
+        self.widths = [allowed_widths(g, round_to=round_to, max_ratio=max_ratio) for g in combing.groups]
+
+    # --- from the scalar knob to widths ------------------------------------------------------------
+    def _kept_for(self, knob: float) -> list[int]:
+        kept = []
+        for group, widths, normalised in zip(self.combing.groups, self.widths, self.sorted_normalised):
+            if self.ranking == "local":
+                wanted = group.size * (1.0 - knob)
+            else:
+                wanted = group.size - int(np.searchsorted(normalised, knob, side="left"))
+            kept.append(int(widths[np.argmin(np.abs(widths - wanted))]))  # nearest; ties keep fewer
+        return kept
+
+    def _mask(self, kept: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+        mask = np.zeros(int(self.combing.analysis.classes.max()) + 1, dtype=bool)
+        removed = []
+        for group, order, width in zip(self.combing.groups, self.orders, kept):
+            gone = group.classes[order[: group.size - width]]
+            mask[gone] = True
+            removed.append(gone)
+        return mask, removed
+
+    def _measure(self, target: Target, kept: list[int]) -> float:
+        if target.kind == "channels":
+            return sum(kept) / sum(g.size for g in self.combing.groups)
+        cost = self.cost_model.cost(self._mask(kept)[0])
+        return cost.macs / self.dense.macs if target.kind == "macs" else cost.params / self.dense.params
+
+    # --- search ------------------------------------------------------------------------------------
+    def plan(self, target: Target, *, iterations: int = 40) -> Plan:
+        """Bisection on the knob: the largest model whose cost is at most the target, or, when the
+        allowed widths skip over it, the closest on either side."""
+        low, high = 0.0, 1.0 if self.ranking == "local" else self._global_ceiling()
+        best = (abs(self._measure(target, self._kept_for(low)) - target.fraction), low)
+        for _ in range(iterations):
+            middle = 0.5 * (low + high)
+            value = self._measure(target, self._kept_for(middle))
+            best = min(best, (abs(value - target.fraction), middle))
+            if value > target.fraction:
+                low = middle
+            else:
+                high = middle
+        for knob in (low, high):
+            best = min(best, (abs(self._measure(target, self._kept_for(knob)) - target.fraction), knob))
+        return self._plan_for(target, best[1])
+
+    def _global_ceiling(self) -> float:
+        return max((float(n[-1]) for n in self.sorted_normalised if n.size), default=0.0) + 1.0
+
+    def _plan_for(self, target: Target, knob: float) -> Plan:
+        kept = self._kept_for(knob)
+        mask, removed = self._mask(kept)
+        predicted = self.cost_model.cost(mask)
+        achieved = self._measure(target, kept)
+        met = abs(achieved - target.fraction) <= TARGET_TOLERANCE * target.fraction
+        return Plan(kept, removed, predicted, sum(kept), met)
