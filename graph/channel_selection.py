@@ -3,8 +3,8 @@
 Every group lists its channels from least to most important; a plan removes a prefix of that list
 from each group. Pruned widths are restricted to the *allowed widths* of a group: multiples of
 `round_to` (the runtime's preferred width; the original width is always allowed), never below
-`(1 - max_ratio)` of the original, never zero. A grid factor that is a small count (attention heads)
-steps by one, since `round_to` applies to the widths it multiplies; head-dims are rounded like widths.
+`(1 - max_ratio)` of the original, never zero. For grid factors (heads, head-dims, channels per
+group of a grouped conv) the rounding applies to the tensor widths they multiply (see width_steps).
 
 Two rankings, each driven by one scalar that a bisection tunes to the target:
 - local: every group removes the same fraction `p` of its channels;
@@ -70,15 +70,40 @@ def expand_mask(analysis, mask: np.ndarray) -> np.ndarray:
     return mask
 
 
-def allowed_widths(group: ChannelGroup, *, round_to: int, max_ratio: float) -> np.ndarray:
-    """Widths a group may keep, ascending; the last one is the original width."""
-    size = group.size
-    step = max(int(round_to), 1)
-    if group.factor and (size % step or size <= step):
-        step = 1  # a count of heads (or of groups): round the widths it multiplies, not the count
+def allowed_widths(size: int, step: int, *, max_ratio: float) -> np.ndarray:
+    """Widths a group of `size` channels may keep, ascending; the last one is the original width."""
     smallest = max(math.ceil((1.0 - max_ratio) * size - 1e-9), 1)
     widths = [w for w in range(step, size, step) if w >= smallest]
     return np.array(widths + [size], dtype=np.int64)
+
+
+def width_steps(analysis, groups: list[ChannelGroup], round_to: int) -> list[int]:
+    """The step of each group's widths so that every tensor width it sets is a multiple of `round_to`.
+
+    A channel that occupies one index of a tensor dim steps by `round_to`. Some channels occupy
+    several: the same channel of every group of a grouped conv (6 groups: 6 indices), or a grid
+    factor such as a head (64 head-dims) or a head-dim (one per head). With that multiplier m the
+    step is round_to / gcd(round_to, m): 6 heads of 64 dims step by one head, the 64 head-dims of
+    6 heads by 4 (4 x 6 = 24 is a multiple of 8).
+    """
+    round_to = max(int(round_to), 1)
+    multipliers = _direct_multipliers(analysis)
+    for grid in analysis.space.grids:
+        for factor in grid.factors:
+            multiplier = grid.elements.size // max(factor.size, 1)
+            for cls in np.unique(analysis.classes[factor]).tolist():
+                multipliers[cls] = min(multipliers.get(cls, multiplier), multiplier)
+    return [round_to // math.gcd(round_to, multipliers.get(int(g.classes[0]), 1)) for g in groups]
+
+
+def _direct_multipliers(analysis) -> dict[int, int]:
+    """For every class labelling a parameter dim directly, the fewest indices it occupies in one."""
+    multipliers: dict[int, int] = {}
+    for member in analysis.space.members:
+        classes, counts = np.unique(analysis.classes[member.labels], return_counts=True)
+        for cls, count in zip(classes.tolist(), counts.tolist()):
+            multipliers[cls] = min(multipliers.get(cls, count), count)
+    return multipliers
 
 
 class CostModel:
@@ -121,7 +146,8 @@ class Selector:
         self.dense = self.cost_model.cost(np.zeros(int(combing.analysis.classes.max()) + 1, dtype=bool))
         self.orders = [np.argsort(s, kind="stable") for s in scores]
         self.sorted_normalised = [np.sort(s / s.mean()) if s.mean() > 0 else np.zeros_like(s) for s in scores]
-        self.widths = [allowed_widths(g, round_to=round_to, max_ratio=max_ratio) for g in combing.groups]
+        steps = width_steps(combing.analysis, combing.groups, round_to)
+        self.widths = [allowed_widths(g.size, step, max_ratio=max_ratio) for g, step in zip(combing.groups, steps)]
 
     # --- from the scalar knob to widths ------------------------------------------------------------
     def _kept_for(self, knob: float) -> list[int]:

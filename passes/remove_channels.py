@@ -43,7 +43,7 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     before = count(program)
     combing = find_channel_groups(program.module, keep=set(config.get("keep", ())))
     importance = channel_importance(program.module, combing, config.get("importance", "l2"),
-                                    calibration=config.get("calibration") or [program.example_inputs],
+                                    calibration=_calibration(program, config.get("calibration")),
                                     seed=int(config.get("seed", 0)))
     selector = Selector(program.module, combing, importance.scores, round_to=int(config.get("round_to", 8)),
                         max_ratio=float(config.get("max_ratio", 0.8)), ranking=config.get("ranking", "global"))
@@ -66,6 +66,18 @@ def _target(config: dict) -> Target:
         raise PrunefxError(f"remove_channels needs exactly one target among {', '.join(TARGET_KINDS)} "
                            f"(got {', '.join(given) or 'none'})")
     return Target(given[0], float(config[given[0]]))
+
+
+def _calibration(program: Program, batches) -> list:
+    """Calibration batches must match the captured input shapes: the graph is static."""
+    batches = [tuple(b) if isinstance(b, (tuple, list)) else (b,) for b in (batches or [program.example_inputs])]
+    expected = [tuple(t.shape) for t in program.example_inputs]
+    for index, batch in enumerate(batches):
+        shapes = [tuple(t.shape) for t in batch]
+        if shapes != expected:
+            raise PrunefxError(f"calibration batch {index} has shapes {shapes}, but {program.name} was captured "
+                               f"for {expected}; capture with the calibration batch size")
+    return batches
 
 
 def _unreachable(target: Target, plan, selector: Selector, combing) -> str:

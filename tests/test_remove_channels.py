@@ -1,0 +1,149 @@
+"""remove_channels: targets met and predicted exactly, widths rounded, options honoured, bad input refused."""
+
+import numpy as np
+import pytest
+import torch
+
+from prunefx.graph import PrunefxError, capture, count, verify
+from prunefx.graph.channel_groups import find_channel_groups
+from prunefx.graph.channel_importance import channel_importance
+from prunefx.graph.channel_selection import allowed_widths
+from prunefx.graph.program import Program
+from prunefx.models import build_model
+from prunefx.passes.pipeline import Pipeline, Step
+from prunefx.passes.registry import get_pass
+from prunefx.passes.remove_channels import remove_channels
+
+
+def _resnet18() -> Program:
+    torch.manual_seed(0)
+    return capture(build_model("torchvision:resnet18", image_size=64).module, torch.randn(1, 3, 64, 64)).eval()
+
+
+@pytest.fixture(scope="module")
+def resnet18() -> Program:
+    return _resnet18()
+
+
+def _shrunk_dims(before: Program, after: Program) -> list[int]:
+    old = dict(before.module.named_parameters())
+    return [new_size for name, p in after.module.named_parameters()
+            for old_size, new_size in zip(old[name].shape, p.shape) if new_size != old_size]
+
+
+@pytest.mark.parametrize("kind", ["macs", "params"])
+def test_target_is_met_and_predicted_exactly(resnet18, kind):
+    result = remove_channels(resnet18.clone(), config={kind: 0.5})
+    stats = result.stats
+    assert result.modified and stats["target"]["met"]
+    assert stats[f"{kind}_after"] == pytest.approx(0.5 * stats[f"{kind}_before"], rel=0.03)
+    assert (stats["macs_predicted"], stats["params_predicted"]) == (stats["macs_after"], stats["params_after"])
+    assert count(result.program) == type(count(result.program))(stats["macs_after"], stats["params_after"])
+    verify(result.program)
+    assert result.program.output_shapes == resnet18.output_shapes
+
+
+def test_channel_target_keeps_that_fraction_of_the_group_widths(resnet18):
+    stats = remove_channels(resnet18.clone(), config={"channels": 0.5, "round_to": 1}).stats
+    before = sum(g["width_before"] for g in stats["groups"])
+    assert sum(g["width_after"] for g in stats["groups"]) == pytest.approx(0.5 * before, rel=0.03)
+
+
+@pytest.mark.parametrize("round_to", [8, 16])
+def test_every_pruned_width_is_a_multiple_of_round_to(resnet18, round_to):
+    result = remove_channels(resnet18.clone(), config={"macs": 0.5, "round_to": round_to})
+    shrunk = _shrunk_dims(resnet18, result.program)
+    assert shrunk and all(size % round_to == 0 for size in shrunk)
+
+
+def test_local_ranking_removes_the_same_fraction_everywhere(resnet18):
+    groups = remove_channels(resnet18.clone(), config={"channels": 0.5, "ranking": "local"}).stats["groups"]
+    assert {g["width_after"] / g["width_before"] for g in groups} == {0.5}  # resnet widths are multiples of 16
+
+
+def test_max_ratio_bounds_every_group(resnet18):
+    config = {"channels": 0.1, "max_ratio": 0.75, "ranking": "local", "strict": False}
+    stats = remove_channels(resnet18.clone(), config=config).stats
+    assert not stats["target"]["met"]  # 0.1 of the channels is out of reach: every group stops at 0.25
+    assert all(g["width_after"] == 0.25 * g["width_before"] for g in stats["groups"])
+
+
+def test_kept_nodes_keep_their_channels(resnet18):
+    stem = next(n.name for n in resnet18.graph.nodes if n.op == "call_function" and "conv" in str(n.target))
+    result = remove_channels(resnet18.clone(), config={"macs": 0.5, "keep": [stem]})
+    assert result.program.module.get_parameter("conv1.weight").shape[0] == 64
+    assert result.stats["target"]["met"]
+
+
+def test_pruned_program_saves_and_reloads_with_its_report(resnet18, tmp_path):
+    result = remove_channels(resnet18.clone(), config={"macs": 0.5})
+    loaded = Program.load(result.program.save(tmp_path / "pruned.pt2"))
+    assert loaded.analysis["channel_pruning"]["macs_after"] == result.stats["macs_after"]
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(loaded(x), result.program(x))
+
+
+def test_the_pass_runs_from_a_pipeline_by_name(resnet18):
+    outcome = Pipeline([Step(get_pass("remove_channels"), {"macs": 0.5})]).run(resnet18)
+    assert outcome.program.analysis["channel_pruning"]["target"]["met"]
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "bn", "taylor", "fisher"])
+def test_a_channel_with_zero_weights_scores_lowest(criterion):
+    program = _resnet18()
+    combing = find_channel_groups(program.module)
+    group = next(g for g in combing.groups if ("layer1.0.conv1.weight", 0) in g.members)
+    dead = int(np.flatnonzero(combing.analysis.classes[_labels_of(combing, "layer1.0.conv1.weight", 0)]
+                              == group.classes[3])[0])
+    with torch.no_grad():  # channel 3 of layer1.0.conv1 produces nothing: conv, bn and consumer zeroed
+        for name in ("layer1.0.conv1.weight", "layer1.0.bn1.weight", "layer1.0.bn1.bias"):
+            program.module.get_parameter(name)[dead] = 0
+        program.module.get_parameter("layer1.0.conv2.weight")[:, dead] = 0
+    scores = channel_importance(program.module, combing, criterion,
+                                calibration=[(torch.randn(1, 3, 64, 64),), (torch.randn(1, 3, 64, 64),)]).scores[group.id]
+    assert scores[3] == scores.min() and scores[3] < np.median(scores)
+
+
+def _labels_of(combing, target, dim):
+    return next(m.labels for m in combing.analysis.space.members if (m.target, m.dim) == (target, dim))
+
+
+def test_random_importance_is_reproducible(resnet18):
+    combing = find_channel_groups(resnet18.module)
+    first = channel_importance(resnet18.module, combing, "random", seed=3).scores
+    second = channel_importance(resnet18.module, combing, "random", seed=3).scores
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+
+
+def test_heads_are_removed_whole_or_by_the_same_dims_in_every_head():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32, 32)
+    program = capture(build_model("timm:deit_tiny_patch16_224", image_size=32).module, x).eval()
+    result = remove_channels(program, config={"macs": 0.5, "round_to": 8})
+    verify(result.program)
+    heads = [g for g in result.stats["groups"] if g["factor"] and g["width_before"] == 3]
+    assert len(heads) == 12  # one head group per block: three heads of 64 dims
+    attention = [m for name, m in result.program.module.named_parameters() if name.endswith("attn.qkv.weight")]
+    for qkv, head_group in zip(attention, heads):
+        assert qkv.shape[0] % (3 * head_group["width_after"]) == 0  # q, k and v of whole heads
+
+
+def test_allowed_widths_respect_step_and_max_ratio():
+    assert allowed_widths(64, 16, max_ratio=0.8).tolist() == [16, 32, 48, 64]
+    assert allowed_widths(64, 16, max_ratio=0.5).tolist() == [32, 48, 64]
+    assert allowed_widths(12, 16, max_ratio=0.9).tolist() == [12]
+
+
+@pytest.mark.parametrize("config, message", [
+    ({}, "exactly one target"),
+    ({"macs": 0.5, "params": 0.5}, "exactly one target"),
+    ({"macs": 1.5}, "must be a fraction"),
+    ({"macs": 0.5, "importance": "magic"}, "unknown importance"),
+    ({"macs": 0.5, "ranking": "sideways"}, "unknown ranking"),
+    ({"macs": 0.5, "speed": 2}, "unknown option"),
+    ({"macs": 0.02}, "cannot reach macs=0.02"),
+    ({"macs": 0.5, "importance": "fisher", "calibration": [(torch.randn(2, 3, 64, 64),)]}, "calibration batch"),
+])
+def test_bad_configs_are_refused_with_a_clear_message(resnet18, config, message):
+    with pytest.raises(PrunefxError, match=message):
+        remove_channels(resnet18.clone(), config=config)
