@@ -151,6 +151,13 @@ BAD_INPUTS = {
     "missing onnx": (lambda tmp, models: ["bench", tmp / "missing.onnx"], "no such ONNX file"),
     "wrong input shape": (lambda tmp, models: ["inspect", f"{models}:build", "--input-shape", "1x3x64"],
                           "does not run on input shape 1x3x64"),
+    "prune past reach": (lambda tmp, models: ["prune", f"{models}:wider", "--input-shape", SHAPE, "--macs", "0.01",
+                                              "-o", tmp / "never"], "cannot reach macs=0.01"),
+    "prune not a fraction": (lambda tmp, models: ["prune", f"{models}:wider", "--input-shape", SHAPE, "--params", "2",
+                                                  "-o", tmp / "never"], "must be a fraction"),
+    "missing calibration": (lambda tmp, models: ["prune", f"{models}:wider", "--input-shape", SHAPE, "--macs", "0.5",
+                                                 "--importance", "fisher", "--calibration", tmp / "nowhere",
+                                                 "-o", tmp / "never"], "does not exist"),
     "will not export": (lambda tmp, models: ["export", f"{models}:data_dependent", "--input-shape", SHAPE,
                                              "-o", tmp / "never.onnx"], "could not capture model"),
 }
@@ -164,7 +171,43 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, model_file, case):
     code, out, err = run_cli(capsys, *argv)
     line = assert_one_line_error(code, out, err, argv[0])
     assert expected in line
-    assert not (tmp_path / "never.onnx").exists()
+    assert not (tmp_path / "never.onnx").exists() and not (tmp_path / "never").exists()
+
+
+# --- prune ---------------------------------------------------------------------------------------------
+
+REPORT_KEYS = {"params_before", "params_after", "macs_before", "macs_after", "groups", "blocked", "parity"}
+
+
+def test_prune_writes_model_onnx_and_report(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "prune", "torchvision:resnet18", "--input-shape", SHAPE, "--macs", "0.5",
+                           "--round-to", "16", "-o", tmp_path / "out")
+    assert code == 0, out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert REPORT_KEYS <= set(report)
+    assert report["macs_after"] == pytest.approx(0.5 * report["macs_before"], rel=0.03)
+    assert report["params_after"] < report["params_before"]
+    assert all(g["width_after"] % 16 == 0 for g in report["groups"] if g["width_after"] != g["width_before"])
+    assert report["parity"]["relative"] < 1e-4
+    assert "MACs" in out and "parity" in out
+
+    code, out, _ = run_cli(capsys, "inspect", tmp_path / "out" / "model.pt2", "--json")
+    assert code == 0 and json.loads(out)["macs"] == report["macs_after"]
+    session = OnnxRuntimeSession(tmp_path / "out" / "model.onnx")
+    assert session.run(np.zeros((1, 3, 64, 64), np.float32))[0].shape == (1, 1000)
+
+
+def test_prune_with_fisher_on_real_images_reports_them(capsys, tmp_path):
+    from prunefx.assets import imagenet_sample_images
+
+    folder = imagenet_sample_images()[0][0].parent
+    code, out, _ = run_cli(capsys, "prune", "torchvision:mobilenet_v2", "--input-shape", SHAPE, "--params", "0.6",
+                           "--importance", "fisher", "--calibration", folder, "--local", "-o", tmp_path)
+    assert code == 0, out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["calibration"] == f"images from {folder}"
+    assert report["importance"] == "fisher" and report["ranking"] == "local"
+    assert report["params_after"] == pytest.approx(0.6 * report["params_before"], rel=0.03)
 
 
 # --- export --------------------------------------------------------------------------------------------

@@ -49,11 +49,11 @@ def run(args) -> int:
         raise PrunefxError(f"{output} exists and is not a folder")
     program = program_from_args(args).eval()
     config = _config(args, program)
-    _step(f"pruning {program.name} to {_target_text(args)} ({args.importance}, {args.ranking})")
     started = time.perf_counter()
     result = remove_channels(program, config=config)
     stats, pruned = result.stats, result.program
-    _step(f"pruned in {time.perf_counter() - started:.1f} s; exporting to ONNX")
+    print(f"pruned {program.name} to {_target_text(args)} ({args.importance}, {args.ranking}) "
+          f"in {time.perf_counter() - started:.1f} s; exporting to ONNX", flush=True)
     output.mkdir(parents=True, exist_ok=True)
     pruned.save(output / "model.pt2")
     exported = export_onnx(pruned, output / "model.onnx", opset=args.opset)
@@ -110,6 +110,3 @@ def _summary(report: dict, output: Path) -> None:
     print(f"parity torch vs ONNX Runtime: relative error {report['parity']['relative']:.2e}")
     print(f"wrote {output / 'model.pt2'}, {output / 'model.onnx'}, {output / 'report.json'}")
 
-
-def _step(text: str) -> None:
-    print(f"- {text}", flush=True)

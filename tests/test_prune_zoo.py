@@ -1,0 +1,67 @@
+"""Pruning the model zoo to 0.5 and 0.3 of its MACs: the target is met within 3 %, the cost was predicted
+exactly, the result verifies (re-exports, keeps its output shapes) and, at 0.3, its ONNX file matches it.
+
+benchmarks/prune_zoo.py runs the same matrix with ONNX parity at both targets and records it.
+"""
+
+import functools
+
+import pytest
+import torch
+
+from prunefx.graph import capture, verify
+from prunefx.models import build_model
+from prunefx.passes.remove_channels import remove_channels
+from prunefx.runtime import check_parity, export_onnx
+
+ZOO = [
+    # the foundation list
+    "torchvision:resnet18", "torchvision:resnet50", "torchvision:mobilenet_v2", "torchvision:mobilenet_v3_large",
+    "torchvision:efficientnet_b0", "torchvision:densenet121", "torchvision:convnext_tiny", "torchvision:swin_t",
+    "torchvision:vit_b_16", "torchvision:deeplabv3_mobilenet_v3_large",
+    "timm:vit_small_patch16_224", "timm:deit_tiny_patch16_224", "timm:convnext_atto", "timm:efficientnet_b0",
+    # the channel-removal list
+    "torchvision:resnext50_32x4d", "torchvision:regnet_y_400mf", "torchvision:shufflenet_v2_x1_0",
+    "torchvision:googlenet", "torchvision:efficientnet_v2_s", "torchvision:mnasnet1_0", "torchvision:squeezenet1_1",
+    "torchvision:maxvit_t", "torchvision:fcn_resnet50", "torchvision:lraspp_mobilenet_v3_large",
+    "timm:swin_tiny_patch4_window7_224", "timm:deit3_small_patch16_224", "timm:mobilevit_xs", "timm:levit_128s",
+    "timm:poolformer_s12", "timm:efficientformer_l1", "timm:ghostnet_100",
+]
+# Models whose architecture fixes a larger input (window partitions, fixed attention biases).
+IMAGE_SIZES = {"torchvision:maxvit_t": 224, "timm:efficientformer_l1": 224}
+PARITY_TOLERANCE = 1e-4
+
+
+def zoo_program(reference: str):
+    """Captured once per model (the tests prune clones). Zero-initialised layers (torchvision's ViT
+    head) get small random weights so that outputs, and so parity, mean something."""
+    return _captured(reference).clone()
+
+
+@functools.lru_cache(maxsize=1)
+def _captured(reference: str):
+    torch.manual_seed(0)
+    size = IMAGE_SIZES.get(reference, 64)
+    module = build_model(reference, image_size=size).module.eval()
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if parameter.dim() > 1 and not parameter.any():
+                parameter.normal_(std=0.02)
+    return capture(module, torch.randn(1, 3, size, size), name=reference).eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fraction", [0.5, 0.3])
+@pytest.mark.parametrize("reference", ZOO)
+def test_prune_zoo_to_a_macs_target(reference, fraction, tmp_path):
+    program = zoo_program(reference)
+    result = remove_channels(program, config={"macs": fraction, "round_to": 8})
+    stats = result.stats
+    assert stats["macs_after"] == pytest.approx(fraction * stats["macs_before"], rel=0.03)
+    assert (stats["macs_predicted"], stats["params_predicted"]) == (stats["macs_after"], stats["params_after"])
+    verify(result.program)  # lint, shapes, finite outputs, re-export
+    assert result.program.output_shapes == _captured(reference).output_shapes
+    if fraction == 0.3:
+        exported = export_onnx(result.program, tmp_path / "pruned.onnx")
+        parity = check_parity(result.program, exported.path)
+        assert parity.output_scale > 0 and parity.relative <= PARITY_TOLERANCE, f"{reference}: {parity}"
