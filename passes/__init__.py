@@ -5,9 +5,10 @@ from prunefx.passes.fold_batchnorm import fold_batchnorm
 from prunefx.passes.pipeline import Pipeline, PipelineError, PipelineResult, Step
 from prunefx.passes.recipe import RecipeError, load_recipe, pipeline_from_spec
 from prunefx.passes.registry import PASSES, get_pass
+from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.result import Pass, Result
 
 __all__ = [
     "PASSES", "Pass", "Pipeline", "PipelineError", "PipelineResult", "RecipeError", "Result", "Step",
-    "comb_channels", "fold_batchnorm", "get_pass", "load_recipe", "pipeline_from_spec",
+    "comb_channels", "fold_batchnorm", "get_pass", "load_recipe", "pipeline_from_spec", "remove_channels",
 ]

@@ -66,7 +66,9 @@ class Pipeline:
     def __init__(self, steps, *, verify: str = "full", progress: bool = False):
         if verify not in VERIFY_LEVELS:
             raise PrunefxError(f"verify must be one of {VERIFY_LEVELS}, not '{verify}'")
-        self.steps = tuple(step if isinstance(step, Step) else Step(step) for step in steps)
+        # A step is a Step, a pass function, or a (pass function, config) pair.
+        self.steps = tuple(step if isinstance(step, Step) else Step(*step) if isinstance(step, tuple) else Step(step)
+                           for step in steps)
         self.verify = verify
         self.progress = progress
 

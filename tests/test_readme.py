@@ -14,7 +14,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exec(compile(block, "README.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
-    assert printed[1] == "20" and printed[-1] == "True"
+    assert printed[1] == "20" and printed[-3:] == ["True", "0.5", "True"]
     assert (tmp_path / "out" / "resnet18_folded.onnx").is_file()
 
 
