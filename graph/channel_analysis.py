@@ -95,11 +95,14 @@ def _components(size: int, ties: list[tuple[np.ndarray, np.ndarray]]) -> np.ndar
 def _grid_consistency_ties(space: LabelSpace, classes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """Ties that make grids over the same channels agree: two grids whose elements are the same
     classes must have the same factors (q, k and v views of one projection); if their factor
-    shapes differ the factorisations conflict, and every factor is pinned."""
+    shapes differ the factorisations conflict, and every factor is pinned. Grids with one free
+    factor are left out: _single_factor_ties relates them exactly."""
     fixed = classes[FIXED]
     by_elements: dict[bytes, Grid] = {}
     ties = []
     for grid in space.grids:
+        if len(free_axes(grid, classes)) < 2:
+            continue
         key = np.sort(classes[grid.elements].ravel()).tobytes()
         first = by_elements.setdefault(key, grid)
         if first is grid:
@@ -114,11 +117,68 @@ def _grid_consistency_ties(space: LabelSpace, classes: np.ndarray) -> list[tuple
     return ties
 
 
+def free_axes(grid: Grid, classes: np.ndarray) -> list[int]:
+    """Axes of `grid` whose factor still has a removable index."""
+    fixed = classes[FIXED]
+    return [axis for axis, factor in enumerate(grid.factors) if (classes[factor] != fixed).any()]
+
+
 def _fixed_grid_ties(space: LabelSpace, classes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """A grid with a fixed element pins all its factors (the merged dim cannot shrink)."""
     fixed = classes[FIXED]
     return [(f, np.zeros_like(f)) for g in space.grids if (classes[g.elements] == fixed).any()
             for f in g.factors if (classes[f] != fixed).any()]
+
+
+def _single_factor_ties(space: LabelSpace, classes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A grid with at most one free factor is a plain relabelling: slice i of its elements goes exactly
+    when index i of that factor goes, so they are one class (and with no free factor, none can go).
+    Tying them lets the elements be shared with other grids (a channel shuffle) without ever
+    removing part of a slice."""
+    ties = []
+    for grid in space.grids:
+        free = free_axes(grid, classes)
+        if len(free) > 1:
+            continue
+        if not free:
+            elements = grid.elements.ravel()
+            targets = np.zeros_like(elements)
+        else:
+            factor = grid.factors[free[0]]
+            rows = np.moveaxis(grid.elements, free[0], 0).reshape(factor.size, -1)
+            elements, targets = rows.ravel(), np.repeat(factor, rows.shape[1])
+        differ = classes[elements] != classes[targets]
+        if differ.any():
+            ties.append((elements[differ], targets[differ]))
+    return ties
+
+
+def _shared_element_pins(space: LabelSpace, classes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Grids with several free factors whose elements are also elements of a different grid (a channel
+    shuffle splits channels into groups and merges them back transposed) or repeat within the grid:
+    removing such an element must take a whole slice of every grid holding it, and which factor's
+    slice is ambiguous. Pin every free factor but the largest (the group counts, not the channels);
+    the grid then has one free factor and _single_factor_ties relates it exactly."""
+    multi = [g for g in space.grids if len(free_axes(g, classes)) > 1]
+    element_sets: dict[bytes, int] = {}
+    pairs, conflicted = [], set()
+    for index, grid in enumerate(multi):
+        elements = np.unique(classes[grid.elements])
+        if elements.size < grid.elements.size:
+            conflicted.add(index)  # an element repeats within the grid
+        key = element_sets.setdefault(elements.tobytes(), len(element_sets))
+        pairs.append(np.stack([elements, np.full_like(elements, key)]))
+    if pairs:  # classes that are elements of grids over different element sets
+        owners = np.unique(np.concatenate(pairs, axis=1), axis=1)[0]
+        shared = np.unique(owners[1:][owners[1:] == owners[:-1]])
+        conflicted.update(i for i, g in enumerate(multi) if np.isin(classes[g.elements], shared).any())
+    ties = []
+    for index in sorted(conflicted):
+        grid = multi[index]
+        free = free_axes(grid, classes)
+        keep = max(free, key=lambda axis: (grid.factors[axis].size, axis))
+        ties += [(grid.factors[a], np.zeros_like(grid.factors[a])) for a in free if a != keep]
+    return ties
 
 
 def solve(space: LabelSpace, *, with_blockers: bool = True) -> np.ndarray:
@@ -129,6 +189,7 @@ def solve(space: LabelSpace, *, with_blockers: bool = True) -> np.ndarray:
     while True:
         classes = _components(space.next_label, ties)
         extra = _fixed_grid_ties(space, classes) + _grid_consistency_ties(space, classes)
+        extra = extra or _shared_element_pins(space, classes) or _single_factor_ties(space, classes)
         if not extra:
             return classes
         ties += extra

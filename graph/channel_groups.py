@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from prunefx.graph.channel_analysis import ChannelAnalysis, analyse_channels
+from prunefx.graph.channel_analysis import ChannelAnalysis, analyse_channels, free_axes
 
 aten = torch.ops.aten
 _WEIGHT_OPERATORS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.convolution.default,
@@ -29,7 +29,9 @@ class ChannelGroup:
     classes: np.ndarray                 # class of each channel, in index order
     members: list[tuple[str, int]]      # (tensor, dim) pairs sliced when a channel goes
     exact: bool                         # zero-weight channels can be removed without changing outputs
-    factor: bool                        # a grid factor (heads, per-group channels), not a plain width
+    # a factor of a grid with another prunable factor (heads, or the head dims shared by all heads),
+    # not a plain width (a flatten into a linear, the channels of a shuffle)
+    factor: bool
 
     @property
     def size(self) -> int:
@@ -81,6 +83,8 @@ def _signatures(analysis: ChannelAnalysis, classes: np.ndarray) -> tuple[dict, d
     axes: dict[int, set] = defaultdict(set)
     derived = set()
     for grid_index, grid in enumerate(analysis.space.grids):
+        if len(free_axes(grid, classes)) < 2:
+            continue  # a plain relabelling (a flatten into a linear): its factor is tied to its elements
         derived.update(int(c) for c in np.unique(classes[grid.elements]))
         for axis, factor in enumerate(grid.factors):
             rows = classes[np.moveaxis(grid.elements, axis, 0).reshape(factor.size, -1)]
@@ -119,9 +123,23 @@ def _group_classes(analysis: ChannelAnalysis, classes: np.ndarray, weights: set[
 
 
 def _inexact_classes(analysis: ChannelAnalysis) -> set[int]:
-    if not analysis.space.inexact:
-        return set()
-    return {int(c) for c in np.unique(analysis.classes[np.concatenate(analysis.space.inexact)])}
+    """Classes normalised or reduced together with kept channels, and the grid factors whose slice
+    holds one (a head, when a layer norm runs over the merged heads): removing them is inexact."""
+    classes = analysis.classes
+    inexact = np.zeros(int(classes.max()) + 1, dtype=bool)
+    for labels in analysis.space.inexact:
+        inexact[classes[labels]] = True
+    changed = True
+    while changed:  # nested grids: a factor can be an element of another grid
+        changed = False
+        for grid in analysis.space.grids:
+            for axis, factor in enumerate(grid.factors):
+                rows = classes[np.moveaxis(grid.elements, axis, 0).reshape(factor.size, -1)]
+                grown = inexact[rows].any(axis=1) & ~inexact[classes[factor]]
+                if grown.any():
+                    inexact[classes[factor][grown]] = True
+                    changed = True
+    return set(np.flatnonzero(inexact).tolist())
 
 
 def find_channel_groups(module: torch.fx.GraphModule, *, keep: set[str] | None = None) -> Combing:

@@ -9,7 +9,7 @@ import torch
 
 from prunefx.graph import channel_rules_basic as basic
 from prunefx.graph import channel_rules_layers as layers
-from prunefx.graph.channel_rules_reshape import view
+from prunefx.graph.channel_rules_reshape import reshape_as, view
 
 aten = torch.ops.aten
 
@@ -19,7 +19,8 @@ _UNARY = [
     "elu", "elu_", "mish", "mish_", "softplus", "neg", "exp", "log", "sqrt", "rsqrt", "abs", "erf", "clone",
     "contiguous", "detach", "alias", "dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout",
     "_to_copy", "to", "type_as", "clamp", "clamp_", "clamp_min", "clamp_max", "pow", "square", "reciprocal",
-    "lift_fresh_copy", "_assert_tensor_metadata", "native_dropout",
+    "lift_fresh_copy", "_assert_tensor_metadata", "native_dropout", "dropout_", "feature_dropout_",
+    "alpha_dropout_", "feature_alpha_dropout_",
 ]
 _BINARY = ["add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "where", "maximum", "minimum", "rsub",
            "eq", "ne", "lt", "le", "gt", "ge", "masked_fill", "masked_fill_", "copy_"]
@@ -52,19 +53,24 @@ def _table() -> dict:
         rules.update(dict.fromkeys(_overloads(name), view))
     rules.update({
         aten.roll.default: basic.roll, aten.constant_pad_nd.default: basic.constant_pad,
+        aten.pad.default: basic.constant_pad, aten.reshape_as.default: reshape_as,
         aten.permute.default: basic.permute, aten.transpose.int: basic.transpose, aten.t.default: basic.t,
+        aten.swapaxes.default: basic.transpose, aten.swapdims.default: basic.transpose,
         aten.unsqueeze.default: basic.unsqueeze, aten.flatten.using_ints: basic.flatten,
         aten.cat.default: basic.cat, aten.concat.default: basic.cat,
         aten.split.Tensor: basic.split, aten.split_with_sizes.default: basic.split_with_sizes,
         aten.chunk.default: basic.chunk, aten.unbind.int: basic.unbind, operator.getitem: basic.getitem,
         aten.select.int: basic.select, aten.slice.Tensor: basic.slice_, aten.expand.default: basic.expand,
+        aten.index.Tensor: basic.index,
         aten.linear.default: layers.linear, aten.matmul.default: layers.matmul, aten.mm.default: layers.matmul,
-        aten.bmm.default: layers.matmul, aten.addmm.default: layers.addmm,
+        aten.bmm.default: layers.matmul, aten.addmm.default: layers.addmm, aten.einsum.default: layers.einsum,
         aten.scaled_dot_product_attention.default: layers.attention,
         aten.batch_norm.default: layers.batch_norm, aten.layer_norm.default: layers.layer_norm,
         aten.group_norm.default: layers.group_norm,
     })
     rules.update(dict.fromkeys(_overloads("squeeze"), basic.squeeze))
+    for name in ("new_zeros", "new_ones", "new_empty", "new_full"):
+        rules.update(dict.fromkeys(_overloads(name), basic.new_tensor))
     for name in ("conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d",
                  "conv_transpose3d"):
         rules.update(dict.fromkeys(_overloads(name), layers.convolution))

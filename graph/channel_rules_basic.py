@@ -17,15 +17,23 @@ def same_as_input(ctx, node):
     return list(ctx.labels(node.args[0]))
 
 
+def new_tensor(ctx, node):
+    """x.new_zeros(size) and kin: only x's dtype and device are read; the sizes are literals."""
+    return [ctx.space.fixed(size) for size in ctx.shape(node)]
+
+
 def broadcast(ctx, node):
     """Element-wise operators with broadcasting: dims of equal size are tied, size-1 dims broadcast."""
-    out_shape = ctx.shape(node)
+    operands = [ctx.labels(arg) for arg in list(node.args) + list(node.kwargs.values())
+                if isinstance(arg, torch.fx.Node) and ctx.labels(arg) is not None]
+    return _broadcast_labels(ctx, operands, ctx.shape(node))
+
+
+def _broadcast_labels(ctx, operands, out_shape):
+    """Labels of the broadcast of `operands` (right-aligned) to `out_shape`."""
     rank = len(out_shape)
     result: list[np.ndarray | None] = [None] * rank
-    for arg in list(node.args) + list(node.kwargs.values()):
-        labels = ctx.labels(arg) if isinstance(arg, torch.fx.Node) else None
-        if labels is None:
-            continue
+    for labels in operands:
         offset = rank - len(labels)
         for dim, dim_labels in enumerate(labels):
             out_dim = dim + offset
@@ -206,6 +214,29 @@ def slice_(ctx, node):
         return labels
     labels[dim] = labels[dim][slice(start, end)]
     return labels
+
+
+def index(ctx, node):
+    """x[i0, i1, ...] with integer index tensors (a relative-position table gathered by a buffer of
+    indices): gathered dims are blocked; the dims the indices make are the index tensors' own dims,
+    broadcast together (dropping position p of the result drops it from every index tensor); other
+    dims pass through. Index dims land in place when the indexed dims are adjacent, else in front."""
+    labels = ctx.labels(node.args[0])
+    indices = list(node.args[1])
+    positions = [d for d, i in enumerate(indices) if i is not None]
+    if any(indices[d].meta["val"].dtype in (torch.bool, torch.uint8) for d in positions):
+        raise ValueError("boolean mask index")
+    for d in positions:
+        ctx.block(labels[d], node, "index gathers along this dim")
+    out_shape = ctx.shape(node)
+    rest = [lab for d, lab in enumerate(labels) if d not in positions]
+    at = positions[0] if positions == list(range(positions[0], positions[-1] + 1)) else 0
+    made_shape = out_shape[at:at + len(out_shape) - len(rest)]
+    made = _broadcast_labels(ctx, [ctx.labels(indices[d]) for d in positions], made_shape)
+    result = rest[:at] + made + rest[at:]
+    if [lab.size for lab in result] != list(out_shape):
+        raise ValueError(f"unexpected result shape {out_shape}")
+    return result
 
 
 def expand(ctx, node):

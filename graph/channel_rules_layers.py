@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 aten = torch.ops.aten
@@ -79,6 +80,36 @@ def matmul(ctx, node):
         return [ctx.space.fixed(s) for s in ctx.shape(node)]
     ctx.space.tie(a[-1], b[-2])
     return _tie_batch_dims(ctx, a, b, len(ctx.shape(node))) + [a[-2], b[-1]]
+
+
+def _einsum_terms(equation: str) -> tuple[list[str], str]:
+    equation = equation.replace(" ", "")
+    if "->" not in equation or "." in equation:
+        raise ValueError(f"einsum {equation!r} without an explicit output or with an ellipsis")
+    inputs, output = equation.split("->")
+    terms = inputs.split(",")
+    if any(len(set(term)) != len(term) for term in terms):
+        raise ValueError(f"einsum {equation!r} takes a diagonal")
+    return terms, output
+
+
+def einsum(ctx, node):
+    """einsum with an explicit output: dims sharing a letter are tied (size-1 dims broadcast);
+    letters missing from the output are summed over, which zero channels do not change."""
+    terms, output = _einsum_terms(node.args[0])
+    operands = [ctx.labels(arg) for arg in node.args[1]]
+    by_letter: dict[str, np.ndarray] = {}
+    for term, labels in zip(terms, operands):
+        if len(term) != len(labels):
+            raise ValueError(f"einsum term {term!r} does not match a rank-{len(labels)} operand")
+        for letter, dim_labels in zip(term, labels):
+            first = by_letter.setdefault(letter, dim_labels)
+            if first.size == 1:
+                by_letter[letter] = dim_labels
+            elif dim_labels.size != 1:
+                ctx.space.tie(first, dim_labels)
+    return [by_letter[letter] if by_letter[letter].size == size else ctx.space.fixed(size)
+            for letter, size in zip(output, ctx.shape(node))]
 
 
 def addmm(ctx, node):

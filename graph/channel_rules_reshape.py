@@ -75,6 +75,15 @@ def view(ctx, node):
     return result
 
 
+def reshape_as(ctx, node):
+    """x.reshape_as(other): a view whose sizes come from `other`, so each output dim is tied to
+    other's dim (removal shrinks both alike and the shapes still agree)."""
+    result = view(ctx, node)
+    for out_labels, other_labels in zip(result, ctx.labels(node.args[1])):
+        ctx.space.tie(out_labels, other_labels)
+    return result
+
+
 def _merged(ctx, factors: list[np.ndarray]) -> np.ndarray:
     for grid in ctx.space.grids:  # the same factors merged before: reuse that dim's labels
         if len(grid.factors) == len(factors) and all(a is b for a, b in zip(grid.factors, factors)):
