@@ -80,20 +80,38 @@ def allowed_widths(size: int, step: int, *, max_ratio: float) -> np.ndarray:
 def width_steps(analysis, groups: list[ChannelGroup], round_to: int) -> list[int]:
     """The step of each group's widths so that every tensor width it sets is a multiple of `round_to`.
 
-    A channel that occupies one index of a tensor dim steps by `round_to`. Some channels occupy
-    several: the same channel of every group of a grouped conv (6 groups: 6 indices), or a grid
-    factor such as a head (64 head-dims) or a head-dim (one per head). With that multiplier m the
-    step is round_to / gcd(round_to, m): 6 heads of 64 dims step by one head, the 64 head-dims of
-    6 heads by 4 (4 x 6 = 24 is a multiple of 8).
+    A channel that occupies one index of a tensor dim steps by `round_to`. Some channels occupy m
+    indices (the same channel of every group of a grouped conv: m = the number of groups); they step
+    by round_to / gcd(round_to, m). When a grid has several prunable factors (heads x head-dims),
+    its widest factor (the head-dims) steps by `round_to` and the others (heads) by one: then
+    heads x head-dims is a multiple of `round_to` however many heads go.
     """
     round_to = max(int(round_to), 1)
     multipliers = _direct_multipliers(analysis)
+    widest, shared = _factor_roles(analysis, groups)
+    steps = []
+    for group in groups:
+        representative = int(group.classes[0])
+        if representative in shared:
+            steps.append(round_to if representative in widest else 1)
+        else:
+            steps.append(round_to // math.gcd(round_to, multipliers.get(representative, 1)))
+    return steps
+
+
+def _factor_roles(analysis, groups: list[ChannelGroup]) -> tuple[set[int], set[int]]:
+    """Classes that are factors of a grid with several prunable factors, and those of them that
+    belong to the widest factor of such a grid."""
+    prunable = {int(c) for g in groups if g.factor for c in g.classes}
+    widest: set[int] = set()
+    shared: set[int] = set()
     for grid in analysis.space.grids:
-        for factor in grid.factors:
-            multiplier = grid.elements.size // max(factor.size, 1)
-            for cls in np.unique(analysis.classes[factor]).tolist():
-                multipliers[cls] = min(multipliers.get(cls, multiplier), multiplier)
-    return [round_to // math.gcd(round_to, multipliers.get(int(g.classes[0]), 1)) for g in groups]
+        candidates = [(factor.size, axis, analysis.classes[factor]) for axis, factor in enumerate(grid.factors)
+                      if factor.size and int(analysis.classes[factor[0]]) in prunable]
+        if len(candidates) >= 2:
+            shared.update(int(c) for _, _, classes in candidates for c in classes)
+            widest.update(int(c) for c in max(candidates, key=lambda item: item[:2])[2])
+    return widest, shared
 
 
 def _direct_multipliers(analysis) -> dict[int, int]:
