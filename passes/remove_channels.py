@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from prunefx.graph import Program, count
+from prunefx.graph.attributes import delete_unused_tensors
 from prunefx.graph.channel_groups import find_channel_groups
 from prunefx.graph.channel_importance import channel_importance
 from prunefx.graph.channel_removal import remove_classes
@@ -40,6 +41,11 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     if unknown:
         raise PrunefxError(f"remove_channels: unknown option(s) {sorted(unknown)} (known: {sorted(_OPTIONS)})")
     target = _target(config)
+    # Dead nodes and the parameters only they read (googlenet's aux heads in eval mode) would count
+    # before pruning and vanish after it, inflating the reduction: drop them first.
+    if program.module.graph.eliminate_dead_code():
+        program.recompile()
+    delete_unused_tensors(program.module)
     before = count(program)
     combing = find_channel_groups(program.module, keep=set(config.get("keep", ())))
     importance = channel_importance(program.module, combing, config.get("importance", "l2"),

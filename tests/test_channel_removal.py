@@ -9,7 +9,7 @@ import torch.utils._pytree as pytree
 from prunefx.graph import capture, count, verify
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.channel_groups import find_channel_groups
-from prunefx.graph.channel_removal import expand_removed, remove_classes
+from prunefx.graph.channel_removal import remove_classes
 from prunefx.models import build_model
 
 MODELS = [
@@ -50,24 +50,9 @@ def _randomise_zero_parameters(program) -> None:
                 parameter.normal_(std=0.02)
 
 
-def _zero_channels(program, combing, removed: set[int]) -> None:
-    """Zero every slice of every tensor that the removed classes touch (running variances become 1)."""
-    gone = np.array(sorted(expand_removed(combing.analysis, removed)))
-    for node in program.graph.nodes:
-        if node.op != "get_attr":
-            continue
-        tensor = get_tensor(program.module, node.target)
-        for dim, labels in enumerate(combing.analysis.node_labels[node]):
-            mask = np.isin(combing.analysis.classes[labels], gone)
-            if mask.any():
-                with torch.no_grad():
-                    tensor.index_fill_(dim, torch.from_numpy(np.flatnonzero(mask)),
-                                       1.0 if "running_var" in node.target else 0.0)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("reference", MODELS)
-def test_removing_zeroed_channels_is_exact(reference):
+def test_removing_zeroed_channels_is_exact(reference, zero_channels):
     torch.manual_seed(0)
     size = IMAGE_SIZES.get(reference, 64)
     x = torch.randn(1, 3, size, size)
@@ -79,7 +64,7 @@ def test_removing_zeroed_channels_is_exact(reference):
 
     rng = np.random.default_rng(0)
     removed = {int(c) for g in exact_groups for c in rng.choice(g.classes, g.size // 3, replace=False)}
-    _zero_channels(program, combing, removed)
+    zero_channels(program, combing, removed)
     expected = _flat_outputs(program, x)
     assert expected.abs().max() > 0, "a zero output would make the check vacuous"
     macs_before = count(program).macs
@@ -133,7 +118,7 @@ class _TinyShuffleNet(torch.nn.Module):
         return self.head(x)
 
 
-def test_channels_can_be_removed_across_channel_shuffles():
+def test_channels_can_be_removed_across_channel_shuffles(zero_channels):
     torch.manual_seed(0)
     x = torch.randn(1, 3, 4, 4)
     combing = find_channel_groups(capture(_TinyShuffleNet().eval(), x).module)
@@ -143,7 +128,7 @@ def test_channels_can_be_removed_across_channel_shuffles():
     for cls in classes:  # every channel on its own: the shuffle's halves stay equal and outputs exact
         program = capture(_TinyShuffleNet().eval(), x)
         combing = find_channel_groups(program.module)
-        _zero_channels(program, combing, {cls})
+        zero_channels(program, combing, {cls})
         expected = _flat_outputs(program, x)
         remove_classes(program.module, combing.analysis, {cls})
         program.recompile()
@@ -176,7 +161,7 @@ class _EinsumAttention(torch.nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
-def test_einsum_attention_with_a_gathered_bias_loses_a_head_and_a_head_dim_exactly():
+def test_einsum_attention_with_a_gathered_bias_loses_a_head_and_a_head_dim_exactly(zero_channels):
     torch.manual_seed(0)
     x = torch.randn(1, 4, 8)
     program = capture(_EinsumAttention().eval(), x)
@@ -185,7 +170,7 @@ def test_einsum_attention_with_a_gathered_bias_loses_a_head_and_a_head_dim_exact
     head_dims = [g for g in combing.groups if g.factor and g.size == 4]
     assert [g.size for g in heads] == [2] and len(head_dims) == 1
     removed = {int(heads[0].classes[1]), int(head_dims[0].classes[0])}
-    _zero_channels(program, combing, removed)
+    zero_channels(program, combing, removed)
     expected = _flat_outputs(program, x)
     remove_classes(program.module, combing.analysis, removed)
     program.recompile()
