@@ -27,7 +27,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from prunefx.graph.channel_groups import Combing
-from prunefx.graph.channel_selection import expand_mask
+from prunefx.graph.channel_removal import expand_mask
 from prunefx.graph.errors import PrunefxError
 
 aten = torch.ops.aten

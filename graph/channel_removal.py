@@ -21,20 +21,30 @@ _SIZE_LITERAL = {aten.view.default: 1, aten.reshape.default: 1, aten._unsafe_vie
                  aten.expand.default: 1}
 
 
-def expand_removed(analysis: ChannelAnalysis, removed: set[int]) -> set[int]:
-    """Removing a factor index removes its whole slice of every grid; iterate to a fixpoint."""
+def expand_mask(analysis: ChannelAnalysis, mask: np.ndarray) -> np.ndarray:
+    """Grow a boolean mask over classes to a fixpoint: removing a grid factor index (a head)
+    removes every class inside its slice of the grid."""
+    mask = mask.copy()
     classes = analysis.classes
-    removed = set(removed)
-    while True:
-        grown = set(removed)
+    changed = True
+    while changed:
+        changed = False
         for grid in analysis.space.grids:
             for axis, factor in enumerate(grid.factors):
-                gone = np.isin(classes[factor], list(removed))
+                gone = mask[classes[factor]]
                 if gone.any():
-                    grown.update(np.unique(classes[np.compress(gone, grid.elements, axis=axis)]).tolist())
-        if grown == removed:
-            return removed
-        removed = grown
+                    inside = classes[np.compress(gone, grid.elements, axis=axis)]
+                    if not mask[inside].all():
+                        mask[inside] = True
+                        changed = True
+    return mask
+
+
+def expand_removed(analysis: ChannelAnalysis, removed: set[int]) -> set[int]:
+    """The classes that go with `removed` (see expand_mask), as a set."""
+    mask = np.zeros(int(analysis.classes.max()) + 1, dtype=bool)
+    mask[list(removed)] = True
+    return set(np.flatnonzero(expand_mask(analysis, mask)).tolist())
 
 
 def _keep(analysis: ChannelAnalysis, labels: np.ndarray, removed: np.ndarray) -> np.ndarray:

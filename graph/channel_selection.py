@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from prunefx.graph.channel_groups import ChannelGroup, Combing
+from prunefx.graph.channel_removal import expand_mask
 from prunefx.graph.counting import Cost, _shape, node_macs
 from prunefx.graph.errors import PrunefxError
 
@@ -47,27 +48,8 @@ class Plan:
     kept: list[int]                 # surviving width of every group
     removed: list[np.ndarray]       # removed classes of every group
     predicted: Cost
-    channels: int                   # surviving channels summed over the groups
+    achieved: float                 # the fraction kept, in the target's unit (MACs, params, channels)
     target_met: bool
-
-
-def expand_mask(analysis, mask: np.ndarray) -> np.ndarray:
-    """Grow a boolean mask over classes to a fixpoint: removing a grid factor index (a head)
-    removes every class inside its slice of the grid."""
-    mask = mask.copy()
-    classes = analysis.classes
-    changed = True
-    while changed:
-        changed = False
-        for grid in analysis.space.grids:
-            for axis, factor in enumerate(grid.factors):
-                gone = mask[classes[factor]]
-                if gone.any():
-                    inside = classes[np.compress(gone, grid.elements, axis=axis)]
-                    if not mask[inside].all():
-                        mask[inside] = True
-                        changed = True
-    return mask
 
 
 def allowed_widths(size: int, step: int, *, max_ratio: float) -> np.ndarray:
@@ -154,7 +136,7 @@ class Selector:
     """Turns importance scores into a removal plan for a target."""
 
     def __init__(self, module, combing: Combing, scores: list[np.ndarray], *, round_to: int = 8,
-                 max_ratio: float = 0.9, ranking: str = "global"):
+                 max_ratio: float = 0.8, ranking: str = "global"):
         if ranking not in ("global", "local"):
             raise PrunefxError(f"unknown ranking '{ranking}' (use 'global' or 'local')")
         if not 0.0 <= max_ratio < 1.0:
@@ -188,9 +170,13 @@ class Selector:
         return mask, removed
 
     def _measure(self, target: Target, kept: list[int]) -> float:
+        cost = None if target.kind == "channels" else self.cost_model.cost(self._mask(kept)[0])
+        return self._fraction(target, kept, cost)
+
+    def _fraction(self, target: Target, kept: list[int], cost: Cost | None) -> float:
+        """The fraction of the dense model a plan keeps, in the target's unit."""
         if target.kind == "channels":
-            return sum(kept) / sum(g.size for g in self.combing.groups)
-        cost = self.cost_model.cost(self._mask(kept)[0])
+            return sum(kept) / max(sum(g.size for g in self.combing.groups), 1)
         return cost.macs / self.dense.macs if target.kind == "macs" else cost.params / self.dense.params
 
     # --- search ------------------------------------------------------------------------------------
@@ -218,6 +204,6 @@ class Selector:
         kept = self._kept_for(knob)
         mask, removed = self._mask(kept)
         predicted = self.cost_model.cost(mask)
-        achieved = self._measure(target, kept)
+        achieved = self._fraction(target, kept, predicted)
         met = abs(achieved - target.fraction) <= TARGET_TOLERANCE * target.fraction
-        return Plan(kept, removed, predicted, sum(kept), met)
+        return Plan(kept, removed, predicted, achieved, met)

@@ -32,7 +32,9 @@ from prunefx.graph.channel_selection import TARGET_KINDS, TARGET_TOLERANCE, Sele
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.result import Result
 
-_OPTIONS = {"importance", "calibration", "ranking", "round_to", "max_ratio", "keep", "seed", "strict", *TARGET_KINDS}
+_DEFAULTS = {"importance": "l2", "calibration": None, "ranking": "global", "round_to": 8, "max_ratio": 0.8,
+             "keep": (), "seed": 0, "strict": True}
+_OPTIONS = {*_DEFAULTS, *TARGET_KINDS}
 
 
 def remove_channels(program: Program, /, *, config: dict | None = None) -> Result:
@@ -40,6 +42,7 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     unknown = set(config) - _OPTIONS
     if unknown:
         raise PrunefxError(f"remove_channels: unknown option(s) {sorted(unknown)} (known: {sorted(_OPTIONS)})")
+    config = {**_DEFAULTS, **config}
     target = _target(config)
     # Dead nodes and the parameters only they read (googlenet's aux heads in eval mode) would count
     # before pruning and vanish after it, inflating the reduction: drop them first.
@@ -47,15 +50,14 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
         program.recompile()
     delete_unused_tensors(program.module)
     before = count(program)
-    combing = find_channel_groups(program.module, keep=set(config.get("keep", ())))
-    importance = channel_importance(program.module, combing, config.get("importance", "l2"),
-                                    calibration=_calibration(program, config.get("calibration")),
-                                    seed=int(config.get("seed", 0)))
-    selector = Selector(program.module, combing, importance.scores, round_to=int(config.get("round_to", 8)),
-                        max_ratio=float(config.get("max_ratio", 0.8)), ranking=config.get("ranking", "global"))
+    combing = find_channel_groups(program.module, keep=set(config["keep"]))
+    importance = channel_importance(program.module, combing, config["importance"],
+                                    calibration=_calibration(program, config["calibration"]), seed=int(config["seed"]))
+    selector = Selector(program.module, combing, importance.scores, round_to=int(config["round_to"]),
+                        max_ratio=float(config["max_ratio"]), ranking=config["ranking"])
     plan = selector.plan(target)
-    if not plan.target_met and config.get("strict", True):
-        raise PrunefxError(_unreachable(target, plan, selector, combing))
+    if not plan.target_met and config["strict"]:
+        raise PrunefxError(_unreachable(target, plan, combing))
     removed = {int(c) for gone in plan.removed for c in gone}
     if removed:
         remove_classes(program.module, combing.analysis, removed)
@@ -86,14 +88,11 @@ def _calibration(program: Program, batches) -> list:
     return batches
 
 
-def _unreachable(target: Target, plan, selector: Selector, combing) -> str:
-    dense = selector.dense
-    reached = {"macs": plan.predicted.macs / dense.macs, "params": plan.predicted.params / dense.params,
-               "channels": plan.channels / max(sum(g.size for g in combing.groups), 1)}[target.kind]
+def _unreachable(target: Target, plan, combing) -> str:
     blockers = sorted({op for b in combing.blocked for op in b.operators})
     hint = f"; groups blocked by {', '.join(blockers)}" if blockers else ""
     return (f"cannot reach {target.kind}={target.fraction:g} within {TARGET_TOLERANCE:.0%}: the closest plan keeps "
-            f"{reached:.3f} ({len(combing.groups)} prunable groups{hint}); raise max_ratio, lower round_to, "
+            f"{plan.achieved:.3f} ({len(combing.groups)} prunable groups{hint}); raise max_ratio, lower round_to, "
             f"or pass strict=False to accept it")
 
 
@@ -104,8 +103,7 @@ def _statistics(config, target, importance, combing, plan, before, after) -> dic
     return {
         "target": {"kind": target.kind, "fraction": target.fraction, "met": plan.target_met},
         "importance": importance.criterion, "importance_fallback_groups": importance.fallback_groups,
-        "ranking": config.get("ranking", "global"), "round_to": int(config.get("round_to", 8)),
-        "max_ratio": float(config.get("max_ratio", 0.8)),
+        "ranking": config["ranking"], "round_to": int(config["round_to"]), "max_ratio": float(config["max_ratio"]),
         "macs_before": before.macs, "macs_after": after.macs, "params_before": before.params,
         "params_after": after.params, "macs_predicted": plan.predicted.macs,
         "params_predicted": plan.predicted.params,
