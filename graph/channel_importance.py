@@ -57,19 +57,28 @@ def channel_importance(module: torch.fx.GraphModule, combing: Combing, criterion
         per_class = _gradient_scores(module, combing, criterion, batches)
     else:
         per_class = _magnitude_scores(module, combing, criterion)
-    scores, fallback = [], 0
-    l2 = None
+    importance = group_importance(combing, per_class, criterion)
+    if criterion == "bn":
+        _fall_back_to_l2(module, combing, importance)
+    return importance
+
+
+def group_importance(combing: Combing, per_class: np.ndarray, criterion: str) -> Importance:
+    """Per-class scores gathered into one array per group (heads scored by all they control)."""
     factor_classes = _factor_classes(combing.analysis)
-    for group in combing.groups:
-        group_scores = _group_scores(combing, group.classes, per_class, square_root=criterion == "l2",
-                                     factor_classes=factor_classes)
-        if criterion == "bn" and not group_scores.any():
-            l2 = _magnitude_scores(module, combing, "l2") if l2 is None else l2
-            group_scores = _group_scores(combing, group.classes, l2, square_root=True,
-                                         factor_classes=factor_classes)
-            fallback += 1
-        scores.append(group_scores)
-    return Importance(scores, criterion, fallback)
+    scores = [_group_scores(combing, group.classes, per_class, square_root=criterion == "l2",
+                            factor_classes=factor_classes) for group in combing.groups]
+    return Importance(scores, criterion)
+
+
+def _fall_back_to_l2(module, combing: Combing, importance: Importance) -> None:
+    """Groups without a batch norm have no `bn` score: they are scored by `l2`, and counted."""
+    empty = [index for index, scores in enumerate(importance.scores) if not scores.any()]
+    if empty:
+        l2 = group_importance(combing, _magnitude_scores(module, combing, "l2"), "l2")
+        for index in empty:
+            importance.scores[index] = l2.scores[index]
+        importance.fallback_groups = len(empty)
 
 
 # --- per-class accumulation ----------------------------------------------------------------------
@@ -110,34 +119,77 @@ def _batch_norm_weights(module: torch.fx.GraphModule) -> set[str]:
 
 
 def _gradient_scores(module, combing: Combing, criterion: str, batches) -> np.ndarray:
-    classes = combing.analysis.classes
-    per_class = np.zeros(int(classes.max()) + 1)
-    members = list(_parameter_members(module, combing))
-    activations = _live_activations(module)
     saved = {name: p.requires_grad for name, p in module.named_parameters()}
     for p in module.parameters():
         p.requires_grad_(True)
         p.grad = None
     try:
-        for batch in batches:
-            _pseudo_label_loss(module(*batch)).backward()
-            if criterion == "fisher":
-                for member, parameter in members:
-                    if parameter.grad is not None:
-                        gate = _per_index(parameter * parameter.grad, member.dim)
-                        np.add.at(per_class, classes[member.labels], gate**2 / activations.get(member.target, 1))
+        if criterion == "fisher":
+            fisher = FisherAccumulator(module)
+            for batch in batches:
+                _pseudo_label_loss(module(*batch)).backward()
+                fisher.accumulate()
                 for parameter in module.parameters():
                     parameter.grad = None
-        if criterion == "taylor":
-            for member, parameter in members:
-                if parameter.grad is not None:
-                    gate = _per_index(parameter * parameter.grad, member.dim)
-                    np.add.at(per_class, classes[member.labels], np.abs(gate))
+            return fisher.per_class(combing)
+        for batch in batches:  # taylor: |sum over batches of the gate derivative|
+            _pseudo_label_loss(module(*batch)).backward()
+        per_class = np.zeros(int(combing.analysis.classes.max()) + 1)
+        for member, parameter in _parameter_members(module, combing):
+            if parameter.grad is not None:
+                gate = _per_index(parameter * parameter.grad, member.dim)
+                np.add.at(per_class, combing.analysis.classes[member.labels], np.abs(gate))
+        return per_class
     finally:
         for name, p in module.named_parameters():
             p.grad = None
             p.requires_grad_(saved[name])
-    return per_class
+
+
+class FisherAccumulator:
+    """CPD's Fisher score, accumulated over backward passes: call `accumulate()` after every backward.
+
+    For every parameter and every dim of it, the per-index sum of w * dL/dw (the derivative of the
+    loss with respect to a gate on that index) is squared and divided by the live activations of
+    the layer that reads the parameter. Storing it per (parameter, dim) rather than per channel
+    class keeps the accumulator independent of a combing: `per_class(combing)` maps it onto the
+    classes of whichever analysis the caller holds (the same graph, combed now or later).
+    """
+
+    def __init__(self, module: torch.fx.GraphModule):
+        self.module = module
+        self.activations = _live_activations(module)
+        self.sums: dict[tuple[str, int], np.ndarray] = {}
+        self.batches = 0
+
+    def accumulate(self) -> None:
+        for name, parameter in self.module.named_parameters():
+            if parameter.grad is None:
+                continue
+            product = (parameter * parameter.grad).detach()
+            scale = self.activations.get(name, 1)
+            for dim in range(product.dim()):
+                gate = _per_index(product, dim)
+                key = (name, dim)
+                self.sums[key] = self.sums.get(key, 0.0) + gate**2 / scale
+        self.batches += 1
+
+    def per_class(self, combing: Combing) -> np.ndarray:
+        if not self.batches:
+            raise PrunefxError("no Fisher importance accumulated yet: call accumulate() after a backward pass")
+        classes = combing.analysis.classes
+        per_class = np.zeros(int(classes.max()) + 1)
+        for member, _ in _parameter_members(self.module, combing):
+            sums = self.sums.get((member.target, member.dim))
+            if sums is not None and sums.size == member.labels.size:
+                np.add.at(per_class, classes[member.labels], sums)
+        return per_class
+
+    def importance(self, module: torch.fx.GraphModule, combing: Combing) -> Importance:
+        """The accumulated scores as an Importance for `combing` (remove_channels' `importance`)."""
+        if module is not self.module:
+            raise PrunefxError("the Fisher scores were accumulated on another module than the one being pruned")
+        return group_importance(combing, self.per_class(combing), "fisher")
 
 
 def _pseudo_label_loss(outputs) -> torch.Tensor:

@@ -7,8 +7,10 @@ tokens and position embeddings, and every literal that depends on a width.
 
 Config:
 - exactly one target, a fraction of the dense model to keep: `macs`, `params` or `channels`;
-- `importance`: l1 | l2 (default) | bn | taylor | fisher | random; `calibration`: input batches
-  (a list of tuples of tensors) for taylor/fisher, defaulting to the Program's example inputs;
+- `importance`: l1 | l2 (default) | bn | taylor | fisher | random, or a callable
+  `(module, combing) -> Importance` that supplies scores gathered elsewhere (the Fisher scores
+  accumulated while training, see prune_while_training); `calibration`: input batches (a list of
+  tuples of tensors) for taylor/fisher, defaulting to the Program's example inputs;
 - `ranking`: global (default; scores normalised per group) or local (same ratio in every group);
 - `round_to` (default 8, tensor-core friendly; 16 suits ONNX Runtime on AVX-512 CPUs);
 - `max_ratio` (default 0.8): the largest fraction of any one group that may go;
@@ -26,7 +28,7 @@ import numpy as np
 from prunefx.graph import Program, count
 from prunefx.graph.attributes import delete_unused_tensors
 from prunefx.graph.channel_groups import find_channel_groups
-from prunefx.graph.channel_importance import channel_importance
+from prunefx.graph.channel_importance import GRADIENT_CRITERIA, channel_importance
 from prunefx.graph.channel_removal import remove_classes
 from prunefx.graph.channel_selection import TARGET_KINDS, TARGET_TOLERANCE, Selector, Target
 from prunefx.graph.errors import PrunefxError
@@ -51,8 +53,7 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     delete_unused_tensors(program.module)
     before = count(program)
     combing = find_channel_groups(program.module, keep=set(config["keep"]))
-    importance = channel_importance(program.module, combing, config["importance"],
-                                    calibration=_calibration(program, config["calibration"]), seed=int(config["seed"]))
+    importance = _importance(program, combing, config)
     selector = Selector(program.module, combing, importance.scores, round_to=int(config["round_to"]),
                         max_ratio=float(config["max_ratio"]), ranking=config["ranking"])
     plan = selector.plan(target)
@@ -66,6 +67,14 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     stats = _statistics(config, target, importance, combing, plan, before, after)
     program.analysis["channel_pruning"] = stats
     return Result(program, modified=bool(removed), stats=stats)
+
+
+def _importance(program: Program, combing, config: dict):
+    criterion = config["importance"]
+    if callable(criterion):  # scores gathered elsewhere, e.g. Fisher accumulated while training
+        return criterion(program.module, combing)
+    calibration = _calibration(program, config["calibration"]) if criterion in GRADIENT_CRITERIA else None
+    return channel_importance(program.module, combing, criterion, calibration=calibration, seed=int(config["seed"]))
 
 
 def _target(config: dict) -> Target:

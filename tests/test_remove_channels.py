@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 from prunefx.graph import PrunefxError, capture, count, verify
 from prunefx.graph.channel_groups import find_channel_groups
-from prunefx.graph.channel_importance import channel_importance
+from prunefx.graph.channel_importance import FisherAccumulator, _pseudo_label_loss, channel_importance
 from prunefx.graph.channel_selection import allowed_widths
 from prunefx.graph.program import Program
 from prunefx.models import build_model
@@ -147,3 +148,26 @@ def test_allowed_widths_respect_step_and_max_ratio():
 def test_bad_configs_are_refused_with_a_clear_message(resnet18, config, message):
     with pytest.raises(PrunefxError, match=message):
         remove_channels(resnet18.clone(), config=config)
+
+
+def test_fisher_accumulated_while_training_equals_fisher_from_calibration():
+    """The accumulator the trainer feeds gives the same scores as the calibration path, and
+    remove_channels accepts it as its importance."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    program = capture(model, torch.randn(2, 3, 32, 32), name="resnet18")
+    batches = [(torch.randn(2, 3, 32, 32),) for _ in range(2)]
+    combing = find_channel_groups(program.module)
+    expected = channel_importance(program.module, combing, "fisher", calibration=batches).scores
+
+    fisher = FisherAccumulator(program.module)
+    for batch in batches:
+        _pseudo_label_loss(program(*batch)).backward()
+        fisher.accumulate()
+        program.module.zero_grad(set_to_none=True)
+    accumulated = fisher.importance(program.module, combing).scores
+    for want, got in zip(expected, accumulated):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+    stats = remove_channels(program, config={"macs": 0.5, "importance": fisher.importance}).stats
+    assert stats["target"]["met"] and stats["importance"] == "fisher"
