@@ -1,7 +1,7 @@
 """Turn a model reference from the command line (or a script) into a Program.
 
-`torchvision:NAME`, `timm:NAME` and `file.py:factory` are built, given weights when asked, and
-captured on a random input of the requested shape; a saved `.pt2` is loaded as it was saved.
+`torchvision:NAME`, `timm:NAME`, `prunefx:NAME` and `file.py:factory` are built, given weights when
+asked, and captured on a random input of the requested shape; a saved `.pt2` is loaded as it was saved.
 """
 
 from __future__ import annotations

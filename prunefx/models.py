@@ -3,6 +3,8 @@
 A reference is one of
   torchvision:NAME             torchvision.models.get_model(NAME, weights=None)
   timm:NAME                    timm.create_model(NAME, pretrained=False)
+  prunefx:NAME                 a small model for 28x28 gray images from prunefx.small_models
+                               (resnet20, resnet56, mobilenetv2_small, vit_tiny_fmnist)
   path/to/file.py:FACTORY      FACTORY() from a Python file imported by its path
   path/to/model.pt2            a saved Program (loaded by the caller with prunefx.graph.Program.load)
 Nothing is ever downloaded: builders get no weights, and pretrained weights come in through
@@ -26,11 +28,12 @@ import torch
 import torchvision
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
+from prunefx import small_models
 from prunefx.graph.errors import PrunefxError
 
 DEFAULT_IMAGE_SIZE = 224
 _SHAPE_EXAMPLE = "1x3x224x224"
-_REFERENCE_FORMS = "torchvision:NAME, timm:NAME, path/to/file.py:FACTORY or a saved .pt2 program"
+_REFERENCE_FORMS = "torchvision:NAME, timm:NAME, prunefx:NAME, path/to/file.py:FACTORY or a saved .pt2 program"
 
 
 class ModelReferenceError(PrunefxError):
@@ -66,11 +69,10 @@ def build_model(ref: str, *, image_size: int | None = None) -> ModelSpec:
         raise ModelReferenceError(f"image size {image_size} is not a positive number of pixels")
     ref = ref.strip()
     source, _, name = ref.partition(":")
-    if source in ("torchvision", "timm"):
+    if source in _SOURCES:
         if not name:
             raise ModelReferenceError(f"model reference {ref!r} names no model: write {source}:NAME")
-        build = _torchvision_model if source == "torchvision" else _timm_model
-        return build(name, image_size)
+        return _SOURCES[source](name, image_size)
     if ref.endswith(".pt2"):
         # image_size is ignored: the caller compares its shape with the one the Program was saved with.
         return _saved_program(Path(ref))
@@ -126,6 +128,24 @@ def _timm_model(name: str, image_size: int | None) -> ModelSpec:
     size = (3, image_size, image_size) if image_size else timm.data.resolve_model_data_config(module)["input_size"]
     shape = (1, *size)
     return ModelSpec(module, None, f"timm:{name}", shape)
+
+
+def _prunefx_model(name: str, image_size: int | None) -> ModelSpec:
+    if name not in small_models.MODELS:
+        raise _unknown("prunefx", name, small_models.list_models())
+    build = small_models.MODELS[name]
+    size = image_size or small_models.FMNIST_IMAGE_SIZE
+    if name in small_models.FIXED_INPUT_SIZE:
+        try:
+            module = build(image_size=size)
+        except ValueError as exc:
+            raise ModelReferenceError(f"prunefx:{name} cannot be built for {size}x{size} images: {exc}") from exc
+    else:
+        module = build()
+    return ModelSpec(module.eval(), None, f"prunefx:{name}", (1, small_models.FMNIST_CHANNELS, size, size))
+
+
+_SOURCES = {"torchvision": _torchvision_model, "timm": _timm_model, "prunefx": _prunefx_model}
 
 
 def _saved_program(path: Path) -> ModelSpec:

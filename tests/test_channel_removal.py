@@ -22,9 +22,13 @@ MODELS = [
     "timm:deit_tiny_patch16_224", "timm:convnext_atto", "timm:ghostnet_100", "timm:poolformer_s12",
     "timm:vit_small_patch16_224", "timm:efficientnet_b0", "timm:swin_tiny_patch4_window7_224",
     "timm:deit3_small_patch16_224", "timm:mobilevit_xs", "timm:levit_128s", "timm:efficientformer_l1",
+    "prunefx:resnet20", "prunefx:mobilenetv2_small", "prunefx:vit_tiny_fmnist",
 ]
-# The smallest input each model takes when 64 pixels is too small (window partitions of 7 at stride 32).
-IMAGE_SIZES = {"torchvision:maxvit_t": 224, "timm:efficientformer_l1": 224}
+# The smallest input each model takes when 64 pixels is too small (window partitions of 7 at stride 32);
+# the Fashion-MNIST models get their own 28x28 gray images.
+IMAGE_SIZES = {"torchvision:maxvit_t": 224, "timm:efficientformer_l1": 224,
+               **{reference: 28 for reference in MODELS if reference.startswith("prunefx:")}}
+IN_CHANNELS = {reference: 1 for reference in MODELS if reference.startswith("prunefx:")}
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +59,7 @@ def _randomise_zero_parameters(program) -> None:
 def test_removing_zeroed_channels_is_exact(reference, zero_channels):
     torch.manual_seed(0)
     size = IMAGE_SIZES.get(reference, 64)
-    x = torch.randn(1, 3, size, size)
+    x = torch.randn(1, IN_CHANNELS.get(reference, 3), size, size)
     program = capture(build_model(reference, image_size=size).module, x, name=reference).eval()
     _randomise_zero_parameters(program)
     combing = find_channel_groups(program.module)
