@@ -195,13 +195,38 @@ class Selector:
                 high = middle
         for knob in (low, high):
             best = min(best, (abs(self._measure(target, self._kept_for(knob)) - target.fraction), knob))
-        return self._plan_for(target, best[1])
+        kept = self._kept_for(best[1])
+        if best[0] > TARGET_TOLERANCE * target.fraction:
+            kept = self._refine(target, kept)
+        return self._plan_for(target, kept)
 
     def _global_ceiling(self) -> float:
         return max((float(n[-1]) for n in self.sorted_normalised if n.size), default=0.0) + 1.0
 
-    def _plan_for(self, target: Target, knob: float) -> Plan:
-        kept = self._kept_for(knob)
+    def _refine(self, target: Target, kept: list[int], *, rounds: int = 64) -> list[int]:
+        """Coarse widths (a 16-wide group can only keep 8 or 16 at round_to 8) make the cost jump across
+        the target as the knob moves; then single groups are moved one allowed width at a time, each
+        time the move that lands closest to the target, until no move gets closer."""
+        kept = list(kept)
+        error = abs(self._measure(target, kept) - target.fraction)
+        for _ in range(rounds):
+            if error <= TARGET_TOLERANCE * target.fraction:
+                break
+            moves = [(abs(self._measure(target, moved) - target.fraction), moved) for moved in self._moves(kept)]
+            if not moves or min(m[0] for m in moves) >= error:
+                break
+            error, kept = min(moves, key=lambda m: m[0])
+        return kept
+
+    def _moves(self, kept: list[int]):
+        """Every plan that differs from `kept` by one allowed width step in one group."""
+        for index, (width, widths) in enumerate(zip(kept, self.widths)):
+            position = int(np.searchsorted(widths, width))
+            for neighbour in (position - 1, position + 1):
+                if 0 <= neighbour < len(widths):
+                    yield kept[:index] + [int(widths[neighbour])] + kept[index + 1:]
+
+    def _plan_for(self, target: Target, kept: list[int]) -> Plan:
         mask, removed = self._mask(kept)
         predicted = self.cost_model.cost(mask)
         achieved = self._fraction(target, kept, predicted)

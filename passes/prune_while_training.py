@@ -1,0 +1,134 @@
+"""prune_while_training: CPD's schedule — remove channels step by step while the model distils.
+
+The Program trains against a frozen teacher (the recovery trainer of passes/training.py). After
+every backward pass the Fisher channel importance is accumulated from the gradients the trainer
+already has (graph/channel_importance.py, FisherAccumulator): for a channel c of a parameter p,
+(sum over c's weights of p * dL/dp)^2 divided by the live activations of the layer that reads p.
+Every `interval` steps, `remove_channels` cuts the model to the next point of a geometric schedule
+(event i of n keeps target^(i/n) of the dense cost, so every cut removes the same fraction of what
+is left), ranking channels globally by the accumulated scores; the scores then reset, as in CPD.
+After the last cut, training continues (distillation, then plain fine-tuning when the schedule is
+over) until the step budget is spent.
+
+Which loss drives the importance: the full training loss, task cross-entropy plus KD. The KD term
+measures how far the student drifts from the dense teacher, which is exactly what removing a
+channel should not cause; the task term keeps the labels' signal where the teacher is wrong. Using
+the gradients the step computes anyway costs no extra backward pass.
+
+Differences from the released CPD code, on purpose: CPD removes the k cheapest channels of one
+group every 50 iterations (hundreds of events for a 5x target); here each event plans a global cut
+with remove_channels, so widths stay multiples of `round_to` and a few events suffice for a short
+budget. Config (besides the TrainConfig fields of passes/training.py and `data`, `eval_data`,
+`teacher`): exactly one target (`macs` or `params`, a fraction of the dense model),
+`prune_events` (default 5), `interval` (steps between events, default 50; the first event comes
+after `interval` steps of accumulation), `ranking`, `round_to`, `max_ratio`, `keep`, `strict`.
+
+Preconditions: the Program has a static batch size; the total step budget covers every event.
+Non-goals: growing channels back; events triggered by a loss plateau instead of a step count.
+"""
+
+from __future__ import annotations
+
+from prunefx.graph import Program, count
+from prunefx.graph.channel_importance import FisherAccumulator
+from prunefx.graph.channel_selection import TARGET_KINDS, TARGET_TOLERANCE, Target
+from prunefx.graph.errors import PrunefxError
+from prunefx.passes.remove_channels import remove_channels
+from prunefx.passes.result import Result
+from prunefx.passes.training import TrainConfig, Trainer
+
+# A width ratio is not a cost: the schedule needs a quantity it can measure between events.
+_TARGETS = ("macs", "params")
+_SCHEDULE_DEFAULTS = {"prune_events": 5, "interval": 50, "ranking": "global", "round_to": 8, "max_ratio": 0.8,
+                      "keep": (), "strict": True}
+_PASS_OPTIONS = {"data", "eval_data", "teacher", *TARGET_KINDS, *_SCHEDULE_DEFAULTS}
+
+
+def prune_while_training(program: Program, /, *, config: dict | None = None) -> Result:
+    config = dict(config or {})
+    if config.get("data") is None:
+        raise PrunefxError("prune_while_training needs training batches: config['data']")
+    options = {**_SCHEDULE_DEFAULTS, **{k: v for k, v in config.items() if k in _PASS_OPTIONS}}
+    train_config = TrainConfig.from_dict({k: v for k, v in config.items() if k not in _PASS_OPTIONS},
+                                         owner="prune_while_training")
+    target = _target(options)
+    schedule = PruningSchedule(program, target, options)
+    teacher = options.get("teacher") or program.clone().eval()
+    trainer = Trainer(program, teacher=teacher, data=options["data"], config=train_config,
+                      eval_data=options.get("eval_data"),
+                      after_backward=[schedule.accumulate], after_step=[schedule.maybe_prune])
+    if trainer.total_steps < schedule.last_step:
+        raise PrunefxError(f"prune_while_training: {trainer.total_steps} training steps cannot hold "
+                           f"{schedule.events} pruning events every {schedule.interval} steps "
+                           f"(needs at least {schedule.last_step})")
+    training = trainer.fit()
+    program = trainer.program
+    stats = schedule.statistics(program)
+    stats["training"] = training
+    if options["strict"] and not stats["target"]["met"]:
+        raise PrunefxError(f"prune_while_training ended at {target.kind}={stats['target']['achieved']:.3f} of the "
+                           f"dense model, more than {TARGET_TOLERANCE:.0%} from the target {target.fraction:g}")
+    program.analysis["prune_while_training"] = {k: v for k, v in stats.items() if k != "training"}
+    return Result(program, modified=True, stats=stats)
+
+
+def _target(options: dict) -> Target:
+    given = [kind for kind in _TARGETS if options.get(kind) is not None]
+    if len(given) != 1 or options.get("channels") is not None:
+        raise PrunefxError(f"prune_while_training needs exactly one target among {', '.join(_TARGETS)} "
+                           f"(got {', '.join(k for k in TARGET_KINDS if options.get(k) is not None) or 'none'})")
+    return Target(given[0], float(options[given[0]]))
+
+
+def _measure(program: Program, kind: str) -> float:
+    """A Program's size in the target's unit."""
+    cost = count(program)
+    return float(cost.macs if kind == "macs" else cost.params)
+
+
+class PruningSchedule:
+    """The trainer hooks: Fisher accumulation after backward, a cut every `interval` steps."""
+
+    def __init__(self, program: Program, target: Target, options: dict):
+        self.target, self.options = target, options
+        self.events, self.interval = int(options["prune_events"]), int(options["interval"])
+        if self.events < 1 or self.interval < 1:
+            raise PrunefxError("prune_while_training: 'prune_events' and 'interval' must be positive")
+        self.last_step = self.events * self.interval
+        self.dense = _measure(program, target.kind)
+        self.before = count(program)
+        self.fisher = FisherAccumulator(program.module)
+        self.done: list[dict] = []
+
+    def accumulate(self, trainer: Trainer) -> None:
+        if len(self.done) < self.events:
+            self.fisher.accumulate()
+
+    def maybe_prune(self, trainer: Trainer, step: int) -> None:
+        if step % self.interval or len(self.done) >= self.events:
+            return
+        program = trainer.program
+        kept_after = self.target.fraction ** ((len(self.done) + 1) / self.events)  # of the dense model
+        program.eval()  # shapes are re-propagated during removal: batch norms must not update statistics
+        result = remove_channels(program, config={
+            self.target.kind: self._relative(program, kept_after), "importance": self.fisher.importance,
+            "ranking": self.options["ranking"], "round_to": self.options["round_to"],
+            "max_ratio": self.options["max_ratio"], "keep": self.options["keep"], "strict": False})
+        self.done.append({"step": step, "kept_target": kept_after, "macs": result.stats["macs_after"],
+                          "params": result.stats["params_after"], "channels_removed": result.stats["channels_removed"],
+                          "train_loss": trainer.last_losses.get("loss")})
+        trainer.replace_program(program)  # new parameters: the optimizer is rebuilt (and train mode restored)
+        self.fisher = FisherAccumulator(program.module)  # CPD resets the scores after every cut
+
+    def _relative(self, program: Program, kept_after: float) -> float:
+        """Fractions given to remove_channels are of the model as it is now, the schedule's of the dense one."""
+        return min(1.0, kept_after * self.dense / _measure(program, self.target.kind))
+
+    def statistics(self, program: Program) -> dict:
+        after = count(program)
+        achieved = _measure(program, self.target.kind) / self.dense
+        met = abs(achieved - self.target.fraction) <= TARGET_TOLERANCE * self.target.fraction
+        return {"target": {"kind": self.target.kind, "fraction": self.target.fraction, "achieved": achieved,
+                           "met": met},
+                "macs_before": self.before.macs, "macs_after": after.macs, "params_before": self.before.params,
+                "params_after": after.params, "events": self.done, "importance": "fisher (task + KD loss)"}

@@ -1,0 +1,55 @@
+"""CPD's prune-while-distilling schedule: it reaches the target through its events and leaves a valid Program."""
+
+import pytest
+import torch
+from prunefx.graph import PrunefxError, capture, count, verify
+from prunefx.models import build_model
+from prunefx.passes.prune_while_training import prune_while_training
+
+
+@pytest.fixture
+def resnet20_and_data():
+    torch.manual_seed(0)
+    model = build_model("prunefx:resnet20").module
+    generator = torch.Generator().manual_seed(0)
+    data = [(torch.randn(8, 1, 28, 28, generator=generator), torch.randint(0, 10, (8,), generator=generator))
+            for _ in range(4)]
+    return capture(model, data[0][0], name="resnet20"), data
+
+
+def test_reaches_the_macs_target_in_events_and_stays_valid(resnet20_and_data):
+    program, data = resnet20_and_data
+    dense_macs = count(program).macs
+    result = prune_while_training(program, config={
+        "data": data, "macs": 0.5, "steps": 12, "interval": 3, "prune_events": 3, "round_to": 4,
+        "lr": 0.01, "progress": False})
+    events = result.stats["events"]
+    assert [e["step"] for e in events] == [3, 6, 9]
+    # Every event cuts further, along a geometric schedule of the dense MACs.
+    assert events[0]["macs"] > events[1]["macs"] > events[2]["macs"]
+    assert events[0]["macs"] / dense_macs == pytest.approx(0.5 ** (1 / 3), rel=0.03)
+    assert count(result.program).macs / dense_macs == pytest.approx(0.5, rel=0.03)
+    assert result.stats["target"]["met"]
+    assert result.stats["training"]["steps_run"] == 12  # training went on after the last cut
+    assert not result.program.training
+    verify(result.program)
+    assert result.program(data[0][0]).shape == (8, 10)
+
+
+def test_a_budget_too_short_for_the_schedule_is_refused(resnet20_and_data):
+    program, data = resnet20_and_data
+    with pytest.raises(PrunefxError, match="cannot hold 5 pruning events"):
+        prune_while_training(program, config={"data": data, "macs": 0.5, "steps": 10, "interval": 5,
+                                              "progress": False})
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"macs": 0.5}, "needs training batches"),
+    ({"data": [], "channels": 0.5, "steps": 10}, "exactly one target among macs, params"),
+    ({"data": [], "macs": 0.5, "params": 0.5, "steps": 10}, "exactly one target"),
+    ({"data": [], "macs": 0.5, "steps": 10, "bogus": 1}, "unknown option"),
+])
+def test_bad_configurations_are_explained(resnet20_and_data, config, message):
+    program, _ = resnet20_and_data
+    with pytest.raises(PrunefxError, match=message):
+        prune_while_training(program, config=config)
