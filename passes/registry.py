@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.comb_channels import comb_channels
+from prunefx.passes.distill import distill
 from prunefx.passes.fold_batchnorm import fold_batchnorm
+from prunefx.passes.prune_while_training import prune_while_training
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.result import Pass
 
 PASSES: dict[str, Pass] = {
     "comb_channels": comb_channels,
+    "distill": distill,
     "fold_batchnorm": fold_batchnorm,
+    "prune_while_training": prune_while_training,
     "remove_channels": remove_channels,
 }
 

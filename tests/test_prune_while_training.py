@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from prunefx.graph import PrunefxError, capture, count, verify
 from prunefx.models import build_model
 from prunefx.passes.prune_while_training import prune_while_training

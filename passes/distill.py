@@ -1,0 +1,78 @@
+"""distill: recovery training of a Program with knowledge distillation from a frozen teacher (CPD's "distill").
+
+Trains the Program's weights (its graph is left as it is, unless a hook replaces it) with
+
+    loss = (1 - kd_weight) * cross_entropy(student, labels)
+           + kd_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+           + sum of weight * MSE(student node, teacher node) over `feature_losses`
+
+The KD term pulls the student's softened class distribution towards the teacher's (the "dark knowledge"
+of the dense model, which is what recovers accuracy after pruning); the cross-entropy keeps it on the
+labels; feature terms match intermediate tensors, useful for segmentation decoders. Hooks that read
+gradients (e.g. Fisher channel importance while pruning) see the gradients of the whole loss.
+The engine, its schedule (linear warm-up, cosine to 0), checkpoints and distributed mode are described
+in passes/training.py.
+
+Config:
+- `data` (required): training batches, `(inputs, labels)` tuples; a list or a loader (its
+  `set_epoch(epoch)` and `shard(rank, world_size)` are used when present);
+- `teacher`: a Program or torch.nn.Module (default: a frozen copy of the program as given). Run right
+  after pruning, that default is the *pruned* model, which teaches nothing new: for recovery after
+  pruning pass the dense model. `eval_data`: evaluation batches (label -1 is padding, ignored);
+- `after_backward`, `after_step`: hook lists (see passes/training.Trainer);
+- the TrainConfig fields: `steps` or `epochs` (one is required), `optimizer` (sgd | adamw, default sgd),
+  `lr` (0.01), `momentum` (0.9; AdamW's beta1), `weight_decay` (1e-4, matrices and kernels only),
+  `warmup_steps` (0), `temperature` (4), `kd_weight` (0.9), `feature_losses` ({student node: teacher
+  node | (teacher node, weight)}), `max_grad_norm` (None), `eval_every` (0: at the end),
+  `checkpoint_dir` (None), `checkpoint_every` (0: at the end), `resume` (False), `progress`
+  (None: a bar on a terminal), `seed` (0), `device` (None: where the program's parameters are).
+
+Preconditions: the Program has a static batch size, that of its example inputs, and every batch
+(per process, when launched by torchrun) has exactly that many items.
+Statistics: steps, final train/task/KD/feature losses (means over the last 20 steps), the evaluation
+history, seconds and images per second; they are also stored in `program.analysis["distillation"]`.
+Non-goals: mixed precision, gradient accumulation, feature matching between tensors of different
+shapes (no learned adapters), choosing which channels to prune (other passes do that, through hooks).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prunefx.graph import Program
+from prunefx.passes.result import Result
+from prunefx.passes.training import TrainConfig, Trainer, TrainingError
+
+_PASS_OPTIONS = ("data", "teacher", "eval_data", "after_backward", "after_step")
+
+
+def distill(program: Program, /, *, config: dict | None = None) -> Result:
+    config = dict(config or {})
+    if config.get("data") is None:
+        raise TrainingError("distill needs 'data': the training batches, (inputs, labels) tuples")
+    options = {key: config.pop(key, None) for key in _PASS_OPTIONS}
+    train_config = TrainConfig.from_dict(config, owner="distill")
+    teacher = options["teacher"]
+    if teacher is None and (train_config.kd_weight > 0 or train_config.feature_pairs):
+        teacher = program.clone().eval()
+    before = _snapshot(program)
+    trainer = Trainer(program, teacher=teacher, data=options["data"], config=train_config,
+                      eval_data=options["eval_data"], after_backward=options["after_backward"] or (),
+                      after_step=options["after_step"] or ())
+    stats = trainer.fit()
+    trained = trainer.program
+    trained.analysis["distillation"] = stats
+    return Result(trained, modified=_changed(before, trained), stats=stats)
+
+
+def _snapshot(program: Program) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in program.state_dict().items()}
+
+
+def _changed(before: dict[str, torch.Tensor], program: Program) -> bool:
+    """Whether any parameter or buffer differs (names, shapes or values) from the snapshot."""
+    after = program.state_dict()
+    if before.keys() != after.keys():
+        return True
+    return any(b.shape != a.shape or not torch.equal(b, a.detach().to(b.device)) for b, a in
+               ((before[name], after[name]) for name in before))

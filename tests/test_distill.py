@@ -1,0 +1,436 @@
+"""Recovery training with knowledge distillation: losses, schedule, checkpoints, hooks, DDP, the pass."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from prunefx.graph import capture
+from prunefx.passes import distill, get_pass, remove_channels
+from prunefx.passes.training import (
+    PROGRAM_FILE,
+    STATE_FILE,
+    TrainConfig,
+    Trainer,
+    TrainingError,
+    evaluate,
+    kd_loss,
+    make_scheduler,
+)
+
+BATCH = 8
+CLASSES = 5
+
+
+class SmallNet(nn.Module):
+    def __init__(self, width: int = 8, *, batch_norm: bool = True, dropout: float = 0.0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, padding=1)
+        self.norm = nn.BatchNorm2d(width) if batch_norm else nn.Identity()
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(width, CLASSES)
+
+    def forward(self, x):
+        x = torch.relu(self.norm(self.conv1(x)))
+        x = torch.relu(self.conv2(x))
+        return self.fc(self.drop(x.mean((2, 3))))
+
+
+def _program(seed: int = 0, *, batch: int = BATCH, **kwargs):
+    torch.manual_seed(seed)
+    return capture(SmallNet(**kwargs).eval(), torch.randn(batch, 3, 8, 8)).eval()
+
+
+def _batches(count: int, *, batch: int = BATCH, seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, 3, 8, 8, generator=generator), torch.randint(0, CLASSES, (batch,), generator=generator))
+            for _ in range(count)]
+
+
+def _train(program, teacher, data, **options):
+    options.setdefault("progress", False)
+    trainer = Trainer(program, teacher=teacher, data=data, config=TrainConfig(**options))
+    return trainer, trainer.fit()
+
+
+# --- losses ----------------------------------------------------------------------------------------
+
+def _softmax(row, temperature):
+    exps = [math.exp(v / temperature) for v in row]
+    return [e / sum(exps) for e in exps]
+
+
+def test_kd_loss_matches_hand_computed_kl():
+    student = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
+    teacher = [[2.0, 1.0, 0.0], [0.5, 0.5, 1.0]]
+    temperature = 2.0
+    kl_sum = 0.0
+    for s_row, t_row in zip(student, teacher):
+        p, q = _softmax(t_row, temperature), _softmax(s_row, temperature)
+        kl_sum += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+    expected = kl_sum / len(student) * temperature ** 2
+    value = kd_loss(torch.tensor(student), torch.tensor(teacher), temperature)
+    assert value.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_kd_loss_is_zero_for_equal_logits_and_scales_with_t_squared():
+    logits = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    other = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    assert kd_loss(logits, logits.clone(), 3.0).item() == pytest.approx(0.0, abs=1e-7)
+    # Softening logits multiplied by T gives back the unsoftened distributions: only the T^2 factor remains.
+    for temperature in (2.0, 5.0):
+        scaled = kd_loss(logits * temperature, other * temperature, temperature)
+        assert scaled.item() == pytest.approx(temperature ** 2 * kd_loss(logits, other, 1.0).item(), rel=1e-5)
+
+
+def test_kd_loss_on_dense_outputs_is_per_pixel():
+    student, teacher = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    flat = kd_loss(student.permute(0, 2, 3, 1).reshape(-1, 4), teacher.permute(0, 2, 3, 1).reshape(-1, 4), 2.0)
+    assert kd_loss(student, teacher, 2.0).item() == pytest.approx(flat.item(), rel=1e-6)
+
+
+# --- schedule --------------------------------------------------------------------------------------
+
+def test_warmup_then_cosine_learning_rates():
+    parameter = nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=0.1)
+    scheduler = make_scheduler(optimizer, warmup_steps=4, total_steps=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.1 / 5)  # linear warm-up: lr * (s + 1) / (warmup + 1)
+    assert lrs[3] == pytest.approx(0.1 * 4 / 5)
+    assert lrs[4] == pytest.approx(0.1)  # the peak, where the cosine starts
+    assert lrs[7] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 3 / 6)))
+    assert lrs[9] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 5 / 6)))
+    # A rebuilt optimizer (replace_program) continues at the same position of the schedule.
+    rebuilt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    make_scheduler(rebuilt, warmup_steps=4, total_steps=10, start_step=7)
+    assert rebuilt.param_groups[0]["lr"] == pytest.approx(lrs[7])
+
+
+def test_trainer_logs_the_scheduled_learning_rates():
+    trainer, _ = _train(_program(), _program(1), _batches(2), steps=6, warmup_steps=2, lr=0.05)
+    assert [entry["lr"] for entry in trainer.log] == pytest.approx(
+        [0.05 / 3, 0.1 / 3, 0.05, 0.05 * 0.5 * (1 + math.cos(math.pi / 4)), 0.025,
+         0.05 * 0.5 * (1 + math.cos(math.pi * 3 / 4))])
+
+
+# --- training --------------------------------------------------------------------------------------
+
+def _kd_on(student, teacher, data, temperature=4.0):
+    with torch.no_grad():
+        return sum(kd_loss(student(x), teacher(x), temperature).item() for x, _ in data) / len(data)
+
+
+def test_distillation_lowers_the_kd_loss():
+    teacher = _program(1, width=16)
+    with torch.no_grad():  # a confident teacher, so that there is something to learn
+        teacher.module.fc.weight.mul_(20)
+    student = _program(0, width=8)
+    data = _batches(4)
+    before = _kd_on(student, teacher, data)
+    result = distill(student, config={"data": data, "teacher": teacher, "steps": 60, "optimizer": "adamw",
+                                      "lr": 0.01, "warmup_steps": 5, "kd_weight": 1.0, "progress": False,
+                                      "eval_data": data[:2], "eval_every": 30})
+    after = _kd_on(result.program, teacher, data)
+    assert after < 0.3 * before
+    assert result.modified and not result.program.training
+    assert result.stats["steps"] == 60 and result.stats["kd_loss"] < 0.3 * before
+    assert [entry["step"] for entry in result.stats["eval"]] == [30, 60]
+    assert result.stats["images_per_second"] > 0
+    assert result.program.analysis["distillation"]["steps"] == 60
+    assert get_pass("distill") is distill
+
+
+def test_distill_defaults_to_a_frozen_copy_of_the_program_as_teacher():
+    program = _program()
+    reference = {name: tensor.clone() for name, tensor in program.state_dict().items()}
+    result = distill(program, config={"data": _batches(2), "steps": 3, "progress": False})
+    assert result.modified
+    # The student moved away from the copy it started as, so the KD term is no longer zero.
+    assert any(not torch.equal(reference[name], tensor) for name, tensor in result.program.state_dict().items())
+    assert result.stats["kd_loss"] > 0
+
+
+def test_feature_losses_pull_intermediate_tensors_together():
+    teacher, student = _program(1), _program(0)
+    data = _batches(2)
+    trainer, stats = _train(student, teacher, data, steps=40, optimizer="adamw", lr=0.01, kd_weight=0.0,
+                            feature_losses={"relu_1": ("relu_1", 10.0)})
+    assert stats["feature_loss"] < 0.5 * trainer.log[0]["feature"]
+
+
+class _EpochLoader:
+    """A loader as prunefx.data writes them: a length and set_epoch (which here reverses the order)."""
+
+    def __init__(self, batches):
+        self.batches, self.epochs = batches, []
+
+    def __len__(self):
+        return len(self.batches)
+
+    def set_epoch(self, epoch):
+        self.epochs.append(epoch)
+
+    def __iter__(self):
+        return iter(self.batches if self.epochs[-1] % 2 == 0 else self.batches[::-1])
+
+
+def test_epochs_use_set_epoch_and_an_eager_teacher_keeps_its_mode():
+    loader = _EpochLoader(_batches(3))
+    torch.manual_seed(1)
+    teacher = SmallNet().train()
+    trainer, stats = _train(_program(), teacher, loader, epochs=2)
+    assert stats["steps"] == 6 and stats["epochs"] == 2
+    assert loader.epochs == [0, 1]
+    assert teacher.training
+
+
+def test_evaluate_ignores_padding_labels():
+    program = _program()
+    images, labels = _batches(1)[0]
+    with torch.no_grad():
+        predictions = program(images).argmax(1)
+    padded = labels.clone()
+    padded[-3:] = -1
+    result = evaluate(program, [(images, padded)])
+    assert result["count"] == BATCH - 3
+    assert result["accuracy"] == pytest.approx((predictions[:-3] == labels[:-3]).float().mean().item())
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_at(step):
+    def hook(trainer, current):
+        if current == step:
+            raise _Crash
+    return hook
+
+
+def _checkpointed(directory, **extra):
+    # BN in training mode and dropout: the restored running statistics and RNG state both matter.
+    return dict(steps=10, lr=0.05, warmup_steps=2, checkpoint_dir=directory, checkpoint_every=4, progress=False,
+                feature_losses={"relu_1": ("relu_1", 0.5)}, **extra)
+
+
+def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
+    data, teacher = _batches(3), _program(1, dropout=0.3)
+    _, full_stats = _train(_program(dropout=0.3), teacher, data, **_checkpointed(tmp_path / "full"))
+    full = Trainer(_program(dropout=0.3), teacher=teacher, data=data,
+                   config=TrainConfig(**_checkpointed(tmp_path / "full", resume=True)))
+    full.fit()  # resumes at the last step: nothing left to train
+
+    interrupted = Trainer(_program(dropout=0.3), teacher=teacher, data=data, after_step=[_crash_at(7)],
+                          config=TrainConfig(**_checkpointed(tmp_path / "cut")))
+    with pytest.raises(_Crash):
+        interrupted.fit()
+    resumed = Trainer(_program(dropout=0.3), teacher=teacher, data=data,
+                      config=TrainConfig(**_checkpointed(tmp_path / "cut", resume=True)))
+    stats = resumed.fit()
+    assert stats["resumed_from"] == 4 and stats["steps_run"] == 6
+    for (name, expected), (_, actual) in zip(full.program.state_dict().items(), resumed.program.state_dict().items()):
+        assert torch.equal(expected, actual), name
+    assert [e["loss"] for e in resumed.log] == [e["loss"] for e in full.log]
+    assert stats["train_loss"] == full_stats["train_loss"]
+
+
+def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path):
+    data, teacher = _batches(2), _program(1)
+    _train(_program(), teacher, data, **_checkpointed(tmp_path))
+
+    def resume(**changes):
+        config = {**_checkpointed(tmp_path, resume=True), **changes}
+        return Trainer(_program(), teacher=teacher, data=data, config=TrainConfig(**config)).fit()
+
+    with pytest.raises(TrainingError, match="total_steps=10"):
+        resume(steps=12)
+    with pytest.raises(TrainingError, match="optimizer_kind=sgd"):
+        resume(optimizer="adamw")
+    other = tmp_path / "other"
+    _train(_program(), teacher, data, **{**_checkpointed(other), "steps": 4})
+    (tmp_path / PROGRAM_FILE).write_bytes((other / PROGRAM_FILE).read_bytes())
+    with pytest.raises(TrainingError, match="different saves"):
+        resume()
+    (tmp_path / STATE_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="cannot read .*trainer_state.pt"):
+        resume()
+    (tmp_path / STATE_FILE).unlink()
+    with pytest.raises(TrainingError, match="incomplete checkpoint"):
+        resume()
+
+
+# --- hooks -----------------------------------------------------------------------------------------
+
+def test_hooks_see_gradients_and_replace_program_continues_with_new_parameters():
+    data = _batches(2)
+    gradient_norms, replaced = [], {}
+
+    def read_gradients(trainer):
+        gradient_norms.append(sum(p.grad.norm().item() for p in trainer.program.parameters()))
+
+    def prune_at_step_3(trainer, step):
+        if step == 3:
+            pruned = remove_channels(trainer.program.clone(), config={"channels": 0.5, "round_to": 1}).program
+            replaced["weights"] = {n: t.clone() for n, t in pruned.state_dict().items()}
+            trainer.replace_program(pruned)
+            replaced["program"] = pruned
+
+    trainer = Trainer(_program(), teacher=_program(1), data=data, after_backward=[read_gradients],
+                      after_step=[prune_at_step_3],
+                      config=TrainConfig(steps=8, lr=0.05, warmup_steps=2, progress=False))
+    stats = trainer.fit()
+    assert len(gradient_norms) == 8 and all(norm > 0 for norm in gradient_norms)
+    new = replaced["program"]
+    assert trainer.program is new
+    assert new.module.conv1.weight.shape[0] < 8
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in new.parameters()}
+    assert any(not torch.equal(replaced["weights"][n], t) for n, t in new.state_dict().items())
+    assert trainer.log[3]["lr"] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * 1 / 6)))
+    assert math.isfinite(stats["train_loss"])
+
+
+def test_resume_after_a_structural_change_continues_with_the_pruned_program(tmp_path):
+    data, teacher = _batches(2), _program(1)
+
+    def prune_at_step_3(trainer, step):
+        if step == 3:
+            trainer.replace_program(remove_channels(trainer.program.clone(),
+                                                    config={"channels": 0.5, "round_to": 1}).program)
+
+    def run(directory, hooks, resume=False):
+        trainer = Trainer(_program(), teacher=teacher, data=data, after_step=hooks,
+                          config=TrainConfig(steps=8, lr=0.05, checkpoint_dir=directory, checkpoint_every=4,
+                                             resume=resume, progress=False))
+        trainer.fit()
+        return trainer
+
+    full = run(tmp_path / "full", [prune_at_step_3])
+    with pytest.raises(_Crash):
+        run(tmp_path / "cut", [prune_at_step_3, _crash_at(6)])
+    resumed = run(tmp_path / "cut", [prune_at_step_3], resume=True)
+    assert resumed.program.module.conv1.weight.shape[0] < 8
+    for (name, expected), (_, actual) in zip(full.program.state_dict().items(), resumed.program.state_dict().items()):
+        assert torch.equal(expected, actual), name
+
+
+# --- configuration errors --------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({}, "exactly one of 'steps' and 'epochs'"),
+    ({"steps": 5, "epochs": 1}, "exactly one of 'steps' and 'epochs'"),
+    ({"steps": 0}, "'steps' must be at least 1"),
+    ({"steps": 2.5}, "'steps' must be an integer"),
+    ({"steps": 5, "optimizer": "adam"}, "optimizer must be one of sgd, adamw"),
+    ({"steps": 5, "lr": 0}, r"'lr' must lie in \(0, inf\)"),
+    ({"steps": 5, "kd_weight": 1.5}, r"'kd_weight' must lie in \[0, 1\]"),
+    ({"steps": 5, "temperature": -1}, "'temperature' must lie in"),
+    ({"steps": 5, "momentum": 1.0}, "'momentum' must lie in"),
+    ({"steps": 5, "max_grad_norm": float("nan")}, "'max_grad_norm' must be a finite number"),
+    ({"steps": 5, "resume": True}, "need a 'checkpoint_dir'"),
+    ({"steps": 5, "resume": "yes", "checkpoint_dir": "x"}, "'resume' must be true or false"),
+    ({"steps": 5, "feature_losses": {"relu": 3}}, r"feature_losses\['relu'\]"),
+    ({"steps": 5, "learning_rate": 0.1}, r"unknown option\(s\) \['learning_rate'\]"),
+])
+def test_bad_configs_are_refused(options, message):
+    with pytest.raises(TrainingError, match=message):
+        TrainConfig.from_dict(options)
+
+
+def test_bad_inputs_are_refused():
+    program, teacher = _program(), _program(1)
+    with pytest.raises(TrainingError, match="distill needs 'data'"):
+        distill(program, config={"steps": 2})
+    with pytest.raises(TrainingError, match="static input shapes"):
+        _train(program, teacher, _batches(1, batch=4), steps=1)
+    with pytest.raises(TrainingError, match="no node named 'nope'"):
+        _train(program, teacher, _batches(1), steps=1, feature_losses={"nope": "relu"})
+    with pytest.raises(TrainingError, match="'epochs' needs data with a length"):
+        _train(program, teacher, iter(_batches(1)), epochs=1)
+    with pytest.raises(TrainingError, match="yielded no batches"):
+        _train(program, teacher, iter(_batches(1)), steps=3)
+
+
+# --- distributed -----------------------------------------------------------------------------------
+
+def _ddp_config(directory) -> dict:
+    return dict(steps=6, lr=0.05, warmup_steps=2, max_grad_norm=1.0, progress=False, eval_every=3,
+                checkpoint_dir=directory, checkpoint_every=3, feature_losses={"relu_1": ("relu_1", 0.5)})
+
+
+def _ddp_run(batch: int, directory):
+    # No batch norm: in training mode each rank would normalise with its own half-batch statistics,
+    # which differ by design from the full batch's, so DDP could not match single-process training.
+    student = _program(0, batch=batch, batch_norm=False)
+    teacher = _program(1, batch=batch, batch_norm=False)
+    trainer = Trainer(student, teacher=teacher, data=_batches(3, batch=2 * 4), eval_data=_batches(2, batch=8, seed=5),
+                      config=TrainConfig(**_ddp_config(directory)))
+    return trainer, trainer.fit()
+
+
+def ddp_worker(directory: str) -> None:
+    """Run by each of the two processes the DDP test starts (the environment says rank and world size)."""
+    torch.set_num_threads(1)
+    trainer, stats = _ddp_run(4, Path(directory) / "checkpoint")
+    if trainer.rank == 0:
+        torch.save({"state": trainer.program.state_dict(), "stats": stats, "log": trainer.log},
+                   Path(directory) / "ddp.pt")
+
+
+_WORKER = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("distill_ddp_worker", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+module.ddp_worker(sys.argv[2])
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_single_process_training(tmp_path):
+    port = _free_port()
+    processes = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        processes.append(subprocess.Popen([sys.executable, "-c", _WORKER, __file__, str(tmp_path)], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        outputs = [process.communicate(timeout=180)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    assert [p.returncode for p in processes] == [0, 0], "\n".join(outputs)[-3000:]
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+
+    single, stats = _ddp_run(8, tmp_path / "single")
+    assert ddp["stats"]["world_size"] == 2 and stats["world_size"] == 1
+    for name, tensor in single.program.state_dict().items():
+        torch.testing.assert_close(ddp["state"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+    assert [e["loss"] for e in ddp["log"]] == pytest.approx([e["loss"] for e in single.log], rel=1e-4)
+    # Evaluation counts the items of both ranks.
+    assert [e["count"] for e in ddp["stats"]["eval"]] == [e["count"] for e in stats["eval"]] == [16, 16]
+    assert [e["accuracy"] for e in ddp["stats"]["eval"]] == [e["accuracy"] for e in stats["eval"]]
+    assert (tmp_path / "checkpoint" / PROGRAM_FILE).is_file() and (tmp_path / "checkpoint" / STATE_FILE).is_file()
