@@ -53,11 +53,11 @@ def _unknown_operator(ctx: _Context, node: torch.fx.Node, reason: str = "no chan
     return [fixed(v) for v in value] if isinstance(value, (list, tuple)) else fixed(value)
 
 
-def _propagate(ctx: _Context, kept: set[str]) -> None:
+def _propagate(ctx: _Context, kept: set[str], free_batch: bool = False) -> None:
     for node in ctx.module.graph.nodes:
         shape = ctx.shape(node)
         if node.op == "placeholder":
-            ctx.node_labels[node] = [ctx.space.fixed(s) for s in shape] if shape is not None else None
+            ctx.node_labels[node] = _input_labels(ctx, shape, free_batch)
         elif node.op == "get_attr":
             ctx.node_labels[node] = _attribute_labels(ctx, node, shape)
         elif node.op == "call_function":
@@ -67,11 +67,22 @@ def _propagate(ctx: _Context, kept: set[str]) -> None:
             except Exception as error:  # a rule met a form it does not handle: block, never guess
                 ctx.node_labels[node] = _unknown_operator(ctx, node, f"unsupported form ({error})")
         elif node.op == "output":
-            for labels in _tensor_leaves([ctx.labels(a) for a in pytree.tree_leaves(node.args)]):
-                ctx.space.tie(labels, ctx.space.fixed(labels.size))
+            for output in pytree.tree_leaves(node.args):
+                dims = ctx.labels(output)
+                for labels in _tensor_leaves(dims[1:] if free_batch and isinstance(dims, list) else dims):
+                    ctx.space.tie(labels, ctx.space.fixed(labels.size))
         if node.name in kept:
             for labels in _tensor_leaves(ctx.node_labels.get(node)):
                 ctx.block(labels, node, "kept by the user")
+
+
+def _input_labels(ctx: _Context, shape, free_batch: bool):
+    """Graph inputs are fixed, except their batch dim (dim 0) when the caller asks to resize the batch."""
+    if shape is None:
+        return None
+    if free_batch and shape:
+        return [ctx.space.fresh(shape[0])] + [ctx.space.fixed(s) for s in shape[1:]]
+    return [ctx.space.fixed(s) for s in shape]
 
 
 def _attribute_labels(ctx: _Context, node: torch.fx.Node, shape) -> list[np.ndarray]:
@@ -207,9 +218,12 @@ class ChannelAnalysis:
         return int(self.classes[FIXED])
 
 
-def analyse_channels(module: torch.fx.GraphModule, *, keep: set[str] | None = None) -> ChannelAnalysis:
+def analyse_channels(module: torch.fx.GraphModule, *, keep: set[str] | None = None,
+                     free_batch: bool = False) -> ChannelAnalysis:
+    """Label every tensor dim and solve for the classes. `free_batch` leaves the inputs' and outputs'
+    dim 0 free, so that batch items become removable classes (graph/rebatch.py)."""
     ctx = _Context(module)
-    _propagate(ctx, keep or set())
+    _propagate(ctx, keep or set(), free_batch)
     classes = solve(ctx.space)
     unblocked = solve(ctx.space, with_blockers=False) if ctx.space.blockers else classes
     return ChannelAnalysis(ctx.space, classes, ctx.node_labels, unblocked)

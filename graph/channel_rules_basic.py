@@ -240,11 +240,13 @@ def index(ctx, node):
 
 
 def expand(ctx, node):
+    """Dims that expand creates (new leading dims, or size 1 grown) hold copies: they get fresh labels,
+    free to shrink (the size literal is rewritten), and other operators tie them where they must."""
     labels = ctx.labels(node.args[0])
     out_shape = ctx.shape(node)
     offset = len(out_shape) - len(labels)
-    result = [ctx.space.fixed(size) for size in out_shape[:offset]]
+    result = [ctx.space.fresh(size) for size in out_shape[:offset]]
     for d, lab in enumerate(labels):
-        result.append(lab if lab.size == out_shape[d + offset] else ctx.space.fixed(out_shape[d + offset]))
+        result.append(lab if lab.size == out_shape[d + offset] else ctx.space.fresh(out_shape[d + offset]))
     return result
 
