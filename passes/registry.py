@@ -7,6 +7,7 @@ from prunefx.passes.comb_channels import comb_channels
 from prunefx.passes.distill import distill
 from prunefx.passes.fold_batchnorm import fold_batchnorm
 from prunefx.passes.prune_while_training import prune_while_training
+from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.result import Pass
 
@@ -15,6 +16,7 @@ PASSES: dict[str, Pass] = {
     "distill": distill,
     "fold_batchnorm": fold_batchnorm,
     "prune_while_training": prune_while_training,
+    "recalibrate_batchnorm": recalibrate_batchnorm,
     "remove_channels": remove_channels,
 }
 

@@ -9,13 +9,20 @@ Config:
 - exactly one target, a fraction of the dense model to keep: `macs`, `params` or `channels`;
 - `importance`: l1 | l2 (default) | bn | taylor | fisher | random, or a callable
   `(module, combing) -> Importance` that supplies scores gathered elsewhere (the Fisher scores
-  accumulated while training, see prune_while_training); `calibration`: input batches (a list of
-  tuples of tensors) for taylor/fisher, defaulting to the Program's example inputs;
+  accumulated while training, see prune_while_training); `calibration`: input batches (tensors,
+  tuples of tensors or (inputs, labels) pairs, with the captured shapes) for taylor/fisher and for
+  `compensate`, defaulting to the Program's example inputs;
 - `ranking`: global (default; scores normalised per group) or local (same ratio in every group);
 - `round_to` (default 8, tensor-core friendly; 16 suits ONNX Runtime on AVX-512 CPUs);
 - `max_ratio` (default 0.8): the largest fraction of any one group that may go;
 - `keep`: graph node names whose channels must stay; `seed` for `random`;
-- `strict` (default True): raise when the target cannot be met within 3 %.
+- `strict` (default True): raise when the target cannot be met within 3 %;
+- `compensate` (default False): before slicing, update the remaining weights of every layer that loses
+  input channels so that its output on the `calibration` batches changes as little as possible (the
+  second-order / OBS least-squares update, graph/channel_compensation.py); `damping` (default 0.01) is
+  its ridge term as a fraction of the mean diagonal of the layer-input Hessian. The statistics list the
+  layers compensated, with their relative output error on the calibration data without and with the
+  update, and the layers skipped with the reason (grouped and depthwise convolutions, shared weights).
 The pass is not exact (it changes outputs); removing channels whose weights are zero is, and the
 tests check that. Groups blocked by operators without a channel rule are never touched and are
 listed in the statistics with the operator that blocked them.
@@ -26,7 +33,9 @@ from __future__ import annotations
 import numpy as np
 
 from prunefx.graph import Program, count
+from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.attributes import delete_unused_tensors
+from prunefx.graph.channel_compensation import compensate_removed_inputs
 from prunefx.graph.channel_groups import find_channel_groups
 from prunefx.graph.channel_importance import GRADIENT_CRITERIA, channel_importance
 from prunefx.graph.channel_removal import remove_classes
@@ -35,7 +44,7 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.passes.result import Result
 
 _DEFAULTS = {"importance": "l2", "calibration": None, "ranking": "global", "round_to": 8, "max_ratio": 0.8,
-             "keep": (), "seed": 0, "strict": True}
+             "keep": (), "seed": 0, "strict": True, "compensate": False, "damping": 0.01}
 _OPTIONS = {*_DEFAULTS, *TARGET_KINDS}
 
 
@@ -46,6 +55,9 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
         raise PrunefxError(f"remove_channels: unknown option(s) {sorted(unknown)} (known: {sorted(_OPTIONS)})")
     config = {**_DEFAULTS, **config}
     target = _target(config)
+    _check_compensation(config)
+    if config["compensate"] or config["importance"] in GRADIENT_CRITERIA:  # checked (and read once) up front
+        config["calibration"] = _calibration(program, config["calibration"])
     # Dead nodes and the parameters only they read (googlenet's aux heads in eval mode) would count
     # before pruning and vanish after it, inflating the reduction: drop them first.
     if program.module.graph.eliminate_dead_code():
@@ -60,11 +72,14 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     if not plan.target_met and config["strict"]:
         raise PrunefxError(_unreachable(target, plan, combing))
     removed = {int(c) for gone in plan.removed for c in gone}
+    compensation = _compensate(program, combing, removed, config) if removed and config["compensate"] else None
     if removed:
         remove_classes(program.module, combing.analysis, removed)
         program.recompile()
     after = count(program)
     stats = _statistics(config, target, importance, combing, plan, before, after)
+    if config["compensate"]:
+        stats["compensation"] = compensation or {"compensated": [], "skipped": []}
     program.analysis["channel_pruning"] = stats
     return Result(program, modified=bool(removed), stats=stats)
 
@@ -73,8 +88,20 @@ def _importance(program: Program, combing, config: dict):
     criterion = config["importance"]
     if callable(criterion):  # scores gathered elsewhere, e.g. Fisher accumulated while training
         return criterion(program.module, combing)
-    calibration = _calibration(program, config["calibration"]) if criterion in GRADIENT_CRITERIA else None
+    calibration = config["calibration"] if criterion in GRADIENT_CRITERIA else None  # checked up front
     return channel_importance(program.module, combing, criterion, calibration=calibration, seed=int(config["seed"]))
+
+
+def _compensate(program: Program, combing, removed: set[int], config: dict) -> dict:
+    """Compensate on the eval-mode network: the activations it will see when deployed, and a
+    training-mode batch norm would move its running statistics on every calibration batch."""
+    was_training = program.training
+    program.eval()
+    try:
+        return compensate_removed_inputs(program.module, combing.analysis, removed, config["calibration"],
+                                         damping=float(config["damping"]))
+    finally:
+        program.train(was_training)
 
 
 def _target(config: dict) -> Target:
@@ -86,15 +113,19 @@ def _target(config: dict) -> Target:
 
 
 def _calibration(program: Program, batches) -> list:
-    """Calibration batches must match the captured input shapes: the graph is static."""
-    batches = [tuple(b) if isinstance(b, (tuple, list)) else (b,) for b in (batches or [program.example_inputs])]
-    expected = [tuple(t.shape) for t in program.example_inputs]
-    for index, batch in enumerate(batches):
-        shapes = [tuple(t.shape) for t in batch]
-        if shapes != expected:
-            raise PrunefxError(f"calibration batch {index} has shapes {shapes}, but {program.name} was captured "
-                               f"for {expected}; capture with the calibration batch size")
-    return batches
+    """The calibration input batches (the example inputs when none are given); they must match the
+    captured input shapes, since the graph is static. An explicitly empty list is an error."""
+    if batches is None:
+        return [program.example_inputs]
+    return calibration_inputs(program.example_inputs, batches, what="calibration")
+
+
+def _check_compensation(config: dict) -> None:
+    if not isinstance(config["compensate"], bool):
+        raise PrunefxError(f"remove_channels: compensate must be true or false, not {config['compensate']!r}")
+    damping = config["damping"]
+    if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not damping >= 0:
+        raise PrunefxError(f"remove_channels: damping must be a number >= 0, not {damping!r}")
 
 
 def _unreachable(target: Target, plan, combing) -> str:

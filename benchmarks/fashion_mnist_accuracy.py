@@ -1,0 +1,274 @@
+"""fashion_mnist_accuracy: test accuracy after pruning and recovery, prunefx against Torch-Pruning.
+
+On Fashion-MNIST (real data: 55,000 training images, 5,000 held out for validation, the 10,000 test
+images only for the reported accuracy), for each model:
+1. a dense baseline is trained here from scratch (`--baseline-epochs`, cached in build/);
+2. it is pruned to each MACs fraction (0.5, 0.33, 0.2 of the dense MACs) by
+   - tp-l2: Torch-Pruning, MagnitudeImportance(p=2), one uniform ratio (its default), found by
+     bisection until prunefx's MAC counter says the target is met;
+   - prunefx-l2: remove_channels, l2 importance, global ranking (normalised scores), round_to 4;
+   - prunefx-cpd: prune_while_training (CPD: Fisher importance accumulated from the task + KD loss,
+     cuts every `interval` steps during the first part of the budget, geometric schedule);
+3. and recovered with the same budget (`--epochs`, same optimizer and schedule) with plain
+   cross-entropy ("ce") or knowledge distillation from the dense model ("kd": KL of T=4 softened
+   logits, kd_weight 0.9). prunefx-cpd always distils (distillation is part of the method).
+Reported: test accuracy, MACs per image, and, with --latency, ONNX Runtime latency of every model
+at batch 1 (rebatched from the training batch) against the dense one, alternated in one process.
+
+    .venv/bin/python benchmarks/fashion_mnist_accuracy.py [--models resnet20 ...] [--epochs 1]
+    .venv/bin/python benchmarks/fashion_mnist_accuracy.py --report-only     # tables from cached runs
+
+Every finished run is cached in build/fashion_mnist_accuracy/ (one JSON each), so an interrupted
+benchmark resumes; results go to benchmarks/results/fashion_mnist_accuracy.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch_pruning as tp
+from common import REPO, command_line, machine_info, machine_summary, markdown_table, write_results
+
+from prunefx.data import fashion_mnist_data
+from prunefx.graph import Program, capture, count
+from prunefx.graph.rebatch import rebatch
+from prunefx.models import build_model
+from prunefx.passes.distill import distill
+from prunefx.passes.prune_while_training import prune_while_training
+from prunefx.passes.remove_channels import remove_channels
+from prunefx.passes.training import evaluate
+from prunefx.runtime import compare_latency, export_onnx, onnx_runner
+from prunefx.small_models import Attention
+
+NAME = "fashion_mnist_accuracy"
+CACHE = REPO / "build" / NAME
+MODELS = ("resnet20", "mobilenetv2_small", "vit_tiny_fmnist")
+FRACTIONS = (0.5, 0.33, 0.2)
+# variant -> (pruning method, recovery losses it is run with)
+VARIANTS = {"tp-l2": ("tp", ("ce", "kd")), "prunefx-l2": ("prunefx", ("ce", "kd")), "prunefx-cpd": ("cpd", ("kd",))}
+BATCH = 128
+TOLERANCE = 0.03
+KD = {"kd_weight": 0.9, "temperature": 4.0}
+
+
+def optimizer_settings(model: str, *, baseline: bool) -> dict:
+    """SGD for the CNNs, AdamW for the ViT (the usual choices); the same for every tool."""
+    if model.startswith("vit"):
+        return {"optimizer": "adamw", "lr": 2e-3 if baseline else 5e-4, "weight_decay": 0.05, "momentum": 0.9}
+    return {"optimizer": "sgd", "lr": 0.1 if baseline else 0.02, "weight_decay": 5e-4 if baseline else 1e-4,
+            "momentum": 0.9}
+
+
+# --- baseline ----------------------------------------------------------------------------------------
+
+def baseline(model: str, data, args) -> tuple[Program, dict]:
+    path, info_path = CACHE / model / "dense.pt2", CACHE / model / "dense.json"
+    if path.is_file() and info_path.is_file():
+        return Program.load(path).eval(), json.loads(info_path.read_text())
+    torch.manual_seed(args.seed)
+    program = capture(build_model(f"prunefx:{model}").module, next(iter(data.train))[0], name=model)
+    print(f"[{model}] training the dense baseline for {args.baseline_epochs} epochs", file=sys.stderr)
+    started = time.perf_counter()
+    stats = distill(program, config={"data": data.train, "epochs": args.baseline_epochs, "kd_weight": 0.0,
+                                     "warmup_steps": len(data.train) // 2, "progress": True, "seed": args.seed,
+                                     **optimizer_settings(model, baseline=True)}).stats
+    program.eval()
+    info = {"epochs": args.baseline_epochs, "seconds": time.perf_counter() - started,
+            "test_accuracy": evaluate(program, data.test)["accuracy"],
+            "val_accuracy": evaluate(program, data.val)["accuracy"], "train_loss": stats["train_loss"],
+            "macs_per_image": count(program).macs // BATCH, "params": count(program).params}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program.save(path)
+    info_path.write_text(json.dumps(info, indent=1))
+    return program, info
+
+
+# --- pruning -----------------------------------------------------------------------------------------
+
+def eager_copy(model: str, dense: Program) -> torch.nn.Module:
+    """The eager model with the dense program's weights (Torch-Pruning works on eager modules)."""
+    module = build_model(f"prunefx:{model}").module
+    module.load_state_dict(dense.module.state_dict())
+    return module.eval()
+
+
+def tp_prune(module: torch.nn.Module, example: torch.Tensor, ratio: float) -> torch.nn.Module:
+    module = copy.deepcopy(module)
+    classifier = [m for m in module.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 10]
+    heads = {m.qkv: m.heads for m in module.modules() if isinstance(m, Attention)}
+    pruner = tp.pruner.MetaPruner(module, example, importance=tp.importance.MagnitudeImportance(p=2),
+                                  global_pruning=False, pruning_ratio=ratio, ignored_layers=classifier,
+                                  num_heads=heads, prune_head_dims=True, prune_num_heads=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner.step()
+    for m in module.modules():
+        if isinstance(m, Attention):
+            m.heads = pruner.num_heads[m.qkv]
+    return module.eval()
+
+
+def torch_pruning(model: str, dense: Program, fraction: float) -> Program:
+    """Bisection on Torch-Pruning's uniform ratio until the MACs meet the target."""
+    eager, example = eager_copy(model, dense), dense.example_inputs[0]
+    dense_macs = count(dense).macs
+    low, high, best = 0.0, 0.95, None
+    for _ in range(14):
+        ratio = 0.5 * (low + high)
+        program = capture(tp_prune(eager, example, ratio), example, name=model).eval()
+        kept = count(program).macs / dense_macs
+        if best is None or abs(kept - fraction) < abs(best[1] - fraction):
+            best = (program, kept)
+        if abs(kept - fraction) <= 0.005 * fraction:
+            break
+        low, high = (ratio, high) if kept > fraction else (low, ratio)
+    return best[0]
+
+
+def recovery_config(model: str, loss: str, data, args) -> dict:
+    return {"data": data.train, "epochs": args.epochs, "warmup_steps": 50, "progress": True, "seed": args.seed,
+            **optimizer_settings(model, baseline=False), **(KD if loss == "kd" else {"kd_weight": 0.0})}
+
+
+def prune_and_recover(model: str, variant: str, loss: str, fraction: float, dense: Program, data, args) -> dict:
+    method = VARIANTS[variant][0]
+    started = time.perf_counter()
+    teacher = dense.clone().eval()
+    if method == "cpd":
+        program = dense.clone()
+        steps = args.epochs * len(data.train)
+        events = 5
+        interval = max(steps * 2 // 5 // events, 1)  # cuts during the first 40 % of the budget
+        result = prune_while_training(program, config={
+            **recovery_config(model, loss, data, args), "teacher": teacher, "macs": fraction, "round_to": 4,
+            "prune_events": events, "interval": interval})
+        program, training = result.program, result.stats["training"]
+    else:
+        if method == "tp":
+            program = torch_pruning(model, dense, fraction)
+        else:
+            program = dense.clone()
+            remove_channels(program, config={"macs": fraction, "importance": "l2", "ranking": "global",
+                                             "round_to": 4})
+        one_shot = evaluate(program, data.test)["accuracy"]
+        training = distill(program, config={**recovery_config(model, loss, data, args), "teacher": teacher}).stats
+    program.eval()
+    macs = count(program).macs / count(dense).macs
+    entry = {"model": model, "variant": variant, "loss": loss, "fraction": fraction, "macs_kept": macs,
+             "macs_target_met": abs(macs - fraction) <= TOLERANCE * fraction,
+             "macs_per_image": count(program).macs // BATCH, "params": count(program).params,
+             "test_accuracy": evaluate(program, data.test)["accuracy"],
+             "one_shot_test_accuracy": None if method == "cpd" else one_shot,
+             "epochs": args.epochs, "train_seconds": training.get("train_seconds"),
+             "seconds": time.perf_counter() - started}
+    program.save(CACHE / model / f"{variant}_{loss}_{fraction}.pt2")
+    return entry
+
+
+# --- latency -----------------------------------------------------------------------------------------
+
+def latency(model: str, entries: list[dict], dense: Program, args) -> None:
+    """Batch-1 ONNX Runtime latency of each pruned model against the dense one, alternated."""
+    workdir = CACHE / model / "onnx"
+    dense_onnx = export_onnx(rebatch(dense, 1), workdir / "dense.onnx")
+    example = (dense.example_inputs[0][:1],)
+    dense_runner = onnx_runner(dense_onnx.path, example, threads=args.threads)
+    for entry in entries:
+        name = f"{entry['variant']}_{entry['loss']}_{entry['fraction']}"
+        pruned = rebatch(Program.load(CACHE / model / f"{name}.pt2").eval(), 1)
+        runner = onnx_runner(export_onnx(pruned, workdir / f"{name}.onnx").path, example, threads=args.threads)
+        comparison = compare_latency(dense_runner, runner, warmup=10, runs=args.runs, threads=args.threads)
+        entry["latency"] = {"dense_ms": comparison.a.median_ms, "pruned_ms": comparison.b.median_ms,
+                            "speedup": comparison.speedup}
+
+
+# --- report ------------------------------------------------------------------------------------------
+
+def run_file(model: str, variant: str, loss: str, fraction: float) -> Path:
+    return CACHE / model / f"{variant}_{loss}_{fraction}.json"
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Fashion-MNIST: accuracy after pruning and recovery, prunefx and Torch-Pruning\n",
+             f"Produced by `{report['command']}`.\n", machine_summary(report["machine"]), "",
+             f"- Recovery budget: {report['epochs']} epoch(s) of the 55,000 training images, batch {BATCH}, "
+             "the same optimizer and schedule for every tool (SGD lr 0.02 cosine for CNNs, AdamW 5e-4 for the ViT, "
+             "50 warm-up steps); `kd`: distillation from the dense model (kd_weight 0.9, T = 4), `ce`: "
+             "cross-entropy only.",
+             "- Accuracy on the 10,000 test images, never used for any choice; one run per cell (seed 0).",
+             "- Latency: ONNX Runtime, batch 1, 2 threads, median, each model alternated with the dense one.\n"]
+    for model, info in report["baselines"].items():
+        lines.append(f"## {model}: dense {100 * info['test_accuracy']:.2f} % (trained here for {info['epochs']} "
+                     f"epochs, {info['macs_per_image'] / 1e6:.1f} M MACs)\n")
+        rows = []
+        for e in sorted((e for e in report["runs"] if e["model"] == model),
+                        key=lambda e: (-e["fraction"], e["variant"], e["loss"])):
+            speed = e.get("latency", {}).get("speedup")
+            one_shot = e.get("one_shot_test_accuracy")
+            rows.append([f"{e['fraction']:g}", e["variant"], e["loss"], f"{e['macs_kept']:.3f}",
+                         "-" if one_shot is None else f"{100 * one_shot:.2f}",
+                         f"**{100 * e['test_accuracy']:.2f}**",
+                         f"{100 * (e['test_accuracy'] - info['test_accuracy']):+.2f}",
+                         "-" if speed is None else f"{speed:.2f}x"])
+        lines.append(markdown_table(["MACs target", "variant", "recovery", "MACs kept", "one-shot %",
+                                     "test % after recovery", "vs dense (points)", "ORT speed-up"], rows))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--fractions", nargs="+", type=float, default=list(FRACTIONS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--epochs", type=int, default=1, help="recovery budget in epochs (default 1)")
+    parser.add_argument("--baseline-epochs", type=int, default=8, help="dense training epochs (default 8)")
+    parser.add_argument("--latency", action="store_true", help="also time every model in ONNX Runtime")
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report-only", action="store_true", help="only build the tables from cached runs")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    data = fashion_mnist_data(BATCH, validation=5000, seed=args.seed)
+    report = {"command": command_line(), "machine": machine_info(threads=args.threads), "epochs": args.epochs,
+              "baselines": {}, "runs": []}
+    for model in args.models:
+        if args.report_only and not (CACHE / model / "dense.json").is_file():
+            continue
+        dense, report["baselines"][model] = baseline(model, data, args)
+        entries = []
+        for fraction in args.fractions:
+            for variant in args.variants:
+                for loss in VARIANTS[variant][1]:
+                    path = run_file(model, variant, loss, fraction)
+                    if path.is_file():
+                        entries.append(json.loads(path.read_text()))
+                    elif not args.report_only:
+                        print(f"[{model}] {variant} {loss} at {fraction} of the MACs", file=sys.stderr)
+                        entry = prune_and_recover(model, variant, loss, fraction, dense, data, args)
+                        path.write_text(json.dumps(entry, indent=1))
+                        entries.append(entry)
+        if args.latency:
+            latency(model, entries, dense, args)
+            for entry in entries:
+                run_file(model, entry["variant"], entry["loss"], entry["fraction"]).write_text(json.dumps(entry, indent=1))
+        report["runs"] += entries
+    json_path, md_path = write_results(NAME, report, markdown(report))
+    print(md_path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

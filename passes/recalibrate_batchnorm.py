@@ -1,0 +1,144 @@
+"""recalibrate_batchnorm: re-estimate the running statistics of every batch norm on calibration data.
+
+After a structural change (channels removed, blocks merged) the activations a batch norm sees no longer
+match the running mean and variance it learned, and accuracy drops more than the change deserves.
+This pass replaces them by the exact statistics of the rewritten network over the calibration data:
+for a batch norm whose input x has channels on dim 1, with n = the number of values per channel
+(images x spatial positions) over ALL calibration batches,
+
+    running_mean[c] = S1[c] / n
+    running_var[c]  = (S2[c] - S1[c]^2 / n) / (n - 1)        S1 = sum x[:, c],  S2 = sum x[:, c]^2
+
+summed in float64. The variance is the unbiased one (n - 1), the convention torch uses for
+running_var (training normalises with the biased variance but stores the unbiased one); with n in
+the thousands the two differ by less than 0.1 %.
+These are exact statistics, not momentum updates: the result does not depend on batch order, and a
+second run on the same data changes nothing (`modified` is False).
+
+Batch norms are recalibrated in graph order by depth: a batch norm's input depends on the statistics of
+the batch norms before it, so the batch norms are grouped by "level" (1 + the highest level among the
+batch norms upstream of their input) and each level is one pass over the data, run after the earlier
+levels were set. A chain of k batch norms therefore costs k passes (each one truncated to the tensors
+it reads).
+
+Config:
+- `data` (required): calibration batches, a list or iterable of input tuples (or tensors) or of
+  `(inputs, labels)` pairs (labels are ignored), each with the captured input shapes; unlabeled
+  images are enough. A few hundred images are the usual amount.
+- `max_batches`: use only the first batches of `data`.
+
+Preconditions: running statistics are graph tensors (get_attr nodes). A Program in training mode is
+recalibrated as its eval-mode network (the statistics eval mode will use) and is put back in training
+mode afterwards. Non-goals: momentum (EMA) updates, batch norms without running statistics
+(track_running_stats=False: they use batch statistics anyway; counted), running statistics shared by
+several batch-norm nodes (one module called twice sees two distributions; left alone and counted),
+the affine parameters gamma and beta (left as they are).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from prunefx.graph import Program
+from prunefx.graph.activations import calibration_inputs, run_tapped, tap_nodes
+from prunefx.graph.attributes import get_tensor, set_tensor
+from prunefx.graph.errors import PrunefxError
+from prunefx.passes.result import Result
+
+aten = torch.ops.aten
+# Both carry (input, weight, bias, running_mean, running_var, ...) as their first five arguments.
+_BATCH_NORMS = (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default)
+_OPTIONS = {"data", "max_batches"}
+
+
+def recalibrate_batchnorm(program: Program, /, *, config: dict | None = None) -> Result:
+    config = dict(config or {})
+    unknown = set(config) - _OPTIONS
+    if unknown:
+        raise PrunefxError(f"recalibrate_batchnorm: unknown option(s) {sorted(unknown)} (known: {sorted(_OPTIONS)})")
+    batches = calibration_inputs(program.example_inputs, config.get("data"), max_batches=config.get("max_batches"),
+                                 what="recalibrate_batchnorm")
+    was_training = program.training
+    program.eval()
+    try:
+        norms, skipped = _recalibratable(program.module)
+        levels = _levels(program.module, norms)
+        changed = 0
+        for level in range(max(levels.values(), default=-1) + 1):
+            changed += _recalibrate_level(program.module, [n for n in norms if levels[n] == level], batches)
+    finally:
+        program.train(was_training)
+    stats = {"batch_norms": len(norms) + sum(skipped.values()), "recalibrated": len(norms),
+             "changed": changed, "skipped": dict(skipped), "passes_over_data": len(set(levels.values())),
+             "batches": len(batches), "images": sum(int(batch[0].shape[0]) for batch in batches),
+             "variance": "unbiased"}
+    return Result(program, modified=changed > 0, stats=stats)
+
+
+def _get_attr_target(arg) -> str | None:
+    return arg.target if isinstance(arg, torch.fx.Node) and arg.op == "get_attr" else None
+
+
+def _recalibratable(module: torch.fx.GraphModule) -> tuple[list[torch.fx.Node], Counter]:
+    """Eval-mode batch norms whose running statistics are tensors of their own, and the others by reason."""
+    candidates = [n for n in module.graph.nodes if n.op == "call_function" and n.target in _BATCH_NORMS]
+    uses = Counter(_get_attr_target(n.args[3]) for n in candidates)
+    norms, skipped = [], Counter()
+    for node in candidates:
+        mean, var = _get_attr_target(node.args[3]), _get_attr_target(node.args[4])
+        if mean is None or var is None:
+            skipped["no running statistics"] += 1
+        elif uses[mean] > 1:
+            skipped["running statistics shared by several batch norms"] += 1
+        else:
+            norms.append(node)
+    return norms, skipped
+
+
+def _levels(module: torch.fx.GraphModule, norms: list[torch.fx.Node]) -> dict[torch.fx.Node, int]:
+    """Level of each batch norm: 0 when no batch norm is upstream of it, else 1 + the highest upstream level.
+    `above[node]` is the highest level among the batch norms a node depends on (-1: none)."""
+    norm_set = set(norms)
+    above: dict[torch.fx.Node, int] = {}
+    levels: dict[torch.fx.Node, int] = {}
+    for node in module.graph.nodes:  # graph order is topological
+        inherited = max((above[arg] for arg in node.all_input_nodes), default=-1)
+        if node in norm_set:
+            levels[node] = inherited + 1
+            above[node] = levels[node]
+        else:
+            above[node] = inherited
+    return levels
+
+
+def _recalibrate_level(module: torch.fx.GraphModule, norms: list[torch.fx.Node], batches) -> int:
+    """One pass over the data reading the inputs of `norms`; set their statistics; return how many changed."""
+    inputs = [node.args[0] for node in norms]
+    tapped = tap_nodes(module, [node.name for node in inputs])
+    sums: list[list] = [[0, None, None] for _ in norms]  # n, S1, S2 per batch norm
+    for batch in batches:
+        for total, x in zip(sums, run_tapped(tapped, batch)):
+            x = x.detach().double().transpose(0, 1).reshape(x.shape[1], -1)  # channels x values
+            total[0] += x.shape[1]
+            s1, s2 = x.sum(dim=1), x.square().sum(dim=1)
+            total[1] = s1 if total[1] is None else total[1] + s1
+            total[2] = s2 if total[2] is None else total[2] + s2
+    return sum(_set_statistics(module, node, *total) for node, total in zip(norms, sums))
+
+
+def _set_statistics(module: torch.fx.GraphModule, node: torch.fx.Node, n: int, s1, s2) -> bool:
+    if n < 2:
+        raise PrunefxError(f"recalibrate_batchnorm: {node.name} saw {n} value per channel; the unbiased "
+                           f"variance needs at least 2 (give more or larger calibration batches)")
+    mean = s1 / n
+    var = ((s2 - s1 * mean) / (n - 1)).clamp(min=0.0)  # rounding can make a constant channel slightly negative
+    changed = False
+    for arg, value in ((node.args[3], mean), (node.args[4], var)):
+        old = get_tensor(module, arg.target)
+        new = value.to(dtype=old.dtype, device=old.device)
+        if not torch.equal(old, new):
+            set_tensor(module, arg.target, new)
+            changed = True
+    return changed
