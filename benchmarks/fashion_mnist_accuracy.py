@@ -76,10 +76,13 @@ def baseline(model: str, data, args) -> tuple[Program, dict]:
     program = capture(build_model(f"prunefx:{model}").module, next(iter(data.train))[0], name=model)
     print(f"[{model}] training the dense baseline for {args.baseline_epochs} epochs", file=sys.stderr)
     started = time.perf_counter()
-    stats = distill(program, config={"data": data.train, "epochs": args.baseline_epochs, "kd_weight": 0.0,
+    # Checkpoints every 200 steps: an interrupted benchmark resumes the baseline where it stopped.
+    result = distill(program, config={"data": data.train, "epochs": args.baseline_epochs, "kd_weight": 0.0,
                                      "warmup_steps": len(data.train) // 2, "progress": True, "seed": args.seed,
-                                     **optimizer_settings(model, baseline=True)}).stats
-    program.eval()
+                                     "checkpoint_dir": CACHE / model / "baseline_checkpoint",
+                                     "checkpoint_every": 200, "resume": True,
+                                     **optimizer_settings(model, baseline=True)})
+    program, stats = result.program.eval(), result.stats
     info = {"epochs": args.baseline_epochs, "seconds": time.perf_counter() - started,
             "test_accuracy": evaluate(program, data.test)["accuracy"],
             "val_accuracy": evaluate(program, data.val)["accuracy"], "train_loss": stats["train_loss"],
@@ -158,7 +161,8 @@ def prune_and_recover(model: str, variant: str, loss: str, fraction: float, dens
             remove_channels(program, config={"macs": fraction, "importance": "l2", "ranking": "global",
                                              "round_to": 4})
         one_shot = evaluate(program, data.test)["accuracy"]
-        training = distill(program, config={**recovery_config(model, loss, data, args), "teacher": teacher}).stats
+        result = distill(program, config={**recovery_config(model, loss, data, args), "teacher": teacher})
+        program, training = result.program, result.stats
     program.eval()
     macs = count(program).macs / count(dense).macs
     entry = {"model": model, "variant": variant, "loss": loss, "fraction": fraction, "macs_kept": macs,

@@ -43,12 +43,16 @@ def pipeline_from_spec(spec: dict, *, progress: bool = False) -> Pipeline:
     return Pipeline(steps, verify=spec.get("verify", "full"), progress=progress)
 
 
-def load_recipe(path: str | Path, *, progress: bool = False) -> Pipeline:
+def read_recipe(path: str | Path) -> dict:
+    """The recipe file's mapping, as written (not yet checked: `pipeline_from_spec` does that)."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"no such recipe file: {path}")
     try:
-        spec = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise RecipeError(f"recipe {path} is not valid YAML: {first_line(error)}") from error
-    return pipeline_from_spec(spec, progress=progress)
+
+
+def load_recipe(path: str | Path, *, progress: bool = False) -> Pipeline:
+    return pipeline_from_spec(read_recipe(path), progress=progress)

@@ -1,0 +1,67 @@
+"""prunefx compress MODEL --recipe RECIPE --data DATA -o DIR: prune and recover with a recipe, then measure.
+
+The model is captured at the training batch size for the data's images; the recipe's passes run with
+the training data, the validation data and the dense model (as teacher) given to the passes that need
+them; the result is cut to batch 1, exported to ONNX and timed against the dense model on ONNX Runtime.
+DIR gets model.pt2 (batch 1), model_train.pt2 (training batch), model.onnx, report.json and report.md.
+The flow lives in prunefx/compression.py, shared with `prunefx demo`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prunefx.compression import Options, compress, console_summary, load_model_and_data, load_named_recipe
+from prunefx.graph.errors import PrunefxError
+
+NAME = "compress"
+HELP = ("prune and recover a model with a recipe on a data set; write model.pt2, model.onnx and a report with "
+        "accuracy, MACs and measured speed-up")
+TAKES_MODEL = False
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", help="torchvision:NAME, timm:NAME, prunefx:NAME, path/to/file.py:factory or a saved "
+                                      ".pt2 (captured at --batch-size)")
+    parser.add_argument("--weights", help="state dict (.pth/.pt) to load into the model")
+    parser.add_argument("--recipe", required=True,
+                        help="a shipped recipe (cpd-macs0.5, prune-l2-kd-macs0.5, finetune) or a recipe .yaml file")
+    parser.add_argument("--data", required=True, help="fashion-mnist, imagenet-sample, or a folder with "
+                                                      "train/<class>/ and val/<class>/ images")
+    parser.add_argument("-o", "--output", required=True, help="folder for the models and the report")
+    parser.add_argument("--batch-size", type=int, default=128, help="training batch size (default 128)")
+    parser.add_argument("--validation", type=int, default=5000,
+                        help="Fashion-MNIST training images held out for validation (default 5000)")
+    parser.add_argument("--eval-batches", type=int, metavar="N",
+                        help="evaluate on the first N batches of test and validation only (default: all)")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the latency (default 2)")
+    parser.add_argument("--runs", type=int, default=50, help="timed runs per model (default 50)")
+
+
+def check_counts(args) -> None:
+    """The numeric options shared with `prunefx demo`."""
+    if args.batch_size < 1 or args.threads < 1 or args.runs < 1:
+        raise PrunefxError("--batch-size, --threads and --runs must be at least 1")
+    if args.eval_batches is not None and args.eval_batches < 1:
+        raise PrunefxError("--eval-batches must be at least 1")
+    if args.validation < 0:
+        raise PrunefxError("--validation must be at least 0")
+
+
+def options_from(args) -> Options:
+    return Options(threads=args.threads, runs=args.runs, eval_batches=args.eval_batches)
+
+
+def run(args) -> int:
+    check_counts(args)
+    recipe = load_named_recipe(args.recipe)  # a bad recipe fails before the data and the model load
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise PrunefxError(f"{output} exists and is not a folder")
+    dense, splits = load_model_and_data(args.model, args.data, batch_size=args.batch_size, weights=args.weights,
+                                        validation=args.validation)
+    report = compress(dense, recipe, splits, output, data=args.data, options=options_from(args))
+    print(console_summary(report))
+    print(f"wrote {', '.join(str(output / name) for name in ('model.pt2', 'model_train.pt2', 'model.onnx'))}, "
+          f"{output / 'report.json'} and {output / 'report.md'}")
+    return 0

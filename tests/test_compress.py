@@ -1,0 +1,251 @@
+"""`prunefx compress` (recipe + data -> compressed model, ONNX file, measured report) and the demo built on it."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from prunefx import fashion_mnist
+from prunefx.cli import EXIT_USER_ERROR, main
+from prunefx.compression import CALIBRATION_BATCHES, INJECTED, inject, json_safe, recipe_path, shipped_recipes
+from prunefx.data import DataSplits, TensorBatches
+from prunefx.graph import Program, PrunefxError, capture
+from prunefx.passes.recipe import pipeline_from_spec, read_recipe
+from prunefx.runtime import OnnxRuntimeSession
+
+torch.set_num_threads(1)
+
+needs_fashion_mnist = pytest.mark.skipif(
+    not fashion_mnist.DEFAULT_ROOT.is_dir(),
+    reason=f"{fashion_mnist.DEFAULT_ROOT} missing: apt-get install dataset-fashion-mnist")
+
+BATCH = 32
+TINY_RECIPE = {
+    "name": "tiny",
+    "passes": [
+        # fisher reads gradients: compress must give it calibration batches
+        {"remove_channels": {"macs": 0.5, "round_to": 4, "importance": "fisher"}},
+        # the default kd_weight (0.9) distils: compress must give it the dense teacher
+        {"distill": {"steps": 5, "lr": 0.01}},
+    ],
+}
+REPORT_KEYS = {"model", "data", "recipe", "batch_size", "accuracy", "macs_before", "macs_after", "params_before",
+               "params_after", "latency", "speedup", "parity", "onnx", "passes", "seconds"}
+FILES = ("model.pt2", "model_train.pt2", "model.onnx", "report.json", "report.md")
+
+
+def run_cli(capsys, *argv):
+    code = main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def write_recipe(path, spec) -> str:
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def fast_options():
+    return ["--batch-size", BATCH, "--eval-batches", 2, "--runs", 3, "--threads", 1]
+
+
+# --- a real run ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory):
+    """One compress run of ResNet-20 on Fashion-MNIST with the tiny recipe: (output folder, report, stdout)."""
+    if not fashion_mnist.DEFAULT_ROOT.is_dir():
+        pytest.skip(f"{fashion_mnist.DEFAULT_ROOT} missing: apt-get install dataset-fashion-mnist")
+    tmp = tmp_path_factory.mktemp("compress")
+    recipe = write_recipe(tmp / "tiny.yaml", TINY_RECIPE)
+    output = tmp / "out"
+    stdout = io.StringIO()  # capsys is function-scoped: a module fixture reads stdout itself
+    with contextlib.redirect_stdout(stdout):
+        code = main(["compress", "prunefx:resnet20", "--recipe", recipe, "--data", "fashion-mnist", "-o", str(output),
+                     *map(str, fast_options())])
+    assert code == 0, stdout.getvalue()
+    return output, json.loads((output / "report.json").read_text()), stdout.getvalue()
+
+
+def test_compress_writes_every_file_and_a_full_report(compressed):
+    output, report, stdout = compressed
+    assert all((output / name).is_file() for name in FILES)
+    assert REPORT_KEYS <= set(report)
+    assert report["data"] == "fashion-mnist" and report["batch_size"] == BATCH
+    assert report["recipe"]["name"] == "tiny"
+    assert report["macs_after"] == pytest.approx(0.5 * report["macs_before"], rel=0.03)
+    assert report["params_after"] < report["params_before"]
+    for when in ("before", "after"):
+        for split in ("test", "val"):
+            result = report["accuracy"][when][split]
+            assert result["count"] == 2 * BATCH and 0 <= result["accuracy"] <= 1
+    latency = report["latency"]
+    assert latency["threads"] == 1 and latency["runs"] == 3 and latency["batch_size"] == 1
+    assert latency["speedup"] == pytest.approx(latency["dense_ms"] / latency["compressed_ms"])
+    assert report["parity"]["relative"] < 1e-4
+    assert [step["pass"] for step in report["passes"]] == ["remove_channels", "distill"]
+    assert report["seconds"]["total"] > 0
+    assert "MACs per image" in stdout and "faster" in stdout
+    assert "| MACs per image |" in (output / "report.md").read_text()
+
+
+def test_passes_get_the_data_they_need(compressed):
+    _, report, _ = compressed
+    pruning, distillation = report["passes"]
+    assert pruning["injected"] == ["calibration"] and pruning["stats"]["importance"] == "fisher"
+    assert distillation["injected"] == ["data", "eval_data", "teacher"]
+    stats = distillation["stats"]
+    assert stats["steps"] == 5
+    assert stats["kd_loss"] > 0  # the teacher is the dense model, not the pruned one
+    assert stats["eval"] and stats["eval"][-1]["count"] == 2 * BATCH  # eval_data: the first 2 val batches
+
+
+def test_onnx_file_matches_the_batch_one_program(compressed):
+    output, _, _ = compressed
+    program = Program.load(output / "model.pt2")
+    assert tuple(program.example_inputs[0].shape) == (1, 1, 28, 28)
+    x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = program(x).numpy()
+    got = OnnxRuntimeSession(output / "model.onnx").run(x)[0]
+    assert got.shape == (1, 10)
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    trainable = Program.load(output / "model_train.pt2")
+    assert tuple(trainable.example_inputs[0].shape) == (BATCH, 1, 28, 28)
+    with torch.no_grad():  # the same weights at both batch sizes
+        np.testing.assert_allclose(trainable(x.expand(BATCH, -1, -1, -1).clone())[:1].numpy(), want,
+                                   rtol=1e-4, atol=1e-5)
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+def _one_line_error(code, out, err) -> str:
+    assert code == EXIT_USER_ERROR, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prunefx compress: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_unknown_recipe_name(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "compress", "prunefx:resnet20", "--recipe", "no-such-recipe",
+                             "--data", "fashion-mnist", "-o", tmp_path / "never")
+    line = _one_line_error(code, out, err)
+    assert "unknown recipe 'no-such-recipe'" in line and "cpd-macs0.5" in line
+    assert not (tmp_path / "never").exists()
+
+
+def test_recipe_with_an_unknown_pass(capsys, tmp_path):
+    recipe = write_recipe(tmp_path / "bad.yaml", {"passes": [{"prune_everything": {"macs": 0.5}}]})
+    code, out, err = run_cli(capsys, "compress", "prunefx:resnet20", "--recipe", recipe,
+                             "--data", "fashion-mnist", "-o", tmp_path / "never")
+    line = _one_line_error(code, out, err)
+    assert "unknown pass 'prune_everything'" in line and "bad.yaml" in line
+
+
+def test_unknown_data(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "compress", "prunefx:resnet20", "--recipe", "finetune",
+                             "--data", "mnist-digits", "-o", tmp_path / "never")
+    assert "unknown data 'mnist-digits'" in _one_line_error(code, out, err)
+
+
+@needs_fashion_mnist
+def test_saved_program_at_another_batch_size(capsys, compressed, tmp_path):
+    output, _, _ = compressed
+    code, out, err = run_cli(capsys, "compress", output / "model.pt2", "--recipe", "finetune",
+                             "--data", "fashion-mnist", "--batch-size", BATCH, "-o", tmp_path / "never")
+    line = _one_line_error(code, out, err)
+    assert "captured for input shape 1x1x28x28" in line and "--batch-size 1" in line
+
+
+def test_training_recipe_on_data_without_a_training_split(capsys, tmp_path):
+    if importlib.util.find_spec("foolbox") is None:
+        pytest.skip("foolbox (the 20 offline ImageNet images) is not installed")
+    code, out, err = run_cli(capsys, "compress", "torchvision:mobilenet_v3_small", "--recipe", "finetune",
+                             "--data", "imagenet-sample", "--batch-size", 4, "-o", tmp_path / "never")
+    assert "has no training split" in _one_line_error(code, out, err)
+
+
+def test_inject_fills_only_what_a_pass_needs_and_the_recipe_left_unset():
+    images, labels = torch.randn(40, 3, 8, 8), torch.arange(40) % 4
+    splits = DataSplits(train=TensorBatches(images, labels, 4, shuffle=True), val=None,
+                        test=TensorBatches(images, labels, 4, shuffle=False), classes=tuple("abcd"),
+                        input_shape=(3, 8, 8))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    dense = capture(model, torch.randn(4, 3, 8, 8), name="tiny")
+    pipeline = pipeline_from_spec({"passes": [
+        {"remove_channels": {"macs": 0.5}},                          # l2 reads no data
+        {"remove_channels": {"macs": 0.5, "importance": "taylor"}},  # gradients: calibration
+        {"distill": {"steps": 1, "eval_data": None}},                # the recipe's own eval_data stays
+        "fold_batchnorm",                                            # not in the table
+    ]})
+    injected, keys = inject(pipeline, dense, splits, data="random")
+    assert keys == [[], ["calibration"], ["data", "teacher"], []]
+    configs = [step.config for step in injected.steps]
+    assert "calibration" not in configs[0]
+    calibration = configs[1]["calibration"]
+    assert len(calibration) == CALIBRATION_BATCHES and all(b[0].shape == (4, 3, 8, 8) for b in calibration)
+    assert configs[2]["data"] is splits.train and configs[2]["eval_data"] is None
+    teacher = configs[2]["teacher"]
+    assert teacher is not dense and not teacher.training
+    assert not any(p.requires_grad for p in teacher.module.parameters())
+    assert configs[3] == {}
+
+    no_training = DataSplits(None, None, splits.test, splits.classes, splits.input_shape)
+    with pytest.raises(PrunefxError, match="'distill' trains, but random has no training split"):
+        inject(pipeline, dense, no_training, data="random")
+
+
+# --- recipes -------------------------------------------------------------------------------------
+
+def test_shipped_recipes_resolve_and_build():
+    names = shipped_recipes()
+    assert {"cpd-macs0.5", "prune-l2-kd-macs0.5", "finetune"} <= set(names)
+    for name in names:
+        assert recipe_path(name) == recipe_path(f"{name}.yaml")
+        spec = read_recipe(recipe_path(name))
+        assert spec["name"] == name
+        pipeline = pipeline_from_spec(spec)  # every pass exists
+        assert set(pipeline.names) <= {"remove_channels", "prune_while_training", "distill"}
+        text = recipe_path(name).read_text()
+        # every key a pass is configured with is documented in the file's comment header
+        header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+        for step in pipeline.steps:
+            for key in step.config:
+                assert key in header, (name, step.name, key)
+            for key in INJECTED.get(step.name, {}):
+                assert key in header, (name, step.name, key)
+
+
+def test_json_safe_statistics():
+    safe = json_safe({"a": float("nan"), "b": torch.tensor([1.0, 2.0]), "c": np.int64(3), 4: (1, 2),
+                      "d": torch.zeros(100), "e": print})
+    assert safe == {"a": None, "b": [1.0, 2.0], "c": 3, "4": [1, 2], "d": "array of shape [100]", "e": "print"}
+    json.dumps(safe, allow_nan=False)
+    assert not math.isnan(json_safe(1.5))
+
+
+# --- the demo ------------------------------------------------------------------------------------
+
+@needs_fashion_mnist
+def test_demo_trains_compresses_and_reports_in_seconds(capsys, tmp_path):
+    recipe = write_recipe(tmp_path / "tiny.yaml", {"passes": [{"remove_channels": {"macs": 0.5, "round_to": 4}},
+                                                              {"distill": {"steps": 2}}]})
+    code, out, err = run_cli(capsys, "demo", "--steps", 3, "--recipe", recipe, "-o", tmp_path / "demo",
+                             *fast_options())
+    assert code == 0, err
+    assert "[train] prunefx:resnet20 on fashion-mnist: 3 steps" in out
+    for row in ("test accuracy", "val accuracy", "MACs per image", "parameters", "faster"):
+        assert row in out, out
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert report["macs_after"] == pytest.approx(0.5 * report["macs_before"], rel=0.03)
+    assert (tmp_path / "demo" / "dense_train.pt2").is_file() and (tmp_path / "demo" / "model.onnx").is_file()
