@@ -29,6 +29,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", required=True, help="fashion-mnist, imagenet-sample, or a folder with "
                                                       "train/<class>/ and val/<class>/ images")
     parser.add_argument("-o", "--output", required=True, help="folder for the models and the report")
+    add_measurement_arguments(parser)
+
+
+def add_measurement_arguments(parser) -> None:
+    """Batch, evaluation and latency options, shared with `prunefx demo`."""
     parser.add_argument("--batch-size", type=int, default=128, help="training batch size (default 128)")
     parser.add_argument("--validation", type=int, default=5000,
                         help="Fashion-MNIST training images held out for validation (default 5000)")

@@ -21,7 +21,7 @@ import torch
 import torchvision
 
 from prunefx.assets import load_imagenet_batch, mobilenet_v2_weights_path
-from prunefx.commands.compress import check_counts, options_from
+from prunefx.commands.compress import add_measurement_arguments, check_counts, options_from
 from prunefx.compression import compress, console_summary, load_model_and_data, load_named_recipe
 from prunefx.graph import capture, count
 from prunefx.graph.errors import PrunefxError
@@ -55,13 +55,7 @@ def add_arguments(parser) -> None:
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, default=1, help="dense training epochs (default 1)")
     budget.add_argument("--steps", type=int, help="dense training steps instead of --epochs")
-    parser.add_argument("--batch-size", type=int, default=128, help="training batch size (default 128)")
-    parser.add_argument("--validation", type=int, default=5000,
-                        help="training images held out for validation (default 5000)")
-    parser.add_argument("--eval-batches", type=int, metavar="N",
-                        help="evaluate on the first N batches of test and validation only (default: all)")
-    parser.add_argument("--runs", type=int, default=50, help="timed runs per model (default 50)")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the latency (default 2)")
+    add_measurement_arguments(parser)
 
 
 def run(args) -> int:
