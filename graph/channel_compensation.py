@@ -41,7 +41,11 @@ network), and sequential (layer-by-layer, pruned-input) calibration.
 
 Cost: one H of (columns x columns) float64 per distinct layer input (shared by the consumers that
 read the same tensor the same way), gathered in passes over the calibration data that hold at most
-`_HESSIAN_BUDGET` bytes of H at a time.
+`_HESSIAN_BUDGET` bytes of H at a time (`iter_hessians`).
+
+The `obs` importance (graph/channel_saliency.py) scores channels with the same machinery: which layers
+read which channels (`layer_inputs`), their Hessians (`iter_hessians`, with a cache through which
+remove_channels gathers them once for both), the damping (`damped_inverse`) and the weight matrices.
 """
 
 from __future__ import annotations
@@ -87,6 +91,12 @@ class InputSpec:
         return patches.transpose(1, 2).reshape(-1, patches.shape[1])
 
 
+def weight_matrix(module: torch.nn.Module, weight: str, *, transposed: bool = False) -> torch.Tensor:
+    """A layer's weight as M [outputs x columns] in float64 (a conv's reshaped, an [in, out] one transposed)."""
+    value = get_tensor(module, weight).detach().double()
+    return value.t() if transposed else value.reshape(value.shape[0], -1)
+
+
 @dataclass
 class Consumer:
     """A layer that reads removed channels: its weight as a matrix M [outputs x columns] is
@@ -99,8 +109,7 @@ class Consumer:
     transposed: bool = False
 
     def matrix(self, module: torch.nn.Module) -> torch.Tensor:
-        weight = get_tensor(module, self.weight).detach().double()
-        return weight.t() if self.transposed else weight.reshape(weight.shape[0], -1)
+        return weight_matrix(module, self.weight, transposed=self.transposed)
 
     def store(self, module: torch.nn.Module, matrix: torch.Tensor) -> None:
         old = get_tensor(module, self.weight)
@@ -108,7 +117,38 @@ class Consumer:
         set_tensor(module, self.weight, value.to(dtype=old.dtype, device=old.device).contiguous())
 
 
-# --- which layers read removed channels --------------------------------------------------------------
+# --- which layers read channels ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LayerInput:
+    """A layer that reads channels through a weight: the channel class of each column of its weight
+    matrix (a convolution: each input channel repeated over its kernel taps), and either how to build
+    the rows of X (`spec`) or, for a layer whose weights cannot be updated, the reason (`problem`)."""
+
+    node: str
+    column_classes: np.ndarray
+    weight: str | None = None
+    spec: InputSpec | None = None
+    transposed: bool = False
+    problem: str | None = None
+
+    def columns(self, classes: np.ndarray) -> np.ndarray:
+        """The columns that carry any of `classes` (a boolean mask over the columns)."""
+        return np.isin(self.column_classes, classes)
+
+
+def layer_inputs(module: torch.fx.GraphModule, analysis: ChannelAnalysis) -> list[LayerInput]:
+    """Every layer that reads labelled channels, in graph order: 2-D convolutions and matrix layers with
+    a weight tensor (usable: `spec` set), and the layers that read channels but cannot be updated
+    (`problem` set). Shared by compensation (which columns a removal takes from each layer) and by
+    the `obs` importance (which layers a channel's removal hurts)."""
+    weight_uses: dict[str, int] = {}
+    for node in module.graph.nodes:
+        if node.op == "get_attr":
+            weight_uses[node.target] = weight_uses.get(node.target, 0) + len(node.users)
+    found = (_layer_input(node, analysis, weight_uses) for node in module.graph.nodes if node.op == "call_function")
+    return [layer for layer in found if layer is not None]
+
 
 def find_consumers(module: torch.fx.GraphModule, analysis: ChannelAnalysis,
                    removed_classes: set[int]) -> tuple[list[Consumer], list[dict]]:
@@ -116,87 +156,80 @@ def find_consumers(module: torch.fx.GraphModule, analysis: ChannelAnalysis,
     compensated, and the layers that read removed channels but cannot, each with its reason."""
     removed = np.zeros(int(analysis.classes.max()) + 1, dtype=bool)
     removed[sorted(expand_removed(analysis, removed_classes))] = True
-    weight_uses: dict[str, int] = {}
-    for node in module.graph.nodes:
-        if node.op == "get_attr":
-            weight_uses[node.target] = weight_uses.get(node.target, 0) + len(node.users)
     consumers, skipped = [], []
-    for node in module.graph.nodes:
-        if node.op != "call_function":
+    for layer in layer_inputs(module, analysis):
+        gone = removed[layer.column_classes]
+        if not gone.any():
             continue
-        found = _consumer(node, analysis, removed, weight_uses)
-        if isinstance(found, Consumer):
-            consumers.append(found)
-        elif found is not None:
-            skipped.append({"layer": node.name, "reason": found})
+        reason = layer.problem or ("every input channel is removed" if gone.all() else None)
+        if reason:
+            skipped.append({"layer": layer.node, "reason": reason})
+        else:
+            consumers.append(Consumer(layer.node, layer.weight, layer.spec, gone, transposed=layer.transposed))
     return consumers, skipped
 
 
-def _removed(analysis: ChannelAnalysis, removed: np.ndarray, node, dim: int) -> np.ndarray | None:
+def _classes(analysis: ChannelAnalysis, node, dim: int) -> np.ndarray | None:
     labels = analysis.node_labels.get(node) if isinstance(node, torch.fx.Node) else None
-    if not isinstance(labels, list) or len(labels) <= dim:
+    if not isinstance(labels, list) or len(labels) <= dim or not isinstance(labels[dim], np.ndarray):
         return None
-    return removed[analysis.classes[labels[dim]]]
+    return analysis.classes[labels[dim]]
 
 
-def _consumer(node, analysis, removed, weight_uses) -> Consumer | str | None:
-    """A Consumer, a reason why this layer reads removed channels but is skipped, or None."""
+def _layer_input(node, analysis, weight_uses) -> LayerInput | None:
     if node.target in _CONVOLUTIONS:
-        return _convolution(node, analysis, removed, weight_uses)
+        return _convolution(node, analysis, weight_uses)
     if node.target in _OTHER_CONVOLUTIONS:
-        gone = _removed(analysis, removed, node.args[0], 1)
-        return f"{node.target} is not compensated (2-D convolutions only)" if gone is not None and gone.any() else None
+        classes = _classes(analysis, node.args[0], 1)
+        return None if classes is None else LayerInput(
+            node.name, classes, problem=f"{node.target} is not compensated (2-D convolutions only)")
     if node.target not in _MATRIX_LAYERS:
         return None
     input_index, weight_index, in_dim = _MATRIX_LAYERS[node.target]
     weight = node.args[weight_index] if len(node.args) > weight_index else None
     if not isinstance(weight, torch.fx.Node) or weight.op != "get_attr" or weight.meta["val"].dim() != 2:
         return None  # an activation-activation product (attention scores): no weight to update
-    gone = _removed(analysis, removed, weight, in_dim)
-    if gone is None or not gone.any():
+    classes = _classes(analysis, weight, in_dim)
+    if classes is None:
         return None
-    reason = _unusable(weight, gone, weight_uses)
-    if reason:
-        return reason
-    return Consumer(node.name, weight.target, InputSpec(node.args[input_index].name), gone, transposed=in_dim == 0)
-
-
-def _unusable(weight: torch.fx.Node, gone: np.ndarray, weight_uses: dict[str, int]) -> str | None:
     if weight_uses.get(weight.target, 0) > 1:
-        return f"weight {weight.target} is read by several layers"
-    if gone.all():
-        return "every input channel is removed"
-    return None
+        return LayerInput(node.name, classes, problem=_shared(weight))
+    return LayerInput(node.name, classes, weight.target, InputSpec(node.args[input_index].name),
+                      transposed=in_dim == 0)
+
+
+def _shared(weight: torch.fx.Node) -> str:
+    return f"weight {weight.target} is read by several layers"
 
 
 def _argument(node, index: int, name: str, default):
     return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
 
 
-def _convolution(node, analysis, removed, weight_uses) -> Consumer | str | None:
+def _convolution(node, analysis, weight_uses) -> LayerInput | None:
     source, weight = node.args[0], node.args[1]
-    gone_inputs = _removed(analysis, removed, source, 1)
-    if gone_inputs is None or not gone_inputs.any():
+    classes = _classes(analysis, source, 1)
+    if classes is None:
         return None
     convolution = node.target is aten.convolution.default
     groups = _argument(node, 8 if convolution else 6, "groups", 1)
     if convolution and _argument(node, 6, "transposed", False):
-        return "transposed convolution is not compensated"
+        return LayerInput(node.name, classes, problem="transposed convolution is not compensated")
     if groups != 1:
-        kind = "depthwise" if groups == gone_inputs.size else "grouped"
-        return (f"{kind} convolution (groups={groups}) is not compensated: its input channels go with its "
-                f"output channels" + ("" if kind == "depthwise" else " per group"))
+        kind = "depthwise" if groups == classes.size else "grouped"
+        return LayerInput(node.name, classes, problem=(
+            f"{kind} convolution (groups={groups}) is not compensated: its input channels go with its "
+            f"output channels" + ("" if kind == "depthwise" else " per group")))
     if not isinstance(weight, torch.fx.Node) or weight.op != "get_attr" or weight.meta["val"].dim() != 4:
-        return "not a 2-D convolution with a weight tensor"
-    reason = _unusable(weight, gone_inputs, weight_uses)
-    if reason:
-        return reason
+        return LayerInput(node.name, classes, problem="not a 2-D convolution with a weight tensor")
+    if weight_uses.get(weight.target, 0) > 1:
+        return LayerInput(node.name, classes, problem=_shared(weight))
     kernel = tuple(int(k) for k in weight.meta["val"].shape[2:])
     stride = _pair(_argument(node, 3, "stride", 1))
     dilation = _pair(_argument(node, 5, "dilation", 1))
     padding = _padding(_argument(node, 4, "padding", 0), kernel, dilation)
     spec = InputSpec(source.name, kernel, stride, padding, dilation)
-    return Consumer(node.name, weight.target, spec, np.repeat(gone_inputs, kernel[0] * kernel[1]))
+    return LayerInput(node.name, np.repeat(classes, kernel[0] * kernel[1]), weight.target, spec)
 
 
 def _pair(value) -> tuple[int, int]:
@@ -218,11 +251,20 @@ def _padding(value, kernel, dilation) -> tuple[int, int, int, int]:
 
 # --- gathering H = X^T X -------------------------------------------------------------------------------
 
-def gather_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches) -> dict[InputSpec, tuple]:
-    """(H, rows) of every spec over all batches, in float64, with at most _HESSIAN_BUDGET bytes of H
-    gathered per pass over the data."""
+def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches, *, cache: dict | None = None):
+    """(spec, H, rows) for every spec over all batches, in float64: the specs are taken in chunks of at
+    most _HESSIAN_BUDGET bytes of H, one pass over the data per chunk, and a chunk's Hessians are
+    yielded before the next is gathered, so a caller that drops them holds one chunk at a time.
+
+    `cache` (a dict spec -> (H, rows), for the same module, weights and batches) shares Hessians between
+    callers (the `obs` importance and the compensation that follows it): those found in it are not
+    gathered again, and those gathered are stored in it (then all are held). Callers must not modify H."""
+    if cache is not None:
+        for spec in specs:
+            if spec in cache:
+                yield spec, *cache[spec]
+        specs = [spec for spec in specs if spec not in cache]
     columns = {spec: _columns(module, spec) for spec in specs}
-    result: dict[InputSpec, tuple] = {}
     for chunk in _chunks(specs, columns):
         sources = sorted({spec.source for spec in chunk})
         tapped, position = tap_nodes(module, sources), {name: index for index, name in enumerate(sources)}
@@ -233,8 +275,16 @@ def gather_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batche
                 x = spec.rows(values[position[spec.source]]).double()
                 sums[spec][0] += x.shape[0]
                 sums[spec][1] = x.t() @ x if sums[spec][1] is None else sums[spec][1] + x.t() @ x
-        result.update({spec: (hessian, rows) for spec, (rows, hessian) in sums.items()})
-    return result
+        for spec in chunk:
+            rows, hessian = sums.pop(spec)
+            if cache is not None:
+                cache[spec] = (hessian, rows)
+            yield spec, hessian, rows
+
+
+def gather_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches) -> dict[InputSpec, tuple]:
+    """(H, rows) of every spec over all batches (see iter_hessians), all held at once."""
+    return {spec: (hessian, rows) for spec, hessian, rows in iter_hessians(module, specs, batches)}
 
 
 def _columns(module: torch.fx.GraphModule, spec: InputSpec) -> int:
@@ -267,12 +317,11 @@ def second_order_update(matrix: torch.Tensor, hessian: torch.Tensor, removed: np
     the error of a change D of the columns is trace(D H D^T)."""
     removed_t = torch.from_numpy(removed).to(matrix.device)
     keep_t = ~removed_t
-    energy = float((matrix @ hessian * matrix).sum())
-    scale = float(hessian.diagonal().mean())
-    if scale <= 0:  # the input is zero on all calibration data: nothing to compensate, nothing lost
+    energy = output_energy(matrix, hessian)
+    lam = damping_term(hessian, damping)
+    if lam is None:  # the input is zero on all calibration data: nothing to compensate, nothing lost
         return matrix, {"error_without": 0.0, "error_with": 0.0}
-    h_kk = hessian[keep_t][:, keep_t] + damping * scale * torch.eye(int(keep_t.sum()), dtype=hessian.dtype,
-                                                                    device=hessian.device)
+    h_kk = hessian[keep_t][:, keep_t] + lam * torch.eye(int(keep_t.sum()), dtype=hessian.dtype, device=hessian.device)
     rhs = hessian[keep_t][:, removed_t] @ matrix[:, removed_t].t()  # H_KR M_R^T: [kept, outputs]
     factor, info = torch.linalg.cholesky_ex(h_kk)
     # damping 0 on rank-deficient inputs: least squares picks a solution where Cholesky cannot
@@ -281,6 +330,32 @@ def second_order_update(matrix: torch.Tensor, hessian: torch.Tensor, removed: np
     updated[:, keep_t] += delta.t()
     return updated, {"error_without": _error(matrix, matrix, hessian, removed_t) / max(energy, 1e-300),
                      "error_with": _error(updated, matrix, hessian, removed_t) / max(energy, 1e-300)}
+
+
+def output_energy(matrix: torch.Tensor, hessian: torch.Tensor) -> float:
+    """trace(M H M^T): the squared layer output (without bias) summed over the calibration data."""
+    return float((matrix @ hessian * matrix).sum())
+
+
+def damping_term(hessian: torch.Tensor, damping: float) -> float | None:
+    """lam = damping * mean(diag H), or None when H is zero (the input is zero on all calibration data)."""
+    scale = float(hessian.diagonal().mean())
+    return damping * scale if scale > 0 else None
+
+
+def damped_inverse(hessian: torch.Tensor, damping: float) -> torch.Tensor | None:
+    """(H + lam I)^-1 in float64 (None when H is zero). With damping 0 on a rank-deficient H, the
+    smallest jitter (1e-10, 1e-8, ... of mean(diag H)) that makes it positive definite is added."""
+    lam = damping_term(hessian, damping)
+    if lam is None:
+        return None
+    scale = float(hessian.diagonal().mean())
+    eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
+    for jitter in (0.0, 1e-10, 1e-8, 1e-6, 1e-4):
+        factor, info = torch.linalg.cholesky_ex(hessian + (lam + jitter * scale) * eye)
+        if int(info) == 0:
+            return torch.cholesky_inverse(factor)
+    return torch.linalg.pinv(hessian + lam * eye, hermitian=True)
 
 
 def _error(updated: torch.Tensor, original: torch.Tensor, hessian: torch.Tensor, removed: torch.Tensor) -> float:
@@ -292,21 +367,27 @@ def _error(updated: torch.Tensor, original: torch.Tensor, hessian: torch.Tensor,
 
 
 def compensate_removed_inputs(module: torch.fx.GraphModule, analysis: ChannelAnalysis, removed_classes: set[int],
-                              batches, *, damping: float = 0.01) -> dict:
+                              batches, *, damping: float = 0.01, hessians: dict | None = None) -> dict:
     """Update the weights of every consumer of `removed_classes` (before they are sliced away) and return
     statistics: the layers compensated with their relative output errors on the calibration data, and
-    the layers skipped with their reasons."""
+    the layers skipped with their reasons. `hessians`: a cache shared with the `obs` importance (see
+    iter_hessians)."""
     consumers, skipped = find_consumers(module, analysis, removed_classes)
-    hessians = gather_hessians(module, list(dict.fromkeys(c.spec for c in consumers)), batches)
-    updates, layers = [], []
-    for consumer in consumers:  # every H comes from the dense network: store the updates only at the end
-        hessian, rows = hessians[consumer.spec]
-        matrix = consumer.matrix(module).to(hessian.device)
-        updated, errors = second_order_update(matrix, hessian, consumer.removed_columns, damping)
-        updates.append((consumer, updated))
-        layers.append({"layer": consumer.node, "weight": consumer.weight, "rows": rows,
-                       "columns": int(consumer.removed_columns.size),
-                       "columns_removed": int(consumer.removed_columns.sum()), **errors})
+    by_spec: dict[InputSpec, list[Consumer]] = {}
+    for consumer in consumers:
+        by_spec.setdefault(consumer.spec, []).append(consumer)
+    updates, layers = {}, {}
+    # Every H comes from the dense network: the updates are stored only once all are computed.
+    for spec, hessian, rows in iter_hessians(module, list(by_spec), batches, cache=hessians):
+        for consumer in by_spec[spec]:
+            matrix = consumer.matrix(module).to(hessian.device)
+            updated, errors = second_order_update(matrix, hessian, consumer.removed_columns, damping)
+            updates[consumer.node] = (consumer, updated)
+            layers[consumer.node] = {"layer": consumer.node, "weight": consumer.weight, "rows": rows,
+                                     "columns": int(consumer.removed_columns.size),
+                                     "columns_removed": int(consumer.removed_columns.sum()), **errors}
+    updates = [updates[c.node] for c in consumers]
+    layers = [layers[c.node] for c in consumers]
     for consumer, matrix in updates:
         consumer.store(module, matrix)
     return {"damping": damping, "compensated": layers, "skipped": skipped,

@@ -10,9 +10,18 @@ every parameter slice that class owns, so a channel of a group is judged by all 
   over the calibration batches (the derivative of the loss with respect to a gate on the channel);
 - `fisher`: CPD's score, sum over batches of (sum_k w_k dL/dw_k)^2 divided by the number of live
   output activations of the layer that uses the weight (batch x spatial x channels);
+- `obs`: second-order, Optimal Brain Surgeon (graph/channel_saliency.py): the relative output error
+  of the layers that read a channel when it is removed and their remaining inputs are optimally
+  compensated (trace(W_S [(H^-1)_SS]^-1 W_S^T) / trace(W H W^T), H = X^T X of the layer's input on
+  the calibration batches, damped by `damping`), summed over those layers; channels are eliminated
+  greedily per group (CAP's correlation-aware elimination) and scored by the group's total error once
+  they are gone, on one scale across groups (`comparable`). It ranks by what `compensate` cannot
+  recover, so it is the criterion to pair with `compensate`. Groups with a channel that no
+  compensable layer reads (e.g. only depthwise convs) fall back to `l2`, counted;
 - `random`: uniform random scores (a baseline).
 A grid factor (an attention head, a channel flattened into a linear layer) is scored by everything
-it controls. The gradient criteria need calibration batches; without labels, the loss is the
+it controls. `taylor`, `fisher` and `obs` need calibration batches (DATA_CRITERIA); `obs` reads only
+activations (no labels, no backward pass). For the gradient criteria, without labels, the loss is the
 cross-entropy of the model against its own predictions (argmax over dim 1 of every output with at
 least two dims), so the score measures how much removing a channel changes what the model predicts.
 """
@@ -28,11 +37,13 @@ import torch.utils._pytree as pytree
 
 from prunefx.graph.channel_groups import Combing
 from prunefx.graph.channel_removal import expand_mask
+from prunefx.graph.channel_saliency import obs_saliency
 from prunefx.graph.errors import PrunefxError
 
 aten = torch.ops.aten
-CRITERIA = ("l1", "l2", "bn", "taylor", "fisher", "random")
+CRITERIA = ("l1", "l2", "bn", "taylor", "fisher", "obs", "random")
 GRADIENT_CRITERIA = ("taylor", "fisher")
+DATA_CRITERIA = (*GRADIENT_CRITERIA, "obs")  # the criteria that read calibration batches
 _BATCH_NORMS = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default}
 
 
@@ -41,19 +52,25 @@ class Importance:
     scores: list[np.ndarray]        # one array per group, aligned with group.classes
     criterion: str
     fallback_groups: int = 0        # groups scored by `l2` because the criterion had nothing to read
+    fallback_channels: int = 0      # the channels of those groups
+    comparable: bool = False        # scores share one scale across groups: global ranking uses them as they are
 
 
 def channel_importance(module: torch.fx.GraphModule, combing: Combing, criterion: str, *,
-                       calibration: Iterable[Sequence[torch.Tensor]] | None = None, seed: int = 0) -> Importance:
+                       calibration: Iterable[Sequence[torch.Tensor]] | None = None, seed: int = 0,
+                       damping: float = 0.01, hessians: dict | None = None) -> Importance:
     if criterion not in CRITERIA:
         raise PrunefxError(f"unknown importance criterion '{criterion}' (known: {', '.join(CRITERIA)})")
     if criterion == "random":
         rng = np.random.default_rng(seed)
         return Importance([rng.random(g.size) for g in combing.groups], criterion)
+    batches = list(calibration or ()) if criterion in DATA_CRITERIA else []
+    if criterion in DATA_CRITERIA and not batches:
+        reads = "gradients" if criterion in GRADIENT_CRITERIA else "layer inputs"
+        raise PrunefxError(f"importance '{criterion}' needs calibration batches (it reads {reads})")
+    if criterion == "obs":
+        return _obs_importance(module, combing, batches, damping, hessians)
     if criterion in GRADIENT_CRITERIA:
-        batches = list(calibration or ())
-        if not batches:
-            raise PrunefxError(f"importance '{criterion}' needs calibration batches (it reads gradients)")
         per_class = _gradient_scores(module, combing, criterion, batches)
     else:
         per_class = _magnitude_scores(module, combing, criterion)
@@ -79,6 +96,22 @@ def _fall_back_to_l2(module, combing: Combing, importance: Importance) -> None:
         for index in empty:
             importance.scores[index] = l2.scores[index]
         importance.fallback_groups = len(empty)
+        importance.fallback_channels = int(sum(combing.groups[index].size for index in empty))
+
+
+def _obs_importance(module, combing: Combing, batches, damping: float, hessians: dict | None) -> Importance:
+    """OBS saliency per channel; groups with a channel no compensable layer reads are scored by `l2`."""
+    saliency = obs_saliency(module, combing, batches, damping=damping, hessians=hessians)
+    importance = Importance(saliency.scores, "obs", comparable=True)
+    missing = [index for index, read in enumerate(saliency.read) if not read.all()]
+    if missing:
+        l2 = group_importance(combing, _magnitude_scores(module, combing, "l2"), "l2")
+        for index in missing:
+            importance.scores[index] = l2.scores[index]
+        importance.fallback_groups = len(missing)
+        importance.fallback_channels = int(sum(combing.groups[index].size for index in missing))
+        importance.comparable = False  # l2 and obs scores share no scale: global ranking normalises per group
+    return importance
 
 
 # --- per-class accumulation ----------------------------------------------------------------------

@@ -9,7 +9,8 @@ group of a grouped conv) the rounding applies to the tensor widths they multiply
 Two rankings, each driven by one scalar that a bisection tunes to the target:
 - local: every group removes the same fraction `p` of its channels;
 - global: scores are normalised by their group's mean, and every channel below a threshold `t`
-  goes (CPD's non-uniform widths, chosen globally).
+  goes (CPD's non-uniform widths, chosen globally). Scores that already share one scale across
+  groups (`comparable`: the `obs` criterion's relative output errors) are thresholded as they are.
 The cost of a plan is predicted exactly, without touching the graph: each node's shape after the
 removal is the number of surviving labels in each dim, fed to the same MACs counter as everywhere.
 """
@@ -136,7 +137,7 @@ class Selector:
     """Turns importance scores into a removal plan for a target."""
 
     def __init__(self, module, combing: Combing, scores: list[np.ndarray], *, round_to: int = 8,
-                 max_ratio: float = 0.8, ranking: str = "global"):
+                 max_ratio: float = 0.8, ranking: str = "global", comparable: bool = False):
         if ranking not in ("global", "local"):
             raise PrunefxError(f"unknown ranking '{ranking}' (use 'global' or 'local')")
         if not 0.0 <= max_ratio < 1.0:
@@ -145,7 +146,10 @@ class Selector:
         self.cost_model = CostModel(module, combing.analysis)
         self.dense = self.cost_model.cost(np.zeros(int(combing.analysis.classes.max()) + 1, dtype=bool))
         self.orders = [np.argsort(s, kind="stable") for s in scores]
-        self.sorted_normalised = [np.sort(s / s.mean()) if s.mean() > 0 else np.zeros_like(s) for s in scores]
+        if comparable:  # scores on one scale across groups (obs): one threshold for all, as they are
+            self.sorted_normalised = [np.sort(np.asarray(s, dtype=float)) for s in scores]
+        else:
+            self.sorted_normalised = [np.sort(s / s.mean()) if s.mean() > 0 else np.zeros_like(s) for s in scores]
         steps = width_steps(combing.analysis, combing.groups, round_to)
         self.widths = [allowed_widths(g.size, step, max_ratio=max_ratio) for g, step in zip(combing.groups, steps)]
 

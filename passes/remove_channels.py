@@ -7,12 +7,15 @@ tokens and position embeddings, and every literal that depends on a width.
 
 Config:
 - exactly one target, a fraction of the dense model to keep: `macs`, `params` or `channels`;
-- `importance`: l1 | l2 (default) | bn | taylor | fisher | random, or a callable
+- `importance`: l1 | l2 (default) | bn | taylor | fisher | obs | random, or a callable
   `(module, combing) -> Importance` that supplies scores gathered elsewhere (the Fisher scores
-  accumulated while training, see prune_while_training); `calibration`: input batches (tensors,
-  tuples of tensors or (inputs, labels) pairs, with the captured shapes) for taylor/fisher and for
-  `compensate`, defaulting to the Program's example inputs;
-- `ranking`: global (default; scores normalised per group) or local (same ratio in every group);
+  accumulated while training, see prune_while_training); `obs` scores a channel by the layer output
+  error its removal leaves after compensation (second order, correlation-aware elimination per group,
+  graph/channel_saliency.py; it uses `damping` too, and shares its layer Hessians with `compensate`);
+  `calibration`: input batches (tensors, tuples of tensors or (inputs, labels) pairs, with the captured
+  shapes) for taylor/fisher/obs and for `compensate`, defaulting to the Program's example inputs;
+- `ranking`: global (default; scores normalised per group, except obs's, which share one scale) or
+  local (same ratio in every group);
 - `round_to` (default 8, tensor-core friendly; 16 suits ONNX Runtime on AVX-512 CPUs);
 - `max_ratio` (default 0.8): the largest fraction of any one group that may go;
 - `keep`: graph node names whose channels must stay; `seed` for `random`;
@@ -30,6 +33,8 @@ listed in the statistics with the operator that blocked them.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from prunefx.graph import Program, count
@@ -37,7 +42,7 @@ from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.attributes import delete_unused_tensors
 from prunefx.graph.channel_compensation import compensate_removed_inputs
 from prunefx.graph.channel_groups import find_channel_groups
-from prunefx.graph.channel_importance import GRADIENT_CRITERIA, channel_importance
+from prunefx.graph.channel_importance import DATA_CRITERIA, channel_importance
 from prunefx.graph.channel_removal import remove_classes
 from prunefx.graph.channel_selection import TARGET_KINDS, TARGET_TOLERANCE, Selector, Target
 from prunefx.graph.errors import PrunefxError
@@ -56,7 +61,7 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     config = {**_DEFAULTS, **config}
     target = _target(config)
     _check_compensation(config)
-    if config["compensate"] or config["importance"] in GRADIENT_CRITERIA:  # checked (and read once) up front
+    if config["compensate"] or config["importance"] in DATA_CRITERIA:  # checked (and read once) up front
         config["calibration"] = _calibration(program, config["calibration"])
     # Dead nodes and the parameters only they read (googlenet's aux heads in eval mode) would count
     # before pruning and vanish after it, inflating the reduction: drop them first.
@@ -65,14 +70,19 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     delete_unused_tensors(program.module)
     before = count(program)
     combing = find_channel_groups(program.module, keep=set(config["keep"]))
-    importance = _importance(program, combing, config)
+    # obs and compensate read the same layer Hessians of the dense network: gathered once, for both
+    hessians = {} if config["compensate"] and config["importance"] == "obs" else None
+    importance = _importance(program, combing, config, hessians)
     selector = Selector(program.module, combing, importance.scores, round_to=int(config["round_to"]),
-                        max_ratio=float(config["max_ratio"]), ranking=config["ranking"])
+                        max_ratio=float(config["max_ratio"]), ranking=config["ranking"],
+                        comparable=getattr(importance, "comparable", False))
     plan = selector.plan(target)
     if not plan.target_met and config["strict"]:
         raise PrunefxError(_unreachable(target, plan, combing))
     removed = {int(c) for gone in plan.removed for c in gone}
-    compensation = _compensate(program, combing, removed, config) if removed and config["compensate"] else None
+    compensation = (_compensate(program, combing, removed, config, hessians) if removed and config["compensate"]
+                    else None)
+    hessians = None  # released before slicing
     if removed:
         remove_classes(program.module, combing.analysis, removed)
         program.recompile()
@@ -84,22 +94,33 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     return Result(program, modified=bool(removed), stats=stats)
 
 
-def _importance(program: Program, combing, config: dict):
+def _importance(program: Program, combing, config: dict, hessians: dict | None):
     criterion = config["importance"]
     if callable(criterion):  # scores gathered elsewhere, e.g. Fisher accumulated while training
         return criterion(program.module, combing)
-    calibration = config["calibration"] if criterion in GRADIENT_CRITERIA else None  # checked up front
-    return channel_importance(program.module, combing, criterion, calibration=calibration, seed=int(config["seed"]))
+    calibration = config["calibration"] if criterion in DATA_CRITERIA else None  # checked up front
+    options = {"calibration": calibration, "seed": int(config["seed"])}
+    if criterion != "obs":
+        return channel_importance(program.module, combing, criterion, **options)
+    with _eval_mode(program):  # the activations the deployed network sees, as for compensate
+        return channel_importance(program.module, combing, criterion, damping=float(config["damping"]),
+                                  hessians=hessians, **options)
 
 
-def _compensate(program: Program, combing, removed: set[int], config: dict) -> dict:
-    """Compensate on the eval-mode network: the activations it will see when deployed, and a
+def _compensate(program: Program, combing, removed: set[int], config: dict, hessians: dict | None) -> dict:
+    with _eval_mode(program):
+        return compensate_removed_inputs(program.module, combing.analysis, removed, config["calibration"],
+                                         damping=float(config["damping"]), hessians=hessians)
+
+
+@contextlib.contextmanager
+def _eval_mode(program: Program):
+    """Read activations of the eval-mode network: the activations it will see when deployed, and a
     training-mode batch norm would move its running statistics on every calibration batch."""
     was_training = program.training
     program.eval()
     try:
-        return compensate_removed_inputs(program.module, combing.analysis, removed, config["calibration"],
-                                         damping=float(config["damping"]))
+        yield
     finally:
         program.train(was_training)
 
@@ -143,6 +164,7 @@ def _statistics(config, target, importance, combing, plan, before, after) -> dic
     return {
         "target": {"kind": target.kind, "fraction": target.fraction, "met": plan.target_met},
         "importance": importance.criterion, "importance_fallback_groups": importance.fallback_groups,
+        "importance_fallback_channels": importance.fallback_channels,
         "ranking": config["ranking"], "round_to": int(config["round_to"]), "max_ratio": float(config["max_ratio"]),
         "macs_before": before.macs, "macs_after": after.macs, "params_before": before.params,
         "params_after": after.params, "macs_predicted": plan.predicted.macs,

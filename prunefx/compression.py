@@ -15,8 +15,9 @@ pass distil from its own input instead of the dense model.
                                     eval_data  the validation batches (None without a validation split)
                                     teacher    the dense program: a frozen, eval-mode copy
     remove_channels                 calibration  a few training input batches (inputs only), when
-                                                 its importance reads gradients (taylor, fisher) or
-                                                 it compensates the remaining weights (compensate)
+                                                 its importance reads data (taylor, fisher: gradients;
+                                                 obs: layer inputs) or it compensates the remaining
+                                                 weights (compensate)
     recalibrate_batchnorm           data       the same few training input batches
 
 Recipes named on the command line (`--recipe NAME`) are the YAML files shipped in prunefx/recipes/;
@@ -40,7 +41,7 @@ import torch
 
 from prunefx.data import FASHION_MNIST, DataSplits, load_data
 from prunefx.graph import Program, count
-from prunefx.graph.channel_importance import GRADIENT_CRITERIA
+from prunefx.graph.channel_importance import DATA_CRITERIA
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.rebatch import rebatch
 from prunefx.loading import program_from_reference
@@ -66,7 +67,7 @@ INJECTED: dict[str, dict[str, str]] = {
 def _injected_keys(step: Step) -> dict[str, str]:
     """The keys `step` gets injected (those its recipe config does not set)."""
     table = INJECTED.get(step.name, {})
-    if (step.name == "remove_channels" and step.config.get("importance") not in GRADIENT_CRITERIA
+    if (step.name == "remove_channels" and step.config.get("importance") not in DATA_CRITERIA
             and not step.config.get("compensate")):
         return {}  # magnitude criteria without compensation read no data
     return {key: source for key, source in table.items() if key not in step.config}

@@ -437,6 +437,18 @@ def image_folder_data(path: str | Path, batch_size: int, *, image_size: int = 22
     return DataSplits(train, val, test, tuple(classes), (3, image_size, image_size))
 
 
+def image_folder_split(split: str | Path, batch_size: int, *, image_size: int = 224, shuffle: bool = False,
+                       seed: int = 0, num_workers: int = 0) -> FolderBatches:
+    """One split of the ImageFolder layout on its own (`split/<class>/*`, e.g. `path/train` for
+    calibration images), resized and centre-cropped like evaluation (no augmentation); `shuffle`
+    (seeded) mixes the classes and drops the last, incomplete batch."""
+    split = Path(split)
+    if not split.is_dir():
+        raise PrunefxError(f"image folder {split} does not exist")
+    folder = _image_folder(split, _class_folders(split), imagenet_transform(image_size))
+    return FolderBatches(folder, batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers)
+
+
 def imagenet_class_names() -> tuple[str, ...]:
     """The 1000 ImageNet class names, by class index (from torchvision's weight metadata, offline)."""
     from torchvision.models import ResNet50_Weights

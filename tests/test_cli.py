@@ -17,8 +17,9 @@ import pytest
 import torch
 import torchvision
 
+from prunefx import fashion_mnist
 from prunefx.cli import EXIT_USER_ERROR, main
-from prunefx.graph import capture, count
+from prunefx.graph import PrunefxError, capture, count
 from prunefx.runtime import OnnxRuntimeSession, export_onnx
 
 SHAPE = "1x3x64x64"
@@ -160,6 +161,16 @@ BAD_INPUTS = {
                                                  "-o", tmp / "never"], "does not exist"),
     "will not export": (lambda tmp, models: ["export", f"{models}:data_dependent", "--input-shape", SHAPE,
                                              "-o", tmp / "never.onnx"], "could not capture model"),
+    "unknown calibration data": (lambda tmp, models: ["prune", f"{models}:wider", "--input-shape", SHAPE, "--macs",
+                                                      "0.5", "--calibrate", "mnist", "-o", tmp / "never"],
+                                 "unknown calibration data 'mnist'"),
+    "calibration data of another shape": (lambda tmp, models: ["prune", f"{models}:wider", "--input-shape", SHAPE,
+                                                               "--macs", "0.5", "--calibrate", "fashion-mnist",
+                                                               "-o", tmp / "never"],
+                                          "fashion-mnist gives 28x28 images"),
+    "compensate without data": (lambda tmp, models: ["prune", f"{models}:wider", "--input-shape", SHAPE, "--macs",
+                                                     "0.5", "--compensate", "-o", tmp / "never"],
+                                "--compensate needs calibration images"),
 }
 
 
@@ -208,6 +219,62 @@ def test_prune_with_fisher_on_real_images_reports_them(capsys, tmp_path):
     assert report["calibration"] == f"images from {folder}"
     assert report["importance"] == "fisher" and report["ranking"] == "local"
     assert report["params_after"] == pytest.approx(0.6 * report["params_before"], rel=0.03)
+
+
+needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(),
+                                         reason="Fashion-MNIST missing: apt-get install dataset-fashion-mnist")
+
+
+@needs_fashion_mnist
+def test_prune_calibrate_compensates_recalibrates_and_reports_both(capsys, tmp_path):
+    torch.set_num_threads(1)
+    code, out, err = run_cli(capsys, "prune", "prunefx:resnet20", "--macs", "0.5", "--round-to", "4",
+                             "--calibrate", "fashion-mnist", "--compensate", "-o", tmp_path)
+    assert code == 0, err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["calibration"] == "256 images from fashion-mnist (training images, shuffled)"
+    assert report["importance"] == "l2" and report["macs_after"] == pytest.approx(0.5 * report["macs_before"], rel=0.03)
+    recalibration = report["recalibrate_batchnorm"]
+    assert recalibration["recalibrated"] == recalibration["batch_norms"] == 21 and recalibration["images"] == 256
+    compensation = report["compensation"]
+    assert len(compensation["compensated"]) == 21 and compensation["skipped"] == [] and compensation["images"] == 256
+    assert all(layer["error_with"] <= layer["error_without"] for layer in compensation["compensated"])
+    assert report["parity"]["relative"] < 1e-4
+    assert "compensated 21 layers" in out and "recalibrated 21 of 21 batch norms on 256 images" in out
+
+    # the saved program carries the recalibrated statistics: recalibrating it again changes nothing
+    from prunefx.calibration import calibration_data
+    from prunefx.graph import Program
+    from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
+
+    saved = Program.load(tmp_path / "model.pt2")
+    batches = calibration_data("fashion-mnist", saved.example_inputs[0], 256).batches
+    assert not recalibrate_batchnorm(saved, config={"data": batches}).modified
+
+
+@needs_fashion_mnist
+def test_calibration_data_fits_the_captured_input(tmp_path):
+    from torchvision.io import write_png
+
+    from prunefx.calibration import calibration_data
+
+    rgb = calibration_data("fashion-mnist", torch.zeros(8, 3, 28, 28), 20)  # gray repeated for an RGB model
+    assert len(rgb.batches) == 2 and rgb.images == 16 and rgb.batches[0][0].shape == (8, 3, 28, 28)
+    assert torch.equal(rgb.batches[0][0][:, 0], rgb.batches[0][0][:, 2])
+    gray = calibration_data("fashion-mnist", torch.zeros(8, 1, 28, 28), 20)
+    torch.testing.assert_close(gray.batches[0][0][:, 0], rgb.batches[0][0][:, 0])  # the same images
+
+    pixels = torch.randint(0, 256, (6, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for index, image in enumerate(pixels):
+        for folder in (tmp_path / "tree" / "train" / f"class{index % 2}", tmp_path / "flat"):
+            folder.mkdir(parents=True, exist_ok=True)
+            write_png(image, str(folder / f"{index}.png"))
+    tree = calibration_data(str(tmp_path / "tree"), torch.zeros(2, 3, 32, 32), 4)
+    flat = calibration_data(str(tmp_path / "flat"), torch.zeros(2, 3, 32, 32), 4)
+    for data in (tree, flat):
+        assert [b[0].shape for b in data.batches] == [(2, 3, 32, 32)] * 2 and data.images == 4
+    with pytest.raises(PrunefxError, match="the model takes 2x1x32x32"):
+        calibration_data(str(tmp_path / "tree"), torch.zeros(2, 1, 32, 32), 4)
 
 
 # --- export --------------------------------------------------------------------------------------------

@@ -185,20 +185,22 @@ def test_inject_fills_only_what_a_pass_needs_and_the_recipe_left_unset():
     pipeline = pipeline_from_spec({"passes": [
         {"remove_channels": {"macs": 0.5}},                          # l2 reads no data
         {"remove_channels": {"macs": 0.5, "importance": "taylor"}},  # gradients: calibration
+        {"remove_channels": {"macs": 0.5, "importance": "obs"}},     # layer inputs: calibration
         {"distill": {"steps": 1, "eval_data": None}},                # the recipe's own eval_data stays
         "fold_batchnorm",                                            # not in the table
     ]})
     injected, keys = inject(pipeline, dense, splits, data="random")
-    assert keys == [[], ["calibration"], ["data", "teacher"], []]
+    assert keys == [[], ["calibration"], ["calibration"], ["data", "teacher"], []]
     configs = [step.config for step in injected.steps]
     assert "calibration" not in configs[0]
     calibration = configs[1]["calibration"]
     assert len(calibration) == CALIBRATION_BATCHES and all(b[0].shape == (4, 3, 8, 8) for b in calibration)
-    assert configs[2]["data"] is splits.train and configs[2]["eval_data"] is None
-    teacher = configs[2]["teacher"]
+    assert configs[2]["calibration"] is calibration
+    assert configs[3]["data"] is splits.train and configs[3]["eval_data"] is None
+    teacher = configs[3]["teacher"]
     assert teacher is not dense and not teacher.training
     assert not any(p.requires_grad for p in teacher.module.parameters())
-    assert configs[3] == {}
+    assert configs[4] == {}
 
     no_training = DataSplits(None, None, splits.test, splits.classes, splits.input_shape)
     with pytest.raises(PrunefxError, match="'distill' trains, but random has no training split"):
@@ -209,13 +211,13 @@ def test_inject_fills_only_what_a_pass_needs_and_the_recipe_left_unset():
 
 def test_shipped_recipes_resolve_and_build():
     names = shipped_recipes()
-    assert {"cpd-macs0.5", "prune-l2-kd-macs0.5", "finetune"} <= set(names)
+    assert {"cpd-macs0.5", "prune-l2-kd-macs0.5", "prune-obs-kd-macs0.5", "finetune"} <= set(names)
     for name in names:
         assert recipe_path(name) == recipe_path(f"{name}.yaml")
         spec = read_recipe(recipe_path(name))
         assert spec["name"] == name
         pipeline = pipeline_from_spec(spec)  # every pass exists
-        assert set(pipeline.names) <= {"remove_channels", "prune_while_training", "distill"}
+        assert set(pipeline.names) <= {"remove_channels", "prune_while_training", "recalibrate_batchnorm", "distill"}
         text = recipe_path(name).read_text()
         # every key a pass is configured with is documented in the file's comment header
         header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
