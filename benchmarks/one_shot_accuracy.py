@@ -45,11 +45,11 @@ VARIANTS = ("tp-l2", "magnitude", "+ recalibration", "+ compensation", "+ second
 CALIBRATION_BATCHES = 4
 
 
-def prune(variant: str, model: str, dense, fraction: float, calibration) -> tuple:
+def prune(variant: str, model: str, dense, fraction: float, calibration, *, round_to: int = 4) -> tuple:
     if variant == "tp-l2":
         return torch_pruning(model, dense, fraction), {}
     program = dense.clone()
-    config = {"macs": fraction, "importance": "l2", "ranking": "global", "round_to": 4}
+    config = {"macs": fraction, "importance": "l2", "ranking": "global", "round_to": round_to}
     if variant in ("+ compensation", "+ second-order selection"):
         config.update(compensate=True, calibration=calibration)
     if variant == "+ second-order selection":
@@ -104,15 +104,7 @@ def imagenet_mobilenet_v2(args) -> dict:
     for fraction in (0.7, 0.5):
         for variant in VARIANTS[1:]:  # Torch-Pruning's one-shot is on the Fashion-MNIST table
             print(f"[mobilenet_v2] {variant} at {fraction}", file=sys.stderr)
-            program = dense.clone()
-            config = {"macs": fraction, "importance": "l2", "ranking": "global", "round_to": 8}
-            if variant in ("+ compensation", "+ second-order selection"):
-                config.update(compensate=True, calibration=calibration)
-            if variant == "+ second-order selection":
-                config["importance"] = "obs"
-            remove_channels(program, config=config)
-            if variant != "magnitude":
-                recalibrate_batchnorm(program, config={"data": calibration})
+            program, _ = prune(variant, "mobilenet_v2", dense, fraction, calibration, round_to=8)
             with torch.no_grad():
                 top1 = program.eval()(held_out).argmax(1)
             rows.append({"fraction": fraction, "variant": variant, "macs_kept": count(program).macs / count(dense).macs,

@@ -90,13 +90,18 @@ def group_importance(combing: Combing, per_class: np.ndarray, criterion: str) ->
 
 def _fall_back_to_l2(module, combing: Combing, importance: Importance) -> None:
     """Groups without a batch norm have no `bn` score: they are scored by `l2`, and counted."""
-    empty = [index for index, scores in enumerate(importance.scores) if not scores.any()]
-    if empty:
-        l2 = group_importance(combing, _magnitude_scores(module, combing, "l2"), "l2")
-        for index in empty:
-            importance.scores[index] = l2.scores[index]
-        importance.fallback_groups = len(empty)
-        importance.fallback_channels = int(sum(combing.groups[index].size for index in empty))
+    _score_by_l2(module, combing, importance, [i for i, scores in enumerate(importance.scores) if not scores.any()])
+
+
+def _score_by_l2(module, combing: Combing, importance: Importance, groups: list[int]) -> None:
+    """Replace the scores of `groups` by their `l2` scores, and count them as fallbacks."""
+    if not groups:
+        return
+    l2 = group_importance(combing, _magnitude_scores(module, combing, "l2"), "l2")
+    for index in groups:
+        importance.scores[index] = l2.scores[index]
+    importance.fallback_groups = len(groups)
+    importance.fallback_channels = int(sum(combing.groups[index].size for index in groups))
 
 
 def _obs_importance(module, combing: Combing, batches, damping: float, hessians: dict | None) -> Importance:
@@ -104,12 +109,8 @@ def _obs_importance(module, combing: Combing, batches, damping: float, hessians:
     saliency = obs_saliency(module, combing, batches, damping=damping, hessians=hessians)
     importance = Importance(saliency.scores, "obs", comparable=True)
     missing = [index for index, read in enumerate(saliency.read) if not read.all()]
+    _score_by_l2(module, combing, importance, missing)
     if missing:
-        l2 = group_importance(combing, _magnitude_scores(module, combing, "l2"), "l2")
-        for index in missing:
-            importance.scores[index] = l2.scores[index]
-        importance.fallback_groups = len(missing)
-        importance.fallback_channels = int(sum(combing.groups[index].size for index in missing))
         importance.comparable = False  # l2 and obs scores share no scale: global ranking normalises per group
     return importance
 

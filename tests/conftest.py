@@ -33,3 +33,13 @@ def zero_channels():
     """The function `zero_channels(program, combing, removed)` (see `_zero_channels`). Session-scoped
     since it is stateless, so hypothesis tests can use it without the function-scoped-fixture check."""
     return _zero_channels
+
+
+@pytest.fixture
+def one_thread():
+    """Tests on tiny inputs: one intra-op thread is as fast, and on a busy machine a spinning thread
+    pool makes each forward pass a hundred times slower. The caller's thread count is restored."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

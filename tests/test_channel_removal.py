@@ -31,14 +31,7 @@ IMAGE_SIZES = {"torchvision:maxvit_t": 224, "timm:efficientformer_l1": 224,
 IN_CHANNELS = {reference: 1 for reference in MODELS if reference.startswith("prunefx:")}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The inputs are tiny: one intra-op thread is as fast, and on a busy machine a spinning thread
-    pool makes each forward pass a hundred times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _flat_outputs(program, x) -> torch.Tensor:

@@ -226,8 +226,7 @@ needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir()
 
 
 @needs_fashion_mnist
-def test_prune_calibrate_compensates_recalibrates_and_reports_both(capsys, tmp_path):
-    torch.set_num_threads(1)
+def test_prune_calibrate_compensates_recalibrates_and_reports_both(capsys, tmp_path, one_thread):
     code, out, err = run_cli(capsys, "prune", "prunefx:resnet20", "--macs", "0.5", "--round-to", "4",
                              "--calibrate", "fashion-mnist", "--compensate", "-o", tmp_path)
     assert code == 0, err

@@ -17,12 +17,7 @@ from prunefx.passes.remove_channels import remove_channels
 BATCH = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _positions(combing, weight: str) -> list[int]:

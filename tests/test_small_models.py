@@ -23,12 +23,7 @@ PRUNED = ["resnet20", "mobilenetv2_small", "vit_tiny_fmnist"]  # resnet56 is res
 VIT_BLOCKS, VIT_HEADS, VIT_HEAD_DIM = 6, 4, 32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.lru_cache(maxsize=1)
