@@ -8,7 +8,9 @@ Trains the Program's weights (its graph is left as it is, unless a hook replaces
 
 The KD term pulls the student's softened class distribution towards the teacher's (the "dark knowledge"
 of the dense model, which is what recovers accuracy after pruning); the cross-entropy keeps it on the
-labels; feature terms match intermediate tensors, useful for segmentation decoders. Hooks that read
+labels; feature terms match intermediate tensors, useful for segmentation decoders. Blends left by
+linearize_blocks are raised from 0 to 1 over the first `ramp` fraction of the steps (progressive depth
+pruning). Hooks that read
 gradients (e.g. Fisher channel importance while pruning) see the gradients of the whole loss.
 The engine, its schedule (linear warm-up, cosine to 0), checkpoints and distributed mode are described
 in passes/training.py.
@@ -40,6 +42,7 @@ from __future__ import annotations
 import torch
 
 from prunefx.graph import Program
+from prunefx.passes.linearize_blocks import blend_schedule
 from prunefx.passes.result import Result
 from prunefx.passes.training import TrainConfig, Trainer, TrainingError
 
@@ -59,6 +62,9 @@ def distill(program: Program, /, *, config: dict | None = None) -> Result:
     trainer = Trainer(program, teacher=teacher, data=options["data"], config=train_config,
                       eval_data=options["eval_data"], after_backward=options["after_backward"] or (),
                       after_step=options["after_step"] or ())
+    schedule = blend_schedule(program, trainer.total_steps)
+    if schedule is not None:  # linearize_blocks left blends: fade their activations out while training
+        trainer.after_step.insert(0, schedule)
     stats = trainer.fit()
     trained = trainer.program
     trained.analysis["distillation"] = stats

@@ -26,6 +26,8 @@ Config:
   `(inputs, labels)` pairs (labels are ignored), each with the captured input shapes; unlabeled
   images are enough. A few hundred images are the usual amount.
 - `max_batches`: use only the first batches of `data`.
+- `nodes`: names of the batch-norm nodes to recalibrate (default: all), e.g. only the batch norms that
+  replaced layer norms in linearised blocks, leaving the trained ones alone.
 
 Preconditions: running statistics are graph tensors (get_attr nodes). A Program in training mode is
 recalibrated as its eval-mode network (the statistics eval mode will use) and is put back in training
@@ -50,7 +52,7 @@ from prunefx.passes.result import Result
 aten = torch.ops.aten
 # Both carry (input, weight, bias, running_mean, running_var, ...) as their first five arguments.
 _BATCH_NORMS = (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default)
-_OPTIONS = {"data", "max_batches"}
+_OPTIONS = {"data", "max_batches", "nodes"}
 
 
 def recalibrate_batchnorm(program: Program, /, *, config: dict | None = None) -> Result:
@@ -64,6 +66,7 @@ def recalibrate_batchnorm(program: Program, /, *, config: dict | None = None) ->
     program.eval()
     try:
         norms, skipped = _recalibratable(program.module)
+        norms = _only(norms, config.get("nodes"))
         levels = _levels(program.module, norms)
         changed = 0
         for level in range(max(levels.values(), default=-1) + 1):
@@ -75,6 +78,17 @@ def recalibrate_batchnorm(program: Program, /, *, config: dict | None = None) ->
              "batches": len(batches), "images": sum(int(batch[0].shape[0]) for batch in batches),
              "variance": "unbiased"}
     return Result(program, modified=changed > 0, stats=stats)
+
+
+def _only(norms: list[torch.fx.Node], names) -> list[torch.fx.Node]:
+    """The batch norms named in `names` (all when None); an unknown name is an error, not a no-op."""
+    if names is None:
+        return norms
+    by_name = {node.name: node for node in norms}
+    missing = sorted(set(names) - set(by_name))
+    if missing:
+        raise PrunefxError(f"recalibrate_batchnorm: {missing} are not recalibratable batch-norm nodes")
+    return [node for node in norms if node.name in set(names)]
 
 
 def _get_attr_target(arg) -> str | None:

@@ -1,0 +1,159 @@
+"""linearize_blocks: put chosen blocks in UPDP's pruned form (activations out, layer norms -> batch norms).
+
+Rewrites, in each chosen block (found by graph/blocks.py: residual regions and chains):
+- every activation `act(x)`: progressive mode (default) makes it `lerp(act(x), x, l)` with one 0-dim
+  buffer `l` per block, starting at 0, which recovery training raises to 1 over the first `ramp`
+  fraction of its steps (`distill` attaches the schedule by itself, see `blend_schedule`);
+  abrupt mode makes it `x` at once (UPDP argues this corrupts the weights; it is the one-shot option);
+- every layer norm over channels becomes a batch norm with the layer norm's affine parameters
+  (graph/norm_replacement.py), its running statistics computed on `calibration` data (exact, through
+  recalibrate_batchnorm limited to the new batch norms). Without calibration data the statistics
+  stay mean 0 / variance 1 and the stats say so.
+Once every blend has l = 1 (after training), `merge_blocks` strips the blends and folds the now-affine
+blocks by re-parameterisation.
+
+Choice of blocks (`graph/block_damage.py`): `blocks: [names]` linearises those; `count: k` scores every
+affine candidate by the output divergence when it alone is linearised on `calibration` data and takes
+the k least harmful. Candidates that are not affine once linearised (attention, gating multiplies) are
+never chosen by `count`; naming one explicitly linearises it but it cannot be merged (stats warn).
+
+Config: `blocks` | `count` (one is required), `mode` (progressive | abrupt), `ramp` (0.5),
+`layer_norms` (batch_norm | keep), `calibration` (batches), `max_batches` (None), `progress` (None).
+Stats: `candidates` (every block: kind, activations, affine, reason, damage when scored), `chosen`,
+`activations_removed` or `activations_blended`, `layer_norms_replaced`, `calibrated`.
+Precondition: a captured Program. Non-goals: the supernet search of UPDP (the damage ranking replaces
+it), group norms (left as they are, the block then stays non-affine), attention.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prunefx.graph import Program
+from prunefx.graph.activations import calibration_inputs
+from prunefx.graph.block_damage import block_damage
+from prunefx.graph.blocks import Block, find_blocks
+from prunefx.graph.errors import PrunefxError
+from prunefx.graph.linearization import blend_activation, new_blend_buffer, remove_activation, set_blends
+from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
+from prunefx.passes.result import Result
+
+_OPTIONS = {"blocks", "count", "mode", "ramp", "layer_norms", "calibration", "max_batches", "progress"}
+
+
+class LinearizeError(PrunefxError):
+    """Bad linearize_blocks configuration (unknown block, no data to score blocks, ...)."""
+
+
+def linearize_blocks(program: Program, /, *, config: dict | None = None) -> Result:
+    config = _checked(dict(config or {}))
+    candidates = find_blocks(program.module)
+    batches = (calibration_inputs(program.example_inputs, config["calibration"], max_batches=config.get("max_batches"),
+                                  what="linearize_blocks") if config.get("calibration") is not None else None)
+    chosen, damage = _choose(program, candidates, config, batches)
+    stats = {"mode": config["mode"], "candidates": [_summary(block, damage) for block in candidates],
+             "chosen": [block.name for block in chosen],
+             "not_mergeable": [block.name for block in chosen if not block.affine]}
+    new_norms = _replace_layer_norms(program, chosen) if config["layer_norms"] == "batch_norm" else []
+    stats.update(_linearize(program, chosen, config))
+    program.recompile()
+    stats["layer_norms_replaced"] = len(new_norms)
+    stats["calibrated"] = bool(new_norms) and batches is not None
+    if new_norms and batches is not None:
+        recalibrate_batchnorm(program, config={"data": batches, "nodes": new_norms})
+    return Result(program, modified=bool(chosen), stats=stats)
+
+
+def _checked(config: dict) -> dict:
+    unknown = set(config) - _OPTIONS
+    if unknown:
+        raise LinearizeError(f"linearize_blocks: unknown option(s) {sorted(unknown)} (known: {sorted(_OPTIONS)})")
+    if (config.get("blocks") is None) == (config.get("count") is None):
+        raise LinearizeError("linearize_blocks needs exactly one of 'blocks' (names) or 'count' (how many)")
+    config.setdefault("mode", "progressive")
+    config.setdefault("ramp", 0.5)
+    config.setdefault("layer_norms", "batch_norm")
+    if config["mode"] not in ("progressive", "abrupt"):
+        raise LinearizeError(f"linearize_blocks: mode must be 'progressive' or 'abrupt', not {config['mode']!r}")
+    if config["layer_norms"] not in ("batch_norm", "keep"):
+        raise LinearizeError(f"linearize_blocks: layer_norms must be 'batch_norm' or 'keep', not {config['layer_norms']!r}")
+    if not 0 < float(config["ramp"]) <= 1:
+        raise LinearizeError(f"linearize_blocks: ramp is a fraction of the training steps in (0, 1], not {config['ramp']}")
+    count = config.get("count")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+        raise LinearizeError(f"linearize_blocks: count must be a non-negative integer, not {count!r}")
+    return config
+
+
+def _choose(program: Program, candidates: list[Block], config: dict, batches) -> tuple[list[Block], dict]:
+    by_name = {block.name: block for block in candidates}
+    if config.get("blocks") is not None:
+        unknown = [name for name in config["blocks"] if name not in by_name]
+        if unknown:
+            raise LinearizeError(f"linearize_blocks: no block named {unknown}; the blocks are: {', '.join(by_name)}")
+        return [by_name[name] for name in config["blocks"]], {}
+    affine = [block for block in candidates if block.affine]
+    if config["count"] > len(affine):
+        raise LinearizeError(f"linearize_blocks: count {config['count']} but only {len(affine)} blocks become "
+                             f"affine once linearised")
+    if config["count"] == 0:
+        return [], {}
+    if batches is None:
+        raise LinearizeError("linearize_blocks: choosing blocks by 'count' needs 'calibration' data to score them")
+    damage = block_damage(program, affine, batches, progress=config.get("progress"))
+    ranked = sorted(affine, key=lambda block: damage[block.name])
+    chosen = set(block.name for block in ranked[:config["count"]])
+    return [block for block in candidates if block.name in chosen], damage
+
+
+def _summary(block: Block, damage: dict) -> dict:
+    summary = {"name": block.name, "kind": block.kind, "activations": len(block.activations),
+               "layer_norms": len(block.layer_norms), "affine": block.affine}
+    if block.reason:
+        summary["reason"] = block.reason
+    if block.name in damage:
+        summary["damage"] = damage[block.name]
+    return summary
+
+
+def _replace_layer_norms(program: Program, blocks: list[Block]) -> list[str]:
+    if not any(block.layer_norms for block in blocks):
+        return []
+    from prunefx.graph.norm_replacement import layer_norm_to_batch_norm  # noqa: I001 (TODO: top level)
+    nodes = {node.name: node for node in program.graph.nodes}
+    return [layer_norm_to_batch_norm(program, nodes[name]).name for block in blocks for name in block.layer_norms]
+
+
+def _linearize(program: Program, blocks: list[Block], config: dict) -> dict:
+    nodes = {node.name: node for node in program.graph.nodes}
+    module = program.module
+    if config["mode"] == "abrupt":
+        for block in blocks:
+            for name in block.activations:
+                remove_activation(module, nodes[name])
+        return {"activations_removed": sum(len(block.activations) for block in blocks)}
+    record = program.analysis.setdefault("linearize", {})
+    record.setdefault("blends", {})
+    record["ramp"] = float(config["ramp"])
+    for block in blocks:
+        buffer = new_blend_buffer(module, block.name)
+        record["blends"][buffer] = block.name
+        for name in block.activations:
+            blend_activation(module, nodes[name], buffer)
+    return {"activations_blended": sum(len(block.activations) for block in blocks)}
+
+
+def blend_schedule(program: Program, total_steps: int):
+    """An `after_step` hook for passes/training.Trainer raising every pending blend of `program` linearly
+    from 0 to exactly 1 over the first `ramp` fraction of `total_steps`; None when nothing is pending."""
+    record = program.analysis.get("linearize", {})
+    if not record.get("blends"):
+        return None
+    ramp_steps = max(1, round(record.get("ramp", 0.5) * total_steps))
+
+    def raise_blends(trainer, step: int) -> None:
+        blends = trainer.program.analysis.get("linearize", {}).get("blends", {})
+        with torch.no_grad():
+            set_blends(trainer.program.module, blends, min(1.0, step / ramp_steps))
+
+    return raise_blends

@@ -1,0 +1,143 @@
+"""Depth pruning, first half: block discovery, progressive linearisation, its schedule and block choice."""
+
+import pytest
+import torch
+
+from prunefx.graph import Program, PrunefxError, capture
+from prunefx.graph.blocks import find_blocks
+from prunefx.graph.linearization import set_blends, strip_finished_blends
+from prunefx.models import build_model
+from prunefx.passes.distill import distill
+from prunefx.passes.linearize_blocks import linearize_blocks
+
+aten = torch.ops.aten
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    torch.manual_seed(0)
+    spec = build_model("torchvision:mobilenet_v2")
+    return capture(spec.module.eval(), torch.randn(2, 3, 64, 64), name="mobilenet_v2").eval()
+
+
+def _targets(program: Program) -> list:
+    return [node.target for node in program.graph.nodes if node.op == "call_function"]
+
+
+def test_mobilenet_v2_blocks_are_its_inverted_residuals(mobilenet):
+    blocks = {block.name: block for block in find_blocks(mobilenet.module)}
+    assert list(blocks) == [f"features.{i}" for i in range(19)]
+    residual = {name for name, block in blocks.items() if block.kind == "residual"}
+    assert residual == {f"features.{i}" for i in (3, 5, 6, 8, 9, 10, 12, 13, 15, 16)}
+    assert all(len(blocks[name].activations) == 2 for name in residual)
+    assert all(block.affine for block in blocks.values())
+
+
+def test_vit_mlp_halves_are_affine_blocks_with_a_layer_norm_and_attention_is_not_a_block():
+    torch.manual_seed(0)
+    spec = build_model("timm:deit_tiny_patch16_224", image_size=64)
+    program = capture(spec.module.eval(), torch.randn(1, 3, 64, 64))
+    blocks = find_blocks(program.module)
+    assert [block.name for block in blocks] == [f"blocks.{i}" for i in range(12)]
+    assert all(block.affine and len(block.layer_norms) == 1 and len(block.activations) == 1 for block in blocks)
+
+
+def test_a_squeeze_excitation_gate_makes_a_block_non_affine_and_says_which_operator():
+    spec = build_model("torchvision:mobilenet_v3_small")
+    program = capture(spec.module.eval(), torch.randn(1, 3, 64, 64))
+    gated = [block for block in find_blocks(program.module) if not block.affine]
+    assert gated, "mobilenet_v3 blocks with squeeze-excitation must not be affine"
+    assert all("mul" in block.reason and block.reason.startswith("not affine") for block in gated)
+
+
+class _SkipFromFarBack(torch.nn.Module):
+    """x1 = relu(conv1(x)); out = x1 + conv3(relu(conv2(x1))) + x: the add over x1 has a second entry."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = (torch.nn.Conv2d(4, 4, 3, padding=1) for _ in range(3))
+
+    def forward(self, x):
+        x1 = torch.relu(self.conv1(x))
+        inner = self.conv3(torch.relu(self.conv2(x1)))
+        return (x1 + inner) * 1.0 + x
+
+
+def test_regions_are_closed_and_every_activation_lands_in_one_block():
+    program = capture(_SkipFromFarBack().eval(), torch.randn(1, 4, 8, 8))
+    blocks = find_blocks(program.module)
+    activations = [name for block in blocks for name in block.activations]
+    assert sorted(activations) == sorted(n.name for n in program.graph.nodes if n.target is aten.relu.default)
+    residual = [block for block in blocks if block.kind == "residual"]
+    assert [block.activations for block in residual] == [["relu_1"]]  # x1 -> add: one closed region
+
+
+def test_progressive_blend_is_exact_at_both_ends_and_strips_to_the_abrupt_form(mobilenet, tmp_path):
+    x = torch.randn(2, 3, 64, 64)
+    dense = mobilenet(x)
+    names = ["features.3", "features.4"]
+    blended = linearize_blocks(mobilenet.clone(), config={"blocks": names}).program
+    assert torch.equal(blended(x), dense)  # l = 0: (1 - 0) * act(x) + 0 * x
+    abrupt = linearize_blocks(mobilenet.clone(), config={"blocks": names, "mode": "abrupt"}).program
+    assert _targets(abrupt).count(aten.hardtanh_.default) == _targets(mobilenet).count(aten.hardtanh_.default) - 4
+    reloaded = Program.load(blended.save(tmp_path / "blended.pt2"))
+    assert set(reloaded.analysis["linearize"]["blends"].values()) == set(names)
+    set_blends(reloaded.module, reloaded.analysis["linearize"]["blends"], 1.0)
+    torch.testing.assert_close(reloaded(x), abrupt(x), rtol=1e-5, atol=1e-5)
+    assert len(strip_finished_blends(reloaded)) == 2
+    assert aten.lerp.Tensor not in _targets(reloaded)
+    assert not [name for name, _ in reloaded.module.named_buffers() if name.startswith("linearize_")]
+    torch.testing.assert_close(reloaded(x), abrupt(x), rtol=1e-5, atol=1e-5)
+    reloaded.export()
+
+
+def test_a_half_blend_of_an_in_place_activation_reads_the_input_before_the_activation():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU6(inplace=True), torch.nn.Conv2d(4, 4, 1),
+                                torch.nn.ReLU6(inplace=True)).eval()
+    x = torch.randn(1, 3, 4, 4) * 10
+    program = capture(model, x)
+    names = [block.name for block in find_blocks(program.module)]
+    blended = linearize_blocks(program, config={"blocks": names}).program
+    set_blends(blended.module, blended.analysis["linearize"]["blends"], 0.5)
+    h = model[0](x)
+    h = model[2](0.5 * h.clamp(0, 6) + 0.5 * h)
+    torch.testing.assert_close(blended(x), 0.5 * h.clamp(0, 6) + 0.5 * h)
+
+
+def test_count_takes_the_least_damaging_blocks(mobilenet):
+    batches = [torch.randn(2, 3, 64, 64) for _ in range(2)]
+    stats = linearize_blocks(mobilenet.clone(), config={"count": 4, "calibration": batches, "progress": False}).stats
+    damage = {c["name"]: c["damage"] for c in stats["candidates"]}
+    assert len(stats["chosen"]) == 4 and len(damage) == 19
+    assert max(damage[name] for name in stats["chosen"]) <= min(d for n, d in damage.items() if n not in stats["chosen"])
+
+
+def test_distill_raises_blends_to_exactly_one_over_the_ramp():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 3))
+    program = capture(model.eval(), torch.randn(4, 1, 8, 8))
+    program = linearize_blocks(program, config={"count": 1, "calibration": [torch.randn(4, 1, 8, 8)],
+                                                "ramp": 0.5, "progress": False}).program
+    (buffer,) = program.analysis["linearize"]["blends"]
+    seen = []
+    data = [(torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))) for _ in range(8)]
+    hook = lambda trainer, step: seen.append(float(trainer.program.module.get_buffer(buffer)))  # noqa: E731
+    trained = distill(program, config={"data": data, "steps": 8, "kd_weight": 0.0, "progress": False,
+                                       "after_step": [hook]}).program
+    assert seen == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert strip_finished_blends(trained) == [buffer]
+    assert aten.relu.default not in _targets(trained)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({}, "exactly one of"),
+    ({"blocks": ["features.99"]}, "no block named"),
+    ({"count": 2}, "needs 'calibration'"),
+    ({"count": 2, "mode": "sudden"}, "mode must be"),
+    ({"blocks": ["features.3"], "ramp": 0}, "ramp"),
+])
+def test_bad_configurations_are_refused_with_a_reason(mobilenet, config, message):
+    with pytest.raises(PrunefxError, match=message):
+        linearize_blocks(mobilenet.clone(), config=config)
