@@ -35,6 +35,7 @@ from prunefx.graph.block_damage import block_damage
 from prunefx.graph.blocks import Block, find_blocks
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.linearization import blend_activation, new_blend_buffer, remove_activation, set_blends
+from prunefx.graph.norm_replacement import layer_norm_to_batch_norm
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.result import Result
 
@@ -119,7 +120,6 @@ def _summary(block: Block, damage: dict) -> dict:
 def _replace_layer_norms(program: Program, blocks: list[Block]) -> list[str]:
     if not any(block.layer_norms for block in blocks):
         return []
-    from prunefx.graph.norm_replacement import layer_norm_to_batch_norm  # noqa: I001 (TODO: top level)
     nodes = {node.name: node for node in program.graph.nodes}
     return [layer_norm_to_batch_norm(program, nodes[name]).name for block in blocks for name in block.layer_norms]
 

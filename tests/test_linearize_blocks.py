@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from prunefx.graph import Program, PrunefxError, capture
+from prunefx.graph.activations import run_tapped, tap_nodes
 from prunefx.graph.blocks import find_blocks
 from prunefx.graph.linearization import set_blends, strip_finished_blends
 from prunefx.models import build_model
@@ -141,3 +142,18 @@ def test_distill_raises_blends_to_exactly_one_over_the_ramp():
 def test_bad_configurations_are_refused_with_a_reason(mobilenet, config, message):
     with pytest.raises(PrunefxError, match=message):
         linearize_blocks(mobilenet.clone(), config=config)
+
+
+def test_vit_layer_norm_becomes_a_batch_norm_calibrated_on_the_data():
+    torch.manual_seed(0)
+    spec = build_model("timm:deit_tiny_patch16_224", image_size=64)
+    x = torch.randn(2, 3, 64, 64)
+    program = capture(spec.module.eval(), x)
+    result = linearize_blocks(program, config={"blocks": ["blocks.3"], "mode": "abrupt", "calibration": [x]})
+    assert result.stats["layer_norms_replaced"] == 1 and result.stats["calibrated"]
+    (norm,) = [n for n in result.program.graph.nodes if n.target is aten.batch_norm.default]
+    gamma, beta = (result.program.module.get_parameter(arg.target) for arg in norm.args[1:3])
+    (normalised,) = run_tapped(tap_nodes(result.program.module, [norm.name]), (x,))
+    centred = (normalised.reshape(-1, gamma.numel()) - beta) / gamma  # calibrated on x itself: mean 0
+    torch.testing.assert_close(centred.mean(0), torch.zeros_like(beta), atol=1e-3, rtol=0)
+    result.program.export()

@@ -14,6 +14,7 @@ from prunefx.small_models import list_models, resnet_cifar
 
 # name: (parameters, MACs at 1x1x28x28), both in millions, as (low, high)
 EXPECTED = {
+    "convnext_fmnist": ((0.4, 0.43), (9, 12)),
     "resnet20": ((0.26, 0.28), (25, 35)),
     "resnet56": ((0.84, 0.87), (85, 105)),
     "mobilenetv2_small": ((0.3, 0.5), (5, 20)),
