@@ -29,6 +29,8 @@ Config:
   `checkpoint_dir` (None), `checkpoint_every` (0: at the end), `resume` (False), `progress`
   (None: a bar on a terminal), `seed` (0), `device` (None: where the program's parameters are).
 
+Sparse weights: when `program.analysis` records weights made sparse by sparsify_nm, their zeros are
+written back after every optimizer step (passes/sparse_masks.py), so they stay exactly zero.
 Preconditions: the Program has a static batch size, that of its example inputs, and every batch
 (per process, when launched by torchrun) has exactly that many items.
 Statistics: steps, final train/task/KD/feature losses (means over the last 20 steps), the evaluation
@@ -44,6 +46,7 @@ import torch
 from prunefx.graph import Program
 from prunefx.passes.linearize_blocks import blend_schedule
 from prunefx.passes.result import Result
+from prunefx.passes.sparse_masks import SparseMasks, recorded_weights
 from prunefx.passes.training import TrainConfig, Trainer, TrainingError
 
 _PASS_OPTIONS = ("data", "teacher", "eval_data", "after_backward", "after_step")
@@ -65,6 +68,10 @@ def distill(program: Program, /, *, config: dict | None = None) -> Result:
     schedule = blend_schedule(program, trainer.total_steps)
     if schedule is not None:  # linearize_blocks left blends: fade their activations out while training
         trainer.after_step.insert(0, schedule)
+    if recorded_weights(program):  # sparsify_nm recorded sparse weights: their zeros stay zero (sparse_masks.py)
+        masks = SparseMasks(program)
+        trainer.after_backward.insert(0, masks.after_backward)
+        trainer.after_step.insert(0, masks.after_step)
     stats = trainer.fit()
     trained = trainer.program
     trained.analysis["distillation"] = stats

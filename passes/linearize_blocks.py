@@ -12,13 +12,15 @@ Rewrites, in each chosen block (found by graph/blocks.py: residual regions and c
 Once every blend has l = 1 (after training), `merge_blocks` strips the blends and folds the now-affine
 blocks by re-parameterisation.
 
-Choice of blocks (`graph/block_damage.py`): `blocks: [names]` linearises those; `count: k` scores every
-affine candidate by the output divergence when it alone is linearised on `calibration` data and takes
-the k least harmful. Candidates that are not affine once linearised (attention, gating multiplies) are
+Choice of blocks (`graph/block_damage.py`): `blocks: [names]` linearises those; `count: k` keeps the
+candidates whose linearisation lets merge_blocks save MACs (counted on a copy: removing a stem's or a
+head's activation merges nothing and buys no speed), scores each by the output divergence when it alone
+is linearised on `calibration` data, and takes the k least harmful. Candidates that are not affine once linearised (attention, gating multiplies) are
 never chosen by `count`; naming one explicitly linearises it but it cannot be merged (stats warn).
 
 Config: `blocks` | `count` (one is required), `mode` (progressive | abrupt), `ramp` (0.5),
-`layer_norms` (batch_norm | keep), `calibration` (batches), `max_batches` (None), `progress` (None).
+`layer_norms` (batch_norm | keep), `recalibrate` (False: also re-estimate the batch norms already inside
+the chosen blocks on `calibration`, for one-shot use), `calibration` (batches), `max_batches` (None), `progress` (None).
 Stats: `candidates` (every block: kind, activations, affine, reason, damage when scored), `chosen`,
 `activations_removed` or `activations_blended`, `layer_norms_replaced`, `calibrated`.
 Precondition: a captured Program. Non-goals: the supernet search of UPDP (the damage ranking replaces
@@ -29,17 +31,18 @@ from __future__ import annotations
 
 import torch
 
-from prunefx.graph import Program
+from prunefx.graph import Program, count
 from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.block_damage import block_damage
 from prunefx.graph.blocks import Block, find_blocks
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.linearization import blend_activation, new_blend_buffer, remove_activation, set_blends
 from prunefx.graph.norm_replacement import layer_norm_to_batch_norm
+from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.result import Result
 
-_OPTIONS = {"blocks", "count", "mode", "ramp", "layer_norms", "calibration", "max_batches", "progress"}
+_OPTIONS = {"blocks", "count", "mode", "ramp", "layer_norms", "recalibrate", "calibration", "max_batches", "progress"}
 
 
 class LinearizeError(PrunefxError):
@@ -59,10 +62,22 @@ def linearize_blocks(program: Program, /, *, config: dict | None = None) -> Resu
     stats.update(_linearize(program, chosen, config))
     program.recompile()
     stats["layer_norms_replaced"] = len(new_norms)
-    stats["calibrated"] = bool(new_norms) and batches is not None
-    if new_norms and batches is not None:
-        recalibrate_batchnorm(program, config={"data": batches, "nodes": new_norms})
+    norms = new_norms + (_batch_norms_of(program, chosen) if config.get("recalibrate") else [])
+    if config.get("recalibrate") and batches is None:
+        raise LinearizeError("linearize_blocks: recalibrate needs 'calibration' data")
+    stats["calibrated"] = bool(norms) and batches is not None
+    stats["batch_norms_recalibrated"] = len(norms) if batches is not None else 0
+    if norms and batches is not None:
+        recalibrate_batchnorm(program, config={"data": batches, "nodes": norms})
     return Result(program, modified=bool(chosen), stats=stats)
+
+
+def _batch_norms_of(program: Program, blocks: list[Block]) -> list[str]:
+    """The batch norms inside `blocks`: once an activation before them is gone, their input statistics
+    changed, so `recalibrate` re-estimates them (one-shot depth pruning without training)."""
+    inside = {name for block in blocks for name in block.nodes}
+    return [node.name for node in program.graph.nodes if node.name in inside and node.op == "call_function"
+            and node.target is torch.ops.aten.batch_norm.default]
 
 
 def _checked(config: dict) -> dict:
@@ -94,26 +109,46 @@ def _choose(program: Program, candidates: list[Block], config: dict, batches) ->
             raise LinearizeError(f"linearize_blocks: no block named {unknown}; the blocks are: {', '.join(by_name)}")
         return [by_name[name] for name in config["blocks"]], {}
     affine = [block for block in candidates if block.affine]
-    if config["count"] > len(affine):
-        raise LinearizeError(f"linearize_blocks: count {config['count']} but only {len(affine)} blocks become "
-                             f"affine once linearised")
     if config["count"] == 0:
         return [], {}
     if batches is None:
         raise LinearizeError("linearize_blocks: choosing blocks by 'count' needs 'calibration' data to score them")
-    damage = block_damage(program, affine, batches, progress=config.get("progress"))
-    ranked = sorted(affine, key=lambda block: damage[block.name])
+    gains = _merge_gains(program, affine)
+    worth = [block for block in affine if gains[block.name] > 0]
+    if config["count"] > len(worth):
+        raise LinearizeError(f"linearize_blocks: count {config['count']} but only {len(worth)} blocks become "
+                             f"affine once linearised and merge into fewer MACs: "
+                             f"{', '.join(block.name for block in worth)}")
+    damage = block_damage(program, worth, batches, progress=config.get("progress"))
+    ranked = sorted(worth, key=lambda block: damage[block.name])
     chosen = set(block.name for block in ranked[:config["count"]])
-    return [block for block in candidates if block.name in chosen], damage
+    scores = {name: {"damage": value} for name, value in damage.items()}
+    for name, gain in gains.items():
+        scores.setdefault(name, {})["macs_saved"] = gain
+    return [block for block in candidates if block.name in chosen], scores
 
 
-def _summary(block: Block, damage: dict) -> dict:
+def _merge_gains(program: Program, blocks: list[Block]) -> dict[str, int]:
+    """{block: MACs that merge_blocks saves once that block alone is linearised}, against merging the
+    network as it is (batch-norm folds alone save nothing). Counted, never measured: a cheap filter so
+    that `count` never spends a block on a non-linearity whose removal merges nothing (a stem, a head)."""
+    def merged_macs(blocks_to_linearize: list[Block]) -> int:
+        candidate = program.clone().eval()
+        _replace_layer_norms(candidate, blocks_to_linearize)
+        _linearize(candidate, blocks_to_linearize, {"mode": "abrupt"})
+        candidate.recompile()
+        return count(merge_blocks(candidate, config={}).program).macs
+
+    baseline = merged_macs([])
+    return {block.name: baseline - merged_macs([block]) for block in blocks}
+
+
+def _summary(block: Block, scores: dict) -> dict:
     summary = {"name": block.name, "kind": block.kind, "activations": len(block.activations),
                "layer_norms": len(block.layer_norms), "affine": block.affine}
     if block.reason:
         summary["reason"] = block.reason
-    if block.name in damage:
-        summary["damage"] = damage[block.name]
+    summary.update(scores.get(block.name, {}))
     return summary
 
 

@@ -6,18 +6,24 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.passes.comb_channels import comb_channels
 from prunefx.passes.distill import distill
 from prunefx.passes.fold_batchnorm import fold_batchnorm
+from prunefx.passes.linearize_blocks import linearize_blocks
+from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.prune_while_training import prune_while_training
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.result import Pass
+from prunefx.passes.sparsify_nm import sparsify_nm
 
 PASSES: dict[str, Pass] = {
     "comb_channels": comb_channels,
     "distill": distill,
     "fold_batchnorm": fold_batchnorm,
+    "linearize_blocks": linearize_blocks,
+    "merge_blocks": merge_blocks,
     "prune_while_training": prune_while_training,
     "recalibrate_batchnorm": recalibrate_batchnorm,
     "remove_channels": remove_channels,
+    "sparsify_nm": sparsify_nm,
 }
 
 

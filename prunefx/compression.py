@@ -4,7 +4,8 @@ training batch size, a recipe and a data set in; a compressed, deployable model 
     dense accuracy (test and val)  ->  the recipe's Pipeline, with data injected  ->  accuracy after
     ->  MACs and parameters per image  ->  both programs cut to batch 1 (graph/rebatch.py)
     ->  ONNX export, torch-vs-ONNX-Runtime parity, ONNX Runtime latency dense vs compressed, side by side
-    ->  OUTPUT/model.pt2 (batch 1), model_train.pt2 (training batch), model.onnx, report.json, report.md
+    ->  OUTPUT/model.pt2 (batch 1), model_train.pt2 (training batch), model.onnx, report.json, report.md,
+        accuracy_latency.png (every measured variant: runtime/deployment_report.py)
 
 Data injection. A recipe is YAML and cannot hold loaders or models, so the passes that need them get
 them here (`INJECTED`, the one place that says which pass gets what). A key the recipe sets itself is
@@ -19,6 +20,7 @@ pass distil from its own input instead of the dense model.
                                                  obs: layer inputs) or it compensates the remaining
                                                  weights (compensate)
     recalibrate_batchnorm           data       the same few training input batches
+    sparsify_nm                     calibration  the same batches with their labels (criterion obs or cap)
 
 Recipes named on the command line (`--recipe NAME`) are the YAML files shipped in prunefx/recipes/;
 anything else is read as a path.
@@ -50,6 +52,13 @@ from prunefx.passes.pipeline import Pipeline, Step
 from prunefx.passes.recipe import RecipeError, pipeline_from_spec, read_recipe
 from prunefx.passes.training import evaluate
 from prunefx.runtime import check_parity, compare_latency, export_onnx, onnx_runner
+from prunefx.runtime.deployment_report import (
+    CHART_FILE,
+    Variant,
+    deployment_markdown,
+    variants_from_compress,
+    write_chart,
+)
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 CALIBRATION_BATCHES = 4
@@ -61,6 +70,7 @@ INJECTED: dict[str, dict[str, str]] = {
     "prune_while_training": {"data": "train", "eval_data": "val", "teacher": "teacher"},
     "remove_channels": {"calibration": "calibration"},  # only when it reads data: see _injected_keys
     "recalibrate_batchnorm": {"data": "calibration"},
+    "sparsify_nm": {"calibration": "labelled_calibration"},  # obs and cap read data; cap needs the labels
 }
 
 
@@ -70,6 +80,8 @@ def _injected_keys(step: Step) -> dict[str, str]:
     if (step.name == "remove_channels" and step.config.get("importance") not in DATA_CRITERIA
             and not step.config.get("compensate")):
         return {}  # magnitude criteria without compensation read no data
+    if step.name == "sparsify_nm" and step.config.get("criterion", "magnitude") == "magnitude":
+        return {}
     return {key: source for key, source in table.items() if key not in step.config}
 
 
@@ -177,6 +189,9 @@ def _sources(dense: Program, splits: DataSplits, eval_batches: int | None, neede
     if "calibration" in needed:
         loader = splits.train if splits.train is not None else splits.evaluation
         sources["calibration"] = [(inputs,) for inputs, _ in itertools.islice(iter(loader), CALIBRATION_BATCHES)]
+    if "labelled_calibration" in needed:
+        loader = splits.train if splits.train is not None else splits.evaluation
+        sources["labelled_calibration"] = list(itertools.islice(iter(loader), CALIBRATION_BATCHES))
     return sources
 
 
@@ -289,10 +304,13 @@ def compress(dense: Program, recipe: Recipe, splits: DataSplits, output: str | o
         "passes": [{"pass": name, "modified": step.modified, "injected": keys, "stats": json_safe(step.stats)}
                    for (name, step), keys in zip(result.steps, injected)],
         "files": {name: str(output / name) for name in
-                  ("model.pt2", "model_train.pt2", "model.onnx", "report.json", "report.md")},
+                  ("model.pt2", "model_train.pt2", "model.onnx", "report.json", "report.md", CHART_FILE)},
         "seconds": seconds,
     }
     report = json_safe(report)
+    variants = variants_from_compress(report)
+    report["variants"] = [variant.to_dict() for variant in variants]
+    write_chart(variants, output / CHART_FILE, title=f"{dense.name}, recipe {recipe.name}")
     (output / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     (output / "report.md").write_text(markdown_report(report))
     return report
@@ -314,6 +332,9 @@ def _pass_summary(stats: Mapping) -> str:
         parts.append(f"{training['seconds']:.0f} s")
     if "folded" in stats:
         parts.append(f"folded {stats['folded']}")
+    if "pattern" in stats and "zero_fraction" in stats:  # sparsify_nm
+        parts.append(f"{stats['pattern']} ({stats['criterion']}) on {len(stats['weights'])} layers, "
+                     f"{100 * stats['zero_fraction']:.1f} % of their weights zero")
     return ", ".join(parts) or "done"
 
 
@@ -412,5 +433,7 @@ def markdown_report(report: dict) -> str:
               "- `model.onnx`: the compressed model at batch 1, cleaned and checked",
               "- `report.json`: everything here, and every pass's statistics", "",
               f"Took {seconds['total']:.0f} s ({seconds['pipeline']:.0f} s in the recipe's passes).", ""]
+    if report.get("variants"):
+        lines.append(deployment_markdown([Variant.from_dict(item) for item in report["variants"]], CHART_FILE))
     return "\n".join(lines)
 

@@ -1,18 +1,61 @@
-"""Lowering and measuring: ONNX export with graph-surgeon cleanup, ONNX Runtime, parity, latency.
+"""Lowering and measuring: ONNX export with graph-surgeon cleanup, ONNX Runtime, parity, latency, TensorRT
+engines and per-layer profiles, Torch-TensorRT, trtexec on Jetson boards, deployment reports.
 
-This is the only layer that imports onnx, onnxruntime and onnx_graphsurgeon (and, later, tensorrt).
+This is the only layer that imports onnx, onnxruntime, onnx_graphsurgeon, tensorrt and torch_tensorrt
+(the last two only when a TensorRT backend is used: without them the rest works and those backends say
+what to install).
 """
 
-from prunefx.runtime.errors import MeasurementError, OnnxExportError, OnnxSessionError, ParityError
+from prunefx.runtime.deployment_report import (
+    Variant,
+    read_variants,
+    variants_from_compress,
+    write_chart,
+    write_deployment_report,
+)
+from prunefx.runtime.errors import (
+    BackendUnavailableError,
+    DeviceToolError,
+    MeasurementError,
+    OnnxExportError,
+    OnnxSessionError,
+    ParityError,
+)
+from prunefx.runtime.jetson import JetsonState, TegrastatsSampler, jetson_state, parse_tegrastats_line
 from prunefx.runtime.latency import LatencyComparison, LatencyStats, compare_latency, measure_latency
 from prunefx.runtime.onnx_export import OnnxExport, export_onnx
 from prunefx.runtime.onnxruntime_session import DEFAULT_THREADS, OnnxRuntimeSession
 from prunefx.runtime.parity import OutputParity, Parity, check_parity
 from prunefx.runtime.runners import OnnxRunner, TorchRunner, onnx_runner, torch_runner
+from prunefx.runtime.tensorrt_engine import (
+    BuildOptions,
+    Engine,
+    build_engine,
+    compare_gpu_latency,
+    engine_cache_key,
+    measure_gpu_latency,
+)
+from prunefx.runtime.tensorrt_profile import (
+    LayerProfile,
+    build_layer_profile,
+    format_profile_table,
+    map_to_program,
+    onnx_node_origins,
+    onnx_nodes_of_layer,
+    parse_engine_information,
+    profile_engine,
+)
+from prunefx.runtime.torch_tensorrt_backend import compile_torch_tensorrt
+from prunefx.runtime.trtexec import TrtexecOptions, parse_performance_summary, run_trtexec, trtexec_arguments
 
 __all__ = [
-    "DEFAULT_THREADS", "LatencyComparison", "LatencyStats", "MeasurementError", "OnnxExport",
-    "OnnxExportError", "OnnxRunner", "OnnxRuntimeSession", "OnnxSessionError", "OutputParity", "Parity",
-    "ParityError", "TorchRunner", "check_parity", "compare_latency", "export_onnx", "measure_latency",
-    "onnx_runner", "torch_runner",
+    "DEFAULT_THREADS", "BackendUnavailableError", "BuildOptions", "DeviceToolError", "Engine", "JetsonState",
+    "LatencyComparison", "LatencyStats", "LayerProfile", "MeasurementError", "OnnxExport", "OnnxExportError",
+    "OnnxRunner", "OnnxRuntimeSession", "OnnxSessionError", "OutputParity", "Parity", "ParityError",
+    "TegrastatsSampler", "TorchRunner", "TrtexecOptions", "Variant", "build_engine", "build_layer_profile",
+    "check_parity", "compare_gpu_latency", "compare_latency", "compile_torch_tensorrt", "engine_cache_key",
+    "export_onnx", "format_profile_table", "jetson_state", "map_to_program", "measure_gpu_latency",
+    "measure_latency", "onnx_node_origins", "onnx_nodes_of_layer", "onnx_runner", "parse_engine_information",
+    "parse_performance_summary", "parse_tegrastats_line", "profile_engine", "read_variants", "run_trtexec",
+    "torch_runner", "trtexec_arguments", "variants_from_compress", "write_chart", "write_deployment_report",
 ]

@@ -32,3 +32,12 @@ def describe_failure(error: BaseException) -> str:
     # Keep only the outer error's first sentence: torch.onnx follows it with generic advice.
     outer = first_line(error).split(". ")[0].rstrip(".")
     return f"{outer} ({first_line(root)})"
+
+
+class BackendUnavailableError(PrunefxError):
+    """A backend's software or hardware is missing (tensorrt, torch_tensorrt, trtexec, a CUDA device);
+    the message names what is missing and how to install it."""
+
+
+class DeviceToolError(PrunefxError):
+    """A device tool (TensorRT builder, trtexec, a Jetson utility) ran but failed; the message says how."""

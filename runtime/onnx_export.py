@@ -93,7 +93,23 @@ def _clean(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.toposort()
     _rename(graph.inputs, "input")
     _rename(graph.outputs, "output")
-    return gs.export_onnx(graph)
+    cleaned = gs.export_onnx(graph)
+    _keep_provenance(model, cleaned)
+    return cleaned
+
+
+# The exporter's per-node record of where a node came from (module scope, fx node, rewrite rule):
+# runtime/tensorrt_profile.py maps TensorRT layers back to Program nodes with it. Stack traces
+# (absolute paths of this machine) are deliberately not kept in a deployable file.
+PROVENANCE_KEYS = ("pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy", "pkg.onnxscript.rewriter.rule_name")
+
+
+def _keep_provenance(original: onnx.ModelProto, cleaned: onnx.ModelProto) -> None:
+    # graph-surgeon drops node metadata_props; node names survive, so copy them back by name.
+    kept = {node.name: [entry for entry in node.metadata_props if entry.key in PROVENANCE_KEYS]
+            for node in original.graph.node}
+    for node in cleaned.graph.node:
+        node.metadata_props.extend(kept.get(node.name, []))
 
 
 def _rename(tensors: list[gs.Tensor], prefix: str) -> None:

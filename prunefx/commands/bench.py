@@ -1,8 +1,12 @@
-"""prunefx bench MODEL_OR_ONNX [--vs OTHER]: latency statistics, and a side-by-side speed-up.
+"""prunefx bench MODEL_OR_ONNX [--vs OTHER] [--backend ort|torch|trt|torch-trt|trtexec]: latency statistics,
+and a side-by-side speed-up.
 
-A model reference is exported to ONNX first (in a temporary folder) unless --backend torch.
-With --vs, both models are timed alternately in this one process, so that machine noise hits
-both equally, and the ratio of medians is the speed-up.
+Backends: ONNX Runtime on the CPU (default), torch eager, TensorRT engines built from the ONNX file
+(`trt`, timed with CUDA events, engines cached), Torch-TensorRT compiling the Program directly
+(`torch-trt`), and the `trtexec` program (Jetson boards). A model reference is exported to ONNX first (in a
+temporary folder) for ort, trt and trtexec. With --vs, both models are timed alternately in this one process,
+so that machine noise hits both equally, and the ratio of medians is the speed-up; trtexec runs are separate
+processes, one after the other, and say so.
 """
 
 from __future__ import annotations
@@ -13,30 +17,77 @@ from pathlib import Path
 
 import torch
 
+from prunefx.calibration import calibration_data
 from prunefx.graph.errors import PrunefxError
 from prunefx.loading import program_from_reference
 from prunefx.models import parse_input_shape
 from prunefx.runtime import (
+    BuildOptions,
     OnnxRuntimeSession,
+    TrtexecOptions,
+    build_engine,
+    compare_gpu_latency,
     compare_latency,
+    compile_torch_tensorrt,
     export_onnx,
+    measure_gpu_latency,
     measure_latency,
     onnx_runner,
+    run_trtexec,
     torch_runner,
 )
+from prunefx.runtime.tensorrt_engine import require_cuda, require_tensorrt
+from prunefx.runtime.torch_tensorrt_backend import require_torch_tensorrt
+from prunefx.runtime.trtexec import find_trtexec
 
 NAME = "bench"
 HELP = "measure latency (median, p90, p99); with --vs, two models side by side and their speed-up"
 ONNX_ALLOWED = True
+BACKENDS = ("ort", "torch", "trt", "torch-trt", "trtexec")
+GPU_TIMED = ("trt", "torch-trt")  # timed here with CUDA events
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--vs", metavar="OTHER", help="a second model or .onnx file, timed alternately with the first")
-    parser.add_argument("--backend", choices=("ort", "torch"), default="ort", help="ONNX Runtime (default) or torch eager")
+    parser.add_argument("--backend", choices=BACKENDS, default="ort",
+                        help="ort: ONNX Runtime, CPU (default); torch: eager; trt: TensorRT engine from the ONNX file; "
+                             "torch-trt: Torch-TensorRT; trtexec: the trtexec program (Jetson)")
+    add_tensorrt_arguments(parser)
     parser.add_argument("--runs", type=int, default=100, help="timed runs per model (default 100)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs per model (default 10)")
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads for ort and torch (default 2)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_tensorrt_arguments(parser) -> None:
+    """TensorRT options, shared with `prunefx profile`."""
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                        help="TensorRT precision (default fp32); int8 without calibration data times with "
+                             "placeholder ranges (timing only)")
+    parser.add_argument("--sparse", action="store_true",
+                        help="allow 2:4 sparse tensor-core kernels (TensorRT SPARSE_WEIGHTS / trtexec --sparsity)")
+    parser.add_argument("--calibrate", metavar="DATA",
+                        help="INT8 calibration data for --backend trt --precision int8: fashion-mnist, imagenet-sample "
+                             "or a folder of images (256 images, entropy calibration)")
+    parser.add_argument("--trtexec", metavar="PATH", help="the trtexec program (default: on PATH or JetPack's)")
+    parser.add_argument("--cache-dir", help="TensorRT engine cache (default ~/.cache/prunefx/tensorrt)")
+
+
+def check_backend(args) -> None:
+    """Fail before any export with what is missing and how to install it."""
+    if args.backend in ("ort", "torch") and (args.precision != "fp32" or args.sparse):
+        raise PrunefxError("--precision and --sparse apply to --backend trt, torch-trt and trtexec")
+    if args.calibrate and (args.backend != "trt" or args.precision != "int8"):
+        raise PrunefxError("--calibrate applies to --backend trt --precision int8 (trtexec without a calibration "
+                           "cache times INT8 with placeholder ranges)")
+    if args.backend == "trt":
+        require_tensorrt()
+        require_cuda()
+    elif args.backend == "torch-trt":
+        require_torch_tensorrt()
+        require_cuda()
+    elif args.backend == "trtexec":
+        find_trtexec(args.trtexec)
 
 
 def _onnx_inputs(path: str, input_shape: str | None) -> list[torch.Tensor]:
@@ -50,30 +101,78 @@ def _onnx_inputs(path: str, input_shape: str | None) -> list[torch.Tensor]:
     return [torch.randn(shape) for shape in shapes]
 
 
-def _runner(reference: str, args, workdir: Path, label: str):
+def onnx_for(reference: str, args, workdir: Path, label: str):
+    """(ONNX file, the Program it came from or None, inputs) for a model reference or an .onnx file."""
     if reference.endswith(".onnx"):
-        if args.backend != "ort":
-            raise PrunefxError(f"{reference}: an .onnx file can only be timed with --backend ort")
-        return onnx_runner(reference, _onnx_inputs(reference, args.input_shape), threads=args.threads)
+        return reference, None, _onnx_inputs(reference, args.input_shape)
     program = program_from_reference(reference, weights=args.weights, input_shape=args.input_shape).eval()
+    return export_onnx(program, workdir / f"{label}.onnx").path, program, list(program.example_inputs)
+
+
+def _runner(reference: str, args, workdir: Path, label: str):
+    """A zero-argument runner (ort, torch) or a timed one returning milliseconds (trt, torch-trt)."""
+    if reference.endswith(".onnx") and args.backend in ("torch", "torch-trt"):
+        raise PrunefxError(f"{reference}: an .onnx file cannot be timed with --backend {args.backend}")
     if args.backend == "torch":
-        return torch_runner(program, threads=args.threads)
-    path = export_onnx(program, workdir / f"{label}.onnx").path
-    return onnx_runner(path, program.example_inputs, threads=args.threads)
+        return torch_runner(program_from_reference(reference, weights=args.weights, input_shape=args.input_shape)
+                            .eval(), threads=args.threads)
+    if args.backend == "torch-trt":
+        program = program_from_reference(reference, weights=args.weights, input_shape=args.input_shape).eval()
+        return compile_torch_tensorrt(program, precision=args.precision, sparse=args.sparse).time_once
+    path, _, inputs = onnx_for(reference, args, workdir, label)
+    if args.backend == "trt":
+        return tensorrt_engine(path, inputs, args).time_once
+    return onnx_runner(path, inputs, threads=args.threads)
+
+
+def tensorrt_engine(path, inputs: list[torch.Tensor], args):
+    """The (cached) engine for `path` with the command's precision, sparsity and calibration, inputs bound."""
+    calibration = calibration_data(args.calibrate, inputs[0]).batches if args.calibrate else None
+    engine = build_engine(path, BuildOptions(precision=args.precision, sparse=args.sparse), calibration=calibration,
+                          cache_dir=args.cache_dir)
+    engine.set_inputs(*[x.cuda() for x in inputs])
+    return engine
+
+
+def _trtexec_report(args, workdir: Path) -> dict:
+    options = TrtexecOptions(precision=args.precision, sparse=args.sparse, iterations=args.runs)
+    report = {}
+    for side, reference in (("a", args.model), ("b", args.vs)):
+        if reference is None:
+            continue
+        path, _, _ = onnx_for(reference, args, workdir, side)
+        result = run_trtexec(path, options, executable=args.trtexec)
+        report[side] = {**result.latency.to_dict(), "trtexec": result.to_dict()}
+    if "b" in report:
+        report.update(vs=args.vs, speedup=report["a"]["median_ms"] / report["b"]["median_ms"],
+                      note="trtexec runs one after the other, not alternately")
+    else:
+        report["latency"] = report.pop("a")
+    return report
 
 
 def run(args) -> int:
     if args.runs < 1 or args.warmup < 0 or args.threads < 1:
         raise PrunefxError("--runs and --threads must be at least 1 and --warmup at least 0")
+    check_backend(args)
+    report = {"backend": args.backend, "threads": None if args.backend in (*GPU_TIMED, "trtexec") else args.threads,
+              "runs": args.runs, "model": args.model}
+    if args.backend not in ("ort", "torch"):
+        report.update(precision=args.precision, sparse=args.sparse)
+    if args.precision == "int8":
+        report["int8_ranges"] = f"calibrated on {args.calibrate}" if args.calibrate else "placeholder (timing only)"
+    measure, compare = ((measure_gpu_latency, compare_gpu_latency) if args.backend in GPU_TIMED else
+                        (lambda fn, **kw: measure_latency(fn, threads=args.threads, **kw),
+                         lambda a, b, **kw: compare_latency(a, b, threads=args.threads, **kw)))
     with tempfile.TemporaryDirectory(prefix="prunefx-bench-") as tmp:
-        first = _runner(args.model, args, Path(tmp), "a")
-        report = {"backend": args.backend, "threads": args.threads, "runs": args.runs, "model": args.model}
-        if args.vs:
-            second = _runner(args.vs, args, Path(tmp), "b")
-            result = compare_latency(first, second, warmup=args.warmup, runs=args.runs, threads=args.threads)
-            report.update(vs=args.vs, **result.to_dict())
+        if args.backend == "trtexec":
+            report.update(_trtexec_report(args, Path(tmp)))
+        elif args.vs:
+            first, second = _runner(args.model, args, Path(tmp), "a"), _runner(args.vs, args, Path(tmp), "b")
+            report.update(vs=args.vs, **compare(first, second, warmup=args.warmup, runs=args.runs).to_dict())
         else:
-            report["latency"] = measure_latency(first, warmup=args.warmup, runs=args.runs, threads=args.threads).to_dict()
+            first = _runner(args.model, args, Path(tmp), "a")
+            report["latency"] = measure(first, warmup=args.warmup, runs=args.runs).to_dict()
     print(json.dumps(report, indent=2) if args.json else _table(report))
     return 0
 
@@ -83,10 +182,24 @@ def _row(label: str, stats: dict) -> str:
             f"p99 {stats['p99_ms']:8.3f} ms")
 
 
+def _footer(report: dict) -> str:
+    backend = report["backend"]
+    if "precision" in report:
+        backend += f" {report['precision']}" + (" sparse" if report["sparse"] else "")
+    threads = f", {report['threads']} threads" if report["threads"] is not None else ""
+    footer = f"{report['runs']} timed runs each{threads}, backend {backend}"
+    jetson = (report.get("latency") or report.get("a") or {}).get("trtexec", {}).get("jetson")
+    if jetson:
+        pinned = {True: "clocks pinned", False: "clocks NOT pinned (run sudo jetson_clocks)"}.get(
+            jetson["clocks_pinned"], "clocks unknown")
+        footer += f"\nJetson {jetson['model'] or ''}: power mode {jetson['power_mode']}, {pinned}"
+    return footer
+
+
 def _table(report: dict) -> str:
-    footer = f"{report['runs']} timed runs each, {report['threads']} threads, backend {report['backend']}"
     if "vs" not in report:
-        return _row(report["model"], report["latency"]) + "\n" + footer
+        return _row(report["model"], report["latency"]) + "\n" + _footer(report)
+    how = report.get("note", "measured alternately in one process")
     return "\n".join([_row(report["model"], report["a"]), _row(report["vs"], report["b"]),
-                      f"speed-up of {report['vs']} over {report['model']}: {report['speedup']:.2f}x "
-                      "(measured alternately in one process)", footer])
+                      f"speed-up of {report['vs']} over {report['model']}: {report['speedup']:.2f}x ({how})",
+                      _footer(report)])

@@ -3,7 +3,8 @@
 The model is captured at the training batch size for the data's images; the recipe's passes run with
 the training data, the validation data and the dense model (as teacher) given to the passes that need
 them; the result is cut to batch 1, exported to ONNX and timed against the dense model on ONNX Runtime.
-DIR gets model.pt2 (batch 1), model_train.pt2 (training batch), model.onnx, report.json and report.md.
+DIR gets model.pt2 (batch 1), model_train.pt2 (training batch), model.onnx, report.json, report.md and
+accuracy_latency.png (accuracy against measured latency of every variant).
 The flow lives in prunefx/compression.py, shared with `prunefx demo`.
 """
 
@@ -68,5 +69,5 @@ def run(args) -> int:
     report = compress(dense, recipe, splits, output, data=args.data, options=options_from(args))
     print(console_summary(report))
     print(f"wrote {', '.join(str(output / name) for name in ('model.pt2', 'model_train.pt2', 'model.onnx'))}, "
-          f"{output / 'report.json'} and {output / 'report.md'}")
+          f"{output / 'report.json'}, {output / 'report.md'} and {output / 'accuracy_latency.png'}")
     return 0

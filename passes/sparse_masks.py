@@ -1,0 +1,92 @@
+"""Masked recovery: the zeros of sparse weights stay exactly zero while a Program is fine-tuned.
+
+sparsify_nm records the weights it sparsified in `program.analysis["sparsity"]["weights"]`. A
+`SparseMasks` object, registered on passes/training.Trainer, takes the zero pattern of those weights
+as the masks and writes the zeros back after every optimizer step (`after_step`), so the weights the
+next forward pass sees, every checkpoint and every export obey the pattern. passes/distill.py does this
+by itself when the Program records sparsity.
+
+When are masks taken? From the weights as they are before the first optimizer step (at construction
+when a program is given, else at the first `after_backward`), and again whenever the trainer trains a
+different Program object (a hook replaced it, or training resumed from a checkpoint): at the first
+`after_backward` on it, before any step has moved its weights. Register `after_step` before hooks that
+replace the program, so the program they derive from is already re-masked (distill does).
+
+Why re-zero rather than mask gradients: momentum, weight decay and gradient clipping all act on the
+weights after the gradients are final; writing the zeros after the step holds for any optimizer.
+Non-goals: changing the masks during training (gradual pruning), keeping an N:M pattern valid after a
+channel removal (slicing input channels shifts the groups: run sparsify_nm again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from prunefx.graph import Program
+from prunefx.graph.attributes import get_tensor
+
+
+def recorded_weights(program: Program) -> list[str]:
+    """The weights a sparsify pass recorded as sparse in the Program's analysis ([] when none)."""
+    return list(program.analysis.get("sparsity", {}).get("weights", []))
+
+
+class SparseMasks:
+    """Trainer hooks that keep the zeros of `weights` (default: those the Program records) at zero."""
+
+    def __init__(self, program: Program | None = None, *, weights: Iterable[str] | None = None):
+        self._names = None if weights is None else list(weights)
+        self._program: Program | None = None
+        self.masks: dict[str, torch.Tensor] = {}
+        self.steps_enforced = 0
+        if program is not None:
+            self.derive(program)
+
+    def derive(self, program: Program) -> None:
+        """Take the masks (True = kept) from the current zero pattern of the program's sparse weights."""
+        names = recorded_weights(program) if self._names is None else self._names
+        module = program.module
+        self.masks = {name: get_tensor(module, name).detach() != 0 for name in names if _has_tensor(module, name)}
+        self._program = program
+
+    def after_backward(self, trainer) -> None:
+        if trainer.program is not self._program:
+            self.derive(trainer.program)
+
+    def after_step(self, trainer, step: int) -> None:
+        if trainer.program is not self._program:  # replaced without an after_backward in between
+            self.derive(trainer.program)
+        self.apply(trainer.program)
+        self.steps_enforced += 1
+
+    __call__ = after_step  # usable directly as an after_step hook
+
+    @torch.no_grad()
+    def apply(self, program: Program) -> int:
+        """Zero the masked entries; return how many had moved away from zero."""
+        moved = 0
+        for name, keep in self.masks.items():
+            weight = get_tensor(program.module, name)
+            if weight.shape != keep.shape:  # sliced since the masks were taken: take them again next time
+                self._program = None
+                continue
+            keep = keep.to(weight.device)
+            moved += int(((weight != 0) & ~keep).sum())
+            weight.masked_fill_(~keep, 0.0)
+        return moved
+
+
+def _has_tensor(module: torch.nn.Module, name: str) -> bool:
+    try:
+        get_tensor(module, name)
+    except AttributeError:
+        return False
+    return True
+
+
+def sparsity_hook(program: Program, *, weights: Iterable[str] | None = None) -> SparseMasks:
+    """The hook object for `program`: pass it as an after_step hook (and its `after_backward` as an
+    after_backward hook, to take the masks afresh when the trainer's program is replaced)."""
+    return SparseMasks(program, weights=weights)

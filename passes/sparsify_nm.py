@@ -1,0 +1,303 @@
+"""sparsify_nm: N:M (default 2:4) sparse weights for TensorRT's sparse tensor cores, chosen by magnitude
+or second order with weight updates (SparseGPT-style OBS, or CAP); also CAP's unstructured variant.
+
+Rewrites the weights (never the graph) of every eligible convolution and linear layer
+(graph/nm_hessians.py: 2-D ungrouped convolutions and linear layers with at least `min_channels` in and
+out channels, input channels a multiple of M; the others are listed with their reason): for every
+output channel and kernel tap, each M consecutive input channels keep at most N non-zeros. The math is
+in graph/nm_masks.py:
+- `magnitude`: keep the N largest |w| per group; no data, no update;
+- `obs`: SparseGPT on the layer-input Hessian H = X^T X of the calibration inputs (no labels, no
+  backward pass): masks chosen and the remaining weights updated column by column to keep the layer's
+  output on the calibration data; `sequential` (default) gathers each layer's H on the network whose
+  earlier layers are already sparse, as SparseGPT does;
+- `cap`: CAP's correlation-aware elimination with blockwise empirical-Fisher inverses (blocks of
+  `block_size` consecutive weights, Sherman-Morrison from per-image gradients of the cross-entropy on
+  labelled calibration batches), one weight at a time with the OBS update and inverse downdate.
+With `pattern: unstructured` and a target `sparsity` (fraction of the eligible weights to zero), `cap`
+uses CAP's one loss threshold across all blocks of all layers, and `magnitude` one global |w| threshold.
+
+Config: `pattern` ("2:4", "N:M" or "unstructured"), `criterion` (magnitude | obs | cap), `sparsity`
+(unstructured only), `calibration` (obs: input batches, tensors or (inputs, labels) pairs, default the
+example inputs; cap: (inputs, labels) pairs, required), `damping` (ridge as a fraction of the mean
+Hessian / Fisher diagonal; default 0.01 for obs, SparseGPT's, and 1e-3 for cap, the best one-shot
+validation accuracy among 1e-1..1e-4 on the Fashion-MNIST ResNet-20 with 512 calibration images),
+`block_size` (CAP's B, a multiple of M, default 64), `sequential` (obs, default true), `min_channels`
+(16), `keep` (node or weight names left dense), `layers` (only these node or weight names).
+
+Records the sparsified weights in `program.analysis["sparsity"]` (pattern, criterion, weights, layers,
+skipped layers with reasons; JSON, saved with the Program): passes/distill.py keeps those zeros fixed
+while fine-tuning (passes/sparse_masks.py) and every export carries them. Exactness: "M:M" keeps every
+weight and changes nothing; a second run of magnitude or obs on weights that already obey the pattern
+changes nothing (`modified` is False). Non-goals: sparsity along output channels, grouped or depthwise
+convolutions, mm/addmm weights stored [in, out], FastCAP, gradual (multi-step) pruning schedules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from prunefx.graph import Program
+from prunefx.graph.activations import calibration_inputs
+from prunefx.graph.attributes import get_tensor, set_tensor
+from prunefx.graph.errors import PrunefxError
+from prunefx.graph.nm_hessians import (
+    SparseLayer,
+    find_sparse_layers,
+    fisher_inverses,
+    grouped_weight,
+    layer_hessians,
+)
+from prunefx.graph.nm_masks import (
+    Pattern,
+    blocks_of,
+    cap_eliminate,
+    global_counts,
+    magnitude_mask,
+    nm_counts,
+    obs_prune,
+    relative_output_error,
+    weight_from_grouped,
+)
+from prunefx.passes.result import Result
+from prunefx.passes.training import IGNORE_LABEL, logits_of
+
+CRITERIA = ("magnitude", "obs", "cap")
+UNSTRUCTURED = "unstructured"
+_DEFAULT_DAMPING = {"magnitude": 0.0, "obs": 0.01, "cap": 1e-3}
+_DEFAULTS = {"pattern": "2:4", "criterion": "magnitude", "sparsity": None, "calibration": None, "damping": None,
+             "block_size": 64, "sequential": True, "min_channels": 16, "keep": (), "layers": None}
+_FISHER_BUDGET = 1 << 29  # bytes of float64 Fisher inverses held at once (512 MiB)
+
+
+class SparsityError(PrunefxError):
+    """Bad sparsify_nm configuration or calibration data."""
+
+
+def sparsify_nm(program: Program, /, *, config: dict | None = None) -> Result:
+    config = _checked(program, dict(config or {}))
+    pattern = config["pattern"]
+    layers, skipped = find_sparse_layers(program.module, pattern=pattern, min_channels=config["min_channels"],
+                                         keep=set(config["keep"]), only=config["layers"])
+    before = {layer.weight: get_tensor(program.module, layer.weight).detach().clone() for layer in layers}
+    with _eval_mode(program):
+        errors = _sparsify(program.module, layers, config)
+    changed = sum(not torch.equal(before[layer.weight], get_tensor(program.module, layer.weight)) for layer in layers)
+    stats = _statistics(program, layers, skipped, config, errors, changed)
+    program.analysis["sparsity"] = {key: stats[key] for key in ("pattern", "criterion", "weights", "layers", "skipped")}
+    return Result(program, modified=changed > 0, stats=stats)
+
+
+def _sparsify(module, layers: list[SparseLayer], config: dict) -> dict[str, float]:
+    """Sparsify every layer in place; return relative layer-output errors where a Hessian was at hand."""
+    criterion, pattern = config["criterion"], config["pattern"]
+    if pattern is None:  # unstructured
+        if criterion == "magnitude":
+            _global_magnitude(module, layers, config["sparsity"])
+        else:
+            _cap_unstructured(module, layers, config)
+        return {}
+    if criterion == "magnitude":
+        for layer in layers:
+            matrix = grouped_weight(module, layer)
+            _store(module, layer, matrix * magnitude_mask(matrix, pattern))
+        return {}
+    if criterion == "obs":
+        return _obs(module, layers, config)
+    for chunk in _chunks(layers, config["block_size"]):
+        inverses = _fisher(module, chunk, config)
+        for layer in chunk:
+            blocks, valid = blocks_of(grouped_weight(module, layer).reshape(-1), config["block_size"])
+            weights, _, _ = cap_eliminate(blocks, inverses.pop(layer.node).inverse, valid, nm_counts(valid, pattern),
+                                          pattern)
+            _store(module, layer, weights.reshape(-1)[valid.reshape(-1)].reshape(layer.shape[0], -1))
+    return {}
+
+
+def _obs(module, layers: list[SparseLayer], config: dict) -> dict[str, float]:
+    errors = {}
+    batches, damping, pattern = config["calibration"], config["damping"], config["pattern"]
+    # sequential: one layer at a time, each H read on the network sparsified so far (SparseGPT);
+    # otherwise every H comes from the dense network, gathered in as few passes as memory allows.
+    rounds = [[layer] for layer in layers] if config["sequential"] else [layers]
+    for chunk in rounds:
+        for layer, hessian in layer_hessians(module, chunk, batches):
+            matrix = grouped_weight(module, layer)
+            updated, _ = obs_prune(matrix, hessian, pattern, damping=damping)
+            errors[layer.node] = relative_output_error(matrix, updated, hessian)
+            _store(module, layer, updated)
+    return errors
+
+
+def _fisher(module, layers: list[SparseLayer], config: dict):
+    return fisher_inverses(module, layers, config["calibration"], _summed_cross_entropy,
+                           block_size=config["block_size"], damping=config["damping"])
+
+
+def _cap_unstructured(module, layers: list[SparseLayer], config: dict) -> None:
+    """Two rounds over chunks of layers: loss curves with every weight eliminated, one global threshold,
+    then the elimination again (Fisher gathered afresh, so only one chunk's inverses are held)."""
+    size = config["block_size"]
+    curves = {}
+    for chunk in _chunks(layers, size):
+        inverses = _fisher(module, chunk, config)
+        for layer in chunk:
+            blocks, valid = blocks_of(grouped_weight(module, layer).reshape(-1), size)
+            curves[layer.node] = cap_eliminate(blocks, inverses.pop(layer.node).inverse, valid, valid.sum(1))[2]
+    counts = dict(zip(curves, global_counts(list(curves.values()), config["sparsity"])))
+    for chunk in _chunks(layers, size):
+        inverses = _fisher(module, chunk, config)
+        for layer in chunk:
+            blocks, valid = blocks_of(grouped_weight(module, layer).reshape(-1), size)
+            weights, _, _ = cap_eliminate(blocks, inverses.pop(layer.node).inverse, valid, counts[layer.node])
+            _store(module, layer, weights.reshape(-1)[valid.reshape(-1)].reshape(layer.shape[0], -1))
+
+
+def _global_magnitude(module, layers: list[SparseLayer], fraction: float) -> None:
+    magnitudes = torch.cat([get_tensor(module, layer.weight).detach().abs().reshape(-1).double() for layer in layers])
+    wanted = int(round(fraction * magnitudes.numel()))
+    if wanted == 0:
+        return
+    threshold = magnitudes.kthvalue(wanted).values
+    for layer in layers:
+        matrix = grouped_weight(module, layer)
+        _store(module, layer, torch.where(matrix.abs() <= threshold, torch.zeros_like(matrix), matrix))
+
+
+def _chunks(layers: list[SparseLayer], block_size: int):
+    """Layers in groups whose Fisher inverses (numel * B float64 each) fit in _FISHER_BUDGET."""
+    chunk, size = [], 0
+    for layer in layers:
+        cost = 8 * block_size * (torch.Size(layer.shape).numel() + block_size)
+        if chunk and size + cost > _FISHER_BUDGET:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(layer)
+        size += cost
+    if chunk:
+        yield chunk
+
+
+def _summed_cross_entropy(outputs: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over the samples: each sample's gradient is then its own (label -1 ignored)."""
+    return F.cross_entropy(logits_of(outputs[0]), labels, ignore_index=IGNORE_LABEL, reduction="sum")
+
+
+def _store(module, layer: SparseLayer, matrix: torch.Tensor) -> None:
+    old = get_tensor(module, layer.weight)
+    value = weight_from_grouped(matrix, torch.Size(layer.shape)).to(dtype=old.dtype, device=old.device)
+    if torch.equal(value, old):
+        return  # untouched tensors keep their identity (and any optimizer state tied to it)
+    # Standard strides: a permuted [K, C, 1, 1] counts as contiguous but makes oneDNN pick other kernels.
+    stored = torch.empty_like(old, memory_format=torch.contiguous_format).copy_(value)
+    set_tensor(module, layer.weight, stored)
+
+
+@contextlib.contextmanager
+def _eval_mode(program: Program):
+    """Calibrate on the eval-mode network: the activations it sees deployed, batch-norm statistics frozen."""
+    was_training = program.training
+    program.eval()
+    try:
+        yield
+    finally:
+        program.train(was_training)
+
+
+# --- configuration -------------------------------------------------------------------------------------
+
+def _checked(program: Program, config: dict) -> dict:
+    unknown = set(config) - set(_DEFAULTS)
+    if unknown:
+        raise SparsityError(f"sparsify_nm: unknown option(s) {sorted(unknown)} (known: {sorted(_DEFAULTS)})")
+    config = {**_DEFAULTS, **config}
+    criterion = config["criterion"]
+    if criterion not in CRITERIA:
+        raise SparsityError(f"sparsify_nm: criterion must be one of {', '.join(CRITERIA)}, not {criterion!r}")
+    config["pattern"] = _pattern(config)
+    config["damping"] = _number("damping", _DEFAULT_DAMPING[criterion] if config["damping"] is None
+                                else config["damping"], positive=criterion == "cap")
+    size = config["block_size"]
+    group = config["pattern"].group if config["pattern"] else 1
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % group:
+        raise SparsityError(f"sparsify_nm: block_size must be a positive multiple of {group}, not {size!r}")
+    minimum = config["min_channels"]
+    if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 1:
+        raise SparsityError(f"sparsify_nm: min_channels must be a positive integer, not {minimum!r}")
+    if not isinstance(config["sequential"], bool):
+        raise SparsityError(f"sparsify_nm: sequential must be true or false, not {config['sequential']!r}")
+    config["keep"] = _names("keep", config["keep"])
+    config["layers"] = None if config["layers"] is None else _names("layers", config["layers"])
+    config["calibration"] = _calibration(program, criterion, config["calibration"])
+    return config
+
+
+def _pattern(config: dict) -> Pattern | None:
+    if config["pattern"] == UNSTRUCTURED:
+        if config["criterion"] == "obs":
+            raise SparsityError("sparsify_nm: unstructured sparsity is implemented for magnitude and cap, not obs")
+        fraction = config["sparsity"]
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+            raise SparsityError(f"sparsify_nm: unstructured needs 'sparsity' in [0, 1), not {fraction!r}")
+        return None
+    if config["sparsity"] is not None:
+        raise SparsityError("sparsify_nm: 'sparsity' goes with pattern 'unstructured'; an N:M pattern fixes it")
+    try:
+        return Pattern.parse(config["pattern"])
+    except PrunefxError as error:
+        raise SparsityError(f"sparsify_nm: {error} (or 'unstructured')") from None
+
+
+def _number(name: str, value, *, positive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 if positive else value >= 0):
+        raise SparsityError(f"sparsify_nm: {name} must be a number {'> 0' if positive else '>= 0'}, not {value!r}")
+    return float(value)
+
+
+def _names(option: str, value) -> set[str]:
+    if isinstance(value, str) or not all(isinstance(name, str) for name in value):
+        raise SparsityError(f"sparsify_nm: {option} must be a list of node or weight names, not {value!r}")
+    return set(value)
+
+
+def _calibration(program: Program, criterion: str, batches):
+    if criterion == "magnitude":
+        return None
+    if criterion == "obs":
+        return [program.example_inputs] if batches is None else calibration_inputs(program.example_inputs, batches)
+    if batches is None:
+        raise SparsityError("sparsify_nm: criterion cap needs 'calibration' as (inputs, labels) batches "
+                            "(its empirical Fisher comes from the gradients of the labelled loss)")
+    batches = list(batches)
+    inputs = calibration_inputs(program.example_inputs, batches)  # checks the shapes
+    labels = [item[1] if isinstance(item, (tuple, list)) and len(item) == 2 and not isinstance(item[1], tuple)
+              else None for item in batches]
+    if any(label is None or not isinstance(label, torch.Tensor) or label.dtype != torch.int64 for label in labels):
+        raise SparsityError("sparsify_nm: criterion cap needs every calibration batch as (inputs, int64 labels)")
+    return list(zip(inputs, labels))
+
+
+def _statistics(program, layers, skipped, config, errors: dict, changed: int) -> dict:
+    described, zeros, total = [], 0, 0
+    for layer in layers:
+        weight = get_tensor(program.module, layer.weight)
+        layer_zeros = int((weight == 0).sum())
+        zeros, total = zeros + layer_zeros, total + weight.numel()
+        entry = {**layer.to_dict(), "zero_fraction": layer_zeros / weight.numel()}
+        if layer.node in errors:
+            entry["relative_output_error"] = errors[layer.node]
+        described.append(entry)
+    pattern = config["pattern"]
+    return {"pattern": str(pattern) if pattern else UNSTRUCTURED, "criterion": config["criterion"],
+            "target_sparsity": config["sparsity"] if pattern is None else pattern.pruned / pattern.group,
+            "damping": config["damping"], "block_size": config["block_size"] if config["criterion"] == "cap" else None,
+            "weights": [layer.weight for layer in layers], "layers": described, "skipped": skipped,
+            "layers_changed": changed, "zero_fraction": zeros / total if total else 0.0,
+            "calibration_images": sum(int(_first(b).shape[0]) for b in config["calibration"] or ())}
+
+
+def _first(batch) -> torch.Tensor:
+    return batch[0] if isinstance(batch[0], torch.Tensor) else batch[0][0]

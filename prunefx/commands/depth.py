@@ -1,0 +1,106 @@
+"""prunefx depth MODEL --blocks K -o DIR: one-shot depth pruning (UPDP's pruned form, then exact merging).
+
+The K blocks whose linearisation alone changes the outputs least on the calibration data (or the
+blocks named with --block) lose their activations at once; their layer norms become batch norms with
+statistics computed on the calibration data; with --recalibrate the batch norms inside the chosen
+blocks are re-estimated too (their inputs changed). merge_blocks then folds what became affine, only
+where that is exact and lowers the MACs (kernels may grow by --max-kernel-growth). Writes model.pt2,
+model.onnx and report.json (blocks with their damage scores, merges, MACs and parameters before and
+after, torch-vs-ONNX-Runtime parity). For the progressive form with recovery training use a recipe:
+`prunefx compress MODEL --recipe depth-kd ...`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from prunefx.calibration import calibration_data
+from prunefx.graph import count
+from prunefx.graph.blocks import find_blocks
+from prunefx.graph.errors import PrunefxError
+from prunefx.loading import program_from_args
+from prunefx.passes.linearize_blocks import linearize_blocks
+from prunefx.passes.merge_blocks import merge_blocks
+from prunefx.runtime import check_parity, export_onnx
+
+NAME = "depth"
+HELP = "remove whole non-linearities from the least harmful blocks and merge them (one-shot UPDP)"
+
+
+def add_arguments(parser) -> None:
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--blocks", type=int, metavar="K", help="how many blocks to linearise (chosen by damage)")
+    which.add_argument("--block", action="append", metavar="NAME", help="a block to linearise (repeatable)")
+    which.add_argument("--list", action="store_true", help="list the candidate blocks and exit")
+    parser.add_argument("--calibrate", metavar="DATA", help="calibration data: fashion-mnist, imagenet-sample or a "
+                                                            "folder (needed by --blocks and for layer norms)")
+    parser.add_argument("--calibration-images", type=int, default=256, help="images read from --calibrate (256)")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="re-estimate the batch norms inside the chosen blocks on the calibration data")
+    parser.add_argument("--max-kernel-growth", type=float, default=1.0,
+                        help="largest growth of a kernel side a merge may cause (default 1: never grow)")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("-o", "--output", help="folder for model.pt2, model.onnx and report.json")
+
+
+def run(args) -> int:
+    program = program_from_args(args).eval()
+    if args.list:
+        _list_blocks(program)
+        return 0
+    if not args.output:
+        raise PrunefxError("give -o DIR: the folder for model.pt2, model.onnx and report.json")
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise PrunefxError(f"{output} exists and is not a folder")
+    if args.blocks is not None and not args.calibrate:
+        raise PrunefxError("--blocks K chooses blocks by their damage on data: give --calibrate DATA "
+                           "(or name the blocks with --block)")
+    calibration = (calibration_data(args.calibrate, program.example_inputs[0], args.calibration_images)
+                   if args.calibrate else None)
+    started = time.perf_counter()
+    config = {"mode": "abrupt", "calibration": calibration.batches if calibration else None,
+              "recalibrate": args.recalibrate}
+    config.update({"count": args.blocks} if args.blocks is not None else {"blocks": args.block})
+    linearized = linearize_blocks(program.clone(), config=config)
+    pruned = linearized.program
+    if args.recalibrate and calibration is None:
+        raise PrunefxError("--recalibrate needs --calibrate DATA")
+    merged = merge_blocks(pruned, config={"max_kernel_growth": args.max_kernel_growth})
+    pruned = merged.program
+    print(f"linearised {len(linearized.stats['chosen'])} blocks of {program.name} and made "
+          f"{len(merged.stats['merges'])} merges in {time.perf_counter() - started:.1f} s; exporting to ONNX", flush=True)
+    output.mkdir(parents=True, exist_ok=True)
+    pruned.save(output / "model.pt2")
+    exported = export_onnx(pruned, output / "model.onnx", opset=args.opset)
+    parity = check_parity(pruned, exported.path)
+    before, after = count(program), count(pruned)
+    report = {"model": program.name, "macs_before": before.macs, "macs_after": after.macs,
+              "params_before": before.params, "params_after": after.params,
+              "calibration": calibration.description if calibration else None,
+              "linearize_blocks": linearized.stats,
+              "merge_blocks": _json_safe(merged.stats),
+              "onnx": {"exporter": exported.exporter, "fallback_reason": exported.fallback_reason},
+              "parity": {"max_abs_error": parity.max_abs_error, "relative": parity.relative}}
+    (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"blocks {', '.join(linearized.stats['chosen'])}")
+    print(f"MACs   {before.macs / 1e6:.1f} M -> {after.macs / 1e6:.1f} M ({after.macs / before.macs:.3f})")
+    print(f"wrote {output / 'model.pt2'}, {output / 'model.onnx'} and {output / 'report.json'}")
+    return 0
+
+
+def _list_blocks(program) -> None:
+    for block in find_blocks(program.module):
+        note = "" if block.affine else f"   (cannot merge: {block.reason})"
+        print(f"{block.name:<30} {block.kind:<9} {len(block.activations)} activation(s)"
+              f"{f', {len(block.layer_norms)} layer norm(s)' if block.layer_norms else ''}{note}")
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)

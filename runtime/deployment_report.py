@@ -1,0 +1,180 @@
+"""Deployment report: every measured variant of a model (dense, compressed, each precision or backend) with
+its accuracy and its measured latency, as a Markdown table, JSON, and a PNG chart of accuracy against latency.
+
+A variant is one model on one backend: `Variant(name, accuracy, latency_ms, backend, ...)`, accuracy as a
+fraction on the split named by `accuracy_split`, latency the median of a measurement (with p90/p99 when
+known). Latencies in one chart should come from one machine and one measurement run; the chart's title
+and the table say which backends they came from, so mixed charts at least say so.
+
+`prunefx compress` ends by adding its variants (dense and compressed, ONNX Runtime) to report.json and
+report.md and drawing OUTPUT/accuracy_latency.png; `write_deployment_report` does the same for any list of
+variants (for example several TensorRT precisions timed with `prunefx bench`).
+
+The chart uses matplotlib's object API with the Agg canvas (no pyplot, no display, no global backend
+switch), so it works on headless CI machines and Jetson boards alike.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
+
+CHART_FILE = "accuracy_latency.png"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    accuracy: float | None          # fraction in [0, 1] on `accuracy_split`; None when not evaluated
+    latency_ms: float               # median
+    backend: str
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    macs: int | None = None
+    params: int | None = None
+    accuracy_split: str = "test"
+    notes: str = ""
+
+    def __post_init__(self):
+        if not (isinstance(self.latency_ms, (int, float)) and math.isfinite(self.latency_ms) and self.latency_ms > 0):
+            raise MeasurementError(f"variant {self.name!r}: latency must be a positive number of ms, got {self.latency_ms}")
+        if self.accuracy is not None and not 0 <= self.accuracy <= 1:
+            raise MeasurementError(f"variant {self.name!r}: accuracy is a fraction in [0, 1], got {self.accuracy}")
+
+    def to_dict(self) -> dict:
+        # trtexec before 8.6 prints no p90: NaN becomes null, so the JSON stays strict
+        return {key: None if isinstance(value, float) and not math.isfinite(value) else value
+                for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Variant:
+        known = {field.name for field in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+# ---- from a compress report ---------------------------------------------------------------------
+
+def _accuracy(results: Mapping) -> tuple[float | None, str]:
+    for split in ("test", "val"):
+        if results.get(split):
+            return float(results[split]["accuracy"]), split
+    return None, "test"
+
+
+def variants_from_compress(report: Mapping) -> list[Variant]:
+    """The dense and the compressed model of a `prunefx compress` report, as measured there."""
+    latency = report["latency"]
+    threads = f"{latency['threads']} thread" + ("s" if latency["threads"] != 1 else "")
+    backend = f"{latency['backend']} (batch {latency['batch_size']}, {threads})"
+    variants = []
+    for name, when, which in (("dense", "before", "dense"), ("compressed", "after", "compressed")):
+        accuracy, split = _accuracy(report["accuracy"][when])
+        stats = latency[which]
+        variants.append(Variant(name=name, accuracy=accuracy, latency_ms=stats["median_ms"], backend=backend,
+                                p90_ms=stats.get("p90_ms"), p99_ms=stats.get("p99_ms"),
+                                macs=report[f"macs_{when}"], params=report[f"params_{when}"], accuracy_split=split))
+    return variants
+
+
+# ---- chart --------------------------------------------------------------------------------------
+
+def _figure_classes():
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise BackendUnavailableError("the accuracy/latency chart needs matplotlib: `pip install 'matplotlib>=3.7'`") \
+            from error
+    return Figure, FigureCanvasAgg
+
+
+def write_chart(variants: Sequence[Variant], path: str | os.PathLike, *, title: str = "") -> Path:
+    """PNG scatter of accuracy (%) against median latency (ms), one labelled point per variant; variants
+    without an accuracy are listed under the plot instead. Faster is left, better is up."""
+    Figure, FigureCanvasAgg = _figure_classes()
+    figure = Figure(figsize=(7, 4.8), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    plotted = [v for v in variants if v.accuracy is not None]
+    for variant in plotted:
+        points = axes.scatter(variant.latency_ms, 100 * variant.accuracy, s=48, zorder=3)
+        axes.annotate(variant.name, (variant.latency_ms, 100 * variant.accuracy), textcoords="offset points",
+                      xytext=(6, 5), fontsize=9)
+        if variant.p90_ms is not None and variant.p90_ms >= variant.latency_ms:  # NaN compares False: no line
+            axes.plot([variant.latency_ms, variant.p90_ms], [100 * variant.accuracy] * 2, linewidth=1, alpha=0.5,
+                      color=points.get_facecolor()[0])
+    axes.set_xlabel("median latency, ms (line: to p90)")
+    axes.set_ylabel(f"accuracy, % ({', '.join(sorted({v.accuracy_split for v in plotted})) or 'n/a'})")
+    axes.set_title(title or "accuracy vs measured latency", fontsize=10)
+    axes.grid(True, alpha=0.3)
+    axes.margins(x=0.25, y=0.25)
+    backends = sorted({v.backend for v in variants})
+    footer = "latency: " + "; ".join(backends)
+    missing = [v.name for v in variants if v.accuracy is None]
+    if missing:
+        footer += f"\nnot evaluated (no accuracy): {', '.join(missing)}"
+    figure.text(0.01, 0.01, footer, fontsize=7, va="bottom")
+    figure.subplots_adjust(bottom=0.2 if missing else 0.16)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path
+
+
+# ---- Markdown and JSON --------------------------------------------------------------------------
+
+def _cell(value, fmt: str) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, fmt)
+
+
+def variants_table(variants: Sequence[Variant]) -> list[str]:
+    """Markdown table lines: one row per variant, the speed-up relative to the first one."""
+    reference = variants[0].latency_ms if variants else None
+    lines = ["| variant | backend | accuracy | median ms | p90 ms | p99 ms | speed-up | MACs | params |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for v in variants:
+        accuracy = "n/a" if v.accuracy is None else f"{100 * v.accuracy:.2f} % ({v.accuracy_split})"
+        macs = _cell(None if v.macs is None else v.macs / 1e6, ".2f") + (" M" if v.macs is not None else "")
+        params = _cell(None if v.params is None else v.params / 1e6, ".3f") + (" M" if v.params is not None else "")
+        lines.append(f"| {v.name} | {v.backend} | {accuracy} | {v.latency_ms:.3f} | {_cell(v.p90_ms, '.3f')} | "
+                     f"{_cell(v.p99_ms, '.3f')} | {reference / v.latency_ms:.2f}x | {macs} | {params} |")
+    return lines
+
+
+def deployment_markdown(variants: Sequence[Variant], chart: str | None = CHART_FILE) -> str:
+    """The '## Deployment' section: the variants table and the chart."""
+    lines = ["## Deployment", "", f"Every measured variant; speed-up relative to `{variants[0].name}`, "
+             "ratio of medians." if variants else "No variant was measured.", "", *variants_table(variants)]
+    if chart:
+        lines += ["", f"![accuracy against measured latency]({chart})"]
+    return "\n".join(lines) + "\n"
+
+
+def read_variants(data: Mapping | str | os.PathLike) -> list[Variant]:
+    """Variants from a report: a JSON file, its text, or the parsed dict (its "variants" list)."""
+    if isinstance(data, (str, os.PathLike)):
+        text = Path(data).read_text() if Path(data).is_file() else str(data)
+        data = json.loads(text)
+    return [Variant.from_dict(item) for item in data["variants"]]
+
+
+def write_deployment_report(variants: Iterable[Variant], output: str | os.PathLike, *, title: str = "Deployment report",
+                            extra: Mapping | None = None) -> dict[str, Path]:
+    """OUTPUT/report.md, report.json and accuracy_latency.png for `variants`; returns the three paths."""
+    variants = list(variants)
+    if not variants:
+        raise MeasurementError("a deployment report needs at least one measured variant")
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": output / "report.md", "json": output / "report.json", "chart": output / CHART_FILE}
+    write_chart(variants, paths["chart"], title=title)
+    payload = {"title": title, **(dict(extra) if extra else {}), "variants": [v.to_dict() for v in variants]}
+    paths["json"].write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    paths["markdown"].write_text(f"# {title}\n\n" + deployment_markdown(variants, CHART_FILE))
+    return paths

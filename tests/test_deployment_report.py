@@ -1,0 +1,157 @@
+"""runtime/deployment_report.py: the Markdown + JSON + PNG report of accuracy against measured latency, on
+variants measured with ONNX Runtime here, and at the end of a real (tiny) `prunefx compress` run."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from torch import nn
+
+from prunefx import fashion_mnist
+from prunefx.cli import main
+from prunefx.graph import capture, count
+from prunefx.passes.remove_channels import remove_channels
+from prunefx.passes.training import evaluate
+from prunefx.runtime import (
+    BackendUnavailableError,
+    MeasurementError,
+    Variant,
+    compare_latency,
+    export_onnx,
+    onnx_runner,
+    read_variants,
+    write_chart,
+    write_deployment_report,
+)
+
+torch.set_num_threads(1)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _tiny_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4))
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    """Dense and pruned tiny CNNs, accuracy on labelled data and ONNX Runtime latency measured alternately."""
+    tmp = tmp_path_factory.mktemp("variants")
+    dense = capture(_tiny_cnn().eval(), torch.randn(1, 3, 16, 16), name="tiny").eval()
+    pruned = remove_channels(dense.clone(), config={"macs": 0.5, "round_to": 4}).program.eval()
+    generator = torch.Generator().manual_seed(1)
+    images = [torch.randn(1, 3, 16, 16, generator=generator) for _ in range(48)]
+    with torch.no_grad():  # labels are the dense model's answers: dense scores 100 %, pruned what it keeps
+        batches = [(x, dense(x).argmax(1)) for x in images]
+    accuracy = [evaluate(program, batches)["accuracy"] for program in (dense, pruned)]
+    files = [export_onnx(program, tmp / f"{name}.onnx").path for program, name in ((dense, "d"), (pruned, "p"))]
+    latency = compare_latency(onnx_runner(files[0], [images[0]], threads=1), onnx_runner(files[1], [images[0]], threads=1),
+                              warmup=2, runs=15)
+    costs = [count(program) for program in (dense, pruned)]
+    return [Variant(name=name, accuracy=acc, latency_ms=stats.median_ms, p90_ms=stats.p90_ms, p99_ms=stats.p99_ms,
+                    backend="onnxruntime (1 thread)", macs=cost.macs, params=cost.params)
+            for name, acc, stats, cost in zip(("dense", "pruned 0.5"), accuracy, (latency.a, latency.b), costs)]
+
+
+def _image(path) -> np.ndarray:
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_report_of_measured_variants(measured, tmp_path):
+    dense, pruned = measured
+    assert dense.accuracy == 1.0 and 0 <= pruned.accuracy <= 1 and pruned.macs < dense.macs
+    paths = write_deployment_report(measured, tmp_path / "report", title="tiny CNN on ONNX Runtime",
+                                    extra={"machine": "ci"})
+    assert set(paths) == {"markdown", "json", "chart"} and all(path.is_file() for path in paths.values())
+    pixels = _image(paths["chart"])
+    assert pixels.shape[0] > 300 and pixels.shape[1] > 500
+    assert (pixels < 200).any() and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10  # drawn on, not blank
+
+    markdown = paths["markdown"].read_text()
+    assert markdown.startswith("# tiny CNN on ONNX Runtime\n") and "![accuracy against measured latency]" in markdown
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row.split(" | ")[0].lstrip("| ") for row in rows] == ["dense", "pruned 0.5"]
+    assert "| 100.00 % (test) |" in rows[0] and "| 1.00x |" in rows[0]
+    assert f"{dense.latency_ms / pruned.latency_ms:.2f}x" in rows[1]
+    assert f"{pruned.latency_ms:.3f}" in rows[1] and f"{pruned.macs / 1e6:.2f} M" in rows[1]
+
+    data = json.loads(paths["json"].read_text())
+    assert data["title"] == "tiny CNN on ONNX Runtime" and data["machine"] == "ci"
+    assert read_variants(paths["json"]) == measured  # the JSON round-trips exactly
+    assert read_variants(data) == measured
+
+
+def test_chart_lists_variants_without_accuracy(tmp_path):
+    variants = [Variant("fp32", 0.91, 2.0, "tensorrt fp32"), Variant("fp16", None, 1.1, "tensorrt fp16")]
+    path = write_chart(variants, tmp_path / "chart.png", title="precisions")
+    assert _image(path).shape[2] == 3
+    markdown = write_deployment_report(variants, tmp_path / "r")["markdown"].read_text()
+    assert "| fp16 | tensorrt fp16 | n/a | 1.100 | n/a | n/a | 1.82x |" in markdown
+
+
+def test_nan_percentiles_become_null(tmp_path):
+    variant = Variant("trtexec 8.2", 0.5, 3.0, "trtexec", p90_ms=float("nan"))
+    assert variant.to_dict()["p90_ms"] is None
+    paths = write_deployment_report([variant], tmp_path)
+    assert json.loads(paths["json"].read_text())["variants"][0]["p90_ms"] is None
+    assert "| 3.000 | n/a |" in paths["markdown"].read_text()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"latency_ms": 0.0}, "latency must be a positive number"),
+    ({"latency_ms": float("nan")}, "latency must be a positive number"),
+    ({"accuracy": 91.0}, "accuracy is a fraction"),
+])
+def test_bad_variants(kwargs, message):
+    with pytest.raises(MeasurementError, match=message):
+        Variant(**{"name": "v", "accuracy": 0.5, "latency_ms": 1.0, "backend": "ort", **kwargs})
+
+
+def test_empty_report_and_missing_matplotlib(tmp_path, monkeypatch):
+    with pytest.raises(MeasurementError, match="at least one measured variant"):
+        write_deployment_report([], tmp_path)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(BackendUnavailableError, match="pip install 'matplotlib>=3.7'"):
+        write_chart([Variant("a", 0.5, 1.0, "ort")], tmp_path / "x.png")
+
+
+# --- the end of a real compress run --------------------------------------------------------------
+
+@pytest.mark.slow  # a real compress run: about 15 s
+@pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(),
+                    reason=f"{fashion_mnist.DEFAULT_ROOT} missing: apt-get install dataset-fashion-mnist")
+def test_compress_ends_with_the_deployment_report(tmp_path):
+    recipe = tmp_path / "prune.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "prune-only", "passes": [{"remove_channels": {"macs": 0.5, "round_to": 4}}]}))
+    output = tmp_path / "out"
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        code = main(["compress", "prunefx:resnet20", "--recipe", str(recipe), "--data", "fashion-mnist", "-o", str(output),
+                     "--batch-size", "16", "--eval-batches", "1", "--runs", "3", "--threads", "1"])
+    assert code == 0, stdout.getvalue()
+    assert "accuracy_latency.png" in stdout.getvalue()
+    report = json.loads((output / "report.json").read_text())
+    variants = read_variants(report)
+    assert [v.name for v in variants] == ["dense", "compressed"]
+    assert [v.latency_ms for v in variants] == [report["latency"]["dense_ms"], report["latency"]["compressed_ms"]]
+    assert [v.accuracy for v in variants] == [report["accuracy"]["before"]["test"]["accuracy"],
+                                              report["accuracy"]["after"]["test"]["accuracy"]]
+    assert variants[1].macs == report["macs_after"] and variants[0].backend == "onnxruntime (batch 1, 1 thread)"
+    assert report["files"]["accuracy_latency.png"] == str(output / "accuracy_latency.png")
+    _image(output / "accuracy_latency.png")
+    markdown = (output / "report.md").read_text()
+    assert "| MACs per image |" in markdown and "## Deployment" in markdown
+    assert "| dense | onnxruntime" in markdown and "| compressed | onnxruntime" in markdown

@@ -1,0 +1,285 @@
+"""runtime/tensorrt_engine.py and runtime/tensorrt_profile.py: engine cache keys, the mapping of TensorRT
+layer names back to ONNX and Program nodes on real exported files, the errors without TensorRT, and (where
+TensorRT and a GPU are present) real engines: parity with ONNX Runtime, the cache, the per-layer profile."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from prunefx.cli import EXIT_USER_ERROR, main
+from prunefx.graph import capture
+from prunefx.runtime import (
+    BackendUnavailableError,
+    BuildOptions,
+    MeasurementError,
+    OnnxRuntimeSession,
+    build_layer_profile,
+    engine_cache_key,
+    export_onnx,
+    format_profile_table,
+    map_to_program,
+    onnx_node_origins,
+    onnx_nodes_of_layer,
+    parse_engine_information,
+)
+from prunefx.runtime.tensorrt_engine import calibration_digest, timing_cache_key
+from prunefx.runtime.tensorrt_profile import _torchscript_scope
+from prunefx.small_models import resnet20
+
+torch.set_num_threads(1)
+
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+requires_tensorrt = pytest.mark.skipif(
+    not (HAS_TENSORRT and torch.cuda.is_available()),
+    reason="tensorrt is not installed (pip install tensorrt)" if not HAS_TENSORRT else "no CUDA device")
+
+
+# --- cache keys ----------------------------------------------------------------------------------
+
+def test_engine_key_is_stable_and_changes_with_every_input():
+    onnx_bytes, options = b"onnx model bytes", BuildOptions(precision="fp16", sparse=True)
+    key = engine_cache_key(onnx_bytes, options, "10.3.0", "Orin")
+    assert key == engine_cache_key(bytes(onnx_bytes), BuildOptions(precision="fp16", sparse=True), "10.3.0", "Orin")
+    assert len(key) == 64 and int(key, 16) >= 0
+    changed = [
+        engine_cache_key(b"onnx model bytez", options, "10.3.0", "Orin"),
+        engine_cache_key(onnx_bytes, BuildOptions(precision="fp32", sparse=True), "10.3.0", "Orin"),
+        engine_cache_key(onnx_bytes, BuildOptions(precision="fp16", sparse=False), "10.3.0", "Orin"),
+        engine_cache_key(onnx_bytes, BuildOptions(precision="fp16", sparse=True, workspace_mib=512), "10.3.0", "Orin"),
+        engine_cache_key(onnx_bytes, BuildOptions(precision="fp16", sparse=True, calibration_digest="ab"),
+                         "10.3.0", "Orin"),
+        engine_cache_key(onnx_bytes, options, "10.4.0", "Orin"),
+        engine_cache_key(onnx_bytes, options, "10.3.0", "NVIDIA H100 80GB HBM3"),
+    ]
+    assert len({key, *changed}) == 1 + len(changed)
+    # parts are length-prefixed: moving bytes from one part to the next is a different key
+    assert engine_cache_key(b"ab", options, "c", "d") != engine_cache_key(b"a", options, "bc", "d")
+
+
+def test_timing_cache_is_shared_across_models_but_not_gpus():
+    assert timing_cache_key("10.3.0", "Orin") == timing_cache_key("10.3.0", "Orin")
+    assert timing_cache_key("10.3.0", "Orin") != timing_cache_key("10.3.0", "A100")
+    assert timing_cache_key("10.3.0", "Orin") != timing_cache_key("10.2.0", "Orin")
+
+
+def test_calibration_digest_follows_the_data():
+    batches = [(torch.ones(2, 3),), (torch.zeros(2, 3),)]
+    assert calibration_digest(batches) == calibration_digest([(torch.ones(2, 3),), (torch.zeros(2, 3),)])
+    assert calibration_digest(batches) != calibration_digest(batches[::-1])
+    assert calibration_digest(batches) != calibration_digest([(torch.ones(3, 2),), (torch.zeros(2, 3),)])
+
+
+def test_unknown_precision():
+    with pytest.raises(MeasurementError, match="unknown precision 'fp8'"):
+        BuildOptions(precision="fp8")
+
+
+# --- a real exported file ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def resnet(tmp_path_factory):
+    """ResNet-20 for Fashion-MNIST, exported by runtime/onnx_export.py: (program, ONNX path, origins)."""
+    torch.manual_seed(0)
+    program = capture(resnet20().eval(), torch.randn(1, 1, 28, 28), name="resnet20").eval()
+    path = export_onnx(program, tmp_path_factory.mktemp("onnx") / "resnet20.onnx").path
+    return program, path, onnx_node_origins(path)
+
+
+def test_export_keeps_provenance_and_stays_valid(resnet):
+    program, path, origins = resnet
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    keys = {entry.key for node in model.graph.node for entry in node.metadata_props}
+    assert "pkg.torch.onnx.name_scopes" in keys and not any("stack_trace" in key for key in keys)
+    conv = next(origin for origin in origins if origin.op_type == "Conv")
+    assert conv.scope == "stem.1" and conv.fx_name.startswith("_native_batch_norm_legit_no_training")
+    assert any("FuseBatchNormIntoConv" in rule for rule in conv.rules)
+    x = torch.randn(1, 1, 28, 28)
+    with torch.no_grad():
+        np.testing.assert_allclose(OnnxRuntimeSession(path).run(x)[0], program(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_every_onnx_node_with_work_maps_to_program_nodes(resnet):
+    program, _, origins = resnet
+    mapping = map_to_program(origins, program)
+    calls = {node.name: node for node in program.graph.nodes if node.op == "call_function"}
+    convs = [origin.name for origin in origins if origin.op_type == "Conv"]
+    assert len(convs) == 21
+    for name in convs:  # a conv with its batch norm folded in: the conv node and the norm node
+        conv, norm = mapping[name]
+        assert "conv2d" in str(calls[conv].target) and "batch_norm" in str(calls[norm].target)
+        assert calls[norm].args[0] is calls[conv]
+    relus = [origin.name for origin in origins if origin.op_type == "Relu"]
+    assert all(len(mapping[name]) == 1 and "relu" in str(calls[mapping[name][0]].target) for name in relus)
+    assert len({mapping[name] for name in relus}) == len(relus) == 19  # no two ReLUs on one Program node
+    covered = {node for nodes in mapping.values() for node in nodes}
+    # only the head's pool+flatten, which the exporter rewrote as mean+reshape, stay unmapped: never guessed
+    assert set(calls) - covered == {"adaptive_avg_pool2d", "flatten"}
+    assert mapping["node_mean"] == () and mapping["node_view"] == ()
+
+
+class SharedRelu(nn.Module):
+    """One ReLU module called twice, in place, like torchvision's BasicBlock: the exporter sees relu_1 and
+    relu_2 where the Program has relu_ and relu__1 in the same module scope."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.relu(self.conv2(self.relu(self.conv1(x))))
+
+
+def test_same_operator_twice_in_one_scope_maps_in_order(tmp_path):
+    program = capture(SharedRelu().eval(), torch.randn(1, 3, 8, 8)).eval()
+    origins = onnx_node_origins(export_onnx(program, tmp_path / "shared.onnx").path)
+    mapping = map_to_program(origins, program)
+    relus = [mapping[origin.name] for origin in origins if origin.op_type == "Relu"]
+    program_relus = [node.name for node in program.graph.nodes if "relu" in str(node.target)]
+    assert len(program_relus) == 2 and relus == [(program_relus[0],), (program_relus[1],)]
+    convs = [mapping[origin.name] for origin in origins if origin.op_type == "Conv"]
+    assert convs == [("conv2d",), ("conv2d_1",)]
+
+
+# --- TensorRT layer names -> ONNX nodes ----------------------------------------------------------
+
+ORDER = ["node_Conv_1", "node_relu", "node_Conv_2", "node_add", "node_relu_1", "node_mean", "node_Gemm_3"]
+
+
+@pytest.mark.parametrize("layer, metadata, expected", [
+    ("node_Conv_1 + node_relu", None, ["node_Conv_1", "node_relu"]),
+    ("node_add", None, ["node_add"]),
+    ("PWN(PWN(node_relu_1), node_add)", None, ["node_add", "node_relu_1"]),
+    ("{ForeignNode[node_Conv_2...node_mean]}", None, ["node_Conv_2", "node_add", "node_relu_1", "node_mean"]),
+    ("Reformatting CopyNode for Input Tensor 0 to node_Conv_2", None, ["node_Conv_2"]),
+    ("__myl_MulAdd_myl0_3", "[ONNX Layer: node_add]\x1e[ONNX Layer: node_relu_1]", ["node_add", "node_relu_1"]),
+    ("node_Gemm_3", "[ONNX Layer: something_else]", ["node_Gemm_3"]),  # unknown metadata: fall back to the name
+    ("input_0 copy", None, []),
+])
+def test_layer_names_to_onnx_nodes(layer, metadata, expected):
+    assert onnx_nodes_of_layer(layer, ORDER, metadata) == expected
+
+
+def test_torchscript_names_give_module_scopes():
+    assert _torchscript_scope("/layer1/layer1.0/conv1/Conv") == "layer1.0.conv1"
+    assert _torchscript_scope("/features/features.0/Conv") == "features.0"
+    assert _torchscript_scope("/Flatten") == ""
+    assert _torchscript_scope("node_conv2d") is None
+
+
+def _inspector_json(layers: list[str], sparse: set[str]) -> str:
+    """What IEngineInspector.get_engine_information(JSON) returns for these layers, detailed verbosity."""
+    return json.dumps({"Bindings": ["input_0", "output_0"], "Layers": [
+        {"Name": name, "LayerType": "CaskConvolution" if "Conv" in name else "PointWiseV2",
+         "Inputs": [], "Outputs": [{"Name": "t", "Format/Datatype": "Half"}], "HasSparseWeights": int(name in sparse),
+         "TacticName": ("sm80_xmma_fprop_sparse_conv_f16f16_f16f16_f16_nhwckrsc_nhwc_tilesize128x64x64"
+                        if name in sparse else "sm80_xmma_fprop_implicit_gemm_f16f16_f16f16_f16_nhwckrsc_nhwc"),
+         "Metadata": "\x1e".join(f"[ONNX Layer: {part}]" for part in name.split(" + "))} for name in layers]})
+
+
+def test_profile_maps_fused_layers_to_program_nodes_and_flags_sparse_kernels(resnet):
+    program, path, origins = resnet
+    names = [origin.name for origin in origins]
+    stem, relu = names[0], names[1]
+    layers = [f"{stem} + {relu}", "node_add", "node_mean", f"Reformatting CopyNode for Input Tensor 0 to {stem}"]
+    times = {layers[0]: 0.3, layers[1]: 0.1, layers[2]: 0.05, layers[3]: 0.0}
+    info = parse_engine_information(_inspector_json(layers, sparse={layers[0]}))
+    assert info[0].ran_sparse and info[0].sparse_weights and info[0].precision == "FP16" and not info[1].ran_sparse
+    profile = build_layer_profile(times, info, path, program, runs=20)
+    rows = {row.layer: row for row in profile.rows}
+    assert rows[layers[0]].program_nodes == ("conv2d", "batch_norm", "relu")
+    assert rows[layers[0]].onnx_nodes == (stem, relu) and rows[layers[0]].scopes == ("stem.1",)  # ReLU: top level
+    assert rows["node_add"].program_nodes == ("add",) and rows["node_mean"].program_nodes == ()
+    assert [row.ran_sparse for row in profile.rows] == [True, False, False, False]
+    assert [row.reformat for row in profile.rows] == [False, False, False, True]
+    assert profile.total_ms == pytest.approx(0.45) and rows["node_add"].share == pytest.approx(0.1 / 0.45)
+    table = format_profile_table(profile)
+    assert table.splitlines()[1].startswith(stem) and "conv2d, batch_norm, relu" in table
+    assert "4 layers" in table and "1 ran sparse" in table and "reformat for conv2d, batch_norm" in table
+    without_program = build_layer_profile(times, info, path, None)
+    assert all(row.program_nodes == () for row in without_program.rows)
+    assert without_program.rows[0].scopes == ("stem.1",)  # module scopes still come from the file
+
+
+def test_names_only_engine_information():
+    layers = parse_engine_information({"Layers": ["node_add", "node_relu"], "Bindings": []})
+    assert [layer.name for layer in layers] == ["node_add", "node_relu"]
+    assert not any(layer.ran_sparse for layer in layers)
+
+
+# --- without TensorRT ----------------------------------------------------------------------------
+
+@pytest.fixture
+def without_tensorrt(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` now raises ImportError
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", None)
+
+
+def test_building_without_tensorrt_says_how_to_install(without_tensorrt, resnet):
+    from prunefx.runtime import build_engine, compile_torch_tensorrt
+
+    with pytest.raises(BackendUnavailableError, match=r"`tensorrt` Python package.*pip install tensorrt.*JetPack"):
+        build_engine(resnet[1])
+    with pytest.raises(BackendUnavailableError, match=r"`torch_tensorrt`.*pip install torch-tensorrt"):
+        compile_torch_tensorrt(resnet[0])
+
+
+@pytest.mark.parametrize("argv, missing", [
+    (["bench", "--backend", "trt"], "pip install tensorrt"),
+    (["profile", "--backend", "trt"], "pip install tensorrt"),
+    (["bench", "--backend", "torch-trt"], "pip install torch-tensorrt"),
+])
+def test_cli_without_tensorrt(without_tensorrt, capsys, tmp_path, argv, missing):
+    code = main([argv[0], str(tmp_path / "never-read.onnx"), *argv[1:]])
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"prunefx {argv[0]}: error: " in err and missing in err
+
+
+# --- with TensorRT and a GPU ---------------------------------------------------------------------
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+@requires_tensorrt
+@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-3), ("fp16", 5e-2)])
+def test_engine_matches_onnx_runtime_and_is_cached(resnet, tmp_path, precision, tolerance):
+    from prunefx.runtime import build_engine, measure_gpu_latency
+
+    program, path, _ = resnet
+    engine = build_engine(path, BuildOptions(precision=precision), cache_dir=tmp_path)
+    assert not engine.cached and len(list(tmp_path.glob("*.engine"))) == 1 and list(tmp_path.glob("timing-*.cache"))
+    x = torch.randn(1, 1, 28, 28)
+    want = OnnxRuntimeSession(path).run(x)[0]
+    got = engine.run(x.cuda())[0].float().numpy()
+    assert np.abs(got - want).max() <= tolerance * np.abs(want).max()
+    again = build_engine(path, BuildOptions(precision=precision), cache_dir=tmp_path)
+    assert again.cached and len(list(tmp_path.glob("*.engine"))) == 1
+    stats = measure_gpu_latency(engine.time_once, warmup=5, runs=20)
+    assert 0 < stats.min_ms <= stats.median_ms <= stats.p90_ms <= stats.p99_ms
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+@requires_tensorrt
+def test_real_engine_profile_maps_layers_to_program_nodes(resnet, tmp_path):
+    from prunefx.runtime import build_engine, profile_engine
+
+    program, path, _ = resnet
+    engine = build_engine(path, BuildOptions(precision="fp16", sparse=True), cache_dir=tmp_path)
+    times = profile_engine(engine, warmup=2, runs=10)
+    assert times.runs == 10
+    profile = build_layer_profile(times.medians(), parse_engine_information(engine.engine_information()), path,
+                                  program, runs=times.runs)
+    mapped = {node for row in profile.rows for node in row.program_nodes}
+    convs = {node.name for node in program.graph.nodes if "conv2d" in str(node.target)}
+    assert convs <= mapped  # every convolution is accounted for by some engine layer
+    assert profile.total_ms > 0 and all(row.median_ms >= 0 for row in profile.rows)
