@@ -63,8 +63,6 @@ def linearize_blocks(program: Program, /, *, config: dict | None = None) -> Resu
     program.recompile()
     stats["layer_norms_replaced"] = len(new_norms)
     norms = new_norms + (_batch_norms_of(program, chosen) if config.get("recalibrate") else [])
-    if config.get("recalibrate") and batches is None:
-        raise LinearizeError("linearize_blocks: recalibrate needs 'calibration' data")
     stats["calibrated"] = bool(norms) and batches is not None
     stats["batch_norms_recalibrated"] = len(norms) if batches is not None else 0
     if norms and batches is not None:
@@ -95,6 +93,8 @@ def _checked(config: dict) -> dict:
         raise LinearizeError(f"linearize_blocks: layer_norms must be 'batch_norm' or 'keep', not {config['layer_norms']!r}")
     if not 0 < float(config["ramp"]) <= 1:
         raise LinearizeError(f"linearize_blocks: ramp is a fraction of the training steps in (0, 1], not {config['ramp']}")
+    if config.get("recalibrate") and config.get("calibration") is None:
+        raise LinearizeError("linearize_blocks: recalibrate needs 'calibration' data")
     count = config.get("count")
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
         raise LinearizeError(f"linearize_blocks: count must be a non-negative integer, not {count!r}")

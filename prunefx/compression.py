@@ -21,6 +21,8 @@ pass distil from its own input instead of the dense model.
                                                  weights (compensate)
     recalibrate_batchnorm           data       the same few training input batches
     sparsify_nm                     calibration  the same batches with their labels (criterion obs or cap)
+    linearize_blocks                calibration  the same few training input batches (block choice,
+                                                 statistics of the batch norms that replace layer norms)
 
 Recipes named on the command line (`--recipe NAME`) are the YAML files shipped in prunefx/recipes/;
 anything else is read as a path.
@@ -71,6 +73,7 @@ INJECTED: dict[str, dict[str, str]] = {
     "remove_channels": {"calibration": "calibration"},  # only when it reads data: see _injected_keys
     "recalibrate_batchnorm": {"data": "calibration"},
     "sparsify_nm": {"calibration": "labelled_calibration"},  # obs and cap read data; cap needs the labels
+    "linearize_blocks": {"calibration": "calibration"},  # block choice by damage, layer-norm statistics
 }
 
 

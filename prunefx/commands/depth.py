@@ -58,6 +58,8 @@ def run(args) -> int:
     if args.blocks is not None and not args.calibrate:
         raise PrunefxError("--blocks K chooses blocks by their damage on data: give --calibrate DATA "
                            "(or name the blocks with --block)")
+    if args.recalibrate and not args.calibrate:
+        raise PrunefxError("--recalibrate needs --calibrate DATA")
     calibration = (calibration_data(args.calibrate, program.example_inputs[0], args.calibration_images)
                    if args.calibrate else None)
     started = time.perf_counter()
@@ -66,8 +68,6 @@ def run(args) -> int:
     config.update({"count": args.blocks} if args.blocks is not None else {"blocks": args.block})
     linearized = linearize_blocks(program.clone(), config=config)
     pruned = linearized.program
-    if args.recalibrate and calibration is None:
-        raise PrunefxError("--recalibrate needs --calibrate DATA")
     merged = merge_blocks(pruned, config={"max_kernel_growth": args.max_kernel_growth})
     pruned = merged.program
     print(f"linearised {len(linearized.stats['chosen'])} blocks of {program.name} and made "

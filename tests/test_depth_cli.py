@@ -1,0 +1,85 @@
+"""`prunefx depth`: one-shot depth pruning from the command line, and the depth-kd recipe."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from prunefx import fashion_mnist
+from prunefx.cli import EXIT_USER_ERROR, main
+from prunefx.graph import Program
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(),
+                                         reason="Fashion-MNIST missing: apt-get install dataset-fashion-mnist")
+
+
+def run_cli(capsys, *argv):
+    code = main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_list_shows_the_candidate_blocks(capsys):
+    code, out, err = run_cli(capsys, "depth", "prunefx:mobilenetv2_small", "--list")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert any(line.startswith("blocks.2 ") and "residual" in line and "2 activation(s)" in line for line in lines)
+    assert sum("residual" in line for line in lines) == 7
+
+
+def test_named_blocks_are_merged_and_written_with_a_report(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "depth", "prunefx:mobilenetv2_small", "--block", "blocks.2",
+                             "--block", "blocks.4", "-o", tmp_path)
+    assert code == 0, err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["linearize_blocks"]["chosen"] == ["blocks.2", "blocks.4"]
+    assert report["macs_after"] < report["macs_before"]
+    assert any(merge["kind"] == "residual" for merge in report["merge_blocks"]["merges"])
+    assert report["parity"]["relative"] < 1e-4
+    saved = Program.load(tmp_path / "model.pt2")
+    assert not [n for n in saved.graph.nodes if n.target is torch.ops.aten.batch_norm.default
+                and n.meta.get("nn_module_stack") and "blocks.2" in str(n.meta["nn_module_stack"])]
+    assert (tmp_path / "model.onnx").stat().st_size > 0
+
+
+@needs_fashion_mnist
+def test_blocks_by_count_read_calibration_data_and_recalibrate(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "depth", "prunefx:mobilenetv2_small", "--input-shape", "32x1x28x28",
+                             "--blocks", "2", "--calibrate", "fashion-mnist", "--calibration-images", "64",
+                             "--recalibrate", "-o", tmp_path)
+    assert code == 0, err
+    stats = json.loads((tmp_path / "report.json").read_text())["linearize_blocks"]
+    assert len(stats["chosen"]) == 2 and stats["batch_norms_recalibrated"] >= 4
+    assert all(c["macs_saved"] > 0 for c in stats["candidates"] if c["name"] in stats["chosen"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--blocks", "2"], "give --calibrate"),
+    (["--block", "nope"], "no block named"),
+    (["--block", "blocks.2", "--recalibrate"], "--recalibrate needs --calibrate"),
+])
+def test_bad_requests_are_one_line_errors(capsys, tmp_path, argv, message):
+    code, out, err = run_cli(capsys, "depth", "prunefx:mobilenetv2_small", *argv, "-o", tmp_path)
+    assert code == EXIT_USER_ERROR and message in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_compress_with_progressive_depth_pruning_ends_merged(capsys, tmp_path):
+    """linearize_blocks (blends) -> distill (raises them to 1) -> merge_blocks (strips and folds)."""
+    recipe = tmp_path / "depth.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "depth", "passes": [
+        {"linearize_blocks": {"count": 2, "ramp": 0.5}}, {"distill": {"steps": 4, "lr": 0.01}}, "merge_blocks"]}))
+    code, out, err = run_cli(capsys, "compress", "prunefx:mobilenetv2_small", "--recipe", recipe, "--data",
+                             "fashion-mnist", "-o", tmp_path / "out", "--batch-size", 16, "--eval-batches", 1,
+                             "--runs", 3, "--threads", 1)
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    linearize, _, merge = (step["stats"] for step in report["passes"])
+    assert report["passes"][0]["injected"] == ["calibration"] and len(linearize["chosen"]) == 2
+    assert len(merge["blends_stripped"]) == 2 and merge["merges"]
+    assert report["macs_after"] < report["macs_before"] and report["parity"]["relative"] < 1e-4
+    saved = Program.load(tmp_path / "out" / "model.pt2")
+    assert torch.ops.aten.lerp.Tensor not in [node.target for node in saved.graph.nodes]
