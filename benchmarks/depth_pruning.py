@@ -41,12 +41,20 @@ NAME = "depth_pruning"
 VARIANTS = ("linearised", "+ BN recalibration")
 
 
-def depth_prune(dense: Program, k: int, calibration, recalibrate: bool) -> tuple[Program, dict]:
-    """Linearise the k least damaging blocks (abrupt), optionally recalibrate their batch norms, merge."""
-    linearized = linearize_blocks(dense.clone(), config={"count": k, "mode": "abrupt", "calibration": calibration,
-                                                         "recalibrate": recalibrate, "progress": False})
-    merged = merge_blocks(linearized.program.eval(), config={})
-    return merged.program, {"chosen": linearized.stats["chosen"], "merges": len(merged.stats["merges"])}
+def ranking(dense: Program, calibration, most: int) -> list[str]:
+    """Every block worth linearising (its merge saves MACs), least damaging first: what linearize_blocks'
+    `count` ranks by, computed once per fold for every k."""
+    stats = linearize_blocks(dense.clone(), config={"count": most, "mode": "abrupt", "calibration": calibration,
+                                                    "progress": False}).stats
+    scored = [c for c in stats["candidates"] if "damage" in c]
+    return [c["name"] for c in sorted(scored, key=lambda c: c["damage"])]
+
+
+def depth_prune(dense: Program, blocks: list[str], calibration, recalibrate: bool) -> Program:
+    """Linearise `blocks` (abrupt), optionally recalibrate the batch norms inside them, merge."""
+    linearized = linearize_blocks(dense.clone(), config={"blocks": blocks, "mode": "abrupt", "calibration": calibration,
+                                                         "recalibrate": recalibrate})
+    return merge_blocks(linearized.program.eval(), config={})
 
 
 def latency(dense: Program, pruned: Program, args) -> dict:
@@ -63,22 +71,26 @@ def run(args) -> dict:
     paths = [path for path, _ in imagenet_sample_images()]
     model = torchvision.models.mobilenet_v2(weights=None)
     load_weights(model, mobilenet_v2_weights_path())
-    folds = [(paths[0::2], slice(1, None, 2)), (paths[1::2], slice(0, None, 2))]
+    folds = []
+    for calibration_paths, held_out in ((paths[0::2], slice(1, None, 2)), (paths[1::2], slice(0, None, 2))):
+        print(f"[mobilenet_v2] ranking blocks on fold {len(folds) + 1}", file=sys.stderr)
+        dense = capture(model.eval(), images[held_out], name="mobilenet_v2").eval()
+        calibration = imagenet_calibration_views(calibration_paths, args.seed)
+        folds.append((dense, images[held_out], calibration, ranking(dense, calibration, max(args.blocks))))
     rows = []
     for k in args.blocks:
         for variant in VARIANTS:
             agree, total, row = 0, 0, {"blocks": k, "variant": variant, "chosen": []}
-            for index, (calibration_paths, held_out) in enumerate(folds):
+            for index, (dense, held_out, calibration, ranked) in enumerate(folds):
                 print(f"[mobilenet_v2] {k} blocks, {variant}, fold {index + 1}", file=sys.stderr)
-                dense = capture(model.eval(), images[held_out], name="mobilenet_v2").eval()
-                calibration = imagenet_calibration_views(calibration_paths, args.seed)
-                pruned, info = depth_prune(dense, k, calibration, variant != "linearised")
+                merged = depth_prune(dense, ranked[:k], calibration, variant != "linearised")
+                pruned = merged.program
                 with torch.no_grad():
-                    agree += int((pruned(images[held_out]).argmax(1) == dense(images[held_out]).argmax(1)).sum())
-                total += len(images[held_out])
-                row["chosen"].append(info["chosen"])
+                    agree += int((pruned(held_out).argmax(1) == dense(held_out).argmax(1)).sum())
+                total += len(held_out)
+                row["chosen"].append(ranked[:k])
                 if index == 0:
-                    row.update(macs_kept=count(pruned).macs / count(dense).macs, merges=info["merges"])
+                    row.update(macs_kept=count(pruned).macs / count(dense).macs, merges=len(merged.stats["merges"]))
                     if variant == VARIANTS[-1]:  # the reference has its batch norms folded too
                         row.update(latency(merge_blocks(dense.clone(), config={}).program, pruned, args))
             row["agreement"] = agree / total

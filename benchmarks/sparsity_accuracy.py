@@ -103,6 +103,8 @@ def markdown(report: dict) -> str:
              f"- 2:4 along input channels on every eligible layer (first conv: 1 input channel; classifier: "
              f"10 outputs, both left dense); calibration: {report['calibration_images']} training images "
              "(with labels for CAP's gradients).",
+             "- Damping: OBS 0.01 of the mean Hessian diagonal (SparseGPT's default); CAP 1e-3 of the mean Fisher "
+             "diagonal, blocks of 64 (the pass's default, chosen on the validation split among 1e-1..1e-4, one-shot).",
              f"- Fine-tuning: {report['epochs']} epoch(s), KD from the dense model (kd_weight 0.9, T = 4), SGD lr "
              f"{report['lr']} cosine, 50 warm-up steps, batch {BATCH}; masks held fixed.",
              "- Test accuracy on the 10,000 test images, never used for any choice; one run per cell (seed 0).\n"]

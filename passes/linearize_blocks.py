@@ -136,7 +136,7 @@ def _merge_gains(program: Program, blocks: list[Block]) -> dict[str, int]:
         candidate = program.clone().eval()
         _replace_layer_norms(candidate, blocks_to_linearize)
         _linearize(candidate, blocks_to_linearize, {"mode": "abrupt"})
-        candidate.recompile()
+        candidate.module.recompile()  # shapes are unchanged: merge_blocks refreshes them when it rewrites
         return count(merge_blocks(candidate, config={}).program).macs
 
     baseline = merged_macs([])

@@ -107,29 +107,40 @@ def _sparsify(module, layers: list[SparseLayer], config: dict) -> dict[str, floa
         return {}
     if criterion == "obs":
         return _obs(module, layers, config)
-    for chunk in _chunks(layers, config["block_size"]):
-        inverses = _fisher(module, chunk, config)
-        for layer in chunk:
-            blocks, valid = blocks_of(grouped_weight(module, layer).reshape(-1), config["block_size"])
-            weights, _, _ = cap_eliminate(blocks, inverses.pop(layer.node).inverse, valid, nm_counts(valid, pattern),
-                                          pattern)
-            _store(module, layer, weights.reshape(-1)[valid.reshape(-1)].reshape(layer.shape[0], -1))
+    counts = {layer.node: None for layer in layers}  # None: (M - N) per group
+    _store_all(module, layers, _cap_round(module, layers, config, counts))
     return {}
 
 
 def _obs(module, layers: list[SparseLayer], config: dict) -> dict[str, float]:
-    errors = {}
+    """sequential: one layer at a time, each H read on the network sparsified so far (SparseGPT);
+    otherwise every H from the dense network (updates stored once all are computed)."""
+    errors, updates = {}, {}
     batches, damping, pattern = config["calibration"], config["damping"], config["pattern"]
-    # sequential: one layer at a time, each H read on the network sparsified so far (SparseGPT);
-    # otherwise every H comes from the dense network, gathered in as few passes as memory allows.
-    rounds = [[layer] for layer in layers] if config["sequential"] else [layers]
-    for chunk in rounds:
+    for chunk in ([[layer] for layer in layers] if config["sequential"] else [layers]):
         for layer, hessian in layer_hessians(module, chunk, batches):
             matrix = grouped_weight(module, layer)
-            updated, _ = obs_prune(matrix, hessian, pattern, damping=damping)
-            errors[layer.node] = relative_output_error(matrix, updated, hessian)
-            _store(module, layer, updated)
+            updates[layer.node], _ = obs_prune(matrix, hessian, pattern, damping=damping)
+            errors[layer.node] = relative_output_error(matrix, updates[layer.node], hessian)
+            if config["sequential"]:
+                _store(module, layer, updates[layer.node])
+    _store_all(module, layers, {node: (matrix, None) for node, matrix in updates.items()})
     return errors
+
+
+def _cap_round(module, layers: list[SparseLayer], config: dict, counts: dict) -> dict:
+    """CAP elimination of every layer from Fisher inverses of the module as given (nothing is stored):
+    {node: (grouped matrix after it, cumulative loss curve [blocks, steps])}. counts[node]: weights per
+    block to remove (None: the N:M count). Layers go in chunks whose inverses fit in memory."""
+    size, pattern, results = config["block_size"], config["pattern"], {}
+    for chunk in _chunks(layers, size):
+        inverses = _fisher(module, chunk, config)
+        for layer in chunk:
+            blocks, valid = blocks_of(grouped_weight(module, layer).reshape(-1), size)
+            count = counts[layer.node] if counts[layer.node] is not None else nm_counts(valid, pattern)
+            weights, _, losses = cap_eliminate(blocks, inverses.pop(layer.node).inverse, valid, count, pattern)
+            results[layer.node] = (weights.reshape(-1)[valid.reshape(-1)].reshape(layer.shape[0], -1), losses)
+    return results
 
 
 def _fisher(module, layers: list[SparseLayer], config: dict):
@@ -138,22 +149,19 @@ def _fisher(module, layers: list[SparseLayer], config: dict):
 
 
 def _cap_unstructured(module, layers: list[SparseLayer], config: dict) -> None:
-    """Two rounds over chunks of layers: loss curves with every weight eliminated, one global threshold,
-    then the elimination again (Fisher gathered afresh, so only one chunk's inverses are held)."""
-    size = config["block_size"]
-    curves = {}
-    for chunk in _chunks(layers, size):
-        inverses = _fisher(module, chunk, config)
-        for layer in chunk:
-            blocks, valid = blocks_of(grouped_weight(module, layer).reshape(-1), size)
-            curves[layer.node] = cap_eliminate(blocks, inverses.pop(layer.node).inverse, valid, valid.sum(1))[2]
+    """Loss curves with every weight eliminated, one global threshold, then the elimination again with
+    each block's count (the Fisher gathered afresh per chunk, so only one chunk's inverses are held)."""
+    everything = {layer.node: blocks_of(torch.empty(torch.Size(layer.shape).numel()), config["block_size"])[1].sum(1)
+                  for layer in layers}
+    curves = {node: losses for node, (_, losses) in _cap_round(module, layers, config, everything).items()}
     counts = dict(zip(curves, global_counts(list(curves.values()), config["sparsity"])))
-    for chunk in _chunks(layers, size):
-        inverses = _fisher(module, chunk, config)
-        for layer in chunk:
-            blocks, valid = blocks_of(grouped_weight(module, layer).reshape(-1), size)
-            weights, _, _ = cap_eliminate(blocks, inverses.pop(layer.node).inverse, valid, counts[layer.node])
-            _store(module, layer, weights.reshape(-1)[valid.reshape(-1)].reshape(layer.shape[0], -1))
+    _store_all(module, layers, _cap_round(module, layers, config, counts))
+
+
+def _store_all(module, layers: list[SparseLayer], results: dict) -> None:
+    for layer in layers:
+        if layer.node in results:
+            _store(module, layer, results[layer.node][0])
 
 
 def _global_magnitude(module, layers: list[SparseLayer], fraction: float) -> None:
