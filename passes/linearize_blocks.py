@@ -15,10 +15,13 @@ blocks by re-parameterisation.
 Choice of blocks (`graph/block_damage.py`): `blocks: [names]` linearises those; `count: k` keeps the
 candidates whose linearisation lets merge_blocks save MACs (counted on a copy: removing a stem's or a
 head's activation merges nothing and buys no speed), scores each by the output divergence when it alone
-is linearised on `calibration` data, and takes the k least harmful. Candidates that are not affine once linearised (attention, gating multiplies) are
+is linearised on `calibration` data, and takes the k least harmful. `speedup: s` with `measure` (a
+callable `(before, after) -> speed-up`, e.g. prunefx.runtime.onnx_speedup(); passes never import the
+runtime) takes the shortest run of that ranking whose linearised and merged network is measured s times
+faster than the merged dense one. Candidates that are not affine once linearised (attention, gating multiplies) are
 never chosen by `count`; naming one explicitly linearises it but it cannot be merged (stats warn).
 
-Config: `blocks` | `count` (one is required), `mode` (progressive | abrupt), `ramp` (0.5),
+Config: `blocks` | `count` | `speedup` with `measure` (one is required), `mode` (progressive | abrupt), `ramp` (0.5),
 `layer_norms` (batch_norm | keep), `recalibrate` (False: also re-estimate the batch norms already inside
 the chosen blocks on `calibration`, for one-shot use), `calibration` (batches), `max_batches` (None), `progress` (None).
 Stats: `candidates` (every block: kind, activations, affine, reason, damage when scored), `chosen`,
@@ -42,7 +45,7 @@ from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.result import Result
 
-_OPTIONS = {"blocks", "count", "mode", "ramp", "layer_norms", "recalibrate", "calibration", "max_batches", "progress"}
+_OPTIONS = {"blocks", "count", "speedup", "measure", "mode", "ramp", "layer_norms", "recalibrate", "calibration", "max_batches", "progress"}
 
 
 class LinearizeError(PrunefxError):
@@ -82,8 +85,12 @@ def _checked(config: dict) -> dict:
     unknown = set(config) - _OPTIONS
     if unknown:
         raise LinearizeError(f"linearize_blocks: unknown option(s) {sorted(unknown)} (known: {sorted(_OPTIONS)})")
-    if (config.get("blocks") is None) == (config.get("count") is None):
-        raise LinearizeError("linearize_blocks needs exactly one of 'blocks' (names) or 'count' (how many)")
+    if sum(config.get(key) is not None for key in ("blocks", "count", "speedup")) != 1:
+        raise LinearizeError("linearize_blocks needs exactly one of 'blocks' (names), 'count' (how many) or "
+                             "'speedup' (a measured target)")
+    if config.get("speedup") is not None and not callable(config.get("measure")):
+        raise LinearizeError("linearize_blocks: a 'speedup' target needs 'measure', a callable (before, after) -> "
+                             "speed-up (e.g. prunefx.runtime.onnx_speedup())")
     config.setdefault("mode", "progressive")
     config.setdefault("ramp", 0.5)
     config.setdefault("layer_norms", "batch_norm")
@@ -109,38 +116,57 @@ def _choose(program: Program, candidates: list[Block], config: dict, batches) ->
             raise LinearizeError(f"linearize_blocks: no block named {unknown}; the blocks are: {', '.join(by_name)}")
         return [by_name[name] for name in config["blocks"]], {}
     affine = [block for block in candidates if block.affine]
-    if config["count"] == 0:
+    if config.get("count") == 0:
         return [], {}
     if batches is None:
-        raise LinearizeError("linearize_blocks: choosing blocks by 'count' needs 'calibration' data to score them")
+        raise LinearizeError("linearize_blocks: choosing blocks by 'count' or 'speedup' needs 'calibration' data "
+                             "to score them")
     gains = _merge_gains(program, affine)
     worth = [block for block in affine if gains[block.name] > 0]
+    if config.get("speedup") is not None:
+        config["count"] = len(worth)  # rank them all; _enough_for_speedup keeps the shortest prefix
     if config["count"] > len(worth):
         raise LinearizeError(f"linearize_blocks: count {config['count']} but only {len(worth)} blocks become "
                              f"affine once linearised and merge into fewer MACs: "
                              f"{', '.join(block.name for block in worth)}")
     damage = block_damage(program, worth, batches, progress=config.get("progress"))
     ranked = sorted(worth, key=lambda block: damage[block.name])
-    chosen = set(block.name for block in ranked[:config["count"]])
     scores = {name: {"damage": value} for name, value in damage.items()}
+    if config.get("speedup") is not None:
+        ranked = _enough_for_speedup(program, ranked, config["speedup"], config["measure"], scores)
+    chosen = set(block.name for block in ranked[:config["count"]])
     for name, gain in gains.items():
         scores.setdefault(name, {})["macs_saved"] = gain
     return [block for block in candidates if block.name in chosen], scores
+
+
+def _linearized_and_merged(program: Program, blocks: list[Block]) -> Program:
+    """A copy of `program` with `blocks` in their abrupt pruned form, merged (what deployment runs)."""
+    candidate = program.clone().eval()
+    _replace_layer_norms(candidate, blocks)
+    _linearize(candidate, blocks, {"mode": "abrupt"})
+    candidate.module.recompile()  # shapes are unchanged: merge_blocks refreshes them when it rewrites
+    return merge_blocks(candidate, config={}).program
+
+
+def _enough_for_speedup(program: Program, ranked: list[Block], target: float, measure, scores: dict) -> list[Block]:
+    """The shortest prefix of `ranked` whose merged network `measure` finds `target` times faster than the
+    merged dense one; all of them (and the stats say the target was missed) when none is."""
+    reference = _linearized_and_merged(program, [])
+    for n in range(1, len(ranked) + 1):
+        speedup = float(measure(reference, _linearized_and_merged(program, ranked[:n])))
+        scores.setdefault(ranked[n - 1].name, {})["measured_speedup_with_previous"] = speedup
+        if speedup >= target:
+            return ranked[:n]
+    return ranked
 
 
 def _merge_gains(program: Program, blocks: list[Block]) -> dict[str, int]:
     """{block: MACs that merge_blocks saves once that block alone is linearised}, against merging the
     network as it is (batch-norm folds alone save nothing). Counted, never measured: a cheap filter so
     that `count` never spends a block on a non-linearity whose removal merges nothing (a stem, a head)."""
-    def merged_macs(blocks_to_linearize: list[Block]) -> int:
-        candidate = program.clone().eval()
-        _replace_layer_norms(candidate, blocks_to_linearize)
-        _linearize(candidate, blocks_to_linearize, {"mode": "abrupt"})
-        candidate.module.recompile()  # shapes are unchanged: merge_blocks refreshes them when it rewrites
-        return count(merge_blocks(candidate, config={}).program).macs
-
-    baseline = merged_macs([])
-    return {block.name: baseline - merged_macs([block]) for block in blocks}
+    baseline = count(_linearized_and_merged(program, [])).macs
+    return {block.name: baseline - count(_linearized_and_merged(program, [block])).macs for block in blocks}
 
 
 def _summary(block: Block, scores: dict) -> dict:

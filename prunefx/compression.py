@@ -23,6 +23,8 @@ pass distil from its own input instead of the dense model.
     sparsify_nm                     calibration  the same batches with their labels (criterion obs or cap)
     linearize_blocks                calibration  the same few training input batches (block choice,
                                                  statistics of the batch norms that replace layer norms)
+    merge_blocks                    measure    ONNX Runtime timing at batch 1 (runtime/speedup.py): a merge
+                                               of layers is kept only when it runs faster
 
 Recipes named on the command line (`--recipe NAME`) are the YAML files shipped in prunefx/recipes/;
 anything else is read as a path.
@@ -53,7 +55,14 @@ from prunefx.models import build_model
 from prunefx.passes.pipeline import Pipeline, Step
 from prunefx.passes.recipe import RecipeError, pipeline_from_spec, read_recipe
 from prunefx.passes.training import evaluate
-from prunefx.runtime import check_parity, compare_latency, export_onnx, onnx_runner
+from prunefx.runtime import (
+    DEFAULT_THREADS,
+    check_parity,
+    compare_latency,
+    export_onnx,
+    onnx_runner,
+    onnx_speedup,
+)
 from prunefx.runtime.deployment_report import (
     CHART_FILE,
     Variant,
@@ -64,6 +73,7 @@ from prunefx.runtime.deployment_report import (
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 CALIBRATION_BATCHES = 4
+MERGE_MEASURE_RUNS = 30  # per merge of layers that merge_blocks considers: batch 1, ONNX Runtime
 LATENCY_WARMUP = 10
 
 # pass name -> {config key: what `prunefx compress` puts there}. See the module docstring.
@@ -74,6 +84,7 @@ INJECTED: dict[str, dict[str, str]] = {
     "recalibrate_batchnorm": {"data": "calibration"},
     "sparsify_nm": {"calibration": "labelled_calibration"},  # obs and cap read data; cap needs the labels
     "linearize_blocks": {"calibration": "calibration"},  # block choice by damage, layer-norm statistics
+    "merge_blocks": {"measure": "measure"},  # a merge of layers must run faster on ONNX Runtime
 }
 
 
@@ -195,6 +206,8 @@ def _sources(dense: Program, splits: DataSplits, eval_batches: int | None, neede
     if "labelled_calibration" in needed:
         loader = splits.train if splits.train is not None else splits.evaluation
         sources["labelled_calibration"] = list(itertools.islice(iter(loader), CALIBRATION_BATCHES))
+    if "measure" in needed:
+        sources["measure"] = onnx_speedup(threads=DEFAULT_THREADS, runs=MERGE_MEASURE_RUNS)
     return sources
 
 

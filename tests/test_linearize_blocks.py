@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from prunefx.graph import Program, PrunefxError, capture
+from prunefx.graph import Program, PrunefxError, capture, count
 from prunefx.graph.activations import run_tapped, tap_nodes
 from prunefx.graph.blocks import find_blocks
 from prunefx.graph.linearization import set_blends, strip_finished_blends
@@ -159,3 +159,21 @@ def test_vit_layer_norm_becomes_a_batch_norm_calibrated_on_the_data():
     centred = (normalised.reshape(-1, gamma.numel()) - beta) / gamma  # calibrated on x itself: mean 0
     torch.testing.assert_close(centred.mean(0), torch.zeros_like(beta), atol=1e-3, rtol=0)
     result.program.export()
+
+
+def test_a_speedup_target_takes_the_shortest_run_of_the_ranking_that_reaches_it(mobilenet):
+    """A deterministic stand-in for a runtime measurement: the MACs ratio of the merged networks."""
+    calls = []
+
+    def macs_ratio(before, after):
+        calls.append(after)
+        return count(before).macs / count(after).macs
+
+    batches = [torch.randn(2, 3, 64, 64)]
+    stats = linearize_blocks(mobilenet.clone(), config={"speedup": 1.08, "measure": macs_ratio,
+                                                        "calibration": batches, "progress": False}).stats
+    measured = [c["measured_speedup_with_previous"] for c in stats["candidates"] if "measured_speedup_with_previous" in c]
+    assert len(measured) == len(stats["chosen"]) == len(calls) >= 2
+    assert max(measured) >= 1.08 > sorted(measured)[-2]
+    with pytest.raises(PrunefxError, match="needs 'measure'"):
+        linearize_blocks(mobilenet.clone(), config={"speedup": 1.2, "calibration": batches})
