@@ -59,8 +59,8 @@ KD = {"kd_weight": 0.9, "temperature": 4.0}
 
 
 def optimizer_settings(model: str, *, baseline: bool) -> dict:
-    """SGD for the CNNs, AdamW for the ViT (the usual choices); the same for every tool."""
-    if model.startswith("vit"):
+    """SGD for the CNNs, AdamW for the ViT and ConvNeXt (the usual choices); the same for every tool."""
+    if model.startswith(("vit", "convnext")):
         return {"optimizer": "adamw", "lr": 2e-3 if baseline else 5e-4, "weight_decay": 0.05, "momentum": 0.9}
     return {"optimizer": "sgd", "lr": 0.1 if baseline else 0.02, "weight_decay": 5e-4 if baseline else 1e-4,
             "momentum": 0.9}

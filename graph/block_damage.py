@@ -48,9 +48,7 @@ def divergence(reference: torch.Tensor, other: torch.Tensor) -> float:
 def block_damage(program, blocks: Sequence[Block], batches: Sequence[tuple[torch.Tensor, ...]], *,
                  progress: bool | None = None) -> dict[str, float]:
     """{block name: mean output divergence over `batches` when only that block is linearised}."""
-    was_training = program.training
-    program.eval()
-    try:
+    with program.evaluating():
         reference = _outputs(program.module, batches)
         damage = {}
         for block in tqdm(blocks, desc="scoring blocks", unit="block", disable=None if progress is None else not progress):
@@ -61,6 +59,4 @@ def block_damage(program, blocks: Sequence[Block], batches: Sequence[tuple[torch
             candidate.module.recompile()
             outputs = _outputs(candidate.module, batches)
             damage[block.name] = sum(divergence(r, o) for r, o in zip(reference, outputs)) / len(batches)
-    finally:
-        program.train(was_training)
     return damage

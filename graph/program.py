@@ -7,6 +7,7 @@ A Program can be run, trained, re-exported (the validity check), saved as a `.pt
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -90,6 +91,17 @@ class Program:
 
     def eval(self) -> Program:
         return self.train(False)
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[Program]:
+        """Eval mode inside the `with` block, the previous mode after it: for reading the activations the
+        deployed network sees without moving training-mode batch-norm statistics."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield self
+        finally:
+            self.train(was_training)
 
     def _set_module_training_attr(self, mode: bool) -> None:
         # GraphModules from torch.export refuse .train(); set the attribute directly on every submodule.

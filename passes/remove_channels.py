@@ -33,8 +33,6 @@ listed in the statistics with the operator that blocked them.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 
 from prunefx.graph import Program, count
@@ -102,27 +100,16 @@ def _importance(program: Program, combing, config: dict, hessians: dict | None):
     options = {"calibration": calibration, "seed": int(config["seed"])}
     if criterion != "obs":
         return channel_importance(program.module, combing, criterion, **options)
-    with _eval_mode(program):  # the activations the deployed network sees, as for compensate
+    with program.evaluating():  # the activations the deployed network sees, as for compensate
         return channel_importance(program.module, combing, criterion, damping=float(config["damping"]),
                                   hessians=hessians, **options)
 
 
 def _compensate(program: Program, combing, removed: set[int], config: dict, hessians: dict | None) -> dict:
-    with _eval_mode(program):
+    with program.evaluating():
         return compensate_removed_inputs(program.module, combing.analysis, removed, config["calibration"],
                                          damping=float(config["damping"]), hessians=hessians)
 
-
-@contextlib.contextmanager
-def _eval_mode(program: Program):
-    """Read activations of the eval-mode network: the activations it will see when deployed, and a
-    training-mode batch norm would move its running statistics on every calibration batch."""
-    was_training = program.training
-    program.eval()
-    try:
-        yield
-    finally:
-        program.train(was_training)
 
 
 def _target(config: dict) -> Target:

@@ -35,8 +35,6 @@ convolutions, mm/addmm weights stored [in, out], FastCAP, gradual (multi-step) p
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
@@ -83,7 +81,7 @@ def sparsify_nm(program: Program, /, *, config: dict | None = None) -> Result:
     layers, skipped = find_sparse_layers(program.module, pattern=pattern, min_channels=config["min_channels"],
                                          keep=set(config["keep"]), only=config["layers"])
     before = {layer.weight: get_tensor(program.module, layer.weight).detach().clone() for layer in layers}
-    with _eval_mode(program):
+    with program.evaluating():
         errors = _sparsify(program.module, layers, config)
     changed = sum(not torch.equal(before[layer.weight], get_tensor(program.module, layer.weight)) for layer in layers)
     stats = _statistics(program, layers, skipped, config, errors, changed)
@@ -203,16 +201,6 @@ def _store(module, layer: SparseLayer, matrix: torch.Tensor) -> None:
     stored = torch.empty_like(old, memory_format=torch.contiguous_format).copy_(value)
     set_tensor(module, layer.weight, stored)
 
-
-@contextlib.contextmanager
-def _eval_mode(program: Program):
-    """Calibrate on the eval-mode network: the activations it sees deployed, batch-norm statistics frozen."""
-    was_training = program.training
-    program.eval()
-    try:
-        yield
-    finally:
-        program.train(was_training)
 
 
 # --- configuration -------------------------------------------------------------------------------------
