@@ -13,7 +13,7 @@ ONNX Runtime at batch 1 against the dense one, alternately in this one process.
     python benchmarks/depth_vs_channel.py [--model mobilenetv2_small] [--depths 2 4 6] [--fractions 0.7 0.5]
         [--epochs 1] [--threads 2] [--runs 300] [--report-only]
 
-Results go to benchmarks/results/depth_vs_channel.{json,md}.
+Results go to benchmarks/results/depth_vs_channel_<model>.{json,md}.
 """
 
 from __future__ import annotations
@@ -45,18 +45,24 @@ def depth_variant(model: str, k: int, dense: Program, data, args) -> dict:
     started = time.perf_counter()
     calibration = [batch for batch, _ in zip(data.train, range(4))]
     linearized = linearize_blocks(dense.clone(), config={"count": k, "mode": "progressive", "ramp": 0.5,
-                                                         "calibration": calibration, "progress": False})
+                                                         "rank": args.rank, "calibration": calibration,
+                                                         "progress": False})
     recovered = distill(linearized.program, config={
         "data": data.train, "epochs": args.epochs, "warmup_steps": 50, "progress": True, "seed": args.seed,
         "teacher": dense.clone().eval(), **optimizer_settings(model, baseline=False), **KD})
     merged = merge_blocks(recovered.program.eval(), config={})
     program = merged.program
-    program.save(CACHE / model / f"depth_k{k}.pt2")
-    return {"model": model, "variant": f"depth {k}", "blocks": linearized.stats["chosen"],
+    program.save(CACHE / model / f"{depth_name(k, args.rank)}.pt2")
+    return {"model": model, "variant": f"depth {k}" + ("" if args.rank == "damage" else f" ({args.rank})"),
+            "file": depth_name(k, args.rank), "blocks": linearized.stats["chosen"],
             "merges": len(merged.stats["merges"]), "blends_stripped": len(merged.stats["blends_stripped"]),
             "macs_kept": count(program).macs / count(dense).macs,
             "test_accuracy": evaluate(program, data.test)["accuracy"], "epochs": args.epochs,
             "seconds": time.perf_counter() - started}
+
+
+def depth_name(k: int, rank: str) -> str:
+    return f"depth_k{k}" + ("" if rank == "damage" else f"_{rank}")
 
 
 def channel_variant(model: str, fraction: float, dense: Program, data, args) -> dict:
@@ -72,7 +78,7 @@ def channel_variant(model: str, fraction: float, dense: Program, data, args) -> 
 
 def saved_program(model: str, entry: dict) -> Program:
     if entry["variant"].startswith("depth"):
-        return Program.load(CACHE / model / f"depth_k{entry['variant'].split()[1]}.pt2")
+        return Program.load(CACHE / model / f"{entry.get('file', 'depth_k' + entry['variant'].split()[1])}.pt2")
     fraction = float(entry["variant"].split()[1])
     return Program.load(CACHE / model / f"prunefx-l2_kd_{fraction}.pt2")
 
@@ -117,6 +123,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="mobilenetv2_small")
     parser.add_argument("--depths", nargs="+", type=int, default=[2, 4, 6])
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.7, 0.5])
+    parser.add_argument("--ranks", nargs="+", default=["damage"], choices=["damage", "damage_per_mac"],
+                        help="how linearize_blocks orders the blocks (one set of depth variants per ranking)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--baseline-epochs", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
@@ -128,13 +136,15 @@ def main(argv=None) -> int:
     data = fashion_mnist_data(BATCH, validation=5000, seed=args.seed)
     dense, info = baseline(args.model, data, args)
     entries = []
-    for k in args.depths:
-        path = CACHE / args.model / f"depth_k{k}.json"
-        if not path.is_file() and not args.report_only:
-            print(f"[{args.model}] depth pruning, {k} blocks", file=sys.stderr)
-            path.write_text(json.dumps(depth_variant(args.model, k, dense, data, args), indent=1))
-        if path.is_file():
-            entries.append(json.loads(path.read_text()))
+    for rank in args.ranks:
+        args.rank = rank  # depth_variant reads it
+        for k in args.depths:
+            path = CACHE / args.model / f"{depth_name(k, args.rank)}.json"
+            if not path.is_file() and not args.report_only:
+                print(f"[{args.model}] depth pruning, {k} blocks ranked by {args.rank}", file=sys.stderr)
+                path.write_text(json.dumps(depth_variant(args.model, k, dense, data, args), indent=1))
+            if path.is_file():
+                entries.append(json.loads(path.read_text()))
     for fraction in args.fractions:
         if run_file(args.model, "prunefx-l2", "kd", fraction).is_file() or not args.report_only:
             print(f"[{args.model}] channel pruning to {fraction} of the MACs", file=sys.stderr)
@@ -142,7 +152,7 @@ def main(argv=None) -> int:
     measure_latency(args.model, dense, entries, args)
     report = {"command": command_line(), "machine": machine_info(threads=args.threads), "epochs": args.epochs,
               "baselines": {args.model: info}, "runs": entries}
-    _, md_path = write_results(NAME, report, markdown(report))
+    _, md_path = write_results(f"{NAME}_{args.model}", report, markdown(report))
     print(md_path.read_text())
     return 0
 

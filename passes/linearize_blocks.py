@@ -15,7 +15,8 @@ blocks by re-parameterisation.
 Choice of blocks (`graph/block_damage.py`): `blocks: [names]` linearises those; `count: k` keeps the
 candidates whose linearisation lets merge_blocks save MACs (counted on a copy: removing a stem's or a
 head's activation merges nothing and buys no speed), scores each by the output divergence when it alone
-is linearised on `calibration` data, and takes the k least harmful. `speedup: s` with `measure` (a
+is linearised on `calibration` data, and takes the k least harmful (`rank: damage`, the default, as
+UPDP) or the k with the least damage per MAC saved (`rank: damage_per_mac`). `speedup: s` with `measure` (a
 callable `(before, after) -> speed-up`, e.g. prunefx.runtime.onnx_speedup(); passes never import the
 runtime) takes the shortest run of that ranking whose linearised and merged network is measured s times
 faster than the merged dense one. Candidates that are not affine once linearised (attention, gating multiplies) are
@@ -45,7 +46,11 @@ from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.result import Result
 
-_OPTIONS = {"blocks", "count", "speedup", "measure", "mode", "ramp", "layer_norms", "recalibrate", "calibration", "max_batches", "progress"}
+_OPTIONS = {"blocks", "count", "speedup", "measure", "rank", "mode", "ramp", "layer_norms", "recalibrate", "calibration",
+            "max_batches", "progress"}
+# How candidate blocks are ordered: by the damage their linearisation does, or by that damage per MAC
+# the merge saves (cheap-to-lose blocks that buy little speed go last).
+_RANKINGS = {"damage": lambda damage, saved: damage, "damage_per_mac": lambda damage, saved: damage / saved}
 
 
 class LinearizeError(PrunefxError):
@@ -94,6 +99,9 @@ def _checked(config: dict) -> dict:
     config.setdefault("mode", "progressive")
     config.setdefault("ramp", 0.5)
     config.setdefault("layer_norms", "batch_norm")
+    config.setdefault("rank", "damage")
+    if config["rank"] not in _RANKINGS:
+        raise LinearizeError(f"linearize_blocks: rank must be one of {sorted(_RANKINGS)}, not {config['rank']!r}")
     if config["mode"] not in ("progressive", "abrupt"):
         raise LinearizeError(f"linearize_blocks: mode must be 'progressive' or 'abrupt', not {config['mode']!r}")
     if config["layer_norms"] not in ("batch_norm", "keep"):
@@ -130,7 +138,8 @@ def _choose(program: Program, candidates: list[Block], config: dict, batches) ->
                              f"affine once linearised and merge into fewer MACs: "
                              f"{', '.join(block.name for block in worth)}")
     damage = block_damage(program, worth, batches, progress=config.get("progress"))
-    ranked = sorted(worth, key=lambda block: damage[block.name])
+    order = _RANKINGS[config["rank"]]
+    ranked = sorted(worth, key=lambda block: order(damage[block.name], gains[block.name]))
     scores = {name: {"damage": value} for name, value in damage.items()}
     if config.get("speedup") is not None:
         ranked = _enough_for_speedup(program, ranked, config["speedup"], config["measure"], scores)

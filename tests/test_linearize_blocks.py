@@ -106,14 +106,17 @@ def test_a_half_blend_of_an_in_place_activation_reads_the_input_before_the_activ
     torch.testing.assert_close(blended(x), 0.5 * h.clamp(0, 6) + 0.5 * h)
 
 
-def test_count_takes_the_least_damaging_blocks(mobilenet):
+@pytest.mark.parametrize("rank", ["damage", "damage_per_mac"])
+def test_count_takes_the_least_damaging_blocks(mobilenet, rank):
     batches = [torch.randn(2, 3, 64, 64) for _ in range(2)]
-    stats = linearize_blocks(mobilenet.clone(), config={"count": 4, "calibration": batches, "progress": False}).stats
+    stats = linearize_blocks(mobilenet.clone(), config={"count": 4, "calibration": batches, "rank": rank,
+                                                        "progress": False}).stats
     damage = {c["name"]: c["damage"] for c in stats["candidates"] if "damage" in c}
     saved = {c["name"]: c["macs_saved"] for c in stats["candidates"]}
     assert len(stats["chosen"]) == 4 and set(damage) == {name for name, gain in saved.items() if gain > 0}
     assert saved["features.3"] > 0 and saved["features.0"] == 0  # an inverted residual merges, the stem does not
-    assert max(damage[name] for name in stats["chosen"]) <= min(d for n, d in damage.items() if n not in stats["chosen"])
+    score = {name: damage[name] / (saved[name] if rank == "damage_per_mac" else 1) for name in damage}
+    assert max(score[name] for name in stats["chosen"]) <= min(v for n, v in score.items() if n not in stats["chosen"])
 
 
 def test_distill_raises_blends_to_exactly_one_over_the_ramp():
