@@ -13,7 +13,7 @@ tapped tensors do not depend on, so reading an early layer does not run the whol
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -80,3 +80,18 @@ def run_tapped(tapped: torch.fx.GraphModule, batch: Sequence[torch.Tensor]) -> t
     device = next(itertools.chain(tapped.parameters(), tapped.buffers()), torch.empty(0)).device
     with torch.no_grad():
         return tuple(tapped(*(t.to(device) for t in batch)))
+
+
+def within_budget(items: Sequence, cost: Callable[[object], int], budget: int) -> Iterator[list]:
+    """`items` in consecutive groups whose summed `cost` (bytes) stays within `budget`; an item dearer
+    than the budget alone forms its own group. Bounds the memory of statistics gathered per group."""
+    chunk, size = [], 0
+    for item in items:
+        price = cost(item)
+        if chunk and size + price > budget:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += price
+    if chunk:
+        yield chunk

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prunefx.graph.activations import run_tapped, tap_nodes
+from prunefx.graph.activations import run_tapped, tap_nodes, within_budget
 from prunefx.graph.attributes import get_tensor, set_tensor
 from prunefx.graph.channel_analysis import ChannelAnalysis
 from prunefx.graph.channel_removal import expand_removed
@@ -265,7 +265,7 @@ def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches,
                 yield spec, *cache[spec]
         specs = [spec for spec in specs if spec not in cache]
     columns = {spec: _columns(module, spec) for spec in specs}
-    for chunk in _chunks(specs, columns):
+    for chunk in within_budget(specs, lambda spec: 8 * columns[spec] ** 2, _HESSIAN_BUDGET):
         sources = sorted({spec.source for spec in chunk})
         tapped, position = tap_nodes(module, sources), {name: index for index, name in enumerate(sources)}
         sums = {spec: [0, None] for spec in chunk}
@@ -291,19 +291,6 @@ def _columns(module: torch.fx.GraphModule, spec: InputSpec) -> int:
     node = next(n for n in module.graph.nodes if n.name == spec.source)
     channels = int(node.meta["val"].shape[1 if spec.kernel else -1])
     return channels * (spec.kernel[0] * spec.kernel[1] if spec.kernel else 1)
-
-
-def _chunks(specs: list[InputSpec], columns: dict[InputSpec, int]):
-    chunk, size = [], 0
-    for spec in specs:
-        cost = 8 * columns[spec] ** 2
-        if chunk and size + cost > _HESSIAN_BUDGET:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(spec)
-        size += cost
-    if chunk:
-        yield chunk
 
 
 # --- the update ------------------------------------------------------------------------------------------

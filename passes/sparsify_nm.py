@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from prunefx.graph import Program
-from prunefx.graph.activations import calibration_inputs
+from prunefx.graph.activations import calibration_inputs, within_budget
 from prunefx.graph.attributes import get_tensor, set_tensor
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.nm_hessians import (
@@ -131,7 +131,11 @@ def _cap_round(module, layers: list[SparseLayer], config: dict, counts: dict) ->
     {node: (grouped matrix after it, cumulative loss curve [blocks, steps])}. counts[node]: weights per
     block to remove (None: the N:M count). Layers go in chunks whose inverses fit in memory."""
     size, pattern, results = config["block_size"], config["pattern"], {}
-    for chunk in _chunks(layers, size):
+
+    def fisher_bytes(layer: SparseLayer) -> int:  # its Fisher inverse: numel * B float64, plus a B x B block
+        return 8 * size * (torch.Size(layer.shape).numel() + size)
+
+    for chunk in within_budget(layers, fisher_bytes, _FISHER_BUDGET):
         inverses = _fisher(module, chunk, config)
         for layer in chunk:
             blocks, valid = blocks_of(grouped_weight(module, layer).reshape(-1), size)
@@ -171,20 +175,6 @@ def _global_magnitude(module, layers: list[SparseLayer], fraction: float) -> Non
     for layer in layers:
         matrix = grouped_weight(module, layer)
         _store(module, layer, torch.where(matrix.abs() <= threshold, torch.zeros_like(matrix), matrix))
-
-
-def _chunks(layers: list[SparseLayer], block_size: int):
-    """Layers in groups whose Fisher inverses (numel * B float64 each) fit in _FISHER_BUDGET."""
-    chunk, size = [], 0
-    for layer in layers:
-        cost = 8 * block_size * (torch.Size(layer.shape).numel() + block_size)
-        if chunk and size + cost > _FISHER_BUDGET:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(layer)
-        size += cost
-    if chunk:
-        yield chunk
 
 
 def _summed_cross_entropy(outputs: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
