@@ -53,9 +53,10 @@ class Plan:
     target_met: bool
 
 
-def allowed_widths(size: int, step: int, *, max_ratio: float) -> np.ndarray:
-    """Widths a group of `size` channels may keep, ascending; the last one is the original width."""
-    smallest = max(math.ceil((1.0 - max_ratio) * size - 1e-9), 1)
+def allowed_widths(size: int, step: int, *, max_ratio: float, floor: int = 1) -> np.ndarray:
+    """Widths a group of `size` channels may keep, ascending; the last one is the original width.
+    `floor` is a lower bound from elsewhere (a width the group had before earlier cuts)."""
+    smallest = max(math.ceil((1.0 - max_ratio) * size - 1e-9), min(floor, size), 1)
     widths = [w for w in range(step, size, step) if w >= smallest]
     return np.array(widths + [size], dtype=np.int64)
 
@@ -137,7 +138,8 @@ class Selector:
     """Turns importance scores into a removal plan for a target."""
 
     def __init__(self, module, combing: Combing, scores: list[np.ndarray], *, round_to: int = 8,
-                 max_ratio: float = 0.8, ranking: str = "global", comparable: bool = False):
+                 max_ratio: float = 0.8, ranking: str = "global", comparable: bool = False,
+                 floors: list[int] | None = None):
         if ranking not in ("global", "local"):
             raise PrunefxError(f"unknown ranking '{ranking}' (use 'global' or 'local')")
         if not 0.0 <= max_ratio < 1.0:
@@ -151,7 +153,9 @@ class Selector:
         else:
             self.sorted_normalised = [np.sort(s / s.mean()) if s.mean() > 0 else np.zeros_like(s) for s in scores]
         steps = width_steps(combing.analysis, combing.groups, round_to)
-        self.widths = [allowed_widths(g.size, step, max_ratio=max_ratio) for g, step in zip(combing.groups, steps)]
+        floors = floors or [1] * len(combing.groups)
+        self.widths = [allowed_widths(g.size, step, max_ratio=max_ratio, floor=floor)
+                       for g, step, floor in zip(combing.groups, steps, floors)]
 
     # --- from the scalar knob to widths ------------------------------------------------------------
     def _kept_for(self, knob: float) -> list[int]:

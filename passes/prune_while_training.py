@@ -21,7 +21,8 @@ with remove_channels, so widths stay multiples of `round_to` and a few events su
 budget. Config (besides the TrainConfig fields of passes/training.py and `data`, `eval_data`,
 `teacher`): exactly one target (`macs` or `params`, a fraction of the dense model),
 `prune_events` (default 5), `interval` (steps between events, default 50; the first event comes
-after `interval` steps of accumulation), `ranking`, `round_to`, `max_ratio`, `keep`, `strict`.
+after `interval` steps of accumulation), `ranking`, `round_to`, `max_ratio` (of the dense width of a group,
+held across all the cuts), `keep`, `strict`.
 
 Preconditions: the Program has a static batch size; the total step budget covers every event.
 Non-goals: growing channels back; events triggered by a loss plateau instead of a step count.
@@ -29,7 +30,10 @@ Non-goals: growing channels back; events triggered by a loss plateau instead of 
 
 from __future__ import annotations
 
+import math
+
 from prunefx.graph import Program, count
+from prunefx.graph.channel_groups import find_channel_groups
 from prunefx.graph.channel_importance import FisherAccumulator
 from prunefx.graph.channel_selection import TARGET_KINDS, TARGET_TOLERANCE, Target
 from prunefx.graph.errors import PrunefxError
@@ -98,7 +102,17 @@ class PruningSchedule:
         self.dense = _measure(program, target.kind)
         self.before = count(program)
         self.fisher = FisherAccumulator(program.module)
+        self.min_widths = self._dense_floors(program)
         self.done: list[dict] = []
+
+    def _dense_floors(self, program: Program) -> dict[str, int]:
+        """`max_ratio` bounds what a group loses against its *dense* width: without these floors every
+        cut could take max_ratio of what the previous cuts left, and a group would shrink to
+        (1 - max_ratio)^events of its width (a 5x target left ResNet-20 with a few channels per layer)."""
+        combing = find_channel_groups(program.module, keep=set(self.options["keep"]))
+        floor = 1.0 - float(self.options["max_ratio"])
+        return {f"{tensor}:{dim}": max(math.ceil(floor * group.size - 1e-9), 1)
+                for group in combing.groups for tensor, dim in group.members}
 
     def accumulate(self, trainer: Trainer) -> None:
         if len(self.done) < self.events:
@@ -113,7 +127,8 @@ class PruningSchedule:
         result = remove_channels(program, config={
             self.target.kind: self._relative(program, kept_after), "importance": self.fisher.importance,
             "ranking": self.options["ranking"], "round_to": self.options["round_to"],
-            "max_ratio": self.options["max_ratio"], "keep": self.options["keep"], "strict": False})
+            "max_ratio": self.options["max_ratio"], "min_widths": self.min_widths, "keep": self.options["keep"],
+            "strict": False})
         self.done.append({"step": step, "kept_target": kept_after, "macs": result.stats["macs_after"],
                           "params": result.stats["params_after"], "channels_removed": result.stats["channels_removed"],
                           "train_loss": trainer.last_losses.get("loss")})

@@ -18,6 +18,8 @@ Config:
   local (same ratio in every group);
 - `round_to` (default 8, tensor-core friendly; 16 suits ONNX Runtime on AVX-512 CPUs);
 - `max_ratio` (default 0.8): the largest fraction of any one group that may go;
+- `min_widths`: {"tensor:dim": width} — no group with such a member keeps fewer channels (the
+  dense widths' floors that prune_while_training holds across its successive cuts);
 - `keep`: graph node names whose channels must stay; `seed` for `random`;
 - `strict` (default True): raise when the target cannot be met within 3 %;
 - `compensate` (default False): before slicing, update the remaining weights of every layer that loses
@@ -47,7 +49,7 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.passes.result import Result
 
 _DEFAULTS = {"importance": "l2", "calibration": None, "ranking": "global", "round_to": 8, "max_ratio": 0.8,
-             "keep": (), "seed": 0, "strict": True, "compensate": False, "damping": 0.01}
+             "min_widths": None, "keep": (), "seed": 0, "strict": True, "compensate": False, "damping": 0.01}
 _OPTIONS = {*_DEFAULTS, *TARGET_KINDS}
 
 
@@ -73,7 +75,8 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     importance = _importance(program, combing, config, hessians)
     selector = Selector(program.module, combing, importance.scores, round_to=int(config["round_to"]),
                         max_ratio=float(config["max_ratio"]), ranking=config["ranking"],
-                        comparable=getattr(importance, "comparable", False))
+                        comparable=getattr(importance, "comparable", False),
+                        floors=_floors(combing, config["min_widths"]))
     plan = selector.plan(target)
     if not plan.target_met and config["strict"]:
         raise PrunefxError(_unreachable(target, plan, combing))
@@ -110,6 +113,16 @@ def _compensate(program: Program, combing, removed: set[int], config: dict, hess
         return compensate_removed_inputs(program.module, combing.analysis, removed, config["calibration"],
                                          damping=float(config["damping"]), hessians=hessians)
 
+
+
+def _floors(combing, min_widths: dict | None) -> list[int] | None:
+    """Each group's smallest width: the largest `min_widths` entry among its members."""
+    if not min_widths:
+        return None
+    if not isinstance(min_widths, dict) or not all(isinstance(w, int) and w >= 1 for w in min_widths.values()):
+        raise PrunefxError("remove_channels: min_widths must map 'tensor:dim' names to widths >= 1")
+    return [max((min_widths.get(f"{tensor}:{dim}", 1) for tensor, dim in group.members), default=1)
+            for group in combing.groups]
 
 
 def _target(config: dict) -> Target:

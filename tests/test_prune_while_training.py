@@ -37,6 +37,19 @@ def test_reaches_the_macs_target_in_events_and_stays_valid(resnet20_and_data):
     assert result.program(data[0][0]).shape == (8, 10)
 
 
+def test_max_ratio_holds_against_the_dense_widths_across_cuts(resnet20_and_data):
+    program, data = resnet20_and_data
+    dense = {name: p.shape[0] for name, p in program.module.named_parameters() if p.dim() == 4}
+    result = prune_while_training(program, config={
+        "data": data, "macs": 0.3, "steps": 12, "interval": 3, "prune_events": 4, "round_to": 1,
+        "max_ratio": 0.5, "lr": 0.01, "progress": False, "strict": False})
+    assert len(result.stats["events"]) == 4
+    pruned = {name: p.shape[0] for name, p in result.program.module.named_parameters() if p.dim() == 4}
+    # Each cut alone may take half of what is left; all of them together keep half of every dense width.
+    assert all(pruned[name] >= dense[name] / 2 for name in dense)
+    assert any(pruned[name] == dense[name] / 2 for name in dense)  # the bound is reached, not avoided
+
+
 def test_a_budget_too_short_for_the_schedule_is_refused(resnet20_and_data):
     program, data = resnet20_and_data
     with pytest.raises(PrunefxError, match="cannot hold 5 pruning events"):

@@ -69,6 +69,15 @@ def test_max_ratio_bounds_every_group(resnet18):
     assert all(g["width_after"] == 0.25 * g["width_before"] for g in stats["groups"])
 
 
+def test_min_widths_hold_a_group_above_its_floor(resnet18):
+    config = {"channels": 0.1, "max_ratio": 0.9, "ranking": "local", "strict": False,
+              "min_widths": {"conv1.weight:0": 48}}  # conv1's group: the stem and the first residual stage
+    groups = remove_channels(resnet18.clone(), config=config).stats["groups"]
+    floored = [g for g in groups if "conv1.weight:0" in g["members"]]
+    assert [g["width_after"] for g in floored] == [48]
+    assert all(g["width_after"] < 48 for g in groups if g["width_before"] == 64 and g not in floored)
+
+
 def test_kept_nodes_keep_their_channels(resnet18):
     stem = next(n.name for n in resnet18.graph.nodes if n.op == "call_function" and "conv" in str(n.target))
     result = remove_channels(resnet18.clone(), config={"macs": 0.5, "keep": [stem]})
@@ -133,6 +142,8 @@ def test_allowed_widths_respect_step_and_max_ratio():
     assert allowed_widths(64, 16, max_ratio=0.8).tolist() == [16, 32, 48, 64]
     assert allowed_widths(64, 16, max_ratio=0.5).tolist() == [32, 48, 64]
     assert allowed_widths(12, 16, max_ratio=0.9).tolist() == [12]
+    assert allowed_widths(64, 16, max_ratio=0.8, floor=40).tolist() == [48, 64]
+    assert allowed_widths(32, 16, max_ratio=0.8, floor=40).tolist() == [32]  # a floor above the width keeps it
 
 
 @pytest.mark.parametrize("config, message", [
@@ -142,6 +153,7 @@ def test_allowed_widths_respect_step_and_max_ratio():
     ({"macs": 0.5, "importance": "magic"}, "unknown importance"),
     ({"macs": 0.5, "ranking": "sideways"}, "unknown ranking"),
     ({"macs": 0.5, "speed": 2}, "unknown option"),
+    ({"macs": 0.5, "min_widths": {"conv1.weight:0": 0}}, "min_widths must map"),
     ({"macs": 0.02}, "cannot reach macs=0.02"),
     ({"macs": 0.5, "importance": "fisher", "calibration": [(torch.randn(2, 3, 64, 64),)]}, "calibration batch"),
 ])
