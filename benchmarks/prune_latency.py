@@ -2,7 +2,9 @@
 
 For each model (1x3x224x224, random weights: latency does not depend on weight values), every
 variant removes channels until the model keeps `--macs` (0.5) of its dense MACs:
-- prunefx remove_channels, l2 importance, round_to=16, ranking local and global;
+- prunefx remove_channels, l2 importance, round_to=16, ranking local and global, and global with
+  measured channel costs (prunefx-latency: runtime/channel_latency.py times every group with half of
+  its channels removed, and channels are ranked by importance per millisecond);
 - Torch-Pruning (MetaPruner, MagnitudeImportance(p=2), uniform ratio, classifier ignored), with its
   default rounding and with round_to=16. Its pruning ratio is found by bisection, pruning a fresh
   copy of the dense model on each try, until prunefx's own MAC counter says the target is met.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -39,6 +42,7 @@ from prunefx.graph import capture, count
 from prunefx.models import build_model
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.runtime import compare_latency, export_onnx, onnx_runner
+from prunefx.runtime.channel_latency import onnx_channel_costs
 
 NAME = "prune_latency"
 MODELS = {
@@ -52,6 +56,7 @@ MODELS = {
 VARIANTS = {
     "prunefx-local": {"tool": "prunefx", "ranking": "local", "round_to": 16},
     "prunefx-global": {"tool": "prunefx", "ranking": "global", "round_to": 16},
+    "prunefx-latency": {"tool": "prunefx", "ranking": "global", "round_to": 16, "latency_aware": True},
     "tp-default": {"tool": "torch-pruning", "round_to": None},
     "tp-round16": {"tool": "torch-pruning", "round_to": 16},
 }
@@ -73,6 +78,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, metavar="NAME",
                         help=f"pruning variants to run (default: {' '.join(VARIANTS)})")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and input (default 0)")
+    parser.add_argument("--cost-runs", type=int, default=30,
+                        help="timed runs per channel group for prunefx-latency's costs (default 30)")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the rows of the last results for the models and variants not run now")
     parser.add_argument("--quick", action="store_true",
                         help="development run: 3 warm-up and 10 timed runs; writes no results unless "
                              "--output-dir is given")
@@ -88,12 +97,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # --- pruning ---------------------------------------------------------------------------------------
 
-def prune_prunefx(dense_module, example, options: dict, macs: float):
+def prune_prunefx(dense_module, example, options: dict, args):
     """prunefx remove_channels on a fresh capture; returns the pruned Program and a summary."""
     program = capture(dense_module, example, name="dense").eval()
-    config = {"macs": macs, "round_to": options["round_to"], "importance": "l2",
+    config = {"macs": args.macs, "round_to": options["round_to"], "importance": "l2",
               "ranking": options["ranking"], "max_ratio": 0.8}
+    if options.get("latency_aware"):
+        config["channel_costs"] = onnx_channel_costs(round_to=options["round_to"], threads=args.threads,
+                                                     runs=args.cost_runs)
     stats = remove_channels(program, config=config).stats
+    config.pop("channel_costs", None)
     groups = stats["groups"]
     details = {
         "config": config,
@@ -105,6 +118,7 @@ def prune_prunefx(dense_module, example, options: dict, macs: float):
             {"id": g["id"], "width_before": g["width_before"], "width_after": g["width_after"],
              "factor": g["factor"], "first_member": g["members"][0]}
             for g in groups if g["width_after"] % ALIGNMENT and not g["factor"]],
+        "costs_ms_per_channel": [g["cost_per_channel"] for g in groups if "cost_per_channel" in g] or None,
         "blocked": [{"size": b["size"], "operators": b["operators"], "members": b["members"][:2]}
                     for b in stats["blocked"]],
     }
@@ -175,7 +189,7 @@ def unaligned_widths(program) -> dict:
 def prune_variant(name: str, dense_module, example, dense_macs: int, args):
     options = VARIANTS[name]
     if options["tool"] == "prunefx":
-        return prune_prunefx(dense_module, example, options, args.macs)
+        return prune_prunefx(dense_module, example, options, args)
     return prune_torch_pruning(dense_module, example, options, args.macs, dense_macs)
 
 
@@ -245,6 +259,31 @@ def _one_line(error: Exception) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
 
 
+def with_previous_rows(report: dict, previous_path: Path) -> dict:
+    """The new report plus the previous one's rows for the (model, variant) pairs not run now; each
+    row keeps its own dense-vs-pruned pair, timed side by side when it was run."""
+    if not previous_path.is_file():
+        return report
+    previous = json.loads(previous_path.read_text())
+    models = {entry["model"]: entry for entry in report["models"]}
+    for old in previous.get("models", []):
+        new = models.get(old["model"])
+        if new is None:
+            report["models"].append(old)
+            models[old["model"]] = old
+            continue
+        new["variants"] = {**{k: v for k, v in old["variants"].items() if k not in new["variants"]},
+                           **new["variants"]}
+    order = list(MODELS.values())
+    report["models"].sort(key=lambda entry: order.index(entry["model"]) if entry["model"] in order else len(order))
+    for entry in report["models"]:  # variants in the order of VARIANTS
+        entry["variants"] = {k: entry["variants"][k] for k in [*VARIANTS, *entry["variants"]]
+                             if k in entry["variants"]}
+    report["updated_from"] = {"command": previous.get("command"), "date_utc": previous["machine"].get("date_utc"),
+                              "prunefx_source": previous.get("prunefx_source")}
+    return report
+
+
 # --- report ----------------------------------------------------------------------------------------
 
 def table_rows(report: dict) -> list[list[str]]:
@@ -279,6 +318,15 @@ def _widths_note(widths: dict) -> str:
     return "all aligned" if total == 0 else f"{total} layers, e.g. {', '.join(list(widths)[:4])}"
 
 
+def _updated_note(report: dict) -> str:
+    previous = report.get("updated_from")
+    if not previous:
+        return ""
+    return (f" The rows of variants not run then come from `{previous['command']}` on {previous['date_utc']} UTC "
+            f"(sources at {previous.get('prunefx_source') or 'an unknown commit'}); every row is its own "
+            "dense-vs-pruned pair, timed side by side.")
+
+
 def _load(machine: dict) -> str:
     start, end = machine.get("load_average_at_start"), machine.get("load_average_at_end")
     return f"{start[0]:.2f} at start, {end[0]:.2f} at end" if start and end else "unknown"
@@ -291,7 +339,7 @@ def markdown(report: dict) -> str:
                             f"meets {TARGET_RATIO}", "widths not multiple of 16"], table_rows(report))
     return f"""# Channel pruning: dense vs pruned latency in ONNX Runtime, prunefx and Torch-Pruning
 
-Produced by `{report['command']}` on {machine['date_utc']} UTC.
+Produced by `{report['command']}` on {machine['date_utc']} UTC.{_updated_note(report)}
 
 - Machine: {machine_summary(machine)}; Torch-Pruning {report['torch_pruning_version']};
   prunefx sources at {report.get('prunefx_source') or 'unknown commit'}.
@@ -301,7 +349,8 @@ Produced by `{report['command']}` on {machine['date_utc']} UTC.
   {settings['macs']} of the dense MACs (within {TOLERANCE:.0%}); MACs of every model, both tools, are
   counted by prunefx on the captured graph (convolutions and linear layers, attention matmuls).
 - prunefx: `remove_channels` with importance l2, round_to 16, max_ratio 0.8, local (same fraction per
-  group) or global (normalised scores, one threshold) ranking.
+  group) or global (normalised scores, one threshold) ranking; prunefx-latency: global, with the scores
+  divided by each group's measured cost per channel (ONNX Runtime, the same threads).
 - Torch-Pruning (tp): MetaPruner, MagnitudeImportance(p=2), uniform ratio (global_pruning=False),
   classifier ignored, ratio found by bisection; default rounding (tp-default) or round_to=16
   (tp-round16). Its models are captured and exported through the same prunefx pipeline.
@@ -335,6 +384,8 @@ def main(argv=None) -> int:
         for name in args.models:
             report["models"].append(benchmark_model(name, args, Path(tmp)))
     report["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    if args.update:
+        report = with_previous_rows(report, (args.output_dir or RESULTS) / f"{NAME}.json")
     text = markdown(report)
     print(text)
     if args.output_dir is not None:
