@@ -7,6 +7,9 @@ images only for the reported accuracy), for each model:
    - tp-l2: Torch-Pruning, MagnitudeImportance(p=2), one uniform ratio (its default), found by
      bisection until prunefx's MAC counter says the target is met;
    - prunefx-l2: remove_channels, l2 importance, global ranking (normalised scores), round_to 4;
+   - prunefx-obs: remove_channels, importance obs (the output error a channel's removal leaves after
+     compensation) with compensate (least-squares update of the remaining weights), global ranking,
+     round_to 4, on 512 training images, then recalibrate_batchnorm on the same images;
    - prunefx-cpd: prune_while_training (CPD: Fisher importance accumulated from the task + KD loss,
      cuts every `interval` steps during the first part of the budget, geometric schedule);
 3. and recovered with the same budget (`--epochs`, same optimizer and schedule) with plain
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import sys
 import time
@@ -42,6 +46,7 @@ from prunefx.graph.rebatch import rebatch
 from prunefx.models import build_model
 from prunefx.passes.distill import distill
 from prunefx.passes.prune_while_training import prune_while_training
+from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.training import evaluate
 from prunefx.runtime import compare_latency, export_onnx, onnx_runner
@@ -52,7 +57,9 @@ CACHE = REPO / "build" / NAME
 MODELS = ("resnet20", "mobilenetv2_small", "vit_tiny_fmnist")
 FRACTIONS = (0.5, 0.33, 0.2)
 # variant -> (pruning method, recovery losses it is run with)
-VARIANTS = {"tp-l2": ("tp", ("ce", "kd")), "prunefx-l2": ("prunefx", ("ce", "kd")), "prunefx-cpd": ("cpd", ("kd",))}
+VARIANTS = {"tp-l2": ("tp", ("ce", "kd")), "prunefx-l2": ("prunefx", ("ce", "kd")), "prunefx-obs": ("obs", ("kd",)),
+            "prunefx-cpd": ("cpd", ("kd",))}
+CALIBRATION_BATCHES = 4  # 512 training images for prunefx-obs (as benchmarks/one_shot_accuracy.py)
 BATCH = 128
 TOLERANCE = 0.03
 KD = {"kd_weight": 0.9, "temperature": 4.0}
@@ -156,6 +163,8 @@ def prune_and_recover(model: str, variant: str, loss: str, fraction: float, dens
     else:
         if method == "tp":
             program = torch_pruning(model, dense, fraction)
+        elif method == "obs":
+            program = second_order_prune(dense, fraction, data)
         else:
             program = dense.clone()
             remove_channels(program, config={"macs": fraction, "importance": "l2", "ranking": "global",
@@ -174,6 +183,15 @@ def prune_and_recover(model: str, variant: str, loss: str, fraction: float, dens
              "seconds": time.perf_counter() - started}
     program.save(CACHE / model / f"{variant}_{loss}_{fraction}.pt2")
     return entry
+
+
+def second_order_prune(dense: Program, fraction: float, data) -> Program:
+    """obs selection + compensation on calibration images, then their batch-norm statistics."""
+    calibration = [(inputs,) for inputs, _ in itertools.islice(iter(data.train), CALIBRATION_BATCHES)]
+    program = dense.clone().eval()
+    remove_channels(program, config={"macs": fraction, "importance": "obs", "compensate": True,
+                                     "calibration": calibration, "ranking": "global", "round_to": 4})
+    return recalibrate_batchnorm(program, config={"data": calibration}).program
 
 
 # --- latency -----------------------------------------------------------------------------------------
