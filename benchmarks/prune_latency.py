@@ -2,9 +2,7 @@
 
 For each model (1x3x224x224, random weights: latency does not depend on weight values), every
 variant removes channels until the model keeps `--macs` (0.5) of its dense MACs:
-- prunefx remove_channels, l2 importance, round_to=16, ranking local and global, and global with
-  measured channel costs (prunefx-latency: runtime/channel_latency.py times every group with half of
-  its channels removed, and channels are ranked by importance per millisecond);
+- prunefx remove_channels, l2 importance, round_to=16, ranking local and global;
 - Torch-Pruning (MetaPruner, MagnitudeImportance(p=2), uniform ratio, classifier ignored), with its
   default rounding and with round_to=16. Its pruning ratio is found by bisection, pruning a fresh
   copy of the dense model on each try, until prunefx's own MAC counter says the target is met.
@@ -42,7 +40,6 @@ from prunefx.graph import capture, count
 from prunefx.models import build_model
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.runtime import compare_latency, export_onnx, onnx_runner
-from prunefx.runtime.channel_latency import onnx_channel_costs
 
 NAME = "prune_latency"
 MODELS = {
@@ -56,7 +53,6 @@ MODELS = {
 VARIANTS = {
     "prunefx-local": {"tool": "prunefx", "ranking": "local", "round_to": 16},
     "prunefx-global": {"tool": "prunefx", "ranking": "global", "round_to": 16},
-    "prunefx-latency": {"tool": "prunefx", "ranking": "global", "round_to": 16, "latency_aware": True},
     "tp-default": {"tool": "torch-pruning", "round_to": None},
     "tp-round16": {"tool": "torch-pruning", "round_to": 16},
 }
@@ -78,8 +74,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, metavar="NAME",
                         help=f"pruning variants to run (default: {' '.join(VARIANTS)})")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and input (default 0)")
-    parser.add_argument("--cost-runs", type=int, default=30,
-                        help="timed runs per channel group for prunefx-latency's costs (default 30)")
     parser.add_argument("--update", action="store_true",
                         help="keep the rows of the last results for the models and variants not run now")
     parser.add_argument("--quick", action="store_true",
@@ -102,11 +96,7 @@ def prune_prunefx(dense_module, example, options: dict, args):
     program = capture(dense_module, example, name="dense").eval()
     config = {"macs": args.macs, "round_to": options["round_to"], "importance": "l2",
               "ranking": options["ranking"], "max_ratio": 0.8}
-    if options.get("latency_aware"):
-        config["channel_costs"] = onnx_channel_costs(round_to=options["round_to"], threads=args.threads,
-                                                     runs=args.cost_runs)
     stats = remove_channels(program, config=config).stats
-    config.pop("channel_costs", None)
     groups = stats["groups"]
     details = {
         "config": config,
@@ -118,7 +108,6 @@ def prune_prunefx(dense_module, example, options: dict, args):
             {"id": g["id"], "width_before": g["width_before"], "width_after": g["width_after"],
              "factor": g["factor"], "first_member": g["members"][0]}
             for g in groups if g["width_after"] % ALIGNMENT and not g["factor"]],
-        "costs_ms_per_channel": [g["cost_per_channel"] for g in groups if "cost_per_channel" in g] or None,
         "blocked": [{"size": b["size"], "operators": b["operators"], "members": b["members"][:2]}
                     for b in stats["blocked"]],
     }
@@ -260,8 +249,9 @@ def _one_line(error: Exception) -> str:
 
 
 def with_previous_rows(report: dict, previous_path: Path) -> dict:
-    """The new report plus the previous one's rows for the (model, variant) pairs not run now; each
-    row keeps its own dense-vs-pruned pair, timed side by side when it was run."""
+    """The new report plus the previous one's rows for the (model, variant) pairs not run now (variants
+    this benchmark no longer has are dropped); each row keeps its own dense-vs-pruned pair, timed side by
+    side when it was run."""
     if not previous_path.is_file():
         return report
     previous = json.loads(previous_path.read_text())
@@ -274,11 +264,12 @@ def with_previous_rows(report: dict, previous_path: Path) -> dict:
             continue
         new["variants"] = {**{k: v for k, v in old["variants"].items() if k not in new["variants"]},
                            **new["variants"]}
+    for entry in report["models"]:
+        entry["variants"] = {k: v for k, v in entry["variants"].items() if k in VARIANTS}
     order = list(MODELS.values())
     report["models"].sort(key=lambda entry: order.index(entry["model"]) if entry["model"] in order else len(order))
     for entry in report["models"]:  # variants in the order of VARIANTS
-        entry["variants"] = {k: entry["variants"][k] for k in [*VARIANTS, *entry["variants"]]
-                             if k in entry["variants"]}
+        entry["variants"] = {k: entry["variants"][k] for k in VARIANTS if k in entry["variants"]}
     report["updated_from"] = {"command": previous.get("command"), "date_utc": previous["machine"].get("date_utc"),
                               "prunefx_source": previous.get("prunefx_source")}
     return report
@@ -349,8 +340,7 @@ Produced by `{report['command']}` on {machine['date_utc']} UTC.{_updated_note(re
   {settings['macs']} of the dense MACs (within {TOLERANCE:.0%}); MACs of every model, both tools, are
   counted by prunefx on the captured graph (convolutions and linear layers, attention matmuls).
 - prunefx: `remove_channels` with importance l2, round_to 16, max_ratio 0.8, local (same fraction per
-  group) or global (normalised scores, one threshold) ranking; prunefx-latency: global, with the scores
-  divided by each group's measured cost per channel (ONNX Runtime, the same threads).
+  group) or global (normalised scores, one threshold) ranking.
 - Torch-Pruning (tp): MetaPruner, MagnitudeImportance(p=2), uniform ratio (global_pruning=False),
   classifier ignored, ratio found by bisection; default rounding (tp-default) or round_to=16
   (tp-round16). Its models are captured and exported through the same prunefx pipeline.

@@ -9,9 +9,7 @@ group of a grouped conv) the rounding applies to the tensor widths they multiply
 Two rankings, each driven by one scalar that a bisection tunes to the target:
 - local: every group removes the same fraction `p` of its channels;
 - global: scores are normalised by their group's mean, and every channel below a threshold `t`
-  goes (CPD's non-uniform widths, chosen globally). Given the cost of one channel of each group
-  (measured latency, runtime/channel_latency.py), the normalised scores are divided by it first:
-  channels go in order of importance per unit of cost. Scores that already share one scale across
+  goes (CPD's non-uniform widths, chosen globally). Scores that already share one scale across
   groups (`comparable`: the `obs` criterion's relative output errors) are thresholded as they are.
 The cost of a plan is predicted exactly, without touching the graph: each node's shape after the
 removal is the number of surviving labels in each dim, fed to the same MACs counter as everywhere.
@@ -53,20 +51,6 @@ class Plan:
     predicted: Cost
     achieved: float                 # the fraction kept, in the target's unit (MACs, params, channels)
     target_met: bool
-
-
-def _per_cost(sorted_scores: list[np.ndarray], costs: list[float], ranking: str) -> list[np.ndarray]:
-    """Scores per unit of cost (relative to the mean cost): a channel of a group that is expensive to
-    run (measured latency per channel) looks cheaper to lose than an equally important, cheap one."""
-    if ranking != "global":
-        raise PrunefxError("channel costs only apply to the global ranking (local removes the same fraction "
-                           "of every group whatever it costs)")
-    costs = np.asarray(costs, dtype=float)
-    if costs.shape != (len(sorted_scores),) or not np.all(np.isfinite(costs) & (costs > 0)):
-        raise PrunefxError(f"channel costs must be one positive number per channel group ({len(sorted_scores)}), "
-                           f"got {costs.tolist()}")
-    relative = costs / costs.mean()
-    return [scores / cost for scores, cost in zip(sorted_scores, relative)]
 
 
 def allowed_widths(size: int, step: int, *, max_ratio: float, floor: int = 1) -> np.ndarray:
@@ -155,7 +139,7 @@ class Selector:
 
     def __init__(self, module, combing: Combing, scores: list[np.ndarray], *, round_to: int = 8,
                  max_ratio: float = 0.8, ranking: str = "global", comparable: bool = False,
-                 floors: list[int] | None = None, costs: list[float] | None = None):
+                 floors: list[int] | None = None):
         if ranking not in ("global", "local"):
             raise PrunefxError(f"unknown ranking '{ranking}' (use 'global' or 'local')")
         if not 0.0 <= max_ratio < 1.0:
@@ -168,8 +152,6 @@ class Selector:
             self.sorted_normalised = [np.sort(np.asarray(s, dtype=float)) for s in scores]
         else:
             self.sorted_normalised = [np.sort(s / s.mean()) if s.mean() > 0 else np.zeros_like(s) for s in scores]
-        if costs is not None:
-            self.sorted_normalised = _per_cost(self.sorted_normalised, costs, ranking)
         steps = width_steps(combing.analysis, combing.groups, round_to)
         floors = floors or [1] * len(combing.groups)
         self.widths = [allowed_widths(g.size, step, max_ratio=max_ratio, floor=floor)

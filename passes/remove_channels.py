@@ -20,9 +20,6 @@ Config:
 - `max_ratio` (default 0.8): the largest fraction of any one group that may go;
 - `min_widths`: {"tensor:dim": width} — no group with such a member keeps fewer channels (the
   dense widths' floors that prune_while_training holds across its successive cuts);
-- `channel_costs`: a callable `(program, combing) -> one positive cost per group` (milliseconds a
-  channel of the group costs, from runtime/channel_latency.py); with the global ranking, channels are
-  then ranked by importance per unit of cost, so a MACs target is met with more latency removed;
 - `keep`: graph node names whose channels must stay; `seed` for `random`;
 - `strict` (default True): raise when the target cannot be met within 3 %;
 - `compensate` (default False): before slicing, update the remaining weights of every layer that loses
@@ -52,8 +49,7 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.passes.result import Result
 
 _DEFAULTS = {"importance": "l2", "calibration": None, "ranking": "global", "round_to": 8, "max_ratio": 0.8,
-             "min_widths": None, "channel_costs": None, "keep": (), "seed": 0, "strict": True, "compensate": False,
-             "damping": 0.01}
+             "min_widths": None, "keep": (), "seed": 0, "strict": True, "compensate": False, "damping": 0.01}
 _OPTIONS = {*_DEFAULTS, *TARGET_KINDS}
 
 
@@ -77,12 +73,10 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     # obs and compensate read the same layer Hessians of the dense network: gathered once, for both
     hessians = {} if config["compensate"] and config["importance"] == "obs" else None
     importance = _importance(program, combing, config, hessians)
-    costs = _costs(program, combing, config["channel_costs"])
     selector = Selector(program.module, combing, importance.scores, round_to=int(config["round_to"]),
                         max_ratio=float(config["max_ratio"]), ranking=config["ranking"],
                         comparable=getattr(importance, "comparable", False),
-                        floors=_floors(combing, config["min_widths"]),
-                        costs=costs)
+                        floors=_floors(combing, config["min_widths"]))
     plan = selector.plan(target)
     if not plan.target_met and config["strict"]:
         raise PrunefxError(_unreachable(target, plan, combing))
@@ -95,9 +89,6 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
         program.recompile()
     after = count(program)
     stats = _statistics(config, target, importance, combing, plan, before, after)
-    if costs is not None:  # what drove the ranking, per group, beside the widths it chose
-        for group, cost in zip(stats["groups"], costs):
-            group["cost_per_channel"] = cost
     if config["compensate"]:
         stats["compensation"] = compensation or {"compensated": [], "skipped": []}
     program.analysis["channel_pruning"] = stats
@@ -132,15 +123,6 @@ def _floors(combing, min_widths: dict | None) -> list[int] | None:
         raise PrunefxError("remove_channels: min_widths must map 'tensor:dim' names to widths >= 1")
     return [max((min_widths.get(f"{tensor}:{dim}", 1) for tensor, dim in group.members), default=1)
             for group in combing.groups]
-
-
-def _costs(program: Program, combing, channel_costs) -> list[float] | None:
-    if channel_costs is None:
-        return None
-    if not callable(channel_costs):
-        raise PrunefxError("remove_channels: channel_costs must be a callable (program, combing) -> costs, "
-                           "e.g. prunefx.runtime.channel_latency.onnx_channel_costs()")
-    return list(channel_costs(program, combing))
 
 
 def _target(config: dict) -> Target:

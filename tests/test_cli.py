@@ -221,21 +221,6 @@ def test_prune_with_fisher_on_real_images_reports_them(capsys, tmp_path):
     assert report["params_after"] == pytest.approx(0.6 * report["params_before"], rel=0.03)
 
 
-def test_prune_latency_aware_reports_a_measured_cost_per_group(capsys, tmp_path, one_thread):
-    code, out, err = run_cli(capsys, "prune", "prunefx:resnet20", "--macs", "0.5", "--round-to", "4",
-                             "--latency-aware", "--threads", "1", "-o", tmp_path)
-    assert code == 0, err
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert report["channel_costs"].startswith("ONNX Runtime ms saved per channel")
-    assert all(g["cost_per_channel"] > 0 for g in report["groups"])
-    assert report["macs_after"] == pytest.approx(0.5 * report["macs_before"], rel=0.03)
-    assert "per measured millisecond" in out
-
-    code, _, err = run_cli(capsys, "prune", "prunefx:resnet20", "--macs", "0.5", "--latency-aware", "--local",
-                           "-o", tmp_path / "local")
-    assert code != 0 and "cannot go with --local" in err
-
-
 needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(),
                                          reason="Fashion-MNIST missing: apt-get install dataset-fashion-mnist")
 

@@ -26,8 +26,6 @@ from prunefx.loading import program_from_args
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.runtime import check_parity, export_onnx
-from prunefx.runtime.channel_latency import onnx_channel_costs
-from prunefx.runtime.onnxruntime_session import DEFAULT_THREADS
 
 NAME = "prune"
 HELP = "remove channels to a MACs or parameter target; write model.pt2, model.onnx and report.json"
@@ -48,11 +46,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--round-to", type=int, default=8,
                         help="keep every width a multiple of N (default 8: FP16 tensor cores; 16 for ONNX Runtime "
                              "on AVX-512 CPUs)")
-    parser.add_argument("--latency-aware", action="store_true",
-                        help="time every channel group in ONNX Runtime with half its channels removed and rank "
-                             "channels by importance per millisecond (global ranking; slower to prune)")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                        help=f"ONNX Runtime threads for --latency-aware (default {DEFAULT_THREADS})")
     parser.add_argument("--max-ratio", type=float, default=0.8, help="largest fraction of one group removed (0.8)")
     parser.add_argument("--keep", action="append", default=[], metavar="NODE",
                         help="graph node whose channels must stay (repeatable; see `prunefx inspect`)")
@@ -82,8 +75,6 @@ def run(args) -> int:
         raise PrunefxError(f"{output} exists and is not a folder")
     if args.compensate and not (args.calibrate or args.calibration):
         raise PrunefxError("--compensate needs calibration images: give --calibrate DATA (or --calibration DIR)")
-    if args.latency_aware and args.ranking != "global":
-        raise PrunefxError("--latency-aware ranks channels across groups: it cannot go with --local")
     program = program_from_args(args).eval()
     calibration = _calibration(args, program)
     config = _config(args, calibration)
@@ -95,7 +86,6 @@ def run(args) -> int:
         recalibrated = recalibrate_batchnorm(pruned, config={"data": calibration.batches})
         pruned, recalibration = recalibrated.program, recalibrated.stats
     print(f"pruned {program.name} to {_target_text(args)} ({args.importance}, {args.ranking}"
-          f"{', per measured millisecond' if args.latency_aware else ''}"
           f"{', compensated' if args.compensate else ''}{', batch norms recalibrated' if recalibration else ''}) "
           f"in {time.perf_counter() - started:.1f} s; exporting to ONNX", flush=True)
     output.mkdir(parents=True, exist_ok=True)
@@ -128,8 +118,6 @@ def _config(args, calibration: Calibration | None) -> dict:
               "compensate": args.compensate, "damping": args.damping}
     if calibration is not None and (args.importance in DATA_CRITERIA or args.compensate):
         config["calibration"] = calibration.batches
-    if args.latency_aware:
-        config["channel_costs"] = onnx_channel_costs(round_to=args.round_to, threads=args.threads)
     return config
 
 
@@ -143,20 +131,13 @@ def _report(name, stats, parity, exported, *, calibration, recalibration) -> dic
               "target": stats["target"], "importance": stats["importance"],
               "importance_fallback_groups": stats["importance_fallback_groups"], "calibration": calibration,
               "compensation": stats.get("compensation"), "recalibrate_batchnorm": recalibration,
-              "ranking": stats["ranking"], "channel_costs": _costs_text(stats), "round_to": stats["round_to"], "max_ratio": stats["max_ratio"],
+              "ranking": stats["ranking"], "round_to": stats["round_to"], "max_ratio": stats["max_ratio"],
               "groups": stats["groups"], "blocked": stats["blocked"],
               "onnx": {"exporter": exported.exporter, "fallback_reason": exported.fallback_reason,
                        "nodes": exported.node_count},
               "parity": {"max_abs_error": parity.max_abs_error, "output_scale": parity.output_scale,
                          "relative": parity.relative}}
     return report
-
-
-def _costs_text(stats: dict) -> str | None:
-    """What the global ranking weighed channels by, when not by importance alone."""
-    if not any("cost_per_channel" in g for g in stats["groups"]):
-        return None
-    return "ONNX Runtime ms saved per channel (groups[].cost_per_channel)"
 
 
 def _summary(report: dict, output: Path) -> None:
