@@ -22,7 +22,8 @@ at batch 1 (rebatched from the training batch) against the dense one, alternated
     .venv/bin/python benchmarks/fashion_mnist_accuracy.py --report-only     # tables from cached runs
 
 Every finished run is cached in build/fashion_mnist_accuracy/ (one JSON each), so an interrupted
-benchmark resumes; results go to benchmarks/results/fashion_mnist_accuracy.{json,md}.
+benchmark resumes; results go to benchmarks/results/fashion_mnist_accuracy.{json,md} (with `--epochs N`
+other than 1: fashion_mnist_accuracy_Nepochs.{json,md}, runs cached apart).
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ def prune_and_recover(model: str, variant: str, loss: str, fraction: float, dens
              "one_shot_test_accuracy": None if method == "cpd" else one_shot,
              "epochs": args.epochs, "train_seconds": training.get("train_seconds"),
              "seconds": time.perf_counter() - started}
-    program.save(CACHE / model / f"{variant}_{loss}_{fraction}.pt2")
+    program.save(CACHE / model / f"{run_stem(variant, loss, fraction, args.epochs)}.pt2")
     return entry
 
 
@@ -203,7 +204,7 @@ def latency(model: str, entries: list[dict], dense: Program, args) -> None:
     example = (dense.example_inputs[0][:1],)
     dense_runner = onnx_runner(dense_onnx.path, example, threads=args.threads)
     for entry in entries:
-        name = f"{entry['variant']}_{entry['loss']}_{entry['fraction']}"
+        name = run_stem(entry["variant"], entry["loss"], entry["fraction"], entry["epochs"])
         pruned = rebatch(Program.load(CACHE / model / f"{name}.pt2").eval(), 1)
         runner = onnx_runner(export_onnx(pruned, workdir / f"{name}.onnx").path, example, threads=args.threads)
         comparison = compare_latency(dense_runner, runner, warmup=10, runs=args.runs, threads=args.threads)
@@ -213,8 +214,18 @@ def latency(model: str, entries: list[dict], dense: Program, args) -> None:
 
 # --- report ------------------------------------------------------------------------------------------
 
-def run_file(model: str, variant: str, loss: str, fraction: float) -> Path:
-    return CACHE / model / f"{variant}_{loss}_{fraction}.json"
+def run_stem(variant: str, loss: str, fraction: float, epochs: int) -> str:
+    """The cache name of one run; budgets other than one epoch are cached apart."""
+    return f"{variant}_{loss}_{fraction}" + ("" if epochs == 1 else f"_{epochs}ep")
+
+
+def run_file(model: str, variant: str, loss: str, fraction: float, epochs: int) -> Path:
+    return CACHE / model / f"{run_stem(variant, loss, fraction, epochs)}.json"
+
+
+def results_name(epochs: int) -> str:
+    """One results file per recovery budget: fashion_mnist_accuracy (1 epoch), ..._3epochs."""
+    return NAME if epochs == 1 else f"{NAME}_{epochs}epochs"
 
 
 def markdown(report: dict) -> str:
@@ -274,7 +285,7 @@ def main(argv=None) -> int:
         for fraction in args.fractions:
             for variant in args.variants:
                 for loss in VARIANTS[variant][1]:
-                    path = run_file(model, variant, loss, fraction)
+                    path = run_file(model, variant, loss, fraction, args.epochs)
                     if path.is_file():
                         entries.append(json.loads(path.read_text()))
                     elif not args.report_only:
@@ -285,9 +296,9 @@ def main(argv=None) -> int:
         if args.latency:
             latency(model, entries, dense, args)
             for entry in entries:
-                run_file(model, entry["variant"], entry["loss"], entry["fraction"]).write_text(json.dumps(entry, indent=1))
+                run_file(model, entry["variant"], entry["loss"], entry["fraction"], args.epochs).write_text(json.dumps(entry, indent=1))
         report["runs"] += entries
-    json_path, md_path = write_results(NAME, report, markdown(report))
+    json_path, md_path = write_results(results_name(args.epochs), report, markdown(report))
     print(md_path.read_text())
     return 0
 
