@@ -248,15 +248,22 @@ def _one_line(error: Exception) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
 
 
+def provenance(report: dict) -> dict:
+    return {"command": report.get("command"), "date_utc": report["machine"].get("date_utc"),
+            "prunefx_source": report.get("prunefx_source")}
+
+
 def with_previous_rows(report: dict, previous_path: Path) -> dict:
     """The new report plus the previous one's rows for the (model, variant) pairs not run now (variants
-    this benchmark no longer has are dropped); each row keeps its own dense-vs-pruned pair, timed side by
-    side when it was run."""
+    this benchmark no longer has are dropped). Every row keeps its own dense-vs-pruned pair, timed side by
+    side, and says in `measured_by` which run measured it."""
     if not previous_path.is_file():
         return report
     previous = json.loads(previous_path.read_text())
     models = {entry["model"]: entry for entry in report["models"]}
     for old in previous.get("models", []):
+        for result in old["variants"].values():  # rows from before rows were labelled: the previous run's
+            result.setdefault("measured_by", provenance(previous))
         new = models.get(old["model"])
         if new is None:
             report["models"].append(old)
@@ -264,14 +271,10 @@ def with_previous_rows(report: dict, previous_path: Path) -> dict:
             continue
         new["variants"] = {**{k: v for k, v in old["variants"].items() if k not in new["variants"]},
                            **new["variants"]}
-    for entry in report["models"]:
-        entry["variants"] = {k: v for k, v in entry["variants"].items() if k in VARIANTS}
     order = list(MODELS.values())
     report["models"].sort(key=lambda entry: order.index(entry["model"]) if entry["model"] in order else len(order))
-    for entry in report["models"]:  # variants in the order of VARIANTS
+    for entry in report["models"]:  # variants in the order of VARIANTS; retired ones dropped
         entry["variants"] = {k: entry["variants"][k] for k in VARIANTS if k in entry["variants"]}
-    report["updated_from"] = {"command": previous.get("command"), "date_utc": previous["machine"].get("date_utc"),
-                              "prunefx_source": previous.get("prunefx_source")}
     return report
 
 
@@ -310,12 +313,16 @@ def _widths_note(widths: dict) -> str:
 
 
 def _updated_note(report: dict) -> str:
-    previous = report.get("updated_from")
-    if not previous:
+    """Which earlier runs measured the rows this run kept (`--update`)."""
+    this = provenance(report)
+    earlier = {tuple(result["measured_by"].values()) for entry in report["models"]
+               for result in entry["variants"].values() if result.get("measured_by", this) != this}
+    if not earlier:
         return ""
-    return (f" The rows of variants not run then come from `{previous['command']}` on {previous['date_utc']} UTC "
-            f"(sources at {previous.get('prunefx_source') or 'an unknown commit'}); every row is its own "
-            "dense-vs-pruned pair, timed side by side.")
+    runs = "; ".join(f"`{command}` on {date} UTC (sources at {source or 'an unknown commit'})"
+                     for command, date, source in sorted(earlier, key=lambda run: run[1] or ""))
+    return (f" Rows not run then were measured by {runs}. Every row is its own dense-vs-pruned pair, "
+            "timed side by side.")
 
 
 def _load(machine: dict) -> str:
@@ -374,6 +381,9 @@ def main(argv=None) -> int:
         for name in args.models:
             report["models"].append(benchmark_model(name, args, Path(tmp)))
     report["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    for entry in report["models"]:
+        for result in entry["variants"].values():
+            result["measured_by"] = provenance(report)
     if args.update:
         report = with_previous_rows(report, (args.output_dir or RESULTS) / f"{NAME}.json")
     text = markdown(report)
