@@ -3,6 +3,9 @@
 Each subclasses PrunefxError and carries a one-line message meant to be shown to a user as is.
 """
 
+import importlib
+from types import ModuleType
+
 from prunefx.graph.errors import PrunefxError, first_line
 
 
@@ -41,3 +44,12 @@ class BackendUnavailableError(PrunefxError):
 
 class DeviceToolError(PrunefxError):
     """A device tool (TensorRT builder, trtexec, a Jetson utility) ran but failed; the message says how."""
+
+
+def require_module(module: str, backend: str, install: str) -> ModuleType:
+    """The optional package `module` that `backend` needs, or BackendUnavailableError saying how to get it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise BackendUnavailableError(f"the {backend} backend needs the `{module}` Python package, which is not "
+                                      f"installed: {install}") from error

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prunefx.runtime.errors import BackendUnavailableError, DeviceToolError, MeasurementError
+from prunefx.runtime.errors import BackendUnavailableError, DeviceToolError, MeasurementError, require_module
 from prunefx.runtime.latency import LatencyComparison, LatencyStats
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -66,12 +66,7 @@ class BuildOptions:
 
 def require_tensorrt():
     """The `tensorrt` module, or BackendUnavailableError saying how to install it."""
-    try:
-        import tensorrt
-    except ImportError as error:
-        raise BackendUnavailableError(f"the TensorRT backend needs the `tensorrt` Python package, which is not "
-                                      f"installed: {INSTALL_TENSORRT}") from error
-    return tensorrt
+    return require_module("tensorrt", "TensorRT", INSTALL_TENSORRT)
 
 
 def require_cuda() -> None:

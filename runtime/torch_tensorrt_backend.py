@@ -20,7 +20,7 @@ import inspect
 import torch
 
 from prunefx.graph import Program
-from prunefx.runtime.errors import BackendUnavailableError, DeviceToolError, MeasurementError
+from prunefx.runtime.errors import DeviceToolError, MeasurementError, require_module
 from prunefx.runtime.tensorrt_engine import require_cuda
 
 INSTALL_TORCH_TENSORRT = ("install it with `pip install torch-tensorrt` at the version built for your torch "
@@ -29,12 +29,8 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 def require_torch_tensorrt():
-    try:
-        import torch_tensorrt
-    except ImportError as error:
-        raise BackendUnavailableError(f"the Torch-TensorRT backend needs the `torch_tensorrt` package, which is not "
-                                      f"installed: {INSTALL_TORCH_TENSORRT}") from error
-    return torch_tensorrt
+    """The `torch_tensorrt` module, or BackendUnavailableError saying how to install it."""
+    return require_module("torch_tensorrt", "Torch-TensorRT", INSTALL_TORCH_TENSORRT)
 
 
 class TorchTensorRTRunner:
