@@ -263,7 +263,9 @@ def parse_args(argv=None):
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--epochs", type=int, default=1, help="recovery budget in epochs (default 1)")
     parser.add_argument("--baseline-epochs", type=int, default=8, help="dense training epochs (default 8)")
-    parser.add_argument("--latency", action="store_true", help="also time every model in ONNX Runtime")
+    parser.add_argument("--latency", action="store_true",
+                        help="also time in ONNX Runtime every model not timed yet (its run file keeps the figures)")
+    parser.add_argument("--remeasure", action="store_true", help="time every model again, timed before or not")
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -293,9 +295,10 @@ def main(argv=None) -> int:
                         entry = prune_and_recover(model, variant, loss, fraction, dense, data, args)
                         path.write_text(json.dumps(entry, indent=1))
                         entries.append(entry)
-        if args.latency:
-            latency(model, entries, dense, args)
-            for entry in entries:
+        if args.latency or args.remeasure:
+            untimed = [e for e in entries if args.remeasure or "latency" not in e]
+            latency(model, untimed, dense, args)
+            for entry in untimed:
                 run_file(model, entry["variant"], entry["loss"], entry["fraction"], args.epochs).write_text(json.dumps(entry, indent=1))
         report["runs"] += entries
     json_path, md_path = write_results(results_name(args.epochs), report, markdown(report))
