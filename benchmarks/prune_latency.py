@@ -91,10 +91,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # --- pruning ---------------------------------------------------------------------------------------
 
-def prune_prunefx(dense_module, example, options: dict, args):
+def prune_prunefx(dense_module, example, options: dict, macs: float):
     """prunefx remove_channels on a fresh capture; returns the pruned Program and a summary."""
     program = capture(dense_module, example, name="dense").eval()
-    config = {"macs": args.macs, "round_to": options["round_to"], "importance": "l2",
+    config = {"macs": macs, "round_to": options["round_to"], "importance": "l2",
               "ranking": options["ranking"], "max_ratio": 0.8}
     stats = remove_channels(program, config=config).stats
     groups = stats["groups"]
@@ -178,7 +178,7 @@ def unaligned_widths(program) -> dict:
 def prune_variant(name: str, dense_module, example, dense_macs: int, args):
     options = VARIANTS[name]
     if options["tool"] == "prunefx":
-        return prune_prunefx(dense_module, example, options, args)
+        return prune_prunefx(dense_module, example, options, args.macs)
     return prune_torch_pruning(dense_module, example, options, args.macs, dense_macs)
 
 

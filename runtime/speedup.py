@@ -27,15 +27,14 @@ def onnx_speedup(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup: int 
     """A `(before, after) -> speed-up` callable timing both Programs with ONNX Runtime at `batch`."""
     def measure(before: Program, after: Program) -> float:
         with tempfile.TemporaryDirectory(prefix="prunefx-measure-") as tmp:
-            runners = [batch_runner(program, Path(tmp) / f"{name}.onnx", batch, threads)
+            runners = [_runner(program, Path(tmp) / f"{name}.onnx", batch, threads)
                        for name, program in (("before", before), ("after", after))]
             return compare_latency(*runners, warmup=warmup, runs=runs, threads=threads).speedup
 
     return measure
 
 
-def batch_runner(program: Program, path: Path, batch: int, threads: int):
-    """A runner of `program` exported to `path` at `batch` items per input (cut from the captured batch)."""
+def _runner(program: Program, path: Path, batch: int, threads: int):
     program = program.clone().eval() if program.training else program
     if int(program.example_inputs[0].shape[0]) != batch:
         program = rebatch(program, batch)
