@@ -6,8 +6,10 @@ stated; a speed-up is two such measurements taken *alternately* in one process r
 whichever ran second. Each call is timed on its own with `time.perf_counter` (the clock can be
 swapped, which is how the tests check the statistics exactly).
 
-The callables are zero-argument functions; `prunefx.runtime.runners` builds them from a Program
-(torch) or an .onnx file (ONNX Runtime), with their thread count attached as `fn.threads`.
+The two sides alternate in short blocks (a few untimed settling calls, then up to `block` timed calls of
+one side, then the same of the other) rather than call by call, so each timed call finds its own
+weights in the caches, as a deployed model serving requests back to back does; the blocks are still
+short enough for drift to hit both sides alike.
 """
 
 from __future__ import annotations
@@ -72,17 +74,25 @@ def measure_latency(fn: Callable[[], object], *, warmup: int = 10, runs: int = 5
 
 
 def compare_latency(fn_a: Callable[[], object], fn_b: Callable[[], object], *, warmup: int = 10,
-                    runs: int = 50, threads: int | None = None, progress: bool = False,
-                    clock: Clock = time.perf_counter) -> LatencyComparison:
-    """Measure `fn_a` and `fn_b` alternately (a, b, a, b, ...), warm-up included."""
+                    runs: int = 50, block: int = 10, settle: int = 2, threads: int | None = None,
+                    progress: bool = False, clock: Clock = time.perf_counter) -> LatencyComparison:
+    """Measure `fn_a` and `fn_b` alternately: warm-up a, b, a, b, ...; then blocks of `settle` untimed and
+    up to `block` timed calls of a, then of b, until each side has `runs` timed calls."""
     _check_counts(warmup, runs)
+    if block < 1 or settle < 0:
+        raise MeasurementError(f"blocks need block >= 1 and settle >= 0, got block={block}, settle={settle}")
     for _ in range(warmup):
         fn_a()
         fn_b()
     samples_a, samples_b = [], []
-    for _ in _steps(runs, progress, "latency a/b"):
-        samples_a.append(_time_call(fn_a, clock))
-        samples_b.append(_time_call(fn_b, clock))
+    with tqdm(total=runs, desc="latency a/b", unit="run", disable=not progress, leave=False) as bar:
+        while len(samples_a) < runs:
+            size = min(block, runs - len(samples_a))
+            for fn, samples in ((fn_a, samples_a), (fn_b, samples_b)):
+                for _ in range(settle):
+                    fn()
+                samples.extend(_time_call(fn, clock) for _ in range(size))
+            bar.update(size)
     a = LatencyStats.from_seconds(samples_a, threads=_threads_of(fn_a, threads))
     b = LatencyStats.from_seconds(samples_b, threads=_threads_of(fn_b, threads))
     return LatencyComparison(a=a, b=b, speedup=_ratio(a.median_ms, b.median_ms))

@@ -3,6 +3,10 @@
 ONNX Runtime is prunefx's embedded default backend: it runs everywhere, CI included. Latency numbers
 are only comparable when the thread count is fixed, so it is always explicit here (one intra-op
 thread by default), with one inter-op thread, sequential execution and all graph optimisations.
+Worker threads spin between operators, ONNX Runtime's default and what a deployed session runs with:
+turned off, every parallel operator waits for its threads to wake up, a fixed cost per operator that
+slows small many-operator models most and hides part of what pruning saves (benchmarks/prune_latency.py
+times both settings). `spinning=False` is there for hosts that share their cores with other work.
 Loading and input errors become OnnxSessionError with a one-line message instead of a protobuf or
 pybind traceback.
 """
@@ -25,12 +29,13 @@ DEFAULT_THREADS = 1
 class OnnxRuntimeSession:
     """Run an .onnx file on the CPU: `OnnxRuntimeSession(path, threads=2).run(x)` -> list of arrays."""
 
-    def __init__(self, path: str | os.PathLike, *, threads: int = DEFAULT_THREADS):
+    def __init__(self, path: str | os.PathLike, *, threads: int = DEFAULT_THREADS, spinning: bool = True):
         if threads < 1:
             raise OnnxSessionError(f"threads must be at least 1, got {threads}")
         self.path = Path(path)
         self.threads = threads
-        self.session = _load(self.path, threads)
+        self.spinning = spinning
+        self.session = _load(self.path, threads, spinning)
         self.input_names = [arg.name for arg in self.session.get_inputs()]
         self.output_names = [arg.name for arg in self.session.get_outputs()]
 
@@ -61,7 +66,7 @@ class OnnxRuntimeSession:
                                    f"{first_line(error)}") from error
 
 
-def _load(path: Path, threads: int) -> ort.InferenceSession:
+def _load(path: Path, threads: int, spinning: bool) -> ort.InferenceSession:
     if not path.is_file():
         raise OnnxSessionError(f"no such ONNX file: {path}")
     options = ort.SessionOptions()
@@ -69,10 +74,12 @@ def _load(path: Path, threads: int) -> ort.InferenceSession:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle worker threads must not busy-wait: two sessions timed alternately would otherwise steal
-    # each other's cores and make side-by-side speed-ups noise (seen here: 0.81x for identical files).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    for pool in ("intra_op", "inter_op"):
+        options.add_session_config_entry(f"session.{pool}.allow_spinning", "1" if spinning else "0")
+    # Threads spin between the operators of a run but stop when it ends: otherwise an idle session's
+    # threads keep spinning and steal the cores of the next session timed beside it (identical files
+    # timed 0.81x apart on 2 cores).
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as error:  # InvalidProtobuf, Fail, InvalidGraph...: all mean "unusable file"

@@ -60,6 +60,7 @@ def torch_runner(program: Program, inputs: Sequence[torch.Tensor] | None = None,
 
 
 def onnx_runner(path: str | os.PathLike, inputs: Sequence[np.ndarray | torch.Tensor], *,
-                threads: int = DEFAULT_THREADS) -> OnnxRunner:
-    """Run the .onnx file at `path` on `inputs` with ONNX Runtime on the CPU at `threads` threads."""
-    return OnnxRunner(OnnxRuntimeSession(path, threads=threads), inputs)
+                threads: int = DEFAULT_THREADS, spinning: bool = True) -> OnnxRunner:
+    """Run the .onnx file at `path` on `inputs` with ONNX Runtime on the CPU at `threads` threads
+    (worker threads spinning between operators, ONNX Runtime's default, unless `spinning=False`)."""
+    return OnnxRunner(OnnxRuntimeSession(path, threads=threads, spinning=spinning), inputs)

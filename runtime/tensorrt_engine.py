@@ -341,7 +341,8 @@ def measure_gpu_latency(timed: Callable[[], float], *, warmup: int = 50, runs: i
 
 def compare_gpu_latency(timed_a: Callable[[], float], timed_b: Callable[[], float], *, warmup: int = 50,
                         runs: int = 200) -> LatencyComparison:
-    """Two CUDA-event-timed runners measured alternately (a, b, a, b, ...), as latency.compare_latency."""
+    """Two CUDA-event-timed runners measured alternately (a, b, a, b, ...): no CPU thread pool spins between
+    runs here, so call-by-call alternation is fair (latency.compare_latency needs blocks for that)."""
     _check(warmup, runs)
     for _ in range(warmup):
         timed_a()

@@ -67,16 +67,37 @@ def test_to_dict_has_every_field():
                                "min_ms": pytest.approx(1.0), "runs": 2, "threads": 2}
 
 
-def test_compare_latency_alternates_calls():
+def test_compare_latency_alternates_call_by_call_in_warmup_then_in_blocks():
     order = []
-    comparison = compare_latency(lambda: order.append("a"), lambda: order.append("b"), warmup=2, runs=3)
-    assert order == ["a", "b"] * 5
-    assert comparison.a.runs == comparison.b.runs == 3
+    comparison = compare_latency(lambda: order.append("a"), lambda: order.append("b"), warmup=2, runs=5,
+                                 block=2, settle=1)
+    warmup = ["a", "b"] * 2
+    # Each block: one settling call, then the timed calls; the last block holds what is left (1 run).
+    blocks = ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3 + ["a"] * 2 + ["b"] * 2
+    assert order == warmup + blocks
+    assert comparison.a.runs == comparison.b.runs == 5
+
+
+def test_settling_calls_are_not_timed():
+    clock = FakeClock()
+    # Per block of 5: 2 slow settling calls (a thread pool still busy), then 5 timed ones.
+    a = clock.callable_taking(([100.0] * 2 + [4.0] * 5) * 2)
+    b = clock.callable_taking(([100.0] * 2 + [2.0] * 5) * 2)
+    comparison = compare_latency(a, b, warmup=0, runs=10, block=5, settle=2, clock=clock)
+    assert comparison.a.median_ms == pytest.approx(4.0) and comparison.a.p99_ms == pytest.approx(4.0)
+    assert comparison.speedup == pytest.approx(2.0)
+
+
+def test_bad_blocks_are_refused():
+    with pytest.raises(MeasurementError, match="block >= 1"):
+        compare_latency(lambda: None, lambda: None, block=0)
+    with pytest.raises(MeasurementError, match="settle >= 0"):
+        compare_latency(lambda: None, lambda: None, settle=-1)
 
 
 def test_compare_latency_speedup_with_a_fake_clock():
     clock = FakeClock()
-    slow, fast = clock.callable_taking([9.0] * 12), clock.callable_taking([3.0] * 12)
+    slow, fast = clock.callable_taking([9.0] * 14), clock.callable_taking([3.0] * 14)
     comparison = compare_latency(slow, fast, warmup=2, runs=10, clock=clock)
     assert comparison.a.median_ms == pytest.approx(9.0)
     assert comparison.b.median_ms == pytest.approx(3.0)
@@ -131,3 +152,18 @@ def test_torch_and_onnx_runners_compare_on_a_real_model(tmp_path):
     assert comparison.a.threads == comparison.b.threads == 1
     assert comparison.a.median_ms > 0 and comparison.b.median_ms > 0
     assert comparison.speedup == pytest.approx(comparison.a.median_ms / comparison.b.median_ms)
+
+
+@pytest.mark.parametrize("spinning", [True, False])
+def test_onnx_runner_sets_thread_spinning_as_asked(tmp_path, spinning):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    program = capture(model.eval(), torch.randn(1, 3, 8, 8), name="tiny")
+    path = export_onnx(program, tmp_path / "tiny.onnx").path
+    runner = onnx_runner(path, program.example_inputs, threads=2, spinning=spinning)
+    options = runner.session.session.get_session_options()
+    expected = "1" if spinning else "0"
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == expected
+    # Spinning stops when a run ends, so an idle session never steals cores from one timed beside it.
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert runner.session.spinning is spinning
