@@ -77,8 +77,8 @@ def _load(path: Path, threads: int, spinning: bool) -> ort.InferenceSession:
     for pool in ("intra_op", "inter_op"):
         options.add_session_config_entry(f"session.{pool}.allow_spinning", "1" if spinning else "0")
     # Threads spin between the operators of a run but stop when it ends: otherwise an idle session's
-    # threads keep spinning and steal the cores of the next session timed beside it (identical files
-    # timed 0.81x apart on 2 cores).
+    # threads keep spinning and steal the cores of the session timed beside it, and side-by-side
+    # speed-ups swing widely from one repeat to the next.
     options.add_session_config_entry("session.force_spinning_stop", "1")
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
