@@ -41,14 +41,14 @@ l2, 0.046 against 0.039, where the elimination did better, 0.023.)
 
 Scope. A grid factor (an attention head) is scored as the block of every column it controls. Layers
 whose weights cannot be updated (grouped and depthwise convolutions, shared weights; see
-channel_compensation.layer_inputs) contribute nothing: a depthwise conv couples its input and output
+layer_inputs.layer_inputs) contribute nothing: a depthwise conv couples its input and output
 channels, so the channel is scored by the layers that read the depthwise output. A group with a
 channel that no usable layer reads is scored by `l2` instead (two criteria's scores cannot be mixed in
 one group; `fallback_groups` and `fallback_channels` count them, as for `bn`), and then the global
 ranking normalises every group by its mean, as for the other criteria. A layer reading several groups
 (a concat) is eliminated against each group separately, the other groups' columns kept.
 
-Cost: the Hessians come from channel_compensation.iter_hessians (one pass over the calibration data
+Cost: the Hessians come from layer_inputs.iter_hessians (one pass over the calibration data
 per chunk; remove_channels shares them with `compensate`, so obs + compensate gathers them once), one
 Cholesky inverse per distinct layer input, and per group of C channels C elimination steps, each with
 one batched s x s solve per (layer, remaining channel) (s = a channel's columns: 9 for a 3x3 conv)
@@ -63,17 +63,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from prunefx.graph.channel_compensation import (
-    InputSpec,
-    LayerInput,
-    damped_inverse,
-    iter_hessians,
-    layer_inputs,
-    output_energy,
-    weight_matrix,
-)
+from prunefx.graph.channel_compensation import damped_inverse, output_energy
 from prunefx.graph.channel_groups import Combing
 from prunefx.graph.channel_removal import expand_mask
+from prunefx.graph.layer_inputs import InputSpec, LayerInput, iter_hessians, layer_inputs, weight_matrix
 
 
 @dataclass

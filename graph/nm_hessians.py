@@ -12,8 +12,8 @@ grouped convolutions (no sparse tensor-core kernels), 1-D/3-D/transposed convolu
 with an [in, out] weight (mm/addmm/matmul: not handled), shared weights, too few channels, and the
 layers the caller keeps dense.
 
-**Hessians.** X is the layer input as channel_compensation.InputSpec unfolds it; H = X^T X is gathered
-by channel_compensation.iter_hessians and returned in the grouped column order of nm_masks.
+**Hessians.** X is the layer input as layer_inputs.InputSpec unfolds it; H = X^T X is gathered
+by layer_inputs.iter_hessians and returned in the grouped column order of nm_masks.
 
 **Per-sample gradients** (`fisher_inverses`). One forward and one backward pass per calibration batch
 give, for every layer, its input X and the gradient delta of the summed loss with respect to its
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import torch.utils._pytree as pytree
 
 from prunefx.graph.attributes import get_tensor
-from prunefx.graph.channel_compensation import _OTHER_CONVOLUTIONS, InputSpec, _padding, _pair, iter_hessians
+from prunefx.graph.layer_inputs import OTHER_CONVOLUTIONS, InputSpec, as_pair, iter_hessians, unfold_padding
 from prunefx.graph.nm_masks import FisherInverse, Pattern, grouped_hessian, grouped_matrix, unfold_to_grouped
 
 aten = torch.ops.aten
@@ -85,7 +85,7 @@ def _weight_node(node: torch.fx.Node) -> torch.fx.Node | None:
     """The get_attr weight of a convolution, linear layer or matrix product, else None."""
     if node.op != "call_function":
         return None
-    if node.target in _CONVOLUTIONS or node.target in _OTHER_CONVOLUTIONS or node.target is aten.linear.default:
+    if node.target in _CONVOLUTIONS or node.target in OTHER_CONVOLUTIONS or node.target is aten.linear.default:
         index = 1
     elif node.target in _MATRIX_PRODUCTS:
         index = _MATRIX_PRODUCTS[node.target]
@@ -103,7 +103,7 @@ def _problem(node, weight, uses, pattern: Pattern | None, min_channels: int) -> 
     shape = tuple(weight.meta["val"].shape)
     if node.target in _MATRIX_PRODUCTS:
         return f"{node.target}: a weight stored [in, out] is not sparsified (only linear and conv2d)"
-    if node.target in _OTHER_CONVOLUTIONS or len(shape) not in (2, 4) or (len(shape) == 4) != (node.target in _CONVOLUTIONS):
+    if node.target in OTHER_CONVOLUTIONS or len(shape) not in (2, 4) or (len(shape) == 4) != (node.target in _CONVOLUTIONS):
         return f"{node.target} with a {len(shape)}-D weight: only 2-D convolutions and linear layers are sparsified"
     if node.target is aten.convolution.default and _argument(node, 6, "transposed", False):
         return "transposed convolution: not sparsified"
@@ -128,9 +128,9 @@ def _spec(node: torch.fx.Node, weight: torch.fx.Node) -> InputSpec:
     if node.target is aten.linear.default:
         return InputSpec(source)
     kernel = tuple(int(k) for k in weight.meta["val"].shape[2:])
-    stride = _pair(_argument(node, 3, "stride", 1))
-    dilation = _pair(_argument(node, 5, "dilation", 1))
-    return InputSpec(source, kernel, stride, _padding(_argument(node, 4, "padding", 0), kernel, dilation), dilation)
+    stride = as_pair(_argument(node, 3, "stride", 1))
+    dilation = as_pair(_argument(node, 5, "dilation", 1))
+    return InputSpec(source, kernel, stride, unfold_padding(_argument(node, 4, "padding", 0), kernel, dilation), dilation)
 
 
 # --- layer-input Hessians ------------------------------------------------------------------------------

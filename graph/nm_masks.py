@@ -7,7 +7,7 @@ tap after the other, so that every M consecutive columns form one group:
 - linear [K, C]: the matrix itself;
 - convolution [K, C, R, S]: `weight.permute(0, 2, 3, 1).reshape(K, R * S * C)`, column tap * C + c.
 (Grouping the flattened C * R * S axis instead would mix kernel taps of one channel: wrong for TensorRT.)
-A layer-input Hessian gathered from unfolded inputs (graph/channel_compensation.py: column c * taps + tap,
+A layer-input Hessian gathered from unfolded inputs (graph/layer_inputs.py: column c * taps + tap,
 the order of `weight.reshape(K, -1)`) is permuted into the same order by `grouped_hessian`.
 
 **N:M** means N weights kept (non-zero) in every group of M, NVIDIA's convention: "2:4" keeps 2 of 4.

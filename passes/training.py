@@ -36,6 +36,10 @@ Checkpoints (`checkpoint_dir`): `program.pt2` (Program.save, eval mode) and `tra
 `torch.load(weights_only=True)`). `resume=True` continues from them and reaches the same weights as
 an uninterrupted run; a missing checkpoint starts from scratch, a corrupt or mismatched one is an error.
 
+Layout: the configuration is in training_config.py, the losses and feature taps in training_losses.py,
+batches, evaluation and the distributed setup in training_data.py, checkpoint files in
+training_checkpoint.py; this file holds the learning-rate schedule and the `Trainer`.
+
 Non-goals: mixed precision, gradient accumulation, learned adapters between student and teacher
 features of different widths (feature pairs must have equal shapes), resuming with a different number
 of processes, fast mid-epoch resume (the batches already seen in the epoch are read and skipped).
@@ -44,196 +48,57 @@ of processes, fast mid-epoch resume (the batches already seen in the epoch are r
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import math
-import os
-import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-import torch.utils._pytree as pytree
 from tqdm.auto import tqdm
 
 from prunefx.graph import Program
-from prunefx.graph.errors import PrunefxError, first_line
+from prunefx.graph.errors import first_line
+from prunefx.passes.training_checkpoint import (
+    PROGRAM_FILE,
+    STATE_FILE,
+    check_settings,
+    read_checkpoint,
+    rng_state,
+    set_rng_state,
+    write_checkpoint,
+)
+from prunefx.passes.training_config import OPTIMIZERS, FeaturePair, TrainConfig, TrainingError
+from prunefx.passes.training_data import (
+    accuracy_summary,
+    distributed_world,
+    eval_totals,
+    evaluate,
+    module_device,
+    resolve_device,
+    shard_batches,
+    split_batch,
+)
+from prunefx.passes.training_losses import (
+    IGNORE_LABEL,
+    feature_loss,
+    kd_loss,
+    logits_of,
+    run_tapped,
+    tap_outputs,
+    task_loss,
+)
 
-IGNORE_LABEL = -1
-OPTIMIZERS = ("sgd", "adamw")
-PROGRAM_FILE = "program.pt2"
-STATE_FILE = "trainer_state.pt"
-_STATE_FORMAT = 1
+# The trainer's public names, importable from here as before the module was split in four.
+__all__ = [
+    "IGNORE_LABEL", "OPTIMIZERS", "PROGRAM_FILE", "STATE_FILE", "FeaturePair", "TrainConfig", "Trainer",
+    "TrainingError", "evaluate", "feature_loss", "kd_loss", "logits_of", "lr_factor", "make_scheduler",
+    "tap_outputs", "task_loss",
+]
+
 _STATS_WINDOW = 20  # final losses are averaged over this many steps, single steps are noisy
-
-
-class TrainingError(PrunefxError):
-    """Bad training configuration or data, or an unusable checkpoint."""
-
-
-# --- losses --------------------------------------------------------------------------------------
-
-def _class_last(logits: torch.Tensor) -> torch.Tensor:
-    """[N, C] stays; [N, C, *spatial] becomes [N * prod(spatial), C]: one distribution per pixel."""
-    if logits.dim() <= 2:
-        return logits
-    return logits.movedim(1, -1).reshape(-1, logits.shape[1])
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
-    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), summed over classes, mean over rows."""
-    if student_logits.shape != teacher_logits.shape:
-        raise TrainingError(f"student logits {tuple(student_logits.shape)} and teacher logits "
-                            f"{tuple(teacher_logits.shape)} differ in shape")
-    student, teacher = _class_last(student_logits), _class_last(teacher_logits)
-    log_student = F.log_softmax(student / temperature, dim=-1)
-    log_teacher = F.log_softmax(teacher / temperature, dim=-1)
-    kl = F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
-    return kl * temperature * temperature
-
-
-def feature_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between two intermediate tensors of the same shape."""
-    if student.shape != teacher.shape:
-        raise TrainingError(f"feature shapes differ: student {tuple(student.shape)}, teacher "
-                            f"{tuple(teacher.shape)}; pick tensors whose widths were not pruned")
-    return F.mse_loss(student, teacher)
-
-
-def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the labelled items (label -1 is padding); 0, with a graph, when there are none."""
-    total = F.cross_entropy(logits, labels, ignore_index=IGNORE_LABEL, reduction="sum")
-    return total / (labels != IGNORE_LABEL).sum().clamp(min=1)
-
-
-def logits_of(output: Any) -> torch.Tensor:
-    """The logits in a model's output: the tensor itself, the first item of a tuple or list, or the
-    'out' entry (else the first value) of a dict (torchvision segmentation models return {'out': ...})."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output:
-        return logits_of(output[0])
-    if isinstance(output, Mapping) and output:
-        return logits_of(output["out"] if "out" in output else next(iter(output.values())))
-    raise TrainingError(f"cannot find logits in a model output of type {type(output).__name__}")
-
-
-# --- configuration -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class FeaturePair:
-    student: str
-    teacher: str
-    weight: float = 1.0
-
-
-@dataclass
-class TrainConfig:
-    """How to train. Exactly one of `steps` and `epochs` (epochs need a data source with a length)."""
-
-    steps: int | None = None
-    epochs: int | None = None
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9  # SGD momentum, or AdamW's beta1
-    weight_decay: float = 1e-4
-    warmup_steps: int = 0
-    temperature: float = 4.0
-    kd_weight: float = 0.9
-    # student node name -> teacher node name, (teacher node name, weight) or {"teacher": ..., "weight": ...}
-    feature_losses: Mapping[str, Any] = field(default_factory=dict)
-    max_grad_norm: float | None = None
-    eval_every: int = 0  # steps; 0: evaluate once at the end (when there is evaluation data)
-    checkpoint_dir: str | os.PathLike | None = None
-    checkpoint_every: int = 0  # steps; 0: one checkpoint at the end (when checkpoint_dir is set)
-    resume: bool = False
-    progress: bool | None = None  # None: a bar when stderr is a terminal
-    seed: int = 0
-    device: str | None = None  # default: where the program's parameters are
-
-    def __post_init__(self) -> None:
-        if (self.steps is None) == (self.epochs is None):
-            raise TrainingError("give exactly one of 'steps' and 'epochs'")
-        for name in ("steps", "epochs"):
-            if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), minimum=1)
-        if self.optimizer not in OPTIMIZERS:
-            raise TrainingError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
-        _check_number("lr", self.lr, low=0.0, low_open=True)
-        _check_number("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
-        _check_number("weight_decay", self.weight_decay, low=0.0)
-        _check_number("temperature", self.temperature, low=0.0, low_open=True)
-        _check_number("kd_weight", self.kd_weight, low=0.0, high=1.0)
-        if self.max_grad_norm is not None:
-            _check_number("max_grad_norm", self.max_grad_norm, low=0.0, low_open=True)
-        for name in ("warmup_steps", "eval_every", "checkpoint_every", "seed"):
-            _check_int(name, getattr(self, name), minimum=0 if name != "seed" else None)
-        for name in ("resume",):
-            if not isinstance(getattr(self, name), bool):
-                raise TrainingError(f"'{name}' must be true or false, not {getattr(self, name)!r}")
-        if self.progress is not None and not isinstance(self.progress, bool):
-            raise TrainingError(f"'progress' must be true, false or null, not {self.progress!r}")
-        if (self.checkpoint_every or self.resume) and self.checkpoint_dir is None:
-            raise TrainingError("'checkpoint_every' and 'resume' need a 'checkpoint_dir'")
-        self.feature_losses = _feature_pairs(self.feature_losses)
-
-    @property
-    def feature_pairs(self) -> tuple[FeaturePair, ...]:
-        return tuple(self.feature_losses.values())
-
-    @classmethod
-    def from_dict(cls, options: Mapping[str, Any], *, owner: str = "training") -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(options) - known
-        if unknown:
-            raise TrainingError(f"{owner}: unknown option(s) {sorted(unknown)} (known: {sorted(known)})")
-        return cls(**options)
-
-
-def _check_int(name: str, value, *, minimum: int | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TrainingError(f"'{name}' must be an integer, not {value!r}")
-    if minimum is not None and value < minimum:
-        raise TrainingError(f"'{name}' must be at least {minimum}, not {value}")
-
-
-def _check_number(name: str, value, *, low: float, high: float | None = None,
-                  low_open: bool = False, high_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TrainingError(f"'{name}' must be a finite number, not {value!r}")
-    too_low = value <= low if low_open else value < low
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-        interval = f"{'(' if low_open else '['}{low:g}, {'inf' if high is None else f'{high:g}'}" \
-                   f"{')' if high_open or high is None else ']'}"
-        raise TrainingError(f"'{name}' must lie in {interval}, not {value}")
-
-
-def _feature_pairs(spec: Mapping[str, Any]) -> dict[str, FeaturePair]:
-    if not isinstance(spec, Mapping):
-        raise TrainingError(f"'feature_losses' must map student node names to teacher node names, not {spec!r}")
-    pairs = {}
-    for student, target in spec.items():
-        if isinstance(target, FeaturePair):
-            pair = target
-        elif isinstance(target, str):
-            pair = FeaturePair(student, target)
-        elif isinstance(target, (tuple, list)) and len(target) == 2 and isinstance(target[0], str):
-            pair = FeaturePair(student, target[0], target[1])
-        elif isinstance(target, Mapping) and set(target) <= {"teacher", "weight"} and "teacher" in target:
-            pair = FeaturePair(student, target["teacher"], target.get("weight", 1.0))
-        else:
-            raise TrainingError(f"feature_losses[{student!r}]: expected a teacher node name, (name, weight) or "
-                                f"{{'teacher': name, 'weight': w}}, not {target!r}")
-        _check_number(f"feature_losses[{student!r}] weight", pair.weight, low=0.0)
-        pairs[student] = pair
-    return pairs
 
 
 # --- learning-rate schedule ----------------------------------------------------------------------
@@ -267,193 +132,6 @@ def _make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))
 
 
-# --- reading intermediate tensors ----------------------------------------------------------------
-
-def tap_outputs(module: torch.fx.GraphModule, names: Sequence[str]) -> torch.fx.GraphModule:
-    """A copy of `module` whose forward returns `(output, (tensor of node names[0], ...))`.
-
-    The copy shares parameters and buffers with `module` (training one trains the other); only the
-    graph is new. Cheaper than an fx Interpreter, which runs node by node in Python."""
-    nodes = {node.name: node for node in module.graph.nodes}
-    missing = [name for name in names if name not in nodes]
-    if missing:
-        sample = ", ".join(n.name for n in module.graph.nodes if n.op == "call_function")
-        raise TrainingError(f"no node named {', '.join(map(repr, missing))} in the graph (nodes: {sample[:400]})")
-    graph = torch.fx.Graph()
-    copies: dict[torch.fx.Node, torch.fx.Node] = {}
-    output = graph.graph_copy(module.graph, copies)
-    graph.output((output, tuple(copies[nodes[name]] for name in names)))
-    tapped = torch.fx.GraphModule(module, graph)
-    # torch.export's graphs return flat outputs re-nested by a pytree spec; keep it to rebuild them.
-    info = getattr(module.graph._codegen, "pytree_info", None)
-    tapped.out_spec = info.out_spec if info is not None else None
-    return tapped
-
-
-def _run_tapped(tapped: torch.nn.Module, out_spec, inputs: tuple[torch.Tensor, ...]):
-    output, features = tapped(*inputs)
-    if out_spec is not None:
-        output = pytree.tree_unflatten(list(output), out_spec)
-    return output, features
-
-
-# --- data ----------------------------------------------------------------------------------------
-
-class _Shard:
-    """This rank's slice of every global batch of a plain iterable (a loader with `shard` does it itself)."""
-
-    def __init__(self, data: Iterable, rank: int, world_size: int):
-        self.data, self.rank, self.world_size = data, rank, world_size
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.data, "set_epoch"):
-            self.data.set_epoch(epoch)
-
-    def __iter__(self):
-        for inputs, labels in map(_split_batch, self.data):
-            yield tuple(self._slice(x) for x in inputs), self._slice(labels)
-
-    def _slice(self, tensor: torch.Tensor) -> torch.Tensor:
-        if tensor.shape[0] % self.world_size:
-            raise TrainingError(f"a global batch of {tensor.shape[0]} items does not split into "
-                                f"{self.world_size} equal shards")
-        size = tensor.shape[0] // self.world_size
-        return tensor[self.rank * size:(self.rank + 1) * size]
-
-
-def _shard(data: Iterable, rank: int, world_size: int) -> Iterable:
-    if world_size == 1:
-        return data
-    if hasattr(data, "shard"):
-        return data.shard(rank, world_size)
-    return _Shard(data, rank, world_size)
-
-
-def _split_batch(batch) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise TrainingError(f"batches must be (inputs, labels) pairs, got {type(batch).__name__}")
-    inputs, labels = batch
-    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
-    return inputs, labels
-
-
-def _module_device(module: torch.nn.Module) -> torch.device:
-    tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
-
-
-# --- evaluation ----------------------------------------------------------------------------------
-
-def _eval_mode(model) -> Callable[[], None]:
-    """Put `model` in eval mode; return the function that restores its mode. Graph modules carry the
-    mode as arguments of their batch-norm/dropout nodes, which only Program knows how to flip."""
-    if isinstance(model, torch.fx.GraphModule):
-        model = Program(model, (), name="model")
-    was_training = model.training
-    model.eval()
-    return lambda: model.train(was_training)
-
-
-@torch.no_grad()
-def _eval_totals(model, batches: Iterable, device: torch.device) -> torch.Tensor:
-    """[correct, summed cross-entropy, labelled items] over `batches` (label -1 is padding)."""
-    module = model.module if isinstance(model, Program) else model
-    totals = torch.zeros(3, dtype=torch.float64, device=device)
-    restore = _eval_mode(model)
-    try:
-        for batch in batches:
-            inputs, labels = _split_batch(batch)
-            inputs = tuple(x.to(device) for x in inputs)
-            labels = labels.to(device)
-            logits = logits_of(module(*inputs))
-            valid = labels != IGNORE_LABEL
-            totals[0] += ((logits.argmax(1) == labels) & valid).sum()
-            totals[1] += F.cross_entropy(logits, labels, ignore_index=IGNORE_LABEL, reduction="sum").double()
-            totals[2] += valid.sum()
-    finally:
-        restore()
-    return totals
-
-
-def _summary(totals: torch.Tensor) -> dict[str, float]:
-    correct, loss, count = totals.tolist()
-    if count == 0:
-        return {"accuracy": float("nan"), "loss": float("nan"), "count": 0}
-    return {"accuracy": correct / count, "loss": loss / count, "count": int(count)}
-
-
-def evaluate(model: Program | torch.nn.Module, batches: Iterable, *, device: str | torch.device | None = None
-             ) -> dict[str, float]:
-    """Top-1 accuracy (per pixel for dense outputs) and mean cross-entropy over the labelled items of
-    `(inputs, labels)` batches; label -1 marks padding. Runs in eval mode and restores the mode after."""
-    module = model.module if isinstance(model, Program) else model
-    device = torch.device(device) if device is not None else _module_device(module)
-    return _summary(_eval_totals(model, batches, device))
-
-
-# --- distributed ---------------------------------------------------------------------------------
-
-def _distributed_world(device: torch.device) -> tuple[int, int, bool]:
-    """(rank, world size, whether this call created the process group)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return 0, 1, False
-    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
-    if missing or not dist.is_available():
-        raise TrainingError(f"WORLD_SIZE={world_size} but {', '.join(missing) or 'torch.distributed'} is "
-                            "missing; launch with torchrun")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), True
-
-
-def _resolve_device(config: TrainConfig, module: torch.nn.Module) -> torch.device:
-    device = torch.device(config.device) if config.device is not None else _module_device(module)
-    # Under torchrun every process owns one GPU: the one named by LOCAL_RANK.
-    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return device
-
-
-# --- RNG states and checkpoint files -------------------------------------------------------------
-
-def _rng_state() -> dict:
-    numpy_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-        "python": random.getstate(),
-        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    random.setstate(state["python"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _parameter_shapes(module: torch.nn.Module) -> list[list]:
-    return [[name, list(p.shape)] for name, p in module.named_parameters()]
-
-
 # --- the trainer ---------------------------------------------------------------------------------
 
 AfterBackward = Callable[["Trainer"], None]
@@ -475,10 +153,10 @@ class Trainer:
                  after_backward: Sequence[AfterBackward] = (), after_step: Sequence[AfterStep] = ()):
         self.config = config
         self.after_backward, self.after_step = list(after_backward), list(after_step)
-        self.device = _resolve_device(config, program.module)
-        self.rank, self.world_size, self._owns_process_group = _distributed_world(self.device)
-        self.data = _shard(data, self.rank, self.world_size)
-        self.eval_data = _shard(eval_data, self.rank, self.world_size) if eval_data is not None else None
+        self.device = resolve_device(config, program.module)
+        self.rank, self.world_size, self._owns_process_group = distributed_world(self.device)
+        self.data = shard_batches(data, self.rank, self.world_size)
+        self.eval_data = shard_batches(eval_data, self.rank, self.world_size) if eval_data is not None else None
         self.total_steps = self._total_steps()
         self.needs_teacher = config.kd_weight > 0 or bool(config.feature_pairs)
         if self.needs_teacher and teacher is None:
@@ -488,7 +166,7 @@ class Trainer:
         self.log: list[dict[str, float]] = []
         self.history: list[dict[str, float]] = []
         self.last_losses: dict[str, float] = {}
-        self._home_device = _module_device(program.module)
+        self._home_device = module_device(program.module)
         self._initial_mode = program.training
         self._attach(program)
 
@@ -507,7 +185,7 @@ class Trainer:
         if isinstance(teacher, (Program, torch.fx.GraphModule)):
             module = teacher.module if isinstance(teacher, Program) else teacher
             # A graph carries its mode in its batch-norm/dropout nodes: flip a copy, never the caller's graph.
-            if isinstance(teacher, torch.fx.GraphModule) or teacher.training or _module_device(module) != self.device:
+            if isinstance(teacher, torch.fx.GraphModule) or teacher.training or module_device(module) != self.device:
                 module = Program(copy.deepcopy(module), (), name="teacher").eval().module.to(self.device)
             restore = None
         elif isinstance(teacher, torch.nn.Module):
@@ -519,7 +197,7 @@ class Trainer:
             raise TrainingError(f"the teacher must be a Program or a torch.nn.Module, not {type(teacher).__name__}")
         if self.config.feature_pairs:
             tapped = tap_outputs(module, [pair.teacher for pair in self.config.feature_pairs])
-            return (lambda inputs: _run_tapped(tapped, tapped.out_spec, inputs)), restore
+            return (lambda inputs: run_tapped(tapped, tapped.out_spec, inputs)), restore
         return (lambda inputs: (module(*inputs), ())), restore
 
     def _attach(self, program: Program) -> None:
@@ -577,7 +255,7 @@ class Trainer:
         if self.needs_teacher:
             with torch.no_grad():
                 teacher_output, teacher_features = self._teacher(inputs)
-        output, features = _run_tapped(self._model, self._student.out_spec, inputs)
+        output, features = run_tapped(self._model, self._student.out_spec, inputs)
         losses = self._losses(output, features, teacher_output, teacher_features, labels)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
@@ -613,7 +291,7 @@ class Trainer:
         return {"loss": (1 - alpha) * task + alpha * kd + feature, "task": task, "kd": kd, "feature": feature}
 
     def _on_device(self, batch) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        inputs, labels = _split_batch(batch)
+        inputs, labels = split_batch(batch)
         expected = [tuple(x.shape) for x in self.program.example_inputs]
         if [tuple(x.shape) for x in inputs] != expected:
             per_process = " per process" if self.world_size > 1 else ""
@@ -660,10 +338,10 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Accuracy and loss of the current program on the evaluation data, summed over all processes."""
-        totals = _eval_totals(self.program, self.eval_data, self.device)
+        totals = eval_totals(self.program, self.eval_data, self.device)
         if self.world_size > 1:
             dist.all_reduce(totals)
-        return _summary(totals)
+        return accuracy_summary(totals)
 
     def _release(self) -> None:
         """Give the program back as it came (mode, device), even when training stopped with an error."""
@@ -688,82 +366,41 @@ class Trainer:
     # --- checkpoints -------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
         """Write program.pt2 and trainer_state.pt (rank 0; every rank contributes its RNG state)."""
-        rng = [_rng_state()]
+        rng = [rng_state()]
         if self.world_size > 1:
             rng = [None] * self.world_size
-            dist.all_gather_object(rng, _rng_state())
+            dist.all_gather_object(rng, rng_state())
         if self.rank == 0:
             self._write_checkpoint(Path(self.config.checkpoint_dir), rng)
         if self.world_size > 1:
             dist.barrier()  # nobody runs ahead of (or resumes from) a half-written checkpoint
 
     def _write_checkpoint(self, directory: Path, rng: list[dict]) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        snapshot = Program(copy.deepcopy(self.program.module), self.program.example_inputs, name=self.program.name,
-                           analysis=copy.deepcopy(self.program.analysis),
-                           output_shapes=list(self.program.output_shapes))
-        snapshot.module.to(self.program.example_inputs[0].device)
-        program_tmp, state_tmp = directory / "program.partial.pt2", directory / "trainer_state.partial.pt"
-        snapshot.eval().save(program_tmp)
-        state = {
-            "format": _STATE_FORMAT, "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+        write_checkpoint(directory, self.program, {
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "total_steps": self.total_steps, "optimizer_kind": self.config.optimizer, "world_size": self.world_size,
-            "parameters": _parameter_shapes(self.program.module), "program_sha256": _sha256(program_tmp),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rng,
             "log": self.log, "history": self.history,
-        }
-        torch.save(state, state_tmp)
-        # Replace the program first: a crash between the two leaves a hash mismatch, which resume reports.
-        os.replace(program_tmp, directory / PROGRAM_FILE)
-        os.replace(state_tmp, directory / STATE_FILE)
+        })
 
     def _resume(self) -> int | None:
         """Load the checkpoint if there is one; return the step it was written at (None: no checkpoint)."""
         directory = Path(self.config.checkpoint_dir)
-        program_path, state_path = directory / PROGRAM_FILE, directory / STATE_FILE
-        if not program_path.exists() and not state_path.exists():
+        saved = read_checkpoint(directory)
+        if saved is None:
             return None
-        if not (program_path.is_file() and state_path.is_file()):
-            raise TrainingError(f"incomplete checkpoint in {directory}: need both {PROGRAM_FILE} and {STATE_FILE}")
-        state = self._read_state(state_path)
-        if _sha256(program_path) != state["program_sha256"]:
-            raise TrainingError(f"{program_path} and {state_path} come from different saves (interrupted write?); "
-                                "delete the directory to start over")
-        try:
-            program = Program.load(program_path)
-        except PrunefxError as error:
-            raise TrainingError(f"cannot resume from {directory}: {error}") from error
-        self._check_state(state, program, directory)
+        program, state = saved
+        check_settings(state, {"total_steps": self.total_steps, "optimizer_kind": self.config.optimizer,
+                               "world_size": self.world_size}, directory)
         self.step = state["step"]
         self._attach(program)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
         except (ValueError, KeyError, RuntimeError) as error:
-            raise TrainingError(f"the optimizer state in {state_path} does not fit the program: "
+            raise TrainingError(f"the optimizer state in {directory / STATE_FILE} does not fit the program: "
                                 f"{first_line(error)}") from error
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self.log, self.history = list(state["log"]), list(state["history"])
-        _set_rng_state(state["rng"][self.rank])
+        set_rng_state(state["rng"][self.rank])
         return self.step
-
-    @staticmethod
-    def _read_state(path: Path) -> dict:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises several unrelated types for damaged files
-            raise TrainingError(f"cannot read {path} (corrupt checkpoint? delete it to start over): "
-                                f"{first_line(error)}") from error
-        if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
-            raise TrainingError(f"{path} is not a prunefx trainer state (format {_STATE_FORMAT})")
-        return state
-
-    def _check_state(self, state: dict, program: Program, directory: Path) -> None:
-        expected = {"total_steps": self.total_steps, "optimizer_kind": self.config.optimizer,
-                    "world_size": self.world_size}
-        for key, value in expected.items():
-            if state[key] != value:
-                raise TrainingError(f"the checkpoint in {directory} was written with {key}={state[key]}, this run "
-                                    f"has {key}={value}; resume with the same settings or use a new checkpoint_dir")
-        if state["parameters"] != _parameter_shapes(program.module):
-            raise TrainingError(f"the trainer state in {directory} does not match its program's parameters")

@@ -350,10 +350,22 @@ def test_bench_onnx_vs_onnx(capsys, tmp_path, factories):
     assert code == 0, err
     report = json.loads(out)
     assert report["threads"] == 1 and report["a"]["threads"] == 1 and report["b"]["threads"] == 1
+    assert report["spinning"] is True  # ONNX Runtime's default
     assert report["a"]["runs"] == report["b"]["runs"] == 5
     assert report["speedup"] == pytest.approx(report["a"]["median_ms"] / report["b"]["median_ms"], rel=0, abs=1e-9)
     for side in ("a", "b"):
         assert report[side]["median_ms"] <= report[side]["p90_ms"] <= report[side]["p99_ms"]
+
+
+def test_bench_without_thread_spinning_says_so(capsys, tmp_path, factories):
+    program = capture(factories["build"]().eval(), torch.randn(1, 3, 32, 32), name="build")
+    path = export_onnx(program, tmp_path / "build.onnx").path
+    code, out, err = run_cli(capsys, "bench", path, "--runs", "3", "--warmup", "0", "--no-spinning", "--json")
+    assert code == 0, err
+    assert json.loads(out)["spinning"] is False
+    code, out, err = run_cli(capsys, "bench", path, "--runs", "3", "--warmup", "0", "--no-spinning")
+    assert code == 0, err
+    assert "(not spinning)" in out
 
 
 def test_bench_rejects_zero_runs(capsys, saved_program):

@@ -15,7 +15,8 @@ import yaml
 
 from prunefx import fashion_mnist
 from prunefx.cli import EXIT_USER_ERROR, main
-from prunefx.compression import CALIBRATION_BATCHES, INJECTED, inject, json_safe, recipe_path, shipped_recipes
+from prunefx.compression import CALIBRATION_BATCHES, INJECTED, inject, recipe_path, shipped_recipes
+from prunefx.compression_report import json_safe
 from prunefx.data import DataSplits, TensorBatches
 from prunefx.graph import Program, PrunefxError, capture
 from prunefx.passes.recipe import pipeline_from_spec, read_recipe

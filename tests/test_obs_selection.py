@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from prunefx.graph import PrunefxError, capture, verify
-from prunefx.graph.channel_compensation import find_consumers, gather_hessians, second_order_update
+from prunefx.graph.channel_compensation import second_order_update
 from prunefx.graph.channel_groups import find_channel_groups
 from prunefx.graph.channel_importance import channel_importance
+from prunefx.graph.layer_inputs import find_consumers, gather_hessians
 from prunefx.passes.remove_channels import remove_channels
 
 BATCH = 16

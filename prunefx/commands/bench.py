@@ -56,6 +56,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--runs", type=int, default=100, help="timed runs per model (default 100)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs per model (default 10)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for ort and torch (default 2)")
+    parser.add_argument("--no-spinning", action="store_true",
+                        help="ort: worker threads sleep between operators instead of spinning (ONNX Runtime's "
+                             "default, and prunefx's, is to spin; turn it off on hosts that share their cores)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -122,7 +125,7 @@ def _runner(reference: str, args, workdir: Path, label: str):
     path, _, inputs = onnx_for(reference, args, workdir, label)
     if args.backend == "trt":
         return tensorrt_engine(path, inputs, args).time_once
-    return onnx_runner(path, inputs, threads=args.threads)
+    return onnx_runner(path, inputs, threads=args.threads, spinning=not args.no_spinning)
 
 
 def tensorrt_engine(path, inputs: list[torch.Tensor], args):
@@ -157,6 +160,8 @@ def run(args) -> int:
     check_backend(args)
     report = {"backend": args.backend, "threads": None if args.backend in (*GPU_TIMED, "trtexec") else args.threads,
               "runs": args.runs, "model": args.model}
+    if args.backend == "ort":
+        report["spinning"] = not args.no_spinning
     if args.backend not in ("ort", "torch"):
         report.update(precision=args.precision, sparse=args.sparse)
     if args.precision == "int8":
@@ -187,6 +192,8 @@ def _footer(report: dict) -> str:
     if "precision" in report:
         backend += f" {report['precision']}" + (" sparse" if report["sparse"] else "")
     threads = f", {report['threads']} threads" if report["threads"] is not None else ""
+    if "spinning" in report:
+        threads += " (spinning)" if report["spinning"] else " (not spinning)"
     footer = f"{report['runs']} timed runs each{threads}, backend {backend}"
     jetson = (report.get("latency") or report.get("a") or {}).get("trtexec", {}).get("jetson")
     if jetson:

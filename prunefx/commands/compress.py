@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prunefx.compression import Options, compress, console_summary, load_model_and_data, load_named_recipe
+from prunefx.compression import Options, compress, load_model_and_data, load_named_recipe
+from prunefx.compression_report import console_summary
 from prunefx.graph.errors import PrunefxError
 
 NAME = "compress"

@@ -22,7 +22,8 @@ import torchvision
 
 from prunefx.assets import load_imagenet_batch, mobilenet_v2_weights_path
 from prunefx.commands.compress import add_measurement_arguments, check_counts, options_from
-from prunefx.compression import compress, console_summary, load_model_and_data, load_named_recipe
+from prunefx.compression import compress, load_model_and_data, load_named_recipe
+from prunefx.compression_report import console_summary
 from prunefx.graph import capture, count
 from prunefx.graph.errors import PrunefxError
 from prunefx.models import load_weights
