@@ -65,6 +65,8 @@ INPUT_SHAPE = (1, 3, 224, 224)
 NUM_CLASSES = 1000
 TOLERANCE = 0.03      # accepted relative error of the pruned MACs against the target (as prunefx's)
 TARGET_RATIO = 0.9    # speed-up / MACs reduction that counts as "latency follows MACs"
+# compare_latency's blocks: untimed settling calls, then timed calls of one side, then of the other.
+BLOCK, SETTLE = 10, 2
 ALIGNMENT = 16        # the width ONNX Runtime's CPU kernels prefer (AVX-512 blocks of 16 floats)
 
 
@@ -244,8 +246,8 @@ def time_pair(dense_path: Path, pruned_path: Path, inputs, spinning: bool, args)
     the repeats is kept."""
     runners = [onnx_runner(path, inputs, threads=args.threads, spinning=spinning)
                for path in (dense_path, pruned_path)]
-    repeats = sorted((compare_latency(*runners, warmup=args.warmup, runs=args.runs, threads=args.threads,
-                                      progress=True) for _ in range(args.repeats)),
+    repeats = sorted((compare_latency(*runners, warmup=args.warmup, runs=args.runs, block=BLOCK, settle=SETTLE,
+                                      threads=args.threads, progress=True) for _ in range(args.repeats)),
                      key=lambda comparison: comparison.speedup)
     middle = repeats[len(repeats) // 2]
     # The ratio of the fastest runs is less sensitive to other load on the machine than the medians.
@@ -394,8 +396,8 @@ Produced by `{report['command']}` on {machine['date_utc']} UTC.{_updated_note(re
   classifier ignored, ratio found by bisection; default rounding (tp-default) or round_to=16
   (tp-round16). Its models are captured and exported through the same prunefx pipeline.
 - Latency: ONNX Runtime CPU, {settings['threads']} intra-op threads, {settings['warmup']} warm-up and
-  {settings['runs']} timed runs per pair, dense and pruned alternated in one process (blocks of 10
-  timed runs, each after 2 untimed ones); median ms. Speed-up = dense median / pruned median. Each
+  {settings['runs']} timed runs per pair, dense and pruned alternated in one process (blocks of {settings['block']}
+  timed runs, each after {settings['settle']} untimed ones); median ms. Speed-up = dense median / pruned median. Each
   pair is measured {settings.get('repeats', 1)} times; the table shows the repeat with the median speed-up
   and, in brackets, the lowest and highest. The target is speed-up >= {TARGET_RATIO} x MACs reduction.
 - Threads: the main columns use ONNX Runtime's default, worker threads spinning between operators (what
@@ -425,7 +427,7 @@ def main(argv=None) -> int:
         "torch_pruning_version": tp.__version__ if hasattr(tp, "__version__") else None,
         "prunefx_source": source_version(),
         "settings": {"threads": args.threads, "warmup": args.warmup, "runs": args.runs,
-                     "repeats": args.repeats, "seed": args.seed,
+                     "repeats": args.repeats, "block": BLOCK, "settle": SETTLE, "seed": args.seed,
                      "macs": args.macs, "input_shape": list(INPUT_SHAPE), "quick": args.quick,
                      "target_speedup_per_macs_reduction": TARGET_RATIO, "macs_tolerance": TOLERANCE},
         "models": [],

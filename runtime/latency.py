@@ -69,7 +69,7 @@ def measure_latency(fn: Callable[[], object], *, warmup: int = 10, runs: int = 5
     _check_counts(warmup, runs)
     for _ in range(warmup):
         fn()
-    samples = [_time_call(fn, clock) for _ in _steps(runs, progress, "latency")]
+    samples = [_time_call(fn, clock) for _ in _bar(progress, "latency", iterable=range(runs))]
     return LatencyStats.from_seconds(samples, threads=_threads_of(fn, threads))
 
 
@@ -85,7 +85,7 @@ def compare_latency(fn_a: Callable[[], object], fn_b: Callable[[], object], *, w
         fn_a()
         fn_b()
     samples_a, samples_b = [], []
-    with tqdm(total=runs, desc="latency a/b", unit="run", disable=not progress, leave=False) as bar:
+    with _bar(progress, "latency a/b", total=runs) as bar:
         while len(samples_a) < runs:
             size = min(block, runs - len(samples_a))
             for fn, samples in ((fn_a, samples_a), (fn_b, samples_b)):
@@ -104,9 +104,9 @@ def _time_call(fn: Callable[[], object], clock: Clock) -> float:
     return clock() - start
 
 
-def _steps(runs: int, progress: bool, description: str):
+def _bar(progress: bool, description: str, **kwargs) -> tqdm:
     # Off by default: library calls stay quiet; the CLI and benchmarks turn it on for long runs.
-    return tqdm(range(runs), desc=description, unit="run", disable=not progress, leave=False)
+    return tqdm(desc=description, unit="run", disable=not progress, leave=False, **kwargs)
 
 
 def _threads_of(fn: Callable[[], object], threads: int | None) -> int | None:

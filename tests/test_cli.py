@@ -366,6 +366,8 @@ def test_bench_without_thread_spinning_says_so(capsys, tmp_path, factories):
     code, out, err = run_cli(capsys, "bench", path, "--runs", "3", "--warmup", "0", "--no-spinning")
     assert code == 0, err
     assert "(not spinning)" in out
+    code, out, err = run_cli(capsys, "bench", path, "--backend", "torch", "--no-spinning")
+    assert "--no-spinning applies to --backend ort" in assert_one_line_error(code, out, err, "bench")
 
 
 def test_bench_rejects_zero_runs(capsys, saved_program):

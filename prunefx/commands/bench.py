@@ -80,6 +80,8 @@ def check_backend(args) -> None:
     """Fail before any export with what is missing and how to install it."""
     if args.backend in ("ort", "torch") and (args.precision != "fp32" or args.sparse):
         raise PrunefxError("--precision and --sparse apply to --backend trt, torch-trt and trtexec")
+    if args.no_spinning and args.backend != "ort":
+        raise PrunefxError("--no-spinning applies to --backend ort (ONNX Runtime's thread pool)")
     if args.calibrate and (args.backend != "trt" or args.precision != "int8"):
         raise PrunefxError("--calibrate applies to --backend trt --precision int8 (trtexec without a calibration "
                            "cache times INT8 with placeholder ranges)")
