@@ -80,8 +80,6 @@ def check_backend(args) -> None:
     """Fail before any export with what is missing and how to install it."""
     if args.backend in ("ort", "torch") and (args.precision != "fp32" or args.sparse):
         raise PrunefxError("--precision and --sparse apply to --backend trt, torch-trt and trtexec")
-    if args.no_spinning and args.backend != "ort":
-        raise PrunefxError("--no-spinning applies to --backend ort (ONNX Runtime's thread pool)")
     if args.calibrate and (args.backend != "trt" or args.precision != "int8"):
         raise PrunefxError("--calibrate applies to --backend trt --precision int8 (trtexec without a calibration "
                            "cache times INT8 with placeholder ranges)")
@@ -159,6 +157,8 @@ def _trtexec_report(args, workdir: Path) -> dict:
 def run(args) -> int:
     if args.runs < 1 or args.warmup < 0 or args.threads < 1:
         raise PrunefxError("--runs and --threads must be at least 1 and --warmup at least 0")
+    if args.no_spinning and args.backend != "ort":
+        raise PrunefxError("--no-spinning applies to --backend ort (ONNX Runtime's thread pool)")
     check_backend(args)
     report = {"backend": args.backend, "threads": None if args.backend in (*GPU_TIMED, "trtexec") else args.threads,
               "runs": args.runs, "model": args.model}
