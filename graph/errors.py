@@ -13,6 +13,11 @@ def first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
 
 
+def printable(text: str) -> str:
+    """Control characters and terminal escapes written out as escapes: shown, never obeyed by a terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class PrunefxError(Exception):
     """Base class of every error prunefx raises on purpose (the CLI prints these in one line)."""
 

@@ -20,11 +20,17 @@ import torch.utils._pytree as pytree
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
+from prunefx.graph.archive import safe_load
 from prunefx.graph.attributes import delete_unused_tensors
-from prunefx.graph.errors import ProgramFileError, VerificationError, first_line
+from prunefx.graph.errors import ProgramFileError, VerificationError, first_line, printable
+from prunefx.graph.program_metadata import (
+    FORMAT_VERSION,
+    MAX_INPUT_ELEMENTS,
+    check_against_graph,
+    parse_metadata,
+)
 
 _METADATA_FILE = "prunefx.json"
-_FORMAT_VERSION = 1
 
 # Graph operators whose behaviour depends on the training flag, and the index of that flag.
 _TRAINING_FLAG_ARG = {
@@ -151,7 +157,7 @@ class Program:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         metadata = {
-            "format": _FORMAT_VERSION,
+            "format": FORMAT_VERSION,
             "name": self.name,
             "inputs": [{"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
                        for x in self.example_inputs],
@@ -163,6 +169,9 @@ class Program:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Program:
+        """Read a `.pt2` written by `save` (or torch.export.save). The archive is audited first
+        (graph/archive.py: nothing but tensor data and JSON, nothing that could run code) and its
+        prunefx.json checked field by field; every failure is one ProgramFileError."""
         path = Path(path)
         if not path.is_file():
             raise ProgramFileError(f"no such program file: {path}")
@@ -170,13 +179,19 @@ class Program:
             raise ProgramFileError(f"{path} is not a .pt2 archive (corrupt or wrong file type)")
         extra = {_METADATA_FILE: ""}
         try:
-            exported = torch.export.load(path, extra_files=extra)
+            exported = safe_load(path, extra)
+        except ProgramFileError:
+            raise
         except Exception as error:
             raise ProgramFileError(f"cannot read program {path}: "
                                    f"{first_line(error)}") from error
-        metadata = json.loads(extra[_METADATA_FILE]) if extra[_METADATA_FILE] else {}
-        inputs = _inputs_from_metadata(metadata, exported)
-        program = cls.from_exported(exported, inputs, name=metadata.get("name", path.stem))
+        metadata = parse_metadata(extra[_METADATA_FILE], str(path))
+        check_against_graph(metadata, exported, str(path))
+        try:
+            inputs = _inputs_from_metadata(metadata, exported)
+            program = cls.from_exported(exported, inputs, name=metadata.get("name", printable(path.stem)))
+        except Exception as error:  # a graph torch could read but not rebuild into a module
+            raise ProgramFileError(f"cannot rebuild program {path}: {first_line(error)}") from error
         program.analysis = metadata.get("analysis", {})
         if "output_shapes" in metadata:
             program.output_shapes = [tuple(shape) for shape in metadata["output_shapes"]]
@@ -208,6 +223,9 @@ def _inputs_from_metadata(metadata: dict, exported: torch.export.ExportedProgram
                      if spec["dtype"].startswith("float") else torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"]))
                      for spec in metadata["inputs"])
     # An archive written by torch.export.save directly: rebuild inputs from the placeholders' metadata.
-    shapes = [node.meta["val"] for node in exported.graph.nodes
+    values = [node.meta["val"] for node in exported.graph.nodes
               if node.op == "placeholder" and node.name in exported.graph_signature.user_inputs]
-    return tuple(torch.randn(tuple(v.shape), dtype=v.dtype) for v in shapes)
+    for value in values:
+        if value.numel() > MAX_INPUT_ELEMENTS:
+            raise ProgramFileError(f"an input of shape {tuple(value.shape)} is too large to allocate (refused)")
+    return tuple(torch.randn(tuple(v.shape), dtype=v.dtype) for v in values)

@@ -1,0 +1,279 @@
+"""Audit a `.pt2` archive before anything in it is deserialised, and load it with unpickling disabled.
+
+`torch.export.load` trusts its input. It unpickles (`weights_only=False`) weights and tensor constants
+marked `use_pickle`, custom and opaque objects, and sample inputs that fail the safe load; it hands
+`data/aotinductor/` entries to a loader of native libraries; it resolves node targets as any attribute
+path under `torch` (`torch.os.system` is one), and parses symbolic shape expressions with
+`sympy.sympify`, which evaluates Python. Any of these runs code chosen by whoever wrote the file.
+
+prunefx only ever writes plain tensor data and JSON, so the audit is an allow-list of that:
+- zip entries: relative names under one root folder, each in torch's documented layout
+  (version files, `models/<name>.json`, weights/constants configs and raw `weight_N`/`tensor_N`
+  records, `data/sample_inputs/<name>.pt`, `extra/prunefx.json`); sizes bounded (zip bombs);
+- weights and constants configs: no entry marked `use_pickle`, only raw tensor records;
+- sample inputs: must load with `torch.load(weights_only=True)`, so torch's unsafe retry never runs;
+- the graph JSON: operator targets only `torch.ops.*`, a few pure `_operator`/`math` functions; symbolic
+  expressions only arithmetic on shape symbols.
+Anything else is refused with one line naming the entry and the reason. `safe_load` then runs
+`torch.export.load` with `torch.load` forced to `weights_only=True` and every other unpickler refused, as
+a second line of defence should a future torch add a path the audit does not know.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import pickle
+import re
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+import torch
+
+from prunefx.graph.errors import ProgramFileError, first_line, printable
+
+# Bounds that no real vision model reaches (ViT-H is ~2.5 GB of float32) but that stop a small file from
+# claiming terabytes, or a few kilobytes from inflating into gigabytes.
+MAX_TOTAL_BYTES = 16 << 30
+MAX_ENTRIES = 100_000
+MAX_JSON_BYTES = 256 << 20
+MAX_COMPRESSION_RATIO = 200  # deflated tensors rarely shrink 3x; only crafted data shrinks 200x
+
+_EXACT_ENTRIES = {".data/version", ".data/serialization_id", "archive_format", "archive_version", "byteorder",
+                  "extra/prunefx.json"}
+_ENTRY_PATTERNS = [
+    re.compile(r"models/(?P<model>[A-Za-z0-9_]+)\.json"),
+    re.compile(r"data/weights/[A-Za-z0-9_]+_weights_config\.json"),
+    re.compile(r"data/weights/weight_[0-9]+"),
+    re.compile(r"data/constants/[A-Za-z0-9_]+_constants_config\.json"),
+    re.compile(r"data/constants/tensor_[0-9]+"),
+    re.compile(r"data/sample_inputs/[A-Za-z0-9_]+\.pt"),
+]
+# Why a known-but-refused entry is refused: said in the error so the user knows what the file holds.
+_REFUSED_PREFIXES = {
+    "data/aotinductor/": "compiled native code (AOTInductor)",
+    "data/executorch/": "an ExecuTorch program",
+    "data/mtia": "compiled device code",
+    "xl_model_weights/": "externally stored weights",
+    "data/constants/custom_obj_": "a pickled custom object",
+    "data/constants/opaque_obj_": "a pickled opaque object",
+}
+
+# Graph-node targets outside torch.ops that torch.export itself emits and that are pure functions.
+_SAFE_OPERATOR_FUNCTIONS = {"getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "pos",
+                            "abs", "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "xor", "not_", "invert"}
+_TORCH_OPS_TARGET = re.compile(r"torch\.ops\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
+_MATH_TARGET = re.compile(r"math\.[a-z][a-z0-9_]*")
+# Symbolic shape expressions: shape symbols (s0, u3, ...), integers, arithmetic and sympy's function names
+# torch uses. No dots, quotes, brackets or '=': nothing sympify's eval could turn into an attribute access.
+_SYMBOL_WORDS = {"FloorDiv", "CeilDiv", "Mod", "PythonMod", "Max", "Min", "floor", "ceiling", "Abs", "Eq", "Ne",
+                 "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "CleanDiv", "IntTrueDiv", "FloatTrueDiv", "ToFloat",
+                 "TruncToInt", "Pow", "PowByNatural", "ModularIndexing", "True", "False", "oo", "zoo", "int_oo",
+                 "OpaqueUnaryFn_sqrt", "FloorToInt", "CeilToInt", "RoundToInt", "Identity", "Where"}
+_EXPRESSION = re.compile(r"[A-Za-z0-9_+\-*/%(), <>!=&|~]*")
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SYMBOL = re.compile(r"[a-z]+[0-9]+")
+
+
+def audit_archive(path: Path) -> None:
+    """Raise ProgramFileError when `path` holds anything but plain tensor data and JSON (module docstring)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            root, entries = _check_entries(path, archive)
+            for name in entries:
+                if name.endswith("_config.json"):
+                    records = {n.rpartition("/")[2]: s for n, s in entries.items()
+                               if n.startswith(name.rpartition("/")[0] + "/")}
+                    _check_payload_config(path, name, _read_json(path, archive, f"{root}/{name}"), records)
+                elif name.startswith("models/"):
+                    _check_graph(path, name, _read_json(path, archive, f"{root}/{name}"))
+                elif name.startswith("data/sample_inputs/"):
+                    _check_sample_inputs(path, name, archive.read(f"{root}/{name}"))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError, ValueError) as error:
+        raise ProgramFileError(f"{path} is not a readable .pt2 archive: {first_line(error)}") from error
+
+
+def safe_load(path: Path, extra_files: dict[str, str]) -> torch.export.ExportedProgram:
+    """torch.export.load after `audit_archive`, with every unpickler but the tensor-only one disabled."""
+    audit_archive(path)
+    with _unpickling_restricted():
+        return torch.export.load(path, extra_files=extra_files)
+
+
+def _check_entries(path: Path, archive: zipfile.ZipFile) -> tuple[str, dict[str, int]]:
+    """The archive's root folder and its entries relative to it with their sizes, every one allowed and
+    sized sanely."""
+    infos = archive.infolist()
+    if not infos:
+        raise ProgramFileError(f"{path} is an empty archive, not a .pt2 program")
+    if len(infos) > MAX_ENTRIES:
+        raise ProgramFileError(f"{path} has {len(infos)} entries; a .pt2 program has far fewer (refused)")
+    total = 0
+    root = None
+    relative = {}
+    for info in infos:
+        name = info.filename
+        parts = PurePosixPath(name).parts
+        if name.startswith("/") or "\\" in name or ".." in parts or len(parts) < 2 or ":" in parts[0]:
+            raise ProgramFileError(f"{path}: entry '{printable(name)}' is not a plain relative path (refused)")
+        if root is None:
+            root = parts[0]
+        elif parts[0] != root:
+            raise ProgramFileError(f"{path}: entry '{printable(name)}' lies outside the archive's folder "
+                                   f"'{printable(root)}' (refused)")
+        inner = name[len(root) + 1:]
+        _check_entry_name(path, inner)
+        total += info.file_size
+        if info.compress_size and info.file_size > (1 << 20) and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO:
+            raise ProgramFileError(f"{path}: entry '{printable(name)}' inflates {info.file_size // info.compress_size}x "
+                                   "(a zip bomb, refused)")
+        relative[inner] = info.file_size
+    if total > MAX_TOTAL_BYTES:
+        raise ProgramFileError(f"{path} claims {total / 2**30:.0f} GiB of data, over prunefx's "
+                               f"{MAX_TOTAL_BYTES >> 30} GiB bound (refused)")
+    return root, relative
+
+
+def _check_entry_name(path: Path, inner: str) -> None:
+    for prefix, what in _REFUSED_PREFIXES.items():
+        if inner.startswith(prefix):
+            raise ProgramFileError(f"{path}: entry '{printable(inner)}' holds {what}; prunefx loads only plain "
+                                   "tensor data and JSON (refused)")
+    if inner in _EXACT_ENTRIES or any(p.fullmatch(inner) for p in _ENTRY_PATTERNS):
+        return
+    raise ProgramFileError(f"{path}: unexpected entry '{printable(inner)}'; prunefx loads only plain tensor data "
+                           "and JSON (refused)")
+
+
+def _read_json(path: Path, archive: zipfile.ZipFile, name: str):
+    if archive.getinfo(name).file_size > MAX_JSON_BYTES:
+        raise ProgramFileError(f"{path}: '{printable(name)}' is over {MAX_JSON_BYTES >> 20} MiB of JSON (refused)")
+    try:
+        return json.loads(archive.read(name))
+    except (ValueError, RecursionError) as error:
+        raise ProgramFileError(f"{path}: '{printable(name)}' is not valid JSON: {first_line(error)}") from error
+
+
+def _check_payload_config(path: Path, name: str, config, records: dict[str, int]) -> None:
+    """Every tensor of the table is a raw record of the archive, never a pickle, and its description
+    asks for no more memory than the record holds (torch allocates zeros for an empty record)."""
+    entries = config.get("config") if isinstance(config, dict) else None
+    if not isinstance(entries, dict):
+        raise ProgramFileError(f"{path}: '{name}' is not a weights/constants table")
+    for key, entry in entries.items():
+        where = f"{path}: '{name}' entry '{printable(str(key))}'"
+        if not isinstance(entry, dict):
+            raise ProgramFileError(f"{where} is not a mapping")
+        if entry.get("use_pickle"):
+            raise ProgramFileError(f"{where} is a pickle, which can run code when loaded; prunefx loads only "
+                                   "plain tensor data (refused)")
+        record = entry.get("path_name")
+        if not isinstance(record, str) or not re.fullmatch(r"(weight|tensor)_[0-9]+", record):
+            raise ProgramFileError(f"{where} points at '{printable(str(record))}', not a raw tensor record (refused)")
+        if record not in records:
+            raise ProgramFileError(f"{where} points at '{record}', which the archive does not hold")
+        _check_tensor_meta(entry.get("tensor_meta"), records[record], where)
+
+
+def _check_tensor_meta(meta, record_bytes: int, where: str) -> None:
+    sizes = meta.get("sizes") if isinstance(meta, dict) else None
+    if not isinstance(sizes, list) or len(sizes) > 16:
+        raise ProgramFileError(f"{where} has no valid tensor description (refused)")
+    numel = 1
+    for size in sizes:
+        value = size.get("as_int") if isinstance(size, dict) else None
+        if type(value) is not int or value < 0:
+            raise ProgramFileError(f"{where}: tensor sizes must be non-negative integers (refused)")
+        numel *= value
+    if numel > 0 and record_bytes == 0:
+        raise ProgramFileError(f"{where} describes {numel} elements but its record is empty (refused)")
+
+
+def _check_sample_inputs(path: Path, name: str, data: bytes) -> None:
+    try:
+        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as error:  # torch's safe unpickler raises several types; every one is a refusal here
+        raise ProgramFileError(f"{path}: '{name}' is not plain tensor data (it would need an unsafe unpickler; "
+                               f"refused): {first_line(error)}") from error
+
+
+def _check_graph(path: Path, name: str, document) -> None:
+    for target in _node_targets(document):
+        if not _safe_target(target):
+            raise ProgramFileError(f"{path}: '{name}' calls '{printable(target)}', which is not a torch operator "
+                                   "(refused)")
+    for expression in _expressions(document):
+        if not _safe_expression(expression):
+            raise ProgramFileError(f"{path}: '{name}' holds the shape expression '{printable(expression)[:80]}', "
+                                   "which is not plain arithmetic on shape symbols (refused)")
+
+
+def _walk(document) -> Iterator:
+    stack = [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            yield item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _node_targets(document) -> Iterator[str]:
+    """Targets of graph nodes (mappings with target, inputs and outputs), in nested graphs too."""
+    for item in _walk(document):
+        if {"target", "inputs", "outputs"} <= item.keys():
+            yield item["target"] if isinstance(item["target"], str) else repr(item["target"])
+
+
+def _expressions(document) -> Iterator[str]:
+    for item in _walk(document):
+        if "expr_str" in item:
+            yield item["expr_str"] if isinstance(item["expr_str"], str) else repr(item["expr_str"])
+    # Range constraints are keyed by expression strings.
+    ranges = document.get("range_constraints") if isinstance(document, dict) else None
+    if isinstance(ranges, dict):
+        yield from ranges
+
+
+def _safe_target(target: str) -> bool:
+    if _TORCH_OPS_TARGET.fullmatch(target) or _MATH_TARGET.fullmatch(target):
+        return True
+    module, _, function = target.partition(".")
+    return module == "_operator" and function in _SAFE_OPERATOR_FUNCTIONS
+
+
+def _safe_expression(expression: str) -> bool:
+    if len(expression) > 10_000 or not _EXPRESSION.fullmatch(expression):
+        return False
+    return all(word in _SYMBOL_WORDS or _SYMBOL.fullmatch(word) for word in _WORD.findall(expression))
+
+
+class _RefusedUnpickling(ProgramFileError):
+    pass
+
+
+@contextlib.contextmanager
+def _unpickling_restricted():
+    """Within the block, torch.load is tensor-only and the general unpicklers refuse to run."""
+    original_load, original_loads = torch.load, pickle.loads
+    original_obj = getattr(torch._C, "_pickle_load_obj", None)
+
+    def tensor_only_load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return original_load(*args, **kwargs)
+
+    def refuse(*_args, **_kwargs):
+        raise _RefusedUnpickling("the archive asked for an unsafe unpickler (refused)")
+
+    torch.load, pickle.loads = tensor_only_load, refuse
+    if original_obj is not None:
+        torch._C._pickle_load_obj = refuse
+    try:
+        yield
+    finally:
+        torch.load, pickle.loads = original_load, original_loads
+        if original_obj is not None:
+            torch._C._pickle_load_obj = original_obj

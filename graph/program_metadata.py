@@ -1,0 +1,121 @@
+"""The `prunefx.json` record inside a saved Program, checked field by field on load.
+
+A `.pt2` may come from anyone, so its record is input, not trusted state: every field has a type, shapes
+are lists of positive integers with a bounded element count (an input is allocated from them), the name
+is printable text (it reaches terminals), and the stored input and output shapes must agree with the
+graph itself. Any deviation is a ProgramFileError naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+from prunefx.graph.errors import ProgramFileError, first_line, printable
+
+FORMAT_VERSION = 1
+MAX_NAME_LENGTH = 200
+# Elements of one example input. 2**28 float32 values are 1 GiB, well beyond any vision input at batch 1
+# (a 4k RGB frame is 2**25), and small enough to allocate on a development machine.
+MAX_INPUT_ELEMENTS = 1 << 28
+_DTYPES = {"float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"}
+_KEYS = {"format", "name", "inputs", "output_shapes", "analysis"}
+
+
+def parse_metadata(text: str, where: str) -> dict:
+    """The record as a dict with checked fields; `{}` when the archive has none (plain torch.export.save)."""
+    if not text:
+        return {}
+    try:
+        record = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise ProgramFileError(f"{where}: its prunefx.json is not valid JSON ({first_line(error)})") from error
+    if not isinstance(record, dict):
+        raise ProgramFileError(f"{where}: its prunefx.json is not a JSON object")
+    unknown = sorted(set(record) - _KEYS)
+    if unknown:
+        raise ProgramFileError(f"{where}: its prunefx.json has unknown field '{printable(unknown[0])[:40]}'")
+    if record.get("format", FORMAT_VERSION) != FORMAT_VERSION:
+        raise ProgramFileError(f"{where}: prunefx.json format {printable(str(record['format']))[:20]} is not "
+                               f"the one this prunefx reads ({FORMAT_VERSION})")
+    checked = {"format": FORMAT_VERSION}
+    if "name" in record:
+        checked["name"] = _name(record["name"], where)
+    if "inputs" in record:
+        checked["inputs"] = _inputs(record["inputs"], where)
+    if "output_shapes" in record:
+        checked["output_shapes"] = [_shape(s, f"{where}: output_shapes[{i}]")
+                                    for i, s in enumerate(_list(record["output_shapes"], f"{where}: output_shapes"))]
+    if "analysis" in record:
+        if not isinstance(record["analysis"], dict):
+            raise ProgramFileError(f"{where}: prunefx.json field 'analysis' must be a JSON object, "
+                                   f"not {type(record['analysis']).__name__}")
+        checked["analysis"] = record["analysis"]
+    return checked
+
+
+def check_against_graph(record: dict, exported: torch.export.ExportedProgram, where: str) -> None:
+    """The stored input shapes must be the graph's placeholders' shapes, and likewise for the outputs."""
+    graph_inputs = [tuple(node.meta["val"].shape) for node in exported.graph.nodes
+                    if node.op == "placeholder" and node.name in exported.graph_signature.user_inputs
+                    and isinstance(node.meta.get("val"), torch.Tensor)]
+    if "inputs" in record:
+        stored = [tuple(spec["shape"]) for spec in record["inputs"]]
+        if stored != graph_inputs:
+            raise ProgramFileError(f"{where}: prunefx.json says the inputs are {stored}, the graph takes {graph_inputs}")
+    if "output_shapes" in record:
+        graph_outputs = _graph_output_shapes(exported)
+        stored = [tuple(shape) for shape in record["output_shapes"]]
+        if graph_outputs is not None and stored != graph_outputs:
+            raise ProgramFileError(f"{where}: prunefx.json says the outputs are {stored}, "
+                                   f"the graph gives {graph_outputs}")
+
+
+def _graph_output_shapes(exported) -> list[tuple[int, ...]] | None:
+    output = next(node for node in reversed(exported.graph.nodes) if node.op == "output")
+    user_outputs = set(exported.graph_signature.user_outputs)
+    values = [arg.meta.get("val") for arg in torch.utils._pytree.tree_leaves(output.args[0])
+              if isinstance(arg, torch.fx.Node) and arg.name in user_outputs]
+    if not all(isinstance(v, torch.Tensor) for v in values):
+        return None  # non-tensor outputs: nothing to compare the stored shapes with
+    return [tuple(int(s) for s in v.shape) for v in values]
+
+
+def _name(value, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ProgramFileError(f"{where}: prunefx.json field 'name' must be non-empty text")
+    return printable(value.strip())[:MAX_NAME_LENGTH]
+
+
+def _inputs(value, where: str) -> list[dict]:
+    specs = _list(value, f"{where}: inputs")
+    checked = []
+    for index, spec in enumerate(specs):
+        here = f"{where}: inputs[{index}]"
+        if not isinstance(spec, dict) or set(spec) != {"shape", "dtype"}:
+            raise ProgramFileError(f"{here} must be an object with 'shape' and 'dtype'")
+        if spec["dtype"] not in _DTYPES:
+            raise ProgramFileError(f"{here}: dtype '{printable(str(spec['dtype']))[:20]}' is not one of "
+                                   f"{', '.join(sorted(_DTYPES))}")
+        shape = _shape(spec["shape"], here)
+        if math.prod(shape) > MAX_INPUT_ELEMENTS:
+            raise ProgramFileError(f"{here}: shape {'x'.join(map(str, shape))} has more than 2**28 elements "
+                                   "(refused: it could not be allocated)")
+        checked.append({"shape": shape, "dtype": spec["dtype"]})
+    return checked
+
+
+def _list(value, where: str) -> list:
+    if not isinstance(value, list) or len(value) > 64:
+        raise ProgramFileError(f"{where} must be a list (of at most 64 entries)")
+    return value
+
+
+def _shape(value, where: str) -> list[int]:
+    if (not isinstance(value, list) or len(value) > 8
+            or not all(type(s) is int and 0 <= s < 1 << 31 for s in value)):
+        raise ProgramFileError(f"{where}: a shape is a list of at most 8 non-negative integers, "
+                               f"not {printable(json.dumps(value))[:60]}")
+    return value
