@@ -52,6 +52,11 @@ from prunefx.passes.training import TrainConfig, Trainer, TrainingError
 _PASS_OPTIONS = ("data", "teacher", "eval_data", "after_backward", "after_step")
 
 
+def check_config(config: dict) -> None:
+    """Training keys are TrainConfig's (checked by building one); the rest are injected objects."""
+    TrainConfig.from_dict({k: v for k, v in config.items() if k not in _PASS_OPTIONS}, owner="distill")
+
+
 def distill(program: Program, /, *, config: dict | None = None) -> Result:
     config = dict(config or {})
     if config.get("data") is None:
@@ -89,3 +94,6 @@ def _changed(before: dict[str, torch.Tensor], program: Program) -> bool:
         return True
     return any(b.shape != a.shape or not torch.equal(b, a.detach().to(b.device)) for b, a in
                ((before[name], after[name]) for name in before))
+
+
+distill.check_config = check_config

@@ -21,6 +21,7 @@ import torch
 from prunefx.graph import Program
 from prunefx.graph.attributes import free_name, get_tensor, set_tensor, users_of_tensor
 from prunefx.graph.counting import count
+from prunefx.passes import config_checks as checks
 from prunefx.passes.result import Result
 
 aten = torch.ops.aten
@@ -103,7 +104,12 @@ def _set_bias(module: torch.fx.GraphModule, layer: torch.fx.Node, weight_target:
     layer.args = tuple(args)
 
 
+def check_config(config: dict) -> None:
+    checks.unknown_keys("fold_batchnorm", config, ())
+
+
 def fold_batchnorm(program: Program, /, *, config: dict | None = None) -> Result:
+    check_config(config or {})
     module = program.module
     batch_norms = [n for n in module.graph.nodes if n.op == "call_function" and n.target is aten.batch_norm.default]
     macs_before = count(program).macs
@@ -128,3 +134,6 @@ def fold_batchnorm(program: Program, /, *, config: dict | None = None) -> Result
 
 
 fold_batchnorm.exact = True
+
+
+fold_batchnorm.check_config = check_config

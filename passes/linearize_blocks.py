@@ -42,6 +42,7 @@ from prunefx.graph.blocks import Block, find_blocks
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.linearization import blend_activation, new_blend_buffer, remove_activation, set_blends
 from prunefx.graph.norm_replacement import layer_norm_to_batch_norm
+from prunefx.passes import config_checks as checks
 from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.result import Result
@@ -59,6 +60,7 @@ class LinearizeError(PrunefxError):
 
 def linearize_blocks(program: Program, /, *, config: dict | None = None) -> Result:
     config = _checked(dict(config or {}))
+    _check_inputs(config)
     candidates = find_blocks(program.module)
     batches = (calibration_inputs(program.example_inputs, config["calibration"], max_batches=config.get("max_batches"),
                                   what="linearize_blocks") if config.get("calibration") is not None else None)
@@ -93,9 +95,6 @@ def _checked(config: dict) -> dict:
     if sum(config.get(key) is not None for key in ("blocks", "count", "speedup")) != 1:
         raise LinearizeError("linearize_blocks needs exactly one of 'blocks' (names), 'count' (how many) or "
                              "'speedup' (a measured target)")
-    if config.get("speedup") is not None and not callable(config.get("measure")):
-        raise LinearizeError("linearize_blocks: a 'speedup' target needs 'measure', a callable (before, after) -> "
-                             "speed-up (e.g. prunefx.runtime.onnx_speedup())")
     config.setdefault("mode", "progressive")
     config.setdefault("ramp", 0.5)
     config.setdefault("layer_norms", "batch_norm")
@@ -106,14 +105,33 @@ def _checked(config: dict) -> dict:
         raise LinearizeError(f"linearize_blocks: mode must be 'progressive' or 'abrupt', not {config['mode']!r}")
     if config["layer_norms"] not in ("batch_norm", "keep"):
         raise LinearizeError(f"linearize_blocks: layer_norms must be 'batch_norm' or 'keep', not {config['layer_norms']!r}")
-    if not 0 < float(config["ramp"]) <= 1:
-        raise LinearizeError(f"linearize_blocks: ramp is a fraction of the training steps in (0, 1], not {config['ramp']}")
-    if config.get("recalibrate") and config.get("calibration") is None:
-        raise LinearizeError("linearize_blocks: recalibrate needs 'calibration' data")
+    checks.number("linearize_blocks", "ramp", config["ramp"], low=0.0, high=1.0, low_open=True)
+    if config.get("speedup") is not None:
+        checks.number("linearize_blocks", "speedup", config["speedup"], low=1.0, low_open=True)
+    if config.get("blocks") is not None:
+        checks.names("linearize_blocks", "blocks", config["blocks"])
+    if config.get("max_batches") is not None:
+        checks.integer("linearize_blocks", "max_batches", config["max_batches"], minimum=1)
     count = config.get("count")
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
         raise LinearizeError(f"linearize_blocks: count must be a non-negative integer, not {count!r}")
     return config
+
+
+def _check_inputs(config: dict) -> None:
+    """What the pass needs from its caller besides values (data, a measuring function)."""
+    if config.get("speedup") is not None and not callable(config.get("measure")):
+        raise LinearizeError("linearize_blocks: a 'speedup' target needs 'measure', a callable (before, after) -> "
+                             "speed-up (e.g. prunefx.runtime.onnx_speedup())")
+    if config.get("recalibrate") and config.get("calibration") is None:
+        raise LinearizeError("linearize_blocks: recalibrate needs 'calibration' data")
+
+
+def check_config(config: dict) -> None:
+    _checked(dict(config))
+
+
+linearize_blocks.check_config = check_config
 
 
 def _choose(program: Program, candidates: list[Block], config: dict, batches) -> tuple[list[Block], dict]:

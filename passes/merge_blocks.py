@@ -35,6 +35,7 @@ per-channel maps with no layer next to them.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -47,6 +48,7 @@ from prunefx.graph.attributes import free_name, get_tensor, set_tensor, users_of
 from prunefx.graph.counting import count, node_macs
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.linearization import strip_finished_blends
+from prunefx.passes import config_checks as checks
 from prunefx.passes.result import Result
 
 aten = torch.ops.aten
@@ -101,13 +103,20 @@ def _checked(config: dict | None) -> dict:
     if unknown:
         raise MergeBlocksError(f"merge_blocks: unknown option(s) {sorted(unknown)} (known: {sorted(_OPTIONS)})")
     growth = config.setdefault("max_kernel_growth", 1.0)
-    if isinstance(growth, bool) or not isinstance(growth, (int, float)) or growth < 1:
+    if isinstance(growth, bool) or not isinstance(growth, (int, float)) or not math.isfinite(growth) or growth < 1:
         raise MergeBlocksError(f"merge_blocks: max_kernel_growth is a ratio >= 1 of kernel sides, not {growth!r}")
     measure = config.setdefault("measure", None)
     if measure is not None and not callable(measure):
         raise MergeBlocksError("merge_blocks: measure must be a callable (before, after) -> speed-up of after")
-    config.setdefault("min_speedup", 1.0)
+    checks.number("merge_blocks", "min_speedup", config.setdefault("min_speedup", 1.0), low=0.0, low_open=True)
     return config
+
+
+def check_config(config: dict) -> None:
+    _checked(config)
+
+
+merge_blocks.check_config = check_config
 
 
 def _census(program: Program) -> dict[str, int]:

@@ -69,8 +69,26 @@ class Pipeline:
         # A step is a Step, a pass function, or a (pass function, config) pair.
         self.steps = tuple(step if isinstance(step, Step) else Step(*step) if isinstance(step, tuple) else Step(step)
                            for step in steps)
+        self._check_configs()
         self.verify = verify
         self.progress = progress
+
+    def _check_configs(self) -> None:
+        """Every step's config, before any pass runs: a bad key in the last step of a long recipe fails
+        now, not after the training of the steps before it (each pass's `check_config`)."""
+        for index, step in enumerate(self.steps):
+            if not callable(step.function):
+                raise PrunefxError(f"step {index + 1}: {step.function!r} is not a pass function")
+            if not isinstance(step.config, dict):
+                raise PrunefxError(f"step {index + 1} ('{step.name}'): its config must be a mapping, "
+                                   f"not {type(step.config).__name__}")
+            check = getattr(step.function, "check_config", None)
+            if check is not None:
+                try:
+                    check(dict(step.config))
+                except PrunefxError as error:
+                    raise PipelineError(f"step {index + 1} ('{step.name}'): {error} (no pass has run)",
+                                        failed=step.name, ran_before=[]) from error
 
     @property
     def names(self) -> list[str]:

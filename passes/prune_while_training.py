@@ -37,6 +37,7 @@ from prunefx.graph.channel_groups import find_channel_groups
 from prunefx.graph.channel_importance import FisherAccumulator
 from prunefx.graph.channel_selection import TARGET_KINDS, TARGET_TOLERANCE, Target
 from prunefx.graph.errors import PrunefxError
+from prunefx.passes import config_checks as checks
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.result import Result
 from prunefx.passes.training import TrainConfig, Trainer
@@ -48,8 +49,23 @@ _SCHEDULE_DEFAULTS = {"prune_events": 5, "interval": 50, "ranking": "global", "r
 _PASS_OPTIONS = {"data", "eval_data", "teacher", *TARGET_KINDS, *_SCHEDULE_DEFAULTS}
 
 
+def check_config(config: dict) -> None:
+    owner = "prune_while_training"
+    TrainConfig.from_dict({k: v for k, v in config.items() if k not in _PASS_OPTIONS}, owner=owner)
+    options = {**_SCHEDULE_DEFAULTS, **{k: v for k, v in config.items() if k in _PASS_OPTIONS}}
+    _target(options)
+    checks.integer(owner, "prune_events", options["prune_events"], minimum=1)
+    checks.integer(owner, "interval", options["interval"], minimum=1)
+    checks.choice(owner, "ranking", options["ranking"], ("global", "local"))
+    checks.integer(owner, "round_to", options["round_to"], minimum=1)
+    checks.number(owner, "max_ratio", options["max_ratio"], low=0.0, high=1.0)
+    checks.names(owner, "keep", options["keep"])
+    checks.boolean(owner, "strict", options["strict"])
+
+
 def prune_while_training(program: Program, /, *, config: dict | None = None) -> Result:
     config = dict(config or {})
+    check_config(config)
     if config.get("data") is None:
         raise PrunefxError("prune_while_training needs training batches: config['data']")
     options = {**_SCHEDULE_DEFAULTS, **{k: v for k, v in config.items() if k in _PASS_OPTIONS}}
@@ -81,7 +97,8 @@ def _target(options: dict) -> Target:
     if len(given) != 1 or options.get("channels") is not None:
         raise PrunefxError(f"prune_while_training needs exactly one target among {', '.join(_TARGETS)} "
                            f"(got {', '.join(k for k in TARGET_KINDS if options.get(k) is not None) or 'none'})")
-    return Target(given[0], float(options[given[0]]))
+    fraction = checks.number("prune_while_training", given[0], options[given[0]], low=0.0, high=1.0, low_open=True)
+    return Target(given[0], fraction)
 
 
 def _measure(program: Program, kind: str) -> float:
@@ -147,3 +164,6 @@ class PruningSchedule:
                            "met": met},
                 "macs_before": self.before.macs, "macs_after": after.macs, "params_before": self.before.params,
                 "params_after": after.params, "events": self.done, "importance": "fisher (task + KD loss)"}
+
+
+prune_while_training.check_config = check_config

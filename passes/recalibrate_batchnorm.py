@@ -47,6 +47,7 @@ from prunefx.graph import Program
 from prunefx.graph.activations import calibration_inputs, run_tapped, tap_nodes
 from prunefx.graph.attributes import get_tensor, set_tensor
 from prunefx.graph.errors import PrunefxError
+from prunefx.passes import config_checks as checks
 from prunefx.passes.result import Result
 
 aten = torch.ops.aten
@@ -55,11 +56,17 @@ _BATCH_NORMS = (aten.batch_norm.default, aten._native_batch_norm_legit_no_traini
 _OPTIONS = {"data", "max_batches", "nodes"}
 
 
+def check_config(config: dict) -> None:
+    checks.unknown_keys("recalibrate_batchnorm", config, _OPTIONS)
+    if config.get("max_batches") is not None:
+        checks.integer("recalibrate_batchnorm", "max_batches", config["max_batches"], minimum=1)
+    if config.get("nodes") is not None:
+        checks.names("recalibrate_batchnorm", "nodes", config["nodes"])
+
+
 def recalibrate_batchnorm(program: Program, /, *, config: dict | None = None) -> Result:
     config = dict(config or {})
-    unknown = set(config) - _OPTIONS
-    if unknown:
-        raise PrunefxError(f"recalibrate_batchnorm: unknown option(s) {sorted(unknown)} (known: {sorted(_OPTIONS)})")
+    check_config(config)
     batches = calibration_inputs(program.example_inputs, config.get("data"), max_batches=config.get("max_batches"),
                                  what="recalibrate_batchnorm")
     was_training = program.training
@@ -156,3 +163,6 @@ def _set_statistics(module: torch.fx.GraphModule, node: torch.fx.Node, n: int, s
             set_tensor(module, arg.target, new)
             changed = True
     return changed
+
+
+recalibrate_batchnorm.check_config = check_config

@@ -6,7 +6,11 @@
       - fold_batchnorm         # a pass with its default config
       - fold_batchnorm: {}     # or with a config mapping
 
-The CLI and the Python API build the same Pipeline from this.
+The CLI and the Python API build the same Pipeline from this. A recipe may come from anyone, so
+reading it is bounded: at most 1 MiB, plain YAML only (no `!!python` or other tags: yaml's safe
+loader), and no aliases (`*ref`): a few hundred bytes of nested aliases expand into gigabytes
+("billion laughs"), and a recipe has no need for them. Unknown top-level keys are refused, and every
+step's config is checked when the Pipeline is built, before any pass runs (Pipeline.check_configs).
 """
 
 from __future__ import annotations
@@ -15,13 +19,27 @@ from pathlib import Path
 
 import yaml
 
-from prunefx.graph.errors import PrunefxError, first_line
+from prunefx.graph.errors import PrunefxError, first_line, printable
 from prunefx.passes.pipeline import Pipeline, Step
 from prunefx.passes.registry import get_pass
+
+MAX_RECIPE_BYTES = 1 << 20
+TOP_LEVEL_KEYS = ("name", "verify", "passes")
 
 
 class RecipeError(PrunefxError):
     pass
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing aliases (see the module docstring)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a recipe",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
 
 
 def _step(entry, index: int) -> Step:
@@ -39,6 +57,12 @@ def _step(entry, index: int) -> Step:
 def pipeline_from_spec(spec: dict, *, progress: bool = False) -> Pipeline:
     if not isinstance(spec, dict) or not isinstance(spec.get("passes"), list):
         raise RecipeError("a recipe is a mapping with a 'passes' list")
+    unknown = [str(key) for key in spec if key not in TOP_LEVEL_KEYS]
+    if unknown:
+        raise RecipeError(f"unknown top-level key '{printable(unknown[0])[:60]}' "
+                          f"(a recipe has: {', '.join(TOP_LEVEL_KEYS)})")
+    if "name" in spec and not isinstance(spec["name"], str):
+        raise RecipeError("'name' must be text")
     steps = [_step(entry, index) for index, entry in enumerate(spec["passes"])]
     return Pipeline(steps, verify=spec.get("verify", "full"), progress=progress)
 
@@ -48,9 +72,13 @@ def read_recipe(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"no such recipe file: {path}")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"recipe {path} is over {MAX_RECIPE_BYTES >> 20} MiB; a recipe is a short YAML file")
     try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
+        return yaml.load(path.read_text(), Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+    except UnicodeDecodeError as error:
+        raise RecipeError(f"recipe {path} is not UTF-8 text") from error
+    except (yaml.YAMLError, RecursionError) as error:
         raise RecipeError(f"recipe {path} is not valid YAML: {first_line(error)}") from error
 
 

@@ -35,6 +35,9 @@ listed in the statistics with the operator that blocked them.
 
 from __future__ import annotations
 
+import difflib
+import math
+
 import numpy as np
 
 from prunefx.graph import Program, count
@@ -42,10 +45,11 @@ from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.attributes import delete_unused_tensors
 from prunefx.graph.channel_compensation import compensate_removed_inputs
 from prunefx.graph.channel_groups import find_channel_groups
-from prunefx.graph.channel_importance import DATA_CRITERIA, channel_importance
+from prunefx.graph.channel_importance import CRITERIA, DATA_CRITERIA, channel_importance
 from prunefx.graph.channel_removal import remove_classes
 from prunefx.graph.channel_selection import TARGET_KINDS, TARGET_TOLERANCE, Selector, Target
-from prunefx.graph.errors import PrunefxError
+from prunefx.graph.errors import PrunefxError, printable
+from prunefx.passes import config_checks as checks
 from prunefx.passes.result import Result
 
 _DEFAULTS = {"importance": "l2", "calibration": None, "ranking": "global", "round_to": 8, "max_ratio": 0.8,
@@ -53,12 +57,31 @@ _DEFAULTS = {"importance": "l2", "calibration": None, "ranking": "global", "roun
 _OPTIONS = {*_DEFAULTS, *TARGET_KINDS}
 
 
+def check_config(config: dict) -> None:
+    """The values of `config` alone (passes/config_checks.py); the Program-dependent checks come later."""
+    owner = "remove_channels"
+    checks.unknown_keys(owner, config, _OPTIONS)
+    given = {**_DEFAULTS, **config}
+    _target(given)
+    if not callable(given["importance"]):
+        checks.choice(owner, "importance", given["importance"], CRITERIA)
+    checks.choice(owner, "ranking", given["ranking"], ("global", "local"))
+    checks.integer(owner, "round_to", given["round_to"], minimum=1)
+    checks.number(owner, "max_ratio", given["max_ratio"], low=0.0, high=1.0)
+    checks.number(owner, "damping", given["damping"], low=0.0, low_open=True)
+    checks.integer(owner, "seed", given["seed"])
+    checks.boolean(owner, "strict", given["strict"])
+    checks.boolean(owner, "compensate", given["compensate"])
+    checks.names(owner, "keep", given["keep"])
+    if given["min_widths"] is not None and not isinstance(given["min_widths"], dict):
+        raise checks.ConfigError(f"{owner}: 'min_widths' must map 'tensor:dim' to widths")
+
+
 def remove_channels(program: Program, /, *, config: dict | None = None) -> Result:
     config = dict(config or {})
-    unknown = set(config) - _OPTIONS
-    if unknown:
-        raise PrunefxError(f"remove_channels: unknown option(s) {sorted(unknown)} (known: {sorted(_OPTIONS)})")
+    check_config(config)
     config = {**_DEFAULTS, **config}
+    _check_keep(program, config["keep"])
     target = _target(config)
     _check_compensation(config)
     if config["compensate"] or config["importance"] in DATA_CRITERIA:  # checked (and read once) up front
@@ -93,6 +116,20 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
         stats["compensation"] = compensation or {"compensated": [], "skipped": []}
     program.analysis["channel_pruning"] = stats
     return Result(program, modified=bool(removed), stats=stats)
+
+
+def _check_keep(program: Program, keep) -> None:
+    """A `keep` name that is not a node of the graph is a mistake (a typo keeps nothing), not a no-op."""
+    nodes = {node.name for node in program.graph.nodes}
+    for name in keep:
+        if name not in nodes:
+            close = difflib.get_close_matches(name, sorted(nodes), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else " (see `prunefx inspect` for node names)"
+            raise PrunefxError(f"remove_channels: 'keep' names '{printable(name)[:60]}', which is not a node of "
+                               f"{program.name}{hint}")
+
+
+remove_channels.check_config = check_config
 
 
 def _importance(program: Program, combing, config: dict, hessians: dict | None):
@@ -130,7 +167,10 @@ def _target(config: dict) -> Target:
     if len(given) != 1:
         raise PrunefxError(f"remove_channels needs exactly one target among {', '.join(TARGET_KINDS)} "
                            f"(got {', '.join(given) or 'none'})")
-    return Target(given[0], float(config[given[0]]))
+    value = config[given[0]]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise checks.ConfigError(f"remove_channels: target {given[0]} must be a fraction in (0, 1], not {value!r}")
+    return Target(given[0], float(value))
 
 
 def _calibration(program: Program, batches) -> list:

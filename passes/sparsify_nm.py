@@ -196,6 +196,19 @@ def _store(module, layer: SparseLayer, matrix: torch.Tensor) -> None:
 # --- configuration -------------------------------------------------------------------------------------
 
 def _checked(program: Program, config: dict) -> dict:
+    config = _checked_values(config)
+    config["calibration"] = _calibration(program, config["criterion"], config["calibration"])
+    return config
+
+
+def check_config(config: dict) -> None:
+    _checked_values(dict(config))
+
+
+sparsify_nm.check_config = check_config
+
+
+def _checked_values(config: dict) -> dict:
     unknown = set(config) - set(_DEFAULTS)
     if unknown:
         raise SparsityError(f"sparsify_nm: unknown option(s) {sorted(unknown)} (known: {sorted(_DEFAULTS)})")
@@ -217,7 +230,6 @@ def _checked(program: Program, config: dict) -> dict:
         raise SparsityError(f"sparsify_nm: sequential must be true or false, not {config['sequential']!r}")
     config["keep"] = _names("keep", config["keep"])
     config["layers"] = None if config["layers"] is None else _names("layers", config["layers"])
-    config["calibration"] = _calibration(program, criterion, config["calibration"])
     return config
 
 
@@ -244,7 +256,8 @@ def _number(name: str, value, *, positive: bool) -> float:
 
 
 def _names(option: str, value) -> set[str]:
-    if isinstance(value, str) or not all(isinstance(name, str) for name in value):
+    if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)) \
+            or not all(isinstance(name, str) for name in value):
         raise SparsityError(f"sparsify_nm: {option} must be a list of node or weight names, not {value!r}")
     return set(value)
 
