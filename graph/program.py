@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
 import os
 import zipfile
@@ -164,7 +165,18 @@ class Program:
             "output_shapes": [list(shape) for shape in self.output_shapes],
             "analysis": self.analysis,
         }
-        torch.export.save(self.export(), path, extra_files={_METADATA_FILE: json.dumps(metadata)})
+        # torch's zip writer aborts the whole process (std::terminate from a destructor) when a write
+        # fails, e.g. on a full disk: serialise in memory, then write with Python, where a failure is an
+        # OSError. The file appears under its name only once complete (write to a sibling, then rename).
+        buffer = io.BytesIO()
+        torch.export.save(self.export(), buffer, extra_files={_METADATA_FILE: json.dumps(metadata)})
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            with open(partial, "wb") as file:
+                file.write(buffer.getbuffer())
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
         return path
 
     @classmethod

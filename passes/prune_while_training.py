@@ -65,9 +65,9 @@ def check_config(config: dict) -> None:
 
 def prune_while_training(program: Program, /, *, config: dict | None = None) -> Result:
     config = dict(config or {})
-    check_config(config)
     if config.get("data") is None:
         raise PrunefxError("prune_while_training needs training batches: config['data']")
+    check_config(config)
     options = {**_SCHEDULE_DEFAULTS, **{k: v for k, v in config.items() if k in _PASS_OPTIONS}}
     train_config = TrainConfig.from_dict({k: v for k, v in config.items() if k not in _PASS_OPTIONS},
                                          owner="prune_while_training")

@@ -241,6 +241,11 @@ class Trainer:
                 started = time.perf_counter()
                 self._periodic(final=self.step == self.total_steps)
                 eval_seconds += time.perf_counter() - started
+        except KeyboardInterrupt as interrupt:
+            if self.config.checkpoint_dir is not None:  # say how to go on, in the interrupt's one line
+                interrupt.add_note(f"training checkpoints are in {self.config.checkpoint_dir}: run the same "
+                                   "command with `resume: true` in the pass's config to continue")
+            raise
         finally:
             bar.close()
             self._release()

@@ -1,8 +1,10 @@
 """The `prunefx` command line. Each sub-command lives in prunefx/commands/<name>.py.
 
-Deliberate errors (bad model reference, malformed shape, missing or corrupt file, a model that will
-not export) print one line to stderr and exit with status 2; never a traceback. An unexpected error
-prints one line too, and the traceback only with PRUNEFX_DEBUG=1.
+Deliberate errors (bad model reference, malformed shape or option, missing, corrupt or hostile file, an
+output that cannot be written, a model that will not export) print one line to stderr and exit with
+status 2; never a traceback. An unexpected error prints one line too (exit 3), and the traceback only
+with PRUNEFX_DEBUG=1. Ctrl-C exits 130 and SIGTERM 143, each with one line; both unwind through the
+staged outputs (prunefx/output.py), so nothing partial is left behind.
 """
 
 from __future__ import annotations
@@ -10,13 +12,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 import warnings
 
-from prunefx.graph.errors import PrunefxError, first_line
+from prunefx.graph.errors import PrunefxError, first_line, printable
+from prunefx.output import Terminated, clear_interrupt, raise_if_interrupted, record_interrupt
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 def _model_arguments(parser: argparse.ArgumentParser, *, onnx_allowed: bool = False) -> None:
@@ -29,8 +36,8 @@ def _model_arguments(parser: argparse.ArgumentParser, *, onnx_allowed: bool = Fa
 def build_parser() -> argparse.ArgumentParser:
     from prunefx.commands import bench, compress, demo, depth, export, inspect, profile, prune
 
-    parser = argparse.ArgumentParser(prog="prunefx", description="Make vision models smaller and faster.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _Parser(prog="prunefx", description="Make vision models smaller and faster.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for module in (inspect, prune, depth, compress, export, bench, profile, demo):
         sub = commands.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         if getattr(module, "TAKES_MODEL", True):
@@ -62,6 +69,25 @@ class _WithoutTorchPrints:
         return getattr(self._stream, name)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (`prunefx CMD: error: ...`), like every other error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {_one_line(message)}\n")
+
+
+def _on_signal(signum, frame):
+    """SIGINT and SIGTERM become exceptions, so staged outputs are cleaned up on the way out. The signal
+    is also recorded: should the exception land in code that swallows it (a finaliser, a worker
+    thread's callback), the run still never commits its outputs nor exits 0 (prunefx/output.py)."""
+    record_interrupt(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(printable(part) for part in str(text).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -69,21 +95,52 @@ def main(argv: list[str] | None = None) -> int:
     if not debug:
         warnings.filterwarnings("ignore")  # torch.export/onnx warnings are noise for CLI users
     quiet = contextlib.nullcontext() if debug else contextlib.redirect_stderr(_WithoutTorchPrints(sys.stderr))
+    previous = _install_signal_handlers()
+    unraisable = sys.unraisablehook
+    if not debug:  # "Exception ignored in ..." from finalisers hit by an interrupt: noise, not news
+        sys.unraisablehook = lambda _: None
     try:
         with quiet:
-            return int(args.handler(args) or 0)
+            status = int(args.handler(args) or 0)
+        raise_if_interrupted()  # an interrupt some library swallowed still ends the run as interrupted
+        return status
     except PrunefxError as error:
-        print(f"prunefx {args.command}: error: {error}", file=sys.stderr)
+        _report(f"prunefx {args.command}: error: {_one_line(error)}")
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("prunefx: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        what = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
+        notes = "".join(f"; {_one_line(note)}" for note in getattr(interrupt, "__notes__", ()))
+        _report(f"prunefx {args.command}: {what}; no output was written{notes}")
+        return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
+    except SystemExit as exit_:  # raised by user code we ran (a model factory), never by prunefx itself
+        _report(f"prunefx {args.command}: error: the model code called sys.exit({exit_.code!r})")
+        return EXIT_USER_ERROR
     except Exception as error:
-        if os.environ.get("PRUNEFX_DEBUG"):
+        if debug:
             raise
-        print(f"prunefx {args.command}: internal error: {first_line(error)} "
-              "(rerun with PRUNEFX_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        _report(f"prunefx {args.command}: internal error: {_one_line(first_line(error))} "
+                "(rerun with PRUNEFX_DEBUG=1 for the traceback, and please report it)")
         return EXIT_INTERNAL_ERROR
+    finally:
+        sys.unraisablehook = unraisable
+        _restore_signal_handlers(previous)
+
+
+def _report(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _install_signal_handlers() -> dict | None:
+    # Only the main thread may set signal handlers (tests call main() from worker threads too).
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    clear_interrupt()
+    return {signum: signal.signal(signum, _on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signal_handlers(previous: dict | None) -> None:
+    for signum, handler in (previous or {}).items():
+        signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

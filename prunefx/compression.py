@@ -45,10 +45,11 @@ from prunefx.compression_report import json_safe, markdown_report, pass_summary
 from prunefx.data import FASHION_MNIST, DataSplits, load_data
 from prunefx.graph import Program, count
 from prunefx.graph.channel_importance import DATA_CRITERIA
-from prunefx.graph.errors import PrunefxError
+from prunefx.graph.errors import PrunefxError, first_line
 from prunefx.graph.rebatch import rebatch
 from prunefx.loading import program_from_reference
 from prunefx.models import build_model
+from prunefx.output import check_output_folder, staged_folder
 from prunefx.passes.pipeline import Pipeline, Step
 from prunefx.passes.recipe import RecipeError, pipeline_from_spec, read_recipe
 from prunefx.passes.training import evaluate
@@ -241,9 +242,7 @@ def compress(dense: Program, recipe: Recipe, splits: DataSplits, output: str | o
              options: Options = Options(), log: Callable[[str], None] = print) -> dict:
     """Run `recipe` on `dense` (captured at the training batch size, eval mode) and write OUTPUT/;
     return the report (also in OUTPUT/report.json and report.md)."""
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise PrunefxError(f"{output} exists and is not a folder")
+    output = check_output_folder(output)
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     dense = dense.eval()
@@ -267,9 +266,31 @@ def compress(dense: Program, recipe: Recipe, splits: DataSplits, output: str | o
     for (name, step), keys in zip(result.steps, injected):
         log(f"[{name}] {pass_summary(step.stats)}" + (f" (given {', '.join(keys)})" if keys else ""))
     compressed = result.program.eval()
-    output.mkdir(parents=True, exist_ok=True)
-    compressed.save(output / "model_train.pt2")  # before anything else can fail: the training is kept
+    with staged_folder(output) as staging:
+        compressed.save(staging / "model_train.pt2")  # before anything else can fail: the training is kept
+        try:
+            return _measure_and_write(dense, dense_one, compressed, result, injected, recipe, splits, staging,
+                                      output, data=data, options=options, log=log, before=before,
+                                      seconds=seconds, started=started)
+        except Exception as error:
+            kept = _keep_training(staging / "model_train.pt2", output)
+            message = str(error) if isinstance(error, PrunefxError) else first_line(error)
+            raise PrunefxError(f"{message}; the trained model was kept in {kept}") from error
 
+
+def _keep_training(saved: Path, output: Path) -> Path:
+    """Hours of training are not thrown away with the failed run: the trained model moves beside the
+    output folder (not into it: the folder only ever holds complete results)."""
+    kept = output.absolute().parent / f"{output.name}.model_train.pt2"
+    os.replace(saved, kept)
+    return kept
+
+
+def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, splits, staging: Path,
+                       output: Path, *, data, options, log, before, seconds, started) -> dict:
+    """Evaluate, cut to batch 1, export, time against the dense model and write the report into
+    `staging` (moved to `output` by the caller); the report names the files as they will be in `output`."""
+    batch = int(dense.example_inputs[0].shape[0])
     clock = time.perf_counter()
     after = _accuracy(compressed, splits, options.eval_batches)
     seconds["evaluate_compressed"] = time.perf_counter() - clock
@@ -277,8 +298,8 @@ def compress(dense: Program, recipe: Recipe, splits: DataSplits, output: str | o
 
     clock = time.perf_counter()
     compressed_one = rebatch(compressed, 1)
-    compressed_one.save(output / "model.pt2")
-    exported = export_onnx(compressed_one, output / "model.onnx", opset=options.opset)
+    compressed_one.save(staging / "model.pt2")
+    exported = export_onnx(compressed_one, staging / "model.onnx", opset=options.opset)
     parity = check_parity(compressed_one, exported.path)
     seconds["export"] = time.perf_counter() - clock
     cost_before, cost_after = count(dense_one), count(compressed_one)
@@ -317,7 +338,7 @@ def compress(dense: Program, recipe: Recipe, splits: DataSplits, output: str | o
     report = json_safe(report)
     variants = variants_from_compress(report)
     report["variants"] = [variant.to_dict() for variant in variants]
-    write_chart(variants, output / CHART_FILE, title=f"{dense.name}, recipe {recipe.name}")
-    (output / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    (output / "report.md").write_text(markdown_report(report))
+    write_chart(variants, staging / CHART_FILE, title=f"{dense.name}, recipe {recipe.name}")
+    (staging / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    (staging / "report.md").write_text(markdown_report(report))
     return report

@@ -10,11 +10,10 @@ The flow lives in prunefx/compression.py, shared with `prunefx demo`.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prunefx.compression import Options, compress, load_model_and_data, load_named_recipe
 from prunefx.compression_report import console_summary
 from prunefx.graph.errors import PrunefxError
+from prunefx.output import check_output_folder
 
 NAME = "compress"
 HELP = ("prune and recover a model with a recipe on a data set; write model.pt2, model.onnx and a report with "
@@ -62,9 +61,7 @@ def options_from(args) -> Options:
 def run(args) -> int:
     check_counts(args)
     recipe = load_named_recipe(args.recipe)  # a bad recipe fails before the data and the model load
-    output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise PrunefxError(f"{output} exists and is not a folder")
+    output = check_output_folder(args.output)
     dense, splits = load_model_and_data(args.model, args.data, batch_size=args.batch_size, weights=args.weights,
                                         validation=args.validation)
     report = compress(dense, recipe, splits, output, data=args.data, options=options_from(args))

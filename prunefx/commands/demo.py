@@ -15,7 +15,6 @@ in torch and in ONNX Runtime -> latency, dense against folded, side by side.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 import torchvision
@@ -27,6 +26,7 @@ from prunefx.compression_report import console_summary
 from prunefx.graph import capture, count
 from prunefx.graph.errors import PrunefxError
 from prunefx.models import load_weights
+from prunefx.output import check_output_folder, staged_file, staged_folder
 from prunefx.passes import Pipeline, distill, fold_batchnorm
 from prunefx.runtime import (
     OnnxRuntimeSession,
@@ -70,7 +70,7 @@ def _fashion_mnist_demo(args) -> int:
     if (args.steps if args.steps is not None else args.epochs) < 1:
         raise PrunefxError("--epochs and --steps must be at least 1")
     recipe = load_named_recipe(args.recipe)
-    output = Path(args.output)
+    output = check_output_folder(args.output)
     dense, splits = load_model_and_data(MODEL, DATA, batch_size=args.batch_size, validation=args.validation)
     budget = {"steps": args.steps} if args.steps is not None else {"epochs": args.epochs}
     steps = args.steps if args.steps is not None else args.epochs * len(splits.train)
@@ -81,7 +81,8 @@ def _fashion_mnist_demo(args) -> int:
                                      "weight_decay": 5e-4, "warmup_steps": min(100, steps // 10),
                                      "kd_weight": 0.0}).program.eval()
     print(f"[train] done in {time.perf_counter() - started:.0f} s", flush=True)
-    trained.save(output / "dense_train.pt2")
+    with staged_folder(output) as staging:
+        trained.save(staging / "dense_train.pt2")
     report = compress(trained, recipe, splits, output, data=DATA, options=options_from(args),
                       log=lambda line: print(line, flush=True))
     print()
@@ -109,9 +110,10 @@ def _imagenet_demo(args) -> int:
     print(f"[fold_batchnorm] folded {stats['folded']} of {stats['batch_norms']} batch norms "
           "(verified: re-exports, outputs unchanged)")
 
-    path = Path(args.output) / "mobilenet_v2_folded.onnx"
-    exported = export_onnx(folded, path)
-    parity = check_parity(folded, path)
+    path = check_output_folder(args.output) / "mobilenet_v2_folded.onnx"
+    with staged_file(path) as staging:
+        exported = export_onnx(folded, staging)
+        parity = check_parity(folded, staging)
     print(f"[export] {path}: {exported.node_count} ONNX nodes, parity max abs error {parity.max_abs_error:.2e}")
 
     with torch.no_grad():

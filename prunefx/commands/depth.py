@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from prunefx.calibration import calibration_data
 from prunefx.graph import count
 from prunefx.graph.blocks import find_blocks
 from prunefx.graph.errors import PrunefxError
 from prunefx.loading import program_from_args
+from prunefx.output import check_output_folder, staged_folder
 from prunefx.passes.linearize_blocks import linearize_blocks
 from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.runtime import check_parity, export_onnx, onnx_speedup
@@ -55,15 +55,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    if not args.list and not args.output:
+        raise PrunefxError("give -o DIR: the folder for model.pt2, model.onnx and report.json")
+    output = check_output_folder(args.output) if not args.list else None
     program = program_from_args(args).eval()
     if args.list:
         _list_blocks(program)
         return 0
-    if not args.output:
-        raise PrunefxError("give -o DIR: the folder for model.pt2, model.onnx and report.json")
-    output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise PrunefxError(f"{output} exists and is not a folder")
     if (args.blocks is not None or args.speedup is not None) and not args.calibrate:
         raise PrunefxError("--blocks and --speedup choose blocks by their damage on data: give --calibrate DATA "
                            "(or name the blocks with --block)")
@@ -88,19 +86,19 @@ def run(args) -> int:
     pruned = merged.program
     print(f"linearised {len(linearized.stats['chosen'])} blocks of {program.name} and made "
           f"{len(merged.stats['merges'])} merges in {time.perf_counter() - started:.1f} s; exporting to ONNX", flush=True)
-    output.mkdir(parents=True, exist_ok=True)
-    pruned.save(output / "model.pt2")
-    exported = export_onnx(pruned, output / "model.onnx", opset=args.opset)
-    parity = check_parity(pruned, exported.path)
     before, after = count(program), count(pruned)
-    report = {"model": program.name, "macs_before": before.macs, "macs_after": after.macs,
-              "params_before": before.params, "params_after": after.params,
-              "calibration": calibration.description if calibration else None,
-              "linearize_blocks": linearized.stats,
-              "merge_blocks": _json_safe(merged.stats),
-              "onnx": {"exporter": exported.exporter, "fallback_reason": exported.fallback_reason},
-              "parity": {"max_abs_error": parity.max_abs_error, "relative": parity.relative}}
-    (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    with staged_folder(output) as staging:
+        pruned.save(staging / "model.pt2")
+        exported = export_onnx(pruned, staging / "model.onnx", opset=args.opset)
+        parity = check_parity(pruned, exported.path)
+        report = {"model": program.name, "macs_before": before.macs, "macs_after": after.macs,
+                  "params_before": before.params, "params_after": after.params,
+                  "calibration": calibration.description if calibration else None,
+                  "linearize_blocks": linearized.stats,
+                  "merge_blocks": _json_safe(merged.stats),
+                  "onnx": {"exporter": exported.exporter, "fallback_reason": exported.fallback_reason},
+                  "parity": {"max_abs_error": parity.max_abs_error, "relative": parity.relative}}
+        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"blocks {', '.join(linearized.stats['chosen'])}")
     print(f"MACs   {before.macs / 1e6:.1f} M -> {after.macs / 1e6:.1f} M ({after.macs / before.macs:.3f})")
     print(f"wrote {output / 'model.pt2'}, {output / 'model.onnx'} and {output / 'report.json'}")

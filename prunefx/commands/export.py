@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prunefx.loading import program_from_args
+from prunefx.output import check_output_file, staged_file
 from prunefx.runtime import check_parity, export_onnx
 
 NAME = "export"
@@ -15,10 +16,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    destination = check_output_file(args.output)
     program = program_from_args(args).eval()
-    exported = export_onnx(program, args.output, opset=args.opset)
-    parity = check_parity(program, exported.path)
-    print(f"wrote {exported.path} ({exported.node_count} nodes, {exported.exporter} exporter)")
+    with staged_file(destination) as staging:  # an existing file is replaced only by a checked, complete one
+        exported = export_onnx(program, staging, opset=args.opset)
+        parity = check_parity(program, exported.path)
+    print(f"wrote {destination} ({exported.node_count} nodes, {exported.exporter} exporter)")
     if exported.fallback_reason:
         print(f"note: the dynamo exporter failed ({exported.fallback_reason}); used the TorchScript exporter")
     print(f"parity torch vs ONNX Runtime: max abs error {parity.max_abs_error:.3e} "

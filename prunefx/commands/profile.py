@@ -14,6 +14,7 @@ from pathlib import Path
 
 from prunefx.commands.bench import add_tensorrt_arguments, check_backend, onnx_for, tensorrt_engine
 from prunefx.graph.errors import PrunefxError
+from prunefx.output import check_output_file, staged_file
 from prunefx.runtime import (
     TrtexecOptions,
     build_layer_profile,
@@ -43,6 +44,7 @@ def run(args) -> int:
     if args.runs < 1 or args.warmup < 0 or (args.top is not None and args.top < 1):
         raise PrunefxError("--runs and --top must be at least 1 and --warmup at least 0")
     check_backend(args)
+    json_path = check_output_file(args.json) if args.json else None
     with tempfile.TemporaryDirectory(prefix="prunefx-profile-") as tmp:
         path, program, inputs = onnx_for(args.model, args, Path(tmp), "model")
         if args.backend == "trt":
@@ -56,6 +58,8 @@ def run(args) -> int:
             profile = build_layer_profile(result.layer_times, parse_engine_information(result.layer_info or "{}"),
                                           path, program, runs=result.profiled_runs, source="trtexec")
     print(format_profile_table(profile, limit=args.top))
-    if args.json:
-        print(f"wrote {write_profile_json(profile, args.json)}")
+    if json_path:
+        with staged_file(json_path) as staging:
+            write_profile_json(profile, staging)
+        print(f"wrote {json_path}")
     return 0

@@ -23,6 +23,7 @@ from prunefx.calibration import Calibration, calibration_data, image_batches, no
 from prunefx.graph.channel_importance import CRITERIA, DATA_CRITERIA
 from prunefx.graph.errors import PrunefxError
 from prunefx.loading import program_from_args
+from prunefx.output import check_output_folder, staged_folder
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.runtime import check_parity, export_onnx
@@ -70,9 +71,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise PrunefxError(f"{output} exists and is not a folder")
+    output = check_output_folder(args.output)
     if args.compensate and not (args.calibrate or args.calibration):
         raise PrunefxError("--compensate needs calibration images: give --calibrate DATA (or --calibration DIR)")
     program = program_from_args(args).eval()
@@ -88,13 +87,13 @@ def run(args) -> int:
     print(f"pruned {program.name} to {_target_text(args)} ({args.importance}, {args.ranking}"
           f"{', compensated' if args.compensate else ''}{', batch norms recalibrated' if recalibration else ''}) "
           f"in {time.perf_counter() - started:.1f} s; exporting to ONNX", flush=True)
-    output.mkdir(parents=True, exist_ok=True)
-    pruned.save(output / "model.pt2")
-    exported = export_onnx(pruned, output / "model.onnx", opset=args.opset)
-    parity = check_parity(pruned, exported.path)
-    report = _report(program.name, stats, parity, exported,
-                     calibration=calibration.description if calibration else None, recalibration=recalibration)
-    (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    with staged_folder(output) as staging:
+        pruned.save(staging / "model.pt2")
+        exported = export_onnx(pruned, staging / "model.onnx", opset=args.opset)
+        parity = check_parity(pruned, exported.path)
+        report = _report(program.name, stats, parity, exported,
+                         calibration=calibration.description if calibration else None, recalibration=recalibration)
+        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     _summary(report, output)
     return 0
 

@@ -1,0 +1,150 @@
+"""Where commands write: checked before any heavy work, staged beside the destination, moved into place
+only when everything was written.
+
+The guarantee every command gives (README, "Files prunefx reads and writes"):
+- an output path that cannot be written (inside a regular file, under a missing or unwritable parent, a
+  read-only file system, a folder where a file is wanted) is one error line before the model is loaded;
+- outputs are written into a hidden staging folder in the destination's own folder (same file system,
+  so the final moves are renames) and appear only once all of them are complete;
+- a run that fails, is interrupted or runs out of disk leaves no partial output and leaves an existing
+  output as it was. An output folder that already exists keeps files the run does not write; the files
+  it writes are replaced one by one by complete new ones, only after all were written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from prunefx.graph.errors import PrunefxError
+
+# Errors of the destination rather than of prunefx: reported in one line, never as internal errors.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
+
+
+class OutputError(PrunefxError):
+    """An output path that cannot be written."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (the CLI raises it from its signal handler)."""
+
+
+_interrupt: dict[str, int | None] = {"signal": None}
+
+
+def record_interrupt(signum: int) -> None:
+    _interrupt["signal"] = signum
+
+
+def clear_interrupt() -> None:
+    _interrupt["signal"] = None
+
+
+def raise_if_interrupted() -> None:
+    """Re-raise an interrupt that arrived but was swallowed on its way up (see prunefx/cli.py)."""
+    signum = _interrupt["signal"]
+    if signum is not None:
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def check_output_folder(path: str | os.PathLike) -> Path:
+    """`path` can become (or already is) a folder we can write into; checked before heavy work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path} exists and is not a folder")
+    _check_parent(path)
+    if path.is_dir():
+        _probe(path, path)
+    return path
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """`path` can be written as a file (an existing file is replaced only on success)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; give the path of the file to write")
+    if path.exists() and not path.is_file():
+        raise OutputError(f"{path} exists and is not a regular file")
+    _check_parent(path)
+    return path
+
+
+def _check_parent(path: Path) -> None:
+    parent = path.absolute().parent
+    existing = parent
+    while not existing.exists():  # the nearest existing ancestor must be a writable folder
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot write {path}: {existing} is a file, not a folder")
+    _probe(existing, path)
+
+
+def _probe(folder: Path, path: Path) -> None:
+    """Create and remove a file in `folder`: the one check that sees permissions, read-only file systems
+    and pseudo file systems such as /proc alike."""
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".prunefx-probe-"):
+            pass
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {error.strerror or error} ({folder})") from error
+
+
+@contextlib.contextmanager
+def staged_folder(destination: str | os.PathLike) -> Iterator[Path]:
+    """A fresh staging folder; on success its files move into `destination` (created if missing)."""
+    destination = check_output_folder(destination)
+    with _writing(destination):
+        destination.absolute().parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=destination.absolute().parent, prefix=f".{destination.name}.partial-"))
+        try:
+            yield staging
+            raise_if_interrupted()
+            _move_into(staging, destination)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_file(destination: str | os.PathLike) -> Iterator[Path]:
+    """A path inside a staging folder with `destination`'s name; on success it, and any side files written
+    beside it (an ONNX file's external data), move into `destination`'s folder."""
+    destination = check_output_file(destination)
+    with _writing(destination):
+        folder = destination.absolute().parent
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=folder, prefix=f".{destination.name}.partial-"))
+        try:
+            yield staging / destination.name
+            raise_if_interrupted()
+            _move_into(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_into(staging: Path, destination: Path) -> None:
+    if not destination.exists():
+        os.rename(staging, destination)  # one atomic step: the folder appears complete
+        return
+    for item in sorted(staging.iterdir()):
+        target = destination / item.name
+        if target.is_dir() and not item.is_dir():
+            raise OutputError(f"cannot write {target}: a folder of that name is in the way")
+        os.replace(item, target)
+
+
+@contextlib.contextmanager
+def _writing(destination: Path) -> Iterator[None]:
+    """OSErrors of the destination (full disk, read-only, permissions) become one OutputError line."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in _WRITE_ERRNOS:
+            raise
+        raise OutputError(f"cannot write {destination}: {error.strerror or error}; nothing was written") from error
