@@ -25,7 +25,7 @@ from torchvision.io import ImageReadMode, decode_image
 
 from prunefx.assets import imagenet_transform
 from prunefx.data import FASHION_MNIST, IGNORED_LABEL, IMAGENET_SAMPLE, image_folder_split, load_data
-from prunefx.graph.errors import PrunefxError
+from prunefx.graph.errors import PrunefxError, first_line
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -50,8 +50,9 @@ def image_batches(folder: str | Path, example: torch.Tensor, *, limit: int | Non
     for path in files:
         try:
             images.append(transform(decode_image(str(path), mode=ImageReadMode.RGB)).as_subclass(torch.Tensor))
-        except RuntimeError as error:
-            raise PrunefxError(f"cannot read calibration image {path}: {error}") from None
+        except (RuntimeError, ValueError) as error:  # not decodable: named, never skipped (prunefx/data.py)
+            raise PrunefxError(f"cannot read calibration image {path}: {first_line(error)} "
+                               "(remove or replace the file)") from None
     batch = int(example.shape[0])
     if len(images) < batch:
         raise PrunefxError(f"calibration folder {folder} holds {len(images)} images, fewer than one batch of {batch}")

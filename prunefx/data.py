@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
@@ -28,7 +29,7 @@ from prunefx.batches import (
     TensorBatches,
     derive_seed,
 )
-from prunefx.graph.errors import PrunefxError
+from prunefx.graph.errors import PrunefxError, first_line
 
 __all__ = [
     "FASHION_MNIST", "IGNORED_LABEL", "IMAGENET_SAMPLE", "BatchLoader", "DataSplits", "FolderBatches",
@@ -109,13 +110,24 @@ def imagenet_train_transform(size: int = 224) -> v2.Compose:
     ])
 
 
+def load_image(path: str) -> Image.Image:
+    """One image as RGB. A file that does not decode (truncated, or not an image at all) stops the run
+    with its path: skipping it would silently change the data a model is trained or calibrated on,
+    and the user can remove or replace the file once it is named."""
+    try:
+        with open(path, "rb") as file:
+            return Image.open(file).convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise PrunefxError(f"cannot read image {path}: {first_line(error)} (remove or replace the file)") from None
+
+
 class _FolderWithClasses(ImageFolder):
     """An ImageFolder whose class indices are the training split's, so that a validation folder
     lacking a class does not shift the labels of the classes after it."""
 
     def __init__(self, root: Path, classes: Sequence[str], **kwargs):
         self._fixed_classes = list(classes)
-        super().__init__(str(root), allow_empty=True, **kwargs)
+        super().__init__(str(root), allow_empty=True, loader=load_image, **kwargs)
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         return self._fixed_classes, {name: i for i, name in enumerate(self._fixed_classes)}

@@ -21,7 +21,7 @@ def _square_image_size(shape: tuple[int, ...] | None) -> int | None:
 
 
 def program_from_reference(reference: str, *, weights: str | None = None, input_shape: str | None = None) -> Program:
-    shape = parse_input_shape(input_shape) if input_shape else None
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
     spec = build_model(reference, image_size=_square_image_size(shape))
     if spec.kind == "program":
         if weights:

@@ -18,6 +18,7 @@ import difflib
 import hashlib
 import importlib.util
 import inspect
+import math
 import re
 import sys
 from collections.abc import Mapping
@@ -29,7 +30,7 @@ import torchvision
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from prunefx import small_models
-from prunefx.graph.errors import PrunefxError
+from prunefx.graph.errors import PrunefxError, printable
 
 DEFAULT_IMAGE_SIZE = 224
 _SHAPE_EXAMPLE = "1x3x224x224"
@@ -165,6 +166,9 @@ def _import_file(path: Path):
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
+    except SystemExit as exc:
+        del sys.modules[module_name]
+        raise ModelReferenceError(f"importing model file {path} called sys.exit({exc.code!r})") from exc
     except Exception as exc:
         del sys.modules[module_name]
         raise ModelReferenceError(f"importing model file {path} failed: {type(exc).__name__}: {exc}") from exc
@@ -185,6 +189,9 @@ def _file_model(path: Path, factory: str, image_size: int | None) -> ModelSpec:
         raise ModelReferenceError(f"model file {path} has no function {factory!r}{hint}")
     try:
         module = build()
+    except SystemExit as exc:  # user code asking to end the process is a failed build, not prunefx's exit
+        raise ModelReferenceError(f"{path}:{factory}() called sys.exit({exc.code!r}) instead of returning "
+                                  "a model") from exc
     except Exception as exc:
         raise ModelReferenceError(f"{path}:{factory}() failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(module, torch.nn.Module):
@@ -194,19 +201,39 @@ def _file_model(path: Path, factory: str, image_size: int | None) -> ModelSpec:
     return ModelSpec(module.eval(), None, f"{path.stem}:{factory}", (1, 3, size, size))
 
 
+# An example input is allocated from the shape: bound it before torch tries. 2**28 elements (1 GiB of
+# float32) is far beyond any vision input at batch 1 (a 4k RGB frame is 2**25) and still fits in memory.
+MAX_INPUT_ELEMENTS = 1 << 28
+MAX_INPUT_DIMS = 8
+
+
 def parse_input_shape(text: str) -> tuple[int, ...]:
-    """"1x3x224x224" -> (1, 3, 224, 224); every dimension a positive integer."""
-    if not text.strip():
+    """"1x3x224x224" -> (1, 3, 224, 224); every dimension a positive integer, the whole allocatable."""
+    shown = printable(repr(text))[:60]
+    if not isinstance(text, str) or not text.strip():
         raise InputShapeError(f"input shape is empty; write it like {_SHAPE_EXAMPLE}")
+    parts = text.strip().lower().split("x")
+    if len(parts) > MAX_INPUT_DIMS:
+        raise InputShapeError(f"input shape {shown} has {len(parts)} dimensions; at most {MAX_INPUT_DIMS}")
     dims = []
-    for part in text.strip().lower().split("x"):
+    for part in parts:
         part = part.strip()
-        # isascii: str.isdigit also accepts digits such as '²' that int() rejects.
-        if not (part.isascii() and part.isdigit()) or int(part) == 0:
-            raise InputShapeError(
-                f"input shape {text!r}: {part!r} is not a positive integer; write it like {_SHAPE_EXAMPLE}")
+        # isascii: str.isdigit also accepts digits such as '²' that int() rejects; 19 digits bound int().
+        if not (part.isascii() and part.isdigit()) or len(part) > 18 or int(part) == 0:
+            raise InputShapeError(f"input shape {shown}: {printable(repr(part))[:30]} is not a positive integer; "
+                                  f"write it like {_SHAPE_EXAMPLE}")
         dims.append(int(part))
-    return tuple(dims)
+    return check_input_shape(tuple(dims), "input shape")
+
+
+def check_input_shape(shape: tuple[int, ...], what: str) -> tuple[int, ...]:
+    """`shape` as given, when an input of it can be allocated; InputShapeError otherwise."""
+    if any(dim < 1 for dim in shape):
+        raise InputShapeError(f"{what} {shape} has a dimension below 1")
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise InputShapeError(f"{what} {'x'.join(map(str, shape))} has {math.prod(shape):.3g} elements, more than "
+                              f"prunefx allocates for an example input (2**28)")
+    return shape
 
 
 def load_weights(module: torch.nn.Module, path: str | Path) -> torch.nn.Module:

@@ -30,6 +30,10 @@ from prunefx.graph import Program
 from prunefx.runtime.errors import OnnxExportError, describe_failure
 
 DEFAULT_OPSET = 18
+# The dynamo exporter writes opset 18 and later, up to what torch's ONNX converters know; outside that
+# range the converters fill stderr with warnings and write a file that may not load. Refused instead.
+MIN_OPSET = 18
+MAX_OPSET = int(getattr(getattr(torch.onnx, "_constants", None), "ONNX_MAX_OPSET", 23))
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class OnnxExport:
 
 def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET) -> OnnxExport:
     """Export `program` (in eval mode) to the ONNX file `path`, cleaned and checked."""
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise OnnxExportError(f"ONNX opset {opset!r} is outside what the exporter writes ({MIN_OPSET} to {MAX_OPSET})")
     path = Path(path)
     program = program.clone().eval() if program.training else program
     exporter, fallback_reason = "dynamo", None

@@ -24,14 +24,19 @@ import torch
 from prunefx.runtime.errors import OnnxSessionError, first_line
 
 DEFAULT_THREADS = 1
+MAX_THREADS = 256  # one OS thread each: beyond the largest CPUs' cores they only contend (and exhaust memory)
+# ONNX Runtime logs warnings and errors itself, in colour over several lines, before raising; the
+# exception says the same in one line, which is what prunefx reports. Errors only (3), and fatal ones.
+_LOG_SEVERITY_ERROR = 3
+ort.set_default_logger_severity(_LOG_SEVERITY_ERROR)
 
 
 class OnnxRuntimeSession:
     """Run an .onnx file on the CPU: `OnnxRuntimeSession(path, threads=2).run(x)` -> list of arrays."""
 
     def __init__(self, path: str | os.PathLike, *, threads: int = DEFAULT_THREADS, spinning: bool = True):
-        if threads < 1:
-            raise OnnxSessionError(f"threads must be at least 1, got {threads}")
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+            raise OnnxSessionError(f"threads must be an integer from 1 to {MAX_THREADS}, got {threads!r}")
         self.path = Path(path)
         self.threads = threads
         self.spinning = spinning
@@ -70,6 +75,7 @@ def _load(path: Path, threads: int, spinning: bool) -> ort.InferenceSession:
     if not path.is_file():
         raise OnnxSessionError(f"no such ONNX file: {path}")
     options = ort.SessionOptions()
+    options.log_severity_level = _LOG_SEVERITY_ERROR
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

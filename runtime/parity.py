@@ -68,6 +68,12 @@ def _compare(name: str, expected: np.ndarray, actual: np.ndarray, model: str) ->
     if expected.shape != actual.shape:
         raise ParityError(f"model '{model}': output {name} has shape {tuple(expected.shape)} in torch "
                           f"but {tuple(actual.shape)} in ONNX")
+    # NaN or infinity (NaN weights, an overflow) compares as nothing: `inf - inf` is NaN and the parity
+    # would read "relative inf" or pass silently. Say what is wrong instead.
+    for side, values in (("torch", expected), ("ONNX Runtime", actual)):
+        if values.dtype.kind in "fc" and not np.isfinite(values).all():
+            raise ParityError(f"model '{model}': output {name} holds NaN or infinite values in {side} "
+                              "(non-finite weights, or an overflow); parity cannot be checked")
     # float64 so that the difference itself adds no rounding error; integer outputs compare exactly.
     expected, actual = expected.astype(np.float64), actual.astype(np.float64)
     error = float(np.max(np.abs(expected - actual), initial=0.0))

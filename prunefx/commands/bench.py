@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
+from prunefx import options
 from prunefx.calibration import calibration_data
 from prunefx.graph.errors import PrunefxError
 from prunefx.loading import program_from_reference
-from prunefx.models import parse_input_shape
+from prunefx.models import check_input_shape, parse_input_shape
 from prunefx.runtime import (
     BuildOptions,
     OnnxRuntimeSession,
@@ -53,9 +54,9 @@ def add_arguments(parser) -> None:
                         help="ort: ONNX Runtime, CPU (default); torch: eager; trt: TensorRT engine from the ONNX file; "
                              "torch-trt: Torch-TensorRT; trtexec: the trtexec program (Jetson)")
     add_tensorrt_arguments(parser)
-    parser.add_argument("--runs", type=int, default=100, help="timed runs per model (default 100)")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs per model (default 10)")
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads for ort and torch (default 2)")
+    parser.add_argument("--runs", type=options.count, default=100, help="timed runs per model (default 100)")
+    parser.add_argument("--warmup", type=options.non_negative, default=10, help="untimed warm-up runs per model (default 10)")
+    parser.add_argument("--threads", type=options.threads, default=2, help="intra-op threads for ort and torch (default 2)")
     parser.add_argument("--no-spinning", action="store_true",
                         help="ort: worker threads sleep between operators instead of spinning (ONNX Runtime's "
                              "default, and prunefx's, is to spin; turn it off on hosts that share their cores)")
@@ -101,6 +102,8 @@ def _onnx_inputs(path: str, input_shape: str | None) -> list[torch.Tensor]:
     shapes = [arg.shape for arg in arguments]
     if any(not isinstance(dim, int) for shape in shapes for dim in shape):
         raise PrunefxError(f"{path} has dynamic input dimensions {shapes}: give --input-shape")
+    for shape in shapes:  # the file's own dims are input too: checked like --input-shape before allocating
+        check_input_shape(tuple(shape), f"{path}: input shape")
     return [torch.randn(shape) for shape in shapes]
 
 

@@ -10,6 +10,7 @@ The flow lives in prunefx/compression.py, shared with `prunefx demo`.
 
 from __future__ import annotations
 
+from prunefx import options
 from prunefx.compression import Options, compress, load_model_and_data, load_named_recipe
 from prunefx.compression_report import console_summary
 from prunefx.graph.errors import PrunefxError
@@ -35,13 +36,13 @@ def add_arguments(parser) -> None:
 
 def add_measurement_arguments(parser) -> None:
     """Batch, evaluation and latency options, shared with `prunefx demo`."""
-    parser.add_argument("--batch-size", type=int, default=128, help="training batch size (default 128)")
-    parser.add_argument("--validation", type=int, default=5000,
+    parser.add_argument("--batch-size", type=options.count, default=128, help="training batch size (default 128)")
+    parser.add_argument("--validation", type=options.non_negative, default=5000,
                         help="Fashion-MNIST training images held out for validation (default 5000)")
-    parser.add_argument("--eval-batches", type=int, metavar="N",
+    parser.add_argument("--eval-batches", type=options.count, metavar="N",
                         help="evaluate on the first N batches of test and validation only (default: all)")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the latency (default 2)")
-    parser.add_argument("--runs", type=int, default=50, help="timed runs per model (default 50)")
+    parser.add_argument("--threads", type=options.threads, default=2, help="ONNX Runtime threads for the latency (default 2)")
+    parser.add_argument("--runs", type=options.count, default=50, help="timed runs per model (default 50)")
 
 
 def check_counts(args) -> None:

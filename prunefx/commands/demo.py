@@ -19,6 +19,7 @@ import time
 import torch
 import torchvision
 
+from prunefx import options
 from prunefx.assets import load_imagenet_batch, mobilenet_v2_weights_path
 from prunefx.commands.compress import add_measurement_arguments, check_counts, options_from
 from prunefx.compression import compress, load_model_and_data, load_named_recipe
@@ -54,8 +55,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--recipe", default=DEFAULT_RECIPE,
                         help=f"shipped recipe or .yaml file for the compression (default {DEFAULT_RECIPE})")
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=int, default=1, help="dense training epochs (default 1)")
-    budget.add_argument("--steps", type=int, help="dense training steps instead of --epochs")
+    budget.add_argument("--epochs", type=options.count, default=1, help="dense training epochs (default 1)")
+    budget.add_argument("--steps", type=options.count, help="dense training steps instead of --epochs")
     add_measurement_arguments(parser)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 
+from prunefx import options
 from prunefx.calibration import calibration_data
 from prunefx.graph import count
 from prunefx.graph.blocks import find_blocks
@@ -33,24 +34,24 @@ HELP = "remove whole non-linearities from the least harmful blocks and merge the
 
 def add_arguments(parser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--blocks", type=int, metavar="K", help="how many blocks to linearise (chosen by damage)")
+    which.add_argument("--blocks", type=options.non_negative, metavar="K", help="how many blocks to linearise (chosen by damage)")
     which.add_argument("--block", action="append", metavar="NAME", help="a block to linearise (repeatable)")
-    which.add_argument("--speedup", type=float, metavar="S",
+    which.add_argument("--speedup", type=options.number(1.0, low_open=True), metavar="S",
                        help="linearise the least harmful blocks until ONNX Runtime measures the merged model S "
                             "times faster than the merged dense one")
     which.add_argument("--list", action="store_true", help="list the candidate blocks and exit")
     parser.add_argument("--calibrate", metavar="DATA", help="calibration data: fashion-mnist, imagenet-sample or a "
                                                             "folder (needed by --blocks and for layer norms)")
-    parser.add_argument("--calibration-images", type=int, default=256, help="images read from --calibrate (256)")
+    parser.add_argument("--calibration-images", type=options.count, default=256, help="images read from --calibrate (256)")
     parser.add_argument("--recalibrate", action="store_true",
                         help="re-estimate the batch norms inside the chosen blocks on the calibration data")
-    parser.add_argument("--max-kernel-growth", type=float, default=1.0,
+    parser.add_argument("--max-kernel-growth", type=options.number(1.0), default=1.0,
                         help="largest growth of a kernel side a merge may cause (default 1: never grow)")
     parser.add_argument("--no-measure", dest="measure", action="store_false",
                         help="merge wherever the MACs go down, without timing each merge on ONNX Runtime")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the measurements (2)")
-    parser.add_argument("--runs", type=int, default=50, help="timed runs per measurement (50)")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--threads", type=options.threads, default=2, help="ONNX Runtime threads for the measurements (2)")
+    parser.add_argument("--runs", type=options.count, default=50, help="timed runs per measurement (50)")
+    parser.add_argument("--opset", type=options.opset, default=18, help="ONNX opset (default 18)")
     parser.add_argument("-o", "--output", help="folder for model.pt2, model.onnx and report.json")
 
 

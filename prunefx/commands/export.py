@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from prunefx import options
 from prunefx.loading import program_from_args
 from prunefx.output import check_output_file, staged_file
 from prunefx.runtime import check_parity, export_onnx
@@ -12,7 +13,7 @@ HELP = "export a model to a cleaned, checked ONNX file and print its parity with
 
 def add_arguments(parser) -> None:
     parser.add_argument("-o", "--output", required=True, help="the .onnx file to write")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--opset", type=options.opset, default=18, help="ONNX opset (default 18)")
 
 
 def run(args) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from prunefx import options
 from prunefx.commands.bench import add_tensorrt_arguments, check_backend, onnx_for, tensorrt_engine
 from prunefx.graph.errors import PrunefxError
 from prunefx.output import check_output_file, staged_file
@@ -34,9 +35,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backend", choices=("trt", "trtexec"), default="trt",
                         help="trt: TensorRT Python API (default); trtexec: the trtexec program (Jetson)")
     add_tensorrt_arguments(parser)
-    parser.add_argument("--runs", type=int, default=50, help="profiled runs (default 50)")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default 10)")
-    parser.add_argument("--top", type=int, metavar="N", help="show only the N slowest layers")
+    parser.add_argument("--runs", type=options.count, default=50, help="profiled runs (default 50)")
+    parser.add_argument("--warmup", type=options.non_negative, default=10, help="untimed warm-up runs (default 10)")
+    parser.add_argument("--top", type=options.count, metavar="N", help="show only the N slowest layers")
     parser.add_argument("--json", metavar="PATH", help="also write the profile as JSON to PATH")
 
 

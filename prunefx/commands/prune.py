@@ -19,6 +19,7 @@ import json
 import time
 from pathlib import Path
 
+from prunefx import options
 from prunefx.calibration import Calibration, calibration_data, image_batches, noise_batches
 from prunefx.graph.channel_importance import CRITERIA, DATA_CRITERIA
 from prunefx.graph.errors import PrunefxError
@@ -34,9 +35,9 @@ HELP = "remove channels to a MACs or parameter target; write model.pt2, model.on
 
 def add_arguments(parser) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--macs", type=float, help="fraction of the MACs to keep, e.g. 0.5")
-    target.add_argument("--params", type=float, help="fraction of the parameters to keep")
-    target.add_argument("--channels", type=float, help="fraction of the prunable channels to keep")
+    target.add_argument("--macs", type=options.fraction, help="fraction of the MACs to keep, e.g. 0.5")
+    target.add_argument("--params", type=options.fraction, help="fraction of the parameters to keep")
+    target.add_argument("--channels", type=options.fraction, help="fraction of the prunable channels to keep")
     parser.add_argument("--importance", choices=CRITERIA, default="l2", help="channel importance (default l2)")
     ranking = parser.add_mutually_exclusive_group()
     ranking.add_argument("--global", dest="ranking", action="store_const", const="global",
@@ -44,10 +45,10 @@ def add_arguments(parser) -> None:
     ranking.add_argument("--local", dest="ranking", action="store_const", const="local",
                          help="remove the same fraction of every group")
     parser.set_defaults(ranking="global")
-    parser.add_argument("--round-to", type=int, default=8,
+    parser.add_argument("--round-to", type=options.count, default=8,
                         help="keep every width a multiple of N (default 8: FP16 tensor cores; 16 for ONNX Runtime "
                              "on AVX-512 CPUs)")
-    parser.add_argument("--max-ratio", type=float, default=0.8, help="largest fraction of one group removed (0.8)")
+    parser.add_argument("--max-ratio", type=options.number(0.0, 1.0), default=0.8, help="largest fraction of one group removed (0.8)")
     parser.add_argument("--keep", action="append", default=[], metavar="NODE",
                         help="graph node whose channels must stay (repeatable; see `prunefx inspect`)")
     data = parser.add_mutually_exclusive_group()
@@ -57,16 +58,16 @@ def add_arguments(parser) -> None:
                            "recalibrated on it after pruning")
     data.add_argument("--calibration", metavar="DIR", help="folder of images for taylor/fisher/obs only "
                                                            "(default: noise)")
-    parser.add_argument("--calibration-images", type=int, default=256,
+    parser.add_argument("--calibration-images", type=options.count, default=256,
                         help="images read from --calibrate, in batches of the captured batch size (default 256)")
-    parser.add_argument("--calibration-batches", type=int, default=4,
+    parser.add_argument("--calibration-batches", type=options.count, default=4,
                         help="noise batches for taylor/fisher/obs without --calibrate or --calibration (default 4)")
     parser.add_argument("--compensate", action="store_true",
                         help="update the remaining weights of every layer that loses inputs so that its output "
                              "on the calibration data changes least (needs --calibrate or --calibration)")
-    parser.add_argument("--damping", type=float, default=0.01,
+    parser.add_argument("--damping", type=options.number(0.0, low_open=True), default=0.01,
                         help="ridge term of --compensate and obs, a fraction of the mean Hessian diagonal (0.01)")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--opset", type=options.opset, default=18, help="ONNX opset (default 18)")
     parser.add_argument("-o", "--output", required=True, help="folder for model.pt2, model.onnx and report.json")
 
 

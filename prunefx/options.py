@@ -1,0 +1,58 @@
+"""argparse `type=` functions for prunefx's numeric options: a value out of range (NaN, infinity,
+zero or negative counts, fractions above 1, opsets the exporter cannot write, absurd thread counts)
+is refused while the command line is parsed, in one line, before any model is loaded."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+from prunefx.runtime.onnx_export import MAX_OPSET, MIN_OPSET
+
+# ONNX Runtime and torch start one OS thread per intra-op thread; past the cores of the largest CPUs
+# more threads only contend (and 100000 of them exhaust memory before the first run).
+MAX_THREADS = 256
+
+
+def _number(text: str, kind: type) -> float | int:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def integer(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = _number(text, int)
+        if value < low or (high is not None and value > high):
+            bound = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}, not {value}")
+        return value
+    parse.__name__ = "integer"  # argparse names the type in its messages
+    return parse
+
+
+def number(low: float, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = _number(text, float)
+        below = value <= low if low_open else value < low
+        above = high is not None and (value >= high if high_open else value > high)
+        if below or above:
+            left, right = "(" if low_open else "[", ")" if high_open or high is None else "]"
+            raise argparse.ArgumentTypeError(f"must lie in {left}{low:g}, {'inf' if high is None else f'{high:g}'}"
+                                             f"{right}, not {text}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+fraction = number(0.0, 1.0, low_open=True)  # a share of the dense model to keep: (0, 1]
+count = integer(1)  # runs, images, batches
+non_negative = integer(0)  # warm-up runs, held-out images
+threads = integer(1, MAX_THREADS)
+opset = integer(MIN_OPSET, MAX_OPSET)
