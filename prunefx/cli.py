@@ -90,7 +90,10 @@ def _one_line(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a bad argument (2, its one line already printed)
+        return int(exit_.code or 0)
     debug = bool(os.environ.get("PRUNEFX_DEBUG"))
     if not debug:
         warnings.filterwarnings("ignore")  # torch.export/onnx warnings are noise for CLI users

@@ -155,7 +155,7 @@ BAD_INPUTS = {
     "prune past reach": (lambda tmp, models: ["prune", f"{models}:wider", "--input-shape", SHAPE, "--macs", "0.01",
                                               "-o", tmp / "never"], "cannot reach macs=0.01"),
     "prune not a fraction": (lambda tmp, models: ["prune", f"{models}:wider", "--input-shape", SHAPE, "--params", "2",
-                                                  "-o", tmp / "never"], "must be a fraction"),
+                                                  "-o", tmp / "never"], "must lie in (0, 1]"),
     "missing calibration": (lambda tmp, models: ["prune", f"{models}:wider", "--input-shape", SHAPE, "--macs", "0.5",
                                                  "--importance", "fisher", "--calibration", tmp / "nowhere",
                                                  "-o", tmp / "never"], "does not exist"),
