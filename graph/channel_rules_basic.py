@@ -26,10 +26,17 @@ def broadcast(ctx, node):
     """Element-wise operators with broadcasting: dims of equal size are tied, size-1 dims broadcast."""
     operands = [ctx.labels(arg) for arg in list(node.args) + list(node.kwargs.values())
                 if isinstance(arg, torch.fx.Node) and ctx.labels(arg) is not None]
-    return _broadcast_labels(ctx, operands, ctx.shape(node))
+    return _broadcast_labels(ctx, operands, ctx.shape(node), node)
 
 
-def _broadcast_labels(ctx, operands, out_shape):
+def _pin_broadcast_singleton(ctx, labels: np.ndarray, node) -> None:
+    """A size-1 dim that broadcasts (one sliced channel, `y[:, 0:1]`, spread over many) must keep its
+    one element: removed, the dim would be empty and the broadcast would fail."""
+    if node is not None and labels.size == 1 and labels.any():
+        ctx.block(labels, node, "a single channel broadcast over a larger dim")
+
+
+def _broadcast_labels(ctx, operands, out_shape, node=None):
     """Labels of the broadcast of `operands` (right-aligned) to `out_shape`."""
     rank = len(out_shape)
     result: list[np.ndarray | None] = [None] * rank
@@ -38,6 +45,7 @@ def _broadcast_labels(ctx, operands, out_shape):
         for dim, dim_labels in enumerate(labels):
             out_dim = dim + offset
             if dim_labels.size != out_shape[out_dim]:
+                _pin_broadcast_singleton(ctx, dim_labels, node)
                 continue  # broadcast from size 1: the singleton is not tied to anything
             if result[out_dim] is None:
                 result[out_dim] = dim_labels
@@ -247,6 +255,8 @@ def expand(ctx, node):
     offset = len(out_shape) - len(labels)
     result = [ctx.space.fresh(size) for size in out_shape[:offset]]
     for d, lab in enumerate(labels):
+        if lab.size != out_shape[d + offset]:
+            _pin_broadcast_singleton(ctx, lab, node)
         result.append(lab if lab.size == out_shape[d + offset] else ctx.space.fresh(out_shape[d + offset]))
     return result
 

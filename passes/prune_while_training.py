@@ -58,7 +58,7 @@ def check_config(config: dict) -> None:
     checks.integer(owner, "interval", options["interval"], minimum=1)
     checks.choice(owner, "ranking", options["ranking"], ("global", "local"))
     checks.integer(owner, "round_to", options["round_to"], minimum=1)
-    checks.number(owner, "max_ratio", options["max_ratio"], low=0.0, high=1.0)
+    checks.number(owner, "max_ratio", options["max_ratio"], low=0.0, high=1.0, high_open=True)
     checks.names(owner, "keep", options["keep"])
     checks.boolean(owner, "strict", options["strict"])
 

@@ -67,7 +67,7 @@ def check_config(config: dict) -> None:
         checks.choice(owner, "importance", given["importance"], CRITERIA)
     checks.choice(owner, "ranking", given["ranking"], ("global", "local"))
     checks.integer(owner, "round_to", given["round_to"], minimum=1)
-    checks.number(owner, "max_ratio", given["max_ratio"], low=0.0, high=1.0)
+    checks.number(owner, "max_ratio", given["max_ratio"], low=0.0, high=1.0, high_open=True)
     checks.number(owner, "damping", given["damping"], low=0.0, low_open=True)
     checks.integer(owner, "seed", given["seed"])
     checks.boolean(owner, "strict", given["strict"])

@@ -48,7 +48,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--round-to", type=options.count, default=8,
                         help="keep every width a multiple of N (default 8: FP16 tensor cores; 16 for ONNX Runtime "
                              "on AVX-512 CPUs)")
-    parser.add_argument("--max-ratio", type=options.number(0.0, 1.0), default=0.8, help="largest fraction of one group removed (0.8)")
+    parser.add_argument("--max-ratio", type=options.number(0.0, 1.0, high_open=True), default=0.8, help="largest fraction of one group removed (0.8)")
     parser.add_argument("--keep", action="append", default=[], metavar="NODE",
                         help="graph node whose channels must stay (repeatable; see `prunefx inspect`)")
     data = parser.add_mutually_exclusive_group()
