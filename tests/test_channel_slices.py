@@ -94,7 +94,7 @@ def test_prune_on_a_broadcast_channel_exits_cleanly(tmp_path, capsys):
         "        y = torch.relu(self.a(x))\n"
         "        return self.b(y[:, 0:1] + y[:, 8:])\n\n"
         "def factory():\n    return M()\n")
-    status = main(["prune", f"{factory}:factory", "--input-shape", "1x3x16x16", "--channels", "0.5",
+    status = main(["prune", f"{factory}:factory", "--input-shape", "1x3x16x16", "--channels", "0.6",
                    "--round-to", "1", "-o", str(tmp_path / "out")])
     assert status == 0, capsys.readouterr().err
     assert (tmp_path / "out" / "model.onnx").is_file()
