@@ -290,3 +290,52 @@ def test_hostile_archive_through_a_real_process(good_archive, tmp_path):
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
     assert not marker.exists()
+
+
+# ---- other files prunefx reads: --weights, trainer checkpoints ------------------------------------
+
+def test_weights_file_with_a_payload_is_refused(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(_payload_bytes(marker))
+    status = main(["inspect", "prunefx:resnet20", "--input-shape", "1x1x28x28", "--weights", str(weights)])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+def _checkpoint(good_archive: Path, directory: Path) -> None:
+    from prunefx.passes.training_checkpoint import write_checkpoint
+
+    write_checkpoint(directory, Program.load(good_archive), {"step": 1})
+
+
+def test_resume_refuses_a_trainer_state_with_a_payload(good_archive, tmp_path):
+    from prunefx.passes.training_checkpoint import STATE_FILE, read_checkpoint
+    from prunefx.passes.training_config import TrainingError
+
+    _checkpoint(good_archive, tmp_path / "ckpt")
+    marker = tmp_path / "ran"
+    (tmp_path / "ckpt" / STATE_FILE).write_bytes(_payload_bytes(marker))
+    with pytest.raises(TrainingError, match="cannot read"):
+        read_checkpoint(tmp_path / "ckpt")
+    assert not marker.exists()
+
+
+def test_resume_refuses_a_hostile_program_even_with_a_matching_hash(good_archive, tmp_path):
+    import hashlib
+
+    from prunefx.passes.training_checkpoint import PROGRAM_FILE, STATE_FILE, read_checkpoint
+    from prunefx.passes.training_config import TrainingError
+
+    directory = tmp_path / "ckpt"
+    _checkpoint(good_archive, directory)
+    marker = tmp_path / "ran"
+    hostile = _rewritten(good_archive, tmp_path / "hostile.pt2", _pickled_weight(marker))
+    (directory / PROGRAM_FILE).write_bytes(hostile.read_bytes())
+    state = torch.load(directory / STATE_FILE, weights_only=True)
+    state["program_sha256"] = hashlib.sha256(hostile.read_bytes()).hexdigest()  # an attacker controls both
+    torch.save(state, directory / STATE_FILE)
+    with pytest.raises(TrainingError, match="refused"):
+        read_checkpoint(directory)
+    assert not marker.exists()
