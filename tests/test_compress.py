@@ -253,3 +253,23 @@ def test_demo_trains_compresses_and_reports_in_seconds(capsys, tmp_path):
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert report["macs_after"] == pytest.approx(0.5 * report["macs_before"], rel=0.03)
     assert (tmp_path / "demo" / "dense_train.pt2").is_file() and (tmp_path / "demo" / "model.onnx").is_file()
+
+
+@needs_fashion_mnist
+def test_a_failure_after_training_keeps_the_trained_model_beside_the_output(tmp_path, capsys, monkeypatch):
+    import prunefx.compression as compression
+
+    def fail_after_training(*args, **kwargs):
+        raise RuntimeError("the exporter broke")
+
+    monkeypatch.setattr(compression, "_measure_and_write", fail_after_training)
+    recipe = write_recipe(tmp_path / "tiny.yaml", {"passes": [{"distill": {"steps": 2, "lr": 0.01}}]})
+    output = tmp_path / "out"
+    code, _, err = run_cli(capsys, "compress", "prunefx:resnet20", "--recipe", recipe, "--data", "fashion-mnist",
+                           "-o", output, *fast_options())
+    kept = tmp_path / "out.model_train.pt2"
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "the exporter broke" in err and str(kept) in err
+    assert not output.exists()
+    assert Program.load(kept).name == "prunefx:resnet20"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.model_train.pt2", "tiny.yaml"]
