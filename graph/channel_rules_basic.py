@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from prunefx.graph.channel_rules_layers import fix_geometry
+
 aten = torch.ops.aten
 
 
@@ -87,6 +89,7 @@ def pooling(ctx, node):
         for lab in labels:
             ctx.block(lab, node, "changes the size of the batch or channel dim")
         return [ctx.space.fixed(size) for size in ctx.shape(node)]
+    fix_geometry(ctx, labels[2:])  # the window slides over these: geometry, whatever labels reached them
     return list(labels[:2]) + [ctx.space.fixed(size) for size in ctx.shape(node)[2:]]
 
 

@@ -8,6 +8,15 @@ import torch
 aten = torch.ops.aten
 
 
+def fix_geometry(ctx, dims) -> None:
+    """Spatial dims are geometry, never channels: whatever labels reached them (the H and W factors of a
+    Linear output viewed as C x H x W, say) are fixed, so only the channel factor stays prunable.
+    Removing a "channel" of a spatial dim would change the image a conv or pool sees and the shapes
+    of everything after it."""
+    for labels in dims:
+        ctx.space.tie(labels, ctx.space.fixed(labels.size))
+
+
 def _arg(node, index, name, default=None):
     if len(node.args) > index:
         return node.args[index]
@@ -25,6 +34,7 @@ def convolution(ctx, node):
     out_shape = ctx.shape(node)
     for kernel in weight[2:]:
         ctx.space.tie(kernel, ctx.space.fixed(kernel.size))
+    fix_geometry(ctx, x[2:])
     if transposed:
         if groups != 1:
             ctx.block(x[1], node, "grouped transposed convolution")

@@ -49,6 +49,7 @@ from prunefx.graph.channel_importance import CRITERIA, DATA_CRITERIA, channel_im
 from prunefx.graph.channel_removal import remove_classes
 from prunefx.graph.channel_selection import TARGET_KINDS, TARGET_TOLERANCE, Selector, Target
 from prunefx.graph.errors import PrunefxError, printable
+from prunefx.graph.program import current_output_shapes
 from prunefx.passes import config_checks as checks
 from prunefx.passes.result import Result
 
@@ -110,12 +111,23 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     if removed:
         remove_classes(program.module, combing.analysis, removed)
         program.recompile()
+        _check_outputs_kept(program)
     after = count(program)
     stats = _statistics(config, target, importance, combing, plan, before, after)
     if config["compensate"]:
         stats["compensation"] = compensation or {"compensated": [], "skipped": []}
     program.analysis["channel_pruning"] = stats
     return Result(program, modified=bool(removed), stats=stats)
+
+
+def _check_outputs_kept(program: Program) -> None:
+    """Channel removal never changes what the model returns: outputs are fixed by the analysis, and this
+    guard makes a rule that let geometry through fail loudly instead of returning a different model."""
+    shapes = current_output_shapes(program.module)
+    if shapes != list(program.output_shapes):
+        raise PrunefxError(f"remove_channels changed the output shapes of {program.name} from "
+                           f"{list(program.output_shapes)} to {shapes}; this is a bug in a channel rule, "
+                           "please report it (pass keep=[...] for the nodes involved meanwhile)")
 
 
 def _check_keep(program: Program, keep) -> None:

@@ -1,0 +1,161 @@
+"""Spatial dims are geometry, never channels: a Linear whose output is viewed as C x H x W and fed to a
+convolution, transposed convolution, pooling or interpolation prunes C only. Before the fix the H and W
+factors came out as exact channel groups and were cut (a decoder's output went from 16x16 to 8x8 with
+exit status 0). The oracle is the exported ONNX file, read with onnx's own shape inference."""
+
+from __future__ import annotations
+
+import importlib
+import textwrap
+
+import onnx
+import pytest
+import torch
+import torch.utils._pytree as pytree
+
+from prunefx.cli import main
+from prunefx.graph import capture, verify
+from prunefx.graph.channel_groups import find_channel_groups
+from prunefx.graph.channel_removal import remove_classes
+from prunefx.passes import remove_channels
+
+MODELS = textwrap.dedent("""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+
+    class Pooled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(32, 256)
+            self.conv = nn.Conv2d(16, 24, 3, padding=1)
+            self.out = nn.Linear(24, 10)
+
+        def head(self, z):
+            return F.relu(self.fc(z)).view(-1, 16, 4, 4)
+
+        def forward(self, z):
+            return self.out(F.relu(self.conv(self.head(z))).mean((2, 3)))
+
+
+    class Flattened(Pooled):
+        def __init__(self):
+            super().__init__()
+            self.out = nn.Linear(24 * 16, 10)
+
+        def forward(self, z):
+            return self.out(F.relu(self.conv(self.head(z))).flatten(1))
+
+
+    class Resized(Pooled):
+        def forward(self, z):
+            x = F.max_pool2d(F.interpolate(self.head(z), scale_factor=2), 2)
+            return self.out(F.relu(self.conv(x)).mean((2, 3)))
+
+
+    class PooledFirst(Pooled):
+        def forward(self, z):
+            x = F.avg_pool2d(self.head(z), 2)
+            return self.out(F.relu(self.conv(x)).mean((2, 3)))
+
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(32, 64 * 16)
+            self.up1 = nn.ConvTranspose2d(64, 32, 4, 2, 1)
+            self.bn = nn.BatchNorm2d(32)
+            self.up2 = nn.ConvTranspose2d(32, 3, 4, 2, 1)
+
+        def forward(self, z):
+            x = self.fc(z).view(-1, 64, 4, 4)
+            return torch.tanh(self.up2(F.relu(self.bn(self.up1(x)))))
+    """)
+NAMES = ["Pooled", "Flattened", "Resized", "PooledFirst", "Decoder"]
+
+
+@pytest.fixture(scope="module")
+def models_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("geometry") / "geometry_models.py"
+    path.write_text(MODELS + "".join(f"\n\ndef {n.lower()}():\n    return {n}()\n" for n in NAMES))
+    namespace: dict = {}
+    exec(compile(MODELS, str(path), "exec"), namespace)
+    return path, namespace
+
+
+def _conv_input_spatial_sizes(path) -> list[tuple[int, ...]]:
+    model = onnx.shape_inference.infer_shapes(onnx.load(path))
+    shapes = {value.name: [d.dim_value for d in value.type.tensor_type.shape.dim]
+              for value in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
+    return [tuple(shapes[node.input[0]][2:]) for node in model.graph.node if node.op_type in ("Conv", "ConvTranspose")]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_only_real_channels_are_pruned(models_file, tmp_path, capsys, name):
+    path, _ = models_file
+    dense_dir, pruned_dir = tmp_path / "dense", tmp_path / "pruned"
+    assert main(["export", f"{path}:{name.lower()}", "--input-shape", "1x32", "-o", str(dense_dir / "m.onnx")]) == 0
+    assert main(["prune", f"{path}:{name.lower()}", "--input-shape", "1x32", "--channels", "0.5", "--round-to", "1",
+                 "-o", str(pruned_dir)]) == 0, capsys.readouterr().err
+    dense = onnx.load(dense_dir / "m.onnx")
+    pruned = onnx.load(pruned_dir / "model.onnx")
+    assert _conv_input_spatial_sizes(pruned_dir / "model.onnx") == _conv_input_spatial_sizes(dense_dir / "m.onnx")
+    output_shape = [[d.dim_value for d in out.type.tensor_type.shape.dim] for out in pruned.graph.output]
+    assert output_shape == [[d.dim_value for d in out.type.tensor_type.shape.dim] for out in dense.graph.output]
+    weights = {init.name: tuple(init.dims) for init in pruned.graph.initializer}
+    assert sum(map(len, weights.values())) > 0  # something was pruned: the channel factor still is prunable
+    assert sum(torch.Size(d).numel() for d in weights.values()) < sum(
+        torch.Size(tuple(init.dims)).numel() for init in dense.graph.initializer)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_group_holds_a_spatial_factor_and_removal_is_exact(models_file, zero_channels, name):
+    _, namespace = models_file
+    torch.manual_seed(0)
+    model, z = namespace[name]().eval(), torch.randn(2, 32)
+    program = capture(model, z).eval()
+    combing = find_channel_groups(program.module)
+    view_widths = {4 * 4 * 16, 64 * 16}  # the Linear outputs: their groups must be the C factor, 16 or 64 wide
+    for group in combing.groups:
+        for tensor, dim in group.members:
+            if tensor.startswith("fc.") and dim == 0:
+                assert group.size in (16, 64), (name, group.members, group.size)
+                assert group.size not in view_widths
+    for index, group in enumerate(combing.groups):
+        if not group.exact or group.size < 2:
+            continue
+        program = capture(model, z).eval()
+        combing = find_channel_groups(program.module)
+        removed = {int(c) for c in combing.groups[index].classes[:2]}
+        zero_channels(program, combing, removed)
+        with torch.no_grad():
+            expected = torch.cat([t.flatten() for t in pytree.tree_leaves(program(z))])
+        remove_classes(program.module, combing.analysis, removed)
+        program.recompile()
+        verify(program)
+        with torch.no_grad():
+            actual = torch.cat([t.flatten() for t in pytree.tree_leaves(program(z))])
+        assert (actual - expected).abs().max() <= 1e-5 * expected.abs().max() + 1e-6
+
+
+def test_remove_channels_refuses_to_change_output_shapes(models_file, monkeypatch):
+    """The pass-level guard: even if a rule let geometry through, the pass fails instead of returning a
+    model with other output shapes (simulated by a removal that also shrinks the output)."""
+    pass_module = importlib.import_module("prunefx.passes.remove_channels")  # the module, not the function
+
+    _, namespace = models_file
+    program = capture(namespace["Decoder"]().eval(), torch.randn(1, 32)).eval()
+    real = pass_module.remove_classes
+
+    def remove_and_break_the_output(module, analysis, removed):
+        count = real(module, analysis, removed)
+        output = next(n for n in module.graph.nodes if n.op == "output")
+        with module.graph.inserting_before(output):
+            narrowed = module.graph.call_function(torch.ops.aten.slice.Tensor, (output.args[0][0], 2, 0, 8))
+        output.args = ((narrowed,),)
+        return count
+
+    monkeypatch.setattr(pass_module, "remove_classes", remove_and_break_the_output)
+    with pytest.raises(Exception, match="changed the output shapes"):
+        remove_channels(program, config={"channels": 0.5, "round_to": 1})
