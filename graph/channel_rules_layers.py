@@ -131,11 +131,12 @@ def addmm(ctx, node):
 
 
 def attention(ctx, node):
-    """scaled_dot_product_attention(q, k, v): q and k share their last dim, k and v their sequence."""
+    """scaled_dot_product_attention(q, k, v): q and k share their last dim, k and v their sequence.
+    Sequence dims are tokens, geometry: fixed (a softmax runs over k's, so no token removal is exact)."""
     q, k, v = (ctx.labels(arg) for arg in node.args[:3])
     ctx.space.tie(q[-1], k[-1])
     ctx.space.tie(k[-2], v[-2])
-    ctx.space.inexact.append(k[-2])
+    fix_geometry(ctx, [q[-2], k[-2]])
     batch = _tie_batch_dims(ctx, q, k, len(q))
     _tie_batch_dims(ctx, k, v, len(v))
     return batch + [q[-2], v[-1]]

@@ -1,8 +1,14 @@
-"""Graph-rewriting passes: one pass per file, `(program, /, *, config) -> Result`."""
+"""Graph-rewriting passes: one pass per file, `(program, /, *, config) -> Result`.
+
+`prunefx.passes.NAME` is the pass function NAME for every shipped pass (the module of the same name is
+`importlib.import_module("prunefx.passes.NAME")`), so `Pipeline([sparsify_nm])` works as written.
+"""
 
 from prunefx.passes.comb_channels import comb_channels
 from prunefx.passes.distill import distill
 from prunefx.passes.fold_batchnorm import fold_batchnorm
+from prunefx.passes.linearize_blocks import linearize_blocks
+from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.pipeline import Pipeline, PipelineError, PipelineResult, Step
 from prunefx.passes.prune_while_training import prune_while_training
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
@@ -10,9 +16,10 @@ from prunefx.passes.recipe import RecipeError, load_recipe, pipeline_from_spec
 from prunefx.passes.registry import PASSES, get_pass
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.result import Pass, Result
+from prunefx.passes.sparsify_nm import sparsify_nm
 
 __all__ = [
     "PASSES", "Pass", "Pipeline", "PipelineError", "PipelineResult", "RecipeError", "Result", "Step",
-    "comb_channels", "distill", "fold_batchnorm", "get_pass", "load_recipe", "pipeline_from_spec",
-    "prune_while_training", "recalibrate_batchnorm", "remove_channels",
+    "comb_channels", "distill", "fold_batchnorm", "get_pass", "linearize_blocks", "load_recipe", "merge_blocks",
+    "pipeline_from_spec", "prune_while_training", "recalibrate_batchnorm", "remove_channels", "sparsify_nm",
 ]

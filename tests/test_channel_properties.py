@@ -578,3 +578,86 @@ def test_layer_norm_after_channel_shuffle_makes_shuffle_groups_inexact(zero_chan
     net = Net(batch=1, size=4, stem=4, head=Head("pool", 2),
               blocks=(Shuffle(groups=2), Attention(heads=1, qk_dim=2, v_dim=2, norm=True, residual=False)))
     _assert_normalised_groups_inexact_and_the_rest_exact(net, "2.norm.weight", zero_channels)
+
+
+# ------------------------------------------------------------------------------------------------
+# A Linear viewed as an image (decoder and generator heads, some necks): only the channel factor of
+# the view may be pruned; its spatial factors are geometry whatever layers follow.
+
+class LinearImage(nn.Module):
+    def __init__(self, channels: int, side: int, segments: tuple[str, ...], flatten: bool):
+        super().__init__()
+        self.shape = (channels, side, side)
+        self.fc = nn.Linear(8, channels * side * side)
+        self.segments = list(segments)
+        layers, c, size = [], channels, side
+        for segment in segments:
+            if segment == "conv":
+                layers.append(nn.Conv2d(c, c + 4, 3, padding=1))
+                c += 4
+            elif segment == "deconv":
+                layers.append(nn.ConvTranspose2d(c, c, 4, 2, 1))
+                size *= 2
+            elif segment == "pixel_shuffle":
+                layers.append(nn.PixelShuffle(2))
+                c, size = c // 4, size * 2
+            elif segment in ("max_pool", "avg_pool"):
+                size //= 2
+            elif segment == "interpolate":
+                size *= 2
+            layers.append(nn.Identity())
+        self.layers = nn.ModuleList(layers)
+        self.out = nn.Linear(c * size * size if flatten else c, 5)
+        self.flatten = flatten
+
+    def forward(self, z):
+        x = torch.relu(self.fc(z)).view(-1, *self.shape)
+        layers = iter(self.layers)
+        for segment in self.segments:
+            layer = next(layers)
+            if segment in ("conv", "deconv", "pixel_shuffle"):
+                x = torch.relu(layer(x))
+                next(layers)
+            elif segment == "max_pool":
+                x = F.max_pool2d(layer(x), 2)
+            elif segment == "avg_pool":
+                x = F.avg_pool2d(layer(x), 2)
+            elif segment == "interpolate":
+                x = F.interpolate(layer(x), scale_factor=2)
+        return self.out(x.flatten(1) if self.flatten else x.mean((2, 3)))
+
+
+@st.composite
+def linear_images(draw):
+    segments = draw(st.lists(st.sampled_from(["conv", "deconv", "pixel_shuffle", "max_pool", "avg_pool",
+                                              "interpolate"]), min_size=1, max_size=3))
+    if not {"conv", "deconv"} & set(segments):
+        segments.insert(draw(st.integers(0, len(segments))), "conv")
+    return draw(st.sampled_from([8, 16])), draw(st.sampled_from([4, 8])), tuple(segments), draw(st.booleans())
+
+
+@_settings(12)
+@given(spec=linear_images(), data=st.data())
+def test_a_linear_viewed_as_an_image_prunes_whole_channel_planes_exactly(spec, data, zero_channels):
+    channels, side, segments, flatten = spec
+    torch.manual_seed(0)
+    model, z = LinearImage(*spec).eval(), torch.randn(2, 8)
+    program = capture(model, z).eval()
+    combing = find_channel_groups(program.module)
+    for group in combing.groups:  # the Linear's output may only lose whole C planes of side x side
+        if ("fc.weight", 0) in group.members:
+            assert group.size in (channels, channels // 4), (spec, group.size)
+    exact = [g for g in combing.groups if g.exact and g.size >= 2]
+    if not exact:
+        event("no exact group")
+        return
+    removed = _draw_removal(data, exact)
+    zero_channels(program, combing, removed)
+    expected, shapes = _flat_outputs(program, z), _output_shapes(program, z)
+    remove_classes(program.module, combing.analysis, removed)
+    program.recompile()
+    verify(program)
+    assert _output_shapes(program, z) == shapes
+    assert program.module.fc.weight.shape[0] % (side * side) == 0
+    actual = _flat_outputs(program, z)
+    assert (actual - expected).abs().max().item() <= 1e-4 * expected.abs().max().item() + 1e-6

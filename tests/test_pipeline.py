@@ -8,6 +8,7 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.passes.fold_batchnorm import fold_batchnorm
 from prunefx.passes.pipeline import Pipeline, PipelineError
 from prunefx.passes.recipe import RecipeError, load_recipe
+from prunefx.passes.registry import PASSES
 from prunefx.passes.result import Result
 
 
@@ -83,3 +84,14 @@ def test_bad_recipes_give_clear_errors(tmp_path, text, message):
         load_recipe(recipe)
     with pytest.raises(RecipeError, match="no such recipe"):
         load_recipe(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("name", sorted(PASSES))
+def test_every_shipped_pass_is_a_function_of_the_package_and_refuses_unknown_keys(name):
+    import prunefx.passes as package
+
+    function = PASSES[name]
+    assert getattr(package, name) is function and callable(function)
+    with pytest.raises(PrunefxError, match=f"step 1 \\('{name}'\\).*misspelt_key") as caught:
+        Pipeline([(function, {"misspelt_key": 1})])  # refused when the pipeline is built, before any run
+    assert "\n" not in str(caught.value)
