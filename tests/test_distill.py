@@ -434,3 +434,19 @@ def test_two_process_ddp_matches_single_process_training(tmp_path):
     assert [e["count"] for e in ddp["stats"]["eval"]] == [e["count"] for e in stats["eval"]] == [16, 16]
     assert [e["accuracy"] for e in ddp["stats"]["eval"]] == [e["accuracy"] for e in stats["eval"]]
     assert (tmp_path / "checkpoint" / PROGRAM_FILE).is_file() and (tmp_path / "checkpoint" / STATE_FILE).is_file()
+
+
+def test_an_interrupted_checkpointed_run_says_how_to_resume(tmp_path):
+    def ctrl_c_at_step_6(trainer, step):
+        if step == 6:
+            raise KeyboardInterrupt
+
+    trainer = Trainer(_program(), teacher=_program(1), data=_batches(2), after_step=[ctrl_c_at_step_6],
+                      config=TrainConfig(**_checkpointed(tmp_path / "ckpt")))
+    with pytest.raises(KeyboardInterrupt) as caught:
+        trainer.fit()
+    notes = " ".join(getattr(caught.value, "__notes__", []))
+    assert str(tmp_path / "ckpt") in notes and "resume: true" in notes
+    resumed = Trainer(_program(), teacher=_program(1), data=_batches(2),
+                      config=TrainConfig(**_checkpointed(tmp_path / "ckpt", resume=True)))
+    assert resumed.fit()["resumed_from"] == 4  # the note is true: the run goes on from the last checkpoint
