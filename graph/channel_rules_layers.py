@@ -172,3 +172,24 @@ def group_norm(ctx, node):
             ctx.space.tie(ctx.labels(arg)[0], x[1])
     ctx.space.inexact += [x[1], per_group]  # statistics run over the channels of a group
     return list(x)
+
+
+def pixel_shuffle(ctx, node):
+    """pixel_shuffle(x, r): [N, C*r*r, H, W] -> [N, C, H*r, W*r]. The input channels factor row-major as
+    C x r x r; C is prunable (a channel takes its r*r sub-pixel planes with it), r x r and the spatial
+    dims are geometry."""
+    x, ratio = ctx.labels(node.args[0]), int(node.args[1])
+    out_shape = ctx.shape(node)
+    channels = ctx.space.fresh(out_shape[-3])
+    ctx.space.tie(x[-3], ctx.space.grid([channels, ctx.space.fixed(ratio), ctx.space.fixed(ratio)]))
+    fix_geometry(ctx, x[-2:])
+    return list(x[:-3]) + [channels] + [ctx.space.fixed(size) for size in out_shape[-2:]]
+
+
+def pixel_unshuffle(ctx, node):
+    """pixel_unshuffle(x, r): [N, C, H*r, W*r] -> [N, C*r*r, H, W], the inverse factorisation."""
+    x, ratio = ctx.labels(node.args[0]), int(node.args[1])
+    out_shape = ctx.shape(node)
+    fix_geometry(ctx, x[-2:])
+    channels = ctx.space.grid([x[-3], ctx.space.fixed(ratio), ctx.space.fixed(ratio)])
+    return list(x[:-3]) + [channels] + [ctx.space.fixed(size) for size in out_shape[-2:]]

@@ -159,3 +159,39 @@ def test_remove_channels_refuses_to_change_output_shapes(models_file, monkeypatc
     monkeypatch.setattr(pass_module, "remove_classes", remove_and_break_the_output)
     with pytest.raises(Exception, match="changed the output shapes"):
         remove_channels(program, config={"channels": 0.5, "round_to": 1})
+
+
+class SuperResolution(torch.nn.Module):
+    """conv -> pixel_shuffle (32 = 8 x 2 x 2 channels) -> conv -> pixel_unshuffle (12 -> 48) -> conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 32, 3, padding=1)
+        self.b = torch.nn.Conv2d(8, 12, 3, padding=1)
+        self.c = torch.nn.Conv2d(48, 4, 1)
+
+    def forward(self, x):
+        y = torch.pixel_shuffle(torch.relu(self.a(x)), 2)
+        return self.c(torch.pixel_unshuffle(torch.relu(self.b(y)), 2))
+
+
+def test_pixel_shuffle_prunes_whole_sub_pixel_sets_exactly(zero_channels):
+    torch.manual_seed(0)
+    model, x = SuperResolution().eval(), torch.randn(1, 3, 8, 8)
+    groups = find_channel_groups(capture(model, x).eval().module)
+    assert not groups.blocked
+    assert sorted(g.size for g in groups.groups) == [8, 12]  # C of the shuffle, and b's outputs
+    for index in range(len(groups.groups)):
+        program = capture(model, x).eval()
+        combing = find_channel_groups(program.module)
+        removed = {int(c) for c in combing.groups[index].classes[:2]}
+        zero_channels(program, combing, removed)
+        with torch.no_grad():
+            expected = program(x)
+        remove_classes(program.module, combing.analysis, removed)
+        program.recompile()
+        verify(program)
+        with torch.no_grad():
+            assert torch.allclose(program(x), expected, atol=1e-6)
+        if combing.groups[index].size == 8:  # 2 of the shuffle's 8 channels take 2 x 2 x 2 of a's 32 outputs
+            assert program.module.a.weight.shape[0] == 24
