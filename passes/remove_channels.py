@@ -69,7 +69,7 @@ def check_config(config: dict) -> None:
     checks.choice(owner, "ranking", given["ranking"], ("global", "local"))
     checks.integer(owner, "round_to", given["round_to"], minimum=1)
     checks.number(owner, "max_ratio", given["max_ratio"], low=0.0, high=1.0, high_open=True)
-    checks.number(owner, "damping", given["damping"], low=0.0, low_open=True)
+    checks.number(owner, "damping", given["damping"], low=0.0)
     checks.integer(owner, "seed", given["seed"])
     checks.boolean(owner, "strict", given["strict"])
     checks.boolean(owner, "compensate", given["compensate"])
@@ -84,7 +84,6 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     config = {**_DEFAULTS, **config}
     _check_keep(program, config["keep"])
     target = _target(config)
-    _check_compensation(config)
     if config["compensate"] or config["importance"] in DATA_CRITERIA:  # checked (and read once) up front
         config["calibration"] = _calibration(program, config["calibration"])
     # Dead nodes and the parameters only they read (googlenet's aux heads in eval mode) would count
@@ -191,14 +190,6 @@ def _calibration(program: Program, batches) -> list:
     if batches is None:
         return [program.example_inputs]
     return calibration_inputs(program.example_inputs, batches, what="calibration")
-
-
-def _check_compensation(config: dict) -> None:
-    if not isinstance(config["compensate"], bool):
-        raise PrunefxError(f"remove_channels: compensate must be true or false, not {config['compensate']!r}")
-    damping = config["damping"]
-    if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not damping >= 0:
-        raise PrunefxError(f"remove_channels: damping must be a number >= 0, not {damping!r}")
 
 
 def _unreachable(target: Target, plan, combing) -> str:

@@ -222,8 +222,8 @@ def test_compensating_a_training_mode_program_leaves_its_statistics_alone():
 @pytest.mark.parametrize("config, message", [
     ({"compensate": True, "calibration": []}, "no batches"),
     ({"compensate": True, "calibration": [(torch.randn(3, 3, 8, 8),)]}, "calibration batch 0"),
-    ({"compensate": "yes"}, "compensate must be"),
-    ({"compensate": True, "damping": -1.0}, "damping must be"),
+    ({"compensate": "yes"}, "'compensate' must be true or false"),
+    ({"compensate": True, "damping": -1.0}, "'damping' must lie in"),
 ])
 def test_bad_compensation_configs_are_refused(config, message):
     program = capture(Depthwise().eval(), torch.randn(2, 3, 8, 8)).eval()

@@ -65,7 +65,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--compensate", action="store_true",
                         help="update the remaining weights of every layer that loses inputs so that its output "
                              "on the calibration data changes least (needs --calibrate or --calibration)")
-    parser.add_argument("--damping", type=options.number(0.0, low_open=True), default=0.01,
+    parser.add_argument("--damping", type=options.number(0.0), default=0.01,
                         help="ridge term of --compensate and obs, a fraction of the mean Hessian diagonal (0.01)")
     parser.add_argument("--opset", type=options.opset, default=18, help="ONNX opset (default 18)")
     parser.add_argument("-o", "--output", required=True, help="folder for model.pt2, model.onnx and report.json")
