@@ -68,6 +68,7 @@ def _table() -> dict:
         aten.batch_norm.default: layers.batch_norm, aten.layer_norm.default: layers.layer_norm,
         aten.group_norm.default: layers.group_norm,
         aten.pixel_shuffle.default: layers.pixel_shuffle, aten.pixel_unshuffle.default: layers.pixel_unshuffle,
+        aten.lstm.input: layers.recurrent, aten.gru.input: layers.recurrent,
     })
     rules.update(dict.fromkeys(_overloads("squeeze"), basic.squeeze))
     for name in ("new_zeros", "new_ones", "new_empty", "new_full"):

@@ -193,3 +193,34 @@ def pixel_unshuffle(ctx, node):
     fix_geometry(ctx, x[-2:])
     channels = ctx.space.grid([x[-3], ctx.space.fixed(ratio), ctx.space.fixed(ratio)])
     return list(x[:-3]) + [channels] + [ctx.space.fixed(size) for size in out_shape[-2:]]
+
+
+def recurrent(ctx, node):
+    """aten.lstm.input / aten.gru.input(x, hx, params, has_biases, layers, dropout, train, bidirectional,
+    batch_first): the features of x tie to dim 1 of the first layer's input weights (both directions),
+    so the layer feeding the recurrence is prunable and `weight_ih_l0` is sliced with it. The hidden
+    size is kept (every other weight, the states and the outputs are fixed), and the time dim is
+    geometry."""
+    x, params = ctx.labels(node.args[0]), list(node.args[2])
+    has_biases, bidirectional, batch_first = bool(node.args[3]), bool(node.args[7]), bool(node.args[8])
+    per_direction = 4 if has_biases else 2
+    first_layer_inputs = [params[0]] + ([params[per_direction]] if bidirectional else [])
+    for weight in first_layer_inputs:
+        ctx.space.tie(x[-1], ctx.labels(weight)[1])
+    for param in params:
+        for d, labels in enumerate(ctx.labels(param)):
+            if not (param in first_layer_inputs and d == 1):
+                ctx.space.tie(labels, ctx.space.fixed(labels.size))
+    states = node.args[1] if isinstance(node.args[1], (list, tuple)) else [node.args[1]]
+    for state in states:
+        fix_geometry(ctx, ctx.labels(state))
+    time, batch = (1, 0) if batch_first else (0, 1)
+    fix_geometry(ctx, [x[time]])
+    outputs = node.meta["val"]
+    result = []
+    for index, value in enumerate(outputs):
+        labels = [ctx.space.fixed(size) for size in value.shape]
+        if index == 0:
+            labels[batch] = x[batch]
+        result.append(labels)
+    return result
