@@ -59,11 +59,20 @@ def _check_runs_eagerly(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]
         raise CaptureError(f"model '{name}' does not run on input shape {shapes}: {first_line(error)}") from error
 
 
-def capture(model: torch.nn.Module, example_inputs, *, name: str | None = None) -> Program:
+def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_inputs=None, *,
+            name: str | None = None) -> Program:
     """Export `model` on `example_inputs` (a tensor or tuple of tensors) and wrap it as a Program.
 
+    `model` may also be an ExportedProgram the user made with torch.export.export: its own example
+    inputs are used unless others are given, and its graph is re-exported statically at them (a
+    Program has fixed shapes). Either way the weights are copied: neither the user's model nor their
+    ExportedProgram changes when the Program is rewritten or trained.
     The model is captured in its current training mode; call `program.eval()` afterwards to switch.
     """
+    if isinstance(model, torch.export.ExportedProgram):
+        return _capture_exported(model, example_inputs, name=name or "exported")
+    if example_inputs is None:
+        raise CaptureError("capture needs example inputs for a torch.nn.Module (a tensor or a tuple of tensors)")
     name = name or type(model).__name__
     inputs = _as_tuple(example_inputs)
     try:
@@ -76,3 +85,16 @@ def capture(model: torch.nn.Module, example_inputs, *, name: str | None = None) 
     program = Program.from_exported(exported, inputs, name=name)
     program.module = copy.deepcopy(program.module)
     return program
+
+
+def _capture_exported(exported: torch.export.ExportedProgram, example_inputs, *, name: str) -> Program:
+    if example_inputs is None:
+        stored = exported.example_inputs
+        if stored is None:
+            raise CaptureError(f"the ExportedProgram '{name}' carries no example inputs: pass them to capture")
+        args, kwargs = stored
+        if kwargs:
+            raise CaptureError(f"the ExportedProgram '{name}' takes keyword inputs ({', '.join(kwargs)}); "
+                               "prunefx captures positional tensor inputs only")
+        example_inputs = args
+    return capture(exported.module(), example_inputs, name=name)

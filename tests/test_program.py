@@ -120,3 +120,40 @@ def test_verify_detects_changed_output_shape(resnet18_program):
     with pytest.raises(VerificationError, match="output shapes"):
         verify(broken)
     verify(program)  # the untouched program is valid
+
+
+def test_an_exported_program_goes_in_and_comes_back_out_untouched():
+    import copy
+
+    import prunefx
+    from prunefx.passes import fold_batchnorm, remove_channels
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    weights = copy.deepcopy(model.state_dict())
+    ep = torch.export.export(model, (x,))
+    ep_output = ep.module()(x)
+
+    program = prunefx.capture(ep).eval()
+    assert program.name == "exported" and tuple(program.example_inputs[0].shape) == (1, 3, 64, 64)
+    result = prunefx.Pipeline([fold_batchnorm, (remove_channels, {"macs": 0.5, "round_to": 8})]).run(program)
+    pruned_ep = result.program.to_exported()
+    assert isinstance(pruned_ep, torch.export.ExportedProgram)
+    assert torch.equal(pruned_ep.module()(x), result.program(x))
+    torch.export.export(pruned_ep.module(), (x,))  # re-exports
+    with torch.no_grad():  # later rewrites of the Program do not reach the ExportedProgram handed out
+        next(result.program.module.parameters()).zero_()
+    assert not torch.equal(pruned_ep.module()(x), result.program(x))
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(ep.module()(x), ep_output)
+
+
+def test_capture_of_an_exported_program_without_inputs_says_what_to_give():
+    import prunefx
+
+    ep = torch.export.export(torch.nn.Linear(4, 2), (torch.randn(1, 4),))
+    ep.example_inputs = None
+    with pytest.raises(prunefx.CaptureError, match="carries no example inputs"):
+        prunefx.capture(ep)
+    assert prunefx.capture(ep, torch.randn(1, 4)).output_shapes == [(1, 2)]

@@ -35,3 +35,18 @@ def test_readme_cli_commands_are_real_subcommands(capsys):
             build_parser().parse_args([command, "--help"])
         assert exit_.value.code == 0, command
         assert f"usage: prunefx {command}" in capsys.readouterr().out
+
+
+def test_readme_bring_your_own_exported_program_runs(capsys):
+    block = re.search(r"### Bring your own exported program\n.*?```python\n(.*?)```", README, re.DOTALL).group(1)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert capsys.readouterr().out.splitlines()[-2:] == ["True", "True"]
+    macs = [prunefx_count(p) for p in (namespace["program"], namespace["result"].program)]
+    assert macs[1] <= 0.55 * macs[0]
+
+
+def prunefx_count(program) -> int:
+    from prunefx.graph import count
+
+    return count(program).macs
