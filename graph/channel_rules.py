@@ -10,6 +10,7 @@ import torch
 from prunefx.graph import channel_rules_basic as basic
 from prunefx.graph import channel_rules_layers as layers
 from prunefx.graph.channel_rules_reshape import reshape_as, view
+from prunefx.graph.errors import PrunefxError
 
 aten = torch.ops.aten
 
@@ -80,3 +81,36 @@ def _table() -> dict:
 
 
 RULES = _table()
+
+
+def channel_rule(operator):
+    """Register a channel rule for an operator prunefx has none for (a `torch.library` custom op, say):
+
+        @prunefx.channel_rule(torch.ops.mylib.scaled_relu.default)
+        def scaled_relu(ctx, node):
+            return list(ctx.labels(node.args[0]))   # element-wise: output dim d carries input dim d
+
+    A rule receives the analysis context and the fx node and returns one label array per output dim
+    (a list of such lists for several outputs). `ctx.labels(arg)` gives an input's labels,
+    `ctx.space.tie(a, b)` joins two dims that must shrink together, `ctx.space.fixed(n)` makes a dim
+    that never shrinks, `ctx.block(labels, node, reason)` refuses to prune those channels and reports
+    why. The shipped rules are reusable as they are: `same_as_input` (element-wise) and `broadcast`
+    (element-wise over several inputs with broadcasting). The operator's own arguments are passed
+    through unchanged, so a rule must fix (or block) every dim whose size the operator's literal
+    arguments spell out. Without a rule, the operator blocks every dim it touches, never guessed.
+    """
+    if not isinstance(operator, torch._ops.OpOverload):
+        raise PrunefxError(f"channel_rule takes an operator overload such as torch.ops.mylib.op.default, "
+                           f"not {operator!r}")
+
+    def register(rule):
+        if not callable(rule):
+            raise PrunefxError(f"the channel rule for {operator} must be a function (ctx, node) -> labels")
+        RULES[operator] = rule
+        return rule
+
+    return register
+
+
+same_as_input = basic.same_as_input
+broadcast = basic.broadcast

@@ -1,0 +1,81 @@
+"""A user's custom operator (torch.library): blocked, with the operator named, until a channel rule is
+registered with `prunefx.channel_rule`; pruned exactly after."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import prunefx
+from prunefx.graph.channel_groups import find_channel_groups
+from prunefx.graph.channel_removal import remove_classes
+from prunefx.graph.channel_rules import RULES
+from prunefx.passes import remove_channels
+
+
+@torch.library.custom_op("prunefx_test::scaled_relu", mutates_args=())
+def scaled_relu(x: torch.Tensor) -> torch.Tensor:
+    return torch.relu(x) * 2.0
+
+
+@scaled_relu.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+OPERATOR = torch.ops.prunefx_test.scaled_relu.default
+
+
+class WithCustomOp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(scaled_relu(self.a(x)))
+
+
+@pytest.fixture
+def no_rule_afterwards():
+    yield
+    RULES.pop(OPERATOR, None)
+
+
+def test_a_custom_op_is_blocked_and_named_then_pruned_exactly_with_its_rule(no_rule_afterwards, zero_channels):
+    torch.manual_seed(0)
+    model, x = WithCustomOp().eval(), torch.randn(1, 3, 8, 8)
+    program = prunefx.capture(model, x).eval()
+    combing = find_channel_groups(program.module)
+    assert not any(("a.weight", 0) in g.members for g in combing.groups)
+    assert any("prunefx_test.scaled_relu" in op for b in combing.blocked for op in b.operators)
+
+    @prunefx.channel_rule(OPERATOR)
+    def elementwise(ctx, node):
+        return prunefx.graph.channel_rules.same_as_input(ctx, node)
+
+    program = prunefx.capture(model, x).eval()
+    combing = find_channel_groups(program.module)
+    group = next(g for g in combing.groups if ("a.weight", 0) in g.members)
+    assert group.exact and group.size == 16 and not combing.blocked
+    removed = {int(c) for c in group.classes[:5]}
+    zero_channels(program, combing, removed)
+    with torch.no_grad():
+        expected = program(x)
+    remove_classes(program.module, combing.analysis, removed)
+    program.recompile()
+    prunefx.verify(program)
+    with torch.no_grad():
+        assert torch.allclose(program(x), expected, atol=1e-6)
+    assert program.module.a.weight.shape[0] == 11
+    pruned = remove_channels(prunefx.capture(model, x).eval(), config={"channels": 0.5, "round_to": 4})
+    assert pruned.program.module.b.weight.shape[1] == 8
+
+
+def test_channel_rule_refuses_what_is_not_an_operator():
+    with pytest.raises(prunefx.PrunefxError, match="operator overload"):
+        prunefx.channel_rule("prunefx_test::scaled_relu")
+    with pytest.raises(prunefx.PrunefxError, match="must be a function"):
+        prunefx.channel_rule(OPERATOR)(42)
+    assert OPERATOR not in RULES
