@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.prunefx-setup
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,11 @@ demo: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q --durations=15
+
+# The development lane: everything but the tests marked slow (model zoo, end-to-end commands).
+test-fast: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -m "not slow" -x
 
 bench: setup
 	$(PY) benchmarks/run_all.py

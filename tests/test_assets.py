@@ -28,6 +28,7 @@ def test_imagenet_samples_have_labels():
     assert samples[0][0].name == "imagenet_00_243.jpg" and samples[0][1] == 243
 
 
+@pytest.mark.slow
 def test_asset_lookup_never_imports_the_packages():
     # A fresh interpreter: this test process may have imported anything.
     code = ("import sys; from prunefx import assets; assets.load_imagenet_batch(32); "

@@ -22,6 +22,7 @@ import os
 from typing import NamedTuple
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 import torch.utils._pytree as pytree
@@ -479,6 +480,7 @@ def _settings(examples: int) -> settings:
 # Properties
 
 
+@pytest.mark.slow
 @_settings(20)
 @given(net=networks(), data=st.data())
 def test_removing_zeroed_channels_of_exact_groups_keeps_outputs(net, data, zero_channels):

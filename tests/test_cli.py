@@ -190,6 +190,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, model_file, case):
 REPORT_KEYS = {"params_before", "params_after", "macs_before", "macs_after", "groups", "blocked", "parity"}
 
 
+@pytest.mark.slow
 def test_prune_writes_model_onnx_and_report(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "prune", "torchvision:resnet18", "--input-shape", SHAPE, "--macs", "0.5",
                            "--round-to", "16", "-o", tmp_path / "out")
@@ -208,6 +209,7 @@ def test_prune_writes_model_onnx_and_report(capsys, tmp_path):
     assert session.run(np.zeros((1, 3, 64, 64), np.float32))[0].shape == (1, 1000)
 
 
+@pytest.mark.slow
 def test_prune_with_fisher_on_real_images_reports_them(capsys, tmp_path):
     from prunefx.assets import imagenet_sample_images
 
@@ -225,6 +227,7 @@ needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir()
                                          reason="Fashion-MNIST missing: apt-get install dataset-fashion-mnist")
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_prune_calibrate_compensates_recalibrates_and_reports_both(capsys, tmp_path, one_thread):
     code, out, err = run_cli(capsys, "prune", "prunefx:resnet20", "--macs", "0.5", "--round-to", "4",
@@ -382,6 +385,7 @@ def _entry_point() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "prunefx"]
 
 
+@pytest.mark.slow
 def test_installed_script_runs_and_fails_cleanly(tmp_path, model_file):
     environment = {key: value for key, value in os.environ.items() if key != "PRUNEFX_DEBUG"}
     ok = subprocess.run([*_entry_point(), "inspect", f"{model_file}:build", "--input-shape", SHAPE, "--json"],

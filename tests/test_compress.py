@@ -76,6 +76,7 @@ def compressed(tmp_path_factory):
     return output, json.loads((output / "report.json").read_text()), stdout.getvalue()
 
 
+@pytest.mark.slow
 def test_compress_writes_every_file_and_a_full_report(compressed):
     output, report, stdout = compressed
     assert all((output / name).is_file() for name in FILES)
@@ -240,6 +241,7 @@ def test_json_safe_statistics():
 
 # --- the demo ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_demo_trains_compresses_and_reports_in_seconds(capsys, tmp_path):
     recipe = write_recipe(tmp_path / "tiny.yaml", {"passes": [{"remove_channels": {"macs": 0.5, "round_to": 4}},

@@ -29,6 +29,7 @@ def test_list_shows_the_candidate_blocks(capsys):
     assert sum("residual" in line for line in lines) == 7
 
 
+@pytest.mark.slow
 def test_named_blocks_are_merged_and_written_with_a_report(capsys, tmp_path):
     code, out, err = run_cli(capsys, "depth", "prunefx:mobilenetv2_small", "--block", "blocks.2",
                              "--block", "blocks.4", "-o", tmp_path)
@@ -44,6 +45,7 @@ def test_named_blocks_are_merged_and_written_with_a_report(capsys, tmp_path):
     assert (tmp_path / "model.onnx").stat().st_size > 0
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_blocks_by_count_read_calibration_data_and_recalibrate(capsys, tmp_path):
     code, out, err = run_cli(capsys, "depth", "prunefx:mobilenetv2_small", "--input-shape", "32x1x28x28",

@@ -282,6 +282,7 @@ def test_commands_refuse_a_hostile_archive_in_one_line(good_archive, tmp_path, c
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_hostile_archive_through_a_real_process(good_archive, tmp_path):
     marker = tmp_path / "ran"
     hostile = _rewritten(good_archive, tmp_path / "hostile.pt2", _pickled_sample_inputs(marker))

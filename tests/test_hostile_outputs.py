@@ -177,6 +177,7 @@ def factory():
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, status, words", [(signal.SIGTERM, 143, "terminated"),
                                                    (signal.SIGINT, 130, "interrupted")])
 def test_signals_to_a_real_process(tmp_path, signum, status, words):

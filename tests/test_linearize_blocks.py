@@ -74,6 +74,7 @@ def test_regions_are_closed_and_every_activation_lands_in_one_block():
     assert [block.activations for block in residual] == [["relu_1"]]  # x1 -> add: one closed region
 
 
+@pytest.mark.slow
 def test_progressive_blend_is_exact_at_both_ends_and_strips_to_the_abrupt_form(mobilenet, tmp_path):
     x = torch.randn(2, 3, 64, 64)
     dense = mobilenet(x)
@@ -106,6 +107,7 @@ def test_a_half_blend_of_an_in_place_activation_reads_the_input_before_the_activ
     torch.testing.assert_close(blended(x), 0.5 * h.clamp(0, 6) + 0.5 * h)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rank", ["damage", "damage_per_mac"])
 def test_count_takes_the_least_damaging_blocks(mobilenet, rank):
     batches = [torch.randn(2, 3, 64, 64) for _ in range(2)]
@@ -164,6 +166,7 @@ def test_vit_layer_norm_becomes_a_batch_norm_calibrated_on_the_data():
     result.program.export()
 
 
+@pytest.mark.slow
 def test_a_speedup_target_takes_the_shortest_run_of_the_ranking_that_reaches_it(mobilenet):
     """A deterministic stand-in for a runtime measurement: the MACs ratio of the merged networks."""
     calls = []

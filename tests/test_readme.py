@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     block = re.search(r"## Python API\n\n```python\n(.*?)```", README, re.DOTALL).group(1)
     monkeypatch.chdir(tmp_path)
@@ -22,6 +23,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "out" / "resnet18_folded.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_readme_cli_commands_are_real_subcommands(capsys):
     shell_blocks = "\n".join(re.findall(r"```sh\n(.*?)```", README, re.DOTALL))
     commands = set(re.findall(r"^prunefx (\w+)", shell_blocks, re.MULTILINE))
@@ -37,6 +39,7 @@ def test_readme_cli_commands_are_real_subcommands(capsys):
         assert f"usage: prunefx {command}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_readme_bring_your_own_exported_program_runs(capsys):
     block = re.search(r"### Bring your own exported program\n.*?```python\n(.*?)```", README, re.DOTALL).group(1)
     namespace: dict = {}

@@ -29,6 +29,7 @@ def _first(output):
     return output["out"] if isinstance(output, dict) else output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ref, shape", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_rebatched_outputs_equal_the_first_items(ref, shape, batch):
