@@ -50,7 +50,16 @@ class PipelineResult:
         return any(result.modified for _, result in self.steps)
 
     def stats(self) -> dict[str, dict]:
-        return {name: result.stats for name, result in self.steps}
+        """Statistics by pass name; a pass that ran more than once (prune -> distill -> prune) keeps
+        every run: the first under its name, the later ones as `name#2`, `name#3`, ..."""
+        stats: dict[str, dict] = {}
+        for name, result in self.steps:
+            key, run = name, 1
+            while key in stats:
+                run += 1
+                key = f"{name}#{run}"
+            stats[key] = result.stats
+        return stats
 
 
 def _outputs(program: Program) -> list[torch.Tensor]:

@@ -95,3 +95,18 @@ def test_every_shipped_pass_is_a_function_of_the_package_and_refuses_unknown_key
     with pytest.raises(PrunefxError, match=f"step 1 \\('{name}'\\).*misspelt_key") as caught:
         Pipeline([(function, {"misspelt_key": 1})])  # refused when the pipeline is built, before any run
     assert "\n" not in str(caught.value)
+
+
+def test_stats_keep_every_run_of_a_repeated_pass():
+    calls = []
+
+    def counting(program, /, *, config=None):
+        calls.append(config["tag"])
+        return Result(program, modified=False, stats={"tag": config["tag"]})
+
+    result = Pipeline([(counting, {"tag": "a"}), (fold_batchnorm, {}), (counting, {"tag": "b"}),
+                       (counting, {"tag": "c"})], verify="none").run(_program())
+    assert calls == ["a", "b", "c"]
+    stats = result.stats()
+    assert [stats[k]["tag"] for k in ("counting", "counting#2", "counting#3")] == ["a", "b", "c"]
+    assert "fold_batchnorm" in stats
