@@ -85,3 +85,49 @@ def test_compress_with_progressive_depth_pruning_ends_merged(capsys, tmp_path):
     assert report["macs_after"] < report["macs_before"] and report["parity"]["relative"] < 1e-4
     saved = Program.load(tmp_path / "out" / "model.pt2")
     assert torch.ops.aten.lerp.Tensor not in [node.target for node in saved.graph.nodes]
+
+
+def test_depth_and_prune_report_a_pass_that_breaks_exactness_by_name(tmp_path, capsys, monkeypatch):
+    """Both commands run a verified Pipeline: a merge that is not exact (simulated by perturbing the
+    merged weights) is caught and named, and nothing is written."""
+    import importlib
+
+    merge_module = importlib.import_module("prunefx.passes.merge_blocks")
+    real = merge_module.merge_blocks
+
+    def inexact_merge(program, /, *, config=None):
+        result = real(program, config=config)
+        with torch.no_grad():
+            next(result.program.module.parameters()).add_(1.0)
+        return result
+
+    inexact_merge.exact = True
+    monkeypatch.setattr(importlib.import_module("prunefx.commands.depth"), "merge_blocks", inexact_merge)
+    status = main(["depth", "torchvision:mobilenet_v2", "--input-shape", "1x3x64x64", "--block", "features.2",
+                   "--no-measure", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert status == 2 and "pass 'inexact_merge' failed: promised an exact rewrite" in err
+    assert "passes that ran before it: linearize_blocks" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_prune_reports_a_pass_that_breaks_the_program_by_name(tmp_path, capsys, monkeypatch):
+    import importlib
+
+    prune_command = importlib.import_module("prunefx.commands.prune")
+
+    def shrinking_remove_channels(program, /, *, config=None):
+        output = next(n for n in program.graph.nodes if n.op == "output")
+        with program.graph.inserting_before(output):
+            narrowed = program.graph.call_function(torch.ops.aten.slice.Tensor, (output.args[0][0], 1, 0, 5))
+        output.args = ((narrowed,),)
+        program.recompile()
+        from prunefx.passes import Result
+        return Result(program, modified=True, stats={})
+
+    monkeypatch.setattr(prune_command, "remove_channels", shrinking_remove_channels)
+    status = main(["prune", "prunefx:resnet20", "--input-shape", "1x1x28x28", "--macs", "0.5",
+                   "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert status == 2 and "pass 'shrinking_remove_channels' failed" in err and "output shapes" in err
+    assert not (tmp_path / "out").exists()

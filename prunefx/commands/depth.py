@@ -26,6 +26,7 @@ from prunefx.loading import program_from_args
 from prunefx.output import check_output_folder, staged_folder
 from prunefx.passes.linearize_blocks import linearize_blocks
 from prunefx.passes.merge_blocks import merge_blocks
+from prunefx.passes.pipeline import Pipeline
 from prunefx.runtime import check_parity, export_onnx, onnx_speedup
 
 NAME = "depth"
@@ -80,11 +81,12 @@ def run(args) -> int:
         config.update(speedup=args.speedup, measure=measure)
     else:
         config.update({"count": args.blocks} if args.blocks is not None else {"blocks": args.block})
-    linearized = linearize_blocks(program.clone(), config=config)
-    pruned = linearized.program
-    merged = merge_blocks(pruned, config={"max_kernel_growth": args.max_kernel_growth,
-                                          "measure": measure if args.measure else None})
-    pruned = merged.program
+    # One verified Pipeline, as in the API: merge_blocks promises exactness and the Pipeline checks it.
+    result = Pipeline([(linearize_blocks, config),
+                       (merge_blocks, {"max_kernel_growth": args.max_kernel_growth,
+                                       "measure": measure if args.measure else None})], verify="full").run(program)
+    pruned = result.program
+    linearized, merged = (result.steps[0][1], result.steps[1][1])
     print(f"linearised {len(linearized.stats['chosen'])} blocks of {program.name} and made "
           f"{len(merged.stats['merges'])} merges in {time.perf_counter() - started:.1f} s; exporting to ONNX", flush=True)
     before, after = count(program), count(pruned)

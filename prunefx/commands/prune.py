@@ -25,6 +25,7 @@ from prunefx.graph.channel_importance import CRITERIA, DATA_CRITERIA
 from prunefx.graph.errors import PrunefxError
 from prunefx.loading import program_from_args
 from prunefx.output import check_output_folder, staged_folder
+from prunefx.passes.pipeline import Pipeline
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.runtime import check_parity, export_onnx
@@ -79,12 +80,14 @@ def run(args) -> int:
     calibration = _calibration(args, program)
     config = _config(args, calibration)
     started = time.perf_counter()
-    result = remove_channels(program, config=config)
-    stats, pruned = result.stats, result.program
-    recalibration = None
+    # The same Pipeline as the API and recipes: every step verified (lint, shapes, re-export), exact
+    # steps checked, and a failure names the pass.
+    steps = [(remove_channels, config)]
     if args.calibrate:
-        recalibrated = recalibrate_batchnorm(pruned, config={"data": calibration.batches})
-        pruned, recalibration = recalibrated.program, recalibrated.stats
+        steps.append((recalibrate_batchnorm, {"data": calibration.batches}))
+    result = Pipeline(steps, verify="full").run(program)
+    pruned, all_stats = result.program, result.stats()
+    stats, recalibration = all_stats["remove_channels"], all_stats.get("recalibrate_batchnorm")
     print(f"pruned {program.name} to {_target_text(args)} ({args.importance}, {args.ranking}"
           f"{', compensated' if args.compensate else ''}{', batch norms recalibrated' if recalibration else ''}) "
           f"in {time.perf_counter() - started:.1f} s; exporting to ONNX", flush=True)
