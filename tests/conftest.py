@@ -35,6 +35,36 @@ def zero_channels():
     return _zero_channels
 
 
+def _remove_zeroed_and_compare(program, combing, removed: set[int], inputs, *, tolerance: float = 1e-5) -> None:
+    """Zero the channels `removed` (see `_zero_channels`), remove them, and assert that the program
+    verifies and its outputs did not move beyond `tolerance` relative to their largest magnitude."""
+    import torch.utils._pytree as pytree
+
+    from prunefx.graph import verify
+    from prunefx.graph.channel_removal import remove_classes
+
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+
+    def outputs():
+        with torch.no_grad():
+            return torch.cat([t.flatten() for t in pytree.tree_leaves(program(*inputs))])
+
+    _zero_channels(program, combing, removed)
+    expected = outputs()
+    assert remove_classes(program.module, combing.analysis, removed) > 0
+    program.recompile()
+    verify(program)
+    actual = outputs()
+    assert actual.shape == expected.shape
+    assert (actual - expected).abs().max().item() <= tolerance * expected.abs().max().item() + 1e-6
+
+
+@pytest.fixture(scope="session")
+def removal_is_exact():
+    """`removal_is_exact(program, combing, removed, inputs)`: zero, remove, verify, same outputs."""
+    return _remove_zeroed_and_compare
+
+
 @pytest.fixture
 def one_thread():
     """Tests on tiny inputs: one intra-op thread is as fast, and on a busy machine a spinning thread

@@ -9,7 +9,6 @@ import torch.nn as nn
 
 import prunefx
 from prunefx.graph.channel_groups import find_channel_groups
-from prunefx.graph.channel_removal import remove_classes
 from prunefx.graph.channel_rules import RULES
 from prunefx.passes import remove_channels
 
@@ -43,7 +42,7 @@ def no_rule_afterwards():
     RULES.pop(OPERATOR, None)
 
 
-def test_a_custom_op_is_blocked_and_named_then_pruned_exactly_with_its_rule(no_rule_afterwards, zero_channels):
+def test_a_custom_op_is_blocked_and_named_then_pruned_exactly_with_its_rule(no_rule_afterwards, removal_is_exact):
     torch.manual_seed(0)
     model, x = WithCustomOp().eval(), torch.randn(1, 3, 8, 8)
     program = prunefx.capture(model, x).eval()
@@ -59,15 +58,7 @@ def test_a_custom_op_is_blocked_and_named_then_pruned_exactly_with_its_rule(no_r
     combing = find_channel_groups(program.module)
     group = next(g for g in combing.groups if ("a.weight", 0) in g.members)
     assert group.exact and group.size == 16 and not combing.blocked
-    removed = {int(c) for c in group.classes[:5]}
-    zero_channels(program, combing, removed)
-    with torch.no_grad():
-        expected = program(x)
-    remove_classes(program.module, combing.analysis, removed)
-    program.recompile()
-    prunefx.verify(program)
-    with torch.no_grad():
-        assert torch.allclose(program(x), expected, atol=1e-6)
+    removal_is_exact(program, combing, {int(c) for c in group.classes[:5]}, x)
     assert program.module.a.weight.shape[0] == 11
     pruned = remove_channels(prunefx.capture(model, x).eval(), config={"channels": 0.5, "round_to": 4})
     assert pruned.program.module.b.weight.shape[1] == 8

@@ -11,12 +11,10 @@ import textwrap
 import onnx
 import pytest
 import torch
-import torch.utils._pytree as pytree
 
 from prunefx.cli import main
-from prunefx.graph import capture, verify
+from prunefx.graph import capture
 from prunefx.graph.channel_groups import find_channel_groups
-from prunefx.graph.channel_removal import remove_classes
 from prunefx.passes import remove_channels
 
 MODELS = textwrap.dedent("""
@@ -110,7 +108,7 @@ def test_only_real_channels_are_pruned(models_file, tmp_path, capsys, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_no_group_holds_a_spatial_factor_and_removal_is_exact(models_file, zero_channels, name):
+def test_no_group_holds_a_spatial_factor_and_removal_is_exact(models_file, removal_is_exact, name):
     _, namespace = models_file
     torch.manual_seed(0)
     model, z = namespace[name]().eval(), torch.randn(2, 32)
@@ -127,16 +125,7 @@ def test_no_group_holds_a_spatial_factor_and_removal_is_exact(models_file, zero_
             continue
         program = capture(model, z).eval()
         combing = find_channel_groups(program.module)
-        removed = {int(c) for c in combing.groups[index].classes[:2]}
-        zero_channels(program, combing, removed)
-        with torch.no_grad():
-            expected = torch.cat([t.flatten() for t in pytree.tree_leaves(program(z))])
-        remove_classes(program.module, combing.analysis, removed)
-        program.recompile()
-        verify(program)
-        with torch.no_grad():
-            actual = torch.cat([t.flatten() for t in pytree.tree_leaves(program(z))])
-        assert (actual - expected).abs().max() <= 1e-5 * expected.abs().max() + 1e-6
+        removal_is_exact(program, combing, {int(c) for c in combing.groups[index].classes[:2]}, z)
 
 
 def test_remove_channels_refuses_to_change_output_shapes(models_file, monkeypatch):
@@ -175,7 +164,7 @@ class SuperResolution(torch.nn.Module):
         return self.c(torch.pixel_unshuffle(torch.relu(self.b(y)), 2))
 
 
-def test_pixel_shuffle_prunes_whole_sub_pixel_sets_exactly(zero_channels):
+def test_pixel_shuffle_prunes_whole_sub_pixel_sets_exactly(removal_is_exact):
     torch.manual_seed(0)
     model, x = SuperResolution().eval(), torch.randn(1, 3, 8, 8)
     groups = find_channel_groups(capture(model, x).eval().module)
@@ -184,14 +173,6 @@ def test_pixel_shuffle_prunes_whole_sub_pixel_sets_exactly(zero_channels):
     for index in range(len(groups.groups)):
         program = capture(model, x).eval()
         combing = find_channel_groups(program.module)
-        removed = {int(c) for c in combing.groups[index].classes[:2]}
-        zero_channels(program, combing, removed)
-        with torch.no_grad():
-            expected = program(x)
-        remove_classes(program.module, combing.analysis, removed)
-        program.recompile()
-        verify(program)
-        with torch.no_grad():
-            assert torch.allclose(program(x), expected, atol=1e-6)
+        removal_is_exact(program, combing, {int(c) for c in combing.groups[index].classes[:2]}, x)
         if combing.groups[index].size == 8:  # 2 of the shuffle's 8 channels take 2 x 2 x 2 of a's 32 outputs
             assert program.module.a.weight.shape[0] == 24
