@@ -139,7 +139,20 @@ def attention(ctx, node):
     fix_geometry(ctx, [q[-2], k[-2]])
     batch = _tie_batch_dims(ctx, q, k, len(q))
     _tie_batch_dims(ctx, k, v, len(v))
+    mask = _arg(node, 3, "attn_mask")
+    if isinstance(mask, torch.fx.Node):
+        _tie_to_scores(ctx, ctx.labels(mask), batch + [q[-2], k[-2]])
     return batch + [q[-2], v[-1]]
+
+
+def _tie_to_scores(ctx, mask, scores) -> None:
+    """An additive mask or bias (a relative-position table per head) broadcasts against the attention
+    scores [*batch, heads, Lq, Lk]: its dims of full size shrink with them (a head removed takes its
+    bias plane along)."""
+    offset = len(scores) - len(mask)
+    for d, labels in enumerate(mask):
+        if d + offset >= 0 and labels.size == scores[d + offset].size:
+            ctx.space.tie(labels, scores[d + offset])
 
 
 def batch_norm(ctx, node):
