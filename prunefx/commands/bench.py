@@ -158,8 +158,6 @@ def _trtexec_report(args, workdir: Path) -> dict:
 
 
 def run(args) -> int:
-    if args.runs < 1 or args.warmup < 0 or args.threads < 1:
-        raise PrunefxError("--runs and --threads must be at least 1 and --warmup at least 0")
     if args.no_spinning and args.backend != "ort":
         raise PrunefxError("--no-spinning applies to --backend ort (ONNX Runtime's thread pool)")
     check_backend(args)

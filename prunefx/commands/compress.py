@@ -13,7 +13,6 @@ from __future__ import annotations
 from prunefx import options
 from prunefx.compression import Options, compress, load_model_and_data, load_named_recipe
 from prunefx.compression_report import console_summary
-from prunefx.graph.errors import PrunefxError
 from prunefx.output import check_output_folder
 
 NAME = "compress"
@@ -45,22 +44,11 @@ def add_measurement_arguments(parser) -> None:
     parser.add_argument("--runs", type=options.count, default=50, help="timed runs per model (default 50)")
 
 
-def check_counts(args) -> None:
-    """The numeric options shared with `prunefx demo`."""
-    if args.batch_size < 1 or args.threads < 1 or args.runs < 1:
-        raise PrunefxError("--batch-size, --threads and --runs must be at least 1")
-    if args.eval_batches is not None and args.eval_batches < 1:
-        raise PrunefxError("--eval-batches must be at least 1")
-    if args.validation < 0:
-        raise PrunefxError("--validation must be at least 0")
-
-
 def options_from(args) -> Options:
     return Options(threads=args.threads, runs=args.runs, eval_batches=args.eval_batches)
 
 
 def run(args) -> int:
-    check_counts(args)
     recipe = load_named_recipe(args.recipe)  # a bad recipe fails before the data and the model load
     output = check_output_folder(args.output)
     dense, splits = load_model_and_data(args.model, args.data, batch_size=args.batch_size, weights=args.weights,

@@ -21,11 +21,10 @@ import torchvision
 
 from prunefx import options
 from prunefx.assets import load_imagenet_batch, mobilenet_v2_weights_path
-from prunefx.commands.compress import add_measurement_arguments, check_counts, options_from
+from prunefx.commands.compress import add_measurement_arguments, options_from
 from prunefx.compression import compress, load_model_and_data, load_named_recipe
 from prunefx.compression_report import console_summary
 from prunefx.graph import capture, count
-from prunefx.graph.errors import PrunefxError
 from prunefx.models import load_weights
 from prunefx.output import check_output_folder, staged_file, staged_folder
 from prunefx.passes import Pipeline, distill, fold_batchnorm
@@ -67,9 +66,6 @@ def run(args) -> int:
 
 
 def _fashion_mnist_demo(args) -> int:
-    check_counts(args)
-    if (args.steps if args.steps is not None else args.epochs) < 1:
-        raise PrunefxError("--epochs and --steps must be at least 1")
     recipe = load_named_recipe(args.recipe)
     output = check_output_folder(args.output)
     dense, splits = load_model_and_data(MODEL, DATA, batch_size=args.batch_size, validation=args.validation)

@@ -67,8 +67,6 @@ def run(args) -> int:
     if (args.blocks is not None or args.speedup is not None) and not args.calibrate:
         raise PrunefxError("--blocks and --speedup choose blocks by their damage on data: give --calibrate DATA "
                            "(or name the blocks with --block)")
-    if args.speedup is not None and args.speedup <= 1:
-        raise PrunefxError(f"--speedup is a target above 1 (e.g. 1.3), not {args.speedup}")
     measure = onnx_speedup(threads=args.threads, runs=args.runs) if args.measure or args.speedup else None
     if args.recalibrate and not args.calibrate:
         raise PrunefxError("--recalibrate needs --calibrate DATA")

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from prunefx import options
 from prunefx.commands.bench import add_tensorrt_arguments, check_backend, onnx_for, tensorrt_engine
-from prunefx.graph.errors import PrunefxError
 from prunefx.output import check_output_file, staged_file
 from prunefx.runtime import (
     TrtexecOptions,
@@ -42,8 +41,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    if args.runs < 1 or args.warmup < 0 or (args.top is not None and args.top < 1):
-        raise PrunefxError("--runs and --top must be at least 1 and --warmup at least 0")
     check_backend(args)
     json_path = check_output_file(args.json) if args.json else None
     with tempfile.TemporaryDirectory(prefix="prunefx-profile-") as tmp:
