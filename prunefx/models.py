@@ -31,6 +31,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from prunefx import small_models
 from prunefx.graph.errors import PrunefxError, printable
+from prunefx.graph.program_metadata import MAX_INPUT_ELEMENTS
 
 DEFAULT_IMAGE_SIZE = 224
 _SHAPE_EXAMPLE = "1x3x224x224"
@@ -201,9 +202,8 @@ def _file_model(path: Path, factory: str, image_size: int | None) -> ModelSpec:
     return ModelSpec(module.eval(), None, f"{path.stem}:{factory}", (1, 3, size, size))
 
 
-# An example input is allocated from the shape: bound it before torch tries. 2**28 elements (1 GiB of
-# float32) is far beyond any vision input at batch 1 (a 4k RGB frame is 2**25) and still fits in memory.
-MAX_INPUT_ELEMENTS = 1 << 28
+# An example input is allocated from the shape: bound it before torch tries, with the bound a saved
+# Program's inputs get (graph/program_metadata.py says why 2**28 elements).
 MAX_INPUT_DIMS = 8
 
 

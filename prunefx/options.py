@@ -9,10 +9,7 @@ import math
 from collections.abc import Callable
 
 from prunefx.runtime.onnx_export import MAX_OPSET, MIN_OPSET
-
-# ONNX Runtime and torch start one OS thread per intra-op thread; past the cores of the largest CPUs
-# more threads only contend (and 100000 of them exhaust memory before the first run).
-MAX_THREADS = 256
+from prunefx.runtime.onnxruntime_session import MAX_THREADS  # the bound the sessions themselves enforce
 
 
 def _number(text: str, kind: type) -> float | int:
