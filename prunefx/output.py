@@ -100,15 +100,8 @@ def _probe(folder: Path, path: Path) -> None:
 def staged_folder(destination: str | os.PathLike) -> Iterator[Path]:
     """A fresh staging folder; on success its files move into `destination` (created if missing)."""
     destination = check_output_folder(destination)
-    with _writing(destination):
-        destination.absolute().parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=destination.absolute().parent, prefix=f".{destination.name}.partial-"))
-        try:
-            yield staging
-            raise_if_interrupted()
-            _move_into(staging, destination)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    with _staging(destination, move_into=destination) as staging:
+        yield staging
 
 
 @contextlib.contextmanager
@@ -116,14 +109,22 @@ def staged_file(destination: str | os.PathLike) -> Iterator[Path]:
     """A path inside a staging folder with `destination`'s name; on success it, and any side files written
     beside it (an ONNX file's external data), move into `destination`'s folder."""
     destination = check_output_file(destination)
+    with _staging(destination, move_into=destination.absolute().parent) as staging:
+        yield staging / destination.name
+
+
+@contextlib.contextmanager
+def _staging(destination: Path, *, move_into: Path) -> Iterator[Path]:
+    """A hidden folder beside `destination` (same file system: the final moves are renames), whose files
+    move into `move_into` once the block ends without error or interrupt, and which is removed either way."""
     with _writing(destination):
         folder = destination.absolute().parent
         folder.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=folder, prefix=f".{destination.name}.partial-"))
         try:
-            yield staging / destination.name
+            yield staging
             raise_if_interrupted()
-            _move_into(staging, folder)
+            _move_into(staging, move_into)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
