@@ -200,14 +200,29 @@ def _check_sample_inputs(path: Path, name: str, data: bytes) -> None:
 
 
 def _check_graph(path: Path, name: str, document) -> None:
-    for target in _node_targets(document):
-        if not _safe_target(target):
-            raise ProgramFileError(f"{path}: '{name}' calls '{printable(target)}', which is not a torch operator "
-                                   "(refused)")
-    for expression in _expressions(document):
-        if not _safe_expression(expression):
-            raise ProgramFileError(f"{path}: '{name}' holds the shape expression '{printable(expression)[:80]}', "
-                                   "which is not plain arithmetic on shape symbols (refused)")
+    """One walk over the graph JSON: every node target is a torch operator, every shape expression plain
+    arithmetic (range constraints are keyed by expressions too)."""
+    ranges = document.get("range_constraints") if isinstance(document, dict) else None
+    for expression in ranges if isinstance(ranges, dict) else ():
+        _check_expression(path, name, expression)
+    for item in _walk(document):
+        if {"target", "inputs", "outputs"} <= item.keys():  # a graph node, in nested graphs too
+            target = _text(item["target"])
+            if not _safe_target(target):
+                raise ProgramFileError(f"{path}: '{name}' calls '{printable(target)}', which is not a torch "
+                                       "operator (refused)")
+        if "expr_str" in item:
+            _check_expression(path, name, _text(item["expr_str"]))
+
+
+def _check_expression(path: Path, name: str, expression: str) -> None:
+    if not _safe_expression(expression):
+        raise ProgramFileError(f"{path}: '{name}' holds the shape expression '{printable(expression)[:80]}', "
+                               "which is not plain arithmetic on shape symbols (refused)")
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else repr(value)
 
 
 def _walk(document) -> Iterator:
@@ -219,23 +234,6 @@ def _walk(document) -> Iterator:
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-
-
-def _node_targets(document) -> Iterator[str]:
-    """Targets of graph nodes (mappings with target, inputs and outputs), in nested graphs too."""
-    for item in _walk(document):
-        if {"target", "inputs", "outputs"} <= item.keys():
-            yield item["target"] if isinstance(item["target"], str) else repr(item["target"])
-
-
-def _expressions(document) -> Iterator[str]:
-    for item in _walk(document):
-        if "expr_str" in item:
-            yield item["expr_str"] if isinstance(item["expr_str"], str) else repr(item["expr_str"])
-    # Range constraints are keyed by expression strings.
-    ranges = document.get("range_constraints") if isinstance(document, dict) else None
-    if isinstance(ranges, dict):
-        yield from ranges
 
 
 def _safe_target(target: str) -> bool:
