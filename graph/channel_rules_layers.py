@@ -32,9 +32,7 @@ def convolution(ctx, node):
     transposed = (node.target is aten.convolution.default and node.args[6]) or "conv_transpose" in str(node.target)
     groups = node.args[8] if node.target is aten.convolution.default else _arg(node, 6, "groups", 1)
     out_shape = ctx.shape(node)
-    for kernel in weight[2:]:
-        ctx.space.tie(kernel, ctx.space.fixed(kernel.size))
-    fix_geometry(ctx, x[2:])
+    fix_geometry(ctx, [*weight[2:], *x[2:]])  # kernel and input spatial dims
     if transposed:
         if groups != 1:
             ctx.block(x[1], node, "grouped transposed convolution")

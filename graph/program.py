@@ -148,8 +148,7 @@ class Program:
     def to_exported(self) -> torch.export.ExportedProgram:
         """The rewritten model as a torch.export ExportedProgram (static shapes: those of the example
         inputs), with its own copy of the weights: later rewrites of this Program do not reach it."""
-        return Program(copy.deepcopy(self.module), self.example_inputs, name=self.name,
-                       output_shapes=list(self.output_shapes)).export()
+        return self.clone().export()
 
     def export(self) -> torch.export.ExportedProgram:
         """Re-export the rewritten module. Success is the validity check DESIGN.md asks for."""
