@@ -116,6 +116,12 @@ def _rewrite_slice(node, analysis, removed) -> None:
     end = node.args[3] if len(node.args) > 3 and node.args[3] is not None else size
     start, end = (min(max(v + size if v < 0 else v, 0), size) for v in (start, end))
     args = list(node.args) + [None] * (4 - len(node.args))
+    if len(node.args) > 4 and node.args[4] != 1:
+        # A strided slice over whole strides (channel_rules_basic._strided_slice): whole strides go,
+        # so the start is a position within a stride and stays; the end is the new size.
+        args[3] = int(keep.sum())
+        node.args = tuple(args)
+        return
     args[2], args[3] = int(keep[:start].sum()), int(keep[:end].sum())
     node.args = tuple(args)
 

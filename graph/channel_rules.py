@@ -58,7 +58,7 @@ def _table() -> dict:
         aten.permute.default: basic.permute, aten.transpose.int: basic.transpose, aten.t.default: basic.t,
         aten.swapaxes.default: basic.transpose, aten.swapdims.default: basic.transpose,
         aten.unsqueeze.default: basic.unsqueeze, aten.flatten.using_ints: basic.flatten,
-        aten.cat.default: basic.cat, aten.concat.default: basic.cat,
+        aten.cat.default: basic.cat, aten.concat.default: basic.cat, aten.stack.default: basic.stack,
         aten.split.Tensor: basic.split, aten.split_with_sizes.default: basic.split_with_sizes,
         aten.chunk.default: basic.chunk, aten.unbind.int: basic.unbind, operator.getitem: basic.getitem,
         aten.select.int: basic.select, aten.slice.Tensor: basic.slice_, aten.expand.default: basic.expand,

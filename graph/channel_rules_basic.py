@@ -220,11 +220,39 @@ def slice_(ctx, node):
     end = node.args[3] if len(node.args) > 3 and node.args[3] is not None else labels[dim].size
     step = node.args[4] if len(node.args) > 4 else 1
     if step != 1:
-        ctx.block(labels[dim], node, "strided slice of this dim")
-        labels[dim] = ctx.space.fixed(ctx.shape(node)[dim])
+        labels[dim] = _strided_slice(ctx, node, labels[dim], start, end, step)
         return labels
     labels[dim] = labels[dim][slice(start, end)]
     return labels
+
+
+def _strided_slice(ctx, node, labels: np.ndarray, start: int, end: int, step: int) -> np.ndarray:
+    """x[..., start::step] over a whole dim with start < step (the even or odd elements that interleaved
+    rotary embeddings pair up): the dim factors row-major as (size / step) x step, the slice takes one
+    position of the fixed `step` factor, and its output is the (size / step) factor. So a removal takes
+    whole strides (pairs) and every position in a stride stays where it was (start is unchanged).
+    Any other strided slice is blocked."""
+    size = labels.size
+    if not (0 <= start < step and end >= size and size % step == 0):
+        ctx.block(labels, node, "strided slice that does not cover whole strides of this dim")
+        return ctx.space.fixed(ctx.shape(node)[node.args[1] % len(ctx.shape(node))])
+    strides = ctx.space.fresh(size // step)
+    ctx.space.tie(labels, ctx.space.grid([strides, ctx.space.fixed(step)]))
+    return strides
+
+
+def stack(ctx, node):
+    """stack(tensors, dim): the inputs' dims are tied (they must keep equal shapes) and the new dim,
+    one index per input tensor, is fixed (an input is never removed)."""
+    pieces = [ctx.labels(t) for t in node.args[0]]
+    rank = len(pieces[0]) + 1
+    dim = (node.args[1] if len(node.args) > 1 else 0) % rank
+    for other in pieces[1:]:
+        for a, b in zip(pieces[0], other):
+            ctx.space.tie(a, b)
+    result = list(pieces[0])
+    result.insert(dim, ctx.space.fixed(len(pieces)))
+    return result
 
 
 def index(ctx, node):
