@@ -9,21 +9,29 @@ Config: `keep` — names of graph nodes whose channels must not be removed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 from prunefx.graph import Program
 from prunefx.graph.channel_groups import find_channel_groups
-from prunefx.passes import config_checks as checks
+from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.result import Result
 
 
+@dataclass
+class CombChannelsConfig(PassConfig):
+    owner: ClassVar[str] = "comb_channels"
+
+    keep: list[str] = option([], help="graph node whose channels must not be removed")
+
+
 def check_config(config: dict) -> None:
-    checks.unknown_keys("comb_channels", config, ("keep",))
-    checks.names("comb_channels", "keep", config.get("keep", ()))
+    CombChannelsConfig.parse(config)
 
 
 def comb_channels(program: Program, /, *, config: dict | None = None) -> Result:
-    config = config or {}
-    check_config(config)
-    combing = find_channel_groups(program.module, keep=set(config.get("keep", ())))
+    config = CombChannelsConfig.parse(config)
+    combing = find_channel_groups(program.module, keep=set(config.keep))
     program.analysis["channel_groups"] = {
         "groups": [group.to_dict() for group in combing.groups],
         "blocked": [blocked.to_dict() for blocked in combing.blocked],
@@ -35,3 +43,5 @@ def comb_channels(program: Program, /, *, config: dict | None = None) -> Result:
 
 
 comb_channels.check_config = check_config
+comb_channels.config_class = CombChannelsConfig
+comb_channels.in_place = True  # it records the groups on the Program it is given

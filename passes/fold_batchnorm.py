@@ -16,12 +16,15 @@ Non-goals: folding a batch norm *before* a layer (the merge_blocks pass does tha
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
 from prunefx.graph import Program
 from prunefx.graph.attributes import free_name, get_tensor, set_tensor, users_of_tensor
 from prunefx.graph.counting import count
-from prunefx.passes import config_checks as checks
+from prunefx.passes.pass_config import PassConfig
 from prunefx.passes.result import Result
 
 aten = torch.ops.aten
@@ -104,12 +107,19 @@ def _set_bias(module: torch.fx.GraphModule, layer: torch.fx.Node, weight_target:
     layer.args = tuple(args)
 
 
+@dataclass
+class FoldBatchnormConfig(PassConfig):
+    """No options: every foldable pair is folded."""
+
+    owner: ClassVar[str] = "fold_batchnorm"
+
+
 def check_config(config: dict) -> None:
-    checks.unknown_keys("fold_batchnorm", config, ())
+    FoldBatchnormConfig.parse(config)
 
 
 def fold_batchnorm(program: Program, /, *, config: dict | None = None) -> Result:
-    check_config(config or {})
+    FoldBatchnormConfig.parse(config)
     module = program.module
     batch_norms = [n for n in module.graph.nodes if n.op == "call_function" and n.target is aten.batch_norm.default]
     macs_before = count(program).macs
@@ -137,3 +147,5 @@ fold_batchnorm.exact = True
 
 
 fold_batchnorm.check_config = check_config
+fold_batchnorm.config_class = FoldBatchnormConfig
+fold_batchnorm.in_place = True

@@ -33,6 +33,10 @@ it), group norms (left as they are, the block then stays non-affine), attention.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
 import torch
 
 from prunefx.graph import Program, count
@@ -44,11 +48,10 @@ from prunefx.graph.linearization import blend_activation, new_blend_buffer, remo
 from prunefx.graph.norm_replacement import layer_norm_to_batch_norm
 from prunefx.passes import config_checks as checks
 from prunefx.passes.merge_blocks import merge_blocks
+from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.result import Result
 
-_OPTIONS = {"blocks", "count", "speedup", "measure", "rank", "mode", "ramp", "layer_norms", "recalibrate", "calibration",
-            "max_batches", "progress"}
 # How candidate blocks are ordered: by the damage their linearisation does, or by that damage per MAC
 # the merge saves (cheap-to-lose blocks that buy little speed go last).
 _RANKINGS = {"damage": lambda damage, saved: damage, "damage_per_mac": lambda damage, saved: damage / saved}
@@ -88,34 +91,45 @@ def _batch_norms_of(program: Program, blocks: list[Block]) -> list[str]:
             and node.target is torch.ops.aten.batch_norm.default]
 
 
+@dataclass
+class LinearizeBlocksConfig(PassConfig):
+    owner: ClassVar[str] = "linearize_blocks"
+
+    blocks: list[str] | None = option(help="the blocks to linearise, by name", cli=False)
+    count: int | None = option(help="how many blocks to linearise, the least damaging first")
+    speedup: float | None = option(help="linearise the fewest blocks whose merge reaches this measured speed-up")
+    measure: Callable | None = option(source="measure", help="(before, after) -> measured speed-up")
+    rank: str = option("damage", help="order of the candidate blocks", choices=tuple(_RANKINGS))
+    mode: str = option("progressive", help="progressive: blend activations out while training; abrupt: at once",
+                       choices=("progressive", "abrupt"))
+    ramp: float = option(0.5, help="fraction of the training steps over which blends go from 0 to 1")
+    layer_norms: str = option("batch_norm", help="layer norms inside chosen blocks become batch norms, or stay",
+                              choices=("batch_norm", "keep"))
+    recalibrate: bool = option(False, help="re-estimate the batch norms inside the chosen blocks (one-shot use)")
+    calibration: Any = option(source="calibration", help="input batches to score blocks and estimate statistics")
+    max_batches: int | None = option(help="read at most this many calibration batches")
+    progress: bool | None = option(help="a progress bar (default: on a terminal)", cli=False)
+
+    def check(self) -> None:
+        if sum(getattr(self, key) is not None for key in ("blocks", "count", "speedup")) != 1:
+            raise LinearizeError("linearize_blocks needs exactly one of 'blocks' (names), 'count' (how many) or "
+                                 "'speedup' (a measured target)")
+        checks.number(self.owner, "ramp", self.ramp, low=0.0, high=1.0, low_open=True)
+        if self.speedup is not None:
+            checks.number(self.owner, "speedup", self.speedup, low=1.0, low_open=True)
+        if self.max_batches is not None:
+            checks.integer(self.owner, "max_batches", self.max_batches, minimum=1)
+        if self.count is not None and self.count < 0:
+            raise LinearizeError(f"linearize_blocks: count must be a non-negative integer, not {self.count!r}")
+
+    def reads(self, key: str) -> bool:
+        if key == "measure":
+            return self.speedup is not None
+        return self.blocks is None or self.recalibrate  # blocks chosen by damage, or statistics re-estimated
+
+
 def _checked(config: dict) -> dict:
-    unknown = set(config) - _OPTIONS
-    if unknown:
-        raise LinearizeError(f"linearize_blocks: unknown option(s) {sorted(unknown)} (known: {sorted(_OPTIONS)})")
-    if sum(config.get(key) is not None for key in ("blocks", "count", "speedup")) != 1:
-        raise LinearizeError("linearize_blocks needs exactly one of 'blocks' (names), 'count' (how many) or "
-                             "'speedup' (a measured target)")
-    config.setdefault("mode", "progressive")
-    config.setdefault("ramp", 0.5)
-    config.setdefault("layer_norms", "batch_norm")
-    config.setdefault("rank", "damage")
-    if config["rank"] not in _RANKINGS:
-        raise LinearizeError(f"linearize_blocks: rank must be one of {sorted(_RANKINGS)}, not {config['rank']!r}")
-    if config["mode"] not in ("progressive", "abrupt"):
-        raise LinearizeError(f"linearize_blocks: mode must be 'progressive' or 'abrupt', not {config['mode']!r}")
-    if config["layer_norms"] not in ("batch_norm", "keep"):
-        raise LinearizeError(f"linearize_blocks: layer_norms must be 'batch_norm' or 'keep', not {config['layer_norms']!r}")
-    checks.number("linearize_blocks", "ramp", config["ramp"], low=0.0, high=1.0, low_open=True)
-    if config.get("speedup") is not None:
-        checks.number("linearize_blocks", "speedup", config["speedup"], low=1.0, low_open=True)
-    if config.get("blocks") is not None:
-        checks.names("linearize_blocks", "blocks", config["blocks"])
-    if config.get("max_batches") is not None:
-        checks.integer("linearize_blocks", "max_batches", config["max_batches"], minimum=1)
-    count = config.get("count")
-    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
-        raise LinearizeError(f"linearize_blocks: count must be a non-negative integer, not {count!r}")
-    return config
+    return LinearizeBlocksConfig.parse(config).as_dict()
 
 
 def _check_inputs(config: dict) -> None:
@@ -245,3 +259,5 @@ def blend_schedule(program: Program, total_steps: int):
             set_blends(trainer.program.module, blends, min(1.0, step / ramp_steps))
 
     return raise_blends
+linearize_blocks.config_class = LinearizeBlocksConfig
+linearize_blocks.in_place = True

@@ -35,9 +35,10 @@ per-channel maps with no layer next to them.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -49,14 +50,30 @@ from prunefx.graph.counting import count, node_macs
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.linearization import strip_finished_blends
 from prunefx.passes import config_checks as checks
+from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.result import Result
 
 aten = torch.ops.aten
-_OPTIONS = {"max_kernel_growth", "measure", "min_speedup"}
 
 
 class MergeBlocksError(PrunefxError):
     """merge_blocks cannot run on this Program or configuration."""
+
+
+@dataclass
+class MergeBlocksConfig(PassConfig):
+    owner: ClassVar[str] = "merge_blocks"
+
+    max_kernel_growth: float = option(1.0, help="largest growth of a kernel side a merge of layers may cause (>= 1)")
+    measure: Callable | None = option(source="measure", help="(before, after) -> measured speed-up; a merge of "
+                                                             "layers is kept only when it runs faster")
+    min_speedup: float = option(1.0, help="the measured speed-up a merge of layers must reach")
+
+    def check(self) -> None:
+        if self.max_kernel_growth < 1:
+            raise MergeBlocksError(f"merge_blocks: max_kernel_growth is a ratio >= 1 of kernel sides, "
+                                   f"not {self.max_kernel_growth!r}")
+        checks.number(self.owner, "min_speedup", self.min_speedup, low=0.0, low_open=True)
 
 
 @dataclass
@@ -98,18 +115,7 @@ merge_blocks.exact = True
 
 
 def _checked(config: dict | None) -> dict:
-    config = dict(config or {})
-    unknown = set(config) - _OPTIONS
-    if unknown:
-        raise MergeBlocksError(f"merge_blocks: unknown option(s) {sorted(unknown)} (known: {sorted(_OPTIONS)})")
-    growth = config.setdefault("max_kernel_growth", 1.0)
-    if isinstance(growth, bool) or not isinstance(growth, (int, float)) or not math.isfinite(growth) or growth < 1:
-        raise MergeBlocksError(f"merge_blocks: max_kernel_growth is a ratio >= 1 of kernel sides, not {growth!r}")
-    measure = config.setdefault("measure", None)
-    if measure is not None and not callable(measure):
-        raise MergeBlocksError("merge_blocks: measure must be a callable (before, after) -> speed-up of after")
-    checks.number("merge_blocks", "min_speedup", config.setdefault("min_speedup", 1.0), low=0.0, low_open=True)
-    return config
+    return MergeBlocksConfig.parse(config).as_dict()
 
 
 def check_config(config: dict) -> None:
@@ -353,3 +359,5 @@ def _describe(candidate: Candidate) -> dict:
     if candidate.macs is not None:
         record["macs"] = list(candidate.macs)
     return record
+merge_blocks.config_class = MergeBlocksConfig
+merge_blocks.in_place = True

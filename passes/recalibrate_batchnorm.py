@@ -40,6 +40,8 @@ the affine parameters gamma and beta (left as they are).
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
@@ -48,25 +50,33 @@ from prunefx.graph.activations import calibration_inputs, run_tapped, tap_nodes
 from prunefx.graph.attributes import get_tensor, set_tensor
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes import config_checks as checks
+from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.result import Result
 
 aten = torch.ops.aten
 # Both carry (input, weight, bias, running_mean, running_var, ...) as their first five arguments.
 _BATCH_NORMS = (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default)
-_OPTIONS = {"data", "max_batches", "nodes"}
+
+
+@dataclass
+class RecalibrateBatchnormConfig(PassConfig):
+    owner: ClassVar[str] = "recalibrate_batchnorm"
+
+    data: Any = option(source="calibration", help="input batches to re-estimate the statistics on")
+    max_batches: int | None = option(help="read at most this many batches (all by default)")
+    nodes: list[str] | None = option(help="only these batch-norm nodes (all by default)", cli=False)
+
+    def check(self) -> None:
+        if self.max_batches is not None:
+            checks.integer(self.owner, "max_batches", self.max_batches, minimum=1)
 
 
 def check_config(config: dict) -> None:
-    checks.unknown_keys("recalibrate_batchnorm", config, _OPTIONS)
-    if config.get("max_batches") is not None:
-        checks.integer("recalibrate_batchnorm", "max_batches", config["max_batches"], minimum=1)
-    if config.get("nodes") is not None:
-        checks.names("recalibrate_batchnorm", "nodes", config["nodes"])
+    RecalibrateBatchnormConfig.parse(config)
 
 
 def recalibrate_batchnorm(program: Program, /, *, config: dict | None = None) -> Result:
-    config = dict(config or {})
-    check_config(config)
+    config = RecalibrateBatchnormConfig.parse(config).as_dict()
     batches = calibration_inputs(program.example_inputs, config.get("data"), max_batches=config.get("max_batches"),
                                  what="recalibrate_batchnorm")
     was_training = program.training
@@ -166,3 +176,5 @@ def _set_statistics(module: torch.fx.GraphModule, node: torch.fx.Node, n: int, s
 
 
 recalibrate_batchnorm.check_config = check_config
+recalibrate_batchnorm.config_class = RecalibrateBatchnormConfig
+recalibrate_batchnorm.in_place = True

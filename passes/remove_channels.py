@@ -7,13 +7,16 @@ tokens and position embeddings, and every literal that depends on a width.
 
 Config:
 - exactly one target, a fraction of the dense model to keep: `macs`, `params` or `channels`;
-- `importance`: l1 | l2 (default) | bn | taylor | fisher | obs | random, or a callable
+- `importance`: l1 | l2 | bn | taylor | fisher | obs | random, or a callable
   `(module, combing) -> Importance` that supplies scores gathered elsewhere (the Fisher scores
   accumulated while training, see prune_while_training); `obs` scores a channel by the layer output
   error its removal leaves after compensation (second order, correlation-aware elimination per group,
   graph/channel_saliency.py; it uses `damping` too, and shares its layer Hessians with `compensate`);
   `calibration`: input batches (tensors, tuples of tensors or (inputs, labels) pairs, with the captured
   shapes) for taylor/fisher/obs and for `compensate`, defaulting to the Program's example inputs;
+- defaults that use what the caller gives: with `calibration` and no `importance`, obs selection with
+  `compensate` (the best one-shot path measured, benchmarks/results/one_shot_accuracy.md); without
+  calibration data, l2 and no compensation. An explicit `importance` or `compensate` is always kept;
 - `ranking`: global (default; scores normalised per group, except obs's, which share one scale) or
   local (same ratio in every group);
 - `round_to` (default 8, tensor-core friendly; 16 suits ONNX Runtime on AVX-512 CPUs);
@@ -22,7 +25,7 @@ Config:
   dense widths' floors that prune_while_training holds across its successive cuts);
 - `keep`: graph node names whose channels must stay; `seed` for `random`;
 - `strict` (default True): raise when the target cannot be met within 3 %;
-- `compensate` (default False): before slicing, update the remaining weights of every layer that loses
+- `compensate` (default: see above): before slicing, update the remaining weights of every layer that loses
   input channels so that its output on the `calibration` batches changes as little as possible (the
   second-order / OBS least-squares update, graph/channel_compensation.py); `damping` (default 0.01) is
   its ridge term as a fraction of the mean diagonal of the layer-input Hessian. The statistics list the
@@ -37,6 +40,9 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -51,37 +57,70 @@ from prunefx.graph.channel_selection import TARGET_KINDS, TARGET_TOLERANCE, Sele
 from prunefx.graph.errors import PrunefxError, printable
 from prunefx.graph.program import current_output_shapes
 from prunefx.passes import config_checks as checks
+from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.result import Result
 
-_DEFAULTS = {"importance": "l2", "calibration": None, "ranking": "global", "round_to": 8, "max_ratio": 0.8,
-             "min_widths": None, "keep": (), "seed": 0, "strict": True, "compensate": False, "damping": 0.01}
-_OPTIONS = {*_DEFAULTS, *TARGET_KINDS}
+FRACTION = "a fraction in (0, 1]"
+
+
+@dataclass
+class RemoveChannelsConfig(PassConfig):
+    owner: ClassVar[str] = "remove_channels"
+
+    macs: float | None = option(describe=FRACTION, help="fraction of the MACs to keep, e.g. 0.5")
+    params: float | None = option(describe=FRACTION, help="fraction of the parameters to keep")
+    channels: float | None = option(describe=FRACTION, help="fraction of the prunable channels to keep")
+    importance: str | Callable | None = option(
+        help="channel importance; default: obs (second order) with compensation when calibration data is "
+             "given, l2 without", choices=CRITERIA)
+    calibration: Any = option(source="calibration", help="input batches for data-driven importance and compensation")
+    ranking: str = option("global", help="global: rank channels across groups; local: the same fraction of every "
+                                         "group", choices=("global", "local"))
+    round_to: int = option(8, help="keep every width a multiple of N (8: FP16 tensor cores; 16 for ONNX Runtime on "
+                                   "AVX-512 CPUs)")
+    max_ratio: float = option(0.8, help="largest fraction of one group removed")
+    min_widths: dict | None = option(help="{'tensor:dim': width}: no group with such a member keeps fewer", cli=False)
+    keep: list[str] = option([], help="graph node whose channels must stay (see `prunefx inspect`)")
+    seed: int = option(0, help="seed of the random criterion", cli=False)
+    strict: bool = option(True, help="fail when the target cannot be met within 3 %", cli=False)
+    compensate: bool | None = option(
+        help="update the remaining weights of every layer that loses inputs so that its output on the "
+             "calibration data changes least; default: on with the default importance and calibration data")
+    damping: float = option(0.01, help="ridge term of compensation and obs, a fraction of the mean Hessian diagonal")
+
+    def check(self) -> None:
+        _target(self.as_dict())
+        checks.integer(self.owner, "round_to", self.round_to, minimum=1)
+        checks.number(self.owner, "max_ratio", self.max_ratio, low=0.0, high=1.0, high_open=True)
+        checks.number(self.owner, "damping", self.damping, low=0.0)
+        if self.min_widths is not None and not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1
+                                                   for w in self.min_widths.values()):
+            raise checks.ConfigError(f"{self.owner}: min_widths must map 'tensor:dim' names to widths >= 1")
+
+    def reads(self, key: str) -> bool:
+        if key != "calibration":
+            return True
+        return self.importance is None or self.importance in DATA_CRITERIA or bool(self.compensate)
+
+    def resolved(self) -> tuple[str | Callable, bool]:
+        """(importance, compensate) after the defaults that depend on the data given: with calibration
+        data, second-order selection with compensation (the best one-shot path on our benchmarks,
+        benchmarks/results/one_shot_accuracy.md); without, l2 magnitudes."""
+        with_data = self.calibration is not None
+        importance = self.importance if self.importance is not None else ("obs" if with_data else "l2")
+        compensate = self.compensate if self.compensate is not None else (self.importance is None and with_data)
+        return importance, compensate
 
 
 def check_config(config: dict) -> None:
-    """The values of `config` alone (passes/config_checks.py); the Program-dependent checks come later."""
-    owner = "remove_channels"
-    checks.unknown_keys(owner, config, _OPTIONS)
-    given = {**_DEFAULTS, **config}
-    _target(given)
-    if not callable(given["importance"]):
-        checks.choice(owner, "importance", given["importance"], CRITERIA)
-    checks.choice(owner, "ranking", given["ranking"], ("global", "local"))
-    checks.integer(owner, "round_to", given["round_to"], minimum=1)
-    checks.number(owner, "max_ratio", given["max_ratio"], low=0.0, high=1.0, high_open=True)
-    checks.number(owner, "damping", given["damping"], low=0.0)
-    checks.integer(owner, "seed", given["seed"])
-    checks.boolean(owner, "strict", given["strict"])
-    checks.boolean(owner, "compensate", given["compensate"])
-    checks.names(owner, "keep", given["keep"])
-    if given["min_widths"] is not None and not isinstance(given["min_widths"], dict):
-        raise checks.ConfigError(f"{owner}: 'min_widths' must map 'tensor:dim' to widths")
+    """The values of `config` alone; the Program-dependent checks come later."""
+    RemoveChannelsConfig.parse(config)
 
 
 def remove_channels(program: Program, /, *, config: dict | None = None) -> Result:
-    config = dict(config or {})
-    check_config(config)
-    config = {**_DEFAULTS, **config}
+    parsed = RemoveChannelsConfig.parse(config)
+    config = parsed.as_dict()
+    config["importance"], config["compensate"] = parsed.resolved()
     _check_keep(program, config["keep"])
     target = _target(config)
     if config["compensate"] or config["importance"] in DATA_CRITERIA:  # checked (and read once) up front
@@ -141,6 +180,8 @@ def _check_keep(program: Program, keep) -> None:
 
 
 remove_channels.check_config = check_config
+remove_channels.config_class = RemoveChannelsConfig
+remove_channels.in_place = True
 
 
 def _importance(program: Program, combing, config: dict, hessians: dict | None):

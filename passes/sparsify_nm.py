@@ -35,6 +35,9 @@ convolutions, mm/addmm weights stored [in, out], FastCAP, gradual (multi-step) p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
 import torch
 import torch.nn.functional as F
 
@@ -60,19 +63,45 @@ from prunefx.graph.nm_masks import (
     relative_output_error,
     weight_from_grouped,
 )
+from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.result import Result
 from prunefx.passes.training import IGNORE_LABEL, logits_of
 
 CRITERIA = ("magnitude", "obs", "cap")
 UNSTRUCTURED = "unstructured"
 _DEFAULT_DAMPING = {"magnitude": 0.0, "obs": 0.01, "cap": 1e-3}
-_DEFAULTS = {"pattern": "2:4", "criterion": "magnitude", "sparsity": None, "calibration": None, "damping": None,
-             "block_size": 64, "sequential": True, "min_channels": 16, "keep": (), "layers": None}
 _FISHER_BUDGET = 1 << 29  # bytes of float64 Fisher inverses held at once (512 MiB)
 
 
 class SparsityError(PrunefxError):
     """Bad sparsify_nm configuration or calibration data."""
+
+
+NAMES = "a list of node or weight names"
+
+
+@dataclass
+class SparsifyNMConfig(PassConfig):
+    owner: ClassVar[str] = "sparsify_nm"
+
+    pattern: str = option("2:4", help="N:M (keep N of every M input channels) or unstructured")
+    criterion: str = option("magnitude", help="how weights are chosen (obs and cap update the others)",
+                            choices=CRITERIA)
+    sparsity: float | None = option(help="fraction of the eligible weights to zero (unstructured only)")
+    calibration: Any = option(source="labelled_calibration", help="obs: input batches; cap: (inputs, labels)")
+    damping: float | None = option(help="ridge term, a fraction of the mean Hessian/Fisher diagonal "
+                                        "(default 0.01 for obs, 1e-3 for cap)")
+    block_size: int = option(64, help="CAP's block of consecutive weights (a multiple of M)")
+    sequential: bool = option(True, help="obs: gather each layer's Hessian on the already sparse network")
+    min_channels: int = option(16, help="layers with fewer input or output channels stay dense")
+    keep: list[str] = option([], help="node or weight names left dense", describe=NAMES)
+    layers: list[str] | None = option(help="only these node or weight names", describe=NAMES)
+
+    def check(self) -> None:
+        _checked_values(self.as_dict())
+
+    def reads(self, key: str) -> bool:
+        return self.criterion != "magnitude"
 
 
 def sparsify_nm(program: Program, /, *, config: dict | None = None) -> Result:
@@ -196,23 +225,23 @@ def _store(module, layer: SparseLayer, matrix: torch.Tensor) -> None:
 # --- configuration -------------------------------------------------------------------------------------
 
 def _checked(program: Program, config: dict) -> dict:
-    config = _checked_values(config)
+    config = _checked_values(SparsifyNMConfig.parse(config).as_dict())
     config["calibration"] = _calibration(program, config["criterion"], config["calibration"])
     return config
 
 
 def check_config(config: dict) -> None:
-    _checked_values(dict(config))
+    SparsifyNMConfig.parse(config)
 
 
 sparsify_nm.check_config = check_config
+sparsify_nm.config_class = SparsifyNMConfig
+sparsify_nm.in_place = True
 
 
 def _checked_values(config: dict) -> dict:
-    unknown = set(config) - set(_DEFAULTS)
-    if unknown:
-        raise SparsityError(f"sparsify_nm: unknown option(s) {sorted(unknown)} (known: {sorted(_DEFAULTS)})")
-    config = {**_DEFAULTS, **config}
+    """The values normalised (pattern parsed, damping defaulted per criterion), or a SparsityError."""
+    config = dict(config)
     criterion = config["criterion"]
     if criterion not in CRITERIA:
         raise SparsityError(f"sparsify_nm: criterion must be one of {', '.join(CRITERIA)}, not {criterion!r}")

@@ -178,7 +178,7 @@ def test_compensation_lowers_the_layer_output_error_on_held_out_images(images):
 
 def test_the_pass_compensates_every_dense_consumer_and_reports_the_error(images):
     _, program = _resnet20(images)
-    result = remove_channels(program.clone(), config={"macs": 0.5, "compensate": True,
+    result = remove_channels(program.clone(), config={"macs": 0.5, "importance": "l2", "compensate": True,
                                                       "calibration": _batches(images, 0, 4, labels=True)})
     report = result.stats["compensation"]
     assert len(report["compensated"]) >= 18 and report["skipped"] == [] and report["images"] == 4 * BATCH

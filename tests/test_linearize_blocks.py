@@ -143,7 +143,7 @@ def test_distill_raises_blends_to_exactly_one_over_the_ramp():
     ({}, "exactly one of"),
     ({"blocks": ["features.99"]}, "no block named"),
     ({"count": 2}, "needs 'calibration'"),
-    ({"count": 2, "mode": "sudden"}, "mode must be"),
+    ({"count": 2, "mode": "sudden"}, "'mode' must be one of"),
     ({"blocks": ["features.3"], "ramp": 0}, "ramp"),
 ])
 def test_bad_configurations_are_refused_with_a_reason(mobilenet, config, message):

@@ -234,7 +234,7 @@ def test_masks_are_taken_again_when_the_trainer_program_changes(resnet18):
 
 @pytest.mark.parametrize("config, message", [
     ({"colour": 1}, "unknown option"),
-    ({"pattern": "3:4", "criterion": "foo"}, "criterion must be one of"),
+    ({"pattern": "3:4", "criterion": "foo"}, "'criterion' must be one of"),
     ({"pattern": "2:3"}, "pattern '2:3'"),
     ({"pattern": "unstructured"}, "needs 'sparsity'"),
     ({"sparsity": 0.5}, "goes with pattern 'unstructured'"),

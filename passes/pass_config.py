@@ -1,0 +1,163 @@
+"""The typed pass contract: every pass's options are one dataclass, a subclass of `PassConfig`.
+
+A pass function keeps its plain signature `(program, /, *, config: dict) -> Result` (recipes are YAML
+and the Python API takes mappings), and declares on itself:
+
+- `fn.config_class`: its `PassConfig` subclass. The fields' defaults are the pass's defaults, in one
+  place; `ConfigClass.parse(mapping)` refuses unknown keys and values of the wrong type, in one line
+  naming the pass and the key, then runs the class's own `check()` for ranges and rules that tie
+  fields together. The Pipeline parses every step before the first one runs; the CLI derives its
+  flags (type, default, help) from the same fields (prunefx/config_options.py).
+- inputs it needs from its caller: fields declared with `option(..., source=NAME)` (calibration
+  batches, training data, a teacher, a measuring function). `needed_inputs()` says which of them this
+  configuration reads and the caller has not set, so `prunefx compress` and the CLI inject exactly
+  those (prunefx/compression.py), with no table of their own.
+- `fn.in_place`: True when the pass rewrites the Program it is given and returns it, False when it
+  leaves it untouched and returns a new one. The Pipeline clones the caller's Program once, then
+  checks each step against its declaration (passes/pipeline.py).
+
+Field types are checked from the annotations: bool, int, float (finite), str, lists of names,
+mappings, callables, unions of those with None, and Any (objects a caller injects).
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from prunefx.graph.errors import printable
+from prunefx.passes.config_checks import ConfigError
+
+# What a caller can inject: compress and the CLI know how to make each of these.
+SOURCES = {
+    "calibration": "a few training input batches (inputs only)",
+    "labelled_calibration": "a few training batches with their labels",
+    "train": "the training batches (shuffled, augmented)",
+    "val": "the validation batches (None without a validation split)",
+    "teacher": "the dense program, frozen, in eval mode",
+    "measure": "a function (before, after) -> speed-up measured on the target runtime",
+}
+
+
+def option(default: Any = None, *, help: str, choices: tuple | None = None, source: str | None = None,
+           cli: bool = True, describe: str | None = None) -> Any:
+    """A config field: its default, one line of help (the CLI's too), the values it may take, and for an
+    input the caller injects, where it comes from (a key of SOURCES; such fields get no CLI flag).
+    `describe` names the accepted values in errors when the type alone says too little ("a fraction in (0, 1]")."""
+    if source is not None and source not in SOURCES:
+        raise ValueError(f"unknown input source {source!r}")
+    metadata = {"help": help, "choices": choices, "source": source, "cli": cli and source is None,
+                "describe": describe}
+    if isinstance(default, (list, dict, set)):
+        frozen = type(default)(default)
+        return dataclasses.field(default_factory=lambda: type(frozen)(frozen), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _shown(value) -> str:
+    return printable(repr(value))[:60]
+
+
+def _type_name(kind) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a finite number", str: "text"}
+    if kind in names:
+        return names[kind]
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if member is type(None) else _type_name(member) for member in typing.get_args(kind))
+    if origin in (list, tuple, collections.abc.Sequence):
+        return "a list"
+    if origin in (dict, collections.abc.Mapping) or kind in (dict, Mapping):
+        return "a mapping"
+    if origin is collections.abc.Callable or kind is collections.abc.Callable:
+        return "a function"
+    return getattr(kind, "__name__", str(kind))
+
+
+def _matches(value, kind) -> bool:
+    if kind is Any:
+        return True
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:  # an int is a fine float; a bool, NaN or infinity is not
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, member) for member in args)
+    if origin in (list, tuple, collections.abc.Sequence):  # a string is not a list of its letters
+        item = args[0] if args else Any
+        return isinstance(value, (list, tuple, set, frozenset)) and all(_matches(v, item) for v in value)
+    if origin in (dict, collections.abc.Mapping) or kind in (dict, Mapping):
+        return isinstance(value, Mapping)
+    if origin is collections.abc.Callable or kind is collections.abc.Callable:
+        return callable(value)
+    return isinstance(value, origin or kind)
+
+
+@dataclasses.dataclass
+class PassConfig:
+    """Base of every pass's config. Subclasses are dataclasses with `option(...)` fields and set
+    `owner` (the pass's name, used in every message)."""
+
+    owner: ClassVar[str] = "pass"
+
+    @classmethod
+    def parse(cls, mapping: Mapping[str, Any] | None = None):
+        """The config for `mapping` (defaults filled in), or a ConfigError naming the pass and the key."""
+        mapping = dict(mapping or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(str(key) for key in mapping if key not in known)
+        if unknown:
+            raise ConfigError(f"{cls.owner}: unknown option '{printable(unknown[0])[:40]}' "
+                              f"(known: {', '.join(sorted(known))})")
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            if field.name not in mapping:
+                continue
+            value, kind = mapping[field.name], hints[field.name]
+            if not _matches(value, kind):
+                wanted = field.metadata.get("describe") or _type_name(kind)
+                raise ConfigError(f"{cls.owner}: '{field.name}' must be {wanted}, not {_shown(value)}")
+            choices = field.metadata.get("choices")
+            if choices and isinstance(value, str) and value not in choices:
+                raise ConfigError(f"{cls.owner}: '{field.name}' must be one of {', '.join(choices)}, "
+                                  f"not {_shown(value)}")
+        config = cls(**mapping)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Ranges and rules between fields; subclasses raise ConfigError naming `owner` and the key."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Field -> value, shallow (injected batches and models are not copied)."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+    @classmethod
+    def inputs(cls) -> dict[str, str]:
+        """Every injectable field -> its source (SOURCES)."""
+        return {f.name: f.metadata["source"] for f in dataclasses.fields(cls) if f.metadata.get("source")}
+
+    def reads(self, key: str) -> bool:
+        """Whether this configuration reads the injectable field `key`; subclasses narrow it (a magnitude
+        criterion reads no calibration data)."""
+        return True
+
+    def needed_inputs(self, given: collections.abc.Iterable[str] = ()) -> dict[str, str]:
+        """The inputs this configuration reads that are not among `given` (keys the caller set): what a
+        caller such as `prunefx compress` should inject, field -> source."""
+        given = set(given)
+        return {key: source for key, source in self.inputs().items() if key not in given and self.reads(key)}
+
+
+def config_class_of(function) -> type[PassConfig] | None:
+    return getattr(function, "config_class", None)

@@ -1,0 +1,237 @@
+"""quantize_int8: post-training INT8 fake quantization in TensorRT's explicit-quantization form.
+
+Rewrites every convolution, transposed convolution, linear layer and matmul `y = op(x, W)` into
+`y = op(fq(x, s_x), fq_c(W, s_W))`, where `fq` is torch's fake_quantize_per_tensor_affine (symmetric INT8,
+zero-point 0, s_x = amax_x / 127 from calibration data) and `fq_c` is fake_quantize_per_channel_affine (one
+scale per output channel, s_W[c] = max|W[c]| / 127). One activation read by several layers gets one
+quantizer. The form and the calibration are graph/quantization.py's; lowering to ONNX Q/DQ (symmetric S8
+for TensorRT, the same scales shifted to U8 for ONNX Runtime on x86) is runtime/onnx_quantized.py's.
+
+Config (QuantizeInt8Config; `check_config` checks a dict of the same keys):
+- `calibration`: input batches (tensors, tuples, or (inputs, labels) pairs with the captured shapes);
+  required: activation ranges come from data. `max_batches` limits how many are read.
+- `method`: max | percentile (default, with `percentile`, default 99.99) | mse: how the activation range
+  amax is read from the calibration statistics. Weights always use their exact max per channel.
+- `skip_nodes`: layer names kept in float; `skip_operators`: operators kept in float ('conv2d', 'linear',
+  'matmul', ...). The statistics give the reason for each layer left in float.
+- `sensitive` (k, default 0): measure each layer's quantization error on the calibration data (the relative
+  squared error of its output with its own input and weight quantized, everything else float) and leave the
+  k worst in float, with their error and rank as the reason. The errors of all layers are in the stats.
+- `fold_batchnorm` (default True): fold eval-mode batch norms into the layers before them first, as
+  TensorRT would; a batch norm after a quantized layer would otherwise rescale its quantized weights.
+Preconditions: a Program in eval mode for calibration (the pass evaluates in eval mode and restores the mode).
+The pass is not exact; it is idempotent: a Program that already holds fake quantizers is left alone (its
+choices, layers left in float included, stand), and the run reports modified=False. A Program with no quantizable layer is an error (nothing to do is not a success).
+Non-goals: quantizing residual adds and concat inputs (TensorRT fuses those from the layers' own Q/DQ in
+most CNNs), QAT (the fake-quant ops train with the straight-through estimator; passes/distill runs that).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from prunefx.graph import Program
+from prunefx.graph.activations import calibration_inputs, run_tapped, tap_nodes
+from prunefx.graph.attributes import get_tensor
+from prunefx.graph.errors import PrunefxError
+from prunefx.graph.quantization import (
+    METHODS,
+    QuantTarget,
+    RangeObserver,
+    channel_amax,
+    fake_quantize,
+    find_targets,
+    has_fake_quant,
+    quantize_activation,
+    quantize_weight,
+    scale_of,
+)
+from prunefx.passes import config_checks as checks
+from prunefx.passes.fold_batchnorm import fold_batchnorm
+from prunefx.passes.result import Result
+
+OWNER = "quantize_int8"
+
+
+@dataclass(frozen=True)
+class QuantizeInt8Config:
+    calibration: Sequence | None = None
+    method: str = "percentile"
+    percentile: float = 99.99
+    max_batches: int | None = None
+    skip_nodes: tuple[str, ...] = ()
+    skip_operators: tuple[str, ...] = ()
+    sensitive: int = 0
+    sensitivity_batches: int = 4   # batches the per-layer errors are measured on (the first ones)
+    fold_batchnorm: bool = True
+
+
+_FIELDS = tuple(field.name for field in dataclasses.fields(QuantizeInt8Config))
+
+
+def check_config(config: dict) -> None:
+    """The values of `config` alone (passes/config_checks.py); the data and the Program are checked later."""
+    checks.unknown_keys(OWNER, config, _FIELDS)
+    given = {**dataclasses.asdict(QuantizeInt8Config()), **config}
+    checks.choice(OWNER, "method", given["method"], METHODS)
+    checks.number(OWNER, "percentile", given["percentile"], low=50.0, high=100.0)
+    if given["max_batches"] is not None:
+        checks.integer(OWNER, "max_batches", given["max_batches"], minimum=1)
+    checks.names(OWNER, "skip_nodes", given["skip_nodes"])
+    checks.names(OWNER, "skip_operators", given["skip_operators"])
+    checks.integer(OWNER, "sensitive", given["sensitive"], minimum=0)
+    checks.integer(OWNER, "sensitivity_batches", given["sensitivity_batches"], minimum=1)
+    checks.boolean(OWNER, "fold_batchnorm", given["fold_batchnorm"])
+
+
+def _settings(config: dict | QuantizeInt8Config | None) -> QuantizeInt8Config:
+    if isinstance(config, QuantizeInt8Config):
+        config = {field: getattr(config, field) for field in _FIELDS}
+    config = dict(config or {})
+    check_config(config)
+    for key in ("skip_nodes", "skip_operators"):
+        if key in config:
+            config[key] = tuple(config[key])
+    return QuantizeInt8Config(**config)
+
+
+def quantize_int8(program: Program, /, *, config: dict | QuantizeInt8Config | None = None) -> Result:
+    settings = _settings(config)
+    if has_fake_quant(program.graph):  # quantized before: its choices (layers left in float included) stand
+        return Result(program, modified=False, stats={"quantized": [], "skipped": [], "already_quantized": True})
+    folded = fold_batchnorm(program, config={}).stats["folded"] if settings.fold_batchnorm else 0
+    targets, refused = find_targets(program.graph)
+    if not targets:
+        raise PrunefxError(f"{OWNER}: model '{program.name}' has no quantizable layer (convolution, linear or "
+                           f"matmul with a float input){_refusals(refused)}")
+    skipped = [{"layer": name, "operator": None, "reason": reason} for name, reason in refused.items()]
+    chosen = []
+    for target in targets:
+        reason = _kept_by_user(target, settings)
+        if reason:
+            skipped.append({"layer": target.layer.name, "operator": target.operator, "reason": reason})
+        else:
+            chosen.append(target)
+    batches = calibration_inputs(program.example_inputs, settings.calibration, max_batches=settings.max_batches,
+                                 what=f"{OWNER} calibration")
+    with program.evaluating():
+        amax = _calibrate(program, chosen, batches, settings)
+        errors = _layer_errors(program, chosen, amax, batches[:settings.sensitivity_batches])
+    chosen, sensitive = _leave_sensitive(chosen, errors, settings.sensitive)
+    skipped += sensitive
+    _rewrite(program, chosen, amax)
+    stats = {"method": settings.method, "percentile": settings.percentile if settings.method == "percentile" else None,
+             "calibration_batches": len(batches), "calibration_images": sum(int(b[0].shape[0]) for b in batches),
+             "folded_batch_norms": folded,
+             "quantized": [_row(target, amax, errors) for target in chosen],
+             "skipped": skipped,
+             "activation_quantizers": len({node for target in chosen for node in target.activations}),
+             "weight_quantizers": sum(target.weight is not None for target in chosen)}
+    return Result(program, modified=bool(chosen), stats=stats)
+
+
+def _refusals(refused: dict[str, str]) -> str:
+    if not refused:
+        return ""
+    name, reason = next(iter(refused.items()))
+    return f" ({name}: {reason})"
+
+
+def _kept_by_user(target: QuantTarget, settings: QuantizeInt8Config) -> str | None:
+    if target.layer.name in settings.skip_nodes:
+        return "kept in float by name (skip_nodes)"
+    if target.operator in settings.skip_operators:
+        return f"kept in float by operator {target.operator} (skip_operators)"
+    return None
+
+
+def _sources(targets: Sequence[QuantTarget]) -> list[torch.fx.Node]:
+    """The activation nodes to quantize, each once, in graph order of first use."""
+    return list(dict.fromkeys(node for target in targets for node in target.activations))
+
+
+def _calibrate(program: Program, targets, batches, settings: QuantizeInt8Config) -> dict[torch.fx.Node, float]:
+    """amax of every activation source: a max pass, then (percentile, mse) a histogram pass on [0, max]."""
+    sources = _sources(targets)
+    if not sources:
+        return {}
+    tapped = tap_nodes(program.module, [node.name for node in sources])
+    observers = {node: RangeObserver() for node in sources}
+    passes = [RangeObserver.observe_max] + ([RangeObserver.observe_histogram] if settings.method != "max" else [])
+    for observe in passes:
+        for batch in batches:
+            for node, value in zip(sources, run_tapped(tapped, batch)):
+                observe(observers[node], value)
+    return {node: observer.amax(settings.method, settings.percentile) for node, observer in observers.items()}
+
+
+def _layer_errors(program: Program, targets, amax, batches) -> dict[str, float]:
+    """Per layer: ||op(q(x), q(W)) - op(x, W)||^2 / ||op(x, W)||^2 over `batches`, every other layer float."""
+    sources = _sources(targets)
+    tapped = tap_nodes(program.module, [node.name for node in sources])
+    noise = {target.layer.name: 0.0 for target in targets}
+    signal = dict(noise)
+    with torch.no_grad():
+        for batch in batches:
+            values = dict(zip(sources, run_tapped(tapped, batch)))
+            for target in targets:
+                exact = _run_layer(program, target, values, None)
+                quantized = _run_layer(program, target, values, amax)
+                noise[target.layer.name] += float((quantized - exact).double().pow(2).sum())
+                signal[target.layer.name] += float(exact.double().pow(2).sum())
+    return {name: noise[name] / signal[name] if signal[name] > 0 else 0.0 for name in noise}
+
+
+def _run_layer(program: Program, target: QuantTarget, values: dict, amax: dict | None) -> torch.Tensor:
+    """The layer's operator alone on the tapped inputs: quantized as the rewrite will do when `amax` is given."""
+    def value(node):
+        if node.op == "get_attr":
+            tensor = get_tensor(program.module, node.target)
+            if amax is not None and node is target.weight:
+                return fake_quantize(tensor, scale_of(channel_amax(tensor, target.weight_axis)), target.weight_axis)
+            return tensor
+        tensor = values[node]
+        return fake_quantize(tensor, scale_of(amax[node])) if amax is not None else tensor
+
+    args = torch.fx.node.map_arg(target.layer.args, value)
+    kwargs = torch.fx.node.map_arg(target.layer.kwargs, value)
+    return target.layer.target(*args, **kwargs)
+
+
+def _leave_sensitive(targets, errors: dict[str, float], count: int):
+    """(targets still quantized, skipped rows for the `count` with the largest errors)."""
+    if count == 0:
+        return targets, []
+    ranked = sorted(targets, key=lambda target: errors[target.layer.name], reverse=True)
+    worst = {target.layer.name: rank for rank, target in enumerate(ranked[:count], start=1)}
+    rows = [{"layer": target.layer.name, "operator": target.operator,
+             "reason": f"sensitive: relative output error {errors[target.layer.name]:.3g} when quantized, "
+                       f"rank {worst[target.layer.name]} of {len(targets)} layers", "error": errors[target.layer.name]}
+            for target in ranked[:count]]
+    return [target for target in targets if target.layer.name not in worst], rows
+
+
+def _rewrite(program: Program, targets, amax) -> None:
+    if not targets:
+        return
+    graph = program.graph
+    for source in _sources(targets):
+        quantize_activation(graph, source, amax[source], [t.layer for t in targets if source in t.activations])
+    for target in targets:
+        if target.weight is not None:
+            quantize_weight(program.module, target)
+    program.recompile()
+
+
+def _row(target: QuantTarget, amax, errors) -> dict:
+    return {"layer": target.layer.name, "operator": target.operator,
+            "input_amax": [amax[node] for node in target.activations],
+            "weight_axis": target.weight_axis if target.weight is not None else None,
+            "error": errors.get(target.layer.name)}
+
+
+quantize_int8.check_config = check_config
