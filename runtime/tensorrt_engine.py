@@ -1,6 +1,6 @@
-"""TensorRT engines from prunefx ONNX files: build (FP32, FP16, INT8, 2:4 sparse weights), cache, time.
+"""TensorRT engines from prunefx ONNX files: build (FP32, FP16, INT8 from Q/DQ, 2:4 sparse weights), cache, time.
 
-Written against TensorRT's documented Python API (8.6 and 10.x: `set_tensor_address` +
+Written against TensorRT's documented Python API (8.6, 10.x and 11.x: `set_tensor_address` +
 `execute_async_v3`); device memory, streams and CUDA events come from torch.cuda, so nothing else
 (pycuda, cuda-python) is needed. `tensorrt` is imported only when an engine is built or loaded, and a
 missing package or GPU raises BackendUnavailableError saying what to install.
@@ -12,13 +12,23 @@ timing cache (per-tactic timings the builder measures) is keyed by TensorRT vers
 timings of a kernel on a shape do not depend on which model asked for them, so every build on this GPU
 shares it and later builds are faster. Folder: $PRUNEFX_CACHE_DIR/tensorrt, default ~/.cache/prunefx.
 
-Precision. `fp16` and `int8` let TensorRT choose those kernels where faster (FP32 stays allowed). INT8
-with calibration batches uses IInt8EntropyCalibrator2 on them (implicit quantisation: deprecated since TensorRT
-10.1 in favour of Q/DQ models, still supported); INT8 without calibration data sets a
-placeholder dynamic range on every tensor, as trtexec does: the timing is real, the outputs are not,
-and `Engine.calibrated` says which. `sparse=True` sets SPARSE_WEIGHTS, which lets TensorRT pick sparse
-tensor-core kernels for layers whose weights are 2:4 along input channels (passes/sparsify_nm); which
-layers actually ran sparse is in the per-layer profile (runtime/tensorrt_profile.py).
+Precision is explicit (`network_plan`, a pure function of the TensorRT version, the requested precision
+and what the ONNX file holds, tested without TensorRT):
+- TensorRT >= 10 builds strongly typed networks (NetworkDefinitionCreationFlag.STRONGLY_TYPED; TensorRT 11
+  has nothing else and ignores the flag): every tensor has the type the ONNX graph gives it. INT8 comes
+  only from QuantizeLinear/DequantizeLinear nodes in the file (passes/quantize_int8.py and
+  runtime/onnx_quantized.py write them); FP16 only from an FP16 graph (runtime/onnx_float16.py).
+- `int8` on a file without Q/DQ is refused, unless calibration batches are given: the file is then
+  quantized first with ONNX Runtime's quantize_static in TensorRT's form (symmetric INT8, per-channel
+  weights), so the engine still gets its INT8 from Q/DQ nodes. TensorRT 10 deprecated and TensorRT 11
+  removed implicit calibration (IInt8EntropyCalibrator2) and placeholder dynamic ranges: neither is used.
+- `fp16` on an FP32 file: on TensorRT 10 the weakly typed BuilderFlag.FP16 (deprecated since 10.12, still
+  what JetPack 6's TensorRT 10.3 users know) is kept behind this version check; on TensorRT >= 11 the
+  file is lowered to an FP16 graph with float32 inputs and outputs first.
+- TensorRT 8.6/9.x (JetPack 5) has no strong typing: weakly typed with the FP16 / INT8 flags, as before.
+`sparse=True` sets SPARSE_WEIGHTS, which lets TensorRT pick sparse tensor-core kernels for layers whose
+weights are 2:4 along input channels (passes/sparsify_nm); which layers actually ran sparse is in the
+per-layer profile (runtime/tensorrt_profile.py).
 """
 
 from __future__ import annotations
@@ -42,7 +52,9 @@ PRECISIONS = ("fp32", "fp16", "int8")
 INSTALL_TENSORRT = ("install it with `pip install tensorrt` (or tensorrt-cu12 / tensorrt-cu13 to match your CUDA) on "
                     "x86-64 Linux or Windows with an NVIDIA GPU, or on a Jetson board through JetPack "
                     "(`sudo apt install nvidia-jetpack`, which provides python3-libnvinfer)")
-PLACEHOLDER_INT8_RANGE = 4.0  # INT8 without calibration: timing only (see the module docstring)
+NO_QDQ = ("INT8 comes only from QuantizeLinear/DequantizeLinear nodes in the ONNX file (TensorRT 10 deprecated and "
+          "TensorRT 11 removed implicit calibration): quantize the model first (passes/quantize_int8.py, lowered by "
+          "runtime/onnx_quantized.py), or give calibration data")
 
 
 @dataclass(frozen=True)
@@ -111,6 +123,76 @@ def default_cache_dir() -> Path:
     return Path(root) / "tensorrt"
 
 
+# ---- precision plan (pure, testable without TensorRT) --------------------------------------------
+
+@dataclass(frozen=True)
+class OnnxTypes:
+    """What decides the precision of a strongly typed engine: Q/DQ nodes and float16 tensors in the file."""
+
+    has_qdq: bool
+    float16: bool
+
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def onnx_types(onnx_path: str | os.PathLike) -> OnnxTypes:
+    import onnx  # runtime/ is the layer that may import onnx; only needed here when building
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    has_qdq = any(node.op_type in QDQ_OPS for node in graph.node)
+    float16 = any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.initializer) or any(
+        node.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in node.attribute)
+        for node in graph.node)
+    return OnnxTypes(has_qdq=has_qdq, float16=float16)
+
+
+def tensorrt_major(version: str) -> int:
+    """'10.3.0' -> 10; a version that does not start with a number is a clear error, never a guess."""
+    head = str(version).split(".")[0]
+    if not head.isdigit():
+        raise MeasurementError(f"cannot read the TensorRT major version from {version!r}")
+    return int(head)
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """How to build: a strongly typed network or not, the BuilderFlag names to set, and whether the ONNX
+    file must first be lowered to an FP16 graph (TensorRT >= 11 has no FP16 flag)."""
+
+    strongly_typed: bool
+    builder_flags: tuple[str, ...] = ()
+    lower_to_fp16: bool = False
+
+
+def network_plan(tensorrt_version: str, precision: str, types: OnnxTypes, *, sparse: bool = False) -> NetworkPlan:
+    """The build plan for `precision` on this TensorRT version and this file (see the module docstring)."""
+    if precision not in PRECISIONS:
+        raise MeasurementError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and not types.has_qdq:
+        raise MeasurementError(NO_QDQ)
+    major = tensorrt_major(tensorrt_version)
+    sparsity = ("SPARSE_WEIGHTS",) if sparse else ()
+    if major < 10:  # no strong typing before 9.x became 10: the precision flags are all there is
+        flags = {"fp32": (), "fp16": ("FP16",), "int8": ("FP16", "INT8")}[precision]
+        return NetworkPlan(strongly_typed=False, builder_flags=flags + sparsity)
+    if precision == "fp16" and not types.float16:
+        if major == 10:  # TensorRT 10's weakly typed FP16, deprecated since 10.12, removed in 11
+            return NetworkPlan(strongly_typed=False, builder_flags=("FP16",) + sparsity)
+        return NetworkPlan(strongly_typed=True, builder_flags=sparsity, lower_to_fp16=True)
+    return NetworkPlan(strongly_typed=True, builder_flags=sparsity)
+
+
+def network_creation_flags(trt, plan: NetworkPlan) -> int:
+    """The bit mask for builder.create_network: STRONGLY_TYPED on TensorRT >= 10 (accepted and ignored by
+    11, which is always strongly typed), EXPLICIT_BATCH before 10 (implicit batch was the default there)."""
+    creation = trt.NetworkDefinitionCreationFlag
+    if tensorrt_major(trt.__version__) < 10:
+        return 1 << int(creation.EXPLICIT_BATCH)
+    strongly = getattr(creation, "STRONGLY_TYPED", None)  # a later major may drop the ignored member
+    return 1 << int(strongly) if plan.strongly_typed and strongly is not None else 0
+
+
 # ---- build --------------------------------------------------------------------------------------
 
 _LOGGERS: dict = {}
@@ -123,9 +205,8 @@ def _logger(trt):
     return _LOGGERS[trt]
 
 
-def _parse_onnx(trt, builder, logger, onnx_path: Path):
-    flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
+def _parse_onnx(trt, builder, logger, onnx_path: Path, plan: NetworkPlan):
+    network = builder.create_network(network_creation_flags(trt, plan))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(index)) for index in range(parser.num_errors))
@@ -133,121 +214,85 @@ def _parse_onnx(trt, builder, logger, onnx_path: Path):
     return network, parser
 
 
-def _configure(trt, builder, network, options: BuildOptions, timing_cache: bytes, calibrator):
+def configure(trt, builder, options: BuildOptions, plan: NetworkPlan, timing_cache: bytes):
+    """The builder config for `plan`: only the flags it names (none for precision when strongly typed)."""
     config = builder.create_builder_config()
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names + tactics for the inspector
     if options.workspace_mib:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
-    if options.precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)  # INT8 engines keep FP16 as the fallback for unquantised layers
-    if options.precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
-        if calibrator is not None:
-            config.int8_calibrator = calibrator
-        else:
-            _placeholder_ranges(network)
-    if options.sparse:
-        config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+    for name in plan.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
     config.set_timing_cache(config.create_timing_cache(timing_cache), False)
     return config
-
-
-def _placeholder_ranges(network) -> None:
-    for index in range(network.num_inputs):
-        network.get_input(index).set_dynamic_range(-PLACEHOLDER_INT8_RANGE, PLACEHOLDER_INT8_RANGE)
-    for index in range(network.num_layers):
-        layer = network.get_layer(index)
-        for output in range(layer.num_outputs):
-            layer.get_output(output).set_dynamic_range(-PLACEHOLDER_INT8_RANGE, PLACEHOLDER_INT8_RANGE)
-
-
-def _calibrator(trt, batches: Sequence[Sequence[torch.Tensor]]):
-    """IInt8EntropyCalibrator2 over `batches` (tuples of input tensors, sent to the GPU one batch at a time).
-    Defined here because its base class exists only once tensorrt is imported."""
-
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self):
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.batches = [tuple(t.detach().float().contiguous() for t in batch) for batch in batches]
-            self.position, self.on_device = 0, []
-
-        def get_batch_size(self) -> int:
-            return int(self.batches[0][0].shape[0])
-
-        def get_batch(self, names):
-            if self.position >= len(self.batches):
-                return None
-            self.on_device = [tensor.cuda() for tensor in self.batches[self.position]]  # kept alive until next call
-            self.position += 1
-            return [int(tensor.data_ptr()) for tensor in self.on_device[:len(names)]]
-
-        def read_calibration_cache(self):
-            return None  # the engine cache already keys on the calibration data
-
-        def write_calibration_cache(self, cache) -> None:
-            return None
-
-    return EntropyCalibrator()
-
-
-def _split_to_batch(batches: Sequence[Sequence[torch.Tensor]], batch_size: int) -> list[tuple[torch.Tensor, ...]]:
-    """Calibration batches cut to the network's static batch size (training loaders give larger ones)."""
-    pieces = []
-    for batch in batches:
-        count = int(batch[0].shape[0]) // batch_size
-        pieces += [tuple(t[i * batch_size:(i + 1) * batch_size] for t in batch) for i in range(count)]
-    return pieces
 
 
 def build_engine(onnx_path: str | os.PathLike, options: BuildOptions = BuildOptions(), *,
                  calibration: Sequence[Sequence[torch.Tensor]] | None = None,
                  cache_dir: str | os.PathLike | None = None, log: Callable[[str], None] | None = None) -> Engine:
-    """The engine for `onnx_path` built with `options`, from the cache when it holds one."""
+    """The engine for `onnx_path` built with `options`, from the cache when it holds one.
+
+    `calibration` (input batches) is read only for `int8` on a file without Q/DQ nodes: the file is then
+    quantized with ONNX Runtime's quantize_static in TensorRT's symmetric form before the build."""
     trt = require_tensorrt()
     require_cuda()
     onnx_path = Path(onnx_path)
-    onnx_bytes = onnx_path.read_bytes()
-    if calibration is not None and options.precision == "int8":
+    types = onnx_types(onnx_path)
+    if calibration is not None and options.precision == "int8" and not types.has_qdq:
         options = dataclasses.replace(options, calibration_digest=calibration_digest(calibration))
     gpu = torch.cuda.get_device_name()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = engine_cache_key(onnx_bytes, options, trt.__version__, gpu)
+    key = engine_cache_key(onnx_path.read_bytes(), options, trt.__version__, gpu)
     engine_file = cache / f"{key}.engine"
     if engine_file.is_file():
-        return Engine.load(engine_file, options, calibrated=_calibrated(options), cached=True)
+        return Engine.load(engine_file, options, cached=True)
     started = time.perf_counter()
-    serialized = _build(trt, onnx_path, options, calibration, cache / f"timing-{timing_cache_key(trt.__version__, gpu)}.cache")
     cache.mkdir(parents=True, exist_ok=True)
+    source = _explicit_source(onnx_path, options, types, calibration, cache / f"{key}")
+    plan = network_plan(trt.__version__, options.precision, onnx_types(source), sparse=options.sparse)
+    if plan.lower_to_fp16:
+        source = _lowered_fp16(source, cache / f"{key}.fp16.onnx")
+    serialized = _build(trt, source, options, plan, cache / f"timing-{timing_cache_key(trt.__version__, gpu)}.cache")
     engine_file.write_bytes(serialized)
     seconds = time.perf_counter() - started
-    (cache / f"{key}.json").write_text(json.dumps({"onnx": str(onnx_path), "options": options.to_dict(),
+    (cache / f"{key}.json").write_text(json.dumps({"onnx": str(onnx_path), "built_from": str(source),
+                                                   "options": options.to_dict(), "plan": dataclasses.asdict(plan),
                                                    "tensorrt": trt.__version__, "gpu": gpu, "build_seconds": seconds}))
     if log:
-        log(f"built TensorRT engine {engine_file.name[:12]}... in {seconds:.1f} s")
-    return Engine.load(engine_file, options, calibrated=_calibrated(options), cached=False)
+        log(f"built TensorRT engine {engine_file.name[:12]}... in {seconds:.1f} s ({_describe(plan)})")
+    return Engine.load(engine_file, options, cached=False)
 
 
-def _calibrated(options: BuildOptions) -> bool:
-    return options.precision != "int8" or options.calibration_digest is not None
+def _describe(plan: NetworkPlan) -> str:
+    typing = "strongly typed" if plan.strongly_typed else "weakly typed"
+    return typing + (f", flags {', '.join(plan.builder_flags)}" if plan.builder_flags else "")
 
 
-def _build(trt, onnx_path: Path, options: BuildOptions, calibration, timing_file: Path) -> bytes:
+def _explicit_source(onnx_path: Path, options: BuildOptions, types: OnnxTypes, calibration, stem: Path) -> Path:
+    """The file TensorRT parses: `onnx_path`, or for INT8 with calibration batches and no Q/DQ in the file, a
+    copy quantized by ONNX Runtime's quantize_static in TensorRT's form (symmetric S8, per-channel weights)."""
+    if options.precision != "int8" or types.has_qdq or calibration is None:
+        return onnx_path
+    from prunefx.runtime.onnx_quantized import quantize_static_file  # imports onnxruntime.quantization
+
+    return quantize_static_file(onnx_path, stem.with_name(stem.name + ".qdq.onnx"), calibration, activations="s8")
+
+
+def _lowered_fp16(source: Path, target: Path) -> Path:
+    from prunefx.runtime.onnx_float16 import lower_to_float16
+
+    return lower_to_float16(source, target)
+
+
+def _build(trt, onnx_path: Path, options: BuildOptions, plan: NetworkPlan, timing_file: Path) -> bytes:
     logger = _logger(trt)
     builder = trt.Builder(logger)
-    network, _parser = _parse_onnx(trt, builder, logger, onnx_path)  # the parser must outlive the build
-    calibrator = None
-    if calibration is not None and options.precision == "int8":
-        batch_size = int(network.get_input(0).shape[0])
-        pieces = _split_to_batch(calibration, batch_size)
-        if not pieces:
-            raise MeasurementError(f"INT8 calibration needs batches of at least {batch_size} images")
-        calibrator = _calibrator(trt, pieces)
+    network, _parser = _parse_onnx(trt, builder, logger, onnx_path, plan)  # the parser must outlive the build
     timing = timing_file.read_bytes() if timing_file.is_file() else b""
-    config = _configure(trt, builder, network, options, timing, calibrator)
+    config = configure(trt, builder, options, plan, timing)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise DeviceToolError(f"TensorRT failed to build an engine for {onnx_path} with {options.to_dict()} "
-                              "(the TensorRT log above says why)")
+                              f"({_describe(plan)}; the TensorRT log above says why)")
     timing_file.parent.mkdir(parents=True, exist_ok=True)
     timing_file.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(memoryview(serialized))
@@ -263,7 +308,7 @@ class Engine:
     """A deserialised engine with one execution context and its input/output buffers on the GPU.
     Calling it runs once on the bound inputs (random unless `set_inputs` was called) and waits."""
 
-    def __init__(self, trt, engine, path: Path, options: BuildOptions, *, calibrated: bool, cached: bool):
+    def __init__(self, trt, engine, path: Path, options: BuildOptions, *, calibrated: bool = True, cached: bool = False):
         self.trt, self.engine, self.path, self.options = trt, engine, path, options
         self.calibrated, self.cached = calibrated, cached
         self.context = engine.create_execution_context()

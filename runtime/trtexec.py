@@ -1,7 +1,14 @@
 """trtexec as a backend: build and time an ONNX file through the `trtexec` command (JetPack ships it on
 every Jetson board, at /usr/src/tensorrt/bin/trtexec), and read its results.
 
-- `trtexec_arguments` builds the command line as a pure function (tested without TensorRT).
+- `trtexec_arguments` builds the command line as a pure function of the options, the TensorRT version and
+  what the ONNX file holds (tested without TensorRT). Precision follows runtime/tensorrt_engine.network_plan:
+  TensorRT 10 builds strongly typed (`--stronglyTyped`; INT8 only from Q/DQ nodes in the file, FP16 from an
+  FP16 graph) except for `--fp16` on an FP32 file, TensorRT 10's weakly typed flag kept behind the version
+  check; TensorRT 11 is always strongly typed and has neither `--fp16`, `--int8` nor `--calib`, so nothing
+  is passed and FP16 files are lowered first (runtime/onnx_float16.py); TensorRT 8.x keeps `--fp16 --int8`.
+  There is no placeholder-range INT8 any more: INT8 on a file without Q/DQ is refused.
+- `trtexec_version` asks the program itself (`trtexec --help` prints `[TensorRT vNNNNNN]`).
 - `parse_performance_summary` reads the "=== Performance summary ===" block: Throughput (qps) and, for
   Latency, GPU Compute Time, Enqueue Time, H2D and D2H Latency, the min/max/mean/median and the
   percentiles trtexec printed (TensorRT 8.6+ prints 90/95/99 %, older versions 99 % only).
@@ -28,7 +35,14 @@ from pathlib import Path
 from prunefx.runtime.errors import BackendUnavailableError, DeviceToolError, MeasurementError
 from prunefx.runtime.jetson import JetsonState, TegrastatsSampler, is_jetson, jetson_state
 from prunefx.runtime.latency import LatencyStats
-from prunefx.runtime.tensorrt_engine import PRECISIONS
+from prunefx.runtime.tensorrt_engine import (
+    PRECISIONS,
+    NetworkPlan,
+    OnnxTypes,
+    network_plan,
+    onnx_types,
+    tensorrt_major,
+)
 
 JETPACK_TRTEXEC = Path("/usr/src/tensorrt/bin/trtexec")
 INSTALL_TRTEXEC = ("trtexec ships with TensorRT: on a Jetson board install JetPack (`sudo apt install nvidia-jetpack`; "
@@ -40,6 +54,10 @@ _METRIC_LINE = re.compile(r"\]\s*(?P<metric>[A-Za-z0-9 \-]+?):\s*(?P<values>min 
 _VALUE = re.compile(r"(min|max|mean|median|percentile\((\d+(?:\.\d+)?)%\))\s*=\s*([0-9.eE+-]+)\s*ms")
 _THROUGHPUT = re.compile(r"Throughput:\s*([0-9.eE+-]+)\s*qps")
 _VERSION = re.compile(r"\[TensorRT v(\d+)\]")
+# When trtexec does not say its version: JetPack 6's TensorRT, whose strongly typed build TensorRT 11 shares.
+ASSUMED_VERSION = "10.3.0"
+FLOAT32_FILE = OnnxTypes(has_qdq=False, float16=False)
+_WEAK_FLAGS = {"FP16": "--fp16", "INT8": "--int8"}
 
 
 @dataclass(frozen=True)
@@ -60,20 +78,30 @@ class TrtexecOptions:
             raise MeasurementError("trtexec needs iterations >= 1, warm-up >= 0 ms and duration >= 0 s")
 
 
+def precision_arguments(plan: NetworkPlan, tensorrt_version: str) -> list[str]:
+    """trtexec's precision flags for `plan`: `--stronglyTyped` on TensorRT 10 (11 is always strongly typed and
+    needs nothing), or the weakly typed `--fp16` / `--int8` where the plan still uses them."""
+    if plan.lower_to_fp16:
+        raise MeasurementError("TensorRT >= 11 has no --fp16: lower the ONNX file to an FP16 graph first "
+                               "(runtime/onnx_float16.lower_to_float16; run_trtexec does it)")
+    if plan.strongly_typed:
+        return ["--stronglyTyped"] if tensorrt_major(tensorrt_version) == 10 else []
+    return [_WEAK_FLAGS[name] for name in plan.builder_flags if name in _WEAK_FLAGS]
+
+
 def trtexec_arguments(onnx_path: str | os.PathLike, options: TrtexecOptions = TrtexecOptions(), *,
                       executable: str = "trtexec", engine_path: str | os.PathLike | None = None,
                       timing_cache: str | os.PathLike | None = None, profile_path: str | os.PathLike | None = None,
-                      layer_info_path: str | os.PathLike | None = None) -> list[str]:
-    """The trtexec command line for `onnx_path`. With `profile_path`, per-layer times are exported from a
-    separate profiling run (so the summary is not slowed by the profiler) and `layer_info_path` gets the
-    engine inspector's JSON, built with detailed verbosity."""
+                      layer_info_path: str | os.PathLike | None = None, tensorrt_version: str = ASSUMED_VERSION,
+                      types: OnnxTypes = FLOAT32_FILE) -> list[str]:
+    """The trtexec command line for `onnx_path` (whose Q/DQ and FP16 content is `types`) on trtexec of
+    `tensorrt_version`. With `profile_path`, per-layer times are exported from a separate profiling run (so the
+    summary is not slowed by the profiler) and `layer_info_path` gets the engine inspector's JSON, built with
+    detailed verbosity."""
     arguments = [executable, f"--onnx={onnx_path}", f"--warmUp={options.warmup_ms}",
                  f"--iterations={options.iterations}", f"--duration={options.duration_s:g}",
                  "--percentile=90,95,99"]
-    if options.precision in ("fp16", "int8"):
-        arguments.append("--fp16")
-    if options.precision == "int8":
-        arguments.append("--int8")  # no --calib: trtexec sets placeholder ranges, timing only
+    arguments += precision_arguments(network_plan(tensorrt_version, options.precision, types), tensorrt_version)
     arguments.append(f"--sparsity={'enable' if options.sparse else 'disable'}")
     if options.use_cuda_graph:
         arguments.append("--useCudaGraph")
@@ -197,17 +225,31 @@ class TrtexecResult:
                 "jetson": asdict(self.jetson) if self.jetson else None, "power": self.power}
 
 
+def trtexec_version(program: str, timeout_s: float = 120) -> str | None:
+    """The TensorRT version of `program`, from the `[TensorRT vNNNNNN]` tag it prints on every run (`--help`
+    builds nothing); None when it printed none."""
+    try:
+        done = subprocess.run([program, "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return _version_text(_VERSION.search(done.stdout))
+
+
 def run_trtexec(onnx_path: str | os.PathLike, options: TrtexecOptions = TrtexecOptions(), *,
                 executable: str | None = None, profile: bool = False, power_interval_ms: int = 100,
                 timeout_s: float = 1800, workdir: str | os.PathLike | None = None) -> TrtexecResult:
-    """Build and time `onnx_path` with trtexec; on Jetson, with power mode, clocks and power recorded."""
+    """Build and time `onnx_path` with trtexec; on Jetson, with power mode, clocks and power recorded.
+    The precision flags follow the trtexec's own TensorRT version (ASSUMED_VERSION when it does not say)."""
     program = find_trtexec(executable)
+    version = trtexec_version(program) or ASSUMED_VERSION
     with tempfile.TemporaryDirectory(prefix="prunefx-trtexec-") as tmp:
         folder = Path(workdir) if workdir is not None else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
+        source, types = _explicit_file(Path(onnx_path), options, version, folder)
         paths = {"profile_path": folder / "profile.json", "layer_info_path": folder / "layers.json"} if profile else {}
-        command = trtexec_arguments(onnx_path, options, executable=program, engine_path=folder / "model.engine",
-                                    **paths)
+        command = trtexec_arguments(source, options, executable=program, engine_path=folder / "model.engine",
+                                    tensorrt_version=version, types=types, **paths)
         jetson = jetson_state() if is_jetson() else None
         sampler = TegrastatsSampler(power_interval_ms) if jetson is not None else None
         with sampler if sampler is not None else _nothing():
@@ -218,6 +260,17 @@ def run_trtexec(onnx_path: str | os.PathLike, options: TrtexecOptions = TrtexecO
             result.layer_times, result.profiled_runs = parse_trtexec_profile(paths["profile_path"].read_text())
             result.layer_info = paths["layer_info_path"].read_text()
     return result
+
+
+def _explicit_file(onnx_path: Path, options: TrtexecOptions, version: str, folder: Path) -> tuple[Path, OnnxTypes]:
+    """The file trtexec builds and its types: `onnx_path`, or its FP16 lowering where the plan asks for one."""
+    types = onnx_types(onnx_path)
+    if not network_plan(version, options.precision, types).lower_to_fp16:
+        return onnx_path, types
+    from prunefx.runtime.onnx_float16 import lower_to_float16
+
+    lowered = lower_to_float16(onnx_path, folder / f"{onnx_path.stem}.fp16.onnx")
+    return lowered, onnx_types(lowered)
 
 
 class _nothing:

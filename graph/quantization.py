@@ -1,0 +1,216 @@
+"""INT8 fake quantization on the graph, in TensorRT's explicit-quantization form.
+
+TensorRT's rules (and what ONNX Runtime's integer kernels want) decide the form:
+- weights: symmetric INT8 per output channel, scale = max|w| / 127 over each output channel (zero-point 0);
+- activations: symmetric INT8 per tensor, scale = amax / 127 (zero-point 0), amax from calibration data;
+- quantizers sit on the *inputs* of convolutions, transposed convolutions, linear layers and matmuls; one
+  activation feeding several such layers gets one quantizer (one scale), as TensorRT needs to fuse them.
+
+The quantizers are torch's own `fake_quantize_per_channel_affine` / `fake_quantize_per_tensor_affine`
+operators: they run (and train, with the straight-through estimator) in the Program, re-export with
+torch.export, and the ONNX exporter turns each into a QuantizeLinear/DequantizeLinear pair. Range
+(-128, 127) is the only signed range the exporter accepts; symmetric weights only ever reach +-127.
+
+Calibration (`RangeObserver`) sees |x| over the calibration batches: the largest value (`max`), and a
+histogram on [0, max] from which `percentile` (the given percentile of |x|) and `mse` (the clipping range
+whose quantization error, rounding and clipping together, is smallest over the histogram) are read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from prunefx.graph.attributes import free_name, get_tensor, set_tensor
+
+aten = torch.ops.aten
+QMIN, QMAX = -128, 127
+LEVELS = 127                     # symmetric: the scale maps amax to 127
+HISTOGRAM_BINS = 2048
+METHODS = ("max", "percentile", "mse")
+FAKE_QUANT_OPS = (aten.fake_quantize_per_tensor_affine.default, aten.fake_quantize_per_channel_affine.default)
+
+_CONVOLUTIONS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default,
+                 aten.conv1d.padding, aten.conv2d.padding, aten.conv3d.padding}
+_TRANSPOSED = {aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input}
+_MATMULS = {aten.matmul.default, aten.mm.default, aten.bmm.default}
+
+
+@dataclass
+class QuantTarget:
+    """A layer to quantize: its activation inputs (per-tensor quantizers) and its weight (per channel)."""
+
+    layer: torch.fx.Node
+    operator: str
+    activations: tuple[torch.fx.Node, ...]
+    weight: torch.fx.Node | None = None
+    weight_axis: int = 0
+
+
+def _attr(node) -> bool:
+    return isinstance(node, torch.fx.Node) and node.op == "get_attr"
+
+
+def _activation(node) -> bool:
+    value = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return (isinstance(node, torch.fx.Node) and node.op != "get_attr" and isinstance(value, torch.Tensor)
+            and value.is_floating_point())
+
+
+def operator_name(node: torch.fx.Node) -> str:
+    """'aten.conv2d.default' -> 'conv2d': the name users give to keep an operator in float."""
+    return str(node.target).split(".")[1] if str(node.target).startswith("aten.") else str(node.target)
+
+
+def _target(node: torch.fx.Node) -> QuantTarget | str | None:
+    """The QuantTarget of `node`, a reason (str) why a quantizable layer is left in float, or None."""
+    if node.op != "call_function":
+        return None
+    target, args = node.target, node.args
+    name = operator_name(node)
+    if target in _CONVOLUTIONS or target is aten.linear.default or target in _TRANSPOSED \
+            or target is aten.convolution.default:
+        transposed = target in _TRANSPOSED or (target is aten.convolution.default and bool(args[6]))
+        groups = (args[6] if len(args) > 6 else 1) if target in _TRANSPOSED else \
+            (args[8] if target is aten.convolution.default else 1)
+        if transposed and groups != 1:
+            return "grouped transposed convolution: no per-output-channel axis for its weight"
+        if not _attr(args[1]):
+            return "its weight is computed in the graph, not a stored tensor"
+        if not _activation(args[0]):
+            return "its input is not a floating-point tensor"
+        return QuantTarget(node, name, (args[0],), args[1], 1 if transposed else 0)
+    if target in _MATMULS:
+        left, right = args[0], args[1]
+        if _attr(left):
+            return "its first operand is a stored tensor"
+        if not _activation(left) or not (_activation(right) or _attr(right)):
+            return "its operands are not floating-point tensors"
+        if _attr(right):  # x @ W: W is [..., in, out], output channels on the last axis
+            return QuantTarget(node, name, (left,), right, get_tensor_dim(right) - 1)
+        return QuantTarget(node, name, (left, right))
+    return None
+
+
+def get_tensor_dim(node: torch.fx.Node) -> int:
+    return node.meta["val"].dim() if isinstance(node.meta.get("val"), torch.Tensor) else 2
+
+
+def find_targets(graph: torch.fx.Graph) -> tuple[list[QuantTarget], dict[str, str]]:
+    """(layers that can be quantized, {layer name: reason} for those that cannot)."""
+    targets, refused = [], {}
+    for node in graph.nodes:
+        found = _target(node)
+        if isinstance(found, str):
+            refused[node.name] = found
+        elif found is not None:
+            targets.append(found)
+    return targets, refused
+
+
+def has_fake_quant(graph: torch.fx.Graph) -> bool:
+    return any(node.op == "call_function" and node.target in FAKE_QUANT_OPS for node in graph.nodes)
+
+
+# ---- scales --------------------------------------------------------------------------------------
+
+def channel_amax(weight: torch.Tensor, axis: int) -> torch.Tensor:
+    """max |w| over every dim but `axis`: one value per output channel."""
+    moved = weight.detach().abs().movedim(axis, 0)
+    return moved.reshape(moved.shape[0], -1).amax(dim=1)
+
+
+def scale_of(amax: torch.Tensor | float) -> torch.Tensor:
+    """amax / 127, never zero (an all-zero channel gets a tiny scale: its values quantize to 0 exactly)."""
+    amax = torch.as_tensor(amax, dtype=torch.float32)
+    return torch.clamp(amax / LEVELS, min=torch.finfo(torch.float32).tiny * 2 ** 24)
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor | float, axis: int | None = None) -> torch.Tensor:
+    """x through an INT8 quantizer: per channel along `axis`, else per tensor (same ops as the graph)."""
+    if axis is None:
+        return torch.fake_quantize_per_tensor_affine(x, float(scale), 0, QMIN, QMAX)
+    scale = torch.as_tensor(scale, dtype=torch.float32)
+    return torch.fake_quantize_per_channel_affine(x, scale, torch.zeros_like(scale, dtype=torch.int32), axis,
+                                                  QMIN, QMAX)
+
+
+class RangeObserver:
+    """|x| statistics of one activation over the calibration batches (see the module docstring). The
+    histogram needs the range first, so callers make two passes: `observe_max`, then `observe_histogram`."""
+
+    def __init__(self):
+        self.max = 0.0
+        self.histogram: np.ndarray | None = None
+
+    def observe_max(self, x: torch.Tensor) -> None:
+        self.max = max(self.max, float(x.detach().abs().max()))
+
+    def observe_histogram(self, x: torch.Tensor) -> None:
+        if self.max <= 0:
+            return
+        counts = torch.histc(x.detach().abs().float().flatten(), bins=HISTOGRAM_BINS, min=0.0, max=self.max)
+        counts = counts.double().numpy()
+        self.histogram = counts if self.histogram is None else self.histogram + counts
+
+    def amax(self, method: str, percentile: float = 99.99) -> float:
+        if method == "max" or self.histogram is None or self.max <= 0:
+            return self.max
+        edges = np.linspace(0.0, self.max, HISTOGRAM_BINS + 1)
+        if method == "percentile":
+            cumulative = np.cumsum(self.histogram) / self.histogram.sum()
+            return float(edges[1 + np.searchsorted(cumulative, percentile / 100.0)].clip(max=self.max))
+        return self._mse_amax(edges)
+
+    def _mse_amax(self, edges: np.ndarray) -> float:
+        """The clipping value, among 128 candidates up to the max, with the least squared error."""
+        centres = (edges[:-1] + edges[1:]) / 2
+        best, best_error = self.max, np.inf
+        for clip in np.linspace(self.max / 128, self.max, 128):
+            scale = clip / LEVELS
+            quantized = np.minimum(np.round(centres / scale), LEVELS) * scale
+            error = float(np.sum(self.histogram * (centres - quantized) ** 2))
+            if error < best_error:
+                best, best_error = float(clip), error
+        return best
+
+
+# ---- rewriting ------------------------------------------------------------------------------------
+
+def quantize_weight(module: torch.fx.GraphModule, target: QuantTarget) -> torch.fx.Node:
+    """Put a per-channel quantizer between the layer and its weight; its scales are stored beside the weight
+    (`<weight>_quant_scale`, `<weight>_quant_zero_point`) so they are saved with the Program."""
+    graph, layer, weight = module.graph, target.layer, target.weight
+    values = get_tensor(module, weight.target)
+    amax = channel_amax(values, target.weight_axis)
+    # Snap the stored weight onto its INT8 grid: the Program computes the same (fq(fq(W)) = fq(W)), and the
+    # ONNX lowering's W / scale is then an integer up to float rounding, so both sides hold the same INT8.
+    with torch.no_grad():
+        values.copy_(fake_quantize(values, scale_of(amax), target.weight_axis))
+    stem = weight.target.replace(".", "_")
+    scale_name, zero_name = free_name(module, f"{stem}_quant_scale"), free_name(module, f"{stem}_quant_zero_point")
+    set_tensor(module, scale_name, scale_of(amax), parameter=False)
+    set_tensor(module, zero_name, torch.zeros(amax.shape, dtype=torch.int32), parameter=False)
+    with graph.inserting_before(layer):
+        scale, zero = graph.get_attr(scale_name), graph.get_attr(zero_name)
+        quantized = graph.call_function(aten.fake_quantize_per_channel_affine.default,
+                                        (weight, scale, zero, target.weight_axis, QMIN, QMAX))
+    layer.replace_input_with(weight, quantized)
+    return quantized
+
+
+def quantize_activation(graph: torch.fx.Graph, source: torch.fx.Node, amax: float,
+                        layers: Iterable[torch.fx.Node]) -> torch.fx.Node:
+    """One per-tensor quantizer on `source`, read by `layers` (its other users keep the float tensor). It is
+    placed just before the first of them, so it never lands among the graph's placeholders."""
+    layers = list(layers)
+    order = {node: index for index, node in enumerate(graph.nodes)}
+    with graph.inserting_before(min(layers, key=order.__getitem__)):
+        quantized = graph.call_function(aten.fake_quantize_per_tensor_affine.default,
+                                        (source, float(scale_of(amax)), 0, QMIN, QMAX))
+    for layer in layers:
+        layer.replace_input_with(source, quantized)
+    return quantized

@@ -1,0 +1,45 @@
+"""FP16 lowering for strongly typed TensorRT: an FP16 graph with the float32 inputs and outputs kept.
+
+A strongly typed engine (TensorRT >= 10, and every TensorRT 11 engine) runs each tensor in the type the ONNX
+graph gives it, so FP16 must be in the file. The conversion is onnxconverter-common's
+`convert_float_to_float16` (a well-kept converter, used by ONNX Runtime's own tools): initializers and
+tensor types become float16, with Cast nodes at the borders of the operators it must leave in float32.
+What this module adds:
+- the inputs and outputs stay float32 (`keep_io_types`), so callers feed and read the same tensors;
+- numerically sensitive operators stay float32 (`KEEP_FLOAT32`): the normalisation statistics of LayerNorm /
+  GroupNorm / InstanceNorm, Softmax, and the reductions and powers that spelled-out norms are made of; an
+  FP16 sum of squares over hundreds of channels overflows or loses the small variances;
+- Q/DQ files are refused: their precision is already explicit, and scales must stay float32.
+onnxconverter-common is optional: without it, the FP16 lowering says what to install.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+
+from prunefx.runtime.errors import MeasurementError, require_module
+
+# Operators kept in float32 (see the module docstring), on top of the converter's own block list.
+KEEP_FLOAT32 = ("LayerNormalization", "GroupNormalization", "InstanceNormalization", "Softmax", "LogSoftmax",
+                "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "Pow", "Sqrt", "Reciprocal", "Erf")
+INSTALL = "install it with `pip install onnxconverter-common` (FP16 lowering for strongly typed TensorRT)"
+
+
+def lower_to_float16(source: str | os.PathLike, target: str | os.PathLike, *,
+                     keep_float32: tuple[str, ...] = KEEP_FLOAT32) -> Path:
+    """Write the FP16 form of the ONNX file `source` to `target` (float32 inputs and outputs kept)."""
+    float16 = require_module("onnxconverter_common.float16", "FP16 lowering", INSTALL)
+    model = onnx.load(str(source))
+    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node):
+        raise MeasurementError(f"{source} holds Q/DQ nodes: its precision is already explicit (INT8), "
+                               "an FP16 lowering would change its scales")
+    block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(keep_float32))
+    lowered = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
+    onnx.checker.check_model(lowered)
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(lowered, target)
+    return target

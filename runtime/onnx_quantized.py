@@ -1,0 +1,201 @@
+"""Lower a fake-quantized Program (passes/quantize_int8.py) to ONNX with Q/DQ pairs and INT8 weights.
+
+The ONNX exporter turns each of torch's fake-quantize operators into QuantizeLinear -> DequantizeLinear.
+This module then makes the file what TensorRT's explicit quantization and ONNX Runtime's integer kernels
+read:
+- every weight quantizer is applied once, here: the float weight and its QuantizeLinear become an INT8
+  initializer read by the DequantizeLinear (values round half to even, like both QuantizeLinear and torch's
+  fake quantization), so the file stores 1 byte per weight and every Conv/Gemm/MatMul weight is an INT8
+  initializer behind a DequantizeLinear;
+- `activations="s8"` (TensorRT, the default of `backend="trt"`): symmetric INT8 activations, zero-point 0,
+  exactly the Program's quantizers. TensorRT 10 and 11 build strongly typed engines from this file;
+- `activations="u8"` (ONNX Runtime on x86): the same scales, activations shifted to UINT8 with zero-point
+  128. Q_u8(x) = Q_s8(x) + 128 and DQ_u8(q) = (q - 128) * s, so every real value is the same, bit for bit;
+  only the integer type changes, to the U8 activations x U8/S8 weights (U8S8) that ONNX Runtime's VNNI
+  kernels want: S8S8 runs slower than FP32 on these CPUs, U8S8 faster (issue 17's measurements).
+The file is not constant-folded with onnx-graphsurgeon as runtime/onnx_export.py does, since folding would
+dequantize the INT8 weights back into float; the exporter's own optimiser has already folded the rest.
+
+`quantize_static_file` is ONNX Runtime's quantize_static on an FP32 file, for comparison (benchmarks) and for
+INT8 TensorRT engines from calibration data when the file has no Q/DQ yet (runtime/tensorrt_engine.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from prunefx.graph import Program
+from prunefx.graph.quantization import has_fake_quant
+from prunefx.runtime.errors import OnnxExportError, describe_failure
+from prunefx.runtime.onnx_export import DEFAULT_OPSET
+
+ACTIVATION_TYPES = ("s8", "u8")
+BACKEND_ACTIVATIONS = {"trt": "s8", "ort": "u8"}
+U8_ZERO_POINT = 128
+
+
+@dataclass(frozen=True)
+class QuantizedExport:
+    path: Path
+    activations: str
+    weight_initializers: int      # INT8 weight initializers behind a DequantizeLinear
+    activation_pairs: int         # QuantizeLinear -> DequantizeLinear pairs on activations
+
+
+def export_quantized_onnx(program: Program, path: str | os.PathLike, *, activations: str = "s8",
+                          opset: int = DEFAULT_OPSET) -> QuantizedExport:
+    """Export the fake-quantized `program` to `path`: INT8 weight initializers, Q/DQ activations in S8 or U8."""
+    if activations not in ACTIVATION_TYPES:
+        raise OnnxExportError(f"activations must be one of {', '.join(ACTIVATION_TYPES)}, not {activations!r}")
+    if not has_fake_quant(program.graph):
+        raise OnnxExportError(f"model '{program.name}' holds no fake quantizers: run passes/quantize_int8 first")
+    program = program.clone().eval() if program.training else program
+    try:
+        exported = program.export()
+        model = torch.onnx.export(exported, program.example_inputs, dynamo=True, opset_version=opset,
+                                  external_data=False, optimize=True, verbose=False).model_proto
+    except Exception as error:  # torch.onnx raises many types; all mean "the exporter failed"
+        raise OnnxExportError(f"could not export quantized model '{program.name}' to ONNX: "
+                              f"{describe_failure(error)}") from error
+    weights = fold_weight_quantizers(model)
+    pairs = shift_activations_to_u8(model) if activations == "u8" else count_activation_pairs(model)
+    _name_inputs_and_outputs(model)
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, path)
+    return QuantizedExport(path=path, activations=activations, weight_initializers=weights, activation_pairs=pairs)
+
+
+# ---- graph rewrites (onnx protos) ------------------------------------------------------------------
+
+def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {init.name: init for init in model.graph.initializer}
+
+
+def _consumers(model: onnx.ModelProto, tensor: str) -> list[onnx.NodeProto]:
+    return [node for node in model.graph.node if tensor in node.input]
+
+
+def quantize_values(values: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int) -> np.ndarray:
+    """QuantizeLinear's arithmetic: round half to even of x / scale, plus the zero-point, saturated."""
+    if scale.ndim == 1 and scale.size > 1:  # per channel: broadcast along `axis`
+        shape = [1] * values.ndim
+        shape[axis] = scale.size
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    info = np.iinfo(zero_point.dtype)
+    quantized = np.rint(values.astype(np.float32) / scale.astype(np.float32)) + zero_point.astype(np.int32)
+    return np.clip(quantized, info.min, info.max).astype(zero_point.dtype)
+
+
+def fold_weight_quantizers(model: onnx.ModelProto) -> int:
+    """Replace QuantizeLinear(float initializer) by the INT8 initializer it computes; returns how many."""
+    inits = _initializers(model)
+    folded = 0
+    for node in list(model.graph.node):
+        if node.op_type != "QuantizeLinear" or node.input[0] not in inits:
+            continue
+        values, scale, zero_point = (numpy_helper.to_array(inits[name]) for name in node.input[:3])
+        axis = next((attr.i for attr in node.attribute if attr.name == "axis"), 1)
+        quantized = numpy_helper.from_array(quantize_values(values, scale, zero_point, axis), f"{node.input[0]}_int8")
+        model.graph.initializer.append(quantized)
+        for consumer in _consumers(model, node.output[0]):
+            consumer.input[0] = quantized.name
+        model.graph.node.remove(node)
+        folded += 1
+    _drop_unused_initializers(model)
+    return folded
+
+
+def _activation_quantizers(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    inits = _initializers(model)
+    return [node for node in model.graph.node if node.op_type == "QuantizeLinear" and node.input[0] not in inits]
+
+
+def count_activation_pairs(model: onnx.ModelProto) -> int:
+    return len(_activation_quantizers(model))
+
+
+def shift_activations_to_u8(model: onnx.ModelProto) -> int:
+    """Give every activation Q/DQ pair the UINT8 zero-point 128 (same scales, same real values)."""
+    inits = _initializers(model)
+    name = "activation_zero_point_u8"
+    model.graph.initializer.append(numpy_helper.from_array(np.array(U8_ZERO_POINT, dtype=np.uint8), name))
+    shifted = 0
+    for quantizer in _activation_quantizers(model):
+        zero_point = numpy_helper.to_array(inits[quantizer.input[2]])
+        if zero_point.dtype != np.int8 or np.any(zero_point != 0):
+            raise OnnxExportError(f"activation quantizer {quantizer.name} is not symmetric INT8 (zero-point "
+                                  f"{zero_point.tolist()} of type {zero_point.dtype}): cannot shift it to U8")
+        quantizer.input[2] = name
+        for dequantizer in _consumers(model, quantizer.output[0]):
+            if dequantizer.op_type != "DequantizeLinear":
+                raise OnnxExportError(f"activation quantizer {quantizer.name} feeds {dequantizer.op_type}, not a "
+                                      "DequantizeLinear")
+            dequantizer.input[2] = name
+        _set_type(model, quantizer.output[0], onnx.TensorProto.UINT8)
+        shifted += 1
+    _drop_unused_initializers(model)
+    return shifted
+
+
+def _set_type(model: onnx.ModelProto, tensor: str, element_type: int) -> None:
+    """The exporter recorded the quantized tensor's type in value_info: it must follow the zero-point's."""
+    for value in model.graph.value_info:
+        if value.name == tensor:
+            value.type.tensor_type.elem_type = element_type
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {name for node in model.graph.node for name in node.input} | {out.name for out in model.graph.output}
+    keep = [init for init in model.graph.initializer if init.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+
+def _name_inputs_and_outputs(model: onnx.ModelProto) -> None:
+    """input_0, ... and output_0, ... as runtime/onnx_export.py names them, every reference renamed."""
+    renames = {value.name: f"input_{index}" for index, value in enumerate(model.graph.input)}
+    renames.update({value.name: f"output_{index}" for index, value in enumerate(model.graph.output)})
+    for value in [*model.graph.input, *model.graph.output]:
+        value.name = renames[value.name]
+    for node in model.graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.output[:] = [renames.get(name, name) for name in node.output]
+
+
+# ---- ONNX Runtime's quantize_static (a peer, and INT8 TensorRT engines from calibration data) --------------
+
+def quantize_static_file(source: str | os.PathLike, target: str | os.PathLike,
+                         batches: Sequence[Sequence[torch.Tensor]], *, activations: str = "u8",
+                         method: str = "minmax") -> Path:
+    """ONNX Runtime's quantize_static on the FP32 file `source`: QDQ format, per-channel symmetric INT8
+    weights, activations U8 asymmetric (its default) or S8 symmetric (TensorRT's form)."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+
+    names = [value.name for value in onnx.load(str(source), load_external_data=False).graph.input]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{name: t.detach().cpu().numpy() for name, t in zip(names, batch)} for batch in batches])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    symmetric = activations == "s8"
+    ort_quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=methods[method],
+                        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
+    return Path(target)
