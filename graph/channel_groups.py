@@ -21,6 +21,7 @@ _WEIGHT_OPERATORS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.defau
                      aten.conv1d.padding, aten.conv2d.padding, aten.conv3d.padding, aten.conv_transpose1d.default,
                      aten.conv_transpose2d.input, aten.conv_transpose3d.input, aten.linear.default,
                      aten.mm.default, aten.matmul.default, aten.bmm.default, aten.addmm.default}
+_INPUT_FIRST = _WEIGHT_OPERATORS - {aten.mm.default, aten.matmul.default, aten.bmm.default, aten.addmm.default}
 
 
 @dataclass
@@ -62,10 +63,15 @@ class Combing:
 
 
 def _weight_targets(module: torch.fx.GraphModule) -> set[str]:
+    """Parameters and buffers that a conv, linear or matrix product multiplies. The input of a linear
+    or conv is no weight even when it is a buffer (the relative coordinates that the position MLP of a
+    CoAtNet/MaxViT `rmlp` block reads): its dims are positions, and counting them made pseudo-groups
+    of coordinates that the reports listed as blocked."""
     targets = set()
     for node in module.graph.nodes:
         if node.op == "call_function" and node.target in _WEIGHT_OPERATORS:
-            for arg in node.args[:3]:
+            first = 1 if node.target in _INPUT_FIRST else 0
+            for arg in node.args[first:3]:
                 if isinstance(arg, torch.fx.Node) and arg.op == "get_attr":
                     targets.add(arg.target)
     return targets

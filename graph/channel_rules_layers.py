@@ -65,6 +65,15 @@ def linear(ctx, node):
     return list(x[:-1]) + [weight[0]]
 
 
+def embedding(ctx, node):
+    """embedding(weight [V, D], indices) -> [*indices, D]: the embedding width D is a channel dim (tied
+    to weight dim 1, prunable with the layer that reads it); the vocabulary is gathered by the
+    indices, so its rows are fixed (removing one would shift every index after it)."""
+    weight, indices = ctx.labels(node.args[0]), ctx.labels(node.args[1])
+    ctx.space.tie(weight[0], ctx.space.fixed(weight[0].size))
+    return list(indices) + [weight[1]]
+
+
 def _tie_batch_dims(ctx, a, b, out_rank):
     """Broadcast batch dims of two matrix operands; returns the output's batch labels."""
     batch_a, batch_b = a[:-2], b[:-2]

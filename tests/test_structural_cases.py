@@ -426,9 +426,9 @@ def test_unused_parameters_are_left_alone():
     program, inputs = _captured(UnusedParameters, image)
     combing = find_channel_groups(program.module)
     remove_classes(program.module, combing.analysis, _removed_classes(combing))
-    state = dict(program.module.state_dict())
-    assert all(tuple(state[name].shape) == shape for name, shape in
-               (("unused_conv.weight", (8, 8, 1, 1)), ("unused", (8,))) if name in state)
+    state = program.module.state_dict()  # torch.export keeps them: they must come out as they went in
+    assert tuple(state["unused_conv.weight"].shape) == (8, 8, 1, 1) and tuple(state["unused"].shape) == (8,)
+    assert program.module.a.weight.shape[0] < 8
 
 
 def test_custom_operator_blocks_its_channels_by_name_and_the_rest_is_exact(removal_is_exact):
