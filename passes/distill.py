@@ -41,28 +41,42 @@ shapes (no learned adapters), choosing which channels to prune (other passes do 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
 import torch
 
 from prunefx.graph import Program
 from prunefx.passes.linearize_blocks import blend_schedule
+from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.result import Result
 from prunefx.passes.sparse_masks import SparseMasks, recorded_weights
 from prunefx.passes.training import TrainConfig, Trainer, TrainingError
 
-_PASS_OPTIONS = ("data", "teacher", "eval_data", "after_backward", "after_step")
+
+@dataclass
+class DistillConfig(TrainConfig, PassConfig):
+    """The trainer's fields (TrainConfig, checked when built) and the objects a caller gives."""
+
+    owner: ClassVar[str] = "distill"
+
+    data: Any = option(source="train", help="training batches, (inputs, labels) tuples")
+    eval_data: Any = option(source="val", help="evaluation batches")
+    teacher: Any = option(source="teacher", help="the model to distil from (default: a frozen copy of the input)")
+    after_backward: list[Callable] | None = option(help="hooks called after every backward pass", cli=False)
+    after_step: list[Callable] | None = option(help="hooks called after every optimizer step", cli=False)
 
 
 def check_config(config: dict) -> None:
-    """Training keys are TrainConfig's (checked by building one); the rest are injected objects."""
-    TrainConfig.from_dict({k: v for k, v in config.items() if k not in _PASS_OPTIONS}, owner="distill")
+    DistillConfig.parse(config)
 
 
 def distill(program: Program, /, *, config: dict | None = None) -> Result:
-    config = dict(config or {})
-    if config.get("data") is None:
+    if (config or {}).get("data") is None:
         raise TrainingError("distill needs 'data': the training batches, (inputs, labels) tuples")
-    options = {key: config.pop(key, None) for key in _PASS_OPTIONS}
-    train_config = TrainConfig.from_dict(config, owner="distill")
+    options = DistillConfig.parse(config).as_dict()
+    train_config = TrainConfig.from_dict(TrainConfig.fields_of(options), owner="distill")
     teacher = options["teacher"]
     if teacher is None and (train_config.kd_weight > 0 or train_config.feature_pairs):
         teacher = program.clone().eval()
@@ -97,3 +111,5 @@ def _changed(before: dict[str, torch.Tensor], program: Program) -> bool:
 
 
 distill.check_config = check_config
+distill.config_class = DistillConfig
+distill.in_place = True  # trains the Program it is given

@@ -31,6 +31,8 @@ Non-goals: growing channels back; events triggered by a loss plateau instead of 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from prunefx.graph import Program, count
 from prunefx.graph.channel_groups import find_channel_groups
@@ -38,39 +40,53 @@ from prunefx.graph.channel_importance import FisherAccumulator
 from prunefx.graph.channel_selection import TARGET_KINDS, TARGET_TOLERANCE, Target
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes import config_checks as checks
+from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.result import Result
 from prunefx.passes.training import TrainConfig, Trainer
 
 # A width ratio is not a cost: the schedule needs a quantity it can measure between events.
 _TARGETS = ("macs", "params")
-_SCHEDULE_DEFAULTS = {"prune_events": 5, "interval": 50, "ranking": "global", "round_to": 8, "max_ratio": 0.8,
-                      "keep": (), "strict": True}
-_PASS_OPTIONS = {"data", "eval_data", "teacher", *TARGET_KINDS, *_SCHEDULE_DEFAULTS}
+
+
+@dataclass
+class PruneWhileTrainingConfig(TrainConfig, PassConfig):
+    """The trainer's fields (TrainConfig) with the pruning schedule's and the objects a caller gives."""
+
+    owner: ClassVar[str] = "prune_while_training"
+
+    data: Any = option(source="train", help="training batches, (inputs, labels) tuples")
+    eval_data: Any = option(source="val", help="evaluation batches")
+    teacher: Any = option(source="teacher", help="the model to distil from (default: a frozen copy of the input)")
+    macs: float | None = option(help="fraction of the MACs to keep at the end")
+    params: float | None = option(help="fraction of the parameters to keep at the end")
+    channels: float | None = option(help="not a target here: a width ratio is not a cost", cli=False)
+    prune_events: int = option(5, help="how many cuts reach the target")
+    interval: int = option(50, help="training steps between cuts")
+    ranking: str = option("global", help="global or local ranking of channels", choices=("global", "local"))
+    round_to: int = option(8, help="keep every width a multiple of N")
+    max_ratio: float = option(0.8, help="largest fraction of one group removed")
+    keep: list[str] = option([], help="graph node whose channels must stay")
+    strict: bool = option(True, help="fail when the target is missed by more than 3 %")
+
+    def check(self) -> None:
+        owner = self.owner
+        _target(self.as_dict())
+        checks.integer(owner, "prune_events", self.prune_events, minimum=1)
+        checks.integer(owner, "interval", self.interval, minimum=1)
+        checks.integer(owner, "round_to", self.round_to, minimum=1)
+        checks.number(owner, "max_ratio", self.max_ratio, low=0.0, high=1.0, high_open=True)
 
 
 def check_config(config: dict) -> None:
-    owner = "prune_while_training"
-    TrainConfig.from_dict({k: v for k, v in config.items() if k not in _PASS_OPTIONS}, owner=owner)
-    options = {**_SCHEDULE_DEFAULTS, **{k: v for k, v in config.items() if k in _PASS_OPTIONS}}
-    _target(options)
-    checks.integer(owner, "prune_events", options["prune_events"], minimum=1)
-    checks.integer(owner, "interval", options["interval"], minimum=1)
-    checks.choice(owner, "ranking", options["ranking"], ("global", "local"))
-    checks.integer(owner, "round_to", options["round_to"], minimum=1)
-    checks.number(owner, "max_ratio", options["max_ratio"], low=0.0, high=1.0, high_open=True)
-    checks.names(owner, "keep", options["keep"])
-    checks.boolean(owner, "strict", options["strict"])
+    PruneWhileTrainingConfig.parse(config)
 
 
 def prune_while_training(program: Program, /, *, config: dict | None = None) -> Result:
-    config = dict(config or {})
-    if config.get("data") is None:
+    if (config or {}).get("data") is None:
         raise PrunefxError("prune_while_training needs training batches: config['data']")
-    check_config(config)
-    options = {**_SCHEDULE_DEFAULTS, **{k: v for k, v in config.items() if k in _PASS_OPTIONS}}
-    train_config = TrainConfig.from_dict({k: v for k, v in config.items() if k not in _PASS_OPTIONS},
-                                         owner="prune_while_training")
+    options = PruneWhileTrainingConfig.parse(config).as_dict()
+    train_config = TrainConfig.from_dict(TrainConfig.fields_of(options), owner="prune_while_training")
     target = _target(options)
     schedule = PruningSchedule(program, target, options)
     teacher = options.get("teacher") or program.clone().eval()
@@ -167,3 +183,5 @@ class PruningSchedule:
 
 
 prune_while_training.check_config = check_config
+prune_while_training.config_class = PruneWhileTrainingConfig
+prune_while_training.in_place = True

@@ -85,6 +85,12 @@ class TrainConfig:
         return tuple(self.feature_losses.values())
 
     @classmethod
+    def fields_of(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The entries of `options` that are TrainConfig fields (a pass config holds more)."""
+        names = {f.name for f in fields(TrainConfig)}
+        return {key: value for key, value in options.items() if key in names}
+
+    @classmethod
     def from_dict(cls, options: Mapping[str, Any], *, owner: str = "training") -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(options) - known
