@@ -71,6 +71,18 @@ def _largest_relative_error(before: list[torch.Tensor], after: list[torch.Tensor
     return max(float((a - b).abs().max()) for a, b in zip(before, after)) / scale
 
 
+def _check_in_place(step: Step, given: Program, result: Result) -> None:
+    """A pass declares whether it rewrites the Program it is given (`in_place = True`: it returns that
+    same Program) or leaves it alone and returns a new one (`in_place = False`). The Pipeline cloned the
+    caller's Program once, so either is safe; a pass that breaks its declaration is a bug, caught here.
+    A pass without a declaration (a user's function) is not checked."""
+    declared = getattr(step.function, "in_place", None)
+    if declared is True and result.program is not given:
+        raise PrunefxError("declares in_place = True but returned a different Program than it was given")
+    if declared is False and result.program is given:
+        raise PrunefxError("declares in_place = False but returned the Program it was given")
+
+
 class Pipeline:
     def __init__(self, steps, *, verify: str = "full", progress: bool = False):
         if verify not in VERIFY_LEVELS:
@@ -91,7 +103,8 @@ class Pipeline:
             if not isinstance(step.config, dict):
                 raise PrunefxError(f"step {index + 1} ('{step.name}'): its config must be a mapping, "
                                    f"not {type(step.config).__name__}")
-            check = getattr(step.function, "check_config", None)
+            config_class = getattr(step.function, "config_class", None)
+            check = config_class.parse if config_class is not None else getattr(step.function, "check_config", None)
             if check is not None:
                 try:
                     check(dict(step.config))
@@ -104,7 +117,8 @@ class Pipeline:
         return [step.name for step in self.steps]
 
     def run(self, program: Program) -> PipelineResult:
-        """Run every pass on a copy of `program` (the caller's Program is left untouched)."""
+        """Run every pass on a copy of `program` (the caller's Program is left untouched): the Pipeline
+        clones once, and each pass may then rewrite the Program it is given (see _check_in_place)."""
         program = program.clone()
         done: list[tuple[str, Result]] = []
         for step in tqdm(self.steps, desc="passes", disable=not self.progress):
@@ -118,6 +132,7 @@ class Pipeline:
         reference = _outputs(program) if check_exact else None
         try:
             result = step.function(program, config=dict(step.config))
+            _check_in_place(step, program, result)
             self._check(step, result, reference)
         except PipelineError:
             raise

@@ -1,15 +1,20 @@
 """Pipeline verification and failure reports; YAML recipes spell the same pipeline."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from prunefx.graph import capture
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.fold_batchnorm import fold_batchnorm
+from prunefx.passes.pass_config import PassConfig
 from prunefx.passes.pipeline import Pipeline, PipelineError
 from prunefx.passes.recipe import RecipeError, load_recipe
 from prunefx.passes.registry import PASSES
+from prunefx.passes.remove_channels import RemoveChannelsConfig
 from prunefx.passes.result import Result
+from prunefx.passes.training_config import TrainConfig
 
 
 def _program():
@@ -110,3 +115,88 @@ def test_stats_keep_every_run_of_a_repeated_pass():
     stats = result.stats()
     assert [stats[k]["tag"] for k in ("counting", "counting#2", "counting#3")] == ["a", "b", "c"]
     assert "fold_batchnorm" in stats
+
+
+# --- the typed pass contract (passes/pass_config.py) ------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(PASSES))
+def test_every_shipped_pass_declares_a_config_dataclass_and_its_in_place_behaviour(name):
+    function = PASSES[name]
+    config_class = function.config_class
+    assert dataclasses.is_dataclass(config_class) and issubclass(config_class, PassConfig)
+    assert config_class.owner == name and function.in_place in (True, False)
+    for field in dataclasses.fields(config_class):  # every option says what it is for
+        if field.name not in {f.name for f in dataclasses.fields(TrainConfig)}:
+            assert field.metadata.get("help"), f"{name}.{field.name} has no help"
+
+
+@pytest.mark.parametrize("name, key, value, message", [
+    ("remove_channels", "round_to", "8", "'round_to' must be an integer"),
+    ("remove_channels", "compensate", "yes", "'compensate' must be true or false or null"),
+    ("remove_channels", "keep", "conv1", "'keep' must be a list"),
+    ("remove_channels", "macs", True, "'macs' must be a fraction in \\(0, 1\\]"),
+    ("fold_batchnorm", "anything", 1, "unknown option 'anything'"),
+    ("comb_channels", "keep", [1, 2], "'keep' must be a list"),
+    ("merge_blocks", "min_speedup", float("inf"), "'min_speedup' must be a finite number"),
+    ("merge_blocks", "measure", 3, "'measure' must be a function or null"),
+    ("sparsify_nm", "sequential", 1, "'sequential' must be true or false"),
+    ("linearize_blocks", "rank", "best", "'rank' must be one of damage, damage_per_mac"),
+    ("recalibrate_batchnorm", "max_batches", 2.5, "'max_batches' must be an integer or null"),
+])
+def test_a_mistyped_value_is_one_line_naming_the_pass_and_the_key(name, key, value, message):
+    base = {"remove_channels": {"macs": 0.5}, "linearize_blocks": {"count": 1}}.get(name, {})
+    with pytest.raises(PrunefxError, match=f"step 1 \\('{name}'\\): {name}: {message}") as caught:
+        Pipeline([(PASSES[name], {**base, key: value})])
+    assert "\n" not in str(caught.value)
+
+
+def test_defaults_live_in_the_config_class():
+    config = RemoveChannelsConfig.parse({"macs": 0.5})
+    assert (config.round_to, config.max_ratio, config.ranking, config.damping) == (8, 0.8, "global", 0.01)
+    assert config.resolved() == ("l2", False)  # no calibration data: magnitudes
+    with_data = RemoveChannelsConfig.parse({"macs": 0.5, "calibration": [torch.zeros(1)]})
+    assert with_data.resolved() == ("obs", True)  # data given: the best one-shot path
+    chosen = RemoveChannelsConfig.parse({"macs": 0.5, "importance": "l1", "calibration": [torch.zeros(1)]})
+    assert chosen.resolved() == ("l1", False)  # an explicit choice is kept
+
+
+def test_passes_declare_the_inputs_a_caller_injects():
+    assert RemoveChannelsConfig.parse({"macs": 0.5}).needed_inputs() == {"calibration": "calibration"}
+    assert RemoveChannelsConfig.parse({"macs": 0.5, "importance": "l2"}).needed_inputs() == {}
+    assert RemoveChannelsConfig.parse({"macs": 0.5, "importance": "l2", "compensate": True}).needed_inputs() \
+        == {"calibration": "calibration"}
+    distill_inputs = PASSES["distill"].config_class.parse({"steps": 1}).needed_inputs(given=["teacher"])
+    assert distill_inputs == {"data": "train", "eval_data": "val"}
+    assert PASSES["sparsify_nm"].config_class.parse({}).needed_inputs() == {}
+    assert PASSES["sparsify_nm"].config_class.parse({"criterion": "cap"}).needed_inputs() \
+        == {"calibration": "labelled_calibration"}
+    assert PASSES["merge_blocks"].config_class.parse({}).needed_inputs() == {"measure": "measure"}
+
+
+def returns_a_copy_but_says_in_place(program, /, *, config=None):
+    return Result(program.clone(), modified=False)
+
+
+returns_a_copy_but_says_in_place.in_place = True
+
+
+def rewrites_its_input_but_says_not_in_place(program, /, *, config=None):
+    return Result(program, modified=False)
+
+
+rewrites_its_input_but_says_not_in_place.in_place = False
+
+
+@pytest.mark.parametrize("broken", [returns_a_copy_but_says_in_place, rewrites_its_input_but_says_not_in_place])
+def test_a_pass_that_breaks_its_in_place_declaration_is_named(broken):
+    with pytest.raises(PipelineError, match=f"pass '{broken.__name__}' failed: declares in_place"):
+        Pipeline([fold_batchnorm, broken]).run(_program())
+
+
+def test_the_callers_program_is_untouched_by_an_in_place_pass():
+    program = _program()
+    before = {name: tensor.clone() for name, tensor in program.state_dict().items()}
+    nodes = [node.name for node in program.graph.nodes]
+    Pipeline([fold_batchnorm]).run(program)
+    assert [node.name for node in program.graph.nodes] == nodes
+    assert all(torch.equal(before[name], tensor) for name, tensor in program.state_dict().items())
