@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import types
 
 import numpy as np
 import onnx
@@ -30,7 +31,16 @@ from prunefx.runtime import (
     onnx_nodes_of_layer,
     parse_engine_information,
 )
-from prunefx.runtime.tensorrt_engine import calibration_digest, timing_cache_key
+from prunefx.runtime.tensorrt_engine import (
+    NetworkPlan,
+    OnnxTypes,
+    _build,
+    calibration_digest,
+    network_creation_flags,
+    network_plan,
+    onnx_types,
+    timing_cache_key,
+)
 from prunefx.runtime.tensorrt_profile import _torchscript_scope
 from prunefx.small_models import resnet20
 
@@ -283,3 +293,131 @@ def test_real_engine_profile_maps_layers_to_program_nodes(resnet, tmp_path):
     convs = {node.name for node in program.graph.nodes if "conv2d" in str(node.target)}
     assert convs <= mapped  # every convolution is accounted for by some engine layer
     assert profile.total_ms > 0 and all(row.median_ms >= 0 for row in profile.rows)
+
+
+# --- precision plans: strongly typed on TensorRT >= 10, weak flags only behind the version check ----------
+
+FLOAT32_FILE, FLOAT16_FILE, QDQ_FILE = OnnxTypes(False, False), OnnxTypes(False, True), OnnxTypes(True, False)
+
+
+@pytest.mark.parametrize("version, precision, types, strongly_typed, flags, lower", [
+    ("10.3.0", "fp32", FLOAT32_FILE, True, (), False),
+    ("10.3.0", "int8", QDQ_FILE, True, (), False),
+    ("10.3.0", "fp16", FLOAT16_FILE, True, (), False),
+    ("10.3.0", "fp16", FLOAT32_FILE, False, ("FP16",), False),   # TensorRT 10's weakly typed FP16, kept
+    ("11.0.0", "fp32", FLOAT32_FILE, True, (), False),
+    ("11.0.0", "int8", QDQ_FILE, True, (), False),
+    ("11.2.1", "fp16", FLOAT32_FILE, True, (), True),            # no FP16 flag in 11: lower the file
+    ("8.6.1", "fp16", FLOAT32_FILE, False, ("FP16",), False),
+    ("8.6.1", "int8", QDQ_FILE, False, ("FP16", "INT8"), False),
+])
+def test_network_plan(version, precision, types, strongly_typed, flags, lower):
+    plan = network_plan(version, precision, types)
+    assert plan == NetworkPlan(strongly_typed=strongly_typed, builder_flags=flags, lower_to_fp16=lower)
+    assert network_plan(version, precision, types, sparse=True).builder_flags == flags + ("SPARSE_WEIGHTS",)
+
+
+@pytest.mark.parametrize("version", ["8.6.1", "10.3.0", "11.0.0"])
+def test_int8_needs_qdq_nodes_on_every_version(version):
+    with pytest.raises(MeasurementError, match="INT8 comes only from QuantizeLinear/DequantizeLinear"):
+        network_plan(version, "int8", FLOAT32_FILE)
+    with pytest.raises(MeasurementError, match="TensorRT major version"):
+        network_plan("unknown", "fp32", FLOAT32_FILE)
+
+
+def _fake_tensorrt(version: str, *, explicit_batch: bool, strongly_typed: bool, weak_flags: bool):
+    """A stand-in `tensorrt` module with the members that version documents, recording what is called."""
+    creation = {"EXPLICIT_BATCH": 0} if explicit_batch else {}
+    if strongly_typed:
+        creation["STRONGLY_TYPED"] = 1 if explicit_batch else 0
+    flags = {"SPARSE_WEIGHTS": "SPARSE_WEIGHTS", **({"FP16": "FP16", "INT8": "INT8"} if weak_flags else {})}
+    calls = {"network_flags": [], "set_flag": []}
+
+    class Config:
+        profiling_verbosity = None
+
+        def set_flag(self, flag):
+            calls["set_flag"].append(flag)
+
+        def set_memory_pool_limit(self, pool, size):
+            calls["pool"] = size
+
+        def create_timing_cache(self, data):
+            return data
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            pass
+
+        def get_timing_cache(self):
+            return types.SimpleNamespace(serialize=lambda: b"timings")
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            calls["network_flags"].append(flags)
+            return "network"
+
+        def create_builder_config(self):
+            return Config()
+
+        def build_serialized_network(self, network, config):
+            return b"engine"
+
+    class Parser:
+        num_errors = 0
+
+        def __init__(self, network, logger):
+            pass
+
+        def parse_from_file(self, path):
+            calls["parsed"] = path
+            return True
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity):
+            pass
+
+    module = types.ModuleType("tensorrt")  # a module, as the real one: hashable (the logger cache keys on it)
+    module.__dict__.update(
+        __version__=version, NetworkDefinitionCreationFlag=types.SimpleNamespace(**creation),
+        BuilderFlag=types.SimpleNamespace(**flags), Builder=Builder, OnnxParser=Parser, Logger=Logger,
+        ProfilingVerbosity=types.SimpleNamespace(DETAILED="detailed"),
+        MemoryPoolType=types.SimpleNamespace(WORKSPACE="workspace"))
+    return module, calls
+
+
+@pytest.mark.parametrize("version, members, precision, types_, network_flags, builder_flags", [
+    ("8.6.1", dict(explicit_batch=True, strongly_typed=False, weak_flags=True), "fp16", FLOAT32_FILE, 1, ["FP16"]),
+    ("10.3.0", dict(explicit_batch=True, strongly_typed=True, weak_flags=True), "int8", QDQ_FILE, 1 << 1, []),
+    ("10.3.0", dict(explicit_batch=True, strongly_typed=True, weak_flags=True), "fp16", FLOAT32_FILE, 0, ["FP16"]),
+    # TensorRT 11: no EXPLICIT_BATCH, no FP16/INT8 flags; STRONGLY_TYPED accepted (ignored), or gone later
+    ("11.0.0", dict(explicit_batch=False, strongly_typed=True, weak_flags=False), "int8", QDQ_FILE, 1, []),
+    ("12.0.0", dict(explicit_batch=False, strongly_typed=False, weak_flags=False), "fp32", FLOAT32_FILE, 0, []),
+])
+def test_build_sets_only_the_flags_the_version_has(tmp_path, version, members, precision, types_, network_flags,
+                                                   builder_flags):
+    trt, calls = _fake_tensorrt(version, **members)
+    options = BuildOptions(precision=precision, workspace_mib=64)
+    plan = network_plan(version, precision, types_)
+    assert network_creation_flags(trt, plan) == network_flags
+    serialized = _build(trt, tmp_path / "m.onnx", options, plan, tmp_path / "timing.cache")
+    assert serialized == b"engine" and (tmp_path / "timing.cache").read_bytes() == b"timings"
+    assert calls["network_flags"] == [network_flags] and calls["set_flag"] == builder_flags
+    assert calls["pool"] == 64 << 20 and calls["parsed"] == str(tmp_path / "m.onnx")
+
+
+def test_onnx_types_reads_qdq_and_float16(resnet, tmp_path):
+    assert onnx_types(resnet[1]) == FLOAT32_FILE
+    model = onnx.load(str(resnet[1]))
+    model.graph.node[0].op_type = "DequantizeLinear"  # only the operator types are read
+    onnx.save(model, tmp_path / "qdq.onnx")
+    assert onnx_types(tmp_path / "qdq.onnx").has_qdq
+    cast = onnx.helper.make_node("Cast", ["output_0"], ["half"], to=onnx.TensorProto.FLOAT16)
+    model = onnx.load(str(resnet[1]))
+    model.graph.node.append(cast)
+    onnx.save(model, tmp_path / "half.onnx")
+    assert onnx_types(tmp_path / "half.onnx") == FLOAT16_FILE

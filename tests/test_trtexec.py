@@ -23,6 +23,7 @@ from prunefx.runtime.jetson import (
     parse_nvpmodel,
     parse_tegrastats_line,
 )
+from prunefx.runtime.tensorrt_engine import OnnxTypes, onnx_types
 from prunefx.runtime.trtexec import (
     TrtexecOptions,
     find_trtexec,
@@ -30,6 +31,7 @@ from prunefx.runtime.trtexec import (
     parse_trtexec_profile,
     run_trtexec,
     trtexec_arguments,
+    trtexec_version,
 )
 
 torch.set_num_threads(1)
@@ -118,10 +120,31 @@ def test_default_arguments_time_the_engine_with_percentiles():
     assert not any(a.startswith(("--fp16", "--int8", "--saveEngine", "--exportProfile", "--useDLACore")) for a in args)
 
 
-@pytest.mark.parametrize("precision, flags", [("fp32", []), ("fp16", ["--fp16"]), ("int8", ["--fp16", "--int8"])])
-def test_precision_flags(precision, flags):
-    args = trtexec_arguments("m.onnx", TrtexecOptions(precision=precision))
-    assert [a for a in args if a in ("--fp16", "--int8")] == flags
+FLOAT32, FLOAT16, QDQ = OnnxTypes(False, False), OnnxTypes(False, True), OnnxTypes(True, False)
+
+
+@pytest.mark.parametrize("version, precision, types, flags", [
+    ("10.3.0", "fp32", FLOAT32, ["--stronglyTyped"]),
+    ("10.3.0", "int8", QDQ, ["--stronglyTyped"]),          # INT8 from the file's Q/DQ nodes only
+    ("10.3.0", "fp16", FLOAT16, ["--stronglyTyped"]),
+    ("10.3.0", "fp16", FLOAT32, ["--fp16"]),               # TensorRT 10's weakly typed FP16, version-checked
+    ("11.0.0", "fp32", FLOAT32, []),                       # always strongly typed: nothing to pass
+    ("11.0.0", "int8", QDQ, []),
+    ("11.1.0", "fp16", FLOAT16, []),
+    ("8.6.1", "fp16", FLOAT32, ["--fp16"]),
+    ("8.6.1", "int8", QDQ, ["--fp16", "--int8"]),
+])
+def test_precision_flags(version, precision, types, flags):
+    args = trtexec_arguments("m.onnx", TrtexecOptions(precision=precision), tensorrt_version=version, types=types)
+    assert [a for a in args if a in ("--fp16", "--int8", "--stronglyTyped", "--best")] == flags
+    assert not any(a.startswith("--calib") for a in args)  # no implicit calibration, no placeholder ranges
+
+
+def test_int8_without_qdq_and_fp16_flag_on_tensorrt_11_are_refused():
+    with pytest.raises(MeasurementError, match="INT8 comes only from QuantizeLinear/DequantizeLinear"):
+        trtexec_arguments("m.onnx", TrtexecOptions(precision="int8"), tensorrt_version="10.3.0", types=FLOAT32)
+    with pytest.raises(MeasurementError, match="TensorRT >= 11 has no --fp16.*lower"):
+        trtexec_arguments("m.onnx", TrtexecOptions(precision="fp16"), tensorrt_version="11.0.0", types=FLOAT32)
 
 
 def test_sparse_profile_engine_and_dla_arguments(tmp_path):
@@ -290,7 +313,9 @@ def test_run_trtexec_records_power_mode_clocks_and_power(fake_jetson, tmp_path):
     onnx_path = tmp_path / "m.onnx"
     onnx_path.write_bytes(b"")  # the stand-in reads the file only when profiling
     result = run_trtexec(onnx_path, TrtexecOptions(precision="fp16"))
+    # the stand-in says TensorRT 10.3 and the file has no FP16 tensors: the weakly typed flag, version-checked
     assert result.command[0] == str(fake_jetson) and "--fp16" in result.command
+    assert "--stronglyTyped" not in result.command and trtexec_version(str(fake_jetson)) == "10.3.0"
     assert result.latency.median_ms == pytest.approx(1.16162)
     assert result.jetson.power_mode == "15W" and result.jetson.power_mode_id == 2 and result.jetson.clocks_pinned
     assert result.power["samples"] >= 1 and result.power["mean_mw"] == 9120 and result.power["total_source"] == "VDD_IN"
@@ -330,3 +355,18 @@ def test_cli_bench_and_profile_through_trtexec(fake_jetson, capsys, tmp_path):
     slowest = max(rows.values(), key=lambda row: row["median_ms"])
     assert out.splitlines()[1].startswith(slowest["layer"][:40])  # slowest first
     assert "conv2d, batch_norm, relu" in out and f"{len(rows)} layers" in out
+
+
+@pytest.mark.slow  # three runs of the trtexec stand-in and an ONNX export: about 4 s
+def test_trtexec_of_tensorrt_11_gets_an_fp16_file_and_no_precision_flags(fake_jetson, tmp_path):
+    (fake_jetson.parent / "trtexec.out").write_text(TRTEXEC_10.replace("v100300", "v110000").replace(" --fp16", ""))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
+    onnx_path = tmp_path / "m.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 8, 8),), str(onnx_path), dynamo=False, opset_version=18)
+    result = run_trtexec(onnx_path, TrtexecOptions(precision="fp16"), workdir=tmp_path / "work")
+    assert result.summary.tensorrt_version == "11.0.0"
+    assert not {"--fp16", "--int8", "--stronglyTyped"} & set(result.command)
+    built = next(a.split("=", 1)[1] for a in result.command if a.startswith("--onnx="))
+    assert built.endswith("m.fp16.onnx") and onnx_types(built) == FLOAT16
+    with pytest.raises(MeasurementError, match="INT8 comes only from"):
+        run_trtexec(onnx_path, TrtexecOptions(precision="int8"))
