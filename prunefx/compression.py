@@ -8,23 +8,18 @@ training batch size, a recipe and a data set in; a compressed, deployable model 
         accuracy_latency.png (every measured variant: runtime/deployment_report.py)
 
 Data injection. A recipe is YAML and cannot hold loaders or models, so the passes that need them get
-them here (`INJECTED`, the one place that says which pass gets what). A key the recipe sets itself is
-left alone: `eval_data: null` turns evaluation during training off, `teacher: null` makes a training
-pass distil from its own input instead of the dense model.
+them here. What a pass needs is declared by the pass itself: its config class's fields with a `source`
+(passes/pass_config.py), narrowed by `reads()` to what this configuration reads (remove_channels reads
+calibration data for data-driven importance or compensation, sparsify_nm for obs and cap). A key the
+recipe sets itself is left alone: `eval_data: null` turns evaluation during training off, `teacher: null`
+makes a training pass distil from its own input instead of the dense model. The sources:
 
-    distill, prune_while_training   data       the training batches (shuffled, augmented)
-                                    eval_data  the validation batches (None without a validation split)
-                                    teacher    the dense program: a frozen, eval-mode copy
-    remove_channels                 calibration  a few training input batches (inputs only), when
-                                                 its importance reads data (taylor, fisher: gradients;
-                                                 obs: layer inputs) or it compensates the remaining
-                                                 weights (compensate)
-    recalibrate_batchnorm           data       the same few training input batches
-    sparsify_nm                     calibration  the same batches with their labels (criterion obs or cap)
-    linearize_blocks                calibration  the same few training input batches (block choice,
-                                                 statistics of the batch norms that replace layer norms)
-    merge_blocks                    measure    ONNX Runtime timing at batch 1 (runtime/speedup.py): a merge
-                                               of layers is kept only when it runs faster
+    train         the training batches (shuffled, augmented)
+    val           the validation batches (None without a validation split)
+    teacher       the dense program: a frozen, eval-mode copy
+    calibration   a few training input batches (inputs only)
+    labelled_calibration  the same batches with their labels
+    measure       ONNX Runtime timing at batch 1 (runtime/speedup.py)
 
 Recipes named on the command line (`--recipe NAME`) are the YAML files shipped in prunefx/recipes/;
 anything else is read as a path.
@@ -44,7 +39,6 @@ from pathlib import Path
 from prunefx.compression_report import json_safe, markdown_report, pass_summary
 from prunefx.data import FASHION_MNIST, DataSplits, load_data
 from prunefx.graph import Program, count
-from prunefx.graph.channel_importance import DATA_CRITERIA
 from prunefx.graph.errors import PrunefxError, first_line
 from prunefx.graph.rebatch import rebatch
 from prunefx.loading import program_from_reference
@@ -68,27 +62,13 @@ CALIBRATION_BATCHES = 4
 MERGE_MEASURE_RUNS = 30  # per merge of layers that merge_blocks considers: batch 1, ONNX Runtime
 LATENCY_WARMUP = 10
 
-# pass name -> {config key: what `prunefx compress` puts there}. See the module docstring.
-INJECTED: dict[str, dict[str, str]] = {
-    "distill": {"data": "train", "eval_data": "val", "teacher": "teacher"},
-    "prune_while_training": {"data": "train", "eval_data": "val", "teacher": "teacher"},
-    "remove_channels": {"calibration": "calibration"},  # only when it reads data: see _injected_keys
-    "recalibrate_batchnorm": {"data": "calibration"},
-    "sparsify_nm": {"calibration": "labelled_calibration"},  # obs and cap read data; cap needs the labels
-    "linearize_blocks": {"calibration": "calibration"},  # block choice by damage, layer-norm statistics
-    "merge_blocks": {"measure": "measure"},  # a merge of layers must run faster on ONNX Runtime
-}
-
-
 def _injected_keys(step: Step) -> dict[str, str]:
-    """The keys `step` gets injected (those its recipe config does not set)."""
-    table = INJECTED.get(step.name, {})
-    if (step.name == "remove_channels" and step.config.get("importance") not in DATA_CRITERIA
-            and not step.config.get("compensate")):
-        return {}  # magnitude criteria without compensation read no data
-    if step.name == "sparsify_nm" and step.config.get("criterion", "magnitude") == "magnitude":
+    """The keys `step` gets injected, key -> source: those its pass declares and reads with this config,
+    and the recipe does not set itself."""
+    config_class = getattr(step.function, "config_class", None)
+    if config_class is None:  # a user's pass without a declaration gets nothing
         return {}
-    return {key: source for key, source in table.items() if key not in step.config}
+    return config_class.parse(step.config).needed_inputs(given=step.config)
 
 
 # ---- recipes ------------------------------------------------------------------------------------
@@ -206,7 +186,7 @@ def _sources(dense: Program, splits: DataSplits, eval_batches: int | None, neede
 def inject(pipeline: Pipeline, dense: Program, splits: DataSplits, *, data: str,
            eval_batches: int | None = None) -> tuple[Pipeline, list[list[str]]]:
     """The pipeline with data, teacher and calibration batches in the configs of the passes that need
-    them (INJECTED), and, per step, the keys that were injected."""
+    them (as each pass declares), and, per step, the keys that were injected."""
     wanted = [_injected_keys(step) for step in pipeline.steps]
     for step, keys in zip(pipeline.steps, wanted):
         if splits.train is None and "train" in keys.values():

@@ -15,7 +15,7 @@ import yaml
 
 from prunefx import fashion_mnist
 from prunefx.cli import EXIT_USER_ERROR, main
-from prunefx.compression import CALIBRATION_BATCHES, INJECTED, inject, recipe_path, shipped_recipes
+from prunefx.compression import CALIBRATION_BATCHES, _injected_keys, inject, recipe_path, shipped_recipes
 from prunefx.compression_report import json_safe
 from prunefx.data import DataSplits, TensorBatches
 from prunefx.graph import Program, PrunefxError, capture
@@ -185,7 +185,7 @@ def test_inject_fills_only_what_a_pass_needs_and_the_recipe_left_unset():
                                 torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
     dense = capture(model, torch.randn(4, 3, 8, 8), name="tiny")
     pipeline = pipeline_from_spec({"passes": [
-        {"remove_channels": {"macs": 0.5}},                          # l2 reads no data
+        {"remove_channels": {"macs": 0.5, "importance": "l2"}},      # l2 reads no data
         {"remove_channels": {"macs": 0.5, "importance": "taylor"}},  # gradients: calibration
         {"remove_channels": {"macs": 0.5, "importance": "obs"}},     # layer inputs: calibration
         {"distill": {"steps": 1, "eval_data": None}},                # the recipe's own eval_data stays
@@ -203,6 +203,9 @@ def test_inject_fills_only_what_a_pass_needs_and_the_recipe_left_unset():
     assert teacher is not dense and not teacher.training
     assert not any(p.requires_grad for p in teacher.module.parameters())
     assert configs[4] == {}
+    # With no importance named, remove_channels takes the best one-shot path when data is at hand
+    default = pipeline_from_spec({"passes": [{"remove_channels": {"macs": 0.5}}]}).steps[0]
+    assert _injected_keys(default) == {"calibration": "calibration"}
 
     no_training = DataSplits(None, None, splits.test, splits.classes, splits.input_shape)
     with pytest.raises(PrunefxError, match="'distill' trains, but random has no training split"):
@@ -227,7 +230,7 @@ def test_shipped_recipes_resolve_and_build():
         for step in pipeline.steps:
             for key in step.config:
                 assert key in header, (name, step.name, key)
-            for key in INJECTED.get(step.name, {}):
+            for key in _injected_keys(step):
                 assert key in header, (name, step.name, key)
 
 
