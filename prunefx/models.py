@@ -5,6 +5,11 @@ A reference is one of
   timm:NAME                    timm.create_model(NAME, pretrained=False)
   prunefx:NAME                 a small model for 28x28 gray images from prunefx.small_models
                                (resnet20, resnet56, mobilenetv2_small, vit_tiny_fmnist)
+  ultralytics:NAME             an Ultralytics YOLO detector in its export-mode forward (decoded boxes and
+                               class scores, no NMS): NAME is a model yaml shipped with the package
+                               (yolov8n.yaml, yolo11n.yaml), built without weights, or a checkpoint .pt path
+                               (Ultralytics checkpoints are pickled: load only files you trust).
+                               Needs `pip install ultralytics` (AGPL-3.0, never a dependency of prunefx).
   path/to/file.py:FACTORY      FACTORY() from a Python file imported by its path
   path/to/model.pt2            a saved Program (loaded by the caller with prunefx.graph.Program.load)
 Nothing is ever downloaded: builders get no weights, and pretrained weights come in through
@@ -30,12 +35,14 @@ import torchvision
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from prunefx import small_models
-from prunefx.graph.errors import PrunefxError, printable
+from prunefx.graph.errors import PrunefxError, first_line, printable
 from prunefx.graph.program_metadata import MAX_INPUT_ELEMENTS
 
 DEFAULT_IMAGE_SIZE = 224
 _SHAPE_EXAMPLE = "1x3x224x224"
-_REFERENCE_FORMS = "torchvision:NAME, timm:NAME, prunefx:NAME, path/to/file.py:FACTORY or a saved .pt2 program"
+_REFERENCE_FORMS = ("torchvision:NAME, timm:NAME, prunefx:NAME, ultralytics:NAME, path/to/file.py:FACTORY "
+                    "or a saved .pt2 program")
+ULTRALYTICS_IMAGE_SIZE = 640  # the size Ultralytics trains and predicts at
 
 
 class ModelReferenceError(PrunefxError):
@@ -147,7 +154,56 @@ def _prunefx_model(name: str, image_size: int | None) -> ModelSpec:
     return ModelSpec(module.eval(), None, f"prunefx:{name}", (1, small_models.FMNIST_CHANNELS, size, size))
 
 
-_SOURCES = {"torchvision": _torchvision_model, "timm": _timm_model, "prunefx": _prunefx_model}
+def _ultralytics_model(name: str, image_size: int | None) -> ModelSpec:
+    module = ultralytics_detector(name)
+    size = image_size or ULTRALYTICS_IMAGE_SIZE
+    stride = int(max(module.stride))
+    if size % stride:
+        raise ModelReferenceError(f"ultralytics:{name} takes images whose size is a multiple of {stride}, not {size}")
+    return ModelSpec(module, None, f"ultralytics:{name}", (1, 3, size, size))
+
+
+def ultralytics_detector(name: str) -> torch.nn.Module:
+    """An Ultralytics DetectionModel from a shipped yaml (no weights) or a checkpoint, set to its export-mode
+    forward (what Ultralytics' own ONNX export traces): one tensor of decoded boxes and class scores."""
+    try:
+        from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+    except ImportError as error:  # AGPL-3.0: installed by the user (or `pip install -e .[dev]`), never by us
+        raise ModelReferenceError(f"ultralytics:{name} needs the ultralytics package: pip install ultralytics "
+                                  f"({first_line(error)})") from error
+    if name.endswith((".yaml", ".yml")):
+        try:
+            model = DetectionModel(name, verbose=False)
+        except Exception as error:  # a missing or malformed yaml surfaces as many types
+            raise ModelReferenceError(f"ultralytics cannot build {name}: {first_line(error)}") from error
+    elif name.endswith(".pt"):
+        if not Path(name).is_file():
+            raise ModelReferenceError(f"ultralytics checkpoint {name} not found")
+        try:
+            model = load_checkpoint(name, device="cpu")[0]
+        except Exception as error:
+            raise ModelReferenceError(f"ultralytics cannot load {name}: {first_line(error)}") from error
+    else:
+        raise ModelReferenceError(f"ultralytics:{name}: name a model yaml (yolov8n.yaml) or a checkpoint .pt")
+    return _export_mode(model.float().eval(), name)
+
+
+def _export_mode(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    heads = [m for m in model.modules() if hasattr(m, "export") and hasattr(m, "stride") and hasattr(m, "reg_max")]
+    if len(heads) != 1 or getattr(heads[0], "end2end", False):
+        raise ModelReferenceError(f"ultralytics:{name} has no single (non end-to-end) Detect head; prunefx "
+                                  "takes Ultralytics detection models")
+    head = heads[0]
+    head.export, head.format = True, "onnx"
+    # Anchors are computed inside the graph for the captured size (dynamic), from Python-number strides: a
+    # stride tensor would be read with .item() there, which shape propagation cannot follow.
+    head.dynamic = True
+    head.stride = [float(s) for s in head.stride]
+    return model
+
+
+_SOURCES = {"torchvision": _torchvision_model, "timm": _timm_model, "prunefx": _prunefx_model,
+            "ultralytics": _ultralytics_model}
 
 
 def _saved_program(path: Path) -> ModelSpec:

@@ -1,0 +1,247 @@
+"""Detectors: prune the exportable part of torchvision detectors and put it back (prunefx.detectors), and
+Ultralytics YOLO through the `ultralytics:NAME` model reference.
+
+The oracle is the detector itself: its final boxes, scores and labels (torchvision) or its decoded
+predictions (YOLO) are compared numerically, and ONNX files are read with `onnx` and run with ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torchvision
+
+import prunefx
+from prunefx.detectors import (
+    GraphPart,
+    PartError,
+    capture_part,
+    find_part,
+    prune_part,
+    replace_part,
+    softmax_nodes,
+    to_ultralytics,
+)
+from prunefx.graph import count, verify
+from prunefx.graph.channel_groups import find_channel_groups
+from prunefx.graph.channel_removal import remove_classes
+from prunefx.models import ModelReferenceError, build_model
+from prunefx.passes import remove_channels
+from prunefx.runtime import check_parity, export_onnx
+
+TOLERANCE = 1e-4  # relative to the largest magnitude of the compared output
+
+
+def _ssd():
+    model = torchvision.models.detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)
+    return _spread_scores(model.head.classification_head, model)
+
+
+def _fcos():
+    # A fixed square size keeps the backbone's input at the captured shape; small for test speed.
+    model = torchvision.models.detection.fcos_resnet50_fpn(weights=None, weights_backbone=None, min_size=128,
+                                                           max_size=128, score_thresh=0.05)
+    return _spread_scores(model.head.classification_head, model)
+
+
+def _spread_scores(classification_head, model):
+    """Random weights give nearly equal class scores, whose order a rounding error could swap: scale the
+    classification head so that scores differ and the comparison of ranked detections is meaningful."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in classification_head.parameters():
+            parameter.mul_(8.0)
+    return model.eval()
+
+
+DETECTORS = {"ssdlite320_mobilenet_v3_large": _ssd, "fcos_resnet50_fpn": _fcos}
+
+
+def _image(size: int = 128) -> list[torch.Tensor]:
+    return [torch.rand(3, size, size, generator=torch.Generator().manual_seed(0))]
+
+
+def _detect(model, images) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return model(images)[0]
+
+
+def _canonical(detections: dict) -> dict:
+    """Detections in one order that does not depend on ranking: by label, then box corners. Two random-weight
+    detections can have scores equal to 1e-7, which a rounding error may swap in the ranked output."""
+    boxes, labels = detections["boxes"], detections["labels"]
+    order = np.lexsort([boxes[:, i].numpy() for i in reversed(range(4))] + [labels.numpy()])
+    return {key: value[torch.from_numpy(order)] for key, value in detections.items()}
+
+
+def _assert_same_detections(actual: dict, expected: dict) -> None:
+    assert len(expected["boxes"]) > 0, "no detections: the comparison would be vacuous"
+    actual, expected = _canonical(actual), _canonical(expected)
+    assert torch.equal(actual["labels"], expected["labels"])
+    for key in ("boxes", "scores"):
+        assert actual[key].shape == expected[key].shape
+        scale = expected[key].abs().max()
+        assert (actual[key] - expected[key]).abs().max() <= TOLERANCE * scale
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DETECTORS)
+def test_removing_zeroed_backbone_channels_leaves_detections_unchanged(name, one_thread, zero_channels):
+    model, images = DETECTORS[name](), _image()
+    program = capture_part(model, (images,), "backbone")
+    # Put back unchanged, the captured graph gives the eager model's detections (dict outputs kept).
+    _assert_same_detections(_detect(replace_part(model, "backbone", program), images), _detect(model, images))
+
+    combing = find_channel_groups(program.module)
+    rng = np.random.default_rng(0)
+    removed = {int(c) for g in combing.groups if g.exact and g.size >= 2
+               for c in rng.choice(g.classes, g.size // 3, replace=False)}
+    zero_channels(program, combing, removed)
+    expected = _detect(replace_part(model, "backbone", program), images)
+    macs = count(program).macs
+    assert remove_classes(program.module, combing.analysis, removed) > 0
+    program.recompile()
+    verify(program)
+    assert count(program).macs < 0.9 * macs
+    _assert_same_detections(_detect(replace_part(model, "backbone", program), images), expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DETECTORS)
+def test_half_the_backbone_macs_detector_runs_and_part_matches_onnx(name, one_thread, tmp_path):
+    model, images = DETECTORS[name](), _image()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruned = prune_part(model, (images,), [(remove_channels, {"macs": 0.5})], part="backbone")
+    stats = pruned.result.stats()["remove_channels"]
+    assert stats["macs_after"] / stats["macs_before"] == pytest.approx(0.5, abs=0.015)
+    assert count(pruned.program).macs < 0.52 * count(pruned.dense).macs
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "the user's model changed"
+
+    detections = _detect(pruned.model, images)  # the whole detector, its own post-processing included
+    assert isinstance(pruned.model.backbone, GraphPart)
+    assert detections["boxes"].shape[1] == 4 and len(detections["boxes"]) == len(detections["labels"])
+    with torch.no_grad():
+        features = pruned.model.backbone(pruned.dense.example_inputs[0])
+    assert list(features) == list(pruned.dense.run_example())  # OrderedDict of feature maps, same keys
+
+    path = export_onnx(pruned.program, tmp_path / "backbone.onnx").path
+    graph = onnx.load(path).graph
+    onnx_shapes = [[d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.output]
+    assert onnx_shapes == [list(t.shape) for t in features.values()]  # the neck's widths kept
+    assert check_parity(pruned.program, path).relative < TOLERANCE
+
+
+def test_find_part_names_the_backbone(one_thread):
+    # The head (more parameters than the anchors, fewer than the backbone) takes a list: never a candidate.
+    assert find_part(_ssd(), (_image(),)) == "backbone"
+
+
+def test_part_errors_are_one_line(one_thread):
+    model, images = _ssd(), _image()
+    with pytest.raises(PartError, match="has no submodule 'neck'"):
+        capture_part(model, (images,), "neck")
+    with pytest.raises(PartError, match="called with \\(list\\)"):
+        capture_part(model, (images,), "head")
+
+
+def test_graph_part_refuses_other_shapes_and_follows_train_eval(one_thread):
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
+
+        def forward(self, x):
+            return self.body(x).mean()
+
+    model = Net().eval()
+    x = torch.randn(1, 3, 16, 16)
+    swapped = replace_part(model, "body", capture_part(model, x))
+    assert isinstance(swapped.body, GraphPart) and not isinstance(model.body, GraphPart)
+    assert torch.allclose(swapped(x), model(x))
+    with pytest.raises(PartError, match="captured for input 1x3x16x16"):
+        swapped(torch.randn(1, 3, 20, 20))
+    swapped.train()
+    assert swapped.body.program.training  # the batch norm inside the graph now uses batch statistics
+    swapped.eval()
+    assert not swapped.body.program.training
+
+
+# --- Ultralytics ------------------------------------------------------------------------------------
+
+YOLO_SIZE = 160
+
+
+def _yolo(name: str):
+    pytest.importorskip("ultralytics", reason="ultralytics (AGPL-3.0, dev extra) is not installed")
+    spec = build_model(f"ultralytics:{name}", image_size=YOLO_SIZE)
+    x = torch.rand(spec.default_input_shape, generator=torch.Generator().manual_seed(0))
+    return spec, prunefx.capture(spec.module, x, name=spec.name).eval(), x
+
+
+def _widths(program, suffix: str) -> list[tuple[int, ...]]:
+    return [tuple(t.shape) for name, t in program.state_dict().items() if name.endswith(suffix)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["yolov8n.yaml", "yolo11n.yaml"])
+def test_yolo_zeroed_channels_removed_exactly_head_outputs_kept(name, one_thread, zero_channels):
+    _, program, x = _yolo(name)
+    combing = find_channel_groups(program.module, keep=set(softmax_nodes(program)))
+    # Nothing blocks a group but the softmax inputs kept on purpose: every YOLO operator has a channel rule.
+    assert {op for blocked in combing.blocked for op in blocked.operators} <= {"aten.softmax.int"}
+    rng = np.random.default_rng(0)
+    removed = {int(c) for g in combing.groups if g.exact and g.size >= 2
+               for c in rng.choice(g.classes, g.size // 2, replace=False)}
+    box_convs, dfl = _widths(program, "cv2.0.2.weight"), _widths(program, "dfl.conv.weight")
+    zero_channels(program, combing, removed)
+    with torch.no_grad():
+        expected = program(x)
+    assert remove_classes(program.module, combing.analysis, removed) > 0
+    program.recompile()
+    verify(program)
+    with torch.no_grad():
+        actual = program(x)
+    assert actual.shape == expected.shape == (1, 84, 20 * 20 + 10 * 10 + 5 * 5)
+    assert (actual - expected).abs().max() <= TOLERANCE * expected.abs().max()
+    # The 4 x 16 distribution bins of the box convs and the integral conv keep their widths.
+    assert [w[0] for w in _widths(program, "cv2.0.2.weight")] == [w[0] for w in box_convs] == [64]
+    assert _widths(program, "dfl.conv.weight") == dfl == [(1, 16, 1, 1)]
+
+
+@pytest.mark.slow
+def test_yolo_half_macs_matches_onnx_and_runs_in_ultralytics_predict(one_thread, tmp_path):
+    _, program, _ = _yolo("yolov8n.yaml")
+    config = {"macs": 0.5, "keep": softmax_nodes(program)}
+    result = prunefx.Pipeline([(remove_channels, config)]).run(program)
+    pruned = result.program
+    assert count(pruned).macs / count(program).macs == pytest.approx(0.5, abs=0.015)
+
+    path = export_onnx(pruned, tmp_path / "yolo.onnx").path
+    model = onnx.load(path)
+    assert [[d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output] == [[1, 84, 525]]
+    assert check_parity(pruned, path).relative < TOLERANCE
+
+    from ultralytics import YOLO
+
+    yolo = YOLO("yolov8n.yaml")
+    yolo.model = to_ultralytics(pruned, yolo.model)
+    image = (np.random.default_rng(0).random((YOLO_SIZE, YOLO_SIZE, 3)) * 255).astype(np.uint8)
+    results = yolo.predict(image, imgsz=YOLO_SIZE, rect=False, conf=1e-4, verbose=False)
+    boxes = results[0].boxes
+    assert len(boxes) > 0 and boxes.xyxy.shape[1] == 4
+    # Ultralytics ran our graph: its top score is the graph's best class score on the same letterboxed input.
+    with torch.no_grad():
+        raw = pruned(torch.from_numpy(image[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255)
+    assert float(boxes.conf.max()) == pytest.approx(float(raw[0, 4:].max()), rel=1e-4)
+
+
+def test_ultralytics_reference_errors():
+    pytest.importorskip("ultralytics", reason="ultralytics (AGPL-3.0, dev extra) is not installed")
+    with pytest.raises(ModelReferenceError, match="name a model yaml"):
+        build_model("ultralytics:yolov8n")
+    with pytest.raises(ModelReferenceError, match="not found"):
+        build_model("ultralytics:missing/best.pt")
+    with pytest.raises(ModelReferenceError, match="multiple of 32"):
+        build_model("ultralytics:yolov8n.yaml", image_size=100)
