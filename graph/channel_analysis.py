@@ -86,6 +86,12 @@ def _input_labels(ctx: _Context, shape, free_batch: bool):
 
 
 def _attribute_labels(ctx: _Context, node: torch.fx.Node, shape) -> list[np.ndarray]:
+    if shape is None:
+        # Not a tensor: a submodule that a higher-order operator runs (the autocast-disabled region of
+        # timm's EfficientViT attention). It has no dims to label (nothing of it is sliced); the
+        # operator that runs it has no rule and blocks the tensors it touches, by name. Before, this
+        # ended in an internal error.
+        return []
     labels = [ctx.space.fresh(s) for s in shape]
     for dim, dim_labels in enumerate(labels):
         ctx.space.members.append(Member(node.target, dim, dim_labels))
