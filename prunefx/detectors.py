@@ -95,6 +95,10 @@ def _tensor_inputs(part: str, calls: list) -> tuple[torch.Tensor, ...]:
 
 def find_part(model: torch.nn.Module, example_inputs) -> str:
     """The name of the largest child of `model` (by parameters) that runs once on tensors and captures."""
+    return _find(model, example_inputs)[0]
+
+
+def _find(model: torch.nn.Module, example_inputs) -> tuple[str, Program]:
     children = sorted(((sum(p.numel() for p in child.parameters()), name)
                        for name, child in model.named_children()), reverse=True)
     children = [name for size, name in children if size > 0]
@@ -102,11 +106,9 @@ def find_part(model: torch.nn.Module, example_inputs) -> str:
     reasons = []
     for name in children:
         try:
-            _capture(model, name, _tensor_inputs(name, calls[name]))
+            return name, _capture(model, name, _tensor_inputs(name, calls[name]))
         except PartError as error:
             reasons.append(str(error))
-            continue
-        return name
     raise PartError(f"no child of {type(model).__name__} can be captured: " + "; ".join(reasons))
 
 
@@ -192,8 +194,7 @@ def prune_part(model: torch.nn.Module, example_inputs, pipeline, *, part: str | 
     """Capture `part` of `model` (see `capture_part`), run `pipeline` (a Pipeline, or its steps) on it,
     and return a copy of `model` with the rewritten part in place. The user's model is not changed."""
     pipeline = pipeline if isinstance(pipeline, Pipeline) else Pipeline(pipeline)
-    part = part if part is not None else find_part(model, example_inputs)
-    dense = capture_part(model, example_inputs, part)
+    part, dense = _find(model, example_inputs) if part is None else (part, capture_part(model, example_inputs, part))
     result = pipeline.run(dense)
     return PartPruning(replace_part(model, part, result.program), part, dense, result)
 
