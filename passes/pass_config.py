@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from prunefx.graph.errors import printable
+from prunefx.passes import config_checks as checks
 from prunefx.passes.config_checks import ConfigError
 
 # What a caller can inject: compress and the CLI know how to make each of these.
@@ -45,14 +46,18 @@ SOURCES = {
 
 
 def option(default: Any = None, *, help: str, choices: tuple | None = None, source: str | None = None,
-           cli: bool = True, describe: str | None = None) -> Any:
+           cli: bool = True, describe: str | None = None, low: float | None = None, high: float | None = None,
+           low_open: bool = False, high_open: bool = False) -> Any:
     """A config field: its default, one line of help (the CLI's too), the values it may take, and for an
     input the caller injects, where it comes from (a key of SOURCES; such fields get no CLI flag).
-    `describe` names the accepted values in errors when the type alone says too little ("a fraction in (0, 1]")."""
+    `describe` names the accepted values in errors when the type alone says too little ("a fraction in (0, 1]").
+    `low`/`high` bound a number (closed unless `low_open`/`high_open`): checked by `parse` and, through
+    prunefx/cli_options.py, by the CLI while it parses its flags."""
     if source is not None and source not in SOURCES:
         raise ValueError(f"unknown input source {source!r}")
     metadata = {"help": help, "choices": choices, "source": source, "cli": cli and source is None,
-                "describe": describe}
+                "describe": describe, "bounds": None if low is None and high is None else
+                (low, high, low_open, high_open)}
     if isinstance(default, (list, dict, set)):
         frozen = type(default)(default)
         return dataclasses.field(default_factory=lambda: type(frozen)(frozen), metadata=metadata)
@@ -103,6 +108,23 @@ def _matches(value, kind) -> bool:
     return isinstance(value, origin or kind)
 
 
+def check_bounds(owner: str, field: dataclasses.Field, value) -> None:
+    """A number outside the field's declared bounds is a ConfigError (None always passes)."""
+    bounds = field.metadata.get("bounds")
+    if bounds is None or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    low, high, low_open, high_open = bounds
+    try:
+        if isinstance(value, int) and low is not None and high is None and not low_open:
+            checks.integer(owner, field.name, value, minimum=int(low))
+        else:
+            checks.number(owner, field.name, value, low=low, high=high, low_open=low_open, high_open=high_open)
+    except ConfigError:
+        if not field.metadata.get("describe"):
+            raise
+        raise ConfigError(f"{owner}: '{field.name}' must be {field.metadata['describe']}, not {_shown(value)}") from None
+
+
 @dataclasses.dataclass
 class PassConfig:
     """Base of every pass's config. Subclasses are dataclasses with `option(...)` fields and set
@@ -131,6 +153,7 @@ class PassConfig:
             if choices and isinstance(value, str) and value not in choices:
                 raise ConfigError(f"{cls.owner}: '{field.name}' must be one of {', '.join(choices)}, "
                                   f"not {_shown(value)}")
+            check_bounds(cls.owner, field, value)
         config = cls(**mapping)
         config.check()
         return config

@@ -67,18 +67,21 @@ FRACTION = "a fraction in (0, 1]"
 class RemoveChannelsConfig(PassConfig):
     owner: ClassVar[str] = "remove_channels"
 
-    macs: float | None = option(describe=FRACTION, help="fraction of the MACs to keep, e.g. 0.5")
-    params: float | None = option(describe=FRACTION, help="fraction of the parameters to keep")
-    channels: float | None = option(describe=FRACTION, help="fraction of the prunable channels to keep")
+    macs: float | None = option(describe=FRACTION, low=0.0, high=1.0, low_open=True,
+                                help="fraction of the MACs to keep, e.g. 0.5")
+    params: float | None = option(describe=FRACTION, low=0.0, high=1.0, low_open=True,
+                                help="fraction of the parameters to keep")
+    channels: float | None = option(describe=FRACTION, low=0.0, high=1.0, low_open=True,
+                                help="fraction of the prunable channels to keep")
     importance: str | Callable | None = option(
         help="channel importance; default: obs (second order) with compensation when calibration data is "
              "given, l2 without", choices=CRITERIA)
     calibration: Any = option(source="calibration", help="input batches for data-driven importance and compensation")
     ranking: str = option("global", help="global: rank channels across groups; local: the same fraction of every "
                                          "group", choices=("global", "local"))
-    round_to: int = option(8, help="keep every width a multiple of N (8: FP16 tensor cores; 16 for ONNX Runtime on "
+    round_to: int = option(8, low=1, help="keep every width a multiple of N (8: FP16 tensor cores; 16 for ONNX Runtime on "
                                    "AVX-512 CPUs)")
-    max_ratio: float = option(0.8, help="largest fraction of one group removed")
+    max_ratio: float = option(0.8, low=0.0, high=1.0, high_open=True, help="largest fraction of one group removed")
     min_widths: dict | None = option(help="{'tensor:dim': width}: no group with such a member keeps fewer", cli=False)
     keep: list[str] = option([], help="graph node whose channels must stay (see `prunefx inspect`)")
     seed: int = option(0, help="seed of the random criterion", cli=False)
@@ -86,13 +89,10 @@ class RemoveChannelsConfig(PassConfig):
     compensate: bool | None = option(
         help="update the remaining weights of every layer that loses inputs so that its output on the "
              "calibration data changes least; default: on with the default importance and calibration data")
-    damping: float = option(0.01, help="ridge term of compensation and obs, a fraction of the mean Hessian diagonal")
+    damping: float = option(0.01, low=0.0, help="ridge term of compensation and obs, a fraction of the mean Hessian diagonal")
 
     def check(self) -> None:
         _target(self.as_dict())
-        checks.integer(self.owner, "round_to", self.round_to, minimum=1)
-        checks.number(self.owner, "max_ratio", self.max_ratio, low=0.0, high=1.0, high_open=True)
-        checks.number(self.owner, "damping", self.damping, low=0.0)
         if self.min_widths is not None and not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1
                                                    for w in self.min_widths.values()):
             raise checks.ConfigError(f"{self.owner}: min_widths must map 'tensor:dim' names to widths >= 1")

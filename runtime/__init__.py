@@ -24,7 +24,7 @@ from prunefx.runtime.errors import (
 from prunefx.runtime.jetson import JetsonState, TegrastatsSampler, jetson_state, parse_tegrastats_line
 from prunefx.runtime.latency import LatencyComparison, LatencyStats, compare_latency, measure_latency
 from prunefx.runtime.onnx_export import OnnxExport, export_onnx
-from prunefx.runtime.onnxruntime_session import DEFAULT_THREADS, OnnxRuntimeSession
+from prunefx.runtime.onnxruntime_session import DEFAULT_THREADS, LATENCY_THREADS, OnnxRuntimeSession
 from prunefx.runtime.parity import OutputParity, Parity, check_parity
 from prunefx.runtime.runners import OnnxRunner, TorchRunner, onnx_runner, torch_runner
 from prunefx.runtime.speedup import onnx_speedup
@@ -50,7 +50,7 @@ from prunefx.runtime.torch_tensorrt_backend import compile_torch_tensorrt
 from prunefx.runtime.trtexec import TrtexecOptions, parse_performance_summary, run_trtexec, trtexec_arguments
 
 __all__ = [
-    "DEFAULT_THREADS", "BackendUnavailableError", "BuildOptions", "DeviceToolError", "Engine", "JetsonState",
+    "DEFAULT_THREADS", "LATENCY_THREADS", "BackendUnavailableError", "BuildOptions", "DeviceToolError", "Engine", "JetsonState",
     "LatencyComparison", "LatencyStats", "LayerProfile", "MeasurementError", "OnnxExport", "OnnxExportError",
     "OnnxRunner", "OnnxRuntimeSession", "OnnxSessionError", "OutputParity", "Parity", "ParityError",
     "TegrastatsSampler", "TorchRunner", "TrtexecOptions", "Variant", "build_engine", "build_layer_profile",

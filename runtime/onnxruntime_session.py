@@ -24,6 +24,9 @@ import torch
 from prunefx.runtime.errors import OnnxSessionError, first_line
 
 DEFAULT_THREADS = 1
+# Latency measurements (prunefx prune/depth/compress/bench and merge_blocks' timing): two threads, the
+# cores of the machines we measure on and of a Jetson's busy CPU cluster; one constant for every command.
+LATENCY_THREADS = 2
 MAX_THREADS = 256  # one OS thread each: beyond the largest CPUs' cores they only contend (and exhaust memory)
 # ONNX Runtime logs warnings and errors itself, in colour over several lines, before raising; the
 # exception says the same in one line, which is what prunefx reports. Errors only (3), and fatal ones.

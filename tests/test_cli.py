@@ -155,10 +155,10 @@ BAD_INPUTS = {
     "prune past reach": (lambda tmp, models: ["prune", f"{models}:wider", "--input-shape", SHAPE, "--macs", "0.01",
                                               "-o", tmp / "never"], "cannot reach macs=0.01"),
     "prune not a fraction": (lambda tmp, models: ["prune", f"{models}:wider", "--input-shape", SHAPE, "--params", "2",
-                                                  "-o", tmp / "never"], "must lie in (0, 1]"),
+                                                  "-o", tmp / "never"], "'params' must be a fraction in (0, 1]"),
     "missing calibration": (lambda tmp, models: ["prune", f"{models}:wider", "--input-shape", SHAPE, "--macs", "0.5",
-                                                 "--importance", "fisher", "--calibration", tmp / "nowhere",
-                                                 "-o", tmp / "never"], "does not exist"),
+                                                 "--importance", "fisher", "--calibrate", tmp / "nowhere",
+                                                 "-o", tmp / "never"], "unknown calibration data"),
     "will not export": (lambda tmp, models: ["export", f"{models}:data_dependent", "--input-shape", SHAPE,
                                              "-o", tmp / "never.onnx"], "could not capture model"),
     "unknown calibration data": (lambda tmp, models: ["prune", f"{models}:wider", "--input-shape", SHAPE, "--macs",
@@ -215,10 +215,12 @@ def test_prune_with_fisher_on_real_images_reports_them(capsys, tmp_path):
 
     folder = imagenet_sample_images()[0][0].parent
     code, out, _ = run_cli(capsys, "prune", "torchvision:mobilenet_v2", "--input-shape", SHAPE, "--params", "0.6",
-                           "--importance", "fisher", "--calibration", folder, "--local", "-o", tmp_path)
+                           "--importance", "fisher", "--calibrate", folder, "--no-compensate", "--local",
+                           "-o", tmp_path)
     assert code == 0, out
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["calibration"] == f"images from {folder}"
+    assert report["calibration"] == f"100 images from {folder}"
+    assert report["compensation"] is None and report["recalibrate_batchnorm"]["images"] == 100
     assert report["importance"] == "fisher" and report["ranking"] == "local"
     assert report["params_after"] == pytest.approx(0.6 * report["params_before"], rel=0.03)
 
@@ -230,19 +232,22 @@ needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir()
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_prune_calibrate_compensates_recalibrates_and_reports_both(capsys, tmp_path, one_thread):
+    # Calibration data and no other choice: the defaults take the best one-shot path (obs, compensation,
+    # batch-norm recalibration)
     code, out, err = run_cli(capsys, "prune", "prunefx:resnet20", "--macs", "0.5", "--round-to", "4",
-                             "--calibrate", "fashion-mnist", "--compensate", "-o", tmp_path)
+                             "--calibrate", "fashion-mnist", "-o", tmp_path)
     assert code == 0, err
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["calibration"] == "256 images from fashion-mnist (training images, shuffled)"
-    assert report["importance"] == "l2" and report["macs_after"] == pytest.approx(0.5 * report["macs_before"], rel=0.03)
+    assert report["importance"] == "obs" and report["compensated"] and report["macs_after"] == pytest.approx(0.5 * report["macs_before"], rel=0.03)
     recalibration = report["recalibrate_batchnorm"]
     assert recalibration["recalibrated"] == recalibration["batch_norms"] == 21 and recalibration["images"] == 256
     compensation = report["compensation"]
-    assert len(compensation["compensated"]) == 21 and compensation["skipped"] == [] and compensation["images"] == 256
+    compensated = len(compensation["compensated"])  # every layer that lost inputs (obs spares some groups)
+    assert compensated >= 10 and compensation["skipped"] == [] and compensation["images"] == 256
     assert all(layer["error_with"] <= layer["error_without"] for layer in compensation["compensated"])
     assert report["parity"]["relative"] < 1e-4
-    assert "compensated 21 layers" in out and "recalibrated 21 of 21 batch norms on 256 images" in out
+    assert f"compensated {compensated} layers" in out and "recalibrated 21 of 21 batch norms on 256 images" in out
 
     # the saved program carries the recalibrated statistics: recalibrating it again changes nothing
     from prunefx.calibration import calibration_data
@@ -400,3 +405,42 @@ def test_installed_script_runs_and_fails_cleanly(tmp_path, model_file):
     assert bad.returncode == EXIT_USER_ERROR
     assert bad.stdout == "" and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip("\n").splitlines()) == 1, bad.stderr
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_prune_with_data_keeps_an_explicit_choice(capsys, tmp_path, one_thread):
+    code, out, err = run_cli(capsys, "prune", "prunefx:resnet20", "--macs", "0.5", "--round-to", "4",
+                             "--calibrate", "fashion-mnist", "--calibration-images", "64", "--importance", "l2",
+                             "--no-recalibrate", "-o", tmp_path)
+    assert code == 0, err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["importance"] == "l2" and not report["compensated"] and report["recalibrate_batchnorm"] is None
+
+
+def test_prune_flags_are_remove_channels_options():
+    """Every pass-option flag of `prune` is made from remove_channels' config field: same default, same
+    choices, and a value out of the field's range is refused while parsing."""
+    import argparse
+    import dataclasses
+
+    from prunefx.commands import prune
+    from prunefx.passes.remove_channels import RemoveChannelsConfig
+
+    parser = argparse.ArgumentParser()
+    prune.add_arguments(parser)
+    actions = {}
+    for action in parser._actions:  # the flag named after the field (--global/--local are shorthands)
+        actions.setdefault(action.dest, action)
+    fields = {field.name: field for field in dataclasses.fields(RemoveChannelsConfig)}
+    cli_fields = {name for name, field in fields.items() if field.metadata["cli"]}
+    assert cli_fields == set(prune.TARGETS) | set(prune.OPTIONS)
+    for name in cli_fields:
+        field = fields[name]
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        assert actions[name].default == default == parser.get_default(name), name
+        assert actions[name].choices == field.metadata["choices"], name
+        assert field.metadata["help"] in actions[name].help, name
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--macs", "0.5", "--max-ratio", "1.0", "-o", "x"])  # [0, 1) in the field
+    assert parser.parse_args(["--macs", "0.5", "-o", "x"]).compensate is None  # decided by the data given

@@ -1,81 +1,69 @@
 """prunefx prune MODEL --macs 0.5 -o DIR: structured channel pruning, written as model.pt2, model.onnx
 and report.json (costs before/after, the width of every group, blocked groups, ONNX parity).
 
-Calibration data, for the data-driven criteria (taylor, fisher, obs) and for compensation:
-- `--calibrate DATA` (fashion-mnist | imagenet-sample | a folder: ImageFolder with train/, or images
-  directly in it; `--calibration-images`, 256 by default, in batches of the captured batch size):
-  the importance reads it, `--compensate` updates the remaining weights on it (remove_channels'
-  `compensate`), and every batch norm is recalibrated on it after the removal (recalibrate_batchnorm);
-- `--calibration DIR` (a flat folder of images): only the importance reads it;
-- neither: taylor/fisher/obs read `--calibration-batches` batches of noise; `--compensate` is refused
-  (fitting weights to noise would only hurt).
-report.json says which was used (`calibration`), and holds the statistics of the compensation
-(`compensation`) and of the recalibration (`recalibrate_batchnorm`), null when they did not run.
+The pass options (target, importance, ranking, widths, compensation) are remove_channels' own: each flag
+is made from its config field (prunefx/cli_options.py), with the same default and range.
+
+Calibration data, `--calibrate DATA` (fashion-mnist | imagenet-sample | a folder: ImageFolder with
+train/, or images directly in it; `--calibration-images`, 256 by default, in batches of the captured
+batch size). Given data, the defaults use it, as the best one-shot path measured on our benchmarks does
+(benchmarks/results/one_shot_accuracy.md): second-order (obs) channel selection, compensation of the
+remaining weights, and every batch norm recalibrated after the removal. `--importance`,
+`--no-compensate` and `--no-recalibrate` choose otherwise. Without data: l2 magnitudes; a data-driven
+criterion named explicitly (taylor, fisher, obs) then reads `--calibration-batches` batches of noise,
+and `--compensate` is refused (fitting weights to noise would only hurt).
+report.json says which was used (`calibration`, `importance`, `compensated`), and holds the statistics
+of the compensation (`compensation`) and of the recalibration (`recalibrate_batchnorm`), null when they
+did not run.
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import time
 from pathlib import Path
 
-from prunefx import options
-from prunefx.calibration import Calibration, calibration_data, image_batches, noise_batches
-from prunefx.graph.channel_importance import CRITERIA, DATA_CRITERIA
+from prunefx import cli_options, options
+from prunefx.calibration import Calibration, calibration_data, noise_batches
+from prunefx.deliverable import write_model, write_report
+from prunefx.graph.channel_importance import DATA_CRITERIA
 from prunefx.graph.errors import PrunefxError
 from prunefx.loading import program_from_args
 from prunefx.output import check_output_folder, staged_folder
 from prunefx.passes.pipeline import Pipeline
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
-from prunefx.passes.remove_channels import remove_channels
-from prunefx.runtime import check_parity, export_onnx
+from prunefx.passes.remove_channels import RemoveChannelsConfig, remove_channels
 
 NAME = "prune"
 HELP = "remove channels to a MACs or parameter target; write model.pt2, model.onnx and report.json"
+TARGETS = ("macs", "params", "channels")
+OPTIONS = ("importance", "ranking", "round_to", "max_ratio", "keep", "compensate", "damping")
 
 
 def add_arguments(parser) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--macs", type=options.fraction, help="fraction of the MACs to keep, e.g. 0.5")
-    target.add_argument("--params", type=options.fraction, help="fraction of the parameters to keep")
-    target.add_argument("--channels", type=options.fraction, help="fraction of the prunable channels to keep")
-    parser.add_argument("--importance", choices=CRITERIA, default="l2", help="channel importance (default l2)")
-    ranking = parser.add_mutually_exclusive_group()
-    ranking.add_argument("--global", dest="ranking", action="store_const", const="global",
-                         help="rank channels across groups by normalised score (default)")
-    ranking.add_argument("--local", dest="ranking", action="store_const", const="local",
-                         help="remove the same fraction of every group")
-    parser.set_defaults(ranking="global")
-    parser.add_argument("--round-to", type=options.count, default=8,
-                        help="keep every width a multiple of N (default 8: FP16 tensor cores; 16 for ONNX Runtime "
-                             "on AVX-512 CPUs)")
-    parser.add_argument("--max-ratio", type=options.number(0.0, 1.0, high_open=True), default=0.8, help="largest fraction of one group removed (0.8)")
-    parser.add_argument("--keep", action="append", default=[], metavar="NODE",
-                        help="graph node whose channels must stay (repeatable; see `prunefx inspect`)")
-    data = parser.add_mutually_exclusive_group()
-    data.add_argument("--calibrate", metavar="DATA",
-                      help="calibration data: fashion-mnist, imagenet-sample or a folder (ImageFolder with train/, "
-                           "or images); read by taylor/fisher/obs and --compensate, and every batch norm is "
-                           "recalibrated on it after pruning")
-    data.add_argument("--calibration", metavar="DIR", help="folder of images for taylor/fisher/obs only "
-                                                           "(default: noise)")
-    parser.add_argument("--calibration-images", type=options.count, default=256,
-                        help="images read from --calibrate, in batches of the captured batch size (default 256)")
+    cli_options.add_pass_options(parser, RemoveChannelsConfig, TARGETS, group=target)
+    cli_options.add_pass_options(parser, RemoveChannelsConfig, OPTIONS)
+    # Shorthands for --ranking global|local (the same destination and default)
+    parser.add_argument("--global", dest="ranking", action="store_const", const="global", help="--ranking global")
+    parser.add_argument("--local", dest="ranking", action="store_const", const="local", help="--ranking local")
+    cli_options.add_calibration(parser, reads="with it, channels are chosen by obs, the remaining weights "
+                                              "compensated and every batch norm recalibrated")
+    parser.add_argument("--recalibrate", action=argparse.BooleanOptionalAction, default=None,
+                        help="re-estimate every batch norm on the calibration data after pruning (default: on "
+                             "with --calibrate)")
     parser.add_argument("--calibration-batches", type=options.count, default=4,
-                        help="noise batches for taylor/fisher/obs without --calibrate or --calibration (default 4)")
-    parser.add_argument("--compensate", action="store_true",
-                        help="update the remaining weights of every layer that loses inputs so that its output "
-                             "on the calibration data changes least (needs --calibrate or --calibration)")
-    parser.add_argument("--damping", type=options.number(0.0), default=0.01,
-                        help="ridge term of --compensate and obs, a fraction of the mean Hessian diagonal (0.01)")
-    parser.add_argument("--opset", type=options.opset, default=18, help="ONNX opset (default 18)")
-    parser.add_argument("-o", "--output", required=True, help="folder for model.pt2, model.onnx and report.json")
+                        help="noise batches for taylor/fisher/obs without --calibrate (default 4)")
+    cli_options.add_opset(parser)
+    cli_options.add_output(parser, "model.pt2, model.onnx and report.json")
 
 
 def run(args) -> int:
     output = check_output_folder(args.output)
-    if args.compensate and not (args.calibrate or args.calibration):
-        raise PrunefxError("--compensate needs calibration images: give --calibrate DATA (or --calibration DIR)")
+    if args.compensate and not args.calibrate:
+        raise PrunefxError("--compensate needs calibration images: give --calibrate DATA")
+    if args.recalibrate and not args.calibrate:
+        raise PrunefxError("--recalibrate needs calibration images: give --calibrate DATA")
     program = program_from_args(args).eval()
     calibration = _calibration(args, program)
     config = _config(args, calibration)
@@ -83,21 +71,20 @@ def run(args) -> int:
     # The same Pipeline as the API and recipes: every step verified (lint, shapes, re-export), exact
     # steps checked, and a failure names the pass.
     steps = [(remove_channels, config)]
-    if args.calibrate:
+    if args.calibrate and args.recalibrate is not False:
         steps.append((recalibrate_batchnorm, {"data": calibration.batches}))
     result = Pipeline(steps, verify="full").run(program)
     pruned, all_stats = result.program, result.stats()
     stats, recalibration = all_stats["remove_channels"], all_stats.get("recalibrate_batchnorm")
-    print(f"pruned {program.name} to {_target_text(args)} ({args.importance}, {args.ranking}"
-          f"{', compensated' if args.compensate else ''}{', batch norms recalibrated' if recalibration else ''}) "
+    print(f"pruned {program.name} to {_target_text(args)} ({stats['importance']}, {stats['ranking']}"
+          f"{', compensated' if stats.get('compensation') else ''}"
+          f"{', batch norms recalibrated' if recalibration else ''}) "
           f"in {time.perf_counter() - started:.1f} s; exporting to ONNX", flush=True)
     with staged_folder(output) as staging:
-        pruned.save(staging / "model.pt2")
-        exported = export_onnx(pruned, staging / "model.onnx", opset=args.opset)
-        parity = check_parity(pruned, exported.path)
-        report = _report(program.name, stats, parity, exported,
-                         calibration=calibration.description if calibration else None, recalibration=recalibration)
-        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        delivered = write_model(staging, pruned, opset=args.opset)
+        report = write_report(staging, _report(program.name, stats, delivered,
+                                               calibration=calibration.description if calibration else None,
+                                               recalibration=recalibration))
     _summary(report, output)
     return 0
 
@@ -107,20 +94,15 @@ def _calibration(args, program) -> Calibration | None:
     example = program.example_inputs[0]
     if args.calibrate:
         return calibration_data(args.calibrate, example, args.calibration_images)
-    if args.importance not in DATA_CRITERIA and not args.compensate:
+    if args.importance not in DATA_CRITERIA:
         return None
-    if args.calibration:
-        return Calibration(image_batches(args.calibration, example), f"images from {args.calibration}")
     return Calibration(noise_batches(example, args.calibration_batches), f"{args.calibration_batches} noise batches")
 
 
 def _config(args, calibration: Calibration | None) -> dict:
-    config = {"importance": args.importance, "ranking": args.ranking, "round_to": args.round_to,
-              "max_ratio": args.max_ratio, "keep": args.keep,
-              "macs": args.macs, "params": args.params, "channels": args.channels,
-              "compensate": args.compensate, "damping": args.damping}
-    if calibration is not None and (args.importance in DATA_CRITERIA or args.compensate):
-        config["calibration"] = calibration.batches
+    config = cli_options.pass_config(args, (*TARGETS, *OPTIONS))
+    if calibration is not None:  # noise (no --calibrate) is read by a named criterion, never to fit weights:
+        config["calibration"] = calibration.batches  # compensation defaults on only with the default importance
     return config
 
 
@@ -129,18 +111,14 @@ def _target_text(args) -> str:
     return f"{kind}={getattr(args, kind):g}"
 
 
-def _report(name, stats, parity, exported, *, calibration, recalibration) -> dict:
-    report = {"model": name, **{k: stats[k] for k in ("params_before", "params_after", "macs_before", "macs_after")},
-              "target": stats["target"], "importance": stats["importance"],
-              "importance_fallback_groups": stats["importance_fallback_groups"], "calibration": calibration,
-              "compensation": stats.get("compensation"), "recalibrate_batchnorm": recalibration,
-              "ranking": stats["ranking"], "round_to": stats["round_to"], "max_ratio": stats["max_ratio"],
-              "groups": stats["groups"], "blocked": stats["blocked"],
-              "onnx": {"exporter": exported.exporter, "fallback_reason": exported.fallback_reason,
-                       "nodes": exported.node_count},
-              "parity": {"max_abs_error": parity.max_abs_error, "output_scale": parity.output_scale,
-                         "relative": parity.relative}}
-    return report
+def _report(name, stats, delivered, *, calibration, recalibration) -> dict:
+    return {"model": name, **{k: stats[k] for k in ("params_before", "params_after", "macs_before", "macs_after")},
+            "target": stats["target"], "importance": stats["importance"],
+            "importance_fallback_groups": stats["importance_fallback_groups"], "calibration": calibration,
+            "compensated": bool(stats.get("compensation")), "compensation": stats.get("compensation"),
+            "recalibrate_batchnorm": recalibration,
+            "ranking": stats["ranking"], "round_to": stats["round_to"], "max_ratio": stats["max_ratio"],
+            "groups": stats["groups"], "blocked": stats["blocked"], **delivered}
 
 
 def _summary(report: dict, output: Path) -> None:

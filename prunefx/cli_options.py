@@ -1,0 +1,112 @@
+"""Command-line options shared by the commands, and flags derived from the passes' config classes.
+
+A flag that sets a pass option is made from the option's field (passes/pass_config.py): its type, its
+default, its bounds (checked while the command line is parsed), its choices and its help all come from
+the field, so a default or a range lives in one place. `pass_config(args, ...)` reads the flags back
+into the pass's config mapping. Options that are not pass options (output folder, calibration data,
+ONNX opset, measurement threads and runs) are added here once, and mean the same in every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+
+from prunefx import options
+from prunefx.passes.config_checks import ConfigError
+from prunefx.passes.pass_config import check_bounds
+from prunefx.runtime.onnx_export import DEFAULT_OPSET
+from prunefx.runtime.onnxruntime_session import LATENCY_THREADS
+
+
+def flag_of(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(kind):
+    """int, float, str, bool or list for an annotation such as `float | None` or `list[str]`."""
+    union = typing.get_origin(kind) in (typing.Union, types.UnionType)
+    members = [m for m in typing.get_args(kind) if m is not type(None)] if union else [kind]
+    for member in members:
+        origin = typing.get_origin(member) or member
+        if origin in (bool, int, float, str, list):
+            return origin
+    return None
+
+
+def _parser_for(config_class, field: dataclasses.Field, kind):
+    """An argparse `type=` that converts the text and checks the field's bounds while parsing."""
+    def parse(text: str):
+        value = options.integer(-(2**63))(text) if kind is int else options.number(float("-inf"))(text) \
+            if kind is float else text
+        try:
+            check_bounds(config_class.owner, field, value)
+        except ConfigError as error:
+            raise argparse.ArgumentTypeError(str(error).split(": ", 1)[1]) from None
+        return value
+    parse.__name__ = {int: "integer", float: "number"}.get(kind, "text")
+    return parse
+
+
+def _default_text(field: dataclasses.Field, default) -> str:
+    if default is None or default == []:
+        return ""
+    shown = {True: "on", False: "off"}.get(default, default) if isinstance(default, bool) else default
+    return f" (default {shown})"
+
+
+def add_pass_options(parser, config_class, names, *, flags: dict[str, str] | None = None, group=None) -> None:
+    """A flag for each of the fields `names` of `config_class` (`--round-to` for round_to unless `flags`
+    renames it), added to `group` when given (e.g. a mutually exclusive one)."""
+    flags = flags or {}
+    fields = {field.name: field for field in dataclasses.fields(config_class)}
+    hints = typing.get_type_hints(config_class)
+    target = group if group is not None else parser
+    for name in names:
+        field = fields[name]
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        kind = _base_type(hints[name])
+        help_text = field.metadata["help"] + _default_text(field, default)
+        common = {"dest": name, "help": help_text}
+        if kind is bool:
+            target.add_argument(flags.get(name, flag_of(name)), action=argparse.BooleanOptionalAction,
+                                default=default, **common)
+        elif kind is list:
+            target.add_argument(flags.get(name, flag_of(name)), action="append", default=default, metavar="NAME",
+                                **{**common, "help": help_text + " (repeatable)"})
+        else:
+            target.add_argument(flags.get(name, flag_of(name)), type=_parser_for(config_class, field, kind),
+                                default=default, choices=field.metadata.get("choices"), **common)
+
+
+def pass_config(args, names) -> dict:
+    """The pass options among `names` as the command line set them (defaults included)."""
+    return {name: getattr(args, name) for name in names}
+
+
+# ---- options shared by several commands ----------------------------------------------------------
+
+def add_output(parser, what: str, *, required: bool = True) -> None:
+    parser.add_argument("-o", "--output", required=required, help=f"folder for {what}")
+
+
+def add_opset(parser) -> None:
+    parser.add_argument("--opset", type=options.opset, default=DEFAULT_OPSET,
+                        help=f"ONNX opset (default {DEFAULT_OPSET})")
+
+
+def add_measurement(parser, *, runs: int, what: str = "the latency") -> None:
+    parser.add_argument("--threads", type=options.threads, default=LATENCY_THREADS,
+                        help=f"ONNX Runtime threads for {what} (default {LATENCY_THREADS})")
+    parser.add_argument("--runs", type=options.count, default=runs, help=f"timed runs per model (default {runs})")
+
+
+def add_calibration(parser, *, reads: str) -> None:
+    """`--calibrate DATA` (the one calibration flag, in every command) and how many images it reads."""
+    parser.add_argument("--calibrate", metavar="DATA",
+                        help=f"calibration data: fashion-mnist, imagenet-sample or a folder (ImageFolder with train/, "
+                             f"or images directly in it); {reads}")
+    parser.add_argument("--calibration-images", type=options.count, default=256,
+                        help="images read from --calibrate, in batches of the captured batch size (default 256)")

@@ -1,0 +1,32 @@
+"""The files every compressing command delivers, written one way: model.pt2 (the Program), model.onnx
+(exported and cleaned, runtime/onnx_export.py), its torch-vs-ONNX-Runtime parity, and report.json
+(plain JSON: statistics made safe by compression_report.json_safe, no NaN). `prune`, `depth` and
+`compress` call these inside their staged output folder (prunefx/output.py), so a failure anywhere
+leaves no partial output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prunefx.compression_report import json_safe
+from prunefx.graph import Program
+from prunefx.runtime import check_parity, export_onnx
+
+
+def write_model(staging: Path, program: Program, *, opset: int) -> dict:
+    """model.pt2 and model.onnx in `staging`; the report's `onnx` and `parity` entries."""
+    program.save(staging / "model.pt2")
+    exported = export_onnx(program, staging / "model.onnx", opset=opset)
+    parity = check_parity(program, exported.path)
+    return {"onnx": {"exporter": exported.exporter, "fallback_reason": exported.fallback_reason,
+                     "nodes": exported.node_count},
+            "parity": {"max_abs_error": parity.max_abs_error, "output_scale": parity.output_scale,
+                       "relative": parity.relative}}
+
+
+def write_report(staging: Path, report: dict) -> dict:
+    """report.json in `staging`; the report as written (JSON-safe)."""
+    report = json_safe(report)
+    (staging / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    return report
