@@ -11,8 +11,16 @@ read:
   exactly the Program's quantizers. TensorRT 10 and 11 build strongly typed engines from this file;
 - `activations="u8"` (ONNX Runtime on x86): the same scales, activations shifted to UINT8 with zero-point
   128. Q_u8(x) = Q_s8(x) + 128 and DQ_u8(q) = (q - 128) * s, so every real value is the same, bit for bit;
-  only the integer type changes, to the U8 activations x U8/S8 weights (U8S8) that ONNX Runtime's VNNI
-  kernels want: S8S8 runs slower than FP32 on these CPUs, U8S8 faster (issue 17's measurements).
+  only the integer type changes, to the U8 activations x S8 weights (U8S8) that ONNX Runtime's x86 integer
+  kernels want (S8S8 runs slower than FP32 on these CPUs). Two more rewrites make the U8 file run integer
+  kernels where the Program's values allow it (`integer_conv_units`, `dequantize_float_layer_weights`): a
+  Conv whose output reaches only an activation quantizer (directly or through a ReLU/ReLU6) becomes
+  DQ -> Conv -> Q with an INT32 bias, which ONNX Runtime fuses into QLinearConv; every other layer keeps a
+  float weight holding exactly the dequantized INT8 values. TensorRT's placement (quantizers on layer inputs
+  only) leaves the convolutions that feed residual adds in float: ONNX Runtime cannot run them in INT8
+  without quantizing their outputs, which would change the Program's values.
+  Caveat measured here: on x86 CPUs without VNNI (AVX2 only), ONNX Runtime's U8S8 kernels sum pairs of
+  products in 16 bits and saturate; with zero-point 128 the codes are large and that costs accuracy.
 The file is not constant-folded with onnx-graphsurgeon as runtime/onnx_export.py does, since folding would
 dequantize the INT8 weights back into float; the exporter's own optimiser has already folded the rest.
 
@@ -48,6 +56,7 @@ class QuantizedExport:
     activations: str
     weight_initializers: int      # INT8 weight initializers behind a DequantizeLinear
     activation_pairs: int         # QuantizeLinear -> DequantizeLinear pairs on activations
+    integer_convolutions: int = 0  # convolutions put in ONNX Runtime's DQ -> Conv -> Q form (u8 only)
 
 
 def export_quantized_onnx(program: Program, path: str | os.PathLike, *, activations: str = "s8",
@@ -67,12 +76,16 @@ def export_quantized_onnx(program: Program, path: str | os.PathLike, *, activati
                               f"{describe_failure(error)}") from error
     weights = fold_weight_quantizers(model)
     pairs = shift_activations_to_u8(model) if activations == "u8" else count_activation_pairs(model)
+    fused = integer_conv_units(model) if activations == "u8" else 0
+    if activations == "u8":
+        dequantize_float_layer_weights(model)
     _name_inputs_and_outputs(model)
     onnx.checker.check_model(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, path)
-    return QuantizedExport(path=path, activations=activations, weight_initializers=weights, activation_pairs=pairs)
+    return QuantizedExport(path=path, activations=activations, weight_initializers=weights, activation_pairs=pairs,
+                           integer_convolutions=fused)
 
 
 # ---- graph rewrites (onnx protos) ------------------------------------------------------------------
@@ -145,6 +158,143 @@ def shift_activations_to_u8(model: onnx.ModelProto) -> int:
         shifted += 1
     _drop_unused_initializers(model)
     return shifted
+
+
+def _scalar(model: onnx.ModelProto, name: str) -> float | None:
+    init = _initializers(model).get(name)
+    return float(numpy_helper.to_array(init)) if init is not None and numpy_helper.to_array(init).size == 1 else None
+
+
+def _clip_bounds(model: onnx.ModelProto, node: onnx.NodeProto) -> tuple[float, float] | None:
+    """The (min, max) of a Relu or of a Clip with constant bounds, else None."""
+    if node.op_type == "Relu":
+        return 0.0, float("inf")
+    if node.op_type != "Clip":
+        return None
+    bounds = [(_scalar(model, name) if name else None) for name in [*node.input[1:3], "", ""][:2]]
+    if any(name and value is None for name, value in zip(node.input[1:3], bounds)):
+        return None  # a bound computed in the graph
+    return (bounds[0] if bounds[0] is not None else -float("inf"), bounds[1] if bounds[1] is not None else float("inf"))
+
+
+def integer_conv_units(model: onnx.ModelProto) -> int:
+    """Put every Conv whose output reaches one activation quantizer, directly or through one Relu / Clip,
+    into the DQ -> Conv -> Q form ONNX Runtime runs as an integer convolution (QLinearConv, U8S8):
+    - the Relu / Clip moves after the quantizer, as a Clip on the UINT8 codes: Q(clip(y, a, b)) equals
+      clip(Q(y), Q(a), Q(b)) exactly, since quantization is monotone, so no real value changes;
+    - the float bias becomes INT32 at scale s_x * s_w (ONNX Runtime's integer kernels need it; the change is
+      at most half of s_x * s_w, far below the output's own quantization step).
+    A Conv whose output also reaches float operators (residual adds) stays a float Conv: quantizing its
+    output would change the Program's values. Returns how many Convs were rewritten."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    rewritten = 0
+    for conv in [node for node in model.graph.node if node.op_type == "Conv"]:
+        found = _conv_unit(model, producers, conv)
+        if found is None:
+            continue
+        clip, quantizer = found
+        _quantize_bias(model, producers, conv)
+        if clip is not None:
+            _move_clip_after(model, conv, clip, quantizer)
+        rewritten += 1
+    _drop_unused_initializers(model)
+    return rewritten
+
+
+def dequantize_float_layer_weights(model: onnx.ModelProto) -> int:
+    """For ONNX Runtime: the INT8 weights of layers that stay float operators (not integer units) stored
+    dequantized, (q - zero_point) * scale in float32 as DequantizeLinear computes it, so the same values.
+    ONNX Runtime never constant-folds a DequantizeLinear (it keeps Q/DQ groups for its fusions), so it would
+    dequantize those weights again on every run. Returns how many weights were stored dequantized."""
+    inits = _initializers(model)
+    producers = {output: node for node in model.graph.node for output in node.output}
+    done = 0
+    for layer in [node for node in model.graph.node if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]:
+        source = producers.get(layer.input[1]) if len(layer.input) > 1 else None
+        if source is None or source.op_type != "DequantizeLinear" or source.input[0] not in inits:
+            continue
+        if _is_integer_unit(model, producers, layer):
+            continue
+        codes, scale, zero = (numpy_helper.to_array(inits[name]) for name in source.input[:3])
+        axis = next((attr.i for attr in source.attribute if attr.name == "axis"), 1)
+        shape = [1] * codes.ndim
+        if scale.size > 1:
+            shape[axis] = scale.size
+        values = (codes.astype(np.int32) - zero.astype(np.int32).reshape(shape)).astype(np.float32) \
+            * scale.astype(np.float32).reshape(shape)
+        name = f"{source.input[0]}_dequantized"
+        model.graph.initializer.append(numpy_helper.from_array(values.astype(np.float32), name))
+        layer.input[1] = name
+        if not _consumers(model, source.output[0]):
+            model.graph.node.remove(source)
+        done += 1
+    _drop_unused_initializers(model)
+    return done
+
+
+def _is_integer_unit(model, producers, layer) -> bool:
+    """A Conv in integer form: DQ inputs and weight, its output read only by a QuantizeLinear."""
+    users = _consumers(model, layer.output[0])
+    return (layer.op_type == "Conv" and layer.input[0] in producers
+            and producers[layer.input[0]].op_type == "DequantizeLinear"
+            and len(users) == 1 and users[0].op_type == "QuantizeLinear")
+
+
+def _conv_unit(model, producers, conv):
+    """(Relu/Clip node or None, the activation QuantizeLinear) when `conv` can become an integer unit."""
+    if not all(name in producers and producers[name].op_type == "DequantizeLinear" for name in conv.input[:2]):
+        return None
+    if len(conv.input) > 2 and conv.input[2] and conv.input[2] not in _initializers(model):
+        return None
+    users = _consumers(model, conv.output[0])
+    if len(users) != 1 or conv.output[0] in {out.name for out in model.graph.output}:
+        return None
+    if users[0].op_type == "QuantizeLinear":
+        return None, users[0]
+    after = _consumers(model, users[0].output[0])
+    if _clip_bounds(model, users[0]) is None or len(after) != 1 or after[0].op_type != "QuantizeLinear":
+        return None
+    return users[0], after[0]
+
+
+def _quantize_bias(model, producers, conv) -> None:
+    if len(conv.input) < 3 or not conv.input[2]:
+        return
+    inits = _initializers(model)
+    input_scale = numpy_helper.to_array(inits[producers[conv.input[0]].input[1]]).astype(np.float64)
+    weight_scale = numpy_helper.to_array(inits[producers[conv.input[1]].input[1]]).astype(np.float64)
+    scale = (input_scale * weight_scale).astype(np.float32)
+    bias = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+    codes = np.clip(np.rint(bias / scale), np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
+    stem = f"{conv.input[2]}_int32"
+    model.graph.initializer.extend([numpy_helper.from_array(codes, stem),
+                                    numpy_helper.from_array(np.broadcast_to(scale, codes.shape).copy(), f"{stem}_scale"),
+                                    numpy_helper.from_array(np.zeros(codes.shape, np.int32), f"{stem}_zero_point")])
+    dequantize = onnx.helper.make_node("DequantizeLinear", [stem, f"{stem}_scale", f"{stem}_zero_point"],
+                                       [f"{stem}_dequantized"], name=f"{conv.name}_bias_dequantize", axis=0)
+    model.graph.node.insert(list(model.graph.node).index(conv), dequantize)
+    conv.input[2] = dequantize.output[0]
+
+
+def _move_clip_after(model, conv, clip, quantizer) -> None:
+    """conv -> clip -> Q  becomes  conv -> Q -> Clip on UINT8 codes (same values; see integer_conv_units)."""
+    low, high = _clip_bounds(model, clip)
+    scale = _scalar(model, quantizer.input[1])
+    zero = int(numpy_helper.to_array(_initializers(model)[quantizer.input[2]]))
+    info = np.iinfo(np.uint8)
+    code = lambda value: int(np.clip(np.rint(value / scale) + zero, info.min, info.max)) if np.isfinite(value) \
+        else (info.max if value > 0 else info.min)  # noqa: E731
+    stem = f"{clip.name}_codes"
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(code(low), np.uint8), f"{stem}_min"),
+                                    numpy_helper.from_array(np.array(code(high), np.uint8), f"{stem}_max")])
+    codes = quantizer.output[0]
+    quantizer.input[0] = conv.output[0]
+    quantizer.output[0] = f"{stem}_unclipped"
+    integer_clip = onnx.helper.make_node("Clip", [quantizer.output[0], f"{stem}_min", f"{stem}_max"], [codes],
+                                         name=f"{clip.name}_on_codes")
+    nodes = list(model.graph.node)
+    model.graph.node.insert(nodes.index(quantizer) + 1, integer_clip)
+    model.graph.node.remove(clip)
 
 
 def _set_type(model: onnx.ModelProto, tensor: str, element_type: int) -> None:
