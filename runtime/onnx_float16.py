@@ -28,6 +28,21 @@ KEEP_FLOAT32 = ("LayerNormalization", "GroupNormalization", "InstanceNormalizati
 INSTALL = "install it with `pip install onnxconverter-common` (FP16 lowering for strongly typed TensorRT)"
 
 
+def _restore_float32_outputs(model: onnx.ModelProto) -> None:
+    """keep_io_types misses a graph output produced by a blocked (float32) operator: the converter casts it to
+    float16 and declares the output float16. Cast such outputs back, so the I/O types stay float32."""
+    for output in model.graph.output:
+        if output.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16:
+            continue
+        inner = f"{output.name}_float16"
+        for node in model.graph.node:
+            node.output[:] = [inner if name == output.name else name for name in node.output]
+            node.input[:] = [inner if name == output.name else name for name in node.input]
+        model.graph.node.append(onnx.helper.make_node("Cast", [inner], [output.name], to=onnx.TensorProto.FLOAT,
+                                                      name=f"{output.name}_to_float32"))
+        output.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+
+
 def lower_to_float16(source: str | os.PathLike, target: str | os.PathLike, *,
                      keep_float32: tuple[str, ...] = KEEP_FLOAT32) -> Path:
     """Write the FP16 form of the ONNX file `source` to `target` (float32 inputs and outputs kept)."""
@@ -38,6 +53,7 @@ def lower_to_float16(source: str | os.PathLike, target: str | os.PathLike, *,
                                "an FP16 lowering would change its scales")
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(keep_float32))
     lowered = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
+    _restore_float32_outputs(lowered)
     onnx.checker.check_model(lowered)
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
