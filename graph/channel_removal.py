@@ -130,9 +130,11 @@ def _rewrite_groups(node, analysis, removed) -> None:
     index = 8 if node.target is aten.convolution.default else 6
     if len(node.args) <= index or node.args[index] == 1:
         return
-    old_in = analysis.node_labels[node.args[0]][1].size
-    if node.args[index] == old_in:  # depthwise: one group per input channel
-        _replace_arg(node, index, int(_keep(analysis, analysis.node_labels[node.args[0]][1], removed).sum()))
+    # the input's channel dim: 1 for a batched input [N, C, *S], 0 for an unbatched one [C, *S]
+    spatial = len(analysis.node_labels[node.args[1]]) - 2
+    channels = analysis.node_labels[node.args[0]][-spatial - 1]
+    if node.args[index] == channels.size:  # depthwise: one group per input channel
+        _replace_arg(node, index, int(_keep(analysis, channels, removed).sum()))
 
 
 def _keep_attention_scale(node, analysis, removed) -> None:

@@ -19,12 +19,16 @@ _UNARY = [
     "hardswish_", "hardsigmoid", "hardsigmoid_", "hardtanh", "hardtanh_", "relu6", "leaky_relu", "leaky_relu_",
     "elu", "elu_", "mish", "mish_", "softplus", "neg", "exp", "log", "sqrt", "rsqrt", "abs", "erf", "clone",
     "contiguous", "detach", "alias", "dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout",
-    "_to_copy", "to", "type_as", "clamp", "clamp_", "clamp_min", "clamp_max", "pow", "square", "reciprocal",
-    "lift_fresh_copy", "_assert_tensor_metadata", "native_dropout", "dropout_", "feature_dropout_",
+    "_to_copy", "to", "type_as", "square", "reciprocal",
+    "lift_fresh_copy", "_assert_tensor_metadata", "dropout_", "feature_dropout_",
     "alpha_dropout_", "feature_alpha_dropout_",
 ]
+# pow and clamp take tensor exponents and bounds too (pow.Tensor_Tensor, clamp.Tensor): element-wise with
+# broadcasting over every tensor operand. As unary rules they left a per-channel exponent untied, and a
+# removal then failed with "Attempting to broadcast a dimension of length 8".
 _BINARY = ["add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "where", "maximum", "minimum", "rsub",
-           "eq", "ne", "lt", "le", "gt", "ge", "masked_fill", "masked_fill_", "copy_"]
+           "eq", "ne", "lt", "le", "gt", "ge", "masked_fill", "masked_fill_", "copy_",
+           "pow", "clamp", "clamp_", "clamp_min", "clamp_max"]
 _REDUCTIONS = ["mean", "sum", "amax", "amin"]
 
 
@@ -53,7 +57,7 @@ def _table() -> dict:
     for name in ("view", "reshape", "_unsafe_view", "unflatten"):
         rules.update(dict.fromkeys(_overloads(name), view))
     rules.update({
-        aten.roll.default: basic.roll, aten.constant_pad_nd.default: basic.constant_pad,
+        aten.native_dropout.default: basic.native_dropout, aten.roll.default: basic.roll, aten.constant_pad_nd.default: basic.constant_pad,
         aten.pad.default: basic.constant_pad, aten.reshape_as.default: reshape_as,
         aten.permute.default: basic.permute, aten.transpose.int: basic.transpose, aten.t.default: basic.t,
         aten.swapaxes.default: basic.transpose, aten.swapdims.default: basic.transpose,

@@ -6,6 +6,8 @@ a list with one label array per dim (or, for operators returning several tensors
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 
@@ -17,6 +19,12 @@ aten = torch.ops.aten
 def same_as_input(ctx, node):
     """Unary element-wise operators, copies, dropout, casts: output index i is input index i."""
     return list(ctx.labels(node.args[0]))
+
+
+def native_dropout(ctx, node):
+    """native_dropout(x, p, train) -> (output, mask): both are element-wise copies of x's dims."""
+    labels = list(ctx.labels(node.args[0]))
+    return [labels, list(labels)]
 
 
 def new_tensor(ctx, node):
@@ -83,14 +91,18 @@ def softmax(ctx, node):
 
 def pooling(ctx, node):
     """Pooling, padding, resizing: batch and channel pass through, spatial dims are new and fixed.
-    If the batch or channel dim changes size (padding channels), the channels are blocked."""
+    If the batch or channel dim changes size (padding channels), the channels are blocked.
+    The operator's name says how many trailing dims are spatial (max_pool2d: 2): an unbatched input
+    [C, H, W] has one leading dim, not two, and H must not pass through as a channel."""
     labels = ctx.labels(node.args[0])
-    if any(lab.size != size for lab, size in zip(labels[:2], ctx.shape(node)[:2])):
+    spatial = re.search(r"(\d)d", str(node.target).split(".")[1])
+    lead = len(labels) - int(spatial.group(1)) if spatial else 2
+    if lead < 1 or any(lab.size != size for lab, size in zip(labels[:lead], ctx.shape(node)[:lead])):
         for lab in labels:
             ctx.block(lab, node, "changes the size of the batch or channel dim")
         return [ctx.space.fixed(size) for size in ctx.shape(node)]
-    fix_geometry(ctx, labels[2:])  # the window slides over these: geometry, whatever labels reached them
-    return list(labels[:2]) + [ctx.space.fixed(size) for size in ctx.shape(node)[2:]]
+    fix_geometry(ctx, labels[lead:])  # the window slides over these: geometry, whatever labels reached them
+    return list(labels[:lead]) + [ctx.space.fixed(size) for size in ctx.shape(node)[lead:]]
 
 
 def roll(ctx, node):

@@ -29,9 +29,20 @@ def convolution(ctx, node):
     group loses the same channels; depthwise convs tie input channel c to output channels of c."""
     x, weight = ctx.labels(node.args[0]), ctx.labels(node.args[1])
     bias = ctx.labels(node.args[2]) if _arg(node, 2, "bias") is not None else None
+    out_shape = ctx.shape(node)
+    if len(x) == len(weight) - 1:
+        # An unbatched input ([C, L] for a conv1d): dim 0 is the channels and dim 1 is spatial. Read as
+        # [N, C, L] it tied the length to the input channels and pruned positions as channels; with a
+        # batch of one in front the rule below applies as it is, and the batch is dropped again.
+        batched = convolution_on(ctx, node, [ctx.space.fixed(1), *x], weight, bias, (1, *out_shape))
+        return batched[1:]
+    return convolution_on(ctx, node, x, weight, bias, out_shape)
+
+
+def convolution_on(ctx, node, x, weight, bias, out_shape):
+    """The convolution rule on the labels of a batched input [N, C_in, *S]."""
     transposed = (node.target is aten.convolution.default and node.args[6]) or "conv_transpose" in str(node.target)
     groups = node.args[8] if node.target is aten.convolution.default else _arg(node, 6, "groups", 1)
-    out_shape = ctx.shape(node)
     fix_geometry(ctx, [*weight[2:], *x[2:]])  # kernel and input spatial dims
     if transposed:
         if groups != 1:
@@ -93,8 +104,9 @@ def matmul(ctx, node):
     """mm/bmm/matmul: the contracted dims tie; rows come from the left, columns from the right."""
     a, b = ctx.labels(node.args[0]), ctx.labels(node.args[1])
     if len(a) == 1 or len(b) == 1:
-        ctx.block(a[-1], node, "vector matmul")
-        return [ctx.space.fixed(s) for s in ctx.shape(node)]
+        # Blocking only a's last dim left the vector's dim free: it became a group of its own and its
+        # removal broke the product ("size mismatch"); the rule's error blocks every operand dim.
+        raise ValueError("matmul with a vector operand")
     ctx.space.tie(a[-1], b[-2])
     return _tie_batch_dims(ctx, a, b, len(ctx.shape(node))) + [a[-2], b[-1]]
 

@@ -333,6 +333,50 @@ class RotaryAttention(nn.Module):
         return x + self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
+class TensorExponent(nn.Module):
+    """A learnt per-channel exponent (pow with a tensor exponent) must shrink with its channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+        self.exponent = nn.Parameter(torch.rand(1, 8, 1, 1) + 1)
+        self.register_buffer("ceiling", torch.rand(8, 1, 1))  # a per-channel bound (clamp.Tensor)
+
+    def forward(self, x):
+        return self.b(torch.pow(torch.sigmoid(self.a(x)), self.exponent).clamp(max=self.ceiling))
+
+
+class UnbatchedConv1d(nn.Module):
+    """Convolutions on an unbatched [C, L] signal: dim 0 holds the channels, dim 1 the length."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv1d(4, 8, 3, padding=1), nn.Conv1d(8, 5, 3)
+
+    def forward(self, x):
+        return self.b(F.max_pool1d(F.relu(self.a(x)), 2))
+
+
+class LinearIntoUnbatchedConv1d(nn.Module):
+    """A Linear's features read as the length of an unbatched conv1d: positions, never channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.conv = nn.Linear(4, 8), nn.Conv1d(6, 6, 3, padding=1)
+
+    def forward(self, x):           # x [6, 4] -> [6 channels, 8 positions]
+        return self.conv(F.relu(self.fc(x)))
+
+
+class VectorProduct(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.w = nn.Linear(4, 8), nn.Parameter(torch.randn(8))
+
+    def forward(self, x):
+        return F.relu(self.fc(x)) @ self.w
+
+
 # name -> (model factory, example inputs, members that one exact group must hold together)
 EXACT_CASES = {
     "concat": (Concat, lambda: image(), [("a.weight", 0), ("bn.weight", 0), ("head.weight", 1)]),
@@ -364,6 +408,9 @@ EXACT_CASES = {
     "gru": (lambda: Recurrent(nn.GRU), lambda: image(), [("conv.weight", 0), ("rnn.weight_ih_l0", 1),
                                                         ("rnn.weight_ih_l0_reverse", 1)]),
     "lstm": (lambda: Recurrent(nn.LSTM), lambda: image(), [("conv.weight", 0), ("rnn.weight_ih_l0", 1)]),
+    "tensor_exponent": (TensorExponent, lambda: image(), [("a.weight", 0), ("exponent", 1), ("ceiling", 0),
+                                                                ("b.weight", 1)]),
+    "unbatched_conv1d": (UnbatchedConv1d, lambda: torch.randn(4, 12), [("a.weight", 0), ("b.weight", 1)]),
     "rotary_fused_qkv": (RotaryAttention, lambda: torch.randn(2, 6, 16), [("qkv.weight", 0), ("proj.weight", 1)]),
 }
 
@@ -465,3 +512,21 @@ def test_rotary_attention_prunes_heads_and_pairs_of_head_dims():
     pairs = next(g for g in combing.groups if g.factor and g.size == 4)
     remove_classes(program.module, combing.analysis, {int(pairs.classes[1])})
     assert tuple(program.module.sin.shape) == (6, 6) and tuple(program.module.qkv.weight.shape) == (3 * 12, 16)
+
+
+def test_a_linear_read_as_the_length_of_an_unbatched_conv_is_not_pruned():
+    """Read as [N, C, L], the unbatched conv tied the Linear's 8 features (the length) to the conv's
+    input channels, and removing one shortened the signal."""
+    program, inputs = _captured(LinearIntoUnbatchedConv1d, lambda: torch.randn(6, 4))
+    combing = find_channel_groups(program.module)
+    assert not any(("fc.weight", 0) in g.members for g in combing.groups)
+
+
+def test_a_product_with_a_vector_is_blocked_by_name():
+    """Blocking only the matrix's side left the vector's dim a group of its own; removing from it broke
+    the product after removal."""
+    program, inputs = _captured(VectorProduct, lambda: torch.randn(2, 4))
+    combing = find_channel_groups(program.module)
+    assert not any(("w", 0) in g.members or ("fc.weight", 0) in g.members for g in combing.groups)
+    blocked = next(b for b in combing.blocked if ("fc.weight", 0) in b.members)
+    assert blocked.operators == ["aten.matmul.default"]
