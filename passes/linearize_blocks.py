@@ -46,7 +46,6 @@ from prunefx.graph.blocks import Block, find_blocks
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.linearization import blend_activation, new_blend_buffer, remove_activation, set_blends
 from prunefx.graph.norm_replacement import layer_norm_to_batch_norm
-from prunefx.passes import config_checks as checks
 from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
@@ -96,31 +95,24 @@ class LinearizeBlocksConfig(PassConfig):
     owner: ClassVar[str] = "linearize_blocks"
 
     blocks: list[str] | None = option(help="the blocks to linearise, by name", cli=False)
-    count: int | None = option(help="how many blocks to linearise, the least damaging first")
-    speedup: float | None = option(help="linearise the fewest blocks whose merge reaches this measured speed-up")
+    count: int | None = option(low=0, help="how many blocks to linearise, the least damaging first")
+    speedup: float | None = option(low=1.0, low_open=True, help="linearise the fewest blocks whose merge reaches this measured speed-up")
     measure: Callable | None = option(source="measure", help="(before, after) -> measured speed-up")
     rank: str = option("damage", help="order of the candidate blocks", choices=tuple(_RANKINGS))
     mode: str = option("progressive", help="progressive: blend activations out while training; abrupt: at once",
                        choices=("progressive", "abrupt"))
-    ramp: float = option(0.5, help="fraction of the training steps over which blends go from 0 to 1")
+    ramp: float = option(0.5, low=0.0, high=1.0, low_open=True, help="fraction of the training steps over which blends go from 0 to 1")
     layer_norms: str = option("batch_norm", help="layer norms inside chosen blocks become batch norms, or stay",
                               choices=("batch_norm", "keep"))
     recalibrate: bool = option(False, help="re-estimate the batch norms inside the chosen blocks (one-shot use)")
     calibration: Any = option(source="calibration", help="input batches to score blocks and estimate statistics")
-    max_batches: int | None = option(help="read at most this many calibration batches")
+    max_batches: int | None = option(low=1, help="read at most this many calibration batches")
     progress: bool | None = option(help="a progress bar (default: on a terminal)", cli=False)
 
     def check(self) -> None:
         if sum(getattr(self, key) is not None for key in ("blocks", "count", "speedup")) != 1:
             raise LinearizeError("linearize_blocks needs exactly one of 'blocks' (names), 'count' (how many) or "
                                  "'speedup' (a measured target)")
-        checks.number(self.owner, "ramp", self.ramp, low=0.0, high=1.0, low_open=True)
-        if self.speedup is not None:
-            checks.number(self.owner, "speedup", self.speedup, low=1.0, low_open=True)
-        if self.max_batches is not None:
-            checks.integer(self.owner, "max_batches", self.max_batches, minimum=1)
-        if self.count is not None and self.count < 0:
-            raise LinearizeError(f"linearize_blocks: count must be a non-negative integer, not {self.count!r}")
 
     def reads(self, key: str) -> bool:
         if key == "measure":

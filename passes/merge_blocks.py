@@ -49,7 +49,6 @@ from prunefx.graph.attributes import free_name, get_tensor, set_tensor, users_of
 from prunefx.graph.counting import count, node_macs
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.linearization import strip_finished_blends
-from prunefx.passes import config_checks as checks
 from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.result import Result
 
@@ -64,16 +63,11 @@ class MergeBlocksError(PrunefxError):
 class MergeBlocksConfig(PassConfig):
     owner: ClassVar[str] = "merge_blocks"
 
-    max_kernel_growth: float = option(1.0, help="largest growth of a kernel side a merge of layers may cause (>= 1)")
+    max_kernel_growth: float = option(1.0, low=1.0, help="largest growth of a kernel side a merge of layers may cause (>= 1)")
     measure: Callable | None = option(source="measure", help="(before, after) -> measured speed-up; a merge of "
                                                              "layers is kept only when it runs faster")
-    min_speedup: float = option(1.0, help="the measured speed-up a merge of layers must reach")
+    min_speedup: float = option(1.0, low=0.0, low_open=True, help="the measured speed-up a merge of layers must reach")
 
-    def check(self) -> None:
-        if self.max_kernel_growth < 1:
-            raise MergeBlocksError(f"merge_blocks: max_kernel_growth is a ratio >= 1 of kernel sides, "
-                                   f"not {self.max_kernel_growth!r}")
-        checks.number(self.owner, "min_speedup", self.min_speedup, low=0.0, low_open=True)
 
 
 @dataclass

@@ -49,7 +49,6 @@ from prunefx.graph import Program
 from prunefx.graph.activations import calibration_inputs, run_tapped, tap_nodes
 from prunefx.graph.attributes import get_tensor, set_tensor
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes import config_checks as checks
 from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.result import Result
 
@@ -63,12 +62,8 @@ class RecalibrateBatchnormConfig(PassConfig):
     owner: ClassVar[str] = "recalibrate_batchnorm"
 
     data: Any = option(source="calibration", help="input batches to re-estimate the statistics on")
-    max_batches: int | None = option(help="read at most this many batches (all by default)")
+    max_batches: int | None = option(low=1, help="read at most this many batches (all by default)")
     nodes: list[str] | None = option(help="only these batch-norm nodes (all by default)", cli=False)
-
-    def check(self) -> None:
-        if self.max_batches is not None:
-            checks.integer(self.owner, "max_batches", self.max_batches, minimum=1)
 
 
 def check_config(config: dict) -> None:

@@ -156,7 +156,7 @@ def test_a_text_file_posing_as_an_image_is_named(tmp_path, capsys):
         Image.new("RGB", (32, 32), (index * 50, 0, 0)).save(tmp_path / f"{index}.png")
     (tmp_path / "2.jpg").write_text("not an image")
     status = main(["prune", "torchvision:resnet18", "--input-shape", "1x3x32x32", "--macs", "0.5",
-                   "--importance", "taylor", "--calibration", str(tmp_path), "-o", str(tmp_path / "out")])
+                   "--importance", "taylor", "--calibrate", str(tmp_path), "-o", str(tmp_path / "out")])
     assert status == 2 and "2.jpg" in _one_line(capsys.readouterr().err)
 
 

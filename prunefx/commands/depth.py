@@ -14,20 +14,20 @@ after, torch-vs-ONNX-Runtime parity). For the progressive form with recovery tra
 
 from __future__ import annotations
 
-import json
 import time
 
-from prunefx import options
+from prunefx import cli_options
 from prunefx.calibration import calibration_data
+from prunefx.deliverable import write_model, write_report
 from prunefx.graph import count
 from prunefx.graph.blocks import find_blocks
 from prunefx.graph.errors import PrunefxError
 from prunefx.loading import program_from_args
 from prunefx.output import check_output_folder, staged_folder
-from prunefx.passes.linearize_blocks import linearize_blocks
-from prunefx.passes.merge_blocks import merge_blocks
+from prunefx.passes.linearize_blocks import LinearizeBlocksConfig, linearize_blocks
+from prunefx.passes.merge_blocks import MergeBlocksConfig, merge_blocks
 from prunefx.passes.pipeline import Pipeline
-from prunefx.runtime import check_parity, export_onnx, onnx_speedup
+from prunefx.runtime import onnx_speedup
 
 NAME = "depth"
 HELP = "remove whole non-linearities from the least harmful blocks and merge them (one-shot UPDP)"
@@ -35,25 +35,19 @@ HELP = "remove whole non-linearities from the least harmful blocks and merge the
 
 def add_arguments(parser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--blocks", type=options.non_negative, metavar="K", help="how many blocks to linearise (chosen by damage)")
+    # --blocks K and --speedup S are linearize_blocks' count and speedup, made from its config fields
+    cli_options.add_pass_options(parser, LinearizeBlocksConfig, ("count", "speedup"), flags={"count": "--blocks"},
+                                 group=which)
     which.add_argument("--block", action="append", metavar="NAME", help="a block to linearise (repeatable)")
-    which.add_argument("--speedup", type=options.number(1.0, low_open=True), metavar="S",
-                       help="linearise the least harmful blocks until ONNX Runtime measures the merged model S "
-                            "times faster than the merged dense one")
     which.add_argument("--list", action="store_true", help="list the candidate blocks and exit")
-    parser.add_argument("--calibrate", metavar="DATA", help="calibration data: fashion-mnist, imagenet-sample or a "
-                                                            "folder (needed by --blocks and for layer norms)")
-    parser.add_argument("--calibration-images", type=options.count, default=256, help="images read from --calibrate (256)")
-    parser.add_argument("--recalibrate", action="store_true",
-                        help="re-estimate the batch norms inside the chosen blocks on the calibration data")
-    parser.add_argument("--max-kernel-growth", type=options.number(1.0), default=1.0,
-                        help="largest growth of a kernel side a merge may cause (default 1: never grow)")
+    cli_options.add_calibration(parser, reads="needed by --blocks and --speedup (block damage) and for layer norms")
+    cli_options.add_pass_options(parser, LinearizeBlocksConfig, ("recalibrate",))
+    cli_options.add_pass_options(parser, MergeBlocksConfig, ("max_kernel_growth",))
     parser.add_argument("--no-measure", dest="measure", action="store_false",
                         help="merge wherever the MACs go down, without timing each merge on ONNX Runtime")
-    parser.add_argument("--threads", type=options.threads, default=2, help="ONNX Runtime threads for the measurements (2)")
-    parser.add_argument("--runs", type=options.count, default=50, help="timed runs per measurement (50)")
-    parser.add_argument("--opset", type=options.opset, default=18, help="ONNX opset (default 18)")
-    parser.add_argument("-o", "--output", help="folder for model.pt2, model.onnx and report.json")
+    cli_options.add_measurement(parser, runs=50, what="the measurements")
+    cli_options.add_opset(parser)
+    cli_options.add_output(parser, "model.pt2, model.onnx and report.json", required=False)
 
 
 def run(args) -> int:
@@ -64,7 +58,7 @@ def run(args) -> int:
     if args.list:
         _list_blocks(program)
         return 0
-    if (args.blocks is not None or args.speedup is not None) and not args.calibrate:
+    if (args.count is not None or args.speedup is not None) and not args.calibrate:
         raise PrunefxError("--blocks and --speedup choose blocks by their damage on data: give --calibrate DATA "
                            "(or name the blocks with --block)")
     measure = onnx_speedup(threads=args.threads, runs=args.runs) if args.measure or args.speedup else None
@@ -78,7 +72,7 @@ def run(args) -> int:
     if args.speedup is not None:
         config.update(speedup=args.speedup, measure=measure)
     else:
-        config.update({"count": args.blocks} if args.blocks is not None else {"blocks": args.block})
+        config.update({"count": args.count} if args.count is not None else {"blocks": args.block})
     # One verified Pipeline, as in the API: merge_blocks promises exactness and the Pipeline checks it.
     result = Pipeline([(linearize_blocks, config),
                        (merge_blocks, {"max_kernel_growth": args.max_kernel_growth,
@@ -89,17 +83,11 @@ def run(args) -> int:
           f"{len(merged.stats['merges'])} merges in {time.perf_counter() - started:.1f} s; exporting to ONNX", flush=True)
     before, after = count(program), count(pruned)
     with staged_folder(output) as staging:
-        pruned.save(staging / "model.pt2")
-        exported = export_onnx(pruned, staging / "model.onnx", opset=args.opset)
-        parity = check_parity(pruned, exported.path)
-        report = {"model": program.name, "macs_before": before.macs, "macs_after": after.macs,
-                  "params_before": before.params, "params_after": after.params,
-                  "calibration": calibration.description if calibration else None,
-                  "linearize_blocks": linearized.stats,
-                  "merge_blocks": _json_safe(merged.stats),
-                  "onnx": {"exporter": exported.exporter, "fallback_reason": exported.fallback_reason},
-                  "parity": {"max_abs_error": parity.max_abs_error, "relative": parity.relative}}
-        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        delivered = write_model(staging, pruned, opset=args.opset)
+        write_report(staging, {"model": program.name, "macs_before": before.macs, "macs_after": after.macs,
+                               "params_before": before.params, "params_after": after.params,
+                               "calibration": calibration.description if calibration else None,
+                               "linearize_blocks": linearized.stats, "merge_blocks": merged.stats, **delivered})
     print(f"blocks {', '.join(linearized.stats['chosen'])}")
     print(f"MACs   {before.macs / 1e6:.1f} M -> {after.macs / 1e6:.1f} M ({after.macs / before.macs:.3f})")
     print(f"wrote {output / 'model.pt2'}, {output / 'model.onnx'} and {output / 'report.json'}")
@@ -111,11 +99,3 @@ def _list_blocks(program) -> None:
         note = "" if block.affine else f"   (cannot merge: {block.reason})"
         print(f"{block.name:<30} {block.kind:<9} {len(block.activations)} activation(s)"
               f"{f', {len(block.layer_norms)} layer norm(s)' if block.layer_norms else ''}{note}")
-
-
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
