@@ -85,7 +85,7 @@ def embedding(ctx, node):
     return list(indices) + [weight[1]]
 
 
-def _tie_batch_dims(ctx, a, b, out_rank):
+def _tie_batch_dims(ctx, a, b, out_rank, node):
     """Broadcast batch dims of two matrix operands; returns the output's batch labels."""
     batch_a, batch_b = a[:-2], b[:-2]
     rank = out_rank - 2
@@ -96,6 +96,10 @@ def _tie_batch_dims(ctx, a, b, out_rank):
         lb = batch_b[db] if db >= 0 else None
         if la is not None and lb is not None and la.size == lb.size:
             ctx.space.tie(la, lb)
+        if la is not None and lb is not None and la.size != lb.size:
+            for single in (la, lb):  # a single channel broadcast over the other's: removed, it would be empty
+                if single.size == 1 and single.any():
+                    ctx.block(single, node, "a single channel broadcast over a larger dim")
         result.append(la if la is not None and la.size != 1 else lb if lb is not None else la)
     return result
 
@@ -108,7 +112,7 @@ def matmul(ctx, node):
         # removal broke the product ("size mismatch"); the rule's error blocks every operand dim.
         raise ValueError("matmul with a vector operand")
     ctx.space.tie(a[-1], b[-2])
-    return _tie_batch_dims(ctx, a, b, len(ctx.shape(node))) + [a[-2], b[-1]]
+    return _tie_batch_dims(ctx, a, b, len(ctx.shape(node)), node) + [a[-2], b[-1]]
 
 
 def _einsum_terms(equation: str) -> tuple[list[str], str]:
@@ -153,11 +157,15 @@ def attention(ctx, node):
     """scaled_dot_product_attention(q, k, v): q and k share their last dim, k and v their sequence.
     Sequence dims are tokens, geometry: fixed (a softmax runs over k's, so no token removal is exact)."""
     q, k, v = (ctx.labels(arg) for arg in node.args[:3])
+    if len(q) > 2 and q[-3].size != k[-3].size:
+        # grouped-query attention: each k/v head serves a run of q heads, a mapping this rule does not
+        # follow; the error blocks every operand dim rather than pruning q heads out of step
+        raise ValueError("grouped-query attention (q and k/v have different head counts)")
     ctx.space.tie(q[-1], k[-1])
     ctx.space.tie(k[-2], v[-2])
     fix_geometry(ctx, [q[-2], k[-2]])
-    batch = _tie_batch_dims(ctx, q, k, len(q))
-    _tie_batch_dims(ctx, k, v, len(v))
+    batch = _tie_batch_dims(ctx, q, k, len(q), node)
+    _tie_batch_dims(ctx, k, v, len(v), node)
     mask = _arg(node, 3, "attn_mask")
     if isinstance(mask, torch.fx.Node):
         _tie_to_scores(ctx, ctx.labels(mask), batch + [q[-2], k[-2]])

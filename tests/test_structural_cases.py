@@ -377,6 +377,21 @@ class VectorProduct(nn.Module):
         return F.relu(self.fc(x)) @ self.w
 
 
+class GroupedQueryAttention(nn.Module):
+    """Four query heads share two key/value heads (enable_gqa)."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.kv, self.proj = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, 4, 4).transpose(1, 2)
+        k, v = self.kv(x).view(b, n, 2, 2, 4).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        return self.proj(out.transpose(1, 2).reshape(b, n, 16))
+
+
 # name -> (model factory, example inputs, members that one exact group must hold together)
 EXACT_CASES = {
     "concat": (Concat, lambda: image(), [("a.weight", 0), ("bn.weight", 0), ("head.weight", 1)]),
@@ -530,3 +545,12 @@ def test_a_product_with_a_vector_is_blocked_by_name():
     assert not any(("w", 0) in g.members or ("fc.weight", 0) in g.members for g in combing.groups)
     blocked = next(b for b in combing.blocked if ("fc.weight", 0) in b.members)
     assert blocked.operators == ["aten.matmul.default"]
+
+
+def test_grouped_query_attention_is_blocked_by_name():
+    """A q head removed out of step with its k/v head would silently attend to another head's keys."""
+    program, inputs = _captured(GroupedQueryAttention, lambda: torch.randn(2, 5, 16))
+    combing = find_channel_groups(program.module)
+    assert not any(("q.weight", 0) in g.members for g in combing.groups)
+    blocked = [b for b in combing.blocked if ("q.weight", 0) in b.members]
+    assert blocked and all(b.operators == ["aten.scaled_dot_product_attention.default"] for b in blocked)
