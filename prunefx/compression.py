@@ -28,7 +28,6 @@ anything else is read as a path.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import tempfile
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 
 from prunefx.compression_report import json_safe, markdown_report, pass_summary
 from prunefx.data import FASHION_MNIST, DataSplits, load_data
+from prunefx.deliverable import write_model, write_report
 from prunefx.graph import Program, count
 from prunefx.graph.errors import PrunefxError, first_line
 from prunefx.graph.rebatch import rebatch
@@ -47,15 +47,9 @@ from prunefx.output import check_output_folder, staged_folder
 from prunefx.passes.pipeline import Pipeline, Step
 from prunefx.passes.recipe import RecipeError, pipeline_from_spec, read_recipe
 from prunefx.passes.training import evaluate
-from prunefx.runtime import (
-    DEFAULT_THREADS,
-    check_parity,
-    compare_latency,
-    export_onnx,
-    onnx_runner,
-    onnx_speedup,
-)
+from prunefx.runtime import LATENCY_THREADS, compare_latency, export_onnx, onnx_runner, onnx_speedup
 from prunefx.runtime.deployment_report import CHART_FILE, variants_from_compress, write_chart
+from prunefx.runtime.onnx_export import DEFAULT_OPSET
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 CALIBRATION_BATCHES = 4
@@ -179,7 +173,7 @@ def _sources(dense: Program, splits: DataSplits, eval_batches: int | None, neede
         loader = splits.train if splits.train is not None else splits.evaluation
         sources["labelled_calibration"] = list(itertools.islice(iter(loader), CALIBRATION_BATCHES))
     if "measure" in needed:
-        sources["measure"] = onnx_speedup(threads=DEFAULT_THREADS, runs=MERGE_MEASURE_RUNS)
+        sources["measure"] = onnx_speedup(threads=LATENCY_THREADS, runs=MERGE_MEASURE_RUNS)
     return sources
 
 
@@ -202,11 +196,11 @@ def inject(pipeline: Pipeline, dense: Program, splits: DataSplits, *, data: str,
 
 @dataclass(frozen=True)
 class Options:
-    threads: int = 2           # ONNX Runtime threads for the latency measurement
+    threads: int = LATENCY_THREADS  # ONNX Runtime threads for the latency measurement
     runs: int = 50             # timed runs per model
     warmup: int = LATENCY_WARMUP
     eval_batches: int | None = None  # evaluate on the first N batches of test and val only
-    opset: int = 18
+    opset: int = DEFAULT_OPSET
 
 
 def _accuracy(program: Program, splits: DataSplits, eval_batches: int | None) -> dict:
@@ -278,9 +272,7 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
 
     clock = time.perf_counter()
     compressed_one = rebatch(compressed, 1)
-    compressed_one.save(staging / "model.pt2")
-    exported = export_onnx(compressed_one, staging / "model.onnx", opset=options.opset)
-    parity = check_parity(compressed_one, exported.path)
+    delivered = write_model(staging, compressed_one, opset=options.opset)
     seconds["export"] = time.perf_counter() - clock
     cost_before, cost_after = count(dense_one), count(compressed_one)
 
@@ -288,7 +280,8 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
     with tempfile.TemporaryDirectory(prefix="prunefx-compress-") as tmp:
         dense_onnx = export_onnx(dense_one, Path(tmp) / "dense.onnx", opset=options.opset).path
         latency = compare_latency(onnx_runner(dense_onnx, dense_one.example_inputs, threads=options.threads),
-                                  onnx_runner(exported.path, compressed_one.example_inputs, threads=options.threads),
+                                  onnx_runner(staging / "model.onnx", compressed_one.example_inputs,
+                                              threads=options.threads),
                                   warmup=options.warmup, runs=options.runs, threads=options.threads)
     seconds["latency"] = time.perf_counter() - clock
     seconds["total"] = time.perf_counter() - started
@@ -304,11 +297,7 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
                     "warmup": options.warmup, "dense_ms": latency.a.median_ms,
                     "compressed_ms": latency.b.median_ms, "speedup": latency.speedup,
                     "dense": latency.a.to_dict(), "compressed": latency.b.to_dict()},
-        "speedup": latency.speedup,
-        "parity": {"max_abs_error": parity.max_abs_error, "output_scale": parity.output_scale,
-                   "relative": parity.relative},
-        "onnx": {"exporter": exported.exporter, "fallback_reason": exported.fallback_reason,
-                 "nodes": exported.node_count},
+        "speedup": latency.speedup, **delivered,
         "passes": [{"pass": name, "modified": step.modified, "injected": keys, "stats": json_safe(step.stats)}
                    for (name, step), keys in zip(result.steps, injected)],
         "files": {name: str(output / name) for name in
@@ -319,6 +308,6 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
     variants = variants_from_compress(report)
     report["variants"] = [variant.to_dict() for variant in variants]
     write_chart(variants, staging / CHART_FILE, title=f"{dense.name}, recipe {recipe.name}")
-    (staging / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    report = write_report(staging, report)
     (staging / "report.md").write_text(markdown_report(report))
     return report

@@ -10,7 +10,7 @@ The flow lives in prunefx/compression.py, shared with `prunefx demo`.
 
 from __future__ import annotations
 
-from prunefx import options
+from prunefx import cli_options, options
 from prunefx.compression import Options, compress, load_model_and_data, load_named_recipe
 from prunefx.compression_report import console_summary
 from prunefx.output import check_output_folder
@@ -29,7 +29,7 @@ def add_arguments(parser) -> None:
                         help="a shipped recipe (cpd-macs0.5, prune-l2-kd-macs0.5, finetune) or a recipe .yaml file")
     parser.add_argument("--data", required=True, help="fashion-mnist, imagenet-sample, or a folder with "
                                                       "train/<class>/ and val/<class>/ images")
-    parser.add_argument("-o", "--output", required=True, help="folder for the models and the report")
+    cli_options.add_output(parser, "the models and the report")
     add_measurement_arguments(parser)
 
 
@@ -40,12 +40,12 @@ def add_measurement_arguments(parser) -> None:
                         help="Fashion-MNIST training images held out for validation (default 5000)")
     parser.add_argument("--eval-batches", type=options.count, metavar="N",
                         help="evaluate on the first N batches of test and validation only (default: all)")
-    parser.add_argument("--threads", type=options.threads, default=2, help="ONNX Runtime threads for the latency (default 2)")
-    parser.add_argument("--runs", type=options.count, default=50, help="timed runs per model (default 50)")
+    cli_options.add_measurement(parser, runs=Options.runs)
+    cli_options.add_opset(parser)
 
 
 def options_from(args) -> Options:
-    return Options(threads=args.threads, runs=args.runs, eval_batches=args.eval_batches)
+    return Options(threads=args.threads, runs=args.runs, eval_batches=args.eval_batches, opset=args.opset)
 
 
 def run(args) -> int:
