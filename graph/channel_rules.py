@@ -66,7 +66,7 @@ def _table() -> dict:
         aten.split.Tensor: basic.split, aten.split_with_sizes.default: basic.split_with_sizes,
         aten.chunk.default: basic.chunk, aten.unbind.int: basic.unbind, operator.getitem: basic.getitem,
         aten.select.int: basic.select, aten.slice.Tensor: basic.slice_, aten.expand.default: basic.expand,
-        aten.index.Tensor: basic.index,
+        aten.index.Tensor: basic.index, aten.expand_as.default: basic.broadcast,
         aten.linear.default: layers.linear, aten.embedding.default: layers.embedding,
         aten.matmul.default: layers.matmul, aten.mm.default: layers.matmul,
         aten.bmm.default: layers.matmul, aten.addmm.default: layers.addmm, aten.einsum.default: layers.einsum,

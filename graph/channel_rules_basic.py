@@ -33,7 +33,8 @@ def new_tensor(ctx, node):
 
 
 def broadcast(ctx, node):
-    """Element-wise operators with broadcasting: dims of equal size are tied, size-1 dims broadcast."""
+    """Element-wise operators with broadcasting: dims of equal size are tied, size-1 dims broadcast.
+    Also x.expand_as(other): its output has other's shape, with x broadcast to it; no size literal."""
     operands = [ctx.labels(arg) for arg in list(node.args) + list(node.kwargs.values())
                 if isinstance(arg, torch.fx.Node) and ctx.labels(arg) is not None]
     return _broadcast_labels(ctx, operands, ctx.shape(node), node)

@@ -377,6 +377,18 @@ class VectorProduct(nn.Module):
         return F.relu(self.fc(x)) @ self.w
 
 
+class ExpandAs(nn.Module):
+    """A pooled context expanded back over the feature map (MobileViTv2's linear attention)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.b(F.relu(y) * y.amax((2, 3), keepdim=True).expand_as(y))
+
+
 class GroupedQueryAttention(nn.Module):
     """Four query heads share two key/value heads (enable_gqa)."""
 
@@ -426,6 +438,7 @@ EXACT_CASES = {
     "tensor_exponent": (TensorExponent, lambda: image(), [("a.weight", 0), ("exponent", 1), ("ceiling", 0),
                                                                 ("b.weight", 1)]),
     "unbatched_conv1d": (UnbatchedConv1d, lambda: torch.randn(4, 12), [("a.weight", 0), ("b.weight", 1)]),
+    "expand_as": (ExpandAs, lambda: image(), [("a.weight", 0), ("b.weight", 1)]),
     "rotary_fused_qkv": (RotaryAttention, lambda: torch.randn(2, 6, 16), [("qkv.weight", 0), ("proj.weight", 1)]),
 }
 
