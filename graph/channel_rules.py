@@ -47,6 +47,8 @@ def _table() -> dict:
         rules.update(dict.fromkeys(_overloads(name), basic.broadcast))
     for name in _REDUCTIONS:
         rules.update({o: basic.reduction for o in _overloads(name) if "dim" in str(o) or "IntList" in str(o)})
+    # amax/amin take their dims in the default overload (sum.default and mean.default take a dtype there)
+    rules.update({aten.amax.default: basic.reduction, aten.amin.default: basic.reduction})
     for name in ("softmax", "_softmax", "log_softmax", "_log_softmax"):
         rules.update(dict.fromkeys(_overloads(name), basic.softmax))
     for name in ("max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
