@@ -3,8 +3,9 @@
 TensorRT's rules (and what ONNX Runtime's integer kernels want) decide the form:
 - weights: symmetric INT8 per output channel, scale = max|w| / 127 over each output channel (zero-point 0);
 - activations: symmetric INT8 per tensor, scale = amax / 127 (zero-point 0), amax from calibration data;
-- quantizers sit on the *inputs* of convolutions, transposed convolutions, linear layers and matmuls; one
-  activation feeding several such layers gets one quantizer (one scale), as TensorRT needs to fuse them.
+- quantizers sit on the *inputs* of convolutions, transposed convolutions, linear layers and matmuls, and
+  of residual adds (two activations of the same shape), where TensorRT needs them to fuse the add into the
+  convolution before it; one activation feeding several such layers gets one quantizer (one scale).
 
 The quantizers are torch's own `fake_quantize_per_channel_affine` / `fake_quantize_per_tensor_affine`
 operators: they run (and train, with the straight-through estimator) in the Program, re-export with
@@ -83,6 +84,11 @@ def _target(node: torch.fx.Node) -> QuantTarget | str | None:
         if not _activation(args[0]):
             return "its input is not a floating-point tensor"
         return QuantTarget(node, name, (args[0],), args[1], 1 if transposed else 0)
+    if target in (aten.add.Tensor, aten.add_.Tensor) and len(args) == 2 and all(_activation(arg) for arg in args) \
+            and args[0].meta["val"].shape == args[1].meta["val"].shape and args[0].meta["val"].dim() >= 3:
+        # a residual add: both inputs quantized, so TensorRT fuses it into the convolution before it and ONNX
+        # Runtime runs the convolution and the add on integers (no broadcasting: bias adds are not residuals)
+        return QuantTarget(node, name, (args[0], args[1]))
     if target in _MATMULS:
         left, right = args[0], args[1]
         if _attr(left):

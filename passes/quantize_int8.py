@@ -3,8 +3,9 @@
 Rewrites every convolution, transposed convolution, linear layer and matmul `y = op(x, W)` into
 `y = op(fq(x, s_x), fq_c(W, s_W))`, where `fq` is torch's fake_quantize_per_tensor_affine (symmetric INT8,
 zero-point 0, s_x = amax_x / 127 from calibration data) and `fq_c` is fake_quantize_per_channel_affine (one
-scale per output channel, s_W[c] = max|W[c]| / 127). One activation read by several layers gets one
-quantizer. The form and the calibration are graph/quantization.py's; lowering to ONNX Q/DQ (symmetric S8
+scale per output channel, s_W[c] = max|W[c]| / 127), and both inputs of every residual add (two
+activations of the same shape) get per-tensor quantizers, where TensorRT needs them to fuse the add into the
+convolution before it. One activation read by several layers gets one quantizer. The form and the calibration are graph/quantization.py's; lowering to ONNX Q/DQ (symmetric S8
 for TensorRT, the same scales shifted to U8 for ONNX Runtime on x86) is runtime/onnx_quantized.py's.
 
 Config (QuantizeInt8Config; `check_config` checks a dict of the same keys):
@@ -13,7 +14,7 @@ Config (QuantizeInt8Config; `check_config` checks a dict of the same keys):
 - `method`: max | percentile (default, with `percentile`, default 99.99) | mse: how the activation range
   amax is read from the calibration statistics. Weights always use their exact max per channel.
 - `skip_nodes`: layer names kept in float; `skip_operators`: operators kept in float ('conv2d', 'linear',
-  'matmul', ...). The statistics give the reason for each layer left in float.
+  'matmul', 'add' for the residual adds, ...). The statistics give the reason for each layer left in float.
 - `sensitive` (k, default 0): measure each layer's quantization error on the calibration data (the relative
   squared error of its output with its own input and weight quantized, everything else float) and leave the
   k worst in float, with their error and rank as the reason. The errors of all layers are in the stats.
@@ -22,8 +23,7 @@ Config (QuantizeInt8Config; `check_config` checks a dict of the same keys):
 Preconditions: a Program in eval mode for calibration (the pass evaluates in eval mode and restores the mode).
 The pass is not exact; it is idempotent: a Program that already holds fake quantizers is left alone (its
 choices, layers left in float included, stand), and the run reports modified=False. A Program with no quantizable layer is an error (nothing to do is not a success).
-Non-goals: quantizing residual adds and concat inputs (TensorRT fuses those from the layers' own Q/DQ in
-most CNNs), QAT (the fake-quant ops train with the straight-through estimator; passes/distill runs that).
+Non-goals: concat inputs sharing one scale (not needed by the CNNs measured here), QAT (the fake-quant ops train with the straight-through estimator; passes/distill runs that).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ read:
   128. Q_u8(x) = Q_s8(x) + 128 and DQ_u8(q) = (q - 128) * s, so every real value is the same, bit for bit;
   only the integer type changes, to the U8 activations x S8 weights (U8S8) that ONNX Runtime's x86 integer
   kernels want (S8S8 runs slower than FP32 on these CPUs). Two more rewrites make the U8 file run integer
-  kernels where the Program's values allow it (`integer_conv_units`, `dequantize_float_layer_weights`): a
+  kernels where the Program's values allow it (`integer_units_for_onnxruntime`, `dequantize_float_layer_weights`): a
   Conv whose output reaches only an activation quantizer (directly or through a ReLU/ReLU6) becomes
   DQ -> Conv -> Q with an INT32 bias, which ONNX Runtime fuses into QLinearConv; every other layer keeps a
   float weight holding exactly the dequantized INT8 values. TensorRT's placement (quantizers on layer inputs
@@ -56,7 +56,7 @@ class QuantizedExport:
     activations: str
     weight_initializers: int      # INT8 weight initializers behind a DequantizeLinear
     activation_pairs: int         # QuantizeLinear -> DequantizeLinear pairs on activations
-    integer_convolutions: int = 0  # convolutions put in ONNX Runtime's DQ -> Conv -> Q form (u8 only)
+    integer_units: int = 0  # convolutions put in ONNX Runtime's DQ -> Conv -> Q form (u8 only)
 
 
 def export_quantized_onnx(program: Program, path: str | os.PathLike, *, activations: str = "s8",
@@ -76,7 +76,7 @@ def export_quantized_onnx(program: Program, path: str | os.PathLike, *, activati
                               f"{describe_failure(error)}") from error
     weights = fold_weight_quantizers(model)
     pairs = shift_activations_to_u8(model) if activations == "u8" else count_activation_pairs(model)
-    fused = integer_conv_units(model) if activations == "u8" else 0
+    fused = integer_units_for_onnxruntime(model) if activations == "u8" else 0
     if activations == "u8":
         dequantize_float_layer_weights(model)
     _name_inputs_and_outputs(model)
@@ -85,7 +85,7 @@ def export_quantized_onnx(program: Program, path: str | os.PathLike, *, activati
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, path)
     return QuantizedExport(path=path, activations=activations, weight_initializers=weights, activation_pairs=pairs,
-                           integer_convolutions=fused)
+                           integer_units=fused)
 
 
 # ---- graph rewrites (onnx protos) ------------------------------------------------------------------
@@ -177,9 +177,10 @@ def _clip_bounds(model: onnx.ModelProto, node: onnx.NodeProto) -> tuple[float, f
     return (bounds[0] if bounds[0] is not None else -float("inf"), bounds[1] if bounds[1] is not None else float("inf"))
 
 
-def integer_conv_units(model: onnx.ModelProto) -> int:
-    """Put every Conv whose output reaches one activation quantizer, directly or through one Relu / Clip,
-    into the DQ -> Conv -> Q form ONNX Runtime runs as an integer convolution (QLinearConv, U8S8):
+def integer_units_for_onnxruntime(model: onnx.ModelProto) -> int:
+    """Put every Conv (and residual Add) whose output reaches one activation quantizer, directly or through
+    one Relu / Clip, into the DQ -> Conv -> Q form ONNX Runtime runs on integers (QLinearConv, U8S8;
+    QLinearAdd):
     - the Relu / Clip moves after the quantizer, as a Clip on the UINT8 codes: Q(clip(y, a, b)) equals
       clip(Q(y), Q(a), Q(b)) exactly, since quantization is monotone, so no real value changes;
     - the float bias becomes INT32 at scale s_x * s_w (ONNX Runtime's integer kernels need it; the change is
@@ -188,12 +189,13 @@ def integer_conv_units(model: onnx.ModelProto) -> int:
     output would change the Program's values. Returns how many Convs were rewritten."""
     producers = {output: node for node in model.graph.node for output in node.output}
     rewritten = 0
-    for conv in [node for node in model.graph.node if node.op_type == "Conv"]:
+    for conv in [node for node in model.graph.node if node.op_type in ("Conv", "Add")]:
         found = _conv_unit(model, producers, conv)
         if found is None:
             continue
         clip, quantizer = found
-        _quantize_bias(model, producers, conv)
+        if conv.op_type == "Conv":
+            _quantize_bias(model, producers, conv)
         if clip is not None:
             _move_clip_after(model, conv, clip, quantizer)
         rewritten += 1
@@ -244,7 +246,7 @@ def _conv_unit(model, producers, conv):
     """(Relu/Clip node or None, the activation QuantizeLinear) when `conv` can become an integer unit."""
     if not all(name in producers and producers[name].op_type == "DequantizeLinear" for name in conv.input[:2]):
         return None
-    if len(conv.input) > 2 and conv.input[2] and conv.input[2] not in _initializers(model):
+    if conv.op_type == "Conv" and len(conv.input) > 2 and conv.input[2] and conv.input[2] not in _initializers(model):
         return None
     users = _consumers(model, conv.output[0])
     if len(users) != 1 or conv.output[0] in {out.name for out in model.graph.output}:
@@ -277,7 +279,7 @@ def _quantize_bias(model, producers, conv) -> None:
 
 
 def _move_clip_after(model, conv, clip, quantizer) -> None:
-    """conv -> clip -> Q  becomes  conv -> Q -> Clip on UINT8 codes (same values; see integer_conv_units)."""
+    """conv -> clip -> Q  becomes  conv -> Q -> Clip on UINT8 codes (same values; see integer_units_for_onnxruntime)."""
     low, high = _clip_bounds(model, clip)
     scale = _scalar(model, quantizer.input[1])
     zero = int(numpy_helper.to_array(_initializers(model)[quantizer.input[2]]))

@@ -81,7 +81,9 @@ def test_quantizers_sit_on_every_layer_input_and_weight(quantized):
     assert result.modified and result.stats["folded_batch_norms"] == 1
     layers = [*_layers(program, aten.conv2d.default), *_layers(program, aten.conv_transpose2d.input),
               *_layers(program, aten.linear.default), *_layers(program, aten.matmul.default)]
-    assert len(layers) == 6 and len(result.stats["quantized"]) == 6 and result.stats["skipped"] == []
+    assert len(layers) == 6 and len(result.stats["quantized"]) == 7 and result.stats["skipped"] == []
+    residual = _layers(program, aten.add.Tensor)[0]  # both inputs quantized: TensorRT fuses it into the conv
+    assert [arg.target for arg in residual.args] == [aten.fake_quantize_per_tensor_affine.default] * 2
     for layer in layers:
         if layer.target is aten.matmul.default:  # two activations, each per tensor
             assert all(arg.target is aten.fake_quantize_per_tensor_affine.default for arg in layer.args[:2])
@@ -93,8 +95,9 @@ def test_quantizers_sit_on_every_layer_input_and_weight(quantized):
         assert weight.args[3:] == (axis, -128, 127)
     left, right = _layers(program, aten.conv2d.default)[1:]
     assert left.args[0] is right.args[0]  # one activation read by two layers: one quantizer, one scale
-    # stem input, the shared ReLU, the transposed conv's input, the matmul's two operands, the head's input
-    assert result.stats["activation_quantizers"] == 6 and result.stats["weight_quantizers"] == 5
+    # stem input, the shared ReLU, the residual add's two inputs, the transposed conv's input, the matmul's
+    # two operands, the head's input
+    assert result.stats["activation_quantizers"] == 8 and result.stats["weight_quantizers"] == 5
     program.export()  # still a valid Program
 
 
@@ -155,9 +158,9 @@ def test_layers_kept_in_float_by_name_operator_and_sensitivity(one_thread):
     assert reasons["linear"] == "kept in float by name (skip_nodes)"
     assert reasons["matmul"] == "kept in float by operator matmul (skip_operators)"
     sensitive = [row for row in result.stats["skipped"] if row["reason"].startswith("sensitive")]
-    assert len(sensitive) == 1 and "rank 1 of 4 layers" in sensitive[0]["reason"]
+    assert len(sensitive) == 1 and "rank 1 of 5 layers" in sensitive[0]["reason"]
     errors = [row["error"] for row in result.stats["quantized"]]
-    assert len(errors) == 3 and all(0 < error <= sensitive[0]["error"] for error in errors)
+    assert len(errors) == 4 and all(0 < error <= sensitive[0]["error"] for error in errors)
     for name in ("linear", "matmul", sensitive[0]["layer"]):
         node = next(node for node in program.graph.nodes if node.name == name)
         assert not any(isinstance(arg, torch.fx.Node) and "fake_quantize" in str(arg.target) for arg in node.args)
@@ -217,7 +220,7 @@ def test_tensorrt_file_has_int8_weights_behind_dequantize_and_runs_within_tolera
         assert scale.shape == (weight.dims[axis],) and np.abs(numpy_helper.to_array(weight)).max() == 127
     activation_quantizers = [node for node in model.graph.node
                              if node.op_type == "QuantizeLinear" and node.input[0] not in inits]
-    assert len(activation_quantizers) == exported.activation_pairs == 6  # one per Program quantizer
+    assert len(activation_quantizers) == exported.activation_pairs == 8  # one per Program quantizer
     for quantizer in activation_quantizers:  # symmetric INT8: TensorRT's form
         zero = inits[quantizer.input[2]]
         assert zero.data_type == onnx.TensorProto.INT8 and numpy_helper.to_array(zero).tolist() == 0
@@ -238,7 +241,7 @@ def _unoptimized(path, x):
 
 
 @pytest.mark.slow  # two ONNX exports and three sessions: about 4 s
-def test_onnx_runtime_file_has_u8_activations_integer_convolutions_and_the_same_values(quantized, tmp_path):
+def test_onnx_runtime_file_has_u8_activations_integer_units_and_the_same_values(quantized, tmp_path):
     program, _ = quantized
     s8 = export_quantized_onnx(program, tmp_path / "s8.onnx", activations="s8").path
     u8 = export_quantized_onnx(program, tmp_path / "u8.onnx", activations="u8")
@@ -246,12 +249,13 @@ def test_onnx_runtime_file_has_u8_activations_integer_convolutions_and_the_same_
     inits = {init.name: init for init in model.graph.initializer}
     producers = _producers(model)
     quantizers = [node for node in model.graph.node if node.op_type == "QuantizeLinear"]
-    assert len(quantizers) == 6 and all(inits[node.input[2]].data_type == onnx.TensorProto.UINT8 and
+    assert len(quantizers) == 8 and all(inits[node.input[2]].data_type == onnx.TensorProto.UINT8 and
                                         numpy_helper.to_array(inits[node.input[2]]).tolist() == 128
                                         for node in quantizers)
-    # the stem conv (-> ReLU -> quantizer) is an integer unit: INT8 weight and INT32 bias behind DQs, its ReLU
-    # a Clip on the UINT8 codes after the quantizer; the residual convs feed a float add and stay float
-    assert u8.integer_convolutions == 1
+    # integer units: the stem conv (-> ReLU -> quantizer), the two residual convs (-> the add's quantizers) and
+    # the add (-> ReLU -> quantizer); the stem has an INT8 weight and an INT32 bias behind DQs, and its ReLU
+    # became a Clip on the UINT8 codes after the quantizer
+    assert u8.integer_units == 4
     stem = next(node for node in model.graph.node if node.op_type == "Conv")  # nodes are in topological order
     weight, bias = producers[stem.input[1]], producers[stem.input[2]]
     assert inits[weight.input[0]].data_type == onnx.TensorProto.INT8
