@@ -56,9 +56,9 @@ def run_file(model: str, variant: str, stage: str) -> Path:
 
 def violations(program: Program) -> int:
     """M-groups breaking the pattern over every weight the program records as sparse."""
-    pattern = Pattern.parse(program.analysis["sparsity"]["pattern"])
+    pattern = Pattern.parse(program.analysis.sparsity.pattern)
     return sum(pattern_violations(get_tensor(program.module, name), pattern)
-               for name in program.analysis["sparsity"]["weights"])
+               for name in program.analysis.sparsity.weights)
 
 
 def one_shot(model: str, variant: str, dense: Program, calibration: list, data) -> dict:
@@ -102,7 +102,7 @@ def _skipped(runs: dict) -> str:
 
 
 def _zero_fraction(program: Program) -> float:
-    tensors = [get_tensor(program.module, name) for name in program.analysis["sparsity"]["weights"]]
+    tensors = [get_tensor(program.module, name) for name in program.analysis.sparsity.weights]
     return sum(int((t == 0).sum()) for t in tensors) / sum(t.numel() for t in tensors)
 
 

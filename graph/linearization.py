@@ -9,7 +9,7 @@
 
 In-place activations (`relu_`, `hardtanh_`) become their out-of-place forms before blending: a blend
 reads `x` after `act` ran, which an in-place activation would have overwritten.
-The blend buffers are listed in `program.analysis["linearize"]["blends"]` ({buffer: block name}).
+The blend buffers are listed in `program.analysis.linearize.blends` ({buffer: block name}).
 """
 
 from __future__ import annotations
@@ -71,8 +71,10 @@ def set_blends(module: torch.fx.GraphModule, buffers, value: float) -> None:
 
 def strip_finished_blends(program) -> list[str]:
     """Turn every blend whose l is exactly 1 into the identity; return the buffers that went away."""
-    record = program.analysis.get("linearize", {})
-    blends: dict[str, str] = record.get("blends", {})
+    record = program.analysis.linearize
+    if record is None:
+        return []
+    blends = record.blends
     module = program.module
     finished = [buffer for buffer in blends if float(get_tensor(module, buffer)) == 1.0]
     if not finished:
@@ -84,7 +86,7 @@ def strip_finished_blends(program) -> list[str]:
     delete_unused_tensors(module)
     program.recompile()
     for buffer in finished:
-        record.setdefault("stripped", {})[buffer] = blends.pop(buffer)
+        record.stripped[buffer] = blends.pop(buffer)
     return finished
 
 

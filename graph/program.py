@@ -21,6 +21,7 @@ import torch.utils._pytree as pytree
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
+from prunefx.graph.analysis_record import Analysis, AnalysisRecordError
 from prunefx.graph.archive import safe_load
 from prunefx.graph.attributes import delete_unused_tensors
 from prunefx.graph.errors import ProgramFileError, VerificationError, first_line, printable
@@ -47,15 +48,15 @@ class Program:
     """A captured model. `module` is the torch.fx.GraphModule; `example_inputs` a tuple of tensors."""
 
     def __init__(self, module: torch.fx.GraphModule, example_inputs: tuple[torch.Tensor, ...], *,
-                 name: str = "model", analysis: dict | None = None,
+                 name: str = "model", analysis: Analysis | None = None,
                  output_shapes: list[tuple[int, ...]] | None = None):
         self.module = module
         self.example_inputs = tuple(example_inputs)
         self.name = name
         # The output shapes at capture time: every pass must keep them (checked by verify()).
         self.output_shapes = output_shapes if output_shapes is not None else current_output_shapes(module)
-        # JSON-serialisable results of analysis passes (e.g. channel groups), saved with the Program.
-        self.analysis: dict = analysis if analysis is not None else {}
+        # What passes hand to later passes (graph/analysis_record.py), saved with the Program.
+        self.analysis: Analysis = analysis if analysis is not None else Analysis()
 
     @classmethod
     def from_exported(cls, exported: torch.export.ExportedProgram, example_inputs, *, name: str) -> Program:
@@ -168,7 +169,7 @@ class Program:
             "inputs": [{"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
                        for x in self.example_inputs],
             "output_shapes": [list(shape) for shape in self.output_shapes],
-            "analysis": self.analysis,
+            "analysis": self.analysis.to_json(),
         }
         # torch's zip writer aborts the whole process (std::terminate from a destructor) when a write
         # fails, e.g. on a full disk: serialise in memory, then write with Python, where a failure is an
@@ -209,7 +210,10 @@ class Program:
             program = cls.from_exported(exported, inputs, name=metadata.get("name", printable(path.stem)))
         except Exception as error:  # a graph torch could read but not rebuild into a module
             raise ProgramFileError(f"cannot rebuild program {path}: {first_line(error)}") from error
-        program.analysis = metadata.get("analysis", {})
+        try:
+            program.analysis = Analysis.from_json(metadata.get("analysis", {}))
+        except AnalysisRecordError as error:
+            raise ProgramFileError(f"{path}: {error}") from error
         if "output_shapes" in metadata:
             program.output_shapes = [tuple(shape) for shape in metadata["output_shapes"]]
         return program

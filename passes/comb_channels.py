@@ -1,7 +1,7 @@
 """comb_channels: dependency analysis as a pass (CPD's "comb").
 
 Finds every group of coupled channels (graph/channel_groups.py) and stores them on the Program as
-JSON under `program.analysis["channel_groups"]`, with the groups that operators without a channel
+JSON under `program.analysis.channel_groups`, with the groups that operators without a channel
 rule blocked. It rewrites nothing, so `modified` is always False.
 
 Config: `keep` — names of graph nodes whose channels must not be removed.
@@ -32,7 +32,7 @@ def check_config(config: dict) -> None:
 def comb_channels(program: Program, /, *, config: dict | None = None) -> Result:
     config = CombChannelsConfig.parse(config)
     combing = find_channel_groups(program.module, keep=set(config.keep))
-    program.analysis["channel_groups"] = {
+    program.analysis.channel_groups = {
         "groups": [group.to_dict() for group in combing.groups],
         "blocked": [blocked.to_dict() for blocked in combing.blocked],
     }

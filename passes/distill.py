@@ -34,7 +34,7 @@ written back after every optimizer step (passes/sparse_masks.py), so they stay e
 Preconditions: the Program has a static batch size, that of its example inputs, and every batch
 (per process, when launched by torchrun) has exactly that many items.
 Statistics: steps, final train/task/KD/feature losses (means over the last 20 steps), the evaluation
-history, seconds and images per second; they are also stored in `program.analysis["distillation"]`.
+history, seconds and images per second; they are also stored in `program.analysis.distillation`.
 Non-goals: mixed precision, gradient accumulation, feature matching between tensors of different
 shapes (no learned adapters), choosing which channels to prune (other passes do that, through hooks).
 """
@@ -93,7 +93,7 @@ def distill(program: Program, /, *, config: dict | None = None) -> Result:
         trainer.after_step.insert(0, masks.after_step)
     stats = trainer.fit()
     trained = trainer.program
-    trained.analysis["distillation"] = stats
+    trained.analysis.distillation = stats
     return Result(trained, modified=_changed(before, trained), stats=stats)
 
 

@@ -41,6 +41,7 @@ import torch
 
 from prunefx.graph import Program, count
 from prunefx.graph.activations import calibration_inputs
+from prunefx.graph.analysis_record import LinearizeRecord
 from prunefx.graph.block_damage import block_damage
 from prunefx.graph.blocks import Block, find_blocks
 from prunefx.graph.errors import PrunefxError
@@ -226,12 +227,13 @@ def _linearize(program: Program, blocks: list[Block], config: dict) -> dict:
             for name in block.activations:
                 remove_activation(module, nodes[name])
         return {"activations_removed": sum(len(block.activations) for block in blocks)}
-    record = program.analysis.setdefault("linearize", {})
-    record.setdefault("blends", {})
-    record["ramp"] = float(config["ramp"])
+    if program.analysis.linearize is None:
+        program.analysis.linearize = LinearizeRecord()
+    record = program.analysis.linearize
+    record.ramp = float(config["ramp"])
     for block in blocks:
         buffer = new_blend_buffer(module, block.name)
-        record["blends"][buffer] = block.name
+        record.blends[buffer] = block.name
         for name in block.activations:
             blend_activation(module, nodes[name], buffer)
     return {"activations_blended": sum(len(block.activations) for block in blocks)}
@@ -240,13 +242,13 @@ def _linearize(program: Program, blocks: list[Block], config: dict) -> dict:
 def blend_schedule(program: Program, total_steps: int):
     """An `after_step` hook for passes/training.Trainer raising every pending blend of `program` linearly
     from 0 to exactly 1 over the first `ramp` fraction of `total_steps`; None when nothing is pending."""
-    record = program.analysis.get("linearize", {})
-    if not record.get("blends"):
+    record = program.analysis.linearize
+    if record is None or not record.blends:
         return None
-    ramp_steps = max(1, round(record.get("ramp", 0.5) * total_steps))
+    ramp_steps = max(1, round(record.ramp * total_steps))
 
     def raise_blends(trainer, step: int) -> None:
-        blends = trainer.program.analysis.get("linearize", {}).get("blends", {})
+        blends = trainer.program.analysis.pending_blends
         with torch.no_grad():
             set_blends(trainer.program.module, blends, min(1.0, step / ramp_steps))
 

@@ -104,7 +104,7 @@ def prune_while_training(program: Program, /, *, config: dict | None = None) -> 
     if options["strict"] and not stats["target"]["met"]:
         raise PrunefxError(f"prune_while_training ended at {target.kind}={stats['target']['achieved']:.3f} of the "
                            f"dense model, more than {TARGET_TOLERANCE:.0%} from the target {target.fraction:g}")
-    program.analysis["prune_while_training"] = {k: v for k, v in stats.items() if k != "training"}
+    program.analysis.prune_while_training = {k: v for k, v in stats.items() if k != "training"}
     return Result(program, modified=True, stats=stats)
 
 

@@ -154,7 +154,7 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     stats = _statistics(config, target, importance, combing, plan, before, after)
     if config["compensate"]:
         stats["compensation"] = compensation or {"compensated": [], "skipped": []}
-    program.analysis["channel_pruning"] = stats
+    program.analysis.channel_pruning = stats
     return Result(program, modified=bool(removed), stats=stats)
 
 

@@ -1,6 +1,6 @@
 """Masked recovery: the zeros of sparse weights stay exactly zero while a Program is fine-tuned.
 
-sparsify_nm records the weights it sparsified in `program.analysis["sparsity"]["weights"]`. A
+sparsify_nm records the weights it sparsified in `program.analysis.sparsity.weights`. A
 `SparseMasks` object, registered on passes/training.Trainer, takes the zero pattern of those weights
 as the masks and writes the zeros back after every optimizer step (`after_step`), so the weights the
 next forward pass sees, every checkpoint and every export obey the pattern. passes/distill.py does this
@@ -30,7 +30,7 @@ from prunefx.graph.attributes import get_tensor
 
 def recorded_weights(program: Program) -> list[str]:
     """The weights a sparsify pass recorded as sparse in the Program's analysis ([] when none)."""
-    return list(program.analysis.get("sparsity", {}).get("weights", []))
+    return program.analysis.sparse_weights
 
 
 class SparseMasks:

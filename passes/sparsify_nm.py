@@ -25,7 +25,7 @@ validation accuracy among 1e-1..1e-4 on the Fashion-MNIST ResNet-20 with 512 cal
 `block_size` (CAP's B, a multiple of M, default 64), `sequential` (obs, default true), `min_channels`
 (16), `keep` (node or weight names left dense), `layers` (only these node or weight names).
 
-Records the sparsified weights in `program.analysis["sparsity"]` (pattern, criterion, weights, layers,
+Records the sparsified weights in `program.analysis.sparsity` (pattern, criterion, weights, layers,
 skipped layers with reasons; JSON, saved with the Program): passes/distill.py keeps those zeros fixed
 while fine-tuning (passes/sparse_masks.py) and every export carries them. Exactness: "M:M" keeps every
 weight and changes nothing; a second run of magnitude or obs on weights that already obey the pattern
@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from prunefx.graph import Program
 from prunefx.graph.activations import calibration_inputs, within_budget
+from prunefx.graph.analysis_record import SparsityRecord
 from prunefx.graph.attributes import get_tensor, set_tensor
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.nm_hessians import (
@@ -114,7 +115,8 @@ def sparsify_nm(program: Program, /, *, config: dict | None = None) -> Result:
         errors = _sparsify(program.module, layers, config)
     changed = sum(not torch.equal(before[layer.weight], get_tensor(program.module, layer.weight)) for layer in layers)
     stats = _statistics(program, layers, skipped, config, errors, changed)
-    program.analysis["sparsity"] = {key: stats[key] for key in ("pattern", "criterion", "weights", "layers", "skipped")}
+    program.analysis.sparsity = SparsityRecord(**{key: stats[key] for key in
+                                                  ("pattern", "criterion", "weights", "layers", "skipped")})
     return Result(program, modified=changed > 0, stats=stats)
 
 

@@ -88,11 +88,11 @@ def sparsify_linear_modules(module: torch.nn.Module, *, names: set[str] | None =
 
 
 def sparsify_program_linears(program: Program, *, dtype: torch.dtype = torch.float16) -> list[str]:
-    """Swap the 2-D (linear) weights that `program.analysis["sparsity"]` records for semi-structured
+    """Swap the 2-D (linear) weights that `program.analysis.sparsity` records for semi-structured
     ones; the module goes to the GPU in `dtype`. Returns the weights swapped."""
     device = require_sparse_gpu()
     program.module.to(device=device, dtype=dtype)
-    recorded = program.analysis.get("sparsity", {}).get("weights", [])
+    recorded = program.analysis.sparse_weights
     swapped = []
     for name in recorded:
         weight = get_tensor(program.module, name)

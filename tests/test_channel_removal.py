@@ -201,10 +201,10 @@ def test_comb_channels_pass_stores_groups_that_survive_save_and_load(tmp_path):
     result = Pipeline([comb_channels]).run(program)
     stats = result.stats()["comb_channels"]
     assert not result.modified and stats["groups"] == 12 and stats["blocked_groups"] == 0
-    stored = result.program.analysis["channel_groups"]["groups"]
+    stored = result.program.analysis.channel_groups["groups"]
     assert stored[0]["size"] == 64 and "conv1.weight:0" in stored[0]["members"]
     reloaded = Program.load(result.program.save(tmp_path / "combed.pt2"))
-    assert reloaded.analysis["channel_groups"] == result.program.analysis["channel_groups"]
+    assert reloaded.analysis.channel_groups == result.program.analysis.channel_groups
 
 
 def test_inspect_lists_channel_groups(capsys):

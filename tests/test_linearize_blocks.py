@@ -84,8 +84,8 @@ def test_progressive_blend_is_exact_at_both_ends_and_strips_to_the_abrupt_form(m
     abrupt = linearize_blocks(mobilenet.clone(), config={"blocks": names, "mode": "abrupt"}).program
     assert _targets(abrupt).count(aten.hardtanh_.default) == _targets(mobilenet).count(aten.hardtanh_.default) - 4
     reloaded = Program.load(blended.save(tmp_path / "blended.pt2"))
-    assert set(reloaded.analysis["linearize"]["blends"].values()) == set(names)
-    set_blends(reloaded.module, reloaded.analysis["linearize"]["blends"], 1.0)
+    assert set(reloaded.analysis.linearize.blends.values()) == set(names)
+    set_blends(reloaded.module, reloaded.analysis.linearize.blends, 1.0)
     torch.testing.assert_close(reloaded(x), abrupt(x), rtol=1e-5, atol=1e-5)
     assert len(strip_finished_blends(reloaded)) == 2
     assert aten.lerp.Tensor not in _targets(reloaded)
@@ -101,7 +101,7 @@ def test_a_half_blend_of_an_in_place_activation_reads_the_input_before_the_activ
     program = capture(model, x)
     names = [block.name for block in find_blocks(program.module)]
     blended = linearize_blocks(program, config={"blocks": names}).program
-    set_blends(blended.module, blended.analysis["linearize"]["blends"], 0.5)
+    set_blends(blended.module, blended.analysis.linearize.blends, 0.5)
     h = model[0](x)
     h = model[2](0.5 * h.clamp(0, 6) + 0.5 * h)
     torch.testing.assert_close(blended(x), 0.5 * h.clamp(0, 6) + 0.5 * h)
@@ -128,7 +128,7 @@ def test_distill_raises_blends_to_exactly_one_over_the_ramp():
     program = capture(model.eval(), torch.randn(4, 1, 8, 8))
     (block,) = find_blocks(program.module)
     program = linearize_blocks(program, config={"blocks": [block.name], "ramp": 0.5}).program
-    (buffer,) = program.analysis["linearize"]["blends"]
+    (buffer,) = program.analysis.linearize.blends
     seen = []
     data = [(torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))) for _ in range(8)]
     hook = lambda trainer, step: seen.append(float(trainer.program.module.get_buffer(buffer)))  # noqa: E731

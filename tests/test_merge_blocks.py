@@ -16,6 +16,7 @@ from prunefx.graph.affine_merge import (
     merge,
     merged_shape,
 )
+from prunefx.graph.analysis_record import LinearizeRecord
 from prunefx.graph.norm_replacement import NormReplacementError, layer_norm_to_batch_norm
 from prunefx.passes.merge_blocks import MergeBlocksError, merge_blocks
 from prunefx.passes.registry import get_pass
@@ -324,7 +325,7 @@ def test_finished_blends_are_stripped_then_merged():
     buffer = new_blend_buffer(program.module, "mlp")
     relu = next(node for node in program.graph.nodes if node.target is aten.relu.default)
     blend_activation(program.module, relu, buffer)
-    program.analysis["linearize"] = {"blends": {buffer: "mlp"}}
+    program.analysis.linearize = LinearizeRecord(blends={buffer: "mlp"})
     program.recompile()
     assert merge_blocks(program).stats["merged"] == {}  # l = 0: the ReLU is still there
     set_blends(program.module, [buffer], 1.0)

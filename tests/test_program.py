@@ -5,6 +5,7 @@ import torch
 import torchvision
 
 from prunefx.graph import CaptureError, Program, ProgramFileError, VerificationError, capture, count, verify
+from prunefx.graph.analysis_record import LinearizeRecord
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +70,16 @@ def test_train_flips_batchnorm_and_dropout_flags_and_updates_statistics():
 
 def test_save_load_reproduces_outputs_bit_for_bit(resnet18_program, tmp_path):
     _, program = resnet18_program
-    program.analysis["note"] = {"kept": [1, 2, 3]}
+    program.analysis.channel_pruning = {"kept": [1, 2, 3]}
+    program.analysis.linearize = LinearizeRecord(blends={"blend_0": "layer1"}, ramp=0.25)
     path = program.save(tmp_path / "model.pt2")
     loaded = Program.load(path)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x), program(x))
     assert loaded.name == "resnet18"
-    assert loaded.analysis == {"note": {"kept": [1, 2, 3]}}
+    assert loaded.analysis == program.analysis  # typed records come back typed
+    assert loaded.analysis.linearize.blends == {"blend_0": "layer1"} and loaded.analysis.sparsity is None
     assert loaded.output_shapes == program.output_shapes
     assert [tuple(t.shape) for t in loaded.example_inputs] == [(2, 3, 64, 64)]
 
@@ -157,3 +160,30 @@ def test_capture_of_an_exported_program_without_inputs_says_what_to_give():
     with pytest.raises(prunefx.CaptureError, match="carries no example inputs"):
         prunefx.capture(ep)
     assert prunefx.capture(ep, torch.randn(1, 4)).output_shapes == [(1, 2)]
+
+
+@pytest.mark.parametrize("analysis, message", [
+    ({"note": {}}, "unknown analysis record 'note'"),
+    ({"sparsity": {"pattern": "2:4"}}, "analysis record 'sparsity' is incomplete"),
+    ({"linearize": {"blends": {}, "colour": 1}}, "analysis record 'linearize' has unknown field 'colour'"),
+    ({"channel_pruning": [1, 2]}, "analysis record 'channel_pruning' must be a JSON object"),
+])
+def test_a_saved_analysis_record_of_the_wrong_form_is_refused(resnet18_program, tmp_path, analysis, message):
+    """The record is data read from a file: a field this version does not know, or of the wrong form, is
+    one ProgramFileError naming it, not a Program whose later passes read garbage."""
+    import json
+    import zipfile
+
+    _, program = resnet18_program
+    path = program.save(tmp_path / "model.pt2")
+    forged = tmp_path / "forged.pt2"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(forged, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename.endswith("prunefx.json"):
+                record = json.loads(data)
+                record["analysis"] = analysis
+                data = json.dumps(record).encode()
+            target.writestr(item, data)
+    with pytest.raises(ProgramFileError, match=message):
+        Program.load(forged)

@@ -133,7 +133,7 @@ def test_vit_combing_finds_heads_and_head_dims_in_every_block():
     result = comb_channels(captured("vit_tiny_fmnist"))
     stats = result.stats
     assert (stats["blocked_groups"], stats["blocking_operators"]) == (VIT_BLOCKS, ["aten.unbind.int"])  # q/k/v
-    groups = result.program.analysis["channel_groups"]["groups"]
+    groups = result.program.analysis.channel_groups["groups"]
     for block in range(VIT_BLOCKS):
         attention = [g for g in groups if f"blocks.{block}.attn.qkv.weight:0" in g["members"]]
         assert sorted((g["size"], g["factor"]) for g in attention) == [(VIT_HEADS, True), (VIT_HEAD_DIM, True)]

@@ -62,7 +62,7 @@ def _check_exported(program: Program, tmp_path) -> None:
     """Every recorded weight is in the ONNX file (batch norms may be folded into it: values scaled per
     output channel, so it is found by its zeros) and obeys 2:4 there; no other exported weight does."""
     exported = _onnx_layer_weights(export_onnx(program, tmp_path / f"{program.name}.onnx").path)
-    recorded = program.analysis["sparsity"]["weights"]
+    recorded = program.analysis.sparsity.weights
     for name in recorded:
         zeros = get_tensor(program.module, name).detach().numpy() == 0
         matches = [w for w in exported if w.shape == zeros.shape and np.array_equal(w == 0, zeros)]
@@ -73,9 +73,9 @@ def _check_exported(program: Program, tmp_path) -> None:
 
 
 def _check_program(program: Program, layers_expected: int) -> None:
-    record = program.analysis["sparsity"]
-    assert len(record["weights"]) == layers_expected
-    for name in record["weights"]:
+    record = program.analysis.sparsity
+    assert len(record.weights) == layers_expected
+    for name in record.weights:
         weight = get_tensor(program.module, name).detach()
         assert pattern_violations(weight, TWO_FOUR) == 0
         assert _obeys_two_four(weight.numpy())
@@ -100,8 +100,8 @@ def test_resnet18_every_eligible_layer_obeys_two_four_in_torch_and_onnx(resnet18
     assert "not a multiple of 4" in result.stats["skipped"][0]["reason"]
     _check_exported(program, tmp_path)
     loaded = Program.load(program.save(tmp_path / "sparse.pt2"))  # the record is saved with the program
-    assert loaded.analysis["sparsity"]["weights"] == program.analysis["sparsity"]["weights"]
-    assert loaded.analysis["sparsity"]["pattern"] == "2:4"
+    assert loaded.analysis.sparsity.weights == program.analysis.sparsity.weights
+    assert loaded.analysis.sparsity.pattern == "2:4"
     assert not sparsify_nm(loaded, config={"pattern": "2:4"}).modified  # already 2:4: nothing to do
 
 
@@ -200,7 +200,7 @@ def test_masks_survive_distillation(fashion_batches):
     torch.manual_seed(0)
     program = capture(build_model("prunefx:resnet20").module, fashion_batches[0][0], name="resnet20")
     sparsify_nm(program, config={"criterion": "magnitude"})
-    names = program.analysis["sparsity"]["weights"]
+    names = program.analysis.sparsity.weights
     zeros = {name: get_tensor(program.module, name).detach() == 0 for name in names}
     before = {name: get_tensor(program.module, name).detach().clone() for name in names}
     result = distill(program, config={"data": fashion_batches, "steps": 4, "lr": 0.05, "kd_weight": 0.5,
