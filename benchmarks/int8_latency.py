@@ -5,9 +5,11 @@ package, DESIGN.md), ResNet-18 with random weights and realistic batch norms (la
 weight values). Calibration: the first 10 of the 20 offline ImageNet images and their mirror images (20
 batches of 1). Variants, all from the same FP32 Program:
 - fp32: runtime/onnx_export.export_onnx;
-- prunefx s8 / u8: passes/quantize_int8 (percentile 99.99 by default) lowered by
-  runtime/onnx_quantized.export_quantized_onnx, symmetric S8 activations (TensorRT's file) and the same
-  scales shifted to U8 (zero-point 128, same real values);
+- prunefx s8 / u8 / u8u8: passes/quantize_int8 (percentile 99.99 by default) lowered by
+  runtime/onnx_quantized.export_quantized_onnx: symmetric S8 activations (TensorRT's file); the same scales
+  shifted to U8 (zero-point 128, same real values) with integer units for ONNX Runtime (U8S8 kernels); and
+  the same with the integer units' weights shifted to U8 too (U8U8 kernels, which do not saturate on CPUs
+  without VNNI);
 - ort u8 / ort s8: onnxruntime.quantization.quantize_static on the FP32 file, QDQ, per-channel weights,
   MinMax calibration on the same images; its default U8 asymmetric activations, and symmetric S8 (what a
   TensorRT user would pick).
@@ -51,7 +53,7 @@ from prunefx.runtime.onnx_quantized import export_quantized_onnx, quantize_stati
 
 NAME = "int8_latency"
 MODELS = ("resnet18", "mobilenet_v2")
-VARIANTS = ("fp32", "prunefx s8", "prunefx u8", "ort u8", "ort s8")
+VARIANTS = ("fp32", "prunefx s8", "prunefx u8", "prunefx u8u8", "ort u8", "ort s8")
 HELD_OUT = slice(10, 20)
 
 
@@ -89,7 +91,7 @@ def variant_files(name: str, folder: Path, batches, method: str) -> dict[str, Pa
     stats = quantize_int8(program, config={"calibration": batches, "method": method}).stats
     print(f"{name}: quantize_int8 {len(stats['quantized'])} layers in {time.perf_counter() - started:.1f} s",
           file=sys.stderr)
-    for kind in ("s8", "u8"):
+    for kind in ("s8", "u8", "u8u8"):
         files[f"prunefx {kind}"] = export_quantized_onnx(program, folder / f"{name}_{kind}.onnx", activations=kind).path
     for kind in ("u8", "s8"):
         files[f"ort {kind}"] = quantize_static_file(files["fp32"], folder / f"{name}_ort_{kind}.onnx", batches,

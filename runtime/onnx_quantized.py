@@ -21,6 +21,8 @@ read:
   without quantizing their outputs, which would change the Program's values.
   Caveat measured here: on x86 CPUs without VNNI (AVX2 only), ONNX Runtime's U8S8 kernels sum pairs of
   products in 16 bits and saturate; with zero-point 128 the codes are large and that costs accuracy.
+  `activations="u8u8"` also shifts those weights to UINT8 (zero-point 128, same values): ONNX Runtime's
+  U8U8 kernels do not saturate, and run slower than U8S8 (benchmarks/int8_latency.py measures both).
 The file is not constant-folded with onnx-graphsurgeon as runtime/onnx_export.py does, since folding would
 dequantize the INT8 weights back into float; the exporter's own optimiser has already folded the rest.
 
@@ -45,7 +47,7 @@ from prunefx.graph.quantization import has_fake_quant
 from prunefx.runtime.errors import OnnxExportError, describe_failure
 from prunefx.runtime.onnx_export import DEFAULT_OPSET
 
-ACTIVATION_TYPES = ("s8", "u8")
+ACTIVATION_TYPES = ("s8", "u8", "u8u8")
 BACKEND_ACTIVATIONS = {"trt": "s8", "ort": "u8"}
 U8_ZERO_POINT = 128
 
@@ -61,7 +63,9 @@ class QuantizedExport:
 
 def export_quantized_onnx(program: Program, path: str | os.PathLike, *, activations: str = "s8",
                           opset: int = DEFAULT_OPSET) -> QuantizedExport:
-    """Export the fake-quantized `program` to `path`: INT8 weight initializers, Q/DQ activations in S8 or U8."""
+    """Export the fake-quantized `program` to `path`: INT8 weight initializers, Q/DQ activations in S8 (TensorRT),
+    U8 (ONNX Runtime, U8S8 kernels) or U8 with the integer units' weights shifted to U8 too ("u8u8": ONNX
+    Runtime on x86 CPUs without VNNI, whose U8S8 kernels saturate; see the module docstring)."""
     if activations not in ACTIVATION_TYPES:
         raise OnnxExportError(f"activations must be one of {', '.join(ACTIVATION_TYPES)}, not {activations!r}")
     if not has_fake_quant(program.graph):
@@ -75,10 +79,13 @@ def export_quantized_onnx(program: Program, path: str | os.PathLike, *, activati
         raise OnnxExportError(f"could not export quantized model '{program.name}' to ONNX: "
                               f"{describe_failure(error)}") from error
     weights = fold_weight_quantizers(model)
-    pairs = shift_activations_to_u8(model) if activations == "u8" else count_activation_pairs(model)
-    fused = integer_units_for_onnxruntime(model) if activations == "u8" else 0
-    if activations == "u8":
+    for_onnxruntime = activations in ("u8", "u8u8")
+    pairs = shift_activations_to_u8(model) if for_onnxruntime else count_activation_pairs(model)
+    fused = integer_units_for_onnxruntime(model) if for_onnxruntime else 0
+    if for_onnxruntime:
         dequantize_float_layer_weights(model)
+    if activations == "u8u8":
+        shift_integer_weights_to_u8(model)
     _name_inputs_and_outputs(model)
     onnx.checker.check_model(model)
     path = Path(path)
@@ -240,6 +247,25 @@ def _is_integer_unit(model, producers, layer) -> bool:
     return (layer.op_type == "Conv" and layer.input[0] in producers
             and producers[layer.input[0]].op_type == "DequantizeLinear"
             and len(users) == 1 and users[0].op_type == "QuantizeLinear")
+
+
+def shift_integer_weights_to_u8(model: onnx.ModelProto) -> int:
+    """INT8 weights still behind a DequantizeLinear (the integer units') as UINT8 with zero-point 128: the
+    same real values, and ONNX Runtime then picks its U8U8 kernels, which widen to 32 bits before adding."""
+    inits = _initializers(model)
+    producers = {output: node for node in model.graph.node for output in node.output}
+    shifted = 0
+    for layer in [node for node in model.graph.node if node.op_type == "Conv"]:
+        source = producers.get(layer.input[1])
+        if source is None or source.op_type != "DequantizeLinear" or inits[source.input[0]].data_type != onnx.TensorProto.INT8:
+            continue
+        codes, zero = inits[source.input[0]], inits[source.input[2]]
+        shifted_codes = (numpy_helper.to_array(codes).astype(np.int16) + U8_ZERO_POINT).astype(np.uint8)
+        codes.CopyFrom(numpy_helper.from_array(shifted_codes, codes.name))
+        zero.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(zero).shape, U8_ZERO_POINT, np.uint8),
+                                              zero.name))
+        shifted += 1
+    return shifted
 
 
 def _conv_unit(model, producers, conv):

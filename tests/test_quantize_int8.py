@@ -272,3 +272,23 @@ def test_onnx_runtime_file_has_u8_activations_integer_units_and_the_same_values(
     # ONNX Runtime's integer kernels requantize in their own arithmetic: within a few output steps
     got = OnnxRuntimeSession(u8.path, threads=1).run(x)[0]
     assert np.abs(got - want).max() <= 1e-2 * np.abs(want).max()
+
+
+@pytest.mark.slow  # two ONNX exports and sessions: about 3 s
+def test_u8u8_lowering_shifts_the_integer_units_weights_and_keeps_the_values(quantized, tmp_path):
+    program, _ = quantized
+    u8 = export_quantized_onnx(program, tmp_path / "u8.onnx", activations="u8").path
+    u8u8 = export_quantized_onnx(program, tmp_path / "u8u8.onnx", activations="u8u8").path
+    model = onnx.load(str(u8u8))
+    inits = {init.name: init for init in model.graph.initializer}
+    producers = _producers(model)
+    weights = [producers[node.input[1]] for node in model.graph.node if node.op_type == "Conv"
+               and node.input[1] in producers]
+    assert len(weights) == 3  # the integer units' convolutions
+    for dequantize in weights:
+        codes, zero = (numpy_helper.to_array(inits[name]) for name in (dequantize.input[0], dequantize.input[2]))
+        assert codes.dtype == np.uint8 and zero.dtype == np.uint8 and (zero == 128).all()
+        assert codes.min() >= 1  # symmetric INT8 weights reach -127 at most: code 1
+    x = _batches(1, seed=5)[0]
+    want = _unoptimized(u8, x)
+    np.testing.assert_allclose(_unoptimized(u8u8, x), want, rtol=0, atol=1e-6 * np.abs(want).max())
