@@ -69,6 +69,7 @@ def _table() -> dict:
         aten.chunk.default: basic.chunk, aten.unbind.int: basic.unbind, operator.getitem: basic.getitem,
         aten.select.int: basic.select, aten.slice.Tensor: basic.slice_, aten.expand.default: basic.expand,
         aten.index.Tensor: basic.index, aten.expand_as.default: basic.broadcast,
+        aten.repeat.default: basic.repeat, aten.repeat_interleave.self_int: basic.repeat_interleave,
         aten.linear.default: layers.linear, aten.embedding.default: layers.embedding,
         aten.matmul.default: layers.matmul, aten.mm.default: layers.matmul,
         aten.bmm.default: layers.matmul, aten.addmm.default: layers.addmm, aten.einsum.default: layers.einsum,

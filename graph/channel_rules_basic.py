@@ -291,6 +291,31 @@ def index(ctx, node):
     return result
 
 
+def repeat(ctx, node):
+    """x.repeat(r0, r1, ...): dim d becomes r_d tiles of itself, a row-major grid (r_d, size) whose tile
+    factor is fixed, so channel c goes from every tile at once and the repeat counts stay as they are.
+    New leading dims (more counts than dims) are fixed."""
+    labels, repeats = ctx.labels(node.args[0]), list(node.args[1])
+    offset = len(repeats) - len(labels)
+    result = [ctx.space.fixed(r) for r in repeats[:offset]]
+    for lab, r in zip(labels, repeats[offset:]):
+        result.append(lab if r == 1 else ctx.space.grid([ctx.space.fixed(r), lab]))
+    return result
+
+
+def repeat_interleave(ctx, node):
+    """x.repeat_interleave(r, dim): index i of dim becomes r consecutive copies, the grid (size, r) with
+    a fixed copy factor. Without a dim (a flattening) or with an output_size literal: unsupported."""
+    labels, repeats = ctx.labels(node.args[0]), node.args[1]
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
+    output_size = node.args[3] if len(node.args) > 3 else node.kwargs.get("output_size")
+    if dim is None or output_size is not None or not isinstance(repeats, int):
+        raise ValueError("repeat_interleave without a dim, with an output_size or with tensor repeats")
+    result = list(labels)
+    result[dim % len(labels)] = ctx.space.grid([labels[dim % len(labels)], ctx.space.fixed(repeats)])
+    return result
+
+
 def expand(ctx, node):
     """Dims that expand creates (new leading dims, or size 1 grown) hold copies: they get fresh labels,
     free to shrink (the size literal is rewritten), and other operators tie them where they must."""

@@ -389,6 +389,19 @@ class ExpandAs(nn.Module):
         return self.b(F.relu(y) * y.amax((2, 3), keepdim=True).expand_as(y))
 
 
+class Repeats(nn.Module):
+    """Channels tiled (repeat, XCiT's class-attention) and interleaved (repeat_interleave, GCViT's
+    global query) before a conv reads them: a channel goes from every copy at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 6, 1)
+        self.tiled, self.interleaved = nn.Conv2d(8, 4, 1), nn.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        return self.tiled(self.a(x).repeat(1, 2, 1, 1)) + self.interleaved(self.b(x).repeat_interleave(2, dim=1))
+
+
 class GroupedQueryAttention(nn.Module):
     """Four query heads share two key/value heads (enable_gqa)."""
 
@@ -439,6 +452,8 @@ EXACT_CASES = {
                                                                 ("b.weight", 1)]),
     "unbatched_conv1d": (UnbatchedConv1d, lambda: torch.randn(4, 12), [("a.weight", 0), ("b.weight", 1)]),
     "expand_as": (ExpandAs, lambda: image(), [("a.weight", 0), ("b.weight", 1)]),
+    "repeat": (Repeats, lambda: image(), [("a.weight", 0), ("tiled.weight", 1)]),
+    "repeat_interleave": (Repeats, lambda: image(), [("b.weight", 0), ("interleaved.weight", 1)]),
     "rotary_fused_qkv": (RotaryAttention, lambda: torch.randn(2, 6, 16), [("qkv.weight", 0), ("proj.weight", 1)]),
 }
 
