@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from prunefx.graph.operators import CONVOLUTIONS, LINEARS
+
 aten = torch.ops.aten
 
 # Element-wise non-linearities that linearisation replaces by identity (gates such as sigmoid are not
@@ -37,11 +39,7 @@ ACTIVATIONS = {
 LAYER_NORMS = {aten.layer_norm.default}
 
 # Operators that are affine in their single activation input (parameters and constants aside).
-_AFFINE_LAYERS = {
-    aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.conv1d.padding,
-    aten.conv2d.padding, aten.conv3d.padding, aten.convolution.default, aten.linear.default,
-    aten.batch_norm.default, aten.layer_norm.default,
-}
+_AFFINE_LAYERS = CONVOLUTIONS | LINEARS | {aten.batch_norm.default, aten.layer_norm.default}
 _SHAPE_OPS = {
     aten.view.default, aten.reshape.default, aten.permute.default, aten.transpose.int, aten.flatten.using_ints,
     aten.unflatten.int, aten.contiguous.default, aten.clone.default, aten.dropout.default, aten.alias.default,

@@ -15,12 +15,11 @@ import numpy as np
 import torch
 
 from prunefx.graph.channel_analysis import ChannelAnalysis, analyse_channels, free_axes
+from prunefx.graph.operators import CONVOLUTIONS, LINEARS, TRANSPOSED_CONVOLUTIONS
 
 aten = torch.ops.aten
-_WEIGHT_OPERATORS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.convolution.default,
-                     aten.conv1d.padding, aten.conv2d.padding, aten.conv3d.padding, aten.conv_transpose1d.default,
-                     aten.conv_transpose2d.input, aten.conv_transpose3d.input, aten.linear.default,
-                     aten.mm.default, aten.matmul.default, aten.bmm.default, aten.addmm.default}
+_WEIGHT_OPERATORS = (CONVOLUTIONS | TRANSPOSED_CONVOLUTIONS | LINEARS
+                     | {aten.mm.default, aten.matmul.default, aten.bmm.default, aten.addmm.default})
 _INPUT_FIRST = _WEIGHT_OPERATORS - {aten.mm.default, aten.matmul.default, aten.bmm.default, aten.addmm.default}
 
 

@@ -1,5 +1,7 @@
 """The table of channel-label rules: operator -> rule. An operator missing here blocks every dim it
-touches (its channels are not prunable) and the analysis reports it; it never guesses."""
+touches (its channels are not prunable) and the analysis reports it; it never guesses. Together with
+graph/channel_literals.LITERAL_REWRITES (how an operator's literal arguments change when channels go)
+this is all prunefx knows about an operator's channels; `channel_rule` adds to both."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import torch
 
 from prunefx.graph import channel_rules_basic as basic
 from prunefx.graph import channel_rules_layers as layers
+from prunefx.graph.channel_literals import LITERAL_REWRITES, LiteralRewrite
 from prunefx.graph.channel_rules_reshape import reshape_as, view
 from prunefx.graph.errors import PrunefxError
 
@@ -91,7 +94,7 @@ def _table() -> dict:
 RULES = _table()
 
 
-def channel_rule(operator):
+def channel_rule(operator, *, rewrite: LiteralRewrite | None = None):
     """Register a channel rule for an operator prunefx has none for (a `torch.library` custom op, say):
 
         @prunefx.channel_rule(torch.ops.mylib.scaled_relu.default)
@@ -104,8 +107,11 @@ def channel_rule(operator):
     that never shrinks, `ctx.block(labels, node, reason)` refuses to prune those channels and reports
     why. The shipped rules are reusable as they are: `same_as_input` (element-wise) and `broadcast`
     (element-wise over several inputs with broadcasting). The operator's own arguments are passed
-    through unchanged, so a rule must fix (or block) every dim whose size the operator's literal
-    arguments spell out. Without a rule, the operator blocks every dim it touches, never guessed.
+    through unchanged unless `rewrite` is given: a function (node, analysis, removed classes) that
+    rewrites the node's literal arguments when channels go (see graph/channel_literals.py, where the
+    shipped operators' rewriters live). Without it, a rule must fix (or block) every dim whose size the
+    operator's literal arguments spell out. Without a rule, the operator blocks every dim it touches,
+    never guessed.
     """
     if not isinstance(operator, torch._ops.OpOverload):
         raise PrunefxError(f"channel_rule takes an operator overload such as torch.ops.mylib.op.default, "
@@ -114,7 +120,11 @@ def channel_rule(operator):
     def register(rule):
         if not callable(rule):
             raise PrunefxError(f"the channel rule for {operator} must be a function (ctx, node) -> labels")
+        if rewrite is not None and not callable(rewrite):
+            raise PrunefxError(f"the literal rewrite for {operator} must be a function (node, analysis, removed)")
         RULES[operator] = rule
+        if rewrite is not None:
+            LITERAL_REWRITES[operator] = rewrite
         return rule
 
     return register

@@ -15,14 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
+from prunefx.graph.operators import CONVOLUTIONS, MATRIX_PRODUCTS, TRANSPOSED_CONVOLUTIONS
+
 aten = torch.ops.aten
 
-_CONVOLUTIONS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.convolution.default,
-                 aten.conv1d.padding, aten.conv2d.padding, aten.conv3d.padding}
-_TRANSPOSED_CONVOLUTIONS = {aten.conv_transpose1d.default, aten.conv_transpose2d.input,
-                            aten.conv_transpose3d.input}
-_MATRIX_PRODUCTS = {aten.mm.default, aten.bmm.default, aten.matmul.default, aten.addmm.default,
-                    aten.baddbmm.default, aten.addbmm.default}
 
 
 @dataclass(frozen=True)
@@ -92,15 +88,15 @@ def node_macs(node: torch.fx.Node, shape: ShapeOf = _shape) -> int:
     if node.op != "call_function":
         return 0
     target = node.target
-    if target in _CONVOLUTIONS:
+    if target in CONVOLUTIONS:
         return _convolution_macs(node, shape)
-    if target in _TRANSPOSED_CONVOLUTIONS:
+    if target in TRANSPOSED_CONVOLUTIONS:
         weight = shape(node.args[1])
         return _numel(shape(node.args[0])) * math.prod(weight[1:]) if weight else 0
     if target is aten.linear.default:
         weight = shape(node.args[1])
         return _numel(shape(node)) * weight[1] if weight else 0
-    if target in _MATRIX_PRODUCTS:
+    if target in MATRIX_PRODUCTS:
         return _matrix_product_macs(node, shape)
     if target is aten.scaled_dot_product_attention.default:
         return _attention_macs(node, shape)

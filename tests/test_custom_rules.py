@@ -9,6 +9,7 @@ import torch.nn as nn
 
 import prunefx
 from prunefx.graph.channel_groups import find_channel_groups
+from prunefx.graph.channel_literals import LITERAL_REWRITES, keep_mask
 from prunefx.graph.channel_rules import RULES
 from prunefx.passes import remove_channels
 
@@ -70,3 +71,59 @@ def test_channel_rule_refuses_what_is_not_an_operator():
     with pytest.raises(prunefx.PrunefxError, match="must be a function"):
         prunefx.channel_rule(OPERATOR)(42)
     assert OPERATOR not in RULES
+
+
+# A custom operator that spells a width in its arguments: (B, C) -> (B, heads, C / heads) by a size list.
+@torch.library.custom_op("prunefx_test::split_heads", mutates_args=())
+def split_heads(x: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    return x.reshape(shape).clone()
+
+
+@split_heads.register_fake
+def _(x, shape):
+    return x.new_empty(shape)
+
+
+SPLIT_HEADS = torch.ops.prunefx_test.split_heads.default
+
+
+class WithHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 32)
+        self.b = nn.Linear(8, 5, bias=False)  # a zeroed head then adds nothing to the sum over heads
+
+    def forward(self, x):
+        return self.b(split_heads(torch.relu(self.a(x)), [x.shape[0], 4, 8])).sum(1)
+
+
+@pytest.fixture
+def no_heads_rule_afterwards():
+    yield
+    RULES.pop(SPLIT_HEADS, None)
+    LITERAL_REWRITES.pop(SPLIT_HEADS, None)
+
+
+def test_a_custom_op_with_a_size_argument_registers_how_that_argument_is_rewritten(no_heads_rule_afterwards,
+                                                                                   removal_is_exact):
+    """The rule alone says which dims carry which channels; the rewrite says how the op's literal size
+    list changes when heads go. Both live in the same registration, and pruning a head is exact."""
+    from prunefx.graph.channel_rules_reshape import view
+
+    def heads_rule(ctx, node):  # the same dims as a view: (B, 32) -> (B, 4, 8)
+        return view(ctx, node)
+
+    def rewrite_shape(node, analysis, removed):
+        keep = [int(keep_mask(analysis, labels, removed).sum()) for labels in analysis.node_labels[node]]
+        node.args = (node.args[0], keep)
+
+    prunefx.channel_rule(SPLIT_HEADS, rewrite=rewrite_shape)(heads_rule)
+    torch.manual_seed(0)
+    model, x = WithHeads().eval(), torch.randn(2, 6)
+    program = prunefx.capture(model, x).eval()
+    combing = find_channel_groups(program.module)
+    heads = next(g for g in combing.groups if g.size == 4 and ("a.weight", 0) in g.members)
+    removal_is_exact(program, combing, {int(heads.classes[1])}, x)  # one head of four: 8 features
+    assert program.module.a.weight.shape[0] == 24
+    call = next(node for node in program.graph.nodes if node.target is SPLIT_HEADS)
+    assert list(call.args[1]) == [2, 3, 8]
