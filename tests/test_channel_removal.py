@@ -217,3 +217,26 @@ def test_inspect_lists_channel_groups(capsys):
     assert len(info["channel_groups"]) == 12 and info["blocked_groups"] == []
     # per stage: the residual stream and the inner width of each of its two blocks
     assert sum(g["size"] for g in info["channel_groups"]) == 3 * (64 + 128 + 256 + 512)
+
+
+@pytest.mark.slow
+def test_eva02_prunes_to_half_the_macs_with_onnx_parity(tmp_path):
+    """EVA-02: q/k/v unbound from one projection and rotary embeddings over pairs of head dims (a strided
+    slice and a stack). Heads, head-dim pairs and MLP widths are prunable, so half the MACs is reachable;
+    the pruned program keeps its output shape and matches its ONNX file."""
+    from prunefx.passes import remove_channels
+    from prunefx.runtime import check_parity, export_onnx
+
+    torch.manual_seed(0)
+    reference = "timm:eva02_tiny_patch14_224"
+    model = build_model(reference, image_size=56).module
+    model.blocks = model.blocks[:DEPTHS[reference]]
+    program = capture(model, torch.randn(1, 3, 56, 56), name=reference).eval()
+    qkv = [g for g in find_channel_groups(program.module).groups if ("blocks.0.attn.qkv.weight", 0) in g.members]
+    assert sorted(g.size for g in qkv if g.factor) == [3, 32]  # 3 heads; 32 rotary pairs of 64 head dims
+    shape = tuple(program.run_example().shape)
+    result = remove_channels(program, config={"macs": 0.5, "round_to": 8})
+    assert abs(result.stats["macs_after"] / result.stats["macs_before"] - 0.5) <= 0.03 * 0.5
+    assert tuple(result.program.run_example().shape) == shape
+    parity = check_parity(result.program, export_onnx(result.program, tmp_path / "eva02.onnx").path)
+    assert parity.relative < 1e-4
