@@ -19,7 +19,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from prunefx.graph import PrunefxError, capture
+from prunefx.graph import Program, PrunefxError, capture
 from prunefx.graph.attributes import get_tensor
 from prunefx.passes.config_checks import ConfigError
 from prunefx.passes.fold_batchnorm import fold_batchnorm
@@ -292,3 +292,13 @@ def test_u8u8_lowering_shifts_the_integer_units_weights_and_keeps_the_values(qua
     x = _batches(1, seed=5)[0]
     want = _unoptimized(u8, x)
     np.testing.assert_allclose(_unoptimized(u8u8, x), want, rtol=0, atol=1e-6 * np.abs(want).max())
+
+
+def test_quantized_program_saves_and_loads(quantized, tmp_path):
+    program, _ = quantized
+    loaded = Program.load(program.save(tmp_path / "quantized.pt2"))
+    quantizers = [node for node in loaded.graph.nodes if node.op == "call_function" and "fake_quantize" in str(node.target)]
+    assert len(quantizers) == 8 + 5  # activations and weights, as written
+    x = _batches(1, seed=9)[0]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), program(x))

@@ -421,3 +421,23 @@ def test_onnx_types_reads_qdq_and_float16(resnet, tmp_path):
     model.graph.node.append(cast)
     onnx.save(model, tmp_path / "half.onnx")
     assert onnx_types(tmp_path / "half.onnx") == FLOAT16_FILE
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+@requires_tensorrt
+def test_int8_engine_from_a_qdq_file_matches_onnx_runtime(resnet, tmp_path):
+    from prunefx.passes.quantize_int8 import quantize_int8
+    from prunefx.runtime import build_engine
+    from prunefx.runtime.onnx_quantized import export_quantized_onnx
+
+    program = resnet[0].clone()
+    quantize_int8(program, config={"calibration": [torch.randn(1, 1, 28, 28) for _ in range(4)]})
+    path = export_quantized_onnx(program, tmp_path / "int8.onnx", activations="s8").path
+    engine = build_engine(path, BuildOptions(precision="int8"), cache_dir=tmp_path)  # strongly typed on >= 10
+    x = torch.randn(1, 1, 28, 28)
+    want = OnnxRuntimeSession(path).run(x)[0]
+    got = engine.run(x.cuda())[0].float().numpy()
+    assert np.abs(got - want).max() <= 5e-2 * np.abs(want).max()  # INT8 kernels on both sides, own rounding
+    with pytest.raises(MeasurementError, match="INT8 comes only from"):
+        build_engine(resnet[1], BuildOptions(precision="int8"), cache_dir=tmp_path)
