@@ -200,3 +200,12 @@ def test_the_callers_program_is_untouched_by_an_in_place_pass():
     Pipeline([fold_batchnorm]).run(program)
     assert [node.name for node in program.graph.nodes] == nodes
     assert all(torch.equal(before[name], tensor) for name, tensor in program.state_dict().items())
+
+
+def test_a_recipe_with_a_wrong_type_in_its_last_pass_is_refused_before_anything_runs(tmp_path):
+    recipe = tmp_path / "late.yaml"
+    recipe.write_text("passes:\n  - fold_batchnorm\n  - remove_channels: {macs: 0.5}\n"
+                      "  - distill: {epochs: two, lr: 0.01}\n")
+    with pytest.raises(PipelineError, match="step 3 \\('distill'\\): distill: 'epochs' must be an integer or null, "
+                                            "not 'two' \\(no pass has run\\)"):
+        load_recipe(recipe)

@@ -341,7 +341,7 @@ def test_cli_bench_and_profile_through_trtexec(fake_jetson, capsys, tmp_path):
     assert "--iterations=20" in report["latency"]["trtexec"]["command"]
 
     profile_json = tmp_path / "profile.json"
-    assert main(["profile", *reference, "--backend", "trtexec", "--json", str(profile_json)]) == 0
+    assert main(["profile", *reference, "--backend", "trtexec", "-o", str(profile_json)]) == 0
     out = capsys.readouterr().out
     profile = json.loads(profile_json.read_text())
     assert profile["source"] == "trtexec" and profile["runs"] == 40

@@ -37,12 +37,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--runs", type=options.count, default=50, help="profiled runs (default 50)")
     parser.add_argument("--warmup", type=options.non_negative, default=10, help="untimed warm-up runs (default 10)")
     parser.add_argument("--top", type=options.count, metavar="N", help="show only the N slowest layers")
-    parser.add_argument("--json", metavar="PATH", help="also write the profile as JSON to PATH")
+    # -o is where results go in every command; --json (inspect, bench) prints JSON instead of text
+    parser.add_argument("-o", "--output", metavar="PATH", help="also write the profile as JSON to PATH")
 
 
 def run(args) -> int:
     check_backend(args)
-    json_path = check_output_file(args.json) if args.json else None
+    json_path = check_output_file(args.output) if args.output else None
     with tempfile.TemporaryDirectory(prefix="prunefx-profile-") as tmp:
         path, program, inputs = onnx_for(args.model, args, Path(tmp), "model")
         if args.backend == "trt":
