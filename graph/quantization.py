@@ -13,8 +13,10 @@ torch.export, and the ONNX exporter turns each into a QuantizeLinear/DequantizeL
 (-128, 127) is the only signed range the exporter accepts; symmetric weights only ever reach +-127.
 
 Calibration (`RangeObserver`) sees |x| over the calibration batches: the largest value (`max`), and a
-histogram on [0, max] from which `percentile` (the given percentile of |x|) and `mse` (the clipping range
-whose quantization error, rounding and clipping together, is smallest over the histogram) are read.
+histogram on [0, max] from which `percentile` (the given percentile of |x|), `mse` (the clipping range
+whose quantization error, rounding and clipping together, is smallest over the histogram) and `entropy`
+(the clipping range whose 128-level quantized histogram is closest to the clipped one in Kullback-Leibler
+divergence, the criterion of TensorRT's entropy calibration) are read.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ aten = torch.ops.aten
 QMIN, QMAX = -128, 127
 LEVELS = 127                     # symmetric: the scale maps amax to 127
 HISTOGRAM_BINS = 2048
-METHODS = ("max", "percentile", "mse")
+METHODS = ("max", "percentile", "mse", "entropy")
 FAKE_QUANT_OPS = (aten.fake_quantize_per_tensor_affine.default, aten.fake_quantize_per_channel_affine.default)
 
 _CONVOLUTIONS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default,
@@ -169,7 +171,22 @@ class RangeObserver:
         if method == "percentile":
             cumulative = np.cumsum(self.histogram) / self.histogram.sum()
             return float(edges[1 + np.searchsorted(cumulative, percentile / 100.0)].clip(max=self.max))
+        if method == "entropy":
+            return self._entropy_amax(edges)
         return self._mse_amax(edges)
+
+    def _entropy_amax(self, edges: np.ndarray) -> float:
+        """The clipping edge, among every 16th bin from the 128th, whose distribution quantized to 128 levels
+        loses the least information (KL divergence) about the clipped distribution."""
+        histogram = self.histogram
+        best, best_divergence = self.max, np.inf
+        for stop in range(LEVELS + 1, HISTOGRAM_BINS + 1, 16):
+            reference = histogram[:stop].copy()
+            reference[-1] += histogram[stop:].sum()  # what lies beyond the clip saturates to the last level
+            divergence = _kl(reference, _quantized_histogram(histogram[:stop], LEVELS + 1))
+            if divergence < best_divergence:
+                best, best_divergence = float(edges[stop]), divergence
+        return best
 
     def _mse_amax(self, edges: np.ndarray) -> float:
         """The clipping value, among 128 candidates up to the max, with the least squared error."""
@@ -182,6 +199,25 @@ class RangeObserver:
             if error < best_error:
                 best, best_error = float(clip), error
         return best
+
+
+def _quantized_histogram(histogram: np.ndarray, levels: int) -> np.ndarray:
+    """`histogram` merged into `levels` groups of bins, each group's count spread back evenly over the bins of
+    the group that were not empty: the distribution the quantized tensor can still tell apart."""
+    sizes = np.full(levels, histogram.size // levels)
+    sizes[:histogram.size % levels] += 1  # as np.array_split groups them
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    nonzero = histogram > 0
+    totals = np.add.reduceat(histogram, starts)
+    counts = np.add.reduceat(nonzero.astype(np.float64), starts)
+    per_bin = np.repeat(np.divide(totals, counts, out=np.zeros_like(totals), where=counts > 0), sizes)
+    return np.where(nonzero, per_bin, 0.0)
+
+
+def _kl(reference: np.ndarray, candidate: np.ndarray) -> float:
+    p, q = reference / reference.sum(), candidate / max(candidate.sum(), 1e-30)
+    mask = p > 0
+    return float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-30))))
 
 
 # ---- rewriting ------------------------------------------------------------------------------------

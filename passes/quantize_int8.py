@@ -11,7 +11,7 @@ for TensorRT, the same scales shifted to U8 for ONNX Runtime on x86) is runtime/
 Config (QuantizeInt8Config; `check_config` checks a dict of the same keys):
 - `calibration`: input batches (tensors, tuples, or (inputs, labels) pairs with the captured shapes);
   required: activation ranges come from data. `max_batches` limits how many are read.
-- `method`: max | percentile (default, with `percentile`, default 99.99) | mse: how the activation range
+- `method`: max | percentile (default, with `percentile`, default 99.99) | mse | entropy: how the activation range
   amax is read from the calibration statistics. Weights always use their exact max per channel.
 - `skip_nodes`: layer names kept in float; `skip_operators`: operators kept in float ('conv2d', 'linear',
   'matmul', 'add' for the residual adds, ...). The statistics give the reason for each layer left in float.

@@ -132,7 +132,7 @@ def test_calibration_methods_read_the_range_from_the_data(one_thread):
     batches[1][0, 0, 0, 0] = 40.0  # one outlier: max keeps it, percentile and mse clip it
     largest = max(float(batch.abs().max()) for batch in batches)
     amax = {}
-    for method in ("max", "percentile", "mse"):
+    for method in ("max", "percentile", "mse", "entropy"):
         result = quantize_int8(_net(), config={"calibration": batches, "method": method, "percentile": 99.0})
         first = result.stats["quantized"][0]
         assert first["layer"] == "conv2d" and result.stats["method"] == method
@@ -140,7 +140,7 @@ def test_calibration_methods_read_the_range_from_the_data(one_thread):
     assert amax["max"] == pytest.approx(largest)
     values = torch.cat([batch.abs().flatten() for batch in batches]).numpy()
     assert amax["percentile"] == pytest.approx(np.percentile(values, 99.0), rel=0.01)  # histogram bins: 1/2048
-    assert amax["percentile"] < 5 and 0 < amax["mse"] <= amax["max"]
+    assert amax["percentile"] < 5 and 0 < amax["mse"] <= amax["max"] and 0 < amax["entropy"] <= amax["max"]
 
     def squared_error(clip):  # of the data itself, quantized symmetric INT8 with that range
         scale = clip / 127
