@@ -43,27 +43,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
 from prunefx.graph import Program
 from prunefx.passes.linearize_blocks import blend_schedule
-from prunefx.passes.pass_config import PassConfig, option
+from prunefx.passes.pass_config import option
 from prunefx.passes.result import Result
 from prunefx.passes.sparse_masks import SparseMasks, recorded_weights
 from prunefx.passes.training import TrainConfig, Trainer, TrainingError
+from prunefx.passes.training_config import TrainingPassConfig
 
 
 @dataclass
-class DistillConfig(TrainConfig, PassConfig):
-    """The trainer's fields (TrainConfig, checked when built) and the objects a caller gives."""
-
+class DistillConfig(TrainingPassConfig):
     owner: ClassVar[str] = "distill"
 
-    data: Any = option(source="train", help="training batches, (inputs, labels) tuples")
-    eval_data: Any = option(source="val", help="evaluation batches")
-    teacher: Any = option(source="teacher", help="the model to distil from (default: a frozen copy of the input)")
     after_backward: list[Callable] | None = option(help="hooks called after every backward pass", cli=False)
     after_step: list[Callable] | None = option(help="hooks called after every optimizer step", cli=False)
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from prunefx.graph import Program, count
 from prunefx.graph.channel_groups import find_channel_groups
@@ -40,24 +40,22 @@ from prunefx.graph.channel_importance import FisherAccumulator
 from prunefx.graph.channel_selection import TARGET_KINDS, TARGET_TOLERANCE, Target
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes import config_checks as checks
-from prunefx.passes.pass_config import PassConfig, option
+from prunefx.passes.pass_config import option
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.result import Result
 from prunefx.passes.training import TrainConfig, Trainer
+from prunefx.passes.training_config import TrainingPassConfig
 
 # A width ratio is not a cost: the schedule needs a quantity it can measure between events.
 _TARGETS = ("macs", "params")
 
 
 @dataclass
-class PruneWhileTrainingConfig(TrainConfig, PassConfig):
-    """The trainer's fields (TrainConfig) with the pruning schedule's and the objects a caller gives."""
+class PruneWhileTrainingConfig(TrainingPassConfig):
+    """The trainer's and the caller's fields (TrainingPassConfig) with the pruning schedule's."""
 
     owner: ClassVar[str] = "prune_while_training"
 
-    data: Any = option(source="train", help="training batches, (inputs, labels) tuples")
-    eval_data: Any = option(source="val", help="evaluation batches")
-    teacher: Any = option(source="teacher", help="the model to distil from (default: a frozen copy of the input)")
     macs: float | None = option(help="fraction of the MACs to keep at the end")
     params: float | None = option(help="fraction of the parameters to keep at the end")
     channels: float | None = option(help="not a target here: a width ratio is not a cost", cli=False)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from prunefx.graph.errors import PrunefxError
+from prunefx.passes.pass_config import PassConfig, option
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -97,6 +98,16 @@ class TrainConfig:
         if unknown:
             raise TrainingError(f"{owner}: unknown option(s) {sorted(unknown)} (known: {sorted(known)})")
         return cls(**options)
+
+
+@dataclass
+class TrainingPassConfig(TrainConfig, PassConfig):
+    """The config of a pass that trains (distill, prune_while_training): the trainer's fields and the
+    objects its caller gives (injected by `prunefx compress` from these declarations)."""
+
+    data: Any = option(source="train", help="training batches, (inputs, labels) tuples")
+    eval_data: Any = option(source="val", help="evaluation batches")
+    teacher: Any = option(source="teacher", help="the model to distil from (default: a frozen copy of the input)")
 
 
 def _check_int(name: str, value, *, minimum: int | None) -> None:
