@@ -27,7 +27,7 @@ MODELS = [
     # conv-attention hybrids with relative-position MLPs, and more CNN/hybrid families
     "timm:beitv2_base_patch16_224", "timm:eva02_tiny_patch14_224", "timm:coatnet_rmlp_nano_rw_224",
     "timm:maxxvit_rmlp_nano_rw_256", "torchvision:regnet_x_400mf", "torchvision:mobilenet_v3_small",
-    "timm:repvit_m0_9", "timm:fastvit_t8", "timm:efficientvit_b0",
+    "timm:fastvit_t8", "timm:efficientvit_b0",
 ]
 # The smallest input each model takes when 64 pixels is too small (window partitions of 7 at stride 32);
 # the Fashion-MNIST models get their own 28x28 gray images.
