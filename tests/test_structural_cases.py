@@ -582,3 +582,22 @@ def test_grouped_query_attention_is_blocked_by_name():
     assert not any(("q.weight", 0) in g.members for g in combing.groups)
     blocked = [b for b in combing.blocked if ("q.weight", 0) in b.members]
     assert blocked and all(b.operators == ["aten.scaled_dot_product_attention.default"] for b in blocked)
+
+
+def test_a_pruned_program_trains_and_survives_save_and_load(tmp_path):
+    """After removal every parameter gets a gradient of its own (new) shape, and the pruned program saved
+    and loaded again gives the same outputs."""
+    from prunefx.graph import Program
+
+    program, inputs = _captured(NestedConcat, image)
+    combing = find_channel_groups(program.module)
+    remove_classes(program.module, combing.analysis, _removed_classes(combing))
+    program.recompile()
+    program.train()
+    sum(t.square().sum() for t in pytree.tree_leaves(program(*inputs))).backward()
+    for name, parameter in program.module.named_parameters():
+        assert parameter.grad is not None and parameter.grad.shape == parameter.shape, name
+    program.eval()
+    reloaded = Program.load(program.save(tmp_path / "pruned.pt2")).eval()
+    assert tuple(reloaded.module.b.weight.shape) == (4, 3, 1, 1)
+    torch.testing.assert_close(_outputs(reloaded, inputs), _outputs(program, inputs))
