@@ -183,10 +183,17 @@ def _tie_to_scores(ctx, mask, scores) -> None:
 
 
 def batch_norm(ctx, node):
+    """batch_norm(x, weight, bias, running_mean, running_var, training, ...): per-channel parameters tie
+    to dim 1. In training mode the statistics run over every other dim: with running statistics those
+    are batch and space, but a weight standardisation (timm's StdConv2d/ScaledStdConv2d: a conv weight
+    viewed [1, C_out, C_in*k*k] and normalised with training=True) reduces over the input channels, so
+    removing one is inexact there."""
     x = ctx.labels(node.args[0])
     for index in range(1, 5):
         if node.args[index] is not None:
             ctx.space.tie(ctx.labels(node.args[index])[0], x[1])
+    if _arg(node, 5, "training", False):
+        ctx.space.inexact += [labels for d, labels in enumerate(x) if d != 1]
     return list(x)
 
 

@@ -601,3 +601,26 @@ def test_a_pruned_program_trains_and_survives_save_and_load(tmp_path):
     reloaded = Program.load(program.save(tmp_path / "pruned.pt2")).eval()
     assert tuple(reloaded.module.b.weight.shape) == (4, 3, 1, 1)
     torch.testing.assert_close(_outputs(reloaded, inputs), _outputs(program, inputs))
+
+
+class StandardisedConv(nn.Module):
+    """A conv whose weight is standardised per output channel on every call (BiT's StdConv2d, NFNet's
+    ScaledStdConv2d): the statistics run over the input channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        weight = F.batch_norm(self.b.weight.reshape(1, 4, -1), None, None, training=True, eps=1e-6)
+        return F.conv2d(F.relu(self.a(x)), weight.reshape_as(self.b.weight), self.b.bias, padding=1)
+
+
+def test_input_channels_of_a_standardised_conv_are_prunable_but_not_exact():
+    """A zeroed input channel still counts in the weight's mean and variance: removing it moves the
+    outputs, so the group must not claim exactness (it stays prunable)."""
+    torch.manual_seed(0)
+    program = capture(StandardisedConv().eval(), image())  # not program.eval(): the standardisation trains
+    combing = find_channel_groups(program.module)
+    group = next(g for g in combing.groups if ("a.weight", 0) in g.members)
+    assert ("b.weight", 1) in group.members and not group.exact
