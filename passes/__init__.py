@@ -10,6 +10,7 @@ from prunefx.passes.fold_batchnorm import fold_batchnorm
 from prunefx.passes.linearize_blocks import linearize_blocks
 from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.pipeline import Pipeline, PipelineError, PipelineResult, Step
+from prunefx.passes.prune_to_budget import prune_to_budget
 from prunefx.passes.prune_while_training import prune_while_training
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.recipe import RecipeError, load_recipe, pipeline_from_spec
@@ -21,5 +22,5 @@ from prunefx.passes.sparsify_nm import sparsify_nm
 __all__ = [
     "PASSES", "Pass", "Pipeline", "PipelineError", "PipelineResult", "RecipeError", "Result", "Step",
     "comb_channels", "distill", "fold_batchnorm", "get_pass", "linearize_blocks", "load_recipe", "merge_blocks",
-    "pipeline_from_spec", "prune_while_training", "recalibrate_batchnorm", "remove_channels", "sparsify_nm",
+    "pipeline_from_spec", "prune_to_budget", "prune_while_training", "recalibrate_batchnorm", "remove_channels", "sparsify_nm",
 ]

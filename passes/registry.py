@@ -8,6 +8,7 @@ from prunefx.passes.distill import distill
 from prunefx.passes.fold_batchnorm import fold_batchnorm
 from prunefx.passes.linearize_blocks import linearize_blocks
 from prunefx.passes.merge_blocks import merge_blocks
+from prunefx.passes.prune_to_budget import prune_to_budget
 from prunefx.passes.prune_while_training import prune_while_training
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
@@ -20,6 +21,7 @@ PASSES: dict[str, Pass] = {
     "fold_batchnorm": fold_batchnorm,
     "linearize_blocks": linearize_blocks,
     "merge_blocks": merge_blocks,
+    "prune_to_budget": prune_to_budget,
     "prune_while_training": prune_while_training,
     "recalibrate_batchnorm": recalibrate_batchnorm,
     "remove_channels": remove_channels,

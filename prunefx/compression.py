@@ -19,7 +19,8 @@ makes a training pass distil from its own input instead of the dense model. The 
     teacher       the dense program: a frozen, eval-mode copy
     calibration   a few training input batches (inputs only)
     labelled_calibration  the same batches with their labels
-    measure       ONNX Runtime timing at batch 1 (runtime/speedup.py)
+    measure       ONNX Runtime timing at batch 1 (runtime/speedup.py): (before, after) -> speed-up
+    latency       the same timing as (before ms, after ms, spread), for latency budgets
 
 Recipes named on the command line (`--recipe NAME`) are the YAML files shipped in prunefx/recipes/;
 anything else is read as a path.
@@ -47,7 +48,14 @@ from prunefx.output import check_output_folder, staged_folder
 from prunefx.passes.pipeline import Pipeline, Step
 from prunefx.passes.recipe import RecipeError, pipeline_from_spec, read_recipe
 from prunefx.passes.training import evaluate
-from prunefx.runtime import LATENCY_THREADS, compare_latency, export_onnx, onnx_runner, onnx_speedup
+from prunefx.runtime import (
+    LATENCY_THREADS,
+    compare_latency,
+    export_onnx,
+    onnx_latency_pair,
+    onnx_runner,
+    onnx_speedup,
+)
 from prunefx.runtime.deployment_report import CHART_FILE, variants_from_compress, write_chart
 from prunefx.runtime.onnx_export import DEFAULT_OPSET
 
@@ -174,6 +182,8 @@ def _sources(dense: Program, splits: DataSplits, eval_batches: int | None, neede
         sources["labelled_calibration"] = list(itertools.islice(iter(loader), CALIBRATION_BATCHES))
     if "measure" in needed:
         sources["measure"] = onnx_speedup(threads=LATENCY_THREADS, runs=MERGE_MEASURE_RUNS)
+    if "latency" in needed:
+        sources["latency"] = onnx_latency_pair(threads=LATENCY_THREADS, runs=MERGE_MEASURE_RUNS)
     return sources
 
 

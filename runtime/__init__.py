@@ -27,7 +27,7 @@ from prunefx.runtime.onnx_export import OnnxExport, export_onnx
 from prunefx.runtime.onnxruntime_session import DEFAULT_THREADS, LATENCY_THREADS, OnnxRuntimeSession
 from prunefx.runtime.parity import OutputParity, Parity, check_parity
 from prunefx.runtime.runners import OnnxRunner, TorchRunner, onnx_runner, torch_runner
-from prunefx.runtime.speedup import onnx_speedup
+from prunefx.runtime.speedup import onnx_latency_pair, onnx_speedup
 from prunefx.runtime.tensorrt_engine import (
     BuildOptions,
     Engine,
@@ -56,7 +56,7 @@ __all__ = [
     "TegrastatsSampler", "TorchRunner", "TrtexecOptions", "Variant", "build_engine", "build_layer_profile",
     "check_parity", "compare_gpu_latency", "compare_latency", "compile_torch_tensorrt", "engine_cache_key",
     "export_onnx", "format_profile_table", "jetson_state", "map_to_program", "measure_gpu_latency",
-    "measure_latency", "onnx_node_origins", "onnx_nodes_of_layer", "onnx_runner", "onnx_speedup", "parse_engine_information",
+    "measure_latency", "onnx_node_origins", "onnx_nodes_of_layer", "onnx_latency_pair", "onnx_runner", "onnx_speedup", "parse_engine_information",
     "parse_performance_summary", "parse_tegrastats_line", "profile_engine", "read_variants", "run_trtexec",
     "torch_runner", "trtexec_arguments", "variants_from_compress", "write_chart", "write_deployment_report",
 ]

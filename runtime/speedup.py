@@ -9,6 +9,7 @@ alternately in this process, so machine noise hits both alike; the speed-up is t
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,9 @@ from prunefx.runtime.onnxruntime_session import DEFAULT_THREADS
 from prunefx.runtime.runners import onnx_runner
 
 Measure = Callable[[Program, Program], float]
+# (before, after) -> (before ms, after ms, spread): medians measured side by side, and the after side's
+# p90/median - 1 (how noisy the measurement was), for passes that meet a latency budget
+LatencyPair = Callable[[Program, Program], tuple[float, float, float]]
 
 
 def onnx_speedup(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup: int = 10, batch: int = 1) -> Measure:
@@ -34,8 +38,34 @@ def onnx_speedup(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup: int 
     return measure
 
 
-def _runner(program: Program, path: Path, batch: int, threads: int):
+def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup: int = 10,
+                      batch: int = 1) -> LatencyPair:
+    """A `(before, after) -> (before ms, after ms, spread)` callable: both Programs at `batch`, exported and
+    timed alternately with ONNX Runtime. Measurements are cached by the sha256 of both ONNX files, so a
+    search that meets the same candidate twice (two fractions rounding to the same widths) times it once."""
+    cache: dict[tuple[str, str], tuple[float, float, float]] = {}
+
+    def measure(before: Program, after: Program) -> tuple[float, float, float]:
+        with tempfile.TemporaryDirectory(prefix="prunefx-measure-") as tmp:
+            paths = [_exported(program, Path(tmp) / f"{name}.onnx", batch)
+                     for name, program in (("before", before), ("after", after))]
+            key = tuple(hashlib.sha256(path.read_bytes()).hexdigest() for path in (paths[0][0], paths[1][0]))
+            if key not in cache:
+                runners = [onnx_runner(path, inputs, threads=threads) for path, inputs in paths]
+                result = compare_latency(*runners, warmup=warmup, runs=runs, threads=threads)
+                cache[key] = (result.a.median_ms, result.b.median_ms, result.b.p90_ms / result.b.median_ms - 1)
+            return cache[key]
+
+    return measure
+
+
+def _exported(program: Program, path: Path, batch: int):
     program = program.clone().eval() if program.training else program
     if int(program.example_inputs[0].shape[0]) != batch:
         program = rebatch(program, batch)
-    return onnx_runner(export_onnx(program, path).path, program.example_inputs, threads=threads)
+    return export_onnx(program, path).path, program.example_inputs
+
+
+def _runner(program: Program, path: Path, batch: int, threads: int):
+    path, inputs = _exported(program, path, batch)
+    return onnx_runner(path, inputs, threads=threads)

@@ -1,0 +1,179 @@
+"""prune_to_budget: structured channel pruning to a measured speed-up or latency on the target runtime.
+
+A user states a budget ("2x faster", "under 4 ms at batch 1"), not a MACs fraction: MACs do not predict
+latency across widths (rounding alone moved MobileNetV2 from 0.55x to 1.57x on ONNX Runtime). This pass
+searches the one number remove_channels takes, the fraction of MACs to keep, and measures every candidate
+as a whole model against the dense one, side by side (per-group cost tables were tried and fell below the
+timing noise):
+
+    candidate(f) = remove_channels(dense, macs=f, the other options as given)
+    measured by `latency(dense, candidate) -> (dense ms, candidate ms, spread)` (runtime/speedup.py's
+    onnx_latency_pair for ONNX Runtime; passes never import the runtime)
+
+The first guess is f = 1/S (MACs as if they were latency); then the search keeps the largest f measured
+to meet the budget and the smallest f measured to miss it, and tries their geometric mean, until a
+candidate meets the budget within `tolerance` (S <= speed-up <= S * (1 + tolerance)) or `max_candidates`
+were measured; it returns the least pruned candidate that met the budget. None met it: a one-line error
+naming the best speed-up reached. Each candidate is a fresh removal from the dense model, so the chosen
+one is exactly what `remove_channels` gives at its fraction.
+
+Config: `speedup` (> 1) or `latency_ms` (> 0), one of them; `tolerance` (0.15); `max_candidates` (8);
+`latency` (the measuring function, injected by the CLI and `compress`); and remove_channels' options
+except its targets (importance, calibration, ranking, round_to, max_ratio, keep, compensate, damping...),
+with its defaults. Statistics: the search trace (every candidate's MACs fraction, measured speed-up,
+latency and spread), the budget and whether it was met, and the chosen candidate's remove_channels
+statistics. The input Program is left as it was; the result is a new Program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from prunefx.graph import Program
+from prunefx.graph.errors import PrunefxError
+from prunefx.passes.config_checks import ConfigError
+from prunefx.passes.pass_config import option
+from prunefx.passes.remove_channels import RemoveChannelsConfig, remove_channels
+from prunefx.passes.result import Result
+
+SMALLEST_FRACTION = 0.02  # no search goes below 2 % of the MACs: past that, the budget is out of reach
+
+
+@dataclass
+class PruneToBudgetConfig(RemoveChannelsConfig):
+    owner: ClassVar[str] = "prune_to_budget"
+
+    speedup: float | None = option(low=1.0, low_open=True, help="measured speed-up over the dense model to reach")
+    latency_ms: float | None = option(low=0.0, low_open=True, help="measured latency to stay under, in ms")
+    tolerance: float = option(0.15, low=0.0, help="accept a candidate up to this fraction faster than the budget")
+    max_candidates: int = option(8, low=1, help="most candidate models measured")
+    latency: Callable | None = option(source="latency", help="(dense, candidate) -> (dense ms, candidate ms, spread)")
+
+    def check(self) -> None:
+        if (self.speedup is None) == (self.latency_ms is None):
+            raise ConfigError(f"{self.owner} needs exactly one budget: speedup or latency_ms")
+        given = [kind for kind in ("macs", "params", "channels") if getattr(self, kind) is not None]
+        if given:
+            raise ConfigError(f"{self.owner}: '{given[0]}' is not an option here: the budget sets the MACs")
+
+    def reads(self, key: str) -> bool:
+        return key == "latency" or super().reads(key)
+
+
+@dataclass
+class Candidate:
+    fraction: float
+    result: Result
+    dense_ms: float
+    ms: float
+    spread: float
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_ms / self.ms
+
+    def to_dict(self) -> dict:
+        stats = self.result.stats
+        return {"macs_fraction_asked": self.fraction, "macs_kept": stats["macs_after"] / stats["macs_before"],
+                "speedup": self.speedup, "dense_ms": self.dense_ms, "ms": self.ms, "spread": self.spread}
+
+
+def check_config(config: dict) -> None:
+    PruneToBudgetConfig.parse(config)
+
+
+def prune_to_budget(program: Program, /, *, config: dict | None = None) -> Result:
+    settings = PruneToBudgetConfig.parse(config)
+    if settings.latency is None:
+        raise PrunefxError("prune_to_budget needs 'latency': a function (dense, candidate) -> (dense ms, "
+                           "candidate ms, spread), e.g. prunefx.runtime.onnx_latency_pair()")
+    own = {field.name for field in dataclasses.fields(RemoveChannelsConfig)} - {"macs", "params", "channels"}
+    removal = {key: value for key, value in settings.as_dict().items() if key in own}
+    search = _Search(program, settings, removal)
+    chosen = search.run()
+    stats = {"budget": _budget_text(settings), "met": True, "tolerance": settings.tolerance,
+             "speedup": chosen.speedup, "dense_ms": chosen.dense_ms, "ms": chosen.ms,
+             "macs_fraction": chosen.fraction, "trace": [c.to_dict() for c in search.trace],
+             "remove_channels": chosen.result.stats}
+    return Result(chosen.result.program, modified=True, stats=stats)
+
+
+class _Search:
+    """The bracketing search over the kept MACs fraction (see the module docstring)."""
+
+    def __init__(self, dense: Program, settings: PruneToBudgetConfig, removal: dict):
+        self.dense, self.settings, self.removal = dense, settings, removal
+        self.trace: list[Candidate] = []
+
+    def meets(self, candidate: Candidate) -> bool:
+        if self.settings.speedup is not None:
+            return candidate.speedup >= self.settings.speedup
+        return candidate.ms <= self.settings.latency_ms
+
+    def close_enough(self, candidate: Candidate) -> bool:
+        """Met, and not much faster than asked (which would have cost accuracy for nothing)."""
+        wanted = self.settings.speedup or candidate.dense_ms / self.settings.latency_ms
+        return self.meets(candidate) and candidate.speedup <= wanted * (1 + self.settings.tolerance)
+
+    def measure(self, fraction: float) -> Candidate:
+        result = remove_channels(self.dense.clone(), config={**self.removal, "macs": fraction, "strict": False})
+        dense_ms, ms, spread = self.settings.latency(self.dense, result.program)
+        candidate = Candidate(fraction, result, dense_ms, ms, spread)
+        self.trace.append(candidate)
+        return candidate
+
+    def run(self) -> Candidate:
+        wanted = self.settings.speedup
+        fraction = 1.0 / wanted if wanted else 0.5
+        good: Candidate | None = None   # the least pruned candidate that met the budget
+        bad: Candidate | None = None    # the most pruned candidate that missed it
+        for _ in range(self.settings.max_candidates):
+            candidate = self.measure(fraction)
+            if self.close_enough(candidate):
+                return candidate
+            if self.meets(candidate):
+                good = candidate if good is None or candidate.fraction > good.fraction else good
+            else:
+                bad = candidate if bad is None or candidate.fraction < bad.fraction else bad
+            fraction = self._next(good, bad)
+            if fraction is None:
+                break
+        if good is not None:
+            return good
+        raise PrunefxError(self._unreachable())
+
+    def _next(self, good: Candidate | None, bad: Candidate | None) -> float | None:
+        """The next fraction to try, or None when the search has nowhere left to go."""
+        if good is not None and bad is not None:
+            fraction = math.sqrt(good.fraction * bad.fraction)
+        elif bad is not None:  # nothing met yet: prune further, by the measured shortfall
+            shortfall = self._wanted_speedup(bad) / max(bad.speedup, 1e-6)
+            fraction = bad.fraction / max(shortfall, 1.25)
+        else:                  # everything met, and too fast: prune less
+            fraction = min(1.0, good.fraction * 1.4)
+        tried = [c.fraction for c in self.trace]
+        if fraction < SMALLEST_FRACTION or any(abs(fraction - t) <= 0.005 for t in tried):
+            return None
+        return fraction
+
+    def _wanted_speedup(self, candidate: Candidate) -> float:
+        return self.settings.speedup or candidate.dense_ms / self.settings.latency_ms
+
+    def _unreachable(self) -> str:
+        best = max(self.trace, key=lambda c: c.speedup)
+        kept = best.result.stats["macs_after"] / best.result.stats["macs_before"]
+        return (f"cannot reach {_budget_text(self.settings)}: the best measured was {best.speedup:.2f}x "
+                f"({best.ms:.2f} ms, {kept:.3f} of the MACs) after {len(self.trace)} candidates")
+
+
+def _budget_text(settings: PruneToBudgetConfig) -> str:
+    return f"a {settings.speedup:g}x speed-up" if settings.speedup else f"{settings.latency_ms:g} ms"
+
+
+prune_to_budget.check_config = check_config
+prune_to_budget.config_class = PruneToBudgetConfig
+prune_to_budget.in_place = False  # every candidate is cut from a copy of the dense Program

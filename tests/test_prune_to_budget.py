@@ -1,0 +1,94 @@
+"""prune_to_budget: the search over the kept MACs fraction meets a measured budget, reports its trace, and
+fails in one line when the budget is out of reach. The measuring function here is a stand-in whose
+latency is a known function of the candidate's MACs (an oracle the search does not see); one slow test
+measures with ONNX Runtime for real."""
+
+import pytest
+import torch
+
+from prunefx.graph import capture, count
+from prunefx.graph.errors import PrunefxError
+from prunefx.models import build_model
+from prunefx.passes import Pipeline, prune_to_budget
+from prunefx.passes.pipeline import PipelineError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def resnet20():
+    """A small residual network (prunefx's Fashion-MNIST ResNet-20): the search prunes it up to 8 times."""
+    torch.manual_seed(0)
+    return capture(build_model("prunefx:resnet20").module.eval(), torch.randn(1, 1, 28, 28), name="resnet20").eval()
+
+
+def latency_of_macs(fixed_ms: float = 0.1, per_gmac_ms: float = 40_000.0):
+    """A runtime whose latency is a fixed overhead plus a cost per MAC (so pruning has diminishing
+    returns, as on a real runtime); counts its calls."""
+    calls = []
+
+    def latency(dense, candidate):
+        calls.append(candidate)
+        ms = [fixed_ms + per_gmac_ms * count(program).macs / 1e9 for program in (dense, candidate)]
+        return ms[0], ms[1], 0.01
+
+    latency.calls = calls
+    return latency
+
+
+@pytest.mark.parametrize("speedup", [1.5, pytest.param(2.5, marks=pytest.mark.slow)])
+def test_a_speedup_budget_is_met_within_tolerance(resnet20, speedup):
+    latency = latency_of_macs()
+    result = Pipeline([(prune_to_budget, {"speedup": speedup, "latency": latency, "round_to": 4})]).run(resnet20)
+    stats = result.stats()["prune_to_budget"]
+    dense_ms, ms, _ = latency(resnet20, result.program)  # the oracle, on the model returned
+    assert speedup <= dense_ms / ms <= speedup * 1.15
+    assert stats["met"] and stats["speedup"] == pytest.approx(dense_ms / ms)
+    assert len(stats["trace"]) == len(latency.calls) - 1 <= 8
+    assert all({"macs_kept", "speedup", "ms", "spread"} <= set(row) for row in stats["trace"])
+    assert result.program.output_shapes == resnet20.output_shapes
+
+
+@pytest.mark.slow
+def test_a_latency_budget_is_met(resnet20):
+    latency = latency_of_macs()
+    dense_ms = latency(resnet20, resnet20)[0]
+    budget = dense_ms / 2
+    result = prune_to_budget(resnet20.clone(), config={"latency_ms": budget, "latency": latency, "round_to": 4})
+    assert budget / 1.15 <= latency(resnet20, result.program)[1] <= budget
+
+
+def test_a_budget_out_of_reach_names_the_best_speedup(resnet20):
+    # The fixed overhead caps the speed-up well below 500x
+    with pytest.raises(PipelineError, match=r"cannot reach a 500x speed-up: the best measured was [0-9.]+x") as caught:
+        Pipeline([(prune_to_budget, {"speedup": 500.0, "latency": latency_of_macs(), "round_to": 4,
+                                     "max_candidates": 4})]).run(resnet20)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"latency": print}, "exactly one budget"),
+    ({"speedup": 2.0, "latency_ms": 3.0, "latency": print}, "exactly one budget"),
+    ({"speedup": 2.0, "macs": 0.5, "latency": print}, "'macs' is not an option here"),
+    ({"speedup": 0.5, "latency": print}, "'speedup' must lie in"),
+])
+def test_bad_budgets_are_refused_before_anything_runs(config, message):
+    with pytest.raises(PrunefxError, match=message):
+        Pipeline([(prune_to_budget, config)])
+
+
+def test_without_a_measuring_function_it_says_what_to_pass(resnet20):
+    with pytest.raises(PrunefxError, match="needs 'latency'"):
+        prune_to_budget(resnet20.clone(), config={"speedup": 2.0})
+
+
+@pytest.mark.slow
+def test_measured_on_onnx_runtime(resnet20):
+    from prunefx.runtime import onnx_latency_pair
+
+    latency = onnx_latency_pair(threads=1, runs=10, warmup=2)
+    result = prune_to_budget(resnet20.clone(), config={"speedup": 1.5, "latency": latency, "round_to": 8,
+                                                       "tolerance": 0.5})
+    stats = result.stats
+    assert stats["met"] and stats["speedup"] >= 1.5
+    assert stats["remove_channels"]["macs_after"] < stats["remove_channels"]["macs_before"]
