@@ -624,3 +624,31 @@ def test_input_channels_of_a_standardised_conv_are_prunable_but_not_exact():
     combing = find_channel_groups(program.module)
     group = next(g for g in combing.groups if ("a.weight", 0) in g.members)
     assert ("b.weight", 1) in group.members and not group.exact
+
+
+BLOCKED_CASES = {
+    "custom_operator": (CustomOperator, image), "grouped_query_attention": (GroupedQueryAttention,
+                                                                            lambda: torch.randn(2, 5, 16)),
+    "vector_product": (VectorProduct, lambda: torch.randn(2, 4)), "group_norm": (GroupNorm, image),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXACT_CASES) + sorted(BLOCKED_CASES))
+def test_remove_channels_to_half_the_macs_keeps_every_case_valid(case):
+    """The pass a user runs, on every case: it ends with a valid program of the same output shapes, or
+    (a model with nothing left to prune) with a one-line error naming what blocked it, never another
+    exception."""
+    from prunefx.graph.errors import PrunefxError
+    from prunefx.passes import remove_channels
+
+    factory, make_inputs = EXACT_CASES[case][:2] if case in EXACT_CASES else BLOCKED_CASES[case]
+    program, inputs = _captured(factory, make_inputs)
+    shapes = [tuple(t.shape) for t in _outputs(program, inputs)]
+    try:
+        result = remove_channels(program, config={"macs": 0.5, "round_to": 1, "strict": False})
+    except PrunefxError as error:
+        assert case in BLOCKED_CASES and "blocked by" in str(error) and "\n" not in str(error)
+        return
+    verify(result.program, reexport=False)  # the exact-removal test above re-exports every case
+    assert [tuple(t.shape) for t in _outputs(result.program, inputs)] == shapes
+    assert result.stats["macs_after"] < result.stats["macs_before"] or case in BLOCKED_CASES
