@@ -425,6 +425,7 @@ def test_prune_flags_are_remove_channels_options():
     import dataclasses
 
     from prunefx.commands import prune
+    from prunefx.passes.prune_to_budget import PruneToBudgetConfig
     from prunefx.passes.remove_channels import RemoveChannelsConfig
 
     parser = argparse.ArgumentParser()
@@ -441,6 +442,34 @@ def test_prune_flags_are_remove_channels_options():
         assert actions[name].default == default == parser.get_default(name), name
         assert actions[name].choices == field.metadata["choices"], name
         assert field.metadata["help"] in actions[name].help, name
+    budgets = {field.name: field for field in dataclasses.fields(PruneToBudgetConfig)}
+    for name in prune.BUDGETS:  # --speedup and --latency-ms are prune_to_budget's
+        assert actions[name].default is None and budgets[name].metadata["help"] in actions[name].help
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--speedup", "0.9", "-o", "x"])  # a speed-up is > 1 in the field
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--macs", "0.5", "--speedup", "2", "-o", "x"])  # one target
     with pytest.raises(SystemExit):
         parser.parse_args(["--macs", "0.5", "--max-ratio", "1.0", "-o", "x"])  # [0, 1) in the field
     assert parser.parse_args(["--macs", "0.5", "-o", "x"]).compensate is None  # decided by the data given
+
+
+@pytest.mark.slow
+def test_prune_to_a_measured_speedup_reports_its_search(capsys, tmp_path, one_thread):
+    code, out, err = run_cli(capsys, "prune", "prunefx:resnet20", "--speedup", "1.3", "--round-to", "8",
+                             "--tolerance", "1.0", "--threads", "1", "--runs", "10", "-o", tmp_path / "out")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    budget = report["budget"]
+    assert budget["met"] and budget["speedup"] >= 1.3 and budget["budget"] == "a 1.3x speed-up"
+    assert report["macs_after"] < report["macs_before"] and report["parity"]["relative"] < 1e-4
+    assert len(budget["trace"]) >= 1 and "budget a 1.3x speed-up met" in out
+
+
+@pytest.mark.slow
+def test_a_budget_out_of_reach_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "prune", "prunefx:resnet20", "--speedup", "50", "--threads", "1",
+                             "--runs", "3", "--max-ratio", "0.5", "--max-candidates", "2", "-o", tmp_path / "never")
+    line = assert_one_line_error(code, out, err, "prune")
+    assert "cannot reach a 50x speed-up: the best measured was" in line
+    assert not (tmp_path / "never").exists()

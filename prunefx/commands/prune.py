@@ -31,18 +31,23 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.loading import program_from_args
 from prunefx.output import check_output_folder, staged_folder
 from prunefx.passes.pipeline import Pipeline
+from prunefx.passes.prune_to_budget import PruneToBudgetConfig, prune_to_budget
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import RemoveChannelsConfig, remove_channels
+from prunefx.runtime import onnx_latency_pair
 
 NAME = "prune"
 HELP = "remove channels to a MACs or parameter target; write model.pt2, model.onnx and report.json"
 TARGETS = ("macs", "params", "channels")
+BUDGETS = ("speedup", "latency_ms")  # prune_to_budget's: measured on ONNX Runtime at batch 1
+SEARCH = ("tolerance", "max_candidates")  # how prune_to_budget searches
 OPTIONS = ("importance", "ranking", "round_to", "max_ratio", "keep", "compensate", "damping")
 
 
 def add_arguments(parser) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     cli_options.add_pass_options(parser, RemoveChannelsConfig, TARGETS, group=target)
+    cli_options.add_pass_options(parser, PruneToBudgetConfig, BUDGETS, group=target)
     cli_options.add_pass_options(parser, RemoveChannelsConfig, OPTIONS)
     # Shorthands for --ranking global|local (the same destination and default)
     parser.add_argument("--global", dest="ranking", action="store_const", const="global", help="--ranking global")
@@ -54,6 +59,8 @@ def add_arguments(parser) -> None:
                              "with --calibrate)")
     parser.add_argument("--calibration-batches", type=options.count, default=4,
                         help="noise batches for taylor/fisher/obs without --calibrate (default 4)")
+    cli_options.add_pass_options(parser, PruneToBudgetConfig, SEARCH)
+    cli_options.add_measurement(parser, runs=30, what="--speedup/--latency-ms (ONNX Runtime, batch 1)")
     cli_options.add_opset(parser)
     cli_options.add_output(parser, "model.pt2, model.onnx and report.json")
 
@@ -70,19 +77,21 @@ def run(args) -> int:
     started = time.perf_counter()
     # The same Pipeline as the API and recipes: every step verified (lint, shapes, re-export), exact
     # steps checked, and a failure names the pass.
-    steps = [(remove_channels, config)]
+    steps = [_pruning_step(args, config)]
     if args.calibrate and args.recalibrate is not False:
         steps.append((recalibrate_batchnorm, {"data": calibration.batches}))
     result = Pipeline(steps, verify="full").run(program)
     pruned, all_stats = result.program, result.stats()
-    stats, recalibration = all_stats["remove_channels"], all_stats.get("recalibrate_batchnorm")
+    budget = all_stats.get("prune_to_budget")
+    stats = budget["remove_channels"] if budget else all_stats["remove_channels"]
+    recalibration = all_stats.get("recalibrate_batchnorm")
     print(f"pruned {program.name} to {_target_text(args)} ({stats['importance']}, {stats['ranking']}"
           f"{', compensated' if stats.get('compensation') else ''}"
           f"{', batch norms recalibrated' if recalibration else ''}) "
           f"in {time.perf_counter() - started:.1f} s; exporting to ONNX", flush=True)
     with staged_folder(output) as staging:
         delivered = write_model(staging, pruned, opset=args.opset)
-        report = write_report(staging, _report(program.name, stats, delivered,
+        report = write_report(staging, _report(program.name, stats, delivered, budget=budget,
                                                calibration=calibration.description if calibration else None,
                                                recalibration=recalibration))
     _summary(report, output)
@@ -99,20 +108,30 @@ def _calibration(args, program) -> Calibration | None:
     return Calibration(noise_batches(example, args.calibration_batches), f"{args.calibration_batches} noise batches")
 
 
+def _pruning_step(args, config: dict):
+    """remove_channels for a MACs, parameter or width target; prune_to_budget for a measured budget."""
+    if args.speedup is None and args.latency_ms is None:
+        return remove_channels, {key: value for key, value in config.items() if key not in (*BUDGETS, *SEARCH)}
+    latency = onnx_latency_pair(threads=args.threads, runs=args.runs)
+    return prune_to_budget, {**{key: value for key, value in config.items() if key not in TARGETS},
+                             "latency": latency}
+
+
 def _config(args, calibration: Calibration | None) -> dict:
-    config = cli_options.pass_config(args, (*TARGETS, *OPTIONS))
+    config = cli_options.pass_config(args, (*TARGETS, *BUDGETS, *SEARCH, *OPTIONS))
     if calibration is not None:  # noise (no --calibrate) is read by a named criterion, never to fit weights:
         config["calibration"] = calibration.batches  # compensation defaults on only with the default importance
     return config
 
 
 def _target_text(args) -> str:
-    kind = next(k for k in ("macs", "params", "channels") if getattr(args, k) is not None)
+    kind = next(k for k in (*TARGETS, *BUDGETS) if getattr(args, k) is not None)
     return f"{kind}={getattr(args, kind):g}"
 
 
-def _report(name, stats, delivered, *, calibration, recalibration) -> dict:
-    return {"model": name, **{k: stats[k] for k in ("params_before", "params_after", "macs_before", "macs_after")},
+def _report(name, stats, delivered, *, budget, calibration, recalibration) -> dict:
+    budget = {key: value for key, value in budget.items() if key != "remove_channels"} if budget else None
+    return {"budget": budget, "model": name, **{k: stats[k] for k in ("params_before", "params_after", "macs_before", "macs_after")},
             "target": stats["target"], "importance": stats["importance"],
             "importance_fallback_groups": stats["importance_fallback_groups"], "calibration": calibration,
             "compensated": bool(stats.get("compensation")), "compensation": stats.get("compensation"),
@@ -125,6 +144,13 @@ def _summary(report: dict, output: Path) -> None:
     macs = report["macs_after"] / report["macs_before"]
     params = report["params_after"] / report["params_before"]
     changed = sum(g["width_after"] != g["width_before"] for g in report["groups"])
+    if report["budget"]:
+        budget = report["budget"]
+        for row in budget["trace"]:
+            print(f"  candidate: {row['macs_kept']:.3f} of the MACs -> {row['speedup']:.2f}x "
+                  f"({row['ms']:.2f} ms vs {row['dense_ms']:.2f} ms dense, spread {row['spread']:.0%})")
+        print(f"budget {budget['budget']} met: {budget['speedup']:.2f}x measured on ONNX Runtime "
+              f"({budget['ms']:.2f} ms vs {budget['dense_ms']:.2f} ms dense) after {len(budget['trace'])} candidates")
     print(f"MACs   {report['macs_before'] / 1e6:.1f} M -> {report['macs_after'] / 1e6:.1f} M ({macs:.3f})")
     print(f"params {report['params_before'] / 1e6:.2f} M -> {report['params_after'] / 1e6:.2f} M ({params:.3f})")
     print(f"groups {changed} of {len(report['groups'])} narrowed; {len(report['blocked'])} blocked"
