@@ -1,0 +1,90 @@
+"""latency_budget: `prunefx prune MODEL --speedup S` lands where it says, measured by someone else.
+
+For each model (none of them named by our tests) and each budget S, the real command line runs in its
+own process (`python -m prunefx prune MODEL --input-shape 1x3x224x224 --speedup S --round-to 16
+--threads T`: ONNX Runtime, batch 1, T threads); then a separate process (`prunefx bench dense.onnx --vs
+model.onnx --threads T`) times the dense and the pruned ONNX files side by side, independently of the
+search. The target of issue 18: the independent speed-up within [0.95 S, 1.25 S], and the search under
+3 minutes for a ResNet-50-sized model.
+
+    .venv/bin/python benchmarks/latency_budget.py [--models torchvision:regnet_y_800mf ...] [--budgets 2 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import command_line, machine_info, machine_summary, markdown_table, write_results
+
+NAME = "latency_budget"
+MODELS = ("torchvision:wide_resnet50_2", "torchvision:regnet_y_800mf", "torchvision:efficientnet_b1")
+WORK = Path(__file__).resolve().parent.parent / "build" / NAME
+
+
+def cli(*arguments: str, threads: int) -> str:
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run([sys.executable, "-m", "prunefx", *arguments], check=True, env=environment,
+                          capture_output=True, text=True)
+    return done.stdout
+
+
+def dense_onnx(model: str, folder: Path, threads: int) -> Path:
+    path = folder / "dense.onnx"
+    if not path.is_file():
+        cli("export", model, "--input-shape", "1x3x224x224", "-o", str(path), threads=threads)
+    return path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--budgets", nargs="+", type=float, default=[2.0, 3.0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=100, help="timed runs of the independent measurement")
+    args = parser.parse_args(argv)
+    runs, rows = [], []
+    for model in args.models:
+        folder = WORK / model.replace(":", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        dense = dense_onnx(model, folder, args.threads)
+        for budget in args.budgets:
+            output = folder / f"speedup{budget:g}"
+            started = time.perf_counter()
+            cli("prune", model, "--input-shape", "1x3x224x224", "--speedup", f"{budget:g}", "--round-to", "16",
+                "--threads", str(args.threads), "-o", str(output), threads=args.threads)
+            search_seconds = time.perf_counter() - started
+            report = json.loads((output / "report.json").read_text())
+            bench = json.loads(cli("bench", str(dense), "--vs", str(output / "model.onnx"), "--threads",
+                                   str(args.threads), "--runs", str(args.runs), "--json", threads=args.threads))
+            independent = bench["speedup"]
+            within = 0.95 * budget <= independent <= 1.25 * budget
+            runs.append({"model": model, "budget": budget, "search_seconds": search_seconds,
+                         "search_speedup": report["budget"]["speedup"], "independent_speedup": independent,
+                         "within_target": within, "macs_kept": report["macs_after"] / report["macs_before"],
+                         "candidates": len(report["budget"]["trace"]), "trace": report["budget"]["trace"]})
+            rows.append([model, f"{budget:g}x", f"{report['macs_after'] / report['macs_before']:.3f}",
+                         len(report["budget"]["trace"]), f"{report['budget']['speedup']:.2f}x",
+                         f"**{independent:.2f}x**", "yes" if within else "**no**", f"{search_seconds:.0f}"])
+            print(rows[-1], flush=True)
+    info = machine_info(threads=args.threads)
+    write_results(NAME, {"command": command_line(), "machine": info, "runs": runs}, "\n".join([
+        "# Latency budgets: `prunefx prune --speedup S`, checked by an independent measurement", "",
+        f"Produced by `{command_line()}`.", "", machine_summary(info), "",
+        f"- ONNX Runtime, batch 1, {args.threads} threads, input 1x3x224x224, widths multiples of 16, l2 "
+        "importance (no data given), no fine-tuning: this is about speed, not accuracy.",
+        "- 'search' is the speed-up the search measured; 'independent' is `prunefx bench dense.onnx --vs "
+        f"model.onnx` in another process ({args.runs} runs each, alternating). Target: independent within "
+        "[0.95 S, 1.25 S].", "",
+        markdown_table(["model", "budget S", "MACs kept", "candidates", "search", "independent",
+                        "within target", "search seconds"], rows), ""]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
