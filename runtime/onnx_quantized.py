@@ -52,6 +52,20 @@ BACKEND_ACTIVATIONS = {"trt": "s8", "ort": "u8"}
 U8_ZERO_POINT = 128
 
 
+def onnxruntime_lowering(cpu_flags: str | None = None) -> str:
+    """The U8 lowering for ONNX Runtime on this x86 CPU: "u8" (U8S8 kernels, the fastest) where the CPU has
+    VNNI, whose 8-bit dot products accumulate in 32 bits; "u8u8" without VNNI, where U8S8 kernels add pairs
+    of products in 16 bits and saturate (measured: -10 points of Fashion-MNIST accuracy, see
+    benchmarks/results/int8_latency.md). `cpu_flags`: /proc/cpuinfo's flags (read when None)."""
+    if cpu_flags is None:
+        try:
+            cpu_flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpu_flags = ""
+    flags = set(cpu_flags.split())
+    return "u8" if flags & {"avx512_vnni", "avx_vnni", "avx_vnni_int8"} else "u8u8"
+
+
 @dataclass(frozen=True)
 class QuantizedExport:
     path: Path

@@ -302,3 +302,12 @@ def test_quantized_program_saves_and_loads(quantized, tmp_path):
     x = _batches(1, seed=9)[0]
     with torch.no_grad():
         assert torch.equal(loaded(x), program(x))
+
+
+def test_onnxruntime_lowering_follows_vnni():
+    from prunefx.runtime.onnx_quantized import onnxruntime_lowering
+
+    assert onnxruntime_lowering("flags : fpu avx2 avx512f avx512_vnni") == "u8"
+    assert onnxruntime_lowering("flags : fpu avx2 avx_vnni") == "u8"
+    assert onnxruntime_lowering("flags : fpu avx2 fma") == "u8u8"  # U8S8 saturates without VNNI
+    assert onnxruntime_lowering() in ("u8", "u8u8")
