@@ -65,15 +65,31 @@ def _weight_targets(module: torch.fx.GraphModule) -> set[str]:
     """Parameters and buffers that a conv, linear or matrix product multiplies. The input of a linear
     or conv is no weight even when it is a buffer (the relative coordinates that the position MLP of a
     CoAtNet/MaxViT `rmlp` block reads): its dims are positions, and counting them made pseudo-groups
-    of coordinates that the reports listed as blocked."""
+    of coordinates that the reports listed as blocked. A weight computed from parameters alone on every
+    call (BiT's and NFNet's standardised convs: reshape, batch_norm, reshape_as of the parameter) counts
+    as the parameters it is computed from; before, those convs' groups were dropped as carrying no
+    compute, and BiT had one prunable group."""
+    sources = _parameter_sources(module)
     targets = set()
     for node in module.graph.nodes:
         if node.op == "call_function" and node.target in _WEIGHT_OPERATORS:
             first = 1 if node.target in _INPUT_FIRST else 0
             for arg in node.args[first:3]:
-                if isinstance(arg, torch.fx.Node) and arg.op == "get_attr":
-                    targets.add(arg.target)
+                targets |= sources.get(arg, set())
     return targets
+
+
+def _parameter_sources(module: torch.fx.GraphModule) -> dict[torch.fx.Node, set[str]]:
+    """For every node computed from parameters and buffers alone (no graph input behind it), the
+    get_attr targets it is computed from."""
+    sources: dict[torch.fx.Node, set[str]] = {}
+    for node in module.graph.nodes:
+        if node.op == "get_attr":
+            sources[node] = {node.target}
+        elif node.op == "call_function" and node.all_input_nodes \
+                and all(parent in sources for parent in node.all_input_nodes):
+            sources[node] = set().union(*(sources[parent] for parent in node.all_input_nodes))
+    return sources
 
 
 def _signatures(analysis: ChannelAnalysis, classes: np.ndarray) -> tuple[dict, dict, set, dict]:
