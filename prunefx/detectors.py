@@ -131,6 +131,35 @@ def capture_part(model: torch.nn.Module, example_inputs, part: str | None = None
     return _capture(model, part, _tensor_inputs(part, calls[part]))
 
 
+def part_from_reference(reference: str, part: str | None, *, weights: str | None = None,
+                        input_shape: tuple[int, ...] | None = None) -> Program:
+    """The CLI's `--part`: capture `part` of the model that `reference` names (prunefx.models), run on
+    random images of `input_shape` (NxCxHxW; a list of N CxHxW images for torchvision's detectors, which
+    take lists, a batch tensor otherwise)."""
+    from prunefx.models import build_model, load_weights  # models imports timm/torchvision: only when used
+
+    square = input_shape is not None and len(input_shape) == 4 and input_shape[-1] == input_shape[-2]
+    spec = build_model(reference, image_size=input_shape[-1] if square else None)
+    if spec.module is None:
+        raise PartError(f"{reference} is a saved program, already captured whole: --part needs a model")
+    if weights:
+        load_weights(spec.module, weights)
+    shape = input_shape or spec.default_input_shape
+    images = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    example = list(images) if _takes_image_list(spec.module) else images
+    model = spec.module.eval()
+    part, program = _find(model, example) if part is None else (part, capture_part(model, example, part))
+    program.name = f"{spec.name}.{part}"
+    return program
+
+
+def _takes_image_list(model: torch.nn.Module) -> bool:
+    # torchvision's detectors batch (and resize) a list of images in their GeneralizedRCNNTransform.
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    return isinstance(getattr(model, "transform", None), GeneralizedRCNNTransform)
+
+
 # --- putting a rewritten part back ------------------------------------------------------------------
 
 class GraphPart(torch.nn.Module):
@@ -158,7 +187,9 @@ class GraphPart(torch.nn.Module):
                             "fixed image size, or capture again at this one)")
 
     def train(self, mode: bool = True) -> GraphPart:
-        super().train(mode)
+        # Not nn.Module.train: it would recurse into the GraphModule, which refuses train() once it comes
+        # from a loaded .pt2. Program.train sets the graph's flags and every submodule's `training`.
+        self.training = mode
         self.program.train(mode)
         return self
 

@@ -18,6 +18,7 @@ from prunefx.detectors import (
     GraphPart,
     PartError,
     capture_part,
+    part_from_reference,
     prune_part,
     replace_part,
     softmax_nodes,
@@ -132,6 +133,19 @@ def test_half_the_backbone_macs_detector_runs_and_part_matches_onnx(name, part, 
     onnx_shapes = [[d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.output]
     assert onnx_shapes == [list(t.shape) for t in features.values()]  # the neck's widths kept
     assert check_parity(pruned.program, path).relative < TOLERANCE
+
+
+@pytest.mark.slow
+def test_part_saved_and_loaded_goes_back_into_the_detector(one_thread, tmp_path):
+    # The CLI's path (--part): capture from a model reference, save as .pt2, load, put back.
+    program = part_from_reference("torchvision:ssdlite320_mobilenet_v3_large", None, input_shape=(1, 3, 96, 96))
+    assert program.name == "torchvision:ssdlite320_mobilenet_v3_large.backbone"
+    assert tuple(program.example_inputs[0].shape) == (1, 3, 320, 320)  # SSDLite resizes every image to 320
+    loaded = prunefx.load(program.save(tmp_path / "backbone.pt2"))
+    model, images = _ssd(), _image()
+    with torch.no_grad():
+        model.backbone.load_state_dict(program.module.state_dict())  # the reference's random weights
+    _assert_same_detections(_detect(replace_part(model, "backbone", loaded), images), _detect(model, images))
 
 
 def test_part_errors_are_one_line(one_thread):
