@@ -308,9 +308,9 @@ class Engine:
     """A deserialised engine with one execution context and its input/output buffers on the GPU.
     Calling it runs once on the bound inputs (random unless `set_inputs` was called) and waits."""
 
-    def __init__(self, trt, engine, path: Path, options: BuildOptions, *, calibrated: bool = True, cached: bool = False):
+    def __init__(self, trt, engine, path: Path, options: BuildOptions, *, cached: bool = False):
         self.trt, self.engine, self.path, self.options = trt, engine, path, options
-        self.calibrated, self.cached = calibrated, cached
+        self.cached = cached
         self.context = engine.create_execution_context()
         self.stream = torch.cuda.Stream()
         self.buffers: dict[str, torch.Tensor] = {}
@@ -329,8 +329,7 @@ class Engine:
         torch.cuda.synchronize()  # the buffers were filled on the default stream; the engine runs on its own
 
     @classmethod
-    def load(cls, path: str | os.PathLike, options: BuildOptions = BuildOptions(), *, calibrated: bool = True,
-             cached: bool = False) -> Engine:
+    def load(cls, path: str | os.PathLike, options: BuildOptions = BuildOptions(), *, cached: bool = False) -> Engine:
         trt = require_tensorrt()
         require_cuda()
         runtime = trt.Runtime(_logger(trt))
@@ -338,7 +337,7 @@ class Engine:
         if engine is None:
             raise DeviceToolError(f"TensorRT could not load the engine {path} (built by another TensorRT version "
                                   "or for another GPU?)")
-        instance = cls(trt, engine, Path(path), options, calibrated=calibrated, cached=cached)
+        instance = cls(trt, engine, Path(path), options, cached=cached)
         instance.runtime = runtime  # the runtime must outlive the engine
         return instance
 
