@@ -5,24 +5,25 @@ This module then makes the file what TensorRT's explicit quantization and ONNX R
 read:
 - every weight quantizer is applied once, here: the float weight and its QuantizeLinear become an INT8
   initializer read by the DequantizeLinear (values round half to even, like both QuantizeLinear and torch's
-  fake quantization), so the file stores 1 byte per weight and every Conv/Gemm/MatMul weight is an INT8
-  initializer behind a DequantizeLinear;
-- `activations="s8"` (TensorRT, the default of `backend="trt"`): symmetric INT8 activations, zero-point 0,
-  exactly the Program's quantizers. TensorRT 10 and 11 build strongly typed engines from this file;
+  fake quantization), so in the TensorRT file every Conv/Gemm/MatMul weight is an INT8 initializer behind a
+  DequantizeLinear;
+- `activations="s8"` (TensorRT): symmetric INT8 activations, zero-point 0, exactly the Program's quantizers.
+  TensorRT 10 and 11 build strongly typed engines from this file;
 - `activations="u8"` (ONNX Runtime on x86): the same scales, activations shifted to UINT8 with zero-point
   128. Q_u8(x) = Q_s8(x) + 128 and DQ_u8(q) = (q - 128) * s, so every real value is the same, bit for bit;
   only the integer type changes, to the U8 activations x S8 weights (U8S8) that ONNX Runtime's x86 integer
-  kernels want (S8S8 runs slower than FP32 on these CPUs). Two more rewrites make the U8 file run integer
-  kernels where the Program's values allow it (`integer_units_for_onnxruntime`, `dequantize_float_layer_weights`): a
-  Conv whose output reaches only an activation quantizer (directly or through a ReLU/ReLU6) becomes
-  DQ -> Conv -> Q with an INT32 bias, which ONNX Runtime fuses into QLinearConv; every other layer keeps a
-  float weight holding exactly the dequantized INT8 values. TensorRT's placement (quantizers on layer inputs
-  only) leaves the convolutions that feed residual adds in float: ONNX Runtime cannot run them in INT8
-  without quantizing their outputs, which would change the Program's values.
-  Caveat measured here: on x86 CPUs without VNNI (AVX2 only), ONNX Runtime's U8S8 kernels sum pairs of
-  products in 16 bits and saturate; with zero-point 128 the codes are large and that costs accuracy.
-  `activations="u8u8"` also shifts those weights to UINT8 (zero-point 128, same values): ONNX Runtime's
-  U8U8 kernels do not saturate, and run slower than U8S8 (benchmarks/int8_latency.py measures both).
+  kernels want (S8S8 runs slower than FP32 on these CPUs). Two more rewrites make the file run integer
+  kernels wherever the Program's values allow it: `integer_units_for_onnxruntime` puts every Conv (and
+  residual Add) whose output reaches only an activation quantizer, directly or through a ReLU/ReLU6, in the
+  DQ -> op -> Q form ONNX Runtime fuses into QLinearConv / QLinearAdd (the ReLU becomes a Clip on the UINT8
+  codes, the bias INT32); `dequantize_float_layer_weights` stores the weights of the layers left in float
+  dequantized (exactly the values DequantizeLinear would compute on every run). A layer whose output is not
+  quantized (the last convolution before pooling, the head) stays float: quantizing its output would change
+  the Program's values.
+- `activations="u8u8"`: the same, with the integer units' weights shifted to UINT8 too (zero-point 128, same
+  values). On x86 CPUs without VNNI (AVX2 only) ONNX Runtime's U8S8 kernels add pairs of products in 16 bits
+  and saturate, and zero-point 128 makes the codes large: measured here, -10 points of Fashion-MNIST
+  accuracy; its U8U8 kernels do not saturate, and run slower. `onnxruntime_lowering()` picks by CPU flags.
 The file is not constant-folded with onnx-graphsurgeon as runtime/onnx_export.py does, since folding would
 dequantize the INT8 weights back into float; the exporter's own optimiser has already folded the rest.
 
