@@ -49,7 +49,6 @@ from prunefx.runtime.errors import OnnxExportError, describe_failure
 from prunefx.runtime.onnx_export import DEFAULT_OPSET
 
 ACTIVATION_TYPES = ("s8", "u8", "u8u8")
-BACKEND_ACTIVATIONS = {"trt": "s8", "ort": "u8"}
 U8_ZERO_POINT = 128
 
 
