@@ -12,6 +12,7 @@ from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.pipeline import Pipeline, PipelineError, PipelineResult, Step
 from prunefx.passes.prune_to_budget import prune_to_budget
 from prunefx.passes.prune_while_training import prune_while_training
+from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.recipe import RecipeError, load_recipe, pipeline_from_spec
 from prunefx.passes.registry import PASSES, get_pass
@@ -22,5 +23,5 @@ from prunefx.passes.sparsify_nm import sparsify_nm
 __all__ = [
     "PASSES", "Pass", "Pipeline", "PipelineError", "PipelineResult", "RecipeError", "Result", "Step",
     "comb_channels", "distill", "fold_batchnorm", "get_pass", "linearize_blocks", "load_recipe", "merge_blocks",
-    "pipeline_from_spec", "prune_to_budget", "prune_while_training", "recalibrate_batchnorm", "remove_channels", "sparsify_nm",
+    "pipeline_from_spec", "prune_to_budget", "prune_while_training", "quantize_int8", "recalibrate_batchnorm", "remove_channels", "sparsify_nm",
 ]

@@ -28,9 +28,9 @@ Non-goals: concat inputs sharing one scale (not needed by the CNNs measured here
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
@@ -50,53 +50,41 @@ from prunefx.graph.quantization import (
     quantize_weight,
     scale_of,
 )
-from prunefx.passes import config_checks as checks
 from prunefx.passes.fold_batchnorm import fold_batchnorm
+from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.result import Result
 
 OWNER = "quantize_int8"
 
 
-@dataclass(frozen=True)
-class QuantizeInt8Config:
-    calibration: Sequence | None = None
-    method: str = "percentile"
-    percentile: float = 99.99
-    max_batches: int | None = None
-    skip_nodes: tuple[str, ...] = ()
-    skip_operators: tuple[str, ...] = ()
-    sensitive: int = 0
-    sensitivity_batches: int = 4   # batches the per-layer errors are measured on (the first ones)
-    fold_batchnorm: bool = True
+@dataclass
+class QuantizeInt8Config(PassConfig):
+    owner: ClassVar[str] = OWNER
 
-
-_FIELDS = tuple(field.name for field in dataclasses.fields(QuantizeInt8Config))
+    calibration: Any = option(source="calibration", help="input batches the activation ranges are read from")
+    method: str = option("percentile", help="how an activation's range is read from its statistics", choices=METHODS)
+    percentile: float = option(99.99, low=50.0, high=100.0, help="the percentile of |x| taken as the range")
+    max_batches: int | None = option(low=1, help="read at most this many calibration batches")
+    skip_nodes: list[str] = option([], help="layer names kept in float", describe="a list of node names")
+    skip_operators: list[str] = option([], help="operators kept in float (conv2d, linear, matmul, add, ...)")
+    sensitive: int = option(0, low=0, help="leave the k layers with the largest quantization error in float")
+    sensitivity_batches: int = option(4, low=1, help="batches the per-layer errors are measured on",
+                                      cli=False)
+    fold_batchnorm: bool = option(True, help="fold batch norms into the layers before them first, as TensorRT "
+                                             "would")
 
 
 def check_config(config: dict) -> None:
-    """The values of `config` alone (passes/config_checks.py); the data and the Program are checked later."""
-    checks.unknown_keys(OWNER, config, _FIELDS)
-    given = {**dataclasses.asdict(QuantizeInt8Config()), **config}
-    checks.choice(OWNER, "method", given["method"], METHODS)
-    checks.number(OWNER, "percentile", given["percentile"], low=50.0, high=100.0)
-    if given["max_batches"] is not None:
-        checks.integer(OWNER, "max_batches", given["max_batches"], minimum=1)
-    checks.names(OWNER, "skip_nodes", given["skip_nodes"])
-    checks.names(OWNER, "skip_operators", given["skip_operators"])
-    checks.integer(OWNER, "sensitive", given["sensitive"], minimum=0)
-    checks.integer(OWNER, "sensitivity_batches", given["sensitivity_batches"], minimum=1)
-    checks.boolean(OWNER, "fold_batchnorm", given["fold_batchnorm"])
+    """The values of `config` alone; the data and the Program are checked later."""
+    QuantizeInt8Config.parse(config)
 
 
 def _settings(config: dict | QuantizeInt8Config | None) -> QuantizeInt8Config:
     if isinstance(config, QuantizeInt8Config):
-        config = {field: getattr(config, field) for field in _FIELDS}
-    config = dict(config or {})
-    check_config(config)
-    for key in ("skip_nodes", "skip_operators"):
-        if key in config:
-            config[key] = tuple(config[key])
-    return QuantizeInt8Config(**config)
+        config = config.as_dict()
+    settings = QuantizeInt8Config.parse(config)
+    settings.skip_nodes, settings.skip_operators = tuple(settings.skip_nodes), tuple(settings.skip_operators)
+    return settings
 
 
 def quantize_int8(program: Program, /, *, config: dict | QuantizeInt8Config | None = None) -> Result:
@@ -235,3 +223,5 @@ def _row(target: QuantTarget, amax, errors) -> dict:
 
 
 quantize_int8.check_config = check_config
+quantize_int8.config_class = QuantizeInt8Config
+quantize_int8.in_place = True

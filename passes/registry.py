@@ -10,6 +10,7 @@ from prunefx.passes.linearize_blocks import linearize_blocks
 from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.prune_to_budget import prune_to_budget
 from prunefx.passes.prune_while_training import prune_while_training
+from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.result import Pass
@@ -23,6 +24,7 @@ PASSES: dict[str, Pass] = {
     "merge_blocks": merge_blocks,
     "prune_to_budget": prune_to_budget,
     "prune_while_training": prune_while_training,
+    "quantize_int8": quantize_int8,
     "recalibrate_batchnorm": recalibrate_batchnorm,
     "remove_channels": remove_channels,
     "sparsify_nm": sparsify_nm,

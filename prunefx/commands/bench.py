@@ -66,13 +66,14 @@ def add_arguments(parser) -> None:
 def add_tensorrt_arguments(parser) -> None:
     """TensorRT options, shared with `prunefx profile`."""
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
-                        help="TensorRT precision (default fp32); int8 without calibration data times with "
-                             "placeholder ranges (timing only)")
+                        help="TensorRT precision (default fp32); int8 needs a file with Q/DQ nodes (quantize_int8, "
+                             "TensorRT's explicit quantization) or --calibrate DATA to quantize it first")
     parser.add_argument("--sparse", action="store_true",
                         help="allow 2:4 sparse tensor-core kernels (TensorRT SPARSE_WEIGHTS / trtexec --sparsity)")
     parser.add_argument("--calibrate", metavar="DATA",
-                        help="INT8 calibration data for --backend trt --precision int8: fashion-mnist, imagenet-sample "
-                             "or a folder of images (256 images, entropy calibration)")
+                        help="for --backend trt --precision int8 on a file without Q/DQ: fashion-mnist, "
+                             "imagenet-sample or a folder of images (256 images), read by ONNX Runtime's "
+                             "quantize_static to write TensorRT's symmetric Q/DQ form first")
     parser.add_argument("--trtexec", metavar="PATH", help="the trtexec program (default: on PATH or JetPack's)")
     parser.add_argument("--cache-dir", help="TensorRT engine cache (default ~/.cache/prunefx/tensorrt)")
 
@@ -82,8 +83,8 @@ def check_backend(args) -> None:
     if args.backend in ("ort", "torch") and (args.precision != "fp32" or args.sparse):
         raise PrunefxError("--precision and --sparse apply to --backend trt, torch-trt and trtexec")
     if args.calibrate and (args.backend != "trt" or args.precision != "int8"):
-        raise PrunefxError("--calibrate applies to --backend trt --precision int8 (trtexec without a calibration "
-                           "cache times INT8 with placeholder ranges)")
+        raise PrunefxError("--calibrate applies to --backend trt --precision int8 (for trtexec, give a file "
+                           "with Q/DQ nodes)")
     if args.backend == "trt":
         require_tensorrt()
         require_cuda()
@@ -168,7 +169,8 @@ def run(args) -> int:
     if args.backend not in ("ort", "torch"):
         report.update(precision=args.precision, sparse=args.sparse)
     if args.precision == "int8":
-        report["int8_ranges"] = f"calibrated on {args.calibrate}" if args.calibrate else "placeholder (timing only)"
+        report["int8_ranges"] = (f"Q/DQ from quantize_static on {args.calibrate}" if args.calibrate
+                                 else "the file's own Q/DQ nodes")
     measure, compare = ((measure_gpu_latency, compare_gpu_latency) if args.backend in GPU_TIMED else
                         (lambda fn, **kw: measure_latency(fn, threads=args.threads, **kw),
                          lambda a, b, **kw: compare_latency(a, b, threads=args.threads, **kw)))
