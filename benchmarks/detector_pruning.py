@@ -338,7 +338,11 @@ Produced by `{report['command']}` on {machine['date_utc']} UTC.
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import ultralytics
+    try:
+        import ultralytics  # AGPL-3.0: a development dependency (the dev extra), never one of prunefx
+    except ImportError:
+        print("detector_pruning needs ultralytics: pip install -e .[dev] (or pip install ultralytics)", file=sys.stderr)
+        return 2
 
     report = {"benchmark": NAME, "command": command_line(), "machine": machine_info(),
               "torch_pruning_version": metadata.version("torch-pruning"),
