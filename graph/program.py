@@ -85,8 +85,8 @@ class Program:
         """Flip the training flag of every batch norm and dropout inside the graph."""
         changed = False
         for node in self.module.graph.nodes:
-            index = _TRAINING_FLAG_ARG.get(node.target)
-            if node.op == "call_function" and index is not None and len(node.args) > index:
+            index = _training_flag_index(node)
+            if index is not None:
                 if node.args[index] != mode:
                     args = list(node.args)
                     args[index] = mode
@@ -227,11 +227,24 @@ def current_output_shapes(module: torch.fx.GraphModule) -> list[tuple[int, ...]]
     return [tuple(int(s) for s in v.shape) for v in values if isinstance(v, torch.Tensor)]
 
 
+def _training_flag_index(node: torch.fx.Node) -> int | None:
+    """The index of `node`'s training flag, or None when its behaviour does not depend on the mode. A batch
+    norm without running statistics (weight standardisation: BiT's StdConv2d, NFNet's ScaledStdConv2d
+    normalise their conv weights with F.batch_norm(w, None, None, training=True)) always uses batch
+    statistics: flipping it to eval would fail for want of running statistics."""
+    index = _TRAINING_FLAG_ARG.get(node.target) if node.op == "call_function" else None
+    if index is None or len(node.args) <= index:
+        return None
+    if node.target is torch.ops.aten.batch_norm.default and node.args[3] is None:
+        return None
+    return index
+
+
 def _graph_training_mode(graph: torch.fx.Graph) -> bool:
     """A graph is in training mode when any of its batch norms or dropouts is (no such node: eval)."""
     for node in graph.nodes:
-        index = _TRAINING_FLAG_ARG.get(node.target)
-        if node.op == "call_function" and index is not None and len(node.args) > index:
+        index = _training_flag_index(node)
+        if index is not None:
             if node.args[index]:
                 return True
     return False

@@ -187,3 +187,25 @@ def test_a_saved_analysis_record_of_the_wrong_form_is_refused(resnet18_program, 
             target.writestr(item, data)
     with pytest.raises(ProgramFileError, match=message):
         Program.load(forged)
+
+
+def test_a_weight_standardising_batch_norm_is_not_a_training_switch():
+    """F.batch_norm(w, None, None, training=True) standardises conv weights (BiT, NFNet): it has no
+    running statistics and always uses batch statistics, so eval() must leave it alone (it used to flip
+    it and the model failed with 'running_mean must be defined in evaluation mode')."""
+    class StandardisedConv(torch.nn.Conv2d):
+        def forward(self, x):
+            weight = torch.nn.functional.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                                                    training=True, momentum=0.0, eps=1e-6).reshape_as(self.weight)
+            return torch.nn.functional.conv2d(x, weight, self.bias, padding=1)
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(StandardisedConv(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    program = capture(model, x)
+    assert not program.training  # the real batch norm is in eval mode; the standardisation is not a mode
+    program.train()
+    assert program.training
+    program.eval()
+    with torch.no_grad():
+        assert torch.allclose(program(x), model(x), atol=1e-5)
