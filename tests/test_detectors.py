@@ -7,6 +7,8 @@ predictions (YOLO) are compared numerically, and ONNX files are read with `onnx`
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -299,3 +301,10 @@ def test_ultralytics_reference_errors():
         build_model("ultralytics:missing/best.pt")
     with pytest.raises(ModelReferenceError, match="multiple of 32"):
         build_model("ultralytics:yolov8n.yaml", image_size=100)
+
+
+def test_ultralytics_reference_says_to_install_it_when_missing(monkeypatch):
+    for name in ("ultralytics", "ultralytics.nn", "ultralytics.nn.tasks"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import` of a None entry raises ImportError
+    with pytest.raises(ModelReferenceError, match="pip install ultralytics"):
+        build_model("ultralytics:yolov8n.yaml")
