@@ -36,7 +36,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.utils._pytree as pytree
 
 from prunefx.graph import CaptureError, Program, PrunefxError, capture
 from prunefx.graph.errors import first_line
@@ -276,7 +275,3 @@ def to_ultralytics(program: Program, detection_model: torch.nn.Module) -> Ultral
                             "DetectionModel the Program was captured from")
     return UltralyticsGraph(program, detection_model)
 
-
-def output_leaves(outputs) -> list[torch.Tensor]:
-    """The tensors of a (nested) output, in pytree order: detector results are lists of dicts."""
-    return [leaf for leaf in pytree.tree_leaves(outputs) if isinstance(leaf, torch.Tensor)]
