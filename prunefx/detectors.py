@@ -4,7 +4,8 @@ torchvision's detectors end in post-processing that torch.export cannot capture 
 suppression keeps a data-dependent number of boxes). Their backbone (+ neck) does export, and holds
 most of the MACs. So:
 
-    result = prunefx.prune_part(detector, ([image],), [(remove_channels, {"macs": 0.5})], part="backbone")
+    from prunefx.detectors import prune_part
+    result = prune_part(detector, ([image],), [(remove_channels, {"macs": 0.5})], part="backbone")
     result.model([image])          # the whole detector, its own post-processing included
 
 1. `capture_part` runs the whole model once on the user's example inputs, records the tensors the
@@ -27,6 +28,11 @@ Ultralytics YOLO models export whole (in their export mode: raw decoded head out
 prunefx/models.py, `ultralytics:NAME`). `to_ultralytics` wraps their pruned Program so that
 Ultralytics' own `predict` runs it, and `softmax_nodes` names the softmax nodes whose normalised dim
 (YOLO's distribution-focal-loss bins) must keep its width. Nothing here imports ultralytics.
+The pruned graph is wrapped rather than loaded back into Ultralytics' eager modules because those size
+their forward from constructor attributes (C2PSA's `self.c` split, Attention's `num_heads`/`key_dim`
+views, Detect's `reg_max` view) that a rewrite would have to edit class by class; the wrapped graph is
+the verified one, the same that goes to ONNX. Its cost: the captured input shape (predict with
+`imgsz=SIZE, rect=False`), and no Ultralytics training or validation on it.
 """
 
 from __future__ import annotations
