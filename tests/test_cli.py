@@ -19,7 +19,7 @@ import torchvision
 
 from prunefx import fashion_mnist
 from prunefx.cli import EXIT_USER_ERROR, main
-from prunefx.graph import PrunefxError, capture, count
+from prunefx.graph import Program, PrunefxError, capture, count
 from prunefx.runtime import OnnxRuntimeSession, export_onnx
 
 SHAPE = "1x3x64x64"
@@ -473,3 +473,31 @@ def test_a_budget_out_of_reach_is_one_line_exit_2_and_writes_nothing(capsys, tmp
     line = assert_one_line_error(code, out, err, "prune")
     assert "cannot reach a 50x speed-up: the best measured was" in line
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_quantize_writes_tensorrt_and_onnxruntime_files(capsys, tmp_path, one_thread):
+    code, out, err = run_cli(capsys, "quantize", "prunefx:mobilenetv2_small", "--calibrate", "fashion-mnist",
+                             "--calibration-images", "64", "--runs", "5", "--threads", "1", "-o", tmp_path / "q")
+    assert code == 0, err
+    report = json.loads((tmp_path / "q" / "report.json").read_text())
+    assert report["quantize_int8"]["quantized"] and report["latency"]["speedup"] > 0
+    trt = onnx.load(tmp_path / "q" / "model_trt.onnx")
+    kinds = [node.op_type for node in trt.graph.node]
+    assert kinds.count("QuantizeLinear") >= 1 and kinds.count("DequantizeLinear") > kinds.count("QuantizeLinear")
+    # INT8 weights (2-D and up; the zero-points are INT8 too, as scalars or per-channel vectors)
+    int8 = [t for t in trt.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]
+    assert len(int8) == report["files"]["model_trt.onnx"]["weight_initializers"] > 0
+    ort_inputs = {t.name for t in onnx.load(tmp_path / "q" / "model_ort.onnx").graph.initializer
+                  if t.data_type == onnx.TensorProto.UINT8}
+    assert ort_inputs  # zero-points (and, without VNNI, weights) in UINT8 for ONNX Runtime's kernels
+    for entry in report["files"].values():
+        assert entry["parity"]["relative"] < 0.1
+    assert Program.load(tmp_path / "q" / "model.pt2").training is False
+
+
+def test_quantize_without_calibration_data_is_refused(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "quantize", "prunefx:mobilenetv2_small", "-o", tmp_path / "never")
+    line = assert_one_line_error(code, out, err, "quantize")
+    assert "give --calibrate DATA" in line and not (tmp_path / "never").exists()

@@ -1,0 +1,111 @@
+"""prunefx quantize MODEL --calibrate DATA -o DIR: INT8 in TensorRT's explicit-quantization form.
+
+Runs the quantize_int8 pass in a verified Pipeline (weights symmetric INT8 per output channel,
+activations symmetric INT8 per tensor, ranges read from the calibration data; the flags are the pass's
+config fields) and writes, in one staged folder:
+- model.pt2: the fake-quantized Program (it trains with straight-through gradients: `compress` and
+  `distill` can recover it);
+- model_trt.onnx: S8 Q/DQ pairs and INT8 weight initializers, what TensorRT 10 and 11 build strongly
+  typed engines from (`prunefx bench model_trt.onnx --backend trt --precision int8`);
+- model_ort.onnx: the same scales with activations in UINT8 for ONNX Runtime's integer kernels on x86
+  (U8S8 on CPUs with VNNI, U8U8 without: runtime/onnx_quantized.onnxruntime_lowering);
+- report.json: the pass's statistics (every layer quantized or kept in float, with the reason), the
+  parity of each file with the fake-quantized Program, and the ONNX Runtime latency of model_ort.onnx
+  against the float model, measured side by side.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from prunefx import cli_options
+from prunefx.calibration import calibration_data
+from prunefx.deliverable import write_report
+from prunefx.graph.errors import PrunefxError
+from prunefx.graph.rebatch import rebatch
+from prunefx.loading import program_from_args
+from prunefx.output import check_output_folder, staged_folder
+from prunefx.passes.pipeline import Pipeline
+from prunefx.passes.quantize_int8 import QuantizeInt8Config, quantize_int8
+from prunefx.runtime import (
+    check_parity,
+    compare_latency,
+    export_onnx,
+    export_quantized_onnx,
+    onnx_runner,
+    onnxruntime_lowering,
+)
+
+NAME = "quantize"
+HELP = "INT8 with Q/DQ (TensorRT's explicit quantization): write model.pt2, model_trt.onnx, model_ort.onnx, report.json"
+OPTIONS = ("method", "percentile", "max_batches", "skip_nodes", "skip_operators", "sensitive", "fold_batchnorm")
+
+
+def add_arguments(parser) -> None:
+    cli_options.add_calibration(parser, reads="the activation ranges are read from it (required)")
+    cli_options.add_pass_options(parser, QuantizeInt8Config, OPTIONS)
+    cli_options.add_measurement(parser, runs=50)
+    cli_options.add_opset(parser)
+    cli_options.add_output(parser, "model.pt2, model_trt.onnx, model_ort.onnx and report.json")
+
+
+def run(args) -> int:
+    output = check_output_folder(args.output)
+    if not args.calibrate:
+        raise PrunefxError("quantize needs calibration images for the activation ranges: give --calibrate DATA")
+    program = program_from_args(args).eval()
+    calibration = calibration_data(args.calibrate, program.example_inputs[0], args.calibration_images)
+    config = {**cli_options.pass_config(args, OPTIONS), "calibration": calibration.batches}
+    started = time.perf_counter()
+    result = Pipeline([(quantize_int8, config)], verify="full").run(program)
+    quantized, stats = result.program, result.stats()["quantize_int8"]
+    print(f"quantized {len(stats['quantized'])} layers of {program.name} ({len(stats['skipped'])} kept in float) "
+          f"on {calibration.description} in {time.perf_counter() - started:.1f} s; exporting", flush=True)
+    lowering = onnxruntime_lowering()
+    with staged_folder(output) as staging:
+        quantized.save(staging / "model.pt2")
+        files = {"model_trt.onnx": "s8", "model_ort.onnx": lowering}
+        exports = {name: _export(quantized, staging / name, activations, args.opset)
+                   for name, activations in files.items()}
+        latency = _latency(program, quantized, staging / "model_ort.onnx", args)
+        report = write_report(staging, {
+            "model": program.name, "calibration": calibration.description, "onnxruntime_lowering": lowering,
+            "quantize_int8": stats, "files": exports, "latency": latency})
+    _summary(report, output)
+    return 0
+
+
+def _export(program, path: Path, activations: str, opset: int) -> dict:
+    exported = export_quantized_onnx(program, path, activations=activations, opset=opset)
+    parity = check_parity(program, path)
+    return {"activations": activations, "weight_initializers": exported.weight_initializers,
+            "activation_pairs": exported.activation_pairs, "integer_units": exported.integer_units,
+            "parity": {"max_abs_error": parity.max_abs_error, "output_scale": parity.output_scale,
+                       "relative": parity.relative}}
+
+
+def _latency(dense, quantized, quantized_file: Path, args) -> dict:
+    """The float model against model_ort.onnx, ONNX Runtime at batch 1, alternately in this process."""
+    if int(dense.example_inputs[0].shape[0]) != 1:
+        return {"skipped": "the model was captured at a batch size other than 1; bench its files at batch 1"}
+    with tempfile.TemporaryDirectory(prefix="prunefx-quantize-") as tmp:
+        dense_file = export_onnx(rebatch(dense, 1), Path(tmp) / "dense.onnx", opset=args.opset).path
+        comparison = compare_latency(onnx_runner(dense_file, dense.example_inputs, threads=args.threads),
+                                     onnx_runner(quantized_file, quantized.example_inputs, threads=args.threads),
+                                     runs=args.runs, threads=args.threads)
+    return {"backend": "onnxruntime", "threads": args.threads, "runs": args.runs,
+            "float_ms": comparison.a.median_ms, "int8_ms": comparison.b.median_ms, "speedup": comparison.speedup}
+
+
+def _summary(report: dict, output: Path) -> None:
+    for name, entry in report["files"].items():
+        print(f"{name}: {entry['activations']} activations, {entry['weight_initializers']} INT8 weights, "
+              f"{entry['activation_pairs']} activation Q/DQ pairs; parity with the fake-quantized model: "
+              f"relative error {entry['parity']['relative']:.2e}")
+    latency = report["latency"]
+    if "speedup" in latency:
+        print(f"ONNX Runtime, batch 1, {latency['threads']} threads: float {latency['float_ms']:.2f} ms, "
+              f"INT8 {latency['int8_ms']:.2f} ms ({latency['speedup']:.2f}x)")
+    print(f"wrote {', '.join(str(output / name) for name in ('model.pt2', *report['files'], 'report.json'))}")
