@@ -85,8 +85,13 @@ def reduction(ctx, node):
 
 
 def softmax(ctx, node):
+    """The normalised dim is fixed: its entries are the categories of one distribution (attention keys,
+    the 16 distance bins of YOLO's distribution-focal-loss head, class scores), so dropping one changes
+    what every other entry means, and the shapes after it (a DFL integral reads exactly 16 bins). It was
+    once prunable-but-inexact, and YOLO's bins went from 16 to 8 with the output shapes unchanged."""
     labels = list(ctx.labels(node.args[0]))
-    ctx.space.inexact.append(labels[node.args[1] % len(labels)])
+    normalised = labels[node.args[1] % len(labels)]
+    ctx.space.tie(normalised, ctx.space.fixed(normalised.size))
     return labels
 
 

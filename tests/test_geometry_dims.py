@@ -11,6 +11,7 @@ import textwrap
 import onnx
 import pytest
 import torch
+import torch.nn as nn
 
 from prunefx.cli import main
 from prunefx.graph import capture
@@ -176,3 +177,30 @@ def test_pixel_shuffle_prunes_whole_sub_pixel_sets_exactly(removal_is_exact):
         removal_is_exact(program, combing, {int(c) for c in combing.groups[index].classes[:2]}, x)
         if combing.groups[index].size == 8:  # 2 of the shuffle's 8 channels take 2 x 2 x 2 of a's 32 outputs
             assert program.module.a.weight.shape[0] == 24
+
+
+class DistributionHead(nn.Module):
+    """YOLO's distribution-focal-loss head in miniature: 4 box sides x 16 distance bins, a softmax over the
+    bins, and their expected value by a 1x1 conv whose weights are 0..15. The bins are the categories of
+    one distribution, not channels: before the softmax rule fixed them, 8 of the 16 could go."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.bins = nn.Conv2d(8, 4 * 16, 1)
+        self.integral = nn.Conv2d(16, 1, 1, bias=False)
+        self.integral.weight.data[:] = torch.arange(16, dtype=torch.float32).view(1, 16, 1, 1)
+
+    def forward(self, x):
+        logits = self.bins(torch.relu(self.stem(x)))
+        n, _, h, w = logits.shape
+        bins = logits.view(n, 4, 16, h * w).transpose(2, 1).softmax(1)  # [n, 16 bins, 4 sides, anchors]
+        return self.integral(bins).view(n, 4, h * w)
+
+
+def test_the_dim_a_softmax_normalises_is_never_pruned():
+    program = capture(DistributionHead().eval(), torch.randn(1, 3, 8, 8))
+    combing = find_channel_groups(program.module)
+    assert not any(("integral.weight", 1) in group.members for group in combing.groups)  # the 16 bins stay
+    assert not any(("bins.weight", 0) in group.members for group in combing.groups)
+    assert any(("stem.weight", 0) in group.members for group in combing.groups)  # real channels still go
