@@ -10,6 +10,7 @@ to ONNX and measure it on ONNX Runtime or TensorRT.
 """
 
 from prunefx import passes, runtime
+from prunefx.detectors import prune_part
 from prunefx.graph import CaptureError, Program, PrunefxError, VerificationError, capture, count, verify
 from prunefx.graph.channel_rules import channel_rule
 from prunefx.passes.pipeline import Pipeline, PipelineError
@@ -19,5 +20,6 @@ load = Program.load
 
 __all__ = [
     "CaptureError", "Pipeline", "PipelineError", "Program", "PrunefxError", "VerificationError",
-    "capture", "channel_rule", "count", "load", "load_recipe", "passes", "runtime", "verify",
+    "capture", "channel_rule", "count", "load", "load_recipe", "passes", "prune_part", "runtime",
+    "verify",
 ]

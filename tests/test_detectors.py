@@ -308,3 +308,20 @@ def test_ultralytics_reference_says_to_install_it_when_missing(monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)  # `import` of a None entry raises ImportError
     with pytest.raises(ModelReferenceError, match="pip install ultralytics"):
         build_model("ultralytics:yolov8n.yaml")
+
+
+@pytest.mark.slow
+def test_prune_part_on_the_command_line_and_the_pruned_part_goes_back(one_thread, tmp_path, capsys):
+    from prunefx.cli import main
+
+    assert main(["prune", "torchvision:ssdlite320_mobilenet_v3_large", "--part", "backbone", "--input-shape",
+                 "1x3x320x320", "--macs", "0.5", "--round-to", "8", "-o", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    pruned = prunefx.load(tmp_path / "out" / "model.pt2")
+    model = _ssd()
+    whole = replace_part(model, "backbone", pruned)
+    assert count(pruned).macs < 0.53 * count(part_from_reference("torchvision:ssdlite320_mobilenet_v3_large",
+                                                                 "backbone", input_shape=(1, 3, 320, 320))).macs
+    with torch.no_grad():
+        detections = whole([torch.rand(3, 320, 320)])  # the whole detector runs, post-processing included
+    assert {"boxes", "scores", "labels"} <= set(detections[0])

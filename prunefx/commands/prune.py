@@ -26,9 +26,11 @@ from pathlib import Path
 from prunefx import cli_options, options
 from prunefx.calibration import Calibration, calibration_data, noise_batches
 from prunefx.deliverable import write_model, write_report
+from prunefx.detectors import part_from_reference
 from prunefx.graph.channel_importance import DATA_CRITERIA
 from prunefx.graph.errors import PrunefxError
 from prunefx.loading import program_from_args
+from prunefx.models import parse_input_shape
 from prunefx.output import check_output_folder, staged_folder
 from prunefx.passes.pipeline import Pipeline
 from prunefx.passes.prune_to_budget import PruneToBudgetConfig, prune_to_budget
@@ -52,6 +54,10 @@ def add_arguments(parser) -> None:
     # Shorthands for --ranking global|local (the same destination and default)
     parser.add_argument("--global", dest="ranking", action="store_const", const="global", help="--ranking global")
     parser.add_argument("--local", dest="ranking", action="store_const", const="local", help="--ranking local")
+    parser.add_argument("--part", metavar="PATH",
+                        help="prune only this submodule (e.g. backbone; 'auto': the largest child that captures), "
+                             "for detectors whose post-processing does not export; model.pt2 then holds the pruned "
+                             "part, put back with prunefx.detectors.replace_part")
     cli_options.add_calibration(parser, reads="with it, channels are chosen by obs, the remaining weights "
                                               "compensated and every batch norm recalibrated")
     parser.add_argument("--recalibrate", action=argparse.BooleanOptionalAction, default=None,
@@ -71,7 +77,7 @@ def run(args) -> int:
         raise PrunefxError("--compensate needs calibration images: give --calibrate DATA")
     if args.recalibrate and not args.calibrate:
         raise PrunefxError("--recalibrate needs calibration images: give --calibrate DATA")
-    program = program_from_args(args).eval()
+    program = _program(args).eval()
     calibration = _calibration(args, program)
     config = _config(args, calibration)
     started = time.perf_counter()
@@ -96,6 +102,15 @@ def run(args) -> int:
                                                recalibration=recalibration))
     _summary(report, output)
     return 0
+
+
+def _program(args):
+    """The model captured whole, or only its --part (prunefx/detectors.py)."""
+    if not args.part:
+        return program_from_args(args)
+    shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    return part_from_reference(args.model, None if args.part == "auto" else args.part, weights=args.weights,
+                               input_shape=shape)
 
 
 def _calibration(args, program) -> Calibration | None:
