@@ -23,7 +23,7 @@ from pathlib import Path
 from common import command_line, machine_info, machine_summary, markdown_table, write_results
 
 NAME = "latency_budget"
-MODELS = ("torchvision:wide_resnet50_2", "torchvision:regnet_y_800mf", "torchvision:efficientnet_b1")
+MODELS = ("torchvision:regnet_x_3_2gf", "torchvision:regnet_y_800mf", "torchvision:efficientnet_b1")
 WORK = Path(__file__).resolve().parent.parent / "build" / NAME
 
 
