@@ -27,10 +27,17 @@ MODELS = ("torchvision:regnet_x_3_2gf", "torchvision:regnet_y_800mf", "torchvisi
 WORK = Path(__file__).resolve().parent.parent / "build" / NAME
 
 
+class CommandFailed(Exception):
+    """The command line ended with an error: its one line is the result of that run."""
+
+
 def cli(*arguments: str, threads: int) -> str:
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    done = subprocess.run([sys.executable, "-m", "prunefx", *arguments], check=True, env=environment,
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "prunefx", *arguments], env=environment, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise CommandFailed(f"exit {done.returncode}: {lines[-1] if lines else 'no message'}")
     return done.stdout
 
 
@@ -56,8 +63,16 @@ def main(argv=None) -> int:
         for budget in args.budgets:
             output = folder / f"speedup{budget:g}"
             started = time.perf_counter()
-            cli("prune", model, "--input-shape", "1x3x224x224", "--speedup", f"{budget:g}", "--round-to", "16",
-                "--threads", str(args.threads), "-o", str(output), threads=args.threads)
+            try:
+                cli("prune", model, "--input-shape", "1x3x224x224", "--speedup", f"{budget:g}", "--round-to", "16",
+                    "--threads", str(args.threads), "-o", str(output), threads=args.threads)
+            except CommandFailed as failure:
+                runs.append({"model": model, "budget": budget, "error": str(failure),
+                             "search_seconds": time.perf_counter() - started})
+                rows.append([model, f"{budget:g}x", "-", "-", "-", "-", f"**no**: {failure}",
+                             f"{time.perf_counter() - started:.0f}"])
+                print(rows[-1], flush=True)
+                continue
             search_seconds = time.perf_counter() - started
             report = json.loads((output / "report.json").read_text())
             bench = json.loads(cli("bench", str(dense), "--vs", str(output / "model.onnx"), "--threads",
@@ -72,10 +87,12 @@ def main(argv=None) -> int:
                          len(report["budget"]["trace"]), f"{report['budget']['speedup']:.2f}x",
                          f"**{independent:.2f}x**", "yes" if within else "**no**", f"{search_seconds:.0f}"])
             print(rows[-1], flush=True)
-    info = machine_info(threads=args.threads)
+    info = {**machine_info(threads=args.threads), "load_average_at_end": list(os.getloadavg())}
     write_results(NAME, {"command": command_line(), "machine": info, "runs": runs}, "\n".join([
         "# Latency budgets: `prunefx prune --speedup S`, checked by an independent measurement", "",
         f"Produced by `{command_line()}`.", "", machine_summary(info), "",
+        f"- Load average (1, 5, 15 min) at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} on this "
+        "2-core machine (other work ran beside it).",
         f"- ONNX Runtime, batch 1, {args.threads} threads, input 1x3x224x224, widths multiples of 16, l2 "
         "importance (no data given), no fine-tuning: this is about speed, not accuracy.",
         "- 'search' is the speed-up the search measured; 'independent' is `prunefx bench dense.onnx --vs "
