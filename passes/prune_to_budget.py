@@ -53,7 +53,7 @@ class PruneToBudgetConfig(RemoveChannelsConfig):
     max_candidates: int = option(8, low=1, help="most candidate models measured")
     latency: Callable | None = option(source="latency", help="(dense, candidate) -> (dense ms, candidate ms, spread)")
 
-    def check(self) -> None:
+    def check_target(self) -> None:  # the budget replaces remove_channels' target; its other checks stand
         if (self.speedup is None) == (self.latency_ms is None):
             raise ConfigError(f"{self.owner} needs exactly one budget: speedup or latency_ms")
         given = [kind for kind in ("macs", "params", "channels") if getattr(self, kind) is not None]

@@ -92,10 +92,13 @@ class RemoveChannelsConfig(PassConfig):
     damping: float = option(0.01, low=0.0, help="ridge term of compensation and obs, a fraction of the mean Hessian diagonal")
 
     def check(self) -> None:
-        _target(self.as_dict())
+        self.check_target()
         if self.min_widths is not None and not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1
                                                    for w in self.min_widths.values()):
             raise checks.ConfigError(f"{self.owner}: min_widths must map 'tensor:dim' names to widths >= 1")
+
+    def check_target(self) -> None:
+        _target(self.as_dict())
 
     def reads(self, key: str) -> bool:
         if key != "calibration":
