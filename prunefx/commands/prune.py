@@ -39,7 +39,8 @@ from prunefx.passes.remove_channels import RemoveChannelsConfig, remove_channels
 from prunefx.runtime import onnx_latency_pair
 
 NAME = "prune"
-HELP = "remove channels to a MACs or parameter target; write model.pt2, model.onnx and report.json"
+HELP = ("remove channels to a MACs or parameter target, or to a speed-up or latency measured on ONNX Runtime; "
+        "write model.pt2, model.onnx and report.json")
 TARGETS = ("macs", "params", "channels")
 BUDGETS = ("speedup", "latency_ms")  # prune_to_budget's: measured on ONNX Runtime at batch 1
 SEARCH = ("tolerance", "max_candidates")  # how prune_to_budget searches
