@@ -77,7 +77,7 @@ def test_a_failed_export_leaves_the_existing_file_untouched(tmp_path, capsys, mo
 ])
 def test_a_late_failure_of_prune_keeps_the_existing_output_folder(tmp_path, capsys, monkeypatch, failure, status,
                                                                    words):
-    import prunefx.commands.prune as prune_command
+    import prunefx.deliverable as deliverable  # prune's files are written by the shared writer
 
     output = tmp_path / "out"
     output.mkdir()
@@ -89,7 +89,7 @@ def test_a_late_failure_of_prune_keeps_the_existing_output_folder(tmp_path, caps
         assert Path(path).is_file()  # the new files are staged, not yet in place
         raise failure
 
-    monkeypatch.setattr(prune_command, "check_parity", parity_then_fail)
+    monkeypatch.setattr(deliverable, "check_parity", parity_then_fail)
     assert main([*PRUNE, "-o", str(output)]) == status
     assert words in _one_line(capsys.readouterr().err)
     assert _snapshot(output) == before
@@ -109,15 +109,15 @@ def test_a_successful_prune_replaces_only_its_own_files(tmp_path, capsys):
 
 
 def test_an_interrupt_swallowed_by_a_library_still_ends_the_run(tmp_path, capsys, monkeypatch):
-    import prunefx.commands.prune as prune_command
+    import prunefx.deliverable as deliverable
 
-    real = prune_command.check_parity
+    real = deliverable.check_parity
 
     def parity_while_ctrl_c_is_swallowed(program, path):
         record_interrupt(signal.SIGINT)  # the handler ran, but its KeyboardInterrupt was caught somewhere
         return real(program, path)
 
-    monkeypatch.setattr(prune_command, "check_parity", parity_while_ctrl_c_is_swallowed)
+    monkeypatch.setattr(deliverable, "check_parity", parity_while_ctrl_c_is_swallowed)
     assert main([*PRUNE, "-o", str(tmp_path / "out")]) == 130
     assert "interrupted" in _one_line(capsys.readouterr().err)
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
