@@ -1,15 +1,13 @@
-"""Small checks of pass configurations, shared by every pass's `check_config`.
+"""Range checks of pass options, and the error they raise.
 
-A pass's `check_config(config)` looks only at the values it is given (keys, types, ranges), never at
-the Program or at data a caller injects later, so the Pipeline can run it for every step before the
-first pass starts: a misspelled key in the last step of a recipe fails before hours of training, not
-after. Each error names the pass and the key, in one line.
+Keys and types are checked by each pass's config class (passes/pass_config.py); these two helpers check
+the numbers the field bounds and a class's `check()` ask about, each error one line naming the pass and
+the key.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 from prunefx.graph.errors import PrunefxError, printable
 
@@ -21,12 +19,6 @@ class ConfigError(PrunefxError):
 def _shown(value) -> str:
     return printable(repr(value))[:60]
 
-
-def unknown_keys(owner: str, config: dict, known: Iterable[str]) -> None:
-    known = set(known)
-    unknown = sorted(str(key) for key in config if key not in known)
-    if unknown:
-        raise ConfigError(f"{owner}: unknown option '{printable(unknown[0])[:40]}' (known: {', '.join(sorted(known))})")
 
 
 def number(owner: str, key: str, value, *, low: float | None = None, high: float | None = None,
@@ -50,24 +42,3 @@ def integer(owner: str, key: str, value, *, minimum: int | None = None) -> int:
     if minimum is not None and value < minimum:
         raise ConfigError(f"{owner}: '{key}' must be at least {minimum}, not {value}")
     return value
-
-
-def boolean(owner: str, key: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{owner}: '{key}' must be true or false, not {_shown(value)}")
-    return value
-
-
-def choice(owner: str, key: str, value, choices: Iterable[str]) -> str:
-    choices = tuple(choices)
-    if not isinstance(value, str) or value not in choices:
-        raise ConfigError(f"{owner}: '{key}' must be one of {', '.join(choices)}, not {_shown(value)}")
-    return value
-
-
-def names(owner: str, key: str, value) -> list[str]:
-    """A list of node names (a single name is refused: a string is not a list of its letters)."""
-    if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)) \
-            or not all(isinstance(name, str) for name in value):
-        raise ConfigError(f"{owner}: '{key}' must be a list of node names, not {_shown(value)}")
-    return list(value)

@@ -209,10 +209,8 @@ def _compensate(program: Program, combing, removed: set[int], config: dict, hess
 
 def _floors(combing, min_widths: dict | None) -> list[int] | None:
     """Each group's smallest width: the largest `min_widths` entry among its members."""
-    if not min_widths:
+    if not min_widths:  # checked when the config was parsed (RemoveChannelsConfig.check)
         return None
-    if not isinstance(min_widths, dict) or not all(isinstance(w, int) and w >= 1 for w in min_widths.values()):
-        raise PrunefxError("remove_channels: min_widths must map 'tensor:dim' names to widths >= 1")
     return [max((min_widths.get(f"{tensor}:{dim}", 1) for tensor, dim in group.members), default=1)
             for group in combing.groups]
 
