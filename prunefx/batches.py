@@ -138,6 +138,8 @@ class BatchLoader:
 
 
 def _labels_or_ignored(labels: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    # Dense labels (a mask per image, boxes per image) are padded whole: every entry of a copy is -1.
+    real = real.view(-1, *[1] * (labels.dim() - 1))
     return torch.where(real, labels, torch.full_like(labels, IGNORED_LABEL))
 
 

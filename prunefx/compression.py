@@ -37,8 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prunefx.compression_report import json_safe, markdown_report, pass_summary
-from prunefx.data import FASHION_MNIST, DataSplits, load_data
+from prunefx.data import CLASSIFICATION, DETECTION, FASHION_MNIST, DataSplits, load_data, scene_spec
 from prunefx.deliverable import write_model, write_report
+from prunefx.dense_tasks import evaluate_dense
 from prunefx.graph import Program, count
 from prunefx.graph.errors import PrunefxError, first_line
 from prunefx.graph.rebatch import rebatch
@@ -126,7 +127,7 @@ def load_model_and_data(reference: str, data: str, *, batch_size: int, weights: 
     channel is repeated three times."""
     saved = program_from_reference(reference, weights=weights) if reference.endswith(".pt2") else None
     options = {}
-    if str(data) == FASHION_MNIST:
+    if str(data) == FASHION_MNIST or scene_spec(data) is not None:
         rgb = saved.example_inputs[0].shape[1] == 3 if saved is not None else _rgb(reference)
         options = {"validation": validation, "channels": 3 if rgb else 1}
     splits = load_data(data, batch_size, **options)
@@ -146,6 +147,8 @@ def load_model_and_data(reference: str, data: str, *, batch_size: int, weights: 
 
 
 def _check_classes(program: Program, splits: DataSplits, data: str) -> None:
+    if splits.task == DETECTION:  # a detector's output mixes box terms with class scores, in its own layout
+        return
     shapes = program.output_shapes
     if shapes and len(shapes[0]) >= 2 and shapes[0][1] != splits.num_classes:
         raise PrunefxError(f"{program.name} outputs {shapes[0][1]} classes but {data} has {splits.num_classes}")
@@ -213,13 +216,25 @@ class Options:
     opset: int = DEFAULT_OPSET
 
 
+def _score(program: Program, loader, splits: DataSplits) -> dict:
+    """The data's task score: top-1 accuracy, or for dense tasks mIoU / mAP (prunefx/dense_tasks.py),
+    kept under "accuracy" too so that every report reads one headline number."""
+    if splits.task == CLASSIFICATION:
+        return evaluate(program, loader)
+    return evaluate_dense(program, loader, task=splits.task, num_classes=splits.num_classes)
+
+
 def _accuracy(program: Program, splits: DataSplits, eval_batches: int | None) -> dict:
-    return {name: (evaluate(program, FirstBatches(loader, eval_batches)) if loader is not None else None)
+    return {name: (_score(program, FirstBatches(loader, eval_batches), splits) if loader is not None else None)
             for name, loader in (("test", splits.test), ("val", splits.val))}
 
 
 def _percent(result: dict | None) -> str:
-    return "n/a" if result is None else f"{100 * result['accuracy']:.2f} % ({result['count']} images)"
+    if result is None:
+        return "n/a"
+    metric = result.get("metric")  # dense tasks name their score; classification's is plain accuracy
+    counted = "pixels" if metric == "mIoU" else "images"
+    return f"{metric + ' ' if metric else ''}{100 * result['accuracy']:.2f} % ({result['count']} {counted})"
 
 
 def compress(dense: Program, recipe: Recipe, splits: DataSplits, output: str | os.PathLike, *, data: str,
@@ -297,7 +312,7 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
     seconds["total"] = time.perf_counter() - started
 
     report = {
-        "model": dense.name, "data": str(data), "batch_size": batch, "input_shape": list(splits.input_shape),
+        "model": dense.name, "data": str(data), "task": splits.task, "batch_size": batch, "input_shape": list(splits.input_shape),
         "recipe": {"name": recipe.name, "path": str(recipe.path), "spec": json_safe(recipe.spec)},
         "eval_batches": options.eval_batches,
         "accuracy": {"before": before, "after": after},

@@ -1,7 +1,9 @@
 """Training and evaluation data for recovery training (knowledge distillation) of pruned models.
 
-`load_data(spec, batch_size)` picks the data set: "fashion-mnist", "imagenet-sample" or a folder
-(ImageFolder layout with train/ and val/, optionally test/). Each comes as `DataSplits` of batch
+`load_data(spec, batch_size)` picks the data set: "fashion-mnist", "imagenet-sample", a folder
+(ImageFolder layout with train/ and val/, optionally test/), or the Fashion-MNIST scenes for dense tasks,
+"fashion-mnist-seg[:SIZE]" (per-pixel labels) and "fashion-mnist-det[:SIZE]" (boxes), SIZE the canvas
+side (default 128; prunefx/fashion_mnist_scenes.py). Each comes as `DataSplits` of batch
 loaders with static batch sizes (prunefx/batches.py: shuffled training batches drop the last,
 incomplete batch; evaluation batches are padded with images labelled -1, which `accuracy` leaves out).
 """
@@ -18,7 +20,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
-from prunefx import fashion_mnist
+from prunefx import fashion_mnist, fashion_mnist_scenes
 from prunefx.assets import imagenet_transform, load_imagenet_batch
 from prunefx.batches import (
     IGNORED_LABEL,
@@ -32,28 +34,40 @@ from prunefx.batches import (
 from prunefx.graph.errors import PrunefxError, first_line
 
 __all__ = [
-    "FASHION_MNIST", "IGNORED_LABEL", "IMAGENET_SAMPLE", "BatchLoader", "DataSplits", "FolderBatches",
-    "NormalizeBatch", "RandomCropFlip", "TensorBatches", "accuracy", "derive_seed", "fashion_mnist_data",
-    "image_folder_data", "image_folder_split", "imagenet_class_names", "imagenet_sample_data",
-    "imagenet_train_transform", "load_data", "split_train_validation",
+    "BatchLoader", "DETECTION", "DataSplits", "FASHION_MNIST", "FASHION_MNIST_DET", "FASHION_MNIST_SEG",
+    "FolderBatches", "IGNORED_LABEL", "IMAGENET_SAMPLE", "NormalizeBatch", "RandomCropFlip",
+    "SEGMENTATION", "TensorBatches", "accuracy", "derive_seed", "fashion_mnist_data",
+    "fashion_mnist_scene_data", "image_folder_data", "image_folder_split", "imagenet_class_names",
+    "imagenet_sample_data", "imagenet_train_transform", "load_data", "scene_spec",
+    "split_train_validation",
 ]
 
 FASHION_MNIST = "fashion-mnist"
 IMAGENET_SAMPLE = "imagenet-sample"
+FASHION_MNIST_SEG = "fashion-mnist-seg"
+FASHION_MNIST_DET = "fashion-mnist-det"
+CLASSIFICATION, SEGMENTATION, DETECTION = "classification", "segmentation", "detection"
+_SCENE_TASKS = {FASHION_MNIST_SEG: SEGMENTATION, FASHION_MNIST_DET: DETECTION}
+# Gray scenes on black: normalised with ImageNet's statistics, which ImageNet-pretrained encoders expect
+# (a single channel takes their mean).
+_SCENE_MEAN, _SCENE_STD = tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
 
 
 # ---- data sets ---------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
 class DataSplits:
-    """The loaders of one data set (None where it has no such split), its class names, and the
-    shape of one input image (C, H, W); the model's example input is (batch_size, *input_shape)."""
+    """The loaders of one data set (None where it has no such split), its class names, the shape of
+    one input image (C, H, W) (the model's example input is (batch_size, *input_shape)) and its task:
+    classification (labels N), segmentation (labels N x H x W, 0 = background) or detection (labels
+    N x max_items x 5: class, x1, y1, x2, y2, rows of -1 where there is no item)."""
 
     train: BatchLoader | None
     val: BatchLoader | None
     test: BatchLoader | None
     classes: tuple[str, ...]
     input_shape: tuple[int, int, int]
+    task: str = CLASSIFICATION
 
     @property
     def num_classes(self) -> int:
@@ -97,6 +111,52 @@ def fashion_mnist_data(batch_size: int, *, validation: int = 5000, augment: bool
                             prepare=prepare)
     test = TensorBatches(test_images, test_labels, batch_size, shuffle=False, prepare=prepare)
     return DataSplits(train, val, test, fashion_mnist.CLASSES, (channels, 28, 28))
+
+
+def fashion_mnist_scene_data(batch_size: int, *, task: str = SEGMENTATION, size: int = 128,
+                             train_canvases: int = 6000, val_canvases: int = 500, test_canvases: int = 1000,
+                             validation: int = 5000, channels: int = 3, seed: int = 0,
+                             root: str | Path | None = None, scene: dict | None = None) -> DataSplits:
+    """Fashion-MNIST scenes (prunefx/fashion_mnist_scenes.py) for `task` (segmentation or detection):
+    train canvases from the training items less `validation` held out (seeded), val canvases from those
+    held-out items (none when `validation` is 0), test canvases from the test items. `scene` holds further
+    SceneConfig fields (min_items, max_items, item_sizes, threshold, gap). Not augmented: every canvas is
+    already a random composition. `channels=3` repeats the gray channel for RGB models."""
+    if task not in (SEGMENTATION, DETECTION):
+        raise PrunefxError(f"scene task must be {SEGMENTATION!r} or {DETECTION!r}, got {task!r}")
+    if channels not in (1, 3):
+        raise PrunefxError(f"scene channels must be 1 (gray) or 3 (gray repeated), got {channels}")
+    try:
+        config = fashion_mnist_scenes.SceneConfig(size=size, **(scene or {}))
+    except TypeError as error:
+        raise PrunefxError(f"bad scene option: {first_line(error)}") from None
+    train_items, train_classes = fashion_mnist.load_fashion_mnist("train", root)
+    test_items, test_classes = fashion_mnist.load_fashion_mnist("test", root)
+    train_index, val_index = split_train_validation(len(train_items), validation, seed)
+    pools = {"train": (train_items[train_index], train_classes[train_index], train_canvases),
+             "test": (test_items, test_classes, test_canvases)}
+    if validation:
+        pools["val"] = (train_items[val_index], train_classes[val_index], val_canvases)
+    mean, std = (_SCENE_MEAN, _SCENE_STD) if channels == 3 else ([sum(_SCENE_MEAN) / 3], [sum(_SCENE_STD) / 3])
+    prepare = NormalizeBatch(mean, std, channels=channels)
+    loaders = {}
+    for split, (items, classes, count) in pools.items():
+        scenes = fashion_mnist_scenes.make_scenes(items, classes, count, split=split, config=config, seed=seed)
+        labels = scenes.masks if task == SEGMENTATION else scenes.boxes
+        loaders[split] = TensorBatches(scenes.images, labels, batch_size, shuffle=split == "train",
+                                       prepare=prepare, seed=seed)
+    classes = fashion_mnist_scenes.CLASSES if task == SEGMENTATION else fashion_mnist.CLASSES
+    return DataSplits(loaders["train"], loaders.get("val"), loaders["test"], classes, (channels, size, size), task)
+
+
+def scene_spec(spec: str | Path) -> tuple[str, int] | None:
+    """(task, canvas size) for "fashion-mnist-seg[:SIZE]" or "fashion-mnist-det[:SIZE]", else None."""
+    name, _, size = str(spec).partition(":")
+    if name not in _SCENE_TASKS:
+        return None
+    if size and not (size.isdigit() and int(size) > 0):
+        raise PrunefxError(f"{spec!r}: the canvas size after ':' must be a positive number of pixels")
+    return _SCENE_TASKS[name], int(size) if size else 128
 
 
 def imagenet_train_transform(size: int = 224) -> v2.Compose:
@@ -210,17 +270,23 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def load_data(spec: str | Path, batch_size: int, **options) -> DataSplits:
-    """`spec`: "fashion-mnist", "imagenet-sample" or the path of an ImageFolder-layout folder;
-    `options` go to `fashion_mnist_data`, `imagenet_sample_data` or `image_folder_data`."""
+    """`spec`: "fashion-mnist", "imagenet-sample", "fashion-mnist-seg[:SIZE]", "fashion-mnist-det[:SIZE]"
+    or the path of an ImageFolder-layout folder; `options` go to `fashion_mnist_data`,
+    `imagenet_sample_data`, `fashion_mnist_scene_data` or `image_folder_data`."""
     text = str(spec)
     if text == FASHION_MNIST:
         return fashion_mnist_data(batch_size, **options)
+    scene = scene_spec(text)
+    if scene is not None:
+        task, size = scene
+        return fashion_mnist_scene_data(batch_size, task=task, size=size, **options)
     if text == IMAGENET_SAMPLE:
         return imagenet_sample_data(batch_size, **options)
     if isinstance(spec, Path) or _looks_like_path(text):
         return image_folder_data(Path(text).expanduser(), batch_size, **options)
-    raise PrunefxError(f"unknown data {text!r}: use {FASHION_MNIST!r}, {IMAGENET_SAMPLE!r} or the path of "
-                       f"a folder with train/<class>/ and val/<class>/ image folders")
+    raise PrunefxError(f"unknown data {text!r}: use {FASHION_MNIST!r}, {IMAGENET_SAMPLE!r}, {FASHION_MNIST_SEG!r}, "
+                       f"{FASHION_MNIST_DET!r} or the path of a folder with train/<class>/ and val/<class>/ "
+                       f"image folders")
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:

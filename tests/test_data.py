@@ -294,5 +294,5 @@ def test_imagenet_sample_is_a_padded_test_loader():
 
 
 def test_unknown_data_spec_lists_the_accepted_forms():
-    with pytest.raises(PrunefxError, match="'fashion-mnist', 'imagenet-sample' or the path"):
+    with pytest.raises(PrunefxError, match="'fashion-mnist', 'imagenet-sample', 'fashion-mnist-seg', 'fashion-mnist-det' or the path"):
         load_data("cifar10", 8)

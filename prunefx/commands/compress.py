@@ -27,8 +27,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--weights", help="state dict (.pth/.pt) to load into the model")
     parser.add_argument("--recipe", required=True,
                         help="a shipped recipe (cpd-macs0.5, prune-l2-kd-macs0.5, finetune) or a recipe .yaml file")
-    parser.add_argument("--data", required=True, help="fashion-mnist, imagenet-sample, or a folder with "
-                                                      "train/<class>/ and val/<class>/ images")
+    parser.add_argument("--data", required=True, help="fashion-mnist, imagenet-sample, fashion-mnist-seg[:SIZE], "
+                        "fashion-mnist-det[:SIZE] (scenes for segmentation and detection), or a folder with "
+                        "train/<class>/ and val/<class>/ images")
     cli_options.add_output(parser, "the models and the report")
     add_measurement_arguments(parser)
 

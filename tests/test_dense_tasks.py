@@ -1,0 +1,105 @@
+"""Dense-task scores (prunefx/dense_tasks.py) against values worked out by hand with numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from prunefx.dense_tasks import DetectionScore, SegmentationScore, decode_yolo, evaluate_dense
+from prunefx.graph.errors import PrunefxError
+
+torch.set_num_threads(1)
+
+
+def hand_miou(predicted: np.ndarray, target: np.ndarray, num_classes: int) -> float:
+    """Mean IoU over the classes present in target or prediction, padding (-1) left out."""
+    keep = target != -1
+    predicted, target = predicted[keep], target[keep]
+    ious = []
+    for c in range(num_classes):
+        union = np.sum((predicted == c) | (target == c))
+        if union:
+            ious.append(np.sum((predicted == c) & (target == c)) / union)
+    return float(np.mean(ious))
+
+
+def test_miou_matches_a_hand_computation_with_padding_and_an_absent_class():
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 3, (2, 5, 6))  # class 3 of 4 never occurs
+    predicted = np.where(rng.random(target.shape) < 0.7, target, rng.integers(0, 3, target.shape))
+    target[1, :2] = -1  # padding pixels
+    score = SegmentationScore(4)
+    score.update(torch.from_numpy(predicted[:1]), torch.from_numpy(target[:1]))  # accumulated over batches
+    score.update(torch.from_numpy(predicted[1:]), torch.from_numpy(target[1:]))
+    result = score.compute()
+    assert result["miou"] == pytest.approx(hand_miou(predicted, target, 4), abs=1e-6)
+    keep = target != -1
+    assert result["pixel_accuracy"] == pytest.approx(np.mean(predicted[keep] == target[keep]))
+    assert result["per_class_iou"][3] is None and result["count"] == keep.sum()
+
+
+def test_miou_of_a_two_by_two_example():
+    # target [[0, 0], [1, 1]], prediction [[0, 1], [1, 1]]: IoU(0) = 1/2, IoU(1) = 2/3.
+    score = SegmentationScore(2)
+    logits = torch.tensor([[[[5.0, 0.0], [0.0, 0.0]], [[0.0, 5.0], [5.0, 5.0]]]])  # N x C x H x W
+    score.update(logits, torch.tensor([[[0, 0], [1, 1]]]))
+    assert score.compute()["miou"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def targets(*rows):
+    """One image's detection targets as the N x max_items x 5 layout, padded with -1 rows to 3 items."""
+    padded = list(rows) + [[-1] * 5] * (3 - len(rows))
+    return torch.tensor([padded])
+
+
+def test_map_is_one_for_perfect_boxes_and_zero_for_the_wrong_class():
+    labels = targets([2, 10, 10, 40, 50], [5, 60, 5, 90, 30])
+    boxes = torch.tensor([[10.0, 10, 40, 50], [60, 5, 90, 30]])
+    perfect = DetectionScore()
+    perfect.update([(boxes, torch.tensor([0.9, 0.8]), torch.tensor([2, 5]))], labels)
+    assert perfect.compute()["map"] == pytest.approx(1.0) and perfect.compute()["map_50"] == pytest.approx(1.0)
+    wrong = DetectionScore()
+    wrong.update([(boxes, torch.tensor([0.9, 0.8]), torch.tensor([1, 4]))], labels)
+    assert wrong.compute()["map"] == pytest.approx(0.0)
+
+
+def test_map_counts_the_iou_thresholds_a_shifted_box_passes():
+    # Ground truth 0..100 x 0..100; the detection shifted right by 20: IoU = 80 * 100 / (120 * 100) = 0.667,
+    # a match at the thresholds .50, .55, .60, .65 of the ten from .50 to .95: mAP = 0.4, mAP@.5 = 1.
+    score = DetectionScore()
+    score.update([(torch.tensor([[20.0, 0, 120, 100]]), torch.tensor([0.9]), torch.tensor([0]))],
+                 targets([0, 0, 0, 100, 100]))
+    result = score.compute()
+    assert result["map"] == pytest.approx(0.4, abs=1e-6) and result["map_50"] == pytest.approx(1.0)
+
+
+def test_padding_images_are_not_counted():
+    score = DetectionScore()
+    labels = torch.cat([targets([1, 0, 0, 10, 10]), torch.full((1, 3, 5), -1)])
+    empty = (torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    score.update([(torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([0.5]), torch.tensor([1])), empty], labels)
+    result = score.compute()
+    assert result["count"] == 1 and result["map"] == pytest.approx(1.0)
+
+
+def test_decode_yolo_converts_centres_and_suppresses_overlaps():
+    # Three anchors, two classes: anchors 0 and 1 overlap (IoU 0.82) in class 1, anchor 2 is class 0.
+    raw = torch.tensor([[[20.0, 21.0, 70.0], [20.0, 20.0, 70.0], [10.0, 10.0, 20.0], [10.0, 10.0, 40.0],
+                         [0.01, 0.02, 0.9], [0.8, 0.6, 0.1]]])
+    (boxes, scores, classes), = decode_yolo(raw)
+    order = classes.argsort()
+    assert classes[order].tolist() == [0, 1]
+    assert torch.allclose(boxes[order], torch.tensor([[60.0, 50, 80, 90], [15, 15, 25, 25]]))
+    assert torch.allclose(scores[order], torch.tensor([0.9, 0.8]))
+
+
+def test_evaluate_dense_scores_a_model_that_copies_one_hot_masks():
+    masks = torch.randint(0, 3, (2, 4, 4), generator=torch.Generator().manual_seed(0))
+    one_hot = torch.nn.functional.one_hot(masks, 3).permute(0, 3, 1, 2).float()
+    result = evaluate_dense(torch.nn.Identity(), [(one_hot, masks)], task="segmentation", num_classes=3)
+    assert result["miou"] == pytest.approx(1.0) and result["metric"] == "mIoU"
+    with pytest.raises(PrunefxError, match="dense task"):
+        evaluate_dense(torch.nn.Identity(), [], task="keypoints", num_classes=3)
+    with pytest.raises(PrunefxError, match="do not match"):
+        SegmentationScore(3).update(torch.zeros(1, 3, 4, 4), torch.zeros(1, 5, 5, dtype=torch.long))
