@@ -272,7 +272,7 @@ def _explicit_source(onnx_path: Path, options: BuildOptions, types: OnnxTypes, c
     copy quantized by ONNX Runtime's quantize_static in TensorRT's form (symmetric S8, per-channel weights)."""
     if options.precision != "int8" or types.has_qdq or calibration is None:
         return onnx_path
-    from prunefx.runtime.onnx_quantized import quantize_static_file  # imports onnxruntime.quantization
+    from prunefx.runtime.onnx_quantize_static import quantize_static_file  # imports onnxruntime.quantization
 
     return quantize_static_file(onnx_path, stem.with_name(stem.name + ".qdq.onnx"), calibration, activations="s8")
 

@@ -8,7 +8,8 @@ config fields) and writes, in one staged folder:
 - model_trt.onnx: S8 Q/DQ pairs and INT8 weight initializers, what TensorRT 10 and 11 build strongly
   typed engines from (`prunefx bench model_trt.onnx --backend trt --precision int8`);
 - model_ort.onnx: the same scales with activations in UINT8 for ONNX Runtime's integer kernels on x86
-  (U8S8 on CPUs with VNNI, U8U8 without: runtime/onnx_quantized.onnxruntime_lowering);
+  (U8 activations x S8 weights; 7-bit weights on CPUs without VNNI, whose AVX2 kernels would saturate with
+  8-bit ones: runtime/onnx_quantized.onnxruntime_lowering);
 - report.json: the pass's statistics (every layer quantized or kept in float, with the reason), the
   parity of each file with the fake-quantized Program, and the ONNX Runtime latency of model_ort.onnx
   against the float model, measured side by side.
@@ -82,6 +83,7 @@ def _export(program, path: Path, activations: str, opset: int) -> dict:
     parity = check_parity(program, path)
     return {"activations": activations, "weight_initializers": exported.weight_initializers,
             "activation_pairs": exported.activation_pairs, "integer_units": exported.integer_units,
+            "unsigned_activations": exported.unsigned_activations, "weight_levels": exported.weight_levels,
             "parity": {"max_abs_error": parity.max_abs_error, "output_scale": parity.output_scale,
                        "relative": parity.relative}}
 

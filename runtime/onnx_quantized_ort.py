@@ -1,0 +1,296 @@
+"""The ONNX Runtime (x86 CPU) lowering of a Q/DQ file: UINT8 activations, integer units, 7-bit weights where
+the CPU's integer kernels would saturate.
+
+It starts from the TensorRT form runtime/onnx_quantized.py exports (symmetric S8 activations with the
+Program's scales s = amax / 127, INT8 weight initializers behind DequantizeLinear) and rewrites it for ONNX
+Runtime's x86 kernels, which want U8 activations x S8 weights (U8S8; S8S8 runs slower than FP32 there):
+- `activations_to_u8`: a tensor that cannot be negative (after a Relu, a Clip at >= 0, a max pool of such a
+  tensor, ...) gets zero-point 0 and scale amax / 255: the same range [0, amax] on twice the levels the S8
+  grid spends on it (what quantize_static's asymmetric U8 does after a Relu); any other tensor keeps its
+  scale with zero-point 128, Q_u8(x) = Q_s8(x) + 128, the same values as the Program;
+- `quantize_before_max_pool`: relu -> MaxPool -> Q becomes relu -> Q -> MaxPool on UINT8 codes (exact: Q is
+  monotone, so Q(max(x)) = max(Q(x))), so the convolution before the pool becomes an integer unit;
+- `integer_units`: every Conv (and residual Add) whose output reaches one activation quantizer, directly or
+  through one Relu / Clip, in the DQ -> op -> Q form ONNX Runtime fuses into QLinearConv / QLinearAdd. The
+  Relu / Clip moves after the quantizer as a Clip on the codes (Q(clip(y, a, b)) = clip(Q(y), Q(a), Q(b)),
+  since Q is monotone), and disappears when Q's own saturation already clips there (a Relu before a
+  zero-point-0 quantizer, a ReLU6 whose 6 lies above amax); the float bias becomes INT32 at s_x * s_w;
+- `weight_levels`: on x86 CPUs without VNNI (AVX2 only) ONNX Runtime's U8S8 convolution kernels multiply with
+  vpmaddubsw, which adds pairs of u8 x s8 products into int16 and saturates: 2 x 255 x 127 > 32767. Measured
+  here: -10 points of Fashion-MNIST accuracy with 8-bit weights (benchmarks/results/int8_latency.md). With
+  weights on +-63 (7 bits: 2 x 255 x 63 < 32767) no pair can saturate. That is ONNX Runtime's documented
+  `reduce_range` ("quantize weights with 7-bits ... for non-VNNI machines") and NNCF's saturation fix; the
+  integer units' weights are requantized per output channel (scale max|w| / 63) and their biases with them.
+  On CPUs with VNNI (32-bit accumulation) the weights keep their 8 bits;
+- `dequantize_float_layer_weights`: layers left in float store their weights dequantized (the values
+  DequantizeLinear would compute on every run; ONNX Runtime never constant-folds a DequantizeLinear).
+A layer whose output is not quantized (the last convolution before pooling, the head) stays float:
+quantizing its output would need a range the Program never calibrated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from prunefx.runtime.errors import OnnxExportError
+from prunefx.runtime.onnx_qdq import (
+    activation_quantizers,
+    array,
+    axis_of,
+    broadcast_shape,
+    consumers,
+    dequantized_weight,
+    drop_unused_initializers,
+    initializers,
+    producers,
+    scalar,
+    set_initializer,
+    set_type,
+)
+
+S8_LEVELS, U8_LEVELS = 127, 255
+SIGNED_ZERO_POINT = 128
+SEVEN_BIT_LEVELS = 63
+# operators whose output is >= 0 whatever their input; and those >= 0 when their (data) inputs are
+NON_NEGATIVE = {"Relu", "Sigmoid", "Softmax", "Abs"}
+FIRST_INPUT_KEEPS_SIGN = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax",
+                          "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Resize"}
+ALL_INPUTS_KEEP_SIGN = {"Concat", "Add", "Mul", "Max"}
+
+
+@dataclass(frozen=True)
+class OnnxRuntimeLowering:
+    activation_pairs: int   # activation Q/DQ pairs, now UINT8
+    unsigned: int           # of which non-negative tensors on [0, amax] with zero-point 0
+    integer_units: int      # Convs / Adds in ONNX Runtime's DQ -> op -> Q form
+    weight_levels: int      # the integer units' weights lie on +-weight_levels
+
+
+def lower_for_onnxruntime(model: onnx.ModelProto, weight_levels: int) -> OnnxRuntimeLowering:
+    """Rewrite the S8 Q/DQ `model` in place for ONNX Runtime (see the module docstring)."""
+    pairs, unsigned = activations_to_u8(model)
+    quantize_before_max_pool(model)
+    units = integer_units(model, weight_levels)
+    dequantize_float_layer_weights(model)
+    return OnnxRuntimeLowering(pairs, unsigned, units, weight_levels)
+
+
+# ---- activations ----------------------------------------------------------------------------------
+
+def non_negative(model: onnx.ModelProto, tensor: str, made_by: dict, memo: dict | None = None) -> bool:
+    """Whether `tensor` is >= 0 for every input, read from the operators that compute it."""
+    memo = {} if memo is None else memo
+    if tensor not in memo:
+        memo[tensor] = False  # until proven (and for cycles, which a valid graph has not)
+        node = made_by.get(tensor)
+        memo[tensor] = node is not None and _non_negative_node(model, node, made_by, memo)
+    return memo[tensor]
+
+
+def _non_negative_node(model, node, made_by, memo) -> bool:
+    if node.op_type in NON_NEGATIVE:
+        return True
+    if node.op_type == "Clip" and len(node.input) > 1 and node.input[1]:
+        low = scalar(model, node.input[1])
+        if low is not None and low >= 0:
+            return True
+    if node.op_type in FIRST_INPUT_KEEPS_SIGN or node.op_type == "Clip":
+        return non_negative(model, node.input[0], made_by, memo)
+    if node.op_type in ALL_INPUTS_KEEP_SIGN:
+        return all(non_negative(model, name, made_by, memo) for name in node.input if name)
+    return False
+
+
+def activations_to_u8(model: onnx.ModelProto) -> tuple[int, int]:
+    """Every activation Q/DQ pair in UINT8: zero-point 0 and scale amax / 255 for non-negative tensors,
+    zero-point 128 and the same scale otherwise. Returns (pairs, unsigned pairs)."""
+    made_by, memo = producers(model), {}
+    pairs = unsigned = 0
+    for quantizer in activation_quantizers(model):
+        scale = _symmetric_s8_scale(model, quantizer)
+        positive = non_negative(model, quantizer.input[0], made_by, memo)
+        new_scale, zero = (scale * S8_LEVELS / U8_LEVELS, 0) if positive else (scale, SIGNED_ZERO_POINT)
+        stem = f"{quantizer.output[0]}_u8"
+        scale_name = set_initializer(model, f"{stem}_scale", np.array(new_scale, np.float32))
+        zero_name = set_initializer(model, f"{stem}_zero_point", np.array(zero, np.uint8))
+        for node in [quantizer, *consumers(model, quantizer.output[0])]:
+            if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+                raise OnnxExportError(f"activation quantizer {quantizer.name} feeds {node.op_type}, not a "
+                                      "DequantizeLinear")
+            node.input[1:3] = [scale_name, zero_name]
+        set_type(model, quantizer.output[0], onnx.TensorProto.UINT8)
+        pairs, unsigned = pairs + 1, unsigned + positive
+    drop_unused_initializers(model)
+    return pairs, unsigned
+
+
+def _symmetric_s8_scale(model, quantizer) -> float:
+    zero = array(model, quantizer.input[2])
+    scale = scalar(model, quantizer.input[1])
+    if zero.dtype != np.int8 or np.any(zero != 0) or scale is None:
+        raise OnnxExportError(f"activation quantizer {quantizer.name} is not symmetric per-tensor INT8 (zero-point "
+                              f"{zero.tolist()} of type {zero.dtype}): cannot lower it to U8")
+    return scale
+
+
+def quantize_before_max_pool(model: onnx.ModelProto) -> int:
+    """x -> MaxPool -> Q  becomes  x -> Q -> MaxPool (on codes), where the pool feeds only Q. Returns how many."""
+    made_by = producers(model)
+    moved = 0
+    for quantizer in activation_quantizers(model):
+        pool = made_by.get(quantizer.input[0])
+        if pool is None or pool.op_type != "MaxPool" or len(pool.output) != 1 or \
+                len(consumers(model, pool.output[0])) != 1:
+            continue
+        codes, float_pooled = quantizer.output[0], pool.output[0]
+        quantizer.input[0], quantizer.output[0] = pool.input[0], f"{codes}_before_pool"
+        pool.input[0], pool.output[0] = quantizer.output[0], codes
+        model.graph.node.remove(quantizer)
+        model.graph.node.insert(list(model.graph.node).index(pool), quantizer)
+        _drop_value_info(model, float_pooled)
+        moved += 1
+    return moved
+
+
+# ---- integer units --------------------------------------------------------------------------------
+
+def integer_units(model: onnx.ModelProto, weight_levels: int = S8_LEVELS) -> int:
+    """Put every Conv (and residual Add) whose output reaches one activation quantizer, directly or through one
+    Relu / Clip, into ONNX Runtime's DQ -> op -> Q form (see the module docstring); a Conv's weights go to
+    +-`weight_levels` and its bias to INT32. Returns how many units."""
+    made_by = producers(model)
+    rewritten = 0
+    for node in [node for node in model.graph.node if node.op_type in ("Conv", "Add")]:
+        found = _unit(model, made_by, node)
+        if found is None:
+            continue
+        clip, quantizer = found
+        if node.op_type == "Conv":
+            if weight_levels < S8_LEVELS:
+                _requantize_weight(model, made_by[node.input[1]], weight_levels)
+            _quantize_bias(model, made_by, node)
+        if clip is not None:
+            _move_clip_after(model, node, clip, quantizer)
+        rewritten += 1
+    drop_unused_initializers(model)
+    return rewritten
+
+
+def _unit(model, made_by, node):
+    """(Relu/Clip node or None, the activation QuantizeLinear) when `node` can become an integer unit."""
+    if not all(name in made_by and made_by[name].op_type == "DequantizeLinear" for name in node.input[:2]):
+        return None
+    if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] and node.input[2] not in initializers(model):
+        return None
+    users = consumers(model, node.output[0])
+    if len(users) != 1 or node.output[0] in {out.name for out in model.graph.output}:
+        return None
+    if users[0].op_type == "QuantizeLinear":
+        return None, users[0]
+    after = consumers(model, users[0].output[0])
+    if _clip_bounds(model, users[0]) is None or len(after) != 1 or after[0].op_type != "QuantizeLinear":
+        return None
+    return users[0], after[0]
+
+
+def _is_integer_unit(model, made_by, layer) -> bool:
+    """A Conv in integer form: DQ input and weight, its output read only by a QuantizeLinear."""
+    users = consumers(model, layer.output[0])
+    return (layer.op_type == "Conv" and layer.input[0] in made_by
+            and made_by[layer.input[0]].op_type == "DequantizeLinear"
+            and len(users) == 1 and users[0].op_type == "QuantizeLinear")
+
+
+def _requantize_weight(model, dequantize: onnx.NodeProto, levels: int) -> None:
+    """The INT8 weight behind `dequantize` on +-`levels` per output channel: scale max|w| / levels."""
+    values = dequantized_weight(model, dequantize).astype(np.float64)
+    axis = axis_of(dequantize)
+    amax = np.abs(np.moveaxis(values, axis, 0)).reshape(values.shape[axis], -1).max(axis=1)
+    old_scale = array(model, dequantize.input[1]).astype(np.float64).reshape(-1)
+    scale = np.where(amax > 0, amax / levels, np.broadcast_to(old_scale, amax.shape)).astype(np.float32)
+    shape = broadcast_shape(values.ndim, axis, scale.size)
+    codes = np.clip(np.rint(values / scale.reshape(shape)), -levels, levels).astype(np.int8)
+    stem = f"{dequantize.input[0]}_{levels}levels"
+    dequantize.input[0] = set_initializer(model, stem, codes)
+    dequantize.input[1] = set_initializer(model, f"{stem}_scale", scale)
+    dequantize.input[2] = set_initializer(model, f"{stem}_zero_point", np.zeros(scale.shape, np.int8))
+
+
+def _quantize_bias(model, made_by, conv) -> None:
+    if len(conv.input) < 3 or not conv.input[2]:
+        return
+    input_scale = array(model, made_by[conv.input[0]].input[1]).astype(np.float64)
+    weight_scale = array(model, made_by[conv.input[1]].input[1]).astype(np.float64)
+    scale = (input_scale * weight_scale).astype(np.float32)
+    bias = array(model, conv.input[2]).astype(np.float64)
+    codes = np.clip(np.rint(bias / scale), np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
+    stem = f"{conv.input[2]}_int32"
+    set_initializer(model, stem, codes)
+    set_initializer(model, f"{stem}_scale", np.broadcast_to(scale, codes.shape).copy())
+    set_initializer(model, f"{stem}_zero_point", np.zeros(codes.shape, np.int32))
+    dequantize = onnx.helper.make_node("DequantizeLinear", [stem, f"{stem}_scale", f"{stem}_zero_point"],
+                                       [f"{stem}_dequantized"], name=f"{conv.name}_bias_dequantize", axis=0)
+    model.graph.node.insert(list(model.graph.node).index(conv), dequantize)
+    conv.input[2] = dequantize.output[0]
+
+
+def _clip_bounds(model: onnx.ModelProto, node: onnx.NodeProto) -> tuple[float, float] | None:
+    """The (min, max) of a Relu or of a Clip with constant bounds, else None."""
+    if node.op_type == "Relu":
+        return 0.0, float("inf")
+    if node.op_type != "Clip":
+        return None
+    names = [*node.input[1:3], "", ""][:2]
+    bounds = [scalar(model, name) if name else None for name in names]
+    if any(name and value is None for name, value in zip(names, bounds)):
+        return None  # a bound computed in the graph
+    return (bounds[0] if bounds[0] is not None else -float("inf"), bounds[1] if bounds[1] is not None else float("inf"))
+
+
+def _move_clip_after(model, conv, clip, quantizer) -> None:
+    """conv -> clip -> Q  becomes  conv -> Q (-> Clip on the UINT8 codes, unless Q's saturation clips there)."""
+    scale, zero = scalar(model, quantizer.input[1]), int(scalar(model, quantizer.input[2]))
+    info = np.iinfo(np.uint8)
+    low, high = (int(np.clip(np.rint(value / scale) + zero, info.min, info.max)) if np.isfinite(value)
+                 else (info.max if value > 0 else info.min) for value in _clip_bounds(model, clip))
+    codes = quantizer.output[0]
+    quantizer.input[0] = conv.output[0]
+    model.graph.node.remove(clip)
+    if low <= info.min and high >= info.max:
+        return
+    stem = f"{clip.name}_codes"
+    quantizer.output[0] = f"{stem}_unclipped"
+    bounds = [set_initializer(model, f"{stem}_min", np.array(low, np.uint8)),
+              set_initializer(model, f"{stem}_max", np.array(high, np.uint8))]
+    integer_clip = onnx.helper.make_node("Clip", [quantizer.output[0], *bounds], [codes], name=f"{clip.name}_on_codes")
+    model.graph.node.insert(list(model.graph.node).index(quantizer) + 1, integer_clip)
+
+
+# ---- layers left in float -------------------------------------------------------------------------
+
+def dequantize_float_layer_weights(model: onnx.ModelProto) -> int:
+    """The INT8 weights of layers that stay float operators stored dequantized, as DequantizeLinear computes
+    them (the same values, without dequantizing on every run). Returns how many."""
+    inits, made_by = initializers(model), producers(model)
+    done = 0
+    for layer in [node for node in model.graph.node if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]:
+        source = made_by.get(layer.input[1]) if len(layer.input) > 1 else None
+        if source is None or source.op_type != "DequantizeLinear" or source.input[0] not in inits:
+            continue
+        if _is_integer_unit(model, made_by, layer):
+            continue
+        layer.input[1] = set_initializer(model, f"{source.input[0]}_dequantized", dequantized_weight(model, source))
+        if not consumers(model, source.output[0]):
+            model.graph.node.remove(source)
+        done += 1
+    drop_unused_initializers(model)
+    return done
+
+
+def _drop_value_info(model: onnx.ModelProto, tensor: str) -> None:
+    for value in list(model.graph.value_info):
+        if value.name == tensor:
+            model.graph.value_info.remove(value)
