@@ -103,3 +103,54 @@ def test_evaluate_dense_scores_a_model_that_copies_one_hot_masks():
         evaluate_dense(torch.nn.Identity(), [], task="keypoints", num_classes=3)
     with pytest.raises(PrunefxError, match="do not match"):
         SegmentationScore(3).update(torch.zeros(1, 3, 4, 4), torch.zeros(1, 5, 5, dtype=torch.long))
+
+
+TINY_SEGMENTER = '''
+import torch
+
+class Segmenter(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 11, 1))
+
+    def forward(self, x):
+        return {"out": self.body(x)}
+
+def build():
+    return Segmenter()
+'''
+
+
+@pytest.mark.slow
+def test_compress_prunes_distils_and_scores_a_segmenter_on_scenes(tmp_path, capsys):
+    """The whole flow on `--data fashion-mnist-seg`: per-pixel KD recovery, mIoU before and after."""
+    import json
+
+    import yaml
+
+    from prunefx import fashion_mnist
+    from prunefx.cli import main
+
+    if not fashion_mnist.DEFAULT_ROOT.is_dir():
+        pytest.skip(f"{fashion_mnist.DEFAULT_ROOT} missing: apt-get install dataset-fashion-mnist")
+    (tmp_path / "segmenter.py").write_text(TINY_SEGMENTER)
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "tiny", "passes": [
+        {"remove_channels": {"macs": 0.6, "round_to": 1, "importance": "obs", "compensate": True}},
+        {"distill": {"steps": 5, "lr": 0.01}}]}))
+    code = main(["compress", f"{tmp_path / 'segmenter.py'}:build", "--data", "fashion-mnist-seg:24", "--recipe",
+                 str(recipe), "-o", str(tmp_path / "out"), "--batch-size", "16", "--eval-batches", "2",
+                 "--runs", "3", "--threads", "1"])
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, captured.err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["task"] == "segmentation" and "mIoU" in out
+    for when in ("before", "after"):
+        test = report["accuracy"][when]["test"]
+        assert test["metric"] == "mIoU" and 0 <= test["miou"] <= 1 and test["count"] == 2 * 16 * 24 * 24
+    assert report["macs_after"] < report["macs_before"]
+    assert report["passes"][1]["injected"] == ["data", "eval_data", "teacher"]
