@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from prunefx.graph.attributes import free_name, get_tensor, set_tensor
+from prunefx.graph.channel_rules import channel_rule, same_as_input
 
 aten = torch.ops.aten
 QMIN, QMAX = -128, 127
@@ -121,6 +122,22 @@ def find_targets(graph: torch.fx.Graph) -> tuple[list[QuantTarget], dict[str, st
 
 def has_fake_quant(graph: torch.fx.Graph) -> bool:
     return any(node.op == "call_function" and node.target in FAKE_QUANT_OPS for node in graph.nodes)
+
+
+# ---- dependency analysis (graph/channel_rules.py): what rebatch and channel removal read -------------
+
+# a per-tensor quantizer is element-wise: output index i is input index i (batch items stay independent)
+channel_rule(aten.fake_quantize_per_tensor_affine.default)(same_as_input)
+
+
+@channel_rule(aten.fake_quantize_per_channel_affine.default)
+def _per_channel_rule(ctx, node):
+    """Element-wise too; the scale and zero-point vectors shrink with the weight's channel axis."""
+    labels = list(ctx.labels(node.args[0]))
+    axis = node.args[3]
+    for vector in node.args[1:3]:
+        ctx.space.tie(labels[axis], ctx.labels(vector)[0])
+    return labels
 
 
 # ---- scales --------------------------------------------------------------------------------------

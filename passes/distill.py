@@ -31,6 +31,15 @@ Config:
 
 Sparse weights: when `program.analysis` records weights made sparse by sparsify_nm, their zeros are
 written back after every optimizer step (passes/sparse_masks.py), so they stay exactly zero.
+Quantization-aware training: a Program holding INT8 fake quantizers (passes/quantize_int8.py) trains through
+them: torch's fake-quantize operators pass the gradient straight through inside their range and zero it
+where they clip (the straight-through estimator), so the weights learn to live on their INT8 grid and the
+layers after to absorb the activations' rounding. The scales stay fixed at their calibrated values (buffers
+and graph constants, not parameters): learnable scales (LSQ) would need other operators than the two the ONNX
+exporter turns into the Q/DQ pairs TensorRT and ONNX Runtime read, and one epoch of recovery is too short to
+move them usefully. Zeros of 2:4 masks stay zero (fq(0) = 0); pruned widths are untouched (the graph is).
+For QAT pass the float model as `teacher`. `stats["quantization_aware"]` says whether the Program held
+fake quantizers.
 Preconditions: the Program has a static batch size, that of its example inputs, and every batch
 (per process, when launched by torchrun) has exactly that many items.
 Statistics: steps, final train/task/KD/feature losses (means over the last 20 steps), the evaluation
@@ -48,6 +57,7 @@ from typing import ClassVar
 import torch
 
 from prunefx.graph import Program
+from prunefx.graph.quantization import has_fake_quant
 from prunefx.passes.linearize_blocks import blend_schedule
 from prunefx.passes.pass_config import option
 from prunefx.passes.result import Result
@@ -87,7 +97,7 @@ def distill(program: Program, /, *, config: dict | None = None) -> Result:
         masks = SparseMasks(program)
         trainer.after_backward.insert(0, masks.after_backward)
         trainer.after_step.insert(0, masks.after_step)
-    stats = trainer.fit()
+    stats = {**trainer.fit(), "quantization_aware": has_fake_quant(program.graph)}
     trained = trainer.program
     trained.analysis.distillation = stats
     return Result(trained, modified=_changed(before, trained), stats=stats)

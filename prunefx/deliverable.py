@@ -1,5 +1,6 @@
 """The files every compressing command delivers, written one way: model.pt2 (the Program), model.onnx
-(exported and cleaned, runtime/onnx_export.py), its torch-vs-ONNX-Runtime parity, and report.json
+(exported and cleaned, runtime/onnx_export.py; a Program with INT8 fake quantizers is lowered for ONNX Runtime
+on this CPU by runtime/onnx_quantized.py instead), its torch-vs-ONNX-Runtime parity, and report.json
 (plain JSON: statistics made safe by compression_report.json_safe, no NaN). `prune`, `depth` and
 `compress` call these inside their staged output folder (prunefx/output.py), so a failure anywhere
 leaves no partial output."""
@@ -11,16 +12,24 @@ from pathlib import Path
 
 from prunefx.compression_report import json_safe
 from prunefx.graph import Program
-from prunefx.runtime import check_parity, export_onnx
+from prunefx.graph.quantization import has_fake_quant
+from prunefx.runtime import check_parity, export_onnx, export_quantized_onnx, onnxruntime_lowering
 
 
 def write_model(staging: Path, program: Program, *, opset: int) -> dict:
     """model.pt2 and model.onnx in `staging`; the report's `onnx` and `parity` entries."""
     program.save(staging / "model.pt2")
-    exported = export_onnx(program, staging / "model.onnx", opset=opset)
-    parity = check_parity(program, exported.path)
-    return {"onnx": {"exporter": exported.exporter, "fallback_reason": exported.fallback_reason,
-                     "nodes": exported.node_count},
+    if has_fake_quant(program.graph):  # INT8: Q/DQ with INT8 weights, lowered for ONNX Runtime's kernels
+        lowering = onnxruntime_lowering()
+        path = export_quantized_onnx(program, staging / "model.onnx", activations=lowering, opset=opset).path
+        onnx_entry = {"exporter": "dynamo", "int8_lowering": lowering}
+    else:
+        exported = export_onnx(program, staging / "model.onnx", opset=opset)
+        path = exported.path
+        onnx_entry = {"exporter": exported.exporter, "fallback_reason": exported.fallback_reason,
+                      "nodes": exported.node_count}
+    parity = check_parity(program, path)
+    return {"onnx": onnx_entry,
             "parity": {"max_abs_error": parity.max_abs_error, "output_scale": parity.output_scale,
                        "relative": parity.relative}}
 
