@@ -1,36 +1,35 @@
-"""INT8 on ONNX Runtime: FP32 vs prunefx's quantize_int8 (S8 and U8 lowerings) vs ONNX Runtime's quantize_static.
+"""INT8 on ONNX Runtime: prunefx's quantize_int8 (and with pruning, and QAT) vs ONNX Runtime's quantize_static
+and NVIDIA ModelOpt's ONNX PTQ, measured side by side.
 
-For each model (torchvision, 1x3x224x224, batch 1): MobileNetV2 with its ImageNet weights (the offline
-package, DESIGN.md), ResNet-18 with random weights and realistic batch norms (latency does not depend on the
-weight values). Calibration: the first 10 of the 20 offline ImageNet images and their mirror images (20
-batches of 1). Variants, all from the same FP32 Program:
-- fp32: runtime/onnx_export.export_onnx;
-- prunefx s8 / u8 / u8u8: passes/quantize_int8 (percentile 99.99 by default) lowered by
-  runtime/onnx_quantized.export_quantized_onnx: symmetric S8 activations (TensorRT's file); the same scales
-  shifted to U8 (zero-point 128, same real values) with integer units for ONNX Runtime (U8S8 kernels); and
-  the same with the integer units' weights shifted to U8 too (U8U8 kernels, which do not saturate on CPUs
-  without VNNI);
-- ort u8 / ort s8: onnxruntime.quantization.quantize_static on the FP32 file, QDQ, per-channel weights,
-  MinMax calibration on the same images; its default U8 asymmetric activations, and symmetric S8 (what a
-  TensorRT user would pick).
-Latency: every variant timed in this one process, interleaved in blocks (a block of runs of each variant in
-turn, repeated), median / p90 of single runs, ONNX Runtime CPU at --threads intra-op threads. Accuracy (only
-MobileNetV2 has real weights): top-1 agreement with FP32 on the 10 held-out images and top-1 accuracy on all
-20 images; for both models, the largest output difference from FP32 relative to the largest FP32 output.
-
-With `--fashion-mnist MODEL ...` (prunefx/small_models.py: resnet20, mobilenetv2_small), test accuracy on
-the 10,000 Fashion-MNIST test images of the same variants, for a model trained here (`--train-epochs`, SGD,
-cached in build/int8_latency/) and calibrated on 8 training batches of 128; ONNX Runtime at batch 128.
+Part 1, 1x3x224x224, batch 1 (--models): MobileNetV2 with its ImageNet weights (the offline package) and
+ResNet-50 with random weights and realistic batch norms (latency does not depend on the weight values).
+Calibration: the first 10 of the 20 offline ImageNet images and their mirror images. Variants:
+- fp32: runtime/onnx_export.export_onnx; int8: passes/quantize_int8 (percentile 99.99) lowered for ONNX
+  Runtime on this CPU (runtime/onnx_quantized.onnxruntime_lowering: u8s7 without VNNI, u8 with);
+- pruned fp32 / pruned int8: remove_channels to half the MACs (l2, global, widths a multiple of 16), then the
+  same INT8 lowering ("gains multiply": pruned int8 vs fp32 against 0.9 x the product of the two gains);
+- ort u8 / ort s8: onnxruntime.quantization.quantize_static (QDQ, per-channel weights, MinMax) on the FP32
+  file, its default U8 asymmetric activations and symmetric S8; modelopt: NVIDIA ModelOpt's ONNX PTQ
+  (modelopt.onnx.quantization.quantize, int8, max calibration, CPU, FP32 kept as high precision).
+Part 2 (--fashion-mnist): the small models of prunefx/small_models.py trained --train-epochs here (cached in
+build/int8_latency/), test accuracy on --test-images Fashion-MNIST test images and batch-1 latency of:
+fp32, int8 PTQ, pruned fp32 (remove_channels to half the MACs, widths a multiple of 8, then
+--recovery-steps of KD from the dense model), pruned int8 PTQ, pruned int8 QAT (--qat-steps of KD
+through the fake quantizers, passes/distill.py), and the peers on the dense FP32 file. Calibration: 8
+training batches of 128 for every method.
+Latency: every variant timed in one process, interleaved in blocks, median / p90 of single runs, ONNX
+Runtime CPU at --threads intra-op threads; the load average is recorded at the start and at the end.
 
 Writes benchmarks/results/int8_latency.json and .md.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/int8_latency.py [--runs 40] [--threads 2] \
-        [--fashion-mnist mobilenetv2_small resnet20]
+        [--fashion-mnist resnet20 mobilenetv2_small vit_tiny_fmnist]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -54,17 +53,21 @@ from common import (
 from prunefx.assets import load_imagenet_batch, mobilenet_v2_weights_path
 from prunefx.data import fashion_mnist_data
 from prunefx.graph import Program, capture
+from prunefx.graph.rebatch import rebatch
 from prunefx.models import build_model
 from prunefx.passes.distill import distill
 from prunefx.passes.quantize_int8 import quantize_int8
+from prunefx.passes.remove_channels import remove_channels
 from prunefx.runtime import LatencyStats, OnnxRuntimeSession, export_onnx
-from prunefx.runtime.onnx_quantized import export_quantized_onnx, quantize_static_file
+from prunefx.runtime.onnx_quantize_static import quantize_static_file
+from prunefx.runtime.onnx_quantized import export_quantized_onnx, onnxruntime_lowering
 
 NAME = "int8_latency"
-MODELS = ("resnet18", "mobilenet_v2")
-VARIANTS = ("fp32", "prunefx s8", "prunefx u8", "prunefx u8u8", "ort u8", "ort s8")
+MODELS = ("resnet50", "mobilenet_v2")
+VARIANTS = ("fp32", "int8", "pruned fp32", "pruned int8", "ort u8", "ort s8", "modelopt")
+SMALL_VARIANTS = ("fp32", "int8", "pruned fp32", "pruned int8", "pruned int8 qat", "ort u8", "ort s8", "modelopt")
 HELD_OUT = slice(10, 20)
-FASHION_MNIST_MODELS = ("resnet20", "mobilenetv2_small")
+FASHION_MNIST_MODELS = ("resnet20", "mobilenetv2_small", "vit_tiny_fmnist")
 FASHION_MNIST_BATCH = 128
 CACHE = REPO / "build" / NAME
 
@@ -80,7 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS, metavar="NAME")
     parser.add_argument("--fashion-mnist", nargs="*", default=[], choices=FASHION_MNIST_MODELS, metavar="NAME",
                         help="also measure test accuracy on Fashion-MNIST for these small models")
-    parser.add_argument("--train-epochs", type=int, default=2, help="epochs the Fashion-MNIST models train (2)")
+    parser.add_argument("--train-epochs", type=int, default=1, help="epochs the Fashion-MNIST models train (1)")
+    parser.add_argument("--recovery-steps", type=int, default=100, help="KD steps after pruning (100)")
+    parser.add_argument("--qat-steps", type=int, default=60, help="KD steps of quantization-aware training (60)")
+    parser.add_argument("--test-images", type=int, default=10000, help="Fashion-MNIST test images (10000)")
     parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where the .json and .md go")
     return parser.parse_args(argv)
 
@@ -91,7 +97,7 @@ def build(name: str) -> torch.nn.Module:
         model.load_state_dict(torch.load(mobilenet_v2_weights_path(), map_location="cpu", weights_only=True))
         return model.eval()
     torch.manual_seed(0)
-    return realistic_batchnorm(torchvision.models.resnet18(weights=None), (1, 3, 224, 224)).eval()
+    return realistic_batchnorm(torchvision.models.resnet50(weights=None), (1, 3, 224, 224)).eval()
 
 
 def calibration(images: torch.Tensor) -> list[tuple[torch.Tensor]]:
@@ -99,19 +105,41 @@ def calibration(images: torch.Tensor) -> list[tuple[torch.Tensor]]:
     return [(x.unsqueeze(0),) for x in torch.cat([first, first.flip(-1)])]
 
 
-def variant_files(name: str, folder: Path, batches, method: str, program: Program | None = None) -> dict[str, Path]:
-    program = program or capture(build(name), torch.randn(1, 3, 224, 224), name=name).eval()
-    files = {"fp32": export_onnx(program, folder / f"{name}.onnx").path}
-    started = time.perf_counter()
-    stats = quantize_int8(program, config={"calibration": batches, "method": method}).stats
-    print(f"{name}: quantize_int8 {len(stats['quantized'])} layers in {time.perf_counter() - started:.1f} s",
-          file=sys.stderr)
-    for kind in ("s8", "u8", "u8u8"):
-        files[f"prunefx {kind}"] = export_quantized_onnx(program, folder / f"{name}_{kind}.onnx", activations=kind).path
+def pruned(program: Program, round_to: int) -> Program:
+    program = program.clone().eval()
+    remove_channels(program, config={"macs": 0.5, "importance": "l2", "ranking": "global", "round_to": round_to,
+                                     "max_ratio": 0.8})
+    return program
+
+
+def int8_file(program: Program, path: Path, batches, method: str) -> Path:
+    quantized = program.clone().eval()
+    quantize_int8(quantized, config={"calibration": batches, "method": method})
+    return export_quantized_onnx(quantized, path, activations=onnxruntime_lowering()).path
+
+
+def peer_files(fp32: Path, folder: Path, batches) -> dict[str, Path | str]:
+    """quantize_static U8 / S8 and ModelOpt on the FP32 file; a peer that fails is its one-line error."""
+    files: dict[str, Path | str] = {}
     for kind in ("u8", "s8"):
-        files[f"ort {kind}"] = quantize_static_file(files["fp32"], folder / f"{name}_ort_{kind}.onnx", batches,
+        files[f"ort {kind}"] = quantize_static_file(fp32, folder / f"{fp32.stem}_ort_{kind}.onnx", batches,
                                                     activations=kind)
+    files["modelopt"] = modelopt_file(fp32, folder / f"{fp32.stem}_modelopt.onnx", batches)
     return files
+
+
+def modelopt_file(fp32: Path, target: Path, batches) -> Path | str:
+    try:
+        from modelopt.onnx.quantization import quantize
+    except ImportError as error:
+        return f"nvidia-modelopt's ONNX path does not import: {str(error).splitlines()[0]}"
+    data = np.concatenate([batch[0].numpy() for batch in batches])
+    try:
+        quantize(str(fp32), quantize_mode="int8", calibration_data={"input_0": data}, calibration_method="max",
+                 calibration_eps=["cpu"], high_precision_dtype="fp32", output_path=str(target), log_level="ERROR")
+    except Exception as error:  # report the peer's own failure, keep measuring the others
+        return f"ModelOpt failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return target
 
 
 def accuracy(sessions: dict, images: torch.Tensor, labels: torch.Tensor) -> dict[str, dict]:
@@ -131,7 +159,8 @@ def interleaved_latency(sessions: dict, x: torch.Tensor, args) -> dict[str, dict
         for _ in range(args.warmup):
             runner()
     samples = {variant: [] for variant in runners}
-    while len(samples[VARIANTS[0]]) < args.runs:
+    first = next(iter(runners))
+    while len(samples[first]) < args.runs:
         for variant, runner in runners.items():
             for _ in range(args.block):
                 started = time.perf_counter()
@@ -141,17 +170,46 @@ def interleaved_latency(sessions: dict, x: torch.Tensor, args) -> dict[str, dict
             for variant, times in samples.items()}
 
 
+def _sessions(files: dict, threads: int) -> tuple[dict, dict]:
+    sessions = {variant: OnnxRuntimeSession(path, threads=threads) for variant, path in files.items()
+                if isinstance(path, Path)}
+    failures = {variant: path for variant, path in files.items() if not isinstance(path, Path)}
+    return sessions, failures
+
+
+def _with_speedups(latency: dict, failures: dict) -> dict:
+    fp32 = latency["fp32"]["median_ms"]
+    rows = {variant: {**row, "speedup_vs_fp32": fp32 / row["median_ms"]} for variant, row in latency.items()}
+    return {**rows, **{variant: {"error": message} for variant, message in failures.items()}}
+
+
+def gains_multiply(rows: dict) -> dict:
+    product = rows["pruned fp32"]["speedup_vs_fp32"] * rows["int8"]["speedup_vs_fp32"]
+    measured = rows["pruned int8"]["speedup_vs_fp32"]
+    return {"pruned_fp32": rows["pruned fp32"]["speedup_vs_fp32"], "int8": rows["int8"]["speedup_vs_fp32"],
+            "product": product, "pruned_int8": measured, "ratio": measured / product, "met": measured >= 0.9 * product}
+
+
 def run_model(name: str, images, labels, args) -> dict:
     batches = calibration(images)
+    dense = capture(build(name), torch.randn(1, 3, 224, 224), name=name).eval()
     with tempfile.TemporaryDirectory(prefix="prunefx-int8-") as tmp:
-        files = variant_files(name, Path(tmp), batches, args.method)
-        sessions = {variant: OnnxRuntimeSession(files[variant], threads=args.threads) for variant in VARIANTS}
+        folder = Path(tmp)
+        small = pruned(dense, 16)
+        files = {"fp32": export_onnx(dense, folder / f"{name}.onnx").path,
+                 "int8": int8_file(dense, folder / f"{name}_int8.onnx", batches, args.method),
+                 "pruned fp32": export_onnx(small, folder / f"{name}_pruned.onnx").path,
+                 "pruned int8": int8_file(small, folder / f"{name}_pruned_int8.onnx", batches, args.method)}
+        files.update(peer_files(files["fp32"], folder, batches))
+        sessions, failures = _sessions(files, args.threads)
         quality = accuracy(sessions, images, labels)
         latency = interleaved_latency(sessions, images[:1], args)
-    fp32 = latency["fp32"]["median_ms"]
-    return {variant: {**latency[variant], "speedup_vs_fp32": fp32 / latency[variant]["median_ms"], **quality[variant]}
-            for variant in VARIANTS}
+    rows = _with_speedups(latency, failures)
+    rows = {variant: {**row, **quality.get(variant, {})} for variant, row in rows.items()}
+    return {"variants": rows, "gains_multiply": gains_multiply(rows)}
 
+
+# ---- Fashion-MNIST ---------------------------------------------------------------------------------
 
 def trained_fashion_mnist(name: str, data, epochs: int) -> Program:
     """The model trained `epochs` epochs on Fashion-MNIST (cached: training takes minutes on these CPUs)."""
@@ -169,44 +227,95 @@ def trained_fashion_mnist(name: str, data, epochs: int) -> Program:
     return program
 
 
-def test_accuracy(session: OnnxRuntimeSession, batches) -> float:
-    correct = total = 0
-    for inputs, labels in batches:
-        predicted = session.run(inputs)[0].argmax(1)
-        valid = labels.numpy() >= 0  # -1 pads the last batch
-        correct += int((predicted[valid] == labels.numpy()[valid]).sum())
-        total += int(valid.sum())
-    return correct / total
+def _kd(program: Program, teacher: Program, data, steps: int, lr: float) -> Program:
+    return distill(program, config={"data": data.train, "steps": steps, "teacher": teacher, "kd_weight": 0.9,
+                                    "lr": lr, "momentum": 0.9, "weight_decay": 5e-4, "progress": False}).program.eval()
 
 
-def fashion_mnist_accuracy(name: str, args) -> dict[str, float]:
+def small_programs(name: str, data, args) -> dict[str, Program]:
+    """The Fashion-MNIST variants as Programs at the training batch size (fp32 ones, fake-quantized ones)."""
+    dense = trained_fashion_mnist(name, data, args.train_epochs)
+    batches = [(inputs,) for inputs, _ in zip((batch[0] for batch in data.train), range(8))]
+    small = _kd(pruned(dense, 8), dense, data, args.recovery_steps, 0.01)
+    programs = {"fp32": dense, "pruned fp32": small}
+    for variant, source in (("int8", dense), ("pruned int8", small)):
+        programs[variant] = source.clone().eval()
+        quantize_int8(programs[variant], config={"calibration": batches, "method": args.method})
+    started = time.perf_counter()
+    programs["pruned int8 qat"] = _kd(programs["pruned int8"].clone(), dense, data, args.qat_steps, 0.001)
+    print(f"{name}: QAT {args.qat_steps} steps in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return programs
+
+
+def test_accuracy(session: OnnxRuntimeSession, images: torch.Tensor, labels: np.ndarray) -> float:
+    predicted = np.array([int(session.run(x.unsqueeze(0))[0].argmax()) for x in images])
+    return float((predicted == labels).mean())
+
+
+def fashion_mnist_row(name: str, args) -> dict:
     data = fashion_mnist_data(FASHION_MNIST_BATCH, augment=True)
-    program = trained_fashion_mnist(name, data, args.train_epochs)
-    calibration = [(inputs,) for inputs, _ in zip((batch[0] for batch in data.train), range(8))]
+    programs = small_programs(name, data, args)
+    tests = [(inputs, labels) for inputs, labels in data.test]
+    images = torch.cat([inputs for inputs, _ in tests])
+    labels = torch.cat([labels for _, labels in tests]).numpy()
+    images, labels = images[labels >= 0][:args.test_images], labels[labels >= 0][:args.test_images]
+    calibration_images = [(x.unsqueeze(0),) for inputs, _ in zip((b[0] for b in data.train), range(8)) for x in inputs]
+    lowering = onnxruntime_lowering()
     with tempfile.TemporaryDirectory(prefix="prunefx-int8-") as tmp:
-        files = variant_files(name, Path(tmp), calibration, args.method, program=program.clone())
-        return {variant: test_accuracy(OnnxRuntimeSession(files[variant], threads=args.threads), data.test)
-                for variant in VARIANTS}
+        folder, files = Path(tmp), {}
+        for variant, program in programs.items():
+            one = rebatch(program, 1)
+            path = folder / f"{name}_{variant.replace(' ', '_')}.onnx"
+            files[variant] = (export_quantized_onnx(one, path, activations=lowering).path if "int8" in variant
+                              else export_onnx(one, path).path)
+        files.update(peer_files(files["fp32"], folder, calibration_images))
+        sessions, failures = _sessions(files, args.threads)
+        scores = {variant: test_accuracy(session, images, labels) for variant, session in sessions.items()}
+        latency = interleaved_latency(sessions, images[:1], args)
+    rows = _with_speedups(latency, failures)
+    return {"test_images": len(labels), "variants": {variant: {**row, "accuracy": scores.get(variant)}
+                                                     for variant, row in rows.items()}}
+
+
+# ---- report ----------------------------------------------------------------------------------------
+
+def _cells(row: dict) -> list[str]:
+    if "error" in row:
+        return ["-", "-", "-", row["error"]]
+    return [f"{row['median_ms']:.2f}", f"{row['p90_ms']:.2f}", f"{row['speedup_vs_fp32']:.2f}x"]
 
 
 def markdown(report: dict, info: dict) -> str:
-    rows = []
-    for model, variants in report["models"].items():
-        for variant, row in variants.items():
-            top1 = (f"{row['top1_all_20']:.2f} / {row['agreement_held_out_10']:.2f}" if model == "mobilenet_v2"
-                    else "random weights")
-            rows.append([model, variant, f"{row['median_ms']:.2f}", f"{row['p90_ms']:.2f}",
-                         f"{row['speedup_vs_fp32']:.2f}x", top1, f"{row['relative_output_difference']:.3g}"])
-    table = markdown_table(["model", "variant", "median ms", "p90 ms", "vs FP32", "top-1 (20) / agreement (10)",
-                            "max output diff / max output"], rows)
-    text = (f"# INT8 on ONNX Runtime: prunefx vs quantize_static\n\n{machine_summary(info)}\n\n"
-            f"Command: `{report['command']}`\n\nBatch 1, 1x3x224x224, {info['threads']} ONNX Runtime threads, "
-            f"{info['runs']} interleaved runs per variant. prunefx calibration: {info['method']}.\n\n{table}\n")
-    if report.get("fashion_mnist"):
-        rows = [[model, *(f"{100 * accuracy[variant]:.2f}" for variant in VARIANTS)]
-                for model, accuracy in report["fashion_mnist"].items()]
-        text += (f"\n## Fashion-MNIST test accuracy (%, 10,000 images; models trained {info['train_epochs']} "
-                 f"epochs here)\n\n" + markdown_table(["model", *VARIANTS], rows) + "\n")
+    text = (f"# INT8 on ONNX Runtime: prunefx vs quantize_static and ModelOpt\n\n{machine_summary(info)}; "
+            f"load average at start {info['load_average_at_start']}, at end {report['load_average_at_end']}. "
+            f"prunefx ONNX Runtime lowering on this CPU: {report['lowering']}.\n\nCommand: `{report['command']}`\n")
+    rows, gains = [], []
+    for model, result in report["models"].items():
+        for variant, row in result["variants"].items():
+            quality = (f"{row['top1_all_20']:.2f} / {row['agreement_held_out_10']:.2f}"
+                       if model == "mobilenet_v2" and "top1_all_20" in row else "random weights")
+            cells = _cells(row)
+            rows.append([model, variant, *cells[:3], quality if "error" not in row else cells[3]])
+        g = result["gains_multiply"]
+        gains.append([model, f"{g['pruned_fp32']:.2f}x", f"{g['int8']:.2f}x", f"{g['product']:.2f}x",
+                      f"{g['pruned_int8']:.2f}x", f"{g['ratio']:.2f}", "yes" if g["met"] else "no"])
+    if rows:
+        text += (f"\n## 224x224, batch 1, {info['threads']} threads, {info['runs']} interleaved runs per variant\n\n"
+                 + markdown_table(["model", "variant", "median ms", "p90 ms", "vs FP32",
+                                   "top-1 (20) / agreement with FP32 (10)"], rows)
+                 + "\n\n### Gains multiply (pruned 0.5 + INT8 vs dense FP32 >= 0.9 x product)\n\n"
+                 + markdown_table(["model", "pruned fp32", "int8", "product", "pruned int8", "ratio", "met"], gains)
+                 + "\n")
+    for model, result in report["fashion_mnist"].items():
+        rows = []
+        for variant, row in result["variants"].items():
+            cells = _cells(row)
+            score = f"{100 * row['accuracy']:.2f}" if row.get("accuracy") is not None else cells[3]
+            rows.append([variant, score, *cells[:3]])
+        text += (f"\n## Fashion-MNIST {model} ({result['test_images']} test images, batch 1 latency; trained "
+                 f"{info['train_epochs']} epoch(s), pruned recovery {info['recovery_steps']} KD steps, QAT "
+                 f"{info['qat_steps']} KD steps)\n\n"
+                 + markdown_table(["variant", "test top-1 %", "median ms", "p90 ms", "vs FP32"], rows) + "\n")
     return text
 
 
@@ -215,10 +324,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     images, labels = load_imagenet_batch()
     info = machine_info(threads=args.threads, runs=args.runs, block=args.block, method=args.method,
-                        train_epochs=args.train_epochs)
-    report = {"command": command_line(), "machine": info,
-              "models": {name: run_model(name, images, labels, args) for name in args.models},
-              "fashion_mnist": {name: fashion_mnist_accuracy(name, args) for name in args.fashion_mnist}}
+                        train_epochs=args.train_epochs, recovery_steps=args.recovery_steps, qat_steps=args.qat_steps,
+                        test_images=args.test_images)
+    report = {"command": command_line(), "machine": info, "lowering": onnxruntime_lowering(),
+              "fashion_mnist": {name: fashion_mnist_row(name, args) for name in args.fashion_mnist},
+              "models": {name: run_model(name, images, labels, args) for name in args.models}}
+    report["load_average_at_end"] = list(os.getloadavg())
     json_path, md_path = write_results(NAME, report, markdown(report, info), folder=args.output_dir)
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""prunefx quantize MODEL --calibrate DATA -o DIR: INT8 in TensorRT's explicit-quantization form.
+"""prunefx quantize MODEL --calibrate DATA [--backend ort|trt] -o DIR: INT8 in TensorRT's explicit-quantization form.
 
 Runs the quantize_int8 pass in a verified Pipeline (weights symmetric INT8 per output channel,
 activations symmetric INT8 per tensor, ranges read from the calibration data; the flags are the pass's
@@ -10,6 +10,8 @@ config fields) and writes, in one staged folder:
 - model_ort.onnx: the same scales with activations in UINT8 for ONNX Runtime's integer kernels on x86
   (U8 activations x S8 weights; 7-bit weights on CPUs without VNNI, whose AVX2 kernels would saturate with
   8-bit ones: runtime/onnx_quantized.onnxruntime_lowering);
+- model.onnx: the file for `--backend` (ort, the default: model_ort.onnx's lowering; trt: model_trt.onnx's),
+  the one to deploy; the two named files stay for those who read them;
 - report.json: the pass's statistics (every layer quantized or kept in float, with the reason), the
   parity of each file with the fake-quantized Program, and the ONNX Runtime latency of model_ort.onnx
   against the float model, measured side by side.
@@ -17,6 +19,7 @@ config fields) and writes, in one staged folder:
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -40,13 +43,18 @@ from prunefx.runtime import (
 )
 
 NAME = "quantize"
-HELP = "INT8 with Q/DQ (TensorRT's explicit quantization): write model.pt2, model_trt.onnx, model_ort.onnx, report.json"
+HELP = ("INT8 with Q/DQ (TensorRT's explicit quantization): write model.pt2, model.onnx (for --backend), "
+        "model_trt.onnx, model_ort.onnx, report.json")
+BACKENDS = {"ort": "model_ort.onnx", "trt": "model_trt.onnx"}
 OPTIONS = ("method", "percentile", "max_batches", "skip_nodes", "skip_operators", "sensitive", "fold_batchnorm")
 
 
 def add_arguments(parser) -> None:
     cli_options.add_calibration(parser, reads="the activation ranges are read from it (required)")
     cli_options.add_pass_options(parser, QuantizeInt8Config, OPTIONS)
+    parser.add_argument("--backend", choices=tuple(BACKENDS), default="ort",
+                        help="the runtime model.onnx is lowered for: ort (ONNX Runtime on this CPU, default) or trt "
+                             "(TensorRT: symmetric S8)")
     cli_options.add_measurement(parser, runs=50)
     cli_options.add_opset(parser)
     cli_options.add_output(parser, "model.pt2, model_trt.onnx, model_ort.onnx and report.json")
@@ -70,9 +78,11 @@ def run(args) -> int:
         files = {"model_trt.onnx": "s8", "model_ort.onnx": lowering}
         exports = {name: _export(quantized, staging / name, activations, args.opset)
                    for name, activations in files.items()}
+        shutil.copyfile(staging / BACKENDS[args.backend], staging / "model.onnx")
         latency = _latency(program, quantized, staging / "model_ort.onnx", args)
         report = write_report(staging, {
             "model": program.name, "calibration": calibration.description, "onnxruntime_lowering": lowering,
+            "backend": args.backend, "model.onnx": BACKENDS[args.backend],
             "quantize_int8": stats, "files": exports, "latency": latency})
     _summary(report, output)
     return 0
@@ -110,4 +120,5 @@ def _summary(report: dict, output: Path) -> None:
     if "speedup" in latency:
         print(f"ONNX Runtime, batch 1, {latency['threads']} threads: float {latency['float_ms']:.2f} ms, "
               f"INT8 {latency['int8_ms']:.2f} ms ({latency['speedup']:.2f}x)")
-    print(f"wrote {', '.join(str(output / name) for name in ('model.pt2', *report['files'], 'report.json'))}")
+    names = ("model.pt2", "model.onnx", *report["files"], "report.json")
+    print(f"wrote {', '.join(str(output / name) for name in names)} (model.onnx: {report['model.onnx']})")

@@ -1,0 +1,44 @@
+"""`prunefx quantize --backend ort|trt`: model.onnx is the file lowered for the chosen runtime, read back with
+`onnx`; the two named files stay; a backend that does not exist is a one-line error, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+import torch
+
+from prunefx import fashion_mnist
+from prunefx.cli import main
+
+needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(),
+                                         reason=f"{fashion_mnist.DEFAULT_ROOT} missing: apt-get install "
+                                                "dataset-fashion-mnist")
+
+
+def _zero_point_types(model: onnx.ModelProto) -> set[int]:
+    inits = {init.name: init for init in model.graph.initializer}
+    return {inits[node.input[2]].data_type for node in model.graph.node if node.op_type == "QuantizeLinear"}
+
+
+@pytest.mark.slow  # about 60 s: calibration, two exports, parity and a short latency comparison
+@needs_fashion_mnist
+def test_backend_trt_delivers_the_symmetric_s8_file_as_model_onnx(tmp_path, one_thread, capsys):
+    torch.manual_seed(0)
+    code = main(["quantize", "prunefx:resnet20", "--calibrate", "fashion-mnist", "--calibration-images", "64",
+                 "--backend", "trt", "--runs", "3", "--threads", "1", "-o", str(tmp_path / "q")])
+    assert code == 0, capsys.readouterr().err
+    folder = tmp_path / "q"
+    assert (folder / "model.onnx").read_bytes() == (folder / "model_trt.onnx").read_bytes()
+    assert _zero_point_types(onnx.load(str(folder / "model.onnx"))) == {onnx.TensorProto.INT8}
+    assert _zero_point_types(onnx.load(str(folder / "model_ort.onnx"))) == {onnx.TensorProto.UINT8}
+    report = json.loads((folder / "report.json").read_text())
+    assert report["backend"] == "trt" and report["model.onnx"] == "model_trt.onnx"
+
+
+def test_unknown_backend_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
+    code = main(["quantize", "prunefx:resnet20", "--calibrate", "fashion-mnist", "--backend", "gpu",
+                 "-o", str(tmp_path / "never")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "invalid choice: 'gpu'" in err[-1] and not (tmp_path / "never").exists()
