@@ -5,6 +5,7 @@
 """
 
 from prunefx.passes.comb_channels import comb_channels
+from prunefx.passes.depth_to_budget import depth_to_budget
 from prunefx.passes.distill import distill
 from prunefx.passes.fold_batchnorm import fold_batchnorm
 from prunefx.passes.linearize_blocks import linearize_blocks
@@ -22,6 +23,6 @@ from prunefx.passes.sparsify_nm import sparsify_nm
 
 __all__ = [
     "PASSES", "Pass", "Pipeline", "PipelineError", "PipelineResult", "RecipeError", "Result", "Step",
-    "comb_channels", "distill", "fold_batchnorm", "get_pass", "linearize_blocks", "load_recipe", "merge_blocks",
+    "comb_channels", "depth_to_budget", "distill", "fold_batchnorm", "get_pass", "linearize_blocks", "load_recipe", "merge_blocks",
     "pipeline_from_spec", "prune_to_budget", "prune_while_training", "quantize_int8", "recalibrate_batchnorm", "remove_channels", "sparsify_nm",
 ]

@@ -148,30 +148,40 @@ def _choose(program: Program, candidates: list[Block], config: dict, batches) ->
         if unknown:
             raise LinearizeError(f"linearize_blocks: no block named {unknown}; the blocks are: {', '.join(by_name)}")
         return [by_name[name] for name in config["blocks"]], {}
-    affine = [block for block in candidates if block.affine]
     if config.get("count") == 0:
         return [], {}
+    ranked, scores = ranked_blocks(program, batches, rank=config["rank"], progress=config.get("progress"),
+                                   candidates=candidates)
+    if config.get("speedup") is not None:
+        config["count"] = len(ranked)  # _enough_for_speedup keeps the shortest prefix
+        ranked = _enough_for_speedup(program, ranked, config["speedup"], config["measure"], scores)
+    if config["count"] > len(ranked):
+        raise LinearizeError(f"linearize_blocks: count {config['count']} but only {len(ranked)} blocks become "
+                             f"affine once linearised and merge into fewer MACs: "
+                             f"{', '.join(block.name for block in ranked)}")
+    chosen = set(block.name for block in ranked[:config["count"]])
+    return [block for block in candidates if block.name in chosen], scores
+
+
+def ranked_blocks(program: Program, batches, *, rank: str = "damage", progress: bool | None = None,
+                  candidates: list[Block] | None = None) -> tuple[list[Block], dict]:
+    """The blocks worth linearising (affine once linearised, and their merge saves MACs), least harmful
+    on `batches` (input tuples: graph/activations.calibration_inputs) first by `rank`, and {block: {damage, macs_saved}}. Budget searches (passes/depth_to_budget.py) take
+    prefixes of this order."""
     if batches is None:
         raise LinearizeError("linearize_blocks: choosing blocks by 'count' or 'speedup' needs 'calibration' data "
                              "to score them")
+    candidates = find_blocks(program.module) if candidates is None else candidates
+    affine = [block for block in candidates if block.affine]
     gains = _merge_gains(program, affine)
     worth = [block for block in affine if gains[block.name] > 0]
-    if config.get("speedup") is not None:
-        config["count"] = len(worth)  # rank them all; _enough_for_speedup keeps the shortest prefix
-    if config["count"] > len(worth):
-        raise LinearizeError(f"linearize_blocks: count {config['count']} but only {len(worth)} blocks become "
-                             f"affine once linearised and merge into fewer MACs: "
-                             f"{', '.join(block.name for block in worth)}")
-    damage = block_damage(program, worth, batches, progress=config.get("progress"))
-    order = _RANKINGS[config["rank"]]
+    damage = block_damage(program, worth, batches, progress=progress)
+    order = _RANKINGS[rank]
     ranked = sorted(worth, key=lambda block: order(damage[block.name], gains[block.name]))
     scores = {name: {"damage": value} for name, value in damage.items()}
-    if config.get("speedup") is not None:
-        ranked = _enough_for_speedup(program, ranked, config["speedup"], config["measure"], scores)
-    chosen = set(block.name for block in ranked[:config["count"]])
     for name, gain in gains.items():
         scores.setdefault(name, {})["macs_saved"] = gain
-    return [block for block in candidates if block.name in chosen], scores
+    return ranked, scores
 
 
 def _linearized_and_merged(program: Program, blocks: list[Block]) -> Program:

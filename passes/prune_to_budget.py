@@ -46,6 +46,7 @@ from typing import ClassVar
 
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
+from prunefx.passes.budget_search import Measured, budget_text, meets
 from prunefx.passes.config_checks import ConfigError
 from prunefx.passes.pass_config import option
 from prunefx.passes.remove_channels import RemoveChannelsConfig, remove_channels
@@ -80,28 +81,16 @@ class PruneToBudgetConfig(RemoveChannelsConfig):
 class Candidate:
     fraction: float
     result: Result
-    dense_ms: float
-    ms: float
-    spread: float
-    first: tuple[float, float, float] | None = None  # the search's measurement, once a confirmation replaced it
+    measured: Measured
 
     @property
     def speedup(self) -> float:
-        return self.dense_ms / self.ms
-
-    @property
-    def confirmed(self) -> bool:
-        return self.first is not None
+        return self.measured.speedup
 
     def to_dict(self) -> dict:
         stats = self.result.stats
-        row = {"macs_fraction_asked": self.fraction, "macs_kept": stats["macs_after"] / stats["macs_before"],
-               "speedup": self.speedup, "dense_ms": self.dense_ms, "ms": self.ms, "spread": self.spread,
-               "confirmed": self.confirmed}
-        if self.first is not None:
-            row["first"] = {"speedup": self.first[0] / self.first[1], "dense_ms": self.first[0], "ms": self.first[1],
-                            "spread": self.first[2]}
-        return row
+        return {"macs_fraction_asked": self.fraction, "macs_kept": stats["macs_after"] / stats["macs_before"],
+                **self.measured.to_dict()}
 
 
 def check_config(config: dict) -> None:
@@ -117,9 +106,9 @@ def prune_to_budget(program: Program, /, *, config: dict | None = None) -> Resul
     removal = {key: value for key, value in settings.as_dict().items() if key in own}
     search = _Search(program, settings, removal)
     chosen = search.run()
-    stats = {"budget": _budget_text(settings), "met": True, "tolerance": settings.tolerance,
-             "confirmed": chosen.confirmed,
-             "speedup": chosen.speedup, "dense_ms": chosen.dense_ms, "ms": chosen.ms,
+    stats = {"budget": budget_text(settings.speedup, settings.latency_ms), "met": True,
+             "tolerance": settings.tolerance, "confirmed": chosen.measured.confirmed, "speedup": chosen.speedup,
+             "dense_ms": chosen.measured.dense_ms, "ms": chosen.measured.ms,
              "macs_fraction": chosen.fraction, "trace": [c.to_dict() for c in search.trace],
              "remove_channels": chosen.result.stats}
     return Result(chosen.result.program, modified=True, stats=stats)
@@ -133,29 +122,21 @@ class _Search:
         self.trace: list[Candidate] = []
 
     def meets(self, candidate: Candidate) -> bool:
-        if self.settings.speedup is not None:
-            return candidate.speedup >= self.settings.speedup
-        return candidate.ms <= self.settings.latency_ms
+        return meets(candidate.measured, speedup=self.settings.speedup, latency_ms=self.settings.latency_ms)
 
     def close_enough(self, candidate: Candidate) -> bool:
         """Met, and not much faster than asked (which would have cost accuracy for nothing)."""
-        wanted = self.settings.speedup or candidate.dense_ms / self.settings.latency_ms
-        return self.meets(candidate) and candidate.speedup <= wanted * (1 + self.settings.tolerance)
+        return self.meets(candidate) and candidate.speedup <= self._wanted_speedup(candidate) * (1 + self.settings.tolerance)
 
     def measure(self, fraction: float) -> Candidate:
         result = remove_channels(self.dense.clone(), config={**self.removal, "macs": fraction, "strict": False})
-        dense_ms, ms, spread = self.settings.latency(self.dense, result.program)
-        candidate = Candidate(fraction, result, dense_ms, ms, spread)
+        candidate = Candidate(fraction, result, Measured(*self.settings.latency(self.dense, result.program)))
         self.trace.append(candidate)
         return candidate
 
     def confirm(self, candidate: Candidate) -> Candidate:
-        """Measure `candidate` again, longer; its confirmed figures replace the first ones (once)."""
-        if self.settings.confirm and not candidate.confirmed:
-            again = getattr(self.settings.latency, "confirm", self.settings.latency)
-            first = (candidate.dense_ms, candidate.ms, candidate.spread)
-            candidate.dense_ms, candidate.ms, candidate.spread = again(self.dense, candidate.result.program)
-            candidate.first = first
+        if self.settings.confirm:
+            candidate.measured.confirm(self.settings.latency, self.dense, candidate.result.program)
         return candidate
 
     def run(self) -> Candidate:
@@ -199,17 +180,13 @@ class _Search:
         return fraction
 
     def _wanted_speedup(self, candidate: Candidate) -> float:
-        return self.settings.speedup or candidate.dense_ms / self.settings.latency_ms
+        return self.settings.speedup or candidate.measured.dense_ms / self.settings.latency_ms
 
     def _unreachable(self) -> str:
         best = max(self.trace, key=lambda c: c.speedup)
         kept = best.result.stats["macs_after"] / best.result.stats["macs_before"]
-        return (f"cannot reach {_budget_text(self.settings)}: the best measured was {best.speedup:.2f}x "
-                f"({best.ms:.2f} ms, {kept:.3f} of the MACs) after {len(self.trace)} candidates")
-
-
-def _budget_text(settings: PruneToBudgetConfig) -> str:
-    return f"a {settings.speedup:g}x speed-up" if settings.speedup else f"{settings.latency_ms:g} ms"
+        return (f"cannot reach {budget_text(self.settings.speedup, self.settings.latency_ms)}: the best measured "
+                f"was {best.speedup:.2f}x ({best.measured.ms:.2f} ms, {kept:.3f} of the MACs) after {len(self.trace)} candidates")
 
 
 prune_to_budget.check_config = check_config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.comb_channels import comb_channels
+from prunefx.passes.depth_to_budget import depth_to_budget
 from prunefx.passes.distill import distill
 from prunefx.passes.fold_batchnorm import fold_batchnorm
 from prunefx.passes.linearize_blocks import linearize_blocks
@@ -18,6 +19,7 @@ from prunefx.passes.sparsify_nm import sparsify_nm
 
 PASSES: dict[str, Pass] = {
     "comb_channels": comb_channels,
+    "depth_to_budget": depth_to_budget,
     "distill": distill,
     "fold_batchnorm": fold_batchnorm,
     "linearize_blocks": linearize_blocks,

@@ -6,9 +6,12 @@ statistics computed on the calibration data; with --recalibrate the batch norms 
 blocks are re-estimated too (their inputs changed). merge_blocks then folds what became affine, only
 where that is exact, lowers the MACs (kernels may grow by --max-kernel-growth) and, unless --no-measure,
 runs faster on ONNX Runtime (each merge of layers timed at batch 1 against the model before it).
---speedup S picks as many blocks, least harmful first, as the measured target needs. Writes model.pt2,
-model.onnx and report.json (blocks with their damage scores, merges, MACs and parameters before and
-after, torch-vs-ONNX-Runtime parity). For the progressive form with recovery training use a recipe:
+--speedup S or --latency-ms T (a budget, measured on ONNX Runtime at batch 1, --threads stated) picks the
+fewest blocks, least harmful first, whose merged network meets it (passes/depth_to_budget.py: bisection
+over the ranking, every candidate timed side by side with the dense model, a candidate that seems to meet
+confirmed with 4x the runs); a budget out of reach is a one-line error naming the best speed-up measured,
+exit 2, nothing written. Writes model.pt2, model.onnx and report.json (blocks with their damage scores,
+merges, MACs and parameters before and after, the budget search's trace, torch-vs-ONNX-Runtime parity). For the progressive form with recovery training use a recipe:
 `prunefx compress MODEL --recipe depth-kd ...`.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import time
 
 from prunefx import cli_options
+from prunefx.budget_text import search_lines
 from prunefx.calibration import calibration_data
 from prunefx.deliverable import write_model, write_report
 from prunefx.graph import count
@@ -24,20 +28,23 @@ from prunefx.graph.blocks import find_blocks
 from prunefx.graph.errors import PrunefxError
 from prunefx.loading import program_from_args
 from prunefx.output import check_output_folder, staged_folder
+from prunefx.passes.depth_to_budget import DepthToBudgetConfig, depth_to_budget
 from prunefx.passes.linearize_blocks import LinearizeBlocksConfig, linearize_blocks
 from prunefx.passes.merge_blocks import MergeBlocksConfig, merge_blocks
 from prunefx.passes.pipeline import Pipeline
-from prunefx.runtime import onnx_speedup
+from prunefx.runtime import onnx_latency_pair, onnx_speedup
 
 NAME = "depth"
-HELP = "remove whole non-linearities from the least harmful blocks and merge them (one-shot UPDP)"
+HELP = ("remove whole non-linearities from the least harmful blocks and merge them (one-shot UPDP), as many as "
+        "asked or as a measured speed-up or latency budget needs")
+BUDGETS = ("speedup", "latency_ms")  # depth_to_budget's: measured on ONNX Runtime at batch 1
 
 
 def add_arguments(parser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
-    # --blocks K and --speedup S are linearize_blocks' count and speedup, made from its config fields
-    cli_options.add_pass_options(parser, LinearizeBlocksConfig, ("count", "speedup"), flags={"count": "--blocks"},
-                                 group=which)
+    # --blocks K is linearize_blocks' count; --speedup S and --latency-ms T are depth_to_budget's budgets
+    cli_options.add_pass_options(parser, LinearizeBlocksConfig, ("count",), flags={"count": "--blocks"}, group=which)
+    cli_options.add_pass_options(parser, DepthToBudgetConfig, BUDGETS, group=which)
     which.add_argument("--block", action="append", metavar="NAME", help="a block to linearise (repeatable)")
     which.add_argument("--list", action="store_true", help="list the candidate blocks and exit")
     cli_options.add_calibration(parser, reads="needed by --blocks and --speedup (block damage) and for layer norms")
@@ -45,7 +52,9 @@ def add_arguments(parser) -> None:
     cli_options.add_pass_options(parser, MergeBlocksConfig, ("max_kernel_growth",))
     parser.add_argument("--no-measure", dest="measure", action="store_false",
                         help="merge wherever the MACs go down, without timing each merge on ONNX Runtime")
-    cli_options.add_measurement(parser, runs=50, what="the measurements")
+    cli_options.add_pass_options(parser, DepthToBudgetConfig, ("confirm",))
+    cli_options.add_measurement(parser, runs=50, what="the measurements (a budget's candidate that meets it is "
+                                                      "confirmed with 4x the runs)")
     cli_options.add_opset(parser)
     cli_options.add_output(parser, "model.pt2, model.onnx and report.json", required=False)
 
@@ -58,28 +67,22 @@ def run(args) -> int:
     if args.list:
         _list_blocks(program)
         return 0
-    if (args.count is not None or args.speedup is not None) and not args.calibrate:
-        raise PrunefxError("--blocks and --speedup choose blocks by their damage on data: give --calibrate DATA "
-                           "(or name the blocks with --block)")
-    measure = onnx_speedup(threads=args.threads, runs=args.runs) if args.measure or args.speedup else None
+    budget = args.speedup is not None or args.latency_ms is not None
+    if (args.count is not None or budget) and not args.calibrate:
+        raise PrunefxError("--blocks, --speedup and --latency-ms choose blocks by their damage on data: give "
+                           "--calibrate DATA (or name the blocks with --block)")
     if args.recalibrate and not args.calibrate:
         raise PrunefxError("--recalibrate needs --calibrate DATA")
     calibration = (calibration_data(args.calibrate, program.example_inputs[0], args.calibration_images)
                    if args.calibrate else None)
     started = time.perf_counter()
-    config = {"mode": "abrupt", "calibration": calibration.batches if calibration else None,
-              "recalibrate": args.recalibrate}
-    if args.speedup is not None:
-        config.update(speedup=args.speedup, measure=measure)
-    else:
-        config.update({"count": args.count} if args.count is not None else {"blocks": args.block})
     # One verified Pipeline, as in the API: merge_blocks promises exactness and the Pipeline checks it.
-    result = Pipeline([(linearize_blocks, config),
-                       (merge_blocks, {"max_kernel_growth": args.max_kernel_growth,
-                                       "measure": measure if args.measure else None})], verify="full").run(program)
+    result = Pipeline([_choice_step(args, calibration), _merge_step(args, budget)], verify="full").run(program)
     pruned = result.program
     linearized, merged = (result.steps[0][1], result.steps[1][1])
-    print(f"linearised {len(linearized.stats['chosen'])} blocks of {program.name} and made "
+    search = linearized.stats if budget else None  # depth_to_budget's, which hold linearize_blocks' own
+    linearize_stats = search["linearize_blocks"] if search else linearized.stats
+    print(f"linearised {len(linearize_stats['chosen'])} blocks of {program.name} and made "
           f"{len(merged.stats['merges'])} merges in {time.perf_counter() - started:.1f} s; exporting to ONNX", flush=True)
     before, after = count(program), count(pruned)
     with staged_folder(output) as staging:
@@ -87,11 +90,40 @@ def run(args) -> int:
         write_report(staging, {"model": program.name, "macs_before": before.macs, "macs_after": after.macs,
                                "params_before": before.params, "params_after": after.params,
                                "calibration": calibration.description if calibration else None,
-                               "linearize_blocks": linearized.stats, "merge_blocks": merged.stats, **delivered})
-    print(f"blocks {', '.join(linearized.stats['chosen'])}")
+                               "budget": _budget_report(search), "linearize_blocks": linearize_stats,
+                               "merge_blocks": merged.stats, **delivered})
+    if search:
+        _print_search(search)
+    print(f"blocks {', '.join(linearize_stats['chosen'])}")
     print(f"MACs   {before.macs / 1e6:.1f} M -> {after.macs / 1e6:.1f} M ({after.macs / before.macs:.3f})")
     print(f"wrote {output / 'model.pt2'}, {output / 'model.onnx'} and {output / 'report.json'}")
     return 0
+
+
+def _choice_step(args, calibration):
+    """depth_to_budget for a measured budget; linearize_blocks for a count or named blocks."""
+    batches = calibration.batches if calibration else None
+    if args.speedup is not None or args.latency_ms is not None:
+        return depth_to_budget, {**cli_options.pass_config(args, (*BUDGETS, "confirm", "recalibrate")),
+                                 "calibration": batches, "max_kernel_growth": args.max_kernel_growth,
+                                 "latency": onnx_latency_pair(threads=args.threads, runs=args.runs)}
+    which = {"count": args.count} if args.count is not None else {"blocks": args.block}
+    return linearize_blocks, {"mode": "abrupt", "calibration": batches, "recalibrate": args.recalibrate, **which}
+
+
+def _merge_step(args, budget: bool):
+    """merge_blocks; after a budget search, unmeasured, so that it gives exactly the network measured."""
+    measure = onnx_speedup(threads=args.threads, runs=args.runs) if args.measure and not budget else None
+    return merge_blocks, {"max_kernel_growth": args.max_kernel_growth, "measure": measure}
+
+
+def _budget_report(search: dict | None) -> dict | None:
+    return {key: value for key, value in search.items() if key != "linearize_blocks"} if search else None
+
+
+def _print_search(search: dict) -> None:
+    chosen = f"with {len(search['blocks'])} of {len(search['ranking'])} blocks"
+    print("\n".join(search_lines(search, candidate="{n} blocks, ", chosen=chosen)))
 
 
 def _list_blocks(program) -> None:

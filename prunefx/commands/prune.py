@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from prunefx import cli_options, options
+from prunefx.budget_text import search_lines
 from prunefx.calibration import Calibration, calibration_data, noise_batches
 from prunefx.deliverable import write_model, write_report
 from prunefx.detectors import part_from_reference
@@ -163,12 +164,7 @@ def _summary(report: dict, output: Path) -> None:
     changed = sum(g["width_after"] != g["width_before"] for g in report["groups"])
     if report["budget"]:
         budget = report["budget"]
-        for row in budget["trace"]:
-            confirmed = f"; confirmed, first measured {row['first']['speedup']:.2f}x" if row.get("first") else ""
-            print(f"  candidate: {row['macs_kept']:.3f} of the MACs -> {row['speedup']:.2f}x "
-                  f"({row['ms']:.2f} ms vs {row['dense_ms']:.2f} ms dense, spread {row['spread']:.0%}{confirmed})")
-        print(f"budget {budget['budget']} met: {budget['speedup']:.2f}x measured on ONNX Runtime "
-              f"({budget['ms']:.2f} ms vs {budget['dense_ms']:.2f} ms dense) after {len(budget['trace'])} candidates")
+        print("\n".join(search_lines(budget, chosen=f"after {len(budget['trace'])} candidates")))
     print(f"MACs   {report['macs_before'] / 1e6:.1f} M -> {report['macs_after'] / 1e6:.1f} M ({macs:.3f})")
     print(f"params {report['params_before'] / 1e6:.2f} M -> {report['params_after'] / 1e6:.2f} M ({params:.3f})")
     print(f"groups {changed} of {len(report['groups'])} narrowed; {len(report['blocked'])} blocked"

@@ -1,0 +1,166 @@
+"""depth_to_budget: linearise the fewest blocks whose merged network meets a measured speed-up or latency.
+
+A user states a budget ("2x faster", "under 4 ms"), not a number of blocks. This pass ranks the blocks
+worth linearising once (linearize_blocks.ranked_blocks: affine once linearised, their merge saves MACs,
+least damage on `calibration` first) and searches the length n of that ranking's prefix:
+
+    candidate(n) = merge_blocks(linearize_blocks(dense, blocks = ranked[:n], mode = abrupt))
+    measured by `latency(dense, candidate) -> (dense ms, candidate ms, spread)` against the dense model
+    as given (runtime/speedup.py's onnx_latency_pair for ONNX Runtime; passes never import the runtime)
+
+More merged blocks run faster, so the smallest n that meets the budget is found by bisection: first all
+n = N blocks (if even that misses, the budget is out of reach: a one-line error naming the best speed-up
+measured), then halving the interval between the largest n known to miss and the smallest known to meet.
+About log2(N) + 1 candidates are measured, each a whole network, side by side with the dense one.
+Depth is discrete, so there is no tolerance: the smallest n that meets is the least damage that does.
+
+Confirmation, as in prune_to_budget: a candidate that seems to meet the budget is measured again, longer
+(`latency.confirm` when the measuring function has one, else `latency` itself), and the confirmed figure
+decides; the answer is always a confirmed candidate. A miss at n = N is confirmed too before the budget is
+declared out of reach.
+
+The Program returned is the dense one with the chosen blocks linearised (abrupt), not yet merged: the
+caller runs merge_blocks next with the same `max_kernel_growth` and no measurement, which gives exactly
+the network measured here (merge_blocks is deterministic) and lets the Pipeline check that merge's
+exactness. Config: `speedup` (> 1) or `latency_ms` (> 0), one of them; `confirm` (True); `latency`
+(injected); `calibration` (required: it ranks the blocks and calibrates the batch norms that replace
+layer norms); `rank`, `layer_norms`, `recalibrate`, `progress` as in linearize_blocks;
+`max_kernel_growth` as in merge_blocks. Stats: `budget`, `met`, `speedup`, `dense_ms`, `ms`, `blocks`
+(the chosen, in ranking order), `trace` (every candidate: n, its blocks, MACs kept, measured speed-up,
+latency, spread, confirmed and the first measurement), `ranking` (every ranked block with its damage
+and MACs saved) and the chosen candidate's `linearize_blocks` statistics.
+Non-goals: progressive linearisation with training (a recipe: depth-kd), width (prune_to_budget).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from prunefx.graph import Program, count
+from prunefx.graph.activations import calibration_inputs
+from prunefx.graph.errors import PrunefxError
+from prunefx.passes.budget_search import Measured, budget_text, meets
+from prunefx.passes.config_checks import ConfigError
+from prunefx.passes.linearize_blocks import linearize_blocks, ranked_blocks
+from prunefx.passes.merge_blocks import merge_blocks
+from prunefx.passes.pass_config import PassConfig, option
+from prunefx.passes.result import Result
+
+
+@dataclass
+class DepthToBudgetConfig(PassConfig):
+    owner: ClassVar[str] = "depth_to_budget"
+
+    speedup: float | None = option(low=1.0, low_open=True, help="measured speed-up over the dense model to reach")
+    latency_ms: float | None = option(low=0.0, low_open=True, help="measured latency to stay under, in ms")
+    confirm: bool = option(True, help="measure a candidate again, longer, before accepting it")
+    latency: Callable | None = option(source="latency", help="(dense, candidate) -> (dense ms, candidate ms, spread)")
+    calibration: Any = option(source="calibration", help="input batches to rank blocks and estimate statistics")
+    rank: str = option("damage", help="order of the candidate blocks", choices=("damage", "damage_per_mac"))
+    layer_norms: str = option("batch_norm", help="layer norms inside chosen blocks become batch norms, or stay",
+                              choices=("batch_norm", "keep"))
+    recalibrate: bool = option(False, help="re-estimate the batch norms inside the chosen blocks")
+    max_kernel_growth: float = option(1.0, low=1.0, help="largest growth of a kernel side a merge may cause (>= 1)")
+    progress: bool | None = option(help="a progress bar (default: on a terminal)", cli=False)
+
+    def check(self) -> None:
+        if (self.speedup is None) == (self.latency_ms is None):
+            raise ConfigError(f"{self.owner} needs exactly one budget: speedup or latency_ms")
+
+
+@dataclass
+class Candidate:
+    blocks: list[str]
+    program: Program     # linearised, not merged: what the pass returns
+    merged: Program      # what was measured
+    macs_kept: float     # of the merged network, over the dense one
+    measured: Measured
+    linearize_stats: dict = field(repr=False)
+
+    @property
+    def speedup(self) -> float:
+        return self.measured.speedup
+
+    def to_dict(self) -> dict:
+        return {"n": len(self.blocks), "blocks": self.blocks, "macs_kept": self.macs_kept, **self.measured.to_dict()}
+
+
+def check_config(config: dict) -> None:
+    DepthToBudgetConfig.parse(config)
+
+
+def depth_to_budget(program: Program, /, *, config: dict | None = None) -> Result:
+    settings = DepthToBudgetConfig.parse(config)
+    if settings.latency is None:
+        raise PrunefxError("depth_to_budget needs 'latency': a function (dense, candidate) -> (dense ms, "
+                           "candidate ms, spread), e.g. prunefx.runtime.onnx_latency_pair()")
+    if settings.calibration is None:
+        raise PrunefxError("depth_to_budget needs 'calibration' data: it ranks the blocks by their damage on it")
+    batches = calibration_inputs(program.example_inputs, settings.calibration, what="depth_to_budget")
+    ranked, scores = ranked_blocks(program, batches, rank=settings.rank, progress=settings.progress)
+    if not ranked:
+        raise PrunefxError(f"cannot reach {budget_text(settings.speedup, settings.latency_ms)}: no block of {program.name} becomes affine once "
+                           "linearised and merges into fewer MACs")
+    search = _Search(program, [block.name for block in ranked], settings)
+    chosen = search.run()
+    stats = {"budget": budget_text(settings.speedup, settings.latency_ms), "met": True, "speedup": chosen.speedup,
+             "dense_ms": chosen.measured.dense_ms, "ms": chosen.measured.ms, "blocks": chosen.blocks,
+             "confirmed": chosen.measured.confirmed,
+             "trace": [candidate.to_dict() for candidate in search.trace],
+             "ranking": [{"name": block.name, **scores.get(block.name, {})} for block in ranked],
+             "linearize_blocks": chosen.linearize_stats}
+    return Result(chosen.program, modified=bool(chosen.blocks), stats=stats)
+
+
+class _Search:
+    """Bisection over the prefix length of the ranking (see the module docstring)."""
+
+    def __init__(self, dense: Program, ranked: list[str], settings: DepthToBudgetConfig):
+        self.dense, self.ranked, self.settings = dense, ranked, settings
+        self.dense_macs = count(dense).macs
+        self.trace: list[Candidate] = []
+
+    def meets(self, candidate: Candidate) -> bool:
+        return meets(candidate.measured, speedup=self.settings.speedup, latency_ms=self.settings.latency_ms)
+
+    def run(self) -> Candidate:
+        everything = self.confirm(self.measure(len(self.ranked)))  # decisive either way: confirmed
+        if not self.meets(everything):
+            raise PrunefxError(self._unreachable())
+        missed, met = 0, everything  # n = 0 is the dense model: it never meets a budget (> 1x)
+        while len(met.blocks) - missed > 1:
+            candidate = self.measure((missed + len(met.blocks)) // 2)
+            if self.meets(candidate) and self.meets(self.confirm(candidate)):
+                met = candidate
+            else:
+                missed = len(candidate.blocks)
+        return met
+
+    def measure(self, n: int) -> Candidate:
+        blocks = self.ranked[:n]
+        linearized = linearize_blocks(self.dense.clone().eval(), config={
+            "blocks": blocks, "mode": "abrupt", "calibration": self.settings.calibration,
+            "recalibrate": self.settings.recalibrate, "layer_norms": self.settings.layer_norms})
+        merged = merge_blocks(linearized.program.clone(), config={"max_kernel_growth": self.settings.max_kernel_growth})
+        candidate = Candidate(blocks, linearized.program, merged.program, count(merged.program).macs / self.dense_macs,
+                              Measured(*self.settings.latency(self.dense, merged.program)), linearized.stats)
+        self.trace.append(candidate)
+        return candidate
+
+    def confirm(self, candidate: Candidate) -> Candidate:
+        if self.settings.confirm:
+            candidate.measured.confirm(self.settings.latency, self.dense, candidate.merged)
+        return candidate
+
+    def _unreachable(self) -> str:
+        best = max(self.trace, key=lambda c: c.speedup)
+        return (f"cannot reach {budget_text(self.settings.speedup, self.settings.latency_ms)}: the best measured "
+                f"was {best.speedup:.2f}x ({best.measured.ms:.2f} ms, {best.macs_kept:.3f} of the MACs) with all "
+                f"{len(best.blocks)} mergeable blocks linearised")
+
+
+depth_to_budget.check_config = check_config
+depth_to_budget.config_class = DepthToBudgetConfig
+depth_to_budget.in_place = False  # every candidate is linearised on a copy of the dense Program

@@ -1,0 +1,18 @@
+"""The lines `prunefx prune` and `prunefx depth` print for a budget search: every candidate measured (with
+its first measurement when a confirmation replaced it), then the budget met."""
+
+from __future__ import annotations
+
+
+def search_lines(budget: dict, *, candidate: str = "", chosen: str = "") -> list[str]:
+    """`budget` is a budget pass's statistics (trace, speedup, ms, dense_ms); `candidate` is a format string
+    over a trace row's keys put before its figures (e.g. '{n} blocks, '), `chosen` ends the last line."""
+    lines = []
+    for row in budget["trace"]:
+        confirmed = f"; confirmed, first measured {row['first']['speedup']:.2f}x" if row.get("first") else ""
+        lines.append(f"  candidate: {candidate.format(**row)}{row['macs_kept']:.3f} of the MACs -> "
+                     f"{row['speedup']:.2f}x ({row['ms']:.2f} ms vs {row['dense_ms']:.2f} ms dense, spread "
+                     f"{row['spread']:.0%}{confirmed})")
+    lines.append(f"budget {budget['budget']} met: {budget['speedup']:.2f}x measured on ONNX Runtime "
+                 f"({budget['ms']:.2f} ms vs {budget['dense_ms']:.2f} ms dense) {chosen}")
+    return lines
