@@ -10,9 +10,12 @@ alternately in this process, so machine noise hits both alike; the speed-up is t
 from __future__ import annotations
 
 import hashlib
+import operator
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from prunefx.graph import Program
 from prunefx.graph.rebatch import rebatch
@@ -48,26 +51,57 @@ def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup:
     by default, twice the warm-up), cached apart: prune_to_budget accepts a candidate only once `confirm`
     agrees, because one short measurement on a loaded machine can be off by 20 % (RegNetY-800MF: 2.05x
     in the search, 1.66x measured again, benchmarks/results/latency_budget.md)."""
-    measure = _cached_pair(threads=threads, runs=runs, warmup=warmup, batch=batch)
-    measure.confirm = _cached_pair(threads=threads, runs=confirm_runs or 4 * runs, warmup=2 * warmup, batch=batch)
+    exports = _Exports(batch)  # shared: the dense model is exported once per search, a confirmed one once
+    measure = _cached_pair(exports, threads=threads, runs=runs, warmup=warmup)
+    measure.confirm = _cached_pair(exports, threads=threads, runs=confirm_runs or 4 * runs, warmup=2 * warmup)
     return measure
 
 
-def _cached_pair(*, threads: int, runs: int, warmup: int, batch: int) -> LatencyPair:
+def _cached_pair(exports: _Exports, *, threads: int, runs: int, warmup: int) -> LatencyPair:
     cache: dict[tuple[str, str], tuple[float, float, float]] = {}
 
     def measure(before: Program, after: Program) -> tuple[float, float, float]:
-        with tempfile.TemporaryDirectory(prefix="prunefx-measure-") as tmp:
-            paths = [_exported(program, Path(tmp) / f"{name}.onnx", batch)
-                     for name, program in (("before", before), ("after", after))]
-            key = tuple(hashlib.sha256(path.read_bytes()).hexdigest() for path in (paths[0][0], paths[1][0]))
-            if key not in cache:
-                runners = [onnx_runner(path, inputs, threads=threads) for path, inputs in paths]
-                result = compare_latency(*runners, warmup=warmup, runs=runs, threads=threads)
-                cache[key] = (result.a.median_ms, result.b.median_ms, result.b.p90_ms / result.b.median_ms - 1)
-            return cache[key]
+        (path_a, inputs_a, sha_a), (path_b, inputs_b, sha_b) = exports.get(before), exports.get(after)
+        if (sha_a, sha_b) not in cache:
+            runners = [onnx_runner(path_a, inputs_a, threads=threads), onnx_runner(path_b, inputs_b, threads=threads)]
+            result = compare_latency(*runners, warmup=warmup, runs=runs, threads=threads)
+            cache[sha_a, sha_b] = (result.a.median_ms, result.b.median_ms, result.b.p90_ms / result.b.median_ms - 1)
+        return cache[sha_a, sha_b]
 
     return measure
+
+
+class _Exports:
+    """ONNX files of the Programs measured so far, by a fingerprint of their graph and every tensor the graph
+    reads: a search measures the same dense model against every candidate, and a dynamo export of it costs
+    seconds to tens of seconds on a loaded 2-core machine. The files live as long as this object."""
+
+    def __init__(self, batch: int):
+        self.batch = batch
+        self.folder = tempfile.TemporaryDirectory(prefix="prunefx-measure-")
+        self.files: dict[str, tuple[Path, tuple, str]] = {}
+
+    def get(self, program: Program) -> tuple[Path, tuple, str]:
+        """(ONNX path, example inputs at `batch`, sha256 of the file) for `program`."""
+        key = _fingerprint(program)
+        if key not in self.files:
+            path, inputs = _exported(program, Path(self.folder.name) / f"{len(self.files)}.onnx", self.batch)
+            self.files[key] = (path, inputs, hashlib.sha256(path.read_bytes()).hexdigest())
+        return self.files[key]
+
+
+def _fingerprint(program: Program) -> str:
+    """sha256 of the graph's code, its input shapes, its mode and the bytes of every tensor it reads."""
+    digest = hashlib.sha256(program.module.code.encode())
+    digest.update(repr([tuple(x.shape) for x in program.example_inputs]).encode() + bytes([program.training]))
+    for node in program.graph.nodes:
+        if node.op == "get_attr":
+            value = operator.attrgetter(node.target)(program.module)
+            if isinstance(value, torch.Tensor):
+                tensor = value.detach().cpu().contiguous()
+                digest.update(f"{node.target}{tuple(tensor.shape)}{tensor.dtype}".encode())
+                digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _exported(program: Program, path: Path, batch: int):

@@ -135,3 +135,21 @@ def test_measured_on_onnx_runtime():
     stats = result.stats
     assert stats["met"] and stats["speedup"] >= 1.3
     assert stats["remove_channels"]["macs_after"] < stats["remove_channels"]["macs_before"]
+
+
+def test_the_onnx_measuring_function_exports_each_program_once_and_sees_changed_weights(resnet20, monkeypatch):
+    """The dense model is measured against every candidate (and again by confirm): one export, not one per
+    call; but a Program whose weights changed is a different model and is exported again."""
+    import importlib
+
+    speedup = importlib.import_module("prunefx.runtime.speedup")
+    exported, real = [], speedup._exported
+    monkeypatch.setattr(speedup, "_exported", lambda program, path, batch: exported.append(path) or real(program, path, batch))
+    latency = speedup.onnx_latency_pair(threads=1, runs=2, warmup=0)
+    changed = resnet20.clone()
+    with torch.no_grad():
+        next(changed.module.parameters()).add_(1.0)
+    latency(resnet20, resnet20.clone())
+    latency.confirm(resnet20, resnet20)
+    dense_ms, changed_ms, _ = latency(resnet20, changed)
+    assert len(exported) == 2 and dense_ms > 0 and changed_ms > 0
