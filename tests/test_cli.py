@@ -455,6 +455,7 @@ def test_prune_flags_are_remove_channels_options():
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_prune_to_a_measured_speedup_reports_its_search(capsys, tmp_path, one_thread):
     # 64x64 images: compute, not per-operator overhead, sets the latency, so pruning surely pays (this checks
     # the plumbing; how close budgets land is benchmarks/latency_budget.py's job)
