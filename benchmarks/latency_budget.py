@@ -60,6 +60,27 @@ def _search_text(budget: dict) -> str:
     return f"{budget['speedup']:.2f}x{first}"
 
 
+def _write(args, runs: list, rows: list, load_at_start) -> None:
+    """The results so far: written after every row, so that a run stopped part-way (these searches take
+    minutes each on a loaded 2-core machine) leaves what it measured."""
+    info = {**machine_info(threads=args.threads), "load_average_at_end": list(os.getloadavg())}
+    write_results(NAME, {"command": command_line(), "machine": info, "runs": runs}, "\n".join([
+        "# Latency budgets: `prunefx prune --speedup S`, checked by an independent measurement", "",
+        f"Produced by `{command_line()}`.", "", machine_summary(info), "",
+        f"- Load average (1, 5, 15 min) at the start: {', '.join(f'{x:.1f}' for x in load_at_start)}, at the end: "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} on this 2-core machine (other work ran beside it).",
+        "- The search confirms every candidate that seems to meet the budget with a measurement 4x longer "
+        "(120 runs each side, alternating) and accepts only on the confirmed figure; 'search' is that figure, "
+        "'first' the 30-run measurement of the same candidate.",
+        f"- ONNX Runtime, batch 1, {args.threads} threads, input 1x3x224x224, widths multiples of 16, l2 "
+        "importance (no data given), no fine-tuning: this is about speed, not accuracy.",
+        "- 'search' is the speed-up the search measured; 'independent' is `prunefx bench dense.onnx --vs "
+        f"model.onnx` in another process ({args.runs} runs each, alternating). Target: independent within "
+        "[0.95 S, 1.25 S].", "",
+        markdown_table(["model", "budget S", "MACs kept", "candidates", "search (confirmed)", "independent",
+                        "within target", "search seconds"], rows), ""]))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
@@ -85,6 +106,7 @@ def main(argv=None) -> int:
                 rows.append([model, f"{budget:g}x", "-", "-", "-", "-", f"**no**: {failure}",
                              f"{time.perf_counter() - started:.0f}"])
                 print(rows[-1], flush=True)
+                _write(args, runs, rows, load_at_start)
                 continue
             search_seconds = time.perf_counter() - started
             report = json.loads((output / "report.json").read_text())
@@ -100,22 +122,7 @@ def main(argv=None) -> int:
                          _candidates_text(report["budget"]["trace"]), _search_text(report["budget"]),
                          f"**{independent:.2f}x**", "yes" if within else "**no**", f"{search_seconds:.0f}"])
             print(rows[-1], flush=True)
-    info = {**machine_info(threads=args.threads), "load_average_at_end": list(os.getloadavg())}
-    write_results(NAME, {"command": command_line(), "machine": info, "runs": runs}, "\n".join([
-        "# Latency budgets: `prunefx prune --speedup S`, checked by an independent measurement", "",
-        f"Produced by `{command_line()}`.", "", machine_summary(info), "",
-        f"- Load average (1, 5, 15 min) at the start: {', '.join(f'{x:.1f}' for x in load_at_start)}, at the end: "
-        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} on this 2-core machine (other work ran beside it).",
-        "- The search confirms every candidate that seems to meet the budget with a measurement 4x longer "
-        "(120 runs each side, alternating) and accepts only on the confirmed figure; 'search' is that figure, "
-        "'first' the 30-run measurement of the same candidate.",
-        f"- ONNX Runtime, batch 1, {args.threads} threads, input 1x3x224x224, widths multiples of 16, l2 "
-        "importance (no data given), no fine-tuning: this is about speed, not accuracy.",
-        "- 'search' is the speed-up the search measured; 'independent' is `prunefx bench dense.onnx --vs "
-        f"model.onnx` in another process ({args.runs} runs each, alternating). Target: independent within "
-        "[0.95 S, 1.25 S].", "",
-        markdown_table(["model", "budget S", "MACs kept", "candidates", "search (confirmed)", "independent",
-                        "within target", "search seconds"], rows), ""]))
+            _write(args, runs, rows, load_at_start)
     return 0
 
 
