@@ -1,7 +1,9 @@
-"""Pruning the model zoo to 0.5 and 0.3 of its MACs: the target is met within 3 %, the cost was predicted
-exactly, the result verifies (re-exports, keeps its output shapes) and, at 0.3, its ONNX file matches it.
+"""Pruning the model zoo to 0.3 of its MACs: the target is met within 3 %, the cost was predicted exactly,
+the result verifies (re-exports, keeps its output shapes) and its ONNX file matches it.
 
-benchmarks/prune_zoo.py runs the same matrix with ONNX parity at both targets and records it.
+One target per model keeps `make test` within its time: 0.3 cuts deepest, so it meets the most width
+limits and blocked groups. benchmarks/prune_zoo.py runs the full matrix (0.5 and 0.3) with ONNX parity
+at both and records it.
 """
 
 import functools
@@ -51,9 +53,9 @@ def _captured(reference: str):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fraction", [0.5, 0.3])
 @pytest.mark.parametrize("reference", ZOO)
-def test_prune_zoo_to_a_macs_target(reference, fraction, tmp_path):
+def test_prune_zoo_to_a_macs_target(reference, tmp_path):
+    fraction = 0.3
     program = zoo_program(reference)
     result = remove_channels(program, config={"macs": fraction, "round_to": 8})
     stats = result.stats
@@ -61,7 +63,6 @@ def test_prune_zoo_to_a_macs_target(reference, fraction, tmp_path):
     assert (stats["macs_predicted"], stats["params_predicted"]) == (stats["macs_after"], stats["params_after"])
     verify(result.program)  # lint, shapes, finite outputs, re-export
     assert result.program.output_shapes == _captured(reference).output_shapes
-    if fraction == 0.3:
-        exported = export_onnx(result.program, tmp_path / "pruned.onnx")
-        parity = check_parity(result.program, exported.path)
-        assert parity.output_scale > 0 and parity.relative <= PARITY_TOLERANCE, f"{reference}: {parity}"
+    exported = export_onnx(result.program, tmp_path / "pruned.onnx")
+    parity = check_parity(result.program, exported.path)
+    assert parity.output_scale > 0 and parity.relative <= PARITY_TOLERANCE, f"{reference}: {parity}"
