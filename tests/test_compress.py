@@ -242,24 +242,6 @@ def test_json_safe_statistics():
     assert not math.isnan(json_safe(1.5))
 
 
-# --- the demo ------------------------------------------------------------------------------------
-
-@pytest.mark.slow
-@needs_fashion_mnist
-def test_demo_trains_compresses_and_reports_in_seconds(capsys, tmp_path):
-    recipe = write_recipe(tmp_path / "tiny.yaml", {"passes": [{"remove_channels": {"macs": 0.5, "round_to": 4}},
-                                                              {"distill": {"steps": 2}}]})
-    code, out, err = run_cli(capsys, "demo", "--steps", 3, "--recipe", recipe, "-o", tmp_path / "demo",
-                             *fast_options())
-    assert code == 0, err
-    assert "[train] prunefx:resnet20 on fashion-mnist: 3 steps" in out
-    for row in ("test accuracy", "val accuracy", "MACs per image", "parameters", "faster"):
-        assert row in out, out
-    report = json.loads((tmp_path / "demo" / "report.json").read_text())
-    assert report["macs_after"] == pytest.approx(0.5 * report["macs_before"], rel=0.03)
-    assert (tmp_path / "demo" / "dense_train.pt2").is_file() and (tmp_path / "demo" / "model.onnx").is_file()
-
-
 @needs_fashion_mnist
 def test_a_failure_after_training_keeps_the_trained_model_beside_the_output(tmp_path, capsys, monkeypatch):
     import prunefx.compression as compression
