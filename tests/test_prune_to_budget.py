@@ -124,6 +124,7 @@ def test_without_a_measuring_function_it_says_what_to_pass(resnet20):
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_measured_on_onnx_runtime():
     from prunefx.runtime import onnx_latency_pair
 
