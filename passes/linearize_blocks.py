@@ -153,8 +153,9 @@ def _choose(program: Program, candidates: list[Block], config: dict, batches) ->
     ranked, scores = ranked_blocks(program, batches, rank=config["rank"], progress=config.get("progress"),
                                    candidates=candidates)
     if config.get("speedup") is not None:
-        config["count"] = len(ranked)  # _enough_for_speedup keeps the shortest prefix
+        # _enough_for_speedup keeps the shortest prefix of the ranking that reaches the target: all of it is chosen
         ranked = _enough_for_speedup(program, ranked, config["speedup"], config["measure"], scores)
+        config["count"] = len(ranked)
     if config["count"] > len(ranked):
         raise LinearizeError(f"linearize_blocks: count {config['count']} but only {len(ranked)} blocks become "
                              f"affine once linearised and merge into fewer MACs: "
