@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prunefx.graph import Program
+from prunefx.graph.errors import PrunefxError
 
 
 @dataclass
@@ -59,3 +60,10 @@ def meets(measured: Measured, *, speedup: float | None, latency_ms: float | None
 
 def budget_text(speedup: float | None, latency_ms: float | None) -> str:
     return f"a {speedup:g}x speed-up" if speedup else f"{latency_ms:g} ms"
+
+
+def require_latency(pass_name: str, latency) -> None:
+    """Budget passes measure through an injected function; without one, say what to pass."""
+    if latency is None:
+        raise PrunefxError(f"{pass_name} needs 'latency': a function (dense, candidate) -> (dense ms, "
+                           "candidate ms, spread), e.g. prunefx.runtime.onnx_latency_pair()")

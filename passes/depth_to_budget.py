@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 from prunefx.graph import Program, count
 from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.budget_search import Measured, budget_text, meets
+from prunefx.passes.budget_search import Measured, budget_text, meets, require_latency
 from prunefx.passes.config_checks import ConfigError
 from prunefx.passes.linearize_blocks import linearize_blocks, ranked_blocks
 from prunefx.passes.merge_blocks import merge_blocks
@@ -93,9 +93,7 @@ def check_config(config: dict) -> None:
 
 def depth_to_budget(program: Program, /, *, config: dict | None = None) -> Result:
     settings = DepthToBudgetConfig.parse(config)
-    if settings.latency is None:
-        raise PrunefxError("depth_to_budget needs 'latency': a function (dense, candidate) -> (dense ms, "
-                           "candidate ms, spread), e.g. prunefx.runtime.onnx_latency_pair()")
+    require_latency("depth_to_budget", settings.latency)
     if settings.calibration is None:
         raise PrunefxError("depth_to_budget needs 'calibration' data: it ranks the blocks by their damage on it")
     batches = calibration_inputs(program.example_inputs, settings.calibration, what="depth_to_budget")

@@ -46,7 +46,7 @@ from typing import ClassVar
 
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.budget_search import Measured, budget_text, meets
+from prunefx.passes.budget_search import Measured, budget_text, meets, require_latency
 from prunefx.passes.config_checks import ConfigError
 from prunefx.passes.pass_config import option
 from prunefx.passes.remove_channels import RemoveChannelsConfig, remove_channels
@@ -99,9 +99,7 @@ def check_config(config: dict) -> None:
 
 def prune_to_budget(program: Program, /, *, config: dict | None = None) -> Result:
     settings = PruneToBudgetConfig.parse(config)
-    if settings.latency is None:
-        raise PrunefxError("prune_to_budget needs 'latency': a function (dense, candidate) -> (dense ms, "
-                           "candidate ms, spread), e.g. prunefx.runtime.onnx_latency_pair()")
+    require_latency("prune_to_budget", settings.latency)
     own = {field.name for field in dataclasses.fields(RemoveChannelsConfig)} - {"macs", "params", "channels"}
     removal = {key: value for key, value in settings.as_dict().items() if key in own}
     search = _Search(program, settings, removal)
