@@ -25,7 +25,7 @@ the network measured here (merge_blocks is deterministic) and lets the Pipeline 
 exactness. Config: `speedup` (> 1) or `latency_ms` (> 0), one of them; `confirm` (True); `latency`
 (injected); `calibration` (required: it ranks the blocks and calibrates the batch norms that replace
 layer norms); `rank`, `layer_norms`, `recalibrate`, `progress` as in linearize_blocks;
-`max_kernel_growth` as in merge_blocks. Stats: `budget`, `met`, `speedup`, `dense_ms`, `ms`, `blocks`
+`max_kernel_growth` as in merge_blocks; `ranking` (block names, best first) skips the ranking. Stats: `budget`, `met`, `speedup`, `dense_ms`, `ms`, `blocks`
 (the chosen, in ranking order), `trace` (every candidate: n, its blocks, MACs kept, measured speed-up,
 latency, spread, confirmed and the first measurement), `ranking` (every ranked block with its damage
 and MACs saved) and the chosen candidate's `linearize_blocks` statistics.
@@ -63,6 +63,8 @@ class DepthToBudgetConfig(PassConfig):
                               choices=("batch_norm", "keep"))
     recalibrate: bool = option(False, help="re-estimate the batch norms inside the chosen blocks")
     max_kernel_growth: float = option(1.0, low=1.0, help="largest growth of a kernel side a merge may cause (>= 1)")
+    ranking: list[str] | None = option(help="blocks to choose from, best first (default: ranked here on "
+                                            "calibration); a caller searching several budgets ranks once", cli=False)
     progress: bool | None = option(help="a progress bar (default: on a terminal)", cli=False)
 
     def check(self) -> None:
@@ -96,20 +98,28 @@ def depth_to_budget(program: Program, /, *, config: dict | None = None) -> Resul
     require_latency("depth_to_budget", settings.latency)
     if settings.calibration is None:
         raise PrunefxError("depth_to_budget needs 'calibration' data: it ranks the blocks by their damage on it")
-    batches = calibration_inputs(program.example_inputs, settings.calibration, what="depth_to_budget")
-    ranked, scores = ranked_blocks(program, batches, rank=settings.rank, progress=settings.progress)
-    if not ranked:
-        raise PrunefxError(f"cannot reach {budget_text(settings.speedup, settings.latency_ms)}: no block of {program.name} becomes affine once "
-                           "linearised and merges into fewer MACs")
-    search = _Search(program, [block.name for block in ranked], settings)
+    if settings.ranking is not None:
+        names, scores = list(settings.ranking), {}
+    else:
+        batches = calibration_inputs(program.example_inputs, settings.calibration, what="depth_to_budget")
+        ranked, scores = ranked_blocks(program, batches, rank=settings.rank, progress=settings.progress)
+        names = [block.name for block in ranked]
+    if not names:
+        raise PrunefxError(no_block_message(program, settings.speedup, settings.latency_ms))
+    search = _Search(program, names, settings)
     chosen = search.run()
     stats = {"budget": budget_text(settings.speedup, settings.latency_ms), "met": True, "speedup": chosen.speedup,
              "dense_ms": chosen.measured.dense_ms, "ms": chosen.measured.ms, "blocks": chosen.blocks,
              "confirmed": chosen.measured.confirmed,
              "trace": [candidate.to_dict() for candidate in search.trace],
-             "ranking": [{"name": block.name, **scores.get(block.name, {})} for block in ranked],
+             "ranking": [{"name": name, **scores.get(name, {})} for name in names],
              "linearize_blocks": chosen.linearize_stats}
     return Result(chosen.program, modified=bool(chosen.blocks), stats=stats)
+
+
+def no_block_message(program: Program, speedup: float | None, latency_ms: float | None) -> str:
+    return (f"cannot reach {budget_text(speedup, latency_ms)}: no block of {program.name} becomes affine once "
+            "linearised and merges into fewer MACs")
 
 
 class _Search:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prunefx.graph.errors import PrunefxError
+from prunefx.passes.choose_for_budget import choose_for_budget
 from prunefx.passes.comb_channels import comb_channels
 from prunefx.passes.depth_to_budget import depth_to_budget
 from prunefx.passes.distill import distill
@@ -18,6 +19,7 @@ from prunefx.passes.result import Pass
 from prunefx.passes.sparsify_nm import sparsify_nm
 
 PASSES: dict[str, Pass] = {
+    "choose_for_budget": choose_for_budget,
     "comb_channels": comb_channels,
     "depth_to_budget": depth_to_budget,
     "distill": distill,

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from prunefx.budget_report import BUDGET_CHART_FILE, budget_stats, write_budget_chart
 from prunefx.compression_report import json_safe, markdown_report, pass_summary
 from prunefx.data import CLASSIFICATION, DETECTION, FASHION_MNIST, DataSplits, load_data, scene_spec
 from prunefx.deliverable import write_model, write_report
@@ -111,6 +112,28 @@ def load_named_recipe(text: str) -> Recipe:
         raise RecipeError(f"recipe {path}: {error}") from error
     name = spec.get("name") if isinstance(spec.get("name"), str) else path.stem
     return Recipe(name=name, path=path, spec=spec, pipeline=pipeline)
+
+
+BUDGET_PASSES = ("choose_for_budget", "prune_to_budget", "depth_to_budget")
+
+
+def with_budget(recipe: Recipe, *, speedup: float | None = None, latency_ms: float | None = None) -> Recipe:
+    """`recipe` with its budget passes' budget set to `speedup` or `latency_ms` (the command line's
+    --speedup/--latency-ms); the spec in the report says what ran. A recipe with no budget pass is an error:
+    a budget it would ignore is worse than none."""
+    budget = {"speedup": speedup, "latency_ms": latency_ms}
+    entries, found = [], False
+    for entry in recipe.spec["passes"]:
+        name, config = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
+        if name in BUDGET_PASSES:
+            found = True
+            entry = {name: {**(config or {}), **budget}}
+        entries.append(entry)
+    if not found:
+        raise RecipeError(f"recipe {recipe.name} has no budget pass ({', '.join(BUDGET_PASSES)}) for --speedup or "
+                          "--latency-ms; use --recipe budget-kd or add one")
+    spec = {**recipe.spec, "passes": entries}
+    return Recipe(name=recipe.name, path=recipe.path, spec=spec, pipeline=pipeline_from_spec(spec))
 
 
 # ---- model and data -----------------------------------------------------------------------------
@@ -333,6 +356,10 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
     variants = variants_from_compress(report)
     report["variants"] = [variant.to_dict() for variant in variants]
     write_chart(variants, staging / CHART_FILE, title=f"{dense.name}, recipe {recipe.name}")
+    budget = budget_stats(report)
+    if budget is not None:  # every width/depth/INT8 combination the budget pass tried, as a chart
+        write_budget_chart(budget, staging / BUDGET_CHART_FILE, title=f"{dense.name}: budget {budget['budget']}")
+        report["files"][BUDGET_CHART_FILE] = str(output / BUDGET_CHART_FILE)
     report = write_report(staging, report)
     (staging / "report.md").write_text(markdown_report(report))
     return report

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from prunefx.budget_report import budget_markdown, budget_stats
 from prunefx.graph import Program
 from prunefx.runtime.deployment_report import CHART_FILE, Variant, deployment_markdown
 
@@ -129,6 +130,9 @@ def markdown_report(report: dict) -> str:
               "- `model.onnx`: the compressed model at batch 1, cleaned and checked",
               "- `report.json`: everything here, and every pass's statistics", "",
               f"Took {seconds['total']:.0f} s ({seconds['pipeline']:.0f} s in the recipe's passes).", ""]
+    budget = budget_stats(report)
+    if budget is not None:
+        lines.append(budget_markdown(budget))
     if report.get("variants"):
         lines.append(deployment_markdown([Variant.from_dict(item) for item in report["variants"]], CHART_FILE))
     return "\n".join(lines)

@@ -84,7 +84,7 @@ def variants_from_compress(report: Mapping) -> list[Variant]:
 
 # ---- chart --------------------------------------------------------------------------------------
 
-def _figure_classes():
+def figure_classes():
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -97,7 +97,7 @@ def _figure_classes():
 def write_chart(variants: Sequence[Variant], path: str | os.PathLike, *, title: str = "") -> Path:
     """PNG scatter of accuracy (%) against median latency (ms), one labelled point per variant; variants
     without an accuracy are listed under the plot instead. Faster is left, better is up."""
-    Figure, FigureCanvasAgg = _figure_classes()
+    Figure, FigureCanvasAgg = figure_classes()
     figure = Figure(figsize=(7, 4.8), dpi=120)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()

@@ -18,9 +18,11 @@ from pathlib import Path
 import torch
 
 from prunefx.graph import Program
+from prunefx.graph.quantization import has_fake_quant
 from prunefx.graph.rebatch import rebatch
 from prunefx.runtime.latency import compare_latency
 from prunefx.runtime.onnx_export import export_onnx
+from prunefx.runtime.onnx_quantized import export_quantized_onnx, onnxruntime_lowering
 from prunefx.runtime.onnxruntime_session import DEFAULT_THREADS
 from prunefx.runtime.runners import onnx_runner
 
@@ -105,9 +107,13 @@ def _fingerprint(program: Program) -> str:
 
 
 def _exported(program: Program, path: Path, batch: int):
+    """The ONNX file ONNX Runtime runs for `program`: a fake-quantized Program (passes/quantize_int8) in the
+    integer lowering for this CPU (runtime/onnx_quantized.py), so an INT8 candidate is timed as deployed."""
     program = program.clone().eval() if program.training else program
     if int(program.example_inputs[0].shape[0]) != batch:
         program = rebatch(program, batch)
+    if has_fake_quant(program.graph):
+        return export_quantized_onnx(program, path, activations=onnxruntime_lowering()).path, program.example_inputs
     return export_onnx(program, path).path, program.example_inputs
 
 

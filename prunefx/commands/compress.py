@@ -11,10 +11,12 @@ The flow lives in prunefx/compression.py, shared with `prunefx demo`.
 from __future__ import annotations
 
 from prunefx import cli_options, options
-from prunefx.compression import Options, compress, load_model_and_data, load_named_recipe
+from prunefx.compression import Options, compress, load_model_and_data, load_named_recipe, with_budget
 from prunefx.compression_report import console_summary
+from prunefx.graph.errors import PrunefxError
 from prunefx.output import check_output_folder
 
+DEFAULT_BUDGET_RECIPE = "budget-kd"
 NAME = "compress"
 HELP = ("prune and recover a model with a recipe on a data set; write model.pt2, model.onnx and a report with "
         "accuracy, MACs and measured speed-up")
@@ -25,8 +27,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("model", help="torchvision:NAME, timm:NAME, prunefx:NAME, path/to/file.py:factory or a saved "
                                       ".pt2 (captured at --batch-size)")
     parser.add_argument("--weights", help="state dict (.pth/.pt) to load into the model")
-    parser.add_argument("--recipe", required=True,
-                        help="a shipped recipe (cpd-macs0.5, prune-l2-kd-macs0.5, finetune) or a recipe .yaml file")
+    parser.add_argument("--recipe",
+                        help="a shipped recipe (cpd-macs0.5, prune-l2-kd-macs0.5, finetune, budget-kd) or a recipe "
+                             ".yaml file (default with a budget: budget-kd)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--speedup", type=options.number(1.0, low_open=True), metavar="S",
+                        help="the budget of the recipe's budget pass (choose_for_budget, prune_to_budget, "
+                             "depth_to_budget): a speed-up measured on ONNX Runtime at batch 1")
+    budget.add_argument("--latency-ms", type=options.number(0.0, low_open=True), metavar="T",
+                        help="the same budget as a latency in ms at batch 1")
     parser.add_argument("--data", required=True, help="fashion-mnist, imagenet-sample, fashion-mnist-seg[:SIZE], "
                         "fashion-mnist-det[:SIZE] (scenes for segmentation and detection), or a folder with "
                         "train/<class>/ and val/<class>/ images")
@@ -50,7 +59,12 @@ def options_from(args) -> Options:
 
 
 def run(args) -> int:
-    recipe = load_named_recipe(args.recipe)  # a bad recipe fails before the data and the model load
+    budgeted = args.speedup is not None or args.latency_ms is not None
+    if args.recipe is None and not budgeted:
+        raise PrunefxError("give --recipe (or a budget, --speedup S or --latency-ms T, for the budget-kd recipe)")
+    recipe = load_named_recipe(args.recipe or DEFAULT_BUDGET_RECIPE)  # a bad recipe fails before the data loads
+    if budgeted:
+        recipe = with_budget(recipe, speedup=args.speedup, latency_ms=args.latency_ms)
     output = check_output_folder(args.output)
     dense, splits = load_model_and_data(args.model, args.data, batch_size=args.batch_size, weights=args.weights,
                                         validation=args.validation)

@@ -1,0 +1,135 @@
+"""choose_for_budget: every mix of width, depth and INT8 searched to the budget, the least damaged kept.
+
+The measuring function is a stand-in runtime the pass does not see into: latency proportional to the MACs
+of the network it is given, times INT8_GAIN's inverse when the network holds fake quantizers. With it the
+figures each combination must reach are known here, and the damage proxy is recomputed from the returned
+Program with numpy. Block ranking costs a minute on this model, so it is replaced by the mergeable blocks
+in graph order (the ranking itself is tested in test_linearize_blocks.py)."""
+
+import importlib
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from prunefx.graph import capture, count
+from prunefx.graph.blocks import find_blocks
+from prunefx.graph.errors import PrunefxError
+from prunefx.graph.quantization import has_fake_quant
+from prunefx.models import build_model
+from prunefx.passes import Pipeline
+from prunefx.passes.choose_for_budget import choose_for_budget
+from prunefx.passes.pipeline import Step
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+module = importlib.import_module("prunefx.passes.choose_for_budget")
+INT8_GAIN = 1.25   # the stand-in runtime runs INT8 this much faster
+BUDGET = 1.6       # INT8 alone misses it; every merged block together gives about 1.38x, so depth alone misses too
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    torch.manual_seed(0)
+    program = capture(build_model("prunefx:mobilenetv2_small").module.eval(), torch.randn(2, 1, 28, 28),
+                      name="mobilenetv2_small").eval()
+    batches = [torch.randn(2, 1, 28, 28) for _ in range(2)]
+    return program, batches
+
+
+@pytest.fixture
+def graph_order_ranking(mobilenet, monkeypatch):
+    blocks = [block for block in find_blocks(mobilenet[0].module) if block.affine]
+    monkeypatch.setattr(module, "ranked_blocks", lambda *args, **kwargs: (blocks, {}))
+    return mobilenet
+
+
+def stand_in_ms(program) -> float:
+    return count(program).macs / 1e7 / (INT8_GAIN if has_fake_quant(program.graph) else 1.0)
+
+
+def stand_in_latency(dense, candidate):
+    return stand_in_ms(dense), stand_in_ms(candidate), 0.0
+
+
+def config(batches, **extra):
+    return {"speedup": BUDGET, "latency": stand_in_latency, "calibration": batches,
+            "width": {"importance": "l2", "round_to": 4}, **extra}
+
+
+def numpy_kl(dense, candidate, batches) -> float:
+    """Mean over images of sum_c p_c (log p_c - log q_c), p the dense model's softmax, q the candidate's."""
+    total, rows = 0.0, 0
+    for x in batches:
+        with torch.no_grad():
+            p, q = (torch.softmax(model.module(x).double(), dim=1).numpy() for model in (dense, candidate))
+        total += float(np.sum(p * (np.log(p) - np.log(q))))
+        rows += p.shape[0]
+    return total / rows
+
+
+def test_every_combination_is_searched_and_the_least_damaged_that_meets_is_chosen(graph_order_ranking, monkeypatch):
+    program, batches = graph_order_ranking
+    asked = []  # the speed-up each depth search is given
+    original = module.depth_to_budget
+    monkeypatch.setattr(module, "depth_to_budget",
+                        lambda p, config: asked.append(config["speedup"]) or original(p, config=config))
+    result = choose_for_budget(program.clone(), config=config(batches))
+    # depth alone, depth+int8: the whole budget; beside width: sqrt(S), and sqrt(S / INT8's gain) with INT8
+    assert asked == pytest.approx([BUDGET, math.sqrt(BUDGET), BUDGET, math.sqrt(BUDGET / INT8_GAIN)])
+    rows = {"+".join(row["dimensions"]): row for row in result.stats["candidates"]}
+    assert list(rows) == ["width", "depth", "int8", "width+depth", "width+int8", "depth+int8", "width+depth+int8"]
+    assert not rows["int8"]["met"] and rows["int8"]["speedup"] == pytest.approx(INT8_GAIN)
+    assert not rows["depth"]["met"] and "cannot reach" in rows["depth"]["failed"]
+    met = {name: row for name, row in rows.items() if row["met"]}
+    assert set(met) == {"width", "width+depth", "width+int8", "depth+int8", "width+depth+int8"}
+    for name, row in met.items():
+        assert row["speedup"] >= BUDGET, name
+        assert ("blocks" in row) == ("depth" in name) and ("macs_fraction" in row) == ("width" in name)
+    assert all(met[name]["blocks"] for name in met if "depth" in name)
+    chosen = min(met.values(), key=lambda row: row["proxy"])
+    assert result.stats["chosen"] == chosen["dimensions"]
+    # the returned Program is what was measured and scored: the stand-in and numpy agree
+    assert count(program).macs / 1e7 / stand_in_ms(result.program) == pytest.approx(result.stats["speedup"])
+    assert has_fake_quant(result.program.graph) == ("int8" in chosen["dimensions"])
+    assert numpy_kl(program, result.program, batches) == pytest.approx(result.stats["proxy"], rel=1e-6)
+
+
+def test_int8_leaves_width_less_to_cut(graph_order_ranking):
+    program, batches = graph_order_ranking
+    result = choose_for_budget(program.clone(), config=config(batches, dimensions=["width", "int8"]))
+    rows = {"+".join(row["dimensions"]): row for row in result.stats["candidates"]}
+    # width alone must cut the MACs by the whole budget, beside INT8 by budget / gain only
+    assert rows["width"]["macs_kept"] <= 1 / BUDGET
+    assert rows["width+int8"]["macs_kept"] > rows["width"]["macs_kept"]
+    assert rows["width+int8"]["macs_kept"] <= INT8_GAIN / BUDGET
+
+
+def test_a_budget_no_combination_reaches_is_one_line_naming_the_best(mobilenet):
+    program, batches = mobilenet
+    with pytest.raises(PrunefxError) as error:
+        choose_for_budget(program.clone(), config=config(batches, speedup=50.0, dimensions=["int8"]))
+    message = str(error.value)
+    assert "\n" not in message
+    assert message == "cannot reach a 50x speed-up with any mix of int8: the best measured was 1.25x (int8)"
+
+
+@pytest.mark.parametrize("bad, said", [
+    ({"dimensions": ["width", "colour"]}, "'dimensions' must list some of width, depth, int8"),
+    ({"dimensions": []}, "'dimensions' must list some of"),
+    ({"width": {"speedup": 3}}, "'speedup' is set on the budget pass, not in 'width'"),
+    ({"width": {"importance": "astrology"}}, "'width': prune_to_budget: 'importance' must be one of"),
+    ({"int8": {"method": "guess"}}, "'int8': quantize_int8"),
+    ({"latency_ms": 3.0}, "exactly one budget"),
+])
+def test_bad_options_fail_before_any_measurement(mobilenet, bad, said):
+    program, batches = mobilenet
+    calls = []
+
+    def counting(dense, candidate):
+        calls.append(1)
+        return stand_in_latency(dense, candidate)
+
+    with pytest.raises(PrunefxError, match=said.replace("(", r"\(").replace(")", r"\)")):
+        Pipeline([Step(choose_for_budget, config(batches, latency=counting, **bad))]).run(program.clone())
+    assert calls == []
