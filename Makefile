@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.prunefx-setup
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup demo test test-fast test-zoo bench lint clean
 
 setup: $(STAMP)
 
@@ -37,8 +37,12 @@ demo: setup
 TEST_WORKERS ?= 2
 test: setup
 	$(VENV)/bin/ruff check .
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist load -m "not timing" --durations=15
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist load -m "not timing and not zoo" --durations=15
 	$(PY) -m pytest -q -m timing
+
+# The heaviest model-zoo cases (marked zoo): the breadth the 20-minute lane leaves out.
+test-zoo: setup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m zoo -n $(TEST_WORKERS) --dist load
 
 # The development lane: everything but the tests marked slow (model zoo, end-to-end commands).
 test-fast: setup

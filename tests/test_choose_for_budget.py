@@ -68,6 +68,7 @@ def numpy_kl(dense, candidate, batches) -> float:
     return total / rows
 
 
+@pytest.mark.slow
 def test_every_combination_is_searched_and_the_least_damaged_that_meets_is_chosen(graph_order_ranking, monkeypatch):
     program, batches = graph_order_ranking
     asked = []  # the speed-up each depth search is given
@@ -95,6 +96,7 @@ def test_every_combination_is_searched_and_the_least_damaged_that_meets_is_chose
     assert numpy_kl(program, result.program, batches) == pytest.approx(result.stats["proxy"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_int8_leaves_width_less_to_cut(graph_order_ranking):
     program, batches = graph_order_ranking
     result = choose_for_budget(program.clone(), config=config(batches, dimensions=["width", "int8"]))

@@ -260,3 +260,51 @@ def test_a_failure_after_training_keeps_the_trained_model_beside_the_output(tmp_
     assert not output.exists()
     assert Program.load(kept).name == "prunefx:resnet20"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.model_train.pt2", "tiny.yaml"]
+
+
+# --- a budget ------------------------------------------------------------------------------------
+
+def test_a_budget_with_a_recipe_that_has_no_budget_pass_is_refused(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "compress", "prunefx:resnet20", "--recipe", "finetune", "--speedup", 2,
+                             "--data", "fashion-mnist", "-o", tmp_path / "never")
+    line = _one_line_error(code, out, err)
+    assert "recipe finetune has no budget pass" in line and "budget-kd" in line
+    assert not (tmp_path / "never").exists()
+
+
+def test_neither_a_recipe_nor_a_budget_is_refused(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "compress", "prunefx:resnet20", "--data", "fashion-mnist", "-o", tmp_path / "never")
+    assert "give --recipe" in _one_line_error(code, out, err)
+
+
+def test_the_budget_replaces_the_recipes_own_in_every_budget_pass():
+    from prunefx.compression import load_named_recipe, with_budget
+    recipe = with_budget(load_named_recipe("budget-kd"), latency_ms=3.5)
+    config = recipe.pipeline.steps[0].config
+    assert recipe.pipeline.names[0] == "choose_for_budget"
+    assert (config["speedup"], config["latency_ms"]) == (None, 3.5)
+    assert recipe.spec["passes"][0]["choose_for_budget"]["latency_ms"] == 3.5  # the report says what ran
+
+
+@pytest.mark.slow
+@pytest.mark.timing
+def test_compress_to_a_speedup_reports_every_combination_and_charts_them(capsys, tmp_path):
+    """End to end on measured latency (the timing lane): width or INT8 alone, or both, at a modest budget."""
+    if not fashion_mnist.DEFAULT_ROOT.is_dir():
+        pytest.skip(f"{fashion_mnist.DEFAULT_ROOT} missing: apt-get install dataset-fashion-mnist")
+    recipe = write_recipe(tmp_path / "budget.yaml", {"name": "budget-tiny", "passes": [
+        {"choose_for_budget": {"speedup": 2, "dimensions": ["width", "int8"], "width": {"round_to": 4}}},
+        {"distill": {"steps": 2, "lr": 0.001}}]})
+    code, out, err = run_cli(capsys, "compress", "prunefx:resnet20", "--recipe", recipe, "--speedup", 1.3,
+                             "--data", "fashion-mnist", "-o", tmp_path / "out", *fast_options())
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    budget = next(step["stats"] for step in report["passes"] if step["pass"] == "choose_for_budget")
+    assert budget["budget"] == "a 1.3x speed-up"
+    assert [row["dimensions"] for row in budget["candidates"]] == [["width"], ["int8"], ["width", "int8"]]
+    met = [row for row in budget["candidates"] if row["met"]]
+    assert budget["proxy"] == min(row["proxy"] for row in met) and all(row["speedup"] >= 1.3 for row in met)
+    png = (tmp_path / "out" / "budget_candidates.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "## Budget: a 1.3x speed-up" in markdown and markdown.count("| width + int8 |") == 1

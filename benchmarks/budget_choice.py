@@ -1,0 +1,156 @@
+"""Budget choice on Fashion-MNIST: width x depth x INT8 chosen together against each dimension alone, and
+against a MACs target, at the same measured budget.
+
+For each model and budget S (a speed-up on ONNX Runtime, batch 1, the INT8 file in this CPU's lowering):
+1. passes/choose_for_budget.budget_candidates: every combination of width, depth and INT8 searched to S,
+   measured as whole models side by side with the dense one (confirmed), scored by one-shot KL damage;
+2. the variants compared: "joint" (the combination choose_for_budget keeps: least KL among those that met),
+   each dimension alone that met S ("width", "depth", "int8"), and "macs 1/S" (remove_channels to 1/S of
+   the MACs, the MACs-target habit, with the same width options), measured the same way;
+3. each variant's test accuracy one-shot, then after `--kd-steps` steps of knowledge distillation from the
+   dense model (for INT8 variants that is quantization-aware training).
+The dense models train `--train-epochs` epochs first (cached under build/int8_latency, shared with
+benchmarks/int8_latency.py). Results: benchmarks/results/budget_choice.{json,md}.
+
+    .venv/bin/python benchmarks/budget_choice.py --models resnet20 mobilenetv2_small --budgets 2 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, write_results
+from int8_latency import trained_fashion_mnist
+
+from prunefx.data import fashion_mnist_data
+from prunefx.graph import Program, count
+from prunefx.graph.errors import PrunefxError
+from prunefx.passes.budget_search import Measured
+from prunefx.passes.choose_for_budget import budget_candidates
+from prunefx.passes.distill import distill
+from prunefx.passes.remove_channels import remove_channels
+from prunefx.passes.training import evaluate
+from prunefx.runtime import onnx_latency_pair
+
+NAME = "budget_choice"
+MODELS = ("resnet20", "mobilenetv2_small", "vit_tiny_fmnist")
+WIDTH = {"importance": "l2", "ranking": "global", "round_to": 8, "max_ratio": 0.8}
+BATCH = 128
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS, metavar="NAME")
+    parser.add_argument("--budgets", nargs="*", type=float, default=[2.0, 4.0], help="speed-ups (default 2 4)")
+    parser.add_argument("--train-epochs", type=int, default=1, help="epochs the dense models train (1)")
+    parser.add_argument("--kd-steps", type=int, default=429, help="KD steps per variant (429: one epoch at batch 128)")
+    parser.add_argument("--test-batches", type=int, default=20, help="test batches of 128 evaluated (20)")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (1)")
+    parser.add_argument("--runs", type=int, default=30, help="timed runs per candidate (30; confirmation 4x)")
+    return parser.parse_args(argv)
+
+
+def test_accuracy(program: Program, data, batches: int) -> float:
+    loader = [batch for batch, _ in zip(data.test, range(batches))]
+    return 100 * evaluate(program, loader)["accuracy"]
+
+
+def recovered(program: Program, dense: Program, data, steps: int) -> Program:
+    lr = 0.001 if any("fake_quantize" in str(node.target) for node in program.graph.nodes) else 0.01
+    return distill(program.clone().train(), config={"data": data.train, "steps": steps, "teacher": dense,
+                                                    "kd_weight": 0.9, "temperature": 4.0, "lr": lr, "momentum": 0.9,
+                                                    "weight_decay": 5e-4, "progress": False}).program.eval()
+
+
+def variants(dense: Program, budget: float, batches, latency) -> tuple[dict, list[dict]]:
+    """name -> (Program, measured row) for joint, the single dimensions that met, and macs 1/S."""
+    started = time.perf_counter()
+    candidates = budget_candidates(dense, {"speedup": budget, "latency": latency, "calibration": batches,
+                                           "width": WIDTH})
+    search_seconds = time.perf_counter() - started
+    met = [c for c in candidates if c.met]
+    chosen = {}
+    if met:
+        joint = min(met, key=lambda c: c.proxy)
+        chosen[f"joint ({' + '.join(joint.dimensions)})"] = joint
+    for candidate in met:
+        if len(candidate.dimensions) == 1:
+            chosen[candidate.dimensions[0]] = candidate
+    programs = {name: (c.program, c.measured.to_dict() | {"macs_kept": c.macs_kept, "proxy": c.proxy})
+                for name, c in chosen.items()}
+    macs = remove_channels(dense.clone(), config={**WIDTH, "macs": 1 / budget}).program
+    measured = Measured(*latency(dense, macs))
+    programs[f"macs 1/{budget:g}"] = (macs, measured.to_dict() | {"macs_kept": count(macs).macs / count(dense).macs})
+    rows = [c.to_dict() for c in candidates]
+    return programs, [{"search_seconds": search_seconds}, *rows]
+
+
+def run_model(model: str, data, args) -> dict:
+    dense = trained_fashion_mnist(model, data, args.train_epochs)
+    batches = [(inputs,) for inputs, _ in zip((batch[0] for batch in data.train), range(4))]
+    latency = onnx_latency_pair(threads=args.threads, runs=args.runs)
+    result = {"dense_accuracy": test_accuracy(dense, data, args.test_batches), "budgets": {}}
+    for budget in args.budgets:
+        try:
+            programs, search = variants(dense, budget, batches, latency)
+        except PrunefxError as error:
+            result["budgets"][f"{budget:g}"] = {"error": str(error)}
+            print(f"[{model} {budget:g}x] {error}", file=sys.stderr)
+            continue
+        rows = {}
+        for name, (program, measured) in programs.items():
+            one_shot = test_accuracy(program, data, args.test_batches)
+            started = time.perf_counter()
+            after = test_accuracy(recovered(program, dense, data, args.kd_steps), data, args.test_batches)
+            rows[name] = {**measured, "one_shot": one_shot, "after_kd": after,
+                          "kd_seconds": time.perf_counter() - started}
+            print(f"[{model} {budget:g}x] {name}: {measured['speedup']:.2f}x, one-shot {one_shot:.2f}, "
+                  f"after KD {after:.2f}", file=sys.stderr)
+        result["budgets"][f"{budget:g}"] = {"variants": rows, "search": search}
+    return result
+
+
+def markdown(report: dict) -> str:
+    settings = report["settings"]
+    lines = ["# Budget choice on Fashion-MNIST: width x depth x INT8 together vs alone vs a MACs target", "",
+             machine_summary(report["machine"]), "", f"Command: `{report['command']}`", "",
+             f"Speed-ups on ONNX Runtime, batch 1, {settings['threads']} thread(s), {settings['runs']} runs per "
+             "candidate, confirmed with 4x the runs; INT8 in this CPU's lowering. Accuracy on the first "
+             f"{settings['test_batches'] * BATCH} test images; KD {settings['kd_steps']} steps at batch {BATCH}.", ""]
+    for model, result in report["models"].items():
+        lines += [f"## {model} (dense {result['dense_accuracy']:.2f} %)", ""]
+        for budget, entry in result["budgets"].items():
+            if "error" in entry:
+                lines += [f"### {budget}x: {entry['error']}", ""]
+                continue
+            table = [[name, f"{row['speedup']:.2f}x", f"{row['macs_kept']:.3f}",
+                      "n/a" if row.get("proxy") is None else f"{row['proxy']:.4f}", f"{row['one_shot']:.2f}",
+                      f"{row['after_kd']:.2f}"] for name, row in entry["variants"].items()]
+            lines += [f"### budget {budget}x (search {entry['search'][0]['search_seconds']:.0f} s)", "",
+                      markdown_table(["variant", "measured speed-up", "MACs kept", "KL damage", "one-shot %",
+                                      "after KD %"], table), ""]
+            missed = [f"{'+'.join(row['dimensions'])}: {row['failed']}" for row in entry["search"][1:]
+                      if not row["met"]]
+            if missed:
+                lines += ["Combinations that did not meet the budget: " + "; ".join(missed), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    data = fashion_mnist_data(BATCH)
+    report = {"machine": machine_info(), "command": command_line(),
+              "settings": {k: v for k, v in vars(args).items()}, "models": {}}
+    for model in args.models:
+        report["models"][model] = run_model(model, data, args)
+        write_results(NAME, report, markdown(report), folder=RESULTS)  # after each model: a long run keeps its rows
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
