@@ -24,7 +24,14 @@ import torch
 from torchvision.io import ImageReadMode, decode_image
 
 from prunefx.assets import imagenet_transform
-from prunefx.data import FASHION_MNIST, IGNORED_LABEL, IMAGENET_SAMPLE, image_folder_split, load_data
+from prunefx.data import (
+    FASHION_MNIST,
+    IGNORED_LABEL,
+    IMAGENET_SAMPLE,
+    image_folder_split,
+    load_data,
+    scene_spec,
+)
 from prunefx.graph.errors import PrunefxError, first_line
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -97,14 +104,17 @@ def calibration_data(data: str, example: torch.Tensor, images: int = 256, *, see
                                f"{batch}x{channels if channels in (1, 3) else 1}x28x28")
         loader = load_data(FASHION_MNIST, batch, channels=channels, augment=False, validation=0, seed=seed).train
         return _from_loader(loader, count, f"{FASHION_MNIST} (training images, shuffled)")
+    scene = scene_spec(text)
+    if scene is not None:  # segmentation/detection scenes: the training canvases, at the model's input size
+        return _scene_calibration(text, scene[1], example, count)
     if text == IMAGENET_SAMPLE:
         _check_rgb(example, f"{IMAGENET_SAMPLE} images")
         loader = load_data(IMAGENET_SAMPLE, batch, image_size=int(example.shape[2])).test
         return _from_loader(loader, count, f"{IMAGENET_SAMPLE} (the 20 offline ImageNet images)")
     folder = Path(text).expanduser()
     if not folder.is_dir():
-        raise PrunefxError(f"unknown calibration data {text!r}: use {FASHION_MNIST!r}, {IMAGENET_SAMPLE!r} or a folder "
-                           f"of images (an ImageFolder layout with train/<class>/, or images directly in it)")
+        raise PrunefxError(f"unknown calibration data {text!r}: use {FASHION_MNIST!r}, {IMAGENET_SAMPLE!r}, "
+                           "fashion-mnist-seg[:SIZE], fashion-mnist-det[:SIZE] or a folder of images (an ImageFolder layout with train/<class>/, or images directly in it)")
     if (folder / "train").is_dir():
         _check_rgb(example, "calibration images")
         loader = image_folder_split(folder / "train", batch, image_size=int(example.shape[2]), shuffle=True,
@@ -114,11 +124,26 @@ def calibration_data(data: str, example: torch.Tensor, images: int = 256, *, see
     return Calibration(batches, f"{sum(len(b[0]) for b in batches)} images from {folder}")
 
 
+def _scene_calibration(text: str, size: int, example: torch.Tensor, count: int) -> Calibration:
+    batch, channels, height, width = (int(v) for v in example.shape)
+    if channels not in (1, 3) or (height, width) != (size, size):
+        raise PrunefxError(f"{text} gives {size}x{size} canvases (gray, or gray repeated to 3 channels), but the "
+                           f"model takes {_shape(example.shape[1:])}: capture it with --input-shape "
+                           f"{batch}x{channels if channels in (1, 3) else 3}x{size}x{size} or ask for "
+                           f"{text.partition(':')[0]}:{height}")
+    # only as many training canvases as the calibration reads: composing 6000 would take a minute
+    loader = load_data(text, batch, channels=channels, validation=0, train_canvases=count * batch,
+                       test_canvases=batch).train
+    return _from_loader(loader, count, f"{text} (training canvases)")
+
+
 def _from_loader(loader, count: int, source: str) -> Calibration:
     batches, real = [], 0
     for inputs, labels in itertools.islice(iter(loader), count):
         batches.append((inputs,))
-        real += int((labels != IGNORED_LABEL).sum())
+        # class labels mark padding images with IGNORED_LABEL; dense labels (masks, boxes) are one per image
+        per_image = isinstance(labels, torch.Tensor) and labels.dim() == 1
+        real += int((labels != IGNORED_LABEL).sum()) if per_image else int(inputs.shape[0])
     if not batches:
         raise PrunefxError(f"{source} holds fewer images than one batch")
     return Calibration(batches, f"{real} images from {source}")

@@ -150,3 +150,17 @@ def test_bad_scene_options_fail_with_one_line(spec, options, message, valued_dat
     with pytest.raises(PrunefxError, match=message) as error:
         load_data(spec, 4, root=valued_dataset, validation=0, train_canvases=4, test_canvases=4, **options)
     assert "\n" not in str(error.value)
+
+
+def test_scenes_calibrate_at_the_models_input_size():
+    """`--calibrate fashion-mnist-seg:SIZE` reads training canvases; a size the model does not take is one line."""
+    from prunefx.calibration import calibration_data
+    from prunefx.graph.errors import PrunefxError
+    if not fashion_mnist.DEFAULT_ROOT.is_dir():
+        pytest.skip(f"{fashion_mnist.DEFAULT_ROOT} missing: apt-get install dataset-fashion-mnist")
+    calibration = calibration_data("fashion-mnist-det:48", torch.zeros(4, 1, 48, 48), images=8)
+    assert [tuple(batch[0].shape) for batch in calibration.batches] == [(4, 1, 48, 48)] * 2
+    assert calibration.description == "8 images from fashion-mnist-det:48 (training canvases)"
+    assert all(float(batch[0].std()) > 0 for batch in calibration.batches)  # real items on the canvases
+    with pytest.raises(PrunefxError, match="ask for fashion-mnist-seg:32$"):
+        calibration_data("fashion-mnist-seg:64", torch.zeros(4, 3, 32, 32), images=8)
