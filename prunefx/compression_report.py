@@ -80,10 +80,17 @@ def _accuracy_change(before: dict | None, after: dict | None) -> str:
     return f"{100 * (after['accuracy'] - before['accuracy']):+.2f} pt"
 
 
+def _metric_name(accuracy: dict) -> str:
+    """What the headline score is: top-1 accuracy, or the dense task's metric (mIoU, mAP@0.5:0.95)."""
+    scored = [result for result in (*accuracy["before"].values(), *accuracy["after"].values()) if result]
+    return next((result["metric"] for result in scored if result.get("metric")), "accuracy")
+
+
 def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
     """(what, dense, compressed, change) rows: the same table on the console and in report.md."""
     accuracy, latency = report["accuracy"], report["latency"]
-    rows = [(f"{split} accuracy", _accuracy_cell(accuracy["before"][split]), _accuracy_cell(accuracy["after"][split]),
+    metric = _metric_name(accuracy)
+    rows = [(f"{split} {metric}", _accuracy_cell(accuracy["before"][split]), _accuracy_cell(accuracy["after"][split]),
              _accuracy_change(accuracy["before"][split], accuracy["after"][split]))
             for split in ("test", "val") if accuracy["before"][split] is not None]
     rows += [

@@ -154,3 +154,13 @@ def test_compress_prunes_distils_and_scores_a_segmenter_on_scenes(tmp_path, caps
         assert test["metric"] == "mIoU" and 0 <= test["miou"] <= 1 and test["count"] == 2 * 16 * 24 * 24
     assert report["macs_after"] < report["macs_before"]
     assert report["passes"][1]["injected"] == ["data", "eval_data", "teacher"]
+
+
+def test_reports_name_the_dense_metric_not_accuracy():
+    from prunefx.compression_report import summary_rows
+    scored = {"metric": "mIoU", "accuracy": 0.5, "count": 10}
+    report = {"accuracy": {"before": {"test": scored, "val": None}, "after": {"test": {**scored, "accuracy": 0.45},
+                                                                              "val": None}},
+              "latency": {"threads": 1, "dense_ms": 2.0, "compressed_ms": 1.0, "speedup": 2.0},
+              "macs_before": 2e6, "macs_after": 1e6, "params_before": 1e6, "params_after": 5e5}
+    assert summary_rows(report)[0] == ("test mIoU", "50.00 %", "45.00 %", "-5.00 pt")
