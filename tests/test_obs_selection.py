@@ -144,4 +144,81 @@ def test_obs_needs_calibration_batches():
                                          "calibration": [(torch.randn(3, 3, 8, 8),)]})
 
 
+# --- the elimination against an oracle ---------------------------------------------------------------
+
+def _joint_error(matrix: np.ndarray, inverse: np.ndarray, removed: list[int]) -> float:
+    """trace(M_T [(H^-1)_TT]^-1 M_T^T): the output error of removing the columns T at once, the others
+    compensated (least squares); removing T one part after the other, compensating each time, ends in
+    the same error, which is what makes this an oracle for the greedy elimination's steps."""
+    if not removed:
+        return 0.0
+    weights = matrix[:, removed]
+    return float(np.sum(weights.T * np.linalg.solve(inverse[np.ix_(removed, removed)], weights.T)))
+
+
+def _oracle_elimination(size: int, layers: list[tuple]) -> np.ndarray:
+    """The greedy elimination spelled out from its definition (channel_saliency._eliminate's docstring)
+    with joint errors from the original inverse: the alive // 32 (at least 1) channels that add the
+    least error go together; the last of them scores the total error, the others share the increase
+    in proportion to their single errors."""
+    def error(chosen: list[int]) -> float:
+        return sum(_joint_error(matrix, inverse, [c for ch in chosen for c in columns.get(ch, [])]) / energy
+                   for matrix, inverse, energy, columns in layers)
+
+    scores, gone, total = np.zeros(size), [], 0.0
+    while len(gone) < size:
+        alive = [c for c in range(size) if c not in gone]
+        single = np.array([error(gone + [c]) - total for c in alive])
+        order = np.argsort(single, kind="stable")[:max(len(alive) // 32, 1)]
+        chosen = [alive[i] for i in order]
+        increase = error(gone + chosen) - total
+        shares = np.cumsum(single[order]) / single[order].sum()
+        scores[chosen] = total + increase * shares
+        total += increase
+        gone += chosen
+    return scores
+
+
+@pytest.mark.parametrize("capacity", [6, 512])
+def test_elimination_matches_an_oracle(monkeypatch, capacity):
+    """_Layer/_eliminate (a group's block of the inverse, deferred downdates applied `capacity` columns
+    at a time, a wide layer shared, a narrow slice copied) choose the channels the oracle does, with the
+    same scores; two layers read the group, with 1 to 3 columns per channel and columns of other groups."""
+    from prunefx.graph.channel_compensation import damped_inverse
+    from prunefx.graph.channel_saliency import _eliminate, _Layer
+
+    monkeypatch.setattr(_Layer, "CAPACITY", capacity)
+    rng = np.random.default_rng(0)
+    size = 90
+
+    def layer(widths: list[int], others: int, outputs: int):
+        columns, start = {}, 0
+        for channel, width in enumerate(widths):
+            if width:
+                columns[channel] = list(range(start, start + width))
+                start += width
+        total = start + others
+        x = rng.standard_normal((2 * total, total)) @ (np.eye(total) + 0.3 * rng.standard_normal((total, total)))
+        hessian = torch.from_numpy(x.T @ x)
+        matrix = rng.standard_normal((outputs, total)) * rng.uniform(0.1, 2.0, total)
+        return hessian, matrix, columns
+
+    built = [layer(list(rng.integers(1, 4, size)), 300, 7),   # narrow slice of a wide layer: copied
+             layer([1] * (size - 5) + [0] * 5, 12, 5)]        # most of the layer: shared
+    states, oracle_layers = [], []
+    for hessian, matrix, columns in built:
+        inverse = damped_inverse(hessian, 0.01)
+        energy = float((matrix @ hessian.numpy() * matrix).sum())
+        original = inverse.clone()
+        states.append((_Layer(torch.from_numpy(matrix).clone(), inverse, energy,
+                              {c: torch.tensor(cols) for c, cols in columns.items()}), inverse, original))
+        oracle_layers.append((matrix, inverse.numpy().copy(), energy, columns))
+    scores = _eliminate(size, [state for state, _, _ in states])
+    expected = _oracle_elimination(size, oracle_layers)
+    np.testing.assert_array_equal(np.argsort(scores, kind="stable"), np.argsort(expected, kind="stable"))
+    np.testing.assert_allclose(scores, expected, rtol=1e-7)
+    for _, inverse, original in states:
+        assert torch.equal(inverse, original)  # a shared inverse is never written
+
+
 # --- ResNet-20 on Fashion-MNIST images -------------------------------------------------------------------
