@@ -5,7 +5,8 @@ Rewrites every convolution, transposed convolution, linear layer and matmul `y =
 zero-point 0, s_x = amax_x / 127 from calibration data) and `fq_c` is fake_quantize_per_channel_affine (one
 scale per output channel, s_W[c] = max|W[c]| / 127), and both inputs of every residual add (two
 activations of the same shape) get per-tensor quantizers, where TensorRT needs them to fuse the add into the
-convolution before it. One activation read by several layers gets one quantizer. The form and the calibration are graph/quantization.py's; lowering to ONNX Q/DQ (symmetric S8
+convolution before it, and so do the inputs of average pools (global or not), so the convolution before a
+pool runs on integers (ONNX Runtime's QLinearConv needs a quantized output). One activation read by several layers gets one quantizer. The form and the calibration are graph/quantization.py's; lowering to ONNX Q/DQ (symmetric S8
 for TensorRT, the same scales shifted to U8 for ONNX Runtime on x86) is runtime/onnx_quantized.py's.
 
 Config (QuantizeInt8Config; `check_config` checks a dict of the same keys):
@@ -14,7 +15,7 @@ Config (QuantizeInt8Config; `check_config` checks a dict of the same keys):
 - `method`: max | percentile (default, with `percentile`, default 99.99) | mse | entropy: how the activation range
   amax is read from the calibration statistics. Weights always use their exact max per channel.
 - `skip_nodes`: layer names kept in float; `skip_operators`: operators kept in float ('conv2d', 'linear',
-  'matmul', 'add' for the residual adds, ...). The statistics give the reason for each layer left in float.
+  'matmul', 'add' for the residual adds, 'adaptive_avg_pool2d', 'avg_pool2d', 'mean' for the pools, ...). The statistics give the reason for each layer left in float.
 - `sensitive` (k, default 0): measure each layer's quantization error on the calibration data (the relative
   squared error of its output with its own input and weight quantized, everything else float) and leave the
   k worst in float, with their error and rank as the reason. The errors of all layers are in the stats.
@@ -93,7 +94,7 @@ def quantize_int8(program: Program, /, *, config: dict | QuantizeInt8Config | No
         return Result(program, modified=False, stats={"quantized": [], "skipped": [], "already_quantized": True})
     folded = fold_batchnorm(program, config={}).stats["folded"] if settings.fold_batchnorm else 0
     targets, refused = find_targets(program.graph)
-    if not targets:
+    if not any(target.kind == "layer" for target in targets):  # adds and pools alone: nothing to compute on INT8
         raise PrunefxError(f"{OWNER}: model '{program.name}' has no quantizable layer (convolution, linear or "
                            f"matmul with a float input){_refusals(refused)}")
     skipped = [{"layer": name, "operator": None, "reason": reason} for name, reason in refused.items()]

@@ -62,6 +62,7 @@ class QuantizedExport:
     integer_units: int = 0        # Convs / Adds in ONNX Runtime's DQ -> op -> Q form (u8, u8s7)
     unsigned_activations: int = 0  # non-negative activations on [0, amax] with zero-point 0 (u8, u8s7)
     weight_levels: int = S8_LEVELS  # the integer units' weights lie on +-weight_levels
+    integer_matmuls: int = 0      # Gemms / MatMuls with a stored weight kept on INT8 (u8, u8s7)
 
 
 def export_quantized_onnx(program: Program, path: str | os.PathLike, *, activations: str = "s8",
@@ -80,7 +81,8 @@ def export_quantized_onnx(program: Program, path: str | os.PathLike, *, activati
     else:
         result = lower_for_onnxruntime(model, levels)
         lowered = {"activation_pairs": result.activation_pairs, "integer_units": result.integer_units,
-                   "unsigned_activations": result.unsigned, "weight_levels": levels}
+                   "unsigned_activations": result.unsigned, "weight_levels": levels,
+                   "integer_matmuls": result.integer_matmuls}
     name_inputs_and_outputs(model)
     onnx.checker.check_model(model)
     path = Path(path)

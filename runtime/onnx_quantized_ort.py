@@ -15,6 +15,10 @@ Runtime's x86 kernels, which want U8 activations x S8 weights (U8S8; S8S8 runs s
   Relu / Clip moves after the quantizer as a Clip on the codes (Q(clip(y, a, b)) = clip(Q(y), Q(a), Q(b)),
   since Q is monotone), and disappears when Q's own saturation already clips there (a Relu before a
   zero-point-0 quantizer, a ReLU6 whose 6 lies above amax); the float bias becomes INT32 at s_x * s_w;
+- `integer_matmuls`: every Gemm, and every MatMul with a stored weight, whose input and weight are
+  dequantized keeps its INT8 weight (and gets an INT32 bias), quantized output or not: ONNX Runtime runs it
+  as QGemm (float output allowed) or MatMulIntegerToFloat / QLinearMatMul. A classifier's output is never
+  quantized, and a float Gemm there (MobileNetV2's 1280 x 1000) is a cost neither INT8 nor pruning removes;
 - `weight_levels`: on x86 CPUs without VNNI (AVX2 only) ONNX Runtime's U8S8 convolution kernels multiply with
   vpmaddubsw, which adds pairs of u8 x s8 products into int16 and saturates: 2 x 255 x 127 > 32767. Measured
   here: -10 points of Fashion-MNIST accuracy with 8-bit weights (benchmarks/results/int8_latency.md). With
@@ -24,8 +28,9 @@ Runtime's x86 kernels, which want U8 activations x S8 weights (U8S8; S8S8 runs s
   On CPUs with VNNI (32-bit accumulation) the weights keep their 8 bits;
 - `dequantize_float_layer_weights`: layers left in float store their weights dequantized (the values
   DequantizeLinear would compute on every run; ONNX Runtime never constant-folds a DequantizeLinear).
-A layer whose output is not quantized (the last convolution before pooling, the head) stays float:
-quantizing its output would need a range the Program never calibrated.
+A convolution whose output is not quantized stays float: quantizing its output would need a range the
+Program never calibrated, and ONNX Runtime has no integer convolution with a float output. (The convolution
+before a global pool is quantized: passes/quantize_int8 quantizes the pool's input.)
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ class OnnxRuntimeLowering:
     unsigned: int           # of which non-negative tensors on [0, amax] with zero-point 0
     integer_units: int      # Convs / Adds in ONNX Runtime's DQ -> op -> Q form
     weight_levels: int      # the integer units' weights lie on +-weight_levels
+    integer_matmuls: int = 0  # Gemms / MatMuls with a stored weight on INT8 inputs (float output allowed)
 
 
 def lower_for_onnxruntime(model: onnx.ModelProto, weight_levels: int) -> OnnxRuntimeLowering:
@@ -74,8 +80,9 @@ def lower_for_onnxruntime(model: onnx.ModelProto, weight_levels: int) -> OnnxRun
     pairs, unsigned = activations_to_u8(model)
     quantize_before_max_pool(model)
     units = integer_units(model, weight_levels)
+    matmuls = integer_matmuls(model, weight_levels)
     dequantize_float_layer_weights(model)
-    return OnnxRuntimeLowering(pairs, unsigned, units, weight_levels)
+    return OnnxRuntimeLowering(pairs, unsigned, units, weight_levels, matmuls)
 
 
 # ---- activations ----------------------------------------------------------------------------------
@@ -196,8 +203,56 @@ def _unit(model, made_by, node):
     return users[0], after[0]
 
 
+def integer_matmuls(model: onnx.ModelProto, weight_levels: int = S8_LEVELS) -> int:
+    """Every Gemm / MatMul with a dequantized input and a dequantized stored weight keeps its INT8 weight, on
+    +-`weight_levels`, and a Gemm's bias becomes INT32 (see the module docstring). Returns how many."""
+    made_by, inits = producers(model), initializers(model)
+    rewritten = 0
+    for node in [node for node in model.graph.node if node.op_type in ("Gemm", "MatMul")]:
+        if not _integer_matmul(model, made_by, inits, node):
+            continue
+        if weight_levels < S8_LEVELS:
+            _requantize_weight(model, made_by[node.input[1]], weight_levels)
+        _quantize_bias(model, made_by, node)
+        rewritten += 1
+    drop_unused_initializers(model)
+    return rewritten
+
+
+def _integer_matmul(model, made_by, inits, node) -> bool:
+    """A Gemm / MatMul ONNX Runtime runs on integers: dequantized input and stored weight (per tensor or per
+    output channel), no transposed input, a Gemm's bias absent or stored with beta 1."""
+    if node.op_type not in ("Gemm", "MatMul") or len(node.input) < 2:
+        return False
+    sources = [made_by.get(name) for name in node.input[:2]]
+    if not all(source is not None and source.op_type == "DequantizeLinear" for source in sources):
+        return False
+    weight = sources[1]
+    if weight.input[0] not in inits or inits[weight.input[0]].data_type != onnx.TensorProto.INT8:
+        return False
+    if len(inits[weight.input[0]].dims) != 2:
+        return False
+    attributes = {attr.name: onnx.helper.get_attribute_value(attr) for attr in node.attribute}
+    # the weight's output channels: MatMul's [K, N] and Gemm's (transB=0) on axis 1, Gemm's [N, K] on axis 0
+    out_axis = 0 if attributes.get("transB", 0) else 1
+    if array(model, weight.input[1]).size > 1 and axis_of(weight) % 2 != out_axis:
+        return False
+    if node.op_type == "MatMul":
+        return True
+    if attributes.get("transA", 0) or attributes.get("alpha", 1.0) != 1.0:
+        return False
+    if len(node.input) < 3 or not node.input[2]:
+        return True
+    bias = made_by.get(node.input[2])  # stored, or already INT32 behind a DequantizeLinear
+    stored = node.input[2] in inits or (bias is not None and bias.op_type == "DequantizeLinear")
+    return stored and attributes.get("beta", 1.0) == 1.0
+
+
 def _is_integer_unit(model, made_by, layer) -> bool:
-    """A Conv in integer form: DQ input and weight, its output read only by a QuantizeLinear."""
+    """A layer whose INT8 weight stays: a Conv in integer form (DQ input and weight, its output read only by a
+    QuantizeLinear), or a Gemm / MatMul `integer_matmuls` kept on integers."""
+    if layer.op_type in ("Gemm", "MatMul"):
+        return _integer_matmul(model, made_by, initializers(model), layer)
     users = consumers(model, layer.output[0])
     return (layer.op_type == "Conv" and layer.input[0] in made_by
             and made_by[layer.input[0]].op_type == "DequantizeLinear"

@@ -13,6 +13,8 @@ file's own operators compute (graph optimisations off) within 1e-3: nothing satu
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -244,9 +246,9 @@ def _unoptimized(path, x):
 
 
 def _program_weight(program, shape):
-    """The Program's (fake-quantized) conv weight of `shape` (the test net's conv weights differ in shape)."""
+    """The Program's (fake-quantized) conv or linear weight of `shape` (the test net's weights differ in shape)."""
     found = [get_tensor(program.module, node.args[1].args[0].target).detach().numpy() for node in program.graph.nodes
-             if node.op == "call_function" and node.target is aten.conv2d.default]
+             if node.op == "call_function" and node.target in (aten.conv2d.default, aten.linear.default)]
     return next(weight for weight in found if weight.shape == tuple(shape))
 
 
@@ -273,20 +275,23 @@ def test_onnx_runtime_file_has_u8_activations_integer_units_and_7bit_weights(qua
         else:
             assert any(scale == pytest.approx(s, rel=1e-6) for s in s8_scales)
     # integer units: the stem conv (-> ReLU -> quantizer), the two residual convs, the add (-> ReLU ->
-    # quantizer); the ReLUs went: a zero-point-0 quantizer saturates at 0 itself
+    # quantizer); the ReLUs went: a zero-point-0 quantizer saturates at 0 itself. The head (a Gemm with a float
+    # output) keeps its INT8 weight too (QGemm); the matmul of two activations was never a float layer
     assert exported.integer_units == 4 and not [node for node in model.graph.node if node.op_type in ("Relu", "Clip")]
+    assert exported.integer_matmuls == 1
     for layer in [node for node in model.graph.node if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]:
         weight = producers.get(layer.input[1])
         if layer.op_type == "MatMul":  # two activations
             assert {producers[name].op_type for name in layer.input} == {"DequantizeLinear"}
         elif weight is not None and weight.op_type == "DequantizeLinear":  # an integer unit: INT8 on +-63
             codes = numpy_helper.to_array(inits[weight.input[0]])
-            assert inits[weight.input[0]].data_type == onnx.TensorProto.INT8 and layer.op_type == "Conv"
-            assert (np.abs(codes).reshape(len(codes), -1).max(axis=1) == 63).all()
+            assert inits[weight.input[0]].data_type == onnx.TensorProto.INT8 and layer.op_type in ("Conv", "Gemm")
+            assert (np.abs(codes).reshape(len(codes), -1).max(axis=1) == 63).all()  # Gemm: transB, [out, in]
             original = _program_weight(program, codes.shape)
             scale = numpy_helper.to_array(inits[weight.input[1]])
             np.testing.assert_allclose(scale, np.abs(original).reshape(len(original), -1).max(axis=1) / 63, rtol=1e-6)
-            assert np.abs(codes * scale.reshape(-1, 1, 1, 1) - original).max() <= scale.max() / 2 + 1e-7
+            per_channel = scale.reshape(-1, *[1] * (codes.ndim - 1))
+            assert np.abs(codes * per_channel - original).max() <= scale.max() / 2 + 1e-7
             bias = producers[layer.input[2]]
             assert inits[bias.input[0]].data_type == onnx.TensorProto.INT32
         else:  # a layer left in float: the Program's INT8 values, stored dequantized
@@ -350,3 +355,51 @@ def test_quantized_program_saves_and_loads(quantized, tmp_path):
     x = _batches(1, seed=9)[0]
     with torch.no_grad():
         assert torch.equal(loaded(x), program(x))
+
+
+def _optimized_by_onnxruntime(path, folder):
+    """The graph ONNX Runtime runs (all optimisations, as a session does by default), read back with `onnx`."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.optimized_model_filepath = str(folder / f"{path.stem}_optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return onnx.load(options.optimized_model_filepath)
+
+
+@pytest.mark.slow  # two small CNNs pruned, quantized and exported: about 20 s
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18"])
+def test_every_conv_and_the_head_of_a_pruned_cnn_run_on_integers_in_onnx_runtime(one_thread, tmp_path, name):
+    """Issue 17's gains-multiply miss: the last convolution (before the global pool) and the classifier stayed
+    float in the ONNX Runtime file, a cost neither pruning nor INT8 removes. Pruned to odd widths (round_to
+    1), every Conv of the file must become a QLinearConv and the head a QGemm in the graph ONNX Runtime itself
+    writes out (SessionOptions.optimized_model_filepath), read with `onnx`."""
+    import torchvision
+
+    from prunefx.passes.remove_channels import remove_channels
+
+    torch.manual_seed(0)
+    model = (torchvision.models.mobilenet_v2(width_mult=0.5, num_classes=10) if name == "mobilenet_v2"
+             else torchvision.models.resnet18(num_classes=10))
+    with torch.no_grad():  # batch-norm statistics of the data, so activations keep their scale through the net
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = None  # a plain average over the batches
+        model.train()(torch.rand(16, 3, 64, 64))
+    program = capture(model.eval(), torch.randn(1, 3, 64, 64), name=name).eval()
+    remove_channels(program, config={"macs": 0.5, "importance": "l2", "ranking": "global", "round_to": 1,
+                                     "max_ratio": 0.8})
+    generator = torch.Generator().manual_seed(2)
+    result = quantize_int8(program, config={"calibration": [torch.rand(1, 3, 64, 64, generator=generator)
+                                                            for _ in range(4)], "method": "max"})
+    pool = _layers(program, aten.adaptive_avg_pool2d.default)[0]  # its input quantized: the last conv's output
+    assert pool.args[0].target is aten.fake_quantize_per_tensor_affine.default
+    assert "adaptive_avg_pool2d" in {row["operator"] for row in result.stats["quantized"]}
+    exported = export_quantized_onnx(program, tmp_path / f"{name}.onnx", activations="u8s7")
+    file_ops = [node.op_type for node in onnx.load(str(exported.path)).graph.node]
+    widths = [dims[0] for dims in (list(init.dims) for init in onnx.load(str(exported.path)).graph.initializer)
+              if len(dims) == 4]
+    assert any(width % 8 for width in widths)  # pruned to widths the integer kernels must pad
+    runs = collections.Counter(node.op_type for node in _optimized_by_onnxruntime(exported.path, tmp_path).graph.node)
+    assert runs["QLinearConv"] == file_ops.count("Conv") and runs["QGemm"] == file_ops.count("Gemm") == 1
+    assert not {"Conv", "Gemm", "MatMul", "ConvInteger", "FusedConv"} & set(runs), runs
+    # (the numbers of a QGemm head against the Program and the file's own operators: the test on Net above)
