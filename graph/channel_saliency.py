@@ -102,6 +102,7 @@ class _Layer:
     def __init__(self, matrix: torch.Tensor, inverse: torch.Tensor, energy: float,
                  columns: dict[int, torch.Tensor]):
         self.matrix, self.base, self.energy = matrix, inverse, energy
+        self.owned = False  # whether `base` is this state's alone (then compacted in place)
         self.columns = columns  # channel index in the group -> its original columns in this layer
         device = matrix.device
         self.place = torch.full((matrix.shape[1],), -1, dtype=torch.long, device=device)
@@ -194,11 +195,28 @@ class _Layer:
     def _compact(self) -> torch.Tensor:
         """Restrict `base` and `matrix` to the columns alive (copies), renumber `place`; the positions kept."""
         kept = self.place[self.place >= 0].sort().values
-        self.base, self.matrix = self.base[kept[:, None], kept], self.matrix[:, kept]
+        if self.owned and self.base.is_contiguous():
+            self.base = _compact_in_place(self.base, kept)
+        else:
+            self.base, self.owned = self.base[kept[:, None], kept], True
+        self.matrix = self.matrix[:, kept]
         renumber = torch.full((self.place.numel(),), -1, dtype=torch.long, device=kept.device)
         renumber[kept] = torch.arange(kept.numel(), device=kept.device)
         self.place = torch.where(self.place >= 0, renumber[self.place.clamp_min(0)], self.place)
         return kept
+
+
+def _compact_in_place(square: torch.Tensor, kept: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """square[kept][:, kept], written over the start of square's own storage (contiguous) a chunk of rows
+    at a time, so that the largest inverses are never held twice. Safe since kept is increasing: the
+    rows chunk i reads start at kept[i * chunk] * n >= i * chunk * n, past all that chunks 0..i-1 wrote
+    (i * chunk * k, k <= n)."""
+    size = kept.numel()
+    flat = square.view(-1)
+    for start in range(0, size, chunk):
+        rows = square[kept[start:start + chunk]][:, kept]
+        flat[start * size:start * size + rows.numel()] = rows.reshape(-1)
+    return flat[:size * size].view(size, size)
 
 
 def _solve(block: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -278,7 +296,10 @@ def obs_saliency(module: torch.fx.GraphModule, combing: Combing, batches, *, dam
                 if inverse is not None and energy > 0:
                     states[group].append(_Layer(matrix.clone(), inverse, energy, columns))
                 waiting[group] -= 1
-        del hessian, inverse  # held by the states that share it, until their first downdate
+        sharing = [state for found in states.values() for state in found if state.base is inverse]
+        if len(sharing) == 1:
+            sharing[0].owned = True  # its downdates may overwrite the inverse: no copy of it is made
+        del hessian, inverse, sharing  # held by the states that share it, until their first downdate
         for group in [g for g in states if waiting[g] == 0]:
             scores[group] = _eliminate(combing.groups[group].size, states.pop(group))
     return Saliency(scores, read, layers)

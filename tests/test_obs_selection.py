@@ -179,13 +179,14 @@ def _oracle_elimination(size: int, layers: list[tuple]) -> np.ndarray:
     return scores
 
 
-@pytest.mark.parametrize("capacity", [6, 512])
-def test_elimination_matches_an_oracle(monkeypatch, capacity):
+@pytest.mark.parametrize(("capacity", "owned"), [(6, False), (512, False), (6, True)])
+def test_elimination_matches_an_oracle(monkeypatch, capacity, owned):
     """_Layer/_eliminate (a group's block of the inverse, deferred downdates applied `capacity` columns
-    at a time, a wide layer shared, a narrow slice copied) choose the channels the oracle does, with the
-    same scores; two layers read the group, with 1 to 3 columns per channel and columns of other groups."""
+    at a time, a wide layer's inverse shared, or `owned` and compacted in place, a narrow slice copied)
+    choose the channels the oracle does, with the same scores; two layers read the group, with 1 to 3
+    columns per channel and columns of other groups."""
     from prunefx.graph.channel_compensation import damped_inverse
-    from prunefx.graph.channel_saliency import _eliminate, _Layer
+    from prunefx.graph.channel_saliency import _damped_inverse, _eliminate, _Layer
 
     monkeypatch.setattr(_Layer, "CAPACITY", capacity)
     rng = np.random.default_rng(0)
@@ -207,18 +208,22 @@ def test_elimination_matches_an_oracle(monkeypatch, capacity):
              layer([1] * (size - 5) + [0] * 5, 12, 5)]        # most of the layer: shared
     states, oracle_layers = [], []
     for hessian, matrix, columns in built:
-        inverse = damped_inverse(hessian, 0.01)
+        inverse = _damped_inverse(hessian, 0.01)
+        assert torch.equal(inverse, damped_inverse(hessian, 0.01))  # the same, in less memory
         energy = float((matrix @ hessian.numpy() * matrix).sum())
         original = inverse.clone()
-        states.append((_Layer(torch.from_numpy(matrix).clone(), inverse, energy,
-                              {c: torch.tensor(cols) for c, cols in columns.items()}), inverse, original))
+        state = _Layer(torch.from_numpy(matrix).clone(), inverse, energy,
+                       {c: torch.tensor(cols) for c, cols in columns.items()})
+        state.owned = owned and state.base is inverse
+        states.append((state, inverse, original))
         oracle_layers.append((matrix, inverse.numpy().copy(), energy, columns))
     scores = _eliminate(size, [state for state, _, _ in states])
     expected = _oracle_elimination(size, oracle_layers)
     np.testing.assert_array_equal(np.argsort(scores, kind="stable"), np.argsort(expected, kind="stable"))
     np.testing.assert_allclose(scores, expected, rtol=1e-7)
     for _, inverse, original in states:
-        assert torch.equal(inverse, original)  # a shared inverse is never written
+        if not owned:
+            assert torch.equal(inverse, original)  # a shared inverse is never written
 
 
 # --- ResNet-20 on Fashion-MNIST images -------------------------------------------------------------------
