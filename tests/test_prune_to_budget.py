@@ -139,13 +139,15 @@ def test_measured_on_onnx_runtime():
 
 
 def test_the_onnx_measuring_function_exports_each_program_once_and_sees_changed_weights(resnet20, monkeypatch):
-    """The dense model is measured against every candidate (and again by confirm): one export, not one per
-    call; but a Program whose weights changed is a different model and is exported again."""
+    """The dense model is measured against every candidate: one export per exporter, not one per call (the
+    search's fast TorchScript file, and the delivered dynamo file the confirmation times); a Program whose
+    weights changed is a different model and is exported again."""
     import importlib
 
     speedup = importlib.import_module("prunefx.runtime.speedup")
     exported, real = [], speedup._exported
-    monkeypatch.setattr(speedup, "_exported", lambda program, path, batch: exported.append(path) or real(program, path, batch))
+    monkeypatch.setattr(speedup, "_exported", lambda program, path, batch, exporter: exported.append(exporter)
+                        or real(program, path, batch, exporter))
     latency = speedup.onnx_latency_pair(threads=1, runs=2, warmup=0)
     changed = resnet20.clone()
     with torch.no_grad():
@@ -153,4 +155,4 @@ def test_the_onnx_measuring_function_exports_each_program_once_and_sees_changed_
     latency(resnet20, resnet20.clone())
     latency.confirm(resnet20, resnet20)
     dense_ms, changed_ms, _ = latency(resnet20, changed)
-    assert len(exported) == 2 and dense_ms > 0 and changed_ms > 0
+    assert exported == ["torchscript", "dynamo", "torchscript"] and dense_ms > 0 and changed_ms > 0

@@ -171,3 +171,17 @@ def test_corrupt_or_missing_onnx_file_is_a_clear_error(tmp_path):
     assert "\n" not in str(caught.value)
     with pytest.raises(OnnxSessionError, match="no such ONNX file"):
         OnnxRuntimeSession(tmp_path / "missing.onnx")
+
+
+def test_the_fast_exporter_gives_the_same_network(tmp_path):
+    """The TorchScript exporter (the budget search's) writes a file with the same outputs as the dynamo one."""
+    import onnxruntime as ort
+
+    program = tiny_program()
+    files = {name: export_onnx(program, tmp_path / f"{name}.onnx", exporter=name) for name in ("dynamo", "torchscript")}
+    assert {name: result.exporter for name, result in files.items()} == {"dynamo": "dynamo", "torchscript": "torchscript"}
+    x = program.example_inputs[0].numpy()
+    outputs = [ort.InferenceSession(str(result.path)).run(None, {"input_0": x})[0] for result in files.values()]
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(OnnxExportError, match="exporter must be one of dynamo, torchscript"):
+        export_onnx(program, tmp_path / "x.onnx", exporter="tflite")
