@@ -6,7 +6,8 @@ For each model and budget S (a speed-up on ONNX Runtime, batch 1, the INT8 file 
    measured as whole models side by side with the dense one (confirmed), scored by one-shot KL damage;
 2. the variants compared: "joint" (the combination choose_for_budget keeps: least KL among those that met),
    each dimension alone that met S ("width", "depth", "int8"), and "macs 1/S" (remove_channels to 1/S of
-   the MACs, the MACs-target habit, with the same width options), measured the same way;
+   the MACs, the MACs-target habit, with the same width options and the same batch-norm recalibration),
+   measured the same way;
 3. each variant's test accuracy one-shot, then after `--kd-steps` steps of knowledge distillation from the
    dense model (for INT8 variants that is quantization-aware training).
 The dense models train `--train-epochs` epochs first (cached under build/int8_latency, shared with
@@ -34,6 +35,7 @@ from prunefx.models import build_model, load_weights
 from prunefx.passes.budget_search import Measured
 from prunefx.passes.choose_for_budget import budget_candidates
 from prunefx.passes.distill import distill
+from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.training import evaluate
 from prunefx.runtime import onnx_latency_pair
@@ -86,6 +88,7 @@ def variants(dense: Program, budget: float, batches, latency) -> tuple[dict, lis
     programs = {name: (c.program, c.measured.to_dict() | {"macs_kept": c.macs_kept, "proxy": c.proxy})
                 for name, c in chosen.items()}
     macs = remove_channels(dense.clone(), config={**WIDTH, "macs": 1 / budget}).program
+    macs = recalibrate_batchnorm(macs, config={"data": batches}).program  # as choose_for_budget does
     measured = Measured(*latency(dense, macs))
     programs[f"macs 1/{budget:g}"] = (macs, measured.to_dict() | {"macs_kept": count(macs).macs / count(dense).macs})
     rows = [c.to_dict() for c in candidates]

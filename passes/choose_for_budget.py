@@ -14,6 +14,8 @@ the dense one, scores its one-shot damage, and keeps the least damaged:
         base        = merge_blocks(depth_to_budget(dense, depth share, measure))    if depth in C
         model       = prune_to_budget(base, S, measure)                             if width in C
         candidate   = finish(model)                 (int8 alone: finish(dense), measured once)
+        (before INT8 and the proxy, a pruned or merged model's batch norms are re-estimated on the
+         calibration batches: `recalibrate`, on by default; latency does not depend on them)
         proxy       = mean KL(softmax(dense(x)) || softmax(candidate(x))) over the calibration batches,
                       along dim 1 (classes, per pixel for dense outputs)
     chosen = the candidate with the smallest proxy among those that met the budget
@@ -61,6 +63,7 @@ from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.prune_to_budget import PruneToBudgetConfig, prune_to_budget
 from prunefx.passes.quantize_int8 import QuantizeInt8Config, quantize_int8
+from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.result import Result
 
 DIMENSIONS = ("width", "depth", "int8")
@@ -87,6 +90,8 @@ class ChooseForBudgetConfig(PassConfig):
                          cli=False)
     int8: dict = option({}, help="quantize_int8 options (method, percentile, sensitive, ...)", cli=False)
     proxy_batches: int = option(4, low=1, help="calibration batches the KL damage proxy is read on")
+    recalibrate: bool = option(True, help="re-estimate the batch norms of a pruned or merged candidate on the "
+                                          "calibration batches before it is quantized and scored")
     latency: Callable | None = option(source="latency", help="(dense, candidate) -> (dense ms, candidate ms, spread)")
     calibration: Any = option(source="calibration", help="input batches for ranking, INT8 ranges and the proxy")
     progress: bool | None = option(help="progress bars (default: on a terminal)", cli=False)
@@ -223,6 +228,10 @@ class _Search:
             model = self._merged_depth(model, share, latency, candidate)
         if "width" in dimensions:
             model = self._pruned(model, latency, candidate)
+        if model is not self.dense and self.settings.recalibrate:
+            # the statistics a structural change left behind would make the damage look worse than it is,
+            # and INT8 ranges calibrated on them wrong; the latency measured does not depend on them
+            model = recalibrate_batchnorm(model, config={"data": self.batches}).program
         finished = self._quantize(model, candidate) if quantized else model
         if candidate.measured is None:  # INT8 alone, or depth alone: its own search measured it already
             candidate.measured = self._confirmed(finished, dimensions)
