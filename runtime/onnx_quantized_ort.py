@@ -15,10 +15,20 @@ Runtime's x86 kernels, which want U8 activations x S8 weights (U8S8; S8S8 runs s
   Relu / Clip moves after the quantizer as a Clip on the codes (Q(clip(y, a, b)) = clip(Q(y), Q(a), Q(b)),
   since Q is monotone), and disappears when Q's own saturation already clips there (a Relu before a
   zero-point-0 quantizer, a ReLU6 whose 6 lies above amax); the float bias becomes INT32 at s_x * s_w;
+- `fold_weight_transposes`: a stored INT8 weight read through DequantizeLinear -> Transpose (what the
+  exporter writes for a Linear on 3-D inputs, the tokens of a ViT: x @ DQ(W).T as a MatMul) becomes the
+  transposed INT8 initializer read by the DequantizeLinear, its per-channel axis moved with the transpose
+  (Transpose(DQ(q), perm) = DQ(Transpose(q, perm)) with axis perm.index(axis): exact). The MatMul then reads
+  DQ -> MatMul, the form `integer_matmuls` and ONNX Runtime's QDQ fusions (MatMulIntegerToFloat,
+  QLinearMatMul, QGemm after its MatMul + Add fusion) match. The TensorRT file keeps the Transpose, which
+  TensorRT folds itself;
 - `integer_matmuls`: every Gemm, and every MatMul with a stored weight, whose input and weight are
   dequantized keeps its INT8 weight (and gets an INT32 bias), quantized output or not: ONNX Runtime runs it
-  as QGemm (float output allowed) or MatMulIntegerToFloat / QLinearMatMul. A classifier's output is never
-  quantized, and a float Gemm there (MobileNetV2's 1280 x 1000) is a cost neither INT8 nor pruning removes;
+  as QGemm (float output allowed) or MatMulIntegerToFloat / QLinearMatMul. A MatMul's bias is the stored
+  vector of the Add after it: ONNX Runtime fuses MatMul + Add into a Gemm first and makes that Gemm a QGemm
+  only with an INT32 bias where its output is float (a ViT's qkv and fc1 stayed float Gemms without it).
+  A classifier's output is never quantized, and a float Gemm there (MobileNetV2's 1280 x 1000) is a cost
+  neither INT8 nor pruning removes;
 - `weight_levels`: on x86 CPUs without VNNI (AVX2 only) ONNX Runtime's U8S8 convolution kernels multiply with
   vpmaddubsw, which adds pairs of u8 x s8 products into int16 and saturates: 2 x 255 x 127 > 32767. Measured
   here: -10 points of Fashion-MNIST accuracy with 8-bit weights (benchmarks/results/int8_latency.md). With
@@ -77,6 +87,7 @@ class OnnxRuntimeLowering:
 
 def lower_for_onnxruntime(model: onnx.ModelProto, weight_levels: int) -> OnnxRuntimeLowering:
     """Rewrite the S8 Q/DQ `model` in place for ONNX Runtime (see the module docstring)."""
+    fold_weight_transposes(model)
     pairs, unsigned = activations_to_u8(model)
     quantize_before_max_pool(model)
     units = integer_units(model, weight_levels)
@@ -162,6 +173,43 @@ def quantize_before_max_pool(model: onnx.ModelProto) -> int:
     return moved
 
 
+# ---- weights ----------------------------------------------------------------------------------------
+
+def fold_weight_transposes(model: onnx.ModelProto) -> int:
+    """DequantizeLinear(stored INT8 q) -> Transpose(perm)  becomes  DequantizeLinear(q transposed), with the
+    per-channel axis at perm.index(axis): the same values, and no Transpose between the weight's
+    DequantizeLinear and the layer. Returns how many Transposes went."""
+    inits, made_by = initializers(model), producers(model)
+    outputs = {out.name for out in model.graph.output}
+    folded = 0
+    for transpose in [node for node in model.graph.node if node.op_type == "Transpose"]:
+        dequantize = made_by.get(transpose.input[0])
+        if dequantize is None or dequantize.op_type != "DequantizeLinear" or transpose.output[0] in outputs:
+            continue
+        codes = inits.get(dequantize.input[0])
+        if codes is None or codes.data_type != onnx.TensorProto.INT8 or \
+                any(attr.name == "block_size" and attr.i for attr in dequantize.attribute):
+            continue  # not a stored INT8 weight, or blocked quantization (scales shaped like the weight)
+        ndim = len(codes.dims)
+        perm = next((list(attr.ints) for attr in transpose.attribute if attr.name == "perm"),
+                    list(range(ndim))[::-1])
+        scale = array(model, dequantize.input[1])
+        stem = f"{dequantize.input[0]}_transposed_{'_'.join(map(str, perm))}"
+        set_initializer(model, stem, np.ascontiguousarray(np.transpose(array(model, dequantize.input[0]), perm)))
+        inputs = [stem, *dequantize.input[1:]]
+        axis = perm.index(axis_of(dequantize) % ndim) if scale.size > 1 else axis_of(dequantize)
+        moved = onnx.helper.make_node("DequantizeLinear", inputs, [transpose.output[0]],
+                                      name=f"{transpose.name}_dequantize", axis=axis)
+        model.graph.node.insert(list(model.graph.node).index(transpose), moved)
+        model.graph.node.remove(transpose)
+        if not consumers(model, dequantize.output[0]) and dequantize.output[0] not in outputs:
+            model.graph.node.remove(dequantize)
+        inits = initializers(model)
+        folded += 1
+    drop_unused_initializers(model)
+    return folded
+
+
 # ---- integer units --------------------------------------------------------------------------------
 
 def integer_units(model: onnx.ModelProto, weight_levels: int = S8_LEVELS) -> int:
@@ -205,7 +253,8 @@ def _unit(model, made_by, node):
 
 def integer_matmuls(model: onnx.ModelProto, weight_levels: int = S8_LEVELS) -> int:
     """Every Gemm / MatMul with a dequantized input and a dequantized stored weight keeps its INT8 weight, on
-    +-`weight_levels`, and a Gemm's bias becomes INT32 (see the module docstring). Returns how many."""
+    +-`weight_levels`, and its bias (a Gemm's, or the Add's after a MatMul) becomes INT32 (see the module
+    docstring). Returns how many."""
     made_by, inits = producers(model), initializers(model)
     rewritten = 0
     for node in [node for node in model.graph.node if node.op_type in ("Gemm", "MatMul")]:
@@ -274,22 +323,55 @@ def _requantize_weight(model, dequantize: onnx.NodeProto, levels: int) -> None:
     dequantize.input[2] = set_initializer(model, f"{stem}_zero_point", np.zeros(scale.shape, np.int8))
 
 
-def _quantize_bias(model, made_by, conv) -> None:
-    if len(conv.input) < 3 or not conv.input[2]:
+def _quantize_bias(model, made_by, layer) -> None:
+    """The stored float bias of a Conv / Gemm `layer` as INT32 at s_x * s_w behind a DequantizeLinear; a
+    MatMul's bias is the stored vector of the Add that alone reads its output (x @ W + b, as the exporter
+    writes a Linear on 3-D inputs), which ONNX Runtime fuses with the MatMul into a Gemm (QGemm)."""
+    if layer.op_type == "MatMul":
+        found = _matmul_bias(model, layer)
+        if found is not None:
+            add, index = found
+            add.input[index] = _int32_bias(model, made_by, layer, add.input[index], before=add)
         return
-    input_scale = array(model, made_by[conv.input[0]].input[1]).astype(np.float64)
-    weight_scale = array(model, made_by[conv.input[1]].input[1]).astype(np.float64)
+    if len(layer.input) < 3 or not layer.input[2]:
+        return
+    layer.input[2] = _int32_bias(model, made_by, layer, layer.input[2], before=layer)
+
+
+def _matmul_bias(model, matmul) -> tuple[onnx.NodeProto, int] | None:
+    """(the Add, the index of its stored bias) when `matmul`'s output is read only by an Add of a stored
+    float vector of the weight's N entries, else None."""
+    users = consumers(model, matmul.output[0])
+    if len(users) != 1 or users[0].op_type != "Add" or matmul.output[0] in {out.name for out in model.graph.output}:
+        return None
+    add, inits = users[0], initializers(model)
+    others = [index for index, name in enumerate(add.input[:2]) if name != matmul.output[0]]
+    weight = inits[producers(model)[matmul.input[1]].input[0]]
+    if len(others) != 1 or add.input[others[0]] not in inits:
+        return None
+    bias = inits[add.input[others[0]]]
+    if bias.data_type != onnx.TensorProto.FLOAT or list(bias.dims) != [weight.dims[-1]]:
+        return None
+    return add, others[0]
+
+
+def _int32_bias(model, made_by, layer, bias_name: str, *, before: onnx.NodeProto) -> str:
+    """DequantizeLinear(INT32 codes of the stored bias `bias_name` at `layer`'s s_x * s_w), inserted before
+    `before`; returns its output. Named after `layer`'s output: the exporter shares equal initializers (zero
+    biases) between layers whose scales differ."""
+    input_scale = array(model, made_by[layer.input[0]].input[1]).astype(np.float64)
+    weight_scale = array(model, made_by[layer.input[1]].input[1]).astype(np.float64)
     scale = (input_scale * weight_scale).astype(np.float32)
-    bias = array(model, conv.input[2]).astype(np.float64)
+    bias = array(model, bias_name).astype(np.float64)
     codes = np.clip(np.rint(bias / scale), np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
-    stem = f"{conv.input[2]}_int32"
+    stem = f"{layer.output[0]}_bias_int32"
     set_initializer(model, stem, codes)
     set_initializer(model, f"{stem}_scale", np.broadcast_to(scale, codes.shape).copy())
     set_initializer(model, f"{stem}_zero_point", np.zeros(codes.shape, np.int32))
     dequantize = onnx.helper.make_node("DequantizeLinear", [stem, f"{stem}_scale", f"{stem}_zero_point"],
-                                       [f"{stem}_dequantized"], name=f"{conv.name}_bias_dequantize", axis=0)
-    model.graph.node.insert(list(model.graph.node).index(conv), dequantize)
-    conv.input[2] = dequantize.output[0]
+                                       [f"{stem}_dequantized"], name=f"{layer.name}_bias_dequantize", axis=0)
+    model.graph.node.insert(list(model.graph.node).index(before), dequantize)
+    return dequantize.output[0]
 
 
 def _clip_bounds(model: onnx.ModelProto, node: onnx.NodeProto) -> tuple[float, float] | None:
