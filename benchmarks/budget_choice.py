@@ -90,6 +90,7 @@ def variants(dense: Program, budget: float, batches, latency) -> tuple[dict, lis
     macs = remove_channels(dense.clone(), config={**WIDTH, "macs": 1 / budget}).program
     macs = recalibrate_batchnorm(macs, config={"data": batches}).program  # as choose_for_budget does
     measured = Measured(*latency(dense, macs))
+    measured.confirm(latency, dense, macs)  # as every accepted budget candidate is
     programs[f"macs 1/{budget:g}"] = (macs, measured.to_dict() | {"macs_kept": count(macs).macs / count(dense).macs})
     rows = [c.to_dict() for c in candidates]
     return programs, [{"search_seconds": search_seconds}, *rows]
