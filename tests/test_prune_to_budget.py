@@ -156,3 +156,21 @@ def test_the_onnx_measuring_function_exports_each_program_once_and_sees_changed_
     latency.confirm(resnet20, resnet20)
     dense_ms, changed_ms, _ = latency(resnet20, changed)
     assert exported == ["torchscript", "dynamo", "torchscript"] and dense_ms > 0 and changed_ms > 0
+
+
+def test_a_pessimistic_first_measurement_just_below_the_budget_is_confirmed_not_believed(resnet20):
+    """A near miss is measured again: the search keeps the first fraction instead of pruning further. The
+    stand-in's speed-up is 1.05 x the MACs ratio (so the first guess, 1/S of the MACs, meets S), and its
+    first measurement reads 10 % slow."""
+    truth = latency_of_macs(fixed_ms=0.0)
+    calls = []
+
+    def latency(dense, candidate):
+        calls.append(candidate)
+        dense_ms, ms, spread = truth(dense, candidate)
+        return dense_ms, ms / 1.05 * (1.1 if len(calls) == 1 else 1.0), spread
+
+    result = prune_to_budget(resnet20.clone(), config={"speedup": 1.5, "latency": latency, "round_to": 4})
+    first = result.stats["trace"][0]
+    assert first["confirmed"] and first["first"]["speedup"] < 1.5 <= first["speedup"]
+    assert result.stats["macs_fraction"] == pytest.approx(1 / 1.5)  # the first candidate, not a smaller one
