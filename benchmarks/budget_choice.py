@@ -19,6 +19,7 @@ benchmarks/int8_latency.py). Results: benchmarks/results/budget_choice.{json,md}
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -56,6 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--test-batches", type=int, default=20, help="test batches of 128 evaluated (20)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (1)")
     parser.add_argument("--runs", type=int, default=30, help="timed runs per candidate (30; confirmation 4x)")
+    parser.add_argument("--markdown-from", type=Path, metavar="JSON", help="only rewrite the Markdown of a results file")
     return parser.parse_args(argv)
 
 
@@ -149,15 +151,23 @@ def markdown(report: dict) -> str:
             lines += [f"### budget {budget}x (search {entry['search'][0]['search_seconds']:.0f} s)", "",
                       markdown_table(["variant", "measured speed-up", "MACs kept", "KL damage", "one-shot %",
                                       "after KD %"], table), ""]
-            missed = [f"{'+'.join(row['dimensions'])}: {row['failed']}" for row in entry["search"][1:]
-                      if not row["met"]]
-            if missed:
-                lines += ["Combinations that did not meet the budget: " + "; ".join(missed), ""]
+            every = [["+".join(row["dimensions"]), "yes" if row["met"] else "no",
+                      f"{row['speedup']:.2f}x" if row.get("speedup") is not None else "n/a",
+                      f"{row['macs_kept']:.3f}" if row.get("macs_kept") is not None else "n/a",
+                      f"{row['proxy']:.4f}" if row.get("proxy") is not None else "n/a",
+                      (row.get("failed") or "").replace("|", "/")] for row in entry["search"][1:]]
+            lines += ["Every combination choose_for_budget searched (one-shot KL damage on the calibration batches):",
+                      "", markdown_table(["combination", "met", "measured speed-up", "MACs kept", "KL damage", "why not"],
+                                         every), ""]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.markdown_from:  # the Markdown again from a results file (e.g. after a change of layout)
+        report = json.loads(args.markdown_from.read_text())
+        write_results(NAME, report, markdown(report), folder=args.markdown_from.parent)
+        return 0
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     data = fashion_mnist_data(BATCH)
     report = {"machine": machine_info(), "command": command_line(),
