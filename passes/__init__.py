@@ -4,6 +4,7 @@
 `importlib.import_module("prunefx.passes.NAME")`), so `Pipeline([sparsify_nm])` works as written.
 """
 
+from prunefx.passes.choose_for_budget import choose_for_budget
 from prunefx.passes.comb_channels import comb_channels
 from prunefx.passes.depth_to_budget import depth_to_budget
 from prunefx.passes.distill import distill
@@ -23,6 +24,6 @@ from prunefx.passes.sparsify_nm import sparsify_nm
 
 __all__ = [
     "PASSES", "Pass", "Pipeline", "PipelineError", "PipelineResult", "RecipeError", "Result", "Step",
-    "comb_channels", "depth_to_budget", "distill", "fold_batchnorm", "get_pass", "linearize_blocks", "load_recipe", "merge_blocks",
+    "choose_for_budget", "comb_channels", "depth_to_budget", "distill", "fold_batchnorm", "get_pass", "linearize_blocks", "load_recipe", "merge_blocks",
     "pipeline_from_spec", "prune_to_budget", "prune_while_training", "quantize_int8", "recalibrate_batchnorm", "remove_channels", "sparsify_nm",
 ]
