@@ -223,7 +223,8 @@ def test_shipped_recipes_resolve_and_build():
         assert spec["name"] == name
         pipeline = pipeline_from_spec(spec)  # every pass exists
         assert set(pipeline.names) <= {"remove_channels", "prune_while_training", "recalibrate_batchnorm", "distill",
-                                       "sparsify_nm", "linearize_blocks", "merge_blocks", "quantize_int8"}
+                                       "sparsify_nm", "linearize_blocks", "merge_blocks", "quantize_int8",
+                                       "choose_for_budget"}
         text = recipe_path(name).read_text()
         # every key a pass is configured with is documented in the file's comment header
         header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
