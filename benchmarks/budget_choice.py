@@ -57,6 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--test-batches", type=int, default=20, help="test batches of 128 evaluated (20)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (1)")
     parser.add_argument("--runs", type=int, default=30, help="timed runs per candidate (30; confirmation 4x)")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where the .json and .md go")
     parser.add_argument("--markdown-from", type=Path, metavar="JSON", help="only rewrite the Markdown of a results file")
     return parser.parse_args(argv)
 
@@ -174,7 +175,7 @@ def main(argv=None) -> int:
               "settings": {k: v for k, v in vars(args).items()}, "models": {}}
     for model in args.models:
         report["models"][model] = run_model(model, data, args)
-        write_results(NAME, report, markdown(report), folder=RESULTS)  # after each model: a long run keeps its rows
+        write_results(NAME, report, markdown(report), folder=args.output_dir)  # after each model: a long run keeps its rows
     return 0
 
 
