@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     data = fashion_mnist_data(BATCH)
     report = {"machine": machine_info(), "command": command_line(),
-              "settings": {k: v for k, v in vars(args).items()}, "models": {}}
+              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "models": {}}
     for model in args.models:
         report["models"][model] = run_model(model, data, args)
         write_results(NAME, report, markdown(report), folder=args.output_dir)  # after each model: a long run keeps its rows
