@@ -73,3 +73,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test module lists its heaviest model-zoo references in ZOO_LANE: their cases get the `zoo` mark,
+    so `make test` leaves them to `make test-zoo` (runs before `-m` deselects)."""
+    for item in items:
+        heavy = getattr(getattr(item, "module", None), "ZOO_LANE", ())
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("reference") in heavy:
+            item.add_marker(pytest.mark.zoo)

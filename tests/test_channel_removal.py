@@ -55,16 +55,11 @@ def _randomise_zero_parameters(program) -> None:
 
 
 # Their families stay in `make test` through smaller members (resnet18, swin via maxxvit/coatnet windows, vit_small, convnext_atto).
-HEAVY = {'torchvision:maxvit_t', 'torchvision:densenet121', 'torchvision:efficientnet_v2_s', 'torchvision:swin_t', 'timm:swin_tiny_patch4_window7_224', 'torchvision:resnext50_32x4d', 'torchvision:fcn_resnet50', 'torchvision:resnet50', 'torchvision:convnext_tiny', 'torchvision:vit_b_16', 'timm:beitv2_base_patch16_224', 'timm:deit3_small_patch16_224'}
-
-
-def _lanes(references):
-    """The heaviest models in the zoo lane (`make test-zoo`), the rest in `make test`."""
-    return [pytest.param(r, marks=pytest.mark.zoo) if r in HEAVY else r for r in references]
+ZOO_LANE = {'torchvision:maxvit_t', 'torchvision:densenet121', 'torchvision:efficientnet_v2_s', 'torchvision:swin_t', 'timm:swin_tiny_patch4_window7_224', 'torchvision:resnext50_32x4d', 'torchvision:fcn_resnet50', 'torchvision:resnet50', 'torchvision:convnext_tiny', 'torchvision:vit_b_16', 'timm:beitv2_base_patch16_224', 'timm:deit3_small_patch16_224'}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("reference", _lanes(MODELS))
+@pytest.mark.parametrize("reference", MODELS)
 def test_removing_zeroed_channels_is_exact(reference, zero_channels):
     torch.manual_seed(0)
     size = IMAGE_SIZES.get(reference, 64)

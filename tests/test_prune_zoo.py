@@ -53,16 +53,11 @@ def _captured(reference: str):
 
 
 # The slowest to prune at 224 px or with deep dense connectivity; torchvision's swin_t keeps the window-attention family here.
-HEAVY = {'torchvision:maxvit_t', 'torchvision:efficientnet_v2_s', 'torchvision:densenet121', 'timm:swin_tiny_patch4_window7_224'}
-
-
-def _lanes(references):
-    """The heaviest models in the zoo lane (`make test-zoo`), the rest in `make test`."""
-    return [pytest.param(r, marks=pytest.mark.zoo) if r in HEAVY else r for r in references]
+ZOO_LANE = {'torchvision:maxvit_t', 'torchvision:efficientnet_v2_s', 'torchvision:densenet121', 'timm:swin_tiny_patch4_window7_224'}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("reference", _lanes(ZOO))
+@pytest.mark.parametrize("reference", ZOO)
 def test_prune_zoo_to_a_macs_target(reference, tmp_path):
     fraction = 0.3
     program = zoo_program(reference)

@@ -18,16 +18,11 @@ PARITY_TOLERANCE = 1e-4  # max abs error relative to the largest output magnitud
 
 
 # Every model here is also captured, pruned, exported and checked for ONNX parity by test_prune_zoo.py.
-HEAVY = {'torchvision:resnet50', 'torchvision:densenet121', 'torchvision:convnext_tiny', 'torchvision:swin_t', 'torchvision:vit_b_16', 'torchvision:efficientnet_b0', 'torchvision:mobilenet_v3_large', 'timm:efficientnet_b0', 'timm:deit_tiny_patch16_224'}
-
-
-def _lanes(references):
-    """The heaviest models in the zoo lane (`make test-zoo`), the rest in `make test`."""
-    return [pytest.param(r, marks=pytest.mark.zoo) if r in HEAVY else r for r in references]
+ZOO_LANE = {'torchvision:resnet50', 'torchvision:densenet121', 'torchvision:convnext_tiny', 'torchvision:swin_t', 'torchvision:vit_b_16', 'torchvision:efficientnet_b0', 'torchvision:mobilenet_v3_large', 'timm:efficientnet_b0', 'timm:deit_tiny_patch16_224'}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("reference", _lanes(ZOO))
+@pytest.mark.parametrize("reference", ZOO)
 def test_capture_export_and_onnxruntime_parity(reference, tmp_path):
     torch.manual_seed(0)
     spec = build_model(reference, image_size=IMAGE_SIZE)
