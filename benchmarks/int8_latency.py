@@ -79,6 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--block", type=int, default=5, help="runs per variant before the next one (default 5)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs per variant (default 5)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    parser.add_argument("--torch-threads", type=int, default=2,
+                        help="torch threads for training, KD and calibration (default 2; latency is ONNX Runtime's)")
     parser.add_argument("--method", default="percentile", choices=("max", "percentile", "mse", "entropy"),
                         help="prunefx activation calibration (default percentile)")
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS, metavar="NAME")
@@ -330,7 +332,7 @@ def markdown(report: dict, info: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.torch_threads)
     images, labels = load_imagenet_batch()
     info = machine_info(threads=args.threads, runs=args.runs, block=args.block, method=args.method,
                         train_epochs=args.train_epochs, recovery_steps=args.recovery_steps, qat_steps=args.qat_steps,

@@ -8,6 +8,7 @@ before it, so a user can bisect a recipe without reading tracebacks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,14 +117,18 @@ class Pipeline:
     def names(self) -> list[str]:
         return [step.name for step in self.steps]
 
-    def run(self, program: Program) -> PipelineResult:
+    def run(self, program: Program, *, after_step: Callable[[str, Result], None] | None = None) -> PipelineResult:
         """Run every pass on a copy of `program` (the caller's Program is left untouched): the Pipeline
-        clones once, and each pass may then rewrite the Program it is given (see _check_in_place)."""
+        clones once, and each pass may then rewrite the Program it is given (see _check_in_place).
+        `after_step(name, result)` is called after each verified pass (compress measures every stage with
+        it); it must not change the Program, which the next pass receives."""
         program = program.clone()
         done: list[tuple[str, Result]] = []
         for step in tqdm(self.steps, desc="passes", disable=not self.progress):
             result = self._run_step(step, program, [name for name, _ in done])
             done.append((step.name, result))
+            if after_step is not None:
+                after_step(step.name, result)
             program = result.program
         return PipelineResult(program, done)
 

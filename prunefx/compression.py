@@ -60,6 +60,7 @@ from prunefx.runtime import (
 )
 from prunefx.runtime.deployment_report import CHART_FILE, variants_from_compress, write_chart
 from prunefx.runtime.onnx_export import DEFAULT_OPSET
+from prunefx.stage_report import STAGE_TIMED_RUNS, StageMeter
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 CALIBRATION_BATCHES = 4
@@ -237,6 +238,7 @@ class Options:
     warmup: int = LATENCY_WARMUP
     eval_batches: int | None = None  # evaluate on the first N batches of test and val only
     opset: int = DEFAULT_OPSET
+    stage_reports: bool = True  # test score, MACs and latency after every pass (prunefx/stage_report.py)
 
 
 def _score(program: Program, loader, splits: DataSplits) -> dict:
@@ -247,8 +249,12 @@ def _score(program: Program, loader, splits: DataSplits) -> dict:
     return evaluate_dense(program, loader, task=splits.task, num_classes=splits.num_classes)
 
 
+def _accuracy_on(program: Program, loader, splits: DataSplits, eval_batches: int | None) -> dict | None:
+    return _score(program, FirstBatches(loader, eval_batches), splits) if loader is not None else None
+
+
 def _accuracy(program: Program, splits: DataSplits, eval_batches: int | None) -> dict:
-    return {name: (_score(program, FirstBatches(loader, eval_batches), splits) if loader is not None else None)
+    return {name: _accuracy_on(program, loader, splits, eval_batches)
             for name, loader in (("test", splits.test), ("val", splits.val))}
 
 
@@ -283,7 +289,10 @@ def compress(dense: Program, recipe: Recipe, splits: DataSplits, output: str | o
 
     log(f"[compress] recipe {recipe.name}: {' -> '.join(pipeline.names)}")
     clock = time.perf_counter()
-    result = pipeline.run(dense)
+    meter = (StageMeter(dense, lambda program: _accuracy_on(program, splits.test, splits, options.eval_batches),
+                        threads=options.threads, runs=min(options.runs, STAGE_TIMED_RUNS), log=log)
+             if options.stage_reports else None)
+    result = pipeline.run(dense, after_step=meter)
     seconds["pipeline"] = time.perf_counter() - clock
     for (name, step), keys in zip(result.steps, injected):
         log(f"[{name}] {pass_summary(step.stats)}" + (f" (given {', '.join(keys)})" if keys else ""))
@@ -293,7 +302,7 @@ def compress(dense: Program, recipe: Recipe, splits: DataSplits, output: str | o
         try:
             return _measure_and_write(dense, dense_one, compressed, result, injected, recipe, splits, staging,
                                       output, data=data, options=options, log=log, before=before,
-                                      seconds=seconds, started=started)
+                                      seconds=seconds, started=started, stages=meter.rows if meter else None)
         except Exception as error:
             kept = _keep_training(staging / "model_train.pt2", output)
             message = str(error) if isinstance(error, PrunefxError) else first_line(error)
@@ -309,7 +318,7 @@ def _keep_training(saved: Path, output: Path) -> Path:
 
 
 def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, splits, staging: Path,
-                       output: Path, *, data, options, log, before, seconds, started) -> dict:
+                       output: Path, *, data, options, log, before, seconds, started, stages) -> dict:
     """Evaluate, cut to batch 1, export, time against the dense model and write the report into
     `staging` (moved to `output` by the caller); the report names the files as they will be in `output`."""
     batch = int(dense.example_inputs[0].shape[0])
@@ -351,6 +360,7 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
         "files": {name: str(output / name) for name in
                   ("model.pt2", "model_train.pt2", "model.onnx", "report.json", "report.md", CHART_FILE)},
         "seconds": seconds,
+        "stages": stages,
     }
     report = json_safe(report)
     variants = variants_from_compress(report)

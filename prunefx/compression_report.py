@@ -13,6 +13,7 @@ import torch
 from prunefx.budget_report import budget_markdown, budget_stats
 from prunefx.graph import Program
 from prunefx.runtime.deployment_report import CHART_FILE, Variant, deployment_markdown
+from prunefx.stage_report import stages_markdown
 
 
 def pass_summary(stats: Mapping) -> str:
@@ -137,6 +138,9 @@ def markdown_report(report: dict) -> str:
               "- `model.onnx`: the compressed model at batch 1, cleaned and checked",
               "- `report.json`: everything here, and every pass's statistics", "",
               f"Took {seconds['total']:.0f} s ({seconds['pipeline']:.0f} s in the recipe's passes).", ""]
+    if report.get("stages"):
+        lines.append(stages_markdown(report["stages"], report["accuracy"]["before"]["test"],
+                                     report["macs_before"], report["latency"]["threads"]))
     budget = budget_stats(report)
     if budget is not None:
         lines.append(budget_markdown(budget))

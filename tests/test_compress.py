@@ -99,6 +99,22 @@ def test_compress_writes_every_file_and_a_full_report(compressed):
     assert "| MACs per image |" in (output / "report.md").read_text()
 
 
+def test_every_stage_is_scored_and_timed(compressed):
+    output, report, stdout = compressed
+    pruning, distillation = report["stages"]
+    assert [pruning["pass"], distillation["pass"]] == ["remove_channels", "distill"]
+    assert pruning["macs"] == pytest.approx(0.5 * report["macs_before"], rel=0.03)
+    assert distillation["macs"] == pruning["macs"]  # training keeps the pruned widths
+    for stage in (pruning, distillation):
+        assert stage["modified"] and stage["test"]["count"] == 2 * BATCH
+        latency = stage["latency"]
+        assert latency["speedup"] == pytest.approx(latency["dense_ms"] / latency["ms"])
+    # the last stage is the delivered model, scored on the same batches
+    assert distillation["test"]["accuracy"] == report["accuracy"]["after"]["test"]["accuracy"]
+    assert "[stage 1 remove_channels]" in stdout and "[stage 2 distill]" in stdout
+    assert "## After every stage" in (output / "report.md").read_text()
+
+
 def test_passes_get_the_data_they_need(compressed):
     _, report, _ = compressed
     pruning, distillation = report["passes"]

@@ -52,10 +52,13 @@ def add_measurement_arguments(parser) -> None:
                         help="evaluate on the first N batches of test and validation only (default: all)")
     cli_options.add_measurement(parser, runs=Options.runs)
     cli_options.add_opset(parser)
+    parser.add_argument("--no-stage-report", dest="stage_reports", action="store_false",
+                        help="skip the test score and ONNX Runtime latency measured after every pass of the recipe")
 
 
 def options_from(args) -> Options:
-    return Options(threads=args.threads, runs=args.runs, eval_batches=args.eval_batches, opset=args.opset)
+    return Options(threads=args.threads, runs=args.runs, eval_batches=args.eval_batches, opset=args.opset,
+                   stage_reports=args.stage_reports)
 
 
 def run(args) -> int:
