@@ -8,6 +8,8 @@ For each model and budget S (a speed-up on ONNX Runtime, batch 1, the INT8 file 
    each dimension alone that met S ("width", "depth", "int8"), and "macs 1/S" (remove_channels to 1/S of
    the MACs, the MACs-target habit, with the same width options and the same batch-norm recalibration),
    measured the same way;
+   With --equal-latency the budget searched is the speed-up the "macs 1/S" model measures, so all variants
+   run equally fast and accuracy alone compares them;
 3. each variant's test accuracy one-shot, then after `--kd-steps` steps of knowledge distillation from the
    dense model (for INT8 variants that is quantization-aware training).
 The dense models train `--train-epochs` epochs first (cached under build/int8_latency, shared with
@@ -57,6 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--test-batches", type=int, default=20, help="test batches of 128 evaluated (20)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (1)")
     parser.add_argument("--runs", type=int, default=30, help="timed runs per candidate (30; confirmation 4x)")
+    parser.add_argument("--equal-latency", action="store_true",
+                        help="search each budget at the speed-up the MACs-target model 1/S measures, so that "
+                             "every variant runs equally fast (issue 18: 'at equal measured latency')")
     parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where the .json and .md go")
     parser.add_argument("--markdown-from", type=Path, metavar="JSON", help="only rewrite the Markdown of a results file")
     return parser.parse_args(argv)
@@ -74,10 +79,27 @@ def recovered(program: Program, dense: Program, data, steps: int) -> Program:
                                                     "weight_decay": 5e-4, "progress": False}).program.eval()
 
 
-def variants(dense: Program, budget: float, batches, latency) -> tuple[dict, list[dict]]:
-    """name -> (Program, measured row) for joint, the single dimensions that met, and macs 1/S."""
+def macs_target(dense: Program, budget: float, batches, latency) -> tuple[Program, dict]:
+    """remove_channels to 1/S of the MACs (the MACs-target habit), with the same width options and batch-norm
+    recalibration as choose_for_budget, measured and confirmed as every accepted budget candidate is."""
+    macs = remove_channels(dense.clone(), config={**WIDTH, "macs": 1 / budget}).program
+    macs = recalibrate_batchnorm(macs, config={"data": batches}).program
+    measured = Measured(*latency(dense, macs))
+    measured.confirm(latency, dense, macs)
+    return macs, measured.to_dict() | {"macs_kept": count(macs).macs / count(dense).macs}
+
+
+def variants(dense: Program, budget: float, batches, latency, *, equal_latency: bool = False
+             ) -> tuple[dict, list[dict]]:
+    """name -> (Program, measured row) for joint, the single dimensions that met, and macs 1/S. With
+    `equal_latency` the budget searched is the MACs-target model's own measured speed-up, so every variant
+    runs as fast as it does and accuracy alone tells them apart."""
+    macs, macs_row = macs_target(dense, budget, batches, latency)
+    searched = macs_row["speedup"] if equal_latency else budget
+    if searched <= 1.0:
+        raise PrunefxError(f"the MACs target 1/{budget:g} measured {searched:.2f}x: no speed-up to search for")
     started = time.perf_counter()
-    candidates = budget_candidates(dense, {"speedup": budget, "latency": latency, "calibration": batches,
+    candidates = budget_candidates(dense, {"speedup": searched, "latency": latency, "calibration": batches,
                                            "width": WIDTH})
     search_seconds = time.perf_counter() - started
     met = [c for c in candidates if c.met]
@@ -90,13 +112,9 @@ def variants(dense: Program, budget: float, batches, latency) -> tuple[dict, lis
             chosen[candidate.dimensions[0]] = candidate
     programs = {name: (c.program, c.measured.to_dict() | {"macs_kept": c.macs_kept, "proxy": c.proxy})
                 for name, c in chosen.items()}
-    macs = remove_channels(dense.clone(), config={**WIDTH, "macs": 1 / budget}).program
-    macs = recalibrate_batchnorm(macs, config={"data": batches}).program  # as choose_for_budget does
-    measured = Measured(*latency(dense, macs))
-    measured.confirm(latency, dense, macs)  # as every accepted budget candidate is
-    programs[f"macs 1/{budget:g}"] = (macs, measured.to_dict() | {"macs_kept": count(macs).macs / count(dense).macs})
+    programs[f"macs 1/{budget:g}"] = (macs, macs_row)
     rows = [c.to_dict() for c in candidates]
-    return programs, [{"search_seconds": search_seconds}, *rows]
+    return programs, [{"search_seconds": search_seconds, "searched_speedup": searched}, *rows]
 
 
 def dense_model(model: str, data, args) -> Program:
@@ -115,7 +133,7 @@ def run_model(model: str, data, args) -> dict:
     result = {"dense_accuracy": test_accuracy(dense, data, args.test_batches), "budgets": {}}
     for budget in args.budgets:
         try:
-            programs, search = variants(dense, budget, batches, latency)
+            programs, search = variants(dense, budget, batches, latency, equal_latency=args.equal_latency)
         except PrunefxError as error:
             result["budgets"][f"{budget:g}"] = {"error": str(error)}
             print(f"[{model} {budget:g}x] {error}", file=sys.stderr)
@@ -149,7 +167,11 @@ def markdown(report: dict) -> str:
             table = [[name, f"{row['speedup']:.2f}x", f"{row['macs_kept']:.3f}",
                       "n/a" if row.get("proxy") is None else f"{row['proxy']:.4f}", f"{row['one_shot']:.2f}",
                       f"{row['after_kd']:.2f}"] for name, row in entry["variants"].items()]
-            lines += [f"### budget {budget}x (search {entry['search'][0]['search_seconds']:.0f} s)", "",
+            search = entry["search"][0]
+            searched = search.get("searched_speedup", float(budget))
+            at = (f"equal latency: searched at {searched:.2f}x, the MACs-target model's measured speed-up, "
+                  if settings.get("equal_latency") else "")
+            lines += [f"### budget {budget}x ({at}search {search['search_seconds']:.0f} s)", "",
                       markdown_table(["variant", "measured speed-up", "MACs kept", "KL damage", "one-shot %",
                                       "after KD %"], table), ""]
             every = [["+".join(row["dimensions"]), "yes" if row["met"] else "no",

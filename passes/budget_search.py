@@ -42,6 +42,13 @@ class Measured:
             self.dense_ms, self.ms, self.spread = again(dense, candidate)
             self.first = first
 
+    @classmethod
+    def from_dict(cls, row: dict) -> Measured:
+        """The inverse of to_dict: a pass's statistics hand the chosen candidate's figures on this way."""
+        first = row.get("first")
+        return cls(row["dense_ms"], row["ms"], row["spread"],
+                   (first["dense_ms"], first["ms"], first["spread"]) if first else None)
+
     def to_dict(self) -> dict:
         row = {"speedup": self.speedup, "dense_ms": self.dense_ms, "ms": self.ms, "spread": self.spread,
                "confirmed": self.confirmed}

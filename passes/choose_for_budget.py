@@ -272,7 +272,7 @@ class _Search:
             "confirm": self.settings.confirm, "calibration": self.batches, "progress": self.settings.progress})
         candidate.settings["blocks"] = result.stats["blocks"]
         if share is None:
-            candidate.measured = _measured(result.stats)
+            candidate.measured = Measured.from_dict(result.stats["chosen"])
         growth = self.settings.depth.get("max_kernel_growth", 1.0)
         return merge_blocks(result.program, config={"max_kernel_growth": growth}).program
 
@@ -282,7 +282,7 @@ class _Search:
             "tolerance": self.settings.tolerance, "max_candidates": self.settings.max_candidates,
             "confirm": self.settings.confirm, "latency": latency, "calibration": self.batches})
         candidate.settings["macs_fraction"] = result.stats["macs_fraction"]
-        candidate.measured = _measured(result.stats)
+        candidate.measured = Measured.from_dict(result.stats["chosen"])
         return result.program
 
     def _quantize(self, model: Program, candidate: Candidate | None = None) -> Program:
@@ -320,14 +320,6 @@ class _Finished:
 
     def _finished(self, candidate: Program) -> Program:
         return self.finish(candidate) if self.finish is not None else candidate
-
-
-def _measured(stats: dict) -> Measured:
-    """The chosen search candidate's figures, as the budget passes' stats give them."""
-    chosen = next(row for row in stats["trace"] if row["ms"] == stats["ms"] and row["dense_ms"] == stats["dense_ms"])
-    first = chosen.get("first")
-    return Measured(chosen["dense_ms"], chosen["ms"], chosen["spread"],
-                    (first["dense_ms"], first["ms"], first["spread"]) if first else None)
 
 
 def _outputs(program: Program, batches: list) -> list[torch.Tensor]:

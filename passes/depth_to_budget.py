@@ -26,7 +26,7 @@ exactness. Config: `speedup` (> 1) or `latency_ms` (> 0), one of them; `confirm`
 (injected); `calibration` (required: it ranks the blocks and calibrates the batch norms that replace
 layer norms); `rank`, `layer_norms`, `recalibrate`, `progress` as in linearize_blocks;
 `max_kernel_growth` as in merge_blocks; `ranking` (block names, best first) skips the ranking. Stats: `budget`, `met`, `speedup`, `dense_ms`, `ms`, `blocks`
-(the chosen, in ranking order), `trace` (every candidate: n, its blocks, MACs kept, measured speed-up,
+(the chosen, in ranking order), `chosen` (its measurement, budget_search.Measured.to_dict), `trace` (every candidate: n, its blocks, MACs kept, measured speed-up,
 latency, spread, confirmed and the first measurement), `ranking` (every ranked block with its damage
 and MACs saved) and the chosen candidate's `linearize_blocks` statistics.
 Non-goals: progressive linearisation with training (a recipe: depth-kd), width (prune_to_budget).
@@ -111,7 +111,7 @@ def depth_to_budget(program: Program, /, *, config: dict | None = None) -> Resul
     stats = {"budget": budget_text(settings.speedup, settings.latency_ms), "met": True, "speedup": chosen.speedup,
              "dense_ms": chosen.measured.dense_ms, "ms": chosen.measured.ms, "blocks": chosen.blocks,
              "confirmed": chosen.measured.confirmed,
-             "trace": [candidate.to_dict() for candidate in search.trace],
+             "chosen": chosen.measured.to_dict(), "trace": [candidate.to_dict() for candidate in search.trace],
              "ranking": [{"name": name, **scores.get(name, {})} for name in names],
              "linearize_blocks": chosen.linearize_stats}
     return Result(chosen.program, modified=bool(chosen.blocks), stats=stats)

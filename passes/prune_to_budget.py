@@ -34,8 +34,8 @@ confirmations not counted); `confirm` (True); `latency` (the measuring function,
 `compress`); and remove_channels' options
 except its targets (importance, calibration, ranking, round_to, max_ratio, keep, compensate, damping...),
 with its defaults. Statistics: the search trace (every candidate's MACs fraction, measured speed-up,
-latency and spread), the budget and whether it was met, and the chosen candidate's remove_channels
-statistics. The input Program is left as it was; the result is a new Program.
+latency and spread), the budget and whether it was met, `chosen` (the chosen candidate's measurement,
+budget_search.Measured.to_dict) and its remove_channels statistics. The input Program is left as it was; the result is a new Program.
 """
 
 from __future__ import annotations
@@ -109,7 +109,8 @@ def prune_to_budget(program: Program, /, *, config: dict | None = None) -> Resul
     stats = {"budget": budget_text(settings.speedup, settings.latency_ms), "met": True,
              "tolerance": settings.tolerance, "confirmed": chosen.measured.confirmed, "speedup": chosen.speedup,
              "dense_ms": chosen.measured.dense_ms, "ms": chosen.measured.ms,
-             "macs_fraction": chosen.fraction, "trace": [c.to_dict() for c in search.trace],
+             "macs_fraction": chosen.fraction, "chosen": chosen.measured.to_dict(),
+             "trace": [c.to_dict() for c in search.trace],
              "remove_channels": chosen.result.stats}
     return Result(chosen.result.program, modified=True, stats=stats)
 
