@@ -62,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--equal-latency", action="store_true",
                         help="search each budget at the speed-up the MACs-target model 1/S measures, so that "
                              "every variant runs equally fast (issue 18: 'at equal measured latency')")
+    parser.add_argument("--tolerance", type=float, default=0.15,
+                        help="a candidate may be this much faster than the budget (0.15, choose_for_budget's default)")
     parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where the .json and .md go")
     parser.add_argument("--markdown-from", type=Path, metavar="JSON", help="only rewrite the Markdown of a results file")
     return parser.parse_args(argv)
@@ -89,8 +91,8 @@ def macs_target(dense: Program, budget: float, batches, latency) -> tuple[Progra
     return macs, measured.to_dict() | {"macs_kept": count(macs).macs / count(dense).macs}
 
 
-def variants(dense: Program, budget: float, batches, latency, *, equal_latency: bool = False
-             ) -> tuple[dict, list[dict]]:
+def variants(dense: Program, budget: float, batches, latency, *, equal_latency: bool = False,
+             tolerance: float = 0.15) -> tuple[dict, list[dict]]:
     """name -> (Program, measured row) for joint, the single dimensions that met, and macs 1/S. With
     `equal_latency` the budget searched is the MACs-target model's own measured speed-up, so every variant
     runs as fast as it does and accuracy alone tells them apart."""
@@ -100,7 +102,7 @@ def variants(dense: Program, budget: float, batches, latency, *, equal_latency: 
         raise PrunefxError(f"the MACs target 1/{budget:g} measured {searched:.2f}x: no speed-up to search for")
     started = time.perf_counter()
     candidates = budget_candidates(dense, {"speedup": searched, "latency": latency, "calibration": batches,
-                                           "width": WIDTH})
+                                           "width": WIDTH, "tolerance": tolerance})
     search_seconds = time.perf_counter() - started
     met = [c for c in candidates if c.met]
     chosen = {}
@@ -133,7 +135,8 @@ def run_model(model: str, data, args) -> dict:
     result = {"dense_accuracy": test_accuracy(dense, data, args.test_batches), "budgets": {}}
     for budget in args.budgets:
         try:
-            programs, search = variants(dense, budget, batches, latency, equal_latency=args.equal_latency)
+            programs, search = variants(dense, budget, batches, latency, equal_latency=args.equal_latency,
+                                        tolerance=args.tolerance)
         except PrunefxError as error:
             result["budgets"][f"{budget:g}"] = {"error": str(error)}
             print(f"[{model} {budget:g}x] {error}", file=sys.stderr)
