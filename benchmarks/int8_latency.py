@@ -1,8 +1,9 @@
 """INT8 on ONNX Runtime: prunefx's quantize_int8 (and with pruning, and QAT) vs ONNX Runtime's quantize_static
 and NVIDIA ModelOpt's ONNX PTQ, measured side by side.
 
-Part 1, 1x3x224x224, batch 1 (--models): MobileNetV2 with its ImageNet weights (the offline package) and
-ResNet-50 with random weights and realistic batch norms (latency does not depend on the weight values).
+Part 1, 1x3x224x224, batch 1 (--models): MobileNetV2 with its ImageNet weights (the offline package);
+ResNet-50 and EfficientNet-B0 with random weights and realistic batch norms, ViT-S/16 (timm) with random
+weights (latency does not depend on the weight values).
 Calibration: the first 10 of the 20 offline ImageNet images and their mirror images. Variants:
 - fp32: runtime/onnx_export.export_onnx; int8: passes/quantize_int8 (percentile 99.99) lowered for ONNX
   Runtime on this CPU (runtime/onnx_quantized.onnxruntime_lowering: u8s7 without VNNI, u8 with);
@@ -37,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
 import torchvision
 from common import (
@@ -64,7 +66,7 @@ from prunefx.runtime.onnx_quantize_static import quantize_static_file
 from prunefx.runtime.onnx_quantized import export_quantized_onnx, onnxruntime_lowering
 
 NAME = "int8_latency"
-MODELS = ("resnet50", "mobilenet_v2")
+MODELS = ("resnet50", "mobilenet_v2", "efficientnet_b0", "vit_s16")
 VARIANTS = ("fp32", "int8", "pruned fp32", "pruned int8", "ort u8", "ort s8", "modelopt")
 SMALL_VARIANTS = ("fp32", "int8", "pruned fp32", "pruned int8", "pruned int8 qat", "ort u8", "ort s8", "modelopt")
 HELD_OUT = slice(10, 20)
@@ -100,7 +102,10 @@ def build(name: str) -> torch.nn.Module:
         model.load_state_dict(torch.load(mobilenet_v2_weights_path(), map_location="cpu", weights_only=True))
         return model.eval()
     torch.manual_seed(0)
-    return realistic_batchnorm(torchvision.models.resnet50(weights=None), (1, 3, 224, 224)).eval()
+    if name == "vit_s16":  # ViT-S/16 (timm's vit_small_patch16_224), random weights: no batch norm to set
+        return timm.create_model("vit_small_patch16_224", pretrained=False).eval()
+    model = getattr(torchvision.models, name)(weights=None)
+    return realistic_batchnorm(model, (1, 3, 224, 224)).eval()
 
 
 def calibration(images: torch.Tensor) -> list[tuple[torch.Tensor]]:

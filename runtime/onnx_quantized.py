@@ -63,6 +63,7 @@ class QuantizedExport:
     unsigned_activations: int = 0  # non-negative activations on [0, amax] with zero-point 0 (u8, u8s7)
     weight_levels: int = S8_LEVELS  # the integer units' weights lie on +-weight_levels
     integer_matmuls: int = 0      # Gemms / MatMuls with a stored weight kept on INT8 (u8, u8s7)
+    float_convolution_inputs: int = 0  # float convs reading their input unquantized (u8, u8s7)
 
 
 def export_quantized_onnx(program: Program, path: str | os.PathLike, *, activations: str = "s8",
@@ -82,7 +83,7 @@ def export_quantized_onnx(program: Program, path: str | os.PathLike, *, activati
         result = lower_for_onnxruntime(model, levels)
         lowered = {"activation_pairs": result.activation_pairs, "integer_units": result.integer_units,
                    "unsigned_activations": result.unsigned, "weight_levels": levels,
-                   "integer_matmuls": result.integer_matmuls}
+                   "integer_matmuls": result.integer_matmuls, "float_convolution_inputs": result.float_inputs}
     name_inputs_and_outputs(model)
     onnx.checker.check_model(model)
     path = Path(path)

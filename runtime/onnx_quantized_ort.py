@@ -41,6 +41,13 @@ Runtime's x86 kernels, which want U8 activations x S8 weights (U8S8; S8S8 runs s
 A convolution whose output is not quantized stays float: quantizing its output would need a range the
 Program never calibrated, and ONNX Runtime has no integer convolution with a float output. (The convolution
 before a global pool is quantized: passes/quantize_int8 quantizes the pool's input.)
+- `float_convolution_inputs`: such a float convolution then reads its input unquantized. Its Q -> DQ pair
+  would only cost time: ONNX Runtime runs it as two float passes over the tensor before a float Conv, and
+  the pair breaks the Conv's own fusions (EfficientNet-B0, whose expand, depthwise and squeeze-excitation
+  convs feed a SiLU: 63 of 81 convs float, the INT8 file 0.85x the FP32 one with the pairs,
+  benchmarks/results/int8_latency.md). This is the one step that is not exact: those convs see x where the
+  Program sees Q(x), a difference of at most half a quantization step per value, which the parity check
+  against the Program reports; the TensorRT file keeps every pair (TensorRT runs DQ -> Conv -> float).
 """
 
 from __future__ import annotations
@@ -83,6 +90,7 @@ class OnnxRuntimeLowering:
     integer_units: int      # Convs / Adds in ONNX Runtime's DQ -> op -> Q form
     weight_levels: int      # the integer units' weights lie on +-weight_levels
     integer_matmuls: int = 0  # Gemms / MatMuls with a stored weight on INT8 inputs (float output allowed)
+    float_inputs: int = 0     # float convolutions that now read their input unquantized
 
 
 def lower_for_onnxruntime(model: onnx.ModelProto, weight_levels: int) -> OnnxRuntimeLowering:
@@ -93,7 +101,8 @@ def lower_for_onnxruntime(model: onnx.ModelProto, weight_levels: int) -> OnnxRun
     units = integer_units(model, weight_levels)
     matmuls = integer_matmuls(model, weight_levels)
     dequantize_float_layer_weights(model)
-    return OnnxRuntimeLowering(pairs, unsigned, units, weight_levels, matmuls)
+    float_inputs = float_convolution_inputs(model)
+    return OnnxRuntimeLowering(pairs, unsigned, units, weight_levels, matmuls, float_inputs)
 
 
 # ---- activations ----------------------------------------------------------------------------------
@@ -425,6 +434,37 @@ def dequantize_float_layer_weights(model: onnx.ModelProto) -> int:
         done += 1
     drop_unused_initializers(model)
     return done
+
+
+def float_convolution_inputs(model: onnx.ModelProto) -> int:
+    """Every Conv / ConvTranspose that is not an integer unit reads the tensor its input quantizer read, and the
+    Q -> DQ pair goes where nothing else reads it (see the module docstring). Returns how many convolutions."""
+    made_by = producers(model)
+    bypassed = 0
+    for layer in [node for node in model.graph.node if node.op_type in ("Conv", "ConvTranspose")]:
+        dequantize = made_by.get(layer.input[0])
+        if dequantize is None or dequantize.op_type != "DequantizeLinear" or _is_integer_unit(model, made_by, layer):
+            continue
+        quantize = made_by.get(dequantize.input[0])
+        if quantize is None or quantize.op_type != "QuantizeLinear" or _requantizes_a_unit(model, made_by, quantize):
+            continue
+        layer.input[0] = quantize.input[0]
+        for node in (dequantize, quantize):  # in this order: the Q is read by the DQ until the DQ goes
+            if not consumers(model, node.output[0]) and node.output[0] not in {o.name for o in model.graph.output}:
+                model.graph.node.remove(node)
+                _drop_value_info(model, node.output[0])
+        bypassed += 1
+    drop_unused_initializers(model)
+    return bypassed
+
+
+def _requantizes_a_unit(model, made_by, quantize: onnx.NodeProto) -> bool:
+    """Whether `quantize` is the output quantizer of an integer unit: reading the unit's float output instead
+    would turn the unit back into a float operator (the projection conv of a MobileNet block feeds the next
+    block's float expand conv and the residual add)."""
+    source = made_by.get(quantize.input[0])
+    return (source is not None and source.op_type in ("Conv", "Add")
+            and [user.name for user in consumers(model, quantize.input[0])] == [quantize.name])
 
 
 def _drop_value_info(model: onnx.ModelProto, tensor: str) -> None:
