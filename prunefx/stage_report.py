@@ -7,7 +7,7 @@ a `StageMeter` after every pass (passes/pipeline.py, `after_step`); a pass that 
 gets a row saying so, and a stage whose measurement fails keeps the error in its row instead of failing
 the whole run, since the delivered model is measured again at the end in full.
 
-Latency is the same side-by-side ONNX Runtime timing the budget passes use (runtime/speedup.py): batch 1,
+Latency is the same side-by-side ONNX Runtime timing the budget searches use (runtime/speedup.py): batch 1,
 the dense file exported once and timed alternately with each stage's file; a fake-quantized stage is timed
 in its INT8 lowering, as it would be delivered.
 """
@@ -31,7 +31,9 @@ class StageMeter:
                  runs: int = STAGE_TIMED_RUNS, log: Callable[[str], None] = print):
         self.dense, self.score, self.log = dense, score, log
         self.batch = int(dense.example_inputs[0].shape[0])
-        self.latency = onnx_latency_pair(threads=threads, runs=runs, search_exporter="dynamo")
+        # exported as the budget searches export (TorchScript first: a tenth of dynamo's time on small models,
+        # the same graph); the delivered file is exported with dynamo and timed again at the end
+        self.latency = onnx_latency_pair(threads=threads, runs=runs)
         self.rows: list[dict] = []
 
     def __call__(self, name: str, result: Result) -> None:
