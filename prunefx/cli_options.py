@@ -4,7 +4,8 @@ A flag that sets a pass option is made from the option's field (passes/pass_conf
 default, its bounds (checked while the command line is parsed), its choices and its help all come from
 the field, so a default or a range lives in one place. `pass_config(args, ...)` reads the flags back
 into the pass's config mapping. Options that are not pass options (output folder, calibration data,
-ONNX opset, measurement threads and runs) are added here once, and mean the same in every command.
+ONNX opset, measurement threads and runs, the backend a budget is measured on) are added here once, and
+mean the same in every command.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import types
 import typing
 
 from prunefx import options
+from prunefx.graph.errors import PrunefxError
 from prunefx.passes.config_checks import ConfigError
 from prunefx.passes.pass_config import check_bounds
+from prunefx.runtime.budget_backends import BACKENDS, PRECISIONS, latency_pair, require_backend
 from prunefx.runtime.onnx_export import DEFAULT_OPSET
 from prunefx.runtime.onnxruntime_session import LATENCY_THREADS
 
@@ -110,3 +113,38 @@ def add_calibration(parser, *, reads: str) -> None:
                              f"or images directly in it); {reads}")
     parser.add_argument("--calibration-images", type=options.count, default=256,
                         help="images read from --calibrate, in batches of the captured batch size (default 256)")
+
+
+def add_budget_backend(parser, *, note: str = "") -> None:
+    """`--backend`, `--precision` and `--trtexec`: where `--speedup/--latency-ms` is measured
+    (runtime/budget_backends.py); check them with `check_budget_backend` before loading a model."""
+    parser.add_argument("--backend", choices=BACKENDS, default="ort",
+                        help="where a budget is measured, at batch 1: ort (ONNX Runtime on this CPU, default), trt "
+                             "(TensorRT engines, timed alternately with CUDA events), torch-trt (Torch-TensorRT), "
+                             "trtexec (the trtexec program, e.g. on a Jetson board; the two models one after the "
+                             f"other){note}")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="TensorRT precision of a budget's measurement (default fp32); a quantized model's "
+                             "INT8 comes from its own Q/DQ nodes")
+    parser.add_argument("--trtexec", metavar="PATH", help="the trtexec program (default: on PATH or JetPack's)")
+
+
+def check_budget_backend(args, *, budgeted: bool) -> None:
+    """Refuse backend options without a budget to measure, and a backend that is not installed, in one line
+    and before any model is loaded."""
+    if not budgeted and (args.backend != "ort" or args.precision != "fp32"):
+        raise PrunefxError("--backend and --precision say where --speedup/--latency-ms is measured: give a budget")
+    if args.trtexec and args.backend != "trtexec":
+        raise PrunefxError("--trtexec applies to --backend trtexec")
+    require_backend(args.backend, args.precision, args.trtexec)
+
+
+def budget_latency(args):
+    """The budget passes' measuring function on the command line's backend (runtime/budget_backends.py)."""
+    return latency_pair(args.backend, threads=args.threads, runs=args.runs, precision=args.precision,
+                        trtexec=args.trtexec)
+
+
+def measured_on(args) -> dict:
+    """Where a budget was measured, for report.json."""
+    return {"backend": args.backend, "precision": args.precision}

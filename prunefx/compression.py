@@ -20,7 +20,9 @@ makes a training pass distil from its own input instead of the dense model. The 
     calibration   a few training input batches (inputs only)
     labelled_calibration  the same batches with their labels
     measure       ONNX Runtime timing at batch 1 (runtime/speedup.py): (before, after) -> speed-up
-    latency       the same timing as (before ms, after ms, spread), for latency budgets
+    latency       (before ms, after ms, spread) at batch 1, for the budget passes, on Options.backend
+                  (runtime/budget_backends.py: ONNX Runtime by default, or TensorRT); the final report's
+                  latency is ONNX Runtime's whatever the backend
 
 Recipes named on the command line (`--recipe NAME`) are the YAML files shipped in prunefx/recipes/;
 anything else is read as a path.
@@ -54,7 +56,7 @@ from prunefx.runtime import (
     LATENCY_THREADS,
     compare_latency,
     export_onnx,
-    onnx_latency_pair,
+    latency_pair,
     onnx_runner,
     onnx_speedup,
 )
@@ -193,7 +195,8 @@ class FirstBatches:
 
 # ---- injection ----------------------------------------------------------------------------------
 
-def _sources(dense: Program, splits: DataSplits, eval_batches: int | None, needed: set[str]) -> dict:
+def _sources(dense: Program, splits: DataSplits, eval_batches: int | None, needed: set[str],
+             options: Options) -> dict:
     sources = {"train": splits.train,
                "val": FirstBatches(splits.val, eval_batches) if splits.val is not None else None}
     if "teacher" in needed:
@@ -210,20 +213,23 @@ def _sources(dense: Program, splits: DataSplits, eval_batches: int | None, neede
     if "measure" in needed:
         sources["measure"] = onnx_speedup(threads=LATENCY_THREADS, runs=MERGE_MEASURE_RUNS)
     if "latency" in needed:
-        sources["latency"] = onnx_latency_pair(threads=LATENCY_THREADS, runs=MERGE_MEASURE_RUNS)
+        sources["latency"] = latency_pair(options.backend, threads=LATENCY_THREADS, runs=MERGE_MEASURE_RUNS,
+                                          precision=options.precision, trtexec=options.trtexec)
     return sources
 
 
 def inject(pipeline: Pipeline, dense: Program, splits: DataSplits, *, data: str,
-           eval_batches: int | None = None) -> tuple[Pipeline, list[list[str]]]:
+           eval_batches: int | None = None, options: Options | None = None) -> tuple[Pipeline, list[list[str]]]:
     """The pipeline with data, teacher and calibration batches in the configs of the passes that need
-    them (as each pass declares), and, per step, the keys that were injected."""
+    them (as each pass declares), and, per step, the keys that were injected; `options` says where a budget
+    is measured (Options.backend)."""
     wanted = [_injected_keys(step) for step in pipeline.steps]
     for step, keys in zip(pipeline.steps, wanted):
         if splits.train is None and "train" in keys.values():
             raise PrunefxError(f"recipe pass '{step.name}' trains, but {data} has no training split "
                                f"(use fashion-mnist or a folder with train/ and val/)")
-    sources = _sources(dense, splits, eval_batches, {source for keys in wanted for source in keys.values()})
+    sources = _sources(dense, splits, eval_batches, {source for keys in wanted for source in keys.values()},
+                       options or Options())
     steps = [Step(step.function, {**{key: sources[source] for key, source in keys.items()}, **step.config})
              for step, keys in zip(pipeline.steps, wanted)]
     return Pipeline(steps, verify=pipeline.verify, progress=pipeline.progress), [sorted(keys) for keys in wanted]
@@ -239,6 +245,9 @@ class Options:
     eval_batches: int | None = None  # evaluate on the first N batches of test and val only
     opset: int = DEFAULT_OPSET
     stage_reports: bool = True  # test score, MACs and latency after every pass (prunefx/stage_report.py)
+    backend: str = "ort"       # where the budget passes measure (runtime/budget_backends.py); the report: ort
+    precision: str = "fp32"    # TensorRT precision of the budget's measurement (INT8: the model's Q/DQ)
+    trtexec: str | None = None  # the trtexec program for backend "trtexec" (default: on PATH or JetPack's)
 
 
 def _score(program: Program, loader, splits: DataSplits) -> dict:
@@ -280,7 +289,8 @@ def compress(dense: Program, recipe: Recipe, splits: DataSplits, output: str | o
         raise PrunefxError(f"{dense.name} takes input shape {tuple(dense.example_inputs[0].shape)}, the data "
                            f"gives {expected}")
     dense_one = rebatch(dense, 1)  # fails now, not after training, if the graph cannot be cut to batch 1
-    pipeline, injected = inject(recipe.pipeline, dense, splits, data=data, eval_batches=options.eval_batches)
+    pipeline, injected = inject(recipe.pipeline, dense, splits, data=data, eval_batches=options.eval_batches,
+                                options=options)
 
     clock = time.perf_counter()
     before = _accuracy(dense, splits, options.eval_batches)
@@ -355,6 +365,7 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
                     "compressed_ms": latency.b.median_ms, "speedup": latency.speedup,
                     "dense": latency.a.to_dict(), "compressed": latency.b.to_dict()},
         "speedup": latency.speedup, **delivered,
+        "budget_measured_on": {"backend": options.backend, "precision": options.precision},  # the final latency: ort
         "passes": [{"pass": name, "modified": step.modified, "injected": keys, "stats": json_safe(step.stats)}
                    for (name, step), keys in zip(result.steps, injected)],
         "files": {name: str(output / name) for name in

@@ -6,6 +6,7 @@ This is the only layer that imports onnx, onnxruntime, onnx_graphsurgeon, tensor
 what to install).
 """
 
+from prunefx.runtime.budget_backends import latency_pair
 from prunefx.runtime.deployment_report import (
     Variant,
     read_variants,
@@ -57,7 +58,7 @@ __all__ = [
     "OnnxRunner", "OnnxRuntimeSession", "OnnxSessionError", "OutputParity", "Parity", "ParityError",
     "TegrastatsSampler", "TorchRunner", "TrtexecOptions", "Variant", "build_engine", "build_layer_profile",
     "check_parity", "compare_gpu_latency", "compare_latency", "compile_torch_tensorrt", "engine_cache_key",
-    "export_onnx", "format_profile_table", "jetson_state", "map_to_program", "measure_gpu_latency",
+    "export_onnx", "format_profile_table", "jetson_state", "latency_pair", "map_to_program", "measure_gpu_latency",
     "measure_latency", "onnx_node_origins", "onnx_nodes_of_layer", "QuantizedExport", "export_quantized_onnx", "lower_to_float16", "onnx_latency_pair", "onnxruntime_lowering", "onnx_runner", "onnx_speedup", "parse_engine_information",
     "parse_performance_summary", "parse_tegrastats_line", "profile_engine", "read_variants", "run_trtexec",
     "torch_runner", "trtexec_arguments", "variants_from_compress", "write_chart", "write_deployment_report",

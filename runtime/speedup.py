@@ -20,7 +20,7 @@ import torch
 from prunefx.graph import Program
 from prunefx.graph.quantization import has_fake_quant
 from prunefx.graph.rebatch import rebatch
-from prunefx.runtime.latency import compare_latency
+from prunefx.runtime.latency import LatencyStats, compare_latency
 from prunefx.runtime.onnx_export import export_onnx
 from prunefx.runtime.onnx_quantized import export_quantized_onnx, onnxruntime_lowering
 from prunefx.runtime.onnxruntime_session import DEFAULT_THREADS
@@ -67,17 +67,32 @@ def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup:
 
 
 def _cached_pair(exports: _Exports, *, threads: int, runs: int, warmup: int) -> LatencyPair:
+    def timed(a: tuple[Path, tuple, str], b: tuple[Path, tuple, str]) -> tuple[float, float, float]:
+        runners = [onnx_runner(path, inputs, threads=threads) for path, inputs, _ in (a, b)]
+        result = compare_latency(*runners, warmup=warmup, runs=runs, threads=threads)
+        return _medians_and_spread(result.a, result.b)
+
+    return _cached(exports, timed)
+
+
+def _cached(sources, timed: Callable[[tuple, tuple], tuple[float, float, float]]) -> LatencyPair:
+    """`timed(entry_before, entry_after)` run once per pair of models: `sources.get(program)` gives an entry
+    whose last item identifies what is timed (the file's sha256, say), and a pair measured before is
+    answered from the cache."""
     cache: dict[tuple[str, str], tuple[float, float, float]] = {}
 
     def measure(before: Program, after: Program) -> tuple[float, float, float]:
-        (path_a, inputs_a, sha_a), (path_b, inputs_b, sha_b) = exports.get(before), exports.get(after)
-        if (sha_a, sha_b) not in cache:
-            runners = [onnx_runner(path_a, inputs_a, threads=threads), onnx_runner(path_b, inputs_b, threads=threads)]
-            result = compare_latency(*runners, warmup=warmup, runs=runs, threads=threads)
-            cache[sha_a, sha_b] = (result.a.median_ms, result.b.median_ms, result.b.p90_ms / result.b.median_ms - 1)
-        return cache[sha_a, sha_b]
+        a, b = sources.get(before), sources.get(after)
+        if (a[-1], b[-1]) not in cache:
+            cache[a[-1], b[-1]] = timed(a, b)
+        return cache[a[-1], b[-1]]
 
     return measure
+
+
+def _medians_and_spread(a: LatencyStats, b: LatencyStats) -> tuple[float, float, float]:
+    """(before ms, after ms, spread): both medians, and how noisy the after side was (p90/median - 1)."""
+    return a.median_ms, b.median_ms, b.p90_ms / b.median_ms - 1
 
 
 class _Exports:
@@ -85,8 +100,9 @@ class _Exports:
     reads: a search measures the same dense model against every candidate, and a dynamo export of it costs
     seconds to tens of seconds on a loaded 2-core machine. The files live as long as this object."""
 
-    def __init__(self, batch: int, exporter: str = "dynamo"):
-        self.batch, self.exporter = batch, exporter
+    def __init__(self, batch: int, exporter: str = "dynamo", export: Callable | None = None):
+        # export(program, path, batch, exporter) -> (path, inputs): `_exported` (ONNX Runtime's files) by default
+        self.batch, self.exporter, self.export = batch, exporter, export
         self.folder = tempfile.TemporaryDirectory(prefix="prunefx-measure-")
         self.files: dict[str, tuple[Path, tuple, str]] = {}
 
@@ -94,8 +110,8 @@ class _Exports:
         """(ONNX path, example inputs at `batch`, sha256 of the file) for `program`."""
         key = _fingerprint(program)
         if key not in self.files:
-            path, inputs = _exported(program, Path(self.folder.name) / f"{len(self.files)}.onnx", self.batch,
-                                     self.exporter)
+            path, inputs = (self.export or _exported)(program, Path(self.folder.name) / f"{len(self.files)}.onnx",
+                                                      self.batch, self.exporter)
             self.files[key] = (path, inputs, hashlib.sha256(path.read_bytes()).hexdigest())
         return self.files[key]
 
@@ -114,15 +130,21 @@ def _fingerprint(program: Program) -> str:
     return digest.hexdigest()
 
 
-def _exported(program: Program, path: Path, batch: int, exporter: str = "dynamo"):
+def _exported(program: Program, path: Path, batch: int, exporter: str = "dynamo", *, activations: str | None = None):
     """The ONNX file ONNX Runtime runs for `program`: a fake-quantized Program (passes/quantize_int8) in the
-    integer lowering for this CPU (runtime/onnx_quantized.py), so an INT8 candidate is timed as deployed."""
-    program = program.clone().eval() if program.training else program
-    if int(program.example_inputs[0].shape[0]) != batch:
-        program = rebatch(program, batch)
+    integer lowering for this CPU (runtime/onnx_quantized.py), so an INT8 candidate is timed as deployed;
+    `activations` names another lowering ("s8": TensorRT's symmetric Q/DQ form)."""
+    program = _deployed(program, batch)
     if has_fake_quant(program.graph):
-        return export_quantized_onnx(program, path, activations=onnxruntime_lowering()).path, program.example_inputs
+        lowering = activations or onnxruntime_lowering()
+        return export_quantized_onnx(program, path, activations=lowering).path, program.example_inputs
     return export_onnx(program, path, exporter=exporter).path, program.example_inputs
+
+
+def _deployed(program: Program, batch: int) -> Program:
+    """`program` as it is deployed: in eval mode, cut to `batch` (a copy where either changes)."""
+    program = program.clone().eval() if program.training else program
+    return rebatch(program, batch) if int(program.example_inputs[0].shape[0]) != batch else program
 
 
 def _runner(program: Program, path: Path, batch: int, threads: int):

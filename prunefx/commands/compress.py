@@ -11,7 +11,14 @@ The flow lives in prunefx/compression.py, shared with `prunefx demo`.
 from __future__ import annotations
 
 from prunefx import cli_options, options
-from prunefx.compression import Options, compress, load_model_and_data, load_named_recipe, with_budget
+from prunefx.compression import (
+    BUDGET_PASSES,
+    Options,
+    compress,
+    load_model_and_data,
+    load_named_recipe,
+    with_budget,
+)
 from prunefx.compression_report import console_summary
 from prunefx.graph.errors import PrunefxError
 from prunefx.output import check_output_folder
@@ -33,7 +40,7 @@ def add_arguments(parser) -> None:
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--speedup", type=options.number(1.0, low_open=True), metavar="S",
                         help="the budget of the recipe's budget pass (choose_for_budget, prune_to_budget, "
-                             "depth_to_budget): a speed-up measured on ONNX Runtime at batch 1")
+                             "depth_to_budget): a speed-up measured on --backend at batch 1")
     budget.add_argument("--latency-ms", type=options.number(0.0, low_open=True), metavar="T",
                         help="the same budget as a latency in ms at batch 1")
     parser.add_argument("--data", required=True, help="fashion-mnist, imagenet-sample, fashion-mnist-seg[:SIZE], "
@@ -41,6 +48,8 @@ def add_arguments(parser) -> None:
                         "train/<class>/ and val/<class>/ images")
     cli_options.add_output(parser, "the models and the report")
     add_measurement_arguments(parser)
+    cli_options.add_budget_backend(parser, note="; only the budget pass measures there: the report's final latency "
+                                                "is ONNX Runtime's")
 
 
 def add_measurement_arguments(parser) -> None:
@@ -58,7 +67,8 @@ def add_measurement_arguments(parser) -> None:
 
 def options_from(args) -> Options:
     return Options(threads=args.threads, runs=args.runs, eval_batches=args.eval_batches, opset=args.opset,
-                   stage_reports=args.stage_reports)
+                   stage_reports=args.stage_reports, backend=args.backend, precision=args.precision,
+                   trtexec=args.trtexec)
 
 
 def run(args) -> int:
@@ -68,6 +78,8 @@ def run(args) -> int:
     recipe = load_named_recipe(args.recipe or DEFAULT_BUDGET_RECIPE)  # a bad recipe fails before the data loads
     if budgeted:
         recipe = with_budget(recipe, speedup=args.speedup, latency_ms=args.latency_ms)
+    # a recipe's own budget pass counts: its budget may be in the YAML
+    cli_options.check_budget_backend(args, budgeted=bool(set(recipe.pipeline.names) & set(BUDGET_PASSES)))
     output = check_output_folder(args.output)
     dense, splits = load_model_and_data(args.model, args.data, batch_size=args.batch_size, weights=args.weights,
                                         validation=args.validation)

@@ -6,7 +6,8 @@ statistics computed on the calibration data; with --recalibrate the batch norms 
 blocks are re-estimated too (their inputs changed). merge_blocks then folds what became affine, only
 where that is exact, lowers the MACs (kernels may grow by --max-kernel-growth) and, unless --no-measure,
 runs faster on ONNX Runtime (each merge of layers timed at batch 1 against the model before it).
---speedup S or --latency-ms T (a budget, measured on ONNX Runtime at batch 1, --threads stated) picks the
+--speedup S or --latency-ms T (a budget, measured at batch 1 on --backend: ONNX Runtime with --threads stated
+by default, or TensorRT: trt, torch-trt, trtexec at --precision) picks the
 fewest blocks, least harmful first, whose merged network meets it (passes/depth_to_budget.py: bisection
 over the ranking, every candidate timed side by side with the dense model, a candidate that seems to meet
 confirmed with 4x the runs); a budget out of reach is a one-line error naming the best speed-up measured,
@@ -37,7 +38,7 @@ from prunefx.runtime import onnx_latency_pair, onnx_speedup
 NAME = "depth"
 HELP = ("remove whole non-linearities from the least harmful blocks and merge them (one-shot UPDP), as many as "
         "asked or as a measured speed-up or latency budget needs")
-BUDGETS = ("speedup", "latency_ms")  # depth_to_budget's: measured on ONNX Runtime at batch 1
+BUDGETS = ("speedup", "latency_ms")  # depth_to_budget's: measured on --backend at batch 1
 
 
 def add_arguments(parser) -> None:
@@ -55,6 +56,7 @@ def add_arguments(parser) -> None:
     cli_options.add_pass_options(parser, DepthToBudgetConfig, ("confirm",))
     cli_options.add_measurement(parser, runs=50, what="the measurements (a budget's candidate that meets it is "
                                                       "confirmed with 4x the runs)")
+    cli_options.add_budget_backend(parser, note="; merges without a budget are timed on ONNX Runtime")
     cli_options.add_opset(parser)
     cli_options.add_output(parser, "model.pt2, model.onnx and report.json", required=False)
 
@@ -63,11 +65,12 @@ def run(args) -> int:
     if not args.list and not args.output:
         raise PrunefxError("give -o DIR: the folder for model.pt2, model.onnx and report.json")
     output = check_output_folder(args.output) if not args.list else None
+    budget = args.speedup is not None or args.latency_ms is not None
+    cli_options.check_budget_backend(args, budgeted=budget)
     program = program_from_args(args).eval()
     if args.list:
         _list_blocks(program)
         return 0
-    budget = args.speedup is not None or args.latency_ms is not None
     if (args.count is not None or budget) and not args.calibrate:
         raise PrunefxError("--blocks, --speedup and --latency-ms choose blocks by their damage on data: give "
                            "--calibrate DATA (or name the blocks with --block)")
@@ -90,7 +93,7 @@ def run(args) -> int:
         write_report(staging, {"model": program.name, "macs_before": before.macs, "macs_after": after.macs,
                                "params_before": before.params, "params_after": after.params,
                                "calibration": calibration.description if calibration else None,
-                               "budget": _budget_report(search), "linearize_blocks": linearize_stats,
+                               "budget": _budget_report(search, args), "linearize_blocks": linearize_stats,
                                "merge_blocks": merged.stats, **delivered})
     if search:
         _print_search(search)
@@ -106,9 +109,17 @@ def _choice_step(args, calibration):
     if args.speedup is not None or args.latency_ms is not None:
         return depth_to_budget, {**cli_options.pass_config(args, (*BUDGETS, "confirm", "recalibrate")),
                                  "calibration": batches, "max_kernel_growth": args.max_kernel_growth,
-                                 "latency": onnx_latency_pair(threads=args.threads, runs=args.runs)}
+                                 "latency": _budget_latency(args)}
     which = {"count": args.count} if args.count is not None else {"blocks": args.block}
     return linearize_blocks, {"mode": "abrupt", "calibration": batches, "recalibrate": args.recalibrate, **which}
+
+
+def _budget_latency(args):
+    """ONNX Runtime's pair as before for the default backend (this module's name for it is what tests stand in
+    for), else the one for --backend (runtime/budget_backends.py)."""
+    if args.backend == "ort":
+        return onnx_latency_pair(threads=args.threads, runs=args.runs)
+    return cli_options.budget_latency(args)
 
 
 def _merge_step(args, budget: bool):
@@ -117,8 +128,11 @@ def _merge_step(args, budget: bool):
     return merge_blocks, {"max_kernel_growth": args.max_kernel_growth, "measure": measure}
 
 
-def _budget_report(search: dict | None) -> dict | None:
-    return {key: value for key, value in search.items() if key != "linearize_blocks"} if search else None
+def _budget_report(search: dict | None, args) -> dict | None:
+    if not search:
+        return None
+    return {**{key: value for key, value in search.items() if key != "linearize_blocks"},
+            **cli_options.measured_on(args)}
 
 
 def _print_search(search: dict) -> None:

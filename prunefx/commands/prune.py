@@ -37,13 +37,12 @@ from prunefx.passes.pipeline import Pipeline
 from prunefx.passes.prune_to_budget import PruneToBudgetConfig, prune_to_budget
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import RemoveChannelsConfig, remove_channels
-from prunefx.runtime import onnx_latency_pair
 
 NAME = "prune"
-HELP = ("remove channels to a MACs or parameter target, or to a speed-up or latency measured on ONNX Runtime; "
-        "write model.pt2, model.onnx and report.json")
+HELP = ("remove channels to a MACs or parameter target, or to a speed-up or latency measured on ONNX Runtime or "
+        "TensorRT; write model.pt2, model.onnx and report.json")
 TARGETS = ("macs", "params", "channels")
-BUDGETS = ("speedup", "latency_ms")  # prune_to_budget's: measured on ONNX Runtime at batch 1
+BUDGETS = ("speedup", "latency_ms")  # prune_to_budget's: measured on --backend at batch 1
 SEARCH = ("tolerance", "max_candidates", "confirm")  # how prune_to_budget searches
 OPTIONS = ("importance", "ranking", "round_to", "max_ratio", "keep", "compensate", "damping")
 
@@ -68,14 +67,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--calibration-batches", type=options.count, default=4,
                         help="noise batches for taylor/fisher/obs without --calibrate (default 4)")
     cli_options.add_pass_options(parser, PruneToBudgetConfig, SEARCH)
-    cli_options.add_measurement(parser, runs=30, what="--speedup/--latency-ms (ONNX Runtime, batch 1; a candidate "
-                                                      "that meets the budget is confirmed with 4x the runs)")
+    cli_options.add_measurement(parser, runs=30, what="--speedup/--latency-ms (batch 1; a candidate that meets the "
+                                                      "budget is confirmed with 4x the runs)")
+    cli_options.add_budget_backend(parser)
     cli_options.add_opset(parser)
     cli_options.add_output(parser, "model.pt2, model.onnx and report.json")
 
 
 def run(args) -> int:
     output = check_output_folder(args.output)
+    cli_options.check_budget_backend(args, budgeted=args.speedup is not None or args.latency_ms is not None)
     if args.compensate and not args.calibrate:
         raise PrunefxError("--compensate needs calibration images: give --calibrate DATA")
     if args.recalibrate and not args.calibrate:
@@ -100,6 +101,7 @@ def run(args) -> int:
           f"in {time.perf_counter() - started:.1f} s; exporting to ONNX", flush=True)
     with staged_folder(output) as staging:
         delivered = write_model(staging, pruned, opset=args.opset)
+        budget = {**budget, **cli_options.measured_on(args)} if budget else None
         report = write_report(staging, _report(program.name, stats, delivered, budget=budget,
                                                calibration=calibration.description if calibration else None,
                                                recalibration=recalibration))
@@ -130,9 +132,8 @@ def _pruning_step(args, config: dict):
     """remove_channels for a MACs, parameter or width target; prune_to_budget for a measured budget."""
     if args.speedup is None and args.latency_ms is None:
         return remove_channels, {key: value for key, value in config.items() if key not in (*BUDGETS, *SEARCH)}
-    latency = onnx_latency_pair(threads=args.threads, runs=args.runs)
     return prune_to_budget, {**{key: value for key, value in config.items() if key not in TARGETS},
-                             "latency": latency}
+                             "latency": cli_options.budget_latency(args)}
 
 
 def _config(args, calibration: Calibration | None) -> dict:

@@ -1,0 +1,201 @@
+"""Budgets measured on TensorRT backends (runtime/budget_backends.py). No TensorRT, trtexec or GPU here: the trtexec
+pair runs against a stand-in for trtexec whose latency is a known function of the ONNX file it is given (read back
+with `onnx`), and the CLI is checked to fail in one line, before loading a model, when a backend is missing."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from prunefx.cli import EXIT_USER_ERROR, main
+from prunefx.graph import capture
+from prunefx.graph.errors import PrunefxError
+from prunefx.passes.prune_to_budget import prune_to_budget
+from prunefx.passes.quantize_int8 import quantize_int8
+from prunefx.runtime import LatencyStats, latency_pair
+
+budget_backends = importlib.import_module("prunefx.runtime.budget_backends")
+pytestmark = pytest.mark.usefixtures("one_thread")
+SPREAD = 0.2  # the stand-in's p90 is 1.2 x its median
+MS_PER_WEIGHT = 1e-4
+
+
+def _net(width: int = 16, batch: int = 2):
+    """Three stride-1 convolutions on 16x16 images: MACs are proportional to the convolution weights' sizes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1),
+                          nn.ReLU(), nn.Conv2d(width, 8, 3, padding=1)).eval()
+    return capture(model, torch.randn(batch, 3, 16, 16), name=f"net{width}").eval()
+
+
+def _conv_weights(model: onnx.ModelProto) -> int:
+    """Elements of every Conv weight in the file, whether float or INT8 behind a DequantizeLinear."""
+    sizes = {init.name: math.prod(init.dims) for init in model.graph.initializer}
+    producers = {output: node for node in model.graph.node for output in node.output}
+    total = 0
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            weight = node.input[1]
+            if weight in producers and producers[weight].op_type == "DequantizeLinear":
+                weight = producers[weight].input[0]
+            total += sizes[weight]
+    return total
+
+
+@pytest.fixture
+def trtexec(monkeypatch):
+    """A stand-in for trtexec: its median GPU time is MS_PER_WEIGHT per convolution weight in the file (so latency
+    follows MACs); every run is recorded with the file as trtexec would read it."""
+    runs = []
+
+    def run(path, options, *, executable=None):
+        model = onnx.load(str(path))
+        ms = MS_PER_WEIGHT * _conv_weights(model)
+        runs.append({"model": model, "options": options, "executable": executable, "ms": ms})
+        stats = LatencyStats(median_ms=ms, p90_ms=(1 + SPREAD) * ms, p99_ms=1.5 * ms, mean_ms=ms, min_ms=0.9 * ms,
+                             runs=options.iterations, threads=None)
+        return type("Result", (), {"latency": stats})()
+
+    monkeypatch.setattr(budget_backends, "find_trtexec", lambda executable=None: executable or "trtexec")
+    monkeypatch.setattr(budget_backends, "run_trtexec", run)
+    return runs
+
+
+def test_trtexec_pair_returns_medians_caches_and_confirms_longer(trtexec):
+    dense, narrow = _net(16), _net(8)
+    pair = latency_pair("trtexec", threads=1, runs=7, trtexec="/opt/trt/trtexec")
+    dense_ms, narrow_ms, spread = pair(dense, narrow)
+    assert [run["executable"] for run in trtexec] == ["/opt/trt/trtexec"] * 2
+    assert dense_ms == pytest.approx(trtexec[0]["ms"]) and narrow_ms == pytest.approx(trtexec[1]["ms"])
+    assert dense_ms > narrow_ms > 0 and spread == pytest.approx(SPREAD)
+    for run in trtexec:  # cut to batch 1 (captured at 2), float32 at the precision asked for
+        assert run["model"].graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+        assert run["options"].iterations == 7 and run["options"].precision == "fp32"
+
+    assert pair(dense, narrow.clone()) == (dense_ms, narrow_ms, spread)  # cached: trtexec does not run again
+    assert len(trtexec) == 2
+
+    assert pair.confirm(dense, narrow) == pytest.approx((dense_ms, narrow_ms, spread))
+    assert [run["options"].iterations for run in trtexec[2:]] == [28, 28]  # 4x the runs
+
+
+def test_a_fake_quantized_program_is_timed_in_tensorrt_s8_form_as_int8(trtexec):
+    dense = _net(16)
+    quantized = quantize_int8(dense.clone(), config={"calibration": [torch.randn(2, 3, 16, 16)],
+                                                     "method": "max"}).program
+    pair = latency_pair("trtexec", threads=1, runs=5)
+    pair(dense, quantized)
+    file, options = trtexec[1]["model"], trtexec[1]["options"]
+    inits = {init.name: init for init in file.graph.initializer}
+    quantizers = [node for node in file.graph.node if node.op_type == "QuantizeLinear"]
+    assert quantizers and options.precision == "int8" and trtexec[0]["options"].precision == "fp32"
+    for node in quantizers:  # symmetric INT8 activations (TensorRT), not ONNX Runtime's UINT8
+        zero = inits[node.input[2]]
+        assert zero.data_type == onnx.TensorProto.INT8 and not numpy_helper.to_array(zero).any()
+    assert _conv_weights(file) == _conv_weights(trtexec[0]["model"])  # every weight found, behind its DQ
+
+
+def test_prune_to_budget_meets_a_budget_measured_by_trtexec(trtexec):
+    dense = _net(32, batch=1)
+    pair = latency_pair("trtexec", threads=1, runs=3)
+    result = prune_to_budget(dense.clone(), config={"speedup": 1.5, "latency": pair, "round_to": 4})
+    stats = result.stats
+    dense_ms, ms, _ = pair.confirm(dense, result.program)  # the stand-in's truth, on the model returned
+    assert stats["met"] and stats["confirmed"] and 1.5 <= dense_ms / ms <= 1.5 * 1.15
+    assert stats["speedup"] == pytest.approx(dense_ms / ms)
+    assert any(run["options"].iterations == 12 for run in trtexec)  # a candidate was confirmed, longer
+
+
+def test_trt_pair_builds_one_engine_per_file_and_times_them_alternately(monkeypatch):
+    """The trt pair with TensorRT stood in for: an engine per file (INT8 for the Q/DQ file), its inputs bound,
+    both engines timed call by call; the confirmation reuses the engines with 4x the runs."""
+    built, calls = [], []
+
+    class Engine:
+        def __init__(self, path, options, cache_dir):
+            self.ms, self.options = MS_PER_WEIGHT * _conv_weights(onnx.load(str(path))), options
+            built.append(self)
+
+        def set_inputs(self, *inputs):
+            self.inputs = inputs
+
+        def time_once(self):
+            calls.append(self)
+            return self.ms
+
+    monkeypatch.setattr(budget_backends, "require_tensorrt", lambda: None)
+    monkeypatch.setattr(budget_backends, "require_cuda", lambda: None)
+    monkeypatch.setattr(budget_backends, "build_engine", lambda path, options, cache_dir=None:
+                        Engine(path, options, cache_dir))
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self: self)
+    dense = _net(16)
+    quantized = quantize_int8(dense.clone(), config={"calibration": [torch.randn(2, 3, 16, 16)]}).program
+    pair = latency_pair("trt", threads=1, runs=5, warmup=1, precision="fp16")
+    dense_ms, quantized_ms, spread = pair(dense, quantized)
+    assert [engine.options.precision for engine in built] == ["fp16", "int8"]
+    assert dense_ms == pytest.approx(built[0].ms) and quantized_ms == pytest.approx(built[1].ms) and spread == 0
+    assert calls == built * 6 and tuple(built[0].inputs[0].shape) == (1, 3, 16, 16)  # 1 warm-up, 5 runs
+    pair.confirm(dense, quantized)
+    assert len(built) == 2 and len(calls) == 12 + 2 * (2 + 20)  # the same engines: 2 warm-ups, 20 runs
+
+
+@pytest.mark.parametrize(("backend", "precision", "message"), [
+    ("ort", "fp16", "applies to the TensorRT backends"),
+    ("trtexec", "int8", "INT8 comes from the model's own quantizers"),
+    ("onnxruntime", "fp32", "unknown budget backend"),
+])
+def test_bad_choices_are_refused_when_the_pair_is_made(backend, precision, message):
+    with pytest.raises(PrunefxError, match=message):
+        latency_pair(backend, threads=1, runs=3, precision=precision)
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+def _one_line_error(capsys, *argv) -> str:
+    code = main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    assert code == EXIT_USER_ERROR, captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"prunefx {argv[0]}: error: "), captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+    return lines[0]
+
+
+tensorrt_usable = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+
+
+@pytest.mark.skipif(tensorrt_usable, reason="TensorRT and a GPU are here: the search would run")
+def test_prune_on_trt_without_tensorrt_fails_in_one_line_before_loading(capsys, tmp_path, monkeypatch):
+    loaded = []
+    monkeypatch.setattr("prunefx.commands.prune.program_from_args", lambda args: loaded.append(args))
+    line = _one_line_error(capsys, "prune", "prunefx:resnet20", "--speedup", 2, "--backend", "trt",
+                           "-o", tmp_path / "out")
+    assert "TensorRT" in line and not loaded and not (tmp_path / "out").exists()
+
+
+def test_prune_on_trtexec_that_does_not_exist_fails_in_one_line(capsys, tmp_path):
+    line = _one_line_error(capsys, "prune", "prunefx:resnet20", "--speedup", 2, "--backend", "trtexec",
+                           "--trtexec", "/nonexistent/trtexec", "-o", tmp_path / "out")
+    assert "trtexec not found at /nonexistent/trtexec" in line and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["prune", "prunefx:resnet20", "--macs", 0.5],
+    ["depth", "prunefx:resnet20", "--blocks", 2],
+])
+def test_a_backend_without_a_budget_fails_in_one_line(capsys, tmp_path, command):
+    line = _one_line_error(capsys, *command, "--backend", "trt", "-o", tmp_path / "out")
+    assert "give a budget" in line and not (tmp_path / "out").exists()
+
+
+def test_compress_checks_the_backend_before_loading_data(capsys, tmp_path):
+    line = _one_line_error(capsys, "compress", "prunefx:resnet20", "--speedup", 2, "--data", "no-such-data",
+                           "--backend", "trtexec", "--trtexec", "/nonexistent/trtexec", "-o", tmp_path / "out")
+    assert "trtexec not found" in line  # not the unknown data: the backend is checked first
