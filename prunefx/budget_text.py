@@ -3,9 +3,12 @@ its first measurement when a confirmation replaced it), then the budget met."""
 
 from __future__ import annotations
 
+RUNTIMES = {"ort": "ONNX Runtime", "trt": "TensorRT", "torch-trt": "Torch-TensorRT", "trtexec": "trtexec"}
+
 
 def search_lines(budget: dict, *, candidate: str = "", chosen: str = "") -> list[str]:
-    """`budget` is a budget pass's statistics (trace, speedup, ms, dense_ms); `candidate` is a format string
+    """`budget` is a budget pass's statistics (trace, speedup, ms, dense_ms; `backend` and `precision` where the
+    command recorded them, ONNX Runtime otherwise); `candidate` is a format string
     over a trace row's keys put before its figures (e.g. '{n} blocks, '), `chosen` ends the last line."""
     lines = []
     for row in budget["trace"]:
@@ -13,6 +16,8 @@ def search_lines(budget: dict, *, candidate: str = "", chosen: str = "") -> list
         lines.append(f"  candidate: {candidate.format(**row)}{row['macs_kept']:.3f} of the MACs -> "
                      f"{row['speedup']:.2f}x ({row['ms']:.2f} ms vs {row['dense_ms']:.2f} ms dense, spread "
                      f"{row['spread']:.0%}{confirmed})")
-    lines.append(f"budget {budget['budget']} met: {budget['speedup']:.2f}x measured on ONNX Runtime "
+    runtime = RUNTIMES.get(budget.get("backend", "ort"), budget.get("backend"))
+    precision = f" {budget['precision']}" if budget.get("backend", "ort") != "ort" and budget.get("precision") else ""
+    lines.append(f"budget {budget['budget']} met: {budget['speedup']:.2f}x measured on {runtime}{precision} "
                  f"({budget['ms']:.2f} ms vs {budget['dense_ms']:.2f} ms dense) {chosen}")
     return lines

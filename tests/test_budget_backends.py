@@ -199,3 +199,11 @@ def test_compress_checks_the_backend_before_loading_data(capsys, tmp_path):
     line = _one_line_error(capsys, "compress", "prunefx:resnet20", "--speedup", 2, "--data", "no-such-data",
                            "--backend", "trtexec", "--trtexec", "/nonexistent/trtexec", "-o", tmp_path / "out")
     assert "trtexec not found" in line  # not the unknown data: the backend is checked first
+
+
+def test_the_budget_line_names_the_runtime_it_was_measured_on():
+    from prunefx.budget_text import search_lines
+
+    budget = {"trace": [], "budget": "2x", "speedup": 2.1, "ms": 1.0, "dense_ms": 2.1}
+    assert "measured on ONNX Runtime (" in search_lines(budget)[-1]
+    assert "measured on trtexec fp16 (" in search_lines({**budget, "backend": "trtexec", "precision": "fp16"})[-1]

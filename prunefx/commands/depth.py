@@ -96,7 +96,7 @@ def run(args) -> int:
                                "budget": _budget_report(search, args), "linearize_blocks": linearize_stats,
                                "merge_blocks": merged.stats, **delivered})
     if search:
-        _print_search(search)
+        _print_search(_budget_report(search, args))
     print(f"blocks {', '.join(linearize_stats['chosen'])}")
     print(f"MACs   {before.macs / 1e6:.1f} M -> {after.macs / 1e6:.1f} M ({after.macs / before.macs:.3f})")
     print(f"wrote {output / 'model.pt2'}, {output / 'model.onnx'} and {output / 'report.json'}")
