@@ -1,0 +1,109 @@
+"""Where INT8 time goes on ONNX Runtime: the graph ONNX Runtime actually runs, and its kernel time per operator
+type, for FP32, prunefx's INT8 file and quantize_static's U8 file, one model at a time.
+
+Wall-clock latency at 2 threads on a shared 2-core machine moves by 5-10 % from run to run (benchmarks/
+int8_latency.py); whether two INT8 files differ for a reason shows better here: ONNX Runtime's optimized
+graph (SessionOptions.optimized_model_filepath, read with `onnx`: which operators became integer units) and
+its own profiler's kernel time per operator type, at 1 intra-op thread, summed over the timed runs and
+divided by their number. The models and calibration are benchmarks/int8_latency.py's.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/int8_latency.py ... ; \
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/int8_profile.py --models resnet50 efficientnet_b0
+
+Writes benchmarks/results/int8_profile.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import torch
+from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, write_results
+from int8_latency import MODELS, build, calibration, int8_file
+
+from prunefx.assets import load_imagenet_batch
+from prunefx.graph import capture
+from prunefx.runtime import export_onnx
+from prunefx.runtime.onnx_quantize_static import quantize_static_file
+
+NAME = "int8_profile"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["resnet50", "efficientnet_b0"], choices=MODELS)
+    parser.add_argument("--runs", type=int, default=20, help="profiled runs per file (20; 3 warm-up runs are left out)")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where the .json and .md go")
+    return parser.parse_args(argv)
+
+
+def profile(path: Path, x, runs: int, folder: Path, warmup: int = 3) -> dict:
+    """The operators ONNX Runtime runs for `path` and their kernel microseconds per run, by operator type;
+    the first `warmup` runs (allocations, first-touch) are left out by their place in the profile."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.optimized_model_filepath = str(folder / f"{path.stem}_optimized.onnx")
+    options.enable_profiling = True
+    options.profile_file_prefix = str(folder / path.stem)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x}
+    for _ in range(warmup + runs):
+        session.run(None, feed)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    timed_from = sorted(e["ts"] for e in events if e.get("name") == "model_run")[warmup]
+    micros: dict[str, float] = collections.defaultdict(float)
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= timed_from:
+            micros[event["args"]["op_name"]] += event["dur"]
+    ran = collections.Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+    return {"operators_run": dict(ran.most_common()),
+            "kernel_us_per_run": {op: us / runs for op, us in sorted(micros.items(), key=lambda kv: -kv[1])},
+            "kernel_ms_per_run": sum(micros.values()) / runs / 1000}
+
+
+def run_model(name: str, images, runs: int) -> dict:
+    batches = calibration(images)
+    dense = capture(build(name), torch.randn(1, 3, 224, 224), name=name).eval()
+    with tempfile.TemporaryDirectory(prefix="prunefx-int8-profile-") as tmp:
+        folder = Path(tmp)
+        fp32 = export_onnx(dense, folder / "fp32.onnx").path
+        files = {"fp32": fp32, "prunefx int8": int8_file(dense, folder / "int8.onnx", batches, "percentile"),
+                 "ort u8": quantize_static_file(fp32, folder / "ort_u8.onnx", batches, activations="u8")}
+        x = images[:1].numpy()
+        return {variant: profile(path, x, runs, folder) for variant, path in files.items()}
+
+
+def markdown(report: dict) -> str:
+    text = (f"# Where INT8 time goes on ONNX Runtime (1 thread, ONNX Runtime's profiler)\n\n"
+            f"{machine_summary(report['machine'])}\n\nCommand: `{report['command']}`\n")
+    for model, variants in report["models"].items():
+        rows = [[variant, f"{row['kernel_ms_per_run']:.2f}",
+                 ", ".join(f"{op} {count}" for op, count in row["operators_run"].items()),
+                 ", ".join(f"{op} {us / 1000:.2f}" for op, us in list(row["kernel_us_per_run"].items())[:5])]
+                for variant, row in variants.items()]
+        text += (f"\n## {model}\n\n" + markdown_table(["file", "kernel ms per run", "operators ONNX Runtime runs",
+                                                        "largest kernel ms per run"], rows) + "\n")
+    return text
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    images, _ = load_imagenet_batch()
+    report = {"command": command_line(), "machine": machine_info(runs=args.runs, threads=1),
+              "models": {name: run_model(name, images, args.runs) for name in args.models}}
+    json_path, md_path = write_results(NAME, report, markdown(report), folder=args.output_dir)
+    print(md_path.read_text())
+    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
