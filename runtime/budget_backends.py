@@ -29,13 +29,13 @@ from prunefx.graph import Program
 from prunefx.graph.quantization import has_fake_quant
 from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.speedup import (
+    ExportCache,
     LatencyPair,
-    _cached,
-    _deployed,
-    _exported,
-    _Exports,
-    _fingerprint,
-    _medians_and_spread,
+    cached_pair,
+    deployed,
+    exported_file,
+    fingerprint,
+    medians_and_spread,
     onnx_latency_pair,
 )
 from prunefx.runtime.tensorrt_engine import (
@@ -89,11 +89,11 @@ def latency_pair(backend: str, *, threads: int, runs: int, warmup: int = 10, pre
     if backend == "torch-trt":
         sources, timing = _Compiled(precision), _gpu_timing(lambda entry: entry[0].time_once)
     else:  # one set of files for the search and the confirmation: both time what is delivered
-        sources = _Exports(1, "dynamo", export=functools.partial(_exported, activations="s8"))
+        sources = ExportCache(1, "dynamo", export=functools.partial(exported_file, activations="s8"))
         timing = (_gpu_timing(_Engines(precision, cache_dir).timed) if backend == "trt"
                   else _trtexec_timing(precision, program))
-    measure = _cached(sources, functools.partial(timing, runs=runs, warmup=warmup))
-    measure.confirm = _cached(sources, functools.partial(timing, runs=CONFIRM_FACTOR * runs, warmup=2 * warmup))
+    measure = cached_pair(sources, functools.partial(timing, runs=runs, warmup=warmup))
+    measure.confirm = cached_pair(sources, functools.partial(timing, runs=CONFIRM_FACTOR * runs, warmup=2 * warmup))
     return measure
 
 
@@ -108,7 +108,7 @@ def _gpu_timing(timed_of):
     events; `timed_of(entry)` is the entry's zero-argument runner returning its milliseconds."""
     def timing(a: tuple, b: tuple, *, runs: int, warmup: int) -> tuple[float, float, float]:
         result = compare_gpu_latency(timed_of(a), timed_of(b), warmup=warmup, runs=runs)
-        return _medians_and_spread(result.a, result.b)
+        return medians_and_spread(result.a, result.b)
 
     return timing
 
@@ -119,7 +119,7 @@ def _trtexec_timing(precision: str, program: str):
     def timing(a: tuple, b: tuple, *, runs: int, warmup: int) -> tuple[float, float, float]:
         stats = [run_trtexec(path, TrtexecOptions(precision=_file_precision(path, precision), iterations=runs),
                              executable=program).latency for path, _, _ in (a, b)]
-        return _medians_and_spread(*stats)
+        return medians_and_spread(*stats)
 
     return timing
 
@@ -149,10 +149,10 @@ class _Compiled:
         self.precision, self.modules = precision, {}
 
     def get(self, program: Program) -> tuple:
-        key = _fingerprint(program)
+        key = fingerprint(program)
         if key not in self.modules:
             if has_fake_quant(program.graph):  # its quantizers would be timed as float operators
                 raise MeasurementError(f"Torch-TensorRT does not time '{program.name}' as INT8 (fake quantizers): "
                                        "use --backend trt, which builds INT8 from its Q/DQ nodes")
-            self.modules[key] = (compile_torch_tensorrt(_deployed(program, 1), precision=self.precision), key)
+            self.modules[key] = (compile_torch_tensorrt(deployed(program, 1), precision=self.precision), key)
         return self.modules[key]

@@ -59,23 +59,23 @@ def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup:
     same 67 nodes, latency within 2 %). So the search's measurement exports with `search_exporter`
     (TorchScript by default), and the confirmation, which alone accepts a candidate, times the files
     prunefx delivers (dynamo). A fake-quantized Program always goes through the INT8 lowering."""
-    search = _Exports(batch, search_exporter)  # shared: the dense model is exported once per search
-    delivered = search if search_exporter == "dynamo" else _Exports(batch, "dynamo")
-    measure = _cached_pair(search, threads=threads, runs=runs, warmup=warmup)
-    measure.confirm = _cached_pair(delivered, threads=threads, runs=confirm_runs or 4 * runs, warmup=2 * warmup)
+    search = ExportCache(batch, search_exporter)  # shared: the dense model is exported once per search
+    delivered = search if search_exporter == "dynamo" else ExportCache(batch, "dynamo")
+    measure = _onnx_runtime_pair(search, threads=threads, runs=runs, warmup=warmup)
+    measure.confirm = _onnx_runtime_pair(delivered, threads=threads, runs=confirm_runs or 4 * runs, warmup=2 * warmup)
     return measure
 
 
-def _cached_pair(exports: _Exports, *, threads: int, runs: int, warmup: int) -> LatencyPair:
+def _onnx_runtime_pair(exports: ExportCache, *, threads: int, runs: int, warmup: int) -> LatencyPair:
     def timed(a: tuple[Path, tuple, str], b: tuple[Path, tuple, str]) -> tuple[float, float, float]:
         runners = [onnx_runner(path, inputs, threads=threads) for path, inputs, _ in (a, b)]
         result = compare_latency(*runners, warmup=warmup, runs=runs, threads=threads)
-        return _medians_and_spread(result.a, result.b)
+        return medians_and_spread(result.a, result.b)
 
-    return _cached(exports, timed)
+    return cached_pair(exports, timed)
 
 
-def _cached(sources, timed: Callable[[tuple, tuple], tuple[float, float, float]]) -> LatencyPair:
+def cached_pair(sources, timed: Callable[[tuple, tuple], tuple[float, float, float]]) -> LatencyPair:
     """`timed(entry_before, entry_after)` run once per pair of models: `sources.get(program)` gives an entry
     whose last item identifies what is timed (the file's sha256, say), and a pair measured before is
     answered from the cache."""
@@ -90,33 +90,33 @@ def _cached(sources, timed: Callable[[tuple, tuple], tuple[float, float, float]]
     return measure
 
 
-def _medians_and_spread(a: LatencyStats, b: LatencyStats) -> tuple[float, float, float]:
+def medians_and_spread(a: LatencyStats, b: LatencyStats) -> tuple[float, float, float]:
     """(before ms, after ms, spread): both medians, and how noisy the after side was (p90/median - 1)."""
     return a.median_ms, b.median_ms, b.p90_ms / b.median_ms - 1
 
 
-class _Exports:
+class ExportCache:
     """ONNX files of the Programs measured so far, by a fingerprint of their graph and every tensor the graph
     reads: a search measures the same dense model against every candidate, and a dynamo export of it costs
     seconds to tens of seconds on a loaded 2-core machine. The files live as long as this object."""
 
     def __init__(self, batch: int, exporter: str = "dynamo", export: Callable | None = None):
-        # export(program, path, batch, exporter) -> (path, inputs): `_exported` (ONNX Runtime's files) by default
+        # export(program, path, batch, exporter) -> (path, inputs): `exported_file` (ONNX Runtime's files) by default
         self.batch, self.exporter, self.export = batch, exporter, export
         self.folder = tempfile.TemporaryDirectory(prefix="prunefx-measure-")
         self.files: dict[str, tuple[Path, tuple, str]] = {}
 
     def get(self, program: Program) -> tuple[Path, tuple, str]:
         """(ONNX path, example inputs at `batch`, sha256 of the file) for `program`."""
-        key = _fingerprint(program)
+        key = fingerprint(program)
         if key not in self.files:
-            path, inputs = (self.export or _exported)(program, Path(self.folder.name) / f"{len(self.files)}.onnx",
+            path, inputs = (self.export or exported_file)(program, Path(self.folder.name) / f"{len(self.files)}.onnx",
                                                       self.batch, self.exporter)
             self.files[key] = (path, inputs, hashlib.sha256(path.read_bytes()).hexdigest())
         return self.files[key]
 
 
-def _fingerprint(program: Program) -> str:
+def fingerprint(program: Program) -> str:
     """sha256 of the graph's code, its input shapes, its mode and the bytes of every tensor it reads."""
     digest = hashlib.sha256(program.module.code.encode())
     digest.update(repr([tuple(x.shape) for x in program.example_inputs]).encode() + bytes([program.training]))
@@ -130,23 +130,23 @@ def _fingerprint(program: Program) -> str:
     return digest.hexdigest()
 
 
-def _exported(program: Program, path: Path, batch: int, exporter: str = "dynamo", *, activations: str | None = None):
+def exported_file(program: Program, path: Path, batch: int, exporter: str = "dynamo", *, activations: str | None = None):
     """The ONNX file ONNX Runtime runs for `program`: a fake-quantized Program (passes/quantize_int8) in the
     integer lowering for this CPU (runtime/onnx_quantized.py), so an INT8 candidate is timed as deployed;
     `activations` names another lowering ("s8": TensorRT's symmetric Q/DQ form)."""
-    program = _deployed(program, batch)
+    program = deployed(program, batch)
     if has_fake_quant(program.graph):
         lowering = activations or onnxruntime_lowering()
         return export_quantized_onnx(program, path, activations=lowering).path, program.example_inputs
     return export_onnx(program, path, exporter=exporter).path, program.example_inputs
 
 
-def _deployed(program: Program, batch: int) -> Program:
+def deployed(program: Program, batch: int) -> Program:
     """`program` as it is deployed: in eval mode, cut to `batch` (a copy where either changes)."""
     program = program.clone().eval() if program.training else program
     return rebatch(program, batch) if int(program.example_inputs[0].shape[0]) != batch else program
 
 
 def _runner(program: Program, path: Path, batch: int, threads: int):
-    path, inputs = _exported(program, path, batch)
+    path, inputs = exported_file(program, path, batch)
     return onnx_runner(path, inputs, threads=threads)

@@ -145,8 +145,8 @@ def test_the_onnx_measuring_function_exports_each_program_once_and_sees_changed_
     import importlib
 
     speedup = importlib.import_module("prunefx.runtime.speedup")
-    exported, real = [], speedup._exported
-    monkeypatch.setattr(speedup, "_exported", lambda program, path, batch, exporter: exported.append(exporter)
+    exported, real = [], speedup.exported_file
+    monkeypatch.setattr(speedup, "exported_file", lambda program, path, batch, exporter: exported.append(exporter)
                         or real(program, path, batch, exporter))
     latency = speedup.onnx_latency_pair(threads=1, runs=2, warmup=0)
     changed = resnet20.clone()
