@@ -129,8 +129,8 @@ def run_depth(capsys, output, budget: str):
 
 @pytest.fixture
 def measured_by_macs(monkeypatch):
-    monkeypatch.setattr(importlib.import_module("prunefx.commands.depth"), "onnx_latency_pair",
-                        lambda **kwargs: macs_latency())
+    monkeypatch.setattr(importlib.import_module("prunefx.cli_options"), "budget_latency",
+                        lambda args: macs_latency())
 
 
 @needs_fashion_mnist

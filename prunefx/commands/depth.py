@@ -33,7 +33,7 @@ from prunefx.passes.depth_to_budget import DepthToBudgetConfig, depth_to_budget
 from prunefx.passes.linearize_blocks import LinearizeBlocksConfig, linearize_blocks
 from prunefx.passes.merge_blocks import MergeBlocksConfig, merge_blocks
 from prunefx.passes.pipeline import Pipeline
-from prunefx.runtime import onnx_latency_pair, onnx_speedup
+from prunefx.runtime import onnx_speedup
 
 NAME = "depth"
 HELP = ("remove whole non-linearities from the least harmful blocks and merge them (one-shot UPDP), as many as "
@@ -109,17 +109,9 @@ def _choice_step(args, calibration):
     if args.speedup is not None or args.latency_ms is not None:
         return depth_to_budget, {**cli_options.pass_config(args, (*BUDGETS, "confirm", "recalibrate")),
                                  "calibration": batches, "max_kernel_growth": args.max_kernel_growth,
-                                 "latency": _budget_latency(args)}
+                                 "latency": cli_options.budget_latency(args)}
     which = {"count": args.count} if args.count is not None else {"blocks": args.block}
     return linearize_blocks, {"mode": "abrupt", "calibration": batches, "recalibrate": args.recalibrate, **which}
-
-
-def _budget_latency(args):
-    """ONNX Runtime's pair as before for the default backend (this module's name for it is what tests stand in
-    for), else the one for --backend (runtime/budget_backends.py)."""
-    if args.backend == "ort":
-        return onnx_latency_pair(threads=args.threads, runs=args.runs)
-    return cli_options.budget_latency(args)
 
 
 def _merge_step(args, budget: bool):
