@@ -27,7 +27,9 @@ Config:
   `warmup_steps` (0), `temperature` (4), `kd_weight` (0.9), `feature_losses` ({student node: teacher
   node | (teacher node, weight)}), `max_grad_norm` (None), `eval_every` (0: at the end),
   `checkpoint_dir` (None), `checkpoint_every` (0: at the end), `resume` (False), `progress`
-  (None: a bar on a terminal), `seed` (0), `device` (None: where the program's parameters are).
+  (None: a bar on a terminal), `seed` (0), `device` (None: where the program's parameters are),
+  `task` (classification | segmentation | detection; `prunefx compress` gives the data set's: a
+  detector, a YOLO export output, distils boxes and class scores with no loss on its labels).
 
 Sparse weights: when `program.analysis` records weights made sparse by sparsify_nm, their zeros are
 written back after every optimizer step (passes/sparse_masks.py), so they stay exactly zero.

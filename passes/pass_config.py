@@ -41,6 +41,7 @@ SOURCES = {
     "train": "the training batches (shuffled, augmented)",
     "val": "the validation batches (None without a validation split)",
     "teacher": "the dense program, frozen, in eval mode",
+    "task": "the data's task: classification, segmentation or detection",
     "measure": "a function (before, after) -> speed-up measured on the target runtime",
     "latency": "a function (before, after) -> (before ms, after ms, spread) measured on the target runtime",
 }

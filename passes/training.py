@@ -10,7 +10,19 @@ A `Trainer` trains a Program's GraphModule against a frozen teacher with
   ("batchmean"), times T^2 so that its gradients keep their scale whatever T is;
 - feature pairs read intermediate tensors of both graphs by fx node name (see `tap_outputs`).
 `kd_weight` is the usual alpha: 1 is pure distillation, 0 is plain fine-tuning. Dense outputs
-(segmentation, [N, C, H, W]) are handled per pixel: the class dim is always dim 1.
+(`task` "segmentation", [N, C, H, W]) are handled per pixel: the class dim is always dim 1.
+
+`task` "detection" (a YOLO's export-mode output [N, 4 + C, A], see `detection_kd_loss`):
+
+    loss = KD_det(student, teacher)  +  sum over feature pairs of  weight * MSE(...)
+
+with KD_det = sum over classes of the Bernoulli KL of the class probabilities (mean over anchors) +
+the anchor-weighted, scale-free L1 of the boxes. There is no ground-truth term: a YOLO's
+assignment-based loss needs its raw training-mode head, which the exported Program does not produce.
+So `kd_weight` only switches KD_det on (> 0) or off (0, then feature pairs are required: the config
+refuses a detector with nothing to learn from), `temperature` is unused, labels are read but ignored,
+the reported task loss is 0, and the trainer does not evaluate (top-1 accuracy means nothing for boxes;
+`prunefx compress` scores mAP itself before and after every pass).
 
 Everything that reads gradients (the `after_backward` hooks, e.g. CPD's Fisher channel importance)
 sees the gradients of that total loss, after DDP has averaged them across processes and before
@@ -70,7 +82,7 @@ from prunefx.passes.training_checkpoint import (
     set_rng_state,
     write_checkpoint,
 )
-from prunefx.passes.training_config import OPTIMIZERS, FeaturePair, TrainConfig, TrainingError
+from prunefx.passes.training_config import DETECTION, OPTIMIZERS, FeaturePair, TrainConfig, TrainingError
 from prunefx.passes.training_data import (
     accuracy_summary,
     distributed_world,
@@ -83,6 +95,7 @@ from prunefx.passes.training_data import (
 )
 from prunefx.passes.training_losses import (
     IGNORE_LABEL,
+    detection_kd_loss,
     feature_loss,
     kd_loss,
     logits_of,
@@ -94,8 +107,8 @@ from prunefx.passes.training_losses import (
 # The trainer's public names, importable from here as before the module was split in four.
 __all__ = [
     "IGNORE_LABEL", "OPTIMIZERS", "PROGRAM_FILE", "STATE_FILE", "FeaturePair", "TrainConfig", "Trainer",
-    "TrainingError", "evaluate", "feature_loss", "kd_loss", "logits_of", "lr_factor", "make_scheduler",
-    "tap_outputs", "task_loss",
+    "TrainingError", "detection_kd_loss", "evaluate", "feature_loss", "kd_loss", "logits_of", "lr_factor",
+    "make_scheduler", "tap_outputs", "task_loss",
 ]
 
 _STATS_WINDOW = 20  # final losses are averaged over this many steps, single steps are noisy
@@ -156,7 +169,9 @@ class Trainer:
         self.device = resolve_device(config, program.module)
         self.rank, self.world_size, self._owns_process_group = distributed_world(self.device)
         self.data = shard_batches(data, self.rank, self.world_size)
-        self.eval_data = shard_batches(eval_data, self.rank, self.world_size) if eval_data is not None else None
+        # A detector is not evaluated here: eval_totals' top-1 accuracy would argmax over box coordinates.
+        evaluates = eval_data is not None and config.task != DETECTION
+        self.eval_data = shard_batches(eval_data, self.rank, self.world_size) if evaluates else None
         self.total_steps = self._total_steps()
         self.needs_teacher = config.kd_weight > 0 or bool(config.feature_pairs)
         if self.needs_teacher and teacher is None:
@@ -285,15 +300,24 @@ class Trainer:
 
     def _losses(self, output, features, teacher_output, teacher_features, labels) -> dict[str, torch.Tensor]:
         logits = logits_of(output)
+        feature = logits.new_zeros(())
+        for pair, student_value, teacher_value in zip(self.config.feature_pairs, features, teacher_features):
+            feature = feature + pair.weight * feature_loss(student_value, teacher_value)
+        if self.config.task == DETECTION:
+            return self._detection_losses(logits, teacher_output, feature)
         alpha = self.config.kd_weight
         # Both are computed whatever alpha is, so the statistics always show them.
         task = task_loss(logits, labels)
         kd = (kd_loss(logits, logits_of(teacher_output), self.config.temperature) if teacher_output is not None
               else logits.new_zeros(()))
-        feature = logits.new_zeros(())
-        for pair, student_value, teacher_value in zip(self.config.feature_pairs, features, teacher_features):
-            feature = feature + pair.weight * feature_loss(student_value, teacher_value)
         return {"loss": (1 - alpha) * task + alpha * kd + feature, "task": task, "kd": kd, "feature": feature}
+
+    def _detection_losses(self, logits, teacher_output, feature) -> dict[str, torch.Tensor]:
+        """KD_det + features, no task term (module docstring). The labels never reach a loss: a detector's
+        targets (class, box rows) are no class indices, and cross-entropy on them would be nonsense."""
+        kd = detection_kd_loss(logits, logits_of(teacher_output))  # a detector always has a teacher
+        loss = kd + feature if self.config.kd_weight > 0 else feature  # kd is still shown when off
+        return {"loss": loss, "task": logits.new_zeros(()), "kd": kd, "feature": feature}
 
     def _on_device(self, batch) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         inputs, labels = split_batch(batch)
@@ -343,6 +367,9 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Accuracy and loss of the current program on the evaluation data, summed over all processes."""
+        if self.eval_data is None:
+            raise TrainingError("no evaluation data (a detector is never evaluated by the trainer: it scores "
+                                "top-1 classes; use prunefx.dense_tasks.evaluate_dense for mAP)")
         totals = eval_totals(self.program, self.eval_data, self.device)
         if self.world_size > 1:
             dist.all_reduce(totals)

@@ -16,6 +16,10 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.passes.pass_config import PassConfig, option
 
 OPTIMIZERS = ("sgd", "adamw")
+# What the model's output means, which decides the losses (passes/training.py). The names are those of
+# prunefx/data.py's DataSplits.task, so a data set's task can be handed over as it is.
+CLASSIFICATION, SEGMENTATION, DETECTION = "classification", "segmentation", "detection"
+TASKS = (CLASSIFICATION, SEGMENTATION, DETECTION)
 
 
 class TrainingError(PrunefxError):
@@ -54,6 +58,7 @@ class TrainConfig:
     progress: bool | None = None  # None: a bar when stderr is a terminal
     seed: int = 0
     device: str | None = None  # default: where the program's parameters are
+    task: str = CLASSIFICATION  # detection: YOLO export output, distillation only (passes/training.py)
 
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.epochs is None):
@@ -80,6 +85,7 @@ class TrainConfig:
         if (self.checkpoint_every or self.resume) and self.checkpoint_dir is None:
             raise TrainingError("'checkpoint_every' and 'resume' need a 'checkpoint_dir'")
         self.feature_losses = _feature_pairs(self.feature_losses)
+        _check_task(self)
 
     @property
     def feature_pairs(self) -> tuple[FeaturePair, ...]:
@@ -108,6 +114,18 @@ class TrainingPassConfig(TrainConfig, PassConfig):
     data: Any = option(source="train", help="training batches, (inputs, labels) tuples")
     eval_data: Any = option(source="val", help="evaluation batches")
     teacher: Any = option(source="teacher", help="the model to distil from (default: a frozen copy of the input)")
+    # Redeclared as an input: `prunefx compress` knows the data set's task and hands it over.
+    task: str = option(CLASSIFICATION, source="task", choices=TASKS,
+                       help="what the output means: classification, segmentation or detection")
+
+
+def _check_task(config: TrainConfig) -> None:
+    if not isinstance(config.task, str) or config.task not in TASKS:
+        raise TrainingError(f"'task' must be one of {', '.join(TASKS)}, not {config.task!r}")
+    # A detector has no ground-truth loss here (passes/training.py), so distillation is all it learns from.
+    if config.task == DETECTION and config.kd_weight == 0 and not config.feature_losses:
+        raise TrainingError("task 'detection' trains on distillation only: set kd_weight > 0 or give "
+                            "feature_losses (kd_weight=0 without them would leave nothing to learn from)")
 
 
 def _check_int(name: str, value, *, minimum: int | None) -> None:

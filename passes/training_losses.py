@@ -1,7 +1,8 @@
 """The recovery trainer's losses (task, distillation, feature) and how it reads intermediate tensors.
 
 The formulas are in passes/training.py's docstring. Dense outputs (segmentation, [N, C, H, W]) are
-handled per pixel: the class dim is always dim 1.
+handled per pixel: the class dim is always dim 1. Detectors (YOLO export layout) have their own
+distillation loss, `detection_kd_loss`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,51 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     log_teacher = F.log_softmax(teacher / temperature, dim=-1)
     kl = F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
     return kl * temperature * temperature
+
+
+_PROBABILITY_EPS = 1e-6
+_MIN_BOX_SIZE = 1.0  # pixels: a degenerate teacher box must not blow the scale-free L1 up
+
+
+def detection_kd_loss(student: torch.Tensor, teacher: torch.Tensor, *, box_dims: int = 4) -> torch.Tensor:
+    """Distillation between two detectors' outputs in the YOLO export layout: the class term plus the box term.
+
+    Layout ([N, box_dims + C, A], `decode_yolo` in prunefx/dense_tasks.py): rows 0-3 are decoded boxes
+    (cx, cy, w, h in pixels), rows 4.. independent per-class sigmoid probabilities, A anchors. A softmax
+    KL over dim 1 would mix pixels with probabilities, so each part gets its own term:
+
+    - class: per class the Bernoulli KL(teacher || student) = BCE(student p, teacher p) - H(teacher p),
+      summed over classes, averaged over anchors and images (p clamped to (eps, 1 - eps)). Its gradient
+      is the BCE's (the teacher's entropy is a constant), and it is 0 when the student matches;
+    - box: sum over the 4 coordinates of |student - teacher| / teacher size ((w + h) / 2, at least
+      1 pixel), so small and large objects count alike, averaged over anchors with weights = the
+      teacher's highest class probability. Most anchors see background, where the teacher's box is
+      meaningless: unweighted, matching that noise would drown the few anchors that hold objects.
+    """
+    if student.shape != teacher.shape:
+        raise TrainingError(f"student output {tuple(student.shape)} and teacher output "
+                            f"{tuple(teacher.shape)} differ in shape")
+    if student.dim() != 3 or student.shape[1] <= box_dims:
+        raise TrainingError(f"a detector's output must be N x ({box_dims} + classes) x anchors, "
+                            f"got {tuple(student.shape)}")
+    return (_class_distillation(student[:, box_dims:], teacher[:, box_dims:])
+            + _box_distillation(student[:, :box_dims], teacher[:, :box_dims], teacher[:, box_dims:]))
+
+
+def _class_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Bernoulli KL per class and anchor ([N, C, A] probabilities), summed over C, mean over N and A."""
+    low, high = _PROBABILITY_EPS, 1 - _PROBABILITY_EPS
+    s, t = student.clamp(low, high), teacher.clamp(low, high)
+    kl = t * (t.log() - s.log()) + (1 - t) * ((1 - t).log() - (1 - s).log())
+    return kl.sum(1).mean()
+
+
+def _box_distillation(student: torch.Tensor, teacher: torch.Tensor, teacher_classes: torch.Tensor) -> torch.Tensor:
+    """Scale-free L1 between [N, 4, A] boxes, weighted per anchor by the teacher's confidence."""
+    size = ((teacher[:, 2] + teacher[:, 3]) / 2).clamp(min=_MIN_BOX_SIZE)  # [N, A]
+    error = (student - teacher).abs().sum(1) / size
+    weight = teacher_classes.max(1).values  # [N, A]; ~0 where the teacher sees no object
+    return (weight * error).sum() / weight.sum().clamp(min=_PROBABILITY_EPS)
 
 
 def feature_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

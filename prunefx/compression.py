@@ -17,6 +17,8 @@ makes a training pass distil from its own input instead of the dense model. The 
     train         the training batches (shuffled, augmented)
     val           the validation batches (None without a validation split)
     teacher       the dense program: a frozen, eval-mode copy
+    task          the data's task (splits.task): the training passes pick their losses by it (a detector
+                  distils with passes/training_losses.detection_kd_loss, never cross-entropy on its boxes)
     calibration   a few training input batches (inputs only)
     labelled_calibration  the same batches with their labels
     measure       ONNX Runtime timing at batch 1 (runtime/speedup.py): (before, after) -> speed-up
@@ -198,7 +200,8 @@ class FirstBatches:
 def _sources(dense: Program, splits: DataSplits, eval_batches: int | None, needed: set[str],
              options: Options) -> dict:
     sources = {"train": splits.train,
-               "val": FirstBatches(splits.val, eval_batches) if splits.val is not None else None}
+               "val": FirstBatches(splits.val, eval_batches) if splits.val is not None else None,
+               "task": splits.task}
     if "teacher" in needed:
         teacher = dense.clone().eval()
         for parameter in teacher.module.parameters():

@@ -119,7 +119,7 @@ def test_passes_get_the_data_they_need(compressed):
     _, report, _ = compressed
     pruning, distillation = report["passes"]
     assert pruning["injected"] == ["calibration"] and pruning["stats"]["importance"] == "fisher"
-    assert distillation["injected"] == ["data", "eval_data", "teacher"]
+    assert distillation["injected"] == ["data", "eval_data", "task", "teacher"]
     stats = distillation["stats"]
     assert stats["steps"] == 5
     assert stats["kd_loss"] > 0  # the teacher is the dense model, not the pruned one
@@ -208,7 +208,7 @@ def test_inject_fills_only_what_a_pass_needs_and_the_recipe_left_unset():
         "fold_batchnorm",                                            # not in the table
     ]})
     injected, keys = inject(pipeline, dense, splits, data="random")
-    assert keys == [[], ["calibration"], ["calibration"], ["data", "teacher"], []]
+    assert keys == [[], ["calibration"], ["calibration"], ["data", "task", "teacher"], []]
     configs = [step.config for step in injected.steps]
     assert "calibration" not in configs[0]
     calibration = configs[1]["calibration"]

@@ -153,7 +153,7 @@ def test_compress_prunes_distils_and_scores_a_segmenter_on_scenes(tmp_path, caps
         test = report["accuracy"][when]["test"]
         assert test["metric"] == "mIoU" and 0 <= test["miou"] <= 1 and test["count"] == 2 * 16 * 24 * 24
     assert report["macs_after"] < report["macs_before"]
-    assert report["passes"][1]["injected"] == ["data", "eval_data", "teacher"]
+    assert report["passes"][1]["injected"] == ["data", "eval_data", "task", "teacher"]
 
 
 def test_reports_name_the_dense_metric_not_accuracy():

@@ -166,7 +166,7 @@ def test_passes_declare_the_inputs_a_caller_injects():
     assert RemoveChannelsConfig.parse({"macs": 0.5, "importance": "l2", "compensate": True}).needed_inputs() \
         == {"calibration": "calibration"}
     distill_inputs = PASSES["distill"].config_class.parse({"steps": 1}).needed_inputs(given=["teacher"])
-    assert distill_inputs == {"data": "train", "eval_data": "val"}
+    assert distill_inputs == {"data": "train", "eval_data": "val", "task": "task"}
     assert PASSES["sparsify_nm"].config_class.parse({}).needed_inputs() == {}
     assert PASSES["sparsify_nm"].config_class.parse({"criterion": "cap"}).needed_inputs() \
         == {"calibration": "labelled_calibration"}
