@@ -1,0 +1,395 @@
+"""detection_scenes: YOLOv8n trained on Fashion-MNIST scenes, pruned by prunefx and by Torch-Pruning, mAP and
+ONNX Runtime latency side by side (issue 19, detection).
+
+Data: Fashion-MNIST scenes (prunefx/fashion_mnist_scenes.py, the `fashion-mnist-det:SIZE` split of
+prunefx/data.py): canvases of `--size` pixels holding 2-6 real Fashion-MNIST items, 10 classes, a tight box
+per item; train canvases from training items, validation canvases from 5,000 held-out training items, test
+canvases (the reported mAP) from the test items only. They are written to build/detection_scenes/ in the
+YOLO folder layout (PNG images, one `class cx cy w h` line per box) for Ultralytics.
+
+1. Dense: YOLOv8n (Ultralytics' yolov8n.yaml, 10 classes) trained from scratch by Ultralytics' own trainer
+   (`YOLO.train`, its default augmentation and optimizer, `--yolo-epochs`), cached. Its test mAP is computed
+   twice: by prunefx (torchmetrics' COCO mAP on the exported graph's decoded output, NMS at IoU 0.7, score
+   0.001) and by Ultralytics' own validator on the same test canvases: the second is the independent check
+   of the first.
+2. Pruned to each MACs fraction (of the dense model, counted by prunefx for every tool), widths multiples of
+   16, the 16 DFL bins of the head kept (softmax inputs):
+   - prunefx-l2: remove_channels, L2 importance, global ranking;
+   - prunefx-obs: remove_channels, OBS importance + least-squares compensation on calibration batches,
+     batch norms recalibrated;
+   - tp-l2: Torch-Pruning's MetaPruner with MagnitudeImportance(p=2), its documented YOLOv8 recipe (C2f
+     blocks split into two convolutions, the Detect head ignored), uniform ratio found by bisection.
+   Every variant gets the same recovery: `--epochs` of distillation from the dense model (prunefx's trainer,
+   task "detection": class-score BCE + teacher-weighted box L1 on the decoded head output; no ground-truth
+   loss, which would need Ultralytics' assigner on the raw training-mode head), AdamW.
+3. Scored on the test canvases (mAP@[.5:.95] and mAP@.5) and timed in ONNX Runtime at batch 1 against the
+   dense model, alternated in one process, `--repeats` comparisons (median speed-up, range).
+
+    .venv/bin/python benchmarks/detection_scenes.py [--fractions 0.5 0.33] [--variants ...]
+    .venv/bin/python benchmarks/detection_scenes.py --report-only
+
+Every finished run is cached in build/detection_scenes/ (one JSON each); results go to
+benchmarks/results/detection_scenes.{json,md}. Ultralytics is AGPL-3.0: a benchmark dependency only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from common import REPO, command_line, machine_info, machine_summary, markdown_table, write_results
+
+from prunefx import fashion_mnist
+from prunefx.batches import NormalizeBatch
+from prunefx.data import DETECTION, fashion_mnist_scene_data
+from prunefx.dense_tasks import evaluate_dense
+from prunefx.detectors import softmax_nodes
+from prunefx.graph import Program, capture, count
+from prunefx.graph.rebatch import rebatch
+from prunefx.models import ultralytics_detector
+from prunefx.passes.distill import distill
+from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
+from prunefx.passes.remove_channels import remove_channels
+from prunefx.runtime import compare_latency, export_onnx, onnx_runner
+
+NAME = "detection_scenes"
+CACHE = REPO / "build" / NAME
+FRACTIONS = (0.5, 0.33)
+VARIANTS = ("prunefx-l2", "prunefx-obs", "tp-l2")
+CALIBRATION_BATCHES = 4
+TOLERANCE = 0.03
+ROUND_TO = 16
+NUM_CLASSES = len(fashion_mnist.CLASSES)
+TARGET_SPEEDUP, TARGET_DROP = 1.8, 0.02  # issue 19: >= 1.8x for at most 2 points of mAP@[.5:.95]
+# Ultralytics scales pixels to [0, 1] and nothing else: the scenes' gray channel, repeated for RGB.
+YOLO_INPUT = NormalizeBatch([0.0, 0.0, 0.0], [1.0, 1.0, 1.0], channels=3)
+
+
+# --- data ----------------------------------------------------------------------------------------------
+
+def scenes(args):
+    """prunefx's fashion-mnist-det splits, fed to the model as Ultralytics feeds it (pixels / 255, RGB)."""
+    data = fashion_mnist_scene_data(args.batch, task=DETECTION, size=args.size, train_canvases=args.train,
+                                    val_canvases=args.val, test_canvases=args.test, channels=3, seed=args.seed)
+    for loader in (data.train, data.val, data.test):
+        loader.prepare = YOLO_INPUT
+    return data
+
+
+def data_folder(args) -> Path:
+    return CACHE / f"scenes_{args.size}px_{args.train}-{args.val}-{args.test}c_s{args.seed}"
+
+
+def _write_split(folder: Path, split: str, loader, size: int) -> None:
+    import cv2  # comes with ultralytics
+
+    images, labels = folder / "images" / split, folder / "labels" / split
+    images.mkdir(parents=True, exist_ok=True)
+    labels.mkdir(parents=True, exist_ok=True)
+    for index, (image, boxes) in enumerate(zip(loader.images, loader.labels)):
+        cv2.imwrite(str(images / f"{index:05d}.png"), image[0].numpy())
+        rows = [f"{c} {(x1 + x2) / 2 / size:.6f} {(y1 + y2) / 2 / size:.6f} {(x2 - x1) / size:.6f} "
+                f"{(y2 - y1) / size:.6f}" for c, x1, y1, x2, y2 in boxes.tolist() if c >= 0]
+        (labels / f"{index:05d}.txt").write_text("".join(row + "\n" for row in rows))
+
+
+def yolo_dataset(data, args) -> Path:
+    """The scenes in Ultralytics' folder layout, written once; the yaml names val and test splits."""
+    folder = data_folder(args)
+    yaml = folder / "data.yaml"
+    if not yaml.is_file():
+        for split in ("train", "val", "test"):
+            _write_split(folder, split, getattr(data, split), args.size)
+        names = "".join(f"  {i}: {name}\n" for i, name in enumerate(fashion_mnist.CLASSES))
+        yaml.write_text(f"path: {folder}\ntrain: images/train\nval: images/val\ntest: images/test\nnames:\n{names}")
+    return yaml
+
+
+# --- dense ---------------------------------------------------------------------------------------------
+
+def dense_folder(args) -> Path:
+    return data_folder(args) / f"yolov8n_{args.yolo_epochs}ep_b{args.yolo_batch}"
+
+
+def train_dense(yaml: Path, args) -> Path:
+    """Ultralytics' own trainer, from scratch, its defaults otherwise; returns the best checkpoint."""
+    from ultralytics import YOLO
+
+    best = dense_folder(args) / "train" / "weights" / "best.pt"
+    if best.is_file():
+        return best
+    print(f"[yolov8n] Ultralytics training for {args.yolo_epochs} epochs", file=sys.stderr)
+    YOLO("yolov8n.yaml").train(data=str(yaml), imgsz=args.size, epochs=args.yolo_epochs, batch=args.yolo_batch,
+                               device="cpu", workers=2, plots=False, amp=False, seed=args.seed,
+                               project=str(dense_folder(args)), name="train", exist_ok=True, verbose=False)
+    return best
+
+
+def ultralytics_test_map(best: Path, yaml: Path, args) -> dict:
+    """Ultralytics' validator on the test canvases: the check on prunefx's own mAP of the dense model."""
+    from ultralytics import YOLO
+
+    metrics = YOLO(str(best)).val(data=str(yaml), split="test", imgsz=args.size, batch=args.yolo_batch,
+                                  device="cpu", plots=False, verbose=False, conf=0.001, iou=0.7,
+                                  project=str(dense_folder(args)), name="val_test", exist_ok=True)
+    return {"map": float(metrics.box.map), "map_50": float(metrics.box.map50)}
+
+
+def scores(program: Program, data) -> dict:
+    result = evaluate_dense(program, data.test, task=DETECTION, num_classes=NUM_CLASSES)
+    return {"map": result["map"], "map_50": result["map_50"]}
+
+
+def dense_program(data, yaml: Path, args) -> tuple[Program, dict]:
+    folder = dense_folder(args)
+    path, info_path = folder / "dense.pt2", folder / "dense.json"
+    if path.is_file() and info_path.is_file():
+        return Program.load(path).eval(), json.loads(info_path.read_text())
+    started = time.perf_counter()
+    best = train_dense(yaml, args)
+    train_seconds = time.perf_counter() - started
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.export's note about the anchors Ultralytics assigns in forward
+        program = capture(ultralytics_detector(str(best)), next(iter(data.train))[0], name="yolov8n").eval()
+    info = {"epochs": args.yolo_epochs, "batch": args.yolo_batch, "train_seconds": train_seconds,
+            "test": scores(program, data), "ultralytics_test": ultralytics_test_map(best, yaml, args),
+            "macs_per_image": count(program).macs // args.batch, "params": count(program).params}
+    program.save(path)
+    info_path.write_text(json.dumps(info, indent=1))
+    return program, info
+
+
+# --- pruning and recovery --------------------------------------------------------------------------------
+
+def prunefx_prune(dense: Program, variant: str, fraction: float, data) -> Program:
+    program = dense.clone().eval()
+    config = {"macs": fraction, "round_to": ROUND_TO, "ranking": "global", "keep": softmax_nodes(dense)}
+    if variant == "prunefx-obs":
+        calibration = [(x,) for x, _ in itertools.islice(iter(data.train), CALIBRATION_BATCHES)]
+        remove_channels(program, config={**config, "importance": "obs", "compensate": True,
+                                         "calibration": calibration})
+        return recalibrate_batchnorm(program, config={"data": calibration}).program.eval()
+    remove_channels(program, config={**config, "importance": "l2"})
+    return program
+
+
+def tp_prune(dense: Program, fraction: float, args) -> tuple[Program, dict]:
+    """Torch-Pruning's YOLOv8 recipe as benchmarks/detector_pruning.py runs it, on the trained weights."""
+    from detector_pruning import prune_torch_pruning
+
+    eager = ultralytics_detector(str(dense_folder(args) / "train" / "weights" / "best.pt"))
+    example = dense.example_inputs[0]
+    program, details = prune_torch_pruning(eager, example, fraction, count(dense).macs, args.tp_seconds)
+    return program, {key: details[key] for key in ("pruning_ratio", "split_c2f_max_abs_error")}
+
+
+def recovery(dense: Program, data, args) -> dict:
+    return {"data": data.train, "epochs": args.epochs, "teacher": dense.clone().eval(), "task": DETECTION,
+            "kd_weight": 1.0, "optimizer": "adamw", "lr": args.lr, "weight_decay": 1e-4, "warmup_steps": 10,
+            "progress": True, "seed": args.seed}
+
+
+def prune_and_recover(variant: str, fraction: float, dense: Program, data, args) -> dict:
+    started = time.perf_counter()
+    details = {}
+    if variant == "tp-l2":
+        program, details = tp_prune(dense, fraction, args)
+    else:
+        program = prunefx_prune(dense, variant, fraction, data)
+    prune_seconds = time.perf_counter() - started
+    one_shot = scores(program.eval(), data)
+    result = distill(program, config=recovery(dense, data, args))
+    program = result.program.eval()
+    macs = count(program).macs / count(dense).macs
+    entry = {"variant": variant, "fraction": fraction, "macs_kept": macs,
+             "macs_target_met": abs(macs - fraction) <= TOLERANCE * fraction,
+             "macs_per_image": count(program).macs // args.batch, "params": count(program).params,
+             "one_shot": one_shot, "test": scores(program, data), "epochs": args.epochs,
+             "steps": result.stats.get("steps"), "prune_seconds": prune_seconds,
+             "train_seconds": result.stats.get("train_seconds"), "seconds": time.perf_counter() - started,
+             **details}
+    program.save(dense_folder(args) / f"{run_stem(variant, fraction, args)}.pt2")
+    return entry
+
+
+def run_stem(variant: str, fraction: float, args) -> str:
+    return f"{variant}_{fraction}_{args.epochs}ep_lr{args.lr:g}"
+
+
+def run_file(variant: str, fraction: float, args) -> Path:
+    return dense_folder(args) / f"{run_stem(variant, fraction, args)}.json"
+
+
+# --- latency ---------------------------------------------------------------------------------------------
+
+def latency(entries: list[dict], dense: Program, args) -> None:
+    """Batch-1 ONNX Runtime latency of each pruned model against the dense one, alternated, `--repeats`
+    comparisons (one spreads by +-0.2x on this shared machine): the median speed-up, with the range."""
+    folder = dense_folder(args) / "onnx"
+    example = (dense.example_inputs[0][:1],)
+    dense_runner = onnx_runner(export_onnx(rebatch(dense, 1), folder / "dense.onnx").path, example,
+                               threads=args.threads)
+    for entry in entries:
+        stem = run_stem(entry["variant"], entry["fraction"], args)
+        pruned = rebatch(Program.load(dense_folder(args) / f"{stem}.pt2").eval(), 1)
+        runner = onnx_runner(export_onnx(pruned, folder / f"{stem}.onnx").path, example, threads=args.threads)
+        load_before = os.getloadavg()[0]
+        comparisons = [compare_latency(dense_runner, runner, warmup=10, runs=args.runs, threads=args.threads)
+                       for _ in range(args.repeats)]
+        speedups = sorted(c.speedup for c in comparisons)
+        entry["latency"] = {"dense_ms": statistics.median(c.a.median_ms for c in comparisons),
+                            "pruned_ms": statistics.median(c.b.median_ms for c in comparisons),
+                            "speedup": statistics.median(speedups), "speedups": speedups,
+                            "threads": args.threads, "timing_runs": args.runs, "repeats": args.repeats,
+                            "load_average_1min": [load_before, os.getloadavg()[0]]}
+        run_file(entry["variant"], entry["fraction"], args).write_text(json.dumps(entry, indent=1))
+
+
+# --- report ----------------------------------------------------------------------------------------------
+
+def verdict(entry: dict, dense_map: float) -> str:
+    speed = entry.get("latency", {}).get("speedup")
+    if speed is None:
+        return "not timed"
+    drop = dense_map - entry["test"]["map"]
+    if speed >= TARGET_SPEEDUP and drop <= TARGET_DROP:
+        return "met"
+    return f"missed ({speed:.2f}x, {100 * drop:+.2f} pt drop)"
+
+
+def table(runs: list[dict], dense_map: float) -> str:
+    rows = []
+    for e in sorted(runs, key=lambda e: (-e["fraction"], e["variant"])):
+        timing = e.get("latency", {})
+        speed = (f"{timing['speedup']:.2f}x ({timing['speedups'][0]:.2f}-{timing['speedups'][-1]:.2f})"
+                 if timing else "-")
+        ms = f"{timing['dense_ms']:.2f} / {timing['pruned_ms']:.2f}" if timing else "-"
+        rows.append([e["fraction"], e["variant"], f"{e['macs_kept']:.3f}", f"{100 * e['one_shot']['map']:.2f}",
+                     f"**{100 * e['test']['map']:.2f}**", f"{100 * e['test']['map_50']:.2f}",
+                     f"{100 * (e['test']['map'] - dense_map):+.2f}", ms, speed, verdict(e, dense_map)])
+    return markdown_table(["MACs target", "variant", "MACs kept", "one-shot mAP", "mAP after recovery",
+                           "mAP@.5", "vs dense (points)", "ORT ms dense / pruned", "speed-up", "target"], rows)
+
+
+def target_lines(runs: list[dict], dense_map: float) -> list[str]:
+    timed = [e for e in runs if "latency" in e]
+    met = [e for e in timed if verdict(e, dense_map) == "met"]
+    lines = []
+    if met:
+        best = max(met, key=lambda e: e["latency"]["speedup"])
+        lines.append(f"- >= {TARGET_SPEEDUP}x for <= {100 * TARGET_DROP:.0f} points of mAP@[.5:.95]: **met** by "
+                     f"{best['variant']} at {best['fraction']} ({best['latency']['speedup']:.2f}x, "
+                     f"{100 * (best['test']['map'] - dense_map):+.2f} points).")
+    else:
+        lines.append(f"- >= {TARGET_SPEEDUP}x for <= {100 * TARGET_DROP:.0f} points of mAP@[.5:.95]: **missed**; "
+                     "closest: " + "; ".join(f"{e['variant']} at {e['fraction']}: {verdict(e, dense_map)}"
+                                              for e in timed))
+    for fraction in sorted({e["fraction"] for e in runs}, reverse=True):
+        ours = [e for e in runs if e["fraction"] == fraction and e["variant"].startswith("prunefx")]
+        theirs = [e for e in runs if e["fraction"] == fraction and e["variant"] == "tp-l2"]
+        if ours and theirs:
+            best, peer = max(ours, key=lambda e: e["test"]["map"]), theirs[0]
+            gap = 100 * (best["test"]["map"] - peer["test"]["map"])
+            lines.append(f"- prunefx >= Torch-Pruning at {fraction} of the MACs: **{'met' if gap >= 0 else 'missed'}**: "
+                         f"{best['variant']} {100 * best['test']['map']:.2f} against tp-l2 "
+                         f"{100 * peer['test']['map']:.2f} ({gap:+.2f} points; MACs kept "
+                         f"{best['macs_kept']:.3f} and {peer['macs_kept']:.3f}).")
+    return lines
+
+
+def markdown(report: dict) -> str:
+    info, dense = report["machine"], report["dense"]
+    dense_map = dense["test"]["map"]
+    lines = ["# Detection on Fashion-MNIST scenes: YOLOv8n mAP and ONNX Runtime speed-up, prunefx and Torch-Pruning",
+             "", f"Produced by `{report['command']}`.", "", machine_summary(info), "",
+             f"- Data: `fashion-mnist-det:{report['size']}`, {report['train']} train canvases (training items), "
+             f"{report['val']} validation canvases (held-out training items), {report['test']} test canvases "
+             "(test items; the reported mAP), 10 classes.",
+             f"- Dense: YOLOv8n trained from scratch by Ultralytics' own trainer, {dense['epochs']} epochs, batch "
+             f"{dense['batch']} ({dense['train_seconds'] / 60:.0f} min), {dense['macs_per_image'] / 1e6:.1f} M MACs "
+             "per image. Test mAP@[.5:.95] by prunefx (torchmetrics, pycocotools) "
+             f"**{100 * dense_map:.2f}** (mAP@.5 {100 * dense['test']['map_50']:.2f}); by Ultralytics' own "
+             f"validator on the same canvases {100 * dense['ultralytics_test']['map']:.2f} "
+             f"(mAP@.5 {100 * dense['ultralytics_test']['map_50']:.2f}), the independent check.",
+             f"- Recovery, every variant: {report['epochs']} epoch(s) of distillation from the dense model "
+             f"(class-score BCE + teacher-weighted box L1 on the decoded output), AdamW lr {report['lr']:g}; "
+             f"widths multiples of {ROUND_TO} for every tool; the 16 DFL bins kept.",
+             f"- Latency: ONNX Runtime, batch 1, {report['threads']} thread(s), each model alternated with the "
+             f"dense one, {report['timing_runs']} runs each; median speed-up of {report['repeats']} comparisons (range).",
+             "", table(report["runs"], dense_map), "", "Targets (issue 19):", "",
+             *target_lines(report["runs"], dense_map), ""]
+    for e in report["runs"]:
+        lines.append(f"- {e['variant']} at {e['fraction']}: pruned in {e['prune_seconds']:.0f} s, recovered in "
+                     f"{(e['train_seconds'] or 0) / 60:.1f} min ({e['steps']} steps)"
+                     + (f", Torch-Pruning ratio {e['pruning_ratio']:.3f}" if "pruning_ratio" in e else "")
+                     + (f"; load average {e['latency']['load_average_1min'][0]:.1f}" if "latency" in e else ""))
+    return "\n".join(lines) + "\n"
+
+
+# --- command line ----------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=128, help="canvas side in pixels (default 128)")
+    parser.add_argument("--train", type=int, default=4000, help="training canvases (default 4000)")
+    parser.add_argument("--val", type=int, default=300, help="validation canvases (default 300)")
+    parser.add_argument("--test", type=int, default=1000, help="test canvases, the reported mAP (default 1000)")
+    parser.add_argument("--yolo-epochs", type=int, default=25, help="Ultralytics training epochs (default 25)")
+    parser.add_argument("--yolo-batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=32, help="prunefx recovery and evaluation batch")
+    parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--epochs", type=int, default=2, help="recovery epochs for every variant (default 2)")
+    parser.add_argument("--lr", type=float, default=5e-4, help="recovery AdamW learning rate")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tp-seconds", type=int, default=600, help="time limit of one Torch-Pruning pass")
+    parser.add_argument("--dense-only", action="store_true", help="train and score the dense model, then stop")
+    parser.add_argument("--latency", action="store_true", help="time the finished runs in ONNX Runtime")
+    parser.add_argument("--report-only", action="store_true", help="write the results from the cached runs")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    data = scenes(args)
+    yaml = yolo_dataset(data, args)
+    dense, info = dense_program(data, yaml, args)
+    print(f"[yolov8n] dense test mAP {100 * info['test']['map']:.2f} (prunefx), "
+          f"{100 * info['ultralytics_test']['map']:.2f} (Ultralytics)", file=sys.stderr)
+    if args.dense_only:
+        return 0
+    runs = []
+    for fraction, variant in itertools.product(args.fractions, args.variants):
+        path = run_file(variant, fraction, args)
+        if path.is_file():
+            runs.append(json.loads(path.read_text()))
+        elif not args.report_only:
+            print(f"[yolov8n] {variant} at {fraction} of the MACs", file=sys.stderr)
+            entry = prune_and_recover(variant, fraction, dense, data, args)
+            path.write_text(json.dumps(entry, indent=1))
+            runs.append(entry)
+            print(f"[yolov8n] {variant} at {fraction}: mAP {100 * entry['one_shot']['map']:.2f} one-shot, "
+                  f"{100 * entry['test']['map']:.2f} after recovery", file=sys.stderr)
+    if args.latency:
+        latency([e for e in runs if "latency" not in e], dense, args)
+    report = {"command": command_line(), "machine": machine_info(threads=args.threads), "size": args.size,
+              "train": args.train, "val": args.val, "test": args.test, "epochs": args.epochs, "lr": args.lr,
+              "threads": args.threads, "timing_runs": args.runs, "repeats": args.repeats, "dense": info, "runs": runs}
+    write_results(NAME, report, markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
