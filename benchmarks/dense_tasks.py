@@ -323,6 +323,7 @@ def markdown(report: dict) -> str:
     for model, info in report["baselines"].items():
         lines.append(f"## {model}: dense mIoU {100 * info['test_miou']:.2f} (trained here for {info['epochs']} "
                      f"epochs, {info['macs_per_image'] / 1e6:.1f} M MACs per image)\n")
+        lines.append(" ".join(MODELS[model].__doc__.split()) + "\n")  # which model, and how it starts
         rows = []
         for e in sorted((e for e in report["runs"] if e["model"] == model),
                         key=lambda e: (-e["fraction"], e["variant"])):
