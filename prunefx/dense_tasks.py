@@ -127,20 +127,28 @@ class DetectionScore:
 
 
 def decode_yolo(output, *, score_threshold: float = 0.001, iou_threshold: float = 0.7,
-                max_detections: int = 100) -> Detections:
+                max_detections: int = 100, multi_label: bool = False) -> Detections:
     """Boxes of a YOLOv8-style head in eval mode: N x (4 + classes) x anchors, the 4 being box centre and
     size (x, y, w, h) in input pixels and the rest class probabilities. Per image: the best class per
-    anchor above `score_threshold`, then class-wise non-maximum suppression, at most `max_detections`."""
+    anchor above `score_threshold`, then class-wise non-maximum suppression, at most `max_detections`.
+
+    `multi_label=True` keeps every (anchor, class) pair above the threshold instead, as Ultralytics'
+    validator does (with `max_detections=300`): a box the model hesitates over between two classes
+    then counts for both, which raises mAP; it is there to compare with Ultralytics' own figures."""
     raw = logits_of(output)
     if raw.dim() != 3 or raw.shape[1] < 5:
         raise PrunefxError(f"a YOLO head gives N x (4 + classes) x anchors, got {tuple(raw.shape)}")
     detections = []
     for prediction in raw.detach().float().transpose(1, 2):
         centre, size, probabilities = prediction[:, :2], prediction[:, 2:4], prediction[:, 4:]
-        scores, classes = probabilities.max(1)
-        keep = scores > score_threshold
-        boxes = torch.cat([centre - size / 2, centre + size / 2], 1)[keep]
-        scores, classes = scores[keep], classes[keep]
+        boxes = torch.cat([centre - size / 2, centre + size / 2], 1)
+        if multi_label:
+            anchors, classes = (probabilities > score_threshold).nonzero(as_tuple=True)
+            boxes, scores = boxes[anchors], probabilities[anchors, classes]
+        else:
+            scores, classes = probabilities.max(1)
+            keep = scores > score_threshold
+            boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
         chosen = batched_nms(boxes, scores, classes, iou_threshold)[:max_detections]
         detections.append((boxes[chosen], scores[chosen], classes[chosen]))
     return detections

@@ -94,6 +94,18 @@ def test_decode_yolo_converts_centres_and_suppresses_overlaps():
     assert torch.allclose(scores[order], torch.tensor([0.9, 0.8]))
 
 
+
+def test_decode_yolo_multi_label_keeps_every_class_above_the_threshold():
+    # Same head as above: with multi_label, anchor 2 also counts for class 1 (0.1 > 0.05), beside class 0.
+    raw = torch.tensor([[[20.0, 21.0, 70.0], [20.0, 20.0, 70.0], [10.0, 10.0, 20.0], [10.0, 10.0, 40.0],
+                         [0.01, 0.02, 0.9], [0.8, 0.6, 0.1]]])
+    (boxes, scores, classes), = decode_yolo(raw, score_threshold=0.05, multi_label=True)
+    found = sorted(zip(classes.tolist(), scores.tolist(), boxes.tolist()), key=lambda row: (row[0], -row[1]))
+    assert [(c, round(s, 3)) for c, s, _ in found] == [(0, 0.9), (1, 0.8), (1, 0.1)]
+    assert found[0][2] == found[2][2] == [60.0, 50.0, 80.0, 90.0]
+    (_, single_scores, _), = decode_yolo(raw, score_threshold=0.05)
+    assert sorted(single_scores.tolist(), reverse=True) == pytest.approx([0.9, 0.8])
+
 def test_evaluate_dense_scores_a_model_that_copies_one_hot_masks():
     masks = torch.randint(0, 3, (2, 4, 4), generator=torch.Generator().manual_seed(0))
     one_hot = torch.nn.functional.one_hot(masks, 3).permute(0, 3, 1, 2).float()
