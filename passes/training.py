@@ -138,6 +138,10 @@ def make_scheduler(optimizer: torch.optim.Optimizer, *, warmup_steps: int, total
 
 def _make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     params = [p for _, p in module.named_parameters() if p.requires_grad]
+    if not params:  # else the first backward fails with "element 0 of tensors does not require grad"
+        raise TrainingError("no parameter of the model requires grad, so training cannot change it (a "
+                            "checkpoint saved frozen, e.g. an EMA copy?): call requires_grad_(True) on the "
+                            "module before capturing it")
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     if config.optimizer == "sgd":

@@ -185,7 +185,8 @@ def ultralytics_detector(name: str) -> torch.nn.Module:
             raise ModelReferenceError(f"ultralytics cannot load {name}: {first_line(error)}") from error
     else:
         raise ModelReferenceError(f"ultralytics:{name}: name a model yaml (yolov8n.yaml) or a checkpoint .pt")
-    return _export_mode(model.float().eval(), name)
+    # Ultralytics saves its EMA copy with every parameter frozen: prunefx compresses and trains this model.
+    return _export_mode(model.float().eval().requires_grad_(True), name)
 
 
 def _export_mode(model: torch.nn.Module, name: str) -> torch.nn.Module:

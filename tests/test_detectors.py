@@ -325,3 +325,15 @@ def test_prune_part_on_the_command_line_and_the_pruned_part_goes_back(one_thread
     with torch.no_grad():
         detections = whole([torch.rand(3, 320, 320)])  # the whole detector runs, post-processing included
     assert {"boxes", "scores", "labels"} <= set(detections[0])
+
+
+def test_an_ultralytics_checkpoint_saved_frozen_comes_back_trainable(tmp_path):
+    # Ultralytics saves its EMA copy with requires_grad False; recovery training must still reach every weight.
+    pytest.importorskip("ultralytics", reason="ultralytics (AGPL-3.0, dev extra) is not installed")
+    from ultralytics.nn.tasks import DetectionModel
+
+    frozen = DetectionModel("yolov8n.yaml", nc=3, verbose=False).requires_grad_(False)
+    torch.save({"model": frozen}, tmp_path / "best.pt")
+    spec = build_model(f"ultralytics:{tmp_path / 'best.pt'}", image_size=64)
+    parameters = list(spec.module.parameters())
+    assert parameters and all(p.requires_grad for p in parameters)

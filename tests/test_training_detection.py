@@ -186,3 +186,11 @@ def test_compress_injects_the_data_sets_task_into_the_training_passes(monkeypatc
     refused = Pipeline([Step(distill, {"steps": 2, "kd_weight": 0.0})])
     with pytest.raises(PrunefxError, match="step 1 .*kd_weight > 0.*no pass has run"):
         inject(refused, dense, splits, data="fashion-mnist-det")
+
+
+def test_a_model_with_every_parameter_frozen_is_refused_in_one_line():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)).requires_grad_(False)
+    program = capture(model, torch.randn(2, 3, 4, 4))
+    data = [(torch.randn(2, 3, 4, 4), torch.tensor([0, 1]))]
+    with pytest.raises(TrainingError, match="no parameter of the model requires grad"):
+        Trainer(program, teacher=None, data=data, config=TrainConfig(steps=1, kd_weight=0.0)).fit()
