@@ -16,8 +16,8 @@ Part 2 (--fashion-mnist): the small models of prunefx/small_models.py trained --
 build/int8_latency/), test accuracy on --test-images Fashion-MNIST test images and batch-1 latency of:
 fp32, int8 PTQ, pruned fp32 (remove_channels to half the MACs, widths a multiple of 8, then
 --recovery-steps of KD from the dense model), pruned int8 PTQ, pruned int8 QAT (--qat-steps of KD
-through the fake quantizers, passes/distill.py), and the peers on the dense FP32 file. Calibration: 8
-training batches of 128 for every method.
+through the fake quantizers, passes/distill.py), and the peers on the dense FP32 file. Calibration: the
+first 8 training batches of 128 of epoch 0, the same images for every method (read before any KD).
 Latency: every variant timed in one process, interleaved in blocks, median / p90 of single runs, ONNX
 Runtime CPU at --threads intra-op threads; the load average is recorded at the start and at the end.
 
@@ -248,10 +248,18 @@ def _kd(program: Program, teacher: Program, data, steps: int, lr: float) -> Prog
                                     "lr": lr, "momentum": 0.9, "weight_decay": 5e-4, "progress": False}).program.eval()
 
 
-def small_programs(name: str, data, args) -> dict[str, Program]:
-    """The Fashion-MNIST variants as Programs at the training batch size (fp32 ones, fake-quantized ones)."""
+def calibration_batches(data) -> list[tuple[torch.Tensor]]:
+    """The first 8 training batches of epoch 0: read once, before any KD, for every method. Distillation leaves
+    the loader on its last epoch (past one epoch with 469 steps), so batches drawn after it are other images."""
+    if hasattr(data.train, "set_epoch"):
+        data.train.set_epoch(0)
+    return [(inputs,) for inputs, _ in zip((batch[0] for batch in data.train), range(8))]
+
+
+def small_programs(name: str, data, batches, args) -> dict[str, Program]:
+    """The Fashion-MNIST variants as Programs at the training batch size (fp32 ones, fake-quantized ones);
+    `batches` calibrates the INT8 ones."""
     dense = trained_fashion_mnist(name, data, args.train_epochs)
-    batches = [(inputs,) for inputs, _ in zip((batch[0] for batch in data.train), range(8))]
     small = _kd(pruned(dense, 8), dense, data, args.recovery_steps, 0.01)
     programs = {"fp32": dense, "pruned fp32": small}
     for variant, source in (("int8", dense), ("pruned int8", small)):
@@ -270,12 +278,13 @@ def test_accuracy(session: OnnxRuntimeSession, images: torch.Tensor, labels: np.
 
 def fashion_mnist_row(name: str, args) -> dict:
     data = fashion_mnist_data(FASHION_MNIST_BATCH, augment=True)
-    programs = small_programs(name, data, args)
+    batches = calibration_batches(data)
+    programs = small_programs(name, data, batches, args)
     tests = [(inputs, labels) for inputs, labels in data.test]
     images = torch.cat([inputs for inputs, _ in tests])
     labels = torch.cat([labels for _, labels in tests]).numpy()
     images, labels = images[labels >= 0][:args.test_images], labels[labels >= 0][:args.test_images]
-    calibration_images = [(x.unsqueeze(0),) for inputs, _ in zip((b[0] for b in data.train), range(8)) for x in inputs]
+    calibration_images = [(x.unsqueeze(0),) for (inputs,) in batches for x in inputs]  # the peers': the same images
     lowering = onnxruntime_lowering()
     with tempfile.TemporaryDirectory(prefix="prunefx-int8-") as tmp:
         folder, files = Path(tmp), {}
