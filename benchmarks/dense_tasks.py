@@ -7,7 +7,8 @@ Data: Fashion-MNIST scenes (prunefx/fashion_mnist_scenes.py, `--data fashion-mni
 held-out training items, test canvases (the reported mIoU) from the test items only.
 
 For each model:
-1. a dense baseline is trained here (`--baseline-epochs`, AdamW, cached in build/dense_tasks/);
+1. a dense baseline is trained here (`--baseline-epochs`: N for every model, or MODEL=N entries, AdamW,
+   cached in build/dense_tasks/; the validation mIoU after each epoch is recorded, to see it plateau);
 2. it is pruned to each MACs fraction (0.5 and 0.33 of the dense MACs) by
    - prunefx-obs: remove_channels with importance obs + compensate (least-squares update of the kept
      weights) on 4 calibration batches, recalibrate_batchnorm, then distill (per-pixel KD);
@@ -105,7 +106,7 @@ def training(args, *, baseline: bool) -> dict:
 def run_folder(model: str, args):
     """Where a model's dense baseline and pruned runs are cached: one folder per data and dense-training
     setting, so that a run never reuses a baseline trained on other canvases or for another budget."""
-    return CACHE / (f"{model}_{args.size}px_{args.train}c_b{args.batch}_{args.baseline_epochs}ep_"
+    return CACHE / (f"{model}_{args.size}px_{args.train}c_b{args.batch}_{args.baseline_epochs[model]}ep_"
                     f"lr{args.baseline_lr:g}_s{args.seed}")
 
 
@@ -122,15 +123,25 @@ def baseline(model: str, data, args) -> tuple[Program, dict]:
         return Program.load(path).eval(), json.loads(info_path.read_text())
     torch.manual_seed(args.seed)
     program = capture(MODELS[model]().eval(), next(iter(data.train))[0], name=model)
-    print(f"[{model}] training the dense baseline for {args.baseline_epochs} epochs", file=sys.stderr)
+    epochs = args.baseline_epochs[model]
+    print(f"[{model}] training the dense baseline for {epochs} epochs", file=sys.stderr)
+    val_miou = []  # after each epoch (epochs of a run resumed from a checkpoint are missing)
+
+    def score_epoch(trainer, step):
+        if step % len(data.train) == 0:
+            val_miou.append(evaluate_dense(trainer.program, data.val, task="segmentation",
+                                           num_classes=NUM_CLASSES)["miou"])
+            print(f"[{model}] epoch {step // len(data.train)}: val mIoU {100 * val_miou[-1]:.2f}", file=sys.stderr)
+
     started = time.perf_counter()
-    result = distill(program, config={"data": data.train, "epochs": args.baseline_epochs, "kd_weight": 0.0,
+    result = distill(program, config={"data": data.train, "epochs": epochs, "kd_weight": 0.0,
                                      "warmup_steps": 20, "checkpoint_dir": folder / "baseline_checkpoint",
-                                     "checkpoint_every": 50, "resume": True, **training(args, baseline=True)})
+                                     "checkpoint_every": 50, "resume": True, "after_step": [score_epoch],
+                                     **training(args, baseline=True)})
     program = result.program.eval()
-    info = {"epochs": args.baseline_epochs, "lr": args.baseline_lr, "seconds": time.perf_counter() - started,
-            "test_miou": miou(program, data), "macs_per_image": count(program).macs // args.batch,
-            "params": count(program).params}
+    info = {"epochs": epochs, "lr": args.baseline_lr, "seconds": time.perf_counter() - started,
+            "test_miou": miou(program, data), "val_miou_by_epoch": val_miou,
+            "macs_per_image": count(program).macs // args.batch, "params": count(program).params}
     folder.mkdir(parents=True, exist_ok=True)
     program.save(path)
     info_path.write_text(json.dumps(info, indent=1))
@@ -312,8 +323,10 @@ def markdown(report: dict) -> str:
              f"{settings['val']} validation canvases (held-out training items), {settings['test']} test canvases "
              "(test items; the reported mIoU), 11 classes, batch "
              f"{settings['batch']}.",
-             f"- Dense training: {settings['baseline_epochs']} epochs, AdamW lr {settings['baseline_lr']:g} "
-             "(20 warm-up steps, cosine), cross-entropy; trained once and cached.",
+             "- Dense training: " + ", ".join(f"{model} {settings['baseline_epochs'][model]}"
+                                              for model in report["baselines"])
+             + f" epochs, AdamW lr {settings['baseline_lr']:g} (20 warm-up steps, cosine), cross-entropy; "
+             "trained once and cached.",
              f"- Recovery budget: {report['epochs']} epoch(s) for every variant, AdamW lr {settings['lr']:g} cosine, per-pixel KD "
              "from the dense model (kd_weight 0.9, T = 4); widths rounded to multiples of "
              f"{settings['round_to']} for every tool.",
@@ -324,6 +337,9 @@ def markdown(report: dict) -> str:
         lines.append(f"## {model}: dense mIoU {100 * info['test_miou']:.2f} (trained here for {info['epochs']} "
                      f"epochs, {info['macs_per_image'] / 1e6:.1f} M MACs per image)\n")
         lines.append(" ".join(MODELS[model].__doc__.split()) + "\n")  # which model, and how it starts
+        if info.get("val_miou_by_epoch"):
+            lines.append("Validation mIoU after each dense epoch: "
+                         + ", ".join(f"{100 * v:.2f}" for v in info["val_miou_by_epoch"]) + ".\n")
         rows = []
         for e in sorted((e for e in report["runs"] if e["model"] == model),
                         key=lambda e: (-e["fraction"], e["variant"])):
@@ -368,7 +384,8 @@ def parse_args(argv=None):
     parser.add_argument("--test", type=int, default=500)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=1, help="recovery budget in epochs (default 1)")
-    parser.add_argument("--baseline-epochs", type=int, default=2, help="dense training epochs (default 2)")
+    parser.add_argument("--baseline-epochs", nargs="+", default=["2"], metavar="[MODEL=]N",
+                        help="dense training epochs: N for every model, MODEL=N for one (default 2)")
     parser.add_argument("--baseline-lr", type=float, default=3e-3, help="dense training AdamW lr (default 3e-3)")
     parser.add_argument("--lr", type=float, default=5e-4, help="recovery AdamW lr (default 5e-4)")
     parser.add_argument("--round-to", type=int, default=16)
@@ -380,7 +397,20 @@ def parse_args(argv=None):
                         help="torch and ONNX Runtime threads (default 1: more than the free cores slows training 10x)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report-only", action="store_true", help="only build the tables from cached runs")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.baseline_epochs = baseline_epochs(parser, args.baseline_epochs)
+    return args
+
+
+def baseline_epochs(parser, values: list[str]) -> dict[str, int]:
+    """`--baseline-epochs 3 lraspp_mobilenetv3=15` -> {every model: 3, but lraspp_mobilenetv3: 15}."""
+    epochs = dict.fromkeys(MODELS, 2)
+    for value in sorted(values, key=lambda v: "=" in v):  # N first, then the models' own
+        model, _, number = value.rpartition("=")
+        if (model and model not in MODELS) or not number.isdigit() or int(number) < 1:
+            parser.error(f"--baseline-epochs: {value!r} is neither N nor MODEL=N (models: {', '.join(MODELS)})")
+        epochs.update({model: int(number)} if model else dict.fromkeys(MODELS, int(number)))
+    return epochs
 
 
 def main(argv=None) -> int:
