@@ -5,7 +5,7 @@ Part 1, 1x3x224x224, batch 1 (--models): MobileNetV2 with its ImageNet weights (
 ResNet-50 and EfficientNet-B0 with random weights and realistic batch norms, ViT-S/16 (timm) with random
 weights (latency does not depend on the weight values).
 Calibration: the first 10 of the 20 offline ImageNet images and their mirror images. Variants:
-- fp32: runtime/onnx_export.export_onnx; int8: passes/quantize_int8 (percentile 99.99) lowered for ONNX
+- fp32: runtime/onnx_export.export_onnx; int8: passes/quantize_int8 (--method, mse by default) lowered for ONNX
   Runtime on this CPU (runtime/onnx_quantized.onnxruntime_lowering: u8s7 without VNNI, u8 with);
 - pruned fp32 / pruned int8: remove_channels to half the MACs (l2, global, widths a multiple of 16), then the
   same INT8 lowering ("gains multiply": pruned int8 vs fp32 against 0.9 x the product of the two gains);
@@ -83,8 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     parser.add_argument("--torch-threads", type=int, default=2,
                         help="torch threads for training, KD and calibration (default 2; latency is ONNX Runtime's)")
-    parser.add_argument("--method", default="percentile", choices=("max", "percentile", "mse", "entropy"),
-                        help="prunefx activation calibration (default percentile)")
+    parser.add_argument("--method", default="mse", choices=("max", "percentile", "mse", "entropy"),
+                        help="prunefx activation calibration (default mse, quantize_int8's)")
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS, metavar="NAME")
     parser.add_argument("--fashion-mnist", nargs="*", default=[], choices=FASHION_MNIST_MODELS, metavar="NAME",
                         help="also measure test accuracy on Fashion-MNIST for these small models")

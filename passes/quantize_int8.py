@@ -12,8 +12,13 @@ for TensorRT, the same scales shifted to U8 for ONNX Runtime on x86) is runtime/
 Config (QuantizeInt8Config; `check_config` checks a dict of the same keys):
 - `calibration`: input batches (tensors, tuples, or (inputs, labels) pairs with the captured shapes);
   required: activation ranges come from data. `max_batches` limits how many are read.
-- `method`: max | percentile (default, with `percentile`, default 99.99) | mse | entropy: how the activation range
-  amax is read from the calibration statistics. Weights always use their exact max per channel.
+- `method`: max | percentile (with `percentile`, default 99.99) | mse (default) | entropy: how the activation range
+  amax is read from the calibration statistics. Weights always use their exact max per channel. mse (the
+  clip with the least squared quantization error over the histogram) is the default: on the three
+  Fashion-MNIST models of benchmarks/int8_latency.py, over three calibration sets, it beat percentile 99.99
+  on ResNet-20 (+0.04 points on average) and MobileNetV2-small (+0.06), tied on the ViT (equal mean, more
+  test images agreeing with FP32), and its ResNet-20 logits are closer to FP32 (relative squared error
+  0.0008 against 0.0012); entropy clipped post-ReLU tensors far too hard on the CNNs (ResNet-20 54.93 %).
 - `skip_nodes`: layer names kept in float; `skip_operators`: operators kept in float ('conv2d', 'linear',
   'matmul', 'add' for the residual adds, 'adaptive_avg_pool2d', 'avg_pool2d', 'mean' for the pools, ...). The statistics give the reason for each layer left in float.
 - `sensitive` (k, default 0): measure each layer's quantization error on the calibration data (the relative
@@ -63,7 +68,7 @@ class QuantizeInt8Config(PassConfig):
     owner: ClassVar[str] = OWNER
 
     calibration: Any = option(source="calibration", help="input batches the activation ranges are read from")
-    method: str = option("percentile", help="how an activation's range is read from its statistics", choices=METHODS)
+    method: str = option("mse", help="how an activation's range is read from its statistics", choices=METHODS)
     percentile: float = option(99.99, low=50.0, high=100.0, help="the percentile of |x| taken as the range")
     max_batches: int | None = option(low=1, help="read at most this many calibration batches")
     skip_nodes: list[str] = option([], help="layer names kept in float", describe="a list of node names")

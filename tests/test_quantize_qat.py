@@ -76,7 +76,8 @@ def test_distill_trains_through_fake_quantizers_and_keeps_int8_and_2of4(trained,
     assert dense_accuracy >= 0.9  # the task is learnable: PTQ has something to lose
     program = dense.clone().eval()
     sparsify_nm(program, config={"pattern": "2:4", "criterion": "magnitude", "min_channels": 8})
-    quantize_int8(program, config={"calibration": [(x,) for x, _ in train[:4]], "percentile": 60.0})
+    quantize_int8(program, config={"calibration": [(x,) for x, _ in train[:4]], "method": "percentile",
+                                   "percentile": 60.0})
     quantizers = _fake_quantizers(program)
     ptq = evaluate(program, test)["accuracy"]
     # conv, conv, average pool and head inputs, three weights; the hard clipping costs accuracy
