@@ -57,14 +57,17 @@ from prunefx.graph import Program, capture, count
 from prunefx.graph.rebatch import rebatch
 from prunefx.models import ultralytics_detector
 from prunefx.passes.distill import distill
+from prunefx.passes.prune_to_budget import prune_to_budget
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.runtime import compare_latency, export_onnx, onnx_runner
+from prunefx.runtime.speedup import onnx_latency_pair
 
 NAME = "detection_scenes"
 CACHE = REPO / "build" / NAME
 FRACTIONS = (0.5, 0.33)
 VARIANTS = ("prunefx-l2", "prunefx-obs", "tp-l2")
+BUDGET_VARIANT = "prunefx-obs-budget"  # no MACs target: the measured speed-up `--speedup` is the target
 CALIBRATION_BATCHES = 4
 TOLERANCE = 0.03
 ROUND_TO = 16
@@ -189,16 +192,20 @@ def dense_program(data, yaml: Path, args) -> tuple[Program, dict]:
 
 # --- pruning and recovery --------------------------------------------------------------------------------
 
-def prunefx_prune(dense: Program, variant: str, fraction: float, data) -> Program:
+def prunefx_prune(dense: Program, variant: str, fraction: float | None, data, args) -> Program:
     program = dense.clone().eval()
-    config = {"macs": fraction, "round_to": ROUND_TO, "ranking": "global", "keep": softmax_nodes(dense)}
-    if variant == "prunefx-obs":
-        calibration = [(x,) for x, _ in itertools.islice(iter(data.train), CALIBRATION_BATCHES)]
-        remove_channels(program, config={**config, "importance": "obs", "compensate": True,
-                                         "calibration": calibration})
-        return recalibrate_batchnorm(program, config={"data": calibration}).program.eval()
-    remove_channels(program, config={**config, "importance": "l2"})
-    return program
+    config = {"round_to": ROUND_TO, "ranking": "global", "keep": softmax_nodes(dense)}
+    if variant == "prunefx-l2":
+        remove_channels(program, config={**config, "macs": fraction, "importance": "l2"})
+        return program
+    calibration = [(x,) for x, _ in itertools.islice(iter(data.train), CALIBRATION_BATCHES)]
+    config = {**config, "importance": "obs", "compensate": True, "calibration": calibration}
+    if variant == BUDGET_VARIANT:  # prunefx prune --speedup S: candidates timed against the dense model
+        program = prune_to_budget(program, config={**config, "speedup": args.speedup,
+                                                   "latency": onnx_latency_pair(threads=args.threads)}).program
+    else:
+        remove_channels(program, config={**config, "macs": fraction})
+    return recalibrate_batchnorm(program, config={"data": calibration}).program.eval()
 
 
 def tp_prune(dense: Program, fraction: float, args) -> tuple[Program, dict]:
@@ -211,41 +218,43 @@ def tp_prune(dense: Program, fraction: float, args) -> tuple[Program, dict]:
     return program, {key: details[key] for key in ("pruning_ratio", "split_c2f_max_abs_error")}
 
 
-def recovery(dense: Program, data, args) -> dict:
-    return {"data": data.train, "epochs": args.epochs, "teacher": dense.clone().eval(), "task": DETECTION,
+def recovery(dense: Program, data, epochs: int, args) -> dict:
+    return {"data": data.train, "epochs": epochs, "teacher": dense.clone().eval(), "task": DETECTION,
             "kd_weight": 1.0, "optimizer": "adamw", "lr": args.lr, "weight_decay": 1e-4, "warmup_steps": 10,
             "progress": True, "seed": args.seed}
 
 
-def prune_and_recover(variant: str, fraction: float, dense: Program, data, args) -> dict:
+def prune_and_recover(variant: str, fraction: float, epochs: int, dense: Program, data, args) -> dict:
     started = time.perf_counter()
     details = {}
     if variant == "tp-l2":
         program, details = tp_prune(dense, fraction, args)
     else:
-        program = prunefx_prune(dense, variant, fraction, data)
+        program = prunefx_prune(dense, variant, fraction, data, args)
     prune_seconds = time.perf_counter() - started
     one_shot = scores(program.eval(), data)
-    result = distill(program, config=recovery(dense, data, args))
+    result = distill(program, config=recovery(dense, data, epochs, args))
     program = result.program.eval()
     macs = count(program).macs / count(dense).macs
     entry = {"variant": variant, "fraction": fraction, "macs_kept": macs,
-             "macs_target_met": abs(macs - fraction) <= TOLERANCE * fraction,
+             "macs_target_met": fraction is None or abs(macs - fraction) <= TOLERANCE * fraction,
+             "speedup_budget": args.speedup if variant == BUDGET_VARIANT else None,
              "macs_per_image": count(program).macs // args.batch, "params": count(program).params,
-             "one_shot": one_shot, "test": scores(program, data), "epochs": args.epochs,
+             "one_shot": one_shot, "test": scores(program, data), "epochs": epochs,
              "steps": result.stats.get("steps"), "prune_seconds": prune_seconds,
              "train_seconds": result.stats.get("train_seconds"), "seconds": time.perf_counter() - started,
              **details}
-    program.save(dense_folder(args) / f"{run_stem(variant, fraction, args)}.pt2")
+    program.save(dense_folder(args) / f"{run_stem(variant, fraction, epochs, args)}.pt2")
     return entry
 
 
-def run_stem(variant: str, fraction: float, args) -> str:
-    return f"{variant}_{fraction}_{args.epochs}ep_lr{args.lr:g}"
+def run_stem(variant: str, fraction: float | None, epochs: int, args) -> str:
+    target = f"{args.speedup:g}x" if variant == BUDGET_VARIANT else fraction
+    return f"{variant}_{target}_{epochs}ep_lr{args.lr:g}"
 
 
-def run_file(variant: str, fraction: float, args) -> Path:
-    return dense_folder(args) / f"{run_stem(variant, fraction, args)}.json"
+def run_file(variant: str, fraction: float, epochs: int, args) -> Path:
+    return dense_folder(args) / f"{run_stem(variant, fraction, epochs, args)}.json"
 
 
 # --- latency ---------------------------------------------------------------------------------------------
@@ -258,7 +267,7 @@ def latency(entries: list[dict], dense: Program, args) -> None:
     dense_runner = onnx_runner(export_onnx(rebatch(dense, 1), folder / "dense.onnx").path, example,
                                threads=args.threads)
     for entry in entries:
-        stem = run_stem(entry["variant"], entry["fraction"], args)
+        stem = run_stem(entry["variant"], entry["fraction"], entry["epochs"], args)
         pruned = rebatch(Program.load(dense_folder(args) / f"{stem}.pt2").eval(), 1)
         runner = onnx_runner(export_onnx(pruned, folder / f"{stem}.onnx").path, example, threads=args.threads)
         load_before = os.getloadavg()[0]
@@ -270,10 +279,17 @@ def latency(entries: list[dict], dense: Program, args) -> None:
                             "speedup": statistics.median(speedups), "speedups": speedups,
                             "threads": args.threads, "timing_runs": args.runs, "repeats": args.repeats,
                             "load_average_1min": [load_before, os.getloadavg()[0]]}
-        run_file(entry["variant"], entry["fraction"], args).write_text(json.dumps(entry, indent=1))
+        run_file(entry["variant"], entry["fraction"], entry["epochs"], args).write_text(json.dumps(entry, indent=1))
 
 
 # --- report ----------------------------------------------------------------------------------------------
+
+def where(entry: dict) -> str:
+    """A run's name in the report: variant, target (MACs fraction or measured budget), recovery epochs."""
+    target = (f"a {entry['speedup_budget']:g}x budget" if entry.get("speedup_budget")
+              else f"{entry['fraction']} of the MACs")
+    return f"{entry['variant']} at {target}, {entry['epochs']} recovery epochs"
+
 
 def verdict(entry: dict, dense_map: float) -> str:
     speed = entry.get("latency", {}).get("speedup")
@@ -287,15 +303,16 @@ def verdict(entry: dict, dense_map: float) -> str:
 
 def table(runs: list[dict], dense_map: float) -> str:
     rows = []
-    for e in sorted(runs, key=lambda e: (-e["fraction"], e["variant"])):
+    for e in sorted(runs, key=lambda e: (-(e["fraction"] or 0), e["epochs"], e["variant"])):
         timing = e.get("latency", {})
         speed = (f"{timing['speedup']:.2f}x ({timing['speedups'][0]:.2f}-{timing['speedups'][-1]:.2f})"
                  if timing else "-")
         ms = f"{timing['dense_ms']:.2f} / {timing['pruned_ms']:.2f}" if timing else "-"
-        rows.append([e["fraction"], e["variant"], f"{e['macs_kept']:.3f}", f"{100 * e['one_shot']['map']:.2f}",
+        target = f"{e['speedup_budget']:g}x measured" if e.get("speedup_budget") else e["fraction"]
+        rows.append([target, e["epochs"], e["variant"], f"{e['macs_kept']:.3f}", f"{100 * e['one_shot']['map']:.2f}",
                      f"**{100 * e['test']['map']:.2f}**", f"{100 * e['test']['map_50']:.2f}",
                      f"{100 * (e['test']['map'] - dense_map):+.2f}", ms, speed, verdict(e, dense_map)])
-    return markdown_table(["MACs target", "variant", "MACs kept", "one-shot mAP", "mAP after recovery",
+    return markdown_table(["MACs target", "recovery epochs", "variant", "MACs kept", "one-shot mAP", "mAP after recovery",
                            "mAP@.5", "vs dense (points)", "ORT ms dense / pruned", "speed-up", "target"], rows)
 
 
@@ -306,19 +323,22 @@ def target_lines(runs: list[dict], dense_map: float) -> list[str]:
     if met:
         best = max(met, key=lambda e: e["latency"]["speedup"])
         lines.append(f"- >= {TARGET_SPEEDUP}x for <= {100 * TARGET_DROP:.0f} points of mAP@[.5:.95]: **met** by "
-                     f"{best['variant']} at {best['fraction']} ({best['latency']['speedup']:.2f}x, "
+                     f"{where(best)} ({best['latency']['speedup']:.2f}x, "
                      f"{100 * (best['test']['map'] - dense_map):+.2f} points).")
     else:
         lines.append(f"- >= {TARGET_SPEEDUP}x for <= {100 * TARGET_DROP:.0f} points of mAP@[.5:.95]: **missed**; "
-                     "closest: " + "; ".join(f"{e['variant']} at {e['fraction']}: {verdict(e, dense_map)}"
+                     "closest: " + "; ".join(f"{where(e)}: {verdict(e, dense_map)}"
                                               for e in timed))
-    for fraction in sorted({e["fraction"] for e in runs}, reverse=True):
-        ours = [e for e in runs if e["fraction"] == fraction and e["variant"].startswith("prunefx")]
-        theirs = [e for e in runs if e["fraction"] == fraction and e["variant"] == "tp-l2"]
+    sized = [e for e in runs if e["fraction"] is not None]
+    for fraction, epochs in sorted({(e["fraction"], e["epochs"]) for e in sized}, key=lambda k: (-k[0], k[1])):
+        same = [e for e in sized if (e["fraction"], e["epochs"]) == (fraction, epochs)]
+        ours = [e for e in same if e["variant"].startswith("prunefx")]
+        theirs = [e for e in same if e["variant"] == "tp-l2"]
         if ours and theirs:
             best, peer = max(ours, key=lambda e: e["test"]["map"]), theirs[0]
             gap = 100 * (best["test"]["map"] - peer["test"]["map"])
-            lines.append(f"- prunefx >= Torch-Pruning at {fraction} of the MACs: **{'met' if gap >= 0 else 'missed'}**: "
+            lines.append(f"- prunefx >= Torch-Pruning at {fraction} of the MACs, {epochs} recovery epochs: "
+                         f"**{'met' if gap >= 0 else 'missed'}**: "
                          f"{best['variant']} {100 * best['test']['map']:.2f} against tp-l2 "
                          f"{100 * peer['test']['map']:.2f} ({gap:+.2f} points; MACs kept "
                          f"{best['macs_kept']:.3f} and {peer['macs_kept']:.3f}).")
@@ -343,7 +363,8 @@ def markdown(report: dict) -> str:
              f"protocol gives {100 * dense['test_ultralytics_protocol']['map']:.2f} (mAP@.5 "
              f"{100 * dense['test_ultralytics_protocol']['map_50']:.2f}). Every other figure here is one "
              "class per box, 100 boxes per image (COCO's limit).",
-             f"- Recovery, every variant: {report['epochs']} epoch(s) of distillation from the dense model "
+             f"- Recovery, every variant: {' or '.join(map(str, report['epochs']))} epoch(s) (column 'recovery "
+             "epochs') of distillation from the dense model "
              f"(class-score BCE + teacher-weighted box L1 on the decoded output), AdamW lr {report['lr']:g}; "
              f"widths multiples of {ROUND_TO} for every tool; the 16 DFL bins kept.",
              f"- Latency: ONNX Runtime, batch 1, {report['threads']} thread(s), each model alternated with the "
@@ -351,7 +372,7 @@ def markdown(report: dict) -> str:
              "", table(report["runs"], dense_map), "", "Targets (issue 19):", "",
              *target_lines(report["runs"], dense_map), ""]
     for e in report["runs"]:
-        lines.append(f"- {e['variant']} at {e['fraction']}: pruned in {e['prune_seconds']:.0f} s, recovered in "
+        lines.append(f"- {where(e)}: pruned in {e['prune_seconds']:.0f} s, recovered in "
                      f"{(e['train_seconds'] or 0) / 60:.1f} min ({e['steps']} steps)"
                      + (f", Torch-Pruning ratio {e['pruning_ratio']:.3f}" if "pruning_ratio" in e else "")
                      + (f"; load average {e['latency']['load_average_1min'][0]:.1f}" if "latency" in e else ""))
@@ -370,8 +391,11 @@ def parse_args(argv=None):
     parser.add_argument("--yolo-batch", type=int, default=32)
     parser.add_argument("--batch", type=int, default=32, help="prunefx recovery and evaluation batch")
     parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--epochs", type=int, default=2, help="recovery epochs for every variant (default 2)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=(*VARIANTS, BUDGET_VARIANT))
+    parser.add_argument("--speedup", type=float, default=1.9,
+                        help=f"{BUDGET_VARIANT}'s budget: measured ONNX Runtime speed-up at batch 1 (default 1.9)")
+    parser.add_argument("--epochs", type=int, nargs="+", default=[2],
+                        help="recovery epochs for every variant; several values: one run per value (default 2)")
     parser.add_argument("--lr", type=float, default=5e-4, help="recovery AdamW learning rate")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
     parser.add_argument("--runs", type=int, default=100)
@@ -396,13 +420,17 @@ def main(argv=None) -> int:
     if args.dense_only:
         return 0
     runs = []
-    for fraction, variant in itertools.product(args.fractions, args.variants):
-        path = run_file(variant, fraction, args)
+    plan = [(epochs, fraction, variant) for epochs, fraction, variant
+            in itertools.product(args.epochs, args.fractions, args.variants) if variant != BUDGET_VARIANT]
+    plan += [(epochs, None, BUDGET_VARIANT) for epochs in args.epochs if BUDGET_VARIANT in args.variants]
+    for epochs, fraction, variant in plan:
+        path = run_file(variant, fraction, epochs, args)
         if path.is_file():
             runs.append(json.loads(path.read_text()))
         elif not args.report_only:
-            print(f"[yolov8n] {variant} at {fraction} of the MACs", file=sys.stderr)
-            entry = prune_and_recover(variant, fraction, dense, data, args)
+            print(f"[yolov8n] {variant} at {fraction} of the MACs, {epochs} recovery epochs", file=sys.stderr)
+            entry = prune_and_recover(variant, fraction, epochs, dense, data, args)
+            entry["command"] = command_line()  # the process that trained it (runs may be split across commands)
             path.write_text(json.dumps(entry, indent=1))
             runs.append(entry)
             print(f"[yolov8n] {variant} at {fraction}: mAP {100 * entry['one_shot']['map']:.2f} one-shot, "
