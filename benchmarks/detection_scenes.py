@@ -17,10 +17,14 @@ YOLO folder layout (PNG images, one `class cx cy w h` line per box) for Ultralyt
    - prunefx-l2: remove_channels, L2 importance, global ranking;
    - prunefx-obs: remove_channels, OBS importance + least-squares compensation on calibration batches,
      batch norms recalibrated;
+   - prunefx-obs-local (on request): the same with the same fraction removed from every group;
+   - prunefx-obs-budget (on request): no MACs target; prune_to_budget searches the kept MACs with OBS +
+     compensation until the model measures `--speedup` faster in ONNX Runtime (batch 1, `--threads`),
+     every candidate timed against the dense model, as `prunefx prune --speedup S` does;
    - tp-l2: Torch-Pruning's MetaPruner with MagnitudeImportance(p=2), its documented YOLOv8 recipe (C2f
      blocks split into two convolutions, the Detect head ignored), uniform ratio found by bisection.
    Every variant gets the same recovery: `--epochs` of distillation from the dense model (prunefx's trainer,
-   task "detection": class-score BCE + teacher-weighted box L1 on the decoded head output; no ground-truth
+   task "detection": Bernoulli KL of the class scores + teacher-weighted box L1 on the decoded output; no ground-truth
    loss, which would need Ultralytics' assigner on the raw training-mode head), AdamW.
 3. Scored on the test canvases (mAP@[.5:.95] and mAP@.5) and timed in ONNX Runtime at batch 1 against the
    dense model, alternated in one process, `--repeats` comparisons (median speed-up, range).
@@ -368,7 +372,7 @@ def markdown(report: dict) -> str:
              "class per box, 100 boxes per image (COCO's limit).",
              f"- Recovery, every variant: {' or '.join(map(str, report['epochs']))} epoch(s) (column 'recovery "
              "epochs') of distillation from the dense model "
-             f"(class-score BCE + teacher-weighted box L1 on the decoded output), AdamW lr {report['lr']:g}; "
+             f"(Bernoulli KL of the class scores + teacher-weighted, scale-free box L1 on the decoded output), AdamW lr {report['lr']:g}; "
              f"widths multiples of {ROUND_TO} for every tool; the 16 DFL bins kept.",
              f"- Latency: ONNX Runtime, batch 1, {report['threads']} thread(s), each model alternated with the "
              f"dense one, {report['timing_runs']} runs each; median speed-up of {report['repeats']} comparisons (range).",
