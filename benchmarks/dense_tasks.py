@@ -345,6 +345,9 @@ def markdown(report: dict) -> str:
                         key=lambda e: (-e["fraction"], e["variant"])):
             lat = e.get("latency", {})
             one_shot = e.get("one_shot_test_miou")
+            if "error" in e:  # the error itself is listed under the table
+                rows.append([f"{e['fraction']:g}", e["variant"], *["failed"] * 7])
+                continue
             rows.append([f"{e['fraction']:g}", e["variant"], f"{e['macs_kept']:.3f}",
                          "-" if one_shot is None else f"{100 * one_shot:.2f}", f"**{100 * e['test_miou']:.2f}**",
                          f"{100 * (e['test_miou'] - info['test_miou']):+.2f}",
