@@ -20,10 +20,15 @@ For each model:
    and gets the same recovery budget (`--epochs`, AdamW, per-pixel KD from the dense model: kd_weight
    0.9, T = 4);
 3. scored on the test canvases (mIoU, torchmetrics) and timed in ONNX Runtime at batch 1 against the
-   dense model, alternated in one process.
+   dense model, alternated in one process;
+4. with `--int8`, each prunefx-obs run is also quantized (passes/quantize_int8 at its defaults, calibrated
+   on the first 4 training batches), lowered for ONNX Runtime on this CPU the way `prunefx quantize` does
+   (runtime/onnx_quantized: export_quantized_onnx with onnxruntime_lowering()), its test mIoU read from that
+   file run by ONNX Runtime at batch 1, and the file timed against the dense FP32 model as in 3 ("prunefx-obs
+   + int8" rows; a model that fails to quantize or lower has its one-line error as the result).
 
     .venv/bin/python benchmarks/dense_tasks.py --models unet_mobilenetv2 [--fractions 0.5 0.33] [--latency]
-    .venv/bin/python benchmarks/dense_tasks.py --report-only
+    .venv/bin/python benchmarks/dense_tasks.py --report-only [--int8]
 
 Every finished run is cached in build/dense_tasks/ (one JSON each); results go to
 benchmarks/results/dense_tasks.{json,md}.
@@ -47,14 +52,17 @@ from common import REPO, command_line, machine_info, machine_summary, markdown_t
 
 from prunefx.assets import mobilenet_v2_weights_path
 from prunefx.data import load_data
-from prunefx.dense_tasks import evaluate_dense
+from prunefx.dense_tasks import SegmentationScore, evaluate_dense
 from prunefx.graph import Program, capture, count
+from prunefx.graph.errors import first_line
 from prunefx.graph.rebatch import rebatch
 from prunefx.passes.distill import distill
 from prunefx.passes.prune_while_training import prune_while_training
+from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
-from prunefx.runtime import compare_latency, export_onnx, onnx_runner
+from prunefx.runtime import OnnxRuntimeSession, compare_latency, export_onnx, onnx_runner
+from prunefx.runtime.onnx_quantized import export_quantized_onnx, onnxruntime_lowering
 
 NAME = "dense_tasks"
 CACHE = REPO / "build" / NAME
@@ -64,6 +72,7 @@ CALIBRATION_BATCHES = 4
 TOLERANCE = 0.03
 KD = {"kd_weight": 0.9, "temperature": 4.0}
 NUM_CLASSES = 11
+INT8 = " + int8"  # the variant of a quantized run: "prunefx-obs + int8"
 TARGET_SPEEDUP, TARGET_DROP = 1.9, 0.015  # issue 19: >= 1.9x for at most 1.5 points of mIoU
 
 
@@ -221,28 +230,73 @@ def prune_and_recover(model: str, variant: str, fraction: float, dense: Program,
 
 # --- latency -----------------------------------------------------------------------------------------
 
+def dense_runner(model: str, dense: Program, args):
+    example = (dense.example_inputs[0][:1],)
+    path = export_onnx(rebatch(dense, 1), run_folder(model, args) / "onnx" / "dense.onnx").path
+    return onnx_runner(path, example, threads=args.threads)
+
+
+def timed(dense_run, runner, args) -> dict:
+    """`--repeats` alternating comparisons of `runner` against the dense model: one comparison on this shared
+    machine spreads by +-0.2x, so the median speed-up is reported with the range."""
+    load_before = os.getloadavg()[0]
+    comparisons = [compare_latency(dense_run, runner, warmup=10, runs=args.runs, threads=args.threads)
+                   for _ in range(args.repeats)]
+    speedups = sorted(c.speedup for c in comparisons)
+    return {"dense_ms": statistics.median(c.a.median_ms for c in comparisons),
+            "pruned_ms": statistics.median(c.b.median_ms for c in comparisons),
+            "speedup": statistics.median(speedups), "speedups": speedups,
+            "threads": args.threads, "runs": args.runs, "repeats": args.repeats,
+            "load_average_1min": [load_before, os.getloadavg()[0]]}
+
+
 def latency(model: str, entries: list[dict], dense: Program, args) -> None:
     """Batch-1 ONNX Runtime latency of each pruned model against the dense one, alternated."""
     folder = run_folder(model, args)
-    dense_onnx = export_onnx(rebatch(dense, 1), folder / "onnx" / "dense.onnx")
     example = (dense.example_inputs[0][:1],)
-    dense_runner = onnx_runner(dense_onnx.path, example, threads=args.threads)
+    dense_run = dense_runner(model, dense, args)
     for entry in entries:
         stem = run_stem(entry["variant"], entry["fraction"], entry["epochs"])
         pruned = rebatch(Program.load(folder / f"{stem}.pt2").eval(), 1)
         runner = onnx_runner(export_onnx(pruned, folder / "onnx" / f"{stem}.onnx").path, example,
                              threads=args.threads)
-        load_before = os.getloadavg()[0]
-        # One alternating comparison on this shared machine spreads by +-0.2x: `--repeats` of them, the
-        # median speed-up reported with the range.
-        comparisons = [compare_latency(dense_runner, runner, warmup=10, runs=args.runs, threads=args.threads)
-                       for _ in range(args.repeats)]
-        speedups = sorted(c.speedup for c in comparisons)
-        entry["latency"] = {"dense_ms": statistics.median(c.a.median_ms for c in comparisons),
-                            "pruned_ms": statistics.median(c.b.median_ms for c in comparisons),
-                            "speedup": statistics.median(speedups), "speedups": speedups,
-                            "threads": args.threads, "runs": args.runs, "repeats": args.repeats,
-                            "load_average_1min": [load_before, os.getloadavg()[0]]}
+        entry["latency"] = timed(dense_run, runner, args)
+
+
+# --- INT8 --------------------------------------------------------------------------------------------
+
+def int8(model: str, entry: dict, dense: Program, data, args) -> dict:
+    """The pruned run of `entry` quantized (quantize_int8's defaults, calibrated on the first
+    CALIBRATION_BATCHES training batches) and lowered for ONNX Runtime on this CPU, as `prunefx quantize`
+    does; its test mIoU is that file's, run by ONNX Runtime at batch 1, and it is timed against the dense
+    FP32 model. A failure is recorded as its one-line error."""
+    started = time.perf_counter()
+    folder, stem = run_folder(model, args), run_stem(entry["variant"], entry["fraction"], entry["epochs"])
+    result = {"model": model, "variant": entry["variant"] + INT8, "fraction": entry["fraction"],
+              "macs_kept": entry["macs_kept"], "epochs": entry["epochs"], "fp32_test_miou": entry["test_miou"],
+              "command": command_line()}
+    try:
+        program = rebatch(Program.load(folder / f"{stem}.pt2").eval(), 1)
+        calibration = [(x[i:i + 1],) for x, _ in itertools.islice(iter(data.train), CALIBRATION_BATCHES)
+                       for i in range(len(x))]
+        stats = quantize_int8(program, config={"calibration": calibration}).stats
+        lowering = onnxruntime_lowering()
+        exported = export_quantized_onnx(program, folder / "onnx" / f"{stem}_int8.onnx", activations=lowering)
+        session = OnnxRuntimeSession(exported.path, threads=args.threads)
+        score = SegmentationScore(NUM_CLASSES)
+        for x, masks in data.test:
+            for i in range(len(x)):
+                score.update(torch.from_numpy(session.run(x[i:i + 1])[0]), masks[i:i + 1])
+        result.update({"test_miou": score.compute()["miou"], "quantized_layers": len(stats["quantized"]),
+                       "float_layers": len(stats["skipped"]), "lowering": lowering,
+                       "integer_units": exported.integer_units, "integer_matmuls": exported.integer_matmuls,
+                       "float_convolution_inputs": exported.float_convolution_inputs})
+        result["latency"] = timed(dense_runner(model, dense, args),
+                                  onnx_runner(exported.path, (x[:1],), threads=args.threads), args)
+    except Exception as error:  # the failure is the result (e.g. a layer the lowering cannot take)
+        result.update({"error": first_line(error), "test_miou": float("nan")})
+    result["seconds"] = time.perf_counter() - started
+    return result
 
 
 # --- report ------------------------------------------------------------------------------------------
@@ -252,7 +306,10 @@ def run_stem(variant: str, fraction: float, epochs: int) -> str:
 
 
 def run_file(model: str, variant: str, fraction: float, args) -> object:
-    return run_folder(model, args) / f"{run_stem(variant, fraction, args.epochs)}.json"
+    """`<stem>.json`; a quantized run's ("prunefx-obs + int8") is its pruned run's `<stem>_int8.json`."""
+    pruned = variant.removesuffix(INT8)
+    suffix = "_int8" if pruned != variant else ""
+    return run_folder(model, args) / f"{run_stem(pruned, fraction, args.epochs)}{suffix}.json"
 
 
 def verdict(entry: dict, dense_miou: float) -> str:
@@ -298,7 +355,8 @@ def target_lines(model: str, runs: list[dict], dense_miou: float) -> list[str]:
         lines.append(f"- >= {TARGET_SPEEDUP}x for <= {100 * TARGET_DROP:.1f} points of mIoU: not timed.")
     for fraction in sorted({e["fraction"] for e in runs}, reverse=True):
         tp_run = next((e for e in runs if e["fraction"] == fraction and e["variant"] == "tp-l2"), None)
-        ours = [e for e in ok if e["fraction"] == fraction and e["variant"] != "tp-l2"]
+        ours = [e for e in ok if e["fraction"] == fraction and e["variant"] != "tp-l2"
+                and not e["variant"].endswith(INT8)]  # FP32 against FP32
         if not ours:
             continue
         best = max(ours, key=lambda e: e["test_miou"])
@@ -333,6 +391,12 @@ def markdown(report: dict) -> str:
              f"- Latency: ONNX Runtime, batch 1, {settings['threads']} thread(s), each model alternated with the dense "
              f"one, {settings['runs']} runs each; the speed-up is the median of {settings['repeats']} such comparisons "
              "(range in brackets), ms the medians. Target (issue 19): >= 1.9x for at most 1.5 points of mIoU.\n"]
+    if any(e["variant"].endswith(INT8) for e in report["runs"]):
+        lines[-1:-1] = [f"- INT8 (`--int8`): each prunefx-obs run quantized by passes/quantize_int8 (defaults: mse "
+                        f"activation ranges, per-channel weights) on its first {CALIBRATION_BATCHES} training batches, "
+                        "lowered for ONNX Runtime on this CPU as `prunefx quantize` does (export_quantized_onnx, "
+                        "onnxruntime_lowering()); its mIoU is the INT8 .onnx file's, run by ONNX Runtime at batch 1 on "
+                        "the test canvases, its ms and speed-up that file's against the dense FP32 model."]
     for model, info in report["baselines"].items():
         lines.append(f"## {model}: dense mIoU {100 * info['test_miou']:.2f} (trained here for {info['epochs']} "
                      f"epochs, {info['macs_per_image'] / 1e6:.1f} M MACs per image)\n")
@@ -365,9 +429,16 @@ def markdown(report: dict) -> str:
             else:
                 lat = e.get("latency", {})
                 load = lat.get("load_average_1min")
-                lines.append(f"- {e['variant']} at {e['fraction']:g}: {e['seconds'] / 60:.1f} min to prune and recover"
+                quantized = e["variant"].endswith(INT8)
+                done_in = (f"{e['quantized_layers']} layers quantized, {e['float_layers']} kept in float, "
+                           f"{e['lowering']} lowering ({e['integer_units']} integer units, {e['integer_matmuls']} "
+                           f"integer matmuls, {e['float_convolution_inputs']} float convolution inputs); "
+                           f"{e['seconds'] / 60:.1f} min to quantize, lower, score and time"
+                           if quantized else f"{e['seconds'] / 60:.1f} min to prune and recover")
+                lines.append(f"- {e['variant']} at {e['fraction']:g}: {done_in}"
                              + (f"; load average (1 min) {load[0]:.1f} / {load[1]:.1f} before / after timing"
-                                if load else "") + (f"; trained by `{e['command']}`" if "command" in e else ""))
+                                if load else "")
+                             + (f"; {'made' if quantized else 'trained'} by `{e['command']}`" if "command" in e else ""))
         done = {(e["variant"], e["fraction"]) for e in runs}
         lines += [f"- {variant} at {fraction:g}: not run (no cached result)"
                   for fraction, variant in itertools.product(settings["fractions"], settings["variants"])
@@ -399,6 +470,9 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=1,
                         help="torch and ONNX Runtime threads (default 1: more than the free cores slows training 10x)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--int8", action="store_true",
+                        help="also quantize each prunefx-obs run (INT8 PTQ, ONNX Runtime lowering), score and time it; "
+                             "done even with --report-only (nothing is trained)")
     parser.add_argument("--report-only", action="store_true", help="only build the tables from cached runs")
     args = parser.parse_args(argv)
     args.baseline_epochs = baseline_epochs(parser, args.baseline_epochs)
@@ -450,6 +524,13 @@ def main(argv=None) -> int:
             latency(model, untimed, dense, args)
             for entry in untimed:
                 run_file(model, entry["variant"], entry["fraction"], args).write_text(json.dumps(entry, indent=1))
+        if args.int8:
+            for entry in [e for e in entries if e["variant"] == "prunefx-obs" and "error" not in e]:
+                path = run_file(model, entry["variant"] + INT8, entry["fraction"], args)
+                if not path.is_file():
+                    print(f"[{model}] INT8 of {entry['variant']} at {entry['fraction']}", file=sys.stderr)
+                    path.write_text(json.dumps(int8(model, entry, dense, data, args), indent=1))
+                entries.append(json.loads(path.read_text()))
         report["runs"] += entries
     json_path, md_path = write_results(NAME, report, markdown(report))
     print(md_path.read_text())
