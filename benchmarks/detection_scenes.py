@@ -42,8 +42,6 @@ import argparse
 import functools
 import itertools
 import json
-import os
-import statistics
 import sys
 import time
 import warnings
@@ -51,6 +49,7 @@ from pathlib import Path
 
 import torch
 from common import REPO, command_line, machine_info, machine_summary, markdown_table, write_results
+from dense_tasks import timed
 
 from prunefx import fashion_mnist
 from prunefx.batches import NormalizeBatch
@@ -64,7 +63,7 @@ from prunefx.passes.distill import distill
 from prunefx.passes.prune_to_budget import prune_to_budget
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
-from prunefx.runtime import compare_latency, export_onnx, onnx_runner
+from prunefx.runtime import export_onnx, onnx_runner
 from prunefx.runtime.speedup import onnx_latency_pair
 
 NAME = "detection_scenes"
@@ -266,8 +265,8 @@ def run_file(variant: str, fraction: float, epochs: int, args) -> Path:
 # --- latency ---------------------------------------------------------------------------------------------
 
 def latency(entries: list[dict], dense: Program, args) -> None:
-    """Batch-1 ONNX Runtime latency of each pruned model against the dense one, alternated, `--repeats`
-    comparisons (one spreads by +-0.2x on this shared machine): the median speed-up, with the range."""
+    """Batch-1 ONNX Runtime latency of each pruned model against the dense one: dense_tasks.timed's
+    `--repeats` alternated comparisons, the median speed-up with the range."""
     folder = dense_folder(args) / "onnx"
     example = (dense.example_inputs[0][:1],)
     dense_runner = onnx_runner(export_onnx(rebatch(dense, 1), folder / "dense.onnx").path, example,
@@ -276,15 +275,7 @@ def latency(entries: list[dict], dense: Program, args) -> None:
         stem = run_stem(entry["variant"], entry["fraction"], entry["epochs"], args)
         pruned = rebatch(Program.load(dense_folder(args) / f"{stem}.pt2").eval(), 1)
         runner = onnx_runner(export_onnx(pruned, folder / f"{stem}.onnx").path, example, threads=args.threads)
-        load_before = os.getloadavg()[0]
-        comparisons = [compare_latency(dense_runner, runner, warmup=10, runs=args.runs, threads=args.threads)
-                       for _ in range(args.repeats)]
-        speedups = sorted(c.speedup for c in comparisons)
-        entry["latency"] = {"dense_ms": statistics.median(c.a.median_ms for c in comparisons),
-                            "pruned_ms": statistics.median(c.b.median_ms for c in comparisons),
-                            "speedup": statistics.median(speedups), "speedups": speedups,
-                            "threads": args.threads, "timing_runs": args.runs, "repeats": args.repeats,
-                            "load_average_1min": [load_before, os.getloadavg()[0]]}
+        entry["latency"] = timed(dense_runner, runner, args)
         run_file(entry["variant"], entry["fraction"], entry["epochs"], args).write_text(json.dumps(entry, indent=1))
 
 
