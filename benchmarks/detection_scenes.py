@@ -21,6 +21,8 @@ YOLO folder layout (PNG images, one `class cx cy w h` line per box) for Ultralyt
    - prunefx-obs-budget (on request): no MACs target; prune_to_budget searches the kept MACs with OBS +
      compensation until the model measures `--speedup` faster in ONNX Runtime (batch 1, `--threads`),
      every candidate timed against the dense model, as `prunefx prune --speedup S` does;
+   - prunefx-cpd: prune_while_training (CPD): Fisher importance from the distillation loss, 5 cuts in the
+     first 40 % of the recovery steps, the rest of the recovery budget training the final width;
    - tp-l2: Torch-Pruning's MetaPruner with MagnitudeImportance(p=2), its documented YOLOv8 recipe (C2f
      blocks split into two convolutions, the Detect head ignored), uniform ratio found by bisection.
    Every variant gets the same recovery: `--epochs` of distillation from the dense model (prunefx's trainer,
@@ -28,9 +30,14 @@ YOLO folder layout (PNG images, one `class cx cy w h` line per box) for Ultralyt
    loss, which would need Ultralytics' assigner on the raw training-mode head), AdamW.
 3. Scored on the test canvases (mAP@[.5:.95] and mAP@.5) and timed in ONNX Runtime at batch 1 against the
    dense model, alternated in one process, `--repeats` comparisons (median speed-up, range).
+4. With `--int8`, every finished prunefx-obs* run is also quantized (passes/quantize_int8 at its defaults,
+   calibrated on the first 4 training batches) and lowered for ONNX Runtime on this CPU as `prunefx quantize`
+   does (export_quantized_onnx with onnxruntime_lowering()); its mAP is that INT8 file's, run by ONNX Runtime
+   at batch 1, and it is timed against the dense FP32 model ("<variant> + int8" rows; a failure to quantize
+   or lower is recorded as its one-line error).
 
     .venv/bin/python benchmarks/detection_scenes.py [--fractions 0.5 0.33] [--variants ...]
-    .venv/bin/python benchmarks/detection_scenes.py --report-only
+    .venv/bin/python benchmarks/detection_scenes.py --report-only [--int8]
 
 Every finished run is cached in build/detection_scenes/ (one JSON each); results go to
 benchmarks/results/detection_scenes.{json,md}. Ultralytics is AGPL-3.0: a benchmark dependency only.
@@ -57,21 +64,27 @@ from prunefx.data import DETECTION, fashion_mnist_scene_data
 from prunefx.dense_tasks import decode_yolo, evaluate_dense
 from prunefx.detectors import softmax_nodes
 from prunefx.graph import Program, capture, count
+from prunefx.graph.errors import first_line
 from prunefx.graph.rebatch import rebatch
 from prunefx.models import ultralytics_detector
 from prunefx.passes.distill import distill
 from prunefx.passes.prune_to_budget import prune_to_budget
+from prunefx.passes.prune_while_training import prune_while_training
+from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
-from prunefx.runtime import export_onnx, onnx_runner
+from prunefx.runtime import OnnxRuntimeSession, export_onnx, onnx_runner
+from prunefx.runtime.onnx_quantized import export_quantized_onnx, onnxruntime_lowering
 from prunefx.runtime.speedup import onnx_latency_pair
 
 NAME = "detection_scenes"
 CACHE = REPO / "build" / NAME
 FRACTIONS = (0.5, 0.33)
-VARIANTS = ("prunefx-l2", "prunefx-obs", "tp-l2")
+VARIANTS = ("prunefx-l2", "prunefx-obs", "prunefx-cpd", "tp-l2")
 LOCAL_VARIANT = "prunefx-obs-local"  # the same fraction of every group, as Torch-Pruning's uniform ratio
 BUDGET_VARIANT = "prunefx-obs-budget"  # no MACs target: the measured speed-up `--speedup` is the target
+INT8 = " + int8"  # the variant of a quantized run: "prunefx-obs + int8"
+CPD_EVENTS = 5
 CALIBRATION_BATCHES = 4
 TOLERANCE = 0.03
 ROUND_TO = 16
@@ -229,25 +242,39 @@ def recovery(dense: Program, data, epochs: int, args) -> dict:
             "progress": True, "seed": args.seed}
 
 
+def cpd_config(dense: Program, fraction: float, epochs: int, data, args) -> dict:
+    """CPD with the recovery's budget: CPD_EVENTS cuts during the first 40 % of the steps (as
+    benchmarks/dense_tasks.py schedules it), the DFL bins kept."""
+    steps = epochs * len(data.train)
+    return {**recovery(dense, data, epochs, args), "macs": fraction, "round_to": ROUND_TO, "ranking": "global",
+            "keep": softmax_nodes(dense), "prune_events": CPD_EVENTS,
+            "interval": max(steps * 2 // 5 // CPD_EVENTS, 1)}
+
+
 def prune_and_recover(variant: str, fraction: float, epochs: int, dense: Program, data, args) -> dict:
     started = time.perf_counter()
     details = {}
-    if variant == "tp-l2":
-        program, details = tp_prune(dense, fraction, args)
+    if variant == "prunefx-cpd":
+        result = prune_while_training(dense.clone(), config=cpd_config(dense, fraction, epochs, data, args))
+        program, prune_seconds, one_shot = result.program.eval(), None, None
+        stats = result.stats["training"]
     else:
-        program = prunefx_prune(dense, variant, fraction, data, args)
-    prune_seconds = time.perf_counter() - started
-    one_shot = scores(program.eval(), data)
-    result = distill(program, config=recovery(dense, data, epochs, args))
-    program = result.program.eval()
+        if variant == "tp-l2":
+            program, details = tp_prune(dense, fraction, args)
+        else:
+            program = prunefx_prune(dense, variant, fraction, data, args)
+        prune_seconds = time.perf_counter() - started
+        one_shot = scores(program.eval(), data)
+        result = distill(program, config=recovery(dense, data, epochs, args))
+        program, stats = result.program.eval(), result.stats
     macs = count(program).macs / count(dense).macs
     entry = {"variant": variant, "fraction": fraction, "macs_kept": macs,
              "macs_target_met": fraction is None or abs(macs - fraction) <= TOLERANCE * fraction,
              "speedup_budget": args.speedup if variant == BUDGET_VARIANT else None,
              "macs_per_image": count(program).macs // args.batch, "params": count(program).params,
              "one_shot": one_shot, "test": scores(program, data), "epochs": epochs,
-             "steps": result.stats.get("steps"), "prune_seconds": prune_seconds,
-             "train_seconds": result.stats.get("train_seconds"), "seconds": time.perf_counter() - started,
+             "steps": stats.get("steps"), "prune_seconds": prune_seconds,
+             "train_seconds": stats.get("train_seconds"), "seconds": time.perf_counter() - started,
              **details}
     program.save(dense_folder(args) / f"{run_stem(variant, fraction, epochs, args)}.pt2")
     return entry
@@ -259,24 +286,76 @@ def run_stem(variant: str, fraction: float | None, epochs: int, args) -> str:
 
 
 def run_file(variant: str, fraction: float, epochs: int, args) -> Path:
-    return dense_folder(args) / f"{run_stem(variant, fraction, epochs, args)}.json"
+    """`<stem>.json`; a quantized run's ("prunefx-obs + int8") is its pruned run's `<stem>_int8.json`."""
+    pruned = variant.removesuffix(INT8)
+    suffix = "_int8" if pruned != variant else ""
+    return dense_folder(args) / f"{run_stem(pruned, fraction, epochs, args)}{suffix}.json"
 
 
 # --- latency ---------------------------------------------------------------------------------------------
 
+def dense_runner(dense: Program, args):
+    example = (dense.example_inputs[0][:1],)
+    path = export_onnx(rebatch(dense, 1), dense_folder(args) / "onnx" / "dense.onnx").path
+    return onnx_runner(path, example, threads=args.threads)
+
+
 def latency(entries: list[dict], dense: Program, args) -> None:
     """Batch-1 ONNX Runtime latency of each pruned model against the dense one: dense_tasks.timed's
     `--repeats` alternated comparisons, the median speed-up with the range."""
-    folder = dense_folder(args) / "onnx"
-    example = (dense.example_inputs[0][:1],)
-    dense_runner = onnx_runner(export_onnx(rebatch(dense, 1), folder / "dense.onnx").path, example,
-                               threads=args.threads)
+    folder, example = dense_folder(args) / "onnx", (dense.example_inputs[0][:1],)
+    dense_run = dense_runner(dense, args)
     for entry in entries:
         stem = run_stem(entry["variant"], entry["fraction"], entry["epochs"], args)
         pruned = rebatch(Program.load(dense_folder(args) / f"{stem}.pt2").eval(), 1)
         runner = onnx_runner(export_onnx(pruned, folder / f"{stem}.onnx").path, example, threads=args.threads)
-        entry["latency"] = timed(dense_runner, runner, args)
+        entry["latency"] = timed(dense_run, runner, args)
         run_file(entry["variant"], entry["fraction"], entry["epochs"], args).write_text(json.dumps(entry, indent=1))
+
+
+# --- INT8 ----------------------------------------------------------------------------------------------
+
+class OnnxDetector(torch.nn.Module):
+    """An ONNX Runtime session run image by image (its file is batch 1), for evaluate_dense."""
+
+    def __init__(self, session: OnnxRuntimeSession):
+        super().__init__()
+        self.session = session
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.from_numpy(self.session.run(image[None])[0]) for image in images])
+
+
+def int8(entry: dict, dense: Program, data, args) -> dict:
+    """The pruned run of `entry` quantized at quantize_int8's defaults (calibrated on the first
+    CALIBRATION_BATCHES training batches) and lowered for ONNX Runtime on this CPU, as `prunefx quantize`
+    does; its mAP is that file's, and it is timed against the dense FP32 model. A failure is the result."""
+    started = time.perf_counter()
+    stem = run_stem(entry["variant"], entry["fraction"], entry["epochs"], args)
+    result = {key: entry.get(key) for key in ("fraction", "macs_kept", "macs_target_met", "speedup_budget", "epochs",
+                                          "macs_per_image", "params")}
+    result.update({"variant": entry["variant"] + INT8, "fp32_test": entry["test"], "one_shot": None,
+                   "command": command_line()})
+    try:
+        program = rebatch(Program.load(dense_folder(args) / f"{stem}.pt2").eval(), 1)
+        calibration = [(x[i:i + 1],) for x, _ in itertools.islice(iter(data.train), CALIBRATION_BATCHES)
+                       for i in range(len(x))]
+        stats = quantize_int8(program, config={"calibration": calibration}).stats
+        lowering = onnxruntime_lowering()
+        exported = export_quantized_onnx(program, dense_folder(args) / "onnx" / f"{stem}_int8.onnx",
+                                         activations=lowering)
+        session = OnnxRuntimeSession(exported.path, threads=args.threads)
+        result.update({"test": scores(OnnxDetector(session), data), "quantized_layers": len(stats["quantized"]),
+                       "float_layers": len(stats["skipped"]), "lowering": lowering,
+                       "integer_units": exported.integer_units,
+                       "float_convolution_inputs": exported.float_convolution_inputs})
+        example = (dense.example_inputs[0][:1],)
+        result["latency"] = timed(dense_runner(dense, args), onnx_runner(exported.path, example,
+                                                                          threads=args.threads), args)
+    except Exception as error:  # the failure is the result (e.g. a layer the lowering cannot take)
+        result.update({"error": first_line(error), "test": {"map": float("nan"), "map_50": float("nan")}})
+    result["seconds"] = time.perf_counter() - started
+    return result
 
 
 # --- report ----------------------------------------------------------------------------------------------
@@ -307,7 +386,8 @@ def table(runs: list[dict], dense_map: float) -> str:
         ms = f"{timing['dense_ms']:.2f} / {timing['pruned_ms']:.2f}" if timing else "-"
         target = f"{e['speedup_budget']:g}x measured" if e.get("speedup_budget") else e["fraction"]
         kept = f"{e['macs_kept']:.3f}" + ("" if e["macs_target_met"] else " (target missed)")
-        rows.append([target, e["epochs"], e["variant"], kept, f"{100 * e['one_shot']['map']:.2f}",
+        one_shot = f"{100 * e['one_shot']['map']:.2f}" if e.get("one_shot") else "-"
+        rows.append([target, e["epochs"], e["variant"], kept, one_shot,
                      f"**{100 * e['test']['map']:.2f}**", f"{100 * e['test']['map_50']:.2f}",
                      f"{100 * (e['test']['map'] - dense_map):+.2f}", ms, speed, verdict(e, dense_map)])
     return markdown_table(["MACs target", "recovery epochs", "variant", "MACs kept", "one-shot mAP", "mAP after recovery",
@@ -330,7 +410,7 @@ def target_lines(runs: list[dict], dense_map: float) -> list[str]:
     sized = [e for e in runs if e["fraction"] is not None]
     for fraction, epochs in sorted({(e["fraction"], e["epochs"]) for e in sized}, key=lambda k: (-k[0], k[1])):
         same = [e for e in sized if (e["fraction"], e["epochs"]) == (fraction, epochs)]
-        ours = [e for e in same if e["variant"].startswith("prunefx")]
+        ours = [e for e in same if e["variant"].startswith("prunefx") and not e["variant"].endswith(INT8)]
         theirs = [e for e in same if e["variant"] == "tp-l2"]
         if ours and theirs:
             best, peer = max(ours, key=lambda e: e["test"]["map"]), theirs[0]
@@ -370,11 +450,25 @@ def markdown(report: dict) -> str:
              "", table(report["runs"], dense_map), "", "Targets (issue 19):", "",
              *target_lines(report["runs"], dense_map), ""]
     for e in report["runs"]:
-        lines.append(f"- {where(e)}: pruned in {e['prune_seconds']:.0f} s, recovered in "
-                     f"{(e['train_seconds'] or 0) / 60:.1f} min ({e['steps']} steps)"
-                     + (f", Torch-Pruning ratio {e['pruning_ratio']:.3f}" if "pruning_ratio" in e else "")
+        lines.append(f"- {where(e)}: {done_in(e)}"
                      + (f"; load average {e['latency']['load_average_1min'][0]:.1f}" if "latency" in e else ""))
     return "\n".join(lines) + "\n"
+
+
+def done_in(entry: dict) -> str:
+    """How a run was made and how long it took, for the report's list of runs."""
+    if entry["variant"].endswith(INT8):
+        if "error" in entry:
+            return f"INT8 failed: {entry['error']}"
+        return (f"{entry['quantized_layers']} layers quantized, {entry['float_layers']} kept in float, "
+                f"{entry['float_convolution_inputs']} convolutions reading float inputs in the ONNX Runtime file "
+                f"({entry['lowering']}); {entry['seconds'] / 60:.1f} min to quantize, lower, score and time; "
+                f"FP32 mAP before quantization {100 * entry['fp32_test']['map']:.2f}")
+    trained = f"{(entry['train_seconds'] or 0) / 60:.1f} min ({entry['steps']} steps)"
+    if entry["prune_seconds"] is None:  # CPD: the cuts happen during the recovery
+        return f"pruned while training ({CPD_EVENTS} cuts) in {trained}"
+    return (f"pruned in {entry['prune_seconds']:.0f} s, recovered in {trained}"
+            + (f", Torch-Pruning ratio {entry['pruning_ratio']:.3f}" if "pruning_ratio" in entry else ""))
 
 
 # --- command line ----------------------------------------------------------------------------------------
@@ -403,7 +497,23 @@ def parse_args(argv=None):
     parser.add_argument("--dense-only", action="store_true", help="train and score the dense model, then stop")
     parser.add_argument("--latency", action="store_true", help="time the finished runs in ONNX Runtime")
     parser.add_argument("--report-only", action="store_true", help="write the results from the cached runs")
+    parser.add_argument("--int8", action="store_true",
+                        help="also quantize every prunefx-obs* run (INT8 PTQ, ONNX Runtime lowering), score and time it")
     return parser.parse_args(argv)
+
+
+def int8_runs(runs: list[dict], dense: Program, data, args) -> list[dict]:
+    """The "+ int8" run of every prunefx-obs* run, cached beside it (made unless --report-only)."""
+    quantized = []
+    for entry in [e for e in runs if e["variant"].startswith("prunefx-obs")]:
+        path = run_file(entry["variant"] + INT8, entry["fraction"], entry["epochs"], args)
+        if path.is_file():
+            quantized.append(json.loads(path.read_text()))
+        elif not args.report_only:
+            print(f"[yolov8n] INT8 of {where(entry)}", file=sys.stderr)
+            quantized.append(int8(entry, dense, data, args))
+            path.write_text(json.dumps(quantized[-1], indent=1))
+    return quantized
 
 
 def main(argv=None) -> int:
@@ -435,6 +545,8 @@ def main(argv=None) -> int:
                   f"{100 * entry['test']['map']:.2f} after recovery", file=sys.stderr)
     if args.latency:
         latency([e for e in runs if "latency" not in e], dense, args)
+    if args.int8:
+        runs += int8_runs(runs, dense, data, args)
     report = {"command": command_line(), "machine": machine_info(threads=args.threads), "size": args.size,
               "train": args.train, "val": args.val, "test": args.test, "epochs": args.epochs, "lr": args.lr,
               "threads": args.threads, "timing_runs": args.runs, "repeats": args.repeats, "dense": info, "runs": runs}
