@@ -541,7 +541,8 @@ def main(argv=None) -> int:
             entry["command"] = command_line()  # the process that trained it (runs may be split across commands)
             path.write_text(json.dumps(entry, indent=1))
             runs.append(entry)
-            print(f"[yolov8n] {variant} at {fraction}: mAP {100 * entry['one_shot']['map']:.2f} one-shot, "
+            one_shot = f"{100 * entry['one_shot']['map']:.2f}" if entry["one_shot"] else "-"
+            print(f"[yolov8n] {variant} at {fraction}: mAP {one_shot} one-shot, "
                   f"{100 * entry['test']['map']:.2f} after recovery", file=sys.stderr)
     if args.latency:
         latency([e for e in runs if "latency" not in e], dense, args)
