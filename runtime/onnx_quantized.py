@@ -7,11 +7,9 @@ its QuantizeLinear become an INT8 initializer read by the DequantizeLinear. Thre
   quantizers; every Conv/Gemm/MatMul weight is an INT8 initializer behind a DequantizeLinear. TensorRT 10 and
   11 build strongly typed engines from this file;
 - "u8" (ONNX Runtime on x86 CPUs with VNNI) and "u8s7" (without VNNI, AVX2 only): UINT8 activations and
-  integer units for ONNX Runtime's U8S8 kernels, with the integer units' weights on 8 bits ("u8"), or on 7
-  bits where a layer reads a signed input ("u8s7": the AVX2 kernels add pairs of products in 16 bits and
-  would saturate with 8-bit weights on codes up to 255; non-negative inputs stay on the Program's codes
-  0..127, where 8 bits fit). What the rewrites do and why is in runtime/onnx_quantized_ort.py.
-  `onnxruntime_lowering()` picks by CPU flags.
+  integer units for ONNX Runtime's U8S8 kernels, with the integer units' weights on 8 bits ("u8") or 7 bits
+  ("u8s7": the AVX2 kernels add pairs of products in 16 bits and would saturate with 8-bit weights). What
+  the rewrites do and why is in runtime/onnx_quantized_ort.py. `onnxruntime_lowering()` picks by CPU flags.
 The file is not constant-folded with onnx-graphsurgeon as runtime/onnx_export.py does, since folding would
 dequantize the INT8 weights back into float; the exporter's own optimiser has already folded the rest.
 """
@@ -63,8 +61,7 @@ class QuantizedExport:
     activation_pairs: int         # QuantizeLinear -> DequantizeLinear pairs on activations
     integer_units: int = 0        # Convs / Adds in ONNX Runtime's DQ -> op -> Q form (u8, u8s7)
     unsigned_activations: int = 0  # non-negative activations on [0, amax] with zero-point 0 (u8, u8s7)
-    weight_levels: int = S8_LEVELS  # integer layers reading a signed input have their weights on +-weight_levels
-    narrowed_weights: int = 0     # integer layers whose weights went to +-weight_levels (u8s7: signed inputs)
+    weight_levels: int = S8_LEVELS  # the integer units' weights lie on +-weight_levels
     integer_matmuls: int = 0      # Gemms / MatMuls with a stored weight kept on INT8 (u8, u8s7)
     float_convolution_inputs: int = 0  # float convs reading their input unquantized (u8, u8s7)
 
@@ -86,8 +83,7 @@ def export_quantized_onnx(program: Program, path: str | os.PathLike, *, activati
         result = lower_for_onnxruntime(model, levels)
         lowered = {"activation_pairs": result.activation_pairs, "integer_units": result.integer_units,
                    "unsigned_activations": result.unsigned, "weight_levels": levels,
-                   "integer_matmuls": result.integer_matmuls, "float_convolution_inputs": result.float_inputs,
-                   "narrowed_weights": result.narrowed_weights}
+                   "integer_matmuls": result.integer_matmuls, "float_convolution_inputs": result.float_inputs}
     name_inputs_and_outputs(model)
     onnx.checker.check_model(model)
     path = Path(path)

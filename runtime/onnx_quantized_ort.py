@@ -5,11 +5,9 @@ It starts from the TensorRT form runtime/onnx_quantized.py exports (symmetric S8
 Program's scales s = amax / 127, INT8 weight initializers behind DequantizeLinear) and rewrites it for ONNX
 Runtime's x86 kernels, which want U8 activations x S8 weights (U8S8; S8S8 runs slower than FP32 there):
 - `activations_to_u8`: a tensor that cannot be negative (after a Relu, a Clip at >= 0, a max pool of such a
-  tensor, ...) gets zero-point 0. With VNNI ("u8") its scale becomes amax / 255: the same range [0, amax] on
-  twice the levels the S8 grid spends on it (what quantize_static's asymmetric U8 does after a Relu).
-  Without VNNI ("u8s7") it keeps the Program's own grid, scale amax / 127 and codes 0..127, the same values
-  as the Program, so that the layers reading it keep 8-bit weights (see `weight_levels`). Any other tensor
-  keeps its scale with zero-point 128, Q_u8(x) = Q_s8(x) + 128, the same values as the Program;
+  tensor, ...) gets zero-point 0 and scale amax / 255: the same range [0, amax] on twice the levels the S8
+  grid spends on it (what quantize_static's asymmetric U8 does after a Relu); any other tensor keeps its
+  scale with zero-point 128, Q_u8(x) = Q_s8(x) + 128, the same values as the Program;
 - `quantize_before_max_pool`: relu -> MaxPool -> Q becomes relu -> Q -> MaxPool on UINT8 codes (exact: Q is
   monotone, so Q(max(x)) = max(Q(x))), so the convolution before the pool becomes an integer unit;
 - `integer_units`: every Conv (and residual Add) whose output reaches one activation quantizer, directly or
@@ -33,13 +31,11 @@ Runtime's x86 kernels, which want U8 activations x S8 weights (U8S8; S8S8 runs s
   neither INT8 nor pruning removes;
 - `weight_levels`: on x86 CPUs without VNNI (AVX2 only) ONNX Runtime's U8S8 convolution kernels multiply with
   vpmaddubsw, which adds pairs of u8 x s8 products into int16 and saturates: 2 x 255 x 127 > 32767. Measured
-  here: -10 points of Fashion-MNIST accuracy with 8-bit weights (benchmarks/results/int8_latency.md). A layer
-  whose input is signed (codes up to 255 around zero-point 128) gets weights on +-63 (7 bits: 2 x 255 x 63 <
-  32767), so no pair can saturate: ONNX Runtime's documented `reduce_range` ("quantize weights with 7-bits
-  ... for non-VNNI machines") and NNCF's saturation fix; its weights are requantized per output channel
-  (scale max|w| / 63) and its bias with them. A layer whose input is non-negative reads codes 0..127 (the
-  Program's grid, above) and keeps its 8-bit weights: 2 x 127 x 127 < 32767, so it computes exactly what
-  the Program does. On CPUs with VNNI (32-bit accumulation) every layer keeps its 8 bits;
+  here: -10 points of Fashion-MNIST accuracy with 8-bit weights (benchmarks/results/int8_latency.md). With
+  weights on +-63 (7 bits: 2 x 255 x 63 < 32767) no pair can saturate. That is ONNX Runtime's documented
+  `reduce_range` ("quantize weights with 7-bits ... for non-VNNI machines") and NNCF's saturation fix; the
+  integer units' weights are requantized per output channel (scale max|w| / 63) and their biases with them.
+  On CPUs with VNNI (32-bit accumulation) the weights keep their 8 bits;
 - `dequantize_float_layer_weights`: layers left in float store their weights dequantized (the values
   DequantizeLinear would compute on every run; ONNX Runtime never constant-folds a DequantizeLinear).
 A convolution whose output is not quantized stays float: quantizing its output would need a range the
@@ -92,23 +88,21 @@ class OnnxRuntimeLowering:
     activation_pairs: int   # activation Q/DQ pairs, now UINT8
     unsigned: int           # of which non-negative tensors on [0, amax] with zero-point 0
     integer_units: int      # Convs / Adds in ONNX Runtime's DQ -> op -> Q form
-    weight_levels: int      # integer layers reading a signed input have their weights on +-weight_levels
+    weight_levels: int      # the integer units' weights lie on +-weight_levels
     integer_matmuls: int = 0  # Gemms / MatMuls with a stored weight on INT8 inputs (float output allowed)
     float_inputs: int = 0     # float convolutions that now read their input unquantized
-    narrowed_weights: int = 0  # integer layers whose weights went to +-weight_levels (< 127: signed inputs)
 
 
 def lower_for_onnxruntime(model: onnx.ModelProto, weight_levels: int) -> OnnxRuntimeLowering:
     """Rewrite the S8 Q/DQ `model` in place for ONNX Runtime (see the module docstring)."""
     fold_weight_transposes(model)
-    pairs, unsigned = activations_to_u8(model, own_grid=weight_levels < S8_LEVELS)
+    pairs, unsigned = activations_to_u8(model)
     quantize_before_max_pool(model)
-    narrowed: list[str] = []
-    units = integer_units(model, weight_levels, narrowed)
-    matmuls = integer_matmuls(model, weight_levels, narrowed)
+    units = integer_units(model, weight_levels)
+    matmuls = integer_matmuls(model, weight_levels)
     dequantize_float_layer_weights(model)
     float_inputs = float_convolution_inputs(model)
-    return OnnxRuntimeLowering(pairs, unsigned, units, weight_levels, matmuls, float_inputs, len(narrowed))
+    return OnnxRuntimeLowering(pairs, unsigned, units, weight_levels, matmuls, float_inputs)
 
 
 # ---- activations ----------------------------------------------------------------------------------
@@ -137,17 +131,15 @@ def _non_negative_node(model, node, made_by, memo) -> bool:
     return False
 
 
-def activations_to_u8(model: onnx.ModelProto, own_grid: bool = False) -> tuple[int, int]:
-    """Every activation Q/DQ pair in UINT8: zero-point 0 for non-negative tensors, with scale amax / 255, or
-    with the Program's scale amax / 127 (codes 0..127) when `own_grid`; zero-point 128 and the same scale
-    otherwise. Returns (pairs, unsigned pairs)."""
+def activations_to_u8(model: onnx.ModelProto) -> tuple[int, int]:
+    """Every activation Q/DQ pair in UINT8: zero-point 0 and scale amax / 255 for non-negative tensors,
+    zero-point 128 and the same scale otherwise. Returns (pairs, unsigned pairs)."""
     made_by, memo = producers(model), {}
     pairs = unsigned = 0
-    unsigned_scale = 1.0 if own_grid else S8_LEVELS / U8_LEVELS
     for quantizer in activation_quantizers(model):
         scale = _symmetric_s8_scale(model, quantizer)
         positive = non_negative(model, quantizer.input[0], made_by, memo)
-        new_scale, zero = (scale * unsigned_scale, 0) if positive else (scale, SIGNED_ZERO_POINT)
+        new_scale, zero = (scale * S8_LEVELS / U8_LEVELS, 0) if positive else (scale, SIGNED_ZERO_POINT)
         stem = f"{quantizer.output[0]}_u8"
         scale_name = set_initializer(model, f"{stem}_scale", np.array(new_scale, np.float32))
         zero_name = set_initializer(model, f"{stem}_zero_point", np.array(zero, np.uint8))
@@ -229,11 +221,10 @@ def fold_weight_transposes(model: onnx.ModelProto) -> int:
 
 # ---- integer units --------------------------------------------------------------------------------
 
-def integer_units(model: onnx.ModelProto, weight_levels: int = S8_LEVELS, narrowed: list | None = None) -> int:
+def integer_units(model: onnx.ModelProto, weight_levels: int = S8_LEVELS) -> int:
     """Put every Conv (and residual Add) whose output reaches one activation quantizer, directly or through one
-    Relu / Clip, into ONNX Runtime's DQ -> op -> Q form (see the module docstring); a Conv reading a signed
-    input gets its weights on +-`weight_levels` (its name appended to `narrowed`), and its bias goes to INT32.
-    Returns how many units."""
+    Relu / Clip, into ONNX Runtime's DQ -> op -> Q form (see the module docstring); a Conv's weights go to
+    +-`weight_levels` and its bias to INT32. Returns how many units."""
     made_by = producers(model)
     rewritten = 0
     for node in [node for node in model.graph.node if node.op_type in ("Conv", "Add")]:
@@ -242,7 +233,8 @@ def integer_units(model: onnx.ModelProto, weight_levels: int = S8_LEVELS, narrow
             continue
         clip, quantizer = found
         if node.op_type == "Conv":
-            _narrow_weight_for_signed_input(model, made_by, node, weight_levels, narrowed)
+            if weight_levels < S8_LEVELS:
+                _requantize_weight(model, made_by[node.input[1]], weight_levels)
             _quantize_bias(model, made_by, node)
         if clip is not None:
             _move_clip_after(model, node, clip, quantizer)
@@ -268,16 +260,17 @@ def _unit(model, made_by, node):
     return users[0], after[0]
 
 
-def integer_matmuls(model: onnx.ModelProto, weight_levels: int = S8_LEVELS, narrowed: list | None = None) -> int:
-    """Every Gemm / MatMul with a dequantized input and a dequantized stored weight keeps its INT8 weight (on
-    +-`weight_levels` where its input is signed, its name then appended to `narrowed`), and its bias (a
-    Gemm's, or the Add's after a MatMul) becomes INT32 (see the module docstring). Returns how many."""
+def integer_matmuls(model: onnx.ModelProto, weight_levels: int = S8_LEVELS) -> int:
+    """Every Gemm / MatMul with a dequantized input and a dequantized stored weight keeps its INT8 weight, on
+    +-`weight_levels`, and its bias (a Gemm's, or the Add's after a MatMul) becomes INT32 (see the module
+    docstring). Returns how many."""
     made_by, inits = producers(model), initializers(model)
     rewritten = 0
     for node in [node for node in model.graph.node if node.op_type in ("Gemm", "MatMul")]:
         if not _integer_matmul(model, made_by, inits, node):
             continue
-        _narrow_weight_for_signed_input(model, made_by, node, weight_levels, narrowed)
+        if weight_levels < S8_LEVELS:
+            _requantize_weight(model, made_by[node.input[1]], weight_levels)
         _quantize_bias(model, made_by, node)
         rewritten += 1
     drop_unused_initializers(model)
@@ -322,19 +315,6 @@ def _is_integer_unit(model, made_by, layer) -> bool:
     return (layer.op_type == "Conv" and layer.input[0] in made_by
             and made_by[layer.input[0]].op_type == "DequantizeLinear"
             and len(users) == 1 and users[0].op_type == "QuantizeLinear")
-
-
-def _narrow_weight_for_signed_input(model, made_by, layer, levels: int, narrowed: list | None) -> None:
-    """`layer`'s weight on +-`levels` (< 127) unless its input is on zero-point 0: those codes are 0..127 on
-    the u8s7 grid, and 8-bit weights cannot saturate a pair of them (see `weight_levels` in the docstring)."""
-    if levels >= S8_LEVELS:
-        return
-    zero_point = array(model, made_by[layer.input[0]].input[2])
-    if zero_point.size == 1 and int(zero_point.reshape(-1)[0]) == 0:
-        return
-    _requantize_weight(model, made_by[layer.input[1]], levels)
-    if narrowed is not None:
-        narrowed.append(layer.name)
 
 
 def _requantize_weight(model, dequantize: onnx.NodeProto, levels: int) -> None:

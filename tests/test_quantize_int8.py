@@ -6,10 +6,9 @@ Parity tolerances, stated: the TensorRT (S8) file under ONNX Runtime within 1e-4
 magnitude of the fake-quantized Program (both quantize with the same scales and round half to even, and the
 pass snaps stored weights onto their INT8 grid; what remains is float summation order and the rare
 activation that torch's x * (1/s) and ONNX's x / s round to neighbouring integers). The ONNX Runtime file
-(u8s7) is not the Program's arithmetic: the weights of integer layers reading a signed input are requantized
-to 7 bits (error <= half a 7-bit step, checked per weight; layers reading a non-negative input keep the
-Program's 8-bit weights and codes 0..127), and a convolution ONNX Runtime runs in float reads its input
-unquantized (the test on a SiLU net below); its output is
+(u8s7) is not the Program's arithmetic: its integer units' weights are requantized to 7 bits (error <= half a
+7-bit step, checked per weight), non-negative activations get 255 levels instead of 127, and a convolution
+ONNX Runtime runs in float reads its input unquantized (the test on a SiLU net below); its output is
 within 1e-2 of the Program's largest output magnitude, and ONNX Runtime's integer kernels compute what the
 file's own operators compute (graph optimisations off) within 1e-3: nothing saturates."""
 
@@ -290,33 +289,29 @@ def test_onnx_runtime_file_has_u8_activations_integer_units_and_7bit_weights(qua
     s8_scales = sorted(float(node.args[1]) for node in program.graph.nodes
                        if node.op == "call_function" and node.target is aten.fake_quantize_per_tensor_affine.default)
     u8_scales = [float(numpy_helper.to_array(inits[node.input[1]])) for node in quantizers]
-    for scale in u8_scales:  # both grids keep the Program's scale (zero-point 0: codes 0..127 on [0, amax])
-        assert any(scale == pytest.approx(s, rel=1e-6) for s in s8_scales)
+    for node, scale in zip(quantizers, u8_scales):  # zero-point 0: the same amax = 127 s over 255 levels
+        if numpy_helper.to_array(inits[node.input[2]]) == 0:
+            assert any(scale == pytest.approx(s * 127 / 255, rel=1e-6) for s in s8_scales)
+        else:
+            assert any(scale == pytest.approx(s, rel=1e-6) for s in s8_scales)
     # integer units: the stem conv (-> ReLU -> quantizer), the two residual convs, the add (-> ReLU ->
     # quantizer); the ReLUs went: a zero-point-0 quantizer saturates at 0 itself. The head (a Gemm with a float
     # output) keeps its INT8 weight too (QGemm); the matmul of two activations was never a float layer
     assert exported.integer_units == 4 and not [node for node in model.graph.node if node.op_type in ("Relu", "Clip")]
     assert exported.integer_matmuls == 1
-    signed_inputs = 0
     for layer in [node for node in model.graph.node if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]:
         weight = producers.get(layer.input[1])
         if layer.op_type == "MatMul":  # two activations
             assert {producers[name].op_type for name in layer.input} == {"DequantizeLinear"}
-        elif weight is not None and weight.op_type == "DequantizeLinear":  # an integer unit
+        elif weight is not None and weight.op_type == "DequantizeLinear":  # an integer unit: INT8 on +-63
             codes = numpy_helper.to_array(inits[weight.input[0]])
             assert inits[weight.input[0]].data_type == onnx.TensorProto.INT8 and layer.op_type in ("Conv", "Gemm")
-            input_zero_point = numpy_helper.to_array(inits[producers[layer.input[0]].input[2]])
-            levels = 127 if input_zero_point == 0 else 63  # a signed input (codes up to 255): 7-bit weights
-            signed_inputs += levels == 63
-            assert (np.abs(codes).reshape(len(codes), -1).max(axis=1) == levels).all()  # Gemm: transB, [out, in]
+            assert (np.abs(codes).reshape(len(codes), -1).max(axis=1) == 63).all()  # Gemm: transB, [out, in]
             original = _program_weight(program, codes.shape)
             scale = numpy_helper.to_array(inits[weight.input[1]])
-            np.testing.assert_allclose(scale, np.abs(original).reshape(len(original), -1).max(axis=1) / levels,
-                                       rtol=1e-6)
+            np.testing.assert_allclose(scale, np.abs(original).reshape(len(original), -1).max(axis=1) / 63, rtol=1e-6)
             per_channel = scale.reshape(-1, *[1] * (codes.ndim - 1))
-            # 8-bit: the Program's own INT8 weights (the pass snapped them onto that grid); 7-bit: half a step
-            tolerance = 1e-6 * np.abs(original).max() if levels == 127 else scale.max() / 2 + 1e-7
-            assert np.abs(codes * per_channel - original).max() <= tolerance
+            assert np.abs(codes * per_channel - original).max() <= scale.max() / 2 + 1e-7
             bias = producers[layer.input[2]]
             assert inits[bias.input[0]].data_type == onnx.TensorProto.INT32
         else:  # a layer left in float: the Program's INT8 values, stored dequantized
@@ -325,8 +320,6 @@ def test_onnx_runtime_file_has_u8_activations_integer_units_and_7bit_weights(qua
             steps = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
             steps = steps / (np.abs(steps).max(axis=1, keepdims=True) / 127)
             np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
-    # the stem conv reads the image and the head reads a mean of signed products; the residual convs the ReLU
-    assert signed_inputs == exported.narrowed_weights == 2
     x = _batches(1, seed=3)[0]
     with torch.no_grad():
         want = program(x).numpy()
@@ -336,42 +329,31 @@ def test_onnx_runtime_file_has_u8_activations_integer_units_and_7bit_weights(qua
     assert np.abs(got - _unoptimized(exported.path, x)).max() <= 1e-3 * np.abs(want).max()
 
 
-def _saturating_program(relu: bool):
-    """(ReLU ->) 1x1 conv with 64 inputs whose weights all sit at the top of their INT8 grid -> conv, on an input
-    at amax. In the "u8" lowering every pair of u8 x s8 products is then 2 x 255 x 127, past the int16 that
-    AVX2's vpmaddubsw adds into: a non-negative input is on 255 levels there, a signed one on codes up to 255
-    around zero-point 128."""
-    layers = [nn.ReLU()] if relu else []
-    model = nn.Sequential(*layers, nn.Conv2d(64, 8, 1, bias=False), nn.Conv2d(8, 4, 1)).eval()
+def _saturating_program():
+    """ReLU -> 1x1 conv with 64 inputs whose weights all sit at the top of their INT8 grid -> conv: on an input
+    at amax every pair of u8 x s8 products is 2 x 255 x 127, past the int16 that AVX2's vpmaddubsw adds into."""
+    model = nn.Sequential(nn.ReLU(), nn.Conv2d(64, 8, 1, bias=False), nn.Conv2d(8, 4, 1)).eval()
     with torch.no_grad():
-        model[-2].weight.fill_(1.0)
+        model[1].weight.fill_(1.0)
     x = torch.ones(1, 64, 4, 4)
-    calibration = [x] if relu else [x, -x]  # a signed input: amax 1 on both sides
     program = capture(model, x, name="saturating").eval()
-    quantize_int8(program, config={"calibration": calibration, "method": "max"})
+    quantize_int8(program, config={"calibration": [x], "method": "max"})
     return program, x
 
 
-@pytest.mark.slow  # four ONNX exports and sessions: about 5 s
-@pytest.mark.parametrize("relu", [True, False], ids=["non-negative input", "signed input"])
-def test_u8s7_does_not_saturate_where_8bit_weights_on_255_levels_do_without_vnni(one_thread, tmp_path, relu):
-    """u8s7 keeps 8-bit weights on a non-negative input (codes 0..127: 2 x 127 x 127 < 32767) and narrows them
-    to 7 bits on a signed one (codes up to 255: 2 x 255 x 63 < 32767); either way the sum is exact, where the
-    "u8" file (8-bit weights, codes up to 255) saturates on a CPU without VNNI."""
+@pytest.mark.slow  # two ONNX exports and four sessions: about 3 s
+def test_7bit_weights_do_not_saturate_where_8bit_weights_do_without_vnni(one_thread, tmp_path):
     from prunefx.runtime.onnx_quantized import onnxruntime_lowering
 
-    program, x = _saturating_program(relu)
+    program, x = _saturating_program()
     with torch.no_grad():
         want = program(x).numpy()  # every output is the same number, exactly representable
-    errors, narrowed = {}, {}
+    errors = {}
     for lowering in ("u8", "u8s7"):
-        exported = export_quantized_onnx(program, tmp_path / f"{lowering}.onnx", activations=lowering)
-        got = OnnxRuntimeSession(exported.path, threads=1).run(x)[0]
-        errors[lowering], narrowed[lowering] = np.abs(got - want).max() / np.abs(want).max(), exported.narrowed_weights
+        path = export_quantized_onnx(program, tmp_path / f"{lowering}.onnx", activations=lowering).path
+        got = OnnxRuntimeSession(path, threads=1).run(x)[0]
+        errors[lowering] = np.abs(got - want).max() / np.abs(want).max()
     assert errors["u8s7"] <= 1e-6
-    # u8s7 narrows the first conv's weights only when its input is signed (the second conv, whose output is
-    # the model's, runs in float)
-    assert narrowed == {"u8": 0, "u8s7": 0 if relu else 1}
     if onnxruntime_lowering() == "u8s7":  # this CPU has no VNNI: 8-bit weights saturate (about half the sum)
         assert errors["u8"] > 0.1
 

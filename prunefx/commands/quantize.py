@@ -94,7 +94,6 @@ def _export(program, path: Path, activations: str, opset: int) -> dict:
     return {"activations": activations, "weight_initializers": exported.weight_initializers,
             "activation_pairs": exported.activation_pairs, "integer_units": exported.integer_units,
             "unsigned_activations": exported.unsigned_activations, "weight_levels": exported.weight_levels,
-            "narrowed_weights": exported.narrowed_weights,
             "parity": {"max_abs_error": parity.max_abs_error, "output_scale": parity.output_scale,
                        "relative": parity.relative}}
 
