@@ -45,6 +45,7 @@ import statistics
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 import torch_pruning as tp
@@ -62,7 +63,7 @@ from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.runtime import OnnxRuntimeSession, compare_latency, export_onnx, onnx_runner
-from prunefx.runtime.onnx_quantized import export_quantized_onnx, onnxruntime_lowering
+from prunefx.runtime.onnx_quantized import QuantizedExport, export_quantized_onnx, onnxruntime_lowering
 
 NAME = "dense_tasks"
 CACHE = REPO / "build" / NAME
@@ -265,6 +266,21 @@ def latency(model: str, entries: list[dict], dense: Program, args) -> None:
 
 # --- INT8 --------------------------------------------------------------------------------------------
 
+def quantized_for_onnxruntime(pt2: Path, onnx_path: Path, train, batches: int) -> tuple[QuantizedExport, dict]:
+    """The Program saved at `pt2`, at batch 1, quantized at quantize_int8's defaults (calibrated on every image
+    of the first `batches` batches of `train`) and lowered for ONNX Runtime on this CPU as `prunefx quantize`
+    does, written to `onnx_path`: the export, and what the report says of it."""
+    program = rebatch(Program.load(pt2).eval(), 1)
+    calibration = [(x[i:i + 1],) for x, _ in itertools.islice(iter(train), batches) for i in range(len(x))]
+    stats = quantize_int8(program, config={"calibration": calibration}).stats
+    lowering = onnxruntime_lowering()
+    exported = export_quantized_onnx(program, onnx_path, activations=lowering)
+    return exported, {"quantized_layers": len(stats["quantized"]), "float_layers": len(stats["skipped"]),
+                      "lowering": lowering, "integer_units": exported.integer_units,
+                      "integer_matmuls": exported.integer_matmuls,
+                      "float_convolution_inputs": exported.float_convolution_inputs}
+
+
 def int8(model: str, entry: dict, dense: Program, data, args) -> dict:
     """The pruned run of `entry` quantized (quantize_int8's defaults, calibrated on the first
     CALIBRATION_BATCHES training batches) and lowered for ONNX Runtime on this CPU, as `prunefx quantize`
@@ -276,21 +292,14 @@ def int8(model: str, entry: dict, dense: Program, data, args) -> dict:
               "macs_kept": entry["macs_kept"], "epochs": entry["epochs"], "fp32_test_miou": entry["test_miou"],
               "command": command_line()}
     try:
-        program = rebatch(Program.load(folder / f"{stem}.pt2").eval(), 1)
-        calibration = [(x[i:i + 1],) for x, _ in itertools.islice(iter(data.train), CALIBRATION_BATCHES)
-                       for i in range(len(x))]
-        stats = quantize_int8(program, config={"calibration": calibration}).stats
-        lowering = onnxruntime_lowering()
-        exported = export_quantized_onnx(program, folder / "onnx" / f"{stem}_int8.onnx", activations=lowering)
+        exported, facts = quantized_for_onnxruntime(folder / f"{stem}.pt2", folder / "onnx" / f"{stem}_int8.onnx",
+                                                    data.train, CALIBRATION_BATCHES)
         session = OnnxRuntimeSession(exported.path, threads=args.threads)
         score = SegmentationScore(NUM_CLASSES)
         for x, masks in data.test:
             for i in range(len(x)):
                 score.update(torch.from_numpy(session.run(x[i:i + 1])[0]), masks[i:i + 1])
-        result.update({"test_miou": score.compute()["miou"], "quantized_layers": len(stats["quantized"]),
-                       "float_layers": len(stats["skipped"]), "lowering": lowering,
-                       "integer_units": exported.integer_units, "integer_matmuls": exported.integer_matmuls,
-                       "float_convolution_inputs": exported.float_convolution_inputs})
+        result.update({"test_miou": score.compute()["miou"], **facts})
         result["latency"] = timed(dense_runner(model, dense, args),
                                   onnx_runner(exported.path, (x[:1],), threads=args.threads), args)
     except Exception as error:  # the failure is the result (e.g. a layer the lowering cannot take)

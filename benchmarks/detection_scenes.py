@@ -56,7 +56,7 @@ from pathlib import Path
 
 import torch
 from common import REPO, command_line, machine_info, machine_summary, markdown_table, write_results
-from dense_tasks import timed
+from dense_tasks import quantized_for_onnxruntime, timed
 
 from prunefx import fashion_mnist
 from prunefx.batches import NormalizeBatch
@@ -70,11 +70,9 @@ from prunefx.models import ultralytics_detector
 from prunefx.passes.distill import distill
 from prunefx.passes.prune_to_budget import prune_to_budget
 from prunefx.passes.prune_while_training import prune_while_training
-from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.runtime import OnnxRuntimeSession, export_onnx, onnx_runner
-from prunefx.runtime.onnx_quantized import export_quantized_onnx, onnxruntime_lowering
 from prunefx.runtime.speedup import onnx_latency_pair
 
 NAME = "detection_scenes"
@@ -337,18 +335,11 @@ def int8(entry: dict, dense: Program, data, args) -> dict:
     result.update({"variant": entry["variant"] + INT8, "fp32_test": entry["test"], "one_shot": None,
                    "command": command_line()})
     try:
-        program = rebatch(Program.load(dense_folder(args) / f"{stem}.pt2").eval(), 1)
-        calibration = [(x[i:i + 1],) for x, _ in itertools.islice(iter(data.train), CALIBRATION_BATCHES)
-                       for i in range(len(x))]
-        stats = quantize_int8(program, config={"calibration": calibration}).stats
-        lowering = onnxruntime_lowering()
-        exported = export_quantized_onnx(program, dense_folder(args) / "onnx" / f"{stem}_int8.onnx",
-                                         activations=lowering)
+        folder = dense_folder(args)
+        exported, facts = quantized_for_onnxruntime(folder / f"{stem}.pt2", folder / "onnx" / f"{stem}_int8.onnx",
+                                                    data.train, CALIBRATION_BATCHES)
         session = OnnxRuntimeSession(exported.path, threads=args.threads)
-        result.update({"test": scores(OnnxDetector(session), data), "quantized_layers": len(stats["quantized"]),
-                       "float_layers": len(stats["skipped"]), "lowering": lowering,
-                       "integer_units": exported.integer_units,
-                       "float_convolution_inputs": exported.float_convolution_inputs})
+        result.update({"test": scores(OnnxDetector(session), data), **facts})
         example = (dense.example_inputs[0][:1],)
         result["latency"] = timed(dense_runner(dense, args), onnx_runner(exported.path, example,
                                                                           threads=args.threads), args)
@@ -460,9 +451,10 @@ def done_in(entry: dict) -> str:
     if entry["variant"].endswith(INT8):
         if "error" in entry:
             return f"INT8 failed: {entry['error']}"
-        return (f"{entry['quantized_layers']} layers quantized, {entry['float_layers']} kept in float, "
-                f"{entry['float_convolution_inputs']} convolutions reading float inputs in the ONNX Runtime file "
-                f"({entry['lowering']}); {entry['seconds'] / 60:.1f} min to quantize, lower, score and time; "
+        return (f"{entry['quantized_layers']} layers quantized, {entry['float_layers']} kept in float; in the "
+                f"ONNX Runtime file ({entry['lowering']}) {entry['integer_units']} integer units, "
+                f"{entry['float_convolution_inputs']} float convolutions reading their input unquantized; "
+                f"{entry['seconds'] / 60:.1f} min to quantize, lower, score and time; "
                 f"FP32 mAP before quantization {100 * entry['fp32_test']['map']:.2f}")
     trained = f"{(entry['train_seconds'] or 0) / 60:.1f} min ({entry['steps']} steps)"
     if entry["prune_seconds"] is None:  # CPD: the cuts happen during the recovery
