@@ -27,9 +27,10 @@ from prunefx.graph import Program
 from prunefx.graph.quantization import has_fake_quant
 from prunefx.runtime.errors import OnnxExportError, describe_failure
 from prunefx.runtime.onnx_export import DEFAULT_OPSET
+from prunefx.runtime.onnx_integer_units import S8_LEVELS, SEVEN_BIT_LEVELS
 from prunefx.runtime.onnx_qdq import activation_quantizers, fold_weight_quantizers, name_inputs_and_outputs
 from prunefx.runtime.onnx_quantize_static import quantize_static_file
-from prunefx.runtime.onnx_quantized_ort import S8_LEVELS, SEVEN_BIT_LEVELS, lower_for_onnxruntime
+from prunefx.runtime.onnx_quantized_ort import lower_for_onnxruntime
 
 # lowering -> the integer units' weight levels (None: the TensorRT file, no ONNX Runtime rewrites)
 LOWERINGS = {"s8": None, "u8": S8_LEVELS, "u8s7": SEVEN_BIT_LEVELS}
