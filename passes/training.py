@@ -50,7 +50,8 @@ an uninterrupted run; a missing checkpoint starts from scratch, a corrupt or mis
 
 Layout: the configuration is in training_config.py, the losses and feature taps in training_losses.py,
 batches, evaluation and the distributed setup in training_data.py, checkpoint files in
-training_checkpoint.py; this file holds the learning-rate schedule and the `Trainer`.
+training_checkpoint.py, the optimizer and learning-rate schedule in training_schedule.py; this file holds the
+`Trainer`.
 
 Non-goals: mixed precision, gradient accumulation, learned adapters between student and teacher
 features of different widths (feature pairs must have equal shapes), resuming with a different number
@@ -61,7 +62,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -102,9 +102,11 @@ from prunefx.passes.training_losses import (
     run_tapped,
     tap_outputs,
     task_loss,
+    total_losses,
 )
+from prunefx.passes.training_schedule import lr_factor, make_optimizer, make_scheduler
 
-# The trainer's public names, importable from here as before the module was split in four.
+# The trainer's public names, importable from here as before the module was split.
 __all__ = [
     "IGNORE_LABEL", "OPTIMIZERS", "PROGRAM_FILE", "STATE_FILE", "FeaturePair", "TrainConfig", "Trainer",
     "TrainingError", "detection_kd_loss", "evaluate", "feature_loss", "kd_loss", "logits_of", "lr_factor",
@@ -112,41 +114,6 @@ __all__ = [
 ]
 
 _STATS_WINDOW = 20  # final losses are averaged over this many steps, single steps are noisy
-
-
-# --- learning-rate schedule ----------------------------------------------------------------------
-
-def lr_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
-    """Multiplier of the base lr at optimizer step `step` (0-based): linear warm-up, then cosine to 0."""
-    if step < warmup_steps:
-        return (step + 1) / (warmup_steps + 1)
-    span = max(total_steps - warmup_steps, 1)
-    progress = min((step - warmup_steps) / span, 1.0)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int,
-                   start_step: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR whose next step is `start_step` (a rebuilt optimizer keeps the schedule's position)."""
-    def factor(step: int) -> float:  # a plain function: LambdaLR's state_dict then stores no callable
-        return lr_factor(step, warmup_steps=warmup_steps, total_steps=total_steps)
-
-    for group in optimizer.param_groups:
-        group.setdefault("initial_lr", group["lr"])
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=start_step - 1)
-
-
-def _make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for _, p in module.named_parameters() if p.requires_grad]
-    if not params:  # else the first backward fails with "element 0 of tensors does not require grad"
-        raise TrainingError("no parameter of the model requires grad, so training cannot change it (a "
-                            "checkpoint saved frozen, e.g. an EMA copy?): call requires_grad_(True) on the "
-                            "module before capturing it")
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))
 
 
 # --- the trainer ---------------------------------------------------------------------------------
@@ -229,7 +196,7 @@ class Trainer:
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self._model = torch.nn.parallel.DistributedDataParallel(self._student, device_ids=ids)
-        self.optimizer = _make_optimizer(program.module, self.config)
+        self.optimizer = make_optimizer(program.module, self.config)
         self.scheduler = make_scheduler(self.optimizer, warmup_steps=self.config.warmup_steps,
                                         total_steps=self.total_steps, start_step=self.step)
 
@@ -280,7 +247,7 @@ class Trainer:
             with torch.no_grad():
                 teacher_output, teacher_features = self._teacher(inputs)
         output, features = run_tapped(self._model, self._student.out_spec, inputs)
-        losses = self._losses(output, features, teacher_output, teacher_features, labels)
+        losses = total_losses(self.config, output, features, teacher_output, teacher_features, labels)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         for hook in self.after_backward:
@@ -301,27 +268,6 @@ class Trainer:
         self.log.append({"step": self.step, **self.last_losses, "lr": lr})
         for hook in self.after_step:
             hook(self, self.step)
-
-    def _losses(self, output, features, teacher_output, teacher_features, labels) -> dict[str, torch.Tensor]:
-        logits = logits_of(output)
-        feature = logits.new_zeros(())
-        for pair, student_value, teacher_value in zip(self.config.feature_pairs, features, teacher_features):
-            feature = feature + pair.weight * feature_loss(student_value, teacher_value)
-        if self.config.task == DETECTION:
-            return self._detection_losses(logits, teacher_output, feature)
-        alpha = self.config.kd_weight
-        # Both are computed whatever alpha is, so the statistics always show them.
-        task = task_loss(logits, labels)
-        kd = (kd_loss(logits, logits_of(teacher_output), self.config.temperature) if teacher_output is not None
-              else logits.new_zeros(()))
-        return {"loss": (1 - alpha) * task + alpha * kd + feature, "task": task, "kd": kd, "feature": feature}
-
-    def _detection_losses(self, logits, teacher_output, feature) -> dict[str, torch.Tensor]:
-        """KD_det + features, no task term (module docstring). The labels never reach a loss: a detector's
-        targets (class, box rows) are no class indices, and cross-entropy on them would be nonsense."""
-        kd = detection_kd_loss(logits, logits_of(teacher_output))  # a detector always has a teacher
-        loss = kd + feature if self.config.kd_weight > 0 else feature  # kd is still shown when off
-        return {"loss": loss, "task": logits.new_zeros(()), "kd": kd, "feature": feature}
 
     def _on_device(self, batch) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         inputs, labels = split_batch(batch)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils._pytree as pytree
 
-from prunefx.passes.training_config import TrainingError
+from prunefx.passes.training_config import DETECTION, TrainConfig, TrainingError
 
 IGNORE_LABEL = -1
 
@@ -139,3 +139,28 @@ def run_tapped(tapped: torch.nn.Module, out_spec, inputs: tuple[torch.Tensor, ..
     if out_spec is not None:
         output = pytree.tree_unflatten(list(output), out_spec)
     return output, features
+
+
+def total_losses(config: TrainConfig, output, features, teacher_output, teacher_features,
+                 labels) -> dict[str, torch.Tensor]:
+    """The trainer's loss and its terms ("loss", "task", "kd", "feature"), as passes/training.py defines them."""
+    logits = logits_of(output)
+    feature = logits.new_zeros(())
+    for pair, student_value, teacher_value in zip(config.feature_pairs, features, teacher_features):
+        feature = feature + pair.weight * feature_loss(student_value, teacher_value)
+    if config.task == DETECTION:
+        return _detection_losses(config, logits, teacher_output, feature)
+    alpha = config.kd_weight
+    # Both are computed whatever alpha is, so the statistics always show them.
+    task = task_loss(logits, labels)
+    kd = (kd_loss(logits, logits_of(teacher_output), config.temperature) if teacher_output is not None
+          else logits.new_zeros(()))
+    return {"loss": (1 - alpha) * task + alpha * kd + feature, "task": task, "kd": kd, "feature": feature}
+
+
+def _detection_losses(config: TrainConfig, logits, teacher_output, feature) -> dict[str, torch.Tensor]:
+    """KD_det + features, no task term. The labels never reach a loss: a detector's targets (class, box rows)
+    are no class indices, and cross-entropy on them would be nonsense."""
+    kd = detection_kd_loss(logits, logits_of(teacher_output))  # a detector always has a teacher
+    loss = kd + feature if config.kd_weight > 0 else feature  # kd is still shown when off
+    return {"loss": loss, "task": logits.new_zeros(()), "kd": kd, "feature": feature}
