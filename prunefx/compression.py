@@ -27,7 +27,7 @@ makes a training pass distil from its own input instead of the dense model. The 
                   latency is ONNX Runtime's whatever the backend
 
 Recipes named on the command line (`--recipe NAME`) are the YAML files shipped in prunefx/recipes/;
-anything else is read as a path.
+anything else is read as a path (prunefx/named_recipes.py).
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ from prunefx.graph.errors import PrunefxError, first_line
 from prunefx.graph.rebatch import rebatch
 from prunefx.loading import program_from_reference
 from prunefx.models import build_model
+from prunefx.named_recipes import Recipe
 from prunefx.output import check_output_folder, staged_folder
 from prunefx.passes.pipeline import Pipeline, Step
-from prunefx.passes.recipe import RecipeError, pipeline_from_spec, read_recipe
 from prunefx.passes.training import evaluate
 from prunefx.runtime import (
     LATENCY_THREADS,
@@ -66,7 +66,6 @@ from prunefx.runtime.deployment_report import CHART_FILE, variants_from_compress
 from prunefx.runtime.onnx_export import DEFAULT_OPSET
 from prunefx.stage_report import STAGE_TIMED_RUNS, StageMeter
 
-RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 CALIBRATION_BATCHES = 4
 MERGE_MEASURE_RUNS = 30  # per merge of layers that merge_blocks considers: batch 1, ONNX Runtime
 LATENCY_WARMUP = 10
@@ -78,67 +77,6 @@ def _injected_keys(step: Step) -> dict[str, str]:
     if config_class is None:  # a user's pass without a declaration gets nothing
         return {}
     return config_class.parse(step.config).needed_inputs(given=step.config)
-
-
-# ---- recipes ------------------------------------------------------------------------------------
-
-def shipped_recipes() -> list[str]:
-    return sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
-
-
-@dataclass(frozen=True)
-class Recipe:
-    name: str
-    path: Path
-    spec: dict
-    pipeline: Pipeline
-
-
-def recipe_path(text: str) -> Path:
-    """A shipped recipe's file for NAME (or NAME.yaml); otherwise `text` as a path."""
-    name = text.removesuffix(".yaml")
-    shipped = RECIPES_DIR / f"{name}.yaml"
-    if "/" not in text and os.sep not in text and shipped.is_file():
-        return shipped
-    path = Path(text).expanduser()
-    if path.is_file():
-        return path
-    raise RecipeError(f"unknown recipe {text!r}: no such file, and not a shipped recipe "
-                      f"(shipped: {', '.join(shipped_recipes())})")
-
-
-def load_named_recipe(text: str) -> Recipe:
-    """Read and check a recipe (its passes must exist) before anything expensive runs."""
-    path = recipe_path(text)
-    spec = read_recipe(path)
-    try:
-        pipeline = pipeline_from_spec(spec)
-    except PrunefxError as error:
-        raise RecipeError(f"recipe {path}: {error}") from error
-    name = spec.get("name") if isinstance(spec.get("name"), str) else path.stem
-    return Recipe(name=name, path=path, spec=spec, pipeline=pipeline)
-
-
-BUDGET_PASSES = ("choose_for_budget", "prune_to_budget", "depth_to_budget")
-
-
-def with_budget(recipe: Recipe, *, speedup: float | None = None, latency_ms: float | None = None) -> Recipe:
-    """`recipe` with its budget passes' budget set to `speedup` or `latency_ms` (the command line's
-    --speedup/--latency-ms); the spec in the report says what ran. A recipe with no budget pass is an error:
-    a budget it would ignore is worse than none."""
-    budget = {"speedup": speedup, "latency_ms": latency_ms}
-    entries, found = [], False
-    for entry in recipe.spec["passes"]:
-        name, config = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
-        if name in BUDGET_PASSES:
-            found = True
-            entry = {name: {**(config or {}), **budget}}
-        entries.append(entry)
-    if not found:
-        raise RecipeError(f"recipe {recipe.name} has no budget pass ({', '.join(BUDGET_PASSES)}) for --speedup or "
-                          "--latency-ms; use --recipe budget-kd or add one")
-    spec = {**recipe.spec, "passes": entries}
-    return Recipe(name=recipe.name, path=recipe.path, spec=spec, pipeline=pipeline_from_spec(spec))
 
 
 # ---- model and data -----------------------------------------------------------------------------

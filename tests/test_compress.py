@@ -15,10 +15,11 @@ import yaml
 
 from prunefx import fashion_mnist
 from prunefx.cli import EXIT_USER_ERROR, main
-from prunefx.compression import CALIBRATION_BATCHES, _injected_keys, inject, recipe_path, shipped_recipes
+from prunefx.compression import CALIBRATION_BATCHES, _injected_keys, inject
 from prunefx.compression_report import json_safe
 from prunefx.data import DataSplits, TensorBatches
 from prunefx.graph import Program, PrunefxError, capture
+from prunefx.named_recipes import recipe_path, shipped_recipes
 from prunefx.passes.recipe import pipeline_from_spec, read_recipe
 from prunefx.runtime import OnnxRuntimeSession
 
@@ -295,7 +296,7 @@ def test_neither_a_recipe_nor_a_budget_is_refused(capsys, tmp_path):
 
 
 def test_the_budget_replaces_the_recipes_own_in_every_budget_pass():
-    from prunefx.compression import load_named_recipe, with_budget
+    from prunefx.named_recipes import load_named_recipe, with_budget
     recipe = with_budget(load_named_recipe("budget-kd"), latency_ms=3.5)
     config = recipe.pipeline.steps[0].config
     assert recipe.pipeline.names[0] == "choose_for_budget"

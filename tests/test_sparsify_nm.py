@@ -12,7 +12,7 @@ import torchvision
 from onnx import numpy_helper
 
 from prunefx.assets import load_imagenet_batch, mobilenet_v2_weights_path
-from prunefx.compression import RECIPES_DIR, inject
+from prunefx.compression import inject
 from prunefx.data import DataSplits, TensorBatches
 from prunefx.fashion_mnist import MEAN, STD, DatasetError, load_fashion_mnist
 from prunefx.graph import PrunefxError, capture
@@ -21,6 +21,7 @@ from prunefx.graph.nm_hessians import find_sparse_layers, grouped_weight, layer_
 from prunefx.graph.nm_masks import Pattern, pattern_violations, relative_output_error
 from prunefx.graph.program import Program
 from prunefx.models import build_model
+from prunefx.named_recipes import RECIPES_DIR
 from prunefx.passes.distill import distill
 from prunefx.passes.recipe import load_recipe, pipeline_from_spec
 from prunefx.passes.registry import get_pass

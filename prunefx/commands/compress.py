@@ -11,16 +11,10 @@ The flow lives in prunefx/compression.py, shared with `prunefx demo`.
 from __future__ import annotations
 
 from prunefx import cli_options, options
-from prunefx.compression import (
-    BUDGET_PASSES,
-    Options,
-    compress,
-    load_model_and_data,
-    load_named_recipe,
-    with_budget,
-)
+from prunefx.compression import Options, compress, load_model_and_data
 from prunefx.compression_report import console_summary
 from prunefx.graph.errors import PrunefxError
+from prunefx.named_recipes import BUDGET_PASSES, load_named_recipe, with_budget
 from prunefx.output import check_output_folder
 
 DEFAULT_BUDGET_RECIPE = "budget-kd"

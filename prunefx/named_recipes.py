@@ -1,0 +1,75 @@
+"""Recipes by name or path: the YAML files shipped in prunefx/recipes/ (`--recipe NAME`), or any file, read
+and checked (every pass must exist) before anything expensive runs; `with_budget` sets the command line's
+--speedup / --latency-ms on a recipe's budget passes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from prunefx.graph.errors import PrunefxError
+from prunefx.passes.pipeline import Pipeline
+from prunefx.passes.recipe import RecipeError, pipeline_from_spec, read_recipe
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+def shipped_recipes() -> list[str]:
+    return sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    path: Path
+    spec: dict
+    pipeline: Pipeline
+
+
+def recipe_path(text: str) -> Path:
+    """A shipped recipe's file for NAME (or NAME.yaml); otherwise `text` as a path."""
+    name = text.removesuffix(".yaml")
+    shipped = RECIPES_DIR / f"{name}.yaml"
+    if "/" not in text and os.sep not in text and shipped.is_file():
+        return shipped
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    raise RecipeError(f"unknown recipe {text!r}: no such file, and not a shipped recipe "
+                      f"(shipped: {', '.join(shipped_recipes())})")
+
+
+def load_named_recipe(text: str) -> Recipe:
+    """Read and check a recipe (its passes must exist) before anything expensive runs."""
+    path = recipe_path(text)
+    spec = read_recipe(path)
+    try:
+        pipeline = pipeline_from_spec(spec)
+    except PrunefxError as error:
+        raise RecipeError(f"recipe {path}: {error}") from error
+    name = spec.get("name") if isinstance(spec.get("name"), str) else path.stem
+    return Recipe(name=name, path=path, spec=spec, pipeline=pipeline)
+
+
+BUDGET_PASSES = ("choose_for_budget", "prune_to_budget", "depth_to_budget")
+
+
+def with_budget(recipe: Recipe, *, speedup: float | None = None, latency_ms: float | None = None) -> Recipe:
+    """`recipe` with its budget passes' budget set to `speedup` or `latency_ms` (the command line's
+    --speedup/--latency-ms); the spec in the report says what ran. A recipe with no budget pass is an error:
+    a budget it would ignore is worse than none."""
+    budget = {"speedup": speedup, "latency_ms": latency_ms}
+    entries, found = [], False
+    for entry in recipe.spec["passes"]:
+        name, config = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
+        if name in BUDGET_PASSES:
+            found = True
+            entry = {name: {**(config or {}), **budget}}
+        entries.append(entry)
+    if not found:
+        raise RecipeError(f"recipe {recipe.name} has no budget pass ({', '.join(BUDGET_PASSES)}) for --speedup or "
+                          "--latency-ms; use --recipe budget-kd or add one")
+    spec = {**recipe.spec, "passes": entries}
+    return Recipe(name=recipe.name, path=recipe.path, spec=spec, pipeline=pipeline_from_spec(spec))
