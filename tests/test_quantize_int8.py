@@ -26,6 +26,7 @@ from torch import nn
 
 from prunefx.graph import Program, PrunefxError, capture
 from prunefx.graph.attributes import get_tensor
+from prunefx.graph.quantization import RangeObserver
 from prunefx.passes.config_checks import ConfigError
 from prunefx.passes.fold_batchnorm import fold_batchnorm
 from prunefx.passes.quantize_int8 import QuantizeInt8Config, check_config, quantize_int8
@@ -131,6 +132,22 @@ def test_weight_scales_are_max_over_each_output_channel_divided_by_127(quantized
         steps = stored / expected.reshape(shape)
         np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
         assert np.abs(np.round(steps)).max() == 127
+
+
+def test_entropy_clip_ignores_the_exact_zeros_a_relu_leaves():
+    """Zeros quantize to 0 under any scale, so half a tensor being 0 (after a ReLU) must not move the clip:
+    the same positive values with and without the zeros get the same range, and it is not the tight clip
+    (about 2 standard deviations) that a zero spike in the first bin pulls entropy to."""
+    values = torch.randn(200_000, generator=torch.Generator().manual_seed(0))
+    after_relu, positives = torch.relu(values), values[values > 0]
+    clips = []
+    for tensor in (after_relu, positives):
+        observer = RangeObserver()
+        observer.observe_max(tensor)
+        observer.observe_histogram(tensor)
+        clips.append(observer.amax("entropy"))
+    assert clips[0] == clips[1]
+    assert clips[0] > float(torch.quantile(positives[:100_000], 0.999))
 
 
 def test_calibration_methods_read_the_range_from_the_data(one_thread):
