@@ -5,7 +5,8 @@ Wall-clock latency at 2 threads on a shared 2-core machine moves by 5-10 % from 
 int8_latency.py); whether two INT8 files differ for a reason shows better here: ONNX Runtime's optimized
 graph (SessionOptions.optimized_model_filepath, read with `onnx`: which operators became integer units) and
 its own profiler's kernel time per operator type, at 1 intra-op thread, summed over the timed runs and
-divided by their number. The models and calibration are benchmarks/int8_latency.py's.
+divided by their number, the files run in alternating blocks. The models, calibration and method (mse) are
+benchmarks/int8_latency.py's.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/int8_latency.py ... ; \
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/int8_profile.py --models resnet50 efficientnet_b0
@@ -39,45 +40,63 @@ NAME = "int8_profile"
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["resnet50", "efficientnet_b0"], choices=MODELS)
-    parser.add_argument("--runs", type=int, default=20, help="profiled runs per file (20; 3 warm-up runs are left out)")
+    parser.add_argument("--runs", type=int, default=20, help="profiled runs per file, interleaved in blocks of 10 (20; 3 warm-up runs are left out)")
     parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where the .json and .md go")
     return parser.parse_args(argv)
 
 
-def profile(path: Path, x, runs: int, folder: Path, warmup: int = 3) -> dict:
-    """The operators ONNX Runtime runs for `path` and their kernel microseconds per run, by operator type;
-    the first `warmup` runs (allocations, first-touch) are left out by their place in the profile."""
+def profiled_session(path: Path, folder: Path) -> tuple[ort.InferenceSession, Path]:
+    """A 1-thread session of `path` with ONNX Runtime's profiler on, and where its optimized graph is written."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.optimized_model_filepath = str(folder / f"{path.stem}_optimized.onnx")
     options.enable_profiling = True
     options.profile_file_prefix = str(folder / path.stem)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x}
-    for _ in range(warmup + runs):
-        session.run(None, feed)
+    return session, Path(options.optimized_model_filepath)
+
+
+def run_interleaved(sessions, x, runs: int, warmup: int, block: int = 10) -> None:
+    """`warmup` runs of each session, then `runs` each in alternating blocks of `block`: the machine's speed
+    drifts over minutes on this shared CPU, and timing the files one after another let the drift decide
+    (14 % between two MobileNetV2 files that differ by 0.8 % when interleaved)."""
+    feeds = [{session.get_inputs()[0].name: x} for session in sessions]
+    for session, feed in zip(sessions, feeds):
+        for _ in range(warmup):
+            session.run(None, feed)
+    for start in range(0, runs, block):
+        for session, feed in zip(sessions, feeds):
+            for _ in range(min(block, runs - start)):
+                session.run(None, feed)
+
+
+def kernel_times(session: ort.InferenceSession, optimized: Path, runs: int, warmup: int) -> dict:
+    """The operators ONNX Runtime runs and their kernel microseconds per run, by operator type; the first
+    `warmup` runs (allocations, first-touch) are left out by their place in the profile."""
     events = json.loads(Path(session.end_profiling()).read_text())
     timed_from = sorted(e["ts"] for e in events if e.get("name") == "model_run")[warmup]
     micros: dict[str, float] = collections.defaultdict(float)
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= timed_from:
             micros[event["args"]["op_name"]] += event["dur"]
-    ran = collections.Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+    ran = collections.Counter(node.op_type for node in onnx.load(optimized).graph.node)
     return {"operators_run": dict(ran.most_common()),
             "kernel_us_per_run": {op: us / runs for op, us in sorted(micros.items(), key=lambda kv: -kv[1])},
             "kernel_ms_per_run": sum(micros.values()) / runs / 1000}
 
 
-def run_model(name: str, images, runs: int) -> dict:
+def run_model(name: str, images, runs: int, warmup: int = 3) -> dict:
     batches = calibration(images)
     dense = capture(build(name), torch.randn(1, 3, 224, 224), name=name).eval()
     with tempfile.TemporaryDirectory(prefix="prunefx-int8-profile-") as tmp:
         folder = Path(tmp)
         fp32 = export_onnx(dense, folder / "fp32.onnx").path
-        files = {"fp32": fp32, "prunefx int8": int8_file(dense, folder / "int8.onnx", batches, "percentile"),
+        files = {"fp32": fp32, "prunefx int8": int8_file(dense, folder / "int8.onnx", batches, "mse"),
                  "ort u8": quantize_static_file(fp32, folder / "ort_u8.onnx", batches, activations="u8")}
-        x = images[:1].numpy()
-        return {variant: profile(path, x, runs, folder) for variant, path in files.items()}
+        sessions = {variant: profiled_session(path, folder) for variant, path in files.items()}
+        run_interleaved([session for session, _ in sessions.values()], images[:1].numpy(), runs, warmup)
+        return {variant: kernel_times(session, optimized, runs, warmup)
+                for variant, (session, optimized) in sessions.items()}
 
 
 def markdown(report: dict) -> str:
