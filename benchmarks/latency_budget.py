@@ -68,7 +68,7 @@ def _write(args, runs: list, rows: list, load_at_start) -> None:
         "# Latency budgets: `prunefx prune --speedup S`, checked by an independent measurement", "",
         f"Produced by `{command_line()}`.", "", machine_summary(info), "",
         f"- Load average (1, 5, 15 min) at the start: {', '.join(f'{x:.1f}' for x in load_at_start)}, at the end: "
-        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} on this 2-core machine (other work ran beside it).",
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} on this 2-core machine (what else ran beside it, if anything, is said beside the command).",
         "- The search confirms every candidate that seems to meet the budget with a measurement 4x longer "
         "(120 runs each side, alternating) and accepts only on the confirmed figure; 'search' is that figure, "
         "'first' the 30-run measurement of the same candidate.",
