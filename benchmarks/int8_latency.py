@@ -276,14 +276,19 @@ def test_accuracy(session: OnnxRuntimeSession, images: torch.Tensor, labels: np.
     return float((predicted == labels).mean())
 
 
+def fashion_mnist_test_set(data, limit: int) -> tuple[torch.Tensor, np.ndarray]:
+    """The first `limit` labelled test images and their labels (label -1 is the loader's padding)."""
+    tests = list(data.test)
+    images = torch.cat([inputs for inputs, _ in tests])
+    labels = torch.cat([targets for _, targets in tests]).numpy()
+    return images[labels >= 0][:limit], labels[labels >= 0][:limit]
+
+
 def fashion_mnist_row(name: str, args) -> dict:
     data = fashion_mnist_data(FASHION_MNIST_BATCH, augment=True)
     batches = calibration_batches(data)
     programs = small_programs(name, data, batches, args)
-    tests = [(inputs, labels) for inputs, labels in data.test]
-    images = torch.cat([inputs for inputs, _ in tests])
-    labels = torch.cat([labels for _, labels in tests]).numpy()
-    images, labels = images[labels >= 0][:args.test_images], labels[labels >= 0][:args.test_images]
+    images, labels = fashion_mnist_test_set(data, args.test_images)
     calibration_images = [(x.unsqueeze(0),) for (inputs,) in batches for x in inputs]  # the peers': the same images
     lowering = onnxruntime_lowering()
     with tempfile.TemporaryDirectory(prefix="prunefx-int8-") as tmp:

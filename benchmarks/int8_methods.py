@@ -17,7 +17,13 @@ from pathlib import Path
 
 import torch
 from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, write_results
-from int8_latency import FASHION_MNIST_BATCH, calibration_batches, test_accuracy, trained_fashion_mnist
+from int8_latency import (
+    FASHION_MNIST_BATCH,
+    calibration_batches,
+    fashion_mnist_test_set,
+    test_accuracy,
+    trained_fashion_mnist,
+)
 
 from prunefx.data import fashion_mnist_data
 from prunefx.graph.rebatch import rebatch
@@ -73,10 +79,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     data = fashion_mnist_data(FASHION_MNIST_BATCH, augment=True)
     batches = calibration_batches(data)
-    tests = list(data.test)
-    images = torch.cat([inputs for inputs, _ in tests])
-    labels = torch.cat([targets for _, targets in tests]).numpy()
-    images, labels = images[labels >= 0][:args.test_images], labels[labels >= 0][:args.test_images]
+    images, labels = fashion_mnist_test_set(data, args.test_images)
     info = machine_info(threads=1, train_epochs=args.train_epochs)
     report = {"command": command_line(), "lowering": onnxruntime_lowering(), "test_images": len(labels),
               "models": {name: model_row(name, data, batches, images, labels, args.train_epochs)
