@@ -1,0 +1,125 @@
+"""prunefx's ONNX Runtime INT8 file against quantize_static's default (U8) file, head to head, with an interval.
+
+benchmarks/int8_latency.py times seven variants per model; on this shared 2-core machine two files of nearly
+the same speed swap places from one run to the next (MobileNetV2: prunefx 1.47x against 1.44x in one run,
+1.44x against 1.55x in another). Here only the two INT8 files are timed, in many independent rounds of
+runtime/latency.compare_latency (alternating blocks of 10 runs), and each round gives one speed ratio,
+quantize_static's median / prunefx's median (above 1: prunefx is faster). The report gives the median of
+the rounds and a 95 % bootstrap interval of that median (resampling rounds, numpy): an interval that
+contains 1 means the two files cannot be told apart at this precision; one below 1 means prunefx is slower.
+
+Files, calibration and method are int8_latency.py's (ImageNet-sample calibration, mse, this CPU's lowering).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/int8_head_to_head.py [--models mobilenet_v2 resnet50] \
+        [--threads 1 2] [--rounds 40] [--runs 50]
+
+Writes benchmarks/results/int8_head_to_head.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, write_results
+from int8_latency import MODELS, build, calibration, int8_file
+from tqdm import tqdm
+
+from prunefx.assets import load_imagenet_batch
+from prunefx.graph import capture
+from prunefx.runtime import export_onnx
+from prunefx.runtime.latency import compare_latency
+from prunefx.runtime.onnx_quantize_static import quantize_static_file
+from prunefx.runtime.runners import onnx_runner
+
+NAME = "int8_head_to_head"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "resnet50"], choices=MODELS)
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="ONNX Runtime intra-op threads")
+    parser.add_argument("--rounds", type=int, default=40, help="independent comparisons per model and thread count")
+    parser.add_argument("--runs", type=int, default=50, help="timed runs of each file per round")
+    parser.add_argument("--seed", type=int, default=0, help="of the bootstrap")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    return parser.parse_args(argv)
+
+
+def bootstrap_interval(ratios: np.ndarray, seed: int, draws: int = 10_000) -> tuple[float, float]:
+    """95 % interval of the median of `ratios`, by resampling the rounds with replacement."""
+    generator = np.random.default_rng(seed)
+    medians = np.median(generator.choice(ratios, size=(draws, ratios.size), replace=True), axis=1)
+    low, high = np.percentile(medians, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def head_to_head(files: dict[str, Path], inputs: tuple, threads: int, args) -> dict:
+    """`args.rounds` alternating comparisons of the two files; each round's ratio of medians."""
+    ours = onnx_runner(files["prunefx int8"], inputs, threads=threads)
+    theirs = onnx_runner(files["ort u8"], inputs, threads=threads)
+    rounds = [compare_latency(theirs, ours, runs=args.runs, threads=threads)
+              for _ in tqdm(range(args.rounds), desc=f"{threads} thread(s)", leave=False)]
+    ratios = np.array([comparison.speedup for comparison in rounds])
+    low, high = bootstrap_interval(ratios, args.seed)
+    return {"ratio_median": float(np.median(ratios)), "interval_95": [low, high],
+            "prunefx_ms_median": float(np.median([c.b.median_ms for c in rounds])),
+            "ort_u8_ms_median": float(np.median([c.a.median_ms for c in rounds])),
+            "rounds_prunefx_faster": int((ratios > 1).sum()), "rounds": len(ratios), "ratios": ratios.tolist()}
+
+
+def run_model(name: str, images, args) -> dict:
+    dense = capture(build(name), torch.randn(1, 3, 224, 224), name=name).eval()
+    batches = calibration(images)
+    with tempfile.TemporaryDirectory(prefix="prunefx-int8-h2h-") as tmp:
+        folder = Path(tmp)
+        fp32 = export_onnx(dense, folder / "fp32.onnx").path
+        files = {"prunefx int8": int8_file(dense, folder / "int8.onnx", batches, "mse"),
+                 "ort u8": quantize_static_file(fp32, folder / "ort_u8.onnx", batches, activations="u8")}
+        inputs = (images[:1],)
+        return {str(threads): head_to_head(files, inputs, threads, args) for threads in args.threads}
+
+
+def verdict(row: dict) -> str:
+    low, high = row["interval_95"]
+    if low > 1:
+        return "prunefx faster"
+    if high < 1:
+        return "prunefx slower"
+    return "cannot be told apart"
+
+
+def markdown(report: dict, info: dict) -> str:
+    rows = [[model, threads, f"{row['prunefx_ms_median']:.2f}", f"{row['ort_u8_ms_median']:.2f}",
+             f"{row['ratio_median']:.3f}", f"{row['interval_95'][0]:.3f} - {row['interval_95'][1]:.3f}",
+             f"{row['rounds_prunefx_faster']} of {row['rounds']}", verdict(row)]
+            for model, by_threads in report["models"].items() for threads, row in by_threads.items()]
+    return (f"# prunefx INT8 against quantize_static U8, head to head (ONNX Runtime, batch 1, 224x224)\n\n"
+            f"{machine_summary(info)}; load average at start {info['load_average_at_start']}, at end "
+            f"{report['load_average_at_end']}.\n\nCommand: `{report['command']}`\n\n"
+            f"{info['rounds']} rounds of {info['runs']} alternating runs per file; ratio = quantize_static's "
+            f"median / prunefx's (above 1: prunefx faster); interval: 95 % bootstrap of the median ratio.\n\n"
+            + markdown_table(["model", "threads", "prunefx ms", "quantize_static u8 ms", "ratio", "95 % interval",
+                              "rounds prunefx faster", "verdict"], rows) + "\n")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    images, _ = load_imagenet_batch()
+    info = machine_info(rounds=args.rounds, runs=args.runs, threads=args.threads)
+    report = {"command": command_line(), "models": {name: run_model(name, images, args) for name in args.models}}
+    report["load_average_at_end"] = list(os.getloadavg())
+    json_path, md_path = write_results(NAME, report, markdown(report, info), folder=args.output_dir)
+    print(md_path.read_text())
+    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
