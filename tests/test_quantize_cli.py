@@ -1,5 +1,6 @@
 """`prunefx quantize --backend ort|trt`: model.onnx is the file lowered for the chosen runtime, read back with
-`onnx`; the two named files stay; a backend that does not exist is a one-line error, exit 2, nothing written."""
+`onnx`; the two named files stay. A backend that does not exist, calibration images of another shape and a
+model with no quantizable layer are one-line errors, exit 2, nothing written."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from prunefx import fashion_mnist
 from prunefx.cli import main
+from prunefx.graph import capture
 
 needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(),
                                          reason=f"{fashion_mnist.DEFAULT_ROOT} missing: apt-get install "
@@ -42,3 +44,41 @@ def test_unknown_backend_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys)
                  "-o", str(tmp_path / "never")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "invalid choice: 'gpu'" in err[-1] and not (tmp_path / "never").exists()
+
+
+class _PoolOnly(torch.nn.Module):
+    """Nothing to quantize: no convolution, linear or matmul."""
+
+    def forward(self, x):
+        return torch.nn.functional.adaptive_avg_pool2d(torch.relu(x), 1).flatten(1)
+
+
+def _saved(module: torch.nn.Module, shape: tuple[int, ...], path) -> str:
+    capture(module.eval(), torch.randn(*shape), name=path.stem).save(path)
+    return str(path)
+
+
+def _one_line_exit_2(code: int, capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    assert lines[0].startswith("prunefx quantize: error: ")
+    return lines[0]
+
+
+@needs_fashion_mnist
+def test_calibration_images_of_another_shape_are_one_line_exit_2_and_nothing_written(tmp_path, capsys):
+    model = _saved(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()), (1, 3, 32, 32),
+                   tmp_path / "rgb32.pt2")
+    code = main(["quantize", model, "--calibrate", "fashion-mnist", "-o", str(tmp_path / "never")])
+    line = _one_line_exit_2(code, capsys)
+    assert "28x28" in line and "3x32x32" in line and not (tmp_path / "never").exists()
+
+
+@needs_fashion_mnist
+def test_a_model_with_no_quantizable_layer_is_one_line_exit_2_and_nothing_written(tmp_path, capsys):
+    model = _saved(_PoolOnly(), (2, 1, 28, 28), tmp_path / "pool.pt2")
+    code = main(["quantize", model, "--calibrate", "fashion-mnist", "--calibration-images", "16",
+                 "-o", str(tmp_path / "never")])
+    line = _one_line_exit_2(code, capsys)
+    assert "no quantizable layer" in line and not (tmp_path / "never").exists()
