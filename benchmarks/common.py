@@ -99,6 +99,14 @@ def write_results(name: str, data: dict, markdown: str, *, folder: Path = RESULT
     return json_path, md_path
 
 
+def publish_results(name: str, data: dict, markdown: str, *, folder: Path = RESULTS) -> int:
+    """write_results, then the Markdown on stdout and where both files went on stderr; 0, main's exit code."""
+    json_path, md_path = write_results(name, data, markdown, folder=folder)
+    print(md_path.read_text())
+    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+    return 0
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]

@@ -26,15 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, write_results
-from int8_latency import MODELS, build, calibration, int8_file
+from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, publish_results
+from int8_latency import MODELS, int8_pair_files
 from tqdm import tqdm
 
 from prunefx.assets import load_imagenet_batch
-from prunefx.graph import capture
-from prunefx.runtime import export_onnx
 from prunefx.runtime.latency import compare_latency
-from prunefx.runtime.onnx_quantize_static import quantize_static_file
 from prunefx.runtime.runners import onnx_runner
 
 NAME = "int8_head_to_head"
@@ -74,13 +71,8 @@ def head_to_head(files: dict[str, Path], inputs: tuple, threads: int, args) -> d
 
 
 def run_model(name: str, images, args) -> dict:
-    dense = capture(build(name), torch.randn(1, 3, 224, 224), name=name).eval()
-    batches = calibration(images)
     with tempfile.TemporaryDirectory(prefix="prunefx-int8-h2h-") as tmp:
-        folder = Path(tmp)
-        fp32 = export_onnx(dense, folder / "fp32.onnx").path
-        files = {"prunefx int8": int8_file(dense, folder / "int8.onnx", batches, "mse"),
-                 "ort u8": quantize_static_file(fp32, folder / "ort_u8.onnx", batches, activations="u8")}
+        files = int8_pair_files(name, images, Path(tmp))
         inputs = (images[:1],)
         return {str(threads): head_to_head(files, inputs, threads, args) for threads in args.threads}
 
@@ -115,10 +107,7 @@ def main(argv=None) -> int:
     info = machine_info(rounds=args.rounds, runs=args.runs, threads=args.threads)
     report = {"command": command_line(), "models": {name: run_model(name, images, args) for name in args.models}}
     report["load_average_at_end"] = list(os.getloadavg())
-    json_path, md_path = write_results(NAME, report, markdown(report, info), folder=args.output_dir)
-    print(md_path.read_text())
-    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
-    return 0
+    return publish_results(NAME, report, markdown(report, info), folder=args.output_dir)
 
 
 if __name__ == "__main__":

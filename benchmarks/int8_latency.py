@@ -48,9 +48,9 @@ from common import (
     machine_info,
     machine_summary,
     markdown_table,
+    publish_results,
     realistic_batchnorm,
     relative_difference,
-    write_results,
 )
 
 from prunefx.assets import load_imagenet_batch, mobilenet_v2_weights_path
@@ -124,6 +124,16 @@ def int8_file(program: Program, path: Path, batches, method: str) -> Path:
     quantized = program.clone().eval()
     quantize_int8(quantized, config={"calibration": batches, "method": method})
     return export_quantized_onnx(quantized, path, activations=onnxruntime_lowering()).path
+
+
+def int8_pair_files(name: str, images: torch.Tensor, folder: Path) -> dict[str, Path]:
+    """The 224x224 model `name` as FP32, prunefx INT8 (mse) and quantize_static U8 files under `folder`, both
+    INT8 files calibrated on `calibration(images)`: the pair that int8_profile and int8_head_to_head compare."""
+    batches = calibration(images)
+    dense = capture(build(name), torch.randn(1, 3, 224, 224), name=name).eval()
+    fp32 = export_onnx(dense, folder / "fp32.onnx").path
+    return {"fp32": fp32, "prunefx int8": int8_file(dense, folder / "int8.onnx", batches, "mse"),
+            "ort u8": quantize_static_file(fp32, folder / "ort_u8.onnx", batches, activations="u8")}
 
 
 def peer_files(fp32: Path, folder: Path, batches) -> dict[str, Path | str]:
@@ -360,10 +370,7 @@ def main(argv=None) -> int:
               "fashion_mnist": {name: fashion_mnist_row(name, args) for name in args.fashion_mnist},
               "models": {name: run_model(name, images, labels, args) for name in args.models}}
     report["load_average_at_end"] = list(os.getloadavg())
-    json_path, md_path = write_results(NAME, report, markdown(report, info), folder=args.output_dir)
-    print(md_path.read_text())
-    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
-    return 0
+    return publish_results(NAME, report, markdown(report, info), folder=args.output_dir)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, write_results
+from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, publish_results
 from int8_latency import (
     FASHION_MNIST_BATCH,
     calibration_batches,
@@ -84,10 +84,7 @@ def main(argv=None) -> int:
     report = {"command": command_line(), "lowering": onnxruntime_lowering(), "test_images": len(labels),
               "models": {name: model_row(name, data, batches, images, labels, args.train_epochs)
                          for name in args.models}}
-    json_path, md_path = write_results(NAME, report, markdown(report, info), folder=args.output_dir)
-    print(md_path.read_text())
-    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
-    return 0
+    return publish_results(NAME, report, markdown(report, info), folder=args.output_dir)
 
 
 if __name__ == "__main__":

@@ -26,13 +26,10 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 import torch
-from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, write_results
-from int8_latency import MODELS, build, calibration, int8_file
+from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, publish_results
+from int8_latency import MODELS, int8_pair_files
 
 from prunefx.assets import load_imagenet_batch
-from prunefx.graph import capture
-from prunefx.runtime import export_onnx
-from prunefx.runtime.onnx_quantize_static import quantize_static_file
 
 NAME = "int8_profile"
 
@@ -86,13 +83,9 @@ def kernel_times(session: ort.InferenceSession, optimized: Path, runs: int, warm
 
 
 def run_model(name: str, images, runs: int, warmup: int = 3) -> dict:
-    batches = calibration(images)
-    dense = capture(build(name), torch.randn(1, 3, 224, 224), name=name).eval()
     with tempfile.TemporaryDirectory(prefix="prunefx-int8-profile-") as tmp:
         folder = Path(tmp)
-        fp32 = export_onnx(dense, folder / "fp32.onnx").path
-        files = {"fp32": fp32, "prunefx int8": int8_file(dense, folder / "int8.onnx", batches, "mse"),
-                 "ort u8": quantize_static_file(fp32, folder / "ort_u8.onnx", batches, activations="u8")}
+        files = int8_pair_files(name, images, folder)
         sessions = {variant: profiled_session(path, folder) for variant, path in files.items()}
         run_interleaved([session for session, _ in sessions.values()], images[:1].numpy(), runs, warmup)
         return {variant: kernel_times(session, optimized, runs, warmup)
@@ -118,10 +111,7 @@ def main(argv=None) -> int:
     images, _ = load_imagenet_batch()
     report = {"command": command_line(), "machine": machine_info(runs=args.runs, threads=1),
               "models": {name: run_model(name, images, args.runs) for name in args.models}}
-    json_path, md_path = write_results(NAME, report, markdown(report), folder=args.output_dir)
-    print(md_path.read_text())
-    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
-    return 0
+    return publish_results(NAME, report, markdown(report), folder=args.output_dir)
 
 
 if __name__ == "__main__":
