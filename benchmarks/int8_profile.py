@@ -55,8 +55,7 @@ def profiled_session(path: Path, folder: Path) -> tuple[ort.InferenceSession, Pa
 
 def run_interleaved(sessions, x, runs: int, warmup: int, block: int = 10) -> None:
     """`warmup` runs of each session, then `runs` each in alternating blocks of `block`: the machine's speed
-    drifts over minutes on this shared CPU, and timing the files one after another let the drift decide
-    (14 % between two MobileNetV2 files that differ by 0.8 % when interleaved)."""
+    drifts over minutes on this shared CPU, and timing the files one after another lets the drift decide."""
     feeds = [{session.get_inputs()[0].name: x} for session in sessions]
     for session, feed in zip(sessions, feeds):
         for _ in range(warmup):
