@@ -174,3 +174,22 @@ def test_a_pessimistic_first_measurement_just_below_the_budget_is_confirmed_not_
     first = result.stats["trace"][0]
     assert first["confirmed"] and first["first"]["speedup"] < 1.5 <= first["speedup"]
     assert result.stats["macs_fraction"] == pytest.approx(1 / 1.5)  # the first candidate, not a smaller one
+
+
+def test_a_near_miss_is_followed_by_a_step_to_the_budget_not_past_it(resnet20):
+    """The stand-in's speed-up is 0.97 x the MACs ratio, so the first guess (1/S of the MACs) misses by 3 %.
+    The next candidate is aimed at the acceptance window [S, 1.05 S]: no candidate is measured beyond the
+    window (a fixed 25 % cut measured 1.82x for a 1.5x budget here and pruned past the budget)."""
+    truth = latency_of_macs(fixed_ms=0.0)
+
+    def latency(dense, candidate):
+        dense_ms, ms, spread = truth(dense, candidate)
+        return dense_ms, ms / 0.97, spread
+
+    result = prune_to_budget(resnet20.clone(), config={"speedup": 1.5, "tolerance": 0.05, "latency": latency,
+                                                       "round_to": 4})
+    trace = result.stats["trace"]
+    assert trace[0]["speedup"] < 1.5 and trace[0]["confirmed"]  # the near miss, confirmed before stepping on
+    assert max(row["speedup"] for row in trace) <= 1.5 * 1.05 * 1.02  # 2 %: width rounding
+    dense_ms, ms, _ = latency(resnet20, result.program)  # the oracle, on the model returned
+    assert 1.5 <= dense_ms / ms <= 1.5 * 1.05
