@@ -33,7 +33,9 @@ quantizers, so a following `distill` recovers it (quantization-aware for INT8). 
 `latency_ms` (one), `dimensions`, `tolerance`, `max_candidates`, `confirm`, `latency` and `calibration`
 (injected), and the options of each dimension's own pass as mappings: `width` (remove_channels options:
 importance, round_to, compensate...), `depth` (depth_to_budget's rank, layer_norms, recalibrate,
-max_kernel_growth), `int8` (quantize_int8's method, percentile, sensitive...). Stats: `budget`, `budget_ms` (the budget as a latency), `chosen`
+max_kernel_growth), `int8` (quantize_int8's method, percentile, sensitive...); with INT8 in a combination
+the width search keeps widths on multiples of `int8_round_to` too (16: ONNX Runtime's x86 INT8 kernels lose
+their gain on pruned widths that are multiples of 8 only, benchmarks/results/int8_after_pruning.md). Stats: `budget`, `budget_ms` (the budget as a latency), `chosen`
 (its dimensions), `speedup`, `ms`, `proxy` and `candidates`, one row per combination: dimensions, met,
 measured speed-up and latency, MACs kept, proxy, each dimension's setting (MACs fraction, blocks, INT8
 layers) and, for those that failed, why. `budget_candidates` returns the candidates themselves, for
@@ -64,6 +66,7 @@ from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.prune_to_budget import PruneToBudgetConfig, prune_to_budget
 from prunefx.passes.quantize_int8 import QuantizeInt8Config, quantize_int8
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
+from prunefx.passes.remove_channels import RemoveChannelsConfig
 from prunefx.passes.result import Result
 
 DIMENSIONS = ("width", "depth", "int8")
@@ -89,6 +92,9 @@ class ChooseForBudgetConfig(PassConfig):
     depth: dict = option({}, help="depth_to_budget options (rank, layer_norms, recalibrate, max_kernel_growth)",
                          cli=False)
     int8: dict = option({}, help="quantize_int8 options (method, percentile, sensitive, ...)", cli=False)
+    int8_round_to: int = option(16, low=1, help="with INT8 in the combination, pruned widths are also multiples of "
+                                                 "this: ONNX Runtime's x86 INT8 kernels lose their gain on widths "
+                                                 "that are multiples of 8 only (benchmarks/results/int8_after_pruning.md)")
     proxy_batches: int = option(4, low=1, help="calibration batches the KL damage proxy is read on")
     recalibrate: bool = option(True, help="re-estimate the batch norms of a pruned or merged candidate on the "
                                           "calibration batches before it is quantized and scored")
@@ -277,11 +283,17 @@ class _Search:
         return merge_blocks(result.program, config={"max_kernel_growth": growth}).program
 
     def _pruned(self, model: Program, latency, candidate: Candidate) -> Program:
+        width = dict(self.settings.width)
+        if "int8" in candidate.dimensions:  # widths the INT8 kernels run well (int8_round_to's help says why)
+            asked = width.get("round_to", RemoveChannelsConfig.parse({"macs": 0.5}).round_to)
+            width["round_to"] = math.lcm(int(asked), self.settings.int8_round_to)
         result = prune_to_budget(model, config={
-            **self.settings.width, "speedup": self.settings.speedup, "latency_ms": self.settings.latency_ms,
+            **width, "speedup": self.settings.speedup, "latency_ms": self.settings.latency_ms,
             "tolerance": self.settings.tolerance, "max_candidates": self.settings.max_candidates,
             "confirm": self.settings.confirm, "latency": latency, "calibration": self.batches})
         candidate.settings["macs_fraction"] = result.stats["macs_fraction"]
+        candidate.settings["round_to"] = width.get("round_to")
+        candidate.settings["width_trace"] = result.stats["trace"]  # every width measured: why the search ended where it did
         candidate.measured = Measured.from_dict(result.stats["chosen"])
         return result.program
 

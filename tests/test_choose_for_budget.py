@@ -135,3 +135,23 @@ def test_bad_options_fail_before_any_measurement(mobilenet, bad, said):
     with pytest.raises(PrunefxError, match=said.replace("(", r"\(").replace(")", r"\)")):
         Pipeline([Step(choose_for_budget, config(batches, latency=counting, **bad))]).run(program.clone())
     assert calls == []
+
+
+def pruned_widths(dense, candidate) -> dict[str, int]:
+    """Output channels of every convolution weight whose width the candidate changed, read from the modules."""
+    before = {name: p.shape[0] for name, p in dense.module.named_parameters() if p.dim() == 4}
+    after = {name: p.shape[0] for name, p in candidate.module.named_parameters() if p.dim() == 4}
+    return {name: width for name, width in after.items() if name in before and width != before[name]}
+
+
+@pytest.mark.slow
+def test_with_int8_the_widths_are_kept_on_the_int8_multiple(graph_order_ranking):
+    program, batches = graph_order_ranking
+    candidates = module.budget_candidates(program, config(batches, dimensions=["width", "int8"], int8_round_to=16))
+    found = {"+".join(candidate.dimensions): candidate for candidate in candidates}
+    assert found["width+int8"].settings["round_to"] == 16 and found["width"].settings["round_to"] == 4
+    with_int8 = pruned_widths(program, found["width+int8"].program)
+    alone = pruned_widths(program, found["width"].program)
+    assert with_int8 and all(width % 16 == 0 for width in with_int8.values())
+    assert any(width % 16 for width in alone.values())  # round_to 4 alone: the option made the difference
+    assert len(found["width+int8"].settings["width_trace"]) >= 1
