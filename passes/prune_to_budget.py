@@ -186,9 +186,9 @@ class _Search:
         anchor = bad if bad is not None else good
         aim = math.log(self._wanted_speedup(anchor) * (1 + self.settings.tolerance / 2))
         if good is not None and bad is not None:
-            low, high = math.log(bad.fraction), math.log(good.fraction)
-            step = _log_fraction_at(aim, bad, good)
-            fraction = math.exp(min(max(step, low + BRACKET_MARGIN * (high - low)), high - BRACKET_MARGIN * (high - low)))
+            low, high = sorted((math.log(good.fraction), math.log(bad.fraction)))  # met: the smaller fraction
+            margin = BRACKET_MARGIN * (high - low)
+            fraction = math.exp(min(max(_log_fraction_at(aim, bad, good), low + margin), high - margin))
         else:
             side = [c for c in self.trace if self.meets(c) == self.meets(anchor)]
             nearest = sorted(side, key=lambda c: abs(math.log(c.fraction / anchor.fraction)))[:2]

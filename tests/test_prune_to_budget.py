@@ -193,3 +193,22 @@ def test_a_near_miss_is_followed_by_a_step_to_the_budget_not_past_it(resnet20):
     assert max(row["speedup"] for row in trace) <= 1.5 * 1.05 * 1.02  # 2 %: width rounding
     dense_ms, ms, _ = latency(resnet20, result.program)  # the oracle, on the model returned
     assert 1.5 <= dense_ms / ms <= 1.5 * 1.05
+
+
+def test_between_a_miss_and_a_candidate_too_fast_the_next_lands_inside_the_window(resnet20):
+    """A runtime twice as elastic as the MACs (speed-up = 0.6 / kept^2): the first guess misses, the step
+    that assumes latency follows the MACs lands too fast, and the search must then step back inside that
+    bracket to a candidate within [S, 1.05 S] rather than stop at the one too fast."""
+    dense_macs = count(resnet20).macs
+
+    def latency(dense, candidate):
+        kept = count(candidate).macs / dense_macs
+        return 1.0, kept ** 2 / 0.6, 0.0
+
+    result = prune_to_budget(resnet20.clone(), config={"speedup": 1.5, "tolerance": 0.05, "latency": latency,
+                                                       "round_to": 4})
+    speedups = [row["speedup"] for row in result.stats["trace"]]
+    assert speedups[0] < 1.5 and any(s > 1.5 * 1.05 for s in speedups)  # a bracket was formed
+    assert 1.5 <= result.stats["speedup"] <= 1.5 * 1.05
+    dense_ms, ms, _ = latency(resnet20, result.program)  # the oracle, on the model returned
+    assert result.stats["speedup"] == pytest.approx(dense_ms / ms)
