@@ -192,8 +192,7 @@ class _Search:
         else:
             side = [c for c in self.trace if self.meets(c) == self.meets(anchor)]
             nearest = sorted(side, key=lambda c: abs(math.log(c.fraction / anchor.fraction)))[:2]
-            step = (_log_fraction_at(aim, *nearest) if len(nearest) == 2 else
-                    math.log(anchor.fraction) - (aim - math.log(max(anchor.speedup, 1e-6))))
+            step = _log_fraction_at(aim, nearest[0], nearest[-1])  # one candidate: the slope -1 line through it
             fraction = min(math.exp(math.log(anchor.fraction) + _held(step - math.log(anchor.fraction))), 1.0)
         tried = [c.fraction for c in self.trace]
         if fraction < SMALLEST_FRACTION or any(abs(fraction - t) <= 0.005 for t in tried):
@@ -219,7 +218,8 @@ def _held(log_step: float) -> float:
 
 def _log_fraction_at(aim: float, a: Candidate, b: Candidate) -> float:
     """log fraction where the line through a and b in (log fraction, log speed-up) reaches `aim`; the slope
-    is held to ELASTICITY, since two noisy measurements close together can suggest any slope, even a wrong sign."""
+    is held to ELASTICITY, since two noisy measurements close together can suggest any slope, even a wrong sign.
+    Given one candidate twice, the slope is -1: latency proportional to the MACs."""
     run = math.log(a.fraction) - math.log(b.fraction)
     rise = math.log(max(a.speedup, 1e-6)) - math.log(max(b.speedup, 1e-6))
     slope = rise / run if run else -1.0
