@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
 from prunefx.graph.errors import PrunefxError
+from prunefx.image_files import read_image
 
 # import name -> pinned PyPI requirement (the same pins as assets.txt).
 _PACKAGES = {
@@ -85,6 +85,6 @@ def load_imagenet_batch(size: int = 224) -> tuple[torch.Tensor, torch.Tensor]:
     """The sample images as one normalised float batch (N x 3 x size x size) and int64 labels."""
     transform = imagenet_transform(size)
     samples = imagenet_sample_images()
-    images = [transform(decode_image(str(path), mode=ImageReadMode.RGB)) for path, _ in samples]
+    images = [transform(read_image(path)) for path, _ in samples]
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
     return torch.stack(images).as_subclass(torch.Tensor), labels

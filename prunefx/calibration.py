@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torchvision.io import ImageReadMode, decode_image
 
 from prunefx.assets import imagenet_transform
 from prunefx.data import (
@@ -32,7 +31,8 @@ from prunefx.data import (
     load_data,
     scene_spec,
 )
-from prunefx.graph.errors import PrunefxError, first_line
+from prunefx.graph.errors import PrunefxError
+from prunefx.image_files import image_files, read_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -49,17 +49,13 @@ def image_batches(folder: str | Path, example: torch.Tensor, *, limit: int | Non
     _check_rgb(example, "calibration images")
     if not folder.is_dir():
         raise PrunefxError(f"calibration folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    files = image_files(folder, IMAGE_SUFFIXES, recursive=False)[:limit]
     if not files:
         raise PrunefxError(f"calibration folder {folder} holds no .jpg/.jpeg/.png images")
     transform = imagenet_transform(int(example.shape[2]))
     images = []
-    for path in files:
-        try:
-            images.append(transform(decode_image(str(path), mode=ImageReadMode.RGB)).as_subclass(torch.Tensor))
-        except (RuntimeError, ValueError) as error:  # not decodable: named, never skipped (prunefx/data.py)
-            raise PrunefxError(f"cannot read calibration image {path}: {first_line(error)} "
-                               "(remove or replace the file)") from None
+    for path in files:  # a file that does not decode is named, never skipped (prunefx/image_files.py)
+        images.append(transform(read_image(path)).as_subclass(torch.Tensor))
     batch = int(example.shape[0])
     if len(images) < batch:
         raise PrunefxError(f"calibration folder {folder} holds {len(images)} images, fewer than one batch of {batch}")

@@ -32,6 +32,7 @@ from prunefx.batches import (
     derive_seed,
 )
 from prunefx.graph.errors import PrunefxError, first_line
+from prunefx.image_files import class_folder_samples, open_image
 
 __all__ = [
     "BatchLoader", "DETECTION", "DataSplits", "FASHION_MNIST", "FASHION_MNIST_DET", "FASHION_MNIST_SEG",
@@ -173,12 +174,9 @@ def imagenet_train_transform(size: int = 224) -> v2.Compose:
 def load_image(path: str) -> Image.Image:
     """One image as RGB. A file that does not decode (truncated, or not an image at all) stops the run
     with its path: skipping it would silently change the data a model is trained or calibrated on,
-    and the user can remove or replace the file once it is named."""
-    try:
-        with open(path, "rb") as file:
-            return Image.open(file).convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise PrunefxError(f"cannot read image {path}: {first_line(error)} (remove or replace the file)") from None
+    and the user can remove or replace the file once it is named. Pixel and size limits:
+    prunefx/image_files.py."""
+    return open_image(path)
 
 
 class _FolderWithClasses(ImageFolder):
@@ -191,6 +189,11 @@ class _FolderWithClasses(ImageFolder):
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         return self._fixed_classes, {name: i for i, name in enumerate(self._fixed_classes)}
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        # torchvision's walk follows every symlinked folder (a link to .. never ends); ours follows none
+        return class_folder_samples(directory, class_to_idx)
 
 
 def _class_folders(split: Path) -> list[str]:
