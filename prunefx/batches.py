@@ -247,22 +247,25 @@ class TensorBatches(BatchLoader):
 # ---- image folders through torch's DataLoader ----------------------------------------------------
 
 class _SeededSamples(Dataset):
-    """Reads items named (index, is_real, seed): the image through the folder's transform, run under
+    """Reads items named (index, is_real, seed): the image through the data set's transform, run under
     torch's global generator seeded with `seed` (saved and restored around it), so a random
-    transform gives the same result in any process, worker or shard; the label, or -1 for padding."""
+    transform gives the same result in any process, worker or shard; the label, or -1 for padding
+    (every entry of a dense label: a mask, a box table)."""
 
-    def __init__(self, folder: ImageFolder):
+    def __init__(self, folder: Dataset):
         self.folder = folder
 
     def __len__(self) -> int:
         return len(self.folder)
 
-    def __getitem__(self, item: tuple[int, bool, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: tuple[int, bool, int]) -> tuple[torch.Tensor, int | torch.Tensor]:
         index, real, seed = item
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             image, label = self.folder[index]
-        return image.as_subclass(torch.Tensor), label if real else IGNORED_LABEL
+        if not real:
+            label = torch.full_like(label, IGNORED_LABEL) if isinstance(label, torch.Tensor) else IGNORED_LABEL
+        return image.as_subclass(torch.Tensor), label
 
 
 class _ShardBatchSampler:
@@ -284,11 +287,11 @@ class _ShardBatchSampler:
 
 
 class FolderBatches(BatchLoader):
-    """Fixed-size batches of a torchvision ImageFolder, read by torch's DataLoader with `num_workers`
-    processes (0 by default: these machines have 2 cores). Same interface and padding rules as
-    `TensorBatches`."""
+    """Fixed-size batches of a map-style data set on disk (a torchvision ImageFolder, or the dense-task
+    formats of prunefx/dataset_samples.py), read by torch's DataLoader with `num_workers` decoding
+    processes (0: decode in this process). Same interface and padding rules as `TensorBatches`."""
 
-    def __init__(self, folder: ImageFolder, batch_size: int, *, shuffle: bool, seed: int = 0,
+    def __init__(self, folder: ImageFolder | Dataset, batch_size: int, *, shuffle: bool, seed: int = 0,
                  drop_last: bool | None = None, num_workers: int = 0):
         super().__init__(len(folder), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
         self.folder = folder
@@ -297,7 +300,7 @@ class FolderBatches(BatchLoader):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # A fresh DataLoader per epoch: its sampler reads the epoch and shard set now.
         loader = DataLoader(_SeededSamples(self.folder), batch_sampler=_ShardBatchSampler(self),
-                            num_workers=self.num_workers)
+                            num_workers=self.num_workers, prefetch_factor=4 if self.num_workers else None)
         yield from loader
 
     def __repr__(self) -> str:

@@ -275,7 +275,8 @@ def _looks_like_path(spec: str) -> bool:
 def load_data(spec: str | Path, batch_size: int, **options) -> DataSplits:
     """`spec`: "fashion-mnist", "imagenet-sample", "fashion-mnist-seg[:SIZE]", "fashion-mnist-det[:SIZE]"
     or the path of an ImageFolder-layout folder; `options` go to `fashion_mnist_data`,
-    `imagenet_sample_data`, `fashion_mnist_scene_data` or `image_folder_data`."""
+    `imagenet_sample_data`, `fashion_mnist_scene_data` or, for a path, `data_formats.format_data`
+    (ImageFolder, COCO JSON, YOLO or mask folders, detected from the path or named by `data_format`)."""
     text = str(spec)
     if text == FASHION_MNIST:
         return fashion_mnist_data(batch_size, **options)
@@ -286,7 +287,10 @@ def load_data(spec: str | Path, batch_size: int, **options) -> DataSplits:
     if text == IMAGENET_SAMPLE:
         return imagenet_sample_data(batch_size, **options)
     if isinstance(spec, Path) or _looks_like_path(text):
-        return image_folder_data(Path(text).expanduser(), batch_size, **options)
+        # the layouts on disk (ImageFolder, COCO, YOLO, masks) build on this module: imported here
+        from prunefx.data_formats import format_data
+
+        return format_data(Path(text).expanduser(), batch_size, **options)
     raise PrunefxError(f"unknown data {text!r}: use {FASHION_MNIST!r}, {IMAGENET_SAMPLE!r}, {FASHION_MNIST_SEG!r}, "
                        f"{FASHION_MNIST_DET!r} or the path of a folder with train/<class>/ and val/<class>/ "
                        f"image folders")

@@ -1,0 +1,149 @@
+"""Samples of the on-disk dense-task formats (COCO JSON, YOLO txt, mask folders) as one torch Dataset.
+
+Each format reader (prunefx/datasets_coco.py, datasets_yolo.py, datasets_masks.py) only parses its
+annotations into a `SplitFiles`: image paths plus, per image, its boxes (class, x1, y1, x2, y2 in the
+image's own pixels) or its mask file. `LabelledImages` then decodes one image at a time (in DataLoader
+worker processes), resizes it to the data set's static size (the captured graph takes one shape) and
+returns the labels in prunefx's layout (prunefx/data.py): a mask H x W (-1 where ignored) or boxes
+max_items x 5 with rows of -1 where the image has fewer items.
+
+Everything a reader can check without decoding every image is checked while the split is read, before
+any training: missing files, labels outside the classes, empty splits, and every image's header.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch.utils.data import Dataset
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from prunefx.graph.errors import PrunefxError, first_line
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IGNORED = -1
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def open_image(path: Path, channels: int) -> np.ndarray:
+    """An image file as H x W x C uint8 (C = 1 gray or 3 RGB); an undecodable file is one line naming it.
+    Until prunefx/image_files.py (issue 33) lands, this is the one place these formats decode images."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L" if channels == 1 else "RGB")).reshape(image.height, image.width, -1)
+    except _DECODE_ERRORS as error:
+        raise PrunefxError(f"cannot read image {path}: {first_line(error)} (remove or replace the file)") from None
+
+
+def image_size_of(path: Path) -> tuple[int, int]:
+    """(height, width) from the file's header; a file whose header does not decode is one line naming it."""
+    try:
+        with Image.open(path) as image:
+            image.verify()  # the header and, for PNG, the chunk checksums: no full decode
+            return image.height, image.width
+    except _DECODE_ERRORS as error:
+        raise PrunefxError(f"cannot read image {path}: {first_line(error)} (remove or replace the file)") from None
+
+
+def images_in(folder: Path) -> list[Path]:
+    """The image files directly in `folder`, in name order."""
+    if not folder.is_dir():
+        raise PrunefxError(f"image folder {folder} does not exist")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitFiles:
+    """One split as read from disk: `images`; per image either `boxes` (k x 5 float: class, x1, y1, x2, y2
+    in that image's pixels) or `masks` (the mask file); `source` names where the split came from."""
+
+    images: list[Path]
+    source: str
+    boxes: list[np.ndarray] | None = None
+    masks: list[Path] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.images:
+            raise PrunefxError(f"{self.source} holds no images (an empty split)")
+
+
+def normalisation(channels: int) -> tuple[list[float], list[float]]:
+    """ImageNet's mean and std (what pretrained encoders expect); a gray image takes their average."""
+    if channels == 3:
+        return list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
+    return [sum(IMAGENET_DEFAULT_MEAN) / 3], [sum(IMAGENET_DEFAULT_STD) / 3]
+
+
+class LabelledImages(Dataset):
+    """`split`'s images at `size` (H, W), normalised, with their labels in prunefx's layout.
+
+    Detection pads every image's boxes to `max_items` rows (the same for every split of a data set) and
+    scales them with the resize. Segmentation resizes masks with nearest neighbours and maps
+    `ignore_index` to -1. Unlabelled splits give label -1 (nothing to score against)."""
+
+    def __init__(self, split: SplitFiles, *, size: tuple[int, int], channels: int, max_items: int = 0,
+                 ignore_index: int | None = None):
+        self.split, self.size, self.channels = split, size, channels
+        self.max_items, self.ignore_index = max_items, ignore_index
+        mean, std = normalisation(channels)
+        self.mean, self.std = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+        self.root = split.source  # named in the loader's description
+
+    def __len__(self) -> int:
+        return len(self.split.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        path = self.split.images[index]
+        pixels = torch.from_numpy(open_image(path, self.channels).copy()).permute(2, 0, 1)
+        height, width = pixels.shape[1:]
+        if (height, width) != self.size:
+            pixels = TF.resize(pixels, list(self.size), antialias=True)
+        image = (pixels.float() / 255 - self.mean) / self.std
+        if self.split.boxes is not None:
+            return image, self._boxes(self.split.boxes[index], height, width)
+        if self.split.masks is not None:
+            return image, self._mask(self.split.masks[index], path, (height, width))
+        return image, torch.tensor(IGNORED)
+
+    def _boxes(self, boxes: np.ndarray, height: int, width: int) -> torch.Tensor:
+        rows = torch.full((self.max_items, 5), float(IGNORED))
+        scaled = torch.from_numpy(boxes).float().reshape(-1, 5)
+        scaled[:, 1::2] *= self.size[1] / width
+        scaled[:, 2::2] *= self.size[0] / height
+        rows[:len(scaled)] = scaled
+        return rows
+
+    def _mask(self, path: Path, image_path: Path, image_size: tuple[int, int]) -> torch.Tensor:
+        mask = torch.from_numpy(read_mask(path).astype(np.int64))
+        if tuple(mask.shape) != image_size:
+            raise PrunefxError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
+                               f"{image_size[1]}x{image_size[0]}")
+        if self.ignore_index is not None:
+            mask[mask == self.ignore_index] = IGNORED
+        if tuple(mask.shape) != self.size:
+            # through float: interpolation has no integer kernels, and class ids < 2**24 stay exact
+            mask = TF.resize(mask[None].float(), list(self.size), interpolation=InterpolationMode.NEAREST_EXACT)[0].long()
+        return mask
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A mask PNG as H x W class ids: a palette PNG (VOC) gives its indices, a gray PNG its values."""
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L", "I", "I;16"):
+                raise PrunefxError(f"mask {path} is {image.mode}, not class ids (a gray or palette PNG)")
+            return np.asarray(image)
+    except _DECODE_ERRORS as error:
+        raise PrunefxError(f"cannot read mask {path}: {first_line(error)} (remove or replace the file)") from None
+
+
+def check_headers(split: SplitFiles) -> tuple[int, int]:
+    """Every image's header decodes (one line naming the first that does not); (H, W) of the first."""
+    sizes = [image_size_of(path) for path in split.images]
+    return sizes[0]
