@@ -87,15 +87,18 @@ def _rgb(reference: str) -> bool:
 
 
 def load_model_and_data(reference: str, data: str, *, batch_size: int, weights: str | None = None,
-                        validation: int = 5000) -> tuple[Program, DataSplits]:
+                        validation: int = 5000, files: dict | None = None) -> tuple[Program, DataSplits]:
     """The data set's loaders at `batch_size`, and the model captured (or loaded) for input shape
     (batch_size, *the data's image shape). Fashion-MNIST is gray; for a model that takes RGB its
-    channel is repeated three times."""
+    channel is repeated three times. `files`: options of a data set on disk (data_formats.format_data:
+    data_format, num_workers, image_size)."""
     saved = program_from_reference(reference, weights=weights) if reference.endswith(".pt2") else None
     options = {}
     if str(data) == FASHION_MNIST or scene_spec(data) is not None:
         rgb = saved.example_inputs[0].shape[1] == 3 if saved is not None else _rgb(reference)
         options = {"validation": validation, "channels": 3 if rgb else 1}
+    elif files:
+        options = {key: value for key, value in files.items() if value is not None}
     splits = load_data(data, batch_size, **options)
     shape = (batch_size, *splits.input_shape)
     text = "x".join(map(str, shape))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from prunefx import cli_options, options
 from prunefx.compression import Options, compress, load_model_and_data
 from prunefx.compression_report import console_summary
+from prunefx.data_formats import FORMATS
 from prunefx.graph.errors import PrunefxError
 from prunefx.named_recipes import BUDGET_PASSES, load_named_recipe, with_budget
 from prunefx.output import check_output_folder
@@ -38,8 +39,16 @@ def add_arguments(parser) -> None:
     budget.add_argument("--latency-ms", type=options.number(0.0, low_open=True), metavar="T",
                         help="the same budget as a latency in ms at batch 1")
     parser.add_argument("--data", required=True, help="fashion-mnist, imagenet-sample, fashion-mnist-seg[:SIZE], "
-                        "fashion-mnist-det[:SIZE] (scenes for segmentation and detection), or a folder with "
-                        "train/<class>/ and val/<class>/ images")
+                        "fashion-mnist-det[:SIZE] (scenes for segmentation and detection), or a data set on "
+                        "disk: an ImageFolder (train/<class>/, val/<class>/), COCO (annotations/instances_*.json), "
+                        "a YOLO data.yaml or image + mask folders (images/train/, masks/train/)")
+    parser.add_argument("--data-format", choices=FORMATS,
+                        help="the layout of --data on disk (default: detected from the path)")
+    parser.add_argument("--workers", type=options.non_negative,
+                        help="processes decoding images from disk (default: one per core, at most 8)")
+    parser.add_argument("--image-size", type=options.count, metavar="S",
+                        help="resize images on disk to S x S (default: ImageFolder 224, detection and "
+                             "segmentation the first training image's size)")
     cli_options.add_output(parser, "the models and the report")
     add_measurement_arguments(parser)
     cli_options.add_budget_backend(parser, note="; only the budget pass measures there: the report's final latency "
@@ -75,8 +84,9 @@ def run(args) -> int:
     # a recipe's own budget pass counts: its budget may be in the YAML
     cli_options.check_budget_backend(args, budgeted=bool(set(recipe.pipeline.names) & set(BUDGET_PASSES)))
     output = check_output_folder(args.output)
+    files = {"data_format": args.data_format, "num_workers": args.workers, "image_size": args.image_size}
     dense, splits = load_model_and_data(args.model, args.data, batch_size=args.batch_size, weights=args.weights,
-                                        validation=args.validation)
+                                        validation=args.validation, files=files)
     report = compress(dense, recipe, splits, output, data=args.data, options=options_from(args))
     print(console_summary(report))
     print(f"wrote {', '.join(str(output / name) for name in ('model.pt2', 'model_train.pt2', 'model.onnx'))}, "

@@ -1,0 +1,156 @@
+"""Users' data layouts (prunefx/data_formats.py): Fashion-MNIST scenes written as masks, YOLO and COCO
+read back equal to the scenes in memory (the oracle: the generator's tensors and ImageNet's published
+normalisation constants), and every bad-data case a one-line error, exit 2, with nothing written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from prunefx import fashion_mnist
+from prunefx.cli import main
+from prunefx.data import load_data
+from prunefx.data_formats import detect_format
+from prunefx.fashion_mnist_scenes import SceneConfig, make_scenes
+from prunefx.graph.errors import PrunefxError
+from prunefx.scene_files import write_scenes
+
+torch.set_num_threads(1)
+pytestmark = pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(),
+                                reason=f"{fashion_mnist.DEFAULT_ROOT} missing: apt-get install dataset-fashion-mnist")
+SIZE, BATCH = 32, 4
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    items, classes = fashion_mnist.load_fashion_mnist("test")
+    config = SceneConfig(size=SIZE, max_items=4)
+    return {split: make_scenes(items, classes, 6, split=split, config=config, seed=4) for split in ("train", "val")}
+
+
+@pytest.fixture(scope="module")
+def written(scenes, tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    return {fmt: write_scenes(scenes, root / fmt, fmt) for fmt in ("masks", "yolo", "coco")}
+
+
+def _copy(written, fmt, tmp_path):
+    return shutil.copytree(written[fmt], tmp_path / fmt)
+
+
+def _all(loader):
+    images, labels = zip(*loader)
+    return torch.cat(images), torch.cat(labels)
+
+
+def _normalised(gray: torch.Tensor) -> torch.Tensor:
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    return (gray.float().repeat(1, 3, 1, 1) / 255 - mean) / std
+
+
+def test_masks_read_back_as_the_scenes(written, scenes):
+    assert detect_format(written["masks"]) == "masks"
+    splits = load_data(written["masks"], BATCH, num_workers=0)
+    assert splits.task == "segmentation" and splits.num_classes == 11 and splits.input_shape == (3, SIZE, SIZE)
+    images, masks = _all(splits.val)  # in order, 6 images padded to 8 with label -1
+    torch.testing.assert_close(images[:6], _normalised(scenes["val"].images), atol=1e-5, rtol=0)
+    assert torch.equal(masks[:6], scenes["val"].masks) and (masks[6:] == -1).all()
+
+
+@pytest.mark.parametrize("fmt, tolerance", [("coco", 0.0), ("yolo", 1e-3)])
+def test_boxes_read_back_as_the_scenes(written, scenes, fmt, tolerance):
+    assert detect_format(written[fmt]) == fmt
+    splits = load_data(written[fmt], BATCH, num_workers=0)
+    assert splits.task == "detection" and splits.classes == fashion_mnist.CLASSES
+    images, boxes = _all(splits.val)
+    expected = scenes["val"].boxes.float()
+    most = max(int((b[:, 0] >= 0).sum()) for s in scenes.values() for b in s.boxes)
+    assert boxes.shape == (8, most, 5)
+    torch.testing.assert_close(boxes[:6], expected[:, :most], atol=tolerance, rtol=0)
+    torch.testing.assert_close(images[:6], _normalised(scenes["val"].images), atol=1e-5, rtol=0)
+
+
+def test_a_smaller_image_size_scales_boxes_and_masks(written, scenes):
+    half = SIZE // 2
+    boxes = _all(load_data(written["coco"], BATCH, num_workers=0, image_size=half).val)[1][:6]
+    present = boxes[..., 0] >= 0
+    expected = scenes["val"].boxes[:, :boxes.shape[1]].float()
+    torch.testing.assert_close(boxes[present][:, 1:], expected[present][:, 1:] / 2)
+    masks = _all(load_data(written["masks"], BATCH, num_workers=0, image_size=half).val)[1][:6]
+    assert masks.shape == (6, half, half)
+    # nearest neighbour at each output pixel's centre: source pixel 2i + 1 of an exact 2x reduction
+    assert torch.equal(masks, scenes["val"].masks[:, 1::2, 1::2])
+
+
+def test_two_workers_give_the_same_batches_as_none(written):
+    order = [load_data(written["coco"], BATCH, num_workers=workers, seed=3).train for workers in (0, 2)]
+    for loader in order:
+        loader.set_epoch(1)
+    for (a, la), (b, lb) in zip(*order, strict=True):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+# ---- bad data: one line naming the file, exit 2, nothing written ---------------------------------------
+
+def _edit_json(path, change):
+    content = json.loads(path.read_text())
+    change(content)
+    path.write_text(json.dumps(content))
+
+
+def _named(message, *_done):
+    """What the error must name, after the spoiling calls in `_done` ran."""
+    return message
+
+
+def _garbage_image(root):
+    (root / "images" / "val" / "00001.png").write_bytes(b"not an image at all")
+    return "00001.png"
+
+
+def _empty_val(root):
+    for image in (root / "images" / "val").iterdir():
+        image.unlink()
+    return "images/val"
+
+
+BAD_CASES = {
+    "coco missing annotation file": ("coco", lambda r: (r / "annotations" / "instances_val.json").unlink()
+                                     or "instances_val"),
+    "coco category outside classes": ("coco", lambda r: _edit_json(
+        r / "annotations" / "instances_train.json",
+        lambda c: c["annotations"][0].update(category_id=99)) or "category_id 99"),
+    "coco undecodable image": ("coco", _garbage_image),
+    "coco empty split": ("coco", lambda r: _edit_json(r / "annotations" / "instances_val.json",
+                                                      lambda c: c.update(images=[], annotations=[]))
+                         or "instances_val.json holds no images"),
+    "yolo class outside classes": ("yolo", lambda r: _named("00002.txt:1: class 12", (
+        r / "labels" / "train" / "00002.txt").write_text("12 0.5 0.5 0.1 0.1\n"))),
+    "yolo undecodable image": ("yolo", _garbage_image),
+    "yolo empty split": ("yolo", _empty_val),
+    "masks id outside classes": ("masks", lambda r: Image.fromarray(np.full((SIZE, SIZE), 50, np.uint8)).save(
+        r / "masks" / "val" / "00003.png") or "00003.png holds class id 50"),
+    "masks missing mask file": ("masks", lambda r: (r / "masks" / "train" / "00000.png").unlink() or "has no mask"),
+    "masks undecodable image": ("masks", _garbage_image),
+    "masks empty split": ("masks", _empty_val),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_data_is_one_line_exit_2_and_nothing_written(case, written, tmp_path, capsys):
+    fmt, spoil = BAD_CASES[case]
+    root = _copy(written, fmt, tmp_path)
+    named = spoil(root)
+    out = tmp_path / "out"
+    code = main(["compress", "torchvision:resnet18", "--data", str(root), "--recipe", "finetune", "-o", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and named in err, err
+    assert not out.exists()
+    with pytest.raises(PrunefxError, match=named.replace(".", r"\.")):
+        load_data(root, BATCH, num_workers=0)
