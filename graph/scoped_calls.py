@@ -1,0 +1,134 @@
+"""Operator calls of a graph grouped by the module that made them, and two graphs of the same model compared
+call by call: which literal sizes differ (and in which module), and the first call that differs.
+
+The write-back of a pruned Program into the user's module (prunefx/write_back.py) needs both: the literal
+sizes the channel removal rewrote, found by aligning the pruned graph with a fresh capture of the dense
+model, tell it which of a module's own attributes (head counts, head dims, hidden widths) fed them; and a
+capture of the written-back module aligned with the pruned graph proves the two compute the same thing,
+or names the module and operator where they part.
+
+Calls are aligned by (module scope, operator, occurrence within that scope), not by node name: node names
+change when a Program is saved and loaded, the scopes and their order do not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ScopedCall:
+    scope: str         # the innermost module's path ('' for the model itself)
+    operator: str      # e.g. 'aten.reshape.default'
+    literals: tuple    # the call's arguments and keyword values with every tensor replaced by None
+    node: torch.fx.Node
+
+
+@dataclass(frozen=True)
+class LiteralChange:
+    scope: str
+    operator: str
+    pairs: tuple[tuple[int, int], ...]  # (size in the dense graph, size in the pruned graph), changed ones only
+
+
+def scope_of(node: torch.fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    return path if isinstance(path, str) else ""
+
+
+def _literal(value):
+    if isinstance(value, torch.fx.Node):
+        return None
+    if isinstance(value, (list, tuple)):
+        return tuple(_literal(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _literal(v)) for k, v in value.items()))
+    if isinstance(value, (torch.dtype, torch.device, torch.memory_format, torch.layout)):
+        return str(value)
+    return value
+
+
+def scoped_calls(module: torch.fx.GraphModule) -> dict[tuple[str, str, int], ScopedCall]:
+    """Every call_function node keyed by (scope, operator, occurrence in that scope)."""
+    calls, seen = {}, {}
+    for node in module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        scope, operator = scope_of(node), str(node.target)
+        index = seen.get((scope, operator), 0)
+        seen[(scope, operator)] = index + 1
+        calls[(scope, operator, index)] = ScopedCall(scope, operator, _literal((node.args, node.kwargs)), node)
+    return calls
+
+
+def _int_pairs(old, new) -> list[tuple[int, int]] | None:
+    """The (old, new) integer pairs of two literals of the same form; None when their forms differ."""
+    if isinstance(old, tuple) and isinstance(new, tuple):
+        if len(old) != len(new):
+            return None
+        pairs = []
+        for a, b in zip(old, new):
+            inner = _int_pairs(a, b)
+            if inner is None:
+                return None
+            pairs += inner
+        return pairs
+    if type(old) is int and type(new) is int:
+        return [(old, new)]
+    return [] if type(old) is type(new) else None
+
+
+def literal_changes(dense: torch.fx.GraphModule, pruned: torch.fx.GraphModule) -> list[LiteralChange]:
+    """The integer literals the pruned graph spells differently from the dense one, call by call. A -1 in
+    the dense graph ("infer this size") is no width and is left out."""
+    pruned_calls = scoped_calls(pruned)
+    changes = []
+    for key, call in scoped_calls(dense).items():
+        other = pruned_calls.get(key)
+        if other is None:
+            continue
+        pairs = _int_pairs(call.literals, other.literals) or []
+        changed = tuple((a, b) for a, b in pairs if a != b and a != -1)
+        if changed:
+            changes.append(LiteralChange(call.scope, call.operator, changed))
+    return changes
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12)
+    if type(a) is int and type(b) is int and -1 in (a, b):  # "infer this size" matches any size
+        return True
+    return a == b
+
+
+def first_difference(expected: torch.fx.GraphModule, actual: torch.fx.GraphModule) -> str | None:
+    """Where `actual` first computes something else than `expected`, in words ('module X: operator Y
+    (arguments ... in the program, ... here)'), or None when every call matches."""
+    mine = scoped_calls(actual)
+    theirs = scoped_calls(expected)
+    for key, call in theirs.items():
+        other = mine.get(key)
+        where = f"module '{call.scope or '(model)'}'"
+        if other is None:
+            return f"{where}: operator {call.operator} of the program is not called"
+        if not _same(call.literals, other.literals):
+            return (f"{where}: operator {call.operator} gets {_shown(other.literals)} instead of the program's "
+                    f"{_shown(call.literals)}")
+    extra = next((call for key, call in mine.items() if key not in theirs), None)
+    if extra is not None:
+        return f"module '{extra.scope or '(model)'}': operator {extra.operator} is not in the program"
+    return None
+
+
+def _shown(literals) -> str:
+    text = repr(literals).replace("None", "_")
+    return text if len(text) <= 120 else text[:117] + "..."
