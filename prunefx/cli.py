@@ -34,11 +34,22 @@ def _model_arguments(parser: argparse.ArgumentParser, *, onnx_allowed: bool = Fa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from prunefx.commands import bench, compress, demo, depth, export, inspect, profile, prune, quantize
+    from prunefx.commands import (
+        bench,
+        check,
+        compress,
+        demo,
+        depth,
+        export,
+        inspect,
+        profile,
+        prune,
+        quantize,
+    )
 
     parser = _Parser(prog="prunefx", description="Make vision models smaller and faster.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    for module in (inspect, prune, depth, quantize, compress, export, bench, profile, demo):
+    for module in (inspect, prune, depth, quantize, compress, export, bench, profile, check, demo):
         sub = commands.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         if getattr(module, "TAKES_MODEL", True):
             _model_arguments(sub, onnx_allowed=getattr(module, "ONNX_ALLOWED", False))

@@ -1,0 +1,38 @@
+"""prunefx check FILE.onnx --target trt10|trt11|orin|ort [--json]: engine readiness without a GPU.
+
+One line per finding (severity, rule, node name, operator, what and why), then a summary line; `--json`
+prints the same as one JSON object. Exit status 1 when a finding is an error, 0 otherwise (2 for a bad file
+or option, as every command). The rules and the operator table with its sources: runtime/engine_check.py,
+runtime/engine_rules.py, runtime/engine_targets.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+from prunefx.runtime.engine_check import check_file
+from prunefx.runtime.engine_targets import TARGETS
+
+NAME = "check"
+HELP = "report what would stop or slow an engine build of an ONNX file on a target (no GPU needed); exit 1 on errors"
+TAKES_MODEL = False
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("file", help="the .onnx file to check")
+    parser.add_argument("--target", choices=tuple(TARGETS), default="trt10",
+                        help="; ".join(f"{name}: {target.description}" for name, target in TARGETS.items())
+                        + " (default trt10)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+
+
+def run(args) -> int:
+    readiness = check_file(args.file, args.target)
+    if args.json:
+        print(json.dumps(readiness.as_dict(), indent=2))
+    else:
+        for finding in readiness.findings:
+            print(finding.line())
+        print(readiness.summary())
+        print(f"operator support: {readiness.source}")
+    return 0 if readiness.ok else 1

@@ -1,0 +1,111 @@
+"""Engine readiness without a GPU: read an ONNX file and say, one finding per line with the node's name, what
+would stop or slow an engine build on a target (runtime/engine_targets.py: trt10, trt11, orin, ort).
+
+Rules (runtime/engine_rules.py), each a function of the graph alone:
+- unsupported-operator (error): an operator the target's parser refuses, an unknown domain, an opset out of range;
+- qdq-missing-input (error): an INT8 Conv/Gemm/MatMul (a DequantizeLinear on one of its data/weight inputs) with
+  no DequantizeLinear on the other, so TensorRT cannot run it in INT8;
+- qdq-zero-point (error, TensorRT): a Q/DQ whose zero point is not INT8 or not zero (TensorRT is symmetric INT8);
+- dangling-quantize (error, TensorRT): a QuantizeLinear not followed by a DequantizeLinear;
+- residual-add-without-qdq (warning): a residual Add fed by an INT8 layer with no Q/DQ on its skip input, so the
+  Add cannot be fused into the convolution in INT8 (TensorRT's explicit-quantization placement);
+- concat-scales (warning): a Concat of dequantized inputs with different scales (requantized before concat);
+- channel-multiple (warning): a layer whose channel counts miss the multiples the target's kernels want;
+- dynamic-shape (warning, TensorRT): a graph input with a symbolic or unknown dimension (needs a profile);
+- sparse-eligible (info, TensorRT): a layer whose weights are already 2:4 along input channels.
+`check_model` returns the findings; `exit_status` is 1 when any is an error.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import onnx
+
+from prunefx.graph.errors import PrunefxError
+from prunefx.runtime.engine_targets import TARGETS, Target
+
+SEVERITIES = ("error", "warning", "info")
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str   # error | warning | info
+    rule: str
+    node: str       # the node's (or graph input's) name
+    op: str
+    message: str
+
+    def line(self) -> str:
+        return f"{self.severity:<7} {self.rule:<25} {self.node or '-'} ({self.op}): {self.message}"
+
+
+@dataclass(frozen=True)
+class Readiness:
+    file: str
+    target: str
+    description: str
+    source: str
+    findings: tuple[Finding, ...]
+
+    def count(self, severity: str) -> int:
+        return sum(finding.severity == severity for finding in self.findings)
+
+    @property
+    def ok(self) -> bool:
+        return self.count("error") == 0
+
+    def as_dict(self) -> dict:
+        return {"file": self.file, "target": self.target, "description": self.description, "source": self.source,
+                "errors": self.count("error"), "warnings": self.count("warning"), "infos": self.count("info"),
+                "findings": [asdict(finding) for finding in self.findings]}
+
+    def summary(self) -> str:
+        return (f"{self.file}: {self.target} ({self.description}): {self.count('error')} errors, "
+                f"{self.count('warning')} warnings, {self.count('info')} notes")
+
+
+def target_of(name: str) -> Target:
+    if name not in TARGETS:
+        raise PrunefxError(f"unknown target {name!r}: choose one of {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
+    """The ONNX model at `path`, or a one-line PrunefxError for a missing, unreadable or non-ONNX file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PrunefxError(f"{path}: no such file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError and friends: the file is not an ONNX model
+        raise PrunefxError(f"{path} is not a readable ONNX file ({type(error).__name__})") from error
+    if not model.graph.node:
+        raise PrunefxError(f"{path} holds no ONNX graph (no nodes)")
+    return model
+
+
+def check_model(model: onnx.ModelProto, target: str, *, name: str = "model.onnx") -> Readiness:
+    """Every finding of every rule for `target` on `model`, errors first."""
+    from prunefx.runtime.engine_rules import GraphIndex, run_rules
+
+    chosen = target_of(target)
+    findings = run_rules(GraphIndex(model), chosen)
+    findings.sort(key=lambda finding: SEVERITIES.index(finding.severity))
+    return Readiness(file=name, target=chosen.name, description=chosen.description, source=chosen.source,
+                     findings=tuple(findings))
+
+
+def check_file(path: str | os.PathLike, target: str) -> Readiness:
+    return check_model(load_onnx(path), target, name=str(path))
+
+
+def report_entry(path: str | os.PathLike, target: str) -> dict:
+    """What `prune`, `quantize` and `compress` put in report.json for a file they wrote: the counts and every
+    error and warning (notes are left to `prunefx check`)."""
+    readiness = check_file(path, target).as_dict()
+    readiness["file"] = Path(path).name
+    readiness["findings"] = [finding for finding in readiness["findings"] if finding["severity"] != "info"]
+    return readiness

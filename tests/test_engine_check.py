@@ -1,0 +1,219 @@
+"""`prunefx check`: each rule finds the violation planted in a small hostile ONNX file built with onnx.helper
+(and stays quiet on the same file without it), prunefx's own INT8 files have no error, and the command prints
+one line per finding, JSON with --json, exit 1 on an error and 2 on a bad file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from prunefx.cli import main
+from prunefx.graph import capture
+from prunefx.passes.quantize_int8 import quantize_int8
+from prunefx.runtime.engine_check import check_model
+from prunefx.runtime.onnx_quantized import export_quantized_onnx
+
+
+def _model(nodes, initializers, *, inputs=(("x", [1, 32, 8, 8]),), outputs=("y",), opset=18):
+    graph = helper.make_graph(
+        nodes, "hostile", [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in inputs],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs],
+        initializer=[numpy_helper.from_array(np.asarray(value), name) for name, value in initializers.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _scale(value=0.1):
+    return np.float32(value)
+
+
+def _int8_conv(name, source, output, out_channels=32, in_channels=32, *, data_dq=True, weight=None):
+    """Q/DQ on the data (optional) and an INT8 weight behind a DequantizeLinear, then the Conv."""
+    codes = weight if weight is not None else np.ones((out_channels, in_channels, 1, 1), np.int8)
+    inits = {f"{name}_w": codes, f"{name}_ws": np.full(out_channels, 0.01, np.float32),
+             f"{name}_wz": np.zeros(out_channels, np.int8), f"{name}_s": _scale(), f"{name}_z": np.int8(0)}
+    nodes = [helper.make_node("DequantizeLinear", [f"{name}_w", f"{name}_ws", f"{name}_wz"], [f"{name}_wq"],
+                              axis=0, name=f"{name}_weight_dq")]
+    data = source
+    if data_dq:
+        nodes += [helper.make_node("QuantizeLinear", [source, f"{name}_s", f"{name}_z"], [f"{name}_q"],
+                                   name=f"{name}_q"),
+                  helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", f"{name}_z"], [f"{name}_dq"],
+                                   name=f"{name}_dq")]
+        data = f"{name}_dq"
+    nodes.append(helper.make_node("Conv", [data, f"{name}_wq"], [output], name=name))
+    return nodes, inits
+
+
+def _findings(model, target="trt10", rule=None):
+    found = check_model(model, target).findings
+    return [finding for finding in found if rule is None or finding.rule == rule]
+
+
+def test_clean_int8_convolution_has_no_finding():
+    nodes, inits = _int8_conv("conv", "x", "y")
+    assert _findings(_model(nodes, inits)) == []
+
+
+@pytest.mark.parametrize("op, domain", [("MatMulInteger", ""), ("Unique", ""), ("FancyPlugin", "com.example")])
+def test_an_operator_the_parser_refuses_is_an_error(op, domain):
+    model = _model([helper.make_node(op, ["x", "x"], ["y"], name="bad_node", domain=domain)], {})
+    [finding] = _findings(model, rule="unsupported-operator")
+    assert (finding.severity, finding.node, finding.op) == ("error", "bad_node", op)
+    assert not _findings(model, "ort", "unsupported-operator") or domain == "com.example"
+
+
+def test_an_opset_beyond_the_parser_is_an_error_for_tensorrt_only():
+    model = _model([helper.make_node("Relu", ["x"], ["y"], name="relu")], {}, opset=21)
+    assert [f.severity for f in _findings(model, "trt10", "unsupported-operator")] == ["error"]
+    assert _findings(model, "ort") == []
+
+
+def test_an_int8_convolution_without_dequantize_on_its_data_input_is_an_error():
+    nodes, inits = _int8_conv("conv", "x", "y", data_dq=False)
+    [finding] = _findings(_model(nodes, inits))
+    assert (finding.severity, finding.rule, finding.node) == ("error", "qdq-missing-input", "conv")
+    assert "data input" in finding.message
+
+
+@pytest.mark.parametrize("zero, message", [(np.uint8(0), "UINT8 zero point"), (np.int8(3), "asymmetric"),
+                                           (None, "UINT8")])
+def test_a_zero_point_that_is_not_symmetric_int8_is_an_error(zero, message):
+    nodes, inits = _int8_conv("conv", "x", "y")
+    if zero is None:
+        nodes[1].input.pop()  # the QuantizeLinear without its zero point
+        nodes[2].input.pop()
+    else:
+        inits["conv_z"] = zero
+    found = _findings(_model(nodes, inits), rule="qdq-zero-point")
+    assert found and all(f.severity == "error" for f in found) and message in found[0].message
+    assert found[0].node == "conv_q"
+    assert _findings(_model(nodes, inits), "ort") == []  # ONNX Runtime runs asymmetric UINT8 fine
+
+
+def test_a_quantize_not_followed_by_dequantize_is_an_error():
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="lonely_q"),
+             helper.make_node("Cast", ["q"], ["y"], to=TensorProto.FLOAT, name="cast")]
+    [finding] = _findings(_model(nodes, {"s": _scale(), "z": np.int8(0)}), rule="dangling-quantize")
+    assert (finding.severity, finding.node) == ("error", "lonely_q") and "Cast" in finding.message
+
+
+@pytest.mark.parametrize("skip_quantized", [False, True])
+def test_a_residual_add_needs_qdq_on_its_skip_input(skip_quantized):
+    nodes, inits = _int8_conv("conv", "x", "c")
+    skip = "x"
+    if skip_quantized:
+        nodes += [helper.make_node("QuantizeLinear", ["x", "conv_s", "conv_z"], ["xq"], name="skip_q"),
+                  helper.make_node("DequantizeLinear", ["xq", "conv_s", "conv_z"], ["xdq"], name="skip_dq")]
+        skip = "xdq"
+    nodes.append(helper.make_node("Add", ["c", skip], ["y"], name="residual"))
+    found = _findings(_model(nodes, inits), rule="residual-add-without-qdq")
+    assert [(f.severity, f.node) for f in found] == ([] if skip_quantized else [("warning", "residual")])
+
+
+@pytest.mark.parametrize("second_scale, expected", [(0.1, 0), (0.2, 1)])
+def test_a_concat_of_inputs_with_different_scales_is_a_warning(second_scale, expected):
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s1", "z"], ["q1"], name="q1"),
+             helper.make_node("DequantizeLinear", ["q1", "s1", "z"], ["d1"], name="d1"),
+             helper.make_node("QuantizeLinear", ["x", "s2", "z"], ["q2"], name="q2"),
+             helper.make_node("DequantizeLinear", ["q2", "s2", "z"], ["d2"], name="d2"),
+             helper.make_node("Concat", ["d1", "d2"], ["y"], axis=1, name="cat")]
+    model = _model(nodes, {"s1": _scale(0.1), "s2": _scale(second_scale), "z": np.int8(0)})
+    found = _findings(model, rule="concat-scales")
+    assert len(found) == expected and all(f.node == "cat" for f in found)
+
+
+@pytest.mark.parametrize("out_channels, expected", [(32, 0), (24, 1)])
+def test_channel_counts_below_the_int8_multiple_are_a_warning(out_channels, expected):
+    nodes, inits = _int8_conv("conv", "x", "c", out_channels=out_channels)
+    nodes.append(helper.make_node("Relu", ["c"], ["y"], name="relu"))  # not the graph output: width is free
+    found = _findings(_model(nodes, inits), rule="channel-multiple")
+    assert len(found) == expected
+    if expected:
+        assert found[0].node == "conv" and "24 output" in found[0].message and "32" in found[0].message
+
+
+def test_a_symbolic_input_dimension_is_a_warning():
+    model = _model([helper.make_node("Relu", ["x"], ["y"], name="relu")], {}, inputs=(("x", ["batch", 32, 8, 8]),))
+    [finding] = _findings(model, rule="dynamic-shape")
+    assert finding.node == "x" and "batch" in finding.message
+
+
+def test_two_of_four_weights_along_input_channels_is_a_sparse_note():
+    rng = np.random.default_rng(0)
+    dense = rng.integers(1, 100, size=(32, 32, 1, 1)).astype(np.int8)
+    sparse = dense.copy()
+    sparse.reshape(32, 8, 4)[:, :, :2] = 0  # two zeros in every group of 4 input channels: an oracle by construction
+    for weight, expected in ((dense, 0), (sparse, 1)):
+        nodes, inits = _int8_conv("conv", "x", "y", weight=weight)
+        assert len(_findings(_model(nodes, inits), rule="sparse-eligible")) == expected
+
+
+def test_a_float32_layer_in_a_float16_graph_is_a_warning():
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="fp32_conv"),
+             helper.make_node("Cast", ["c"], ["h"], to=TensorProto.FLOAT16, name="to_half"),
+             helper.make_node("Mul", ["h", "half"], ["m"], name="half_mul"),
+             helper.make_node("Cast", ["m"], ["y"], to=TensorProto.FLOAT, name="to_float")]
+    inits = {"w": np.ones((32, 32, 1, 1), np.float32), "half": np.float16(2)}
+    [finding] = _findings(_model(nodes, inits), "trt11", "float32-layer")
+    assert (finding.severity, finding.node) == ("warning", "fp32_conv")
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.body = torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.Conv2d(32, 32, 3, padding=1)
+        self.head = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(x + self.body(x))
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.mark.slow  # a quantized CNN exported twice by the dynamo exporter: about 35 s
+def test_prunefx_int8_files_have_no_error(one_thread, tmp_path):
+    torch.manual_seed(0)
+    program = capture(_Residual().eval(), torch.randn(1, 1, 16, 16), name="residual").eval()
+    quantize_int8(program, config={"calibration": [torch.rand(1, 1, 16, 16) for _ in range(2)], "method": "max"})
+    for activations, targets in (("s8", ("trt10", "trt11", "orin")), ("u8", ("ort",))):
+        path = export_quantized_onnx(program, tmp_path / f"{activations}.onnx", activations=activations).path
+        for target in targets:
+            errors = [f.line() for f in _findings(onnx.load(str(path)), target) if f.severity == "error"]
+            assert errors == [], (activations, target)
+
+
+def _hostile_file(tmp_path):
+    nodes, inits = _int8_conv("conv", "x", "y", data_dq=False)
+    path = tmp_path / "hostile.onnx"
+    onnx.save(_model(nodes, inits), str(path))
+    return path
+
+
+def test_command_prints_one_line_per_finding_and_exits_1_on_an_error(tmp_path, capsys):
+    assert main(["check", str(_hostile_file(tmp_path)), "--target", "trt11"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("error") and "qdq-missing-input" in lines[0] and " conv " in lines[0]
+    assert "1 errors" in lines[1]
+
+
+def test_command_json_and_a_clean_file_exits_0(tmp_path, capsys):
+    nodes, inits = _int8_conv("conv", "x", "y")
+    onnx.save(_model(nodes, inits), str(tmp_path / "clean.onnx"))
+    assert main(["check", str(tmp_path / "clean.onnx"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["errors"] == 0 and report["findings"] == [] and "onnx-tensorrt" in report["source"]
+
+
+@pytest.mark.parametrize("content", [b"not an onnx file at all", None])
+def test_a_bad_file_is_one_line_exit_2(tmp_path, capsys, content):
+    path = tmp_path / "bad.onnx"
+    if content is not None:
+        path.write_bytes(content)
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("prunefx check: error:")
