@@ -6,14 +6,19 @@ marked `use_pickle`, custom and opaque objects, and sample inputs that fail the 
 path under `torch` (`torch.os.system` is one), and parses symbolic shape expressions with
 `sympy.sympify`, which evaluates Python. Any of these runs code chosen by whoever wrote the file.
 
+The archive is read once: the file's bytes (a regular file, bounded) are parsed by Python's zipfile, every
+entry is read into memory and audited, and torch is handed only a canonical archive rebuilt in memory from
+those audited bytes. A zip may hold two entries of one name, and zipfile and torch's reader pick different
+ones; entries of one name are refused, and no second parser ever sees bytes the audit did not.
+
 prunefx only ever writes plain tensor data and JSON, so the audit is an allow-list of that:
-- zip entries: relative names under one root folder, each in torch's documented layout
+- zip entries: regular files (no symlink or folder entries), no two of one name, relative names under one root folder, each in torch's documented layout
   (version files, `models/<name>.json`, weights/constants configs and raw `weight_N`/`tensor_N`
   records, `data/sample_inputs/<name>.pt`, `extra/prunefx.json`); sizes bounded (zip bombs);
 - weights and constants configs: no entry marked `use_pickle`, only raw tensor records;
 - sample inputs: must load with `torch.load(weights_only=True)`, so torch's unsafe retry never runs;
-- the graph JSON: operator targets only `torch.ops.*`, a few pure `_operator`/`math` functions; symbolic
-  expressions only arithmetic on shape symbols.
+- the graph JSON: operator targets only functional ATen operators (graph/functional_ops.py: judged by their
+  schemas), symbolic expressions only the integer grammar of graph/shape_expressions.py.
 Anything else is refused with one line naming the entry and the reason. `safe_load` then runs
 `torch.export.load` with `torch.load` forced to `weights_only=True` and every other unpickler refused, as
 a second line of defence should a future torch add a path the audit does not know.
@@ -26,13 +31,17 @@ import io
 import json
 import pickle
 import re
+import stat
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import torch
 
-from prunefx.graph.errors import ProgramFileError, first_line, printable
+from prunefx.graph.errors import ProgramFileError, PrunefxError, first_line, printable
+from prunefx.graph.functional_ops import refusal
+from prunefx.graph.regular_files import read_regular_file
+from prunefx.graph.shape_expressions import ExpressionError, check_expression
 
 # Bounds that no real vision model reaches (ViT-H is ~2.5 GB of float32) but that stop a small file from
 # claiming terabytes, or a few kilobytes from inflating into gigabytes.
@@ -61,50 +70,52 @@ _REFUSED_PREFIXES = {
     "data/constants/opaque_obj_": "a pickled opaque object",
 }
 
-# Graph-node targets outside torch.ops that torch.export itself emits and that are pure functions.
-_SAFE_OPERATOR_FUNCTIONS = {"getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "pos",
-                            "abs", "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "xor", "not_", "invert"}
-_TORCH_OPS_TARGET = re.compile(r"torch\.ops\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
-_MATH_TARGET = re.compile(r"math\.[a-z][a-z0-9_]*")
-# Symbolic shape expressions: shape symbols (s0, u3, ...), integers, arithmetic and sympy's function names
-# torch uses. No dots, quotes, brackets or '=': nothing sympify's eval could turn into an attribute access.
-_SYMBOL_WORDS = {"FloorDiv", "CeilDiv", "Mod", "PythonMod", "Max", "Min", "floor", "ceiling", "Abs", "Eq", "Ne",
-                 "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "CleanDiv", "IntTrueDiv", "FloatTrueDiv", "ToFloat",
-                 "TruncToInt", "Pow", "PowByNatural", "ModularIndexing", "True", "False", "oo", "zoo", "int_oo",
-                 "OpaqueUnaryFn_sqrt", "FloorToInt", "CeilToInt", "RoundToInt", "Identity", "Where"}
-_EXPRESSION = re.compile(r"[A-Za-z0-9_+\-*/%(), <>!=&|~]*")
-_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SYMBOL = re.compile(r"[a-z]+[0-9]+")
-
-
-def audit_archive(path: Path) -> None:
-    """Raise ProgramFileError when `path` holds anything but plain tensor data and JSON (module docstring)."""
+def read_archive(path: Path) -> tuple[str, dict[str, bytes]]:
+    """The archive's root folder and its entries (names relative to it -> bytes), read once and audited
+    (module docstring); ProgramFileError otherwise."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            root, entries = _check_entries(path, archive)
-            for name in entries:
-                if name.endswith("_config.json"):
-                    records = {n.rpartition("/")[2]: s for n, s in entries.items()
-                               if n.startswith(name.rpartition("/")[0] + "/")}
-                    _check_payload_config(path, name, _read_json(path, archive, f"{root}/{name}"), records)
-                elif name.startswith("models/"):
-                    _check_graph(path, name, _read_json(path, archive, f"{root}/{name}"))
-                elif name.startswith("data/sample_inputs/"):
-                    _check_sample_inputs(path, name, archive.read(f"{root}/{name}"))
+        data = read_regular_file(path, "program file", MAX_TOTAL_BYTES)
+    except PrunefxError as error:
+        raise ProgramFileError(str(error)) from None
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            root, names = _check_entries(path, archive)
+            entries = {inner: archive.read(f"{root}/{inner}") for inner in names}
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError, ValueError) as error:
-        raise ProgramFileError(f"{path} is not a readable .pt2 archive: {first_line(error)}") from error
+        raise ProgramFileError(f"{path} is not a .pt2 archive (corrupt or wrong file type: "
+                               f"{first_line(error)})") from None
+    for name, content in entries.items():
+        if name.endswith("_config.json"):
+            folder = name.rpartition("/")[0] + "/"
+            records = {n.rpartition("/")[2]: len(c) for n, c in entries.items() if n.startswith(folder)}
+            _check_payload_config(path, name, _read_json(path, name, content), records)
+        elif name.startswith("models/"):
+            _check_graph(path, name, _read_json(path, name, content))
+        elif name.startswith("data/sample_inputs/"):
+            _check_sample_inputs(path, name, content)
+    return root, entries
+
+
+def canonical_archive(root: str, entries: dict[str, bytes]) -> bytes:
+    """A fresh zip holding exactly the audited entries, stored uncompressed, one entry per name."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, content in entries.items():
+            archive.writestr(f"{root}/{name}", content)
+    return buffer.getvalue()
 
 
 def safe_load(path: Path, extra_files: dict[str, str]) -> torch.export.ExportedProgram:
-    """torch.export.load after `audit_archive`, with every unpickler but the tensor-only one disabled."""
-    audit_archive(path)
+    """torch.export.load of the canonical archive of `read_archive`, with every unpickler but the
+    tensor-only one disabled."""
+    canonical = io.BytesIO(canonical_archive(*read_archive(path)))
     with _unpickling_restricted():
-        return torch.export.load(path, extra_files=extra_files)
+        return torch.export.load(canonical, extra_files=extra_files)
 
 
-def _check_entries(path: Path, archive: zipfile.ZipFile) -> tuple[str, dict[str, int]]:
-    """The archive's root folder and its entries relative to it with their sizes, every one allowed and
-    sized sanely."""
+def _check_entries(path: Path, archive: zipfile.ZipFile) -> tuple[str, list[str]]:
+    """The archive's root folder and its entries' names relative to it, every one a regular file, allowed,
+    unique and sized sanely."""
     infos = archive.infolist()
     if not infos:
         raise ProgramFileError(f"{path} is an empty archive, not a .pt2 program")
@@ -112,9 +123,13 @@ def _check_entries(path: Path, archive: zipfile.ZipFile) -> tuple[str, dict[str,
         raise ProgramFileError(f"{path} has {len(infos)} entries; a .pt2 program has far fewer (refused)")
     total = 0
     root = None
-    relative = {}
+    relative = []
     for info in infos:
         name = info.filename
+        mode = info.external_attr >> 16
+        if info.is_dir() or stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # 0: no file type recorded
+            raise ProgramFileError(f"{path}: entry '{printable(name)}' is not a regular file (a link or folder; "
+                                   "refused)")
         parts = PurePosixPath(name).parts
         if name.startswith("/") or "\\" in name or ".." in parts or len(parts) < 2 or ":" in parts[0]:
             raise ProgramFileError(f"{path}: entry '{printable(name)}' is not a plain relative path (refused)")
@@ -129,7 +144,10 @@ def _check_entries(path: Path, archive: zipfile.ZipFile) -> tuple[str, dict[str,
         if info.compress_size and info.file_size > (1 << 20) and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO:
             raise ProgramFileError(f"{path}: entry '{printable(name)}' inflates {info.file_size // info.compress_size}x "
                                    "(a zip bomb, refused)")
-        relative[inner] = info.file_size
+        if inner in relative:
+            raise ProgramFileError(f"{path}: entry '{printable(name)}' appears twice; readers disagree on which "
+                                   "copy counts (refused)")
+        relative.append(inner)
     if total > MAX_TOTAL_BYTES:
         raise ProgramFileError(f"{path} claims {total / 2**30:.0f} GiB of data, over prunefx's "
                                f"{MAX_TOTAL_BYTES >> 30} GiB bound (refused)")
@@ -147,11 +165,11 @@ def _check_entry_name(path: Path, inner: str) -> None:
                            "and JSON (refused)")
 
 
-def _read_json(path: Path, archive: zipfile.ZipFile, name: str):
-    if archive.getinfo(name).file_size > MAX_JSON_BYTES:
+def _read_json(path: Path, name: str, content: bytes):
+    if len(content) > MAX_JSON_BYTES:
         raise ProgramFileError(f"{path}: '{printable(name)}' is over {MAX_JSON_BYTES >> 20} MiB of JSON (refused)")
     try:
-        return json.loads(archive.read(name))
+        return json.loads(content)
     except (ValueError, RecursionError) as error:
         raise ProgramFileError(f"{path}: '{printable(name)}' is not valid JSON: {first_line(error)}") from error
 
@@ -195,8 +213,9 @@ def _check_sample_inputs(path: Path, name: str, data: bytes) -> None:
     try:
         torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # torch's safe unpickler raises several types; every one is a refusal here
+        # torch's message goes on to suggest an unsafe load "if you trust the source": not shown
         raise ProgramFileError(f"{path}: '{name}' is not plain tensor data (it would need an unsafe unpickler; "
-                               f"refused): {first_line(error)}") from error
+                               f"refused: {type(error).__name__})") from None
 
 
 def _check_graph(path: Path, name: str, document) -> None:
@@ -208,17 +227,20 @@ def _check_graph(path: Path, name: str, document) -> None:
     for item in _walk(document):
         if {"target", "inputs", "outputs"} <= item.keys():  # a graph node, in nested graphs too
             target = _text(item["target"])
-            if not _safe_target(target):
-                raise ProgramFileError(f"{path}: '{name}' calls '{printable(target)}', which is not a torch "
-                                       "operator (refused)")
+            why = refusal(target)
+            if why is not None:
+                raise ProgramFileError(f"{path}: '{name}' calls '{printable(target)[:120]}', which {why} "
+                                       "(refused: prunefx runs only functional ATen operators)")
         if "expr_str" in item:
             _check_expression(path, name, _text(item["expr_str"]))
 
 
 def _check_expression(path: Path, name: str, expression: str) -> None:
-    if not _safe_expression(expression):
+    try:
+        check_expression(expression)
+    except ExpressionError as error:
         raise ProgramFileError(f"{path}: '{name}' holds the shape expression '{printable(expression)[:80]}', "
-                               "which is not plain arithmetic on shape symbols (refused)")
+                               f"which is not integer arithmetic on shape symbols ({error}; refused)") from None
 
 
 def _text(value) -> str:
@@ -234,19 +256,6 @@ def _walk(document) -> Iterator:
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-
-
-def _safe_target(target: str) -> bool:
-    if _TORCH_OPS_TARGET.fullmatch(target) or _MATH_TARGET.fullmatch(target):
-        return True
-    module, _, function = target.partition(".")
-    return module == "_operator" and function in _SAFE_OPERATOR_FUNCTIONS
-
-
-def _safe_expression(expression: str) -> bool:
-    if len(expression) > 10_000 or not _EXPRESSION.fullmatch(expression):
-        return False
-    return all(word in _SYMBOL_WORDS or _SYMBOL.fullmatch(word) for word in _WORD.findall(expression))
 
 
 class _RefusedUnpickling(ProgramFileError):

@@ -12,7 +12,6 @@ import copy
 import io
 import json
 import os
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from prunefx.graph.analysis_record import Analysis, AnalysisRecordError
 from prunefx.graph.archive import safe_load
 from prunefx.graph.attributes import delete_unused_tensors
 from prunefx.graph.errors import ProgramFileError, VerificationError, first_line, printable
+from prunefx.graph.functional_ops import check_writes
+from prunefx.graph.graph_bounds import recompute_shapes
 from prunefx.graph.program_metadata import (
     FORMAT_VERSION,
     MAX_INPUT_ELEMENTS,
@@ -191,10 +192,8 @@ class Program:
         (graph/archive.py: nothing but tensor data and JSON, nothing that could run code) and its
         prunefx.json checked field by field; every failure is one ProgramFileError."""
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise ProgramFileError(f"no such program file: {path}")
-        if not zipfile.is_zipfile(path):
-            raise ProgramFileError(f"{path} is not a .pt2 archive (corrupt or wrong file type)")
         extra = {_METADATA_FILE: ""}
         try:
             exported = safe_load(path, extra)
@@ -203,6 +202,10 @@ class Program:
         except Exception as error:
             raise ProgramFileError(f"cannot read program {path}: "
                                    f"{first_line(error)}") from error
+        written = check_writes(exported)
+        if written is not None:
+            raise ProgramFileError(f"{path}: {printable(written)[:200]} (refused: a saved graph may write only into "
+                                   "tensors it makes and into its buffers)")
         metadata = parse_metadata(extra[_METADATA_FILE], str(path))
         check_against_graph(metadata, exported, str(path))
         try:
@@ -210,12 +213,17 @@ class Program:
             program = cls.from_exported(exported, inputs, name=metadata.get("name", printable(path.stem)))
         except Exception as error:  # a graph torch could read but not rebuild into a module
             raise ProgramFileError(f"cannot rebuild program {path}: {first_line(error)}") from error
+        # the file's recorded shapes are claims: every figure reported comes from the graph (graph_bounds.py)
+        recompute_shapes(program.module, program.example_inputs, printable(str(path)))
+        program.output_shapes = current_output_shapes(program.module)
         try:
             program.analysis = Analysis.from_json(metadata.get("analysis", {}))
         except AnalysisRecordError as error:
             raise ProgramFileError(f"{path}: {error}") from error
-        if "output_shapes" in metadata:
-            program.output_shapes = [tuple(shape) for shape in metadata["output_shapes"]]
+        stored = [tuple(shape) for shape in metadata.get("output_shapes", program.output_shapes)]
+        if stored != program.output_shapes:
+            raise ProgramFileError(f"{path}: prunefx.json says the outputs are {stored}, the graph computes "
+                                   f"{program.output_shapes}")
         return program
 
 

@@ -153,8 +153,8 @@ REFUSED_CASES = {
     "ExecuTorch program": (_add("data/executorch/model.pte"), "ExecuTorch"),
     "custom object": (_add("data/constants/custom_obj_0"), "custom object"),
     "unknown entry": (_add("code/run.py", b"print(1)"), "unexpected entry"),
-    "node calling os.system": (_node_target("torch.os.system"), "not a torch operator"),
-    "node calling builtins": (_node_target("builtins.eval"), "not a torch operator"),
+    "node calling os.system": (_node_target("torch.os.system"), "not a functional ATen operator"),
+    "node calling builtins": (_node_target("builtins.eval"), "not a functional ATen operator"),
     "python in a shape expression": (_expression("__import__('os').system('true')"), "shape expression"),
 }
 

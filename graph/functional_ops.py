@@ -1,0 +1,107 @@
+"""Which graph-node targets a `.pt2` read by prunefx may call: functional ATen operators, judged by what
+they are (their registered schema and tags), never by a list of bad names.
+
+A node of a saved graph runs whenever the model runs (`prunefx bench --backend torch`, `prunefx.load(f)(x)`),
+so a file that may call any `torch.ops.*` may write files (`aten.from_file(path, shared=True)` then a
+`fill_`), print, seed generators, talk to other processes (`c10d`), or write into its own weights
+(`out=` overloads). torch's own verifier for this archive dialect does not check that ops are functional.
+A target is admitted when:
+- it is `torch.ops.aten.<op>.<overload>` and that overload is registered (ATen: the operators
+  torch.export produces for models; other namespaces, higher-order ops included, are refused);
+- its schema writes to none of its arguments (`is_mutable`: in-place ops, `out=` overloads, `set_`, ...),
+  and it is not an `out` overload;
+- it returns something: an op that returns nothing exists only for its side effects (`_print`, `save`,
+  `manual_seed`, `warn`, assertions);
+- torch does not list it as side-effectful (`torch.fx.node._side_effectful_functions`);
+- no argument names a file (`from_file`, `save`: a `str` argument called `filename`/`path`/`file`).
+Outside torch.ops only the pure `_operator` functions torch.export emits for shape arithmetic are
+admitted (no `pow`: `9 ** 9 ** 9` is a hang, not a shape).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import torch
+from torch.fx.node import _side_effectful_functions
+
+_ATEN_TARGET = re.compile(r"torch\.ops\.aten\.(?P<op>[A-Za-z_][A-Za-z0-9_]*)\.(?P<overload>[A-Za-z_][A-Za-z0-9_]*)")
+_PURE_OPERATOR_FUNCTIONS = frozenset({"getitem", "add", "sub", "mul", "floordiv", "mod", "neg", "pos", "abs",
+                                      "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_"})
+_FILE_ARGUMENT = re.compile(r"(file|path)(name)?")
+
+
+def refusal(target: str) -> str | None:
+    """None if a graph node may call `target` (its serialized name, e.g. 'torch.ops.aten.conv2d.default'),
+    else why not, in a few words."""
+    module, _, function = target.partition(".")
+    if module == "_operator":
+        return None if function in _PURE_OPERATOR_FUNCTIONS else "is not a pure shape-arithmetic function"
+    match = _ATEN_TARGET.fullmatch(target)
+    if match is None:
+        return "is not a functional ATen operator"
+    return _overload_refusal(match["op"], match["overload"])
+
+
+@functools.lru_cache(maxsize=4096)
+def _overload_refusal(name: str, overload: str) -> str | None:
+    try:
+        op = getattr(getattr(torch.ops.aten, name), overload)
+    except (AttributeError, RuntimeError):
+        return "is not a registered ATen operator"
+    if not isinstance(op, torch._ops.OpOverload):
+        return "is not a registered ATen operator"
+    return overload_refusal(op)
+
+
+def overload_refusal(op: torch._ops.OpOverload) -> str | None:
+    """None if `op` is functional (module docstring), else why not."""
+    schema = op._schema
+    if torch.Tag.out in op.tags or schema.overload_name == "out" or schema.overload_name.endswith("_out"):
+        return "writes into an out= tensor"
+    written = [a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write]
+    if written and not is_in_place(op):
+        return "writes into its arguments"
+    if not schema.returns:
+        return "returns nothing: it runs only for its side effects"
+    if op in _side_effectful_functions or op.overloadpacket in _side_effectful_functions:
+        return "has side effects"
+    if any(_FILE_ARGUMENT.fullmatch(a.name) and "str" in str(a.type) for a in schema.arguments):
+        return "opens a file"
+    return None
+
+
+def is_in_place(op) -> bool:
+    """An in-place op that writes its first argument and nothing else (`relu_`, `add_`): torch.export keeps
+    these from `nn.ReLU(inplace=True)`; `check_writes` decides where they may write."""
+    if not isinstance(op, torch._ops.OpOverload) or torch.Tag.inplace not in op.tags:
+        return False
+    written = [a for a in op._schema.arguments if a.alias_info is not None and a.alias_info.is_write]
+    return torch.Tag.inplace_view not in op.tags and [a.name for a in written] == ["self"]
+
+
+def check_writes(exported: torch.export.ExportedProgram) -> str | None:
+    """None if every in-place node writes into a tensor the graph made itself or into a buffer (running
+    statistics); else why not: a write into a parameter or a user input, through views too, changes
+    what the file says it holds or what the caller passed."""
+    signature = exported.graph_signature
+    protected = set(signature.inputs_to_parameters) | set(signature.user_inputs)
+    for node in exported.graph.nodes:
+        if node.op == "call_function" and is_in_place(node.target):
+            root = _alias_root(node.args[0])
+            if root is not None and root.op == "placeholder" and root.name in protected:
+                return f"node '{node.name}' ({node.target}) writes into '{root.name}'"
+    return None
+
+
+def _alias_root(value):
+    """The node whose memory `value` shares: followed back through ops that return a view of an argument."""
+    while isinstance(value, torch.fx.Node) and value.op == "call_function" and _returns_view(value.target):
+        value = value.args[0] if value.args else None
+    return value if isinstance(value, torch.fx.Node) else None
+
+
+def _returns_view(op) -> bool:
+    schema = getattr(op, "_schema", None)
+    return schema is not None and any(r.alias_info is not None for r in schema.returns)
