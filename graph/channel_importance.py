@@ -188,16 +188,19 @@ class FisherAccumulator:
     the layer that reads the parameter. Storing it per (parameter, dim) rather than per channel
     class keeps the accumulator independent of a combing: `per_class(combing)` maps it onto the
     classes of whichever analysis the caller holds (the same graph, combed now or later).
+    `gradients_from`: the module whose gradients are read, when it is not the graph itself: an eager
+    module with the graph's parameter names (the user's own module, trained in their loop).
     """
 
-    def __init__(self, module: torch.fx.GraphModule):
+    def __init__(self, module: torch.fx.GraphModule, *, gradients_from: torch.nn.Module | None = None):
         self.module = module
+        self.gradients_from = module if gradients_from is None else gradients_from
         self.activations = _live_activations(module)
         self.sums: dict[tuple[str, int], np.ndarray] = {}
         self.batches = 0
 
     def accumulate(self) -> None:
-        for name, parameter in self.module.named_parameters():
+        for name, parameter in self.gradients_from.named_parameters():
             if parameter.grad is None:
                 continue
             product = (parameter * parameter.grad).detach()

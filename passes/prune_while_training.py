@@ -36,11 +36,13 @@ from typing import ClassVar
 
 from prunefx.graph import Program, count
 from prunefx.graph.channel_groups import find_channel_groups
-from prunefx.graph.channel_importance import FisherAccumulator
+from prunefx.graph.channel_importance import FisherAccumulator, group_importance
 from prunefx.graph.channel_selection import TARGET_KINDS, TARGET_TOLERANCE, Target
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes import config_checks as checks
+from prunefx.passes.contract import graph_pass
 from prunefx.passes.pass_config import option
+from prunefx.passes.pipeline import run_inner
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.result import Result
 from prunefx.passes.training import TrainConfig, Trainer
@@ -76,10 +78,7 @@ class PruneWhileTrainingConfig(TrainingPassConfig):
         checks.number(owner, "max_ratio", self.max_ratio, low=0.0, high=1.0, high_open=True)
 
 
-def check_config(config: dict) -> None:
-    PruneWhileTrainingConfig.parse(config)
-
-
+@graph_pass(config=PruneWhileTrainingConfig, in_place=True, reads=("sparsity", "linearize"), writes=("prune_while_training", "channel_pruning"))
 def prune_while_training(program: Program, /, *, config: dict | None = None) -> Result:
     if (config or {}).get("data") is None:
         raise PrunefxError("prune_while_training needs training batches: config['data']")
@@ -103,7 +102,8 @@ def prune_while_training(program: Program, /, *, config: dict | None = None) -> 
         raise PrunefxError(f"prune_while_training ended at {target.kind}={stats['target']['achieved']:.3f} of the "
                            f"dense model, more than {TARGET_TOLERANCE:.0%} from the target {target.fraction:g}")
     program.analysis.prune_while_training = {k: v for k, v in stats.items() if k != "training"}
-    return Result(program, modified=True, stats=stats)
+    # training steps change the weights even where no event removed a channel
+    return Result(program, modified=trainer.total_steps > 0 or bool(schedule.done), stats=stats)
 
 
 def _target(options: dict) -> Target:
@@ -122,7 +122,9 @@ def _measure(program: Program, kind: str) -> float:
 
 
 class PruningSchedule:
-    """The trainer hooks: Fisher accumulation after backward, a cut every `interval` steps."""
+    """The trainer hooks: Fisher accumulation after backward, a cut every `interval` steps.
+
+    `due` and `cut` need no Trainer: prunefx/recovery.py drives the same schedule from a user's own loop."""
 
     def __init__(self, program: Program, target: Target, options: dict):
         self.target, self.options = target, options
@@ -145,26 +147,44 @@ class PruningSchedule:
         return {f"{tensor}:{dim}": max(math.ceil(floor * group.size - 1e-9), 1)
                 for group in combing.groups for tensor, dim in group.members}
 
-    def accumulate(self, trainer: Trainer) -> None:
+    def accumulate(self, trainer: Trainer | None = None) -> None:
         if len(self.done) < self.events:
             self.fisher.accumulate()
 
+    def due(self, step: int) -> bool:
+        """Whether an event comes after `step` optimizer steps."""
+        return step % self.interval == 0 and len(self.done) < self.events
+
     def maybe_prune(self, trainer: Trainer, step: int) -> None:
-        if step % self.interval or len(self.done) >= self.events:
+        if not self.due(step):
             return
         program = trainer.program
+        self.cut(program, step, train_loss=trainer.last_losses.get("loss"))
+        trainer.replace_program(program)  # new parameters: the optimizer is rebuilt (and train mode restored)
+        self.restart_scores(program.module)
+
+    def cut(self, program: Program, step: int, *, train_loss: float | None = None) -> dict:
+        """The next event, on `program` in place (left in eval mode): `program` is the one the scores were
+        accumulated on or a copy of it (the scores are kept by parameter name). Returns the event's record."""
         kept_after = self.target.fraction ** ((len(self.done) + 1) / self.events)  # of the dense model
         program.eval()  # shapes are re-propagated during removal: batch norms must not update statistics
-        result = remove_channels(program, config={
-            self.target.kind: self._relative(program, kept_after), "importance": self.fisher.importance,
+        result = run_inner(remove_channels, program, {
+            self.target.kind: self._relative(program, kept_after), "importance": self._importance,
             "ranking": self.options["ranking"], "round_to": self.options["round_to"],
             "max_ratio": self.options["max_ratio"], "min_widths": self.min_widths, "keep": self.options["keep"],
             "strict": False})
-        self.done.append({"step": step, "kept_target": kept_after, "macs": result.stats["macs_after"],
-                          "params": result.stats["params_after"], "channels_removed": result.stats["channels_removed"],
-                          "train_loss": trainer.last_losses.get("loss")})
-        trainer.replace_program(program)  # new parameters: the optimizer is rebuilt (and train mode restored)
-        self.fisher = FisherAccumulator(program.module)  # CPD resets the scores after every cut
+        event = {"step": step, "kept_target": kept_after, "macs": result.stats["macs_after"],
+                 "params": result.stats["params_after"], "channels_removed": result.stats["channels_removed"],
+                 "train_loss": train_loss}
+        self.done.append(event)
+        return event
+
+    def restart_scores(self, module, *, gradients_from=None) -> None:
+        """CPD resets the scores after every cut; `gradients_from` as in FisherAccumulator."""
+        self.fisher = FisherAccumulator(module, gradients_from=gradients_from)
+
+    def _importance(self, module, combing):
+        return group_importance(combing, self.fisher.per_class(combing), "fisher")
 
     def _relative(self, program: Program, kept_after: float) -> float:
         """Fractions given to remove_channels are of the model as it is now, the schedule's of the dense one."""
@@ -178,8 +198,3 @@ class PruningSchedule:
                            "met": met},
                 "macs_before": self.before.macs, "macs_after": after.macs, "params_before": self.before.params,
                 "params_after": after.params, "events": self.done, "importance": "fisher (task + KD loss)"}
-
-
-prune_while_training.check_config = check_config
-prune_while_training.config_class = PruneWhileTrainingConfig
-prune_while_training.in_place = True

@@ -1,0 +1,124 @@
+"""prunefx.recovery: CPD's schedule and the KD loss called from a plain PyTorch loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunefx.graph import PrunefxError, capture
+from prunefx.passes.remove_channels import remove_channels
+from prunefx.recovery import DistillationLoss, PruneWhileTraining, carry_optimizer, cut_tracking_indices
+
+
+def tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 5))
+
+
+def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(4, 3, 8, 8, generator=generator), torch.randint(0, 5, (4,), generator=generator)
+
+
+def random_cut(program) -> None:
+    # Random scores ignore the weights, so the same plan is drawn whatever values the tensors hold.
+    remove_channels(program, config={"macs": 0.5, "importance": "random", "seed": 3, "round_to": 4})
+
+
+def test_cut_tracking_indices_matches_a_plain_cut():
+    program = capture(tiny_net().eval(), batch()[0])
+    expected = program.clone()
+    random_cut(expected)
+    pruned, kept = cut_tracking_indices(program, random_cut)
+    want = dict(expected.module.named_parameters()) | dict(expected.module.named_buffers())
+    got = dict(pruned.module.named_parameters()) | dict(pruned.module.named_buffers())
+    assert want.keys() == got.keys()
+    assert any(got[name].shape != tensor.shape for name, tensor in program.module.named_parameters())
+    for name in want:
+        assert torch.equal(want[name], got[name]), name
+    assert torch.equal(expected(batch(1)[0]), pruned(batch(1)[0]))
+    assert program.module.get_parameter("0.weight").shape[0] == 16  # the original is left as it was
+
+
+@pytest.mark.parametrize("optimizer_class", [torch.optim.SGD, torch.optim.AdamW])
+def test_optimizer_state_follows_the_surviving_channels(optimizer_class):
+    program = capture(tiny_net().eval(), batch()[0])
+    before = dict(program.module.named_parameters())
+    optimizer = optimizer_class([{"params": [p for p in before.values() if p.dim() > 1], "lr": 0.1},
+                                 {"params": [p for p in before.values() if p.dim() <= 1], "lr": 0.2}])
+    # Oracle: a state equal to the parameter itself must come out equal to the new parameter.
+    for parameter in before.values():
+        optimizer.state[parameter] = {"momentum_buffer": parameter.detach().clone(), "step": torch.tensor(7.0)}
+    pruned, kept = cut_tracking_indices(program, random_cut)
+    after = dict(pruned.module.named_parameters())
+    carry_optimizer(optimizer, before, after, kept)
+    assert [group["lr"] for group in optimizer.param_groups] == [0.1, 0.2]
+    held = [p for group in optimizer.param_groups for p in group["params"]]
+    assert {id(p) for p in held} == {id(p) for p in after.values()}
+    for parameter in after.values():
+        state = optimizer.state[parameter]
+        assert torch.equal(state["momentum_buffer"], parameter.detach())
+        assert float(state["step"]) == 7.0
+
+
+def test_kd_loss_is_the_trainers_formula():
+    student, teacher = tiny_net(), tiny_net()
+    with torch.no_grad():
+        teacher[-1].weight.mul_(2.0)
+    inputs, labels = batch()
+    kd = DistillationLoss(teacher, kd_weight=0.7, temperature=3.0)
+    output = student(inputs)
+    loss = kd(output, inputs, labels)
+    with torch.no_grad():
+        p_teacher = torch.softmax(teacher.eval()(inputs) / 3.0, dim=1)
+    log_student = torch.log_softmax(output / 3.0, dim=1)
+    kl = (p_teacher * (p_teacher.log() - log_student)).sum(1).mean() * 9.0
+    expected = 0.3 * F.cross_entropy(output, labels) + 0.7 * kl
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert all(p.requires_grad for p in teacher.parameters())  # the caller's model is not frozen
+
+
+def test_session_prunes_to_the_target_and_keeps_the_optimizer_on_the_module():
+    model = tiny_net()
+    inputs, labels = batch()
+    session = PruneWhileTraining(model, inputs, macs=0.5, events=2, interval=2, round_to=4)
+    kd = DistillationLoss(model)
+    session.train()
+    module = session.module
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.05, momentum=0.9)
+    cuts = []
+    for step in range(6):
+        loss = kd(module(inputs), inputs, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        session.after_backward()
+        optimizer.step()
+        if session.maybe_cut(optimizer):
+            cuts.append(step + 1)
+            module = session.module
+    assert cuts == [2, 4] and session.finished
+    assert session.statistics()["target"]["met"]
+    assert torch.isfinite(loss)
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert held == {id(p) for p in module.parameters()}
+    assert all(optimizer.state[p]["momentum_buffer"].shape == p.shape for p in module.parameters())
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"macs": 0.5, "params": 0.5}, "exactly one target"),
+    ({"macs": 1.5}, "macs"),
+    ({"macs": 0.5, "interval": 0}, "interval"),
+])
+def test_bad_settings_are_one_line_errors(options, message):
+    with pytest.raises(PrunefxError, match=message) as raised:
+        PruneWhileTraining(tiny_net(), batch()[0], **options)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_teacher_that_is_no_model_is_refused():
+    with pytest.raises(PrunefxError, match="teacher must be"):
+        DistillationLoss("dense.pt")
