@@ -1,11 +1,13 @@
 """What the budget searches share (prune_to_budget over widths, depth_to_budget over merged blocks): a
-measured candidate, its confirmation, and the budget as text.
+measured candidate, its confirmation, the acceptance rule and the budget as text.
 
-A measuring function is `latency(dense, candidate) -> (dense ms, candidate ms, spread)`, injected by the
-caller (runtime/speedup.py's onnx_latency_pair; passes never import the runtime). It may carry a
-`confirm` attribute, the same measurement made longer; without one, `latency` itself measures again.
+The measuring function is a `passes.measurement.Measurer`, injected by the caller (runtime/speedup.py's
+onnx_latency_pair; passes never import the runtime); a plain function is wrapped by `as_measurer`.
 Confirmation exists because one short measurement on a loaded machine can be off by 20 % (RegNetY-800MF:
-a search measured 2.05x, a separate process 1.66x; benchmarks/results/latency_budget.md).
+a search measured 2.05x, a separate process 1.66x; benchmarks/results/latency_budget.md). A confirmed
+candidate meets a budget only when the lower bound of its speed-up interval clears it (`meets`): on its
+point estimate, a candidate at the bottom of the acceptance window is measured below the budget by about
+half of the independent checks (issue 39).
 """
 
 from __future__ import annotations
@@ -14,17 +16,22 @@ from dataclasses import dataclass
 
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
+from prunefx.passes.measurement import Timing, as_measurer
 
 
 @dataclass
 class Measured:
-    """A candidate's latency beside the dense model's; `first` keeps the search's measurement once a
-    confirmation replaced it."""
+    """A candidate's latency beside the dense model's; once confirmed, `low`/`high` bound the speed-up at
+    `confidence` (`method` says how) and `first` keeps the search's shorter measurement."""
 
     dense_ms: float
     ms: float
     spread: float
     first: tuple[float, float, float] | None = None
+    low: float | None = None
+    high: float | None = None
+    confidence: float | None = None
+    method: str | None = None
 
     @property
     def speedup(self) -> float:
@@ -34,24 +41,37 @@ class Measured:
     def confirmed(self) -> bool:
         return self.first is not None
 
+    @property
+    def lower_bound(self) -> float:
+        """The speed-up a decision may rely on: the interval's lower bound once confirmed, else the point."""
+        return self.low if self.low is not None else self.speedup
+
     def confirm(self, latency, dense: Program, candidate: Program) -> None:
-        """Measure again, longer (once); the new figures replace the first ones."""
+        """Measure again, longer (once), with the measurer's `confirm`; the new figures and their interval
+        replace the first ones."""
         if self.first is None:
-            again = getattr(latency, "confirm", latency)
             first = (self.dense_ms, self.ms, self.spread)
-            self.dense_ms, self.ms, self.spread = again(dense, candidate)
+            self.take(Timing.of(as_measurer(latency).confirm(dense, candidate)))
             self.first = first
+
+    def take(self, timing: Timing) -> None:
+        self.dense_ms, self.ms, self.spread = timing
+        self.low, self.high, self.confidence, self.method = timing.low, timing.high, timing.confidence, timing.method
 
     @classmethod
     def from_dict(cls, row: dict) -> Measured:
         """The inverse of to_dict: a pass's statistics hand the chosen candidate's figures on this way."""
-        first = row.get("first")
+        first, interval = row.get("first"), row.get("interval") or {}
         return cls(row["dense_ms"], row["ms"], row["spread"],
-                   (first["dense_ms"], first["ms"], first["spread"]) if first else None)
+                   (first["dense_ms"], first["ms"], first["spread"]) if first else None,
+                   interval.get("low"), interval.get("high"), interval.get("confidence"), interval.get("method"))
 
     def to_dict(self) -> dict:
         row = {"speedup": self.speedup, "dense_ms": self.dense_ms, "ms": self.ms, "spread": self.spread,
                "confirmed": self.confirmed}
+        if self.low is not None:
+            row["interval"] = {"low": self.low, "high": self.high, "confidence": self.confidence,
+                               "method": self.method}
         if self.first is not None:
             row["first"] = {"speedup": self.first[0] / self.first[1], "dense_ms": self.first[0], "ms": self.first[1],
                             "spread": self.first[2]}
@@ -59,18 +79,43 @@ class Measured:
 
 
 def meets(measured: Measured, *, speedup: float | None, latency_ms: float | None) -> bool:
-    """Whether `measured` meets the budget: a speed-up at least `speedup`, or a latency at most `latency_ms`."""
+    """Whether `measured` meets the budget: a speed-up of at least `speedup`, or a latency of at most
+    `latency_ms`. Once confirmed, on the interval's lower bound: the speed-up's, and for a latency budget the
+    dense median over that bound (the candidate's latency as slow as the interval allows)."""
     if speedup is not None:
-        return measured.speedup >= speedup
-    return measured.ms <= latency_ms
+        return measured.lower_bound >= speedup
+    return measured.dense_ms / measured.lower_bound <= latency_ms
+
+
+def wanted_speedup(measured: Measured, *, speedup: float | None, latency_ms: float | None) -> float:
+    """The budget as a speed-up over the dense model (a latency budget through the dense median measured)."""
+    return speedup or measured.dense_ms / latency_ms
 
 
 def budget_text(speedup: float | None, latency_ms: float | None) -> str:
     return f"a {speedup:g}x speed-up" if speedup else f"{latency_ms:g} ms"
 
 
+def speedup_text(measured: Measured) -> str:
+    """'2.10x (90 % interval 2.04-2.16)' once confirmed with an interval, else '2.10x'."""
+    if measured.low is None or measured.method == "point":
+        return f"{measured.speedup:.2f}x"
+    return (f"{measured.speedup:.2f}x ({measured.confidence:.0%} interval {measured.low:.2f}-{measured.high:.2f})"
+            .replace("%", " %", 1))
+
+
+class BudgetUnreachable(PrunefxError):
+    """A dimension's search could not meet the budget; `best` is the fastest candidate it measured, so a caller
+    trying another dimension (width, then depth) can say what each reached."""
+
+    def __init__(self, message: str, *, dimension: str, best: Measured | None):
+        super().__init__(message)
+        self.dimension, self.best = dimension, best
+
+
 def require_latency(pass_name: str, latency) -> None:
-    """Budget passes measure through an injected function; without one, say what to pass."""
+    """Budget passes measure through an injected Measurer; without one, say what to pass."""
     if latency is None:
-        raise PrunefxError(f"{pass_name} needs 'latency': a function (dense, candidate) -> (dense ms, "
-                           "candidate ms, spread), e.g. prunefx.runtime.onnx_latency_pair()")
+        raise PrunefxError(f"{pass_name} needs 'latency': a Measurer (passes/measurement.py), or a function "
+                           "(dense, candidate) -> (dense ms, candidate ms, spread), e.g. "
+                           "prunefx.runtime.onnx_latency_pair()")

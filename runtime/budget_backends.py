@@ -1,8 +1,9 @@
 """Latency budgets measured where the model will run: ONNX Runtime, TensorRT, Torch-TensorRT or trtexec.
 
-The budget passes (prune_to_budget, depth_to_budget, choose_for_budget) take a `LatencyPair`,
-`(before, after) -> (before ms, after ms, spread)`, with a `confirm` attribute (the same measurement, longer)
-that alone accepts a candidate. A budget stated for a TensorRT deployment must be met on TensorRT: widths,
+The budget passes (prune_to_budget, depth_to_budget, choose_for_budget) take a Measurer
+(passes/measurement.py): `(before, after) -> (before ms, after ms, spread)`, with a `confirm` method (the same
+measurement, longer, with an interval on the speed-up where the backend's timing gives one) that alone
+accepts a candidate, and `round_to`, the width multiple the backend runs fastest (runtime/width_multiple.py). A budget stated for a TensorRT deployment must be met on TensorRT: widths,
 merged blocks and INT8 pay off differently there than on a CPU (DESIGN.md, "Widths matter more than MACs").
 `latency_pair(backend, ...)` builds the pair for each backend:
 
@@ -30,13 +31,14 @@ from prunefx.graph.quantization import has_fake_quant
 from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.speedup import (
     ExportCache,
-    LatencyPair,
+    PairMeasurer,
     cached_pair,
     deployed,
     exported_file,
     fingerprint,
     medians_and_spread,
     onnx_latency_pair,
+    timing_of,
 )
 from prunefx.runtime.tensorrt_engine import (
     BuildOptions,
@@ -48,6 +50,7 @@ from prunefx.runtime.tensorrt_engine import (
 )
 from prunefx.runtime.torch_tensorrt_backend import compile_torch_tensorrt, require_torch_tensorrt
 from prunefx.runtime.trtexec import TrtexecOptions, find_trtexec, run_trtexec
+from prunefx.runtime.width_multiple import backend_multiple
 
 BACKENDS = ("ort", "trt", "torch-trt", "trtexec")
 # INT8 is not a choice: it comes from the Program's own quantizers (passes/quantize_int8), as Q/DQ nodes
@@ -80,7 +83,7 @@ def require_backend(backend: str, precision: str = "fp32", trtexec: str | None =
 
 
 def latency_pair(backend: str, *, threads: int, runs: int, warmup: int = 10, precision: str = "fp32",
-                 trtexec: str | None = None, cache_dir: str | None = None) -> LatencyPair:
+                 trtexec: str | None = None, cache_dir: str | None = None) -> PairMeasurer:
     """A `(before, after) -> (before ms, after ms, spread)` callable measuring on `backend` at batch 1, with
     `confirm` (CONFIRM_FACTOR x the runs, twice the warm-up); `threads` is read by ONNX Runtime only."""
     program = require_backend(backend, precision, trtexec)
@@ -92,9 +95,9 @@ def latency_pair(backend: str, *, threads: int, runs: int, warmup: int = 10, pre
         sources = ExportCache(1, "dynamo", export=functools.partial(exported_file, activations="s8"))
         timing = (_gpu_timing(_Engines(precision, cache_dir).timed) if backend == "trt"
                   else _trtexec_timing(precision, program))
-    measure = cached_pair(sources, functools.partial(timing, runs=runs, warmup=warmup))
-    measure.confirm = cached_pair(sources, functools.partial(timing, runs=CONFIRM_FACTOR * runs, warmup=2 * warmup))
-    return measure
+    return PairMeasurer(cached_pair(sources, functools.partial(timing, runs=runs, warmup=warmup)),
+                        cached_pair(sources, functools.partial(timing, runs=CONFIRM_FACTOR * runs, warmup=2 * warmup)),
+                        backend_multiple(backend, precision))
 
 
 def _file_precision(path, precision: str) -> str:
@@ -107,8 +110,7 @@ def _gpu_timing(timed_of):
     """timing(entry_a, entry_b, runs=, warmup=) -> (ms a, ms b, spread), both runners alternately with CUDA
     events; `timed_of(entry)` is the entry's zero-argument runner returning its milliseconds."""
     def timing(a: tuple, b: tuple, *, runs: int, warmup: int) -> tuple[float, float, float]:
-        result = compare_gpu_latency(timed_of(a), timed_of(b), warmup=warmup, runs=runs)
-        return medians_and_spread(result.a, result.b)
+        return timing_of(compare_gpu_latency(timed_of(a), timed_of(b), warmup=warmup, runs=runs))
 
     return timing
 

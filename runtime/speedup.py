@@ -20,11 +20,13 @@ import torch
 from prunefx.graph import Program
 from prunefx.graph.quantization import has_fake_quant
 from prunefx.graph.rebatch import rebatch
-from prunefx.runtime.latency import LatencyStats, compare_latency
+from prunefx.passes.measurement import Timing
+from prunefx.runtime.latency import LatencyComparison, LatencyStats, compare_latency
 from prunefx.runtime.onnx_export import export_onnx
 from prunefx.runtime.onnx_quantized import export_quantized_onnx, onnxruntime_lowering
 from prunefx.runtime.onnxruntime_session import DEFAULT_THREADS
 from prunefx.runtime.runners import onnx_runner
+from prunefx.runtime.width_multiple import onnxruntime_multiple
 
 Measure = Callable[[Program, Program], float]
 # (before, after) -> (before ms, after ms, spread): medians measured side by side, and the after side's
@@ -43,16 +45,33 @@ def onnx_speedup(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup: int 
     return measure
 
 
+class PairMeasurer:
+    """A `passes.measurement.Measurer`: `search(dense, candidate)` for the search's short measurement,
+    `confirm` for the longer one that answers a `Timing` with its speed-up interval, and the backend's width
+    multiple `round_to` (runtime/width_multiple.py)."""
+
+    def __init__(self, search: LatencyPair, confirm: Callable[[Program, Program], Timing], round_to: int | None):
+        self.search, self._confirm, self.round_to = search, confirm, round_to
+
+    def __call__(self, dense: Program, candidate: Program) -> tuple[float, float, float]:
+        return tuple(self.search(dense, candidate))
+
+    def confirm(self, dense: Program, candidate: Program) -> Timing:
+        return Timing.of(self._confirm(dense, candidate))
+
+
 def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup: int = 10, batch: int = 1,
-                      confirm_runs: int | None = None, search_exporter: str = "torchscript") -> LatencyPair:
+                      confirm_runs: int | None = None, search_exporter: str = "torchscript") -> PairMeasurer:
     """A `(before, after) -> (before ms, after ms, spread)` callable: both Programs at `batch`, exported and
     timed alternately with ONNX Runtime. Measurements are cached by the sha256 of both ONNX files, so a
     search that meets the same candidate twice (two fractions rounding to the same widths) times it once.
 
-    Its `confirm` attribute is the same measurement made longer (`confirm_runs` timed runs each, 4x `runs`
-    by default, twice the warm-up), cached apart: prune_to_budget accepts a candidate only once `confirm`
-    agrees, because one short measurement on a loaded machine can be off by 20 % (RegNetY-800MF: 2.05x
-    in the search, 1.66x measured again, benchmarks/results/latency_budget.md).
+    Its `confirm` method is the same measurement made longer (`confirm_runs` timed runs each, 4x `runs`
+    by default, twice the warm-up), cached apart, answering a `Timing` with the block-bootstrap interval
+    of the speed-up (runtime/latency.py): prune_to_budget accepts a candidate only when that interval's
+    lower bound clears the budget, because one short measurement on a loaded machine can be off by 20 %
+    (RegNetY-800MF: 2.05x in the search, 1.66x measured again, benchmarks/results/latency_budget.md).
+    Its `round_to` is this CPU's width multiple for ONNX Runtime (16 with AVX-512, else 8).
 
     A search measures many candidates and only confirms a few, and a dynamo export costs far more than
     the timing on small models (MobileNetV2-small: 5.7 s against 0.4 s with the TorchScript exporter, the
@@ -61,27 +80,35 @@ def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup:
     prunefx delivers (dynamo). A fake-quantized Program always goes through the INT8 lowering."""
     search = ExportCache(batch, search_exporter)  # shared: the dense model is exported once per search
     delivered = search if search_exporter == "dynamo" else ExportCache(batch, "dynamo")
-    measure = _onnx_runtime_pair(search, threads=threads, runs=runs, warmup=warmup)
-    measure.confirm = _onnx_runtime_pair(delivered, threads=threads, runs=confirm_runs or 4 * runs, warmup=2 * warmup)
-    return measure
+    return PairMeasurer(_onnx_runtime_pair(search, threads=threads, runs=runs, warmup=warmup),
+                        _onnx_runtime_pair(delivered, threads=threads, runs=confirm_runs or 4 * runs, warmup=2 * warmup),
+                        onnxruntime_multiple())
 
 
 def _onnx_runtime_pair(exports: ExportCache, *, threads: int, runs: int, warmup: int) -> LatencyPair:
     def timed(a: tuple[Path, tuple, str], b: tuple[Path, tuple, str]) -> tuple[float, float, float]:
         runners = [onnx_runner(path, inputs, threads=threads) for path, inputs, _ in (a, b)]
-        result = compare_latency(*runners, warmup=warmup, runs=runs, threads=threads)
-        return medians_and_spread(result.a, result.b)
+        return timing_of(compare_latency(*runners, warmup=warmup, runs=runs, threads=threads))
 
     return cached_pair(exports, timed)
 
 
-def cached_pair(sources, timed: Callable[[tuple, tuple], tuple[float, float, float]]) -> LatencyPair:
+def timing_of(comparison: LatencyComparison) -> Timing:
+    """Both medians, the after side's spread and the speed-up interval, where the comparison has one."""
+    dense_ms, ms, spread = medians_and_spread(comparison.a, comparison.b)
+    if comparison.speedup_low is None:
+        return Timing(dense_ms, ms, spread)
+    return Timing(dense_ms, ms, spread, comparison.speedup_low, comparison.speedup_high, comparison.confidence,
+                  "block bootstrap")
+
+
+def cached_pair(sources, timed: Callable[[tuple, tuple], Timing]) -> Callable[[Program, Program], Timing]:
     """`timed(entry_before, entry_after)` run once per pair of models: `sources.get(program)` gives an entry
     whose last item identifies what is timed (the file's sha256, say), and a pair measured before is
     answered from the cache."""
-    cache: dict[tuple[str, str], tuple[float, float, float]] = {}
+    cache: dict[tuple[str, str], Timing] = {}
 
-    def measure(before: Program, after: Program) -> tuple[float, float, float]:
+    def measure(before: Program, after: Program) -> Timing:
         a, b = sources.get(before), sources.get(after)
         if (a[-1], b[-1]) not in cache:
             cache[a[-1], b[-1]] = timed(a, b)

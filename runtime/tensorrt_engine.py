@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from prunefx.runtime.errors import BackendUnavailableError, DeviceToolError, MeasurementError, require_module
-from prunefx.runtime.latency import LatencyComparison, LatencyStats
+from prunefx.runtime.latency import CONFIDENCE, LatencyComparison, LatencyStats, ratio_interval
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INSTALL_TENSORRT = ("install it with `pip install tensorrt` (or tensorrt-cu12 / tensorrt-cu13 to match your CUDA) on "
@@ -396,7 +396,9 @@ def compare_gpu_latency(timed_a: Callable[[], float], timed_b: Callable[[], floa
         samples_a.append(timed_a() / 1e3)
         samples_b.append(timed_b() / 1e3)
     a, b = LatencyStats.from_seconds(samples_a), LatencyStats.from_seconds(samples_b)
-    return LatencyComparison(a=a, b=b, speedup=a.median_ms / b.median_ms if b.median_ms > 0 else float("inf"))
+    low, high = ratio_interval([[x] for x in samples_a], [[x] for x in samples_b])  # call-by-call pairs
+    return LatencyComparison(a=a, b=b, speedup=a.median_ms / b.median_ms if b.median_ms > 0 else float("inf"),
+                             speedup_low=low, speedup_high=high, confidence=CONFIDENCE)
 
 
 def _check(warmup: int, runs: int) -> None:

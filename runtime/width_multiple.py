@@ -1,0 +1,51 @@
+"""The width multiple a backend runs fastest: what a pruned channel count should be rounded to.
+
+Widths matter more than MACs (DESIGN.md): Torch-Pruning's arbitrary channel counts made MobileNetV2 0.55x
+as fast as dense on ONNX Runtime, and the same MACs on multiples of 16 1.57x faster. The multiple is a
+property of the target, so the budget measurers carry it (`round_to`, passes/measurement.py) and
+prune_to_budget uses it unless the user names one:
+
+- ONNX Runtime on a CPU: the blocked (NCHWc) convolution kernels work on one SIMD register of float32
+  channels, 16 with AVX-512 and 8 with AVX2 (or anything narrower); read from the CPU's flags in
+  /proc/cpuinfo, 8 where they cannot be read.
+- TensorRT (trt, torch-trt, trtexec): tensor cores take FP16 (and TF32) channels in multiples of 8, INT8 in
+  multiples of 32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prunefx.runtime.errors import MeasurementError
+
+AVX512_MULTIPLE, AVX2_MULTIPLE = 16, 8
+TENSOR_CORE_MULTIPLE = {"fp32": 8, "fp16": 8, "int8": 32}
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The first processor's flags from /proc/cpuinfo's text (read here when not given); empty if unreadable."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = CPUINFO.read_text()
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def onnxruntime_multiple(cpuinfo: str | None = None) -> int:
+    """16 on a CPU with AVX-512 (avx512f), else 8."""
+    return AVX512_MULTIPLE if "avx512f" in cpu_flags(cpuinfo) else AVX2_MULTIPLE
+
+
+def backend_multiple(backend: str, precision: str = "fp32", *, cpuinfo: str | None = None) -> int:
+    """The width multiple `backend` runs fastest at `precision` (see the module docstring)."""
+    if backend == "ort":
+        return onnxruntime_multiple(cpuinfo)
+    if backend in ("trt", "torch-trt", "trtexec") and precision in TENSOR_CORE_MULTIPLE:
+        return TENSOR_CORE_MULTIPLE[precision]
+    raise MeasurementError(f"no width multiple known for backend {backend!r} at precision {precision!r}")

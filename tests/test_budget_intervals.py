@@ -1,0 +1,103 @@
+"""The speed-up interval a confirmation gives (runtime/latency.py's block bootstrap), the Measurer protocol
+(passes/measurement.py) and the width multiple each backend prefers (runtime/width_multiple.py). The
+oracles are worked out by hand here, not by the code under test."""
+
+import numpy as np
+import pytest
+
+from prunefx.passes.budget_search import Measured, meets, speedup_text
+from prunefx.passes.measurement import Measurer, Timing, as_measurer
+from prunefx.runtime.errors import MeasurementError
+from prunefx.runtime.latency import compare_latency, ratio_interval
+from prunefx.runtime.speedup import PairMeasurer
+from prunefx.runtime.width_multiple import backend_multiple, onnxruntime_multiple
+
+AVX512 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512vl\n\nprocessor\t: 1\n"
+AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+
+
+def test_two_block_pairs_give_the_hand_computed_percentiles():
+    """a is 6 ms throughout; b's first block runs at 2 ms, its second at 3 ms. Drawing two pairs with
+    replacement gives (1, 1) -> 6/2 = 3, (2, 2) -> 6/3 = 2, mixed -> 6/2.5 = 2.4, with probabilities 1/4,
+    1/4, 1/2: the 5th percentile is 2 and the 95th is 3."""
+    low, high = ratio_interval([[6.0] * 10, [6.0] * 10], [[2.0] * 10, [3.0] * 10])
+    assert (low, high) == pytest.approx((2.0, 3.0))
+
+
+def test_identical_blocks_give_a_point_and_a_wider_spread_a_wider_interval():
+    assert ratio_interval([[4.0] * 5] * 6, [[2.0] * 5] * 6) == pytest.approx((2.0, 2.0))
+    rng = np.random.default_rng(1)
+    narrow = ratio_interval([list(4 + 0.01 * rng.standard_normal(10)) for _ in range(12)],
+                            [list(2 + 0.01 * rng.standard_normal(10)) for _ in range(12)])
+    wide = ratio_interval([list(4 + 0.4 * rng.standard_normal(10)) for _ in range(12)],
+                          [list(2 + 0.2 * rng.standard_normal(10)) for _ in range(12)])
+    assert 1.99 < narrow[0] <= narrow[1] < 2.01
+    assert wide[1] - wide[0] > 5 * (narrow[1] - narrow[0])
+
+
+def test_a_short_last_block_is_used_and_unequal_sides_are_refused():
+    # a full block (b at 2 ms) and a short one (one run at 3 ms), a at 6 ms: (1, 1) and the mixed draws
+    # (b = 2, 2, 2, 3: median 2) give 3, (2, 2) gives 2 with probability 1/4; padding must not count
+    low, high = ratio_interval([[6.0] * 3, [6.0]], [[2.0] * 3, [3.0]])
+    assert low == pytest.approx(2.0) and high == pytest.approx(3.0)
+    with pytest.raises(MeasurementError, match="same number of blocks"):
+        ratio_interval([[1.0]], [[1.0], [1.0]])
+
+
+def test_compare_latency_reports_the_interval_of_its_own_blocks():
+    """A fake clock: the fast side takes 2 ms in its first block of 5 and 3 ms in its second, the slow side
+    6 ms always; the interval is the two-block one computed by hand above."""
+    now = [0.0]
+    fast_times = iter([2e-3] * 7 + [3e-3] * 7)  # 2 settling + 5 timed calls per block
+
+    def clock():
+        return now[0]
+
+    def slow():
+        now[0] += 6e-3
+
+    def fast():
+        now[0] += next(fast_times)
+
+    comparison = compare_latency(slow, fast, warmup=0, runs=10, block=5, settle=2, clock=clock)
+    assert (comparison.speedup_low, comparison.speedup_high) == pytest.approx((2.0, 3.0))
+    assert comparison.speedup == pytest.approx(6 / 2.5) and comparison.confidence == 0.9
+
+
+def test_a_confirmed_candidate_meets_on_its_lower_bound_not_its_point():
+    measured = Measured(2.1, 1.0, 0.02)  # 2.1x, unconfirmed: the point decides
+    assert meets(measured, speedup=2.0, latency_ms=None)
+    measured.confirm(lambda d, c: Timing(2.1, 1.0, 0.02, 1.95, 2.25, 0.9, "block bootstrap"), None, None)
+    assert measured.speedup == pytest.approx(2.1) and not meets(measured, speedup=2.0, latency_ms=None)
+    assert not meets(measured, speedup=None, latency_ms=1.05)  # 2.1 / 1.95 = 1.077 ms at the bound
+    assert meets(measured, speedup=None, latency_ms=1.08)
+    assert speedup_text(measured) == "2.10x (90 % interval 1.95-2.25)"
+    row = measured.to_dict()
+    assert row["interval"] == {"low": 1.95, "high": 2.25, "confidence": 0.9, "method": "block bootstrap"}
+    assert Measured.from_dict(row) == measured  # the report hands it on unchanged
+
+
+def test_a_plain_function_is_a_measurer_with_a_point_interval():
+    calls = []
+
+    def latency(dense, candidate):
+        calls.append(candidate)
+        return 3.0, 1.5, 0.01
+
+    measurer = as_measurer(latency)
+    assert isinstance(measurer, Measurer) and measurer.round_to is None
+    timing = measurer.confirm("dense", "candidate")
+    assert (timing.low, timing.high, timing.method) == (2.0, 2.0, "point") and len(calls) == 1
+    assert tuple(timing) == (3.0, 1.5, 0.01)
+    pair = PairMeasurer(latency, lambda d, c: Timing(3.0, 1.5, 0.0, 1.9, 2.1), round_to=16)
+    assert isinstance(pair, Measurer) and as_measurer(pair) is pair
+    assert pair.confirm("dense", "candidate").low == 1.9 and pair("d", "c") == (3.0, 1.5, 0.01)
+
+
+def test_the_width_multiple_comes_from_the_backend():
+    assert onnxruntime_multiple(AVX512) == 16 and onnxruntime_multiple(AVX2) == 8
+    assert onnxruntime_multiple("") == 8  # flags unreadable: the narrower multiple, which fits both
+    assert backend_multiple("ort", cpuinfo=AVX512) == 16
+    assert backend_multiple("trt", "fp16") == 8 and backend_multiple("trtexec", "int8") == 32
+    with pytest.raises(MeasurementError, match="no width multiple"):
+        backend_multiple("tvm")
