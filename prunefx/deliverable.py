@@ -1,7 +1,8 @@
 """The files every compressing command delivers, written one way: model.pt2 (the Program), model.onnx
 (exported and cleaned, runtime/onnx_export.py; a Program with INT8 fake quantizers is lowered for ONNX Runtime
 on this CPU by runtime/onnx_quantized.py instead), its torch-vs-ONNX-Runtime parity, and report.json
-(plain JSON: statistics made safe by compression_report.json_safe, no NaN). `prune`, `depth` and
+(plain JSON: statistics made safe by compression_report.json_safe, no NaN), with `prunefx check`'s findings
+on model.onnx (`readiness`, runtime/engine_check.py). `prune`, `depth` and
 `compress` call these inside their staged output folder (prunefx/output.py), so a failure anywhere
 leaves no partial output."""
 
@@ -14,6 +15,7 @@ from prunefx.compression_report import json_safe
 from prunefx.graph import Program
 from prunefx.graph.quantization import has_fake_quant
 from prunefx.runtime import check_parity, export_onnx, export_quantized_onnx, onnxruntime_lowering
+from prunefx.runtime.engine_check import report_entry
 
 
 def write_model(staging: Path, program: Program, *, opset: int) -> dict:
@@ -29,7 +31,9 @@ def write_model(staging: Path, program: Program, *, opset: int) -> dict:
         onnx_entry = {"exporter": exported.exporter, "fallback_reason": exported.fallback_reason,
                       "nodes": exported.node_count}
     parity = check_parity(program, path)
-    return {"onnx": onnx_entry,
+    # INT8 here is ONNX Runtime's lowering; a float file is what TensorRT engines are built from too
+    targets = ("ort",) if has_fake_quant(program.graph) else ("trt11", "ort")
+    return {"onnx": onnx_entry, "readiness": {target: report_entry(path, target) for target in targets},
             "parity": {"max_abs_error": parity.max_abs_error, "output_scale": parity.output_scale,
                        "relative": parity.relative}}
 

@@ -217,3 +217,17 @@ def test_a_bad_file_is_one_line_exit_2(tmp_path, capsys, content):
     assert main(["check", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("prunefx check: error:")
+
+
+@pytest.mark.slow  # one dynamo export and a parity run: about 10 s
+def test_delivered_model_onnx_carries_its_readiness(one_thread, tmp_path):
+    from prunefx.deliverable import write_model
+
+    torch.manual_seed(0)
+    program = capture(_Residual().eval(), torch.randn(1, 1, 16, 16), name="residual").eval()
+    delivered = write_model(tmp_path, program, opset=18)
+    assert set(delivered["readiness"]) == {"trt11", "ort"}
+    for target, entry in delivered["readiness"].items():
+        expected = check_model(onnx.load(str(tmp_path / "model.onnx")), target)
+        assert entry["file"] == "model.onnx" and entry["errors"] == expected.count("error") == 0
+        assert entry["warnings"] == expected.count("warning") == len(entry["findings"])

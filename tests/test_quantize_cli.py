@@ -37,6 +37,9 @@ def test_backend_trt_delivers_the_symmetric_s8_file_as_model_onnx(tmp_path, one_
     assert _zero_point_types(onnx.load(str(folder / "model_ort.onnx"))) == {onnx.TensorProto.UINT8}
     report = json.loads((folder / "report.json").read_text())
     assert report["backend"] == "trt" and report["model.onnx"] == "model_trt.onnx"
+    readiness = report["readiness"]  # prunefx check on both files: no error for the runtime each is lowered for
+    assert [readiness["model_trt.onnx"][t]["errors"] for t in ("trt10", "trt11")] == [0, 0]
+    assert readiness["model_ort.onnx"]["ort"]["errors"] == 0
 
 
 def test_unknown_backend_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):

@@ -12,7 +12,8 @@ config fields) and writes, in one staged folder:
   8-bit ones: runtime/onnx_quantized.onnxruntime_lowering);
 - model.onnx: the file for `--backend` (ort, the default: model_ort.onnx's lowering; trt: model_trt.onnx's),
   the one to deploy; the two named files stay for those who read them;
-- report.json: the pass's statistics (every layer quantized or kept in float, with the reason), the
+- report.json: `prunefx check`'s findings on each file (`readiness`: model_trt.onnx for trt10 and trt11,
+  model_ort.onnx for ort), the pass's statistics (every layer quantized or kept in float, with the reason), the
   parity of each file with the fake-quantized Program, and the ONNX Runtime latency of model_ort.onnx
   against the float model, measured side by side.
 """
@@ -41,11 +42,13 @@ from prunefx.runtime import (
     onnx_runner,
     onnxruntime_lowering,
 )
+from prunefx.runtime.engine_check import report_entry
 
 NAME = "quantize"
 HELP = ("INT8 with Q/DQ (TensorRT's explicit quantization): write model.pt2, model.onnx (for --backend), "
         "model_trt.onnx, model_ort.onnx, report.json")
 BACKENDS = {"ort": "model_ort.onnx", "trt": "model_trt.onnx"}
+READINESS = {"model_trt.onnx": ("trt10", "trt11"), "model_ort.onnx": ("ort",)}  # prunefx check's targets per file
 OPTIONS = ("method", "percentile", "max_batches", "skip_nodes", "skip_operators", "sensitive", "fold_batchnorm")
 
 
@@ -78,12 +81,14 @@ def run(args) -> int:
         files = {"model_trt.onnx": "s8", "model_ort.onnx": lowering}
         exports = {name: _export(quantized, staging / name, activations, args.opset)
                    for name, activations in files.items()}
+        readiness = {name: {target: report_entry(staging / name, target) for target in READINESS[name]}
+                     for name in files}
         shutil.copyfile(staging / BACKENDS[args.backend], staging / "model.onnx")
         latency = _latency(program, quantized, staging / "model_ort.onnx", args)
         report = write_report(staging, {
             "model": program.name, "calibration": calibration.description, "onnxruntime_lowering": lowering,
             "backend": args.backend, "model.onnx": BACKENDS[args.backend],
-            "quantize_int8": stats, "files": exports, "latency": latency})
+            "quantize_int8": stats, "files": exports, "readiness": readiness, "latency": latency})
     _summary(report, output)
     return 0
 
