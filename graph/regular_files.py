@@ -60,10 +60,11 @@ def read_regular_file(path: str | Path, what: str, max_bytes: int = MAX_FILE_BYT
         if os.path.isdir(path):
             raise PrunefxError(f"{_describe(path, what)} is not a regular file (a folder)") from None
         raise PrunefxError(f"cannot read {_describe(path, what)}: {printable(error.strerror or str(error))}") from None
+    status = os.fstat(descriptor)
+    if not stat.S_ISREG(status.st_mode):
+        os.close(descriptor)
+        raise PrunefxError(f"{_describe(path, what)} is not a regular file ({_kind(status.st_mode)})")
     with os.fdopen(descriptor, "rb") as file:
-        status = os.fstat(descriptor)
-        if not stat.S_ISREG(status.st_mode):
-            raise PrunefxError(f"{_describe(path, what)} is not a regular file ({_kind(status.st_mode)})")
         if status.st_size > max_bytes:
             raise PrunefxError(f"{_describe(path, what)} holds {status.st_size} bytes, more than the "
                                f"{max_bytes}-byte limit")
