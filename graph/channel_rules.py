@@ -92,9 +92,12 @@ def _table() -> dict:
 
 
 RULES = _table()
+# What prunefx ships, kept apart from what users add: replacing one of these needs `override=True`.
+_SHIPPED_RULES = dict(RULES)
+_SHIPPED_REWRITES = dict(LITERAL_REWRITES)
 
 
-def channel_rule(operator, *, rewrite: LiteralRewrite | None = None):
+def channel_rule(operator, *, rewrite: LiteralRewrite | None = None, override: bool = False):
     """Register a channel rule for an operator prunefx has none for (a `torch.library` custom op, say):
 
         @prunefx.channel_rule(torch.ops.mylib.scaled_relu.default)
@@ -112,6 +115,10 @@ def channel_rule(operator, *, rewrite: LiteralRewrite | None = None):
     shipped operators' rewriters live). Without it, a rule must fix (or block) every dim whose size the
     operator's literal arguments spell out. Without a rule, the operator blocks every dim it touches,
     never guessed.
+
+    An operator that already has a rule (a shipped one, or one registered before) is refused unless
+    `override=True`: replacing how prunefx prunes through, say, aten.add changes every model, so it must
+    be said. `remove_channel_rule` takes a registered rule away (restoring the shipped one it replaced).
     """
     if not isinstance(operator, torch._ops.OpOverload):
         raise PrunefxError(f"channel_rule takes an operator overload such as torch.ops.mylib.op.default, "
@@ -122,12 +129,25 @@ def channel_rule(operator, *, rewrite: LiteralRewrite | None = None):
             raise PrunefxError(f"the channel rule for {operator} must be a function (ctx, node) -> labels")
         if rewrite is not None and not callable(rewrite):
             raise PrunefxError(f"the literal rewrite for {operator} must be a function (node, analysis, removed)")
+        if not override and (operator in RULES or (rewrite is not None and operator in LITERAL_REWRITES)):
+            shipped = "prunefx ships" if operator in _SHIPPED_RULES else "there is already"
+            raise PrunefxError(f"{shipped} a channel rule for {operator}; pass override=True to replace it")
         RULES[operator] = rule
         if rewrite is not None:
             LITERAL_REWRITES[operator] = rewrite
         return rule
 
     return register
+
+
+def remove_channel_rule(operator) -> None:
+    """Take away a rule registered with `channel_rule` (and its literal rewrite): the operator is back to
+    its shipped rule, or blocked when prunefx ships none."""
+    for table, shipped in ((RULES, _SHIPPED_RULES), (LITERAL_REWRITES, _SHIPPED_REWRITES)):
+        if operator in shipped:
+            table[operator] = shipped[operator]
+        else:
+            table.pop(operator, None)
 
 
 same_as_input = basic.same_as_input

@@ -45,6 +45,7 @@ benchmarks that recover each and compare.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,16 +60,19 @@ from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.budget_search import Measured, budget_text, meets, require_latency
 from prunefx.passes.config_checks import ConfigError
+from prunefx.passes.contract import graph_pass
 from prunefx.passes.depth_to_budget import DepthToBudgetConfig, depth_to_budget, no_block_message
 from prunefx.passes.linearize_blocks import ranked_blocks
 from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.pass_config import PassConfig, option
+from prunefx.passes.pipeline import PipelineError, run_inner
 from prunefx.passes.prune_to_budget import PruneToBudgetConfig, prune_to_budget
 from prunefx.passes.quantize_int8 import QuantizeInt8Config, quantize_int8
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import RemoveChannelsConfig
 from prunefx.passes.result import Result
 
+log = logging.getLogger(__name__)
 DIMENSIONS = ("width", "depth", "int8")
 # options the budget pass owns: a dimension's own mapping may not set them
 OWNED = {"speedup", "latency_ms", "tolerance", "max_candidates", "confirm", "latency", "calibration"}
@@ -151,10 +155,8 @@ class Candidate:
         return row
 
 
-def check_config(config: dict) -> None:
-    ChooseForBudgetConfig.parse(config)
-
-
+# every candidate is cut from a copy of the dense Program
+@graph_pass(config=ChooseForBudgetConfig, in_place=False, writes=("channel_pruning", "linearize"))
 def choose_for_budget(program: Program, /, *, config: dict | None = None) -> Result:
     settings = ChooseForBudgetConfig.parse(config)
     candidates = budget_candidates(program, settings)
@@ -164,7 +166,9 @@ def choose_for_budget(program: Program, /, *, config: dict | None = None) -> Res
              "dense_ms": chosen.measured.dense_ms,
              "budget_ms": settings.latency_ms or chosen.measured.dense_ms / settings.speedup, "proxy": chosen.proxy, "macs_kept": chosen.macs_kept,
              "candidates": [candidate.to_dict() for candidate in candidates]}
-    return Result(chosen.program, modified=True, stats=stats)
+    # a budget above 1x is met by fewer MACs or by INT8 layers: say which happened, do not assume it
+    modified = chosen.macs_kept < 1.0 or bool(chosen.settings.get("int8_layers"))
+    return Result(chosen.program, modified=modified, stats=stats)
 
 
 def budget_candidates(program: Program, settings: ChooseForBudgetConfig | dict) -> list[Candidate]:
@@ -220,8 +224,12 @@ class _Search:
         candidate = Candidate(dimensions)
         try:
             self._fill(candidate)
+        except PipelineError:  # an inner pass broke its contract: a bug to report, not a budget missed
+            raise
         except PrunefxError as error:  # this combination cannot meet the budget: say why, try the others
             candidate.program, candidate.failed = None, str(error)
+        log.info("choose_for_budget: %s %s", " + ".join(candidate.dimensions),
+                 f"met, damage proxy {candidate.proxy:.4g}" if candidate.met else f"not met: {candidate.failed}")
         return candidate
 
     def _fill(self, candidate: Candidate) -> None:
@@ -237,7 +245,7 @@ class _Search:
         if model is not self.dense and self.settings.recalibrate:
             # the statistics a structural change left behind would make the damage look worse than it is,
             # and INT8 ranges calibrated on them wrong; the latency measured does not depend on them
-            model = recalibrate_batchnorm(model, config={"data": self.batches}).program
+            model = run_inner(recalibrate_batchnorm, model, {"data": self.batches}).program
         finished = self._quantize(model, candidate) if quantized else model
         if candidate.measured is None:  # INT8 alone, or depth alone: its own search measured it already
             candidate.measured = self._confirmed(finished, dimensions)
@@ -273,21 +281,21 @@ class _Search:
     def _merged_depth(self, model: Program, share: float | None, latency, candidate: Candidate) -> Program:
         budget = ({"speedup": share} if share is not None else
                   {"speedup": self.settings.speedup, "latency_ms": self.settings.latency_ms})
-        result = depth_to_budget(model, config={
+        result = run_inner(depth_to_budget, model, {
             **self.settings.depth, **budget, "ranking": self._ranking(), "latency": latency if share is None else self._measuring(candidate.dimensions, None),
             "confirm": self.settings.confirm, "calibration": self.batches, "progress": self.settings.progress})
         candidate.settings["blocks"] = result.stats["blocks"]
         if share is None:
             candidate.measured = Measured.from_dict(result.stats["chosen"])
         growth = self.settings.depth.get("max_kernel_growth", 1.0)
-        return merge_blocks(result.program, config={"max_kernel_growth": growth}).program
+        return run_inner(merge_blocks, result.program, {"max_kernel_growth": growth}).program
 
     def _pruned(self, model: Program, latency, candidate: Candidate) -> Program:
         width = dict(self.settings.width)
         if "int8" in candidate.dimensions:  # widths the INT8 kernels run well (int8_round_to's help says why)
             asked = width.get("round_to", RemoveChannelsConfig.parse({"macs": 0.5}).round_to)
             width["round_to"] = math.lcm(int(asked), self.settings.int8_round_to)
-        result = prune_to_budget(model, config={
+        result = run_inner(prune_to_budget, model, {
             **width, "speedup": self.settings.speedup, "latency_ms": self.settings.latency_ms,
             "tolerance": self.settings.tolerance, "max_candidates": self.settings.max_candidates,
             "confirm": self.settings.confirm, "latency": latency, "calibration": self.batches})
@@ -298,7 +306,7 @@ class _Search:
         return result.program
 
     def _quantize(self, model: Program, candidate: Candidate | None = None) -> Program:
-        result = quantize_int8(model.clone(), config={**self.settings.int8, "calibration": self.batches})
+        result = run_inner(quantize_int8, model, {**self.settings.int8, "calibration": self.batches}, on_copy=True)
         if candidate is not None:
             candidate.settings["int8_layers"] = len(result.stats["quantized"])
         return result.program
@@ -356,8 +364,3 @@ def _unreachable(settings: ChooseForBudgetConfig, best: tuple[float, tuple[str, 
     best = f": the best measured was {best[0]:.2f}x ({' + '.join(best[1])})" if best else ""
     return (f"cannot reach {budget_text(settings.speedup, settings.latency_ms)} with any mix of "
             f"{', '.join(settings.dimensions)}{best}")
-
-
-choose_for_budget.check_config = check_config
-choose_for_budget.config_class = ChooseForBudgetConfig
-choose_for_budget.in_place = False  # every candidate is cut from a copy of the dense Program

@@ -14,6 +14,7 @@ from typing import ClassVar
 
 from prunefx.graph import Program
 from prunefx.graph.channel_groups import find_channel_groups
+from prunefx.passes.contract import graph_pass
 from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.result import Result
 
@@ -25,10 +26,8 @@ class CombChannelsConfig(PassConfig):
     keep: list[str] = option([], help="graph node whose channels must not be removed")
 
 
-def check_config(config: dict) -> None:
-    CombChannelsConfig.parse(config)
-
-
+# it records the groups on the Program it is given
+@graph_pass(config=CombChannelsConfig, in_place=True, writes=("channel_groups",))
 def comb_channels(program: Program, /, *, config: dict | None = None) -> Result:
     config = CombChannelsConfig.parse(config)
     combing = find_channel_groups(program.module, keep=set(config.keep))
@@ -40,8 +39,3 @@ def comb_channels(program: Program, /, *, config: dict | None = None) -> Result:
              "blocked_groups": len(combing.blocked),
              "blocking_operators": sorted({op for b in combing.blocked for op in b.operators})}
     return Result(program, modified=False, stats=stats)
-
-
-comb_channels.check_config = check_config
-comb_channels.config_class = CombChannelsConfig
-comb_channels.in_place = True  # it records the groups on the Program it is given

@@ -43,9 +43,11 @@ from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.budget_search import Measured, budget_text, meets, require_latency
 from prunefx.passes.config_checks import ConfigError
+from prunefx.passes.contract import graph_pass
 from prunefx.passes.linearize_blocks import linearize_blocks, ranked_blocks
 from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.pass_config import PassConfig, option
+from prunefx.passes.pipeline import run_inner
 from prunefx.passes.result import Result
 
 
@@ -89,10 +91,8 @@ class Candidate:
         return {"n": len(self.blocks), "blocks": self.blocks, "macs_kept": self.macs_kept, **self.measured.to_dict()}
 
 
-def check_config(config: dict) -> None:
-    DepthToBudgetConfig.parse(config)
-
-
+# every candidate is linearised on a copy of the dense Program
+@graph_pass(config=DepthToBudgetConfig, in_place=False, writes=("linearize",))
 def depth_to_budget(program: Program, /, *, config: dict | None = None) -> Result:
     settings = DepthToBudgetConfig.parse(config)
     require_latency("depth_to_budget", settings.latency)
@@ -148,10 +148,13 @@ class _Search:
 
     def measure(self, n: int) -> Candidate:
         blocks = self.ranked[:n]
-        linearized = linearize_blocks(self.dense.clone().eval(), config={
-            "blocks": blocks, "mode": "abrupt", "calibration": self.settings.calibration,
-            "recalibrate": self.settings.recalibrate, "layer_norms": self.settings.layer_norms})
-        merged = merge_blocks(linearized.program.clone(), config={"max_kernel_growth": self.settings.max_kernel_growth})
+        with self.dense.evaluating():  # the candidate, a copy, is in eval mode: what deployment runs
+            linearized = run_inner(linearize_blocks, self.dense, {
+                "blocks": blocks, "mode": "abrupt", "calibration": self.settings.calibration,
+                "recalibrate": self.settings.recalibrate, "layer_norms": self.settings.layer_norms}, on_copy=True)
+        # on a copy: the trace keeps the linearised candidate beside the merged one
+        merged = run_inner(merge_blocks, linearized.program, {"max_kernel_growth": self.settings.max_kernel_growth},
+                           on_copy=True)
         candidate = Candidate(blocks, linearized.program, merged.program, count(merged.program).macs / self.dense_macs,
                               Measured(*self.settings.latency(self.dense, merged.program)), linearized.stats)
         self.trace.append(candidate)
@@ -167,8 +170,3 @@ class _Search:
         return (f"cannot reach {budget_text(self.settings.speedup, self.settings.latency_ms)}: the best measured "
                 f"was {best.speedup:.2f}x ({best.measured.ms:.2f} ms, {best.macs_kept:.3f} of the MACs) with all "
                 f"{len(best.blocks)} mergeable blocks linearised")
-
-
-depth_to_budget.check_config = check_config
-depth_to_budget.config_class = DepthToBudgetConfig
-depth_to_budget.in_place = False  # every candidate is linearised on a copy of the dense Program

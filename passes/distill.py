@@ -60,6 +60,7 @@ import torch
 
 from prunefx.graph import Program
 from prunefx.graph.quantization import has_fake_quant
+from prunefx.passes.contract import graph_pass
 from prunefx.passes.linearize_blocks import blend_schedule
 from prunefx.passes.pass_config import option
 from prunefx.passes.result import Result
@@ -76,10 +77,8 @@ class DistillConfig(TrainingPassConfig):
     after_step: list[Callable] | None = option(help="hooks called after every optimizer step", cli=False)
 
 
-def check_config(config: dict) -> None:
-    DistillConfig.parse(config)
-
-
+# trains the Program it is given
+@graph_pass(config=DistillConfig, in_place=True, reads=("sparsity", "linearize"), writes=("distillation",))
 def distill(program: Program, /, *, config: dict | None = None) -> Result:
     if (config or {}).get("data") is None:
         raise TrainingError("distill needs 'data': the training batches, (inputs, labels) tuples")
@@ -116,8 +115,3 @@ def _changed(before: dict[str, torch.Tensor], program: Program) -> bool:
         return True
     return any(b.shape != a.shape or not torch.equal(b, a.detach().to(b.device)) for b, a in
                ((before[name], after[name]) for name in before))
-
-
-distill.check_config = check_config
-distill.config_class = DistillConfig
-distill.in_place = True  # trains the Program it is given

@@ -24,6 +24,7 @@ import torch
 from prunefx.graph import Program
 from prunefx.graph.attributes import free_name, get_tensor, set_tensor, users_of_tensor
 from prunefx.graph.counting import count
+from prunefx.passes.contract import graph_pass
 from prunefx.passes.pass_config import PassConfig
 from prunefx.passes.result import Result
 
@@ -114,10 +115,7 @@ class FoldBatchnormConfig(PassConfig):
     owner: ClassVar[str] = "fold_batchnorm"
 
 
-def check_config(config: dict) -> None:
-    FoldBatchnormConfig.parse(config)
-
-
+@graph_pass(config=FoldBatchnormConfig, in_place=True, exact=True)
 def fold_batchnorm(program: Program, /, *, config: dict | None = None) -> Result:
     FoldBatchnormConfig.parse(config)
     module = program.module
@@ -141,11 +139,3 @@ def fold_batchnorm(program: Program, /, *, config: dict | None = None) -> Result
     stats = {"folded": folded, "batch_norms": len(batch_norms), "left_in_training_mode": skipped_training,
              "left_no_foldable_layer": skipped_pattern, "macs_before": macs_before, "macs_after": count(program).macs}
     return Result(program, modified=folded > 0, stats=stats)
-
-
-fold_batchnorm.exact = True
-
-
-fold_batchnorm.check_config = check_config
-fold_batchnorm.config_class = FoldBatchnormConfig
-fold_batchnorm.in_place = True

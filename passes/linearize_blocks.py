@@ -47,8 +47,10 @@ from prunefx.graph.blocks import Block, find_blocks
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.linearization import blend_activation, new_blend_buffer, remove_activation, set_blends
 from prunefx.graph.norm_replacement import layer_norm_to_batch_norm
+from prunefx.passes.contract import graph_pass
 from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.pass_config import PassConfig, option
+from prunefx.passes.pipeline import run_inner
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.result import Result
 
@@ -59,36 +61,6 @@ _RANKINGS = {"damage": lambda damage, saved: damage, "damage_per_mac": lambda da
 
 class LinearizeError(PrunefxError):
     """Bad linearize_blocks configuration (unknown block, no data to score blocks, ...)."""
-
-
-def linearize_blocks(program: Program, /, *, config: dict | None = None) -> Result:
-    config = _checked(dict(config or {}))
-    _check_inputs(config)
-    candidates = find_blocks(program.module)
-    batches = (calibration_inputs(program.example_inputs, config["calibration"], max_batches=config.get("max_batches"),
-                                  what="linearize_blocks") if config.get("calibration") is not None else None)
-    chosen, damage = _choose(program, candidates, config, batches)
-    stats = {"mode": config["mode"], "candidates": [_summary(block, damage) for block in candidates],
-             "chosen": [block.name for block in chosen],
-             "not_mergeable": [block.name for block in chosen if not block.affine]}
-    new_norms = _replace_layer_norms(program, chosen) if config["layer_norms"] == "batch_norm" else []
-    stats.update(_linearize(program, chosen, config))
-    program.recompile()
-    stats["layer_norms_replaced"] = len(new_norms)
-    norms = new_norms + (_batch_norms_of(program, chosen) if config.get("recalibrate") else [])
-    stats["calibrated"] = bool(norms) and batches is not None
-    stats["batch_norms_recalibrated"] = len(norms) if batches is not None else 0
-    if norms and batches is not None:
-        recalibrate_batchnorm(program, config={"data": batches, "nodes": norms})
-    return Result(program, modified=bool(chosen), stats=stats)
-
-
-def _batch_norms_of(program: Program, blocks: list[Block]) -> list[str]:
-    """The batch norms inside `blocks`: once an activation before them is gone, their input statistics
-    changed, so `recalibrate` re-estimates them (one-shot depth pruning without training)."""
-    inside = {name for block in blocks for name in block.nodes}
-    return [node.name for node in program.graph.nodes if node.name in inside and node.op == "call_function"
-            and node.target is torch.ops.aten.batch_norm.default]
 
 
 @dataclass
@@ -121,6 +93,37 @@ class LinearizeBlocksConfig(PassConfig):
         return self.blocks is None or self.recalibrate  # blocks chosen by damage, or statistics re-estimated
 
 
+@graph_pass(config=LinearizeBlocksConfig, in_place=True, reads=("linearize",), writes=("linearize",))
+def linearize_blocks(program: Program, /, *, config: dict | None = None) -> Result:
+    config = _checked(dict(config or {}))
+    _check_inputs(config)
+    candidates = find_blocks(program.module)
+    batches = (calibration_inputs(program.example_inputs, config["calibration"], max_batches=config.get("max_batches"),
+                                  what="linearize_blocks") if config.get("calibration") is not None else None)
+    chosen, damage = _choose(program, candidates, config, batches)
+    stats = {"mode": config["mode"], "candidates": [_summary(block, damage) for block in candidates],
+             "chosen": [block.name for block in chosen],
+             "not_mergeable": [block.name for block in chosen if not block.affine]}
+    new_norms = _replace_layer_norms(program, chosen) if config["layer_norms"] == "batch_norm" else []
+    stats.update(_linearize(program, chosen, config))
+    program.recompile()
+    stats["layer_norms_replaced"] = len(new_norms)
+    norms = new_norms + (_batch_norms_of(program, chosen) if config.get("recalibrate") else [])
+    stats["calibrated"] = bool(norms) and batches is not None
+    stats["batch_norms_recalibrated"] = len(norms) if batches is not None else 0
+    if norms and batches is not None:
+        run_inner(recalibrate_batchnorm, program, {"data": batches, "nodes": norms})
+    return Result(program, modified=bool(chosen), stats=stats)
+
+
+def _batch_norms_of(program: Program, blocks: list[Block]) -> list[str]:
+    """The batch norms inside `blocks`: once an activation before them is gone, their input statistics
+    changed, so `recalibrate` re-estimates them (one-shot depth pruning without training)."""
+    inside = {name for block in blocks for name in block.nodes}
+    return [node.name for node in program.graph.nodes if node.name in inside and node.op == "call_function"
+            and node.target is torch.ops.aten.batch_norm.default]
+
+
 def _checked(config: dict) -> dict:
     return LinearizeBlocksConfig.parse(config).as_dict()
 
@@ -132,13 +135,6 @@ def _check_inputs(config: dict) -> None:
                              "speed-up (e.g. prunefx.runtime.onnx_speedup())")
     if config.get("recalibrate") and config.get("calibration") is None:
         raise LinearizeError("linearize_blocks: recalibrate needs 'calibration' data")
-
-
-def check_config(config: dict) -> None:
-    _checked(dict(config))
-
-
-linearize_blocks.check_config = check_config
 
 
 def _choose(program: Program, candidates: list[Block], config: dict, batches) -> tuple[list[Block], dict]:
@@ -264,5 +260,3 @@ def blend_schedule(program: Program, total_steps: int):
             set_blends(trainer.program.module, blends, min(1.0, step / ramp_steps))
 
     return raise_blends
-linearize_blocks.config_class = LinearizeBlocksConfig
-linearize_blocks.in_place = True

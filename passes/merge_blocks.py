@@ -49,6 +49,7 @@ from prunefx.graph.attributes import free_name, get_tensor, set_tensor, users_of
 from prunefx.graph.counting import count, node_macs
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.linearization import strip_finished_blends
+from prunefx.passes.contract import graph_pass
 from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.result import Result
 
@@ -69,7 +70,6 @@ class MergeBlocksConfig(PassConfig):
     min_speedup: float = option(1.0, low=0.0, low_open=True, help="the measured speed-up a merge of layers must reach")
 
 
-
 @dataclass
 class Candidate:
     kind: str                # identity | fold_after | fold_before | residual | layers
@@ -82,6 +82,7 @@ class Candidate:
         return (self.kind, *(element.name for element in self.elements))
 
 
+@graph_pass(config=MergeBlocksConfig, in_place=True, exact=True, reads=("linearize",), writes=("linearize",))
 def merge_blocks(program: Program, /, *, config: dict | None = None) -> Result:
     config = _checked(config)
     if program.training:
@@ -105,18 +106,8 @@ def merge_blocks(program: Program, /, *, config: dict | None = None) -> Result:
     return Result(program, modified=bool(merges or stripped), stats=stats)
 
 
-merge_blocks.exact = True
-
-
 def _checked(config: dict | None) -> dict:
     return MergeBlocksConfig.parse(config).as_dict()
-
-
-def check_config(config: dict) -> None:
-    _checked(config)
-
-
-merge_blocks.check_config = check_config
 
 
 def _census(program: Program) -> dict[str, int]:
@@ -353,5 +344,3 @@ def _describe(candidate: Candidate) -> dict:
     if candidate.macs is not None:
         record["macs"] = list(candidate.macs)
     return record
-merge_blocks.config_class = MergeBlocksConfig
-merge_blocks.in_place = True

@@ -1,20 +1,18 @@
-"""The typed pass contract: every pass's options are one dataclass, a subclass of `PassConfig`.
+"""Every pass's options are one dataclass, a subclass of `PassConfig`.
 
 A pass function keeps its plain signature `(program, /, *, config: dict) -> Result` (recipes are YAML
-and the Python API takes mappings), and declares on itself:
+and the Python API takes mappings) and names its config class in its contract
+(`@graph_pass(config=...)`, passes/contract.py):
 
-- `fn.config_class`: its `PassConfig` subclass. The fields' defaults are the pass's defaults, in one
-  place; `ConfigClass.parse(mapping)` refuses unknown keys and values of the wrong type, in one line
-  naming the pass and the key, then runs the class's own `check()` for ranges and rules that tie
-  fields together. The Pipeline parses every step before the first one runs; the CLI derives its
-  flags (type, default, help) from the same fields (prunefx/config_options.py).
+- the fields' defaults are the pass's defaults, in one place; `ConfigClass.parse(mapping)` refuses
+  unknown keys and values of the wrong type, in one line naming the pass and the key, then runs the
+  class's own `check()` for ranges and rules that tie fields together. The Pipeline parses every step
+  before the first one runs; the CLI derives its flags (type, default, help) from the same fields
+  (prunefx/cli_options.py).
 - inputs it needs from its caller: fields declared with `option(..., source=NAME)` (calibration
   batches, training data, a teacher, a measuring function). `needed_inputs()` says which of them this
   configuration reads and the caller has not set, so `prunefx compress` and the CLI inject exactly
   those (prunefx/compression.py), with no table of their own.
-- `fn.in_place`: True when the pass rewrites the Program it is given and returns it, False when it
-  leaves it untouched and returns a new one. The Pipeline clones the caller's Program once, then
-  checks each step against its declaration (passes/pipeline.py).
 
 Field types are checked from the annotations: bool, int, float (finite), str, lists of names,
 mappings, callables, unions of those with None, and Any (objects a caller injects).
@@ -182,7 +180,3 @@ class PassConfig:
         caller such as `prunefx compress` should inject, field -> source."""
         given = set(given)
         return {key: source for key, source in self.inputs().items() if key not in given and self.reads(key)}
-
-
-def config_class_of(function) -> type[PassConfig] | None:
-    return getattr(function, "config_class", None)

@@ -1,13 +1,22 @@
-"""Pipeline: an explicit, ordered tuple of passes, verified after every step.
+"""Pipeline: an explicit, ordered tuple of passes, verified after every step; itself a pass.
 
-After each pass the Program is verified (graph lint, shape propagation, output shapes, re-export)
-and, for passes that promise exactness (`pass.exact = True`), the outputs on the example inputs are
-compared with those before the pass. A failure names the failing pass and the passes that ran
-before it, so a user can bisect a recipe without reading tracebacks.
+Before any pass runs, every step's config is parsed by its pass's config class. After each pass the
+Pipeline enforces the pass's contract (passes/contract.py): the Program it returns is the one it was
+given when it declares `in_place`, a new one otherwise; Analysis fields outside its `writes` are as they
+were; the Program verifies (graph lint, shape propagation, output shapes, re-export); and, for a pass
+that promises exactness, the outputs on the example inputs are those before the pass. A failure names
+the failing pass and the passes that ran before it, so a user can bisect a recipe without tracebacks.
+
+A composite pass (choose_for_budget, quantize_int8 folding batch norms first, depth_to_budget) runs
+each inner pass through `run_inner`: a one-step Pipeline at the verification level of the Pipeline
+that is running the composite, so the guarantees hold inside too, and a failure there is reported
+as `outer > inner`.
 """
 
 from __future__ import annotations
 
+import contextvars
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +27,10 @@ from tqdm.auto import tqdm
 
 from prunefx.graph import Program, verify
 from prunefx.graph.errors import PrunefxError
+from prunefx.passes.contract import Contract, analysis_snapshot, as_pass, changed_fields
 from prunefx.passes.result import Pass, Result
 
+log = logging.getLogger(__name__)
 VERIFY_LEVELS = ("full", "shapes", "none")
 EXACTNESS_TOLERANCE = 1e-4  # relative to the largest output magnitude
 
@@ -31,10 +42,19 @@ class PipelineError(PrunefxError):
         self.ran_before = ran_before
 
 
+# The verification level of the Pipeline whose step is running now: inner passes run at the same level.
+_ENCLOSING_LEVEL: contextvars.ContextVar[str | None] = contextvars.ContextVar("prunefx_verify", default=None)
+BARE_INNER_LEVEL = "full"  # a composite called outside any Pipeline verifies its inner passes fully
+
+
 @dataclass(frozen=True)
 class Step:
     function: Pass
     config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if callable(self.function):  # a user's plain function gets an empty contract
+            object.__setattr__(self, "function", as_pass(self.function))
 
     @property
     def name(self) -> str:
@@ -72,60 +92,86 @@ def _largest_relative_error(before: list[torch.Tensor], after: list[torch.Tensor
     return max(float((a - b).abs().max()) for a, b in zip(before, after)) / scale
 
 
-def _check_in_place(step: Step, given: Program, result: Result) -> None:
-    """A pass declares whether it rewrites the Program it is given (`in_place = True`: it returns that
-    same Program) or leaves it alone and returns a new one (`in_place = False`). The Pipeline cloned the
-    caller's Program once, so either is safe; a pass that breaks its declaration is a bug, caught here.
-    A pass without a declaration (a user's function) is not checked."""
-    declared = getattr(step.function, "in_place", None)
-    if declared is True and result.program is not given:
+def _check_in_place(contract: Contract, given: Program, result: Result) -> None:
+    """The Pipeline cloned the caller's Program once, so a pass may rewrite the Program it is given
+    (`in_place=True`: it returns that same Program) or leave it alone and return a new one; a pass
+    that breaks its declaration is a bug, caught here. An undeclared pass (None) is not checked."""
+    if contract.in_place is True and result.program is not given:
         raise PrunefxError("declares in_place = True but returned a different Program than it was given")
-    if declared is False and result.program is given:
+    if contract.in_place is False and result.program is given:
         raise PrunefxError("declares in_place = False but returned the Program it was given")
 
 
+def _check_writes(contract: Contract, result: Result, before: dict[str, Any]) -> None:
+    undeclared = [name for name in changed_fields(before, result.program) if name not in contract.writes]
+    if undeclared:
+        raise PrunefxError(f"changed the analysis record '{undeclared[0]}', which it does not declare in `writes`")
+
+
 class Pipeline:
-    def __init__(self, steps, *, verify: str = "full", progress: bool = False):
+    """Runs its steps in order on a copy of a Program. A Pipeline is a pass too: `pipeline(program)`
+    returns a Result, and a Pipeline can be a step of another (its contract is its steps' together)."""
+
+    def __init__(self, steps, *, verify: str = "full", progress: bool = False, name: str = "pipeline",
+                 inner: bool = False):
         if verify not in VERIFY_LEVELS:
             raise PrunefxError(f"verify must be one of {VERIFY_LEVELS}, not '{verify}'")
-        # A step is a Step, a pass function, or a (pass function, config) pair.
+        # A step is a Step, a pass, or a (pass, config) pair.
         self.steps = tuple(step if isinstance(step, Step) else Step(*step) if isinstance(step, tuple) else Step(step)
                            for step in steps)
         self._check_configs()
         self.verify = verify
         self.progress = progress
+        self.__name__ = name
+        # inner: run by a composite pass (run_inner). A pass's own refusal (a PrunefxError such as "cannot
+        # reach the budget") then reaches the composite unchanged, for it to decide what it means.
+        self.inner = inner
+
+    @property
+    def contract(self) -> Contract:
+        contracts = [step.function.contract for step in self.steps]
+        return Contract(None, in_place=False, exact=bool(contracts) and all(c.exact for c in contracts),
+                        reads=tuple(dict.fromkeys(name for c in contracts for name in c.reads)),
+                        writes=tuple(dict.fromkeys(name for c in contracts for name in c.writes)))
+
+    def __call__(self, program: Program, /, *, config: Any = None) -> Result:
+        if config:
+            raise PrunefxError(f"{self.__name__}: a Pipeline takes no config (each step carries its own)")
+        result = self.run(program)
+        return Result(result.program, modified=result.modified, stats=result.stats())
 
     def _check_configs(self) -> None:
         """Every step's config, before any pass runs: a bad key in the last step of a long recipe fails
-        now, not after the training of the steps before it (each pass's `check_config`)."""
+        now, not after the training of the steps before it."""
         for index, step in enumerate(self.steps):
             if not callable(step.function):
                 raise PrunefxError(f"step {index + 1}: {step.function!r} is not a pass function")
             if not isinstance(step.config, dict):
                 raise PrunefxError(f"step {index + 1} ('{step.name}'): its config must be a mapping, "
                                    f"not {type(step.config).__name__}")
-            config_class = getattr(step.function, "config_class", None)
-            check = config_class.parse if config_class is not None else getattr(step.function, "check_config", None)
-            if check is not None:
-                try:
-                    check(dict(step.config))
-                except PrunefxError as error:
-                    raise PipelineError(f"step {index + 1} ('{step.name}'): {error} (no pass has run)",
-                                        failed=step.name, ran_before=[]) from error
+            try:
+                step.function.contract.parse(dict(step.config))
+            except PrunefxError as error:
+                raise PipelineError(f"step {index + 1} ('{step.name}'): {error} (no pass has run)",
+                                    failed=step.name, ran_before=[]) from error
 
     @property
     def names(self) -> list[str]:
         return [step.name for step in self.steps]
 
-    def run(self, program: Program, *, after_step: Callable[[str, Result], None] | None = None) -> PipelineResult:
+    def run(self, program: Program, *, after_step: Callable[[str, Result], None] | None = None,
+            on_copy: bool = True) -> PipelineResult:
         """Run every pass on a copy of `program` (the caller's Program is left untouched): the Pipeline
         clones once, and each pass may then rewrite the Program it is given (see _check_in_place).
+        `on_copy=False` is for run_inner, whose caller owns `program` already.
         `after_step(name, result)` is called after each verified pass (compress measures every stage with
         it); it must not change the Program, which the next pass receives."""
-        program = program.clone()
+        if on_copy:
+            program = program.clone()
         done: list[tuple[str, Result]] = []
         for step in tqdm(self.steps, desc="passes", disable=not self.progress):
             result = self._run_step(step, program, [name for name, _ in done])
+            log.log(logging.DEBUG if self.inner else logging.INFO, "pass %s: modified=%s", step.name, result.modified)
             done.append((step.name, result))
             if after_step is not None:
                 after_step(step.name, result)
@@ -133,21 +179,36 @@ class Pipeline:
         return PipelineResult(program, done)
 
     def _run_step(self, step: Step, program: Program, ran_before: list[str]) -> Result:
-        check_exact = self.verify == "full" and getattr(step.function, "exact", False) and not program.training
+        contract = step.function.contract
+        check_exact = self.verify == "full" and contract.exact and not program.training
         reference = _outputs(program) if check_exact else None
+        analysis = analysis_snapshot(program)
+        level = _ENCLOSING_LEVEL.set(self.verify)
         try:
             result = step.function(program, config=dict(step.config))
-            _check_in_place(step, program, result)
-            self._check(step, result, reference)
-        except PipelineError:
-            raise
+        except PipelineError as inner:  # an inner pass of this composite failed: name both
+            raise self._failure(step, inner, ran_before, failed=f"{step.name} > {inner.failed}") from inner
         except Exception as error:
-            before = ", ".join(ran_before) or "none"
-            raise PipelineError(f"pass '{step.name}' failed: {error} (passes that ran before it: {before})",
-                                failed=step.name, ran_before=ran_before) from error
+            if self.inner and isinstance(error, PrunefxError):
+                raise
+            raise self._failure(step, error, ran_before) from error
+        finally:
+            _ENCLOSING_LEVEL.reset(level)
+        try:
+            _check_in_place(contract, program, result)
+            _check_writes(contract, result, analysis)
+            self._check(result, reference)
+        except Exception as error:
+            raise self._failure(step, error, ran_before) from error
         return result
 
-    def _check(self, step: Step, result: Result, reference: list[torch.Tensor] | None) -> None:
+    def _failure(self, step: Step, error: BaseException, ran_before: list[str], *,
+                 failed: str | None = None) -> PipelineError:
+        where = "" if self.inner else f" (passes that ran before it: {', '.join(ran_before) or 'none'})"
+        return PipelineError(f"pass '{step.name}' failed: {error}{where}", failed=failed or step.name,
+                             ran_before=ran_before)
+
+    def _check(self, result: Result, reference: list[torch.Tensor] | None) -> None:
         if self.verify == "none":
             return
         verify(result.program, reexport=self.verify == "full")
@@ -155,3 +216,15 @@ class Pipeline:
             error = _largest_relative_error(reference, _outputs(result.program))
             if error > EXACTNESS_TOLERANCE:
                 raise PrunefxError(f"promised an exact rewrite but outputs moved by {error:.2e} (relative)")
+
+
+def run_inner(function: Pass, program: Program, config: dict[str, Any] | None = None, *,
+              on_copy: bool = False) -> Result:
+    """Run `function`, an inner pass of a composite pass, as a verified one-step Pipeline, at the level of
+    the Pipeline running the composite (BARE_INNER_LEVEL when there is none). `on_copy=False` (default):
+    the composite owns `program` and an in-place inner pass rewrites it; `on_copy=True`: `program` stays as
+    it is (the composite cuts several candidates from it). A contract or verification failure is a
+    PipelineError naming the inner pass; the pass's own PrunefxError reaches the composite unchanged."""
+    level = _ENCLOSING_LEVEL.get() or BARE_INNER_LEVEL
+    pipeline = Pipeline([(function, dict(config or {}))], verify=level, inner=True)
+    return pipeline.run(program, on_copy=on_copy).steps[0][1]

@@ -51,6 +51,7 @@ from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.budget_search import Measured, budget_text, meets, require_latency
 from prunefx.passes.config_checks import ConfigError
+from prunefx.passes.contract import graph_pass
 from prunefx.passes.pass_config import option
 from prunefx.passes.remove_channels import RemoveChannelsConfig, remove_channels
 from prunefx.passes.result import Result
@@ -99,10 +100,8 @@ class Candidate:
                 **self.measured.to_dict()}
 
 
-def check_config(config: dict) -> None:
-    PruneToBudgetConfig.parse(config)
-
-
+# every candidate is cut from a copy of the dense Program
+@graph_pass(config=PruneToBudgetConfig, in_place=False, writes=("channel_pruning",))
 def prune_to_budget(program: Program, /, *, config: dict | None = None) -> Result:
     settings = PruneToBudgetConfig.parse(config)
     require_latency("prune_to_budget", settings.latency)
@@ -225,9 +224,3 @@ def _log_fraction_at(aim: float, a: Candidate, b: Candidate) -> float:
     slope = rise / run if run else -1.0
     slope = min(max(slope, ELASTICITY[0]), ELASTICITY[1])
     return math.log(a.fraction) + (aim - math.log(max(a.speedup, 1e-6))) / slope
-
-
-prune_to_budget.check_config = check_config
-prune_to_budget.config_class = PruneToBudgetConfig
-prune_to_budget.in_place = False  # every candidate is cut from a copy of the dense Program
-

@@ -9,7 +9,7 @@ convolution before it, and so do the inputs of average pools (global or not), so
 pool runs on integers (ONNX Runtime's QLinearConv needs a quantized output). One activation read by several layers gets one quantizer. The form and the calibration are graph/quantization.py's; lowering to ONNX Q/DQ (symmetric S8
 for TensorRT, the same scales shifted to U8 for ONNX Runtime on x86) is runtime/onnx_quantized.py's.
 
-Config (QuantizeInt8Config; `check_config` checks a dict of the same keys):
+Config (QuantizeInt8Config):
 - `calibration`: input batches (tensors, tuples, or (inputs, labels) pairs with the captured shapes);
   required: activation ranges come from data. `max_batches` limits how many are read.
 - `method`: max | percentile (with `percentile`, default 99.99) | mse (default) | entropy: how the activation range
@@ -57,8 +57,10 @@ from prunefx.graph.quantization import (
     quantize_weight,
     scale_of,
 )
+from prunefx.passes.contract import graph_pass
 from prunefx.passes.fold_batchnorm import fold_batchnorm
 from prunefx.passes.pass_config import PassConfig, option
+from prunefx.passes.pipeline import run_inner
 from prunefx.passes.result import Result
 
 OWNER = "quantize_int8"
@@ -81,11 +83,6 @@ class QuantizeInt8Config(PassConfig):
                                              "would")
 
 
-def check_config(config: dict) -> None:
-    """The values of `config` alone; the data and the Program are checked later."""
-    QuantizeInt8Config.parse(config)
-
-
 def _settings(config: dict | QuantizeInt8Config | None) -> QuantizeInt8Config:
     if isinstance(config, QuantizeInt8Config):
         config = config.as_dict()
@@ -94,11 +91,12 @@ def _settings(config: dict | QuantizeInt8Config | None) -> QuantizeInt8Config:
     return settings
 
 
+@graph_pass(config=QuantizeInt8Config, in_place=True)
 def quantize_int8(program: Program, /, *, config: dict | QuantizeInt8Config | None = None) -> Result:
     settings = _settings(config)
     if has_fake_quant(program.graph):  # quantized before: its choices (layers left in float included) stand
         return Result(program, modified=False, stats={"quantized": [], "skipped": [], "already_quantized": True})
-    folded = fold_batchnorm(program, config={}).stats["folded"] if settings.fold_batchnorm else 0
+    folded = run_inner(fold_batchnorm, program).stats["folded"] if settings.fold_batchnorm else 0
     targets, refused = find_targets(program.graph)
     if not any(target.kind == "layer" for target in targets):  # adds and pools alone: nothing to compute on INT8
         raise PrunefxError(f"{OWNER}: model '{program.name}' has no quantizable layer (convolution, linear or "
@@ -227,8 +225,3 @@ def _row(target: QuantTarget, amax, errors) -> dict:
             "input_amax": [amax[node] for node in target.activations],
             "weight_axis": target.weight_axis if target.weight is not None else None,
             "error": errors.get(target.layer.name)}
-
-
-quantize_int8.check_config = check_config
-quantize_int8.config_class = QuantizeInt8Config
-quantize_int8.in_place = True

@@ -49,6 +49,7 @@ from prunefx.graph import Program
 from prunefx.graph.activations import calibration_inputs, run_tapped, tap_nodes
 from prunefx.graph.attributes import get_tensor, set_tensor
 from prunefx.graph.errors import PrunefxError
+from prunefx.passes.contract import graph_pass
 from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.result import Result
 
@@ -66,10 +67,7 @@ class RecalibrateBatchnormConfig(PassConfig):
     nodes: list[str] | None = option(help="only these batch-norm nodes (all by default)", cli=False)
 
 
-def check_config(config: dict) -> None:
-    RecalibrateBatchnormConfig.parse(config)
-
-
+@graph_pass(config=RecalibrateBatchnormConfig, in_place=True)
 def recalibrate_batchnorm(program: Program, /, *, config: dict | None = None) -> Result:
     config = RecalibrateBatchnormConfig.parse(config).as_dict()
     batches = calibration_inputs(program.example_inputs, config.get("data"), max_batches=config.get("max_batches"),
@@ -168,8 +166,3 @@ def _set_statistics(module: torch.fx.GraphModule, node: torch.fx.Node, n: int, s
             set_tensor(module, arg.target, new)
             changed = True
     return changed
-
-
-recalibrate_batchnorm.check_config = check_config
-recalibrate_batchnorm.config_class = RecalibrateBatchnormConfig
-recalibrate_batchnorm.in_place = True

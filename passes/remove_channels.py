@@ -39,6 +39,7 @@ listed in the statistics with the operator that blocked them.
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,8 +58,11 @@ from prunefx.graph.channel_selection import TARGET_KINDS, TARGET_TOLERANCE, Sele
 from prunefx.graph.errors import PrunefxError, printable
 from prunefx.graph.program import current_output_shapes
 from prunefx.passes import config_checks as checks
+from prunefx.passes.contract import graph_pass
 from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.result import Result
+
+log = logging.getLogger(__name__)
 
 FRACTION = "a fraction in (0, 1]"
 
@@ -115,11 +119,7 @@ class RemoveChannelsConfig(PassConfig):
         return importance, compensate
 
 
-def check_config(config: dict) -> None:
-    """The values of `config` alone; the Program-dependent checks come later."""
-    RemoveChannelsConfig.parse(config)
-
-
+@graph_pass(config=RemoveChannelsConfig, in_place=True, writes=("channel_pruning",))
 def remove_channels(program: Program, /, *, config: dict | None = None) -> Result:
     parsed = RemoveChannelsConfig.parse(config)
     config = parsed.as_dict()
@@ -158,6 +158,8 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     if config["compensate"]:
         stats["compensation"] = compensation or {"compensated": [], "skipped": []}
     program.analysis.channel_pruning = stats
+    log.info("remove_channels: %d channel classes removed, %.3f of the MACs kept", len(removed),
+             after.macs / max(before.macs, 1))
     return Result(program, modified=bool(removed), stats=stats)
 
 
@@ -182,11 +184,6 @@ def _check_keep(program: Program, keep) -> None:
                                f"{program.name}{hint}")
 
 
-remove_channels.check_config = check_config
-remove_channels.config_class = RemoveChannelsConfig
-remove_channels.in_place = True
-
-
 def _importance(program: Program, combing, config: dict, hessians: dict | None):
     criterion = config["importance"]
     if callable(criterion):  # scores gathered elsewhere, e.g. Fisher accumulated while training
@@ -204,7 +201,6 @@ def _compensate(program: Program, combing, removed: set[int], config: dict, hess
     with program.evaluating():
         return compensate_removed_inputs(program.module, combing.analysis, removed, config["calibration"],
                                          damping=float(config["damping"]), hessians=hessians)
-
 
 
 def _floors(combing, min_widths: dict | None) -> list[int] | None:

@@ -64,6 +64,7 @@ from prunefx.graph.nm_masks import (
     relative_output_error,
     weight_from_grouped,
 )
+from prunefx.passes.contract import graph_pass
 from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.result import Result
 from prunefx.passes.training import IGNORE_LABEL, logits_of
@@ -105,6 +106,7 @@ class SparsifyNMConfig(PassConfig):
         return self.criterion != "magnitude"
 
 
+@graph_pass(config=SparsifyNMConfig, in_place=True, writes=("sparsity",))
 def sparsify_nm(program: Program, /, *, config: dict | None = None) -> Result:
     config = _checked(program, dict(config or {}))
     pattern = config["pattern"]
@@ -223,22 +225,12 @@ def _store(module, layer: SparseLayer, matrix: torch.Tensor) -> None:
     set_tensor(module, layer.weight, stored)
 
 
-
 # --- configuration -------------------------------------------------------------------------------------
 
 def _checked(program: Program, config: dict) -> dict:
     config = _checked_values(SparsifyNMConfig.parse(config).as_dict())
     config["calibration"] = _calibration(program, config["criterion"], config["calibration"])
     return config
-
-
-def check_config(config: dict) -> None:
-    SparsifyNMConfig.parse(config)
-
-
-sparsify_nm.check_config = check_config
-sparsify_nm.config_class = SparsifyNMConfig
-sparsify_nm.in_place = True
 
 
 def _checked_values(config: dict) -> dict:

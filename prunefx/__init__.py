@@ -9,17 +9,49 @@ to ONNX and measure it on ONNX Runtime or TensorRT.
     prunefx.runtime.export_onnx(result.program, "model.onnx")
 """
 
-from prunefx import passes, runtime
-from prunefx.detectors import prune_part
+import importlib
+
 from prunefx.graph import CaptureError, Program, PrunefxError, VerificationError, capture, count, verify
-from prunefx.graph.channel_rules import channel_rule
-from prunefx.passes.pipeline import Pipeline, PipelineError
-from prunefx.passes.recipe import load_recipe
+from prunefx.graph.channel_rules import channel_rule, remove_channel_rule
 
 load = Program.load
 
+# Imported on first use, so that `import prunefx.graph` (which runs this file first) loads neither
+# onnx nor onnxruntime: name -> (module, attribute or None for the module itself).
+_LAZY = {
+    "passes": ("prunefx.passes", None),
+    "runtime": ("prunefx.runtime", None),
+    "prune_part": ("prunefx.detectors", "prune_part"),
+    "Pipeline": ("prunefx.passes.pipeline", "Pipeline"),
+    "PipelineError": ("prunefx.passes.pipeline", "PipelineError"),
+    "load_recipe": ("prunefx.passes.recipe", "load_recipe"),
+    "graph_pass": ("prunefx.passes.contract", "graph_pass"),
+    "register_pass": ("prunefx.passes.registry", "register_pass"),
+    "unregister_pass": ("prunefx.passes.registry", "unregister_pass"),
+    "registered_passes": ("prunefx.passes.registry", "registered_passes"),
+    "DistillationLoss": ("prunefx.recovery", "DistillationLoss"),
+    "PruneWhileTraining": ("prunefx.recovery", "PruneWhileTraining"),
+    "to_module": ("prunefx.write_back", "to_module"),
+    "register_module_resizer": ("prunefx.module_resizers", "register_module_resizer"),
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'prunefx' has no attribute '{name}'")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
-    "CaptureError", "Pipeline", "PipelineError", "Program", "PrunefxError", "VerificationError",
-    "capture", "channel_rule", "count", "load", "load_recipe", "passes", "prune_part", "runtime",
-    "verify",
+    "CaptureError", "DistillationLoss", "PruneWhileTraining", "Pipeline", "PipelineError", "Program", "PrunefxError", "VerificationError",
+    "capture", "channel_rule", "count", "graph_pass", "load", "load_recipe", "passes", "prune_part",
+    "register_module_resizer", "register_pass", "registered_passes", "remove_channel_rule", "runtime", "to_module", "unregister_pass", "verify",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -48,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     parser = _Parser(prog="prunefx", description="Make vision models smaller and faster.")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="count", default=0,
+                          help="say what each pass does (-v), and the details (-vv)")
+    loudness.add_argument("-q", "--quiet", action="store_true", help="errors only (progress bars stay)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for module in (inspect, prune, depth, quantize, compress, export, bench, profile, check, demo):
         sub = commands.add_parser(module.NAME, help=module.HELP, description=module.HELP)
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if not debug:  # "Exception ignored in ..." from finalisers hit by an interrupt: noise, not news
         sys.unraisablehook = lambda _: None
     try:
-        with quiet:
+        with quiet, _logging_to_stderr(args):
             status = int(args.handler(args) or 0)
         raise_if_interrupted()  # an interrupt some library swallowed still ends the run as interrupted
         return status
@@ -138,6 +143,24 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sys.unraisablehook = unraisable
         _restore_signal_handlers(previous)
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(args):
+    """prunefx's log records (logging.getLogger(__name__) in passes and runtime) go to stderr at the level
+    -v / -vv / -q ask for: warnings by default. Progress bars are tqdm's, not log records: they stay."""
+    level = logging.ERROR if args.quiet else {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logger = logging.getLogger("prunefx")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("prunefx: %(message)s"))
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
 
 
 def _report(line: str) -> None:

@@ -73,10 +73,10 @@ LATENCY_WARMUP = 10
 def _injected_keys(step: Step) -> dict[str, str]:
     """The keys `step` gets injected, key -> source: those its pass declares and reads with this config,
     and the recipe does not set itself."""
-    config_class = getattr(step.function, "config_class", None)
-    if config_class is None:  # a user's pass without a declaration gets nothing
+    config = step.function.contract.parse(step.config)
+    if config is None:  # a user's pass without a config class gets nothing
         return {}
-    return config_class.parse(step.config).needed_inputs(given=step.config)
+    return config.needed_inputs(given=step.config)
 
 
 # ---- model and data -----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ eval-mode copy (`program.clone().eval()`); the caller's Program is never changed
 from __future__ import annotations
 
 import io
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import torch
 from prunefx.graph import Program
 from prunefx.runtime.errors import OnnxExportError, describe_failure
 
+log = logging.getLogger(__name__)
 DEFAULT_OPSET = 18
 # The dynamo exporter writes opset 18 and later, up to what torch's ONNX converters know; outside that
 # range the converters fill stderr with warnings and write a file that may not load. Refused instead.
@@ -69,6 +71,8 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
         model = exporters[first](program, opset)
     except Exception as first_error:  # torch.onnx raises many types; all mean "this exporter failed"
         exporter, fallback_reason = second, describe_failure(first_error)
+        log.warning("%s: the %s exporter failed (%s); trying the %s exporter", program.name,
+                    EXPORTER_NAMES[first], fallback_reason, EXPORTER_NAMES[second])
         try:
             model = exporters[second](program, opset)
         except Exception as second_error:

@@ -9,6 +9,7 @@ import yaml
 from prunefx import fashion_mnist
 from prunefx.cli import EXIT_USER_ERROR, main
 from prunefx.graph import Program
+from prunefx.passes.contract import graph_pass
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(),
@@ -99,13 +100,13 @@ def test_depth_and_prune_report_a_pass_that_breaks_exactness_by_name(tmp_path, c
     merge_module = importlib.import_module("prunefx.passes.merge_blocks")
     real = merge_module.merge_blocks
 
+    @graph_pass(config=None, in_place=True, exact=True, writes=("linearize",))
     def inexact_merge(program, /, *, config=None):
         result = real(program, config=config)
         with torch.no_grad():
             next(result.program.module.parameters()).add_(1.0)
         return result
 
-    inexact_merge.exact = True
     monkeypatch.setattr(importlib.import_module("prunefx.commands.depth"), "merge_blocks", inexact_merge)
     status = main(["depth", "torchvision:mobilenet_v2", "--input-shape", "1x3x64x64", "--block", "features.2",
                    "--no-measure", "-o", str(tmp_path / "out")])

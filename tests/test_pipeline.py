@@ -7,6 +7,7 @@ import torch
 
 from prunefx.graph import capture
 from prunefx.graph.errors import PrunefxError
+from prunefx.passes.contract import graph_pass
 from prunefx.passes.fold_batchnorm import fold_batchnorm
 from prunefx.passes.pass_config import PassConfig
 from prunefx.passes.pipeline import Pipeline, PipelineError
@@ -37,13 +38,11 @@ def breaks_output_shape(program, /, *, config=None):
     return Result(program, modified=True)
 
 
+@graph_pass(config=None, in_place=True, exact=True)
 def claims_exact_but_is_not(program, /, *, config=None):
     weight = program.module.state_dict()["0.weight"]
     weight.mul_(2)
     return Result(program, modified=True)
-
-
-claims_exact_but_is_not.exact = True
 
 
 def test_pipeline_runs_passes_in_order_and_leaves_input_untouched():
@@ -122,9 +121,9 @@ def test_stats_keep_every_run_of_a_repeated_pass():
 @pytest.mark.parametrize("name", sorted(PASSES))
 def test_every_shipped_pass_declares_a_config_dataclass_and_its_in_place_behaviour(name):
     function = PASSES[name]
-    config_class = function.config_class
+    config_class = function.contract.config
     assert dataclasses.is_dataclass(config_class) and issubclass(config_class, PassConfig)
-    assert config_class.owner == name and function.in_place in (True, False)
+    assert config_class.owner == name and function.contract.in_place in (True, False)
     for field in dataclasses.fields(config_class):  # every option says what it is for
         if field.name not in {f.name for f in dataclasses.fields(TrainConfig)}:
             assert field.metadata.get("help"), f"{name}.{field.name} has no help"
@@ -173,18 +172,14 @@ def test_passes_declare_the_inputs_a_caller_injects():
     assert PASSES["merge_blocks"].config_class.parse({}).needed_inputs() == {"measure": "measure"}
 
 
+@graph_pass(config=None, in_place=True)
 def returns_a_copy_but_says_in_place(program, /, *, config=None):
     return Result(program.clone(), modified=False)
 
 
-returns_a_copy_but_says_in_place.in_place = True
-
-
+@graph_pass(config=None, in_place=False)
 def rewrites_its_input_but_says_not_in_place(program, /, *, config=None):
     return Result(program, modified=False)
-
-
-rewrites_its_input_but_says_not_in_place.in_place = False
 
 
 @pytest.mark.parametrize("broken", [returns_a_copy_but_says_in_place, rewrites_its_input_but_says_not_in_place])

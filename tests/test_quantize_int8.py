@@ -29,7 +29,7 @@ from prunefx.graph.attributes import get_tensor
 from prunefx.graph.quantization import RangeObserver
 from prunefx.passes.config_checks import ConfigError
 from prunefx.passes.fold_batchnorm import fold_batchnorm
-from prunefx.passes.quantize_int8 import QuantizeInt8Config, check_config, quantize_int8
+from prunefx.passes.quantize_int8 import QuantizeInt8Config, quantize_int8
 from prunefx.runtime import OnnxRuntimeSession
 from prunefx.runtime.onnx_quantized import export_quantized_onnx
 
@@ -228,10 +228,9 @@ def test_second_run_changes_nothing_and_bad_inputs_are_errors(quantized):
     ({"skip_nodes": "conv2d"}, "'skip_nodes' must be a list of node names"),
     ({"percentile": 20}, "'percentile' must lie in"),
 ])
-def test_check_config(config, message):
+def test_bad_options_are_refused_by_the_config_class(config, message):
     with pytest.raises(ConfigError, match=message):
-        check_config(config)
-    assert quantize_int8.check_config is check_config
+        QuantizeInt8Config.parse(config)
 
 
 # --- ONNX: the file read back with `onnx`, and ONNX Runtime's INT8 against the fake-quantized Program -----

@@ -1,0 +1,121 @@
+"""The pass contract: what a pass promises, declared where it is defined and enforced by the Pipeline.
+
+    @graph_pass(config=FoldBatchnormConfig, in_place=True, exact=True)
+    def fold_batchnorm(program, /, *, config=None) -> Result: ...
+
+- `config`: the pass's `PassConfig` subclass. The Pipeline parses every step's mapping with it before
+  the first pass runs (a precondition: a bad key fails before any training).
+- `in_place`: True when the pass rewrites the Program it is given and returns that same Program, False
+  when it leaves it untouched and returns a new one. The Pipeline checks the Program it gets back.
+- `exact`: the outputs on the example inputs do not move (within float tolerance). With `verify="full"`
+  the Pipeline runs the example inputs before and after and refuses a pass that breaks the promise.
+- `reads` / `writes`: the fields of the Program's `Analysis` record (graph/analysis_record.py) the pass
+  reads and sets. The Pipeline checks the postcondition: a field outside `writes` comes out as it went in.
+
+A user's plain function `(program, /, *, config) -> Result` still runs in a Pipeline: `as_pass` gives it
+an empty contract (nothing declared, nothing checked but the graph verification every pass gets).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prunefx.graph import Program
+from prunefx.graph.analysis_record import Analysis
+from prunefx.passes.pass_config import PassConfig
+from prunefx.passes.result import Result
+
+ANALYSIS_FIELDS = tuple(f.name for f in dataclasses.fields(Analysis))
+PassFunction = Callable[..., Result]
+
+
+@dataclass(frozen=True)
+class Contract:
+    config: type[PassConfig] | None = None
+    in_place: bool | None = None  # None: not declared, not checked (a user's plain function)
+    exact: bool = False
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in (*self.reads, *self.writes) if name not in ANALYSIS_FIELDS]
+        if unknown:  # a typo here would make the postcondition check a different field than meant
+            raise ValueError(f"'{unknown[0]}' is not a field of the Analysis record ({', '.join(ANALYSIS_FIELDS)})")
+
+    def parse(self, config: dict[str, Any]) -> PassConfig | None:
+        """The config class's reading of `config` (a ConfigError when it is wrong); None without a class."""
+        return self.config.parse(config) if self.config is not None else None
+
+
+class DeclaredPass:
+    """A pass function with its contract. Calling it calls the function: the contract is checked by
+    the Pipeline that runs it, so a bare call costs nothing extra."""
+
+    def __init__(self, function: PassFunction, contract: Contract):
+        functools.update_wrapper(self, function)
+        self.function = function
+        self.contract = contract
+
+    @property
+    def name(self) -> str:
+        return self.__name__
+
+    @property
+    def config_class(self) -> type[PassConfig] | None:
+        return self.contract.config
+
+    def __call__(self, program: Program, /, *, config: Any = None) -> Result:
+        return self.function(program, config=config)
+
+    def __repr__(self) -> str:
+        return f"<pass {self.__name__}>"
+
+
+def graph_pass(*, config: type[PassConfig] | None, in_place: bool, exact: bool = False,
+               reads: tuple[str, ...] = (), writes: tuple[str, ...] = ()) -> Callable[[PassFunction], DeclaredPass]:
+    """Declare a pass function's contract (see the module docstring)."""
+    contract = Contract(config, in_place, exact, tuple(reads), tuple(writes))
+
+    def declare(function: PassFunction) -> DeclaredPass:
+        if config is not None and config.owner != function.__name__:  # every config message names the pass
+            raise ValueError(f"{function.__name__}: its config class says owner = '{config.owner}'")
+        return DeclaredPass(function, contract)
+    return declare
+
+
+def as_pass(function: Any) -> Any:
+    """A declared pass (or a Pipeline) as it is; a plain callable with an empty contract."""
+    if hasattr(function, "contract"):
+        return function
+    if not callable(function):
+        raise TypeError(f"{function!r} is not a pass function")
+    return DeclaredPass(function, Contract())
+
+
+def analysis_snapshot(program: Program) -> dict[str, Any]:
+    """Each Analysis field as plain data, to compare after a pass (the postcondition on `writes`)."""
+    return {name: _plain(getattr(program.analysis, name)) for name in ANALYSIS_FIELDS}
+
+
+def changed_fields(before: dict[str, Any], program: Program) -> list[str]:
+    """The Analysis fields whose value differs from the snapshot `before`."""
+    after = analysis_snapshot(program)
+    return [name for name in ANALYSIS_FIELDS if not _same(before[name], after[name])]
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return copy.deepcopy(value)  # an in-place pass mutates the very dict it was given
+
+
+def _same(before: Any, after: Any) -> bool:
+    try:
+        return bool(before == after)
+    except RuntimeError:  # tensors inside a record: equality is elementwise, so compare their reprs instead
+        return repr(before) == repr(after)
