@@ -63,6 +63,7 @@ from prunefx.passes.config_checks import ConfigError
 from prunefx.passes.contract import graph_pass
 from prunefx.passes.depth_to_budget import DepthToBudgetConfig, depth_to_budget, no_block_message
 from prunefx.passes.linearize_blocks import ranked_blocks
+from prunefx.passes.measurement import Timing, as_measurer, round_to_of
 from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.pipeline import PipelineError, run_inner
@@ -293,14 +294,14 @@ class _Search:
     def _pruned(self, model: Program, latency, candidate: Candidate) -> Program:
         width = dict(self.settings.width)
         if "int8" in candidate.dimensions:  # widths the INT8 kernels run well (int8_round_to's help says why)
-            asked = width.get("round_to", RemoveChannelsConfig.parse({"macs": 0.5}).round_to)
+            asked = width.get("round_to") or round_to_of(latency) or RemoveChannelsConfig.parse({"macs": 0.5}).round_to
             width["round_to"] = math.lcm(int(asked), self.settings.int8_round_to)
         result = run_inner(prune_to_budget, model, {
             **width, "speedup": self.settings.speedup, "latency_ms": self.settings.latency_ms,
             "tolerance": self.settings.tolerance, "max_candidates": self.settings.max_candidates,
             "confirm": self.settings.confirm, "latency": latency, "calibration": self.batches})
         candidate.settings["macs_fraction"] = result.stats["macs_fraction"]
-        candidate.settings["round_to"] = width.get("round_to")
+        candidate.settings["round_to"] = result.stats["round_to"]
         candidate.settings["width_trace"] = result.stats["trace"]  # every width measured: why the search ended where it did
         candidate.measured = Measured.from_dict(result.stats["chosen"])
         return result.program
@@ -326,16 +327,18 @@ class _Finished:
 
     def __init__(self, latency, dense: Program, finish: Callable[[Program], Program] | None,
                  seen: Callable[[float], None]):
-        self.latency, self.dense, self.finish, self.seen = latency, dense, finish, seen
+        self.latency, self.dense, self.finish, self.seen = as_measurer(latency), dense, finish, seen
+        self.round_to = round_to_of(latency)  # a Measurer (passes/measurement.py): the backend's multiple
 
     def __call__(self, _start: Program, candidate: Program):
         return self._seen(self.latency(self.dense, self._finished(candidate)))
 
-    def confirm(self, _start: Program, candidate: Program):
-        return self._seen(getattr(self.latency, "confirm", self.latency)(self.dense, self._finished(candidate)))
+    def confirm(self, _start: Program, candidate: Program) -> Timing:
+        return self._seen(Timing.of(self.latency.confirm(self.dense, self._finished(candidate))))
 
     def _seen(self, figures):
-        self.seen(figures[0] / figures[1])
+        dense_ms, ms, _ = figures
+        self.seen(dense_ms / ms)
         return figures
 
     def _finished(self, candidate: Program) -> Program:

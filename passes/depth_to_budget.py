@@ -15,8 +15,9 @@ About log2(N) + 1 candidates are measured, each a whole network, side by side wi
 Depth is discrete, so there is no tolerance: the smallest n that meets is the least damage that does.
 
 Confirmation, as in prune_to_budget: a candidate that seems to meet the budget is measured again, longer
-(`latency.confirm` when the measuring function has one, else `latency` itself), and the confirmed figure
-decides; the answer is always a confirmed candidate. A miss at n = N is confirmed too before the budget is
+(the Measurer's `confirm`, passes/measurement.py), and the confirmed interval decides: a candidate meets
+the budget only when the lower bound of its speed-up interval clears it; the answer is always a confirmed
+candidate. A miss at n = N is confirmed too before the budget is
 declared out of reach.
 
 The Program returned is the dense one with the chosen blocks linearised (abrupt), not yet merged: the
@@ -41,10 +42,18 @@ from typing import Any, ClassVar
 from prunefx.graph import Program, count
 from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.budget_search import Measured, budget_text, meets, require_latency
+from prunefx.passes.budget_search import (
+    BudgetUnreachable,
+    Measured,
+    budget_text,
+    meets,
+    require_latency,
+    speedup_text,
+)
 from prunefx.passes.config_checks import ConfigError
 from prunefx.passes.contract import graph_pass
 from prunefx.passes.linearize_blocks import linearize_blocks, ranked_blocks
+from prunefx.passes.measurement import as_measurer
 from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.pipeline import run_inner
@@ -110,7 +119,7 @@ def depth_to_budget(program: Program, /, *, config: dict | None = None) -> Resul
     chosen = search.run()
     stats = {"budget": budget_text(settings.speedup, settings.latency_ms), "met": True, "speedup": chosen.speedup,
              "dense_ms": chosen.measured.dense_ms, "ms": chosen.measured.ms, "blocks": chosen.blocks,
-             "confirmed": chosen.measured.confirmed,
+             "confirmed": chosen.measured.confirmed, "interval": chosen.measured.to_dict().get("interval"),
              "chosen": chosen.measured.to_dict(), "trace": [candidate.to_dict() for candidate in search.trace],
              "ranking": [{"name": name, **scores.get(name, {})} for name in names],
              "linearize_blocks": chosen.linearize_stats}
@@ -127,6 +136,7 @@ class _Search:
 
     def __init__(self, dense: Program, ranked: list[str], settings: DepthToBudgetConfig):
         self.dense, self.ranked, self.settings = dense, ranked, settings
+        self.latency = as_measurer(settings.latency)
         self.dense_macs = count(dense).macs
         self.trace: list[Candidate] = []
 
@@ -136,7 +146,7 @@ class _Search:
     def run(self) -> Candidate:
         everything = self.confirm(self.measure(len(self.ranked)))  # decisive either way: confirmed
         if not self.meets(everything):
-            raise PrunefxError(self._unreachable())
+            raise BudgetUnreachable(self._unreachable(everything), dimension="depth", best=everything.measured)
         missed, met = 0, everything  # n = 0 is the dense model: it never meets a budget (> 1x)
         while len(met.blocks) - missed > 1:
             candidate = self.measure((missed + len(met.blocks)) // 2)
@@ -156,17 +166,16 @@ class _Search:
         merged = run_inner(merge_blocks, linearized.program, {"max_kernel_growth": self.settings.max_kernel_growth},
                            on_copy=True)
         candidate = Candidate(blocks, linearized.program, merged.program, count(merged.program).macs / self.dense_macs,
-                              Measured(*self.settings.latency(self.dense, merged.program)), linearized.stats)
+                              Measured(*self.latency(self.dense, merged.program)), linearized.stats)
         self.trace.append(candidate)
         return candidate
 
     def confirm(self, candidate: Candidate) -> Candidate:
         if self.settings.confirm:
-            candidate.measured.confirm(self.settings.latency, self.dense, candidate.merged)
+            candidate.measured.confirm(self.latency, self.dense, candidate.merged)
         return candidate
 
-    def _unreachable(self) -> str:
-        best = max(self.trace, key=lambda c: c.speedup)
-        return (f"cannot reach {budget_text(self.settings.speedup, self.settings.latency_ms)}: the best measured "
-                f"was {best.speedup:.2f}x ({best.measured.ms:.2f} ms, {best.macs_kept:.3f} of the MACs) with all "
-                f"{len(best.blocks)} mergeable blocks linearised")
+    def _unreachable(self, everything: Candidate) -> str:
+        return (f"cannot reach {budget_text(self.settings.speedup, self.settings.latency_ms)} by depth: the best "
+                f"measured was {speedup_text(everything.measured)} ({everything.measured.ms:.2f} ms, "
+                f"{everything.macs_kept:.3f} of the MACs) with all {len(everything.blocks)} mergeable blocks linearised")

@@ -475,7 +475,7 @@ def test_a_budget_out_of_reach_is_one_line_exit_2_and_writes_nothing(capsys, tmp
     code, out, err = run_cli(capsys, "prune", "prunefx:resnet20", "--speedup", "50", "--threads", "1",
                              "--runs", "3", "--max-ratio", "0.5", "--max-candidates", "2", "-o", tmp_path / "never")
     line = assert_one_line_error(code, out, err, "prune")
-    assert "cannot reach a 50x speed-up: the best measured was" in line
+    assert "cannot reach a 50x speed-up by width: the best measured was" in line
     assert not (tmp_path / "never").exists()
 
 

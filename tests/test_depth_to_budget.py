@@ -101,7 +101,7 @@ def test_a_latency_budget_is_met(ranked_once):
 
 def test_a_budget_out_of_reach_is_one_line_naming_the_best(ranked_once):
     program, batches, _ = ranked_once
-    with pytest.raises(PrunefxError, match=r"cannot reach a 50x speed-up: the best measured was 1\.[0-9]+x .* with "
+    with pytest.raises(PrunefxError, match=r"cannot reach a 50x speed-up by depth: the best measured was 1\.[0-9]+x .* with "
                                            r"all [0-9]+ mergeable blocks linearised$") as caught:
         depth_to_budget(program.clone(), config={"speedup": 50.0, "latency": macs_latency(), "calibration": batches})
     assert "\n" not in str(caught.value)
