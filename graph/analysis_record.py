@@ -7,7 +7,7 @@ typed records, never free-form keys. Each field is owned by the pass that writes
     channel_pruning        remove_channels        its statistics (targets, widths, blocked groups)
     sparsity               sparsify_nm            SparsityRecord: the weights made N:M sparse, kept
                                                   at zero by distill (passes/sparse_masks.py) and
-                                                  swapped for sparse kernels by runtime/semi_structured.py
+                                                  made semi-structured by runtime/semi_structured.py
     linearize              linearize_blocks       LinearizeRecord: blend buffers raised by distill,
                                                   stripped by merge_blocks once they reach 1
     distillation           distill                its training statistics

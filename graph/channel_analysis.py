@@ -9,7 +9,6 @@ are not removable, and the operator is reported against the tensors it blocked.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -233,11 +232,3 @@ def analyse_channels(module: torch.fx.GraphModule, *, keep: set[str] | None = No
     classes = solve(ctx.space)
     unblocked = solve(ctx.space, with_blockers=False) if ctx.space.blockers else classes
     return ChannelAnalysis(ctx.space, classes, ctx.node_labels, unblocked)
-
-
-def members_by_class(analysis: ChannelAnalysis) -> dict[int, set[tuple[str, int]]]:
-    touched: dict[int, set[tuple[str, int]]] = defaultdict(set)
-    for member in analysis.space.members:
-        for cls in np.unique(analysis.classes[member.labels]):
-            touched[int(cls)].add((member.target, member.dim))
-    return touched

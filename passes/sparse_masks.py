@@ -84,9 +84,3 @@ def _has_tensor(module: torch.nn.Module, name: str) -> bool:
     except AttributeError:
         return False
     return True
-
-
-def sparsity_hook(program: Program, *, weights: Iterable[str] | None = None) -> SparseMasks:
-    """The hook object for `program`: pass it as an after_step hook (and its `after_backward` as an
-    after_backward hook, to take the masks afresh when the trainer's program is replaced)."""
-    return SparseMasks(program, weights=weights)

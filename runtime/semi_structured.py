@@ -4,8 +4,7 @@ PyTorch's `torch.sparse.to_sparse_semi_structured` compresses a 2:4 weight (at m
 every 4 consecutive input features of every output row, the layout sparsify_nm produces) into values
 plus metadata that the sparse tensor cores of Ampere and later GPUs (compute capability 8.0+) consume;
 `F.linear(x, sparse_weight)` then runs a sparse kernel (cuSPARSELt or CUTLASS). This module
-- swaps the weights of linear layers (eager `nn.Linear` modules, or the 2-D sparse weights a Program
-  records) for semi-structured ones, in fp16 (or bf16) on the GPU;
+- turns a 2:4 weight into a semi-structured one, in fp16 (or bf16) on the GPU;
 - times dense against sparse `F.linear` with CUDA events, alternately, several calls per event pair
   (single kernels last tens of microseconds: one call per pair would mostly time the launch).
 Without a CUDA device (or on one older than 8.0) every entry point raises SemiStructuredUnavailable.
@@ -21,8 +20,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prunefx.graph import Program
-from prunefx.graph.attributes import get_tensor, set_tensor
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.nm_masks import Pattern, grouped_matrix, magnitude_mask, pattern_violations
 from prunefx.runtime.latency import LatencyStats
@@ -69,37 +66,6 @@ def semi_structured(weight: torch.Tensor, *, dtype: torch.dtype = torch.float16)
     except (RuntimeError, ValueError) as error:  # shape constraints of the sparse kernels
         raise SemiStructuredUnavailable(f"weight of shape {tuple(weight.shape)} cannot go semi-structured: "
                                         f"{str(error).splitlines()[0]}") from error
-
-
-def sparsify_linear_modules(module: torch.nn.Module, *, names: set[str] | None = None, prune: bool = False,
-                            dtype: torch.dtype = torch.float16) -> list[str]:
-    """Give the nn.Linear modules of an eager model (those in `names`, default all) semi-structured
-    weights; `prune` applies the 2:4 magnitude mask first (else a weight must already obey 2:4).
-    Moves the module to the GPU in `dtype`. Returns the names of the layers swapped."""
-    device = require_sparse_gpu()
-    module.to(device=device, dtype=dtype)
-    swapped = []
-    for name, layer in module.named_modules():
-        if isinstance(layer, torch.nn.Linear) and (names is None or name in names):
-            weight = two_four(layer.weight.detach()) if prune else layer.weight.detach()
-            layer.weight = torch.nn.Parameter(semi_structured(weight, dtype=dtype), requires_grad=False)
-            swapped.append(name)
-    return swapped
-
-
-def sparsify_program_linears(program: Program, *, dtype: torch.dtype = torch.float16) -> list[str]:
-    """Swap the 2-D (linear) weights that `program.analysis.sparsity` records for semi-structured
-    ones; the module goes to the GPU in `dtype`. Returns the weights swapped."""
-    device = require_sparse_gpu()
-    program.module.to(device=device, dtype=dtype)
-    recorded = program.analysis.sparse_weights
-    swapped = []
-    for name in recorded:
-        weight = get_tensor(program.module, name)
-        if weight.dim() == 2:
-            set_tensor(program.module, name, semi_structured(weight, dtype=dtype))
-            swapped.append(name)
-    return swapped
 
 
 @dataclass(frozen=True)
