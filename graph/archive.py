@@ -40,6 +40,7 @@ import torch
 
 from prunefx.graph.errors import ProgramFileError, PrunefxError, first_line, printable
 from prunefx.graph.functional_ops import refusal
+from prunefx.graph.output_tree import foreign_container
 from prunefx.graph.regular_files import read_regular_file
 from prunefx.graph.shape_expressions import ExpressionError, check_expression
 
@@ -233,6 +234,13 @@ def _check_graph(path: Path, name: str, document) -> None:
                                        "(refused: prunefx runs only functional ATen operators)")
         if "expr_str" in item:
             _check_expression(path, name, _text(item["expr_str"]))
+        for key in ("in_spec", "out_spec"):
+            foreign = foreign_container(item[key]) if key in item else None
+            if foreign is not None:
+                raise ProgramFileError(f"{path}: '{name}' keeps its {key[:-5]}puts in a '{printable(foreign)[:80]}', "
+                                       "and prunefx never imports a module because a file names it (refused); "
+                                       "capture and save the model again with this prunefx, which keeps them in "
+                                       "tuples and dicts")
 
 
 def _check_expression(path: Path, name: str, expression: str) -> None:

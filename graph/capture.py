@@ -12,6 +12,7 @@ import re
 import torch
 
 from prunefx.graph.errors import CaptureError, first_line
+from prunefx.graph.output_tree import use_builtin_outputs
 from prunefx.graph.program import Program
 
 _OPERATOR_PATTERNS = (
@@ -84,6 +85,7 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     # rewriting the Program never changes the user's model behind their back.
     program = Program.from_exported(exported, inputs, name=name)
     program.module = copy.deepcopy(program.module)
+    use_builtin_outputs(program.module)  # a saved Program must never need the model's library to be read
     return program
 
 

@@ -152,7 +152,13 @@ def _multihead_attention(module: nn.MultiheadAttention, changes: Changes) -> Non
     module.head_dim = module.embed_dim // module.num_heads
 
 
-for _cls, _fn in ((nn.modules.conv._ConvNd, _conv), (nn.Linear, _linear),
+def _recurrent(module: nn.RNNBase, changes: Changes) -> None:
+    module.input_size = module.weight_ih_l0.shape[1]
+    module.hidden_size = module.weight_hh_l0.shape[1] if not module.proj_size else module.hidden_size
+    module._init_flat_weights()  # the layer keeps its own list of its weights: rebuild it from the new ones
+
+
+for _cls, _fn in ((nn.modules.conv._ConvNd, _conv), (nn.RNNBase, _recurrent), (nn.Linear, _linear),
                   (nn.modules.batchnorm._NormBase, _norm_with_running_stats), (nn.LayerNorm, _layer_norm),
                   (nn.GroupNorm, _group_norm), (nn.Embedding, _embedding),
                   (nn.MultiheadAttention, _multihead_attention)):
