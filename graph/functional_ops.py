@@ -105,3 +105,23 @@ def _alias_root(value):
 def _returns_view(op) -> bool:
     schema = getattr(op, "_schema", None)
     return schema is not None and any(r.alias_info is not None for r in schema.returns)
+
+
+def serialized_name(target) -> str:
+    """The name torch.export writes into a `.pt2` for a node target ('torch.ops.aten.relu.default',
+    '_operator.getitem')."""
+    if isinstance(target, torch._ops.OpOverload):
+        return f"torch.ops.{target}"
+    return f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', target)}"
+
+
+def refused_nodes(graph: torch.fx.Graph) -> list[str]:
+    """'<target>: <why>' for every call in `graph` that a saved file could not hold (empty: all admitted)."""
+    found = []
+    for node in graph.nodes:
+        if node.op == "call_function":
+            name = serialized_name(node.target)
+            why = refusal(name)
+            if why is not None:
+                found.append(f"{name}: {why}")
+    return found
