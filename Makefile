@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.prunefx-setup
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test test-fast test-zoo bench lint clean
+.PHONY: setup demo test test-fast test-zoo bench lint docs clean
 
 setup: $(STAMP)
 
@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt assets.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade -c constraints.txt pip setuptools
-	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,docs]'
 	$(PIP) install --quiet --no-deps -r assets.txt
 	@# TensorRT's type stubs for tests/test_tensorrt_api.py, in their own folder: they require TensorRT itself (no wheel
 	@# without an NVIDIA driver), and in site-packages their tensorrt/__init__.pyi makes `import tensorrt` succeed
@@ -40,6 +40,7 @@ demo: setup
 TEST_WORKERS ?= 2
 test: setup
 	$(VENV)/bin/ruff check .
+	@$(MAKE) --no-print-directory docs
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist load -m "not timing and not zoo" --durations=15
 	$(PY) -m pytest -q -m timing
 
@@ -55,8 +56,16 @@ test-fast: setup
 bench: setup
 	$(PY) benchmarks/run_all.py
 
+# The documentation site in build/site/, built strictly: a broken link, anchor or API reference fails it.
+# Its reference and benchmark tables are generated from the code and results files (scripts/docs_hooks.py).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	@# unused code in the library (tests, benchmarks and scripts count as users; whitelist: framework entry points)
+	! $(VENV)/bin/vulture graph passes runtime prunefx benchmarks tests scripts --min-confidence 60 | grep -E '^(graph|passes|runtime|prunefx)/'
 
 clean:
 	rm -rf $(VENV) build *.egg-info

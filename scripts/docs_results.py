@@ -1,0 +1,127 @@
+"""Benchmark tables made from benchmarks/results/NAME.json while the docs build, never retyped.
+
+Every results file has its own shape, so the rendering is generic: the command and the machine first,
+then one table for each list of records (one row per record) and for each mapping of records (one row
+per key, as `models: {resnet50: {...}}`), their nested records in tables of their own, headed by
+their path in the file. Numbers are shown to four significant figures.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+MAX_DEPTH = 4
+MAX_COLUMNS = 24
+MIN_KEYED = 3
+
+
+def result_names() -> list[str]:
+    return sorted(path.stem for path in RESULTS.glob("*.json"))
+
+
+def _scalar(value) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool)) or (
+        isinstance(value, list) and len(value) <= 6 and all(isinstance(v, (str, int, float, bool)) for v in value))
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return {True: "yes", False: "no", None: ""}[value]
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(_shown(v) for v in value)
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
+def _flat(record: dict, prefix: str = "", depth: int = 0) -> dict:
+    """The record's scalar fields, nested mappings spelled as dotted keys (`latency.dense.median_ms`)."""
+    flat = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if _scalar(value):
+            flat[name] = value
+        elif isinstance(value, dict) and not _is_records(value) and depth < MAX_DEPTH:
+            flat.update(_flat(value, f"{name}.", depth + 1))
+    return flat
+
+
+def _nested_lists(record: dict, prefix: str = "", depth: int = 0):
+    """(dotted path, records) for every table of records inside the record."""
+    for key, value in record.items():
+        if _is_records(value):
+            yield f"{prefix}{key}", value
+        elif isinstance(value, dict) and depth < MAX_DEPTH:
+            yield from _nested_lists(value, f"{prefix}{key}.", depth + 1)
+
+
+def _records_table(rows: list[tuple[str | None, dict]]) -> str:
+    """A table of records (key or None, record): one column per scalar field they have."""
+    flat = [(key, _flat(record)) for key, record in rows]
+    columns: list[str] = []
+    for _, record in flat:
+        columns += [k for k in record if k not in columns]
+    columns = columns[:MAX_COLUMNS]
+    keyed = any(key is not None for key, _ in flat)
+    header = (["name"] if keyed else []) + columns
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, record in flat:
+        cells = ([_shown(key)] if keyed else []) + [_shown(record.get(column)) for column in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _is_records(value) -> bool:
+    """A list of mappings, or a mapping of at least MIN_KEYED mappings (`models: {name: {...}}`); two or
+    fewer (`latency: {dense: {...}, pruned: {...}}`) read better as dotted columns of their parent."""
+    if isinstance(value, list):
+        return bool(value) and all(isinstance(v, dict) for v in value)
+    return (isinstance(value, dict) and len(value) >= MIN_KEYED
+            and all(isinstance(v, dict) for v in value.values()))
+
+
+def _tables(value, path: str, depth: int, out: list[str]) -> None:
+    """Tables for `value` at `path`: a list or mapping of records is one table (its nested lists of
+    records get tables of their own); a plain mapping is walked key by key."""
+    if depth > MAX_DEPTH:
+        return
+    if _is_records(value):
+        rows = [(None, v) for v in value] if isinstance(value, list) else list(value.items())
+        out += [f"**{path}**", "", _records_table(rows), ""]
+        for key, record in rows:
+            label = key if key is not None else record.get("model") or record.get("variant") or ""
+            for inner_path, records in _nested_lists(record):
+                _tables(records, f"{path} {_shown(label)}: {inner_path}", depth + 1, out)
+    elif isinstance(value, dict):
+        scalars = {k: v for k, v in value.items() if _scalar(v)}
+        if scalars and depth > 0:
+            out += [f"**{path}**", "", _records_table([(None, scalars)]), ""]
+        for key, inner in value.items():
+            if not _scalar(inner) and key != "machine":
+                _tables(inner, f"{path}.{key}" if path else key, depth + 1, out)
+
+
+def _machine_line(machine: dict) -> str:
+    versions = machine.get("versions", {})
+    isa = "AVX-512" if machine.get("avx512") else "AVX2" if machine.get("avx2") else "no AVX2"
+    software = ", ".join(f"{name} {version}" for name, version in versions.items() if version)
+    return (f"{machine.get('cpu', '?')} ({isa}, {machine.get('usable_cpus', '?')} usable of "
+            f"{machine.get('logical_cpus', '?')} logical CPUs), Python {machine.get('python', '?')}; {software}")
+
+
+def results_markdown(name: str) -> str:
+    """The command, machine and tables of benchmarks/results/NAME.json as Markdown."""
+    data = json.loads((RESULTS / f"{name}.json").read_text())
+    lines: list[str] = []
+    if data.get("command"):
+        lines += ["Command:", "", "```sh", str(data["command"]), "```", ""]
+    if isinstance(data.get("machine"), dict):
+        lines += [f"Machine: {_machine_line(data['machine'])}.", ""]
+    tables: list[str] = []
+    _tables(data, "", 0, tables)
+    # Collapsed: the page's own text quotes what matters; the full data stays one click away.
+    body = "\n".join(lines + tables)
+    return f'??? info "Results file `benchmarks/results/{name}.json`"\n\n' + textwrap.indent(body, "    ")

@@ -1,0 +1,153 @@
+"""The documentation: every command in the README and the guides is a real command line, the generated
+references (CLI, passes, API) are complete, every benchmark results file has a page, every how-to links
+an example that exists. `make docs` (run by `make test`) builds the site with --strict."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from prunefx.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+# Pages a user copies commands from: the README, getting started, the guides and feature pages.
+COMMAND_PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md")), *sorted((DOCS / "howto").glob("*.md")),
+                 DOCS / "reference" / "recipes.md"]
+
+
+def _script(name: str):
+    """A module of scripts/ (not a package), loaded once."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def shell_commands(markdown: str) -> list[list[str]]:
+    """The `prunefx ...` command lines in the page's sh blocks (continuations joined, comments dropped)."""
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", markdown, re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            while words[:1] == ["sudo"]:
+                words = words[1:]
+            if words[:1] == ["prunefx"]:
+                commands.append(words[1:])
+    return commands
+
+
+def test_shell_commands_are_found_with_continuations_and_comments():
+    page = "```sh\nprunefx prune m --macs 0.5 \\\n    -o out  # a comment\nsudo prunefx bench a.onnx\nls\n```\n"
+    assert shell_commands(page) == [["prune", "m", "--macs", "0.5", "-o", "out"], ["bench", "a.onnx"]]
+
+
+@pytest.mark.parametrize("page", COMMAND_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_command_in_the_page_parses(page):
+    for words in shell_commands(page.read_text()):
+        try:
+            build_parser().parse_args(words)
+        except SystemExit as exit_:
+            pytest.fail(f"{page.name}: `prunefx {shlex.join(words)}` does not parse (exit {exit_.code})")
+
+
+def test_the_readme_and_the_tour_show_the_main_commands():
+    readme = ROOT / "README.md"
+    assert len(readme.read_text().splitlines()) <= 250
+    shown = {words[0] for words in shell_commands(readme.read_text())}
+    assert {"inspect", "prune", "bench", "quantize", "check"} <= shown
+
+
+def _subcommands() -> dict:
+    import argparse
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_the_cli_reference_has_every_command_and_option():
+    import argparse
+
+    text = _script("docs_reference").cli_reference()
+    for name, sub in _subcommands().items():
+        assert f"## prunefx {name}\n" in text
+        section = text.split(f"## prunefx {name}\n", 1)[1].split("\n## prunefx ", 1)[0]
+        for action in sub._actions:
+            for option in [] if isinstance(action, argparse._HelpAction) else action.option_strings:
+                assert option in section, (name, option)
+
+
+def test_the_pass_reference_has_every_pass_and_config_field():
+    from prunefx.passes import PASSES
+
+    text = _script("docs_reference").pass_reference()
+    for name, function in PASSES.items():
+        section = text.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]
+        for field in dataclasses.fields(function.config_class):
+            assert f"| `{field.name}` |" in section, (name, field.name)
+
+
+@pytest.mark.parametrize("module_name", ["prunefx", "prunefx.passes", "prunefx.runtime"])
+def test_the_api_reference_covers_every_public_name(module_name):
+    reference = _script("docs_reference")
+    text = reference.api_reference(module_name)
+    module = importlib.import_module(module_name)
+    for name in module.__all__:
+        assert f"## {module_name}.{name}\n" in text, name
+    pages = "\n".join(path.read_text() for path in (DOCS / "reference" / "api").glob("*.md"))
+    assert f"<!-- prunefx:api {module_name} -->" in pages
+
+
+def test_api_directives_point_where_the_object_is_defined():
+    reference = _script("docs_reference")
+    assert reference.defining_path("prunefx", "Pipeline") == "prunefx.passes.pipeline.Pipeline"
+    assert reference.defining_path("prunefx.passes", "PASSES") == "prunefx.passes.PASSES"  # data stays put
+
+
+def test_every_results_file_has_a_benchmark_page():
+    markers = set(re.findall(r"<!-- prunefx:results (\w+) -->", "\n".join(
+        path.read_text() for path in (DOCS / "benchmarks").glob("*.md"))))
+    assert set(_script("docs_results").result_names()) <= markers
+
+
+def test_results_tables_are_made_from_the_json(tmp_path, monkeypatch):
+    results = _script("docs_results")
+    data = {"command": "python benchmarks/x.py --fast", "runs": [
+        {"model": "resnet20", "speedup": 1.23456, "met": True},
+        {"model": "vit", "speedup": 2.5, "met": False}]}
+    (tmp_path / "x.json").write_text(json.dumps(data))
+    monkeypatch.setattr(results, "RESULTS", tmp_path)
+    text = results.results_markdown("x")
+    assert "python benchmarks/x.py --fast" in text
+    assert "| model | speedup | met |" in text
+    assert "| resnet20 | 1.235 | yes |" in text and "| vit | 2.5 | no |" in text
+
+
+def test_every_howto_links_an_example_that_exists():
+    for page in sorted((DOCS / "howto").glob("*.md")):
+        examples = re.findall(r"examples/(\w+\.py)", page.read_text())
+        assert examples, f"{page.name} names no example"
+        for name in examples:
+            assert (ROOT / "examples" / name).is_file(), (page.name, name)
+
+
+def test_every_page_is_in_the_navigation():
+    nav = (ROOT / "mkdocs.yml").read_text()
+    for page in DOCS.rglob("*.md"):
+        assert str(page.relative_to(DOCS)) in nav, page
+
+
+def test_no_internal_issue_numbers_in_user_facing_text():
+    for page in [ROOT / "README.md", *DOCS.rglob("*.md")]:
+        assert not re.search(r"\bissue \d+", page.read_text(), re.IGNORECASE), page
