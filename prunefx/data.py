@@ -20,7 +20,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
-from prunefx import fashion_mnist, fashion_mnist_scenes
+from prunefx import fashion_mnist
 from prunefx.assets import imagenet_transform, load_imagenet_batch
 from prunefx.batches import (
     IGNORED_LABEL,
@@ -31,7 +31,7 @@ from prunefx.batches import (
     TensorBatches,
     derive_seed,
 )
-from prunefx.graph.errors import PrunefxError, first_line
+from prunefx.graph.errors import PrunefxError
 from prunefx.image_files import class_folder_samples, open_image
 
 __all__ = [
@@ -117,37 +117,19 @@ def fashion_mnist_data(batch_size: int, *, validation: int = 5000, augment: bool
 def fashion_mnist_scene_data(batch_size: int, *, task: str = SEGMENTATION, size: int = 128,
                              train_canvases: int = 6000, val_canvases: int = 500, test_canvases: int = 1000,
                              validation: int = 5000, channels: int = 3, seed: int = 0,
-                             root: str | Path | None = None, scene: dict | None = None) -> DataSplits:
+                             root: str | Path | None = None, scene: dict | None = None,
+                             num_workers: int | None = None) -> DataSplits:
     """Fashion-MNIST scenes (prunefx/fashion_mnist_scenes.py) for `task` (segmentation or detection):
     train canvases from the training items less `validation` held out (seeded), val canvases from those
     held-out items (none when `validation` is 0), test canvases from the test items. `scene` holds further
     SceneConfig fields (min_items, max_items, item_sizes, threshold, gap). Not augmented: every canvas is
-    already a random composition. `channels=3` repeats the gray channel for RGB models."""
-    if task not in (SEGMENTATION, DETECTION):
-        raise PrunefxError(f"scene task must be {SEGMENTATION!r} or {DETECTION!r}, got {task!r}")
-    if channels not in (1, 3):
-        raise PrunefxError(f"scene channels must be 1 (gray) or 3 (gray repeated), got {channels}")
-    try:
-        config = fashion_mnist_scenes.SceneConfig(size=size, **(scene or {}))
-    except TypeError as error:
-        raise PrunefxError(f"bad scene option: {first_line(error)}") from None
-    train_items, train_classes = fashion_mnist.load_fashion_mnist("train", root)
-    test_items, test_classes = fashion_mnist.load_fashion_mnist("test", root)
-    train_index, val_index = split_train_validation(len(train_items), validation, seed)
-    pools = {"train": (train_items[train_index], train_classes[train_index], train_canvases),
-             "test": (test_items, test_classes, test_canvases)}
-    if validation:
-        pools["val"] = (train_items[val_index], train_classes[val_index], val_canvases)
-    mean, std = (_SCENE_MEAN, _SCENE_STD) if channels == 3 else ([sum(_SCENE_MEAN) / 3], [sum(_SCENE_STD) / 3])
-    prepare = NormalizeBatch(mean, std, channels=channels)
-    loaders = {}
-    for split, (items, classes, count) in pools.items():
-        scenes = fashion_mnist_scenes.make_scenes(items, classes, count, split=split, config=config, seed=seed)
-        labels = scenes.masks if task == SEGMENTATION else scenes.boxes
-        loaders[split] = TensorBatches(scenes.images, labels, batch_size, shuffle=split == "train",
-                                       prepare=prepare, seed=seed)
-    classes = fashion_mnist_scenes.CLASSES if task == SEGMENTATION else fashion_mnist.CLASSES
-    return DataSplits(loaders["train"], loaders.get("val"), loaders["test"], classes, (channels, size, size), task)
+    already a random composition. `channels=3` repeats the gray channel for RGB models. The canvases are
+    written to files (mask folders, COCO JSON) and read back like users' data (prunefx/scene_data.py)."""
+    from prunefx.scene_data import scene_data  # it builds on this module: imported here
+
+    return scene_data(batch_size, task=task, size=size, train_canvases=train_canvases, val_canvases=val_canvases,
+                      test_canvases=test_canvases, validation=validation, channels=channels, seed=seed, root=root,
+                      scene=scene, num_workers=num_workers)
 
 
 def scene_spec(spec: str | Path) -> tuple[str, int] | None:

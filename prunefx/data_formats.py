@@ -97,5 +97,5 @@ def format_data(path: str | Path, batch_size: int, *, data_format: str | None = 
                                                   ignore_index=ignore_index),
                                    batch_size, shuffle=role == "train", seed=seed, num_workers=workers)
                for role, split in splits.items()}
-    return DataSplits(loaders["train"], loaders["val"], loaders.get("test"), names, (channels, *size),
+    return DataSplits(loaders["train"], loaders.get("val"), loaders.get("test"), names, (channels, *size),
                       _TASKS[data_format])

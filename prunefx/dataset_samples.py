@@ -14,6 +14,7 @@ any training: missing files, labels outside the classes, empty splits, and every
 from __future__ import annotations
 
 import dataclasses
+import io
 from pathlib import Path
 
 import numpy as np
@@ -24,38 +25,45 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from prunefx.graph.errors import PrunefxError, first_line
+from prunefx import image_files
+from prunefx.graph.errors import PrunefxError, first_line, printable
+from prunefx.graph.regular_files import read_regular_file
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 IGNORED = -1
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def open_image(path: Path, channels: int) -> np.ndarray:
-    """An image file as H x W x C uint8 (C = 1 gray or 3 RGB); an undecodable file is one line naming it.
-    Until prunefx/image_files.py (issue 33) lands, this is the one place these formats decode images."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("L" if channels == 1 else "RGB")).reshape(image.height, image.width, -1)
-    except _DECODE_ERRORS as error:
-        raise PrunefxError(f"cannot read image {path}: {first_line(error)} (remove or replace the file)") from None
+    """An image file as H x W x C uint8 (C = 1 gray or 3 RGB), decoded by prunefx/image_files.py (regular
+    files, size and pixel limits, one line naming a file that does not decode)."""
+    image = image_files.open_image(path)
+    pixels = np.asarray(image.convert("L") if channels == 1 else image)
+    return pixels.reshape(image.height, image.width, channels)
+
+
+def _cannot_read(path: Path, what: str, error: Exception) -> PrunefxError:
+    return PrunefxError(f"cannot read {what} {printable(str(path))}: {first_line(error)} (remove or replace the file)")
 
 
 def image_size_of(path: Path) -> tuple[int, int]:
-    """(height, width) from the file's header; a file whose header does not decode is one line naming it."""
+    """(height, width) from the file's header, checked against image_files' pixel limit; a file whose
+    header does not decode is one line naming it. Only the header is read: this runs over every image
+    of a data set before training."""
     try:
         with Image.open(path) as image:
-            image.verify()  # the header and, for PNG, the chunk checksums: no full decode
-            return image.height, image.width
+            image.verify()  # the header and, for PNG, the chunk checksums: no pixels decoded
+            height, width = image.height, image.width
     except _DECODE_ERRORS as error:
-        raise PrunefxError(f"cannot read image {path}: {first_line(error)} (remove or replace the file)") from None
+        raise _cannot_read(path, "image", error) from None
+    if width * height > image_files.MAX_IMAGE_PIXELS:
+        raise PrunefxError(f"image {printable(str(path))} declares {width}x{height} pixels, more than the limit of "
+                           f"{image_files.MAX_IMAGE_PIXELS:,} (shrink or remove the file)")
+    return height, width
 
 
 def images_in(folder: Path) -> list[Path]:
-    """The image files directly in `folder`, in name order."""
-    if not folder.is_dir():
-        raise PrunefxError(f"image folder {folder} does not exist")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """The image files directly in `folder`, in name order (image_files' walk: no link out of it)."""
+    return image_files.image_files(folder, recursive=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,14 +141,19 @@ class LabelledImages(Dataset):
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """A mask PNG as H x W class ids: a palette PNG (VOC) gives its indices, a gray PNG its values."""
+    """A mask PNG as H x W class ids: a palette PNG (VOC) gives its indices, a gray PNG its values. Read as a
+    regular file within image_files' byte and pixel limits."""
+    data = read_regular_file(path, "mask", image_files.MAX_IMAGE_BYTES)
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > image_files.MAX_IMAGE_PIXELS:
+                raise PrunefxError(f"mask {printable(str(path))} declares {image.width}x{image.height} pixels, more "
+                                   f"than the limit of {image_files.MAX_IMAGE_PIXELS:,}")
             if image.mode not in ("P", "L", "I", "I;16"):
-                raise PrunefxError(f"mask {path} is {image.mode}, not class ids (a gray or palette PNG)")
+                raise PrunefxError(f"mask {printable(str(path))} is {image.mode}, not class ids (a gray or palette PNG)")
             return np.asarray(image)
     except _DECODE_ERRORS as error:
-        raise PrunefxError(f"cannot read mask {path}: {first_line(error)} (remove or replace the file)") from None
+        raise _cannot_read(path, "mask", error) from None
 
 
 def check_headers(split: SplitFiles) -> tuple[int, int]:

@@ -33,9 +33,10 @@ def annotation_files(root: Path) -> dict[str, Path]:
         role = next((r for r in ROLES if split.startswith(r)), None)
         if role is not None and role not in found:
             found[role] = path
-    for role in ("train", "val"):
-        if role not in found:
-            raise PrunefxError(f"COCO data {root} lacks annotations/instances_{role}*.json (its {role} split)")
+    if "train" not in found:
+        raise PrunefxError(f"COCO data {root} lacks annotations/instances_train*.json (its train split)")
+    if "val" not in found and "test" not in found:
+        raise PrunefxError(f"COCO data {root} lacks annotations/instances_val*.json (its val split)")
     return found
 
 
@@ -85,7 +86,10 @@ def read_split(root: Path, annotations: Path, category_ids: list[int]) -> SplitF
         boxes_of.setdefault(annotation["image_id"], []).append([index_of[cid], x, y, x + w, y + h])
     images, boxes = [], []
     for image in sorted(content["images"], key=lambda i: i["id"]):
-        path = folder / image["file_name"]
+        name = Path(str(image.get("file_name", "")))
+        if name.is_absolute() or ".." in name.parts:  # a data set is what lies inside its folder
+            raise PrunefxError(f"{annotations}: image file_name {str(name)!r} leads out of {folder}")
+        path = folder / name
         if not path.is_file():
             raise PrunefxError(f"{annotations}: image {image['file_name']} is not in {folder}")
         images.append(path)

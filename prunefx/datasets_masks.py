@@ -64,7 +64,7 @@ def class_names(root: Path, train: SplitFiles, ignore_index: int) -> tuple[str, 
 def mask_splits(root: Path, ignore_index: int = DEFAULT_IGNORE_INDEX) -> tuple[dict[str, SplitFiles], tuple[str, ...]]:
     """role -> split, and the class names; a mask id outside the classes is one line naming the mask."""
     for role in ("train", "val"):
-        if not (root / "images" / role).is_dir():
+        if not (root / "images" / role).is_dir() and (role == "train" or not (root / "images" / "test").is_dir()):
             raise PrunefxError(f"mask data {root} lacks images/{role}/ (and masks/{role}/)")
     splits = {role: read_split(root, role) for role in ("train", "val", "test") if (root / "images" / role).is_dir()}
     names = class_names(root, splits["train"], ignore_index)

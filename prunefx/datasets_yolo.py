@@ -102,7 +102,7 @@ def yolo_splits(path: Path) -> tuple[dict[str, SplitFiles], tuple[str, ...]]:
     for role in ("train", "val", "test"):
         entry = content.get(role)
         if entry is None:
-            if role != "test":
+            if role == "train" or (role == "val" and content.get("test") is None):
                 raise PrunefxError(f"YOLO data file {data_file} has no {role}: folder")
             continue
         if not isinstance(entry, str):
