@@ -5,7 +5,9 @@ Data: Fashion-MNIST scenes (prunefx/fashion_mnist_scenes.py, the `fashion-mnist-
 prunefx/data.py): canvases of `--size` pixels holding 2-6 real Fashion-MNIST items, 10 classes, a tight box
 per item; train canvases from training items, validation canvases from 5,000 held-out training items, test
 canvases (the reported mAP) from the test items only. They are written to build/detection_scenes/ in the
-YOLO folder layout (PNG images, one `class cx cy w h` line per box) for Ultralytics.
+YOLO folder layout (PNG images, one `class cx cy w h` line per box; prunefx/scene_files.py); Ultralytics
+and prunefx both read them from there, prunefx through the reader users' YOLO data takes
+(prunefx/datasets_yolo.py, streamed by DataLoader workers).
 
 1. Dense: YOLOv8n (Ultralytics' yolov8n.yaml, 10 classes) trained from scratch by Ultralytics' own trainer
    (`YOLO.train`, its default augmentation and optimizer, `--yolo-epochs`), cached. Its test mAP is computed
@@ -59,10 +61,11 @@ from common import REPO, command_line, machine_info, machine_summary, markdown_t
 from dense_tasks import quantized_for_onnxruntime, timed
 
 from prunefx import fashion_mnist
-from prunefx.batches import NormalizeBatch
-from prunefx.data import DETECTION, fashion_mnist_scene_data
+from prunefx.data import DETECTION
+from prunefx.data_formats import format_data
 from prunefx.dense_tasks import decode_yolo, evaluate_dense
 from prunefx.detectors import softmax_nodes
+from prunefx.fashion_mnist_scenes import SceneConfig
 from prunefx.graph import Program, capture, count
 from prunefx.graph.errors import first_line
 from prunefx.graph.rebatch import rebatch
@@ -74,6 +77,8 @@ from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.runtime import OnnxRuntimeSession, export_onnx, onnx_runner
 from prunefx.runtime.speedup import onnx_latency_pair
+from prunefx.scene_data import compose_scenes
+from prunefx.scene_files import write_scenes
 
 NAME = "detection_scenes"
 CACHE = REPO / "build" / NAME
@@ -89,47 +94,32 @@ ROUND_TO = 16
 NUM_CLASSES = len(fashion_mnist.CLASSES)
 TARGET_SPEEDUP, TARGET_DROP = 1.8, 0.02  # issue 19: >= 1.8x for at most 2 points of mAP@[.5:.95]
 # Ultralytics scales pixels to [0, 1] and nothing else: the scenes' gray channel, repeated for RGB.
-YOLO_INPUT = NormalizeBatch([0.0, 0.0, 0.0], [1.0, 1.0, 1.0], channels=3)
+YOLO_INPUT = ([0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
+VALIDATION = 5000  # training items held out for the val canvases (fashion-mnist-det's default)
 
 
 # --- data ----------------------------------------------------------------------------------------------
-
-def scenes(args):
-    """prunefx's fashion-mnist-det splits, fed to the model as Ultralytics feeds it (pixels / 255, RGB)."""
-    data = fashion_mnist_scene_data(args.batch, task=DETECTION, size=args.size, train_canvases=args.train,
-                                    val_canvases=args.val, test_canvases=args.test, channels=3, seed=args.seed)
-    for loader in (data.train, data.val, data.test):
-        loader.prepare = YOLO_INPUT
-    return data
-
 
 def data_folder(args) -> Path:
     return CACHE / f"scenes_{args.size}px_{args.train}-{args.val}-{args.test}c_s{args.seed}"
 
 
-def _write_split(folder: Path, split: str, loader, size: int) -> None:
-    import cv2  # comes with ultralytics
-
-    images, labels = folder / "images" / split, folder / "labels" / split
-    images.mkdir(parents=True, exist_ok=True)
-    labels.mkdir(parents=True, exist_ok=True)
-    for index, (image, boxes) in enumerate(zip(loader.images, loader.labels)):
-        cv2.imwrite(str(images / f"{index:05d}.png"), image[0].numpy())
-        rows = [f"{c} {(x1 + x2) / 2 / size:.6f} {(y1 + y2) / 2 / size:.6f} {(x2 - x1) / size:.6f} "
-                f"{(y2 - y1) / size:.6f}" for c, x1, y1, x2, y2 in boxes.tolist() if c >= 0]
-        (labels / f"{index:05d}.txt").write_text("".join(row + "\n" for row in rows))
-
-
-def yolo_dataset(data, args) -> Path:
-    """The scenes in Ultralytics' folder layout, written once; the yaml names val and test splits."""
+def yolo_dataset(args) -> Path:
+    """The fashion-mnist-det scenes written once in Ultralytics' layout (prunefx/scene_files.py): the data
+    yaml that both Ultralytics and prunefx read (val and test splits named)."""
     folder = data_folder(args)
     yaml = folder / "data.yaml"
     if not yaml.is_file():
-        for split in ("train", "val", "test"):
-            _write_split(folder, split, getattr(data, split), args.size)
-        names = "".join(f"  {i}: {name}\n" for i, name in enumerate(fashion_mnist.CLASSES))
-        yaml.write_text(f"path: {folder}\ntrain: images/train\nval: images/val\ntest: images/test\nnames:\n{names}")
+        counts = {"train": args.train, "val": args.val, "test": args.test}
+        config = SceneConfig(size=args.size)
+        write_scenes(compose_scenes(counts, VALIDATION, config, args.seed), folder, "yolo")
     return yaml
+
+
+def scenes(yaml: Path, args):
+    """The scenes read back from the YOLO files by prunefx's own reader (the path users' data takes), fed
+    to the model as Ultralytics feeds it (pixels / 255, RGB)."""
+    return format_data(yaml, args.batch, data_format="yolo", channels=3, seed=args.seed, mean_std=YOLO_INPUT)
 
 
 # --- dense ---------------------------------------------------------------------------------------------
@@ -511,8 +501,8 @@ def int8_runs(runs: list[dict], dense: Program, data, args) -> list[dict]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    data = scenes(args)
-    yaml = yolo_dataset(data, args)
+    yaml = yolo_dataset(args)
+    data = scenes(yaml, args)
     dense, info = dense_program(data, yaml, args)
     print(f"[yolov8n] dense test mAP {100 * info['test']['map']:.2f} (prunefx), "
           f"{100 * info['test_ultralytics_protocol']['map']:.2f} (prunefx, Ultralytics' protocol), "

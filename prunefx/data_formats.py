@@ -75,8 +75,9 @@ def read_format(path: Path, data_format: str, *, ignore_index: int = DEFAULT_IGN
 def format_data(path: str | Path, batch_size: int, *, data_format: str | None = None,
                 image_size: int | tuple[int, int] | None = None, channels: int = 3, seed: int = 0,
                 num_workers: int | None = None, ignore_index: int = DEFAULT_IGNORE_INDEX,
-                augment: bool = True) -> DataSplits:
-    """The data set at `path` as DataSplits (train shuffled, val and test in order)."""
+                augment: bool = True, mean_std: tuple[list[float], list[float]] | None = None) -> DataSplits:
+    """The data set at `path` as DataSplits (train shuffled, val and test in order); dense formats'
+    pixels / 255 are normalised with `mean_std` (default ImageNet's: what pretrained encoders expect)."""
     path = Path(path).expanduser()
     data_format = data_format or detect_format(path)
     if data_format not in FORMATS:
@@ -94,7 +95,7 @@ def format_data(path: str | Path, batch_size: int, *, data_format: str | None = 
             check_headers(split)  # every image's header, before any training
     most = max((len(b) for split in splits.values() for b in split.boxes or []), default=0)
     loaders = {role: FolderBatches(LabelledImages(split, size=size, channels=channels, max_items=max(most, 1),
-                                                  ignore_index=ignore_index),
+                                                  ignore_index=ignore_index, mean_std=mean_std),
                                    batch_size, shuffle=role == "train", seed=seed, num_workers=workers)
                for role, split in splits.items()}
     return DataSplits(loaders["train"], loaders.get("val"), loaders.get("test"), names, (channels, *size),

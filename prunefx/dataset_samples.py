@@ -89,17 +89,18 @@ def normalisation(channels: int) -> tuple[list[float], list[float]]:
 
 
 class LabelledImages(Dataset):
-    """`split`'s images at `size` (H, W), normalised, with their labels in prunefx's layout.
+    """`split`'s images at `size` (H, W), normalised (`mean_std`, default ImageNet's), with their labels in
+    prunefx's layout.
 
     Detection pads every image's boxes to `max_items` rows (the same for every split of a data set) and
     scales them with the resize. Segmentation resizes masks with nearest neighbours and maps
     `ignore_index` to -1. Unlabelled splits give label -1 (nothing to score against)."""
 
     def __init__(self, split: SplitFiles, *, size: tuple[int, int], channels: int, max_items: int = 0,
-                 ignore_index: int | None = None):
+                 ignore_index: int | None = None, mean_std: tuple[list[float], list[float]] | None = None):
         self.split, self.size, self.channels = split, size, channels
         self.max_items, self.ignore_index = max_items, ignore_index
-        mean, std = normalisation(channels)
+        mean, std = mean_std or normalisation(channels)
         self.mean, self.std = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
         self.root = split.source  # named in the loader's description
 

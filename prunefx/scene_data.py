@@ -46,7 +46,8 @@ def _source_stamp(root: str | Path | None) -> list:
     return stamp
 
 
-def _compose(counts: dict[str, int], validation: int, config, seed: int, root) -> dict:
+def compose_scenes(counts: dict[str, int], validation: int, config, seed: int, root=None) -> dict:
+    """split -> Scenes: `counts[split]` canvases of each split, items held out for val as in `scene_data`."""
     train_items, train_classes = fashion_mnist.load_fashion_mnist("train", root)
     test_items, test_classes = fashion_mnist.load_fashion_mnist("test", root)
     train_index, val_index = split_train_validation(len(train_items), validation, seed)
@@ -70,7 +71,7 @@ def scene_folder(task: str, counts: dict[str, int], validation: int, config, see
         raise PrunefxError(f"cannot write the scenes under {folder.parent}: {first_line(error)} "
                            f"(set PRUNEFX_CACHE to a writable folder)") from None
     try:
-        write_scenes(_compose(counts, validation, config, seed, root), staging, _LAYOUT[task])
+        write_scenes(compose_scenes(counts, validation, config, seed, root), staging, _LAYOUT[task])
         (staging / "scenes.json").write_text(key + "\n")  # what the folder holds, for whoever looks
         os.rename(staging, folder)
     except OSError:

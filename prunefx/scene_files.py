@@ -87,7 +87,8 @@ def write_scenes(splits: dict[str, Scenes], root: str | Path, data_format: str) 
     if data_format == "masks":
         (root / "classes.txt").write_text("".join(f"{name}\n" for name in CLASSES))
     if data_format == "yolo":
-        content = {"path": ".", **{split: f"images/{split}" for split in splits},
+        # no `path:`: Ultralytics and prunefx then resolve the folders from the yaml's own folder
+        content = {**{split: f"images/{split}" for split in splits},
                    "names": list(fashion_mnist.CLASSES)}
         (root / "data.yaml").write_text(yaml.safe_dump(content, sort_keys=False))
     return root
