@@ -1,5 +1,6 @@
 """The lines `prunefx prune` and `prunefx depth` print for a budget search: every candidate measured (with
-its first measurement when a confirmation replaced it), then the budget met."""
+its first measurement when a confirmation replaced it, and the confirmation's interval on the speed-up),
+then the budget met."""
 
 from __future__ import annotations
 
@@ -12,12 +13,21 @@ def search_lines(budget: dict, *, candidate: str = "", chosen: str = "") -> list
     over a trace row's keys put before its figures (e.g. '{n} blocks, '), `chosen` ends the last line."""
     lines = []
     for row in budget["trace"]:
-        confirmed = f"; confirmed, first measured {row['first']['speedup']:.2f}x" if row.get("first") else ""
+        confirmed = (f"; confirmed{interval_text(row.get('interval'))}, first measured {row['first']['speedup']:.2f}x"
+                     if row.get("first") else "")
         lines.append(f"  candidate: {candidate.format(**row)}{row['macs_kept']:.3f} of the MACs -> "
                      f"{row['speedup']:.2f}x ({row['ms']:.2f} ms vs {row['dense_ms']:.2f} ms dense, spread "
                      f"{row['spread']:.0%}{confirmed})")
     runtime = RUNTIMES.get(budget.get("backend", "ort"), budget.get("backend"))
     precision = f" {budget['precision']}" if budget.get("backend", "ort") != "ort" and budget.get("precision") else ""
     lines.append(f"budget {budget['budget']} met: {budget['speedup']:.2f}x measured on {runtime}{precision} "
-                 f"({budget['ms']:.2f} ms vs {budget['dense_ms']:.2f} ms dense) {chosen}")
+                 f"({budget['ms']:.2f} ms vs {budget['dense_ms']:.2f} ms dense{interval_text(budget.get('interval'), ', ')}) "
+                 f"{chosen}")
     return lines
+
+
+def interval_text(interval: dict | None, lead: str = " ") -> str:
+    """' 90 % interval 1.95-2.25' for a confirmation's interval (report.json's), '' for none or a point."""
+    if not interval or interval.get("method") == "point":
+        return ""
+    return f"{lead}{interval['confidence']:.0%} interval {interval['low']:.2f}-{interval['high']:.2f}".replace("%", " %")

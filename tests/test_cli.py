@@ -436,7 +436,9 @@ def test_prune_flags_are_remove_channels_options():
     fields = {field.name: field for field in dataclasses.fields(RemoveChannelsConfig)}
     cli_fields = {name for name, field in fields.items() if field.metadata["cli"]}
     assert cli_fields == set(prune.TARGETS) | set(prune.OPTIONS)
-    for name in cli_fields:
+    budgets = {field.name: field for field in dataclasses.fields(PruneToBudgetConfig)}
+    assert actions["round_to"].default is budgets["round_to"].default is None  # the budget backend's multiple
+    for name in cli_fields - set(prune.WIDTHS):
         field = fields[name]
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         assert actions[name].default == default == parser.get_default(name), name

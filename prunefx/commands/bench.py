@@ -5,8 +5,9 @@ Backends: ONNX Runtime on the CPU (default), torch eager, TensorRT engines built
 (`trt`, timed with CUDA events, engines cached), Torch-TensorRT compiling the Program directly
 (`torch-trt`), and the `trtexec` program (Jetson boards). A model reference is exported to ONNX first (in a
 temporary folder) for ort, trt and trtexec. With --vs, both models are timed alternately in this one process,
-so that machine noise hits both equally, and the ratio of medians is the speed-up; trtexec runs are separate
-processes, one after the other, and say so.
+so that machine noise hits both equally, and the ratio of medians is the speed-up, with its 90 % interval (a
+bootstrap over the alternating blocks, runtime/latency.py: `speedup_low`, `speedup_high` in --json); trtexec
+runs are separate processes, one after the other, and say so (no interval).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 from prunefx import options
+from prunefx.budget_text import interval_text
 from prunefx.calibration import calibration_data
 from prunefx.graph.errors import PrunefxError
 from prunefx.loading import program_from_reference
@@ -212,6 +214,9 @@ def _table(report: dict) -> str:
     if "vs" not in report:
         return _row(report["model"], report["latency"]) + "\n" + _footer(report)
     how = report.get("note", "measured alternately in one process")
+    interval = ({"low": report["speedup_low"], "high": report["speedup_high"], "confidence": report["confidence"]}
+                if report.get("speedup_low") is not None else None)
     return "\n".join([_row(report["model"], report["a"]), _row(report["vs"], report["b"]),
-                      f"speed-up of {report['vs']} over {report['model']}: {report['speedup']:.2f}x ({how})",
+                      f"speed-up of {report['vs']} over {report['model']}: {report['speedup']:.2f}x "
+                      f"({how}{interval_text(interval, '; ')})",
                       _footer(report)])

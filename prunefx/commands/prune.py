@@ -12,6 +12,11 @@ remaining weights, and every batch norm recalibrated after the removal. `--impor
 `--no-compensate` and `--no-recalibrate` choose otherwise. Without data: l2 magnitudes; a data-driven
 criterion named explicitly (taylor, fisher, obs) then reads `--calibration-batches` batches of noise,
 and `--compensate` is refused (fitting weights to noise would only hurt).
+A budget, `--speedup S` or `--latency-ms T` (prune_to_budget, measured on --backend at batch 1): a candidate
+is accepted when the lower bound of its confirmed 90 % interval clears the budget (report.json `budget.interval`);
+widths are rounded to the backend's multiple unless --round-to says otherwise (16 for ONNX Runtime on
+AVX-512, 8 on AVX2 and TensorRT FP16, 32 for INT8); when width alone cannot reach the budget, the one-line
+refusal names the route that can, and `--allow-depth` takes it (prunefx/budget_route.py).
 report.json says which was used (`calibration`, `importance`, `compensated`), and holds the statistics
 of the compensation (`compensation`) and of the recalibration (`recalibrate_batchnorm`), null when they
 did not run.
@@ -23,7 +28,7 @@ import argparse
 import time
 from pathlib import Path
 
-from prunefx import cli_options, options
+from prunefx import budget_route, cli_options, options
 from prunefx.budget_text import search_lines
 from prunefx.calibration import Calibration, calibration_data, noise_batches
 from prunefx.deliverable import write_model, write_report
@@ -45,13 +50,15 @@ TARGETS = ("macs", "params", "channels")
 BUDGETS = ("speedup", "latency_ms")  # prune_to_budget's: measured on --backend at batch 1
 SEARCH = ("tolerance", "max_candidates", "confirm")  # how prune_to_budget searches
 OPTIONS = ("importance", "ranking", "round_to", "max_ratio", "keep", "compensate", "damping")
+WIDTHS = ("round_to",)  # prune_to_budget's: default None, the budget backend's multiple (runtime/width_multiple.py)
 
 
 def add_arguments(parser) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     cli_options.add_pass_options(parser, RemoveChannelsConfig, TARGETS, group=target)
     cli_options.add_pass_options(parser, PruneToBudgetConfig, BUDGETS, group=target)
-    cli_options.add_pass_options(parser, RemoveChannelsConfig, OPTIONS)
+    cli_options.add_pass_options(parser, RemoveChannelsConfig, tuple(o for o in OPTIONS if o not in WIDTHS))
+    cli_options.add_pass_options(parser, PruneToBudgetConfig, WIDTHS)
     # Shorthands for --ranking global|local (the same destination and default)
     parser.add_argument("--global", dest="ranking", action="store_const", const="global", help="--ranking global")
     parser.add_argument("--local", dest="ranking", action="store_const", const="local", help="--ranking local")
@@ -67,6 +74,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--calibration-batches", type=options.count, default=4,
                         help="noise batches for taylor/fisher/obs without --calibrate (default 4)")
     cli_options.add_pass_options(parser, PruneToBudgetConfig, SEARCH)
+    parser.add_argument("--allow-depth", action="store_true",
+                        help="when width alone cannot reach --speedup/--latency-ms, merge blocks instead (prunefx "
+                             "depth on the same budget; needs --calibrate DATA to rank them)")
     cli_options.add_measurement(parser, runs=30, what="--speedup/--latency-ms (batch 1; a candidate that meets the "
                                                       "budget is confirmed with 4x the runs)")
     cli_options.add_budget_backend(parser)
@@ -81,6 +91,7 @@ def run(args) -> int:
         raise PrunefxError("--compensate needs calibration images: give --calibrate DATA")
     if args.recalibrate and not args.calibrate:
         raise PrunefxError("--recalibrate needs calibration images: give --calibrate DATA")
+    _check_allow_depth(args)
     program = _program(args).eval()
     calibration = _calibration(args, program)
     config = _config(args, calibration)
@@ -90,7 +101,15 @@ def run(args) -> int:
     steps = [_pruning_step(args, config)]
     if args.calibrate and args.recalibrate is not False:
         steps.append((recalibrate_batchnorm, {"data": calibration.batches}))
-    result = Pipeline(steps, verify="full").run(program)
+    try:
+        result = Pipeline(steps, verify="full").run(program)
+    except PrunefxError as error:  # width alone out of reach: say which route can, or take it (budget_route.py)
+        width = budget_route.unreachable_in(error)
+        if width is None or width.dimension != "width":
+            raise
+        if args.allow_depth:
+            return budget_route.take_depth_route(args, width)
+        raise budget_route.width_refusal(width, args, program) from None
     pruned, all_stats = result.program, result.stats()
     budget = all_stats.get("prune_to_budget")
     stats = budget["remove_channels"] if budget else all_stats["remove_channels"]
@@ -107,6 +126,14 @@ def run(args) -> int:
                                                recalibration=recalibration))
     _summary(report, output)
     return 0
+
+
+def _check_allow_depth(args) -> None:
+    if args.allow_depth and (args.speedup is None and args.latency_ms is None):
+        raise PrunefxError("--allow-depth applies to a budget: give --speedup or --latency-ms")
+    if args.allow_depth and (not args.calibrate or args.part):
+        raise PrunefxError("--allow-depth needs --calibrate DATA (depth ranks the blocks by their damage on it) "
+                           "and a whole model (no --part)")
 
 
 def _program(args):
@@ -130,7 +157,8 @@ def _calibration(args, program) -> Calibration | None:
 
 def _pruning_step(args, config: dict):
     """remove_channels for a MACs, parameter or width target; prune_to_budget for a measured budget."""
-    if args.speedup is None and args.latency_ms is None:
+    if args.speedup is None and args.latency_ms is None:  # no backend measures: remove_channels' own multiple
+        config = {**config, "round_to": config["round_to"] or RemoveChannelsConfig.parse({"macs": 0.5}).round_to}
         return remove_channels, {key: value for key, value in config.items() if key not in (*BUDGETS, *SEARCH)}
     return prune_to_budget, {**{key: value for key, value in config.items() if key not in TARGETS},
                              "latency": cli_options.budget_latency(args)}

@@ -1,0 +1,94 @@
+"""Width, then depth: what `prunefx prune --speedup S` does when width alone cannot reach the budget.
+
+Some time does not fall with the MACs that channel pruning removes (norms, GRN, depthwise convolutions,
+memory-bound layers: ConvNeXtV2-atto reached 1.81x at 0.19 of the MACs for a 2x budget), while merging
+whole blocks (depth, UPDP) removes it with the block. So when prune_to_budget is out of reach:
+
+- without `--allow-depth`, the refusal is one line: width's best confirmed interval, and the route that
+  can take the model further: `--allow-depth`, `prunefx depth --speedup S`, or `prunefx compress --speedup
+  S` (width, depth and INT8 chosen together). A model with no mergeable block is told so;
+- with `--allow-depth` (and `--calibrate DATA`, which ranks the blocks), the same model, budget, backend and
+  measurement go to `prunefx depth` (passes/depth_to_budget.py: the fewest least harmful blocks whose
+  merged network meets the budget, accepted on the same interval's lower bound); its report.json says
+  `route: depth` and keeps width's refusal. If depth cannot either, the one-line refusal gives the best
+  interval each dimension reached and names `compress --speedup` (both together).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from prunefx.graph import Program
+from prunefx.graph.blocks import find_blocks
+from prunefx.graph.errors import PrunefxError
+from prunefx.passes.budget_search import BudgetUnreachable, budget_text, speedup_text
+
+
+def unreachable_in(error: BaseException) -> BudgetUnreachable | None:
+    """The BudgetUnreachable a (Pipeline) error was raised from, if any."""
+    while error is not None:
+        if isinstance(error, BudgetUnreachable):
+            return error
+        error = error.__cause__
+    return None
+
+
+def _budget_flag(args) -> str:
+    return f"--speedup {args.speedup:g}" if args.speedup is not None else f"--latency-ms {args.latency_ms:g}"
+
+
+def width_refusal(width: BudgetUnreachable, args, program: Program) -> PrunefxError:
+    """One line: what width reached, and the route that can go further (see the module docstring)."""
+    mergeable = sum(block.affine for block in find_blocks(program.module))
+    flag = _budget_flag(args)
+    if mergeable:
+        route = (f"width alone cannot, but depth can merge up to {mergeable} blocks of {program.name}: add "
+                 f"--allow-depth --calibrate DATA, or run `prunefx depth {args.model} {flag} --calibrate DATA`, "
+                 f"or `prunefx compress {args.model} {flag}` (width, depth and INT8 together)")
+    else:
+        route = (f"width alone cannot, and no block of {program.name} merges (no depth route); "
+                 f"`prunefx compress {args.model} {flag}` adds INT8")
+    return PrunefxError(f"{width}; {route}")
+
+
+def depth_arguments(args) -> argparse.Namespace:
+    """`prunefx depth`'s arguments for the same model, budget, data, backend and measurement as `args`."""
+    from prunefx.commands import depth  # the command layer above: imported when the route is taken
+
+    parser = argparse.ArgumentParser()
+    depth.add_arguments(parser)
+    depth_args = parser.parse_args(_budget_flag(args).split())
+    shared = ("model", "weights", "input_shape", "output", "calibrate", "calibration_images", "threads", "runs",
+              "backend", "precision", "trtexec", "opset", "confirm", "speedup", "latency_ms")
+    for name in shared:
+        setattr(depth_args, name, getattr(args, name))
+    return depth_args
+
+
+def take_depth_route(args, width: BudgetUnreachable) -> int:
+    """`prunefx depth` on the same budget after width's refusal; a refusal there names both dimensions."""
+    from prunefx.commands import depth
+
+    print(f"{width}; width alone cannot: taking the depth route (--allow-depth)", flush=True)
+    try:
+        status = depth.run(depth_arguments(args))
+    except PrunefxError as error:
+        reached = unreachable_in(error)
+        if reached is None:
+            raise
+        raise PrunefxError(f"cannot reach {budget_text(args.speedup, args.latency_ms)}: width's best was "
+                           f"{speedup_text(width.best)}, depth's best {speedup_text(reached.best)} (every mergeable "
+                           f"block merged); `prunefx compress {args.model} {_budget_flag(args)}` chooses width, "
+                           "depth and INT8 together") from None
+    _mark_route(Path(args.output), width)
+    return status
+
+
+def _mark_route(output: Path, width: BudgetUnreachable) -> None:
+    """report.json (just written by `depth`) says which route met the budget and keeps width's refusal."""
+    path = output / "report.json"
+    report = json.loads(path.read_text())
+    report["route"] = {"taken": "depth", "width": {"refusal": str(width), **width.best.to_dict()}}
+    path.write_text(json.dumps(report, indent=2))

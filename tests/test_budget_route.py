@@ -1,0 +1,92 @@
+"""prunefx prune --speedup: width, then depth (prunefx/budget_route.py). The budget is measured by a
+stand-in runtime whose latency is the MACs plus a fixed cost per operator: channel pruning lowers the first
+only, merging blocks both, so width alone tops out near 1.4x on this model while depth reaches about 3x
+(an oracle the commands do not see)."""
+
+import importlib
+import json
+
+import pytest
+import torch
+
+from prunefx import fashion_mnist
+from prunefx.cli import EXIT_USER_ERROR, main
+from prunefx.graph import Program, capture, count
+from prunefx.graph.blocks import find_blocks
+from prunefx.models import build_model
+
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow,
+              pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(), reason="Fashion-MNIST missing")]
+MODEL = ["prunefx:mobilenetv2_small", "--input-shape", "2x1x28x28"]
+
+
+def stand_in_ms(program) -> float:
+    operators = sum(node.op == "call_function" for node in program.graph.nodes)
+    return count(program).macs / 1e7 + 0.05 * operators
+
+
+class PerOperator:
+    """A Measurer (passes/measurement.py): stand_in_ms for both models; confirmed the same, as a point."""
+
+    round_to = None
+
+    def __call__(self, dense, candidate):
+        return stand_in_ms(dense), stand_in_ms(candidate), 0.0
+
+    def confirm(self, dense, candidate):
+        return self(dense, candidate)
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    """The stand-in runtime, and the mergeable blocks in graph order in place of their damage ranking (which
+    costs a minute here and is tested in test_linearize_blocks.py)."""
+    monkeypatch.setattr(importlib.import_module("prunefx.cli_options"), "budget_latency", lambda args: PerOperator())
+    torch.manual_seed(0)
+    program = capture(build_model("prunefx:mobilenetv2_small").module.eval(), torch.randn(2, 1, 28, 28))
+    blocks = [block for block in find_blocks(program.module) if block.affine]
+    monkeypatch.setattr(importlib.import_module("prunefx.passes.depth_to_budget"), "ranked_blocks",
+                        lambda *args, **kwargs: (blocks, {}))
+
+
+def prune(capsys, *arguments):
+    code = main(["prune", *MODEL, "--calibrate", "fashion-mnist", "--calibration-images", "4", "--importance", "l2",
+                 "--no-compensate", "--max-candidates", "1", *map(str, arguments)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip().splitlines()
+
+
+def test_width_alone_out_of_reach_names_the_depth_route_in_one_line(stand_in, capsys, tmp_path):
+    code, out, err = prune(capsys, "--speedup", 2, "-o", tmp_path / "never")
+    assert code == EXIT_USER_ERROR and len(err) == 1, err
+    line = err[0]
+    assert "cannot reach a 2x speed-up by width: the best measured was 1." in line
+    assert "--allow-depth" in line and "prunefx depth prunefx:mobilenetv2_small --speedup 2" in line
+    assert "prunefx compress prunefx:mobilenetv2_small --speedup 2" in line
+    assert not (tmp_path / "never").exists()
+
+
+def test_allow_depth_meets_the_budget_by_merging_blocks(stand_in, capsys, tmp_path):
+    code, out, err = prune(capsys, "--speedup", 2, "--allow-depth", "-o", tmp_path / "out")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["route"]["taken"] == "depth" and report["route"]["width"]["speedup"] < 2
+    assert report["budget"]["met"] and report["budget"]["blocks"]
+    # the oracle, on what was written: the delivered model runs 2x faster on the stand-in runtime
+    dense = capture(build_model("prunefx:mobilenetv2_small").module.eval(), torch.randn(2, 1, 28, 28))
+    assert stand_in_ms(dense) / stand_in_ms(Program.load(tmp_path / "out" / "model.pt2")) >= 2
+    assert "taking the depth route" in out and "budget a 2x speed-up met" in out
+
+
+def test_a_budget_neither_dimension_reaches_gives_both_best_in_one_line(stand_in, capsys, tmp_path):
+    code, out, err = prune(capsys, "--speedup", 8, "--allow-depth", "-o", tmp_path / "never")
+    assert code == EXIT_USER_ERROR and len(err) == 1, err
+    assert "cannot reach a 8x speed-up: width's best was 1." in err[0] and "depth's best 3." in err[0]
+    assert "prunefx compress" in err[0] and not (tmp_path / "never").exists()
+
+
+def test_allow_depth_without_data_or_budget_is_refused_before_loading(capsys, tmp_path):
+    code = main(["prune", "no-such:model", "--speedup", "2", "--allow-depth", "-o", str(tmp_path / "never")])
+    assert code == EXIT_USER_ERROR and "--allow-depth needs --calibrate DATA" in capsys.readouterr().err
+    code = main(["prune", "no-such:model", "--macs", "0.5", "--allow-depth", "-o", str(tmp_path / "never")])
+    assert code == EXIT_USER_ERROR and "--allow-depth applies to a budget" in capsys.readouterr().err
