@@ -31,6 +31,7 @@ from prunefx.data import (
     load_data,
     scene_spec,
 )
+from prunefx.data_formats import dense_format, format_data
 from prunefx.graph.errors import PrunefxError
 from prunefx.image_files import image_files, read_image
 
@@ -108,6 +109,9 @@ def calibration_data(data: str, example: torch.Tensor, images: int = 256, *, see
         loader = load_data(IMAGENET_SAMPLE, batch, image_size=int(example.shape[2])).test
         return _from_loader(loader, count, f"{IMAGENET_SAMPLE} (the 20 offline ImageNet images)")
     folder = Path(text).expanduser()
+    layout = dense_format(folder)
+    if layout is not None:  # COCO, YOLO or mask folders: their training images at the model's input size
+        return _format_calibration(folder, layout, example, count, seed)
     if not folder.is_dir():
         raise PrunefxError(f"unknown calibration data {text!r}: use {FASHION_MNIST!r}, {IMAGENET_SAMPLE!r}, "
                            "fashion-mnist-seg[:SIZE], fashion-mnist-det[:SIZE] or a folder of images (an ImageFolder layout with train/<class>/, or images directly in it)")
@@ -118,6 +122,15 @@ def calibration_data(data: str, example: torch.Tensor, images: int = 256, *, see
         return _from_loader(loader, count, f"{folder / 'train'} (ImageFolder, shuffled)")
     batches = image_batches(folder, example, limit=count * batch)
     return Calibration(batches, f"{sum(len(b[0]) for b in batches)} images from {folder}")
+
+
+def _format_calibration(folder: Path, layout: str, example: torch.Tensor, count: int, seed: int) -> Calibration:
+    batch, channels, height, width = (int(v) for v in example.shape)
+    if channels not in (1, 3):
+        raise PrunefxError(f"{folder} gives gray or RGB images, but the model takes {_shape(example.shape[1:])}")
+    loader = format_data(folder, batch, data_format=layout, image_size=(height, width), channels=channels,
+                         seed=seed).train
+    return _from_loader(loader, count, f"{folder} ({layout} training images, shuffled)")
 
 
 def _scene_calibration(text: str, size: int, example: torch.Tensor, count: int) -> Calibration:

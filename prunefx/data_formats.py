@@ -37,19 +37,24 @@ def default_workers() -> int:
 
 def detect_format(path: Path) -> str:
     """The layout of the data at `path` (see the module docstring)."""
-    if yaml_file(path) is not None:
-        return YOLO
     if not path.exists():
         raise PrunefxError(f"data {path} does not exist")
-    if is_coco(path):
-        return COCO
-    if is_mask_folder(path):
-        return MASKS
+    if dense_format(path) is not None:
+        return dense_format(path)
     if (path / "train").is_dir():
         return IMAGEFOLDER
     raise PrunefxError(f"cannot tell the layout of {path}: expected an ImageFolder (train/<class>/), COCO "
                        f"(annotations/instances_*.json), YOLO (data.yaml) or masks (images/train/ + masks/train/); "
                        f"name it with --data-format")
+
+
+def dense_format(path: Path) -> str | None:
+    """COCO, YOLO or masks if `path` holds that layout, else None (nothing raised)."""
+    if yaml_file(path) is not None:
+        return YOLO
+    if is_coco(path):
+        return COCO
+    return MASKS if is_mask_folder(path) else None
 
 
 def _size(image_size: int | tuple[int, int] | None, train: SplitFiles) -> tuple[int, int]:

@@ -154,3 +154,17 @@ def test_bad_data_is_one_line_exit_2_and_nothing_written(case, written, tmp_path
     assert not out.exists()
     with pytest.raises(PrunefxError, match=named.replace(".", r"\.")):
         load_data(root, BATCH, num_workers=0)
+
+
+@pytest.mark.parametrize("fmt", ["masks", "yolo", "coco"])
+def test_calibration_reads_the_training_images_at_the_models_input_size(written, scenes, fmt):
+    from prunefx.calibration import calibration_data
+
+    calibration = calibration_data(str(written[fmt]), torch.zeros(2, 1, SIZE, SIZE), images=4)
+    assert [tuple(batch[0].shape) for batch in calibration.batches] == [(2, 1, SIZE, SIZE)] * 2
+    assert calibration.description == f"4 images from {written[fmt]} ({fmt} training images, shuffled)"
+    gray_mean, gray_std = np.mean(IMAGENET_MEAN), np.mean(IMAGENET_STD)
+    canvases = {tuple(((image[0].float() / 255 - gray_mean) / gray_std).flatten().tolist())
+                for image in scenes["train"].images}
+    for batch in calibration.batches:  # every calibration image is one of the training canvases
+        assert all(tuple(image[0].flatten().tolist()) in canvases for image in batch[0])
