@@ -23,9 +23,10 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from prunefx.graph import Program, capture
+from prunefx.graph.attributes import delete_unused_tensors
 from prunefx.graph.errors import PrunefxError, first_line
 from prunefx.graph.scoped_calls import first_difference, literal_changes
-from prunefx.module_resizers import ResizeError, resizer_for
+from prunefx.module_resizers import ResizeError, resize_attributes, resizer_for
 
 TOLERANCE = 1e-5  # relative to the largest output magnitude
 
@@ -50,9 +51,12 @@ def to_module(program: Program, model: nn.Module, *, config: bool = True) -> nn.
         dense = capture(copy.deepcopy(module), inputs, name=name)
     except PrunefxError as error:
         raise WriteBackError(f"cannot write {name} back: the dense model does not capture ({error})") from error
+    dense.module.graph.eliminate_dead_code()
+    delete_unused_tensors(dense.module)
+    _check_nothing_dropped(program, dense, name)
     _copy_tensors(program, module, name)
-    _resize_modules(module, literal_changes(dense.module, program.module), name)
-    _verify(program, module, name)
+    hint = _resize_modules(module, literal_changes(dense.module, program.module), name)
+    _verify(program, module, name, hint)
     if config:
         from prunefx.hf_config import update_config  # only for models that carry a Hugging Face config
         update_config(module, name)
@@ -79,6 +83,16 @@ def _program_tensors(program: Program) -> dict[str, torch.Tensor]:
         if isinstance(value, torch.Tensor):
             tensors[target] = value
     return tensors
+
+
+def _check_nothing_dropped(program: Program, dense: Program, name: str) -> None:
+    """Every tensor the model's forward reads must still be in the Program: a pass that merged one into
+    another (fold_batchnorm, merge_blocks) leaves the model's layer computing on a tensor the Program lost."""
+    dropped = sorted(_program_tensors(dense).keys() - _program_tensors(program).keys())
+    if dropped:
+        raise WriteBackError(f"cannot write {name} back: the program no longer has '{dropped[0]}', which the "
+                             f"model's forward reads ({len(dropped)} such tensors; a pass that merges layers ran, "
+                             "e.g. fold_batchnorm or merge_blocks: write back before it)")
 
 
 def _copy_tensors(program: Program, module: nn.Module, name: str) -> None:
@@ -108,15 +122,43 @@ def _put(owner: nn.Module, attribute: str, old: torch.Tensor, value: torch.Tenso
         setattr(owner, attribute, value)
 
 
-def _resize_modules(module: nn.Module, changes, name: str) -> None:
+def _resize_modules(module: nn.Module, changes, name: str) -> str:
+    """Run every module's resizer; returns, in words, the first rewritten size that the default resizer found
+    no attribute for ('' when none): the likely reason should the verification fail."""
     by_scope: dict[str, list[tuple[int, int]]] = {}
     for change in changes:
         by_scope.setdefault(change.scope, []).extend(change.pairs)
+    unmatched = [change for change in changes if _unmatched(module, change)]
     for path, submodule in module.named_modules():
         try:
             resizer_for(submodule)(submodule, by_scope.get(path, []))
         except ResizeError as error:
             raise WriteBackError(f"cannot write {name} back: module '{path or '(model)'}': {error}") from error
+    if not unmatched:
+        return ""
+    change = unmatched[0]
+    sizes = ", ".join(f"{old} -> {new}" for old, new in change.pairs)
+    return (f"; the program rewrote {change.operator} in module '{change.scope or '(model)'}' ({sizes}) and no "
+            "attribute of that module holds the size (written in its forward, or computed: "
+            "prunefx.register_module_resizer sets it)")
+
+
+def _unmatched(module: nn.Module, change) -> bool:
+    """True when `change` is in a module left to the default resizer and no integer attribute of that module
+    has one of the changed sizes as its value."""
+    try:
+        owner = module.get_submodule(change.scope)
+    except AttributeError:
+        return True
+    if resizer_for(owner) is not resize_attributes:
+        return False
+    values = set()
+    for value in vars(owner).values():
+        if type(value) is int:
+            values.add(value)
+        elif isinstance(value, (list, tuple)):
+            values.update(v for v in value if type(v) is int)
+    return not any(old in values for old, _ in change.pairs)
 
 
 def _leaves(outputs) -> list[torch.Tensor]:
@@ -129,27 +171,27 @@ def _second_input(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
                  else x for x in inputs)
 
 
-def _verify(program: Program, module: nn.Module, name: str) -> None:
+def _verify(program: Program, module: nn.Module, name: str, hint: str) -> None:
     """Same outputs as the Program on two inputs, and a capture with the Program's widths (module docstring)."""
     for inputs in (program.example_inputs, _second_input(program.example_inputs)):
         with torch.no_grad(), program.evaluating():
             expected = _leaves(program(*inputs))
-        actual = _run(module, inputs, name)
+        actual = _run(module, inputs, name, hint)
         error = _relative_error(expected, actual)
         if error is None or error > TOLERANCE:
             differs = "returns other outputs" if error is None else f"differs by {error:.2g} relative"
             raise WriteBackError(f"cannot write {name} back: the module {differs} from the pruned program"
-                                 f"{_where(program, module, name)}")
+                                 f"{_where(program, module, name) or hint}")
     _check_widths(program, module, name)
 
 
-def _run(module: nn.Module, inputs, name: str) -> list[torch.Tensor]:
+def _run(module: nn.Module, inputs, name: str, hint: str) -> list[torch.Tensor]:
     try:
         with torch.no_grad():
             return _leaves(module(*inputs))
     except Exception as error:  # the user's forward may raise anything; name the module that did
         raise WriteBackError(f"cannot write {name} back: {_failing_module(error, module)}"
-                             f"{first_line(error)}") from error
+                             f"{first_line(error)}{hint}") from error
 
 
 def _failing_module(error: Exception, module: nn.Module) -> str:

@@ -1,0 +1,218 @@
+"""to_module: the pruned Program written back into a copy of the user's module, on every model of
+tests/test_channel_removal.py and every structural case of tests/test_structural_cases.py pruned to 0.5 of
+the MACs. The checks here do not trust to_module's own verification: outputs are compared again on a third
+input, the module's classes and names against the original's, its tensors against the Program's, and every
+standard layer's size attributes against its own weights. A refusal is expected by name, with its reason."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.utils._pytree as pytree
+
+from prunefx.graph import capture
+from prunefx.graph.errors import PrunefxError
+from prunefx.models import build_model
+from prunefx.module_resizers import _RESIZERS
+from prunefx.passes.fold_batchnorm import fold_batchnorm
+from prunefx.passes.remove_channels import remove_channels
+from prunefx.write_back import to_module
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _test_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"_write_back_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+removal = _test_module("test_channel_removal")
+cases = _test_module("test_structural_cases")
+
+# Refused, and why: the model's own code spells a width that pruning changed as a number in its forward
+# (or computes one from the residual width), so no attribute can carry the new width.
+CASE_REFUSALS = {
+    "concat_split": "split_with_sizes",          # split([4, 12]) written in forward
+    "reshape_view_flatten": "module 'mix'",      # view(b, 8, -1) written in forward
+    "split": "module 'q'",                       # split(4) written in forward
+    "rotary_fused_qkv": "(RotaryAttention)",     # reshape(b, n, c) with c the input width
+}
+MODEL_REFUSALS: dict[str, str] = {}
+# Main lane: the Fashion-MNIST models and resnet18; the rest of the zoo runs in its own lane.
+MAIN_MODELS = {"prunefx:resnet20", "prunefx:mobilenetv2_small", "prunefx:vit_tiny_fmnist", "torchvision:resnet18"}
+
+
+def model_case(reference: str):
+    """(model, inputs) as tests/test_channel_removal.py builds them, zero-initialised heads randomised (a
+    zero output would make any comparison vacuous)."""
+    torch.manual_seed(0)
+    size = removal.IMAGE_SIZES.get(reference, 64)
+    inputs = (torch.randn(1, removal.IN_CHANNELS.get(reference, 3), size, size),)
+    model = build_model(reference, image_size=size).module.eval()
+    if reference in removal.DEPTHS:
+        model.blocks = model.blocks[:removal.DEPTHS[reference]]
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.is_floating_point() and not parameter.any():
+                parameter.normal_(std=0.02)
+    return model, inputs
+
+
+def structural_case(name: str):
+    factory, make_inputs = cases.EXACT_CASES[name][:2] if name in cases.EXACT_CASES else cases.BLOCKED_CASES[name]
+    torch.manual_seed(0)
+    inputs = make_inputs()
+    return factory().eval(), inputs if isinstance(inputs, tuple) else (inputs,)
+
+
+def third_input_error(program, module, inputs) -> float:
+    """The largest output difference on a third random input, relative to the largest output magnitude."""
+    generator = torch.Generator().manual_seed(2)
+    other = tuple(torch.randn(x.shape, generator=generator) if x.is_floating_point() else x for x in inputs)
+    with torch.no_grad():
+        expected = [t for t in pytree.tree_leaves(program(*other)) if isinstance(t, torch.Tensor)]
+        actual = [t for t in pytree.tree_leaves(module(*other)) if isinstance(t, torch.Tensor)]
+    assert [t.shape for t in expected] == [t.shape for t in actual]
+    scale = max(t.abs().max().item() for t in expected)
+    assert scale > 0, "a zero output would make the check vacuous"
+    return max((e - a).abs().max().item() for e, a in zip(expected, actual)) / scale
+
+
+def _check_written_back(model, program, module, inputs) -> None:
+    assert third_input_error(program, module, inputs) <= 1e-5
+    assert [(n, type(m)) for n, m in module.named_modules()] == [(n, type(m)) for n, m in model.named_modules()]
+    mine = dict(module.state_dict())
+    for name, tensor in program.state_dict().items():
+        assert mine[name].shape == tensor.shape and torch.equal(mine[name], tensor), name
+    for name, layer in module.named_modules():  # the size attributes agree with the layer's own weights
+        if isinstance(layer, nn.Linear):
+            assert (layer.out_features, layer.in_features) == tuple(layer.weight.shape), name
+        elif isinstance(layer, nn.Conv2d) and not layer.transposed:
+            assert layer.out_channels == layer.weight.shape[0], name
+            assert layer.in_channels == layer.weight.shape[1] * layer.groups, name
+        elif isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.running_mean is not None:
+            assert layer.num_features == layer.running_mean.shape[0], name
+
+
+def _prune_and_write_back(model, inputs, *, round_to: int, refusals: dict, name: str):
+    program = capture(model, inputs, name=name).eval()
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        remove_channels(program, config={"macs": 0.5, "round_to": round_to, "strict": False})
+    except PrunefxError as error:  # the blocked structural cases have nothing to prune
+        assert "blocked by" in str(error)
+        return
+    if name in refusals:
+        with pytest.raises(PrunefxError) as refused:
+            to_module(program, model)
+        message = str(refused.value)
+        assert refusals[name] in message and "\n" not in message and name in message
+        return
+    module = to_module(program, model)
+    _check_written_back(model, program, module, inputs)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in dense.items())  # the user's model is untouched
+
+
+# Main lane: a success and a refusal of each kind; every other case runs in the zoo lane.
+MAIN_CASES = {"concat", "split", "transposed_conv", "shared_weights", "multiple_inputs_outputs", "lstm",
+              "rotary_fused_qkv", "custom_operator"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=() if c in MAIN_CASES else pytest.mark.zoo)
+                                  for c in sorted(cases.EXACT_CASES) + sorted(cases.BLOCKED_CASES)])
+def test_structural_case_is_written_back_or_refused_by_name(case):
+    _prune_and_write_back(*structural_case(case), round_to=1, refusals=CASE_REFUSALS, name=case)
+
+
+def _model_marks(reference: str):
+    if reference in MAIN_MODELS:
+        return pytest.mark.slow
+    return pytest.mark.zoo
+
+
+@pytest.mark.parametrize("reference", [pytest.param(r, marks=_model_marks(r)) for r in removal.MODELS])
+def test_model_is_written_back_or_refused_by_name(reference):
+    _prune_and_write_back(*model_case(reference), round_to=8, refusals=MODEL_REFUSALS, name=reference)
+
+
+class HalfWidth(nn.Module):
+    """Its forward reads half its width from an attribute: a literal the generic matching cannot map (the
+    rewritten size is twice the attribute)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Linear(8, 4)
+        self.half = 4
+
+    def forward(self, x):
+        y = torch.relu(self.a(x)).reshape(x.shape[0], 2 * self.half, -1).mean(-1)
+        return self.b(y)
+
+
+def test_a_registered_resizer_sets_what_matching_cannot(monkeypatch):
+    torch.manual_seed(0)
+    model, x = HalfWidth().eval(), torch.randn(2, 3, 4, 4)
+    program = capture(model, x, name="HalfWidth").eval()
+    remove_channels(program, config={"macs": 0.5, "round_to": 2, "strict": False})
+    with pytest.raises(PrunefxError, match=r"HalfWidth back: .*aten.reshape.default in module '\(model\)'") as refused:
+        to_module(program, model)
+    assert "\n" not in str(refused.value)
+
+    def resize(module, changes):
+        module.half = module.a.weight.shape[0] // 2
+
+    monkeypatch.setitem(_RESIZERS, HalfWidth, resize)
+    module = to_module(program, model)
+    assert module.half == program.state_dict()["a.weight"].shape[0] // 2 < 4
+    _check_written_back(model, program, module, (x,))
+
+
+class TinyAttention(nn.Module):
+    """Heads and head dims read from attributes, attention computed with an explicit scale."""
+
+    def __init__(self, dim: int = 16, heads: int = 4):
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        attention = ((q * self.scale) @ k.transpose(-2, -1)).softmax(-1)
+        return x + self.proj((attention @ v).transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+
+
+def test_attributes_that_fed_rewritten_literals_are_updated():
+    torch.manual_seed(0)
+    model, x = TinyAttention().eval(), torch.randn(2, 5, 16)
+    program = capture(model, x, name="TinyAttention").eval()
+    remove_channels(program, config={"macs": 0.6, "round_to": 1, "strict": False})
+    module = to_module(program, model)
+    inner = program.state_dict()["proj.weight"].shape[1]
+    assert inner < 16 and module.num_heads * module.head_dim == inner
+    assert module.scale == model.scale
+    _check_written_back(model, program, module, (x,))
+
+
+def test_a_program_with_tensors_the_model_lacks_is_refused():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    model[1].running_var.uniform_(0.5, 2.0)  # a batch norm that is no identity once folded
+    program = capture(model, torch.randn(1, 3, 8, 8), name="convbn").eval()
+    program = fold_batchnorm(program, config={}).program
+    with pytest.raises(PrunefxError, match="fold_batchnorm"):
+        to_module(program, model)
+
+
+def test_the_module_comes_back_in_the_model_s_training_mode():
+    model, inputs = structural_case("concat")
+    program = capture(model, inputs, name="concat").eval()
+    remove_channels(program, config={"macs": 0.5, "round_to": 1, "strict": False})
+    assert not to_module(program, model).training
+    assert to_module(program, model.train()).training and model.training
