@@ -21,7 +21,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from prunefx.graph.errors import PrunefxError
+from prunefx.graph.regular_files import require_regular_file
 from prunefx.runtime.errors import OnnxSessionError, first_line
+from prunefx.runtime.onnx_bounds import check_value_sizes
+from prunefx.runtime.run_interrupts import interruptible_run
 
 DEFAULT_THREADS = 1
 # Latency measurements (prunefx prune/depth/compress/bench and merge_blocks' timing): two threads, the
@@ -68,15 +72,21 @@ class OnnxRuntimeSession:
 
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
-            return self.session.run(self.output_names, feed)
+            with interruptible_run() as options:  # ends on SIGINT/SIGTERM (runtime/run_interrupts.py)
+                return self.session.run(self.output_names, feed, options)
         except Exception as error:  # pybind errors (wrong dtype, kernel failures) have no common base
             raise OnnxSessionError(f"ONNX Runtime failed to run {self.path.name}: "
                                    f"{first_line(error)}") from error
 
 
 def _load(path: Path, threads: int, spinning: bool) -> ort.InferenceSession:
-    if not path.is_file():
+    if not path.exists():
         raise OnnxSessionError(f"no such ONNX file: {path}")
+    try:
+        require_regular_file(path, "ONNX file")
+    except PrunefxError as error:
+        raise OnnxSessionError(str(error)) from None
+    check_value_sizes(path)
     options = ort.SessionOptions()
     options.log_severity_level = _LOG_SEVERITY_ERROR
     options.intra_op_num_threads = threads
