@@ -109,8 +109,8 @@ def add_measurement(parser, *, runs: int, what: str = "the latency") -> None:
 def add_calibration(parser, *, reads: str) -> None:
     """`--calibrate DATA` (the one calibration flag, in every command) and how many images it reads."""
     parser.add_argument("--calibrate", metavar="DATA",
-                        help=f"calibration data: fashion-mnist, imagenet-sample or a folder (ImageFolder with train/, "
-                             f"or images directly in it); {reads}")
+                        help=f"calibration data: fashion-mnist, imagenet-sample, a data set on disk (ImageFolder with "
+                             f"train/, COCO, YOLO data.yaml, image + mask folders) or a folder of images; {reads}")
     parser.add_argument("--calibration-images", type=options.count, default=256,
                         help="images read from --calibrate, in batches of the captured batch size (default 256)")
 
