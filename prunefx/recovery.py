@@ -20,7 +20,9 @@ prunefx's own Trainer (passes/training.py) runs both for `prunefx compress`. A u
   importance from the whole loss, global ranking, floors against the dense widths) stepped by the caller.
   The model trained is the pruned graph (`session.module`, a GraphModule): its batch norms switch mode
   through `session.train()` / `session.eval()`, not through `module.train()`, and it runs at the
-  example's batch size only.
+  example's batch size only. With `write_back=lambda program: prunefx.to_module(program, model)` it is
+  the caller's own module instead, written back (and proven) at the start and after every cut; the
+  Fisher scores then read its gradients, and its weights go into the graph before each cut.
 
 The optimizer after a cut. Channel removal gives every sliced tensor a new Parameter. Rebuilding the
 optimizer (what the Trainer does) restarts momentum; here the caller's optimizer is kept: its parameter
@@ -92,7 +94,8 @@ class PruneWhileTraining:
 
     def __init__(self, model: Program | torch.nn.Module, example_inputs=None, *, macs: float | None = None,
                  params: float | None = None, events: int = 5, interval: int = 50, ranking: str = "global",
-                 round_to: int = 8, max_ratio: float = 0.8, keep: tuple[str, ...] = ()):
+                 round_to: int = 8, max_ratio: float = 0.8, keep: tuple[str, ...] = (),
+                 write_back: Callable[[Program], torch.nn.Module] | None = None):
         options = PruneWhileTrainingConfig.parse({
             "macs": macs, "params": params, "prune_events": events, "interval": interval, "ranking": ranking,
             "round_to": round_to, "max_ratio": max_ratio, "keep": list(keep),
@@ -106,11 +109,15 @@ class PruneWhileTraining:
                                f"not {type(model).__name__}")
         self.schedule = PruningSchedule(self.program, _target(options), options)
         self.step = 0
+        # With `write_back` (e.g. `lambda program: prunefx.to_module(program, model)`) the caller trains an
+        # eager module of their own classes, written back from the graph at the start and after every cut.
+        self.write_back = write_back
+        self.eager = None if write_back is None else self._written_back(self.program)
 
     @property
-    def module(self) -> torch.fx.GraphModule:
-        """The model to train now; a new object after every cut."""
-        return self.program.module
+    def module(self) -> torch.nn.Module:
+        """The model to train now (the graph, or the written-back module); a new object after every cut."""
+        return self.program.module if self.eager is None else self.eager
 
     @property
     def events(self) -> list[dict]:
@@ -123,6 +130,8 @@ class PruneWhileTraining:
 
     def train(self, mode: bool = True) -> PruneWhileTraining:
         self.program.train(mode)
+        if self.eager is not None:
+            self.eager.train(mode)
         return self
 
     def eval(self) -> PruneWhileTraining:
@@ -138,15 +147,29 @@ class PruneWhileTraining:
         self.step += 1
         if not self.schedule.due(self.step):
             return False
-        was_training, before = self.program.training, dict(self.program.module.named_parameters())
+        was_training, before = self.module.training, dict(self.module.named_parameters())
+        if self.eager is not None:
+            _copy_by_name(self.eager, self.program.module)  # the graph holds what the caller trained
         pruned, kept = cut_tracking_indices(
             self.program, lambda clone: self.schedule.cut(clone, self.step, train_loss=train_loss))
         pruned.train(was_training)
         self.program = pruned
-        self.schedule.restart_scores(pruned.module)
+        if self.eager is None:
+            self.schedule.restart_scores(pruned.module)
+        else:
+            self.eager = self._written_back(pruned).train(was_training)
         if optimizer is not None:
-            carry_optimizer(optimizer, before, dict(pruned.module.named_parameters()), kept)
+            carry_optimizer(optimizer, before, dict(self.module.named_parameters()), kept)
         return True
+
+    def _written_back(self, program: Program) -> torch.nn.Module:
+        module = self.write_back(program)
+        missing = {name for name, _ in program.module.named_parameters()} - dict(module.named_parameters()).keys()
+        if missing:
+            raise PrunefxError(f"the written-back module lacks the graph's parameter {sorted(missing)[0]}: "
+                               "write_back must return a module with the graph's parameter names")
+        self.schedule.restart_scores(program.module, gradients_from=module)
+        return module
 
     def statistics(self) -> dict:
         """The pass's statistics: target, achieved fraction, MACs and parameters before/after, events."""
@@ -180,6 +203,15 @@ def cut_tracking_indices(program: Program, cut: Callable[[Program], object]
         kept[name] = index.flatten()
         set_tensor(pruned.module, name, original.detach().flatten()[kept[name]].reshape(index.shape))
     return pruned, kept
+
+
+def _copy_by_name(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """Copy `source`'s parameters and buffers into `target`'s tensors of the same names."""
+    tensors = dict(_named_tensors(target))
+    with torch.no_grad():
+        for name, tensor in _named_tensors(source):
+            if name in tensors:
+                tensors[name].copy_(tensor)
 
 
 def _named_tensors(module: torch.nn.Module):

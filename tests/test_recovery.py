@@ -122,3 +122,31 @@ def test_bad_settings_are_one_line_errors(options, message):
 def test_a_teacher_that_is_no_model_is_refused():
     with pytest.raises(PrunefxError, match="teacher must be"):
         DistillationLoss("dense.pt")
+
+
+def test_session_trains_the_written_back_module_of_the_callers_class():
+    from prunefx.write_back import to_module
+    model = tiny_net()
+    inputs, labels = batch()
+    session = PruneWhileTraining(model, inputs, macs=0.5, events=1, interval=2, round_to=4,
+                                 write_back=lambda program: to_module(program, model))
+    session.train()
+    module = session.module
+    assert isinstance(module, nn.Sequential)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(3):
+        loss = F.cross_entropy(module(inputs), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        session.after_backward()
+        optimizer.step()
+        if session.maybe_cut(optimizer):
+            module = session.module
+            with torch.no_grad():  # the cut started from the weights the module had trained
+                session.eval()
+                assert torch.allclose(module(inputs), session.program(inputs), atol=1e-5)
+                session.train()
+    assert isinstance(module, nn.Sequential) and module[0].out_channels < 16
+    assert session.statistics()["target"]["met"]
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert held == {id(p) for p in module.parameters()}
