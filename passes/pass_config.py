@@ -108,6 +108,19 @@ def _matches(value, kind) -> bool:
     return isinstance(value, origin or kind)
 
 
+# No count, width, multiple or step a pass takes comes near 2**31; a recipe's `round_to` of 400 digits
+# would make every width computation a big-integer one (and bounds checks compare against it).
+MAX_CONFIG_INTEGER = 1 << 31
+
+
+def _check_integer_size(owner: str, name: str, value) -> None:
+    values = value if isinstance(value, (list, tuple, set, frozenset)) else (value,)
+    for item in values:
+        if isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_CONFIG_INTEGER:
+            raise ConfigError(f"{owner}: '{name}' is an integer of {item.bit_length()} bits, over the limit of "
+                              "2**31 (refused)")
+
+
 def check_bounds(owner: str, field: dataclasses.Field, value) -> None:
     """A number outside the field's declared bounds is a ConfigError (None always passes)."""
     bounds = field.metadata.get("bounds")
@@ -153,6 +166,7 @@ class PassConfig:
             if choices and isinstance(value, str) and value not in choices:
                 raise ConfigError(f"{cls.owner}: '{field.name}' must be one of {', '.join(choices)}, "
                                   f"not {_shown(value)}")
+            _check_integer_size(cls.owner, field.name, value)
             check_bounds(cls.owner, field, value)
         config = cls(**mapping)
         config.check()

@@ -20,10 +20,14 @@ from pathlib import Path
 import yaml
 
 from prunefx.graph.errors import PrunefxError, first_line, printable
+from prunefx.graph.regular_files import read_regular_file, require_regular_file
 from prunefx.passes.pipeline import Pipeline, Step
 from prunefx.passes.registry import get_pass
 
 MAX_RECIPE_BYTES = 1 << 20
+# Every step is verified in full after it runs: a recipe listing fold_batchnorm 40,000 times is hours of
+# verification, not a recipe. The longest shipped recipe has a handful of steps.
+MAX_RECIPE_STEPS = 100
 TOP_LEVEL_KEYS = ("name", "verify", "passes")
 
 
@@ -44,14 +48,27 @@ class _RecipeLoader(yaml.SafeLoader):
 
 def _step(entry, index: int) -> Step:
     if isinstance(entry, str):
-        return Step(get_pass(entry), {})
+        return Step(_named_pass(entry, index), {})
     if isinstance(entry, dict) and len(entry) == 1:
         (name, config), = entry.items()
         config = {} if config is None else config
         if not isinstance(config, dict):
-            raise RecipeError(f"step {index + 1} ('{name}'): its config must be a mapping, not {type(config).__name__}")
-        return Step(get_pass(name), config)
-    raise RecipeError(f"step {index + 1}: expected a pass name or a one-key mapping 'name: {{config}}', got {entry!r}")
+            raise RecipeError(f"step {index + 1} ('{printable(str(name))[:60]}'): its config must be a mapping, "
+                              f"not {type(config).__name__}")
+        return Step(_named_pass(name, index), config)
+    raise RecipeError(f"step {index + 1}: expected a pass name or a one-key mapping 'name: {{config}}', "
+                      f"got {printable(repr(entry))[:80]}")
+
+
+def _named_pass(name, index: int):
+    """The registered pass `name`; an unknown name is shown escaped (a recipe's text is never obeyed
+    by the terminal it is printed to)."""
+    if not isinstance(name, str):
+        raise RecipeError(f"step {index + 1}: a pass name must be text, not {type(name).__name__}")
+    try:
+        return get_pass(name)
+    except PrunefxError as error:
+        raise RecipeError(f"step {index + 1}: {printable(str(error))[:300]}") from None
 
 
 def pipeline_from_spec(spec: dict, *, progress: bool = False) -> Pipeline:
@@ -63,6 +80,8 @@ def pipeline_from_spec(spec: dict, *, progress: bool = False) -> Pipeline:
                           f"(a recipe has: {', '.join(TOP_LEVEL_KEYS)})")
     if "name" in spec and not isinstance(spec["name"], str):
         raise RecipeError("'name' must be text")
+    if len(spec["passes"]) > MAX_RECIPE_STEPS:
+        raise RecipeError(f"a recipe has {len(spec['passes'])} steps, over the limit of {MAX_RECIPE_STEPS}")
     steps = [_step(entry, index) for index, entry in enumerate(spec["passes"])]
     return Pipeline(steps, verify=spec.get("verify", "full"), progress=progress)
 
@@ -70,12 +89,18 @@ def pipeline_from_spec(spec: dict, *, progress: bool = False) -> Pipeline:
 def read_recipe(path: str | Path) -> dict:
     """The recipe file's mapping, as written (not yet checked: `pipeline_from_spec` does that)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise RecipeError(f"no such recipe file: {path}")
-    if path.stat().st_size > MAX_RECIPE_BYTES:
-        raise RecipeError(f"recipe {path} is over {MAX_RECIPE_BYTES >> 20} MiB; a recipe is a short YAML file")
     try:
-        return yaml.load(path.read_text(), Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+        if require_regular_file(path, "recipe").stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"recipe {path} is over {MAX_RECIPE_BYTES >> 20} MiB; a recipe is a short YAML file")
+        data = read_regular_file(path, "recipe", MAX_RECIPE_BYTES)
+    except RecipeError:
+        raise
+    except PrunefxError as error:
+        raise RecipeError(str(error)) from None
+    try:
+        return yaml.load(data.decode(), Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
     except UnicodeDecodeError as error:
         raise RecipeError(f"recipe {path} is not UTF-8 text") from error
     except (yaml.YAMLError, RecursionError) as error:

@@ -19,7 +19,13 @@ import threading
 import warnings
 
 from prunefx.graph.errors import PrunefxError, first_line, printable
-from prunefx.output import Terminated, clear_interrupt, raise_if_interrupted, record_interrupt
+from prunefx.output import (
+    Terminated,
+    check_outputs_spare_inputs,
+    clear_interrupt,
+    raise_if_interrupted,
+    record_interrupt,
+)
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
@@ -120,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.unraisablehook = lambda _: None
     try:
         with quiet, _logging_to_stderr(args):
+            check_outputs_spare_inputs(args)
             status = int(args.handler(args) or 0)
         raise_if_interrupted()  # an interrupt some library swallowed still ends the run as interrupted
         return status

@@ -103,7 +103,7 @@ def add_opset(parser) -> None:
 def add_measurement(parser, *, runs: int, what: str = "the latency") -> None:
     parser.add_argument("--threads", type=options.threads, default=LATENCY_THREADS,
                         help=f"ONNX Runtime threads for {what} (default {LATENCY_THREADS})")
-    parser.add_argument("--runs", type=options.count, default=runs, help=f"timed runs per model (default {runs})")
+    parser.add_argument("--runs", type=options.runs, default=runs, help=f"timed runs per model (default {runs})")
 
 
 def add_calibration(parser, *, reads: str) -> None:
@@ -111,7 +111,7 @@ def add_calibration(parser, *, reads: str) -> None:
     parser.add_argument("--calibrate", metavar="DATA",
                         help=f"calibration data: fashion-mnist, imagenet-sample, a data set on disk (ImageFolder with "
                              f"train/, COCO, YOLO data.yaml, image + mask folders) or a folder of images; {reads}")
-    parser.add_argument("--calibration-images", type=options.count, default=256,
+    parser.add_argument("--calibration-images", type=options.calibration_images, default=256,
                         help="images read from --calibrate, in batches of the captured batch size (default 256)")
 
 

@@ -37,6 +37,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from prunefx import small_models
 from prunefx.graph.errors import PrunefxError, first_line, printable
 from prunefx.graph.program_metadata import MAX_INPUT_ELEMENTS
+from prunefx.graph.regular_files import require_regular_file
 
 DEFAULT_IMAGE_SIZE = 224
 _SHAPE_EXAMPLE = "1x3x224x224"
@@ -207,9 +208,18 @@ _SOURCES = {"torchvision": _torchvision_model, "timm": _timm_model, "prunefx": _
             "ultralytics": _ultralytics_model}
 
 
+def _regular(path: Path, what: str, error: type[PrunefxError]) -> None:
+    """A FIFO, a device (/dev/zero) or a folder is said to be one, not "not found" (and never read)."""
+    try:
+        require_regular_file(path, what)
+    except PrunefxError as problem:
+        raise error(str(problem)) from None
+
+
 def _saved_program(path: Path) -> ModelSpec:
-    if not path.is_file():
+    if not path.exists():
         raise ModelReferenceError(f"saved program {path} not found")
+    _regular(path, "saved program", ModelReferenceError)
     return ModelSpec(None, path, path.stem, None)
 
 
@@ -236,8 +246,9 @@ def _import_file(path: Path):
 def _file_model(path: Path, factory: str, image_size: int | None) -> ModelSpec:
     if not factory.isidentifier():
         raise ModelReferenceError(f"{factory!r} after {path}: is not a Python function name")
-    if not path.is_file():
+    if not path.exists():
         raise ModelReferenceError(f"model file {path} not found")
+    _regular(path, "model file", ModelReferenceError)
     source = _import_file(path)
     build = getattr(source, factory, None)
     if not callable(build):
@@ -296,8 +307,9 @@ def check_input_shape(shape: tuple[int, ...], what: str) -> tuple[int, ...]:
 def load_weights(module: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     """Load a state dict file (raw, or under 'state_dict' / 'model') into `module`; return it."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise WeightsError(f"weights file {path} not found")
+    _regular(path, "weights file", WeightsError)
     try:
         # weights_only: a weights file must never run code on load.
         loaded = torch.load(path, map_location="cpu", weights_only=True)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.regular_files import require_regular_file
 from prunefx.passes.pipeline import Pipeline
 from prunefx.passes.recipe import RecipeError, pipeline_from_spec, read_recipe
 
@@ -35,8 +36,11 @@ def recipe_path(text: str) -> Path:
     if "/" not in text and os.sep not in text and shipped.is_file():
         return shipped
     path = Path(text).expanduser()
-    if path.is_file():
-        return path
+    if path.exists():  # a FIFO, a device or a folder is said to be one, not "no such file"
+        try:
+            return require_regular_file(path, "recipe")
+        except PrunefxError as error:
+            raise RecipeError(str(error)) from None
     raise RecipeError(f"unknown recipe {text!r}: no such file, and not a shipped recipe "
                       f"(shipped: {', '.join(shipped_recipes())})")
 

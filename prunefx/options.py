@@ -51,5 +51,13 @@ def number(low: float, high: float | None = None, *, low_open: bool = False,
 fraction = number(0.0, 1.0, low_open=True)  # a share of the dense model to keep: (0, 1]
 count = integer(1)  # runs, images, batches
 non_negative = integer(0)  # warm-up runs, held-out images
+# Repetitions a command line can ask for, bounded so that a typo (--runs 1000000000) is an error, not a
+# run of days: a latency median is stable after a few hundred runs, and calibration images are held in
+# memory (4096 at 224x224 are 2.4 GB of float32).
+MAX_RUNS = 100_000
+MAX_CALIBRATION_IMAGES = 4096
+runs = integer(1, MAX_RUNS)
+warmup_runs = integer(0, MAX_RUNS)
+calibration_images = integer(1, MAX_CALIBRATION_IMAGES)
 threads = integer(1, MAX_THREADS)
 opset = integer(MIN_OPSET, MAX_OPSET)

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from prunefx.graph.errors import PrunefxError
+from prunefx.graph.errors import PrunefxError, printable
 
 # Errors of the destination rather than of prunefx: reported in one line, never as internal errors.
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
@@ -57,6 +57,7 @@ def raise_if_interrupted() -> None:
 def check_output_folder(path: str | os.PathLike) -> Path:
     """`path` can become (or already is) a folder we can write into; checked before heavy work."""
     path = Path(path)
+    _check_length(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path} exists and is not a folder")
     _check_parent(path)
@@ -68,12 +69,53 @@ def check_output_folder(path: str | os.PathLike) -> Path:
 def check_output_file(path: str | os.PathLike) -> Path:
     """`path` can be written as a file (an existing file is replaced only on success)."""
     path = Path(path)
+    _check_length(path)
     if path.is_dir():
         raise OutputError(f"{path} is a folder; give the path of the file to write")
     if path.exists() and not path.is_file():
         raise OutputError(f"{path} exists and is not a regular file")
     _check_parent(path)
     return path
+
+
+# Linux's limits (NAME_MAX, PATH_MAX): longer names fail deep inside a write with "File name too long".
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4095
+# Arguments that name files a command reads: an output must never be one of them.
+_INPUT_ARGUMENTS = ("model", "weights", "vs", "recipe", "calibrate", "data")
+
+
+def check_outputs_spare_inputs(args) -> None:
+    """`-o` must not name a file the same command reads (`prunefx export X.pt2 -o X.pt2` would replace
+    its input with the ONNX file)."""
+    output = getattr(args, "output", None)
+    if not isinstance(output, str) or not output:
+        return
+    _check_length(Path(output))
+    for name in _INPUT_ARGUMENTS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value and _same_file(Path(output), Path(value)):
+            raise OutputError(f"-o {printable(output)} is also the {name} being read; writing it would replace "
+                              "the input: choose another output path")
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    try:
+        if first.exists() and second.exists():
+            return os.path.samefile(first, second)
+    except OSError:
+        return False
+    return os.path.realpath(first) == os.path.realpath(second)
+
+
+def _check_length(path: Path) -> None:
+    text = os.fsencode(path.absolute())
+    if len(text) > MAX_PATH_BYTES:
+        raise OutputError(f"the output path is {len(text)} bytes long, over the system's {MAX_PATH_BYTES}-byte limit")
+    for part in path.parts:
+        if len(os.fsencode(part)) > MAX_NAME_BYTES:
+            raise OutputError(f"the output path has a name of {len(os.fsencode(part))} bytes ('{printable(part)[:40]}...'), "
+                              f"over the system's {MAX_NAME_BYTES}-byte limit")
 
 
 def _check_parent(path: Path) -> None:

@@ -56,8 +56,8 @@ def add_arguments(parser) -> None:
                         help="ort: ONNX Runtime, CPU (default); torch: eager; trt: TensorRT engine from the ONNX file; "
                              "torch-trt: Torch-TensorRT; trtexec: the trtexec program (Jetson)")
     add_tensorrt_arguments(parser)
-    parser.add_argument("--runs", type=options.count, default=100, help="timed runs per model (default 100)")
-    parser.add_argument("--warmup", type=options.non_negative, default=10, help="untimed warm-up runs per model (default 10)")
+    parser.add_argument("--runs", type=options.runs, default=100, help="timed runs per model (default 100)")
+    parser.add_argument("--warmup", type=options.warmup_runs, default=10, help="untimed warm-up runs per model (default 10)")
     parser.add_argument("--threads", type=options.threads, default=2, help="intra-op threads for ort and torch (default 2)")
     parser.add_argument("--no-spinning", action="store_true",
                         help="ort: worker threads sleep between operators instead of spinning (ONNX Runtime's "
