@@ -117,8 +117,7 @@ class Pipeline:
         if verify not in VERIFY_LEVELS:
             raise PrunefxError(f"verify must be one of {VERIFY_LEVELS}, not '{verify}'")
         # A step is a Step, a pass, or a (pass, config) pair.
-        self.steps = tuple(step if isinstance(step, Step) else Step(*step) if isinstance(step, tuple) else Step(step)
-                           for step in steps)
+        self.steps = tuple(_as_step(step, index) for index, step in enumerate(steps))
         self._check_configs()
         self.verify = verify
         self.progress = progress
@@ -228,3 +227,13 @@ def run_inner(function: Pass, program: Program, config: dict[str, Any] | None = 
     level = _ENCLOSING_LEVEL.get() or BARE_INNER_LEVEL
     pipeline = Pipeline([(function, dict(config or {}))], verify=level, inner=True)
     return pipeline.run(program, on_copy=on_copy).steps[0][1]
+
+
+def _as_step(step, index: int) -> Step:
+    if isinstance(step, Step):
+        return step
+    if isinstance(step, tuple):
+        if len(step) != 2:
+            raise PrunefxError(f"step {index + 1}: a (pass, config) pair has 2 items, this one {len(step)}")
+        return Step(*step)
+    return Step(step)
