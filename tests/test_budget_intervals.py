@@ -101,3 +101,21 @@ def test_the_width_multiple_comes_from_the_backend():
     assert backend_multiple("trt", "fp16") == 8 and backend_multiple("trtexec", "int8") == 32
     with pytest.raises(MeasurementError, match="no width multiple"):
         backend_multiple("tvm")
+
+
+def test_bench_vs_and_the_search_lines_print_the_interval():
+    from prunefx.budget_text import search_lines
+    from prunefx.commands.bench import _table
+
+    stats = {"median_ms": 2.0, "p90_ms": 2.2, "p99_ms": 2.5}
+    report = {"model": "dense.onnx", "vs": "model.onnx", "a": stats, "b": stats, "speedup": 2.04,
+              "speedup_low": 1.98, "speedup_high": 2.11, "confidence": 0.9, "backend": "ort", "threads": 2,
+              "runs": 100, "spinning": True}
+    assert "2.04x (measured alternately in one process; 90 % interval 1.98-2.11)" in _table(report)
+    interval = {"low": 2.02, "high": 2.2, "confidence": 0.9, "method": "block bootstrap"}
+    row = {"macs_kept": 0.45, "speedup": 2.1, "ms": 1.0, "dense_ms": 2.1, "spread": 0.03, "interval": interval,
+           "first": {"speedup": 2.0}}
+    lines = search_lines({"trace": [row], "budget": "a 2x speed-up", "speedup": 2.1, "ms": 1.0, "dense_ms": 2.1,
+                          "interval": interval})
+    assert "confirmed 90 % interval 2.02-2.20, first measured 2.00x" in lines[0]
+    assert "(1.00 ms vs 2.10 ms dense, 90 % interval 2.02-2.20)" in lines[1]
