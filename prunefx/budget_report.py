@@ -34,15 +34,21 @@ def _setting(row: Mapping) -> str:
     return ", ".join(parts) or "-"
 
 
+def _interval(row: Mapping) -> str:
+    """' [1.98, 2.11]': the confirmation's interval, when it has one (budget_search.Measured.to_dict)."""
+    interval = row.get("interval") or {}
+    return f" [{interval['low']:.2f}, {interval['high']:.2f}]" if interval.get("method") not in (None, "point") else ""
+
+
 def budget_markdown(stats: Mapping, chart: str | None = BUDGET_CHART_FILE) -> str:
     lines = [f"## Budget: {stats['budget']}", "",
              f"Chosen: **{' + '.join(stats['chosen'])}**, {stats['speedup']:.2f}x measured ({stats['ms']:.2f} ms "
              f"vs {stats['dense_ms']:.2f} ms dense), the least one-shot damage (KL of the outputs from the dense "
              "model's on the calibration batches) among the combinations that met the budget.", "",
-             "| combination | setting | met | measured speed-up | ms | MACs kept | KL damage | note |",
+             "| combination | setting | met | measured speed-up [90 % interval] | ms | MACs kept | KL damage | note |",
              "|---|---|---|---|---|---|---|---|"]
     for row in stats["candidates"]:
-        speedup = f"{row['speedup']:.2f}x" if row.get("speedup") is not None else "n/a"
+        speedup = f"{row['speedup']:.2f}x{_interval(row)}" if row.get("speedup") is not None else "n/a"
         ms = f"{row['ms']:.2f}" if row.get("ms") is not None else "n/a"
         macs = f"{row['macs_kept']:.3f}" if row.get("macs_kept") is not None else "n/a"
         proxy = f"{row['proxy']:.4f}" if row.get("proxy") is not None else "n/a"
