@@ -34,6 +34,7 @@ from prunefx.data import (
 from prunefx.data_formats import dense_format, format_data
 from prunefx.graph.errors import PrunefxError
 from prunefx.image_files import image_files, read_image
+from prunefx.options import MAX_CALIBRATION_IMAGES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -85,8 +86,9 @@ class Calibration:
 def calibration_data(data: str, example: torch.Tensor, images: int = 256, *, seed: int = 0) -> Calibration:
     """About `images` calibration images from `data` (see the module docstring), in batches of the
     example's shape: images // batch size batches, at least one."""
-    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
-        raise PrunefxError(f"the number of calibration images must be a positive integer, not {images!r}")
+    if isinstance(images, bool) or not isinstance(images, int) or not 1 <= images <= MAX_CALIBRATION_IMAGES:
+        raise PrunefxError(f"the number of calibration images must be an integer from 1 to "
+                           f"{MAX_CALIBRATION_IMAGES} (they are held in memory), not {images!r}")
     if example.dim() != 4:
         raise PrunefxError(f"calibration data needs an image input (N x C x H x W), the model takes "
                            f"{_shape(example.shape)}")
