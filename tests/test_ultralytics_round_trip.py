@@ -1,0 +1,71 @@
+"""A pruned YOLO through Ultralytics' own train, val and export (examples/ultralytics_prune_train.py).
+
+Slow: Ultralytics trains one epoch on a tiny YOLO-format data set written here from Fashion-MNIST scenes.
+Nothing is downloaded: YOLO_OFFLINE, no plots (fonts), no AMP check (CPU), no ONNX simplifier."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from prunefx.fashion_mnist import load_fashion_mnist
+from prunefx.fashion_mnist_scenes import CLASSES, SceneConfig, box_list, make_scenes
+
+pytest.importorskip("ultralytics")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_yolo_data(folder: Path, *, size: int = 64, train: int = 32, val: int = 16) -> Path:
+    """Fashion-MNIST scenes as a YOLO data set: PNG images, one `class cx cy w h` line per item (0-1)."""
+    images, labels = load_fashion_mnist("test")
+    config = SceneConfig(size=size, max_items=3)
+    for split, count in (("train", train), ("val", val)):
+        scenes = make_scenes(images, labels, count, split=split, config=config)
+        (folder / "images" / split).mkdir(parents=True)
+        (folder / "labels" / split).mkdir(parents=True)
+        for index in range(count):
+            Image.fromarray(scenes.images[index, 0].numpy()).convert("RGB").save(
+                folder / "images" / split / f"{index}.png")
+            boxes, classes = box_list(scenes.boxes[index])
+            lines = [f"{c} {(b[0] + b[2]) / 2 / size:.6f} {(b[1] + b[3]) / 2 / size:.6f} "
+                     f"{(b[2] - b[0]) / size:.6f} {(b[3] - b[1]) / size:.6f}" for b, c in zip(boxes.tolist(),
+                                                                                        classes.tolist())]
+            (folder / "labels" / split / f"{index}.txt").write_text("\n".join(lines) + "\n")
+    data = folder / "data.yaml"
+    names = {i: name for i, name in enumerate(CLASSES[1:])}
+    data.write_text(json.dumps({"path": str(folder), "train": "images/train", "val": "images/val", "names": names}))
+    return data
+
+
+def offline_environment(tmp_path: Path) -> dict:
+    env = dict(os.environ, YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(tmp_path / "yolo_settings"),
+               OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return env
+
+
+# Minutes each (captures of a YOLO, Ultralytics' training): the zoo lane, not `make test`'s 20 minutes.
+@pytest.mark.slow
+@pytest.mark.zoo
+@pytest.mark.parametrize("model, cpd", [("yolov8n.yaml", []), ("yolo11n.yaml", []), ("yolov8n.yaml", ["--cpd", "1"])])
+def test_pruned_yolo_trains_validates_and_exports(tmp_path, model, cpd):
+    data = write_yolo_data(tmp_path / "data")
+    output = tmp_path / "out"
+    run = subprocess.run([sys.executable, "examples/ultralytics_prune_train.py", f"ultralytics:{model}",
+                          "--data", str(data), "--macs", "0.5", "--epochs", "1", "--imgsz", "64", "--batch", "8",
+                          *cpd, "-o", str(output)], cwd=REPO, env=offline_environment(tmp_path),
+                         capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["widths_kept_by_training"]
+    assert metrics["macs_kept"] == pytest.approx(0.5, rel=0.03)
+    assert 0.0 <= metrics["map50_95"] <= metrics["map50"] <= 1.0
+    assert metrics["onnx_relative_difference"] < 1e-4
+    assert (output / "weights.pt").is_file() and (output / "model.onnx").is_file()
+    if cpd:  # two cuts while Ultralytics trained
+        assert [cut["step"] for cut in metrics["cpd_cuts"]] == [1, 2]
