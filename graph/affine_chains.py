@@ -22,7 +22,7 @@ import torch
 from torch.fx.node import map_aggregate
 
 from prunefx.graph.affine_merge import ChannelAffine, Conv, Linear, batch_norm_affine
-from prunefx.graph.attributes import get_tensor
+from prunefx.graph.attributes import attribute_name, get_tensor
 
 aten = torch.ops.aten
 Node = torch.fx.Node
@@ -109,7 +109,8 @@ def _shape(node) -> tuple[int, ...] | None:
 
 
 def _parameter(module, arg) -> torch.Tensor | None:
-    return get_tensor(module, arg.target) if isinstance(arg, Node) and arg.op == "get_attr" else None
+    name = attribute_name(arg)
+    return get_tensor(module, name) if name is not None else None
 
 
 def _optional_parameter(module, arg) -> tuple[bool, torch.Tensor | None]:

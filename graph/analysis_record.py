@@ -12,7 +12,6 @@ typed records, never free-form keys. Each field is owned by the pass that writes
                                                   stripped by merge_blocks once they reach 1
     distillation           distill                its training statistics
     prune_while_training   prune_while_training   its schedule's statistics
-    quantization           quantization passes    their scales and layers kept in float (JSON)
 
 A saved record with a field this version does not know is refused when the Program is loaded (a
 newer file), as is a field of the wrong type: the record is data from a file, checked like the rest.
@@ -58,7 +57,6 @@ class Analysis:
     linearize: LinearizeRecord | None = None
     distillation: dict | None = None
     prune_while_training: dict | None = None
-    quantization: dict | None = None
 
     @property
     def sparse_weights(self) -> list[str]:

@@ -66,3 +66,17 @@ def users_of_tensor(module: torch.fx.GraphModule, target: str) -> list[torch.fx.
     """Every node that uses the tensor at `target`, through any get_attr node that reaches it."""
     return [user for node in module.graph.nodes if node.op == "get_attr" and node.target == target
             for user in node.users]
+
+
+def attribute_name(arg: object) -> str | None:
+    """The dotted name of the tensor a `get_attr` node reads; None for any other argument (a computed
+    tensor, a literal, None)."""
+    return str(arg.target) if isinstance(arg, torch.fx.Node) and arg.op == "get_attr" else None
+
+
+def tensor_name(arg: object) -> str:
+    """attribute_name for an argument the caller knows is a `get_attr` node."""
+    name = attribute_name(arg)
+    if name is None:
+        raise TypeError(f"expected a get_attr node, got {arg!r}")
+    return name

@@ -196,7 +196,7 @@ class FisherInverse:
             raise PrunefxError("the empirical Fisher needs at least one gradient sample")
         if not damping > 0:
             raise PrunefxError(f"the empirical Fisher needs a damping > 0 (it is low rank), not {damping}")
-        self.numel, self.block_size, self.samples, self.added = numel, block_size, samples, 0
+        self.numel, self.block_size, self.samples = numel, block_size, samples
         count = -(-numel // block_size)
         eye = torch.eye(block_size, dtype=torch.float64, device=device)
         self.inverse = eye.expand(count, block_size, block_size) / damping
@@ -208,7 +208,6 @@ class FisherInverse:
             scale = torch.sqrt(self.samples + (blocks * projected).sum(-1, keepdim=True))
             update = projected / scale
             self.inverse = self.inverse - update.unsqueeze(-1) * update.unsqueeze(-2)
-        self.added += gradients.shape[0]
 
 
 def cap_eliminate(weights: torch.Tensor, inverse: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor,

@@ -29,8 +29,8 @@ class CombChannelsConfig(PassConfig):
 # it records the groups on the Program it is given
 @graph_pass(config=CombChannelsConfig, in_place=True, writes=("channel_groups",))
 def comb_channels(program: Program, /, *, config: dict | None = None) -> Result:
-    config = CombChannelsConfig.parse(config)
-    combing = find_channel_groups(program.module, keep=set(config.keep))
+    settings = CombChannelsConfig.parse(config)
+    combing = find_channel_groups(program.module, keep=set(settings.keep))
     program.analysis.channel_groups = {
         "groups": [group.to_dict() for group in combing.groups],
         "blocked": [blocked.to_dict() for blocked in combing.blocked],

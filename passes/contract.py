@@ -56,6 +56,8 @@ class DeclaredPass:
     """A pass function with its contract. Calling it calls the function: the contract is checked by
     the Pipeline that runs it, so a bare call costs nothing extra."""
 
+    __name__: str  # set by functools.update_wrapper: the function's name, the pass's name
+
     def __init__(self, function: PassFunction, contract: Contract):
         functools.update_wrapper(self, function)
         self.function = function

@@ -22,7 +22,14 @@ from typing import ClassVar
 import torch
 
 from prunefx.graph import Program
-from prunefx.graph.attributes import free_name, get_tensor, set_tensor, users_of_tensor
+from prunefx.graph.attributes import (
+    attribute_name,
+    free_name,
+    get_tensor,
+    set_tensor,
+    tensor_name,
+    users_of_tensor,
+)
 from prunefx.graph.counting import count
 from prunefx.passes.contract import graph_pass
 from prunefx.passes.pass_config import PassConfig
@@ -38,18 +45,14 @@ _FOLDABLE_LAYERS = {
 }
 
 
-def _attr(node) -> str | None:
-    return node.target if isinstance(node, torch.fx.Node) and node.op == "get_attr" else None
-
-
 def _batch_norm_parts(bn: torch.fx.Node):
     """(gamma, beta, mean, var, eps) targets/values of an eval-mode batch norm, or None."""
     _, weight, bias, mean, var, training, _, eps = bn.args[:8]
-    if training or _attr(mean) is None or _attr(var) is None:
+    if training or attribute_name(mean) is None or attribute_name(var) is None:
         return None
-    if (weight is not None and _attr(weight) is None) or (bias is not None and _attr(bias) is None):
+    if (weight is not None and attribute_name(weight) is None) or (bias is not None and attribute_name(bias) is None):
         return None
-    return _attr(weight), _attr(bias), _attr(mean), _attr(var), eps
+    return attribute_name(weight), attribute_name(bias), attribute_name(mean), attribute_name(var), eps
 
 
 def _foldable_layer(bn: torch.fx.Node, module: torch.fx.GraphModule) -> torch.fx.Node | None:
@@ -62,18 +65,18 @@ def _foldable_layer(bn: torch.fx.Node, module: torch.fx.GraphModule) -> torch.fx
         return None
     if layer.target is aten.linear.default and layer.meta["val"].dim() != 2:
         return None
-    weight = _attr(layer.args[1])
+    weight = attribute_name(layer.args[1])
     if weight is None or len(users_of_tensor(module, weight)) != 1:
         return None
     bias = layer.args[2] if len(layer.args) > 2 else None
-    if bias is not None and (_attr(bias) is None or len(users_of_tensor(module, _attr(bias))) != 1):
+    if bias is not None and (attribute_name(bias) is None or len(users_of_tensor(module, attribute_name(bias))) != 1):
         return None
     return layer
 
 
 def _fold_pair(module: torch.fx.GraphModule, layer: torch.fx.Node, bn: torch.fx.Node, parts) -> None:
     gamma_t, beta_t, mean_t, var_t, eps = parts
-    weight_t = layer.args[1].target
+    weight_t = tensor_name(layer.args[1])
     weight = get_tensor(module, weight_t)
     dtype = weight.dtype
     channels = weight.shape[0]
@@ -82,7 +85,7 @@ def _fold_pair(module: torch.fx.GraphModule, layer: torch.fx.Node, bn: torch.fx.
     beta = as64(beta_t, torch.zeros(channels, dtype=torch.float64))
     mean, var = as64(mean_t, None), as64(var_t, None)
     bias_node = layer.args[2] if len(layer.args) > 2 else None
-    bias = get_tensor(module, bias_node.target).double() if bias_node is not None else torch.zeros(channels, dtype=torch.float64)
+    bias = get_tensor(module, tensor_name(bias_node)).double() if bias_node is not None else torch.zeros(channels, dtype=torch.float64)
 
     scale = gamma / torch.sqrt(var + eps)
     new_weight = weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))
@@ -96,7 +99,7 @@ def _fold_pair(module: torch.fx.GraphModule, layer: torch.fx.Node, bn: torch.fx.
 def _set_bias(module: torch.fx.GraphModule, layer: torch.fx.Node, weight_target: str, value: torch.Tensor) -> None:
     bias_node = layer.args[2] if len(layer.args) > 2 else None
     if bias_node is not None:
-        set_tensor(module, bias_node.target, value)
+        set_tensor(module, tensor_name(bias_node), value)
         return
     stem = weight_target[: -len("weight")] if weight_target.endswith("weight") else weight_target + "_"
     target = free_name(module, stem + "bias")

@@ -237,7 +237,7 @@ def _best_run(elements: list[Element], config: dict, refused: dict, runs: dict) 
                 break
             if candidate.key in refused:
                 continue
-            if best is None or candidate.macs[0] - candidate.macs[1] > best.macs[0] - best.macs[1]:
+            if best is None or _saved(candidate) > _saved(best):
                 best = candidate
     return best
 
@@ -293,8 +293,16 @@ def _apply(module: torch.fx.GraphModule, candidate: Candidate) -> None:
         graph.erase_node(node)  # intermediates have no other user; constants left behind die at recompile
 
 
+def _saved(candidate: Candidate) -> int:
+    """MACs a merge of layers saves; its MACs are set when the run was evaluated."""
+    before, after = candidate.macs or (0, 0)
+    return before - after
+
+
 def _layer_nodes(module: torch.fx.GraphModule, candidate: Candidate, anchor: torch.fx.Node) -> torch.fx.Node:
     op, graph = candidate.op, module.graph
+    if op is None:
+        raise TypeError(f"merge candidate {candidate.key} has no merged layer")
     template = next(element for element in candidate.elements if element.kind == "layer").nodes[0]
     weight_target = template.args[1].target
     like = get_tensor(module, weight_target)  # the algebra ran in float64 on the CPU: back to the model's kind

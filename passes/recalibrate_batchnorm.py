@@ -41,13 +41,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 
 from prunefx.graph import Program
 from prunefx.graph.activations import calibration_inputs, run_tapped, tap_nodes
-from prunefx.graph.attributes import get_tensor, set_tensor
+from prunefx.graph.attributes import attribute_name, get_tensor, set_tensor, tensor_name
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.contract import graph_pass
 from prunefx.passes.pass_config import PassConfig, option
@@ -101,17 +101,14 @@ def _only(norms: list[torch.fx.Node], names) -> list[torch.fx.Node]:
     return [node for node in norms if node.name in set(names)]
 
 
-def _get_attr_target(arg) -> str | None:
-    return arg.target if isinstance(arg, torch.fx.Node) and arg.op == "get_attr" else None
-
-
 def _recalibratable(module: torch.fx.GraphModule) -> tuple[list[torch.fx.Node], Counter]:
     """Eval-mode batch norms whose running statistics are tensors of their own, and the others by reason."""
     candidates = [n for n in module.graph.nodes if n.op == "call_function" and n.target in _BATCH_NORMS]
-    uses = Counter(_get_attr_target(n.args[3]) for n in candidates)
-    norms, skipped = [], Counter()
+    uses = Counter(attribute_name(n.args[3]) for n in candidates)
+    norms: list[torch.fx.Node] = []
+    skipped: Counter[str] = Counter()
     for node in candidates:
-        mean, var = _get_attr_target(node.args[3]), _get_attr_target(node.args[4])
+        mean, var = attribute_name(node.args[3]), attribute_name(node.args[4])
         if mean is None or var is None:
             skipped["no running statistics"] += 1
         elif uses[mean] > 1:
@@ -139,7 +136,7 @@ def _levels(module: torch.fx.GraphModule, norms: list[torch.fx.Node]) -> dict[to
 
 def _recalibrate_level(module: torch.fx.GraphModule, norms: list[torch.fx.Node], batches) -> int:
     """One pass over the data reading the inputs of `norms`; set their statistics; return how many changed."""
-    inputs = [node.args[0] for node in norms]
+    inputs = [cast(torch.fx.Node, node.args[0]) for node in norms]  # a batch norm reads a tensor node
     tapped = tap_nodes(module, [node.name for node in inputs])
     sums: list[list] = [[0, None, None] for _ in norms]  # n, S1, S2 per batch norm
     for batch in batches:
@@ -160,9 +157,9 @@ def _set_statistics(module: torch.fx.GraphModule, node: torch.fx.Node, n: int, s
     var = ((s2 - s1 * mean) / (n - 1)).clamp(min=0.0)  # rounding can make a constant channel slightly negative
     changed = False
     for arg, value in ((node.args[3], mean), (node.args[4], var)):
-        old = get_tensor(module, arg.target)
+        old = get_tensor(module, tensor_name(arg))
         new = value.to(dtype=old.dtype, device=old.device)
         if not torch.equal(old, new):
-            set_tensor(module, arg.target, new)
+            set_tensor(module, tensor_name(arg), new)
             changed = True
     return changed

@@ -136,7 +136,7 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     before = count(program)
     combing = find_channel_groups(program.module, keep=set(config["keep"]))
     # obs and compensate read the same layer Hessians of the dense network: gathered once, for both
-    hessians = {} if config["compensate"] and config["importance"] == "obs" else None
+    hessians: dict | None = {} if config["compensate"] and config["importance"] == "obs" else None
     importance = _importance(program, combing, config, hessians)
     selector = Selector(program.module, combing, importance.scores, round_to=int(config["round_to"]),
                         max_ratio=float(config["max_ratio"]), ranking=config["ranking"],

@@ -40,7 +40,6 @@ class SparseMasks:
         self._names = None if weights is None else list(weights)
         self._program: Program | None = None
         self.masks: dict[str, torch.Tensor] = {}
-        self.steps_enforced = 0
         if program is not None:
             self.derive(program)
 
@@ -59,7 +58,6 @@ class SparseMasks:
         if trainer.program is not self._program:  # replaced without an after_backward in between
             self.derive(trainer.program)
         self.apply(trainer.program)
-        self.steps_enforced += 1
 
     __call__ = after_step  # usable directly as an after_step hook
 

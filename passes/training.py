@@ -147,6 +147,8 @@ class Trainer:
         self.needs_teacher = config.kd_weight > 0 or bool(config.feature_pairs)
         if self.needs_teacher and teacher is None:
             raise TrainingError("distillation needs a teacher (or set kd_weight=0 without feature_losses)")
+        self._teacher: Any
+        self._restore_teacher: Any
         self._teacher, self._restore_teacher = self._frozen_teacher(teacher) if self.needs_teacher else (None, None)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.log: list[dict[str, float]] = []
@@ -228,7 +230,8 @@ class Trainer:
                 self._periodic(final=self.step == self.total_steps)
                 eval_seconds += time.perf_counter() - started
         except KeyboardInterrupt as interrupt:
-            if self.config.checkpoint_dir is not None:  # say how to go on, in the interrupt's one line
+            # say how to go on, in the interrupt's one line (notes are Python 3.11+; prunefx runs on 3.10 too)
+            if self.config.checkpoint_dir is not None and hasattr(interrupt, "add_note"):
                 interrupt.add_note(f"training checkpoints are in {self.config.checkpoint_dir}: run the same "
                                    "command with `resume: true` in the pass's config to continue")
             raise
@@ -263,11 +266,10 @@ class Trainer:
         if self.world_size > 1:  # log the loss of the global batch, not of this rank's slice
             dist.all_reduce(values)
             values /= self.world_size
-        values = values.tolist()
-        self.last_losses = dict(zip(losses, values))
+        self.last_losses = dict(zip(losses, values.tolist()))
         self.log.append({"step": self.step, **self.last_losses, "lr": lr})
-        for hook in self.after_step:
-            hook(self, self.step)
+        for step_hook in self.after_step:
+            step_hook(self, self.step)
 
     def _on_device(self, batch) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         inputs, labels = split_batch(batch)

@@ -13,6 +13,7 @@ import hashlib
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,7 +85,7 @@ def _read_state(path: Path) -> dict:
 
 def rng_state() -> dict:
     """This process's torch, CUDA, Python and numpy random states, as plain tensors and numbers."""
-    numpy_state = np.random.get_state()
+    numpy_state: tuple[Any, ...] = tuple(np.random.get_state())  # (name, keys, position, has_gauss, gaussian)
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],

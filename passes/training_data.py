@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -23,7 +24,7 @@ from prunefx.passes.training_losses import IGNORE_LABEL, logits_of
 class _Shard:
     """This rank's slice of every global batch of a plain iterable (a loader with `shard` does it itself)."""
 
-    def __init__(self, data: Iterable, rank: int, world_size: int):
+    def __init__(self, data: Any, rank: int, world_size: int):  # a sized iterable (a list, a DataLoader)
         self.data, self.rank, self.world_size = data, rank, world_size
 
     def __len__(self) -> int:

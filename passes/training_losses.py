@@ -127,7 +127,7 @@ def tap_outputs(module: torch.fx.GraphModule, names: Sequence[str]) -> torch.fx.
     copies: dict[torch.fx.Node, torch.fx.Node] = {}
     output = graph.graph_copy(module.graph, copies)
     graph.output((output, tuple(copies[nodes[name]] for name in names)))
-    tapped = torch.fx.GraphModule(module, graph)
+    tapped: Any = torch.fx.GraphModule(module, graph)  # out_spec is set on it below
     # torch.export's graphs return flat outputs re-nested by a pytree spec; keep it to rebuild them.
     info = getattr(module.graph._codegen, "pytree_info", None)
     tapped.out_spec = info.out_spec if info is not None else None

@@ -1,0 +1,40 @@
+"""Names vulture cannot see used, each called by a framework rather than by prunefx (`make lint`).
+
+Only genuine entry points belong here: a method a library calls by name, an attribute a library reads,
+a field read through dataclasses.asdict / a config mapping, a function registered by a decorator.
+"""
+
+from vulture.whitelist_utils import Whitelist
+
+framework = Whitelist()
+
+ENTRY_POINTS = [
+    framework.__call__,             # a pass (contract.DeclaredPass, Pipeline, the Pass protocol) is called
+    framework.__getattr__,          # module-level lazy imports (prunefx/__init__.py), PEP 562
+    framework.__dir__,              # the same, for dir(prunefx)
+    framework.find_classes,         # torchvision DatasetFolder overrides (prunefx/data.py)
+    framework.make_dataset,
+    framework.allow_empty,          # ... and the arguments torchvision passes to them
+    framework.extensions,
+    framework.is_valid_file,
+    framework.fuse,                 # Ultralytics calls model.fuse() before export (prunefx/detectors.py)
+    framework.get_next,             # onnxruntime CalibrationDataReader (runtime/onnx_quantize_static.py)
+    framework.report_layer_time,    # tensorrt IProfiler (runtime/tensorrt_profile.py)
+    framework.log_severity_level,   # onnxruntime SessionOptions, read by onnxruntime
+    framework.inter_op_num_threads,
+    framework.execution_mode,
+    framework.graph_optimization_level,
+    framework.profiling_verbosity,  # tensorrt IBuilderConfig, read by tensorrt
+    framework._out_spec,            # torch.fx GraphModule's output spec (graph/output_tree.py)
+    framework._per_channel_rule,    # registered by @channel_rule (graph/quantization.py)
+    framework.strict,               # config fields, read through the config mapping (as_dict)
+    framework.min_speedup,
+    framework.sequential,
+    framework.normalized_shape,     # nn.Module attributes torch reads (prunefx/module_resizers.py)
+    framework.num_channels,
+    framework.embedding_dim,
+    framework.num_embeddings,
+    framework.kdim,
+    framework.vdim,
+    framework.input_size,
+]
