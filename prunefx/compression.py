@@ -298,7 +298,7 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
     seconds["total"] = time.perf_counter() - started
 
     report = {
-        "model": dense.name, "data": str(data), "task": splits.task, "batch_size": batch, "input_shape": list(splits.input_shape),
+        "model": dense.name, "data": str(data), "task": splits.task, "classes": list(splits.classes), "batch_size": batch, "input_shape": list(splits.input_shape),
         "recipe": {"name": recipe.name, "path": str(recipe.path), "spec": json_safe(recipe.spec)},
         "eval_batches": options.eval_batches,
         "accuracy": {"before": before, "after": after},

@@ -12,6 +12,7 @@ import torch
 
 from prunefx.budget_report import budget_markdown, budget_stats
 from prunefx.graph import Program
+from prunefx.per_class_report import per_class_markdown
 from prunefx.runtime.deployment_report import CHART_FILE, Variant, deployment_markdown
 from prunefx.stage_report import stages_markdown
 
@@ -138,6 +139,9 @@ def markdown_report(report: dict) -> str:
               "- `model.onnx`: the compressed model at batch 1, cleaned and checked",
               "- `report.json`: everything here, and every pass's statistics", "",
               f"Took {seconds['total']:.0f} s ({seconds['pipeline']:.0f} s in the recipe's passes).", ""]
+    per_class = per_class_markdown(report)
+    if per_class:
+        lines.append(per_class)
     if report.get("stages"):
         lines.append(stages_markdown(report["stages"], report["accuracy"]["before"]["test"],
                                      report["macs_before"], report["latency"]["threads"]))

@@ -92,11 +92,13 @@ def targets_of(labels: torch.Tensor) -> list[dict[str, torch.Tensor] | None]:
 class DetectionScore:
     """Accumulates detections against targets; `compute()` gives COCO mAP@[.5:.95] and mAP@.5."""
 
-    def __init__(self, max_detections: int = 100):
+    def __init__(self, max_detections: int = 100, num_classes: int | None = None):
         detection = _torchmetrics().detection
+        self.num_classes = num_classes
         try:
             self._metric = detection.MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools",
-                                                          max_detection_thresholds=[1, 10, max_detections])
+                                                          max_detection_thresholds=[1, 10, max_detections],
+                                                          class_metrics=True)
         except ModuleNotFoundError as error:
             raise PrunefxError(f"COCO mAP needs pycocotools: pip install pycocotools ({error})") from None
         self._images = 0
@@ -123,7 +125,18 @@ class DetectionScore:
         result = self._metric.compute()
         value = float(result["map"])
         return {"metric": "mAP@[.5:.95]", "accuracy": value, "map": value, "map_50": float(result["map_50"]),
-                "map_75": float(result["map_75"]), "count": self._images}
+                "map_75": float(result["map_75"]), "per_class_map": self._per_class(result), "count": self._images}
+
+    def _per_class(self, result: dict) -> list[float | None]:
+        """mAP@[.5:.95] by class index; None for a class with no target (COCO's -1: no AP to speak of)."""
+        classes = result["classes"].reshape(-1).tolist()
+        values = result["map_per_class"].reshape(-1).tolist()
+        count = self.num_classes if self.num_classes is not None else max(classes, default=-1) + 1
+        per_class: list[float | None] = [None] * count
+        for index, value in zip(classes, values):
+            if 0 <= index < count and value >= 0:
+                per_class[index] = value
+        return per_class
 
 
 def decode_yolo(output, *, score_threshold: float = 0.001, iou_threshold: float = 0.7,
@@ -166,7 +179,7 @@ def evaluate_dense(model: Program | torch.nn.Module, batches: Iterable, *, task:
         model = Program(model, (), name="model")
     module = model.module if isinstance(model, Program) else model
     device = module_device(module)
-    score = SegmentationScore(num_classes) if task == "segmentation" else DetectionScore()
+    score = SegmentationScore(num_classes) if task == "segmentation" else DetectionScore(num_classes=num_classes)
     was_training = model.training
     model.eval()
     try:

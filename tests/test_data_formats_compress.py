@@ -104,12 +104,13 @@ def _outputs(program: Program, images: torch.Tensor) -> torch.Tensor:
         return torch.cat([program.module(images[i:i + BATCH]) for i in range(0, len(images), BATCH)])
 
 
-def _hand_miou(predicted: np.ndarray, target: np.ndarray, classes: int) -> float:
+def _hand_ious(predicted: np.ndarray, target: np.ndarray, classes: int) -> np.ndarray:
+    """IoU per class from a confusion matrix; NaN for a class in neither the target nor the prediction."""
     confusion = np.zeros((classes, classes), np.int64)
     np.add.at(confusion, (target.ravel(), predicted.ravel()), 1)
     union = confusion.sum(0) + confusion.sum(1) - np.diag(confusion)
-    present = union > 0
-    return float(np.mean(np.diag(confusion)[present] / union[present]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.diag(confusion) / union
 
 
 def test_compress_on_mask_folders_reports_the_hand_computed_miou(written, tmp_path):
@@ -121,7 +122,10 @@ def test_compress_on_mask_folders_reports_the_hand_computed_miou(written, tmp_pa
     masks = np.stack([np.asarray(Image.open(folders["masks"] / "masks" / "val" / n), np.int64) for n in names])
     after = report["accuracy"]["after"]["val"]
     assert after["count"] == masks.size and 0 < after["miou"] < 1
-    assert after["miou"] == pytest.approx(_hand_miou(predicted, masks, 11), abs=1e-6)
+    ious = _hand_ious(predicted, masks, 11)
+    assert after["miou"] == pytest.approx(float(np.nanmean(ious)), abs=1e-6)
+    assert [None if np.isnan(v) else pytest.approx(v, abs=1e-6) for v in ious] == after["per_class_iou"]
+    assert "mIoU per class (val, %)" in (tmp_path / "out" / "report.md").read_text()
 
 
 def _coco_map(ground_truth, names, detections) -> float:
@@ -139,7 +143,10 @@ def _coco_map(ground_truth, names, detections) -> float:
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
-    return float(evaluation.stats[0])
+    # AP per category: COCO's precision array [iou thresholds, recall points, category, area, max dets]
+    precision = evaluation.eval["precision"][:, :, :, 0, -1]
+    per_class = [float(np.mean(p[p > -1])) if (p > -1).any() else None for p in np.moveaxis(precision, 2, 0)]
+    return float(evaluation.stats[0]), per_class
 
 
 @pytest.mark.parametrize("fmt", ["coco", "yolo"])
@@ -150,7 +157,9 @@ def test_compress_on_detection_files_reports_pycocotools_map(written, fmt, tmp_p
     names, images = _val_images(folders[fmt])
     detections = decode_yolo(_outputs(program, images))
     # the COCO file written from the same scenes: YOLO's 6-decimal fractions move boxes by < 0.001 pixel
-    expected = _coco_map(folders["coco"] / "annotations" / "instances_val.json", names, detections)
+    expected, per_class = _coco_map(folders["coco"] / "annotations" / "instances_val.json", names, detections)
     after = report["accuracy"]["after"]["val"]
+    tolerance = 1e-4 if fmt == "coco" else 2e-3
     assert after["count"] == len(names) and after["map"] > 0
-    assert after["map"] == pytest.approx(expected, abs=1e-4 if fmt == "coco" else 2e-3)
+    assert after["map"] == pytest.approx(expected, abs=tolerance)
+    assert after["per_class_map"] == [None if v is None else pytest.approx(v, abs=tolerance) for v in per_class]
