@@ -21,6 +21,13 @@ def _square_image_size(shape: tuple[int, ...] | None) -> int | None:
 
 
 def program_from_reference(reference: str, *, weights: str | None = None, input_shape: str | None = None) -> Program:
+    return model_and_program(reference, weights=weights, input_shape=input_shape)[1]
+
+
+def model_and_program(reference: str, *, weights: str | None = None,
+                      input_shape: str | None = None) -> tuple[torch.nn.Module | None, Program]:
+    """The model built from `reference` (None for a saved .pt2, which holds no Python module) and the Program
+    captured from it: the module the write-back (prunefx/write_back.py) copies the pruned tensors into."""
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     spec = build_model(reference, image_size=_square_image_size(shape))
     if spec.kind == "program":
@@ -31,12 +38,12 @@ def program_from_reference(reference: str, *, weights: str | None = None, input_
         if shape is not None and shape != saved:
             raise PrunefxError(f"{spec.program_path} was captured for input shape {'x'.join(map(str, saved))}; "
                                "a saved program cannot change its input shape")
-        return program.eval()
+        return None, program.eval()
     if weights:
         load_weights(spec.module, weights)
     shape = shape or spec.default_input_shape
     generator = torch.Generator().manual_seed(0)
-    return capture(spec.module.eval(), torch.randn(shape, generator=generator), name=spec.name).eval()
+    return spec.module, capture(spec.module.eval(), torch.randn(shape, generator=generator), name=spec.name).eval()
 
 
 def program_from_args(args) -> Program:

@@ -35,8 +35,9 @@ from prunefx.deliverable import write_model, write_report
 from prunefx.detectors import part_from_reference
 from prunefx.graph.channel_importance import DATA_CRITERIA
 from prunefx.graph.errors import PrunefxError
-from prunefx.loading import program_from_args
+from prunefx.loading import model_and_program
 from prunefx.models import parse_input_shape
+from prunefx.module_file import write_module
 from prunefx.output import check_output_folder, staged_folder
 from prunefx.passes.pipeline import Pipeline
 from prunefx.passes.prune_to_budget import PruneToBudgetConfig, prune_to_budget
@@ -66,6 +67,11 @@ def add_arguments(parser) -> None:
                         help="prune only this submodule (e.g. backbone; 'auto': the largest child that captures), "
                              "for detectors whose post-processing does not export; model.pt2 then holds the pruned "
                              "part, put back with prunefx.detectors.replace_part")
+    parser.add_argument("--module", action="store_true",
+                        help="also write module.pt: the pruned model as your own module class (same classes and "
+                             "submodule names), only when it is proven to compute what model.pt2 computes. It is "
+                             "torch.save's pickle: load it with torch.load(..., weights_only=False), from trusted "
+                             "sources only; model.pt2 is plain tensor data and JSON")
     cli_options.add_calibration(parser, reads="with it, channels are chosen by obs, the remaining weights "
                                               "compensated and every batch norm recalibrated")
     parser.add_argument("--recalibrate", action=argparse.BooleanOptionalAction, default=None,
@@ -92,7 +98,8 @@ def run(args) -> int:
     if args.recalibrate and not args.calibrate:
         raise PrunefxError("--recalibrate needs calibration images: give --calibrate DATA")
     _check_allow_depth(args)
-    program = _program(args).eval()
+    model, program = _program(args)
+    program = program.eval()
     calibration = _calibration(args, program)
     config = _config(args, calibration)
     started = time.perf_counter()
@@ -120,6 +127,8 @@ def run(args) -> int:
           f"in {time.perf_counter() - started:.1f} s; exporting to ONNX", flush=True)
     with staged_folder(output) as staging:
         delivered = write_model(staging, pruned, opset=args.opset)
+        if args.module:
+            delivered["module"] = write_module(staging, pruned, model)
         budget = {**budget, **cli_options.measured_on(args)} if budget else None
         report = write_report(staging, _report(program.name, stats, delivered, budget=budget,
                                                calibration=calibration.description if calibration else None,
@@ -137,12 +146,19 @@ def _check_allow_depth(args) -> None:
 
 
 def _program(args):
-    """The model captured whole, or only its --part (prunefx/detectors.py)."""
+    """(the model, when --module writes back into it, or None; the Program): the model captured whole, or
+    only its --part (prunefx/detectors.py)."""
+    if args.module and args.part:
+        raise PrunefxError("--module writes the whole model back; it cannot be combined with --part")
     if not args.part:
-        return program_from_args(args)
+        model, program = model_and_program(args.model, weights=args.weights, input_shape=args.input_shape)
+        if args.module and model is None:
+            raise PrunefxError("--module needs the model's own Python code, which a saved .pt2 does not hold: "
+                               "prune the model reference (torchvision:NAME, timm:NAME, file.py:FACTORY) instead")
+        return model, program
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
-    return part_from_reference(args.model, None if args.part == "auto" else args.part, weights=args.weights,
-                               input_shape=shape)
+    return None, part_from_reference(args.model, None if args.part == "auto" else args.part,
+                                     weights=args.weights, input_shape=shape)
 
 
 def _calibration(args, program) -> Calibration | None:
@@ -210,5 +226,8 @@ def _summary(report: dict, output: Path) -> None:
         print(f"recalibrated {recalibration['recalibrated']} of {recalibration['batch_norms']} batch norms on "
               f"{recalibration['images']} images")
     print(f"parity torch vs ONNX Runtime: relative error {report['parity']['relative']:.2e}")
-    print(f"wrote {output / 'model.pt2'}, {output / 'model.onnx'}, {output / 'report.json'}")
+    written = [output / name for name in ("model.pt2", "model.onnx", "report.json")]
+    if (report.get("module") or {}).get("written"):
+        written.append(output / report["module"]["file"])
+    print(f"wrote {', '.join(map(str, written))}")
 

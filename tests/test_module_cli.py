@@ -1,0 +1,78 @@
+"""`prunefx prune ... --module`: module.pt beside model.pt2, the user's own class holding the pruned model,
+written only when the write-back is proven; refused in one line where there is no module to write into."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.utils._pytree as pytree
+
+from prunefx.cli import main
+from prunefx.graph import Program, capture
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _run(capsys, *argv):
+    code = main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+_USER_MODEL = """
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.body = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(self.stem(x))).mean((2, 3)))
+
+
+def build():
+    torch.manual_seed(0)
+    return Tiny()
+"""
+
+
+@pytest.mark.slow
+def test_prune_writes_the_module_beside_the_program(capsys, tmp_path):
+    (tmp_path / "tiny.py").write_text(_USER_MODEL)
+    code, out, err = _run(capsys, "prune", f"{tmp_path / 'tiny.py'}:build", "--input-shape", "1x3x16x16",
+                          "--macs", "0.5", "--round-to", "4", "--module", "-o", tmp_path / "out")
+    assert code == 0, err
+    module = torch.load(tmp_path / "out" / "module.pt", weights_only=False)  # our own file: trusted
+    assert type(module).__name__ == "Tiny" and not module.training
+    assert module.body.groups == module.body.out_channels == module.stem[0].out_channels < 16
+    program = Program.load(tmp_path / "out" / "model.pt2")
+    x = torch.randn(3, 3, 16, 16)  # another batch size: the module is no static graph
+    with torch.no_grad():
+        expected = pytree.tree_leaves(program(x[:1]))[0]
+        actual = module(x)[:1]
+    assert (actual - expected).abs().max() <= 1e-5 * expected.abs().max()
+    assert all(module.state_dict()[k].shape == v.shape for k, v in program.state_dict().items())
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["module"]["written"] and "module.pt" in out
+
+
+def test_module_from_a_saved_program_is_refused_in_one_line(capsys, tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()
+    capture(model, torch.randn(1, 3, 4, 4)).save(tmp_path / "small.pt2")
+    code, _, err = _run(capsys, "prune", tmp_path / "small.pt2", "--macs", "0.5", "--module", "-o", tmp_path / "o")
+    assert code == 2 and "Python code" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_module_with_part_is_refused_in_one_line(capsys, tmp_path):
+    code, _, err = _run(capsys, "prune", "prunefx:resnet20", "--macs", "0.5", "--module", "--part", "auto",
+                        "-o", tmp_path / "o")
+    assert code == 2 and "--part" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
