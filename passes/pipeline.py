@@ -9,8 +9,9 @@ the failing pass and the passes that ran before it, so a user can bisect a recip
 
 A composite pass (choose_for_budget, quantize_int8 folding batch norms first, depth_to_budget) runs
 each inner pass through `run_inner`: a one-step Pipeline at the verification level of the Pipeline
-that is running the composite, so the guarantees hold inside too, and a failure there is reported
-as `outer > inner`.
+that is running the composite (contract, graph lint, shapes, exactness; the re-export is left to the
+composite's result), so the guarantees hold inside too, and a failure there is reported as
+`outer > inner`.
 """
 
 from __future__ import annotations
@@ -210,7 +211,9 @@ class Pipeline:
     def _check(self, result: Result, reference: list[torch.Tensor] | None) -> None:
         if self.verify == "none":
             return
-        verify(result.program, reexport=self.verify == "full")
+        # inner steps skip the re-export, the costliest check: a composite may try dozens of candidates,
+        # and the Pipeline running it re-exports the one it returns
+        verify(result.program, reexport=self.verify == "full" and not self.inner)
         if reference is not None and result.modified:
             error = _largest_relative_error(reference, _outputs(result.program))
             if error > EXACTNESS_TOLERANCE:
