@@ -7,6 +7,7 @@ Markers, each alone on a line:
     <!-- prunefx:recipes -->            the shipped recipes
     <!-- prunefx:api MODULE -->         mkdocstrings directives for MODULE.__all__
     <!-- prunefx:results NAME -->       the tables of benchmarks/results/NAME.json
+    <!-- prunefx:unclaimed -->          every results file that no benchmark page names
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import docs_results
 
 # mkdocstrings reads the package from this tree (mkdocs.yml: paths), made before any page renders.
 API_SOURCES = docs_reference.mirror_sources(Path(__file__).resolve().parents[1] / "build" / "docs_api")
+BENCHMARK_PAGES = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 MARKER = re.compile(r"^<!-- prunefx:(\w+)(?: ([\w.]+))? -->$", re.MULTILINE)
 
 
@@ -33,6 +35,8 @@ def expand(kind: str, argument: str | None) -> str:
         return docs_reference.api_reference(argument)
     if kind == "results" and argument:
         return docs_results.results_markdown(argument)
+    if kind == "unclaimed":
+        return docs_results.unclaimed_markdown(BENCHMARK_PAGES)
     raise ValueError(f"unknown docs marker prunefx:{kind} {argument or ''}")
 
 

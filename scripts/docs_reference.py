@@ -41,7 +41,7 @@ def _argument_row(action: argparse.Action) -> list[str]:
         name = ", ".join(action.option_strings) + (f" {metavar}" if takes_value and not action.choices else "")
     else:
         name = action.metavar or action.dest
-    choices = " \\| ".join(str(choice) for choice in action.choices) if action.choices else ""
+    choices = ", ".join(str(choice) for choice in action.choices) if action.choices else ""
     default = action.default if action.default not in (None, argparse.SUPPRESS, False) else ""
     text = (action.help or "") % {**vars(action), "default": action.default, "prog": "prunefx"}
     return [_code(name), _code(choices), _code(default) if default != "" else "", _cell(text)]

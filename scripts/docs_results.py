@@ -9,6 +9,7 @@ their path in the file. Numbers are shown to four significant figures.
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -20,6 +21,27 @@ MIN_KEYED = 3
 
 def result_names() -> list[str]:
     return sorted(path.stem for path in RESULTS.glob("*.json"))
+
+
+def claimed_names(pages: Path) -> set[str]:
+    """The results files that the benchmark pages under `pages` show by name (their markers)."""
+    text = "\n".join(path.read_text() for path in pages.glob("*.md"))
+    return set(re.findall(r"<!-- prunefx:results (\w+) -->", text))
+
+
+def unclaimed_markdown(pages: Path) -> str:
+    """A section for every results file no benchmark page shows yet, so a new benchmark's results are on
+    the site from its first commit, until its own page is written."""
+    names = [name for name in result_names() if name not in claimed_names(pages)]
+    if not names:
+        return "Every results file has its own page."
+    sections = []
+    for name in names:
+        script = RESULTS.parent / f"{name}.py"
+        source = f"`benchmarks/{script.name}`" if script.is_file() else "its script in `benchmarks/`"
+        sections += [f"## {name}", "", f"Written by {source}; its own results file is shown as measured.", "",
+                     results_markdown(name), ""]
+    return "\n".join(sections)
 
 
 def _scalar(value) -> bool:
