@@ -114,7 +114,8 @@ def depth_to_budget(program: Program, /, *, config: dict | None = None) -> Resul
         ranked, scores = ranked_blocks(program, batches, rank=settings.rank, progress=settings.progress)
         names = [block.name for block in ranked]
     if not names:
-        raise PrunefxError(no_block_message(program, settings.speedup, settings.latency_ms))
+        raise BudgetUnreachable(no_block_message(program, settings.speedup, settings.latency_ms), dimension="depth",
+                                best=None)
     search = _Search(program, names, settings)
     chosen = search.run()
     stats = {"budget": budget_text(settings.speedup, settings.latency_ms), "met": True, "speedup": chosen.speedup,

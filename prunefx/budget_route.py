@@ -39,9 +39,14 @@ def _budget_flag(args) -> str:
     return f"--speedup {args.speedup:g}" if args.speedup is not None else f"--latency-ms {args.latency_ms:g}"
 
 
+def mergeable_blocks(program: Program) -> int:
+    """How many blocks become affine once linearised (the ones depth can merge; ConvNeXtV2's GRN is not)."""
+    return sum(block.affine for block in find_blocks(program.module))
+
+
 def width_refusal(width: BudgetUnreachable, args, program: Program) -> PrunefxError:
     """One line: what width reached, and the route that can go further (see the module docstring)."""
-    mergeable = sum(block.affine for block in find_blocks(program.module))
+    mergeable = mergeable_blocks(program)
     flag = _budget_flag(args)
     if mergeable:
         route = (f"width alone cannot, but depth can merge up to {mergeable} blocks of {program.name}: add "
@@ -67,10 +72,12 @@ def depth_arguments(args) -> argparse.Namespace:
     return depth_args
 
 
-def take_depth_route(args, width: BudgetUnreachable) -> int:
+def take_depth_route(args, width: BudgetUnreachable, program: Program) -> int:
     """`prunefx depth` on the same budget after width's refusal; a refusal there names both dimensions."""
     from prunefx.commands import depth
 
+    if not mergeable_blocks(program):
+        raise width_refusal(width, args, program)
     print(f"{width}; width alone cannot: taking the depth route (--allow-depth)", flush=True)
     try:
         status = depth.run(depth_arguments(args))
@@ -78,10 +85,11 @@ def take_depth_route(args, width: BudgetUnreachable) -> int:
         reached = unreachable_in(error)
         if reached is None:
             raise
+        depth_best = (f"depth's best {speedup_text(reached.best)} (every mergeable block merged)" if reached.best
+                      else f"depth: {reached}")
         raise PrunefxError(f"cannot reach {budget_text(args.speedup, args.latency_ms)}: width's best was "
-                           f"{speedup_text(width.best)}, depth's best {speedup_text(reached.best)} (every mergeable "
-                           f"block merged); `prunefx compress {args.model} {_budget_flag(args)}` chooses width, "
-                           "depth and INT8 together") from None
+                           f"{speedup_text(width.best)}, {depth_best}; `prunefx compress {args.model} "
+                           f"{_budget_flag(args)}` chooses width, depth and INT8 together") from None
     _mark_route(Path(args.output), width)
     return status
 

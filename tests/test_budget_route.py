@@ -15,8 +15,8 @@ from prunefx.graph import Program, capture, count
 from prunefx.graph.blocks import find_blocks
 from prunefx.models import build_model
 
-pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow,
-              pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(), reason="Fashion-MNIST missing")]
+pytestmark = pytest.mark.usefixtures("one_thread")
+needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(), reason="Fashion-MNIST missing")
 MODEL = ["prunefx:mobilenetv2_small", "--input-shape", "2x1x28x28"]
 
 
@@ -56,6 +56,8 @@ def prune(capsys, *arguments):
     return code, captured.out, captured.err.strip().splitlines()
 
 
+@pytest.mark.slow
+@needs_fashion_mnist
 def test_width_alone_out_of_reach_names_the_depth_route_in_one_line(stand_in, capsys, tmp_path):
     code, out, err = prune(capsys, "--speedup", 2, "-o", tmp_path / "never")
     assert code == EXIT_USER_ERROR and len(err) == 1, err
@@ -66,6 +68,8 @@ def test_width_alone_out_of_reach_names_the_depth_route_in_one_line(stand_in, ca
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow
+@needs_fashion_mnist
 def test_allow_depth_meets_the_budget_by_merging_blocks(stand_in, capsys, tmp_path):
     code, out, err = prune(capsys, "--speedup", 2, "--allow-depth", "-o", tmp_path / "out")
     assert code == 0, err
@@ -78,6 +82,8 @@ def test_allow_depth_meets_the_budget_by_merging_blocks(stand_in, capsys, tmp_pa
     assert "taking the depth route" in out and "budget a 2x speed-up met" in out
 
 
+@pytest.mark.slow
+@needs_fashion_mnist
 def test_a_budget_neither_dimension_reaches_gives_both_best_in_one_line(stand_in, capsys, tmp_path):
     code, out, err = prune(capsys, "--speedup", 8, "--allow-depth", "-o", tmp_path / "never")
     assert code == EXIT_USER_ERROR and len(err) == 1, err
@@ -90,3 +96,36 @@ def test_allow_depth_without_data_or_budget_is_refused_before_loading(capsys, tm
     assert code == EXIT_USER_ERROR and "--allow-depth needs --calibrate DATA" in capsys.readouterr().err
     code = main(["prune", "no-such:model", "--macs", "0.5", "--allow-depth", "-o", str(tmp_path / "never")])
     assert code == EXIT_USER_ERROR and "--allow-depth applies to a budget" in capsys.readouterr().err
+
+
+def test_the_refusal_names_depth_only_where_a_block_merges():
+    """A block with a ReLU between two convolutions merges once linearised; a GRN-like gate (the input times
+    its own norm) never becomes affine, so depth is not offered there."""
+    import argparse
+
+    from torch import nn
+
+    from prunefx.budget_route import width_refusal
+    from prunefx.passes.budget_search import BudgetUnreachable, Measured
+
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y * torch.linalg.vector_norm(y, dim=1, keepdim=True)
+
+    args = argparse.Namespace(model="m", speedup=2.0, latency_ms=None)
+    width = BudgetUnreachable("cannot reach a 2x speed-up by width: the best measured was 1.50x", dimension="width",
+                              best=Measured(1.5, 1.0, 0.0))
+    relu = capture(nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 1)).eval(), torch.randn(1, 8, 4, 4),
+                   name="relu_net")
+    gated = capture(Gated().eval(), torch.randn(1, 8, 4, 4), name="gated_net")
+    offered = str(width_refusal(width, args, relu))
+    assert offered.startswith("cannot reach a 2x speed-up by width: the best measured was 1.50x; width alone cannot")
+    assert "depth can merge up to 1 blocks of relu_net: add --allow-depth" in offered
+    assert "prunefx depth m --speedup 2 --calibrate DATA" in offered and "\n" not in offered
+    refused = str(width_refusal(width, args, gated))
+    assert "no block of gated_net merges (no depth route)" in refused and "--allow-depth" not in refused

@@ -115,7 +115,7 @@ def run(args) -> int:
         if width is None or width.dimension != "width":
             raise
         if args.allow_depth:
-            return budget_route.take_depth_route(args, width)
+            return budget_route.take_depth_route(args, width, program)
         raise budget_route.width_refusal(width, args, program) from None
     pruned, all_stats = result.program, result.stats()
     budget = all_stats.get("prune_to_budget")
