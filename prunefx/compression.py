@@ -65,6 +65,7 @@ from prunefx.runtime import (
 from prunefx.runtime.deployment_report import CHART_FILE, variants_from_compress, write_chart
 from prunefx.runtime.onnx_export import DEFAULT_OPSET
 from prunefx.stage_report import STAGE_TIMED_RUNS, StageMeter
+from prunefx.unlabelled import against_dense
 
 CALIBRATION_BATCHES = 4
 MERGE_MEASURE_RUNS = 30  # per merge of layers that merge_blocks considers: batch 1, ONNX Runtime
@@ -111,6 +112,8 @@ def load_model_and_data(reference: str, data: str, *, batch_size: int, weights: 
         program = saved
     else:
         program = program_from_reference(reference, weights=weights, input_shape=text)
+    if not splits.classes:  # unlabelled images: evaluation labels are the dense model's predictions
+        splits = against_dense(program, splits)
     _check_classes(program, splits, data)
     return program.eval(), splits
 
@@ -298,7 +301,8 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
     seconds["total"] = time.perf_counter() - started
 
     report = {
-        "model": dense.name, "data": str(data), "task": splits.task, "classes": list(splits.classes), "batch_size": batch, "input_shape": list(splits.input_shape),
+        "model": dense.name, "data": str(data), "task": splits.task, "classes": list(splits.classes),
+        "labels": getattr(splits.evaluation, "describes", "the data set's labels"), "batch_size": batch, "input_shape": list(splits.input_shape),
         "recipe": {"name": recipe.name, "path": str(recipe.path), "spec": json_safe(recipe.spec)},
         "eval_batches": options.eval_batches,
         "accuracy": {"before": before, "after": after},

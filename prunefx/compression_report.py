@@ -120,7 +120,7 @@ def markdown_report(report: dict) -> str:
     lines = [f"# {report['model']} compressed with recipe {report['recipe']['name']}", "",
              f"Data: {report['data']} (batch {report['batch_size']}, images {'x'.join(map(str, report['input_shape']))})"
              + (f", evaluated on the first {report['eval_batches']} batches of each split" if report["eval_batches"]
-                else "") + ".", "",
+                else "") + "." + (f" Scored against {report['labels']}." if report.get("labels") else ""), "",
              "| | dense | compressed | change |", "|---|---|---|---|"]
     lines += [f"| {what} | {dense} | {compressed} | {change} |" for what, dense, compressed, change in summary_rows(report)]
     latency = report["latency"]

@@ -4,6 +4,7 @@
     coco         ROOT/annotations/instances_<split>.json + images   detection (prunefx/datasets_coco.py)
     yolo         an Ultralytics data yaml, or a folder with data.yaml detection (prunefx/datasets_yolo.py)
     masks        ROOT/images/<split>/* + ROOT/masks/<split>/*.png   segmentation (prunefx/datasets_masks.py)
+    images       ROOT/train/**, ROOT/val/** without labels           distillation only (prunefx/unlabelled.py)
 
 Every split streams from disk through torch's DataLoader (`num_workers` decoding processes) in static
 batches (prunefx/batches.py: training drops the last incomplete batch, evaluation pads it with label -1).
@@ -24,9 +25,10 @@ from prunefx.datasets_coco import coco_splits, is_coco
 from prunefx.datasets_masks import DEFAULT_IGNORE_INDEX, is_mask_folder, mask_splits
 from prunefx.datasets_yolo import yaml_file, yolo_splits
 from prunefx.graph.errors import PrunefxError
+from prunefx.unlabelled import UNLABELLED, unlabelled_data
 
 IMAGEFOLDER, COCO, YOLO, MASKS = "imagefolder", "coco", "yolo", "masks"
-FORMATS = (IMAGEFOLDER, COCO, YOLO, MASKS)
+FORMATS = (IMAGEFOLDER, COCO, YOLO, MASKS, UNLABELLED)
 _TASKS = {COCO: DETECTION, YOLO: DETECTION, MASKS: SEGMENTATION}
 
 
@@ -93,6 +95,9 @@ def format_data(path: str | Path, batch_size: int, *, data_format: str | None = 
         return image_folder_data(path, batch_size, image_size=side, augment=augment, seed=seed, num_workers=workers)
     if channels not in (1, 3):
         raise PrunefxError(f"images are read gray (1 channel) or RGB (3), not {channels} channels")
+    if data_format == UNLABELLED:
+        return unlabelled_data(path, batch_size, image_size=image_size, channels=channels, seed=seed,
+                               num_workers=workers)
     splits, names = read_format(path, data_format, ignore_index=ignore_index)
     size = _size(image_size, splits["train"])
     for role, split in splits.items():

@@ -94,11 +94,12 @@ class LabelledImages(Dataset):
 
     Detection pads every image's boxes to `max_items` rows (the same for every split of a data set) and
     scales them with the resize. Segmentation resizes masks with nearest neighbours and maps
-    `ignore_index` to -1. Unlabelled splits give label -1 (nothing to score against)."""
+    `ignore_index` to -1. Unlabelled splits give the label `unlabelled` (prunefx/unlabelled.py)."""
 
     def __init__(self, split: SplitFiles, *, size: tuple[int, int], channels: int, max_items: int = 0,
-                 ignore_index: int | None = None, mean_std: tuple[list[float], list[float]] | None = None):
-        self.split, self.size, self.channels = split, size, channels
+                 ignore_index: int | None = None, mean_std: tuple[list[float], list[float]] | None = None,
+                 unlabelled: int = IGNORED):
+        self.split, self.size, self.channels, self.unlabelled = split, size, channels, unlabelled
         self.max_items, self.ignore_index = max_items, ignore_index
         mean, std = mean_std or normalisation(channels)
         self.mean, self.std = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
@@ -118,7 +119,7 @@ class LabelledImages(Dataset):
             return image, self._boxes(self.split.boxes[index], height, width)
         if self.split.masks is not None:
             return image, self._mask(self.split.masks[index], path, (height, width))
-        return image, torch.tensor(IGNORED)
+        return image, torch.tensor(self.unlabelled)
 
     def _boxes(self, boxes: np.ndarray, height: int, width: int) -> torch.Tensor:
         rows = torch.full((self.max_items, 5), float(IGNORED))

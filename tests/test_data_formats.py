@@ -168,3 +168,14 @@ def test_calibration_reads_the_training_images_at_the_models_input_size(written,
                 for image in scenes["train"].images}
     for batch in calibration.batches:  # every calibration image is one of the training canvases
         assert all(tuple(image[0].flatten().tolist()) in canvases for image in batch[0])
+
+
+def test_unlabelled_images_without_a_val_folder_are_one_line_exit_2(written, tmp_path, capsys):
+    images = tmp_path / "unlabelled"
+    shutil.copytree(written["masks"] / "images" / "train", images / "train")
+    out = tmp_path / "out"
+    code = main(["compress", "torchvision:resnet18", "--data", str(images), "--data-format", "images",
+                 "--recipe", "finetune", "-o", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "need train/ and val/" in err, err
+    assert not out.exists()

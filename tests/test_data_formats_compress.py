@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -58,6 +59,20 @@ class Detector(torch.nn.Module):
         bright = torch.nn.functional.avg_pool2d(x.mean(1, keepdim=True), 5, stride=1, padding=2).flatten(2)
         return torch.cat([centre, size, torch.sigmoid(5 * raw[:, 4:]) * torch.sigmoid(4 * bright)], 1)
 
+class Classifier(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16),
+                                        torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                        torch.nn.Linear(16, 10))
+
+    def forward(self, x):
+        return self.body(x)
+
+def classifier():
+    torch.manual_seed(0)
+    return Classifier()
+
 def segmenter():
     torch.manual_seed(0)
     return Segmenter()
@@ -79,11 +94,15 @@ def written(tmp_path_factory):
     return root, {fmt: write_scenes(scenes, root / fmt, fmt) for fmt in ("masks", "yolo", "coco")}
 
 
-def _compress(root, data, factory, out):
+def _recipe(root):
     recipe = root / "tiny.yaml"
     recipe.write_text(yaml.safe_dump({"name": "tiny", "passes": [
         {"remove_channels": {"macs": 0.7, "round_to": 1}}, {"distill": {"steps": 3, "lr": 0.01}}]}))
-    code = main(["compress", f"{root / 'models.py'}:{factory}", "--data", str(data), "--recipe", str(recipe),
+    return recipe
+
+
+def _compress(root, data, factory, out):
+    code = main(["compress", f"{root / 'models.py'}:{factory}", "--data", str(data), "--recipe", str(_recipe(root)),
                  "-o", str(out), "--batch-size", str(BATCH), "--runs", "2", "--threads", "1", "--workers", "1",
                  "--no-stage-report"])
     assert code == 0
@@ -163,3 +182,28 @@ def test_compress_on_detection_files_reports_pycocotools_map(written, fmt, tmp_p
     assert after["count"] == len(names) and after["map"] > 0
     assert after["map"] == pytest.approx(expected, abs=tolerance)
     assert after["per_class_map"] == [None if v is None else pytest.approx(v, abs=tolerance) for v in per_class]
+
+
+def test_unlabelled_images_distil_and_score_agreement_with_the_dense_model(written, tmp_path):
+    """`--data-format images`: no labels; the reported accuracy is agreement with the dense model's top-1."""
+    root, folders = written
+    images = tmp_path / "unlabelled"
+    for split in ("train", "val"):  # the scene canvases, without their masks
+        shutil.copytree(folders["masks"] / "images" / split, images / split)
+    out = tmp_path / "out"
+    code = main(["compress", f"{root / 'models.py'}:classifier", "--data", str(images), "--data-format", "images",
+                 "--recipe", str(_recipe(root)), "-o", str(out), "--batch-size", str(BATCH), "--runs", "2",
+                 "--threads", "1", "--workers", "0", "--no-stage-report"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert "dense model's own predictions" in report["labels"] and report["classes"] == [str(i) for i in range(10)]
+    assert report["accuracy"]["before"]["val"]["accuracy"] == 1.0  # the dense model agrees with itself
+    namespace = {}
+    exec((root / "models.py").read_text(), namespace)
+    dense = namespace["classifier"]().eval()
+    _, pixels = _val_images(folders["masks"])
+    compressed = _outputs(Program.load(out / "model_train.pt2"), pixels).argmax(1)
+    with torch.no_grad():
+        agreement = float((dense(pixels).argmax(1) == compressed).float().mean())
+    assert report["accuracy"]["after"]["val"]["accuracy"] == pytest.approx(agreement, abs=1e-6)
+    assert report["accuracy"]["after"]["val"]["count"] == len(pixels)
