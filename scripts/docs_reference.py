@@ -151,7 +151,7 @@ def api_reference(module_name: str) -> str:
             lines += [heading, "", f"The `{module_name}.{name}` package has its own page in this reference.", ""]
             continue
         lines += [heading, "", f"::: {defining_path(module_name, name)}", "    options:",
-                  "      show_root_heading: false", ""]
+                  "      show_root_heading: true", "      show_root_toc_entry: false", ""]
     return "\n".join(lines)
 
 
