@@ -266,3 +266,23 @@ def test_fuzzed_archives_end_in_success_or_one_line(good_archive, tmp_path):
 @pytest.mark.slow
 def test_fuzzed_archives_many_cases(good_archive, tmp_path):
     _fuzz(good_archive, tmp_path, cases=600, seed=1)
+
+
+class _Payload:
+    """Unpickling this creates the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickled_sample_input_is_refused_without_suggesting_an_unsafe_load(good_archive, tmp_path):
+    marker = tmp_path / "marker_ran"
+    buffer = __import__("io").BytesIO()
+    torch.save(_Payload(marker), buffer)
+    entries = [(n, buffer.getvalue() if n.endswith("data/sample_inputs/model.pt") else d)
+               for n, d in _entries(good_archive)]
+    message = _one_line_refusal(_write(tmp_path / "pickled.pt2", entries), "refused")
+    assert "trust" not in message.lower() and not marker.exists()
