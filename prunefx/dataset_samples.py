@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,14 @@ def image_size_of(path: Path) -> tuple[int, int]:
         raise PrunefxError(f"image {printable(str(path))} declares {width}x{height} pixels, more than the limit of "
                            f"{image_files.MAX_IMAGE_PIXELS:,} (shrink or remove the file)")
     return height, width
+
+
+def inside(path: Path, folder: Path, what: str) -> Path:
+    """`path` if it (links followed) lies inside `folder`: a data set is what lies inside its folder."""
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    if os.path.commonpath([real, root]) != root:
+        raise PrunefxError(f"{what} {printable(str(path))} leads out of {printable(str(folder))}")
+    return path
 
 
 def images_in(folder: Path) -> list[Path]:

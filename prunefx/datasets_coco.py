@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from prunefx.dataset_samples import SplitFiles
+from prunefx.dataset_samples import SplitFiles, inside
 from prunefx.graph.errors import PrunefxError, first_line
+from prunefx.graph.regular_files import read_regular_file
 
 ROLES = ("train", "val", "test")
 
@@ -42,7 +43,7 @@ def annotation_files(root: Path) -> dict[str, Path]:
 
 def _load_json(path: Path) -> dict:
     try:
-        content = json.loads(path.read_text())
+        content = json.loads(read_regular_file(path, "COCO annotations"))
     except (OSError, ValueError) as error:
         raise PrunefxError(f"cannot read COCO annotations {path}: {first_line(error)}") from None
     missing = [key for key in ("images", "annotations", "categories") if not isinstance(content.get(key), list)]
@@ -92,7 +93,7 @@ def read_split(root: Path, annotations: Path, category_ids: list[int]) -> SplitF
         path = folder / name
         if not path.is_file():
             raise PrunefxError(f"{annotations}: image {image['file_name']} is not in {folder}")
-        images.append(path)
+        images.append(inside(path, folder, "image"))
         boxes.append(np.asarray(boxes_of.pop(image["id"], []), dtype=np.float32).reshape(-1, 5))
     if boxes_of:
         raise PrunefxError(f"{annotations}: annotations name image_id {next(iter(boxes_of))}, which its images lack")

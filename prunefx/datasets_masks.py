@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prunefx.dataset_samples import SplitFiles, images_in, read_mask
+from prunefx.dataset_samples import SplitFiles, images_in, inside, read_mask
 from prunefx.graph.errors import PrunefxError
 
 CLASSES_FILE = "classes.txt"
@@ -35,7 +35,7 @@ def read_split(root: Path, split: str) -> SplitFiles:
         mask = root / "masks" / split / f"{image.stem}.png"
         if not mask.is_file():
             raise PrunefxError(f"image {image} has no mask {mask}")
-        masks.append(mask)
+        masks.append(inside(mask, root, "mask"))
     return SplitFiles(images, str(root / "images" / split), masks=masks)
 
 

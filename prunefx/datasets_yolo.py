@@ -20,8 +20,10 @@ import yaml
 
 from prunefx.dataset_samples import SplitFiles, image_size_of, images_in
 from prunefx.graph.errors import PrunefxError, first_line
+from prunefx.graph.regular_files import read_regular_file
 
 DATA_YAML = "data.yaml"
+MAX_TEXT_BYTES = 16 << 20  # a data yaml or one image's label file: far below this
 
 
 def yaml_file(path: Path) -> Path | None:
@@ -35,7 +37,7 @@ def yaml_file(path: Path) -> Path | None:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        content = yaml.safe_load(path.read_text())
+        content = yaml.safe_load(read_regular_file(path, "YOLO data file", MAX_TEXT_BYTES))
     except (OSError, yaml.YAMLError) as error:
         raise PrunefxError(f"cannot read YOLO data file {path}: {first_line(error)}") from None
     if not isinstance(content, dict):
@@ -63,10 +65,11 @@ def labels_path(image: Path) -> Path:
 
 def read_labels(path: Path, classes: int, height: int, width: int) -> np.ndarray:
     """One label file as k x 5 (class, x1, y1, x2, y2) in pixels; a bad line is one line naming it."""
-    if not path.is_file():
+    if not path.exists():
         return np.zeros((0, 5), np.float32)
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    text = read_regular_file(path, "YOLO labels", MAX_TEXT_BYTES).decode(errors="replace")
+    for number, line in enumerate(text.splitlines(), 1):
         fields = line.split()
         if not fields:
             continue

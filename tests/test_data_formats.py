@@ -120,7 +120,19 @@ def _empty_val(root):
     return "images/val"
 
 
+def _linked_out(root, kind):
+    """Replace a file of the data set by a link to a copy outside its folder."""
+    inside = root / kind / "val" / "00000.png"
+    outside = root.parent / "outside.png"
+    shutil.copy(inside, outside)
+    inside.unlink()
+    inside.symlink_to(outside)
+    return "00000.png leads out of"
+
+
 BAD_CASES = {
+    "coco image linked out of its folder": ("coco", lambda r: _linked_out(r, "images")),
+    "masks mask linked out of its folder": ("masks", lambda r: _linked_out(r, "masks")),
     "coco missing annotation file": ("coco", lambda r: (r / "annotations" / "instances_val.json").unlink()
                                      or "instances_val"),
     "coco category outside classes": ("coco", lambda r: _edit_json(
