@@ -19,6 +19,7 @@ Ultralytics is AGPL-3.0: this example uses it; prunefx itself never depends on i
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 import sys
@@ -36,6 +37,7 @@ from prunefx.ultralytics_bridge import (
     keep_nodes,
     prune_while_training_trainer,
     to_ultralytics_module,
+    training_mode,
 )
 
 PREFIX = "ultralytics:"
@@ -51,8 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cpd", type=int, metavar="INTERVAL",
-                        help="prune while Ultralytics trains (CPD, 2 cuts every INTERVAL optimizer steps) "
-                             "instead of once before training")
+                        help="prune while Ultralytics trains (CPD, 2 cuts every INTERVAL optimizer steps, "
+                             "distillation from the dense model) instead of once before training")
     parser.add_argument("-o", "--output", required=True, help="output folder")
     return parser.parse_args(argv)
 
@@ -109,8 +111,10 @@ def main(argv=None) -> int:
     if args.cpd:
         session = PruneWhileTraining(program, macs=args.macs, events=2, interval=args.cpd, round_to=8,
                                      keep=tuple(keep_nodes(program)),
-                                     write_back=lambda pruned: to_ultralytics_module(pruned, dense))
-        pruned, trainer = session.module, prune_while_training_trainer(session)
+                                     write_back=lambda pruned: to_ultralytics_module(pruned, dense),
+                                     initial_module=training_mode(copy.deepcopy(dense)))
+        teacher = training_mode(copy.deepcopy(dense))  # distillation from the dense YOLO while it prunes
+        pruned, trainer = session.module, prune_while_training_trainer(session, teacher=teacher)
     else:
         remove_channels(program, config={"macs": args.macs, "importance": "l2", "round_to": 8,
                                          "keep": keep_nodes(program)})

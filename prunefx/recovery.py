@@ -21,7 +21,8 @@ prunefx's own Trainer (passes/training.py) runs both for `prunefx compress`. A u
   The model trained is the pruned graph (`session.module`, a GraphModule): its batch norms switch mode
   through `session.train()` / `session.eval()`, not through `module.train()`, and it runs at the
   example's batch size only. With `write_back=lambda program: prunefx.to_module(program, model)` it is
-  the caller's own module instead, written back (and proven) at the start and after every cut; the
+  the caller's own module instead (a copy of `model`, or `initial_module`, until the first cut), written
+  back (and proven) after every cut; the
   Fisher scores then read its gradients, and its weights go into the graph before each cut.
 
 The optimizer after a cut. Channel removal gives every sliced tensor a new Parameter. Rebuilding the
@@ -29,7 +30,7 @@ optimizer (what the Trainer does) restarts momentum; here the caller's optimizer
 groups (with their own lr, weight decay, ...) get the new Parameters in place of the old ones, and every
 state tensor shaped like its parameter (SGD's momentum, Adam's moments) is sliced to the channels that
 survived. Which ones survived is read off the cut itself, not re-derived: the cut runs on a copy whose
-tensors hold their own flat indices (exact integers in floating point), so after it every surviving
+tensors hold their own flat indices (exact in floating point, scaled by 2^-64), so after it every surviving
 element names the element it came from; the real values and the optimizer state are gathered by those
 indices. A tensor too large for exact indices in its dtype (over 2^24 elements in float32) is cut as it
 is, and its optimizer state restarts, the Trainer's behaviour.
@@ -95,7 +96,8 @@ class PruneWhileTraining:
     def __init__(self, model: Program | torch.nn.Module, example_inputs=None, *, macs: float | None = None,
                  params: float | None = None, events: int = 5, interval: int = 50, ranking: str = "global",
                  round_to: int = 8, max_ratio: float = 0.8, keep: tuple[str, ...] = (),
-                 write_back: Callable[[Program], torch.nn.Module] | None = None):
+                 write_back: Callable[[Program], torch.nn.Module] | None = None,
+                 initial_module: torch.nn.Module | None = None):
         options = PruneWhileTrainingConfig.parse({
             "macs": macs, "params": params, "prune_events": events, "interval": interval, "ranking": ranking,
             "round_to": round_to, "max_ratio": max_ratio, "keep": list(keep),
@@ -112,7 +114,11 @@ class PruneWhileTraining:
         # With `write_back` (e.g. `lambda program: prunefx.to_module(program, model)`) the caller trains an
         # eager module of their own classes, written back from the graph at the start and after every cut.
         self.write_back = write_back
-        self.eager = None if write_back is None else self._written_back(self.program)
+        self.eager = None
+        if write_back is not None:  # before the first cut the caller's dense module is the graph's view
+            start = initial_module if initial_module is not None else (
+                copy.deepcopy(model) if not isinstance(model, Program) else write_back(self.program))
+            self.eager = self._tracked(start)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -163,12 +169,15 @@ class PruneWhileTraining:
         return True
 
     def _written_back(self, program: Program) -> torch.nn.Module:
-        module = self.write_back(program)
-        missing = {name for name, _ in program.module.named_parameters()} - dict(module.named_parameters()).keys()
+        return self._tracked(self.write_back(program))
+
+    def _tracked(self, module: torch.nn.Module) -> torch.nn.Module:
+        """`module` becomes the one trained, its gradients the ones scored."""
+        missing = {name for name, _ in self.program.module.named_parameters()} - dict(module.named_parameters()).keys()
         if missing:
             raise PrunefxError(f"the written-back module lacks the graph's parameter {sorted(missing)[0]}: "
                                "write_back must return a module with the graph's parameter names")
-        self.schedule.restart_scores(program.module, gradients_from=module)
+        self.schedule.restart_scores(self.program.module, gradients_from=module)
         return module
 
     def statistics(self) -> dict:
@@ -178,10 +187,16 @@ class PruneWhileTraining:
 
 # --- the cut, with the surviving indices -----------------------------------------------------------
 
+# Probes hold index * 2^-64: exact (a power of two only moves the exponent, and 2^-64 is far above float32's
+# smallest normal number, 2^-126), and small enough that the network stays finite on them (activations
+# shrink towards 0 instead of overflowing), which the cut's verification checks.
+_PROBE_SCALE = 2.0 ** -64
+
+
 def _indexable(tensor: torch.Tensor) -> bool:
-    """Whether every flat index of `tensor` is an exact integer in its dtype."""
-    # Integers up to 2 / eps (2^24 in float32) are exact in a floating-point dtype.
-    return tensor.is_floating_point() and tensor.numel() <= 2 / torch.finfo(tensor.dtype).eps
+    """Whether every flat index of `tensor` is exact as a probe: float32 or float64, and integers up to
+    2 / eps (2^24 in float32) are exact."""
+    return tensor.dtype in (torch.float32, torch.float64) and tensor.numel() <= 2 / torch.finfo(tensor.dtype).eps
 
 
 def cut_tracking_indices(program: Program, cut: Callable[[Program], object]
@@ -192,6 +207,7 @@ def cut_tracking_indices(program: Program, cut: Callable[[Program], object]
     originals = {name: tensor for name, tensor in _named_tensors(program.module) if _indexable(tensor)}
     for name, tensor in originals.items():
         probe = torch.arange(tensor.numel(), dtype=tensor.dtype, device=tensor.device).reshape(tensor.shape)
+        probe = probe * _PROBE_SCALE
         set_tensor(pruned.module, name, probe)
     cut(pruned)
     kept = {}
@@ -199,7 +215,7 @@ def cut_tracking_indices(program: Program, cut: Callable[[Program], object]
     for name, original in originals.items():
         if name not in present:  # no longer read by the graph
             continue
-        index = present[name].detach().round().long()
+        index = (present[name].detach() / _PROBE_SCALE).round().long()
         kept[name] = index.flatten()
         set_tensor(pruned.module, name, original.detach().flatten()[kept[name]].reshape(index.shape))
     return pruned, kept

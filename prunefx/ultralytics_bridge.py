@@ -135,18 +135,46 @@ def to_ultralytics_module(program: Program, detection_model: nn.Module) -> nn.Mo
     return training_mode(to_module(program, detection_model, config=False))
 
 
-def prune_while_training_trainer(session):
+class DistilledCriterion:
+    """Ultralytics' own detection loss plus prunefx's detection distillation from a frozen dense YOLO
+    (passes/training_losses.detection_kd_loss on both heads' decoded outputs: class probabilities and
+    boxes, weighted by the teacher's confidence), times `weight`."""
+
+    def __init__(self, model: nn.Module, teacher: nn.Module, weight: float):
+        self.criterion, self.head, self.weight = model.init_criterion(), detect_head(model), weight
+        self.teacher, self.teacher_head = teacher, detect_head(teacher)
+
+    def __call__(self, preds, batch):
+        from prunefx.passes.training_losses import detection_kd_loss
+        loss, items = self.criterion(preds, batch)  # per term (box, cls, dfl), times the batch size
+        raw = preds[1] if isinstance(preds, tuple) else preds
+        with torch.no_grad():
+            taught = self.teacher(batch["img"])[1]  # eval mode: (decoded, raw); the raw dict is decoded below
+        kd = detection_kd_loss(self.head._inference(raw), self.teacher_head._inference(taught))
+        # Spread over the terms: the trainer sums them, so each gets its share of weight * kd * batch size.
+        return loss + self.weight * kd * len(batch["img"]) / loss.numel(), items
+
+
+def prune_while_training_trainer(session, *, teacher: nn.Module | None = None, kd_weight: float = 1.0):
     """Ultralytics' DetectionTrainer running CPD's schedule (a prunefx.PruneWhileTraining `session` made with
     `write_back=lambda program: to_ultralytics_module(program, dense)`): it trains `session.module`; Fisher
     scores are read in `optimizer_step`, where Ultralytics' gradients are complete (its callbacks run after
     they are zeroed); after a cut the trainer continues on the written-back module with the same optimizer
-    (its state sliced to the channels kept) and a new EMA of the pruned model."""
+    (its state sliced to the channels kept) and a new EMA of the pruned model. With `teacher` (the dense
+    model, e.g. `training_mode(copy.deepcopy(dense))`), the loss adds its distillation (DistilledCriterion)."""
     from ultralytics.models.yolo.detect import DetectionTrainer
     from ultralytics.utils.torch_utils import ModelEMA
 
+    frozen = None if teacher is None else teacher.eval().requires_grad_(False)
+
     class PruneWhileTrainingTrainer(DetectionTrainer):
         def get_model(self, cfg=None, weights=None, verbose=True):
+            self.add_callback("on_train_start", lambda trainer: trainer.distil())
             return session.module
+
+        def distil(self):
+            if frozen is not None:  # after the EMA copy is made: the EMA must not carry the teacher
+                self.model.criterion = DistilledCriterion(self.model, frozen.to(self.device), kd_weight)
 
         def optimizer_step(self):
             session.after_backward()
@@ -157,5 +185,6 @@ def prune_while_training_trainer(session):
                 updates = self.ema.updates if self.ema else 0
                 self.ema = ModelEMA(self.model)
                 self.ema.updates = updates
+                self.distil()
 
     return PruneWhileTrainingTrainer
