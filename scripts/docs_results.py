@@ -8,8 +8,10 @@ their path in the file. Numbers are shown to four significant figures.
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
+import sys
 import textwrap
 from pathlib import Path
 
@@ -134,9 +136,39 @@ def _machine_line(machine: dict) -> str:
             f"{machine.get('logical_cpus', '?')} logical CPUs), Python {machine.get('python', '?')}; {software}")
 
 
+def script_of(name: str) -> Path | None:
+    """The benchmark that wrote NAME.json: benchmarks/NAME.py, or the longest SCRIPT with NAME = SCRIPT_..."""
+    scripts = sorted(RESULTS.parent.glob("*.py"), key=lambda path: len(path.stem), reverse=True)
+    return next((path for path in scripts if name == path.stem or name.startswith(path.stem + "_")), None)
+
+
+def script_markdown(name: str, data: dict) -> str | None:
+    """The results as the benchmark script itself renders them (its `markdown(report)`), headings moved
+    under the page's; None when the script has no renderer or it cannot read this (older) file."""
+    script = script_of(name)
+    if script is None:
+        return None
+    if str(script.parent) not in sys.path:  # the scripts import their sibling `common`
+        sys.path.insert(0, str(script.parent))
+    try:
+        render = getattr(importlib.import_module(script.stem), "markdown", None)
+        text = render(data) if render is not None else None
+    except Exception:  # an older results file than the renderer reads: the generic tables still show it
+        return None
+    return re.sub(r"^(#+) ", r"##\1 ", text, flags=re.MULTILINE) if text else None
+
+
 def results_markdown(name: str) -> str:
-    """The command, machine and tables of benchmarks/results/NAME.json as Markdown."""
+    """benchmarks/results/NAME.json as Markdown: as its script renders it where it can, and every field
+    of the file in generic tables, collapsed."""
     data = json.loads((RESULTS / f"{name}.json").read_text())
+    rendered = script_markdown(name, data)
+    raw = raw_markdown(name, data)
+    return f"{rendered}\n\n{raw}" if rendered else raw
+
+
+def raw_markdown(name: str, data: dict) -> str:
+    """The command, machine and every field of the results file, in tables (collapsed)."""
     lines: list[str] = []
     if data.get("command"):
         lines += ["Command:", "", "```sh", str(data["command"]), "```", ""]

@@ -137,6 +137,15 @@ def test_results_tables_are_made_from_the_json(tmp_path, monkeypatch):
     assert "| resnet20 | 1.235 | yes |" in text and "| vit | 2.5 | no |" in text
 
 
+def test_benchmark_tables_are_rendered_by_their_script_from_the_results_file():
+    results = _script("docs_results")
+    data = json.loads((results.RESULTS / "one_shot_accuracy.json").read_text())
+    best = max((run for run in data["runs"] if run["fraction"] == 0.5), key=lambda run: run["test_accuracy"])
+    text = results.results_markdown("one_shot_accuracy")
+    assert f"{100 * best['test_accuracy']:.2f}" in text.split("??? info")[0]  # the script's own table
+    assert results.script_of("budget_choice_vit_4x").name == "budget_choice.py"
+
+
 def test_every_howto_links_an_example_that_exists():
     for page in sorted((DOCS / "howto").glob("*.md")):
         examples = re.findall(r"examples/(\w+\.py)", page.read_text())
