@@ -168,13 +168,13 @@ def ultralytics_detector(name: str) -> torch.nn.Module:
     """An Ultralytics DetectionModel from a shipped yaml (no weights) or a checkpoint, set to its export-mode
     forward (what Ultralytics' own ONNX export traces): one tensor of decoded boxes and class scores."""
     try:
-        from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+        from ultralytics.nn.tasks import load_checkpoint
     except ImportError as error:  # AGPL-3.0: installed by the user (or `pip install -e .[dev]`), never by us
         raise ModelReferenceError(f"ultralytics:{name} needs the ultralytics package: pip install ultralytics "
                                   f"({first_line(error)})") from error
     if name.endswith((".yaml", ".yml")):
         try:
-            model = DetectionModel(name, verbose=False)
+            model = _ultralytics_model_class(name)(name, verbose=False)
         except Exception as error:  # a missing or malformed yaml surfaces as many types
             raise ModelReferenceError(f"ultralytics cannot build {name}: {first_line(error)}") from error
     elif name.endswith(".pt"):
@@ -187,14 +187,29 @@ def ultralytics_detector(name: str) -> torch.nn.Module:
     else:
         raise ModelReferenceError(f"ultralytics:{name}: name a model yaml (yolov8n.yaml) or a checkpoint .pt")
     # Ultralytics saves its EMA copy with every parameter frozen: prunefx compresses and trains this model.
-    return _export_mode(model.float().eval().requires_grad_(True), name)
+    model = model.float().eval().requires_grad_(True)
+    from prunefx.ultralytics_bridge import register_resizers
+    register_resizers()  # so that prunefx.to_module (prune --module) can write a pruned YOLO back
+    if type(model).__name__ == "ClassificationModel":
+        for head in model.modules():  # export mode: one tensor of class probabilities, not (probabilities, logits)
+            if hasattr(head, "export") and type(head).__name__ == "Classify":
+                head.export = True
+        return model
+    return _export_mode(model, name)
+
+
+def _ultralytics_model_class(name: str) -> type:
+    """DetectionModel, or ClassificationModel for a classification yaml (yolo11n-cls.yaml)."""
+    from ultralytics.nn.tasks import ClassificationModel, DetectionModel, guess_model_task
+    return ClassificationModel if guess_model_task(name) == "classify" else DetectionModel
 
 
 def _export_mode(model: torch.nn.Module, name: str) -> torch.nn.Module:
     heads = [m for m in model.modules() if hasattr(m, "export") and hasattr(m, "stride") and hasattr(m, "reg_max")]
     if len(heads) != 1 or getattr(heads[0], "end2end", False):
         raise ModelReferenceError(f"ultralytics:{name} has no single (non end-to-end) Detect head; prunefx "
-                                  "takes Ultralytics detection models")
+                                  "takes Ultralytics detection models with a Detect head (YOLOv8, YOLO11) and "
+                                  "classification models")
     head = heads[0]
     head.export, head.format = True, "onnx"
     # Anchors are computed inside the graph for the captured size (dynamic), from Python-number strides: a

@@ -52,13 +52,16 @@ def offline_environment(tmp_path: Path) -> dict:
 # Minutes each (captures of a YOLO, Ultralytics' training): the zoo lane, not `make test`'s 20 minutes.
 @pytest.mark.slow
 @pytest.mark.zoo
-@pytest.mark.parametrize("model, cpd", [("yolov8n.yaml", []), ("yolo11n.yaml", []), ("yolov8n.yaml", ["--cpd", "1"])])
-def test_pruned_yolo_trains_validates_and_exports(tmp_path, model, cpd):
+# Ultralytics accumulates gradients up to 64 images: 32 images of batch 8 make one optimizer step per epoch,
+# so the CPD case trains 2 epochs for its 2 cuts, one step apart.
+@pytest.mark.parametrize("model, options", [("yolov8n.yaml", ["--epochs", "1"]), ("yolo11n.yaml", ["--epochs", "1"]),
+                                            ("yolov8n.yaml", ["--epochs", "2", "--cpd", "1"])])
+def test_pruned_yolo_trains_validates_and_exports(tmp_path, model, options):
     data = write_yolo_data(tmp_path / "data")
     output = tmp_path / "out"
     run = subprocess.run([sys.executable, "examples/ultralytics_prune_train.py", f"ultralytics:{model}",
-                          "--data", str(data), "--macs", "0.5", "--epochs", "1", "--imgsz", "64", "--batch", "8",
-                          *cpd, "-o", str(output)], cwd=REPO, env=offline_environment(tmp_path),
+                          "--data", str(data), "--macs", "0.5", "--imgsz", "64", "--batch", "8", *options,
+                          "-o", str(output)], cwd=REPO, env=offline_environment(tmp_path),
                          capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stderr[-3000:]
     metrics = json.loads((output / "metrics.json").read_text())
@@ -67,5 +70,32 @@ def test_pruned_yolo_trains_validates_and_exports(tmp_path, model, cpd):
     assert 0.0 <= metrics["map50_95"] <= metrics["map50"] <= 1.0
     assert metrics["onnx_relative_difference"] < 1e-4
     assert (output / "weights.pt").is_file() and (output / "model.onnx").is_file()
-    if cpd:  # two cuts while Ultralytics trained
+    if "--cpd" in options:  # two cuts while Ultralytics trained
         assert [cut["step"] for cut in metrics["cpd_cuts"]] == [1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.zoo
+def test_classification_yolo_prunes_and_writes_back():
+    import torch
+    import torch.utils._pytree as pytree
+
+    from prunefx.graph import capture, count
+    from prunefx.models import build_model
+    from prunefx.passes.remove_channels import remove_channels
+    from prunefx.ultralytics_bridge import keep_nodes, register_resizers
+    from prunefx.write_back import to_module
+
+    model = build_model("ultralytics:yolo11n-cls.yaml", image_size=64).module
+    inputs = torch.rand(2, 3, 64, 64)
+    program = capture(model, inputs, name="yolo11n-cls").eval()
+    dense = count(program).macs
+    remove_channels(program, config={"macs": 0.5, "importance": "l2", "round_to": 8, "keep": keep_nodes(program)})
+    assert count(program).macs / dense == pytest.approx(0.5, rel=0.03)
+    register_resizers()
+    pruned = to_module(program, model, config=False).eval()
+    assert type(pruned).__name__ == "ClassificationModel"
+    other = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        for got, want in zip(pytree.tree_leaves(pruned(other)), pytree.tree_leaves(program(other)), strict=True):
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
