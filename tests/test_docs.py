@@ -163,3 +163,19 @@ def test_every_page_is_in_the_navigation():
 def test_no_internal_issue_numbers_in_user_facing_text():
     for page in [ROOT / "README.md", *DOCS.rglob("*.md")]:
         assert not re.search(r"\bissue \d+", page.read_text(), re.IGNORECASE), page
+
+
+def documented_keys(page: Path, heading: str) -> set[str]:
+    """The keys in the first column of the table under `heading` (`a`, `b` in one cell count as two)."""
+    section = page.read_text().split(heading + "\n", 1)[1].split("\n#", 1)[0]
+    cells = re.findall(r"^\| (.*?) \|", section, re.MULTILINE)
+    return {key for cell in cells for key in re.findall(r"`(\w+)`", cell)}
+
+
+@pytest.mark.slow
+def test_the_report_json_reference_lists_exactly_what_prune_writes(tmp_path):
+    from prunefx.cli import main
+
+    assert main(["prune", "prunefx:resnet20", "--macs", "0.5", "-o", str(tmp_path)]) == 0
+    written = set(json.loads((tmp_path / "report.json").read_text()))
+    assert documented_keys(DOCS / "reference" / "report-json.md", "## `prunefx prune`") == written
