@@ -274,8 +274,8 @@ def load_data(spec: str | Path, batch_size: int, **options) -> DataSplits:
 
         return format_data(Path(text).expanduser(), batch_size, **options)
     raise PrunefxError(f"unknown data {text!r}: use {FASHION_MNIST!r}, {IMAGENET_SAMPLE!r}, {FASHION_MNIST_SEG!r}, "
-                       f"{FASHION_MNIST_DET!r} or the path of a folder with train/<class>/ and val/<class>/ "
-                       f"image folders")
+                       f"{FASHION_MNIST_DET!r} or the path of a data set on disk (an ImageFolder with train/<class>/ "
+                       f"and val/<class>/, COCO annotations/, a YOLO data.yaml, or images/ + masks/ folders)")
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
