@@ -23,6 +23,12 @@ needs_fashion_mnist = pytest.mark.skipif(
     reason=f"{fashion_mnist.DEFAULT_ROOT} missing: apt-get install dataset-fashion-mnist")
 
 
+@pytest.fixture(autouse=True)
+def scene_cache(tmp_path_factory, monkeypatch):
+    """Scenes drawn from the temporary item files below are written to a temporary cache, not the user's."""
+    monkeypatch.setenv("PRUNEFX_CACHE", str(tmp_path_factory.getbasetemp() / "prunefx-cache"))
+
+
 @pytest.fixture(scope="module")
 def test_items():
     return fashion_mnist.load_fashion_mnist("test")
