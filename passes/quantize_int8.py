@@ -27,6 +27,10 @@ Config (QuantizeInt8Config):
   k worst in float, with their error and rank as the reason. The errors of all layers are in the stats.
 - `fold_batchnorm` (default True): fold eval-mode batch norms into the layers before them first, as
   TensorRT would; a batch norm after a quantized layer would otherwise rescale its quantized weights.
+- `attention` (default True): INT8 attention. Each scaled_dot_product_attention is spelled out as
+  matmul(q, kᵀ) * scale, softmax, matmul(p, v) (graph/attention.py) and its two matmuls are quantized like any
+  other: per-tensor quantizers on Q, Kᵀ, V and the softmax output, where TensorRT's fused attention reads them.
+  Measured on the Fashion-MNIST ViT (benchmarks/results/int8_attention.md).
 Preconditions: a Program in eval mode for calibration (the pass evaluates in eval mode and restores the mode).
 The pass is not exact; it is idempotent: a Program that already holds fake quantizers is left alone (its
 choices, layers left in float included, stand), and the run reports modified=False. A Program with no quantizable layer is an error (nothing to do is not a success).
@@ -43,6 +47,7 @@ import torch
 
 from prunefx.graph import Program
 from prunefx.graph.activations import calibration_inputs, run_tapped, tap_nodes
+from prunefx.graph.attention import decompose_attention
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.quantization import (
@@ -81,6 +86,8 @@ class QuantizeInt8Config(PassConfig):
                                       cli=False)
     fold_batchnorm: bool = option(True, help="fold batch norms into the layers before them first, as TensorRT "
                                              "would")
+    attention: bool = option(True, help="INT8 attention: spell scaled_dot_product_attention out (matmul, softmax, "
+                                        "matmul) and quantize Q, K, V and the softmax output")
 
 
 def _settings(config: dict | QuantizeInt8Config | None) -> QuantizeInt8Config:
@@ -97,7 +104,9 @@ def quantize_int8(program: Program, /, *, config: dict | QuantizeInt8Config | No
     if has_fake_quant(program.graph):  # quantized before: its choices (layers left in float included) stand
         return Result(program, modified=False, stats={"quantized": [], "skipped": [], "already_quantized": True})
     folded = run_inner(fold_batchnorm, program).stats["folded"] if settings.fold_batchnorm else 0
+    attention, attention_kept = decompose_attention(program) if settings.attention else (0, {})
     targets, refused = find_targets(program.graph)
+    refused.update({name: f"attention kept whole ({reason})" for name, reason in attention_kept.items()})
     if not any(target.kind == "layer" for target in targets):  # adds and pools alone: nothing to compute on INT8
         raise PrunefxError(f"{OWNER}: model '{program.name}' has no quantizable layer (convolution, linear or "
                            f"matmul with a float input){_refusals(refused)}")
@@ -119,7 +128,7 @@ def quantize_int8(program: Program, /, *, config: dict | QuantizeInt8Config | No
     _rewrite(program, chosen, amax)
     stats = {"method": settings.method, "percentile": settings.percentile if settings.method == "percentile" else None,
              "calibration_batches": len(batches), "calibration_images": sum(int(b[0].shape[0]) for b in batches),
-             "folded_batch_norms": folded,
+             "folded_batch_norms": folded, "attention_decomposed": attention,
              "quantized": [_row(target, amax, errors) for target in chosen],
              "skipped": skipped,
              "activation_quantizers": len({node for target in chosen for node in target.activations}),

@@ -49,7 +49,8 @@ HELP = ("INT8 with Q/DQ (TensorRT's explicit quantization): write model.pt2, mod
         "model_trt.onnx, model_ort.onnx, report.json")
 BACKENDS = {"ort": "model_ort.onnx", "trt": "model_trt.onnx"}
 READINESS = {"model_trt.onnx": ("trt10", "trt11"), "model_ort.onnx": ("ort",)}  # prunefx check's targets per file
-OPTIONS = ("method", "percentile", "max_batches", "skip_nodes", "skip_operators", "sensitive", "fold_batchnorm")
+OPTIONS = ("method", "percentile", "max_batches", "skip_nodes", "skip_operators", "sensitive", "fold_batchnorm",
+           "attention")
 
 
 def add_arguments(parser) -> None:

@@ -1,0 +1,92 @@
+"""What INT8 attention costs in accuracy: the Fashion-MNIST ViT of benchmarks/int8_latency.py (the same cached
+trained model, the same 8 calibration batches of epoch 0), quantized with `quantize_int8` with attention kept in
+float (`attention: False`: Q/DQ on the linear layers and residual adds only) and with INT8 attention (the default:
+Q, Kᵀ, V and the softmax output quantized too), after PTQ and after --qat-steps of quantization-aware
+training (KD from the FP32 model, as int8_latency's QAT rows). Accuracy is the fake-quantized Program's top-1
+on the Fashion-MNIST test set (the TensorRT file computes the same, runtime/onnx_quantized.py's parity tests);
+each INT8 row also counts, in the TensorRT file (model_trt.onnx's lowering), the Conv/Gemm/MatMul that have a
+DequantizeLinear on both inputs, and `prunefx check --target trt11`'s errors on it.
+Writes benchmarks/results/int8_attention.json and .md.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/int8_attention.py [--qat-steps 60] [--train-epochs 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import onnx
+import torch
+from common import command_line, machine_info, machine_summary, markdown_table, publish_results
+from int8_latency import FASHION_MNIST_BATCH, _kd, calibration_batches, trained_fashion_mnist
+
+from prunefx.data import fashion_mnist_data
+from prunefx.passes.quantize_int8 import quantize_int8
+from prunefx.runtime.engine_check import check_model
+from prunefx.runtime.engine_rules import GraphIndex
+from prunefx.runtime.onnx_quantized import export_quantized_onnx
+
+NAME = "int8_attention"
+MODEL = "vit_tiny_fmnist"
+
+
+def accuracy(program, data) -> float:
+    correct = total = 0
+    with torch.no_grad():
+        for inputs, labels in data.test:
+            keep = labels >= 0  # the loader pads the last batch with label -1
+            predicted = program(inputs).argmax(1)
+            correct += int((predicted[keep] == labels[keep]).sum())
+            total += int(keep.sum())
+    return correct / total
+
+
+def tensorrt_file_counts(program) -> dict:
+    """INT8 layers (a DequantizeLinear on both inputs) and prunefx check's errors in the TensorRT file."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = export_quantized_onnx(program, Path(folder) / "model_trt.onnx", activations="s8").path
+        model = onnx.load(str(path))
+    index = GraphIndex(model)
+    layers = [node for node in model.graph.node if node.op_type in ("Conv", "Gemm", "MatMul")]
+    int8 = [node for node in layers if all(index.dequantized(name) for name in node.input[:2])]
+    return {"layers": len(layers), "int8_layers": len(int8), "check_errors": check_model(model, "trt11").count("error")}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-epochs", type=int, default=1, help="epochs the ViT trains (1, cached)")
+    parser.add_argument("--qat-steps", type=int, default=60, help="KD steps of quantization-aware training (60)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    data = fashion_mnist_data(FASHION_MNIST_BATCH, augment=True)
+    batches = calibration_batches(data)
+    dense = trained_fashion_mnist(MODEL, data, args.train_epochs)
+    rows = [{"variant": "fp32", "attention": "float", "accuracy": accuracy(dense, data)}]
+    for attention in (False, True):
+        started = time.perf_counter()
+        ptq = dense.clone().eval()
+        stats = quantize_int8(ptq, config={"calibration": batches, "attention": attention}).stats
+        counts = tensorrt_file_counts(ptq)
+        rows.append({"variant": "int8 PTQ", "attention": "int8" if attention else "float",
+                     "accuracy": accuracy(ptq, data), "quantized_layers": len(stats["quantized"]), **counts})
+        qat = _kd(ptq.clone(), dense, data, args.qat_steps, 0.001)
+        rows.append({"variant": f"int8 QAT ({args.qat_steps} steps)", "attention": "int8" if attention else "float",
+                     "accuracy": accuracy(qat, data), "quantized_layers": len(stats["quantized"]), **counts})
+        print(f"attention {'int8' if attention else 'float'}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    info = machine_info(threads=2, qat_steps=args.qat_steps, train_epochs=args.train_epochs)
+    table = markdown_table(
+        ("variant", "attention", "top-1 %", "INT8 Conv/Gemm/MatMul in the TensorRT file", "check errors (trt11)"),
+        [(row["variant"], row["attention"], f"{100 * row['accuracy']:.2f}",
+          f"{row['int8_layers']} of {row['layers']}" if "layers" in row else "-", row.get("check_errors", "-"))
+         for row in rows])
+    markdown = (f"# INT8 attention on the Fashion-MNIST ViT\n\n`{command_line()}`\n\n{machine_summary(info)}; "
+                "accuracy only (no timing), on the 10 000 test images.\n\n" + table + "\n")
+    return publish_results(NAME, {"machine": info, "model": MODEL, "rows": rows}, markdown)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
