@@ -52,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--nbs", type=int, default=64,
+                        help="Ultralytics' nominal batch size: gradients accumulate to it per optimizer step")
     parser.add_argument("--cpd", type=int, metavar="INTERVAL",
                         help="prune while Ultralytics trains (CPD, 2 cuts every INTERVAL optimizer steps, "
                              "distillation from the dense model) instead of once before training")
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
     yolo.model = pruned
     settings = {"data": args.data, "imgsz": args.imgsz, "batch": args.batch, "workers": 0, "device": args.device,
                 "plots": False, "amp": False}
-    yolo.train(epochs=args.epochs, project=str(output.resolve()), name="train", exist_ok=True,
+    yolo.train(epochs=args.epochs, nbs=args.nbs, project=str(output.resolve()), name="train", exist_ok=True,
                trainer=trainer, **settings)
     if args.cpd:  # the model after the last cut
         program, pruned = session.program, session.module
