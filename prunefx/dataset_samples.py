@@ -28,7 +28,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from prunefx import image_files
 from prunefx.graph.errors import PrunefxError, first_line, printable
-from prunefx.graph.regular_files import read_regular_file
+from prunefx.graph.regular_files import read_regular_file, require_regular_file
 
 IGNORED = -1
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -50,6 +50,7 @@ def image_size_of(path: Path) -> tuple[int, int]:
     """(height, width) from the file's header, checked against image_files' pixel limit; a file whose
     header does not decode is one line naming it. Only the header is read: this runs over every image
     of a data set before training."""
+    require_regular_file(path, "image")  # a FIFO or device named like an image would hang PIL's open
     try:
         with Image.open(path) as image:
             image.verify()  # the header and, for PNG, the chunk checksums: no pixels decoded
@@ -57,8 +58,7 @@ def image_size_of(path: Path) -> tuple[int, int]:
     except _DECODE_ERRORS as error:
         raise _cannot_read(path, "image", error) from None
     if width * height > image_files.MAX_IMAGE_PIXELS:
-        raise PrunefxError(f"image {printable(str(path))} declares {width}x{height} pixels, more than the limit of "
-                           f"{image_files.MAX_IMAGE_PIXELS:,} (shrink or remove the file)")
+        raise image_files.too_many_pixels(path, f"{width}x{height}")
     return height, width
 
 

@@ -79,17 +79,18 @@ def _checked_bytes(path: str | Path) -> tuple[bytes, Image.Image]:
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:  # PIL's own, higher limit, checked from the same header
-        raise _too_many_pixels(path, "more") from None
+        raise too_many_pixels(path, "more") from None
     except (OSError, ValueError, SyntaxError) as error:
         raise PrunefxError(f"cannot read image {printable(str(path))}: {first_line(error)} "
                            "(remove or replace the file)") from None
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
-        raise _too_many_pixels(path, f"{width}x{height}")
+        raise too_many_pixels(path, f"{width}x{height}")
     return data, image
 
 
-def _too_many_pixels(path: str | Path, declared: str) -> PrunefxError:
+def too_many_pixels(path: str | Path, declared: str) -> PrunefxError:
+    """The one-line refusal of an image whose header declares more than MAX_IMAGE_PIXELS."""
     return PrunefxError(f"image {printable(str(path))} declares {declared} pixels, more than the limit of "
                         f"{MAX_IMAGE_PIXELS:,} (shrink or remove the file)")
 

@@ -5,6 +5,7 @@ normalisation constants), and every bad-data case a one-line error, exit 2, with
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -130,7 +131,16 @@ def _linked_out(root, kind):
     return "00000.png leads out of"
 
 
+def _fifo_image(root):
+    """An image replaced by a FIFO: opening it for its header would wait for a writer forever."""
+    image = root / "images" / "val" / "00001.png"
+    image.unlink()
+    os.mkfifo(image)
+    return "image 00001.png is not in"
+
+
 BAD_CASES = {
+    "coco image that is a FIFO": ("coco", _fifo_image),
     "coco image linked out of its folder": ("coco", lambda r: _linked_out(r, "images")),
     "masks mask linked out of its folder": ("masks", lambda r: _linked_out(r, "masks")),
     "coco missing annotation file": ("coco", lambda r: (r / "annotations" / "instances_val.json").unlink()
