@@ -161,22 +161,35 @@ class Candidate:
 def choose_for_budget(program: Program, /, *, config: dict | None = None) -> Result:
     settings = ChooseForBudgetConfig.parse(config)
     candidates = budget_candidates(program, settings)
-    chosen = min((candidate for candidate in candidates if candidate.met), key=lambda candidate: candidate.proxy)
+    chosen = min((candidate for candidate in candidates if candidate.met), key=_proxy)
+    measured, macs_kept = chosen.measured, chosen.macs_kept
+    if measured is None or macs_kept is None:  # _fill sets both on every candidate that met
+        raise TypeError(f"choose_for_budget: the chosen candidate {chosen.dimensions} was not measured")
     stats = {"budget": budget_text(settings.speedup, settings.latency_ms), "met": True,
-             "chosen": list(chosen.dimensions), "speedup": chosen.measured.speedup, "ms": chosen.measured.ms,
-             "dense_ms": chosen.measured.dense_ms,
-             "budget_ms": settings.latency_ms or chosen.measured.dense_ms / settings.speedup, "proxy": chosen.proxy, "macs_kept": chosen.macs_kept,
+             "chosen": list(chosen.dimensions), "speedup": measured.speedup, "ms": measured.ms,
+             "dense_ms": measured.dense_ms,
+             "budget_ms": settings.latency_ms or measured.dense_ms / _wanted_speedup(settings), "proxy": chosen.proxy,
+             "macs_kept": macs_kept,
              "candidates": [candidate.to_dict() for candidate in candidates]}
     # a budget above 1x is met by fewer MACs or by INT8 layers: say which happened, do not assume it
-    modified = chosen.macs_kept < 1.0 or bool(chosen.settings.get("int8_layers"))
+    modified = macs_kept < 1.0 or bool(chosen.settings.get("int8_layers"))
     return Result(chosen.program, modified=modified, stats=stats)
 
 
-def budget_candidates(program: Program, settings: ChooseForBudgetConfig | dict) -> list[Candidate]:
+def _proxy(candidate: Candidate) -> float:
+    return candidate.proxy if candidate.proxy is not None else math.inf
+
+
+def _wanted_speedup(settings: ChooseForBudgetConfig) -> float:
+    if settings.speedup is None:  # parse() demands exactly one budget: latency_ms is the one
+        raise TypeError("choose_for_budget: a speed-up budget was expected")
+    return settings.speedup
+
+
+def budget_candidates(program: Program, config: ChooseForBudgetConfig | dict) -> list[Candidate]:
     """Every combination of the allowed dimensions, each with its cheapest setting that meets the budget
     (or the reason it cannot), scored by the damage proxy; the input Program is left as it was."""
-    if isinstance(settings, dict):
-        settings = ChooseForBudgetConfig.parse(settings)
+    settings = config if isinstance(config, ChooseForBudgetConfig) else ChooseForBudgetConfig.parse(config)
     require_latency("choose_for_budget", settings.latency)
     if settings.calibration is None:
         raise PrunefxError("choose_for_budget needs 'calibration' data: INT8 ranges, block ranking and the "
@@ -256,11 +269,17 @@ class _Search:
         candidate.macs_kept = count(finished).macs / self.dense_macs
         candidate.proxy = kl_damage(self.reference, _outputs(finished, self.batches[:self.settings.proxy_batches]))
 
+    @property
+    def _latency(self) -> Callable:
+        if self.settings.latency is None:  # budget_candidates refused that already (require_latency)
+            raise PrunefxError("choose_for_budget needs 'latency', the measuring function")
+        return self.settings.latency
+
     def _wanted(self) -> float:
         """The budget as a speed-up over the dense model (a latency budget through the dense model's time)."""
         if self.settings.speedup is not None:
             return self.settings.speedup
-        dense_ms, _, _ = self.settings.latency(self.dense, self.dense)
+        dense_ms, _, _ = self._latency(self.dense, self.dense)
         return dense_ms / self.settings.latency_ms
 
     def _depth_share(self, dimensions) -> float | None:
@@ -275,7 +294,7 @@ class _Search:
 
     def _int8_gain(self) -> float:
         if self.int8_gain is None:
-            dense_ms, ms, _ = self.settings.latency(self.dense, self._quantize(self.dense))
+            dense_ms, ms, _ = self._latency(self.dense, self._quantize(self.dense))
             self.int8_gain = dense_ms / ms
         return self.int8_gain
 
@@ -364,6 +383,6 @@ def kl_damage(reference: list[torch.Tensor], outputs: list[torch.Tensor]) -> flo
 
 
 def _unreachable(settings: ChooseForBudgetConfig, best: tuple[float, tuple[str, ...]] | None) -> str:
-    best = f": the best measured was {best[0]:.2f}x ({' + '.join(best[1])})" if best else ""
+    said = f": the best measured was {best[0]:.2f}x ({' + '.join(best[1])})" if best else ""
     return (f"cannot reach {budget_text(settings.speedup, settings.latency_ms)} with any mix of "
-            f"{', '.join(settings.dimensions)}{best}")
+            f"{', '.join(settings.dimensions)}{said}")

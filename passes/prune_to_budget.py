@@ -67,6 +67,7 @@ from prunefx.passes.config_checks import ConfigError
 from prunefx.passes.contract import graph_pass
 from prunefx.passes.measurement import as_measurer, round_to_of
 from prunefx.passes.pass_config import option
+from prunefx.passes.pipeline import run_inner
 from prunefx.passes.remove_channels import RemoveChannelsConfig, remove_channels
 from prunefx.passes.result import Result
 
@@ -134,7 +135,7 @@ def prune_to_budget(program: Program, /, *, config: dict | None = None) -> Resul
              "macs_fraction": chosen.fraction, "chosen": chosen.measured.to_dict(),
              "trace": [c.to_dict() for c in search.trace],
              "remove_channels": chosen.result.stats}
-    return Result(chosen.result.program, modified=True, stats=stats)
+    return Result(chosen.result.program, modified=chosen.result.modified, stats=stats)
 
 
 class _Search:
@@ -160,7 +161,8 @@ class _Search:
         return self.meets(candidate) and candidate.measured.lower_bound <= wanted * (1 + self.settings.tolerance)
 
     def measure(self, fraction: float) -> Candidate:
-        result = remove_channels(self.dense.clone(), config={**self.removal, "macs": fraction, "strict": False})
+        result = run_inner(remove_channels, self.dense, {**self.removal, "macs": fraction, "strict": False},
+                           on_copy=True)  # every candidate is cut from the dense Program, which stays as it is
         candidate = Candidate(fraction, result, Measured(*self.latency(self.dense, result.program)))
         self.trace.append(candidate)
         return candidate
