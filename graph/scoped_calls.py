@@ -84,16 +84,33 @@ def _int_pairs(old, new) -> list[tuple[int, int]] | None:
     return [] if type(old) is type(new) else None
 
 
+# Operators whose size argument lists the output's dims: a -1 in it stands for the output's size there.
+_SIZE_OPERATORS = {"aten.view.default", "aten.reshape.default", "aten._unsafe_view.default", "aten.expand.default"}
+
+
+def _inferred_sizes(call: ScopedCall, literals: tuple) -> tuple:
+    """The call's literals with every -1 of a view/reshape/expand size replaced by the size the dense graph
+    computed there: the head count that `view(b, n, -1, head_dim)` leaves implicit is still a width."""
+    value = call.node.meta.get("val")
+    (args, kwargs) = literals
+    if call.operator not in _SIZE_OPERATORS or not isinstance(value, torch.Tensor) or len(args) < 2 \
+            or not isinstance(args[1], tuple) or len(args[1]) != value.dim():
+        return literals
+    sizes = tuple(int(value.shape[i]) if s == -1 else s for i, s in enumerate(args[1]))
+    return ((args[0], sizes, *args[2:]), kwargs)
+
+
 def literal_changes(dense: torch.fx.GraphModule, pruned: torch.fx.GraphModule) -> list[LiteralChange]:
     """The integer literals the pruned graph spells differently from the dense one, call by call. A -1 in
-    the dense graph ("infer this size") is no width and is left out."""
+    the dense graph's view/reshape/expand sizes counts as the size it inferred; any other -1 is no width
+    and is left out."""
     pruned_calls = scoped_calls(pruned)
     changes = []
     for key, call in scoped_calls(dense).items():
         other = pruned_calls.get(key)
         if other is None:
             continue
-        pairs = _int_pairs(call.literals, other.literals) or []
+        pairs = _int_pairs(_inferred_sizes(call, call.literals), other.literals) or []
         changed = tuple((a, b) for a, b in pairs if a != b and a != -1)
         if changed:
             changes.append(LiteralChange(call.scope, call.operator, changed))

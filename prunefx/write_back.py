@@ -26,6 +26,7 @@ from prunefx.graph import Program, capture
 from prunefx.graph.attributes import delete_unused_tensors
 from prunefx.graph.errors import PrunefxError, first_line
 from prunefx.graph.scoped_calls import first_difference, literal_changes
+from prunefx.hf_config import update_config
 from prunefx.module_resizers import ResizeError, resize_attributes, resizer_for
 
 TOLERANCE = 1e-5  # relative to the largest output magnitude
@@ -58,8 +59,7 @@ def to_module(program: Program, model: nn.Module, *, config: bool = True) -> nn.
     hint = _resize_modules(module, literal_changes(dense.module, program.module), name)
     _verify(program, module, name, hint)
     if config:
-        from prunefx.hf_config import update_config  # only for models that carry a Hugging Face config
-        update_config(module, name)
+        update_config(module, model, name)
     return module.train(model.training)
 
 

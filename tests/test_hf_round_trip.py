@@ -1,0 +1,87 @@
+"""Hugging Face round trip: a pruned HF vision model written back (to_module), its config set to the pruned
+widths, saved with save_pretrained and rebuilt by from_pretrained, computes what the pruned Program computes.
+Widths a config cannot hold (global ranking: every layer its own width) are refused in one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prunefx.graph import capture
+from prunefx.graph.errors import PrunefxError
+from prunefx.passes.remove_channels import remove_channels
+from prunefx.write_back import to_module
+
+transformers = pytest.importorskip("transformers")
+
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
+
+# Local ranking with a channels target keeps the same fraction of every group: uniform widths.
+UNIFORM = {"channels": 0.5, "ranking": "local", "round_to": 4, "strict": False}
+
+
+def _vit():
+    config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2,
+                                    num_attention_heads=4, intermediate_size=128, num_labels=5)
+    return transformers.ViTForImageClassification(config), torch.randn(1, 3, 32, 32)
+
+
+def _convnext():
+    config = transformers.ConvNextConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_labels=5)
+    return transformers.ConvNextForImageClassification(config), torch.randn(1, 3, 64, 64)
+
+
+def _segformer():
+    config = transformers.SegformerConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                                          num_attention_heads=[1, 2, 4, 8], decoder_hidden_size=64, num_labels=3)
+    return transformers.SegformerForSemanticSegmentation(config), torch.randn(1, 3, 64, 64)
+
+
+def _pruned(build, config):
+    torch.manual_seed(0)
+    model, x = build()
+    program = capture(model.eval(), x).eval()
+    remove_channels(program, config=config)
+    return model, x, program
+
+
+def _round_trip(model, program, x, folder):
+    module = to_module(program, model)
+    module.save_pretrained(folder)
+    rebuilt = type(model).from_pretrained(folder).eval()
+    with torch.no_grad():
+        expected = program(x)["logits"]
+        actual = rebuilt(x).logits
+    assert actual.shape == expected.shape
+    assert (actual - expected).abs().max() <= 1e-5 * expected.abs().max()
+    return rebuilt.config
+
+
+def test_vit_round_trip_with_attention_kept(tmp_path):
+    # ViT's config ties q/k/v to one head_dim per model: the attention is kept whole, the residual and MLP
+    # widths go (head_dim then no longer follows from hidden_size // num_attention_heads: it is written out)
+    floors = {f"vit.layers.{i}.attention.{p}_proj.weight:0": 64 for i in range(2) for p in "qkv"}
+    model, x, program = _pruned(_vit, {**UNIFORM, "min_widths": floors})
+    config = _round_trip(model, program, x, tmp_path / "vit")
+    hidden = program.state_dict()["vit.layers.0.layernorm_before.weight"].shape[0]
+    assert config.hidden_size == hidden < 64 and config.head_dim == 16 and config.num_attention_heads == 4
+    assert config.intermediate_size == program.state_dict()["vit.layers.0.mlp.fc1.weight"].shape[0] < 128
+
+
+def test_convnext_round_trip(tmp_path):
+    model, x, program = _pruned(_convnext, UNIFORM)
+    config = _round_trip(model, program, x, tmp_path / "convnext")
+    assert config.hidden_sizes == [8, 16, 32, 64]  # half of every stage
+
+
+@pytest.mark.parametrize("build, config, expected", [
+    (_vit, {"macs": 0.5, "strict": False}, "ViTConfig"),           # global ranking: widths per layer
+    (_segformer, UNIFORM, "SegformerConfig"),  # head dims pruned within heads: no config field holds them
+])
+def test_widths_a_config_cannot_hold_are_refused_in_one_line(build, config, expected):
+    model, _, program = _pruned(build, config)
+    with pytest.raises(PrunefxError) as refused:
+        to_module(program, model)
+    message = str(refused.value)
+    assert expected in message and "--local --channels" in message and "\n" not in message
+    assert to_module(program, model, config=False) is not None  # the module itself is still proven
