@@ -40,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rebuild-optimizer", action="store_true",
+                        help="a new optimizer after every cut (momentum restarts, as in prunefx's own trainer) "
+                             "instead of carrying its state over")
     parser.add_argument("-o", "--output", required=True, help="output folder")
     return parser.parse_args(argv)
 
@@ -80,7 +83,10 @@ def main(argv=None) -> int:
     model = session.module
     optimizer = sgd(model, args.lr, args.weight_decay)
     # Cosine from lr to 0 over the run, stepped per optimizer step.
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / args.steps)))
+    def cosine(s: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * s / args.steps))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
 
     step, epoch = 0, 0
     while step < args.steps:
@@ -93,8 +99,13 @@ def main(argv=None) -> int:
             optimizer.step()
             schedule.step()
             step += 1
-            if session.maybe_cut(optimizer, train_loss=loss.item()):
+            if session.maybe_cut(None if args.rebuild_optimizer else optimizer, train_loss=loss.item()):
                 model = session.module
+                if args.rebuild_optimizer:  # the schedule goes on where it was
+                    optimizer = sgd(model, args.lr, args.weight_decay)
+                    for group in optimizer.param_groups:
+                        group["initial_lr"] = args.lr
+                    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine, last_epoch=step - 1)
                 print(f"step {step}: cut to {session.events[-1]['macs'] / session.statistics()['macs_before']:.3f}"
                       f" of the MACs, loss {loss.item():.3f}", file=sys.stderr)
             if step == args.steps:
