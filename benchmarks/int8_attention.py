@@ -9,11 +9,13 @@ DequantizeLinear on both inputs, and `prunefx check --target trt11`'s errors on 
 Writes benchmarks/results/int8_attention.json and .md.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/int8_attention.py [--qat-steps 60] [--train-epochs 1]
+        [--train-steps N --test-images M]   # a shorter run (not int8_latency's cached model) on a loaded machine
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 import time
@@ -25,6 +27,9 @@ from common import command_line, machine_info, machine_summary, markdown_table, 
 from int8_latency import FASHION_MNIST_BATCH, _kd, calibration_batches, trained_fashion_mnist
 
 from prunefx.data import fashion_mnist_data
+from prunefx.graph import capture
+from prunefx.models import build_model
+from prunefx.passes.distill import distill
 from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.runtime.engine_check import check_model
 from prunefx.runtime.engine_rules import GraphIndex
@@ -34,10 +39,10 @@ NAME = "int8_attention"
 MODEL = "vit_tiny_fmnist"
 
 
-def accuracy(program, data) -> float:
+def accuracy(program, data, limit: int) -> float:
     correct = total = 0
     with torch.no_grad():
-        for inputs, labels in data.test:
+        for inputs, labels in itertools.islice(data.test, -(-limit // FASHION_MNIST_BATCH)):
             keep = labels >= 0  # the loader pads the last batch with label -1
             predicted = program(inputs).argmax(1)
             correct += int((predicted[keep] == labels[keep]).sum())
@@ -56,35 +61,50 @@ def tensorrt_file_counts(program) -> dict:
     return {"layers": len(layers), "int8_layers": len(int8), "check_errors": check_model(model, "trt11").count("error")}
 
 
+def trained_steps(data, steps: int):
+    """The ViT trained `steps` SGD steps, with int8_latency's schedule (a shorter run than its one epoch)."""
+    torch.manual_seed(0)
+    program = capture(build_model(f"prunefx:{MODEL}").module, next(iter(data.train))[0], name=MODEL)
+    return distill(program, config={"data": data.train, "steps": steps, "kd_weight": 0.0, "seed": 0,
+                                    "warmup_steps": steps // 4, "optimizer": "sgd", "lr": 0.1,
+                                    "weight_decay": 5e-4, "momentum": 0.9, "progress": False}).program.eval()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-epochs", type=int, default=1, help="epochs the ViT trains (1, cached)")
     parser.add_argument("--qat-steps", type=int, default=60, help="KD steps of quantization-aware training (60)")
+    parser.add_argument("--train-steps", type=int, help="train this many SGD steps instead of --train-epochs "
+                        "(a shorter run on a loaded machine; not cached)")
+    parser.add_argument("--test-images", type=int, default=10000, help="test images the accuracy is read on")
     args = parser.parse_args()
     torch.set_num_threads(2)
     data = fashion_mnist_data(FASHION_MNIST_BATCH, augment=True)
     batches = calibration_batches(data)
-    dense = trained_fashion_mnist(MODEL, data, args.train_epochs)
-    rows = [{"variant": "fp32", "attention": "float", "accuracy": accuracy(dense, data)}]
+    dense = trained_fashion_mnist(MODEL, data, args.train_epochs) if args.train_steps is None else \
+        trained_steps(data, args.train_steps)
+    rows = [{"variant": "fp32", "attention": "float", "accuracy": accuracy(dense, data, args.test_images)}]
     for attention in (False, True):
         started = time.perf_counter()
         ptq = dense.clone().eval()
         stats = quantize_int8(ptq, config={"calibration": batches, "attention": attention}).stats
         counts = tensorrt_file_counts(ptq)
         rows.append({"variant": "int8 PTQ", "attention": "int8" if attention else "float",
-                     "accuracy": accuracy(ptq, data), "quantized_layers": len(stats["quantized"]), **counts})
+                     "accuracy": accuracy(ptq, data, args.test_images), "quantized_layers": len(stats["quantized"]), **counts})
         qat = _kd(ptq.clone(), dense, data, args.qat_steps, 0.001)
         rows.append({"variant": f"int8 QAT ({args.qat_steps} steps)", "attention": "int8" if attention else "float",
-                     "accuracy": accuracy(qat, data), "quantized_layers": len(stats["quantized"]), **counts})
+                     "accuracy": accuracy(qat, data, args.test_images), "quantized_layers": len(stats["quantized"]), **counts})
         print(f"attention {'int8' if attention else 'float'}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    info = machine_info(threads=2, qat_steps=args.qat_steps, train_epochs=args.train_epochs)
+    info = machine_info(threads=2, qat_steps=args.qat_steps, train_epochs=args.train_epochs,
+                        train_steps=args.train_steps, test_images=args.test_images)
     table = markdown_table(
         ("variant", "attention", "top-1 %", "INT8 Conv/Gemm/MatMul in the TensorRT file", "check errors (trt11)"),
         [(row["variant"], row["attention"], f"{100 * row['accuracy']:.2f}",
           f"{row['int8_layers']} of {row['layers']}" if "layers" in row else "-", row.get("check_errors", "-"))
          for row in rows])
     markdown = (f"# INT8 attention on the Fashion-MNIST ViT\n\n`{command_line()}`\n\n{machine_summary(info)}; "
-                "accuracy only (no timing), on the 10 000 test images.\n\n" + table + "\n")
+                f"accuracy only (no timing), on the first {args.test_images} test images; the ViT trained "
+                f"{args.train_steps or args.train_epochs} {'steps' if args.train_steps else 'epochs'}.\n\n" + table + "\n")
     return publish_results(NAME, {"machine": info, "model": MODEL, "rows": rows}, markdown)
 
 
