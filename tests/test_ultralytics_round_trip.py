@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from prunefx.fashion_mnist import load_fashion_mnist
 from prunefx.fashion_mnist_scenes import CLASSES, SceneConfig, box_list, make_scenes
 
 pytest.importorskip("ultralytics")
+Image = pytest.importorskip("PIL.Image")
 REPO = Path(__file__).resolve().parents[1]
 
 
