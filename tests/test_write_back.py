@@ -49,6 +49,7 @@ MODEL_REFUSALS = {  # from benchmarks/results/write_back_coverage.md
     "torchvision:swin_t": "lifted_tensor",                # a constant tensor the forward builds, no attribute
     "torchvision:vit_b_16": "(MultiheadAttention)",       # nn.MultiheadAttention: one width for heads and input
     "torchvision:shufflenet_v2_x1_0": "aten.view.default in module 'stage2.0'",  # channel shuffle sizes
+    "torchvision:maxvit_t": "attribute 'head_dim'",       # one head_dim for q/k and v pruned apart
 }
 # Main lane: the Fashion-MNIST models and resnet18; the rest of the zoo runs in its own lane.
 MAIN_MODELS = {"prunefx:resnet20", "prunefx:mobilenetv2_small", "prunefx:vit_tiny_fmnist", "torchvision:resnet18"}
