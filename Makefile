@@ -64,8 +64,8 @@ docs: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	@# unused code in the library (tests, benchmarks and scripts count as users; whitelist: framework entry points)
-	! $(VENV)/bin/vulture graph passes runtime prunefx benchmarks tests scripts --min-confidence 60 | grep -E '^(graph|passes|runtime|prunefx)/'
+	@# unused code in the library (tests, benchmarks, examples and scripts count as users; whitelist: framework entry points)
+	! $(VENV)/bin/vulture graph passes runtime prunefx benchmarks examples tests scripts --min-confidence 60 | grep -E '^(graph|passes|runtime|prunefx)/'
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -66,9 +66,6 @@ class Timing:
         """A Timing from a measurer's answer: a Timing as it is, a (dense ms, ms, spread) triple as a point."""
         return value if isinstance(value, Timing) else cls(*value)
 
-    def interval_dict(self) -> dict:
-        return {"low": self.low, "high": self.high, "confidence": self.confidence, "method": self.method}
-
 
 @runtime_checkable
 class Measurer(Protocol):

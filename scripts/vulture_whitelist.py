@@ -9,6 +9,7 @@ from vulture.whitelist_utils import Whitelist
 framework = Whitelist()
 
 ENTRY_POINTS = [
+    framework.__class__,            # a module re-classed in place keeps its identity (prunefx/ultralytics_bridge.py)
     framework.__call__,             # a pass (contract.DeclaredPass, Pipeline, the Pass protocol) is called
     framework.__getattr__,          # module-level lazy imports (prunefx/__init__.py), PEP 562
     framework.__dir__,              # the same, for dir(prunefx)
