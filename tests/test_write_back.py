@@ -50,6 +50,11 @@ MODEL_REFUSALS = {  # from benchmarks/results/write_back_coverage.md
     "torchvision:vit_b_16": "(MultiheadAttention)",       # nn.MultiheadAttention: one width for heads and input
     "torchvision:shufflenet_v2_x1_0": "aten.view.default in module 'stage2.0'",  # channel shuffle sizes
     "torchvision:maxvit_t": "attribute 'head_dim'",       # one head_dim for q/k and v pruned apart
+    # attention widths computed from the residual width, or tables sized by the head dim
+    "timm:beitv2_base_patch16_224": "module 'blocks.0.attn'",
+    "timm:eva02_tiny_patch14_224": "module 'blocks.0.attn'",
+    "timm:coatnet_rmlp_nano_rw_224": "module 'stages.2.blocks.0.attn'",
+    "timm:maxxvit_rmlp_nano_rw_256": "(RelPosMlp)",
 }
 # Main lane: the Fashion-MNIST models and resnet18; the rest of the zoo runs in its own lane.
 MAIN_MODELS = {"prunefx:resnet20", "prunefx:mobilenetv2_small", "prunefx:vit_tiny_fmnist", "torchvision:resnet18"}
