@@ -27,11 +27,11 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from prunefx import image_files
-from prunefx.graph.errors import PrunefxError, first_line, printable
+from prunefx.graph.errors import PrunefxError, printable
 from prunefx.graph.regular_files import read_regular_file, require_regular_file
 
 IGNORED = -1
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+_DECODE_ERRORS = image_files.DECODE_ERRORS
 
 
 def open_image(path: Path, channels: int) -> np.ndarray:
@@ -43,7 +43,8 @@ def open_image(path: Path, channels: int) -> np.ndarray:
 
 
 def _cannot_read(path: Path, what: str, error: Exception) -> PrunefxError:
-    return PrunefxError(f"cannot read {what} {printable(str(path))}: {first_line(error)} (remove or replace the file)")
+    return PrunefxError(f"cannot read {what} {printable(str(path))}: {image_files.decode_error_text(error)} "
+                        "(remove or replace the file)")
 
 
 def image_size_of(path: Path) -> tuple[int, int]:

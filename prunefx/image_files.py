@@ -25,6 +25,15 @@ from prunefx.graph.regular_files import read_regular_file
 
 MAX_IMAGE_PIXELS = 40_000_000          # an 8K frame (7680 x 4320) is 33 million
 MAX_IMAGE_BYTES = 256 << 20
+# What PIL raises for a file it cannot decode. ImportError too: once Ultralytics is imported it replaces
+# PIL.Image.open with a version that, on an unidentified file, imports an optional HEIF plugin (pi_heif)
+# and lets the ModuleNotFoundError escape instead of PIL's UnidentifiedImageError.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, ImportError, Image.DecompressionBombError)
+
+
+def decode_error_text(error: Exception) -> str:
+    """Why a file did not decode, in one line (a missing optional plugin means no decoder knew the file)."""
+    return "cannot identify the image format" if isinstance(error, ImportError) else first_line(error)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -80,8 +89,8 @@ def _checked_bytes(path: str | Path) -> tuple[bytes, Image.Image]:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:  # PIL's own, higher limit, checked from the same header
         raise too_many_pixels(path, "more") from None
-    except (OSError, ValueError, SyntaxError) as error:
-        raise PrunefxError(f"cannot read image {printable(str(path))}: {first_line(error)} "
+    except DECODE_ERRORS as error:
+        raise PrunefxError(f"cannot read image {printable(str(path))}: {decode_error_text(error)} "
                            "(remove or replace the file)") from None
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
@@ -100,8 +109,8 @@ def open_image(path: str | Path) -> Image.Image:
     _, image = _checked_bytes(path)
     try:
         return image.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise PrunefxError(f"cannot read image {printable(str(path))}: {first_line(error)} "
+    except DECODE_ERRORS as error:
+        raise PrunefxError(f"cannot read image {printable(str(path))}: {decode_error_text(error)} "
                            "(remove or replace the file)") from None
 
 

@@ -94,3 +94,14 @@ def test_a_fifo_named_like_an_image_is_not_a_regular_file(tmp_path):
     with pytest.raises(PrunefxError, match="not a regular file"):
         open_image(fifo)
     assert time.perf_counter() - started < 2
+
+
+def test_a_garbage_image_is_named_after_ultralytics_patched_pil(tmp_path):
+    """Ultralytics, once imported (a user's `ultralytics:` model), replaces PIL.Image.open with one that
+    raises ModuleNotFoundError (an optional HEIF plugin) for a file PIL cannot identify. prunefx's
+    decoders must still answer with their one line naming the file."""
+    pytest.importorskip("ultralytics.utils.patches", reason="ultralytics (a development dependency) not installed")
+    garbage = tmp_path / "not_an_image.png"
+    garbage.write_bytes(b"not an image at all")
+    with pytest.raises(PrunefxError, match=r"cannot read image .*not_an_image\.png: cannot identify"):
+        open_image(garbage)
