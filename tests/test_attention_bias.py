@@ -51,6 +51,7 @@ def test_heads_take_their_bias_planes_along_exactly(removal_is_exact):
 
 
 @pytest.mark.slow
+@pytest.mark.zoo  # heavy end-to-end: `make test-zoo` (keeps `make test` within 20 minutes)
 def test_beitv2_prunes_to_half_the_macs_and_matches_its_onnx_file(tmp_path):
     torch.manual_seed(0)
     model = timm.create_model("beitv2_base_patch16_224", img_size=64).eval()

@@ -69,6 +69,7 @@ def test_width_alone_out_of_reach_names_the_depth_route_in_one_line(stand_in, ca
 
 
 @pytest.mark.slow
+@pytest.mark.zoo  # heavy end-to-end: `make test-zoo` (keeps `make test` within 20 minutes)
 @needs_fashion_mnist
 def test_allow_depth_meets_the_budget_by_merging_blocks(stand_in, capsys, tmp_path):
     code, out, err = prune(capsys, "--speedup", 2, "--allow-depth", "-o", tmp_path / "out")

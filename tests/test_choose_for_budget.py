@@ -69,6 +69,7 @@ def numpy_kl(dense, candidate, batches) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.zoo  # heavy end-to-end: `make test-zoo` (keeps `make test` within 20 minutes)
 def test_every_combination_is_searched_and_the_least_damaged_that_meets_is_chosen(graph_order_ranking, monkeypatch):
     program, batches = graph_order_ranking
     asked = []  # the speed-up each depth search is given

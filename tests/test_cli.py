@@ -391,6 +391,7 @@ def _entry_point() -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.zoo  # heavy end-to-end: `make test-zoo` (keeps `make test` within 20 minutes)
 def test_installed_script_runs_and_fails_cleanly(tmp_path, model_file):
     environment = {key: value for key, value in os.environ.items() if key != "PRUNEFX_DEBUG"}
     ok = subprocess.run([*_entry_point(), "inspect", f"{model_file}:build", "--input-shape", SHAPE, "--json"],
@@ -408,6 +409,7 @@ def test_installed_script_runs_and_fails_cleanly(tmp_path, model_file):
 
 
 @pytest.mark.slow
+@pytest.mark.zoo  # heavy end-to-end: `make test-zoo` (keeps `make test` within 20 minutes)
 @needs_fashion_mnist
 def test_prune_with_data_keeps_an_explicit_choice(capsys, tmp_path, one_thread):
     code, out, err = run_cli(capsys, "prune", "prunefx:resnet20", "--macs", "0.5", "--round-to", "4",

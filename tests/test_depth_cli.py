@@ -49,6 +49,7 @@ def test_named_blocks_are_merged_and_written_with_a_report(capsys, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.zoo  # heavy end-to-end: `make test-zoo` (keeps `make test` within 20 minutes)
 @needs_fashion_mnist
 def test_blocks_by_count_read_calibration_data_and_recalibrate(capsys, tmp_path):
     code, out, err = run_cli(capsys, "depth", "prunefx:mobilenetv2_small", "--input-shape", "32x1x28x28",

@@ -111,6 +111,7 @@ def test_removing_zeroed_backbone_channels_leaves_detections_unchanged(name, one
 
 
 @pytest.mark.slow
+@pytest.mark.zoo  # heavy end-to-end: `make test-zoo` (keeps `make test` within 20 minutes)
 @pytest.mark.parametrize(("name", "part"), [("ssdlite320_mobilenet_v3_large", None), ("fcos_resnet50_fpn", "backbone")])
 def test_half_the_backbone_macs_detector_runs_and_part_matches_onnx(name, part, one_thread, tmp_path):
     model, images = DETECTORS[name](), _image()

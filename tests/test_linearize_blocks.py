@@ -167,6 +167,7 @@ def test_vit_layer_norm_becomes_a_batch_norm_calibrated_on_the_data():
 
 
 @pytest.mark.slow
+@pytest.mark.zoo  # heavy end-to-end: `make test-zoo` (keeps `make test` within 20 minutes)
 def test_a_speedup_target_takes_the_shortest_run_of_the_ranking_that_reaches_it(mobilenet):
     """A deterministic stand-in for a runtime measurement: the MACs ratio of the merged networks."""
     calls = []

@@ -52,8 +52,16 @@ def _captured(reference: str):
     return capture(module, torch.randn(1, 3, size, size), name=reference).eval()
 
 
-# The slowest to prune at 224 px or with deep dense connectivity; torchvision's swin_t keeps the window-attention family here.
-ZOO_LANE = {'torchvision:maxvit_t', 'torchvision:efficientnet_v2_s', 'torchvision:densenet121', 'timm:swin_tiny_patch4_window7_224'}
+# The slowest to prune (224 px, deep dense connectivity, large ViTs and segmenters) run in `make test-zoo`;
+# `make test` keeps one or two of each family (residual, inverted residual, concat/split, ConvNeXt, ViT,
+# hybrid, MetaFormer, segmentation head) so it stays within 20 minutes.
+ZOO_LANE = {
+    'torchvision:maxvit_t', 'torchvision:efficientnet_v2_s', 'torchvision:densenet121', 'timm:swin_tiny_patch4_window7_224',
+    'torchvision:swin_t', 'timm:levit_128s', 'timm:ghostnet_100', 'torchvision:vit_b_16', 'timm:efficientnet_b0',
+    'timm:vit_small_patch16_224', 'torchvision:fcn_resnet50', 'timm:deit3_small_patch16_224', 'torchvision:resnet50',
+    'torchvision:googlenet', 'torchvision:deeplabv3_mobilenet_v3_large', 'torchvision:resnext50_32x4d',
+    'timm:efficientformer_l1', 'torchvision:mnasnet1_0', 'torchvision:mobilenet_v3_large', 'torchvision:convnext_tiny',
+}
 
 
 @pytest.mark.slow
