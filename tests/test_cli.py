@@ -210,6 +210,7 @@ def test_prune_writes_model_onnx_and_report(capsys, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.zoo  # heavy end-to-end: `make test-zoo` (keeps `make test` within 20 minutes)
 def test_prune_with_fisher_on_real_images_reports_them(capsys, tmp_path):
     from prunefx.assets import imagenet_sample_images
 

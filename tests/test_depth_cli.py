@@ -72,6 +72,7 @@ def test_bad_requests_are_one_line_errors(capsys, tmp_path, argv, message):
 
 
 @pytest.mark.slow
+@pytest.mark.zoo  # heavy end-to-end: `make test-zoo` (keeps `make test` within 20 minutes)
 @needs_fashion_mnist
 def test_compress_with_progressive_depth_pruning_ends_merged(capsys, tmp_path):
     """linearize_blocks (blends) -> distill (raises them to 1) -> merge_blocks (strips and folds)."""

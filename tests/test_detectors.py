@@ -312,6 +312,7 @@ def test_ultralytics_reference_says_to_install_it_when_missing(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.zoo  # heavy end-to-end: `make test-zoo` (keeps `make test` within 20 minutes)
 def test_prune_part_on_the_command_line_and_the_pruned_part_goes_back(one_thread, tmp_path, capsys):
     from prunefx.cli import main
 
