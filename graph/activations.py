@@ -5,7 +5,7 @@ recalibration, second-order compensation of removed channels):
 - `calibration_inputs` turns user data into a list of input tuples that fit the captured graph;
 - `tap_nodes` builds a module that computes only the named nodes and returns them.
 
-passes/training.py has `tap_outputs` for the same purpose while training (it also returns the model's
+passes/training/engine.py has `tap_outputs` for the same purpose while training (it also returns the model's
 output); this one lives in graph/ so that graph-level algorithms can use it, and drops every node the
 tapped tensors do not depend on, so reading an early layer does not run the whole network.
 """

@@ -6,8 +6,8 @@ a 2-D weight tensor) is a `LayerInput`: the channel class of each column of its 
 rows, a convolution's unfolded patches, one column per (input channel, kernel tap) in the order of
 M = W.reshape(out, -1)). Layers that read channels but whose weights cannot be updated say why.
 
-Shared by second-order compensation (graph/channel_compensation.py), the `obs` channel importance
-(graph/channel_saliency.py) and the N:M masks' Hessians (graph/nm_hessians.py).
+Shared by second-order compensation (graph/channels/compensation.py), the `obs` channel importance
+(graph/channels/saliency.py) and the N:M masks' Hessians (graph/sparsity/nm_hessians.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from prunefx.graph.activations import run_tapped, tap_nodes, within_budget
 from prunefx.graph.attributes import get_tensor, set_tensor
-from prunefx.graph.channel_analysis import ChannelAnalysis
-from prunefx.graph.channel_removal import expand_removed
+from prunefx.graph.channels.analysis import ChannelAnalysis
+from prunefx.graph.channels.removal import expand_removed
 
 aten = torch.ops.aten
 _HESSIAN_BUDGET = 1 << 29  # bytes of float64 Hessians held at once (512 MiB)

@@ -5,7 +5,7 @@ an `ImageClassifierOutput`, and a `.pt2` saved with that structure can only be r
 has imported the library that registered the class. prunefx never imports a module because a file names
 it, so a Program keeps its outputs in builtin containers: a keyed container becomes a dict with the same
 keys, anything else a tuple, with the same leaves in the same order. The user's own classes come back
-only in the write-back (prunefx/write_back.py), where their module builds them itself.
+only in the write-back (prunefx/interop/write_back.py), where their module builds them itself.
 """
 
 from __future__ import annotations

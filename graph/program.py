@@ -21,17 +21,17 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from prunefx.graph.analysis_record import Analysis, AnalysisRecordError
-from prunefx.graph.archive import safe_load
 from prunefx.graph.attributes import delete_unused_tensors
 from prunefx.graph.errors import ProgramFileError, VerificationError, first_line, printable
-from prunefx.graph.functional_ops import check_writes
-from prunefx.graph.graph_bounds import recompute_shapes
 from prunefx.graph.program_metadata import (
     FORMAT_VERSION,
     MAX_INPUT_ELEMENTS,
     check_against_graph,
     parse_metadata,
 )
+from prunefx.graph.safety.archive import safe_load
+from prunefx.graph.safety.functional_ops import check_writes
+from prunefx.graph.safety.graph_bounds import recompute_shapes
 
 _METADATA_FILE = "prunefx.json"
 
@@ -189,7 +189,7 @@ class Program:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Program:
         """Read a `.pt2` written by `save` (or torch.export.save). The archive is audited first
-        (graph/archive.py: nothing but tensor data and JSON, nothing that could run code) and its
+        (graph/safety/archive.py: nothing but tensor data and JSON, nothing that could run code) and its
         prunefx.json checked field by field; every failure is one ProgramFileError."""
         path = Path(path)
         if not path.exists():

@@ -2,7 +2,7 @@
 
 torch.export bakes the batch size into the graph: view/reshape/expand sizes carry it as a literal.
 Rather than guessing which literal is a batch size, the batch is treated like a channel dim: the
-dependency analysis runs with the inputs' dim 0 left free (graph/channel_analysis.py, free_batch),
+dependency analysis runs with the inputs' dim 0 left free (graph/channels/analysis.py, free_batch),
 so every batch item becomes a class, and removing the items past the new size rewrites every
 literal that depends on it, with the same code that removes channels.
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from prunefx.graph.channel_analysis import analyse_channels
-from prunefx.graph.channel_removal import remove_classes
+from prunefx.graph.channels.analysis import analyse_channels
+from prunefx.graph.channels.removal import remove_classes
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.program import Program, current_output_shapes
 

@@ -1,7 +1,7 @@
 """Operator calls of a graph grouped by the module that made them, and two graphs of the same model compared
 call by call: which literal sizes differ (and in which module), and the first call that differs.
 
-The write-back of a pruned Program into the user's module (prunefx/write_back.py) needs both: the literal
+The write-back of a pruned Program into the user's module (prunefx/interop/write_back.py) needs both: the literal
 sizes the channel removal rewrote, found by aligning the pruned graph with a fresh capture of the dense
 model, tell it which of a module's own attributes (head counts, head dims, hidden widths) fed them; and a
 capture of the written-back module aligned with the pruned graph proves the two compute the same thing,

@@ -1,6 +1,6 @@
 """comb_channels: dependency analysis as a pass (CPD's "comb").
 
-Finds every group of coupled channels (graph/channel_groups.py) and stores them on the Program as
+Finds every group of coupled channels (graph/channels/groups.py) and stores them on the Program as
 JSON under `program.analysis.channel_groups`, with the groups that operators without a channel
 rule blocked. It rewrites nothing, so `modified` is always False.
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from prunefx.graph import Program
-from prunefx.graph.channel_groups import find_channel_groups
+from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.passes.contract import graph_pass
 from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.result import Result

@@ -13,7 +13,7 @@ linearize_blocks are raised from 0 to 1 over the first `ramp` fraction of the st
 pruning). Hooks that read
 gradients (e.g. Fisher channel importance while pruning) see the gradients of the whole loss.
 The engine, its schedule (linear warm-up, cosine to 0), checkpoints and distributed mode are described
-in passes/training.py.
+in passes/training/engine.py.
 
 Config:
 - `data` (required): training batches, `(inputs, labels)` tuples; a list or a loader (its
@@ -59,14 +59,14 @@ from typing import ClassVar
 import torch
 
 from prunefx.graph import Program
-from prunefx.graph.quantization import has_fake_quant
+from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.passes.contract import graph_pass
 from prunefx.passes.linearize_blocks import blend_schedule
 from prunefx.passes.pass_config import option
 from prunefx.passes.result import Result
 from prunefx.passes.sparse_masks import SparseMasks, recorded_weights
-from prunefx.passes.training import TrainConfig, Trainer, TrainingError
-from prunefx.passes.training_config import TrainingPassConfig
+from prunefx.passes.training.config import TrainingPassConfig
+from prunefx.passes.training.engine import TrainConfig, Trainer, TrainingError
 
 
 @dataclass

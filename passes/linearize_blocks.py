@@ -1,18 +1,18 @@
 """linearize_blocks: put chosen blocks in UPDP's pruned form (activations out, layer norms -> batch norms).
 
-Rewrites, in each chosen block (found by graph/blocks.py: residual regions and chains):
+Rewrites, in each chosen block (found by graph/depth/blocks.py: residual regions and chains):
 - every activation `act(x)`: progressive mode (default) makes it `lerp(act(x), x, l)` with one 0-dim
   buffer `l` per block, starting at 0, which recovery training raises to 1 over the first `ramp`
   fraction of its steps (`distill` attaches the schedule by itself, see `blend_schedule`);
   abrupt mode makes it `x` at once (UPDP argues this corrupts the weights; it is the one-shot option);
 - every layer norm over channels becomes a batch norm with the layer norm's affine parameters
-  (graph/norm_replacement.py), its running statistics computed on `calibration` data (exact, through
+  (graph/depth/norm_replacement.py), its running statistics computed on `calibration` data (exact, through
   recalibrate_batchnorm limited to the new batch norms). Without calibration data the statistics
   stay mean 0 / variance 1 and the stats say so.
 Once every blend has l = 1 (after training), `merge_blocks` strips the blends and folds the now-affine
 blocks by re-parameterisation.
 
-Choice of blocks (`graph/block_damage.py`): `blocks: [names]` linearises those; `count: k` keeps the
+Choice of blocks (`graph/depth/block_damage.py`): `blocks: [names]` linearises those; `count: k` keeps the
 candidates whose linearisation lets merge_blocks save MACs (counted on a copy: removing a stem's or a
 head's activation merges nothing and buys no speed), scores each by the output divergence when it alone
 is linearised on `calibration` data, and takes the k least harmful (`rank: damage`, the default, as
@@ -42,11 +42,16 @@ import torch
 from prunefx.graph import Program, count
 from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.analysis_record import LinearizeRecord
-from prunefx.graph.block_damage import block_damage
-from prunefx.graph.blocks import Block, find_blocks
+from prunefx.graph.depth.block_damage import block_damage
+from prunefx.graph.depth.blocks import Block, find_blocks
+from prunefx.graph.depth.linearization import (
+    blend_activation,
+    new_blend_buffer,
+    remove_activation,
+    set_blends,
+)
+from prunefx.graph.depth.norm_replacement import layer_norm_to_batch_norm
 from prunefx.graph.errors import PrunefxError
-from prunefx.graph.linearization import blend_activation, new_blend_buffer, remove_activation, set_blends
-from prunefx.graph.norm_replacement import layer_norm_to_batch_norm
 from prunefx.passes.contract import graph_pass
 from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.pass_config import PassConfig, option

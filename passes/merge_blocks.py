@@ -1,6 +1,6 @@
 """merge_blocks: merge chains of affine layers into fewer layers by exact re-parameterisation (UPDP stage 4).
 
-Rewrites every chain of affine elements (graph/affine_chains.py: convolutions incl. grouped and
+Rewrites every chain of affine elements (graph/depth/affine_chains.py: convolutions incl. grouped and
 depthwise, linear layers, eval batch norms incl. the reshape-wrapped form left by LayerNorm ->
 BatchNorm, per-channel constant mul/div/add/sub such as layer scales, eval dropouts, and a residual
 add of the chain's own input) whose intermediate tensors have no other user. One merge at a time, in
@@ -11,7 +11,7 @@ this order of preference within a chain:
    that gives a plain bias (before a zero-padded convolution the shift would vary at the borders);
 4. `residual`: `x + L(x)` with L one layer that keeps the shape becomes `L + I` (identity kernel);
 5. `layers`: among the runs of >= 2 consecutive layers, the one whose merge lowers the MACs the most.
-The algebra is graph/affine_merge.py: the linear part composes (`W2 W1`, channel contraction of
+The algebra is graph/depth/affine_merge.py: the linear part composes (`W2 W1`, channel contraction of
 1x1 / depthwise / kxk kernels, kxk o kxk grown to k1 + s1 (k2 - 1)), and the constant part is the chain
 applied to zeros; a constant that varies near padded borders is kept as a [1, C, H, W] bias map.
 A run merges only when it is exact (no zero padding of an intermediate map after a kxk convolution,
@@ -43,12 +43,12 @@ from typing import ClassVar
 import torch
 
 from prunefx.graph import Program
-from prunefx.graph.affine_chains import Chain, Element, find_chains
-from prunefx.graph.affine_merge import Conv, Linear, NotExact, add_identity, merge, merged_shape
 from prunefx.graph.attributes import free_name, get_tensor, set_tensor, users_of_tensor
 from prunefx.graph.counting import count, node_macs
+from prunefx.graph.depth.affine_chains import Chain, Element, find_chains
+from prunefx.graph.depth.affine_merge import Conv, Linear, NotExact, add_identity, merge, merged_shape
+from prunefx.graph.depth.linearization import strip_finished_blends
 from prunefx.graph.errors import PrunefxError
-from prunefx.graph.linearization import strip_finished_blends
 from prunefx.passes.contract import graph_pass
 from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.result import Result

@@ -1,8 +1,8 @@
 """prune_while_training: CPD's schedule — remove channels step by step while the model distils.
 
-The Program trains against a frozen teacher (the recovery trainer of passes/training.py). After
+The Program trains against a frozen teacher (the recovery trainer of passes/training/engine.py). After
 every backward pass the Fisher channel importance is accumulated from the gradients the trainer
-already has (graph/channel_importance.py, FisherAccumulator): for a channel c of a parameter p,
+already has (graph/channels/importance.py, FisherAccumulator): for a channel c of a parameter p,
 (sum over c's weights of p * dL/dp)^2 divided by the live activations of the layer that reads p.
 Every `interval` steps, `remove_channels` cuts the model to the next point of a geometric schedule
 (event i of n keeps target^(i/n) of the dense cost, so every cut removes the same fraction of what
@@ -18,7 +18,7 @@ the gradients the step computes anyway costs no extra backward pass.
 Differences from the released CPD code, on purpose: CPD removes the k cheapest channels of one
 group every 50 iterations (hundreds of events for a 5x target); here each event plans a global cut
 with remove_channels, so widths stay multiples of `round_to` and a few events suffice for a short
-budget. Config (besides the TrainConfig fields of passes/training.py and `data`, `eval_data`,
+budget. Config (besides the TrainConfig fields of passes/training/engine.py and `data`, `eval_data`,
 `teacher`): exactly one target (`macs` or `params`, a fraction of the dense model),
 `prune_events` (default 5), `interval` (steps between events, default 50; the first event comes
 after `interval` steps of accumulation), `ranking`, `round_to`, `max_ratio` (of the dense width of a group,
@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from prunefx.graph import Program, count
-from prunefx.graph.channel_groups import find_channel_groups
-from prunefx.graph.channel_importance import FisherAccumulator, group_importance
-from prunefx.graph.channel_selection import TARGET_KINDS, TARGET_TOLERANCE, Target
+from prunefx.graph.channels.groups import find_channel_groups
+from prunefx.graph.channels.importance import FisherAccumulator, group_importance
+from prunefx.graph.channels.selection import TARGET_KINDS, TARGET_TOLERANCE, Target
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes import config_checks as checks
 from prunefx.passes.contract import graph_pass
@@ -45,8 +45,8 @@ from prunefx.passes.pass_config import option
 from prunefx.passes.pipeline import run_inner
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.result import Result
-from prunefx.passes.training import TrainConfig, Trainer
-from prunefx.passes.training_config import TrainingPassConfig
+from prunefx.passes.training.config import TrainingPassConfig
+from prunefx.passes.training.engine import TrainConfig, Trainer
 
 # A width ratio is not a cost: the schedule needs a quantity it can measure between events.
 _TARGETS = ("macs", "params")
@@ -124,7 +124,7 @@ def _measure(program: Program, kind: str) -> float:
 class PruningSchedule:
     """The trainer hooks: Fisher accumulation after backward, a cut every `interval` steps.
 
-    `due` and `cut` need no Trainer: prunefx/recovery.py drives the same schedule from a user's own loop."""
+    `due` and `cut` need no Trainer: prunefx/interop/recovery.py drives the same schedule from a user's own loop."""
 
     def __init__(self, program: Program, target: Target, options: dict):
         self.target, self.options = target, options

@@ -6,7 +6,7 @@ zero-point 0, s_x = amax_x / 127 from calibration data) and `fq_c` is fake_quant
 scale per output channel, s_W[c] = max|W[c]| / 127), and both inputs of every residual add (two
 activations of the same shape) get per-tensor quantizers, where TensorRT needs them to fuse the add into the
 convolution before it, and so do the inputs of average pools (global or not), so the convolution before a
-pool runs on integers (ONNX Runtime's QLinearConv needs a quantized output). One activation read by several layers gets one quantizer. The form and the calibration are graph/quantization.py's; lowering to ONNX Q/DQ (symmetric S8
+pool runs on integers (ONNX Runtime's QLinearConv needs a quantized output). One activation read by several layers gets one quantizer. The form and the calibration are graph/int8/quantization.py's; lowering to ONNX Q/DQ (symmetric S8
 for TensorRT, the same scales shifted to U8 for ONNX Runtime on x86) is runtime/onnx_quantized.py's.
 
 Config (QuantizeInt8Config):
@@ -28,7 +28,7 @@ Config (QuantizeInt8Config):
 - `fold_batchnorm` (default True): fold eval-mode batch norms into the layers before them first, as
   TensorRT would; a batch norm after a quantized layer would otherwise rescale its quantized weights.
 - `attention` (default True): INT8 attention. Each scaled_dot_product_attention is spelled out as
-  matmul(q, kᵀ) * scale, softmax, matmul(p, v) (graph/attention.py) and its two matmuls are quantized like any
+  matmul(q, kᵀ) * scale, softmax, matmul(p, v) (graph/int8/attention.py) and its two matmuls are quantized like any
   other: per-tensor quantizers on Q, Kᵀ, V and the softmax output, where TensorRT's fused attention reads them.
   Measured on the Fashion-MNIST ViT (benchmarks/results/int8_attention.md).
 Preconditions: a Program in eval mode for calibration (the pass evaluates in eval mode and restores the mode).
@@ -47,10 +47,10 @@ import torch
 
 from prunefx.graph import Program
 from prunefx.graph.activations import calibration_inputs, run_tapped, tap_nodes
-from prunefx.graph.attention import decompose_attention
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.errors import PrunefxError
-from prunefx.graph.quantization import (
+from prunefx.graph.int8.attention import decompose_attention
+from prunefx.graph.int8.quantization import (
     METHODS,
     QuantTarget,
     RangeObserver,

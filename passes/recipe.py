@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from prunefx.graph.errors import PrunefxError, first_line, printable
-from prunefx.graph.regular_files import read_regular_file, require_regular_file
+from prunefx.graph.safety.regular_files import read_regular_file, require_regular_file
 from prunefx.passes.pipeline import Pipeline, Step
 from prunefx.passes.registry import get_pass
 

@@ -1,8 +1,8 @@
 """remove_channels: structured channel pruning to a MACs, parameter or width target (CPD's "prune").
 
-Steps: comb the graph into channel groups (graph/channel_groups.py), score every channel
-(graph/channel_importance.py), choose which to drop so the target is met (graph/channel_selection.py)
-and slice them out physically (graph/channel_removal.py): weights, biases, norm statistics, class
+Steps: comb the graph into channel groups (graph/channels/groups.py), score every channel
+(graph/channels/importance.py), choose which to drop so the target is met (graph/channels/selection.py)
+and slice them out physically (graph/channels/removal.py): weights, biases, norm statistics, class
 tokens and position embeddings, and every literal that depends on a width.
 
 Config:
@@ -11,7 +11,7 @@ Config:
   `(module, combing) -> Importance` that supplies scores gathered elsewhere (the Fisher scores
   accumulated while training, see prune_while_training); `obs` scores a channel by the layer output
   error its removal leaves after compensation (second order, correlation-aware elimination per group,
-  graph/channel_saliency.py; it uses `damping` too, and shares its layer Hessians with `compensate`);
+  graph/channels/saliency.py; it uses `damping` too, and shares its layer Hessians with `compensate`);
   `calibration`: input batches (tensors, tuples of tensors or (inputs, labels) pairs, with the captured
   shapes) for taylor/fisher/obs and for `compensate`, defaulting to the Program's example inputs;
 - defaults that use what the caller gives: with `calibration` and no `importance`, obs selection with
@@ -27,7 +27,7 @@ Config:
 - `strict` (default True): raise when the target cannot be met within 3 %;
 - `compensate` (default: see above): before slicing, update the remaining weights of every layer that loses
   input channels so that its output on the `calibration` batches changes as little as possible (the
-  second-order / OBS least-squares update, graph/channel_compensation.py); `damping` (default 0.01) is
+  second-order / OBS least-squares update, graph/channels/compensation.py); `damping` (default 0.01) is
   its ridge term as a fraction of the mean diagonal of the layer-input Hessian. The statistics list the
   layers compensated, with their relative output error on the calibration data without and with the
   update, and the layers skipped with the reason (grouped and depthwise convolutions, shared weights).
@@ -50,11 +50,11 @@ import numpy as np
 from prunefx.graph import Program, count
 from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.attributes import delete_unused_tensors
-from prunefx.graph.channel_compensation import compensate_removed_inputs
-from prunefx.graph.channel_groups import find_channel_groups
-from prunefx.graph.channel_importance import CRITERIA, DATA_CRITERIA, channel_importance
-from prunefx.graph.channel_removal import remove_classes
-from prunefx.graph.channel_selection import TARGET_KINDS, TARGET_TOLERANCE, Selector, Target
+from prunefx.graph.channels.compensation import compensate_removed_inputs
+from prunefx.graph.channels.groups import find_channel_groups
+from prunefx.graph.channels.importance import CRITERIA, DATA_CRITERIA, channel_importance
+from prunefx.graph.channels.removal import remove_classes
+from prunefx.graph.channels.selection import TARGET_KINDS, TARGET_TOLERANCE, Selector, Target
 from prunefx.graph.errors import PrunefxError, printable
 from prunefx.graph.program import current_output_shapes
 from prunefx.passes import config_checks as checks

@@ -2,10 +2,10 @@
 or second order with weight updates (SparseGPT-style OBS, or CAP); also CAP's unstructured variant.
 
 Rewrites the weights (never the graph) of every eligible convolution and linear layer
-(graph/nm_hessians.py: 2-D ungrouped convolutions and linear layers with at least `min_channels` in and
+(graph/sparsity/nm_hessians.py: 2-D ungrouped convolutions and linear layers with at least `min_channels` in and
 out channels, input channels a multiple of M; the others are listed with their reason): for every
 output channel and kernel tap, each M consecutive input channels keep at most N non-zeros. The math is
-in graph/nm_masks.py:
+in graph/sparsity/nm_masks.py:
 - `magnitude`: keep the N largest |w| per group; no data, no update;
 - `obs`: SparseGPT on the layer-input Hessian H = X^T X of the calibration inputs (no labels, no
   backward pass): masks chosen and the remaining weights updated column by column to keep the layer's
@@ -46,14 +46,14 @@ from prunefx.graph.activations import calibration_inputs, within_budget
 from prunefx.graph.analysis_record import SparsityRecord
 from prunefx.graph.attributes import get_tensor, set_tensor
 from prunefx.graph.errors import PrunefxError
-from prunefx.graph.nm_hessians import (
+from prunefx.graph.sparsity.nm_hessians import (
     SparseLayer,
     find_sparse_layers,
     fisher_inverses,
     grouped_weight,
     layer_hessians,
 )
-from prunefx.graph.nm_masks import (
+from prunefx.graph.sparsity.nm_masks import (
     Pattern,
     blocks_of,
     cap_eliminate,
@@ -67,7 +67,7 @@ from prunefx.graph.nm_masks import (
 from prunefx.passes.contract import graph_pass
 from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.result import Result
-from prunefx.passes.training import IGNORE_LABEL, logits_of
+from prunefx.passes.training.engine import IGNORE_LABEL, logits_of
 
 CRITERIA = ("magnitude", "obs", "cap")
 UNSTRUCTURED = "unstructured"

@@ -12,7 +12,7 @@ to ONNX and measure it on ONNX Runtime or TensorRT.
 import importlib
 
 from prunefx.graph import CaptureError, Program, PrunefxError, VerificationError, capture, count, verify
-from prunefx.graph.channel_rules import channel_rule, remove_channel_rule
+from prunefx.graph.channels.rules import channel_rule, remove_channel_rule
 
 load = Program.load
 
@@ -29,10 +29,10 @@ _LAZY = {
     "register_pass": ("prunefx.passes.registry", "register_pass"),
     "unregister_pass": ("prunefx.passes.registry", "unregister_pass"),
     "registered_passes": ("prunefx.passes.registry", "registered_passes"),
-    "DistillationLoss": ("prunefx.recovery", "DistillationLoss"),
-    "PruneWhileTraining": ("prunefx.recovery", "PruneWhileTraining"),
-    "to_module": ("prunefx.write_back", "to_module"),
-    "register_module_resizer": ("prunefx.module_resizers", "register_module_resizer"),
+    "DistillationLoss": ("prunefx.interop.recovery", "DistillationLoss"),
+    "PruneWhileTraining": ("prunefx.interop.recovery", "PruneWhileTraining"),
+    "to_module": ("prunefx.interop.write_back", "to_module"),
+    "register_module_resizer": ("prunefx.interop.module_resizers", "register_module_resizer"),
 }
 
 

@@ -14,8 +14,8 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2
 
+from prunefx.data.image_files import read_image
 from prunefx.graph.errors import PrunefxError
-from prunefx.image_files import read_image
 
 # import name -> pinned PyPI requirement (the same pins as assets.txt).
 _PACKAGES = {

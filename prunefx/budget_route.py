@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from prunefx.graph import Program
-from prunefx.graph.blocks import find_blocks
+from prunefx.graph.depth.blocks import find_blocks
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.budget_search import BudgetUnreachable, budget_text, speedup_text
 

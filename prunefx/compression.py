@@ -40,9 +40,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunefx.budget_report import BUDGET_CHART_FILE, budget_stats, write_budget_chart
-from prunefx.compression_report import json_safe, markdown_report, pass_summary
-from prunefx.data import CLASSIFICATION, DETECTION, FASHION_MNIST, DataSplits, load_data, scene_spec
+from prunefx.data.splits import CLASSIFICATION, DETECTION, FASHION_MNIST, DataSplits, load_data, scene_spec
+from prunefx.data.unlabelled import against_dense
 from prunefx.deliverable import write_model, write_report
 from prunefx.dense_tasks import evaluate_dense
 from prunefx.graph import Program, count
@@ -53,7 +52,10 @@ from prunefx.models import build_model
 from prunefx.named_recipes import Recipe
 from prunefx.output import check_output_folder, staged_folder
 from prunefx.passes.pipeline import Pipeline, Step
-from prunefx.passes.training import evaluate
+from prunefx.passes.training.engine import evaluate
+from prunefx.reports.budget import BUDGET_CHART_FILE, budget_stats, write_budget_chart
+from prunefx.reports.compression import json_safe, markdown_report, pass_summary
+from prunefx.reports.stage import STAGE_TIMED_RUNS, StageMeter
 from prunefx.runtime import (
     LATENCY_THREADS,
     compare_latency,
@@ -64,8 +66,6 @@ from prunefx.runtime import (
 )
 from prunefx.runtime.deployment_report import CHART_FILE, variants_from_compress, write_chart
 from prunefx.runtime.onnx_export import DEFAULT_OPSET
-from prunefx.stage_report import STAGE_TIMED_RUNS, StageMeter
-from prunefx.unlabelled import against_dense
 
 CALIBRATION_BATCHES = 4
 MERGE_MEASURE_RUNS = 30  # per merge of layers that merge_blocks considers: batch 1, ONNX Runtime
@@ -191,7 +191,7 @@ class Options:
     warmup: int = LATENCY_WARMUP
     eval_batches: int | None = None  # evaluate on the first N batches of test and val only
     opset: int = DEFAULT_OPSET
-    stage_reports: bool = True  # test score, MACs and latency after every pass (prunefx/stage_report.py)
+    stage_reports: bool = True  # test score, MACs and latency after every pass (prunefx/reports/stage.py)
     backend: str = "ort"       # where the budget passes measure (runtime/budget_backends.py); the report: ort
     precision: str = "fp32"    # TensorRT precision of the budget's measurement (INT8: the model's Q/DQ)
     trtexec: str | None = None  # the trtexec program for backend "trtexec" (default: on PATH or JetPack's)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prunefx.compression_report import json_safe
 from prunefx.graph import Program
-from prunefx.graph.quantization import has_fake_quant
+from prunefx.graph.int8.quantization import has_fake_quant
+from prunefx.reports.compression import json_safe
 from prunefx.runtime import check_parity, export_onnx, export_quantized_onnx, onnxruntime_lowering
 from prunefx.runtime.engine_check import report_entry
 

@@ -6,7 +6,7 @@
 - detection: COCO-style mAP@[.5:.95] and mAP@.5 (torchmetrics' MeanAveragePrecision on the pycocotools
   backend, the reference COCO evaluation).
 
-Labels follow prunefx/data.py: segmentation masks N x H x W with -1 for padding; detection targets
+Labels follow prunefx/data/splits.py: segmentation masks N x H x W with -1 for padding; detection targets
 N x max_items x 5 (class, x1, y1, x2, y2 with exclusive x2, y2) with rows of -1 where there is no item;
 an image without any item is padding and is not counted. A detector's raw output is turned into boxes
 by a `decode` function, `decode_yolo` for YOLOv8-style heads.
@@ -21,8 +21,8 @@ from torchvision.ops import batched_nms
 
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.training_data import module_device, split_batch
-from prunefx.passes.training_losses import IGNORE_LABEL, logits_of
+from prunefx.passes.training.data import module_device, split_batch
+from prunefx.passes.training.losses import IGNORE_LABEL, logits_of
 
 Detections = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # per image: boxes k x 4, scores k, classes k
 

@@ -27,7 +27,7 @@ def program_from_reference(reference: str, *, weights: str | None = None, input_
 def model_and_program(reference: str, *, weights: str | None = None,
                       input_shape: str | None = None) -> tuple[torch.nn.Module | None, Program]:
     """The model built from `reference` (None for a saved .pt2, which holds no Python module) and the Program
-    captured from it: the module the write-back (prunefx/write_back.py) copies the pruned tensors into."""
+    captured from it: the module the write-back (prunefx/interop/write_back.py) copies the pruned tensors into."""
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     spec = build_model(reference, image_size=_square_image_size(shape))
     if spec.kind == "program":

@@ -37,7 +37,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from prunefx import small_models
 from prunefx.graph.errors import PrunefxError, first_line, printable
 from prunefx.graph.program_metadata import MAX_INPUT_ELEMENTS
-from prunefx.graph.regular_files import require_regular_file
+from prunefx.graph.safety.regular_files import require_regular_file
 
 DEFAULT_IMAGE_SIZE = 224
 _SHAPE_EXAMPLE = "1x3x224x224"
@@ -188,7 +188,7 @@ def ultralytics_detector(name: str) -> torch.nn.Module:
         raise ModelReferenceError(f"ultralytics:{name}: name a model yaml (yolov8n.yaml) or a checkpoint .pt")
     # Ultralytics saves its EMA copy with every parameter frozen: prunefx compresses and trains this model.
     model = model.float().eval().requires_grad_(True)
-    from prunefx.ultralytics_bridge import register_resizers
+    from prunefx.interop.ultralytics_bridge import register_resizers
     register_resizers()  # so that prunefx.to_module (prune --module) can write a pruned YOLO back
     if type(model).__name__ == "ClassificationModel":
         for head in model.modules():  # export mode: one tensor of class probabilities, not (probabilities, logits)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prunefx.graph.errors import PrunefxError
-from prunefx.graph.regular_files import require_regular_file
+from prunefx.graph.safety.regular_files import require_regular_file
 from prunefx.passes.pipeline import Pipeline
 from prunefx.passes.recipe import RecipeError, pipeline_from_spec, read_recipe
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from prunefx import options
-from prunefx.budget_text import interval_text
-from prunefx.calibration import calibration_data
+from prunefx.data.calibration import calibration_data
 from prunefx.graph.errors import PrunefxError
 from prunefx.loading import program_from_reference
 from prunefx.models import check_input_shape, parse_input_shape
+from prunefx.reports.budget_text import interval_text
 from prunefx.runtime import (
     BuildOptions,
     OnnxRuntimeSession,

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from prunefx import cli_options, options
 from prunefx.compression import Options, compress, load_model_and_data
-from prunefx.compression_report import console_summary
-from prunefx.data_formats import FORMATS
+from prunefx.data.formats import FORMATS
 from prunefx.graph.errors import PrunefxError
 from prunefx.named_recipes import BUDGET_PASSES, load_named_recipe, with_budget
 from prunefx.output import check_output_folder
+from prunefx.reports.compression import console_summary
 
 DEFAULT_BUDGET_RECIPE = "budget-kd"
 NAME = "compress"

@@ -32,9 +32,8 @@ import torchvision
 
 from prunefx import cli_options, options
 from prunefx.assets import load_imagenet_batch, mobilenet_v2_weights_path
-from prunefx.budget_text import interval_text, search_lines
-from prunefx.calibration import calibration_data
-from prunefx.data import load_data
+from prunefx.data.calibration import calibration_data
+from prunefx.data.splits import load_data
 from prunefx.deliverable import write_model, write_report
 from prunefx.graph import capture, count
 from prunefx.graph.errors import PrunefxError
@@ -42,6 +41,7 @@ from prunefx.graph.rebatch import rebatch
 from prunefx.models import build_model, load_weights
 from prunefx.output import check_output_folder, staged_file, staged_folder
 from prunefx.passes import Pipeline, distill, fold_batchnorm, prune_to_budget, recalibrate_batchnorm
+from prunefx.reports.budget_text import interval_text, search_lines
 from prunefx.runtime import (
     OnnxRuntimeSession,
     check_parity,

@@ -21,11 +21,10 @@ from __future__ import annotations
 import time
 
 from prunefx import cli_options
-from prunefx.budget_text import search_lines
-from prunefx.calibration import calibration_data
+from prunefx.data.calibration import calibration_data
 from prunefx.deliverable import write_model, write_report
 from prunefx.graph import count
-from prunefx.graph.blocks import find_blocks
+from prunefx.graph.depth.blocks import find_blocks
 from prunefx.graph.errors import PrunefxError
 from prunefx.loading import program_from_args
 from prunefx.output import check_output_folder, staged_folder
@@ -33,6 +32,7 @@ from prunefx.passes.depth_to_budget import DepthToBudgetConfig, depth_to_budget
 from prunefx.passes.linearize_blocks import LinearizeBlocksConfig, linearize_blocks
 from prunefx.passes.merge_blocks import MergeBlocksConfig, merge_blocks
 from prunefx.passes.pipeline import Pipeline
+from prunefx.reports.budget_text import search_lines
 from prunefx.runtime import onnx_speedup
 
 NAME = "depth"

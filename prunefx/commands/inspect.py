@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from prunefx.graph import count, operator_histogram
-from prunefx.graph.channel_groups import find_channel_groups
+from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.loading import program_from_args
 
 NAME = "inspect"

@@ -29,20 +29,20 @@ import time
 from pathlib import Path
 
 from prunefx import budget_route, cli_options, options
-from prunefx.budget_text import search_lines
-from prunefx.calibration import Calibration, calibration_data, noise_batches
+from prunefx.data.calibration import Calibration, calibration_data, noise_batches
 from prunefx.deliverable import write_model, write_report
 from prunefx.detectors import part_from_reference
-from prunefx.graph.channel_importance import DATA_CRITERIA
+from prunefx.graph.channels.importance import DATA_CRITERIA
 from prunefx.graph.errors import PrunefxError
+from prunefx.interop.module_file import write_module
 from prunefx.loading import model_and_program
 from prunefx.models import parse_input_shape
-from prunefx.module_file import write_module
 from prunefx.output import check_output_folder, staged_folder
 from prunefx.passes.pipeline import Pipeline
 from prunefx.passes.prune_to_budget import PruneToBudgetConfig, prune_to_budget
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import RemoveChannelsConfig, remove_channels
+from prunefx.reports.budget_text import search_lines
 
 NAME = "prune"
 HELP = ("remove channels to a MACs or parameter target, or to a speed-up or latency measured on ONNX Runtime or "

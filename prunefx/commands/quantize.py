@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from prunefx import cli_options
-from prunefx.calibration import calibration_data
+from prunefx.data.calibration import calibration_data
 from prunefx.deliverable import write_report
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.rebatch import rebatch

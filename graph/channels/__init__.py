@@ -1,0 +1,1 @@
+"""Channel analysis and removal: labels on every tensor dim, the rules that propagate them, coupled groups, importance, selection, removal and compensation."""

@@ -1,0 +1,144 @@
+"""Second-order compensation of removed input channels (the OBS / least-squares update, as in CAP and
+SparseGPT, applied to whole input channels).
+
+When channels are removed, every layer that *reads* them (a consumer) loses input columns. Before the
+columns are sliced away, the remaining weights of each consumer are updated so that its output on the
+calibration data changes as little as possible. Write the consumer as Y = X M^T: M is its weight as a
+matrix [outputs x columns], X [rows x columns] its input over the calibration data (a linear layer: one
+row per token/image, one column per input feature; a convolution: X is the unfolded input, one row
+per output position of every image, one column per (input channel, kernel tap), in the order of
+M = W.reshape(out, -1)). Split the columns into removed R and kept K; the new kept weights solve
+
+    min over D  || X_K D^T - X_R M_R^T ||^2 + lam ||D||^2           (D = M_K' - M_K)
+
+with H = X^T X, whose solution is
+
+    M_K' = M_K + M_R H_RK (H_KK + lam I)^-1.
+
+This is the OBS update of removing the columns R at once, restricted to the layer (the layer-input
+Hessian of the squared output error is 2 X^T X). `lam = damping * mean(diag H)` keeps H_KK invertible
+(SparseGPT's 1 % by default); it makes the update a ridge regression that shrinks D.
+- Removed channels whose activations are all zero carry no signal: H_RK = 0, so D = 0 and the
+  removal is exact, with or without compensation.
+- Removed channels that are linear combinations of kept ones (X_R = X_K A) are reproduced exactly as
+  lam -> 0 (D = M_R A^T), with an error that grows with lam.
+Everything is solved in float64 (Cholesky of H_KK + lam I).
+
+Every consumer is compensated on its own with the inputs of the *dense* network (all Hessians are
+gathered before any weight changes): coupled groups, where one removal touches several consumers (a
+residual stream read by every block), need nothing special, each consumer gets its own update.
+Attention projections are linear layers: the q/k/v projections reading a pruned embedding and the
+output projection reading pruned heads are compensated like any linear layer.
+
+Consumers: 2-D convolutions with groups = 1, linear layers, and mm/matmul/addmm with a 2-D weight
+tensor ([in, out]). Skipped, with the reason reported: grouped and depthwise convolutions (a
+depthwise conv's input channel goes with its output channel: nothing is left to compensate with),
+other convolutions (1-D, 3-D, transposed), weights read by several layers, and layers that lose every
+input column. Non-goals: updating biases (a constant part of the removed channels is reproduced only as
+far as the kept channels can; recalibrating batch norms absorbs mean shifts), compensating for the
+changes pruning makes *upstream* of a consumer (its kept inputs are taken as they were in the dense
+network), and sequential (layer-by-layer, pruned-input) calibration.
+
+Cost: one H of (columns x columns) float64 per distinct layer input (shared by the consumers that
+read the same tensor the same way), gathered in passes over the calibration data that hold at most
+`_HESSIAN_BUDGET` bytes of H at a time (`iter_hessians` in graph/layer_inputs.py).
+
+Which layers read which channels and their Hessians come from graph/layer_inputs.py (`find_consumers`,
+`iter_hessians`), which the `obs` importance (graph/channels/saliency.py) shares, with a Hessian cache
+through which remove_channels gathers them once for both, and with the damping (`damped_inverse`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from prunefx.graph.channels.analysis import ChannelAnalysis
+from prunefx.graph.layer_inputs import Consumer, InputSpec, find_consumers, iter_hessians
+
+# --- the update ------------------------------------------------------------------------------------------
+
+def second_order_update(matrix: torch.Tensor, hessian: torch.Tensor, removed: np.ndarray,
+                        damping: float) -> tuple[torch.Tensor, dict]:
+    """M_K' = M_K + M_R H_RK (H_KK + lam I)^-1 with lam = damping * mean(diag H), in float64.
+
+    Returns the new matrix (removed columns unchanged: slicing drops them) and the layer-output error
+    on the calibration data, relative to the output energy trace(M H M^T), without and with the update:
+    the error of a change D of the columns is trace(D H D^T)."""
+    removed_t = torch.from_numpy(removed).to(matrix.device)
+    keep_t = ~removed_t
+    energy = output_energy(matrix, hessian)
+    lam = damping_term(hessian, damping)
+    if lam is None:  # the input is zero on all calibration data: nothing to compensate, nothing lost
+        return matrix, {"error_without": 0.0, "error_with": 0.0}
+    h_kk = hessian[keep_t][:, keep_t] + lam * torch.eye(int(keep_t.sum()), dtype=hessian.dtype, device=hessian.device)
+    rhs = hessian[keep_t][:, removed_t] @ matrix[:, removed_t].t()  # H_KR M_R^T: [kept, outputs]
+    factor, info = torch.linalg.cholesky_ex(h_kk)
+    # damping 0 on rank-deficient inputs: least squares picks a solution where Cholesky cannot
+    delta = torch.cholesky_solve(rhs, factor) if int(info) == 0 else torch.linalg.lstsq(h_kk, rhs).solution
+    updated = matrix.clone()
+    updated[:, keep_t] += delta.t()
+    return updated, {"error_without": _error(matrix, matrix, hessian, removed_t) / max(energy, 1e-300),
+                     "error_with": _error(updated, matrix, hessian, removed_t) / max(energy, 1e-300)}
+
+
+def output_energy(matrix: torch.Tensor, hessian: torch.Tensor) -> float:
+    """trace(M H M^T): the squared layer output (without bias) summed over the calibration data."""
+    return float((matrix @ hessian * matrix).sum())
+
+
+def damping_term(hessian: torch.Tensor, damping: float) -> float | None:
+    """lam = damping * mean(diag H), or None when H is zero (the input is zero on all calibration data)."""
+    scale = float(hessian.diagonal().mean())
+    return damping * scale if scale > 0 else None
+
+
+def damped_inverse(hessian: torch.Tensor, damping: float) -> torch.Tensor | None:
+    """(H + lam I)^-1 in float64 (None when H is zero). With damping 0 on a rank-deficient H, the
+    smallest jitter (1e-10, 1e-8, ... of mean(diag H)) that makes it positive definite is added."""
+    lam = damping_term(hessian, damping)
+    if lam is None:
+        return None
+    scale = float(hessian.diagonal().mean())
+    eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
+    for jitter in (0.0, 1e-10, 1e-8, 1e-6, 1e-4):
+        factor, info = torch.linalg.cholesky_ex(hessian + (lam + jitter * scale) * eye)
+        if int(info) == 0:
+            return torch.cholesky_inverse(factor)
+    return torch.linalg.pinv(hessian + lam * eye, hermitian=True)
+
+
+def _error(updated: torch.Tensor, original: torch.Tensor, hessian: torch.Tensor, removed: torch.Tensor) -> float:
+    """trace(D H D^T) with D = (updated with the removed columns zeroed) - original."""
+    change = updated.clone()
+    change[:, removed] = 0
+    change -= original
+    return float((change @ hessian * change).sum())
+
+
+def compensate_removed_inputs(module: torch.fx.GraphModule, analysis: ChannelAnalysis, removed_classes: set[int],
+                              batches, *, damping: float = 0.01, hessians: dict | None = None) -> dict:
+    """Update the weights of every consumer of `removed_classes` (before they are sliced away) and return
+    statistics: the layers compensated with their relative output errors on the calibration data, and
+    the layers skipped with their reasons. `hessians`: a cache shared with the `obs` importance (see
+    iter_hessians)."""
+    consumers, skipped = find_consumers(module, analysis, removed_classes)
+    by_spec: dict[InputSpec, list[Consumer]] = {}
+    for consumer in consumers:
+        by_spec.setdefault(consumer.spec, []).append(consumer)
+    updates, layers = {}, {}
+    # Every H comes from the dense network: the updates are stored only once all are computed.
+    for spec, hessian, rows in iter_hessians(module, list(by_spec), batches, cache=hessians):
+        for consumer in by_spec[spec]:
+            matrix = consumer.matrix(module).to(hessian.device)
+            updated, errors = second_order_update(matrix, hessian, consumer.removed_columns, damping)
+            updates[consumer.node] = (consumer, updated)
+            layers[consumer.node] = {"layer": consumer.node, "weight": consumer.weight, "rows": rows,
+                                     "columns": int(consumer.removed_columns.size),
+                                     "columns_removed": int(consumer.removed_columns.sum()), **errors}
+    updates = [updates[c.node] for c in consumers]
+    layers = [layers[c.node] for c in consumers]
+    for consumer, matrix in updates:
+        consumer.store(module, matrix)
+    return {"damping": damping, "compensated": layers, "skipped": skipped,
+            "images": sum(int(b[0].shape[0]) for b in batches)}

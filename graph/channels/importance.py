@@ -1,0 +1,271 @@
+"""Channel importance: one score per channel of every group (higher = more important to keep).
+
+Scores are computed per *class* (one removable channel, see channel_analysis.py) by summing over
+every parameter slice that class owns, so a channel of a group is judged by all its members at once
+(the conv producing it, its batch norm, the layers consuming it):
+- `l1`: sum of |w| over the channel's slices; `l2`: square root of the sum of w^2;
+- `bn`: |gamma| of the batch norms in the group (groups without a batch norm fall back to `l2`,
+  and the number of such groups is reported);
+- `taylor`: first-order Taylor, |sum_k w_k dL/dw_k| over the channel's weights, gradients summed
+  over the calibration batches (the derivative of the loss with respect to a gate on the channel);
+- `fisher`: CPD's score, sum over batches of (sum_k w_k dL/dw_k)^2 divided by the number of live
+  output activations of the layer that uses the weight (batch x spatial x channels);
+- `obs`: second-order, Optimal Brain Surgeon (graph/channels/saliency.py): the relative output error
+  of the layers that read a channel when it is removed and their remaining inputs are optimally
+  compensated (trace(W_S [(H^-1)_SS]^-1 W_S^T) / trace(W H W^T), H = X^T X of the layer's input on
+  the calibration batches, damped by `damping`), summed over those layers; channels are eliminated
+  greedily per group (CAP's correlation-aware elimination) and scored by the group's total error once
+  they are gone, on one scale across groups (`comparable`). It ranks by what `compensate` cannot
+  recover, so it is the criterion to pair with `compensate`. Groups with a channel that no
+  compensable layer reads (e.g. only depthwise convs) fall back to `l2`, counted;
+- `random`: uniform random scores (a baseline).
+A grid factor (an attention head, a channel flattened into a linear layer) is scored by everything
+it controls. `taylor`, `fisher` and `obs` need calibration batches (DATA_CRITERIA); `obs` reads only
+activations (no labels, no backward pass). For the gradient criteria, without labels, the loss is the
+cross-entropy of the model against its own predictions (argmax over dim 1 of every output with at
+least two dims), so the score measures how much removing a channel changes what the model predicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+
+from prunefx.graph.channels.groups import Combing
+from prunefx.graph.channels.removal import expand_mask
+from prunefx.graph.channels.saliency import obs_saliency
+from prunefx.graph.errors import PrunefxError
+
+aten = torch.ops.aten
+CRITERIA = ("l1", "l2", "bn", "taylor", "fisher", "obs", "random")
+GRADIENT_CRITERIA = ("taylor", "fisher")
+DATA_CRITERIA = (*GRADIENT_CRITERIA, "obs")  # the criteria that read calibration batches
+_BATCH_NORMS = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default}
+
+
+@dataclass
+class Importance:
+    scores: list[np.ndarray]        # one array per group, aligned with group.classes
+    criterion: str
+    fallback_groups: int = 0        # groups scored by `l2` because the criterion had nothing to read
+    fallback_channels: int = 0      # the channels of those groups
+    comparable: bool = False        # scores share one scale across groups: global ranking uses them as they are
+
+
+def channel_importance(module: torch.fx.GraphModule, combing: Combing, criterion: str, *,
+                       calibration: Iterable[Sequence[torch.Tensor]] | None = None, seed: int = 0,
+                       damping: float = 0.01, hessians: dict | None = None) -> Importance:
+    if criterion not in CRITERIA:
+        raise PrunefxError(f"unknown importance criterion '{criterion}' (known: {', '.join(CRITERIA)})")
+    if criterion == "random":
+        rng = np.random.default_rng(seed)
+        return Importance([rng.random(g.size) for g in combing.groups], criterion)
+    batches = list(calibration or ()) if criterion in DATA_CRITERIA else []
+    if criterion in DATA_CRITERIA and not batches:
+        reads = "gradients" if criterion in GRADIENT_CRITERIA else "layer inputs"
+        raise PrunefxError(f"importance '{criterion}' needs calibration batches (it reads {reads})")
+    if criterion == "obs":
+        return _obs_importance(module, combing, batches, damping, hessians)
+    if criterion in GRADIENT_CRITERIA:
+        per_class = _gradient_scores(module, combing, criterion, batches)
+    else:
+        per_class = _magnitude_scores(module, combing, criterion)
+    importance = group_importance(combing, per_class, criterion)
+    if criterion == "bn":
+        _fall_back_to_l2(module, combing, importance)
+    return importance
+
+
+def group_importance(combing: Combing, per_class: np.ndarray, criterion: str) -> Importance:
+    """Per-class scores gathered into one array per group (heads scored by all they control)."""
+    factor_classes = _factor_classes(combing.analysis)
+    scores = [_group_scores(combing, group.classes, per_class, square_root=criterion == "l2",
+                            factor_classes=factor_classes) for group in combing.groups]
+    return Importance(scores, criterion)
+
+
+def _fall_back_to_l2(module, combing: Combing, importance: Importance) -> None:
+    """Groups without a batch norm have no `bn` score: they are scored by `l2`, and counted."""
+    _score_by_l2(module, combing, importance, [i for i, scores in enumerate(importance.scores) if not scores.any()])
+
+
+def _score_by_l2(module, combing: Combing, importance: Importance, groups: list[int]) -> None:
+    """Replace the scores of `groups` by their `l2` scores, and count them as fallbacks."""
+    if not groups:
+        return
+    l2 = group_importance(combing, _magnitude_scores(module, combing, "l2"), "l2")
+    for index in groups:
+        importance.scores[index] = l2.scores[index]
+    importance.fallback_groups = len(groups)
+    importance.fallback_channels = int(sum(combing.groups[index].size for index in groups))
+
+
+def _obs_importance(module, combing: Combing, batches, damping: float, hessians: dict | None) -> Importance:
+    """OBS saliency per channel; groups with a channel no compensable layer reads are scored by `l2`."""
+    saliency = obs_saliency(module, combing, batches, damping=damping, hessians=hessians)
+    importance = Importance(saliency.scores, "obs", comparable=True)
+    missing = [index for index, read in enumerate(saliency.read) if not read.all()]
+    _score_by_l2(module, combing, importance, missing)
+    if missing:
+        importance.comparable = False  # l2 and obs scores share no scale: global ranking normalises per group
+    return importance
+
+
+# --- per-class accumulation ----------------------------------------------------------------------
+def _parameter_members(module: torch.fx.GraphModule, combing: Combing):
+    """(member, parameter) for every parameter dim that carries labels; buffers carry no importance."""
+    parameters = dict(module.named_parameters())
+    for member in combing.analysis.space.members:
+        if member.target in parameters:
+            yield member, parameters[member.target]
+
+
+def _per_index(values: torch.Tensor, dim: int) -> np.ndarray:
+    """Sum of `values` over every dim but `dim`."""
+    other = [d for d in range(values.dim()) if d != dim]
+    summed = values.sum(dim=other) if other else values
+    return summed.detach().double().cpu().numpy()
+
+
+def _magnitude_scores(module, combing: Combing, criterion: str) -> np.ndarray:
+    classes = combing.analysis.classes
+    per_class = np.zeros(int(classes.max()) + 1)
+    batch_norm_weights = _batch_norm_weights(module) if criterion == "bn" else set()
+    for member, parameter in _parameter_members(module, combing):
+        if criterion == "bn":
+            if member.target not in batch_norm_weights:
+                continue
+            values = parameter.abs()
+        else:
+            values = parameter.abs() if criterion == "l1" else parameter.square()
+        np.add.at(per_class, classes[member.labels], _per_index(values, member.dim))
+    return per_class
+
+
+def _batch_norm_weights(module: torch.fx.GraphModule) -> set[str]:
+    return {node.args[1].target for node in module.graph.nodes
+            if node.op == "call_function" and node.target in _BATCH_NORMS
+            and isinstance(node.args[1], torch.fx.Node) and node.args[1].op == "get_attr"}
+
+
+def _gradient_scores(module, combing: Combing, criterion: str, batches) -> np.ndarray:
+    saved = {name: p.requires_grad for name, p in module.named_parameters()}
+    for p in module.parameters():
+        p.requires_grad_(True)
+        p.grad = None
+    try:
+        if criterion == "fisher":
+            fisher = FisherAccumulator(module)
+            for batch in batches:
+                _pseudo_label_loss(module(*batch)).backward()
+                fisher.accumulate()
+                for parameter in module.parameters():
+                    parameter.grad = None
+            return fisher.per_class(combing)
+        for batch in batches:  # taylor: |sum over batches of the gate derivative|
+            _pseudo_label_loss(module(*batch)).backward()
+        per_class = np.zeros(int(combing.analysis.classes.max()) + 1)
+        for member, parameter in _parameter_members(module, combing):
+            if parameter.grad is not None:
+                gate = _per_index(parameter * parameter.grad, member.dim)
+                np.add.at(per_class, combing.analysis.classes[member.labels], np.abs(gate))
+        return per_class
+    finally:
+        for name, p in module.named_parameters():
+            p.grad = None
+            p.requires_grad_(saved[name])
+
+
+class FisherAccumulator:
+    """CPD's Fisher score, accumulated over backward passes: call `accumulate()` after every backward.
+
+    For every parameter and every dim of it, the per-index sum of w * dL/dw (the derivative of the
+    loss with respect to a gate on that index) is squared and divided by the live activations of
+    the layer that reads the parameter. Storing it per (parameter, dim) rather than per channel
+    class keeps the accumulator independent of a combing: `per_class(combing)` maps it onto the
+    classes of whichever analysis the caller holds (the same graph, combed now or later).
+    `gradients_from`: the module whose gradients are read, when it is not the graph itself: an eager
+    module with the graph's parameter names (the user's own module, trained in their loop).
+    """
+
+    def __init__(self, module: torch.fx.GraphModule, *, gradients_from: torch.nn.Module | None = None):
+        self.module = module
+        self.gradients_from = module if gradients_from is None else gradients_from
+        self.activations = _live_activations(module)
+        self.sums: dict[tuple[str, int], np.ndarray] = {}
+        self.batches = 0
+
+    def accumulate(self) -> None:
+        for name, parameter in self.gradients_from.named_parameters():
+            if parameter.grad is None:
+                continue
+            product = (parameter * parameter.grad).detach()
+            scale = self.activations.get(name, 1)
+            for dim in range(product.dim()):
+                gate = _per_index(product, dim)
+                key = (name, dim)
+                self.sums[key] = self.sums.get(key, 0.0) + gate**2 / scale
+        self.batches += 1
+
+    def per_class(self, combing: Combing) -> np.ndarray:
+        if not self.batches:
+            raise PrunefxError("no Fisher importance accumulated yet: call accumulate() after a backward pass")
+        classes = combing.analysis.classes
+        per_class = np.zeros(int(classes.max()) + 1)
+        for member, _ in _parameter_members(self.module, combing):
+            sums = self.sums.get((member.target, member.dim))
+            if sums is not None and sums.size == member.labels.size:
+                np.add.at(per_class, classes[member.labels], sums)
+        return per_class
+
+    def importance(self, module: torch.fx.GraphModule, combing: Combing) -> Importance:
+        """The accumulated scores as an Importance for `combing` (remove_channels' `importance`)."""
+        if module is not self.module:
+            raise PrunefxError("the Fisher scores were accumulated on another module than the one being pruned")
+        return group_importance(combing, self.per_class(combing), "fisher")
+
+
+def _pseudo_label_loss(outputs) -> torch.Tensor:
+    logits = [t for t in pytree.tree_leaves(outputs)
+              if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 2 and t.requires_grad]
+    if not logits:
+        raise PrunefxError("gradient importance needs a floating-point output with a class dim (dim 1)")
+    return sum(torch.nn.functional.cross_entropy(t, t.detach().argmax(dim=1)) for t in logits)
+
+
+def _live_activations(module: torch.fx.GraphModule) -> dict[str, int]:
+    """For every parameter, the number of output elements of the first operator that reads it."""
+    activations = {}
+    for node in module.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        for user in node.users:
+            value = user.meta.get("val")
+            if isinstance(value, torch.Tensor):
+                activations[node.target] = max(int(value.numel()), 1)
+                break
+    return activations
+
+
+# --- from classes to groups -----------------------------------------------------------------------
+def _factor_classes(analysis) -> set[int]:
+    return {int(c) for grid in analysis.space.grids for f in grid.factors for c in analysis.classes[f]}
+
+
+def _group_scores(combing: Combing, group_classes: np.ndarray, per_class: np.ndarray, *,
+                  square_root: bool, factor_classes: set[int]) -> np.ndarray:
+    """A class's score plus the scores of every class it controls through a grid (heads)."""
+    analysis = combing.analysis
+    scores = np.empty(group_classes.size)
+    for index, cls in enumerate(group_classes.tolist()):
+        if cls in factor_classes:
+            mask = np.zeros(per_class.size, dtype=bool)
+            mask[cls] = True
+            scores[index] = per_class[expand_mask(analysis, mask)].sum()
+        else:
+            scores[index] = per_class[cls]
+    return np.sqrt(scores) if square_root else scores

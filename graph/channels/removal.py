@@ -1,0 +1,71 @@
+"""Physically remove channel classes found by dependency analysis.
+
+Every parameter and buffer is sliced along each dim by the labels that survive; every literal that
+depends on a width is rewritten by the operator's entry in graph/channel_literals.LITERAL_REWRITES.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from prunefx.graph.attributes import get_tensor, set_tensor
+from prunefx.graph.channels.analysis import ChannelAnalysis
+from prunefx.graph.channels.literals import LITERAL_REWRITES, keep_mask
+
+
+def expand_mask(analysis: ChannelAnalysis, mask: np.ndarray) -> np.ndarray:
+    """Grow a boolean mask over classes to a fixpoint: removing a grid factor index (a head)
+    removes every class inside its slice of the grid."""
+    mask = mask.copy()
+    classes = analysis.classes
+    changed = True
+    while changed:
+        changed = False
+        for grid in analysis.space.grids:
+            for axis, factor in enumerate(grid.factors):
+                gone = mask[classes[factor]]
+                if gone.any():
+                    inside = classes[np.compress(gone, grid.elements, axis=axis)]
+                    if not mask[inside].all():
+                        mask[inside] = True
+                        changed = True
+    return mask
+
+
+def expand_removed(analysis: ChannelAnalysis, removed: set[int]) -> set[int]:
+    """The classes that go with `removed` (see expand_mask), as a set."""
+    mask = np.zeros(int(analysis.classes.max()) + 1, dtype=bool)
+    mask[list(removed)] = True
+    return set(np.flatnonzero(expand_mask(analysis, mask)).tolist())
+
+
+def _slice_attribute(module, node, analysis, removed) -> bool:
+    tensor = get_tensor(module, node.target)
+    sliced = tensor
+    for dim, labels in enumerate(analysis.node_labels[node]):
+        keep = keep_mask(analysis, labels, removed)
+        if not keep.all():
+            sliced = sliced.index_select(dim, torch.from_numpy(np.flatnonzero(keep)))
+    if sliced is tensor:
+        return False
+    set_tensor(module, node.target, sliced.contiguous())
+    return True
+
+
+def remove_classes(module: torch.fx.GraphModule, analysis: ChannelAnalysis, removed_classes: set[int]) -> int:
+    """Slice tensors and rewrite literals so that `removed_classes` disappear; returns tensors sliced."""
+    removed = np.array(sorted(expand_removed(analysis, removed_classes)), dtype=np.int64)
+    if removed.size == 0:
+        return 0
+    sliced = 0
+    for node in list(module.graph.nodes):
+        if node not in analysis.node_labels:
+            continue
+        if node.op == "get_attr":
+            sliced += _slice_attribute(module, node, analysis, removed)
+        elif node.op == "call_function":
+            rewrite = LITERAL_REWRITES.get(node.target)
+            if rewrite is not None:
+                rewrite(node, analysis, removed)
+    return sliced

@@ -1,0 +1,242 @@
+"""Channel selection: which channels of which groups to remove to reach a MACs/params/width target.
+
+Every group lists its channels from least to most important; a plan removes a prefix of that list
+from each group. Pruned widths are restricted to the *allowed widths* of a group: multiples of
+`round_to` (the runtime's preferred width; the original width is always allowed), never below
+`(1 - max_ratio)` of the original, never zero. For grid factors (heads, head-dims, channels per
+group of a grouped conv) the rounding applies to the tensor widths they multiply (see width_steps).
+
+Two rankings, each driven by one scalar that a bisection tunes to the target:
+- local: every group removes the same fraction `p` of its channels;
+- global: scores are normalised by their group's mean, and every channel below a threshold `t`
+  goes (CPD's non-uniform widths, chosen globally). Scores that already share one scale across
+  groups (`comparable`: the `obs` criterion's relative output errors) are thresholded as they are.
+The cost of a plan is predicted exactly, without touching the graph: each node's shape after the
+removal is the number of surviving labels in each dim, fed to the same MACs counter as everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from prunefx.graph.channels.groups import ChannelGroup, Combing
+from prunefx.graph.channels.removal import expand_mask
+from prunefx.graph.counting import Cost, _shape, node_macs
+from prunefx.graph.errors import PrunefxError
+
+TARGET_KINDS = ("macs", "params", "channels")
+TARGET_TOLERANCE = 0.03  # relative to the target cost
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str       # "macs", "params" or "channels"
+    fraction: float  # the fraction of the dense model's cost to keep
+
+    def __post_init__(self):
+        if self.kind not in TARGET_KINDS:
+            raise PrunefxError(f"unknown target '{self.kind}' (known: {', '.join(TARGET_KINDS)})")
+        if not 0.0 < self.fraction <= 1.0:
+            raise PrunefxError(f"target {self.kind}={self.fraction} must be a fraction in (0, 1]")
+
+
+@dataclass
+class Plan:
+    kept: list[int]                 # surviving width of every group
+    removed: list[np.ndarray]       # removed classes of every group
+    predicted: Cost
+    achieved: float                 # the fraction kept, in the target's unit (MACs, params, channels)
+    target_met: bool
+
+
+def allowed_widths(size: int, step: int, *, max_ratio: float, floor: int = 1) -> np.ndarray:
+    """Widths a group of `size` channels may keep, ascending; the last one is the original width.
+    `floor` is a lower bound from elsewhere (a width the group had before earlier cuts)."""
+    smallest = max(math.ceil((1.0 - max_ratio) * size - 1e-9), min(floor, size), 1)
+    widths = [w for w in range(step, size, step) if w >= smallest]
+    return np.array(widths + [size], dtype=np.int64)
+
+
+def width_steps(analysis, groups: list[ChannelGroup], round_to: int) -> list[int]:
+    """The step of each group's widths so that every tensor width it sets is a multiple of `round_to`.
+
+    A channel that occupies one index of a tensor dim steps by `round_to`. Some channels occupy m
+    indices (the same channel of every group of a grouped conv: m = the number of groups); they step
+    by round_to / gcd(round_to, m). When a grid has several prunable factors (heads x head-dims),
+    its widest factor (the head-dims) steps by `round_to` and the others (heads) by one: then
+    heads x head-dims is a multiple of `round_to` however many heads go.
+    """
+    round_to = max(int(round_to), 1)
+    multipliers = _direct_multipliers(analysis)
+    widest, shared = _factor_roles(analysis, groups)
+    steps = []
+    for group in groups:
+        representative = int(group.classes[0])
+        if representative in shared:
+            steps.append(round_to if representative in widest else 1)
+        else:
+            steps.append(round_to // math.gcd(round_to, multipliers.get(representative, 1)))
+    return steps
+
+
+def _factor_roles(analysis, groups: list[ChannelGroup]) -> tuple[set[int], set[int]]:
+    """Classes that are factors of a grid with several prunable factors, and those of them that
+    belong to the widest factor of such a grid."""
+    prunable = {int(c) for g in groups if g.factor for c in g.classes}
+    widest: set[int] = set()
+    shared: set[int] = set()
+    for grid in analysis.space.grids:
+        candidates = [(factor.size, axis, analysis.classes[factor]) for axis, factor in enumerate(grid.factors)
+                      if factor.size and int(analysis.classes[factor[0]]) in prunable]
+        if len(candidates) >= 2:
+            shared.update(int(c) for _, _, classes in candidates for c in classes)
+            widest.update(int(c) for c in max(candidates, key=lambda item: item[:2])[2])
+    return widest, shared
+
+
+def _direct_multipliers(analysis) -> dict[int, int]:
+    """For every class labelling a parameter dim directly, the fewest indices it occupies in one."""
+    multipliers: dict[int, int] = {}
+    for member in analysis.space.members:
+        classes, counts = np.unique(analysis.classes[member.labels], return_counts=True)
+        for cls, count in zip(classes.tolist(), counts.tolist()):
+            multipliers[cls] = min(multipliers.get(cls, count), count)
+    return multipliers
+
+
+class CostModel:
+    """Predicts MACs and parameters after removing a set of classes."""
+
+    def __init__(self, module: torch.fx.GraphModule, analysis):
+        self.analysis = analysis
+        self.mac_nodes = [n for n in module.graph.nodes if node_macs(n) > 0]
+        parameters = dict(module.named_parameters())
+        self.parameter_nodes = [n for n in module.graph.nodes if n.op == "get_attr" and n.target in parameters]
+        unlabelled = set(parameters) - {n.target for n in self.parameter_nodes}
+        self.fixed_params = sum(parameters[name].numel() for name in unlabelled)
+
+    def cost(self, removed_mask: np.ndarray) -> Cost:
+        survives = ~expand_mask(self.analysis, removed_mask)
+        classes, node_labels = self.analysis.classes, self.analysis.node_labels
+
+        def shape(arg):
+            labels = node_labels.get(arg) if isinstance(arg, torch.fx.Node) else None
+            if isinstance(labels, list) and all(isinstance(dim, np.ndarray) for dim in labels):
+                return tuple(int(survives[classes[dim]].sum()) for dim in labels)
+            return _shape(arg)
+
+        macs = sum(node_macs(node, shape) for node in self.mac_nodes)
+        params = self.fixed_params + sum(math.prod(shape(node)) for node in self.parameter_nodes)
+        return Cost(macs=int(macs), params=int(params))
+
+
+class Selector:
+    """Turns importance scores into a removal plan for a target."""
+
+    def __init__(self, module, combing: Combing, scores: list[np.ndarray], *, round_to: int = 8,
+                 max_ratio: float = 0.8, ranking: str = "global", comparable: bool = False,
+                 floors: list[int] | None = None):
+        if ranking not in ("global", "local"):
+            raise PrunefxError(f"unknown ranking '{ranking}' (use 'global' or 'local')")
+        if not 0.0 <= max_ratio < 1.0:
+            raise PrunefxError(f"max_ratio {max_ratio} must be in [0, 1)")
+        self.combing, self.ranking = combing, ranking
+        self.cost_model = CostModel(module, combing.analysis)
+        self.dense = self.cost_model.cost(np.zeros(int(combing.analysis.classes.max()) + 1, dtype=bool))
+        self.orders = [np.argsort(s, kind="stable") for s in scores]
+        if comparable:  # scores on one scale across groups (obs): one threshold for all, as they are
+            self.sorted_normalised = [np.sort(np.asarray(s, dtype=float)) for s in scores]
+        else:
+            self.sorted_normalised = [np.sort(s / s.mean()) if s.mean() > 0 else np.zeros_like(s) for s in scores]
+        steps = width_steps(combing.analysis, combing.groups, round_to)
+        floors = floors or [1] * len(combing.groups)
+        self.widths = [allowed_widths(g.size, step, max_ratio=max_ratio, floor=floor)
+                       for g, step, floor in zip(combing.groups, steps, floors)]
+
+    # --- from the scalar knob to widths ------------------------------------------------------------
+    def _kept_for(self, knob: float) -> list[int]:
+        kept = []
+        for group, widths, normalised in zip(self.combing.groups, self.widths, self.sorted_normalised):
+            if self.ranking == "local":
+                wanted = group.size * (1.0 - knob)
+            else:
+                wanted = group.size - int(np.searchsorted(normalised, knob, side="left"))
+            kept.append(int(widths[np.argmin(np.abs(widths - wanted))]))  # nearest; ties keep fewer
+        return kept
+
+    def _mask(self, kept: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+        mask = np.zeros(int(self.combing.analysis.classes.max()) + 1, dtype=bool)
+        removed = []
+        for group, order, width in zip(self.combing.groups, self.orders, kept):
+            gone = group.classes[order[: group.size - width]]
+            mask[gone] = True
+            removed.append(gone)
+        return mask, removed
+
+    def _measure(self, target: Target, kept: list[int]) -> float:
+        cost = None if target.kind == "channels" else self.cost_model.cost(self._mask(kept)[0])
+        return self._fraction(target, kept, cost)
+
+    def _fraction(self, target: Target, kept: list[int], cost: Cost | None) -> float:
+        """The fraction of the dense model a plan keeps, in the target's unit."""
+        if target.kind == "channels":
+            return sum(kept) / max(sum(g.size for g in self.combing.groups), 1)
+        return cost.macs / self.dense.macs if target.kind == "macs" else cost.params / self.dense.params
+
+    # --- search ------------------------------------------------------------------------------------
+    def plan(self, target: Target, *, iterations: int = 40) -> Plan:
+        """Bisection on the knob: the largest model whose cost is at most the target, or, when the
+        allowed widths skip over it, the closest on either side."""
+        low, high = 0.0, 1.0 if self.ranking == "local" else self._global_ceiling()
+        best = (abs(self._measure(target, self._kept_for(low)) - target.fraction), low)
+        for _ in range(iterations):
+            middle = 0.5 * (low + high)
+            value = self._measure(target, self._kept_for(middle))
+            best = min(best, (abs(value - target.fraction), middle))
+            if value > target.fraction:
+                low = middle
+            else:
+                high = middle
+        for knob in (low, high):
+            best = min(best, (abs(self._measure(target, self._kept_for(knob)) - target.fraction), knob))
+        kept = self._kept_for(best[1])
+        if best[0] > TARGET_TOLERANCE * target.fraction:
+            kept = self._refine(target, kept)
+        return self._plan_for(target, kept)
+
+    def _global_ceiling(self) -> float:
+        return max((float(n[-1]) for n in self.sorted_normalised if n.size), default=0.0) + 1.0
+
+    def _refine(self, target: Target, kept: list[int], *, rounds: int = 64) -> list[int]:
+        """Coarse widths (a 16-wide group can only keep 8 or 16 at round_to 8) make the cost jump across
+        the target as the knob moves; then single groups are moved one allowed width at a time, each
+        time the move that lands closest to the target, until no move gets closer."""
+        kept = list(kept)
+        error = abs(self._measure(target, kept) - target.fraction)
+        for _ in range(rounds):
+            if error <= TARGET_TOLERANCE * target.fraction:
+                break
+            moves = [(abs(self._measure(target, moved) - target.fraction), moved) for moved in self._moves(kept)]
+            if not moves or min(m[0] for m in moves) >= error:
+                break
+            error, kept = min(moves, key=lambda m: m[0])
+        return kept
+
+    def _moves(self, kept: list[int]):
+        """Every plan that differs from `kept` by one allowed width step in one group."""
+        for index, (width, widths) in enumerate(zip(kept, self.widths)):
+            position = int(np.searchsorted(widths, width))
+            for neighbour in (position - 1, position + 1):
+                if 0 <= neighbour < len(widths):
+                    yield kept[:index] + [int(widths[neighbour])] + kept[index + 1:]
+
+    def _plan_for(self, target: Target, kept: list[int]) -> Plan:
+        mask, removed = self._mask(kept)
+        predicted = self.cost_model.cost(mask)
+        achieved = self._fraction(target, kept, predicted)
+        met = abs(achieved - target.fraction) <= TARGET_TOLERANCE * target.fraction
+        return Plan(kept, removed, predicted, achieved, met)

@@ -1,0 +1,1 @@
+"""INT8: fake quantization on the graph, attention included."""

@@ -1,0 +1,309 @@
+"""INT8 fake quantization on the graph, in TensorRT's explicit-quantization form.
+
+TensorRT's rules (and what ONNX Runtime's integer kernels want) decide the form:
+- weights: symmetric INT8 per output channel, scale = max|w| / 127 over each output channel (zero-point 0);
+- activations: symmetric INT8 per tensor, scale = amax / 127 (zero-point 0), amax from calibration data;
+- quantizers sit on the *inputs* of convolutions, transposed convolutions, linear layers and matmuls, and
+  of residual adds (two activations of the same shape), where TensorRT needs them to fuse the add into the
+  convolution before it, and of average pools (global or not: adaptive / plain average pools, and means
+  over the spatial axes), so the convolution before the pool runs on integers too (ONNX Runtime's QLinearConv
+  needs a quantized output; NVIDIA ModelOpt's INT8 ONNX quantizer quantizes pool inputs as well). Without it
+  the last convolution of a CNN (MobileNetV2's 320 -> 1280, 7% of its MACs) stays float: a cost neither
+  pruning nor INT8 removes, so their gains do not multiply. One activation feeding several such layers gets
+  one quantizer (one scale).
+
+The quantizers are torch's own `fake_quantize_per_channel_affine` / `fake_quantize_per_tensor_affine`
+operators: they run (and train, with the straight-through estimator) in the Program, re-export with
+torch.export, and the ONNX exporter turns each into a QuantizeLinear/DequantizeLinear pair. Range
+(-128, 127) is the only signed range the exporter accepts; symmetric weights only ever reach +-127.
+
+Calibration (`RangeObserver`) sees |x| over the calibration batches: the largest value (`max`), and a
+histogram on [0, max] from which `percentile` (the given percentile of |x|), `mse` (the clipping range
+whose quantization error, rounding and clipping together, is smallest over the histogram) and `entropy`
+(the clipping range whose 128-level quantized histogram is closest to the clipped one in Kullback-Leibler
+divergence, the criterion of TensorRT's entropy calibration) are read. Entropy leaves exact zeros out of
+its histogram: they quantize to 0 under every scale, so they cannot inform the clip, and after a ReLU they
+are half the tensor, a spike in bin 0 that only the narrowest bins of the tightest clip keep apart (with
+them, entropy clipped post-ReLU tensors far too tightly: ResNet-20 54.93 % against 84.91 % without,
+benchmarks/results/int8_methods.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from prunefx.graph.attributes import free_name, get_tensor, set_tensor
+from prunefx.graph.channels.rules import channel_rule, same_as_input
+
+aten = torch.ops.aten
+QMIN, QMAX = -128, 127
+LEVELS = 127                     # symmetric: the scale maps amax to 127
+HISTOGRAM_BINS = 2048
+METHODS = ("max", "percentile", "mse", "entropy")
+FAKE_QUANT_OPS = (aten.fake_quantize_per_tensor_affine.default, aten.fake_quantize_per_channel_affine.default)
+
+_CONVOLUTIONS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default,
+                 aten.conv1d.padding, aten.conv2d.padding, aten.conv3d.padding}
+_TRANSPOSED = {aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input}
+_MATMULS = {aten.matmul.default, aten.mm.default, aten.bmm.default}
+_AVERAGE_POOLS = {aten.adaptive_avg_pool1d.default, aten.adaptive_avg_pool2d.default,
+                  aten.adaptive_avg_pool3d.default, aten.avg_pool1d.default, aten.avg_pool2d.default,
+                  aten.avg_pool3d.default, aten._adaptive_avg_pool2d.default, aten._adaptive_avg_pool3d.default}
+
+
+@dataclass
+class QuantTarget:
+    """A layer to quantize: its activation inputs (per-tensor quantizers) and its weight (per channel)."""
+
+    layer: torch.fx.Node
+    operator: str
+    activations: tuple[torch.fx.Node, ...]
+    weight: torch.fx.Node | None = None
+    weight_axis: int = 0
+    kind: str = "layer"   # layer (conv, linear, matmul) | add (residual) | pool (average pool)
+
+
+def _attr(node) -> bool:
+    return isinstance(node, torch.fx.Node) and node.op == "get_attr"
+
+
+def _activation(node) -> bool:
+    value = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return (isinstance(node, torch.fx.Node) and node.op != "get_attr" and isinstance(value, torch.Tensor)
+            and value.is_floating_point())
+
+
+def operator_name(node: torch.fx.Node) -> str:
+    """'aten.conv2d.default' -> 'conv2d': the name users give to keep an operator in float."""
+    return str(node.target).split(".")[1] if str(node.target).startswith("aten.") else str(node.target)
+
+
+def _target(node: torch.fx.Node) -> QuantTarget | str | None:
+    """The QuantTarget of `node`, a reason (str) why a quantizable layer is left in float, or None."""
+    if node.op != "call_function":
+        return None
+    target, args = node.target, node.args
+    name = operator_name(node)
+    if target in _CONVOLUTIONS or target is aten.linear.default or target in _TRANSPOSED \
+            or target is aten.convolution.default:
+        transposed = target in _TRANSPOSED or (target is aten.convolution.default and bool(args[6]))
+        groups = (args[6] if len(args) > 6 else 1) if target in _TRANSPOSED else \
+            (args[8] if target is aten.convolution.default else 1)
+        if transposed and groups != 1:
+            return "grouped transposed convolution: no per-output-channel axis for its weight"
+        if not _attr(args[1]):
+            return "its weight is computed in the graph, not a stored tensor"
+        if not _activation(args[0]):
+            return "its input is not a floating-point tensor"
+        return QuantTarget(node, name, (args[0],), args[1], 1 if transposed else 0)
+    if target in (aten.add.Tensor, aten.add_.Tensor) and len(args) == 2 and all(_activation(arg) for arg in args) \
+            and args[0].meta["val"].shape == args[1].meta["val"].shape and args[0].meta["val"].dim() >= 3:
+        # a residual add: both inputs quantized, so TensorRT fuses it into the convolution before it and ONNX
+        # Runtime runs the convolution and the add on integers (no broadcasting: bias adds are not residuals)
+        return QuantTarget(node, name, (args[0], args[1]), kind="add")
+    if _average_pool(node):
+        # its input quantized, so the convolution (and its ReLU) before the pool is an integer unit too
+        return QuantTarget(node, name, (args[0],), kind="pool")
+    if target in _MATMULS:
+        left, right = args[0], args[1]
+        if _attr(left):
+            return "its first operand is a stored tensor"
+        if not _activation(left) or not (_activation(right) or _attr(right)):
+            return "its operands are not floating-point tensors"
+        if _attr(right):  # x @ W: W is [..., in, out], output channels on the last axis
+            return QuantTarget(node, name, (left,), right, get_tensor_dim(right) - 1)
+        return QuantTarget(node, name, (left, right))
+    return None
+
+
+def _average_pool(node: torch.fx.Node) -> bool:
+    """An average pool over the spatial axes of a float [N, C, *spatial] activation: an (adaptive) average
+    pool, or a mean of a 4-D or 5-D tensor whose reduced dims are all spatial (not over channels)."""
+    args = node.args
+    if not args or not _activation(args[0]) or args[0].meta["val"].dim() < 3:
+        return False
+    if node.target in _AVERAGE_POOLS:
+        return True
+    rank = args[0].meta["val"].dim()
+    if node.target is not aten.mean.dim or len(args) < 2 or args[1] is None or rank < 4:
+        return False  # a 3-D mean may be over the features of [N, tokens, features]: not a pool
+    dims = [args[1]] if isinstance(args[1], int) else list(args[1])
+    return bool(dims) and all(2 <= (dim % rank) for dim in dims)
+
+
+def get_tensor_dim(node: torch.fx.Node) -> int:
+    return node.meta["val"].dim() if isinstance(node.meta.get("val"), torch.Tensor) else 2
+
+
+def find_targets(graph: torch.fx.Graph) -> tuple[list[QuantTarget], dict[str, str]]:
+    """(layers that can be quantized, {layer name: reason} for those that cannot)."""
+    targets, refused = [], {}
+    for node in graph.nodes:
+        found = _target(node)
+        if isinstance(found, str):
+            refused[node.name] = found
+        elif found is not None:
+            targets.append(found)
+    return targets, refused
+
+
+def has_fake_quant(graph: torch.fx.Graph) -> bool:
+    return any(node.op == "call_function" and node.target in FAKE_QUANT_OPS for node in graph.nodes)
+
+
+# ---- dependency analysis (graph/channels/rules.py): what rebatch and channel removal read -------------
+
+# a per-tensor quantizer is element-wise: output index i is input index i (batch items stay independent)
+channel_rule(aten.fake_quantize_per_tensor_affine.default)(same_as_input)
+
+
+@channel_rule(aten.fake_quantize_per_channel_affine.default)
+def _per_channel_rule(ctx, node):
+    """Element-wise too; the scale and zero-point vectors shrink with the weight's channel axis."""
+    labels = list(ctx.labels(node.args[0]))
+    axis = node.args[3]
+    for vector in node.args[1:3]:
+        ctx.space.tie(labels[axis], ctx.labels(vector)[0])
+    return labels
+
+
+# ---- scales --------------------------------------------------------------------------------------
+
+def channel_amax(weight: torch.Tensor, axis: int) -> torch.Tensor:
+    """max |w| over every dim but `axis`: one value per output channel."""
+    moved = weight.detach().abs().movedim(axis, 0)
+    return moved.reshape(moved.shape[0], -1).amax(dim=1)
+
+
+def scale_of(amax: torch.Tensor | float) -> torch.Tensor:
+    """amax / 127, never zero (an all-zero channel gets a tiny scale: its values quantize to 0 exactly)."""
+    amax = torch.as_tensor(amax, dtype=torch.float32)
+    return torch.clamp(amax / LEVELS, min=torch.finfo(torch.float32).tiny * 2 ** 24)
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor | float, axis: int | None = None) -> torch.Tensor:
+    """x through an INT8 quantizer: per channel along `axis`, else per tensor (same ops as the graph)."""
+    if axis is None:
+        return torch.fake_quantize_per_tensor_affine(x, float(scale), 0, QMIN, QMAX)
+    scale = torch.as_tensor(scale, dtype=torch.float32)
+    return torch.fake_quantize_per_channel_affine(x, scale, torch.zeros_like(scale, dtype=torch.int32), axis,
+                                                  QMIN, QMAX)
+
+
+class RangeObserver:
+    """|x| statistics of one activation over the calibration batches (see the module docstring). The
+    histogram needs the range first, so callers make two passes: `observe_max`, then `observe_histogram`."""
+
+    def __init__(self):
+        self.max = 0.0
+        self.histogram: np.ndarray | None = None
+        self.zeros = 0.0  # how many of the values in the histogram's first bin are exactly 0
+
+    def observe_max(self, x: torch.Tensor) -> None:
+        self.max = max(self.max, float(x.detach().abs().max()))
+
+    def observe_histogram(self, x: torch.Tensor) -> None:
+        if self.max <= 0:
+            return
+        counts = torch.histc(x.detach().abs().float().flatten(), bins=HISTOGRAM_BINS, min=0.0, max=self.max)
+        counts = counts.double().numpy()
+        self.zeros += float((x == 0).sum())
+        self.histogram = counts if self.histogram is None else self.histogram + counts
+
+    def amax(self, method: str, percentile: float = 99.99) -> float:
+        if method == "max" or self.histogram is None or self.max <= 0:
+            return self.max
+        edges = np.linspace(0.0, self.max, HISTOGRAM_BINS + 1)
+        if method == "percentile":
+            cumulative = np.cumsum(self.histogram) / self.histogram.sum()
+            return float(edges[1 + np.searchsorted(cumulative, percentile / 100.0)].clip(max=self.max))
+        if method == "entropy":
+            return self._entropy_amax(edges)
+        return self._mse_amax(edges)
+
+    def _entropy_amax(self, edges: np.ndarray) -> float:
+        """The clipping edge, among every 16th bin from the 128th, whose distribution quantized to 128 levels
+        loses the least information (KL divergence) about the clipped distribution."""
+        histogram = self.histogram.copy()
+        histogram[0] -= self.zeros
+        best, best_divergence = self.max, np.inf
+        for stop in range(LEVELS + 1, HISTOGRAM_BINS + 1, 16):
+            reference = histogram[:stop].copy()
+            reference[-1] += histogram[stop:].sum()  # what lies beyond the clip saturates to the last level
+            divergence = _kl(reference, _quantized_histogram(histogram[:stop], LEVELS + 1))
+            if divergence < best_divergence:
+                best, best_divergence = float(edges[stop]), divergence
+        return best
+
+    def _mse_amax(self, edges: np.ndarray) -> float:
+        """The clipping value, among 128 candidates up to the max, with the least squared error."""
+        centres = (edges[:-1] + edges[1:]) / 2
+        best, best_error = self.max, np.inf
+        for clip in np.linspace(self.max / 128, self.max, 128):
+            scale = clip / LEVELS
+            quantized = np.minimum(np.round(centres / scale), LEVELS) * scale
+            error = float(np.sum(self.histogram * (centres - quantized) ** 2))
+            if error < best_error:
+                best, best_error = float(clip), error
+        return best
+
+
+def _quantized_histogram(histogram: np.ndarray, levels: int) -> np.ndarray:
+    """`histogram` merged into `levels` groups of bins, each group's count spread back evenly over the bins of
+    the group that were not empty: the distribution the quantized tensor can still tell apart."""
+    sizes = np.full(levels, histogram.size // levels)
+    sizes[:histogram.size % levels] += 1  # as np.array_split groups them
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    nonzero = histogram > 0
+    totals = np.add.reduceat(histogram, starts)
+    counts = np.add.reduceat(nonzero.astype(np.float64), starts)
+    per_bin = np.repeat(np.divide(totals, counts, out=np.zeros_like(totals), where=counts > 0), sizes)
+    return np.where(nonzero, per_bin, 0.0)
+
+
+def _kl(reference: np.ndarray, candidate: np.ndarray) -> float:
+    p, q = reference / reference.sum(), candidate / max(candidate.sum(), 1e-30)
+    mask = p > 0
+    return float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-30))))
+
+
+# ---- rewriting ------------------------------------------------------------------------------------
+
+def quantize_weight(module: torch.fx.GraphModule, target: QuantTarget) -> torch.fx.Node:
+    """Put a per-channel quantizer between the layer and its weight; its scales are stored beside the weight
+    (`<weight>_quant_scale`, `<weight>_quant_zero_point`) so they are saved with the Program."""
+    graph, layer, weight = module.graph, target.layer, target.weight
+    values = get_tensor(module, weight.target)
+    amax = channel_amax(values, target.weight_axis)
+    # Snap the stored weight onto its INT8 grid: the Program computes the same (fq(fq(W)) = fq(W)), and the
+    # ONNX lowering's W / scale is then an integer up to float rounding, so both sides hold the same INT8.
+    with torch.no_grad():
+        values.copy_(fake_quantize(values, scale_of(amax), target.weight_axis))
+    stem = weight.target.replace(".", "_")
+    scale_name, zero_name = free_name(module, f"{stem}_quant_scale"), free_name(module, f"{stem}_quant_zero_point")
+    set_tensor(module, scale_name, scale_of(amax), parameter=False)
+    set_tensor(module, zero_name, torch.zeros(amax.shape, dtype=torch.int32), parameter=False)
+    with graph.inserting_before(layer):
+        scale, zero = graph.get_attr(scale_name), graph.get_attr(zero_name)
+        quantized = graph.call_function(aten.fake_quantize_per_channel_affine.default,
+                                        (weight, scale, zero, target.weight_axis, QMIN, QMAX))
+    layer.replace_input_with(weight, quantized)
+    return quantized
+
+
+def quantize_activation(graph: torch.fx.Graph, source: torch.fx.Node, amax: float,
+                        layers: Iterable[torch.fx.Node]) -> torch.fx.Node:
+    """One per-tensor quantizer on `source`, read by `layers` (its other users keep the float tensor). It is
+    placed just before the first of them, so it never lands among the graph's placeholders."""
+    layers = list(layers)
+    order = {node: index for index, node in enumerate(graph.nodes)}
+    with graph.inserting_before(min(layers, key=order.__getitem__)):
+        quantized = graph.call_function(aten.fake_quantize_per_tensor_affine.default,
+                                        (source, float(scale_of(amax)), 0, QMIN, QMAX))
+    for layer in layers:
+        layer.replace_input_with(source, quantized)
+    return quantized

@@ -1,0 +1,1 @@
+"""2:4 (N:M) sparsity: masks and the Hessians that choose them."""

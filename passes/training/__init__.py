@@ -1,0 +1,1 @@
+"""The training engine used by recovery passes: configuration, data, losses, schedule, checkpoints and the loop itself."""

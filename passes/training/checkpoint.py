@@ -1,0 +1,115 @@
+"""Checkpoint files of the recovery trainer (passes/training/engine.py).
+
+A checkpoint directory holds `program.pt2` (Program.save, eval mode) and `trainer_state.pt` (optimizer,
+scheduler, step, data position, RNG states of every process, logs; plain tensors and numbers, read with
+`torch.load(weights_only=True)`). The state records the program file's SHA-256, so a crash between the
+two writes is caught on resume instead of mixing one save's weights with another's optimizer.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from prunefx.graph import Program
+from prunefx.graph.errors import PrunefxError, first_line
+from prunefx.passes.training.config import TrainingError
+
+PROGRAM_FILE = "program.pt2"
+STATE_FILE = "trainer_state.pt"
+_STATE_FORMAT = 1
+
+
+def write_checkpoint(directory: Path, program: Program, state: dict) -> None:
+    """Save a copy of `program` and `state` (plus the format, parameter shapes and program hash)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    snapshot = Program(copy.deepcopy(program.module), program.example_inputs, name=program.name,
+                       analysis=copy.deepcopy(program.analysis), output_shapes=list(program.output_shapes))
+    snapshot.module.to(program.example_inputs[0].device)
+    program_tmp, state_tmp = directory / "program.partial.pt2", directory / "trainer_state.partial.pt"
+    snapshot.eval().save(program_tmp)
+    state = {"format": _STATE_FORMAT, "parameters": parameter_shapes(program.module),
+             "program_sha256": _sha256(program_tmp), **state}
+    torch.save(state, state_tmp)
+    # Replace the program first: a crash between the two leaves a hash mismatch, which resume reports.
+    os.replace(program_tmp, directory / PROGRAM_FILE)
+    os.replace(state_tmp, directory / STATE_FILE)
+
+
+def read_checkpoint(directory: Path) -> tuple[Program, dict] | None:
+    """The saved program and state, None when the directory holds no checkpoint; TrainingError when it
+    holds half of one, a damaged file, or files from two different saves."""
+    program_path, state_path = directory / PROGRAM_FILE, directory / STATE_FILE
+    if not program_path.exists() and not state_path.exists():
+        return None
+    if not (program_path.is_file() and state_path.is_file()):
+        raise TrainingError(f"incomplete checkpoint in {directory}: need both {PROGRAM_FILE} and {STATE_FILE}")
+    state = _read_state(state_path)
+    if _sha256(program_path) != state["program_sha256"]:
+        raise TrainingError(f"{program_path} and {state_path} come from different saves (interrupted write?); "
+                            "delete the directory to start over")
+    try:
+        program = Program.load(program_path)
+    except PrunefxError as error:
+        raise TrainingError(f"cannot resume from {directory}: {error}") from error
+    if state["parameters"] != parameter_shapes(program.module):
+        raise TrainingError(f"the trainer state in {directory} does not match its program's parameters")
+    return program, state
+
+
+def check_settings(state: dict, expected: dict, directory: Path) -> None:
+    """Refuse to resume under settings (steps, optimizer, processes) other than the checkpoint's."""
+    for key, value in expected.items():
+        if state[key] != value:
+            raise TrainingError(f"the checkpoint in {directory} was written with {key}={state[key]}, this run "
+                                f"has {key}={value}; resume with the same settings or use a new checkpoint_dir")
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several unrelated types for damaged files
+        raise TrainingError(f"cannot read {path} (corrupt checkpoint? delete it to start over): "
+                            f"{first_line(error)}") from error
+    if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
+        raise TrainingError(f"{path} is not a prunefx trainer state (format {_STATE_FORMAT})")
+    return state
+
+
+def rng_state() -> dict:
+    """This process's torch, CUDA, Python and numpy random states, as plain tensors and numbers."""
+    numpy_state: tuple[Any, ...] = tuple(np.random.get_state())  # (name, keys, position, has_gauss, gaussian)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parameter_shapes(module: torch.nn.Module) -> list[list]:
+    return [[name, list(p.shape)] for name, p in module.named_parameters()]

@@ -1,0 +1,143 @@
+"""Batches, evaluation and the distributed setup of the recovery trainer (passes/training/engine.py).
+
+Batches are `(inputs, labels)` pairs, `inputs` a tensor or a tuple of tensors; label -1 marks padding.
+Under torchrun every rank gets its slice of every global batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from prunefx.graph import Program
+from prunefx.passes.training.config import TrainConfig, TrainingError
+from prunefx.passes.training.losses import IGNORE_LABEL, logits_of
+
+# --- data ----------------------------------------------------------------------------------------
+
+class _Shard:
+    """This rank's slice of every global batch of a plain iterable (a loader with `shard` does it itself)."""
+
+    def __init__(self, data: Any, rank: int, world_size: int):  # a sized iterable (a list, a DataLoader)
+        self.data, self.rank, self.world_size = data, rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.data, "set_epoch"):
+            self.data.set_epoch(epoch)
+
+    def __iter__(self):
+        for inputs, labels in map(split_batch, self.data):
+            yield tuple(self._slice(x) for x in inputs), self._slice(labels)
+
+    def _slice(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.shape[0] % self.world_size:
+            raise TrainingError(f"a global batch of {tensor.shape[0]} items does not split into "
+                                f"{self.world_size} equal shards")
+        size = tensor.shape[0] // self.world_size
+        return tensor[self.rank * size:(self.rank + 1) * size]
+
+
+def shard_batches(data: Iterable, rank: int, world_size: int) -> Iterable:
+    if world_size == 1:
+        return data
+    if hasattr(data, "shard"):
+        return data.shard(rank, world_size)
+    return _Shard(data, rank, world_size)
+
+
+def split_batch(batch) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise TrainingError(f"batches must be (inputs, labels) pairs, got {type(batch).__name__}")
+    inputs, labels = batch
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    return inputs, labels
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+def _eval_mode(model) -> Callable[[], None]:
+    """Put `model` in eval mode; return the function that restores its mode. Graph modules carry the
+    mode as arguments of their batch-norm/dropout nodes, which only Program knows how to flip."""
+    if isinstance(model, torch.fx.GraphModule):
+        model = Program(model, (), name="model")
+    was_training = model.training
+    model.eval()
+    return lambda: model.train(was_training)
+
+
+@torch.no_grad()
+def eval_totals(model, batches: Iterable, device: torch.device) -> torch.Tensor:
+    """[correct, summed cross-entropy, labelled items] over `batches` (label -1 is padding)."""
+    module = model.module if isinstance(model, Program) else model
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    restore = _eval_mode(model)
+    try:
+        for batch in batches:
+            inputs, labels = split_batch(batch)
+            inputs = tuple(x.to(device) for x in inputs)
+            labels = labels.to(device)
+            logits = logits_of(module(*inputs))
+            valid = labels != IGNORE_LABEL
+            totals[0] += ((logits.argmax(1) == labels) & valid).sum()
+            totals[1] += F.cross_entropy(logits, labels, ignore_index=IGNORE_LABEL, reduction="sum").double()
+            totals[2] += valid.sum()
+    finally:
+        restore()
+    return totals
+
+
+def accuracy_summary(totals: torch.Tensor) -> dict[str, float]:
+    correct, loss, count = totals.tolist()
+    if count == 0:
+        return {"accuracy": float("nan"), "loss": float("nan"), "count": 0}
+    return {"accuracy": correct / count, "loss": loss / count, "count": int(count)}
+
+
+def evaluate(model: Program | torch.nn.Module, batches: Iterable, *, device: str | torch.device | None = None
+             ) -> dict[str, float]:
+    """Top-1 accuracy (per pixel for dense outputs) and mean cross-entropy over the labelled items of
+    `(inputs, labels)` batches; label -1 marks padding. Runs in eval mode and restores the mode after."""
+    module = model.module if isinstance(model, Program) else model
+    device = torch.device(device) if device is not None else module_device(module)
+    return accuracy_summary(eval_totals(model, batches, device))
+
+
+# --- distributed ---------------------------------------------------------------------------------
+
+def distributed_world(device: torch.device) -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the process group)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return 0, 1, False
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing or not dist.is_available():
+        raise TrainingError(f"WORLD_SIZE={world_size} but {', '.join(missing) or 'torch.distributed'} is "
+                            "missing; launch with torchrun")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), True
+
+
+def resolve_device(config: TrainConfig, module: torch.nn.Module) -> torch.device:
+    device = torch.device(config.device) if config.device is not None else module_device(module)
+    # Under torchrun every process owns one GPU: the one named by LOCAL_RANK.
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device

@@ -1,0 +1,390 @@
+"""Recovery training with knowledge distillation: the engine behind the `distill` pass.
+
+A `Trainer` trains a Program's GraphModule against a frozen teacher with
+
+    loss = (1 - kd_weight) * CE(student, labels)  +  kd_weight * KD(student, teacher; T)
+           + sum over feature pairs of  weight * MSE(student node, teacher node)
+
+- CE is the task loss (cross-entropy; label -1 is ignored, so padded batches are harmless);
+- KD is `kd_loss`: KL(softmax(teacher / T) || softmax(student / T)) per row, averaged over rows
+  ("batchmean"), times T^2 so that its gradients keep their scale whatever T is;
+- feature pairs read intermediate tensors of both graphs by fx node name (see `tap_outputs`).
+`kd_weight` is the usual alpha: 1 is pure distillation, 0 is plain fine-tuning. Dense outputs
+(`task` "segmentation", [N, C, H, W]) are handled per pixel: the class dim is always dim 1.
+
+`task` "detection" (a YOLO's export-mode output [N, 4 + C, A], see `detection_kd_loss`):
+
+    loss = KD_det(student, teacher)  +  sum over feature pairs of  weight * MSE(...)
+
+with KD_det = sum over classes of the Bernoulli KL of the class probabilities (mean over anchors) +
+the anchor-weighted, scale-free L1 of the boxes. There is no ground-truth term: a YOLO's
+assignment-based loss needs its raw training-mode head, which the exported Program does not produce.
+So `kd_weight` only switches KD_det on (> 0) or off (0, then feature pairs are required: the config
+refuses a detector with nothing to learn from), `temperature` is unused, labels are read but ignored,
+the reported task loss is 0, and the trainer does not evaluate (top-1 accuracy means nothing for boxes;
+`prunefx compress` scores mAP itself before and after every pass).
+
+Everything that reads gradients (the `after_backward` hooks, e.g. CPD's Fisher channel importance)
+sees the gradients of that total loss, after DDP has averaged them across processes and before
+clipping. A hook may replace the Program structurally (channels removed) through
+`trainer.replace_program`: the optimizer is rebuilt on the new parameters (momentum restarts), the
+learning-rate schedule keeps its position.
+
+Learning rate: linear warm-up for `warmup_steps` steps (`lr * (s + 1) / (warmup_steps + 1)` at step
+s), then a half cosine from `lr` at step `warmup_steps` down to 0 at step `total_steps`. Weight decay
+applies to weights of two or more dims only (not to biases or norm scales).
+
+Preconditions: the Program has a static batch size (that of its example inputs); every training
+and evaluation batch has exactly that many items per process. Batches are `(inputs, labels)`
+tuples, `inputs` a tensor or a tuple of tensors.
+
+Distributed: launched by `torchrun` (WORLD_SIZE > 1 in the environment), the trainer joins the
+process group (gloo on CPU, nccl on CUDA), wraps the module in DistributedDataParallel and gives
+each rank its slice of every global batch (through `data.shard(rank, world_size)` when the loader
+has it). Only rank 0 writes checkpoints and shows progress.
+
+Checkpoints (`checkpoint_dir`): `program.pt2` (Program.save, eval mode) and `trainer_state.pt`
+(optimizer, scheduler, step, data position, RNG states, logs; plain tensors and numbers, read with
+`torch.load(weights_only=True)`). `resume=True` continues from them and reaches the same weights as
+an uninterrupted run; a missing checkpoint starts from scratch, a corrupt or mismatched one is an error.
+
+Layout: the configuration is in training_config.py, the losses and feature taps in training_losses.py,
+batches, evaluation and the distributed setup in training_data.py, checkpoint files in
+training_checkpoint.py, the optimizer and learning-rate schedule in training_schedule.py; this file holds the
+`Trainer`.
+
+Non-goals: mixed precision, gradient accumulation, learned adapters between student and teacher
+features of different widths (feature pairs must have equal shapes), resuming with a different number
+of processes, fast mid-epoch resume (the batches already seen in the epoch are read and skipped).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from prunefx.graph import Program
+from prunefx.graph.errors import first_line
+from prunefx.passes.training.checkpoint import (
+    PROGRAM_FILE,
+    STATE_FILE,
+    check_settings,
+    read_checkpoint,
+    rng_state,
+    set_rng_state,
+    write_checkpoint,
+)
+from prunefx.passes.training.config import DETECTION, OPTIMIZERS, FeaturePair, TrainConfig, TrainingError
+from prunefx.passes.training.data import (
+    accuracy_summary,
+    distributed_world,
+    eval_totals,
+    evaluate,
+    module_device,
+    resolve_device,
+    shard_batches,
+    split_batch,
+)
+from prunefx.passes.training.losses import (
+    IGNORE_LABEL,
+    detection_kd_loss,
+    feature_loss,
+    kd_loss,
+    logits_of,
+    run_tapped,
+    tap_outputs,
+    task_loss,
+    total_losses,
+)
+from prunefx.passes.training.schedule import lr_factor, make_optimizer, make_scheduler
+
+# The trainer's public names, importable from here as before the module was split.
+__all__ = [
+    "IGNORE_LABEL", "OPTIMIZERS", "PROGRAM_FILE", "STATE_FILE", "FeaturePair", "TrainConfig", "Trainer",
+    "TrainingError", "detection_kd_loss", "evaluate", "feature_loss", "kd_loss", "logits_of", "lr_factor",
+    "make_scheduler", "tap_outputs", "task_loss",
+]
+
+_STATS_WINDOW = 20  # final losses are averaged over this many steps, single steps are noisy
+
+
+# --- the trainer ---------------------------------------------------------------------------------
+
+AfterBackward = Callable[["Trainer"], None]
+AfterStep = Callable[["Trainer", int], None]
+
+
+class Trainer:
+    """Trains `program.module` against a frozen `teacher`; see the module docstring for the loss.
+
+    `after_backward` hooks are called as `hook(trainer)` once gradients exist (before clipping and the
+    optimizer step); `after_step` hooks as `hook(trainer, step)` after the optimizer step, where `step`
+    counts the steps done so far. Read gradients in the former: they are released before the latter.
+    Attributes for hooks: `program`, `step`, `epoch`, `optimizer`, `scheduler`, `rank`, `world_size`,
+    `last_losses` (floats of the last step), `log` (one dict per step), `history` (evaluations).
+    """
+
+    def __init__(self, program: Program, *, teacher: Program | torch.nn.Module | None, data: Iterable,
+                 config: TrainConfig, eval_data: Iterable | None = None,
+                 after_backward: Sequence[AfterBackward] = (), after_step: Sequence[AfterStep] = ()):
+        self.config = config
+        self.after_backward, self.after_step = list(after_backward), list(after_step)
+        self.device = resolve_device(config, program.module)
+        self.rank, self.world_size, self._owns_process_group = distributed_world(self.device)
+        self.data = shard_batches(data, self.rank, self.world_size)
+        # A detector is not evaluated here: eval_totals' top-1 accuracy would argmax over box coordinates.
+        evaluates = eval_data is not None and config.task != DETECTION
+        self.eval_data = shard_batches(eval_data, self.rank, self.world_size) if evaluates else None
+        self.total_steps = self._total_steps()
+        self.needs_teacher = config.kd_weight > 0 or bool(config.feature_pairs)
+        if self.needs_teacher and teacher is None:
+            raise TrainingError("distillation needs a teacher (or set kd_weight=0 without feature_losses)")
+        self._teacher: Any
+        self._restore_teacher: Any
+        self._teacher, self._restore_teacher = self._frozen_teacher(teacher) if self.needs_teacher else (None, None)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.log: list[dict[str, float]] = []
+        self.history: list[dict[str, float]] = []
+        self.last_losses: dict[str, float] = {}
+        self._home_device = module_device(program.module)
+        self._initial_mode = program.training
+        self._attach(program)
+
+    # --- setup -------------------------------------------------------------------------------------
+    def _total_steps(self) -> int:
+        if self.config.steps is not None:
+            return self.config.steps
+        if not hasattr(self.data, "__len__"):
+            raise TrainingError("'epochs' needs data with a length (a list or a loader); give 'steps' instead")
+        if len(self.data) == 0:
+            raise TrainingError("the training data holds no batches")
+        return self.config.epochs * len(self.data)
+
+    def _frozen_teacher(self, teacher):
+        """The teacher in eval mode on the training device, and the function that undoes changes to it."""
+        if isinstance(teacher, (Program, torch.fx.GraphModule)):
+            module = teacher.module if isinstance(teacher, Program) else teacher
+            # A graph carries its mode in its batch-norm/dropout nodes: flip a copy, never the caller's graph.
+            if isinstance(teacher, torch.fx.GraphModule) or teacher.training or module_device(module) != self.device:
+                module = Program(copy.deepcopy(module), (), name="teacher").eval().module.to(self.device)
+            restore = None
+        elif isinstance(teacher, torch.nn.Module):
+            if self.config.feature_pairs:
+                raise TrainingError("feature_losses need a teacher captured as a Program (nodes are read by name)")
+            was_training, module = teacher.training, teacher.to(self.device).eval()
+            restore = lambda: teacher.train(was_training)  # noqa: E731
+        else:
+            raise TrainingError(f"the teacher must be a Program or a torch.nn.Module, not {type(teacher).__name__}")
+        if self.config.feature_pairs:
+            tapped = tap_outputs(module, [pair.teacher for pair in self.config.feature_pairs])
+            return (lambda inputs: run_tapped(tapped, tapped.out_spec, inputs)), restore
+        return (lambda inputs: (module(*inputs), ())), restore
+
+    def _attach(self, program: Program) -> None:
+        """Train `program` from the current step on: train mode, device, DDP, a new optimizer."""
+        program.train()
+        program.module.to(self.device)
+        self.program = program
+        self._student = tap_outputs(program.module, [pair.student for pair in self.config.feature_pairs])
+        self._model = self._student
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._model = torch.nn.parallel.DistributedDataParallel(self._student, device_ids=ids)
+        self.optimizer = make_optimizer(program.module, self.config)
+        self.scheduler = make_scheduler(self.optimizer, warmup_steps=self.config.warmup_steps,
+                                        total_steps=self.total_steps, start_step=self.step)
+
+    def replace_program(self, program: Program) -> None:
+        """Continue training `program` instead (e.g. after channels were removed from the current one):
+        new parameters, a new optimizer (momentum restarts), the learning rate where the schedule is.
+        Call it from an `after_step` hook (or between fits), not between backward and the optimizer step."""
+        self._attach(program)
+
+    # --- training ----------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train to `total_steps` (resuming from the checkpoint when asked) and return statistics."""
+        resumed_from = self._resume() if self.config.resume else None
+        if resumed_from is None:
+            torch.manual_seed(self.config.seed + self.rank)
+        start_step, train_seconds, eval_seconds = self.step, 0.0, 0.0
+        # tqdm's disable=None means "only on a terminal"; other ranks never draw.
+        quiet = self.rank != 0 or self.config.progress is False
+        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=True if quiet else (None if self.config.progress is None else False))
+        batches = self._batches()
+        try:
+            while self.step < self.total_steps:
+                started = time.perf_counter()
+                self._train_step(next(batches))
+                train_seconds += time.perf_counter() - started
+                self._show(bar, train_seconds, start_step)
+                started = time.perf_counter()
+                self._periodic(final=self.step == self.total_steps)
+                eval_seconds += time.perf_counter() - started
+        except KeyboardInterrupt as interrupt:
+            # say how to go on, in the interrupt's one line (notes are Python 3.11+; prunefx runs on 3.10 too)
+            if self.config.checkpoint_dir is not None and hasattr(interrupt, "add_note"):
+                interrupt.add_note(f"training checkpoints are in {self.config.checkpoint_dir}: run the same "
+                                   "command with `resume: true` in the pass's config to continue")
+            raise
+        finally:
+            bar.close()
+            self._release()
+        stats = self._statistics(start_step, train_seconds, eval_seconds, resumed_from)
+        if self._owns_process_group:
+            dist.destroy_process_group()
+        return stats
+
+    def _train_step(self, batch) -> None:
+        inputs, labels = self._on_device(batch)
+        teacher_output, teacher_features = (None, ())
+        if self.needs_teacher:
+            with torch.no_grad():
+                teacher_output, teacher_features = self._teacher(inputs)
+        output, features = run_tapped(self._model, self._student.out_spec, inputs)
+        losses = total_losses(self.config, output, features, teacher_output, teacher_features, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        for hook in self.after_backward:
+            hook(self)
+        if self.config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.program.module.parameters(), self.config.max_grad_norm)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)  # release gradient memory before hooks and evaluation
+        self.step += 1
+        values = torch.stack([value.detach() for value in losses.values()])
+        if self.world_size > 1:  # log the loss of the global batch, not of this rank's slice
+            dist.all_reduce(values)
+            values /= self.world_size
+        self.last_losses = dict(zip(losses, values.tolist()))
+        self.log.append({"step": self.step, **self.last_losses, "lr": lr})
+        for step_hook in self.after_step:
+            step_hook(self, self.step)
+
+    def _on_device(self, batch) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        inputs, labels = split_batch(batch)
+        expected = [tuple(x.shape) for x in self.program.example_inputs]
+        if [tuple(x.shape) for x in inputs] != expected:
+            per_process = " per process" if self.world_size > 1 else ""
+            raise TrainingError(f"a batch of shapes {[tuple(x.shape) for x in inputs]}{per_process} does not match "
+                                f"the program's static input shapes {expected}: capture the program with the "
+                                f"training batch size{' divided by the number of processes' if per_process else ''}")
+        overlap = self.device.type == "cuda"  # copies from pinned host memory may overlap the previous step
+        return (tuple(x.to(self.device, non_blocking=overlap) for x in inputs),
+                labels.to(self.device, non_blocking=overlap))
+
+    def _batches(self):
+        """Training batches from the saved position on, epoch after epoch."""
+        while True:
+            if hasattr(self.data, "__len__") and self.batch_in_epoch >= len(self.data) > 0:
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            if hasattr(self.data, "set_epoch"):
+                self.data.set_epoch(self.epoch)
+            seen_any = False
+            for batch in itertools.islice(iter(self.data), self.batch_in_epoch, None):
+                seen_any = True
+                self.batch_in_epoch += 1
+                yield batch
+            if not seen_any and self.batch_in_epoch == 0:
+                raise TrainingError(f"the training data yielded no batches in epoch {self.epoch}; pass a list or "
+                                    "a loader that can be iterated again, not a one-shot generator")
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    def _show(self, bar, train_seconds: float, start_step: int) -> None:
+        images = (self.step - start_step) * self._global_batch()
+        bar.set_postfix(loss=f"{self.last_losses['loss']:.4f}", img_s=f"{images / max(train_seconds, 1e-9):.0f}",
+                        refresh=False)
+        bar.update(1)
+
+    def _global_batch(self) -> int:
+        return self.program.example_inputs[0].shape[0] * self.world_size
+
+    def _periodic(self, *, final: bool) -> None:
+        every = self.config.eval_every
+        if self.eval_data is not None and (final or (every and self.step % every == 0)):
+            self.history.append({"step": self.step, **self.evaluate()})
+        every = self.config.checkpoint_every
+        if self.config.checkpoint_dir is not None and (final or (every and self.step % every == 0)):
+            self.save_checkpoint()
+
+    def evaluate(self) -> dict[str, float]:
+        """Accuracy and loss of the current program on the evaluation data, summed over all processes."""
+        if self.eval_data is None:
+            raise TrainingError("no evaluation data (a detector is never evaluated by the trainer: it scores "
+                                "top-1 classes; use prunefx.dense_tasks.evaluate_dense for mAP)")
+        totals = eval_totals(self.program, self.eval_data, self.device)
+        if self.world_size > 1:
+            dist.all_reduce(totals)
+        return accuracy_summary(totals)
+
+    def _release(self) -> None:
+        """Give the program back as it came (mode, device), even when training stopped with an error."""
+        self.program.train(self._initial_mode)
+        self.program.module.to(self._home_device)
+        if self._restore_teacher is not None:
+            self._restore_teacher()
+
+    def _statistics(self, start_step: int, train_seconds: float, eval_seconds: float, resumed_from) -> dict:
+        window = self.log[-_STATS_WINDOW:]
+        mean = {key: (sum(entry[key] for entry in window) / len(window) if window else float("nan"))
+                for key in ("loss", "task", "kd", "feature")}
+        return {
+            "steps": self.step, "steps_run": self.step - start_step, "resumed_from": resumed_from,
+            "epochs": self.epoch + (self.batch_in_epoch / len(self.data) if hasattr(self.data, "__len__") else 0),
+            "train_loss": mean["loss"], "task_loss": mean["task"], "kd_loss": mean["kd"],
+            "feature_loss": mean["feature"], "eval": list(self.history), "world_size": self.world_size,
+            "seconds": train_seconds + eval_seconds, "train_seconds": train_seconds,
+            "images_per_second": (self.step - start_step) * self._global_batch() / max(train_seconds, 1e-9),
+        }
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        """Write program.pt2 and trainer_state.pt (rank 0; every rank contributes its RNG state)."""
+        rng = [rng_state()]
+        if self.world_size > 1:
+            rng = [None] * self.world_size
+            dist.all_gather_object(rng, rng_state())
+        if self.rank == 0:
+            self._write_checkpoint(Path(self.config.checkpoint_dir), rng)
+        if self.world_size > 1:
+            dist.barrier()  # nobody runs ahead of (or resumes from) a half-written checkpoint
+
+    def _write_checkpoint(self, directory: Path, rng: list[dict]) -> None:
+        write_checkpoint(directory, self.program, {
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "total_steps": self.total_steps, "optimizer_kind": self.config.optimizer, "world_size": self.world_size,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rng,
+            "log": self.log, "history": self.history,
+        })
+
+    def _resume(self) -> int | None:
+        """Load the checkpoint if there is one; return the step it was written at (None: no checkpoint)."""
+        directory = Path(self.config.checkpoint_dir)
+        saved = read_checkpoint(directory)
+        if saved is None:
+            return None
+        program, state = saved
+        check_settings(state, {"total_steps": self.total_steps, "optimizer_kind": self.config.optimizer,
+                               "world_size": self.world_size}, directory)
+        self.step = state["step"]
+        self._attach(program)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise TrainingError(f"the optimizer state in {directory / STATE_FILE} does not fit the program: "
+                                f"{first_line(error)}") from error
+        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+        self.log, self.history = list(state["log"]), list(state["history"])
+        set_rng_state(state["rng"][self.rank])
+        return self.step

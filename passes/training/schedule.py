@@ -1,0 +1,47 @@
+"""The trainer's optimizer and learning-rate schedule (see passes/training/engine.py).
+
+Learning rate: linear warm-up for `warmup_steps` steps, then a half cosine down to 0 at `total_steps`.
+Weight decay applies to weights of two or more dims only (not to biases or norm scales).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from prunefx.passes.training.config import TrainConfig, TrainingError
+
+# --- learning-rate schedule ----------------------------------------------------------------------
+
+def lr_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
+    """Multiplier of the base lr at optimizer step `step` (0-based): linear warm-up, then cosine to 0."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    span = max(total_steps - warmup_steps, 1)
+    progress = min((step - warmup_steps) / span, 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int,
+                   start_step: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR whose next step is `start_step` (a rebuilt optimizer keeps the schedule's position)."""
+    def factor(step: int) -> float:  # a plain function: LambdaLR's state_dict then stores no callable
+        return lr_factor(step, warmup_steps=warmup_steps, total_steps=total_steps)
+
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=start_step - 1)
+
+
+def make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for _, p in module.named_parameters() if p.requires_grad]
+    if not params:  # else the first backward fails with "element 0 of tensors does not require grad"
+        raise TrainingError("no parameter of the model requires grad, so training cannot change it (a "
+                            "checkpoint saved frozen, e.g. an EMA copy?): call requires_grad_(True) on the "
+                            "module before capturing it")
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))

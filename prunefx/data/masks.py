@@ -1,0 +1,76 @@
+"""Semantic segmentation layout (VOC / Cityscapes style): images and same-named PNG masks of class ids
+
+    ROOT/images/train/NAME.jpg   ROOT/masks/train/NAME.png
+    ROOT/images/val/...          ROOT/masks/val/...
+    ROOT/images/test/...         ROOT/masks/test/...     (optional)
+    ROOT/classes.txt             (optional: class i's name on line i + 1)
+
+A mask pixel holds its class id (a gray PNG, or a palette PNG as VOC ships them: the palette index is
+the id); `ignore_index` (255 by default, VOC's object borders) marks pixels that are neither trained
+nor scored. Without classes.txt the classes are 0 .. the largest id in the train masks. Every mask is
+read once before training, to find ids outside the classes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from prunefx.data.samples import SplitFiles, images_in, inside, read_mask
+from prunefx.graph.errors import PrunefxError
+
+CLASSES_FILE = "classes.txt"
+DEFAULT_IGNORE_INDEX = 255
+
+
+def is_mask_folder(root: Path) -> bool:
+    return (root / "images" / "train").is_dir() and (root / "masks" / "train").is_dir()
+
+
+def read_split(root: Path, split: str) -> SplitFiles:
+    images = images_in(root / "images" / split)
+    masks = []
+    for image in images:
+        mask = root / "masks" / split / f"{image.stem}.png"
+        if not mask.is_file():
+            raise PrunefxError(f"image {image} has no mask {mask}")
+        masks.append(inside(mask, root, "mask"))
+    return SplitFiles(images, str(root / "images" / split), masks=masks)
+
+
+def _ids_in(split: SplitFiles, ignore_index: int) -> tuple[int, Path]:
+    """The largest class id in the split's masks (ignored pixels left out) and the mask holding it."""
+    largest, where = -1, split.masks[0]
+    for path in split.masks:
+        ids = np.unique(read_mask(path))
+        ids = ids[ids != ignore_index]
+        if ids.size and int(ids[-1]) > largest:
+            largest, where = int(ids[-1]), path
+    return largest, where
+
+
+def class_names(root: Path, train: SplitFiles, ignore_index: int) -> tuple[str, ...]:
+    path = root / CLASSES_FILE
+    if path.is_file():
+        names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+        if len(names) < 2:
+            raise PrunefxError(f"{path} names {len(names)} class; segmentation needs at least 2")
+        return names
+    largest, _ = _ids_in(train, ignore_index)
+    return tuple(str(i) for i in range(max(largest + 1, 2)))
+
+
+def mask_splits(root: Path, ignore_index: int = DEFAULT_IGNORE_INDEX) -> tuple[dict[str, SplitFiles], tuple[str, ...]]:
+    """role -> split, and the class names; a mask id outside the classes is one line naming the mask."""
+    for role in ("train", "val"):
+        if not (root / "images" / role).is_dir() and (role == "train" or not (root / "images" / "test").is_dir()):
+            raise PrunefxError(f"mask data {root} lacks images/{role}/ (and masks/{role}/)")
+    splits = {role: read_split(root, role) for role in ("train", "val", "test") if (root / "images" / role).is_dir()}
+    names = class_names(root, splits["train"], ignore_index)
+    for split in splits.values():
+        largest, where = _ids_in(split, ignore_index)
+        if largest >= len(names):
+            raise PrunefxError(f"mask {where} holds class id {largest}, outside the {len(names)} classes "
+                               f"0..{len(names) - 1} (ignore index {ignore_index})")
+    return splits, names

@@ -1,0 +1,285 @@
+"""Training and evaluation data for recovery training (knowledge distillation) of pruned models.
+
+`load_data(spec, batch_size)` picks the data set: "fashion-mnist", "imagenet-sample", a folder
+(ImageFolder layout with train/ and val/, optionally test/), or the Fashion-MNIST scenes for dense tasks,
+"fashion-mnist-seg[:SIZE]" (per-pixel labels) and "fashion-mnist-det[:SIZE]" (boxes), SIZE the canvas
+side (default 128; prunefx/data/fashion_mnist_scenes.py). Each comes as `DataSplits` of batch
+loaders with static batch sizes (prunefx/data/batches.py: shuffled training batches drop the last,
+incomplete batch; evaluation batches are padded with images labelled -1, which `accuracy` leaves out).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torchvision.datasets import ImageFolder
+from torchvision.transforms import v2
+
+from prunefx.assets import imagenet_transform, load_imagenet_batch
+from prunefx.data import fashion_mnist
+from prunefx.data.batches import (
+    IGNORED_LABEL,
+    BatchLoader,
+    FolderBatches,
+    NormalizeBatch,
+    RandomCropFlip,
+    TensorBatches,
+    derive_seed,
+)
+from prunefx.data.image_files import class_folder_samples, open_image
+from prunefx.graph.errors import PrunefxError
+
+__all__ = [
+    "BatchLoader", "DETECTION", "DataSplits", "FASHION_MNIST", "FASHION_MNIST_DET", "FASHION_MNIST_SEG",
+    "FolderBatches", "IGNORED_LABEL", "IMAGENET_SAMPLE", "NormalizeBatch", "RandomCropFlip",
+    "SEGMENTATION", "TensorBatches", "accuracy", "derive_seed", "fashion_mnist_data",
+    "fashion_mnist_scene_data", "image_folder_data", "image_folder_split", "imagenet_class_names",
+    "imagenet_sample_data", "imagenet_train_transform", "load_data", "scene_spec",
+    "split_train_validation",
+]
+
+FASHION_MNIST = "fashion-mnist"
+IMAGENET_SAMPLE = "imagenet-sample"
+FASHION_MNIST_SEG = "fashion-mnist-seg"
+FASHION_MNIST_DET = "fashion-mnist-det"
+CLASSIFICATION, SEGMENTATION, DETECTION = "classification", "segmentation", "detection"
+_SCENE_TASKS = {FASHION_MNIST_SEG: SEGMENTATION, FASHION_MNIST_DET: DETECTION}
+# Gray scenes on black: normalised with ImageNet's statistics, which ImageNet-pretrained encoders expect
+# (a single channel takes their mean).
+_SCENE_MEAN, _SCENE_STD = tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
+
+
+# ---- data sets ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class DataSplits:
+    """The loaders of one data set (None where it has no such split), its class names, the shape of
+    one input image (C, H, W) (the model's example input is (batch_size, *input_shape)) and its task:
+    classification (labels N), segmentation (labels N x H x W, 0 = background) or detection (labels
+    N x max_items x 5: class, x1, y1, x2, y2, rows of -1 where there is no item)."""
+
+    train: BatchLoader | None
+    val: BatchLoader | None
+    test: BatchLoader | None
+    classes: tuple[str, ...]
+    input_shape: tuple[int, int, int]
+    task: str = CLASSIFICATION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def evaluation(self) -> BatchLoader | None:
+        """The split to evaluate on during training: validation if there is one, else test."""
+        return self.val if self.val is not None else self.test
+
+
+def split_train_validation(count: int, validation: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, validation indices), both sorted: a seeded random `validation` of `count`."""
+    if not 0 <= validation < count:
+        raise PrunefxError(f"validation must hold 0 to {count - 1} of the {count} training images, "
+                           f"got {validation}")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    return order[validation:].sort().values, order[:validation].sort().values
+
+
+def fashion_mnist_data(batch_size: int, *, validation: int = 5000, augment: bool = True, channels: int = 1,
+                       seed: int = 0, root: str | Path | None = None, crop_padding: int = 2) -> DataSplits:
+    """Fashion-MNIST from the Debian package: `validation` images held out of the 60000 training
+    images (seeded; never from the test set; 0 -> no validation split), normalised with the
+    training mean and std; train shuffled and, with `augment`, randomly cropped after
+    `crop_padding` pixels of zero padding and flipped. `channels=3` repeats the gray channel."""
+    if channels not in (1, 3):
+        raise PrunefxError(f"Fashion-MNIST channels must be 1 (gray) or 3 (gray repeated), got {channels}")
+    train_images, train_labels = fashion_mnist.load_fashion_mnist("train", root)
+    test_images, test_labels = fashion_mnist.load_fashion_mnist("test", root)
+    # Kept as uint8 (47 MB for the training set) and normalised per batch: float copies would be 4x.
+    train_images, test_images = train_images[:, None], test_images[:, None]
+    train_index, val_index = split_train_validation(len(train_images), validation, seed)
+    prepare = NormalizeBatch([fashion_mnist.MEAN], [fashion_mnist.STD], channels=channels)
+    crop_flip = RandomCropFlip(crop_padding) if augment else None
+    train = TensorBatches(train_images[train_index], train_labels[train_index], batch_size, shuffle=True,
+                          augment=crop_flip, prepare=prepare, seed=seed)
+    val = None
+    if validation:
+        val = TensorBatches(train_images[val_index], train_labels[val_index], batch_size, shuffle=False,
+                            prepare=prepare)
+    test = TensorBatches(test_images, test_labels, batch_size, shuffle=False, prepare=prepare)
+    return DataSplits(train, val, test, fashion_mnist.CLASSES, (channels, 28, 28))
+
+
+def fashion_mnist_scene_data(batch_size: int, *, task: str = SEGMENTATION, size: int = 128,
+                             train_canvases: int = 6000, val_canvases: int = 500, test_canvases: int = 1000,
+                             validation: int = 5000, channels: int = 3, seed: int = 0,
+                             root: str | Path | None = None, scene: dict | None = None,
+                             num_workers: int | None = None) -> DataSplits:
+    """Fashion-MNIST scenes (prunefx/data/fashion_mnist_scenes.py) for `task` (segmentation or detection):
+    train canvases from the training items less `validation` held out (seeded), val canvases from those
+    held-out items (none when `validation` is 0), test canvases from the test items. `scene` holds further
+    SceneConfig fields (min_items, max_items, item_sizes, threshold, gap). Not augmented: every canvas is
+    already a random composition. `channels=3` repeats the gray channel for RGB models. The canvases are
+    written to files (mask folders, COCO JSON) and read back like users' data (prunefx/data/scene_data.py)."""
+    from prunefx.data.scene_data import scene_data  # it builds on this module: imported here
+
+    return scene_data(batch_size, task=task, size=size, train_canvases=train_canvases, val_canvases=val_canvases,
+                      test_canvases=test_canvases, validation=validation, channels=channels, seed=seed, root=root,
+                      scene=scene, num_workers=num_workers)
+
+
+def scene_spec(spec: str | Path) -> tuple[str, int] | None:
+    """(task, canvas size) for "fashion-mnist-seg[:SIZE]" or "fashion-mnist-det[:SIZE]", else None."""
+    name, _, size = str(spec).partition(":")
+    if name not in _SCENE_TASKS:
+        return None
+    if size and not (size.isdigit() and int(size) > 0):
+        raise PrunefxError(f"{spec!r}: the canvas size after ':' must be a positive number of pixels")
+    return _SCENE_TASKS[name], int(size) if size else 128
+
+
+def imagenet_train_transform(size: int = 224) -> v2.Compose:
+    """The usual ImageNet training augmentation: random resized crop, horizontal flip, normalise."""
+    return v2.Compose([
+        v2.ToImage(),
+        v2.RandomResizedCrop(size, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+    ])
+
+
+def load_image(path: str) -> Image.Image:
+    """One image as RGB. A file that does not decode (truncated, or not an image at all) stops the run
+    with its path: skipping it would silently change the data a model is trained or calibrated on,
+    and the user can remove or replace the file once it is named. Pixel and size limits:
+    prunefx/data/image_files.py."""
+    return open_image(path)
+
+
+class _FolderWithClasses(ImageFolder):
+    """An ImageFolder whose class indices are the training split's, so that a validation folder
+    lacking a class does not shift the labels of the classes after it."""
+
+    def __init__(self, root: Path, classes: Sequence[str], **kwargs):
+        self._fixed_classes = list(classes)
+        super().__init__(str(root), allow_empty=True, loader=load_image, **kwargs)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        return self._fixed_classes, {name: i for i, name in enumerate(self._fixed_classes)}
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        # torchvision's walk follows every symlinked folder (a link to .. never ends); ours follows none
+        return class_folder_samples(directory, class_to_idx)
+
+
+def _class_folders(split: Path) -> list[str]:
+    classes = sorted(entry.name for entry in split.iterdir() if entry.is_dir())
+    if not classes:
+        raise PrunefxError(f"{split} holds no class folders: put each class's images in "
+                           f"{split}/<class name>/")
+    return classes
+
+
+def _image_folder(split: Path, classes: Sequence[str], transform: v2.Compose) -> ImageFolder:
+    extra = sorted(set(_class_folders(split)) - set(classes))
+    if extra:
+        raise PrunefxError(f"{split} has classes that train/ lacks: {', '.join(extra)}")
+    folder = _FolderWithClasses(split, classes, transform=transform)
+    if not folder.samples:
+        raise PrunefxError(f"{split} holds no images in its class folders")
+    return folder
+
+
+def image_folder_data(path: str | Path, batch_size: int, *, image_size: int = 224, augment: bool = True,
+                      seed: int = 0, num_workers: int = 0) -> DataSplits:
+    """Users' images in ImageFolder layout: `path/train/<class>/*` and `path/val/<class>/*` (and
+    `path/test/<class>/*` if present). Train: random resized crop + flip (with `augment`), shuffled;
+    val/test: resize + centre crop. All normalised with the ImageNet mean and std. Class indices are
+    the sorted class folder names of train/."""
+    root = Path(path)
+    if not root.is_dir():
+        raise PrunefxError(f"data folder {root} does not exist")
+    missing = [name for name in ("train", "val") if not (root / name).is_dir()]
+    if missing:
+        raise PrunefxError(f"data folder {root} lacks {' and '.join(f'{name}/' for name in missing)}: "
+                           f"expected {root}/train/<class>/* and {root}/val/<class>/*")
+    classes = _class_folders(root / "train")
+    train_transform = imagenet_train_transform(image_size) if augment else imagenet_transform(image_size)
+    eval_transform = imagenet_transform(image_size)
+    train = FolderBatches(_image_folder(root / "train", classes, train_transform), batch_size,
+                          shuffle=True, seed=seed, num_workers=num_workers)
+    val = FolderBatches(_image_folder(root / "val", classes, eval_transform), batch_size,
+                        shuffle=False, num_workers=num_workers)
+    test = None
+    if (root / "test").is_dir():
+        test = FolderBatches(_image_folder(root / "test", classes, eval_transform), batch_size,
+                             shuffle=False, num_workers=num_workers)
+    return DataSplits(train, val, test, tuple(classes), (3, image_size, image_size))
+
+
+def image_folder_split(split: str | Path, batch_size: int, *, image_size: int = 224, shuffle: bool = False,
+                       seed: int = 0, num_workers: int = 0) -> FolderBatches:
+    """One split of the ImageFolder layout on its own (`split/<class>/*`, e.g. `path/train` for
+    calibration images), resized and centre-cropped like evaluation (no augmentation); `shuffle`
+    (seeded) mixes the classes and drops the last, incomplete batch."""
+    split = Path(split)
+    if not split.is_dir():
+        raise PrunefxError(f"image folder {split} does not exist")
+    folder = _image_folder(split, _class_folders(split), imagenet_transform(image_size))
+    return FolderBatches(folder, batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers)
+
+
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1000 ImageNet class names, by class index (from torchvision's weight metadata, offline)."""
+    from torchvision.models import ResNet50_Weights
+
+    return tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def imagenet_sample_data(batch_size: int, image_size: int = 224) -> DataSplits:
+    """The 20 offline ImageNet validation images (foolbox's) as a test loader only (too few to train
+    on); labels are ImageNet class indices."""
+    images, labels = load_imagenet_batch(image_size)
+    test = TensorBatches(images, labels, batch_size, shuffle=False)
+    return DataSplits(None, None, test, imagenet_class_names(), (3, image_size, image_size))
+
+
+def _looks_like_path(spec: str) -> bool:
+    return Path(spec).exists() or any(mark in spec for mark in ("/", "\\", "~")) or spec.startswith(".")
+
+
+def load_data(spec: str | Path, batch_size: int, **options) -> DataSplits:
+    """`spec`: "fashion-mnist", "imagenet-sample", "fashion-mnist-seg[:SIZE]", "fashion-mnist-det[:SIZE]"
+    or the path of an ImageFolder-layout folder; `options` go to `fashion_mnist_data`,
+    `imagenet_sample_data`, `fashion_mnist_scene_data` or, for a path, `data_formats.format_data`
+    (ImageFolder, COCO JSON, YOLO or mask folders, detected from the path or named by `data_format`)."""
+    text = str(spec)
+    if text == FASHION_MNIST:
+        return fashion_mnist_data(batch_size, **options)
+    scene = scene_spec(text)
+    if scene is not None:
+        task, size = scene
+        return fashion_mnist_scene_data(batch_size, task=task, size=size, **options)
+    if text == IMAGENET_SAMPLE:
+        return imagenet_sample_data(batch_size, **options)
+    if isinstance(spec, Path) or _looks_like_path(text):
+        # the layouts on disk (ImageFolder, COCO, YOLO, masks) build on this module: imported here
+        from prunefx.data.formats import format_data
+
+        return format_data(Path(text).expanduser(), batch_size, **options)
+    raise PrunefxError(f"unknown data {text!r}: use {FASHION_MNIST!r}, {IMAGENET_SAMPLE!r}, {FASHION_MNIST_SEG!r}, "
+                       f"{FASHION_MNIST_DET!r} or the path of a data set on disk (an ImageFolder with train/<class>/ "
+                       f"and val/<class>/, COCO annotations/, a YOLO data.yaml, or images/ + masks/ folders)")
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """(correct top-1 predictions, images counted), leaving out padding (label -1)."""
+    counted = labels != IGNORED_LABEL
+    correct = (logits.argmax(dim=1) == labels) & counted
+    return int(correct.sum()), int(counted.sum())

@@ -1,0 +1,142 @@
+"""A written-back Hugging Face model's `config`, set to the pruned widths, so that `save_pretrained` and
+`from_pretrained` rebuild the pruned model (prunefx/interop/write_back.py calls this last).
+
+A config holds one value per field (`hidden_size`, `intermediate_size`, `num_attention_heads`, a list per
+stage for `hidden_sizes`), so it can describe a pruned model only when every layer that the field sizes
+kept the same width: local ranking with a `channels` target keeps the same fraction of every group. The
+new values are not derived from any model's code: each width field's dense value is mapped to the sizes it
+became (in the tensors' shapes and the modules' integer attributes), fields the config lacks but the
+modules read (a `head_dim` that no longer follows from `hidden_size // num_attention_heads`) are offered
+too, and the candidate configs are tried by building the model class from each (on the meta device, no
+memory) and comparing every tensor shape and every module's integer attributes with the written-back
+module. None matches: one line says which field would need two values and what to do instead.
+
+transformers is never imported here: a module is an HF model when transformers, already imported by the
+caller's model, says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import sys
+
+import torch
+from torch import nn
+
+from prunefx.graph.errors import PrunefxError
+
+# Fields that are no widths: counts of layers, labels, image geometry, token ids.
+_NOT_WIDTHS = {"num_hidden_layers", "depths", "num_labels", "image_size", "patch_size", "patch_sizes", "num_channels",
+               "strides", "sr_ratios", "num_encoder_blocks", "num_stages", "vocab_size", "max_position_embeddings",
+               "pad_token_id", "bos_token_id", "eos_token_id", "semantic_loss_ignore_index", "encoder_stride",
+               "chunk_size_feed_forward", "kernel_size", "mlp_ratios", "mlp_ratio", "out_indices", "_out_indices"}
+MAX_CANDIDATES = 64
+
+
+def is_hf_model(module: nn.Module) -> bool:
+    transformers = sys.modules.get("transformers")
+    return transformers is not None and isinstance(module, transformers.PreTrainedModel)
+
+
+def update_config(module: nn.Module, model: nn.Module, name: str) -> None:
+    """Set `module.config` (a copy of the dense `model`'s) to the pruned widths, or raise PrunefxError."""
+    if not is_hf_model(module):
+        return
+    mapping = _size_mapping(model, module)
+    options = _field_options(module.config, mapping) + _extra_fields(module)
+    for candidate in itertools.islice(_candidates(module.config, options), MAX_CANDIDATES):
+        if _builds_same(module, candidate):
+            for key, value in candidate.to_dict().items():
+                if getattr(module.config, key, None) != value and key != "transformers_version":
+                    setattr(module.config, key, value)  # in place: every submodule holding the config sees it
+            return
+    raise PrunefxError(f"cannot write {name} back with its config: {type(module.config).__name__} has one value "
+                       f"per field, and the pruned widths need more{_conflict(module.config, mapping)}; prune with "
+                       "ranking local and a channels target (the same fraction of every layer: prunefx prune "
+                       "--local --channels F), or keep the module without its config (prunefx.to_module(..., "
+                       "config=False), prunefx prune --module)")
+
+
+def _size_mapping(model: nn.Module, module: nn.Module) -> dict[int, set[int]]:
+    """Each dense size -> the pruned sizes it became, over tensor dims and modules' integer attributes."""
+    mapping: dict[int, set[int]] = {}
+    mine = module.state_dict()
+    for key, dense in model.state_dict().items():
+        if key in mine and mine[key].dim() == dense.dim():
+            for old, new in zip(dense.shape, mine[key].shape):
+                mapping.setdefault(int(old), set()).add(int(new))
+    dense_modules = dict(model.named_modules())
+    for path, submodule in module.named_modules():
+        for attribute, value in _int_attributes(submodule).items():
+            old = _int_attributes(dense_modules[path]).get(attribute) if path in dense_modules else None
+            if old is not None:
+                mapping.setdefault(old, set()).add(value)
+    return mapping
+
+
+def _int_attributes(module: nn.Module) -> dict[str, int]:
+    return {k: v for k, v in vars(module).items() if type(v) is int and not k.startswith("_")}
+
+
+def _field_options(config, mapping) -> list[tuple[str, list]]:
+    options = []
+    for key, value in config.to_dict().items():
+        if key in _NOT_WIDTHS:
+            continue
+        if type(value) is int and value > 1:
+            options.append((key, _values(value, mapping)))
+        elif isinstance(value, list) and value and all(type(v) is int for v in value):
+            options.append((key, [list(combo) for combo in itertools.product(*(_values(v, mapping) for v in value))]))
+    return options
+
+
+def _values(value: int, mapping) -> list[int]:
+    """The changed sizes first (the likely ones), then the dense value."""
+    return sorted(mapping.get(value, set()) - {value}) + [value]
+
+
+def _extra_fields(module: nn.Module) -> list[tuple[str, list]]:
+    """Integer attributes the modules read that the config does not name, with one value in every module
+    (a head_dim): offered as new config fields, absent first."""
+    known = set(module.config.to_dict())
+    seen: dict[str, set[int]] = {}
+    for submodule in module.modules():
+        for attribute, value in _int_attributes(submodule).items():
+            seen.setdefault(attribute, set()).add(value)
+    return [(key, [None, values.pop()]) for key, values in sorted(seen.items())
+            if key not in known and len(values) == 1 and "dim" in key]
+
+
+def _candidates(config, options):
+    keys = [key for key, _ in options]
+    for values in itertools.product(*(choices for _, choices in options)):
+        candidate = copy.deepcopy(config)
+        for key, value in zip(keys, values):
+            if value is not None:
+                setattr(candidate, key, value)
+        yield candidate
+
+
+def _builds_same(module: nn.Module, config) -> bool:
+    try:
+        with torch.device("meta"):
+            fresh = type(module)(config)
+    except Exception:  # a candidate the model class rejects (a width not divisible by the heads, ...)
+        return False
+    mine, theirs = module.state_dict(), fresh.state_dict()
+    if mine.keys() != theirs.keys() or any(mine[k].shape != theirs[k].shape for k in mine):
+        return False
+    fresh_modules = dict(fresh.named_modules())
+    return all(_int_attributes(m) == _int_attributes(fresh_modules.get(p, nn.Module()))
+               for p, m in module.named_modules())
+
+
+def _conflict(config, mapping) -> str:
+    for key, value in config.to_dict().items():
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if key not in _NOT_WIDTHS and type(v) is int and len(mapping.get(v, set()) - {v}) > 1:
+                became = " and ".join(map(str, sorted(mapping[v] - {v})))
+                return f" ({key} {v} became {became} in different layers)"
+    return ""

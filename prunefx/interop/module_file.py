@@ -1,0 +1,31 @@
+"""module.pt: the pruned model written back into the user's own module class (`prunefx prune --module`).
+
+The file is `torch.save` of the module, a pickle: loading it runs code named in the file, so it is for
+files from a trusted source only (`torch.load(path, weights_only=False)`, with the model's code importable).
+model.pt2 stays the deliverable that anyone can read safely (plain tensor data and JSON, audited on load).
+module.pt is written only when the write-back is proven (prunefx/interop/write_back.py); otherwise one warning line
+says why, and report.json records it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from prunefx.graph import Program
+from prunefx.interop.write_back import WriteBackError, to_module
+
+FILE_NAME = "module.pt"
+
+
+def write_module(staging: Path, program: Program, model: torch.nn.Module) -> dict:
+    """module.pt in `staging` when `to_module` proves the write-back; the report's `module` entry."""
+    try:
+        module = to_module(program, model)
+    except WriteBackError as error:
+        print(f"warning: {FILE_NAME} not written: {error}", file=sys.stderr, flush=True)
+        return {"written": False, "reason": str(error)}
+    torch.save(module, staging / FILE_NAME)
+    return {"written": True, "file": FILE_NAME, "class": f"{type(module).__module__}.{type(module).__qualname__}"}

@@ -1,0 +1,166 @@
+"""Size attributes of a module, set again from its pruned tensors: one resizer per module class.
+
+After the write-back (prunefx/interop/write_back.py) has copied the pruned weights into a copy of the user's
+model, every module whose forward reads a width from an attribute must be told the new width: a Conv2d's
+`in_channels`/`groups`, a LayerNorm's `normalized_shape`, an attention block's `num_heads`. A resizer is
+`fn(module, changes)`: `module` already holds its pruned tensors; `changes` lists the (dense, pruned)
+integer pairs of the literal sizes that the channel removal rewrote in operators that this module called
+itself. Resizers of the standard torch.nn layers read their tensors' shapes; every other module gets
+`match_attributes`, which updates the integer attributes whose value was one of those literal sizes.
+What a resizer sets is never trusted: the write-back then proves that the module computes what the
+pruned Program computes, or refuses.
+
+A library's module classes whose attributes the generic matching cannot reach register their own:
+
+    prunefx.register_module_resizer(SomeLayer, lambda module, changes: setattr(module, "c", module.w.shape[0]))
+
+The most specific registered class of a module wins (its method resolution order is searched).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+Changes = list[tuple[int, int]]
+Resizer = Callable[[nn.Module, Changes], None]
+
+_RESIZERS: dict[type, Resizer] = {}
+
+
+class ResizeError(Exception):
+    """A resizer found attributes it cannot set consistently (turned into a PrunefxError by the caller)."""
+
+
+def register_module_resizer(cls: type, resizer: Resizer) -> None:
+    """Use `resizer(module, changes)` for modules of class `cls` and its subclasses (see the module docstring)."""
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(f"register_module_resizer needs a torch.nn.Module class, not {cls!r}")
+    if not callable(resizer):
+        raise TypeError("register_module_resizer needs a callable resizer(module, changes)")
+    _RESIZERS[cls] = resizer
+
+
+def resizer_for(module: nn.Module) -> Resizer:
+    for cls in type(module).__mro__:
+        if cls in _RESIZERS:
+            return _RESIZERS[cls]
+    return resize_attributes
+
+
+def resize_attributes(module: nn.Module, changes: Changes) -> None:
+    """The default resizer: `match_attributes`; and for attention modules written to timm's convention (a
+    boolean `fused_attn` and a float `scale`), when the head dim changed, attention computed unfused with
+    the kept `scale`: the fused kernel would take its default scale from the new head dim, where the
+    pruned Program keeps the original scale (graph/channels/literals.py)."""
+    updated = match_attributes(module, changes)
+    if "head_dim" in updated and type(getattr(module, "fused_attn", None)) is bool \
+            and isinstance(getattr(module, "scale", None), float):
+        module.fused_attn = False
+
+
+def match_attributes(module: nn.Module, changes: Changes) -> list[str]:
+    """Set every integer attribute of `module` (and every tuple/list of integers) whose value is a dense size
+    in `changes` to the pruned size; returns the names set. An attribute whose value maps to two different
+    pruned sizes is ambiguous: ResizeError."""
+    mapping: dict[int, set[int]] = {}
+    for old, new in changes:
+        mapping.setdefault(old, set()).add(new)
+    updated = []
+    for name, value in list(vars(module).items()):
+        if name.startswith("_") or name == "training":
+            continue
+        new = _mapped(value, mapping, name, module)
+        if new is not None and new != value:
+            setattr(module, name, new)
+            updated.append(name)
+    return updated
+
+
+def _mapped(value, mapping: dict[int, set[int]], name: str, module: nn.Module):
+    if type(value) is int:
+        targets = mapping.get(value)
+        if not targets:
+            return None
+        if len(targets) > 1:
+            raise ResizeError(f"attribute '{name}' of {type(module).__name__} was {value}, which became "
+                              f"{' and '.join(map(str, sorted(targets)))} in different operators")
+        return next(iter(targets))
+    if isinstance(value, (tuple, list)) and value and all(type(v) is int for v in value):
+        mapped = [_mapped(v, mapping, name, module) for v in value]
+        if all(m is None for m in mapped):
+            return None
+        return type(value)(v if m is None else m for v, m in zip(value, mapped))
+    return None
+
+
+# --- the standard layers: widths read from their own tensors -------------------------------------------
+def _conv(module: nn.modules.conv._ConvNd, changes: Changes) -> None:
+    weight = module.weight
+    per_group = module.out_channels // module.groups if not module.transposed else module.in_channels // module.groups
+    depthwise = module.groups > 1 and module.groups == (module.in_channels if not module.transposed else module.out_channels)
+    lead = weight.shape[0]  # out channels (in channels for a transposed convolution)
+    if depthwise:  # the rewrite keeps one group per channel: the multiplier stays
+        module.groups = lead // per_group
+    if module.transposed:
+        module.in_channels, module.out_channels = lead, weight.shape[1] * module.groups
+    else:
+        module.out_channels, module.in_channels = lead, weight.shape[1] * module.groups
+
+
+def _linear(module: nn.Linear, changes: Changes) -> None:
+    module.out_features, module.in_features = module.weight.shape
+
+
+def _norm_with_running_stats(module: nn.modules.batchnorm._NormBase, changes: Changes) -> None:
+    tensor = module.running_mean if module.running_mean is not None else module.weight
+    if tensor is not None:
+        module.num_features = tensor.shape[0]
+    else:
+        match_attributes(module, changes)
+
+
+def _layer_norm(module: nn.LayerNorm, changes: Changes) -> None:
+    if module.weight is not None:
+        module.normalized_shape = tuple(module.weight.shape)
+    else:
+        match_attributes(module, changes)
+
+
+def _group_norm(module: nn.GroupNorm, changes: Changes) -> None:
+    if module.weight is not None:
+        module.num_channels = module.weight.shape[0]
+    else:
+        match_attributes(module, changes)
+
+
+def _embedding(module: nn.Embedding, changes: Changes) -> None:
+    module.num_embeddings, module.embedding_dim = module.weight.shape
+
+
+def _multihead_attention(module: nn.MultiheadAttention, changes: Changes) -> None:
+    heads = {new for old, new in changes if old == module.num_heads}
+    if len(heads) > 1:
+        raise ResizeError(f"num_heads of MultiheadAttention became {sorted(heads)} in different operators")
+    module.num_heads = heads.pop() if heads else module.num_heads
+    if module.in_proj_weight is not None:
+        module.embed_dim = module.kdim = module.vdim = module.in_proj_weight.shape[1]
+    else:
+        module.embed_dim = module.q_proj_weight.shape[1]
+        module.kdim, module.vdim = module.k_proj_weight.shape[1], module.v_proj_weight.shape[1]
+    module.head_dim = module.embed_dim // module.num_heads
+
+
+def _recurrent(module: nn.RNNBase, changes: Changes) -> None:
+    module.input_size = module.weight_ih_l0.shape[1]
+    module.hidden_size = module.weight_hh_l0.shape[1] if not module.proj_size else module.hidden_size
+    module._init_flat_weights()  # the layer keeps its own list of its weights: rebuild it from the new ones
+
+
+for _cls, _fn in ((nn.modules.conv._ConvNd, _conv), (nn.RNNBase, _recurrent), (nn.Linear, _linear),
+                  (nn.modules.batchnorm._NormBase, _norm_with_running_stats), (nn.LayerNorm, _layer_norm),
+                  (nn.GroupNorm, _group_norm), (nn.Embedding, _embedding),
+                  (nn.MultiheadAttention, _multihead_attention)):
+    register_module_resizer(_cls, _fn)
+

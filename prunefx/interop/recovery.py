@@ -1,0 +1,272 @@
+"""Recovery in the caller's own training loop: the dense teacher's KD loss and CPD's prune-while-training.
+
+prunefx's own Trainer (passes/training/engine.py) runs both for `prunefx compress`. A user with their own loop
+(plain PyTorch, Lightning, Ultralytics' trainer, ...) calls the same pieces from it:
+
+    kd = prunefx.DistillationLoss(dense_model, kd_weight=0.9, temperature=4)
+    session = prunefx.PruneWhileTraining(dense_model, example_batch, macs=0.5, events=5, interval=60)
+    model = session.module
+    for inputs, labels in batches:             # every batch of the example's batch size
+        loss = kd(model(inputs), inputs, labels)
+        optimizer.zero_grad(); loss.backward()
+        session.after_backward()               # CPD's Fisher scores, from the gradients just computed
+        optimizer.step()
+        if session.maybe_cut(optimizer):       # every `interval` steps: channels removed
+            model = session.module             # new parameters; the optimizer already holds them
+
+- `DistillationLoss` is the Trainer's loss (passes/training_losses.total_losses): (1 - kd_weight) * CE +
+  kd_weight * T^2 * KL(teacher || student), or the detection distillation for a YOLO export output.
+- `PruneWhileTraining` is passes/prune_while_training's PruningSchedule (geometric schedule, Fisher
+  importance from the whole loss, global ranking, floors against the dense widths) stepped by the caller.
+  The model trained is the pruned graph (`session.module`, a GraphModule): its batch norms switch mode
+  through `session.train()` / `session.eval()`, not through `module.train()`, and it runs at the
+  example's batch size only. With `write_back=lambda program: prunefx.to_module(program, model)` it is
+  the caller's own module instead (a copy of `model`, or `initial_module`, until the first cut), written
+  back (and proven) after every cut; the
+  Fisher scores then read its gradients, and its weights go into the graph before each cut.
+
+The optimizer after a cut. Channel removal gives every sliced tensor a new Parameter. Rebuilding the
+optimizer (what the Trainer does) restarts momentum; here the caller's optimizer is kept: its parameter
+groups (with their own lr, weight decay, ...) get the new Parameters in place of the old ones, and every
+state tensor shaped like its parameter (SGD's momentum, Adam's moments) is sliced to the channels that
+survived. Which ones survived is read off the cut itself, not re-derived: the cut runs on a copy whose
+tensors hold their own flat indices (exact in floating point, scaled by 2^-64), so after it every surviving
+element names the element it came from; the real values and the optimizer state are gathered by those
+indices. A tensor too large for exact indices in its dtype (over 2^24 elements in float32) is cut as it
+is, and its optimizer state restarts, the Trainer's behaviour.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+
+from prunefx.graph import Program, capture
+from prunefx.graph.attributes import set_tensor
+from prunefx.graph.errors import PrunefxError
+from prunefx.passes.prune_while_training import PruneWhileTrainingConfig, PruningSchedule, _target
+from prunefx.passes.training.config import CLASSIFICATION, TrainConfig
+from prunefx.passes.training.losses import total_losses
+
+
+class DistillationLoss:
+    """The recovery trainer's loss against a frozen dense `teacher` (a Program or an nn.Module).
+
+    `loss = kd(student_output, inputs, labels)`: the teacher runs on `inputs` without gradients. The terms
+    of the last call are in `last` ({"loss", "task", "kd", "feature"} as floats)."""
+
+    def __init__(self, teacher: Program | torch.nn.Module, *, kd_weight: float = 0.9, temperature: float = 4.0,
+                 task: str = CLASSIFICATION):
+        # TrainConfig checks the settings with the trainer's messages; its step budget is not used here.
+        self.config = TrainConfig(steps=1, kd_weight=kd_weight, temperature=temperature, task=task)
+        self.teacher = _frozen(teacher)
+        self.last: dict[str, float] = {}
+
+    def __call__(self, student_output, inputs, labels: torch.Tensor | None = None) -> torch.Tensor:
+        inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+        with torch.no_grad():
+            teacher_output = self.teacher(*inputs)
+        if labels is None and self.config.task == CLASSIFICATION and self.config.kd_weight < 1:
+            raise PrunefxError("DistillationLoss needs the labels when kd_weight < 1 (the cross-entropy term)")
+        losses = total_losses(self.config, student_output, (), teacher_output, (), labels)
+        self.last = {name: float(value.detach()) for name, value in losses.items()}
+        return losses["loss"]
+
+
+def _frozen(teacher) -> Callable:
+    """An eval-mode copy without gradients: the caller's model (often the one being pruned) is left as it is."""
+    if isinstance(teacher, Program):
+        frozen = teacher.clone().eval()  # a graph's mode lives in its nodes
+        for parameter in frozen.parameters():
+            parameter.requires_grad_(False)
+        return frozen
+    if isinstance(teacher, torch.nn.Module):
+        return copy.deepcopy(teacher).eval().requires_grad_(False)
+    raise PrunefxError(f"the teacher must be a prunefx Program or a torch.nn.Module, not {type(teacher).__name__}")
+
+
+class PruneWhileTraining:
+    """CPD's schedule driven from the caller's loop: `after_backward()` after every backward pass,
+    `maybe_cut(optimizer)` after every optimizer step. `model` is a Program or an nn.Module (captured
+    here on `example_inputs`, a batch of the training batch size); exactly one of `macs` and `params`
+    (the fraction of the dense model kept after the last of `events` cuts, one every `interval` steps)."""
+
+    def __init__(self, model: Program | torch.nn.Module, example_inputs=None, *, macs: float | None = None,
+                 params: float | None = None, events: int = 5, interval: int = 50, ranking: str = "global",
+                 round_to: int = 8, max_ratio: float = 0.8, keep: tuple[str, ...] = (),
+                 write_back: Callable[[Program], torch.nn.Module] | None = None,
+                 initial_module: torch.nn.Module | None = None):
+        options = PruneWhileTrainingConfig.parse({
+            "macs": macs, "params": params, "prune_events": events, "interval": interval, "ranking": ranking,
+            "round_to": round_to, "max_ratio": max_ratio, "keep": list(keep),
+            "steps": 1}).as_dict()  # the pass's checks; the step budget is the caller's business here
+        if isinstance(model, Program):
+            self.program = model
+        elif isinstance(model, torch.nn.Module):
+            self.program = capture(model, example_inputs, name=type(model).__name__)
+        else:
+            raise PrunefxError(f"PruneWhileTraining needs a prunefx Program or a torch.nn.Module, "
+                               f"not {type(model).__name__}")
+        self.schedule = PruningSchedule(self.program, _target(options), options)
+        self.step = 0
+        # With `write_back` (e.g. `lambda program: prunefx.to_module(program, model)`) the caller trains an
+        # eager module of their own classes, written back from the graph at the start and after every cut.
+        self.write_back = write_back
+        self.eager = None
+        if write_back is not None:  # before the first cut the caller's dense module is the graph's view
+            start = initial_module if initial_module is not None else (
+                copy.deepcopy(model) if not isinstance(model, Program) else write_back(self.program))
+            self.eager = self._tracked(start)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The model to train now (the graph, or the written-back module); a new object after every cut."""
+        return self.program.module if self.eager is None else self.eager
+
+    @property
+    def events(self) -> list[dict]:
+        """One record per cut done: step, target kept, MACs, parameters, channels removed."""
+        return self.schedule.done
+
+    @property
+    def finished(self) -> bool:
+        return len(self.schedule.done) >= self.schedule.events
+
+    def train(self, mode: bool = True) -> PruneWhileTraining:
+        self.program.train(mode)
+        if self.eager is not None:
+            self.eager.train(mode)
+        return self
+
+    def eval(self) -> PruneWhileTraining:
+        return self.train(False)
+
+    def after_backward(self) -> None:
+        """Accumulate the Fisher scores from the gradients now on the parameters (before optimizer.step)."""
+        self.schedule.accumulate()
+
+    def maybe_cut(self, optimizer: torch.optim.Optimizer | None = None, *, train_loss: float | None = None) -> bool:
+        """Count one optimizer step; on the schedule's steps cut channels and give `optimizer` the new
+        parameters with its state sliced to the channels kept. Returns whether a cut happened."""
+        self.step += 1
+        if not self.schedule.due(self.step):
+            return False
+        was_training, before = self.module.training, dict(self.module.named_parameters())
+        if self.eager is not None:
+            _copy_by_name(self.eager, self.program.module)  # the graph holds what the caller trained
+        pruned, kept = cut_tracking_indices(
+            self.program, lambda clone: self.schedule.cut(clone, self.step, train_loss=train_loss))
+        pruned.train(was_training)
+        self.program = pruned
+        if self.eager is None:
+            self.schedule.restart_scores(pruned.module)
+        else:
+            self.eager = self._written_back(pruned).train(was_training)
+        if optimizer is not None:
+            carry_optimizer(optimizer, before, dict(self.module.named_parameters()), kept)
+        return True
+
+    def _written_back(self, program: Program) -> torch.nn.Module:
+        return self._tracked(self.write_back(program))
+
+    def _tracked(self, module: torch.nn.Module) -> torch.nn.Module:
+        """`module` becomes the one trained, its gradients the ones scored."""
+        missing = {name for name, _ in self.program.module.named_parameters()} - dict(module.named_parameters()).keys()
+        if missing:
+            raise PrunefxError(f"the written-back module lacks the graph's parameter {sorted(missing)[0]}: "
+                               "write_back must return a module with the graph's parameter names")
+        self.schedule.restart_scores(self.program.module, gradients_from=module)
+        return module
+
+    def statistics(self) -> dict:
+        """The pass's statistics: target, achieved fraction, MACs and parameters before/after, events."""
+        return self.schedule.statistics(self.program)
+
+
+# --- the cut, with the surviving indices -----------------------------------------------------------
+
+# Probes hold index * 2^-64: exact (a power of two only moves the exponent, and 2^-64 is far above float32's
+# smallest normal number, 2^-126), and small enough that the network stays finite on them (activations
+# shrink towards 0 instead of overflowing), which the cut's verification checks.
+_PROBE_SCALE = 2.0 ** -64
+
+
+def _indexable(tensor: torch.Tensor) -> bool:
+    """Whether every flat index of `tensor` is exact as a probe: float32 or float64, and integers up to
+    2 / eps (2^24 in float32) are exact."""
+    return tensor.dtype in (torch.float32, torch.float64) and tensor.numel() <= 2 / torch.finfo(tensor.dtype).eps
+
+
+def cut_tracking_indices(program: Program, cut: Callable[[Program], object]
+                         ) -> tuple[Program, dict[str, torch.Tensor]]:
+    """Run `cut` on a copy of `program` and return the cut copy with, per tensor name, the flat indices of
+    the original's elements that survived. `program` itself is left as it was, whatever `cut` raises."""
+    pruned = program.clone()
+    originals = {name: tensor for name, tensor in _named_tensors(program.module) if _indexable(tensor)}
+    for name, tensor in originals.items():
+        probe = torch.arange(tensor.numel(), dtype=tensor.dtype, device=tensor.device).reshape(tensor.shape)
+        probe = probe * _PROBE_SCALE
+        set_tensor(pruned.module, name, probe)
+    cut(pruned)
+    kept = {}
+    present = dict(_named_tensors(pruned.module))
+    for name, original in originals.items():
+        if name not in present:  # no longer read by the graph
+            continue
+        index = (present[name].detach() / _PROBE_SCALE).round().long()
+        kept[name] = index.flatten()
+        set_tensor(pruned.module, name, original.detach().flatten()[kept[name]].reshape(index.shape))
+    return pruned, kept
+
+
+def _copy_by_name(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """Copy `source`'s parameters and buffers into `target`'s tensors of the same names."""
+    tensors = dict(_named_tensors(target))
+    with torch.no_grad():
+        for name, tensor in _named_tensors(source):
+            if name in tensors:
+                tensors[name].copy_(tensor)
+
+
+def _named_tensors(module: torch.nn.Module):
+    yield from module.named_parameters()
+    yield from module.named_buffers()
+
+
+def carry_optimizer(optimizer: torch.optim.Optimizer, before: dict[str, torch.nn.Parameter],
+                    after: dict[str, torch.nn.Parameter], kept: dict[str, torch.Tensor]) -> None:
+    """Swap `before`'s parameters for `after`'s (same names) in `optimizer`'s groups, slicing their state
+    by `kept` (flat indices of the old elements that survived); parameters gone leave the optimizer, a
+    state that cannot be sliced (no indices and a new shape) restarts."""
+    names = {id(parameter): name for name, parameter in before.items()}
+    for group in optimizer.param_groups:
+        carried = []
+        for parameter in group["params"]:
+            name = names.get(id(parameter))
+            if name is None:  # not the model's (an extra parameter of the caller's): left alone
+                carried.append(parameter)
+                continue
+            state = optimizer.state.pop(parameter, None)
+            new = after.get(name)
+            if new is None:
+                continue
+            carried.append(new)
+            sliced = _sliced_state(state or {}, parameter, new, kept.get(name))
+            if sliced:
+                optimizer.state[new] = sliced
+        group["params"] = carried
+
+
+def _sliced_state(state: dict, old: torch.Tensor, new: torch.Tensor, index: torch.Tensor | None) -> dict:
+    out = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor) or value.shape != old.shape or old.shape == new.shape:
+            out[key] = value  # scalars (Adam's step) and states of untouched parameters
+        elif index is not None:
+            out[key] = value.flatten()[index.to(value.device)].reshape(new.shape).clone()
+        else:
+            return {}
+    return out
+

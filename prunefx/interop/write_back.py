@@ -1,0 +1,236 @@
+"""The pruned Program handed back as the user's own module: `to_module(program, model)`.
+
+The graph is the truth; the module is a view of it that must prove itself. The write-back
+1. copies the user's model and puts the Program's tensors in it by name (a Program keeps the state-dict
+   names of the module it was captured from; tied tensors are replaced at every place they are reached);
+2. sets every size attribute its forward reads (prunefx/interop/module_resizers.py): the standard layers' from their
+   tensors, a module's own integer attributes from the literal sizes the channel removal rewrote in the
+   operators that module called (found by aligning the pruned graph with a capture of the dense model,
+   graph/scoped_calls.py);
+3. proves the result: its eager outputs match the Program's on the example inputs and on a second random
+   input (1e-5 relative), and it captures again to a graph whose tensors have the Program's widths.
+Where a step fails, one PrunefxError names the module and the attribute or operator; the Program stays
+the deliverable.
+"""
+
+from __future__ import annotations
+
+import copy
+import traceback
+
+import torch
+import torch.utils._pytree as pytree
+from torch import nn
+
+from prunefx.graph import Program, capture
+from prunefx.graph.attributes import delete_unused_tensors
+from prunefx.graph.errors import PrunefxError, first_line
+from prunefx.graph.scoped_calls import first_difference, literal_changes
+from prunefx.interop.hf_config import update_config
+from prunefx.interop.module_resizers import ResizeError, resize_attributes, resizer_for
+
+TOLERANCE = 1e-5  # relative to the largest output magnitude
+
+
+class WriteBackError(PrunefxError):
+    """The pruned Program could not be proven equal to a copy of the user's module."""
+
+
+def to_module(program: Program, model: nn.Module, *, config: bool = True) -> nn.Module:
+    """A copy of `model` (the module `program` was captured from, before pruning) holding the Program's
+    pruned tensors, with every size attribute updated, verified against the Program (module docstring).
+
+    With `config` (default), a Hugging Face model's `config` is updated to the pruned widths too, so that
+    `save_pretrained`/`from_pretrained` rebuild it (prunefx/interop/hf_config.py); where the config cannot hold the
+    widths (global ranking gives every layer its own), WriteBackError says so. Library classes whose width
+    attributes the generic matching misses: `prunefx.register_module_resizer(cls, fn)`.
+    Raises WriteBackError (a PrunefxError) with a one-line reason where the result cannot be proven."""
+    name = program.name
+    module = copy.deepcopy(model).eval()
+    inputs = program.example_inputs
+    try:
+        dense = capture(copy.deepcopy(module), inputs, name=name)
+    except PrunefxError as error:
+        raise WriteBackError(f"cannot write {name} back: the dense model does not capture ({error})") from error
+    dense.module.graph.eliminate_dead_code()
+    delete_unused_tensors(dense.module)
+    _check_nothing_dropped(program, dense, name)
+    _copy_tensors(program, module, name)
+    hint = _resize_modules(module, literal_changes(dense.module, program.module), name)
+    _verify(program, module, name, hint)
+    if config:
+        update_config(module, model, name)
+    return module.train(model.training)
+
+
+def _places(module: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
+    """Every (owner, attribute) at which each tensor of `module` is reached, keyed by the tensor's id."""
+    places: dict[int, list[tuple[nn.Module, str]]] = {}
+    for owner in module.modules():
+        for attribute, tensor in (*owner._parameters.items(), *owner._buffers.items()):
+            if tensor is not None:
+                places.setdefault(id(tensor), []).append((owner, attribute))
+    return places
+
+
+def _program_tensors(program: Program) -> dict[str, torch.Tensor]:
+    used = {node.target for node in program.graph.nodes if node.op == "get_attr"}
+    tensors = dict(program.module.named_parameters(remove_duplicate=False))
+    tensors.update(program.module.named_buffers(remove_duplicate=False))
+    for target in used - tensors.keys():  # constants that are neither parameters nor buffers
+        owner_path, _, attribute = target.rpartition(".")
+        value = getattr(program.module.get_submodule(owner_path), attribute)
+        if isinstance(value, torch.Tensor):
+            tensors[target] = value
+    return tensors
+
+
+def _check_nothing_dropped(program: Program, dense: Program, name: str) -> None:
+    """Every tensor the model's forward reads must still be in the Program: a pass that merged one into
+    another (fold_batchnorm, merge_blocks) leaves the model's layer computing on a tensor the Program lost."""
+    dropped = sorted(_program_tensors(dense).keys() - _program_tensors(program).keys())
+    if dropped:
+        raise WriteBackError(f"cannot write {name} back: the program no longer has '{dropped[0]}', which the "
+                             f"model's forward reads ({len(dropped)} such tensors; a pass that merges layers ran, "
+                             "e.g. fold_batchnorm or merge_blocks: write back before it)")
+
+
+def _copy_tensors(program: Program, module: nn.Module, name: str) -> None:
+    places = _places(module)
+    for target, tensor in _program_tensors(program).items():
+        owner_path, _, attribute = target.rpartition(".")
+        try:
+            owner = module.get_submodule(owner_path)
+        except AttributeError:
+            owner = None
+        old = getattr(owner, attribute, None) if owner is not None else None
+        if not isinstance(old, torch.Tensor):
+            raise WriteBackError(f"cannot write {name} back: the program holds tensor '{target}', which the model "
+                                 "has no place for (a pass that adds tensors ran, e.g. fold_batchnorm or "
+                                 "merge_blocks: write back before it)")
+        value = tensor.detach().to(old.device).clone()
+        for place_owner, place_attribute in places.get(id(old), [(owner, attribute)]):
+            _put(place_owner, place_attribute, old, value)
+
+
+def _put(owner: nn.Module, attribute: str, old: torch.Tensor, value: torch.Tensor) -> None:
+    if attribute in owner._parameters:
+        owner._parameters[attribute] = nn.Parameter(value, requires_grad=old.requires_grad)
+    elif attribute in owner._buffers:
+        owner._buffers[attribute] = value
+    else:
+        setattr(owner, attribute, value)
+
+
+def _resize_modules(module: nn.Module, changes, name: str) -> str:
+    """Run every module's resizer; returns, in words, the first rewritten size that the default resizer found
+    no attribute for ('' when none): the likely reason should the verification fail."""
+    by_scope: dict[str, list[tuple[int, int]]] = {}
+    for change in changes:
+        by_scope.setdefault(change.scope, []).extend(change.pairs)
+    unmatched = [change for change in changes if _unmatched(module, change)]
+    for path, submodule in module.named_modules():
+        try:
+            resizer_for(submodule)(submodule, by_scope.get(path, []))
+        except ResizeError as error:
+            raise WriteBackError(f"cannot write {name} back: module '{path or '(model)'}': {error}") from error
+    if not unmatched:
+        return ""
+    change = unmatched[0]
+    sizes = ", ".join(f"{old} -> {new}" for old, new in change.pairs)
+    return (f"; the program rewrote {change.operator} in module '{change.scope or '(model)'}' ({sizes}) and no "
+            "attribute of that module holds the size (written in its forward, or computed: "
+            "prunefx.register_module_resizer sets it)")
+
+
+def _unmatched(module: nn.Module, change) -> bool:
+    """True when `change` is in a module left to the default resizer and no integer attribute of that module
+    has one of the changed sizes as its value."""
+    try:
+        owner = module.get_submodule(change.scope)
+    except AttributeError:
+        return True
+    if resizer_for(owner) is not resize_attributes:
+        return False
+    values = set()
+    for value in vars(owner).values():
+        if type(value) is int:
+            values.add(value)
+        elif isinstance(value, (list, tuple)):
+            values.update(v for v in value if type(v) is int)
+    return not any(old in values for old, _ in change.pairs)
+
+
+def _leaves(outputs) -> list[torch.Tensor]:
+    return [leaf for leaf in pytree.tree_leaves(outputs) if isinstance(leaf, torch.Tensor)]
+
+
+def _second_input(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(1)
+    return tuple(torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) if x.is_floating_point()
+                 else x for x in inputs)
+
+
+def _verify(program: Program, module: nn.Module, name: str, hint: str) -> None:
+    """Same outputs as the Program on two inputs, and a capture with the Program's widths (module docstring)."""
+    for inputs in (program.example_inputs, _second_input(program.example_inputs)):
+        with torch.no_grad(), program.evaluating():
+            expected = _leaves(program(*inputs))
+        actual = _run(module, inputs, name, hint)
+        error = _relative_error(expected, actual)
+        if error is None or error > TOLERANCE:
+            differs = "returns other outputs" if error is None else f"differs by {error:.2g} relative"
+            raise WriteBackError(f"cannot write {name} back: the module {differs} from the pruned program"
+                                 f"{_where(program, module, name) or hint}")
+    _check_widths(program, module, name)
+
+
+def _run(module: nn.Module, inputs, name: str, hint: str) -> list[torch.Tensor]:
+    try:
+        with torch.no_grad():
+            return _leaves(module(*inputs))
+    except Exception as error:  # the user's forward may raise anything; name the module that did
+        raise WriteBackError(f"cannot write {name} back: {_failing_module(error, module)}"
+                             f"{first_line(error)}{hint}") from error
+
+
+def _failing_module(error: Exception, module: nn.Module) -> str:
+    """'module NAME: ' for the innermost module of `module` whose forward the traceback passes through."""
+    names = {id(m): path for path, m in module.named_modules()}
+    found = None
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        owner = frame.f_locals.get("self")
+        if id(owner) in names:
+            found = names[id(owner)]
+    return "" if found is None else f"module '{found or '(model)'}' ({type(module.get_submodule(found)).__name__}): "
+
+
+def _relative_error(expected: list[torch.Tensor], actual: list[torch.Tensor]) -> float | None:
+    if len(expected) != len(actual) or any(e.shape != a.shape for e, a in zip(expected, actual)):
+        return None
+    scale = max((e.abs().max().item() for e in expected if e.numel()), default=0.0) or 1.0
+    return max(((e - a).abs().max().item() for e, a in zip(expected, actual) if e.numel()), default=0.0) / scale
+
+
+def _where(program: Program, module: nn.Module, name: str) -> str:
+    """'; module X: operator Y gets ...', from a capture of the module aligned with the Program's graph."""
+    try:
+        recaptured = capture(copy.deepcopy(module), program.example_inputs, name=name)
+    except PrunefxError as error:
+        return f"; it does not capture: {error}"
+    recaptured.module.graph.eliminate_dead_code()
+    difference = first_difference(program.module, recaptured.module)
+    return f"; {difference}" if difference else ""
+
+
+def _check_widths(program: Program, module: nn.Module, name: str) -> None:
+    try:
+        recaptured = capture(copy.deepcopy(module), program.example_inputs, name=name)
+    except PrunefxError as error:
+        raise WriteBackError(f"cannot write {name} back: the written-back module does not capture ({error})") from error
+    theirs = {k: tuple(v.shape) for k, v in _program_tensors(recaptured).items()}
+    for target, tensor in _program_tensors(program).items():
+        if target in theirs and theirs[target] != tuple(tensor.shape):
+            raise WriteBackError(f"cannot write {name} back: captured again, '{target}' is "
+                                 f"{'x'.join(map(str, theirs[target]))}, not the program's "
+                                 f"{'x'.join(map(str, tensor.shape))}")

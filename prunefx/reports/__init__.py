@@ -1,0 +1,1 @@
+"""What prunefx reports: budgets, compression stages, per-class metrics."""
