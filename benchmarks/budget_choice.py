@@ -31,7 +31,7 @@ import torch
 from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, write_results
 from int8_latency import trained_fashion_mnist
 
-from prunefx.data import fashion_mnist_data
+from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph import Program, capture, count
 from prunefx.graph.errors import PrunefxError
 from prunefx.models import build_model, load_weights
@@ -40,7 +40,7 @@ from prunefx.passes.choose_for_budget import budget_candidates
 from prunefx.passes.distill import distill
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
-from prunefx.passes.training import evaluate
+from prunefx.passes.training.engine import evaluate
 from prunefx.runtime import onnx_latency_pair
 
 NAME = "budget_choice"

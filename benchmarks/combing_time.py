@@ -17,7 +17,7 @@ import torchvision
 from common import command_line, machine_info, machine_summary, markdown_table, write_results
 
 from prunefx.graph import capture
-from prunefx.graph.channel_groups import find_channel_groups
+from prunefx.graph.channels.groups import find_channel_groups
 
 MODELS = {"resnet50": torchvision.models.resnet50, "vit_b_16": torchvision.models.vit_b_16}
 

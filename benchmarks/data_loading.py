@@ -2,7 +2,7 @@
 that fashion-mnist-seg used before its scenes became files, and memory while a 50,000-image set streams.
 
 1. Throughput: `--canvases` Fashion-MNIST scenes of `--size` pixels (segmentation), written as mask folders
-   (prunefx/scene_files.py). One epoch of training steps (forward, per-pixel cross-entropy, backward, SGD) of
+   (prunefx/data/scene_files.py). One epoch of training steps (forward, per-pixel cross-entropy, backward, SGD) of
    a small segmentation network (4 convolutions, about 0.1 GMACs per 128x128 image) on batches from:
    the old loader (TensorBatches over the canvases in memory, normalised per batch), the files read in this
    process (0 workers), and the files read by `--workers` DataLoader processes. Loaders alternate, each timed
@@ -33,12 +33,12 @@ import torch
 from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, publish_results
 from torch import nn
 
-from prunefx.batches import NormalizeBatch, TensorBatches
-from prunefx.data_formats import format_data
-from prunefx.dataset_samples import normalisation
-from prunefx.fashion_mnist_scenes import NUM_CLASSES, SceneConfig
-from prunefx.scene_data import compose_scenes
-from prunefx.scene_files import write_scenes
+from prunefx.data.batches import NormalizeBatch, TensorBatches
+from prunefx.data.fashion_mnist_scenes import NUM_CLASSES, SceneConfig
+from prunefx.data.formats import format_data
+from prunefx.data.samples import normalisation
+from prunefx.data.scene_data import compose_scenes
+from prunefx.data.scene_files import write_scenes
 
 NAME = "data_loading"
 

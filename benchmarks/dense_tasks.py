@@ -1,7 +1,7 @@
 """dense_tasks: segmentation on Fashion-MNIST scenes, mIoU and ONNX Runtime latency after pruning, prunefx
 against Torch-Pruning (issue 19: CPD's task-agnostic claim, measured).
 
-Data: Fashion-MNIST scenes (prunefx/fashion_mnist_scenes.py, `--data fashion-mnist-seg:SIZE`): canvases of
+Data: Fashion-MNIST scenes (prunefx/data/fashion_mnist_scenes.py, `--data fashion-mnist-seg:SIZE`): canvases of
 `--size` pixels (64 by default: these machines have 2 shared cores) holding 2-6 real Fashion-MNIST items,
 11 classes (background + 10); train canvases from training items, validation canvases from 5,000
 held-out training items, test canvases (the reported mIoU) from the test items only.
@@ -52,7 +52,7 @@ import torch_pruning as tp
 from common import REPO, command_line, machine_info, machine_summary, markdown_table, write_results
 
 from prunefx.assets import mobilenet_v2_weights_path
-from prunefx.data import load_data
+from prunefx.data.splits import load_data
 from prunefx.dense_tasks import SegmentationScore, evaluate_dense
 from prunefx.graph import Program, capture, count
 from prunefx.graph.errors import first_line

@@ -29,13 +29,13 @@ import torch
 from common import command_line, machine_info, machine_summary, markdown_table, write_results
 from fashion_mnist_accuracy import BATCH, CACHE, KD, baseline, optimizer_settings, prune_and_recover, run_file
 
-from prunefx.data import fashion_mnist_data
+from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph import Program, count
 from prunefx.graph.rebatch import rebatch
 from prunefx.passes.distill import distill
 from prunefx.passes.linearize_blocks import linearize_blocks
 from prunefx.passes.merge_blocks import merge_blocks
-from prunefx.passes.training import evaluate
+from prunefx.passes.training.engine import evaluate
 from prunefx.runtime import compare_latency, export_onnx, onnx_runner
 
 NAME = "depth_vs_channel"

@@ -1,13 +1,13 @@
 """detection_scenes: YOLOv8n trained on Fashion-MNIST scenes, pruned by prunefx and by Torch-Pruning, mAP and
 ONNX Runtime latency side by side (issue 19, detection).
 
-Data: Fashion-MNIST scenes (prunefx/fashion_mnist_scenes.py, the `fashion-mnist-det:SIZE` split of
-prunefx/data.py): canvases of `--size` pixels holding 2-6 real Fashion-MNIST items, 10 classes, a tight box
+Data: Fashion-MNIST scenes (prunefx/data/fashion_mnist_scenes.py, the `fashion-mnist-det:SIZE` split of
+prunefx/data/splits.py): canvases of `--size` pixels holding 2-6 real Fashion-MNIST items, 10 classes, a tight box
 per item; train canvases from training items, validation canvases from 5,000 held-out training items, test
 canvases (the reported mAP) from the test items only. They are written to build/detection_scenes/ in the
-YOLO folder layout (PNG images, one `class cx cy w h` line per box; prunefx/scene_files.py); Ultralytics
+YOLO folder layout (PNG images, one `class cx cy w h` line per box; prunefx/data/scene_files.py); Ultralytics
 and prunefx both read them from there, prunefx through the reader users' YOLO data takes
-(prunefx/datasets_yolo.py, streamed by DataLoader workers).
+(prunefx/data/yolo.py, streamed by DataLoader workers).
 
 1. Dense: YOLOv8n (Ultralytics' yolov8n.yaml, 10 classes) trained from scratch by Ultralytics' own trainer
    (`YOLO.train`, its default augmentation and optimizer, `--yolo-epochs`), cached. Its test mAP is computed
@@ -60,12 +60,14 @@ import torch
 from common import REPO, command_line, machine_info, machine_summary, markdown_table, write_results
 from dense_tasks import quantized_for_onnxruntime, timed
 
-from prunefx import fashion_mnist
-from prunefx.data import DETECTION
-from prunefx.data_formats import format_data
+from prunefx.data import fashion_mnist
+from prunefx.data.fashion_mnist_scenes import SceneConfig
+from prunefx.data.formats import format_data
+from prunefx.data.scene_data import compose_scenes
+from prunefx.data.scene_files import write_scenes
+from prunefx.data.splits import DETECTION
 from prunefx.dense_tasks import decode_yolo, evaluate_dense
 from prunefx.detectors import softmax_nodes
-from prunefx.fashion_mnist_scenes import SceneConfig
 from prunefx.graph import Program, capture, count
 from prunefx.graph.errors import first_line
 from prunefx.graph.rebatch import rebatch
@@ -77,8 +79,6 @@ from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.runtime import OnnxRuntimeSession, export_onnx, onnx_runner
 from prunefx.runtime.speedup import onnx_latency_pair
-from prunefx.scene_data import compose_scenes
-from prunefx.scene_files import write_scenes
 
 NAME = "detection_scenes"
 CACHE = REPO / "build" / NAME
@@ -105,7 +105,7 @@ def data_folder(args) -> Path:
 
 
 def yolo_dataset(args) -> Path:
-    """The fashion-mnist-det scenes written once in Ultralytics' layout (prunefx/scene_files.py): the data
+    """The fashion-mnist-det scenes written once in Ultralytics' layout (prunefx/data/scene_files.py): the data
     yaml that both Ultralytics and prunefx read (val and test splits named)."""
     folder = data_folder(args)
     yaml = folder / "data.yaml"

@@ -41,7 +41,7 @@ import torch
 import torch_pruning as tp
 from common import REPO, command_line, machine_info, machine_summary, markdown_table, write_results
 
-from prunefx.data import fashion_mnist_data
+from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph import Program, capture, count
 from prunefx.graph.rebatch import rebatch
 from prunefx.models import build_model
@@ -49,7 +49,7 @@ from prunefx.passes.distill import distill
 from prunefx.passes.prune_while_training import prune_while_training
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
-from prunefx.passes.training import evaluate
+from prunefx.passes.training.engine import evaluate
 from prunefx.runtime import compare_latency, export_onnx, onnx_runner
 from prunefx.small_models import Attention
 

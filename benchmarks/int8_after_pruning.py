@@ -27,7 +27,7 @@ from budget_choice import WIDTH, dense_model
 from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, publish_results
 from int8_latency import _sessions, interleaved_latency
 
-from prunefx.data import fashion_mnist_data
+from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph import Program, count
 from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm

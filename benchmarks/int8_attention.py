@@ -26,7 +26,7 @@ import torch
 from common import command_line, machine_info, machine_summary, markdown_table, publish_results
 from int8_latency import FASHION_MNIST_BATCH, _kd, calibration_batches, trained_fashion_mnist
 
-from prunefx.data import fashion_mnist_data
+from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph import capture
 from prunefx.models import build_model
 from prunefx.passes.distill import distill

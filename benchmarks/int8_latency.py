@@ -54,7 +54,7 @@ from common import (
 )
 
 from prunefx.assets import load_imagenet_batch, mobilenet_v2_weights_path
-from prunefx.data import fashion_mnist_data
+from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph import Program, capture
 from prunefx.graph.rebatch import rebatch
 from prunefx.models import build_model

@@ -25,7 +25,7 @@ from int8_latency import (
     trained_fashion_mnist,
 )
 
-from prunefx.data import fashion_mnist_data
+from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph.rebatch import rebatch
 from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.runtime import OnnxRuntimeSession, export_onnx

@@ -32,12 +32,12 @@ from fashion_mnist_accuracy import BATCH, baseline, torch_pruning
 from torchvision.io import ImageReadMode, decode_image
 
 from prunefx.assets import imagenet_sample_images, load_imagenet_batch, mobilenet_v2_weights_path
-from prunefx.data import fashion_mnist_data, imagenet_train_transform
+from prunefx.data.splits import fashion_mnist_data, imagenet_train_transform
 from prunefx.graph import capture, count
 from prunefx.models import load_weights
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
-from prunefx.passes.training import evaluate
+from prunefx.passes.training.engine import evaluate
 
 NAME = "one_shot_accuracy"
 MODELS = ("resnet20", "mobilenetv2_small", "vit_tiny_fmnist")

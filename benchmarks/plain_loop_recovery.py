@@ -27,7 +27,7 @@ import torch
 import yaml
 from common import REPO, command_line, machine_info, machine_summary, markdown_table, write_results
 
-from prunefx.data import fashion_mnist_data
+from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph import capture
 from prunefx.passes.distill import distill
 from prunefx.small_models import resnet20

@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 from common import command_line, machine_info, machine_summary, markdown_table, write_results
 
-from prunefx.data import fashion_mnist_data
+from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph import Program, capture
 from prunefx.models import build_model
 from prunefx.passes.distill import distill
-from prunefx.passes.training import evaluate
+from prunefx.passes.training.engine import evaluate
 
 NAME = "prune_defaults"
 BATCH = 128

@@ -35,13 +35,13 @@ import torch
 from common import REPO, command_line, machine_info, machine_summary, markdown_table, write_results
 from fashion_mnist_accuracy import BATCH, KD, baseline, recovery_config
 
-from prunefx.data import fashion_mnist_data
+from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph import Program
 from prunefx.graph.attributes import get_tensor
-from prunefx.graph.nm_masks import Pattern, pattern_violations
+from prunefx.graph.sparsity.nm_masks import Pattern, pattern_violations
 from prunefx.passes.distill import distill
 from prunefx.passes.sparsify_nm import sparsify_nm
-from prunefx.passes.training import evaluate
+from prunefx.passes.training.engine import evaluate
 
 NAME = "sparsity_accuracy"
 CACHE = REPO / "build" / NAME

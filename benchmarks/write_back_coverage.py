@@ -21,8 +21,8 @@ from common import RESULTS, command_line, machine_info, machine_summary, markdow
 
 from prunefx.graph import capture
 from prunefx.graph.errors import PrunefxError, first_line
+from prunefx.interop.write_back import to_module
 from prunefx.passes.remove_channels import remove_channels
-from prunefx.write_back import to_module
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 import prunefx
-from prunefx.graph.channel_rules import same_as_input
+from prunefx.graph.channels.rules import same_as_input
 from prunefx.passes import remove_channels
 
 

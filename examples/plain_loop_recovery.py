@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import prunefx
-from prunefx.data import fashion_mnist_data
+from prunefx.data.splits import fashion_mnist_data
 from prunefx.small_models import resnet20
 
 

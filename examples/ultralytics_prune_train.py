@@ -5,7 +5,7 @@
 1. the dense DetectionModel is built from the yaml with the data set's classes (or loaded from a .pt) and
    captured in export mode (prunefx/models.py); remove_channels prunes it to `--macs` of its MACs (l2
    importance, widths multiples of 8, the box distribution's softmax and C2PSA's attention kept whole);
-2. prunefx.ultralytics_bridge.to_ultralytics_module writes the pruned graph back into Ultralytics' own
+2. prunefx.interop.ultralytics_bridge.to_ultralytics_module writes the pruned graph back into Ultralytics' own
    classes, proven equal to the graph on two inputs;
 3. Ultralytics trains it: its trainer normally rebuilds the model from the yaml (dense widths) and copies
    weights by matching shapes, which would silently drop the pruning; a trainer whose `get_model` returns
@@ -30,15 +30,15 @@ import torch
 import yaml
 
 from prunefx.graph import capture, count
-from prunefx.passes.remove_channels import remove_channels
-from prunefx.recovery import PruneWhileTraining
-from prunefx.ultralytics_bridge import (
+from prunefx.interop.recovery import PruneWhileTraining
+from prunefx.interop.ultralytics_bridge import (
     export_mode,
     keep_nodes,
     prune_while_training_trainer,
     to_ultralytics_module,
     training_mode,
 )
+from prunefx.passes.remove_channels import remove_channels
 
 PREFIX = "ultralytics:"
 

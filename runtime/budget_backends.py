@@ -27,7 +27,7 @@ import functools
 from collections.abc import Callable
 
 from prunefx.graph import Program
-from prunefx.graph.quantization import has_fake_quant
+from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.speedup import (
     ExportCache,

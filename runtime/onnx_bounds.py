@@ -3,7 +3,7 @@
 A few hundred bytes of ONNX can ask for gigabytes at run time (`ConstantOfShape` of [3, 2**29] is 6 GiB).
 ONNX's shape inference, with constant propagation, computes every static size the graph will hold
 without running it; a value over MAX_TENSOR_ELEMENTS (the bound every loaded `.pt2` is held to,
-graph/graph_bounds.py) refuses the file before a session exists. Sizes that depend on run-time data
+graph/safety/graph_bounds.py) refuses the file before a session exists. Sizes that depend on run-time data
 cannot be known ahead: the run's own failure is then reported in one line.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 
 from prunefx.graph.errors import printable
-from prunefx.graph.graph_bounds import MAX_TENSOR_ELEMENTS
+from prunefx.graph.safety.graph_bounds import MAX_TENSOR_ELEMENTS
 from prunefx.runtime.errors import OnnxSessionError
 
 

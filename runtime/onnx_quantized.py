@@ -24,7 +24,7 @@ import onnx
 import torch
 
 from prunefx.graph import Program
-from prunefx.graph.quantization import has_fake_quant
+from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.runtime.errors import OnnxExportError, describe_failure
 from prunefx.runtime.onnx_export import DEFAULT_OPSET
 from prunefx.runtime.onnx_integer_units import S8_LEVELS, SEVEN_BIT_LEVELS

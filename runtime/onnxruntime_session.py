@@ -22,7 +22,7 @@ import onnxruntime as ort
 import torch
 
 from prunefx.graph.errors import PrunefxError
-from prunefx.graph.regular_files import require_regular_file
+from prunefx.graph.safety.regular_files import require_regular_file
 from prunefx.runtime.errors import OnnxSessionError, first_line
 from prunefx.runtime.onnx_bounds import check_value_sizes
 from prunefx.runtime.run_interrupts import interruptible_run

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from prunefx.graph.errors import PrunefxError
-from prunefx.graph.nm_masks import Pattern, grouped_matrix, magnitude_mask, pattern_violations
+from prunefx.graph.sparsity.nm_masks import Pattern, grouped_matrix, magnitude_mask, pattern_violations
 from prunefx.runtime.latency import LatencyStats
 
 TWO_FOUR = Pattern(2, 4)

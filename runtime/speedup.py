@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from prunefx.graph import Program
-from prunefx.graph.quantization import has_fake_quant
+from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.graph.rebatch import rebatch
 from prunefx.passes.measurement import Timing
 from prunefx.runtime.latency import LatencyComparison, LatencyStats, compare_latency

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from prunefx.data import load_data
+from prunefx.data.splits import load_data
 from prunefx.models import build_model
 
 MODEL = "prunefx:resnet20"

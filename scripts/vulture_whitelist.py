@@ -9,11 +9,11 @@ from vulture.whitelist_utils import Whitelist
 framework = Whitelist()
 
 ENTRY_POINTS = [
-    framework.__class__,            # a module re-classed in place keeps its identity (prunefx/ultralytics_bridge.py)
+    framework.__class__,            # a module re-classed in place keeps its identity (prunefx/interop/ultralytics_bridge.py)
     framework.__call__,             # a pass (contract.DeclaredPass, Pipeline, the Pass protocol) is called
     framework.__getattr__,          # module-level lazy imports (prunefx/__init__.py), PEP 562
     framework.__dir__,              # the same, for dir(prunefx)
-    framework.find_classes,         # torchvision DatasetFolder overrides (prunefx/data.py)
+    framework.find_classes,         # torchvision DatasetFolder overrides (prunefx/data/splits.py)
     framework.make_dataset,
     framework.allow_empty,          # ... and the arguments torchvision passes to them
     framework.extensions,
@@ -27,11 +27,11 @@ ENTRY_POINTS = [
     framework.graph_optimization_level,
     framework.profiling_verbosity,  # tensorrt IBuilderConfig, read by tensorrt
     framework._out_spec,            # torch.fx GraphModule's output spec (graph/output_tree.py)
-    framework._per_channel_rule,    # registered by @channel_rule (graph/quantization.py)
+    framework._per_channel_rule,    # registered by @channel_rule (graph/int8/quantization.py)
     framework.strict,               # config fields, read through the config mapping (as_dict)
     framework.min_speedup,
     framework.sequential,
-    framework.normalized_shape,     # nn.Module attributes torch reads (prunefx/module_resizers.py)
+    framework.normalized_shape,     # nn.Module attributes torch reads (prunefx/interop/module_resizers.py)
     framework.num_channels,
     framework.embedding_dim,
     framework.num_embeddings,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from prunefx.graph.attributes import get_tensor
-from prunefx.graph.channel_removal import expand_removed
+from prunefx.graph.channels.removal import expand_removed
 
 
 def _zero_channels(program, combing, removed: set[int]) -> None:
@@ -41,7 +41,7 @@ def _remove_zeroed_and_compare(program, combing, removed: set[int], inputs, *, t
     import torch.utils._pytree as pytree
 
     from prunefx.graph import verify
-    from prunefx.graph.channel_removal import remove_classes
+    from prunefx.graph.channels.removal import remove_classes
 
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from prunefx import assets
-from prunefx.fashion_mnist import CLASSES, DEFAULT_ROOT, DatasetError, load_fashion_mnist, read_idx
+from prunefx.data.fashion_mnist import CLASSES, DEFAULT_ROOT, DatasetError, load_fashion_mnist, read_idx
 from prunefx.models import build_model, load_weights
 
 

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prunefx.graph import capture
-from prunefx.graph.channel_groups import find_channel_groups
+from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.passes import remove_channels
 from prunefx.runtime import check_parity, export_onnx
 

@@ -204,7 +204,7 @@ def test_compress_checks_the_backend_before_loading_data(capsys, tmp_path):
 
 
 def test_the_budget_line_names_the_runtime_it_was_measured_on():
-    from prunefx.budget_text import search_lines
+    from prunefx.reports.budget_text import search_lines
 
     budget = {"trace": [], "budget": "2x", "speedup": 2.1, "ms": 1.0, "dense_ms": 2.1}
     assert "measured on ONNX Runtime (" in search_lines(budget)[-1]

@@ -9,10 +9,10 @@ import json
 import pytest
 import torch
 
-from prunefx import fashion_mnist
 from prunefx.cli import EXIT_USER_ERROR, main
+from prunefx.data import fashion_mnist
 from prunefx.graph import Program, capture, count
-from prunefx.graph.blocks import find_blocks
+from prunefx.graph.depth.blocks import find_blocks
 from prunefx.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -31,8 +31,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from prunefx.graph import capture, verify
-from prunefx.graph.channel_groups import find_channel_groups
-from prunefx.graph.channel_removal import remove_classes
+from prunefx.graph.channels.groups import find_channel_groups
+from prunefx.graph.channels.removal import remove_classes
 
 # ------------------------------------------------------------------------------------------------
 # Block specs: plain tuples, so that a failing example prints as a readable, rebuildable network.

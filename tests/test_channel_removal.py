@@ -8,8 +8,8 @@ import torch.utils._pytree as pytree
 
 from prunefx.graph import capture, count, verify
 from prunefx.graph.attributes import get_tensor
-from prunefx.graph.channel_groups import find_channel_groups
-from prunefx.graph.channel_removal import remove_classes
+from prunefx.graph.channels.groups import find_channel_groups
+from prunefx.graph.channels.removal import remove_classes
 from prunefx.models import build_model
 
 MODELS = [

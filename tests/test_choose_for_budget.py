@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from prunefx.graph import capture, count
-from prunefx.graph.blocks import find_blocks
+from prunefx.graph.depth.blocks import find_blocks
 from prunefx.graph.errors import PrunefxError
-from prunefx.graph.quantization import has_fake_quant
+from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.models import build_model
 from prunefx.passes import Pipeline
 from prunefx.passes.choose_for_budget import choose_for_budget

@@ -17,8 +17,8 @@ import pytest
 import torch
 import torchvision
 
-from prunefx import fashion_mnist
 from prunefx.cli import EXIT_USER_ERROR, main
+from prunefx.data import fashion_mnist
 from prunefx.graph import Program, PrunefxError, capture, count
 from prunefx.runtime import OnnxRuntimeSession, export_onnx
 
@@ -251,7 +251,7 @@ def test_prune_calibrate_compensates_recalibrates_and_reports_both(capsys, tmp_p
     assert f"compensated {compensated} layers" in out and "recalibrated 21 of 21 batch norms on 256 images" in out
 
     # the saved program carries the recalibrated statistics: recalibrating it again changes nothing
-    from prunefx.calibration import calibration_data
+    from prunefx.data.calibration import calibration_data
     from prunefx.graph import Program
     from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 
@@ -264,7 +264,7 @@ def test_prune_calibrate_compensates_recalibrates_and_reports_both(capsys, tmp_p
 def test_calibration_data_fits_the_captured_input(tmp_path):
     from torchvision.io import write_png
 
-    from prunefx.calibration import calibration_data
+    from prunefx.data.calibration import calibration_data
 
     rgb = calibration_data("fashion-mnist", torch.zeros(8, 3, 28, 28), 20)  # gray repeated for an RGB model
     assert len(rgb.batches) == 2 and rgb.images == 16 and rgb.batches[0][0].shape == (8, 3, 28, 28)

@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from prunefx.fashion_mnist import MEAN, STD, DatasetError, load_fashion_mnist
+from prunefx.data.fashion_mnist import MEAN, STD, DatasetError, load_fashion_mnist
 from prunefx.graph import PrunefxError, capture, verify
 from prunefx.graph.activations import run_tapped, tap_nodes
-from prunefx.graph.channel_compensation import second_order_update
-from prunefx.graph.channel_groups import find_channel_groups
-from prunefx.graph.channel_importance import Importance
+from prunefx.graph.channels.compensation import second_order_update
+from prunefx.graph.channels.groups import find_channel_groups
+from prunefx.graph.channels.importance import Importance
 from prunefx.graph.layer_inputs import find_consumers, gather_hessians
 from prunefx.models import build_model
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm

@@ -13,14 +13,14 @@ import pytest
 import torch
 import yaml
 
-from prunefx import fashion_mnist
 from prunefx.cli import EXIT_USER_ERROR, main
 from prunefx.compression import CALIBRATION_BATCHES, _injected_keys, inject
-from prunefx.compression_report import json_safe
-from prunefx.data import DataSplits, TensorBatches
+from prunefx.data import fashion_mnist
+from prunefx.data.splits import DataSplits, TensorBatches
 from prunefx.graph import Program, PrunefxError, capture
 from prunefx.named_recipes import recipe_path, shipped_recipes
 from prunefx.passes.recipe import pipeline_from_spec, read_recipe
+from prunefx.reports.compression import json_safe
 from prunefx.runtime import OnnxRuntimeSession
 
 torch.set_num_threads(1)

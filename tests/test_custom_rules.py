@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 
 import prunefx
-from prunefx.graph.channel_groups import find_channel_groups
-from prunefx.graph.channel_literals import LITERAL_REWRITES, keep_mask
-from prunefx.graph.channel_rules import RULES
+from prunefx.graph.channels.groups import find_channel_groups
+from prunefx.graph.channels.literals import LITERAL_REWRITES, keep_mask
+from prunefx.graph.channels.rules import RULES
 from prunefx.passes import remove_channels
 
 
@@ -53,7 +53,7 @@ def test_a_custom_op_is_blocked_and_named_then_pruned_exactly_with_its_rule(no_r
 
     @prunefx.channel_rule(OPERATOR)
     def elementwise(ctx, node):
-        return prunefx.graph.channel_rules.same_as_input(ctx, node)
+        return prunefx.graph.channels.rules.same_as_input(ctx, node)
 
     program = prunefx.capture(model, x).eval()
     combing = find_channel_groups(program.module)
@@ -108,7 +108,7 @@ def test_a_custom_op_with_a_size_argument_registers_how_that_argument_is_rewritt
                                                                                    removal_is_exact):
     """The rule alone says which dims carry which channels; the rewrite says how the op's literal size
     list changes when heads go. Both live in the same registration, and pruning a head is exact."""
-    from prunefx.graph.channel_rules_reshape import view
+    from prunefx.graph.channels.rules_reshape import view
 
     def heads_rule(ctx, node):  # the same dims as a view: (B, 32) -> (B, 4, 8)
         return view(ctx, node)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from prunefx import fashion_mnist
-from prunefx.data import (
+from prunefx.data import fashion_mnist
+from prunefx.data.splits import (
     IGNORED_LABEL,
     FolderBatches,
     NormalizeBatch,

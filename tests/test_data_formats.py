@@ -1,4 +1,4 @@
-"""Users' data layouts (prunefx/data_formats.py): Fashion-MNIST scenes written as masks, YOLO and COCO
+"""Users' data layouts (prunefx/data/formats.py): Fashion-MNIST scenes written as masks, YOLO and COCO
 read back equal to the scenes in memory (the oracle: the generator's tensors and ImageNet's published
 normalisation constants), and every bad-data case a one-line error, exit 2, with nothing written."""
 
@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from prunefx import fashion_mnist
 from prunefx.cli import main
-from prunefx.data import load_data
-from prunefx.data_formats import detect_format
-from prunefx.fashion_mnist_scenes import SceneConfig, make_scenes
+from prunefx.data import fashion_mnist
+from prunefx.data.fashion_mnist_scenes import SceneConfig, make_scenes
+from prunefx.data.formats import detect_format
+from prunefx.data.scene_files import write_scenes
+from prunefx.data.splits import load_data
 from prunefx.graph.errors import PrunefxError
-from prunefx.scene_files import write_scenes
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(),
@@ -180,7 +180,7 @@ def test_bad_data_is_one_line_exit_2_and_nothing_written(case, written, tmp_path
 
 @pytest.mark.parametrize("fmt", ["masks", "yolo", "coco"])
 def test_calibration_reads_the_training_images_at_the_models_input_size(written, scenes, fmt):
-    from prunefx.calibration import calibration_data
+    from prunefx.data.calibration import calibration_data
 
     calibration = calibration_data(str(written[fmt]), torch.zeros(2, 1, SIZE, SIZE), images=4)
     assert [tuple(batch[0].shape) for batch in calibration.batches] == [(2, 1, SIZE, SIZE)] * 2

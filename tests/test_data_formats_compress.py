@@ -16,12 +16,12 @@ import torch
 import yaml
 from PIL import Image
 
-from prunefx import fashion_mnist
 from prunefx.cli import main
+from prunefx.data import fashion_mnist
+from prunefx.data.fashion_mnist_scenes import SceneConfig, make_scenes
+from prunefx.data.scene_files import write_scenes
 from prunefx.dense_tasks import decode_yolo
-from prunefx.fashion_mnist_scenes import SceneConfig, make_scenes
 from prunefx.graph import Program
-from prunefx.scene_files import write_scenes
 
 torch.set_num_threads(1)
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(),

@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from prunefx import fashion_mnist
 from prunefx.cli import EXIT_USER_ERROR, main
+from prunefx.data import fashion_mnist
 from prunefx.graph import count
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),

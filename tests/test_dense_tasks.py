@@ -143,8 +143,8 @@ def test_compress_prunes_distils_and_scores_a_segmenter_on_scenes(tmp_path, caps
 
     import yaml
 
-    from prunefx import fashion_mnist
     from prunefx.cli import main
+    from prunefx.data import fashion_mnist
 
     if not fashion_mnist.DEFAULT_ROOT.is_dir():
         pytest.skip(f"{fashion_mnist.DEFAULT_ROOT} missing: apt-get install dataset-fashion-mnist")
@@ -169,7 +169,7 @@ def test_compress_prunes_distils_and_scores_a_segmenter_on_scenes(tmp_path, caps
 
 
 def test_reports_name_the_dense_metric_not_accuracy():
-    from prunefx.compression_report import summary_rows
+    from prunefx.reports.compression import summary_rows
     scored = {"metric": "mIoU", "accuracy": 0.5, "count": 10}
     report = {"accuracy": {"before": {"test": scored, "val": None}, "after": {"test": {**scored, "accuracy": 0.45},
                                                                               "val": None}},

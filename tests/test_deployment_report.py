@@ -15,11 +15,11 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from prunefx import fashion_mnist
 from prunefx.cli import main
+from prunefx.data import fashion_mnist
 from prunefx.graph import capture, count
 from prunefx.passes.remove_channels import remove_channels
-from prunefx.passes.training import evaluate
+from prunefx.passes.training.engine import evaluate
 from prunefx.runtime import (
     BackendUnavailableError,
     MeasurementError,

@@ -6,8 +6,8 @@ import pytest
 import torch
 import yaml
 
-from prunefx import fashion_mnist
 from prunefx.cli import EXIT_USER_ERROR, main
+from prunefx.data import fashion_mnist
 from prunefx.graph import Program
 from prunefx.passes.contract import graph_pass
 

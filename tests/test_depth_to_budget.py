@@ -13,10 +13,10 @@ import math
 import pytest
 import torch
 
-from prunefx import fashion_mnist
 from prunefx.cli import EXIT_USER_ERROR, main
+from prunefx.data import fashion_mnist
 from prunefx.graph import capture, count
-from prunefx.graph.blocks import find_blocks
+from prunefx.graph.depth.blocks import find_blocks
 from prunefx.graph.errors import PrunefxError
 from prunefx.models import build_model
 from prunefx.passes import Pipeline, depth_to_budget, linearize_blocks, merge_blocks

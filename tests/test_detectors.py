@@ -27,8 +27,8 @@ from prunefx.detectors import (
     to_ultralytics,
 )
 from prunefx.graph import count, verify
-from prunefx.graph.channel_groups import find_channel_groups
-from prunefx.graph.channel_removal import remove_classes
+from prunefx.graph.channels.groups import find_channel_groups
+from prunefx.graph.channels.removal import remove_classes
 from prunefx.models import ModelReferenceError, build_model
 from prunefx.passes import remove_channels
 from prunefx.runtime import OnnxRuntimeSession, check_parity, export_onnx

@@ -15,7 +15,7 @@ from torch import nn
 
 from prunefx.graph import capture
 from prunefx.passes import distill, get_pass, remove_channels
-from prunefx.passes.training import (
+from prunefx.passes.training.engine import (
     PROGRAM_FILE,
     STATE_FILE,
     TrainConfig,
@@ -173,7 +173,7 @@ def test_feature_losses_pull_intermediate_tensors_together():
 
 
 class _EpochLoader:
-    """A loader as prunefx.data writes them: a length and set_epoch (which here reverses the order)."""
+    """A loader as prunefx.data.splits writes them: a length and set_epoch (which here reverses the order)."""
 
     def __init__(self, batches):
         self.batches, self.epochs = batches, []

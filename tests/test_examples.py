@@ -62,7 +62,7 @@ def test_int8_after_pruning_writes_qdq_files_for_both_runtimes(tmp_path):
 
 @pytest.mark.slow
 def test_custom_channel_rule_unblocks_the_operator_and_leaves_the_rule_table_as_it_was(tmp_path):
-    from prunefx.graph.channel_rules import RULES
+    from prunefx.graph.channels.rules import RULES
 
     module = example("custom_channel_rule")
     summary = module.main(["--size", "16"])

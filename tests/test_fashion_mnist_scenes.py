@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from prunefx import fashion_mnist
-from prunefx.data import FASHION_MNIST_DET, FASHION_MNIST_SEG, IGNORED_LABEL, load_data
-from prunefx.fashion_mnist_scenes import NO_ITEM, NUM_CLASSES, SceneConfig, make_scenes
+from prunefx.data import fashion_mnist
+from prunefx.data.fashion_mnist_scenes import NO_ITEM, NUM_CLASSES, SceneConfig, make_scenes
+from prunefx.data.splits import FASHION_MNIST_DET, FASHION_MNIST_SEG, IGNORED_LABEL, load_data
 from prunefx.graph.errors import PrunefxError
 
 torch.set_num_threads(1)
@@ -162,7 +162,7 @@ def test_bad_scene_options_fail_with_one_line(spec, options, message, valued_dat
 
 def test_scenes_calibrate_at_the_models_input_size():
     """`--calibrate fashion-mnist-seg:SIZE` reads training canvases; a size the model does not take is one line."""
-    from prunefx.calibration import calibration_data
+    from prunefx.data.calibration import calibration_data
     from prunefx.graph.errors import PrunefxError
     if not fashion_mnist.DEFAULT_ROOT.is_dir():
         pytest.skip(f"{fashion_mnist.DEFAULT_ROOT} missing: apt-get install dataset-fashion-mnist")

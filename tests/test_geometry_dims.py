@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from prunefx.cli import main
 from prunefx.graph import capture
-from prunefx.graph.channel_groups import find_channel_groups
+from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.passes import remove_channels
 
 MODELS = textwrap.dedent("""

@@ -9,8 +9,8 @@ import torch
 
 from prunefx.graph import capture
 from prunefx.graph.errors import PrunefxError
+from prunefx.interop.write_back import to_module
 from prunefx.passes.remove_channels import remove_channels
-from prunefx.write_back import to_module
 
 transformers = pytest.importorskip("transformers")
 

@@ -306,14 +306,14 @@ def test_weights_file_with_a_payload_is_refused(tmp_path, capsys):
 
 
 def _checkpoint(good_archive: Path, directory: Path) -> None:
-    from prunefx.passes.training_checkpoint import write_checkpoint
+    from prunefx.passes.training.checkpoint import write_checkpoint
 
     write_checkpoint(directory, Program.load(good_archive), {"step": 1})
 
 
 def test_resume_refuses_a_trainer_state_with_a_payload(good_archive, tmp_path):
-    from prunefx.passes.training_checkpoint import STATE_FILE, read_checkpoint
-    from prunefx.passes.training_config import TrainingError
+    from prunefx.passes.training.checkpoint import STATE_FILE, read_checkpoint
+    from prunefx.passes.training.config import TrainingError
 
     _checkpoint(good_archive, tmp_path / "ckpt")
     marker = tmp_path / "ran"
@@ -326,8 +326,8 @@ def test_resume_refuses_a_trainer_state_with_a_payload(good_archive, tmp_path):
 def test_resume_refuses_a_hostile_program_even_with_a_matching_hash(good_archive, tmp_path):
     import hashlib
 
-    from prunefx.passes.training_checkpoint import PROGRAM_FILE, STATE_FILE, read_checkpoint
-    from prunefx.passes.training_config import TrainingError
+    from prunefx.passes.training.checkpoint import PROGRAM_FILE, STATE_FILE, read_checkpoint
+    from prunefx.passes.training.config import TrainingError
 
     directory = tmp_path / "ckpt"
     _checkpoint(good_archive, directory)

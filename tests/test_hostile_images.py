@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from prunefx.calibration import calibration_data
-from prunefx.data import image_folder_split, load_image
+from prunefx.data.calibration import calibration_data
+from prunefx.data.image_files import MAX_IMAGE_PIXELS, image_files, open_image, read_image
+from prunefx.data.splits import image_folder_split, load_image
 from prunefx.graph import PrunefxError
-from prunefx.image_files import MAX_IMAGE_PIXELS, image_files, open_image, read_image
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:

@@ -1,4 +1,4 @@
-"""The allow-list of graph-node operators a `.pt2` may call (graph/functional_ops.py), against every op
+"""The allow-list of graph-node operators a `.pt2` may call (graph/safety/functional_ops.py), against every op
 torch registers and every op our captured models use.
 
 Oracle: each registered overload's schema read directly here (an argument annotated as written, an
@@ -11,7 +11,7 @@ import torch
 from torch.fx.node import _side_effectful_functions
 
 from prunefx.graph import capture
-from prunefx.graph.functional_ops import check_writes, is_in_place, refusal, refused_nodes
+from prunefx.graph.safety.functional_ops import check_writes, is_in_place, refusal, refused_nodes
 from prunefx.models import build_model
 
 

@@ -1,4 +1,4 @@
-"""INT8 attention: scaled_dot_product_attention spelled out exactly (graph/attention.py), its two matmuls
+"""INT8 attention: scaled_dot_product_attention spelled out exactly (graph/int8/attention.py), its two matmuls
 quantized by quantize_int8 (Q, Kᵀ, V and the softmax output), both ONNX lowerings carrying the Q/DQ, and the
 cases the rewrite leaves whole named in the statistics."""
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from prunefx.graph import capture, verify
-from prunefx.graph.attention import SDPA, decompose_attention
+from prunefx.graph.int8.attention import SDPA, decompose_attention
 from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.runtime import OnnxRuntimeSession
 from prunefx.runtime.engine_check import check_model

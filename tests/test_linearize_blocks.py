@@ -5,8 +5,8 @@ import torch
 
 from prunefx.graph import Program, PrunefxError, capture, count
 from prunefx.graph.activations import run_tapped, tap_nodes
-from prunefx.graph.blocks import find_blocks
-from prunefx.graph.linearization import set_blends, strip_finished_blends
+from prunefx.graph.depth.blocks import find_blocks
+from prunefx.graph.depth.linearization import set_blends, strip_finished_blends
 from prunefx.models import build_model
 from prunefx.passes.distill import distill
 from prunefx.passes.linearize_blocks import linearize_blocks

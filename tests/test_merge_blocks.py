@@ -7,7 +7,8 @@ import torch
 import torchvision
 
 from prunefx.graph import PrunefxError, capture, verify
-from prunefx.graph.affine_merge import (
+from prunefx.graph.analysis_record import LinearizeRecord
+from prunefx.graph.depth.affine_merge import (
     ChannelAffine,
     Conv,
     Linear,
@@ -16,8 +17,7 @@ from prunefx.graph.affine_merge import (
     merge,
     merged_shape,
 )
-from prunefx.graph.analysis_record import LinearizeRecord
-from prunefx.graph.norm_replacement import NormReplacementError, layer_norm_to_batch_norm
+from prunefx.graph.depth.norm_replacement import NormReplacementError, layer_norm_to_batch_norm
 from prunefx.passes.merge_blocks import MergeBlocksError, merge_blocks
 from prunefx.passes.registry import get_pass
 
@@ -317,7 +317,7 @@ def test_refuses_training_mode_and_unknown_options_and_is_registered():
 
 
 def test_finished_blends_are_stripped_then_merged():
-    from prunefx.graph.linearization import blend_activation, new_blend_buffer, set_blends
+    from prunefx.graph.depth.linearization import blend_activation, new_blend_buffer, set_blends
 
     model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 6)).eval()
     x = torch.randn(3, 6)

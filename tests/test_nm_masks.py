@@ -1,4 +1,4 @@
-"""The tensor math of N:M sparsity (graph/nm_masks.py): grouping along input channels per kernel tap,
+"""The tensor math of N:M sparsity (graph/sparsity/nm_masks.py): grouping along input channels per kernel tap,
 magnitude masks, SparseGPT-style OBS against a reference loop, CAP's Sherman-Morrison Fisher inverse
 and one-at-a-time elimination, and the global loss threshold of unstructured CAP."""
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prunefx.graph import PrunefxError
-from prunefx.graph.nm_masks import (
+from prunefx.graph.sparsity.nm_masks import (
     FisherInverse,
     Pattern,
     blocks_of,

@@ -1,4 +1,4 @@
-"""The `obs` importance (second-order, graph/channel_saliency.py): what compensation cannot recover is
+"""The `obs` importance (second-order, graph/channels/saliency.py): what compensation cannot recover is
 what it scores; the greedy elimination's scores are the joint compensated errors; the fallback to l2;
 and, on ResNet-20 with Fashion-MNIST images, a lower logits error than l2 when both compensate."""
 
@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from prunefx.graph import PrunefxError, capture, verify
-from prunefx.graph.channel_compensation import second_order_update
-from prunefx.graph.channel_groups import find_channel_groups
-from prunefx.graph.channel_importance import channel_importance
+from prunefx.graph.channels.compensation import second_order_update
+from prunefx.graph.channels.groups import find_channel_groups
+from prunefx.graph.channels.importance import channel_importance
 from prunefx.graph.layer_inputs import find_consumers, gather_hessians
 from prunefx.passes.remove_channels import remove_channels
 
@@ -185,8 +185,8 @@ def test_elimination_matches_an_oracle(monkeypatch, capacity, owned):
     at a time, a wide layer's inverse shared, or `owned` and compacted in place, a narrow slice copied)
     choose the channels the oracle does, with the same scores; two layers read the group, with 1 to 3
     columns per channel and columns of other groups."""
-    from prunefx.graph.channel_compensation import damped_inverse
-    from prunefx.graph.channel_saliency import _damped_inverse, _eliminate, _Layer
+    from prunefx.graph.channels.compensation import damped_inverse
+    from prunefx.graph.channels.saliency import _damped_inverse, _eliminate, _Layer
 
     monkeypatch.setattr(_Layer, "CAPACITY", capacity)
     rng = np.random.default_rng(0)

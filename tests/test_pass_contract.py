@@ -12,7 +12,7 @@ import torch
 
 import prunefx
 from prunefx.graph import capture
-from prunefx.graph.channel_rules import RULES, channel_rule, remove_channel_rule
+from prunefx.graph.channels.rules import RULES, channel_rule, remove_channel_rule
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.contract import graph_pass
 from prunefx.passes.fold_batchnorm import fold_batchnorm

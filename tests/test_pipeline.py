@@ -15,7 +15,7 @@ from prunefx.passes.recipe import RecipeError, load_recipe
 from prunefx.passes.registry import PASSES
 from prunefx.passes.remove_channels import RemoveChannelsConfig
 from prunefx.passes.result import Result
-from prunefx.passes.training_config import TrainConfig
+from prunefx.passes.training.config import TrainConfig
 
 
 def _program():

@@ -10,8 +10,8 @@ import onnx
 import pytest
 import torch
 
-from prunefx import fashion_mnist
 from prunefx.cli import main
+from prunefx.data import fashion_mnist
 from prunefx.graph import capture
 
 needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(),

@@ -1,4 +1,4 @@
-"""passes/quantize_int8.py, graph/quantization.py and runtime/onnx_quantized.py: where the quantizers go,
+"""passes/quantize_int8.py, graph/int8/quantization.py and runtime/onnx_quantized.py: where the quantizers go,
 the scales (recomputed here by hand), calibration methods, layers kept in float, the ONNX files read back
 with `onnx` (not through prunefx), and parity between the fake-quantized Program and ONNX Runtime's INT8.
 
@@ -26,7 +26,7 @@ from torch import nn
 
 from prunefx.graph import Program, PrunefxError, capture
 from prunefx.graph.attributes import get_tensor
-from prunefx.graph.quantization import RangeObserver
+from prunefx.graph.int8.quantization import RangeObserver
 from prunefx.passes.config_checks import ConfigError
 from prunefx.passes.fold_batchnorm import fold_batchnorm
 from prunefx.passes.quantize_int8 import QuantizeInt8Config, quantize_int8

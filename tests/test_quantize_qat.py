@@ -20,7 +20,7 @@ from prunefx.graph import capture
 from prunefx.passes.distill import distill
 from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.passes.sparsify_nm import sparsify_nm
-from prunefx.passes.training import evaluate
+from prunefx.passes.training.engine import evaluate
 from prunefx.runtime.onnx_quantized import export_quantized_onnx
 
 BATCH, CLASSES = 16, 4
@@ -108,8 +108,8 @@ def test_compress_recipe_prune_quantize_distill_delivers_an_int8_onnx_file(tmp_p
 
     import yaml
 
-    from prunefx import fashion_mnist
     from prunefx.cli import main
+    from prunefx.data import fashion_mnist
 
     if not fashion_mnist.DEFAULT_ROOT.is_dir():
         pytest.skip(f"{fashion_mnist.DEFAULT_ROOT} missing: apt-get install dataset-fashion-mnist")

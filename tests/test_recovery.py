@@ -1,4 +1,4 @@
-"""prunefx.recovery: CPD's schedule and the KD loss called from a plain PyTorch loop."""
+"""prunefx.interop.recovery: CPD's schedule and the KD loss called from a plain PyTorch loop."""
 
 from __future__ import annotations
 
@@ -8,8 +8,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunefx.graph import PrunefxError, capture
+from prunefx.interop.recovery import (
+    DistillationLoss,
+    PruneWhileTraining,
+    carry_optimizer,
+    cut_tracking_indices,
+)
 from prunefx.passes.remove_channels import remove_channels
-from prunefx.recovery import DistillationLoss, PruneWhileTraining, carry_optimizer, cut_tracking_indices
 
 
 def tiny_net() -> nn.Module:
@@ -125,7 +130,7 @@ def test_a_teacher_that_is_no_model_is_refused():
 
 
 def test_session_trains_the_written_back_module_of_the_callers_class():
-    from prunefx.write_back import to_module
+    from prunefx.interop.write_back import to_module
     model = tiny_net()
     inputs, labels = batch()
     session = PruneWhileTraining(model, inputs, macs=0.5, events=1, interval=2, round_to=4,

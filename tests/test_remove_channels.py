@@ -6,9 +6,9 @@ import torch
 import torchvision
 
 from prunefx.graph import PrunefxError, capture, count, verify
-from prunefx.graph.channel_groups import find_channel_groups
-from prunefx.graph.channel_importance import FisherAccumulator, _pseudo_label_loss, channel_importance
-from prunefx.graph.channel_selection import allowed_widths
+from prunefx.graph.channels.groups import find_channel_groups
+from prunefx.graph.channels.importance import FisherAccumulator, _pseudo_label_loss, channel_importance
+from prunefx.graph.channels.selection import allowed_widths
 from prunefx.graph.program import Program
 from prunefx.models import build_model
 from prunefx.passes.pipeline import Pipeline, Step

@@ -13,13 +13,13 @@ from onnx import numpy_helper
 
 from prunefx.assets import load_imagenet_batch, mobilenet_v2_weights_path
 from prunefx.compression import inject
-from prunefx.data import DataSplits, TensorBatches
-from prunefx.fashion_mnist import MEAN, STD, DatasetError, load_fashion_mnist
+from prunefx.data.fashion_mnist import MEAN, STD, DatasetError, load_fashion_mnist
+from prunefx.data.splits import DataSplits, TensorBatches
 from prunefx.graph import PrunefxError, capture
 from prunefx.graph.attributes import get_tensor
-from prunefx.graph.nm_hessians import find_sparse_layers, grouped_weight, layer_hessians
-from prunefx.graph.nm_masks import Pattern, pattern_violations, relative_output_error
 from prunefx.graph.program import Program
+from prunefx.graph.sparsity.nm_hessians import find_sparse_layers, grouped_weight, layer_hessians
+from prunefx.graph.sparsity.nm_masks import Pattern, pattern_violations, relative_output_error
 from prunefx.models import build_model
 from prunefx.named_recipes import RECIPES_DIR
 from prunefx.passes.distill import distill

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 import torch.utils._pytree as pytree
 
 from prunefx.graph import capture, verify
-from prunefx.graph.channel_groups import find_channel_groups
-from prunefx.graph.channel_removal import remove_classes
+from prunefx.graph.channels.groups import find_channel_groups
+from prunefx.graph.channels.removal import remove_classes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from prunefx.data import CLASSIFICATION, DETECTION, SEGMENTATION, DataSplits, TensorBatches
+from prunefx.data.splits import CLASSIFICATION, DETECTION, SEGMENTATION, DataSplits, TensorBatches
 from prunefx.graph import capture
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes import distill
 from prunefx.passes.pipeline import Pipeline, Step
-from prunefx.passes.training import TrainConfig, Trainer, TrainingError, detection_kd_loss
-from prunefx.passes.training_config import TASKS
+from prunefx.passes.training.config import TASKS
+from prunefx.passes.training.engine import TrainConfig, Trainer, TrainingError, detection_kd_loss
 
 BATCH, CLASSES, SIZE = 4, 3, 8
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from prunefx.fashion_mnist import load_fashion_mnist
-from prunefx.fashion_mnist_scenes import CLASSES, SceneConfig, box_list, make_scenes
+from prunefx.data.fashion_mnist import load_fashion_mnist
+from prunefx.data.fashion_mnist_scenes import CLASSES, SceneConfig, box_list, make_scenes
 
 pytest.importorskip("ultralytics")
 Image = pytest.importorskip("PIL.Image")
@@ -81,10 +81,10 @@ def test_classification_yolo_prunes_and_writes_back():
     import torch.utils._pytree as pytree
 
     from prunefx.graph import capture, count
+    from prunefx.interop.ultralytics_bridge import keep_nodes, register_resizers
+    from prunefx.interop.write_back import to_module
     from prunefx.models import build_model
     from prunefx.passes.remove_channels import remove_channels
-    from prunefx.ultralytics_bridge import keep_nodes, register_resizers
-    from prunefx.write_back import to_module
 
     model = build_model("ultralytics:yolo11n-cls.yaml", image_size=64).module
     inputs = torch.rand(2, 3, 64, 64)

@@ -16,11 +16,11 @@ import torch.utils._pytree as pytree
 
 from prunefx.graph import capture
 from prunefx.graph.errors import PrunefxError
+from prunefx.interop.module_resizers import _RESIZERS
+from prunefx.interop.write_back import to_module
 from prunefx.models import build_model
-from prunefx.module_resizers import _RESIZERS
 from prunefx.passes.fold_batchnorm import fold_batchnorm
 from prunefx.passes.remove_channels import remove_channels
-from prunefx.write_back import to_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from prunefx.graph import capture, verify
-from prunefx.graph.functional_ops import refused_nodes
+from prunefx.graph.safety.functional_ops import refused_nodes
 from prunefx.models import build_model
 from prunefx.runtime import check_parity, export_onnx
 
@@ -30,7 +30,7 @@ def test_capture_export_and_onnxruntime_parity(reference, tmp_path):
     x = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE)
     program = capture(spec.module, x, name=reference).eval()
     verify(program)
-    assert refused_nodes(program.graph) == []  # a saved copy must load (graph/functional_ops.py)
+    assert refused_nodes(program.graph) == []  # a saved copy must load (graph/safety/functional_ops.py)
     with torch.no_grad():
         eager = spec.module(x)
     eager = eager["out"] if isinstance(eager, dict) else eager
