@@ -83,3 +83,32 @@ def pytest_collection_modifyitems(config, items):
         callspec = getattr(item, "callspec", None)
         if callspec is not None and callspec.params.get("reference") in heavy:
             item.add_marker(pytest.mark.zoo)
+
+
+class _SmallNet(torch.nn.Module):
+    """A conv and a linear layer: the smallest model whose `.pt2` has weights, a graph and shape expressions."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+@pytest.fixture
+def small_net_class():
+    """The class behind `good_archive`, for tests that rebuild its weights from the same seed."""
+    return _SmallNet
+
+
+@pytest.fixture(scope="module")
+def good_archive(tmp_path_factory):
+    """A genuine `.pt2` (1x3x8x8 input) for the hostile-file tests to tamper with."""
+    from prunefx.graph import capture
+
+    path = tmp_path_factory.mktemp("good") / "net.pt2"
+    torch.manual_seed(0)
+    capture(_SmallNet().eval(), torch.randn(1, 3, 8, 8), name="net").save(path)
+    return path

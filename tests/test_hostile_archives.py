@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from prunefx.cli import main
-from prunefx.graph import Program, ProgramFileError, capture
+from prunefx.graph import Program, ProgramFileError
 
 
 class Payload:
@@ -35,25 +35,6 @@ def _payload_bytes(marker: Path) -> bytes:
     buffer = io.BytesIO()
     torch.save(Payload(marker), buffer)
     return buffer.getvalue()
-
-
-class Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = torch.nn.BatchNorm2d(8)
-        self.fc = torch.nn.Linear(8, 4)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
-
-
-@pytest.fixture(scope="module")
-def good_archive(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("good") / "net.pt2"
-    torch.manual_seed(0)
-    capture(Net().eval(), torch.randn(1, 3, 8, 8), name="net").save(path)
-    return path
 
 
 def _entries(path: Path) -> dict[str, bytes]:
@@ -252,10 +233,10 @@ def test_name_with_terminal_escapes_is_made_printable(good_archive, tmp_path, ca
     assert out.splitlines()[0].startswith("model") and "evil" in out.splitlines()[0]
 
 
-def test_a_normal_program_still_round_trips(good_archive):
+def test_a_normal_program_still_round_trips(good_archive, small_net_class):
     program = Program.load(good_archive)
     torch.manual_seed(0)  # the fixture's seed: the same weights
-    reference = Net().eval()
+    reference = small_net_class().eval()
     x = torch.randn(1, 3, 8, 8)
     assert program.name == "net"
     assert torch.allclose(program(x), reference(x), atol=1e-6)

@@ -19,26 +19,8 @@ import pytest
 import torch
 
 from prunefx.cli import main
-from prunefx.graph import Program, ProgramFileError, capture
+from prunefx.graph import Program, ProgramFileError
 from prunefx.graph.counting import count
-
-
-class Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.fc = torch.nn.Linear(8, 4)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
-
-
-@pytest.fixture(scope="module")
-def good_archive(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("good") / "net.pt2"
-    torch.manual_seed(0)
-    capture(Net().eval(), torch.randn(1, 3, 8, 8), name="net").save(path)
-    return path
 
 
 def _entries(path: Path) -> list[tuple[str, bytes]]:
