@@ -142,8 +142,12 @@ def baseline(model: str, data, args) -> tuple[Program, dict]:
             val_miou.append(evaluate_dense(trainer.program, data.val, task="segmentation",
                                            num_classes=NUM_CLASSES)["miou"])
             print(f"[{model}] epoch {step // len(data.train)}: val mIoU {100 * val_miou[-1]:.2f}", file=sys.stderr)
+            # written as it goes: a run stopped early (a short rerun) still leaves its trajectory behind
+            (folder / "dense_progress.json").write_text(json.dumps({"val_miou_by_epoch": val_miou,
+                                                                    "seconds": time.perf_counter() - started}))
 
     started = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
     result = distill(program, config={"data": data.train, "epochs": epochs, "kd_weight": 0.0,
                                      "warmup_steps": 20, "checkpoint_dir": folder / "baseline_checkpoint",
                                      "checkpoint_every": 50, "resume": True, "after_step": [score_epoch],
@@ -483,6 +487,8 @@ def parse_args(argv=None):
                         help="also quantize each prunefx-obs run (INT8 PTQ, ONNX Runtime lowering), score and time it; "
                              "done even with --report-only (nothing is trained)")
     parser.add_argument("--report-only", action="store_true", help="only build the tables from cached runs")
+    parser.add_argument("--results-name", default=NAME,
+                        help=f"results file stem under benchmarks/results (default {NAME}; a shorter rerun takes another)")
     args = parser.parse_args(argv)
     args.baseline_epochs = baseline_epochs(parser, args.baseline_epochs)
     return args
@@ -541,7 +547,7 @@ def main(argv=None) -> int:
                     path.write_text(json.dumps(int8(model, entry, dense, data, args), indent=1))
                 entries.append(json.loads(path.read_text()))
         report["runs"] += entries
-    json_path, md_path = write_results(NAME, report, markdown(report))
+    json_path, md_path = write_results(args.results_name, report, markdown(report))
     print(md_path.read_text())
     return 0
 
