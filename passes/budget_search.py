@@ -67,7 +67,7 @@ class Measured:
                    interval.get("low"), interval.get("high"), interval.get("confidence"), interval.get("method"))
 
     def to_dict(self) -> dict:
-        row = {"speedup": self.speedup, "dense_ms": self.dense_ms, "ms": self.ms, "spread": self.spread,
+        row: dict[str, object] = {"speedup": self.speedup, "dense_ms": self.dense_ms, "ms": self.ms, "spread": self.spread,
                "confirmed": self.confirmed}
         if self.low is not None:
             row["interval"] = {"low": self.low, "high": self.high, "confidence": self.confidence,
@@ -84,12 +84,19 @@ def meets(measured: Measured, *, speedup: float | None, latency_ms: float | None
     dense median over that bound (the candidate's latency as slow as the interval allows)."""
     if speedup is not None:
         return measured.lower_bound >= speedup
-    return measured.dense_ms / measured.lower_bound <= latency_ms
+    return measured.dense_ms / measured.lower_bound <= _latency_budget(latency_ms)
 
 
 def wanted_speedup(measured: Measured, *, speedup: float | None, latency_ms: float | None) -> float:
     """The budget as a speed-up over the dense model (a latency budget through the dense median measured)."""
-    return speedup or measured.dense_ms / latency_ms
+    return speedup or measured.dense_ms / _latency_budget(latency_ms)
+
+
+def _latency_budget(latency_ms: float | None) -> float:
+    # The budget configs check "exactly one of speedup and latency_ms": without a speed-up, a latency is set.
+    if latency_ms is None:
+        raise ValueError("a budget needs a speed-up or a latency in milliseconds; neither was given")
+    return latency_ms
 
 
 def budget_text(speedup: float | None, latency_ms: float | None) -> str:

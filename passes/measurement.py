@@ -81,7 +81,7 @@ class Measurer(Protocol):
 class _Repeated:
     """A plain measuring function as a Measurer: confirmed by measuring once more, a point interval."""
 
-    round_to = None
+    round_to: int | None = None
 
     def __init__(self, latency: Callable):
         self.latency = latency

@@ -181,9 +181,10 @@ class _Search:
                 self.confirm(candidate)  # first measurement may have put just below the budget, is confirmed
             if self.close_enough(candidate):
                 return candidate
-            fraction = self._next(*self._bracket())
-            if fraction is None:
+            following = self._next(*self._bracket())
+            if following is None:
                 break
+            fraction = following
         good, _ = self._bracket()
         if good is None:
             best = max(self.trace, key=lambda c: c.measured.lower_bound)
@@ -208,6 +209,8 @@ class _Search:
         rather than stepping by a fixed factor keeps a near miss from cutting far more than the budget needs
         (a 25 % step once took ResNet-20 to 0.43 of the MACs for a budget 0.50 met, budget_choice.md)."""
         anchor = bad if bad is not None else good
+        if anchor is None:  # nothing measured yet: no line to aim along
+            return None
         aim = math.log(self._wanted_speedup(anchor) * (1 + self.settings.tolerance / 2) * self._margin())
         if good is not None and bad is not None:
             low, high = sorted((math.log(good.fraction), math.log(bad.fraction)))  # met: the smaller fraction
