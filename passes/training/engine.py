@@ -1,38 +1,16 @@
 """Recovery training with knowledge distillation: the engine behind the `distill` pass.
 
-A `Trainer` trains a Program's GraphModule against a frozen teacher with
-
-    loss = (1 - kd_weight) * CE(student, labels)  +  kd_weight * KD(student, teacher; T)
-           + sum over feature pairs of  weight * MSE(student node, teacher node)
-
-- CE is the task loss (cross-entropy; label -1 is ignored, so padded batches are harmless);
-- KD is `kd_loss`: KL(softmax(teacher / T) || softmax(student / T)) per row, averaged over rows
-  ("batchmean"), times T^2 so that its gradients keep their scale whatever T is;
-- feature pairs read intermediate tensors of both graphs by fx node name (see `tap_outputs`).
-`kd_weight` is the usual alpha: 1 is pure distillation, 0 is plain fine-tuning. Dense outputs
-(`task` "segmentation", [N, C, H, W]) are handled per pixel: the class dim is always dim 1.
-
-`task` "detection" (a YOLO's export-mode output [N, 4 + C, A], see `detection_kd_loss`):
-
-    loss = KD_det(student, teacher)  +  sum over feature pairs of  weight * MSE(...)
-
-with KD_det = sum over classes of the Bernoulli KL of the class probabilities (mean over anchors) +
-the anchor-weighted, scale-free L1 of the boxes. There is no ground-truth term: a YOLO's
-assignment-based loss needs its raw training-mode head, which the exported Program does not produce.
-So `kd_weight` only switches KD_det on (> 0) or off (0, then feature pairs are required: the config
-refuses a detector with nothing to learn from), `temperature` is unused, labels are read but ignored,
-the reported task loss is 0, and the trainer does not evaluate (top-1 accuracy means nothing for boxes;
-`prunefx compress` scores mAP itself before and after every pass).
+A `Trainer` trains a Program's GraphModule against a frozen teacher (passes/training/teacher.py) on
+the loss that passes/training/losses.py defines: task cross-entropy, distillation and feature terms
+mixed by `kd_weight` (1 is pure distillation, 0 plain fine-tuning); a detector (`task` "detection")
+learns from distillation only, and the trainer does not evaluate it (top-1 accuracy means nothing for
+boxes; `prunefx compress` scores mAP itself before and after every pass).
 
 Everything that reads gradients (the `after_backward` hooks, e.g. CPD's Fisher channel importance)
 sees the gradients of that total loss, after DDP has averaged them across processes and before
 clipping. A hook may replace the Program structurally (channels removed) through
 `trainer.replace_program`: the optimizer is rebuilt on the new parameters (momentum restarts), the
 learning-rate schedule keeps its position.
-
-Learning rate: linear warm-up for `warmup_steps` steps (`lr * (s + 1) / (warmup_steps + 1)` at step
-s), then a half cosine from `lr` at step `warmup_steps` down to 0 at step `total_steps`. Weight decay
-applies to weights of two or more dims only (not to biases or norm scales).
 
 Preconditions: the Program has a static batch size (that of its example inputs); every training
 and evaluation batch has exactly that many items per process. Batches are `(inputs, labels)`
@@ -43,15 +21,14 @@ process group (gloo on CPU, nccl on CUDA), wraps the module in DistributedDataPa
 each rank its slice of every global batch (through `data.shard(rank, world_size)` when the loader
 has it). Only rank 0 writes checkpoints and shows progress.
 
-Checkpoints (`checkpoint_dir`): `program.pt2` (Program.save, eval mode) and `trainer_state.pt`
-(optimizer, scheduler, step, data position, RNG states, logs; plain tensors and numbers, read with
-`torch.load(weights_only=True)`). `resume=True` continues from them and reaches the same weights as
-an uninterrupted run; a missing checkpoint starts from scratch, a corrupt or mismatched one is an error.
+Checkpoints (`checkpoint_dir`, see passes/training/resume.py): `resume=True` continues from them and
+reaches the same weights as an uninterrupted run; a missing checkpoint starts from scratch, a corrupt or
+mismatched one is an error.
 
-Layout: the configuration is in training_config.py, the losses and feature taps in training_losses.py,
-batches, evaluation and the distributed setup in training_data.py, checkpoint files in
-training_checkpoint.py, the optimizer and learning-rate schedule in training_schedule.py; this file holds the
-`Trainer`.
+Layout (passes/training/): the configuration in config.py, the losses and feature taps in losses.py,
+batches, evaluation and the distributed setup in data.py, the teacher in teacher.py, checkpoint files in
+checkpoint.py and saving/resuming a trainer in resume.py, the optimizer and learning-rate schedule in
+schedule.py; this file holds the `Trainer` and its loop.
 
 Non-goals: mixed precision, gradient accumulation, learned adapters between student and teacher
 features of different widths (feature pairs must have equal shapes), resuming with a different number
@@ -60,11 +37,9 @@ of processes, fast mid-epoch resume (the batches already seen in the epoch are r
 
 from __future__ import annotations
 
-import copy
 import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -72,16 +47,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from prunefx.graph import Program
-from prunefx.graph.errors import first_line
-from prunefx.passes.training.checkpoint import (
-    PROGRAM_FILE,
-    STATE_FILE,
-    check_settings,
-    read_checkpoint,
-    rng_state,
-    set_rng_state,
-    write_checkpoint,
-)
+from prunefx.passes.training.checkpoint import PROGRAM_FILE, STATE_FILE
 from prunefx.passes.training.config import DETECTION, OPTIMIZERS, FeaturePair, TrainConfig, TrainingError
 from prunefx.passes.training.data import (
     accuracy_summary,
@@ -104,7 +70,10 @@ from prunefx.passes.training.losses import (
     task_loss,
     total_losses,
 )
+from prunefx.passes.training.resume import resume, save_checkpoint
 from prunefx.passes.training.schedule import lr_factor, make_optimizer, make_scheduler
+from prunefx.passes.training.statistics import fit_statistics
+from prunefx.passes.training.teacher import frozen_teacher
 
 # The trainer's public names, importable from here as before the module was split.
 __all__ = [
@@ -112,9 +81,6 @@ __all__ = [
     "TrainingError", "detection_kd_loss", "evaluate", "feature_loss", "kd_loss", "logits_of", "lr_factor",
     "make_scheduler", "tap_outputs", "task_loss",
 ]
-
-_STATS_WINDOW = 20  # final losses are averaged over this many steps, single steps are noisy
-
 
 # --- the trainer ---------------------------------------------------------------------------------
 
@@ -149,7 +115,7 @@ class Trainer:
             raise TrainingError("distillation needs a teacher (or set kd_weight=0 without feature_losses)")
         self._teacher: Any
         self._restore_teacher: Any
-        self._teacher, self._restore_teacher = self._frozen_teacher(teacher) if self.needs_teacher else (None, None)
+        self._teacher, self._restore_teacher = frozen_teacher(teacher, config, self.device) if self.needs_teacher else (None, None)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.log: list[dict[str, float]] = []
         self.history: list[dict[str, float]] = []
@@ -167,26 +133,6 @@ class Trainer:
         if len(self.data) == 0:
             raise TrainingError("the training data holds no batches")
         return self.config.epochs * len(self.data)
-
-    def _frozen_teacher(self, teacher):
-        """The teacher in eval mode on the training device, and the function that undoes changes to it."""
-        if isinstance(teacher, (Program, torch.fx.GraphModule)):
-            module = teacher.module if isinstance(teacher, Program) else teacher
-            # A graph carries its mode in its batch-norm/dropout nodes: flip a copy, never the caller's graph.
-            if isinstance(teacher, torch.fx.GraphModule) or teacher.training or module_device(module) != self.device:
-                module = Program(copy.deepcopy(module), (), name="teacher").eval().module.to(self.device)
-            restore = None
-        elif isinstance(teacher, torch.nn.Module):
-            if self.config.feature_pairs:
-                raise TrainingError("feature_losses need a teacher captured as a Program (nodes are read by name)")
-            was_training, module = teacher.training, teacher.to(self.device).eval()
-            restore = lambda: teacher.train(was_training)  # noqa: E731
-        else:
-            raise TrainingError(f"the teacher must be a Program or a torch.nn.Module, not {type(teacher).__name__}")
-        if self.config.feature_pairs:
-            tapped = tap_outputs(module, [pair.teacher for pair in self.config.feature_pairs])
-            return (lambda inputs: run_tapped(tapped, tapped.out_spec, inputs)), restore
-        return (lambda inputs: (module(*inputs), ())), restore
 
     def _attach(self, program: Program) -> None:
         """Train `program` from the current step on: train mode, device, DDP, a new optimizer."""
@@ -211,7 +157,7 @@ class Trainer:
     # --- training ----------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Train to `total_steps` (resuming from the checkpoint when asked) and return statistics."""
-        resumed_from = self._resume() if self.config.resume else None
+        resumed_from = resume(self) if self.config.resume else None
         if resumed_from is None:
             torch.manual_seed(self.config.seed + self.rank)
         start_step, train_seconds, eval_seconds = self.step, 0.0, 0.0
@@ -238,7 +184,7 @@ class Trainer:
         finally:
             bar.close()
             self._release()
-        stats = self._statistics(start_step, train_seconds, eval_seconds, resumed_from)
+        stats = fit_statistics(self, start_step, train_seconds, eval_seconds, resumed_from)
         if self._owns_process_group:
             dist.destroy_process_group()
         return stats
@@ -301,12 +247,12 @@ class Trainer:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
     def _show(self, bar, train_seconds: float, start_step: int) -> None:
-        images = (self.step - start_step) * self._global_batch()
+        images = (self.step - start_step) * self.global_batch()
         bar.set_postfix(loss=f"{self.last_losses['loss']:.4f}", img_s=f"{images / max(train_seconds, 1e-9):.0f}",
                         refresh=False)
         bar.update(1)
 
-    def _global_batch(self) -> int:
+    def global_batch(self) -> int:
         return self.program.example_inputs[0].shape[0] * self.world_size
 
     def _periodic(self, *, final: bool) -> None:
@@ -334,57 +280,6 @@ class Trainer:
         if self._restore_teacher is not None:
             self._restore_teacher()
 
-    def _statistics(self, start_step: int, train_seconds: float, eval_seconds: float, resumed_from) -> dict:
-        window = self.log[-_STATS_WINDOW:]
-        mean = {key: (sum(entry[key] for entry in window) / len(window) if window else float("nan"))
-                for key in ("loss", "task", "kd", "feature")}
-        return {
-            "steps": self.step, "steps_run": self.step - start_step, "resumed_from": resumed_from,
-            "epochs": self.epoch + (self.batch_in_epoch / len(self.data) if hasattr(self.data, "__len__") else 0),
-            "train_loss": mean["loss"], "task_loss": mean["task"], "kd_loss": mean["kd"],
-            "feature_loss": mean["feature"], "eval": list(self.history), "world_size": self.world_size,
-            "seconds": train_seconds + eval_seconds, "train_seconds": train_seconds,
-            "images_per_second": (self.step - start_step) * self._global_batch() / max(train_seconds, 1e-9),
-        }
-
-    # --- checkpoints -------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        """Write program.pt2 and trainer_state.pt (rank 0; every rank contributes its RNG state)."""
-        rng = [rng_state()]
-        if self.world_size > 1:
-            rng = [None] * self.world_size
-            dist.all_gather_object(rng, rng_state())
-        if self.rank == 0:
-            self._write_checkpoint(Path(self.config.checkpoint_dir), rng)
-        if self.world_size > 1:
-            dist.barrier()  # nobody runs ahead of (or resumes from) a half-written checkpoint
-
-    def _write_checkpoint(self, directory: Path, rng: list[dict]) -> None:
-        write_checkpoint(directory, self.program, {
-            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "total_steps": self.total_steps, "optimizer_kind": self.config.optimizer, "world_size": self.world_size,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rng,
-            "log": self.log, "history": self.history,
-        })
-
-    def _resume(self) -> int | None:
-        """Load the checkpoint if there is one; return the step it was written at (None: no checkpoint)."""
-        directory = Path(self.config.checkpoint_dir)
-        saved = read_checkpoint(directory)
-        if saved is None:
-            return None
-        program, state = saved
-        check_settings(state, {"total_steps": self.total_steps, "optimizer_kind": self.config.optimizer,
-                               "world_size": self.world_size}, directory)
-        self.step = state["step"]
-        self._attach(program)
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-        except (ValueError, KeyError, RuntimeError) as error:
-            raise TrainingError(f"the optimizer state in {directory / STATE_FILE} does not fit the program: "
-                                f"{first_line(error)}") from error
-        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
-        self.log, self.history = list(state["log"]), list(state["history"])
-        set_rng_state(state["rng"][self.rank])
-        return self.step
+        """Write program.pt2 and trainer_state.pt (passes/training/resume.py)."""
+        save_checkpoint(self)

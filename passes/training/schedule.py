@@ -1,6 +1,7 @@
 """The trainer's optimizer and learning-rate schedule (see passes/training/engine.py).
 
-Learning rate: linear warm-up for `warmup_steps` steps, then a half cosine down to 0 at `total_steps`.
+Learning rate: linear warm-up for `warmup_steps` steps (`lr * (s + 1) / (warmup_steps + 1)` at step s), then
+a half cosine from `lr` at step `warmup_steps` down to 0 at step `total_steps`.
 Weight decay applies to weights of two or more dims only (not to biases or norm scales).
 """
 
