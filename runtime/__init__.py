@@ -22,6 +22,7 @@ from prunefx.runtime.errors import (
     OnnxSessionError,
     ParityError,
 )
+from prunefx.runtime.gpu_latency import compare_gpu_latency, measure_gpu_latency
 from prunefx.runtime.jetson import JetsonState, TegrastatsSampler, jetson_state, parse_tegrastats_line
 from prunefx.runtime.latency import LatencyComparison, LatencyStats, compare_latency, measure_latency
 from prunefx.runtime.onnx_export import OnnxExport, export_onnx
@@ -31,14 +32,9 @@ from prunefx.runtime.onnxruntime_session import DEFAULT_THREADS, LATENCY_THREADS
 from prunefx.runtime.parity import OutputParity, Parity, check_parity
 from prunefx.runtime.runners import OnnxRunner, TorchRunner, onnx_runner, torch_runner
 from prunefx.runtime.speedup import onnx_latency_pair, onnx_speedup
-from prunefx.runtime.tensorrt_engine import (
-    BuildOptions,
-    Engine,
-    build_engine,
-    compare_gpu_latency,
-    engine_cache_key,
-    measure_gpu_latency,
-)
+from prunefx.runtime.tensorrt_cache import engine_cache_key
+from prunefx.runtime.tensorrt_engine import Engine, build_engine
+from prunefx.runtime.tensorrt_plan import BuildOptions
 from prunefx.runtime.tensorrt_profile import (
     LayerProfile,
     build_layer_profile,

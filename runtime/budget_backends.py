@@ -29,6 +29,7 @@ from collections.abc import Callable
 from prunefx.graph import Program
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.runtime.errors import MeasurementError
+from prunefx.runtime.gpu_latency import compare_gpu_latency
 from prunefx.runtime.speedup import (
     ExportCache,
     PairMeasurer,
@@ -40,14 +41,8 @@ from prunefx.runtime.speedup import (
     onnx_latency_pair,
     timing_of,
 )
-from prunefx.runtime.tensorrt_engine import (
-    BuildOptions,
-    build_engine,
-    compare_gpu_latency,
-    onnx_types,
-    require_cuda,
-    require_tensorrt,
-)
+from prunefx.runtime.tensorrt_engine import build_engine, require_cuda, require_tensorrt
+from prunefx.runtime.tensorrt_plan import BuildOptions, onnx_types
 from prunefx.runtime.torch_tensorrt_backend import compile_torch_tensorrt, require_torch_tensorrt
 from prunefx.runtime.trtexec import TrtexecOptions, find_trtexec, run_trtexec
 from prunefx.runtime.width_multiple import backend_multiple

@@ -1,77 +1,47 @@
-"""TensorRT engines from prunefx ONNX files: build (FP32, FP16, INT8 from Q/DQ, 2:4 sparse weights), cache, time.
+"""TensorRT engines from prunefx ONNX files: build (FP32, FP16, INT8 from Q/DQ, 2:4 sparse weights), cache, run.
 
 Written against TensorRT's documented Python API (8.6, 10.x and 11.x: `set_tensor_address` +
 `execute_async_v3`); device memory, streams and CUDA events come from torch.cuda, so nothing else
 (pycuda, cuda-python) is needed. `tensorrt` is imported only when an engine is built or loaded, and a
 missing package or GPU raises BackendUnavailableError saying what to install.
 
-Caching. Building an engine takes seconds to minutes, so engines are cached on disk under the sha256 of
-(ONNX file bytes, build options, TensorRT version, GPU name): any change to the model, the precision,
-the sparsity flag, the calibration data, TensorRT or the GPU makes a new key; nothing else does. The
-timing cache (per-tactic timings the builder measures) is keyed by TensorRT version and GPU name only:
-timings of a kernel on a shape do not depend on which model asked for them, so every build on this GPU
-shares it and later builds are faster. Folder: $PRUNEFX_CACHE_DIR/tensorrt, default ~/.cache/prunefx.
-
-Precision is explicit (`network_plan`, a pure function of the TensorRT version, the requested precision
-and what the ONNX file holds, tested without TensorRT):
-- TensorRT >= 10 builds strongly typed networks (NetworkDefinitionCreationFlag.STRONGLY_TYPED; TensorRT 11
-  has nothing else and ignores the flag): every tensor has the type the ONNX graph gives it. INT8 comes
-  only from QuantizeLinear/DequantizeLinear nodes in the file (passes/quantize_int8.py and
-  runtime/onnx_quantized.py write them); FP16 only from an FP16 graph (runtime/onnx_float16.py).
-- `int8` on a file without Q/DQ is refused, unless calibration batches are given: the file is then
-  quantized first with ONNX Runtime's quantize_static in TensorRT's form (symmetric INT8, per-channel
-  weights), so the engine still gets its INT8 from Q/DQ nodes. TensorRT 10 deprecated and TensorRT 11
-  removed implicit calibration (IInt8EntropyCalibrator2) and placeholder dynamic ranges: neither is used.
-- `fp16` on an FP32 file: on TensorRT 10 the weakly typed BuilderFlag.FP16 (deprecated since 10.12, still
-  what JetPack 6's TensorRT 10.3 users know) is kept behind this version check; on TensorRT >= 11 the
-  file is lowered to an FP16 graph with float32 inputs and outputs first.
-- TensorRT 8.6/9.x (JetPack 5) has no strong typing: weakly typed with the FP16 / INT8 flags, as before.
-`sparse=True` sets SPARSE_WEIGHTS, which lets TensorRT pick sparse tensor-core kernels for layers whose
-weights are 2:4 along input channels (passes/sparsify_nm); which layers actually ran sparse is in the
-per-layer profile (runtime/tensorrt_profile.py).
+What an engine is built with (precision, strong typing, builder flags) is planned in runtime/tensorrt_plan.py;
+where it is cached and under which key, in runtime/tensorrt_cache.py; its latency is measured by
+runtime/gpu_latency.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from prunefx.runtime.errors import BackendUnavailableError, DeviceToolError, MeasurementError, require_module
-from prunefx.runtime.latency import CONFIDENCE, LatencyComparison, LatencyStats, ratio_interval
+from prunefx.runtime.errors import BackendUnavailableError, DeviceToolError, require_module
+from prunefx.runtime.tensorrt_cache import (
+    calibration_digest,
+    default_cache_dir,
+    engine_cache_key,
+    timing_cache_key,
+)
+from prunefx.runtime.tensorrt_plan import (
+    BuildOptions,
+    NetworkPlan,
+    OnnxTypes,
+    network_creation_flags,
+    network_plan,
+    onnx_types,
+)
 
-PRECISIONS = ("fp32", "fp16", "int8")
 INSTALL_TENSORRT = ("install it with `pip install tensorrt` (or tensorrt-cu12 / tensorrt-cu13 to match your CUDA) on "
                     "x86-64 Linux or Windows with an NVIDIA GPU, or on a Jetson board through JetPack "
                     "(`sudo apt install nvidia-jetpack`, which provides python3-libnvinfer)")
-NO_QDQ = ("INT8 comes only from QuantizeLinear/DequantizeLinear nodes in the ONNX file (TensorRT 10 deprecated and "
-          "TensorRT 11 removed implicit calibration): quantize the model first (passes/quantize_int8.py, lowered by "
-          "runtime/onnx_quantized.py), or give calibration data")
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """What an engine is built with; every field is part of the cache key."""
-
-    precision: str = "fp32"
-    sparse: bool = False
-    workspace_mib: int | None = None           # builder scratch memory limit (None: TensorRT's default)
-    calibration_digest: str | None = None      # sha256 of the INT8 calibration batches (calibration_digest)
-
-    def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise MeasurementError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+FP32 = BuildOptions()  # the default build: FP32, dense, TensorRT's workspace
 
 
 # ---- availability -------------------------------------------------------------------------------
@@ -86,111 +56,6 @@ def require_cuda() -> None:
         raise BackendUnavailableError("the TensorRT backend needs an NVIDIA GPU with CUDA, and torch sees none "
                                       f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); "
                                       "use --backend ort on this machine")
-
-
-# ---- cache keys (pure, testable without TensorRT) -----------------------------------------------
-
-def _sha256(*parts: bytes) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(len(part).to_bytes(8, "little"))  # length-prefixed: parts cannot run into each other
-        digest.update(part)
-    return digest.hexdigest()
-
-
-def engine_cache_key(onnx_bytes: bytes, options: BuildOptions, tensorrt_version: str, gpu_name: str) -> str:
-    """sha256 of the ONNX file's bytes, the build options, the TensorRT version and the GPU name."""
-    canonical = json.dumps(options.to_dict(), sort_keys=True).encode()
-    return _sha256(onnx_bytes, canonical, tensorrt_version.encode(), gpu_name.encode())
-
-
-def timing_cache_key(tensorrt_version: str, gpu_name: str) -> str:
-    return _sha256(b"timing-cache", tensorrt_version.encode(), gpu_name.encode())
-
-
-def calibration_digest(batches: Sequence[Sequence[torch.Tensor]]) -> str:
-    """sha256 of the calibration batches' shapes and values: different data, different INT8 engine."""
-    parts = []
-    for batch in batches:
-        for tensor in batch:
-            array = np.ascontiguousarray(tensor.detach().cpu().numpy())
-            parts += [str(array.shape).encode(), str(array.dtype).encode(), array.tobytes()]
-    return _sha256(*parts)
-
-
-def default_cache_dir() -> Path:
-    root = os.environ.get("PRUNEFX_CACHE_DIR") or Path.home() / ".cache" / "prunefx"
-    return Path(root) / "tensorrt"
-
-
-# ---- precision plan (pure, testable without TensorRT) --------------------------------------------
-
-@dataclass(frozen=True)
-class OnnxTypes:
-    """What decides the precision of a strongly typed engine: Q/DQ nodes and float16 tensors in the file."""
-
-    has_qdq: bool
-    float16: bool
-
-
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-
-
-def onnx_types(onnx_path: str | os.PathLike) -> OnnxTypes:
-    import onnx  # runtime/ is the layer that may import onnx; only needed here when building
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    has_qdq = any(node.op_type in QDQ_OPS for node in graph.node)
-    float16 = any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.initializer) or any(
-        node.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in node.attribute)
-        for node in graph.node)
-    return OnnxTypes(has_qdq=has_qdq, float16=float16)
-
-
-def tensorrt_major(version: str) -> int:
-    """'10.3.0' -> 10; a version that does not start with a number is a clear error, never a guess."""
-    head = str(version).split(".")[0]
-    if not head.isdigit():
-        raise MeasurementError(f"cannot read the TensorRT major version from {version!r}")
-    return int(head)
-
-
-@dataclass(frozen=True)
-class NetworkPlan:
-    """How to build: a strongly typed network or not, the BuilderFlag names to set, and whether the ONNX
-    file must first be lowered to an FP16 graph (TensorRT >= 11 has no FP16 flag)."""
-
-    strongly_typed: bool
-    builder_flags: tuple[str, ...] = ()
-    lower_to_fp16: bool = False
-
-
-def network_plan(tensorrt_version: str, precision: str, types: OnnxTypes, *, sparse: bool = False) -> NetworkPlan:
-    """The build plan for `precision` on this TensorRT version and this file (see the module docstring)."""
-    if precision not in PRECISIONS:
-        raise MeasurementError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision == "int8" and not types.has_qdq:
-        raise MeasurementError(NO_QDQ)
-    major = tensorrt_major(tensorrt_version)
-    sparsity = ("SPARSE_WEIGHTS",) if sparse else ()
-    if major < 10:  # no strong typing before 9.x became 10: the precision flags are all there is
-        flags = {"fp32": (), "fp16": ("FP16",), "int8": ("FP16", "INT8")}[precision]
-        return NetworkPlan(strongly_typed=False, builder_flags=flags + sparsity)
-    if precision == "fp16" and not types.float16:
-        if major == 10:  # TensorRT 10's weakly typed FP16, deprecated since 10.12, removed in 11
-            return NetworkPlan(strongly_typed=False, builder_flags=("FP16",) + sparsity)
-        return NetworkPlan(strongly_typed=True, builder_flags=sparsity, lower_to_fp16=True)
-    return NetworkPlan(strongly_typed=True, builder_flags=sparsity)
-
-
-def network_creation_flags(trt, plan: NetworkPlan) -> int:
-    """The bit mask for builder.create_network: STRONGLY_TYPED on TensorRT >= 10 (accepted and ignored by
-    11, which is always strongly typed), EXPLICIT_BATCH before 10 (implicit batch was the default there)."""
-    creation = trt.NetworkDefinitionCreationFlag
-    if tensorrt_major(trt.__version__) < 10:
-        return 1 << int(creation.EXPLICIT_BATCH)
-    strongly = getattr(creation, "STRONGLY_TYPED", None)  # a later major may drop the ignored member
-    return 1 << int(strongly) if plan.strongly_typed and strongly is not None else 0
 
 
 # ---- build --------------------------------------------------------------------------------------
@@ -226,7 +91,7 @@ def configure(trt, builder, options: BuildOptions, plan: NetworkPlan, timing_cac
     return config
 
 
-def build_engine(onnx_path: str | os.PathLike, options: BuildOptions = BuildOptions(), *,
+def build_engine(onnx_path: str | os.PathLike, options: BuildOptions = FP32, *,
                  calibration: Sequence[Sequence[torch.Tensor]] | None = None,
                  cache_dir: str | os.PathLike | None = None, log: Callable[[str], None] | None = None) -> Engine:
     """The engine for `onnx_path` built with `options`, from the cache when it holds one.
@@ -329,7 +194,7 @@ class Engine:
         torch.cuda.synchronize()  # the buffers were filled on the default stream; the engine runs on its own
 
     @classmethod
-    def load(cls, path: str | os.PathLike, options: BuildOptions = BuildOptions(), *, cached: bool = False) -> Engine:
+    def load(cls, path: str | os.PathLike, options: BuildOptions = FP32, *, cached: bool = False) -> Engine:
         trt = require_tensorrt()
         require_cuda()
         runtime = trt.Runtime(_logger(trt))
@@ -373,34 +238,3 @@ class Engine:
         """The engine inspector's JSON description of every layer (name, type, tactic, metadata)."""
         inspector = self.engine.create_engine_inspector()
         return inspector.get_engine_information(self.trt.LayerInformationFormat.JSON)
-
-
-def measure_gpu_latency(timed: Callable[[], float], *, warmup: int = 50, runs: int = 200) -> LatencyStats:
-    """Median/p90/p99 of `timed()` (a run that returns its own milliseconds, e.g. Engine.time_once)."""
-    _check(warmup, runs)
-    for _ in range(warmup):
-        timed()
-    return LatencyStats.from_seconds([timed() / 1e3 for _ in range(runs)])
-
-
-def compare_gpu_latency(timed_a: Callable[[], float], timed_b: Callable[[], float], *, warmup: int = 50,
-                        runs: int = 200) -> LatencyComparison:
-    """Two CUDA-event-timed runners measured alternately (a, b, a, b, ...): no CPU thread pool spins between
-    runs here, so call-by-call alternation is fair (latency.compare_latency needs blocks for that)."""
-    _check(warmup, runs)
-    for _ in range(warmup):
-        timed_a()
-        timed_b()
-    samples_a, samples_b = [], []
-    for _ in range(runs):
-        samples_a.append(timed_a() / 1e3)
-        samples_b.append(timed_b() / 1e3)
-    a, b = LatencyStats.from_seconds(samples_a), LatencyStats.from_seconds(samples_b)
-    low, high = ratio_interval([[x] for x in samples_a], [[x] for x in samples_b])  # call-by-call pairs
-    return LatencyComparison(a=a, b=b, speedup=a.median_ms / b.median_ms if b.median_ms > 0 else float("inf"),
-                             speedup_low=low, speedup_high=high, confidence=CONFIDENCE)
-
-
-def _check(warmup: int, runs: int) -> None:
-    if runs < 1 or warmup < 0:
-        raise MeasurementError(f"a latency measurement needs runs >= 1 and warmup >= 0, got {runs} and {warmup}")

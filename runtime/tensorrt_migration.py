@@ -1,6 +1,6 @@
 """What changed between TensorRT 10 and 11 for the code prunefx runs against it, as data with its sources.
 
-tests/test_tensorrt_api.py holds runtime/tensorrt_engine.py, runtime/tensorrt_profile.py and runtime/trtexec.py to
+tests/test_tensorrt_api.py holds runtime/tensorrt_engine.py, tensorrt_plan.py, tensorrt_profile.py and trtexec.py to
 these lists: a TensorRT-10-only API or trtexec option may be used only behind the TensorRT version check.
 
 Sources:

@@ -2,7 +2,7 @@
 every Jetson board, at /usr/src/tensorrt/bin/trtexec), and read its results.
 
 - `trtexec_arguments` builds the command line as a pure function of the options, the TensorRT version and
-  what the ONNX file holds (tested without TensorRT). Precision follows runtime/tensorrt_engine.network_plan:
+  what the ONNX file holds (tested without TensorRT). Precision follows runtime/tensorrt_plan.network_plan:
   TensorRT 10 builds strongly typed (`--stronglyTyped`; INT8 only from Q/DQ nodes in the file, FP16 from an
   FP16 graph) except for `--fp16` on an FP32 file, TensorRT 10's weakly typed flag kept behind the version
   check; TensorRT 11 is always strongly typed and has neither `--fp16`, `--int8` nor `--calib`, so nothing
@@ -35,10 +35,10 @@ from pathlib import Path
 from prunefx.runtime.errors import BackendUnavailableError, DeviceToolError, MeasurementError
 from prunefx.runtime.jetson import JetsonState, TegrastatsSampler, is_jetson, jetson_state
 from prunefx.runtime.latency import LatencyStats
-from prunefx.runtime.tensorrt_engine import (
-    PRECISIONS,
+from prunefx.runtime.tensorrt_plan import (
     NetworkPlan,
     OnnxTypes,
+    check_precision,
     network_plan,
     onnx_types,
     tensorrt_major,
@@ -72,8 +72,7 @@ class TrtexecOptions:
     dla_core: int | None = None     # Jetson AGX/NX deep-learning accelerator, with GPU fallback
 
     def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise MeasurementError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
         if self.iterations < 1 or self.warmup_ms < 0 or self.duration_s < 0:
             raise MeasurementError("trtexec needs iterations >= 1, warm-up >= 0 ms and duration >= 0 s")
 

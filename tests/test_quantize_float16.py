@@ -12,7 +12,7 @@ from torch import nn
 from prunefx.graph import capture
 from prunefx.runtime import MeasurementError, OnnxRuntimeSession, export_onnx
 from prunefx.runtime.onnx_float16 import lower_to_float16
-from prunefx.runtime.tensorrt_engine import onnx_types
+from prunefx.runtime.tensorrt_plan import onnx_types
 
 pytest.importorskip("onnxconverter_common", reason="onnxconverter-common is not installed")
 

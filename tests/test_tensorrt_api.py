@@ -22,18 +22,18 @@ from pathlib import Path
 
 import pytest
 
-from prunefx.runtime.tensorrt_engine import OnnxTypes, network_plan
 from prunefx.runtime.tensorrt_migration import (
     PYTHON_REMOVED_IN_11,
     TRTEXEC_NO_OP_IN_11,
     TRTEXEC_OPTIONS,
     TRTEXEC_REMOVED_IN_11,
 )
+from prunefx.runtime.tensorrt_plan import OnnxTypes, network_plan
 from prunefx.runtime.trtexec import TrtexecOptions, trtexec_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 STUBS = Path(os.environ.get("PRUNEFX_TENSORRT_STUBS", ROOT / ".venv" / "tensorrt-stubs"))
-CHECKED = ("runtime/tensorrt_engine.py", "runtime/tensorrt_profile.py")
+CHECKED = ("runtime/tensorrt_engine.py", "runtime/tensorrt_plan.py", "runtime/tensorrt_profile.py")
 pytestmark = pytest.mark.skipif(not (STUBS / "tensorrt_bindings" / "tensorrt.pyi").is_file(),
                                 reason=f"tensorrt-stubs not found in {STUBS}: make setup installs them there")
 

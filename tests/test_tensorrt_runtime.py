@@ -1,5 +1,5 @@
-"""runtime/tensorrt_engine.py and runtime/tensorrt_profile.py: engine cache keys, the mapping of TensorRT
-layer names back to ONNX and Program nodes on real exported files, the errors without TensorRT, and (where
+"""runtime/tensorrt_engine.py (with tensorrt_plan.py and tensorrt_cache.py) and runtime/tensorrt_profile.py: engine
+cache keys, the mapping of TensorRT layer names back to ONNX and Program nodes on real exported files, the errors without TensorRT, and (where
 TensorRT and a GPU are present) real engines: parity with ONNX Runtime, the cache, the per-layer profile."""
 
 from __future__ import annotations
@@ -31,15 +31,14 @@ from prunefx.runtime import (
     onnx_nodes_of_layer,
     parse_engine_information,
 )
-from prunefx.runtime.tensorrt_engine import (
+from prunefx.runtime.tensorrt_cache import calibration_digest, timing_cache_key
+from prunefx.runtime.tensorrt_engine import _build
+from prunefx.runtime.tensorrt_plan import (
     NetworkPlan,
     OnnxTypes,
-    _build,
-    calibration_digest,
     network_creation_flags,
     network_plan,
     onnx_types,
-    timing_cache_key,
 )
 from prunefx.runtime.tensorrt_profile import _torchscript_scope
 from prunefx.small_models import resnet20

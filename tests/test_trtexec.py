@@ -23,7 +23,7 @@ from prunefx.runtime.jetson import (
     parse_nvpmodel,
     parse_tegrastats_line,
 )
-from prunefx.runtime.tensorrt_engine import OnnxTypes, onnx_types
+from prunefx.runtime.tensorrt_plan import OnnxTypes, onnx_types
 from prunefx.runtime.trtexec import (
     TrtexecOptions,
     find_trtexec,
