@@ -16,6 +16,8 @@ import textwrap
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+if str(Path(__file__).parent) not in sys.path:  # docs_tables beside this file, however this one was loaded
+    sys.path.insert(0, str(Path(__file__).parent))
 MAX_DEPTH = 4
 MAX_COLUMNS = 24
 MIN_KEYED = 3
@@ -144,7 +146,14 @@ def script_of(name: str) -> Path | None:
 
 def script_markdown(name: str, data: dict) -> str | None:
     """The results as the benchmark script itself renders them (its `markdown(report)`), headings moved
-    under the page's; None when the script has no renderer or it cannot read this (older) file."""
+    under the page's; None when the script has no renderer or it cannot read this (older) file. The
+    renderers of docs_tables come first: they read the results files their scripts' renderers cannot."""
+    own = importlib.import_module("docs_tables").renderer_of(name)
+    if own is not None:
+        try:
+            return own(data)
+        except (KeyError, TypeError, IndexError):  # a shape it does not know: the script's, then generic tables
+            pass
     script = script_of(name)
     if script is None:
         return None

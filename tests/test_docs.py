@@ -146,6 +146,30 @@ def test_benchmark_tables_are_rendered_by_their_script_from_the_results_file():
     assert results.script_of("budget_choice_vit_4x").name == "budget_choice.py"
 
 
+def test_benchmark_pages_retype_no_table():
+    """A results table on a benchmark page is generated from its JSON; only the index's table of pages is typed."""
+    for page in sorted((DOCS / "benchmarks").glob("*.md")):
+        typed = [line for line in page.read_text().splitlines() if line.lstrip().startswith("|")]
+        assert page.name == "index.md" or not typed, (page.name, typed[:2])
+
+
+@pytest.mark.parametrize("name", ["int8_latency", "int8_head_to_head", "int8_methods", "latency_budget",
+                                  "prune_defaults", "prune_latency"])
+def test_the_page_renderers_read_their_results_files(name):
+    """Each renderer of docs_tables reads the current file (a failure would fall back to generic tables) and
+    shows a figure taken from the file independently here."""
+    results = _script("docs_results")
+    data = json.loads((results.RESULTS / f"{name}.json").read_text())
+    text = _script("docs_tables").renderer_of(name)(data)
+    page = results.results_markdown(name)
+    assert "\n|---" in text and page.startswith(text) and data["command"] in page
+    if name == "prune_latency":
+        speedup = data["models"][0]["variants"]["prunefx-global"]["latency"]["speedup"]
+        assert f"**{speedup:.2f}x**" in text
+    if name == "int8_methods":
+        assert f"{100 * data['models']['resnet20']['mse']:.2f}" in text
+
+
 def test_every_howto_links_an_example_that_exists():
     for page in sorted((DOCS / "howto").glob("*.md")):
         examples = re.findall(r"examples/(\w+\.py)", page.read_text())
