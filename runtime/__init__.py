@@ -27,6 +27,7 @@ from prunefx.runtime.jetson import JetsonState, TegrastatsSampler, jetson_state,
 from prunefx.runtime.latency import LatencyComparison, LatencyStats, compare_latency, measure_latency
 from prunefx.runtime.onnx_export import OnnxExport, export_onnx
 from prunefx.runtime.onnx_float16 import lower_to_float16
+from prunefx.runtime.onnx_provenance import map_to_program, onnx_node_origins
 from prunefx.runtime.onnx_quantized import QuantizedExport, export_quantized_onnx, onnxruntime_lowering
 from prunefx.runtime.onnxruntime_session import DEFAULT_THREADS, LATENCY_THREADS, OnnxRuntimeSession
 from prunefx.runtime.parity import OutputParity, Parity, check_parity
@@ -39,8 +40,6 @@ from prunefx.runtime.tensorrt_profile import (
     LayerProfile,
     build_layer_profile,
     format_profile_table,
-    map_to_program,
-    onnx_node_origins,
     onnx_nodes_of_layer,
     parse_engine_information,
     profile_engine,

@@ -31,6 +31,7 @@ from prunefx.runtime import (
     onnx_nodes_of_layer,
     parse_engine_information,
 )
+from prunefx.runtime.onnx_provenance import _torchscript_scope
 from prunefx.runtime.tensorrt_cache import calibration_digest, timing_cache_key
 from prunefx.runtime.tensorrt_engine import _build
 from prunefx.runtime.tensorrt_plan import (
@@ -40,7 +41,6 @@ from prunefx.runtime.tensorrt_plan import (
     network_plan,
     onnx_types,
 )
-from prunefx.runtime.tensorrt_profile import _torchscript_scope
 from prunefx.small_models import resnet20
 
 torch.set_num_threads(1)
