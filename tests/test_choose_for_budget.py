@@ -23,7 +23,7 @@ from prunefx.passes.choose_for_budget import choose_for_budget
 from prunefx.passes.pipeline import Step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-module = importlib.import_module("prunefx.passes.choose_for_budget")
+module = importlib.import_module("prunefx.passes.budget_candidates")  # the search, where the inner passes are called
 INT8_GAIN = 1.25   # the stand-in runtime runs INT8 this much faster
 BUDGET = 1.6       # INT8 alone misses it; every merged block together gives about 1.38x, so depth alone misses too
 

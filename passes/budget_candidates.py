@@ -1,0 +1,240 @@
+"""The candidates of `choose_for_budget`: for every combination of the allowed dimensions (width, depth,
+int8), the cheapest setting that meets the budget, measured as a whole model against the dense one, and
+its one-shot damage (passes/damage_proxy.py). The algorithm is in passes/choose_for_budget.py's docstring.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from prunefx.graph import Program, count
+from prunefx.graph.activations import calibration_inputs
+from prunefx.graph.errors import PrunefxError
+from prunefx.passes.budget_search import Measured, budget_text, meets, require_latency
+from prunefx.passes.choose_for_budget_config import DIMENSIONS, SMALLEST_SHARE, ChooseForBudgetConfig
+from prunefx.passes.damage_proxy import kl_damage, model_outputs
+from prunefx.passes.depth_to_budget import depth_to_budget, no_block_message
+from prunefx.passes.linearize_blocks import ranked_blocks
+from prunefx.passes.measurement import Timing, as_measurer, round_to_of
+from prunefx.passes.merge_blocks import merge_blocks
+from prunefx.passes.pipeline import PipelineError, run_inner
+from prunefx.passes.prune_to_budget import prune_to_budget
+from prunefx.passes.quantize_int8 import quantize_int8
+from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
+from prunefx.passes.remove_channels import RemoveChannelsConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Candidate:
+    """One combination's answer: the finished Program (or why there is none) and what it cost."""
+
+    dimensions: tuple[str, ...]
+    program: Program | None = None
+    measured: Measured | None = None
+    macs_kept: float | None = None
+    proxy: float | None = None
+    settings: dict = field(default_factory=dict)
+    failed: str | None = None
+
+    @property
+    def met(self) -> bool:
+        return self.program is not None
+
+    def to_dict(self) -> dict:
+        row = {"dimensions": list(self.dimensions), "met": self.met, "macs_kept": self.macs_kept,
+               "proxy": self.proxy, **self.settings}
+        if self.measured is not None:
+            row.update(self.measured.to_dict())
+        if self.failed:
+            row["failed"] = self.failed
+        return row
+
+
+def budget_candidates(program: Program, config: ChooseForBudgetConfig | dict) -> list[Candidate]:
+    """Every combination of the allowed dimensions, each with its cheapest setting that meets the budget
+    (or the reason it cannot), scored by the damage proxy; the input Program is left as it was."""
+    settings = config if isinstance(config, ChooseForBudgetConfig) else ChooseForBudgetConfig.parse(config)
+    require_latency("choose_for_budget", settings.latency)
+    if settings.calibration is None:
+        raise PrunefxError("choose_for_budget needs 'calibration' data: INT8 ranges, block ranking and the "
+                           "damage proxy are read on it")
+    dense = program.clone().eval()
+    batches = calibration_inputs(dense.example_inputs, settings.calibration, what="choose_for_budget")
+    search = _Search(dense, settings, batches)
+    candidates = [search.candidate(combination) for combination in combinations(settings.dimensions)]
+    if not any(candidate.met for candidate in candidates):
+        raise PrunefxError(_unreachable(settings, search.best))
+    return candidates
+
+
+def combinations(dimensions) -> list[tuple[str, ...]]:
+    """Non-empty subsets in DIMENSIONS order, single dimensions first."""
+    ordered = [name for name in DIMENSIONS if name in dimensions]
+    return [subset for size in range(1, len(ordered) + 1) for subset in itertools.combinations(ordered, size)]
+
+
+class _Search:
+    def __init__(self, dense: Program, settings: ChooseForBudgetConfig, batches: list):
+        self.dense, self.settings, self.batches = dense, settings, batches
+        self.dense_macs = count(dense).macs
+        self.reference = model_outputs(dense, batches[:settings.proxy_batches])
+        self.int8_gain: float | None = None
+        self.best: tuple[float, tuple[str, ...]] | None = None  # the fastest measured, for the error
+        self.ranking: list[str] | None = None  # blocks worth linearising, best first: ranked once for all
+
+    def _ranking(self) -> list[str]:
+        if self.ranking is None:
+            options = self.settings.depth
+            ranked, _ = ranked_blocks(self.dense, self.batches, rank=options.get("rank", "damage"),
+                                      progress=self.settings.progress)
+            self.ranking = [block.name for block in ranked]
+        if not self.ranking:
+            raise PrunefxError(no_block_message(self.dense, self.settings.speedup, self.settings.latency_ms))
+        return self.ranking
+
+    def _measuring(self, dimensions, finish) -> _Finished:
+        def seen(speedup: float) -> None:
+            if self.best is None or speedup > self.best[0]:
+                self.best = (speedup, dimensions)
+        return _Finished(self.settings.latency, self.dense, finish, seen)
+
+    def candidate(self, dimensions: tuple[str, ...]) -> Candidate:
+        candidate = Candidate(dimensions)
+        try:
+            self._fill(candidate)
+        except PipelineError:  # an inner pass broke its contract: a bug to report, not a budget missed
+            raise
+        except PrunefxError as error:  # this combination cannot meet the budget: say why, try the others
+            candidate.program, candidate.failed = None, str(error)
+        log.info("choose_for_budget: %s %s", " + ".join(candidate.dimensions),
+                 f"met, damage proxy {candidate.proxy:.4g}" if candidate.met else f"not met: {candidate.failed}")
+        return candidate
+
+    def _fill(self, candidate: Candidate) -> None:
+        dimensions = candidate.dimensions
+        quantized = "int8" in dimensions
+        latency = self._measuring(dimensions, self._quantize if quantized else None)
+        model = self.dense
+        if "depth" in dimensions:
+            share = self._depth_share(dimensions)
+            model = self._merged_depth(model, share, latency, candidate)
+        if "width" in dimensions:
+            model = self._pruned(model, latency, candidate)
+        if model is not self.dense and self.settings.recalibrate:
+            # the statistics a structural change left behind would make the damage look worse than it is,
+            # and INT8 ranges calibrated on them wrong; the latency measured does not depend on them
+            model = run_inner(recalibrate_batchnorm, model, {"data": self.batches}).program
+        finished = self._quantize(model, candidate) if quantized else model
+        if candidate.measured is None:  # INT8 alone, or depth alone: its own search measured it already
+            candidate.measured = self._confirmed(finished, dimensions)
+        if not meets(candidate.measured, speedup=self.settings.speedup, latency_ms=self.settings.latency_ms):
+            raise PrunefxError(f"reached {candidate.measured.speedup:.2f}x ({candidate.measured.ms:.2f} ms)")
+        candidate.program = finished
+        candidate.macs_kept = count(finished).macs / self.dense_macs
+        candidate.proxy = kl_damage(self.reference, model_outputs(finished, self.batches[:self.settings.proxy_batches]))
+
+    @property
+    def _latency(self) -> Callable:
+        if self.settings.latency is None:  # budget_candidates refused that already (require_latency)
+            raise PrunefxError("choose_for_budget needs 'latency', the measuring function")
+        return self.settings.latency
+
+    def _wanted(self) -> float:
+        """The budget as a speed-up over the dense model (a latency budget through the dense model's time)."""
+        if self.settings.speedup is not None:
+            return self.settings.speedup
+        dense_ms, _, _ = self._latency(self.dense, self.dense)
+        return dense_ms / self.settings.latency_ms
+
+    def _depth_share(self, dimensions) -> float | None:
+        """The speed-up depth is searched for: the whole budget alone, sqrt(S / g) beside width."""
+        if "width" not in dimensions:
+            return None
+        gain = self._int8_gain() if "int8" in dimensions else 1.0
+        share = math.sqrt(self._wanted() / gain)
+        if share < SMALLEST_SHARE:
+            raise PrunefxError(f"INT8 alone gives {gain:.2f}x: no share of the budget is left for depth")
+        return share
+
+    def _int8_gain(self) -> float:
+        if self.int8_gain is None:
+            dense_ms, ms, _ = self._latency(self.dense, self._quantize(self.dense))
+            self.int8_gain = dense_ms / ms
+        return self.int8_gain
+
+    def _merged_depth(self, model: Program, share: float | None, latency, candidate: Candidate) -> Program:
+        budget = ({"speedup": share} if share is not None else
+                  {"speedup": self.settings.speedup, "latency_ms": self.settings.latency_ms})
+        result = run_inner(depth_to_budget, model, {
+            **self.settings.depth, **budget, "ranking": self._ranking(), "latency": latency if share is None else self._measuring(candidate.dimensions, None),
+            "confirm": self.settings.confirm, "calibration": self.batches, "progress": self.settings.progress})
+        candidate.settings["blocks"] = result.stats["blocks"]
+        if share is None:
+            candidate.measured = Measured.from_dict(result.stats["chosen"])
+        growth = self.settings.depth.get("max_kernel_growth", 1.0)
+        return run_inner(merge_blocks, result.program, {"max_kernel_growth": growth}).program
+
+    def _pruned(self, model: Program, latency, candidate: Candidate) -> Program:
+        width = dict(self.settings.width)
+        if "int8" in candidate.dimensions:  # widths the INT8 kernels run well (int8_round_to's help says why)
+            asked = width.get("round_to") or round_to_of(latency) or RemoveChannelsConfig.parse({"macs": 0.5}).round_to
+            width["round_to"] = math.lcm(int(asked), self.settings.int8_round_to)
+        result = run_inner(prune_to_budget, model, {
+            **width, "speedup": self.settings.speedup, "latency_ms": self.settings.latency_ms,
+            "tolerance": self.settings.tolerance, "max_candidates": self.settings.max_candidates,
+            "confirm": self.settings.confirm, "latency": latency, "calibration": self.batches})
+        candidate.settings["macs_fraction"] = result.stats["macs_fraction"]
+        candidate.settings["round_to"] = result.stats["round_to"]
+        candidate.settings["width_trace"] = result.stats["trace"]  # every width measured: why the search ended where it did
+        candidate.measured = Measured.from_dict(result.stats["chosen"])
+        return result.program
+
+    def _quantize(self, model: Program, candidate: Candidate | None = None) -> Program:
+        result = run_inner(quantize_int8, model, {**self.settings.int8, "calibration": self.batches}, on_copy=True)
+        if candidate is not None:
+            candidate.settings["int8_layers"] = len(result.stats["quantized"])
+        return result.program
+
+    def _confirmed(self, program: Program, dimensions) -> Measured:
+        latency = self._measuring(dimensions, None)
+        measured = Measured(*latency(self.dense, program))
+        if self.settings.confirm:
+            measured.confirm(latency, self.dense, program)
+        return measured
+
+
+class _Finished:
+    """The measuring function a dimension's search gets: its candidate finished (INT8 applied when the
+    combination includes it) and timed against the dense model as given, whatever model the search
+    started from (after depth, width searches from the merged network)."""
+
+    def __init__(self, latency, dense: Program, finish: Callable[[Program], Program] | None,
+                 seen: Callable[[float], None]):
+        self.latency, self.dense, self.finish, self.seen = as_measurer(latency), dense, finish, seen
+        self.round_to = round_to_of(latency)  # a Measurer (passes/measurement.py): the backend's multiple
+
+    def __call__(self, _start: Program, candidate: Program):
+        return self._seen(self.latency(self.dense, self._finished(candidate)))
+
+    def confirm(self, _start: Program, candidate: Program) -> Timing:
+        return self._seen(Timing.of(self.latency.confirm(self.dense, self._finished(candidate))))
+
+    def _seen(self, figures):
+        dense_ms, ms, _ = figures
+        self.seen(dense_ms / ms)
+        return figures
+
+    def _finished(self, candidate: Program) -> Program:
+        return self.finish(candidate) if self.finish is not None else candidate
+
+
+def _unreachable(settings: ChooseForBudgetConfig, best: tuple[float, tuple[str, ...]] | None) -> str:
+    said = f": the best measured was {best[0]:.2f}x ({' + '.join(best[1])})" if best else ""
+    return (f"cannot reach {budget_text(settings.speedup, settings.latency_ms)} with any mix of "
+            f"{', '.join(settings.dimensions)}{said}")
