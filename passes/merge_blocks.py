@@ -43,13 +43,13 @@ from typing import ClassVar
 import torch
 
 from prunefx.graph import Program
-from prunefx.graph.attributes import free_name, get_tensor, set_tensor, users_of_tensor
-from prunefx.graph.counting import count, node_macs
-from prunefx.graph.depth.affine_chains import Chain, Element, find_chains
-from prunefx.graph.depth.affine_merge import Conv, Linear, NotExact, add_identity, merge, merged_shape
+from prunefx.graph.counting import count
+from prunefx.graph.depth.affine_chains import find_chains
 from prunefx.graph.depth.linearization import strip_finished_blends
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.contract import graph_pass
+from prunefx.passes.merge_candidates import Candidate, chain_candidate
+from prunefx.passes.merge_rewrite import apply_merge, describe_merge
 from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.result import Result
 
@@ -68,18 +68,6 @@ class MergeBlocksConfig(PassConfig):
     measure: Callable | None = option(source="measure", help="(before, after) -> measured speed-up; a merge of "
                                                              "layers is kept only when it runs faster")
     min_speedup: float = option(1.0, low=0.0, low_open=True, help="the measured speed-up a merge of layers must reach")
-
-
-@dataclass
-class Candidate:
-    kind: str                # identity | fold_after | fold_before | residual | layers
-    elements: list[Element]  # the consecutive chain elements it replaces
-    op: Conv | Linear | None = None
-    macs: tuple[int, int] | None = None  # (before, after), for runs of layers
-
-    @property
-    def key(self) -> tuple[str, ...]:
-        return (self.kind, *(element.name for element in self.elements))
 
 
 @graph_pass(config=MergeBlocksConfig, in_place=True, exact=True, reads=("linearize",), writes=("linearize",))
@@ -126,10 +114,10 @@ def _merge_all(program: Program, config: dict) -> tuple[list[dict], dict[tuple, 
     stale = False  # generated code behind the graph (recompiled at the end, or before a measurement)
     while True:
         candidate = next((found for chain in find_chains(program.module)
-                          if (found := _chain_candidate(chain, config, refused, runs)) is not None), None)
+                          if (found := chain_candidate(chain, config, refused, runs)) is not None), None)
         if candidate is None:
             return merges, refused
-        record = _describe(candidate)
+        record = describe_merge(candidate)
         if candidate.kind == "layers" and config["measure"] is not None:
             if stale:
                 program.recompile()
@@ -140,7 +128,7 @@ def _merge_all(program: Program, config: dict) -> tuple[list[dict], dict[tuple, 
                 continue
             record["speedup"] = round(speedup, 4)
         else:
-            _apply(program.module, candidate)
+            apply_merge(program.module, candidate)
             stale = True
         merges.append(record)
 
@@ -148,207 +136,9 @@ def _merge_all(program: Program, config: dict) -> tuple[list[dict], dict[tuple, 
 def _measured(program: Program, candidate: Candidate, config: dict) -> float:
     """Apply the candidate, measure against a copy of the Program before it, and undo it unless faster."""
     before = program.clone()
-    _apply(program.module, candidate)
+    apply_merge(program.module, candidate)
     program.recompile()
     speedup = float(config["measure"](before, program))
     if speedup <= config["min_speedup"]:
         program.module = before.module
     return speedup
-
-
-def _chain_candidate(chain: Chain, config: dict, refused: dict, runs: dict) -> Candidate | None:
-    elements = chain.elements
-    if not any(element.kind == "layer" for element in elements):
-        return None
-    for element in elements:
-        if element.kind == "identity":
-            return Candidate("identity", [element])
-    for index, element in enumerate(elements):
-        if element.kind == "channel" and (found := _channel_fold(elements, index, refused)) is not None:
-            return found
-    for index, element in enumerate(elements):
-        if element.kind == "residual" and (found := _residual_fold(elements, index, refused)) is not None:
-            return found
-    return _best_run(elements, config, refused, runs)
-
-
-def _input_shape(element: Element) -> tuple[int, ...]:
-    return tuple(int(s) for s in element.data.meta["val"].shape)
-
-
-def _channel_fold(elements: list[Element], index: int, refused: dict) -> Candidate | None:
-    channel = elements[index]
-    neighbours = []
-    if index > 0 and elements[index - 1].kind == "layer":
-        neighbours.append(Candidate("fold_after", [elements[index - 1], channel]))
-    if index + 1 < len(elements) and elements[index + 1].kind == "layer":
-        neighbours.append(Candidate("fold_before", [channel, elements[index + 1]]))
-    for candidate in neighbours:
-        if candidate.key in refused:
-            continue
-        layer = candidate.elements[1 if candidate.kind == "fold_before" else 0]
-        try:
-            candidate.op = merge([element.op for element in candidate.elements], _input_shape(candidate.elements[0]))
-        except NotExact as reason:
-            refused[candidate.key] = str(reason)
-            continue
-        if getattr(candidate.op, "bias_map", None) is not None and getattr(layer.op, "bias_map", None) is None:
-            refused[candidate.key] = ("folding it into the zero-padded convolution after it needs a bias map (the "
-                                      "shift varies near the borders): an extra node for nothing")
-            continue
-        return candidate
-    if not neighbours:
-        refused.setdefault(("channel", channel.name), "no layer next to it in the chain to fold into")
-    return None
-
-
-def _residual_fold(elements: list[Element], index: int, refused: dict) -> Candidate | None:
-    body = elements[:index]
-    candidate = Candidate("residual", [*body, elements[index]])
-    if candidate.key in refused:
-        return None
-    if len(body) != 1 or body[0].kind != "layer":
-        kinds = ", ".join(element.kind for element in body)
-        refused[candidate.key] = f"the residual wraps {len(body)} elements ({kinds}), not one layer"
-        return None
-    try:
-        candidate.op = add_identity(body[0].op)
-    except NotExact as reason:
-        refused[candidate.key] = str(reason)
-        return None
-    return candidate
-
-
-def _best_run(elements: list[Element], config: dict, refused: dict, runs: dict) -> Candidate | None:
-    """The run of consecutive layers whose merge is allowed and saves the most MACs."""
-    best = None
-    for start in range(len(elements)):
-        for end in range(start + 2, len(elements) + 1):
-            if elements[end - 1].kind != "layer" or elements[start].kind != "layer":
-                break
-            candidate = Candidate("layers", elements[start:end])
-            if candidate.key not in runs:  # the merged layer only: elements are re-read after every merge
-                reason, exact = _evaluate_run(candidate, config)
-                runs[candidate.key] = (candidate.op, candidate.macs, exact)
-                if reason is not None:
-                    refused[candidate.key] = reason
-            candidate.op, candidate.macs, exact = runs[candidate.key]
-            if not exact:  # a longer run composes this one first: it fails the same way
-                break
-            if candidate.key in refused:
-                continue
-            if best is None or _saved(candidate) > _saved(best):
-                best = candidate
-    return best
-
-
-def _evaluate_run(candidate: Candidate, config: dict) -> tuple[str | None, bool]:
-    """Fill in the merged layer and its MACs; return (why it is refused or None, whether it is exact)."""
-    elements = candidate.elements
-    ops = [element.op for element in elements]
-    try:
-        shape_only = merged_shape(ops)  # decide on MACs and kernel size before composing any weight
-    except NotExact as reason:
-        return str(reason), False
-    macs_before = sum(node_macs(element.nodes[0]) for element in elements)
-    macs_after = _predicted_macs(shape_only, _input_shape(elements[0]), elements[-1].output)
-    candidate.macs = (macs_before, macs_after)
-    if macs_after >= macs_before:
-        return f"MACs would not decrease ({macs_before} -> {macs_after})", True
-    growth = _kernel_side(shape_only) / max(_kernel_side(op) for op in ops)
-    if growth > config["max_kernel_growth"]:
-        return f"kernel side grows {growth:.2f}x, above max_kernel_growth {config['max_kernel_growth']}", True
-    try:
-        candidate.op = merge(ops, _input_shape(elements[0]))
-    except NotExact as reason:
-        return str(reason), False
-    return None, True
-
-
-def _kernel_side(op) -> int:
-    return max(op.kernel) if isinstance(op, Conv) else 1
-
-
-def _predicted_macs(op, input_shape: tuple[int, ...], output: torch.fx.Node) -> int:
-    """MACs of the merged layer by the one counter, on a one-node graph with the known shapes."""
-    graph = torch.fx.Graph()
-    data, weight = graph.placeholder("x"), graph.placeholder("w")
-    node = graph.call_function(aten.conv2d.default if isinstance(op, Conv) else aten.linear.default, (data, weight))
-    shapes = {data: input_shape, weight: tuple(op.weight.shape), node: tuple(output.meta["val"].shape)}
-    return node_macs(node, lambda value: shapes.get(value))
-
-
-# --- rewriting --------------------------------------------------------------------------------------
-def _apply(module: torch.fx.GraphModule, candidate: Candidate) -> None:
-    graph = module.graph
-    elements = candidate.elements
-    anchor = elements[-1].output
-    if candidate.kind == "identity":
-        replacement = elements[0].data
-    else:
-        with graph.inserting_before(anchor):
-            replacement = _layer_nodes(module, candidate, anchor)
-    anchor.replace_all_uses_with(replacement)
-    for node in reversed([node for element in elements for node in element.nodes]):
-        graph.erase_node(node)  # intermediates have no other user; constants left behind die at recompile
-
-
-def _saved(candidate: Candidate) -> int:
-    """MACs a merge of layers saves; its MACs are set when the run was evaluated."""
-    before, after = candidate.macs or (0, 0)
-    return before - after
-
-
-def _layer_nodes(module: torch.fx.GraphModule, candidate: Candidate, anchor: torch.fx.Node) -> torch.fx.Node:
-    op, graph = candidate.op, module.graph
-    if op is None:
-        raise TypeError(f"merge candidate {candidate.key} has no merged layer")
-    template = next(element for element in candidate.elements if element.kind == "layer").nodes[0]
-    weight_target = template.args[1].target
-    like = get_tensor(module, weight_target)  # the algebra ran in float64 on the CPU: back to the model's kind
-    stem = weight_target[: -len("weight")] if weight_target.endswith("weight") else weight_target + "_"
-    mine = {node for element in candidate.elements for node in element.nodes}
-    tensor = lambda name, value: _tensor_node(module, stem + name, value.to(like), mine)  # noqa: E731
-    weight = tensor("weight", op.weight)
-    bias = tensor("bias", op.bias) if op.bias is not None else None
-    data = candidate.elements[0].data
-    if isinstance(op, Conv):
-        out = graph.call_function(aten.conv2d.default, (data, weight, bias, list(op.stride), list(op.padding),
-                                                        list(op.dilation), op.groups))
-    else:
-        out = graph.call_function(aten.linear.default, (data, weight, bias))
-    out.meta["val"] = anchor.meta["val"]  # same shape; the counter reads it until the final recompile
-    if isinstance(op, Conv) and op.bias_map is not None:
-        out = graph.call_function(aten.add.Tensor, (out, tensor("bias_map", op.bias_map)))
-        out.meta["val"] = anchor.meta["val"]
-    return out
-
-
-def _tensor_node(module: torch.fx.GraphModule, wanted: str, value: torch.Tensor, mine: set) -> torch.fx.Node:
-    """A get_attr node for `value`, stored under `wanted` when that name is free or used only by the
-    nodes being replaced (so a folded conv keeps its weight's name), else under a fresh name."""
-    try:
-        get_tensor(module, wanted)
-        reusable = all(user in mine for user in users_of_tensor(module, wanted))
-    except AttributeError:
-        reusable = True
-    target = wanted if reusable else free_name(module, wanted)
-    set_tensor(module, target, value)
-    node = module.graph.get_attr(target)
-    node.meta["val"] = get_tensor(module, target)
-    return node
-
-
-def _describe(candidate: Candidate) -> dict:
-    record = {"kind": candidate.kind, "nodes": [element.name for element in candidate.elements]}
-    op = candidate.op
-    if isinstance(op, Conv):
-        out_channels, per_group, height, width = op.weight.shape
-        record["result"] = (f"conv {height}x{width} {per_group * op.groups}->{out_channels} stride {op.stride} "
-                            f"padding {op.padding} groups {op.groups}" + (" + bias map" if op.bias_map is not None
-                                                                          else ""))
-    elif isinstance(op, Linear):
-        record["result"] = f"linear {op.weight.shape[1]}->{op.weight.shape[0]}"
-    if candidate.macs is not None:
-        record["macs"] = list(candidate.macs)
-    return record
