@@ -17,8 +17,9 @@ Config:
 - defaults that use what the caller gives: with `calibration` and no `importance`, obs selection with
   `compensate` (the best one-shot path measured, benchmarks/results/one_shot_accuracy.md); without
   calibration data, l2 and no compensation. An explicit `importance` or `compensate` is always kept;
-- `ranking`: global (default; scores normalised per group, except obs's, which share one scale) or
-  local (same ratio in every group);
+- `ranking`: global (default; scores normalised per group, except obs's, which share one scale),
+  local (same ratio in every group) or uniform (local with head counts kept whole: every tensor width
+  keeps the same ratio, which a Hugging Face config can describe);
 - `round_to` (default 8, tensor-core friendly; 16 suits ONNX Runtime on AVX-512 CPUs);
 - `max_ratio` (default 0.8): the largest fraction of any one group that may go;
 - `min_widths`: {"tensor:dim": width} — no group with such a member keeps fewer channels (the
@@ -54,7 +55,7 @@ from prunefx.graph.channels.compensation import compensate_removed_inputs
 from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.graph.channels.importance import CRITERIA, DATA_CRITERIA, channel_importance
 from prunefx.graph.channels.removal import remove_classes
-from prunefx.graph.channels.selection import TARGET_KINDS, TARGET_TOLERANCE, Selector, Target
+from prunefx.graph.channels.selection import RANKINGS, TARGET_KINDS, TARGET_TOLERANCE, Selector, Target
 from prunefx.graph.errors import PrunefxError, printable
 from prunefx.graph.program import current_output_shapes
 from prunefx.passes import config_checks as checks
@@ -82,7 +83,8 @@ class RemoveChannelsConfig(PassConfig):
              "given, l2 without", choices=CRITERIA)
     calibration: Any = option(source="calibration", help="input batches for data-driven importance and compensation")
     ranking: str = option("global", help="global: rank channels across groups; local: the same fraction of every "
-                                         "group", choices=("global", "local"))
+                                         "group; uniform: local with head counts kept whole (every width the same "
+                                         "fraction: what a Hugging Face config holds)", choices=RANKINGS)
     round_to: int = option(8, low=1, help="keep every width a multiple of N (8: FP16 tensor cores; 16 for ONNX Runtime on "
                                    "AVX-512 CPUs)")
     max_ratio: float = option(0.8, low=0.0, high=1.0, high_open=True, help="largest fraction of one group removed")

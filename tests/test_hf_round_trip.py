@@ -1,6 +1,7 @@
 """Hugging Face round trip: a pruned HF vision model written back (to_module), its config set to the pruned
 widths, saved with save_pretrained and rebuilt by from_pretrained, computes what the pruned Program computes.
-Widths a config cannot hold (global ranking: every layer its own width) are refused in one line."""
+Widths a config cannot hold (global ranking: every layer its own width; local ranking: heads and head dims
+both cut) are refused in one line."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ transformers = pytest.importorskip("transformers")
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
-# Local ranking with a channels target keeps the same fraction of every group: uniform widths.
-UNIFORM = {"channels": 0.5, "ranking": "local", "round_to": 4, "strict": False}
+# Uniform ranking with a channels target keeps the same fraction of every width, head counts whole.
+UNIFORM = {"channels": 0.5, "ranking": "uniform", "round_to": 4, "strict": False}
+LOCAL = {**UNIFORM, "ranking": "local"}  # the same fraction of every group: heads and head dims both halved
 
 
 def _vit():
@@ -74,14 +76,29 @@ def test_convnext_round_trip(tmp_path):
     assert config.hidden_sizes == [8, 16, 32, 64]  # half of every stage
 
 
+def test_vit_round_trip_with_head_dims_cut(tmp_path):
+    # the class derives the attention scale from the pruned head dim: to_module moves the ratio into q_proj
+    model, x, program = _pruned(_vit, UNIFORM)
+    config = _round_trip(model, program, x, tmp_path / "vit")
+    assert config.hidden_size == 32 and config.num_attention_heads == 4 and config.intermediate_size == 64
+    assert getattr(config, "head_dim", 8) == 8
+
+
+def test_segformer_round_trip(tmp_path):
+    model, x, program = _pruned(_segformer, UNIFORM)
+    config = _round_trip(model, program, x, tmp_path / "segformer")
+    assert config.hidden_sizes == [8, 16, 32, 64] and config.num_attention_heads == [1, 2, 4, 8]
+    assert config.decoder_hidden_size == 32 and config.mlp_ratios == [4, 4, 4, 4]
+
+
 @pytest.mark.parametrize("build, config, expected", [
     (_vit, {"macs": 0.5, "strict": False}, "ViTConfig"),           # global ranking: widths per layer
-    (_segformer, UNIFORM, "SegformerConfig"),  # head dims pruned within heads: no config field holds them
+    (_segformer, LOCAL, "SegformerConfig"),  # a quarter of the attention width: no config field holds it
 ])
 def test_widths_a_config_cannot_hold_are_refused_in_one_line(build, config, expected):
     model, _, program = _pruned(build, config)
     with pytest.raises(PrunefxError) as refused:
         to_module(program, model)
     message = str(refused.value)
-    assert expected in message and "--local --channels" in message and "\n" not in message
+    assert expected in message and "--ranking uniform --channels" in message and "\n" not in message
     assert to_module(program, model, config=False) is not None  # the module itself is still proven

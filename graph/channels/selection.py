@@ -6,8 +6,11 @@ from each group. Pruned widths are restricted to the *allowed widths* of a group
 `(1 - max_ratio)` of the original, never zero. For grid factors (heads, head-dims, channels per
 group of a grouped conv) the rounding applies to the tensor widths they multiply (see width_steps).
 
-Two rankings, each driven by one scalar that a bisection tunes to the target:
+Three rankings, each driven by one scalar that a bisection tunes to the target:
 - local: every group removes the same fraction `p` of its channels;
+- uniform: local, but of a grid's prunable factors only the widest (the head dims) is cut and the
+  others (the head counts) are kept whole, so that every tensor width keeps the same fraction: the
+  widths a config with one value per field (Hugging Face's hidden size, head count, MLP ratio) holds;
 - global: scores are normalised by their group's mean, and every channel below a threshold `t`
   goes (CPD's non-uniform widths, chosen globally). Scores that already share one scale across
   groups (`comparable`: the `obs` criterion's relative output errors) are thresholded as they are.
@@ -30,6 +33,8 @@ from prunefx.graph.errors import PrunefxError
 
 TARGET_KINDS = ("macs", "params", "channels")
 TARGET_TOLERANCE = 0.03  # relative to the target cost
+RANKINGS = ("global", "local", "uniform")
+UNIFORM_STEPS = 64  # the kept fraction of uniform ranking is a multiple of 1/64
 
 
 @dataclass(frozen=True)
@@ -140,8 +145,8 @@ class Selector:
     def __init__(self, module, combing: Combing, scores: list[np.ndarray], *, round_to: int = 8,
                  max_ratio: float = 0.8, ranking: str = "global", comparable: bool = False,
                  floors: list[int] | None = None):
-        if ranking not in ("global", "local"):
-            raise PrunefxError(f"unknown ranking '{ranking}' (use 'global' or 'local')")
+        if ranking not in RANKINGS:
+            raise PrunefxError(f"unknown ranking '{ranking}' (use {', '.join(RANKINGS)})")
         if not 0.0 <= max_ratio < 1.0:
             raise PrunefxError(f"max_ratio {max_ratio} must be in [0, 1)")
         self.combing, self.ranking = combing, ranking
@@ -156,12 +161,19 @@ class Selector:
         floors = floors or [1] * len(combing.groups)
         self.widths = [allowed_widths(g.size, step, max_ratio=max_ratio, floor=floor)
                        for g, step, floor in zip(combing.groups, steps, floors)]
+        if ranking == "uniform":  # head counts kept whole: only the widest factor of a grid is cut
+            widest, shared = _factor_roles(combing.analysis, combing.groups)
+            held = shared - widest
+            self.widths = [np.array([g.size]) if int(g.classes[0]) in held else widths
+                           for g, widths in zip(combing.groups, self.widths)]
 
     # --- from the scalar knob to widths ------------------------------------------------------------
     def _kept_for(self, knob: float) -> list[int]:
         kept = []
+        if self.ranking == "uniform":  # fractions in 1/64ths: groups of power-of-two sizes keep exact proportions
+            knob = round(knob * UNIFORM_STEPS) / UNIFORM_STEPS
         for group, widths, normalised in zip(self.combing.groups, self.widths, self.sorted_normalised):
-            if self.ranking == "local":
+            if self.ranking != "global":
                 wanted = group.size * (1.0 - knob)
             else:
                 wanted = group.size - int(np.searchsorted(normalised, knob, side="left"))
@@ -191,7 +203,7 @@ class Selector:
     def plan(self, target: Target, *, iterations: int = 40) -> Plan:
         """Bisection on the knob: the largest model whose cost is at most the target, or, when the
         allowed widths skip over it, the closest on either side."""
-        low, high = 0.0, 1.0 if self.ranking == "local" else self._global_ceiling()
+        low, high = 0.0, 1.0 if self.ranking != "global" else self._global_ceiling()
         best = (abs(self._measure(target, self._kept_for(low)) - target.fraction), low)
         for _ in range(iterations):
             middle = 0.5 * (low + high)
@@ -204,7 +216,7 @@ class Selector:
         for knob in (low, high):
             best = min(best, (abs(self._measure(target, self._kept_for(knob)) - target.fraction), knob))
         kept = self._kept_for(best[1])
-        if best[0] > TARGET_TOLERANCE * target.fraction:
+        if best[0] > TARGET_TOLERANCE * target.fraction and self.ranking != "uniform":  # refining breaks uniformity
             kept = self._refine(target, kept)
         return self._plan_for(target, kept)
 

@@ -3,7 +3,9 @@
 
 A config holds one value per field (`hidden_size`, `intermediate_size`, `num_attention_heads`, a list per
 stage for `hidden_sizes`), so it can describe a pruned model only when every layer that the field sizes
-kept the same width: local ranking with a `channels` target keeps the same fraction of every group. The
+kept the same width: uniform ranking with a `channels` target keeps the same fraction of every width,
+head counts whole (graph/channels/selection.py). An attention's scale that the class derives from the
+head dim is carried by its query weights (_fold_scales). The
 new values are not derived from any model's code: each width field's dense value is mapped to the sizes it
 became (in the tensors' shapes and the modules' integer attributes), fields the config lacks but the
 modules read (a `head_dim` that no longer follows from `hidden_size // num_attention_heads`) are offered
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import sys
 
 import torch
@@ -46,16 +49,18 @@ def update_config(module: nn.Module, model: nn.Module, name: str) -> None:
     mapping = _size_mapping(model, module)
     options = _field_options(module.config, mapping) + _extra_fields(module)
     for candidate in itertools.islice(_candidates(module.config, options), MAX_CANDIDATES):
-        if _builds_same(module, candidate):
+        fresh = _built_same(module, candidate)
+        if fresh is not None:
+            _fold_scales(module, fresh, name)
             for key, value in candidate.to_dict().items():
                 if getattr(module.config, key, None) != value and key != "transformers_version":
                     setattr(module.config, key, value)  # in place: every submodule holding the config sees it
             return
     raise PrunefxError(f"cannot write {name} back with its config: {type(module.config).__name__} has one value "
                        f"per field, and the pruned widths need more{_conflict(module.config, mapping)}; prune with "
-                       "ranking local and a channels target (the same fraction of every layer: prunefx prune "
-                       "--local --channels F), or keep the module without its config (prunefx.to_module(..., "
-                       "config=False), prunefx prune --module)")
+                       "ranking uniform and a channels target (every width the same fraction, head counts kept: "
+                       "prunefx prune --ranking uniform --channels F), or keep the module without its config "
+                       "(prunefx.to_module(..., config=False), prunefx prune --module)")
 
 
 def _size_mapping(model: nn.Module, module: nn.Module) -> dict[int, set[int]]:
@@ -118,18 +123,46 @@ def _candidates(config, options):
         yield candidate
 
 
-def _builds_same(module: nn.Module, config) -> bool:
+def _built_same(module: nn.Module, config) -> nn.Module | None:
+    """The model class built from `config` on the meta device, when its tensor shapes and integer attributes
+    are the written-back module's; None otherwise."""
     try:
         with torch.device("meta"):
             fresh = type(module)(config)
     except Exception:  # a candidate the model class rejects (a width not divisible by the heads, ...)
-        return False
+        return None
     mine, theirs = module.state_dict(), fresh.state_dict()
     if mine.keys() != theirs.keys() or any(mine[k].shape != theirs[k].shape for k in mine):
-        return False
+        return None
     fresh_modules = dict(fresh.named_modules())
-    return all(_int_attributes(m) == _int_attributes(fresh_modules.get(p, nn.Module()))
+    same = all(_int_attributes(m) == _int_attributes(fresh_modules.get(p, nn.Module()))
                for p, m in module.named_modules())
+    return fresh if same else None
+
+
+def _fold_scales(module: nn.Module, fresh: nn.Module, name: str) -> None:
+    """Float attributes that from_pretrained would set otherwise. The pruned Program keeps each attention's
+    dense scale (1/sqrt of the dense head dim), and the model class derives it from the config's head dim:
+    where an attention written to transformers' convention (a float `scaling`, a `q_proj` Linear) differs,
+    the ratio goes into the query projection (softmax(q k^T s) = softmax((q s/s') k^T s'), exact up to
+    rounding) and `scaling` takes the value the class computes. Any other float that differs: PrunefxError."""
+    fresh_modules = dict(fresh.named_modules())
+    for path, submodule in module.named_modules():
+        theirs = {k: v for k, v in vars(fresh_modules[path]).items() if type(v) is float}
+        for attribute, value in vars(submodule).items():
+            if type(value) is not float or attribute not in theirs or math.isclose(value, theirs[attribute]):
+                continue
+            query = getattr(submodule, "q_proj", None)
+            if attribute != "scaling" or not isinstance(query, nn.Linear):
+                raise PrunefxError(f"cannot write {name} back with its config: module '{path}' has {attribute} "
+                                   f"{value:g}, which the model class built from the pruned config sets to "
+                                   f"{theirs[attribute]:g}; keep the module without its config "
+                                   "(prunefx.to_module(..., config=False), prunefx prune --module)")
+            with torch.no_grad():
+                for tensor in (query.weight, query.bias):
+                    if tensor is not None:
+                        tensor.mul_(value / theirs[attribute])
+            submodule.scaling = theirs[attribute]
 
 
 def _conflict(config, mapping) -> str:

@@ -57,9 +57,9 @@ def to_module(program: Program, model: nn.Module, *, config: bool = True) -> nn.
     _check_nothing_dropped(program, dense, name)
     _copy_tensors(program, module, name)
     hint = _resize_modules(module, literal_changes(dense.module, program.module), name)
-    _verify(program, module, name, hint)
-    if config:
+    if config:  # before the proof: the config may move an attention's scale into its query weights
         update_config(module, model, name)
+    _verify(program, module, name, hint)
     return module.train(model.training)
 
 
