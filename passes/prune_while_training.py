@@ -22,7 +22,9 @@ budget. Config (besides the TrainConfig fields of passes/training/engine.py and 
 `teacher`): exactly one target (`macs` or `params`, a fraction of the dense model),
 `prune_events` (default 5), `interval` (steps between events, default 50; the first event comes
 after `interval` steps of accumulation), `ranking`, `round_to`, `max_ratio` (of the dense width of a group,
-held across all the cuts), `keep`, `strict`.
+held across all the cuts), `keep`, `strict`, `optimizer_state` ("carry", the default: after a cut the
+optimizer's state is sliced to the channels kept, passes/training/carried_state.py, as a user's own loop
+does with prunefx.PruneWhileTraining; "restart": momentum starts again).
 
 Preconditions: the Program has a static batch size; the total step budget covers every event.
 Non-goals: growing channels back; events triggered by a loss plateau instead of a step count.
@@ -45,6 +47,7 @@ from prunefx.passes.pass_config import option
 from prunefx.passes.pipeline import run_inner
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.result import Result
+from prunefx.passes.training.carried_state import carry_state, cut_tracking_indices
 from prunefx.passes.training.config import TrainingPassConfig
 from prunefx.passes.training.engine import TrainConfig, Trainer
 
@@ -68,6 +71,8 @@ class PruneWhileTrainingConfig(TrainingPassConfig):
     max_ratio: float = option(0.8, help="largest fraction of one group removed")
     keep: list[str] = option([], help="graph node whose channels must stay")
     strict: bool = option(True, help="fail when the target is missed by more than 3 %")
+    optimizer_state: str = option("carry", help="after a cut: carry the optimizer's state sliced to the channels "
+                                  "kept, or restart it", choices=("carry", "restart"))
 
     def check(self) -> None:
         owner = self.owner
@@ -158,9 +163,13 @@ class PruningSchedule:
     def maybe_prune(self, trainer: Trainer, step: int) -> None:
         if not self.due(step):
             return
-        program = trainer.program
-        self.cut(program, step, train_loss=trainer.last_losses.get("loss"))
-        trainer.replace_program(program)  # new parameters: the optimizer is rebuilt (and train mode restored)
+        program, optimizer = trainer.program, trainer.optimizer
+        before = dict(program.module.named_parameters())
+        _, kept = cut_tracking_indices(
+            program, lambda cut: self.cut(cut, step, train_loss=trainer.last_losses.get("loss")), in_place=True)
+        trainer.replace_program(program)  # new parameters: a new optimizer (and train mode restored)
+        if self.options.get("optimizer_state", "carry") == "carry":  # momentum goes on for the channels kept
+            carry_state(optimizer, trainer.optimizer, before, dict(program.module.named_parameters()), kept)
         self.restart_scores(program.module)
 
     def cut(self, program: Program, step: int, *, train_loss: float | None = None) -> dict:

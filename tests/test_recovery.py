@@ -8,13 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunefx.graph import PrunefxError, capture
-from prunefx.interop.recovery import (
-    DistillationLoss,
-    PruneWhileTraining,
-    carry_optimizer,
-    cut_tracking_indices,
-)
+from prunefx.interop.recovery import DistillationLoss, PruneWhileTraining
+from prunefx.passes.prune_while_training import prune_while_training
 from prunefx.passes.remove_channels import remove_channels
+from prunefx.passes.training.carried_state import carry_optimizer, cut_tracking_indices
+from prunefx.passes.training.schedule import lr_factor
 
 
 def tiny_net() -> nn.Module:
@@ -155,3 +153,49 @@ def test_session_trains_the_written_back_module_of_the_callers_class():
     assert session.statistics()["target"]["met"]
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert held == {id(p) for p in module.parameters()}
+
+
+SAME = {"macs": 0.5, "prune_events": 2, "interval": 2, "round_to": 4, "lr": 0.05, "momentum": 0.9,
+        "weight_decay": 5e-4, "kd_weight": 0.5, "temperature": 3.0}
+
+
+def trainer_route(optimizer_state: str) -> dict[str, torch.Tensor]:
+    """prunefx compress's route: the prune_while_training pass and its Trainer."""
+    program = capture(tiny_net(), batch()[0])
+    prune_while_training(program, config={**SAME, "steps": 6, "data": [batch(s) for s in range(6)],
+                                          "progress": False, "optimizer_state": optimizer_state})
+    return dict(program.module.named_parameters())
+
+
+def plain_loop_route() -> dict[str, torch.Tensor]:
+    """The same settings written as a user's own loop (examples/plain_loop_recovery.py's shape)."""
+    model = tiny_net()
+    session = PruneWhileTraining(model, batch()[0], macs=0.5, events=2, interval=2, round_to=4)
+    kd = DistillationLoss(model, kd_weight=0.5, temperature=3.0)
+    session.train()
+    module = session.module
+    params = list(module.parameters())
+    optimizer = torch.optim.SGD([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 5e-4},
+                                 {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                                lr=0.05, momentum=0.9)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup_steps=0, total_steps=6))
+    for inputs, labels in [batch(s) for s in range(6)]:
+        loss = kd(module(inputs), inputs, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        session.after_backward()
+        optimizer.step()
+        schedule.step()
+        if session.maybe_cut(optimizer):
+            module = session.module
+    return dict(module.named_parameters())
+
+
+def test_compress_and_the_plain_loop_are_the_same_pieces():
+    # Oracle: the hand-written loop. Both carry the optimizer's momentum across the cuts by default.
+    carried, plain, restarted = trainer_route("carry"), plain_loop_route(), trainer_route("restart")
+    assert carried.keys() == plain.keys()
+    for name in carried:
+        assert torch.allclose(carried[name], plain[name], rtol=1e-5, atol=1e-6), name
+    assert any(not torch.allclose(carried[n], restarted[n]) for n in carried)  # the option changes something

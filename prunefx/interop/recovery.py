@@ -25,15 +25,11 @@ prunefx's own Trainer (passes/training/engine.py) runs both for `prunefx compres
   back (and proven) after every cut; the
   Fisher scores then read its gradients, and its weights go into the graph before each cut.
 
-The optimizer after a cut. Channel removal gives every sliced tensor a new Parameter. Rebuilding the
-optimizer (what the Trainer does) restarts momentum; here the caller's optimizer is kept: its parameter
-groups (with their own lr, weight decay, ...) get the new Parameters in place of the old ones, and every
-state tensor shaped like its parameter (SGD's momentum, Adam's moments) is sliced to the channels that
-survived. Which ones survived is read off the cut itself, not re-derived: the cut runs on a copy whose
-tensors hold their own flat indices (exact in floating point, scaled by 2^-64), so after it every surviving
-element names the element it came from; the real values and the optimizer state are gathered by those
-indices. A tensor too large for exact indices in its dtype (over 2^24 elements in float32) is cut as it
-is, and its optimizer state restarts, the Trainer's behaviour.
+The optimizer after a cut. Channel removal gives every sliced tensor a new Parameter. The caller's
+optimizer is kept: its parameter groups (with their own lr, weight decay, ...) get the new Parameters in place
+of the old ones, and every state tensor shaped like its parameter (SGD's momentum, Adam's moments) is sliced
+to the channels that survived (passes/training/carried_state.py, which prunefx's own Trainer uses the same
+way: `compress` and this loop carry the same state).
 """
 
 from __future__ import annotations
@@ -44,9 +40,9 @@ from collections.abc import Callable
 import torch
 
 from prunefx.graph import Program, capture
-from prunefx.graph.attributes import set_tensor
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.prune_while_training import PruneWhileTrainingConfig, PruningSchedule, _target
+from prunefx.passes.training.carried_state import carry_optimizer, cut_tracking_indices, named_tensors
 from prunefx.passes.training.config import CLASSIFICATION, TrainConfig
 from prunefx.passes.training.losses import total_losses
 
@@ -185,88 +181,10 @@ class PruneWhileTraining:
         return self.schedule.statistics(self.program)
 
 
-# --- the cut, with the surviving indices -----------------------------------------------------------
-
-# Probes hold index * 2^-64: exact (a power of two only moves the exponent, and 2^-64 is far above float32's
-# smallest normal number, 2^-126), and small enough that the network stays finite on them (activations
-# shrink towards 0 instead of overflowing), which the cut's verification checks.
-_PROBE_SCALE = 2.0 ** -64
-
-
-def _indexable(tensor: torch.Tensor) -> bool:
-    """Whether every flat index of `tensor` is exact as a probe: float32 or float64, and integers up to
-    2 / eps (2^24 in float32) are exact."""
-    return tensor.dtype in (torch.float32, torch.float64) and tensor.numel() <= 2 / torch.finfo(tensor.dtype).eps
-
-
-def cut_tracking_indices(program: Program, cut: Callable[[Program], object]
-                         ) -> tuple[Program, dict[str, torch.Tensor]]:
-    """Run `cut` on a copy of `program` and return the cut copy with, per tensor name, the flat indices of
-    the original's elements that survived. `program` itself is left as it was, whatever `cut` raises."""
-    pruned = program.clone()
-    originals = {name: tensor for name, tensor in _named_tensors(program.module) if _indexable(tensor)}
-    for name, tensor in originals.items():
-        probe = torch.arange(tensor.numel(), dtype=tensor.dtype, device=tensor.device).reshape(tensor.shape)
-        probe = probe * _PROBE_SCALE
-        set_tensor(pruned.module, name, probe)
-    cut(pruned)
-    kept = {}
-    present = dict(_named_tensors(pruned.module))
-    for name, original in originals.items():
-        if name not in present:  # no longer read by the graph
-            continue
-        index = (present[name].detach() / _PROBE_SCALE).round().long()
-        kept[name] = index.flatten()
-        set_tensor(pruned.module, name, original.detach().flatten()[kept[name]].reshape(index.shape))
-    return pruned, kept
-
-
 def _copy_by_name(source: torch.nn.Module, target: torch.nn.Module) -> None:
     """Copy `source`'s parameters and buffers into `target`'s tensors of the same names."""
-    tensors = dict(_named_tensors(target))
+    tensors = dict(named_tensors(target))
     with torch.no_grad():
-        for name, tensor in _named_tensors(source):
+        for name, tensor in named_tensors(source):
             if name in tensors:
                 tensors[name].copy_(tensor)
-
-
-def _named_tensors(module: torch.nn.Module):
-    yield from module.named_parameters()
-    yield from module.named_buffers()
-
-
-def carry_optimizer(optimizer: torch.optim.Optimizer, before: dict[str, torch.nn.Parameter],
-                    after: dict[str, torch.nn.Parameter], kept: dict[str, torch.Tensor]) -> None:
-    """Swap `before`'s parameters for `after`'s (same names) in `optimizer`'s groups, slicing their state
-    by `kept` (flat indices of the old elements that survived); parameters gone leave the optimizer, a
-    state that cannot be sliced (no indices and a new shape) restarts."""
-    names = {id(parameter): name for name, parameter in before.items()}
-    for group in optimizer.param_groups:
-        carried = []
-        for parameter in group["params"]:
-            name = names.get(id(parameter))
-            if name is None:  # not the model's (an extra parameter of the caller's): left alone
-                carried.append(parameter)
-                continue
-            state = optimizer.state.pop(parameter, None)
-            new = after.get(name)
-            if new is None:
-                continue
-            carried.append(new)
-            sliced = _sliced_state(state or {}, parameter, new, kept.get(name))
-            if sliced:
-                optimizer.state[new] = sliced
-        group["params"] = carried
-
-
-def _sliced_state(state: dict, old: torch.Tensor, new: torch.Tensor, index: torch.Tensor | None) -> dict:
-    out = {}
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor) or value.shape != old.shape or old.shape == new.shape:
-            out[key] = value  # scalars (Adam's step) and states of untouched parameters
-        elif index is not None:
-            out[key] = value.flatten()[index.to(value.device)].reshape(new.shape).clone()
-        else:
-            return {}
-    return out
-
