@@ -45,13 +45,13 @@ from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph import Program, capture, count
 from prunefx.graph.rebatch import rebatch
 from prunefx.models import build_model
+from prunefx.models.small.vit import Attention
 from prunefx.passes.distill import distill
 from prunefx.passes.prune_while_training import prune_while_training
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.training.engine import evaluate
 from prunefx.runtime import compare_latency, export_onnx, onnx_runner
-from prunefx.small_models import Attention
 
 NAME = "fashion_mnist_accuracy"
 CACHE = REPO / "build" / NAME

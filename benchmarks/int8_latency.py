@@ -12,7 +12,7 @@ Calibration: the first 10 of the 20 offline ImageNet images and their mirror ima
 - ort u8 / ort s8: onnxruntime.quantization.quantize_static (QDQ, per-channel weights, MinMax) on the FP32
   file, its default U8 asymmetric activations and symmetric S8; modelopt: NVIDIA ModelOpt's ONNX PTQ
   (modelopt.onnx.quantization.quantize, int8, max calibration, CPU, FP32 kept as high precision).
-Part 2 (--fashion-mnist): the small models of prunefx/small_models.py trained --train-epochs here (cached in
+Part 2 (--fashion-mnist): the small models of prunefx/models/small/ trained --train-epochs here (cached in
 build/int8_latency/), test accuracy on --test-images Fashion-MNIST test images and batch-1 latency of:
 fp32, int8 PTQ, pruned fp32 (remove_channels to half the MACs, widths a multiple of 8, then
 --recovery-steps of KD from the dense model), pruned int8 PTQ, pruned int8 QAT (--qat-steps of KD

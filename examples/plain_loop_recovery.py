@@ -23,7 +23,7 @@ import torch
 
 import prunefx
 from prunefx.data.splits import fashion_mnist_data
-from prunefx.small_models import resnet20
+from prunefx.models.small import resnet20
 
 
 def parse_args(argv=None) -> argparse.Namespace:

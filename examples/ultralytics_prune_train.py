@@ -3,7 +3,7 @@
     python examples/ultralytics_prune_train.py ultralytics:yolov8n.yaml --data data.yaml --macs 0.5 --epochs 1 -o out/
 
 1. the dense DetectionModel is built from the yaml with the data set's classes (or loaded from a .pt) and
-   captured in export mode (prunefx/models.py); remove_channels prunes it to `--macs` of its MACs (l2
+   captured in export mode (prunefx/models/ultralytics_models.py); remove_channels prunes it to `--macs` of its MACs (l2
    importance, widths multiples of 8, the box distribution's softmax and C2PSA's attention kept whole);
 2. prunefx.interop.ultralytics_bridge.to_ultralytics_module writes the pruned graph back into Ultralytics' own
    classes, proven equal to the graph on two inputs;

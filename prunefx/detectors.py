@@ -25,7 +25,7 @@ The graph has the static shapes of the capture: the part takes inputs of exactly
 `fixed_size=(320, 320)` or `min_size=max_size=320` for square images).
 
 Ultralytics YOLO models export whole (in their export mode: raw decoded head outputs, no NMS; see
-prunefx/models.py, `ultralytics:NAME`). `to_ultralytics` wraps their pruned Program so that
+prunefx/models/ultralytics_models.py, `ultralytics:NAME`). `to_ultralytics` wraps their pruned Program so that
 Ultralytics' own `predict` runs it, and `softmax_nodes` names the softmax nodes whose normalised dim
 (YOLO's distribution-focal-loss bins) must keep its width. Nothing here imports ultralytics.
 The pruned graph is wrapped rather than loaded back into Ultralytics' eager modules because those size

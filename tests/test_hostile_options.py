@@ -20,7 +20,8 @@ from onnx import TensorProto, helper
 
 from prunefx.cli import build_parser, main
 from prunefx.graph import PrunefxError
-from prunefx.models import MAX_INPUT_ELEMENTS, parse_input_shape
+from prunefx.graph.program_metadata import MAX_INPUT_ELEMENTS
+from prunefx.models import parse_input_shape
 from prunefx.passes import Pipeline, Result, remove_channels
 from prunefx.passes.recipe import RecipeError, pipeline_from_spec, read_recipe
 from prunefx.runtime import export_onnx

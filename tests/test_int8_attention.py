@@ -123,7 +123,7 @@ def test_int8_attention_runs_on_integers_in_onnx_runtime(one_thread, tmp_path):
     (Q·Kᵀ and P·V in 6 blocks) run as integer matmuls in the graph ONNX Runtime optimises."""
     import onnxruntime as ort
 
-    from prunefx.small_models import vit_tiny_fmnist
+    from prunefx.models.small import vit_tiny_fmnist
 
     torch.manual_seed(0)
     program = capture(vit_tiny_fmnist().eval(), torch.randn(1, 1, 28, 28), name="vit_tiny_fmnist").eval()

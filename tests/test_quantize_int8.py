@@ -539,7 +539,7 @@ def test_every_linear_of_a_vit_runs_on_integers_in_onnx_runtime(one_thread, tmp_
     the oracle itself moves by 3% under 1e-6 input noise); against the Program with its 8-bit weights the
     7-bit weights cost 4-11% of the largest output here (the CNN test above: 1e-2), the price of 7 bits on
     CPUs without VNNI; the "u8" lowering keeps 8 bits where the CPU has VNNI."""
-    from prunefx.small_models import vit_tiny_fmnist
+    from prunefx.models.small import vit_tiny_fmnist
 
     torch.manual_seed(0)
     program = capture(vit_tiny_fmnist().eval(), torch.randn(1, 1, 28, 28), name="vit_tiny_fmnist").eval()

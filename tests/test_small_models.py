@@ -9,8 +9,8 @@ import torch
 from prunefx.graph import capture, count, verify
 from prunefx.loading import program_from_reference
 from prunefx.models import ModelReferenceError, build_model
+from prunefx.models.small import list_models, resnet_cifar
 from prunefx.passes import comb_channels, remove_channels
-from prunefx.small_models import list_models, resnet_cifar
 
 # name: (parameters, MACs at 1x1x28x28), both in millions, as (low, high)
 EXPECTED = {

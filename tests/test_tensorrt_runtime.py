@@ -17,6 +17,7 @@ from torch import nn
 
 from prunefx.cli import EXIT_USER_ERROR, main
 from prunefx.graph import capture
+from prunefx.models.small import resnet20
 from prunefx.runtime import (
     BackendUnavailableError,
     BuildOptions,
@@ -41,7 +42,6 @@ from prunefx.runtime.tensorrt_plan import (
     network_plan,
     onnx_types,
 )
-from prunefx.small_models import resnet20
 
 torch.set_num_threads(1)
 

@@ -2,7 +2,7 @@
 
 `to_ultralytics_module(program, detection_model)` is `prunefx.to_module` (prunefx/interop/write_back.py: tensors
 copied by name, size attributes set, outputs proven equal to the Program) with the resizers YOLO's blocks
-need, then the Detect head put back from export mode (prunefx/models.py captures that mode) to the mode
+need, then the Detect head put back from export mode (prunefx/models/ultralytics_models.py captures that mode) to the mode
 Ultralytics trains in. Ultralytics is AGPL-3.0 and never a dependency of prunefx: it is imported here
 only when a caller hands over one of its models.
 
@@ -111,7 +111,7 @@ def detect_head(model: nn.Module) -> nn.Module:
 
 
 def training_mode(model: nn.Module) -> nn.Module:
-    """Undo prunefx/models.py's export mode on the Detect head: Ultralytics trains and validates this."""
+    """Undo prunefx/models/ultralytics_models.py's export mode on the Detect head: Ultralytics trains and validates this."""
     head = detect_head(model)
     head.export, head.dynamic = False, False
     head.stride = model.stride.detach().clone()

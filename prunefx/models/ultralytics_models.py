@@ -1,0 +1,80 @@
+"""Ultralytics YOLO models (`ultralytics:NAME`) in their export-mode forward: decoded boxes and class scores, no NMS.
+
+Ultralytics is AGPL-3.0: imported here only when a user names an Ultralytics model, never a dependency of prunefx.
+Checkpoints are pickled: load only files you trust.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from prunefx.graph.errors import first_line
+from prunefx.models.spec import ModelReferenceError, ModelSpec
+
+ULTRALYTICS_IMAGE_SIZE = 640  # the size Ultralytics trains and predicts at
+
+
+def ultralytics_model(name: str, image_size: int | None) -> ModelSpec:
+    module = ultralytics_detector(name)
+    size = image_size or ULTRALYTICS_IMAGE_SIZE
+    stride = int(max(module.stride))
+    if size % stride:
+        raise ModelReferenceError(f"ultralytics:{name} takes images whose size is a multiple of {stride}, not {size}")
+    return ModelSpec(module, None, f"ultralytics:{name}", (1, 3, size, size))
+
+
+def ultralytics_detector(name: str) -> torch.nn.Module:
+    """An Ultralytics DetectionModel from a shipped yaml (no weights) or a checkpoint, set to its export-mode
+    forward (what Ultralytics' own ONNX export traces): one tensor of decoded boxes and class scores."""
+    try:
+        from ultralytics.nn.tasks import load_checkpoint
+    except ImportError as error:  # AGPL-3.0: installed by the user (or `pip install -e .[dev]`), never by us
+        raise ModelReferenceError(f"ultralytics:{name} needs the ultralytics package: pip install ultralytics "
+                                  f"({first_line(error)})") from error
+    if name.endswith((".yaml", ".yml")):
+        try:
+            model = _ultralytics_model_class(name)(name, verbose=False)
+        except Exception as error:  # a missing or malformed yaml surfaces as many types
+            raise ModelReferenceError(f"ultralytics cannot build {name}: {first_line(error)}") from error
+    elif name.endswith(".pt"):
+        if not Path(name).is_file():
+            raise ModelReferenceError(f"ultralytics checkpoint {name} not found")
+        try:
+            model = load_checkpoint(name, device="cpu")[0]
+        except Exception as error:
+            raise ModelReferenceError(f"ultralytics cannot load {name}: {first_line(error)}") from error
+    else:
+        raise ModelReferenceError(f"ultralytics:{name}: name a model yaml (yolov8n.yaml) or a checkpoint .pt")
+    # Ultralytics saves its EMA copy with every parameter frozen: prunefx compresses and trains this model.
+    model = model.float().eval().requires_grad_(True)
+    from prunefx.interop.ultralytics_bridge import register_resizers
+    register_resizers()  # so that prunefx.to_module (prune --module) can write a pruned YOLO back
+    if type(model).__name__ == "ClassificationModel":
+        for head in model.modules():  # export mode: one tensor of class probabilities, not (probabilities, logits)
+            if hasattr(head, "export") and type(head).__name__ == "Classify":
+                head.export = True
+        return model
+    return _export_mode(model, name)
+
+
+def _ultralytics_model_class(name: str) -> type:
+    """DetectionModel, or ClassificationModel for a classification yaml (yolo11n-cls.yaml)."""
+    from ultralytics.nn.tasks import ClassificationModel, DetectionModel, guess_model_task
+    return ClassificationModel if guess_model_task(name) == "classify" else DetectionModel
+
+
+def _export_mode(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    heads = [m for m in model.modules() if hasattr(m, "export") and hasattr(m, "stride") and hasattr(m, "reg_max")]
+    if len(heads) != 1 or getattr(heads[0], "end2end", False):
+        raise ModelReferenceError(f"ultralytics:{name} has no single (non end-to-end) Detect head; prunefx "
+                                  "takes Ultralytics detection models with a Detect head (YOLOv8, YOLO11) and "
+                                  "classification models")
+    head = heads[0]
+    head.export, head.format = True, "onnx"
+    # Anchors are computed inside the graph for the captured size (dynamic), from Python-number strides: a
+    # stride tensor would be read with .item() there, which shape propagation cannot follow.
+    head.dynamic = True
+    head.stride = [float(s) for s in head.stride]
+    return model

@@ -1,0 +1,61 @@
+"""Models built by a factory function in the user's own Python file (`path/to/file.py:FACTORY`)."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from prunefx.models.spec import DEFAULT_IMAGE_SIZE, ModelReferenceError, ModelSpec, require_file
+
+
+def _import_file(path: Path):
+    # One module name per file (two model.py files in different folders must not collide),
+    # registered in sys.modules before running it, as dataclasses and pickling look modules up there.
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    stem = re.sub(r"\W", "_", path.stem)
+    module_name = f"prunefx_user_model_{stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SystemExit as exc:
+        del sys.modules[module_name]
+        raise ModelReferenceError(f"importing model file {path} called sys.exit({exc.code!r})") from exc
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise ModelReferenceError(f"importing model file {path} failed: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def file_model(path: Path, factory: str, image_size: int | None) -> ModelSpec:
+    if not factory.isidentifier():
+        raise ModelReferenceError(f"{factory!r} after {path}: is not a Python function name")
+    if not path.exists():
+        raise ModelReferenceError(f"model file {path} not found")
+    require_file(path, "model file", ModelReferenceError)
+    source = _import_file(path)
+    build = getattr(source, factory, None)
+    if not callable(build):
+        names = [n for n in vars(source) if callable(getattr(source, n)) and not n.startswith("_")]
+        close = difflib.get_close_matches(factory, names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ModelReferenceError(f"model file {path} has no function {factory!r}{hint}")
+    try:
+        module = build()
+    except SystemExit as exc:  # user code asking to end the process is a failed build, not prunefx's exit
+        raise ModelReferenceError(f"{path}:{factory}() called sys.exit({exc.code!r}) instead of returning "
+                                  "a model") from exc
+    except Exception as exc:
+        raise ModelReferenceError(f"{path}:{factory}() failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(module, torch.nn.Module):
+        raise ModelReferenceError(
+            f"{path}:{factory}() returned {type(module).__name__}; it must return a torch.nn.Module")
+    size = image_size or DEFAULT_IMAGE_SIZE  # the factory takes no arguments: image_size only sets the shape
+    return ModelSpec(module.eval(), None, f"{path.stem}:{factory}", (1, 3, size, size))
