@@ -47,7 +47,8 @@ MODEL_REFUSALS = {  # from benchmarks/results/write_back_coverage.md
     # its attention calls the fused kernel with the default scale, which the pruned head dim changes
     "prunefx:vit_tiny_fmnist": "scaled_dot_product_attention",
     "torchvision:swin_t": "lifted_tensor",                # a constant tensor the forward builds, no attribute
-    "torchvision:vit_b_16": "(MultiheadAttention)",       # nn.MultiheadAttention: one width for heads and input
+    # nn.MultiheadAttention: one width for heads and input, which global ranking cuts apart
+    "torchvision:vit_b_16": "module 'encoder.layers.encoder_layer_0.self_attention': nn.MultiheadAttention holds one",
     "torchvision:shufflenet_v2_x1_0": "aten.view.default in module 'stage2.0'",  # channel shuffle sizes
     "torchvision:maxvit_t": "attribute 'head_dim'",       # one head_dim for q/k and v pruned apart
     # attention widths computed from the residual width, or tables sized by the head dim
@@ -228,3 +229,39 @@ def test_the_module_comes_back_in_the_model_s_training_mode():
     remove_channels(program, config={"macs": 0.5, "round_to": 1, "strict": False})
     assert not to_module(program, model).training
     assert to_module(program, model.train()).training and model.training
+
+
+class Encoder(nn.Module):
+    """nn.MultiheadAttention inside torch's own TransformerEncoderLayer."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = nn.Linear(8, 32), nn.Linear(32, 3)
+        self.layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+
+    def forward(self, x):
+        return self.head(self.layer(self.embed(x)).mean(1))
+
+
+def test_multihead_attention_with_uniform_widths_is_written_back():
+    torch.manual_seed(0)
+    model, x = Encoder().eval(), torch.randn(2, 5, 8)
+    program = capture(model, x, name="Encoder").eval()
+    remove_channels(program, config={"channels": 0.5, "ranking": "uniform", "round_to": 2})
+    attention = to_module(program, model).layer.self_attn
+    assert (attention.embed_dim, attention.num_heads, attention.head_dim) == (16, 4, 4)
+    assert third_input_error(program, to_module(program, model), (x,)) <= 1e-5
+    # the dense scale 1/sqrt(8) is carried by the query rows: MultiheadAttention scales by 1/sqrt(4)
+    weight = program.state_dict()["layer.self_attn.in_proj_weight"]
+    assert torch.allclose(attention.in_proj_weight[:16], weight[:16] * 0.5 ** 0.5)
+    assert torch.equal(attention.in_proj_weight[16:], weight[16:])
+
+
+def test_multihead_attention_with_heads_apart_from_its_input_is_refused_by_name():
+    torch.manual_seed(0)
+    model, x = Encoder().eval(), torch.randn(2, 5, 8)
+    program = capture(model, x, name="Encoder").eval()
+    remove_channels(program, config={"macs": 0.5, "round_to": 2, "strict": False})
+    with pytest.raises(PrunefxError, match=r"Encoder back: module 'layer.self_attn': nn.MultiheadAttention holds one "
+                                           r"width .* input width \d+ and 4 heads of width \d+ .*ranking uniform"):
+        to_module(program, model)

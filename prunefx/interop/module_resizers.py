@@ -19,8 +19,10 @@ The most specific registered class of a module wins (its method resolution order
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 Changes = list[tuple[int, int]]
@@ -140,16 +142,33 @@ def _embedding(module: nn.Embedding, changes: Changes) -> None:
 
 
 def _multihead_attention(module: nn.MultiheadAttention, changes: Changes) -> None:
-    heads = {new for old, new in changes if old == module.num_heads}
+    """nn.MultiheadAttention computes its heads at its input width (embed_dim = num_heads x head_dim, asserted
+    by its forward), so it holds a pruned program only where the two widths stayed equal (uniform ranking);
+    and it calls attention with the default scale of its head dim, where the program keeps the dense one:
+    the ratio goes into the query rows of the input projection (softmax(q k^T s) = softmax((q s/s') k^T s'))."""
+    weights = [module.in_proj_weight] if module.in_proj_weight is not None else \
+        [module.q_proj_weight, module.k_proj_weight, module.v_proj_weight]
+    inner = weights[0].shape[0] // 3 if module.in_proj_weight is not None else weights[0].shape[0]
+    heads = {new for old, new in changes if old == module.num_heads} or {module.num_heads}
     if len(heads) > 1:
         raise ResizeError(f"num_heads of MultiheadAttention became {sorted(heads)} in different operators")
-    module.num_heads = heads.pop() if heads else module.num_heads
-    if module.in_proj_weight is not None:
-        module.embed_dim = module.kdim = module.vdim = module.in_proj_weight.shape[1]
-    else:
-        module.embed_dim = module.q_proj_weight.shape[1]
-        module.kdim, module.vdim = module.k_proj_weight.shape[1], module.v_proj_weight.shape[1]
-    module.head_dim = module.embed_dim // module.num_heads
+    num_heads, embed_dim = heads.pop(), weights[0].shape[1]
+    if inner != embed_dim or inner % num_heads:
+        raise ResizeError(f"nn.MultiheadAttention holds one width for its input and its heads (embed_dim = num_heads "
+                          f"x head_dim), and the program has input width {embed_dim} and {num_heads} heads of width "
+                          f"{inner} in all; prune with ranking uniform (head counts kept, every width the same "
+                          "fraction), or keep the program")
+    old_head_dim = module.head_dim
+    module.num_heads, module.embed_dim, module.head_dim = num_heads, embed_dim, embed_dim // num_heads
+    module.kdim, module.vdim = (embed_dim, embed_dim) if module.in_proj_weight is not None else \
+        (module.k_proj_weight.shape[1], module.v_proj_weight.shape[1])
+    if module.head_dim != old_head_dim:
+        query = module.in_proj_weight[:inner] if module.in_proj_weight is not None else module.q_proj_weight
+        bias = module.in_proj_bias[:inner] if module.in_proj_bias is not None else None
+        with torch.no_grad():
+            for tensor in (query, bias):
+                if tensor is not None:
+                    tensor.mul_(math.sqrt(module.head_dim / old_head_dim))
 
 
 def _recurrent(module: nn.RNNBase, changes: Changes) -> None:
