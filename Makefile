@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml constraints.txt assets.txt Makefile
 	@# TensorRT's type stubs for tests/test_tensorrt_api.py, in their own folder: they require TensorRT itself (no wheel
 	@# without an NVIDIA driver), and in site-packages their tensorrt/__init__.pyi makes `import tensorrt` succeed
 	$(PIP) install --quiet --no-deps -c constraints.txt --target $(VENV)/tensorrt-stubs --upgrade tensorrt-stubs
+	@# Torch-TensorRT's source for tests/test_torch_tensorrt_api.py: read with ast, never imported (it needs CUDA)
+	$(PIP) install --quiet --no-deps -c constraints.txt --target $(VENV)/torch-tensorrt --upgrade torch-tensorrt
 	@$(MAKE) --no-print-directory fashion-mnist
 	@touch $(STAMP)
 
