@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 
 from prunefx.graph import Program, count
 from prunefx.graph.activations import calibration_inputs
+from prunefx.graph.depth.branch_drop import drop_branches, drop_damage, droppable_blocks
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.budget_search import (
     BudgetUnreachable,
@@ -74,6 +75,8 @@ class DepthToBudgetConfig(PassConfig):
                               choices=("batch_norm", "keep"))
     recalibrate: bool = option(False, help="re-estimate the batch norms inside the chosen blocks")
     max_kernel_growth: float = option(1.0, low=1.0, help="largest growth of a kernel side a merge may cause (>= 1)")
+    route: str = option("auto", help="merge linearised blocks, drop whole residual branches, or auto: merge "
+                                     "when any block merges, else drop", choices=("auto", "merge", "drop"))
     ranking: list[str] | None = option(help="blocks to choose from, best first (default: ranked here on "
                                             "calibration); a caller searching several budgets ranks once", cli=False)
     progress: bool | None = option(help="a progress bar (default: on a terminal)", cli=False)
@@ -107,18 +110,14 @@ def depth_to_budget(program: Program, /, *, config: dict | None = None) -> Resul
     require_latency("depth_to_budget", settings.latency)
     if settings.calibration is None:
         raise PrunefxError("depth_to_budget needs 'calibration' data: it ranks the blocks by their damage on it")
-    if settings.ranking is not None:
-        names, scores = list(settings.ranking), {}
-    else:
-        batches = calibration_inputs(program.example_inputs, settings.calibration, what="depth_to_budget")
-        ranked, scores = ranked_blocks(program, batches, rank=settings.rank, progress=settings.progress)
-        names = [block.name for block in ranked]
+    route, names, scores = _ranking(program, settings)
     if not names:
-        raise BudgetUnreachable(no_block_message(program, settings.speedup, settings.latency_ms), dimension="depth",
-                                best=None)
-    search = _Search(program, names, settings)
+        raise BudgetUnreachable(no_block_message(program, settings.speedup, settings.latency_ms, settings.route),
+                                dimension="depth", best=None)
+    search = _Search(program, names, settings, route)
     chosen = search.run()
     stats = {"budget": budget_text(settings.speedup, settings.latency_ms), "met": True, "speedup": chosen.speedup,
+             "route": route,
              "dense_ms": chosen.measured.dense_ms, "ms": chosen.measured.ms, "blocks": chosen.blocks,
              "confirmed": chosen.measured.confirmed, "interval": chosen.measured.to_dict().get("interval"),
              "chosen": chosen.measured.to_dict(), "trace": [candidate.to_dict() for candidate in search.trace],
@@ -127,16 +126,38 @@ def depth_to_budget(program: Program, /, *, config: dict | None = None) -> Resul
     return Result(chosen.program, modified=bool(chosen.blocks), stats=stats)
 
 
-def no_block_message(program: Program, speedup: float | None, latency_ms: float | None) -> str:
+def _ranking(program: Program, settings: DepthToBudgetConfig) -> tuple[str, list[str], dict]:
+    """(route, block names best first, their scores): the merge ranking, or, when the route is "drop" or
+    "auto" finds no block that merges (ConvNeXtV2's GRN), the droppable blocks by the damage of dropping."""
+    route = "merge" if settings.route == "auto" else settings.route
+    if settings.ranking is not None and settings.route != "auto":
+        return route, list(settings.ranking), {}
+    batches = calibration_inputs(program.example_inputs, settings.calibration, what="depth_to_budget")
+    names, scores = [], {}
+    if route == "merge":
+        ranked, scores = ranked_blocks(program, batches, rank=settings.rank, progress=settings.progress)
+        names = [block.name for block in ranked]
+    if not names and settings.route != "merge":
+        route, blocks = "drop", droppable_blocks(program)
+        damage = drop_damage(program, blocks, batches, progress=settings.progress)
+        names = sorted(damage, key=damage.get)
+        scores = {name: {"damage": value} for name, value in damage.items()}
+    if settings.ranking is not None:  # auto with a given ranking: the route found above, the user's order
+        names = list(settings.ranking)
+    return route, names, scores
+
+
+def no_block_message(program: Program, speedup: float | None, latency_ms: float | None, route: str = "merge") -> str:
+    dropped = ", and none is a residual branch that can be dropped" if route != "merge" else ""
     return (f"cannot reach {budget_text(speedup, latency_ms)}: no block of {program.name} becomes affine once "
-            "linearised and merges into fewer MACs")
+            f"linearised and merges into fewer MACs{dropped}")
 
 
 class _Search:
     """Bisection over the prefix length of the ranking (see the module docstring)."""
 
-    def __init__(self, dense: Program, ranked: list[str], settings: DepthToBudgetConfig):
-        self.dense, self.ranked, self.settings = dense, ranked, settings
+    def __init__(self, dense: Program, ranked: list[str], settings: DepthToBudgetConfig, route: str = "merge"):
+        self.dense, self.ranked, self.settings, self.route = dense, ranked, settings, route
         self.latency = as_measurer(settings.latency)
         self.dense_macs = count(dense).macs
         self.trace: list[Candidate] = []
@@ -159,17 +180,29 @@ class _Search:
 
     def measure(self, n: int) -> Candidate:
         blocks = self.ranked[:n]
+        program, stats = self._dropped(blocks) if self.route == "drop" else self._linearized(blocks)
+        # on a copy: the trace keeps the returned candidate beside the merged one that was measured
+        merged = run_inner(merge_blocks, program, {"max_kernel_growth": self.settings.max_kernel_growth},
+                           on_copy=True)
+        candidate = Candidate(blocks, program, merged.program, count(merged.program).macs / self.dense_macs,
+                              Measured(*self.latency(self.dense, merged.program)), stats)
+        self.trace.append(candidate)
+        return candidate
+
+    def _linearized(self, blocks: list[str]) -> tuple[Program, dict]:
         with self.dense.evaluating():  # the candidate, a copy, is in eval mode: what deployment runs
             linearized = run_inner(linearize_blocks, self.dense, {
                 "blocks": blocks, "mode": "abrupt", "calibration": self.settings.calibration,
                 "recalibrate": self.settings.recalibrate, "layer_norms": self.settings.layer_norms}, on_copy=True)
-        # on a copy: the trace keeps the linearised candidate beside the merged one
-        merged = run_inner(merge_blocks, linearized.program, {"max_kernel_growth": self.settings.max_kernel_growth},
-                           on_copy=True)
-        candidate = Candidate(blocks, linearized.program, merged.program, count(merged.program).macs / self.dense_macs,
-                              Measured(*self.latency(self.dense, merged.program)), linearized.stats)
-        self.trace.append(candidate)
-        return candidate
+        return linearized.program, linearized.stats
+
+    def _dropped(self, names: list[str]) -> tuple[Program, dict]:
+        """The dense Program with these blocks' residual branches dropped (graph/depth/branch_drop.py); its
+        stats in linearize_blocks' shape (nothing linearised) with the dropped blocks."""
+        chosen = set(names)
+        with self.dense.evaluating():
+            program = drop_branches(self.dense, [b for b in droppable_blocks(self.dense) if b.name in chosen])
+        return program, {"chosen": [], "dropped": list(names)}
 
     def confirm(self, candidate: Candidate) -> Candidate:
         if self.settings.confirm:
@@ -179,4 +212,5 @@ class _Search:
     def _unreachable(self, everything: Candidate) -> str:
         return (f"cannot reach {budget_text(self.settings.speedup, self.settings.latency_ms)} by depth: the best "
                 f"measured was {speedup_text(everything.measured)} ({everything.measured.ms:.2f} ms, "
-                f"{everything.macs_kept:.3f} of the MACs) with all {len(everything.blocks)} mergeable blocks linearised")
+                f"{everything.macs_kept:.3f} of the MACs) with all {len(everything.blocks)} "
+                f"{'droppable blocks dropped' if self.route == 'drop' else 'mergeable blocks linearised'}")

@@ -6,10 +6,11 @@ whole blocks (depth, UPDP) removes it with the block. So when prune_to_budget is
 
 - without `--allow-depth`, the refusal is one line: width's best confirmed interval, and the route that
   can take the model further: `--allow-depth`, `prunefx depth --speedup S`, or `prunefx compress --speedup
-  S` (width, depth and INT8 chosen together). A model with no mergeable block is told so;
+  S` (width, depth and INT8 chosen together). A model with no block depth can take is told so;
 - with `--allow-depth` (and `--calibrate DATA`, which ranks the blocks), the same model, budget, backend and
   measurement go to `prunefx depth` (passes/depth_to_budget.py: the fewest least harmful blocks whose
-  merged network meets the budget, accepted on the same interval's lower bound); its report.json says
+  merged network meets the budget, accepted on the same interval's lower bound; when no block merges, as
+  with ConvNeXtV2's GRN, whole residual branches are dropped instead); its report.json says
   `route: depth` and keeps width's refusal. If depth cannot either, the one-line refusal gives the best
   interval each dimension reached and names `compress --speedup` (both together).
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from prunefx.graph import Program
 from prunefx.graph.depth.blocks import find_blocks
+from prunefx.graph.depth.branch_drop import droppable_blocks
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.budget_search import BudgetUnreachable, budget_text, speedup_text
 
@@ -44,16 +46,23 @@ def mergeable_blocks(program: Program) -> int:
     return sum(block.affine for block in find_blocks(program.module))
 
 
+def depth_blocks(program: Program) -> tuple[int, str]:
+    """(how many blocks the depth route can take, and how): merged when any block becomes affine, else
+    dropped whole residual branches (graph/depth/branch_drop.py; depth_to_budget's route "auto")."""
+    mergeable = mergeable_blocks(program)
+    return (mergeable, "merge") if mergeable else (len(droppable_blocks(program)), "drop")
+
+
 def width_refusal(width: BudgetUnreachable, args, program: Program) -> PrunefxError:
     """One line: what width reached, and the route that can go further (see the module docstring)."""
-    mergeable = mergeable_blocks(program)
+    blocks, how = depth_blocks(program)
     flag = _budget_flag(args)
-    if mergeable:
-        route = (f"width alone cannot, but depth can merge up to {mergeable} blocks of {program.name}: add "
+    if blocks:
+        route = (f"width alone cannot, but depth can {how} up to {blocks} blocks of {program.name}: add "
                  f"--allow-depth --calibrate DATA, or run `prunefx depth {args.model} {flag} --calibrate DATA`, "
                  f"or `prunefx compress {args.model} {flag}` (width, depth and INT8 together)")
     else:
-        route = (f"width alone cannot, and no block of {program.name} merges (no depth route); "
+        route = (f"width alone cannot, and no block of {program.name} merges or drops (no depth route); "
                  f"`prunefx compress {args.model} {flag}` adds INT8")
     return PrunefxError(f"{width}; {route}")
 
@@ -76,7 +85,7 @@ def take_depth_route(args, width: BudgetUnreachable, program: Program) -> int:
     """`prunefx depth` on the same budget after width's refusal; a refusal there names both dimensions."""
     from prunefx.commands import depth
 
-    if not mergeable_blocks(program):
+    if not depth_blocks(program)[0]:
         raise width_refusal(width, args, program)
     print(f"{width}; width alone cannot: taking the depth route (--allow-depth)", flush=True)
     try:
@@ -85,7 +94,7 @@ def take_depth_route(args, width: BudgetUnreachable, program: Program) -> int:
         reached = unreachable_in(error)
         if reached is None:
             raise
-        depth_best = (f"depth's best {speedup_text(reached.best)} (every mergeable block merged)" if reached.best
+        depth_best = (f"depth's best {speedup_text(reached.best)} (every block it could take)" if reached.best
                       else f"depth: {reached}")
         raise PrunefxError(f"cannot reach {budget_text(args.speedup, args.latency_ms)}: width's best was "
                            f"{speedup_text(width.best)}, {depth_best}; `prunefx compress {args.model} "

@@ -129,4 +129,4 @@ def test_the_refusal_names_depth_only_where_a_block_merges():
     assert "depth can merge up to 1 blocks of relu_net: add --allow-depth" in offered
     assert "prunefx depth m --speedup 2 --calibrate DATA" in offered and "\n" not in offered
     refused = str(width_refusal(width, args, gated))
-    assert "no block of gated_net merges (no depth route)" in refused and "--allow-depth" not in refused
+    assert "no block of gated_net merges or drops (no depth route)" in refused and "--allow-depth" not in refused

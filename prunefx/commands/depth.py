@@ -85,7 +85,9 @@ def run(args) -> int:
     linearized, merged = (result.steps[0][1], result.steps[1][1])
     search = linearized.stats if budget else None  # depth_to_budget's, which hold linearize_blocks' own
     linearize_stats = search["linearize_blocks"] if search else linearized.stats
-    print(f"linearised {len(linearize_stats['chosen'])} blocks of {program.name} and made "
+    dropped = linearize_stats.get("dropped", [])  # depth_to_budget's drop route (no block merges)
+    print(f"linearised {len(linearize_stats['chosen'])} blocks of {program.name}"
+          f"{f', dropped {len(dropped)} residual branches' if dropped else ''} and made "
           f"{len(merged.stats['merges'])} merges in {time.perf_counter() - started:.1f} s; exporting to ONNX", flush=True)
     before, after = count(program), count(pruned)
     with staged_folder(output) as staging:
@@ -97,7 +99,7 @@ def run(args) -> int:
                                "merge_blocks": merged.stats, **delivered})
     if search:
         _print_search(_budget_report(search, args))
-    print(f"blocks {', '.join(linearize_stats['chosen'])}")
+    print(f"blocks {', '.join(linearize_stats['chosen'] or dropped)}{' (dropped)' if dropped else ''}")
     print(f"MACs   {before.macs / 1e6:.1f} M -> {after.macs / 1e6:.1f} M ({after.macs / before.macs:.3f})")
     print(f"wrote {output / 'model.pt2'}, {output / 'model.onnx'} and {output / 'report.json'}")
     return 0

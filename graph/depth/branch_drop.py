@@ -1,0 +1,66 @@
+"""Dropping whole residual branches: depth pruning for blocks that never become affine.
+
+UPDP merges a block once its activations are identity, which needs every operator to be affine then.
+ConvNeXtV2's GRN (a norm over the spatial dims), attention and gating multiplies are not, so such blocks
+cannot be merged. A residual block `y = x + f(x)` can still leave the network whole: `y = x`, the branch
+`f` and its parameters removed (stochastic depth at its limit; the trained network is known to tolerate
+losing its least useful branches, and distillation recovers the rest). A block is droppable when its add
+reads the fork itself (an identity shortcut) and the add's output has the fork's shape, so nothing else
+in the graph changes.
+
+The damage of dropping one block alone is measured as block_damage measures linearising one: the output
+divergence on calibration batches (KL for logits, relative MSE otherwise); lower is safer to drop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm import tqdm
+
+from prunefx.graph.depth.block_damage import _outputs, divergence
+from prunefx.graph.depth.blocks import Block, find_blocks
+
+
+def _shape(node: torch.fx.Node):
+    value = node.meta.get("val")
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
+def droppable(block: Block, nodes: dict[str, torch.fx.Node]) -> bool:
+    """A residual block whose add reads the fork itself and keeps its shape (see the module docstring)."""
+    if block.kind != "residual" or block.fork is None or block.join is None:
+        return False
+    fork, join = nodes[block.fork], nodes[block.join]
+    return fork in join.all_input_nodes and _shape(fork) is not None and _shape(fork) == _shape(join)
+
+
+def droppable_blocks(program) -> list[Block]:
+    """The blocks of `program` whose residual branch can be dropped, in graph order."""
+    nodes = {node.name: node for node in program.graph.nodes}
+    return [block for block in find_blocks(program.module) if droppable(block, nodes)]
+
+
+def drop_branches(program, blocks: Sequence[Block]):
+    """A copy of `program` in which every block of `blocks` is its shortcut: the add's users read the fork,
+    and the branch, now unused, leaves the graph with its parameters (Program.recompile)."""
+    candidate = program.clone()
+    nodes = {node.name: node for node in candidate.graph.nodes}
+    for block in blocks:
+        nodes[block.join].replace_all_uses_with(nodes[block.fork])
+    candidate.recompile()
+    return candidate
+
+
+def drop_damage(program, blocks: Sequence[Block], batches: Sequence[tuple[torch.Tensor, ...]], *,
+                progress: bool | None = None) -> dict[str, float]:
+    """{block name: mean output divergence over `batches` when only that block's branch is dropped}."""
+    with program.evaluating():
+        reference = _outputs(program.module, batches)
+        damage = {}
+        for block in tqdm(blocks, desc="scoring blocks to drop", unit="block",
+                          disable=None if progress is None else not progress):
+            outputs = _outputs(drop_branches(program, [block]).module, batches)
+            damage[block.name] = sum(map(divergence, reference, outputs)) / len(outputs)
+    return damage

@@ -1,0 +1,130 @@
+"""Depth for blocks that never become affine (ConvNeXtV2's GRN): whole residual branches dropped.
+
+The oracle is the eager module itself with the chosen blocks replaced by nn.Identity (what `y = x` means),
+built apart from the graph rewrite; the budget search is measured by a stand-in whose latency is
+proportional to the MACs (as in test_depth_to_budget.py)."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from prunefx.graph import capture, count
+from prunefx.graph.depth.blocks import find_blocks
+from prunefx.graph.depth.branch_drop import drop_branches, drop_damage, droppable_blocks
+from prunefx.graph.errors import PrunefxError
+from prunefx.passes import Pipeline, depth_to_budget, merge_blocks
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class GatedBlock(nn.Module):
+    """x + f(x) with a GELU and a GRN-like gate (x times its own spatial norm): never affine, so never mergeable."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.pointwise = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        y = nn.functional.gelu(self.conv(x))
+        y = y * (y.norm(dim=(2, 3), keepdim=True) / 10)
+        return x + self.pointwise(y)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.Sequential(*[GatedBlock(8) for _ in range(4)])
+        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1)  # not residual: stays
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.down(self.blocks(self.stem(x)))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    module = Net().eval()
+    program = capture(module, torch.randn(2, 3, 16, 16), name="gated").eval()
+    return module, program, [(torch.randn(2, 3, 16, 16),) for _ in range(2)]
+
+
+def dropped_eagerly(module: nn.Module, indices: list[int]) -> nn.Module:
+    """The oracle: the eager module with these blocks replaced by identity."""
+    copied = copy.deepcopy(module)
+    for index in indices:
+        copied.blocks[index] = nn.Identity()
+    return copied
+
+
+def test_no_block_merges_but_every_identity_residual_drops(net):
+    _, program, _ = net
+    assert not any(block.affine for block in find_blocks(program.module))
+    assert [block.name for block in droppable_blocks(program)] == [f"blocks.{i}" for i in range(4)]
+
+
+def test_a_dropped_branch_is_exactly_the_block_as_identity(net):
+    module, program, batches = net
+    chosen = [block for block in droppable_blocks(program) if block.name in ("blocks.1", "blocks.3")]
+    dropped = drop_branches(program, chosen)
+    oracle = dropped_eagerly(module, [1, 3])
+    with torch.no_grad():
+        for (images,) in batches:
+            assert torch.allclose(dropped.module(images), oracle(images), atol=1e-5)
+    assert count(dropped).params == sum(p.numel() for p in oracle.parameters())  # the branch's weights are gone
+    assert count(program).macs > count(dropped).macs and program.output_shapes == dropped.output_shapes
+
+
+def test_a_projection_shortcut_is_not_droppable():
+    class Projected(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.branch, self.shortcut = nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(4, 8, 1)
+
+        def forward(self, x):
+            return self.shortcut(x) + torch.relu(self.branch(x))
+
+    program = capture(Projected().eval(), torch.randn(1, 4, 8, 8), name="projected").eval()
+    assert droppable_blocks(program) == []
+
+
+def test_damage_ranks_every_droppable_block(net):
+    _, program, batches = net
+    damage = drop_damage(program, droppable_blocks(program), batches, progress=False)
+    assert sorted(damage) == [f"blocks.{i}" for i in range(4)] and all(value > 0 for value in damage.values())
+
+
+def macs_latency(dense, candidate):
+    return count(dense).macs / 1e6, count(candidate).macs / 1e6, 0.0
+
+
+def test_depth_to_budget_drops_the_fewest_least_harmful_branches(net):
+    module, program, batches = net
+    budget = 1.3
+    result = Pipeline([(depth_to_budget, {"speedup": budget, "latency": macs_latency, "calibration": batches}),
+                       (merge_blocks, {})]).run(program)
+    stats = result.stats()["depth_to_budget"]
+    ranking = [row["name"] for row in stats["ranking"]]
+    n = len(stats["blocks"])
+    assert stats["route"] == "drop" and stats["blocks"] == ranking[:n] and stats["confirmed"]
+    assert stats["linearize_blocks"]["dropped"] == stats["blocks"]
+    indices = [int(name.split(".")[1]) for name in stats["blocks"]]
+    oracle = dropped_eagerly(module, indices)
+    with torch.no_grad():
+        assert torch.allclose(result.program.module(batches[0][0]), oracle(batches[0][0]), atol=1e-5)
+    assert count(program).macs / count(result.program).macs >= budget
+    fewer = drop_branches(program, [b for b in droppable_blocks(program) if b.name in ranking[:n - 1]])
+    assert count(program).macs / count(fewer).macs < budget  # one block fewer would not meet it
+
+
+def test_the_merge_route_alone_refuses_in_one_line(net):
+    _, program, batches = net
+    with pytest.raises(PrunefxError, match=r"no block of gated becomes affine once linearised and merges into "
+                                           r"fewer MACs$"):
+        depth_to_budget(program.clone(), config={"speedup": 1.3, "latency": macs_latency, "calibration": batches,
+                                                 "route": "merge"})
