@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import command_line, machine_info, machine_summary, markdown_table, write_results
+from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, write_results
 
 NAME = "latency_budget"
 MODELS = ("torchvision:resnext50_32x4d", "torchvision:mobilenet_v3_large", "torchvision:regnet_y_1_6gf",
@@ -99,12 +99,20 @@ def one_budget(model: str, budget: float, folder: Path, dense: Path, control: Pa
     route = (report.get("route") or {}).get("taken", "width")
     checked, controlled = independent(dense, output / "model.onnx", args), independent(dense, control, args)
     within = 0.95 * budget <= checked["speedup"] <= 1.25 * budget
-    row = [model, f"{budget:g}x", route, f"{report['macs_after'] / report['macs_before']:.3f}",
-           _search_text(report["budget"]), f"**{_ratio_text(checked)}**", _ratio_text(controlled),
-           "yes" if within else "**no**", f"{seconds:.0f}"]
-    return {"model": model, "budget": budget, "route": route, "search_seconds": seconds,
-            "macs_kept": report["macs_after"] / report["macs_before"], "search": report["budget"],
-            "independent": checked, "control": controlled, "within_target": within}, row
+    run = {"model": model, "budget": budget, "route": route, "search_seconds": seconds,
+           "macs_kept": report["macs_after"] / report["macs_before"], "search": report["budget"],
+           "independent": checked, "control": controlled, "within_target": within}
+    return run, row_of(run)
+
+
+def row_of(run: dict) -> list:
+    """The Markdown row of one budget's run (as recorded in the JSON)."""
+    head = [run["model"], f"{run['budget']:g}x"]
+    if "refused" in run:
+        return [*head, "-", "-", "-", "-", "-", f"refused: {run['refused']}", f"{run['search_seconds']:.0f}"]
+    return [*head, run["route"], f"{run['macs_kept']:.3f}", _search_text(run["search"]),
+            f"**{_ratio_text(run['independent'])}**", _ratio_text(run["control"]),
+            "yes" if run["within_target"] else "**no**", f"{run['search_seconds']:.0f}"]
 
 
 def demo_runs(count: int, args) -> list[dict]:
@@ -118,9 +126,42 @@ def demo_runs(count: int, args) -> list[dict]:
         except CommandFailed as failure:
             runs.append({"run": index, "error": str(failure)})
             continue
-        runs.append({"run": index, "speedup": float(found[1]), "budget": float(found[2]), "met": found[3] == "met"})
+        report = json.loads((folder / "report.json").read_text())
+        runs.append({"run": index, "speedup": float(found[1]), "budget": float(found[2]), "met": found[3] == "met",
+                     "interval": report["measured"].get("interval"), "search": report["budget"].get("interval"),
+                     "search_speedup": report["budget"].get("speedup"), "seconds": report.get("total_seconds")})
         print(runs[-1], flush=True)
     return runs
+
+
+def top_snapshot() -> str:
+    """`top -bn1 | head -15`: what else ran on the machine (the brief asks for it at the start and the end)."""
+    done = subprocess.run(["top", "-bn1"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"})
+    return "\n".join(done.stdout.splitlines()[:15])
+
+
+def priority() -> str:
+    """This process's scheduling group: with autogroup scheduling (Linux), another terminal's `nice -n 19`
+    only ranks processes inside its own group, so a timing run raises its group's weight instead
+    (`echo -20 > /proc/self/autogroup` after setsid) to see a nearly quiet machine."""
+    try:
+        return Path("/proc/self/autogroup").read_text().strip()
+    except OSError:
+        return "no autogroup"
+
+
+def _interval(speedup: float | None, interval: dict | None) -> str:
+    if speedup is None:
+        return "-"
+    return f"{speedup:.2f}x" + (f" ({interval['low']:.2f}-{interval['high']:.2f})" if interval else "")
+
+
+def _demo_row(demo: dict) -> list:
+    if "speedup" not in demo:
+        return [demo["run"], "-", demo.get("error"), "**no**", "-"]
+    seconds = f"{demo['seconds']:.0f}" if demo.get("seconds") else "-"
+    return [demo["run"], _interval(demo.get("search_speedup"), demo.get("search")),
+            _interval(demo["speedup"], demo.get("interval")), "yes" if demo["met"] else "**no**", seconds]
 
 
 def _summary(runs: list) -> str:
@@ -131,17 +172,19 @@ def _summary(runs: list) -> str:
             f"{refused} refused in one line, {missed} missed.")
 
 
-def _write(args, runs: list, rows: list, demos: list, load_at_start) -> None:
+def _write(args, runs: list, rows: list, demos: list, load_at_start, top_at_start: str) -> None:
     """The results so far, written after every row (a run stopped part-way keeps what it measured)."""
-    info = {**machine_info(threads=args.threads), "load_average_at_end": list(os.getloadavg())}
+    top_now = top_snapshot()
+    info = {**machine_info(threads=args.threads), "load_average_at_start": list(load_at_start),
+            "load_average_at_end": list(os.getloadavg()), "scheduling_group": priority(),
+            "top_at_start": top_at_start, "top_at_end": top_now}
     demo_lines = []
     if demos:
         met = sum(bool(d.get("met")) for d in demos)
         demo_lines = ["", f"## `prunefx demo`, {len(demos)} fresh runs: its own final 200-run check met the budget "
                           f"in {met} of {len(demos)}", "",
-                      markdown_table(["run", "final check", "met"],
-                                     [[d["run"], f"{d['speedup']:.2f}x" if "speedup" in d else d.get("error"),
-                                       "yes" if d.get("met") else "**no**"] for d in demos])]
+                      markdown_table(["run", "search accepted (90 % interval)", "final check (90 % interval)", "met",
+                                      "seconds"], [_demo_row(d) for d in demos])]
     write_results(args.results_name, {"command": command_line(), "note": args.note, "machine": info, "runs": runs,
                                       "demo_runs": demos}, "\n".join([
         "# Latency budgets: `prunefx prune --speedup S`, checked by an independent process with a control pair", "",
@@ -157,12 +200,53 @@ def _write(args, runs: list, rows: list, demos: list, load_at_start) -> None:
         "each, alternating) with its interval; 'control' is dense.onnx against a byte copy of itself, the same way.",
         "", _summary(runs), "",
         markdown_table(["model", "budget S", "route", "MACs kept", "search (bound)", "independent", "control",
-                        "within target", "search seconds"], rows), *demo_lines, ""]))
+                        "within target", "search seconds"], rows), *demo_lines, "",
+        f"Scheduling group of the timing process: `{info['scheduling_group']}`.", "",
+        "`top -bn1 | head -15` at the start:", "", "```", top_at_start, "```", "",
+        "and at the end (the last row written):", "", "```", top_now, "```", ""]))
+
+
+def merge(names: list[str], results_name: str) -> int:
+    """One results file from several runs of this script (NAME.json each, kept beside it): their budgets and
+    demo runs together, each part's command, machine, load and scheduling group stated."""
+    parts = {name: json.loads((RESULTS / f"{name}.json").read_text()) for name in names}
+    runs = [run for part in parts.values() for run in part["runs"]]
+    demos = [demo for part in parts.values() for demo in part.get("demo_runs") or []]
+    described = []
+    for name, part in parts.items():
+        machine = part["machine"]
+        load = machine.get("load_average_at_start", []), machine["load_average_at_end"]
+        described += [f"- `{name}` (`top` at its start and end in {name}.md): `{part['command']}`. "
+                      f"{part.get('note', '')} Load average at the start {', '.join(f'{x:.1f}' for x in load[0])}, at the "
+                      f"end {', '.join(f'{x:.1f}' for x in load[1])}; scheduling group "
+                      f"`{machine.get('scheduling_group', '?')}`."]
+    met = sum(bool(d.get("met")) for d in demos)
+    write_results(results_name, {"command": command_line(), "parts": {n: {k: p[k] for k in ("command", "note", "machine")}
+                                                                      for n, p in parts.items()},
+                                 "machine": next(iter(parts.values()))["machine"], "runs": runs, "demo_runs": demos},
+                  "\n".join([
+        "# Latency budgets: `prunefx prune --speedup S`, checked by an independent process with a control pair", "",
+        f"Merged by `{command_line()}` from these runs:", "", *described, "",
+        machine_summary(next(iter(parts.values()))["machine"]), "",
+        "- ONNX Runtime, batch 1, 2 threads; widths on the backend's multiple; l2 importance, no fine-tuning (speed, "
+        "not accuracy); width first, then depth (--allow-depth: merged blocks, or dropped residual branches where "
+        "no block merges) when width alone cannot reach S.",
+        "- 'search' is the confirmed speed-up the search accepted and the lower bound of its 90 % block-bootstrap "
+        "interval; 'independent' is `prunefx bench dense.onnx --vs model.onnx` in another process (100 runs each, "
+        "alternating) with its 90 % interval; 'control' is dense.onnx against a byte copy of itself, the same way.",
+        "", _summary(runs), "",
+        markdown_table(["model", "budget S", "route", "MACs kept", "search (bound)", "independent", "control",
+                        "within target", "search seconds"], [row_of(run) for run in runs]),
+        *(["", f"## `prunefx demo`, {len(demos)} fresh runs: its own final 200-run check met the budget in {met} of "
+               f"{len(demos)}", "", markdown_table(["run", "search accepted (90 % interval)",
+                                                    "final check (90 % interval)", "met", "seconds"],
+                                                   [_demo_row(d) for d in demos])] if demos else []), ""]))
+    return 0
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--models", nargs="*", default=list(MODELS), help="none: only the demo runs")
     parser.add_argument("--budgets", nargs="+", type=float, default=[2.0, 3.0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=100, help="timed runs of the independent measurement")
@@ -170,10 +254,14 @@ def main(argv=None) -> int:
     parser.add_argument("--results-name", default=NAME, help=f"results file name (default {NAME})")
     parser.add_argument("--note", default="", help="what the reader must know (e.g. other work ran beside it)")
     parser.add_argument("--demo-runs", type=int, default=0, help="also run `prunefx demo` this many times")
+    parser.add_argument("--merge", nargs="+", metavar="NAME", help="write --results-name from these results "
+                                                                      "files instead of running anything")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.results_name)
     args.shape = f"1x3x{args.input_size}x{args.input_size}"
     runs, rows, demos = [], [], []
-    load_at_start = os.getloadavg()
+    load_at_start, top_at_start = os.getloadavg(), top_snapshot()
     for model in args.models:
         folder = WORK / f"{model.replace(':', '_')}_{args.input_size}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -183,10 +271,10 @@ def main(argv=None) -> int:
             runs.append(run)
             rows.append(row)
             print(row, flush=True)
-            _write(args, runs, rows, demos, load_at_start)
+            _write(args, runs, rows, demos, load_at_start, top_at_start)
     if args.demo_runs:
         demos = demo_runs(args.demo_runs, args)
-        _write(args, runs, rows, demos, load_at_start)
+        _write(args, runs, rows, demos, load_at_start, top_at_start)
     return 0
 
 
