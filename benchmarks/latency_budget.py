@@ -115,8 +115,9 @@ def row_of(run: dict) -> list:
             "yes" if run["within_target"] else "**no**", f"{run['search_seconds']:.0f}"]
 
 
-def demo_runs(count: int, args) -> list[dict]:
-    """`prunefx demo` `count` times, each in a fresh process and folder: its own final check's figure."""
+def demo_runs(count: int, args, written=lambda runs: None) -> list[dict]:
+    """`prunefx demo` `count` times, each in a fresh process and folder: its own final check's figure;
+    `written(runs so far)` after each (a run stopped part-way keeps what it measured)."""
     runs = []
     for index in range(count):
         folder = WORK / f"demo{index}"
@@ -125,12 +126,14 @@ def demo_runs(count: int, args) -> list[dict]:
             found = DEMO_LINE.search(cli("demo", "-o", str(folder), threads=1))
         except CommandFailed as failure:
             runs.append({"run": index, "error": str(failure)})
+            written(runs)
             continue
         report = json.loads((folder / "report.json").read_text())
         runs.append({"run": index, "speedup": float(found[1]), "budget": float(found[2]), "met": found[3] == "met",
                      "interval": report["measured"].get("interval"), "search": report["budget"].get("interval"),
                      "search_speedup": report["budget"].get("speedup"), "seconds": report.get("total_seconds")})
         print(runs[-1], flush=True)
+        written(runs)
     return runs
 
 
@@ -273,8 +276,8 @@ def main(argv=None) -> int:
             print(row, flush=True)
             _write(args, runs, rows, demos, load_at_start, top_at_start)
     if args.demo_runs:
-        demos = demo_runs(args.demo_runs, args)
-        _write(args, runs, rows, demos, load_at_start, top_at_start)
+        demos = demo_runs(args.demo_runs, args,
+                          lambda so_far: _write(args, runs, rows, so_far, load_at_start, top_at_start))
     return 0
 
 
