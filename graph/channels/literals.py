@@ -79,7 +79,7 @@ def _rewrite_slice(node, analysis, removed) -> None:
     start, end = (min(max(v + size if v < 0 else v, 0), size) for v in (start, end))
     args = list(node.args) + [None] * (4 - len(node.args))
     if len(node.args) > 4 and node.args[4] != 1:
-        # A strided slice over whole strides (channel_rules_basic._strided_slice): whole strides go,
+        # A strided slice over whole strides (graph/channels/rules_dims._strided_slice): whole strides go,
         # so the start is a position within a stride and stays; the end is the new size.
         args[3] = int(keep.sum())
         node.args = tuple(args)

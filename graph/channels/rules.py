@@ -9,7 +9,8 @@ import operator
 
 import torch
 
-from prunefx.graph.channels import rules_basic as basic
+from prunefx.graph.channels import rules_dims as dims
+from prunefx.graph.channels import rules_elementwise as elementwise
 from prunefx.graph.channels import rules_layers as layers
 from prunefx.graph.channels.literals import LITERAL_REWRITES, LiteralRewrite
 from prunefx.graph.channels.rules_reshape import reshape_as, view
@@ -45,34 +46,34 @@ def _overloads(name: str):
 def _table() -> dict:
     rules = {}
     for name in _UNARY:
-        rules.update(dict.fromkeys(_overloads(name), basic.same_as_input))
+        rules.update(dict.fromkeys(_overloads(name), elementwise.same_as_input))
     for name in _BINARY:
-        rules.update(dict.fromkeys(_overloads(name), basic.broadcast))
+        rules.update(dict.fromkeys(_overloads(name), elementwise.broadcast))
     for name in _REDUCTIONS:
-        rules.update({o: basic.reduction for o in _overloads(name) if "dim" in str(o) or "IntList" in str(o)})
+        rules.update({o: elementwise.reduction for o in _overloads(name) if "dim" in str(o) or "IntList" in str(o)})
     # amax/amin take their dims in the default overload (sum.default and mean.default take a dtype there)
-    rules.update({aten.amax.default: basic.reduction, aten.amin.default: basic.reduction})
+    rules.update({aten.amax.default: elementwise.reduction, aten.amin.default: elementwise.reduction})
     for name in ("softmax", "_softmax", "log_softmax", "_log_softmax"):
-        rules.update(dict.fromkeys(_overloads(name), basic.softmax))
+        rules.update(dict.fromkeys(_overloads(name), elementwise.softmax))
     for name in ("max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
                  "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool2d",
                  "upsample_nearest2d", "upsample_bilinear2d", "_upsample_bilinear2d_aa", "upsample_bicubic2d",
                  "reflection_pad2d", "replicate_pad2d"):
-        rules.update(dict.fromkeys(_overloads(name), basic.pooling))
+        rules.update(dict.fromkeys(_overloads(name), elementwise.pooling))
     for name in ("view", "reshape", "_unsafe_view", "unflatten"):
         rules.update(dict.fromkeys(_overloads(name), view))
     rules.update({
-        aten.native_dropout.default: basic.native_dropout, aten.roll.default: basic.roll, aten.constant_pad_nd.default: basic.constant_pad,
-        aten.pad.default: basic.constant_pad, aten.reshape_as.default: reshape_as,
-        aten.permute.default: basic.permute, aten.transpose.int: basic.transpose, aten.t.default: basic.t,
-        aten.swapaxes.default: basic.transpose, aten.swapdims.default: basic.transpose,
-        aten.unsqueeze.default: basic.unsqueeze, aten.flatten.using_ints: basic.flatten,
-        aten.cat.default: basic.cat, aten.concat.default: basic.cat, aten.stack.default: basic.stack,
-        aten.split.Tensor: basic.split, aten.split_with_sizes.default: basic.split_with_sizes,
-        aten.chunk.default: basic.chunk, aten.unbind.int: basic.unbind, operator.getitem: basic.getitem,
-        aten.select.int: basic.select, aten.slice.Tensor: basic.slice_, aten.expand.default: basic.expand,
-        aten.index.Tensor: basic.index, aten.expand_as.default: basic.broadcast,
-        aten.repeat.default: basic.repeat, aten.repeat_interleave.self_int: basic.repeat_interleave,
+        aten.native_dropout.default: elementwise.native_dropout, aten.roll.default: elementwise.roll, aten.constant_pad_nd.default: elementwise.constant_pad,
+        aten.pad.default: elementwise.constant_pad, aten.reshape_as.default: reshape_as,
+        aten.permute.default: dims.permute, aten.transpose.int: dims.transpose, aten.t.default: dims.t,
+        aten.swapaxes.default: dims.transpose, aten.swapdims.default: dims.transpose,
+        aten.unsqueeze.default: dims.unsqueeze, aten.flatten.using_ints: dims.flatten,
+        aten.cat.default: dims.cat, aten.concat.default: dims.cat, aten.stack.default: dims.stack,
+        aten.split.Tensor: dims.split, aten.split_with_sizes.default: dims.split_with_sizes,
+        aten.chunk.default: dims.chunk, aten.unbind.int: dims.unbind, operator.getitem: dims.getitem,
+        aten.select.int: dims.select, aten.slice.Tensor: dims.slice_, aten.expand.default: dims.expand,
+        aten.index.Tensor: dims.index, aten.expand_as.default: elementwise.broadcast,
+        aten.repeat.default: dims.repeat, aten.repeat_interleave.self_int: dims.repeat_interleave,
         aten.linear.default: layers.linear, aten.embedding.default: layers.embedding,
         aten.matmul.default: layers.matmul, aten.mm.default: layers.matmul,
         aten.bmm.default: layers.matmul, aten.addmm.default: layers.addmm, aten.einsum.default: layers.einsum,
@@ -82,9 +83,9 @@ def _table() -> dict:
         aten.pixel_shuffle.default: layers.pixel_shuffle, aten.pixel_unshuffle.default: layers.pixel_unshuffle,
         aten.lstm.input: layers.recurrent, aten.gru.input: layers.recurrent,
     })
-    rules.update(dict.fromkeys(_overloads("squeeze"), basic.squeeze))
+    rules.update(dict.fromkeys(_overloads("squeeze"), dims.squeeze))
     for name in ("new_zeros", "new_ones", "new_empty", "new_full"):
-        rules.update(dict.fromkeys(_overloads(name), basic.new_tensor))
+        rules.update(dict.fromkeys(_overloads(name), elementwise.new_tensor))
     for name in ("conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d",
                  "conv_transpose3d"):
         rules.update(dict.fromkeys(_overloads(name), layers.convolution))
@@ -150,5 +151,5 @@ def remove_channel_rule(operator) -> None:
             table.pop(operator, None)
 
 
-same_as_input = basic.same_as_input
-broadcast = basic.broadcast
+same_as_input = elementwise.same_as_input
+broadcast = elementwise.broadcast
