@@ -7,39 +7,21 @@ training batch size, a recipe and a data set in; a compressed, deployable model 
     ->  OUTPUT/model.pt2 (batch 1), model_train.pt2 (training batch), model.onnx, report.json, report.md,
         accuracy_latency.png (every measured variant: runtime/deployment_report.py)
 
-Data injection. A recipe is YAML and cannot hold loaders or models, so the passes that need them get
-them here. What a pass needs is declared by the pass itself: its config class's fields with a `source`
-(passes/pass_config.py), narrowed by `reads()` to what this configuration reads (remove_channels reads
-calibration data for data-driven importance or compensation, sparsify_nm for obs and cap). A key the
-recipe sets itself is left alone: `eval_data: null` turns evaluation during training off, `teacher: null`
-makes a training pass distil from its own input instead of the dense model. The sources:
-
-    train         the training batches (shuffled, augmented)
-    val           the validation batches (None without a validation split)
-    teacher       the dense program: a frozen, eval-mode copy
-    task          the data's task (splits.task): the training passes pick their losses by it (a detector
-                  distils with passes/training_losses.detection_kd_loss, never cross-entropy on its boxes)
-    calibration   a few training input batches (inputs only)
-    labelled_calibration  the same batches with their labels
-    measure       ONNX Runtime timing at batch 1 (runtime/speedup.py): (before, after) -> speed-up
-    latency       (before ms, after ms, spread) at batch 1, for the budget passes, on Options.backend
-                  (runtime/budget_backends.py: ONNX Runtime by default, or TensorRT); the final report's
-                  latency is ONNX Runtime's whatever the backend
-
+What each pass is given (data, a teacher, calibration batches, measurers) is decided in prunefx/injection.py;
+how latency is measured, by Options (prunefx/compress_options.py).
 Recipes named on the command line (`--recipe NAME`) are the YAML files shipped in prunefx/recipes/;
 anything else is read as a path (prunefx/named_recipes.py).
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
+from prunefx.compress_options import DEFAULTS, Options
 from prunefx.data.splits import CLASSIFICATION, DETECTION, FASHION_MNIST, DataSplits, load_data, scene_spec
 from prunefx.data.unlabelled import against_dense
 from prunefx.deliverable import write_model, write_report
@@ -47,38 +29,17 @@ from prunefx.dense_tasks import evaluate_dense
 from prunefx.graph import Program, count
 from prunefx.graph.errors import PrunefxError, first_line
 from prunefx.graph.rebatch import rebatch
+from prunefx.injection import FirstBatches, inject
 from prunefx.loading import program_from_reference
 from prunefx.models import build_model
 from prunefx.named_recipes import Recipe
 from prunefx.output import check_output_folder, staged_folder
-from prunefx.passes.pipeline import Pipeline, Step
 from prunefx.passes.training.engine import evaluate
 from prunefx.reports.budget import BUDGET_CHART_FILE, budget_stats, write_budget_chart
 from prunefx.reports.compression import json_safe, markdown_report, pass_summary
 from prunefx.reports.stage import STAGE_TIMED_RUNS, StageMeter
-from prunefx.runtime import (
-    LATENCY_THREADS,
-    compare_latency,
-    export_onnx,
-    latency_pair,
-    onnx_runner,
-    onnx_speedup,
-)
+from prunefx.runtime import compare_latency, export_onnx, onnx_runner
 from prunefx.runtime.deployment_report import CHART_FILE, variants_from_compress, write_chart
-from prunefx.runtime.onnx_export import DEFAULT_OPSET
-
-CALIBRATION_BATCHES = 4
-MERGE_MEASURE_RUNS = 30  # per merge of layers that merge_blocks considers: batch 1, ONNX Runtime
-LATENCY_WARMUP = 10
-
-def _injected_keys(step: Step) -> dict[str, str]:
-    """The keys `step` gets injected, key -> source: those its pass declares and reads with this config,
-    and the recipe does not set itself."""
-    config = step.function.contract.parse(step.config)
-    if config is None:  # a user's pass without a config class gets nothing
-        return {}
-    return config.needed_inputs(given=step.config)
-
 
 # ---- model and data -----------------------------------------------------------------------------
 
@@ -126,76 +87,7 @@ def _check_classes(program: Program, splits: DataSplits, data: str) -> None:
         raise PrunefxError(f"{program.name} outputs {shapes[0][1]} classes but {data} has {splits.num_classes}")
 
 
-class FirstBatches:
-    """The first `limit` batches of a loader (all of them when `limit` is None), re-iterable."""
-
-    def __init__(self, loader: Iterable, limit: int | None):
-        self.loader, self.limit = loader, limit
-
-    def __len__(self) -> int:
-        return len(self.loader) if self.limit is None else min(len(self.loader), self.limit)
-
-    def __iter__(self):
-        return iter(self.loader) if self.limit is None else itertools.islice(iter(self.loader), self.limit)
-
-
-# ---- injection ----------------------------------------------------------------------------------
-
-def _sources(dense: Program, splits: DataSplits, eval_batches: int | None, needed: set[str],
-             options: Options) -> dict:
-    sources = {"train": splits.train,
-               "val": FirstBatches(splits.val, eval_batches) if splits.val is not None else None,
-               "task": splits.task}
-    if "teacher" in needed:
-        teacher = dense.clone().eval()
-        for parameter in teacher.module.parameters():
-            parameter.requires_grad_(False)
-        sources["teacher"] = teacher
-    if "calibration" in needed:
-        loader = splits.train if splits.train is not None else splits.evaluation
-        sources["calibration"] = [(inputs,) for inputs, _ in itertools.islice(iter(loader), CALIBRATION_BATCHES)]
-    if "labelled_calibration" in needed:
-        loader = splits.train if splits.train is not None else splits.evaluation
-        sources["labelled_calibration"] = list(itertools.islice(iter(loader), CALIBRATION_BATCHES))
-    if "measure" in needed:
-        sources["measure"] = onnx_speedup(threads=LATENCY_THREADS, runs=MERGE_MEASURE_RUNS)
-    if "latency" in needed:
-        sources["latency"] = latency_pair(options.backend, threads=LATENCY_THREADS, runs=MERGE_MEASURE_RUNS,
-                                          precision=options.precision, trtexec=options.trtexec)
-    return sources
-
-
-def inject(pipeline: Pipeline, dense: Program, splits: DataSplits, *, data: str,
-           eval_batches: int | None = None, options: Options | None = None) -> tuple[Pipeline, list[list[str]]]:
-    """The pipeline with data, teacher and calibration batches in the configs of the passes that need
-    them (as each pass declares), and, per step, the keys that were injected; `options` says where a budget
-    is measured (Options.backend)."""
-    wanted = [_injected_keys(step) for step in pipeline.steps]
-    for step, keys in zip(pipeline.steps, wanted):
-        if splits.train is None and "train" in keys.values():
-            raise PrunefxError(f"recipe pass '{step.name}' trains, but {data} has no training split "
-                               f"(use fashion-mnist or a folder with train/ and val/)")
-    sources = _sources(dense, splits, eval_batches, {source for keys in wanted for source in keys.values()},
-                       options or Options())
-    steps = [Step(step.function, {**{key: sources[source] for key, source in keys.items()}, **step.config})
-             for step, keys in zip(pipeline.steps, wanted)]
-    return Pipeline(steps, verify=pipeline.verify, progress=pipeline.progress), [sorted(keys) for keys in wanted]
-
-
 # ---- the flow -----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Options:
-    threads: int = LATENCY_THREADS  # ONNX Runtime threads for the latency measurement
-    runs: int = 50             # timed runs per model
-    warmup: int = LATENCY_WARMUP
-    eval_batches: int | None = None  # evaluate on the first N batches of test and val only
-    opset: int = DEFAULT_OPSET
-    stage_reports: bool = True  # test score, MACs and latency after every pass (prunefx/reports/stage.py)
-    backend: str = "ort"       # where the budget passes measure (runtime/budget_backends.py); the report: ort
-    precision: str = "fp32"    # TensorRT precision of the budget's measurement (INT8: the model's Q/DQ)
-    trtexec: str | None = None  # the trtexec program for backend "trtexec" (default: on PATH or JetPack's)
-
 
 def _score(program: Program, loader, splits: DataSplits) -> dict:
     """The data's task score: top-1 accuracy, or for dense tasks mIoU / mAP (prunefx/dense_tasks.py),
@@ -223,7 +115,7 @@ def _percent(result: dict | None) -> str:
 
 
 def compress(dense: Program, recipe: Recipe, splits: DataSplits, output: str | os.PathLike, *, data: str,
-             options: Options = Options(), log: Callable[[str], None] = print) -> dict:
+             options: Options = DEFAULTS, log: Callable[[str], None] = print) -> dict:
     """Run `recipe` on `dense` (captured at the training batch size, eval mode) and write OUTPUT/;
     return the report (also in OUTPUT/report.json and report.md)."""
     output = check_output_folder(output)
@@ -291,18 +183,14 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
     cost_before, cost_after = count(dense_one), count(compressed_one)
 
     clock = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="prunefx-compress-") as tmp:
-        dense_onnx = export_onnx(dense_one, Path(tmp) / "dense.onnx", opset=options.opset).path
-        latency = compare_latency(onnx_runner(dense_onnx, dense_one.example_inputs, threads=options.threads),
-                                  onnx_runner(staging / "model.onnx", compressed_one.example_inputs,
-                                              threads=options.threads),
-                                  warmup=options.warmup, runs=options.runs, threads=options.threads)
+    latency = _side_by_side(dense_one, compressed_one, staging / "model.onnx", options)
     seconds["latency"] = time.perf_counter() - clock
     seconds["total"] = time.perf_counter() - started
 
     report = {
         "model": dense.name, "data": str(data), "task": splits.task, "classes": list(splits.classes),
-        "labels": getattr(splits.evaluation, "describes", "the data set's labels"), "batch_size": batch, "input_shape": list(splits.input_shape),
+        "labels": getattr(splits.evaluation, "describes", "the data set's labels"), "batch_size": batch,
+        "input_shape": list(splits.input_shape),
         "recipe": {"name": recipe.name, "path": str(recipe.path), "spec": json_safe(recipe.spec)},
         "eval_batches": options.eval_batches,
         "accuracy": {"before": before, "after": after},
@@ -321,13 +209,26 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
         "seconds": seconds,
         "stages": stages,
     }
-    report = json_safe(report)
+    return _write_report(json_safe(report), staging, output, title=f"{dense.name}, recipe {recipe.name}")
+
+
+def _side_by_side(dense_one: Program, compressed_one: Program, compressed_onnx: Path, options: Options):
+    """ONNX Runtime latency of the dense and the compressed model at batch 1, measured side by side."""
+    with tempfile.TemporaryDirectory(prefix="prunefx-compress-") as tmp:
+        dense_onnx = export_onnx(dense_one, Path(tmp) / "dense.onnx", opset=options.opset).path
+        return compare_latency(onnx_runner(dense_onnx, dense_one.example_inputs, threads=options.threads),
+                               onnx_runner(compressed_onnx, compressed_one.example_inputs, threads=options.threads),
+                               warmup=options.warmup, runs=options.runs, threads=options.threads)
+
+
+def _write_report(report: dict, staging: Path, output: Path, *, title: str) -> dict:
+    """The charts, report.json and report.md in `staging`, named as they will be in `output`."""
     variants = variants_from_compress(report)
     report["variants"] = [variant.to_dict() for variant in variants]
-    write_chart(variants, staging / CHART_FILE, title=f"{dense.name}, recipe {recipe.name}")
+    write_chart(variants, staging / CHART_FILE, title=title)
     budget = budget_stats(report)
     if budget is not None:  # every width/depth/INT8 combination the budget pass tried, as a chart
-        write_budget_chart(budget, staging / BUDGET_CHART_FILE, title=f"{dense.name}: budget {budget['budget']}")
+        write_budget_chart(budget, staging / BUDGET_CHART_FILE, title=f"{report['model']}: budget {budget['budget']}")
         report["files"][BUDGET_CHART_FILE] = str(output / BUDGET_CHART_FILE)
     report = write_report(staging, report)
     (staging / "report.md").write_text(markdown_report(report))

@@ -14,10 +14,10 @@ import torch
 import yaml
 
 from prunefx.cli import EXIT_USER_ERROR, main
-from prunefx.compression import CALIBRATION_BATCHES, _injected_keys, inject
 from prunefx.data import fashion_mnist
 from prunefx.data.splits import DataSplits, TensorBatches
 from prunefx.graph import Program, PrunefxError, capture
+from prunefx.injection import CALIBRATION_BATCHES, inject, injected_keys
 from prunefx.named_recipes import recipe_path, shipped_recipes
 from prunefx.passes.recipe import pipeline_from_spec, read_recipe
 from prunefx.reports.compression import json_safe
@@ -222,7 +222,7 @@ def test_inject_fills_only_what_a_pass_needs_and_the_recipe_left_unset():
     assert configs[4] == {}
     # With no importance named, remove_channels takes the best one-shot path when data is at hand
     default = pipeline_from_spec({"passes": [{"remove_channels": {"macs": 0.5}}]}).steps[0]
-    assert _injected_keys(default) == {"calibration": "calibration"}
+    assert injected_keys(default) == {"calibration": "calibration"}
 
     no_training = DataSplits(None, None, splits.test, splits.classes, splits.input_shape)
     with pytest.raises(PrunefxError, match="'distill' trains, but random has no training split"):
@@ -248,7 +248,7 @@ def test_shipped_recipes_resolve_and_build():
         for step in pipeline.steps:
             for key in step.config:
                 assert key in header, (name, step.name, key)
-            for key in _injected_keys(step):
+            for key in injected_keys(step):
                 assert key in header, (name, step.name, key)
 
 

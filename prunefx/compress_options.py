@@ -1,0 +1,28 @@
+"""How the compress flow measures: ONNX Runtime threads and runs for the report, and where a budget is measured."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prunefx.runtime import LATENCY_THREADS
+from prunefx.runtime.onnx_export import DEFAULT_OPSET
+
+LATENCY_WARMUP = 10
+
+
+@dataclass(frozen=True)
+class Options:
+    """What `compress` measures with; the report's latency is always ONNX Runtime's at batch 1."""
+
+    threads: int = LATENCY_THREADS  # ONNX Runtime threads for the latency measurement
+    runs: int = 50             # timed runs per model
+    warmup: int = LATENCY_WARMUP
+    eval_batches: int | None = None  # evaluate on the first N batches of test and val only
+    opset: int = DEFAULT_OPSET
+    stage_reports: bool = True  # test score, MACs and latency after every pass (prunefx/reports/stage.py)
+    backend: str = "ort"       # where the budget passes measure (runtime/budget_backends.py); the report: ort
+    precision: str = "fp32"    # TensorRT precision of the budget's measurement (INT8: the model's Q/DQ)
+    trtexec: str | None = None  # the trtexec program for backend "trtexec" (default: on PATH or JetPack's)
+
+
+DEFAULTS = Options()

@@ -1,0 +1,101 @@
+"""What the compress flow gives the passes of a recipe: data, a teacher, calibration batches, measurers.
+
+A recipe is YAML and cannot hold loaders or models, so the passes that need them get
+them here. What a pass needs is declared by the pass itself: its config class's fields with a `source`
+(passes/pass_config.py), narrowed by `reads()` to what this configuration reads (remove_channels reads
+calibration data for data-driven importance or compensation, sparsify_nm for obs and cap). A key the
+recipe sets itself is left alone: `eval_data: null` turns evaluation during training off, `teacher: null`
+makes a training pass distil from its own input instead of the dense model. The sources:
+
+    train         the training batches (shuffled, augmented)
+    val           the validation batches (None without a validation split)
+    teacher       the dense program: a frozen, eval-mode copy
+    task          the data's task (splits.task): the training passes pick their losses by it (a detector
+                  distils with passes/training_losses.detection_kd_loss, never cross-entropy on its boxes)
+    calibration   a few training input batches (inputs only)
+    labelled_calibration  the same batches with their labels
+    measure       ONNX Runtime timing at batch 1 (runtime/speedup.py): (before, after) -> speed-up
+    latency       (before ms, after ms, spread) at batch 1, for the budget passes, on Options.backend
+                  (runtime/budget_backends.py: ONNX Runtime by default, or TensorRT); the final report's
+                  latency is ONNX Runtime's whatever the backend
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+
+from prunefx.compress_options import DEFAULTS, Options
+from prunefx.data.splits import DataSplits
+from prunefx.graph import Program
+from prunefx.graph.errors import PrunefxError
+from prunefx.passes.pipeline import Pipeline, Step
+from prunefx.runtime import LATENCY_THREADS, latency_pair, onnx_speedup
+
+CALIBRATION_BATCHES = 4
+MERGE_MEASURE_RUNS = 30  # per merge of layers that merge_blocks considers: batch 1, ONNX Runtime
+
+
+def injected_keys(step: Step) -> dict[str, str]:
+    """The keys `step` gets injected, key -> source: those its pass declares and reads with this config,
+    and the recipe does not set itself."""
+    config = step.function.contract.parse(step.config)
+    if config is None:  # a user's pass without a config class gets nothing
+        return {}
+    return config.needed_inputs(given=step.config)
+
+
+class FirstBatches:
+    """The first `limit` batches of a loader (all of them when `limit` is None), re-iterable."""
+
+    def __init__(self, loader: Iterable, limit: int | None):
+        self.loader, self.limit = loader, limit
+
+    def __len__(self) -> int:
+        return len(self.loader) if self.limit is None else min(len(self.loader), self.limit)
+
+    def __iter__(self):
+        return iter(self.loader) if self.limit is None else itertools.islice(iter(self.loader), self.limit)
+
+
+# ---- injection ----------------------------------------------------------------------------------
+
+def _sources(dense: Program, splits: DataSplits, eval_batches: int | None, needed: set[str],
+             options: Options) -> dict:
+    sources = {"train": splits.train,
+               "val": FirstBatches(splits.val, eval_batches) if splits.val is not None else None,
+               "task": splits.task}
+    if "teacher" in needed:
+        teacher = dense.clone().eval()
+        for parameter in teacher.module.parameters():
+            parameter.requires_grad_(False)
+        sources["teacher"] = teacher
+    if "calibration" in needed:
+        loader = splits.train if splits.train is not None else splits.evaluation
+        sources["calibration"] = [(inputs,) for inputs, _ in itertools.islice(iter(loader), CALIBRATION_BATCHES)]
+    if "labelled_calibration" in needed:
+        loader = splits.train if splits.train is not None else splits.evaluation
+        sources["labelled_calibration"] = list(itertools.islice(iter(loader), CALIBRATION_BATCHES))
+    if "measure" in needed:
+        sources["measure"] = onnx_speedup(threads=LATENCY_THREADS, runs=MERGE_MEASURE_RUNS)
+    if "latency" in needed:
+        sources["latency"] = latency_pair(options.backend, threads=LATENCY_THREADS, runs=MERGE_MEASURE_RUNS,
+                                          precision=options.precision, trtexec=options.trtexec)
+    return sources
+
+
+def inject(pipeline: Pipeline, dense: Program, splits: DataSplits, *, data: str,
+           eval_batches: int | None = None, options: Options | None = None) -> tuple[Pipeline, list[list[str]]]:
+    """The pipeline with data, teacher and calibration batches in the configs of the passes that need
+    them (as each pass declares), and, per step, the keys that were injected; `options` says where a budget
+    is measured (Options.backend)."""
+    wanted = [injected_keys(step) for step in pipeline.steps]
+    for step, keys in zip(pipeline.steps, wanted):
+        if splits.train is None and "train" in keys.values():
+            raise PrunefxError(f"recipe pass '{step.name}' trains, but {data} has no training split "
+                               f"(use fashion-mnist or a folder with train/ and val/)")
+    sources = _sources(dense, splits, eval_batches, {source for keys in wanted for source in keys.values()},
+                       options or DEFAULTS)
+    steps = [Step(step.function, {**{key: sources[source] for key, source in keys.items()}, **step.config})
+             for step, keys in zip(pipeline.steps, wanted)]
+    return Pipeline(steps, verify=pipeline.verify, progress=pipeline.progress), [sorted(keys) for keys in wanted]
