@@ -3,6 +3,7 @@ tests/test_structural_cases.py back into its own module after pruning to 0.5 of 
 which are written back (and checked here again on a third input) and which are refused, with the reason.
 
     .venv/bin/python benchmarks/write_back_coverage.py [--models torchvision:resnet18,...] [--no-cases] [--append]
+        [--redo refused]   (with --append: measure the refused rows again, keep the others)
 
 Models: remove_channels(macs=0.5, strict=False), default importance (l2) and rounding (8); structural
 cases: round_to=1, as their own test prunes them. Times are wall clock on a shared, loaded machine.
@@ -58,13 +59,22 @@ def publish(rows: list[dict]) -> int:
     info = machine_info(threads=torch.get_num_threads())
     counts = {status: sum(r["status"] == status for r in rows) for status in ("written back", "refused", "not pruned")}
     table = markdown_table(["model", "status", "3rd-input error", "write-back s", "reason"],
-                           [[r["model"], r["status"], f"{r['third_input_error']:.1e}" if "third_input_error" in r else "",
+                           [[r["model"] + (" *" if r.get("measured_again") else ""), r["status"],
+                             f"{r['third_input_error']:.1e}" if "third_input_error" in r else "",
                              r.get("seconds", ""), r.get("message", "").replace("|", "/")] for r in rows])
     markdown = (f"# Write-back coverage (pruned to 0.5 of the MACs)\n\n{machine_summary(info)}; machine shared with "
                 f"other work, times indicative only.\n\n`{command_line()}`\n\n"
                 f"{counts['written back']} written back, {counts['refused']} refused, {counts['not pruned']} "
-                f"not pruned (nothing prunable), of {len(rows)}.\n\n{table}\n")
+                f"not pruned (nothing prunable), of {len(rows)}.{_again(rows)}\n\n{table}\n")
     return publish_results("write_back_coverage", {"machine": info, "counts": counts, "rows": rows}, markdown)
+
+
+def _again(rows: list[dict]) -> str:
+    again = [r["model"] for r in rows if r.get("measured_again")]
+    if not again:
+        return ""
+    return (f" This run (`--append --redo`) measured again the {len(again)} rows marked *; the others are those "
+            "of the run before it, on a tree whose write-back of them this change does not touch.")
 
 
 def main() -> int:
@@ -73,10 +83,12 @@ def main() -> int:
     parser.add_argument("--no-cases", action="store_true", help="leave out the structural cases")
     parser.add_argument("--append", action="store_true",
                         help="keep the rows of the existing results file and skip the models it holds")
+    parser.add_argument("--redo", choices=("refused", "written back", "not pruned"),
+                        help="with --append: measure again the rows of the existing results with this status")
     args = parser.parse_args()
     previous = RESULTS / "write_back_coverage.json"
     rows = json.loads(previous.read_text())["rows"] if args.append and previous.exists() else []
-    done = {row["model"] for row in rows}
+    done = {row["model"] for row in rows if row["status"] != args.redo}
     jobs = []
     if not args.no_cases:  # the structural cases first: small and quick
         structural = CASES.cases
@@ -89,7 +101,12 @@ def main() -> int:
     for name, build, round_to in jobs:
         if name in done:
             continue
-        rows.append(write_back_one(name, *build(), round_to=round_to))
+        row = write_back_one(name, *build(), round_to=round_to)
+        at = next((i for i, r in enumerate(rows) if r["model"] == name), None)
+        if at is None:
+            rows.append(row)
+        else:  # a row measured again keeps its place
+            rows[at] = {**row, "measured_again": True}
         publish(rows)  # after every row: a long run stopped half-way keeps what it measured
     return publish(rows)
 

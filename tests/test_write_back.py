@@ -100,8 +100,10 @@ def third_input_error(program, module, inputs) -> float:
 def _check_written_back(model, program, module, inputs) -> None:
     assert third_input_error(program, module, inputs) <= 1e-5
     assert [(n, type(m)) for n, m in module.named_modules()] == [(n, type(m)) for n, m in model.named_modules()]
-    mine = dict(module.state_dict())
+    mine, state = dict(module.state_dict()), model.state_dict()
     for name, tensor in program.state_dict().items():
+        if name not in state:  # a constant the forward builds (checked through the outputs)
+            continue
         assert mine[name].shape == tensor.shape and torch.equal(mine[name], tensor), name
     for name, layer in module.named_modules():  # the size attributes agree with the layer's own weights
         if isinstance(layer, nn.Linear):
@@ -265,3 +267,25 @@ def test_multihead_attention_with_heads_apart_from_its_input_is_refused_by_name(
     with pytest.raises(PrunefxError, match=r"Encoder back: module 'layer.self_attn': nn.MultiheadAttention holds one "
                                            r"width .* input width \d+ and 4 heads of width \d+ .*ranking uniform"):
         to_module(program, model)
+
+
+class Masked(nn.Module):
+    """A constant built in forward (as torchvision's shifted-window mask is): no state of the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x))) * torch.tensor([[1.0, 0.0, 1.0, 1.0]]).to(x.device)
+
+
+def test_constants_the_forward_builds_are_built_again_not_refused():
+    torch.manual_seed(0)
+    model, x = Masked().eval(), torch.randn(2, 3, 4, 4)
+    program = capture(model, x, name="Masked").eval()
+    assert any("lifted_tensor" in str(n.target) for n in program.graph.nodes if n.op == "get_attr")
+    remove_channels(program, config={"macs": 0.5, "round_to": 2, "strict": False})
+    module = to_module(program, model)
+    assert module.a.out_channels < 8
+    _check_written_back(model, program, module, (x,))

@@ -55,7 +55,7 @@ def to_module(program: Program, model: nn.Module, *, config: bool = True) -> nn.
     dense.module.graph.eliminate_dead_code()
     delete_unused_tensors(dense.module)
     _check_nothing_dropped(program, dense, name)
-    _copy_tensors(program, module, name)
+    _copy_tensors(program, module, name, _built_in_forward(dense, model))
     hint = _resize_modules(module, literal_changes(dense.module, program.module), name)
     if config:  # before the proof: the config may move an attention's scale into its query weights
         update_config(module, model, name)
@@ -95,9 +95,19 @@ def _check_nothing_dropped(program: Program, dense: Program, name: str) -> None:
                              "e.g. fold_batchnorm or merge_blocks: write back before it)")
 
 
-def _copy_tensors(program: Program, module: nn.Module, name: str) -> None:
+def _built_in_forward(dense: Program, model: nn.Module) -> set[str]:
+    """The dense capture's tensors that are no state of the model: constants its forward builds (a shifted
+    window's attention mask), which the written-back forward builds again; the proof checks that it does."""
+    state = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    state.update(name for name, _ in model.named_buffers(remove_duplicate=False))
+    return set(_program_tensors(dense)) - state
+
+
+def _copy_tensors(program: Program, module: nn.Module, name: str, built: set[str]) -> None:
     places = _places(module)
     for target, tensor in _program_tensors(program).items():
+        if target in built:
+            continue
         owner_path, _, attribute = target.rpartition(".")
         try:
             owner = module.get_submodule(owner_path)
