@@ -12,7 +12,7 @@ and the Python API takes mappings) and names its config class in its contract
 - inputs it needs from its caller: fields declared with `option(..., source=NAME)` (calibration
   batches, training data, a teacher, a measuring function). `needed_inputs()` says which of them this
   configuration reads and the caller has not set, so `prunefx compress` and the CLI inject exactly
-  those (prunefx/compression.py), with no table of their own.
+  those (prunefx/injection.py), with no table of their own.
 
 Field types are checked from the annotations: bool, int, float (finite), str, lists of names,
 mappings, callables, unions of those with None, and Any (objects a caller injects).

@@ -11,7 +11,7 @@ makes a training pass distil from its own input instead of the dense model. The 
     val           the validation batches (None without a validation split)
     teacher       the dense program: a frozen, eval-mode copy
     task          the data's task (splits.task): the training passes pick their losses by it (a detector
-                  distils with passes/training_losses.detection_kd_loss, never cross-entropy on its boxes)
+                  distils with passes/training/losses.detection_kd_loss, never cross-entropy on its boxes)
     calibration   a few training input batches (inputs only)
     labelled_calibration  the same batches with their labels
     measure       ONNX Runtime timing at batch 1 (runtime/speedup.py): (before, after) -> speed-up
