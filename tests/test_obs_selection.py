@@ -157,7 +157,7 @@ def _joint_error(matrix: np.ndarray, inverse: np.ndarray, removed: list[int]) ->
 
 
 def _oracle_elimination(size: int, layers: list[tuple]) -> np.ndarray:
-    """The greedy elimination spelled out from its definition (channel_saliency._eliminate's docstring)
+    """The greedy elimination spelled out from its definition (obs_elimination.eliminate's docstring)
     with joint errors from the original inverse: the alive // 32 (at least 1) channels that add the
     least error go together; the last of them scores the total error, the others share the increase
     in proportion to their single errors."""
@@ -181,14 +181,14 @@ def _oracle_elimination(size: int, layers: list[tuple]) -> np.ndarray:
 
 @pytest.mark.parametrize(("capacity", "owned"), [(6, False), (512, False), (6, True)])
 def test_elimination_matches_an_oracle(monkeypatch, capacity, owned):
-    """_Layer/_eliminate (a group's block of the inverse, deferred downdates applied `capacity` columns
+    """LayerState/eliminate (a group's block of the inverse, deferred downdates applied `capacity` columns
     at a time, a wide layer's inverse shared, or `owned` and compacted in place, a narrow slice copied)
     choose the channels the oracle does, with the same scores; two layers read the group, with 1 to 3
     columns per channel and columns of other groups."""
     from prunefx.graph.channels.compensation import damped_inverse
-    from prunefx.graph.channels.saliency import _damped_inverse, _eliminate, _Layer
+    from prunefx.graph.channels.obs_elimination import LayerState, eliminate, lean_damped_inverse
 
-    monkeypatch.setattr(_Layer, "CAPACITY", capacity)
+    monkeypatch.setattr(LayerState, "CAPACITY", capacity)
     rng = np.random.default_rng(0)
     size = 90
 
@@ -208,16 +208,16 @@ def test_elimination_matches_an_oracle(monkeypatch, capacity, owned):
              layer([1] * (size - 5) + [0] * 5, 12, 5)]        # most of the layer: shared
     states, oracle_layers = [], []
     for hessian, matrix, columns in built:
-        inverse = _damped_inverse(hessian, 0.01)
+        inverse = lean_damped_inverse(hessian, 0.01)
         assert torch.equal(inverse, damped_inverse(hessian, 0.01))  # the same, in less memory
         energy = float((matrix @ hessian.numpy() * matrix).sum())
         original = inverse.clone()
-        state = _Layer(torch.from_numpy(matrix).clone(), inverse, energy,
+        state = LayerState(torch.from_numpy(matrix).clone(), inverse, energy,
                        {c: torch.tensor(cols) for c, cols in columns.items()})
         state.owned = owned and state.base is inverse
         states.append((state, inverse, original))
         oracle_layers.append((matrix, inverse.numpy().copy(), energy, columns))
-    scores = _eliminate(size, [state for state, _, _ in states])
+    scores = eliminate(size, [state for state, _, _ in states])
     expected = _oracle_elimination(size, oracle_layers)
     np.testing.assert_array_equal(np.argsort(scores, kind="stable"), np.argsort(expected, kind="stable"))
     np.testing.assert_allclose(scores, expected, rtol=1e-7)

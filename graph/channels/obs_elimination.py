@@ -1,0 +1,205 @@
+"""The greedy, correlation-aware OBS elimination behind the `obs` importance (graph/channels/saliency.py
+has the formulas, the normalisation and the costs): one layer's state while a group of channels is
+eliminated (its weights, updated as compensation would, and its inverse damped Hessian restricted to the
+group's columns, downdated lazily), and the elimination loop over the layers that read the group.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from prunefx.graph.channels.compensation import damped_inverse, damping_term
+
+
+class LayerState:
+    """One layer's state during the elimination of one group, restricted to the group's columns (the
+    elimination never reads another column: a channel's dE needs its own block of H^-1 and its own
+    weights, and the downdate of the group's block of H^-1 needs only that block, a Schur complement):
+
+    - `matrix`, its weights, updated by every removal as compensation would (a copy);
+    - `base` and the deferred downdates `left` @ `right`^T: the inverse of the damped Hessian restricted
+      to the columns not yet removed is base - left[:, :used] @ right[:, :used]^T. `base` starts as the
+      layer's full inverse, shared with the other groups that read the layer and never written: the
+      downdates (rank s per removed channel) are applied in one product once `used` reaches the
+      buffers' capacity, which also drops the removed and the other groups' columns. A rank-9 update of
+      a 10k x 10k matrix per step is bound by memory traffic; a rank-512 one by arithmetic.
+    - `blocks`: per bucket of channels with as many columns, their diagonal blocks of the current
+      inverse [channels, s, s], downdated at every removal (all that the errors need);
+    - `place`: layer column -> its row in `base` and column in `matrix`, -1 once removed (or not in
+      the group)."""
+
+    CAPACITY = 512  # deferred columns before the downdates are applied to `base`
+
+    def __init__(self, matrix: torch.Tensor, inverse: torch.Tensor, energy: float,
+                 columns: dict[int, torch.Tensor]):
+        self.matrix, self.base, self.energy = matrix, inverse, energy
+        self.owned = False  # whether `base` is this state's alone (then compacted in place)
+        self.columns = columns  # channel index in the group -> its original columns in this layer
+        device = matrix.device
+        self.place = torch.full((matrix.shape[1],), -1, dtype=torch.long, device=device)
+        for cols in columns.values():
+            self.place[cols] = cols
+        if 2 * int((self.place >= 0).sum()) <= self.place.numel():
+            self._compact()  # a small slice of a wide layer (a skip connection's share of a concat): copy it
+        self.used, self.left, self.right = 0, None, None
+        by_size: dict[int, list[int]] = defaultdict(list)
+        for channel, cols in columns.items():
+            if cols.numel():
+                by_size[int(cols.numel())].append(channel)
+        # channels with as many columns, their columns as one [channels, s] index (solved in one batch),
+        # and their diagonal blocks of the inverse
+        self.buckets = []
+        for channels in by_size.values():
+            index = torch.stack([columns[c] for c in channels])
+            at = self.place[index]
+            self.buckets.append((np.array(channels), index, self.base[at[:, :, None], at[:, None, :]]))
+
+    def add_errors(self, errors: np.ndarray, alive: np.ndarray) -> None:
+        """Add dE / energy of removing each alive channel (alone) from the current state to `errors`."""
+        for channels, index, blocks in self.buckets:
+            keep = alive[channels]
+            if not keep.any():
+                continue
+            keep_t = torch.from_numpy(keep).to(index.device)
+            weights = self.matrix[:, self.place[index[keep_t]]].permute(1, 2, 0)    # [n, s, outputs]
+            values = (weights * _solve(blocks[keep_t], weights)).sum(dim=(1, 2)).cpu().numpy()
+            errors[channels[keep]] += np.maximum(values, 0.0) / self.energy
+
+    def remove(self, channels) -> float:
+        """The OBS step for the columns S of `channels` at once: M -= M_S [(H^-1)_SS]^-1 (H^-1)_S: (the
+        optimal update of the other columns), H^-1 -= (H^-1)_:S [(H^-1)_SS]^-1 (H^-1)_S: (the inverse of H
+        without S). Returns their joint dE / energy."""
+        originals = [self.columns[c] for c in channels if c in self.columns and self.columns[c].numel()]
+        if not originals:
+            return 0.0
+        originals = torch.cat(originals)
+        cols = self.place[originals]
+        rows = self._rows(cols)                                                      # [s, columns]
+        weights = self.matrix[:, cols]                                               # [outputs, s]
+        error = float((weights.t() * _solve(rows[:, cols], weights.t())).sum()) / self.energy
+        solved = _solve(rows[:, cols], rows)                                         # [(H^-1)_SS]^-1 (H^-1)_S:
+        self.matrix -= weights @ solved
+        self.place[originals] = -1
+        left, right = rows.t(), solved.t()  # the downdate left @ right^T, [columns, s] each
+        self._downdate_blocks(left, right)
+        self._defer(left, right)
+        return max(error, 0.0)
+
+    def _rows(self, cols: torch.Tensor) -> torch.Tensor:
+        """Rows `cols` of the current inverse (stale entries in removed columns, never read)."""
+        rows = self.base[cols]
+        if self.used:
+            rows -= self.left[cols, :self.used] @ self.right[:, :self.used].t()
+        return rows
+
+    def _downdate_blocks(self, left: torch.Tensor, right: torch.Tensor) -> None:
+        for _, index, blocks in self.buckets:
+            alive = (self.place[index[:, 0]] >= 0).nonzero().squeeze(1)
+            if alive.numel():
+                at = self.place[index[alive]]                                        # [n, s]
+                blocks[alive] -= left[at] @ right[at].transpose(1, 2)
+
+    def _defer(self, left: torch.Tensor, right: torch.Tensor) -> None:
+        width = left.shape[1]
+        if self.left is None:
+            self.left = self.base.new_empty((self.base.shape[0], max(self.CAPACITY, width)))
+            self.right = torch.empty_like(self.left)
+        if self.used + width <= self.left.shape[1]:
+            self.left[:, self.used:self.used + width] = left
+            self.right[:, self.used:self.used + width] = right
+            self.used += width
+            return
+        self._flush(left, right)
+
+    def _flush(self, left: torch.Tensor, right: torch.Tensor) -> None:
+        """Apply the deferred downdates and `left` @ `right`^T to `base` restricted to the columns still
+        alive (a copy: `base` may be shared), and start empty buffers."""
+        pending = [(self.left[:, :self.used], self.right[:, :self.used]), (left, right)]
+        kept = self._compact()
+        for deferred_left, deferred_right in pending:
+            if deferred_left.shape[1]:
+                self.base.addmm_(deferred_left[kept], deferred_right[kept].t(), alpha=-1)
+        self.left = self.base.new_empty((kept.numel(), max(self.CAPACITY, left.shape[1])))
+        self.right = torch.empty_like(self.left)
+        self.used = 0
+
+    def _compact(self) -> torch.Tensor:
+        """Restrict `base` and `matrix` to the columns alive (copies), renumber `place`; the positions kept."""
+        kept = self.place[self.place >= 0].sort().values
+        if self.owned and self.base.is_contiguous():
+            self.base = _compact_in_place(self.base, kept)
+        else:
+            self.base, self.owned = self.base[kept[:, None], kept], True
+        self.matrix = self.matrix[:, kept]
+        renumber = torch.full((self.place.numel(),), -1, dtype=torch.long, device=kept.device)
+        renumber[kept] = torch.arange(kept.numel(), device=kept.device)
+        self.place = torch.where(self.place >= 0, renumber[self.place.clamp_min(0)], self.place)
+        return kept
+
+
+def _compact_in_place(square: torch.Tensor, kept: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """square[kept][:, kept], written over the start of square's own storage (contiguous) a chunk of rows
+    at a time, so that the largest inverses are never held twice. Safe since kept is increasing: the
+    rows chunk i reads start at kept[i * chunk] * n >= i * chunk * n, past all that chunks 0..i-1 wrote
+    (i * chunk * k, k <= n)."""
+    size = kept.numel()
+    flat = square.view(-1)
+    for start in range(0, size, chunk):
+        rows = square[kept[start:start + chunk]][:, kept]
+        flat[start * size:start * size + rows.numel()] = rows.reshape(-1)
+    return flat[:size * size].view(size, size)
+
+
+def _solve(block: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    solved, info = torch.linalg.solve_ex(block, right)
+    if bool((info != 0).any()):
+        return torch.linalg.lstsq(block, right).solution
+    return solved
+
+
+def lean_damped_inverse(hessian: torch.Tensor, damping: float) -> torch.Tensor | None:
+    """channel_compensation.damped_inverse's (H + lam I)^-1, bit for bit, in one working copy of H (the
+    factor and the inverse overwrite it) instead of an identity, its multiple, their sum, the factor
+    and the inverse: a U-Net decoder conv reading 12k columns has a 1.2 GB H in float64. Same jitters;
+    its pinv fallback is left to it."""
+    lam = damping_term(hessian, damping)
+    if lam is None:
+        return None
+    scale = float(hessian.diagonal().mean())
+    work, info = torch.empty_like(hessian), torch.empty((), dtype=torch.int32, device=hessian.device)
+    for jitter in (0.0, 1e-10, 1e-8, 1e-6, 1e-4):
+        work.copy_(hessian)
+        work.diagonal().add_(lam + jitter * scale)
+        torch.linalg.cholesky_ex(work, out=(work, info))
+        if int(info) == 0:
+            return torch.cholesky_inverse(work, out=work)
+    del work
+    return damped_inverse(hessian, damping)
+
+
+def eliminate(size: int, layers: list[LayerState]) -> np.ndarray:
+    """Greedy elimination: remove the channels whose removal (with compensation) adds the least relative
+    error over all `layers`, update the layers, repeat; a channel's score is the total error once it is
+    gone, so scores rise in elimination order. One channel at a time while fewer than 64 are left,
+    before that the alive // 32 cheapest at once (a 512-wide group in ~150 steps instead of 512): the
+    last of such a batch scores the exact joint error, the others share the batch's increase in
+    proportion to their single-channel errors."""
+    scores = np.zeros(size)
+    alive = np.ones(size, dtype=bool)
+    total = 0.0
+    while alive.any():
+        errors = np.zeros(size)
+        for layer in layers:
+            layer.add_errors(errors, alive)
+        errors[~alive] = np.inf
+        chosen = np.argsort(errors, kind="stable")[:max(int(alive.sum()) // 32, 1)]
+        increase = sum(layer.remove(chosen.tolist()) for layer in layers)
+        single = errors[chosen]
+        shares = np.cumsum(single) / single.sum() if single.sum() > 0 else np.arange(1, chosen.size + 1) / chosen.size
+        scores[chosen] = total + increase * shares
+        total += increase
+        alive[chosen] = False
+    return scores
