@@ -26,7 +26,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torch.utils._pytree as pytree
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -476,55 +476,82 @@ def _settings(examples: int) -> settings:
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
+class Draws:
+    """The examples a property drew and those it could test. A network with nothing eligible is rejected
+    with `assume`, so every example hypothesis counts asserts the property; and a strategy that mostly drew
+    untestable networks would pass while checking little, so the tested share is asserted afterwards."""
+
+    def __init__(self, least_share: float):
+        self.least_share, self.drawn, self.tested = least_share, 0, 0
+
+    def eligible(self, groups: list) -> None:
+        self.drawn += 1
+        if not groups:
+            event("nothing eligible drawn (rejected)")
+        assume(bool(groups))
+        self.tested += 1
+
+    def check(self) -> None:
+        assert self.tested >= self.least_share * self.drawn, f"only {self.tested} of {self.drawn} draws were testable"
+
+
 # ------------------------------------------------------------------------------------------------
 # Properties
 
 
 @pytest.mark.slow
-@_settings(20)
-@given(net=networks(), data=st.data())
-def test_removing_zeroed_channels_of_exact_groups_keeps_outputs(net, data, zero_channels):
-    for spec in net.blocks:
-        event(f"block {type(spec).__name__}")
-    program, x = _capture(net)
-    combing = find_channel_groups(program.module)
-    exact = [g for g in combing.groups if g.exact and g.size >= 2]
-    if not exact:
-        event("no exact group to remove from")
-        return
-    removed = _draw_removal(data, exact)
-    zero_channels(program, combing, removed)
-    expected = _flat_outputs(program, x)
-    shapes = _output_shapes(program, x)
+def test_removing_zeroed_channels_of_exact_groups_keeps_outputs(zero_channels):
+    draws = Draws(least_share=0.5)
 
-    assert remove_classes(program.module, combing.analysis, removed) > 0
-    program.recompile()
-    verify(program)
-    assert _output_shapes(program, x) == shapes
-    actual = _flat_outputs(program, x)
-    tolerance = 1e-4 * expected.abs().max().item() + 1e-6
-    assert (actual - expected).abs().max().item() <= tolerance
+    @_settings(20)
+    @given(net=networks(), data=st.data())
+    def removing_keeps_outputs(net, data):
+        for spec in net.blocks:
+            event(f"block {type(spec).__name__}")
+        program, x = _capture(net)
+        combing = find_channel_groups(program.module)
+        exact = [g for g in combing.groups if g.exact and g.size >= 2]
+        draws.eligible(exact)
+        removed = _draw_removal(data, exact)
+        zero_channels(program, combing, removed)
+        expected = _flat_outputs(program, x)
+        shapes = _output_shapes(program, x)
+
+        assert remove_classes(program.module, combing.analysis, removed) > 0
+        program.recompile()
+        verify(program)
+        assert _output_shapes(program, x) == shapes
+        actual = _flat_outputs(program, x)
+        tolerance = 1e-4 * expected.abs().max().item() + 1e-6
+        assert (actual - expected).abs().max().item() <= tolerance
+
+    removing_keeps_outputs()
+    draws.check()
 
 
-@_settings(8)
-@given(net=networks(required=INEXACT_KINDS), data=st.data())
-def test_removing_channels_of_inexact_groups_keeps_a_valid_program(net, data):
-    for spec in net.blocks:
-        event(f"block {type(spec).__name__}")
-    program, x = _capture(net)
-    combing = find_channel_groups(program.module)
-    inexact = [g for g in combing.groups if not g.exact and g.size >= 2]
-    if not inexact:
-        event("no inexact group to remove from")
-        return
-    removed = _draw_removal(data, inexact)
-    shapes = _output_shapes(program, x)
+def test_removing_channels_of_inexact_groups_keeps_a_valid_program():
+    draws = Draws(least_share=0.5)
 
-    assert remove_classes(program.module, combing.analysis, removed) > 0
-    program.recompile()
-    verify(program)
-    assert _output_shapes(program, x) == shapes
-    assert torch.isfinite(_flat_outputs(program, x)).all()
+    @_settings(8)
+    @given(net=networks(required=INEXACT_KINDS), data=st.data())
+    def removing_keeps_a_valid_program(net, data):
+        for spec in net.blocks:
+            event(f"block {type(spec).__name__}")
+        program, x = _capture(net)
+        combing = find_channel_groups(program.module)
+        inexact = [g for g in combing.groups if not g.exact and g.size >= 2]
+        draws.eligible(inexact)
+        removed = _draw_removal(data, inexact)
+        shapes = _output_shapes(program, x)
+
+        assert remove_classes(program.module, combing.analysis, removed) > 0
+        program.recompile()
+        verify(program)
+        assert _output_shapes(program, x) == shapes
+        assert torch.isfinite(_flat_outputs(program, x)).all()
+
+    removing_keeps_a_valid_program()
+    draws.check()
 
 
 def test_network_builder_covers_every_block_kind():
@@ -638,22 +665,26 @@ def linear_images(draw):
     return draw(st.sampled_from([8, 16])), draw(st.sampled_from([4, 8])), tuple(segments), draw(st.booleans())
 
 
-@_settings(12)
-@given(spec=linear_images(), data=st.data())
-def test_a_linear_viewed_as_an_image_prunes_whole_channel_planes_exactly(spec, data, removal_is_exact):
-    channels, side, segments, flatten = spec
-    torch.manual_seed(0)
-    model, z = LinearImage(*spec).eval(), torch.randn(2, 8)
-    program = capture(model, z).eval()
-    combing = find_channel_groups(program.module)
-    for group in combing.groups:  # the Linear's output may only lose whole C planes of side x side
-        if ("fc.weight", 0) in group.members:
-            assert group.size in (channels, channels // 4), (spec, group.size)
-    exact = [g for g in combing.groups if g.exact and g.size >= 2]
-    if not exact:
-        event("no exact group")
-        return
-    shapes = _output_shapes(program, z)
-    removal_is_exact(program, combing, _draw_removal(data, exact), z, tolerance=1e-4)
-    assert _output_shapes(program, z) == shapes
-    assert program.module.fc.weight.shape[0] % (side * side) == 0
+def test_a_linear_viewed_as_an_image_prunes_whole_channel_planes_exactly(removal_is_exact):
+    draws = Draws(least_share=0.5)
+
+    @_settings(12)
+    @given(spec=linear_images(), data=st.data())
+    def prunes_whole_planes(spec, data):
+        channels, side, segments, flatten = spec
+        torch.manual_seed(0)
+        model, z = LinearImage(*spec).eval(), torch.randn(2, 8)
+        program = capture(model, z).eval()
+        combing = find_channel_groups(program.module)
+        for group in combing.groups:  # the Linear's output may only lose whole C planes of side x side
+            if ("fc.weight", 0) in group.members:
+                assert group.size in (channels, channels // 4), (spec, group.size)
+        exact = [g for g in combing.groups if g.exact and g.size >= 2]
+        draws.eligible(exact)
+        shapes = _output_shapes(program, z)
+        removal_is_exact(program, combing, _draw_removal(data, exact), z, tolerance=1e-4)
+        assert _output_shapes(program, z) == shapes
+        assert program.module.fc.weight.shape[0] % (side * side) == 0
+
+    prunes_whole_planes()
+    draws.check()

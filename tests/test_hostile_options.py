@@ -249,10 +249,13 @@ def test_fuzz_numeric_options_parse_or_are_one_line(case):
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
         try:
-            build_parser().parse_args([*argv, f"{option}={value}"])
+            args = build_parser().parse_args([*argv, f"{option}={value}"])
         except SystemExit as exit_:
             assert exit_.code == 2
             _one_line(stderr.getvalue())
+            return
+    parsed = getattr(args, option.removeprefix("--").replace("-", "_"))  # accepted: a finite number, never nan
+    assert isinstance(parsed, int | float) and math.isfinite(parsed), (option, value, parsed)
 
 
 @pytest.mark.slow
@@ -297,9 +300,11 @@ def test_fuzz_recipe_text_reads_or_is_one_error(tmp_path_factory, text):
     path.write_text(text)
     try:
         spec = read_recipe(path)
-        pipeline_from_spec(spec)
+        pipeline = pipeline_from_spec(spec)
     except PrunefxError as error:
         assert "\n" not in str(error)
+        return
+    assert isinstance(pipeline, Pipeline)
 
 
 def test_recipe_documents_round_trip_through_yaml(tmp_path):
