@@ -495,6 +495,24 @@ class Draws:
         assert self.tested >= self.least_share * self.drawn, f"only {self.tested} of {self.drawn} draws were testable"
 
 
+def _eligible_groups(net: Net, draws: Draws, *, exact: bool):
+    """`net` captured, its channel groups, and those of at least two channels with this exactness (a draw
+    without any is rejected)."""
+    for spec in net.blocks:
+        event(f"block {type(spec).__name__}")
+    program, x = _capture(net)
+    combing = find_channel_groups(program.module)
+    groups = [g for g in combing.groups if g.exact == exact and g.size >= 2]
+    draws.eligible(groups)
+    return program, x, combing, groups
+
+
+def _remove_and_verify(program, combing, removed: set[int]) -> None:
+    assert remove_classes(program.module, combing.analysis, removed) > 0
+    program.recompile()
+    verify(program)
+
+
 # ------------------------------------------------------------------------------------------------
 # Properties
 
@@ -506,20 +524,13 @@ def test_removing_zeroed_channels_of_exact_groups_keeps_outputs(zero_channels):
     @_settings(20)
     @given(net=networks(), data=st.data())
     def removing_keeps_outputs(net, data):
-        for spec in net.blocks:
-            event(f"block {type(spec).__name__}")
-        program, x = _capture(net)
-        combing = find_channel_groups(program.module)
-        exact = [g for g in combing.groups if g.exact and g.size >= 2]
-        draws.eligible(exact)
+        program, x, combing, exact = _eligible_groups(net, draws, exact=True)
         removed = _draw_removal(data, exact)
         zero_channels(program, combing, removed)
         expected = _flat_outputs(program, x)
         shapes = _output_shapes(program, x)
 
-        assert remove_classes(program.module, combing.analysis, removed) > 0
-        program.recompile()
-        verify(program)
+        _remove_and_verify(program, combing, removed)
         assert _output_shapes(program, x) == shapes
         actual = _flat_outputs(program, x)
         tolerance = 1e-4 * expected.abs().max().item() + 1e-6
@@ -535,18 +546,11 @@ def test_removing_channels_of_inexact_groups_keeps_a_valid_program():
     @_settings(8)
     @given(net=networks(required=INEXACT_KINDS), data=st.data())
     def removing_keeps_a_valid_program(net, data):
-        for spec in net.blocks:
-            event(f"block {type(spec).__name__}")
-        program, x = _capture(net)
-        combing = find_channel_groups(program.module)
-        inexact = [g for g in combing.groups if not g.exact and g.size >= 2]
-        draws.eligible(inexact)
+        program, x, combing, inexact = _eligible_groups(net, draws, exact=False)
         removed = _draw_removal(data, inexact)
         shapes = _output_shapes(program, x)
 
-        assert remove_classes(program.module, combing.analysis, removed) > 0
-        program.recompile()
-        verify(program)
+        _remove_and_verify(program, combing, removed)
         assert _output_shapes(program, x) == shapes
         assert torch.isfinite(_flat_outputs(program, x)).all()
 
