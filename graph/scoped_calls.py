@@ -1,5 +1,6 @@
 """Operator calls of a graph grouped by the module that made them, and two graphs of the same model compared
-call by call: which literal sizes differ (and in which module), and the first call that differs.
+call by call: which literal sizes differ (and in which module), which calls became another operator, and the
+first call that differs.
 
 The write-back of a pruned Program into the user's module (prunefx/interop/write_back.py) needs both: the literal
 sizes the channel removal rewrote, found by aligning the pruned graph with a fresh capture of the dense
@@ -115,6 +116,21 @@ def literal_changes(dense: torch.fx.GraphModule, pruned: torch.fx.GraphModule) -
         if changed:
             changes.append(LiteralChange(call.scope, call.operator, changed))
     return changes
+
+
+def replaced_calls(dense: torch.fx.GraphModule, pruned: torch.fx.GraphModule) -> list[tuple[ScopedCall, ScopedCall]]:
+    """Calls of the dense graph that the pruned graph makes with another operator in the same module, paired
+    in order: a `split(4)` whose pieces the pruning made unequal is a `split_with_sizes([3, 1, 2])`, which the
+    module's own call cannot give whatever its attributes."""
+    dense_calls, pruned_calls = scoped_calls(dense), scoped_calls(pruned)
+    new = [call for key, call in pruned_calls.items() if key not in dense_calls]
+    pairs = []
+    for key, call in dense_calls.items():
+        match = next((other for other in new if other.scope == call.scope), None) if key not in pruned_calls else None
+        if match is not None:
+            new.remove(match)
+            pairs.append((call, match))
+    return pairs
 
 
 def _same(a, b) -> bool:

@@ -40,16 +40,18 @@ cases = _test_module("test_structural_cases")
 CASE_REFUSALS = {
     "concat_split": "split_with_sizes",          # split([4, 12]) written in forward
     "reshape_view_flatten": "module 'mix'",      # view(b, 8, -1) written in forward
-    "split": "module 'q'",                       # split(4) written in forward
+    "split": "replaced aten.split.Tensor (4, 1)",  # split(4) written in forward, the pieces made unequal
     "rotary_fused_qkv": "(RotaryAttention)",     # reshape(b, n, c) with c the input width
 }
 MODEL_REFUSALS = {  # from benchmarks/results/write_back_coverage.md
     # its attention calls the fused kernel with the default scale, which the pruned head dim changes
     "prunefx:vit_tiny_fmnist": "scaled_dot_product_attention",
-    "torchvision:swin_t": "lifted_tensor",                # a constant tensor the forward builds, no attribute
+    # the head dim computed from the input width (C // num_heads), which global ranking cuts apart
+    "torchvision:swin_t": "module 'features.1.0.attn' (ShiftedWindowAttention)",
     # nn.MultiheadAttention: one width for heads and input, which global ranking cuts apart
     "torchvision:vit_b_16": "module 'encoder.layers.encoder_layer_0.self_attention': nn.MultiheadAttention holds one",
-    "torchvision:shufflenet_v2_x1_0": "aten.view.default in module 'stage2.0'",  # channel shuffle sizes
+    # chunk(2) of the shuffled channels, whose halves the pruning made unequal
+    "torchvision:shufflenet_v2_x1_0": "replaced aten.chunk.default (2, 1) in module 'stage2.1'",
     "torchvision:maxvit_t": "attribute 'head_dim'",       # one head_dim for q/k and v pruned apart
     # attention widths computed from the residual width, or tables sized by the head dim
     "timm:beitv2_base_patch16_224": "module 'blocks.0.attn'",

@@ -25,7 +25,7 @@ from torch import nn
 from prunefx.graph import Program, capture
 from prunefx.graph.attributes import delete_unused_tensors
 from prunefx.graph.errors import PrunefxError, first_line
-from prunefx.graph.scoped_calls import first_difference, literal_changes
+from prunefx.graph.scoped_calls import first_difference, literal_changes, replaced_calls
 from prunefx.interop.hf_config import update_config
 from prunefx.interop.module_resizers import ResizeError, resize_attributes, resizer_for
 
@@ -56,7 +56,9 @@ def to_module(program: Program, model: nn.Module, *, config: bool = True) -> nn.
     delete_unused_tensors(dense.module)
     _check_nothing_dropped(program, dense, name)
     _copy_tensors(program, module, name, _built_in_forward(dense, model))
-    hint = _resize_modules(module, literal_changes(dense.module, program.module), name)
+    changes = literal_changes(dense.module, program.module)
+    _resize_modules(module, changes, name)
+    hint = _hint(module, changes, replaced_calls(dense.module, program.module))
     if config:  # before the proof: the config may move an attention's scale into its query weights
         update_config(module, model, name)
     _verify(program, module, name, hint)
@@ -132,18 +134,26 @@ def _put(owner: nn.Module, attribute: str, old: torch.Tensor, value: torch.Tenso
         setattr(owner, attribute, value)
 
 
-def _resize_modules(module: nn.Module, changes, name: str) -> str:
-    """Run every module's resizer; returns, in words, the first rewritten size that the default resizer found
-    no attribute for ('' when none): the likely reason should the verification fail."""
+def _resize_modules(module: nn.Module, changes, name: str) -> None:
+    """Run every module's resizer with the literal sizes rewritten in the operators it called."""
     by_scope: dict[str, list[tuple[int, int]]] = {}
     for change in changes:
         by_scope.setdefault(change.scope, []).extend(change.pairs)
-    unmatched = [change for change in changes if _unmatched(module, change)]
     for path, submodule in module.named_modules():
         try:
             resizer_for(submodule)(submodule, by_scope.get(path, []))
         except ResizeError as error:
             raise WriteBackError(f"cannot write {name} back: module '{path or '(model)'}': {error}") from error
+
+
+def _hint(module: nn.Module, changes, replaced) -> str:
+    """The likely reason, in words, should the proof fail ('' when none): first a call that the program makes
+    with another operator (no attribute can help), then a rewritten size no attribute of its module held."""
+    if replaced:
+        dense, pruned = replaced[0]
+        return (f"; the program replaced {dense.operator} {_arguments(dense)} in module '{dense.scope or '(model)'}' "
+                f"by {pruned.operator} {_arguments(pruned)}, which that module's call cannot give")
+    unmatched = [change for change in changes if _unmatched(module, change)]
     if not unmatched:
         return ""
     change = unmatched[0]
@@ -151,6 +161,12 @@ def _resize_modules(module: nn.Module, changes, name: str) -> str:
     return (f"; the program rewrote {change.operator} in module '{change.scope or '(model)'}' ({sizes}) and no "
             "attribute of that module holds the size (written in its forward, or computed: "
             "prunefx.register_module_resizer sets it)")
+
+
+def _arguments(call) -> str:
+    """A call's literal arguments after its input: '(4, 1)' for split(x, 4, 1)."""
+    args = call.literals[0][1:]
+    return repr(args[0] if len(args) == 1 else args).replace("None", "_")
 
 
 def _unmatched(module: nn.Module, change) -> bool:
