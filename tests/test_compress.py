@@ -15,7 +15,7 @@ import yaml
 
 from prunefx.cli import EXIT_USER_ERROR, main
 from prunefx.data import fashion_mnist
-from prunefx.data.splits import DataSplits, TensorBatches
+from prunefx.data.splits import DataSplits, tensor_batches
 from prunefx.graph import Program, PrunefxError, capture
 from prunefx.injection import CALIBRATION_BATCHES, inject, injected_keys
 from prunefx.named_recipes import recipe_path, shipped_recipes
@@ -195,8 +195,8 @@ def test_training_recipe_on_data_without_a_training_split(capsys, tmp_path):
 
 def test_inject_fills_only_what_a_pass_needs_and_the_recipe_left_unset():
     images, labels = torch.randn(40, 3, 8, 8), torch.arange(40) % 4
-    splits = DataSplits(train=TensorBatches(images, labels, 4, shuffle=True), val=None,
-                        test=TensorBatches(images, labels, 4, shuffle=False), classes=tuple("abcd"),
+    splits = DataSplits(train=tensor_batches(images, labels, 4, shuffle=True), val=None,
+                        test=tensor_batches(images, labels, 4, shuffle=False), classes=tuple("abcd"),
                         input_shape=(3, 8, 8))
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
                                 torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()

@@ -7,19 +7,21 @@ import importlib.util
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, DistributedSampler
+from torchvision.transforms import v2
 
 from prunefx.data import fashion_mnist
 from prunefx.data.splits import (
     IGNORED_LABEL,
-    FolderBatches,
     NormalizeBatch,
-    RandomCropFlip,
-    TensorBatches,
+    StaticBatches,
     accuracy,
+    derive_seed,
     fashion_mnist_data,
     image_folder_data,
     load_data,
     split_train_validation,
+    tensor_batches,
 )
 from prunefx.graph.errors import PrunefxError
 
@@ -41,19 +43,19 @@ def collect(loader) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     return [images for images, _ in batches], [labels for _, labels in batches]
 
 
-# ---- TensorBatches ---------------------------------------------------------------------------------
+# ---- static batches through DataLoader ---------------------------------------------------------
 
 def test_training_drops_and_evaluation_pads_the_last_batch():
     images, labels = numbered_images(50)
-    train = TensorBatches(images, labels, 16, shuffle=True)
-    evaluation = TensorBatches(images, labels, 16, shuffle=False)
-    assert len(train) == 3 and len(evaluation) == 4
+    train = tensor_batches(images, labels, 16, shuffle=True)
+    evaluation = tensor_batches(images, labels, 16, shuffle=False)
+    assert isinstance(train, DataLoader) and len(train) == 3 and len(evaluation) == 4
     for loader in (train, evaluation):
         assert all(batch.shape == (16, 1, 6, 6) and batch.dtype == torch.float32 for batch in collect(loader)[0])
     # Training: 48 distinct images, no padding.
     train_labels = torch.cat(collect(train)[1])
     assert train_labels.unique().numel() == 48 and (train_labels >= 0).all()
-    # Evaluation: every image once, in order, then 14 copies of real images labelled -1.
+    # Evaluation: every image once, in order, then 14 copies of the last batch's real images labelled -1.
     batches, label_batches = collect(evaluation)
     all_images, all_labels = torch.cat(batches), torch.cat(label_batches)
     assert torch.equal(all_labels[:50], labels) and (all_labels[50:] == IGNORED_LABEL).all()
@@ -61,100 +63,68 @@ def test_training_drops_and_evaluation_pads_the_last_batch():
     assert torch.equal(all_images[50:], images[48:50].float().repeat(7, 1, 1, 1))
 
 
-def test_shuffle_is_deterministic_per_epoch():
+def test_shuffle_is_deterministic_per_epoch_whatever_the_workers():
     images, labels = numbered_images(40)
-    first, second = TensorBatches(images, labels, 8, shuffle=True), TensorBatches(images, labels, 8, shuffle=True)
+    first = tensor_batches(images, labels, 8, shuffle=True)
     order = torch.cat(collect(first)[1])
-    assert torch.equal(order, torch.cat(collect(second)[1]))
-    assert not torch.equal(order, torch.arange(40))
+    assert torch.equal(order, torch.cat(collect(first)[1]))  # the same epoch again
+    assert torch.equal(order, torch.cat(collect(tensor_batches(images, labels, 8, shuffle=True, num_workers=2))[1]))
+    # the order the hand-written loaders drew: randperm from (seed, epoch, stream 0)
+    expected = torch.randperm(40, generator=torch.Generator().manual_seed(derive_seed(0, 0, 0)))
+    assert torch.equal(order, expected)
     first.set_epoch(1)
     assert not torch.equal(order, torch.cat(collect(first)[1]))
     assert torch.equal(torch.cat(collect(first)[1]).sort().values, torch.arange(40))
 
 
+def test_augmentation_is_seeded_per_image_and_epoch_not_per_worker():
+    images, labels = numbered_images(32)
+    crop_flip = v2.Compose([v2.RandomCrop(6, padding=2), v2.RandomHorizontalFlip()])
+
+    def epoch_images(seed: int, epoch: int, workers: int = 0) -> torch.Tensor:
+        loader = tensor_batches(images, labels, 8, shuffle=True, transform=crop_flip, seed=seed, num_workers=workers)
+        loader.set_epoch(epoch)
+        batches, label_batches = collect(loader)
+        return torch.cat(batches)[torch.cat(label_batches).argsort()]  # by image, whatever the order
+
+    reference = epoch_images(0, 0)
+    assert torch.equal(reference, epoch_images(0, 0, workers=2))
+    assert not torch.equal(reference, epoch_images(0, 1))
+    assert not torch.equal(reference, epoch_images(1, 0))
+    assert not torch.equal(reference, images.float())
+
+
 @pytest.mark.parametrize("shuffle", [True, False])
 @pytest.mark.parametrize("world_size", [2, 4])
-def test_shards_concatenate_to_the_global_batch(shuffle, world_size):
+def test_distributed_ranks_read_disjoint_parts_through_a_distributed_sampler(shuffle, world_size):
     images, labels = numbered_images(70)
-    whole = TensorBatches(images, labels, 16, shuffle=shuffle, augment=RandomCropFlip(2), seed=3)
-    shards = [whole.shard(rank, world_size) for rank in range(world_size)]
-    for loader in (whole, *shards):
-        loader.set_epoch(2)
-    expected_images, expected_labels = collect(whole)
-    per_rank = [collect(shard) for shard in shards]
-    assert all(len(shard) == len(whole) and shard.batch_size == 16 // world_size for shard in shards)
-    for i in range(len(whole)):
-        assert torch.equal(torch.cat([rank_images[i] for rank_images, _ in per_rank]), expected_images[i])
-        assert torch.equal(torch.cat([rank_labels[i] for _, rank_labels in per_rank]), expected_labels[i])
+    whole = tensor_batches(images, labels, 16, shuffle=shuffle, seed=3)
+    ranks = [whole.distributed(rank, world_size) for rank in range(world_size)]
+    assert all(isinstance(part.sampler, DistributedSampler) for part in ranks)
+    assert all(len(part) == len(whole) and part.batch_size == 16 // world_size for part in ranks)
+    seen = torch.cat([torch.cat(collect(part)[1]) for part in ranks])
+    real = seen[seen != IGNORED_LABEL]
+    assert real.unique().numel() == len(real)  # no image twice
+    assert len(real) == (64 if shuffle else 70)  # training drops 6; evaluation counts every image once
+    first = torch.cat(collect(ranks[0])[1])
+    ranks[0].set_epoch(1)
+    assert torch.equal(torch.cat(collect(ranks[0])[1]), first) != shuffle  # set_epoch reshuffles training
 
 
-def test_shard_needs_a_batch_divisible_by_the_world_size():
+def test_batch_must_divide_among_the_processes():
     images, labels = numbered_images(20)
-    loader = TensorBatches(images, labels, 6, shuffle=True)
+    loader = tensor_batches(images, labels, 6, shuffle=True)
     with pytest.raises(PrunefxError, match="batch size 6 is not divisible by world size 4"):
-        loader.shard(0, 4)
+        loader.distributed(0, 4)
     with pytest.raises(PrunefxError, match="rank 2 is not in a world of 2"):
-        loader.shard(2, 2)
-    with pytest.raises(PrunefxError, match="already a shard"):
-        loader.shard(0, 2).shard(0, 1)
+        loader.distributed(2, 2)
 
 
 def test_too_few_images_for_one_training_batch():
     images, labels = numbered_images(5)
     with pytest.raises(PrunefxError, match="no full batch of 8"):
-        TensorBatches(images, labels, 8, shuffle=True)
-    assert len(TensorBatches(images, labels, 8, shuffle=False)) == 1  # evaluation pads instead
-
-
-# ---- augmentation ------------------------------------------------------------------------------
-
-def shifted(image: torch.Tensor, down: int, right: int) -> torch.Tensor:
-    """`image` moved down/right by whole pixels (negative: up/left), zeros entering at the edges."""
-    out = torch.zeros_like(image)
-    height, width = image.shape[-2:]
-    out[..., max(down, 0):height + min(down, 0), max(right, 0):width + min(right, 0)] = \
-        image[..., max(-down, 0):height + min(-down, 0), max(-right, 0):width + min(-right, 0)]
-    return out
-
-
-def test_crop_shifts_content_and_flip_mirrors_it():
-    images, _ = numbered_images(3)
-    crop_flip = RandomCropFlip(padding=2)
-    params = {"top": torch.tensor([2, 3, 0]), "left": torch.tensor([2, 2, 4]),
-              "flip": torch.tensor([True, False, False])}
-    out = crop_flip(images, params)
-    assert torch.equal(out[0], images[0].flip(-1))          # centred crop: only the flip
-    assert torch.equal(out[1], shifted(images[1], -1, 0))   # crop one row lower: content moves up
-    assert torch.equal(out[2], shifted(images[2], 2, -2))
-    assert (out[1, :, -1] == 0).all()                       # the padding entered at the bottom
-
-
-def test_random_augmentation_is_always_a_shift_or_flip_and_varies():
-    images, _ = numbered_images(64)
-    crop_flip = RandomCropFlip(padding=2)
-    params = crop_flip.draw(64, torch.Generator().manual_seed(1))
-    out = crop_flip(images, params)
-    for image, result, top, left, flip in zip(images, out, params["top"], params["left"], params["flip"]):
-        expected = shifted(image, 2 - int(top), 2 - int(left))
-        assert torch.equal(result, expected.flip(-1) if flip else expected)
-    offsets = set(zip(params["top"].tolist(), params["left"].tolist()))
-    assert len(offsets) > 10 and 10 < int(params["flip"].sum()) < 54
-
-
-def test_augmentation_reproducible_per_seed_and_epoch():
-    images, labels = numbered_images(32)
-
-    def epoch_images(seed: int, epoch: int) -> torch.Tensor:
-        # In order, so any difference between epochs comes from augmentation alone.
-        loader = TensorBatches(images, labels, 8, shuffle=False, augment=RandomCropFlip(2), seed=seed)
-        loader.set_epoch(epoch)
-        return torch.cat(collect(loader)[0])
-
-    reference = epoch_images(0, 0)
-    assert torch.equal(reference, epoch_images(0, 0))
-    assert not torch.equal(reference, epoch_images(0, 1))
-    assert not torch.equal(reference, epoch_images(1, 0))
-    assert not torch.equal(reference, images.float())
+        tensor_batches(images, labels, 8, shuffle=True)
+    assert len(tensor_batches(images, labels, 8, shuffle=False)) == 1  # evaluation pads instead
 
 
 def test_normalize_batch_repeats_gray_for_rgb_models():
@@ -189,13 +159,14 @@ def fashion_splits():
 def test_fashion_mnist_split_sizes_and_held_out_validation(fashion_splits):
     splits = fashion_splits
     assert (splits.train.num_samples, splits.val.num_samples, splits.test.num_samples) == (55000, 5000, 10000)
+    assert all(isinstance(loader, DataLoader) for loader in (splits.train, splits.val, splits.test))
     assert splits.num_classes == 10 and splits.input_shape == (1, 28, 28)
     # The validation images are the training images at the held-out indices, not test images.
     raw_images, raw_labels = fashion_mnist.load_fashion_mnist("train")
     _, val_index = split_train_validation(60000, 5000, seed=0)
     images, labels = next(iter(splits.val))
     assert torch.equal(labels, raw_labels[val_index[:500]])
-    assert torch.equal(images, splits.val.prepare(raw_images[val_index[:500], None]))
+    assert torch.equal(images, NormalizeBatch([fashion_mnist.MEAN], [fashion_mnist.STD])(raw_images[val_index[:500], None]))
     assert fashion_mnist_data(500, validation=0).val is None
 
 
@@ -246,7 +217,7 @@ def make_image_folder(root, counts: dict[str, int]) -> None:
 def test_image_folder_gives_full_batches_with_the_right_labels(tmp_path):
     make_image_folder(tmp_path, {"train": 5, "val": 3})
     splits = load_data(tmp_path, 4, image_size=32)
-    assert isinstance(splits.train, FolderBatches) and splits.test is None
+    assert isinstance(splits.train, StaticBatches) and splits.test is None
     assert splits.classes == ("blue", "red") and splits.input_shape == (3, 32, 32)
     assert (len(splits.train), len(splits.val)) == (2, 2)
     for loader in (splits.train, splits.val):
@@ -260,15 +231,19 @@ def test_image_folder_gives_full_batches_with_the_right_labels(tmp_path):
     assert val_labels.tolist() == [0, 0, 0, 1, 1, 1, IGNORED_LABEL, IGNORED_LABEL]
 
 
-def test_image_folder_shards_and_epochs_are_reproducible(tmp_path):
+def test_image_folder_ranks_and_epochs_are_reproducible(tmp_path):
     make_image_folder(tmp_path, {"train": 4, "val": 1})
     train = image_folder_data(tmp_path, 4, image_size=16).train
-    shards = [train.shard(rank, 2) for rank in range(2)]
-    whole = collect(train)[0]
-    for i, (first, second) in enumerate(zip(collect(shards[0])[0], collect(shards[1])[0])):
-        assert torch.equal(torch.cat([first, second]), whole[i])  # random crops seeded per sample
+
+    def fingerprints(loader) -> list[float]:
+        return sorted(round(float(image.sum()), 2) for batch in collect(loader)[0] for image in batch)
+
+    whole = torch.cat(collect(train)[0])
+    assert torch.equal(whole, torch.cat(collect(train)[0]))
+    # random crops are seeded per image: two ranks read, between them, the single process's images
+    assert sorted(fingerprints(train.distributed(0, 2)) + fingerprints(train.distributed(1, 2))) == fingerprints(train)
     train.set_epoch(1)
-    assert not torch.equal(torch.cat(collect(train)[0]), torch.cat(whole))
+    assert not torch.equal(torch.cat(collect(train)[0]), whole)
 
 
 def test_image_folder_errors(tmp_path):

@@ -97,6 +97,63 @@ def test_two_workers_give_the_same_batches_as_none(written):
         assert torch.equal(a, b) and torch.equal(la, lb)
 
 
+# ---- colour masks with a palette file -------------------------------------------------------------------
+
+def _colour(class_id: int) -> tuple[int, int, int]:
+    return (20 * class_id, 255 - 20 * class_id, 7 * class_id)
+
+
+def _to_colour_masks(root, *, palette_name: str = "palette.txt") -> None:
+    """Rewrite the class-id masks under `root` as RGB colour masks, and write their palette (and an ignore colour)."""
+    names = (root / "classes.txt").read_text().split()
+    (root / "classes.txt").unlink()  # the palette names the classes
+    lines = [f"{r} {g} {b} {name}" for (r, g, b), name in ((_colour(i), n) for i, n in enumerate(names))]
+    (root / palette_name).write_text("# r g b name\n" + "\n".join([*lines, "255 255 255 ignore"]) + "\n")
+    for mask in (root / "masks").rglob("*.png"):
+        ids = np.asarray(Image.open(mask))
+        Image.fromarray(np.array([_colour(i) for i in range(256)], np.uint8)[ids]).save(mask)
+
+
+def test_colour_masks_read_back_as_the_scenes_through_their_palette(written, scenes, tmp_path):
+    root = _copy(written, "masks", tmp_path)
+    _to_colour_masks(root)
+    spoiled = root / "masks" / "val" / "00000.png"
+    pixels = np.asarray(Image.open(spoiled)).copy()
+    pixels[0, 0] = 255  # the palette's ignore colour
+    Image.fromarray(pixels).save(spoiled)
+    splits = load_data(root, BATCH, num_workers=0)
+    assert splits.num_classes == 11 and splits.classes[0] == "background"
+    _, masks = _all(splits.val)
+    expected = scenes["val"].masks.clone()
+    expected[0, 0, 0] = -1
+    assert torch.equal(masks[:6], expected)
+    # a palette named explicitly, elsewhere
+    (root / "palette.txt").rename(tmp_path / "colours.txt")
+    _, again = _all(load_data(root, BATCH, num_workers=0, palette=tmp_path / "colours.txt").val)
+    assert torch.equal(again, masks)
+
+
+def _unknown_colour(root):
+    _to_colour_masks(root)
+    mask = root / "masks" / "val" / "00002.png"
+    pixels = np.asarray(Image.open(mask)).copy()
+    pixels[3, 5] = (1, 2, 3)
+    Image.fromarray(pixels).save(mask)
+    return "00002.png has colour (1, 2, 3) at x=5, y=3"
+
+
+def _colour_without_palette(root):
+    _to_colour_masks(root)
+    (root / "palette.txt").unlink()
+    return "is RGB, not class ids"
+
+
+def _bad_palette_line(root):
+    _to_colour_masks(root)
+    (root / "palette.txt").write_text("0 0 0 background\n300 0 0 shirt\n")
+    return "palette.txt:2: expected 'red green blue name'"
+
+
 # ---- bad data: one line naming the file, exit 2, nothing written ---------------------------------------
 
 def _edit_json(path, change):
@@ -161,6 +218,9 @@ BAD_CASES = {
     "masks missing mask file": ("masks", lambda r: (r / "masks" / "train" / "00000.png").unlink() or "has no mask"),
     "masks undecodable image": ("masks", _garbage_image),
     "masks empty split": ("masks", _empty_val),
+    "masks colour outside the palette": ("masks", _unknown_colour),
+    "masks colour without a palette": ("masks", _colour_without_palette),
+    "masks bad palette line": ("masks", _bad_palette_line),
 }
 
 

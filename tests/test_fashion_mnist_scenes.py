@@ -109,7 +109,7 @@ def valued_dataset(tmp_path):
 
 def canvas_values(loader) -> set[int]:
     """The gray values on a split's canvases, read back from the files the split was written to."""
-    files = loader.folder.split.images
+    files = loader.source.split.images
     return set(np.unique(np.stack([np.asarray(Image.open(path)) for path in files])).tolist()) - {0}
 
 

@@ -74,7 +74,7 @@ def test_symlink_loops_are_not_followed(tmp_path):
     started = time.perf_counter()
     loader = image_folder_split(split, 1)
     assert time.perf_counter() - started < 5
-    assert sorted(os.path.basename(os.path.dirname(p)) for p, _ in loader.folder.samples) == ["cat", "dog"]
+    assert sorted(os.path.basename(os.path.dirname(p)) for p, _ in loader.source.samples) == ["cat", "dog"]
 
 
 def test_a_link_out_of_the_folder_is_refused(tmp_path):

@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from prunefx.assets import load_imagenet_batch, mobilenet_v2_weights_path
 from prunefx.compression import inject
 from prunefx.data.fashion_mnist import MEAN, STD, DatasetError, load_fashion_mnist
-from prunefx.data.splits import DataSplits, TensorBatches
+from prunefx.data.splits import DataSplits, tensor_batches
 from prunefx.graph import PrunefxError, capture
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.program import Program
@@ -258,8 +258,8 @@ def test_registered_shipped_as_a_recipe_and_given_labelled_calibration_by_compre
     pipeline = load_recipe(RECIPES_DIR / "sparsify-2of4-kd.yaml")
     assert [step.name for step in pipeline.steps] == ["sparsify_nm", "distill"]
     images, labels = torch.randn(24, 3, 8, 8), torch.arange(24) % 4
-    splits = DataSplits(train=TensorBatches(images, labels, 4, shuffle=True), val=None,
-                        test=TensorBatches(images, labels, 4, shuffle=False), classes=tuple("abcd"),
+    splits = DataSplits(train=tensor_batches(images, labels, 4, shuffle=True), val=None,
+                        test=tensor_batches(images, labels, 4, shuffle=False), classes=tuple("abcd"),
                         input_shape=(3, 8, 8))
     dense = capture(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 16)).eval(), images[:4])
     steps = pipeline_from_spec({"passes": [{"sparsify_nm": {}}, {"sparsify_nm": {"criterion": "cap"}}]})

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunefx.data.splits import CLASSIFICATION, DETECTION, SEGMENTATION, DataSplits, TensorBatches
+from prunefx.data.splits import CLASSIFICATION, DETECTION, SEGMENTATION, DataSplits, tensor_batches
 from prunefx.graph import capture
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes import distill
@@ -170,7 +170,7 @@ def test_compress_injects_the_data_sets_task_into_the_training_passes(monkeypatc
     from prunefx.compression import inject
 
     images = torch.randn(16, 3, SIZE, SIZE)
-    loader = TensorBatches(images, _labels(16), BATCH, shuffle=False)
+    loader = tensor_batches(images, _labels(16), BATCH, shuffle=False)
     splits = DataSplits(train=loader, val=loader, test=loader, classes=tuple("abc"),
                         input_shape=(3, SIZE, SIZE), task=DETECTION)
     dense = _detector(0)

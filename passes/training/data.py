@@ -1,7 +1,8 @@
 """Batches, evaluation and the distributed setup of the recovery trainer (passes/training/engine.py).
 
 Batches are `(inputs, labels)` pairs, `inputs` a tensor or a tuple of tensors; label -1 marks padding.
-Under torchrun every rank gets its slice of every global batch.
+Under torchrun a loader with `distributed(rank, world_size)` (prunefx's StaticBatches) reads its part through
+torch's DistributedSampler; any other iterable of batches gives every rank its slice of every global batch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from prunefx.passes.training.losses import IGNORE_LABEL, logits_of
 # --- data ----------------------------------------------------------------------------------------
 
 class _Shard:
-    """This rank's slice of every global batch of a plain iterable (a loader with `shard` does it itself)."""
+    """This rank's slice of every global batch of a plain iterable (a loader with `distributed` does it itself)."""
 
     def __init__(self, data: Any, rank: int, world_size: int):  # a sized iterable (a list, a DataLoader)
         self.data, self.rank, self.world_size = data, rank, world_size
@@ -49,8 +50,10 @@ class _Shard:
 def shard_batches(data: Iterable, rank: int, world_size: int) -> Iterable:
     if world_size == 1:
         return data
-    if hasattr(data, "shard"):
-        return data.shard(rank, world_size)
+    if getattr(data, "world_size", 1) == world_size:  # made under torch.distributed already
+        return data
+    if hasattr(data, "distributed"):
+        return data.distributed(rank, world_size)
     return _Shard(data, rank, world_size)
 
 

@@ -46,6 +46,8 @@ def add_arguments(parser) -> None:
                         help="the layout of --data on disk (default: detected from the path)")
     parser.add_argument("--workers", type=options.non_negative,
                         help="processes decoding images from disk (default: one per core, at most 8)")
+    parser.add_argument("--palette", metavar="FILE",
+                        help="colour masks: one 'R G B name' line per class (default: palette.txt beside the masks)")
     parser.add_argument("--image-size", type=options.count, metavar="S",
                         help="resize images on disk to S x S (default: ImageFolder 224, detection and "
                              "segmentation the first training image's size)")
@@ -84,7 +86,8 @@ def run(args) -> int:
     # a recipe's own budget pass counts: its budget may be in the YAML
     cli_options.check_budget_backend(args, budgeted=bool(set(recipe.pipeline.names) & set(BUDGET_PASSES)))
     output = check_output_folder(args.output)
-    files = {"data_format": args.data_format, "num_workers": args.workers, "image_size": args.image_size}
+    files = {"data_format": args.data_format, "num_workers": args.workers, "image_size": args.image_size,
+             "palette": args.palette}
     dense, splits = load_model_and_data(args.model, args.data, batch_size=args.batch_size, weights=args.weights,
                                         validation=args.validation, files=files)
     report = compress(dense, recipe, splits, output, data=args.data, options=options_from(args))

@@ -1,43 +1,38 @@
-"""Batch loaders with static batch sizes for recovery training; the data sets are in prunefx/data/splits.py.
+"""Static batches through torch's DataLoader for recovery training and evaluation; the data sets are in
+prunefx/data/splits.py (Fashion-MNIST, ImageFolder) and prunefx/data/formats.py (COCO, YOLO, masks).
 
-Models are captured with torch.export at a static batch size, so every batch a loader yields has
-exactly the loader's batch size:
-- training loaders (shuffled) drop the last, incomplete batch;
-- evaluation loaders (not shuffled) pad it to full size with copies of real images labelled -1,
-  which `accuracy` (and any loss that uses `ignore_index=-1`) leaves out.
+Models are captured with torch.export at a static batch size, so every batch has exactly that size:
+- training (shuffled) drops the last, incomplete batch;
+- evaluation (in order) pads the data set to whole batches with copies of its last real images labelled
+  -1, which `accuracy` (and any loss with `ignore_index=-1`) leaves out. The padding is a view of the
+  data set, not a collate function, so that under DDP the DistributedSampler hands every rank the same
+  number of full batches and counts no real image twice.
 
-Every loader has one interface (`BatchLoader`): iterate for `(float images, int64 labels)`,
-`len()` is the number of batches, `set_epoch(epoch)` reshuffles deterministically from
-(seed, epoch), and `shard(rank, world_size)` gives one process of a data-parallel run its part of
-each *global* batch, so that the shards of global batch i, concatenated in rank order, are global
-batch i of the unsharded loader (augmentation included for in-memory data): a 2-process
-DistributedDataParallel run then sees the same global batches as a single process.
-
-Two implementations:
-- `TensorBatches`: in-memory tensors (Fashion-MNIST, the ImageNet sample), augmented per batch
-  with vectorised tensor operations and a seeded torch.Generator; no per-sample Python work;
-- `FolderBatches`: a torchvision ImageFolder read through torch's DataLoader (users' own data),
-  with each sample's random transform seeded from (seed, epoch, position in the epoch).
+`StaticBatches` is a torch DataLoader (worker processes, pinned memory, prefetching) that adds
+`set_epoch(epoch)`. The shuffle is seeded from (seed, epoch) and every training item's random transform
+from (seed, epoch, item index): the same images whatever the number of workers or processes.
+Under torch.distributed (initialised when the loader is made, or later through `distributed(rank, world)`,
+which the trainer calls) the sampler is torch's DistributedSampler and each process reads
+batch_size / world_size items a step, so the global batch stays `batch_size`.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterator, Sequence
+import math
+import random
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets import ImageFolder
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, default_collate
 
 from prunefx.graph.errors import PrunefxError
 
 IGNORED_LABEL = -1
 
-# Generator streams derived from one (seed, epoch): the sample order must not depend on whether
-# augmentation is on, so each gets its own generator.
-_ORDER_STREAM, _AUGMENT_STREAM, _SAMPLE_STREAM = 0, 1, 2
+# Generator streams derived from one (seed, epoch); the values are those the shuffles were always drawn with.
+_ORDER_STREAM, _WORKER_STREAM, _SAMPLE_STREAM = 0, 1, 2
 
 
 def derive_seed(*parts: int) -> int:
@@ -47,142 +42,181 @@ def derive_seed(*parts: int) -> int:
     return int(state) >> 1
 
 
-def _generator(*parts: int) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(*parts))
+def seed_worker(_worker_id: int) -> None:
+    """DataLoader worker_init_fn: torch seeds each worker from the loader's generator; numpy and `random`
+    (which users' transforms may draw from) follow it instead of repeating the parent's state."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
 
 
-# ---- the common interface: global batches, padding, sharding --------------------------------------
+def _padding_label(label):
+    # dense labels (a mask, a box table) are padded whole: every entry of a copy is -1
+    return torch.full_like(label, IGNORED_LABEL) if isinstance(label, torch.Tensor) else IGNORED_LABEL
 
-class BatchLoader:
-    """Fixed-size batches of `num_samples` items; subclasses say how the items of a batch are read.
 
-    `batch_size` is what one iteration yields (the global batch size divided by the world size of a
-    shard); `global_batch_size` is the batch size of the unsharded loader.
-    """
+class _Padded(Dataset):
+    """`dataset` then copies of the items from `start` on (its last, incomplete batch), labelled -1, up to `length`."""
 
-    def __init__(self, num_samples: int, batch_size: int, *, shuffle: bool, seed: int = 0,
-                 drop_last: bool | None = None):
-        if batch_size < 1:
-            raise PrunefxError(f"batch size must be at least 1, got {batch_size}")
-        if num_samples < 1:
-            raise PrunefxError("a data loader needs at least one image, got none")
-        self.num_samples = num_samples
-        self.global_batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        # Training drops the incomplete batch (a padded one would weigh repeated images twice);
-        # evaluation pads it so that every image is counted.
-        self.drop_last = shuffle if drop_last is None else drop_last
-        self.epoch = 0
-        self.rank, self.world_size = 0, 1
-        if len(self) == 0:
-            raise PrunefxError(f"{num_samples} images make no full batch of {batch_size}; "
-                               f"use a smaller batch size")
-
-    @property
-    def batch_size(self) -> int:
-        return self.global_batch_size // self.world_size
+    def __init__(self, dataset: Dataset, length: int, start: int):
+        self.dataset, self.length, self.start = dataset, length, start
 
     def __len__(self) -> int:
-        full, rest = divmod(self.num_samples, self.global_batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        return self.length
+
+    def __getitem__(self, index: int):
+        real = len(self.dataset)
+        if index < real:
+            return self.dataset[index]
+        image, label = self.dataset[self.start + (index - real) % (real - self.start)]
+        return image, _padding_label(label)
+
+
+class _SeededItems(Dataset):
+    """Each item read under torch's global generator seeded from (seed, epoch, index), saved and restored
+    around it: torchvision's random transforms draw from it, so an item is the same in any worker or rank."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        # the CPU generator alone: torch.manual_seed (which also seeds every accelerator) costs 50x more per item
+        generator = torch.default_generator
+        state = generator.get_state()
+        generator.manual_seed(derive_seed(self.seed, self.epoch, _SAMPLE_STREAM, index))
+        try:
+            return self.dataset[index]
+        finally:
+            generator.set_state(state)
+
+
+class _Collate:
+    """default_collate, images as plain tensors (not torchvision tv_tensors), then `prepare` on the whole
+    batch (e.g. uint8 -> normalised float: one vectorised step instead of one per image)."""
+
+    def __init__(self, prepare: Callable[[torch.Tensor], torch.Tensor] | None):
+        self.prepare = prepare
+
+    def __call__(self, items):
+        images, labels = default_collate(items)
+        images = images.as_subclass(torch.Tensor)
+        return (self.prepare(images) if self.prepare else images.float()), labels
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class StaticBatches(DataLoader):
+    """A DataLoader over `dataset` ((image, label) items) in static batches of `batch_size` (the global
+    batch: per process batch_size / world_size). `shuffle`: training (seeded shuffle, last batch dropped);
+    else evaluation (in order, last batch padded with label -1). `prepare` runs on each collated batch."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0,
+                 prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 world: tuple[int, int] | None = None):
+        rank, world_size = world or _world()
+        _check(len(dataset), batch_size, shuffle, world_size)
+        self.source, self.seed, self.epoch, self.shuffle = dataset, seed, 0, shuffle
+        self._options = {"shuffle": shuffle, "seed": seed, "num_workers": num_workers, "prepare": prepare}
+        items = _SeededItems(dataset, seed) if shuffle else _padded(dataset, batch_size)
+        self._order = torch.Generator()  # reseeded from (seed, epoch) at every iteration
+        self._workers = torch.Generator()
+        if world_size > 1:
+            sampler = DistributedSampler(items, num_replicas=world_size, rank=rank, shuffle=shuffle,
+                                         seed=derive_seed(seed, _ORDER_STREAM), drop_last=shuffle)
+        else:
+            sampler = RandomSampler(items, generator=self._order) if shuffle else None
+        super().__init__(items, batch_size=batch_size // world_size, sampler=sampler, drop_last=shuffle,
+                         num_workers=num_workers, collate_fn=_Collate(prepare), worker_init_fn=seed_worker,
+                         generator=self._workers, pin_memory=torch.cuda.is_available(),
+                         prefetch_factor=4 if num_workers else None)
+        self.rank, self.world_size = rank, world_size
+
+    @property
+    def num_samples(self) -> int:
+        """The real items (padding not counted)."""
+        return len(self.source)
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose order (and augmentation) the next iteration yields."""
         self.epoch = epoch
+        if isinstance(self.dataset, _SeededItems):
+            self.dataset.epoch = epoch
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)
 
-    def shard(self, rank: int, world_size: int) -> BatchLoader:
-        """This rank's part of every global batch: items [rank * b, (rank + 1) * b) of it, where
-        b = global batch size / world size."""
-        if self.world_size != 1:
-            raise PrunefxError("this loader is already a shard; shard the unsharded loader")
-        if world_size < 1 or not 0 <= rank < world_size:
+    def distributed(self, rank: int, world_size: int) -> StaticBatches:
+        """The same batches for one process of `world_size`, read through a DistributedSampler."""
+        if not 0 <= rank < world_size:
             raise PrunefxError(f"rank {rank} is not in a world of {world_size} processes")
-        if self.global_batch_size % world_size:
-            raise PrunefxError(f"batch size {self.global_batch_size} is not divisible by world size "
-                               f"{world_size}: every process needs the same static batch size")
-        part = copy.copy(self)
-        part.rank, part.world_size = rank, world_size
+        part = StaticBatches(self.source, self.batch_size * self.world_size, world=(rank, world_size), **self._options)
+        part.set_epoch(self.epoch)
         return part
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        raise NotImplementedError
-
-    def _order(self) -> torch.Tensor:
-        if not self.shuffle:
-            return torch.arange(self.num_samples)
-        return torch.randperm(self.num_samples, generator=_generator(self.seed, self.epoch, _ORDER_STREAM))
-
-    def _global_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(sample indices, is-real mask) of each global batch, the last one padded with copies of
-        its own real images."""
-        order, size = self._order(), self.global_batch_size
-        for start in range(0, len(self) * size, size):
-            indices = order[start:start + size]
-            real = torch.ones(size, dtype=torch.bool)
-            if len(indices) < size:
-                real[len(indices):] = False
-                copies = indices[torch.arange(size - len(indices)) % len(indices)]
-                indices = torch.cat([indices, copies])
-            yield indices, real
-
-    def _rank_part(self) -> slice:
-        return slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
-
-    def _describe(self) -> str:
-        kind = "shuffled" if self.shuffle else "in order"
-        last = "last batch dropped" if self.drop_last else "last batch padded with label -1"
-        shard = f", rank {self.rank} of {self.world_size}" if self.world_size > 1 else ""
-        return (f"{self.num_samples} images, batch {self.batch_size}, {len(self)} batches, "
-                f"{kind}, {last}{shard}")
-
-
-def _labels_or_ignored(labels: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    # Dense labels (a mask per image, boxes per image) are padded whole: every entry of a copy is -1.
-    real = real.view(-1, *[1] * (labels.dim() - 1))
-    return torch.where(real, labels, torch.full_like(labels, IGNORED_LABEL))
-
-
-# ---- in-memory tensors -------------------------------------------------------------------------
-
-class RandomCropFlip:
-    """Random crop after zero padding, and random horizontal flip, of a whole N x C x H x W batch.
-
-    `draw` samples the parameters of a batch and `__call__` applies them, so that a sharded loader
-    draws for the global batch and applies only its rows: shards then match the unsharded loader.
-    Zero is black in the stored (unnormalised) images, as in torchvision's RandomCrop(padding=2).
-    """
-
-    def __init__(self, padding: int = 2, flip: bool = True):
-        if padding < 0:
-            raise PrunefxError(f"crop padding must be non-negative, got {padding}")
-        self.padding = padding
-        self.flip = flip
-
-    def draw(self, count: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Per image: the crop's top-left corner in the padded image (padding, padding = no shift)
-        and whether to flip."""
-        span = 2 * self.padding + 1
-        return {
-            "top": torch.randint(span, (count,), generator=generator),
-            "left": torch.randint(span, (count,), generator=generator),
-            "flip": (torch.rand(count, generator=generator) < 0.5) & self.flip,
-        }
-
-    def __call__(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        height, width = images.shape[-2:]
-        pad = self.padding
-        padded = F.pad(images, (pad, pad, pad, pad)) if pad else images
-        # Gather every crop at once: rows[n, y] = top[n] + y, columns[n, x] = left[n] + x.
-        rows = params["top"][:, None] + torch.arange(height)
-        columns = params["left"][:, None] + torch.arange(width)
-        batch = torch.arange(len(images))[:, None, None, None]
-        channels = torch.arange(images.shape[1])[None, :, None, None]
-        cropped = padded[batch, channels, rows[:, None, :, None], columns[:, None, None, :]]
-        return torch.where(params["flip"][:, None, None, None], cropped.flip(-1), cropped)
+    def __iter__(self):
+        # Seeded per iteration, so that iterating one epoch twice gives the same batches.
+        self._order.manual_seed(derive_seed(self.seed, self.epoch, _ORDER_STREAM))
+        self._workers.manual_seed(derive_seed(self.seed, self.epoch, _WORKER_STREAM))
+        return super().__iter__()
 
     def __repr__(self) -> str:
-        return f"RandomCropFlip(padding={self.padding}, flip={self.flip})"
+        kind = "shuffled, last batch dropped" if self.shuffle else "in order, last batch padded with label -1"
+        shard = f", rank {self.rank} of {self.world_size} (DistributedSampler)" if self.world_size > 1 else ""
+        name = getattr(self.source, "root", type(self.source).__name__)
+        return (f"StaticBatches({name}: {self.num_samples} images, batch {self.batch_size}, {len(self)} batches, "
+                f"{kind}, {self.num_workers} workers{shard})")
+
+
+def _check(count: int, batch_size: int, shuffle: bool, world_size: int) -> None:
+    if batch_size < 1:
+        raise PrunefxError(f"batch size must be at least 1, got {batch_size}")
+    if count < 1:
+        raise PrunefxError("a data loader needs at least one image, got none")
+    if shuffle and count < batch_size:
+        raise PrunefxError(f"{count} images make no full batch of {batch_size}; use a smaller batch size")
+    if batch_size % world_size:
+        raise PrunefxError(f"batch size {batch_size} is not divisible by world size {world_size}: every process "
+                           "needs the same static batch size")
+
+
+def _padded(dataset: Dataset, batch_size: int) -> Dataset:
+    count = len(dataset)
+    if count % batch_size == 0:
+        return dataset
+    return _Padded(dataset, math.ceil(count / batch_size) * batch_size, count - count % batch_size)
+
+
+class TensorSamples(Dataset):
+    """In-memory images (N x C x H x W, any dtype: uint8 keeps Fashion-MNIST at 47 MB) and labels; each
+    image through `transform` (e.g. torchvision's random crop and flip), if any."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None):
+        if images.dim() != 4 or len(images) != len(labels):
+            raise PrunefxError(f"expected N x C x H x W images and N labels, got images "
+                               f"{tuple(images.shape)} and labels {tuple(labels.shape)}")
+        self.images, self.transform = images, transform
+        self.labels = labels if labels.is_floating_point() else labels.long()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        return (self.transform(image) if self.transform else image), self.labels[index]
+
+
+def tensor_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool,
+                   transform: Callable | None = None, prepare: Callable | None = None, seed: int = 0,
+                   num_workers: int = 0) -> StaticBatches:
+    """Static batches of in-memory tensors (see `StaticBatches`, `TensorSamples`)."""
+    return StaticBatches(TensorSamples(images, labels, transform), batch_size, shuffle=shuffle, seed=seed,
+                         num_workers=num_workers, prepare=prepare)
 
 
 class NormalizeBatch:
@@ -202,106 +236,3 @@ class NormalizeBatch:
             # repeat, not expand: a model may write into its input in place.
             images = images.repeat(1, self.channels // images.shape[1], 1, 1)
         return images
-
-
-class TensorBatches(BatchLoader):
-    """Batches of in-memory `images` (N x C x H x W, any dtype) and `labels` (N, int64).
-
-    Per batch: gather the images, apply `augment` (e.g. `RandomCropFlip`, drawn from a generator
-    seeded by (seed, epoch)), then `prepare` (stored images -> float input; default `.float()`).
-    `drop_last=None` drops the incomplete last batch when shuffling (training) and pads it with
-    copies of real images labelled -1 otherwise (evaluation); True/False force drop/pad.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool,
-                 augment: RandomCropFlip | None = None,
-                 prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 seed: int = 0, drop_last: bool | None = None):
-        if images.dim() != 4 or len(images) != len(labels):
-            raise PrunefxError(f"expected N x C x H x W images and N labels, got images "
-                               f"{tuple(images.shape)} and labels {tuple(labels.shape)}")
-        super().__init__(len(images), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
-        self.images = images
-        self.labels = labels.long()
-        self.augment = augment
-        self.prepare = prepare
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        generator = _generator(self.seed, self.epoch, _AUGMENT_STREAM)
-        part = self._rank_part()
-        for indices, real in self._global_batches():
-            # Drawn for the whole global batch even in a shard, so every rank draws the same numbers.
-            params = self.augment.draw(len(indices), generator) if self.augment else None
-            indices, real = indices[part], real[part]
-            images = self.images[indices]
-            if params is not None:
-                images = self.augment(images, {name: value[part] for name, value in params.items()})
-            images = self.prepare(images) if self.prepare else images.float()
-            yield images, _labels_or_ignored(self.labels[indices], real)
-
-    def __repr__(self) -> str:
-        augment = f", {self.augment!r}" if self.augment else ""
-        return f"TensorBatches({self._describe()}{augment})"
-
-
-# ---- image folders through torch's DataLoader ----------------------------------------------------
-
-class _SeededSamples(Dataset):
-    """Reads items named (index, is_real, seed): the image through the data set's transform, run under
-    torch's global generator seeded with `seed` (saved and restored around it), so a random
-    transform gives the same result in any process, worker or shard; the label, or -1 for padding
-    (every entry of a dense label: a mask, a box table)."""
-
-    def __init__(self, folder: Dataset):
-        self.folder = folder
-
-    def __len__(self) -> int:
-        return len(self.folder)
-
-    def __getitem__(self, item: tuple[int, bool, int]) -> tuple[torch.Tensor, int | torch.Tensor]:
-        index, real, seed = item
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            image, label = self.folder[index]
-        if not real:
-            label = torch.full_like(label, IGNORED_LABEL) if isinstance(label, torch.Tensor) else IGNORED_LABEL
-        return image.as_subclass(torch.Tensor), label
-
-
-class _ShardBatchSampler:
-    """DataLoader batch sampler: this rank's part of each global batch, as _SeededSamples items."""
-
-    def __init__(self, loader: FolderBatches):
-        self.loader = loader
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[list[tuple[int, bool, int]]]:
-        loader, part = self.loader, self.loader._rank_part()
-        base = derive_seed(loader.seed, loader.epoch, _SAMPLE_STREAM)
-        size = loader.global_batch_size
-        for number, (indices, real) in enumerate(loader._global_batches()):
-            positions = range(number * size, (number + 1) * size)[part]
-            yield [(int(i), bool(r), base + p) for i, r, p in zip(indices[part], real[part], positions)]
-
-
-class FolderBatches(BatchLoader):
-    """Fixed-size batches of a map-style data set on disk (a torchvision ImageFolder, or the dense-task
-    formats of prunefx/data/samples.py), read by torch's DataLoader with `num_workers` decoding
-    processes (0: decode in this process). Same interface and padding rules as `TensorBatches`."""
-
-    def __init__(self, folder: ImageFolder | Dataset, batch_size: int, *, shuffle: bool, seed: int = 0,
-                 drop_last: bool | None = None, num_workers: int = 0):
-        super().__init__(len(folder), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
-        self.folder = folder
-        self.num_workers = num_workers
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        # A fresh DataLoader per epoch: its sampler reads the epoch and shard set now.
-        loader = DataLoader(_SeededSamples(self.folder), batch_sampler=_ShardBatchSampler(self),
-                            num_workers=self.num_workers, prefetch_factor=4 if self.num_workers else None)
-        yield from loader
-
-    def __repr__(self) -> str:
-        return f"FolderBatches({self.folder.root}: {self._describe()})"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from prunefx.data.batches import FolderBatches
+from prunefx.data.batches import StaticBatches
 from prunefx.data.coco import coco_splits, is_coco
 from prunefx.data.masks import DEFAULT_IGNORE_INDEX, is_mask_folder, mask_splits
 from prunefx.data.samples import LabelledImages, SplitFiles, check_headers
@@ -69,22 +69,24 @@ def _size(image_size: int | tuple[int, int] | None, train: SplitFiles) -> tuple[
     return size
 
 
-def read_format(path: Path, data_format: str, *, ignore_index: int = DEFAULT_IGNORE_INDEX
-                ) -> tuple[dict[str, SplitFiles], tuple[str, ...]]:
+def read_format(path: Path, data_format: str, *, ignore_index: int = DEFAULT_IGNORE_INDEX,
+                palette: str | Path | None = None) -> tuple[dict[str, SplitFiles], tuple[str, ...]]:
     """role -> split files, and the class names, of a dense-task data set."""
     if data_format == COCO:
         return coco_splits(path)
     if data_format == YOLO:
         return yolo_splits(path)
-    return mask_splits(path, ignore_index)
+    return mask_splits(path, ignore_index, palette)
 
 
 def format_data(path: str | Path, batch_size: int, *, data_format: str | None = None,
                 image_size: int | tuple[int, int] | None = None, channels: int = 3, seed: int = 0,
                 num_workers: int | None = None, ignore_index: int = DEFAULT_IGNORE_INDEX,
-                augment: bool = True, mean_std: tuple[list[float], list[float]] | None = None) -> DataSplits:
+                augment: bool = True, mean_std: tuple[list[float], list[float]] | None = None,
+                palette: str | Path | None = None) -> DataSplits:
     """The data set at `path` as DataSplits (train shuffled, val and test in order); dense formats'
-    pixels / 255 are normalised with `mean_std` (default ImageNet's: what pretrained encoders expect)."""
+    pixels / 255 are normalised with `mean_std` (default ImageNet's: what pretrained encoders expect).
+    `palette`: the colour -> class file of colour masks (default: the masks folder's palette.txt, if any)."""
     path = Path(path).expanduser()
     data_format = data_format or detect_format(path)
     if data_format not in FORMATS:
@@ -98,13 +100,15 @@ def format_data(path: str | Path, batch_size: int, *, data_format: str | None = 
     if data_format == UNLABELLED:
         return unlabelled_data(path, batch_size, image_size=image_size, channels=channels, seed=seed,
                                num_workers=workers)
-    splits, names = read_format(path, data_format, ignore_index=ignore_index)
+    if palette is not None and data_format != MASKS:
+        raise PrunefxError(f"a palette maps mask colours to classes: it needs mask folders, not {data_format} data")
+    splits, names = read_format(path, data_format, ignore_index=ignore_index, palette=palette)
     size = _size(image_size, splits["train"])
     for role, split in splits.items():
         if role != "train":
             check_headers(split)  # every image's header, before any training
     most = max((len(b) for split in splits.values() for b in split.boxes or []), default=0)
-    loaders = {role: FolderBatches(LabelledImages(split, size=size, channels=channels, max_items=max(most, 1),
+    loaders = {role: StaticBatches(LabelledImages(split, size=size, channels=channels, max_items=max(most, 1),
                                                   ignore_index=ignore_index, mean_std=mean_std),
                                    batch_size, shuffle=role == "train", seed=seed, num_workers=workers)
                for role, split in splits.items()}

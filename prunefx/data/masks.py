@@ -4,9 +4,11 @@
     ROOT/images/val/...          ROOT/masks/val/...
     ROOT/images/test/...         ROOT/masks/test/...     (optional)
     ROOT/classes.txt             (optional: class i's name on line i + 1)
+    ROOT/palette.txt             (optional: colour masks, one 'R G B name' line per class; prunefx/data/palette.py)
 
 A mask pixel holds its class id (a gray PNG, or a palette PNG as VOC ships them: the palette index is
-the id); `ignore_index` (255 by default, VOC's object borders) marks pixels that are neither trained
+the id), or with a palette file (ROOT/palette.txt, or one named by `--palette`) its class's colour, in
+any PNG mode (RGB, or palette PNGs whose indices are not class ids); `ignore_index` (255 by default, VOC's object borders) marks pixels that are neither trained
 nor scored. Without classes.txt the classes are 0 .. the largest id in the train masks. Every mask is
 read once before training, to find ids outside the classes.
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prunefx.data.palette import PALETTE_FILE, Palette, read_palette
 from prunefx.data.samples import SplitFiles, images_in, inside, read_mask
 from prunefx.graph.errors import PrunefxError
 
@@ -28,7 +31,7 @@ def is_mask_folder(root: Path) -> bool:
     return (root / "images" / "train").is_dir() and (root / "masks" / "train").is_dir()
 
 
-def read_split(root: Path, split: str) -> SplitFiles:
+def read_split(root: Path, split: str, palette: Palette | None = None) -> SplitFiles:
     images = images_in(root / "images" / split)
     masks = []
     for image in images:
@@ -36,14 +39,14 @@ def read_split(root: Path, split: str) -> SplitFiles:
         if not mask.is_file():
             raise PrunefxError(f"image {image} has no mask {mask}")
         masks.append(inside(mask, root, "mask"))
-    return SplitFiles(images, str(root / "images" / split), masks=masks)
+    return SplitFiles(images, str(root / "images" / split), masks=masks, palette=palette)
 
 
 def _ids_in(split: SplitFiles, ignore_index: int) -> tuple[int, Path]:
     """The largest class id in the split's masks (ignored pixels left out) and the mask holding it."""
     largest, where = -1, split.masks[0]
     for path in split.masks:
-        ids = np.unique(read_mask(path))
+        ids = np.unique(read_mask(path, split.palette))
         ids = ids[ids != ignore_index]
         if ids.size and int(ids[-1]) > largest:
             largest, where = int(ids[-1]), path
@@ -61,13 +64,23 @@ def class_names(root: Path, train: SplitFiles, ignore_index: int) -> tuple[str, 
     return tuple(str(i) for i in range(max(largest + 1, 2)))
 
 
-def mask_splits(root: Path, ignore_index: int = DEFAULT_IGNORE_INDEX) -> tuple[dict[str, SplitFiles], tuple[str, ...]]:
-    """role -> split, and the class names; a mask id outside the classes is one line naming the mask."""
+def _palette(root: Path, palette: Path | str | None, ignore_index: int) -> Palette | None:
+    if palette is not None:
+        return read_palette(Path(palette).expanduser(), ignore_index)
+    return read_palette(root / PALETTE_FILE, ignore_index) if (root / PALETTE_FILE).is_file() else None
+
+
+def mask_splits(root: Path, ignore_index: int = DEFAULT_IGNORE_INDEX, palette: Path | str | None = None
+                ) -> tuple[dict[str, SplitFiles], tuple[str, ...]]:
+    """role -> split, and the class names (a palette's, else classes.txt's, else the ids'); a mask id outside
+    the classes, or a colour outside the palette, is one line naming the mask."""
     for role in ("train", "val"):
         if not (root / "images" / role).is_dir() and (role == "train" or not (root / "images" / "test").is_dir()):
             raise PrunefxError(f"mask data {root} lacks images/{role}/ (and masks/{role}/)")
-    splits = {role: read_split(root, role) for role in ("train", "val", "test") if (root / "images" / role).is_dir()}
-    names = class_names(root, splits["train"], ignore_index)
+    colours = _palette(root, palette, ignore_index)
+    splits = {role: read_split(root, role, colours) for role in ("train", "val", "test")
+              if (root / "images" / role).is_dir()}
+    names = colours.names if colours is not None else class_names(root, splits["train"], ignore_index)
     for split in splits.values():
         largest, where = _ids_in(split, ignore_index)
         if largest >= len(names):

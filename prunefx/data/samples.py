@@ -27,6 +27,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from prunefx.data import image_files
+from prunefx.data.palette import Palette
 from prunefx.graph.errors import PrunefxError, printable
 from prunefx.graph.safety.regular_files import read_regular_file, require_regular_file
 
@@ -79,12 +80,14 @@ def images_in(folder: Path) -> list[Path]:
 @dataclasses.dataclass(frozen=True)
 class SplitFiles:
     """One split as read from disk: `images`; per image either `boxes` (k x 5 float: class, x1, y1, x2, y2
-    in that image's pixels) or `masks` (the mask file); `source` names where the split came from."""
+    in that image's pixels) or `masks` (the mask file: class ids or, with `palette`, colours; see
+    prunefx/data/masks.py); `source` names where the split came from."""
 
     images: list[Path]
     source: str
     boxes: list[np.ndarray] | None = None
     masks: list[Path] | None = None
+    palette: Palette | None = None
 
     def __post_init__(self) -> None:
         if not self.images:
@@ -140,7 +143,7 @@ class LabelledImages(Dataset):
         return rows
 
     def _mask(self, path: Path, image_path: Path, image_size: tuple[int, int]) -> torch.Tensor:
-        mask = torch.from_numpy(read_mask(path).astype(np.int64))
+        mask = torch.from_numpy(read_mask(path, self.split.palette).astype(np.int64))
         if tuple(mask.shape) != image_size:
             raise PrunefxError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
                                f"{image_size[1]}x{image_size[0]}")
@@ -152,17 +155,21 @@ class LabelledImages(Dataset):
         return mask
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """A mask PNG as H x W class ids: a palette PNG (VOC) gives its indices, a gray PNG its values. Read as a
-    regular file within image_files' byte and pixel limits."""
+def read_mask(path: Path, palette: Palette | None = None) -> np.ndarray:
+    """A mask PNG as H x W class ids: a palette PNG (VOC) gives its indices, a gray PNG its values; with a
+    `palette` every pixel's colour is looked up in it instead. Read as a regular file within image_files'
+    byte and pixel limits."""
     data = read_regular_file(path, "mask", image_files.MAX_IMAGE_BYTES)
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.width * image.height > image_files.MAX_IMAGE_PIXELS:
                 raise PrunefxError(f"mask {printable(str(path))} declares {image.width}x{image.height} pixels, more "
                                    f"than the limit of {image_files.MAX_IMAGE_PIXELS:,}")
+            if palette is not None:
+                return palette.ids(np.asarray(image.convert("RGB")), path)
             if image.mode not in ("P", "L", "I", "I;16"):
-                raise PrunefxError(f"mask {printable(str(path))} is {image.mode}, not class ids (a gray or palette PNG)")
+                raise PrunefxError(f"mask {printable(str(path))} is {image.mode}, not class ids (a gray or palette "
+                                   "PNG); colour masks need a palette file (one 'R G B name' line per class)")
             return np.asarray(image)
     except _DECODE_ERRORS as error:
         raise _cannot_read(path, "mask", error) from None

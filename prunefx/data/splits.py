@@ -3,9 +3,9 @@
 `load_data(spec, batch_size)` picks the data set: "fashion-mnist", "imagenet-sample", a folder
 (ImageFolder layout with train/ and val/, optionally test/), or the Fashion-MNIST scenes for dense tasks,
 "fashion-mnist-seg[:SIZE]" (per-pixel labels) and "fashion-mnist-det[:SIZE]" (boxes), SIZE the canvas
-side (default 128; prunefx/data/fashion_mnist_scenes.py). Each comes as `DataSplits` of batch
-loaders with static batch sizes (prunefx/data/batches.py: shuffled training batches drop the last,
-incomplete batch; evaluation batches are padded with images labelled -1, which `accuracy` leaves out).
+side (default 128; prunefx/data/fashion_mnist_scenes.py). Each comes as `DataSplits` of torch DataLoaders
+with static batch sizes (prunefx/data/batches.py: shuffled training batches drop the last, incomplete
+batch; evaluation batches are padded with images labelled -1, which `accuracy` leaves out).
 """
 
 from __future__ import annotations
@@ -24,20 +24,18 @@ from prunefx.assets import imagenet_transform, load_imagenet_batch
 from prunefx.data import fashion_mnist
 from prunefx.data.batches import (
     IGNORED_LABEL,
-    BatchLoader,
-    FolderBatches,
     NormalizeBatch,
-    RandomCropFlip,
-    TensorBatches,
+    StaticBatches,
     derive_seed,
+    tensor_batches,
 )
 from prunefx.data.image_files import class_folder_samples, open_image
 from prunefx.graph.errors import PrunefxError
 
 __all__ = [
-    "BatchLoader", "DETECTION", "DataSplits", "FASHION_MNIST", "FASHION_MNIST_DET", "FASHION_MNIST_SEG",
-    "FolderBatches", "IGNORED_LABEL", "IMAGENET_SAMPLE", "NormalizeBatch", "RandomCropFlip",
-    "SEGMENTATION", "TensorBatches", "accuracy", "derive_seed", "fashion_mnist_data",
+    "DETECTION", "DataSplits", "FASHION_MNIST", "FASHION_MNIST_DET", "FASHION_MNIST_SEG",
+    "IGNORED_LABEL", "IMAGENET_SAMPLE", "NormalizeBatch", "SEGMENTATION", "StaticBatches",
+    "accuracy", "derive_seed", "fashion_mnist_data", "tensor_batches",
     "fashion_mnist_scene_data", "image_folder_data", "image_folder_split", "imagenet_class_names",
     "imagenet_sample_data", "imagenet_train_transform", "load_data", "scene_spec",
     "split_train_validation",
@@ -63,9 +61,9 @@ class DataSplits:
     classification (labels N), segmentation (labels N x H x W, 0 = background) or detection (labels
     N x max_items x 5: class, x1, y1, x2, y2, rows of -1 where there is no item)."""
 
-    train: BatchLoader | None
-    val: BatchLoader | None
-    test: BatchLoader | None
+    train: StaticBatches | None
+    val: StaticBatches | None
+    test: StaticBatches | None
     classes: tuple[str, ...]
     input_shape: tuple[int, int, int]
     task: str = CLASSIFICATION
@@ -75,7 +73,7 @@ class DataSplits:
         return len(self.classes)
 
     @property
-    def evaluation(self) -> BatchLoader | None:
+    def evaluation(self) -> StaticBatches | None:
         """The split to evaluate on during training: validation if there is one, else test."""
         return self.val if self.val is not None else self.test
 
@@ -90,11 +88,13 @@ def split_train_validation(count: int, validation: int, seed: int = 0) -> tuple[
 
 
 def fashion_mnist_data(batch_size: int, *, validation: int = 5000, augment: bool = True, channels: int = 1,
-                       seed: int = 0, root: str | Path | None = None, crop_padding: int = 2) -> DataSplits:
+                       seed: int = 0, root: str | Path | None = None, crop_padding: int = 2,
+                       num_workers: int = 0) -> DataSplits:
     """Fashion-MNIST from the Debian package: `validation` images held out of the 60000 training
     images (seeded; never from the test set; 0 -> no validation split), normalised with the
     training mean and std; train shuffled and, with `augment`, randomly cropped after
-    `crop_padding` pixels of zero padding and flipped. `channels=3` repeats the gray channel."""
+    `crop_padding` pixels of zero padding and flipped (torchvision, per image). `channels=3` repeats the gray
+    channel. `num_workers` 0 by default: the images are decoded already, a worker would only crop and flip."""
     if channels not in (1, 3):
         raise PrunefxError(f"Fashion-MNIST channels must be 1 (gray) or 3 (gray repeated), got {channels}")
     train_images, train_labels = fashion_mnist.load_fashion_mnist("train", root)
@@ -103,14 +103,14 @@ def fashion_mnist_data(batch_size: int, *, validation: int = 5000, augment: bool
     train_images, test_images = train_images[:, None], test_images[:, None]
     train_index, val_index = split_train_validation(len(train_images), validation, seed)
     prepare = NormalizeBatch([fashion_mnist.MEAN], [fashion_mnist.STD], channels=channels)
-    crop_flip = RandomCropFlip(crop_padding) if augment else None
-    train = TensorBatches(train_images[train_index], train_labels[train_index], batch_size, shuffle=True,
-                          augment=crop_flip, prepare=prepare, seed=seed)
+    crop_flip = v2.Compose([v2.RandomCrop(28, padding=crop_padding), v2.RandomHorizontalFlip()]) if augment else None
+    loaders = {"prepare": prepare, "num_workers": num_workers}
+    train = tensor_batches(train_images[train_index], train_labels[train_index], batch_size, shuffle=True,
+                           transform=crop_flip, seed=seed, **loaders)
     val = None
     if validation:
-        val = TensorBatches(train_images[val_index], train_labels[val_index], batch_size, shuffle=False,
-                            prepare=prepare)
-    test = TensorBatches(test_images, test_labels, batch_size, shuffle=False, prepare=prepare)
+        val = tensor_batches(train_images[val_index], train_labels[val_index], batch_size, shuffle=False, **loaders)
+    test = tensor_batches(test_images, test_labels, batch_size, shuffle=False, **loaders)
     return DataSplits(train, val, test, fashion_mnist.CLASSES, (channels, 28, 28))
 
 
@@ -212,19 +212,19 @@ def image_folder_data(path: str | Path, batch_size: int, *, image_size: int = 22
     classes = _class_folders(root / "train")
     train_transform = imagenet_train_transform(image_size) if augment else imagenet_transform(image_size)
     eval_transform = imagenet_transform(image_size)
-    train = FolderBatches(_image_folder(root / "train", classes, train_transform), batch_size,
+    train = StaticBatches(_image_folder(root / "train", classes, train_transform), batch_size,
                           shuffle=True, seed=seed, num_workers=num_workers)
-    val = FolderBatches(_image_folder(root / "val", classes, eval_transform), batch_size,
+    val = StaticBatches(_image_folder(root / "val", classes, eval_transform), batch_size,
                         shuffle=False, num_workers=num_workers)
     test = None
     if (root / "test").is_dir():
-        test = FolderBatches(_image_folder(root / "test", classes, eval_transform), batch_size,
+        test = StaticBatches(_image_folder(root / "test", classes, eval_transform), batch_size,
                              shuffle=False, num_workers=num_workers)
     return DataSplits(train, val, test, tuple(classes), (3, image_size, image_size))
 
 
 def image_folder_split(split: str | Path, batch_size: int, *, image_size: int = 224, shuffle: bool = False,
-                       seed: int = 0, num_workers: int = 0) -> FolderBatches:
+                       seed: int = 0, num_workers: int = 0) -> StaticBatches:
     """One split of the ImageFolder layout on its own (`split/<class>/*`, e.g. `path/train` for
     calibration images), resized and centre-cropped like evaluation (no augmentation); `shuffle`
     (seeded) mixes the classes and drops the last, incomplete batch."""
@@ -232,7 +232,7 @@ def image_folder_split(split: str | Path, batch_size: int, *, image_size: int = 
     if not split.is_dir():
         raise PrunefxError(f"image folder {split} does not exist")
     folder = _image_folder(split, _class_folders(split), imagenet_transform(image_size))
-    return FolderBatches(folder, batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers)
+    return StaticBatches(folder, batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers)
 
 
 def imagenet_class_names() -> tuple[str, ...]:
@@ -246,7 +246,7 @@ def imagenet_sample_data(batch_size: int, image_size: int = 224) -> DataSplits:
     """The 20 offline ImageNet validation images (foolbox's) as a test loader only (too few to train
     on); labels are ImageNet class indices."""
     images, labels = load_imagenet_batch(image_size)
-    test = TensorBatches(images, labels, batch_size, shuffle=False)
+    test = tensor_batches(images, labels, batch_size, shuffle=False)
     return DataSplits(None, None, test, imagenet_class_names(), (3, image_size, image_size))
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from prunefx.data.batches import IGNORED_LABEL, FolderBatches
+from prunefx.data.batches import IGNORED_LABEL, StaticBatches
 from prunefx.data.image_files import image_files
 from prunefx.data.samples import LabelledImages, SplitFiles, check_headers
 from prunefx.data.splits import CLASSIFICATION, DataSplits
@@ -41,7 +41,7 @@ def unlabelled_data(path: Path, batch_size: int, *, image_size: int | tuple[int,
     for split in splits.values():
         check_headers(split)
     size = first if image_size is None else (image_size, image_size) if isinstance(image_size, int) else image_size
-    loaders = {role: FolderBatches(LabelledImages(split, size=tuple(size), channels=channels,
+    loaders = {role: StaticBatches(LabelledImages(split, size=tuple(size), channels=channels,
                                                   unlabelled=IGNORED_LABEL if role == "train" else REAL_IMAGE),
                                    batch_size, shuffle=role == "train", seed=seed, num_workers=num_workers)
                for role, split in splits.items()}
