@@ -393,7 +393,8 @@ def markdown(report: dict) -> str:
              f"- Data: `fashion-mnist-seg:{settings['size']}`, {settings['train']} train canvases (training items), "
              f"{settings['val']} validation canvases (held-out training items), {settings['test']} test canvases "
              "(test items; the reported mIoU), 11 classes, batch "
-             f"{settings['batch']}.",
+             f"{settings['batch']}."
+             + (f" Read from {report['data_path']}." if "data_path" in report else ""),
              "- Dense training: " + ", ".join(f"{model} {settings['baseline_epochs'][model]}"
                                               for model in report["baselines"])
              + f" epochs, AdamW lr {settings['baseline_lr']:g} (20 warm-up steps, cosine), cross-entropy; "
@@ -514,7 +515,8 @@ def main(argv=None) -> int:
                                                     "baseline_epochs", "baseline_lr", "lr", "runs", "repeats", "fractions",
                                                     "variants")}
     report = {"command": command_line(), "machine": machine_info(threads=args.threads), "epochs": args.epochs,
-              "settings": settings, "baselines": {}, "runs": []}
+              "settings": settings, "baselines": {}, "runs": [],
+              "data_path": f"train {data.train!r}; test {data.test!r}"}  # the files and loader the figures came from
     for model in args.models:
         if args.report_only and not (run_folder(model, args) / "dense.json").is_file():
             continue

@@ -411,7 +411,8 @@ def markdown(report: dict) -> str:
              "", f"Produced by `{report['command']}`.", "", machine_summary(info), "",
              f"- Data: `fashion-mnist-det:{report['size']}`, {report['train']} train canvases (training items), "
              f"{report['val']} validation canvases (held-out training items), {report['test']} test canvases "
-             "(test items; the reported mAP), 10 classes.",
+             "(test items; the reported mAP), 10 classes."
+             + (f" prunefx read them from {report['data_path']}." if "data_path" in report else ""),
              f"- Dense: YOLOv8n trained from scratch by Ultralytics' own trainer, {dense['epochs']} epochs, batch "
              f"{dense['batch']} ({dense['train_seconds'] / 60:.0f} min), {dense['macs_per_image'] / 1e6:.1f} M MACs "
              "per image. Test mAP@[.5:.95] by prunefx (torchmetrics, pycocotools) "
@@ -532,7 +533,8 @@ def main(argv=None) -> int:
         runs += int8_runs(runs, dense, data, args)
     report = {"command": command_line(), "machine": machine_info(threads=args.threads), "size": args.size,
               "train": args.train, "val": args.val, "test": args.test, "epochs": args.epochs, "lr": args.lr,
-              "threads": args.threads, "timing_runs": args.runs, "repeats": args.repeats, "dense": info, "runs": runs}
+              "threads": args.threads, "timing_runs": args.runs, "repeats": args.repeats, "dense": info, "runs": runs,
+              "data_path": f"train {data.train!r}; test {data.test!r}"}  # the files and loader the figures came from
     write_results(NAME, report, markdown(report))
     return 0
 
