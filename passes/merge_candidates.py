@@ -12,7 +12,8 @@ import torch
 
 from prunefx.graph.counting import node_macs
 from prunefx.graph.depth.affine_chains import Chain, Element
-from prunefx.graph.depth.affine_merge import Conv, Linear, NotExact, add_identity, merge, merged_shape
+from prunefx.graph.depth.affine_maps import Conv, Linear, NotExact
+from prunefx.graph.depth.affine_merge import add_identity, merge, merged_shape
 
 aten = torch.ops.aten
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from prunefx.graph.attributes import free_name, get_tensor, set_tensor, users_of_tensor
-from prunefx.graph.depth.affine_merge import Conv, Linear
+from prunefx.graph.depth.affine_maps import Conv, Linear
 from prunefx.passes.merge_candidates import Candidate
 
 aten = torch.ops.aten

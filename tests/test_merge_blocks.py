@@ -8,15 +8,8 @@ import torchvision
 
 from prunefx.graph import PrunefxError, capture, verify
 from prunefx.graph.analysis_record import LinearizeRecord
-from prunefx.graph.depth.affine_merge import (
-    ChannelAffine,
-    Conv,
-    Linear,
-    NotExact,
-    add_identity,
-    merge,
-    merged_shape,
-)
+from prunefx.graph.depth.affine_maps import ChannelAffine, Conv, Linear, NotExact
+from prunefx.graph.depth.affine_merge import add_identity, merge, merged_shape
 from prunefx.graph.depth.norm_replacement import NormReplacementError, layer_norm_to_batch_norm
 from prunefx.passes.merge_blocks import MergeBlocksError, merge_blocks
 from prunefx.passes.registry import get_pass

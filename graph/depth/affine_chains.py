@@ -22,7 +22,7 @@ import torch
 from torch.fx.node import map_aggregate
 
 from prunefx.graph.attributes import attribute_name, get_tensor
-from prunefx.graph.depth.affine_merge import ChannelAffine, Conv, Linear, batch_norm_affine
+from prunefx.graph.depth.affine_maps import ChannelAffine, Conv, Linear, batch_norm_affine
 
 aten = torch.ops.aten
 Node = torch.fx.Node
