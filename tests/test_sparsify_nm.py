@@ -26,7 +26,8 @@ from prunefx.passes.distill import distill
 from prunefx.passes.recipe import load_recipe, pipeline_from_spec
 from prunefx.passes.registry import get_pass
 from prunefx.passes.sparse_masks import SparseMasks
-from prunefx.passes.sparsify_nm import SparsityError, sparsify_nm
+from prunefx.passes.sparsify_nm import sparsify_nm
+from prunefx.passes.sparsify_nm_config import SparsityError
 from prunefx.runtime import export_onnx
 from prunefx.runtime.semi_structured import SemiStructuredUnavailable, semi_structured, time_linear
 

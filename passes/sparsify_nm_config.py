@@ -1,0 +1,127 @@
+"""The configuration of sparsify_nm (passes/sparsify_nm.py, which documents every option): the options,
+their normalised values (the pattern parsed, the damping defaulted per criterion, name lists as sets)
+and the calibration batches each criterion needs, or one SparsityError line naming what is wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from prunefx.graph import Program
+from prunefx.graph.activations import calibration_inputs
+from prunefx.graph.errors import PrunefxError
+from prunefx.graph.sparsity.nm_masks import Pattern
+from prunefx.passes.pass_config import PassConfig, option
+
+CRITERIA = ("magnitude", "obs", "cap")
+UNSTRUCTURED = "unstructured"
+_DEFAULT_DAMPING = {"magnitude": 0.0, "obs": 0.01, "cap": 1e-3}
+
+
+class SparsityError(PrunefxError):
+    """Bad sparsify_nm configuration or calibration data."""
+
+
+NAMES = "a list of node or weight names"
+
+
+@dataclass
+class SparsifyNMConfig(PassConfig):
+    owner: ClassVar[str] = "sparsify_nm"
+
+    pattern: str = option("2:4", help="N:M (keep N of every M input channels) or unstructured")
+    criterion: str = option("magnitude", help="how weights are chosen (obs and cap update the others)",
+                            choices=CRITERIA)
+    sparsity: float | None = option(help="fraction of the eligible weights to zero (unstructured only)")
+    calibration: Any = option(source="labelled_calibration", help="obs: input batches; cap: (inputs, labels)")
+    damping: float | None = option(help="ridge term, a fraction of the mean Hessian/Fisher diagonal "
+                                        "(default 0.01 for obs, 1e-3 for cap)")
+    block_size: int = option(64, help="CAP's block of consecutive weights (a multiple of M)")
+    sequential: bool = option(True, help="obs: gather each layer's Hessian on the already sparse network")
+    min_channels: int = option(16, help="layers with fewer input or output channels stay dense")
+    keep: list[str] = option([], help="node or weight names left dense", describe=NAMES)
+    layers: list[str] | None = option(help="only these node or weight names", describe=NAMES)
+
+    def check(self) -> None:
+        _checked_values(self.as_dict())
+
+    def reads(self, key: str) -> bool:
+        return self.criterion != "magnitude"
+
+
+def checked_config(program: Program, config: dict) -> dict:
+    config = _checked_values(SparsifyNMConfig.parse(config).as_dict())
+    config["calibration"] = _calibration(program, config["criterion"], config["calibration"])
+    return config
+
+
+def _checked_values(config: dict) -> dict:
+    """The values normalised (pattern parsed, damping defaulted per criterion), or a SparsityError."""
+    config = dict(config)
+    criterion = config["criterion"]
+    if criterion not in CRITERIA:
+        raise SparsityError(f"sparsify_nm: criterion must be one of {', '.join(CRITERIA)}, not {criterion!r}")
+    config["pattern"] = _pattern(config)
+    config["damping"] = _number("damping", _DEFAULT_DAMPING[criterion] if config["damping"] is None
+                                else config["damping"], positive=criterion == "cap")
+    size = config["block_size"]
+    group = config["pattern"].group if config["pattern"] else 1
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % group:
+        raise SparsityError(f"sparsify_nm: block_size must be a positive multiple of {group}, not {size!r}")
+    minimum = config["min_channels"]
+    if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 1:
+        raise SparsityError(f"sparsify_nm: min_channels must be a positive integer, not {minimum!r}")
+    if not isinstance(config["sequential"], bool):
+        raise SparsityError(f"sparsify_nm: sequential must be true or false, not {config['sequential']!r}")
+    config["keep"] = _names("keep", config["keep"])
+    config["layers"] = None if config["layers"] is None else _names("layers", config["layers"])
+    return config
+
+
+def _pattern(config: dict) -> Pattern | None:
+    if config["pattern"] == UNSTRUCTURED:
+        if config["criterion"] == "obs":
+            raise SparsityError("sparsify_nm: unstructured sparsity is implemented for magnitude and cap, not obs")
+        fraction = config["sparsity"]
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+            raise SparsityError(f"sparsify_nm: unstructured needs 'sparsity' in [0, 1), not {fraction!r}")
+        return None
+    if config["sparsity"] is not None:
+        raise SparsityError("sparsify_nm: 'sparsity' goes with pattern 'unstructured'; an N:M pattern fixes it")
+    try:
+        return Pattern.parse(config["pattern"])
+    except PrunefxError as error:
+        raise SparsityError(f"sparsify_nm: {error} (or 'unstructured')") from None
+
+
+def _number(name: str, value, *, positive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 if positive else value >= 0):
+        raise SparsityError(f"sparsify_nm: {name} must be a number {'> 0' if positive else '>= 0'}, not {value!r}")
+    return float(value)
+
+
+def _names(option: str, value) -> set[str]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)) \
+            or not all(isinstance(name, str) for name in value):
+        raise SparsityError(f"sparsify_nm: {option} must be a list of node or weight names, not {value!r}")
+    return set(value)
+
+
+def _calibration(program: Program, criterion: str, batches):
+    if criterion == "magnitude":
+        return None
+    if criterion == "obs":
+        return [program.example_inputs] if batches is None else calibration_inputs(program.example_inputs, batches)
+    if batches is None:
+        raise SparsityError("sparsify_nm: criterion cap needs 'calibration' as (inputs, labels) batches "
+                            "(its empirical Fisher comes from the gradients of the labelled loss)")
+    batches = list(batches)
+    inputs = calibration_inputs(program.example_inputs, batches)  # checks the shapes
+    labels = [item[1] if isinstance(item, (tuple, list)) and len(item) == 2 and not isinstance(item[1], tuple)
+              else None for item in batches]
+    if any(label is None or not isinstance(label, torch.Tensor) or label.dtype != torch.int64 for label in labels):
+        raise SparsityError("sparsify_nm: criterion cap needs every calibration batch as (inputs, int64 labels)")
+    return list(zip(inputs, labels))
