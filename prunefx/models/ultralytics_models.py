@@ -60,17 +60,29 @@ def ultralytics_detector(name: str) -> torch.nn.Module:
 
 
 def _ultralytics_model_class(name: str) -> type:
-    """DetectionModel, or ClassificationModel for a classification yaml (yolo11n-cls.yaml)."""
-    from ultralytics.nn.tasks import ClassificationModel, DetectionModel, guess_model_task
+    """DetectionModel, RTDETRDetectionModel for an RT-DETR yaml (rtdetr-l.yaml: Ultralytics' own RTDETR class
+    picks it the same way, by name), or ClassificationModel for a classification yaml (yolo11n-cls.yaml)."""
+    from ultralytics.nn.tasks import (
+        ClassificationModel,
+        DetectionModel,
+        RTDETRDetectionModel,
+        guess_model_task,
+    )
+    if "rtdetr" in Path(name).stem:
+        return RTDETRDetectionModel
     return ClassificationModel if guess_model_task(name) == "classify" else DetectionModel
 
 
 def _export_mode(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    decoders = [m for m in model.modules() if type(m).__name__ == "RTDETRDecoder"]
+    if len(decoders) == 1:  # RT-DETR: one tensor (batch, queries, 4 boxes + class scores), as Ultralytics exports
+        decoders[0].export = True
+        return model
     heads = [m for m in model.modules() if hasattr(m, "export") and hasattr(m, "stride") and hasattr(m, "reg_max")]
     if len(heads) != 1 or getattr(heads[0], "end2end", False):
         raise ModelReferenceError(f"ultralytics:{name} has no single (non end-to-end) Detect head; prunefx "
-                                  "takes Ultralytics detection models with a Detect head (YOLOv8, YOLO11) and "
-                                  "classification models")
+                                  "takes Ultralytics detection models with a Detect head (YOLOv8, YOLO11) or an "
+                                  "RT-DETR decoder, and classification models")
     head = heads[0]
     head.export, head.format = True, "onnx"
     # Anchors are computed inside the graph for the captured size (dynamic), from Python-number strides: a
