@@ -70,11 +70,12 @@ def publish(rows: list[dict]) -> int:
 
 
 def _again(rows: list[dict]) -> str:
-    again = [r["model"] for r in rows if r.get("measured_again")]
-    if not again:
+    commands = sorted({r["measured_again"] for r in rows if r.get("measured_again")}, key=str)
+    if not commands:
         return ""
-    return (f" This run (`--append --redo`) measured again the {len(again)} rows marked *; the others are those "
-            "of the run before it, on a tree whose write-back of them this change does not touch.")
+    return (f" The {sum(bool(r.get('measured_again')) for r in rows)} rows marked * were measured again by "
+            f"{' and then by '.join(f'`{c}`' for c in commands)}; the others are those of the run before, on a "
+            "tree whose write-back of them the change since does not touch.")
 
 
 def main() -> int:
@@ -106,7 +107,7 @@ def main() -> int:
         if at is None:
             rows.append(row)
         else:  # a row measured again keeps its place
-            rows[at] = {**row, "measured_again": True}
+            rows[at] = {**row, "measured_again": command_line()}
         publish(rows)  # after every row: a long run stopped half-way keeps what it measured
     return publish(rows)
 

@@ -291,3 +291,16 @@ def test_constants_the_forward_builds_are_built_again_not_refused():
     module = to_module(program, model)
     assert module.a.out_channels < 8
     _check_written_back(model, program, module, (x,))
+
+
+@pytest.mark.zoo
+def test_vit_b_16_with_uniform_widths_is_written_back():
+    # nn.MultiheadAttention holds a pruned program when its heads keep its input width: uniform ranking
+    reference = "torchvision:vit_b_16"
+    model, inputs = model_case(reference)
+    program = capture(model, inputs, name=reference).eval()
+    remove_channels(program, config={"channels": 0.5, "ranking": "uniform"})
+    module = to_module(program, model)
+    attention = module.encoder.layers.encoder_layer_0.self_attention
+    assert (attention.embed_dim, attention.num_heads, attention.head_dim) == (384, 12, 32)
+    assert third_input_error(program, module, inputs) <= 1e-5
