@@ -31,7 +31,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-FENCE = re.compile(r"(?:^<!-- doc-test: (.*?) -->\n)?^```(?:sh|bash|console)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+FENCE = re.compile(r"(?:^<!-- doc-test: (.*?) -->\n)?^```(?:sh|bash)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 KINDS = ("run", "zoo", "dry-run", "needs", "covered-by")
 
 

@@ -35,9 +35,9 @@ def _script(name: str):
 
 
 def shell_commands(markdown: str) -> list[list[str]]:
-    """The `prunefx ...` command lines in the page's sh blocks (continuations joined, comments dropped)."""
+    """The `prunefx ...` command lines in the page's shell blocks (continuations joined, comments dropped)."""
     commands = []
-    for block in re.findall(r"```sh\n(.*?)```", markdown, re.DOTALL):
+    for block in re.findall(r"```(?:sh|bash)\n(.*?)```", markdown, re.DOTALL):
         for line in block.replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True)
             while words[:1] == ["sudo"]:
@@ -176,6 +176,30 @@ def test_every_howto_links_an_example_that_exists():
         assert examples, f"{page.name} names no example"
         for name in examples:
             assert (ROOT / "examples" / name).is_file(), (page.name, name)
+
+
+def nav_titles() -> dict[str, str]:
+    """Every navigation title of mkdocs.yml and the page it opens."""
+    nav = (ROOT / "mkdocs.yml").read_text().split("\nnav:\n", 1)[1]
+    return dict(re.findall(r"^\s*- (.+?): (\S+\.md)$", nav, re.MULTILINE))
+
+
+# The questions a reader must answer from the navigation alone: words of the title to look for, and what
+# the page it opens must hold (the answer itself).
+NAV_QUESTIONS = {
+    "how do I prune my detector and train it again": (("detector", "train"), "yolo.train("),
+    "which flag sets the latency budget": (("latency budget", "--speedup"), "--speedup 2"),
+    "what does report.json's budget hold": (("report.json", "budget"), "### `budget`"),
+    "which files will prunefx refuse to open": (("refuses to open",), "These are refused"),
+}
+
+
+@pytest.mark.parametrize("question", NAV_QUESTIONS)
+def test_the_navigation_answers_the_readers_questions(question):
+    words, answer = NAV_QUESTIONS[question]
+    titles = [(title, page) for title, page in nav_titles().items() if all(w in title.lower() for w in words)]
+    assert len(titles) == 1, (question, titles)  # one title leads there, not several to choose between
+    assert answer in (DOCS / titles[0][1]).read_text(), (question, titles[0])
 
 
 def test_every_page_is_in_the_navigation():
