@@ -47,8 +47,15 @@ def drop_branches(program, blocks: Sequence[Block]):
     and the branch, now unused, leaves the graph with its parameters (Program.recompile)."""
     candidate = program.clone()
     nodes = {node.name: node for node in candidate.graph.nodes}
-    for block in blocks:
-        nodes[block.join].replace_all_uses_with(nodes[block.fork])
+    for block in sorted(blocks, key=lambda b: list(nodes).index(b.join)):
+        join, fork = nodes[block.join], nodes[block.fork]
+        join.replace_all_uses_with(fork)
+        candidate.graph.erase_node(join)
+        nodes[block.join] = fork  # a later block forking at this add forks at its input now
+        # erased by hand, last first: dead-code elimination keeps random ops (an eval dropout is one) alive
+        for name in reversed(block.nodes):
+            if name not in (block.fork, block.join) and not nodes[name].users:
+                candidate.graph.erase_node(nodes[name])
     candidate.recompile()
     return candidate
 
