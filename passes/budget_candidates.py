@@ -9,7 +9,7 @@ import itertools
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from prunefx.graph import Program, count
 from prunefx.graph.activations import calibration_inputs
@@ -17,13 +17,13 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.passes.budget_search import Measured, budget_text, meets, require_latency
 from prunefx.passes.choose_for_budget_config import DIMENSIONS, SMALLEST_SHARE, ChooseForBudgetConfig
 from prunefx.passes.damage_proxy import kl_damage, model_outputs
-from prunefx.passes.depth_to_budget import depth_to_budget, no_block_message
+from prunefx.passes.depth_to_budget import DepthChosen, depth_to_budget, no_block_message
 from prunefx.passes.linearize_blocks import ranked_blocks
 from prunefx.passes.measurement import Timing, as_measurer, round_to_of
 from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.pipeline import PipelineError, run_inner
-from prunefx.passes.prune_to_budget import prune_to_budget
-from prunefx.passes.quantize_int8 import quantize_int8
+from prunefx.passes.prune_to_budget import WidthChosen, prune_to_budget
+from prunefx.passes.quantize_int8 import Quantized, quantize_int8
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import RemoveChannelsConfig
 
@@ -39,8 +39,13 @@ class Candidate:
     measured: Measured | None = None
     macs_kept: float | None = None
     proxy: float | None = None
-    settings: dict = field(default_factory=dict)
     failed: str | None = None
+    # each dimension's setting, set by its own search (None where the dimension is not in the combination)
+    blocks: list[str] | None = None        # depth: the blocks linearised and merged
+    macs_fraction: float | None = None     # width: the fraction of MACs asked of remove_channels
+    round_to: int | None = None            # width: the multiple the widths were kept on
+    width_trace: list[dict] | None = None  # width: every width measured, why the search ended where it did
+    int8_layers: int | None = None         # int8: the layers quantized
 
     @property
     def met(self) -> bool:
@@ -48,12 +53,18 @@ class Candidate:
 
     def to_dict(self) -> dict:
         row = {"dimensions": list(self.dimensions), "met": self.met, "macs_kept": self.macs_kept,
-               "proxy": self.proxy, **self.settings}
+               "proxy": self.proxy, **self.settings()}
         if self.measured is not None:
             row.update(self.measured.to_dict())
         if self.failed:
             row["failed"] = self.failed
         return row
+
+    def settings(self) -> dict:
+        """Each dimension's setting that its search set, in search order (depth, width, int8)."""
+        values = {"blocks": self.blocks, "macs_fraction": self.macs_fraction, "round_to": self.round_to,
+                  "width_trace": self.width_trace, "int8_layers": self.int8_layers}
+        return {name: value for name, value in values.items() if value is not None}
 
 
 def budget_candidates(program: Program, config: ChooseForBudgetConfig | dict) -> list[Candidate]:
@@ -174,9 +185,10 @@ class _Search:
         result = run_inner(depth_to_budget, model, {
             **self.settings.depth, **budget, "ranking": self._ranking(), "latency": latency if share is None else self._measuring(candidate.dimensions, None),
             "confirm": self.settings.confirm, "calibration": self.batches, "progress": self.settings.progress})
-        candidate.settings["blocks"] = result.stats["blocks"]
+        depth = result.facts_as(DepthChosen)
+        candidate.blocks = depth.blocks
         if share is None:
-            candidate.measured = Measured.from_dict(result.stats["chosen"])
+            candidate.measured = depth.measured
         growth = self.settings.depth.get("max_kernel_growth", 1.0)
         return run_inner(merge_blocks, result.program, {"max_kernel_growth": growth}).program
 
@@ -189,16 +201,15 @@ class _Search:
             **width, "speedup": self.settings.speedup, "latency_ms": self.settings.latency_ms,
             "tolerance": self.settings.tolerance, "max_candidates": self.settings.max_candidates,
             "confirm": self.settings.confirm, "latency": latency, "calibration": self.batches})
-        candidate.settings["macs_fraction"] = result.stats["macs_fraction"]
-        candidate.settings["round_to"] = result.stats["round_to"]
-        candidate.settings["width_trace"] = result.stats["trace"]  # every width measured: why the search ended where it did
-        candidate.measured = Measured.from_dict(result.stats["chosen"])
+        width = result.facts_as(WidthChosen)
+        candidate.macs_fraction, candidate.round_to, candidate.width_trace = width.macs_fraction, width.round_to, width.trace
+        candidate.measured = width.measured
         return result.program
 
     def _quantize(self, model: Program, candidate: Candidate | None = None) -> Program:
         result = run_inner(quantize_int8, model, {**self.settings.int8, "calibration": self.batches}, on_copy=True)
         if candidate is not None:
-            candidate.settings["int8_layers"] = len(result.stats["quantized"])
+            candidate.int8_layers = result.facts_as(Quantized).layers
         return result.program
 
     def _confirmed(self, program: Program, dimensions) -> Measured:

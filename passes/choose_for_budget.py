@@ -72,7 +72,7 @@ def choose_for_budget(program: Program, /, *, config: dict | None = None) -> Res
              "macs_kept": macs_kept,
              "candidates": [candidate.to_dict() for candidate in candidates]}
     # a budget above 1x is met by fewer MACs or by INT8 layers: say which happened, do not assume it
-    modified = macs_kept < 1.0 or bool(chosen.settings.get("int8_layers"))
+    modified = macs_kept < 1.0 or bool(chosen.int8_layers)
     return Result(chosen.program, modified=modified, stats=stats)
 
 

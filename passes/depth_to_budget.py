@@ -36,7 +36,7 @@ Non-goals: progressive linearisation with training (a recipe: depth-kd), width (
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from prunefx.graph import Program, count
@@ -103,6 +103,15 @@ class Candidate:
         return {"n": len(self.blocks), "blocks": self.blocks, "macs_kept": self.macs_kept, **self.measured.to_dict()}
 
 
+@dataclass(frozen=True)
+class DepthChosen:
+    """What depth_to_budget hands to a pass that runs it (choose_for_budget): the blocks chosen and the
+    chosen candidate's measurement."""
+
+    blocks: list[str]
+    measured: Measured
+
+
 # every candidate is linearised on a copy of the dense Program
 @graph_pass(config=DepthToBudgetConfig, in_place=False, writes=("linearize",))
 def depth_to_budget(program: Program, /, *, config: dict | None = None) -> Result:
@@ -123,7 +132,8 @@ def depth_to_budget(program: Program, /, *, config: dict | None = None) -> Resul
              "chosen": chosen.measured.to_dict(), "trace": [candidate.to_dict() for candidate in search.trace],
              "ranking": [{"name": name, **scores.get(name, {})} for name in names],
              "linearize_blocks": chosen.linearize_stats}
-    return Result(chosen.program, modified=bool(chosen.blocks), stats=stats)
+    facts = DepthChosen(chosen.blocks, replace(chosen.measured))
+    return Result(chosen.program, modified=bool(chosen.blocks), stats=stats, facts=facts)
 
 
 def _ranking(program: Program, settings: DepthToBudgetConfig) -> tuple[str, list[str], dict]:

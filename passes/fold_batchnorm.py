@@ -118,6 +118,13 @@ class FoldBatchnormConfig(PassConfig):
     owner: ClassVar[str] = "fold_batchnorm"
 
 
+@dataclass(frozen=True)
+class Folded:
+    """What fold_batchnorm hands to a pass that runs it (quantize_int8): how many batch norms it folded."""
+
+    folded: int
+
+
 @graph_pass(config=FoldBatchnormConfig, in_place=True, exact=True)
 def fold_batchnorm(program: Program, /, *, config: dict | None = None) -> Result:
     FoldBatchnormConfig.parse(config)
@@ -141,4 +148,4 @@ def fold_batchnorm(program: Program, /, *, config: dict | None = None) -> Result
         program.recompile()
     stats = {"folded": folded, "batch_norms": len(batch_norms), "left_in_training_mode": skipped_training,
              "left_no_foldable_layer": skipped_pattern, "macs_before": macs_before, "macs_after": count(program).macs}
-    return Result(program, modified=folded > 0, stats=stats)
+    return Result(program, modified=folded > 0, stats=stats, facts=Folded(folded))

@@ -68,7 +68,7 @@ from prunefx.passes.contract import graph_pass
 from prunefx.passes.measurement import as_measurer, round_to_of
 from prunefx.passes.pass_config import option
 from prunefx.passes.pipeline import run_inner
-from prunefx.passes.remove_channels import RemoveChannelsConfig, remove_channels
+from prunefx.passes.remove_channels import ChannelsRemoved, RemoveChannelsConfig, remove_channels
 from prunefx.passes.result import Result
 
 DEFAULT_ROUND_TO = 8  # remove_channels' own default, when neither the user nor the backend names a multiple
@@ -113,9 +113,19 @@ class Candidate:
         return self.measured.speedup
 
     def to_dict(self) -> dict:
-        stats = self.result.stats
-        return {"macs_fraction_asked": self.fraction, "macs_kept": stats["macs_after"] / stats["macs_before"],
+        return {"macs_fraction_asked": self.fraction, "macs_kept": self.result.facts_as(ChannelsRemoved).macs_kept,
                 **self.measured.to_dict()}
+
+
+@dataclass(frozen=True)
+class WidthChosen:
+    """What prune_to_budget hands to a pass that runs it (choose_for_budget): the fraction of MACs chosen,
+    the multiple widths were kept on, the chosen candidate's measurement and every candidate measured."""
+
+    macs_fraction: float
+    round_to: int
+    measured: Measured
+    trace: list[dict]
 
 
 # every candidate is cut from a copy of the dense Program
@@ -135,7 +145,8 @@ def prune_to_budget(program: Program, /, *, config: dict | None = None) -> Resul
              "macs_fraction": chosen.fraction, "chosen": chosen.measured.to_dict(),
              "trace": [c.to_dict() for c in search.trace],
              "remove_channels": chosen.result.stats}
-    return Result(chosen.result.program, modified=chosen.result.modified, stats=stats)
+    facts = WidthChosen(chosen.fraction, removal["round_to"], dataclasses.replace(chosen.measured), stats["trace"])
+    return Result(chosen.result.program, modified=chosen.result.modified, stats=stats, facts=facts)
 
 
 class _Search:
@@ -235,7 +246,7 @@ class _Search:
         return max([c.speedup / c.measured.lower_bound for c in self.trace if c.measured.confirmed] + [1.0])
 
     def _unreachable(self, best: Candidate) -> str:
-        kept = best.result.stats["macs_after"] / best.result.stats["macs_before"]
+        kept = best.result.facts_as(ChannelsRemoved).macs_kept
         return (f"cannot reach {budget_text(self.settings.speedup, self.settings.latency_ms)} by width: the best "
                 f"measured was {speedup_text(best.measured)} ({best.measured.ms:.2f} ms, {kept:.3f} of the MACs) "
                 f"after {len(self.trace)} candidates")

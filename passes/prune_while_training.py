@@ -45,7 +45,7 @@ from prunefx.passes import config_checks as checks
 from prunefx.passes.contract import graph_pass
 from prunefx.passes.pass_config import option
 from prunefx.passes.pipeline import run_inner
-from prunefx.passes.remove_channels import remove_channels
+from prunefx.passes.remove_channels import ChannelsRemoved, remove_channels
 from prunefx.passes.result import Result
 from prunefx.passes.training.carried_state import carry_state, cut_tracking_indices
 from prunefx.passes.training.config import TrainingPassConfig
@@ -182,8 +182,9 @@ class PruningSchedule:
             "ranking": self.options["ranking"], "round_to": self.options["round_to"],
             "max_ratio": self.options["max_ratio"], "min_widths": self.min_widths, "keep": self.options["keep"],
             "strict": False})
-        event = {"step": step, "kept_target": kept_after, "macs": result.stats["macs_after"],
-                 "params": result.stats["params_after"], "channels_removed": result.stats["channels_removed"],
+        removed = result.facts_as(ChannelsRemoved)
+        event = {"step": step, "kept_target": kept_after, "macs": removed.macs_after,
+                 "params": removed.params_after, "channels_removed": removed.channels_removed,
                  "train_loss": train_loss}
         self.done.append(event)
         return event

@@ -51,9 +51,7 @@ from prunefx.graph.attributes import get_tensor
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.int8.attention import decompose_attention
 from prunefx.graph.int8.quantization import (
-    METHODS,
     QuantTarget,
-    RangeObserver,
     channel_amax,
     fake_quantize,
     find_targets,
@@ -62,8 +60,9 @@ from prunefx.graph.int8.quantization import (
     quantize_weight,
     scale_of,
 )
+from prunefx.graph.int8.ranges import METHODS, RangeObserver
 from prunefx.passes.contract import graph_pass
-from prunefx.passes.fold_batchnorm import fold_batchnorm
+from prunefx.passes.fold_batchnorm import Folded, fold_batchnorm
 from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.pipeline import run_inner
 from prunefx.passes.result import Result
@@ -98,12 +97,20 @@ def _settings(config: dict | QuantizeInt8Config | None) -> QuantizeInt8Config:
     return settings
 
 
+@dataclass(frozen=True)
+class Quantized:
+    """What quantize_int8 hands to a pass that runs it (choose_for_budget): how many layers it quantized."""
+
+    layers: int
+
+
 @graph_pass(config=QuantizeInt8Config, in_place=True)
 def quantize_int8(program: Program, /, *, config: dict | QuantizeInt8Config | None = None) -> Result:
     settings = _settings(config)
     if has_fake_quant(program.graph):  # quantized before: its choices (layers left in float included) stand
-        return Result(program, modified=False, stats={"quantized": [], "skipped": [], "already_quantized": True})
-    folded = run_inner(fold_batchnorm, program).stats["folded"] if settings.fold_batchnorm else 0
+        return Result(program, modified=False, stats={"quantized": [], "skipped": [], "already_quantized": True},
+                      facts=Quantized(0))
+    folded = run_inner(fold_batchnorm, program).facts_as(Folded).folded if settings.fold_batchnorm else 0
     attention, attention_kept = decompose_attention(program) if settings.attention else (0, {})
     targets, refused = find_targets(program.graph)
     refused.update({name: f"attention kept whole ({reason})" for name, reason in attention_kept.items()})
@@ -133,7 +140,7 @@ def quantize_int8(program: Program, /, *, config: dict | QuantizeInt8Config | No
              "skipped": skipped,
              "activation_quantizers": len({node for target in chosen for node in target.activations}),
              "weight_quantizers": sum(target.weight is not None for target in chosen)}
-    return Result(program, modified=bool(chosen), stats=stats)
+    return Result(program, modified=bool(chosen), stats=stats, facts=Quantized(len(chosen)))
 
 
 def _refusals(refused: dict[str, str]) -> str:

@@ -121,6 +121,20 @@ class RemoveChannelsConfig(PassConfig):
         return importance, compensate
 
 
+@dataclass(frozen=True)
+class ChannelsRemoved:
+    """What remove_channels hands to a pass that runs it (prune_to_budget, prune_while_training)."""
+
+    macs_before: int
+    macs_after: int
+    params_after: int
+    channels_removed: int
+
+    @property
+    def macs_kept(self) -> float:
+        return self.macs_after / self.macs_before
+
+
 @graph_pass(config=RemoveChannelsConfig, in_place=True, writes=("channel_pruning",))
 def remove_channels(program: Program, /, *, config: dict | None = None) -> Result:
     parsed = RemoveChannelsConfig.parse(config)
@@ -162,7 +176,8 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     program.analysis.channel_pruning = stats
     log.info("remove_channels: %d channel classes removed, %.3f of the MACs kept", len(removed),
              after.macs / max(before.macs, 1))
-    return Result(program, modified=bool(removed), stats=stats)
+    facts = ChannelsRemoved(before.macs, after.macs, after.params, stats["channels_removed"])
+    return Result(program, modified=bool(removed), stats=stats, facts=facts)
 
 
 def _check_outputs_kept(program: Program) -> None:
