@@ -73,10 +73,18 @@ def _ultralytics_model_class(name: str) -> type:
     return ClassificationModel if guess_model_task(name) == "classify" else DetectionModel
 
 
+def _fresh_anchors(decoder: torch.nn.Module, _inputs) -> None:
+    """RT-DETR's decoder caches its anchors by feature shapes; a capture leaves tensors of its own tracing in
+    that cache, which the next capture (the write-back captures the dense model again) would read as stale
+    shapes. Anchors are made anew every call instead (a handful of small ops)."""
+    decoder.shapes = []
+
+
 def _export_mode(model: torch.nn.Module, name: str) -> torch.nn.Module:
     decoders = [m for m in model.modules() if type(m).__name__ == "RTDETRDecoder"]
     if len(decoders) == 1:  # RT-DETR: one tensor (batch, queries, 4 boxes + class scores), as Ultralytics exports
         decoders[0].export = True
+        decoders[0].register_forward_pre_hook(_fresh_anchors)
         return model
     heads = [m for m in model.modules() if hasattr(m, "export") and hasattr(m, "stride") and hasattr(m, "reg_max")]
     if len(heads) != 1 or getattr(heads[0], "end2end", False):
