@@ -162,7 +162,7 @@ def _fold_scales(module: nn.Module, fresh: nn.Module, name: str) -> None:
                 for tensor in (query.weight, query.bias):
                     if tensor is not None:
                         tensor.mul_(value / theirs[attribute])
-            submodule.scaling = theirs[attribute]
+            setattr(submodule, attribute, theirs[attribute])  # "scaling", the value the class computes
 
 
 def _conflict(config, mapping) -> str:
