@@ -18,6 +18,8 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 if str(Path(__file__).parent) not in sys.path:  # docs_tables beside this file, however this one was loaded
     sys.path.insert(0, str(Path(__file__).parent))
+# Imported now: MkDocs puts the hooks' folder on sys.path only while it loads them.
+TABLES = importlib.import_module("docs_tables")
 MAX_DEPTH = 4
 MAX_COLUMNS = 24
 MIN_KEYED = 3
@@ -148,7 +150,7 @@ def script_markdown(name: str, data: dict) -> str | None:
     """The results as the benchmark script itself renders them (its `markdown(report)`), headings moved
     under the page's; None when the script has no renderer or it cannot read this (older) file. The
     renderers of docs_tables come first: they read the results files their scripts' renderers cannot."""
-    own = importlib.import_module("docs_tables").renderer_of(name)
+    own = TABLES.renderer_of(name)
     if own is not None:
         try:
             return own(data)
