@@ -43,25 +43,32 @@ def write_yolo_data(folder: Path, *, size: int = 64, train: int = 32, val: int =
     return data
 
 
+# A YOLOv8-shaped detector small enough for the main lane: Conv, C2f (split halves pruned apart) and Detect.
+TOY_YAML = """nc: 9
+backbone:
+  - [-1, 1, Conv, [16, 3, 2]]
+  - [-1, 1, Conv, [32, 3, 2]]
+  - [-1, 1, C2f, [32, True]]
+  - [-1, 1, Conv, [64, 3, 2]]
+  - [-1, 1, C2f, [64, True]]
+head:
+  - [[4], 1, Detect, [nc]]
+"""
+
+
 def offline_environment(tmp_path: Path) -> dict:
     env = dict(os.environ, YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(tmp_path / "yolo_settings"),
                OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     return env
 
 
-# Minutes each (captures of a YOLO, Ultralytics' training): the zoo lane, not `make test`'s 20 minutes.
-@pytest.mark.slow
-@pytest.mark.zoo
-# Ultralytics accumulates gradients up to `nbs` (64) images per optimizer step: the CPD case sets it to the
-# batch, so that its 2 cuts, one step apart, come within one epoch of 4 batches.
-@pytest.mark.parametrize("model, options", [("yolov8n.yaml", []), ("yolo11n.yaml", []),
-                                            ("yolov8n.yaml", ["--nbs", "8", "--cpd", "1"])])
-def test_pruned_yolo_trains_validates_and_exports(tmp_path, model, options):
-    data = write_yolo_data(tmp_path / "data")
+def run_example(tmp_path: Path, model: str, options: list[str], *, train: int = 32, val: int = 16,
+                batch: int = 8) -> dict:
+    data = write_yolo_data(tmp_path / "data", train=train, val=val)
     output = tmp_path / "out"
     run = subprocess.run([sys.executable, "examples/ultralytics_prune_train.py", f"ultralytics:{model}",
-                          "--data", str(data), "--macs", "0.5", "--epochs", "1", "--imgsz", "64", "--batch", "8", *options,
-                          "-o", str(output)], cwd=REPO, env=offline_environment(tmp_path),
+                          "--data", str(data), "--macs", "0.5", "--epochs", "1", "--imgsz", "64", "--batch", str(batch),
+                          *options, "-o", str(output)], cwd=REPO, env=offline_environment(tmp_path),
                          capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stderr[-3000:]
     metrics = json.loads((output / "metrics.json").read_text())
@@ -70,6 +77,28 @@ def test_pruned_yolo_trains_validates_and_exports(tmp_path, model, options):
     assert 0.0 <= metrics["map50_95"] <= metrics["map50"] <= 1.0
     assert metrics["onnx_relative_difference"] < 1e-4
     assert (output / "weights.pt").is_file() and (output / "model.onnx").is_file()
+    return metrics
+
+
+def test_toy_yolo_prunes_while_ultralytics_trains(tmp_path):
+    """The main lane's case (about 15 s of CPU): CPD's two cuts inside Ultralytics' trainer with KD from the
+    dense model, then its val and ONNX export, on a toy YOLO (8 training images, one optimizer step a batch)."""
+    toy = tmp_path / "toy.yaml"
+    toy.write_text(TOY_YAML)
+    metrics = run_example(tmp_path, str(toy), ["--nbs", "4", "--cpd", "1"], train=8, val=4, batch=4)
+    assert [cut["step"] for cut in metrics["cpd_cuts"]] == [1, 2]
+
+
+# Minutes each (captures of a YOLO, Ultralytics' training): the zoo lane, not `make test`'s 20 minutes.
+@pytest.mark.slow
+@pytest.mark.zoo
+# Ultralytics accumulates gradients up to `nbs` (64) images per optimizer step: the CPD case sets it to the
+# batch, so that its 2 cuts, one step apart, come within one epoch of 4 batches.
+@pytest.mark.parametrize("model, options", [("yolov8n.yaml", []), ("yolo11n.yaml", []),
+                                            ("yolov8n.yaml", ["--nbs", "8", "--cpd", "1"]),
+                                            ("yolo11n.yaml", ["--nbs", "8", "--cpd", "1"])])
+def test_pruned_yolo_trains_validates_and_exports(tmp_path, model, options):
+    metrics = run_example(tmp_path, model, options)
     if "--cpd" in options:  # two cuts while Ultralytics trained
         assert [cut["step"] for cut in metrics["cpd_cuts"]] == [1, 2]
 

@@ -93,8 +93,10 @@ def carry_state(old: torch.optim.Optimizer, new: torch.optim.Optimizer, before: 
     held = {id(parameter) for group in new.param_groups for parameter in group["params"]}
     for name, parameter in after.items():
         previous = before.get(name)
-        state = old.state.get(previous) if previous is not None else None
-        if id(parameter) in held and state:
+        if previous is None or id(parameter) not in held:
+            continue
+        state = old.state.get(previous)
+        if state:
             sliced = _sliced_state(state, previous, parameter, kept.get(name))
             if sliced:
                 new.state[parameter] = sliced
