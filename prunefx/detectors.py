@@ -32,7 +32,9 @@ The pruned graph is wrapped rather than loaded back into Ultralytics' eager modu
 their forward from constructor attributes (C2PSA's `self.c` split, Attention's `num_heads`/`key_dim`
 views, Detect's `reg_max` view) that a rewrite would have to edit class by class; the wrapped graph is
 the verified one, the same that goes to ONNX. Its cost: the captured input shape (predict with
-`imgsz=SIZE, rect=False`), and no Ultralytics training or validation on it.
+`imgsz=SIZE, rect=False`), and no Ultralytics training or validation on it. For those, write the pruned
+graph back into Ultralytics' own classes (prunefx/interop/ultralytics_bridge.py, `to_ultralytics_module`,
+proven against the graph): examples/ultralytics_prune_train.py trains, validates and exports that.
 """
 
 from __future__ import annotations
