@@ -540,6 +540,7 @@ def test_removing_zeroed_channels_of_exact_groups_keeps_outputs(zero_channels):
     draws.check()
 
 
+@pytest.mark.slow  # captures a network per draw: minutes on 2 cores
 def test_removing_channels_of_inexact_groups_keeps_a_valid_program():
     draws = Draws(least_share=0.5)
 
@@ -669,6 +670,7 @@ def linear_images(draw):
     return draw(st.sampled_from([8, 16])), draw(st.sampled_from([4, 8])), tuple(segments), draw(st.booleans())
 
 
+@pytest.mark.slow  # captures a network per draw: minutes on 2 cores
 def test_a_linear_viewed_as_an_image_prunes_whole_channel_planes_exactly(removal_is_exact):
     draws = Draws(least_share=0.5)
 

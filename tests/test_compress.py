@@ -100,6 +100,7 @@ def test_compress_writes_every_file_and_a_full_report(compressed):
     assert "| MACs per image |" in (output / "report.md").read_text()
 
 
+@pytest.mark.slow  # a whole compress run (the `compressed` fixture or the CLI)
 def test_every_stage_is_scored_and_timed(compressed):
     output, report, stdout = compressed
     pruning, distillation = report["stages"]
@@ -116,6 +117,7 @@ def test_every_stage_is_scored_and_timed(compressed):
     assert "## After every stage" in (output / "report.md").read_text()
 
 
+@pytest.mark.slow  # a whole compress run (the `compressed` fixture or the CLI)
 def test_passes_get_the_data_they_need(compressed):
     _, report, _ = compressed
     pruning, distillation = report["passes"]
@@ -127,6 +129,7 @@ def test_passes_get_the_data_they_need(compressed):
     assert stats["eval"] and stats["eval"][-1]["count"] == 2 * BATCH  # eval_data: the first 2 val batches
 
 
+@pytest.mark.slow  # a whole compress run (the `compressed` fixture or the CLI)
 def test_onnx_file_matches_the_batch_one_program(compressed):
     output, _, _ = compressed
     program = Program.load(output / "model.pt2")
@@ -176,6 +179,7 @@ def test_unknown_data(capsys, tmp_path):
     assert "unknown data 'mnist-digits'" in _one_line_error(code, out, err)
 
 
+@pytest.mark.slow  # a whole compress run (the `compressed` fixture or the CLI)
 @needs_fashion_mnist
 def test_saved_program_at_another_batch_size(capsys, compressed, tmp_path):
     output, _, _ = compressed
@@ -260,6 +264,7 @@ def test_json_safe_statistics():
     assert not math.isnan(json_safe(1.5))
 
 
+@pytest.mark.slow  # a whole compress run (the `compressed` fixture or the CLI)
 @needs_fashion_mnist
 def test_a_failure_after_training_keeps_the_trained_model_beside_the_output(tmp_path, capsys, monkeypatch):
     import prunefx.compression as compression
