@@ -39,7 +39,7 @@ class Palette:
             next_id += name != IGNORE_NAME
         codes = _code(np.array(colours, dtype=np.int64))
         order = np.argsort(codes)
-        self.codes, self.ids, self.source = codes[order], np.array(ids, dtype=np.int64)[order], source
+        self.codes, self.class_ids, self.source = codes[order], np.array(ids, dtype=np.int64)[order], source
 
     def ids(self, rgb: np.ndarray, path: Path) -> np.ndarray:
         """H x W x 3 colours -> H x W class ids; a colour not in the palette is one line naming `path`."""
@@ -51,7 +51,7 @@ class Palette:
             r, g, b = (int(v) for v in rgb[y, x])
             raise PrunefxError(f"mask {printable(str(path))} has colour ({r}, {g}, {b}) at x={x}, y={y}, which "
                                f"{self.source} does not list")
-        return self.ids[where]
+        return self.class_ids[where]
 
 
 def _parse_line(line: str, number: int, path: Path) -> tuple[tuple[int, int, int], str]:
