@@ -47,7 +47,7 @@ def markdown(report: dict) -> str:
     lines = ["# Segmentation dense training rerun through the on-disk mask folders, against the published figures", "",
              f"- Command: `{report['command']}`", f"- Machine: {machine_summary(report['machine'])}; load average "
              f"{report['machine']['load_average']}: **shared with seven other engineers' work, so the rerun is partial**",
-             f"- Data path: {report['data_path']}", "",
+             f"- Data path: {report['data_path']}", *([f"- Note: {report['note']}"] if report.get("note") else []), "",
              "Same seeds, settings and schedule as the published runs (benchmarks/results/dense_tasks.md); the rerun was "
              "stopped where the session's time ran out, so only the first dense epochs are compared. "
              f"Within noise: |difference| <= {NOISE_POINTS:g} point.", ""]
@@ -65,6 +65,11 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    note = ""
+    if "--note" in argv:  # what the reader must know about how the rerun was made; the rest are dense_tasks' options
+        at = argv.index("--note")
+        note, argv = argv[at + 1], argv[:at] + argv[at + 2:]
     args = parse_args(argv)
     published = json.loads((RESULTS / "dense_tasks.json").read_text())
     data = load_data(f"fashion-mnist-seg:{args.size}", args.batch, train_canvases=args.train,
@@ -72,7 +77,7 @@ def main(argv=None) -> int:
     path = f"train {data.train!r}; validation {data.val!r}"
     info = machine_info()
     info["load_average"] = [round(v, 1) for v in os.getloadavg()]
-    report = {"command": command_line(), "machine": info, "data_path": path,
+    report = {"command": command_line(), "machine": info, "data_path": path, "note": note,
               "models": [compare(model, args, published) for model in args.models]}
     return publish_results(NAME, report, markdown(report))
 
