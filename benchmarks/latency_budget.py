@@ -209,7 +209,7 @@ def _write(args, runs: list, rows: list, demos: list, load_at_start, top_at_star
         "and at the end (the last row written):", "", "```", top_now, "```", ""]))
 
 
-def merge(names: list[str], results_name: str) -> int:
+def merge(names: list[str], results_name: str, note: str = "") -> int:
     """One results file from several runs of this script (NAME.json each, kept beside it): their budgets and
     demo runs together, each part's command, machine, load and scheduling group stated."""
     parts = {name: json.loads((RESULTS / f"{name}.json").read_text()) for name in names}
@@ -224,12 +224,12 @@ def merge(names: list[str], results_name: str) -> int:
                       f"end {', '.join(f'{x:.1f}' for x in load[1])}; scheduling group "
                       f"`{machine.get('scheduling_group', '?')}`."]
     met = sum(bool(d.get("met")) for d in demos)
-    write_results(results_name, {"command": command_line(), "parts": {n: {k: p[k] for k in ("command", "note", "machine")}
+    write_results(results_name, {"command": command_line(), "note": note, "parts": {n: {k: p[k] for k in ("command", "note", "machine")}
                                                                       for n, p in parts.items()},
                                  "machine": next(iter(parts.values()))["machine"], "runs": runs, "demo_runs": demos},
                   "\n".join([
         "# Latency budgets: `prunefx prune --speedup S`, checked by an independent process with a control pair", "",
-        f"Merged by `{command_line()}` from these runs:", "", *described, "",
+        f"Merged by `{command_line()}` from these runs:", "", *described, "", *([note, ""] if note else []),
         machine_summary(next(iter(parts.values()))["machine"]), "",
         "- ONNX Runtime, batch 1, 2 threads; widths on the backend's multiple; l2 importance, no fine-tuning (speed, "
         "not accuracy); width first, then depth (--allow-depth: merged blocks, or dropped residual branches where "
@@ -261,7 +261,7 @@ def main(argv=None) -> int:
                                                                       "files instead of running anything")
     args = parser.parse_args(argv)
     if args.merge:
-        return merge(args.merge, args.results_name)
+        return merge(args.merge, args.results_name, args.note)
     args.shape = f"1x3x{args.input_size}x{args.input_size}"
     runs, rows, demos = [], [], []
     load_at_start, top_at_start = os.getloadavg(), top_snapshot()
