@@ -150,9 +150,9 @@ def test_with_int8_the_widths_are_kept_on_the_int8_multiple(graph_order_ranking)
     program, batches = graph_order_ranking
     candidates = module.budget_candidates(program, config(batches, dimensions=["width", "int8"], int8_round_to=16))
     found = {"+".join(candidate.dimensions): candidate for candidate in candidates}
-    assert found["width+int8"].settings["round_to"] == 16 and found["width"].settings["round_to"] == 4
+    assert found["width+int8"].round_to == 16 and found["width"].round_to == 4
     with_int8 = pruned_widths(program, found["width+int8"].program)
     alone = pruned_widths(program, found["width"].program)
     assert with_int8 and all(width % 16 == 0 for width in with_int8.values())
     assert any(width % 16 for width in alone.values())  # round_to 4 alone: the option made the difference
-    assert len(found["width+int8"].settings["width_trace"]) >= 1
+    assert len(found["width+int8"].width_trace) >= 1
