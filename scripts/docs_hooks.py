@@ -17,6 +17,7 @@ from pathlib import Path
 
 import docs_reference  # beside this file: MkDocs puts the hook's folder on sys.path while loading it
 import docs_results
+from mkdocs.exceptions import PluginError
 
 # mkdocstrings reads the package from this tree (mkdocs.yml: paths), made before any page renders.
 API_SOURCES = docs_reference.mirror_sources(Path(__file__).resolve().parents[1] / "build" / "docs_api")
@@ -45,4 +46,9 @@ def expand_markers(markdown: str) -> str:
 
 
 def on_page_markdown(markdown, page, config, files):
-    return expand_markers(markdown)
+    # A PluginError is a BuildError: MkDocs prints its one line and exits 1, where any other exception
+    # would end the build in a traceback that names neither the page nor the marker.
+    try:
+        return expand_markers(markdown)
+    except (OSError, ValueError) as error:
+        raise PluginError(f"docs/{page.file.src_uri}: {error}") from None

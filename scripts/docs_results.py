@@ -172,7 +172,14 @@ def script_markdown(name: str, data: dict) -> str | None:
 def results_markdown(name: str) -> str:
     """benchmarks/results/NAME.json as Markdown: as its script renders it where it can, and every field
     of the file in generic tables, collapsed."""
-    data = json.loads((RESULTS / f"{name}.json").read_text())
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        raise ValueError(f"the marker <!-- prunefx:results {name} --> names benchmarks/results/{name}.json, "
+                         f"which does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"benchmarks/results/{name}.json is not JSON: {error}") from None
     rendered = script_markdown(name, data)
     raw = raw_markdown(name, data)
     return f"{rendered}\n\n{raw}" if rendered else raw

@@ -137,6 +137,23 @@ def test_results_tables_are_made_from_the_json(tmp_path, monkeypatch):
     assert "| resnet20 | 1.235 | yes |" in text and "| vit | 2.5 | no |" in text
 
 
+@pytest.mark.parametrize("content", [None, "{not json"])
+def test_a_results_marker_without_its_file_fails_the_build_in_one_line(content, tmp_path, monkeypatch):
+    """MkDocs prints a PluginError's message alone and exits 1; the message names the page and the file."""
+    from mkdocs.exceptions import PluginError
+
+    results = _script("docs_results")
+    hooks = _script("docs_hooks")
+    if content is not None:
+        (tmp_path / "broken.json").write_text(content)
+    monkeypatch.setattr(results, "RESULTS", tmp_path)
+    page = type("Page", (), {"file": type("File", (), {"src_uri": "benchmarks/x.md"})()})()
+    with pytest.raises(PluginError) as raised:
+        hooks.on_page_markdown("# X\n\n<!-- prunefx:results broken -->\n", page, None, None)
+    message = str(raised.value)
+    assert "\n" not in message and "docs/benchmarks/x.md" in message and "benchmarks/results/broken.json" in message
+
+
 def test_benchmark_tables_are_rendered_by_their_script_from_the_results_file():
     results = _script("docs_results")
     data = json.loads((results.RESULTS / "one_shot_accuracy.json").read_text())
