@@ -2,7 +2,9 @@
 
 - `machine_info()`: what a reader needs to judge a timing: CPU model and flags, cores, versions.
 - `command_line()`: the exact command that is running, to print next to the results it produced.
-- `write_results(name, data, markdown)`: benchmarks/results/NAME.json and NAME.md.
+- `write_results(name, data, markdown)`: benchmarks/results/NAME.json and NAME.md (or under
+  $PRUNEFX_RESULTS_DIR when set: a rerun that must not overwrite the published files, see
+  benchmarks/headline_reproduction.py).
 - `markdown_table()`, `relative_difference()`, `realistic_batchnorm()`: small pieces several
   benchmarks need.
 
@@ -28,7 +30,7 @@ import torch.utils._pytree as pytree
 
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
-RESULTS = BENCHMARKS / "results"
+RESULTS = Path(os.environ.get("PRUNEFX_RESULTS_DIR") or BENCHMARKS / "results")
 
 
 def _cpuinfo() -> dict[str, str]:
