@@ -54,7 +54,17 @@ def _six_gib(path) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), path)
 
 
-def test_a_run_ends_on_sigint(tmp_path):
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler, as in a terminal. A shell that starts pytest in the background
+    without job control hands it SIGINT ignored; Python then installs no handler, the signal never
+    arrives, and the endless run below would never end."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_run_ends_on_sigint(tmp_path, python_sigint_handler):
     _endless_loop(tmp_path / "loop.onnx")
     session = OnnxRuntimeSession(tmp_path / "loop.onnx")
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
