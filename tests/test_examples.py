@@ -88,3 +88,34 @@ def macs_fraction_of_onnx(folder: Path) -> float:
 
         return sum(int(np.prod(init.dims)) for init in onnx.load(path).graph.initializer)
     return weights(folder / "model.onnx") / weights(folder / "dense.onnx")
+
+
+@pytest.mark.slow
+def test_your_data_samples_are_read_back_in_their_layouts(tmp_path):
+    """The stand-ins docs/your-data.md runs its commands on: prunefx detects each layout from the path alone,
+    the YOLO labels hold the COCO file's boxes, and the detector is a YOLO-layout program at its input size."""
+    import torch
+    import yaml
+
+    from prunefx.data.formats import detect_format
+    from prunefx.models import build_model
+
+    summary = example("your_data_samples").main(
+        ["--data", str(tmp_path / "data"), "--models", str(tmp_path), "--train", "4", "--val", "2",
+         "--canvas", "32", "--image-size", "64"])
+    expected = {"coco": "coco", "parts": "yolo", "roads": "masks"}
+    for folder, layout in expected.items():
+        path = tmp_path / "data" / folder
+        assert summary["data"][str(path)] == layout
+        assert detect_format(path / "data.yaml" if layout == "yolo" else path) == layout
+    coco = json.loads((tmp_path / "data" / "coco" / "annotations" / "instances_val.json").read_text())
+    first = min(coco["images"], key=lambda image: image["id"])
+    x, y, w, h = next(a["bbox"] for a in coco["annotations"] if a["image_id"] == first["id"])
+    rows = (tmp_path / "data" / "parts" / "labels" / "val" / first["file_name"]).with_suffix(".txt").read_text()
+    centre = [float(v) * 32 for v in rows.splitlines()[0].split()[1:3]]
+    assert centre == pytest.approx([x + w / 2, y + h / 2], abs=1e-3)
+    assert yaml.safe_load((tmp_path / "data" / "parts" / "data.yaml").read_text())["val"] == "images/val"
+    detector = prunefx.load(tmp_path / "detector.pt2")
+    assert detector.run_example().shape == (1, 14, (64 // 16) ** 2)
+    segmenter = build_model(f"{tmp_path / 'segmenter.py'}:build").module
+    assert segmenter(torch.rand(1, 3, 32, 32)).shape == (1, 11, 32, 32)
