@@ -32,6 +32,9 @@ from pathlib import Path
 
 from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, write_results
 
+from prunefx.runtime.runners import timing_flushes_denormals
+from prunefx.runtime.speedup import CONFIRM_ROUNDS
+
 NAME = "latency_budget"
 MODELS = ("torchvision:resnext50_32x4d", "torchvision:mobilenet_v3_large", "torchvision:regnet_y_1_6gf",
           "torchvision:efficientnet_b1", "timm:convnextv2_atto", "timm:convnext_atto",
@@ -39,6 +42,7 @@ MODELS = ("torchvision:resnext50_32x4d", "torchvision:mobilenet_v3_large", "torc
 WORK = Path(__file__).resolve().parent.parent / "build" / NAME
 SEARCH_FLAGS = ("--importance", "l2", "--no-compensate", "--no-recalibrate", "--allow-depth", "--calibrate",
                 "imagenet-sample", "--calibration-images", "16")
+BENCH_ROUNDS = 4  # `bench --vs` spreads its runs over this many fresh session pairs (its default, stated)
 DEMO_LINE = re.compile(r"\[measured\].* = ([0-9.]+)x.*budget ([0-9.]+)x (met|MISSED)")
 
 
@@ -68,7 +72,7 @@ def dense_files(model: str, folder: Path, shape: str, threads: int) -> tuple[Pat
 def independent(dense: Path, other: Path, args) -> dict:
     """`prunefx bench dense --vs other` in its own process: speed-up and its 90 % interval."""
     bench = json.loads(cli("bench", str(dense), "--vs", str(other), "--threads", str(args.threads), "--runs",
-                           str(args.runs), "--json", threads=args.threads))
+                           str(args.runs), "--rounds", str(BENCH_ROUNDS), "--json", threads=args.threads))
     return {"speedup": bench["speedup"], "low": bench.get("speedup_low"), "high": bench.get("speedup_high")}
 
 
@@ -180,7 +184,8 @@ def _write(args, runs: list, rows: list, demos: list, load_at_start, top_at_star
     top_now = top_snapshot()
     info = {**machine_info(threads=args.threads), "load_average_at_start": list(load_at_start),
             "load_average_at_end": list(os.getloadavg()), "scheduling_group": priority(),
-            "top_at_start": top_at_start, "top_at_end": top_now}
+            "top_at_start": top_at_start, "top_at_end": top_now, "confirm_rounds": CONFIRM_ROUNDS,
+            "bench_rounds": BENCH_ROUNDS, "denormals": "flushed" if timing_flushes_denormals() else "kept"}
     demo_lines = []
     if demos:
         met = sum(bool(d.get("met")) for d in demos)
@@ -198,15 +203,27 @@ def _write(args, runs: list, rows: list, demos: list, load_at_start, top_at_star
         f"- ONNX Runtime, batch 1, {args.threads} threads, input {args.shape}; widths on the backend's multiple; l2 "
         "importance, no fine-tuning (speed, not accuracy); width first, depth (--allow-depth, blocks ranked on the "
         "20 offline ImageNet images) when width alone cannot reach S.",
-        "- 'search' is the confirmed speed-up the search accepted and the lower bound of its 90 % block-bootstrap "
-        f"interval; 'independent' is `prunefx bench dense.onnx --vs model.onnx` in another process ({args.runs} runs "
-        "each, alternating) with its interval; 'control' is dense.onnx against a byte copy of itself, the same way.",
+        "- 'search' is the confirmed speed-up the search accepted and the lower bound of its 90 % interval (a "
+        f"bootstrap over {CONFIRM_ROUNDS} fresh session pairs and their blocks); 'independent' is `prunefx bench "
+        f"dense.onnx --vs model.onnx` in another process ({args.runs} runs each over {BENCH_ROUNDS} fresh session "
+        "pairs, alternating) with its interval; 'control' is dense.onnx against a byte copy of itself, the same way. "
+        f"Subnormal floats {info['denormals']} in every timing session (search and bench).",
         "", _summary(runs), "",
         markdown_table(["model", "budget S", "route", "MACs kept", "search (bound)", "independent", "control",
                         "within target", "search seconds"], rows), *demo_lines, "",
         f"Scheduling group of the timing process: `{info['scheduling_group']}`.", "",
         "`top -bn1 | head -15` at the start:", "", "```", top_at_start, "```", "",
         "and at the end (the last row written):", "", "```", top_now, "```", ""]))
+
+
+def _measured_how(machine: dict) -> str:
+    """How the merged runs measured (older parts: one session pair, denormals as the CPU left them)."""
+    confirm, bench = machine.get("confirm_rounds", 1), machine.get("bench_rounds", 1)
+    return ("- 'search' is the confirmed speed-up the search accepted and the lower bound of its 90 % interval "
+            f"(bootstrap over {confirm} fresh session pair(s) and their blocks); 'independent' is `prunefx bench "
+            f"dense.onnx --vs model.onnx` in another process (100 runs each over {bench} fresh session pair(s), "
+            "alternating) with its 90 % interval; 'control' is dense.onnx against a byte copy of itself, the same way. "
+            f"Subnormal floats in the timing sessions: {machine.get('denormals', 'not flushed')}.")
 
 
 def merge(names: list[str], results_name: str, note: str = "") -> int:
@@ -234,10 +251,7 @@ def merge(names: list[str], results_name: str, note: str = "") -> int:
         "- ONNX Runtime, batch 1, 2 threads; widths on the backend's multiple; l2 importance, no fine-tuning (speed, "
         "not accuracy); width first, then depth (--allow-depth: merged blocks, or dropped residual branches where "
         "no block merges) when width alone cannot reach S.",
-        "- 'search' is the confirmed speed-up the search accepted and the lower bound of its 90 % block-bootstrap "
-        "interval; 'independent' is `prunefx bench dense.onnx --vs model.onnx` in another process (100 runs each, "
-        "alternating) with its 90 % interval; 'control' is dense.onnx against a byte copy of itself, the same way.",
-        "", _summary(runs), "",
+        _measured_how(next(iter(parts.values()))["machine"]), "", _summary(runs), "",
         markdown_table(["model", "budget S", "route", "MACs kept", "search (bound)", "independent", "control",
                         "within target", "search seconds"], [row_of(run) for run in runs]),
         *(["", f"## `prunefx demo`, {len(demos)} fresh runs: its own final 200-run check met the budget in {met} of "

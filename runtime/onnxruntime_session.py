@@ -41,13 +41,15 @@ ort.set_default_logger_severity(_LOG_SEVERITY_ERROR)
 class OnnxRuntimeSession:
     """Run an .onnx file on the CPU: `OnnxRuntimeSession(path, threads=2).run(x)` -> list of arrays."""
 
-    def __init__(self, path: str | os.PathLike, *, threads: int = DEFAULT_THREADS, spinning: bool = True):
+    def __init__(self, path: str | os.PathLike, *, threads: int = DEFAULT_THREADS, spinning: bool = True,
+                 flush_denormals: bool = False):
         if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
             raise OnnxSessionError(f"threads must be an integer from 1 to {MAX_THREADS}, got {threads!r}")
         self.path = Path(path)
         self.threads = threads
         self.spinning = spinning
-        self.session = _load(self.path, threads, spinning)
+        self.flush_denormals = flush_denormals
+        self.session = _load(self.path, threads, spinning, flush_denormals)
         self.input_names = [arg.name for arg in self.session.get_inputs()]
         self.output_names = [arg.name for arg in self.session.get_outputs()]
 
@@ -79,7 +81,7 @@ class OnnxRuntimeSession:
                                    f"{first_line(error)}") from error
 
 
-def _load(path: Path, threads: int, spinning: bool) -> ort.InferenceSession:
+def _load(path: Path, threads: int, spinning: bool, flush_denormals: bool = False) -> ort.InferenceSession:
     if not path.exists():
         raise OnnxSessionError(f"no such ONNX file: {path}")
     try:
@@ -99,6 +101,9 @@ def _load(path: Path, threads: int, spinning: bool) -> ort.InferenceSession:
     # threads keep spinning and steal the cores of the session timed beside it, and side-by-side
     # speed-ups swing widely from one repeat to the next.
     options.add_session_config_entry("session.force_spinning_stop", "1")
+    if flush_denormals:  # for timing (runners.onnx_runner): see there why; ONNX Runtime sets it on the
+        # creating thread too, and a later session does not unset it there
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as error:  # InvalidProtobuf, Fail, InvalidGraph...: all mean "unusable file"

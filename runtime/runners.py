@@ -60,7 +60,18 @@ def torch_runner(program: Program, inputs: Sequence[torch.Tensor] | None = None,
 
 
 def onnx_runner(path: str | os.PathLike, inputs: Sequence[np.ndarray | torch.Tensor], *,
-                threads: int = DEFAULT_THREADS, spinning: bool = True) -> OnnxRunner:
+                threads: int = DEFAULT_THREADS, spinning: bool = True, flush_denormals: bool | None = None) -> OnnxRunner:
     """Run the .onnx file at `path` on `inputs` with ONNX Runtime on the CPU at `threads` threads
-    (worker threads spinning between operators, ONNX Runtime's default, unless `spinning=False`)."""
-    return OnnxRunner(OnnxRuntimeSession(path, threads=threads, spinning=spinning), inputs)
+    (worker threads spinning between operators, ONNX Runtime's default, unless `spinning=False`), subnormal
+    floats flushed to zero unless `flush_denormals=False` (default: `timing_flushes_denormals()`)."""
+    flush = timing_flushes_denormals() if flush_denormals is None else flush_denormals
+    return OnnxRunner(OnnxRuntimeSession(path, threads=threads, spinning=spinning, flush_denormals=flush), inputs)
+
+
+def timing_flushes_denormals() -> bool:
+    """Whether timing sessions flush subnormal floats to zero: yes unless PRUNEFX_KEEP_DENORMALS=1. Random-weight
+    models underflow (EfficientNet-B1's activations reach 1e-14), x86 runs subnormal arithmetic many times
+    slower, and which layers underflow changes with the widths: a search timed a 3.61x that another process
+    measured 1.83x (benchmarks/results/latency_budget.md). GPUs and TensorRT flush them, and a trained model
+    rarely produces them, so the flushed timing is the deployed one."""
+    return os.environ.get("PRUNEFX_KEEP_DENORMALS", "") != "1"

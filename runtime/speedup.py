@@ -9,6 +9,7 @@ alternately in this process, so machine noise hits both alike; the speed-up is t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import operator
 import tempfile
@@ -21,7 +22,7 @@ from prunefx.graph import Program
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.graph.rebatch import rebatch
 from prunefx.passes.measurement import Timing
-from prunefx.runtime.latency import LatencyComparison, LatencyStats, compare_latency
+from prunefx.runtime.latency import LatencyComparison, LatencyStats, compare_latency, compare_rounds
 from prunefx.runtime.onnx_export import export_onnx
 from prunefx.runtime.onnx_quantized import export_quantized_onnx, onnxruntime_lowering
 from prunefx.runtime.onnxruntime_session import DEFAULT_THREADS
@@ -29,6 +30,7 @@ from prunefx.runtime.runners import onnx_runner
 from prunefx.runtime.width_multiple import onnxruntime_multiple
 
 Measure = Callable[[Program, Program], float]
+CONFIRM_ROUNDS = 4  # fresh session pairs a confirmation spreads its runs over (latency.compare_rounds)
 # (before, after) -> (before ms, after ms, spread): medians measured side by side, and the after side's
 # p90/median - 1 (how noisy the measurement was), for passes that meet a latency budget
 LatencyPair = Callable[[Program, Program], tuple[float, float, float]]
@@ -61,14 +63,16 @@ class PairMeasurer:
 
 
 def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup: int = 10, batch: int = 1,
-                      confirm_runs: int | None = None, search_exporter: str = "torchscript") -> PairMeasurer:
+                      confirm_runs: int | None = None, search_exporter: str = "torchscript",
+                      confirm_rounds: int = CONFIRM_ROUNDS) -> PairMeasurer:
     """A `(before, after) -> (before ms, after ms, spread)` callable: both Programs at `batch`, exported and
     timed alternately with ONNX Runtime. Measurements are cached by the sha256 of both ONNX files, so a
     search that meets the same candidate twice (two fractions rounding to the same widths) times it once.
 
     Its `confirm` method is the same measurement made longer (`confirm_runs` timed runs each, 4x `runs`
-    by default, twice the warm-up), cached apart, answering a `Timing` with the block-bootstrap interval
-    of the speed-up (runtime/latency.py): prune_to_budget accepts a candidate only when that interval's
+    by default, twice the warm-up, over `confirm_rounds` fresh pairs of sessions: runtime/latency.py's
+    compare_rounds says why), cached apart, answering a `Timing` with the bootstrap interval
+    of the speed-up: prune_to_budget accepts a candidate only when that interval's
     lower bound clears the budget, because one short measurement on a loaded machine can be off by 20 %
     (RegNetY-800MF: 2.05x in the search, 1.66x measured again, benchmarks/results/latency_budget.md).
     Its `round_to` is this CPU's width multiple for ONNX Runtime (16 with AVX-512, else 8).
@@ -81,14 +85,17 @@ def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup:
     search = ExportCache(batch, search_exporter)  # shared: the dense model is exported once per search
     delivered = search if search_exporter == "dynamo" else ExportCache(batch, "dynamo")
     return PairMeasurer(_onnx_runtime_pair(search, threads=threads, runs=runs, warmup=warmup),
-                        _onnx_runtime_pair(delivered, threads=threads, runs=confirm_runs or 4 * runs, warmup=2 * warmup),
+                        _onnx_runtime_pair(delivered, threads=threads, runs=confirm_runs or 4 * runs, warmup=2 * warmup,
+                                           rounds=confirm_rounds),
                         onnxruntime_multiple())
 
 
-def _onnx_runtime_pair(exports: ExportCache, *, threads: int, runs: int, warmup: int) -> LatencyPair:
+def _onnx_runtime_pair(exports: ExportCache, *, threads: int, runs: int, warmup: int, rounds: int = 1) -> LatencyPair:
     def timed(a: tuple[Path, tuple, str], b: tuple[Path, tuple, str]) -> tuple[float, float, float]:
-        runners = [onnx_runner(path, inputs, threads=threads) for path, inputs, _ in (a, b)]
-        return timing_of(compare_latency(*runners, warmup=warmup, runs=runs, threads=threads))
+        makers = [functools.partial(onnx_runner, path, inputs, threads=threads) for path, inputs, _ in (a, b)]
+        if rounds == 1:
+            return timing_of(compare_latency(makers[0](), makers[1](), warmup=warmup, runs=runs, threads=threads))
+        return timing_of(compare_rounds(*makers, rounds=rounds, warmup=warmup, runs=runs, threads=threads))
 
     return cached_pair(exports, timed)
 
@@ -99,7 +106,7 @@ def timing_of(comparison: LatencyComparison) -> Timing:
     if comparison.speedup_low is None:
         return Timing(dense_ms, ms, spread)
     return Timing(dense_ms, ms, spread, comparison.speedup_low, comparison.speedup_high, comparison.confidence,
-                  "block bootstrap")
+                  comparison.method)
 
 
 def cached_pair(sources, timed: Callable[[tuple, tuple], Timing]) -> Callable[[Program, Program], Timing]:

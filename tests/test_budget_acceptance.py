@@ -116,3 +116,52 @@ def test_noisy_timings_accepted_on_the_point_miss_the_budget_for_some_seed(small
     below = [seed for seed in range(4) if search(small, Noisy(seed, interval=False))[0] < BUDGET]
     assert below
     assert all(search(small, Noisy(seed))[0] >= BUDGET for seed in below)
+
+
+class Counting(Optimistic):
+    """Candidates run 1.6x faster than their MACs say (the first guess reads 3.4x for a 2x budget, far above the
+    window), measured exactly; counts the confirmations."""
+
+    def __init__(self):
+        super().__init__()
+        self.confirmed = 0
+
+    def __call__(self, dense, candidate):
+        return 1.0, 1.0 / (1.6 / EFFICIENCY * true_speedup(dense, candidate)), 0.02
+
+    def confirm(self, dense, candidate) -> Timing:
+        self.confirmed += 1
+        return super().confirm(dense, candidate)
+
+
+def test_a_candidate_far_above_the_window_is_not_confirmed_and_the_answer_is(small):
+    measurer = Counting()
+    result = prune_to_budget(small.clone(), config={"speedup": BUDGET, "latency": measurer, "round_to": 4})
+    first, trace = result.stats["trace"][0], result.stats["trace"]
+    assert first["speedup"] > BUDGET * 1.15 * 1.2 and not first["confirmed"]
+    assert result.stats["confirmed"] and measurer.confirmed == sum(row["confirmed"] for row in trace) < len(trace)
+    assert BUDGET <= 1.6 / EFFICIENCY * true_speedup(small, result.program) <= 1.25 * BUDGET
+
+
+class OneBadReading(Optimistic):
+    """Exact readings but the search's second one, which reads half the truth (a burst of another process)."""
+
+    def __init__(self):
+        super().__init__()
+        self.readings = 0
+
+    def __call__(self, dense, candidate):
+        self.readings += 1
+        return 1.0, (2.0 if self.readings == 2 else 1.0) / true_speedup(dense, candidate), 0.02
+
+    def confirm(self, dense, candidate) -> Timing:
+        truth = true_speedup(dense, candidate)
+        return Timing(1.0, 1.0 / truth, 0.02, 0.93 * truth, 1.07 * truth, 0.9, "fixed")
+
+
+def test_a_miss_read_slower_than_a_less_pruned_candidate_is_confirmed(small):
+    result = prune_to_budget(small.clone(), config={"speedup": BUDGET, "latency": OneBadReading(), "round_to": 4})
+    first, second = result.stats["trace"][:2]
+    assert second["macs_fraction_asked"] < first["macs_fraction_asked"] and second["first"]["speedup"] < first["speedup"]
+    assert second["confirmed"] and second["speedup"] > first["speedup"]  # the confirmation read the truth
+    assert BUDGET <= true_speedup(small, result.program) <= 1.25 * BUDGET

@@ -8,7 +8,7 @@ import pytest
 from prunefx.passes.budget_search import Measured, meets, speedup_text
 from prunefx.passes.measurement import Measurer, Timing, as_measurer
 from prunefx.runtime.errors import MeasurementError
-from prunefx.runtime.latency import compare_latency, ratio_interval
+from prunefx.runtime.latency import compare_latency, compare_rounds, ratio_interval
 from prunefx.runtime.speedup import PairMeasurer
 from prunefx.runtime.width_multiple import backend_multiple, onnxruntime_multiple
 
@@ -33,6 +33,37 @@ def test_identical_blocks_give_a_point_and_a_wider_spread_a_wider_interval():
                           [list(2 + 0.2 * rng.standard_normal(10)) for _ in range(12)])
     assert 1.99 < narrow[0] <= narrow[1] < 2.01
     assert wide[1] - wide[0] > 5 * (narrow[1] - narrow[0])
+
+
+def test_rounds_are_resampled_before_their_blocks():
+    """Three rounds (fresh sessions) where b runs at 2, 2.5 and 3 ms, a at 6 ms, ten near-identical blocks each.
+    Drawing rounds first: two or three draws of the 2 ms round (7/27 = 26 %) give 6/2 = 3, of the 3 ms round
+    likewise 2, so the 90 % interval is about (2, 3). Drawing blocks alone, the pooled median stays near 2.5:
+    an interval about 2.4, much narrower, that says nothing of where the next round lands."""
+    rng = np.random.default_rng(0)
+    a = [list(6 + 0.001 * rng.standard_normal(10)) for _ in range(30)]
+    b = [list(ms + 0.001 * rng.standard_normal(10)) for ms in (2.0, 2.5, 3.0) for _ in range(10)]
+    low, high = ratio_interval(a, b, rounds=[r for r in range(3) for _ in range(10)])
+    assert low == pytest.approx(2.0, abs=0.01) and high == pytest.approx(3.0, abs=0.01)
+    blocks_only = ratio_interval(a, b)
+    assert 2.2 < blocks_only[0] <= blocks_only[1] < 2.6
+
+
+def test_compare_rounds_makes_fresh_callables_each_round_and_shares_the_runs():
+    made, calls = [], []
+
+    def maker(label):
+        def make():
+            made.append(label)
+            return lambda: calls.append(label)
+        return make
+
+    comparison = compare_rounds(maker("a"), maker("b"), rounds=3, warmup=1, runs=10, block=2, settle=0)
+    assert made == ["a", "b"] * 3 and comparison.a.runs == comparison.b.runs == 10
+    assert calls.count("a") == calls.count("b") == 10 + 3  # 4 + 3 + 3 timed runs, one warm-up per round
+    assert comparison.rounds == 3 and comparison.method == "two-level bootstrap (3 session pairs)"
+    with pytest.raises(MeasurementError, match="rounds"):
+        compare_rounds(maker("a"), maker("b"), rounds=11, runs=10)
 
 
 def test_a_short_last_block_is_used_and_unequal_sides_are_refused():

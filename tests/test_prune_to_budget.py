@@ -70,7 +70,8 @@ def first_call_optimistic(factor: float = 1.3, efficiency: float = 1.0):
 
 @pytest.mark.parametrize("separate_confirm", [False, True])
 def test_a_noisy_first_measurement_is_not_accepted(resnet20, separate_confirm):
-    latency = first_call_optimistic()
+    # 20 % optimistic (RegNetY-800MF's 2.05x against 1.66x): inside CLEARLY_FAST, so it is confirmed, not skipped
+    latency = first_call_optimistic(1.2)
     if separate_confirm:  # a longer measurement offered by the measuring function (onnx_latency_pair's)
         latency.confirm = latency_of_macs()
     result = prune_to_budget(resnet20.clone(), config={"speedup": 2.0, "latency": latency, "round_to": 4})
@@ -79,7 +80,7 @@ def test_a_noisy_first_measurement_is_not_accepted(resnet20, separate_confirm):
     assert 2.0 <= dense_ms / ms <= 2.0 * 1.15
     first = result.stats["trace"][0]
     # the optimistic figure was confirmed, not believed: the truth replaced it for every later decision
-    assert first["confirmed"] and first["first"]["speedup"] == pytest.approx(1.3 * first["speedup"])
+    assert first["confirmed"] and first["first"]["speedup"] == pytest.approx(1.2 * first["speedup"])
     assert first["speedup"] == pytest.approx(truth(resnet20, resnet20)[0] / first["ms"])
 
 

@@ -7,11 +7,15 @@ Backends: ONNX Runtime on the CPU (default), torch eager, TensorRT engines built
 temporary folder) for ort, trt and trtexec. With --vs, both models are timed alternately in this one process,
 so that machine noise hits both equally, and the ratio of medians is the speed-up, with its 90 % interval (a
 bootstrap over the alternating blocks, runtime/latency.py: `speedup_low`, `speedup_high` in --json); trtexec
-runs are separate processes, one after the other, and say so (no interval).
+runs are separate processes, one after the other, and say so (no interval). With ort, the runs are spread over
+`--rounds` fresh pairs of sessions (4 by default): where one pair of sessions lands varies by several per cent
+from the next (runtime/latency.py's compare_rounds), and the interval covers that too. ort sessions flush
+subnormal floats to zero unless --keep-denormals (runtime/runners.py's timing_flushes_denormals says why).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from pathlib import Path
@@ -39,6 +43,8 @@ from prunefx.runtime import (
     run_trtexec,
     torch_runner,
 )
+from prunefx.runtime.latency import compare_rounds
+from prunefx.runtime.runners import timing_flushes_denormals
 from prunefx.runtime.tensorrt_engine import require_cuda, require_tensorrt
 from prunefx.runtime.torch_tensorrt_backend import require_torch_tensorrt
 from prunefx.runtime.trtexec import find_trtexec
@@ -62,6 +68,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-spinning", action="store_true",
                         help="ort: worker threads sleep between operators instead of spinning (ONNX Runtime's "
                              "default, and prunefx's, is to spin; turn it off on hosts that share their cores)")
+    parser.add_argument("--rounds", type=options.runs, default=4,
+                        help="ort with --vs: fresh pairs of sessions the runs are spread over (default 4)")
+    parser.add_argument("--keep-denormals", action="store_true",
+                        help="ort: time subnormal floats as IEEE arithmetic (slow on x86) instead of flushing them to "
+                             "zero as GPUs and TensorRT do (also PRUNEFX_KEEP_DENORMALS=1, for every command)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -128,10 +139,21 @@ def _runner(reference: str, args, workdir: Path, label: str):
     if args.backend == "torch-trt":
         program = program_from_reference(reference, weights=args.weights, input_shape=args.input_shape).eval()
         return compile_torch_tensorrt(program, precision=args.precision, sparse=args.sparse).time_once
-    path, _, inputs = onnx_for(reference, args, workdir, label)
     if args.backend == "trt":
+        path, _, inputs = onnx_for(reference, args, workdir, label)
         return tensorrt_engine(path, inputs, args).time_once
-    return onnx_runner(path, inputs, threads=args.threads, spinning=not args.no_spinning)
+    return _ort_maker(reference, args, workdir, label)()
+
+
+def _ort_maker(reference: str, args, workdir: Path, label: str):
+    """A function making a fresh ONNX Runtime runner (a new session) on each call; the file is exported once."""
+    path, _, inputs = onnx_for(reference, args, workdir, label)
+    return functools.partial(onnx_runner, path, inputs, threads=args.threads, spinning=not args.no_spinning,
+                             flush_denormals=_flushes(args))
+
+
+def _flushes(args) -> bool:
+    return not args.keep_denormals and timing_flushes_denormals()
 
 
 def tensorrt_engine(path, inputs: list[torch.Tensor], args):
@@ -161,13 +183,14 @@ def _trtexec_report(args, workdir: Path) -> dict:
 
 
 def run(args) -> int:
-    if args.no_spinning and args.backend != "ort":
-        raise PrunefxError("--no-spinning applies to --backend ort (ONNX Runtime's thread pool)")
+    for flag in ("no_spinning", "keep_denormals"):
+        if getattr(args, flag) and args.backend != "ort":
+            raise PrunefxError(f"--{flag.replace('_', '-')} applies to --backend ort (ONNX Runtime's sessions)")
     check_backend(args)
     report = {"backend": args.backend, "threads": None if args.backend in (*GPU_TIMED, "trtexec") else args.threads,
               "runs": args.runs, "model": args.model}
     if args.backend == "ort":
-        report["spinning"] = not args.no_spinning
+        report.update(spinning=not args.no_spinning, denormals="flushed" if _flushes(args) else "kept")
     if args.backend not in ("ort", "torch"):
         report.update(precision=args.precision, sparse=args.sparse)
     if args.precision == "int8":
@@ -179,6 +202,10 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory(prefix="prunefx-bench-") as tmp:
         if args.backend == "trtexec":
             report.update(_trtexec_report(args, Path(tmp)))
+        elif args.vs and args.backend == "ort":
+            makers = [_ort_maker(reference, args, Path(tmp), label) for reference, label in ((args.model, "a"), (args.vs, "b"))]
+            report.update(vs=args.vs, **compare_rounds(*makers, rounds=min(args.rounds, args.runs), warmup=args.warmup,
+                                                       runs=args.runs, threads=args.threads).to_dict())
         elif args.vs:
             first, second = _runner(args.model, args, Path(tmp), "a"), _runner(args.vs, args, Path(tmp), "b")
             report.update(vs=args.vs, **compare(first, second, warmup=args.warmup, runs=args.runs).to_dict())
@@ -201,7 +228,10 @@ def _footer(report: dict) -> str:
     threads = f", {report['threads']} threads" if report["threads"] is not None else ""
     if "spinning" in report:
         threads += " (spinning)" if report["spinning"] else " (not spinning)"
-    footer = f"{report['runs']} timed runs each{threads}, backend {backend}"
+    if "denormals" in report:
+        threads += f", subnormal floats {'flushed to zero' if report['denormals'] == 'flushed' else 'kept'}"
+    rounds = f" over {report['rounds']} fresh session pairs" if report.get("rounds", 1) > 1 else ""
+    footer = f"{report['runs']} timed runs each{rounds}{threads}, backend {backend}"
     jetson = (report.get("latency") or report.get("a") or {}).get("trtexec", {}).get("jetson")
     if jetson:
         pinned = {True: "clocks pinned", False: "clocks NOT pinned (run sudo jetson_clocks)"}.get(

@@ -22,6 +22,7 @@ in torch and in ONNX Runtime -> latency, dense against folded, side by side.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -52,6 +53,7 @@ from prunefx.runtime import (
     onnx_runner,
     torch_runner,
 )
+from prunefx.runtime.latency import compare_rounds
 
 NAME = "demo"
 HELP = ("meet a 2x speed-up budget on a Fashion-MNIST ResNet-20 (shipped checkpoint): measured search, one-shot "
@@ -61,6 +63,7 @@ MODEL = "prunefx:resnet20"
 DATA = "fashion-mnist"
 CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "resnet20_fashion_mnist.pt"
 FINAL_RUNS = 200  # the delivered model against the dense one: longer than any measurement of the search
+FINAL_ROUNDS = 4
 
 
 def add_arguments(parser) -> None:
@@ -145,8 +148,8 @@ def _budget_demo(args) -> int:
 
     measured = _deliver(output, dense, distilled, args)
     met = measured["speedup"] >= args.speedup
-    print(f"[measured] model.onnx vs dense.onnx, batch 1, {args.threads} thread(s), {FINAL_RUNS} runs each, "
-          f"alternating: {measured['compressed_ms']:.3f} ms vs {measured['dense_ms']:.3f} ms = "
+    print(f"[measured] model.onnx vs dense.onnx, batch 1, {args.threads} thread(s), {FINAL_RUNS} runs each over "
+          f"{FINAL_ROUNDS} fresh session pairs, alternating: {measured['compressed_ms']:.3f} ms vs {measured['dense_ms']:.3f} ms = "
           f"{measured['speedup']:.2f}x{interval_text(measured['interval'], ' (') + ')' if measured['interval'] else ''}: "
           f"budget {args.speedup:g}x {'met' if met else 'MISSED'}", flush=True)
     clock.lap("export and measure")
@@ -197,11 +200,12 @@ def _deliver(output: Path, dense, compressed, args) -> dict:
         delivered = write_model(staging, compressed_one, opset=args.opset)
         export_onnx(dense_one, staging / "dense.onnx", opset=args.opset)
     inputs = dense_one.example_inputs
-    comparison = compare_latency(onnx_runner(output / "dense.onnx", inputs, threads=args.threads),
-                                 onnx_runner(output / "model.onnx", inputs, threads=args.threads),
-                                 warmup=20, runs=FINAL_RUNS, threads=args.threads)
+    # over fresh session pairs, as the search's confirmation and `bench --vs` measure (latency.compare_rounds)
+    makers = [functools.partial(onnx_runner, output / name, inputs, threads=args.threads)
+              for name in ("dense.onnx", "model.onnx")]
+    comparison = compare_rounds(*makers, rounds=FINAL_ROUNDS, warmup=20, runs=FINAL_RUNS, threads=args.threads)
     interval = {"low": comparison.speedup_low, "high": comparison.speedup_high, "confidence": comparison.confidence,
-                "method": "block bootstrap"}
+                "method": comparison.method}
     return {"dense_ms": comparison.a.median_ms, "compressed_ms": comparison.b.median_ms,
             "speedup": comparison.speedup, "interval": interval, "runs": FINAL_RUNS, "threads": args.threads,
             "parity": delivered["parity"]}
