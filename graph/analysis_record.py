@@ -1,29 +1,37 @@
 """What passes hand to later passes: one typed record per Program, saved with it (prunefx.json).
 
 Passes communicate through these fields and nothing else; lower layers (graph/, runtime/) read the
-typed records, never free-form keys. Each field is owned by the pass that writes it:
+typed records, never free-form keys. Each field has a writer and a reader, declared in the passes'
+contracts (`@graph_pass(reads=..., writes=...)`, tests/test_analysis_record.py checks both):
 
-    channel_groups         comb_channels          the channel groups and the groups blocked (JSON)
-    channel_pruning        remove_channels        its statistics (targets, widths, blocked groups)
-    sparsity               sparsify_nm            SparsityRecord: the weights made N:M sparse, kept
-                                                  at zero by distill (passes/sparse_masks.py) and
-                                                  made semi-structured by runtime/semi_structured.py
-    linearize              linearize_blocks       LinearizeRecord: blend buffers raised by distill,
-                                                  stripped by merge_blocks once they reach 1
-    distillation           distill                its training statistics
-    prune_while_training   prune_while_training   its schedule's statistics
+    field       written by          read by
+    sparsity    sparsify_nm         distill, prune_while_training (its zeros kept at zero while
+                                    training: passes/sparse_masks.py)
+    linearize   linearize_blocks    distill, prune_while_training (blend buffers raised),
+                depth_to_budget,    linearize_blocks, merge_blocks (strips blends once they reach 1)
+                choose_for_budget
 
-A saved record with a field this version does not know is refused when the Program is loaded (a
-newer file), as is a field of the wrong type: the record is data from a file, checked like the rest.
+A pass's statistics are its Result's `stats` (the report) and typed `facts` (what a caller reads), not
+fields here. Older versions also stored `channel_groups`, `channel_pruning`, `distillation` and
+`prune_while_training` here, which nothing read (and `channel_groups` went stale with the first width
+change): a saved record with them still loads, and they are dropped (RETIRED, logged). A field this
+version does not know otherwise is refused when the Program is loaded (a newer file), as is a field of
+the wrong type: the record is data from a file, checked like the rest.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from prunefx.graph.errors import PrunefxError, printable
+
+log = logging.getLogger(__name__)
+
+# Fields older versions wrote and nothing read: dropped when a saved record is loaded (see above).
+RETIRED = ("channel_groups", "channel_pruning", "distillation", "prune_while_training")
 
 
 class AnalysisRecordError(PrunefxError):
@@ -46,17 +54,13 @@ class LinearizeRecord:
     stripped: dict[str, str] = field(default_factory=dict)  # blends merge_blocks has already removed
 
 
-_TYPED = {"sparsity": SparsityRecord, "linearize": LinearizeRecord}
+_TYPED = {"sparsity": SparsityRecord, "linearize": LinearizeRecord}  # every field of Analysis, by name
 
 
 @dataclass
 class Analysis:
-    channel_groups: dict | None = None
-    channel_pruning: dict | None = None
     sparsity: SparsityRecord | None = None
     linearize: LinearizeRecord | None = None
-    distillation: dict | None = None
-    prune_while_training: dict | None = None
 
     @property
     def sparse_weights(self) -> list[str]:
@@ -68,12 +72,15 @@ class Analysis:
         return dict(self.linearize.blends) if self.linearize is not None else {}
 
     def to_json(self) -> dict[str, Any]:
-        return {name: dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-                for name, value in ((f.name, getattr(self, f.name)) for f in dataclasses.fields(self))
-                if value is not None}
+        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not None}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Analysis:
+        retired = sorted(str(key) for key in data if key in RETIRED)
+        if retired:
+            log.info("dropped the analysis records of an older prunefx that nothing reads: %s", ", ".join(retired))
+            data = {key: value for key, value in data.items() if key not in RETIRED}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(str(key) for key in data if key not in known)
         if unknown:
@@ -85,7 +92,7 @@ class Analysis:
                 continue
             if not isinstance(value, dict):
                 raise AnalysisRecordError(f"analysis record '{name}' must be a JSON object")
-            values[name] = _typed(name, value) if name in _TYPED else value
+            values[name] = _typed(name, value)
         return cls(**values)
 
 

@@ -57,7 +57,7 @@ __all__ = ["ChooseForBudgetConfig", "budget_candidates", "choose_for_budget"]
 
 
 # every candidate is cut from a copy of the dense Program
-@graph_pass(config=ChooseForBudgetConfig, in_place=False, writes=("channel_pruning", "linearize"))
+@graph_pass(config=ChooseForBudgetConfig, in_place=False, writes=("linearize",))
 def choose_for_budget(program: Program, /, *, config: dict | None = None) -> Result:
     settings = ChooseForBudgetConfig.parse(config)
     candidates = budget_candidates(program, settings)

@@ -1,15 +1,17 @@
 """comb_channels: dependency analysis as a pass (CPD's "comb").
 
-Finds every group of coupled channels (graph/channels/groups.py) and stores them on the Program as
-JSON under `program.analysis.channel_groups`, with the groups that operators without a channel
-rule blocked. It rewrites nothing, so `modified` is always False.
+Finds every group of coupled channels (graph/channels/groups.py) and hands them to its caller as typed
+facts (ChannelGroups: each group and each group that operators without a channel rule blocked, as JSON);
+its stats count them for the report. It rewrites nothing, so `modified` is always False. The groups
+are not stored on the Program: the first width change would make them stale, and every pass that
+removes channels combs the graph it is given.
 
 Config: `keep` — names of graph nodes whose channels must not be removed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from prunefx.graph import Program
@@ -26,16 +28,22 @@ class CombChannelsConfig(PassConfig):
     keep: list[str] = option([], help="graph node whose channels must not be removed")
 
 
-# it records the groups on the Program it is given
-@graph_pass(config=CombChannelsConfig, in_place=True, writes=("channel_groups",))
+@dataclass(frozen=True)
+class ChannelGroups:
+    """What comb_channels hands to its caller: every group and every blocked group, as JSON."""
+
+    groups: list[dict] = field(default_factory=list)
+    blocked: list[dict] = field(default_factory=list)
+
+
+# it reads the Program it is given and returns it unchanged
+@graph_pass(config=CombChannelsConfig, in_place=True)
 def comb_channels(program: Program, /, *, config: dict | None = None) -> Result:
     settings = CombChannelsConfig.parse(config)
     combing = find_channel_groups(program.module, keep=set(settings.keep))
-    program.analysis.channel_groups = {
-        "groups": [group.to_dict() for group in combing.groups],
-        "blocked": [blocked.to_dict() for blocked in combing.blocked],
-    }
+    facts = ChannelGroups([group.to_dict() for group in combing.groups],
+                          [blocked.to_dict() for blocked in combing.blocked])
     stats = {"groups": len(combing.groups), "channels": sum(g.size for g in combing.groups),
              "blocked_groups": len(combing.blocked),
              "blocking_operators": sorted({op for b in combing.blocked for op in b.operators})}
-    return Result(program, modified=False, stats=stats)
+    return Result(program, modified=False, stats=stats, facts=facts)

@@ -106,10 +106,12 @@ class Candidate:
 @dataclass(frozen=True)
 class DepthChosen:
     """What depth_to_budget hands to a pass that runs it (choose_for_budget): the blocks chosen and the
-    chosen candidate's measurement."""
+    chosen candidate's measurement, and the route: "merge" (blocks linearised, for merge_blocks) or "drop"
+    (their residual branches dropped)."""
 
     blocks: list[str]
     measured: Measured
+    route: str = "merge"
 
 
 # every candidate is linearised on a copy of the dense Program
@@ -132,7 +134,7 @@ def depth_to_budget(program: Program, /, *, config: dict | None = None) -> Resul
              "chosen": chosen.measured.to_dict(), "trace": [candidate.to_dict() for candidate in search.trace],
              "ranking": [{"name": name, **scores.get(name, {})} for name in names],
              "linearize_blocks": chosen.linearize_stats}
-    facts = DepthChosen(chosen.blocks, replace(chosen.measured))
+    facts = DepthChosen(chosen.blocks, replace(chosen.measured), route)
     return Result(chosen.program, modified=bool(chosen.blocks), stats=stats, facts=facts)
 
 

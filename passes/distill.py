@@ -45,7 +45,7 @@ fake quantizers.
 Preconditions: the Program has a static batch size, that of its example inputs, and every batch
 (per process, when launched by torchrun) has exactly that many items.
 Statistics: steps, final train/task/KD/feature losses (means over the last 20 steps), the evaluation
-history, seconds and images per second; they are also stored in `program.analysis.distillation`.
+history, seconds and images per second (the Result's stats: the report, nothing a later pass reads).
 Non-goals: mixed precision, gradient accumulation, feature matching between tensors of different
 shapes (no learned adapters), choosing which channels to prune (other passes do that, through hooks).
 """
@@ -78,7 +78,7 @@ class DistillConfig(TrainingPassConfig):
 
 
 # trains the Program it is given
-@graph_pass(config=DistillConfig, in_place=True, reads=("sparsity", "linearize"), writes=("distillation",))
+@graph_pass(config=DistillConfig, in_place=True, reads=("sparsity", "linearize"))
 def distill(program: Program, /, *, config: dict | None = None) -> Result:
     if (config or {}).get("data") is None:
         raise TrainingError("distill needs 'data': the training batches, (inputs, labels) tuples")
@@ -100,7 +100,6 @@ def distill(program: Program, /, *, config: dict | None = None) -> Result:
         trainer.after_step.insert(0, masks.after_step)
     stats = {**trainer.fit(), "quantization_aware": has_fake_quant(program.graph)}
     trained = trainer.program
-    trained.analysis.distillation = stats
     return Result(trained, modified=_changed(before, trained), stats=stats)
 
 

@@ -98,6 +98,13 @@ class LinearizeBlocksConfig(PassConfig):
         return self.blocks is None or self.recalibrate  # blocks chosen by damage, or statistics re-estimated
 
 
+@dataclass(frozen=True)
+class Linearized:
+    """What linearize_blocks hands to its caller (`prunefx depth`): the blocks whose activations it removed."""
+
+    blocks: list[str]
+
+
 @graph_pass(config=LinearizeBlocksConfig, in_place=True, reads=("linearize",), writes=("linearize",))
 def linearize_blocks(program: Program, /, *, config: dict | None = None) -> Result:
     config = _checked(dict(config or {}))
@@ -118,7 +125,7 @@ def linearize_blocks(program: Program, /, *, config: dict | None = None) -> Resu
     stats["batch_norms_recalibrated"] = len(norms) if batches is not None else 0
     if norms and batches is not None:
         run_inner(recalibrate_batchnorm, program, {"data": batches, "nodes": norms})
-    return Result(program, modified=bool(chosen), stats=stats)
+    return Result(program, modified=bool(chosen), stats=stats, facts=Linearized([block.name for block in chosen]))
 
 
 def _batch_norms_of(program: Program, blocks: list[Block]) -> list[str]:

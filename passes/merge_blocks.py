@@ -70,6 +70,13 @@ class MergeBlocksConfig(PassConfig):
     min_speedup: float = option(1.0, low=0.0, low_open=True, help="the measured speed-up a merge of layers must reach")
 
 
+@dataclass(frozen=True)
+class Merged:
+    """What merge_blocks hands to its caller (`prunefx depth`): how many merges it made."""
+
+    merges: int
+
+
 @graph_pass(config=MergeBlocksConfig, in_place=True, exact=True, reads=("linearize",), writes=("linearize",))
 def merge_blocks(program: Program, /, *, config: dict | None = None) -> Result:
     config = _checked(config)
@@ -91,7 +98,7 @@ def merge_blocks(program: Program, /, *, config: dict | None = None) -> Result:
              "measured": config["measure"] is not None}
     stats.update({f"{name}_before": value for name, value in before.items()})
     stats.update({f"{name}_after": value for name, value in after.items()})
-    return Result(program, modified=bool(merges or stripped), stats=stats)
+    return Result(program, modified=bool(merges or stripped), stats=stats, facts=Merged(len(merges)))
 
 
 def _checked(config: dict | None) -> dict:

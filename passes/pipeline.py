@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from prunefx.graph import Program, verify
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.contract import Contract, analysis_snapshot, as_pass, changed_fields
-from prunefx.passes.result import Pass, Result
+from prunefx.passes.result import Facts, Pass, Result
 
 log = logging.getLogger(__name__)
 VERIFY_LEVELS = ("full", "shapes", "none")
@@ -82,6 +82,14 @@ class PipelineResult:
                 key = f"{name}#{run}"
             stats[key] = result.stats
         return stats
+
+    def facts(self, name: str, kind: type[Facts]) -> Facts:
+        """The typed facts of the first step named `name` (see result.py), for a caller that reads what a
+        pass found without reading its report by key."""
+        found = next((result for step, result in self.steps if step == name), None)
+        if found is None:
+            raise KeyError(f"no step named {name!r} ran (ran: {', '.join(step for step, _ in self.steps)})")
+        return found.facts_as(kind)
 
 
 def _outputs(program: Program) -> list[torch.Tensor]:

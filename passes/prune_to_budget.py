@@ -132,7 +132,7 @@ class WidthChosen:
 
 
 # every candidate is cut from a copy of the dense Program
-@graph_pass(config=PruneToBudgetConfig, in_place=False, writes=("channel_pruning",))
+@graph_pass(config=PruneToBudgetConfig, in_place=False)
 def prune_to_budget(program: Program, /, *, config: dict | None = None) -> Result:
     settings = PruneToBudgetConfig.parse(config)
     require_latency("prune_to_budget", settings.latency)

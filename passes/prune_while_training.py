@@ -83,7 +83,7 @@ class PruneWhileTrainingConfig(TrainingPassConfig):
         checks.number(owner, "max_ratio", self.max_ratio, low=0.0, high=1.0, high_open=True)
 
 
-@graph_pass(config=PruneWhileTrainingConfig, in_place=True, reads=("sparsity", "linearize"), writes=("prune_while_training", "channel_pruning"))
+@graph_pass(config=PruneWhileTrainingConfig, in_place=True, reads=("sparsity", "linearize"))
 def prune_while_training(program: Program, /, *, config: dict | None = None) -> Result:
     if (config or {}).get("data") is None:
         raise PrunefxError("prune_while_training needs training batches: config['data']")
@@ -106,7 +106,6 @@ def prune_while_training(program: Program, /, *, config: dict | None = None) -> 
     if options["strict"] and not stats["target"]["met"]:
         raise PrunefxError(f"prune_while_training ended at {target.kind}={stats['target']['achieved']:.3f} of the "
                            f"dense model, more than {TARGET_TOLERANCE:.0%} from the target {target.fraction:g}")
-    program.analysis.prune_while_training = {k: v for k, v in stats.items() if k != "training"}
     # training steps change the weights even where no event removed a channel
     return Result(program, modified=trainer.total_steps > 0 or bool(schedule.done), stats=stats)
 

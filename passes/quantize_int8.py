@@ -99,9 +99,11 @@ def _settings(config: dict | QuantizeInt8Config | None) -> QuantizeInt8Config:
 
 @dataclass(frozen=True)
 class Quantized:
-    """What quantize_int8 hands to a pass that runs it (choose_for_budget): how many layers it quantized."""
+    """What quantize_int8 hands to its caller (choose_for_budget, `prunefx quantize`): how many layers it
+    quantized and how many it kept in float."""
 
     layers: int
+    kept_in_float: int = 0
 
 
 @graph_pass(config=QuantizeInt8Config, in_place=True)
@@ -140,7 +142,7 @@ def quantize_int8(program: Program, /, *, config: dict | QuantizeInt8Config | No
              "skipped": skipped,
              "activation_quantizers": len({node for target in chosen for node in target.activations}),
              "weight_quantizers": sum(target.weight is not None for target in chosen)}
-    return Result(program, modified=bool(chosen), stats=stats, facts=Quantized(len(chosen)))
+    return Result(program, modified=bool(chosen), stats=stats, facts=Quantized(len(chosen), len(skipped)))
 
 
 def _refusals(refused: dict[str, str]) -> str:

@@ -123,19 +123,44 @@ class RemoveChannelsConfig(PassConfig):
 
 @dataclass(frozen=True)
 class ChannelsRemoved:
-    """What remove_channels hands to a pass that runs it (prune_to_budget, prune_while_training)."""
+    """What remove_channels did, typed: what its callers read (prune_to_budget, prune_while_training,
+    `prunefx prune`), and its report (`as_stats()`: the Result's stats, these names as keys)."""
 
+    target: dict[str, Any]  # kind, fraction, met
+    importance: str
+    importance_fallback_groups: int
+    importance_fallback_channels: int
+    ranking: str
+    round_to: int
+    max_ratio: float
     macs_before: int
     macs_after: int
+    params_before: int
     params_after: int
+    macs_predicted: int
+    params_predicted: int
     channels_removed: int
+    groups: list[dict]  # id, width_before, width_after, factor, exact, members
+    blocked: list[dict]
+    compensation: dict | None = None  # compensated and skipped layers, when compensation was asked
 
     @property
     def macs_kept(self) -> float:
         return self.macs_after / self.macs_before
 
+    def as_stats(self) -> dict[str, Any]:
+        """The report's keys (report.json of compress and prune), spelled out so that they stay put."""
+        stats = {"target": self.target, "importance": self.importance,
+                 "importance_fallback_groups": self.importance_fallback_groups,
+                 "importance_fallback_channels": self.importance_fallback_channels, "ranking": self.ranking,
+                 "round_to": self.round_to, "max_ratio": self.max_ratio, "macs_before": self.macs_before,
+                 "macs_after": self.macs_after, "params_before": self.params_before, "params_after": self.params_after,
+                 "macs_predicted": self.macs_predicted, "params_predicted": self.params_predicted,
+                 "channels_removed": self.channels_removed, "groups": self.groups, "blocked": self.blocked}
+        return stats if self.compensation is None else {**stats, "compensation": self.compensation}
 
-@graph_pass(config=RemoveChannelsConfig, in_place=True, writes=("channel_pruning",))
+
+@graph_pass(config=RemoveChannelsConfig, in_place=True)
 def remove_channels(program: Program, /, *, config: dict | None = None) -> Result:
     parsed = RemoveChannelsConfig.parse(config)
     config = parsed.as_dict()
@@ -170,14 +195,11 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
         program.recompile()
         _check_outputs_kept(program)
     after = count(program)
-    stats = _statistics(config, target, importance, combing, plan, before, after)
-    if config["compensate"]:
-        stats["compensation"] = compensation or {"compensated": [], "skipped": []}
-    program.analysis.channel_pruning = stats
+    compensated = (compensation or {"compensated": [], "skipped": []}) if config["compensate"] else None
+    facts = _statistics(config, target, importance, combing, plan, before, after, compensated)
     log.info("remove_channels: %d channel classes removed, %.3f of the MACs kept", len(removed),
              after.macs / max(before.macs, 1))
-    facts = ChannelsRemoved(before.macs, after.macs, after.params, stats["channels_removed"])
-    return Result(program, modified=bool(removed), stats=stats, facts=facts)
+    return Result(program, modified=bool(removed), stats=facts.as_stats(), facts=facts)
 
 
 def _check_outputs_kept(program: Program) -> None:
@@ -255,18 +277,17 @@ def _unreachable(target: Target, plan, combing) -> str:
             f"or pass strict=False to accept it")
 
 
-def _statistics(config, target, importance, combing, plan, before, after) -> dict:
+def _statistics(config, target, importance, combing, plan, before, after, compensation) -> ChannelsRemoved:
     groups = [{"id": g.id, "width_before": g.size, "width_after": kept, "factor": g.factor, "exact": g.exact,
                "members": [f"{t}:{d}" for t, d in g.members]}
               for g, kept in zip(combing.groups, plan.kept)]
-    return {
-        "target": {"kind": target.kind, "fraction": target.fraction, "met": plan.target_met},
-        "importance": importance.criterion, "importance_fallback_groups": importance.fallback_groups,
-        "importance_fallback_channels": importance.fallback_channels,
-        "ranking": config["ranking"], "round_to": int(config["round_to"]), "max_ratio": float(config["max_ratio"]),
-        "macs_before": before.macs, "macs_after": after.macs, "params_before": before.params,
-        "params_after": after.params, "macs_predicted": plan.predicted.macs,
-        "params_predicted": plan.predicted.params,
-        "channels_removed": int(sum(np.size(gone) for gone in plan.removed)),
-        "groups": groups, "blocked": [b.to_dict() for b in combing.blocked],
-    }
+    return ChannelsRemoved(
+        target={"kind": target.kind, "fraction": target.fraction, "met": plan.target_met},
+        importance=importance.criterion, importance_fallback_groups=importance.fallback_groups,
+        importance_fallback_channels=importance.fallback_channels,
+        ranking=config["ranking"], round_to=int(config["round_to"]), max_ratio=float(config["max_ratio"]),
+        macs_before=before.macs, macs_after=after.macs, params_before=before.params,
+        params_after=after.params, macs_predicted=plan.predicted.macs,
+        params_predicted=plan.predicted.params,
+        channels_removed=int(sum(np.size(gone) for gone in plan.removed)),
+        groups=groups, blocked=[b.to_dict() for b in combing.blocked], compensation=compensation)

@@ -197,18 +197,18 @@ def test_attention_heads_and_head_dims_are_separate_factor_groups():
     assert sorted(g.size for g in block0) == [3, 64]  # 3 heads of 64 dims
 
 
-def test_comb_channels_pass_stores_groups_that_survive_save_and_load(tmp_path):
-    from prunefx.graph import Program
+def test_comb_channels_pass_hands_its_groups_to_the_caller_as_typed_facts():
     from prunefx.passes import Pipeline, comb_channels
+    from prunefx.passes.comb_channels import ChannelGroups
 
     program = capture(build_model("torchvision:resnet18").module, torch.randn(1, 3, 32, 32)).eval()
     result = Pipeline([comb_channels]).run(program)
     stats = result.stats()["comb_channels"]
     assert not result.modified and stats["groups"] == 12 and stats["blocked_groups"] == 0
-    stored = result.program.analysis.channel_groups["groups"]
-    assert stored[0]["size"] == 64 and "conv1.weight:0" in stored[0]["members"]
-    reloaded = Program.load(result.program.save(tmp_path / "combed.pt2"))
-    assert reloaded.analysis.channel_groups == result.program.analysis.channel_groups
+    facts = result.facts("comb_channels", ChannelGroups)
+    assert len(facts.groups) == 12 and facts.blocked == []
+    assert facts.groups[0]["size"] == 64 and "conv1.weight:0" in facts.groups[0]["members"]
+    assert result.program.analysis.to_json() == {}  # nothing stored that the first width change makes stale
 
 
 def test_inspect_lists_channel_groups(capsys):

@@ -150,7 +150,6 @@ def test_distillation_lowers_the_kd_loss():
     assert result.stats["steps"] == 60 and result.stats["kd_loss"] < 0.3 * before
     assert [entry["step"] for entry in result.stats["eval"]] == [30, 60]
     assert result.stats["images_per_second"] > 0
-    assert result.program.analysis.distillation["steps"] == 60
     assert get_pass("distill") is distill
 
 

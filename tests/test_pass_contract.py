@@ -12,6 +12,7 @@ import torch
 
 import prunefx
 from prunefx.graph import capture
+from prunefx.graph.analysis_record import LinearizeRecord
 from prunefx.graph.channels.rules import RULES, channel_rule, remove_channel_rule
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.contract import graph_pass
@@ -70,13 +71,13 @@ def test_a_pipeline_is_a_pass_and_a_step_of_another():
 
 @graph_pass(config=None, in_place=True)
 def writes_a_record_it_does_not_declare(program, /, *, config=None):
-    program.analysis.distillation = {"steps": 1}
+    program.analysis.linearize = LinearizeRecord()
     return Result(program, modified=False)
 
 
 def test_a_pass_that_writes_an_undeclared_analysis_field_is_named():
     with pytest.raises(PipelineError, match="pass 'writes_a_record_it_does_not_declare' failed: changed the "
-                                            "analysis record 'distillation'"):
+                                            "analysis record 'linearize'"):
         Pipeline([writes_a_record_it_does_not_declare], verify="none").run(_program())
 
 

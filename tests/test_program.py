@@ -70,7 +70,6 @@ def test_train_flips_batchnorm_and_dropout_flags_and_updates_statistics():
 
 def test_save_load_reproduces_outputs_bit_for_bit(resnet18_program, tmp_path):
     _, program = resnet18_program
-    program.analysis.channel_pruning = {"kept": [1, 2, 3]}
     program.analysis.linearize = LinearizeRecord(blends={"blend_0": "layer1"}, ramp=0.25)
     path = program.save(tmp_path / "model.pt2")
     loaded = Program.load(path)
@@ -166,7 +165,7 @@ def test_capture_of_an_exported_program_without_inputs_says_what_to_give():
     ({"note": {}}, "unknown analysis record 'note'"),
     ({"sparsity": {"pattern": "2:4"}}, "analysis record 'sparsity' is incomplete"),
     ({"linearize": {"blends": {}, "colour": 1}}, "analysis record 'linearize' has unknown field 'colour'"),
-    ({"channel_pruning": [1, 2]}, "analysis record 'channel_pruning' must be a JSON object"),
+    ({"sparsity": [1, 2]}, "analysis record 'sparsity' must be a JSON object"),
 ])
 def test_a_saved_analysis_record_of_the_wrong_form_is_refused(resnet18_program, tmp_path, analysis, message):
     """The record is data read from a file: a field this version does not know, or of the wrong form, is

@@ -11,6 +11,7 @@ from prunefx.loading import program_from_reference
 from prunefx.models import ModelReferenceError, build_model
 from prunefx.models.small import list_models, resnet_cifar
 from prunefx.passes import comb_channels, remove_channels
+from prunefx.passes.comb_channels import ChannelGroups
 
 # name: (parameters, MACs at 1x1x28x28), both in millions, as (low, high)
 EXPECTED = {
@@ -133,7 +134,7 @@ def test_vit_combing_finds_heads_and_head_dims_in_every_block():
     result = comb_channels(captured("vit_tiny_fmnist"))
     stats = result.stats
     assert (stats["blocked_groups"], stats["blocking_operators"]) == (VIT_BLOCKS, ["aten.unbind.int"])  # q/k/v
-    groups = result.program.analysis.channel_groups["groups"]
+    groups = result.facts_as(ChannelGroups).groups
     for block in range(VIT_BLOCKS):
         attention = [g for g in groups if f"blocks.{block}.attn.qkv.weight:0" in g["members"]]
         assert sorted((g["size"], g["factor"]) for g in attention) == [(VIT_HEADS, True), (VIT_HEAD_DIM, True)]

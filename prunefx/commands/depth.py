@@ -28,9 +28,9 @@ from prunefx.graph.depth.blocks import find_blocks
 from prunefx.graph.errors import PrunefxError
 from prunefx.loading import program_from_args
 from prunefx.output import check_output_folder, staged_folder
-from prunefx.passes.depth_to_budget import DepthToBudgetConfig, depth_to_budget
-from prunefx.passes.linearize_blocks import LinearizeBlocksConfig, linearize_blocks
-from prunefx.passes.merge_blocks import MergeBlocksConfig, merge_blocks
+from prunefx.passes.depth_to_budget import DepthChosen, DepthToBudgetConfig, depth_to_budget
+from prunefx.passes.linearize_blocks import LinearizeBlocksConfig, Linearized, linearize_blocks
+from prunefx.passes.merge_blocks import MergeBlocksConfig, Merged, merge_blocks
 from prunefx.passes.pipeline import Pipeline
 from prunefx.reports.budget_text import search_lines
 from prunefx.runtime import onnx_speedup
@@ -82,27 +82,36 @@ def run(args) -> int:
     # One verified Pipeline, as in the API: merge_blocks promises exactness and the Pipeline checks it.
     result = Pipeline([_choice_step(args, calibration), _merge_step(args, budget)], verify="full").run(program)
     pruned = result.program
-    linearized, merged = (result.steps[0][1], result.steps[1][1])
-    search = linearized.stats if budget else None  # depth_to_budget's, which hold linearize_blocks' own
-    linearize_stats = search["linearize_blocks"] if search else linearized.stats
-    dropped = linearize_stats.get("dropped", [])  # depth_to_budget's drop route (no block merges)
-    print(f"linearised {len(linearize_stats['chosen'])} blocks of {program.name}"
+    choice, merged = (result.steps[0][1], result.steps[1][1])
+    search = choice.stats if budget else None  # depth_to_budget's report, which holds linearize_blocks' own
+    linearized, dropped = _blocks(choice, budget)
+    print(f"linearised {len(linearized)} blocks of {program.name}"
           f"{f', dropped {len(dropped)} residual branches' if dropped else ''} and made "
-          f"{len(merged.stats['merges'])} merges in {time.perf_counter() - started:.1f} s; exporting to ONNX", flush=True)
+          f"{merged.facts_as(Merged).merges} merges in {time.perf_counter() - started:.1f} s; exporting to ONNX",
+          flush=True)
     before, after = count(program), count(pruned)
     with staged_folder(output) as staging:
         delivered = write_model(staging, pruned, opset=args.opset)
         write_report(staging, {"model": program.name, "macs_before": before.macs, "macs_after": after.macs,
                                "params_before": before.params, "params_after": after.params,
                                "calibration": calibration.description if calibration else None,
-                               "budget": _budget_report(search, args), "linearize_blocks": linearize_stats,
+                               "budget": _budget_report(search, args),
+                               "linearize_blocks": search["linearize_blocks"] if search else choice.stats,
                                "merge_blocks": merged.stats, **delivered})
     if search:
         _print_search(_budget_report(search, args))
-    print(f"blocks {', '.join(linearize_stats['chosen'] or dropped)}{' (dropped)' if dropped else ''}")
+    print(f"blocks {', '.join(linearized or dropped)}{' (dropped)' if dropped else ''}")
     print(f"MACs   {before.macs / 1e6:.1f} M -> {after.macs / 1e6:.1f} M ({after.macs / before.macs:.3f})")
     print(f"wrote {output / 'model.pt2'}, {output / 'model.onnx'} and {output / 'report.json'}")
     return 0
+
+
+def _blocks(choice, budget: bool) -> tuple[list[str], list[str]]:
+    """(blocks linearised, blocks whose residual branch was dropped), from the choosing pass's typed facts."""
+    if not budget:
+        return choice.facts_as(Linearized).blocks, []
+    depth = choice.facts_as(DepthChosen)
+    return (depth.blocks, []) if depth.route == "merge" else ([], depth.blocks)
 
 
 def _choice_step(args, calibration):

@@ -39,9 +39,9 @@ from prunefx.loading import model_and_program
 from prunefx.models import parse_input_shape
 from prunefx.output import check_output_folder, staged_folder
 from prunefx.passes.pipeline import Pipeline
-from prunefx.passes.prune_to_budget import PruneToBudgetConfig, prune_to_budget
+from prunefx.passes.prune_to_budget import PruneToBudgetConfig, WidthChosen, prune_to_budget
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
-from prunefx.passes.remove_channels import RemoveChannelsConfig, remove_channels
+from prunefx.passes.remove_channels import ChannelsRemoved, RemoveChannelsConfig, remove_channels
 from prunefx.reports.budget_text import search_lines
 
 NAME = "prune"
@@ -118,11 +118,12 @@ def run(args) -> int:
             return budget_route.take_depth_route(args, width, program)
         raise budget_route.width_refusal(width, args, program) from None
     pruned, all_stats = result.program, result.stats()
-    budget = all_stats.get("prune_to_budget")
-    stats = budget["remove_channels"] if budget else all_stats["remove_channels"]
+    budget = all_stats.get("prune_to_budget")  # the search's report, copied into report.json
+    removal = (result.facts("prune_to_budget", WidthChosen).removal if budget
+               else result.facts("remove_channels", ChannelsRemoved))
     recalibration = all_stats.get("recalibrate_batchnorm")
-    print(f"pruned {program.name} to {_target_text(args)} ({stats['importance']}, {stats['ranking']}"
-          f"{', compensated' if stats.get('compensation') else ''}"
+    print(f"pruned {program.name} to {_target_text(args)} ({removal.importance}, {removal.ranking}"
+          f"{', compensated' if removal.compensation else ''}"
           f"{', batch norms recalibrated' if recalibration else ''}) "
           f"in {time.perf_counter() - started:.1f} s; exporting to ONNX", flush=True)
     with staged_folder(output) as staging:
@@ -130,7 +131,7 @@ def run(args) -> int:
         if args.module:
             delivered["module"] = write_module(staging, pruned, model)
         budget = {**budget, **cli_options.measured_on(args)} if budget else None
-        report = write_report(staging, _report(program.name, stats, delivered, budget=budget,
+        report = write_report(staging, _report(program.name, removal, delivered, budget=budget,
                                                calibration=calibration.description if calibration else None,
                                                recalibration=recalibration))
     _summary(report, output)
@@ -192,15 +193,16 @@ def _target_text(args) -> str:
     return f"{kind}={getattr(args, kind):g}"
 
 
-def _report(name, stats, delivered, *, budget, calibration, recalibration) -> dict:
+def _report(name, removal: ChannelsRemoved, delivered, *, budget, calibration, recalibration) -> dict:
     budget = {key: value for key, value in budget.items() if key != "remove_channels"} if budget else None
-    return {"budget": budget, "model": name, **{k: stats[k] for k in ("params_before", "params_after", "macs_before", "macs_after")},
-            "target": stats["target"], "importance": stats["importance"],
-            "importance_fallback_groups": stats["importance_fallback_groups"], "calibration": calibration,
-            "compensated": bool(stats.get("compensation")), "compensation": stats.get("compensation"),
+    return {"budget": budget, "model": name, "params_before": removal.params_before,
+            "params_after": removal.params_after, "macs_before": removal.macs_before, "macs_after": removal.macs_after,
+            "target": removal.target, "importance": removal.importance,
+            "importance_fallback_groups": removal.importance_fallback_groups, "calibration": calibration,
+            "compensated": bool(removal.compensation), "compensation": removal.compensation,
             "recalibrate_batchnorm": recalibration,
-            "ranking": stats["ranking"], "round_to": stats["round_to"], "max_ratio": stats["max_ratio"],
-            "groups": stats["groups"], "blocked": stats["blocked"], **delivered}
+            "ranking": removal.ranking, "round_to": removal.round_to, "max_ratio": removal.max_ratio,
+            "groups": removal.groups, "blocked": removal.blocked, **delivered}
 
 
 def _summary(report: dict, output: Path) -> None:

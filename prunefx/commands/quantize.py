@@ -33,7 +33,7 @@ from prunefx.graph.rebatch import rebatch
 from prunefx.loading import program_from_args
 from prunefx.output import check_output_folder, staged_folder
 from prunefx.passes.pipeline import Pipeline
-from prunefx.passes.quantize_int8 import QuantizeInt8Config, quantize_int8
+from prunefx.passes.quantize_int8 import Quantized, QuantizeInt8Config, quantize_int8
 from prunefx.runtime import (
     check_parity,
     compare_latency,
@@ -73,8 +73,8 @@ def run(args) -> int:
     config = {**cli_options.pass_config(args, OPTIONS), "calibration": calibration.batches}
     started = time.perf_counter()
     result = Pipeline([(quantize_int8, config)], verify="full").run(program)
-    quantized, stats = result.program, result.stats()["quantize_int8"]
-    print(f"quantized {len(stats['quantized'])} layers of {program.name} ({len(stats['skipped'])} kept in float) "
+    quantized, stats, facts = result.program, result.stats()["quantize_int8"], result.facts("quantize_int8", Quantized)
+    print(f"quantized {facts.layers} layers of {program.name} ({facts.kept_in_float} kept in float) "
           f"on {calibration.description} in {time.perf_counter() - started:.1f} s; exporting", flush=True)
     lowering = onnxruntime_lowering()
     with staged_folder(output) as staging:

@@ -1,0 +1,78 @@
+"""The Analysis record's contract: every field is typed, written by a pass that declares it and read by a
+pass that declares it; a record saved by an older prunefx (with the fields it has retired) still loads."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import zipfile
+
+import pytest
+import torch
+
+from prunefx.graph.analysis_record import RETIRED, Analysis, AnalysisRecordError, LinearizeRecord
+from prunefx.graph.program import Program
+from prunefx.passes.registry import get_pass, registered_passes
+
+FIELDS = [f.name for f in dataclasses.fields(Analysis)]
+
+
+def _declared(side: str) -> dict[str, list[str]]:
+    """field -> the shipped passes whose contract declares it on `side` ('reads' or 'writes')."""
+    found: dict[str, list[str]] = {name: [] for name in FIELDS}
+    for name in registered_passes():
+        for field in getattr(get_pass(name).contract, side):
+            found[field].append(name)
+    return found
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_every_field_has_a_declared_writer_and_a_declared_reader(field):
+    """A field nothing writes is dead weight; one nothing reads is a channel to nowhere (issue 37)."""
+    assert _declared("writes")[field], f"no pass declares that it writes {field!r}"
+    assert _declared("reads")[field], f"no pass declares that it reads {field!r}"
+
+
+def test_every_field_is_a_typed_record_that_round_trips():
+    record = Analysis()
+    for f in dataclasses.fields(Analysis):
+        kind = f.type.split(" | ")[0] if isinstance(f.type, str) else f.type
+        assert kind.endswith("Record"), f"{f.name} is not a typed record ({f.type})"
+    record.linearize = LinearizeRecord(blends={"blend_0": "layer1"})
+    assert Analysis.from_json(json.loads(json.dumps(record.to_json()))) == record
+
+
+def test_retired_fields_are_not_fields_and_are_dropped_on_load(caplog):
+    assert not set(RETIRED) & set(FIELDS)
+    old = {"channel_groups": {"groups": []}, "channel_pruning": {"macs_after": 1}, "distillation": {"steps": 60},
+           "prune_while_training": {"events": []}, "linearize": {"blends": {"b": "layer1"}}}
+    with caplog.at_level(logging.INFO, logger="prunefx.graph.analysis_record"):
+        loaded = Analysis.from_json(old)
+    assert loaded == Analysis(linearize=LinearizeRecord(blends={"b": "layer1"}))
+    assert "channel_groups, channel_pruning, distillation, prune_while_training" in caplog.text
+    with pytest.raises(AnalysisRecordError, match="unknown analysis record 'colour'"):
+        Analysis.from_json({"colour": {}})  # a field no version wrote is still refused
+
+
+def test_a_program_file_saved_with_the_retired_fields_loads(tmp_path):
+    """prunefx.json of a Program saved before the fields were retired (its analysis block as it was)."""
+    from prunefx.graph import capture
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    program = capture(model, torch.randn(1, 3, 8, 8))
+    path = program.save(tmp_path / "new.pt2")
+    old = tmp_path / "old.pt2"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(old, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename.endswith("prunefx.json"):
+                saved = json.loads(data)
+                saved["analysis"] = {"channel_pruning": {"macs_after": 1, "target": {"met": True}},
+                                     "distillation": {"steps": 60}}
+                data = json.dumps(saved).encode()
+            target.writestr(item, data)
+    loaded = Program.load(old)
+    assert loaded.analysis == Analysis()
+    x = torch.randn(1, 3, 8, 8)
+    assert torch.equal(loaded(x), program(x))
