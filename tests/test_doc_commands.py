@@ -12,6 +12,8 @@ the site), `<!-- doc-test: KIND ... -->`:
   any other command's `--help` must succeed and list them;
 - `needs tensorrt`: run in the zoo lane where `tensorrt` imports and a CUDA device is present, else skipped
   with that reason (checked: the probe says the machine lacks it);
+- `needs ultralytics`: the same where `ultralytics` imports (AGPL-3.0: installed by the reader, never by
+  prunefx), else skipped with that reason;
 - `covered-by tests/FILE.py::TEST`: the reader's own data sets and models; that test runs the same
   command on written stand-ins, and must exist.
 """
@@ -78,7 +80,15 @@ def tensorrt_missing() -> str | None:
     return None if torch.cuda.is_available() else "no CUDA device"
 
 
-NEEDS = {"tensorrt": tensorrt_missing}
+def ultralytics_missing() -> str | None:
+    """Why a `needs ultralytics` block cannot run here: Ultralytics is AGPL-3.0, never a dependency of
+    prunefx, so only a reader who installed it (and a machine where someone did) runs these blocks."""
+    if importlib.util.find_spec("ultralytics") is None:
+        return "ultralytics is not installed (AGPL-3.0, never a prunefx dependency: pip install ultralytics)"
+    return None
+
+
+NEEDS = {"tensorrt": tensorrt_missing, "ultralytics": ultralytics_missing}
 
 
 def _images(folder: Path, count: int, seed: int) -> None:
@@ -108,10 +118,22 @@ def _state_dict(reference: str):
     return write
 
 
+def _yolo_data(path: Path) -> None:
+    """A YOLO data yaml with its images and labels beside it: Fashion-MNIST scenes (prunefx/data/scene_files.py)."""
+    from prunefx.data import fashion_mnist
+    from prunefx.data.fashion_mnist_scenes import SceneConfig, make_scenes
+    from prunefx.data.scene_files import write_scenes
+
+    items, classes = fashion_mnist.load_fashion_mnist("test")
+    scenes = {split: make_scenes(items, classes, count, split=split, config=SceneConfig(size=64), seed=0)
+              for split, count in (("train", 16), ("val", 8))}
+    write_scenes(scenes, path.parent, "yolo")
+
+
 # The reader's own inputs a page names, made small where the page runs; nothing else in a command changes.
 INPUTS = {"path/to/images": lambda path: _images(path, 16, seed=0), "path/to/imagefolder": _image_folder,
           "resnet18.pth": _state_dict("torchvision:resnet18"), "dense.pth": _state_dict("prunefx:resnet20"),
-          "~/data/flowers": _image_folder}
+          "~/data/flowers": _image_folder, "data.yaml": _yolo_data}
 
 
 def workspace(folder: Path, text: str) -> dict:
@@ -214,6 +236,21 @@ def test_every_needs_names_a_probe_that_agrees_with_the_machine():
                 assert block.argument in NEEDS, (page.name, block.line)
     has_trt = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
     assert (tensorrt_missing() is None) == has_trt
+    try:
+        import ultralytics  # noqa: F401
+    except ImportError:
+        assert ultralytics_missing() is not None
+    else:
+        assert ultralytics_missing() is None
+
+
+def test_the_yolo_data_a_page_names_is_written_where_it_names_it(tmp_path):
+    pytest.importorskip("yaml")
+    from prunefx.data.formats import detect_format
+
+    workspace(tmp_path, "python examples/x.py --data data.yaml")
+    assert detect_format(tmp_path / "data.yaml") == "yolo"
+    assert len(list((tmp_path / "labels" / "train").glob("*.txt"))) == 16
 
 
 @pytest.mark.slow
