@@ -22,6 +22,7 @@ from torchvision.transforms import v2
 
 from prunefx.assets import imagenet_transform, load_imagenet_batch
 from prunefx.data import fashion_mnist
+from prunefx.data.augment import RandomCropFlip
 from prunefx.data.batches import (
     IGNORED_LABEL,
     NormalizeBatch,
@@ -93,8 +94,9 @@ def fashion_mnist_data(batch_size: int, *, validation: int = 5000, augment: bool
     """Fashion-MNIST from the Debian package: `validation` images held out of the 60000 training
     images (seeded; never from the test set; 0 -> no validation split), normalised with the
     training mean and std; train shuffled and, with `augment`, randomly cropped after
-    `crop_padding` pixels of zero padding and flipped (torchvision, per image). `channels=3` repeats the gray
-    channel. `num_workers` 0 by default: the images are decoded already, a worker would only crop and flip."""
+    `crop_padding` pixels of zero padding and flipped (RandomCropFlip: torchvision's RandomCrop and
+    RandomHorizontalFlip, one vectorised call per batch, each image's draw seeded per epoch). `channels=3` repeats
+    the gray channel. `num_workers` 0 by default: the images are decoded already, a worker would only crop and flip."""
     if channels not in (1, 3):
         raise PrunefxError(f"Fashion-MNIST channels must be 1 (gray) or 3 (gray repeated), got {channels}")
     train_images, train_labels = fashion_mnist.load_fashion_mnist("train", root)
@@ -103,10 +105,10 @@ def fashion_mnist_data(batch_size: int, *, validation: int = 5000, augment: bool
     train_images, test_images = train_images[:, None], test_images[:, None]
     train_index, val_index = split_train_validation(len(train_images), validation, seed)
     prepare = NormalizeBatch([fashion_mnist.MEAN], [fashion_mnist.STD], channels=channels)
-    crop_flip = v2.Compose([v2.RandomCrop(28, padding=crop_padding), v2.RandomHorizontalFlip()]) if augment else None
+    crop_flip = RandomCropFlip(crop_padding) if augment else None
     loaders = {"prepare": prepare, "num_workers": num_workers}
     train = tensor_batches(train_images[train_index], train_labels[train_index], batch_size, shuffle=True,
-                           transform=crop_flip, seed=seed, **loaders)
+                           augment=crop_flip, seed=seed, **loaders)
     val = None
     if validation:
         val = tensor_batches(train_images[val_index], train_labels[val_index], batch_size, shuffle=False, **loaders)
