@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -75,10 +77,22 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def _measured_slow() -> tuple[set[str], set[str]]:
+    """(modules, node ids) listed in tests/slow_tests.txt: measured heavy, written by scripts/slow_tests.py."""
+    listed = Path(__file__).with_name("slow_tests.txt")
+    entries = [line.strip() for line in listed.read_text().splitlines() if line.strip() and not line.startswith("#")] \
+        if listed.exists() else []
+    return {entry for entry in entries if "::" not in entry}, {entry for entry in entries if "::" in entry}
+
+
 def pytest_collection_modifyitems(config, items):
     """A test module lists its heaviest model-zoo references in ZOO_LANE: their cases get the `zoo` mark,
-    so `make test` leaves them to `make test-zoo` (runs before `-m` deselects)."""
+    so `make test` leaves them to `make test-zoo` (runs before `-m` deselects). Tests measured heavy
+    (tests/slow_tests.txt) get the `slow` mark, which keeps `make test-fast` under four minutes."""
+    slow_modules, slow_tests = _measured_slow()
     for item in items:
+        if item.nodeid in slow_tests or item.nodeid.split("::")[0] in slow_modules:
+            item.add_marker(pytest.mark.slow)
         heavy = getattr(getattr(item, "module", None), "ZOO_LANE", ())
         callspec = getattr(item, "callspec", None)
         if callspec is not None and callspec.params.get("reference") in heavy:
