@@ -27,6 +27,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from prunefx.data import image_files
+from prunefx.data.batches import normalise
 from prunefx.data.palette import Palette
 from prunefx.graph.errors import PrunefxError, printable
 from prunefx.graph.safety.regular_files import read_regular_file, require_regular_file
@@ -127,7 +128,7 @@ class LabelledImages(Dataset):
         height, width = pixels.shape[1:]
         if (height, width) != self.size:
             pixels = TF.resize(pixels, list(self.size), antialias=True)
-        image = (pixels.float() / 255 - self.mean) / self.std
+        image = normalise(pixels, self.mean, self.std)  # the in-memory batches' arithmetic, bit for bit
         if self.split.boxes is not None:
             return image, self._boxes(self.split.boxes[index], height, width)
         if self.split.masks is not None:
