@@ -116,7 +116,7 @@ def training(args, *, baseline: bool) -> dict:
 def run_folder(model: str, args):
     """Where a model's dense baseline and pruned runs are cached: one folder per data and dense-training
     setting, so that a run never reuses a baseline trained on other canvases or for another budget."""
-    return CACHE / (f"{model}_{args.size}px_{args.train}c_b{args.batch}_{args.baseline_epochs[model]}ep_"
+    return args.cache / (f"{model}_{args.size}px_{args.train}c_b{args.batch}_{args.baseline_epochs[model]}ep_"
                     f"lr{args.baseline_lr:g}_s{args.seed}")
 
 
@@ -490,6 +490,9 @@ def parse_args(argv=None):
     parser.add_argument("--report-only", action="store_true", help="only build the tables from cached runs")
     parser.add_argument("--results-name", default=NAME,
                         help=f"results file stem under benchmarks/results (default {NAME}; a shorter rerun takes another)")
+    parser.add_argument("--cache", type=Path, default=CACHE,
+                        help=f"where runs are cached (default {CACHE.relative_to(REPO)}; a rerun beside a run in "
+                             "progress takes another)")
     args = parser.parse_args(argv)
     args.baseline_epochs = baseline_epochs(parser, args.baseline_epochs)
     return args
