@@ -216,6 +216,20 @@ def _write(args, runs: list, rows: list, demos: list, load_at_start, top_at_star
         "and at the end (the last row written):", "", "```", top_now, "```", ""]))
 
 
+def _latest_runs(parts: dict) -> tuple[list[dict], list[dict]]:
+    """Every part's budgets in order, a later part's row for the same model and budget (a rerun) replacing an
+    earlier one in place; the replaced rows are returned too, kept in the JSON beside the table."""
+    latest: dict[tuple, dict] = {}
+    superseded = []
+    for part in parts.values():
+        for run in part["runs"]:
+            key = (run["model"], run["budget"])
+            if key in latest:
+                superseded.append(latest[key])
+            latest[key] = run
+    return list(latest.values()), superseded
+
+
 def _measured_how(machine: dict) -> str:
     """How the merged runs measured (older parts: one session pair, denormals as the CPU left them)."""
     confirm, bench = machine.get("confirm_rounds", 1), machine.get("bench_rounds", 1)
@@ -230,7 +244,7 @@ def merge(names: list[str], results_name: str, note: str = "") -> int:
     """One results file from several runs of this script (NAME.json each, kept beside it): their budgets and
     demo runs together, each part's command, machine, load and scheduling group stated."""
     parts = {name: json.loads((RESULTS / f"{name}.json").read_text()) for name in names}
-    runs = [run for part in parts.values() for run in part["runs"]]
+    runs, superseded = _latest_runs(parts)
     demos = [demo for part in parts.values() for demo in part.get("demo_runs") or []]
     described = []
     for name, part in parts.items():
@@ -241,7 +255,7 @@ def merge(names: list[str], results_name: str, note: str = "") -> int:
                       f"end {', '.join(f'{x:.1f}' for x in load[1])}; scheduling group "
                       f"`{machine.get('scheduling_group', '?')}`."]
     met = sum(bool(d.get("met")) for d in demos)
-    write_results(results_name, {"command": command_line(), "note": note, "parts": {n: {k: p[k] for k in ("command", "note", "machine")}
+    write_results(results_name, {"command": command_line(), "note": note, "superseded_runs": superseded, "parts": {n: {k: p[k] for k in ("command", "note", "machine")}
                                                                       for n, p in parts.items()},
                                  "machine": next(iter(parts.values()))["machine"], "runs": runs, "demo_runs": demos},
                   "\n".join([
