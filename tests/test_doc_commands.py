@@ -130,10 +130,23 @@ def _yolo_data(path: Path) -> None:
     write_scenes(scenes, path.parent, "yolo")
 
 
+# A reader's fine-tuned classifier: torchvision's ResNet-18 with the stand-in ImageFolder's 2 classes.
+CLASSIFIER = "import torchvision\n\n\ndef build():\n    return torchvision.models.resnet18(num_classes=2)\n"
+
+
+def _classifier_weights(path: Path) -> None:
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), path)
+
+
 # The reader's own inputs a page names, made small where the page runs; nothing else in a command changes.
 INPUTS = {"path/to/images": lambda path: _images(path, 16, seed=0), "path/to/imagefolder": _image_folder,
           "resnet18.pth": _state_dict("torchvision:resnet18"), "dense.pth": _state_dict("prunefx:resnet20"),
-          "~/data/flowers": _image_folder, "data.yaml": _yolo_data}
+          "~/data/flowers": _image_folder, "data.yaml": _yolo_data,
+          "classifier.py": lambda path: path.write_text(CLASSIFIER), "classifier.pth": _classifier_weights}
 
 
 def workspace(folder: Path, text: str) -> dict:
