@@ -85,6 +85,11 @@ NOT_RERUN = {
 }
 
 
+# why a benchmark of COMPARE has no rerun file (issue 37's session: written here, not guessed per run)
+NOT_FINISHED = ("queued but not run to the end: the 2 shared cores were taken by other work (load average 15-24; "
+                "from 14:15 UTC a latency benchmark at higher priority), combing_time alone took 21 min of wall clock")
+
+
 def figure(name: str, published, rerun, rule: str) -> Figure:
     """One compared figure; `rule` is 'exact', 'abs T', 'below B' or 'timing' (shown, not judged)."""
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (published, rerun))
@@ -107,7 +112,7 @@ def _combing_time(old: dict, new: dict) -> list[Figure]:
     rows = []
     for a, b in zip(old["results"], new["results"]):
         rows += [figure(f"{a['model']} {key}", a[key], b[key], "exact") for key in ("nodes", "groups", "blocked_groups")]
-        rows.append(figure(f"{a['model']} median s (target < 2 s)", a["median_s"], b["median_s"], "below 2"))
+        rows.append(figure(f"{a['model']} median s", a["median_s"], b["median_s"], "timing"))
     return rows
 
 
@@ -208,7 +213,7 @@ def entry(name: str) -> dict:
     rerun = REPRODUCED / f"{name}.json"
     if not rerun.exists():
         return {"benchmark": name, "rerun": False, "command": RERUN[name],
-                "reason": "rerun started but not finished before the deadline (2 cores shared with other work)"}
+                "reason": NOT_FINISHED}
     old, new = (json.loads(path.read_text()) for path in (PUBLISHED / f"{name}.json", rerun))
     figures = COMPARE[name](old, new)
     judged = [f for f in figures if f["within"] is not None]

@@ -6,13 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import zipfile
 
 import pytest
-import torch
 
 from prunefx.graph.analysis_record import RETIRED, Analysis, AnalysisRecordError, LinearizeRecord
-from prunefx.graph.program import Program
 from prunefx.passes.registry import get_pass, registered_passes
 
 FIELDS = [f.name for f in dataclasses.fields(Analysis)]
@@ -54,25 +51,3 @@ def test_retired_fields_are_not_fields_and_are_dropped_on_load(caplog):
     with pytest.raises(AnalysisRecordError, match="unknown analysis record 'colour'"):
         Analysis.from_json({"colour": {}})  # a field no version wrote is still refused
 
-
-def test_a_program_file_saved_with_the_retired_fields_loads(tmp_path):
-    """prunefx.json of a Program saved before the fields were retired (its analysis block as it was)."""
-    from prunefx.graph import capture
-
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
-    program = capture(model, torch.randn(1, 3, 8, 8))
-    path = program.save(tmp_path / "new.pt2")
-    old = tmp_path / "old.pt2"
-    with zipfile.ZipFile(path) as source, zipfile.ZipFile(old, "w") as target:
-        for item in source.infolist():
-            data = source.read(item)
-            if item.filename.endswith("prunefx.json"):
-                saved = json.loads(data)
-                saved["analysis"] = {"channel_pruning": {"macs_after": 1, "target": {"met": True}},
-                                     "distillation": {"steps": 60}}
-                data = json.dumps(saved).encode()
-            target.writestr(item, data)
-    loaded = Program.load(old)
-    assert loaded.analysis == Analysis()
-    x = torch.randn(1, 3, 8, 8)
-    assert torch.equal(loaded(x), program(x))

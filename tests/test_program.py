@@ -170,12 +170,29 @@ def test_capture_of_an_exported_program_without_inputs_says_what_to_give():
 def test_a_saved_analysis_record_of_the_wrong_form_is_refused(resnet18_program, tmp_path, analysis, message):
     """The record is data read from a file: a field this version does not know, or of the wrong form, is
     one ProgramFileError naming it, not a Program whose later passes read garbage."""
+    _, program = resnet18_program
+    with pytest.raises(ProgramFileError, match=message):
+        Program.load(_with_analysis(program.save(tmp_path / "model.pt2"), analysis, tmp_path / "forged.pt2"))
+
+
+def test_a_program_saved_with_the_retired_analysis_fields_loads(resnet18_program, tmp_path):
+    """prunefx.json of a Program saved before channel_pruning and distillation were retired
+    (graph/analysis_record.RETIRED): it loads, without them."""
+    _, program = resnet18_program
+    old = {"channel_pruning": {"macs_after": 1, "target": {"met": True}}, "distillation": {"steps": 60},
+           "linearize": {"blends": {"blend_0": "layer1"}}}
+    loaded = Program.load(_with_analysis(program.save(tmp_path / "model.pt2"), old, tmp_path / "old.pt2"))
+    assert loaded.analysis.to_json() == {"linearize": {"blends": {"blend_0": "layer1"}, "ramp": 0.5, "stripped": {}}}
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), program(x))
+
+
+def _with_analysis(path, analysis: dict, forged):
+    """A copy of the saved Program at `path` whose prunefx.json holds `analysis` as its record."""
     import json
     import zipfile
 
-    _, program = resnet18_program
-    path = program.save(tmp_path / "model.pt2")
-    forged = tmp_path / "forged.pt2"
     with zipfile.ZipFile(path) as source, zipfile.ZipFile(forged, "w") as target:
         for item in source.infolist():
             data = source.read(item)
@@ -184,8 +201,7 @@ def test_a_saved_analysis_record_of_the_wrong_form_is_refused(resnet18_program, 
                 record["analysis"] = analysis
                 data = json.dumps(record).encode()
             target.writestr(item, data)
-    with pytest.raises(ProgramFileError, match=message):
-        Program.load(forged)
+    return forged
 
 
 def test_a_weight_standardising_batch_norm_is_not_a_training_switch():
