@@ -8,7 +8,8 @@ How-to: docs/your-data.md. Run it:
     .venv/bin/python examples/your_data_samples.py --data ~/data --models .
 
 It writes DATA/coco (COCO JSON), DATA/parts/data.yaml (YOLO txt), DATA/roads (image and mask folders),
-MODELS/detector.pt2 (input 1x3x640x640) and MODELS/segmenter.py. Needs the Fashion-MNIST files
+MODELS/detector.pt2 (input 16x3x640x640: a saved program has fixed shapes, so `compress` runs it at
+`--batch-size 16`) and MODELS/segmenter.py. Needs the Fashion-MNIST files
 (`make setup` installs them).
 """
 
@@ -68,11 +69,11 @@ def write_data(root: Path, counts: dict[str, int], size: int) -> dict[str, str]:
     return {str(root / folder): layout for folder, layout in LAYOUTS.items()}
 
 
-def write_models(folder: Path, image_size: int) -> None:
+def write_models(folder: Path, image_size: int, batch: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     detector = Detector(image_size).eval()
-    prunefx.capture(detector, torch.rand(1, 3, image_size, image_size), name="detector").save(folder / "detector.pt2")
+    prunefx.capture(detector, torch.rand(batch, 3, image_size, image_size), name="detector").save(folder / "detector.pt2")
     (folder / "segmenter.py").write_text(SEGMENTER)
     print(f"wrote {folder / 'detector.pt2'} and {folder / 'segmenter.py'}")
 
@@ -85,9 +86,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--val", type=int, default=16, help="validation images per data set")
     parser.add_argument("--canvas", type=int, default=64, help="side of a scene image in pixels")
     parser.add_argument("--image-size", type=int, default=640, help="the detector's input side")
+    parser.add_argument("--batch", type=int, default=16, help="the batch size the detector is captured at")
     args = parser.parse_args(argv)
     written = write_data(args.data.expanduser(), {"train": args.train, "val": args.val}, args.canvas)
-    write_models(args.models.expanduser(), args.image_size)
+    write_models(args.models.expanduser(), args.image_size, args.batch)
     return {"data": written, "models": str(args.models.expanduser())}
 
 

@@ -102,7 +102,7 @@ def test_your_data_samples_are_read_back_in_their_layouts(tmp_path):
 
     summary = example("your_data_samples").main(
         ["--data", str(tmp_path / "data"), "--models", str(tmp_path), "--train", "4", "--val", "2",
-         "--canvas", "32", "--image-size", "64"])
+         "--canvas", "32", "--image-size", "64", "--batch", "2"])
     expected = {"coco": "coco", "parts": "yolo", "roads": "masks"}
     for folder, layout in expected.items():
         path = tmp_path / "data" / folder
@@ -116,6 +116,6 @@ def test_your_data_samples_are_read_back_in_their_layouts(tmp_path):
     assert centre == pytest.approx([x + w / 2, y + h / 2], abs=1e-3)
     assert yaml.safe_load((tmp_path / "data" / "parts" / "data.yaml").read_text())["val"] == "images/val"
     detector = prunefx.load(tmp_path / "detector.pt2")
-    assert detector.run_example().shape == (1, 14, (64 // 16) ** 2)
+    assert detector.run_example().shape == (2, 14, (64 // 16) ** 2)
     segmenter = build_model(f"{tmp_path / 'segmenter.py'}:build").module
     assert segmenter(torch.rand(1, 3, 32, 32)).shape == (1, 11, 32, 32)
