@@ -79,6 +79,7 @@ NOT_RERUN = {
                          "cached on this machine",
     "plain_loop_recovery": "published from this same code (commit f6cc4bf, this session), after compress began "
                            "carrying optimizer momentum by default",
+    "process_rounds": TIMING,
     "prune_latency": TIMING,
     "semi_structured_speedup": TIMING + " on an NVIDIA GPU (none here)",
     "sparsity_accuracy": f"{TRAINS} (KD fine-tuning per criterion, on the 8-epoch baseline)",

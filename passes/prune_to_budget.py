@@ -23,7 +23,7 @@ off by 20 %: RegNetY-800MF 2.05x in the search, 1.66x in another process). A can
 the budget, misses it by less than the tolerance (a pessimistic reading would prune further than needed:
 MobileNetV2-small at 2x kept 0.31 of the MACs where 0.5 measured 2.21x, budget_choice.md), or reads slower
 than a less pruned one, is measured again, longer, by the Measurer's `confirm` (passes/measurement.py;
-onnx_latency_pair: 4x the runs over fresh session pairs, with a bootstrap interval on the speed-up); clear
+onnx_latency_pair: 4x the runs over fresh processes, with a bootstrap interval on the speed-up); clear
 misses and candidates far above the window (CLEARLY_FAST) are not. A confirmed candidate meets the budget
 only when the interval's lower bound clears S, and is accepted when its point is at most S (1 + tolerance)
 (for a wider interval: its lower bound within a third of the tolerance of S, `close_enough`); the search aims

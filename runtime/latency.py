@@ -21,14 +21,19 @@ than one call), so resampling single runs would give too narrow an interval.
 from __future__ import annotations
 
 import dataclasses
+import pickle
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from prunefx.runtime.errors import MeasurementError
+from prunefx.runtime.errors import MeasurementError, first_line
 
 Clock = Callable[[], float]
 CONFIDENCE = 0.90  # the speed-up interval's: two-sided, so its lower bound holds with about 95 % probability
@@ -69,11 +74,14 @@ class LatencyComparison:
     speedup_high: float | None = None
     confidence: float | None = None
     rounds: int = 1  # fresh pairs of callables the runs were spread over (compare_rounds)
+    processes: bool = False  # whether each round ran in a fresh process
 
     @property
     def method(self) -> str:
         """How the interval was drawn: over blocks, or over rounds and then their blocks."""
-        return "block bootstrap" if self.rounds == 1 else f"two-level bootstrap ({self.rounds} session pairs)"
+        if self.rounds == 1:
+            return "block bootstrap"
+        return f"two-level bootstrap ({self.rounds} {'fresh processes' if self.processes else 'session pairs'})"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -105,25 +113,55 @@ def compare_latency(fn_a: Callable[[], object], fn_b: Callable[[], object], *, w
 def compare_rounds(make_a: Callable[[], Callable[[], object]], make_b: Callable[[], Callable[[], object]], *,
                    rounds: int = 4, warmup: int = 10, runs: int = 100, block: int = 10, settle: int = 2,
                    threads: int | None = None, progress: bool = False,
-                   clock: Clock = time.perf_counter) -> LatencyComparison:
+                   clock: Clock = time.perf_counter, processes: bool = False) -> LatencyComparison:
     """`compare_latency` over `rounds` fresh pairs of callables (`make_a()`, `make_b()`: new ONNX Runtime
     sessions, say), `runs` timed calls per side in all. Why: the same two files timed in fresh sessions of one
     process measured 2.33x to 2.67x (ConvNeXt-atto at 0.30 of the MACs, 6 pairs, each interval narrower than
     that spread), so one pair's interval covers its blocks' noise but not where the next session lands. The
     interval resamples rounds, then blocks inside each round (a two-level bootstrap), so it widens with that
-    spread."""
+    spread.
+
+    With `processes=True` each round runs in a fresh process (`make_a` and `make_b` must pickle, as
+    `functools.partial(onnx_runner, path, ...)` does): processes differ more than session pairs of one process
+    do (where the weights land in memory, which cache sets they share), and a search confirmed in one process
+    at 2.29x was measured at 1.91x by another (RegNetY-1.6GF, benchmarks/results/latency_budget.md)."""
     _check_counts(warmup, runs)
     _check_blocks(block, settle)
     if rounds < 1 or runs < rounds:
         raise MeasurementError(f"rounds must be from 1 to runs ({runs}), got rounds={rounds}")
-    blocks_a, blocks_b, round_of, made = [], [], [], None
+    blocks_a, blocks_b, round_of, threads_a, threads_b = [], [], [], threads, threads
     with _bar(progress, "latency a/b", total=runs) as bar:
         for index in range(rounds):
-            made = make_a(), make_b()
             share = runs // rounds + (index < runs % rounds)
-            got_a, got_b = _alternate(*made, warmup, share, block, settle, clock, bar)
+            task = (make_a, make_b, warmup, share, block, settle, clock, threads)
+            got_a, got_b, threads_a, threads_b = _round_in_process(task) if processes else timing_round(*task, bar=bar)
+            if processes:
+                bar.update(share)
             blocks_a, blocks_b, round_of = blocks_a + got_a, blocks_b + got_b, round_of + [index] * len(got_a)
-    return _comparison(blocks_a, blocks_b, round_of, _threads_of(made[0], threads), _threads_of(made[1], threads))
+    return dataclasses.replace(_comparison(blocks_a, blocks_b, round_of, threads_a, threads_b), processes=processes)
+
+
+def timing_round(make_a, make_b, warmup: int, runs: int, block: int, settle: int, clock: Clock, threads: int | None,
+           bar=None) -> tuple[list, list, int | None, int | None]:
+    """One round of compare_rounds: a fresh pair of callables, warmed up, then alternated."""
+    fn_a, fn_b = make_a(), make_b()
+    got_a, got_b = _alternate(fn_a, fn_b, warmup, runs, block, settle, clock, bar if bar is not None else _bar(False, ""))
+    return got_a, got_b, _threads_of(fn_a, threads), _threads_of(fn_b, threads)
+
+
+def _round_in_process(task: tuple) -> tuple[list, list, int | None, int | None]:
+    """`timing_round` in a fresh interpreter (runtime/latency_round.py), the task and its blocks passed as pickles in
+    a private temporary folder. Not multiprocessing: its spawn re-runs the caller's main script, which breaks
+    a user's script that calls prunefx without an `if __name__ == "__main__"` guard; a fork would inherit this
+    process's memory layout, the thing a fresh process is for."""
+    with tempfile.TemporaryDirectory(prefix="prunefx-round-") as folder:
+        request, answer = Path(folder, "round.pickle"), Path(folder, "blocks.pickle")
+        request.write_bytes(pickle.dumps(list(sys.path)) + pickle.dumps(task))
+        done = subprocess.run([sys.executable, "-m", "prunefx.runtime.latency_round", str(request), str(answer)],
+                              capture_output=True, text=True)
+        if done.returncode != 0 or not answer.exists():
+            raise MeasurementError(f"a timing round's process failed: {first_line(done.stderr) or done.returncode}")
+        return pickle.loads(answer.read_bytes())
 
 
 def _alternate(fn_a, fn_b, warmup: int, runs: int, block: int, settle: int, clock: Clock, bar) -> tuple[list, list]:

@@ -30,7 +30,7 @@ from prunefx.runtime.runners import onnx_runner
 from prunefx.runtime.width_multiple import onnxruntime_multiple
 
 Measure = Callable[[Program, Program], float]
-CONFIRM_ROUNDS = 4  # fresh session pairs a confirmation spreads its runs over (latency.compare_rounds)
+CONFIRM_ROUNDS = 4  # fresh processes a confirmation spreads its runs over (latency.compare_rounds)
 # (before, after) -> (before ms, after ms, spread): medians measured side by side, and the after side's
 # p90/median - 1 (how noisy the measurement was), for passes that meet a latency budget
 LatencyPair = Callable[[Program, Program], tuple[float, float, float]]
@@ -70,7 +70,7 @@ def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup:
     search that meets the same candidate twice (two fractions rounding to the same widths) times it once.
 
     Its `confirm` method is the same measurement made longer (`confirm_runs` timed runs each, 4x `runs`
-    by default, twice the warm-up, over `confirm_rounds` fresh pairs of sessions: runtime/latency.py's
+    by default, twice the warm-up, over `confirm_rounds` fresh processes: runtime/latency.py's
     compare_rounds says why), cached apart, answering a `Timing` with the bootstrap interval
     of the speed-up: prune_to_budget accepts a candidate only when that interval's
     lower bound clears the budget, because one short measurement on a loaded machine can be off by 20 %
@@ -95,7 +95,8 @@ def _onnx_runtime_pair(exports: ExportCache, *, threads: int, runs: int, warmup:
         makers = [functools.partial(onnx_runner, path, inputs, threads=threads) for path, inputs, _ in (a, b)]
         if rounds == 1:
             return timing_of(compare_latency(makers[0](), makers[1](), warmup=warmup, runs=runs, threads=threads))
-        return timing_of(compare_rounds(*makers, rounds=rounds, warmup=warmup, runs=runs, threads=threads))
+        return timing_of(compare_rounds(*makers, rounds=rounds, warmup=warmup, runs=runs, threads=threads,
+                                        processes=True))
 
     return cached_pair(exports, timed)
 

@@ -2,6 +2,11 @@
 (passes/measurement.py) and the width multiple each backend prefers (runtime/width_multiple.py). The
 oracles are worked out by hand here, not by the code under test."""
 
+import functools
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -150,3 +155,42 @@ def test_bench_vs_and_the_search_lines_print_the_interval():
                           "interval": interval})
     assert "confirmed 90 % interval 2.02-2.20, first measured 2.00x" in lines[0]
     assert "(1.00 ms vs 2.10 ms dense, 90 % interval 2.02-2.20)" in lines[1]
+
+
+
+class _Noop:
+    threads = 1
+
+    def __call__(self):
+        return None
+
+
+def _record_pid_and_make_runner(path: str) -> _Noop:
+    """A picklable maker (module level): it runs in the round's process and notes that process's id."""
+    with open(path, "a") as file:
+        file.write(f"{os.getpid()}\n")
+    return _Noop()
+
+
+def test_rounds_in_fresh_processes_each_run_in_a_process_of_their_own(tmp_path):
+    log = tmp_path / "pids.txt"
+    maker = functools.partial(_record_pid_and_make_runner, str(log))
+    comparison = compare_rounds(maker, maker, rounds=2, warmup=1, runs=4, block=2, settle=0, processes=True)
+    pids = [int(line) for line in log.read_text().split()]
+    assert len(pids) == 4 and pids[0] == pids[1] and pids[2] == pids[3]  # both sessions of a round share it
+    assert pids[0] != pids[2] and os.getpid() not in pids  # each round a process of its own, not this one
+    assert comparison.a.runs == comparison.b.runs == 4 and comparison.a.threads == 1
+    assert comparison.method == "two-level bootstrap (2 fresh processes)"
+
+
+def test_rounds_in_fresh_processes_do_not_rerun_a_script_without_a_main_guard(tmp_path):
+    script = tmp_path / "user_script.py"
+    script.write_text("import functools, os\n"
+                      "from prunefx.runtime.latency import compare_rounds\n"
+                      "print('the script ran')\n"
+                      "maker = functools.partial(functools.partial, os.getpid)  # picklable: makes a callable\n"
+                      "c = compare_rounds(maker, maker, rounds=2, warmup=1, runs=2, block=1, settle=0, processes=True)\n"
+                      "print(c.method)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["the script ran", "two-level bootstrap (2 fresh processes)"]

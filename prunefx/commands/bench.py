@@ -4,12 +4,12 @@ and a side-by-side speed-up.
 Backends: ONNX Runtime on the CPU (default), torch eager, TensorRT engines built from the ONNX file
 (`trt`, timed with CUDA events, engines cached), Torch-TensorRT compiling the Program directly
 (`torch-trt`), and the `trtexec` program (Jetson boards). A model reference is exported to ONNX first (in a
-temporary folder) for ort, trt and trtexec. With --vs, both models are timed alternately in this one process,
+temporary folder) for ort, trt and trtexec. With --vs, both models are timed alternately (each round in one process),
 so that machine noise hits both equally, and the ratio of medians is the speed-up, with its 90 % interval (a
 bootstrap over the alternating blocks, runtime/latency.py: `speedup_low`, `speedup_high` in --json); trtexec
 runs are separate processes, one after the other, and say so (no interval). With ort, the runs are spread over
-`--rounds` fresh pairs of sessions (4 by default): where one pair of sessions lands varies by several per cent
-from the next (runtime/latency.py's compare_rounds), and the interval covers that too. ort sessions flush
+`--rounds` fresh processes (4 by default), each with its own pair of sessions: where one process lands varies
+by several per cent from the next (runtime/latency.py's compare_rounds), and the interval covers that too. ort sessions flush
 subnormal floats to zero unless --keep-denormals (runtime/runners.py's timing_flushes_denormals says why).
 """
 
@@ -69,7 +69,7 @@ def add_arguments(parser) -> None:
                         help="ort: worker threads sleep between operators instead of spinning (ONNX Runtime's "
                              "default, and prunefx's, is to spin; turn it off on hosts that share their cores)")
     parser.add_argument("--rounds", type=options.runs, default=4,
-                        help="ort with --vs: fresh pairs of sessions the runs are spread over (default 4)")
+                        help="ort with --vs: fresh processes the runs are spread over, a pair of sessions each (default 4)")
     parser.add_argument("--keep-denormals", action="store_true",
                         help="ort: time subnormal floats as IEEE arithmetic (slow on x86) instead of flushing them to "
                              "zero as GPUs and TensorRT do (also PRUNEFX_KEEP_DENORMALS=1, for every command)")
@@ -205,7 +205,7 @@ def run(args) -> int:
         elif args.vs and args.backend == "ort":
             makers = [_ort_maker(reference, args, Path(tmp), label) for reference, label in ((args.model, "a"), (args.vs, "b"))]
             report.update(vs=args.vs, **compare_rounds(*makers, rounds=min(args.rounds, args.runs), warmup=args.warmup,
-                                                       runs=args.runs, threads=args.threads).to_dict())
+                                                       runs=args.runs, threads=args.threads, processes=True).to_dict())
         elif args.vs:
             first, second = _runner(args.model, args, Path(tmp), "a"), _runner(args.vs, args, Path(tmp), "b")
             report.update(vs=args.vs, **compare(first, second, warmup=args.warmup, runs=args.runs).to_dict())
@@ -230,7 +230,7 @@ def _footer(report: dict) -> str:
         threads += " (spinning)" if report["spinning"] else " (not spinning)"
     if "denormals" in report:
         threads += f", subnormal floats {'flushed to zero' if report['denormals'] == 'flushed' else 'kept'}"
-    rounds = f" over {report['rounds']} fresh session pairs" if report.get("rounds", 1) > 1 else ""
+    rounds = f" over {report['rounds']} fresh processes" if report.get("rounds", 1) > 1 else ""
     footer = f"{report['runs']} timed runs each{rounds}{threads}, backend {backend}"
     jetson = (report.get("latency") or report.get("a") or {}).get("trtexec", {}).get("jetson")
     if jetson:
@@ -243,7 +243,8 @@ def _footer(report: dict) -> str:
 def _table(report: dict) -> str:
     if "vs" not in report:
         return _row(report["model"], report["latency"]) + "\n" + _footer(report)
-    how = report.get("note", "measured alternately in one process")
+    where = f"in {report['rounds']} fresh processes" if report.get("processes") else "in one process"
+    how = report.get("note", f"measured alternately {where}")
     interval = ({"low": report["speedup_low"], "high": report["speedup_high"], "confidence": report["confidence"]}
                 if report.get("speedup_low") is not None else None)
     return "\n".join([_row(report["model"], report["a"]), _row(report["vs"], report["b"]),

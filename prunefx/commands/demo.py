@@ -149,7 +149,7 @@ def _budget_demo(args) -> int:
     measured = _deliver(output, dense, distilled, args)
     met = measured["speedup"] >= args.speedup
     print(f"[measured] model.onnx vs dense.onnx, batch 1, {args.threads} thread(s), {FINAL_RUNS} runs each over "
-          f"{FINAL_ROUNDS} fresh session pairs, alternating: {measured['compressed_ms']:.3f} ms vs {measured['dense_ms']:.3f} ms = "
+          f"{FINAL_ROUNDS} fresh processes, alternating: {measured['compressed_ms']:.3f} ms vs {measured['dense_ms']:.3f} ms = "
           f"{measured['speedup']:.2f}x{interval_text(measured['interval'], ' (') + ')' if measured['interval'] else ''}: "
           f"budget {args.speedup:g}x {'met' if met else 'MISSED'}", flush=True)
     clock.lap("export and measure")
@@ -200,10 +200,11 @@ def _deliver(output: Path, dense, compressed, args) -> dict:
         delivered = write_model(staging, compressed_one, opset=args.opset)
         export_onnx(dense_one, staging / "dense.onnx", opset=args.opset)
     inputs = dense_one.example_inputs
-    # over fresh session pairs, as the search's confirmation and `bench --vs` measure (latency.compare_rounds)
+    # over fresh processes, as the search's confirmation and `bench --vs` measure (latency.compare_rounds)
     makers = [functools.partial(onnx_runner, output / name, inputs, threads=args.threads)
               for name in ("dense.onnx", "model.onnx")]
-    comparison = compare_rounds(*makers, rounds=FINAL_ROUNDS, warmup=20, runs=FINAL_RUNS, threads=args.threads)
+    comparison = compare_rounds(*makers, rounds=FINAL_ROUNDS, warmup=20, runs=FINAL_RUNS, threads=args.threads,
+                                processes=True)
     interval = {"low": comparison.speedup_low, "high": comparison.speedup_high, "confidence": comparison.confidence,
                 "method": comparison.method}
     return {"dense_ms": comparison.a.median_ms, "compressed_ms": comparison.b.median_ms,
