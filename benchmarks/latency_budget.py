@@ -185,7 +185,8 @@ def _write(args, runs: list, rows: list, demos: list, load_at_start, top_at_star
     info = {**machine_info(threads=args.threads), "load_average_at_start": list(load_at_start),
             "load_average_at_end": list(os.getloadavg()), "scheduling_group": priority(),
             "top_at_start": top_at_start, "top_at_end": top_now, "confirm_rounds": CONFIRM_ROUNDS,
-            "bench_rounds": BENCH_ROUNDS, "denormals": "flushed" if timing_flushes_denormals() else "kept"}
+            "bench_rounds": BENCH_ROUNDS, "rounds_in": "fresh processes",
+            "denormals": "flushed" if timing_flushes_denormals() else "kept"}
     demo_lines = []
     if demos:
         met = sum(bool(d.get("met")) for d in demos)
@@ -233,9 +234,10 @@ def _latest_runs(parts: dict) -> tuple[list[dict], list[dict]]:
 def _measured_how(machine: dict) -> str:
     """How the merged runs measured (older parts: one session pair, denormals as the CPU left them)."""
     confirm, bench = machine.get("confirm_rounds", 1), machine.get("bench_rounds", 1)
+    rounds = machine.get("rounds_in", "fresh session pair(s) in one process")  # before commit 22da09a: session pairs
     return ("- 'search' is the confirmed speed-up the search accepted and the lower bound of its 90 % interval "
-            f"(bootstrap over {confirm} fresh session pair(s) and their blocks); 'independent' is `prunefx bench "
-            f"dense.onnx --vs model.onnx` in another process (100 runs each over {bench} fresh session pair(s), "
+            f"(bootstrap over {confirm} {rounds} and their blocks); 'independent' is `prunefx bench "
+            f"dense.onnx --vs model.onnx` in another process (100 runs each over {bench} {rounds}, "
             "alternating) with its 90 % interval; 'control' is dense.onnx against a byte copy of itself, the same way. "
             f"Subnormal floats in the timing sessions: {machine.get('denormals', 'not flushed')}.")
 
