@@ -107,7 +107,8 @@ def test_compare_latency_speedup_with_a_fake_clock():
     assert comparison.a.median_ms == pytest.approx(9.0)
     assert comparison.b.median_ms == pytest.approx(3.0)
     assert comparison.speedup == pytest.approx(3.0)
-    assert set(comparison.to_dict()) == {"a", "b", "speedup", "speedup_low", "speedup_high", "confidence", "rounds"}
+    assert set(comparison.to_dict()) == {"a", "b", "speedup", "speedup_low", "speedup_high", "confidence", "rounds",
+                                            "processes"}
     assert comparison.speedup_low == comparison.speedup_high == pytest.approx(3.0)  # no spread, no width
 
 
