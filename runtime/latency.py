@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from prunefx.runtime.errors import MeasurementError, first_line
+from prunefx.runtime.errors import MeasurementError
 
 Clock = Callable[[], float]
 CONFIDENCE = 0.90  # the speed-up interval's: two-sided, so its lower bound holds with about 95 % probability
@@ -56,7 +56,9 @@ class LatencyStats:
         ms = np.asarray(samples, dtype=np.float64) * 1e3
         median, p90, p99 = np.percentile(ms, [50, 90, 99])
         return cls(median_ms=float(median), p90_ms=float(p90), p99_ms=float(p99),
-                   mean_ms=float(ms.mean()), min_ms=float(ms.min()), runs=len(ms), threads=threads)
+                   # clipped: the float mean of equal samples can round one ulp past them
+                   mean_ms=float(np.clip(ms.mean(), ms.min(), ms.max())), min_ms=float(ms.min()), runs=len(ms),
+                   threads=threads)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -141,8 +143,8 @@ def compare_rounds(make_a: Callable[[], Callable[[], object]], make_b: Callable[
     return dataclasses.replace(_comparison(blocks_a, blocks_b, round_of, threads_a, threads_b), processes=processes)
 
 
-def timing_round(make_a, make_b, warmup: int, runs: int, block: int, settle: int, clock: Clock, threads: int | None,
-           bar=None) -> tuple[list, list, int | None, int | None]:
+def timing_round(make_a, make_b, warmup: int, runs: int, block: int, settle: int, clock: Clock,
+                 threads: int | None, bar=None) -> tuple[list, list, int | None, int | None]:
     """One round of compare_rounds: a fresh pair of callables, warmed up, then alternated."""
     fn_a, fn_b = make_a(), make_b()
     got_a, got_b = _alternate(fn_a, fn_b, warmup, runs, block, settle, clock, bar if bar is not None else _bar(False, ""))
@@ -160,7 +162,9 @@ def _round_in_process(task: tuple) -> tuple[list, list, int | None, int | None]:
         done = subprocess.run([sys.executable, "-m", "prunefx.runtime.latency_round", str(request), str(answer)],
                               capture_output=True, text=True)
         if done.returncode != 0 or not answer.exists():
-            raise MeasurementError(f"a timing round's process failed: {first_line(done.stderr) or done.returncode}")
+            # a traceback's last line names the error; its first says only "Traceback (most recent call last):"
+            said = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+            raise MeasurementError(f"a timing round's process failed: {said[0]}")
         return pickle.loads(answer.read_bytes())
 
 

@@ -194,3 +194,14 @@ def test_rounds_in_fresh_processes_do_not_rerun_a_script_without_a_main_guard(tm
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["the script ran", "two-level bootstrap (2 fresh processes)"]
+
+
+def _failing_maker():
+    raise RuntimeError("the session could not be made")
+
+
+def test_a_round_whose_process_fails_names_the_error_in_one_line():
+    with pytest.raises(MeasurementError) as caught:
+        compare_rounds(_failing_maker, _failing_maker, rounds=2, warmup=1, runs=2, block=1, settle=0, processes=True)
+    message = str(caught.value)
+    assert message == "a timing round's process failed: RuntimeError: the session could not be made"
