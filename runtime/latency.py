@@ -34,6 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from prunefx.runtime.errors import MeasurementError
+from prunefx.runtime.timing_loop import alternate, time_call
 
 Clock = Callable[[], float]
 CONFIDENCE = 0.90  # the speed-up interval's: two-sided, so its lower bound holds with about 95 % probability
@@ -96,7 +97,7 @@ def measure_latency(fn: Callable[[], object], *, warmup: int = 10, runs: int = 5
     _check_counts(warmup, runs)
     for _ in range(warmup):
         fn()
-    samples = [_time_call(fn, clock) for _ in _bar(progress, "latency", iterable=range(runs))]
+    samples = [time_call(fn, clock) for _ in _bar(progress, "latency", iterable=range(runs))]
     return LatencyStats.from_seconds(samples, threads=_threads_of(fn, threads))
 
 
@@ -108,7 +109,7 @@ def compare_latency(fn_a: Callable[[], object], fn_b: Callable[[], object], *, w
     _check_counts(warmup, runs)
     _check_blocks(block, settle)
     with _bar(progress, "latency a/b", total=runs) as bar:
-        blocks_a, blocks_b = _alternate(fn_a, fn_b, warmup, runs, block, settle, clock, bar)
+        blocks_a, blocks_b = alternate(fn_a, fn_b, warmup, runs, block, settle, clock, bar)
     return _comparison(blocks_a, blocks_b, [0] * len(blocks_a), _threads_of(fn_a, threads), _threads_of(fn_b, threads))
 
 
@@ -123,8 +124,8 @@ def compare_rounds(make_a: Callable[[], Callable[[], object]], make_b: Callable[
     interval resamples rounds, then blocks inside each round (a two-level bootstrap), so it widens with that
     spread.
 
-    With `processes=True` each round runs in a fresh process (`make_a` and `make_b` must pickle, as
-    `functools.partial(onnx_runner, path, ...)` does): processes differ more than session pairs of one process
+    With `processes=True` each round runs in a fresh process (`make_a` and `make_b` must pickle; two
+    `runners.OnnxRunnerMaker` start it without importing torch): processes differ more than session pairs of one process
     do (where the weights land in memory, which cache sets they share), and a search confirmed in one process
     at 2.29x was measured at 1.91x by another (RegNetY-1.6GF, benchmarks/results/latency_budget.md)."""
     _check_counts(warmup, runs)
@@ -147,7 +148,7 @@ def timing_round(make_a, make_b, warmup: int, runs: int, block: int, settle: int
                  threads: int | None, bar=None) -> tuple[list, list, int | None, int | None]:
     """One round of compare_rounds: a fresh pair of callables, warmed up, then alternated."""
     fn_a, fn_b = make_a(), make_b()
-    got_a, got_b = _alternate(fn_a, fn_b, warmup, runs, block, settle, clock, bar if bar is not None else _bar(False, ""))
+    got_a, got_b = alternate(fn_a, fn_b, warmup, runs, block, settle, clock, bar)
     return got_a, got_b, _threads_of(fn_a, threads), _threads_of(fn_b, threads)
 
 
@@ -158,31 +159,24 @@ def _round_in_process(task: tuple) -> tuple[list, list, int | None, int | None]:
     process's memory layout, the thing a fresh process is for."""
     with tempfile.TemporaryDirectory(prefix="prunefx-round-") as folder:
         request, answer = Path(folder, "round.pickle"), Path(folder, "blocks.pickle")
-        request.write_bytes(pickle.dumps(list(sys.path)) + pickle.dumps(task))
-        done = subprocess.run([sys.executable, "-m", "prunefx.runtime.latency_round", str(request), str(answer)],
-                              capture_output=True, text=True)
+        request.write_bytes(pickle.dumps(_round_request(task)))
+        done = subprocess.run([sys.executable, str(Path(__file__).with_name("latency_round.py")), str(request),
+                               str(answer)], capture_output=True, text=True)
         if done.returncode != 0 or not answer.exists():
-            # a traceback's last line names the error; its first says only "Traceback (most recent call last):"
+            # the round prints its error in one line, last; a crash's traceback names it there too
             said = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
             raise MeasurementError(f"a timing round's process failed: {said[0]}")
         return pickle.loads(answer.read_bytes())
 
 
-def _alternate(fn_a, fn_b, warmup: int, runs: int, block: int, settle: int, clock: Clock, bar) -> tuple[list, list]:
-    """Warm-up call by call, then the alternating timed blocks (see compare_latency)."""
-    for _ in range(warmup):
-        fn_a()
-        fn_b()
-    blocks_a: list[list[float]] = []
-    blocks_b: list[list[float]] = []
-    while sum(map(len, blocks_a)) < runs:
-        size = min(block, runs - sum(map(len, blocks_a)))
-        for fn, blocks in ((fn_a, blocks_a), (fn_b, blocks_b)):
-            for _ in range(settle):
-                fn()
-            blocks.append([_time_call(fn, clock) for _ in range(size)])
-        bar.update(size)
-    return blocks_a, blocks_b
+def _round_request(task: tuple) -> dict:
+    """Plain ONNX Runtime sessions where both makers can describe theirs (runners.OnnxRunnerMaker) and the clock
+    is the default one: their round then imports neither prunefx nor torch. Any other makers travel pickled."""
+    make_a, make_b, warmup, runs, block, settle, clock, threads = task
+    if clock is time.perf_counter and all(hasattr(make, "round_request") for make in (make_a, make_b)):
+        return {"kind": "sessions", "a": make_a.round_request(), "b": make_b.round_request(), "warmup": warmup,
+                "runs": runs, "block": block, "settle": settle, "threads": threads}
+    return {"kind": "pickled", "sys_path": list(sys.path), "task": pickle.dumps(task)}
 
 
 def _comparison(blocks_a: list, blocks_b: list, round_of: list[int], threads_a, threads_b) -> LatencyComparison:
@@ -233,12 +227,6 @@ def _padded(blocks: Sequence[Sequence[float]]) -> np.ndarray:
     for row, block in zip(rows, blocks):
         row[:len(block)] = block
     return rows
-
-
-def _time_call(fn: Callable[[], object], clock: Clock) -> float:
-    start = clock()
-    fn()
-    return clock() - start
 
 
 def _bar(progress: bool, description: str, **kwargs) -> tqdm:

@@ -25,6 +25,7 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.graph.safety.regular_files import require_regular_file
 from prunefx.runtime.errors import OnnxSessionError, first_line
 from prunefx.runtime.onnx_bounds import check_value_sizes
+from prunefx.runtime.onnxruntime_options import LOG_SEVERITY_ERROR, cpu_session
 from prunefx.runtime.run_interrupts import interruptible_run
 
 DEFAULT_THREADS = 1
@@ -32,10 +33,7 @@ DEFAULT_THREADS = 1
 # cores of the machines we measure on and of a Jetson's busy CPU cluster; one constant for every command.
 LATENCY_THREADS = 2
 MAX_THREADS = 256  # one OS thread each: beyond the largest CPUs' cores they only contend (and exhaust memory)
-# ONNX Runtime logs warnings and errors itself, in colour over several lines, before raising; the
-# exception says the same in one line, which is what prunefx reports. Errors only (3), and fatal ones.
-_LOG_SEVERITY_ERROR = 3
-ort.set_default_logger_severity(_LOG_SEVERITY_ERROR)
+ort.set_default_logger_severity(LOG_SEVERITY_ERROR)
 
 
 class OnnxRuntimeSession:
@@ -43,8 +41,7 @@ class OnnxRuntimeSession:
 
     def __init__(self, path: str | os.PathLike, *, threads: int = DEFAULT_THREADS, spinning: bool = True,
                  flush_denormals: bool = False):
-        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
-            raise OnnxSessionError(f"threads must be an integer from 1 to {MAX_THREADS}, got {threads!r}")
+        _check_threads(threads)
         self.path = Path(path)
         self.threads = threads
         self.spinning = spinning
@@ -62,7 +59,7 @@ class OnnxRuntimeSession:
         if len(inputs) != len(self.input_names):
             raise OnnxSessionError(f"{self.path.name} takes {len(self.input_names)} input(s), "
                                    f"got {len(inputs)}")
-        arrays = [_as_array(value) for value in inputs]
+        arrays = [as_array(value) for value in inputs]
         for arg, array in zip(self.session.get_inputs(), arrays):
             _check_shape(self.path.name, arg, array.shape)
         return dict(zip(self.input_names, arrays))
@@ -81,7 +78,10 @@ class OnnxRuntimeSession:
                                    f"{first_line(error)}") from error
 
 
-def _load(path: Path, threads: int, spinning: bool, flush_denormals: bool = False) -> ort.InferenceSession:
+def check_session_file(path: Path, threads: int) -> None:
+    """What a session checks before ONNX Runtime reads the file: the thread count, a regular file (not a
+    device or a pipe), and value sizes within the bounds a hostile file could exceed (runtime/onnx_bounds.py)."""
+    _check_threads(threads)
     if not path.exists():
         raise OnnxSessionError(f"no such ONNX file: {path}")
     try:
@@ -89,29 +89,23 @@ def _load(path: Path, threads: int, spinning: bool, flush_denormals: bool = Fals
     except PrunefxError as error:
         raise OnnxSessionError(str(error)) from None
     check_value_sizes(path)
-    options = ort.SessionOptions()
-    options.log_severity_level = _LOG_SEVERITY_ERROR
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    for pool in ("intra_op", "inter_op"):
-        options.add_session_config_entry(f"session.{pool}.allow_spinning", "1" if spinning else "0")
-    # Threads spin between the operators of a run but stop when it ends: otherwise an idle session's
-    # threads keep spinning and steal the cores of the session timed beside it, and side-by-side
-    # speed-ups swing widely from one repeat to the next.
-    options.add_session_config_entry("session.force_spinning_stop", "1")
-    if flush_denormals:  # for timing (runners.onnx_runner): see there why; ONNX Runtime sets it on the
-        # creating thread too, and a later session does not unset it there
-        options.add_session_config_entry("session.set_denormal_as_zero", "1")
+
+
+def _check_threads(threads: int) -> None:
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise OnnxSessionError(f"threads must be an integer from 1 to {MAX_THREADS}, got {threads!r}")
+
+
+def _load(path: Path, threads: int, spinning: bool, flush_denormals: bool = False) -> ort.InferenceSession:
+    check_session_file(path, threads)
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        return cpu_session(str(path), threads, spinning, flush_denormals)
     except Exception as error:  # InvalidProtobuf, Fail, InvalidGraph...: all mean "unusable file"
         raise OnnxSessionError(f"cannot load ONNX model {path} (corrupt or not an ONNX file): "
                                f"{first_line(error)}") from error
 
 
-def _as_array(value: np.ndarray | torch.Tensor) -> np.ndarray:
+def as_array(value: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     # ONNX Runtime reads the buffer directly; a strided view (a transposed tensor) must be copied.

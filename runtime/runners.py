@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from prunefx.graph import Program
-from prunefx.runtime.onnxruntime_session import DEFAULT_THREADS, OnnxRuntimeSession
+from prunefx.runtime.onnxruntime_session import (
+    DEFAULT_THREADS,
+    OnnxRuntimeSession,
+    as_array,
+    check_session_file,
+)
 
 
 class TorchRunner:
@@ -66,6 +72,30 @@ def onnx_runner(path: str | os.PathLike, inputs: Sequence[np.ndarray | torch.Ten
     floats flushed to zero unless `flush_denormals=False` (default: `timing_flushes_denormals()`)."""
     flush = timing_flushes_denormals() if flush_denormals is None else flush_denormals
     return OnnxRunner(OnnxRuntimeSession(path, threads=threads, spinning=spinning, flush_denormals=flush), inputs)
+
+
+class OnnxRunnerMaker:
+    """Makes a fresh `onnx_runner` (a new session) on each call, for runtime/latency.py's compare_rounds. It
+    pickles, and it describes itself as plain data (`round_request`), so that a round in a fresh process builds
+    its session without importing the prunefx package and with it torch (runtime/latency_round.py)."""
+
+    def __init__(self, path: str | os.PathLike, inputs: Sequence[np.ndarray | torch.Tensor], *,
+                 threads: int = DEFAULT_THREADS, spinning: bool = True, flush_denormals: bool | None = None):
+        self.path = Path(path)
+        self.inputs = tuple(as_array(value) for value in inputs)
+        self.threads = threads
+        self.spinning = spinning
+        self.flush_denormals = timing_flushes_denormals() if flush_denormals is None else flush_denormals
+
+    def __call__(self) -> OnnxRunner:
+        return onnx_runner(self.path, self.inputs, threads=self.threads, spinning=self.spinning,
+                           flush_denormals=self.flush_denormals)
+
+    def round_request(self) -> dict:
+        """The session as plain data; the file passes here the checks a session makes before it loads."""
+        check_session_file(self.path, self.threads)
+        return {"path": str(self.path), "inputs": list(self.inputs), "threads": self.threads,
+                "spinning": self.spinning, "flush_denormals": self.flush_denormals}
 
 
 def timing_flushes_denormals() -> bool:

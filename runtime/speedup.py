@@ -9,7 +9,6 @@ alternately in this process, so machine noise hits both alike; the speed-up is t
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import operator
 import tempfile
@@ -26,7 +25,7 @@ from prunefx.runtime.latency import LatencyComparison, LatencyStats, compare_lat
 from prunefx.runtime.onnx_export import export_onnx
 from prunefx.runtime.onnx_quantized import export_quantized_onnx, onnxruntime_lowering
 from prunefx.runtime.onnxruntime_session import DEFAULT_THREADS
-from prunefx.runtime.runners import onnx_runner
+from prunefx.runtime.runners import OnnxRunnerMaker, onnx_runner
 from prunefx.runtime.width_multiple import onnxruntime_multiple
 
 Measure = Callable[[Program, Program], float]
@@ -92,7 +91,7 @@ def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup:
 
 def _onnx_runtime_pair(exports: ExportCache, *, threads: int, runs: int, warmup: int, rounds: int = 1) -> LatencyPair:
     def timed(a: tuple[Path, tuple, str], b: tuple[Path, tuple, str]) -> tuple[float, float, float]:
-        makers = [functools.partial(onnx_runner, path, inputs, threads=threads) for path, inputs, _ in (a, b)]
+        makers = [OnnxRunnerMaker(path, inputs, threads=threads) for path, inputs, _ in (a, b)]
         if rounds == 1:
             return timing_of(compare_latency(makers[0](), makers[1](), warmup=warmup, runs=runs, threads=threads))
         return timing_of(compare_rounds(*makers, rounds=rounds, warmup=warmup, runs=runs, threads=threads,

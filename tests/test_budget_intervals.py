@@ -4,8 +4,11 @@ oracles are worked out by hand here, not by the code under test."""
 
 import functools
 import os
+import pickle
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,3 +208,58 @@ def test_a_round_whose_process_fails_names_the_error_in_one_line():
         compare_rounds(_failing_maker, _failing_maker, rounds=2, warmup=1, runs=2, block=1, settle=0, processes=True)
     message = str(caught.value)
     assert message == "a timing round's process failed: RuntimeError: the session could not be made"
+
+
+def _relu_file(path) -> str:
+    """A one-operator ONNX file written with onnx.helper, so that nothing of prunefx's export is involved."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    return str(path)
+
+
+def test_a_round_of_two_onnx_sessions_imports_neither_torch_nor_prunefx(tmp_path):
+    """`python -X importtime` lists every module the round's process imports: the oracle is the interpreter's."""
+    from prunefx.runtime import latency
+    from prunefx.runtime.latency import _round_request
+    from prunefx.runtime.runners import OnnxRunnerMaker
+
+    maker = OnnxRunnerMaker(_relu_file(tmp_path / "relu.onnx"), [np.ones((1, 8), np.float32)], threads=1)
+    request, answer = tmp_path / "round.pickle", tmp_path / "blocks.pickle"
+    request.write_bytes(pickle.dumps(_round_request((maker, maker, 1, 4, 2, 0, time.perf_counter, None))))
+    script = str(Path(latency.__file__).with_name("latency_round.py"))
+    done = subprocess.run([sys.executable, "-X", "importtime", script, str(request), str(answer)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
+    assert "onnxruntime" in imported and "torch" not in imported and "prunefx" not in imported
+    blocks_a, blocks_b, threads_a, threads_b = pickle.loads(answer.read_bytes())
+    assert [len(block) for block in blocks_a] == [len(block) for block in blocks_b] == [2, 2]
+    assert threads_a == threads_b == 1
+
+
+def test_onnx_sessions_in_fresh_processes_give_a_comparison_and_name_a_wrong_input_in_one_line(tmp_path):
+    from prunefx.runtime.runners import OnnxRunnerMaker
+
+    path = _relu_file(tmp_path / "relu.onnx")
+    maker = OnnxRunnerMaker(path, [np.ones((1, 8), np.float32)], threads=2)
+    comparison = compare_rounds(maker, maker, rounds=2, warmup=1, runs=6, block=3, settle=1, processes=True)
+    assert comparison.a.runs == comparison.b.runs == 6 and comparison.a.threads == comparison.b.threads == 2
+    assert comparison.method == "two-level bootstrap (2 fresh processes)"
+    two_inputs = OnnxRunnerMaker(path, [np.ones((1, 8), np.float32)] * 2)
+    with pytest.raises(MeasurementError, match=r"^a timing round's process failed: ValueError: relu.onnx takes 1 "
+                                               r"input\(s\), got 2$"):
+        compare_rounds(two_inputs, two_inputs, rounds=1, warmup=0, runs=1, block=1, settle=0, processes=True)
+
+
+def test_a_session_maker_checks_the_file_before_any_round_starts(tmp_path):
+    from prunefx.runtime.errors import OnnxSessionError
+    from prunefx.runtime.runners import OnnxRunnerMaker
+
+    missing = OnnxRunnerMaker(tmp_path / "gone.onnx", [np.ones((1, 8), np.float32)])
+    with pytest.raises(OnnxSessionError, match="no such ONNX file"):
+        compare_rounds(missing, missing, rounds=1, warmup=0, runs=1, block=1, settle=0, processes=True)

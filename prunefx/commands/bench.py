@@ -15,7 +15,6 @@ subnormal floats to zero unless --keep-denormals (runtime/runners.py's timing_fl
 
 from __future__ import annotations
 
-import functools
 import json
 import tempfile
 from pathlib import Path
@@ -30,6 +29,7 @@ from prunefx.models import check_input_shape, parse_input_shape
 from prunefx.reports.budget_text import interval_text
 from prunefx.runtime import (
     BuildOptions,
+    OnnxRunnerMaker,
     OnnxRuntimeSession,
     TrtexecOptions,
     build_engine,
@@ -39,7 +39,6 @@ from prunefx.runtime import (
     export_onnx,
     measure_gpu_latency,
     measure_latency,
-    onnx_runner,
     run_trtexec,
     torch_runner,
 )
@@ -148,8 +147,8 @@ def _runner(reference: str, args, workdir: Path, label: str):
 def _ort_maker(reference: str, args, workdir: Path, label: str):
     """A function making a fresh ONNX Runtime runner (a new session) on each call; the file is exported once."""
     path, _, inputs = onnx_for(reference, args, workdir, label)
-    return functools.partial(onnx_runner, path, inputs, threads=args.threads, spinning=not args.no_spinning,
-                             flush_denormals=_flushes(args))
+    return OnnxRunnerMaker(path, inputs, threads=args.threads, spinning=not args.no_spinning,
+                           flush_denormals=_flushes(args))
 
 
 def _flushes(args) -> bool:

@@ -22,7 +22,6 @@ in torch and in ONNX Runtime -> latency, dense against folded, side by side.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import time
@@ -44,6 +43,7 @@ from prunefx.output import check_output_folder, staged_file, staged_folder
 from prunefx.passes import Pipeline, distill, fold_batchnorm, prune_to_budget, recalibrate_batchnorm
 from prunefx.reports.budget_text import interval_text, search_lines
 from prunefx.runtime import (
+    OnnxRunnerMaker,
     OnnxRuntimeSession,
     check_parity,
     compare_latency,
@@ -201,8 +201,7 @@ def _deliver(output: Path, dense, compressed, args) -> dict:
         export_onnx(dense_one, staging / "dense.onnx", opset=args.opset)
     inputs = dense_one.example_inputs
     # over fresh processes, as the search's confirmation and `bench --vs` measure (latency.compare_rounds)
-    makers = [functools.partial(onnx_runner, output / name, inputs, threads=args.threads)
-              for name in ("dense.onnx", "model.onnx")]
+    makers = [OnnxRunnerMaker(output / name, inputs, threads=args.threads) for name in ("dense.onnx", "model.onnx")]
     comparison = compare_rounds(*makers, rounds=FINAL_ROUNDS, warmup=20, runs=FINAL_RUNS, threads=args.threads,
                                 processes=True)
     interval = {"low": comparison.speedup_low, "high": comparison.speedup_high, "confidence": comparison.confidence,
