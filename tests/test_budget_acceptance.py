@@ -165,3 +165,24 @@ def test_a_miss_read_slower_than_a_less_pruned_candidate_is_confirmed(small):
     assert second["macs_fraction_asked"] < first["macs_fraction_asked"] and second["first"]["speedup"] < first["speedup"]
     assert second["confirmed"] and second["speedup"] > first["speedup"]  # the confirmation read the truth
     assert BUDGET <= true_speedup(small, result.program) <= 1.25 * BUDGET
+
+
+class Wide(Optimistic):
+    """Exact readings, 1.08x faster than the MACs say, confirmed on a wide interval (point -10 %/+10 %)."""
+
+    def __call__(self, dense, candidate):
+        return 1.0, 1.0 / (1.08 / EFFICIENCY * true_speedup(dense, candidate)), 0.02
+
+    def confirm(self, dense, candidate) -> Timing:
+        dense_ms, ms, spread = self(dense, candidate)
+        return Timing(dense_ms, ms, spread, 0.9 * dense_ms / ms, 1.1 * dense_ms / ms, 0.9, "fixed")
+
+
+def test_a_wide_interval_does_not_widen_what_is_accepted_above_the_budget(small):
+    """The first guess reads 2.33x (1.17 S) with its bound at 2.10: the rule before (accept up to the bound's
+    margin x (1 + tolerance / 3) = 1.17 S) returned it, and an independent check 7 % above it would leave
+    [0.95 S, 1.25 S]. Now the point must be at most S (1 + tolerance) = 2.3x, and a less pruned candidate is."""
+    result = prune_to_budget(small.clone(), config={"speedup": BUDGET, "latency": Wide(), "round_to": 1})
+    first, truth = result.stats["trace"][0], 1.08 / EFFICIENCY * true_speedup(small, result.program)
+    assert first["confirmed"] and 1.15 * BUDGET < first["speedup"] < 1.17 * BUDGET and first["interval"]["low"] > BUDGET
+    assert BUDGET / 0.9 <= truth <= 1.15 * BUDGET and result.stats["interval"]["low"] >= BUDGET
