@@ -184,7 +184,9 @@ class _Search:
                   {"speedup": self.settings.speedup, "latency_ms": self.settings.latency_ms})
         result = run_inner(depth_to_budget, model, {
             **self.settings.depth, **budget, "ranking": self._ranking(), "latency": latency if share is None else self._measuring(candidate.dimensions, None),
-            "confirm": self.settings.confirm, "calibration": self.batches, "progress": self.settings.progress})
+            "confirm": self.settings.confirm, "calibration": self.batches, "progress": self.settings.progress,
+            # depth alone answers for the budget's window; a share is topped up by the width search after it
+            "tolerance": self.settings.tolerance if share is None else None})
         depth = result.facts_as(DepthChosen)
         candidate.blocks = depth.blocks
         if share is None:

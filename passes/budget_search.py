@@ -113,11 +113,12 @@ def speedup_text(measured: Measured) -> str:
 
 class BudgetUnreachable(PrunefxError):
     """A dimension's search could not meet the budget; `best` is the fastest candidate it measured, so a caller
-    trying another dimension (width, then depth) can say what each reached."""
+    trying another dimension (width, then depth) can say what each reached. `overshot`: the budget was met, but
+    only by a step that lands above its tolerance (depth moves in whole blocks), which `best` then holds."""
 
-    def __init__(self, message: str, *, dimension: str, best: Measured | None):
+    def __init__(self, message: str, *, dimension: str, best: Measured | None, overshot: bool = False):
         super().__init__(message)
-        self.dimension, self.best = dimension, best
+        self.dimension, self.best, self.overshot = dimension, best, overshot
 
 
 def require_latency(pass_name: str, latency) -> None:

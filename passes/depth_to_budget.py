@@ -12,7 +12,10 @@ More merged blocks run faster, so the smallest n that meets the budget is found 
 n = N blocks (if even that misses, the budget is out of reach: a one-line error naming the best speed-up
 measured), then halving the interval between the largest n known to miss and the smallest known to meet.
 About log2(N) + 1 candidates are measured, each a whole network, side by side with the dense one.
-Depth is discrete, so there is no tolerance: the smallest n that meets is the least damage that does.
+Depth is discrete: the smallest n that meets is the least damage that does, and when that n lands above
+S (1 + `tolerance`) the pass refuses in one line with both neighbours' intervals rather than return a model an
+independent check finds faster than the budget's window (`tolerance` None accepts it: choose_for_budget,
+whose width search follows depth's share, does).
 
 Confirmation, as in prune_to_budget: a candidate that seems to meet the budget is measured again, longer
 (the Measurer's `confirm`, passes/measurement.py), and the confirmed interval decides: a candidate meets
@@ -50,6 +53,7 @@ from prunefx.passes.budget_search import (
     meets,
     require_latency,
     speedup_text,
+    wanted_speedup,
 )
 from prunefx.passes.config_checks import ConfigError
 from prunefx.passes.contract import graph_pass
@@ -68,6 +72,8 @@ class DepthToBudgetConfig(PassConfig):
     speedup: float | None = option(low=1.0, low_open=True, help="measured speed-up over the dense model to reach")
     latency_ms: float | None = option(low=0.0, low_open=True, help="measured latency to stay under, in ms")
     confirm: bool = option(True, help="measure a candidate again, longer, before accepting it")
+    tolerance: float | None = option(0.15, low=0.0, help="refuse when the fewest blocks that meet the budget run "
+                                                          "more than this fraction faster than it (none: accept)")
     latency: Callable | None = option(source="latency", help="(dense, candidate) -> (dense ms, candidate ms, spread)")
     calibration: Any = option(source="calibration", help="input batches to rank blocks and estimate statistics")
     rank: str = option("damage", help="order of the candidate blocks", choices=("damage", "damage_per_mac"))
@@ -128,7 +134,7 @@ def depth_to_budget(program: Program, /, *, config: dict | None = None) -> Resul
     search = _Search(program, names, settings, route)
     chosen = search.run()
     stats = {"budget": budget_text(settings.speedup, settings.latency_ms), "met": True, "speedup": chosen.speedup,
-             "route": route,
+             "route": route, "tolerance": settings.tolerance,
              "dense_ms": chosen.measured.dense_ms, "ms": chosen.measured.ms, "blocks": chosen.blocks,
              "confirmed": chosen.measured.confirmed, "interval": chosen.measured.to_dict().get("interval"),
              "chosen": chosen.measured.to_dict(), "trace": [candidate.to_dict() for candidate in search.trace],
@@ -188,7 +194,25 @@ class _Search:
                 met = candidate
             else:
                 missed = len(candidate.blocks)
+        self._check_overshoot(met, missed)
         return met
+
+    def _check_overshoot(self, met: Candidate, missed: int) -> None:
+        """Depth moves in whole blocks: when the fewest that meet the budget land above S (1 + tolerance), an
+        independent check would find the model faster than the window [0.95 S, 1.25 S] (issue 39: ConvNeXtV2-atto
+        3x, 8 dropped blocks 2.79x, 9 blocks 3.88x, measured 3.78x elsewhere), so say so instead of returning it."""
+        tolerance, wanted = self.settings.tolerance, wanted_speedup(met.measured, speedup=self.settings.speedup,
+                                                                    latency_ms=self.settings.latency_ms)
+        if tolerance is None or met.speedup <= wanted * (1 + tolerance):
+            return
+        below = next((c for c in self.trace if len(c.blocks) == missed), None)
+        fewer = f"{missed} blocks gave {speedup_text(below.measured)}" if below else "the dense model misses it"
+        raise BudgetUnreachable(
+            f"cannot reach {budget_text(self.settings.speedup, self.settings.latency_ms)} by depth within "
+            f"{tolerance:.0%} above it: {fewer}, {len(met.blocks)} blocks {speedup_text(met.measured)}, above "
+            f"{wanted * (1 + tolerance):.2f}x; whole blocks step past the budget, and a mix with width "
+            f"(choose_for_budget) can land between".replace("%", " %", 1), dimension="depth", best=met.measured,
+            overshot=True)
 
     def measure(self, n: int) -> Candidate:
         blocks = self.ranked[:n]

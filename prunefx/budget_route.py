@@ -12,7 +12,8 @@ whole blocks (depth, UPDP) removes it with the block. So when prune_to_budget is
   merged network meets the budget, accepted on the same interval's lower bound; when no block merges, as
   with ConvNeXtV2's GRN, whole residual branches are dropped instead); its report.json says
   `route: depth` and keeps width's refusal. If depth cannot either, the one-line refusal gives the best
-  interval each dimension reached and names `compress --speedup` (both together).
+  interval each dimension reached and names `compress --speedup` (both together); so does depth's refusal
+  when its fewest blocks that meet the budget overshoot it by more than `--tolerance` (whole-block steps).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def depth_arguments(args) -> argparse.Namespace:
     depth.add_arguments(parser)
     depth_args = parser.parse_args(_budget_flag(args).split())
     shared = ("model", "weights", "input_shape", "output", "calibrate", "calibration_images", "threads", "runs",
-              "backend", "precision", "trtexec", "opset", "confirm", "speedup", "latency_ms")
+              "backend", "precision", "trtexec", "opset", "confirm", "tolerance", "speedup", "latency_ms")
     for name in shared:
         setattr(depth_args, name, getattr(args, name))
     return depth_args
@@ -94,6 +95,9 @@ def take_depth_route(args, width: BudgetUnreachable, program: Program) -> int:
         reached = unreachable_in(error)
         if reached is None:
             raise
+        if reached.overshot:  # depth met it, but only a whole block past the tolerance: the message says both
+            raise PrunefxError(f"{reached}; width's best was {speedup_text(width.best)}; `prunefx compress "
+                               f"{args.model} {_budget_flag(args)}` chooses width and depth together") from None
         depth_best = (f"depth's best {speedup_text(reached.best)} (every block it could take)" if reached.best
                       else f"depth: {reached}")
         raise PrunefxError(f"cannot reach {budget_text(args.speedup, args.latency_ms)}: width's best was "

@@ -107,6 +107,32 @@ def test_a_budget_out_of_reach_is_one_line_naming_the_best(ranked_once):
     assert "\n" not in str(caught.value)
 
 
+def steep_latency(dense, candidate):
+    """Latency falls as the MACs ratio to the 8th power: each merged block is a big step of speed-up."""
+    return 1.0, (count(candidate).macs / count(dense).macs) ** 8, 0.0
+
+
+def test_a_block_step_past_the_tolerance_is_refused_naming_both_neighbours(ranked_once):
+    program, batches, _ = ranked_once
+    trace = depth_to_budget(program.clone(), config={"speedup": 2.0, "latency": steep_latency, "calibration": batches,
+                                                     "tolerance": None}).stats["trace"]
+    speedups = sorted({len(row["blocks"]): row["speedup"] for row in trace}.items())
+    # the neighbouring block counts where the search ended (missed 2x, met it), and a budget just above the miss
+    (n_low, low), (n_high, high) = next(pair for pair in zip(speedups, speedups[1:]) if pair[0][1] < 2.0 <= pair[1][1])
+    assert n_high == n_low + 1
+    budget = 1.02 * low
+    assert high > 1.15 * budget  # the setting this test needs: one block steps past the tolerance
+    accepted = depth_to_budget(program.clone(), config={"speedup": budget, "latency": steep_latency,
+                                                        "calibration": batches, "tolerance": None}).stats
+    assert len(accepted["blocks"]) == n_high and accepted["speedup"] == pytest.approx(high)
+    with pytest.raises(PrunefxError) as caught:
+        depth_to_budget(program.clone(), config={"speedup": budget, "latency": steep_latency, "calibration": batches})
+    message = str(caught.value)
+    assert caught.value.overshot and "\n" not in message
+    assert message.startswith(f"cannot reach a {budget:g}x speed-up by depth within 15 % above it: {n_low} blocks gave "
+                              f"{low:.2f}x, {n_high} blocks {high:.2f}x, above {1.15 * budget:.2f}x")
+
+
 @pytest.mark.parametrize("config, message", [
     ({"latency": print}, "exactly one budget"),
     ({"speedup": 2.0, "latency_ms": 3.0, "latency": print}, "exactly one budget"),

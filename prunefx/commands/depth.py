@@ -53,7 +53,7 @@ def add_arguments(parser) -> None:
     cli_options.add_pass_options(parser, MergeBlocksConfig, ("max_kernel_growth",))
     parser.add_argument("--no-measure", dest="measure", action="store_false",
                         help="merge wherever the MACs go down, without timing each merge on ONNX Runtime")
-    cli_options.add_pass_options(parser, DepthToBudgetConfig, ("confirm",))
+    cli_options.add_pass_options(parser, DepthToBudgetConfig, ("confirm", "tolerance"))
     cli_options.add_measurement(parser, runs=50, what="the measurements (a budget's candidate that meets it is "
                                                       "confirmed with 4x the runs)")
     cli_options.add_budget_backend(parser, note="; merges without a budget are timed on ONNX Runtime")
@@ -118,7 +118,7 @@ def _choice_step(args, calibration):
     """depth_to_budget for a measured budget; linearize_blocks for a count or named blocks."""
     batches = calibration.batches if calibration else None
     if args.speedup is not None or args.latency_ms is not None:
-        return depth_to_budget, {**cli_options.pass_config(args, (*BUDGETS, "confirm", "recalibrate")),
+        return depth_to_budget, {**cli_options.pass_config(args, (*BUDGETS, "confirm", "tolerance", "recalibrate")),
                                  "calibration": batches, "max_kernel_growth": args.max_kernel_growth,
                                  "latency": cli_options.budget_latency(args)}
     which = {"count": args.count} if args.count is not None else {"blocks": args.block}
