@@ -108,8 +108,10 @@ def macs_latency(dense, candidate):
 def test_depth_to_budget_drops_the_fewest_least_harmful_branches(net):
     module, program, batches = net
     budget = 1.3
-    result = Pipeline([(depth_to_budget, {"speedup": budget, "latency": macs_latency, "calibration": batches}),
-                       (merge_blocks, {})]).run(program)
+    # tolerance None: on this net one branch more steps from 1.26x to 1.72x, past the window (tested in
+    # test_depth_to_budget.py); here the question is which branches the search drops
+    result = Pipeline([(depth_to_budget, {"speedup": budget, "latency": macs_latency, "calibration": batches,
+                                          "tolerance": None}), (merge_blocks, {})]).run(program)
     stats = result.stats()["depth_to_budget"]
     ranking = [row["name"] for row in stats["ranking"]]
     n = len(stats["blocks"])
