@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.measurement import Timing, as_measurer
+from prunefx.passes.measurement import LongerMeasurer, Timing, as_measurer
 
 
 @dataclass
@@ -32,6 +32,7 @@ class Measured:
     high: float | None = None
     confidence: float | None = None
     method: str | None = None
+    longer: bool = False  # confirmed a second time, longer (`confirm_longer`), and those figures replaced the first
 
     @property
     def speedup(self) -> float:
@@ -54,6 +55,18 @@ class Measured:
             self.take(Timing.of(as_measurer(latency).confirm(dense, candidate)))
             self.first = first
 
+    def confirm_longer(self, latency, dense: Program, candidate: Program) -> None:
+        """Once confirmed, measure longer still (once) where the measurer can (measurement.LongerMeasurer); the
+        longer figures and interval replace the confirmed ones, and `first` stays the search's measurement."""
+        if self.first is not None and not self.longer and isinstance(latency, LongerMeasurer):
+            self.take(Timing.of(latency.confirm_longer(dense, candidate)))
+            self.longer = True
+
+    def straddles(self, wanted: float, tolerance: float) -> bool:
+        """Confirmed with the point in [S, S (1 + tolerance)] but the interval's lower bound below S (`wanted`):
+        the evidence neither accepts nor rejects it."""
+        return self.first is not None and self.lower_bound < wanted <= self.speedup <= wanted * (1 + tolerance)
+
     def take(self, timing: Timing) -> None:
         self.dense_ms, self.ms, self.spread = timing
         self.low, self.high, self.confidence, self.method = timing.low, timing.high, timing.confidence, timing.method
@@ -64,7 +77,8 @@ class Measured:
         first, interval = row.get("first"), row.get("interval") or {}
         return cls(row["dense_ms"], row["ms"], row["spread"],
                    (first["dense_ms"], first["ms"], first["spread"]) if first else None,
-                   interval.get("low"), interval.get("high"), interval.get("confidence"), interval.get("method"))
+                   interval.get("low"), interval.get("high"), interval.get("confidence"), interval.get("method"),
+                   bool(row.get("longer", False)))
 
     def to_dict(self) -> dict:
         row: dict[str, object] = {"speedup": self.speedup, "dense_ms": self.dense_ms, "ms": self.ms, "spread": self.spread,
@@ -75,6 +89,8 @@ class Measured:
         if self.first is not None:
             row["first"] = {"speedup": self.first[0] / self.first[1], "dense_ms": self.first[0], "ms": self.first[1],
                             "spread": self.first[2]}
+        if self.longer:
+            row["longer"] = True
         return row
 
 

@@ -241,8 +241,12 @@ class _Search:
         return program, {"chosen": [], "dropped": list(names)}
 
     def confirm(self, candidate: Candidate) -> Candidate:
+        """Confirmed; measured longer still where the budget lies inside the interval (Measured.straddles)."""
         if self.settings.confirm:
             candidate.measured.confirm(self.latency, self.dense, candidate.merged)
+            wanted = wanted_speedup(candidate.measured, speedup=self.settings.speedup, latency_ms=self.settings.latency_ms)
+            if candidate.measured.straddles(wanted, self.settings.tolerance or 0.0):
+                candidate.measured.confirm_longer(self.latency, self.dense, candidate.merged)
         return candidate
 
     def _unreachable(self, everything: Candidate) -> str:

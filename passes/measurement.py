@@ -78,6 +78,16 @@ class Measurer(Protocol):
     def confirm(self, dense: Program, candidate: Program) -> Timing: ...
 
 
+@runtime_checkable
+class LongerMeasurer(Measurer, Protocol):
+    """A Measurer that can measure a candidate longer still (`confirm_longer`: more fresh processes, more runs)
+    when its confirmation leaves the budget inside the interval: the point in the acceptance window, the lower
+    bound below it (RegNetY-1.6GF 3x: 3.49x on 2.93-3.74, a miss on the bound, and the search's next candidate
+    overshot). A longer measurement narrows the interval, which then settles it either way."""
+
+    def confirm_longer(self, dense: Program, candidate: Program) -> Timing: ...
+
+
 class _Repeated:
     """A plain measuring function as a Measurer: confirmed by measuring once more, a point interval."""
 

@@ -92,7 +92,8 @@ def latency_pair(backend: str, *, threads: int, runs: int, warmup: int = 10, pre
                   else _trtexec_timing(precision, program))
     return PairMeasurer(cached_pair(sources, functools.partial(timing, runs=runs, warmup=warmup)),
                         cached_pair(sources, functools.partial(timing, runs=CONFIRM_FACTOR * runs, warmup=2 * warmup)),
-                        backend_multiple(backend, precision))
+                        backend_multiple(backend, precision),
+                        cached_pair(sources, functools.partial(timing, runs=2 * CONFIRM_FACTOR * runs, warmup=2 * warmup)))
 
 
 def _file_precision(path, precision: str) -> str:

@@ -51,14 +51,20 @@ class PairMeasurer:
     `confirm` for the longer one that answers a `Timing` with its speed-up interval, and the backend's width
     multiple `round_to` (runtime/width_multiple.py)."""
 
-    def __init__(self, search: LatencyPair, confirm: Callable[[Program, Program], Timing], round_to: int | None):
+    def __init__(self, search: LatencyPair, confirm: Callable[[Program, Program], Timing], round_to: int | None,
+                 longer: Callable[[Program, Program], Timing] | None = None):
         self.search, self._confirm, self.round_to = search, confirm, round_to
+        self._longer = longer or confirm
 
     def __call__(self, dense: Program, candidate: Program) -> tuple[float, float, float]:
         return tuple(self.search(dense, candidate))
 
     def confirm(self, dense: Program, candidate: Program) -> Timing:
         return Timing.of(self._confirm(dense, candidate))
+
+    def confirm_longer(self, dense: Program, candidate: Program) -> Timing:
+        """`longer` (e.g. twice the processes and runs of `confirm`); `confirm` itself when none was given."""
+        return Timing.of(self._longer(dense, candidate))
 
 
 def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup: int = 10, batch: int = 1,
@@ -74,6 +80,8 @@ def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup:
     of the speed-up: prune_to_budget accepts a candidate only when that interval's
     lower bound clears the budget, because one short measurement on a loaded machine can be off by 20 %
     (RegNetY-800MF: 2.05x in the search, 1.66x measured again, benchmarks/results/latency_budget.md).
+    Its `confirm_longer` doubles the runs and the processes, for a candidate whose interval holds the budget
+    (passes/measurement.py's LongerMeasurer).
     Its `round_to` is this CPU's width multiple for ONNX Runtime (16 with AVX-512, else 8).
 
     A search measures many candidates and only confirms a few, and a dynamo export costs far more than
@@ -83,10 +91,14 @@ def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup:
     prunefx delivers (dynamo). A fake-quantized Program always goes through the INT8 lowering."""
     search = ExportCache(batch, search_exporter)  # shared: the dense model is exported once per search
     delivered = search if search_exporter == "dynamo" else ExportCache(batch, "dynamo")
+    confirming = confirm_runs or 4 * runs
     return PairMeasurer(_onnx_runtime_pair(search, threads=threads, runs=runs, warmup=warmup),
-                        _onnx_runtime_pair(delivered, threads=threads, runs=confirm_runs or 4 * runs, warmup=2 * warmup,
+                        _onnx_runtime_pair(delivered, threads=threads, runs=confirming, warmup=2 * warmup,
                                            rounds=confirm_rounds),
-                        onnxruntime_multiple())
+                        onnxruntime_multiple(),
+                        # where the budget lies inside the confirmed interval: twice the processes and runs
+                        _onnx_runtime_pair(delivered, threads=threads, runs=2 * confirming, warmup=2 * warmup,
+                                           rounds=2 * confirm_rounds))
 
 
 def _onnx_runtime_pair(exports: ExportCache, *, threads: int, runs: int, warmup: int, rounds: int = 1) -> LatencyPair:

@@ -11,6 +11,7 @@ from torch import nn
 
 from prunefx.graph import capture, count
 from prunefx.passes import prune_to_budget
+from prunefx.passes.budget_search import BudgetUnreachable
 from prunefx.passes.measurement import Timing
 from prunefx.runtime.latency import ratio_interval
 
@@ -186,3 +187,39 @@ def test_a_wide_interval_does_not_widen_what_is_accepted_above_the_budget(small)
     first, truth = result.stats["trace"][0], 1.08 / EFFICIENCY * true_speedup(small, result.program)
     assert first["confirmed"] and 1.15 * BUDGET < first["speedup"] < 1.17 * BUDGET and first["interval"]["low"] > BUDGET
     assert BUDGET / 0.9 <= truth <= 1.15 * BUDGET and result.stats["interval"]["low"] >= BUDGET
+
+
+class Straddling(Optimistic):
+    """Exact readings; the confirmation's interval is -15 %/+15 % (wide enough that every point in the window
+    [S, 1.15 S] has its lower bound below S), the longer one's -4 %/+4 %. Counts the longer confirmations."""
+
+    def __init__(self, longer: bool = True):
+        super().__init__()
+        self.longer_calls = 0
+        if not longer:
+            self.confirm_longer = None  # a method set to None is absent for isinstance (typing.Protocol)
+
+    def __call__(self, dense, candidate):
+        return 1.0, 1.0 / true_speedup(dense, candidate), 0.02
+
+    def _within(self, dense, candidate, half: float) -> Timing:
+        dense_ms, ms, spread = self(dense, candidate)
+        return Timing(dense_ms, ms, spread, (1 - half) * dense_ms / ms, (1 + half) * dense_ms / ms, 0.9, "fixed")
+
+    def confirm(self, dense, candidate) -> Timing:
+        return self._within(dense, candidate, 0.15)
+
+    def confirm_longer(self, dense, candidate) -> Timing:
+        self.longer_calls += 1
+        return self._within(dense, candidate, 0.04)
+
+
+def test_a_candidate_whose_interval_holds_the_budget_is_measured_longer_and_accepted_inside_the_window(small):
+    measurer = Straddling()
+    result = prune_to_budget(small.clone(), config={"speedup": BUDGET, "latency": measurer, "round_to": 1})
+    truth, stats = true_speedup(small, result.program), result.stats
+    assert BUDGET <= truth <= 1.15 * BUDGET and stats["chosen"].get("longer") is True
+    assert stats["interval"]["low"] >= BUDGET and measurer.longer_calls >= 1
+    # a wide confirmation alone never clears S inside the window: here the search gives up instead
+    with pytest.raises(BudgetUnreachable, match=r"interval 1\.9"):
+        prune_to_budget(small.clone(), config={"speedup": BUDGET, "latency": Straddling(longer=False), "round_to": 1})

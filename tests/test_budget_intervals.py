@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from prunefx.passes.budget_search import Measured, meets, speedup_text
-from prunefx.passes.measurement import Measurer, Timing, as_measurer
+from prunefx.passes.measurement import LongerMeasurer, Measurer, Timing, as_measurer
 from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.latency import compare_latency, compare_rounds, ratio_interval
 from prunefx.runtime.speedup import PairMeasurer
@@ -131,6 +131,12 @@ def test_a_plain_function_is_a_measurer_with_a_point_interval():
     pair = PairMeasurer(latency, lambda d, c: Timing(3.0, 1.5, 0.0, 1.9, 2.1), round_to=16)
     assert isinstance(pair, Measurer) and as_measurer(pair) is pair
     assert pair.confirm("dense", "candidate").low == 1.9 and pair("d", "c") == (3.0, 1.5, 0.01)
+    # a plain function measures no longer than it confirms; a pair given a longer measurement uses it
+    assert not isinstance(measurer, LongerMeasurer) and isinstance(pair, LongerMeasurer)
+    assert pair.confirm_longer("dense", "candidate").low == 1.9  # none given: the confirmation itself
+    longer = PairMeasurer(latency, lambda d, c: Timing(3.0, 1.5, 0.0, 1.9, 2.1), round_to=16,
+                          longer=lambda d, c: Timing(3.0, 1.5, 0.0, 1.96, 2.04))
+    assert (longer.confirm_longer("d", "c").low, longer.confirm("d", "c").low) == (1.96, 1.9)
 
 
 def test_the_width_multiple_comes_from_the_backend():
