@@ -86,14 +86,15 @@ class OnnxRunnerMaker:
         self.threads = threads
         self.spinning = spinning
         self.flush_denormals = timing_flushes_denormals() if flush_denormals is None else flush_denormals
+        # the checks a session makes before it loads the file, once here rather than at each round's request
+        check_session_file(self.path, self.threads)
 
     def __call__(self) -> OnnxRunner:
         return onnx_runner(self.path, self.inputs, threads=self.threads, spinning=self.spinning,
                            flush_denormals=self.flush_denormals)
 
     def round_request(self) -> dict:
-        """The session as plain data; the file passes here the checks a session makes before it loads."""
-        check_session_file(self.path, self.threads)
+        """The session as plain data (its file was checked when this maker was made)."""
         return {"path": str(self.path), "inputs": list(self.inputs), "threads": self.threads,
                 "spinning": self.spinning, "flush_denormals": self.flush_denormals}
 

@@ -266,6 +266,6 @@ def test_a_session_maker_checks_the_file_before_any_round_starts(tmp_path):
     from prunefx.runtime.errors import OnnxSessionError
     from prunefx.runtime.runners import OnnxRunnerMaker
 
-    missing = OnnxRunnerMaker(tmp_path / "gone.onnx", [np.ones((1, 8), np.float32)])
     with pytest.raises(OnnxSessionError, match="no such ONNX file"):
+        missing = OnnxRunnerMaker(tmp_path / "gone.onnx", [np.ones((1, 8), np.float32)])
         compare_rounds(missing, missing, rounds=1, warmup=0, runs=1, block=1, settle=0, processes=True)
