@@ -14,8 +14,12 @@ Per way: each repeat's speed-up and 90 % interval, the spread of the repeats' po
 and how many of the other repeats' points each interval holds (an interval that speaks for the next process
 holds most of them).
 
+With `--rounds N [N ...]` the ways are instead fresh processes only, N of them per repeat, the same runs in all:
+how many processes a measurement needs before the next process agrees with it.
+
     .venv/bin/python benchmarks/process_rounds.py                       # RegNetY-1.6GF at 160 px, and 0.27 of its MACs
     .venv/bin/python benchmarks/process_rounds.py --pair dense.onnx model.onnx --repeats 6
+    .venv/bin/python benchmarks/process_rounds.py --pair dense.onnx model.onnx --rounds 4 8 16 --results-name NAME
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from common import command_line, machine_info, machine_summary, markdown_table, 
 
 NAME = "process_rounds"
 MODEL, SIZE, MACS = "torchvision:regnet_y_1_6gf", 160, 0.27
-WAYS = {"session pairs": False, "fresh processes": True}
+WAYS = {"session pairs": (False, 4), "fresh processes": (True, 4)}  # way: (processes, rounds)
 
 
 def make_pair(folder: Path) -> tuple[Path, Path]:
@@ -51,8 +55,8 @@ def make_pair(folder: Path) -> tuple[Path, Path]:
     return (export_onnx(program, folder / "dense.onnx").path, export_onnx(pruned.program, folder / "model.onnx").path)
 
 
-def measure_once(dense: str, model: str, processes: bool, threads: int, runs: int) -> dict:
-    """One repeat (run in its own process by main): compare_rounds over 4 rounds, the interval with it."""
+def measure_once(dense: str, model: str, processes: bool, threads: int, runs: int, rounds: int = 4) -> dict:
+    """One repeat (run in its own process by main): compare_rounds over `rounds` rounds, the interval with it."""
     import onnx
 
     from prunefx.runtime.latency import compare_rounds
@@ -62,7 +66,7 @@ def measure_once(dense: str, model: str, processes: bool, threads: int, runs: in
     shape = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
     inputs = [np.random.default_rng(0).standard_normal(shape).astype(np.float32)]
     makers = [functools.partial(onnx_runner, path, inputs, threads=threads) for path in (dense, model)]
-    comparison = compare_rounds(*makers, rounds=4, warmup=20, runs=runs, threads=threads, processes=processes)
+    comparison = compare_rounds(*makers, rounds=rounds, warmup=20, runs=runs, threads=threads, processes=processes)
     return {"speedup": comparison.speedup, "low": comparison.speedup_low, "high": comparison.speedup_high,
             "dense_ms": comparison.a.median_ms, "model_ms": comparison.b.median_ms, "method": comparison.method}
 
@@ -81,10 +85,11 @@ def markdown(results: dict) -> str:
                 f"{s['others_held']} of {s['others']} other repeats' points"
                 for way, s in results["summary"].items()]
     return "\n\n".join([
-        f"# Speed-up intervals: session pairs in one process against fresh processes\n\n`{results['command']}`",
+        f"# Speed-up intervals: {' against '.join(results['ways'])}\n\n`{results['command']}`",
         machine_summary(results["machine"]),
         f"{results['pair']}; ONNX Runtime, batch 1, {results['threads']} threads, {results['runs']} timed runs per side "
-        f"and repeat over 4 rounds; each repeat in a new process, the two ways interleaved repeat by repeat.",
+        f"and repeat over {results.get('rounds', '4')} rounds; each repeat in a new process, the ways interleaved "
+        "repeat by repeat.",
         "\n".join(verdicts),
         markdown_table(["way", "repeat", "speed-up", "90 % interval", "dense / model ms"], rows)])
 
@@ -95,26 +100,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--runs", type=int, default=200, help="timed runs per side and repeat")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, nargs="+", help="fresh processes per repeat, one way per count "
+                        "(default: 4 session pairs against 4 fresh processes)")
+    parser.add_argument("--results-name", default=NAME)
     parser.add_argument("--one", choices=["0", "1"], help=argparse.SUPPRESS)  # a single repeat, in this process
+    parser.add_argument("--one-rounds", type=int, default=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one is not None:
-        print(json.dumps(measure_once(*args.pair, args.one == "1", args.threads, args.runs)))
+        print(json.dumps(measure_once(*args.pair, args.one == "1", args.threads, args.runs, args.one_rounds)))
         return 0
+    chosen = {f"{n} fresh processes": (True, n) for n in args.rounds} if args.rounds else WAYS
     with tempfile.TemporaryDirectory(prefix="process-rounds-") as tmp:
         pair = args.pair or [str(p) for p in make_pair(Path(tmp))]
-        ways: dict[str, list] = {way: [] for way in WAYS}
-        for _ in range(args.repeats):  # interleaved, so that drift over time hits both ways alike
-            for way, processes in WAYS.items():
+        ways: dict[str, list] = {way: [] for way in chosen}
+        for _ in range(args.repeats):  # interleaved, so that drift over time hits every way alike
+            for way, (processes, rounds) in chosen.items():
                 done = subprocess.run([sys.executable, __file__, "--pair", *pair, "--one", str(int(processes)),
-                                       "--threads", str(args.threads), "--runs", str(args.runs)],
-                                      capture_output=True, text=True, check=True)
+                                       "--one-rounds", str(rounds), "--threads", str(args.threads),
+                                       "--runs", str(args.runs)], capture_output=True, text=True, check=True)
                 ways[way].append(json.loads(done.stdout.strip().splitlines()[-1]))
     described = (f"{MODEL} at {SIZE} px against {MACS} of its MACs (l2, widths x8)" if not args.pair
                  else f"{args.pair[0]} against {args.pair[1]}")
     results = {"command": command_line(), "machine": machine_info(threads=args.threads), "pair": described,
                "threads": args.threads, "runs": args.runs, "ways": ways,
+               "rounds": " / ".join(map(str, args.rounds)) if args.rounds else "4",
                "summary": {way: summary(repeats) for way, repeats in ways.items()}}
-    return publish_results(NAME, results, markdown(results))
+    return publish_results(args.results_name, results, markdown(results))
 
 
 if __name__ == "__main__":
