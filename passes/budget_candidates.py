@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from prunefx.graph import Program, count
 from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.budget_search import Measured, budget_text, meets, require_latency
+from prunefx.passes.budget_search import BudgetUnreachable, Measured, budget_text, meets, require_latency
 from prunefx.passes.choose_for_budget_config import DIMENSIONS, SMALLEST_SHARE, ChooseForBudgetConfig
 from prunefx.passes.damage_proxy import kl_damage, model_outputs
 from prunefx.passes.depth_to_budget import DepthChosen, depth_to_budget, no_block_message
@@ -46,6 +46,7 @@ class Candidate:
     round_to: int | None = None            # width: the multiple the widths were kept on
     width_trace: list[dict] | None = None  # width: every width measured, why the search ended where it did
     int8_layers: int | None = None         # int8: the layers quantized
+    depth_speedup: float | None = None     # depth beside width: the merged network's measured speed-up
 
     @property
     def met(self) -> bool:
@@ -62,7 +63,8 @@ class Candidate:
 
     def settings(self) -> dict:
         """Each dimension's setting that its search set, in search order (depth, width, int8)."""
-        values = {"blocks": self.blocks, "macs_fraction": self.macs_fraction, "round_to": self.round_to,
+        values = {"blocks": self.blocks, "depth_speedup": self.depth_speedup, "macs_fraction": self.macs_fraction,
+                  "round_to": self.round_to,
                   "width_trace": self.width_trace, "int8_layers": self.int8_layers}
         return {name: value for name, value in values.items() if value is not None}
 
@@ -78,9 +80,12 @@ def budget_candidates(program: Program, config: ChooseForBudgetConfig | dict) ->
     dense = program.clone().eval()
     batches = calibration_inputs(dense.example_inputs, settings.calibration, what="choose_for_budget")
     search = _Search(dense, settings, batches)
-    candidates = [search.candidate(combination) for combination in combinations(settings.dimensions)]
+    mixes = ([tuple(name for name in DIMENSIONS if name in mix) for mix in settings.combinations]
+             if settings.combinations else combinations(settings.dimensions))
+    candidates = [search.candidate(mix) for mix in mixes]
     if not any(candidate.met for candidate in candidates):
-        raise PrunefxError(_unreachable(settings, search.best))
+        raise BudgetUnreachable(_unreachable(settings, search.best), dimension=" + ".join(settings.dimensions),
+                                best=None)
     return candidates
 
 
@@ -164,11 +169,13 @@ class _Search:
         return dense_ms / self.settings.latency_ms
 
     def _depth_share(self, dimensions) -> float | None:
-        """The speed-up depth is searched for: the whole budget alone, sqrt(S / g) beside width."""
+        """The speed-up depth is searched for: the whole budget alone; beside width, sqrt(S / g), or
+        `depth_share` of S / g when the config sets one."""
         if "width" not in dimensions:
             return None
         gain = self._int8_gain() if "int8" in dimensions else 1.0
-        share = math.sqrt(self._wanted() / gain)
+        left = self._wanted() / gain
+        share = left * self.settings.depth_share if self.settings.depth_share else math.sqrt(left)
         if share < SMALLEST_SHARE:
             raise PrunefxError(f"INT8 alone gives {gain:.2f}x: no share of the budget is left for depth")
         return share
@@ -191,6 +198,8 @@ class _Search:
         candidate.blocks = depth.blocks
         if share is None:
             candidate.measured = depth.measured
+        else:  # the width search starts from there (its first guess removes only the rest)
+            candidate.depth_speedup = depth.measured.speedup
         growth = self.settings.depth.get("max_kernel_growth", 1.0)
         return run_inner(merge_blocks, result.program, {"max_kernel_growth": growth}).program
 
@@ -202,11 +211,19 @@ class _Search:
         result = run_inner(prune_to_budget, model, {
             **width, "speedup": self.settings.speedup, "latency_ms": self.settings.latency_ms,
             "tolerance": self.settings.tolerance, "max_candidates": self.settings.max_candidates,
-            "confirm": self.settings.confirm, "latency": latency, "calibration": self.batches})
+            "confirm": self.settings.confirm, "latency": latency, "calibration": self.batches,
+            "start_speedup": self._start_speedup(candidate)})
         width = result.facts_as(WidthChosen)
         candidate.macs_fraction, candidate.round_to, candidate.width_trace = width.macs_fraction, width.round_to, width.trace
         candidate.measured = width.measured
         return result.program
+
+    def _start_speedup(self, candidate: Candidate) -> float | None:
+        """How much faster than the dense model the width search starts: depth's share, times INT8's gain when
+        the combination finishes with it (the width search measures its candidates quantized)."""
+        if candidate.depth_speedup is None:
+            return None
+        return candidate.depth_speedup * (self._int8_gain() if "int8" in candidate.dimensions else 1.0)
 
     def _quantize(self, model: Program, candidate: Candidate | None = None) -> Program:
         result = run_inner(quantize_int8, model, {**self.settings.int8, "calibration": self.batches}, on_copy=True)

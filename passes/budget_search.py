@@ -137,6 +137,15 @@ class BudgetUnreachable(PrunefxError):
         self.dimension, self.best, self.overshot = dimension, best, overshot
 
 
+def unreachable_in(error: BaseException | None) -> BudgetUnreachable | None:
+    """The BudgetUnreachable a (Pipeline) error was raised from, if any."""
+    while error is not None:
+        if isinstance(error, BudgetUnreachable):
+            return error
+        error = error.__cause__
+    return None
+
+
 def require_latency(pass_name: str, latency) -> None:
     """Budget passes measure through an injected Measurer; without one, say what to pass."""
     if latency is None:

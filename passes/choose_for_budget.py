@@ -10,7 +10,8 @@ the dense one, scores its one-shot damage, and keeps the least damaged:
         finish(p)   = quantize_int8(p) if int8 in C else p          (calibrated on `calibration`)
         measure(p)  = latency(dense, finish(p))                     (the dense model always FP32, as given)
         depth share = sqrt(S / g) if width is in C as well, else S  (g: INT8's measured gain on the dense
-                      model when int8 is in C, else 1; S the budget as a speed-up)
+                      model when int8 is in C, else 1; S the budget as a speed-up; `depth_share` x S / g
+                      instead when set: prunefx/joint_route.py's mirror of a whole-block overshoot)
         base        = merge_blocks(depth_to_budget(dense, depth share, measure))    if depth in C
         model       = prune_to_budget(base, S, measure)                             if width in C
         candidate   = finish(model)                 (int8 alone: finish(dense), measured once)
@@ -22,15 +23,16 @@ the dense one, scores its one-shot damage, and keeps the least damaged:
 
 Splitting the budget between depth and width as sqrt(S / g) gives each continuous dimension an equal
 share in log-speed-up; the width search then measures the whole stack (depth merged, INT8 applied), so
-the candidate meets S whatever the share did. Every measurement goes through the same `latency`
-function, so its cache (runtime/speedup.py: ONNX files by fingerprint) exports the dense model once and
-confirmation (passes/budget_search.py) applies to every search. A combination that cannot reach the
+the candidate meets S whatever the share did (its first guess starts from the speed-up depth measured).
+Every measurement goes through the same `latency` function, so its cache (runtime/speedup.py: ONNX files
+by fingerprint) exports the dense model once and confirmation (passes/budget_search.py) applies to every search. A combination that cannot reach the
 budget is kept in the trace with the reason, not an error; when none can, the error names the best
 speed-up any reached.
 
 The Program returned is the chosen candidate: pruned, merged and (when INT8 was chosen) holding fake
 quantizers, so a following `distill` recovers it (quantization-aware for INT8). Config: `speedup` or
-`latency_ms` (one), `dimensions`, `tolerance`, `max_candidates`, `confirm`, `latency` and `calibration`
+`latency_ms` (one), `dimensions`, `combinations` (only these mixes; default every non-empty subset),
+`depth_share`, `tolerance`, `max_candidates`, `confirm`, `latency` and `calibration`
 (injected), and the options of each dimension's own pass as mappings: `width` (remove_channels options:
 importance, round_to, compensate...), `depth` (depth_to_budget's rank, layer_norms, recalibrate,
 max_kernel_growth), `int8` (quantize_int8's method, percentile, sensitive...); with INT8 in a combination

@@ -30,6 +30,14 @@ class ChooseForBudgetConfig(PassConfig):
     latency_ms: float | None = option(low=0.0, low_open=True, help="measured latency to stay under, in ms")
     dimensions: list[str] = option(list(DIMENSIONS), help="what may be combined: width, depth, int8",
                                    describe="a list of width, depth, int8")
+    combinations: list[list[str]] | None = option(
+        help="only these mixes, each a list of dimensions (default: every non-empty subset of 'dimensions')",
+        describe="a list of lists of width, depth, int8", cli=False)
+    depth_share: float | None = option(
+        low=0.0, low_open=True, high=1.0,
+        help="beside width, depth searches for this fraction of the budget's speed-up (default: its square root, "
+             "an even split in log-speed-up); whole-block steps that overshoot the budget leave width little room "
+             "under an even split when depth alone comes close", cli=False)
     tolerance: float = option(0.15, low=0.0, help="accept a width candidate up to this fraction faster than the budget")
     max_candidates: int = option(8, low=1, help="most width candidates measured per combination")
     confirm: bool = option(True, help="measure a candidate again, longer, before accepting it")
@@ -55,6 +63,10 @@ class ChooseForBudgetConfig(PassConfig):
         if unknown or not self.dimensions:
             raise ConfigError(f"{self.owner}: 'dimensions' must list some of {', '.join(DIMENSIONS)}, "
                               f"not {list(self.dimensions)!r}")
+        for mix in self.combinations or []:
+            if not mix or any(name not in self.dimensions for name in mix):
+                raise ConfigError(f"{self.owner}: each of 'combinations' must list some of the dimensions "
+                                  f"{list(self.dimensions)!r}, not {mix!r}")
         for name, config_class in (("width", PruneToBudgetConfig), ("depth", DepthToBudgetConfig),
                                    ("int8", QuantizeInt8Config)):
             options = getattr(self, name)

@@ -10,7 +10,8 @@ timing noise):
     measured by `latency(dense, candidate) -> (dense ms, candidate ms, spread)` (runtime/speedup.py's
     onnx_latency_pair for ONNX Runtime; passes never import the runtime)
 
-The first guess is f = 1/S (MACs as if they were latency); then the search keeps the largest f measured
+The first guess is f = 1/S (MACs as if they were latency; s0/S from an input already s0 faster than the
+reference, `start_speedup`); then the search keeps the largest f measured
 to meet the budget and the smallest f measured to miss it, and aims each next f at the middle of the
 acceptance window along the line the measurements draw in log f / log speed-up (inside the bracket once
 there is one), until a candidate meets the budget within `tolerance` (S <= speed-up <= about S (1 + tolerance))
@@ -18,30 +19,25 @@ or `max_candidates` were measured; it returns the least pruned candidate that me
 naming the best speed-up reached. Each candidate is a fresh removal from the dense model, so the chosen
 one is exactly what `remove_channels` gives at its fraction.
 
-Confirmation: no candidate is accepted on one measurement (on a loaded machine one short measurement can be
-off by 20 %: RegNetY-800MF 2.05x in the search, 1.66x in another process). A candidate that seems to meet
-the budget, misses it by less than the tolerance (a pessimistic reading would prune further than needed:
-MobileNetV2-small at 2x kept 0.31 of the MACs where 0.5 measured 2.21x, budget_choice.md), or reads slower
-than a less pruned one, is measured again, longer, by the Measurer's `confirm` (passes/measurement.py;
-onnx_latency_pair: 4x the runs over fresh processes, with a bootstrap interval on the speed-up); clear
-misses and candidates far above the window (CLEARLY_FAST) are not. A confirmed candidate meets the budget
-only when the interval's lower bound clears S, and is accepted when its point is at most S (1 + tolerance)
-(`close_enough`, whatever the interval's width); one whose interval holds S while its point is in the window
-is measured longer still, once, where the Measurer can (`confirm_longer`); the search aims
-the point at the middle (in log) of the points it can accept, from S m (m: the widest speed-up / lower bound
-seen so far) to that top, so that a re-measurement by another process, judged on [0.95 S, 1.25 S] (issue 39),
-lands inside from either side. Confirmed figures replace the first ones for every later decision. The returned
-candidate is always one that met, confirmed (at the end, if the search stopped on one it had not confirmed);
-the trace marks every confirmed candidate and keeps its first measurement beside the confirmed one.
+Confirmation: no candidate is accepted on one measurement (one short measurement on a loaded machine can be off by
+20 %: RegNetY-800MF 2.05x in the search, 1.66x in another process). A candidate that seems to meet the budget,
+misses it by less than the tolerance (a pessimistic reading would prune further than needed), or reads slower than
+a less pruned one is measured again, longer, by the Measurer's `confirm` (passes/measurement.py; onnx_latency_pair:
+4x the runs over fresh processes, with a bootstrap interval); clear misses and candidates far above the window
+(CLEARLY_FAST) are not. A confirmed candidate meets the budget only when the interval's lower bound clears S, and is
+accepted when its point is at most S (1 + tolerance) (`close_enough`); one whose interval holds S while its point is
+in the window is measured longer still, once (`confirm_longer`). The search aims the point at the middle (in log)
+of what it can accept, from S m (m: the widest speed-up / lower bound seen) to that top, so that a re-measurement
+by another process, judged on [0.95 S, 1.25 S] (issue 39), lands inside from either side. Confirmed figures replace
+the first ones; the returned candidate always met, confirmed, and the trace keeps every first measurement.
 
 Config: `speedup` (> 1) or `latency_ms` (> 0), one of them; `tolerance` (0.15); `max_candidates` (8,
 confirmations not counted); `confirm` (True); `latency` (the Measurer, injected by the CLI and
 `compress`); `round_to` (default: the Measurer's `round_to`, the multiple its backend runs fastest, else
-8); and remove_channels' options
+8); `start_speedup`; and remove_channels' options
 except its targets (importance, calibration, ranking, round_to, max_ratio, keep, compensate, damping...),
-with its defaults. Statistics: the search trace (every candidate's MACs fraction, measured speed-up,
-latency and spread), the budget and whether it was met, `chosen` (the chosen candidate's measurement,
-budget_search.Measured.to_dict) and its remove_channels statistics. The input Program is left as it was; the result is a new Program.
+with its defaults. Statistics: the search trace (every candidate's MACs fraction, measured speed-up, latency and
+spread), the budget and whether it was met, `chosen` (Measured.to_dict) and its remove_channels statistics.
 """
 
 from __future__ import annotations
@@ -88,6 +84,9 @@ class PruneToBudgetConfig(RemoveChannelsConfig):
     latency_ms: float | None = option(low=0.0, low_open=True, help="measured latency to stay under, in ms")
     tolerance: float = option(0.15, low=0.0, help="accept a candidate up to this fraction faster than the budget")
     max_candidates: int = option(8, low=1, help="most candidate models measured")
+    start_speedup: float | None = option(low=0.0, low_open=True, cli=False,
+                                         help="the speed-up the input already has over the measured reference "
+                                              "(width after depth): the first guess removes only the rest")
     confirm: bool = option(True, help="measure a candidate again, longer, before accepting it")
     latency: Callable | None = option(source="latency", help="(dense, candidate) -> (dense ms, candidate ms, spread)")
     round_to: int | None = option(None, low=1, help="keep every width a multiple of N (default: the multiple the "
@@ -194,7 +193,8 @@ class _Search:
 
     def run(self) -> Candidate:
         wanted = self.settings.speedup  # first guess: latency as if proportional to MACs, aimed mid-window
-        fraction = 1.0 / (wanted * (1 + self.settings.tolerance / 2)) if wanted else 0.5
+        start = self.settings.start_speedup or 1.0
+        fraction = min(start / (wanted * (1 + self.settings.tolerance / 2)), 1.0) if wanted else 0.5
         for _ in range(self.settings.max_candidates):
             candidate = self.measure(fraction)
             if (self.meets(candidate) or self.near_miss(candidate) or self.implausible(candidate)) \

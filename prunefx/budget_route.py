@@ -11,9 +11,10 @@ whole blocks (depth, UPDP) removes it with the block. So when prune_to_budget is
   measurement go to `prunefx depth` (passes/depth_to_budget.py: the fewest least harmful blocks whose
   merged network meets the budget, accepted on the same interval's lower bound; when no block merges, as
   with ConvNeXtV2's GRN, whole residual branches are dropped instead); its report.json says
-  `route: depth` and keeps width's refusal. If depth cannot either, the one-line refusal gives the best
-  interval each dimension reached and names `compress --speedup` (both together); so does depth's refusal
-  when its fewest blocks that meet the budget overshoot it by more than `--tolerance` (whole-block steps).
+  `route: depth` and keeps width's refusal. If depth cannot either (its fewest blocks that meet the budget
+  overshoot it by more than `--tolerance`, or every block it can take is not enough), width and depth are
+  taken together (prunefx/joint_route.py); if that fails too, the one-line refusal gives the best each
+  reached and names `compress --speedup` (INT8 as well).
 """
 
 from __future__ import annotations
@@ -26,16 +27,8 @@ from prunefx.graph import Program
 from prunefx.graph.depth.blocks import find_blocks
 from prunefx.graph.depth.branch_drop import droppable_blocks
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.budget_search import BudgetUnreachable, budget_text, speedup_text
-
-
-def unreachable_in(error: BaseException) -> BudgetUnreachable | None:
-    """The BudgetUnreachable a (Pipeline) error was raised from, if any."""
-    while error is not None:
-        if isinstance(error, BudgetUnreachable):
-            return error
-        error = error.__cause__
-    return None
+from prunefx.joint_route import take_joint_route
+from prunefx.passes.budget_search import BudgetUnreachable, unreachable_in
 
 
 def _budget_flag(args) -> str:
@@ -95,14 +88,7 @@ def take_depth_route(args, width: BudgetUnreachable, program: Program) -> int:
         reached = unreachable_in(error)
         if reached is None:
             raise
-        if reached.overshot:  # depth met it, but only a whole block past the tolerance: the message says both
-            raise PrunefxError(f"{reached}; width's best was {speedup_text(width.best)}; `prunefx compress "
-                               f"{args.model} {_budget_flag(args)}` chooses width and depth together") from None
-        depth_best = (f"depth's best {speedup_text(reached.best)} (every block it could take)" if reached.best
-                      else f"depth: {reached}")
-        raise PrunefxError(f"cannot reach {budget_text(args.speedup, args.latency_ms)}: width's best was "
-                           f"{speedup_text(width.best)}, {depth_best}; `prunefx compress {args.model} "
-                           f"{_budget_flag(args)}` chooses width, depth and INT8 together") from None
+        return take_joint_route(args, width, reached, program)  # depth alone could not: both together
     _mark_route(Path(args.output), width)
     return status
 

@@ -45,8 +45,8 @@ def stand_in(monkeypatch):
     torch.manual_seed(0)
     program = capture(build_model("prunefx:mobilenetv2_small").module.eval(), torch.randn(2, 1, 28, 28))
     blocks = [block for block in find_blocks(program.module) if block.affine]
-    monkeypatch.setattr(importlib.import_module("prunefx.passes.depth_to_budget"), "ranked_blocks",
-                        lambda *args, **kwargs: (blocks, {}))
+    for module in ("prunefx.passes.depth_to_budget", "prunefx.passes.budget_candidates"):  # the joint route's too
+        monkeypatch.setattr(importlib.import_module(module), "ranked_blocks", lambda *args, **kwargs: (blocks, {}))
 
 
 def prune(capsys, *arguments):
@@ -89,7 +89,30 @@ def test_a_budget_neither_dimension_reaches_gives_both_best_in_one_line(stand_in
     code, out, err = prune(capsys, "--speedup", 8, "--allow-depth", "-o", tmp_path / "never")
     assert code == EXIT_USER_ERROR and len(err) == 1, err
     assert "cannot reach a 8x speed-up: width's best was 1." in err[0] and "depth's best 3." in err[0]
+    assert "and together: cannot reach a 8x speed-up with any mix of width, depth" in err[0]
     assert "prunefx compress" in err[0] and not (tmp_path / "never").exists()
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_allow_depth_lands_between_whole_block_steps_with_width_on_top(stand_in, capsys, tmp_path):
+    """With a 2 % window, depth's fewest blocks that meet 2.5x overshoot it (a whole block is a coarse
+    step); the joint route merges blocks up to just under the window and width closes the rest."""
+    code, out, err = prune(capsys, "--speedup", 2.5, "--tolerance", 0.02, "--allow-depth", "--max-candidates", 4,
+                           "-o", tmp_path / "out")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    route = report["route"]
+    assert route["taken"] == "width+depth" and "overshoot" not in route["width"]["refusal"]
+    assert route["depth"]["speedup"] > 2.5 * 1.02, route["depth"]  # depth alone: past the window
+    budget = report["budget"]
+    assert budget["met"] and budget["blocks"] and budget["macs_fraction"] < 1 and budget["trace"]
+    # the oracle, on what was written: the stand-in runtime's own ratio, met and below depth's overshoot
+    dense = capture(build_model("prunefx:mobilenetv2_small").module.eval(), torch.randn(2, 1, 28, 28))
+    delivered = stand_in_ms(dense) / stand_in_ms(Program.load(tmp_path / "out" / "model.pt2"))
+    assert 2.5 <= delivered <= 2.5 * 1.02 < route["depth"]["speedup"]
+    assert budget["depth_speedup"] < 2.5 and budget["speedup"] == pytest.approx(delivered)
+    assert "taking width and depth together" in out and "budget a 2.5x speed-up met" in out
 
 
 def test_allow_depth_without_data_or_budget_is_refused_before_loading(capsys, tmp_path):

@@ -124,6 +124,9 @@ def test_a_budget_no_combination_reaches_is_one_line_naming_the_best(mobilenet):
     ({"width": {"importance": "astrology"}}, "'width': prune_to_budget: 'importance' must be one of"),
     ({"int8": {"method": "guess"}}, "'int8': quantize_int8"),
     ({"latency_ms": 3.0}, "exactly one budget"),
+    ({"dimensions": ["width", "depth"], "combinations": [["width", "int8"]]}, "each of 'combinations' must list"),
+    ({"combinations": [[]]}, "each of 'combinations' must list"),
+    ({"depth_share": 1.5}, "'depth_share' must lie in (0, 1]"),
 ])
 def test_bad_options_fail_before_any_measurement(mobilenet, bad, said):
     program, batches = mobilenet

@@ -216,3 +216,21 @@ def test_between_a_miss_and_a_candidate_too_fast_the_next_lands_inside_the_windo
     assert 1.5 <= result.stats["speedup"] <= 1.5 * 1.05
     dense_ms, ms, _ = latency(resnet20, result.program)  # the oracle, on the model returned
     assert result.stats["speedup"] == pytest.approx(dense_ms / ms)
+
+
+def test_an_input_already_faster_than_the_reference_is_pruned_only_for_the_rest(resnet20):
+    """Width after depth: the candidates are measured against a reference the input is already 2x faster than
+    (a stand-in reference with twice the cost). Told so (start_speedup), the first guess removes only what
+    the remaining 1.5x needs: a MACs fraction near 2 / 3, not 1 / 3, and the model returned meets 3x."""
+    latency = latency_of_macs(fixed_ms=0.0)
+
+    def against_twice(dense, candidate):  # the reference costs twice the input model
+        dense_ms, ms, spread = latency(dense, candidate)
+        return 2 * dense_ms, ms, spread
+
+    result = Pipeline([(prune_to_budget, {"speedup": 3.0, "latency": against_twice, "round_to": 4,
+                                          "start_speedup": 2.0})]).run(resnet20)
+    trace = result.stats()["prune_to_budget"]["trace"]
+    assert trace[0]["macs_fraction_asked"] == pytest.approx(2.0 / (3.0 * (1 + 0.15 / 2)))
+    dense_ms, ms, _ = against_twice(resnet20, result.program)  # the oracle, on the model returned
+    assert 3.0 <= dense_ms / ms <= 3.0 * 1.15

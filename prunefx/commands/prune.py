@@ -82,7 +82,8 @@ def add_arguments(parser) -> None:
     cli_options.add_pass_options(parser, PruneToBudgetConfig, SEARCH)
     parser.add_argument("--allow-depth", action="store_true",
                         help="when width alone cannot reach --speedup/--latency-ms, merge blocks instead (prunefx "
-                             "depth on the same budget; needs --calibrate DATA to rank them)")
+                             "depth on the same budget), and when depth alone cannot either, take both together "
+                             "(needs --calibrate DATA to rank the blocks)")
     cli_options.add_measurement(parser, runs=30, what="--speedup/--latency-ms (batch 1; a candidate that meets the "
                                                       "budget is confirmed with 4x the runs)")
     cli_options.add_budget_backend(parser)
