@@ -7,7 +7,8 @@ line runs in its own process:
         --no-compensate --no-recalibrate --allow-depth --calibrate imagenet-sample
 
 (ONNX Runtime, batch 1, T threads; widths rounded to the backend's multiple; width first, depth when width
-alone cannot reach S). Then separate processes time the result independently of the search:
+alone cannot reach S, both together when depth alone cannot either). Then separate processes time the result
+independently of the search, as long as the search's confirmation (200 runs after 20 warm-up, 4 processes):
 `prunefx bench dense.onnx --vs model.onnx` and, as a control, `prunefx bench dense.onnx --vs control.onnx`
 (a byte copy of the dense file: it must read 1.00x, and its interval shows how far this machine's noise
 reaches). Target (issue 39): every budget lands within [0.95 S, 1.25 S] on the independent check or is
@@ -42,7 +43,8 @@ MODELS = ("torchvision:resnext50_32x4d", "torchvision:mobilenet_v3_large", "torc
 WORK = Path(__file__).resolve().parent.parent / "build" / NAME
 SEARCH_FLAGS = ("--importance", "l2", "--no-compensate", "--no-recalibrate", "--allow-depth", "--calibrate",
                 "imagenet-sample", "--calibration-images", "16")
-BENCH_ROUNDS = 4  # `bench --vs` spreads its runs over this many fresh session pairs (its default, stated)
+BENCH_ROUNDS = 4  # `bench --vs` spreads its runs over this many fresh processes (its default, stated)
+BENCH_WARMUP = 20  # as the search's confirmation: the check is at least as long as what it checks
 DEMO_LINE = re.compile(r"\[measured\].* = ([0-9.]+)x.*budget ([0-9.]+)x (met|MISSED)")
 
 
@@ -72,7 +74,8 @@ def dense_files(model: str, folder: Path, shape: str, threads: int) -> tuple[Pat
 def independent(dense: Path, other: Path, args) -> dict:
     """`prunefx bench dense --vs other` in its own process: speed-up and its 90 % interval."""
     bench = json.loads(cli("bench", str(dense), "--vs", str(other), "--threads", str(args.threads), "--runs",
-                           str(args.runs), "--rounds", str(BENCH_ROUNDS), "--json", threads=args.threads))
+                           str(args.runs), "--rounds", str(BENCH_ROUNDS), "--warmup", str(BENCH_WARMUP), "--json",
+                           threads=args.threads))
     return {"speedup": bench["speedup"], "low": bench.get("speedup_low"), "high": bench.get("speedup_high")}
 
 
@@ -185,7 +188,8 @@ def _write(args, runs: list, rows: list, demos: list, load_at_start, top_at_star
     info = {**machine_info(threads=args.threads), "load_average_at_start": list(load_at_start),
             "load_average_at_end": list(os.getloadavg()), "scheduling_group": priority(),
             "top_at_start": top_at_start, "top_at_end": top_now, "confirm_rounds": CONFIRM_ROUNDS,
-            "bench_rounds": BENCH_ROUNDS, "rounds_in": "fresh processes",
+            "bench_rounds": BENCH_ROUNDS, "bench_runs": args.runs, "bench_warmup": BENCH_WARMUP,
+            "rounds_in": "fresh processes",
             "denormals": "flushed" if timing_flushes_denormals() else "kept"}
     demo_lines = []
     if demos:
@@ -203,11 +207,12 @@ def _write(args, runs: list, rows: list, demos: list, load_at_start, top_at_star
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}.",
         f"- ONNX Runtime, batch 1, {args.threads} threads, input {args.shape}; widths on the backend's multiple; l2 "
         "importance, no fine-tuning (speed, not accuracy); width first, depth (--allow-depth, blocks ranked on the "
-        "20 offline ImageNet images) when width alone cannot reach S.",
+        "20 offline ImageNet images) when width alone cannot reach S, both together (width+depth) when depth alone "
+        "cannot either.",
         "- 'search' is the confirmed speed-up the search accepted and the lower bound of its 90 % interval (a "
-        f"bootstrap over {CONFIRM_ROUNDS} fresh session pairs and their blocks); 'independent' is `prunefx bench "
-        f"dense.onnx --vs model.onnx` in another process ({args.runs} runs each over {BENCH_ROUNDS} fresh session "
-        "pairs, alternating) with its interval; 'control' is dense.onnx against a byte copy of itself, the same way. "
+        f"bootstrap over {CONFIRM_ROUNDS} fresh processes and their blocks); 'independent' is `prunefx bench "
+        f"dense.onnx --vs model.onnx` in another process ({args.runs} runs each after {BENCH_WARMUP} warm-up runs, "
+        f"over {BENCH_ROUNDS} fresh processes, alternating) with its interval; 'control' is dense.onnx against a byte copy of itself, the same way. "
         f"Subnormal floats {info['denormals']} in every timing session (search and bench).",
         "", _summary(runs), "",
         markdown_table(["model", "budget S", "route", "MACs kept", "search (bound)", "independent", "control",
@@ -237,7 +242,8 @@ def _measured_how(machine: dict) -> str:
     rounds = machine.get("rounds_in", "fresh session pair(s) in one process")  # before commit 22da09a: session pairs
     return ("- 'search' is the confirmed speed-up the search accepted and the lower bound of its 90 % interval "
             f"(bootstrap over {confirm} {rounds} and their blocks); 'independent' is `prunefx bench "
-            f"dense.onnx --vs model.onnx` in another process (100 runs each over {bench} {rounds}, "
+            f"dense.onnx --vs model.onnx` in another process ({machine.get('bench_runs', 100)} runs each after "
+            f"{machine.get('bench_warmup', 10)} warm-up runs, over {bench} {rounds}, "
             "alternating) with its 90 % interval; 'control' is dense.onnx against a byte copy of itself, the same way. "
             f"Subnormal floats in the timing sessions: {machine.get('denormals', 'not flushed')}.")
 
@@ -282,7 +288,8 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="*", default=list(MODELS), help="none: only the demo runs")
     parser.add_argument("--budgets", nargs="+", type=float, default=[2.0, 3.0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=100, help="timed runs of the independent measurement")
+    parser.add_argument("--runs", type=int, default=200,
+                        help="timed runs of the independent measurement (default 200, as the search's confirmation)")
     parser.add_argument("--input-size", type=int, default=224, help="square input side (default 224)")
     parser.add_argument("--results-name", default=NAME, help=f"results file name (default {NAME})")
     parser.add_argument("--note", default="", help="what the reader must know (e.g. other work ran beside it)")
