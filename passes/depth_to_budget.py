@@ -201,8 +201,7 @@ class _Search:
         """Depth moves in whole blocks: when the fewest that meet the budget land above S (1 + tolerance), an
         independent check would find the model faster than the window [0.95 S, 1.25 S] (issue 39: ConvNeXtV2-atto
         3x, 8 dropped blocks 2.79x, 9 blocks 3.88x, measured 3.78x elsewhere), so say so instead of returning it."""
-        tolerance, wanted = self.settings.tolerance, wanted_speedup(met.measured, speedup=self.settings.speedup,
-                                                                    latency_ms=self.settings.latency_ms)
+        tolerance, wanted = self.settings.tolerance, self._wanted(met.measured)
         if tolerance is None or met.speedup <= wanted * (1 + tolerance):
             return
         below = next((c for c in self.trace if len(c.blocks) == missed), None)
@@ -244,10 +243,15 @@ class _Search:
         """Confirmed; measured longer still where the budget lies inside the interval (Measured.straddles)."""
         if self.settings.confirm:
             candidate.measured.confirm(self.latency, self.dense, candidate.merged)
-            wanted = wanted_speedup(candidate.measured, speedup=self.settings.speedup, latency_ms=self.settings.latency_ms)
-            if candidate.measured.straddles(wanted, self.settings.tolerance or 0.0):
+            # tolerance None (choose_for_budget's share, which its width search tops up): no window to land in,
+            # so no longer measurement (a window of width 0 holds no point but the share itself)
+            if candidate.measured.straddles(self._wanted(candidate.measured), self.settings.tolerance or 0.0):
                 candidate.measured.confirm_longer(self.latency, self.dense, candidate.merged)
         return candidate
+
+    def _wanted(self, measured: Measured) -> float:
+        """The budget as a speed-up over the dense model (a latency budget through the measured dense time)."""
+        return wanted_speedup(measured, speedup=self.settings.speedup, latency_ms=self.settings.latency_ms)
 
     def _unreachable(self, everything: Candidate) -> str:
         return (f"cannot reach {budget_text(self.settings.speedup, self.settings.latency_ms)} by depth: the best "

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -37,6 +38,16 @@ from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.timing_loop import alternate, time_call
 
 Clock = Callable[[], float]
+
+
+@runtime_checkable
+class DescribedSession(Protocol):
+    """A maker of timed callables that can describe its session as plain data (runners.OnnxRunnerMaker): a
+    round in a fresh process then builds the session itself, without importing prunefx or torch."""
+
+    def __call__(self) -> Callable[[], object]: ...
+
+    def round_request(self) -> dict: ...
 CONFIDENCE = 0.90  # the speed-up interval's: two-sided, so its lower bound holds with about 95 % probability
 
 
@@ -173,7 +184,7 @@ def _round_request(task: tuple) -> dict:
     """Plain ONNX Runtime sessions where both makers can describe theirs (runners.OnnxRunnerMaker) and the clock
     is the default one: their round then imports neither prunefx nor torch. Any other makers travel pickled."""
     make_a, make_b, warmup, runs, block, settle, clock, threads = task
-    if clock is time.perf_counter and all(hasattr(make, "round_request") for make in (make_a, make_b)):
+    if clock is time.perf_counter and all(isinstance(make, DescribedSession) for make in (make_a, make_b)):
         return {"kind": "sessions", "a": make_a.round_request(), "b": make_b.round_request(), "warmup": warmup,
                 "runs": runs, "block": block, "settle": settle, "threads": threads}
     return {"kind": "pickled", "sys_path": list(sys.path), "task": pickle.dumps(task)}
