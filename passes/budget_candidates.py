@@ -84,8 +84,8 @@ def budget_candidates(program: Program, config: ChooseForBudgetConfig | dict) ->
              if settings.combinations else combinations(settings.dimensions))
     candidates = [search.candidate(mix) for mix in mixes]
     if not any(candidate.met for candidate in candidates):
-        raise BudgetUnreachable(_unreachable(settings, search.best), dimension=" + ".join(settings.dimensions),
-                                best=None)
+        raise BudgetUnreachable(_unreachable(settings, search.best, candidates),
+                                dimension=" + ".join(settings.dimensions), best=None)
     return candidates
 
 
@@ -104,15 +104,22 @@ class _Search:
         self.best: tuple[float, tuple[str, ...]] | None = None  # the fastest measured, for the error
         self.ranking: list[str] | None = None  # blocks worth linearising, best first: ranked once for all
 
-    def _ranking(self) -> list[str]:
+    def _depth_order(self) -> dict:
+        """depth_to_budget's ranking options: the merge ranking, read once for every combination with depth; none
+        where no block merges (ConvNeXtV2's GRN) or the route asked is "drop": depth_to_budget then ranks the
+        residual branches it can drop itself (and refuses in one line when there are none either)."""
+        route = self.settings.depth.get("route", "auto")
+        if route == "drop":
+            return {}
         if self.ranking is None:
-            options = self.settings.depth
-            ranked, _ = ranked_blocks(self.dense, self.batches, rank=options.get("rank", "damage"),
+            ranked, _ = ranked_blocks(self.dense, self.batches, rank=self.settings.depth.get("rank", "damage"),
                                       progress=self.settings.progress)
             self.ranking = [block.name for block in ranked]
-        if not self.ranking:
+        if self.ranking:
+            return {"ranking": self.ranking, "route": "merge"}  # "merge": depth_to_budget does not rank again
+        if route == "merge":
             raise PrunefxError(no_block_message(self.dense, self.settings.speedup, self.settings.latency_ms))
-        return self.ranking
+        return {}
 
     def _measuring(self, dimensions, finish) -> _Finished:
         def seen(speedup: float) -> None:
@@ -190,7 +197,8 @@ class _Search:
         budget = ({"speedup": share} if share is not None else
                   {"speedup": self.settings.speedup, "latency_ms": self.settings.latency_ms})
         result = run_inner(depth_to_budget, model, {
-            **self.settings.depth, **budget, "ranking": self._ranking(), "latency": latency if share is None else self._measuring(candidate.dimensions, None),
+            **self.settings.depth, **budget, **self._depth_order(),
+            "latency": latency if share is None else self._measuring(candidate.dimensions, None),
             "confirm": self.settings.confirm, "calibration": self.batches, "progress": self.settings.progress,
             # depth alone answers for the budget's window; a share is topped up by the width search after it
             "tolerance": self.settings.tolerance if share is None else None})
@@ -264,7 +272,12 @@ class _Finished:
         return self.finish(candidate) if self.finish is not None else candidate
 
 
-def _unreachable(settings: ChooseForBudgetConfig, best: tuple[float, tuple[str, ...]] | None) -> str:
-    said = f": the best measured was {best[0]:.2f}x ({' + '.join(best[1])})" if best else ""
+def _unreachable(settings: ChooseForBudgetConfig, best: tuple[float, tuple[str, ...]] | None,
+                 candidates: list[Candidate]) -> str:
+    """One line: the fastest any combination measured, or, when none measured anything, why each failed."""
+    if best:
+        said = f": the best measured was {best[0]:.2f}x ({' + '.join(best[1])})"
+    else:
+        said = ": " + "; ".join(f"{' + '.join(c.dimensions)}: {c.failed}" for c in candidates)
     return (f"cannot reach {budget_text(settings.speedup, settings.latency_ms)} with any mix of "
             f"{', '.join(settings.dimensions)}{said}")

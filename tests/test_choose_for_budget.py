@@ -159,3 +159,48 @@ def test_with_int8_the_widths_are_kept_on_the_int8_multiple(graph_order_ranking)
     assert with_int8 and all(width % 16 == 0 for width in with_int8.values())
     assert any(width % 16 for width in alone.values())  # round_to 4 alone: the option made the difference
     assert len(found["width+int8"].width_trace) >= 1
+
+
+class GatedResidual(torch.nn.Module):
+    """x + g(y), y = conv(gelu(conv(x))) through a wider hidden layer (which width can prune), g a GRN-like gate
+    (y times its own norm over the channels): never affine, so no block merges, but the residual branch can be
+    dropped whole (graph/depth/branch_drop.py)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.expand, self.project = torch.nn.Conv2d(channels, 4 * channels, 1), torch.nn.Conv2d(4 * channels, channels, 1)
+
+    def forward(self, x):
+        y = self.project(torch.nn.functional.gelu(self.expand(x)))
+        return x + y * torch.linalg.vector_norm(y, dim=1, keepdim=True)
+
+
+def test_width_and_depth_together_drop_branches_where_no_block_merges():
+    """ConvNeXtV2-like: depth's share is reached by dropping residual branches (depth_to_budget's own drop
+    ranking), then width closes the rest; checked on the stand-in runtime with the model returned."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), *[GatedResidual(16) for _ in range(4)],
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10)).eval()
+    program = capture(net, torch.randn(2, 1, 12, 12), name="gated").eval()
+    batches = [torch.randn(2, 1, 12, 12) for _ in range(2)]
+    assert not any(block.affine for block in find_blocks(program.module))  # the premise: nothing merges
+    result = choose_for_budget(program.clone(), config=config(
+        batches, speedup=2.0, dimensions=["width", "depth"], combinations=[["width", "depth"]]))
+    stats = result.stats
+    assert [row["dimensions"] for row in stats["candidates"]] == [["width", "depth"]]  # the one mix asked
+    chosen = stats["candidates"][0]
+    assert chosen["met"] and chosen["blocks"] and chosen["depth_speedup"] < 2.0
+    assert stand_in_ms(program) / stand_in_ms(result.program) >= 2.0  # the oracle, on the model returned
+
+
+def test_when_no_mix_measured_anything_the_one_line_says_why_each_failed():
+    """A network with no block at all: depth alone fails before measuring, and the refusal says so instead of
+    naming no best (it used to end at 'with any mix of depth')."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 10 * 10, 10)).eval()
+    program = capture(net, torch.randn(2, 1, 12, 12), name="plain").eval()
+    with pytest.raises(PrunefxError) as error:
+        choose_for_budget(program, config=config([torch.randn(2, 1, 12, 12)], speedup=2.0, dimensions=["depth"]))
+    message = str(error.value)
+    assert message.startswith("cannot reach a 2x speed-up with any mix of depth: depth: cannot reach a 2x speed-up")
+    assert "no block of plain" in message and "\n" not in message
