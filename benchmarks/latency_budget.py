@@ -263,17 +263,18 @@ def merge(names: list[str], results_name: str, note: str = "") -> int:
                       f"end {', '.join(f'{x:.1f}' for x in load[1])}; scheduling group "
                       f"`{machine.get('scheduling_group', '?')}`."]
     met = sum(bool(d.get("met")) for d in demos)
+    latest = list(parts.values())[-1]["machine"]  # the method of the latest part, whose rows replace earlier ones
     write_results(results_name, {"command": command_line(), "note": note, "superseded_runs": superseded, "parts": {n: {k: p[k] for k in ("command", "note", "machine")}
                                                                       for n, p in parts.items()},
-                                 "machine": next(iter(parts.values()))["machine"], "runs": runs, "demo_runs": demos},
+                                 "machine": latest, "runs": runs, "demo_runs": demos},
                   "\n".join([
         "# Latency budgets: `prunefx prune --speedup S`, checked by an independent process with a control pair", "",
         f"Merged by `{command_line()}` from these runs:", "", *described, "", *([note, ""] if note else []),
-        machine_summary(next(iter(parts.values()))["machine"]), "",
+        machine_summary(latest), "",
         "- ONNX Runtime, batch 1, 2 threads; widths on the backend's multiple; l2 importance, no fine-tuning (speed, "
         "not accuracy); width first, then depth (--allow-depth: merged blocks, or dropped residual branches where "
         "no block merges) when width alone cannot reach S.",
-        _measured_how(next(iter(parts.values()))["machine"]), "", _summary(runs), "",
+        _measured_how(latest), "", _summary(runs), "",
         markdown_table(["model", "budget S", "route", "MACs kept", "search (bound)", "independent", "control",
                         "within target", "search seconds"], [row_of(run) for run in runs]),
         *(["", f"## `prunefx demo`, {len(demos)} fresh runs: its own final 200-run check met the budget in {met} of "
