@@ -25,7 +25,6 @@ how many processes a measurement needs before the next process agrees with it.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import subprocess
 import sys
@@ -60,12 +59,12 @@ def measure_once(dense: str, model: str, processes: bool, threads: int, runs: in
     import onnx
 
     from prunefx.runtime.latency import compare_rounds
-    from prunefx.runtime.runners import onnx_runner
+    from prunefx.runtime.runners import OnnxRunnerMaker
 
     graph_input = onnx.load(dense, load_external_data=False).graph.input[0]
     shape = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
     inputs = [np.random.default_rng(0).standard_normal(shape).astype(np.float32)]
-    makers = [functools.partial(onnx_runner, path, inputs, threads=threads) for path in (dense, model)]
+    makers = [OnnxRunnerMaker(path, inputs, threads=threads) for path in (dense, model)]  # as the search's
     comparison = compare_rounds(*makers, rounds=rounds, warmup=20, runs=runs, threads=threads, processes=processes)
     return {"speedup": comparison.speedup, "low": comparison.speedup_low, "high": comparison.speedup_high,
             "dense_ms": comparison.a.median_ms, "model_ms": comparison.b.median_ms, "method": comparison.method}
