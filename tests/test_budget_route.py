@@ -120,6 +120,10 @@ def test_allow_depth_without_data_or_budget_is_refused_before_loading(capsys, tm
     assert code == EXIT_USER_ERROR and "--allow-depth needs --calibrate DATA" in capsys.readouterr().err
     code = main(["prune", "no-such:model", "--macs", "0.5", "--allow-depth", "-o", str(tmp_path / "never")])
     assert code == EXIT_USER_ERROR and "--allow-depth applies to a budget" in capsys.readouterr().err
+    code = main(["prune", "no-such:model", "--speedup", "2", "--allow-depth", "--module", "--calibrate", "fashion-mnist",
+                 "-o", str(tmp_path / "never")])
+    assert code == EXIT_USER_ERROR and "give one of --module and --allow-depth" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
 
 
 def test_the_refusal_names_depth_only_where_a_block_merges():

@@ -145,6 +145,9 @@ def _check_allow_depth(args) -> None:
     if args.allow_depth and (not args.calibrate or args.part):
         raise PrunefxError("--allow-depth needs --calibrate DATA (depth ranks the blocks by their damage on it) "
                            "and a whole model (no --part)")
+    if args.allow_depth and args.module:  # merged or dropped blocks have no module code to write back into
+        raise PrunefxError("--module writes channel pruning back into the model's code, which the depth route's "
+                           "merged or dropped blocks cannot be: give one of --module and --allow-depth")
 
 
 def _program(args):
