@@ -32,8 +32,6 @@ from prunefx.passes.choose_for_budget import choose_for_budget
 from prunefx.passes.pipeline import Pipeline
 from prunefx.reports.budget_text import search_lines
 
-WIDTH_OPTIONS = ("importance", "ranking", "round_to", "max_ratio", "keep", "compensate", "damping")
-
 
 def take_joint_route(args, width: BudgetUnreachable, depth: BudgetUnreachable, program: Program) -> int:
     """choose_for_budget's width + depth mix on the budget of `args` (prunefx prune's), written to --output."""
@@ -76,7 +74,10 @@ def _mirrored_share(args, depth: BudgetUnreachable) -> float | None:
 
 def _width_options(args) -> dict:
     """remove_channels' options as `prunefx prune` set them (None: the width search's own default)."""
-    return {name: value for name, value in cli_options.pass_config(args, WIDTH_OPTIONS).items() if value is not None}
+    # the command above this module, loaded by the time it calls here
+    from prunefx.commands.prune import OPTIONS
+
+    return {name: value for name, value in cli_options.pass_config(args, OPTIONS).items() if value is not None}
 
 
 def _write(output: Path, program: Program, chosen: Program, budget: dict, width: BudgetUnreachable,
