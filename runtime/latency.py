@@ -48,6 +48,8 @@ class DescribedSession(Protocol):
     def __call__(self) -> Callable[[], object]: ...
 
     def round_request(self) -> dict: ...
+
+
 CONFIDENCE = 0.90  # the speed-up interval's: two-sided, so its lower bound holds with about 95 % probability
 
 
