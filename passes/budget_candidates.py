@@ -274,10 +274,10 @@ class _Finished:
 
 def _unreachable(settings: ChooseForBudgetConfig, best: tuple[float, tuple[str, ...]] | None,
                  candidates: list[Candidate]) -> str:
-    """One line: the fastest any combination measured, or, when none measured anything, why each failed."""
-    if best:
-        said = f": the best measured was {best[0]:.2f}x ({' + '.join(best[1])})"
-    else:
-        said = ": " + "; ".join(f"{' + '.join(c.dimensions)}: {c.failed}" for c in candidates)
+    """One line: the fastest any combination measured (when one did), then why each combination failed: the
+    fastest alone can mislead, as when a mix overshot the window at every step it measured."""
+    reasons = "; ".join(f"{' + '.join(c.dimensions)}: {c.failed}" for c in candidates if c.failed)
+    fastest = f"the best measured was {best[0]:.2f}x ({' + '.join(best[1])})" if best else ""
+    said = "; ".join(part for part in (fastest, reasons) if part)
     return (f"cannot reach {budget_text(settings.speedup, settings.latency_ms)} with any mix of "
-            f"{', '.join(settings.dimensions)}{said}")
+            f"{', '.join(settings.dimensions)}: {said}")
