@@ -10,7 +10,7 @@ separate process, as a user would run it:
   batch-norm recalibration).
 Each pruned model.pt2 is evaluated on the 10,000 test images, with no fine-tuning.
 
-    .venv/bin/python benchmarks/prune_defaults.py [--epochs 2] [--threads 2]
+    .venv/bin/python benchmarks/prune_defaults.py [--epochs 2] [--threads 2] [--seed 0]
 """
 
 from __future__ import annotations
@@ -43,15 +43,15 @@ VARIANTS = {
 }
 
 
-def trained_resnet20(data, epochs: int) -> tuple[Path, float]:
-    path = CACHE / f"resnet20_{epochs}epochs.pt2"
+def trained_resnet20(data, epochs: int, seed: int = 0) -> tuple[Path, float]:
+    path = CACHE / (f"resnet20_{epochs}epochs.pt2" if seed == 0 else f"resnet20_{epochs}epochs_seed{seed}.pt2")
     if not path.is_file():
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         program = capture(build_model("prunefx:resnet20").module, next(iter(data.train))[0], name="resnet20")
         print(f"training ResNet-20 for {epochs} epochs", file=sys.stderr)
         program = distill(program, config={"data": data.train, "epochs": epochs, "kd_weight": 0.0, "lr": 0.1,
                                            "weight_decay": 5e-4, "momentum": 0.9, "warmup_steps": 200,
-                                           "progress": True}).program.eval()
+                                           "seed": seed, "progress": True}).program.eval()
         path.parent.mkdir(parents=True, exist_ok=True)
         program.save(path)
     dense = Program.load(path).eval()
@@ -70,13 +70,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="the dense model's initialisation and data order "
+                        "(0, the published run; others measure how far a figure moves with the seed)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = fashion_mnist_data(BATCH, validation=0)
-    model, dense_accuracy = trained_resnet20(data, args.epochs)
+    model, dense_accuracy = trained_resnet20(data, args.epochs, args.seed)
     rows, runs = [], []
     for name, flags in VARIANTS.items():
-        output = CACHE / "runs" / name.split(" ")[0].replace(",", "") / str(len(runs))
+        output = CACHE / "runs" / f"seed{args.seed}" / name.split(" ")[0].replace(",", "") / str(len(runs))
         report, seconds = prune_with_cli(model, flags, output, args.threads)
         accuracy = evaluate(Program.load(output / "model.pt2").eval(), data.test)["accuracy"]
         kept = report["macs_after"] / report["macs_before"]
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
                      "yes" if report["recalibrate_batchnorm"] else "no", f"{kept:.3f}", f"**{100 * accuracy:.2f}**",
                      f"{100 * (accuracy - dense_accuracy):+.2f}", f"{seconds:.0f}"])
     info = machine_info(threads=args.threads)
-    result = {"command": command_line(), "machine": info, "epochs": args.epochs,
+    result = {"command": command_line(), "machine": info, "epochs": args.epochs, "seed": args.seed,
               "dense_test_accuracy": dense_accuracy, "runs": runs}
     markdown = "\n".join([
         "# `prunefx prune --macs 0.5`: the defaults with and without calibration data", "",

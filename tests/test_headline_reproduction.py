@@ -45,3 +45,21 @@ def test_a_published_file_compared_with_itself_reproduces():
     for name, compare in script.COMPARE.items():
         data = json.loads((BENCHMARKS / "results" / f"{name}.json").read_text())
         assert all(row["within"] is not False for row in compare(data, data)), name
+
+
+@pytest.mark.parametrize("published, rerun, seeds, within", [
+    (62.28, 72.64, {"seed-1": 60.1, "seed-2": 70.0}, True),  # inside the seeds' range
+    (62.28, 72.64, {"seed-1": 61.5}, True),  # 0.78 below the lowest seed, inside the tolerance of 1
+    (62.28, 72.64, {"seed-1": 70.0, "seed-2": 75.0}, False),  # every seed far above
+    (62.28, 72.64, {"at-84b09d7": 62.28}, None),  # a run at another commit is not a seed
+])
+def test_seed_spread_covers_a_published_figure_only_between_the_seeds(published, rerun, seeds, within):
+    row = _script().figure("f", published, rerun, "abs 1")
+    row["variants"] = seeds
+    assert _script().within_seed_spread(row) is within
+
+
+def test_an_exact_figure_is_never_excused_by_seeds():
+    row = _script().figure("f", 26, 25, "exact")
+    row["variants"] = {"seed-1": 26}
+    assert _script().within_seed_spread(row) is None
