@@ -236,9 +236,8 @@ def entry(name: str) -> dict:
 
 
 def variant_runs(name: str) -> dict[str, dict]:
-    """The same published command under other conditions, each in its own folder of REPRODUCED:
-    `at-COMMIT/` (run at an older commit, to find the commit that moved a figure) and `seed-K/` (run at
-    the rerun's commit with `--seed K`, to measure how far a figure moves with the seed alone)."""
+    """The same published command under other conditions, one subfolder of REPRODUCED each (`at-COMMIT/`,
+    `dense-at-COMMIT/`, `seed-K/`: the module docstring says what each measures), by folder name."""
     folders = sorted(REPRODUCED.glob(f"*/{name}.json"), key=lambda path: path.parent.name)
     return {path.parent.name: json.loads(path.read_text()) for path in folders}
 
