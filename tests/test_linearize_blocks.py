@@ -5,7 +5,7 @@ import torch
 
 from prunefx.graph import Program, PrunefxError, capture, count
 from prunefx.graph.activations import run_tapped, tap_nodes
-from prunefx.graph.depth.blocks import find_blocks
+from prunefx.graph.depth.blocks import find_blocks, is_constant
 from prunefx.graph.depth.linearization import set_blends, strip_finished_blends
 from prunefx.models import build_model
 from prunefx.passes.distill import distill
@@ -184,3 +184,15 @@ def test_a_speedup_target_takes_the_shortest_run_of_the_ranking_that_reaches_it(
     assert max(measured) >= 1.08 > sorted(measured)[-2]
     with pytest.raises(PrunefxError, match="needs 'measure'"):
         linearize_blocks(mobilenet.clone(), config={"speedup": 1.2, "calibration": batches})
+
+
+def test_constancy_is_decided_on_graphs_deeper_than_the_recursion_limit():
+    """EfficientNet-B1's depth route stopped on a RecursionError (latency_budget_160_v9): whether an input is a
+    constant was decided by recursing down its whole ancestry. A chain of 3000 operators each way: an
+    activation's end is not constant, a parameter's (a layer scale reshaped 3000 times) is."""
+    graph = torch.fx.Graph()
+    activation, scale = graph.placeholder("x"), graph.get_attr("scale")
+    for _ in range(3000):
+        activation, scale = graph.call_function(torch.relu, (activation,)), graph.call_function(torch.neg, (scale,))
+    assert not is_constant(activation) and is_constant(scale)
+    assert not is_constant(graph.call_function(torch.mul, (scale, activation)))

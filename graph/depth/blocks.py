@@ -88,12 +88,19 @@ def _tensor_inputs(node: torch.fx.Node) -> list[torch.fx.Node]:
 
 
 def is_constant(node: torch.fx.Node) -> bool:
-    """Whether `node` depends on parameters and buffers only (e.g. a reshaped layer scale)."""
-    if node.op == "get_attr":
-        return True
-    if node.op != "call_function":
-        return False
-    return all(is_constant(arg) for arg in node.all_input_nodes)
+    """Whether `node` depends on parameters and buffers only (e.g. a reshaped layer scale). A walk with its own
+    stack, not recursion: an activation's ancestry is as deep as the graph (EfficientNet-B1's went past Python's
+    recursion limit in the depth route)."""
+    seen, stack = set(), [node]
+    while stack:
+        current = stack.pop()
+        if current in seen or current.op == "get_attr":
+            continue
+        if current.op != "call_function":
+            return False
+        seen.add(current)
+        stack.extend(current.all_input_nodes)
+    return True
 
 
 def _residual_regions(graph: torch.fx.Graph, order: dict) -> list[tuple[torch.fx.Node, torch.fx.Node, set]]:
