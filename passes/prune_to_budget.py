@@ -47,6 +47,7 @@ from prunefx.passes.budget_search import (
     Measured,
     budget_text,
     meets,
+    noise_text,
     require_latency,
     speedup_text,
     wanted_speedup,
@@ -64,11 +65,9 @@ SMALLEST_FRACTION = 0.02  # no search goes below 2 % of the MACs: past that, the
 BRACKET_MARGIN = 0.1  # inside a bracket, the next fraction stays this share of its width (in log) from either end
 STEP = (1.02, 2.5)  # outside a bracket, one step changes the fraction by at least / at most these factors
 ELASTICITY = (-3.0, -0.2)  # d log speed-up / d log fraction, as the search may read it from two candidates
-# A first reading this far above the window's top is not confirmed (a confirmation costs 4x a search measurement
-# and a dynamo export: ResNeXt-50 2x confirmed 7 of 8 candidates in 261 s, one read 3.06x for 2x)
-CLEARLY_FAST = 1.2
-# The lowest point a met candidate may read, in units of S: another process read accepted points 0.89x-1.05x of
-# the search's figure (make demo, latency_budget_160_v8), and 2.07x accepted on [2.01, 2.10] read 1.98x there
+CLEARLY_FAST = 1.2  # a first reading this far above the window is not confirmed (ResNeXt-50 2x confirmed 7 of 8 in 261 s)
+# The lowest point a met candidate may read, in units of S: another process read accepted points 0.89x-1.05x of the
+# search's figure (make demo, latency_budget_160_v8; 2.07x accepted on [2.01, 2.10] read 1.98x there)
 CROSS_PROCESS = 1.05
 
 
@@ -127,7 +126,6 @@ class WidthChosen:
     removal: ChannelsRemoved
 
 
-# every candidate is cut from a copy of the dense Program
 @graph_pass(config=PruneToBudgetConfig, in_place=False)
 def prune_to_budget(program: Program, /, *, config: dict | None = None) -> Result:
     settings = PruneToBudgetConfig.parse(config)
@@ -280,7 +278,8 @@ class _Search:
     def _unreachable(self, best: Candidate) -> str:
         return (f"cannot reach {budget_text(self.settings.speedup, self.settings.latency_ms)} by width: the best "
                 f"measured was {speedup_text(best.measured)} ({best.measured.ms:.2f} ms, "
-                f"{best.result.facts_as(ChannelsRemoved).macs_kept:.3f} of the MACs) after {len(self.trace)} candidates")
+                f"{best.result.facts_as(ChannelsRemoved).macs_kept:.3f} of the MACs) after {len(self.trace)} candidates"
+                + noise_text(best.measured, self._wanted_speedup(best)))
 
 
 def _held(log_step: float) -> float:
