@@ -44,11 +44,13 @@ test: setup
 	$(VENV)/bin/ruff check .
 	@$(MAKE) --no-print-directory docs
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist load -m "not timing and not zoo" --durations=15
-	$(PY) -m pytest -q -m timing
+	$(PY) -m pytest -q -m "timing and not zoo"
 
-# The heaviest model-zoo cases (marked zoo): the breadth the 20-minute lane leaves out.
+# The heaviest model-zoo cases (marked zoo): the breadth the 20-minute lane leaves out. Those that also time
+# (the doc pages run in full: their --speedup searches) run afterwards, alone, as in `make test`.
 test-zoo: setup
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m zoo -n $(TEST_WORKERS) --dist load
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "zoo and not timing" -n $(TEST_WORKERS) --dist load
+	$(PY) -m pytest -q -m "zoo and timing"
 
 # The development lane: the unit tests. Leaves out what is marked slow (model zoo, end-to-end commands), zoo and
 # timing (latency asserts want a quiet machine); stops at the first failure; lists the slowest tests, which are
