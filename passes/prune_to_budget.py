@@ -2,12 +2,9 @@
 
 A user states a budget ("2x faster", "under 4 ms at batch 1"), not a MACs fraction: MACs do not predict latency
 across widths (rounding alone moved MobileNetV2 from 0.55x to 1.57x on ONNX Runtime). This pass searches the one
-number remove_channels takes, the fraction of MACs to keep, and measures every candidate as a whole model against
-the dense one, side by side (per-group cost tables were tried and fell below the timing noise):
-
-    candidate(f) = remove_channels(dense, macs=f, the other options as given)
-    measured by `latency(dense, candidate) -> (dense ms, candidate ms, spread)` (runtime/speedup.py's
-    onnx_latency_pair for ONNX Runtime; passes never import the runtime)
+number remove_channels takes, the fraction of MACs to keep, and measures every candidate, candidate(f) =
+remove_channels(dense, macs=f, ...), as a whole model beside the dense one with `latency(dense, candidate) ->
+(dense ms, candidate ms, spread)` (runtime/speedup.py's onnx_latency_pair; passes never import the runtime).
 
 The first guess is f = 1/S (MACs as if they were latency; s0/S from an input already s0 faster, `start_speedup`);
 then the search keeps the largest f measured to meet the budget and the smallest f measured to miss it, and aims
@@ -16,21 +13,16 @@ each next f at the middle of the acceptance window along the line the measuremen
 it returns the least pruned candidate that met. None met: a one-line error naming the best speed-up reached. Each
 candidate is a fresh removal from the dense model: exactly what `remove_channels` gives at its fraction.
 
-Confirmation: no candidate is accepted on one measurement (one short measurement on a loaded machine can be off by
-20 %: RegNetY-800MF 2.05x in the search, 1.66x in another process). A candidate that seems to meet the budget,
-misses it by less than the tolerance, or reads slower than a less pruned one is measured again, longer, by the
-Measurer's `confirm` (passes/measurement.py: 4x the runs over fresh processes, a bootstrap interval); clear misses
-and candidates far above the window (CLEARLY_FAST) are not. A confirmed candidate meets the budget when the
-interval's lower bound clears S and its point clears S CROSS_PROCESS, and is accepted when its point is at most
-S (1 + tolerance) (`close_enough`); one whose interval holds S is measured longer still, once. The search aims
-the point at the middle (in log) of what it can accept, so that another process, judged on [0.95 S, 1.25 S]
-(issue 39), lands inside from either side. The trace keeps every first measurement.
+Confirmation: no candidate is accepted on one measurement (RegNetY-800MF read 2.05x in the search, 1.66x in another
+process). One that seems to meet the budget, misses it by less than the tolerance, or reads slower than a less
+pruned one is measured again, longer, by the Measurer's `confirm` (4x the runs over fresh processes, a bootstrap
+interval); clear misses and candidates far above the window (CLEARLY_FAST) are not. A confirmed candidate meets the
+budget when its interval's lower bound clears S and its point S CROSS_PROCESS (if none does: the least pruned whose
+bound clears S), and is accepted at a point of at most S (1 + tolerance); one whose interval holds S is measured
+longer still, once. Aiming mid-window lets another process, judged on [0.95 S, 1.25 S], land inside from either side.
 
-Config: `speedup` (> 1) or `latency_ms` (> 0), one of them; `tolerance` (0.15); `max_candidates` (8, confirmations
-not counted); `confirm` (True); `latency` (the Measurer, injected by the CLI and `compress`); `round_to` (default:
-the Measurer's, the multiple its backend runs fastest, else 8); `start_speedup`; and remove_channels' options except
-its targets, with its defaults. Statistics: the search trace (every candidate's MACs fraction, measured speed-up,
-latency and spread), the budget and whether it was met, `chosen` and its remove_channels statistics.
+Config: PruneToBudgetConfig (remove_channels' options except its targets). Statistics: the search trace (every
+first measurement), the budget and whether it was met, `chosen` and its remove_channels statistics.
 """
 
 from __future__ import annotations
@@ -202,7 +194,7 @@ class _Search:
             if following is None:
                 break
             fraction = following
-        good = self._confirmed_good()
+        good = self._confirmed_good() or self._met_below_floor()
         if good is None:
             best = max(self.trace, key=lambda c: c.measured.lower_bound)
             raise BudgetUnreachable(self._unreachable(best), dimension="width", best=best.measured)
@@ -226,6 +218,13 @@ class _Search:
             if good is None or good.measured.confirmed or not self.settings.confirm:
                 return good
             self.confirm(good)
+
+    def _met_below_floor(self) -> Candidate | None:
+        """None cleared the floor, widths too coarse to land above it (ResNet-18 on multiples of 16: 2.09x on [2.08,
+        2.09], then nothing between 2.10x and the top): the least pruned whose confirmed lower bound clears S."""
+        plain = [c for c in self.trace if (c.measured.confirmed or not self.settings.confirm) and meets(
+            c.measured, speedup=self.settings.speedup, latency_ms=self.settings.latency_ms)]
+        return max(plain, key=lambda c: c.fraction, default=None)
 
     def _bracket(self) -> tuple[Candidate | None, Candidate | None]:
         """The least pruned candidate that met the budget and the most pruned one that missed it, by the

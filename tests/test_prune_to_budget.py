@@ -278,3 +278,14 @@ def test_a_refusal_whose_best_interval_holds_the_budget_says_the_timing_decided(
     assert str(caught.value).endswith("so the timing was too noisy to decide: run it again with nothing else running")
     best = float(str(caught.value).split("the best measured was ")[1].split("x")[0])
     assert best >= 2.0  # the point cleared the budget: only the interval did not
+
+
+def test_when_no_width_lands_above_the_floor_the_least_pruned_that_met_is_returned(resnet20):
+    """The README's ResNet-18 2x on multiples of 16 read 2.09x on [2.08, 2.09], and no width lay between 2.10x and
+    the window's top: the floor must not turn that into a refusal. On multiples of 16, ResNet-20's fastest width
+    reads 2.15x on this stand-in (latency proportional to the MACs); for 2.07x that is above S, below 1.05 S."""
+    latency = latency_of_macs(fixed_ms=0.0)
+    result = prune_to_budget(resnet20.clone(), config={"speedup": 2.07, "latency": latency, "round_to": 16})
+    dense_ms, ms, _ = latency(resnet20, result.program)  # the oracle, on the model returned
+    assert 2.07 <= dense_ms / ms < 2.07 * 1.05
+    assert result.stats["met"] and result.stats["confirmed"]
