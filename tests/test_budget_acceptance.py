@@ -111,12 +111,13 @@ def test_noisy_timings_accepted_on_the_bound_hold_the_budget(small, seed):
     assert stats["interval"]["low"] >= BUDGET and stats["interval"]["method"] == "block bootstrap"
 
 
-def test_noisy_timings_accepted_on_the_point_miss_the_budget_for_some_seed(small):
-    """The seeds where point acceptance lands below the budget: the bound-accepting search on the same seeds
-    (test above, and here) does not."""
-    below = [seed for seed in range(4) if search(small, Noisy(seed, interval=False))[0] < BUDGET]
-    assert below
-    assert all(search(small, Noisy(seed))[0] >= BUDGET for seed in below)
+def test_noisy_timings_accepted_on_the_point_hold_the_budget_once_the_floor_applies(small):
+    """Before the 1.05 S floor (prune_to_budget.CROSS_PROCESS), point acceptance landed below the budget for some
+    of these seeds, and this test asserted that it did. With the floor a point must read 5 % above S, which
+    these timings (4 % drift per block) do not reach from a width truly below S: point-only confirmation now
+    holds the budget here too. The systematic case still needs the bound (the test above this one)."""
+    truths = [search(small, Noisy(seed, interval=False))[0] for seed in range(8)]
+    assert all(truth >= BUDGET for truth in truths), truths
 
 
 class Counting(Optimistic):
