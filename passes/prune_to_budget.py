@@ -57,7 +57,7 @@ SMALLEST_FRACTION = 0.02  # no search goes below 2 % of the MACs: past that, the
 BRACKET_MARGIN = 0.1  # inside a bracket, the next fraction stays this share of its width (in log) from either end
 STEP = (1.02, 2.5)  # outside a bracket, one step changes the fraction by at least / at most these factors
 ELASTICITY = (-3.0, -0.2)  # d log speed-up / d log fraction, as the search may read it from two candidates
-CLEARLY_FAST = 1.2  # a first reading this far above the window is not confirmed (ResNeXt-50 2x confirmed 7 of 8 in 261 s)
+CLEARLY_FAST = 1.2  # a first reading this far above the window is not confirmed (a confirmation: 4x a reading)
 # The lowest point a met candidate may read, in units of S: another process read accepted points 0.89x-1.05x of the
 # search's figure (make demo, latency_budget_160_v8; 2.07x accepted on [2.01, 2.10] read 1.98x there)
 CROSS_PROCESS = 1.05
@@ -150,8 +150,10 @@ class _Search:
     def meets(self, candidate: Candidate) -> bool:
         """Met: the confirmed lower bound clears S (budget_search.meets), the point S times the floor (CROSS_PROCESS):
         a point just above S, however tight its interval, reads below S in another process about half the time."""
-        return meets(candidate.measured, speedup=self.settings.speedup, latency_ms=self.settings.latency_ms) \
-            and candidate.speedup >= self._floor() * self._wanted_speedup(candidate)
+        return self._bound_clears(candidate) and candidate.speedup >= self._floor() * self._wanted_speedup(candidate)
+
+    def _bound_clears(self, candidate: Candidate) -> bool:
+        return meets(candidate.measured, speedup=self.settings.speedup, latency_ms=self.settings.latency_ms)
 
     def near_miss(self, candidate: Candidate) -> bool:
         """Missed, but by less than the tolerance: on sub-millisecond models one short measurement is often
@@ -222,8 +224,7 @@ class _Search:
     def _met_below_floor(self) -> Candidate | None:
         """None cleared the floor, widths too coarse to land above it (ResNet-18 on multiples of 16: 2.09x on [2.08,
         2.09], then nothing between 2.10x and the top): the least pruned whose confirmed lower bound clears S."""
-        plain = [c for c in self.trace if (c.measured.confirmed or not self.settings.confirm) and meets(
-            c.measured, speedup=self.settings.speedup, latency_ms=self.settings.latency_ms)]
+        plain = [c for c in self.trace if (c.measured.confirmed or not self.settings.confirm) and self._bound_clears(c)]
         return max(plain, key=lambda c: c.fraction, default=None)
 
     def _bracket(self) -> tuple[Candidate | None, Candidate | None]:

@@ -10,6 +10,7 @@ from prunefx.graph import capture, count
 from prunefx.graph.errors import PrunefxError
 from prunefx.models import build_model
 from prunefx.passes import Pipeline, prune_to_budget
+from prunefx.passes.measurement import Timing
 from prunefx.passes.pipeline import PipelineError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -260,15 +261,10 @@ def test_a_refusal_whose_best_interval_holds_the_budget_says_the_timing_decided(
     """The README's ResNet-18 2x timed beside another search read 2.66x on 1.84-3.20 and was refused as out of
     reach by width: the model was not the limit, the noise was. Here every confirmation's interval is +-40 % of
     the truth (an oracle of latency_of_macs), so no lower bound clears 2x until far past it."""
-    from prunefx.passes.measurement import Timing
-
-    truth = latency_of_macs(fixed_ms=0.0)
-
-    def latency(dense, candidate):
-        return truth(dense, candidate)
+    latency = latency_of_macs(fixed_ms=0.0)
 
     def confirm(dense, candidate):
-        dense_ms, ms, spread = truth(dense, candidate)
+        dense_ms, ms, spread = latency(dense, candidate)
         return Timing(dense_ms, ms, spread, 0.6 * dense_ms / ms, 1.4 * dense_ms / ms, 0.9, "wide")
 
     latency.confirm = confirm
