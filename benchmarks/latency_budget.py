@@ -103,12 +103,14 @@ def one_budget(model: str, budget: float, folder: Path, dense: Path, control: Pa
         return {"model": model, "budget": budget, "refused": str(failure), "search_seconds": seconds}, row
     seconds = time.perf_counter() - started
     report = json.loads((output / "report.json").read_text())
-    route = (report.get("route") or {}).get("taken", "width")
+    taken = report.get("route") or {}  # with the refusals that led there (width's, depth's), kept in the JSON
+    route = taken.get("taken", "width")
     checked, controlled = independent(dense, output / "model.onnx", args), independent(dense, control, args)
     within = 0.95 * budget <= checked["speedup"] <= 1.25 * budget
     run = {"model": model, "budget": budget, "route": route, "search_seconds": seconds,
            "macs_kept": report["macs_after"] / report["macs_before"], "search": report["budget"],
-           "independent": checked, "control": controlled, "within_target": within}
+           "independent": checked, "control": controlled, "within_target": within,
+           "refusals": {way: part["refusal"] for way, part in taken.items() if isinstance(part, dict) and "refusal" in part}}
     return run, row_of(run)
 
 
