@@ -59,6 +59,10 @@ RERUN = {
     "prune_defaults": ".venv/bin/python benchmarks/prune_defaults.py --epochs 2 --threads 1",
     "int8_attention": "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/int8_attention.py --train-steps 120 "
                       "--qat-steps 20 --test-images 2000",
+    # a part of the published runs (the dense model and the two variants of the Torch-Pruning comparison at 0.5):
+    # its figures are compared where the rerun has them; untimed (latency is another CPU's ratio)
+    "detection_scenes": ".venv/bin/python benchmarks/detection_scenes.py --variants prunefx-obs tp-l2 "
+                        "--fractions 0.5 --epochs 2",
 }
 
 TRAINS = "its headline is accuracy after training that takes hours on these 2 shared cores"
@@ -69,7 +73,6 @@ NOT_RERUN = {
     "dense_tasks": f"{TRAINS}; rerun separately through the mask folders (dense_tasks_ondisk)",
     "dense_tasks_ondisk": "is itself a reproduction of dense_tasks (its own results file)",
     "depth_vs_channel": f"{TRAINS} (a recovery per variant) and its headline is latency at equal accuracy",
-    "detection_scenes": f"{TRAINS} (YOLOv8n trained by Ultralytics, then every variant recovered)",
     "detector_pruning": TIMING,
     "fashion_mnist_accuracy": f"{TRAINS} (8-epoch baselines, 34 min for ResNet-20 alone, then recoveries); "
                               "its prunefx-cpd rows predate compress carrying optimizer momentum by default",
@@ -199,10 +202,29 @@ def _int8_attention(old: dict, new: dict) -> list[Figure]:
     return rows
 
 
+def _detection_scenes(old: dict, new: dict) -> list[Figure]:
+    """The dense YOLOv8n's test mAP (prunefx's and Ultralytics' validator's) and, for every run the rerun made,
+    its MACs kept and mAP after recovery beside the published run of the same variant, fraction and epochs."""
+    rows = [figure("dense test mAP (prunefx)", 100 * old["dense"]["test"]["map"], 100 * new["dense"]["test"]["map"],
+                   "abs 1"),
+            figure("dense test mAP (Ultralytics' validator)", 100 * old["dense"]["ultralytics_test"]["map"],
+                   100 * new["dense"]["ultralytics_test"]["map"], "abs 1")]
+    published = {(r["variant"], r["fraction"], r["epochs"]): r for r in old["runs"]}
+    for b in new["runs"]:
+        a = published.get((b["variant"], b["fraction"], b["epochs"]))
+        if a is None:
+            continue
+        label = f"{b['variant']} at {b['fraction']}, {b['epochs']} epochs"
+        rows.append(figure(f"{label}: MACs kept", a["macs_kept"], b["macs_kept"], "abs 0.005"))
+        rows.append(figure(f"{label}: mAP after recovery", 100 * a["test"]["map"], 100 * b["test"]["map"], "abs 1"))
+    return rows
+
+
 COMPARE: dict[str, Callable[[dict, dict], list[Figure]]] = {
     "combing_time": _combing_time, "prune_zoo": _prune_zoo, "write_back_coverage": _write_back_coverage,
     "fp16_readiness": _fp16_readiness, "fold_batchnorm_latency": _fold_batchnorm_latency,
     "depth_pruning": _depth_pruning, "prune_defaults": _prune_defaults, "int8_attention": _int8_attention,
+    "detection_scenes": _detection_scenes,
 }
 
 
@@ -270,17 +292,45 @@ def _verdict(f: Figure) -> str:
 def _benchmark_section(e: dict) -> list[str]:
     status = "reproduced" if e["reproduced"] else (
         "reproduced within the seed spread only" if e.get("within_seed_spread") else "NOT reproduced")
-    variants = e.get("variants", [])
-    header = ["figure", "published", "rerun", "difference", "rule", *variants, "within noise"]
+    columns = _columns(e.get("variants", []))
+    header = ["figure", "published", "rerun", "difference", "rule", *columns, "within noise"]
     rows = [[f["figure"], _value(f["published"]), _value(f["rerun"]), _value(f["difference"]), f["rule"],
-             *(_value(f["variants"][v]) for v in variants), _verdict(f)] for f in e["figures"]]
+             *(_cell(f, folders) for folders in columns.values()), _verdict(f)] for f in e["figures"]]
     lines = [f"## {e['benchmark']}: {status}", "", f"`{e['command']}`", ""]
-    if variants:
+    if columns:
         lines += ["Other columns: the same command at an older commit (`at-COMMIT`), at the rerun's commit on the "
-                  "model trained at an older one (`dense-at-COMMIT`), or with `--seed K` at the rerun's commit "
-                  "(`seed-K`). 'within the seed spread': outside its rule, but inside the range the rerun's code "
-                  "gives over the seeds, widened by the rule's tolerance.", ""]
+                  "model trained at an older one (`dense-at-COMMIT`; `dense-at-COMMIT-seed-K`: trained there with "
+                  "seed K), or with `--seed K` at the rerun's commit (`seed-K`); three or more seeds are one column, "
+                  "their range (every value is in the JSON). 'within the seed spread': outside its rule, but inside "
+                  "the range the rerun's code gives over the seeds (`seed-K` and the rerun), widened by the rule's "
+                  "tolerance.", ""]
     return lines + [markdown_table(header, rows), ""]
+
+
+def _columns(folders: list[str]) -> dict[str, list[str]]:
+    """Column title -> the run folders it shows: one column per folder, except that a family of three or more
+    seed runs (`seed-K`, `dense-at-COMMIT-seed-K`) is one column, so that a sweep does not widen the table."""
+    families: dict[str, list[str]] = {}
+    for folder in folders:
+        prefix, seed, _ = folder.rpartition("seed-")
+        families.setdefault(prefix + seed if seed else folder, []).append(folder)
+    columns = {}
+    for family, members in families.items():
+        if len(members) < 3:
+            columns.update({member: [member] for member in members})
+            continue
+        seeds = sorted(int(member.rpartition("seed-")[2]) for member in members)
+        columns[f"{family}{seeds[0]}..{seeds[-1]} (range)"] = members
+    return columns
+
+
+def _cell(f: Figure, folders: list[str]) -> str:
+    values = [f["variants"][folder] for folder in folders if f["variants"].get(folder) is not None]
+    if len(folders) == 1 or not values:
+        return _value(values[0]) if values else ""
+    if not all(isinstance(v, (int, float)) for v in values) or min(values) == max(values):
+        return _value(values[0]) if len(set(map(str, values))) == 1 else "varies"
+    return f"{_value(min(values))} to {_value(max(values))}"
 
 
 def markdown(report: dict) -> str:

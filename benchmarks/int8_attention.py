@@ -10,6 +10,12 @@ Writes benchmarks/results/int8_attention.json and .md.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/int8_attention.py [--qat-steps 60] [--train-epochs 1]
         [--train-steps N --test-images M]   # a shorter run (not int8_latency's cached model) on a loaded machine
+        [--save-dense FILE | --dense-from FILE]
+
+--save-dense writes the trained ViT's weights and the calibration batches to FILE (torch.save); --dense-from
+quantizes them instead of training and reading its own. A run at another commit from the same file shows whether
+the passes moved a figure or the trained model and its data did (benchmarks/headline_reproduction.py's
+`dense-at-COMMIT` column). The QAT rows still train through this commit's data path.
 """
 
 from __future__ import annotations
@@ -70,6 +76,20 @@ def trained_steps(data, steps: int, seed: int = 0):
                                     "weight_decay": 5e-4, "momentum": 0.9, "progress": False}).program.eval()
 
 
+def dense_from(path: Path, data) -> tuple:
+    """A freshly captured ViT carrying the weights saved in `path`, and the calibration batches saved with them."""
+    saved = torch.load(path, weights_only=True)
+    program = capture(build_model(f"prunefx:{MODEL}").module, next(iter(data.train))[0], name=MODEL)
+    program.module.load_state_dict(saved["weights"])
+    return program.eval(), [tuple(batch) for batch in saved["calibration"]]
+
+
+def trained(args) -> str:
+    if args.dense_from:
+        return f"the ViT's trained weights and calibration batches read from {args.dense_from}"
+    return f"the ViT trained {args.train_steps or args.train_epochs} {'steps' if args.train_steps else 'epochs'}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-epochs", type=int, default=1, help="epochs the ViT trains (1, cached)")
@@ -79,14 +99,26 @@ def main() -> int:
     parser.add_argument("--test-images", type=int, default=10000, help="test images the accuracy is read on")
     parser.add_argument("--seed", type=int, default=0, help="with --train-steps: the ViT's initialisation and "
                         "data order (0, the published run; others measure how far a figure moves with the seed)")
+    parser.add_argument("--save-dense", type=Path, help="write the trained ViT's weights and the calibration "
+                        "batches to FILE (torch.save), for --dense-from at another commit")
+    parser.add_argument("--dense-from", type=Path, help="quantize the ViT and calibration batches FILE holds "
+                        "(written by --save-dense) instead of training and reading them")
     args = parser.parse_args()
+    if args.dense_from and not args.dense_from.is_file():
+        parser.error(f"--dense-from: no file {args.dense_from}")
     if args.seed and args.train_steps is None:
         parser.error("--seed needs --train-steps (the cached one-epoch model is seed 0)")
     torch.set_num_threads(2)
     data = fashion_mnist_data(FASHION_MNIST_BATCH, augment=True)
     batches = calibration_batches(data)
-    dense = trained_fashion_mnist(MODEL, data, args.train_epochs) if args.train_steps is None else \
-        trained_steps(data, args.train_steps, args.seed)
+    if args.dense_from:
+        dense, batches = dense_from(args.dense_from, data)
+    elif args.train_steps is None:
+        dense = trained_fashion_mnist(MODEL, data, args.train_epochs)
+    else:
+        dense = trained_steps(data, args.train_steps, args.seed)
+    if args.save_dense:
+        torch.save({"weights": dense.state_dict(), "calibration": [list(batch) for batch in batches]}, args.save_dense)
     rows = [{"variant": "fp32", "attention": "float", "accuracy": accuracy(dense, data, args.test_images)}]
     for attention in (False, True):
         started = time.perf_counter()
@@ -100,15 +132,15 @@ def main() -> int:
                      "accuracy": accuracy(qat, data, args.test_images), "quantized_layers": len(stats["quantized"]), **counts})
         print(f"attention {'int8' if attention else 'float'}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
     info = machine_info(threads=2, qat_steps=args.qat_steps, train_epochs=args.train_epochs,
-                        train_steps=args.train_steps, test_images=args.test_images, seed=args.seed)
+                        train_steps=args.train_steps, test_images=args.test_images, seed=args.seed,
+                        dense_from=str(args.dense_from) if args.dense_from else None)
     table = markdown_table(
         ("variant", "attention", "top-1 %", "INT8 Conv/Gemm/MatMul in the TensorRT file", "check errors (trt11)"),
         [(row["variant"], row["attention"], f"{100 * row['accuracy']:.2f}",
           f"{row['int8_layers']} of {row['layers']}" if "layers" in row else "-", row.get("check_errors", "-"))
          for row in rows])
     markdown = (f"# INT8 attention on the Fashion-MNIST ViT\n\n`{command_line()}`\n\n{machine_summary(info)}; "
-                f"accuracy only (no timing), on the first {args.test_images} test images; the ViT trained "
-                f"{args.train_steps or args.train_epochs} {'steps' if args.train_steps else 'epochs'}.\n\n" + table + "\n")
+                f"accuracy only (no timing), on the first {args.test_images} test images; {trained(args)}.\n\n" + table + "\n")
     return publish_results(NAME, {"machine": info, "model": MODEL, "rows": rows}, markdown)
 
 

@@ -63,3 +63,21 @@ def test_an_exact_figure_is_never_excused_by_seeds():
     row = _script().figure("f", 26, 25, "exact")
     row["variants"] = {"seed-1": 26}
     assert _script().within_seed_spread(row) is None
+
+
+def test_runs_trained_at_another_commit_are_not_seeds_of_todays_code():
+    row = _script().figure("f", 37.16, 35.06, "abs 0.5")
+    row["variants"] = {"dense-at-08bf9aa-seed-1": 37.0, "seed-1": 34.0}
+    assert _script().within_seed_spread(row) is False  # 37.16 is far above 34.0-35.06 + 0.5
+
+
+def test_a_seed_sweep_is_one_column_showing_its_range():
+    script = _script()
+    folders = ["at-08bf9aa", "dense-at-08bf9aa", "seed-1", "seed-2", "seed-10",
+               "dense-at-08bf9aa-seed-0", "dense-at-08bf9aa-seed-1", "dense-at-08bf9aa-seed-2"]
+    columns = script._columns(folders)
+    assert list(columns) == ["at-08bf9aa", "dense-at-08bf9aa", "seed-1..10 (range)", "dense-at-08bf9aa-seed-0..2 (range)"]
+    row = script.figure("f", 37.16, 35.06, "abs 0.5")
+    row["variants"] = {"seed-1": 36.5, "seed-2": 34.9, "seed-10": 35.5}
+    assert script._cell(row, columns["seed-1..10 (range)"]) == "34.9 to 36.5"
+    assert script._columns(["seed-1", "seed-2"]) == {"seed-1": ["seed-1"], "seed-2": ["seed-2"]}
