@@ -253,8 +253,15 @@ def entry(name: str) -> dict:
         f["within_seeds"] = within_seed_spread(f)
     judged = [f for f in figures if f["within"] is not None]
     return {"benchmark": name, "rerun": True, "command": RERUN[name], "figures": figures,
+            "published_on": _machine(old), "rerun_on": _machine(new),
             "variants": list(variants), "reproduced": all(f["within"] for f in judged),
             "within_seed_spread": all(f["within"] or f["within_seeds"] for f in judged)}
+
+
+def _machine(run: dict) -> str:
+    """Where a run ran, from its own JSON (benchmarks keep it under "machine"; reruns may be on another CPU)."""
+    info = run.get("machine")
+    return machine_summary(info) if isinstance(info, dict) and "versions" in info else "not recorded"
 
 
 def variant_runs(name: str) -> dict[str, dict]:
@@ -297,6 +304,8 @@ def _benchmark_section(e: dict) -> list[str]:
     rows = [[f["figure"], _value(f["published"]), _value(f["rerun"]), _value(f["difference"]), f["rule"],
              *(_cell(f, folders) for folders in columns.values()), _verdict(f)] for f in e["figures"]]
     lines = [f"## {e['benchmark']}: {status}", "", f"`{e['command']}`", ""]
+    if "rerun_on" in e:
+        lines += [f"Published on: {e['published_on']}. Rerun on: {e['rerun_on']}.", ""]
     if columns:
         lines += ["Other columns: the same command at an older commit (`at-COMMIT`), at the rerun's commit on the "
                   "model trained at an older one (`dense-at-COMMIT`; `dense-at-COMMIT-seed-K`: trained there with "
@@ -339,7 +348,8 @@ def markdown(report: dict) -> str:
     seeds_only = [e for e in rerun if not e["reproduced"] and e.get("within_seed_spread")]
     lines = ["# Headline reproduction (issue 37: behaviour unchanged after the refactor)", "",
              f"`{report['command']}`, reruns at commit {report['commit']} into benchmarks/results/reproduced/.",
-             "", machine_summary(report["machine"]), "",
+             "", f"This comparison ran on: {machine_summary(report['machine'])}. Each benchmark below names the "
+             "machines its published run and its rerun ran on.", "",
              f"{sum(e['reproduced'] for e in rerun)} of {len(rerun)} benchmarks rerun reproduce every judged "
              f"headline figure, {len(seeds_only)} more only within the spread of seeds; "
              f"{len(entries) - len(rerun)} not rerun (reasons below).", ""]
