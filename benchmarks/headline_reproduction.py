@@ -66,7 +66,9 @@ RERUN = {
 }
 
 TRAINS = "its headline is accuracy after training that takes hours on these 2 shared cores"
-TIMING = "its headline is a latency ratio (timing only, noise on a shared machine, not a behaviour check)"
+TIMING = ("its headline is a latency ratio (timing only, noise on a shared machine, not a behaviour check; published "
+          "on an AMD EPYC with AVX2, while the machine since 2026-11-25 is an Intel Xeon with AVX-512, whose kernels "
+          "give other ratios)")
 NOT_RERUN = {
     "budget_choice": f"{TRAINS} (dense models, then KD steps per variant) and measured latency budgets",
     "data_loading": TIMING + "; the data engineer's benchmark",
@@ -82,7 +84,9 @@ NOT_RERUN = {
     "int8_latency": TIMING + ", after training the Fashion-MNIST models",
     "int8_methods": "needs int8_latency's trained Fashion-MNIST models, not cached on this machine (training first)",
     "int8_profile": TIMING + " (ONNX Runtime's profiler)",
-    "latency_budget": TIMING + "; the latency engineer's benchmark",
+    "latency_budget": "published from this code: one full run at f9597c8 (latency_budget_160_v10, issue 39); the "
+                      "one later change to the search (c784d73's fallback) acts only where a width search refuses with a "
+                      "candidate whose bound clears the budget, and none of that run's refusals had one",
     "modelopt_side_by_side": "published from this same code (commit f6cc4bf, this session); 8 models through two "
                              "quantizers took hours on this machine",
     "one_shot_accuracy": "needs the 8-epoch dense ResNet-20 of fashion_mnist_accuracy (34 min to train), not "
