@@ -14,8 +14,10 @@ goes) and, once its dense training is over, the test mIoU, with the published fi
         --cache build/dense_tasks_ondisk &
     .venv/bin/python benchmarks/dense_tasks_ondisk.py --models lraspp_mobilenetv3 --train 4000 --batch 16 \
         --baseline-epochs 3 lraspp_mobilenetv3=15 --rerun "LABEL" build/dense_tasks_ondisk [--rerun ...] [--note TEXT]
+        [--results-name NAME]
 
-Results: benchmarks/results/dense_tasks_ondisk.{json,md}; the published dense_tasks.{json,md} are not touched.
+Results: benchmarks/results/dense_tasks_ondisk.{json,md} (or NAME.{json,md}); the published dense_tasks.{json,md}
+are not touched.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     notes, argv = _take(argv, "--note", 1)  # what the reader must know about how the reruns were made
     reruns, argv = _take(argv, "--rerun", 2)  # LABEL CACHE_FOLDER of each rerun (default: dense_tasks' --cache)
+    names, argv = _take(argv, "--results-name", 1)  # another file, so that a later rerun keeps an earlier one's
     args = parse_args(argv)
     published = json.loads((RESULTS / "dense_tasks.json").read_text())
     data = load_data(f"fashion-mnist-seg:{args.size}", args.batch, train_canvases=args.train,
@@ -108,7 +111,7 @@ def main(argv=None) -> int:
         entries += [compare(model, args, published, label) for model in args.models]
     report = {"command": command_line(), "machine": info, "data_path": path, "note": " ".join(n[0] for n in notes),
               "models": entries}
-    return publish_results(NAME, report, markdown(report))
+    return publish_results(names[-1][0] if names else NAME, report, markdown(report))
 
 
 if __name__ == "__main__":
