@@ -40,12 +40,14 @@ def compare(model: str, args, published: dict, label: str) -> dict:
     folder = run_folder(model, args)
     progress_path, dense_path = folder / "dense_progress.json", folder / "dense.json"
     progress = json.loads(progress_path.read_text()) if progress_path.is_file() else {"val_miou_by_epoch": []}
-    reference = published["baselines"][model]["val_miou_by_epoch"]
+    # per-epoch validation figures were published for the models trained after they were recorded (not U-Net)
+    reference = published["baselines"][model].get("val_miou_by_epoch", [])
     rows = [{"epoch": epoch + 1, "published": reference[epoch], "on_disk": value,
              "difference_points": 100 * (value - reference[epoch])}
-            for epoch, value in enumerate(progress["val_miou_by_epoch"])]
+            for epoch, value in enumerate(progress["val_miou_by_epoch"]) if epoch < len(reference)]
     finished = json.loads(dense_path.read_text()) if dense_path.is_file() else {}
-    return {"model": model, "rerun": label, "epochs_published": len(reference), "epochs_rerun": len(rows),
+    return {"model": model, "rerun": label, "epochs_published": published["baselines"][model]["epochs"],
+            "epochs_rerun": len(progress["val_miou_by_epoch"]), "epochs_compared": len(rows),
             "rows": rows, "seconds": progress.get("seconds"), "progress_file": str(progress_path),
             "test_miou": finished.get("test_miou"), "published_test_miou": published["baselines"][model]["test_miou"]}
 
@@ -53,14 +55,18 @@ def compare(model: str, args, published: dict, label: str) -> dict:
 def _model_lines(entry: dict) -> list[str]:
     title = f"## {entry['model']}" + (f", {entry['rerun']}" if entry.get("rerun") else "")
     lines = [f"{title}: {entry['epochs_rerun']} of {entry['epochs_published']} dense epochs rerun", ""]
-    if not entry["rows"]:
+    if not entry["epochs_rerun"]:
         return lines + ["No epoch finished before the run was stopped.", ""]
-    rows = [(r["epoch"], f"{100 * r['published']:.2f}", f"{100 * r['on_disk']:.2f}",
-             f"{r['difference_points']:+.2f}", "yes" if abs(r["difference_points"]) <= NOISE_POINTS else "**no**",
-             "yes" if r["on_disk"] == r["published"] else "no")
-            for r in entry["rows"]]
-    lines += [markdown_table(["dense epoch", "published val mIoU", "on-disk val mIoU", "difference (points)",
-                              "within noise", "bit for bit"], rows), ""]
+    if entry["rows"]:
+        rows = [(r["epoch"], f"{100 * r['published']:.2f}", f"{100 * r['on_disk']:.2f}",
+                 f"{r['difference_points']:+.2f}", "yes" if abs(r["difference_points"]) <= NOISE_POINTS else "**no**",
+                 "yes" if r["on_disk"] == r["published"] else "no")
+                for r in entry["rows"]]
+        lines += [markdown_table(["dense epoch", "published val mIoU", "on-disk val mIoU", "difference (points)",
+                                  "within noise", "bit for bit"], rows), ""]
+    else:
+        lines += ["Its validation mIoU per epoch was not published (recorded only for runs trained after it): the "
+                  "dense test mIoU below is the comparison.", ""]
     if entry.get("test_miou") is not None:
         difference = 100 * (entry["test_miou"] - entry["published_test_miou"])
         lines += [f"Dense test mIoU after all {entry['epochs_published']} epochs: {100 * entry['test_miou']:.2f} "
