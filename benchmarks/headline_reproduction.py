@@ -84,7 +84,7 @@ NOT_RERUN = {
     "int8_latency": TIMING + ", after training the Fashion-MNIST models",
     "int8_methods": "needs int8_latency's trained Fashion-MNIST models, not cached on this machine (training first)",
     "int8_profile": TIMING + " (ONNX Runtime's profiler)",
-    "latency_budget": "published from this code: one full run at f9597c8 (latency_budget_160_v10, issue 39); the "
+    "latency_budget": "published from this code: one full run at f9597c8 (latency_budget_160_v10); the "
                       "one later change to the search (c784d73's fallback) acts only where a width search refuses with a "
                       "candidate whose bound clears the budget, and none of that run's refusals had one",
     "modelopt_side_by_side": "published from this same code (commit f6cc4bf, this session); 8 models through two "
@@ -359,7 +359,7 @@ def markdown(report: dict) -> str:
     entries = report["benchmarks"]
     rerun = [e for e in entries if e["rerun"]]
     seeds_only = [e for e in rerun if not e["reproduced"] and e.get("within_seed_spread")]
-    lines = ["# Headline reproduction (issue 37: behaviour unchanged after the refactor)", "",
+    lines = ["# Headline reproduction: is behaviour unchanged after the refactor of the passes and the layout?", "",
              f"`{report['command']}`, reruns at commit {report['commit']} into benchmarks/results/reproduced/.",
              "", f"This comparison ran on: {machine_summary(report['machine'])}. Each benchmark below names the "
              "machines its published run and its rerun ran on.", "",
