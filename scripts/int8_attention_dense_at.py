@@ -7,8 +7,12 @@ benchmark module and repeats what its main() did before quantizing: read the cal
 `--seed` does (the initialisation and the trainer's data order). Run it from a worktree of the commit:
 
     git worktree add /tmp/at-08bf9aa 08bf9aa
-    cd /tmp/at-08bf9aa && PYTHONPATH=. OMP_NUM_THREADS=2 /path/to/.venv/bin/python \\
-        /path/to/scripts/int8_attention_dense_at.py 120 /tmp/dense-08bf9aa-seed1.pt 1
+    cd /tmp/at-08bf9aa && PYTHONPATH=/path/to/scripts/at_commit PRUNEFX_SOURCES=/tmp/at-08bf9aa OMP_NUM_THREADS=2 \\
+        /path/to/.venv/bin/python /path/to/scripts/int8_attention_dense_at.py 120 /tmp/dense-08bf9aa-seed1.pt 1
+
+(scripts/at_commit/sitecustomize.py makes every prunefx package load from the worktree: PYTHONPATH=. alone would
+load `prunefx` from it but `prunefx.graph`, `.passes` and `.runtime` from this checkout, through the editable
+install.)
 
 Used for benchmarks/results/reproduced/dense-at-08bf9aa*/int8_attention.json (headline_reproduction.py).
 """
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from prunefx.data.splits import fashion_mnist_data  # the worktree's (PYTHONPATH=.)
+from prunefx.data.splits import fashion_mnist_data  # the worktree's (through scripts/at_commit)
 
 
 def main(steps: int, path: Path, seed: int) -> None:
