@@ -47,7 +47,8 @@ def compare(model: str, args, published: dict, label: str) -> dict:
             for epoch, value in enumerate(progress["val_miou_by_epoch"]) if epoch < len(reference)]
     finished = json.loads(dense_path.read_text()) if dense_path.is_file() else {}
     return {"model": model, "rerun": label, "epochs_published": published["baselines"][model]["epochs"],
-            "epochs_rerun": len(progress["val_miou_by_epoch"]), "epochs_compared": len(rows),
+            # a run made before per-epoch progress was recorded has only its finished dense.json
+            "epochs_rerun": len(progress["val_miou_by_epoch"]) or finished.get("epochs", 0), "epochs_compared": len(rows),
             "rows": rows, "seconds": progress.get("seconds"), "progress_file": str(progress_path),
             "test_miou": finished.get("test_miou"), "published_test_miou": published["baselines"][model]["test_miou"]}
 
