@@ -72,7 +72,8 @@ TIMING = ("its headline is a latency ratio (timing only, noise on a shared machi
 NOT_RERUN = {
     "budget_choice": f"{TRAINS} (dense models, then KD steps per variant) and measured latency budgets",
     "data_loading": TIMING + "; the data engineer's benchmark",
-    "dense_tasks": f"{TRAINS}; rerun separately through the mask folders (dense_tasks_ondisk)",
+    "dense_tasks": f"{TRAINS}; its dense trainings and prunefx-obs at 0.5 were rerun separately through the mask "
+                   "folders (dense_tasks_ondisk, dense_tasks_ondisk_unet, dense_tasks_ondisk_segformer)",
     "dense_tasks_ondisk": "is itself a reproduction of dense_tasks (its own results file)",
     "depth_vs_channel": f"{TRAINS} (a recovery per variant) and its headline is latency at equal accuracy",
     "detector_pruning": TIMING,
