@@ -333,27 +333,27 @@ def _benchmark_section(e: dict) -> list[str]:
 def _columns(folders: list[str]) -> dict[str, list[str]]:
     """Column title -> the run folders it shows: one column per folder, except that a family of three or more
     seed runs (`seed-K`, `dense-at-COMMIT-seed-K`) is one column, so that a sweep does not widen the table."""
-    families: dict[str, list[str]] = {}
+    families: dict[str, dict[int, str]] = {}  # `seed-` and what precedes it (or a whole folder) -> seed -> folder
     for folder in folders:
-        prefix, seed, _ = folder.rpartition("seed-")
-        families.setdefault(prefix + seed if seed else folder, []).append(folder)
+        prefix, separator, seed = folder.rpartition("seed-")
+        families.setdefault(prefix + separator if separator else folder, {})[int(seed) if separator else 0] = folder
     columns = {}
     for family, members in families.items():
         if len(members) < 3:
-            columns.update({member: [member] for member in members})
-            continue
-        seeds = sorted(int(member.rpartition("seed-")[2]) for member in members)
-        columns[f"{family}{seeds[0]}..{seeds[-1]} (range)"] = members
+            columns.update({member: [member] for member in members.values()})
+        else:
+            columns[f"{family}{min(members)}..{max(members)} (range)"] = list(members.values())
     return columns
 
 
 def _cell(f: Figure, folders: list[str]) -> str:
+    """One value, or the range of a seed family's values ('varies' where they are not numbers)."""
     values = [f["variants"][folder] for folder in folders if f["variants"].get(folder) is not None]
-    if len(folders) == 1 or not values:
+    if len({str(value) for value in values}) <= 1:
         return _value(values[0]) if values else ""
-    if not all(isinstance(v, (int, float)) for v in values) or min(values) == max(values):
-        return _value(values[0]) if len(set(map(str, values))) == 1 else "varies"
-    return f"{_value(min(values))} to {_value(max(values))}"
+    if all(isinstance(value, (int, float)) for value in values):
+        return f"{_value(min(values))} to {_value(max(values))}"
+    return "varies"
 
 
 def markdown(report: dict) -> str:

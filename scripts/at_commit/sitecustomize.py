@@ -18,6 +18,7 @@ from elsewhere.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -41,9 +42,7 @@ def point_hooks_at(sources: Path) -> None:
     for hook in hooks:
         hook.MAPPING.clear()
         hook.MAPPING.update(folders)
-    import importlib  # after the hook is pointed: every prunefx import below goes through it
-
-    for package, folder in folders.items():
+    for package, folder in folders.items():  # imported through the hook, now pointed at `sources`
         loaded = Path(importlib.import_module(package).__file__).resolve()
         if not loaded.is_relative_to(Path(folder).resolve()):
             sys.exit(f"at_commit: {package} loads from {loaded}, not from {folder}")
