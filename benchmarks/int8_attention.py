@@ -110,13 +110,12 @@ def main() -> int:
         parser.error("--seed needs --train-steps (the cached one-epoch model is seed 0)")
     torch.set_num_threads(2)
     data = fashion_mnist_data(FASHION_MNIST_BATCH, augment=True)
-    batches = calibration_batches(data)
     if args.dense_from:
         dense, batches = dense_from(args.dense_from, data)
-    elif args.train_steps is None:
-        dense = trained_fashion_mnist(MODEL, data, args.train_epochs)
     else:
-        dense = trained_steps(data, args.train_steps, args.seed)
+        batches = calibration_batches(data)  # before training, which leaves the loader on its last epoch
+        dense = trained_fashion_mnist(MODEL, data, args.train_epochs) if args.train_steps is None else \
+            trained_steps(data, args.train_steps, args.seed)
     if args.save_dense:
         torch.save({"weights": dense.state_dict(), "calibration": [list(batch) for batch in batches]}, args.save_dense)
     rows = [{"variant": "fp32", "attention": "float", "accuracy": accuracy(dense, data, args.test_images)}]
