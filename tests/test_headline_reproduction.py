@@ -81,3 +81,28 @@ def test_a_seed_sweep_is_one_column_showing_its_range():
     row["variants"] = {"seed-1": 36.5, "seed-2": 34.9, "seed-10": 35.5}
     assert script._cell(row, columns["seed-1..10 (range)"]) == "34.9 to 36.5"
     assert script._columns(["seed-1", "seed-2"]) == {"seed-1": ["seed-1"], "seed-2": ["seed-2"]}
+
+
+def test_a_partial_rerun_is_compared_only_where_it_has_the_published_run():
+    """fashion_mnist_accuracy reruns one model and two variants: each rerun row meets the published row of the
+    same model, variant, loss and fraction, and rows it did not make are neither compared nor invented."""
+    script = _script()
+    published = json.loads((BENCHMARKS / "results" / "fashion_mnist_accuracy.json").read_text())
+    kept = [run for run in published["runs"] if run["model"] == "resnet20" and run["fraction"] == 0.5
+            and run["variant"] == "tp-l2" and run["loss"] == "kd"]
+    rerun = {"baselines": {"resnet20": {**published["baselines"]["resnet20"], "test_accuracy": 0.9}},
+             "runs": [{**kept[0], "test_accuracy": kept[0]["test_accuracy"] - 0.02}]}
+    rows = {row["figure"]: row for row in script._fashion_mnist_accuracy(published, rerun)}
+    assert set(rows) == {"resnet20 dense test %", "resnet20 tp-l2 kd at 0.5: MACs kept",
+                         "resnet20 tp-l2 kd at 0.5: one-shot test %", "resnet20 tp-l2 kd at 0.5: test % after recovery"}
+    assert rows["resnet20 dense test %"]["within"] is False  # 92.90 -> 90.00
+    assert rows["resnet20 tp-l2 kd at 0.5: test % after recovery"]["difference"] == pytest.approx(-2.0)
+    assert rows["resnet20 tp-l2 kd at 0.5: test % after recovery"]["within"] is False
+
+
+def test_sparsity_holds_the_recovered_accuracy_to_a_tighter_rule_than_the_one_shot():
+    script = _script()
+    published = json.loads((BENCHMARKS / "results" / "sparsity_accuracy.json").read_text())
+    rows = {row["figure"]: row for row in script._sparsity_accuracy(published, published)}
+    assert rows["obs one-shot: test %"]["rule"] == "abs 1" and rows["obs kd: test %"]["rule"] == "abs 0.5"
+    assert rows["cap kd: 2:4 violations"]["published"] == 0 and rows["cap one-shot: layers made 2:4"]["published"] == 20
