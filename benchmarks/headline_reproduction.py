@@ -71,6 +71,8 @@ RERUN = {
     "sparsity_accuracy": ".venv/bin/python benchmarks/sparsity_accuracy.py",
     # its speed-ups are another CPU's ratios (shown, not judged); the pruned graphs are the behaviour
     "detector_pruning": ".venv/bin/python benchmarks/detector_pruning.py --runs 80",
+    # trains its three Fashion-MNIST models one epoch first (int8_latency's cache, empty on this machine)
+    "int8_methods": ".venv/bin/python benchmarks/int8_methods.py",
 }
 
 TRAINS = "its headline is accuracy after training that takes hours on these 2 shared cores"
@@ -88,7 +90,6 @@ NOT_RERUN = {
     "int8_after_pruning": TIMING + " (INT8 gain after pruning)",
     "int8_head_to_head": TIMING,
     "int8_latency": TIMING + ", after training the Fashion-MNIST models",
-    "int8_methods": "needs int8_latency's trained Fashion-MNIST models, not cached on this machine (training first)",
     "int8_profile": TIMING + " (ONNX Runtime's profiler)",
     "latency_budget": "published from this code: one full run at f9597c8 (latency_budget_160_v10); the "
                       "one later change to the search (c784d73's fallback) acts only where a width search refuses with a "
@@ -316,13 +317,29 @@ def _detector_pruning(old: dict, new: dict) -> list[Figure]:
     return rows
 
 
+def _int8_methods(old: dict, new: dict) -> list[Figure]:
+    """Per model: FP32 top-1, then per calibration method its INT8 top-1 and its cost (FP32 minus INT8, in
+    points: the headline, which method loses accuracy), all on the same test images."""
+    rows = []
+    for model, a in old["models"].items():
+        b = new["models"].get(model)
+        if b is None:
+            continue
+        rows.append(figure(f"{model} fp32 top-1 %", 100 * a["fp32"], 100 * b["fp32"], "abs 0.5"))
+        for method in (key for key in a if key != "fp32"):
+            rows.append(figure(f"{model} {method}: top-1 %", 100 * a[method], 100 * b[method], "abs 0.5"))
+            rows.append(figure(f"{model} {method}: cost (points)", 100 * (a["fp32"] - a[method]),
+                               100 * (b["fp32"] - b[method]), "abs 0.5"))
+    return rows
+
+
 COMPARE: dict[str, Callable[[dict, dict], list[Figure]]] = {
     "combing_time": _combing_time, "prune_zoo": _prune_zoo, "write_back_coverage": _write_back_coverage,
     "fp16_readiness": _fp16_readiness, "fold_batchnorm_latency": _fold_batchnorm_latency,
     "depth_pruning": _depth_pruning, "prune_defaults": _prune_defaults, "int8_attention": _int8_attention,
     "detection_scenes": _detection_scenes, "fashion_mnist_accuracy": _fashion_mnist_accuracy,
     "one_shot_accuracy": _one_shot_accuracy, "sparsity_accuracy": _sparsity_accuracy,
-    "detector_pruning": _detector_pruning,
+    "detector_pruning": _detector_pruning, "int8_methods": _int8_methods,
 }
 
 
