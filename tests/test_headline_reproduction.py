@@ -106,3 +106,26 @@ def test_sparsity_holds_the_recovered_accuracy_to_a_tighter_rule_than_the_one_sh
     rows = {row["figure"]: row for row in script._sparsity_accuracy(published, published)}
     assert rows["obs one-shot: test %"]["rule"] == "abs 1" and rows["obs kd: test %"]["rule"] == "abs 0.5"
     assert rows["cap kd: 2:4 violations"]["published"] == 0 and rows["cap one-shot: layers made 2:4"]["published"] == 20
+
+
+@pytest.mark.parametrize("variants, same", [
+    ({"at-397f5bd": 15.81, "dense-at-397f5bd": 15.81}, True),  # old and new code agree on one model
+    ({"at-397f5bd": 15.81, "dense-at-397f5bd": 13.2}, False),  # the passes moved it
+    ({"at-397f5bd": 15.81, "seed-1": 10.8}, None),  # no pair: nothing to say
+    ({"at-4a01c07": 91.5, "dense-at-397f5bd": 91.9}, True),  # within the rule's 1 point
+])
+def test_same_weights_excuses_a_figure_only_where_old_and_new_code_agree_on_one_model(variants, same):
+    script = _script()
+    row = script.figure("f", 10.82, 15.2, "abs 1")
+    row["variants"] = variants
+    pairs = [("at-397f5bd", "dense-at-397f5bd"), ("at-4a01c07", "dense-at-397f5bd")]
+    assert script.same_on_same_weights(row, pairs) is same
+    row["within_seeds"], row["same_weights"] = None, same
+    assert script._verdict(row) == ("same on the same weights" if same else "**no**")
+
+
+def test_a_timing_figure_is_never_judged_on_the_same_weights():
+    script = _script()
+    timing = script.figure("f", 1.2, 1.5, "timing")
+    timing["variants"] = {"at-397f5bd": 1.0, "dense-at-397f5bd": 2.0}
+    assert script.same_on_same_weights(timing, [("at-397f5bd", "dense-at-397f5bd")]) is None
