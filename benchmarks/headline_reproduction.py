@@ -114,11 +114,13 @@ NOT_FINISHED = ("queued but not run to the end: the 2 shared cores were taken by
 # older code and today's give the same figure on the same weights, the passes are unchanged. The Fashion-MNIST
 # ResNet-20 was trained once at 397f5bd on the rerun's machine; every older code ran on that one model (the
 # commit that published each figure: 397f5bd the dense, Torch-Pruning rows and one-shot ladder, 4a01c07 the
-# prunefx-obs rows, 3fe7cbe the 2:4 rows), and today's code on it in dense-at-397f5bd.
+# prunefx-obs rows, 3fe7cbe the 2:4 rows), and today's code on it in dense-at-397f5bd. "rerun" names the
+# rerun itself: int8_methods' older code (a1297da) ran on the models the rerun trained.
 SAME_WEIGHTS = {
     "fashion_mnist_accuracy": [("at-397f5bd", "dense-at-397f5bd"), ("at-4a01c07", "dense-at-397f5bd")],
     "one_shot_accuracy": [("at-397f5bd", "dense-at-397f5bd")],
     "sparsity_accuracy": [("at-3fe7cbe", "dense-at-397f5bd")],
+    "int8_methods": [("at-a1297da", "rerun")],
 }
 
 
@@ -418,7 +420,9 @@ def same_on_same_weights(f: Figure, pairs: list[tuple[str, str]]) -> bool | None
     every pair of runs that has it? None where no pair has it (or the figure is timing)."""
     if f["within"] is None:
         return None
-    compared = [(f["variants"].get(old), f["variants"].get(new)) for old, new in pairs]
+    def value(folder: str):
+        return f["rerun"] if folder == "rerun" else f["variants"].get(folder)
+    compared = [(value(old), value(new)) for old, new in pairs]
     compared = [(a, b) for a, b in compared if a is not None and b is not None]
     if not compared:
         return None

@@ -129,3 +129,12 @@ def test_a_timing_figure_is_never_judged_on_the_same_weights():
     timing = script.figure("f", 1.2, 1.5, "timing")
     timing["variants"] = {"at-397f5bd": 1.0, "dense-at-397f5bd": 2.0}
     assert script.same_on_same_weights(timing, [("at-397f5bd", "dense-at-397f5bd")]) is None
+
+
+def test_the_rerun_itself_can_be_the_today_side_of_a_same_weights_pair():
+    script = _script()
+    row = script.figure("f", 84.91, 83.0, "abs 0.5")
+    row["variants"] = {"at-a1297da": 83.1}
+    assert script.same_on_same_weights(row, [("at-a1297da", "rerun")]) is True
+    row["variants"] = {"at-a1297da": 84.9}
+    assert script.same_on_same_weights(row, [("at-a1297da", "rerun")]) is False
