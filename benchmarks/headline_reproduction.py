@@ -534,12 +534,17 @@ def _cell(f: Figure, folders: list[str]) -> str:
     return "varies"
 
 
+def _named(entries: list[dict]) -> str:
+    return f" ({', '.join(e['benchmark'] for e in entries)})" if entries else ""
+
+
 def markdown(report: dict) -> str:
     entries = report["benchmarks"]
     rerun = [e for e in entries if e["rerun"]]
     seeds_only = [e for e in rerun if not e["reproduced"] and e.get("within_seed_spread")]
     weights_only = [e for e in rerun if not e["reproduced"] and not e.get("within_seed_spread")
                     and e.get("same_on_same_weights")]
+    failed = [e for e in rerun if not (e["reproduced"] or e.get("within_seed_spread") or e.get("same_on_same_weights"))]
     lines = ["# Headline reproduction: is behaviour unchanged after the refactor of the passes and the layout?", "",
              f"`{report['command']}`, reruns at commit {report['commit']} into benchmarks/results/reproduced/.",
              "", f"This comparison ran on: {machine_summary(report['machine'])}. Each benchmark below names the "
@@ -547,7 +552,8 @@ def markdown(report: dict) -> str:
              f"{sum(e['reproduced'] for e in rerun)} of {len(rerun)} benchmarks rerun reproduce every judged "
              f"headline figure, {len(seeds_only)} more only within the spread of seeds, {len(weights_only)} more "
              "only on the same trained weights (the passes give the older code's figures on one model; training "
-             f"moved); {len(entries) - len(rerun)} not rerun (reasons below).", ""]
+             f"moved); {len(failed)} not reproduced{_named(failed)}; {len(entries) - len(rerun)} not rerun "
+             "(reasons below).", ""]
     if report.get("note"):
         lines += [report["note"], ""]
     for e in rerun:
