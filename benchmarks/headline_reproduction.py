@@ -126,6 +126,11 @@ SAME_WEIGHTS = {
 }
 
 
+def _shared(old: dict, new: dict):
+    """(key, published, rerun) for every key both runs have: a partial rerun is compared where it has the row."""
+    return ((key, a, new[key]) for key, a in old.items() if key in new)
+
+
 def figure(name: str, published, rerun, rule: str) -> Figure:
     """One compared figure; `rule` is 'exact', 'abs T', 'below B' or 'timing' (shown, not judged)."""
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (published, rerun))
@@ -298,10 +303,7 @@ def _sparsity_accuracy(old: dict, new: dict) -> list[Figure]:
     """Dense accuracy, then per criterion and stage: test accuracy, layers made 2:4, zeros and pattern violations."""
     rows = [figure("dense test %", 100 * old["dense"]["test_accuracy"], 100 * new["dense"]["test_accuracy"],
                    "abs 0.5")]
-    for key, a in old["runs"].items():
-        b = new["runs"].get(key)
-        if b is None:
-            continue
+    for _, a, b in _shared(old["runs"], new["runs"]):
         label = f"{a['variant']} {a['stage']}"
         rows.append(figure(f"{label}: test %", 100 * a["test_accuracy"], 100 * b["test_accuracy"],
                            "abs 1" if a["stage"] == "one-shot" else "abs 0.5"))
@@ -338,10 +340,7 @@ def _int8_methods(old: dict, new: dict) -> list[Figure]:
     """Per model: FP32 top-1, then per calibration method its INT8 top-1 and its cost (FP32 minus INT8, in
     points: the headline, which method loses accuracy), all on the same test images."""
     rows = []
-    for model, a in old["models"].items():
-        b = new["models"].get(model)
-        if b is None:
-            continue
+    for model, a, b in _shared(old["models"], new["models"]):
         rows.append(figure(f"{model} fp32 top-1 %", 100 * a["fp32"], 100 * b["fp32"], "abs 0.5"))
         for method in (key for key in a if key != "fp32"):
             rows.append(figure(f"{model} {method}: top-1 %", 100 * a[method], 100 * b[method], "abs 0.5"))
@@ -355,14 +354,8 @@ def _int8_after_pruning(old: dict, new: dict) -> list[Figure]:
     the shipped checkpoint, MobileNetV2-small from the one-epoch model trained first) and the INT8 gain of
     prunefx's file over the pruned FP32 file (shown, not judged: another CPU's kernels)."""
     rows = []
-    for model, a in old["models"].items():
-        b = new["models"].get(model)
-        if b is None:
-            continue
-        for key, fa in a["fractions"].items():
-            fb = b["fractions"].get(key)
-            if fb is None:
-                continue
+    for model, a, b in _shared(old["models"], new["models"]):
+        for key, fa, fb in _shared(a["fractions"], b["fractions"]):
             rows.append(figure(f"{model} {key}: MACs kept", fa["macs_kept"], fb["macs_kept"], "abs 0.005"))
             rows.append(figure(f"{model} {key}: INT8 gain (prunefx)", fa["int8_gain"]["prunefx int8"],
                                fb["int8_gain"]["prunefx int8"], "timing"))
@@ -373,10 +366,7 @@ def _plain_loop_recovery(old: dict, new: dict) -> list[Figure]:
     """The dense model, then per route its test accuracy and MACs kept, and the headline: the gap between the plain
     loop and compress (done when within 0.3 point) and whether it was met."""
     rows = [figure("dense test %", 100 * old["dense_test_accuracy"], 100 * new["dense_test_accuracy"], "abs 0.5")]
-    for route, a in old["routes"].items():
-        b = new["routes"].get(route)
-        if b is None:
-            continue
+    for route, a, b in _shared(old["routes"], new["routes"]):
         rows.append(figure(f"{route}: test %", 100 * a["test_accuracy"], 100 * b["test_accuracy"], "abs 1"))
         rows.append(figure(f"{route}: MACs kept", a["macs_kept"], b["macs_kept"], "abs 0.005"))
     return rows + [figure("gap, plain loop - compress (points)", old["gap_points"], new["gap_points"], "abs 0.3"),
@@ -412,19 +402,20 @@ def entry(name: str) -> dict:
                 "reason": NOT_FINISHED}
     old, new = (json.loads(path.read_text()) for path in (PUBLISHED / f"{name}.json", rerun))
     figures = COMPARE[name](old, new)
+    pairs = SAME_WEIGHTS.get(name, [])
     variants = {folder: {f["figure"]: f["rerun"] for f in COMPARE[name](old, run)}
                 for folder, run in variant_runs(name).items()}
     for f in figures:
         f["variants"] = {folder: values.get(f["figure"]) for folder, values in variants.items()}
         f["within_seeds"] = within_seed_spread(f)
-        f["same_weights"] = same_on_same_weights(f, SAME_WEIGHTS.get(name, []))
+        f["same_weights"] = same_on_same_weights(f, pairs)
     judged = [f for f in figures if f["within"] is not None]
     return {"benchmark": name, "rerun": True, "command": RERUN[name], "figures": figures,
             "published_on": _machine(old), "rerun_on": _machine(new),
             "variants": list(variants), "reproduced": all(f["within"] for f in judged),
             "within_seed_spread": all(f["within"] or f["within_seeds"] for f in judged),
             "same_on_same_weights": all(f["within"] or f["same_weights"] for f in judged),
-            "same_weights_pairs": SAME_WEIGHTS.get(name, [])}
+            "same_weights_pairs": pairs}
 
 
 def _machine(run: dict) -> str:
@@ -481,11 +472,18 @@ def _verdict(f: Figure) -> str:
     return "same on the same weights" if f.get("same_weights") else "**no**"
 
 
+STATUS = {"reproduced": "reproduced", "seeds": "reproduced within the seed spread only",
+          "weights": "the passes reproduce on the same weights; the trained model moved", "no": "NOT reproduced"}
+
+
+def _status(e: dict) -> str:
+    """A rerun benchmark's key in STATUS: the first that holds for every judged figure."""
+    return ("reproduced" if e["reproduced"] else "seeds" if e.get("within_seed_spread") else
+            "weights" if e.get("same_on_same_weights") else "no")
+
+
 def _benchmark_section(e: dict) -> list[str]:
-    status = ("reproduced" if e["reproduced"] else
-              "reproduced within the seed spread only" if e.get("within_seed_spread") else
-              "the passes reproduce on the same weights; the trained model moved" if e.get("same_on_same_weights")
-              else "NOT reproduced")
+    status = STATUS[_status(e)]
     columns = _columns(e.get("variants", []))
     header = ["figure", "published", "rerun", "difference", "rule", *columns, "within noise"]
     rows = [[f["figure"], _value(f["published"]), _value(f["rerun"]), _value(f["difference"]), f["rule"],
@@ -541,18 +539,17 @@ def _named(entries: list[dict]) -> str:
 def markdown(report: dict) -> str:
     entries = report["benchmarks"]
     rerun = [e for e in entries if e["rerun"]]
-    seeds_only = [e for e in rerun if not e["reproduced"] and e.get("within_seed_spread")]
-    weights_only = [e for e in rerun if not e["reproduced"] and not e.get("within_seed_spread")
-                    and e.get("same_on_same_weights")]
-    failed = [e for e in rerun if not (e["reproduced"] or e.get("within_seed_spread") or e.get("same_on_same_weights"))]
+    by_status = {key: [e for e in rerun if _status(e) == key] for key in STATUS}
     lines = ["# Headline reproduction: is behaviour unchanged after the refactor of the passes and the layout?", "",
              f"`{report['command']}`, reruns at commit {report['commit']} into benchmarks/results/reproduced/.",
              "", f"This comparison ran on: {machine_summary(report['machine'])}. Each benchmark below names the "
              "machines its published run and its rerun ran on.", "",
-             f"{sum(e['reproduced'] for e in rerun)} of {len(rerun)} benchmarks rerun reproduce every judged "
-             f"headline figure, {len(seeds_only)} more only within the spread of seeds, {len(weights_only)} more "
+             f"{len(by_status['reproduced'])} of {len(rerun)} benchmarks rerun reproduce every judged "
+             f"headline figure, {len(by_status['seeds'])} more only within the spread of seeds, "
+             f"{len(by_status['weights'])} more "
              "only on the same trained weights (the passes give the older code's figures on one model; training "
-             f"moved); {len(failed)} not reproduced{_named(failed)}; {len(entries) - len(rerun)} not rerun "
+             f"moved); {len(by_status['no'])} not reproduced{_named(by_status['no'])}; "
+             f"{len(entries) - len(rerun)} not rerun "
              "(reasons below).", ""]
     if report.get("note"):
         lines += [report["note"], ""]
