@@ -77,6 +77,13 @@ RERUN = {
     "int8_after_pruning": ".venv/bin/python benchmarks/int8_after_pruning.py",
     # --reuse reads back routes already run with these settings; this machine's build/ has none
     "plain_loop_recovery": ".venv/bin/python benchmarks/plain_loop_recovery.py --reuse",
+    # latency ratios: judged against the published run, and where another CPU moved them, against the publishing
+    # commit's code timed on this machine in the same session (SAME_MACHINE)
+    "int8_head_to_head": ".venv/bin/python benchmarks/int8_head_to_head.py --output-dir benchmarks/results/reproduced",
+    "fashion_mnist_loading": ".venv/bin/python benchmarks/fashion_mnist_loading.py",
+    "process_rounds": ".venv/bin/python benchmarks/process_rounds.py --repeats 6",
+    "int8_profile": ".venv/bin/python benchmarks/int8_profile.py --models mobilenet_v2 resnet50 efficientnet_b0 "
+                    "--runs 100 --output-dir benchmarks/results/reproduced",
 }
 
 TRAINS = "its headline is accuracy after training runs that took hours on the AMD machine that published it"
@@ -92,15 +99,11 @@ NOT_RERUN = {
                    "folders (dense_tasks_ondisk, dense_tasks_ondisk_unet, dense_tasks_ondisk_segformer)",
     "dense_tasks_ondisk": "is itself a reproduction of dense_tasks (its own results file)",
     "depth_vs_channel": f"{TRAINS} (a recovery per variant); its headline is latency at equal accuracy",
-    "fashion_mnist_loading": TIMING + " (the batched crop and flip against per-image transforms)",
-    "int8_head_to_head": TIMING,
     "int8_latency": TIMING + "; the Fashion-MNIST models it trains are int8_methods' (rerun)",
-    "int8_profile": TIMING + " (ONNX Runtime's profiler)",
     "latency_budget": "published from this code: one full run at f9597c8 (latency_budget_160_v10); the "
                       "one later change to the search (c784d73's fallback) acts only where a width search refuses with a "
                       "candidate whose bound clears the budget, and none of that run's refusals had one",
     "modelopt_side_by_side": "published at f6cc4bf; 8 models through two quantizers took hours on the AMD machine",
-    "process_rounds": TIMING,
     "prune_latency": TIMING,
     "semi_structured_speedup": TIMING + " on an NVIDIA GPU (none here)",
 }
@@ -125,6 +128,16 @@ SAME_WEIGHTS = {
     "int8_methods": [("at-a1297da", "rerun")],
 }
 
+# Pairs of run folders timed on the rerun's machine in one session, one after the other: the commit that
+# published a latency ratio, then today's code. A ratio published on another CPU need not hold on this one (other
+# kernels); where the publishing code and today's give it within its rule here, the code did not move it.
+SAME_MACHINE = {
+    "int8_head_to_head": [("at-3e31fd5", "rerun")],
+    "fashion_mnist_loading": [("at-193fd27", "rerun")],
+    "process_rounds": [("at-45c4a83", "rerun")],
+    "int8_profile": [("at-7213335", "rerun")],
+}
+
 
 def _shared(old: dict, new: dict):
     """(key, published, rerun) for every key both runs have: a partial rerun is compared where it has the row."""
@@ -132,7 +145,8 @@ def _shared(old: dict, new: dict):
 
 
 def figure(name: str, published, rerun, rule: str) -> Figure:
-    """One compared figure; `rule` is 'exact', 'abs T', 'below B' or 'timing' (shown, not judged)."""
+    """One compared figure; `rule` is 'exact', 'abs T', 'rel T' (|rerun / published - 1| <= T), 'below B' or
+    'timing' (shown, not judged)."""
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (published, rerun))
     difference = rerun - published if numeric else None
     if rule == "timing":
@@ -141,6 +155,8 @@ def figure(name: str, published, rerun, rule: str) -> Figure:
         within = published == rerun
     elif rule.startswith("abs "):
         within = numeric and abs(difference) <= float(rule.split()[1])
+    elif rule.startswith("rel "):
+        within = numeric and published != 0 and abs(rerun / published - 1) <= float(rule.split()[1])
     elif rule.startswith("below "):
         within = numeric and max(published, rerun) < float(rule.split()[1])
     else:
@@ -373,6 +389,71 @@ def _plain_loop_recovery(old: dict, new: dict) -> list[Figure]:
                    figure("gap within 0.3 point", old["met"], new["met"], "exact")]
 
 
+def _int8_head_to_head(old: dict, new: dict) -> list[Figure]:
+    """Per model and thread count: the median over 40 rounds of quantize_static's latency over prunefx's (its 95 %
+    intervals published within 0.01 of the median), and how many rounds prunefx won (shown)."""
+    rows = []
+    for model, a, b in _shared(old["models"], new["models"]):
+        for threads, ra, rb in _shared(a, b):
+            label = f"{model}, {threads} thread(s)"
+            rows.append(figure(f"{label}: ratio u8 / prunefx", ra["ratio_median"], rb["ratio_median"], "abs 0.02"))
+            rows.append(figure(f"{label}: rounds prunefx faster", ra["rounds_prunefx_faster"],
+                               rb["rounds_prunefx_faster"], "timing"))
+    return rows
+
+
+def _fashion_mnist_loading(old: dict, new: dict) -> list[Figure]:
+    """The batched crop and flip against per-image transforms: how much faster it reads a batch (the published
+    rounds alone span 11x to 20x, hence rel 0.3) and a training step's time per image route over batched."""
+    def read_speedup(run):
+        return run["routes"][0]["read_ms_per_batch"] / run["routes"][1]["read_ms_per_batch"]
+    def step_ratio(run):
+        return run["routes"][0]["step_ms"] / run["routes"][1]["step_ms"]
+    return [figure("read speed-up, batched over per image", read_speedup(old), read_speedup(new), "rel 0.3"),
+            figure("training step, per image / batched", step_ratio(old), step_ratio(new), "abs 0.05")]
+
+
+def _process_rounds(old: dict, new: dict) -> list[Figure]:
+    """The pair timed (the pruned model's MACs: behaviour, exact) and per way of timing the median speed-up over
+    the repeats (the published repeats span 5 to 10 %, hence rel 0.1) and the spread between repeats (shown)."""
+    rows = [figure("pair", old["pair"], new["pair"], "exact")]
+    for way, a, b in _shared(old["ways"], new["ways"]):
+        rows.append(figure(f"{way}: median speed-up", _median([r["speedup"] for r in a]),
+                           _median([r["speedup"] for r in b]), "rel 0.1"))
+        rows.append(figure(f"{way}: spread max / min", old["summary"][way]["spread"], new["summary"][way]["spread"],
+                           "timing"))
+    return rows
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _int8_profile(old: dict, new: dict) -> list[Figure]:
+    """Per model: the operators ONNX Runtime runs for each file (the lowering's behaviour: exact), prunefx INT8's
+    kernel time over quantize_static's and FP32's over prunefx INT8's (the published page measured 14 % drift
+    between two runs of one file, hence abs 0.1 and rel 0.15)."""
+    rows = []
+    for model, a, b in _shared(old["models"], new["models"]):
+        rows += [figure(f"{model} {file}: operators run", _joined_counts(a[file]["operators_run"]),
+                        _joined_counts(b[file]["operators_run"]), "exact") for file in a if file in b]
+        rows.append(figure(f"{model}: kernel time prunefx / u8", _kernel_ratio(a, "prunefx int8", "ort u8"),
+                           _kernel_ratio(b, "prunefx int8", "ort u8"), "abs 0.1"))
+        rows.append(figure(f"{model}: kernel time fp32 / prunefx", _kernel_ratio(a, "fp32", "prunefx int8"),
+                           _kernel_ratio(b, "fp32", "prunefx int8"), "rel 0.15"))
+    return rows
+
+
+def _joined_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{op} {n}" for op, n in sorted(counts.items()))
+
+
+def _kernel_ratio(model: dict, top: str, bottom: str) -> float:
+    return model[top]["kernel_ms_per_run"] / model[bottom]["kernel_ms_per_run"]
+
+
 COMPARE: dict[str, Callable[[dict, dict], list[Figure]]] = {
     "combing_time": _combing_time, "prune_zoo": _prune_zoo, "write_back_coverage": _write_back_coverage,
     "fp16_readiness": _fp16_readiness, "fold_batchnorm_latency": _fold_batchnorm_latency,
@@ -380,7 +461,8 @@ COMPARE: dict[str, Callable[[dict, dict], list[Figure]]] = {
     "detection_scenes": _detection_scenes, "fashion_mnist_accuracy": _fashion_mnist_accuracy,
     "one_shot_accuracy": _one_shot_accuracy, "sparsity_accuracy": _sparsity_accuracy,
     "detector_pruning": _detector_pruning, "int8_methods": _int8_methods, "int8_after_pruning": _int8_after_pruning,
-    "plain_loop_recovery": _plain_loop_recovery,
+    "plain_loop_recovery": _plain_loop_recovery, "int8_head_to_head": _int8_head_to_head,
+    "fashion_mnist_loading": _fashion_mnist_loading, "process_rounds": _process_rounds, "int8_profile": _int8_profile,
 }
 
 
@@ -402,20 +484,22 @@ def entry(name: str) -> dict:
                 "reason": NOT_FINISHED}
     old, new = (json.loads(path.read_text()) for path in (PUBLISHED / f"{name}.json", rerun))
     figures = COMPARE[name](old, new)
-    pairs = SAME_WEIGHTS.get(name, [])
+    pairs, timed_pairs = SAME_WEIGHTS.get(name, []), SAME_MACHINE.get(name, [])
     variants = {folder: {f["figure"]: f["rerun"] for f in COMPARE[name](old, run)}
                 for folder, run in variant_runs(name).items()}
     for f in figures:
         f["variants"] = {folder: values.get(f["figure"]) for folder, values in variants.items()}
         f["within_seeds"] = within_seed_spread(f)
-        f["same_weights"] = same_on_same_weights(f, pairs)
+        f["same_weights"] = same_in_pairs(f, pairs)
+        f["same_machine"] = same_in_pairs(f, timed_pairs)
     judged = [f for f in figures if f["within"] is not None]
     return {"benchmark": name, "rerun": True, "command": RERUN[name], "figures": figures,
             "published_on": _machine(old), "rerun_on": _machine(new),
             "variants": list(variants), "reproduced": all(f["within"] for f in judged),
             "within_seed_spread": all(f["within"] or f["within_seeds"] for f in judged),
             "same_on_same_weights": all(f["within"] or f["same_weights"] for f in judged),
-            "same_weights_pairs": pairs}
+            "same_on_this_machine": all(f["within"] or f["same_machine"] for f in judged),
+            "same_weights_pairs": pairs, "same_machine_pairs": timed_pairs}
 
 
 def _machine(run: dict) -> str:
@@ -442,9 +526,10 @@ def within_seed_spread(f: Figure) -> bool | None:
     return min(values) - tolerance <= f["published"] <= max(values) + tolerance
 
 
-def same_on_same_weights(f: Figure, pairs: list[tuple[str, str]]) -> bool | None:
-    """For a judged figure with SAME_WEIGHTS runs: do the older code and today's code give it within its rule on
-    every pair of runs that has it? None where no pair has it (or the figure is timing)."""
+def same_in_pairs(f: Figure, pairs: list[tuple[str, str]]) -> bool | None:
+    """For a judged figure with pairs of runs (SAME_WEIGHTS: one trained model; SAME_MACHINE: one CPU): do the older
+    code and today's code give it within its rule on every pair that has it? None where no pair has it (or the
+    figure is timing)."""
     if f["within"] is None:
         return None
     def value(folder: str):
@@ -469,17 +554,21 @@ def _verdict(f: Figure) -> str:
         return "yes"
     if f.get("within_seeds"):
         return "within the seed spread"
-    return "same on the same weights" if f.get("same_weights") else "**no**"
+    if f.get("same_weights"):
+        return "same on the same weights"
+    return "same on this machine" if f.get("same_machine") else "**no**"
 
 
 STATUS = {"reproduced": "reproduced", "seeds": "reproduced within the seed spread only",
-          "weights": "the passes reproduce on the same weights; the trained model moved", "no": "NOT reproduced"}
+          "weights": "the passes reproduce on the same weights; the trained model moved",
+          "machine": "the publishing code and today's agree on this machine; the CPU moved the ratios",
+          "no": "NOT reproduced"}
 
 
 def _status(e: dict) -> str:
     """A rerun benchmark's key in STATUS: the first that holds for every judged figure."""
     return ("reproduced" if e["reproduced"] else "seeds" if e.get("within_seed_spread") else
-            "weights" if e.get("same_on_same_weights") else "no")
+            "weights" if e.get("same_on_same_weights") else "machine" if e.get("same_on_this_machine") else "no")
 
 
 def _benchmark_section(e: dict) -> list[str]:
@@ -503,6 +592,11 @@ def _benchmark_section(e: dict) -> list[str]:
         lines += [f"Runs on the same trained model, older code then today's: {pairs}. 'same on the same weights': "
                   "outside its rule, but the older code and today's give it within the rule on that model, so the "
                   "passes did not move it; the trained model did.", ""]
+    if e.get("same_machine_pairs"):
+        pairs = ", ".join(f"`{old}` and `{new}`" for old, new in e["same_machine_pairs"])
+        lines += [f"Timed on this machine in one session, the publishing commit's code then today's: {pairs}. 'same "
+                  "on this machine': outside its rule against the published run (another CPU), but the publishing "
+                  "code and today's give it within the rule here, so the code did not move it; the CPU did.", ""]
     return lines + [markdown_table(header, rows), ""]
 
 
@@ -548,7 +642,8 @@ def markdown(report: dict) -> str:
              f"headline figure, {len(by_status['seeds'])} more only within the spread of seeds, "
              f"{len(by_status['weights'])} more "
              "only on the same trained weights (the passes give the older code's figures on one model; training "
-             f"moved); {len(by_status['no'])} not reproduced{_named(by_status['no'])}; "
+             f"moved); {len(by_status['machine'])} more only against the publishing code timed on this machine "
+             f"(the CPU moved the ratios); {len(by_status['no'])} not reproduced{_named(by_status['no'])}; "
              f"{len(entries) - len(rerun)} not rerun "
              "(reasons below).", ""]
     if report.get("note"):

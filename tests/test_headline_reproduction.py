@@ -31,6 +31,7 @@ def test_every_benchmark_is_compared_or_has_a_reason():
     (62, 62, "exact", True), (62, 61, "exact", False), ("a, b", "a, c", "exact", False),
     (89.88, 89.5, "abs 0.5", True), (89.88, 89.3, "abs 0.5", False),
     (6e-7, 9e-6, "below 1e-5", True), (6e-7, 2e-5, "below 1e-5", False),
+    (2.0, 2.19, "rel 0.1", True), (2.0, 1.79, "rel 0.1", False), (0.0, 0.0, "rel 0.1", False),
     (1.15, 0.4, "timing", None),
 ])
 def test_rules_judge_as_documented(published, rerun, rule, within):
@@ -119,7 +120,7 @@ def test_same_weights_excuses_a_figure_only_where_old_and_new_code_agree_on_one_
     row = script.figure("f", 10.82, 15.2, "abs 1")
     row["variants"] = variants
     pairs = [("at-397f5bd", "dense-at-397f5bd"), ("at-4a01c07", "dense-at-397f5bd")]
-    assert script.same_on_same_weights(row, pairs) is same
+    assert script.same_in_pairs(row, pairs) is same
     row["within_seeds"], row["same_weights"] = None, same
     assert script._verdict(row) == ("same on the same weights" if same else "**no**")
 
@@ -128,13 +129,33 @@ def test_a_timing_figure_is_never_judged_on_the_same_weights():
     script = _script()
     timing = script.figure("f", 1.2, 1.5, "timing")
     timing["variants"] = {"at-397f5bd": 1.0, "dense-at-397f5bd": 2.0}
-    assert script.same_on_same_weights(timing, [("at-397f5bd", "dense-at-397f5bd")]) is None
+    assert script.same_in_pairs(timing, [("at-397f5bd", "dense-at-397f5bd")]) is None
 
 
 def test_the_rerun_itself_can_be_the_today_side_of_a_same_weights_pair():
     script = _script()
     row = script.figure("f", 84.91, 83.0, "abs 0.5")
     row["variants"] = {"at-a1297da": 83.1}
-    assert script.same_on_same_weights(row, [("at-a1297da", "rerun")]) is True
+    assert script.same_in_pairs(row, [("at-a1297da", "rerun")]) is True
     row["variants"] = {"at-a1297da": 84.9}
-    assert script.same_on_same_weights(row, [("at-a1297da", "rerun")]) is False
+    assert script.same_in_pairs(row, [("at-a1297da", "rerun")]) is False
+
+
+def test_a_ratio_another_cpu_moved_is_excused_only_where_publishing_and_todays_code_agree_here():
+    script = _script()
+    row = script.figure("f", 2.07, 1.60, "rel 0.1")  # published on the AMD machine, rerun on this one
+    assert row["within"] is False
+    row["within_seeds"], row["same_weights"] = None, None
+    for publishing_code, same in ((1.65, True), (2.05, False)):  # the publishing commit timed here
+        row["variants"] = {"at-45c4a83": publishing_code}
+        row["same_machine"] = script.same_in_pairs(row, [("at-45c4a83", "rerun")])
+        assert row["same_machine"] is same
+        assert script._verdict(row) == ("same on this machine" if same else "**no**")
+
+
+def test_a_benchmark_excused_only_on_this_machine_is_given_that_status_not_reproduced():
+    script = _script()
+    entry = {"reproduced": False, "within_seed_spread": False, "same_on_same_weights": False,
+             "same_on_this_machine": True}
+    assert script._status(entry) == "machine"
+    assert script._status({**entry, "same_on_this_machine": False}) == "no"
