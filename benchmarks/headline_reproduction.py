@@ -82,6 +82,8 @@ RERUN = {
     "int8_head_to_head": ".venv/bin/python benchmarks/int8_head_to_head.py --output-dir benchmarks/results/reproduced",
     "fashion_mnist_loading": ".venv/bin/python benchmarks/fashion_mnist_loading.py",
     "process_rounds": ".venv/bin/python benchmarks/process_rounds.py --repeats 6",
+    # the published rows but the dense-copy control come from one run of the default command, at 4c3b284
+    "prune_latency": ".venv/bin/python benchmarks/prune_latency.py --output-dir benchmarks/results/reproduced",
     "int8_profile": ".venv/bin/python benchmarks/int8_profile.py --models mobilenet_v2 resnet50 efficientnet_b0 "
                     "--runs 100 --output-dir benchmarks/results/reproduced",
 }
@@ -104,7 +106,6 @@ NOT_RERUN = {
                       "one later change to the search (c784d73's fallback) acts only where a width search refuses with a "
                       "candidate whose bound clears the budget, and none of that run's refusals had one",
     "modelopt_side_by_side": "published at f6cc4bf; 8 models through two quantizers took hours on the AMD machine",
-    "prune_latency": TIMING,
     "semi_structured_speedup": TIMING + " on an NVIDIA GPU (none here)",
 }
 
@@ -136,6 +137,7 @@ SAME_MACHINE = {
     "fashion_mnist_loading": [("at-193fd27", "rerun")],
     "process_rounds": [("at-45c4a83", "rerun")],
     "int8_profile": [("at-7213335", "rerun")],
+    "prune_latency": [("at-4c3b284", "rerun")],
 }
 
 
@@ -454,6 +456,21 @@ def _kernel_ratio(model: dict, top: str, bottom: str) -> float:
     return model[top]["kernel_ms_per_run"] / model[bottom]["kernel_ms_per_run"]
 
 
+def _prune_latency(old: dict, new: dict) -> list[Figure]:
+    """Per model and variant (seeded random weights): the pruned model's MACs, parameters and channel groups pruned
+    (exact), and its ONNX Runtime speed-up over the dense model, the median of 3 repeats (the published repeats
+    span up to 8 %, hence rel 0.1)."""
+    rows = []
+    for a, b in zip(old["models"], new["models"]):
+        model = a["model"].split(":")[-1]
+        for variant, va, vb in _shared(a["variants"], b["variants"]):
+            rows += [figure(f"{model} {variant}: {key}", va[key], vb[key], "exact")
+                     for key in ("macs", "params", "groups_pruned") if key in va]
+            rows.append(figure(f"{model} {variant}: speed-up", va["latency"]["speedup"], vb["latency"]["speedup"],
+                               "rel 0.1"))
+    return rows
+
+
 COMPARE: dict[str, Callable[[dict, dict], list[Figure]]] = {
     "combing_time": _combing_time, "prune_zoo": _prune_zoo, "write_back_coverage": _write_back_coverage,
     "fp16_readiness": _fp16_readiness, "fold_batchnorm_latency": _fold_batchnorm_latency,
@@ -463,6 +480,7 @@ COMPARE: dict[str, Callable[[dict, dict], list[Figure]]] = {
     "detector_pruning": _detector_pruning, "int8_methods": _int8_methods, "int8_after_pruning": _int8_after_pruning,
     "plain_loop_recovery": _plain_loop_recovery, "int8_head_to_head": _int8_head_to_head,
     "fashion_mnist_loading": _fashion_mnist_loading, "process_rounds": _process_rounds, "int8_profile": _int8_profile,
+    "prune_latency": _prune_latency,
 }
 
 
