@@ -27,7 +27,16 @@ from pathlib import Path
 
 import torch
 from common import command_line, machine_info, machine_summary, markdown_table, write_results
-from fashion_mnist_accuracy import BATCH, CACHE, KD, baseline, optimizer_settings, prune_and_recover, run_file
+from fashion_mnist_accuracy import (
+    BATCH,
+    CACHE,
+    KD,
+    baseline,
+    optimizer_settings,
+    prune_and_recover,
+    run_file,
+    run_stem,
+)
 
 from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph import Program, count
@@ -66,7 +75,7 @@ def depth_name(k: int, rank: str) -> str:
 
 
 def channel_variant(model: str, fraction: float, dense: Program, data, args) -> dict:
-    path = run_file(model, "prunefx-l2", "kd", fraction)
+    path = run_file(model, "prunefx-l2", "kd", fraction, args.epochs)
     if path.is_file():
         entry = json.loads(path.read_text())
     else:
@@ -80,7 +89,7 @@ def saved_program(model: str, entry: dict) -> Program:
     if entry["variant"].startswith("depth"):
         return Program.load(CACHE / model / f"{entry.get('file', 'depth_k' + entry['variant'].split()[1])}.pt2")
     fraction = float(entry["variant"].split()[1])
-    return Program.load(CACHE / model / f"prunefx-l2_kd_{fraction}.pt2")
+    return Program.load(CACHE / model / f"{run_stem('prunefx-l2', 'kd', fraction, entry['epochs'])}.pt2")
 
 
 def measure_latency(model: str, dense: Program, entries: list[dict], args) -> None:
@@ -146,7 +155,7 @@ def main(argv=None) -> int:
             if path.is_file():
                 entries.append(json.loads(path.read_text()))
     for fraction in args.fractions:
-        if run_file(args.model, "prunefx-l2", "kd", fraction).is_file() or not args.report_only:
+        if run_file(args.model, "prunefx-l2", "kd", fraction, args.epochs).is_file() or not args.report_only:
             print(f"[{args.model}] channel pruning to {fraction} of the MACs", file=sys.stderr)
             entries.append(channel_variant(args.model, fraction, dense, data, args))
     measure_latency(args.model, dense, entries, args)

@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--one-rounds", type=int, default=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one is not None:
-        print(json.dumps(measure_once(*args.pair, args.one == "1", args.threads, args.runs, args.one_rounds)))
+        dense, model = args.pair
+        print(json.dumps(measure_once(dense, model, args.one == "1", args.threads, args.runs, args.one_rounds)))
         return 0
     chosen = {f"{n} fresh processes": (True, n) for n in args.rounds} if args.rounds else WAYS
     with tempfile.TemporaryDirectory(prefix="process-rounds-") as tmp:
