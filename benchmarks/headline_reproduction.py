@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable
@@ -154,6 +155,12 @@ def _shared(old: dict, new: dict):
     return ((key, a, new[key]) for key, a in old.items() if key in new)
 
 
+def _matched(old_runs: list[dict], new_runs: list[dict], key: Callable[[dict], object]):
+    """(published run, rerun run) for every run of the rerun whose key a published run has, in the rerun's order."""
+    published = {key(r): r for r in old_runs}
+    return ((published[key(b)], b) for b in new_runs if key(b) in published)
+
+
 def figure(name: str, published, rerun, rule: str) -> Figure:
     """One compared figure; `rule` is 'exact', 'abs T', 'rel T' (|rerun / published - 1| <= T), 'below B' or
     'timing' (shown, not judged)."""
@@ -274,11 +281,7 @@ def _detection_scenes(old: dict, new: dict) -> list[Figure]:
                    "abs 1"),
             figure("dense test mAP (Ultralytics' validator)", 100 * old["dense"]["ultralytics_test"]["map"],
                    100 * new["dense"]["ultralytics_test"]["map"], "abs 1")]
-    published = {(r["variant"], r["fraction"], r["epochs"]): r for r in old["runs"]}
-    for b in new["runs"]:
-        a = published.get((b["variant"], b["fraction"], b["epochs"]))
-        if a is None:
-            continue
+    for a, b in _matched(old["runs"], new["runs"], lambda r: (r["variant"], r["fraction"], r["epochs"])):
         label = f"{b['variant']} at {b['fraction']}, {b['epochs']} epochs"
         rows.append(figure(f"{label}: MACs kept", a["macs_kept"], b["macs_kept"], "abs 0.005"))
         rows.append(figure(f"{label}: mAP after recovery", 100 * a["test"]["map"], 100 * b["test"]["map"], "abs 1"))
@@ -291,11 +294,7 @@ def _fashion_mnist_accuracy(old: dict, new: dict) -> list[Figure]:
     rows = [figure(f"{model} dense test %", 100 * old["baselines"][model]["test_accuracy"],
                    100 * info["test_accuracy"], "abs 0.5")
             for model, info in new["baselines"].items() if model in old["baselines"]]
-    published = {(r["model"], r["variant"], r["loss"], r["fraction"]): r for r in old["runs"]}
-    for b in new["runs"]:
-        a = published.get((b["model"], b["variant"], b["loss"], b["fraction"]))
-        if a is None:
-            continue
+    for a, b in _matched(old["runs"], new["runs"], lambda r: (r["model"], r["variant"], r["loss"], r["fraction"])):
         label = f"{b['model']} {b['variant']} {b['loss']} at {b['fraction']}"
         rows.append(figure(f"{label}: MACs kept", a["macs_kept"], b["macs_kept"], "abs 0.005"))
         if a.get("one_shot_test_accuracy") is not None:
@@ -429,20 +428,14 @@ def _process_rounds(old: dict, new: dict) -> list[Figure]:
     repeats and how many of the other repeats' readings fell inside each repeat's interval."""
     rows = [figure("pair", old["pair"], new["pair"], "exact")]
     for way, a, b in _shared(old["ways"], new["ways"]):
-        rows.append(figure(f"{way}: median speed-up", _median([r["speedup"] for r in a]),
-                           _median([r["speedup"] for r in b]), "rel 0.1"))
+        rows.append(figure(f"{way}: median speed-up", statistics.median(r["speedup"] for r in a),
+                           statistics.median(r["speedup"] for r in b), "rel 0.1"))
         rows.append(figure(f"{way}: spread max / min", old["summary"][way]["spread"], new["summary"][way]["spread"],
                            "timing"))
         # the page's claim (how often one repeat's interval holds another's reading): shown, added after the rerun
         rows.append(figure(f"{way}: other repeats' readings inside an interval (of 30)",
                            old["summary"][way]["others_held"], new["summary"][way]["others_held"], "timing"))
     return rows
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def _int8_profile(old: dict, new: dict) -> list[Figure]:
@@ -507,11 +500,7 @@ def _depth_vs_channel(old: dict, new: dict) -> list[Figure]:
     rows = [figure(f"{model} dense test %", 100 * old["baselines"][model]["test_accuracy"],
                    100 * info["test_accuracy"], "abs 0.5")
             for model, info in new["baselines"].items() if model in old["baselines"]]
-    published = {r["variant"]: r for r in old["runs"]}
-    for b in new["runs"]:
-        a = published.get(b["variant"])
-        if a is None:
-            continue
+    for a, b in _matched(old["runs"], new["runs"], lambda r: r["variant"]):
         if "blocks" in a:
             rows.append(figure(f"{b['variant']}: blocks linearised", ", ".join(a["blocks"]), ", ".join(b["blocks"]),
                                "exact"))
