@@ -2,7 +2,7 @@
 
 A Fashion-MNIST ResNet-20 is trained dense here (`--baseline-steps`, cached in build/), then pruned to
 half its MACs while training for `--steps` optimizer steps by two routes, from the same weights and the
-same batches (seed 0), both with SGD (lr 0.01, momentum 0.9, weight decay 5e-4 on kernels), a cosine
+same batches (data seed `--seed`, 0 by default), both with SGD (lr 0.01, momentum 0.9, weight decay 5e-4 on kernels), a cosine
 schedule to 0, 5 cuts every `--interval` steps, widths multiples of 8, KD from the dense model (kd_weight 0.9, T 4):
 - compress: `prunefx compress prunefx:resnet20 --weights dense.pth --data fashion-mnist --recipe R`
   with R a one-pass recipe (prune_while_training, those settings);
@@ -12,8 +12,12 @@ Both carry SGD's momentum across a cut, sliced to the channels kept; a third rou
 after every cut instead (momentum restarts), to show what that choice is worth.
 Reported: test accuracy on the 10,000 test images (each route's own count), MACs kept, and the gap.
 Done when the plain loop is within 0.3 point of compress.
+`--seed K` (default 0) draws the routes' data with seed K (the validation images held out, the batch order,
+each image's crop and flip: compress's `--seed`, the example's `--seed`) and seeds their training with it;
+the dense model stays seed 0's. It shows how far the accuracies move with the draw alone.
 
     .venv/bin/python benchmarks/plain_loop_recovery.py [--steps 200 --interval 30 --batch-size 64 --baseline-steps 300]
+        [--seed 0]
 """
 
 from __future__ import annotations
@@ -65,12 +69,12 @@ def compress(weights: str, args) -> dict:
     recipe = CACHE / "cpd_plain_loop_settings.yaml"
     recipe.write_text(yaml.safe_dump({"name": "cpd-plain-loop-settings", "verify": "full", "passes": [
         {"prune_while_training": {**SETTINGS, "interval": args.interval, "steps": args.steps, "eval_data": None,
-                                  "progress": False}}]}))
+                                  "seed": args.seed, "progress": False}}]}))
     output = CACHE / "compress"
     shutil.rmtree(output, ignore_errors=True)  # compress refuses to overwrite a folder
     seconds = run([sys.executable, "-m", "prunefx", "compress", "prunefx:resnet20", "--weights", weights,
                    "--data", "fashion-mnist", "--recipe", str(recipe), "--no-stage-report", "--runs", "20",
-                   "--batch-size", str(args.batch_size),
+                   "--batch-size", str(args.batch_size), "--seed", str(args.seed),
                    "-o", str(output)])
     report = json.loads((output / "report.json").read_text())
     return {"test_accuracy": report["accuracy"]["after"]["test"]["accuracy"],
@@ -80,7 +84,7 @@ def compress(weights: str, args) -> dict:
 
 def cached(name: str, args, measure) -> dict:
     """A route's result, measured now or, with --reuse, read from its last run (build/, same settings)."""
-    path = CACHE / f"route_{name}_{args.steps}_{args.interval}_{args.batch_size}_{args.baseline_steps}.json"
+    path = CACHE / f"route_{name}_{args.steps}_{args.interval}_{args.batch_size}_{args.baseline_steps}_seed{args.seed}.json"
     if not (args.reuse and path.is_file()):
         path.write_text(json.dumps(measure()))
     return json.loads(path.read_text())
@@ -94,7 +98,7 @@ def plain_loop(weights: str, args, *, rebuild: bool = False) -> dict:
                    "--interval", str(args.interval), "--batch-size", str(args.batch_size), "--round-to", str(SETTINGS["round_to"]),
                    "--lr", str(SETTINGS["lr"]), "--weight-decay", str(SETTINGS["weight_decay"]),
                    "--kd-weight", str(SETTINGS["kd_weight"]), "--temperature", str(SETTINGS["temperature"]),
-                   "-o", str(output)])
+                   "--seed", str(args.seed), "-o", str(output)])
     metrics = json.loads((output / "metrics.json").read_text())
     return {"test_accuracy": metrics["test_accuracy"], "macs_kept": metrics["pruning"]["target"]["achieved"],
             "seconds": seconds}
@@ -109,7 +113,8 @@ def markdown(report: dict) -> str:
         machine_summary(report["machine"]), "",
         f"Fashion-MNIST ResNet-20, dense {100 * report['dense_test_accuracy']:.2f} % after "
         f"{report['baseline_steps']} training steps; pruned to 0.5 of the MACs while training for "
-        f"{report['steps']} steps at batch {report['batch_size']} (a cut every {report['interval']} steps), the same "
+        f"{report['steps']} steps at batch {report['batch_size']} (a cut every {report['interval']} steps, data "
+        f"seed {report['seed']}), the same "
         f"settings on both routes: {json.dumps(SETTINGS)}.\n",
         markdown_table(["route", "test accuracy %", "MACs kept", "wall seconds"], rows), "",
         f"Plain loop minus compress: {gap:+.2f} points (bound: within 0.3) -> "
@@ -127,6 +132,7 @@ def main(argv=None) -> int:
     parser.add_argument("--interval", type=int, default=30, help="steps between the 5 cuts")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--baseline-steps", type=int, default=300, help="dense training steps (cached)")
+    parser.add_argument("--seed", type=int, default=0, help="the routes' data and training seed (default 0)")
     parser.add_argument("--reuse", action="store_true", help="routes already run with these settings are read back")
     args = parser.parse_args(argv)
     weights = dense_weights(args)
@@ -137,7 +143,7 @@ def main(argv=None) -> int:
                   "plain_rebuilt", args, lambda: plain_loop(weights, args, rebuild=True))}
     gap = 100 * (routes["plain loop (example)"]["test_accuracy"] - routes["prunefx compress"]["test_accuracy"])
     report = {"command": command_line(), "machine": machine_info(), "steps": args.steps, "interval": args.interval,
-              "batch_size": args.batch_size,
+              "batch_size": args.batch_size, "seed": args.seed,
               "baseline_steps": args.baseline_steps, "settings": SETTINGS,
               "dense_test_accuracy": routes["prunefx compress"]["dense_test_accuracy"], "routes": routes,
               "gap_points": gap, "met": abs(gap) <= 100 * GAP}

@@ -22,7 +22,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prunefx.compress_options import DEFAULTS, Options
-from prunefx.data.splits import CLASSIFICATION, DETECTION, FASHION_MNIST, DataSplits, load_data, scene_spec
+from prunefx.data.splits import (
+    CLASSIFICATION,
+    DETECTION,
+    FASHION_MNIST,
+    IMAGENET_SAMPLE,
+    DataSplits,
+    load_data,
+    scene_spec,
+)
 from prunefx.data.unlabelled import against_dense
 from prunefx.deliverable import write_model, write_report
 from prunefx.dense_tasks import evaluate_dense
@@ -49,18 +57,20 @@ def _rgb(reference: str) -> bool:
 
 
 def load_model_and_data(reference: str, data: str, *, batch_size: int, weights: str | None = None,
-                        validation: int = 5000, files: dict | None = None) -> tuple[Program, DataSplits]:
+                        validation: int = 5000, files: dict | None = None,
+                        seed: int = 0) -> tuple[Program, DataSplits]:
     """The data set's loaders at `batch_size`, and the model captured (or loaded) for input shape
     (batch_size, *the data's image shape). Fashion-MNIST is gray; for a model that takes RGB its
     channel is repeated three times. `files`: options of a data set on disk (data_formats.format_data:
-    data_format, num_workers, image_size)."""
+    data_format, num_workers, image_size). `seed`: the data's draws (validation split, order,
+    augmentation) of every data set that trains; imagenet-sample is a fixed test set."""
     saved = program_from_reference(reference, weights=weights) if reference.endswith(".pt2") else None
     options = {}
     if str(data) == FASHION_MNIST or scene_spec(data) is not None:
         rgb = saved.example_inputs[0].shape[1] == 3 if saved is not None else _rgb(reference)
-        options = {"validation": validation, "channels": 3 if rgb else 1}
-    elif files:
-        options = {key: value for key, value in files.items() if value is not None}
+        options = {"validation": validation, "channels": 3 if rgb else 1, "seed": seed}
+    elif str(data) != IMAGENET_SAMPLE:
+        options = {**{key: value for key, value in (files or {}).items() if value is not None}, "seed": seed}
     splits = load_data(data, batch_size, **options)
     shape = (batch_size, *splits.input_shape)
     text = "x".join(map(str, shape))
@@ -188,7 +198,8 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
     seconds["total"] = time.perf_counter() - started
 
     report = {
-        "model": dense.name, "data": str(data), "task": splits.task, "classes": list(splits.classes),
+        "model": dense.name, "data": str(data), "data_seed": splits.train.seed if splits.train is not None else None,
+        "task": splits.task, "classes": list(splits.classes),
         "labels": getattr(splits.evaluation, "describes", "the data set's labels"), "batch_size": batch,
         "input_shape": list(splits.input_shape),
         "recipe": {"name": recipe.name, "path": str(recipe.path), "spec": json_safe(recipe.spec)},

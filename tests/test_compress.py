@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from prunefx.cli import EXIT_USER_ERROR, main
+from prunefx.compression import load_model_and_data
 from prunefx.data import fashion_mnist
 from prunefx.data.splits import DataSplits, tensor_batches
 from prunefx.graph import Program, PrunefxError, capture
@@ -82,7 +83,7 @@ def test_compress_writes_every_file_and_a_full_report(compressed):
     output, report, stdout = compressed
     assert all((output / name).is_file() for name in FILES)
     assert REPORT_KEYS <= set(report)
-    assert report["data"] == "fashion-mnist" and report["batch_size"] == BATCH
+    assert report["data"] == "fashion-mnist" and report["batch_size"] == BATCH and report["data_seed"] == 0
     assert report["recipe"]["name"] == "tiny"
     assert report["macs_after"] == pytest.approx(0.5 * report["macs_before"], rel=0.03)
     assert report["params_after"] < report["params_before"]
@@ -98,6 +99,7 @@ def test_compress_writes_every_file_and_a_full_report(compressed):
     assert report["seconds"]["total"] > 0
     assert "MACs per image" in stdout and "faster" in stdout
     assert "| MACs per image |" in (output / "report.md").read_text()
+    assert ", seed 0)" in (output / "report.md").read_text()
 
 
 @pytest.mark.slow  # a whole compress run (the `compressed` fixture or the CLI)
@@ -171,6 +173,20 @@ def test_recipe_with_an_unknown_pass(capsys, tmp_path):
                              "--data", "fashion-mnist", "-o", tmp_path / "never")
     line = _one_line_error(code, out, err)
     assert "unknown pass 'prune_everything'" in line and "bad.yaml" in line
+
+
+@needs_fashion_mnist
+def test_the_seed_draws_the_validation_images_and_the_training_order():
+    def first_images(splits, split):
+        return next(iter(getattr(splits, split)))[0]
+
+    zero, again, three = (load_model_and_data("prunefx:resnet20", "fashion-mnist", batch_size=BATCH, seed=seed)[1]
+                          for seed in (0, 0, 3))
+    assert (zero.train.seed, three.train.seed) == (0, 3)
+    for split in ("train", "val"):
+        assert torch.equal(first_images(zero, split), first_images(again, split))  # a seed repeats its draws
+        assert not torch.equal(first_images(zero, split), first_images(three, split))
+    assert torch.equal(first_images(zero, "test"), first_images(three, "test"))  # the test set is never drawn
 
 
 def test_unknown_data(capsys, tmp_path):

@@ -101,10 +101,10 @@ def _recipe(root):
     return recipe
 
 
-def _compress(root, data, factory, out):
+def _compress(root, data, factory, out, *options):
     code = main(["compress", f"{root / 'models.py'}:{factory}", "--data", str(data), "--recipe", str(_recipe(root)),
                  "-o", str(out), "--batch-size", str(BATCH), "--runs", "2", "--threads", "1", "--workers", "1",
-                 "--no-stage-report"])
+                 "--no-stage-report", *options])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     return report, Program.load(out / "model_train.pt2")
@@ -134,8 +134,9 @@ def _hand_ious(predicted: np.ndarray, target: np.ndarray, classes: int) -> np.nd
 
 def test_compress_on_mask_folders_reports_the_hand_computed_miou(written, tmp_path):
     root, folders = written
-    report, program = _compress(root, folders["masks"], "segmenter", tmp_path / "out")
+    report, program = _compress(root, folders["masks"], "segmenter", tmp_path / "out", "--seed", "7")
     assert report["task"] == "segmentation"
+    assert report["data_seed"] == 7  # --seed reaches the loaders of a data set on disk
     names, images = _val_images(folders["masks"])
     predicted = _outputs(program, images).argmax(1).numpy()
     masks = np.stack([np.asarray(Image.open(folders["masks"] / "masks" / "val" / n), np.int64) for n in names])

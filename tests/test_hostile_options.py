@@ -45,6 +45,8 @@ def _one_line(err: str) -> str:
     (["depth", *RESNET20, "--speedup", "nan", "-o", "out"], "finite"),
     (["depth", *RESNET20, "--speedup", "0.5", "-o", "out"], "--speedup"),
     (["bench", *RESNET20, "--threads", "100000"], "between 1 and 256"),
+    (["compress", "prunefx:resnet20", "--data", "fashion-mnist", "--recipe", "finetune", "--seed", "-1", "-o", "out"],
+     "--seed"),
     (["export", *RESNET20, "--opset", "5", "-o", "m.onnx"], "between 18 and"),
     (["export", *RESNET20, "--opset", "99", "-o", "m.onnx"], "between 18 and"),
     (["inspect", "prunefx:resnet20", "--input-shape", ""], "empty"),

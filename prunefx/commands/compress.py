@@ -48,6 +48,9 @@ def add_arguments(parser) -> None:
                         help="processes decoding images from disk (default: one per core, at most 8)")
     parser.add_argument("--palette", metavar="FILE",
                         help="colour masks: one 'R G B name' line per class (default: palette.txt beside the masks)")
+    parser.add_argument("--seed", type=options.non_negative, default=0, metavar="N",
+                        help="seed of the data: the held-out validation images, the training order and each "
+                             "image's crop and flip (default 0); a recipe's passes keep their own `seed`")
     parser.add_argument("--image-size", type=options.count, metavar="S",
                         help="resize images on disk to S x S (default: ImageFolder 224, detection and "
                              "segmentation the first training image's size)")
@@ -89,7 +92,7 @@ def run(args) -> int:
     files = {"data_format": args.data_format, "num_workers": args.workers, "image_size": args.image_size,
              "palette": args.palette}
     dense, splits = load_model_and_data(args.model, args.data, batch_size=args.batch_size, weights=args.weights,
-                                        validation=args.validation, files=files)
+                                        validation=args.validation, files=files, seed=args.seed)
     report = compress(dense, recipe, splits, output, data=args.data, options=options_from(args))
     print(console_summary(report))
     print(f"wrote {', '.join(str(output / name) for name in ('model.pt2', 'model_train.pt2', 'model.onnx'))}, "

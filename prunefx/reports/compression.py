@@ -118,7 +118,8 @@ def console_summary(report: dict) -> str:
 
 def markdown_report(report: dict) -> str:
     lines = [f"# {report['model']} compressed with recipe {report['recipe']['name']}", "",
-             f"Data: {report['data']} (batch {report['batch_size']}, images {'x'.join(map(str, report['input_shape']))})"
+             f"Data: {report['data']} (batch {report['batch_size']}, images {'x'.join(map(str, report['input_shape']))}"
+             + (f", seed {report['data_seed']}" if report.get("data_seed") is not None else "") + ")"
              + (f", evaluated on the first {report['eval_batches']} batches of each split" if report["eval_batches"]
                 else "") + "." + (f" Scored against {report['labels']}." if report.get("labels") else ""), "",
              "| | dense | compressed | change |", "|---|---|---|---|"]
