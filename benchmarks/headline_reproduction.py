@@ -25,6 +25,10 @@ with the seed alone). They are shown beside the rerun, and an 'abs T' figure out
 seeds' range (widened by T) is reported as "within the seed spread", never as reproduced. Two more verdicts
 compare an older commit's code with today's under one condition: on one trained model (SAME_WEIGHTS: "same
 on the same weights") and timed on one machine in one session (SAME_MACHINE: "same on this machine").
+A last folder, `publishing-cpu/`, holds today's code run on a CPU of the model that published the benchmark (its
+JSON's machine must read as the published run's): a figure outside its rule against the rerun but within it
+there is "yes on the publishing CPU", and a benchmark whose every judged figure is within its rule in that one
+run is "reproduced on the CPU that published it": the code gives the published figures where they were made.
 """
 
 from __future__ import annotations
@@ -148,6 +152,10 @@ SAME_MACHINE = {
     "prune_latency": [("at-4c3b284", "rerun")],
     "data_loading": [("at-bb4eaca", "rerun")],
 }
+
+
+# today's code rerun on a CPU of the model that published the benchmark (module docstring)
+PUBLISHING_CPU = "publishing-cpu"
 
 
 def _shared(old: dict, new: dict):
@@ -565,10 +573,12 @@ def entry(name: str) -> dict:
     old, new = (json.loads(path.read_text()) for path in (PUBLISHED / file, REPRODUCED / file))
     figures = COMPARE[name](old, new)
     pairs, timed_pairs = SAME_WEIGHTS.get(name, []), SAME_MACHINE.get(name, [])
-    variants = {folder: {f["figure"]: f["rerun"] for f in COMPARE[name](old, run)}
-                for folder, run in variant_runs(name).items()}
+    runs = variant_runs(name)
+    _check_publishing_cpu(name, old, runs)
+    variants = {folder: {f["figure"]: f["rerun"] for f in COMPARE[name](old, run)} for folder, run in runs.items()}
     for f in figures:
         f["variants"] = {folder: values.get(f["figure"]) for folder, values in variants.items()}
+        f["on_publishing_cpu"] = on_publishing_cpu(f)
         f["within_seeds"] = within_seed_spread(f)
         f["same_weights"] = same_in_pairs(f, pairs)
         f["same_machine"] = same_in_pairs(f, timed_pairs)
@@ -576,6 +586,8 @@ def entry(name: str) -> dict:
     return {"benchmark": name, "rerun": True, "command": RERUN[name], "figures": figures,
             "published_on": _machine(old), "rerun_on": _machine(new),
             "variants": list(variants), "reproduced": all(f["within"] for f in judged),
+            # every judged figure within its rule in the one run on the publishing CPU: no mix of two machines' runs
+            "reproduced_on_publishing_cpu": all(f["on_publishing_cpu"] for f in judged),
             "within_seed_spread": all(f["within"] or f["within_seeds"] for f in judged),
             "same_on_same_weights": all(f["within"] or f["same_weights"] for f in judged),
             "same_on_this_machine": all(f["within"] or f["same_machine"] for f in judged),
@@ -593,6 +605,23 @@ def variant_runs(name: str) -> dict[str, dict]:
     `dense-at-COMMIT/`, `seed-K/`: the module docstring says what each measures), by folder name."""
     folders = sorted(REPRODUCED.glob(f"*/{RESULTS_FILE.get(name, name)}.json"), key=lambda path: path.parent.name)
     return {path.parent.name: json.loads(path.read_text()) for path in folders}
+
+
+def _check_publishing_cpu(name: str, old: dict, runs: dict[str, dict]) -> None:
+    """A `publishing-cpu` run counts only if it ran on the same model of CPU (and versions) as the published run."""
+    run = runs.get(PUBLISHING_CPU)
+    if run is not None and _machine(run) != _machine(old):
+        raise SystemExit(f"{NAME}: {name}'s {PUBLISHING_CPU} run ran on {_machine(run)}, not on the published run's "
+                         f"{_machine(old)}")
+
+
+def on_publishing_cpu(f: Figure) -> bool | None:
+    """For a judged figure: does today's code give the published figure within its rule on a CPU of the model that
+    published it? None without such a run (or for timing)."""
+    value = f["variants"].get(PUBLISHING_CPU)
+    if f["within"] is None or value is None:
+        return None
+    return figure(f["figure"], f["published"], value, f["rule"])["within"]
 
 
 def within_seed_spread(f: Figure) -> bool | None:
@@ -632,6 +661,8 @@ def _verdict(f: Figure) -> str:
         return "-"
     if f["within"]:
         return "yes"
+    if f.get("on_publishing_cpu"):
+        return "yes on the publishing CPU"
     if f.get("within_seeds"):
         return "within the seed spread"
     if f.get("same_weights"):
@@ -639,7 +670,8 @@ def _verdict(f: Figure) -> str:
     return "same on this machine" if f.get("same_machine") else "**no**"
 
 
-STATUS = {"reproduced": "reproduced", "seeds": "reproduced within the seed spread only",
+STATUS = {"reproduced": "reproduced", "cpu": "reproduced on the CPU that published it (another CPU moved it)",
+          "seeds": "reproduced within the seed spread only",
           "weights": "the passes reproduce on the same weights; the trained model moved",
           "machine": "the publishing code and today's agree on this machine; the CPU moved the ratios",
           "no": "NOT reproduced"}
@@ -647,7 +679,8 @@ STATUS = {"reproduced": "reproduced", "seeds": "reproduced within the seed sprea
 
 def _status(e: dict) -> str:
     """A rerun benchmark's key in STATUS: the first that holds for every judged figure."""
-    return ("reproduced" if e["reproduced"] else "seeds" if e.get("within_seed_spread") else
+    return ("reproduced" if e["reproduced"] else "cpu" if e.get("reproduced_on_publishing_cpu") else
+            "seeds" if e.get("within_seed_spread") else
             "weights" if e.get("same_on_same_weights") else "machine" if e.get("same_on_this_machine") else "no")
 
 
@@ -667,6 +700,10 @@ def _benchmark_section(e: dict) -> list[str]:
                   "their range (every value is in the JSON). 'within the seed spread': outside its rule, but inside "
                   "the range the rerun's code gives over the seeds (`seed-K` and the rerun), widened by the rule's "
                   "tolerance.", ""]
+    if PUBLISHING_CPU in e.get("variants", []):
+        lines += [f"`{PUBLISHING_CPU}`: today's code rerun on a CPU of the model that published the benchmark "
+                  f"({e['published_on']}). 'yes on the publishing CPU': outside its rule against the rerun on "
+                  "another CPU, within it there.", ""]
     if e.get("same_weights_pairs"):
         pairs = ", ".join(f"`{old}` and `{new}`" for old, new in e["same_weights_pairs"])
         lines += [f"Runs on the same trained model, older code then today's: {pairs}. 'same on the same weights': "
@@ -719,7 +756,8 @@ def markdown(report: dict) -> str:
              "", f"This comparison ran on: {machine_summary(report['machine'])}. Each benchmark below names the "
              "machines its published run and its rerun ran on.", "",
              f"{len(by_status['reproduced'])} of {len(rerun)} benchmarks rerun reproduce every judged "
-             f"headline figure, {len(by_status['seeds'])} more only within the spread of seeds, "
+             f"headline figure, {len(by_status['cpu'])} more on the CPU that published them (rerun there), "
+             f"{len(by_status['seeds'])} more only within the spread of seeds, "
              f"{len(by_status['weights'])} more "
              "only on the same trained weights (the passes give the older code's figures on one model; training "
              f"moved); {len(by_status['machine'])} more only against the publishing code timed on this machine "

@@ -159,3 +159,63 @@ def test_a_benchmark_excused_only_on_this_machine_is_given_that_status_not_repro
              "same_on_this_machine": True}
     assert script._status(entry) == "machine"
     assert script._status({**entry, "same_on_this_machine": False}) == "no"
+
+
+@pytest.mark.parametrize("there, verdict", [(2.10, "yes on the publishing CPU"), (1.70, "**no**"), (None, "**no**")])
+def test_a_figure_counts_as_reproduced_on_the_publishing_cpu_only_where_todays_code_gives_it_there(there, verdict):
+    script = _script()
+    row = script.figure("f", 2.07, 2.54, "rel 0.1")  # published on one CPU, rerun on another
+    row["variants"] = {} if there is None else {script.PUBLISHING_CPU: there}
+    row["on_publishing_cpu"] = script.on_publishing_cpu(row)
+    row["within_seeds"] = row["same_weights"] = row["same_machine"] = None
+    assert script._verdict(row) == verdict
+
+
+def test_a_timing_figure_is_never_judged_on_the_publishing_cpu():
+    script = _script()
+    row = script.figure("f", 1.2, 3.0, "timing")
+    row["variants"] = {script.PUBLISHING_CPU: 1.2}
+    assert script.on_publishing_cpu(row) is None
+
+
+def test_a_publishing_cpu_run_from_another_machine_is_refused():
+    script = _script()
+    machine = {"cpu": "AMD EPYC", "avx512": False, "avx2": True, "usable_cpus": 2, "logical_cpus": 2,
+               "python": "3.11.7", "versions": {"torch": "2.14.1", "onnxruntime": "1.31.1"}}
+    published = {"machine": machine}
+    same = {script.PUBLISHING_CPU: {"machine": dict(machine)}}
+    script._check_publishing_cpu("process_rounds", published, same)  # the same CPU: accepted
+    other = {script.PUBLISHING_CPU: {"machine": {**machine, "cpu": "Intel(R) Xeon(R) Processor"}}}
+    with pytest.raises(SystemExit, match="process_rounds"):
+        script._check_publishing_cpu("process_rounds", published, other)
+
+
+def test_a_benchmark_is_reproduced_on_the_publishing_cpu_only_if_that_one_run_gives_every_judged_figure(tmp_path,
+                                                                                                       monkeypatch):
+    script = _script()
+    machine = {"cpu": "AMD EPYC", "avx512": False, "avx2": True, "usable_cpus": 2, "logical_cpus": 2,
+               "python": "3.11.7", "versions": {"torch": "2.14.1", "onnxruntime": "1.31.1"}}
+    def run(read, step):
+        return {"machine": machine, "routes": [{"read_ms_per_batch": read, "step_ms": step},
+                                                {"read_ms_per_batch": 1.0, "step_ms": 100.0}]}
+    published, rerun = tmp_path / "published", tmp_path / "reproduced"
+    (rerun / script.PUBLISHING_CPU).mkdir(parents=True)
+    published.mkdir()
+    (published / "fashion_mnist_loading.json").write_text(json.dumps(run(12.5, 103.7)))
+    (rerun / "fashion_mnist_loading.json").write_text(json.dumps(run(7.4, 104.5)))  # read speed-up moved elsewhere
+    monkeypatch.setattr(script, "PUBLISHED", published)
+    monkeypatch.setattr(script, "REPRODUCED", rerun)
+    for step_there, status in ((104.0, "cpu"), (113.0, "no")):  # the step ratio outside its rule there: a mix
+        (rerun / script.PUBLISHING_CPU / "fashion_mnist_loading.json").write_text(json.dumps(run(12.2, step_there)))
+        entry = script.entry("fashion_mnist_loading")
+        assert [f["on_publishing_cpu"] for f in entry["figures"]] == [True, status == "cpu"]
+        assert script._status(entry) == status
+
+
+def test_reproduced_on_the_publishing_cpu_ranks_below_reproduced_and_above_the_excuses():
+    script = _script()
+    entry = {"reproduced": False, "reproduced_on_publishing_cpu": True, "within_seed_spread": True,
+             "same_on_same_weights": True, "same_on_this_machine": True}
+    assert script._status(entry) == "cpu"
+    assert script._status({**entry, "reproduced": True}) == "reproduced"
+    assert script._status({**entry, "reproduced_on_publishing_cpu": False}) == "seeds"
