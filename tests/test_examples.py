@@ -37,6 +37,7 @@ def macs_fraction(pruned: Path, dense_reference: str = "prunefx:resnet20") -> fl
 
 
 @pytest.mark.slow
+@pytest.mark.timing  # its search accepts only a measured speed-up: alone after the parallel lane, on a quiet machine
 def test_prune_to_speedup_meets_its_budget_and_writes_the_files(tmp_path):
     summary = example("prune_to_speedup").main(
         [*TOY, "--speedup", "1.2", "--threads", "1", "--runs", "10", "-o", str(tmp_path)])
