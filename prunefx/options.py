@@ -51,6 +51,7 @@ def number(low: float, high: float | None = None, *, low_open: bool = False,
 fraction = number(0.0, 1.0, low_open=True)  # a share of the dense model to keep: (0, 1]
 count = integer(1)  # runs, images, batches
 non_negative = integer(0)  # warm-up runs, held-out images
+seed = integer(0, 2**64 - 1)  # torch.Generator.manual_seed takes at most 64 bits (a larger seed overflows)
 # Repetitions a command line can ask for, bounded so that a typo (--runs 1000000000) is an error, not a
 # run of days: a latency median is stable after a few hundred runs, and calibration images are held in
 # memory (4096 at 224x224 are 2.4 GB of float32).

@@ -47,6 +47,8 @@ def _one_line(err: str) -> str:
     (["bench", *RESNET20, "--threads", "100000"], "between 1 and 256"),
     (["compress", "prunefx:resnet20", "--data", "fashion-mnist", "--recipe", "finetune", "--seed", "-1", "-o", "out"],
      "--seed"),
+    (["compress", "prunefx:resnet20", "--data", "fashion-mnist", "--recipe", "finetune", "--seed", str(2**64), "-o",
+      "out"], "between 0 and 18446744073709551615"),  # past torch's 64-bit seeds: refused, not an internal error
     (["export", *RESNET20, "--opset", "5", "-o", "m.onnx"], "between 18 and"),
     (["export", *RESNET20, "--opset", "99", "-o", "m.onnx"], "between 18 and"),
     (["inspect", "prunefx:resnet20", "--input-shape", ""], "empty"),

@@ -48,7 +48,7 @@ def add_arguments(parser) -> None:
                         help="processes decoding images from disk (default: one per core, at most 8)")
     parser.add_argument("--palette", metavar="FILE",
                         help="colour masks: one 'R G B name' line per class (default: palette.txt beside the masks)")
-    parser.add_argument("--seed", type=options.non_negative, default=0, metavar="N",
+    parser.add_argument("--seed", type=options.seed, default=0, metavar="N",
                         help="seed of the data: the held-out validation images, the training order and each "
                              "image's crop and flip (default 0); a recipe's passes keep their own `seed`")
     parser.add_argument("--image-size", type=options.count, metavar="S",
