@@ -21,7 +21,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from prunefx.graph.analysis_record import Analysis, AnalysisRecordError
-from prunefx.graph.attributes import delete_unused_tensors
+from prunefx.graph.attributes import delete_unused_tensors, get_tensor
 from prunefx.graph.errors import ProgramFileError, VerificationError, first_line, printable
 from prunefx.graph.program_metadata import (
     FORMAT_VERSION,
@@ -137,11 +137,18 @@ class Program:
         self.refresh_meta()
 
     def refresh_meta(self) -> None:
-        """Re-run shape propagation with fake tensors so node.meta['val'] matches the rewritten graph."""
+        """Re-run shape propagation with fake tensors so node.meta['val'] matches the rewritten graph.
+        Propagation is a pure function of the graphs, the tensors' shapes and the inputs' shapes: when none
+        of them changed since the last one, the metadata is current and is kept (verification after a pass
+        that recompiled would otherwise propagate the same graph twice)."""
+        key = _propagation_key(self)
+        if key == getattr(self, "_propagated", None):
+            return
         # Parameters stay real tensors; the mode converts them on the fly instead of copying them.
         mode = FakeTensorMode(allow_non_fake_inputs=True)
         with torch.no_grad():
             FakeTensorProp(self.module, mode=mode).propagate(*self.example_inputs)
+        self._propagated = key
 
     def clone(self) -> Program:
         return Program(copy.deepcopy(self.module), self.example_inputs, name=self.name,
@@ -271,3 +278,20 @@ def _inputs_from_metadata(metadata: dict, exported: torch.export.ExportedProgram
         if value.numel() > MAX_INPUT_ELEMENTS:
             raise ProgramFileError(f"an input of shape {tuple(value.shape)} is too large to allocate (refused)")
     return tuple(torch.randn(tuple(v.shape), dtype=v.dtype) for v in values)
+
+
+def _propagation_key(program: Program) -> tuple:
+    """Everything shape propagation reads and writes: each graph and its node objects (a node built anew has no
+    metadata yet) with its text (targets, arguments), the shape, dtype and device of every tensor its get_attr
+    nodes reach, and the example inputs' shapes and dtypes."""
+    graphs = [m for m in program.module.modules() if isinstance(m, torch.fx.GraphModule)]
+    tensors = []
+    for graph_module in graphs:
+        for node in graph_module.graph.find_nodes(op="get_attr"):
+            value = get_tensor(graph_module, node.target)
+            if isinstance(value, torch.Tensor):
+                tensors.append((node.target, tuple(value.shape), value.dtype, value.device))
+    inputs = [(tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else repr(x)
+              for x in pytree.tree_leaves(program.example_inputs)]
+    return tuple((m.graph, tuple(m.graph.nodes), str(m.graph)) for m in graphs), tuple(tensors), tuple(inputs)
+
