@@ -34,6 +34,7 @@ from prunefx.graph.safety.functional_ops import check_writes
 from prunefx.graph.safety.graph_bounds import recompute_shapes
 
 _METADATA_FILE = "prunefx.json"
+_PROPAGATION = "prunefx_propagation"  # node.meta key: which shape propagation last saw the node
 
 # Graph operators whose behaviour depends on the training flag, and the index of that flag.
 _TRAINING_FLAG_ARG = {
@@ -138,17 +139,20 @@ class Program:
 
     def refresh_meta(self) -> None:
         """Re-run shape propagation with fake tensors so node.meta['val'] matches the rewritten graph.
-        Propagation is a pure function of the graphs, the tensors' shapes and the inputs' shapes: when none
-        of them changed since the last one, the metadata is current and is kept (verification after a pass
-        that recompiled would otherwise propagate the same graph twice)."""
+        It reads only the graphs, the tensors' shapes and the inputs' shapes: when none changed since the last
+        one, the metadata is kept (verify() after a pass that recompiled would propagate the same graph twice)."""
         key = _propagation_key(self)
-        if key == getattr(self, "_propagated", None):
+        last = getattr(self, "_propagated", None)
+        if last is not None and last[0] == key and _all_propagated(self.module, last[1]):
             return
         # Parameters stay real tensors; the mode converts them on the fly instead of copying them.
         mode = FakeTensorMode(allow_non_fake_inputs=True)
         with torch.no_grad():
             FakeTensorProp(self.module, mode=mode).propagate(*self.example_inputs)
-        self._propagated = key
+        stamp = object()
+        for node in _all_nodes(self.module):
+            node.meta[_PROPAGATION] = stamp
+        self._propagated = (key, stamp)
 
     def clone(self) -> Program:
         return Program(copy.deepcopy(self.module), self.example_inputs, name=self.name,
@@ -257,12 +261,7 @@ def _training_flag_index(node: torch.fx.Node) -> int | None:
 
 def _graph_training_mode(graph: torch.fx.Graph) -> bool:
     """A graph is in training mode when any of its batch norms or dropouts is (no such node: eval)."""
-    for node in graph.nodes:
-        index = _training_flag_index(node)
-        if index is not None:
-            if node.args[index]:
-                return True
-    return False
+    return any(bool(node.args[index]) for node in graph.nodes if (index := _training_flag_index(node)) is not None)
 
 
 def _inputs_from_metadata(metadata: dict, exported: torch.export.ExportedProgram) -> tuple[torch.Tensor, ...]:
@@ -281,17 +280,20 @@ def _inputs_from_metadata(metadata: dict, exported: torch.export.ExportedProgram
 
 
 def _propagation_key(program: Program) -> tuple:
-    """Everything shape propagation reads and writes: each graph and its node objects (a node built anew has no
-    metadata yet) with its text (targets, arguments), the shape, dtype and device of every tensor its get_attr
-    nodes reach, and the example inputs' shapes and dtypes."""
+    """Everything shape propagation reads: each graph's text (nodes, targets, arguments), the shape, dtype and
+    device of every tensor its get_attr nodes reach, and the example inputs' shapes and dtypes."""
     graphs = [m for m in program.module.modules() if isinstance(m, torch.fx.GraphModule)]
-    tensors = []
-    for graph_module in graphs:
-        for node in graph_module.graph.find_nodes(op="get_attr"):
-            value = get_tensor(graph_module, node.target)
-            if isinstance(value, torch.Tensor):
-                tensors.append((node.target, tuple(value.shape), value.dtype, value.device))
+    attributes = [(node.target, get_tensor(m, node.target)) for m in graphs for node in m.graph.find_nodes(op="get_attr")]
+    tensors = [(name, tuple(t.shape), t.dtype, t.device) for name, t in attributes if isinstance(t, torch.Tensor)]
     inputs = [(tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else repr(x)
               for x in pytree.tree_leaves(program.example_inputs)]
-    return tuple((m.graph, tuple(m.graph.nodes), str(m.graph)) for m in graphs), tuple(tensors), tuple(inputs)
+    return tuple(str(m.graph) for m in graphs), tuple(tensors), tuple(inputs)
 
+
+def _all_nodes(module: torch.fx.GraphModule) -> Iterator[torch.fx.Node]:
+    return (node for m in module.modules() if isinstance(m, torch.fx.GraphModule) for node in m.graph.nodes)
+
+
+def _all_propagated(module: torch.fx.GraphModule, stamp: object) -> bool:
+    """Every node went through the last propagation (a node built anew, even with the same text, did not)."""
+    return all(node.meta.get(_PROPAGATION) is stamp for node in _all_nodes(module))

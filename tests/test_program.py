@@ -6,6 +6,7 @@ import torchvision
 
 from prunefx.graph import CaptureError, Program, ProgramFileError, VerificationError, capture, count, verify
 from prunefx.graph.analysis_record import LinearizeRecord
+from prunefx.graph.attributes import set_tensor
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +225,38 @@ def test_a_weight_standardising_batch_norm_is_not_a_training_switch():
     program.eval()
     with torch.no_grad():
         assert torch.allclose(program(x), model(x), atol=1e-5)
+
+
+def _small_program():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
+    return capture(model.eval(), torch.randn(2, 3, 8, 8))
+
+
+def test_shape_metadata_is_propagated_again_only_when_something_it_reads_changed(monkeypatch):
+    """refresh_meta keeps the metadata of an unchanged graph (verify after a recompile), and propagates again
+    after a rewrite, a node without metadata, or a tensor of another shape."""
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    program = _small_program()
+    propagations = []
+    real = FakeTensorProp.propagate
+    monkeypatch.setattr(FakeTensorProp, "propagate", lambda self, *a: propagations.append(1) or real(self, *a))
+    program.refresh_meta()
+    verify(program)
+    assert len(propagations) == 1  # the second look at the same graph reused the first
+
+    conv = next(n for n in program.graph.nodes if n.target is torch.ops.aten.conv2d.default)
+    with program.graph.inserting_after(conv):
+        doubled = program.graph.call_function(torch.ops.aten.mul.Tensor, (conv, 2.0))
+    conv.replace_all_uses_with(doubled, delete_user_cb=lambda user: user is not doubled)
+    program.recompile()
+    assert len(propagations) == 2 and tuple(doubled.meta["val"].shape) == (2, 8, 8, 8)  # the rewrite is seen
+    doubled.meta.clear()  # as a node built anew with the same text: no metadata yet
+    program.refresh_meta()
+    assert len(propagations) == 3 and "val" in doubled.meta  # it is filled in
+
+    last = [n for n in program.graph.nodes if n.target is torch.ops.aten.conv2d.default][-1]
+    for arg, shape in ((last.args[1], (6, 8, 1, 1)), (last.args[2], (6,))):
+        set_tensor(program.module, arg.target, torch.zeros(shape))
+    program.refresh_meta()
+    assert len(propagations) == 4 and tuple(last.meta["val"].shape) == (2, 6, 8, 8)  # a tensor of another shape

@@ -61,6 +61,9 @@ ZOO_LANE = {
     'timm:vit_small_patch16_224', 'torchvision:fcn_resnet50', 'timm:deit3_small_patch16_224', 'torchvision:resnet50',
     'torchvision:googlenet', 'torchvision:deeplabv3_mobilenet_v3_large', 'torchvision:resnext50_32x4d',
     'timm:efficientformer_l1', 'torchvision:mnasnet1_0', 'torchvision:mobilenet_v3_large', 'torchvision:convnext_tiny',
+    # inverted residuals stay through lraspp_mobilenet_v3_large (with squeeze-excitation) and their exact removal
+    # through test_channel_removal.py's mobilenet_v2 and both efficientnet_b0
+    'torchvision:efficientnet_b0', 'torchvision:mobilenet_v2',
 }
 
 
