@@ -11,7 +11,10 @@ import torch
 
 def _owner(module: torch.nn.Module, target: str) -> tuple[torch.nn.Module, str]:
     prefix, _, name = target.rpartition(".")
-    return (module.get_submodule(prefix) if prefix else module), name
+    owner: torch.nn.Module | None = module
+    for part in prefix.split(".") if prefix else ():  # merge_blocks reads every layer's tensors after each merge:
+        owner = owner._modules.get(part) if owner is not None else None  # the dicts, not get_submodule's checks
+    return (owner if owner is not None else module.get_submodule(prefix)), name  # the latter names what is missing
 
 
 def get_tensor(module: torch.nn.Module, target: str) -> torch.Tensor:

@@ -64,6 +64,8 @@ ZOO_LANE = {
     # inverted residuals stay through lraspp_mobilenet_v3_large (with squeeze-excitation) and their exact removal
     # through test_channel_removal.py's mobilenet_v2 and both efficientnet_b0
     'torchvision:efficientnet_b0', 'torchvision:mobilenet_v2',
+    # grouped convs with squeeze-excitation, and channel shuffles: exact removal in test_channel_removal.py
+    'torchvision:regnet_y_400mf', 'torchvision:shufflenet_v2_x1_0',
 }
 
 
