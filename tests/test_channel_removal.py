@@ -55,12 +55,13 @@ def _randomise_zero_parameters(program) -> None:
 
 
 # Their families stay in `make test` through smaller members (resnet18, swin and maxxvit via coatnet's windows and
-# relative-position MLPs, deit_tiny for the ViTs, torchvision's efficientnet_b0, convnext_atto).
+# relative-position MLPs, deit_tiny for the ViTs, torchvision's efficientnet_b0, convnext_atto, poolformer for the
+# MetaFormers, levit for attention biases, mobilenet_v3 and ghostnet for the mobile hybrids).
 ZOO_LANE = {'torchvision:maxvit_t', 'torchvision:densenet121', 'torchvision:efficientnet_v2_s', 'torchvision:swin_t',
             'timm:swin_tiny_patch4_window7_224', 'torchvision:resnext50_32x4d', 'torchvision:fcn_resnet50',
             'torchvision:resnet50', 'torchvision:convnext_tiny', 'torchvision:vit_b_16', 'timm:beitv2_base_patch16_224',
             'timm:deit3_small_patch16_224', 'timm:maxxvit_rmlp_nano_rw_256', 'timm:vit_small_patch16_224',
-            'timm:efficientnet_b0'}
+            'timm:efficientnet_b0', 'timm:efficientformer_l1', 'timm:fastvit_t8'}
 
 
 @pytest.mark.slow

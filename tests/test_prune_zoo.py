@@ -66,6 +66,7 @@ ZOO_LANE = {
     'torchvision:efficientnet_b0', 'torchvision:mobilenet_v2',
     # grouped convs with squeeze-excitation, and channel shuffles: exact removal in test_channel_removal.py
     'torchvision:regnet_y_400mf', 'torchvision:shufflenet_v2_x1_0',
+    'timm:poolformer_s12',  # MetaFormer pooling mixers: exact removal in test_channel_removal.py
 }
 
 

@@ -176,15 +176,25 @@ class CustomizedLayer(nn.Module):
         return self.b(F.relu(self.custom(self.a(x))))
 
 
-@torch.library.custom_op("prunefx_structural::channel_cummax", mutates_args=())
-def channel_cummax(x: torch.Tensor) -> torch.Tensor:
-    """Running maximum over the channels: channel c depends on every channel before it."""
-    return torch.cummax(x, dim=1).values
+def _channel_cummax():
+    """A running max over the channel dim: an operator with no channel rule. Defined once per process:
+    tests/test_write_back.py executes this file a second time, and with two definitions of the operator
+    alive a pytest worker crashed (segmentation fault) calling it during capture."""
+    if hasattr(torch.ops.prunefx_structural, "channel_cummax"):
+        return torch.ops.prunefx_structural.channel_cummax
+
+    @torch.library.custom_op("prunefx_structural::channel_cummax", mutates_args=())
+    def channel_cummax(x: torch.Tensor) -> torch.Tensor:
+        return torch.cummax(x, dim=1).values
+
+    @channel_cummax.register_fake
+    def _(x):
+        return torch.empty_like(x)
+
+    return channel_cummax
 
 
-@channel_cummax.register_fake
-def _(x):
-    return torch.empty_like(x)
+channel_cummax = _channel_cummax()
 
 
 class CustomOperator(nn.Module):
