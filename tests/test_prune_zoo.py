@@ -67,6 +67,7 @@ ZOO_LANE = {
     # grouped convs with squeeze-excitation, and channel shuffles: exact removal in test_channel_removal.py
     'torchvision:regnet_y_400mf', 'torchvision:shufflenet_v2_x1_0',
     'timm:poolformer_s12',  # MetaFormer pooling mixers: exact removal in test_channel_removal.py
+    'timm:mobilevit_xs',  # conv-attention hybrid: exact removal in test_channel_removal.py (and coatnet there)
 }
 
 
