@@ -25,11 +25,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from prunefx.graph.channels.groups import ChannelGroup, Combing
-from prunefx.graph.channels.removal import expand_mask
-from prunefx.graph.counting import Cost, _shape, node_macs
+from prunefx.graph.channels.plan_cost import CostModel
+from prunefx.graph.counting import Cost
 from prunefx.graph.errors import PrunefxError
 
 TARGET_KINDS = ("macs", "params", "channels")
@@ -114,56 +113,6 @@ def _direct_multipliers(analysis) -> dict[int, int]:
         for cls, count in zip(classes.tolist(), counts.tolist()):
             multipliers[cls] = min(multipliers.get(cls, count), count)
     return multipliers
-
-
-class CostModel:
-    """Predicts MACs and parameters after removing a set of classes.
-
-    A search prices thousands of plans (a small model's every plan is listed), so the surviving width of
-    every labelled dim is computed in one vectorised sum per plan; the per-node arithmetic stays that
-    of graph/counting.py."""
-
-    def __init__(self, module: torch.fx.GraphModule, analysis):
-        self.analysis = analysis
-        self.mac_nodes = [n for n in module.graph.nodes if node_macs(n) > 0]
-        parameters = dict(module.named_parameters())
-        self.parameter_nodes = [n for n in module.graph.nodes if n.op == "get_attr" and n.target in parameters]
-        unlabelled = set(parameters) - {n.target for n in self.parameter_nodes}
-        self.fixed_params = sum(parameters[name].numel() for name in unlabelled)
-        self._index_labelled_dims()
-
-    def _index_labelled_dims(self) -> None:
-        """The classes of every dim of every node a cost reads whose dims are all labelled, laid end to
-        end: `_dims[node]` is (first dim, number of dims) into the dims, `_bounds` each dim's span."""
-        queried = dict.fromkeys(self.parameter_nodes)
-        for node in self.mac_nodes:
-            queried[node] = None
-            queried.update(dict.fromkeys(a for a in node.all_input_nodes))
-        self._dims: dict[torch.fx.Node, tuple[int, int]] = {}
-        spans: list[np.ndarray] = []
-        for node in queried:
-            labels = self.analysis.node_labels.get(node)
-            if isinstance(labels, list) and all(isinstance(dim, np.ndarray) for dim in labels):
-                self._dims[node] = (len(spans), len(labels))
-                spans.extend(self.analysis.classes[dim].ravel() for dim in labels)
-        lengths = np.array([span.size for span in spans], dtype=np.int64)
-        self._bounds = np.concatenate([[0], np.cumsum(lengths)])
-        self._classes = np.concatenate(spans) if spans else np.zeros(0, dtype=np.int64)
-
-    def cost(self, removed_mask: np.ndarray) -> Cost:
-        survives = ~expand_mask(self.analysis, removed_mask)
-        running = np.concatenate([[0], np.cumsum(survives[self._classes], dtype=np.int64)])
-        widths = (running[self._bounds[1:]] - running[self._bounds[:-1]]).tolist()
-
-        def shape(arg):
-            where = self._dims.get(arg) if isinstance(arg, torch.fx.Node) else None
-            if where is not None:
-                return tuple(widths[where[0]: where[0] + where[1]])
-            return _shape(arg)
-
-        macs = sum(node_macs(node, shape) for node in self.mac_nodes)
-        params = self.fixed_params + sum(math.prod(shape(node)) for node in self.parameter_nodes)
-        return Cost(macs=int(macs), params=int(params))
 
 
 class Selector:
