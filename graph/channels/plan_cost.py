@@ -34,7 +34,7 @@ class CostModel:
         queried = dict.fromkeys(self.parameter_nodes)
         for node in self.mac_nodes:
             queried[node] = None
-            queried.update(dict.fromkeys(a for a in node.all_input_nodes))
+            queried.update(dict.fromkeys(node.all_input_nodes))
         self._dims: dict[torch.fx.Node, tuple[int, int]] = {}
         spans: list[np.ndarray] = []
         for node in queried:
