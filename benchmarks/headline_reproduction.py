@@ -115,7 +115,8 @@ NOT_RERUN = {
                     "Fashion-MNIST models after 469 steps of recovery and QAT, a 200-run retiming of two models); "
                     "its INT8 file against quantize_static's is int8_head_to_head's and int8_profile's (rerun)",
     "modelopt_side_by_side": "published at f6cc4bf; 8 models through two quantizers took hours on the AMD machine",
-    "semi_structured_speedup": "its headline is a latency ratio on an NVIDIA GPU (none was lent to the reruns)",
+    "semi_structured_speedup": "first published on 2026-11-26 from the only GPU (an H200) lent to these sessions; "
+                               "no second GPU run exists to compare it with",
 }
 
 

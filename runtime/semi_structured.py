@@ -78,6 +78,11 @@ class LinearTiming:
     dense: LatencyStats
     sparse: LatencyStats
     max_abs_difference: float
+    max_abs_output: float  # of the dense F.linear: fp16 resolves ~1e-3 of it, so differences are judged against it
+
+    @property
+    def relative_difference(self) -> float:
+        return self.max_abs_difference / self.max_abs_output
 
     @property
     def speedup(self) -> float:
@@ -86,7 +91,7 @@ class LinearTiming:
     def to_dict(self) -> dict:
         return {"rows": self.rows, "in_features": self.in_features, "out_features": self.out_features,
                 "dense": self.dense.to_dict(), "sparse": self.sparse.to_dict(), "speedup": self.speedup,
-                "max_abs_difference": self.max_abs_difference}
+                "max_abs_difference": self.max_abs_difference, "relative_difference": self.relative_difference}
 
 
 def time_linear(weight: torch.Tensor, rows: int, *, bias: torch.Tensor | None = None, dtype=torch.float16,
@@ -99,10 +104,12 @@ def time_linear(weight: torch.Tensor, rows: int, *, bias: torch.Tensor | None = 
     generator = torch.Generator(device=device).manual_seed(seed)
     x = torch.randn(rows, weight.shape[1], device=device, dtype=dtype, generator=generator)
     with torch.inference_mode():
-        difference = float((F.linear(x, dense_weight, bias) - F.linear(x, sparse_weight, bias)).abs().max())
+        expected = F.linear(x, dense_weight, bias)
+        difference = float((expected - F.linear(x, sparse_weight, bias)).abs().max())
         dense, sparse = _alternate(lambda: F.linear(x, dense_weight, bias), lambda: F.linear(x, sparse_weight, bias),
                                    warmup=warmup, runs=runs, calls_per_run=calls_per_run)
-    return LinearTiming(rows, weight.shape[1], weight.shape[0], dense, sparse, difference)
+    return LinearTiming(rows, weight.shape[1], weight.shape[0], dense, sparse, difference,
+                        float(expected.abs().max()))
 
 
 def time_callables(dense_fn, sparse_fn, *, warmup: int = 20, runs: int = 100, calls_per_run: int = 10
@@ -111,6 +118,24 @@ def time_callables(dense_fn, sparse_fn, *, warmup: int = 20, runs: int = 100, ca
     require_sparse_gpu()
     with torch.inference_mode():
         return _alternate(dense_fn, sparse_fn, warmup=warmup, runs=runs, calls_per_run=calls_per_run)
+
+
+def cuda_graphed(fn, *, warmup: int = 3):
+    """`fn` (a zero-argument GPU callable) captured once in a CUDA graph; the returned callable replays it. A
+    replay launches the recorded kernels with no Python, dispatch or per-call library setup, so timing it shows
+    what the kernels cost once the host is out of the way (as under `torch.compile(mode="reduce-overhead")` or
+    in a TensorRT engine). Warm-up runs on a side stream first, as CUDA graph capture requires."""
+    require_sparse_gpu()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
 def _alternate(dense_fn, sparse_fn, *, warmup: int, runs: int, calls_per_run: int):

@@ -11,7 +11,14 @@ import torch
 from torch.fx.node import _side_effectful_functions
 
 from prunefx.graph import capture
-from prunefx.graph.safety.functional_ops import check_writes, is_in_place, refusal, refused_nodes
+from prunefx.graph.safety.functional_ops import (
+    check_writes,
+    is_in_place,
+    named_in_place,
+    refusal,
+    refused_nodes,
+    writes_keyword_argument,
+)
 from prunefx.models import build_model
 
 
@@ -28,6 +35,11 @@ def _aten_overloads():
         yield op
 
 
+def _named_out(overload: str) -> bool:
+    """torchgen's naming of out= overloads ('out', 'Scalar_out'), the oracle where torch has no Tag.out (2.11)."""
+    return overload == "out" or overload.endswith("_out")
+
+
 def _written_arguments(op) -> list[str]:
     return [a.name for a in op._schema.arguments if a.alias_info is not None and a.alias_info.is_write]
 
@@ -37,13 +49,30 @@ def test_every_mutating_out_or_side_effect_op_torch_registers_is_refused():
     for op in _aten_overloads():
         name = f"torch.ops.{op}"
         written = _written_arguments(op)
-        effectful = (torch.Tag.out in op.tags or not op._schema.returns or op in _side_effectful_functions)
+        out = torch.Tag.out in op.tags if hasattr(torch.Tag, "out") else _named_out(op._schema.overload_name)
+        effectful = out or not op._schema.returns or op in _side_effectful_functions
         if effectful or (written and written != ["self"]):
             assert refusal(name) is not None, name
             checked += 1
         elif written:  # in-place on its first argument: admitted by name, judged by where it writes
             assert is_in_place(op) or refusal(name) is not None, name
     assert checked > 1000  # torch registers thousands of out= overloads alone
+
+
+@pytest.mark.skipif(not hasattr(torch.Tag, "out"), reason="torch 2.11 has no out/inplace tags to check against")
+def test_the_schema_rules_used_on_torch_2_11_agree_with_the_tags_of_later_torch():
+    """torch 2.11 lacks Tag.out and Tag.inplace, so functional_ops reads the schema there; on a torch that has
+    the tags, the schema rule for out= equals the tag on every overload, and the naming rule for in-place differs
+    only on ops that write nothing but their first argument (so check_writes judges them) or on list kernels
+    it refuses."""
+    overloads = list(_aten_overloads())
+    assert [str(op) for op in overloads if writes_keyword_argument(op) != (torch.Tag.out in op.tags)] == []
+    for op in overloads:
+        if named_in_place(op) and torch.Tag.inplace not in op.tags:
+            assert _written_arguments(op) == ["self"], op
+        elif torch.Tag.inplace in op.tags and not named_in_place(op):
+            assert str(op._schema.arguments[0].type) != "Tensor", op
+    assert len(overloads) > 2000
 
 
 @pytest.mark.parametrize("name", [

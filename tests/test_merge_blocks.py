@@ -158,7 +158,7 @@ def _replace_modules(model, kind, replacement=torch.nn.Identity):
 
 def _randomise_statistics(program, seed=0):
     """Fresh models have identity batch-norm statistics, which would hide a wrong fold."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # drawn on the CPU, so a GPU program gets the same values
     for name, tensor in program.module.named_buffers():
         if name.endswith("running_mean"):
             tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.5)
@@ -167,7 +167,7 @@ def _randomise_statistics(program, seed=0):
     with torch.no_grad():
         for name, tensor in program.module.named_parameters():
             if "bias" in name:
-                tensor.add_(torch.randn(tensor.shape, generator=generator) * 0.1)
+                tensor.add_((torch.randn(tensor.shape, generator=generator) * 0.1).to(tensor.device))
 
 
 def _layer_count(program):

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from onnx import numpy_helper
 
@@ -29,7 +30,13 @@ from prunefx.passes.sparse_masks import SparseMasks
 from prunefx.passes.sparsify_nm import sparsify_nm
 from prunefx.passes.sparsify_nm_config import SparsityError
 from prunefx.runtime import export_onnx
-from prunefx.runtime.semi_structured import SemiStructuredUnavailable, semi_structured, time_linear
+from prunefx.runtime.semi_structured import (
+    SemiStructuredUnavailable,
+    cuda_graphed,
+    semi_structured,
+    time_linear,
+    two_four,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TWO_FOUR = Pattern(2, 4)
@@ -281,8 +288,28 @@ def test_semi_structured_without_cuda_is_a_clear_error():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU with sparse tensor cores")
+def test_a_graph_replay_of_a_sparse_linear_computes_what_dense_does_on_new_inputs():
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("sparse tensor cores need compute capability 8.0+")
+    weight = two_four(torch.randn(256, 128)).cuda().half()
+    sparse, x, out = semi_structured(weight), torch.randn(512, 128, device="cuda", dtype=torch.half), {}
+
+    def call():
+        out["y"] = F.linear(x, sparse)  # captured once: a replay rewrites this tensor in place
+
+    replay = cuda_graphed(call)
+    x.copy_(torch.randn_like(x))  # the replay must read the input's current values, not the captured ones
+    replay()
+    torch.cuda.synchronize()
+    expected = F.linear(x, weight)
+    assert (out["y"] - expected).abs().max() < 1e-2 * expected.abs().max()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU with sparse tensor cores")
 def test_semi_structured_linear_matches_dense_and_is_timed():
     if torch.cuda.get_device_capability() < (8, 0):
         pytest.skip("sparse tensor cores need compute capability 8.0+")
     timing = time_linear(torch.randn(1536, 384), 64 * 197, warmup=3, runs=5)
-    assert timing.max_abs_difference < 0.05 and timing.dense.median_ms > 0 and timing.sparse.median_ms > 0
+    # the two kernels sum in different orders: fp16 rounding, a few units of 2**-10 of the largest output
+    assert timing.relative_difference < 1e-2 and timing.dense.median_ms > 0 and timing.sparse.median_ms > 0
