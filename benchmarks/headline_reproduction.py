@@ -124,8 +124,8 @@ NOT_RERUN = {
 # Benchmarks whose earlier figures did not reproduce and that were published again from today's code. Their reruns
 # are still judged against the earlier files (kept in SUPERSEDED), so the verdicts above do not change; the README
 # and the pages quote the new files. Why each was republished:
-ISSUE_35_DRAWS = ("issue 35's intended changes to the training data's draws (84b09d7: DataLoader, per-image "
-                  "augmentation; 193fd27: the batched crop and flip)")
+ISSUE_35_DRAWS = ("the intended changes to the training data's draws at 84b09d7 (DataLoader, per-image "
+                  "augmentation) and 193fd27 (the batched crop and flip)")
 REPUBLISHED = {
     "plain_loop_recovery": f"its accuracies moved with {ISSUE_35_DRAWS}, not with the passes: the gap between the "
                            "plain loop and compress stayed +0.00 at every commit and seed; republished on 2026-11-26",
