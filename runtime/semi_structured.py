@@ -3,7 +3,10 @@
 PyTorch's `torch.sparse.to_sparse_semi_structured` compresses a 2:4 weight (at most 2 non-zeros in
 every 4 consecutive input features of every output row, the layout sparsify_nm produces) into values
 plus metadata that the sparse tensor cores of Ampere and later GPUs (compute capability 8.0+) consume;
-`F.linear(x, sparse_weight)` then runs a sparse kernel (cuSPARSELt or CUTLASS). This module
+`F.linear(x, sparse_weight)` then runs a sparse kernel (cuSPARSELt or CUTLASS; on Hopper, 9.0, only
+cuSPARSELt: PyTorch's CUTLASS kernels refuse it). Called eagerly, each sparse call costs tenths of a
+millisecond of host work, more than the kernel saves on ViT-sized layers; replayed from a CUDA graph the
+kernels alone are 0.7x to 1.3x of dense (H200, benchmarks/results/semi_structured_speedup.md). This module
 - turns a 2:4 weight into a semi-structured one, in fp16 (or bf16) on the GPU;
 - times dense against sparse `F.linear` with CUDA events, alternately, several calls per event pair
   (single kernels last tens of microseconds: one call per pair would mostly time the launch).
