@@ -82,6 +82,10 @@ lint: setup
 	cd benchmarks && ! MYPYPATH=. ../$(VENV)/bin/mypy --ignore-missing-imports --follow-imports=silent --no-error-summary *.py | grep '\[call-arg\]'
 	@# unused code in the library (tests, benchmarks, examples and scripts count as users; whitelist: framework entry points)
 	! $(VENV)/bin/vulture graph passes runtime prunefx benchmarks examples tests scripts --min-confidence 60 | grep -E '^(graph|passes|runtime|prunefx)/'
+	@# import contracts (pyproject.toml [tool.importlinter]): read from the package laid out as it installs, since
+	@# graph/, passes/ and runtime/ install as prunefx.graph, prunefx.passes and prunefx.runtime (package-dir)
+	$(PY) scripts/package_tree.py build/import_tree
+	cd build/import_tree && $(CURDIR)/$(VENV)/bin/lint-imports --no-cache $(CURDIR)/pyproject.toml
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import docs_reference  # beside this file: MkDocs puts the hook's folder on sys.path while loading it
 import docs_results
+import package_tree
 from mkdocs.exceptions import PluginError
 
 # mkdocstrings reads the package from this tree (mkdocs.yml: paths), made before any page renders.
-API_SOURCES = docs_reference.mirror_sources(Path(__file__).resolve().parents[1] / "build" / "docs_api")
+API_SOURCES = package_tree.mirror_sources(Path(__file__).resolve().parents[1] / "build" / "docs_api")
 BENCHMARK_PAGES = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 MARKER = re.compile(r"^<!-- prunefx:(\w+)(?: ([\w.]+))? -->$", re.MULTILINE)
 

@@ -155,27 +155,6 @@ def api_reference(module_name: str) -> str:
     return "\n".join(lines)
 
 
-def mirror_sources(folder: Path) -> Path:
-    """A tree in which prunefx/graph, prunefx/passes and prunefx/runtime exist as folders (links to the
-    top-level graph/, passes/, runtime/ that setuptools maps there), for mkdocstrings' static analysis."""
-    root = folder / "prunefx"
-    root.mkdir(parents=True, exist_ok=True)
-    repository = RECIPES.parents[1]
-    targets = {entry.name: entry for entry in (repository / "prunefx").iterdir() if entry.name != "__pycache__"}
-    targets.update({name: repository / name for name in ("graph", "passes", "runtime")})
-    for name, target in targets.items():
-        link = root / name
-        if link.is_symlink() and link.resolve() == target.resolve():
-            continue
-        if link.is_symlink() or link.is_file():
-            link.unlink()
-        link.symlink_to(target)
-    for link in root.iterdir():  # entries removed from the package since the last build
-        if link.is_symlink() and not link.exists():
-            link.unlink()
-    return folder
-
-
 def recipes_table() -> str:
     """The shipped recipes, each with the one-line summary at the top of its file."""
     rows = ["| recipe | what it does |", "|---|---|"]

@@ -1,69 +1,72 @@
-"""Layers import downward only: prunefx -> runtime -> passes -> graph (DESIGN.md). Checked by parsing
-every module's imports (a linter cannot see through the package-dir mapping that installs graph/ as
-prunefx.graph), including imports inside functions."""
+"""The import contracts of pyproject.toml ([tool.importlinter]: layers prunefx -> runtime -> passes -> graph,
+only the runtime lowers to ONNX/TensorRT, only the CLI imports the CLI) hold, checked by import-linter as
+`make lint` runs it; and the contracts themselves break on a package that violates each of them."""
 
 from __future__ import annotations
 
-import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = {"graph": 0, "passes": 1, "runtime": 2, "prunefx": 3}
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+sys.path.insert(0, str(ROOT / "scripts"))
+import package_tree  # noqa: E402  (scripts/ is not a package)
+
+pytestmark = pytest.mark.skipif(not LINT_IMPORTS.is_file(), reason="import-linter is not installed (make setup)")
 
 
-def _imported_layers(path: Path) -> set[tuple[str, int]]:
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
-            [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "prunefx":
-                layer = parts[1] if len(parts) > 1 and parts[1] in LAYERS else "prunefx"
-                found.add((layer, node.lineno))
-    return found
+def _lint_imports(tree: Path) -> subprocess.CompletedProcess:
+    # Run from the tree's folder: the repository root would put its own prunefx/ (without graph/) first.
+    env = {**os.environ, "PYTHONPATH": str(tree), "NO_COLOR": "1", "COLUMNS": "200"}
+    return subprocess.run([str(LINT_IMPORTS), "--no-cache", str(ROOT / "pyproject.toml")], cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=120)
 
 
-def _modules(folder: Path) -> list[Path]:
-    """Every module under `folder`, subpackages included (a future graph/channels/ must not escape)."""
-    return sorted(path for path in folder.rglob("*.py") if "__pycache__" not in path.parts)
+def test_the_import_contracts_hold(tmp_path):
+    result = _lint_imports(package_tree.mirror_sources(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("folder", ["graph", "passes", "runtime"])
-def test_layers_import_only_downward(folder):
-    files = _modules(ROOT / folder)
-    assert files
-    upward = [f"{path.relative_to(ROOT)}:{line} imports prunefx.{layer}"
-              for path in files for layer, line in _imported_layers(path)
-              if LAYERS[layer] > LAYERS[folder]]
-    assert not upward, upward
+def _fake_package(root: Path, modules: dict[str, str]) -> Path:
+    """A package `prunefx` under root with the given modules (dotted name -> source), every folder a package."""
+    for name, source in modules.items():
+        path = root.joinpath(*name.split("."))
+        for folder in [root.joinpath(*name.split(".")[:i]) for i in range(1, name.count(".") + 1)]:
+            folder.mkdir(exist_ok=True)
+            (folder / "__init__.py").touch()
+        (path.with_suffix(".py")).write_text(source)
+    return root
 
 
-@pytest.mark.parametrize("folder", ["graph", "passes"])
-def test_only_the_runtime_imports_onnx_and_tensorrt(folder):
-    lowering = {"onnx", "onnxruntime", "onnx_graphsurgeon", "onnxscript", "tensorrt"}
-    found = [f"{path.relative_to(ROOT)} imports {name}" for path in _modules(ROOT / folder)
-             for name in _top_level_imports(path) if name in lowering]
-    assert not found, found
+CLEAN = {"prunefx.__main__": "import prunefx.cli\n", "prunefx.cli": "import prunefx.commands.prune\n",
+         "prunefx.commands.prune": "import prunefx.runtime.lower\n", "prunefx.commands.bench": "import prunefx.errors\n",
+         "prunefx.runtime.lower": "import onnx\nimport prunefx.passes.shrink\n",
+         "prunefx.passes.shrink": "import prunefx.graph.program\n", "prunefx.graph.program": "import torch\n",
+         "prunefx.errors": "", "prunefx.report": "import prunefx.runtime.lower\n"}
+
+VIOLATIONS = {
+    "the layers import downward only": {"prunefx.graph.program": "def f():\n    import prunefx.passes.shrink\n"},
+    "never import the product layer": {"prunefx.passes.shrink": "import prunefx.errors\n"},
+    "graph and passes import no ONNX": {"prunefx.graph.program": "import onnxruntime\n"},
+    "Only the CLI imports the CLI": {"prunefx.report": "from prunefx.commands import prune\n"},
+    "do not import one another": {"prunefx.commands.bench": "import prunefx.commands.prune\n"},
+}
 
 
-def _top_level_imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
-    return {name.split(".")[0] for node in ast.walk(tree)
-            for name in ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
-                         [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])}
+def test_a_clean_fake_package_keeps_every_contract(tmp_path):
+    result = _lint_imports(_fake_package(tmp_path, CLEAN))
+    assert result.returncode == 0, result.stdout
 
 
-def test_the_walk_reaches_subpackages(tmp_path):
-    (tmp_path / "channels").mkdir()
-    (tmp_path / "channels" / "rules.py").write_text("import onnx\n")
-    assert _modules(tmp_path) == [tmp_path / "channels" / "rules.py"]
-    assert _top_level_imports(tmp_path / "channels" / "rules.py") == {"onnx"}
-
-
-def test_the_check_sees_an_upward_import(tmp_path):
-    module = tmp_path / "bad.py"
-    module.write_text("def f():\n    from prunefx.runtime import export_onnx\n    import prunefx.passes.distill\n")
-    assert _imported_layers(module) == {("runtime", 2), ("passes", 3)}
+@pytest.mark.parametrize("contract", VIOLATIONS)
+def test_each_contract_breaks_on_its_violation(tmp_path, contract):
+    result = _lint_imports(_fake_package(tmp_path, {**CLEAN, **VIOLATIONS[contract]}))
+    assert result.returncode == 1
+    broken = result.stdout.split("Broken contracts")[-1]
+    # An upward import between the layers is also an import of prunefx.* that the second contract forbids.
+    expected = 2 if contract == "the layers import downward only" else 1
+    assert contract in broken and f" {expected} broken." in result.stdout, result.stdout
