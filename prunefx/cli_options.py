@@ -19,7 +19,14 @@ from prunefx import options
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.config_checks import ConfigError
 from prunefx.passes.pass_config import check_bounds
-from prunefx.runtime.budget_backends import BACKENDS, PRECISIONS, latency_pair, require_backend
+from prunefx.runtime import backends
+from prunefx.runtime.budget_backends import (
+    budget_backend_names,
+    budget_precisions,
+    latency_pair,
+    require_backend,
+    speedup_measure,
+)
 from prunefx.runtime.onnx_export import DEFAULT_OPSET
 from prunefx.runtime.onnxruntime_session import LATENCY_THREADS
 
@@ -115,36 +122,65 @@ def add_calibration(parser, *, reads: str) -> None:
                         help="images read from --calibrate, in batches of the captured batch size (default 256)")
 
 
+def backend_help(names: list[str], default: str) -> str:
+    """'ort (ONNX Runtime, default), trt (TensorRT), ...' from the registry."""
+    return ", ".join(f"{name} ({backends.label(name)}{', default' if name == default else ''})" for name in names)
+
+
 def add_budget_backend(parser, *, note: str = "") -> None:
-    """`--backend`, `--precision` and `--trtexec`: where `--speedup/--latency-ms` is measured
-    (runtime/budget_backends.py); check them with `check_budget_backend` before loading a model."""
-    parser.add_argument("--backend", choices=BACKENDS, default="ort",
-                        help="where a budget is measured, at batch 1: ort (ONNX Runtime on this CPU, default), trt "
-                             "(TensorRT engines, timed alternately with CUDA events), torch-trt (Torch-TensorRT), "
-                             "trtexec (the trtexec program, e.g. on a Jetson board; the two models one after the "
-                             f"other){note}")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="TensorRT precision of a budget's measurement (default fp32); a quantized model's "
-                             "INT8 comes from its own Q/DQ nodes")
+    """`--backend`, `--precision`, `--batch`, `--compile` and `--trtexec`: where `--speedup/--latency-ms` is
+    measured (runtime/backends/); check them with `check_budget_backend` before loading a model."""
+    names = budget_backend_names()
+    parser.add_argument("--backend", choices=names, default=names[0],
+                        help=f"where a budget is measured: {backend_help(names, names[0])}{note}")
+    parser.add_argument("--precision", choices=budget_precisions(), default=None,
+                        help="precision of a budget's measurement (default: the backend's, "
+                             + ", ".join(f"{b.default_precision} on {b.name}" for b in backends.backends(budgets=True))
+                             + "); a quantized model's INT8 comes from its own Q/DQ nodes")
+    parser.add_argument("--batch", type=options.count, default=1,
+                        help="batch size a budget is measured at (default 1); a model captured at a smaller batch "
+                             "cannot be measured at a larger one (give --input-shape)")
+    parser.add_argument("--compile", action="store_true",
+                        help="cuda: compile each model with torch.compile (inductor) before timing it")
     parser.add_argument("--trtexec", metavar="PATH", help="the trtexec program (default: on PATH or JetPack's)")
 
 
 def check_budget_backend(args, *, budgeted: bool) -> None:
-    """Refuse backend options without a budget to measure, and a backend that is not installed, in one line
-    and before any model is loaded."""
-    if not budgeted and (args.backend != "ort" or args.precision != "fp32"):
-        raise PrunefxError("--backend and --precision say where --speedup/--latency-ms is measured: give a budget")
-    if args.trtexec and args.backend != "trtexec":
+    """Refuse backend options without a budget to measure, a flag the backend does not read, and a backend
+    that is not installed, in one line and before any model is loaded; fill in the backend's precision."""
+    default = budget_backend_names()[0]
+    if not budgeted and (args.backend != default or args.precision is not None or getattr(args, "batch", 1) != 1
+                         or getattr(args, "compile", False)):
+        raise PrunefxError("--backend, --precision, --batch and --compile say where --speedup/--latency-ms is "
+                           "measured: give a budget")
+    chosen = backends.get(args.backend)
+    if args.trtexec and "trtexec" not in chosen.options:
         raise PrunefxError("--trtexec applies to --backend trtexec")
-    require_backend(args.backend, args.precision, args.trtexec)
+    if getattr(args, "compile", False) and "compile" not in chosen.options:
+        compiling = [backend.name for backend in backends.backends() if "compile" in backend.options]
+        raise PrunefxError(f"--compile applies to --backend {', '.join(compiling)}")
+    require_backend(args.backend, args.precision, args.trtexec, batch=getattr(args, "batch", 1),
+                    compile=getattr(args, "compile", False))
+    args.precision = args.precision or chosen.default_precision
+
+
+def _measuring(args) -> dict:
+    return {"threads": args.threads, "runs": args.runs, "precision": args.precision, "trtexec": args.trtexec,
+            "batch": getattr(args, "batch", 1), "compile": getattr(args, "compile", False)}
 
 
 def budget_latency(args):
     """The budget passes' measuring function on the command line's backend (runtime/budget_backends.py)."""
-    return latency_pair(args.backend, threads=args.threads, runs=args.runs, precision=args.precision,
-                        trtexec=args.trtexec)
+    return latency_pair(args.backend, **_measuring(args))
+
+
+def pass_measure(args):
+    """`(before, after) -> speed-up` on the command line's backend, for passes that keep only what runs faster
+    (merge_blocks' `measure`)."""
+    return speedup_measure(args.backend, **_measuring(args))
 
 
 def measured_on(args) -> dict:
     """Where a budget was measured, for report.json."""
-    return {"backend": args.backend, "precision": args.precision}
+    precision = args.precision or backends.get(args.backend).default_precision
+    return {"backend": args.backend, "precision": precision, "batch": getattr(args, "batch", 1)}

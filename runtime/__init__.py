@@ -1,12 +1,14 @@
 """Lowering and measuring: ONNX export with graph-surgeon cleanup, ONNX Runtime, parity, latency, TensorRT
-engines and per-layer profiles, Torch-TensorRT, trtexec on Jetson boards, deployment reports.
+engines and per-layer profiles, Torch-TensorRT, PyTorch on CUDA, trtexec on Jetson boards, deployment reports.
+The latency backends are a registry (runtime/backends/): `latency_pair(backend, ...)` and `speedup_measure`
+read it.
 
 This is the only layer that imports onnx, onnxruntime, onnx_graphsurgeon, tensorrt and torch_tensorrt
 (the last two only when a TensorRT backend is used: without them the rest works and those backends say
 what to install).
 """
 
-from prunefx.runtime.budget_backends import latency_pair
+from prunefx.runtime.budget_backends import latency_pair, speedup_measure
 from prunefx.runtime.deployment_report import (
     Variant,
     read_variants,
@@ -55,6 +57,6 @@ __all__ = [
     "check_parity", "compare_gpu_latency", "compare_latency", "compile_torch_tensorrt", "engine_cache_key",
     "export_onnx", "format_profile_table", "jetson_state", "latency_pair", "map_to_program", "measure_gpu_latency",
     "measure_latency", "onnx_node_origins", "onnx_nodes_of_layer", "QuantizedExport", "export_quantized_onnx", "lower_to_float16", "onnx_latency_pair", "onnxruntime_lowering", "onnx_runner", "OnnxRunnerMaker", "onnx_speedup", "parse_engine_information",
-    "parse_performance_summary", "parse_tegrastats_line", "profile_engine", "read_variants", "run_trtexec",
+    "parse_performance_summary", "parse_tegrastats_line", "profile_engine", "read_variants", "run_trtexec", "speedup_measure",
     "torch_runner", "trtexec_arguments", "variants_from_compress", "write_chart", "write_deployment_report",
 ]

@@ -10,6 +10,11 @@ prune_to_budget uses it unless the user names one:
   /proc/cpuinfo, 8 where they cannot be read.
 - TensorRT (trt, torch-trt, trtexec): tensor cores take FP16 (and TF32) channels in multiples of 8, INT8 in
   multiples of 32.
+- PyTorch on CUDA (cuda): cuDNN and cuBLAS use tensor cores for FP16 and BF16 channels in multiples of 8.
+  This is NVIDIA's documented rule, not a figure measured here: measure it on the GPU you deploy to
+  (`prunefx bench --backend cuda` on two widths) before relying on a finer one.
+
+Each backend states its multiple (runtime/backends/); `backend_multiple` asks the registry.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from prunefx.runtime.errors import MeasurementError
 
 AVX512_MULTIPLE, AVX2_MULTIPLE = 16, 8
 TENSOR_CORE_MULTIPLE = {"fp32": 8, "fp16": 8, "int8": 32}
+CUDA_TENSOR_CORE_MULTIPLE = {"fp16": 8, "bf16": 8}
 CPUINFO = Path("/proc/cpuinfo")
 
 
@@ -43,9 +49,12 @@ def onnxruntime_multiple(cpuinfo: str | None = None) -> int:
 
 
 def backend_multiple(backend: str, precision: str = "fp32", *, cpuinfo: str | None = None) -> int:
-    """The width multiple `backend` runs fastest at `precision` (see the module docstring)."""
-    if backend == "ort":
-        return onnxruntime_multiple(cpuinfo)
-    if backend in ("trt", "torch-trt", "trtexec") and precision in TENSOR_CORE_MULTIPLE:
-        return TENSOR_CORE_MULTIPLE[precision]
-    raise MeasurementError(f"no width multiple known for backend {backend!r} at precision {precision!r}")
+    """The width multiple `backend` runs fastest at `precision` (see the module docstring); `cpuinfo` replaces
+    /proc/cpuinfo's text for a backend that reads the CPU's flags."""
+    from prunefx.runtime import backends  # the registry imports this module: asked for when called
+
+    if backend not in backends.names():
+        raise MeasurementError(f"no width multiple known for backend {backend!r} at precision {precision!r}: "
+                               f"choose one of {', '.join(backends.names())}")
+    chosen = backends.get(backend)
+    return chosen.width_multiple(precision, cpuinfo=cpuinfo) if cpuinfo is not None else chosen.width_multiple(precision)

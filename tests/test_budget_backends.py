@@ -1,4 +1,4 @@
-"""Budgets measured on TensorRT backends (runtime/budget_backends.py). No TensorRT, trtexec or GPU here: the trtexec
+"""Budgets measured on TensorRT backends (runtime/backends/). No TensorRT, trtexec or GPU here: the trtexec
 pair runs against a stand-in for trtexec whose latency is a known function of the ONNX file it is given (read back
 with `onnx`), and the CLI is checked to fail in one line, before loading a model, when a backend is missing."""
 
@@ -21,7 +21,8 @@ from prunefx.passes.prune_to_budget import prune_to_budget
 from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.runtime import LatencyStats, latency_pair
 
-budget_backends = importlib.import_module("prunefx.runtime.budget_backends")
+trtexec_backend = importlib.import_module("prunefx.runtime.backends.trtexec")
+trt_backend = importlib.import_module("prunefx.runtime.backends.trt")
 pytestmark = pytest.mark.usefixtures("one_thread")
 SPREAD = 0.2  # the stand-in's p90 is 1.2 x its median
 MS_PER_WEIGHT = 1e-4
@@ -63,8 +64,8 @@ def trtexec(monkeypatch):
                              runs=options.iterations, threads=None)
         return type("Result", (), {"latency": stats})()
 
-    monkeypatch.setattr(budget_backends, "find_trtexec", lambda executable=None: executable or "trtexec")
-    monkeypatch.setattr(budget_backends, "run_trtexec", run)
+    monkeypatch.setattr(trtexec_backend, "find_trtexec", lambda executable=None: executable or "trtexec")
+    monkeypatch.setattr(trtexec_backend, "run_trtexec", run)
     return runs
 
 
@@ -132,9 +133,9 @@ def test_trt_pair_builds_one_engine_per_file_and_times_them_alternately(monkeypa
             calls.append(self)
             return self.ms
 
-    monkeypatch.setattr(budget_backends, "require_tensorrt", lambda: None)
-    monkeypatch.setattr(budget_backends, "require_cuda", lambda: None)
-    monkeypatch.setattr(budget_backends, "build_engine", lambda path, options, cache_dir=None:
+    monkeypatch.setattr(trt_backend, "require_tensorrt", lambda: None)
+    monkeypatch.setattr(trt_backend, "require_cuda", lambda: None)
+    monkeypatch.setattr(trt_backend, "build_engine", lambda path, options, cache_dir=None:
                         Engine(path, options, cache_dir))
     monkeypatch.setattr(torch.Tensor, "cuda", lambda self: self)
     dense = _net(16)
@@ -149,7 +150,8 @@ def test_trt_pair_builds_one_engine_per_file_and_times_them_alternately(monkeypa
 
 
 @pytest.mark.parametrize(("backend", "precision", "message"), [
-    ("ort", "fp16", "applies to the TensorRT backends"),
+    ("ort", "fp16", "applies to the GPU backends"),
+    ("cuda", "fp32", "measures at fp16 or bf16"),
     ("trtexec", "int8", "INT8 comes from the model's own quantizers"),
     ("onnxruntime", "fp32", "unknown budget backend"),
 ])

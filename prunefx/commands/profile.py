@@ -1,10 +1,12 @@
-"""prunefx profile MODEL_OR_ONNX --backend trt|trtexec: a per-layer TensorRT profile.
+"""prunefx profile MODEL_OR_ONNX --backend trt|trtexec|cuda: a per-layer profile on a GPU backend.
 
-One row per engine layer, slowest first: its type, precision, median time and share, whether it ran a
-sparse tensor-core kernel, and the Program nodes it computes (for a model reference or a .pt2: fused
-layers list several nodes) or, for a bare .onnx file, the module scopes recorded in the file. `trt`
+One row per layer, slowest first: its type, precision, median time and share, and what it computes. `trt`
 builds the engine with the TensorRT Python API and times layers with an IProfiler; `trtexec` runs the
-trtexec program with --exportProfile and --exportLayerInfo (Jetson boards). --json PATH writes the rows.
+trtexec program with --exportProfile and --exportLayerInfo (Jetson boards); for those, a row says whether
+the layer ran a sparse tensor-core kernel and lists the Program nodes it computes (fused layers list several)
+or, for a bare .onnx file, the module scopes recorded in the file. `cuda` times each Program node eagerly
+between CUDA events (runtime/cuda_profile.py). The choices are the registry's backends that profile
+(runtime/backends/). --output PATH writes the rows as JSON.
 """
 
 from __future__ import annotations
@@ -13,27 +15,19 @@ import tempfile
 from pathlib import Path
 
 from prunefx import options
-from prunefx.commands.bench import add_tensorrt_arguments, check_backend, onnx_for, tensorrt_engine
+from prunefx.bench_models import add_backend_arguments, bench_model, checked_backend
 from prunefx.output import check_output_file, staged_file
-from prunefx.runtime import (
-    TrtexecOptions,
-    build_layer_profile,
-    format_profile_table,
-    parse_engine_information,
-    profile_engine,
-    run_trtexec,
-)
+from prunefx.runtime import backends, format_profile_table
 from prunefx.runtime.tensorrt_profile import write_profile_json
 
 NAME = "profile"
-HELP = "per-layer TensorRT profile: time per layer, sparse kernels, and the Program nodes each layer computes"
+HELP = "per-layer profile on a GPU backend: time per layer, sparse kernels, and the Program nodes each layer computes"
 ONNX_ALLOWED = True
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--backend", choices=("trt", "trtexec"), default="trt",
-                        help="trt: TensorRT Python API (default); trtexec: the trtexec program (Jetson)")
-    add_tensorrt_arguments(parser)
+    names = backends.names(profiles=True)
+    add_backend_arguments(parser, names, "trt" if "trt" in names else names[0])
     parser.add_argument("--runs", type=options.count, default=50, help="profiled runs (default 50)")
     parser.add_argument("--warmup", type=options.non_negative, default=10, help="untimed warm-up runs (default 10)")
     parser.add_argument("--top", type=options.count, metavar="N", help="show only the N slowest layers")
@@ -42,20 +36,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    check_backend(args)
+    backend, settings = checked_backend(args)
     json_path = check_output_file(args.output) if args.output else None
     with tempfile.TemporaryDirectory(prefix="prunefx-profile-") as tmp:
-        path, program, inputs = onnx_for(args.model, args, Path(tmp), "model")
-        if args.backend == "trt":
-            engine = tensorrt_engine(path, inputs, args)
-            times = profile_engine(engine, warmup=args.warmup, runs=args.runs)
-            profile = build_layer_profile(times.medians(), parse_engine_information(engine.engine_information()),
-                                          path, program, runs=times.runs, source="tensorrt")
-        else:
-            options = TrtexecOptions(precision=args.precision, sparse=args.sparse, iterations=args.runs)
-            result = run_trtexec(path, options, executable=args.trtexec, profile=True)
-            profile = build_layer_profile(result.layer_times, parse_engine_information(result.layer_info or "{}"),
-                                          path, program, runs=result.profiled_runs, source="trtexec")
+        profile = backend.profile(bench_model(args.model, args, backend, Path(tmp), "model"), settings)
     print(format_profile_table(profile, limit=args.top))
     if json_path:
         with staged_file(json_path) as staging:

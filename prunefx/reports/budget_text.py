@@ -4,7 +4,7 @@ then the budget met."""
 
 from __future__ import annotations
 
-RUNTIMES = {"ort": "ONNX Runtime", "trt": "TensorRT", "torch-trt": "Torch-TensorRT", "trtexec": "trtexec"}
+from prunefx.runtime import backends
 
 
 def search_lines(budget: dict, *, candidate: str = "", chosen: str = "") -> list[str]:
@@ -18,8 +18,10 @@ def search_lines(budget: dict, *, candidate: str = "", chosen: str = "") -> list
         lines.append(f"  candidate: {candidate.format(**row)}{row['macs_kept']:.3f} of the MACs -> "
                      f"{row['speedup']:.2f}x ({row['ms']:.2f} ms vs {row['dense_ms']:.2f} ms dense, spread "
                      f"{row['spread']:.0%}{confirmed})")
-    runtime = RUNTIMES.get(budget.get("backend", "ort"), budget.get("backend"))
-    precision = f" {budget['precision']}" if budget.get("backend", "ort") != "ort" and budget.get("precision") else ""
+    backend = budget.get("backend", "ort")  # reports written before backends were recorded: ONNX Runtime
+    runtime = backends.label(backend)
+    precision = f" {budget['precision']}" if budget.get("precision") not in (None, "fp32") else ""
+    precision += f" at batch {budget['batch']}" if budget.get("batch", 1) != 1 else ""
     lines.append(f"budget {budget['budget']} met: {budget['speedup']:.2f}x measured on {runtime}{precision} "
                  f"({budget['ms']:.2f} ms vs {budget['dense_ms']:.2f} ms dense{interval_text(budget.get('interval'), ', ')}) "
                  f"{chosen}")

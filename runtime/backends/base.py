@@ -1,0 +1,153 @@
+"""What a latency backend is: the one type that budgets, `bench`, `profile`, reports and the CLI read.
+
+A backend says who it is (`name`, `label`), what it needs installed (`needs`, and `require`, which checks it
+in one line before any model is loaded), the precisions it measures at, its width multiple per precision,
+the latency pair the budget passes use (runtime/speedup.PairMeasurer), the speed-up measure handed to passes
+that keep only what runs faster, and how `bench` and `profile` time a model. Each backend is one file in
+this package, collected by the registry (runtime/backends/__init__.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from prunefx.graph import Program
+from prunefx.runtime.errors import MeasurementError
+from prunefx.runtime.gpu_latency import compare_gpu_latency, measure_gpu_latency
+from prunefx.runtime.latency import compare_latency, measure_latency
+from prunefx.runtime.onnxruntime_session import DEFAULT_THREADS
+from prunefx.runtime.speedup import Measure, PairMeasurer
+from prunefx.runtime.tensorrt_profile import LayerProfile
+
+CONFIRM_FACTOR = 4  # a pair's `confirm` times this many times the runs (as ONNX Runtime's does)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a backend measures. Every backend reads runs, warmup, precision and batch; the others only where
+    the backend lists them in `Backend.options` (the CLI refuses a flag its backend does not read)."""
+
+    runs: int = 50
+    warmup: int = 10
+    precision: str | None = None   # None: the backend's default_precision
+    batch: int = 1
+    threads: int = DEFAULT_THREADS
+    trtexec: str | None = None     # the trtexec program
+    cache_dir: str | None = None   # TensorRT's engine cache
+    sparse: bool = False           # 2:4 sparse tensor-core kernels
+    compile: bool = False          # torch.compile (inductor) before timing
+    spinning: bool = True          # ONNX Runtime's worker threads spin between operators
+    flush_denormals: bool | None = None
+    rounds: int = 4                # ONNX Runtime: fresh processes a side-by-side bench spreads its runs over
+
+    def with_precision(self, precision: str) -> Settings:
+        return replace(self, precision=precision)
+
+
+@dataclass
+class BenchModel:
+    """A model as `bench` and `profile` hand it to a backend: the reference the user gave, the Program
+    (None for a bare .onnx file), the ONNX file (for backends that read ONNX), inputs at the batch, and INT8
+    calibration batches for a TensorRT build of a file without Q/DQ nodes."""
+
+    reference: str
+    program: Program | None
+    onnx: Path | None
+    inputs: list[torch.Tensor] = field(default_factory=list)
+    calibration: list | None = None
+
+
+class Backend:
+    """One latency backend. Subclasses set the class attributes and override what they support."""
+
+    name: str = ""
+    label: str = ""               # the human name reports print ("measured on ONNX Runtime")
+    needs: str = ""               # what must be installed, for the docs table and help
+    rank: int = 50                # where it is listed (the default backend first)
+    precisions: tuple[str, ...] = ("fp32",)        # what a budget is measured at
+    bench_precisions: tuple[str, ...] | None = None  # what bench/profile accept (default: `precisions`)
+    default_precision: str = "fp32"
+    budgets: bool = True          # offers a latency pair for --speedup/--latency-ms
+    reads: str = "onnx"           # what bench hands it: "onnx" (an exported file) or "program"
+    gpu_timed: bool = False       # its runners time themselves with CUDA events (return milliseconds)
+    max_batch: int | None = None  # None: any batch the Program can be cut to
+    options: frozenset[str] = frozenset()  # Settings fields beyond runs/warmup/precision/batch it reads
+
+    # ---- checks ------------------------------------------------------------------------------------
+
+    def require(self, settings: Settings, *, purpose: str = "budget") -> str:
+        """The precision to measure at, after checking `settings` and that the backend is installed
+        (MeasurementError for a bad choice, BackendUnavailableError naming what to install), in one line."""
+        precision = settings.precision or self.default_precision
+        allowed = self.precisions if purpose == "budget" else (self.bench_precisions or self.precisions)
+        if precision not in allowed:
+            raise MeasurementError(self.precision_refusal(precision, allowed))
+        if settings.batch < 1:
+            raise MeasurementError(f"a batch size is at least 1, not {settings.batch}")
+        if self.max_batch is not None and settings.batch > self.max_batch:
+            raise MeasurementError(f"the {self.name} backend measures at batch {self.max_batch} only, not "
+                                   f"{settings.batch}")
+        self.check_installed(settings)
+        return precision
+
+    def precision_refusal(self, precision: str, allowed: Sequence[str]) -> str:
+        return f"the {self.name} backend measures at {' or '.join(allowed)}, not {precision!r}"
+
+    def check_installed(self, settings: Settings) -> None:
+        """Raise BackendUnavailableError when what the backend needs is missing."""
+
+    def width_multiple(self, precision: str) -> int:
+        raise MeasurementError(f"no width multiple known for backend {self.name!r} at precision {precision!r}")
+
+    # ---- budgets and passes ------------------------------------------------------------------------
+
+    def latency_pair(self, settings: Settings) -> PairMeasurer:
+        """The budget passes' Measurer: `(dense, candidate) -> (dense ms, candidate ms, spread)`, `confirm`,
+        `round_to`. Called after `require`."""
+        raise MeasurementError(f"the {self.name} backend does not measure budgets")
+
+    def speedup(self, settings: Settings) -> Measure:
+        """`(before, after) -> speed-up of after over before`, for passes that keep only what runs faster:
+        the latency pair's short measurement."""
+        pair = self.latency_pair(settings)
+
+        def measure(before: Program, after: Program) -> float:
+            before_ms, after_ms, _ = pair(before, after)
+            return before_ms / after_ms
+
+        return measure
+
+    # ---- bench and profile -------------------------------------------------------------------------
+
+    def runner(self, model: BenchModel, settings: Settings) -> Callable[[], object]:
+        """A zero-argument runner of `model`: one that returns its own milliseconds when `gpu_timed`."""
+        raise MeasurementError(f"the {self.name} backend has no runner for bench")
+
+    def bench(self, models: Sequence[BenchModel], settings: Settings) -> dict:
+        """`latency` statistics for one model, or `a`, `b` and the speed-up for two timed alternately."""
+        return self.time_runners([self.runner(model, settings) for model in models], settings)
+
+    def time_runners(self, runners: Sequence[Callable[[], object]], settings: Settings) -> dict:
+        """One runner's `latency`, or two timed alternately (CUDA events where `gpu_timed`)."""
+        timing = dict(warmup=settings.warmup, runs=settings.runs)
+        if self.gpu_timed:
+            if len(runners) == 1:
+                return {"latency": measure_gpu_latency(runners[0], **timing).to_dict()}
+            return compare_gpu_latency(*runners, **timing).to_dict()
+        if len(runners) == 1:
+            return {"latency": measure_latency(runners[0], threads=settings.threads, **timing).to_dict()}
+        return compare_latency(*runners, threads=settings.threads, **timing).to_dict()
+
+    def profile(self, model: BenchModel, settings: Settings) -> LayerProfile:
+        raise MeasurementError(f"the {self.name} backend has no per-layer profile")
+
+    @property
+    def profiles(self) -> bool:
+        return type(self).profile is not Backend.profile
+
+    def __repr__(self) -> str:
+        return f"<backend {self.name}: {self.label}>"

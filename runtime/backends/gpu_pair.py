@@ -1,0 +1,36 @@
+"""The latency pair of backends whose runners time themselves with CUDA events (trt, torch-trt, cuda).
+
+Both models of a pair are timed call by call, alternately (runtime/gpu_latency.compare_gpu_latency), and the
+measurements are cached by what is timed (a file's sha256, a Program's fingerprint): the search's short
+measurement, `confirm` (CONFIRM_FACTOR x the runs, twice the warm-up) and the longer one share one set of
+compiled or built models.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from prunefx.runtime.backends.base import CONFIRM_FACTOR, Settings
+from prunefx.runtime.gpu_latency import compare_gpu_latency
+from prunefx.runtime.speedup import PairMeasurer, cached_pair, timing_of
+
+
+def gpu_timing(timed_of: Callable[[tuple], Callable[[], float]]):
+    """timing(entry_a, entry_b, runs=, warmup=) -> Timing, both runners alternately; `timed_of(entry)` is the
+    entry's zero-argument runner returning its milliseconds."""
+    def timing(a: tuple, b: tuple, *, runs: int, warmup: int):
+        return timing_of(compare_gpu_latency(timed_of(a), timed_of(b), warmup=warmup, runs=runs))
+
+    return timing
+
+
+def pair_of(sources, timing, settings: Settings, round_to: int) -> PairMeasurer:
+    """A PairMeasurer over `sources.get(program) -> entry` (its last item the cache key) timed by
+    `timing(a, b, runs=, warmup=)`: the search's runs, CONFIRM_FACTOR x for `confirm`, twice that longer."""
+    runs, warmup = settings.runs, settings.warmup
+    return PairMeasurer(
+        cached_pair(sources, functools.partial(timing, runs=runs, warmup=warmup)),
+        cached_pair(sources, functools.partial(timing, runs=CONFIRM_FACTOR * runs, warmup=2 * warmup)),
+        round_to,
+        cached_pair(sources, functools.partial(timing, runs=2 * CONFIRM_FACTOR * runs, warmup=2 * warmup)))

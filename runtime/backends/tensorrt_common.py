@@ -1,0 +1,40 @@
+"""What the TensorRT backends (trt, torch-trt, trtexec) share: their precisions, the refusal that explains
+where INT8 comes from, the tensor-core width multiples, and the ONNX files they time."""
+
+from __future__ import annotations
+
+import functools
+
+from prunefx.runtime.backends.base import Backend
+from prunefx.runtime.errors import MeasurementError
+from prunefx.runtime.speedup import ExportCache, exported_file
+from prunefx.runtime.tensorrt_plan import onnx_types
+from prunefx.runtime.width_multiple import TENSOR_CORE_MULTIPLE
+
+
+class TensorRTFamily(Backend):
+    # INT8 is not a budget precision: it comes from the Program's own quantizers (Q/DQ nodes)
+    precisions = ("fp32", "fp16")
+    bench_precisions = ("fp32", "fp16", "int8")
+    gpu_timed = True
+
+    def precision_refusal(self, precision, allowed):
+        return (f"the {self.name} backend measures at {' or '.join(allowed)}, not {precision!r} (INT8 comes from "
+                "the model's own quantizers: quantize it first)")
+
+    def width_multiple(self, precision: str) -> int:
+        if precision not in TENSOR_CORE_MULTIPLE:
+            raise MeasurementError(f"no width multiple known for backend {self.name!r} at precision {precision!r}")
+        return TENSOR_CORE_MULTIPLE[precision]
+
+
+def onnx_files(batch: int) -> ExportCache:
+    """The files a TensorRT pair builds from, at `batch`: a fake-quantized Program in TensorRT's symmetric
+    S8 Q/DQ form. One set serves the search and the confirmation: both time what is delivered."""
+    return ExportCache(batch, "dynamo", export=functools.partial(exported_file, activations="s8"))
+
+
+def file_precision(path, precision: str) -> str:
+    """"int8" for a file with Q/DQ nodes (its INT8 is in the graph, and TensorRT before 10 still needs the
+    flag to use it), else the precision asked for."""
+    return "int8" if onnx_types(path).has_qdq else precision

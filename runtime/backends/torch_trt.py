@@ -1,0 +1,59 @@
+"""Torch-TensorRT: each Program compiled directly (no ONNX file) and timed with CUDA events.
+
+Compiled modules are cached by Program fingerprint (there is no file to hash): compiling takes longer than
+timing, and the dense model is measured against every candidate.
+"""
+
+from __future__ import annotations
+
+from prunefx.graph import Program
+from prunefx.graph.int8.quantization import has_fake_quant
+from prunefx.runtime.backends.base import BenchModel, Settings
+from prunefx.runtime.backends.gpu_pair import gpu_timing, pair_of
+from prunefx.runtime.backends.tensorrt_common import TensorRTFamily
+from prunefx.runtime.errors import MeasurementError
+from prunefx.runtime.speedup import PairMeasurer, deployed, fingerprint
+from prunefx.runtime.tensorrt_engine import require_cuda
+from prunefx.runtime.torch_tensorrt_backend import compile_torch_tensorrt, require_torch_tensorrt
+
+
+class TorchTensorRTBackend(TensorRTFamily):
+    name, label, rank = "torch-trt", "Torch-TensorRT", 30
+    needs = "the `torch_tensorrt` Python package (built for your torch) and an NVIDIA GPU with CUDA"
+    bench_precisions = ("fp32", "fp16")
+    reads = "program"
+    options = frozenset({"sparse"})
+
+    def check_installed(self, settings: Settings) -> None:
+        require_torch_tensorrt()
+        require_cuda()
+
+    def latency_pair(self, settings: Settings) -> PairMeasurer:
+        precision = settings.precision or self.default_precision
+        compiled = _Compiled(precision, settings.batch)
+        return pair_of(compiled, gpu_timing(lambda entry: entry[0].time_once), settings,
+                       self.width_multiple(precision))
+
+    def runner(self, model: BenchModel, settings: Settings):
+        return compile_torch_tensorrt(model.program, precision=settings.precision or self.default_precision,
+                                      sparse=settings.sparse).time_once
+
+
+class _Compiled:
+    """Torch-TensorRT modules by Program fingerprint, each compiled once at the pair's batch."""
+
+    def __init__(self, precision: str, batch: int):
+        self.precision, self.batch, self.modules = precision, batch, {}
+
+    def get(self, program: Program) -> tuple:
+        key = fingerprint(program)
+        if key not in self.modules:
+            if has_fake_quant(program.graph):  # its quantizers would be timed as float operators
+                raise MeasurementError(f"Torch-TensorRT does not time '{program.name}' as INT8 (fake quantizers): "
+                                       "use --backend trt, which builds INT8 from its Q/DQ nodes")
+            self.modules[key] = (compile_torch_tensorrt(deployed(program, self.batch), precision=self.precision),
+                                 key)
+        return self.modules[key]
+
+
+BACKEND = TorchTensorRTBackend()

@@ -1,0 +1,76 @@
+"""TensorRT engines built from the ONNX file with the TensorRT Python API, timed with CUDA events.
+
+Budgets: both Programs cut to the batch, exported (dynamo; a fake-quantized Program in TensorRT's symmetric
+S8 Q/DQ form), built into engines (runtime/tensorrt_engine.py, cached on disk by file bytes and options) and
+timed alternately. A file with Q/DQ nodes is built as INT8: its precision is its own. `profile` times each
+engine layer with an IProfiler (runtime/tensorrt_profile.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prunefx.runtime.backends.base import BenchModel, Settings
+from prunefx.runtime.backends.gpu_pair import gpu_timing, pair_of
+from prunefx.runtime.backends.tensorrt_common import TensorRTFamily, file_precision, onnx_files
+from prunefx.runtime.speedup import PairMeasurer
+from prunefx.runtime.tensorrt_engine import build_engine, require_cuda, require_tensorrt
+from prunefx.runtime.tensorrt_plan import BuildOptions
+from prunefx.runtime.tensorrt_profile import (
+    LayerProfile,
+    build_layer_profile,
+    parse_engine_information,
+    profile_engine,
+)
+
+
+class TensorRTBackend(TensorRTFamily):
+    name, label, rank = "trt", "TensorRT", 10
+    needs = "the `tensorrt` Python package and an NVIDIA GPU with CUDA"
+    options = frozenset({"cache_dir", "sparse", "calibration"})
+
+    def check_installed(self, settings: Settings) -> None:
+        require_tensorrt()
+        require_cuda()
+
+    def latency_pair(self, settings: Settings) -> PairMeasurer:
+        engines = _Engines(settings.precision or self.default_precision, settings.cache_dir)
+        return pair_of(onnx_files(settings.batch), gpu_timing(engines.timed), settings,
+                       self.width_multiple(settings.precision or self.default_precision))
+
+    def engine(self, model: BenchModel, settings: Settings):
+        """The (cached) engine for the model's file with the settings' precision, sparsity and calibration."""
+        engine = build_engine(model.onnx, BuildOptions(precision=settings.precision or self.default_precision,
+                                                       sparse=settings.sparse),
+                              calibration=model.calibration, cache_dir=settings.cache_dir)
+        engine.set_inputs(*[x.cuda() for x in model.inputs])
+        return engine
+
+    def runner(self, model: BenchModel, settings: Settings):
+        return self.engine(model, settings).time_once
+
+    def profile(self, model: BenchModel, settings: Settings) -> LayerProfile:
+        engine = self.engine(model, settings)
+        times = profile_engine(engine, warmup=settings.warmup, runs=settings.runs)
+        return build_layer_profile(times.medians(), parse_engine_information(engine.engine_information()),
+                                   model.onnx, model.program, runs=times.runs, source="tensorrt")
+
+
+class _Engines:
+    """TensorRT engines by file sha256, inputs bound: the dense model's engine is timed against every
+    candidate, and loading it again each time would cost a deserialization and fresh GPU buffers."""
+
+    def __init__(self, precision: str, cache_dir: str | None):
+        self.precision, self.cache_dir, self.loaded = precision, cache_dir, {}
+
+    def timed(self, entry: tuple) -> Callable[[], float]:
+        path, inputs, sha = entry
+        if sha not in self.loaded:
+            engine = build_engine(path, BuildOptions(precision=file_precision(path, self.precision)),
+                                  cache_dir=self.cache_dir)
+            engine.set_inputs(*[x.cuda() for x in inputs])
+            self.loaded[sha] = engine
+        return self.loaded[sha].time_once
+
+
+BACKEND = TensorRTBackend()
