@@ -6,7 +6,11 @@ and slice them out physically (graph/channels/removal.py): weights, biases, norm
 tokens and position embeddings, and every literal that depends on a width.
 
 Config:
-- exactly one target, a fraction of the dense model to keep: `macs`, `params` or `channels`;
+- exactly one target, a fraction of the dense model to keep: `macs`, `params` or `channels`, or
+  `layer_time`: of the time a latency table gives the dense model's timed layers (2-D convolutions and
+  linear layers), with the table as `latency_table`, a callable `(layer, in_channels, out_channels) -> ms`
+  (runtime/layer_latency.py measures one); channels then go by importance lost per millisecond saved
+  (graph/channels/latency_selection.py) and each group's statistics say the table time it saves (`ms_saved`);
 - `importance`: l1 | l2 | bn | taylor | fisher | obs | random, or a callable
   `(module, combing) -> Importance` that supplies scores gathered elsewhere (the Fisher scores
   accumulated while training, see prune_while_training); `obs` scores a channel by the layer output
@@ -22,6 +26,13 @@ Config:
   keeps the same ratio, which a Hugging Face config can describe);
 - `round_to` (default 8, tensor-core friendly; 16 suits ONNX Runtime on AVX-512 CPUs);
 - `max_ratio` (default 0.8): the largest fraction of any one group that may go;
+- `heads`: whole (the default) or dims. Attention loses whole heads and every head keeps its dense head dim
+  (graph/channels/attention_dims.py: the last dim of scaled_dot_product_attention's q, k, v, or the inner
+  dims of q kᵀ and attention · v spelled out): 64-wide heads stay 64 wide, the width fused attention
+  kernels are built for, and the softmax scale stays the one the model computes with, so a module written
+  back keeps its fused path. A single-head attention keeps its width. `dims` also lets head dims go, the
+  same ones in every head of a block, with the dense scale passed to the attention explicitly (`scale`);
+  uniform ranking, whose point is to keep head counts and narrow every head, implies `dims`;
 - `min_widths`: {"tensor:dim": width} — no group with such a member keeps fewer channels (the
   dense widths' floors that prune_while_training holds across its successive cuts);
 - `keep`: graph node names whose channels must stay; `seed` for `random`;
@@ -51,6 +62,7 @@ import numpy as np
 from prunefx.graph import Program, count
 from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.attributes import delete_unused_tensors
+from prunefx.graph.channels.attention_dims import head_dim_groups
 from prunefx.graph.channels.compensation import compensate_removed_inputs
 from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.graph.channels.importance import CRITERIA, DATA_CRITERIA, channel_importance
@@ -66,6 +78,7 @@ from prunefx.passes.result import Result
 log = logging.getLogger(__name__)
 
 FRACTION = "a fraction in (0, 1]"
+HEADS = ("whole", "dims")
 
 
 @dataclass
@@ -78,6 +91,10 @@ class RemoveChannelsConfig(PassConfig):
                                 help="fraction of the parameters to keep")
     channels: float | None = option(describe=FRACTION, low=0.0, high=1.0, low_open=True,
                                 help="fraction of the prunable channels to keep")
+    layer_time: float | None = option(describe=FRACTION, low=0.0, high=1.0, low_open=True, cli=False,
+                                      help="fraction of the latency table's time of the timed layers to keep")
+    latency_table: Callable | None = option(cli=False, help="(layer, in_channels, out_channels) -> ms: the "
+                                                            "per-layer times that price a layer_time target")
     importance: str | Callable | None = option(
         help="channel importance; default: obs (second order) with compensation when calibration data is "
              "given, l2 without", choices=CRITERIA)
@@ -88,6 +105,9 @@ class RemoveChannelsConfig(PassConfig):
     round_to: int = option(8, low=1, help="keep every width a multiple of N (8: FP16 tensor cores; 16 for ONNX Runtime on "
                                    "AVX-512 CPUs)")
     max_ratio: float = option(0.8, low=0.0, high=1.0, high_open=True, help="largest fraction of one group removed")
+    heads: str | None = option(help="attention: 'whole' heads go and head dims stay (fused kernels' widths, the dense "
+                                    "softmax scale); 'dims' lets head dims go too; default whole, dims with "
+                                    "ranking uniform", choices=HEADS)
     min_widths: dict | None = option(help="{'tensor:dim': width}: no group with such a member keeps fewer", cli=False)
     keep: list[str] = option([], help="graph node whose channels must stay (see `prunefx inspect`)")
     seed: int = option(0, help="seed of the random criterion", cli=False)
@@ -99,12 +119,18 @@ class RemoveChannelsConfig(PassConfig):
 
     def check(self) -> None:
         self.check_target()
+        if self.heads == "whole" and self.ranking == "uniform":
+            raise checks.ConfigError(f"{self.owner}: ranking uniform keeps head counts and narrows every head, so "
+                                     "it needs heads='dims' (or leave heads unset)")
         if self.min_widths is not None and not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1
                                                    for w in self.min_widths.values()):
             raise checks.ConfigError(f"{self.owner}: min_widths must map 'tensor:dim' names to widths >= 1")
 
     def check_target(self) -> None:
         _target(self.as_dict())
+        if (self.layer_time is None) != (self.latency_table is None):
+            raise checks.ConfigError(f"{self.owner}: layer_time and latency_table go together (the table prices "
+                                     "that target and no other)")
 
     def reads(self, key: str) -> bool:
         if key != "calibration":
@@ -119,6 +145,10 @@ class RemoveChannelsConfig(PassConfig):
         importance = self.importance if self.importance is not None else ("obs" if with_data else "l2")
         compensate = self.compensate if self.compensate is not None else (self.importance is None and with_data)
         return importance, compensate
+
+    def resolved_heads(self) -> str:
+        """'whole' or 'dims': the `heads` given, else whole, except under uniform ranking (module docstring)."""
+        return self.heads or ("dims" if self.ranking == "uniform" else "whole")
 
 
 @dataclass(frozen=True)
@@ -143,6 +173,7 @@ class ChannelsRemoved:
     groups: list[dict]  # id, width_before, width_after, factor, exact, members
     blocked: list[dict]
     compensation: dict | None = None  # compensated and skipped layers, when compensation was asked
+    heads: str = "whole"  # whole heads only, or head dims too
 
     @property
     def macs_kept(self) -> float:
@@ -153,7 +184,8 @@ class ChannelsRemoved:
         stats = {"target": self.target, "importance": self.importance,
                  "importance_fallback_groups": self.importance_fallback_groups,
                  "importance_fallback_channels": self.importance_fallback_channels, "ranking": self.ranking,
-                 "round_to": self.round_to, "max_ratio": self.max_ratio, "macs_before": self.macs_before,
+                 "round_to": self.round_to, "max_ratio": self.max_ratio, "heads": self.heads,
+                 "macs_before": self.macs_before,
                  "macs_after": self.macs_after, "params_before": self.params_before, "params_after": self.params_after,
                  "macs_predicted": self.macs_predicted, "params_predicted": self.params_predicted,
                  "channels_removed": self.channels_removed, "groups": self.groups, "blocked": self.blocked}
@@ -165,6 +197,7 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     parsed = RemoveChannelsConfig.parse(config)
     config = parsed.as_dict()
     config["importance"], config["compensate"] = parsed.resolved()
+    config["heads"] = parsed.resolved_heads()
     _check_keep(program, config["keep"])
     target = _target(config)
     if config["compensate"] or config["importance"] in DATA_CRITERIA:  # checked (and read once) up front
@@ -182,7 +215,8 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     selector = Selector(program.module, combing, importance.scores, round_to=int(config["round_to"]),
                         max_ratio=float(config["max_ratio"]), ranking=config["ranking"],
                         comparable=getattr(importance, "comparable", False),
-                        floors=_floors(combing, config["min_widths"]))
+                        floors=_floors(program, combing, config["min_widths"], config["heads"]),
+                        layer_time=config["latency_table"])
     plan = selector.plan(target)
     if not plan.target_met and config["strict"]:
         raise PrunefxError(_unreachable(target, plan, combing))
@@ -242,12 +276,15 @@ def _compensate(program: Program, combing, removed: set[int], config: dict, hess
                                          damping=float(config["damping"]), hessians=hessians)
 
 
-def _floors(combing, min_widths: dict | None) -> list[int] | None:
-    """Each group's smallest width: the largest `min_widths` entry among its members."""
-    if not min_widths:  # checked when the config was parsed (RemoveChannelsConfig.check)
-        return None
-    return [max((min_widths.get(f"{tensor}:{dim}", 1) for tensor, dim in group.members), default=1)
-            for group in combing.groups]
+def _floors(program: Program, combing, min_widths: dict | None, heads: str) -> list[int] | None:
+    """Each group's smallest width: the largest `min_widths` entry among its members, and with whole heads,
+    the full width of every attention head-dim group."""
+    floors = [max((min_widths.get(f"{tensor}:{dim}", 1) for tensor, dim in group.members), default=1)
+              for group in combing.groups] if min_widths else [1] * len(combing.groups)
+    if heads == "whole":
+        for index in head_dim_groups(program.module, combing):
+            floors[index] = combing.groups[index].size
+    return floors if any(floor > 1 for floor in floors) else None
 
 
 def _target(config: dict) -> Target:
@@ -280,12 +317,15 @@ def _unreachable(target: Target, plan, combing) -> str:
 def _statistics(config, target, importance, combing, plan, before, after, compensation) -> ChannelsRemoved:
     groups = [{"id": g.id, "width_before": g.size, "width_after": kept, "factor": g.factor, "exact": g.exact,
                "members": [f"{t}:{d}" for t, d in g.members]}
-              for g, kept in zip(combing.groups, plan.kept)]
+              | ({} if plan.ms_saved is None else {"ms_saved": plan.ms_saved[i]})
+              for i, (g, kept) in enumerate(zip(combing.groups, plan.kept))]
     return ChannelsRemoved(
-        target={"kind": target.kind, "fraction": target.fraction, "met": plan.target_met},
+        target={"kind": target.kind, "fraction": target.fraction, "met": plan.target_met}
+        | ({} if plan.table_ms is None else {"table_ms": plan.table_ms}),
         importance=importance.criterion, importance_fallback_groups=importance.fallback_groups,
         importance_fallback_channels=importance.fallback_channels,
         ranking=config["ranking"], round_to=int(config["round_to"]), max_ratio=float(config["max_ratio"]),
+        heads=config["heads"],
         macs_before=before.macs, macs_after=after.macs, params_before=before.params,
         params_after=after.params, macs_predicted=plan.predicted.macs,
         params_predicted=plan.predicted.params,
