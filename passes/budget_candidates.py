@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from prunefx.graph import Program, count
 from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.budget_search import BudgetUnreachable, Measured, budget_text, meets, require_latency
+from prunefx.passes.budget_search import Acceptance, BudgetUnreachable, Measured, budget_text, require_latency
 from prunefx.passes.choose_for_budget_config import DIMENSIONS, SMALLEST_SHARE, ChooseForBudgetConfig
 from prunefx.passes.damage_proxy import kl_damage, model_outputs
 from prunefx.passes.depth_to_budget import DepthChosen, depth_to_budget, no_block_message
@@ -156,7 +156,9 @@ class _Search:
         finished = self._quantize(model, candidate) if quantized else model
         if candidate.measured is None:  # INT8 alone, or depth alone: its own search measured it already
             candidate.measured = self._confirmed(finished, dimensions)
-        if not meets(candidate.measured, speedup=self.settings.speedup, latency_ms=self.settings.latency_ms):
+        # the shared rule; the searches above applied it whole, and a combination with no search (INT8 alone)
+        # has one setting, the rule's fallback case: its bound must clear S
+        if not Acceptance(self.settings.speedup, self.settings.latency_ms).bound_clears(candidate.measured):
             raise PrunefxError(f"reached {candidate.measured.speedup:.2f}x ({candidate.measured.ms:.2f} ms)")
         candidate.program = finished
         candidate.macs_kept = count(finished).macs / self.dense_macs

@@ -11,7 +11,7 @@ the dense one, scores its one-shot damage, and keeps the least damaged:
         measure(p)  = latency(dense, finish(p))                     (the dense model always FP32, as given)
         depth share = sqrt(S / g) if width is in C as well, else S  (g: INT8's measured gain on the dense
                       model when int8 is in C, else 1; S the budget as a speed-up; `depth_share` x S / g
-                      instead when set: prunefx/joint_route.py's mirror of a whole-block overshoot)
+                      instead when set: meet_budget's mirror of a whole-block overshoot, prunefx/budget/)
         base        = merge_blocks(depth_to_budget(dense, depth share, measure))    if depth in C
         model       = prune_to_budget(base, S, measure)                             if width in C
         candidate   = finish(model)                 (int8 alone: finish(dense), measured once)
@@ -37,7 +37,7 @@ quantizers, so a following `distill` recovers it (quantization-aware for INT8). 
 importance, round_to, compensate...), `depth` (depth_to_budget's rank, layer_norms, recalibrate,
 max_kernel_growth), `int8` (quantize_int8's method, percentile, sensitive...); with INT8 in a combination
 the width search keeps widths on multiples of `int8_round_to` too (16: ONNX Runtime's x86 INT8 kernels lose
-their gain on pruned widths that are multiples of 8 only, benchmarks/results/int8_after_pruning.md). Stats: `budget`, `budget_ms` (the budget as a latency), `chosen`
+their gain on pruned widths that are multiples of 8 only). Stats: `budget`, `budget_ms` (the budget as a latency), `chosen`
 (its dimensions), `speedup`, `ms`, `proxy` and `candidates`, one row per combination: dimensions, met,
 measured speed-up and latency, MACs kept, proxy, each dimension's setting (MACs fraction, blocks, INT8
 layers) and, for those that failed, why. `budget_candidates` returns the candidates themselves, for

@@ -17,11 +17,12 @@ S (1 + `tolerance`) the pass refuses in one line with both neighbours' intervals
 independent check finds faster than the budget's window (`tolerance` None accepts it: choose_for_budget,
 whose width search follows depth's share, does).
 
-Confirmation, as in prune_to_budget: a candidate that seems to meet the budget is measured again, longer
-(the Measurer's `confirm`, passes/measurement.py), and the confirmed interval decides: a candidate meets
-the budget only when the lower bound of its speed-up interval clears it; the answer is always a confirmed
-candidate. A miss at n = N is confirmed too before the budget is
-declared out of reach.
+Confirmation and acceptance are budget_search.Acceptance's, the rule every budget search shares: a candidate
+that seems to meet the budget is measured again, longer (the Measurer's `confirm`), and meets the budget only
+when the lower bound of its confirmed interval clears it; the answer is always a confirmed candidate, inside
+the window. Depth always takes the rule's fallback for settings that cannot land above the floor (the fewest
+blocks whose bound clears S, whatever their point): the next setting is a whole block more, whose damage is
+not worth the floor's few per cent. A miss at n = N is confirmed too before the budget is declared out of reach.
 
 The Program returned is the dense one with the chosen blocks linearised (abrupt), not yet merged: the
 caller runs merge_blocks next with the same `max_kernel_growth` and no measurement, which gives exactly
@@ -47,13 +48,12 @@ from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.depth.branch_drop import drop_branches, drop_damage, droppable_blocks
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.budget_search import (
+    Acceptance,
     BudgetUnreachable,
     Measured,
     budget_text,
-    meets,
     require_latency,
     speedup_text,
-    wanted_speedup,
 )
 from prunefx.passes.config_checks import ConfigError
 from prunefx.passes.contract import graph_pass
@@ -177,11 +177,13 @@ class _Search:
     def __init__(self, dense: Program, ranked: list[str], settings: DepthToBudgetConfig, route: str = "merge"):
         self.dense, self.ranked, self.settings, self.route = dense, ranked, settings, route
         self.latency = as_measurer(settings.latency)
+        self.rule = Acceptance(settings.speedup, settings.latency_ms, settings.tolerance)
         self.dense_macs = count(dense).macs
         self.trace: list[Candidate] = []
 
     def meets(self, candidate: Candidate) -> bool:
-        return meets(candidate.measured, speedup=self.settings.speedup, latency_ms=self.settings.latency_ms)
+        """The shared rule's fallback: the bound clears S, whatever the floor (see the module docstring)."""
+        return self.rule.bound_clears(candidate.measured)
 
     def run(self) -> Candidate:
         everything = self.confirm(self.measure(len(self.ranked)))  # decisive either way: confirmed
@@ -199,10 +201,10 @@ class _Search:
 
     def _check_overshoot(self, met: Candidate, missed: int) -> None:
         """Depth moves in whole blocks: when the fewest that meet the budget land above S (1 + tolerance), an
-        independent check would find the model faster than the window [0.95 S, 1.25 S] (issue 39: ConvNeXtV2-atto
+        independent check would find the model faster than the window [0.95 S, 1.25 S] (ConvNeXtV2-atto
         3x, 8 dropped blocks 2.79x, 9 blocks 3.88x, measured 3.78x elsewhere), so say so instead of returning it."""
         tolerance, wanted = self.settings.tolerance, self._wanted(met.measured)
-        if tolerance is None or met.speedup <= wanted * (1 + tolerance):
+        if tolerance is None or self.rule.in_window(met.measured):
             return
         below = next((c for c in self.trace if len(c.blocks) == missed), None)
         fewer = f"{missed} blocks gave {speedup_text(below.measured)}" if below else "the dense model misses it"
@@ -242,16 +244,11 @@ class _Search:
     def confirm(self, candidate: Candidate) -> Candidate:
         """Confirmed; measured longer still where the budget lies inside the interval (Measured.straddles)."""
         if self.settings.confirm:
-            candidate.measured.confirm(self.latency, self.dense, candidate.merged)
-            # tolerance None (choose_for_budget's share, which its width search tops up): no window to land in,
-            # so no longer measurement (a window of width 0 holds no point but the share itself)
-            if candidate.measured.straddles(self._wanted(candidate.measured), self.settings.tolerance or 0.0):
-                candidate.measured.confirm_longer(self.latency, self.dense, candidate.merged)
+            self.rule.confirm(candidate.measured, self.latency, self.dense, candidate.merged)
         return candidate
 
     def _wanted(self, measured: Measured) -> float:
-        """The budget as a speed-up over the dense model (a latency budget through the measured dense time)."""
-        return wanted_speedup(measured, speedup=self.settings.speedup, latency_ms=self.settings.latency_ms)
+        return self.rule.wanted(measured)
 
     def _unreachable(self, everything: Candidate) -> str:
         return (f"cannot reach {budget_text(self.settings.speedup, self.settings.latency_ms)} by depth: the best "

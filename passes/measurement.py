@@ -10,7 +10,7 @@ Passes never import the runtime (DESIGN.md, layering); a pass that meets a laten
   candidate. Its `Timing` carries an interval on the speed-up (dense ms / candidate ms) at `confidence`,
   and a candidate is accepted only when the interval's lower bound clears the budget (`clears`): a
   candidate accepted on its point estimate at the bottom of the acceptance window is measured below the
-  budget about half the time by anyone who measures it again (issue 39).
+  budget about half the time by anyone who measures it again.
 
 and `round_to`, the width multiple the backend runs fastest (16 for ONNX Runtime on AVX-512 CPUs, 8 on
 AVX2 and for TensorRT FP16, 32 for INT8 tensor cores), or None when the measurer does not know.

@@ -16,10 +16,10 @@ candidate is a fresh removal from the dense model: exactly what `remove_channels
 Confirmation: no candidate is accepted on one measurement (RegNetY-800MF read 2.05x in the search, 1.66x in another
 process). One that seems to meet the budget, misses it by less than the tolerance, or reads slower than a less
 pruned one is measured again, longer, by the Measurer's `confirm` (4x the runs over fresh processes, a bootstrap
-interval); clear misses and candidates far above the window (CLEARLY_FAST) are not. A confirmed candidate meets the
-budget when its interval's lower bound clears S and its point S CROSS_PROCESS (if none does: the least pruned whose
-bound clears S), and is accepted at a point of at most S (1 + tolerance); one whose interval holds S is measured
-longer still, once. Aiming mid-window lets another process, judged on [0.95 S, 1.25 S], land inside from either side.
+interval); clear misses and candidates far above the window (CLEARLY_FAST) are not. What is accepted is decided by
+budget_search.Acceptance, the rule every budget search shares: the confirmed lower bound clears S, the point S times
+the floor (if none does: the least pruned whose bound clears S) and at most S (1 + tolerance); one whose interval
+holds S is measured longer still, once. Aiming mid-window lets another process, judged on [0.95 S, 1.25 S], land inside from either side.
 
 Config: PruneToBudgetConfig (remove_channels' options except its targets). Statistics: the search trace (every
 first measurement), the budget and whether it was met, `chosen` and its remove_channels statistics.
@@ -35,14 +35,14 @@ from typing import ClassVar
 
 from prunefx.graph import Program
 from prunefx.passes.budget_search import (
+    CROSS_PROCESS,
+    Acceptance,
     BudgetUnreachable,
     Measured,
     budget_text,
-    meets,
     noise_text,
     require_latency,
     speedup_text,
-    wanted_speedup,
 )
 from prunefx.passes.config_checks import ConfigError
 from prunefx.passes.contract import graph_pass
@@ -58,9 +58,7 @@ BRACKET_MARGIN = 0.1  # inside a bracket, the next fraction stays this share of 
 STEP = (1.02, 2.5)  # outside a bracket, one step changes the fraction by at least / at most these factors
 ELASTICITY = (-3.0, -0.2)  # d log speed-up / d log fraction, as the search may read it from two candidates
 CLEARLY_FAST = 1.2  # a first reading this far above the window is not confirmed (a confirmation: 4x a reading)
-# The lowest point a met candidate may read, in units of S: another process read accepted points 0.89x-1.05x of the
-# search's figure (make demo, latency_budget_160_v8; 2.07x accepted on [2.01, 2.10] read 1.98x there)
-CROSS_PROCESS = 1.05
+__all__ = ["CROSS_PROCESS", "PruneToBudgetConfig", "WidthChosen", "prune_to_budget"]
 
 
 @dataclass
@@ -145,15 +143,15 @@ class _Search:
     def __init__(self, dense: Program, settings: PruneToBudgetConfig, removal: dict):
         self.dense, self.settings, self.removal = dense, settings, removal
         self.latency = as_measurer(settings.latency)
+        self.rule = Acceptance(settings.speedup, settings.latency_ms, settings.tolerance)
         self.trace: list[Candidate] = []
 
     def meets(self, candidate: Candidate) -> bool:
-        """Met: the confirmed lower bound clears S (budget_search.meets), the point S times the floor (CROSS_PROCESS):
-        a point just above S, however tight its interval, reads below S in another process about half the time."""
-        return self._bound_clears(candidate) and candidate.speedup >= self._floor() * self._wanted_speedup(candidate)
+        """Met by the shared rule: the confirmed lower bound clears S and the point S times the floor."""
+        return self.rule.meets(candidate.measured)
 
     def _bound_clears(self, candidate: Candidate) -> bool:
-        return meets(candidate.measured, speedup=self.settings.speedup, latency_ms=self.settings.latency_ms)
+        return self.rule.bound_clears(candidate.measured)
 
     def near_miss(self, candidate: Candidate) -> bool:
         """Missed, but by less than the tolerance: on sub-millisecond models one short measurement is often
@@ -161,10 +159,8 @@ class _Search:
         return candidate.speedup * (1 + self.settings.tolerance) >= self._wanted_speedup(candidate)
 
     def close_enough(self, candidate: Candidate) -> bool:
-        """Met, and the point at most S (1 + tolerance), however wide the interval: a higher point leaves [0.95 S,
-        1.25 S] when measured again (ResNeXt-50 3x accepted at 3.50x on [3.11, 3.75], measured 3.75x elsewhere,
-        benchmarks/results/latency_budget_160_v4.md); the search goes on instead."""
-        return self.meets(candidate) and candidate.speedup <= (1 + self.settings.tolerance) * self._wanted_speedup(candidate)
+        """Accepted by the shared rule (met, and inside the window); else the search goes on."""
+        return self.rule.accepts(candidate.measured)
 
     def measure(self, fraction: float) -> Candidate:
         result = run_inner(remove_channels, self.dense, {**self.removal, "macs": fraction, "strict": False},
@@ -176,9 +172,7 @@ class _Search:
     def confirm(self, candidate: Candidate) -> Candidate:
         """Confirmed; measured longer still where the budget lies inside the interval (Measured.straddles)."""
         if self.settings.confirm:
-            candidate.measured.confirm(self.latency, self.dense, candidate.result.program)
-            if candidate.measured.straddles(self._wanted_speedup(candidate), self.settings.tolerance):
-                candidate.measured.confirm_longer(self.latency, self.dense, candidate.result.program)
+            self.rule.confirm(candidate.measured, self.latency, self.dense, candidate.result.program)
         return candidate
 
     def run(self) -> Candidate:
@@ -264,16 +258,13 @@ class _Search:
         return fraction
 
     def _wanted_speedup(self, c: Candidate) -> float:
-        return wanted_speedup(c.measured, speedup=self.settings.speedup, latency_ms=self.settings.latency_ms)
+        return self.rule.wanted(c.measured)
 
     def _margin(self) -> float:
         """The widest speed-up / lower bound of a confirmed candidate, from the floor to 1 + tolerance: wider is a
         disturbed round (MobileNetV3-L 2x: 1.84x, bound 0.62, sent the search from 0.36 to 0.15 of the MACs)."""
         margins = [c.speedup / c.measured.lower_bound for c in self.trace if c.measured.confirmed]
-        return min(max(margins + [self._floor()]), 1 + self.settings.tolerance)
-
-    def _floor(self) -> float:  # CROSS_PROCESS, or the middle (in log) of a window narrower than it
-        return min(CROSS_PROCESS, math.sqrt(1 + self.settings.tolerance))
+        return min(max(margins + [self.rule.floor]), 1 + self.settings.tolerance)
 
     def _unreachable(self, best: Candidate) -> str:
         return (f"cannot reach {budget_text(self.settings.speedup, self.settings.latency_ms)} by width: the best "

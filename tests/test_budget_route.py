@@ -1,4 +1,4 @@
-"""prunefx prune --speedup: width, then depth (prunefx/budget_route.py). The budget is measured by a
+"""prunefx prune --speedup: width, then depth (prunefx.meet_budget's routes, prunefx/budget/). The budget is measured by a
 stand-in runtime whose latency is the MACs plus a fixed cost per operator: channel pruning lowers the first
 only, merging blocks both, so width alone tops out near 1.4x on this model while depth reaches about 3x
 (an oracle the commands do not see)."""
@@ -133,7 +133,7 @@ def test_the_refusal_names_depth_only_where_a_block_merges():
 
     from torch import nn
 
-    from prunefx.budget_route import width_refusal
+    from prunefx.commands.prune import width_refusal
     from prunefx.passes.budget_search import BudgetUnreachable, Measured
 
     class Gated(nn.Module):

@@ -8,7 +8,8 @@ where that is exact, lowers the MACs (kernels may grow by --max-kernel-growth) a
 runs faster on ONNX Runtime (each merge of layers timed at batch 1 against the model before it).
 --speedup S or --latency-ms T (a budget, measured at batch 1 on --backend: ONNX Runtime with --threads stated
 by default, or TensorRT: trt, torch-trt, trtexec at --precision) picks the
-fewest blocks, least harmful first, whose merged network meets it (passes/depth_to_budget.py: bisection
+fewest blocks, least harmful first, whose merged network meets it (prunefx.meet_budget's depth route:
+depth_to_budget's bisection
 over the ranking, every candidate timed side by side with the dense model, a candidate that seems to meet
 confirmed with 4x the runs); a budget out of reach is a one-line error naming the best speed-up measured,
 exit 2, nothing written. Writes model.pt2, model.onnx and report.json (blocks with their damage scores,
@@ -21,18 +22,17 @@ from __future__ import annotations
 import time
 
 from prunefx import cli_options
+from prunefx.budget import meet_budget
 from prunefx.data.calibration import calibration_data
-from prunefx.deliverable import write_model, write_report
-from prunefx.graph import count
 from prunefx.graph.depth.blocks import find_blocks
 from prunefx.graph.errors import PrunefxError
 from prunefx.loading import program_from_args
-from prunefx.output import check_output_folder, staged_folder
-from prunefx.passes.depth_to_budget import DepthChosen, DepthToBudgetConfig, depth_to_budget
-from prunefx.passes.linearize_blocks import LinearizeBlocksConfig, Linearized, linearize_blocks
-from prunefx.passes.merge_blocks import MergeBlocksConfig, Merged, merge_blocks
+from prunefx.output import check_output_folder
+from prunefx.passes.depth_to_budget import DepthToBudgetConfig
+from prunefx.passes.linearize_blocks import LinearizeBlocksConfig, linearize_blocks
+from prunefx.passes.merge_blocks import MergeBlocksConfig, merge_blocks
 from prunefx.passes.pipeline import Pipeline
-from prunefx.reports.budget_text import search_lines
+from prunefx.route_output import write_depth
 from prunefx.runtime import onnx_speedup
 
 NAME = "depth"
@@ -79,68 +79,32 @@ def run(args) -> int:
     calibration = (calibration_data(args.calibrate, program.example_inputs[0], args.calibration_images)
                    if args.calibrate else None)
     started = time.perf_counter()
-    # One verified Pipeline, as in the API: merge_blocks promises exactness and the Pipeline checks it.
-    result = Pipeline([_choice_step(args, calibration), _merge_step(args, budget)], verify="full").run(program)
-    pruned = result.program
-    choice, merged = (result.steps[0][1], result.steps[1][1])
-    search = choice.stats if budget else None  # depth_to_budget's report, which holds linearize_blocks' own
-    linearized, dropped = _blocks(choice, budget)
-    print(f"linearised {len(linearized)} blocks of {program.name}"
-          f"{f', dropped {len(dropped)} residual branches' if dropped else ''} and made "
-          f"{merged.facts_as(Merged).merges} merges in {time.perf_counter() - started:.1f} s; exporting to ONNX",
-          flush=True)
-    before, after = count(program), count(pruned)
-    with staged_folder(output) as staging:
-        delivered = write_model(staging, pruned, opset=args.opset)
-        write_report(staging, {"model": program.name, "macs_before": before.macs, "macs_after": after.macs,
-                               "params_before": before.params, "params_after": after.params,
-                               "calibration": calibration.description if calibration else None,
-                               "budget": _budget_report(search, args),
-                               "linearize_blocks": search["linearize_blocks"] if search else choice.stats,
-                               "merge_blocks": merged.stats, **delivered})
-    if search:
-        _print_search(_budget_report(search, args))
-    print(f"blocks {', '.join(linearized or dropped)}{' (dropped)' if dropped else ''}")
-    print(f"MACs   {before.macs / 1e6:.1f} M -> {after.macs / 1e6:.1f} M ({after.macs / before.macs:.3f})")
-    print(f"wrote {output / 'model.pt2'}, {output / 'model.onnx'} and {output / 'report.json'}")
+    outcome = None
+    if budget:  # the library's depth route: depth_to_budget, then merge_blocks as measured
+        _, outcome = meet_budget(
+            program, speedup=args.speedup, latency_ms=args.latency_ms, backend=args.backend,
+            precision=args.precision, measurer=cli_options.budget_latency(args), calibration=calibration.batches,
+            routes=("depth",), tolerance=args.tolerance, confirm=args.confirm,
+            depth={"recalibrate": args.recalibrate, "max_kernel_growth": args.max_kernel_growth})
+        result = outcome.result
+    else:  # one verified Pipeline, as in the API: merge_blocks promises exactness and the Pipeline checks it
+        result = Pipeline([_choice_step(args, calibration), _merge_step(args)], verify="full").run(program)
+    write_depth(output, program, result, outcome=outcome, calibration=calibration.description if calibration else None,
+                opset=args.opset, started=started)
     return 0
 
 
-def _blocks(choice, budget: bool) -> tuple[list[str], list[str]]:
-    """(blocks linearised, blocks whose residual branch was dropped), from the choosing pass's typed facts."""
-    if not budget:
-        return choice.facts_as(Linearized).blocks, []
-    depth = choice.facts_as(DepthChosen)
-    return (depth.blocks, []) if depth.route == "merge" else ([], depth.blocks)
-
-
 def _choice_step(args, calibration):
-    """depth_to_budget for a measured budget; linearize_blocks for a count or named blocks."""
-    batches = calibration.batches if calibration else None
-    if args.speedup is not None or args.latency_ms is not None:
-        return depth_to_budget, {**cli_options.pass_config(args, (*BUDGETS, "confirm", "tolerance", "recalibrate")),
-                                 "calibration": batches, "max_kernel_growth": args.max_kernel_growth,
-                                 "latency": cli_options.budget_latency(args)}
+    """linearize_blocks for a count or named blocks."""
     which = {"count": args.count} if args.count is not None else {"blocks": args.block}
-    return linearize_blocks, {"mode": "abrupt", "calibration": batches, "recalibrate": args.recalibrate, **which}
+    return linearize_blocks, {"mode": "abrupt", "calibration": calibration.batches if calibration else None,
+                              "recalibrate": args.recalibrate, **which}
 
 
-def _merge_step(args, budget: bool):
-    """merge_blocks; after a budget search, unmeasured, so that it gives exactly the network measured."""
-    measure = onnx_speedup(threads=args.threads, runs=args.runs) if args.measure and not budget else None
+def _merge_step(args):
+    """merge_blocks, each merge timed on ONNX Runtime unless --no-measure."""
+    measure = onnx_speedup(threads=args.threads, runs=args.runs) if args.measure else None
     return merge_blocks, {"max_kernel_growth": args.max_kernel_growth, "measure": measure}
-
-
-def _budget_report(search: dict | None, args) -> dict | None:
-    if not search:
-        return None
-    return {**{key: value for key, value in search.items() if key != "linearize_blocks"},
-            **cli_options.measured_on(args)}
-
-
-def _print_search(search: dict) -> None:
-    chosen = f"with {len(search['blocks'])} of {len(search['ranking'])} blocks"
-    print("\n".join(search_lines(search, candidate="{n} blocks, ", chosen=chosen)))
 
 
 def _list_blocks(program) -> None:

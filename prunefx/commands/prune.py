@@ -12,11 +12,13 @@ remaining weights, and every batch norm recalibrated after the removal. `--impor
 `--no-compensate` and `--no-recalibrate` choose otherwise. Without data: l2 magnitudes; a data-driven
 criterion named explicitly (taylor, fisher, obs) then reads `--calibration-batches` batches of noise,
 and `--compensate` is refused (fitting weights to noise would only hurt).
-A budget, `--speedup S` or `--latency-ms T` (prune_to_budget, measured on --backend at batch 1): a candidate
-is accepted when the lower bound of its confirmed 90 % interval clears the budget (report.json `budget.interval`);
-widths are rounded to the backend's multiple unless --round-to says otherwise (16 for ONNX Runtime on
-AVX-512, 8 on AVX2 and TensorRT FP16, 32 for INT8); when width alone cannot reach the budget, the one-line
-refusal names the route that can, and `--allow-depth` takes it (prunefx/budget_route.py).
+A budget, `--speedup S` or `--latency-ms T`, is met by prunefx.meet_budget (prunefx/budget/), measured on
+--backend at batch 1: a candidate is accepted when the lower bound of its confirmed 90 % interval clears the
+budget (report.json `budget.interval`); widths are rounded to the backend's multiple unless --round-to says
+otherwise (16 for ONNX Runtime on AVX-512, 8 on AVX2 and TensorRT FP16, 32 for INT8). When width alone cannot
+reach the budget, the one-line refusal names the route that can: `--allow-depth` (depth, then width and depth
+together; report.json `route` says which met it and keeps the refusals on the way), `prunefx depth`, or
+`prunefx compress` (INT8 as well). A model with no block depth can take is told so.
 report.json says which was used (`calibration`, `importance`, `compensated`), and holds the statistics
 of the compensation (`compensation`) and of the recalibration (`recalibrate_batchnorm`), null when they
 did not run.
@@ -28,7 +30,8 @@ import argparse
 import time
 from pathlib import Path
 
-from prunefx import budget_route, cli_options, options
+from prunefx import cli_options, options
+from prunefx.budget import BudgetOutcome, BudgetUnreachable, depth_blocks, meet_budget
 from prunefx.data.calibration import Calibration, calibration_data, noise_batches
 from prunefx.deliverable import write_model, write_report
 from prunefx.detectors import part_from_reference
@@ -39,10 +42,11 @@ from prunefx.loading import model_and_program
 from prunefx.models import parse_input_shape
 from prunefx.output import check_output_folder, staged_folder
 from prunefx.passes.pipeline import Pipeline
-from prunefx.passes.prune_to_budget import PruneToBudgetConfig, WidthChosen, prune_to_budget
+from prunefx.passes.prune_to_budget import PruneToBudgetConfig, WidthChosen
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import ChannelsRemoved, RemoveChannelsConfig, remove_channels
 from prunefx.reports.budget_text import search_lines
+from prunefx.route_output import write_depth, write_joint
 
 NAME = "prune"
 HELP = ("remove channels to a MACs or parameter target, or to a speed-up or latency measured on ONNX Runtime or "
@@ -104,23 +108,26 @@ def run(args) -> int:
     calibration = _calibration(args, program)
     config = _config(args, calibration)
     started = time.perf_counter()
-    # The same Pipeline as the API and recipes: every step verified (lint, shapes, re-export), exact
-    # steps checked, and a failure names the pass.
-    steps = [_pruning_step(args, config)]
-    if args.calibrate and args.recalibrate is not False:
-        steps.append((recalibrate_batchnorm, {"data": calibration.batches}))
-    try:
+    outcome = None
+    if args.speedup is not None or args.latency_ms is not None:
+        outcome = _meet_budget(args, program, calibration, config)
+        described = calibration.description if calibration else None
+        if outcome.route == "depth":
+            write_depth(output, program, outcome.result, outcome=outcome, calibration=described, opset=args.opset,
+                        started=started)
+            return 0
+        if outcome.route == "width+depth":
+            write_joint(output, program, outcome, calibration=described, opset=args.opset)
+            return 0
+        result = outcome.result
+    else:  # the same Pipeline as the API and recipes: every step verified (lint, shapes, re-export), exact
+        # steps checked, and a failure names the pass
+        steps = [_pruning_step(config)]
+        if args.calibrate and args.recalibrate is not False:
+            steps.append((recalibrate_batchnorm, {"data": calibration.batches}))
         result = Pipeline(steps, verify="full").run(program)
-    except PrunefxError as error:  # width alone out of reach: say which route can, or take it (budget_route.py)
-        width = budget_route.unreachable_in(error)
-        if width is None or width.dimension != "width":
-            raise
-        if args.allow_depth:
-            return budget_route.take_depth_route(args, width, program)
-        raise budget_route.width_refusal(width, args, program) from None
     pruned, all_stats = result.program, result.stats()
-    budget = all_stats.get("prune_to_budget")  # the search's report, copied into report.json
-    removal = (result.facts("prune_to_budget", WidthChosen).removal if budget
+    removal = (result.facts("prune_to_budget", WidthChosen).removal if outcome
                else result.facts("remove_channels", ChannelsRemoved))
     recalibration = all_stats.get("recalibrate_batchnorm")
     print(f"pruned {program.name} to {_target_text(args)} ({removal.importance}, {removal.ranking}"
@@ -131,12 +138,50 @@ def run(args) -> int:
         delivered = write_model(staging, pruned, opset=args.opset)
         if args.module:
             delivered["module"] = write_module(staging, pruned, model)
-        budget = {**budget, **cli_options.measured_on(args)} if budget else None
+        budget = outcome.budget_entry() if outcome else None
         report = write_report(staging, _report(program.name, removal, delivered, budget=budget,
                                                calibration=calibration.description if calibration else None,
                                                recalibration=recalibration))
     _summary(report, output)
     return 0
+
+
+def _meet_budget(args, program, calibration: Calibration | None, config: dict) -> BudgetOutcome:
+    """prunefx.meet_budget on the command line's budget: width, and with --allow-depth depth and both; a
+    refusal says, in one line, which route can go further."""
+    width = {key: value for key, value in config.items() if key not in (*TARGETS, *BUDGETS, *SEARCH)}
+    try:
+        _, outcome = meet_budget(
+            program, speedup=args.speedup, latency_ms=args.latency_ms, backend=args.backend, precision=args.precision,
+            measurer=cli_options.budget_latency(args), calibration=calibration.batches if args.calibrate else None,
+            allow_depth=args.allow_depth, tolerance=args.tolerance, confirm=args.confirm,
+            max_candidates=args.max_candidates, recalibrate=args.recalibrate is not False, width=width,
+            log=lambda line: print(line, flush=True))
+    except BudgetUnreachable as error:
+        if error.dimension == "width":
+            raise width_refusal(error, args, program) from None
+        if error.dimension == "width+depth":
+            raise PrunefxError(f"{error}; `prunefx compress {args.model}` with the same budget adds INT8") from None
+        raise
+    return outcome
+
+
+def _budget_flag(args) -> str:
+    return f"--speedup {args.speedup:g}" if args.speedup is not None else f"--latency-ms {args.latency_ms:g}"
+
+
+def width_refusal(width: BudgetUnreachable, args, program) -> PrunefxError:
+    """One line: what width reached, and the route that can go further (see the module docstring)."""
+    blocks, how = depth_blocks(program)
+    flag = _budget_flag(args)
+    if blocks:
+        route = (f"width alone cannot, but depth can {how} up to {blocks} blocks of {program.name}: add "
+                 f"--allow-depth --calibrate DATA, or run `prunefx depth {args.model} {flag} --calibrate DATA`, "
+                 f"or `prunefx compress {args.model} {flag}` (width, depth and INT8 together)")
+    else:
+        route = (f"width alone cannot, and no block of {program.name} merges or drops (no depth route); "
+                 f"`prunefx compress {args.model} {flag}` adds INT8")
+    return PrunefxError(f"{width}; {route}")
 
 
 def _check_allow_depth(args) -> None:
@@ -176,13 +221,11 @@ def _calibration(args, program) -> Calibration | None:
     return Calibration(noise_batches(example, args.calibration_batches), f"{args.calibration_batches} noise batches")
 
 
-def _pruning_step(args, config: dict):
-    """remove_channels for a MACs, parameter or width target; prune_to_budget for a measured budget."""
-    if args.speedup is None and args.latency_ms is None:  # no backend measures: remove_channels' own multiple
-        config = {**config, "round_to": config["round_to"] or RemoveChannelsConfig.parse({"macs": 0.5}).round_to}
-        return remove_channels, {key: value for key, value in config.items() if key not in (*BUDGETS, *SEARCH)}
-    return prune_to_budget, {**{key: value for key, value in config.items() if key not in TARGETS},
-                             "latency": cli_options.budget_latency(args)}
+def _pruning_step(config: dict):
+    """remove_channels for a MACs, parameter or width target (a measured budget: _meet_budget)."""
+    # no backend measures: remove_channels' own multiple
+    config = {**config, "round_to": config["round_to"] or RemoveChannelsConfig.parse({"macs": 0.5}).round_to}
+    return remove_channels, {key: value for key, value in config.items() if key not in (*BUDGETS, *SEARCH)}
 
 
 def _config(args, calibration: Calibration | None) -> dict:

@@ -1,0 +1,149 @@
+"""meet_budget: a Program made to meet a measured speed-up or latency, by width, by depth, or by both.
+
+    program, outcome = prunefx.meet_budget(program, speedup=2.0, calibration=batches, allow_depth=True)
+
+The routes are tried in order (prunefx/budget/routes.py), each on the same budget, backend and measurer:
+
+1. width (prune_to_budget). When it cannot reach the budget, and `allow_depth` is set and some block can be
+   merged or dropped,
+2. depth (depth_to_budget, then merge_blocks). When it cannot either,
+3. width and depth together (choose_for_budget's width + depth mix). After depth overshot the window with a
+   whole block (ConvNeXtV2-atto at 3x: 8 blocks gave 2.89x, 9 gave 3.87x), depth searches for S / U of the
+   budget (U the overshooting step), as far below S as the step went above it, so that width has room to
+   close the rest; after depth fell short (DeiT-S at 3x: every block gave 2.10x), the budget is split evenly
+   in log-speed-up (choose_for_budget's default).
+
+`routes=("depth",)` takes depth alone (`prunefx depth --speedup`). The outcome (prunefx/budget/outcome.py)
+keeps the refusals on the way; when no route meets the budget, the last route's BudgetUnreachable is raised,
+one line: width's alone, or, after the mix, what each route reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from prunefx.budget import routes as route
+from prunefx.budget.outcome import ROUTES, BudgetOutcome, MeasuredOn, RouteRefusal
+from prunefx.graph import Program
+from prunefx.graph.errors import PrunefxError
+from prunefx.passes.budget_search import BudgetUnreachable, budget_text, speedup_text, unreachable_in
+
+DEFAULT_RUNS = 30  # timed runs per model and measurement; a candidate that meets is confirmed with 4x these
+
+
+def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: float | None = None,
+                backend: str = "ort", precision: str = "fp32", batch: int = 1, threads: int | None = None,
+                runs: int = DEFAULT_RUNS, trtexec: str | None = None, measurer=None, calibration=None,
+                allow_depth: bool = False, routes: Sequence[str] | None = None, tolerance: float | None = 0.15,
+                confirm: bool = True, max_candidates: int = 8, recalibrate: bool | None = None,
+                width: Mapping[str, Any] | None = None, depth: Mapping[str, Any] | None = None,
+                log: Callable[[str], None] | None = None) -> tuple[Program, BudgetOutcome]:
+    """`program` (eval mode, left as it is) made to meet `speedup` (over the dense model) or `latency_ms`,
+    measured at batch `batch` on `backend` ("ort", "trt", "torch-trt", "trtexec") at `precision`, with
+    `threads` and `runs` (or by `measurer`, a ready passes.measurement.Measurer; `backend` and `precision`
+    then only name it). `calibration`: input batches, for the depth ranking, the width search's data-driven
+    defaults and the batch norms re-estimated after pruning (`recalibrate`, default: on with calibration).
+    `allow_depth`: when width cannot, depth, then both (`calibration` needed); `routes` names the routes
+    instead ("width", "depth", "width+depth", in that order). `width`: remove_channels options (importance,
+    round_to, compensate, ...); `depth`: depth_to_budget options (rank, recalibrate, max_kernel_growth, ...).
+    Returns (the chosen Program, its BudgetOutcome); raises BudgetUnreachable when no route meets the budget."""
+    order = _routes(routes, allow_depth)
+    if (speedup is None) == (latency_ms is None):
+        raise PrunefxError("meet_budget needs exactly one budget: speedup or latency_ms")
+    if any(route != "width" for route in order) and calibration is None:
+        raise PrunefxError("the depth route ranks the blocks by their damage on data: give meet_budget calibration "
+                           "batches")
+    measurer = measurer if measurer is not None else _measurer(backend, precision, batch, threads, runs, trtexec)
+    budget = route.Budget(speedup, latency_ms, tolerance, confirm, max_candidates)
+    search = _Routes(program, budget, measurer, calibration, MeasuredOn(backend, precision, batch),
+                     recalibrate=calibration is not None if recalibrate is None else recalibrate,
+                     width=dict(width or {}), depth=dict(depth or {}), log=log or (lambda line: None))
+    return search.run(order)
+
+
+def _routes(routes: Sequence[str] | None, allow_depth: bool) -> tuple[str, ...]:
+    if routes is None:
+        return ROUTES if allow_depth else ("width",)
+    order = tuple(routes)
+    if not order or any(name not in ROUTES for name in order) or order != tuple(r for r in ROUTES if r in order):
+        raise PrunefxError(f"meet_budget: routes must list some of {', '.join(ROUTES)} in that order, "
+                           f"not {list(order)!r}")
+    return order
+
+
+def _measurer(backend: str, precision: str, batch: int, threads: int | None, runs: int, trtexec: str | None):
+    """The backend's latency pair (runtime/budget_backends.py), imported here: the runtime is loaded when
+    something is measured, not when prunefx is."""
+    from prunefx.runtime import LATENCY_THREADS
+    from prunefx.runtime.budget_backends import latency_pair
+
+    at_batch = {"batch": batch} if batch != 1 else {}  # batch 1 is every backend's own default
+    return latency_pair(backend, threads=threads or LATENCY_THREADS, runs=runs, precision=precision, trtexec=trtexec,
+                        **at_batch)
+
+
+class _Routes:
+    """The routes in order, each after the refusal of the one before (see the module docstring)."""
+
+    def __init__(self, program: Program, budget: route.Budget, measurer, calibration, measured_on: MeasuredOn, *,
+                 recalibrate: bool, width: dict, depth: dict, log: Callable[[str], None]):
+        self.program, self.budget, self.measurer, self.calibration = program, budget, measurer, calibration
+        self.measured_on, self.recalibrate, self.width, self.depth, self.log = measured_on, recalibrate, width, depth, log
+        self.refusals: list[RouteRefusal] = []
+        self.errors: list[BudgetUnreachable] = []
+
+    def run(self, order: tuple[str, ...]) -> tuple[Program, BudgetOutcome]:
+        for name in order:
+            if name != "width" and self.refusals and not route.depth_blocks(self.program)[0]:
+                continue  # no block merges or drops: no depth route, and a mix would be width alone
+            try:
+                reached = self._take(name)
+            except PrunefxError as error:
+                refused = unreachable_in(error)
+                if refused is None:
+                    raise
+                self.refusals.append(RouteRefusal.of(name, refused))
+                self.errors.append(refused)
+                continue
+            return reached.result.program, BudgetOutcome(
+                name, self.budget.speedup, self.budget.latency_ms, reached.measured, reached.candidates,
+                self.measured_on, reached.search, reached.result, list(self.refusals), reached.search.get("depth_share"))
+        raise self._final_refusal()
+
+    def _take(self, name: str) -> route.Reached:
+        if name == "width":
+            return route.width(self.program, self.budget, self.measurer, self.width, self.calibration,
+                                self.recalibrate)
+        if name == "depth":
+            if self.refusals:
+                self.log(f"{self.refusals[-1].message}; width alone cannot: taking the depth route")
+            return route.depth(self.program, self.budget, self.measurer, self.depth, self.calibration)
+        share = self._mirrored_share()
+        said = f"{share:.3f} of the budget" if share else "an even split in log-speed-up"
+        if self.refusals:
+            self.log(f"{self.refusals[-1].message}; taking width and depth together: depth searches for {said}")
+        return route.joint(self.program, self.budget, self.measurer, self.width, self.calibration,
+                            self.recalibrate, share)
+
+    def _mirrored_share(self) -> float | None:
+        """After a whole-block overshoot, S / U of the budget (U: the overshooting step's speed-up), so that the
+        fewest blocks that meet the share stop short of that step; else None (choose_for_budget's even split)."""
+        depth = next((r for r in self.refusals if r.route == "depth"), None)
+        if depth is None or not depth.overshot or depth.best is None:
+            return None
+        wanted = self.budget.speedup if self.budget.speedup is not None else depth.best.dense_ms / self.budget.latency_ms
+        return min(wanted / depth.best.speedup, 1.0)
+
+    def _final_refusal(self) -> BudgetUnreachable:
+        """The last route's refusal; after the mix, one line with what each route reached."""
+        last = self.refusals[-1]
+        width, depth = (next((r for r in self.refusals if r.route == name), None) for name in ("width", "depth"))
+        if last.route != "width+depth" or width is None or depth is None:
+            return self.errors[-1]
+        reached = (f"{'overshot at' if depth.overshot else 'best'} {speedup_text(depth.best)}" if depth.best
+                   else depth.message)
+        width_best = speedup_text(width.best) if width.best else width.message
+        return BudgetUnreachable(f"cannot reach {budget_text(self.budget.speedup, self.budget.latency_ms)}: width's "
+                                 f"best was {width_best}, depth's {reached}, and together: {last.message}",
+                                 dimension="width+depth", best=width.best)

@@ -1,0 +1,81 @@
+"""What `meet_budget` hands back beside the chosen Program: the route that met the budget, the accepted
+measurement, every candidate measured, the refusals on the way and where it was all measured.
+
+One outcome, one report: `prunefx prune` and `prunefx depth` write report.json's `budget` and `route`
+entries from it (`budget_entry`, `route_entry`), once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prunefx.passes.budget_search import BudgetUnreachable, Measured
+from prunefx.passes.pipeline import PipelineResult
+
+ROUTES = ("width", "depth", "width+depth")
+
+
+@dataclass(frozen=True)
+class RouteRefusal:
+    """A route that could not meet the budget: its one-line reason and the fastest candidate it measured
+    (`overshot`: depth met the budget only by a whole-block step above its window, which `best` holds)."""
+
+    route: str
+    message: str
+    best: Measured | None
+    overshot: bool = False
+
+    @classmethod
+    def of(cls, route: str, error: BudgetUnreachable) -> RouteRefusal:
+        return cls(route, str(error), error.best, error.overshot)
+
+    def to_dict(self) -> dict:
+        return {"refusal": self.message, **(self.best.to_dict() if self.best else {})}
+
+
+@dataclass(frozen=True)
+class MeasuredOn:
+    """Where every measurement of the budget was made."""
+
+    backend: str
+    precision: str
+    batch: int = 1
+
+    def to_dict(self) -> dict:
+        # batch 1 is every budget's default: the report names the batch only when it is another
+        return {"backend": self.backend, "precision": self.precision, **({"batch": self.batch} if self.batch != 1 else {})}
+
+
+@dataclass
+class BudgetOutcome:
+    """How `meet_budget` met its budget. `search` is the route's own statistics (its search's report, as
+    the budget pass wrote it); `result` the Pipeline that produced the Program, for each step's facts."""
+
+    route: str
+    speedup: float | None
+    latency_ms: float | None
+    measured: Measured
+    candidates: list[dict]
+    measured_on: MeasuredOn
+    search: dict
+    result: PipelineResult = field(repr=False)
+    refusals: list[RouteRefusal] = field(default_factory=list)
+    depth_share: float | None = None
+
+    @property
+    def budget(self) -> str:
+        return self.search["budget"]
+
+    def refusal(self, route: str) -> RouteRefusal | None:
+        return next((refusal for refusal in self.refusals if refusal.route == route), None)
+
+    def budget_entry(self) -> dict:
+        """report.json's `budget`: the route's search report and where it was measured."""
+        return {**self.search, **self.measured_on.to_dict()}
+
+    def route_entry(self) -> dict | None:
+        """report.json's `route` when width alone did not meet the budget: the route taken and the refusals
+        that led there; None for width alone (the plain case has no entry)."""
+        if not self.refusals:
+            return None
+        return {"taken": self.route, **{refusal.route: refusal.to_dict() for refusal in self.refusals}}

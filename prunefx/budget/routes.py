@@ -1,0 +1,96 @@
+"""The three routes to a measured budget, each one verified Pipeline around its budget pass:
+
+- width: prune_to_budget (then every batch norm recalibrated, when asked);
+- depth: depth_to_budget, then merge_blocks unmeasured, which gives exactly the network measured;
+- width+depth: choose_for_budget's width + depth combination alone: depth ranks and merges blocks, then the
+  width search measures the whole stack against the dense model.
+
+Each returns the budget pass's search report and accepted measurement, or raises the pass's
+BudgetUnreachable. What is accepted is the one rule of passes/budget_search.Acceptance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prunefx.graph import Program
+from prunefx.graph.depth.blocks import find_blocks
+from prunefx.graph.depth.branch_drop import droppable_blocks
+from prunefx.passes.budget_search import Measured
+from prunefx.passes.choose_for_budget import choose_for_budget
+from prunefx.passes.depth_to_budget import DepthChosen, depth_to_budget
+from prunefx.passes.merge_blocks import merge_blocks
+from prunefx.passes.pipeline import Pipeline, PipelineResult
+from prunefx.passes.prune_to_budget import WidthChosen, prune_to_budget
+from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The budget and how every route searches for it."""
+
+    speedup: float | None
+    latency_ms: float | None
+    tolerance: float | None
+    confirm: bool
+    max_candidates: int
+
+    def passes(self) -> dict:
+        return {"speedup": self.speedup, "latency_ms": self.latency_ms, "confirm": self.confirm}
+
+
+@dataclass
+class Reached:
+    """A route's answer: the Pipeline's result, the search's report and the accepted measurement."""
+
+    result: PipelineResult
+    search: dict
+    measured: Measured
+    candidates: list[dict]
+
+
+def width(program: Program, budget: Budget, measurer, options: dict, calibration, recalibrate: bool) -> Reached:
+    config = {**options, **budget.passes(), "tolerance": budget.tolerance, "max_candidates": budget.max_candidates,
+              "latency": measurer}
+    if calibration is not None:
+        config.setdefault("calibration", calibration)  # a caller's own width calibration (noise) stands
+    steps = [(prune_to_budget, config)]
+    if calibration is not None and recalibrate:
+        steps.append((recalibrate_batchnorm, {"data": calibration}))
+    result = Pipeline(steps, verify="full").run(program)
+    search = {key: value for key, value in result.stats()["prune_to_budget"].items() if key != "remove_channels"}
+    chosen = result.facts("prune_to_budget", WidthChosen)
+    return Reached(result, search, chosen.measured, search["trace"])
+
+
+def depth(program: Program, budget: Budget, measurer, options: dict, calibration) -> Reached:
+    config = {"recalibrate": False, **options, **budget.passes(), "tolerance": budget.tolerance,
+              "latency": measurer, "calibration": calibration}
+    growth = config.get("max_kernel_growth", 1.0)
+    result = Pipeline([(depth_to_budget, config), (merge_blocks, {"max_kernel_growth": growth, "measure": None})],
+                      verify="full").run(program)
+    search = {key: value for key, value in result.stats()["depth_to_budget"].items() if key != "linearize_blocks"}
+    chosen = result.facts("depth_to_budget", DepthChosen)
+    return Reached(result, search, chosen.measured, search["trace"])
+
+
+def joint(program: Program, budget: Budget, measurer, options: dict, calibration, recalibrate: bool,
+          depth_share: float | None) -> Reached:
+    config = {**budget.passes(), "dimensions": ["width", "depth"], "combinations": [["width", "depth"]],
+              "depth_share": depth_share, "tolerance": budget.tolerance, "max_candidates": budget.max_candidates,
+              "recalibrate": recalibrate, "latency": measurer, "calibration": calibration,
+              # the width search reads choose_for_budget's calibration; None: remove_channels' own default
+              "width": {key: value for key, value in options.items() if key != "calibration" and value is not None}}
+    result = Pipeline([(choose_for_budget, config)], verify="full").run(program)
+    chosen = result.stats()["choose_for_budget"]["candidates"][0]
+    search = {"budget": result.stats()["choose_for_budget"]["budget"], "met": True,
+              **{key: value for key, value in chosen.items() if key not in ("width_trace", "proxy", "met")},
+              "trace": chosen.get("width_trace") or [], "depth_share": depth_share}
+    return Reached(result, search, Measured.from_dict(chosen), search["trace"])
+
+
+def depth_blocks(program: Program) -> tuple[int, str]:
+    """(how many blocks the depth route can take, and how): merged when any block becomes affine once
+    linearised, else dropped whole residual branches (depth_to_budget's route "auto"; ConvNeXtV2's GRN)."""
+    mergeable = sum(block.affine for block in find_blocks(program.module))
+    return (mergeable, "merge") if mergeable else (len(droppable_blocks(program)), "drop")
