@@ -106,8 +106,13 @@ def _on_signal(signum, frame):
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
+# An error line quotes names and values from the user's files; a line of a label file can be 10,000 columns.
+MAX_ERROR_CHARS = 1000
+
+
 def _one_line(text: str) -> str:
-    return " ".join(printable(part) for part in str(text).split())
+    line = " ".join(printable(part) for part in str(text).split())
+    return line if len(line) <= MAX_ERROR_CHARS else line[:MAX_ERROR_CHARS] + " [...]"
 
 
 def main(argv: list[str] | None = None) -> int:

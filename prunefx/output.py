@@ -58,6 +58,7 @@ def check_output_folder(path: str | os.PathLike) -> Path:
     """`path` can become (or already is) a folder we can write into; checked before heavy work."""
     path = Path(path)
     _check_length(path)
+    _check_not_dangling(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path} exists and is not a folder")
     _check_parent(path)
@@ -70,6 +71,7 @@ def check_output_file(path: str | os.PathLike) -> Path:
     """`path` can be written as a file (an existing file is replaced only on success)."""
     path = Path(path)
     _check_length(path)
+    _check_not_dangling(path)
     if path.is_dir():
         raise OutputError(f"{path} is a folder; give the path of the file to write")
     if path.exists() and not path.is_file():
@@ -81,22 +83,44 @@ def check_output_file(path: str | os.PathLike) -> Path:
 # Linux's limits (NAME_MAX, PATH_MAX): longer names fail deep inside a write with "File name too long".
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4095
-# Arguments that name files a command reads: an output must never be one of them.
-_INPUT_ARGUMENTS = ("model", "weights", "vs", "recipe", "calibrate", "data")
+# Arguments that name files or folders a command reads: an output must never be, nor hold, one of them.
+_INPUT_ARGUMENTS = ("model", "file", "weights", "vs", "recipe", "calibrate", "data", "palette")
 
 
 def check_outputs_spare_inputs(args) -> None:
     """`-o` must not name a file the same command reads (`prunefx export X.pt2 -o X.pt2` would replace
-    its input with the ONNX file)."""
+    its input with the ONNX file), nor a folder holding one (`prunefx prune DIR/model.pt2 -o DIR` would
+    replace model.pt2 with the pruned model), nor a link to nowhere (the final rename would fail after
+    all the work). Checked once, for every command, before any work."""
     output = getattr(args, "output", None)
     if not isinstance(output, str) or not output:
         return
     _check_length(Path(output))
+    _check_not_dangling(Path(output))
     for name in _INPUT_ARGUMENTS:
         value = getattr(args, name, None)
-        if isinstance(value, str) and value and _same_file(Path(output), Path(value)):
+        if not isinstance(value, str) or not value:
+            continue
+        if _same_file(Path(output), Path(value)):
             raise OutputError(f"-o {printable(output)} is also the {name} being read; writing it would replace "
                               "the input: choose another output path")
+        if _holds(Path(output), Path(value)):
+            raise OutputError(f"-o {printable(output)} holds the {name} being read ({printable(value)}); writing "
+                              "there could replace the input: choose another output folder")
+
+
+def _holds(folder: Path, path: Path) -> bool:
+    """Whether the existing `path` lies inside the existing folder `folder`, links followed."""
+    if not folder.is_dir() or not path.exists():
+        return False
+    real, top = os.path.realpath(path), os.path.realpath(folder)
+    return real != top and os.path.commonpath([real, top]) == top
+
+
+def _check_not_dangling(path: Path) -> None:
+    if path.is_symlink() and not path.exists():
+        raise OutputError(f"{printable(str(path))} is a symbolic link to a path that does not exist; give the "
+                          "output path itself")
 
 
 def _same_file(first: Path, second: Path) -> bool:

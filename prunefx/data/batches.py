@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -173,7 +174,7 @@ class StaticBatches(DataLoader):
         # Seeded per iteration, so that iterating one epoch twice gives the same batches.
         self._order.manual_seed(derive_seed(self.seed, self.epoch, _ORDER_STREAM))
         self._workers.manual_seed(derive_seed(self.seed, self.epoch, _WORKER_STREAM))
-        return super().__iter__()
+        return _own_errors(super().__iter__())
 
     def __repr__(self) -> str:
         kind = "shuffled, last batch dropped" if self.shuffle else "in order, last batch padded with label -1"
@@ -181,6 +182,38 @@ class StaticBatches(DataLoader):
         name = getattr(self.source, "root", type(self.source).__name__)
         return (f"StaticBatches({name}: {self.num_samples} images, batch {self.batch_size}, {len(self)} batches, "
                 f"{kind}, {self.num_workers} workers{shard})")
+
+
+# torch re-raises a worker's exception as `type("Caught T in DataLoader worker process N.\nOriginal Traceback
+# ...\n<module>.T: message")`: the worker's own line is the last one of the traceback.
+_WORKER_TRACEBACK = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.")
+_LAST_LINE = re.compile(r"^[\w.]+: (.+)$")
+
+
+def worker_message(error: PrunefxError) -> str | None:
+    """The one line a PrunefxError raised inside a DataLoader worker carried; None for any other error."""
+    text = str(error)
+    if not _WORKER_TRACEBACK.match(text):
+        return None
+    lines = [line for line in text.splitlines() if line.strip()]
+    found = _LAST_LINE.match(lines[-1]) if lines else None
+    return found.group(1) if found else None
+
+
+def _own_errors(batches):
+    """`batches`, but a PrunefxError from a worker process reaches the caller as the worker's own one line,
+    of the same type, without torch's traceback and the paths in it."""
+    try:
+        yield from batches
+    except PrunefxError as error:
+        message = worker_message(error)
+        if message is None:
+            raise
+        try:
+            own = type(error)(message)
+        except TypeError:  # a subclass whose constructor takes more than a message
+            own = PrunefxError(message)
+        raise own from None
 
 
 def _check(count: int, batch_size: int, shuffle: bool, world_size: int) -> None:

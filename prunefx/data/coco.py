@@ -5,20 +5,25 @@ A split whose name starts with train, val or test plays that role. Classes are t
 categories in id order (COCO's ids have gaps: 1..90 for 80 classes), so class index i is the i-th
 category. Crowd annotations (`iscrowd: 1`) are left out of the targets, as COCO's evaluation ignores
 them. Boxes are COCO's [x, y, width, height] turned into (x1, y1, x2, y2).
+
+Every file and folder is opened through prunefx/data/dataset_files.py (nothing outside ROOT is read) and
+every field is checked: ids are integers and unique, a box is four finite numbers with a positive width
+and height; anything else is one line naming the file, the entry and the field.
 """
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
 import numpy as np
 
+from prunefx.data.dataset_files import MAX_JSON_BYTES, confined, load_json, quoted, read_data_file, shown
 from prunefx.data.samples import SplitFiles, inside
-from prunefx.graph.errors import PrunefxError, first_line
-from prunefx.graph.safety.regular_files import read_regular_file
+from prunefx.graph.errors import PrunefxError, printable
 
 ROLES = ("train", "val", "test")
+WHAT = "COCO annotations"
 
 
 def is_coco(root: Path) -> bool:
@@ -33,7 +38,7 @@ def annotation_files(root: Path) -> dict[str, Path]:
         split = path.stem.removeprefix("instances_")
         role = next((r for r in ROLES if split.startswith(r)), None)
         if role is not None and role not in found:
-            found[role] = path
+            found[role] = confined(path, root, WHAT)
     if "train" not in found:
         raise PrunefxError(f"COCO data {root} lacks annotations/instances_train*.json (its train split)")
     if "val" not in found and "test" not in found:
@@ -41,67 +46,118 @@ def annotation_files(root: Path) -> dict[str, Path]:
     return found
 
 
-def _load_json(path: Path) -> dict:
-    try:
-        content = json.loads(read_regular_file(path, "COCO annotations"))
-    except (OSError, ValueError) as error:
-        raise PrunefxError(f"cannot read COCO annotations {path}: {first_line(error)}") from None
+def _load_json(path: Path, root: Path) -> dict:
+    content = load_json(read_data_file(path, root, WHAT, MAX_JSON_BYTES), path, WHAT)
+    if not isinstance(content, dict):
+        raise PrunefxError(f"{WHAT} {printable(str(path))} is not a JSON object with images, annotations "
+                           "and categories")
     missing = [key for key in ("images", "annotations", "categories") if not isinstance(content.get(key), list)]
-    if not isinstance(content, dict) or missing:
-        raise PrunefxError(f"COCO annotations {path} lack the list{'s' if len(missing) > 1 else ''} "
+    if missing:
+        raise PrunefxError(f"{WHAT} {printable(str(path))} lack the list{'s' if len(missing) > 1 else ''} "
                            f"{', '.join(missing)}")
+    for key in ("images", "annotations", "categories"):
+        bad = next((i for i, entry in enumerate(content[key]) if not isinstance(entry, dict)), None)
+        if bad is not None:
+            raise PrunefxError(f"{printable(str(path))}: {key}[{bad}] is not an object")
     return content
 
 
-def categories(path: Path) -> tuple[list[int], tuple[str, ...]]:
+def _integer(entry: dict, field: str, where: str, *, required: bool = True) -> int | None:
+    value = entry.get(field)
+    if value is None and not required:
+        return None
+    if type(value) is not int:  # bool is no id, nor is 1.5 or "1"
+        raise PrunefxError(f"{where}: {field} must be an integer, got {shown(value)}")
+    return value
+
+
+def _unique_ids(entries: list[dict], path: Path, key: str) -> list[int]:
+    ids, seen = [], set()
+    for number, entry in enumerate(entries):
+        entry_id = _integer(entry, "id", f"{printable(str(path))}: {key}[{number}]")
+        if entry_id in seen:
+            raise PrunefxError(f"{printable(str(path))}: {key}[{number}] repeats id {entry_id}")
+        seen.add(entry_id)
+        ids.append(entry_id)
+    return ids
+
+
+def categories(path: Path, root: Path) -> tuple[list[int], tuple[str, ...]]:
     """(category ids in id order, their names) of an annotation file."""
-    cats = sorted(_load_json(path)["categories"], key=lambda c: c["id"])
+    cats = _load_json(path, root)["categories"]
+    ids = _unique_ids(cats, path, "categories")
     if not cats:
-        raise PrunefxError(f"COCO annotations {path} define no categories")
-    return [c["id"] for c in cats], tuple(str(c.get("name", c["id"])) for c in cats)
+        raise PrunefxError(f"{WHAT} {printable(str(path))} define no categories")
+    order = sorted(range(len(cats)), key=lambda i: ids[i])
+    return [ids[i] for i in order], tuple(printable(str(cats[i].get("name", ids[i]))) for i in order)
+
+
+def _box(annotation: dict, where: str) -> list[float]:
+    """(x1, y1, x2, y2) from COCO's [x, y, width, height]: four finite numbers, width and height positive."""
+    bbox = annotation.get("bbox")
+    if (not isinstance(bbox, list) or len(bbox) != 4
+            or not all(type(v) in (int, float) and math.isfinite(v) for v in bbox)):
+        raise PrunefxError(f"{where}: bbox must be four finite numbers [x, y, width, height], got "
+                           f"{shown(bbox)}")
+    x, y, w, h = (float(v) for v in bbox)
+    if w <= 0 or h <= 0:
+        raise PrunefxError(f"{where}: bbox {shown(bbox)} has a width or height that is not positive")
+    return [x, y, x + w, y + h]
 
 
 def _image_folder(root: Path, split: str, annotations: Path) -> Path:
     for folder in (root / split, root / "images" / split):
         if folder.is_dir():
-            return folder
+            return confined(folder, root, "COCO image folder")
     raise PrunefxError(f"the images of {annotations} are in neither {root / split} nor {root / 'images' / split}")
+
+
+def _boxes_by_image(content: dict, annotations: Path, index_of: dict[int, int]) -> dict[int, list[list[float]]]:
+    boxes_of: dict[int, list[list[float]]] = {}
+    for number, annotation in enumerate(content["annotations"]):
+        where = f"{printable(str(annotations))}: annotations[{number}]"
+        if annotation.get("iscrowd", 0):
+            continue
+        cid = annotation.get("category_id")
+        if type(cid) is not int or cid not in index_of:
+            raise PrunefxError(f"{where} has category_id {shown(cid)}, not one of the {len(index_of)} "
+                               "categories")
+        image_id = _integer(annotation, "image_id", where)
+        boxes_of.setdefault(image_id, []).append([index_of[cid], *_box(annotation, where)])
+    return boxes_of
 
 
 def read_split(root: Path, annotations: Path, category_ids: list[int]) -> SplitFiles:
     """One split's images and boxes (class index, x1, y1, x2, y2); a category id outside `category_ids`
     or an image file that is not there is one line naming the annotation file."""
-    content = _load_json(annotations)
+    content = _load_json(annotations, root)
     split = annotations.stem.removeprefix("instances_")
     folder = _image_folder(root, split, annotations)
-    index_of = {cid: i for i, cid in enumerate(category_ids)}
-    boxes_of: dict[int, list[list[float]]] = {}
-    for annotation in content["annotations"]:
-        if annotation.get("iscrowd", 0):
-            continue
-        cid = annotation.get("category_id")
-        if cid not in index_of:
-            raise PrunefxError(f"{annotations}: annotation {annotation.get('id')} has category_id {cid}, "
-                               f"not one of the {len(category_ids)} categories")
-        x, y, w, h = (float(v) for v in annotation["bbox"])
-        boxes_of.setdefault(annotation["image_id"], []).append([index_of[cid], x, y, x + w, y + h])
+    boxes_of = _boxes_by_image(content, annotations, {cid: i for i, cid in enumerate(category_ids)})
+    image_ids = _unique_ids(content["images"], annotations, "images")
     images, boxes = [], []
-    for image in sorted(content["images"], key=lambda i: i["id"]):
-        name = Path(str(image.get("file_name", "")))
+    for number in sorted(range(len(image_ids)), key=lambda i: image_ids[i]):
+        image = content["images"][number]
+        if not isinstance(image.get("file_name"), str) or not image["file_name"]:
+            raise PrunefxError(f"{printable(str(annotations))}: images[{number}] has no file_name")
+        name = Path(image["file_name"])
         if name.is_absolute() or ".." in name.parts:  # a data set is what lies inside its folder
-            raise PrunefxError(f"{annotations}: image file_name {str(name)!r} leads out of {folder}")
+            raise PrunefxError(f"{printable(str(annotations))}: image file_name {quoted(str(name))} leads out "
+                               f"of {printable(str(folder))}")
         path = folder / name
         if not path.is_file():
-            raise PrunefxError(f"{annotations}: image {image['file_name']} is not in {folder}")
+            raise PrunefxError(f"{printable(str(annotations))}: image {printable(str(name))[:200]} is not in "
+                               f"{printable(str(folder))}")
         images.append(inside(path, folder, "image"))
-        boxes.append(np.asarray(boxes_of.pop(image["id"], []), dtype=np.float32).reshape(-1, 5))
+        boxes.append(np.asarray(boxes_of.pop(image_ids[number], []), dtype=np.float32).reshape(-1, 5))
     if boxes_of:
-        raise PrunefxError(f"{annotations}: annotations name image_id {next(iter(boxes_of))}, which its images lack")
+        raise PrunefxError(f"{printable(str(annotations))}: annotations name image_id {next(iter(boxes_of))}, "
+                           "which its images lack")
     return SplitFiles(images, str(annotations), boxes=boxes)
 
 
 def coco_splits(root: Path) -> tuple[dict[str, SplitFiles], tuple[str, ...]]:
     """role -> split, and the class names (the train file's categories)."""
     files = annotation_files(root)
-    category_ids, names = categories(files["train"])
+    category_ids, names = categories(files["train"], root)
     return {role: read_split(root, path, category_ids) for role, path in files.items()}, names

@@ -10,7 +10,8 @@ A mask pixel holds its class id (a gray PNG, or a palette PNG as VOC ships them:
 the id), or with a palette file (ROOT/palette.txt, or one named by `--palette`) its class's colour, in
 any PNG mode (RGB, or palette PNGs whose indices are not class ids); `ignore_index` (255 by default, VOC's object borders) marks pixels that are neither trained
 nor scored. Without classes.txt the classes are 0 .. the largest id in the train masks. Every mask is
-read once before training, to find ids outside the classes.
+read once before training, to find ids outside the classes, and its size is checked against its image's.
+classes.txt, palette.txt and every mask must lie inside ROOT, links followed (prunefx/data/dataset_files.py).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from prunefx.data.dataset_files import read_text
 from prunefx.data.palette import PALETTE_FILE, Palette, read_palette
-from prunefx.data.samples import SplitFiles, images_in, inside, read_mask
-from prunefx.graph.errors import PrunefxError
+from prunefx.data.samples import SplitFiles, image_size_of, images_in, inside, read_mask
+from prunefx.graph.errors import PrunefxError, printable
 
 CLASSES_FILE = "classes.txt"
 DEFAULT_IGNORE_INDEX = 255
@@ -45,8 +47,13 @@ def read_split(root: Path, split: str, palette: Palette | None = None) -> SplitF
 def _ids_in(split: SplitFiles, ignore_index: int) -> tuple[int, Path]:
     """The largest class id in the split's masks (ignored pixels left out) and the mask holding it."""
     largest, where = -1, split.masks[0]
-    for path in split.masks:
-        ids = np.unique(read_mask(path, split.palette))
+    for image, path in zip(split.images, split.masks):
+        mask = read_mask(path, split.palette)
+        height, width = image_size_of(image)
+        if mask.shape[:2] != (height, width):
+            raise PrunefxError(f"mask {printable(str(path))} is {mask.shape[1]}x{mask.shape[0]} but its image "
+                               f"{printable(str(image))} is {width}x{height}")
+        ids = np.unique(mask)
         ids = ids[ids != ignore_index]
         if ids.size and int(ids[-1]) > largest:
             largest, where = int(ids[-1]), path
@@ -56,7 +63,8 @@ def _ids_in(split: SplitFiles, ignore_index: int) -> tuple[int, Path]:
 def class_names(root: Path, train: SplitFiles, ignore_index: int) -> tuple[str, ...]:
     path = root / CLASSES_FILE
     if path.is_file():
-        names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+        text = read_text(path, root, "class list")
+        names = tuple(printable(line.strip()) for line in text.splitlines() if line.strip())
         if len(names) < 2:
             raise PrunefxError(f"{path} names {len(names)} class; segmentation needs at least 2")
         return names
@@ -67,7 +75,7 @@ def class_names(root: Path, train: SplitFiles, ignore_index: int) -> tuple[str, 
 def _palette(root: Path, palette: Path | str | None, ignore_index: int) -> Palette | None:
     if palette is not None:
         return read_palette(Path(palette).expanduser(), ignore_index)
-    return read_palette(root / PALETTE_FILE, ignore_index) if (root / PALETTE_FILE).is_file() else None
+    return read_palette(root / PALETTE_FILE, ignore_index, root) if (root / PALETTE_FILE).is_file() else None
 
 
 def mask_splits(root: Path, ignore_index: int = DEFAULT_IGNORE_INDEX, palette: Path | str | None = None

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prunefx.data.dataset_files import quoted, read_text
 from prunefx.graph.errors import PrunefxError, printable
 
 PALETTE_FILE = "palette.txt"
@@ -62,18 +63,21 @@ def _parse_line(line: str, number: int, path: Path) -> tuple[tuple[int, int, int
         colour = ()
     if len(fields) != 4 or len(colour) != 3 or not all(0 <= v <= 255 for v in colour):
         raise PrunefxError(f"{printable(str(path))}:{number}: expected 'red green blue name' (0-255 each), "
-                           f"got {printable(line)!r}")
+                           f"got {quoted(line)}")
     return colour, fields[3].strip()
 
 
-def read_palette(path: Path, ignore_id: int) -> Palette:
-    """The palette file at `path` (see the module docstring)."""
+def read_palette(path: Path, ignore_id: int, root: Path | None = None) -> Palette:
+    """The palette file at `path` (see the module docstring); one a data set holds must lie inside its folder
+    `root` (one the user names, `root` None, is read wherever it is)."""
     if not path.is_file():
         raise PrunefxError(f"palette file {printable(str(path))} does not exist")
-    entries = [_parse_line(line, number, path) for number, line in enumerate(path.read_text().splitlines(), 1)
+    text = read_text(path, root, "palette file")
+    entries = [_parse_line(line, number, path) for number, line in enumerate(text.splitlines(), 1)
                if line.strip() and not line.lstrip().startswith("#")]
     colours = [colour for colour, _ in entries]
-    repeated = sorted({c for c in colours if colours.count(c) > 1})
+    seen: set[tuple[int, int, int]] = set()
+    repeated = sorted({colour for colour in colours if colour in seen or seen.add(colour)})
     if repeated:
         raise PrunefxError(f"{printable(str(path))} lists colour {repeated[0]} twice")
     palette = Palette(colours, [name for _, name in entries], ignore_id, printable(str(path)))

@@ -9,21 +9,26 @@
 and, for every image `.../images/<split>/NAME.jpg`, its labels in `.../labels/<split>/NAME.txt`: one
 object per line, `class x_centre y_centre width height`, the four as fractions of the image's sides.
 An image without a label file has no objects (Ultralytics' rule for background images).
+
+The yaml is read without aliases or tags (prunefx/data/dataset_files.py); a label file must lie, links
+followed, inside the folder that holds its `labels` folder, and every number of a label line must be finite,
+the width and height positive.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from prunefx.data.dataset_files import MAX_TEXT_BYTES, confined, load_yaml, quoted, read_text
 from prunefx.data.samples import SplitFiles, image_size_of, images_in
-from prunefx.graph.errors import PrunefxError, first_line
+from prunefx.graph.errors import PrunefxError, printable
 from prunefx.graph.safety.regular_files import read_regular_file
 
 DATA_YAML = "data.yaml"
-MAX_TEXT_BYTES = 16 << 20  # a data yaml or one image's label file: far below this
 
 
 def yaml_file(path: Path) -> Path | None:
@@ -31,15 +36,12 @@ def yaml_file(path: Path) -> Path | None:
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         return path
     if path.is_dir() and (path / DATA_YAML).is_file():
-        return path / DATA_YAML
+        return confined(path / DATA_YAML, path, "YOLO data file")
     return None
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        content = yaml.safe_load(read_regular_file(path, "YOLO data file", MAX_TEXT_BYTES))
-    except (OSError, yaml.YAMLError) as error:
-        raise PrunefxError(f"cannot read YOLO data file {path}: {first_line(error)}") from None
+    content = load_yaml(read_regular_file(path, "YOLO data file", MAX_TEXT_BYTES), path, "YOLO data file")
     if not isinstance(content, dict):
         raise PrunefxError(f"YOLO data file {path} is not a mapping with train:, val: and names:")
     return content
@@ -47,10 +49,10 @@ def _read_yaml(path: Path) -> dict:
 
 def class_names(content: dict, path: Path) -> tuple[str, ...]:
     names = content.get("names")
-    if isinstance(names, dict) and sorted(names) == list(range(len(names))):
-        return tuple(str(names[i]) for i in range(len(names)))
-    if isinstance(names, list) and names:
-        return tuple(str(name) for name in names)
+    if isinstance(names, dict) and set(names) == set(range(len(names))) and all(type(k) is int for k in names):
+        names = [names[i] for i in range(len(names))]
+    if isinstance(names, list) and names and all(isinstance(name, (str, int, float)) for name in names):
+        return tuple(printable(str(name)) for name in names)
     raise PrunefxError(f"YOLO data file {path}: names must be a list, or a mapping 0..N-1 -> name")
 
 
@@ -63,24 +65,38 @@ def labels_path(image: Path) -> Path:
     return Path(*parts[:at], "labels", *parts[at + 1:]).with_suffix(".txt")
 
 
-def read_labels(path: Path, classes: int, height: int, width: int) -> np.ndarray:
-    """One label file as k x 5 (class, x1, y1, x2, y2) in pixels; a bad line is one line naming it."""
-    if not path.exists():
+def read_labels(path: Path, classes: int, height: int, width: int, root: Path | None = None) -> np.ndarray:
+    """One label file as k x 5 (class, x1, y1, x2, y2) in pixels; a bad line is one line naming it. The file
+    must lie inside `root` (default: the folder holding its `labels` folder)."""
+    if not os.path.lexists(path):
         return np.zeros((0, 5), np.float32)
     rows = []
-    text = read_regular_file(path, "YOLO labels", MAX_TEXT_BYTES).decode(errors="replace")
+    text = read_text(path, root if root is not None else _labels_root(path), "YOLO labels")
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
+        where = f"{printable(str(path))}:{number}"
         try:
             cls, cx, cy, w, h = (float(v) for v in fields)
         except ValueError:
-            raise PrunefxError(f"{path}:{number}: expected 'class x y w h', got {line.strip()!r}") from None
+            raise PrunefxError(f"{where}: expected 'class x y w h', got {quoted(line)}") from None
+        if not all(math.isfinite(v) for v in (cx, cy, w, h)) or w <= 0 or h <= 0:
+            raise PrunefxError(f"{where}: a box needs finite numbers and a positive width and height, got "
+                               f"{quoted(line)}")
         if not cls.is_integer() or not 0 <= cls < classes:
-            raise PrunefxError(f"{path}:{number}: class {fields[0]} is outside the {classes} classes 0..{classes - 1}")
+            raise PrunefxError(f"{where}: class {printable(fields[0])[:40]} is outside the {classes} classes "
+                               f"0..{classes - 1}")
         rows.append([cls, (cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
     return np.asarray(rows, np.float32).reshape(-1, 5)
+
+
+def _labels_root(labels: Path) -> Path:
+    """The folder holding the `labels` folder of a label file's path (the file's own folder without one)."""
+    parts = list(labels.parts)
+    if "labels" not in parts:
+        return labels.parent
+    return Path(*parts[:len(parts) - 1 - parts[::-1].index("labels")])
 
 
 def read_split(folder: Path, classes: int, source: Path) -> SplitFiles:
@@ -99,7 +115,11 @@ def yolo_splits(path: Path) -> tuple[dict[str, SplitFiles], tuple[str, ...]]:
         raise PrunefxError(f"{path} is not a YOLO data yaml, nor a folder holding {DATA_YAML}")
     content = _read_yaml(data_file)
     names = class_names(content, data_file)
-    root = Path(content.get("path") or data_file.parent)
+    root_entry = content.get("path") or data_file.parent
+    if not isinstance(root_entry, (str, Path)):
+        raise PrunefxError(f"YOLO data file {printable(str(data_file))}: path: must be a folder, not "
+                           f"{type(root_entry).__name__}")
+    root = Path(root_entry)
     root = root if root.is_absolute() else data_file.parent / root
     splits = {}
     for role in ("train", "val", "test"):
