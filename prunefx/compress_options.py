@@ -23,6 +23,8 @@ class Options:
     backend: str = "ort"       # where the budget passes measure (runtime/budget_backends.py); the report: ort
     precision: str = "fp32"    # TensorRT precision of the budget's measurement (INT8: the model's Q/DQ)
     trtexec: str | None = None  # the trtexec program for backend "trtexec" (default: on PATH or JetPack's)
+    batch: int = 1             # the batch size the budget is measured at
+    compile: bool = False      # backend "cuda": torch.compile (inductor) each model before timing it
 
 
 DEFAULTS = Options()

@@ -212,7 +212,7 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
                     "compressed_ms": latency.b.median_ms, "speedup": latency.speedup,
                     "dense": latency.a.to_dict(), "compressed": latency.b.to_dict()},
         "speedup": latency.speedup, **delivered,
-        "budget_measured_on": {"backend": options.backend, "precision": options.precision},  # the final latency: ort
+        "budget_measured_on": {"backend": options.backend, "precision": options.precision, "batch": options.batch},  # the final latency: ort
         "passes": [{"pass": name, "modified": step.modified, "injected": keys, "stats": json_safe(step.stats)}
                    for (name, step), keys in zip(result.steps, injected)],
         "files": {name: str(output / name) for name in

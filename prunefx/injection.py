@@ -14,10 +14,10 @@ makes a training pass distil from its own input instead of the dense model. The 
                   distils with passes/training/losses.detection_kd_loss, never cross-entropy on its boxes)
     calibration   a few training input batches (inputs only)
     labelled_calibration  the same batches with their labels
-    measure       ONNX Runtime timing at batch 1 (runtime/speedup.py): (before, after) -> speed-up
-    latency       (before ms, after ms, spread) at batch 1, for the budget passes, on Options.backend
-                  (runtime/budget_backends.py: ONNX Runtime by default, or TensorRT); the final report's
-                  latency is ONNX Runtime's whatever the backend
+    measure       (before, after) -> speed-up on Options.backend at Options.batch (runtime/backends/:
+                  ONNX Runtime by default), for passes that keep only what runs faster
+    latency       (before ms, after ms, spread) on the same backend, for the budget passes; the final
+                  report's latency is ONNX Runtime's whatever the backend
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from prunefx.data.splits import DataSplits
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.pipeline import Pipeline, Step
-from prunefx.runtime import LATENCY_THREADS, latency_pair, onnx_speedup
+from prunefx.runtime import LATENCY_THREADS, latency_pair, speedup_measure
 
 CALIBRATION_BATCHES = 4
-MERGE_MEASURE_RUNS = 30  # per merge of layers that merge_blocks considers: batch 1, ONNX Runtime
+MERGE_MEASURE_RUNS = 30  # per merge of layers that merge_blocks considers, and per budget candidate
 
 
 def injected_keys(step: Step) -> dict[str, str]:
@@ -76,11 +76,12 @@ def _sources(dense: Program, splits: DataSplits, eval_batches: int | None, neede
     if "labelled_calibration" in needed:
         loader = splits.train if splits.train is not None else splits.evaluation
         sources["labelled_calibration"] = list(itertools.islice(iter(loader), CALIBRATION_BATCHES))
+    where = {"threads": LATENCY_THREADS, "runs": MERGE_MEASURE_RUNS, "precision": options.precision,
+             "trtexec": options.trtexec, "batch": options.batch, "compile": options.compile}
     if "measure" in needed:
-        sources["measure"] = onnx_speedup(threads=LATENCY_THREADS, runs=MERGE_MEASURE_RUNS)
+        sources["measure"] = speedup_measure(options.backend, **where)
     if "latency" in needed:
-        sources["latency"] = latency_pair(options.backend, threads=LATENCY_THREADS, runs=MERGE_MEASURE_RUNS,
-                                          precision=options.precision, trtexec=options.trtexec)
+        sources["latency"] = latency_pair(options.backend, **where)
     return sources
 
 

@@ -76,7 +76,7 @@ def add_measurement_arguments(parser) -> None:
 def options_from(args) -> Options:
     return Options(threads=args.threads, runs=args.runs, eval_batches=args.eval_batches, opset=args.opset,
                    stage_reports=args.stage_reports, backend=args.backend, precision=args.precision,
-                   trtexec=args.trtexec)
+                   trtexec=args.trtexec, batch=args.batch, compile=args.compile)
 
 
 def run(args) -> int:

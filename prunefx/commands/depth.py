@@ -33,7 +33,6 @@ from prunefx.passes.linearize_blocks import LinearizeBlocksConfig, linearize_blo
 from prunefx.passes.merge_blocks import MergeBlocksConfig, merge_blocks
 from prunefx.passes.pipeline import Pipeline
 from prunefx.route_output import write_depth
-from prunefx.runtime import onnx_speedup
 
 NAME = "depth"
 HELP = ("remove whole non-linearities from the least harmful blocks and merge them (one-shot UPDP), as many as "
@@ -56,7 +55,7 @@ def add_arguments(parser) -> None:
     cli_options.add_pass_options(parser, DepthToBudgetConfig, ("confirm", "tolerance"))
     cli_options.add_measurement(parser, runs=50, what="the measurements (a budget's candidate that meets it is "
                                                       "confirmed with 4x the runs)")
-    cli_options.add_budget_backend(parser, note="; merges without a budget are timed on ONNX Runtime")
+    cli_options.add_budget_backend(parser, note="; merges without a budget are timed there too")
     cli_options.add_opset(parser)
     cli_options.add_output(parser, "model.pt2, model.onnx and report.json", required=False)
 
@@ -66,7 +65,7 @@ def run(args) -> int:
         raise PrunefxError("give -o DIR: the folder for model.pt2, model.onnx and report.json")
     output = check_output_folder(args.output) if not args.list else None
     budget = args.speedup is not None or args.latency_ms is not None
-    cli_options.check_budget_backend(args, budgeted=budget)
+    cli_options.check_budget_backend(args, budgeted=budget, measures=args.measure)
     program = program_from_args(args).eval()
     if args.list:
         _list_blocks(program)
@@ -102,8 +101,8 @@ def _choice_step(args, calibration):
 
 
 def _merge_step(args):
-    """merge_blocks, each merge timed on ONNX Runtime unless --no-measure."""
-    measure = onnx_speedup(threads=args.threads, runs=args.runs) if args.measure else None
+    """merge_blocks, each merge timed on --backend unless --no-measure."""
+    measure = cli_options.pass_measure(args) if args.measure else None
     return merge_blocks, {"max_kernel_growth": args.max_kernel_growth, "measure": measure}
 
 
