@@ -3,8 +3,7 @@
 - `machine_info()`: what a reader needs to judge a timing: CPU model and flags, cores, versions.
 - `command_line()`: the exact command that is running, to print next to the results it produced.
 - `write_results(name, data, markdown)`: benchmarks/results/NAME.json and NAME.md (or under
-  $PRUNEFX_RESULTS_DIR when set: a rerun that must not overwrite the published files, see
-  benchmarks/headline_reproduction.py).
+  $PRUNEFX_RESULTS_DIR when set: a trial run that must not overwrite the published files).
 - `markdown_table()`, `relative_difference()`, `realistic_batchnorm()`: small pieces several
   benchmarks need.
 

@@ -13,9 +13,8 @@ Writes benchmarks/results/int8_attention.json and .md.
         [--save-dense FILE | --dense-from FILE]
 
 --save-dense writes the trained ViT's weights and the calibration batches to FILE (torch.save); --dense-from
-quantizes them instead of training and reading its own. A run at another commit from the same file shows whether
-the passes moved a figure or the trained model and its data did (benchmarks/headline_reproduction.py's
-`dense-at-COMMIT` column). The QAT rows still train through this commit's data path.
+quantizes them instead of training and reading its own, so that two versions of the passes can be compared on
+the same trained model. The QAT rows still train through the current data path.
 """
 
 from __future__ import annotations

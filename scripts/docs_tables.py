@@ -169,7 +169,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
 
 
 def renderer_of(name: str) -> Callable[[dict], str] | None:
-    """The renderer for NAME.json: by its name, or by the longest prefix (latency_budget_loaded_smoke)."""
+    """The renderer for NAME.json: by its name, or by the longest prefix (a variant NAME_SUFFIX)."""
     for prefix in sorted(RENDERERS, key=len, reverse=True):
         if name == prefix or name.startswith(prefix + "_"):
             return RENDERERS[prefix]

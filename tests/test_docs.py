@@ -244,3 +244,96 @@ def test_the_report_json_reference_lists_exactly_what_prune_writes(tmp_path):
     assert main(["prune", "prunefx:resnet20", "--macs", "0.5", "-o", str(tmp_path)]) == 0
     written = set(json.loads((tmp_path / "report.json").read_text()))
     assert documented_keys(DOCS / "reference" / "report-json.md", "## `prunefx prune`") == written
+
+
+# Top-level entries that are made by a build or a run, never part of the repository.
+MADE_HERE = {"build", "out", "site"}
+PLACEHOLDERS = re.compile(r"\b(NAME|MODEL|COMMIT|SCRIPT|SUFFIX|FILE|FOLDER|K|N)\b")
+
+
+def _top_level() -> set[str]:
+    return {entry.name for entry in ROOT.iterdir() if not entry.name.startswith(".")
+            and entry.name not in MADE_HERE and not entry.name.endswith(".egg-info")}
+
+
+def _expanded(word: str) -> list[str]:
+    """`a_{b,c}.md` as `a_b.md` and `a_c.md` (the shell's brace form, used for families of files)."""
+    match = re.search(r"\{([^{}]*,[^{}]*)\}", word)
+    if not match:
+        return [word]
+    return [expanded for part in match.group(1).split(",")
+            for expanded in _expanded(word[:match.start()] + part + word[match.end():])]
+
+
+def repository_paths(markdown: str) -> set[str]:
+    """Words of the page's code (inline and fenced) that name a file or folder of this repository: they start
+    with one of its top-level entries and go on with a `/` (`benchmarks/results/x.md`, `docs/design.md`),
+    or they are a bare Markdown file name (`DESIGN.md`). Options, `~/...`, URLs and output paths are not."""
+    top = _top_level()
+    code = re.findall(r"```[^\n]*\n(.*?)```", markdown, re.DOTALL)
+    code += re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", markdown, flags=re.DOTALL))
+    found = set()
+    for word in " ".join(code).replace("=", " ").split():
+        word = word.strip("\"'(),;:").split("::")[0].split("#")[0]
+        word = re.sub(r":\d+$", "", word).removeprefix("./")
+        first = word.split("/")[0]
+        if ("/" in word and first in top) or re.fullmatch(r"[A-Z][A-Z_]*\.md", word):
+            found.update(_expanded(word))
+    return found
+
+
+def _exists(path: str, *folders: Path) -> bool:
+    """The file or folder exists under one of `folders`: as written, as a module (`passes/pipeline`,
+    `passes/pipeline.Pipeline`), or with its placeholders (`benchmarks/results/NAME.json`) as a pattern."""
+    module = re.sub(r"(\.[A-Za-z_]\w*)*$", "", path) + ".py" if not path.endswith((".py", "/")) else path
+    pattern = PLACEHOLDERS.sub("*", path)
+    return any((folder / path).exists() or (folder / module).is_file() or (pattern != path and any(folder.glob(pattern))) or
+               ("*" in path and any(folder.glob(path))) for folder in folders)
+
+
+def linked_paths(markdown: str) -> set[str]:
+    """The targets of the page's Markdown links that are files here (not URLs, not anchors on the page)."""
+    targets = re.findall(r"\]\(([^)\s]+)\)", re.sub(r"```.*?```", "", markdown, flags=re.DOTALL))
+    return {target.split("#")[0] for target in targets
+            if not re.match(r"[a-z]+:", target) and not target.startswith("#")}
+
+
+DOC_PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+
+
+def test_repository_paths_are_found_in_code_and_placeholders_match_files():
+    page = ("Run `.venv/bin/python benchmarks/run_all.py --out build/x` or `pytest tests/test_docs.py::test_a`;\n"
+            "see `DESIGN.md`, `docs/{index,concepts}.md`, `report.md`, `report.json` and `~/data/coco`.\n"
+            "```sh\npython examples/plain_loop_recovery.py -o out/plain\n```\n")
+    assert repository_paths(page) == {"benchmarks/run_all.py", "tests/test_docs.py", "DESIGN.md", "docs/index.md",
+                                      "docs/concepts.md", "examples/plain_loop_recovery.py"}
+    assert _exists("benchmarks/results/NAME.json", ROOT) and not _exists("benchmarks/results/NAME.csv", ROOT)
+    assert not _exists("DESIGN.md", ROOT) and not _exists("passes/no_such_module.Name", ROOT)
+    assert _exists("passes/pipeline.Pipeline", ROOT) and _exists("passes/pipeline", ROOT)
+
+
+@pytest.mark.parametrize("page", DOC_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_path_a_page_names_exists(page):
+    text = page.read_text()
+    # A bare file name may be a page beside this one, a results file or a file at the top of the repository.
+    folders = (ROOT, page.parent, DOCS, ROOT / "benchmarks" / "results")
+    missing = sorted(path for path in repository_paths(text) if not _exists(path, *folders))
+    missing += sorted(link for link in linked_paths(text) if link and not (page.parent / link).exists())
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("page", DOC_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_commit_hash_in_the_documentation(page):
+    """A page states what the tool does now: a commit hash belongs to git's history, not to the text."""
+    words = re.findall(r"\b[0-9a-f]{7,40}\b", page.read_text())
+    hashes = [word for word in words if re.search(r"[a-f]", word) and re.search(r"[0-9]", word)]
+    assert not hashes, hashes
+
+
+def test_benchmark_results_keep_one_current_file_per_benchmark():
+    """Reruns, versions and per-commit copies live in git's history, not beside the current file."""
+    results = ROOT / "benchmarks" / "results"
+    folders = [path.name for path in results.iterdir() if path.is_dir()]
+    versioned = [path.name for path in results.iterdir()
+                 if re.search(r"_(v\d+b?|partial|rerun|run\d*|[0-9a-f]{7,40})$", path.stem)]
+    assert not folders and not versioned, folders + versioned
