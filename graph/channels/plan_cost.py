@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from prunefx.graph.channels.removal import expand_mask
-from prunefx.graph.counting import Cost, _shape, node_macs
+from prunefx.graph.counting import Cost, ShapeOf, _shape, node_macs
 
 
 class CostModel:
@@ -20,7 +20,8 @@ class CostModel:
     of graph/counting.py."""
 
     def __init__(self, module: torch.fx.GraphModule, analysis):
-        self.analysis = analysis
+        self.module, self.analysis = module, analysis
+        self.classes = int(analysis.classes.max()) + 1 if analysis.classes.size else 0  # length of a removal mask
         self.mac_nodes = [n for n in module.graph.nodes if node_macs(n) > 0]
         parameters = dict(module.named_parameters())
         self.parameter_nodes = [n for n in module.graph.nodes if n.op == "get_attr" and n.target in parameters]
@@ -46,7 +47,9 @@ class CostModel:
         self._bounds = np.concatenate([[0], np.cumsum(lengths)])
         self._classes = np.concatenate(spans) if spans else np.zeros(0, dtype=np.int64)
 
-    def cost(self, removed_mask: np.ndarray) -> Cost:
+    def shape_of(self, removed_mask: np.ndarray) -> ShapeOf:
+        """The shape every node that computes (and each of its inputs) has after the removal; other nodes
+        and values keep the shape their metadata records."""
         survives = ~expand_mask(self.analysis, removed_mask)
         running = np.concatenate([[0], np.cumsum(survives[self._classes], dtype=np.int64)])
         widths = (running[self._bounds[1:]] - running[self._bounds[:-1]]).tolist()
@@ -57,6 +60,10 @@ class CostModel:
                 return tuple(widths[where[0]: where[0] + where[1]])
             return _shape(arg)
 
+        return shape
+
+    def cost(self, removed_mask: np.ndarray) -> Cost:
+        shape = self.shape_of(removed_mask)
         macs = sum(node_macs(node, shape) for node in self.mac_nodes)
         params = self.fixed_params + sum(math.prod(shape(node)) for node in self.parameter_nodes)
         return Cost(macs=int(macs), params=int(params))

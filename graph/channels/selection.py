@@ -16,6 +16,11 @@ Three rankings, each driven by one scalar that a bisection tunes to the target:
   groups (`comparable`: the `obs` criterion's relative output errors) are thresholded as they are.
 The cost of a plan is predicted exactly, without touching the graph: each node's shape after the
 removal is the number of surviving labels in each dim, fed to the same MACs counter as everywhere.
+
+A `layer_time` target is a fraction of the time a latency table (`layer_time=` callable, see
+plan_latency.py) gives the dense model's timed layers. With the global ranking it is met by spending
+importance per millisecond saved (latency_selection.py) instead of thresholding scores; local and
+uniform rankings bisect their fraction on the table's time as they do on MACs.
 """
 
 from __future__ import annotations
@@ -27,11 +32,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from prunefx.graph.channels.groups import ChannelGroup, Combing
+from prunefx.graph.channels.latency_selection import LatencyKnapsack, ms_saved_per_group
 from prunefx.graph.channels.plan_cost import CostModel
+from prunefx.graph.channels.plan_latency import LayerTime, PlanLatency
 from prunefx.graph.counting import Cost
 from prunefx.graph.errors import PrunefxError
 
-TARGET_KINDS = ("macs", "params", "channels")
+TARGET_KINDS = ("macs", "params", "channels", "layer_time")
 TARGET_TOLERANCE = 0.03  # relative to the target cost
 EXHAUSTIVE_UP_TO_PLANS = 4096  # every plan of a small model is listed when the moves stall
 PAIR_MOVES_UP_TO_GROUPS = 24  # 4 x 276 pair plans per round at most; larger models have fine-grained steps
@@ -41,7 +48,7 @@ UNIFORM_STEPS = 64  # the kept fraction of uniform ranking is a multiple of 1/64
 
 @dataclass(frozen=True)
 class Target:
-    kind: str       # "macs", "params" or "channels"
+    kind: str       # "macs", "params", "channels" or "layer_time" (a latency table's time of the timed layers)
     fraction: float  # the fraction of the dense model's cost to keep
 
     def __post_init__(self):
@@ -56,8 +63,10 @@ class Plan:
     kept: list[int]                 # surviving width of every group
     removed: list[np.ndarray]       # removed classes of every group
     predicted: Cost
-    achieved: float                 # the fraction kept, in the target's unit (MACs, params, channels)
+    achieved: float                 # the fraction kept, in the target's unit (MACs, params, channels, ms)
     target_met: bool
+    table_ms: dict | None = None    # with a latency table: the dense and planned time of the timed layers
+    ms_saved: list[float] | None = None  # with a latency table: per group, see ms_saved_per_group
 
 
 def allowed_widths(size: int, step: int, *, max_ratio: float, floor: int = 1) -> np.ndarray:
@@ -120,7 +129,7 @@ class Selector:
 
     def __init__(self, module, combing: Combing, scores: list[np.ndarray], *, round_to: int = 8,
                  max_ratio: float = 0.8, ranking: str = "global", comparable: bool = False,
-                 floors: list[int] | None = None):
+                 floors: list[int] | None = None, layer_time: LayerTime | None = None):
         if ranking not in RANKINGS:
             raise PrunefxError(f"unknown ranking '{ranking}' (use {', '.join(RANKINGS)})")
         if not 0.0 <= max_ratio < 1.0:
@@ -128,6 +137,7 @@ class Selector:
         self.combing, self.ranking = combing, ranking
         self.cost_model = CostModel(module, combing.analysis)
         self.dense = self.cost_model.cost(np.zeros(int(combing.analysis.classes.max()) + 1, dtype=bool))
+        self.latency = PlanLatency(self.cost_model, layer_time) if layer_time is not None else None
         self.orders = [np.argsort(s, kind="stable") for s in scores]
         if comparable:  # scores on one scale across groups (obs): one threshold for all, as they are
             self.sorted_normalised = [np.sort(np.asarray(s, dtype=float)) for s in scores]
@@ -166,19 +176,27 @@ class Selector:
         return mask, removed
 
     def _measure(self, target: Target, kept: list[int]) -> float:
-        cost = None if target.kind == "channels" else self.cost_model.cost(self._mask(kept)[0])
+        cost = None if target.kind in ("channels", "layer_time") else self.cost_model.cost(self._mask(kept)[0])
         return self._fraction(target, kept, cost)
 
     def _fraction(self, target: Target, kept: list[int], cost: Cost | None) -> float:
         """The fraction of the dense model a plan keeps, in the target's unit."""
         if target.kind == "channels":
             return sum(kept) / max(sum(g.size for g in self.combing.groups), 1)
+        if target.kind == "layer_time":
+            return self.latency.ms(self._mask(kept)[0]) / self.latency.dense_ms
         return cost.macs / self.dense.macs if target.kind == "macs" else cost.params / self.dense.params
 
     # --- search ------------------------------------------------------------------------------------
     def plan(self, target: Target, *, iterations: int = 40) -> Plan:
         """Bisection on the knob: the largest model whose cost is at most the target, or, when the
-        allowed widths skip over it, the closest on either side."""
+        allowed widths skip over it, the closest on either side (a table's time with the global ranking:
+        the latency knapsack instead)."""
+        if target.kind == "layer_time":
+            self._check_latency()
+            if self.ranking == "global":
+                band = [target.fraction * self.latency.dense_ms * (1 + d * TARGET_TOLERANCE) for d in (0, -1, 1)]
+                return self._finish(target, LatencyKnapsack(self).widths(*band))
         low, high = 0.0, 1.0 if self.ranking != "global" else self._global_ceiling()
         best = (abs(self._measure(target, self._kept_for(low)) - target.fraction), low)
         for _ in range(iterations):
@@ -191,11 +209,22 @@ class Selector:
                 high = middle
         for knob in (low, high):
             best = min(best, (abs(self._measure(target, self._kept_for(knob)) - target.fraction), knob))
-        kept = self._kept_for(best[1])
-        if best[0] > TARGET_TOLERANCE * target.fraction and self.ranking != "uniform":  # refining breaks uniformity
+        return self._finish(target, self._kept_for(best[1]))
+
+    def _finish(self, target: Target, kept: list[int]) -> Plan:
+        """The plan for `kept`, refined towards the target first when it is outside the tolerance."""
+        error = abs(self._measure(target, kept) - target.fraction)
+        if error > TARGET_TOLERANCE * target.fraction and self.ranking != "uniform":  # refining breaks uniformity
             kept = self._refine(target, kept)
             kept = self._nearest_within_tolerance(target, kept) or kept
         return self._plan_for(target, kept)
+
+    def _check_latency(self) -> None:
+        if self.latency is None:
+            raise PrunefxError("a layer_time target needs a latency table (layer_time=...)")
+        if self.latency.dense_ms <= 0:
+            raise PrunefxError("the latency table gives the dense model's timed layers no time (0 ms); a "
+                               "layer_time target cannot be a fraction of it")
 
     def _global_ceiling(self) -> float:
         return max((float(n[-1]) for n in self.sorted_normalised if n.size), default=0.0) + 1.0
@@ -267,4 +296,7 @@ class Selector:
         predicted = self.cost_model.cost(mask)
         achieved = self._fraction(target, kept, predicted)
         met = abs(achieved - target.fraction) <= TARGET_TOLERANCE * target.fraction
-        return Plan(kept, removed, predicted, achieved, met)
+        if self.latency is None:
+            return Plan(kept, removed, predicted, achieved, met)
+        table_ms = {"dense": round(self.latency.dense_ms, 6), "planned": round(self.latency.ms(mask), 6)}
+        return Plan(kept, removed, predicted, achieved, met, table_ms, ms_saved_per_group(self, kept))

@@ -1,0 +1,113 @@
+"""Latency-aware channel selection: spend importance per millisecond saved, not per MAC.
+
+A knapsack in the spirit of HALP (hardware-aware latency pruning): every group can drop to any of its
+allowed widths, each drop loses the importance of the channels it removes (the group's least important
+first) and saves the time the latency table gives for the layers it narrows (plan_latency.py). Starting
+from the dense widths, the drop with the least importance lost per millisecond saved is taken, again and
+again, until the plan's time is at most the target. Drops of several steps at once are candidates too: a
+backend's time often falls in stairs, and a single step on a stair saves nothing. The last drop is chosen
+to land within the tolerance of the target where one does (the fewest importance lost among those);
+a drop that saves no time is never taken.
+
+A drop of one group changes only the layers it touches, so after each drop only the groups that share a
+layer with it are priced again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Drop:
+    group: int
+    width: int
+    lost: float   # importance of the channels removed (the ranking's normalised scores)
+    saved: float  # ms the table says the drop saves
+
+    @property
+    def ratio(self) -> float:
+        return self.lost / self.saved
+
+
+class LatencyKnapsack:
+    """Greedy importance-per-millisecond selection over a Selector's groups, widths and scores."""
+
+    def __init__(self, selector):
+        self.selector, self.latency = selector, selector.latency
+        self.lost_prefix = [np.concatenate([[0.0], np.cumsum(scores)]) for scores in selector.sorted_normalised]
+        self.touched = self._touched_layers()
+        self.neighbours = [[h for h, others in enumerate(self.touched) if others & mine]
+                           for mine in self.touched]
+        self.epsilon = 1e-9 * max(self.latency.dense_ms, 1e-12)  # a saving below this is none
+
+    def _touched_layers(self) -> list[set[int]]:
+        """The timed layers each group narrows: those whose widths change when all its channels go."""
+        dense = self.latency.widths(np.zeros(self.latency.cost_model.classes, dtype=bool))
+        touched = []
+        for group in self.selector.combing.groups:
+            mask = np.zeros(self.latency.cost_model.classes, dtype=bool)
+            mask[group.classes] = True
+            touched.append({i for i, (a, b) in enumerate(zip(dense, self.latency.widths(mask))) if a != b})
+        return touched
+
+    def widths(self, goal_ms: float, low_ms: float, high_ms: float) -> list[int]:
+        """Kept widths whose table time is at most `goal_ms`, landing in [low_ms, high_ms] where a last
+        drop can; the dense widths' neighbourhood is left as soon as a drop saves time."""
+        kept = [int(widths[-1]) for widths in self.selector.widths]
+        current = self.latency.ms(self.selector._mask(kept)[0])
+        drops = [self._drops(kept, g) for g in range(len(kept))]
+        while current > goal_ms:
+            best = min((min(group_drops, key=_greedy_order) for group_drops in drops if group_drops),
+                       key=_greedy_order, default=None)
+            if best is None:
+                break
+            if current - best.saved < low_ms:  # past the target's tolerance: land in it if a drop can
+                if current <= high_ms:
+                    break
+                landing = [d for group_drops in drops for d in group_drops if low_ms <= current - d.saved <= high_ms]
+                best = min(landing, key=lambda d: (d.lost, -d.width), default=best)
+            kept[best.group] = best.width
+            current -= best.saved
+            for h in self.neighbours[best.group]:
+                drops[h] = self._drops(kept, h)
+        return kept
+
+    def _drops(self, kept: list[int], group: int) -> list[Drop]:
+        """Every drop of `group` from its kept width to a narrower allowed one that saves time."""
+        layers = sorted(self.touched[group])
+        if not layers:
+            return []
+        size = self.selector.combing.groups[group].size
+        now = self.latency.layer_ms(self.selector._mask(kept)[0], layers).sum()
+        prefix, drops = self.lost_prefix[group], []
+        for width in self.selector.widths[group]:
+            if width >= kept[group]:
+                break
+            trial = kept[:group] + [int(width)] + kept[group + 1:]
+            saved = float(now - self.latency.layer_ms(self.selector._mask(trial)[0], layers).sum())
+            if saved > self.epsilon:
+                lost = float(prefix[size - width] - prefix[size - kept[group]])
+                drops.append(Drop(group, int(width), max(lost, 0.0), saved))
+        return drops
+
+
+def _greedy_order(drop: Drop) -> tuple[float, int]:
+    """Least importance per ms first; at equal ratios the smaller drop (the wider width)."""
+    return drop.ratio, -drop.width
+
+
+def ms_saved_per_group(selector, kept: list[int]) -> list[float]:
+    """For each group, the table time its cut saves in the planned model: the plan's time with that group
+    alone put back to its full width, less the plan's time. A layer between two cut groups counts for
+    both, so these need not add up to the whole saving."""
+    latency = selector.latency
+    planned = latency.ms(selector._mask(kept)[0])
+    saved = []
+    for index, group in enumerate(selector.combing.groups):
+        restored = kept[:index] + [group.size] + kept[index + 1:]
+        saved.append(round(latency.ms(selector._mask(restored)[0]) - planned, 6) if kept[index] < group.size
+                     else 0.0)
+    return saved

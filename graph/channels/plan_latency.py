@@ -1,0 +1,172 @@
+"""The time of a channel-removal plan, predicted from a per-layer latency table without touching the graph.
+
+The caller hands in the table: a callable `(layer, in_channels, out_channels) -> ms` that gives the time of
+one timed layer (a 2-D convolution or a linear layer, described by `TimedLayer`) at those widths; the
+runtime measures one (runtime/layer_latency.py), a test writes one by hand. A plan's time is the sum over
+the timed layers of their time at the widths the plan leaves them: the surviving widths of the layer's
+input and weight, the same ones the MACs prediction reads (plan_cost.py). Other operators (norms,
+activations, pooling, attention products) are not in the sum: the table prices what channel removal
+changes most, and a whole-model measurement is what confirms a speed-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from prunefx.graph.channels.plan_cost import CostModel
+from prunefx.graph.counting import _shape
+from prunefx.graph.errors import PrunefxError
+
+aten = torch.ops.aten
+_CONV2D = {aten.conv2d.default, aten.conv2d.padding, aten.convolution.default}
+
+
+@dataclass(frozen=True)
+class TimedLayer:
+    """One layer a latency table times: its kind and geometry at some widths (the dense ones as found in
+    the graph; `resized` gives it at others). A backend builds a one-layer model from this alone."""
+
+    name: str                        # the graph node
+    kind: str                        # "conv2d" or "linear"
+    input_shape: tuple[int, ...]     # [N, C, H, W] for conv2d, [..., C] for linear
+    out_channels: int
+    bias: bool
+    kernel: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()    # begin and end per spatial dim: (top, left, bottom, right)
+    dilation: tuple[int, ...] = ()
+    groups: int = 1
+
+    @property
+    def in_channels(self) -> int:
+        return self.input_shape[1] if self.kind == "conv2d" else self.input_shape[-1]
+
+    def resized(self, in_channels: int, out_channels: int) -> TimedLayer:
+        """This layer with other widths: a depthwise convolution stays depthwise (its group count follows its
+        channels, as the removal rewrites it); other grouped convolutions keep their group count."""
+        shape = list(self.input_shape)
+        shape[1 if self.kind == "conv2d" else -1] = in_channels
+        depthwise = self.groups > 1 and self.groups == self.in_channels
+        return replace(self, input_shape=tuple(shape), out_channels=out_channels,
+                       groups=in_channels if depthwise else self.groups)
+
+    def with_batch(self, batch: int) -> TimedLayer:
+        return replace(self, input_shape=(batch, *self.input_shape[1:]))
+
+    def geometry(self) -> str:
+        """Everything but the name: equal geometries time alike, so a cache keys entries by this."""
+        return (f"{self.kind} in={list(self.input_shape)} out={self.out_channels} bias={int(self.bias)} "
+                f"k={list(self.kernel)} s={list(self.stride)} p={list(self.padding)} d={list(self.dilation)} "
+                f"g={self.groups}")
+
+
+LayerTime = Callable[[TimedLayer, int, int], float]  # (dense layer, in width, out width) -> ms
+
+
+def timed_layers(module: torch.fx.GraphModule) -> list[TimedLayer]:
+    """Every 2-D convolution and linear layer of the graph whose shapes the metadata records, at its dense
+    widths. Transposed, 1-D and 3-D convolutions and matrix products of activations are not timed."""
+    layers = []
+    for node in module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target in _CONV2D:
+            layer = _convolution(node)
+        elif node.target is aten.linear.default:
+            layer = _linear(node)
+        else:
+            continue
+        if layer is not None:
+            layers.append(layer)
+    return layers
+
+
+def _argument(node: torch.fx.Node, index: int, name: str, default):
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _pair(value, size: int = 2) -> tuple[int, ...]:
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    return tuple(int(v) for v in (values * size if len(values) == 1 else values))
+
+
+def _convolution(node: torch.fx.Node) -> TimedLayer | None:
+    source, weight = _shape(node.args[0]), _shape(node.args[1])
+    if source is None or weight is None or len(weight) != 4 or len(source) != 4:
+        return None
+    if node.target is aten.convolution.default:
+        if node.args[6]:  # transposed
+            return None
+        stride, padding, dilation, groups = node.args[3], node.args[4], node.args[5], node.args[8]
+    else:
+        stride = _argument(node, 3, "stride", 1)
+        padding = _argument(node, 4, "padding", 0)
+        dilation = _argument(node, 5, "dilation", 1)
+        groups = _argument(node, 6, "groups", 1)
+    kernel, dilation = _pair(weight[2:]), _pair(dilation)
+    if isinstance(padding, str):  # "valid" or "same" (the extra pixel of an odd total goes at the end)
+        totals = [0 if padding == "valid" else d * (k - 1) for k, d in zip(kernel, dilation)]
+        pads = tuple(t // 2 for t in totals) + tuple(t - t // 2 for t in totals)
+    else:
+        pads = _pair(padding) * 2
+    bias = _argument(node, 2, "bias", None) is not None
+    return TimedLayer(node.name, "conv2d", source, int(weight[0]), bias, kernel, _pair(stride), pads, dilation,
+                      int(groups))
+
+
+def _linear(node: torch.fx.Node) -> TimedLayer | None:
+    source, weight = _shape(node.args[0]), _shape(node.args[1])
+    if source is None or weight is None or len(weight) != 2:
+        return None
+    return TimedLayer(node.name, "linear", source, int(weight[0]), _argument(node, 2, "bias", None) is not None)
+
+
+class PlanLatency:
+    """Prices a removal mask in milliseconds: the sum of the table's time of every timed layer at the widths
+    the removal leaves it. Lookups are memoised: a search prices the same layer at the same widths often."""
+
+    def __init__(self, cost_model: CostModel, layer_time: LayerTime):
+        if not callable(layer_time):
+            raise PrunefxError("a latency table must be a callable (layer, in_channels, out_channels) -> ms")
+        self.cost_model, self.layer_time = cost_model, layer_time
+        layers = {layer.name: layer for layer in timed_layers(cost_model.module)}
+        self.nodes = [node for node in cost_model.module.graph.nodes if node.name in layers]
+        self.layers = [layers[node.name] for node in self.nodes]
+        self._memo: dict[tuple[int, int, int], float] = {}
+        self.dense_layers = self.layer_ms(np.zeros(cost_model.classes, dtype=bool))
+        self.dense_ms = float(self.dense_layers.sum())
+
+    def widths(self, removed_mask: np.ndarray) -> list[tuple[int, int]]:
+        """(in, out) widths of every timed layer after the removal."""
+        shape = self.cost_model.shape_of(removed_mask)
+        widths = []
+        for node, layer in zip(self.nodes, self.layers):
+            source, weight = shape(node.args[0]), shape(node.args[1])
+            in_width = (source[1] if layer.kind == "conv2d" else source[-1]) if source else layer.in_channels
+            widths.append((int(in_width), int(weight[0]) if weight else layer.out_channels))
+        return widths
+
+    def layer_ms(self, removed_mask: np.ndarray, which: list[int] | None = None) -> np.ndarray:
+        """The time of every timed layer (or of those at the indices `which`, in that order) after the removal."""
+        widths = self.widths(removed_mask)
+        indices = range(len(self.layers)) if which is None else which
+        return np.array([self._time(index, *widths[index]) for index in indices], dtype=np.float64)
+
+    def ms(self, removed_mask: np.ndarray) -> float:
+        return float(self.layer_ms(removed_mask).sum())
+
+    def _time(self, index: int, in_width: int, out_width: int) -> float:
+        key = (index, in_width, out_width)
+        if key not in self._memo:
+            value = float(self.layer_time(self.layers[index], in_width, out_width))
+            if not np.isfinite(value) or value < 0:
+                raise PrunefxError(f"the latency table gave {value!r} ms for layer {self.layers[index].name} at "
+                                   f"{in_width} -> {out_width} channels (a time is a finite number >= 0)")
+            self._memo[key] = value
+        return self._memo[key]

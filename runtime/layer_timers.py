@@ -1,0 +1,154 @@
+"""Layer timers for latency tables (runtime/layer_latency.py): one layer, built alone, timed on a backend.
+
+- `OnnxRuntimeLayerTimer` ("ort"): a one-node ONNX model (Conv, or MatMul + Add for a linear layer) written
+  with onnx.helper and run by ONNX Runtime on the CPU with the session settings every prunefx timing uses
+  (runtime/onnxruntime_options.py); the median of a few timed runs after a short warm-up.
+- `TorchLayerTimer` ("torch"): the layer as a torch module, handed to a `time_module(module, inputs) -> ms`
+  function; by default eager PyTorch on the CPU. A GPU backend passes its own function (CUDA graphs timed
+  with CUDA events, its precision) and its device's name: the table and its cache stay the same.
+
+The device identity of a CPU is its model string from /proc/cpuinfo; times also depend on the library
+version and thread count, which go in `settings` (a cache never mixes them).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+
+from prunefx.graph.channels.plan_latency import TimedLayer
+from prunefx.runtime.latency import measure_latency
+from prunefx.runtime.onnxruntime_options import session_options
+from prunefx.runtime.width_multiple import CPUINFO
+
+OPSET = 18
+IR_VERSION = 9  # read by every ONNX Runtime prunefx supports
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The first processor's model name from /proc/cpuinfo (read here when not given), else what platform says."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = CPUINFO.read_text()
+        except OSError:
+            cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "model name":
+            return value.strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _weights(layer: TimedLayer) -> tuple[np.ndarray, np.ndarray | None]:
+    """Random weights of the layer's shape (their values do not change its time) and a bias if it has one."""
+    rng = np.random.default_rng(0)
+    if layer.kind == "conv2d":
+        shape: tuple[int, ...] = (layer.out_channels, layer.in_channels // layer.groups, *layer.kernel)
+    else:
+        shape = (layer.out_channels, layer.in_channels)
+    weight = (0.05 * rng.standard_normal(shape)).astype(np.float32)
+    bias = (0.05 * rng.standard_normal(layer.out_channels)).astype(np.float32) if layer.bias else None
+    return weight, bias
+
+
+def layer_model(layer: TimedLayer) -> onnx.ModelProto:
+    """A one-layer ONNX model computing `layer` on an input `x` of its input shape."""
+    weight, bias = _weights(layer)
+    initializers = []
+    if layer.kind == "conv2d":
+        initializers.append(numpy_helper.from_array(weight, "w"))
+        inputs = ["x", "w"]
+        if bias is not None:
+            initializers.append(numpy_helper.from_array(bias, "b"))
+            inputs.append("b")
+        nodes = [helper.make_node("Conv", inputs, ["y"], kernel_shape=list(layer.kernel), strides=list(layer.stride),
+                                  pads=list(layer.padding), dilations=list(layer.dilation), group=layer.groups)]
+    else:
+        initializers.append(numpy_helper.from_array(np.ascontiguousarray(weight.T), "w"))
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["y" if bias is None else "t"])]
+        if bias is not None:
+            initializers.append(numpy_helper.from_array(bias, "b"))
+            nodes.append(helper.make_node("Add", ["t", "b"], ["y"]))
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                               list(layer.input_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+
+
+class OnnxRuntimeLayerTimer:
+    """Times a layer with ONNX Runtime on the CPU: `warmup` untimed runs, the median of `runs` timed ones."""
+
+    backend = "ort"
+    precision = "fp32"
+
+    def __init__(self, *, threads: int = 1, warmup: int = 3, runs: int = 10,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.threads, self.warmup, self.runs, self.clock = threads, warmup, runs, clock
+        self.device = cpu_model()
+        self.settings = f"onnxruntime {ort.__version__}, {threads} threads"
+
+    def __call__(self, layer: TimedLayer) -> float:
+        options = session_options(self.threads, spinning=True, flush_denormals=True)
+        session = ort.InferenceSession(layer_model(layer).SerializeToString(), sess_options=options,
+                                       providers=["CPUExecutionProvider"])
+        feed = {"x": np.random.default_rng(1).standard_normal(layer.input_shape).astype(np.float32)}
+        return measure_latency(lambda: session.run(None, feed), warmup=self.warmup, runs=self.runs,
+                               clock=self.clock).median_ms
+
+
+class _OneLayer(torch.nn.Module):
+    """The layer as a module: a convolution (with its own asymmetric padding) or a linear layer."""
+
+    def __init__(self, layer: TimedLayer):
+        super().__init__()
+        weight, bias = _weights(layer)
+        self.layer = layer
+        self.weight = torch.nn.Parameter(torch.from_numpy(weight), requires_grad=False)
+        self.bias = torch.nn.Parameter(torch.from_numpy(bias), requires_grad=False) if bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layer = self.layer
+        if layer.kind == "linear":
+            return F.linear(x, self.weight, self.bias)
+        top, left, bottom, right = layer.padding
+        if (top, left) != (bottom, right):
+            return F.conv2d(F.pad(x, (left, right, top, bottom)), self.weight, self.bias, layer.stride, 0,
+                            layer.dilation, layer.groups)
+        return F.conv2d(x, self.weight, self.bias, layer.stride, (top, left), layer.dilation, layer.groups)
+
+
+TimeModule = Callable[[torch.nn.Module, tuple], float]  # (module, inputs) -> ms of one call
+
+
+class TorchLayerTimer:
+    """Times a layer as a torch module with `time_module`; by default eager PyTorch on the CPU (median of
+    `runs` timed calls after `warmup`). A backend with its own timing gives `time_module`, `device` (its
+    identity) and `precision`; the module and its input are moved to `torch_device` first."""
+
+    backend = "torch"
+
+    def __init__(self, *, time_module: TimeModule | None = None, device: str | None = None,
+                 torch_device: str = "cpu", precision: str = "fp32", backend: str = "torch",
+                 settings: str | None = None, warmup: int = 3, runs: int = 10):
+        self.backend, self.precision, self.torch_device = backend, precision, torch_device
+        self.time_module = time_module or self._eager
+        self.device = device or cpu_model()
+        self.warmup, self.runs = warmup, runs
+        self.settings = settings or f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+    def __call__(self, layer: TimedLayer) -> float:
+        module = _OneLayer(layer).to(self.torch_device).eval()
+        inputs = (torch.randn(layer.input_shape, generator=torch.Generator().manual_seed(1)).to(self.torch_device),)
+        with torch.inference_mode():
+            return float(self.time_module(module, inputs))
+
+    def _eager(self, module: torch.nn.Module, inputs: tuple) -> float:
+        return measure_latency(lambda: module(*inputs), warmup=self.warmup, runs=self.runs).median_ms

@@ -1,0 +1,156 @@
+"""Channels chosen by time: a latency table (here written by hand) prices plans, and the selection spends
+importance per millisecond saved. The expected choices are worked out by hand, or by listing every plan of a
+two-group net, from the hand-written table and importance sums, never from the code under test."""
+
+import itertools
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from prunefx.graph import capture
+from prunefx.graph.channels.groups import find_channel_groups
+from prunefx.graph.channels.importance import Importance
+from prunefx.graph.channels.selection import Selector, Target
+from prunefx.graph.errors import PrunefxError
+from prunefx.passes.config_checks import ConfigError
+from prunefx.passes.remove_channels import remove_channels
+
+WIDTHS = (4, 8, 12, 16)  # 16 channels at round_to 4, max_ratio 0.8
+SCORES = np.arange(1.0, 17.0)  # the same in both groups; normalised by their mean, 8.5
+
+
+class Chain(torch.nn.Module):
+    """x -> conv1 (4 -> 16) -> conv2 (16 -> 16) -> conv3 (16 -> 4): group A is conv1's outputs (conv2's
+    inputs), group B conv2's outputs (conv3's inputs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(4, 16, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.conv3 = torch.nn.Conv2d(16, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x)))))
+
+
+@pytest.fixture(scope="module")
+def chain():
+    torch.manual_seed(0)
+    return capture(Chain(), torch.randn(1, 4, 8, 8)).eval()
+
+
+def _which(layer) -> str:
+    """conv1, conv2 or conv3, from the dense geometry the table is asked about."""
+    return "conv1" if layer.in_channels == 4 else "conv3" if layer.out_channels == 4 else "conv2"
+
+
+def expensive_a_free_b(layer, in_channels, out_channels) -> float:
+    """conv2 costs 1 ms per input channel (group A); nothing else costs anything (group B is free)."""
+    return float(in_channels) if _which(layer) == "conv2" else 0.0
+
+
+def interacting(layer, in_channels, out_channels) -> float:
+    """conv1: a / 4, conv2: a * b / 16, conv3: 0.75 b (a, b: the widths of groups A and B)."""
+    return {"conv1": out_channels / 4, "conv2": in_channels * out_channels / 16, "conv3": 0.75 * in_channels}[
+        _which(layer)]
+
+
+def _by_hand(table, a: int, b: int) -> float:
+    """The net's time at widths a, b: each layer (known to the table by its dense widths) at its widths."""
+    dense = {"conv1": (4, 16), "conv2": (16, 16), "conv3": (16, 4)}
+    now = {"conv1": (4, a), "conv2": (a, b), "conv3": (b, 4)}
+    return sum(table(SimpleNamespace(in_channels=dense[name][0], out_channels=dense[name][1]), *now[name])
+               for name in dense)
+
+
+def _lost(width: int) -> float:
+    """Normalised importance of the 16 - width least important channels of a group (1 + 2 + ... over 8.5)."""
+    removed = 16 - width
+    return removed * (removed + 1) / 2 / 8.5
+
+
+def _selector(program, table, ranking="global") -> tuple[Selector, list[str]]:
+    combing = find_channel_groups(program.module)
+    names = ["A" if ("conv1.weight", 0) in g.members else "B" for g in combing.groups]
+    selector = Selector(program.module, combing, [SCORES.copy() for _ in combing.groups], round_to=4,
+                        max_ratio=0.8, ranking=ranking, layer_time=table)
+    return selector, names
+
+
+def _widths(plan, names) -> dict[str, int]:
+    return dict(zip(names, plan.kept))
+
+
+def test_expensive_channels_go_first_and_free_ones_stay(chain):
+    selector, names = _selector(chain, expensive_a_free_b)
+    plan = selector.plan(Target("layer_time", 0.5))
+    # Only A's channels save time (1 ms each); half of 16 ms is 8 channels of A, and B keeps all of its own.
+    assert _widths(plan, names) == {"A": 8, "B": 16}
+    assert plan.target_met and plan.table_ms == {"dense": 16.0, "planned": 8.0}
+    assert dict(zip(names, plan.ms_saved)) == {"A": 8.0, "B": 0.0}
+
+
+def test_local_ranking_cuts_every_group_alike_to_the_same_time(chain):
+    selector, names = _selector(chain, expensive_a_free_b, ranking="local")
+    assert _widths(selector.plan(Target("layer_time", 0.5)), names) == {"A": 8, "B": 8}
+
+
+def test_the_choice_is_the_cheapest_plan_in_importance_that_meets_the_time(chain):
+    """Every plan of the two groups listed: of those within 3 % of 17 ms, the one losing least importance."""
+    goal = 17.0
+    within = [(_lost(a) + _lost(b), a, b) for a, b in itertools.product(WIDTHS, WIDTHS)
+              if abs(_by_hand(interacting, a, b) - goal) <= 0.03 * goal]
+    _, a, b = min(within)
+    assert (a, b) == (8, 12)  # the listing itself, checked once by hand: 17 ms, importance 3.06 + 1.18 lost
+    selector, names = _selector(chain, interacting)
+    dense = _by_hand(interacting, 16, 16)
+    assert dense == 32.0
+    plan = selector.plan(Target("layer_time", goal / dense))
+    assert _widths(plan, names) == {"A": a, "B": b} and plan.target_met
+
+
+def test_at_the_same_time_it_loses_less_importance_than_the_macs_choice(chain):
+    """The MACs choice cuts both groups of equal scores; the time it reaches, the latency choice reaches
+    by cutting A alone, losing less importance."""
+    selector, names = _selector(chain, expensive_a_free_b)
+    by_macs = _widths(selector.plan(Target("macs", 0.5)), names)
+    assert by_macs["B"] < 16  # the MACs choice spends importance on B, whose channels cost no time
+    macs_ms = _by_hand(expensive_a_free_b, by_macs["A"], by_macs["B"])
+    by_time = _widths(selector.plan(Target("layer_time", macs_ms / 16.0)), names)
+    assert _by_hand(expensive_a_free_b, by_time["A"], by_time["B"]) <= macs_ms * 1.03
+    assert _lost(by_time["A"]) + _lost(by_time["B"]) < _lost(by_macs["A"]) + _lost(by_macs["B"])
+
+
+def test_remove_channels_takes_a_table_and_reports_the_time_saved_per_group(chain):
+    def importance(module, combing):
+        return Importance([SCORES.copy() for _ in combing.groups], "given")
+
+    result = remove_channels(chain.clone(), config={"layer_time": 0.5, "latency_table": expensive_a_free_b,
+                                                    "round_to": 4, "importance": importance})
+    weights = dict(result.program.module.named_parameters())
+    assert weights["conv2.weight"].shape[:2] == (16, 8)  # A: 8 channels left, B: all 16
+    stats = result.stats
+    assert stats["target"] == {"kind": "layer_time", "fraction": 0.5, "met": True,
+                               "table_ms": {"dense": 16.0, "planned": 8.0}}
+    assert sorted(g["ms_saved"] for g in stats["groups"]) == [0.0, 8.0]
+    by_macs = remove_channels(chain.clone(), config={"macs": 0.5, "round_to": 4, "strict": False})
+    assert all("ms_saved" not in g for g in by_macs.stats["groups"]) and "table_ms" not in by_macs.stats["target"]
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"layer_time": 0.5}, "go together"),
+    ({"macs": 0.5, "latency_table": expensive_a_free_b}, "go together"),
+    ({"layer_time": 0.5, "macs": 0.5, "latency_table": expensive_a_free_b}, "exactly one target"),
+])
+def test_a_table_and_its_target_come_together(chain, config, message):
+    with pytest.raises((ConfigError, PrunefxError), match=message):
+        remove_channels(chain.clone(), config=config)
+
+
+def test_a_table_that_gives_no_number_is_refused(chain):
+    with pytest.raises(PrunefxError, match="a time is a finite number"):
+        _selector(chain, lambda layer, i, o: float("nan") if i < 16 else 1.0)[0].plan(Target("layer_time", 0.5))
+    with pytest.raises(PrunefxError, match="needs a latency table"):
+        Selector(chain.module, find_channel_groups(chain.module), [SCORES, SCORES]).plan(Target("layer_time", 0.5))
