@@ -44,8 +44,6 @@ CASE_REFUSALS = {
     "rotary_fused_qkv": "(RotaryAttention)",     # reshape(b, n, c) with c the input width
 }
 MODEL_REFUSALS = {  # from benchmarks/results/write_back_coverage.md
-    # its attention calls the fused kernel with the default scale, which the pruned head dim changes
-    "prunefx:vit_tiny_fmnist": "scaled_dot_product_attention",
     # the head dim computed from the input width (C // num_heads), which global ranking cuts apart
     "torchvision:swin_t": "module 'features.1.0.attn' (ShiftedWindowAttention)",
     # nn.MultiheadAttention: one width for heads and input, which global ranking cuts apart
@@ -206,14 +204,18 @@ class TinyAttention(nn.Module):
         return x + self.proj((attention @ v).transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
 
 
-def test_attributes_that_fed_rewritten_literals_are_updated():
+@pytest.mark.parametrize("heads", ["whole", "dims"])
+def test_attributes_that_fed_rewritten_literals_are_updated(heads):
+    """Whole heads: num_heads changes, head_dim stays; head dims: head_dim changes, the dense scale stays.
+    (3 heads of 8: the two attributes differ in value, which is how the generic matching tells them apart.)"""
     torch.manual_seed(0)
-    model, x = TinyAttention().eval(), torch.randn(2, 5, 16)
+    model, x = TinyAttention(dim=24, heads=3).eval(), torch.randn(2, 5, 24)
     program = capture(model, x, name="TinyAttention").eval()
-    remove_channels(program, config={"macs": 0.6, "round_to": 1, "strict": False})
+    remove_channels(program, config={"macs": 0.6, "round_to": 1, "strict": False, "heads": heads})
     module = to_module(program, model)
     inner = program.state_dict()["proj.weight"].shape[1]
-    assert inner < 16 and module.num_heads * module.head_dim == inner
+    assert inner < 24 and module.num_heads * module.head_dim == inner
+    assert (module.head_dim == 8) == (heads == "whole")
     assert module.scale == model.scale
     _check_written_back(model, program, module, (x,))
 
@@ -267,7 +269,7 @@ def test_multihead_attention_with_heads_apart_from_its_input_is_refused_by_name(
     program = capture(model, x, name="Encoder").eval()
     remove_channels(program, config={"macs": 0.5, "round_to": 2, "strict": False})
     with pytest.raises(PrunefxError, match=r"Encoder back: module 'layer.self_attn': nn.MultiheadAttention holds one "
-                                           r"width .* input width \d+ and 4 heads of width \d+ .*ranking uniform"):
+                                           r"width .* input width \d+ and \d heads of width \d+ .*ranking uniform"):
         to_module(program, model)
 
 
