@@ -164,7 +164,7 @@ class Program:
         return self.clone().export()
 
     def export(self) -> torch.export.ExportedProgram:
-        """Re-export the rewritten module. Success is the validity check DESIGN.md asks for."""
+        """Re-export the rewritten module: its success is the validity check every pass must pass (docs/design.md)."""
         try:
             return torch.export.export(self.module, self.example_inputs, strict=False)
         except Exception as error:

@@ -30,7 +30,7 @@ Config (QuantizeInt8Config):
 - `attention` (default True): INT8 attention. Each scaled_dot_product_attention is spelled out as
   matmul(q, kᵀ) * scale, softmax, matmul(p, v) (graph/int8/attention.py) and its two matmuls are quantized like any
   other: per-tensor quantizers on Q, Kᵀ, V and the softmax output, where TensorRT's fused attention reads them.
-  Measured on the Fashion-MNIST ViT (benchmarks/results/int8_attention.md).
+  Measured on a Fashion-MNIST ViT by benchmarks/int8_attention.py.
 Preconditions: a Program in eval mode for calibration (the pass evaluates in eval mode and restores the mode).
 The pass is not exact; it is idempotent: a Program that already holds fake quantizers is left alone (its
 choices, layers left in float included, stand), and the run reports modified=False. A Program with no quantizable layer is an error (nothing to do is not a success).

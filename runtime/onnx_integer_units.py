@@ -15,7 +15,7 @@ on INT8 weights (the module there says where they sit in the lowering).
   neither INT8 nor pruning removes;
 - `weight_levels`: on x86 CPUs without VNNI (AVX2 only) ONNX Runtime's U8S8 convolution kernels multiply with
   vpmaddubsw, which adds pairs of u8 x s8 products into int16 and saturates: 2 x 255 x 127 > 32767. Measured
-  here: -10 points of Fashion-MNIST accuracy with 8-bit weights (benchmarks/results/int8_latency.md). With
+  here: -10 points of Fashion-MNIST accuracy with 8-bit weights. With
   weights on +-63 (7 bits: 2 x 255 x 63 < 32767) no pair can saturate. That is ONNX Runtime's documented
   `reduce_range` ("quantize weights with 7-bits ... for non-VNNI machines") and NNCF's saturation fix; the
   integer units' weights are requantized per output channel (scale max|w| / 63) and their biases with them.

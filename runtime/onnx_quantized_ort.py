@@ -27,8 +27,7 @@ before a global pool is quantized: passes/quantize_int8 quantizes the pool's inp
 - `float_convolution_inputs`: such a float convolution then reads its input unquantized. Its Q -> DQ pair
   would only cost time: ONNX Runtime runs it as two float passes over the tensor before a float Conv, and
   the pair breaks the Conv's own fusions (EfficientNet-B0, whose expand, depthwise and squeeze-excitation
-  convs feed a SiLU: 63 of 81 convs float, the INT8 file 0.85x the FP32 one with the pairs,
-  benchmarks/results/int8_latency.md). This is the one step that is not exact: those convs see x where the
+  convs feed a SiLU: 63 of 81 convs float, the INT8 file ran 0.85x the FP32 one with the pairs). This is the one step that is not exact: those convs see x where the
   Program sees Q(x), a difference of at most half a quantization step per value, which the parity check
   against the Program reports; the TensorRT file keeps every pair (TensorRT runs DQ -> Conv -> float).
 """

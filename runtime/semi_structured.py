@@ -6,7 +6,7 @@ plus metadata that the sparse tensor cores of Ampere and later GPUs (compute cap
 `F.linear(x, sparse_weight)` then runs a sparse kernel (cuSPARSELt or CUTLASS; on Hopper, 9.0, only
 cuSPARSELt: PyTorch's CUTLASS kernels refuse it). Called eagerly, each sparse call costs tenths of a
 millisecond of host work, more than the kernel saves on ViT-sized layers; replayed from a CUDA graph the
-kernels alone are 0.7x to 1.3x of dense (H200, benchmarks/results/semi_structured_speedup.md). This module
+kernels alone are 0.7x to 1.3x of dense (measured on an H200). This module
 - turns a 2:4 weight into a semi-structured one, in fp16 (or bf16) on the GPU;
 - times dense against sparse `F.linear` with CUDA events, alternately, several calls per event pair
   (single kernels last tens of microseconds: one call per pair would mostly time the launch).

@@ -2,8 +2,8 @@
 
 Channel removal gives every sliced tensor a new Parameter. Rebuilding the optimizer on them restarts
 momentum (SGD's buffer, Adam's moments), which costs accuracy when cuts come every few dozen steps: measured
-on a Fashion-MNIST ResNet-20 (benchmarks/results/plain_loop_recovery.md), restarting after each of 5 cuts
-ended 1.75 points below carrying the state over. So both prunefx's Trainer (passes/prune_while_training.py)
+on a Fashion-MNIST ResNet-20, restarting after each of 5 cuts ended 1.75 points below carrying the state
+over. So both prunefx's Trainer (passes/prune_while_training.py)
 and a user's own loop (prunefx/interop/recovery.py) carry it: every state tensor shaped like its parameter is
 sliced to the elements that survived.
 
