@@ -14,6 +14,10 @@ Rules (runtime/engine_rules.py), each a function of the graph alone:
 - dynamic-shape (warning, TensorRT): a graph input with a symbolic or unknown dimension (needs a profile);
 - sparse-eligible (info, TensorRT): a layer whose weights are already 2:4 along input channels.
 `check_model` returns the findings; `exit_status` is 1 when any is an error.
+
+The file is read as a regular file; its external data only from its own folder (runtime/onnx_external.py),
+never from the current directory. A graph with a cycle, a node without outputs or a value read before any
+node writes it is refused in one line before any rule runs, so every walk of the rules ends.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from pathlib import Path
 
 import onnx
 
-from prunefx.graph.errors import PrunefxError
+from prunefx.graph.errors import PrunefxError, printable
+from prunefx.graph.safety.regular_files import read_regular_file
 from prunefx.runtime.engine_targets import TARGETS, Target
+from prunefx.runtime.onnx_external import inline_external_data
 
 SEVERITIES = ("error", "warning", "info")
 
@@ -73,18 +79,53 @@ def target_of(name: str) -> Target:
     return TARGETS[name]
 
 
+# protobuf refuses messages over 2 GiB: larger models keep their weights as external data.
+MAX_ONNX_BYTES = 2 << 30
+
+
 def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
-    """The ONNX model at `path`, or a one-line PrunefxError for a missing, unreadable or non-ONNX file."""
+    """The ONNX model at `path` with its external data read in, or a one-line PrunefxError for a missing,
+    unreadable, non-ONNX or malformed file (see the module docstring)."""
     path = Path(path)
-    if not path.is_file():
-        raise PrunefxError(f"{path}: no such file")
+    data = read_regular_file(path, "ONNX file", MAX_ONNX_BYTES)
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = onnx.load_model_from_string(data)
     except Exception as error:  # protobuf's DecodeError and friends: the file is not an ONNX model
-        raise PrunefxError(f"{path} is not a readable ONNX file ({type(error).__name__})") from error
+        raise PrunefxError(f"{printable(str(path))} is not a readable ONNX file ({type(error).__name__})") from None
     if not model.graph.node:
-        raise PrunefxError(f"{path} holds no ONNX graph (no nodes)")
-    return model
+        raise PrunefxError(f"{printable(str(path))} holds no ONNX graph (no nodes)")
+    check_graph(model.graph, printable(str(path)))
+    return inline_external_data(model, path)
+
+
+def check_graph(graph: onnx.GraphProto, name: str) -> None:
+    """Refuse a node without outputs, and a graph whose nodes read each other in a cycle (the rules walk
+    producers and consumers; a cycle would make them loop). Linear: one pass in the file's order, then the
+    nodes left after every readable value was produced are the cycle's."""
+    for node in graph.node:
+        if not any(node.output):
+            raise PrunefxError(f"{name}: node '{printable(node.name)[:60]}' ({printable(node.op_type)[:40]}) has "
+                               "no outputs")
+    produced_by = {output: index for index, node in enumerate(graph.node) for output in node.output if output}
+    waiting = [sum(1 for value in node.input if value in produced_by) for node in graph.node]
+    readers: dict[int, list[int]] = {}
+    for index, node in enumerate(graph.node):
+        for value in node.input:
+            if value in produced_by:
+                readers.setdefault(produced_by[value], []).append(index)
+    ready = [index for index, count in enumerate(waiting) if count == 0]
+    done = 0
+    while ready:
+        index = ready.pop()
+        done += 1
+        for reader in readers.get(index, ()):
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                ready.append(reader)
+    if done < len(graph.node):
+        stuck = next(graph.node[i] for i, count in enumerate(waiting) if count > 0)
+        raise PrunefxError(f"{name}: the graph has a cycle through node '{printable(stuck.name)[:60]}' "
+                           f"({printable(stuck.op_type)[:40]}); an ONNX graph must be acyclic")
 
 
 def check_model(model: onnx.ModelProto, target: str, *, name: str = "model.onnx") -> Readiness:

@@ -4,6 +4,9 @@ Each rule reads a GraphIndex (producers, consumers, constants of one ONNX graph)
 target (runtime/engine_targets.py) decides which rules apply and with which numbers. Q/DQ placement follows
 TensorRT's explicit-quantization rules: a layer runs INT8 when a DequantizeLinear feeds both its data and its
 weight input (through shape-only operators such as Transpose, which TensorRT moves Q/DQ across).
+
+The graph is acyclic (runtime/engine_check.py refuses a cycle). Every walk along producers or consumers is
+memoised, so a chain of 100,000 nodes in front of 2,000 layers is walked once, not once per layer.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from prunefx.graph.errors import PrunefxError, printable
+from prunefx.graph.safety.graph_bounds import MAX_TENSOR_ELEMENTS
 from prunefx.runtime.engine_check import Finding
 from prunefx.runtime.engine_targets import Target
 from prunefx.runtime.onnx_float16 import KEEP_FLOAT32
@@ -39,47 +44,100 @@ class GraphIndex:
                 self.constants[node.output[0]] = node.attribute[0].t
         self.inputs = {value.name for value in model.graph.input if value.name not in self.constants}
         self.outputs = {value.name for value in model.graph.output}
+        self._arrays: dict[str, np.ndarray] = {}
+        self._before_shapes: dict[str, str] = {}
+        self._origins: dict[str, str] = {}
+        self._reaches: dict[str, bool] = {}
+
+    def _first_input(self, name: str) -> tuple[str, onnx.NodeProto | None]:
+        """The first input of the node that produces `name`, and that node's own producer ('' and None
+        when `name` is not produced, or its producer reads nothing)."""
+        node = self.producer.get(name)
+        if node is None or not node.input:
+            return "", None
+        return node.input[0], self.producer.get(node.input[0])
 
     def value(self, name: str) -> np.ndarray | None:
         """A constant's values; through a DequantizeLinear its integer codes (zeros stay zeros), through a
         Transpose the transposed array; None for a computed tensor."""
-        if name in self.constants:
-            return numpy_helper.to_array(self.constants[name])
+        permutations = []
         node = self.producer.get(name)
-        if node is not None and node.op_type == "DequantizeLinear":
-            return self.value(node.input[0])
-        if node is not None and node.op_type == "Transpose":
-            inner = self.value(node.input[0])
-            perm = next((list(attr.ints) for attr in node.attribute if attr.name == "perm"), None)
-            return None if inner is None else np.transpose(inner, perm)
-        return None
+        while name not in self.constants and node is not None and node.input and \
+                node.op_type in ("DequantizeLinear", "Transpose"):
+            if node.op_type == "Transpose":
+                permutations.append(next((list(attr.ints) for attr in node.attribute if attr.name == "perm"), None))
+            name = node.input[0]
+            node = self.producer.get(name)
+        if name not in self.constants:
+            return None
+        array = self.array(name)
+        for permutation in reversed(permutations):
+            try:
+                array = np.transpose(array, permutation)
+            except ValueError:
+                return None  # a Transpose whose perm does not fit: ONNX's checker and the parser refuse it
+        return array
+
+    def array(self, name: str) -> np.ndarray:
+        """The constant `name` as an array, or one PrunefxError line when its declared shape and its data
+        disagree (checked before anything is allocated)."""
+        if name not in self._arrays:
+            tensor = self.constants[name]
+            dims = list(tensor.dims)
+            if any(d < 0 for d in dims) or int(np.prod(dims, dtype=object)) > MAX_TENSOR_ELEMENTS:
+                raise PrunefxError(f"constant '{printable(name)[:60]}' declares shape {dims[:8]}, more than "
+                                   "the limit of 2**28 elements")
+            try:
+                self._arrays[name] = numpy_helper.to_array(tensor)
+            except Exception as error:  # data that does not fill the declared shape, an unknown type
+                raise PrunefxError(f"constant '{printable(name)[:60]}' of shape {dims[:8]} does not hold its "
+                                   f"data ({type(error).__name__})") from None
+        return self._arrays[name]
+
+    def _walk_back(self, name: str, through: tuple[str, ...], cache: dict[str, str]) -> str:
+        """The first tensor before `name`, along first inputs, whose producer's operator is not in `through`;
+        memoised for every tensor on the way."""
+        path = []
+        while name not in cache:
+            node = self.producer.get(name)
+            if node is None or node.op_type not in through or not node.input:
+                cache[name] = name
+                break
+            path.append(name)
+            name = node.input[0]
+        end = cache[name]
+        for visited in path:
+            cache[visited] = end
+        return end
 
     def dequantized(self, name: str) -> onnx.NodeProto | None:
         """The DequantizeLinear that feeds `name`, through shape-only operators; None if there is none."""
-        node = self.producer.get(name)
-        while node is not None and node.op_type in SHAPE_ONLY:
-            node = self.producer.get(node.input[0])
+        node = self.producer.get(self._walk_back(name, SHAPE_ONLY, self._before_shapes))
         return node if node is not None and node.op_type == "DequantizeLinear" else None
 
     def origin(self, name: str) -> str:
         """The tensor `name` comes from, through Q/DQ and shape-only operators."""
-        node = self.producer.get(name)
-        while node is not None and node.op_type in (*SHAPE_ONLY, "QuantizeLinear", "DequantizeLinear"):
-            name = node.input[0]
-            node = self.producer.get(name)
-        return name
+        return self._walk_back(name, (*SHAPE_ONLY, "QuantizeLinear", "DequantizeLinear"), self._origins)
 
     def is_int8_layer(self, node: onnx.NodeProto) -> bool:
         return node.op_type in LAYERS and any(self.dequantized(name) for name in node.input[:2])
 
     def reaches_output(self, name: str) -> bool:
         """Whether `name` is a graph output, or becomes one through shape-only operators and bias adds."""
-        while name not in self.outputs:
+        path = []
+        while name not in self._reaches:
+            if name in self.outputs:
+                self._reaches[name] = True
+                break
             following = self.consumers.get(name, [])
-            if len(following) != 1 or not _passes_channels(following[0], self):
-                return False
+            if len(following) != 1 or not _passes_channels(following[0], self) or not following[0].output:
+                self._reaches[name] = False
+                break
+            path.append(name)
             name = following[0].output[0]
-        return True
+        for visited in path:
+            self._reaches[visited] = self._reaches[name]
+        return self._reaches[name]
 
 
 def _passes_channels(node: onnx.NodeProto, index: GraphIndex) -> bool:
@@ -109,7 +167,7 @@ def missing_dequantize(index: GraphIndex, target: Target) -> Iterator[Finding]:
         if not index.is_int8_layer(node):
             continue
         for position, role in enumerate(("data", "weight")):
-            if index.dequantized(node.input[position]) is None:
+            if position >= len(node.input) or index.dequantized(node.input[position]) is None:
                 yield _find("error", "qdq-missing-input", node,
                             f"DequantizeLinear on one input but not on its {role} input (input {position}): it "
                             "cannot run in INT8")
@@ -131,7 +189,7 @@ def zero_points(index: GraphIndex, target: Target) -> Iterator[Finding]:
         elif tensor.data_type not in TENSORRT_QUANTIZED_TYPES:
             kind = onnx.TensorProto.DataType.Name(tensor.data_type)
             yield _find("error", "qdq-zero-point", node, f"{kind} zero point: TensorRT quantizes to INT8 (or FP8)")
-        elif np.any(numpy_helper.to_array(tensor) != 0):
+        elif np.any(index.array(zero) != 0):
             yield _find("error", "qdq-zero-point", node, "non-zero (asymmetric) zero point: TensorRT is symmetric")
 
 
@@ -175,7 +233,7 @@ def concat_scales(index: GraphIndex, target: Target) -> Iterator[Finding]:
         if node.op_type != "Concat" or len(node.input) < 2:
             continue
         dequantizers = [index.producer.get(name) for name in node.input]
-        if not all(d is not None and d.op_type == "DequantizeLinear" for d in dequantizers):
+        if not all(d is not None and d.op_type == "DequantizeLinear" and len(d.input) > 1 for d in dequantizers):
             continue
         scales = {float(np.asarray(index.value(d.input[1])).reshape(-1)[0]) for d in dequantizers
                   if index.value(d.input[1]) is not None and np.asarray(index.value(d.input[1])).size == 1}
@@ -260,7 +318,10 @@ def float32_in_float16_graph(index: GraphIndex, target: Target) -> Iterator[Find
     and the operators kept in FP32 on purpose (runtime/onnx_float16.KEEP_FLOAT32) as notes."""
     if not any(init.data_type == onnx.TensorProto.FLOAT16 for init in index.model.graph.initializer):
         return
-    inferred = onnx.shape_inference.infer_shapes(index.model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(index.model)
+    except Exception:  # noqa: BLE001 - a graph ONNX cannot infer: the types in the file are all there is
+        inferred = index.model
     types = {value.name: value.type.tensor_type.elem_type
              for value in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
     types.update({name: tensor.data_type for name, tensor in index.constants.items()})

@@ -1,0 +1,137 @@
+"""ONNX external data (weights kept in files beside the model), resolved and read the one safe way.
+
+A tensor stored outside the model names a `location`. ONNX's own helpers join it to a base folder that
+defaults to the current directory, so `prunefx check m.onnx` run from elsewhere would read whatever
+`./w.bin` is there. Here a location is resolved against the model file's folder and must stay inside it:
+no absolute path, no `..`, no link that leads out; the file must be a regular file (a FIFO would block the
+read forever, a device never end), and the range `offset`/`length` must lie inside it. The bytes are read
+into the tensor (`inline_external_data`), so nothing later opens a file at all; at most MAX_EXTERNAL_BYTES
+in all are read.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import onnx
+
+from prunefx.graph.errors import PrunefxError, printable
+
+MAX_EXTERNAL_BYTES = 8 << 30
+
+
+class ExternalDataError(PrunefxError):
+    """An external-data reference that is refused."""
+
+
+def _tensors_of(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of `graph` and its subgraphs: initializers and tensor-valued node attributes."""
+    pending = [graph]
+    while pending:
+        current = pending.pop()
+        yield from current.initializer
+        yield from (sparse.values for sparse in current.sparse_initializer)
+        for node in current.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                if attribute.HasField("g"):
+                    pending.append(attribute.g)
+                pending.extend(attribute.graphs)
+
+
+def external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    return [t for t in _tensors_of(model.graph) if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def _entries(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {entry.key: entry.value for entry in tensor.external_data}
+
+
+def _resolve(location: str, folder: Path, model: str) -> Path:
+    """`location` inside `folder`, or ExternalDataError."""
+    where = f"{model}: external data '{printable(location)[:200]}'"
+    posix, windows = PurePosixPath(location), PureWindowsPath(location)
+    if not location or posix.is_absolute() or windows.is_absolute() or windows.drive:
+        raise ExternalDataError(f"{where} is an absolute path; external data must lie beside the model")
+    if ".." in posix.parts or ".." in windows.parts:
+        raise ExternalDataError(f"{where} climbs out of the model's folder with '..'")
+    path = folder / location
+    real, top = os.path.realpath(path), os.path.realpath(folder)
+    if os.path.commonpath([real, top]) != top:
+        raise ExternalDataError(f"{where} is a link that leads out of the model's folder")
+    return path
+
+
+def _integer(entries: dict[str, str], key: str, where: str) -> int | None:
+    if key not in entries:
+        return None
+    try:
+        value = int(entries[key])
+    except ValueError:
+        raise ExternalDataError(f"{where}: {key} '{printable(entries[key])[:40]}' is not an integer") from None
+    if value < 0:
+        raise ExternalDataError(f"{where}: {key} {value} is negative")
+    return value
+
+
+def _read_range(path: Path, offset: int, length: int | None, where: str) -> bytes:
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise ExternalDataError(f"{where} cannot be opened: {printable(error.strerror or str(error))}") from None
+    with os.fdopen(descriptor, "rb") as file:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise ExternalDataError(f"{where} is not a regular file")
+        size = status.st_size - offset if length is None else length
+        if offset + size > status.st_size or size < 0:
+            raise ExternalDataError(f"{where}: bytes {offset}..{offset + max(size, 0)} lie beyond its end "
+                                    f"({status.st_size} bytes)")
+        os.set_blocking(descriptor, True)
+        file.seek(offset)
+        return file.read(size)
+
+
+def inline_external_data(model: onnx.ModelProto, model_path: str | os.PathLike) -> onnx.ModelProto:
+    """`model` with every external tensor's bytes read (see the module docstring) into the tensor itself."""
+    model_path = Path(model_path)
+    folder, name = model_path.absolute().parent, printable(str(model_path))
+    total = 0
+    for tensor in external_tensors(model):
+        entries = _entries(tensor)
+        path = _resolve(entries.get("location", ""), folder, name)
+        where = f"{name}: external data '{printable(entries['location'])[:200]}' of '{printable(tensor.name)[:60]}'"
+        offset = _integer(entries, "offset", where) or 0
+        length = _integer(entries, "length", where)
+        if total + (length or 0) > MAX_EXTERNAL_BYTES:
+            raise ExternalDataError(f"{where}: the external data add up to more than {MAX_EXTERNAL_BYTES} bytes")
+        data = _read_range(path, offset, length, where)
+        total += len(data)
+        if total > MAX_EXTERNAL_BYTES:
+            raise ExternalDataError(f"{where}: the external data add up to more than {MAX_EXTERNAL_BYTES} bytes")
+        tensor.raw_data = data
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+    return model
+
+
+def check_external_data(model: onnx.ModelProto, model_path: str | os.PathLike) -> None:
+    """Refuse (ExternalDataError) any external-data reference of `model` that `inline_external_data` would,
+    without reading the data: for commands that hand the file to a runtime which reads it itself."""
+    model_path = Path(model_path)
+    folder, name = model_path.absolute().parent, printable(str(model_path))
+    for tensor in external_tensors(model):
+        entries = _entries(tensor)
+        path = _resolve(entries.get("location", ""), folder, name)
+        where = f"{name}: external data '{printable(entries['location'])[:200]}'"
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as error:
+            raise ExternalDataError(f"{where} cannot be opened: {printable(error.strerror or str(error))}") from None
+        if not stat.S_ISREG(mode):
+            raise ExternalDataError(f"{where} is not a regular file")
