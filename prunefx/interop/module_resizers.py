@@ -25,6 +25,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from prunefx.interop.attention_scale import keep_attention_scale, uses_timm_attention_convention
+
 Changes = list[tuple[int, int]]
 Resizer = Callable[[nn.Module, Changes], None]
 
@@ -53,13 +55,12 @@ def resizer_for(module: nn.Module) -> Resizer:
 
 def resize_attributes(module: nn.Module, changes: Changes) -> None:
     """The default resizer: `match_attributes`; and for attention modules written to timm's convention (a
-    boolean `fused_attn` and a float `scale`), when the head dim changed, attention computed unfused with
-    the kept `scale`: the fused kernel would take its default scale from the new head dim, where the
-    pruned Program keeps the original scale (graph/channels/literals.py)."""
+    boolean `fused_attn`, a float `scale`), when the head dim changed, the dense scale folded into the
+    queries so that the fused path, left as it was, computes what the pruned Program computes
+    (prunefx/interop/attention_scale.py)."""
     updated = match_attributes(module, changes)
-    if "head_dim" in updated and type(getattr(module, "fused_attn", None)) is bool \
-            and isinstance(getattr(module, "scale", None), float):
-        module.fused_attn = False
+    if "head_dim" in updated and uses_timm_attention_convention(module):
+        keep_attention_scale(module, ResizeError)
 
 
 def match_attributes(module: nn.Module, changes: Changes) -> list[str]:

@@ -1,0 +1,67 @@
+"""The dense softmax scale kept by a written-back attention module whose head dim was pruned, fused path on.
+
+Attention modules written to timm's convention (a boolean `fused_attn`, a float `scale`, an integer
+`head_dim`) compute `softmax(q kᵀ · scale)` when unfused and call `F.scaled_dot_product_attention(q, k, v)`
+when fused, whose default scale is `1/sqrt(head_dim)`. The pruned Program keeps the dense scale
+(graph/channels/literals.py passes it to the op); once the head dim shrinks, the fused call would take the
+new default. Switching the fused path off would be exact but slow (attention as matmul + softmax), so
+instead the ratio `r = scale · sqrt(new head_dim)` goes into the queries and `scale` becomes the new
+default: `softmax((q r) kᵀ / sqrt(d')) = softmax(q kᵀ · scale)` on both paths, `fused_attn` as it was.
+
+Where the queries are scaled, in the first place that is linear in them:
+- a query norm with an affine weight (`q_norm`, timm's qk_norm): its weight and bias;
+- else the query rows of the projection: all of `q`/`q_proj`, or the first third of a fused `qkv`
+  (with `q_bias` where the module keeps it apart, as BEiT and EVA do).
+The written-back module's query weights then differ from the Program's by that factor; what it computes
+does not, and the write-back proves that on its inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def uses_timm_attention_convention(module: nn.Module) -> bool:
+    return type(getattr(module, "fused_attn", None)) is bool and isinstance(getattr(module, "scale", None), float) \
+        and type(getattr(module, "head_dim", None)) is int
+
+
+def keep_attention_scale(module: nn.Module, error: type[Exception]) -> None:
+    """Fold the dense scale into `module`'s queries after its head dim changed (module docstring); raises
+    `error` with a one-line reason where there is no place linear in the queries to fold it into."""
+    ratio = module.scale * math.sqrt(module.head_dim)
+    if math.isclose(ratio, 1.0, rel_tol=1e-12):
+        return
+    targets = _query_tensors(module)
+    if isinstance(targets, str):
+        raise error(f"{type(module).__name__} calls fused attention with the default scale of its pruned head dim "
+                    f"and {targets}; prune with heads='whole' (head dims kept), or keep the program")
+    with torch.no_grad():
+        for tensor in targets:
+            tensor.mul_(ratio)
+    module.scale = module.head_dim ** -0.5
+
+
+def _query_tensors(module: nn.Module) -> list[torch.Tensor] | str:
+    """The tensors that scale the queries linearly, or why there are none."""
+    norm = getattr(module, "q_norm", None)
+    if norm is not None and not isinstance(norm, nn.Identity):
+        weight = getattr(norm, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            return f"its query norm {type(norm).__name__} has no affine weight to carry the dense scale"
+        bias = getattr(norm, "bias", None)
+        return [weight] + ([bias] if isinstance(bias, torch.Tensor) else [])
+    for name in ("q", "q_proj"):
+        layer = getattr(module, name, None)
+        if isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd)):
+            return [layer.weight] + ([layer.bias] if layer.bias is not None else [])
+    qkv = getattr(module, "qkv", None)
+    if isinstance(qkv, (nn.Linear, nn.modules.conv._ConvNd)) and qkv.weight.shape[0] % 3 == 0:
+        rows = qkv.weight.shape[0] // 3
+        tensors = [qkv.weight[:rows]] + ([qkv.bias[:rows]] if qkv.bias is not None else [])
+        q_bias = getattr(module, "q_bias", None)
+        return tensors + ([q_bias] if isinstance(q_bias, torch.Tensor) else [])
+    return "no query projection (q, q_proj or qkv) to carry the dense scale"
