@@ -11,6 +11,7 @@ import re
 
 import torch
 
+from prunefx.graph.data_dependent import check_static_shapes
 from prunefx.graph.errors import CaptureError, first_line
 from prunefx.graph.output_tree import use_builtin_outputs
 from prunefx.graph.program import Program
@@ -81,6 +82,7 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     except Exception as error:  # torch raises many unrelated types here; all mean "cannot export"
         _check_runs_eagerly(model, inputs, name)
         raise _capture_error(name, error) from error
+    check_static_shapes(exported.graph, name)  # .item(), nonzero, NMS: refused here, with the module to blame
     # exported.module() shares parameter and buffer storage with `model`; copy it so that training or
     # rewriting the Program never changes the user's model behind their back.
     program = Program.from_exported(exported, inputs, name=name)

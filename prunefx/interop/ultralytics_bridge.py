@@ -19,12 +19,14 @@ which holds its widths (the rest of the model prunes freely).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
 from prunefx.detectors import softmax_nodes
 from prunefx.graph import Program
-from prunefx.interop.module_resizers import ResizeError, register_module_resizer
+from prunefx.interop.module_resizers import ResizeError, register_module_resizer, resize_attributes
 
 _SPLIT_BLOCKS = ("C2f", "C3k2", "C2PSA")
 _PREFIX = "Pruned"
@@ -67,6 +69,8 @@ def _first_conv_width(module: nn.Module) -> int:
     conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is None:
         raise ResizeError(f"{type(module).__name__} holds no convolution")
+    if conv.groups > 1 and conv.groups == conv.in_channels:  # depthwise (CIB): its groups are not reset yet
+        return int(conv.weight.shape[0] // (conv.out_channels // conv.groups))
     return int(conv.weight.shape[1] * conv.groups)
 
 
@@ -95,12 +99,26 @@ def keep_nodes(program: Program) -> list[str]:
     return softmax_nodes(program) + inside
 
 
+def _detect_head(module: nn.Module, changes) -> None:
+    """A Detect head's own sizes; and where it trains a one-to-one branch (YOLOv10, YOLO26) that the captured
+    forward did not run, that branch made again as a copy of the pruned one-to-many branch (as Ultralytics
+    builds it), so that it takes the pruned features; training then teaches it again."""
+    resize_attributes(module, changes)
+    for name in ("cv2", "cv3"):
+        many, one = getattr(module, name, None), getattr(module, "one2one_" + name, None)
+        if many is None or one is None:
+            continue
+        if [p.shape for p in many.parameters()] != [p.shape for p in one.parameters()]:
+            setattr(module, "one2one_" + name, copy.deepcopy(many))
+
+
 def register_resizers() -> None:
     """Register the resizers of YOLO's blocks with the write-back (imports ultralytics)."""
-    from ultralytics.nn.modules import block
+    from ultralytics.nn.modules import block, head
     for name in _SPLIT_BLOCKS:
         if hasattr(block, name):
             register_module_resizer(getattr(block, name), _split_block)
+    register_module_resizer(head.Detect, _detect_head)
 
 
 def detect_head(model: nn.Module) -> nn.Module:
@@ -115,15 +133,16 @@ def training_mode(model: nn.Module) -> nn.Module:
     head = detect_head(model)
     head.export, head.dynamic = False, False
     head.stride = model.stride.detach().clone()
+    if getattr(head, "prunefx_end2end", False):  # the one-to-one branch was set aside for the capture
+        head.end2end = True
+        del head.prunefx_end2end
     return model
 
 
 def export_mode(model: nn.Module) -> nn.Module:
     """The Detect head in the mode the Program was captured in (decoded boxes and scores, one tensor)."""
-    head = detect_head(model)
-    head.export, head.format, head.dynamic = True, "onnx", True
-    head.stride = [float(s) for s in head.stride]
-    return model
+    from prunefx.models.ultralytics_models import prepare_ultralytics
+    return prepare_ultralytics(model)
 
 
 def to_ultralytics_module(program: Program, detection_model: nn.Module) -> nn.Module:

@@ -28,6 +28,7 @@ from prunefx.graph.errors import PrunefxError, first_line
 from prunefx.graph.scoped_calls import first_difference, literal_changes, replaced_calls
 from prunefx.interop.hf_config import update_config
 from prunefx.interop.module_resizers import ResizeError, resize_attributes, resizer_for
+from prunefx.interop.subgraph_module import SubgraphError, batch_outputs, replace_by_subgraph
 
 TOLERANCE = 1e-5  # relative to the largest output magnitude
 
@@ -58,11 +59,58 @@ def to_module(program: Program, model: nn.Module, *, config: bool = True) -> nn.
     _copy_tensors(program, module, name, _built_in_forward(dense, model))
     changes = literal_changes(dense.module, program.module)
     _resize_modules(module, changes, name)
-    hint = _hint(module, changes, replaced_calls(dense.module, program.module))
+    replaced = replaced_calls(dense.module, program.module)
+    hint = _hint(module, changes, replaced)
     if config:  # before the proof: the config may move an attention's scale into its query weights
         update_config(module, model, name)
-    _verify(program, module, name, hint)
+    try:
+        _verify(program, module, name, hint)
+    except WriteBackError as error:
+        _from_subgraphs(program, module, name, _own_code_changed(module, changes, replaced), error)
     return module.train(model.training)
+
+
+def _own_code_changed(module: nn.Module, changes, replaced) -> list[str]:
+    """Modules (deepest first) whose own code made an operator the channel removal rewrote, and whose sizes
+    no registered resizer sets: those a subgraph may stand in for."""
+    scopes = {dense.scope for dense, _ in replaced} | {change.scope for change in changes}
+    found = []
+    for scope in scopes - {""}:
+        try:
+            owner = module.get_submodule(scope)
+        except AttributeError:
+            continue
+        if resizer_for(owner) is resize_attributes:
+            found.append(scope)
+    return sorted(found, key=lambda scope: -scope.count("."))
+
+
+def _from_subgraphs(program: Program, module: nn.Module, name: str, scopes: list[str],
+                    error: WriteBackError) -> None:
+    """Put the Program's subgraph in place of each module in `scopes` (prunefx/interop/subgraph_module.py)
+    and prove the result again, also on a batch of both inputs; else `error`, with why not."""
+    if not scopes:
+        raise error
+    for scope in scopes:
+        try:
+            replace_by_subgraph(program, module, scope)
+        except SubgraphError as reason:
+            raise WriteBackError(f"{error}; nor as its pruned subgraph: module '{scope}': {reason}") from error
+    try:
+        _verify(program, module, name, "")
+        _check_batch(program, module, name)
+    except WriteBackError as second:
+        raise WriteBackError(f"{error}; nor with {', '.join(scopes)} made from the pruned subgraph: "
+                             f"{second}") from error
+
+
+def _check_batch(program: Program, module: nn.Module, name: str) -> None:
+    pair = batch_outputs(program, module, [program.example_inputs, _second_input(program.example_inputs)])
+    if pair is not None:
+        error = _relative_error(*pair)
+        if error is None or error > TOLERANCE:
+            raise WriteBackError(f"cannot write {name} back: on a batch of two inputs the module differs from the "
+                                 "pruned program (a subgraph holds the example's batch size)")
 
 
 def _places(module: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
@@ -149,6 +197,7 @@ def _resize_modules(module: nn.Module, changes, name: str) -> None:
 def _hint(module: nn.Module, changes, replaced) -> str:
     """The likely reason, in words, should the proof fail ('' when none): first a call that the program makes
     with another operator (no attribute can help), then a rewritten size no attribute of its module held."""
+    replaced = [pair for pair in replaced if _default_resized(module, pair[0].scope)]
     if replaced:
         dense, pruned = replaced[0]
         return (f"; the program replaced {dense.operator} {_arguments(dense)} in module '{dense.scope or '(model)'}' "
@@ -161,6 +210,14 @@ def _hint(module: nn.Module, changes, replaced) -> str:
     return (f"; the program rewrote {change.operator} in module '{change.scope or '(model)'}' ({sizes}) and no "
             "attribute of that module holds the size (written in its forward, or computed: "
             "prunefx.register_module_resizer sets it)")
+
+
+def _default_resized(module: nn.Module, scope: str) -> bool:
+    """False for a module that a registered resizer sets (its replaced calls are that resizer's to handle)."""
+    try:
+        return resizer_for(module.get_submodule(scope)) is resize_attributes
+    except AttributeError:
+        return True
 
 
 def _arguments(call) -> str:

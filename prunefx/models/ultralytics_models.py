@@ -47,6 +47,22 @@ def ultralytics_detector(name: str) -> torch.nn.Module:
             raise ModelReferenceError(f"ultralytics cannot load {name}: {first_line(error)}") from error
     else:
         raise ModelReferenceError(f"ultralytics:{name}: name a model yaml (yolov8n.yaml) or a checkpoint .pt")
+    return prepare_ultralytics(model)
+
+
+def prepare_ultralytics(model: torch.nn.Module) -> torch.nn.Module:
+    """Put an Ultralytics model (DetectionModel, SegmentationModel, PoseModel, OBBModel, ClassificationModel,
+    RTDETRDetectionModel: `YOLO(...).model`) in the forward prunefx captures, in place, and return it: what
+    `prunefx prune ultralytics:NAME` does to the models it loads. Its head goes to export mode (decoded
+    outputs in one tensor, no NMS), the model to float, eval and trainable parameters, and prunefx's resizers
+    of YOLO's blocks are registered for the write-back. Raises ModelReferenceError for any other model."""
+    module_path = type(model).__module__
+    if not module_path.startswith("ultralytics."):
+        raise ModelReferenceError(f"{type(model).__name__} is not an Ultralytics model: prepare_ultralytics takes "
+                                  "YOLO(...).model")
+    if not module_path.startswith("ultralytics.nn."):  # the YOLO/RTDETR wrapper, not its network
+        raise ModelReferenceError(f"{type(model).__name__} is Ultralytics' wrapper: pass its network, "
+                                  f"{type(model).__name__}(...).model")
     # Ultralytics saves its EMA copy with every parameter frozen: prunefx compresses and trains this model.
     model = model.float().eval().requires_grad_(True)
     from prunefx.interop.ultralytics_bridge import register_resizers
@@ -56,7 +72,7 @@ def ultralytics_detector(name: str) -> torch.nn.Module:
             if hasattr(head, "export") and type(head).__name__ == "Classify":
                 head.export = True
         return model
-    return _export_mode(model, name)
+    return _export_mode(model, type(model).__name__)
 
 
 def _ultralytics_model_class(name: str) -> type:
@@ -84,14 +100,18 @@ def _export_mode(model: torch.nn.Module, name: str) -> torch.nn.Module:
     decoders = [m for m in model.modules() if type(m).__name__ == "RTDETRDecoder"]
     if len(decoders) == 1:  # RT-DETR: one tensor (batch, queries, 4 boxes + class scores), as Ultralytics exports
         decoders[0].export = True
-        decoders[0].register_forward_pre_hook(_fresh_anchors)
+        if not any(hook is _fresh_anchors for hook in decoders[0]._forward_pre_hooks.values()):
+            decoders[0].register_forward_pre_hook(_fresh_anchors)
         return model
     heads = [m for m in model.modules() if hasattr(m, "export") and hasattr(m, "stride") and hasattr(m, "reg_max")]
-    if len(heads) != 1 or getattr(heads[0], "end2end", False):
-        raise ModelReferenceError(f"ultralytics:{name} has no single (non end-to-end) Detect head; prunefx "
-                                  "takes Ultralytics detection models with a Detect head (YOLOv8, YOLO11) or an "
-                                  "RT-DETR decoder, and classification models")
+    if len(heads) != 1:
+        raise ModelReferenceError(f"{name} has {len(heads)} Detect heads; prunefx takes Ultralytics models with "
+                                  "one Detect head (or Segment, Pose, OBB), an RT-DETR decoder, or a Classify head")
     head = heads[0]
+    if getattr(head, "end2end", False):
+        # YOLOv10 and YOLO26 train a one-to-one branch beside the one-to-many one: the graph decodes the
+        # one-to-many branch (no top-k, which prunes like any head); the write-back rebuilds the other from it.
+        head.end2end, head.prunefx_end2end = False, True
     head.export, head.format = True, "onnx"
     # Anchors are computed inside the graph for the captured size (dynamic), from Python-number strides: a
     # stride tensor would be read with .item() there, which shape propagation cannot follow.

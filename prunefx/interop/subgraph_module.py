@@ -1,0 +1,181 @@
+"""A module whose own forward cannot express its pruned widths, made again from the pruned Program.
+
+A module's forward may fix a width that the channel removal changed: two equal halves of a `chunk`, a
+split at sizes it stored (`split_indexes`), a reshape from stored sizes. Where setting its attributes
+cannot make it compute what the Program computes, the write-back (prunefx/interop/write_back.py) puts in
+its place, under the same qualified name, a torch.fx GraphModule whose graph is the Program's operators of
+that module's own code, calling the module's children as modules. The children are the very same objects,
+so parameter names, state-dict keys and `named_modules` stay; they keep their own eager forward (batch norm
+trains, dropout drops), and the module's own operators (split, cat, view, add) do not depend on the mode.
+What is made is proven by the write-back like everything else; where the module's code cannot be cut out
+of the graph this way (several inputs or outputs, its own dropout), SubgraphError says why.
+"""
+
+from __future__ import annotations
+
+import importlib
+import types
+
+import torch
+import torch.utils._pytree as pytree
+from torch import fx, nn
+
+from prunefx.graph import Program
+
+# Operators whose behaviour depends on the training mode: baked into the graph, they would not train.
+_MODAL = ("dropout", "batch_norm", "rrelu")
+
+
+class SubgraphError(Exception):
+    """The module's own code cannot be cut out of the Program as a forward (turned into a WriteBackError)."""
+
+
+def _position(node: fx.Node, path: str) -> tuple[str, tuple[str, str] | None] | None:
+    """For a node called inside module `path`: (that call's stack key, (key, path) of the child call one level
+    deeper or None when `path`'s own code made it); None when the node is outside `path`."""
+    entries = list((node.meta.get("nn_module_stack") or {}).items())
+    for index, (key, (fqn, _)) in enumerate(entries):
+        if fqn == path:
+            deeper = entries[index + 1:]
+            return key, ((deeper[0][0], deeper[0][1][0]) if deeper else None)
+    return None
+
+
+def _outside_inputs(members: list[fx.Node], inside: set[fx.Node]) -> list[fx.Node]:
+    """The activations `members` read from outside `inside`, in order (tensors reached by get_attr excluded)."""
+    found: list[fx.Node] = []
+    for member in members:
+        for value in member.all_input_nodes:
+            if value not in inside and value.op != "get_attr" and value not in found:
+                found.append(value)
+    return found
+
+
+def _region(program: Program, path: str) -> dict[fx.Node, tuple[str, str] | None]:
+    region, calls = {}, set()
+    for node in program.graph.nodes:
+        found = _position(node, path) if node.op == "call_function" else None
+        if found is not None:
+            calls.add(found[0])
+            region[node] = found[1]
+    if not region:
+        raise SubgraphError("the program calls no operator in it")
+    if len(calls) > 1:
+        raise SubgraphError(f"the model calls it {len(calls)} times")
+    return region
+
+
+def _graph(program: Program, path: str) -> fx.Graph:
+    """The Program's operators of module `path`'s own code, its children's calls as call_module."""
+    region = _region(program, path)
+    inside = set(region)
+    inputs = _outside_inputs(list(region), inside)
+    outputs = [node for node in region if any(user not in inside for user in node.users)]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise SubgraphError(f"its operators take {len(inputs)} tensors from outside and give {len(outputs)}, "
+                            "not one and one")
+    groups: dict[tuple[str, str], list[fx.Node]] = {}
+    for node, child in region.items():
+        if child is not None:
+            groups.setdefault(child, []).append(node)
+    graph = fx.Graph()
+    env = {inputs[0]: graph.placeholder("x")}
+    prefix = f"{path}."
+    for node in region:
+        child = region[node]
+        if child is None:
+            _copy_own(graph, node, env, prefix)
+        elif node is groups[child][-1]:  # the child's whole call, at its last operator
+            members = groups[child]
+            ins, outs = _outside_inputs(members, set(members)), [m for m in members if any(
+                user not in members for user in m.users)]
+            if len(ins) != 1 or len(outs) != 1 or ins[0] not in env:
+                raise SubgraphError(f"its call of '{child[1]}' does not read one tensor of it and give one")
+            env[outs[0]] = graph.call_module(child[1][len(prefix):], (env[ins[0]],))
+    graph.output(env[outputs[0]])
+    return graph
+
+
+def _copy_own(graph: fx.Graph, node: fx.Node, env: dict, prefix: str) -> None:
+    if any(word in str(node.target) for word in _MODAL):
+        raise SubgraphError(f"its own code calls {node.target}, which would not follow the training mode")
+    for value in node.all_input_nodes:
+        if value.op == "get_attr" and value not in env:
+            if not str(value.target).startswith(prefix):
+                raise SubgraphError(f"its own code reads '{value.target}', a tensor of another module")
+            env[value] = graph.get_attr(str(value.target)[len(prefix):])
+    try:
+        env[node] = graph.node_copy(node, lambda value: env[value])
+    except KeyError as error:
+        raise SubgraphError("its own operators read a value inside a child's call") from error
+
+
+class SubgraphModule(nn.Module):
+    """A module running the Program's operators of another module's own code (module docstring).
+
+    It holds that module's children, tensors and plain attributes (a library's bookkeeping, such as
+    Ultralytics' `f`, `i`, `type`) under the same names; its forward is the Python that torch.fx writes
+    for the graph, kept as source so that the module deep-copies and pickles (torch.save) like any other."""
+
+    def __init__(self, owner: nn.Module, graph: fx.Graph):
+        super().__init__()
+        for table in ("_modules", "_parameters", "_buffers"):  # the originals, in their order, containers kept
+            getattr(self, table).update(getattr(owner, table))
+        for name, value in vars(owner).items():
+            if not name.startswith("_") and name not in vars(self):
+                setattr(self, name, value)
+        self.train(owner.training)
+        self.source_module = f"{type(owner).__module__}.{type(owner).__qualname__}"
+        code = graph.python_code(root_module="self")
+        self._source = code.src
+        self._globals = {name: value.__name__ if isinstance(value, types.ModuleType) else value
+                         for name, value in code.globals.items()}
+        self._compile()
+
+    def _compile(self) -> None:
+        namespace = {name: importlib.import_module(value) if isinstance(value, str) else value
+                     for name, value in self._globals.items()}
+        exec(compile(self._source, f"<subgraph of {self.source_module}>", "exec"), namespace)
+        self._forward = namespace["forward"]
+
+    def forward(self, x):
+        return self._forward(self, x)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_forward"]
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._compile()
+
+    def extra_repr(self) -> str:
+        return f"in place of {self.source_module}"
+
+
+def replace_by_subgraph(program: Program, model: nn.Module, path: str) -> None:
+    """Put in `model` at `path` the GraphModule of the Program's operators of that module (module docstring)."""
+    owner = model.get_submodule(path)
+    replacement = SubgraphModule(owner, _graph(program, path))
+    parent_path, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent_path), name, replacement)
+
+
+def batch_outputs(program: Program, module: nn.Module, inputs: list[tuple[torch.Tensor, ...]]):
+    """(expected, actual): the Program's outputs on each of `inputs`, concatenated along the batch, and the
+    module's outputs on those inputs as one batch; None where the Program's outputs are not batch-first.
+    A graph made from the Program holds its example's sizes: this shows whether they include the batch."""
+    batch = inputs[0][0].shape[0]
+    with torch.no_grad(), program.evaluating():
+        runs = [leaves(program(*each)) for each in inputs]
+    if any(tensor.dim() == 0 or tensor.shape[0] != batch for tensor in runs[0]):
+        return None
+    expected = [torch.cat(parts) for parts in zip(*runs)]
+    joined = tuple(torch.cat(parts) for parts in zip(*inputs))
+    with torch.no_grad():
+        return expected, leaves(module(*joined))
+
+
+def leaves(outputs) -> list[torch.Tensor]:
+    return [leaf for leaf in pytree.tree_leaves(outputs) if isinstance(leaf, torch.Tensor)]
