@@ -1,0 +1,210 @@
+"""The cuda latency backend (runtime/backends/cuda.py, runtime/cuda_graph.py, runtime/cuda_profile.py).
+
+Without a GPU, the backend runs against a fake device: it keeps the model on the CPU, counts captures and
+compiles, and its timer answers a known time per model (MS_PER_WEIGHT per convolution weight of the module
+that ran), recording which model each timed call ran, so selection, alternation, caching and refusals are
+checked against that stand-in's truth. The `gpu` tests run the real thing on CUDA and skip here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from prunefx.cli import EXIT_USER_ERROR, main
+from prunefx.graph import capture
+from prunefx.graph.errors import PrunefxError
+from prunefx.runtime import latency_pair
+from prunefx.runtime.backends import Settings
+from prunefx.runtime.backends.cuda import CudaBackend
+from prunefx.runtime.cuda_graph import CAPTURE_BATCH_LIMIT, CudaDevice, GpuModel
+from prunefx.runtime.errors import BackendUnavailableError
+
+cuda_module = importlib.import_module("prunefx.runtime.backends.cuda")
+pytestmark = pytest.mark.usefixtures("one_thread")
+MS_PER_WEIGHT = 1e-3
+
+
+def _net(width: int = 16, batch: int = 2):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, 8, 3, padding=1)).eval()
+    return capture(model, torch.randn(batch, 3, 8, 8), name=f"net{width}").eval()
+
+
+def _weights(module: nn.Module) -> int:
+    return sum(p.numel() for name, p in module.named_parameters() if p.dim() == 4)
+
+
+class FakeDevice(CudaDevice):
+    """The CPU standing in for a GPU: the module stays float32 on the CPU; its timer answers MS_PER_WEIGHT per
+    convolution weight of the model that ran, and records the model's weight count per timed call."""
+
+    def __init__(self, available: bool = True):
+        self.is_available, self.captures, self.compiles, self.dtypes, self.timed = available, 0, 0, [], []
+        self.last = None
+
+    def available(self) -> bool:
+        return self.is_available
+
+    def describe(self) -> dict:
+        return {"gpu": "fake GPU", "torch": torch.__version__, "cuda": None}
+
+    def place(self, module, inputs, dtype):
+        self.dtypes.append(dtype)
+        device, weights = self, _weights(module)
+        module.register_forward_pre_hook(lambda *_: setattr(device, "last", weights))
+        return module, tuple(inputs)
+
+    def compile(self, module):
+        self.compiles += 1
+        return module
+
+    def capture(self, run):
+        self.captures += 1
+        return run
+
+    def time(self, run) -> float:
+        run()
+        self.timed.append(self.last)
+        return MS_PER_WEIGHT * self.last
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    device = FakeDevice()
+    monkeypatch.setattr(cuda_module.BACKEND, "device", device)
+    return device
+
+
+def test_the_pair_times_dense_and_candidate_alternately_with_the_fake_timer(fake):
+    dense, narrow = _net(16), _net(8)
+    pair = latency_pair("cuda", threads=1, runs=5, warmup=2)
+    dense_ms, narrow_ms, spread = pair(dense, narrow)
+    assert dense_ms == pytest.approx(MS_PER_WEIGHT * _weights(dense.module))
+    assert narrow_ms == pytest.approx(MS_PER_WEIGHT * _weights(narrow.module)) and spread == 0
+    # the timed calls alternate dense, candidate, ... over 2 warm-ups and 5 runs
+    assert fake.timed == [_weights(dense.module), _weights(narrow.module)] * 7
+    assert fake.dtypes == [torch.float16] * 2 and fake.captures == 2  # fp16 by default, one graph each
+    assert pair.round_to == 8
+
+
+def test_models_are_prepared_once_per_program_fingerprint_and_pairs_are_cached(fake):
+    dense, narrow, narrower = _net(16), _net(8), _net(4)
+    pair = latency_pair("cuda", threads=1, runs=3, warmup=0, compile=True, precision="bf16")
+    first = pair(dense, narrow)
+    pair(dense.clone(), narrower)  # the dense model again (a copy): not prepared again
+    assert fake.captures == 3 and fake.compiles == 3 and fake.dtypes == [torch.bfloat16] * 3
+    timed = len(fake.timed)
+    assert pair(dense, narrow.clone()) == first and len(fake.timed) == timed  # answered from the cache
+    confirmed = pair.confirm(dense, narrow)  # 4x the runs, on the same prepared models
+    assert confirmed.speedup == pytest.approx(_weights(dense.module) / _weights(narrow.module))
+    assert len(fake.timed) == timed + 2 * 12 and fake.captures == 3
+
+
+def test_the_batch_is_cut_from_the_captured_one_and_a_larger_one_is_refused(fake):
+    pair = latency_pair("cuda", threads=1, runs=1, warmup=0, batch=2)
+    dense = _net(16, batch=4)
+    pair(dense, _net(8, batch=4))
+    model, _ = next(iter(_prepared(pair).values()))
+    assert model.inputs[0].shape[0] == 2
+    with pytest.raises(PrunefxError, match="cannot rebatch"):
+        latency_pair("cuda", threads=1, runs=1, warmup=0, batch=8)(dense, _net(8, batch=4))
+
+
+def _prepared(pair):
+    """The PreparedModels behind a cuda pair's search measurement (cached_pair's `sources`)."""
+    for cell in pair.search.__closure__:
+        if isinstance(cell.cell_contents, cuda_module.PreparedModels):
+            return cell.cell_contents.models
+    raise AssertionError("no PreparedModels in the pair")
+
+
+def test_no_graph_is_captured_at_batch_64_and_the_reason_is_stated(fake):
+    program = _net(4, batch=CAPTURE_BATCH_LIMIT)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pair = latency_pair("cuda", threads=1, runs=1, warmup=0, batch=CAPTURE_BATCH_LIMIT)
+        pair(program, _net(2, batch=CAPTURE_BATCH_LIMIT))
+    assert fake.captures == 0 and pair.notes and "timed eagerly" in pair.notes[0]
+    assert any("timed eagerly" in str(w.message) for w in caught)
+    small = GpuModel(_net(4, batch=2), precision="fp16", device=fake)
+    assert small.mode == "graph" and small.reason == ""
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({}, BackendUnavailableError, "needs an NVIDIA GPU"),
+    ({"precision": "fp32"}, PrunefxError, "measures at fp16 or bf16"),
+    ({"batch": 0}, PrunefxError, "batch size is at least 1"),
+])
+def test_refusals_before_any_model_is_prepared(monkeypatch, kwargs, error, message):
+    device = FakeDevice(available=False)
+    monkeypatch.setattr(cuda_module.BACKEND, "device", device)
+    with pytest.raises(error, match=message):
+        latency_pair("cuda", threads=1, runs=1, **kwargs)
+    assert device.dtypes == []
+
+
+def test_prune_on_cuda_without_a_gpu_fails_in_one_line_before_loading(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(cuda_module.BACKEND, "device", FakeDevice(available=False))
+    loaded = []
+    monkeypatch.setattr("prunefx.commands.prune.model_and_program", lambda *a, **k: loaded.append(a))
+    code = main(["prune", "prunefx:resnet20", "--speedup", "1.3", "--backend", "cuda", "--batch", "8",
+                 "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == EXIT_USER_ERROR and len(err) == 1 and "needs an NVIDIA GPU" in err[0]
+    assert not loaded and not (tmp_path / "out").exists()
+
+
+def test_bench_and_profile_on_cuda_with_the_fake_device(capsys, tmp_path, fake):
+    pt2 = _net(16, batch=4).save(tmp_path / "a.pt2")
+    other = _net(8, batch=4).save(tmp_path / "b.pt2")
+    assert main(["bench", str(pt2), "--vs", str(other), "--backend", "cuda", "--batch", "2", "--runs", "4",
+                 "--warmup", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["backend"] == "cuda" and report["precision"] == "fp16" and report["batch"] == 2
+    assert report["cuda_graph"] is True and report["gpu"] == "fake GPU"
+    assert report["speedup"] == pytest.approx(_weights(_net(16).module) / _weights(_net(8).module))
+    assert main(["profile", str(pt2), "--backend", "cuda", "--runs", "3", "--warmup", "0",
+                 "-o", str(tmp_path / "profile.json")]) == 0
+    profile = json.loads((tmp_path / "profile.json").read_text())
+    convolutions = [row for row in profile["layers"] if row["layer_type"] == "conv2d"]
+    assert profile["source"] == "cuda" and len(convolutions) == 2  # one row per convolution node, timed
+    # the fake timer answers the whole model's time for each node it times: every row has it
+    assert all(row["median_ms"] == pytest.approx(MS_PER_WEIGHT * _weights(_net(16).module)) for row in convolutions)
+    assert sum(row["share"] for row in profile["layers"]) == pytest.approx(1)
+
+
+def test_bench_refuses_a_flag_the_backend_does_not_read(capsys, tmp_path):
+    code = main(["bench", "prunefx:resnet20", "--backend", "ort", "--compile"])
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR and "--compile applies to --backend cuda" in err
+
+
+# --- on a GPU -----------------------------------------------------------------------------------
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_a_cuda_graph_replay_computes_the_model_and_times_it(precision):
+    program = _net(32, batch=8)
+    model = GpuModel(program, precision=precision, device=CudaDevice())
+    assert model.mode == "graph" and model.time_once() > 0
+    expected = program(*program.example_inputs)
+    output = model._call()  # the placed module (half precision, channels_last) computes the float32 model
+    assert output.dtype != torch.float32 and torch.allclose(output.float().cpu(), expected, atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_the_pair_on_a_gpu_measures_the_wider_model_slower():
+    pair = CudaBackend().latency_pair(Settings(runs=50, warmup=10, precision="fp16", batch=8))
+    dense_ms, narrow_ms, _ = pair(_net(512, batch=8), _net(8, batch=8))
+    assert dense_ms > narrow_ms > 0
