@@ -7,6 +7,7 @@ to ONNX and measure it on ONNX Runtime or TensorRT.
     program = prunefx.capture(model, torch.randn(1, 3, 224, 224))
     result = prunefx.Pipeline([prunefx.passes.fold_batchnorm]).run(program.eval())
     prunefx.runtime.export_onnx(result.program, "model.onnx")
+    faster, outcome = prunefx.meet_budget(program, speedup=2.0)   # measured on ONNX Runtime at batch 1
 """
 
 import importlib
@@ -22,6 +23,9 @@ _LAZY = {
     "passes": ("prunefx.passes", None),
     "runtime": ("prunefx.runtime", None),
     "prune_part": ("prunefx.detectors", "prune_part"),
+    "meet_budget": ("prunefx.budget", "meet_budget"),
+    "BudgetOutcome": ("prunefx.budget", "BudgetOutcome"),
+    "BudgetUnreachable": ("prunefx.budget", "BudgetUnreachable"),
     "Pipeline": ("prunefx.passes.pipeline", "Pipeline"),
     "PipelineError": ("prunefx.passes.pipeline", "PipelineError"),
     "load_recipe": ("prunefx.passes.recipe", "load_recipe"),
@@ -51,7 +55,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "CaptureError", "DistillationLoss", "PruneWhileTraining", "Pipeline", "PipelineError", "Program", "PrunefxError", "VerificationError",
-    "capture", "channel_rule", "count", "graph_pass", "load", "load_recipe", "passes", "prune_part",
+    "BudgetOutcome", "BudgetUnreachable", "CaptureError", "DistillationLoss", "PruneWhileTraining", "Pipeline", "PipelineError", "Program", "PrunefxError", "VerificationError",
+    "capture", "channel_rule", "count", "graph_pass", "load", "load_recipe", "meet_budget", "passes", "prune_part",
     "register_module_resizer", "register_pass", "registered_passes", "remove_channel_rule", "runtime", "to_module", "unregister_pass", "verify",
 ]

@@ -1,0 +1,159 @@
+"""prunefx.meet_budget from Python: width, then depth, then both (`allow_depth`), with a typed outcome, and the
+one acceptance rule the three searches share (passes/budget_search.Acceptance).
+
+The budget is measured by a stand-in runtime whose latency is the MACs plus a fixed cost per operator:
+channel pruning lowers the first only, merging blocks both, so width alone tops out near 1.4x on this model
+while depth reaches about 3x. The oracle is the stand-in's own ratio on the Program returned, which the
+search never sees as such."""
+
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import prunefx
+from prunefx.budget import BudgetUnreachable, meet_budget
+from prunefx.graph import capture, count
+from prunefx.graph.depth.blocks import find_blocks
+from prunefx.graph.errors import PrunefxError
+from prunefx.models import build_model
+from prunefx.passes import depth_to_budget
+from prunefx.passes.budget_search import CROSS_PROCESS, Acceptance, Measured
+from prunefx.passes.measurement import Timing
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+WIDTH = {"importance": "l2", "compensate": False}  # no data-driven selection: fast, and not what is tested here
+
+
+def stand_in_ms(program) -> float:
+    operators = sum(node.op == "call_function" for node in program.graph.nodes)
+    return count(program).macs / 1e7 + 0.05 * operators
+
+
+class PerOperator:
+    """A Measurer (passes/measurement.py): stand_in_ms for both models; confirmed the same, as a point."""
+
+    round_to = None
+
+    def __call__(self, dense, candidate):
+        return stand_in_ms(dense), stand_in_ms(candidate), 0.0
+
+    def confirm(self, dense, candidate):
+        return Timing(*self(dense, candidate))
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    torch.manual_seed(0)
+    program = capture(build_model("prunefx:mobilenetv2_small").module.eval(), torch.randn(2, 1, 28, 28),
+                      name="mobilenetv2_small").eval()
+    return program, [torch.randn(2, 1, 28, 28) for _ in range(2)]
+
+
+@pytest.fixture
+def graph_order(mobilenet, monkeypatch):
+    """The mergeable blocks in graph order in place of their damage ranking (a minute here; tested in
+    test_linearize_blocks.py), for the depth and the joint routes."""
+    blocks = [block for block in find_blocks(mobilenet[0].module) if block.affine]
+    for module in ("prunefx.passes.depth_to_budget", "prunefx.passes.budget_candidates"):
+        monkeypatch.setattr(importlib.import_module(module), "ranked_blocks", lambda *args, **kwargs: (blocks, {}))
+    return mobilenet
+
+
+def test_allow_depth_takes_the_depth_route_after_width_refuses(graph_order):
+    program, batches = graph_order
+    before = count(program)
+    chosen, outcome = meet_budget(program, speedup=2.0, measurer=PerOperator(), calibration=batches,
+                                  allow_depth=True, max_candidates=1, width=WIDTH)
+    assert outcome.route == "depth" and [refusal.route for refusal in outcome.refusals] == ["width"]
+    width = outcome.refusal("width")
+    assert width.best.speedup < 2.0 and width.message.startswith("cannot reach a 2x speed-up by width")
+    assert stand_in_ms(program) / stand_in_ms(chosen) >= 2.0  # the oracle, on the Program returned
+    assert outcome.measured.speedup == pytest.approx(stand_in_ms(program) / stand_in_ms(chosen))
+    assert outcome.search["blocks"] and outcome.candidates and outcome.measured.confirmed
+    assert outcome.budget_entry()["backend"] == "ort" and outcome.route_entry()["taken"] == "depth"
+    assert count(program) == before  # the input is left as it was
+
+
+def test_width_and_depth_together_land_between_whole_block_steps(graph_order):
+    """With a 2 % window, depth's fewest blocks that meet 2.5x overshoot it; the mix merges blocks up to
+    just under the budget and width closes the rest, below depth's overshooting step (within 4 candidates
+    the width search may end a little above the window: its own rule, tested in test_prune_to_budget.py)."""
+    program, batches = graph_order
+    chosen, outcome = meet_budget(program, speedup=2.5, measurer=PerOperator(), calibration=batches,
+                                  allow_depth=True, tolerance=0.02, max_candidates=4, width=WIDTH)
+    assert outcome.route == "width+depth" and [r.route for r in outcome.refusals] == ["width", "depth"]
+    assert outcome.refusal("depth").overshot and outcome.refusal("depth").best.speedup > 2.5 * 1.02
+    delivered = stand_in_ms(program) / stand_in_ms(chosen)
+    assert 2.5 <= delivered < outcome.refusal("depth").best.speedup
+    assert outcome.measured.speedup == pytest.approx(delivered)
+    assert outcome.depth_share is not None and outcome.search["depth_speedup"] < 2.5
+
+
+def test_a_budget_no_route_reaches_raises_one_line_with_each_best(graph_order):
+    program, batches = graph_order
+    with pytest.raises(BudgetUnreachable) as caught:
+        meet_budget(program, speedup=8.0, measurer=PerOperator(), calibration=batches, allow_depth=True,
+                    max_candidates=1, width=WIDTH)
+    message = str(caught.value)
+    assert caught.value.dimension == "width+depth" and "\n" not in message
+    assert message.startswith("cannot reach a 8x speed-up: width's best was 1.") and "depth's best 3." in message
+    assert "and together: cannot reach a 8x speed-up with any mix of width, depth" in message
+
+
+def test_without_allow_depth_width_refuses_alone(mobilenet):
+    program, _ = mobilenet
+    with pytest.raises(BudgetUnreachable) as caught:
+        meet_budget(program, speedup=2.0, measurer=PerOperator(), max_candidates=1, width=WIDTH)
+    assert caught.value.dimension == "width" and caught.value.best.speedup < 2.0
+
+
+@pytest.mark.parametrize("options, said", [
+    ({"speedup": 2.0, "allow_depth": True}, "give meet_budget calibration"),
+    ({"speedup": 2.0, "latency_ms": 1.0}, "exactly one budget"),
+    ({"speedup": 2.0, "routes": ("depth", "width")}, "routes must list some of width, depth, width+depth"),
+])
+def test_bad_requests_are_refused_before_anything_is_measured(mobilenet, options, said):
+    def never(dense, candidate):
+        raise AssertionError("measured")
+
+    with pytest.raises(PrunefxError, match=re.escape(said)):
+        meet_budget(mobilenet[0], measurer=never, **options)
+
+
+def test_the_acceptance_rule_is_one_and_depth_takes_its_fallback(graph_order):
+    """The floor: a confirmed point below S x 1.05 does not meet the rule, whatever its bound. Depth moves in
+    whole blocks, so it accepts the fewest blocks whose bound clears S (the rule's fallback, which width
+    takes only when no width lands above the floor): a budget 2 % below a block count's speed-up is met by
+    exactly that count, which the width search's rule would not accept."""
+    program, batches = graph_order
+    rule = Acceptance(2.0, None, 0.15)
+    assert rule.floor == CROSS_PROCESS and not rule.meets(Measured(2.06, 1.0, 0.0, (2.06, 1.0, 0.0), 2.06, 2.06))
+    assert rule.meets(Measured(2.2, 1.0, 0.0, (2.2, 1.0, 0.0), 2.1, 2.3)) and not rule.in_window(Measured(2.4, 1.0, 0.0))
+    assert Acceptance(2.0, None, 0.04).floor == pytest.approx(1.04 ** 0.5)  # a window narrower than the floor
+    config = {"speedup": 1.5, "latency": PerOperator(), "calibration": batches, "tolerance": None}
+    trace = depth_to_budget(program.clone(), config=config).stats["trace"]
+    row = max((row for row in trace if row["n"] > 1), key=lambda row: row["speedup"])
+    budget = row["speedup"] / 1.02
+    stats = depth_to_budget(program.clone(), config={**config, "speedup": budget, "tolerance": 0.15}).stats
+    chosen = Measured.from_dict(stats["chosen"])
+    assert stats["speedup"] == pytest.approx(row["speedup"]) and len(stats["blocks"]) == row["n"]
+    assert Acceptance(budget, None, 0.15).bound_clears(chosen) and not Acceptance(budget, None, 0.15).meets(chosen)
+
+
+def test_the_python_api_guide_example_runs(graph_order, monkeypatch, capsys):
+    """docs/python-api.md's example as written, its ONNX Runtime measurement replaced by the stand-in."""
+    monkeypatch.setattr(importlib.import_module("prunefx.runtime.budget_backends"), "latency_pair",
+                        lambda backend, **options: PerOperator())
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "python-api.md").read_text()
+    block = re.search(r"## Meet a measured budget\n.*?```python\n(.*?)```", guide, re.DOTALL).group(1)
+    namespace: dict = {}
+    exec(compile(block, "python-api.md", "exec"), namespace)
+    printed = capsys.readouterr().out.splitlines()
+    outcome = namespace["outcome"]
+    assert printed[0] == f"{outcome.route} {outcome.measured.speedup:.2f}x" and outcome.route == "depth"
+    assert printed[1].startswith("width cannot reach a 2x speed-up by width")
+    assert stand_in_ms(namespace["program"]) / stand_in_ms(namespace["faster"]) >= 2.0
+    assert prunefx.meet_budget is meet_budget
