@@ -117,7 +117,7 @@ def _convolution(node: torch.fx.Node) -> TimedLayer | None:
         pads = _pair(padding) * 2
     bias = _argument(node, 2, "bias", None) is not None
     return TimedLayer(node.name, "conv2d", source, int(weight[0]), bias, kernel, _pair(stride), pads, dilation,
-                      int(groups))
+                      int(groups))  # type: ignore[arg-type]  # an fx argument: an int here
 
 
 def _linear(node: torch.fx.Node) -> TimedLayer | None:

@@ -184,7 +184,9 @@ class Selector:
         if target.kind == "channels":
             return sum(kept) / max(sum(g.size for g in self.combing.groups), 1)
         if target.kind == "layer_time":
-            return self.latency.ms(self._mask(kept)[0]) / self.latency.dense_ms
+            table = self._table()
+            return table.ms(self._mask(kept)[0]) / table.dense_ms
+        cost = cost if cost is not None else self.cost_model.cost(self._mask(kept)[0])
         return cost.macs / self.dense.macs if target.kind == "macs" else cost.params / self.dense.params
 
     # --- search ------------------------------------------------------------------------------------
@@ -193,9 +195,9 @@ class Selector:
         allowed widths skip over it, the closest on either side (a table's time with the global ranking:
         the latency knapsack instead)."""
         if target.kind == "layer_time":
-            self._check_latency()
+            goal = target.fraction * self._table().dense_ms
             if self.ranking == "global":
-                band = [target.fraction * self.latency.dense_ms * (1 + d * TARGET_TOLERANCE) for d in (0, -1, 1)]
+                band = [goal * (1 + d * TARGET_TOLERANCE) for d in (0, -1, 1)]
                 return self._finish(target, LatencyKnapsack(self).widths(*band))
         low, high = 0.0, 1.0 if self.ranking != "global" else self._global_ceiling()
         best = (abs(self._measure(target, self._kept_for(low)) - target.fraction), low)
@@ -219,12 +221,13 @@ class Selector:
             kept = self._nearest_within_tolerance(target, kept) or kept
         return self._plan_for(target, kept)
 
-    def _check_latency(self) -> None:
+    def _table(self) -> PlanLatency:
         if self.latency is None:
             raise PrunefxError("a layer_time target needs a latency table (layer_time=...)")
         if self.latency.dense_ms <= 0:
             raise PrunefxError("the latency table gives the dense model's timed layers no time (0 ms); a "
                                "layer_time target cannot be a fraction of it")
+        return self.latency
 
     def _global_ceiling(self) -> float:
         return max((float(n[-1]) for n in self.sorted_normalised if n.size), default=0.0) + 1.0

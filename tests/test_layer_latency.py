@@ -1,0 +1,182 @@
+"""The per-layer latency table: grids of widths, interpolation, the on-disk cache per device, timers.
+
+A fake timer gives each layer a time from a formula, so every figure is known by hand; the real timers are
+checked for what they build (a one-layer model that computes the layer), not for how fast it runs."""
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prunefx.graph import capture
+from prunefx.graph.channels.plan_latency import TimedLayer, timed_layers
+from prunefx.runtime.errors import MeasurementError
+from prunefx.runtime.layer_latency import build_latency_table, grid_widths, program_latency_table
+from prunefx.runtime.layer_timers import (
+    OnnxRuntimeLayerTimer,
+    TorchLayerTimer,
+    _OneLayer,
+    cpu_model,
+    layer_model,
+)
+
+CONV = TimedLayer("conv", "conv2d", (1, 64, 8, 8), 32, True, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+
+
+class FakeTimer:
+    """ms = 0.01 * in + 0.02 * out + 0.5 (+ 0.001 * batch); records every layer it times."""
+
+    backend, precision, settings = "fake", "fp32", "fake timer 1"
+
+    def __init__(self, device="fake CPU A"):
+        self.device, self.timed = device, []
+
+    def __call__(self, layer):
+        self.timed.append(layer.geometry())
+        return 0.01 * layer.in_channels + 0.02 * layer.out_channels + 0.5 + 0.001 * layer.input_shape[0]
+
+
+def _ms(in_channels, out_channels, batch=1):
+    return 0.01 * in_channels + 0.02 * out_channels + 0.5 + 0.001 * batch
+
+
+@pytest.mark.parametrize("dense, multiple, points, expected", [
+    (64, 16, 4, (16, 32, 48, 64)),  # 13 channels at least (0.2 x 64): every multiple of 16 fits in 4 points
+    (512, 16, 4, (112, 304, 496, 512)),  # 25 multiples from 112 to 496: the first, the middle, the last
+    (10, 16, 4, (10,)),  # no multiple below the width: only the dense width (a fixed class count)
+    (24, 16, 2, (16, 24)),
+])
+def test_grid_widths(dense, multiple, points, expected):
+    assert grid_widths(dense, multiple, 0.8, points) == expected
+
+
+def test_times_between_grid_widths_are_interpolated_and_below_it_scaled(tmp_path):
+    table = build_latency_table([CONV], FakeTimer(), multiple=16, cache_dir=tmp_path)
+    assert table.grids["conv"].in_widths == (16, 32, 48, 64) and table.grids["conv"].out_widths == (16, 32)
+    assert table(CONV, 48, 32) == pytest.approx(_ms(48, 32))  # on the grid
+    assert table(CONV, 40, 24) == pytest.approx(_ms(40, 24))  # bilinear is exact on a linear formula
+    assert table(CONV, 8, 32) == pytest.approx(_ms(16, 32) * 8 / 16)  # below the grid: scaled with the width
+    with pytest.raises(MeasurementError, match="no layer 'other'"):
+        table(TimedLayer("other", "linear", (1, 8), 8, False), 8, 8)
+
+
+def test_a_second_build_measures_nothing_and_equal_layers_are_timed_once(tmp_path):
+    twin = TimedLayer("twin", *[getattr(CONV, f) for f in ("kind", "input_shape", "out_channels", "bias", "kernel",
+                                                           "stride", "padding", "dilation", "groups")])
+    first = FakeTimer()
+    table = build_latency_table([CONV, twin], first, multiple=16, cache_dir=tmp_path)
+    assert len(first.timed) == len(set(first.timed)) == 4 * 2 and table.measured == 8 and table.cached == 8
+    again = FakeTimer()
+    reread = build_latency_table([CONV, twin], again, multiple=16, cache_dir=tmp_path)
+    assert again.timed == [] and reread.measured == 0 and reread.cached == 16
+    assert reread.grids == table.grids
+
+
+@pytest.mark.parametrize("change", ["device", "batch", "precision"])
+def test_the_cache_never_hands_times_across_devices_batches_or_precisions(tmp_path, change):
+    build_latency_table([CONV], FakeTimer(), multiple=16, cache_dir=tmp_path)
+    timer, batch = FakeTimer("fake CPU B" if change == "device" else "fake CPU A"), None
+    if change == "precision":
+        timer.precision = "fp16"
+    if change == "batch":
+        batch = 8
+    table = build_latency_table([CONV], timer, multiple=16, cache_dir=tmp_path, batch=batch)
+    assert len(timer.timed) == 8 and table.cached == 0
+    assert table(CONV, 64, 32) == pytest.approx(_ms(64, 32, batch or 1))
+    # the first build's times are all still there (the batch is in each entry's key, the rest in the file's)
+    files = [json.loads(path.read_text())["entries"] for path in tmp_path.glob("*.json")]
+    assert len(files) == (1 if change == "batch" else 2) and sum(map(len, files)) == 16
+
+
+def test_an_unreadable_cache_is_measured_again(tmp_path):
+    build_latency_table([CONV], FakeTimer(), multiple=16, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("*.json")
+    path.write_text("{not json")
+    timer = FakeTimer()
+    build_latency_table([CONV], timer, multiple=16, cache_dir=tmp_path)
+    assert len(timer.timed) == 8 and json.loads(path.read_text())["identity"]["device"] == "fake CPU A"
+
+
+@pytest.mark.parametrize("options, message", [({"multiple": 0}, "multiple"), ({"points": 1}, "2 widths"),
+                                              ({"max_ratio": 1.0}, "max_ratio"), ({"batch": 0}, "batch")])
+def test_bad_settings_are_refused(tmp_path, options, message):
+    with pytest.raises(MeasurementError, match=message):
+        build_latency_table([CONV], FakeTimer(), **{"multiple": 16, **options}, cache_dir=tmp_path)
+
+
+def test_a_timer_that_gives_no_time_is_refused(tmp_path):
+    timer = FakeTimer()
+    timer.__class__ = type("Broken", (FakeTimer,), {"__call__": lambda self, layer: float("inf")})
+    with pytest.raises(MeasurementError, match="gave inf ms"):
+        build_latency_table([CONV], timer, multiple=16, cache_dir=tmp_path)
+
+
+class Block(torch.nn.Module):
+    """A depthwise convolution between two pointwise ones, a 'same'-padded one and a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.expand = torch.nn.Conv2d(3, 32, 1)
+        self.depthwise = torch.nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=32, bias=False)
+        self.same = torch.nn.Conv2d(32, 16, 4, padding="same")
+        self.head = torch.nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.head(self.same(self.depthwise(self.expand(x))).mean((2, 3)))
+
+
+def test_the_layers_of_a_program_with_their_geometry(tmp_path):
+    program = capture(Block(), torch.randn(2, 3, 16, 16))
+    expand, depthwise, same, head = timed_layers(program.module)  # in graph order
+    assert expand.input_shape == (2, 3, 16, 16) and expand.out_channels == 32 and expand.bias
+    assert (depthwise.input_shape, depthwise.stride, depthwise.padding) == ((2, 32, 16, 16), (2, 2), (1, 1, 1, 1))
+    assert depthwise.groups == 32 and not depthwise.bias
+    assert depthwise.resized(16, 16).groups == 16  # a depthwise convolution stays depthwise
+    assert expand.resized(3, 16).groups == 1
+    assert same.padding == (1, 1, 2, 2) and same.input_shape == (2, 32, 8, 8)  # 'same' with k=4: 3 = 1 + 2
+    assert head.kind == "linear" and head.input_shape == (2, 16) and head.out_channels == 5
+    timer = FakeTimer()
+    table = program_latency_table(program, timer, multiple=8, batch=1, cache_dir=tmp_path)
+    assert list(table.grids) == [expand.name, depthwise.name, same.name, head.name]
+    assert timer.timed and all(" in=[1, " in geometry for geometry in timer.timed)  # timed at batch 1
+
+
+@pytest.mark.parametrize("layer", [
+    TimedLayer("c", "conv2d", (1, 8, 9, 9), 6, True, (3, 3), (2, 2), (0, 1, 2, 1), (1, 1), 2),
+    TimedLayer("d", "conv2d", (2, 8, 7, 7), 8, False, (3, 3), (1, 1), (1, 1, 1, 1), (2, 2), 8),
+    TimedLayer("l", "linear", (2, 5, 12), 7, True),
+])
+def test_the_one_layer_models_compute_the_layer(layer):
+    """The ONNX model and the torch module both compute what torch's own functional layer computes."""
+    module = _OneLayer(layer)
+    x = torch.randn(layer.input_shape)
+    w, b = module.weight, module.bias
+    if layer.kind == "linear":
+        expected = F.linear(x, w, b)
+    else:
+        top, left, bottom, right = layer.padding
+        expected = F.conv2d(F.pad(x, (left, right, top, bottom)), w, b, layer.stride, 0, layer.dilation, layer.groups)
+    session = ort.InferenceSession(layer_model(layer).SerializeToString(), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {"x": x.numpy()})
+    np.testing.assert_allclose(onnx_out, expected.numpy(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(module(x), expected)
+
+
+def test_the_timers_return_a_time_and_say_where_they_ran():
+    clock = iter(np.arange(0.0, 100.0, 0.001)).__next__  # every call takes 1 ms on this clock
+    ort_timer = OnnxRuntimeLayerTimer(warmup=1, runs=3, clock=clock)
+    assert ort_timer(CONV) == pytest.approx(1.0) and ort_timer.device == cpu_model()
+    assert ort.__version__ in ort_timer.settings and "1 threads" in ort_timer.settings
+    seen = []
+    torch_timer = TorchLayerTimer(time_module=lambda module, inputs: seen.append(module(*inputs).shape) or 2.5,
+                                  device="Fake GPU", precision="fp16", backend="cuda", settings="fake")
+    assert torch_timer(CONV) == 2.5 and seen == [torch.Size([1, 32, 8, 8])]
+    assert (torch_timer.backend, torch_timer.device, torch_timer.precision) == ("cuda", "Fake GPU", "fp16")
+
+
+def test_cpu_model_reads_the_model_name():
+    assert cpu_model("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t: avx2\n") == "AMD EPYC 7B13"
+    assert cpu_model("processor\t: 0\n")  # something, from platform
