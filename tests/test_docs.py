@@ -1,4 +1,5 @@
-"""The documentation: every command in the README and the guides is a real command line, the generated
+"""The documentation: every command in the README and the guides is a real command line, every path a page
+names exists, no page holds a commit hash, the library cites no results file or issue; the generated
 references (CLI, passes, API) are complete, every benchmark results file has a page, every how-to links
 an example that exists. `make docs` (run by `make test`) builds the site with --strict."""
 
@@ -337,3 +338,13 @@ def test_benchmark_results_keep_one_current_file_per_benchmark():
     versioned = [path.name for path in results.iterdir()
                  if re.search(r"_(v\d+b?|partial|rerun|run\d*|[0-9a-f]{7,40})$", path.stem)]
     assert not folders and not versioned, folders + versioned
+
+
+def test_library_comments_say_why_without_citing_results_files_issues_or_missing_pages():
+    """The library's comments and docstrings explain the code itself: a measured fact may stay, the results file,
+    the issue number or a design page that is not in the repository may not."""
+    citation = re.compile(r"benchmarks/results|\bissue \d+|\(issue|\bDESIGN\.md")
+    found = [f"{path.relative_to(ROOT)}:{number}" for folder in ("graph", "passes", "runtime", "prunefx")
+             for path in sorted((ROOT / folder).rglob("*.py"))
+             for number, line in enumerate(path.read_text().splitlines(), 1) if citation.search(line)]
+    assert not found, found
