@@ -72,4 +72,16 @@ def label(name: str) -> str:
     return _REGISTRY[name].label if name in _REGISTRY else name
 
 
-__all__ = ["Backend", "BenchModel", "Settings", "backends", "get", "label", "names", "register", "unregister"]
+def markdown_table() -> str:
+    """The docs table of the registered backends (docs/backends.md holds it; a test keeps the two equal)."""
+    lines = ["| `--backend` | runs on | needs | budget precisions | width multiple | profile |",
+             "|---|---|---|---|---|---|"]
+    for backend in backends():
+        precisions = ", ".join(backend.precisions) if backend.budgets else "bench only"
+        multiples = backend.width_text() if backend.budgets else "-"
+        lines.append(f"| `{backend.name}` | {backend.label} | {backend.needs} | {precisions} | {multiples} | "
+                     f"{'yes' if backend.profiles else 'no'} |")
+    return "\n".join(lines)
+
+
+__all__ = ["markdown_table", "Backend", "BenchModel", "Settings", "backends", "get", "label", "names", "register", "unregister"]

@@ -103,6 +103,10 @@ class Backend:
     def width_multiple(self, precision: str) -> int:
         raise MeasurementError(f"no width multiple known for backend {self.name!r} at precision {precision!r}")
 
+    def width_text(self) -> str:
+        """The width multiples per precision, for the docs table."""
+        return ", ".join(f"{precision}: {self.width_multiple(precision)}" for precision in self.precisions)
+
     # ---- budgets and passes ------------------------------------------------------------------------
 
     def latency_pair(self, settings: Settings) -> PairMeasurer:

@@ -28,6 +28,9 @@ class OnnxRuntimeBackend(Backend):
     def width_multiple(self, precision: str, *, cpuinfo: str | None = None) -> int:
         return onnxruntime_multiple(cpuinfo)
 
+    def width_text(self) -> str:
+        return "fp32: 16 with AVX-512, else 8 (read from this CPU)"
+
     def latency_pair(self, settings: Settings) -> PairMeasurer:
         return onnx_latency_pair(threads=settings.threads, runs=settings.runs, warmup=settings.warmup,
                                  batch=settings.batch)

@@ -1,0 +1,132 @@
+"""The latency-backend registry (runtime/backends/): lookups, and a backend added from a test reaching budgets,
+the CLI's choices and help, the budget report and the docs table without any other file changing.
+
+The test backend times nothing: its "latency" is a known function of the model (MS_PER_WEIGHT per
+convolution weight), so what the budget search is told can be checked against that truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from prunefx import cli_options
+from prunefx.cli import build_parser
+from prunefx.graph import Program, capture
+from prunefx.graph.errors import PrunefxError
+from prunefx.passes.prune_to_budget import prune_to_budget
+from prunefx.reports.budget_text import search_lines
+from prunefx.runtime import backends, latency_pair
+from prunefx.runtime.backends import Backend, Settings
+from prunefx.runtime.backends.gpu_pair import pair_of
+from prunefx.runtime.speedup import fingerprint
+from prunefx.runtime.width_multiple import backend_multiple
+
+MS_PER_WEIGHT = 1e-4
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "backends.md"
+
+
+def _weights(program: Program) -> int:
+    return sum(p.numel() for p in program.module.parameters() if p.dim() == 4)
+
+
+class CountingBackend(Backend):
+    """Latency proportional to the convolution weights; remembers the settings it was made with."""
+
+    name, label, rank = "counting", "a weight counter", 70
+    needs = "nothing"
+    precisions = ("fp32", "fp8")
+    made: list[Settings] = []
+
+    def width_multiple(self, precision: str) -> int:
+        return 4
+
+    def latency_pair(self, settings: Settings):
+        self.made.append(settings)
+
+        class Sources:
+            def get(self, program):
+                return program, fingerprint(program)
+
+        def timing(a, b, *, runs, warmup):
+            return MS_PER_WEIGHT * _weights(a[0]), MS_PER_WEIGHT * _weights(b[0]), 0.0
+
+        return pair_of(Sources(), timing, settings, self.width_multiple(settings.precision))
+
+
+@pytest.fixture
+def counting():
+    backend = backends.register(CountingBackend())
+    CountingBackend.made = []
+    yield backend
+    backends.unregister(backend.name)
+
+
+def _net(width: int = 32):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1),
+                          nn.ReLU(), nn.Conv2d(width, 8, 3, padding=1)).eval()
+    return capture(model, torch.randn(1, 3, 16, 16), name=f"net{width}").eval()
+
+
+def test_the_shipped_backends_are_registered_default_first():
+    assert backends.names()[0] == "ort"
+    assert set(backends.names()) == {"ort", "trt", "cuda", "torch-trt", "trtexec", "torch"}
+    assert "torch" not in backends.names(budgets=True)  # bench only
+    assert set(backends.names(profiles=True)) == {"trt", "trtexec", "cuda"}
+    assert backends.label("cuda") == "PyTorch on CUDA" and backends.label("unknown") == "unknown"
+
+
+def test_an_unknown_backend_is_one_line_listing_the_choices():
+    with pytest.raises(PrunefxError) as error:
+        backends.get("tvm")
+    assert str(error.value) == f"unknown backend 'tvm': choose one of {', '.join(backends.names())}"
+    with pytest.raises(PrunefxError, match="unknown budget backend 'torch'"):
+        latency_pair("torch", threads=1, runs=1)
+    with pytest.raises(PrunefxError, match="already registered"):
+        backends.register(backends.get("ort"))
+
+
+def test_a_registered_backend_serves_budgets_and_is_gone_when_unregistered(counting):
+    dense = _net(32)
+    pair = latency_pair("counting", threads=1, runs=3, precision="fp8", batch=4)
+    assert counting.made[-1].precision == "fp8" and counting.made[-1].batch == 4 and pair.round_to == 4
+    result = prune_to_budget(dense.clone(), config={"speedup": 1.5, "latency": pair})
+    measured = _weights(dense) / _weights(result.program)  # the stand-in's truth on the model returned
+    assert result.stats["met"] and 1.5 <= measured <= 1.5 * 1.25
+    assert backend_multiple("counting", "fp8") == 4
+    backends.unregister("counting")
+    with pytest.raises(PrunefxError, match="unknown budget backend 'counting'"):
+        latency_pair("counting", threads=1, runs=3)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def test_the_cli_offers_a_registered_backend_and_measures_on_it(counting, tmp_path):
+    args = _parse(["prune", "m.pt2", "--speedup", "1.5", "--backend", "counting", "--batch", "2", "-o", "out"])
+    assert "counting" in build_parser()._subparsers._group_actions[0].choices["prune"].format_help()
+    cli_options.check_budget_backend(args, budgeted=True)
+    assert args.precision == "fp32"  # the backend's default, filled in
+    assert cli_options.measured_on(args) == {"backend": "counting", "precision": "fp32", "batch": 2}
+    dense_ms, ms, _ = cli_options.budget_latency(args)(_net(32), _net(16))
+    assert (dense_ms, ms) == pytest.approx((MS_PER_WEIGHT * _weights(_net(32)), MS_PER_WEIGHT * _weights(_net(16))))
+    assert counting.made[-1].batch == 2
+    speedup = cli_options.pass_measure(args)(_net(32), _net(16))  # what passes that keep what is faster get
+    assert speedup == pytest.approx(_weights(_net(32)) / _weights(_net(16)))
+    budget = {"trace": [], "budget": "1.5x", "speedup": 1.6, "ms": 1.0, "dense_ms": 1.6,
+              **cli_options.measured_on(args)}
+    assert "measured on a weight counter at batch 2 (" in search_lines(budget)[-1]
+    backends.unregister("counting")
+    with pytest.raises(SystemExit):
+        _parse(["prune", "m.pt2", "--speedup", "1.5", "--backend", "counting", "-o", "out"])
+
+
+def test_the_docs_table_is_the_registry(counting):
+    backends.unregister("counting")  # the table documents the shipped backends
+    assert backends.markdown_table() in DOCS.read_text()
