@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import yaml
 
-from prunefx.graph import capture, count
+from prunefx.graph import PrunefxError, capture, count
 from prunefx.interop.recovery import PruneWhileTraining
 from prunefx.interop.ultralytics_bridge import (
     export_mode,
@@ -38,6 +38,7 @@ from prunefx.interop.ultralytics_bridge import (
     to_ultralytics_module,
     training_mode,
 )
+from prunefx.models.ultralytics_models import prepare_ultralytics
 from prunefx.passes.remove_channels import remove_channels
 
 PREFIX = "ultralytics:"
@@ -64,14 +65,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def dense_model(reference: str, data: str) -> torch.nn.Module:
     from ultralytics.nn.tasks import DetectionModel, load_checkpoint
     if not reference.startswith(PREFIX):
-        raise SystemExit(f"name an Ultralytics model as {PREFIX}NAME, not {reference!r}")
+        raise PrunefxError(f"name an Ultralytics model as {PREFIX}NAME, not {reference!r}")
     name = reference[len(PREFIX):]
     if name.endswith(".pt"):
         model = load_checkpoint(name, device="cpu")[0]
     else:
         classes = len(yaml.safe_load(Path(data).read_text())["names"])
         model = DetectionModel(name, nc=classes, verbose=False)
-    return export_mode(model.float().eval().requires_grad_(True))
+    return prepare_ultralytics(model)  # what `prunefx prune ultralytics:NAME` captures
 
 
 def trainer_for(module: torch.nn.Module):
@@ -93,8 +94,8 @@ def onnx_matches(path: str, model: torch.nn.Module, imgsz: int) -> float:
     """Largest difference between ONNX Runtime and the module on one random image, relative to the output."""
     import onnxruntime
     image = torch.rand(1, 3, imgsz, imgsz)
-    with torch.no_grad():
-        expected = export_mode(model.float().eval())(image)
+    with torch.no_grad():  # on a copy: export mode is no state to leave on the trained model
+        expected = export_mode(copy.deepcopy(model))(image)
     expected = (expected[0] if isinstance(expected, (tuple, list)) else expected).numpy()
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: image.numpy()})[0]
@@ -102,7 +103,14 @@ def onnx_matches(path: str, model: torch.nn.Module, imgsz: int) -> float:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    try:
+        return run(parse_args(argv))
+    except PrunefxError as error:  # a refusal (the write-back's proof, a capture): one line, exit 2
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
     from ultralytics import YOLO
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

@@ -94,7 +94,8 @@ def test_toy_yolo_prunes_while_ultralytics_trains(tmp_path):
 @pytest.mark.zoo
 # Ultralytics accumulates gradients up to `nbs` (64) images per optimizer step: the CPD case sets it to the
 # batch, so that its 2 cuts, one step apart, come within one epoch of 4 batches.
-@pytest.mark.parametrize("model, options", [("yolov8n.yaml", []), ("yolo11n.yaml", []),
+@pytest.mark.parametrize("model, options", [("yolov8n.yaml", []), ("yolo11n.yaml", []), ("yolo26n.yaml", []),
+                                            ("yolov10n.yaml", []),
                                             ("yolov8n.yaml", ["--nbs", "8", "--cpd", "1"]),
                                             ("yolo11n.yaml", ["--nbs", "8", "--cpd", "1"])])
 def test_pruned_yolo_trains_validates_and_exports(tmp_path, model, options):

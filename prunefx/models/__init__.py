@@ -12,10 +12,10 @@ input shapes and weights files: the one place the CLI and the Python API resolve
 from prunefx.models.input_shapes import InputShapeError, check_input_shape, parse_input_shape
 from prunefx.models.references import build_model
 from prunefx.models.spec import DEFAULT_IMAGE_SIZE, ModelReferenceError, ModelSpec, WeightsError
-from prunefx.models.ultralytics_models import ultralytics_detector
+from prunefx.models.ultralytics_models import prepare_ultralytics, ultralytics_detector
 from prunefx.models.weights import load_weights
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE", "InputShapeError", "ModelReferenceError", "ModelSpec", "WeightsError", "build_model",
-    "check_input_shape", "load_weights", "parse_input_shape", "ultralytics_detector",
+    "check_input_shape", "load_weights", "parse_input_shape", "prepare_ultralytics", "ultralytics_detector",
 ]

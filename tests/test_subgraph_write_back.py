@@ -1,0 +1,113 @@
+"""The write-back's fallback: a module whose own code cannot express its pruned widths, made from the Program.
+
+Oracles: the pruned Program's outputs (the write-back must equal them on inputs it never saw), the dense
+model's parameter names, and PyTorch's own autograd and batch-norm statistics for training."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from prunefx.graph import capture
+from prunefx.interop.subgraph_module import SubgraphModule
+from prunefx.interop.write_back import WriteBackError, to_module
+from prunefx.passes.remove_channels import remove_channels
+
+
+class HalvesBlock(nn.Module):
+    """C2f-like: the first convolution's output cut into two equal halves by `chunk`, which its forward fixes."""
+
+    def __init__(self):
+        super().__init__()
+        self.cv1 = nn.Sequential(nn.Conv2d(8, 32, 1), nn.BatchNorm2d(32), nn.ReLU())
+        self.m = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())
+        self.cv2 = nn.Conv2d(48, 8, 1)
+        self.tag = "kept"  # a plain attribute of the kind libraries keep on their blocks
+
+    def forward(self, x):
+        a, b = self.cv1(x).chunk(2, 1)
+        return self.cv2(torch.cat((a, b, self.m(b)), 1))
+
+
+class Net(nn.Module):
+    def __init__(self, shared: bool = False):
+        super().__init__()
+        self.stem, self.block, self.head = nn.Conv2d(3, 8, 1), HalvesBlock(), nn.Conv2d(8, 4, 1)
+        self.shared = shared
+
+    def forward(self, x):
+        y = self.block(self.stem(x))
+        return self.head(self.block(y) if self.shared else y)
+
+
+def _pruned(shared: bool = False):
+    torch.manual_seed(0)
+    model = Net(shared).eval()
+    with torch.no_grad():  # the first half's channels weak: the halves are pruned to different widths
+        model.block.cv1[0].weight[:16] *= 0.01
+    program = capture(model, torch.rand(1, 3, 8, 8)).eval()
+    remove_channels(program, config={"macs": 0.35, "importance": "l2"})
+    return model, program
+
+
+def test_unequal_halves_write_back_as_the_pruned_subgraph():
+    model, program = _pruned()
+    state = program.module.state_dict()
+    kept, second = state["block.cv1.0.weight"].shape[0], state["block.m.0.weight"].shape[1]
+    assert kept != 2 * second  # unequal halves: the block's own chunk(2) cannot give them
+
+    written = to_module(program, model)
+    assert isinstance(written.block, SubgraphModule) and written.block.tag == "kept"
+    assert [name for name, _ in written.named_parameters()] == [name for name, _ in model.named_parameters()]
+    assert written.state_dict().keys() == model.state_dict().keys()
+    other = torch.rand(3, 3, 8, 8)  # another batch size than the capture's
+    with torch.no_grad():
+        expected = torch.cat([program(other[i:i + 1]) for i in range(3)])
+        assert torch.allclose(written(other), expected, rtol=1e-5, atol=1e-6)
+        for again in (copy.deepcopy(written), _saved_and_loaded(written)):
+            assert torch.allclose(again(other), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_subgraph_module_trains():
+    model, program = _pruned()
+    written = to_module(program, model).train()
+    batch_norm = written.block.cv1[1]
+    before = batch_norm.running_mean.clone()
+    written(torch.rand(4, 3, 8, 8)).square().mean().backward()
+    assert not torch.equal(batch_norm.running_mean, before)  # the child's own forward, in training mode
+    assert written.block.cv1[0].weight.grad is not None and written.block.cv1[0].weight.grad.abs().sum() > 0
+
+
+def test_a_block_called_twice_is_refused_in_one_line():
+    model, program = _pruned(shared=True)
+    with pytest.raises(WriteBackError) as error:
+        to_module(program, model)
+    message = str(error.value)
+    assert "\n" not in message and "module 'block'" in message and "2 times" in message
+
+
+def _saved_and_loaded(module: nn.Module) -> nn.Module:
+    buffer = io.BytesIO()
+    torch.save(module, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+@pytest.mark.slow
+def test_inception_next_writes_back_without_a_resizer():
+    """timm's InceptionNeXt splits its token mixer's input at stored `split_indexes` (random weights)."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("inception_next_atto", pretrained=False, num_classes=10).eval()
+    program = capture(model, torch.rand(1, 3, 64, 64)).eval()
+    remove_channels(program, config={"macs": 0.5, "importance": "l2", "round_to": 8})
+    written = to_module(program, model)
+    assert any(isinstance(module, SubgraphModule) for module in written.modules())
+    assert written.state_dict().keys() == model.state_dict().keys()
+    other = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(written(other), program(other), rtol=1e-4, atol=1e-5)
