@@ -243,7 +243,7 @@ class _Search:
 
     def _confirmed(self, program: Program, dimensions) -> Measured:
         latency = self._measuring(dimensions, None)
-        measured = Measured(*latency(self.dense, program))
+        measured = Measured.of(latency(self.dense, program))
         if self.settings.confirm:
             measured.confirm(latency, self.dense, program)
         return measured

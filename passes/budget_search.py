@@ -32,18 +32,38 @@ CROSS_PROCESS = 1.05
 
 @dataclass
 class Measured:
-    """A candidate's latency beside the dense model's; once confirmed, `low`/`high` bound the speed-up at
-    `confidence` (`method` says how) and `first` keeps the search's shorter measurement."""
+    """A candidate's latency beside the dense model's, as the search knows it: the measurer's Timing, read as
+    a point until confirmed; once confirmed, `low`/`high` bound the speed-up at `confidence` (`method` says
+    how) and `first` keeps the search's shorter measurement. `timing` gives the figures back as a Timing, the
+    one measurement type from the measurer to the report (`to_dict`)."""
 
     dense_ms: float
     ms: float
     spread: float
-    first: tuple[float, float, float] | None = None
+    first: Timing | None = None
     low: float | None = None
     high: float | None = None
     confidence: float | None = None
     method: str | None = None
     longer: bool = False  # confirmed a second time, longer (`confirm_longer`), and those figures replaced the first
+
+    def __post_init__(self):
+        if self.first is not None:  # a (dense ms, ms, spread) triple is a point Timing
+            self.first = Timing.of(self.first)
+
+    @classmethod
+    def of(cls, reading) -> Measured:
+        """A search's reading (a Timing, or a (dense ms, ms, spread) triple), unconfirmed: its point alone
+        steers the search, whatever interval a short measurement came with."""
+        dense_ms, ms, spread = Timing.of(reading)
+        return cls(dense_ms, ms, spread)
+
+    @property
+    def timing(self) -> Timing:
+        """The latest figures: a point until confirmed, then the confirmation's interval."""
+        if self.low is None or self.high is None or self.method is None:
+            return Timing(self.dense_ms, self.ms, self.spread)
+        return Timing(self.dense_ms, self.ms, self.spread, self.low, self.high, self.confidence or 0.0, self.method)
 
     @property
     def speedup(self) -> float:
@@ -62,7 +82,7 @@ class Measured:
         """Measure again, longer (once), with the measurer's `confirm`; the new figures and their interval
         replace the first ones."""
         if self.first is None:
-            first = (self.dense_ms, self.ms, self.spread)
+            first = Timing(self.dense_ms, self.ms, self.spread)
             self.take(Timing.of(as_measurer(latency).confirm(dense, candidate)))
             self.first = first
 
@@ -87,7 +107,7 @@ class Measured:
         """The inverse of to_dict: a pass's statistics hand the chosen candidate's figures on this way."""
         first, interval = row.get("first"), row.get("interval") or {}
         return cls(row["dense_ms"], row["ms"], row["spread"],
-                   (first["dense_ms"], first["ms"], first["spread"]) if first else None,
+                   Timing(first["dense_ms"], first["ms"], first["spread"]) if first else None,
                    interval.get("low"), interval.get("high"), interval.get("confidence"), interval.get("method"),
                    bool(row.get("longer", False)))
 
@@ -98,8 +118,8 @@ class Measured:
             row["interval"] = {"low": self.low, "high": self.high, "confidence": self.confidence,
                                "method": self.method}
         if self.first is not None:
-            row["first"] = {"speedup": self.first[0] / self.first[1], "dense_ms": self.first[0], "ms": self.first[1],
-                            "spread": self.first[2]}
+            row["first"] = {"speedup": self.first.speedup, "dense_ms": self.first.dense_ms, "ms": self.first.ms,
+                            "spread": self.first.spread}
         if self.longer:
             row["longer"] = True
         return row

@@ -222,7 +222,7 @@ class _Search:
         merged = run_inner(merge_blocks, program, {"max_kernel_growth": self.settings.max_kernel_growth},
                            on_copy=True)
         candidate = Candidate(blocks, program, merged.program, count(merged.program).macs / self.dense_macs,
-                              Measured(*self.latency(self.dense, merged.program)), stats)
+                              Measured.of(self.latency(self.dense, merged.program)), stats)
         self.trace.append(candidate)
         return candidate
 

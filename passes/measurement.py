@@ -4,8 +4,8 @@ Passes never import the runtime (DESIGN.md, layering); a pass that meets a laten
 `Measurer` by its caller (runtime/speedup.py's `onnx_latency_pair`, runtime/budget_backends.py's
 `latency_pair`). A Measurer has two ways to time a candidate against the dense model:
 
-- calling it, `measurer(dense, candidate) -> (dense ms, candidate ms, spread)`: the short measurement a
-  search steers by;
+- calling it, `measurer(dense, candidate) -> Timing` (or a plain (dense ms, candidate ms, spread) triple,
+  which a Timing unpacks as too): the short measurement a search steers by, on its point;
 - `measurer.confirm(dense, candidate) -> Timing`: the same measurement made longer, which alone accepts a
   candidate. Its `Timing` carries an interval on the speed-up (dense ms / candidate ms) at `confidence`,
   and a candidate is accepted only when the interval's lower bound clears the budget (`clears`): a
@@ -73,7 +73,7 @@ class Measurer(Protocol):
 
     round_to: int | None
 
-    def __call__(self, dense: Program, candidate: Program) -> tuple[float, float, float]: ...
+    def __call__(self, dense: Program, candidate: Program) -> Timing | tuple[float, float, float]: ...
 
     def confirm(self, dense: Program, candidate: Program) -> Timing: ...
 
@@ -96,8 +96,8 @@ class _Repeated:
     def __init__(self, latency: Callable):
         self.latency = latency
 
-    def __call__(self, dense: Program, candidate: Program) -> tuple[float, float, float]:
-        return tuple(self.latency(dense, candidate))
+    def __call__(self, dense: Program, candidate: Program) -> Timing:
+        return Timing.of(self.latency(dense, candidate))
 
     def confirm(self, dense: Program, candidate: Program) -> Timing:
         return Timing.of(self.latency(dense, candidate))

@@ -165,7 +165,7 @@ class _Search:
     def measure(self, fraction: float) -> Candidate:
         result = run_inner(remove_channels, self.dense, {**self.removal, "macs": fraction, "strict": False},
                            on_copy=True)  # every candidate is cut from the dense Program, which stays as it is
-        candidate = Candidate(fraction, result, Measured(*self.latency(self.dense, result.program)))
+        candidate = Candidate(fraction, result, Measured.of(self.latency(self.dense, result.program)))
         self.trace.append(candidate)
         return candidate
 

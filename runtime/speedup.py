@@ -56,8 +56,8 @@ class PairMeasurer:
         self.search, self._confirm, self.round_to = search, confirm, round_to
         self._longer = longer or confirm
 
-    def __call__(self, dense: Program, candidate: Program) -> tuple[float, float, float]:
-        return tuple(self.search(dense, candidate))
+    def __call__(self, dense: Program, candidate: Program) -> Timing:
+        return Timing.of(self.search(dense, candidate))
 
     def confirm(self, dense: Program, candidate: Program) -> Timing:
         return Timing.of(self._confirm(dense, candidate))

@@ -79,7 +79,7 @@ def run(args) -> int:
                    if args.calibrate else None)
     started = time.perf_counter()
     outcome = None
-    if budget:  # the library's depth route: depth_to_budget, then merge_blocks as measured
+    if budget and calibration is not None:  # the library's depth route: depth_to_budget, then merge_blocks
         _, outcome = meet_budget(
             program, speedup=args.speedup, latency_ms=args.latency_ms, backend=args.backend,
             precision=args.precision, measurer=cli_options.budget_latency(args), calibration=calibration.batches,
@@ -88,6 +88,7 @@ def run(args) -> int:
         result = outcome.result
     else:  # one verified Pipeline, as in the API: merge_blocks promises exactness and the Pipeline checks it
         result = Pipeline([_choice_step(args, calibration), _merge_step(args)], verify="full").run(program)
+    assert output is not None  # checked above: only --list writes nothing
     write_depth(output, program, result, outcome=outcome, calibration=calibration.description if calibration else None,
                 opset=args.opset, started=started)
     return 0

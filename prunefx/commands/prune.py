@@ -123,7 +123,7 @@ def run(args) -> int:
     else:  # the same Pipeline as the API and recipes: every step verified (lint, shapes, re-export), exact
         # steps checked, and a failure names the pass
         steps = [_pruning_step(config)]
-        if args.calibrate and args.recalibrate is not False:
+        if calibration is not None and args.calibrate and args.recalibrate is not False:
             steps.append((recalibrate_batchnorm, {"data": calibration.batches}))
         result = Pipeline(steps, verify="full").run(program)
     pruned, all_stats = result.program, result.stats()
@@ -153,7 +153,7 @@ def _meet_budget(args, program, calibration: Calibration | None, config: dict) -
     try:
         _, outcome = meet_budget(
             program, speedup=args.speedup, latency_ms=args.latency_ms, backend=args.backend, precision=args.precision,
-            measurer=cli_options.budget_latency(args), calibration=calibration.batches if args.calibrate else None,
+            measurer=cli_options.budget_latency(args), calibration=calibration.batches if calibration and args.calibrate else None,
             allow_depth=args.allow_depth, tolerance=args.tolerance, confirm=args.confirm,
             max_candidates=args.max_candidates, recalibrate=args.recalibrate is not False, width=width,
             log=lambda line: print(line, flush=True))
