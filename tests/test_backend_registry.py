@@ -130,3 +130,9 @@ def test_the_cli_offers_a_registered_backend_and_measures_on_it(counting, tmp_pa
 def test_the_docs_table_is_the_registry(counting):
     backends.unregister("counting")  # the table documents the shipped backends
     assert backends.markdown_table() in DOCS.read_text()
+
+
+def test_a_backend_times_a_small_program_alone():
+    """`time_program`, what a per-layer latency table reuses: statistics of the Program's ONNX file."""
+    stats = backends.get("ort").time_program(_net(8), Settings(runs=5, warmup=1, threads=1))
+    assert stats["runs"] == 5 and 0 < stats["median_ms"] <= stats["p90_ms"]

@@ -9,6 +9,7 @@ this package, collected by the registry (runtime/backends/__init__.py).
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,7 +21,7 @@ from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.gpu_latency import compare_gpu_latency, measure_gpu_latency
 from prunefx.runtime.latency import compare_latency, measure_latency
 from prunefx.runtime.onnxruntime_session import DEFAULT_THREADS
-from prunefx.runtime.speedup import Measure, PairMeasurer
+from prunefx.runtime.speedup import Measure, PairMeasurer, deployed, exported_file
 from prunefx.runtime.tensorrt_profile import LayerProfile
 
 CONFIRM_FACTOR = 4  # a pair's `confirm` times this many times the runs (as ONNX Runtime's does)
@@ -145,6 +146,17 @@ class Backend:
         if len(runners) == 1:
             return {"latency": measure_latency(runners[0], threads=settings.threads, **timing).to_dict()}
         return compare_latency(*runners, threads=settings.threads, **timing).to_dict()
+
+    def time_program(self, program: Program, settings: Settings) -> dict:
+        """Latency statistics (median_ms, p90_ms, ...) of `program` alone at `settings.batch`: a small module
+        (one layer captured as a Program) timed the way `bench` times a model. Called after `require`."""
+        program = deployed(program, settings.batch)
+        with tempfile.TemporaryDirectory(prefix="prunefx-time-") as tmp:
+            path = None
+            if self.reads == "onnx":  # the TorchScript exporter: far quicker than dynamo on small modules
+                path, _ = exported_file(program, Path(tmp) / "module.onnx", settings.batch, "torchscript")
+            model = BenchModel(program.name, program, path, list(program.example_inputs))
+            return self.bench([model], settings)["latency"]
 
     def profile(self, model: BenchModel, settings: Settings) -> LayerProfile:
         raise MeasurementError(f"the {self.name} backend has no per-layer profile")
