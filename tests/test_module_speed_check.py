@@ -1,0 +1,72 @@
+"""benchmarks/module_speed.py, the check that a written-back module runs as fast as the pruned Program:
+its structure check, its verdict and one end-to-end run on a CPU (no timing is judged here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from prunefx.graph import capture
+from prunefx.interop.write_back import to_module
+from prunefx.passes.remove_channels import remove_channels
+from prunefx.runtime.latency import LatencyComparison, LatencyStats
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "module_speed.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("module_speed", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _vit():
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=128, depth=2, num_heads=2, num_classes=10)
+    for block in model.blocks:
+        block.attn.fused_attn = True
+    return model.eval()
+
+
+def test_the_structure_check_sees_a_fused_path_switched_off():
+    check = _script()
+    dense = _vit()
+    program = capture(dense, torch.randn(1, 3, 32, 32), name="vit").eval()
+    remove_channels(program, config={"macs": 0.5, "heads": "dims", "strict": False})
+    module = to_module(program, dense)
+    assert check.structure(program, dense, module) == {
+        "program_attention_ops": 2, "module_attention_ops": 2, "fused_attn_switched_off": [], "ok": True}
+    module.blocks[1].attn.fused_attn = False  # what the write-back used to do
+    report = check.structure(program, dense, module)
+    assert report["fused_attn_switched_off"] == ["blocks.1.attn"] and report["module_attention_ops"] == 1
+    assert not report["ok"]
+
+
+def _comparison(program_ms: float, module_ms: float) -> LatencyComparison:
+    def stats(ms):
+        return LatencyStats(median_ms=ms, p90_ms=ms, p99_ms=ms, mean_ms=ms, min_ms=ms, runs=1, threads=None)
+    return LatencyComparison(a=stats(program_ms), b=stats(module_ms), speedup=program_ms / module_ms)
+
+
+@pytest.mark.parametrize(("module_ms", "ok"), [(1.02, True), (0.9, True), (1.05, False)])
+def test_the_verdict_allows_three_percent(module_ms, ok):
+    verdict = _script().verdict(_comparison(1.0, module_ms), 0.03)
+    assert verdict["ok"] is ok and verdict["module_slower_by"] == pytest.approx(module_ms - 1.0)
+
+
+def test_a_cpu_run_reports_structure_and_leaves_its_timing_unjudged(tmp_path, capsys):
+    out = tmp_path / "report.json"
+    status = _script().main(["--model", "timm:deit_tiny_patch16_224", "--image-size", "32", "--batch", "2",
+                             "--device", "cpu", "--runs", "2", "--heads", "dims", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert status == 0 and report["ok"] and json.loads(capsys.readouterr().out) == report
+    assert report["structure"]["program_attention_ops"] == report["structure"]["module_attention_ops"] == 12
+    assert report["speed"]["judged"] is False and report["macs_kept"] < 0.6
