@@ -35,6 +35,9 @@ _NOT_WIDTHS = {"num_hidden_layers", "depths", "num_labels", "image_size", "patch
                "pad_token_id", "bos_token_id", "eos_token_id", "semantic_loss_ignore_index", "encoder_stride",
                "chunk_size_feed_forward", "kernel_size", "mlp_ratios", "mlp_ratio", "out_indices", "_out_indices"}
 MAX_CANDIDATES = 64
+# Lists offered for one list field (`hidden_sizes`): every element's likeliest new size, every element dense,
+# then mixes. Never every combination: a list of 24 widths with two sizes each would be 2**24 lists.
+MAX_LIST_OPTIONS = 8
 
 
 def is_hf_model(module: nn.Module) -> bool:
@@ -92,8 +95,20 @@ def _field_options(config, mapping) -> list[tuple[str, list]]:
         if type(value) is int and value > 1:
             options.append((key, _values(value, mapping)))
         elif isinstance(value, list) and value and all(type(v) is int for v in value):
-            options.append((key, [list(combo) for combo in itertools.product(*(_values(v, mapping) for v in value))]))
+            options.append((key, _list_values(value, mapping)))
     return options
+
+
+def _list_values(values: list[int], mapping) -> list[list[int]]:
+    """At most MAX_LIST_OPTIONS lists for a list field (see MAX_LIST_OPTIONS), likeliest first."""
+    choices = [_values(v, mapping) for v in values]
+    found: list[list[int]] = []
+    for combination in itertools.chain([[c[0] for c in choices], list(values)], itertools.product(*choices)):
+        if list(combination) not in found:
+            found.append(list(combination))
+        if len(found) == MAX_LIST_OPTIONS:
+            break
+    return found
 
 
 def _values(value: int, mapping) -> list[int]:

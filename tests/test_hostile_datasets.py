@@ -1,0 +1,309 @@
+"""Hostile data sets: files a data set names (YOLO labels, palette.txt, classes.txt, COCO annotations, the
+data yaml, COCO image folders) that link out of the data folder are refused without being read, and their
+content never reaches an error line; YAML alias bombs, huge or deeply nested COCO JSON, bad boxes and ids,
+mixed-type fields and non-UTF-8 class lists are each one line naming the file; a 100,000-colour palette is
+checked in linear time; a mask of the wrong size is found when the data set is opened; an error raised in
+a DataLoader worker reaches the caller as its own line."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from prunefx.data import dataset_files
+from prunefx.data.batches import StaticBatches
+from prunefx.data.coco import coco_splits
+from prunefx.data.formats import format_data
+from prunefx.data.masks import mask_splits
+from prunefx.data.palette import read_palette
+from prunefx.data.yolo import yolo_splits
+from prunefx.graph import PrunefxError
+
+SECRET = "TOKEN-91c2-outside-the-data-folder"
+
+
+def _png(path, size=(8, 8), value=0, mode="RGB"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value if mode != "RGB" else (value, value, value)).save(path)
+
+
+def _refused(call, *expected: str) -> str:
+    """The one-line PrunefxError of `call()`, which never quotes the secret and names each of `expected`."""
+    with pytest.raises(PrunefxError) as caught:
+        call()
+    message = str(caught.value)
+    assert "\n" not in message and SECRET not in message, message
+    assert len(message) < 2000, len(message)
+    for part in expected:
+        assert part in message, message
+    return message
+
+
+@pytest.fixture
+def secret(tmp_path):
+    path = tmp_path / "secret.txt"
+    path.write_text(f"{SECRET}\n0 0.5 0.5 0.1 0.1\n")
+    return path
+
+
+# ---- COCO -------------------------------------------------------------------------------------------
+
+def _coco(root, *, annotations=None, categories=None, images=None):
+    """A two-split COCO set of 8 x 8 images; the train file takes the given lists."""
+    for split in ("train", "val"):
+        _png(root / split / "a.png")
+    default = {"images": [{"id": 1, "file_name": "a.png"}],
+               "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 2, 2]}],
+               "categories": [{"id": 1, "name": "one"}, {"id": 2, "name": "two"}]}
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    train = {**default, **{k: v for k, v in (("annotations", annotations), ("categories", categories),
+                                                 ("images", images)) if v is not None}}
+    (root / "annotations" / "instances_train.json").write_text(json.dumps(train))
+    (root / "annotations" / "instances_val.json").write_text(json.dumps(default))
+    return root
+
+
+def test_a_clean_coco_set_reads_its_boxes(tmp_path):
+    splits, names = coco_splits(_coco(tmp_path / "coco"))
+    assert names == ("one", "two")
+    assert splits["train"].boxes[0].tolist() == [[0, 1, 1, 3, 3]]
+
+
+def test_coco_annotations_linked_out_are_not_read(tmp_path, secret):
+    root = _coco(tmp_path / "coco")
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps({"images": SECRET, "annotations": [], "categories": []}))
+    (root / "annotations" / "instances_train.json").unlink()
+    (root / "annotations" / "instances_train.json").symlink_to(outside)
+    _refused(lambda: coco_splits(root), "leads out of the data folder")
+
+
+def test_a_coco_image_folder_linked_out_is_not_walked(tmp_path):
+    root = _coco(tmp_path / "coco")
+    outside = tmp_path / "elsewhere"
+    _png(outside / "a.png")
+    for path in (root / "val").iterdir():
+        path.unlink()
+    (root / "val").rmdir()
+    (root / "val").symlink_to(outside, target_is_directory=True)
+    _refused(lambda: coco_splits(root), "COCO image folder", "leads out of the data folder")
+
+
+@pytest.mark.parametrize("bbox, expected", [
+    ([1, 1, float("nan"), 2], "four finite numbers"),
+    ([1, 1, -2, 2], "not positive"),
+    ([1, 1, 0, 2], "not positive"),
+    ([1, 1, 2], "four finite numbers"),
+    (["1", "1", "2", "2"], "four finite numbers"),
+    (None, "four finite numbers"),
+])
+def test_bad_coco_boxes_are_one_line_naming_the_entry(tmp_path, bbox, expected):
+    root = _coco(tmp_path / "coco", annotations=[{"id": 1, "image_id": 1, "category_id": 1, "bbox": bbox}])
+    _refused(lambda: coco_splits(root), "instances_train.json: annotations[0]", expected)
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"categories": [{"id": 1}, {"id": 1}]}, "categories[1] repeats id 1"),
+    ({"categories": [{"id": 1}, {"id": "2"}]}, "categories[1]: id must be an integer"),
+    ({"categories": [{"id": 1}, {"name": "no id"}]}, "categories[1]: id must be an integer"),
+    ({"images": [{"id": 1, "file_name": "a.png"}, {"id": 1, "file_name": "a.png"}]}, "images[1] repeats id 1"),
+    ({"annotations": [{"id": 1, "image_id": 1, "bbox": [1, 1, 2, 2]}]}, "category_id None"),
+    ({"annotations": [{}]}, "annotations[0] has category_id None"),
+    ({"annotations": [{"id": 1, "image_id": "1", "category_id": 1, "bbox": [1, 1, 2, 2]}]}, "image_id must be"),
+    ({"images": [{"id": 1}]}, "images[0] has no file_name"),
+    ({"images": [5]}, "images[0] is not an object"),
+])
+def test_bad_coco_ids_and_fields_are_one_line(tmp_path, change, expected):
+    root = _coco(tmp_path / "coco", **change)
+    _refused(lambda: coco_splits(root), expected)
+
+
+def test_deeply_nested_coco_json_is_one_line(tmp_path):
+    root = _coco(tmp_path / "coco")
+    (root / "annotations" / "instances_train.json").write_text("[" * 100_000 + "]" * 100_000)
+    _refused(lambda: coco_splits(root), "nested too deep")
+
+
+def test_coco_json_of_too_many_objects_is_refused_before_parsing(tmp_path, monkeypatch):
+    monkeypatch.setattr(dataset_files, "MAX_JSON_CONTAINERS", 1_000)  # the same rule as at 10 million
+    root = _coco(tmp_path / "coco")
+    (root / "annotations" / "instances_train.json").write_text(
+        '{"images": [], "categories": [], "annotations": [' + ",".join(["{}"] * 2_000) + "]}")
+    _refused(lambda: coco_splits(root), "2,004 objects and lists, more than the limit of 1,000")
+
+
+# ---- YOLO -------------------------------------------------------------------------------------------
+
+def _yolo(root, *, yaml_text=None, label="0 0.5 0.5 0.25 0.25\n"):
+    for split in ("train", "val"):
+        _png(root / "images" / split / "a.png")
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        (root / "labels" / split / "a.txt").write_text(label)
+    (root / "data.yaml").write_text(yaml_text or "train: images/train\nval: images/val\nnames: [one, two]\n")
+    return root
+
+
+def test_a_clean_yolo_set_reads_its_boxes(tmp_path):
+    splits, names = yolo_splits(_yolo(tmp_path / "yolo"))
+    assert names == ("one", "two")
+    assert splits["train"].boxes[0].tolist() == [[0, 3, 3, 5, 5]]
+
+
+def test_a_yolo_label_file_linked_out_is_not_read(tmp_path, secret):
+    root = _yolo(tmp_path / "yolo")
+    (root / "labels" / "train" / "a.txt").unlink()
+    (root / "labels" / "train" / "a.txt").symlink_to(secret)
+    _refused(lambda: yolo_splits(root), "YOLO labels", "leads out of the data folder")
+
+
+def test_a_yolo_labels_folder_linked_out_is_not_read(tmp_path, secret):
+    root = _yolo(tmp_path / "yolo")
+    outside = tmp_path / "outside_labels"
+    outside.mkdir()
+    (outside / "a.txt").symlink_to(secret)
+    for path in (root / "labels" / "val").iterdir():
+        path.unlink()
+    (root / "labels" / "val").rmdir()
+    (root / "labels" / "val").symlink_to(outside, target_is_directory=True)
+    _refused(lambda: yolo_splits(root), "leads out of the data folder")
+
+
+def test_a_data_yaml_linked_out_of_the_named_folder_is_not_read(tmp_path, secret):
+    root = _yolo(tmp_path / "yolo")
+    (root / "data.yaml").unlink()
+    (root / "data.yaml").symlink_to(secret)
+    _refused(lambda: yolo_splits(root), "leads out of the data folder")
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    root = _yolo(tmp_path / "yolo", yaml_text="\n".join(levels) + "\ntrain: images/train\nval: images/val\n"
+                                                                   "names: *a8\n")
+    assert (root / "data.yaml").stat().st_size < 1024
+    started = time.perf_counter()
+    _refused(lambda: yolo_splits(root), "aliases (*name) are not allowed")
+    assert time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize("label, expected", [
+    ("0 nan 0.5 0.25 0.25\n", "finite numbers"),
+    ("0 0.5 0.5 -0.25 0.25\n", "positive width and height"),
+    ("0 0.5 0.5 inf 0.25\n", "finite numbers"),
+    ("0 0.5\n", "expected 'class x y w h'"),
+])
+def test_bad_yolo_label_lines_are_one_line_naming_the_file_and_line(tmp_path, label, expected):
+    root = _yolo(tmp_path / "yolo", label=label)
+    _refused(lambda: yolo_splits(root), "a.txt:1:", expected)
+
+
+def test_a_label_line_of_10000_columns_gives_a_short_error_line(tmp_path):
+    root = _yolo(tmp_path / "yolo", label=" ".join(["0.5"] * 10_000) + "\n")
+    message = _refused(lambda: yolo_splits(root), "a.txt:1:")
+    assert len(message) < 500
+
+
+@pytest.mark.parametrize("yaml_text, expected", [
+    ("path: 5\ntrain: images/train\nval: images/val\nnames: [a, b]\n", "path: must be a folder"),
+    ("train: images/train\nval: images/val\nnames: {0: a, '1': b}\n", "names must be"),
+    ("train: images/train\nval: images/val\nnames: [a, [b]]\n", "names must be"),
+    ("train: [images/train]\nval: images/val\nnames: [a, b]\n", "train: must be one folder"),
+    ("- just\n- a list\n", "is not a mapping"),
+    ("train: !!python/object:os.system x\n", "cannot read YOLO data file"),
+])
+def test_mistyped_yolo_yaml_fields_are_one_line(tmp_path, yaml_text, expected):
+    root = _yolo(tmp_path / "yolo", yaml_text=yaml_text)
+    _refused(lambda: yolo_splits(root), expected)
+
+
+# ---- mask folders -----------------------------------------------------------------------------------
+
+def _masks(root, *, mask_size=(8, 8)):
+    for split in ("train", "val"):
+        _png(root / "images" / split / "a.png")
+        _png(root / "masks" / split / "a.png", mask_size, 1, mode="L")
+    (root / "classes.txt").write_text("zero\none\n")
+    return root
+
+
+def test_a_clean_mask_set_reads_its_classes(tmp_path):
+    _, names = mask_splits(_masks(tmp_path / "masks"))
+    assert names == ("zero", "one")
+
+
+@pytest.mark.parametrize("name", ["classes.txt", "palette.txt"])
+def test_class_lists_and_palettes_linked_out_are_not_read(tmp_path, secret, name):
+    root = _masks(tmp_path / "masks")
+    (root / name).unlink(missing_ok=True)
+    (root / name).symlink_to(secret)
+    _refused(lambda: mask_splits(root), "leads out of the data folder")
+
+
+def test_a_class_list_that_is_not_utf8_is_one_line(tmp_path):
+    root = _masks(tmp_path / "masks")
+    (root / "classes.txt").write_bytes(b"zero\n\xff\xfe one\n")
+    _refused(lambda: mask_splits(root), "classes.txt is not UTF-8 text")
+
+
+def test_a_mask_of_the_wrong_size_is_found_when_the_set_is_opened(tmp_path):
+    root = _masks(tmp_path / "masks", mask_size=(8, 6))
+    _refused(lambda: mask_splits(root), "is 8x6 but its image", "is 8x8")
+
+
+def test_a_100000_colour_palette_is_checked_in_linear_time(tmp_path):
+    colours = [(i >> 16, (i >> 8) & 255, i & 255) for i in range(100_000)]
+    lines = [f"{r} {g} {b} c{i}" for i, (r, g, b) in enumerate(colours)] + ["0 1 2 again"]
+    path = tmp_path / "palette.txt"
+    path.write_text("\n".join(lines) + "\n")
+    started = time.perf_counter()
+    _refused(lambda: read_palette(path, 255), "lists colour (0, 1, 2) twice")
+    assert time.perf_counter() - started < 10  # a quadratic check takes minutes
+
+
+# ---- DataLoader workers -----------------------------------------------------------------------------
+
+class _FailsAtThree(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        if index == 3:
+            raise PrunefxError("image /data/x.png: cannot read it (remove or replace the file)")
+        return torch.zeros(1), torch.tensor(0)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_error_in_a_worker_reaches_the_caller_as_its_own_line(workers):
+    batches = StaticBatches(_FailsAtThree(), 4, shuffle=False, num_workers=workers)
+    with pytest.raises(PrunefxError) as caught:
+        list(batches)
+    assert str(caught.value) == "image /data/x.png: cannot read it (remove or replace the file)"
+
+
+def test_format_data_reads_a_clean_coco_set_through_workers(tmp_path):
+    data = format_data(_coco(tmp_path / "coco"), 1, num_workers=1, augment=False)
+    images, boxes = next(iter(data.train))
+    assert images.shape == (1, 3, 8, 8) and boxes[0, 0].tolist() == [0, 1, 1, 3, 3]
+
+
+def test_an_image_turned_bad_after_opening_is_one_line_from_the_worker(tmp_path):
+    data = format_data(_coco(tmp_path / "coco"), 1, num_workers=1, augment=False)
+    (tmp_path / "coco" / "train" / "a.png").write_bytes(b"not a png")
+    with pytest.raises(PrunefxError) as caught:
+        next(iter(data.train))
+    message = str(caught.value)
+    assert message.startswith("cannot read image") and "DataLoader" not in message and "\n" not in message
+
+
+def test_a_symlinked_dataset_root_inside_itself_still_reads(tmp_path):
+    """Links that stay inside the data folder are fine: only those that lead out are refused."""
+    root = _yolo(tmp_path / "yolo")
+    (root / "labels" / "train" / "a.txt").rename(root / "shared.txt")
+    os.symlink("../../shared.txt", root / "labels" / "train" / "a.txt")
+    splits, _ = yolo_splits(root)
+    assert splits["train"].boxes[0].tolist() == [[0, 3, 3, 5, 5]]

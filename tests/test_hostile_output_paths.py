@@ -1,0 +1,66 @@
+"""`-o` that would replace an input, for every command that writes: a folder holding the model, its weights
+or its data, and a symbolic link to nowhere, are each refused in one line (exit 2) before any work, and
+the input is left as it was."""
+
+from __future__ import annotations
+
+import pytest
+
+from prunefx.cli import main
+
+# Each command that writes an output folder, with the options it needs besides the model and -o.
+FOLDER_COMMANDS = {
+    "prune": ["--macs", "0.5"],
+    "quantize": [],
+    "depth": ["--blocks", "1"],
+    "compress": ["--data", "fashion-mnist"],
+}
+
+
+def _run(capsys, argv) -> tuple[int, str]:
+    status = main(argv)
+    return status, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("command", sorted(FOLDER_COMMANDS))
+def test_an_output_folder_holding_the_model_is_refused_before_any_work(tmp_path, capsys, command):
+    model = tmp_path / "model.pt2"
+    model.write_bytes(b"not loaded: the refusal comes first")
+    status, err = _run(capsys, [command, str(model), *FOLDER_COMMANDS[command], "-o", str(tmp_path)])
+    assert status == 2 and len(err.splitlines()) == 1, err
+    assert "holds the model being read" in err
+    assert model.read_bytes() == b"not loaded: the refusal comes first"
+
+
+def test_an_output_folder_holding_the_weights_or_data_is_refused(tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    status, err = _run(capsys, ["compress", "prunefx:resnet20", "--data", str(data), "-o", str(tmp_path)])
+    assert status == 2 and "holds the data being read" in err, err
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")
+    status, err = _run(capsys, ["prune", "prunefx:resnet20", "--weights", str(weights), "--macs", "0.5",
+                                "-o", str(tmp_path)])
+    assert status == 2 and "holds the weights being read" in err, err
+
+
+def test_an_output_next_to_the_model_is_accepted_by_the_check(tmp_path):
+    from prunefx.output import check_outputs_spare_inputs
+
+    class Args:
+        model = str(tmp_path / "model.pt2")
+        output = str(tmp_path / "pruned")
+
+    (tmp_path / "model.pt2").write_bytes(b"")
+    check_outputs_spare_inputs(Args())  # a sibling folder holds no input: nothing raised
+
+
+@pytest.mark.parametrize("command", ["prune", "export"])
+def test_an_output_that_is_a_dangling_link_is_refused_before_any_work(tmp_path, capsys, command):
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "missing" / "folder")
+    extra = FOLDER_COMMANDS.get(command, [])
+    status, err = _run(capsys, [command, "prunefx:resnet20", *extra, "-o", str(link)])
+    assert status == 2 and len(err.splitlines()) == 1, err
+    assert "symbolic link to a path that does not exist" in err
+    assert link.is_symlink() and not (tmp_path / "missing").exists()
