@@ -63,7 +63,7 @@ def offline_environment(tmp_path: Path) -> dict:
 
 
 def run_example(tmp_path: Path, model: str, options: list[str], *, train: int = 32, val: int = 16,
-                batch: int = 8) -> dict:
+                batch: int = 8, macs_tolerance: float = 0.03) -> dict:
     data = write_yolo_data(tmp_path / "data", train=train, val=val)
     output = tmp_path / "out"
     run = subprocess.run([sys.executable, "examples/ultralytics_prune_train.py", f"ultralytics:{model}",
@@ -73,7 +73,7 @@ def run_example(tmp_path: Path, model: str, options: list[str], *, train: int = 
     assert run.returncode == 0, run.stderr[-3000:]
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["widths_kept_by_training"]
-    assert metrics["macs_kept"] == pytest.approx(0.5, rel=0.03)
+    assert metrics["macs_kept"] == pytest.approx(0.5, rel=macs_tolerance)
     assert 0.0 <= metrics["map50_95"] <= metrics["map50"] <= 1.0
     assert metrics["onnx_relative_difference"] < 1e-4
     assert (output / "weights.pt").is_file() and (output / "model.onnx").is_file()
@@ -89,6 +89,9 @@ def test_toy_yolo_prunes_while_ultralytics_trains(tmp_path):
     assert [cut["step"] for cut in metrics["cpd_cuts"]] == [1, 2]
 
 
+DUAL_HEADS = ("yolo26n.yaml", "yolov10n.yaml")  # a one-to-one branch beside the one-to-many one
+
+
 # Minutes each (captures of a YOLO, Ultralytics' training): the zoo lane, not `make test`'s 20 minutes.
 @pytest.mark.slow
 @pytest.mark.zoo
@@ -99,7 +102,8 @@ def test_toy_yolo_prunes_while_ultralytics_trains(tmp_path):
                                             ("yolov8n.yaml", ["--nbs", "8", "--cpd", "1"]),
                                             ("yolo11n.yaml", ["--nbs", "8", "--cpd", "1"])])
 def test_pruned_yolo_trains_validates_and_exports(tmp_path, model, options):
-    metrics = run_example(tmp_path, model, options)
+    # YOLOv10 and YOLO26 at 64 pixels: widths in multiples of 8 land the cut within 10 % of its target.
+    metrics = run_example(tmp_path, model, options, macs_tolerance=0.1 if model in DUAL_HEADS else 0.03)
     if "--cpd" in options:  # two cuts while Ultralytics trained
         assert [cut["step"] for cut in metrics["cpd_cuts"]] == [1, 2]
 
@@ -129,3 +133,13 @@ def test_classification_yolo_prunes_and_writes_back():
     with torch.no_grad():
         for got, want in zip(pytree.tree_leaves(pruned(other)), pytree.tree_leaves(program(other)), strict=True):
             assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_example_refuses_in_one_line_without_a_traceback(tmp_path):
+    data = tmp_path / "data.yaml"
+    data.write_text(json.dumps({"path": str(tmp_path), "train": "images", "val": "images", "names": {0: "a"}}))
+    run = subprocess.run([sys.executable, "examples/ultralytics_prune_train.py", "yolov8n.yaml", "--data", str(data),
+                          "-o", str(tmp_path / "out")], cwd=REPO, env=offline_environment(tmp_path),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr and run.stderr.strip().splitlines()[-1].startswith("error: name an")

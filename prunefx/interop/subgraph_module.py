@@ -23,7 +23,7 @@ from torch import fx, nn
 from prunefx.graph import Program
 
 # Operators whose behaviour depends on the training mode: baked into the graph, they would not train.
-_MODAL = ("dropout", "batch_norm", "rrelu")
+_MODAL = ("dropout", "batch_norm", "rrelu", "scaled_dot_product")  # attention: its dropout_p baked in
 
 
 class SubgraphError(Exception):

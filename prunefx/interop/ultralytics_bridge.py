@@ -57,10 +57,13 @@ def pruned_class(base: type) -> type:
 
 
 def __getattr__(name: str):
-    # pickle finds classes by module and name: make a pruned block class when a checkpoint asks for it.
-    if name.startswith(_PREFIX) and name[len(_PREFIX):] in _SPLIT_BLOCKS:
+    # pickle finds classes by module and name: make a pruned block class when a checkpoint asks for it
+    # (the split blocks and their subclasses, such as YOLOv10's C2fCIB).
+    if name.startswith(_PREFIX):
         from ultralytics.nn.modules import block
-        return pruned_class(getattr(block, name[len(_PREFIX):]))
+        base = getattr(block, name[len(_PREFIX):], None)
+        if isinstance(base, type) and any(cls.__name__ in _SPLIT_BLOCKS for cls in base.__mro__):
+            return pruned_class(base)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -8,7 +8,10 @@ The graph is the truth; the module is a view of it that must prove itself. The w
    operators that module called (found by aligning the pruned graph with a capture of the dense model,
    graph/scoped_calls.py);
 3. proves the result: its eager outputs match the Program's on the example inputs and on a second random
-   input (1e-5 relative), and it captures again to a graph whose tensors have the Program's widths.
+   input (1e-5 relative), and it captures again to a graph whose tensors have the Program's widths;
+4. where that proof fails, puts in place of each module whose own code made a rewritten operator (and
+   that no registered resizer handles) the Program's subgraph of that code, calling the module's children
+   (prunefx/interop/subgraph_module.py), and proves again, also on a batch of both inputs.
 Where a step fails, one PrunefxError names the module and the attribute or operator; the Program stays
 the deliverable.
 """
