@@ -307,3 +307,44 @@ def test_a_symlinked_dataset_root_inside_itself_still_reads(tmp_path):
     os.symlink("../../shared.txt", root / "labels" / "train" / "a.txt")
     splits, _ = yolo_splits(root)
     assert splits["train"].boxes[0].tolist() == [[0, 3, 3, 5, 5]]
+
+
+# ---- linked split folders and boxes outside the image -----------------------------------------------
+
+def _link_out(folder, outside):
+    """Replace `folder` by a link to `outside`, which holds the same images."""
+    outside.mkdir(parents=True)
+    for path in sorted(folder.iterdir()):
+        path.rename(outside / path.name)
+    folder.rmdir()
+    folder.symlink_to(outside, target_is_directory=True)
+
+
+def test_linked_split_folders_leading_out_are_refused_in_every_layout(tmp_path):
+    from prunefx.data.splits import image_folder_data
+    from prunefx.data.unlabelled import unlabelled_data
+
+    masks = _masks(tmp_path / "masks")
+    _link_out(masks / "images" / "val", tmp_path / "out1")
+    _refused(lambda: mask_splits(masks), "image folder", "leads out of the data folder")
+    yolo = _yolo(tmp_path / "yolo")
+    _link_out(yolo / "images" / "train", tmp_path / "out2")
+    _refused(lambda: yolo_splits(yolo), "YOLO image folder", "leads out of the data folder")
+    folders = tmp_path / "imagefolder"
+    for split in ("train", "val"):
+        _png(folders / split / "cat" / "a.png")
+    _link_out(folders / "val", tmp_path / "out3")
+    _refused(lambda: image_folder_data(folders, 1), "leads out of the data folder")
+    _refused(lambda: unlabelled_data(folders, 1, image_size=None, channels=3, seed=0, num_workers=0),
+             "leads out of the data folder")
+
+
+def test_a_coco_box_outside_its_declared_image_is_one_line(tmp_path):
+    root = _coco(tmp_path / "coco", images=[{"id": 1, "file_name": "a.png", "width": 8, "height": 8}],
+                 annotations=[{"id": 1, "image_id": 1, "category_id": 1, "bbox": [6, 1, 40, 2]}])
+    _refused(lambda: coco_splits(root), "image 1: box", "outside its image of 8x8 pixels")
+
+
+def test_a_yolo_coordinate_above_one_is_one_line(tmp_path):
+    root = _yolo(tmp_path / "yolo", label="0 12 0.5 0.25 0.25\n")
+    _refused(lambda: yolo_splits(root), "a.txt:1:", "fractions of the image's sides")

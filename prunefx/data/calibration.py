@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from prunefx.assets import imagenet_transform
+from prunefx.data.dataset_files import confined
 from prunefx.data.formats import dense_format, format_data
 from prunefx.data.image_files import image_files, read_image
 from prunefx.data.splits import (
@@ -119,7 +120,7 @@ def calibration_data(data: str, example: torch.Tensor, images: int = 256, *, see
                            "fashion-mnist-seg[:SIZE], fashion-mnist-det[:SIZE] or a folder of images (an ImageFolder layout with train/<class>/, or images directly in it)")
     if (folder / "train").is_dir():
         _check_rgb(example, "calibration images")
-        loader = image_folder_split(folder / "train", batch, image_size=int(example.shape[2]), shuffle=True,
+        loader = image_folder_split(confined(folder / "train", folder, "image folder"), batch, image_size=int(example.shape[2]), shuffle=True,
                                     seed=seed)
         return _from_loader(loader, count, f"{folder / 'train'} (ImageFolder, shuffled)")
     batches = image_batches(folder, example, limit=count * batch)

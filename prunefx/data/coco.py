@@ -8,7 +8,8 @@ them. Boxes are COCO's [x, y, width, height] turned into (x1, y1, x2, y2).
 
 Every file and folder is opened through prunefx/data/dataset_files.py (nothing outside ROOT is read) and
 every field is checked: ids are integers and unique, a box is four finite numbers with a positive width
-and height; anything else is one line naming the file, the entry and the field.
+and height, inside the image's declared size (within BOX_TOLERANCE); anything else is one line naming the
+file, the entry and the field.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from prunefx.data.samples import SplitFiles, inside
 from prunefx.graph.errors import PrunefxError, printable
 
 ROLES = ("train", "val", "test")
+BOX_TOLERANCE = 0.01
 WHAT = "COCO annotations"
 
 
@@ -105,6 +107,18 @@ def _box(annotation: dict, where: str) -> list[float]:
     return [x, y, x + w, y + h]
 
 
+def _check_inside(box: list[float], image: dict, where: str) -> None:
+    """A box within the image's declared `width` x `height` (when the file gives them), up to
+    BOX_TOLERANCE of the side and a pixel (COCO's own boxes overhang by rounding)."""
+    for low, high, side in ((box[1], box[3], image.get("width")), (box[2], box[4], image.get("height"))):
+        if type(side) not in (int, float) or not side > 0:
+            continue
+        margin = max(1.0, BOX_TOLERANCE * side)
+        if low < -margin or high > side + margin:
+            raise PrunefxError(f"{where}: box (x1, y1, x2, y2) {shown([round(v, 2) for v in box[1:]])} lies "
+                               f"outside its image of {image.get('width')}x{image.get('height')} pixels")
+
+
 def _image_folder(root: Path, split: str, annotations: Path) -> Path:
     for folder in (root / split, root / "images" / split):
         if folder.is_dir():
@@ -149,7 +163,10 @@ def read_split(root: Path, annotations: Path, category_ids: list[int]) -> SplitF
             raise PrunefxError(f"{printable(str(annotations))}: image {printable(str(name))[:200]} is not in "
                                f"{printable(str(folder))}")
         images.append(inside(path, folder, "image"))
-        boxes.append(np.asarray(boxes_of.pop(image_ids[number], []), dtype=np.float32).reshape(-1, 5))
+        rows = boxes_of.pop(image_ids[number], [])
+        for row in rows:
+            _check_inside(row, image, f"{printable(str(annotations))}: image {image_ids[number]}")
+        boxes.append(np.asarray(rows, dtype=np.float32).reshape(-1, 5))
     if boxes_of:
         raise PrunefxError(f"{printable(str(annotations))}: annotations name image_id {next(iter(boxes_of))}, "
                            "which its images lack")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prunefx.data.dataset_files import read_text
+from prunefx.data.dataset_files import confined, read_text
 from prunefx.data.palette import PALETTE_FILE, Palette, read_palette
 from prunefx.data.samples import SplitFiles, image_size_of, images_in, inside, read_mask
 from prunefx.graph.errors import PrunefxError, printable
@@ -34,7 +34,7 @@ def is_mask_folder(root: Path) -> bool:
 
 
 def read_split(root: Path, split: str, palette: Palette | None = None) -> SplitFiles:
-    images = images_in(root / "images" / split)
+    images = images_in(confined(root / "images" / split, root, "image folder"))
     masks = []
     for image in images:
         mask = root / "masks" / split / f"{image.stem}.png"

@@ -30,6 +30,7 @@ from prunefx.data.batches import (
     derive_seed,
     tensor_batches,
 )
+from prunefx.data.dataset_files import confined
 from prunefx.data.image_files import class_folder_samples, open_image
 from prunefx.graph.errors import PrunefxError
 
@@ -211,6 +212,9 @@ def image_folder_data(path: str | Path, batch_size: int, *, image_size: int = 22
     if missing:
         raise PrunefxError(f"data folder {root} lacks {' and '.join(f'{name}/' for name in missing)}: "
                            f"expected {root}/train/<class>/* and {root}/val/<class>/*")
+    for name in ("train", "val", "test"):
+        if (root / name).is_dir():  # a linked split folder is followed only while it stays in the data folder
+            confined(root / name, root, "image folder")
     classes = _class_folders(root / "train")
     train_transform = imagenet_train_transform(image_size) if augment else imagenet_transform(image_size)
     eval_transform = imagenet_transform(image_size)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from prunefx.data.batches import IGNORED_LABEL, StaticBatches
+from prunefx.data.dataset_files import confined
 from prunefx.data.image_files import image_files
 from prunefx.data.samples import LabelledImages, SplitFiles, check_headers
 from prunefx.data.splits import CLASSIFICATION, DataSplits
@@ -36,7 +37,8 @@ def unlabelled_data(path: Path, batch_size: int, *, image_size: int | tuple[int,
     roles = [role for role in ("train", "val", "test") if (path / role).is_dir()]
     if "train" not in roles or len(roles) < 2:
         raise PrunefxError(f"unlabelled images {path} need train/ and val/ (or test/) folders of images")
-    splits = {role: SplitFiles(image_files(path / role), str(path / role)) for role in roles}
+    splits = {role: SplitFiles(image_files(confined(path / role, path, "image folder")), str(path / role))
+              for role in roles}
     first = check_headers(splits["train"])
     for split in splits.values():
         check_headers(split)

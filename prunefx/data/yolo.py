@@ -12,7 +12,7 @@ An image without a label file has no objects (Ultralytics' rule for background i
 
 The yaml is read without aliases or tags (prunefx/data/dataset_files.py); a label file must lie, links
 followed, inside the folder that holds its `labels` folder, and every number of a label line must be finite,
-the width and height positive.
+the width and height positive, and all four fractions from 0 to 1.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from prunefx.graph.errors import PrunefxError, printable
 from prunefx.graph.safety.regular_files import read_regular_file
 
 DATA_YAML = "data.yaml"
+FRACTION_TOLERANCE = 0.01  # rounding in labelling tools' exports; Ultralytics refuses coordinates above 1
 
 
 def yaml_file(path: Path) -> Path | None:
@@ -84,6 +85,9 @@ def read_labels(path: Path, classes: int, height: int, width: int, root: Path | 
         if not all(math.isfinite(v) for v in (cx, cy, w, h)) or w <= 0 or h <= 0:
             raise PrunefxError(f"{where}: a box needs finite numbers and a positive width and height, got "
                                f"{quoted(line)}")
+        if not all(0 <= v <= 1 + FRACTION_TOLERANCE for v in (cx, cy, w, h)):
+            raise PrunefxError(f"{where}: x, y, width and height are fractions of the image's sides (0 to 1), got "
+                               f"{quoted(line)}")
         if not cls.is_integer() or not 0 <= cls < classes:
             raise PrunefxError(f"{where}: class {printable(fields[0])[:40]} is outside the {classes} classes "
                                f"0..{classes - 1}")
@@ -130,5 +134,8 @@ def yolo_splits(path: Path) -> tuple[dict[str, SplitFiles], tuple[str, ...]]:
             continue
         if not isinstance(entry, str):
             raise PrunefxError(f"YOLO data file {data_file}: {role}: must be one folder of images")
-        splits[role] = read_split(root / entry, len(names), data_file)
+        folder = root / entry
+        if not Path(entry).is_absolute() and ".." not in Path(entry).parts and folder.is_dir():
+            confined(folder, root, "YOLO image folder")  # a folder inside the root that links out of it
+        splits[role] = read_split(folder, len(names), data_file)
     return splits, names
