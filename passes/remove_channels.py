@@ -19,7 +19,7 @@ Config:
   `calibration`: input batches (tensors, tuples of tensors or (inputs, labels) pairs, with the captured
   shapes) for taylor/fisher/obs and for `compensate`, defaulting to the Program's example inputs;
 - defaults that use what the caller gives: with `calibration` and no `importance`, obs selection with
-  `compensate` (the best one-shot path measured, benchmarks/results/one_shot_accuracy.md); without
+  `compensate` (the best one-shot path measured on our benchmarks); without
   calibration data, l2 and no compensation. An explicit `importance` or `compensate` is always kept;
 - `ranking`: global (default; scores normalised per group, except obs's, which share one scale),
   local (same ratio in every group) or uniform (local with head counts kept whole: every tensor width
@@ -139,8 +139,8 @@ class RemoveChannelsConfig(PassConfig):
 
     def resolved(self) -> tuple[str | Callable, bool]:
         """(importance, compensate) after the defaults that depend on the data given: with calibration
-        data, second-order selection with compensation (the best one-shot path on our benchmarks,
-        benchmarks/results/one_shot_accuracy.md); without, l2 magnitudes."""
+        data, second-order selection with compensation (the best one-shot path on our benchmarks);
+        without, l2 magnitudes."""
         with_data = self.calibration is not None
         importance = self.importance if self.importance is not None else ("obs" if with_data else "l2")
         compensate = self.compensate if self.compensate is not None else (self.importance is None and with_data)

@@ -76,3 +76,35 @@ def test_module_with_part_is_refused_in_one_line(capsys, tmp_path):
                         "-o", tmp_path / "o")
     assert code == 2 and "--part" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+_USER_VIT = """
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+
+def build():
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=128, depth=2, num_heads=2, num_classes=5)
+    for block in model.blocks:
+        block.attn.fused_attn = True
+    return model
+"""
+
+
+@pytest.mark.slow
+def test_prune_with_head_dims_writes_a_module_that_keeps_fused_attention(capsys, tmp_path):
+    (tmp_path / "vit.py").write_text(_USER_VIT)
+    code, _, err = _run(capsys, "prune", f"{tmp_path / 'vit.py'}:build", "--input-shape", "1x3x32x32",
+                        "--macs", "0.5", "--heads", "dims", "--module", "-o", tmp_path / "out")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["heads"] == "dims" and report["module"]["written"]
+    module = torch.load(tmp_path / "out" / "module.pt", weights_only=False)  # our own file: trusted
+    attention = [block.attn for block in module.blocks]
+    assert all(a.fused_attn for a in attention) and min(a.head_dim for a in attention) < 64
+    program = Program.load(tmp_path / "out" / "model.pt2")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected, actual = pytree.tree_leaves(program(x))[0], module(x)
+    assert (actual - expected).abs().max() <= 1e-5 * expected.abs().max()

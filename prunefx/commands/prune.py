@@ -54,7 +54,7 @@ HELP = ("remove channels to a MACs or parameter target, or to a speed-up or late
 TARGETS = ("macs", "params", "channels")
 BUDGETS = ("speedup", "latency_ms")  # prune_to_budget's: measured on --backend at batch 1
 SEARCH = ("tolerance", "max_candidates", "confirm")  # how prune_to_budget searches
-OPTIONS = ("importance", "ranking", "round_to", "max_ratio", "keep", "compensate", "damping")
+OPTIONS = ("importance", "ranking", "round_to", "max_ratio", "heads", "keep", "compensate", "damping")
 WIDTHS = ("round_to",)  # prune_to_budget's: default None, the budget backend's multiple (runtime/width_multiple.py)
 
 
@@ -249,6 +249,7 @@ def _report(name, removal: ChannelsRemoved, delivered, *, budget, calibration, r
             "compensated": bool(removal.compensation), "compensation": removal.compensation,
             "recalibrate_batchnorm": recalibration,
             "ranking": removal.ranking, "round_to": removal.round_to, "max_ratio": removal.max_ratio,
+            "heads": removal.heads,
             "groups": removal.groups, "blocked": removal.blocked, **delivered}
 
 
