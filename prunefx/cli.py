@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -31,6 +32,8 @@ EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+# OSErrors that say what is wrong with a path the user typed (a name over 255 bytes, a loop of links).
+_PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP}
 
 
 def _model_arguments(parser: argparse.ArgumentParser, *, onnx_allowed: bool = False) -> None:
@@ -147,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         _report(f"prunefx {args.command}: error: the model code called sys.exit({exit_.code!r})")
         return EXIT_USER_ERROR
     except Exception as error:
+        if isinstance(error, OSError) and error.errno in _PATH_ERRNOS:  # a path the user gave, not a bug
+            _report(f"prunefx {args.command}: error: {_one_line(f'{error.strerror}: {error.filename}')}")
+            return EXIT_USER_ERROR
         if debug:
             raise
         _report(f"prunefx {args.command}: internal error: {_one_line(first_line(error))} "

@@ -348,3 +348,31 @@ def test_a_coco_box_outside_its_declared_image_is_one_line(tmp_path):
 def test_a_yolo_coordinate_above_one_is_one_line(tmp_path):
     root = _yolo(tmp_path / "yolo", label="0 12 0.5 0.25 0.25\n")
     _refused(lambda: yolo_splits(root), "a.txt:1:", "fractions of the image's sides")
+
+
+# ---- through the command line -----------------------------------------------------------------------
+
+def test_the_cli_refuses_a_linked_label_file_in_one_line_without_the_secret(tmp_path, secret, capsys):
+    from prunefx.cli import main
+
+    root = _yolo(tmp_path / "yolo")
+    (root / "labels" / "val" / "a.txt").unlink()
+    (root / "labels" / "val" / "a.txt").symlink_to(secret)
+    out = tmp_path / "out"
+    status = main(["compress", "prunefx:resnet20", "--recipe", "finetune", "--data", str(root), "-o", str(out)])
+    captured = capsys.readouterr()
+    assert status == 2, captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and SECRET not in captured.out + captured.err
+    assert not out.exists()
+
+
+def test_the_cli_cuts_an_error_line_to_1000_characters(tmp_path, capsys):
+    from prunefx.cli import MAX_ERROR_CHARS, main
+
+    (tmp_path / "train").mkdir()
+    name = "x" * 3000  # a path component longer than any error line may be
+    status = main(["compress", "prunefx:resnet20", "--recipe", "finetune", "--data", str(tmp_path / name),
+                   "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1
+    assert err.endswith(" [...]") and len(err) <= len("prunefx compress: error: ") + MAX_ERROR_CHARS + 6, err
