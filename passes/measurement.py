@@ -1,6 +1,6 @@
 """The measuring protocol of the budget passes (prune_to_budget, depth_to_budget, choose_for_budget).
 
-Passes never import the runtime (DESIGN.md, layering); a pass that meets a latency budget is given a
+Passes never import the runtime (the layers import downward only); a pass that meets a latency budget is given a
 `Measurer` by its caller (runtime/speedup.py's `onnx_latency_pair`, runtime/budget_backends.py's
 `latency_pair`). A Measurer has two ways to time a candidate against the dense model:
 

@@ -6,9 +6,9 @@ is made from its config field (prunefx/cli_options.py), with the same default an
 
 Calibration data, `--calibrate DATA` (fashion-mnist | imagenet-sample | a folder: ImageFolder with
 train/, or images directly in it; `--calibration-images`, 256 by default, in batches of the captured
-batch size). Given data, the defaults use it, as the best one-shot path measured on our benchmarks does
-(benchmarks/results/one_shot_accuracy.md): second-order (obs) channel selection, compensation of the
-remaining weights, and every batch norm recalibrated after the removal. `--importance`,
+batch size). Given data, the defaults use it, as the best one-shot path measured on our benchmarks does:
+second-order (obs) channel selection, compensation of the remaining weights, and every batch norm
+recalibrated after the removal. `--importance`,
 `--no-compensate` and `--no-recalibrate` choose otherwise. Without data: l2 magnitudes; a data-driven
 criterion named explicitly (taylor, fisher, obs) then reads `--calibration-batches` batches of noise,
 and `--compensate` is refused (fitting weights to noise would only hurt).
