@@ -69,6 +69,22 @@ def test_width_alone_out_of_reach_names_the_depth_route_in_one_line(stand_in, ca
 
 
 @pytest.mark.slow
+@needs_fashion_mnist
+def test_a_budget_width_meets_is_written_from_the_outcome_with_no_route(stand_in, capsys, tmp_path):
+    code, out, err = prune(capsys, "--speedup", 1.2, "--tolerance", 0.5, "--max-candidates", 4, "-o", tmp_path / "out")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    budget = report["budget"]
+    assert "route" not in report and budget["met"] and budget["trace"] and "remove_channels" not in budget
+    assert (budget["backend"], budget["precision"], budget["budget"]) == ("ort", "fp32", "a 1.2x speed-up")
+    # the oracle, on what was written: the stand-in runtime's own ratio is the one reported
+    dense = capture(build_model("prunefx:mobilenetv2_small").module.eval(), torch.randn(2, 1, 28, 28))
+    delivered = stand_in_ms(dense) / stand_in_ms(Program.load(tmp_path / "out" / "model.pt2"))
+    assert delivered >= 1.2 and budget["speedup"] == pytest.approx(delivered)
+    assert "budget a 1.2x speed-up met" in out and "taking" not in out
+
+
+@pytest.mark.slow
 @pytest.mark.zoo  # heavy end-to-end: `make test-zoo` (keeps `make test` within 20 minutes)
 @needs_fashion_mnist
 def test_allow_depth_meets_the_budget_by_merging_blocks(stand_in, capsys, tmp_path):
