@@ -61,12 +61,14 @@ def to_module(program: Program, model: nn.Module, *, config: bool = True) -> nn.
     _check_nothing_dropped(program, dense, name)
     _copy_tensors(program, module, name, _built_in_forward(dense, model))
     changes = literal_changes(dense.module, program.module)
-    _resize_modules(module, changes, name)
+    unresized = _resize_modules(module, changes, name)
     replaced = replaced_calls(dense.module, program.module)
     hint = _hint(module, changes, replaced)
     if config:  # before the proof: the config may move an attention's scale into its query weights
         update_config(module, model, name)
     try:
+        if unresized:  # a subgraph may still stand in for that module
+            raise unresized[0]
         _verify(program, module, name, hint)
     except WriteBackError as error:
         _from_subgraphs(program, module, name, _own_code_changed(module, changes, replaced), error)
@@ -185,16 +187,23 @@ def _put(owner: nn.Module, attribute: str, old: torch.Tensor, value: torch.Tenso
         setattr(owner, attribute, value)
 
 
-def _resize_modules(module: nn.Module, changes, name: str) -> None:
-    """Run every module's resizer with the literal sizes rewritten in the operators it called."""
+def _resize_modules(module: nn.Module, changes, name: str) -> list[WriteBackError]:
+    """Run every module's resizer with the literal sizes rewritten in the operators it called. A registered
+    resizer's refusal is final; the default resizer's are returned (the module's subgraph may stand in)."""
     by_scope: dict[str, list[tuple[int, int]]] = {}
     for change in changes:
         by_scope.setdefault(change.scope, []).extend(change.pairs)
+    unresized = []
     for path, submodule in module.named_modules():
+        resizer = resizer_for(submodule)
         try:
-            resizer_for(submodule)(submodule, by_scope.get(path, []))
-        except ResizeError as error:
-            raise WriteBackError(f"cannot write {name} back: module '{path or '(model)'}': {error}") from error
+            resizer(submodule, by_scope.get(path, []))
+        except ResizeError as reason:
+            error = WriteBackError(f"cannot write {name} back: module '{path or '(model)'}': {reason}")
+            if resizer is not resize_attributes:
+                raise error from reason
+            unresized.append(error)
+    return unresized
 
 
 def _hint(module: nn.Module, changes, replaced) -> str:
