@@ -1,5 +1,6 @@
 """Latency of runners that time themselves on the GPU with CUDA events (runtime/tensorrt_engine.Engine.time_once,
-a compiled Torch-TensorRT module): one runner, or two measured alternately for a fair speed-up."""
+a compiled Torch-TensorRT module, a CUDA-graph replay of runtime/cuda_graph.GpuModel): one runner, or two
+measured alternately for a fair speed-up."""
 
 from __future__ import annotations
 

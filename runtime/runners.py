@@ -103,6 +103,6 @@ def timing_flushes_denormals() -> bool:
     """Whether timing sessions flush subnormal floats to zero: yes unless PRUNEFX_KEEP_DENORMALS=1. Random-weight
     models underflow (EfficientNet-B1's activations reach 1e-14), x86 runs subnormal arithmetic many times
     slower, and which layers underflow changes with the widths: a search timed a 3.61x that another process
-    measured 1.83x (benchmarks/results/latency_budget.md). GPUs and TensorRT flush them, and a trained model
+    measured 1.83x. GPUs and TensorRT flush them, and a trained model
     rarely produces them, so the flushed timing is the deployed one."""
     return os.environ.get("PRUNEFX_KEEP_DENORMALS", "") != "1"

@@ -1,6 +1,6 @@
 """A measuring function for passes that must only make a model faster on the target runtime.
 
-Passes never import the runtime (DESIGN.md, layering); a pass that needs a measurement (merge_blocks
+Passes never import the runtime (the layers import downward only); a pass that needs a measurement (merge_blocks
 merges only what runs faster, linearize_blocks can stop at a speed-up target) takes a callable
 `(before: Program, after: Program) -> speed-up of after over before`. `onnx_speedup` builds one for ONNX
 Runtime: both Programs are cut to batch 1 (the deployment case, graph/rebatch.py), exported, and timed
@@ -79,7 +79,7 @@ def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup:
     compare_rounds says why), cached apart, answering a `Timing` with the bootstrap interval
     of the speed-up: prune_to_budget accepts a candidate only when that interval's
     lower bound clears the budget, because one short measurement on a loaded machine can be off by 20 %
-    (RegNetY-800MF: 2.05x in the search, 1.66x measured again, benchmarks/results/latency_budget.md).
+    (RegNetY-800MF: 2.05x in the search, 1.66x measured again).
     Its `confirm_longer` doubles the runs and the processes, for a candidate whose interval holds the budget
     (passes/measurement.py's LongerMeasurer).
     Its `round_to` is this CPU's width multiple for ONNX Runtime (16 with AVX-512, else 8).

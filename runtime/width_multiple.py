@@ -1,6 +1,6 @@
 """The width multiple a backend runs fastest: what a pruned channel count should be rounded to.
 
-Widths matter more than MACs (DESIGN.md): Torch-Pruning's arbitrary channel counts made MobileNetV2 0.55x
+Widths matter more than MACs: Torch-Pruning's arbitrary channel counts made MobileNetV2 0.55x
 as fast as dense on ONNX Runtime, and the same MACs on multiples of 16 1.57x faster. The multiple is a
 property of the target, so the budget measurers carry it (`round_to`, passes/measurement.py) and
 prune_to_budget uses it unless the user names one:
