@@ -1,0 +1,239 @@
+"""latency_aware_choice: channels chosen by measured time against channels chosen by MACs, on ONNX Runtime.
+
+Two choices of which channels go, with the same importance scores and the same widths (multiples of
+ONNX Runtime's width multiple on this CPU, runtime/width_multiple.py):
+- macs: remove_channels to a fraction of the MACs (importance thresholded across groups);
+- latency: remove_channels to a fraction of the time of a per-layer latency table of the dense model
+  (`layer_time` with `latency_table`), channels going by importance lost per millisecond saved. The table
+  times every convolution and linear layer alone, at batch 1, with ONNX Runtime at --threads threads
+  (runtime/layer_latency.py); it is cached per CPU model under --cache-dir.
+
+Part 1, accuracy at the same measured speed-up (Fashion-MNIST, the dense baselines that
+benchmarks/fashion_mnist_accuracy.py trains and caches; trained here first when missing): for each
+speed-up S, each choice's fraction is searched (bisection, at most --steps candidates) for the smallest cut
+whose whole model, exported to ONNX and timed at batch 1 alternately with the dense one, is at least S
+times faster; then its one-shot test accuracy (obs selection with compensation and batch-norm
+recalibration on 512 training images, no fine-tuning, no labels).
+Part 2 (--equal-macs), speed-up at equal MACs (random weights at 224 x 224, the models of
+benchmarks/prune_latency.py, l2 importance): macs at --macs of the MACs, and latency at the table
+fraction whose MACs are the same within 3 %; both timed against the dense model.
+
+--smoke runs every step on untrained models with tiny settings (its figures mean nothing) and writes under
+build/latency_aware_choice/smoke unless --results says where.
+
+    .venv/bin/python benchmarks/latency_aware_choice.py [--speedups 1.3 1.6] [--equal-macs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import REPO, RESULTS, command_line, machine_info, machine_summary, markdown_table, write_results
+from fashion_mnist_accuracy import baseline
+
+from prunefx.data.splits import fashion_mnist_data
+from prunefx.graph import Program, capture, count
+from prunefx.graph.channels.plan_latency import timed_layers
+from prunefx.graph.rebatch import rebatch
+from prunefx.models import build_model
+from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
+from prunefx.passes.remove_channels import remove_channels
+from prunefx.passes.training.engine import evaluate
+from prunefx.runtime import compare_latency, export_onnx, onnx_runner
+from prunefx.runtime.layer_latency import build_latency_table
+from prunefx.runtime.layer_timers import OnnxRuntimeLayerTimer
+from prunefx.runtime.width_multiple import onnxruntime_multiple
+
+NAME = "latency_aware_choice"
+CACHE = REPO / "build" / NAME
+FMNIST_MODELS = ("resnet20", "mobilenetv2_small")
+ZOO = {"resnet50": "torchvision:resnet50", "mobilenet_v2": "torchvision:mobilenet_v2",
+       "convnext_tiny": "torchvision:convnext_tiny", "vit_small_patch16_224": "timm:vit_small_patch16_224",
+       "efficientnet_b0": "timm:efficientnet_b0"}
+CHOICES = ("macs", "latency")
+CALIBRATION_BATCHES = 4
+
+
+class Timing:
+    """The dense model's ONNX runner, and speed-ups of pruned models against it (alternated, batch 1)."""
+
+    def __init__(self, dense: Program, args, folder: Path):
+        self.args, self.folder, self.count = args, folder, 0
+        self.example = (dense.example_inputs[0][:1],)
+        self.dense = self._runner(dense)
+
+    def _runner(self, program: Program):
+        self.count += 1
+        path = export_onnx(rebatch(program, 1).eval(), self.folder / f"model{self.count}.onnx",
+                           exporter="torchscript").path
+        return onnx_runner(path, self.example, threads=self.args.threads)
+
+    def speedup(self, program: Program) -> dict:
+        comparison = compare_latency(self.dense, self._runner(program), warmup=self.args.warmup,
+                                     runs=self.args.runs, threads=self.args.threads)
+        return {"speedup": comparison.speedup, "dense_ms": comparison.a.median_ms, "ms": comparison.b.median_ms}
+
+
+def latency_table(dense: Program, args):
+    timer = OnnxRuntimeLayerTimer(threads=args.threads, runs=args.table_runs)
+    return build_latency_table(timed_layers(dense.module), timer, multiple=args.round_to, batch=1,
+                               points=args.points, cache_dir=args.cache_dir)
+
+
+def prune(dense: Program, choice: str, fraction: float, table, options: dict) -> Program:
+    """The dense model with channels removed to `fraction` of its MACs or of its table time."""
+    program = dense.clone()
+    target = {"macs": fraction} if choice == "macs" else {"layer_time": fraction, "latency_table": table}
+    remove_channels(program, config={**target, "strict": False, **options})
+    return program
+
+
+def search(dense: Program, choice: str, goal: float, table, timing: Timing, args, calibration) -> dict:
+    """The largest fraction (smallest cut) whose measured speed-up is at least `goal`, by bisection."""
+    low, high, tried = 0.15, 1.0, []
+    fraction = 1.0 / goal
+    for _ in range(args.steps):
+        program = prune(dense, choice, fraction, table, {"round_to": args.round_to, "calibration": calibration})
+        measured = timing.speedup(program)
+        tried.append({"fraction": fraction, **measured, "program": program})
+        if measured["speedup"] >= goal:
+            low = fraction
+        else:
+            high = fraction
+        fraction = 0.5 * (low + high)
+    reached = [t for t in tried if t["speedup"] >= goal]
+    best = max(reached, key=lambda t: t["fraction"]) if reached else max(tried, key=lambda t: t["speedup"])
+    return {**best, "reached": bool(reached), "candidates": len(tried)}
+
+
+def accuracy_rows(model: str, args, data) -> tuple[dict, list[dict]]:
+    if args.smoke:
+        torch.manual_seed(args.seed)
+        dense = capture(build_model(f"prunefx:{model}").module, next(iter(data.train))[0], name=model).eval()
+        info = {"test_accuracy": evaluate(dense, data.test)["accuracy"], "trained": False}
+    else:
+        dense, info = baseline(model, data, argparse.Namespace(baseline_epochs=args.baseline_epochs, seed=args.seed))
+    calibration = [(batch[0],) for batch, _ in zip(data.train, range(CALIBRATION_BATCHES))]
+    table = latency_table(dense, args)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        timing = Timing(dense, args, Path(folder))
+        for goal in args.speedups:
+            for choice in CHOICES:
+                started = time.perf_counter()
+                print(f"[{model}] {choice} choice at {goal}x", file=sys.stderr)
+                found = search(dense, choice, goal, table, timing, args, calibration)
+                program = recalibrate_batchnorm(found.pop("program"), config={"data": calibration}).program
+                rows.append({"model": model, "goal": goal, "choice": choice, **found,
+                             "macs_kept": count(program).macs / count(dense).macs,
+                             "test_accuracy": evaluate(program.eval(), data.test)["accuracy"],
+                             "seconds": time.perf_counter() - started})
+    return {**info, "table": {"measured": table.measured, "cached": table.cached}}, rows
+
+
+def equal_macs_rows(model: str, args) -> list[dict]:
+    torch.manual_seed(args.seed)
+    size = 64 if args.smoke else 224
+    dense = capture(build_model(ZOO[model], image_size=size).module.eval(), torch.randn(1, 3, size, size),
+                    name=model).eval()
+    table = latency_table(dense, args)
+    extra = {"importance": "l2", "round_to": args.round_to}
+    by_macs = prune(dense, "macs", args.macs, table, extra)
+    target = count(by_macs).macs / count(dense).macs
+    low, high, fraction, best = 0.05, 1.0, args.macs, None
+    for _ in range(args.steps + 4):  # the table fraction whose MACs match: predicted, nothing timed
+        program = prune(dense, "latency", fraction, table, extra)
+        kept = count(program).macs / count(dense).macs
+        if best is None or abs(kept - target) < abs(best[1] - target):
+            best = (program, kept, fraction)
+        if abs(kept - target) <= 0.03 * target:
+            break
+        low, high = (fraction, high) if kept < target else (low, fraction)
+        fraction = 0.5 * (low + high)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        timing = Timing(dense, args, Path(folder))
+        for choice, program, fraction in (("macs", by_macs, args.macs), ("latency", best[0], best[2])):
+            rows.append({"model": model, "choice": choice, "fraction": fraction,
+                         "macs_kept": count(program).macs / count(dense).macs, **timing.speedup(program)})
+    return rows
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Channels chosen by measured time against channels chosen by MACs (ONNX Runtime, CPU)\n",
+             f"Produced by `{report['command']}`.\n", machine_summary(report["machine"]), "",
+             f"- Widths: multiples of {report['round_to']}; speed-ups at batch 1, {report['threads']} threads, "
+             "alternated with the dense model. The latency table times each layer alone.\n"]
+    if report["smoke"]:
+        lines.append("**Smoke run: untrained models and tiny settings; these figures mean nothing.**\n")
+    for model, info in report["baselines"].items():
+        lines.append(f"## {model}: dense {100 * info['test_accuracy']:.2f} %\n")
+        rows = [[f"{r['goal']:g}x", r["choice"], f"{r['fraction']:.3f}", f"{r['speedup']:.2f}x"
+                 + ("" if r["reached"] else " (not reached)"), f"{r['macs_kept']:.3f}",
+                 f"**{100 * r['test_accuracy']:.2f}**"] for r in report["accuracy"] if r["model"] == model]
+        lines += [markdown_table(["speed-up asked", "choice", "fraction", "measured", "MACs kept", "test %"], rows), ""]
+    if report["equal_macs"]:
+        lines.append("## Speed-up at equal MACs (random weights, l2 importance)\n")
+        rows = [[r["model"], r["choice"], f"{r['macs_kept']:.3f}", f"{r['dense_ms']:.2f}", f"{r['ms']:.2f}",
+                 f"**{r['speedup']:.2f}x**"] for r in report["equal_macs"]]
+        lines.append(markdown_table(["model", "choice", "MACs kept", "dense ms", "pruned ms", "speed-up"], rows))
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=list(FMNIST_MODELS), choices=FMNIST_MODELS)
+    parser.add_argument("--speedups", nargs="+", type=float, default=[1.3, 1.6])
+    parser.add_argument("--equal-macs", nargs="*", default=None, choices=list(ZOO),
+                        help="part 2 on these models (all when given alone)")
+    parser.add_argument("--macs", type=float, default=0.5, help="the MACs fraction of part 2")
+    parser.add_argument("--round-to", type=int, default=None, help="default: ONNX Runtime's multiple on this CPU")
+    parser.add_argument("--steps", type=int, default=6, help="candidates measured per choice and speed-up")
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--table-runs", type=int, default=10)
+    parser.add_argument("--points", type=int, default=4, help="widths per axis in the latency table")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--baseline-epochs", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache-dir", type=Path, default=None, help="latency tables (default ~/.cache/prunefx)")
+    parser.add_argument("--results", type=Path, default=None)
+    parser.add_argument("--smoke", action="store_true", help="every step, untrained and tiny: checks it runs")
+    args = parser.parse_args(argv)
+    args.round_to = args.round_to or onnxruntime_multiple()
+    if args.equal_macs == []:
+        args.equal_macs = list(ZOO)
+    if args.smoke:
+        args.speedups, args.steps, args.runs, args.warmup, args.table_runs, args.points = [1.2], 2, 3, 1, 2, 2
+        args.results = args.results or CACHE / "smoke"
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    report = {"command": command_line(), "machine": machine_info(threads=args.threads), "smoke": args.smoke,
+              "round_to": args.round_to, "threads": args.threads, "baselines": {}, "accuracy": [], "equal_macs": []}
+    if args.models:
+        data = fashion_mnist_data(128, validation=5000, seed=args.seed)
+        if args.smoke:  # 512 test images
+            data = dataclasses.replace(data, test=[batch for batch, _ in zip(data.test, range(4))])
+        for model in args.models:
+            report["baselines"][model], rows = accuracy_rows(model, args, data)
+            report["accuracy"] += rows
+    for model in args.equal_macs or ():
+        report["equal_macs"] += equal_macs_rows(model, args)
+    json_path, md_path = write_results(NAME, report, markdown(report), folder=args.results or RESULTS)
+    print(md_path.read_text())
+    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
