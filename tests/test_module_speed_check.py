@@ -70,3 +70,20 @@ def test_a_cpu_run_reports_structure_and_leaves_its_timing_unjudged(tmp_path, ca
     assert status == 0 and report["ok"] and json.loads(capsys.readouterr().out) == report
     assert report["structure"]["program_attention_ops"] == report["structure"]["module_attention_ops"] == 12
     assert report["speed"]["judged"] is False and report["macs_kept"] < 0.6
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+
+
+@pytest.mark.gpu
+@pytest.mark.timing
+@requires_cuda
+@pytest.mark.parametrize("heads", ["whole", "dims"])
+def test_on_a_gpu_the_written_back_deit_runs_as_fast_as_its_program(heads, tmp_path):
+    """DeiT-S at batch 8, fp16, CUDA-graph replays: the module within 3 % of model.pt2's graph."""
+    out = tmp_path / "report.json"
+    status = _script().main(["--model", "timm:deit_small_patch16_224", "--batch", "8", "--device", "cuda",
+                             "--heads", heads, "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["structure"]["ok"], report["structure"]
+    assert status == 0, report["speed"]
