@@ -2,7 +2,10 @@
 
 - `OnnxRuntimeLayerTimer` ("ort"): a one-node ONNX model (Conv, or MatMul + Add for a linear layer) written
   with onnx.helper and run by ONNX Runtime on the CPU with the session settings every prunefx timing uses
-  (runtime/onnxruntime_options.py); the median of a few timed runs after a short warm-up.
+  (runtime/onnxruntime_options.py); the median of a few timed runs after a short warm-up, less the median
+  time of an Identity model on the same input: what a call into ONNX Runtime costs whatever it runs, paid
+  once per model and not once per layer in a whole model. The first layer of a process is preceded by an
+  untimed one (thread pools and allocators start on the first run, and made that layer's time tenfold).
 - `TorchLayerTimer` ("torch"): the layer as a torch module, handed to a `time_module(module, inputs) -> ms`
   function; by default eager PyTorch on the CPU. A GPU backend passes its own function (CUDA graphs timed
   with CUDA events, its precision) and its device's name: the table and its cache stay the same.
@@ -83,6 +86,14 @@ def layer_model(layer: TimedLayer) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
 
 
+def identity_model(shape: tuple[int, ...]) -> onnx.ModelProto:
+    """An ONNX model that returns its input `x` of `shape`: the cost of a call that computes nothing."""
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+
+
 class OnnxRuntimeLayerTimer:
     """Times a layer with ONNX Runtime on the CPU: `warmup` untimed runs, the median of `runs` timed ones."""
 
@@ -93,13 +104,22 @@ class OnnxRuntimeLayerTimer:
                  clock: Callable[[], float] = time.perf_counter):
         self.threads, self.warmup, self.runs, self.clock = threads, warmup, runs, clock
         self.device = cpu_model()
-        self.settings = f"onnxruntime {ort.__version__}, {threads} threads"
+        self.settings = f"onnxruntime {ort.__version__}, {threads} threads, less the call overhead"
+        self._overheads: dict[tuple[int, ...], float] = {}
 
     def __call__(self, layer: TimedLayer) -> float:
+        if not self._overheads:  # the process's first ONNX Runtime run, untimed
+            self._median(layer_model(layer), layer.input_shape)
+        shape = tuple(layer.input_shape)
+        if shape not in self._overheads:
+            self._overheads[shape] = self._median(identity_model(shape), shape)
+        return max(self._median(layer_model(layer), shape) - self._overheads[shape], 0.0)
+
+    def _median(self, model: onnx.ModelProto, shape: tuple[int, ...]) -> float:
         options = session_options(self.threads, spinning=True, flush_denormals=True)
-        session = ort.InferenceSession(layer_model(layer).SerializeToString(), sess_options=options,
+        session = ort.InferenceSession(model.SerializeToString(), sess_options=options,
                                        providers=["CPUExecutionProvider"])
-        feed = {"x": np.random.default_rng(1).standard_normal(layer.input_shape).astype(np.float32)}
+        feed = {"x": np.random.default_rng(1).standard_normal(shape).astype(np.float32)}
         return measure_latency(lambda: session.run(None, feed), warmup=self.warmup, runs=self.runs,
                                clock=self.clock).median_ms
 

@@ -20,6 +20,7 @@ from prunefx.runtime.layer_timers import (
     TorchLayerTimer,
     _OneLayer,
     cpu_model,
+    identity_model,
     layer_model,
 )
 
@@ -168,7 +169,12 @@ def test_the_one_layer_models_compute_the_layer(layer):
 def test_the_timers_return_a_time_and_say_where_they_ran():
     clock = iter(np.arange(0.0, 100.0, 0.001)).__next__  # every call takes 1 ms on this clock
     ort_timer = OnnxRuntimeLayerTimer(warmup=1, runs=3, clock=clock)
-    assert ort_timer(CONV) == pytest.approx(1.0) and ort_timer.device == cpu_model()
+    x = np.arange(6, dtype=np.float32).reshape(1, 6)  # the overhead's model computes nothing
+    session = ort.InferenceSession(identity_model((1, 6)).SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], x)
+    # every call takes 1 ms, the layer's as the Identity model's: nothing is left of the layer's time
+    assert ort_timer(CONV) == pytest.approx(0.0, abs=1e-9) and ort_timer.device == cpu_model()
+    assert 0.0 <= OnnxRuntimeLayerTimer(warmup=1, runs=3)(CONV) < 1e3
     assert ort.__version__ in ort_timer.settings and "1 threads" in ort_timer.settings
     seen = []
     torch_timer = TorchLayerTimer(time_module=lambda module, inputs: seen.append(module(*inputs).shape) or 2.5,
