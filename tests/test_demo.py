@@ -1,44 +1,69 @@
-"""`prunefx demo`: the budget story on the shipped Fashion-MNIST checkpoint, and its refusal of a checkpoint
-that does not match its recorded sha256. The search's measuring function is replaced by one whose latency
-is proportional to MACs, so the run does not hang on a loaded machine's timing (benchmarks and `make demo`
-measure for real)."""
+"""`prunefx demo`: the recommended path (calibration images, obs channel choice with compensation, batch norms
+recalibrated, short distillation) on the shipped Fashion-MNIST checkpoint, judged by evaluating the model it
+writes with ONNX Runtime on the raw test images, and its refusal of a checkpoint that does not match its
+recorded sha256. The latency is measured for real but not judged: on a loaded machine it is noise."""
 
 import importlib
 import json
 import shutil
 
+import numpy as np
+import onnxruntime
 import pytest
 
 from prunefx.cli import EXIT_USER_ERROR, main
 from prunefx.data import fashion_mnist
-from prunefx.graph import count
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(), reason="Fashion-MNIST missing")]
 demo = importlib.import_module("prunefx.commands.demo")
+EVAL_IMAGES = 512
+# 0.4 of the MACs of the shipped checkpoint (91.7 % dense on the first 2048 test images): calibrated obs with
+# compensation keeps 89.7 % before any training, l2 magnitudes without data 12.2 % (73.0 % with the batch
+# norms recalibrated), and two distillation steps cannot close that gap.
+FLOOR = 0.85
 
 
-def macs_latency(**kwargs):
-    def latency(dense, candidate):
-        return count(dense).macs / 1e7, count(candidate).macs / 1e7, 0.0
-    return latency
+def onnx_accuracy(path, images: int) -> float:
+    """Top-1 of an ONNX model (batch 1) on the first `images` raw test images, normalised with statistics
+    computed here from the raw training images: nothing of the demo's data pipeline is used."""
+    train, _ = fashion_mnist.load_fashion_mnist("train")
+    mean, std = float(train.double().div(255).mean()), float(train.double().div(255).std())
+    test, labels = fashion_mnist.load_fashion_mnist("test")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    correct = 0
+    for image, label in zip(test[:images].numpy(), labels[:images].numpy()):
+        x = ((image.astype(np.float32) / 255 - mean) / std)[None, None]
+        correct += int(session.run(None, {name: x})[0].argmax() == label)
+    return correct / images
 
 
-@pytest.mark.slow  # not timing: the search measures MACs (above), so it asserts nothing a busy machine can move
-def test_the_demo_meets_its_budget_and_tells_where_the_time_went(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(demo, "onnx_latency_pair", macs_latency)
-    code = main(["demo", "--speedup", "1.5", "--kd-steps", "2", "--eval-images", "512", "--runs", "5",
-                 "--threads", "1", "-o", str(tmp_path / "demo")])
+@pytest.mark.slow
+def test_the_demo_prunes_the_recommended_way_and_its_written_model_keeps_its_accuracy(monkeypatch, capsys,
+                                                                                      tmp_path):
+    monkeypatch.setattr(demo, "ROUNDS", 2)  # the timing is not judged here: two fresh processes are enough
+    code = main(["demo", "--kd-steps", "2", "--eval-images", str(EVAL_IMAGES), "--runs", "5",
+                 "-o", str(tmp_path / "demo")])
     out = capsys.readouterr().out
     assert code == 0
-    for stage in ("[load]", "[dense]", "[budget]", "  candidate:", "[one-shot]", "[kd]", "[measured]", "[time]"):
+    for stage in ("[load]", "[dense]", "[calibrate]", "[prune]", "[one-shot]", "[kd]", "[measured]", "[time]"):
         assert stage in out, out
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
-    assert report["dense_accuracy"] > 0.7  # the trained checkpoint (78 % on the test set); chance is 0.10
-    assert report["budget"]["met"] and report["budget"]["speedup"] >= 1.5 and report["budget"]["confirmed"]
-    assert 0.0 <= report["one_shot_accuracy"] <= 1.0 and 0.0 <= report["kd_accuracy"] <= 1.0
-    assert report["eval_images"] == 512 and report["measured"]["parity"]["relative"] < 1e-4
-    assert set(report["seconds"]) >= {"load", "budget search", "distill", "export and measure"}
+    assert report["eval_images"] == EVAL_IMAGES
+    assert report["dense_accuracy"] > 0.88  # the checkpoint is trained well (chance is 0.10)
+    pruning = report["pruning"]
+    assert pruning["importance"] == "obs" and pruning["compensation"]["compensated"]
+    assert report["calibration"]["images"] == 256 and "training images" in report["calibration"]["data"]
+    assert 0.37 <= report["macs"]["pruned"] / report["macs"]["dense"] <= 0.43
+    assert report["params"]["pruned"] < report["params"]["dense"]
+    assert report["recalibrate_batchnorm"] is not None
+    assert report["one_shot_accuracy"] > FLOOR
+    # The delivered model, evaluated independently, is the one whose accuracy the demo printed
+    written = onnx_accuracy(tmp_path / "demo" / "model.onnx", EVAL_IMAGES)
+    assert written > FLOOR and abs(written - report["kd_accuracy"]) <= 2 / EVAL_IMAGES
+    assert report["measured"]["parity"]["relative"] < 1e-4 and report["measured"]["speedup"] > 0
+    assert set(report["seconds"]) >= {"load", "calibrate and prune", "distill", "export and measure"}
     assert all((tmp_path / "demo" / name).is_file() for name in ("model.onnx", "dense.onnx", "model.pt2"))
 
 
