@@ -20,15 +20,20 @@ one line: width's alone, or, after the mix, what each route reached.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from prunefx.budget import routes as route
 from prunefx.budget.outcome import ROUTES, BudgetOutcome, MeasuredOn, RouteRefusal
+from prunefx.budget.routes import Budget, Reached, depth_blocks
+from prunefx.budget.routes import depth as depth_route
+from prunefx.budget.routes import joint as joint_route
+from prunefx.budget.routes import width as width_route
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.budget_search import BudgetUnreachable, budget_text, speedup_text, unreachable_in
 
+_log = logging.getLogger(__name__)  # where a route's progress goes when the caller gives no `log`
 DEFAULT_RUNS = 30  # timed runs per model and measurement; a candidate that meets is confirmed with 4x these
 
 
@@ -45,20 +50,20 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
     then only name it). `calibration`: input batches, for the depth ranking, the width search's data-driven
     defaults and the batch norms re-estimated after pruning (`recalibrate`, default: on with calibration).
     `allow_depth`: when width cannot, depth, then both (`calibration` needed); `routes` names the routes
-    instead ("width", "depth", "width+depth", in that order). `width`: remove_channels options (importance,
+    instead ("width", "depth", "width+depth", in that order). `log`: a route's progress (default: logging). `width`: remove_channels options (importance,
     round_to, compensate, ...); `depth`: depth_to_budget options (rank, recalibrate, max_kernel_growth, ...).
     Returns (the chosen Program, its BudgetOutcome); raises BudgetUnreachable when no route meets the budget."""
     order = _routes(routes, allow_depth)
     if (speedup is None) == (latency_ms is None):
         raise PrunefxError("meet_budget needs exactly one budget: speedup or latency_ms")
-    if any(route != "width" for route in order) and calibration is None:
+    if any(name != "width" for name in order) and calibration is None:
         raise PrunefxError("the depth route ranks the blocks by their damage on data: give meet_budget calibration "
                            "batches")
     measurer = measurer if measurer is not None else _measurer(backend, precision, batch, threads, runs, trtexec)
-    budget = route.Budget(speedup, latency_ms, tolerance, confirm, max_candidates)
+    budget = Budget(speedup, latency_ms, tolerance, confirm, max_candidates)
     search = _Routes(program, budget, measurer, calibration, MeasuredOn(backend, precision, batch),
                      recalibrate=calibration is not None if recalibrate is None else recalibrate,
-                     width=dict(width or {}), depth=dict(depth or {}), log=log or (lambda line: None))
+                     width=dict(width or {}), depth=dict(depth or {}), log=log or _log.info)
     return search.run(order)
 
 
@@ -86,7 +91,7 @@ def _measurer(backend: str, precision: str, batch: int, threads: int | None, run
 class _Routes:
     """The routes in order, each after the refusal of the one before (see the module docstring)."""
 
-    def __init__(self, program: Program, budget: route.Budget, measurer, calibration, measured_on: MeasuredOn, *,
+    def __init__(self, program: Program, budget: Budget, measurer, calibration, measured_on: MeasuredOn, *,
                  recalibrate: bool, width: dict, depth: dict, log: Callable[[str], None]):
         self.program, self.budget, self.measurer, self.calibration = program, budget, measurer, calibration
         self.measured_on, self.recalibrate, self.width, self.depth, self.log = measured_on, recalibrate, width, depth, log
@@ -95,7 +100,7 @@ class _Routes:
 
     def run(self, order: tuple[str, ...]) -> tuple[Program, BudgetOutcome]:
         for name in order:
-            if name != "width" and self.refusals and not route.depth_blocks(self.program)[0]:
+            if name != "width" and self.refusals and not depth_blocks(self.program)[0]:
                 continue  # no block merges or drops: no depth route, and a mix would be width alone
             try:
                 reached = self._take(name)
@@ -111,19 +116,19 @@ class _Routes:
                 self.measured_on, reached.search, reached.result, list(self.refusals), reached.search.get("depth_share"))
         raise self._final_refusal()
 
-    def _take(self, name: str) -> route.Reached:
+    def _take(self, name: str) -> Reached:
         if name == "width":
-            return route.width(self.program, self.budget, self.measurer, self.width, self.calibration,
+            return width_route(self.program, self.budget, self.measurer, self.width, self.calibration,
                                 self.recalibrate)
         if name == "depth":
             if self.refusals:
                 self.log(f"{self.refusals[-1].message}; width alone cannot: taking the depth route")
-            return route.depth(self.program, self.budget, self.measurer, self.depth, self.calibration)
+            return depth_route(self.program, self.budget, self.measurer, self.depth, self.calibration)
         share = self._mirrored_share()
         said = f"{share:.3f} of the budget" if share else "an even split in log-speed-up"
         if self.refusals:
             self.log(f"{self.refusals[-1].message}; taking width and depth together: depth searches for {said}")
-        return route.joint(self.program, self.budget, self.measurer, self.width, self.calibration,
+        return joint_route(self.program, self.budget, self.measurer, self.width, self.calibration,
                             self.recalibrate, share)
 
     def _mirrored_share(self) -> float | None:
