@@ -211,3 +211,11 @@ def test_the_budget_line_names_the_runtime_it_was_measured_on():
     budget = {"trace": [], "budget": "2x", "speedup": 2.1, "ms": 1.0, "dense_ms": 2.1}
     assert "measured on ONNX Runtime (" in search_lines(budget)[-1]
     assert "measured on trtexec fp16 (" in search_lines({**budget, "backend": "trtexec", "precision": "fp16"})[-1]
+
+
+def test_the_pair_measures_at_the_batch_asked_for(trtexec):
+    pair = latency_pair("trtexec", threads=1, runs=3, batch=2)
+    pair(_net(16, batch=4), _net(8, batch=4))
+    assert [run["model"].graph.input[0].type.tensor_type.shape.dim[0].dim_value for run in trtexec] == [2, 2]
+    with pytest.raises(PrunefxError, match="a batch size is at least 1"):
+        latency_pair("trtexec", threads=1, runs=3, batch=0)

@@ -106,6 +106,12 @@ def test_models_are_prepared_once_per_program_fingerprint_and_pairs_are_cached(f
     assert len(fake.timed) == timed + 2 * 12 and fake.captures == 3
 
 
+def test_time_program_times_one_small_program_at_the_batch(fake):
+    stats = cuda_module.BACKEND.time_program(_net(8, batch=4), Settings(runs=3, warmup=1, batch=2))
+    assert stats["runs"] == 3 and stats["median_ms"] == pytest.approx(MS_PER_WEIGHT * _weights(_net(8).module))
+    assert fake.captures == 1 and fake.timed == [_weights(_net(8).module)] * 4
+
+
 def test_the_batch_is_cut_from_the_captured_one_and_a_larger_one_is_refused(fake):
     pair = latency_pair("cuda", threads=1, runs=1, warmup=0, batch=2)
     dense = _net(16, batch=4)
