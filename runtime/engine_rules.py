@@ -187,10 +187,18 @@ def zero_points(index: GraphIndex, target: Target) -> Iterator[Finding]:
         if tensor is None:
             yield _find("error", "qdq-zero-point", node, "its zero point is computed, not a constant")
         elif tensor.data_type not in TENSORRT_QUANTIZED_TYPES:
-            kind = onnx.TensorProto.DataType.Name(tensor.data_type)
+            kind = _type_name(tensor.data_type)
             yield _find("error", "qdq-zero-point", node, f"{kind} zero point: TensorRT quantizes to INT8 (or FP8)")
         elif np.any(index.array(zero) != 0):
             yield _find("error", "qdq-zero-point", node, "non-zero (asymmetric) zero point: TensorRT is symmetric")
+
+
+def _type_name(data_type: int) -> str:
+    """ONNX's name for an element type; the number for one ONNX does not define."""
+    try:
+        return onnx.TensorProto.DataType.Name(data_type)
+    except ValueError:
+        return f"element type {data_type}"
 
 
 def dangling_quantizers(index: GraphIndex, target: Target) -> Iterator[Finding]:

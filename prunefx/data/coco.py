@@ -119,6 +119,14 @@ def _check_inside(box: list[float], image: dict, where: str) -> None:
                                f"outside its image of {image.get('width')}x{image.get('height')} pixels")
 
 
+def _is_file(path: Path) -> bool:
+    """Whether `path` is a file; False, not an OSError, for a name the file system refuses (too long)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _image_folder(root: Path, split: str, annotations: Path) -> Path:
     for folder in (root / split, root / "images" / split):
         if folder.is_dir():
@@ -159,7 +167,7 @@ def read_split(root: Path, annotations: Path, category_ids: list[int]) -> SplitF
             raise PrunefxError(f"{printable(str(annotations))}: image file_name {quoted(str(name))} leads out "
                                f"of {printable(str(folder))}")
         path = folder / name
-        if not path.is_file():
+        if not _is_file(path):
             raise PrunefxError(f"{printable(str(annotations))}: image {printable(str(name))[:200]} is not in "
                                f"{printable(str(folder))}")
         images.append(inside(path, folder, "image"))

@@ -76,6 +76,8 @@ def read_palette(path: Path, ignore_id: int, root: Path | None = None) -> Palett
     entries = [_parse_line(line, number, path) for number, line in enumerate(text.splitlines(), 1)
                if line.strip() and not line.lstrip().startswith("#")]
     colours = [colour for colour, _ in entries]
+    if len(entries) < 2:
+        raise PrunefxError(f"{printable(str(path))} lists {len(entries)} colour; segmentation needs at least 2")
     seen: set[tuple[int, int, int]] = set()
     repeated = sorted({colour for colour in colours if colour in seen or seen.add(colour)})
     if repeated:
