@@ -18,8 +18,9 @@ Part 2 (--equal-macs), speed-up at equal MACs (random weights at 224 x 224, the 
 benchmarks/prune_latency.py, l2 importance): macs at --macs of the MACs, and latency at the table
 fraction whose MACs are the same within 3 %; both timed against the dense model.
 
---smoke runs every step on untrained models with tiny settings (its figures mean nothing) and writes under
-build/latency_aware_choice/smoke unless --results says where.
+--smoke runs every step on untrained models with tiny settings (batches of 16, 256 test images, 2 candidates,
+5 timed runs; its figures mean nothing) and writes under build/latency_aware_choice/smoke unless --results
+says where.
 
     .venv/bin/python benchmarks/latency_aware_choice.py [--speedups 1.3 1.6] [--equal-macs]
 """
@@ -210,7 +211,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.equal_macs == []:
         args.equal_macs = list(ZOO)
     if args.smoke:
-        args.speedups, args.steps, args.runs, args.warmup, args.table_runs, args.points = [1.2], 2, 3, 1, 2, 2
+        args.speedups, args.steps, args.runs, args.warmup, args.table_runs, args.points = [1.2], 2, 5, 1, 3, 2
         args.results = args.results or CACHE / "smoke"
     return args
 
@@ -221,9 +222,9 @@ def main(argv=None) -> int:
     report = {"command": command_line(), "machine": machine_info(threads=args.threads), "smoke": args.smoke,
               "round_to": args.round_to, "threads": args.threads, "baselines": {}, "accuracy": [], "equal_macs": []}
     if args.models:
-        data = fashion_mnist_data(128, validation=5000, seed=args.seed)
-        if args.smoke:  # 512 test images
-            data = dataclasses.replace(data, test=[batch for batch, _ in zip(data.test, range(4))])
+        data = fashion_mnist_data(16 if args.smoke else 128, validation=5000, seed=args.seed)
+        if args.smoke:  # batches of 16, 256 test images
+            data = dataclasses.replace(data, test=[batch for batch, _ in zip(data.test, range(16))])
         for model in args.models:
             report["baselines"][model], rows = accuracy_rows(model, args, data)
             report["accuracy"] += rows
