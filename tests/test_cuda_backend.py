@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from prunefx.cli import EXIT_USER_ERROR, main
-from prunefx.graph import capture
+from prunefx.graph import Program, capture
 from prunefx.graph.errors import PrunefxError
 from prunefx.runtime import latency_pair
 from prunefx.runtime.backends import Settings
@@ -164,6 +164,18 @@ def test_prune_on_cuda_without_a_gpu_fails_in_one_line_before_loading(capsys, tm
     err = capsys.readouterr().err.strip().splitlines()
     assert code == EXIT_USER_ERROR and len(err) == 1 and "needs an NVIDIA GPU" in err[0]
     assert not loaded and not (tmp_path / "out").exists()
+
+
+def test_prune_meets_a_speedup_on_cuda_at_a_batch_and_reports_where(capsys, tmp_path, fake):
+    dense = _net(32, batch=4)
+    main(["prune", str(dense.save(tmp_path / "dense.pt2")), "--speedup", "1.5", "--backend", "cuda", "--batch", "2",
+          "-o", str(tmp_path / "out")])
+    report = json.loads((tmp_path / "out" / "report.json").read_text())["budget"]
+    assert (report["backend"], report["precision"], report["batch"], report["met"]) == ("cuda", "fp16", 2, True)
+    chosen = Program.load(tmp_path / "out" / "model.pt2")  # the stand-in's truth on the delivered model
+    assert _weights(dense.module) / _weights(chosen.module) >= 1.5 and report["round_to"] == 8
+    assert "measured on PyTorch on CUDA fp16 at batch 2" in capsys.readouterr().out
+    assert set(fake.timed) >= {_weights(dense.module)} and fake.dtypes[0] == torch.float16
 
 
 def test_bench_and_profile_on_cuda_with_the_fake_device(capsys, tmp_path, fake):
