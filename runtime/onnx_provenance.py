@@ -29,6 +29,7 @@ from prunefx.graph import Program
 
 _SUFFIX = re.compile(r"_\d+$")
 _BATCH_NORM_FUSION = "FuseBatchNormInto"
+MAX_SCOPES_CHARS = 100_000  # a scope path of a few hundred modules; literal_eval of more only costs memory
 
 
 # ---- ONNX node provenance -----------------------------------------------------------------------
@@ -58,11 +59,25 @@ def _torchscript_scope(name: str) -> str | None:
 def _origin(node: onnx.NodeProto) -> OnnxNodeOrigin:
     props = {entry.key: entry.value for entry in node.metadata_props}
     rules = tuple(rule.strip() for rule in props.get("pkg.onnxscript.rewriter.rule_name", "").split(",") if rule.strip())
-    scopes = props.get("pkg.torch.onnx.name_scopes")
-    if scopes:
-        entries = ast.literal_eval(scopes)
+    entries = _name_scopes(props.get("pkg.torch.onnx.name_scopes", ""))
+    if entries:
         return OnnxNodeOrigin(node.name, node.op_type, entries[-2] if len(entries) >= 2 else "", entries[-1], rules)
     return OnnxNodeOrigin(node.name, node.op_type, _torchscript_scope(node.name), None, rules)
+
+
+def _name_scopes(text: str) -> list[str]:
+    """The exporter's list of scope names, e.g. "['', 'layer1', 'relu_1']"; [] for anything else. The text
+    comes from the file: it is parsed as a literal only (never evaluated), bounded in length, and must be
+    a list of strings."""
+    if not text or len(text) > MAX_SCOPES_CHARS:
+        return []
+    try:
+        entries = ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return []
+    if not isinstance(entries, list) or not all(isinstance(entry, str) for entry in entries):
+        return []
+    return entries
 
 
 def onnx_node_origins(model: onnx.ModelProto | str | os.PathLike) -> list[OnnxNodeOrigin]:

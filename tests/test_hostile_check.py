@@ -191,3 +191,17 @@ def test_two_thousand_layers_after_a_100000_node_chain_are_checked_in_seconds(tm
     # the chain starts at the graph input: no layer is reported for its 3 input channels
     assert "channel-multiple" not in out
     assert elapsed < 60, elapsed
+
+
+@pytest.mark.parametrize("scopes", ["[" * 50_000 + "]" * 50_000, "__import__('os')", "5", "['a', 3]",
+                                    "'x' * 10", "[" + "'a'," * 100_000 + "]"])
+def test_hostile_provenance_metadata_is_ignored_not_evaluated(scopes):
+    from prunefx.runtime.onnx_provenance import onnx_node_origins
+
+    node = helper.make_node("Relu", ["x"], ["y"], name="/layer1/relu/Relu")
+    entry = node.metadata_props.add()
+    entry.key, entry.value = "pkg.torch.onnx.name_scopes", scopes
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    origin, = onnx_node_origins(helper.make_model(graph))
+    assert origin.fx_name is None and origin.scope == "layer1.relu"  # the name's scope, as without metadata
