@@ -161,3 +161,30 @@ def test_uniform_ranking_narrows_heads_and_refuses_whole_heads():
         remove_channels(program, config={"macs": 0.6, "ranking": "uniform", "heads": "whole"})
     with pytest.raises(config_checks.ConfigError, match="'heads' must be one of whole, dims"):
         remove_channels(program, config={"macs": 0.6, "heads": "half"})
+
+
+class EinsumAttention(torch.nn.Module):
+    """Attention spelled as einsums (torchvision's MaxViT writes it so): 2 heads of 8 dims for q/k, 4 for v."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v = torch.nn.Linear(8, 16), torch.nn.Linear(8, 16), torch.nn.Linear(8, 8)
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k = (f(x).view(b, n, 2, 8) for f in (self.q, self.k))
+        v = self.v(x).view(b, n, 2, 4)
+        scores = torch.einsum("bihd,bjhd->bhij", q, k).softmax(-1)
+        return self.proj(torch.einsum("bhij,bjhd->bihd", scores, v).reshape(b, n, 8))
+
+
+def test_einsum_attention_head_dims_are_found_and_kept_whole():
+    torch.manual_seed(0)
+    program = capture(EinsumAttention().eval(), torch.randn(1, 5, 8), name="einsum").eval()
+    combing = find_channel_groups(program.module)
+    pinned = sorted(combing.groups[i].size for i in head_dim_groups(program.module, combing))
+    assert pinned == [4, 8]  # the q/k head dim and the v head dim; the heads (2) are no head dims
+    result = remove_channels(program, config={"channels": 0.5, "round_to": 1, "strict": False})
+    widths = {(g["width_before"], g["factor"]): g["width_after"] for g in result.stats["groups"]}
+    assert widths[(8, True)] == 8 and widths[(4, True)] == 4

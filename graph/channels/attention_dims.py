@@ -2,12 +2,13 @@
 
 A head dim is the last dim of scaled_dot_product_attention's q, k or v, or, where attention is spelled out
 as matrix products, an inner dim of a product of two activations (q kᵀ: q's last dim and kᵀ's rows;
-attention · v: v's last dim). Removing whole heads keeps these widths as they are (a 64-wide head stays
+attention · v: v's last dim); in an einsum of two activations, every dim whose letter is not in both
+operands and the output (those are batch and head dims). Token dims are fixed anyway and drop out. Removing whole heads keeps these widths as they are (a 64-wide head stays
 64 wide, the size flash-attention kernels are tuned for, and the softmax scale stays the one the model was
 trained with); removing head dims narrows every head alike. passes/remove_channels.py pins the groups
 found here unless its caller asks for head-dim pruning.
 
-Not recognised: attention written as einsum (its head dims stay prunable like any width).
+Not recognised: einsum equations with an ellipsis (their dims stay prunable like any width).
 """
 
 from __future__ import annotations
@@ -39,7 +40,23 @@ def _head_dim_labels(module: torch.fx.GraphModule, node_labels: dict) -> list[np
             left, right = _dims(node_labels, a), _dims(node_labels, b)
             if left and right and len(left) >= 2 and len(right) >= 2:
                 found += [left[-1], right[-2], right[-1]]
+        elif node.target is aten.einsum.default:
+            found += _einsum_inner_dims(node, node_labels, weights)
     return found
+
+
+def _einsum_inner_dims(node: torch.fx.Node, node_labels: dict, weights: dict) -> list[np.ndarray]:
+    equation, operands = node.args[0], node.args[1]
+    if "..." in equation or "->" not in equation or len(operands) != 2 \
+            or not all(isinstance(x, torch.fx.Node) and x not in weights for x in operands):
+        return []
+    inputs, output = equation.replace(" ", "").split("->")
+    letters = inputs.split(",")
+    labels = [_dims(node_labels, x) for x in operands]
+    if any(lab is None or len(lab) != len(spec) for lab, spec in zip(labels, letters)):
+        return []
+    shared = set(letters[0]) & set(letters[1]) & set(output)
+    return [dims[i] for dims, spec in zip(labels, letters) for i, letter in enumerate(spec) if letter not in shared]
 
 
 def _dims(node_labels: dict, arg) -> list | None:
