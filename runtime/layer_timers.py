@@ -124,7 +124,7 @@ class OnnxRuntimeLayerTimer:
                                clock=self.clock).median_ms
 
 
-class _OneLayer(torch.nn.Module):
+class LayerModule(torch.nn.Module):
     """The layer as a module: a convolution (with its own asymmetric padding) or a linear layer."""
 
     def __init__(self, layer: TimedLayer):
@@ -165,7 +165,7 @@ class TorchLayerTimer:
         self.settings = settings or f"torch {torch.__version__}, {torch.get_num_threads()} threads"
 
     def __call__(self, layer: TimedLayer) -> float:
-        module = _OneLayer(layer).to(self.torch_device).eval()
+        module = LayerModule(layer).to(self.torch_device).eval()
         inputs = (torch.randn(layer.input_shape, generator=torch.Generator().manual_seed(1)).to(self.torch_device),)
         with torch.inference_mode():
             return float(self.time_module(module, inputs))

@@ -13,12 +13,16 @@ import torch.nn.functional as F
 
 from prunefx.graph import capture
 from prunefx.graph.channels.plan_latency import TimedLayer, timed_layers
-from prunefx.runtime.errors import MeasurementError
+from prunefx.runtime import backends
+from prunefx.runtime.backend_layer_timer import layer_timer
+from prunefx.runtime.backends import Settings
+from prunefx.runtime.cuda_graph import CudaDevice
+from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
 from prunefx.runtime.layer_latency import build_latency_table, grid_widths, program_latency_table
 from prunefx.runtime.layer_timers import (
+    LayerModule,
     OnnxRuntimeLayerTimer,
     TorchLayerTimer,
-    _OneLayer,
     cpu_model,
     identity_model,
     layer_model,
@@ -152,7 +156,7 @@ def test_the_layers_of_a_program_with_their_geometry(tmp_path):
 ])
 def test_the_one_layer_models_compute_the_layer(layer):
     """The ONNX model and the torch module both compute what torch's own functional layer computes."""
-    module = _OneLayer(layer)
+    module = LayerModule(layer)
     x = torch.randn(layer.input_shape)
     w, b = module.weight, module.bias
     if layer.kind == "linear":
@@ -186,3 +190,58 @@ def test_the_timers_return_a_time_and_say_where_they_ran():
 def test_cpu_model_reads_the_model_name():
     assert cpu_model("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t: avx2\n") == "AMD EPYC 7B13"
     assert cpu_model("processor\t: 0\n")  # something, from platform
+
+
+class FakeGpu(CudaDevice):
+    """A CPU standing in for a GPU: its timer answers 1 us per convolution weight of the module that ran and
+    records the input batch of each timed call."""
+
+    def __init__(self, available: bool = True):
+        self.is_available, self.batches, self.weights, self.batch = available, [], 0, None
+
+    def available(self) -> bool:
+        return self.is_available
+
+    def describe(self) -> dict:
+        return {"gpu": "Fake H100", "torch": torch.__version__, "cuda": None}
+
+    def place(self, module, inputs, dtype):
+        self.weights = sum(p.numel() for p in module.parameters() if p.dim() == 4)
+        self.batch = int(inputs[0].shape[0])
+        return module, tuple(inputs)
+
+    def compile(self, module):
+        return module
+
+    def capture(self, run):
+        return run
+
+    def time(self, run) -> float:
+        run()
+        self.batches.append(self.batch)
+        return 1e-3 * self.weights
+
+
+def test_a_table_on_the_cuda_backend_times_each_layer_as_a_program(tmp_path, monkeypatch):
+    gpu = FakeGpu()
+    monkeypatch.setattr(backends.get("cuda"), "device", gpu)
+    timer = layer_timer("cuda", Settings(runs=3, warmup=1, batch=8))
+    assert (timer.backend, timer.device, timer.precision) == ("cuda", "Fake H100", "fp16")
+    table = build_latency_table([CONV], timer, multiple=16, batch=2, cache_dir=tmp_path)
+    assert table(CONV, 64, 32) == pytest.approx(1e-3 * 64 * 32 * 9)  # 32 x 64 x 3 x 3 weights
+    assert table(CONV, 32, 16) == pytest.approx(1e-3 * 32 * 16 * 9)
+    assert set(gpu.batches) == {2}  # the table's batch, not the settings'
+    assert json.loads(next(tmp_path.glob("cuda-*.json")).read_text())["identity"]["device"] == "Fake H100"
+
+
+def test_layer_timers_by_backend_name():
+    ort_timer = layer_timer("ort", Settings(threads=1))
+    assert isinstance(ort_timer, OnnxRuntimeLayerTimer) and (ort_timer.threads, ort_timer.runs) == (1, 10)
+    with pytest.raises(MeasurementError, match="unknown backend"):
+        layer_timer("nonesuch", Settings())
+
+
+def test_a_missing_gpu_is_refused_before_anything_is_timed(monkeypatch):
+    monkeypatch.setattr(backends.get("cuda"), "device", FakeGpu(available=False))
+    with pytest.raises(BackendUnavailableError):
+        layer_timer("cuda", Settings())
