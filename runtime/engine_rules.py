@@ -240,8 +240,9 @@ def concat_scales(index: GraphIndex, target: Target) -> Iterator[Finding]:
     for node in index.nodes:
         if node.op_type != "Concat" or len(node.input) < 2:
             continue
-        dequantizers = [index.producer.get(name) for name in node.input]
-        if not all(d is not None and d.op_type == "DequantizeLinear" and len(d.input) > 1 for d in dequantizers):
+        found = [index.producer.get(name) for name in node.input]
+        dequantizers = [d for d in found if d is not None and d.op_type == "DequantizeLinear" and len(d.input) > 1]
+        if len(dequantizers) < len(found):
             continue
         scales = {float(np.asarray(index.value(d.input[1])).reshape(-1)[0]) for d in dequantizers
                   if index.value(d.input[1]) is not None and np.asarray(index.value(d.input[1])).size == 1}

@@ -64,10 +64,8 @@ def _load_json(path: Path, root: Path) -> dict:
     return content
 
 
-def _integer(entry: dict, field: str, where: str, *, required: bool = True) -> int | None:
+def _integer(entry: dict, field: str, where: str) -> int:
     value = entry.get(field)
-    if value is None and not required:
-        return None
     if type(value) is not int:  # bool is no id, nor is 1.5 or "1"
         raise PrunefxError(f"{where}: {field} must be an integer, got {shown(value)}")
     return value
@@ -111,7 +109,7 @@ def _check_inside(box: list[float], image: dict, where: str) -> None:
     """A box within the image's declared `width` x `height` (when the file gives them), up to
     BOX_TOLERANCE of the side and a pixel (COCO's own boxes overhang by rounding)."""
     for low, high, side in ((box[1], box[3], image.get("width")), (box[2], box[4], image.get("height"))):
-        if type(side) not in (int, float) or not side > 0:
+        if not isinstance(side, (int, float)) or isinstance(side, bool) or not side > 0:
             continue
         margin = max(1.0, BOX_TOLERANCE * side)
         if low < -margin or high > side + margin:

@@ -47,7 +47,7 @@ def read_split(root: Path, split: str, palette: Palette | None = None) -> SplitF
 def _ids_in(split: SplitFiles, ignore_index: int) -> tuple[int, Path]:
     """The largest class id in the split's masks (ignored pixels left out) and the mask holding it."""
     largest, where = -1, split.masks[0]
-    for image, path in zip(split.images, split.masks):
+    for image, path in zip(split.images, split.masks or []):
         mask = read_mask(path, split.palette)
         height, width = image_size_of(image)
         if mask.shape[:2] != (height, width):

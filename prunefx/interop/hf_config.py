@@ -88,7 +88,7 @@ def _int_attributes(module: nn.Module) -> dict[str, int]:
 
 
 def _field_options(config, mapping) -> list[tuple[str, list]]:
-    options = []
+    options: list[tuple[str, list]] = []
     for key, value in config.to_dict().items():
         if key in _NOT_WIDTHS:
             continue
