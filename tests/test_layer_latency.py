@@ -245,3 +245,12 @@ def test_a_missing_gpu_is_refused_before_anything_is_timed(monkeypatch):
     monkeypatch.setattr(backends.get("cuda"), "device", FakeGpu(available=False))
     with pytest.raises(BackendUnavailableError):
         layer_timer("cuda", Settings())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_table_on_a_real_gpu(tmp_path):
+    timer = layer_timer("cuda", Settings(runs=20, warmup=5))
+    table = build_latency_table([CONV], timer, multiple=8, batch=8, cache_dir=tmp_path)
+    assert timer.device == torch.cuda.get_device_name() and table.measured == 4 * 4
+    assert all(0 < ms < 100 for row in table.grids["conv"].ms for ms in row)

@@ -47,6 +47,14 @@ class CostModel:
         self._bounds = np.concatenate([[0], np.cumsum(lengths)])
         self._classes = np.concatenate(spans) if spans else np.zeros(0, dtype=np.int64)
 
+    def dim_classes(self, node, axis: int) -> np.ndarray | None:
+        """The class of every index of dim `axis` of `node` (a node a cost reads), None where it is unlabelled."""
+        where = self._dims.get(node) if isinstance(node, torch.fx.Node) else None
+        if where is None:
+            return None
+        dim = where[0] + axis % where[1]
+        return self._classes[self._bounds[dim]: self._bounds[dim + 1]]
+
     def shape_of(self, removed_mask: np.ndarray) -> ShapeOf:
         """The shape every node that computes (and each of its inputs) has after the removal; other nodes
         and values keep the shape their metadata records."""

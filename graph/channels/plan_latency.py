@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from prunefx.graph.channels.plan_cost import CostModel
+from prunefx.graph.channels.removal import expand_mask
 from prunefx.graph.counting import _shape
 from prunefx.graph.errors import PrunefxError
 
@@ -139,18 +140,30 @@ class PlanLatency:
         self.nodes = [node for node in cost_model.module.graph.nodes if node.name in layers]
         self.layers = [layers[node.name] for node in self.nodes]
         self._memo: dict[tuple[int, int, int], float] = {}
+        self._index_widths()
         self.dense_layers = self.layer_ms(np.zeros(cost_model.classes, dtype=bool))
         self.dense_ms = float(self.dense_layers.sum())
 
+    def _index_widths(self) -> None:
+        """The classes of every timed layer's input-channel dim and output-channel dim, laid end to end, so that
+        a plan's widths are one count of surviving classes (a dim without labels keeps its dense width)."""
+        spans, self._fixed = [], []
+        for node, layer in zip(self.nodes, self.layers):
+            for arg, axis, dense in ((node.args[0], 1 if layer.kind == "conv2d" else -1, layer.in_channels),
+                                     (node.args[1], 0, layer.out_channels)):
+                classes = self.cost_model.dim_classes(arg, axis)
+                spans.append(classes if classes is not None else np.zeros(0, dtype=np.int64))
+                self._fixed.append(None if classes is not None else dense)
+        self._span_classes = np.concatenate(spans) if spans else np.zeros(0, dtype=np.int64)
+        self._span_bounds = np.concatenate([[0], np.cumsum([span.size for span in spans])]).astype(np.int64)
+
     def widths(self, removed_mask: np.ndarray) -> list[tuple[int, int]]:
         """(in, out) widths of every timed layer after the removal."""
-        shape = self.cost_model.shape_of(removed_mask)
-        widths = []
-        for node, layer in zip(self.nodes, self.layers):
-            source, weight = shape(node.args[0]), shape(node.args[1])
-            in_width = (source[1] if layer.kind == "conv2d" else source[-1]) if source else layer.in_channels
-            widths.append((int(in_width), int(weight[0]) if weight else layer.out_channels))
-        return widths
+        survives = ~expand_mask(self.cost_model.analysis, removed_mask)
+        running = np.concatenate([[0], np.cumsum(survives[self._span_classes], dtype=np.int64)])
+        counts = (running[self._span_bounds[1:]] - running[self._span_bounds[:-1]]).tolist()
+        counts = [count if fixed is None else fixed for count, fixed in zip(counts, self._fixed)]
+        return list(zip(counts[0::2], counts[1::2]))
 
     def layer_ms(self, removed_mask: np.ndarray, which: list[int] | None = None) -> np.ndarray:
         """The time of every timed layer (or of those at the indices `which`, in that order) after the removal."""
