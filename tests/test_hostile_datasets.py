@@ -46,9 +46,13 @@ def _refused(call, *expected: str) -> str:
 
 @pytest.fixture
 def secret(tmp_path):
+    """A file outside the data folder; at teardown, its access time shows it was never read (set before
+    its modification time, so that any read moves it even under relatime)."""
     path = tmp_path / "secret.txt"
     path.write_text(f"{SECRET}\n0 0.5 0.5 0.1 0.1\n")
-    return path
+    os.utime(path, ns=(1_000_000_000, 2_000_000_000))
+    yield path
+    assert os.stat(path).st_atime_ns == 1_000_000_000, "the file outside the data folder was read"
 
 
 # ---- COCO -------------------------------------------------------------------------------------------
