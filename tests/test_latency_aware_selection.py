@@ -12,8 +12,11 @@ import torch
 from prunefx.graph import capture
 from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.graph.channels.importance import Importance
+from prunefx.graph.channels.plan_latency import timed_layers
+from prunefx.graph.channels.removal import remove_classes
 from prunefx.graph.channels.selection import Selector, Target
 from prunefx.graph.errors import PrunefxError
+from prunefx.models import build_model
 from prunefx.passes.config_checks import ConfigError
 from prunefx.passes.remove_channels import remove_channels
 
@@ -154,3 +157,23 @@ def test_a_table_that_gives_no_number_is_refused(chain):
         _selector(chain, lambda layer, i, o: float("nan") if i < 16 else 1.0)[0].plan(Target("layer_time", 0.5))
     with pytest.raises(PrunefxError, match="needs a latency table"):
         Selector(chain.module, find_channel_groups(chain.module), [SCORES, SCORES]).plan(Target("layer_time", 0.5))
+
+
+@pytest.mark.parametrize("model", ["prunefx:mobilenetv2_small", "prunefx:vit_tiny_fmnist"])
+def test_the_widths_a_plan_is_priced_at_are_those_of_the_pruned_graph(model):
+    """The oracle is the removal itself: every timed layer of the pruned graph has the (in, out) widths the
+    table was asked about for that plan (depthwise convolutions, attention heads and MLPs included)."""
+
+    torch.manual_seed(0)
+    program = capture(build_model(model).module.eval(), torch.randn(2, 1, 28, 28)).eval()
+    combing = find_channel_groups(program.module)
+    rng = np.random.default_rng(0)
+    selector = Selector(program.module, combing, [rng.random(g.size) for g in combing.groups], round_to=4,
+                        layer_time=lambda layer, i, o: float(i * o))
+    plan = selector.plan(Target("macs", 0.5))
+    predicted = selector.latency.widths(selector._mask(plan.kept)[0])
+    remove_classes(program.module, combing.analysis, {int(c) for gone in plan.removed for c in gone})
+    program.recompile()
+    pruned = {layer.name: (layer.in_channels, layer.out_channels) for layer in timed_layers(program.module)}
+    assert pruned == dict(zip([layer.name for layer in selector.latency.layers], predicted))
+    assert plan.table_ms["planned"] == sum(i * o for i, o in pruned.values()) < plan.table_ms["dense"]
