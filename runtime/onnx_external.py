@@ -60,6 +60,8 @@ def _resolve(location: str, folder: Path, model: str) -> Path:
         raise ExternalDataError(f"{where} is an absolute path; external data must lie beside the model")
     if ".." in posix.parts or ".." in windows.parts:
         raise ExternalDataError(f"{where} climbs out of the model's folder with '..'")
+    if "\0" in location or len(os.fsencode(location)) > 4095:
+        raise ExternalDataError(f"{where} is not a file name (a NUL byte, or longer than a path may be)")
     path = folder / location
     real, top = os.path.realpath(path), os.path.realpath(folder)
     if os.path.commonpath([real, top]) != top:
@@ -97,17 +99,21 @@ def _read_range(path: Path, offset: int, length: int | None, where: str) -> byte
         return file.read(size)
 
 
+def _located(tensor: onnx.TensorProto, folder: Path, name: str) -> tuple[Path, int, int | None, str]:
+    """(file, offset, length or None for the rest, how to name it) of one external tensor, checked."""
+    entries = _entries(tensor)
+    path = _resolve(entries.get("location", ""), folder, name)
+    where = f"{name}: external data '{printable(entries['location'])[:200]}' of '{printable(tensor.name)[:60]}'"
+    return path, _integer(entries, "offset", where) or 0, _integer(entries, "length", where), where
+
+
 def inline_external_data(model: onnx.ModelProto, model_path: str | os.PathLike) -> onnx.ModelProto:
     """`model` with every external tensor's bytes read (see the module docstring) into the tensor itself."""
     model_path = Path(model_path)
     folder, name = model_path.absolute().parent, printable(str(model_path))
     total = 0
     for tensor in external_tensors(model):
-        entries = _entries(tensor)
-        path = _resolve(entries.get("location", ""), folder, name)
-        where = f"{name}: external data '{printable(entries['location'])[:200]}' of '{printable(tensor.name)[:60]}'"
-        offset = _integer(entries, "offset", where) or 0
-        length = _integer(entries, "length", where)
+        path, offset, length, where = _located(tensor, folder, name)
         if total + (length or 0) > MAX_EXTERNAL_BYTES:
             raise ExternalDataError(f"{where}: the external data add up to more than {MAX_EXTERNAL_BYTES} bytes")
         data = _read_range(path, offset, length, where)
@@ -126,12 +132,13 @@ def check_external_data(model: onnx.ModelProto, model_path: str | os.PathLike) -
     model_path = Path(model_path)
     folder, name = model_path.absolute().parent, printable(str(model_path))
     for tensor in external_tensors(model):
-        entries = _entries(tensor)
-        path = _resolve(entries.get("location", ""), folder, name)
-        where = f"{name}: external data '{printable(entries['location'])[:200]}'"
+        path, offset, length, where = _located(tensor, folder, name)
         try:
-            mode = os.stat(path).st_mode
+            status = os.stat(path)
         except OSError as error:
             raise ExternalDataError(f"{where} cannot be opened: {printable(error.strerror or str(error))}") from None
-        if not stat.S_ISREG(mode):
+        if not stat.S_ISREG(status.st_mode):
             raise ExternalDataError(f"{where} is not a regular file")
+        if offset + (length or 0) > status.st_size:
+            raise ExternalDataError(f"{where}: bytes {offset}..{offset + (length or 0)} lie beyond its end "
+                                    f"({status.st_size} bytes)")

@@ -206,3 +206,23 @@ def test_hostile_provenance_metadata_is_ignored_not_evaluated(scopes):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     origin, = onnx_node_origins(helper.make_model(graph))
     assert origin.fx_name is None and origin.scope == "layer1.relu"  # the name's scope, as without metadata
+
+
+@pytest.mark.parametrize("entries", [
+    {"location": "w\0.bin"}, {"location": "x" * 5000}, {"location": ""}, {"location": "C:\\w.bin"},
+    {"location": "sub/../../w.bin"}, {"location": "w.bin", "offset": "-1"}, {"location": "w.bin", "offset": "abc"},
+    {"location": "w.bin", "length": str(2**62)}, {"location": "w.bin", "offset": str(2**62)}, {},
+])
+def test_hostile_external_data_entries_are_one_line(tmp_path, capsys, entries):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "w.bin").write_bytes(SPARSE.tobytes())
+    tensor = _declared(SPARSE.shape)
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in entries.items():
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    (folder / "m.onnx").write_bytes(_conv_model(tensor).SerializeToString())
+    _one_line_refusal(*_check(capsys, str(folder / "m.onnx")))
+    with pytest.raises(ExternalDataError):
+        check_value_sizes(folder / "m.onnx")

@@ -22,6 +22,7 @@ from prunefx.data.splits import image_folder_data
 from prunefx.data.yolo import yolo_splits
 from prunefx.graph import PrunefxError
 from prunefx.runtime.engine_check import check_file
+from prunefx.runtime.onnx_bounds import check_value_sizes
 
 pytestmark = pytest.mark.slow
 SECRET = "TOKEN-5d1e-planted-outside"
@@ -197,7 +198,7 @@ def test_fuzzed_image_folder_images(tmp_path, planted):
     _both_seen(outcomes)
 
 
-# ---- ONNX for `prunefx check` -----------------------------------------------------------------------
+# ---- ONNX for `prunefx check` and `bench` -----------------------------------------------------------------------
 
 def _onnx_model() -> bytes:
     weight = numpy_helper.from_array(np.tile(np.array([1, 0, 1, 0], np.int8), (8, 1)).reshape(8, 4, 1, 1), "w")
@@ -222,5 +223,6 @@ def test_fuzzed_onnx_files_for_check(tmp_path, planted):
         path.write_bytes(_mutate_bytes(clean, rng))
         target = ("trt10", "ort")[case % 2]
         outcomes.append(_outcome(lambda: check_file(path, target), planted))  # noqa: B023 - called at once
+        _outcome(lambda: check_value_sizes(path), planted)  # bench's check before ONNX Runtime sees the file
     onnx.load_model_from_string(clean)  # the clean file is a model (the mutations start from a valid one)
     _both_seen(outcomes)
