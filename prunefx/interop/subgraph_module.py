@@ -26,6 +26,10 @@ from prunefx.graph import Program
 _MODAL = ("dropout", "batch_norm", "rrelu", "scaled_dot_product")  # attention: its dropout_p baked in
 
 
+_RESHAPES = {torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten._unsafe_view.default,
+             torch.ops.aten.expand.default}
+
+
 class SubgraphError(Exception):
     """The module's own code cannot be cut out of the Program as a forward (turned into a WriteBackError)."""
 
@@ -85,6 +89,7 @@ def _graph(program: Program, path: str) -> fx.Graph:
         child = region[node]
         if child is None:
             _copy_own(graph, node, env, prefix)
+            _batch_follows_input(graph, env[node], env[inputs[0]], _batch(inputs[0]))
         elif node is groups[child][-1]:  # the child's whole call, at its last operator
             members = groups[child]
             ins, outs = _outside_inputs(members, set(members)), [m for m in members if any(
@@ -94,6 +99,24 @@ def _graph(program: Program, path: str) -> fx.Graph:
             env[outs[0]] = graph.call_module(child[1][len(prefix):], (env[ins[0]],))
     graph.output(env[outputs[0]])
     return graph
+
+
+def _batch(node: fx.Node) -> int | None:
+    value = node.meta.get("val")
+    return int(value.shape[0]) if isinstance(value, torch.Tensor) and value.dim() else None
+
+
+def _batch_follows_input(graph: fx.Graph, node: fx.Node, x: fx.Node, batch: int | None) -> None:
+    """A reshape to the example's batch size (the graph holds literal sizes) made to take the input's instead,
+    where the reshaped tensor's first dim is that batch too; the write-back proves it on a batch of two."""
+    sizes = node.args[1] if node.target in _RESHAPES and len(node.args) > 1 else None
+    source = node.args[0].meta.get("val") if isinstance(node.args[0], fx.Node) else None
+    if batch is None or not isinstance(sizes, (list, tuple)) or not sizes or sizes[0] != batch \
+            or not isinstance(source, torch.Tensor) or not source.dim() or source.shape[0] != batch:
+        return
+    with graph.inserting_before(node):
+        size = graph.call_function(torch.ops.aten.sym_size.int, (x, 0))
+    node.args = (node.args[0], [size, *sizes[1:]], *node.args[2:])
 
 
 def _copy_own(graph: fx.Graph, node: fx.Node, env: dict, prefix: str) -> None:

@@ -110,7 +110,11 @@ def _from_subgraphs(program: Program, module: nn.Module, name: str, scopes: list
 
 
 def _check_batch(program: Program, module: nn.Module, name: str) -> None:
-    pair = batch_outputs(program, module, [program.example_inputs, _second_input(program.example_inputs)])
+    try:
+        pair = batch_outputs(program, module, [program.example_inputs, _second_input(program.example_inputs)])
+    except Exception as error:  # the user's forward may raise anything; name the module that did
+        raise WriteBackError(f"cannot write {name} back: on a batch of two inputs, {_failing_module(error, module)}"
+                             f"{first_line(error)}") from error
     if pair is not None:
         error = _relative_error(*pair)
         if error is None or error > TOLERANCE:
