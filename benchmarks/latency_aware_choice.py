@@ -47,8 +47,9 @@ from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.training.engine import evaluate
 from prunefx.runtime import compare_latency, export_onnx, onnx_runner
+from prunefx.runtime.backend_layer_timer import layer_timer
+from prunefx.runtime.backends import Settings
 from prunefx.runtime.layer_latency import build_latency_table
-from prunefx.runtime.layer_timers import OnnxRuntimeLayerTimer
 from prunefx.runtime.width_multiple import onnxruntime_multiple
 
 NAME = "latency_aware_choice"
@@ -82,7 +83,7 @@ class Timing:
 
 
 def latency_table(dense: Program, args):
-    timer = OnnxRuntimeLayerTimer(threads=args.threads, runs=args.table_runs)
+    timer = layer_timer("ort", Settings(threads=args.threads, runs=args.table_runs, warmup=3))
     return build_latency_table(timed_layers(dense.module), timer, multiple=args.round_to, batch=1,
                                points=args.points, cache_dir=args.cache_dir)
 
@@ -198,7 +199,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=6, help="candidates measured per choice and speed-up")
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--table-runs", type=int, default=10)
+    parser.add_argument("--table-runs", type=int, default=10, help="timed runs per table entry (at most 10)")
     parser.add_argument("--points", type=int, default=4, help="widths per axis in the latency table")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--baseline-epochs", type=int, default=8)
