@@ -1,0 +1,47 @@
+"""A graph whose sizes depend on tensor values is refused at capture, naming the module that made it so."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from prunefx.graph import CaptureError, capture
+
+
+class Boxes(nn.Module):
+    """Keeps the rows above a threshold: `nonzero`, as a detector's post-processing does."""
+
+    def forward(self, x):
+        return x[(x[:, 0] > 0).nonzero().squeeze(1)]
+
+
+class Scale(nn.Module):
+    """Reads a scale out of a tensor with `.item()`."""
+
+    def forward(self, x):
+        return x * x.amax().item()
+
+
+class Detector(nn.Module):
+    def __init__(self, post: nn.Module):
+        super().__init__()
+        self.body, self.post = nn.Linear(4, 4), post
+
+    def forward(self, x):
+        return self.post(self.body(x))
+
+
+@pytest.mark.parametrize("post, operator", [(Boxes(), "nonzero"), (Scale(), "item")])
+def test_the_module_and_what_to_do_are_named(post, operator):
+    with pytest.raises(CaptureError) as error:
+        capture(Detector(post).eval(), torch.randn(8, 4))
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"module 'post' ({type(post).__name__})" in message and operator in message
+    assert "export (deploy) mode" in message and "part=" in message
+
+
+def test_a_static_model_still_captures():
+    program = capture(Detector(nn.Identity()).eval(), torch.randn(8, 4))
+    assert program.module(torch.randn(8, 4)).shape == (8, 4)
