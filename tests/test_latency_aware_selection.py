@@ -155,6 +155,8 @@ def test_a_table_and_its_target_come_together(chain, config, message):
 def test_a_table_that_gives_no_number_is_refused(chain):
     with pytest.raises(PrunefxError, match="a time is a finite number"):
         _selector(chain, lambda layer, i, o: float("nan") if i < 16 else 1.0)[0].plan(Target("layer_time", 0.5))
+    with pytest.raises(PrunefxError, match="no time"):
+        _selector(chain, lambda layer, i, o: 0.0)[0].plan(Target("layer_time", 0.5))
     with pytest.raises(PrunefxError, match="needs a latency table"):
         Selector(chain.module, find_channel_groups(chain.module), [SCORES, SCORES]).plan(Target("layer_time", 0.5))
 

@@ -183,3 +183,13 @@ class PlanLatency:
                                    f"{in_width} -> {out_width} channels (a time is a finite number >= 0)")
             self._memo[key] = value
         return self._memo[key]
+
+
+def priced_by(latency: PlanLatency | None) -> PlanLatency:
+    """`latency`, checked to price a `layer_time` target: a table given, and a dense time to be a fraction of."""
+    if latency is None:
+        raise PrunefxError("a layer_time target needs a latency table (layer_time=...)")
+    if latency.dense_ms <= 0:
+        raise PrunefxError("the latency table gives the dense model's timed layers no time (0 ms); a layer_time "
+                           "target cannot be a fraction of it")
+    return latency

@@ -34,7 +34,7 @@ import numpy as np
 from prunefx.graph.channels.groups import ChannelGroup, Combing
 from prunefx.graph.channels.latency_selection import LatencyKnapsack, ms_saved_per_group
 from prunefx.graph.channels.plan_cost import CostModel
-from prunefx.graph.channels.plan_latency import LayerTime, PlanLatency
+from prunefx.graph.channels.plan_latency import LayerTime, PlanLatency, priced_by
 from prunefx.graph.counting import Cost
 from prunefx.graph.errors import PrunefxError
 
@@ -184,7 +184,7 @@ class Selector:
         if target.kind == "channels":
             return sum(kept) / max(sum(g.size for g in self.combing.groups), 1)
         if target.kind == "layer_time":
-            table = self._table()
+            table = priced_by(self.latency)
             return table.ms(self._mask(kept)[0]) / table.dense_ms
         cost = cost if cost is not None else self.cost_model.cost(self._mask(kept)[0])
         return cost.macs / self.dense.macs if target.kind == "macs" else cost.params / self.dense.params
@@ -195,7 +195,7 @@ class Selector:
         allowed widths skip over it, the closest on either side (a table's time with the global ranking:
         the latency knapsack instead)."""
         if target.kind == "layer_time":
-            goal = target.fraction * self._table().dense_ms
+            goal = target.fraction * priced_by(self.latency).dense_ms
             if self.ranking == "global":
                 band = [goal * (1 + d * TARGET_TOLERANCE) for d in (0, -1, 1)]
                 return self._finish(target, LatencyKnapsack(self).widths(*band))
@@ -220,14 +220,6 @@ class Selector:
             kept = self._refine(target, kept)
             kept = self._nearest_within_tolerance(target, kept) or kept
         return self._plan_for(target, kept)
-
-    def _table(self) -> PlanLatency:
-        if self.latency is None:
-            raise PrunefxError("a layer_time target needs a latency table (layer_time=...)")
-        if self.latency.dense_ms <= 0:
-            raise PrunefxError("the latency table gives the dense model's timed layers no time (0 ms); a "
-                               "layer_time target cannot be a fraction of it")
-        return self.latency
 
     def _global_ceiling(self) -> float:
         return max((float(n[-1]) for n in self.sorted_normalised if n.size), default=0.0) + 1.0
