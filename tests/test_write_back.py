@@ -45,15 +45,17 @@ CASE_REFUSALS = {
     "rotary_fused_qkv": "(RotaryAttention)",     # reshape(b, n, c) with c the input width
 }
 MODEL_REFUSALS = {  # from benchmarks/results/write_back_coverage.md
-    # the head dim computed from the input width (C // num_heads), which global ranking cuts apart
-    "torchvision:swin_t": "module 'features.1.0.attn' (ShiftedWindowAttention)",
+    # q/k/v reshaped with the head dim computed from the input width (C // num_heads), which global ranking
+    # cuts apart from the attention width
+    "torchvision:swin_t": "(ShiftedWindowAttention)",
     # nn.MultiheadAttention: one width for heads and input, which global ranking cuts apart
     "torchvision:vit_b_16": "module 'encoder.layers.encoder_layer_0.self_attention': nn.MultiheadAttention holds one",
-    "torchvision:maxvit_t": "attribute 'head_dim'",       # one head_dim for q/k and v pruned apart
+    # window partitions sized from the input width, which global ranking cuts apart from the attention's
+    "torchvision:maxvit_t": "(RelativePositionalMultiHeadAttention)",
     # attention widths computed from the residual width, or tables sized by the head dim
     "timm:beitv2_base_patch16_224": "module 'blocks.0.attn'",
     "timm:eva02_tiny_patch14_224": "module 'blocks.0.attn'",
-    "timm:coatnet_rmlp_nano_rw_224": "module 'stages.2.blocks.0.attn'",
+    "timm:coatnet_rmlp_nano_rw_224": "(RelPosMlp)",
     "timm:maxxvit_rmlp_nano_rw_256": "(RelPosMlp)",
 }
 # Main lane: the Fashion-MNIST models and resnet18; the rest of the zoo runs in its own lane.

@@ -46,14 +46,14 @@ def _head_dim_labels(module: torch.fx.GraphModule, node_labels: dict) -> list[np
 
 
 def _einsum_inner_dims(node: torch.fx.Node, node_labels: dict, weights: dict) -> list[np.ndarray]:
-    equation, operands = node.args[0], node.args[1]
-    if "..." in equation or "->" not in equation or len(operands) != 2 \
+    equation, operands = str(node.args[0]), node.args[1]
+    if not isinstance(operands, (list, tuple)) or "..." in equation or "->" not in equation or len(operands) != 2 \
             or not all(isinstance(x, torch.fx.Node) and x not in weights for x in operands):
         return []
     inputs, output = equation.replace(" ", "").split("->")
     letters = inputs.split(",")
-    labels = [_dims(node_labels, x) for x in operands]
-    if any(lab is None or len(lab) != len(spec) for lab, spec in zip(labels, letters)):
+    labels = [lab for lab in (_dims(node_labels, x) for x in operands) if lab is not None]
+    if len(labels) != 2 or any(len(lab) != len(spec) for lab, spec in zip(labels, letters)):
         return []
     shared = set(letters[0]) & set(letters[1]) & set(output)
     return [dims[i] for dims, spec in zip(labels, letters) for i, letter in enumerate(spec) if letter not in shared]

@@ -62,6 +62,8 @@ def _rewrite_split(node, analysis, removed) -> None:
     dim = node.args[2] if dim_arg else 0
     dim %= len(pieces[0])
     sizes = [int(keep_mask(analysis, piece[dim], removed).sum()) for piece in pieces]
+    if node.target is aten.chunk.default and len(set(sizes)) == 1 and len(sizes) == node.args[1]:
+        return  # equal pieces, as many as before: chunk still gives them (and the model's own call too)
     if sizes != [piece[dim].size for piece in pieces]:
         node.target = aten.split_with_sizes.default
         node.args = (node.args[0], sizes, dim)

@@ -25,14 +25,18 @@ from torch import nn
 
 
 def uses_timm_attention_convention(module: nn.Module) -> bool:
-    return type(getattr(module, "fused_attn", None)) is bool and isinstance(getattr(module, "scale", None), float) \
-        and type(getattr(module, "head_dim", None)) is int
+    """A boolean `fused_attn`, a float `scale` and an integer `head_dim`, set on the module itself."""
+    attributes = vars(module)
+    return type(attributes.get("fused_attn")) is bool and isinstance(attributes.get("scale"), float) \
+        and type(attributes.get("head_dim")) is int
 
 
 def keep_attention_scale(module: nn.Module, error: type[Exception]) -> None:
     """Fold the dense scale into `module`'s queries after its head dim changed (module docstring); raises
     `error` with a one-line reason where there is no place linear in the queries to fold it into."""
-    ratio = module.scale * math.sqrt(module.head_dim)
+    attributes = vars(module)  # plain attributes (uses_timm_attention_convention checked their types)
+    scale, head_dim = float(attributes["scale"]), int(attributes["head_dim"])
+    ratio = scale * math.sqrt(head_dim)
     if math.isclose(ratio, 1.0, rel_tol=1e-12):
         return
     targets = _query_tensors(module)
@@ -42,7 +46,7 @@ def keep_attention_scale(module: nn.Module, error: type[Exception]) -> None:
     with torch.no_grad():
         for tensor in targets:
             tensor.mul_(ratio)
-    module.scale = module.head_dim ** -0.5
+    module.scale = head_dim ** -0.5
 
 
 def _query_tensors(module: nn.Module) -> list[torch.Tensor] | str:
