@@ -26,13 +26,11 @@ Config:
   keeps the same ratio, which a Hugging Face config can describe);
 - `round_to` (default 8, tensor-core friendly; 16 suits ONNX Runtime on AVX-512 CPUs);
 - `max_ratio` (default 0.8): the largest fraction of any one group that may go;
-- `heads`: whole (the default) or dims. Attention loses whole heads and every head keeps its dense head dim
-  (graph/channels/attention_dims.py: the last dim of scaled_dot_product_attention's q, k, v, or the inner
-  dims of q kᵀ and attention · v spelled out): 64-wide heads stay 64 wide, the width fused attention
-  kernels are built for, and the softmax scale stays the one the model computes with, so a module written
-  back keeps its fused path. A single-head attention keeps its width. `dims` also lets head dims go, the
-  same ones in every head of a block, with the dense scale passed to the attention explicitly (`scale`);
-  uniform ranking, whose point is to keep head counts and narrow every head, implies `dims`;
+- `heads`: whole (default) or dims. Whole: attention loses whole heads, every head keeps its dense head dim
+  (graph/channels/attention_dims.py), the width fused attention kernels are built for, and its softmax scale,
+  so a written-back module keeps its fused path; a single-head attention keeps its width. Dims: head dims
+  go too, the same in every head, the dense scale passed to the attention (`scale`). Uniform ranking (head
+  counts kept, every head narrowed) implies dims;
 - `min_widths`: {"tensor:dim": width} — no group with such a member keeps fewer channels (the
   dense widths' floors that prune_while_training holds across its successive cuts);
 - `keep`: graph node names whose channels must stay; `seed` for `random`;
