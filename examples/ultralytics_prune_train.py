@@ -13,6 +13,7 @@
 4. `val` gives mAP on the data's val split; `export(format="onnx")` writes ONNX, run with ONNX Runtime and
    compared with the trained module's own output.
 Writes into OUTPUT: weights.pt (Ultralytics checkpoint of the trained pruned model), metrics.json, model.onnx.
+A refusal (a capture, the write-back's proof) is one line on stderr, and the exit status 2.
 Ultralytics is AGPL-3.0: this example uses it; prunefx itself never depends on it.
 """
 

@@ -107,12 +107,12 @@ def _detect_head(module: nn.Module, changes) -> None:
     forward did not run, that branch made again as a copy of the pruned one-to-many branch (as Ultralytics
     builds it), so that it takes the pruned features; training then teaches it again."""
     resize_attributes(module, changes)
-    for name in ("cv2", "cv3"):
-        many, one = getattr(module, name, None), getattr(module, "one2one_" + name, None)
+    for name in [name for name in module._modules if name.startswith("one2one_")]:  # cv2, cv3, and a task's cv4
+        many, one = getattr(module, name[len("one2one_"):], None), getattr(module, name)
         if many is None or one is None:
             continue
         if [p.shape for p in many.parameters()] != [p.shape for p in one.parameters()]:
-            setattr(module, "one2one_" + name, copy.deepcopy(many))
+            setattr(module, name, copy.deepcopy(many))
 
 
 def register_resizers() -> None:
