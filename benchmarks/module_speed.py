@@ -6,8 +6,9 @@
 
 Builds MODEL with random weights, prunes it with remove_channels (MACs fraction, `heads`), saves the Program
 as model.pt2 and loads it back, and writes it back into the model's own module classes (to_module). Then:
-1. structure: the module, captured again, calls scaled_dot_product_attention as often as the Program does,
-   and every timm attention kept `fused_attn` as the dense model had it;
+1. structure: the module, captured again, calls the same operators as the Program, as often (so the same
+   kernels run; scaled_dot_product_attention among them), and every timm attention kept `fused_attn` as the
+   dense model had it;
 2. speed: the loaded Program's graph and the module are timed alternately. On a GPU: CUDA-graph replays
    timed with CUDA events (runtime/cuda_graph.py), fp16/bf16 weights, channels_last; on a CPU:
    perf_counter blocks (runtime/latency.compare_latency), which on a loaded machine say little.
@@ -19,6 +20,7 @@ judged (a shared CPU's noise is larger than the tolerance). Publishes nothing: r
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import json
 import sys
@@ -39,6 +41,10 @@ def attention_ops(graph_module: torch.fx.GraphModule) -> int:
     return sum(node.target is SDPA for node in graph_module.graph.nodes)
 
 
+def operators(graph_module: torch.fx.GraphModule) -> collections.Counter:
+    return collections.Counter(str(node.target) for node in graph_module.graph.nodes if node.op == "call_function")
+
+
 def fused_flags(model: torch.nn.Module) -> dict[str, bool]:
     """name -> fused_attn of every module that has the flag (timm's attention classes)."""
     return {name: m.fused_attn for name, m in model.named_modules() if type(getattr(m, "fused_attn", None)) is bool}
@@ -50,8 +56,11 @@ def structure(program: Program, dense: torch.nn.Module, module: torch.nn.Module)
               "module_attention_ops": attention_ops(recaptured.module),
               "fused_attn_switched_off": sorted(name for name, on in fused_flags(dense).items()
                                                 if on and not fused_flags(module).get(name, False))}
+    program_ops, module_ops = operators(program.module), operators(recaptured.module)
+    report["operators_only_in_program"] = dict(program_ops - module_ops)
+    report["operators_only_in_module"] = dict(module_ops - program_ops)
     report["ok"] = (report["program_attention_ops"] == report["module_attention_ops"]
-                    and not report["fused_attn_switched_off"])
+                    and not report["fused_attn_switched_off"] and program_ops == module_ops)
     return report
 
 

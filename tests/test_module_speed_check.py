@@ -43,11 +43,13 @@ def test_the_structure_check_sees_a_fused_path_switched_off():
     remove_channels(program, config={"macs": 0.5, "heads": "dims", "strict": False})
     module = to_module(program, dense)
     assert check.structure(program, dense, module) == {
-        "program_attention_ops": 2, "module_attention_ops": 2, "fused_attn_switched_off": [], "ok": True}
+        "program_attention_ops": 2, "module_attention_ops": 2, "fused_attn_switched_off": [],
+        "operators_only_in_program": {}, "operators_only_in_module": {}, "ok": True}
     module.blocks[1].attn.fused_attn = False  # what the write-back used to do
     report = check.structure(program, dense, module)
     assert report["fused_attn_switched_off"] == ["blocks.1.attn"] and report["module_attention_ops"] == 1
-    assert not report["ok"]
+    assert report["operators_only_in_program"] == {"aten.scaled_dot_product_attention.default": 1}
+    assert "aten.softmax.int" in report["operators_only_in_module"] and not report["ok"]
 
 
 def _comparison(program_ms: float, module_ms: float) -> LatencyComparison:
