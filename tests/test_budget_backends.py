@@ -80,7 +80,7 @@ def test_trtexec_pair_returns_medians_caches_and_confirms_longer(trtexec):
         assert run["model"].graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
         assert run["options"].iterations == 7 and run["options"].precision == "fp32"
 
-    assert pair(dense, narrow.clone()) == (dense_ms, narrow_ms, spread)  # cached: trtexec does not run again
+    assert tuple(pair(dense, narrow.clone())) == (dense_ms, narrow_ms, spread)  # cached: trtexec does not run again
     assert len(trtexec) == 2
 
     confirmed = pair.confirm(dense, narrow)  # trtexec runs one model after the other: a point, no interval
