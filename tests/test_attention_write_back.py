@@ -101,3 +101,24 @@ def test_a_query_norm_without_weight_is_refused_in_one_line():
                                            r"affine weight .* heads='whole'") as refused:
         to_module(program, model)
     assert "\n" not in str(refused.value)
+
+
+def test_a_hugging_face_vit_with_pruned_head_dims_keeps_sdpa():
+    """Uniform ranking narrows every head (q, k and v alike, which HF's one head size needs); the written-back
+    HF attention still calls the fused op, and computes what the Program computes."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
+                                    image_size=32, patch_size=8, num_labels=10, attn_implementation="sdpa")
+    model = transformers.ViTForImageClassification(config).eval()
+    x = torch.randn(1, 3, 32, 32)
+    program = capture(model, x, name="hf_vit").eval()
+    remove_channels(program, config={"channels": 0.5, "ranking": "uniform", "round_to": 8, "strict": False})
+    module = to_module(program, model)
+    assert module.config.hidden_size < 128 and module.config.num_attention_heads == 2
+    other = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected, actual = program(other)["logits"], module(pixel_values=other).logits
+    assert (expected - actual).abs().max() <= 1e-5 * expected.abs().max()
+    recaptured = capture(module, x, name="written back")
+    assert sum(node.target is SDPA for node in recaptured.module.graph.nodes) == 2
