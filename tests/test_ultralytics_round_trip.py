@@ -102,6 +102,7 @@ MACS_TOLERANCE = {"yolo26n.yaml": 0.1, "yolov10n.yaml": 0.25}
 @pytest.mark.parametrize("model, options", [("yolov8n.yaml", []), ("yolo11n.yaml", []), ("yolo26n.yaml", []),
                                             ("yolov10n.yaml", []),
                                             ("yolov8n.yaml", ["--nbs", "8", "--cpd", "1"]),
+                                            ("yolo26n.yaml", ["--nbs", "8", "--cpd", "1"]),
                                             ("yolo11n.yaml", ["--nbs", "8", "--cpd", "1"])])
 def test_pruned_yolo_trains_validates_and_exports(tmp_path, model, options):
     metrics = run_example(tmp_path, model, options, macs_tolerance=MACS_TOLERANCE.get(model, 0.03))

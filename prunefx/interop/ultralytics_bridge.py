@@ -157,6 +157,11 @@ def to_ultralytics_module(program: Program, detection_model: nn.Module) -> nn.Mo
     return training_mode(to_module(program, detection_model, config=False))
 
 
+def _one_to_many(raw: dict) -> dict:
+    """The one-to-many branch's raw outputs of a head that trains two (YOLOv10, YOLO26): the one distilled."""
+    return raw["one2many"] if "one2many" in raw else raw
+
+
 class DistilledCriterion:
     """Ultralytics' own detection loss plus prunefx's detection distillation from a frozen dense YOLO
     (passes/training_losses.detection_kd_loss on both heads' decoded outputs: class probabilities and
@@ -169,9 +174,9 @@ class DistilledCriterion:
     def __call__(self, preds, batch):
         from prunefx.passes.training.losses import detection_kd_loss
         loss, items = self.criterion(preds, batch)  # per term (box, cls, dfl), times the batch size
-        raw = preds[1] if isinstance(preds, tuple) else preds
+        raw = _one_to_many(preds[1] if isinstance(preds, tuple) else preds)
         with torch.no_grad():
-            taught = self.teacher(batch["img"])[1]  # eval mode: (decoded, raw); the raw dict is decoded below
+            taught = _one_to_many(self.teacher(batch["img"])[1])  # eval mode: (decoded, raw), decoded below
         kd = detection_kd_loss(self.head._inference(raw), self.teacher_head._inference(taught))
         # Spread over the terms: the trainer sums them, so each gets its share of weight * kd * batch size.
         return loss + self.weight * kd * len(batch["img"]) / loss.numel(), items
