@@ -285,3 +285,24 @@ def test_bad_recalibration_configs_are_refused(config, message):
     program = capture(DeadChannels().eval(), torch.randn(4, 3, 8, 8)).eval()
     with pytest.raises(PrunefxError, match=message):
         recalibrate_batchnorm(program, config=config)
+
+
+@pytest.mark.parametrize(("damping", "rank"), [(0.01, 40), (0.0, 12)])
+def test_the_reported_errors_are_the_output_errors_of_the_change(damping, rank):
+    """error_without and error_with equal trace(C H C^T) / trace(M H M^T) computed from the whole H for
+    the change C (removed columns zeroed, and with the update), also for damping 0 on a rank-deficient
+    H (least squares)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((rank, 30)) @ rng.standard_normal((30, 30))
+    hessian, matrix = torch.from_numpy(x.T @ x), torch.from_numpy(rng.standard_normal((6, 30)))
+    removed = np.zeros(30, dtype=bool)
+    removed[[2, 5, 6, 17, 29]] = True
+    updated, errors = second_order_update(matrix, hessian, removed, damping)
+    h, m = hessian.numpy(), matrix.numpy()
+    energy = float(np.sum(m @ h * m))
+    for new, name in ((m, "error_without"), (updated.numpy(), "error_with")):
+        change = new.copy()
+        change[:, removed] = 0
+        change -= m
+        assert errors[name] == pytest.approx(float(np.sum(change @ h * change)) / energy, rel=1e-6, abs=1e-12)
+    assert errors["error_with"] < errors["error_without"]

@@ -227,3 +227,61 @@ def test_elimination_matches_an_oracle(monkeypatch, capacity, owned):
 
 
 # --- ResNet-20 on Fashion-MNIST images -------------------------------------------------------------------
+
+
+def test_the_last_saliency_is_reused_for_the_same_model_and_data_only(monkeypatch):
+    """A budget search scores the same dense model again at every fraction: the second call gathers no
+    Hessian and returns the same scores (a copy: changing it changes nothing kept); a changed weight or
+    other batches are scored anew, as a fresh computation scores them."""
+    from prunefx.graph.channels import saliency
+
+    torch.manual_seed(0)
+    program = capture(TwoConvs().eval(), torch.randn(4, 3, 8, 8)).eval()
+    calibration = [(torch.randn(4, 3, 8, 8),) for _ in range(2)]
+    combing = find_channel_groups(program.module)
+    gathered, original = [], saliency.iter_hessians
+
+    def counting(*args, **kwargs):
+        gathered.append(1)
+        yield from original(*args, **kwargs)
+
+    monkeypatch.setattr(saliency, "iter_hessians", counting)
+    saliency._LAST.clear()
+    first = saliency.obs_saliency(program.module, combing, calibration)
+    assert len(gathered) == 1
+    first.scores[0][:] = -1.0  # the caller's copy
+    again = saliency.obs_saliency(program.module, combing, calibration)
+    assert len(gathered) == 1 and not (again.scores[0] == -1.0).any()
+
+    def fresh(batches) -> np.ndarray:
+        saliency._LAST.clear()
+        return saliency.obs_saliency(program.module, combing, batches).scores[0]
+
+    np.testing.assert_array_equal(again.scores[0], fresh(calibration))
+    other = [(torch.randn(4, 3, 8, 8),) for _ in range(2)]
+    saliency.obs_saliency(program.module, combing, calibration)
+    changed_data = saliency.obs_saliency(program.module, combing, other).scores[0]
+    np.testing.assert_array_equal(changed_data, fresh(other))
+    assert not np.allclose(changed_data, again.scores[0])
+    saliency.obs_saliency(program.module, combing, calibration)
+    with torch.no_grad():
+        program.module.get_parameter(next(n for n, _ in program.module.named_parameters())).mul_(1.5)
+    changed_weight = saliency.obs_saliency(program.module, combing, calibration).scores[0]
+    np.testing.assert_array_equal(changed_weight, fresh(calibration))
+    assert not np.allclose(changed_weight, again.scores[0])
+
+
+def test_quadratic_forms_equal_the_explicit_inverse_also_for_an_indefinite_block():
+    from prunefx.graph.channels.obs_elimination import _quadratic_forms
+
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((5, 4, 4))
+    blocks = a @ a.transpose(0, 2, 1) + 0.1 * np.eye(4)
+    weights = rng.standard_normal((5, 4, 3))
+    expected = np.einsum("nso,nst,nto->n", weights, np.linalg.inv(blocks), weights)
+    got = _quadratic_forms(torch.from_numpy(blocks), torch.from_numpy(weights)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    blocks[2] = np.diag([1.0, -2.0, 3.0, 4.0])  # not positive definite: the LU solve
+    expected = np.einsum("nso,nst,nto->n", weights, np.linalg.inv(blocks), weights)
+    got = _quadratic_forms(torch.from_numpy(blocks), torch.from_numpy(weights)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-10)

@@ -53,6 +53,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from prunefx.graph.attributes import get_tensor
 from prunefx.graph.channels.analysis import ChannelAnalysis
 from prunefx.graph.layer_inputs import Consumer, InputSpec, find_consumers, iter_hessians
 
@@ -71,15 +72,20 @@ def second_order_update(matrix: torch.Tensor, hessian: torch.Tensor, removed: np
     lam = damping_term(hessian, damping)
     if lam is None:  # the input is zero on all calibration data: nothing to compensate, nothing lost
         return matrix, {"error_without": 0.0, "error_with": 0.0}
-    h_kk = hessian[keep_t][:, keep_t] + lam * torch.eye(int(keep_t.sum()), dtype=hessian.dtype, device=hessian.device)
-    rhs = hessian[keep_t][:, removed_t] @ matrix[:, removed_t].t()  # H_KR M_R^T: [kept, outputs]
+    kept, gone = keep_t.nonzero().squeeze(1), removed_t.nonzero().squeeze(1)
+    h_kk = hessian[kept[:, None], kept]
+    h_kk.diagonal().add_(lam)
+    m_r = matrix[:, gone]
+    rhs = hessian[kept[:, None], gone] @ m_r.t()  # H_KR M_R^T: [kept, outputs]
     factor, info = torch.linalg.cholesky_ex(h_kk)
     # damping 0 on rank-deficient inputs: least squares picks a solution where Cholesky cannot
     delta = torch.cholesky_solve(rhs, factor) if int(info) == 0 else torch.linalg.lstsq(h_kk, rhs).solution
     updated = matrix.clone()
     updated[:, keep_t] += delta.t()
-    return updated, {"error_without": _error(matrix, matrix, hessian, removed_t) / max(energy, 1e-300),
-                     "error_with": _error(updated, matrix, hessian, removed_t) / max(energy, 1e-300)}
+    without = float((m_r @ hessian[gone[:, None], gone] * m_r).sum())  # trace(M_R H_RR M_R^T)
+    with_update = _error_with(without, delta, rhs, h_kk, lam)
+    return updated, {"error_without": without / max(energy, 1e-300),
+                     "error_with": with_update / max(energy, 1e-300)}
 
 
 def output_energy(matrix: torch.Tensor, hessian: torch.Tensor) -> float:
@@ -108,12 +114,12 @@ def damped_inverse(hessian: torch.Tensor, damping: float) -> torch.Tensor | None
     return torch.linalg.pinv(hessian + lam * eye, hermitian=True)
 
 
-def _error(updated: torch.Tensor, original: torch.Tensor, hessian: torch.Tensor, removed: torch.Tensor) -> float:
-    """trace(D H D^T) with D = (updated with the removed columns zeroed) - original."""
-    change = updated.clone()
-    change[:, removed] = 0
-    change -= original
-    return float((change @ hessian * change).sum())
+def _error_with(without: float, delta: torch.Tensor, rhs: torch.Tensor, damped: torch.Tensor, lam: float) -> float:
+    """trace(C H C^T) of the change C = [D on K, -M_R on R] from the blocks the update already holds
+    (delta = D^T, rhs = H_KR M_R^T, damped = H_KK + lam I), not from a product with the whole H:
+    trace(D H_KK D^T) - 2 trace(D H_KR M_R^T) + trace(M_R H_RR M_R^T)."""
+    kept_part = float((delta * (damped @ delta)).sum()) - lam * float((delta * delta).sum())
+    return max(kept_part - 2.0 * float((delta * rhs).sum()) + without, 0.0)
 
 
 def compensate_removed_inputs(module: torch.fx.GraphModule, analysis: ChannelAnalysis, removed_classes: set[int],
@@ -132,7 +138,9 @@ def compensate_removed_inputs(module: torch.fx.GraphModule, analysis: ChannelAna
         for consumer in by_spec[spec]:
             matrix = consumer.matrix(module).to(hessian.device)
             updated, errors = second_order_update(matrix, hessian, consumer.removed_columns, damping)
-            updates[consumer.node] = (consumer, updated)
+            # held until every update is computed: in the weight's own dtype (what `store` writes), not
+            # float64, so that a model whose every layer is compensated is held once more, not twice
+            updates[consumer.node] = (consumer, updated.to(get_tensor(module, consumer.weight).dtype))
             layers[consumer.node] = {"layer": consumer.node, "weight": consumer.weight, "rows": rows,
                                      "columns": int(consumer.removed_columns.size),
                                      "columns_removed": int(consumer.removed_columns.sum()), **errors}

@@ -65,7 +65,7 @@ class LayerState:
                 continue
             keep_t = torch.from_numpy(keep).to(index.device)
             weights = self.matrix[:, self.place[index[keep_t]]].permute(1, 2, 0)    # [n, s, outputs]
-            values = (weights * _solve(blocks[keep_t], weights)).sum(dim=(1, 2)).cpu().numpy()
+            values = _quadratic_forms(blocks[keep_t], weights).cpu().numpy()
             errors[channels[keep]] += np.maximum(values, 0.0) / self.energy
 
     def remove(self, channels) -> float:
@@ -79,8 +79,10 @@ class LayerState:
         cols = self.place[originals]
         rows = self._rows(cols)                                                      # [s, columns]
         weights = self.matrix[:, cols]                                               # [outputs, s]
-        error = float((weights.t() * _solve(rows[:, cols], weights.t())).sum()) / self.energy
-        solved = _solve(rows[:, cols], rows)                                         # [(H^-1)_SS]^-1 (H^-1)_S:
+        # one factorisation of (H^-1)_SS for both right-hand sides: [(H^-1)_SS]^-1 [M_S^T | (H^-1)_S:]
+        both = _solve(rows[:, cols], torch.cat([weights.t(), rows], dim=1))
+        error = float((weights.t() * both[:, :weights.shape[0]]).sum()) / self.energy
+        solved = both[:, weights.shape[0]:]                                          # [(H^-1)_SS]^-1 (H^-1)_S:
         self.matrix -= weights @ solved
         self.place[originals] = -1
         left, right = rows.t(), solved.t()  # the downdate left @ right^T, [columns, s] each
@@ -151,6 +153,17 @@ def _compact_in_place(square: torch.Tensor, kept: torch.Tensor, chunk: int = 256
         rows = square[kept[start:start + chunk]][:, kept]
         flat[start * size:start * size + rows.numel()] = rows.reshape(-1)
     return flat[:size * size].view(size, size)
+
+
+def _quadratic_forms(blocks: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """trace(W_i^T B_i^-1 W_i) for every i of blocks [n, s, s] (symmetric positive definite: diagonal
+    blocks of an inverse Hessian) and weights [n, s, outputs]: ||L_i^-1 W_i||^2 with B_i = L_i L_i^T, one
+    triangular solve instead of an LU solve; the LU solve where a block is not positive definite."""
+    factor, info = torch.linalg.cholesky_ex(blocks)
+    if bool((info != 0).any()):
+        return (weights * _solve(blocks, weights)).sum(dim=(1, 2))
+    half = torch.linalg.solve_triangular(factor, weights, upper=False)
+    return (half * half).sum(dim=(1, 2))
 
 
 def _solve(block: torch.Tensor, right: torch.Tensor) -> torch.Tensor:

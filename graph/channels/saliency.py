@@ -61,11 +61,14 @@ instead of 670 s, most of it the Cholesky inverse of the first decoder conv's 12
 
 from __future__ import annotations
 
+import copy
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.utils._pytree import tree_flatten
 
 from prunefx.graph.channels.compensation import output_energy
 from prunefx.graph.channels.groups import Combing
@@ -85,7 +88,71 @@ def obs_saliency(module: torch.fx.GraphModule, combing: Combing, batches, *, dam
                  hessians: dict | None = None) -> Saliency:
     """The OBS saliency of every channel of every group on the calibration `batches` (input tuples):
     the cumulative relative output error of the greedy, correlation-aware elimination of the group.
-    `hessians`: a cache to share the layer Hessians with the compensation (see iter_hessians)."""
+    `hessians`: a cache to share the layer Hessians with the compensation (see iter_hessians).
+
+    The last result is kept, keyed by a digest of everything it depends on (the graph, every tensor of
+    the module, the channel groups, the batches and the damping): a budget search prunes the same dense
+    model at one fraction after another, and its scores do not depend on the fraction."""
+    key = _fingerprint(module, combing, batches, damping)
+    if key in _LAST:
+        return copy.deepcopy(_LAST[key])
+    saliency = _compute(module, combing, batches, damping, hessians)
+    _LAST.clear()
+    _LAST[key] = copy.deepcopy(saliency)  # callers may replace scores (the l2 fallback): a copy is kept
+    return saliency
+
+
+_LAST: dict[str, Saliency] = {}  # at most one entry: fingerprint -> the saliency it produced
+
+
+def _fingerprint(module: torch.fx.GraphModule, combing: Combing, batches, damping: float) -> str:
+    """A digest of the graph, every tensor the module holds (parameters, buffers, constants read by
+    get_attr), the groups' channel classes, the batches and the damping."""
+    digest = hashlib.blake2b(digest_size=32)
+    digest.update(module.code.encode())
+    digest.update(repr(float(damping)).encode())
+    tensors: dict[str, torch.Tensor] = dict(module.named_parameters(remove_duplicate=False))
+    tensors.update(module.named_buffers(remove_duplicate=False))
+    for node in module.graph.nodes:
+        if node.op == "get_attr" and node.target not in tensors:
+            value = _attribute(module, str(node.target))
+            if isinstance(value, torch.Tensor):
+                tensors[str(node.target)] = value
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        _update(digest, tensors[name])
+    digest.update(np.ascontiguousarray(combing.analysis.classes).tobytes())
+    for group in combing.groups:
+        digest.update(b"group")
+        digest.update(np.ascontiguousarray(group.classes).tobytes())
+    for batch in batches:
+        leaves, structure = tree_flatten(batch)
+        digest.update(f"batch{structure}".encode())
+        for item in leaves:
+            if isinstance(item, torch.Tensor):
+                _update(digest, item)
+            else:
+                digest.update(repr(item).encode())
+    return digest.hexdigest()
+
+
+def _attribute(module: torch.nn.Module, target: str) -> object:
+    value: object = module
+    for part in target.split("."):
+        value = getattr(value, part, None)
+    return value
+
+
+def _update(digest, tensor: torch.Tensor) -> None:
+    """Add a tensor's dtype, shape and bytes (read in place when contiguous on the CPU)."""
+    tensor = tensor.detach()
+    digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    if tensor.numel():
+        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: float,
+             hessians: dict | None) -> Saliency:
     analysis = combing.analysis
     blocks = _channel_blocks(combing)
     readers: dict[int, list[tuple[int, int]]] = defaultdict(list)  # column class -> channels that remove it
@@ -107,7 +174,7 @@ def obs_saliency(module: torch.fx.GraphModule, combing: Combing, batches, *, dam
     needed = [spec for spec, found in by_spec.items() if any(g in complete for _, ps in found for g, _ in ps)]
     # A group is eliminated as soon as the last layer that reads it is in, so that only the layers of
     # groups not finished yet are held (with a U-Net decoder's 12k-column inverses, gigabytes each).
-    waiting = defaultdict(int)  # group -> (layer, group) states still to come
+    waiting: dict[int, int] = defaultdict(int)  # group -> (layer, group) states still to come
     for spec in needed:
         for _, positions in by_spec[spec]:
             for group in {g for g, _ in positions} & complete:
