@@ -4,7 +4,10 @@ A user states a budget ("2x faster", "under 4 ms at batch 1"), not a MACs fracti
 across widths (rounding alone moved MobileNetV2 from 0.55x to 1.57x on ONNX Runtime). This pass searches the one
 number remove_channels takes, the fraction of MACs to keep, and measures every candidate, candidate(f) =
 remove_channels(dense, macs=f, ...), as a whole model beside the dense one with `latency(dense, candidate) ->
-(dense ms, candidate ms, spread)` (runtime/speedup.py's onnx_latency_pair; passes never import the runtime).
+(dense ms, candidate ms, spread)` (the backend's latency pair; passes never import the runtime). Given a
+per-layer `latency_table` (runtime/layer_latency.py), it searches the fraction of the table's time to keep
+instead (remove_channels' `layer_time`): each candidate then spends importance per millisecond the table says
+it saves, not per MAC, and is still measured as a whole model.
 
 The first guess is f = 1/S (MACs as if they were latency; s0/S from an input already s0 faster, `start_speedup`);
 then the search keeps the largest f measured to meet the budget and the smallest f measured to miss it, and aims
@@ -57,6 +60,7 @@ SMALLEST_FRACTION = 0.02  # no search goes below 2 % of the MACs: past that, the
 BRACKET_MARGIN = 0.1  # inside a bracket, the next fraction stays this share of its width (in log) from either end
 STEP = (1.02, 2.5)  # outside a bracket, one step changes the fraction by at least / at most these factors
 ELASTICITY = (-3.0, -0.2)  # d log speed-up / d log fraction, as the search may read it from two candidates
+SEARCHED = ("macs", "params", "channels", "layer_time")  # remove_channels' targets: the search sets one
 CLEARLY_FAST = 1.2  # a first reading this far above the window is not confirmed (a confirmation: 4x a reading)
 __all__ = ["CROSS_PROCESS", "PruneToBudgetConfig", "WidthChosen", "prune_to_budget"]
 
@@ -80,9 +84,10 @@ class PruneToBudgetConfig(RemoveChannelsConfig):
     def check_target(self) -> None:  # the budget replaces remove_channels' target; its other checks stand
         if (self.speedup is None) == (self.latency_ms is None):
             raise ConfigError(f"{self.owner} needs exactly one budget: speedup or latency_ms")
-        given = [kind for kind in ("macs", "params", "channels") if getattr(self, kind) is not None]
+        given = [kind for kind in ("macs", "params", "channels", "layer_time") if getattr(self, kind) is not None]
         if given:
-            raise ConfigError(f"{self.owner}: '{given[0]}' is not an option here: the budget sets the MACs")
+            raise ConfigError(f"{self.owner}: '{given[0]}' is not an option here: the budget sets the MACs "
+                              "(or, with a latency_table, the table's time)")
 
     def reads(self, key: str) -> bool:
         return key == "latency" or super().reads(key)
@@ -93,13 +98,20 @@ class Candidate:
     fraction: float
     result: Result
     measured: Measured
+    target: str = "macs"
 
     @property
     def speedup(self) -> float:
         return self.measured.speedup
 
+    @property
+    def macs_fraction(self) -> float:
+        """The MACs fraction asked, or kept where the search steered a latency table's time."""
+        return self.fraction if self.target == "macs" else self.result.facts_as(ChannelsRemoved).macs_kept
+
     def to_dict(self) -> dict:
-        return {"macs_fraction_asked": self.fraction, "macs_kept": self.result.facts_as(ChannelsRemoved).macs_kept,
+        asked = "macs_fraction_asked" if self.target == "macs" else "layer_time_asked"
+        return {asked: self.fraction, "macs_kept": self.result.facts_as(ChannelsRemoved).macs_kept,
                 **self.measured.to_dict()}
 
 
@@ -120,7 +132,7 @@ class WidthChosen:
 def prune_to_budget(program: Program, /, *, config: dict | None = None) -> Result:
     settings = PruneToBudgetConfig.parse(config)
     require_latency("prune_to_budget", settings.latency)
-    own = {field.name for field in dataclasses.fields(RemoveChannelsConfig)} - {"macs", "params", "channels"}
+    own = {field.name for field in dataclasses.fields(RemoveChannelsConfig)} - set(SEARCHED)
     removal = {key: value for key, value in settings.as_dict().items() if key in own}
     removal["round_to"] = settings.round_to or round_to_of(settings.latency) or DEFAULT_ROUND_TO
     search = _Search(program, settings, removal)
@@ -129,10 +141,10 @@ def prune_to_budget(program: Program, /, *, config: dict | None = None) -> Resul
              "tolerance": settings.tolerance, "confirmed": chosen.measured.confirmed, "speedup": chosen.speedup,
              "interval": chosen.measured.to_dict().get("interval"), "round_to": removal["round_to"],
              "dense_ms": chosen.measured.dense_ms, "ms": chosen.measured.ms,
-             "macs_fraction": chosen.fraction, "chosen": chosen.measured.to_dict(),
+             "macs_fraction": chosen.macs_fraction, "searched": search.target, "chosen": chosen.measured.to_dict(),
              "trace": [c.to_dict() for c in search.trace],
              "remove_channels": chosen.result.stats}
-    facts = WidthChosen(chosen.fraction, removal["round_to"], dataclasses.replace(chosen.measured), stats["trace"],
+    facts = WidthChosen(chosen.macs_fraction, removal["round_to"], dataclasses.replace(chosen.measured), stats["trace"],
                         chosen.result.facts_as(ChannelsRemoved))
     return Result(chosen.result.program, modified=chosen.result.modified, stats=stats, facts=facts)
 
@@ -145,6 +157,8 @@ class _Search:
         self.latency = as_measurer(settings.latency)
         self.rule = Acceptance(settings.speedup, settings.latency_ms, settings.tolerance)
         self.trace: list[Candidate] = []
+        # with a per-layer latency table the search steers the table's time, so each step cuts where time goes
+        self.target = "layer_time" if settings.latency_table is not None else "macs"
 
     def meets(self, candidate: Candidate) -> bool:
         """Met by the shared rule: the confirmed lower bound clears S and the point S times the floor."""
@@ -163,9 +177,10 @@ class _Search:
         return self.rule.accepts(candidate.measured)
 
     def measure(self, fraction: float) -> Candidate:
-        result = run_inner(remove_channels, self.dense, {**self.removal, "macs": fraction, "strict": False},
+        target = self.target
+        result = run_inner(remove_channels, self.dense, {**self.removal, target: fraction, "strict": False},
                            on_copy=True)  # every candidate is cut from the dense Program, which stays as it is
-        candidate = Candidate(fraction, result, Measured.of(self.latency(self.dense, result.program)))
+        candidate = Candidate(fraction, result, Measured.of(self.latency(self.dense, result.program)), target)
         self.trace.append(candidate)
         return candidate
 

@@ -34,16 +34,18 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.passes.budget_search import BudgetUnreachable, budget_text, speedup_text, unreachable_in
 
 _log = logging.getLogger(__name__)  # where a route's progress goes when the caller gives no `log`
+CHOICES = ("macs", "latency")  # what steers the width search: the MACs kept, or a measured per-layer table
 DEFAULT_RUNS = 30  # timed runs per model and measurement; a candidate that meets is confirmed with 4x these
 
 
 def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: float | None = None,
-                backend: str = "ort", precision: str = "fp32", batch: int = 1, threads: int | None = None,
+                backend: str = "ort", precision: str | None = None, batch: int = 1, threads: int | None = None,
                 runs: int = DEFAULT_RUNS, trtexec: str | None = None, measurer=None, calibration=None,
                 allow_depth: bool = False, routes: Sequence[str] | None = None, tolerance: float | None = 0.15,
                 confirm: bool = True, max_candidates: int = 8, recalibrate: bool | None = None,
                 width: Mapping[str, Any] | None = None, depth: Mapping[str, Any] | None = None,
-                log: Callable[[str], None] | None = None) -> tuple[Program, BudgetOutcome]:
+                log: Callable[[str], None] | None = None, choose_by: str = "macs", compile: bool = False,
+                latency_cache: str | None = None) -> tuple[Program, BudgetOutcome]:
     """`program` (eval mode, left as it is) made to meet `speedup` (over the dense model) or `latency_ms`,
     measured at batch `batch` on `backend` ("ort", "trt", "torch-trt", "trtexec") at `precision`, with
     `threads` and `runs` (or by `measurer`, a ready passes.measurement.Measurer; `backend` and `precision`
@@ -52,6 +54,10 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
     `allow_depth`: when width cannot, depth, then both (`calibration` needed); `routes` names the routes
     instead ("width", "depth", "width+depth", in that order). `log`: a route's progress (default: logging). `width`: remove_channels options (importance,
     round_to, compensate, ...); `depth`: depth_to_budget options (rank, recalibrate, max_kernel_growth, ...).
+    `precision` None: the backend's default (fp16 for cuda). `compile`: torch.compile first (cuda).
+    `choose_by`: "macs" (default) steers the width search by the MACs kept; "latency" times every prunable layer
+    on `backend` at candidate widths first (a per-layer table, cached on disk under `latency_cache`) and spends
+    importance per millisecond saved, so channels go where time goes. Either way candidates are measured whole.
     Returns (the chosen Program, its BudgetOutcome); raises BudgetUnreachable when no route meets the budget."""
     order = _routes(routes, allow_depth)
     if (speedup is None) == (latency_ms is None):
@@ -59,11 +65,19 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
     if any(name != "width" for name in order) and calibration is None:
         raise PrunefxError("the depth route ranks the blocks by their damage on data: give meet_budget calibration "
                            "batches")
-    measurer = measurer if measurer is not None else _measurer(backend, precision, batch, threads, runs, trtexec)
+    if choose_by not in CHOICES:
+        raise PrunefxError(f"meet_budget: choose_by is one of {', '.join(CHOICES)}, not {choose_by!r}")
+    precision = _precision(backend, precision)
+    if measurer is None:
+        measurer = _measurer(backend, precision, batch, threads, runs, trtexec, compile)
+    width = dict(width or {})
+    if choose_by == "latency":
+        width["latency_table"] = _latency_table(program, backend, precision, batch, threads, measurer,
+                                                latency_cache, compile, width.get("round_to"))
     budget = Budget(speedup, latency_ms, tolerance, confirm, max_candidates)
     search = _Routes(program, budget, measurer, calibration, MeasuredOn(backend, precision, batch),
                      recalibrate=calibration is not None if recalibrate is None else recalibrate,
-                     width=dict(width or {}), depth=dict(depth or {}), log=log or _log.info)
+                     width=width, depth=dict(depth or {}), log=log or _log.info)
     return search.run(order)
 
 
@@ -77,15 +91,39 @@ def _routes(routes: Sequence[str] | None, allow_depth: bool) -> tuple[str, ...]:
     return order
 
 
-def _measurer(backend: str, precision: str, batch: int, threads: int | None, runs: int, trtexec: str | None):
+def _precision(backend: str, precision: str | None) -> str:
+    """The precision asked, else the registered backend's default (a backend named only to label a measurer
+    the caller gave may be unknown: fp32 then)."""
+    if precision is not None:
+        return precision
+    from prunefx.runtime import backends
+
+    return backends.get(backend).default_precision if backend in backends.names() else "fp32"
+
+
+def _latency_table(program: Program, backend: str, precision: str, batch: int, threads: int | None, measurer,
+                   cache_dir: str | None, compile: bool, round_to: int | None):
+    """The per-layer latency table of `program` on `backend`, on the width multiple the search keeps."""
+    from prunefx.runtime import LATENCY_THREADS
+    from prunefx.runtime.backend_layer_timer import layer_timer
+    from prunefx.runtime.backends.base import Settings
+    from prunefx.runtime.layer_latency import program_latency_table
+
+    timer = layer_timer(backend, Settings(precision=precision, batch=batch, threads=threads or LATENCY_THREADS,
+                                          compile=compile))
+    multiple = round_to or getattr(measurer, "round_to", None) or 8
+    return program_latency_table(program, timer, multiple=int(multiple), batch=batch, cache_dir=cache_dir)
+
+
+def _measurer(backend: str, precision: str, batch: int, threads: int | None, runs: int, trtexec: str | None,
+              compile: bool):
     """The backend's latency pair (runtime/budget_backends.py), imported here: the runtime is loaded when
     something is measured, not when prunefx is."""
     from prunefx.runtime import LATENCY_THREADS
     from prunefx.runtime.budget_backends import latency_pair
 
-    at_batch = {"batch": batch} if batch != 1 else {}  # batch 1 is every backend's own default
     return latency_pair(backend, threads=threads or LATENCY_THREADS, runs=runs, precision=precision, trtexec=trtexec,
-                        **at_batch)
+                        batch=batch, compile=compile)
 
 
 class _Routes:

@@ -88,6 +88,10 @@ def add_arguments(parser) -> None:
                         help="when width alone cannot reach --speedup/--latency-ms, merge blocks instead (prunefx "
                              "depth on the same budget), and when depth alone cannot either, take both together "
                              "(needs --calibrate DATA to rank the blocks)")
+    parser.add_argument("--choose-by", choices=("macs", "latency"), default="macs",
+                        help="with --speedup/--latency-ms: steer the width search by the MACs kept (default) or by "
+                             "a per-layer latency table timed first on --backend (cached), which cuts channels where "
+                             "the time goes")
     cli_options.add_measurement(parser, runs=30, what="--speedup/--latency-ms (batch 1; a candidate that meets the "
                                                       "budget is confirmed with 4x the runs)")
     cli_options.add_budget_backend(parser)
@@ -98,6 +102,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     output = check_output_folder(args.output)
     cli_options.check_budget_backend(args, budgeted=args.speedup is not None or args.latency_ms is not None)
+    if args.choose_by == "latency" and args.speedup is None and args.latency_ms is None:
+        raise PrunefxError("--choose-by latency steers a budget's search: give --speedup S or --latency-ms T")
     if args.compensate and not args.calibrate:
         raise PrunefxError("--compensate needs calibration images: give --calibrate DATA")
     if args.recalibrate and not args.calibrate:
@@ -156,7 +162,7 @@ def _meet_budget(args, program, calibration: Calibration | None, config: dict) -
             batch=args.batch, measurer=cli_options.budget_latency(args), calibration=calibration.batches if calibration and args.calibrate else None,
             allow_depth=args.allow_depth, tolerance=args.tolerance, confirm=args.confirm,
             max_candidates=args.max_candidates, recalibrate=args.recalibrate is not False, width=width,
-            log=lambda line: print(line, flush=True))
+            log=lambda line: print(line, flush=True), choose_by=args.choose_by, compile=args.compile)
     except BudgetUnreachable as error:
         if error.dimension == "width":
             raise width_refusal(error, args, program) from None

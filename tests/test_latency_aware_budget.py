@@ -1,0 +1,116 @@
+"""A budget whose width search is steered by a per-layer latency table (`meet_budget(choose_by="latency")`,
+`prunefx prune --choose-by latency`).
+
+The runtime is a stand-in whose latency is a fixed cost per layer kind and width: 3x3 convolutions cost 20 times
+what 1x1 and depthwise ones cost per multiply. The layer timer is faked with the same cost, so the table is exact;
+the oracle is the stand-in's own ratio on the Program returned, computed from the graph's layers at their final
+widths, which the search never sees as such."""
+
+import importlib
+
+import pytest
+import torch
+
+from prunefx.budget import meet_budget
+from prunefx.graph import capture, count
+from prunefx.graph.channels.plan_latency import timed_layers
+from prunefx.graph.errors import PrunefxError
+from prunefx.models import build_model
+from prunefx.passes.measurement import Timing
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+WIDTH = {"importance": "l2", "compensate": False}
+
+
+def layer_ms(layer) -> float:
+    """The stand-in's time of one layer: its multiplies, twenty times dearer in a dense 3x3 convolution."""
+    spatial = 1
+    for size in layer.input_shape[2:]:
+        spatial *= size
+    depthwise = layer.groups > 1 and layer.groups == layer.in_channels
+    per_output = layer.in_channels // layer.groups * (spatial if layer.kind == "conv2d" else 1)
+    dear = 20.0 if layer.kind == "conv2d" and tuple(layer.kernel) == (3, 3) and not depthwise else 1.0
+    return dear * layer.out_channels * per_output * max(1, len(layer.kernel) and layer.kernel[0] ** 2) / 1e6
+
+
+def stand_in_ms(program) -> float:
+    return sum(layer_ms(layer) for layer in timed_layers(program.module)) + 0.01
+
+
+class StandIn:
+    round_to = 4
+
+    def __call__(self, dense, candidate):
+        return Timing(stand_in_ms(dense), stand_in_ms(candidate), 0.0)
+
+    def confirm(self, dense, candidate):
+        return self(dense, candidate)
+
+
+class FakeLayerTimer:
+    backend, device, precision, settings = "fake", "test device", "fp32", "stand-in"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, layer) -> float:
+        self.calls += 1
+        return layer_ms(layer)
+
+
+@pytest.fixture
+def timer(monkeypatch):
+    fake = FakeLayerTimer()
+    module = importlib.import_module("prunefx.runtime.backend_layer_timer")
+    monkeypatch.setattr(module, "layer_timer", lambda name, settings: fake)
+    return fake
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    return capture(build_model("prunefx:resnet20").module.eval(), torch.randn(1, 1, 28, 28), name="resnet20").eval()
+
+
+def test_a_latency_steered_search_meets_the_budget_on_the_runtime_and_reports_time_saved(resnet, timer, tmp_path):
+    chosen, outcome = meet_budget(resnet, speedup=1.6, measurer=StandIn(), choose_by="latency", width=WIDTH,
+                                  latency_cache=str(tmp_path), tolerance=0.25)
+    assert stand_in_ms(resnet) / stand_in_ms(chosen) >= 1.6  # the oracle, on the Program returned
+    trace = outcome.search["trace"]
+    assert trace and all("layer_time_asked" in row for row in trace) and outcome.search["searched"] == "layer_time"
+    groups = outcome.result.stats()["prune_to_budget"]["remove_channels"]["groups"]
+    assert any(group.get("ms_saved", 0) > 0 for group in groups)
+    assert timer.calls > 0
+
+
+def test_the_table_is_timed_once_per_device_and_read_from_the_cache_after(resnet, timer, tmp_path):
+    meet_budget(resnet, speedup=1.3, measurer=StandIn(), choose_by="latency", width=WIDTH,
+                latency_cache=str(tmp_path), tolerance=0.5, max_candidates=2)
+    first = timer.calls
+    meet_budget(resnet, speedup=1.3, measurer=StandIn(), choose_by="latency", width=WIDTH,
+                latency_cache=str(tmp_path), tolerance=0.5, max_candidates=2)
+    assert first > 0 and timer.calls == first
+
+
+def test_steering_by_time_keeps_more_of_the_cheap_layers_than_steering_by_macs(resnet, timer, tmp_path):
+    """Where 3x3 convolutions hold the time, the latency-steered search meets the same budget with more MACs
+    left: it cuts the dear layers, the MACs search cuts all layers alike."""
+    by_time, _ = meet_budget(resnet, speedup=1.6, measurer=StandIn(), choose_by="latency", width=WIDTH,
+                             latency_cache=str(tmp_path), tolerance=0.25)
+    by_macs, _ = meet_budget(resnet, speedup=1.6, measurer=StandIn(), width=WIDTH, tolerance=0.25)
+    assert min(stand_in_ms(resnet) / stand_in_ms(p) for p in (by_time, by_macs)) >= 1.6
+    assert count(by_time).macs >= count(by_macs).macs
+
+
+def test_an_unknown_choice_is_refused_in_one_line(resnet):
+    with pytest.raises(PrunefxError, match="choose_by is one of macs, latency"):
+        meet_budget(resnet, speedup=1.5, measurer=StandIn(), choose_by="flops")
+
+
+def test_the_cli_refuses_choose_by_latency_without_a_budget(tmp_path, capsys):
+    from prunefx.cli import EXIT_USER_ERROR, main
+
+    code = main(["prune", "prunefx:resnet20", "--macs", "0.5", "--choose-by", "latency", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == EXIT_USER_ERROR and len(err) == 1 and "--choose-by latency steers a budget" in err[0]
+    assert not (tmp_path / "out").exists()
