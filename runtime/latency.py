@@ -1,6 +1,6 @@
 """Latency statistics: warm-up, many individually timed runs, median and tail percentiles.
 
-DESIGN.md: a latency measurement is warm-up, many timed runs, median and p90/p99, threads pinned and
+A latency measurement is warm-up, many timed runs, median and p90/p99, threads pinned and
 stated; a speed-up is two such measurements taken *alternately* in one process run, so that drift
 (thermal throttling, a noisy neighbour, frequency scaling) hits both sides equally instead of
 whichever ran second. Each call is timed on its own with `time.perf_counter` (the clock can be
@@ -140,7 +140,7 @@ def compare_rounds(make_a: Callable[[], Callable[[], object]], make_b: Callable[
     With `processes=True` each round runs in a fresh process (`make_a` and `make_b` must pickle; two
     `runners.OnnxRunnerMaker` start it without importing torch): processes differ more than session pairs of one process
     do (where the weights land in memory, which cache sets they share), and a search confirmed in one process
-    at 2.29x was measured at 1.91x by another (RegNetY-1.6GF, benchmarks/results/latency_budget.md)."""
+    at 2.29x was measured at 1.91x by another (RegNetY-1.6GF)."""
     _check_counts(warmup, runs)
     _check_blocks(block, settle)
     if rounds < 1 or runs < rounds:

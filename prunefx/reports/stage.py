@@ -1,5 +1,4 @@
-"""Accuracy, MACs and ONNX Runtime latency after every stage of a compress recipe (issue 17: "compress
-reports accuracy and latency after every stage").
+"""Accuracy, MACs and ONNX Runtime latency after every stage of a compress recipe.
 
 A recipe such as prune -> distill -> quantize -> distill delivers one model, but a user deciding whether
 the INT8 step or the second distillation was worth it needs each stage's cost and gain. The Pipeline calls
