@@ -285,3 +285,31 @@ def test_quadratic_forms_equal_the_explicit_inverse_also_for_an_indefinite_block
     expected = np.einsum("nso,nst,nto->n", weights, np.linalg.inv(blocks), weights)
     got = _quadratic_forms(torch.from_numpy(blocks), torch.from_numpy(weights)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-10)
+
+
+def test_compensation_after_obs_reports_what_it_reports_alone(monkeypatch):
+    """The obs importance leaves each layer's output energy in the Hessian cache it shares with the
+    compensation: the errors the compensation reports are those it computes on its own."""
+    from prunefx.graph.channels import compensation, saliency
+    from prunefx.graph.channels.compensation import compensate_removed_inputs, energy_key
+
+    torch.manual_seed(0)
+    model, example = TwoConvs().eval(), torch.randn(4, 3, 8, 8)
+    calibration = [(torch.randn(4, 3, 8, 8),) for _ in range(2)]
+    other = capture(model, example).eval()  # compensated alone (the compensation rewrites its weights)
+    other_combing = find_channel_groups(other.module)
+    removed = {int(c) for c in other_combing.groups[0].classes[:3]}
+    alone = compensate_removed_inputs(other.module, other_combing.analysis, removed, calibration)
+    program = capture(model, example).eval()
+    combing = find_channel_groups(program.module)
+    assert {int(c) for c in combing.groups[0].classes[:3]} == removed
+    shared: dict = {}
+    saliency._LAST.clear()
+    saliency.obs_saliency(program.module, combing, calibration, hessians=shared)
+    assert energy_key("b.weight") in shared
+    monkeypatch.setattr(compensation, "output_energy", lambda *args: pytest.fail("energy computed again"))
+    after = compensate_removed_inputs(program.module, combing.analysis, removed, calibration, hessians=shared)
+    for mine, theirs in zip(after["compensated"], alone["compensated"]):
+        assert mine["error_with"] == pytest.approx(theirs["error_with"], rel=1e-12)
+        assert mine["error_without"] == pytest.approx(theirs["error_without"], rel=1e-12)
+    assert after["compensated"] and len(after["compensated"]) == len(alone["compensated"])

@@ -60,15 +60,16 @@ from prunefx.graph.layer_inputs import Consumer, InputSpec, find_consumers, iter
 # --- the update ------------------------------------------------------------------------------------------
 
 def second_order_update(matrix: torch.Tensor, hessian: torch.Tensor, removed: np.ndarray,
-                        damping: float) -> tuple[torch.Tensor, dict]:
+                        damping: float, *, energy: float | None = None) -> tuple[torch.Tensor, dict]:
     """M_K' = M_K + M_R H_RK (H_KK + lam I)^-1 with lam = damping * mean(diag H), in float64.
 
     Returns the new matrix (removed columns unchanged: slicing drops them) and the layer-output error
     on the calibration data, relative to the output energy trace(M H M^T), without and with the update:
-    the error of a change D of the columns is trace(D H D^T)."""
+    the error of a change D of the columns is trace(D H D^T). `energy`: trace(M H M^T) when the caller
+    has it (see energy_key)."""
     removed_t = torch.from_numpy(removed).to(matrix.device)
     keep_t = ~removed_t
-    energy = output_energy(matrix, hessian)
+    energy = output_energy(matrix, hessian) if energy is None else energy
     lam = damping_term(hessian, damping)
     if lam is None:  # the input is zero on all calibration data: nothing to compensate, nothing lost
         return matrix, {"error_without": 0.0, "error_with": 0.0}
@@ -91,6 +92,13 @@ def second_order_update(matrix: torch.Tensor, hessian: torch.Tensor, removed: np
 def output_energy(matrix: torch.Tensor, hessian: torch.Tensor) -> float:
     """trace(M H M^T): the squared layer output (without bias) summed over the calibration data."""
     return float((matrix @ hessian * matrix).sum())
+
+
+def energy_key(weight: str) -> tuple[str, str]:
+    """The key under which the `obs` importance leaves a layer's output energy in the Hessian cache it
+    shares with the compensation (same module, weights and batches): the compensation of that layer
+    then skips one product with its whole H."""
+    return ("output_energy", weight)
 
 
 def damping_term(hessian: torch.Tensor, damping: float) -> float | None:
@@ -137,7 +145,8 @@ def compensate_removed_inputs(module: torch.fx.GraphModule, analysis: ChannelAna
     for spec, hessian, rows in iter_hessians(module, list(by_spec), batches, cache=hessians):
         for consumer in by_spec[spec]:
             matrix = consumer.matrix(module).to(hessian.device)
-            updated, errors = second_order_update(matrix, hessian, consumer.removed_columns, damping)
+            energy = hessians.get(energy_key(consumer.weight)) if hessians is not None else None
+            updated, errors = second_order_update(matrix, hessian, consumer.removed_columns, damping, energy=energy)
             # held until every update is computed: in the weight's own dtype (what `store` writes), not
             # float64, so that a model whose every layer is compensated is held once more, not twice
             updates[consumer.node] = (consumer, updated.to(get_tensor(module, consumer.weight).dtype))

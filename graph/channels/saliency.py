@@ -70,7 +70,7 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_flatten
 
-from prunefx.graph.channels.compensation import output_energy
+from prunefx.graph.channels.compensation import energy_key, output_energy
 from prunefx.graph.channels.groups import Combing
 from prunefx.graph.channels.obs_elimination import LayerState, eliminate, lean_damped_inverse
 from prunefx.graph.channels.removal import expand_mask
@@ -188,6 +188,8 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
             layers += 1
             matrix = weight_matrix(module, layer.weight, transposed=layer.transposed).to(hessian.device)
             energy = output_energy(matrix, hessian)
+            if hessians is not None:
+                hessians[energy_key(layer.weight)] = energy
             by_group: dict[int, dict[int, torch.Tensor]] = defaultdict(dict)
             for group, index in positions:
                 if group in complete:
