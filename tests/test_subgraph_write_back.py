@@ -111,3 +111,21 @@ def test_inception_next_writes_back_without_a_resizer():
     other = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(written(other), program(other), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_volo_writes_back_without_a_resizer():
+    """timm's VOLO: OutlookAttention reshapes with the head dim computed from its input's width, which the
+    pruning cut apart from its values' width; its subgraph holds the pruned sizes (random weights)."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("volo_d1_224", pretrained=False, num_classes=10, img_size=64).eval()
+    program = capture(model, torch.rand(1, 3, 64, 64)).eval()
+    remove_channels(program, config={"macs": 0.5, "importance": "l2", "round_to": 8})
+    written = to_module(program, model)
+    assert isinstance(written.get_submodule("network.0.0.attn"), SubgraphModule)
+    assert written.state_dict().keys() == model.state_dict().keys()
+    other = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = torch.cat([program(other[i:i + 1]) for i in range(2)])
+        assert torch.allclose(written(other), expected, rtol=1e-4, atol=1e-5)

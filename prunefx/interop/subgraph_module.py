@@ -23,7 +23,10 @@ from torch import fx, nn
 from prunefx.graph import Program
 
 # Operators whose behaviour depends on the training mode: baked into the graph, they would not train.
-_MODAL = ("dropout", "batch_norm", "rrelu", "scaled_dot_product")  # attention: its dropout_p baked in
+_MODAL = ("dropout", "batch_norm", "rrelu")
+# Fused attention with its dropout probability baked in: exact in both modes where that is 0 and the module
+# holds no dropout that training would apply (timm passes `attn_drop.p` only while training).
+_ATTENTION = "scaled_dot_product"
 
 
 _RESHAPES = {torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten._unsafe_view.default,
@@ -69,7 +72,7 @@ def _region(program: Program, path: str) -> dict[fx.Node, tuple[str, str] | None
     return region
 
 
-def _graph(program: Program, path: str) -> fx.Graph:
+def _graph(program: Program, path: str, dropout_free: bool) -> fx.Graph:
     """The Program's operators of module `path`'s own code, its children's calls as call_module."""
     region = _region(program, path)
     inside = set(region)
@@ -88,8 +91,8 @@ def _graph(program: Program, path: str) -> fx.Graph:
     for node in region:
         child = region[node]
         if child is None:
-            _copy_own(graph, node, env, prefix)
-            _batch_follows_input(graph, env[node], env[inputs[0]], _batch(inputs[0]))
+            _copy_own(graph, node, env, prefix, dropout_free)
+            _batch_follows_input(graph, env[node], node, env[inputs[0]], _batch(inputs[0]))
         elif node is groups[child][-1]:  # the child's whole call, at its last operator
             members = groups[child]
             ins, outs = _outside_inputs(members, set(members)), [m for m in members if any(
@@ -101,16 +104,21 @@ def _graph(program: Program, path: str) -> fx.Graph:
     return graph
 
 
+def _dropout_p(node: fx.Node) -> float:
+    """The dropout probability a fused attention call was made with (after query, key, value and mask)."""
+    return float(node.kwargs.get("dropout_p", node.args[4] if len(node.args) > 4 else 0.0))
+
+
 def _batch(node: fx.Node) -> int | None:
     value = node.meta.get("val")
     return int(value.shape[0]) if isinstance(value, torch.Tensor) and value.dim() else None
 
 
-def _batch_follows_input(graph: fx.Graph, node: fx.Node, x: fx.Node, batch: int | None) -> None:
+def _batch_follows_input(graph: fx.Graph, node: fx.Node, original: fx.Node, x: fx.Node, batch: int | None) -> None:
     """A reshape to the example's batch size (the graph holds literal sizes) made to take the input's instead,
     where the reshaped tensor's first dim is that batch too; the write-back proves it on a batch of two."""
     sizes = node.args[1] if node.target in _RESHAPES and len(node.args) > 1 else None
-    source = node.args[0].meta.get("val") if isinstance(node.args[0], fx.Node) else None
+    source = original.args[0].meta.get("val") if isinstance(original.args[0], fx.Node) else None
     if batch is None or not isinstance(sizes, (list, tuple)) or not sizes or sizes[0] != batch \
             or not isinstance(source, torch.Tensor) or not source.dim() or source.shape[0] != batch:
         return
@@ -119,8 +127,9 @@ def _batch_follows_input(graph: fx.Graph, node: fx.Node, x: fx.Node, batch: int 
     node.args = (node.args[0], [size, *sizes[1:]], *node.args[2:])
 
 
-def _copy_own(graph: fx.Graph, node: fx.Node, env: dict, prefix: str) -> None:
-    if any(word in str(node.target) for word in _MODAL):
+def _copy_own(graph: fx.Graph, node: fx.Node, env: dict, prefix: str, dropout_free: bool) -> None:
+    attention = _ATTENTION in str(node.target)
+    if attention and not (dropout_free and _dropout_p(node) == 0) or any(word in str(node.target) for word in _MODAL):
         raise SubgraphError(f"its own code calls {node.target}, which would not follow the training mode")
     for value in node.all_input_nodes:
         if value.op == "get_attr" and value not in env:
@@ -180,7 +189,8 @@ class SubgraphModule(nn.Module):
 def replace_by_subgraph(program: Program, model: nn.Module, path: str) -> None:
     """Put in `model` at `path` the GraphModule of the Program's operators of that module (module docstring)."""
     owner = model.get_submodule(path)
-    replacement = SubgraphModule(owner, _graph(program, path))
+    dropout_free = all(layer.p == 0 for layer in owner.modules() if isinstance(layer, nn.modules.dropout._DropoutNd))
+    replacement = SubgraphModule(owner, _graph(program, path, dropout_free))
     parent_path, _, name = path.rpartition(".")
     setattr(model.get_submodule(parent_path), name, replacement)
 

@@ -92,21 +92,35 @@ def _own_code_changed(module: nn.Module, changes, replaced) -> list[str]:
 
 def _from_subgraphs(program: Program, module: nn.Module, name: str, scopes: list[str],
                     error: WriteBackError) -> None:
-    """Put the Program's subgraph in place of each module in `scopes` (prunefx/interop/subgraph_module.py)
-    and prove the result again, also on a batch of both inputs; else `error`, with why not."""
-    if not scopes:
-        raise error
-    for scope in scopes:
+    """Put the Program's subgraph in place of each module in `scopes` (prunefx/interop/subgraph_module.py),
+    then of each module of the user's code whose forward raises, and prove the result again, also on a
+    batch of both inputs; else `error`, with why not."""
+    made: list[str] = []
+    kept: list[str] = []  # a module left as it is may be right with its attributes: the proof decides
+
+    def make(scope: str | None) -> bool:
+        if not scope or scope in made or resizer_for(module.get_submodule(scope)) is not resize_attributes:
+            return False
         try:
             replace_by_subgraph(program, module, scope)
         except SubgraphError as reason:
-            raise WriteBackError(f"{error}; nor as its pruned subgraph: module '{scope}': {reason}") from error
-    try:
-        _verify(program, module, name, "")
-        _check_batch(program, module, name)
-    except WriteBackError as second:
-        raise WriteBackError(f"{error}; nor with {', '.join(scopes)} made from the pruned subgraph: "
-                             f"{second}") from error
+            kept.append(f"module '{scope}' is not made from its subgraph: {reason}")
+            return False
+        made.append(scope)
+        return True
+
+    for scope in scopes:
+        make(scope)
+    last, progress = error, make(getattr(error, "module_path", None)) or bool(made)
+    while progress:
+        try:
+            _verify(program, module, name, "")
+            _check_batch(program, module, name)
+            return
+        except WriteBackError as failed:
+            last, progress = failed, make(getattr(failed, "module_path", None))
+    tried = f"; nor with {', '.join(made)} made from the pruned subgraph: {last}" if made else ""
+    raise WriteBackError(f"{error}{tried}{''.join('; ' + line for line in kept[-1:])}") from error
 
 
 def _check_batch(program: Program, module: nn.Module, name: str) -> None:
@@ -289,19 +303,27 @@ def _run(module: nn.Module, inputs, name: str, hint: str) -> list[torch.Tensor]:
         with torch.no_grad():
             return _leaves(module(*inputs))
     except Exception as error:  # the user's forward may raise anything; name the module that did
-        raise WriteBackError(f"cannot write {name} back: {_failing_module(error, module)}"
-                             f"{first_line(error)}{hint}") from error
+        failed = WriteBackError(f"cannot write {name} back: {_failing_module(error, module)}"
+                                f"{first_line(error)}{hint}")
+        # the innermost module of the user's own code that raised: its subgraph may stand in for it
+        failed.module_path = next((path for path in reversed(_failing_paths(error, module))
+                                   if not type(module.get_submodule(path)).__module__.startswith("torch.")), None)
+        raise failed from error
+
+
+def _failing_paths(error: Exception, module: nn.Module) -> list[str]:
+    """The modules of `module` whose forward the traceback passes through, outermost first."""
+    names = {id(m): path for path, m in module.named_modules()}
+    return [names[id(frame.f_locals.get("self"))] for frame, _ in traceback.walk_tb(error.__traceback__)
+            if id(frame.f_locals.get("self")) in names]
 
 
 def _failing_module(error: Exception, module: nn.Module) -> str:
     """'module NAME: ' for the innermost module of `module` whose forward the traceback passes through."""
-    names = {id(m): path for path, m in module.named_modules()}
-    found = None
-    for frame, _ in traceback.walk_tb(error.__traceback__):
-        owner = frame.f_locals.get("self")
-        if id(owner) in names:
-            found = names[id(owner)]
-    return "" if found is None else f"module '{found or '(model)'}' ({type(module.get_submodule(found)).__name__}): "
+    paths = _failing_paths(error, module)
+    if not paths:
+        return ""
+    return f"module '{paths[-1] or '(model)'}' ({type(module.get_submodule(paths[-1])).__name__}): "
 
 
 def _relative_error(expected: list[torch.Tensor], actual: list[torch.Tensor]) -> float | None:
