@@ -11,12 +11,13 @@ alone cannot reach S, both together when depth alone cannot either). Then separa
 independently of the search, as long as the search's confirmation (200 runs after 20 warm-up, 4 processes):
 `prunefx bench dense.onnx --vs model.onnx` and, as a control, `prunefx bench dense.onnx --vs control.onnx`
 (a byte copy of the dense file: it must read 1.00x, and its interval shows how far this machine's noise
-reaches). Target (issue 39): every budget lands within [0.95 S, 1.25 S] on the independent check or is
-refused in one line with the best intervals, and at least 90 % land; the search under 3 minutes for a
-ResNet-50-sized model. `--demo-runs N` also runs `prunefx demo` N times and records its own final check.
+reaches). Target: every budget lands within [0.95 S, 1.25 S] on the independent check or is refused in one
+line with the best intervals, and at least 90 % land; the search under 3 minutes for a ResNet-50-sized model.
+Runs split over several sessions (some of the models, or a rerun of one) become one results file with --merge.
 
     .venv/bin/python benchmarks/latency_budget.py [--models ...] [--budgets 2 3] [--input-size 224]
-        [--results-name latency_budget] [--note "what else ran"] [--demo-runs 10]
+        [--results-name latency_budget] [--note "what else ran"]
+    .venv/bin/python benchmarks/latency_budget.py --merge PART1 PART2 [--results-name latency_budget]
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -45,7 +45,6 @@ SEARCH_FLAGS = ("--importance", "l2", "--no-compensate", "--no-recalibrate", "--
                 "imagenet-sample", "--calibration-images", "16")
 BENCH_ROUNDS = 4  # `bench --vs` spreads its runs over this many fresh processes (its default, stated)
 BENCH_WARMUP = 20  # as the search's confirmation: the check is at least as long as what it checks
-DEMO_LINE = re.compile(r"\[measured\].* = ([0-9.]+)x.*budget ([0-9.]+)x (met|MISSED)")
 
 
 class CommandFailed(Exception):
@@ -124,28 +123,6 @@ def row_of(run: dict) -> list:
             "yes" if run["within_target"] else "**no**", f"{run['search_seconds']:.0f}"]
 
 
-def demo_runs(count: int, args, written=lambda runs: None) -> list[dict]:
-    """`prunefx demo` `count` times, each in a fresh process and folder: its own final check's figure;
-    `written(runs so far)` after each (a run stopped part-way keeps what it measured)."""
-    runs = []
-    for index in range(count):
-        folder = WORK / f"demo{index}"
-        shutil.rmtree(folder, ignore_errors=True)
-        try:
-            found = DEMO_LINE.search(cli("demo", "-o", str(folder), threads=1))
-        except CommandFailed as failure:
-            runs.append({"run": index, "error": str(failure)})
-            written(runs)
-            continue
-        report = json.loads((folder / "report.json").read_text())
-        runs.append({"run": index, "speedup": float(found[1]), "budget": float(found[2]), "met": found[3] == "met",
-                     "interval": report["measured"].get("interval"), "search": report["budget"].get("interval"),
-                     "search_speedup": report["budget"].get("speedup"), "seconds": report.get("total_seconds")})
-        print(runs[-1], flush=True)
-        written(runs)
-    return runs
-
-
 def top_snapshot() -> str:
     """`top -bn1 | head -15`: what else ran on the machine (the brief asks for it at the start and the end)."""
     done = subprocess.run(["top", "-bn1"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"})
@@ -162,20 +139,6 @@ def priority() -> str:
         return "no autogroup"
 
 
-def _interval(speedup: float | None, interval: dict | None) -> str:
-    if speedup is None:
-        return "-"
-    return f"{speedup:.2f}x" + (f" ({interval['low']:.2f}-{interval['high']:.2f})" if interval else "")
-
-
-def _demo_row(demo: dict) -> list:
-    if "speedup" not in demo:
-        return [demo["run"], "-", demo.get("error"), "**no**", "-"]
-    seconds = f"{demo['seconds']:.0f}" if demo.get("seconds") else "-"
-    return [demo["run"], _interval(demo.get("search_speedup"), demo.get("search")),
-            _interval(demo["speedup"], demo.get("interval")), "yes" if demo["met"] else "**no**", seconds]
-
-
 def _summary(runs: list) -> str:
     landed = sum(bool(run.get("within_target")) for run in runs)
     refused = sum("refused" in run for run in runs)
@@ -184,7 +147,7 @@ def _summary(runs: list) -> str:
             f"{refused} refused in one line, {missed} missed.")
 
 
-def _write(args, runs: list, rows: list, demos: list, load_at_start, top_at_start: str) -> None:
+def _write(args, runs: list, rows: list, load_at_start, top_at_start: str) -> None:
     """The results so far, written after every row (a run stopped part-way keeps what it measured)."""
     top_now = top_snapshot()
     info = {**machine_info(threads=args.threads), "load_average_at_start": list(load_at_start),
@@ -193,15 +156,8 @@ def _write(args, runs: list, rows: list, demos: list, load_at_start, top_at_star
             "bench_rounds": BENCH_ROUNDS, "bench_runs": args.runs, "bench_warmup": BENCH_WARMUP,
             "rounds_in": "fresh processes",
             "denormals": "flushed" if timing_flushes_denormals() else "kept"}
-    demo_lines = []
-    if demos:
-        met = sum(bool(d.get("met")) for d in demos)
-        demo_lines = ["", f"## `prunefx demo`, {len(demos)} fresh runs: its own final 200-run check met the budget "
-                          f"in {met} of {len(demos)}", "",
-                      markdown_table(["run", "search accepted (90 % interval)", "final check (90 % interval)", "met",
-                                      "seconds"], [_demo_row(d) for d in demos])]
-    write_results(args.results_name, {"command": command_line(), "note": args.note, "machine": info, "runs": runs,
-                                      "demo_runs": demos}, "\n".join([
+    write_results(args.results_name, {"command": command_line(), "note": args.note, "machine": info, "runs": runs},
+                  "\n".join([
         "# Latency budgets: `prunefx prune --speedup S`, checked by an independent process with a control pair", "",
         f"Produced by `{command_line()}`.", "", machine_summary(info), "",
         *([f"**{args.note}**", ""] if args.note else []),
@@ -218,7 +174,7 @@ def _write(args, runs: list, rows: list, demos: list, load_at_start, top_at_star
         f"Subnormal floats {info['denormals']} in every timing session (search and bench).",
         "", _summary(runs), "",
         markdown_table(["model", "budget S", "route", "MACs kept", "search (bound)", "independent", "control",
-                        "within target", "search seconds"], rows), *demo_lines, "",
+                        "within target", "search seconds"], rows), "",
         f"Scheduling group of the timing process: `{info['scheduling_group']}`.", "",
         "`top -bn1 | head -15` at the start:", "", "```", top_at_start, "```", "",
         "and at the end (the last row written):", "", "```", top_now, "```", ""]))
@@ -239,23 +195,21 @@ def _latest_runs(parts: dict) -> tuple[list[dict], list[dict]]:
 
 
 def _measured_how(machine: dict) -> str:
-    """How the merged runs measured (older parts: one session pair, denormals as the CPU left them)."""
-    confirm, bench = machine.get("confirm_rounds", 1), machine.get("bench_rounds", 1)
-    rounds = machine.get("rounds_in", "fresh session pair(s) in one process")  # before commit 22da09a: session pairs
+    """How the merged runs measured, as the latest part's machine record states it."""
+    rounds = machine["rounds_in"]
     return ("- 'search' is the confirmed speed-up the search accepted and the lower bound of its 90 % interval "
-            f"(bootstrap over {confirm} {rounds} and their blocks); 'independent' is `prunefx bench "
-            f"dense.onnx --vs model.onnx` in another process ({machine.get('bench_runs', 100)} runs each after "
-            f"{machine.get('bench_warmup', 10)} warm-up runs, over {bench} {rounds}, "
-            "alternating) with its 90 % interval; 'control' is dense.onnx against a byte copy of itself, the same way. "
-            f"Subnormal floats in the timing sessions: {machine.get('denormals', 'not flushed')}.")
+            f"(bootstrap over {machine['confirm_rounds']} {rounds} and their blocks); 'independent' is `prunefx "
+            f"bench dense.onnx --vs model.onnx` in another process ({machine['bench_runs']} runs each after "
+            f"{machine['bench_warmup']} warm-up runs, over {machine['bench_rounds']} {rounds}, alternating) with "
+            "its 90 % interval; 'control' is dense.onnx against a byte copy of itself, the same way. "
+            f"Subnormal floats in the timing sessions: {machine['denormals']}.")
 
 
 def merge(names: list[str], results_name: str, note: str = "") -> int:
-    """One results file from several runs of this script (NAME.json each, kept beside it): their budgets and
-    demo runs together, each part's command, machine, load and scheduling group stated."""
+    """One results file from several runs of this script (NAME.json each, kept beside it): their budgets
+    together, each part's command, machine, load and scheduling group stated."""
     parts = {name: json.loads((RESULTS / f"{name}.json").read_text()) for name in names}
     runs, superseded = _latest_runs(parts)
-    demos = [demo for part in parts.values() for demo in part.get("demo_runs") or []]
     described = []
     for name, part in parts.items():
         machine = part["machine"]
@@ -264,11 +218,10 @@ def merge(names: list[str], results_name: str, note: str = "") -> int:
                       f"{part.get('note', '')} Load average at the start {', '.join(f'{x:.1f}' for x in load[0])}, at the "
                       f"end {', '.join(f'{x:.1f}' for x in load[1])}; scheduling group "
                       f"`{machine.get('scheduling_group', '?')}`."]
-    met = sum(bool(d.get("met")) for d in demos)
     latest = list(parts.values())[-1]["machine"]  # the method of the latest part, whose rows replace earlier ones
     write_results(results_name, {"command": command_line(), "note": note, "superseded_runs": superseded, "parts": {n: {k: p[k] for k in ("command", "note", "machine")}
                                                                       for n, p in parts.items()},
-                                 "machine": latest, "runs": runs, "demo_runs": demos},
+                                 "machine": latest, "runs": runs},
                   "\n".join([
         "# Latency budgets: `prunefx prune --speedup S`, checked by an independent process with a control pair", "",
         f"Merged by `{command_line()}` from these runs:", "", *described, "", *([note, ""] if note else []),
@@ -278,17 +231,13 @@ def merge(names: list[str], results_name: str, note: str = "") -> int:
         "no block merges) when width alone cannot reach S.",
         _measured_how(latest), "", _summary(runs), "",
         markdown_table(["model", "budget S", "route", "MACs kept", "search (bound)", "independent", "control",
-                        "within target", "search seconds"], [row_of(run) for run in runs]),
-        *(["", f"## `prunefx demo`, {len(demos)} fresh runs: its own final 200-run check met the budget in {met} of "
-               f"{len(demos)}", "", markdown_table(["run", "search accepted (90 % interval)",
-                                                    "final check (90 % interval)", "met", "seconds"],
-                                                   [_demo_row(d) for d in demos])] if demos else []), ""]))
+                        "within target", "search seconds"], [row_of(run) for run in runs]), ""]))
     return 0
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="*", default=list(MODELS), help="none: only the demo runs")
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--budgets", nargs="+", type=float, default=[2.0, 3.0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=200,
@@ -296,14 +245,13 @@ def main(argv=None) -> int:
     parser.add_argument("--input-size", type=int, default=224, help="square input side (default 224)")
     parser.add_argument("--results-name", default=NAME, help=f"results file name (default {NAME})")
     parser.add_argument("--note", default="", help="what the reader must know (e.g. other work ran beside it)")
-    parser.add_argument("--demo-runs", type=int, default=0, help="also run `prunefx demo` this many times")
     parser.add_argument("--merge", nargs="+", metavar="NAME", help="write --results-name from these results "
                                                                       "files instead of running anything")
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.results_name, args.note)
     args.shape = f"1x3x{args.input_size}x{args.input_size}"
-    runs, rows, demos = [], [], []
+    runs, rows = [], []
     load_at_start, top_at_start = os.getloadavg(), top_snapshot()
     for model in args.models:
         folder = WORK / f"{model.replace(':', '_')}_{args.input_size}"
@@ -314,10 +262,7 @@ def main(argv=None) -> int:
             runs.append(run)
             rows.append(row)
             print(row, flush=True)
-            _write(args, runs, rows, demos, load_at_start, top_at_start)
-    if args.demo_runs:
-        demos = demo_runs(args.demo_runs, args,
-                          lambda so_far: _write(args, runs, rows, so_far, load_at_start, top_at_start))
+            _write(args, runs, rows, load_at_start, top_at_start)
     return 0
 
 
