@@ -187,9 +187,9 @@ def test_a_speedup_target_takes_the_shortest_run_of_the_ranking_that_reaches_it(
 
 
 def test_constancy_is_decided_on_graphs_deeper_than_the_recursion_limit():
-    """EfficientNet-B1's depth route stopped on a RecursionError (latency_budget_160_v9): whether an input is a
-    constant was decided by recursing down its whole ancestry. A chain of 3000 operators each way: an
-    activation's end is not constant, a parameter's (a layer scale reshaped 3000 times) is."""
+    """Whether an input is constant must be decided without recursing down its whole ancestry: a graph as
+    deep as EfficientNet-B1's would raise RecursionError. A chain of 3000 operators each way: an activation's
+    end is not constant, a parameter's (a layer scale reshaped 3000 times) is."""
     graph = torch.fx.Graph()
     activation, scale = graph.placeholder("x"), graph.get_attr("scale")
     for _ in range(3000):
