@@ -9,9 +9,10 @@ The graph is the truth; the module is a view of it that must prove itself. The w
    graph/scoped_calls.py);
 3. proves the result: its eager outputs match the Program's on the example inputs and on a second random
    input (1e-5 relative), and it captures again to a graph whose tensors have the Program's widths;
-4. where that proof fails, puts in place of each module whose own code made a rewritten operator (and
-   that no registered resizer handles) the Program's subgraph of that code, calling the module's children
-   (prunefx/interop/subgraph_module.py), and proves again, also on a batch of both inputs.
+4. where that proof fails, puts in place of each module whose own code made a rewritten operator, then of
+   each module of the user's code whose forward raises (those no registered resizer handles), the Program's
+   subgraph of that code, calling the module's children (prunefx/interop/subgraph_module.py), and proves
+   again, also on a batch of both inputs.
 Where a step fails, one PrunefxError names the module and the attribute or operator; the Program stays
 the deliverable.
 """
@@ -19,25 +20,26 @@ the deliverable.
 from __future__ import annotations
 
 import copy
-import traceback
 
 import torch
-import torch.utils._pytree as pytree
 from torch import nn
 
 from prunefx.graph import Program, capture
 from prunefx.graph.attributes import delete_unused_tensors
-from prunefx.graph.errors import PrunefxError, first_line
-from prunefx.graph.scoped_calls import first_difference, literal_changes, replaced_calls
+from prunefx.graph.errors import PrunefxError
+from prunefx.graph.scoped_calls import literal_changes, replaced_calls
 from prunefx.interop.hf_config import update_config
 from prunefx.interop.module_resizers import ResizeError, resize_attributes, resizer_for
-from prunefx.interop.subgraph_module import SubgraphError, batch_outputs, replace_by_subgraph
+from prunefx.interop.subgraph_module import SubgraphError, replace_by_subgraph
+from prunefx.interop.write_back_proof import (
+    TOLERANCE,
+    WriteBackError,
+    check_batch,
+    program_tensors,
+    verify_module,
+)
 
-TOLERANCE = 1e-5  # relative to the largest output magnitude
-
-
-class WriteBackError(PrunefxError):
-    """The pruned Program could not be proven equal to a copy of the user's module."""
+__all__ = ["TOLERANCE", "WriteBackError", "to_module"]
 
 
 def to_module(program: Program, model: nn.Module, *, config: bool = True) -> nn.Module:
@@ -69,7 +71,7 @@ def to_module(program: Program, model: nn.Module, *, config: bool = True) -> nn.
     try:
         if unresized:  # a subgraph may still stand in for that module
             raise unresized[0]
-        _verify(program, module, name, hint)
+        verify_module(program, module, name, hint)
     except WriteBackError as error:
         _from_subgraphs(program, module, name, _own_code_changed(module, changes, replaced), error)
     return module.train(model.training)
@@ -114,26 +116,13 @@ def _from_subgraphs(program: Program, module: nn.Module, name: str, scopes: list
     last, progress = error, make(getattr(error, "module_path", None)) or bool(made)
     while progress:
         try:
-            _verify(program, module, name, "")
-            _check_batch(program, module, name)
+            verify_module(program, module, name, "")
+            check_batch(program, module, name)
             return
         except WriteBackError as failed:
             last, progress = failed, make(getattr(failed, "module_path", None))
     tried = f"; nor with {', '.join(made)} made from the pruned subgraph: {last}" if made else ""
     raise WriteBackError(f"{error}{tried}{''.join('; ' + line for line in kept[-1:])}") from error
-
-
-def _check_batch(program: Program, module: nn.Module, name: str) -> None:
-    try:
-        pair = batch_outputs(program, module, [program.example_inputs, _second_input(program.example_inputs)])
-    except Exception as error:  # the user's forward may raise anything; name the module that did
-        raise WriteBackError(f"cannot write {name} back: on a batch of two inputs, {_failing_module(error, module)}"
-                             f"{first_line(error)}") from error
-    if pair is not None:
-        error = _relative_error(*pair)
-        if error is None or error > TOLERANCE:
-            raise WriteBackError(f"cannot write {name} back: on a batch of two inputs the module differs from the "
-                                 "pruned program (a subgraph holds the example's batch size)")
 
 
 def _places(module: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
@@ -146,22 +135,10 @@ def _places(module: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
     return places
 
 
-def _program_tensors(program: Program) -> dict[str, torch.Tensor]:
-    used = {node.target for node in program.graph.nodes if node.op == "get_attr"}
-    tensors = dict(program.module.named_parameters(remove_duplicate=False))
-    tensors.update(program.module.named_buffers(remove_duplicate=False))
-    for target in used - tensors.keys():  # constants that are neither parameters nor buffers
-        owner_path, _, attribute = target.rpartition(".")
-        value = getattr(program.module.get_submodule(owner_path), attribute)
-        if isinstance(value, torch.Tensor):
-            tensors[target] = value
-    return tensors
-
-
 def _check_nothing_dropped(program: Program, dense: Program, name: str) -> None:
     """Every tensor the model's forward reads must still be in the Program: a pass that merged one into
     another (fold_batchnorm, merge_blocks) leaves the model's layer computing on a tensor the Program lost."""
-    dropped = sorted(_program_tensors(dense).keys() - _program_tensors(program).keys())
+    dropped = sorted(program_tensors(dense).keys() - program_tensors(program).keys())
     if dropped:
         raise WriteBackError(f"cannot write {name} back: the program no longer has '{dropped[0]}', which the "
                              f"model's forward reads ({len(dropped)} such tensors; a pass that merges layers ran, "
@@ -173,12 +150,12 @@ def _built_in_forward(dense: Program, model: nn.Module) -> set[str]:
     window's attention mask), which the written-back forward builds again; the proof checks that it does."""
     state = {name for name, _ in model.named_parameters(remove_duplicate=False)}
     state.update(name for name, _ in model.named_buffers(remove_duplicate=False))
-    return set(_program_tensors(dense)) - state
+    return set(program_tensors(dense)) - state
 
 
 def _copy_tensors(program: Program, module: nn.Module, name: str, built: set[str]) -> None:
     places = _places(module)
-    for target, tensor in _program_tensors(program).items():
+    for target, tensor in program_tensors(program).items():
         if target in built:
             continue
         owner_path, _, attribute = target.rpartition(".")
@@ -272,86 +249,3 @@ def _unmatched(module: nn.Module, change) -> bool:
         elif isinstance(value, (list, tuple)):
             values.update(v for v in value if type(v) is int)
     return not any(old in values for old, _ in change.pairs)
-
-
-def _leaves(outputs) -> list[torch.Tensor]:
-    return [leaf for leaf in pytree.tree_leaves(outputs) if isinstance(leaf, torch.Tensor)]
-
-
-def _second_input(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    generator = torch.Generator().manual_seed(1)
-    return tuple(torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) if x.is_floating_point()
-                 else x for x in inputs)
-
-
-def _verify(program: Program, module: nn.Module, name: str, hint: str) -> None:
-    """Same outputs as the Program on two inputs, and a capture with the Program's widths (module docstring)."""
-    for inputs in (program.example_inputs, _second_input(program.example_inputs)):
-        with torch.no_grad(), program.evaluating():
-            expected = _leaves(program(*inputs))
-        actual = _run(module, inputs, name, hint)
-        error = _relative_error(expected, actual)
-        if error is None or error > TOLERANCE:
-            differs = "returns other outputs" if error is None else f"differs by {error:.2g} relative"
-            raise WriteBackError(f"cannot write {name} back: the module {differs} from the pruned program"
-                                 f"{_where(program, module, name) or hint}")
-    _check_widths(program, module, name)
-
-
-def _run(module: nn.Module, inputs, name: str, hint: str) -> list[torch.Tensor]:
-    try:
-        with torch.no_grad():
-            return _leaves(module(*inputs))
-    except Exception as error:  # the user's forward may raise anything; name the module that did
-        failed = WriteBackError(f"cannot write {name} back: {_failing_module(error, module)}"
-                                f"{first_line(error)}{hint}")
-        # the innermost module of the user's own code that raised: its subgraph may stand in for it
-        failed.module_path = next((path for path in reversed(_failing_paths(error, module))
-                                   if not type(module.get_submodule(path)).__module__.startswith("torch.")), None)
-        raise failed from error
-
-
-def _failing_paths(error: Exception, module: nn.Module) -> list[str]:
-    """The modules of `module` whose forward the traceback passes through, outermost first."""
-    names = {id(m): path for path, m in module.named_modules()}
-    return [names[id(frame.f_locals.get("self"))] for frame, _ in traceback.walk_tb(error.__traceback__)
-            if id(frame.f_locals.get("self")) in names]
-
-
-def _failing_module(error: Exception, module: nn.Module) -> str:
-    """'module NAME: ' for the innermost module of `module` whose forward the traceback passes through."""
-    paths = _failing_paths(error, module)
-    if not paths:
-        return ""
-    return f"module '{paths[-1] or '(model)'}' ({type(module.get_submodule(paths[-1])).__name__}): "
-
-
-def _relative_error(expected: list[torch.Tensor], actual: list[torch.Tensor]) -> float | None:
-    if len(expected) != len(actual) or any(e.shape != a.shape for e, a in zip(expected, actual)):
-        return None
-    scale = max((e.abs().max().item() for e in expected if e.numel()), default=0.0) or 1.0
-    return max(((e - a).abs().max().item() for e, a in zip(expected, actual) if e.numel()), default=0.0) / scale
-
-
-def _where(program: Program, module: nn.Module, name: str) -> str:
-    """'; module X: operator Y gets ...', from a capture of the module aligned with the Program's graph."""
-    try:
-        recaptured = capture(copy.deepcopy(module), program.example_inputs, name=name)
-    except PrunefxError as error:
-        return f"; it does not capture: {error}"
-    recaptured.module.graph.eliminate_dead_code()
-    difference = first_difference(program.module, recaptured.module)
-    return f"; {difference}" if difference else ""
-
-
-def _check_widths(program: Program, module: nn.Module, name: str) -> None:
-    try:
-        recaptured = capture(copy.deepcopy(module), program.example_inputs, name=name)
-    except PrunefxError as error:
-        raise WriteBackError(f"cannot write {name} back: the written-back module does not capture ({error})") from error
-    theirs = {k: tuple(v.shape) for k, v in _program_tensors(recaptured).items()}
-    for target, tensor in _program_tensors(program).items():
-        if target in theirs and theirs[target] != tuple(tensor.shape):
-            raise WriteBackError(f"cannot write {name} back: captured again, '{target}' is "
-                                 f"{'x'.join(map(str, theirs[target]))}, not the program's "
-                                 f"{'x'.join(map(str, tensor.shape))}")
