@@ -260,10 +260,10 @@ def test_an_input_already_faster_than_the_reference_is_pruned_only_for_the_rest(
 
 
 def test_a_point_just_above_the_budget_is_not_accepted_however_tight(resnet20):
-    """A point just above S does not hold in another process (2.07x accepted on [2.01, 2.10] read 1.98x there), so
-    a confirmed point below CROSS_PROCESS x S is not accepted even when its lower bound clears S: here the first guess
-    (1 / (1.075 S) of the MACs, on a runtime 0.95 x as fast as the MACs say) reads 1.02 S with no spread, and the
-    search goes on to a candidate at or above 1.05 S."""
+    """A point just above S does not hold in another process (2.07x accepted on [2.01, 2.10] read 1.98x
+    there), so a confirmed point below CROSS_PROCESS x S is not accepted even when its lower bound clears S:
+    here the first guess (1 / (1.075 S) of the MACs, on a runtime 0.95 x as fast as the MACs say) reads
+    1.02 S with no spread, and the search goes on to a candidate at or above 1.05 S."""
     truth = latency_of_macs(fixed_ms=0.0)
 
     def latency(dense, candidate):
