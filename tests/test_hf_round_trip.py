@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 # Uniform ranking with a channels target keeps the same fraction of every width, head counts whole.
 UNIFORM = {"channels": 0.5, "ranking": "uniform", "round_to": 4, "strict": False}
-LOCAL = {**UNIFORM, "ranking": "local"}  # the same fraction of every group: heads and head dims both halved
+LOCAL = {**UNIFORM, "ranking": "local"}  # each group on its own; attention loses whole heads, head dims stay
 
 
 def _vit():
@@ -93,7 +93,7 @@ def test_segformer_round_trip(tmp_path):
 
 @pytest.mark.parametrize("build, config, expected", [
     (_vit, {"macs": 0.5, "strict": False}, "ViTConfig"),           # global ranking: widths per layer
-    (_segformer, LOCAL, "SegformerConfig"),  # a quarter of the attention width: no config field holds it
+    (_segformer, LOCAL, "SegformerConfig"),  # half the heads go, the residual more: two widths in one stage
 ])
 def test_widths_a_config_cannot_hold_are_refused_in_one_line(build, config, expected):
     model, _, program = _pruned(build, config)
