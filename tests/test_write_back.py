@@ -44,7 +44,7 @@ CASE_REFUSALS = {
     "split": "replaced aten.split.Tensor (4, 1)",  # split(4) written in forward, the pieces made unequal
     "rotary_fused_qkv": "(RotaryAttention)",     # reshape(b, n, c) with c the input width
 }
-MODEL_REFUSALS = {  # from benchmarks/results/write_back_coverage.md
+MODEL_REFUSALS = {  # models the write-back refuses, and words their one-line refusal must hold
     # q/k/v reshaped with the head dim computed from the input width (C // num_heads), which global ranking
     # cuts apart from the attention width
     "torchvision:swin_t": "(ShiftedWindowAttention)",
