@@ -26,7 +26,7 @@ def _declared(side: str) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("field", FIELDS)
 def test_every_field_has_a_declared_writer_and_a_declared_reader(field):
-    """A field nothing writes is dead weight; one nothing reads is a channel to nowhere (issue 37)."""
+    """A field nothing writes is dead weight; one nothing reads is a channel to nowhere."""
     assert _declared("writes")[field], f"no pass declares that it writes {field!r}"
     assert _declared("reads")[field], f"no pass declares that it reads {field!r}"
 

@@ -1,5 +1,5 @@
 """prune_to_budget accepts a candidate on the lower bound of its confirmed interval, not on its point
-estimate (issue 39). The measurers here are stand-ins whose true speed-up is a known function of the MACs
+estimate. The measurers here are stand-ins whose true speed-up is a known function of the MACs
 kept (an oracle the search does not see); one is deterministic and optimistic, one draws noisy timings in
 alternating blocks from a seed. Point acceptance (a confirmation with a point interval) is shown to
 return models slower than the budget on the same stand-ins."""
@@ -98,8 +98,8 @@ def test_an_optimistic_point_is_not_accepted_below_the_budget(small):
 
 
 def test_point_acceptance_returns_a_model_slower_than_the_budget(small):
-    """The same stand-in, confirmed to a point only: the rule issue 39 replaced accepts a model whose true
-    speed-up is below the budget."""
+    """The same stand-in, confirmed to a point only: accepting on the point returns a model whose true
+    speed-up is below the budget, which is why the lower bound decides where there is one."""
     truth, stats = search(small, Optimistic(interval=False))
     assert truth < BUDGET and stats["speedup"] >= BUDGET
 
@@ -112,10 +112,10 @@ def test_noisy_timings_accepted_on_the_bound_hold_the_budget(small, seed):
 
 
 def test_noisy_timings_accepted_on_the_point_hold_the_budget_once_the_floor_applies(small):
-    """Before the 1.05 S floor (prune_to_budget.CROSS_PROCESS), point acceptance landed below the budget for some
-    of these seeds, and this test asserted that it did. With the floor a point must read 5 % above S, which
-    these timings (4 % drift per block) do not reach from a width truly below S: point-only confirmation now
-    holds the budget here too. The systematic case still needs the bound (the test above this one)."""
+    """A point must read 5 % above S (budget_search.CROSS_PROCESS), which these timings (4 % drift per block)
+    do not reach from a width truly below S: point-only confirmation holds the budget on noise alone. Without
+    that floor some of these seeds land below the budget. The systematic case still needs the bound (the
+    optimistic stand-in above)."""
     truths = [search(small, Noisy(seed, interval=False))[0] for seed in range(8)]
     assert all(truth >= BUDGET for truth in truths), truths
 

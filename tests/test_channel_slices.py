@@ -1,7 +1,7 @@
 """Fixed channel ranges (`y[:, :8]`, `y[:, 0:1]`, chunks, overlapping slices): every exact group is
 removed exactly (zeroed channels out, same outputs), the slice bounds follow, and no channel range can
-become empty. Before the fix, a single sliced channel broadcast over others (`y[:, 0:1] + y[:, 8:]`)
-could be removed, leaving an empty dim and an internal error after removal."""
+become empty: a single sliced channel broadcast over others (`y[:, 0:1] + y[:, 8:]`) stays, since removing
+it would leave an empty dim and an internal error after removal."""
 
 from __future__ import annotations
 

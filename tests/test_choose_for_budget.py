@@ -197,7 +197,7 @@ def test_width_and_depth_together_drop_branches_where_no_block_merges():
 
 def test_when_no_mix_measured_anything_the_one_line_says_why_each_failed():
     """A network with no block at all: depth alone fails before measuring, and the refusal says so instead of
-    naming no best (it used to end at 'with any mix of depth')."""
+    naming no best."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 10 * 10, 10)).eval()
     program = capture(net, torch.randn(2, 1, 12, 12), name="plain").eval()

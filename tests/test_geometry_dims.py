@@ -1,7 +1,7 @@
 """Spatial dims are geometry, never channels: a Linear whose output is viewed as C x H x W and fed to a
 convolution, transposed convolution, pooling or interpolation prunes C only. Before the fix the H and W
-factors came out as exact channel groups and were cut (a decoder's output went from 16x16 to 8x8 with
-exit status 0). The oracle is the exported ONNX file, read with onnx's own shape inference."""
+factors are not exact channel groups: cutting them would shrink a decoder's output from 16x16 to 8x8 with
+exit status 0. The oracle is the exported ONNX file, read with onnx's own shape inference."""
 
 from __future__ import annotations
 

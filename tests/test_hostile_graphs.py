@@ -1,4 +1,4 @@
-"""Hostile `.pt2` files that the zip-level audit alone did not stop (issue 33): two entries of one name,
+"""Hostile `.pt2` files that a zip-level audit alone would not stop: two entries of one name,
 link entries, a graph node that writes a file, a shape expression that hangs sympy, a graph that
 allocates gigabytes, recorded shapes that lie about the MACs; and a fuzz test over real archives.
 
@@ -70,7 +70,7 @@ def _with_size_expression(document: dict, expression: str) -> dict:
 
 def _hidden_copy_archive(good_archive: Path, path: Path, marker: Path, first: int, second: int) -> Path:
     """An archive with a poisoned copy of the graph JSON at position `first` and the clean copy after it
-    (at `second` among the other entries): Python's zipfile (the old audit) reads the last copy, torch's
+    (at `second` among the other entries): Python's zipfile (a zip-level audit) reads the last copy, torch's
     reader whichever its binary search meets."""
     entries = _entries(good_archive)
     name, document = _model_json(entries)

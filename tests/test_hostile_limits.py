@@ -1,5 +1,5 @@
 """Repetitions, sizes and paths a user (or a file) can ask for are bounded and checked before work starts;
-files that are not regular files are said to be what they are (issue 33's smaller cases)."""
+files that are not regular files are said to be what they are."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ def test_the_structure_check_sees_a_fused_path_switched_off():
     assert check.structure(program, dense, module) == {
         "program_attention_ops": 2, "module_attention_ops": 2, "fused_attn_switched_off": [],
         "operators_only_in_program": {}, "operators_only_in_module": {}, "ok": True}
-    module.blocks[1].attn.fused_attn = False  # what the write-back used to do
+    module.blocks[1].attn.fused_attn = False  # the slower eager path, which the check must report
     report = check.structure(program, dense, module)
     assert report["fused_attn_switched_off"] == ["blocks.1.attn"] and report["module_attention_ops"] == 1
     assert report["operators_only_in_program"] == {"aten.scaled_dot_product_attention.default": 1}

@@ -207,8 +207,8 @@ def _with_analysis(path, analysis: dict, forged):
 
 def test_a_weight_standardising_batch_norm_is_not_a_training_switch():
     """F.batch_norm(w, None, None, training=True) standardises conv weights (BiT, NFNet): it has no
-    running statistics and always uses batch statistics, so eval() must leave it alone (it used to flip
-    it and the model failed with 'running_mean must be defined in evaluation mode')."""
+    running statistics and always uses batch statistics, so eval() must leave it alone (flipping it
+    makes the model fail with 'running_mean must be defined in evaluation mode')."""
     class StandardisedConv(torch.nn.Conv2d):
         def forward(self, x):
             weight = torch.nn.functional.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,

@@ -16,7 +16,7 @@ from prunefx.models import build_model  # noqa: E402
 
 
 def test_rtdetr_reference_builds_in_export_mode():
-    """Main lane (a few seconds): no longer refused; one tensor of boxes and scores, fresh anchors each call."""
+    """Main lane (a few seconds): it builds; one tensor of boxes and scores, fresh anchors each call."""
     model = build_model("ultralytics:rtdetr-l.yaml", image_size=64).module
     assert type(model).__name__ == "RTDETRDetectionModel"
     with torch.no_grad():
