@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from prunefx.graph.channels.compensation import damped_inverse, damping_term
+from prunefx.graph.channels.low_rank_inverse import low_rank_damped_inverse
 
 
 class LayerState:
@@ -173,14 +174,19 @@ def _solve(block: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     return solved
 
 
-def lean_damped_inverse(hessian: torch.Tensor, damping: float) -> torch.Tensor | None:
+def lean_damped_inverse(hessian: torch.Tensor, damping: float, rows: int | None = None) -> torch.Tensor | None:
     """channel_compensation.damped_inverse's (H + lam I)^-1, bit for bit, in one working copy of H (the
     factor and the inverse overwrite it) instead of an identity, its multiple, their sum, the factor
     and the inverse: a U-Net decoder conv reading 12k columns has a 1.2 GB H in float64. Same jitters;
-    its pinv fallback is left to it."""
+    its pinv fallback is left to it. Given the `rows` H was summed over and far fewer of them than
+    columns, by the Woodbury identity instead (graph/channels/low_rank_inverse.py): equal to rounding."""
     lam = damping_term(hessian, damping)
     if lam is None:
         return None
+    if rows is not None:
+        low_rank = low_rank_damped_inverse(hessian, lam, rows)
+        if low_rank is not None:
+            return low_rank
     scale = float(hessian.diagonal().mean())
     work, info = torch.empty_like(hessian), torch.empty((), dtype=torch.int32, device=hessian.device)
     for jitter in (0.0, 1e-10, 1e-8, 1e-6, 1e-4):

@@ -182,8 +182,8 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
     states: dict[int, list[LayerState]] = defaultdict(list)
     scores = [np.zeros(group.size) for group in combing.groups]
     layers = 0
-    for spec, hessian, _ in iter_hessians(module, needed, batches, cache=hessians):
-        inverse = lean_damped_inverse(hessian, damping)
+    for spec, hessian, rows in iter_hessians(module, needed, batches, cache=hessians):
+        inverse = lean_damped_inverse(hessian, damping, rows)
         for layer, positions in by_spec[spec]:
             layers += 1
             matrix = weight_matrix(module, layer.weight, transposed=layer.transposed).to(hessian.device)
