@@ -53,12 +53,14 @@ from prunefx.passes.budget_candidates import Candidate, budget_candidates
 from prunefx.passes.budget_search import budget_text
 from prunefx.passes.choose_for_budget_config import ChooseForBudgetConfig
 from prunefx.passes.contract import graph_pass
+from prunefx.passes.registry import shipped_pass
 from prunefx.passes.result import Result
 
 __all__ = ["ChooseForBudgetConfig", "budget_candidates", "choose_for_budget"]
 
 
 # every candidate is cut from a copy of the dense Program
+@shipped_pass
 @graph_pass(config=ChooseForBudgetConfig, in_place=False, writes=("linearize",))
 def choose_for_budget(program: Program, /, *, config: dict | None = None) -> Result:
     settings = ChooseForBudgetConfig.parse(config)

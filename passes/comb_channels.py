@@ -18,6 +18,7 @@ from prunefx.graph import Program
 from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.passes.contract import graph_pass
 from prunefx.passes.pass_config import PassConfig, option
+from prunefx.passes.registry import shipped_pass
 from prunefx.passes.result import Result
 
 
@@ -37,6 +38,7 @@ class ChannelGroups:
 
 
 # it reads the Program it is given and returns it unchanged
+@shipped_pass
 @graph_pass(config=CombChannelsConfig, in_place=True)
 def comb_channels(program: Program, /, *, config: dict | None = None) -> Result:
     settings = CombChannelsConfig.parse(config)

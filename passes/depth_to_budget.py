@@ -62,6 +62,7 @@ from prunefx.passes.measurement import as_measurer
 from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.pipeline import run_inner
+from prunefx.passes.registry import shipped_pass
 from prunefx.passes.result import Result
 
 
@@ -121,6 +122,7 @@ class DepthChosen:
 
 
 # every candidate is linearised on a copy of the dense Program
+@shipped_pass
 @graph_pass(config=DepthToBudgetConfig, in_place=False, writes=("linearize",))
 def depth_to_budget(program: Program, /, *, config: dict | None = None) -> Result:
     settings = DepthToBudgetConfig.parse(config)

@@ -63,6 +63,7 @@ from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.passes.contract import graph_pass
 from prunefx.passes.linearize_blocks import blend_schedule
 from prunefx.passes.pass_config import option
+from prunefx.passes.registry import shipped_pass
 from prunefx.passes.result import Result
 from prunefx.passes.sparse_masks import SparseMasks, recorded_weights
 from prunefx.passes.training.config import TrainingPassConfig
@@ -78,6 +79,7 @@ class DistillConfig(TrainingPassConfig):
 
 
 # trains the Program it is given
+@shipped_pass
 @graph_pass(config=DistillConfig, in_place=True, reads=("sparsity", "linearize"))
 def distill(program: Program, /, *, config: dict | None = None) -> Result:
     if (config or {}).get("data") is None:

@@ -33,6 +33,7 @@ from prunefx.graph.attributes import (
 from prunefx.graph.counting import count
 from prunefx.passes.contract import graph_pass
 from prunefx.passes.pass_config import PassConfig
+from prunefx.passes.registry import shipped_pass
 from prunefx.passes.result import Result
 
 aten = torch.ops.aten
@@ -125,6 +126,7 @@ class Folded:
     folded: int
 
 
+@shipped_pass
 @graph_pass(config=FoldBatchnormConfig, in_place=True, exact=True)
 def fold_batchnorm(program: Program, /, *, config: dict | None = None) -> Result:
     FoldBatchnormConfig.parse(config)

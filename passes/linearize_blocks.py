@@ -57,6 +57,7 @@ from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.pipeline import run_inner
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
+from prunefx.passes.registry import shipped_pass
 from prunefx.passes.result import Result
 
 # How candidate blocks are ordered: by the damage their linearisation does, or by that damage per MAC
@@ -105,6 +106,7 @@ class Linearized:
     blocks: list[str]
 
 
+@shipped_pass
 @graph_pass(config=LinearizeBlocksConfig, in_place=True, reads=("linearize",), writes=("linearize",))
 def linearize_blocks(program: Program, /, *, config: dict | None = None) -> Result:
     config = _checked(dict(config or {}))

@@ -51,6 +51,7 @@ from prunefx.passes.contract import graph_pass
 from prunefx.passes.merge_candidates import Candidate, chain_candidate
 from prunefx.passes.merge_rewrite import apply_merge, describe_merge
 from prunefx.passes.pass_config import PassConfig, option
+from prunefx.passes.registry import shipped_pass
 from prunefx.passes.result import Result
 
 aten = torch.ops.aten
@@ -77,6 +78,7 @@ class Merged:
     merges: int
 
 
+@shipped_pass
 @graph_pass(config=MergeBlocksConfig, in_place=True, exact=True, reads=("linearize",), writes=("linearize",))
 def merge_blocks(program: Program, /, *, config: dict | None = None) -> Result:
     config = _checked(config)

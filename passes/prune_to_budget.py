@@ -52,6 +52,7 @@ from prunefx.passes.contract import graph_pass
 from prunefx.passes.measurement import as_measurer, round_to_of
 from prunefx.passes.pass_config import option
 from prunefx.passes.pipeline import run_inner
+from prunefx.passes.registry import shipped_pass
 from prunefx.passes.remove_channels import ChannelsRemoved, RemoveChannelsConfig, remove_channels
 from prunefx.passes.result import Result
 
@@ -128,6 +129,7 @@ class WidthChosen:
     removal: ChannelsRemoved
 
 
+@shipped_pass
 @graph_pass(config=PruneToBudgetConfig, in_place=False)
 def prune_to_budget(program: Program, /, *, config: dict | None = None) -> Result:
     settings = PruneToBudgetConfig.parse(config)

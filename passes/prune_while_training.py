@@ -45,6 +45,7 @@ from prunefx.passes import config_checks as checks
 from prunefx.passes.contract import graph_pass
 from prunefx.passes.pass_config import option
 from prunefx.passes.pipeline import run_inner
+from prunefx.passes.registry import shipped_pass
 from prunefx.passes.remove_channels import ChannelsRemoved, remove_channels
 from prunefx.passes.result import Result
 from prunefx.passes.training.carried_state import carry_state, cut_tracking_indices
@@ -83,6 +84,7 @@ class PruneWhileTrainingConfig(TrainingPassConfig):
         checks.number(owner, "max_ratio", self.max_ratio, low=0.0, high=1.0, high_open=True)
 
 
+@shipped_pass
 @graph_pass(config=PruneWhileTrainingConfig, in_place=True, reads=("sparsity", "linearize"))
 def prune_while_training(program: Program, /, *, config: dict | None = None) -> Result:
     if (config or {}).get("data") is None:

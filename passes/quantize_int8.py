@@ -65,6 +65,7 @@ from prunefx.passes.contract import graph_pass
 from prunefx.passes.fold_batchnorm import Folded, fold_batchnorm
 from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.pipeline import run_inner
+from prunefx.passes.registry import shipped_pass
 from prunefx.passes.result import Result
 
 OWNER = "quantize_int8"
@@ -106,6 +107,7 @@ class Quantized:
     kept_in_float: int = 0
 
 
+@shipped_pass
 @graph_pass(config=QuantizeInt8Config, in_place=True)
 def quantize_int8(program: Program, /, *, config: dict | QuantizeInt8Config | None = None) -> Result:
     settings = _settings(config)

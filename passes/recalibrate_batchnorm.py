@@ -51,6 +51,7 @@ from prunefx.graph.attributes import attribute_name, get_tensor, set_tensor, ten
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.contract import graph_pass
 from prunefx.passes.pass_config import PassConfig, option
+from prunefx.passes.registry import shipped_pass
 from prunefx.passes.result import Result
 
 aten = torch.ops.aten
@@ -67,6 +68,7 @@ class RecalibrateBatchnormConfig(PassConfig):
     nodes: list[str] | None = option(help="only these batch-norm nodes (all by default)", cli=False)
 
 
+@shipped_pass
 @graph_pass(config=RecalibrateBatchnormConfig, in_place=True)
 def recalibrate_batchnorm(program: Program, /, *, config: dict | None = None) -> Result:
     config = RecalibrateBatchnormConfig.parse(config).as_dict()

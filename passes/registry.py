@@ -1,9 +1,10 @@
 """Passes by name, so recipes (YAML) and the CLI spell the same pipeline as the Python API.
 
-The shipped passes are always there; a user adds their own with `register_pass` (then a recipe can name
-it), lists them with `registered_passes` and takes one away with `unregister_pass`. Replacing a pass
-that is already registered (shipped or not) needs `replace=True`, and a shipped pass cannot be removed:
-the shipped recipes name them.
+A shipped pass registers itself where it is defined (`@shipped_pass`), and importing prunefx.passes
+imports every one of them, so the shipped passes are always there. A user adds their own with
+`register_pass` (then a recipe can name it), lists them with `registered_passes` and takes one away with
+`unregister_pass`. Replacing a pass that is already registered (shipped or not) needs `replace=True`, and a
+shipped pass cannot be removed: the shipped recipes name them.
 """
 
 from __future__ import annotations
@@ -12,41 +13,21 @@ from types import MappingProxyType
 from typing import Any
 
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.choose_for_budget import choose_for_budget
-from prunefx.passes.comb_channels import comb_channels
 from prunefx.passes.contract import as_pass
-from prunefx.passes.depth_to_budget import depth_to_budget
-from prunefx.passes.distill import distill
-from prunefx.passes.fold_batchnorm import fold_batchnorm
-from prunefx.passes.linearize_blocks import linearize_blocks
-from prunefx.passes.merge_blocks import merge_blocks
-from prunefx.passes.prune_to_budget import prune_to_budget
-from prunefx.passes.prune_while_training import prune_while_training
-from prunefx.passes.quantize_int8 import quantize_int8
-from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
-from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.result import Pass
-from prunefx.passes.sparsify_nm import sparsify_nm
 
-_SHIPPED: dict[str, Pass] = {
-    "choose_for_budget": choose_for_budget,
-    "comb_channels": comb_channels,
-    "depth_to_budget": depth_to_budget,
-    "distill": distill,
-    "fold_batchnorm": fold_batchnorm,
-    "linearize_blocks": linearize_blocks,
-    "merge_blocks": merge_blocks,
-    "prune_to_budget": prune_to_budget,
-    "prune_while_training": prune_while_training,
-    "quantize_int8": quantize_int8,
-    "recalibrate_batchnorm": recalibrate_batchnorm,
-    "remove_channels": remove_channels,
-    "sparsify_nm": sparsify_nm,
-}
+_SHIPPED: dict[str, Pass] = {}  # filled by @shipped_pass where each pass is defined
+_REGISTERED: dict[str, Pass] = {}
 
-
-_REGISTERED: dict[str, Pass] = dict(_SHIPPED)
 PASSES = MappingProxyType(_REGISTERED)  # a live, read-only view: register_pass is the way in
+
+
+def shipped_pass(function: Any) -> Any:
+    """Register a pass prunefx ships, where it is defined: its name is its function's, it cannot be
+    unregistered, and a user's pass may replace it only with replace=True."""
+    declared = as_pass(function)
+    _SHIPPED[declared.__name__] = _REGISTERED[declared.__name__] = declared
+    return function
 
 
 def get_pass(name: str) -> Pass:

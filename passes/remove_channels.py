@@ -71,6 +71,7 @@ from prunefx.graph.program import current_output_shapes
 from prunefx.passes import config_checks as checks
 from prunefx.passes.contract import graph_pass
 from prunefx.passes.pass_config import PassConfig, option
+from prunefx.passes.registry import shipped_pass
 from prunefx.passes.result import Result
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,7 @@ class ChannelsRemoved:
         return stats if self.compensation is None else {**stats, "compensation": self.compensation}
 
 
+@shipped_pass
 @graph_pass(config=RemoveChannelsConfig, in_place=True)
 def remove_channels(program: Program, /, *, config: dict | None = None) -> Result:
     parsed = RemoveChannelsConfig.parse(config)

@@ -60,6 +60,7 @@ from prunefx.graph.sparsity.nm_masks import (
     weight_from_grouped,
 )
 from prunefx.passes.contract import graph_pass
+from prunefx.passes.registry import shipped_pass
 from prunefx.passes.result import Result
 from prunefx.passes.sparsify_nm_config import UNSTRUCTURED, SparsifyNMConfig, checked_config
 from prunefx.passes.training.engine import IGNORE_LABEL, logits_of
@@ -67,6 +68,7 @@ from prunefx.passes.training.engine import IGNORE_LABEL, logits_of
 _FISHER_BUDGET = 1 << 29  # bytes of float64 Fisher inverses held at once (512 MiB)
 
 
+@shipped_pass
 @graph_pass(config=SparsifyNMConfig, in_place=True, writes=("sparsity",))
 def sparsify_nm(program: Program, /, *, config: dict | None = None) -> Result:
     config = checked_config(program, dict(config or {}))

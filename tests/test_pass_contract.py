@@ -130,6 +130,25 @@ def test_the_registry_refuses_silent_replacement_and_removal_of_shipped_passes(r
     assert get_pass("fold_batchnorm") is prunefx.passes.fold_batchnorm
 
 
+def test_every_pass_file_registers_its_pass_and_the_package_exports_it():
+    """passes/*.py holds the passes and nothing else: each file defines the pass of its name, registered as
+    shipped where it is defined, and prunefx.passes exports it; infrastructure lives in the subpackages."""
+    import pkgutil
+    from pathlib import Path
+
+    import prunefx.passes as package
+    from prunefx.passes import registry
+
+    files = {info.name for info in pkgutil.iter_modules([str(Path(package.__file__).parent)]) if not info.ispkg}
+    files -= {"registry", "contract", "pipeline", "recipe", "result", "pass_config", "config_checks",
+              "sparsify_nm_config", "choose_for_budget_config", "budget_search", "budget_candidates",
+              "measurement", "damage_proxy", "merge_candidates", "merge_rewrite", "sparse_masks"}
+    assert files == set(registry._SHIPPED)
+    for name in files:
+        assert getattr(package, name) is importlib.import_module(f"prunefx.passes.{name}").__dict__[name]
+        assert name in package.__all__ and get_pass(name) is registry._SHIPPED[name]
+
+
 def test_overriding_a_shipped_channel_rule_needs_the_flag():
     relu = torch.ops.aten.relu.default
     shipped = RULES[relu]
