@@ -35,7 +35,7 @@ from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph import Program, capture, count
 from prunefx.graph.errors import PrunefxError
 from prunefx.models import build_model, load_weights
-from prunefx.passes.budget_search import Measured
+from prunefx.passes.budget.search import Measured
 from prunefx.passes.choose_for_budget import budget_candidates
 from prunefx.passes.distill import distill
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm

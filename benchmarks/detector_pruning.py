@@ -40,7 +40,7 @@ from common import RESULTS, command_line, machine_info, machine_summary, markdow
 from prunefx.detectors import softmax_nodes
 from prunefx.graph import capture, count
 from prunefx.models import build_model
-from prunefx.passes.pipeline import Pipeline
+from prunefx.passes.core.pipeline import Pipeline
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.runtime import OnnxRuntimeSession, compare_latency, export_onnx, onnx_runner
 

@@ -10,7 +10,7 @@ sparsify_nm with each criterion:
 all with the same calibration data: the first `--calibration-batches` training batches (128 images
 each, as `prunefx compress` injects them). Then each is fine-tuned for `--epochs` with knowledge
 distillation from the dense model (kd_weight 0.9, T = 4; SGD, `--lr`, 50 warm-up steps, cosine), the
-2:4 masks held fixed by distill (passes/sparse_masks.py). Reported: test accuracy (10,000 images, never
+2:4 masks held fixed by distill (passes/rewrites/sparse_masks.py). Reported: test accuracy (10,000 images, never
 used for a choice) one-shot and after fine-tuning, and a check that every sparsified weight still obeys
 2:4 after fine-tuning.
 

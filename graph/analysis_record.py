@@ -6,7 +6,7 @@ contracts (`@graph_pass(reads=..., writes=...)`, tests/test_analysis_record.py c
 
     field       written by          read by
     sparsity    sparsify_nm         distill, prune_while_training (its zeros kept at zero while
-                                    training: passes/sparse_masks.py)
+                                    training: passes/rewrites/sparse_masks.py)
     linearize   linearize_blocks    distill, prune_while_training (blend buffers raised),
                 depth_to_budget,    linearize_blocks, merge_blocks (strips blends once they reach 1)
                 choose_for_budget

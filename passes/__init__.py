@@ -1,5 +1,5 @@
 """Graph-rewriting passes: one pass per file, `(program, /, *, config) -> Result`,
-declared with `@graph_pass` (passes/contract.py).
+declared with `@graph_pass` (passes/core/contract.py).
 
 `prunefx.passes.NAME` is the pass function NAME for every shipped pass (the module of the same name is
 `importlib.import_module("prunefx.passes.NAME")`), so `Pipeline([sparsify_nm])` works as written.
@@ -7,21 +7,21 @@ declared with `@graph_pass` (passes/contract.py).
 
 from prunefx.passes.choose_for_budget import choose_for_budget
 from prunefx.passes.comb_channels import comb_channels
-from prunefx.passes.contract import Contract, graph_pass
+from prunefx.passes.core.contract import Contract, graph_pass
+from prunefx.passes.core.pipeline import Pipeline, PipelineError, PipelineResult, Step, run_inner
+from prunefx.passes.core.recipe import RecipeError, load_recipe, pipeline_from_spec
+from prunefx.passes.core.registry import PASSES, get_pass, register_pass, registered_passes, unregister_pass
+from prunefx.passes.core.result import Pass, Result
 from prunefx.passes.depth_to_budget import depth_to_budget
 from prunefx.passes.distill import distill
 from prunefx.passes.fold_batchnorm import fold_batchnorm
 from prunefx.passes.linearize_blocks import linearize_blocks
 from prunefx.passes.merge_blocks import merge_blocks
-from prunefx.passes.pipeline import Pipeline, PipelineError, PipelineResult, Step, run_inner
 from prunefx.passes.prune_to_budget import prune_to_budget
 from prunefx.passes.prune_while_training import prune_while_training
 from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
-from prunefx.passes.recipe import RecipeError, load_recipe, pipeline_from_spec
-from prunefx.passes.registry import PASSES, get_pass, register_pass, registered_passes, unregister_pass
 from prunefx.passes.remove_channels import remove_channels
-from prunefx.passes.result import Pass, Result
 from prunefx.passes.sparsify_nm import sparsify_nm
 
 __all__ = [

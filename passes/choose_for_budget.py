@@ -25,7 +25,7 @@ Splitting the budget between depth and width as sqrt(S / g) gives each continuou
 share in log-speed-up; the width search then measures the whole stack (depth merged, INT8 applied), so
 the candidate meets S whatever the share did (its first guess starts from the speed-up depth measured).
 Every measurement goes through the same `latency` function, so its cache (runtime/speedup.py: ONNX files
-by fingerprint) exports the dense model once and confirmation (passes/budget_search.py) applies to every search. A combination that cannot reach the
+by fingerprint) exports the dense model once and confirmation (passes/budget/search.py) applies to every search. A combination that cannot reach the
 budget is kept in the trace with the reason, not an error; when none can, the error names the best
 speed-up any reached.
 
@@ -49,12 +49,12 @@ from __future__ import annotations
 import math
 
 from prunefx.graph import Program
-from prunefx.passes.budget_candidates import Candidate, budget_candidates
-from prunefx.passes.budget_search import budget_text
-from prunefx.passes.choose_for_budget_config import ChooseForBudgetConfig
-from prunefx.passes.contract import graph_pass
-from prunefx.passes.registry import shipped_pass
-from prunefx.passes.result import Result
+from prunefx.passes.budget.candidates import Candidate, budget_candidates
+from prunefx.passes.budget.search import budget_text
+from prunefx.passes.core.choose_for_budget_config import ChooseForBudgetConfig
+from prunefx.passes.core.contract import graph_pass
+from prunefx.passes.core.registry import shipped_pass
+from prunefx.passes.core.result import Result
 
 __all__ = ["ChooseForBudgetConfig", "budget_candidates", "choose_for_budget"]
 

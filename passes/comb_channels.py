@@ -16,10 +16,10 @@ from typing import ClassVar
 
 from prunefx.graph import Program
 from prunefx.graph.channels.groups import find_channel_groups
-from prunefx.passes.contract import graph_pass
-from prunefx.passes.pass_config import PassConfig, option
-from prunefx.passes.registry import shipped_pass
-from prunefx.passes.result import Result
+from prunefx.passes.core.contract import graph_pass
+from prunefx.passes.core.pass_config import PassConfig, option
+from prunefx.passes.core.registry import shipped_pass
+from prunefx.passes.core.result import Result
 
 
 @dataclass

@@ -17,7 +17,7 @@ S (1 + `tolerance`) the pass refuses in one line with both neighbours' intervals
 independent check finds faster than the budget's window (`tolerance` None accepts it: choose_for_budget,
 whose width search follows depth's share, does).
 
-Confirmation and acceptance are budget_search.Acceptance's, the rule every budget search shares: a candidate
+Confirmation and acceptance follow Acceptance (passes/budget/search.py), the rule every budget search shares: a candidate
 that seems to meet the budget is measured again, longer (the Measurer's `confirm`), and meets the budget only
 when the lower bound of its confirmed interval clears it; the answer is always a confirmed candidate, inside
 the window. Depth always takes the rule's fallback for settings that cannot land above the floor (the fewest
@@ -31,7 +31,7 @@ exactness. Config: `speedup` (> 1) or `latency_ms` (> 0), one of them; `confirm`
 (injected); `calibration` (required: it ranks the blocks and calibrates the batch norms that replace
 layer norms); `rank`, `layer_norms`, `recalibrate`, `progress` as in linearize_blocks;
 `max_kernel_growth` as in merge_blocks; `ranking` (block names, best first) skips the ranking. Stats: `budget`, `met`, `speedup`, `dense_ms`, `ms`, `blocks`
-(the chosen, in ranking order), `chosen` (its measurement, budget_search.Measured.to_dict), `trace` (every candidate: n, its blocks, MACs kept, measured speed-up,
+(the chosen, in ranking order), `chosen` (its measurement, Measured.to_dict), `trace` (every candidate: n, its blocks, MACs kept, measured speed-up,
 latency, spread, confirmed and the first measurement), `ranking` (every ranked block with its damage
 and MACs saved) and the chosen candidate's `linearize_blocks` statistics.
 Non-goals: progressive linearisation with training (a recipe: depth-kd), width (prune_to_budget).
@@ -47,7 +47,8 @@ from prunefx.graph import Program, count
 from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.depth.branch_drop import drop_branches, drop_damage, droppable_blocks
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.budget_search import (
+from prunefx.passes.budget.measurement import as_measurer
+from prunefx.passes.budget.search import (
     Acceptance,
     BudgetUnreachable,
     Measured,
@@ -55,15 +56,14 @@ from prunefx.passes.budget_search import (
     require_latency,
     speedup_text,
 )
-from prunefx.passes.config_checks import ConfigError
-from prunefx.passes.contract import graph_pass
+from prunefx.passes.core.config_checks import ConfigError
+from prunefx.passes.core.contract import graph_pass
+from prunefx.passes.core.pass_config import PassConfig, option
+from prunefx.passes.core.pipeline import run_inner
+from prunefx.passes.core.registry import shipped_pass
+from prunefx.passes.core.result import Result
 from prunefx.passes.linearize_blocks import linearize_blocks, ranked_blocks
-from prunefx.passes.measurement import as_measurer
 from prunefx.passes.merge_blocks import merge_blocks
-from prunefx.passes.pass_config import PassConfig, option
-from prunefx.passes.pipeline import run_inner
-from prunefx.passes.registry import shipped_pass
-from prunefx.passes.result import Result
 
 
 @dataclass

@@ -32,7 +32,7 @@ Config:
   detector, a YOLO export output, distils boxes and class scores with no loss on its labels).
 
 Sparse weights: when `program.analysis` records weights made sparse by sparsify_nm, their zeros are
-written back after every optimizer step (passes/sparse_masks.py), so they stay exactly zero.
+written back after every optimizer step (passes/rewrites/sparse_masks.py), so they stay exactly zero.
 Quantization-aware training: a Program holding INT8 fake quantizers (passes/quantize_int8.py) trains through
 them: torch's fake-quantize operators pass the gradient straight through inside their range and zero it
 where they clip (the straight-through estimator), so the weights learn to live on their INT8 grid and the
@@ -60,12 +60,12 @@ import torch
 
 from prunefx.graph import Program
 from prunefx.graph.int8.quantization import has_fake_quant
-from prunefx.passes.contract import graph_pass
+from prunefx.passes.core.contract import graph_pass
+from prunefx.passes.core.pass_config import option
+from prunefx.passes.core.registry import shipped_pass
+from prunefx.passes.core.result import Result
 from prunefx.passes.linearize_blocks import blend_schedule
-from prunefx.passes.pass_config import option
-from prunefx.passes.registry import shipped_pass
-from prunefx.passes.result import Result
-from prunefx.passes.sparse_masks import SparseMasks, recorded_weights
+from prunefx.passes.rewrites.sparse_masks import SparseMasks, recorded_weights
 from prunefx.passes.training.config import TrainingPassConfig
 from prunefx.passes.training.engine import TrainConfig, Trainer, TrainingError
 

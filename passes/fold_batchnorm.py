@@ -31,10 +31,10 @@ from prunefx.graph.attributes import (
     users_of_tensor,
 )
 from prunefx.graph.counting import count
-from prunefx.passes.contract import graph_pass
-from prunefx.passes.pass_config import PassConfig
-from prunefx.passes.registry import shipped_pass
-from prunefx.passes.result import Result
+from prunefx.passes.core.contract import graph_pass
+from prunefx.passes.core.pass_config import PassConfig
+from prunefx.passes.core.registry import shipped_pass
+from prunefx.passes.core.result import Result
 
 aten = torch.ops.aten
 

@@ -52,13 +52,13 @@ from prunefx.graph.depth.linearization import (
 )
 from prunefx.graph.depth.norm_replacement import layer_norm_to_batch_norm
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.contract import graph_pass
+from prunefx.passes.core.contract import graph_pass
+from prunefx.passes.core.pass_config import PassConfig, option
+from prunefx.passes.core.pipeline import run_inner
+from prunefx.passes.core.registry import shipped_pass
+from prunefx.passes.core.result import Result
 from prunefx.passes.merge_blocks import merge_blocks
-from prunefx.passes.pass_config import PassConfig, option
-from prunefx.passes.pipeline import run_inner
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
-from prunefx.passes.registry import shipped_pass
-from prunefx.passes.result import Result
 
 # How candidate blocks are ordered: by the damage their linearisation does, or by that damage per MAC
 # the merge saves (cheap-to-lose blocks that buy little speed go last).

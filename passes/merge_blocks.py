@@ -47,12 +47,12 @@ from prunefx.graph.counting import count
 from prunefx.graph.depth.affine_chains import find_chains
 from prunefx.graph.depth.linearization import strip_finished_blends
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.contract import graph_pass
-from prunefx.passes.merge_candidates import Candidate, chain_candidate
-from prunefx.passes.merge_rewrite import apply_merge, describe_merge
-from prunefx.passes.pass_config import PassConfig, option
-from prunefx.passes.registry import shipped_pass
-from prunefx.passes.result import Result
+from prunefx.passes.core.contract import graph_pass
+from prunefx.passes.core.pass_config import PassConfig, option
+from prunefx.passes.core.registry import shipped_pass
+from prunefx.passes.core.result import Result
+from prunefx.passes.rewrites.merge_candidates import Candidate, chain_candidate
+from prunefx.passes.rewrites.merge_rewrite import apply_merge, describe_merge
 
 aten = torch.ops.aten
 

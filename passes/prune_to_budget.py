@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from prunefx.graph import Program
-from prunefx.passes.budget_search import (
+from prunefx.passes.budget.measurement import as_measurer, round_to_of
+from prunefx.passes.budget.search import (
     CROSS_PROCESS,
     Acceptance,
     BudgetUnreachable,
@@ -47,14 +48,13 @@ from prunefx.passes.budget_search import (
     require_latency,
     speedup_text,
 )
-from prunefx.passes.config_checks import ConfigError
-from prunefx.passes.contract import graph_pass
-from prunefx.passes.measurement import as_measurer, round_to_of
-from prunefx.passes.pass_config import option
-from prunefx.passes.pipeline import run_inner
-from prunefx.passes.registry import shipped_pass
+from prunefx.passes.core.config_checks import ConfigError
+from prunefx.passes.core.contract import graph_pass
+from prunefx.passes.core.pass_config import option
+from prunefx.passes.core.pipeline import run_inner
+from prunefx.passes.core.registry import shipped_pass
+from prunefx.passes.core.result import Result
 from prunefx.passes.remove_channels import ChannelsRemoved, RemoveChannelsConfig, remove_channels
-from prunefx.passes.result import Result
 
 DEFAULT_ROUND_TO = 8  # remove_channels' own default, when neither the user nor the backend names a multiple
 SMALLEST_FRACTION = 0.02  # no search goes below 2 % of the MACs: past that, the budget is out of reach

@@ -61,12 +61,12 @@ from prunefx.graph.int8.quantization import (
     scale_of,
 )
 from prunefx.graph.int8.ranges import METHODS, RangeObserver
-from prunefx.passes.contract import graph_pass
+from prunefx.passes.core.contract import graph_pass
+from prunefx.passes.core.pass_config import PassConfig, option
+from prunefx.passes.core.pipeline import run_inner
+from prunefx.passes.core.registry import shipped_pass
+from prunefx.passes.core.result import Result
 from prunefx.passes.fold_batchnorm import Folded, fold_batchnorm
-from prunefx.passes.pass_config import PassConfig, option
-from prunefx.passes.pipeline import run_inner
-from prunefx.passes.registry import shipped_pass
-from prunefx.passes.result import Result
 
 OWNER = "quantize_int8"
 

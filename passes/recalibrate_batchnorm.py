@@ -49,10 +49,10 @@ from prunefx.graph import Program
 from prunefx.graph.activations import calibration_inputs, run_tapped, tap_nodes
 from prunefx.graph.attributes import attribute_name, get_tensor, set_tensor, tensor_name
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.contract import graph_pass
-from prunefx.passes.pass_config import PassConfig, option
-from prunefx.passes.registry import shipped_pass
-from prunefx.passes.result import Result
+from prunefx.passes.core.contract import graph_pass
+from prunefx.passes.core.pass_config import PassConfig, option
+from prunefx.passes.core.registry import shipped_pass
+from prunefx.passes.core.result import Result
 
 aten = torch.ops.aten
 # Both carry (input, weight, bias, running_mean, running_var, ...) as their first five arguments.

@@ -27,7 +27,7 @@ validation accuracy among 1e-1..1e-4 on the Fashion-MNIST ResNet-20 with 512 cal
 
 Records the sparsified weights in `program.analysis.sparsity` (pattern, criterion, weights, layers,
 skipped layers with reasons; JSON, saved with the Program): passes/distill.py keeps those zeros fixed
-while fine-tuning (passes/sparse_masks.py) and every export carries them. Exactness: "M:M" keeps every
+while fine-tuning (passes/rewrites/sparse_masks.py) and every export carries them. Exactness: "M:M" keeps every
 weight and changes nothing; a second run of magnitude or obs on weights that already obey the pattern
 changes nothing (`modified` is False). Non-goals: sparsity along output channels, grouped or depthwise
 convolutions, mm/addmm weights stored [in, out], FastCAP, gradual (multi-step) pruning schedules.
@@ -59,10 +59,10 @@ from prunefx.graph.sparsity.nm_masks import (
     relative_output_error,
     weight_from_grouped,
 )
-from prunefx.passes.contract import graph_pass
-from prunefx.passes.registry import shipped_pass
-from prunefx.passes.result import Result
-from prunefx.passes.sparsify_nm_config import UNSTRUCTURED, SparsifyNMConfig, checked_config
+from prunefx.passes.core.contract import graph_pass
+from prunefx.passes.core.registry import shipped_pass
+from prunefx.passes.core.result import Result
+from prunefx.passes.core.sparsify_nm_config import UNSTRUCTURED, SparsifyNMConfig, checked_config
 from prunefx.passes.training.engine import IGNORE_LABEL, logits_of
 
 _FISHER_BUDGET = 1 << 29  # bytes of float64 Fisher inverses held at once (512 MiB)

@@ -1,6 +1,6 @@
 """Command-line options shared by the commands, and flags derived from the passes' config classes.
 
-A flag that sets a pass option is made from the option's field (passes/pass_config.py): its type, its
+A flag that sets a pass option is made from the option's field (passes/core/pass_config.py): its type, its
 default, its bounds (checked while the command line is parsed), its choices and its help all come from
 the field, so a default or a range lives in one place. `pass_config(args, ...)` reads the flags back
 into the pass's config mapping. Options that are not pass options (output folder, calibration data,
@@ -17,8 +17,8 @@ import typing
 
 from prunefx import options
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.config_checks import ConfigError
-from prunefx.passes.pass_config import check_bounds
+from prunefx.passes.core.config_checks import ConfigError
+from prunefx.passes.core.pass_config import check_bounds
 from prunefx.runtime import backends
 from prunefx.runtime.budget_backends import (
     budget_backend_names,

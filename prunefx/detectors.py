@@ -47,7 +47,7 @@ import torch
 
 from prunefx.graph import CaptureError, Program, PrunefxError, capture
 from prunefx.graph.errors import first_line
-from prunefx.passes.pipeline import Pipeline, PipelineResult
+from prunefx.passes.core.pipeline import Pipeline, PipelineResult
 
 
 class PartError(PrunefxError):

@@ -2,7 +2,7 @@
 
 A recipe is YAML and cannot hold loaders or models, so the passes that need them get
 them here. What a pass needs is declared by the pass itself: its config class's fields with a `source`
-(passes/pass_config.py), narrowed by `reads()` to what this configuration reads (remove_channels reads
+(passes/core/pass_config.py), narrowed by `reads()` to what this configuration reads (remove_channels reads
 calibration data for data-driven importance or compensation, sparsify_nm for obs and cap). A key the
 recipe sets itself is left alone: `eval_data: null` turns evaluation during training off, `teacher: null`
 makes a training pass distil from its own input instead of the dense model. The sources:
@@ -29,7 +29,7 @@ from prunefx.compress_options import DEFAULTS, Options
 from prunefx.data.splits import DataSplits
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.pipeline import Pipeline, Step
+from prunefx.passes.core.pipeline import Pipeline, Step
 from prunefx.runtime import LATENCY_THREADS, latency_pair, speedup_measure
 
 CALIBRATION_BATCHES = 4

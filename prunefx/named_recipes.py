@@ -11,8 +11,8 @@ from pathlib import Path
 
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.safety.regular_files import require_regular_file
-from prunefx.passes.pipeline import Pipeline
-from prunefx.passes.recipe import RecipeError, pipeline_from_spec, read_recipe
+from prunefx.passes.core.pipeline import Pipeline
+from prunefx.passes.core.recipe import RecipeError, pipeline_from_spec, read_recipe
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 

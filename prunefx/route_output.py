@@ -11,10 +11,10 @@ from prunefx.budget.outcome import BudgetOutcome
 from prunefx.deliverable import write_model, write_report
 from prunefx.graph import Program, count
 from prunefx.output import staged_folder
+from prunefx.passes.core.pipeline import PipelineResult
 from prunefx.passes.depth_to_budget import DepthChosen
 from prunefx.passes.linearize_blocks import Linearized
 from prunefx.passes.merge_blocks import Merged
-from prunefx.passes.pipeline import PipelineResult
 from prunefx.reports.budget_text import search_lines
 
 

@@ -1,7 +1,7 @@
 """Latency budgets measured where the model will run, on any registered backend (runtime/backends/).
 
 The budget passes (prune_to_budget, depth_to_budget, choose_for_budget) take a Measurer
-(passes/measurement.py): `(before, after) -> (before ms, after ms, spread)`, with a `confirm` method (the same
+(passes/budget/measurement.py): `(before, after) -> (before ms, after ms, spread)`, with a `confirm` method (the same
 measurement, longer, with an interval on the speed-up where the backend's timing gives one) that alone
 accepts a candidate, and `round_to`, the width multiple the backend runs fastest. A budget stated for a GPU
 deployment must be met on that GPU: widths, merged blocks and INT8 pay off differently there than on a CPU.

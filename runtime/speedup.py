@@ -20,7 +20,7 @@ import torch
 from prunefx.graph import Program
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.graph.rebatch import rebatch
-from prunefx.passes.measurement import Timing
+from prunefx.passes.budget.measurement import Timing
 from prunefx.runtime.latency import LatencyComparison, LatencyStats, compare_latency, compare_rounds
 from prunefx.runtime.onnx_export import export_onnx
 from prunefx.runtime.onnx_quantized import export_quantized_onnx, onnxruntime_lowering
@@ -81,7 +81,7 @@ def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup:
     lower bound clears the budget, because one short measurement on a loaded machine can be off by 20 %
     (RegNetY-800MF: 2.05x in the search, 1.66x measured again).
     Its `confirm_longer` doubles the runs and the processes, for a candidate whose interval holds the budget
-    (passes/measurement.py's LongerMeasurer).
+    (passes/budget/measurement.py's LongerMeasurer).
     Its `round_to` is this CPU's width multiple for ONNX Runtime (16 with AVX-512, else 8).
 
     A search measures many candidates and only confirms a few, and a dynamo export costs far more than

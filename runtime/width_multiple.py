@@ -2,7 +2,7 @@
 
 Widths matter more than MACs: Torch-Pruning's arbitrary channel counts made MobileNetV2 0.55x
 as fast as dense on ONNX Runtime, and the same MACs on multiples of 16 1.57x faster. The multiple is a
-property of the target, so the budget measurers carry it (`round_to`, passes/measurement.py) and
+property of the target, so the budget measurers carry it (`round_to`, passes/budget/measurement.py) and
 prune_to_budget uses it unless the user names one:
 
 - ONNX Runtime on a CPU: the blocked (NCHWc) convolution kernels work on one SIMD register of float32

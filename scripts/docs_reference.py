@@ -64,7 +64,7 @@ def cli_reference() -> str:
 
 
 def _type_text(config_class, field: dataclasses.Field) -> str:
-    from prunefx.passes.pass_config import _type_name  # the wording the config errors use
+    from prunefx.passes.core.pass_config import _type_name  # the wording the config errors use
 
     hints = __import__("typing").get_type_hints(config_class)
     return field.metadata.get("describe") or _type_name(hints[field.name])
@@ -100,7 +100,7 @@ def pass_reference() -> str:
     """One section per registered pass: what it rewrites and a table of its config fields; the fields a
     caller injects (data, teacher, measuring function) in their own table."""
     from prunefx.passes import PASSES
-    from prunefx.passes.pass_config import SOURCES
+    from prunefx.passes.core.pass_config import SOURCES
 
     lines = []
     for name, function in sorted(PASSES.items()):

@@ -10,7 +10,7 @@ import logging
 import pytest
 
 from prunefx.graph.analysis_record import RETIRED, Analysis, AnalysisRecordError, LinearizeRecord
-from prunefx.passes.registry import get_pass, registered_passes
+from prunefx.passes.core.registry import get_pass, registered_passes
 
 FIELDS = [f.name for f in dataclasses.fields(Analysis)]
 

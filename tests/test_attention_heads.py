@@ -15,8 +15,8 @@ import torch
 from prunefx.graph import capture, verify
 from prunefx.graph.channels.attention_dims import head_dim_groups
 from prunefx.graph.channels.groups import find_channel_groups
-from prunefx.passes import config_checks
 from prunefx.passes.comb_channels import comb_channels
+from prunefx.passes.core import config_checks
 from prunefx.passes.fold_batchnorm import fold_batchnorm
 from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.prune_to_budget import prune_to_budget

@@ -11,8 +11,8 @@ from torch import nn
 
 from prunefx.graph import capture, count
 from prunefx.passes import prune_to_budget
-from prunefx.passes.budget_search import BudgetUnreachable
-from prunefx.passes.measurement import Timing
+from prunefx.passes.budget.measurement import Timing
+from prunefx.passes.budget.search import BudgetUnreachable
 from prunefx.runtime.latency import ratio_interval
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -112,7 +112,7 @@ def test_noisy_timings_accepted_on_the_bound_hold_the_budget(small, seed):
 
 
 def test_noisy_timings_accepted_on_the_point_hold_the_budget_once_the_floor_applies(small):
-    """A point must read 5 % above S (budget_search.CROSS_PROCESS), which these timings (4 % drift per block)
+    """A point must read 5 % above S (budget/search.py's CROSS_PROCESS), which these timings (4 % drift per block)
     do not reach from a width truly below S: point-only confirmation holds the budget on noise alone. Without
     that floor some of these seeds land below the budget. The systematic case still needs the bound (the
     optimistic stand-in above)."""

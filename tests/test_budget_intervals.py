@@ -1,5 +1,5 @@
 """The speed-up interval a confirmation gives (runtime/latency.py's block bootstrap), the Measurer protocol
-(passes/measurement.py) and the width multiple each backend prefers (runtime/width_multiple.py). The
+(passes/budget/measurement.py) and the width multiple each backend prefers (runtime/width_multiple.py). The
 oracles are worked out by hand here, not by the code under test."""
 
 import functools
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prunefx.passes.budget_search import Measured, meets, speedup_text
-from prunefx.passes.measurement import LongerMeasurer, Measurer, Timing, as_measurer
+from prunefx.passes.budget.measurement import LongerMeasurer, Measurer, Timing, as_measurer
+from prunefx.passes.budget.search import Measured, meets, speedup_text
 from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.latency import compare_latency, compare_rounds, ratio_interval
 from prunefx.runtime.speedup import PairMeasurer

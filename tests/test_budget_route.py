@@ -26,7 +26,7 @@ def stand_in_ms(program) -> float:
 
 
 class PerOperator:
-    """A Measurer (passes/measurement.py): stand_in_ms for both models; confirmed the same, as a point."""
+    """A Measurer (passes/budget/measurement.py): stand_in_ms for both models; confirmed the same, as a point."""
 
     round_to = None
 
@@ -45,7 +45,7 @@ def stand_in(monkeypatch):
     torch.manual_seed(0)
     program = capture(build_model("prunefx:mobilenetv2_small").module.eval(), torch.randn(2, 1, 28, 28))
     blocks = [block for block in find_blocks(program.module) if block.affine]
-    for module in ("prunefx.passes.depth_to_budget", "prunefx.passes.budget_candidates"):  # the joint route's too
+    for module in ("prunefx.passes.depth_to_budget", "prunefx.passes.budget.candidates"):  # the joint route's too
         monkeypatch.setattr(importlib.import_module(module), "ranked_blocks", lambda *args, **kwargs: (blocks, {}))
 
 
@@ -150,7 +150,7 @@ def test_the_refusal_names_depth_only_where_a_block_merges():
     from torch import nn
 
     from prunefx.commands.prune import width_refusal
-    from prunefx.passes.budget_search import BudgetUnreachable, Measured
+    from prunefx.passes.budget.search import BudgetUnreachable, Measured
 
     class Gated(nn.Module):
         def __init__(self):

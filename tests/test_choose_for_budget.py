@@ -20,10 +20,10 @@ from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.models import build_model
 from prunefx.passes import Pipeline
 from prunefx.passes.choose_for_budget import choose_for_budget
-from prunefx.passes.pipeline import Step
+from prunefx.passes.core.pipeline import Step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-module = importlib.import_module("prunefx.passes.budget_candidates")  # the search, where the inner passes are called
+module = importlib.import_module("prunefx.passes.budget.candidates")  # the search, where the inner passes are called
 INT8_GAIN = 1.25   # the stand-in runtime runs INT8 this much faster
 BUDGET = 1.6       # INT8 alone misses it; every merged block together gives about 1.38x, so depth alone misses too
 

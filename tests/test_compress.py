@@ -20,7 +20,7 @@ from prunefx.data.splits import DataSplits, tensor_batches
 from prunefx.graph import Program, PrunefxError, capture
 from prunefx.injection import CALIBRATION_BATCHES, inject, injected_keys
 from prunefx.named_recipes import recipe_path, shipped_recipes
-from prunefx.passes.recipe import pipeline_from_spec, read_recipe
+from prunefx.passes.core.recipe import pipeline_from_spec, read_recipe
 from prunefx.reports.compression import json_safe
 from prunefx.runtime import OnnxRuntimeSession
 

@@ -9,7 +9,7 @@ import yaml
 from prunefx.cli import EXIT_USER_ERROR, main
 from prunefx.data import fashion_mnist
 from prunefx.graph import Program
-from prunefx.passes.contract import graph_pass
+from prunefx.passes.core.contract import graph_pass
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(),

@@ -112,7 +112,7 @@ def test_the_api_reference_covers_every_public_name(module_name):
 
 def test_api_directives_point_where_the_object_is_defined():
     reference = _script("docs_reference")
-    assert reference.defining_path("prunefx", "Pipeline") == "prunefx.passes.pipeline.Pipeline"
+    assert reference.defining_path("prunefx", "Pipeline") == "prunefx.passes.core.pipeline.Pipeline"
     assert reference.defining_path("prunefx.passes", "PASSES") == "prunefx.passes.PASSES"  # data stays put
 
 
@@ -284,8 +284,8 @@ def repository_paths(markdown: str) -> set[str]:
 
 
 def _exists(path: str, *folders: Path) -> bool:
-    """The file or folder exists under one of `folders`: as written, as a module (`passes/pipeline`,
-    `passes/pipeline.Pipeline`), or with its placeholders (`benchmarks/results/NAME.json`) as a pattern."""
+    """The file or folder exists under one of `folders`: as written, as a module (`passes/core/pipeline`,
+    `passes/core/pipeline.Pipeline`), or with its placeholders (`benchmarks/results/NAME.json`) as a pattern."""
     module = re.sub(r"(\.[A-Za-z_]\w*)*$", "", path) + ".py" if not path.endswith((".py", "/")) else path
     pattern = PLACEHOLDERS.sub("*", path)
     return any((folder / path).exists() or (folder / module).is_file() or (pattern != path and any(folder.glob(pattern))) or
@@ -310,7 +310,7 @@ def test_repository_paths_are_found_in_code_and_placeholders_match_files():
                                       "docs/concepts.md", "examples/plain_loop_recovery.py"}
     assert _exists("benchmarks/results/NAME.json", ROOT) and not _exists("benchmarks/results/NAME.csv", ROOT)
     assert not _exists("DESIGN.md", ROOT) and not _exists("passes/no_such_module.Name", ROOT)
-    assert _exists("passes/pipeline.Pipeline", ROOT) and _exists("passes/pipeline", ROOT)
+    assert _exists("passes/core/pipeline.Pipeline", ROOT) and _exists("passes/core/pipeline", ROOT)
 
 
 @pytest.mark.parametrize("page", DOC_PAGES, ids=lambda p: str(p.relative_to(ROOT)))

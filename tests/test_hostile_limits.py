@@ -12,7 +12,7 @@ import torch
 from prunefx.cli import main
 from prunefx.graph import PrunefxError, capture
 from prunefx.passes import Pipeline, fold_batchnorm
-from prunefx.passes.recipe import MAX_RECIPE_STEPS, RecipeError, pipeline_from_spec, read_recipe
+from prunefx.passes.core.recipe import MAX_RECIPE_STEPS, RecipeError, pipeline_from_spec, read_recipe
 
 RESNET20 = ["prunefx:resnet20", "--input-shape", "1x1x28x28"]
 

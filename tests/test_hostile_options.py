@@ -23,7 +23,7 @@ from prunefx.graph import PrunefxError
 from prunefx.graph.program_metadata import MAX_INPUT_ELEMENTS
 from prunefx.models import parse_input_shape
 from prunefx.passes import Pipeline, Result, remove_channels
-from prunefx.passes.recipe import RecipeError, pipeline_from_spec, read_recipe
+from prunefx.passes.core.recipe import RecipeError, pipeline_from_spec, read_recipe
 from prunefx.runtime import export_onnx
 from prunefx.runtime.errors import OnnxExportError
 

@@ -16,7 +16,7 @@ from prunefx.graph import capture, count
 from prunefx.graph.channels.plan_latency import timed_layers
 from prunefx.graph.errors import PrunefxError
 from prunefx.models import build_model
-from prunefx.passes.measurement import Timing
+from prunefx.passes.budget.measurement import Timing
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 WIDTH = {"importance": "l2", "compensate": False}

@@ -17,7 +17,7 @@ from prunefx.graph.channels.removal import remove_classes
 from prunefx.graph.channels.selection import Selector, Target
 from prunefx.graph.errors import PrunefxError
 from prunefx.models import build_model
-from prunefx.passes.config_checks import ConfigError
+from prunefx.passes.core.config_checks import ConfigError
 from prunefx.passes.remove_channels import remove_channels
 
 WIDTHS = (4, 8, 12, 16)  # 16 channels at round_to 4, max_ratio 0.8

@@ -1,5 +1,5 @@
 """prunefx.meet_budget from Python: width, then depth, then both (`allow_depth`), with a typed outcome, and the
-one acceptance rule the three searches share (passes/budget_search.Acceptance).
+one acceptance rule the three searches share (passes/budget/search.Acceptance).
 
 The budget is measured by a stand-in runtime whose latency is the MACs plus a fixed cost per operator:
 channel pruning lowers the first only, merging blocks both, so width alone tops out near 1.4x on this model
@@ -20,8 +20,8 @@ from prunefx.graph.depth.blocks import find_blocks
 from prunefx.graph.errors import PrunefxError
 from prunefx.models import build_model
 from prunefx.passes import depth_to_budget
-from prunefx.passes.budget_search import CROSS_PROCESS, Acceptance, Measured
-from prunefx.passes.measurement import Timing
+from prunefx.passes.budget.measurement import Timing
+from prunefx.passes.budget.search import CROSS_PROCESS, Acceptance, Measured
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 WIDTH = {"importance": "l2", "compensate": False}  # no data-driven selection: fast, and not what is tested here
@@ -33,7 +33,7 @@ def stand_in_ms(program) -> float:
 
 
 class PerOperator:
-    """A Measurer (passes/measurement.py): stand_in_ms for both models; confirmed the same, as a point."""
+    """A Measurer (passes/budget/measurement.py): stand_in_ms for both models; confirmed the same, as a point."""
 
     round_to = None
 
@@ -57,7 +57,7 @@ def graph_order(mobilenet, monkeypatch):
     """The mergeable blocks in graph order in place of their damage ranking (a minute here; tested in
     test_linearize_blocks.py), for the depth and the joint routes."""
     blocks = [block for block in find_blocks(mobilenet[0].module) if block.affine]
-    for module in ("prunefx.passes.depth_to_budget", "prunefx.passes.budget_candidates"):
+    for module in ("prunefx.passes.depth_to_budget", "prunefx.passes.budget.candidates"):
         monkeypatch.setattr(importlib.import_module(module), "ranked_blocks", lambda *args, **kwargs: (blocks, {}))
     return mobilenet
 

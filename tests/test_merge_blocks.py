@@ -11,8 +11,8 @@ from prunefx.graph.analysis_record import LinearizeRecord
 from prunefx.graph.depth.affine_maps import ChannelAffine, Conv, Linear, NotExact
 from prunefx.graph.depth.affine_merge import add_identity, merge, merged_shape
 from prunefx.graph.depth.norm_replacement import NormReplacementError, layer_norm_to_batch_norm
+from prunefx.passes.core.registry import get_pass
 from prunefx.passes.merge_blocks import MergeBlocksError, merge_blocks
-from prunefx.passes.registry import get_pass
 
 aten = torch.ops.aten
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,4 @@
-"""The pass contract (passes/contract.py) enforced by the Pipeline, composite passes verified inside,
+"""The pass contract (passes/core/contract.py) enforced by the Pipeline, composite passes verified inside,
 the registry users extend, channel rules that refuse a silent override, and a light `import prunefx.graph`."""
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from prunefx.graph import capture
 from prunefx.graph.analysis_record import LinearizeRecord
 from prunefx.graph.channels.rules import RULES, channel_rule, remove_channel_rule
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.contract import graph_pass
+from prunefx.passes.core.contract import graph_pass
+from prunefx.passes.core.pipeline import Pipeline, PipelineError
+from prunefx.passes.core.recipe import load_recipe
+from prunefx.passes.core.registry import get_pass, register_pass, registered_passes, unregister_pass
+from prunefx.passes.core.result import Result
 from prunefx.passes.fold_batchnorm import fold_batchnorm
-from prunefx.passes.pipeline import Pipeline, PipelineError
 from prunefx.passes.quantize_int8 import quantize_int8
-from prunefx.passes.recipe import load_recipe
-from prunefx.passes.registry import get_pass, register_pass, registered_passes, unregister_pass
-from prunefx.passes.result import Result
 
 
 def _program():
@@ -137,12 +137,9 @@ def test_every_pass_file_registers_its_pass_and_the_package_exports_it():
     from pathlib import Path
 
     import prunefx.passes as package
-    from prunefx.passes import registry
+    from prunefx.passes.core import registry
 
     files = {info.name for info in pkgutil.iter_modules([str(Path(package.__file__).parent)]) if not info.ispkg}
-    files -= {"registry", "contract", "pipeline", "recipe", "result", "pass_config", "config_checks",
-              "sparsify_nm_config", "choose_for_budget_config", "budget_search", "budget_candidates",
-              "measurement", "damage_proxy", "merge_candidates", "merge_rewrite", "sparse_masks"}
     assert files == set(registry._SHIPPED)
     for name in files:
         assert getattr(package, name) is importlib.import_module(f"prunefx.passes.{name}").__dict__[name]
@@ -196,7 +193,7 @@ def test_the_cli_flags_choose_which_prunefx_records_reach_stderr(flags, shown, c
     from prunefx.cli import _logging_to_stderr, build_parser
 
     args = build_parser().parse_args([*flags, "demo"])
-    logger = logging.getLogger("prunefx.passes.pipeline")
+    logger = logging.getLogger("prunefx.passes.core.pipeline")
     with _logging_to_stderr(args):
         for level in ("debug", "info", "warning"):
             getattr(logger, level)("a %s record", level)

@@ -7,14 +7,14 @@ import torch
 
 from prunefx.graph import capture
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.contract import graph_pass
+from prunefx.passes.core.contract import graph_pass
+from prunefx.passes.core.pass_config import PassConfig
+from prunefx.passes.core.pipeline import Pipeline, PipelineError
+from prunefx.passes.core.recipe import RecipeError, load_recipe
+from prunefx.passes.core.registry import PASSES
+from prunefx.passes.core.result import Result
 from prunefx.passes.fold_batchnorm import fold_batchnorm
-from prunefx.passes.pass_config import PassConfig
-from prunefx.passes.pipeline import Pipeline, PipelineError
-from prunefx.passes.recipe import RecipeError, load_recipe
-from prunefx.passes.registry import PASSES
 from prunefx.passes.remove_channels import RemoveChannelsConfig
-from prunefx.passes.result import Result
 from prunefx.passes.training.config import TrainConfig
 
 
@@ -116,7 +116,7 @@ def test_stats_keep_every_run_of_a_repeated_pass():
     assert "fold_batchnorm" in stats
 
 
-# --- the typed pass contract (passes/pass_config.py) ------------------------------------------------
+# --- the typed pass contract (passes/core/pass_config.py) ------------------------------------------------
 
 @pytest.mark.parametrize("name", sorted(PASSES))
 def test_every_shipped_pass_declares_a_config_dataclass_and_its_in_place_behaviour(name):

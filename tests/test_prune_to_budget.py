@@ -11,8 +11,8 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.models import build_model
 from prunefx.passes import Pipeline, prune_to_budget
-from prunefx.passes.measurement import Timing
-from prunefx.passes.pipeline import PipelineError
+from prunefx.passes.budget.measurement import Timing
+from prunefx.passes.core.pipeline import PipelineError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -27,7 +27,7 @@ from torch import nn
 from prunefx.graph import Program, PrunefxError, capture
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.int8.ranges import RangeObserver
-from prunefx.passes.config_checks import ConfigError
+from prunefx.passes.core.config_checks import ConfigError
 from prunefx.passes.fold_batchnorm import fold_batchnorm
 from prunefx.passes.quantize_int8 import QuantizeInt8Config, quantize_int8
 from prunefx.runtime import OnnxRuntimeSession

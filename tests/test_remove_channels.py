@@ -11,8 +11,8 @@ from prunefx.graph.channels.importance import FisherAccumulator, _pseudo_label_l
 from prunefx.graph.channels.selection import allowed_widths
 from prunefx.graph.program import Program
 from prunefx.models import build_model
-from prunefx.passes.pipeline import Pipeline, Step
-from prunefx.passes.registry import get_pass
+from prunefx.passes.core.pipeline import Pipeline, Step
+from prunefx.passes.core.registry import get_pass
 from prunefx.passes.remove_channels import remove_channels
 
 

@@ -13,7 +13,7 @@ from prunefx.data.splits import CLASSIFICATION, DETECTION, SEGMENTATION, DataSpl
 from prunefx.graph import capture
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes import distill
-from prunefx.passes.pipeline import Pipeline, Step
+from prunefx.passes.core.pipeline import Pipeline, Step
 from prunefx.passes.training.config import TASKS
 from prunefx.passes.training.engine import TrainConfig, Trainer, TrainingError, detection_kd_loss
 

@@ -8,7 +8,7 @@ import torch
 
 import prunefx
 from prunefx.models import build_model, prepare_ultralytics
-from prunefx.passes.pipeline import Pipeline
+from prunefx.passes.core.pipeline import Pipeline
 from prunefx.passes.remove_channels import remove_channels
 
 ultralytics = pytest.importorskip("ultralytics")

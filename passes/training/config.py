@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.pass_config import PassConfig, option
+from prunefx.passes.core.pass_config import PassConfig, option
 
 OPTIMIZERS = ("sgd", "adamw")
 # What the model's output means, which decides the losses (passes/training/engine.py). The names are those of

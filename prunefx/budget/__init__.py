@@ -5,6 +5,6 @@ latency by width, depth or both (prunefx/budget/meet.py), and says how in a Budg
 from prunefx.budget.meet import meet_budget
 from prunefx.budget.outcome import ROUTES, BudgetOutcome, MeasuredOn, RouteRefusal
 from prunefx.budget.routes import depth_blocks
-from prunefx.passes.budget_search import BudgetUnreachable
+from prunefx.passes.budget.search import BudgetUnreachable
 
 __all__ = ["ROUTES", "BudgetOutcome", "BudgetUnreachable", "MeasuredOn", "RouteRefusal", "depth_blocks", "meet_budget"]

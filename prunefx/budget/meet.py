@@ -31,7 +31,7 @@ from prunefx.budget.routes import joint as joint_route
 from prunefx.budget.routes import width as width_route
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.budget_search import BudgetUnreachable, budget_text, speedup_text, unreachable_in
+from prunefx.passes.budget.search import BudgetUnreachable, budget_text, speedup_text, unreachable_in
 
 _log = logging.getLogger(__name__)  # where a route's progress goes when the caller gives no `log`
 CHOICES = ("macs", "latency")  # what steers the width search: the MACs kept, or a measured per-layer table

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prunefx.passes.budget_search import BudgetUnreachable, Measured
-from prunefx.passes.pipeline import PipelineResult
+from prunefx.passes.budget.search import BudgetUnreachable, Measured
+from prunefx.passes.core.pipeline import PipelineResult
 
 ROUTES = ("width", "depth", "width+depth")
 

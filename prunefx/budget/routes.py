@@ -6,7 +6,7 @@
   width search measures the whole stack against the dense model.
 
 Each returns the budget pass's search report and accepted measurement, or raises the pass's
-BudgetUnreachable. What is accepted is the one rule of passes/budget_search.Acceptance.
+BudgetUnreachable. What is accepted is the one rule of passes/budget/search.Acceptance.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from prunefx.graph import Program
 from prunefx.graph.depth.blocks import find_blocks
 from prunefx.graph.depth.branch_drop import droppable_blocks
-from prunefx.passes.budget_search import Measured
+from prunefx.passes.budget.search import Measured
 from prunefx.passes.choose_for_budget import choose_for_budget
+from prunefx.passes.core.pipeline import Pipeline, PipelineResult
 from prunefx.passes.depth_to_budget import DepthChosen, depth_to_budget
 from prunefx.passes.merge_blocks import merge_blocks
-from prunefx.passes.pipeline import Pipeline, PipelineResult
 from prunefx.passes.prune_to_budget import WidthChosen, prune_to_budget
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 

@@ -28,10 +28,10 @@ from prunefx.graph.depth.blocks import find_blocks
 from prunefx.graph.errors import PrunefxError
 from prunefx.loading import program_from_args
 from prunefx.output import check_output_folder
+from prunefx.passes.core.pipeline import Pipeline
 from prunefx.passes.depth_to_budget import DepthToBudgetConfig
 from prunefx.passes.linearize_blocks import LinearizeBlocksConfig, linearize_blocks
 from prunefx.passes.merge_blocks import MergeBlocksConfig, merge_blocks
-from prunefx.passes.pipeline import Pipeline
 from prunefx.route_output import write_depth
 
 NAME = "depth"

@@ -32,7 +32,7 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.graph.rebatch import rebatch
 from prunefx.loading import program_from_args
 from prunefx.output import check_output_folder, staged_folder
-from prunefx.passes.pipeline import Pipeline
+from prunefx.passes.core.pipeline import Pipeline
 from prunefx.passes.quantize_int8 import Quantized, QuantizeInt8Config, quantize_int8
 from prunefx.runtime import (
     check_parity,

@@ -35,7 +35,7 @@ def _setting(row: Mapping) -> str:
 
 
 def _interval(row: Mapping) -> str:
-    """' [1.98, 2.11]': the confirmation's interval, when it has one (budget_search.Measured.to_dict)."""
+    """' [1.98, 2.11]': the confirmation's interval, when it has one (budget/search.py's Measured.to_dict)."""
     interval = row.get("interval") or {}
     return f" [{interval['low']:.2f}, {interval['high']:.2f}]" if interval.get("method") not in (None, "point") else ""
 

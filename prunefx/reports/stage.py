@@ -2,7 +2,7 @@
 
 A recipe such as prune -> distill -> quantize -> distill delivers one model, but a user deciding whether
 the INT8 step or the second distillation was worth it needs each stage's cost and gain. The Pipeline calls
-a `StageMeter` after every pass (passes/pipeline.py, `after_step`); a pass that left the Program unchanged
+a `StageMeter` after every pass (passes/core/pipeline.py, `after_step`); a pass that left the Program unchanged
 gets a row saying so, and a stage whose measurement fails keeps the error in its row instead of failing
 the whole run, since the delivered model is measured again at the end in full.
 
@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from prunefx.graph import Program, count
 from prunefx.graph.errors import first_line
-from prunefx.passes.result import Result
+from prunefx.passes.core.result import Result
 from prunefx.runtime import onnx_latency_pair
 
 STAGE_TIMED_RUNS = 30  # per model and stage: enough to see a stage's effect, a fraction of the final timing

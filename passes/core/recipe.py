@@ -21,8 +21,8 @@ import yaml
 
 from prunefx.graph.errors import PrunefxError, first_line, printable
 from prunefx.graph.safety.regular_files import read_regular_file, require_regular_file
-from prunefx.passes.pipeline import Pipeline, Step
-from prunefx.passes.registry import get_pass
+from prunefx.passes.core.pipeline import Pipeline, Step
+from prunefx.passes.core.registry import get_pass
 
 MAX_RECIPE_BYTES = 1 << 20
 # Every step is verified in full after it runs: a recipe listing fold_batchnorm 40,000 times is hours of

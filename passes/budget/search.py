@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.measurement import LongerMeasurer, Timing, as_measurer
+from prunefx.passes.budget.measurement import LongerMeasurer, Timing, as_measurer
 
 # The lowest point an accepted candidate may read, in units of S: another process read accepted points 0.89x-1.05x
 # of the search's figure (2.07x accepted on [2.01, 2.10] read 1.98x there)
@@ -231,6 +231,6 @@ def unreachable_in(error: BaseException | None) -> BudgetUnreachable | None:
 def require_latency(pass_name: str, latency) -> None:
     """Budget passes measure through an injected Measurer; without one, say what to pass."""
     if latency is None:
-        raise PrunefxError(f"{pass_name} needs 'latency': a Measurer (passes/measurement.py), or a function "
+        raise PrunefxError(f"{pass_name} needs 'latency': a Measurer (passes/budget/measurement.py), or a function "
                            "(dense, candidate) -> (dense ms, candidate ms, spread), e.g. "
                            "prunefx.runtime.onnx_latency_pair()")

@@ -2,7 +2,7 @@
 
 A pass function keeps its plain signature `(program, /, *, config: dict) -> Result` (recipes are YAML
 and the Python API takes mappings) and names its config class in its contract
-(`@graph_pass(config=...)`, passes/contract.py):
+(`@graph_pass(config=...)`, passes/core/contract.py):
 
 - the fields' defaults are the pass's defaults, in one place; `ConfigClass.parse(mapping)` refuses
   unknown keys and values of the wrong type, in one line naming the pass and the key, then runs the
@@ -29,8 +29,8 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from prunefx.graph.errors import printable
-from prunefx.passes import config_checks as checks
-from prunefx.passes.config_checks import ConfigError
+from prunefx.passes.core import config_checks as checks
+from prunefx.passes.core.config_checks import ConfigError
 
 # What a caller can inject: compress and the CLI know how to make each of these.
 SOURCES = {

@@ -14,7 +14,7 @@ from prunefx.graph import Program
 from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.sparsity.nm_masks import Pattern
-from prunefx.passes.pass_config import PassConfig, option
+from prunefx.passes.core.pass_config import PassConfig, option
 
 CRITERIA = ("magnitude", "obs", "cap")
 UNSTRUCTURED = "unstructured"

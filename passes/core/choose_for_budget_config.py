@@ -9,9 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from prunefx.passes.config_checks import ConfigError
+from prunefx.passes.core.config_checks import ConfigError
+from prunefx.passes.core.pass_config import PassConfig, option
 from prunefx.passes.depth_to_budget import DepthToBudgetConfig
-from prunefx.passes.pass_config import PassConfig, option
 from prunefx.passes.prune_to_budget import PruneToBudgetConfig
 from prunefx.passes.quantize_int8 import QuantizeInt8Config
 

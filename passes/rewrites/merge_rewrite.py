@@ -1,4 +1,4 @@
-"""Writing a merge_blocks candidate (passes/merge_candidates.py) into the graph: the elements it replaces
+"""Writing a merge_blocks candidate (passes/rewrites/merge_candidates.py) into the graph: the elements it replaces
 become one conv2d or linear node (plus a bias-map add where a constant varies near padded borders), or
 nothing for a dropped identity; and the record of the merge that the pass's statistics list.
 """
@@ -9,7 +9,7 @@ import torch
 
 from prunefx.graph.attributes import free_name, get_tensor, set_tensor, users_of_tensor
 from prunefx.graph.depth.affine_maps import Conv, Linear
-from prunefx.passes.merge_candidates import Candidate
+from prunefx.passes.rewrites.merge_candidates import Candidate
 
 aten = torch.ops.aten
 

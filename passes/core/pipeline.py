@@ -1,7 +1,7 @@
 """Pipeline: an explicit, ordered tuple of passes, verified after every step; itself a pass.
 
 Before any pass runs, every step's config is parsed by its pass's config class. After each pass the
-Pipeline enforces the pass's contract (passes/contract.py): the Program it returns is the one it was
+Pipeline enforces the pass's contract (passes/core/contract.py): the Program it returns is the one it was
 given when it declares `in_place`, a new one otherwise; Analysis fields outside its `writes` are as they
 were; the Program verifies (graph lint, shape propagation, output shapes, re-export); and, for a pass
 that promises exactness, the outputs on the example inputs are those before the pass. A failure names
@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from prunefx.graph import Program, verify
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.contract import Contract, analysis_snapshot, as_pass, changed_fields
-from prunefx.passes.result import Facts, Pass, Result
+from prunefx.passes.core.contract import Contract, analysis_snapshot, as_pass, changed_fields
+from prunefx.passes.core.result import Facts, Pass, Result
 
 log = logging.getLogger(__name__)
 VERIFY_LEVELS = ("full", "shapes", "none")

@@ -27,8 +27,8 @@ from typing import Any
 
 from prunefx.graph import Program
 from prunefx.graph.analysis_record import Analysis
-from prunefx.passes.pass_config import PassConfig
-from prunefx.passes.result import Result
+from prunefx.passes.core.pass_config import PassConfig
+from prunefx.passes.core.result import Result
 
 ANALYSIS_FIELDS = tuple(f.name for f in dataclasses.fields(Analysis))
 PassFunction = Callable[..., Result]

@@ -1,6 +1,6 @@
 """Range checks of pass options, and the error they raise.
 
-Keys and types are checked by each pass's config class (passes/pass_config.py); these two helpers check
+Keys and types are checked by each pass's config class (passes/core/pass_config.py); these two helpers check
 the numbers the field bounds and a class's `check()` ask about, each error one line naming the pass and
 the key.
 """

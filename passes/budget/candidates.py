@@ -1,6 +1,6 @@
 """The candidates of `choose_for_budget`: for every combination of the allowed dimensions (width, depth,
 int8), the cheapest setting that meets the budget, measured as a whole model against the dense one, and
-its one-shot damage (passes/damage_proxy.py). The algorithm is in passes/choose_for_budget.py's docstring.
+its one-shot damage (passes/budget/damage_proxy.py). The algorithm is in passes/choose_for_budget.py's docstring.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from prunefx.graph import Program, count
 from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.budget_search import Acceptance, BudgetUnreachable, Measured, budget_text, require_latency
-from prunefx.passes.choose_for_budget_config import DIMENSIONS, SMALLEST_SHARE, ChooseForBudgetConfig
-from prunefx.passes.damage_proxy import kl_damage, model_outputs
+from prunefx.passes.budget.damage_proxy import kl_damage, model_outputs
+from prunefx.passes.budget.measurement import Timing, as_measurer, round_to_of
+from prunefx.passes.budget.search import Acceptance, BudgetUnreachable, Measured, budget_text, require_latency
+from prunefx.passes.core.choose_for_budget_config import DIMENSIONS, SMALLEST_SHARE, ChooseForBudgetConfig
+from prunefx.passes.core.pipeline import PipelineError, run_inner
 from prunefx.passes.depth_to_budget import DepthChosen, depth_to_budget, no_block_message
 from prunefx.passes.linearize_blocks import ranked_blocks
-from prunefx.passes.measurement import Timing, as_measurer, round_to_of
 from prunefx.passes.merge_blocks import merge_blocks
-from prunefx.passes.pipeline import PipelineError, run_inner
 from prunefx.passes.prune_to_budget import WidthChosen, prune_to_budget
 from prunefx.passes.quantize_int8 import Quantized, quantize_int8
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
@@ -257,7 +257,7 @@ class _Finished:
     def __init__(self, latency, dense: Program, finish: Callable[[Program], Program] | None,
                  seen: Callable[[float], None]):
         self.latency, self.dense, self.finish, self.seen = as_measurer(latency), dense, finish, seen
-        self.round_to = round_to_of(latency)  # a Measurer (passes/measurement.py): the backend's multiple
+        self.round_to = round_to_of(latency)  # a Measurer (passes/budget/measurement.py): the backend's multiple
 
     def __call__(self, _start: Program, candidate: Program):
         return self._seen(self.latency(self.dense, self._finished(candidate)))

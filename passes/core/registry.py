@@ -13,8 +13,8 @@ from types import MappingProxyType
 from typing import Any
 
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.contract import as_pass
-from prunefx.passes.result import Pass
+from prunefx.passes.core.contract import as_pass
+from prunefx.passes.core.result import Pass
 
 _SHIPPED: dict[str, Pass] = {}  # filled by @shipped_pass where each pass is defined
 _REGISTERED: dict[str, Pass] = {}

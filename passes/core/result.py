@@ -1,6 +1,6 @@
 """What a pass returns, and what a pass is.
 
-A pass is declared with `@graph_pass(...)` (passes/contract.py): a function
+A pass is declared with `@graph_pass(...)` (passes/core/contract.py): a function
 `(program, /, *, config) -> Result` with its contract (config class, in-place behaviour, exactness,
 Analysis fields read and written). It returns a new or rewritten Program, whether it really changed
 anything (`modified` is computed, never assumed) and statistics describing what it did: `stats` is the
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from prunefx.graph import Program
 
 if TYPE_CHECKING:
-    from prunefx.passes.contract import Contract
+    from prunefx.passes.core.contract import Contract
 
 
 Facts = TypeVar("Facts")
