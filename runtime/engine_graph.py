@@ -43,14 +43,6 @@ class GraphIndex:
         self._origins: dict[str, str] = {}
         self._reaches: dict[str, bool] = {}
 
-    def _first_input(self, name: str) -> tuple[str, onnx.NodeProto | None]:
-        """The first input of the node that produces `name`, and that node's own producer ('' and None
-        when `name` is not produced, or its producer reads nothing)."""
-        node = self.producer.get(name)
-        if node is None or not node.input:
-            return "", None
-        return node.input[0], self.producer.get(node.input[0])
-
     def value(self, name: str) -> np.ndarray | None:
         """A constant's values; through a DequantizeLinear its integer codes (zeros stay zeros), through a
         Transpose the transposed array; None for a computed tensor."""

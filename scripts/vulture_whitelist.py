@@ -38,4 +38,6 @@ ENTRY_POINTS = [
     framework.kdim,
     framework.vdim,
     framework.input_size,
+    framework.extra_repr,           # nn.Module's repr hook (prunefx/interop/subgraph_module.py)
+    framework.raw_data,             # onnx TensorProto field, read by onnx (runtime/onnx_external.py)
 ]
