@@ -61,8 +61,12 @@ class LayerGrid:
     in_widths: tuple[int, ...]
     out_widths: tuple[int, ...]
     ms: tuple[tuple[float, ...], ...]
+    tied: bool = False  # a depthwise layer: its output width follows its input's, one row of one column each
 
     def at(self, in_width: int, out_width: int) -> float:
+        if self.tied:  # the removal keeps a depthwise layer's widths together: its input width says it all
+            i0, i1, s, scale = _bracket(self.in_widths, in_width)
+            return ((1 - s) * self.ms[i0][0] + s * self.ms[i1][0]) * scale
         (i0, i1, s, scale_in), (j0, j1, t, scale_out) = _bracket(self.in_widths, in_width), _bracket(
             self.out_widths, out_width)
         ms = self.ms
@@ -99,7 +103,8 @@ class LatencyTable:
     def to_dict(self) -> dict:
         return {"identity": self.identity, "measured": self.measured, "cached": self.cached,
                 "layers": {name: {"in_widths": list(g.in_widths), "out_widths": list(g.out_widths),
-                                  "ms": [list(row) for row in g.ms]} for name, g in self.grids.items()}}
+                                  "ms": [list(row) for row in g.ms], "tied": g.tied}
+                           for name, g in self.grids.items()}}
 
 
 def build_latency_table(layers: Sequence[TimedLayer], timer: LayerTimer, *, multiple: int, max_ratio: float = 0.8,
@@ -112,12 +117,17 @@ def build_latency_table(layers: Sequence[TimedLayer], timer: LayerTimer, *, mult
     grids, measured, cached = {}, 0, 0
     for layer in layers:
         dense = layer.with_batch(batch) if batch is not None else layer
-        ins = grid_widths(dense.in_channels, multiple, max_ratio, points)
-        outs = grid_widths(dense.out_channels, multiple, max_ratio, points)
+        tied = dense.groups > 1 and dense.groups == dense.in_channels
+        # a grouped convolution runs only at widths its groups divide; a depthwise one has one axis
+        step = math.lcm(multiple, dense.groups) if dense.groups > 1 and not tied else multiple
+        ins = grid_widths(dense.in_channels, step, max_ratio, points)
+        outs = (dense.out_channels,) if tied else grid_widths(dense.out_channels, step, max_ratio, points)
         rows = []
         for in_width in ins:
             row = []
             for out_width in outs:
+                if tied:  # the channel multiplier stays as it was
+                    out_width = in_width * dense.out_channels // dense.in_channels
                 resized = dense.resized(in_width, out_width)
                 ms = cache.get(resized.geometry())
                 if ms is None:
@@ -128,7 +138,7 @@ def build_latency_table(layers: Sequence[TimedLayer], timer: LayerTimer, *, mult
                     cached += 1
                 row.append(ms)
             rows.append(tuple(row))
-        grids[layer.name] = LayerGrid(ins, outs, tuple(rows))
+        grids[layer.name] = LayerGrid(ins, outs, tuple(rows), tied)
     if measured:
         cache.save()
     log.info("latency table: %d layers, %d entries timed, %d from %s", len(grids), measured, cached, cache.path)

@@ -254,3 +254,36 @@ def test_a_cuda_table_on_a_real_gpu(tmp_path):
     table = build_latency_table([CONV], timer, multiple=8, batch=8, cache_dir=tmp_path)
     assert timer.device == torch.cuda.get_device_name() and table.measured == 4 * 4
     assert all(0 < ms < 100 for row in table.grids["conv"].ms for ms in row)
+
+
+class Grouped(torch.nn.Module):
+    """A depthwise convolution with a channel multiplier of 2, and a grouped one whose groups (4) do not divide
+    every multiple of 8: only widths the runtime can run may be timed."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 24, 1)
+        self.depthwise = torch.nn.Conv2d(24, 48, 3, padding=1, groups=24)
+        self.grouped = torch.nn.Conv2d(48, 40, 3, padding=1, groups=4)
+
+    def forward(self, x):
+        return self.grouped(self.depthwise(self.stem(x)))
+
+
+def test_depthwise_and_grouped_layers_are_timed_only_at_widths_they_run(tmp_path):
+    program = capture(Grouped().eval(), torch.randn(1, 3, 8, 8))
+    stem, depthwise, grouped = timed_layers(program.module)
+    timer = FakeTimer()
+    table = program_latency_table(program, timer, multiple=8, batch=1, cache_dir=tmp_path)
+    for geometry in timer.timed:  # every timed layer's groups divide both its widths
+        inputs, out, groups = (int(geometry.split(key)[1].split(",")[0].split("]")[0].split(" ")[0])
+                               for key in ("in=[1, ", "out=", "g="))
+        assert inputs % groups == 0 and out % groups == 0, geometry
+    tied = table.grids[depthwise.name]
+    assert tied.tied and tied.out_widths == (48,)  # one axis: the output follows the input, times 2
+    assert table(depthwise, 16, 32) == pytest.approx(_ms(16, 32)) and table(depthwise, 16, 999) == table(depthwise, 16, 32)
+    assert set(table.grids[grouped.name].in_widths) <= {8, 16, 24, 32, 40, 48}
+    assert all(w % 8 == 0 for w in table.grids[grouped.name].out_widths)
+    # the ONNX Runtime timer runs every geometry of this table (a width its groups do not divide would fail)
+    program_latency_table(program, layer_timer("ort", Settings(threads=1, runs=1, warmup=0)), multiple=8, batch=1,
+                          cache_dir=tmp_path / "ort")
