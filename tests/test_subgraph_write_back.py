@@ -129,3 +129,33 @@ def test_volo_writes_back_without_a_resizer():
     with torch.no_grad():
         expected = torch.cat([program(other[i:i + 1]) for i in range(2)])
         assert torch.allclose(written(other), expected, rtol=1e-4, atol=1e-5)
+
+
+class ScaledHalvesBlock(HalvesBlock):
+    """Called with a constant besides its input, as window partitions take their window size."""
+
+    def forward(self, x, scale=1.0, bias=None):
+        return super().forward(x) * scale
+
+
+class ScaledNet(Net):
+    def forward(self, x):
+        return self.head(self.block(self.stem(x), 2.0, bias=None))
+
+
+def test_a_block_called_with_constants_besides_its_input_is_made_from_its_subgraph():
+    torch.manual_seed(0)
+    model = ScaledNet()
+    model.block = ScaledHalvesBlock()
+    model.eval()
+    with torch.no_grad():
+        model.block.cv1[0].weight[:16] *= 0.01
+    program = capture(model, torch.rand(1, 3, 8, 8)).eval()
+    remove_channels(program, config={"macs": 0.35, "importance": "l2"})
+    written = to_module(program, model)
+    x = torch.rand(1, 3, 8, 8)
+    assert isinstance(written.block, SubgraphModule)
+    with torch.no_grad():  # the oracle: the Program, on an input it never saw
+        torch.testing.assert_close(written(x), program(x))
+    with pytest.raises(Exception, match="reads one tensor, and its caller passes more"):
+        written.block(torch.rand(1, 8, 8, 8), torch.ones(1))

@@ -50,10 +50,7 @@ MODEL_REFUSALS = {  # models the write-back refuses, and words their one-line re
     "torchvision:swin_t": "(ShiftedWindowAttention)",
     # nn.MultiheadAttention: one width for heads and input, which global ranking cuts apart
     "torchvision:vit_b_16": "module 'encoder.layers.encoder_layer_0.self_attention': nn.MultiheadAttention holds one",
-    # window partitions sized from the input width, which global ranking cuts apart from the attention's
-    "torchvision:maxvit_t": "(RelativePositionalMultiHeadAttention)",
     # attention widths computed from the residual width, or tables sized by the head dim
-    "timm:beitv2_base_patch16_224": "module 'blocks.0.attn'",
     "timm:eva02_tiny_patch14_224": "module 'blocks.0.attn'",
     "timm:coatnet_rmlp_nano_rw_224": "(RelPosMlp)",
     "timm:maxxvit_rmlp_nano_rw_256": "(RelPosMlp)",

@@ -170,7 +170,11 @@ class SubgraphModule(nn.Module):
         exec(compile(self._source, f"<subgraph of {self.source_module}>", "exec"), namespace)
         self._forward = namespace["forward"]
 
-    def forward(self, x):
+    def forward(self, x, *args, **kwargs):
+        # its graph reads one tensor from outside; what else the caller passes (a window size, a None bias) was
+        # a constant when the Program was captured, and a tensor there would be one the graph cannot see
+        if any(isinstance(value, torch.Tensor) for value in (*args, *kwargs.values())):
+            raise SubgraphError(f"the subgraph of {self.source_module} reads one tensor, and its caller passes more")
         return self._forward(self, x)
 
     def __getstate__(self):
