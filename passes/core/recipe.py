@@ -21,6 +21,7 @@ import yaml
 
 from prunefx.graph.errors import PrunefxError, first_line, printable
 from prunefx.graph.safety.regular_files import read_regular_file, require_regular_file
+from prunefx.graph.safety.yaml_loader import no_alias_loader
 from prunefx.passes.core.pipeline import Pipeline, Step
 from prunefx.passes.core.registry import get_pass
 
@@ -35,15 +36,7 @@ class RecipeError(PrunefxError):
     pass
 
 
-class _RecipeLoader(yaml.SafeLoader):
-    """yaml's safe loader, refusing aliases (see the module docstring)."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a recipe",
-                                              event.start_mark)
-        return super().compose_node(parent, index)
+_RecipeLoader = no_alias_loader("a recipe")
 
 
 def _step(entry, index: int) -> Step:

@@ -24,6 +24,7 @@ import yaml
 
 from prunefx.graph.errors import PrunefxError, first_line, printable
 from prunefx.graph.safety.regular_files import read_regular_file
+from prunefx.graph.safety.yaml_loader import no_alias_loader
 
 MAX_TEXT_BYTES = 16 << 20          # a data yaml, a class list, a palette, one image's labels
 MAX_JSON_BYTES = 1 << 30           # COCO 2017's train annotations are 448 MB
@@ -75,15 +76,7 @@ def read_text(path: str | Path, root: str | Path | None, what: str, max_bytes: i
         raise PrunefxError(f"{what} {printable(str(path))} is not UTF-8 text (byte {error.start})") from None
 
 
-class _DataLoader(yaml.SafeLoader):
-    """yaml's safe loader (no tags that build objects), refusing aliases (*name)."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a data set's yaml",
-                                              event.start_mark)
-        return super().compose_node(parent, index)
+_DataLoader = no_alias_loader("a data set's yaml")
 
 
 def load_yaml(data: bytes, path: str | Path, what: str):
