@@ -29,6 +29,21 @@ CAPTURE_BATCH_LIMIT = 64
 WARMUP_CALLS = 3  # before capture: cuDNN picks its algorithms and inductor compiles on the first calls
 
 
+def graph_replay(run: Callable[[], object], *, warmup: int = 1) -> Callable[[], object]:
+    """`run` (a zero-argument GPU callable) captured once as a CUDA graph; the returned callable replays it.
+    Warm-up runs on a side stream first, as capture requires (lazy initialisation must not be recorded)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return graph.replay
+
+
 class CudaDevice:
     """What touches the GPU: placing a module, compiling, capturing a graph, timing a call with events."""
 
@@ -57,15 +72,7 @@ class CudaDevice:
 
     def capture(self, run: Callable[[], object]) -> Callable[[], object]:
         """`run` captured as one CUDA graph (after warm-up on a side stream); calling the result replays it."""
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            run()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            run()
-        return graph.replay
+        return graph_replay(run)
 
     def time(self, run: Callable[[], object]) -> float:
         """Milliseconds of one call of `run` on the GPU, between two CUDA events on the current stream."""

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.sparsity.nm_masks import Pattern, grouped_matrix, magnitude_mask, pattern_violations
+from prunefx.runtime.cuda_graph import graph_replay
 from prunefx.runtime.latency import LatencyStats
 
 TWO_FOUR = Pattern(2, 4)
@@ -129,16 +130,7 @@ def cuda_graphed(fn, *, warmup: int = 3):
     what the kernels cost once the host is out of the way (as under `torch.compile(mode="reduce-overhead")` or
     in a TensorRT engine). Warm-up runs on a side stream first, as CUDA graph capture requires."""
     require_sparse_gpu()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
+    return graph_replay(fn, warmup=warmup)
 
 
 def _alternate(dense_fn, sparse_fn, *, warmup: int, runs: int, calls_per_run: int):
