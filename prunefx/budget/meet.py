@@ -31,7 +31,9 @@ from prunefx.budget.routes import joint as joint_route
 from prunefx.budget.routes import width as width_route
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
+from prunefx.passes.budget.measurement import round_to_of
 from prunefx.passes.budget.search import BudgetUnreachable, budget_text, speedup_text, unreachable_in
+from prunefx.passes.prune_to_budget import DEFAULT_ROUND_TO
 
 _log = logging.getLogger(__name__)  # where a route's progress goes when the caller gives no `log`
 CHOICES = ("macs", "latency")  # what steers the width search: the MACs kept, or a measured per-layer table
@@ -111,7 +113,7 @@ def _latency_table(program: Program, backend: str, precision: str, batch: int, t
 
     timer = layer_timer(backend, Settings(precision=precision, batch=batch, threads=threads or LATENCY_THREADS,
                                           compile=compile))
-    multiple = round_to or getattr(measurer, "round_to", None) or 8
+    multiple = round_to or round_to_of(measurer) or DEFAULT_ROUND_TO  # as the width search resolves it
     return program_latency_table(program, timer, multiple=int(multiple), batch=batch, cache_dir=cache_dir)
 
 
