@@ -15,11 +15,13 @@ the thousands the two differ by less than 0.1 %.
 These are exact statistics, not momentum updates: the result does not depend on batch order, and a
 second run on the same data changes nothing (`modified` is False).
 
-Batch norms are recalibrated in graph order by depth: a batch norm's input depends on the statistics of
-the batch norms before it, so the batch norms are grouped by "level" (1 + the highest level among the
-batch norms upstream of their input) and each level is one pass over the data, run after the earlier
-levels were set. A chain of k batch norms therefore costs k passes (each one truncated to the tensors
-it reads).
+A batch norm's input depends on the statistics of the batch norms before it. When the activations of
+every batch fit in _WALK_BUDGET bytes at once (estimated from the captured shapes), the graph is run
+once over all batches node by node (graph/batch_walk.py), each batch norm set just before it runs. Else
+the batch norms are grouped by "level" (1 + the highest level among the batch norms upstream of their
+input) and each level is one pass over the data, batch by batch, run after the earlier levels were set:
+a chain of k batch norms then costs k passes (each one truncated to the tensors it reads). Both give the
+same statistics.
 
 Config:
 - `data` (required): calibration batches, a list or iterable of input tuples (or tensors) or of
@@ -47,6 +49,7 @@ import torch
 
 from prunefx.graph import Program
 from prunefx.graph.activations import calibration_inputs, run_tapped, tap_nodes
+from prunefx.graph.batch_walk import live_bytes, walk
 from prunefx.graph.attributes import attribute_name, get_tensor, set_tensor, tensor_name
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.core.contract import graph_pass
@@ -57,6 +60,7 @@ from prunefx.passes.core.result import Result
 aten = torch.ops.aten
 # Both carry (input, weight, bias, running_mean, running_var, ...) as their first five arguments.
 _BATCH_NORMS = (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default)
+_WALK_BUDGET = 2 << 30  # bytes of activations held at once for the one-pass walk (all batches together)
 
 
 @dataclass
@@ -79,14 +83,17 @@ def recalibrate_batchnorm(program: Program, /, *, config: dict | None = None) ->
     try:
         norms, skipped = _recalibratable(program.module)
         norms = _only(norms, config.get("nodes"))
-        levels = _levels(program.module, norms)
-        changed = 0
-        for level in range(max(levels.values(), default=-1) + 1):
-            changed += _recalibrate_level(program.module, [n for n in norms if levels[n] == level], batches)
+        if norms and live_bytes(program.module, norms) * len(batches) <= _WALK_BUDGET:
+            changed, passes = _recalibrate_in_one_walk(program.module, norms, batches), 1
+        else:
+            levels = _levels(program.module, norms)
+            passes = len(set(levels.values()))
+            changed = sum(_recalibrate_level(program.module, [n for n in norms if levels[n] == level], batches)
+                          for level in range(max(levels.values(), default=-1) + 1))
     finally:
         program.train(was_training)
     stats = {"batch_norms": len(norms) + sum(skipped.values()), "recalibrated": len(norms),
-             "changed": changed, "skipped": dict(skipped), "passes_over_data": len(set(levels.values())),
+             "changed": changed, "skipped": dict(skipped), "passes_over_data": passes,
              "batches": len(batches), "images": sum(int(batch[0].shape[0]) for batch in batches),
              "variance": "unbiased"}
     return Result(program, modified=changed > 0, stats=stats)
@@ -136,6 +143,21 @@ def _levels(module: torch.fx.GraphModule, norms: list[torch.fx.Node]) -> dict[to
     return levels
 
 
+def _recalibrate_in_one_walk(module: torch.fx.GraphModule, norms: list[torch.fx.Node], batches) -> int:
+    """One walk over all batches at once: each batch norm's statistics set just before it runs."""
+    changed = 0
+
+    def set_norm(node: torch.fx.Node, inputs: list[torch.Tensor]) -> None:
+        nonlocal changed
+        total: list = [0, None, None]
+        for x in inputs:
+            _accumulate(total, x)
+        changed += _set_statistics(module, node, *total)
+
+    walk(module, batches, norms, set_norm)
+    return changed
+
+
 def _recalibrate_level(module: torch.fx.GraphModule, norms: list[torch.fx.Node], batches) -> int:
     """One pass over the data reading the inputs of `norms`; set their statistics; return how many changed."""
     inputs = [cast(torch.fx.Node, node.args[0]) for node in norms]  # a batch norm reads a tensor node
@@ -143,12 +165,17 @@ def _recalibrate_level(module: torch.fx.GraphModule, norms: list[torch.fx.Node],
     sums: list[list] = [[0, None, None] for _ in norms]  # n, S1, S2 per batch norm
     for batch in batches:
         for total, x in zip(sums, run_tapped(tapped, batch)):
-            x = x.detach().double().transpose(0, 1).reshape(x.shape[1], -1)  # channels x values
-            total[0] += x.shape[1]
-            s1, s2 = x.sum(dim=1), x.square().sum(dim=1)
-            total[1] = s1 if total[1] is None else total[1] + s1
-            total[2] = s2 if total[2] is None else total[2] + s2
+            _accumulate(total, x)
     return sum(_set_statistics(module, node, *total) for node, total in zip(norms, sums))
+
+
+def _accumulate(total: list, x: torch.Tensor) -> None:
+    """Add one batch's n, S1, S2 per channel (dim 1) to `total`, in float64."""
+    x = x.detach().double().transpose(0, 1).reshape(x.shape[1], -1)  # channels x values
+    total[0] += x.shape[1]
+    s1, s2 = x.sum(dim=1), x.square().sum(dim=1)
+    total[1] = s1 if total[1] is None else total[1] + s1
+    total[2] = s2 if total[2] is None else total[2] + s2
 
 
 def _set_statistics(module: torch.fx.GraphModule, node: torch.fx.Node, n: int, s1, s2) -> bool:

@@ -2,6 +2,7 @@
 recalibration: exact where the algebra says so, better than nothing on a real model, exact statistics."""
 
 import copy
+import sys
 
 import numpy as np
 import pytest
@@ -262,6 +263,21 @@ def test_recalibrated_statistics_equal_those_computed_directly(images):
     verify(result.program)
     again = recalibrate_batchnorm(result.program, config={"data": data})
     assert not again.modified and again.stats["changed"] == 0
+
+
+def test_the_one_pass_walk_and_the_level_passes_set_the_same_statistics(images, monkeypatch):
+    """The walk (all batches at once, node by node) and the batch-by-batch level passes, forced by a
+    zero memory budget, agree; the walk reads the data once."""
+    recalibration = sys.modules["prunefx.passes.recalibrate_batchnorm"]  # the package exports the pass by that name
+    _, program = _resnet20(images)
+    data = _batches(images, 0, 3)
+    walked = recalibrate_batchnorm(program.clone(), config={"data": data})
+    monkeypatch.setattr(recalibration, "_WALK_BUDGET", 0)
+    levelled = recalibrate_batchnorm(program.clone(), config={"data": data})
+    assert walked.stats["passes_over_data"] == 1 < levelled.stats["passes_over_data"]
+    expected = levelled.program.state_dict()
+    for name, value in walked.program.state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-6, atol=1e-7)
 
 
 def test_recalibration_reads_max_batches_and_keeps_training_mode(images):
