@@ -1,0 +1,97 @@
+"""Torch-Pruning's side of benchmarks/tool_speed.py: one model pruned to a MACs fraction, in its own process.
+
+What a Torch-Pruning user runs: build the model (the same builder and random weights as `prunefx prune`),
+then MetaPruner with MagnitudeImportance(p=2) at one uniform ratio (the classifier kept whole, timm
+attention heads kept whole), the ratio found by bisection on Torch-Pruning's own MAC counter
+(`tp.utils.count_ops_and_params`) until the pruned model keeps the asked fraction within 1 %. Each try
+prunes a fresh copy of the dense model. No calibration data, no export, no parity check.
+
+Prints one JSON line on stdout: the dense parameters and MACs, the fraction reached, the ratio, the tries
+and the seconds spent building, searching and in the last single prune (what one prune costs when the
+ratio is known). The caller times the whole process; this file only times its parts.
+
+    .venv/bin/python benchmarks/_tool_speed_torch_pruning.py torchvision:resnet50 --macs 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+import warnings
+
+import torch
+import torch_pruning as tp
+
+from prunefx.models import build_model
+
+MAX_TRIES = 12
+CLOSE_ENOUGH = 0.01  # relative distance to the asked MACs fraction that ends the bisection
+
+
+def _attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """timm-style attention: a fused qkv Linear and an int num_heads (the reshape reads them)."""
+    return [m for m in model.modules()
+            if isinstance(getattr(m, "qkv", None), torch.nn.Linear) and isinstance(getattr(m, "num_heads", None), int)]
+
+
+def prune_at(dense: torch.nn.Module, example: torch.Tensor, ratio: float) -> torch.nn.Module:
+    """Torch-Pruning at one uniform channel ratio on a deep copy of `dense`."""
+    model = copy.deepcopy(dense)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    attentions = _attention_modules(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its notes about unwrapped parameters (layer scales, tokens) are expected
+        pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=2),
+                                      global_pruning=False, pruning_ratio=ratio, ignored_layers=linears[-1:],
+                                      num_heads={m.qkv: m.num_heads for m in attentions})
+        pruner.step()
+    for m in attentions:  # the head count stays; the head width follows the pruned qkv
+        m.num_heads = pruner.num_heads[m.qkv]
+        m.head_dim = m.qkv.out_features // (3 * m.num_heads)
+        if hasattr(m, "attn_dim"):
+            m.attn_dim = m.num_heads * m.head_dim
+    return model.eval()
+
+
+def prune_to_macs(dense: torch.nn.Module, example: torch.Tensor, fraction: float) -> dict:
+    """Bisection on the ratio; the closest try wins. Returns what was reached and the time of each part."""
+    dense_macs, dense_params = tp.utils.count_ops_and_params(dense, example)
+    low, high, tries, best = 0.0, 0.95, [], None
+    while len(tries) < MAX_TRIES:
+        ratio = 0.5 * (low + high)
+        start = time.perf_counter()
+        pruned = prune_at(dense, example, ratio)
+        seconds = time.perf_counter() - start
+        kept = tp.utils.count_ops_and_params(pruned, example)[0] / dense_macs
+        tries.append({"ratio": ratio, "macs_kept": kept, "prune_seconds": seconds})
+        if best is None or abs(kept - fraction) < abs(best["macs_kept"] - fraction):
+            best = tries[-1]
+        if abs(kept - fraction) <= CLOSE_ENOUGH * fraction:
+            break
+        low, high = (ratio, high) if kept > fraction else (low, ratio)
+    return {"params": int(dense_params), "macs": int(dense_macs), "macs_kept": best["macs_kept"],
+            "ratio": best["ratio"], "one_prune_seconds": best["prune_seconds"], "tries": tries}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="a prunefx model reference (torchvision:resnet50, timm:...)")
+    parser.add_argument("--macs", type=float, default=0.5, help="fraction of the MACs to keep (default 0.5)")
+    parser.add_argument("--device", default="cpu", help="where the model is pruned (default cpu)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    spec = build_model(args.model)
+    dense = spec.module.eval().to(args.device)
+    example = torch.randn(spec.default_input_shape, device=args.device)
+    built = time.perf_counter()
+    result = prune_to_macs(dense, example, args.macs)  # with autograd on: Torch-Pruning traces grad_fn
+    result.update(build_seconds=built - start, search_seconds=time.perf_counter() - built,
+                  torch_threads=torch.get_num_threads(), torch_pruning=getattr(tp, "__version__", None))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

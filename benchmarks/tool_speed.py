@@ -1,0 +1,267 @@
+"""tool_speed: how long `prunefx prune` takes and how much memory it needs, as a user runs it.
+
+For each model (at its default input, 224 px for the four below, with the random weights `prunefx prune`
+builds without --weights), each case runs as its own process, timed from its start to its exit:
+- uncalibrated: `prunefx prune MODEL --macs 0.5 -o DIR` (l2 importance, no data);
+- calibrated:   `prunefx prune MODEL --macs 0.5 --calibrate imagenet-sample -o DIR` (the recommended
+  path: obs channel choice, compensation and batch-norm recalibration on the 20 offline images);
+- speedup:      `prunefx prune MODEL --speedup 2 -o DIR` (a budget search measured on ONNX Runtime CPU,
+  prunefx's default backend and threads);
+- torch-pruning: benchmarks/_tool_speed_torch_pruning.py, Torch-Pruning's MagnitudeImportance pruning the
+  same model to the same MACs fraction (ratio found by bisection on its own MAC counter; no calibration,
+  no export, no parity check).
+Every prunefx figure includes process start, model building, capture, pruning, ONNX export and the
+parity check. Peak memory is the peak resident set of the process (os.wait4's ru_maxrss: the largest of
+the process and the processes it waited for), shown against the model's parameters in float32.
+
+A case that fails is a row with its one-line error; one that runs past --timeout is killed and reported
+as timed out. Writes benchmarks/results/tool_speed.json and .md (or under --output-dir).
+
+    .venv/bin/python benchmarks/tool_speed.py [--models resnet50 ...] [--cases calibrated ...] [--threads 2]
+    .venv/bin/python benchmarks/tool_speed.py --models prunefx:resnet20 --cases uncalibrated --output-dir build/x
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, write_results
+
+NAME = "tool_speed"
+MODELS = {
+    "resnet50": "torchvision:resnet50",
+    "convnext_tiny": "torchvision:convnext_tiny",
+    "vit_b16": "timm:vit_base_patch16_224",
+    "vit_l16": "timm:vit_large_patch16_224",
+}
+MACS = 0.5
+SPEEDUP = 2.0
+CASES = {  # case -> the prunefx options besides the model and -o; None: Torch-Pruning's script
+    "uncalibrated": ["--macs", f"{MACS:g}"],
+    "calibrated": ["--macs", f"{MACS:g}", "--calibrate", "imagenet-sample"],
+    "speedup": ["--speedup", f"{SPEEDUP:g}"],
+    "torch-pruning": None,
+}
+TORCH_PRUNING_SCRIPT = Path(__file__).resolve().with_name("_tool_speed_torch_pruning.py")
+LAUNCHER = Path(__file__).resolve().with_name("_measure_process.py")
+BYTES_PER_PARAM = 4  # float32, the dtype every model here is built in
+
+
+@dataclass
+class Measured:
+    """One child process: how it ended, its wall time and peak resident memory, and its last words."""
+    status: str  # "ok", "failed" or "timed out"
+    wall_s: float
+    peak_rss_mb: float
+    error: str | None
+    stdout: str
+
+
+def run_measured(command: list[str], *, timeout: float, env: dict | None = None) -> Measured:
+    """Run `command` through the small launcher (see its docstring for why); past `timeout` s it is killed
+    with everything it started."""
+    with tempfile.TemporaryDirectory(prefix="tool-speed-") as tmp:
+        folder = Path(tmp)
+        result = folder / "measured.json"
+        with open(folder / "out", "w+") as out, open(folder / "err", "w+") as err:
+            # -S: no site packages, so the launcher stays a few MB.
+            subprocess.run([sys.executable, "-S", str(LAUNCHER), str(result), str(timeout), *command],
+                           stdout=out, stderr=err, env=env, check=True)
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(), err.read()
+        found = json.loads(result.read_text())
+    wall, peak, code = found["wall_s"], found["peak_rss_kib"] * 1024 / 1e6, found["exit_code"]
+    if found["timed_out"]:
+        return Measured("timed out", wall, peak, f"timed out after {timeout:g} s", stdout)
+    if code != 0:
+        return Measured("failed", wall, peak, last_line(stderr) or f"exit status {code}", stdout)
+    return Measured("ok", wall, peak, None, stdout)
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line: a CLI's one-line error, or the exception line of a traceback."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def prunefx_command() -> list[str]:
+    """The `prunefx` entry point beside this interpreter (what a user types), else `python -m prunefx`."""
+    script = Path(sys.executable).with_name("prunefx")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "prunefx"]
+
+
+def case_command(case: str, reference: str, output: Path, device: str | None) -> list[str]:
+    device_options = ["--device", device] if device else []
+    if CASES[case] is None:
+        return [sys.executable, str(TORCH_PRUNING_SCRIPT), reference, "--macs", str(MACS), *device_options]
+    return [*prunefx_command(), "prune", reference, *CASES[case], *device_options, "-o", str(output)]
+
+
+def shown(command: list[str], output: Path) -> str:
+    """The command as a user would type it: `prunefx ...` or `python benchmarks/...`, the output as DIR."""
+    names = {sys.executable: "python", str(Path(sys.executable).with_name("prunefx")): "prunefx",
+             str(TORCH_PRUNING_SCRIPT): f"benchmarks/{TORCH_PRUNING_SCRIPT.name}", str(output): "DIR"}
+    return shlex.join(names.get(word, word) for word in command)
+
+
+def case_details(case: str, measured: Measured, output: Path) -> dict:
+    """What the run itself says: parameters, MACs kept, parity or the budget met (from report.json or the
+    Torch-Pruning script's JSON line)."""
+    if measured.status != "ok":
+        return {}
+    if CASES[case] is None:
+        found = json.loads(measured.stdout.strip().splitlines()[-1])
+        return {"params": found["params"], "macs_kept": found["macs_kept"], "torch_pruning": found}
+    report = json.loads((output / "report.json").read_text())
+    details = {"params": report["params_before"], "macs_kept": report["macs_after"] / report["macs_before"],
+               "parity_relative": (report.get("parity") or {}).get("relative")}
+    budget = report.get("budget") or {}
+    if budget:
+        details.update(speedup=budget.get("speedup"), candidates=len(budget.get("trace") or []))
+    return details
+
+
+def run_case(model: str, case: str, args: argparse.Namespace, workdir: Path) -> dict:
+    reference = MODELS.get(model, model)
+    output = workdir / f"{model.replace(':', '_')}-{case}"
+    command = case_command(case, reference, output, args.device)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    print(f"[{model}] {case}: {' '.join(command)}", file=sys.stderr, flush=True)
+    measured = run_measured(command, timeout=args.timeout, env=env)
+    try:
+        details = case_details(case, measured, output)
+    except (OSError, ValueError, KeyError, IndexError) as error:  # ran, but left no readable account
+        measured.status, measured.error, details = "failed", f"{type(error).__name__}: {error}"[:300], {}
+    row = {"model": model, "reference": reference, "case": case, "command": shown(command, output),
+           **{k: v for k, v in asdict(measured).items() if k != "stdout"}, **details}
+    print(f"[{model}] {case}: {row['status']}, {row['wall_s']:.1f} s, {row['peak_rss_mb']:.0f} MB",
+          file=sys.stderr, flush=True)
+    return row
+
+
+def with_model_memory(rows: list[dict]) -> list[dict]:
+    """Each row gets its model's parameter memory (from any case that counted the parameters) and its
+    peak as a multiple of it."""
+    params = {}
+    for row in rows:
+        if row.get("params"):
+            params.setdefault(row["model"], row["params"])
+    for row in rows:
+        count = params.get(row["model"])
+        row["model_mb"] = count * BYTES_PER_PARAM / 1e6 if count else None
+        row["peak_per_model"] = row["peak_rss_mb"] / row["model_mb"] if count else None
+    return rows
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+def _cell(value: float | None, form: str) -> str:
+    return "" if value is None else format(value, form)
+
+
+def _note(row: dict) -> str:
+    if row["status"] != "ok":
+        return f"**{row['status']}**: {row['error']}"
+    if row["case"] == "torch-pruning":
+        found = row["torch_pruning"]
+        return (f"{len(found['tries'])} tries, one prune {found['one_prune_seconds']:.1f} s; "
+                "no export, no parity")
+    if row.get("speedup") is not None:
+        return f"measured {row['speedup']:.2f}x after {row['candidates']} candidates"
+    parity = row.get("parity_relative")
+    return "" if parity is None else f"parity {parity:.1e}"
+
+
+def table_rows(rows: list[dict]) -> list[list[str]]:
+    return [[row["model"], row["case"], _cell(row["wall_s"], ".1f"), _cell(row["peak_rss_mb"], ".0f"),
+             _cell(row["model_mb"], ".0f"), _cell(row["peak_per_model"], ".1f"),
+             _cell(row.get("macs_kept"), ".3f"), _note(row)] for row in rows]
+
+
+def markdown(report: dict) -> str:
+    settings = report["settings"]
+    table = markdown_table(["model", "case", "wall s", "peak RSS MB", "model MB", "x model", "MACs kept", "note"],
+                           table_rows(report["rows"]))
+    device = f"`--device {settings['device']}`" if settings["device"] else "no `--device` (prunefx's default)"
+    return f"""# Time and memory of `prunefx prune`, and of Torch-Pruning
+
+Produced by `{report['command']}` on {report['machine']['date_utc']} UTC.
+
+- Machine: {machine_summary(report['machine'])}; Torch-Pruning {report['torch_pruning_version']}.
+- Every case is its own process (OMP_NUM_THREADS={settings['omp_threads']}, {device}), timed from its start
+  to its exit: model building, capture, pruning, ONNX export and parity for prunefx; building and
+  pruning for Torch-Pruning, which exports nothing and checks nothing. Peak RSS: the process's peak
+  resident memory; model MB: its parameters in float32; x model: their ratio.
+- Cases: uncalibrated `--macs {MACS}`; calibrated `--macs {MACS} --calibrate imagenet-sample`; speedup
+  `--speedup {SPEEDUP:g}` (ONNX Runtime CPU, prunefx's default threads); torch-pruning: MagnitudeImportance,
+  uniform ratio found by bisection on its own MAC counter (attention matmuls not counted).
+- A case that failed or ran past {settings['timeout_s']:g} s is a row with its error.
+
+{table}
+"""
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+def _torch_pruning_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("torch-pruning")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), metavar="MODEL",
+                        help=f"{', '.join(MODELS)} or any prunefx model reference (default: the four)")
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES, metavar="CASE",
+                        help=f"cases to run (default: {' '.join(CASES)})")
+    parser.add_argument("--threads", type=int, default=cores,
+                        help=f"OMP_NUM_THREADS of every case (default: this machine's usable CPUs, {cores})")
+    parser.add_argument("--device", default=None,
+                        help="passed as --device to every case (default: not passed, each tool's default)")
+    parser.add_argument("--timeout", type=float, default=1800.0,
+                        help="seconds one case may run before it is killed and reported as timed out (1800)")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where the .json and .md go")
+    args = parser.parse_args(argv)
+    if args.threads < 1 or args.timeout <= 0:
+        parser.error("--threads and --timeout must be positive")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    info = machine_info()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="prunefx-tool-speed-") as tmp:
+        for model in args.models:
+            rows += [run_case(model, case, args, Path(tmp)) for case in args.cases]
+    report = {
+        "benchmark": NAME, "command": command_line(), "machine": info,
+        "torch_pruning_version": _torch_pruning_version(),
+        "settings": {"omp_threads": args.threads, "device": args.device, "timeout_s": args.timeout,
+                     "macs": MACS, "speedup": SPEEDUP, "cases": {c: CASES[c] for c in args.cases}},
+        "rows": with_model_memory(rows),
+    }
+    report["machine"]["load_average_at_end"] = list(os.getloadavg())
+    text = markdown(report)
+    json_path, md_path = write_results(NAME, report, text, folder=args.output_dir)
+    print(text)
+    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

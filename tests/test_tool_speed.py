@@ -1,0 +1,107 @@
+"""benchmarks/tool_speed.py measures each case as its own process: the child's own wall time and peak memory,
+a failing case as a row with its one-line error, a case past its timeout killed and reported. The fast tests
+run small Python children (a stand-in for `prunefx` included) whose memory and time are known; the slow one
+runs the real CLI and Torch-Pruning on the smallest model."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+MB = 1e6
+
+
+def _benchmark():
+    if str(BENCHMARKS) not in sys.path:  # the benchmark imports its sibling `common`
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module("tool_speed")
+
+
+def _python(code: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(code)]
+
+
+def test_a_child_reports_its_own_wall_time_and_peak_memory():
+    measured = _benchmark().run_measured(_python("""
+        import time
+        block = b"x" * 300_000_000  # every page written: resident
+        time.sleep(0.3)
+    """), timeout=60)
+    assert measured.status == "ok" and measured.error is None
+    assert measured.wall_s >= 0.3
+    # Its own 300 MB and an interpreter, not this test process's memory (torch alone is larger).
+    assert 300 <= measured.peak_rss_mb < 300 + 150
+
+
+def test_a_failing_case_keeps_its_last_error_line():
+    measured = _benchmark().run_measured(_python("""
+        import sys
+        print("a warning first", file=sys.stderr)
+        sys.exit("prunefx prune: error: the model takes 1x1x28x28")
+    """), timeout=60)
+    assert measured.status == "failed"
+    assert measured.error == "prunefx prune: error: the model takes 1x1x28x28"
+    assert measured.wall_s > 0 and measured.peak_rss_mb > 0
+
+
+def test_a_case_past_its_timeout_is_killed_and_reported():
+    measured = _benchmark().run_measured(_python("import time; time.sleep(60)"), timeout=0.5)
+    assert measured.status == "timed out" and measured.error == "timed out after 0.5 s"
+    assert 0.5 <= measured.wall_s < 30
+
+
+# A stand-in for the `prunefx` entry point: holds 40 MB, writes a report.json for a MACs target and fails
+# with a one-line error when given calibration data.
+FAKE_PRUNEFX = """
+import json, pathlib, sys
+block = b"x" * 40_000_000
+args = sys.argv[1:]
+if "--calibrate" in args:
+    sys.exit("prunefx prune: error: no calibration here")
+out = pathlib.Path(args[args.index("-o") + 1])
+out.mkdir(parents=True)
+report = {"params_before": 2_500_000, "macs_before": 1000, "macs_after": 480, "parity": {"relative": 1e-6}}
+(out / "report.json").write_text(json.dumps(report))
+"""
+
+
+def test_every_case_is_a_row_ok_or_failed_with_the_model_memory(tmp_path, monkeypatch):
+    benchmark = _benchmark()
+    fake = tmp_path / "prunefx_fake.py"
+    fake.write_text(FAKE_PRUNEFX)
+    monkeypatch.setattr(benchmark, "prunefx_command", lambda: [sys.executable, str(fake)])
+    assert benchmark.main(["--models", "fake:net", "--cases", "uncalibrated", "calibrated", "--threads", "1",
+                           "--output-dir", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "tool_speed.json").read_text())
+    assert report["settings"]["omp_threads"] == 1
+    done, failed = report["rows"]
+    assert (done["case"], done["status"], failed["case"], failed["status"]) == ("uncalibrated", "ok",
+                                                                                  "calibrated", "failed")
+    assert done["command"].endswith("prune fake:net --macs 0.5 -o DIR")
+    assert done["macs_kept"] == pytest.approx(0.48) and done["parity_relative"] == pytest.approx(1e-6)
+    assert failed["error"] == "prunefx prune: error: no calibration here"
+    for row in report["rows"]:  # the model's memory, from the case that counted its parameters: 10 MB
+        assert row["model_mb"] == pytest.approx(10.0)
+        assert row["peak_rss_mb"] >= 40 and row["peak_per_model"] == pytest.approx(row["peak_rss_mb"] / 10.0)
+    text = (tmp_path / "tool_speed.md").read_text()
+    assert report["command"] in text and "**failed**: prunefx prune: error: no calibration here" in text
+
+
+@pytest.mark.slow
+def test_the_real_cli_and_torch_pruning_on_the_smallest_model(tmp_path):
+    benchmark = _benchmark()
+    assert benchmark.main(["--models", "prunefx:resnet20", "--cases", "uncalibrated", "torch-pruning",
+                           "--threads", "1", "--output-dir", str(tmp_path)]) == 0
+    prunefx_row, tp_row = json.loads((tmp_path / "tool_speed.json").read_text())["rows"]
+    for row in (prunefx_row, tp_row):
+        assert row["status"] == "ok", row["error"]
+        assert row["wall_s"] > 0 and row["peak_rss_mb"] > 100  # an interpreter with torch
+        assert row["macs_kept"] == pytest.approx(0.5, abs=0.03)
+    assert tp_row["params"] == prunefx_row["params"] == 272186  # the same model, counted by both tools
+    assert tp_row["torch_pruning"]["torch_threads"] == 1
