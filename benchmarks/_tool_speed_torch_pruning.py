@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     built = time.perf_counter()
     result = prune_to_macs(dense, example, args.macs)  # with autograd on: Torch-Pruning traces grad_fn
     result.update(build_seconds=built - start, search_seconds=time.perf_counter() - built,
-                  torch_threads=torch.get_num_threads(), torch_pruning=getattr(tp, "__version__", None))
+                  torch_threads=torch.get_num_threads())
     print(json.dumps(result))
     return 0
 
