@@ -4,8 +4,8 @@ A flag that sets a pass option is made from the option's field (passes/core/pass
 default, its bounds (checked while the command line is parsed), its choices and its help all come from
 the field, so a default or a range lives in one place. `pass_config(args, ...)` reads the flags back
 into the pass's config mapping. Options that are not pass options (output folder, calibration data,
-ONNX opset, measurement threads and runs, the backend a budget is measured on) are added here once, and
-mean the same in every command.
+ONNX opset, measurement threads and runs, the backend a budget is measured on, the device the calibrated
+work runs on) are added here once, and mean the same in every command.
 """
 
 from __future__ import annotations
@@ -120,6 +120,20 @@ def add_calibration(parser, *, reads: str) -> None:
                              f"train/, COCO, YOLO data.yaml, image + mask folders) or a folder of images; {reads}")
     parser.add_argument("--calibration-images", type=options.calibration_images, default=256,
                         help="images read from --calibrate, in batches of the captured batch size (default 256)")
+
+
+def add_device(parser, *, runs: str) -> None:
+    """`--device`: where the calibrated work runs (prunefx/device.py); files are written from the CPU either way."""
+    parser.add_argument("--device", type=_device_text, default="auto", metavar="{auto,cpu,cuda,cuda:N}",
+                        help=f"where {runs} run (default auto: cuda when torch sees a GPU, else cpu); what is "
+                             "written is the same model, moved back to the CPU")
+
+
+def _device_text(text: str) -> str:
+    """The device's spelling, checked while parsing (a GPU that is missing is refused by resolve_device)."""
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not auto, cpu, cuda or cuda:N")
 
 
 def backend_help(names: list[str], default: str) -> str:

@@ -1,4 +1,5 @@
-"""How the compress flow measures: ONNX Runtime threads and runs for the report, and where a budget is measured."""
+"""How the compress flow measures: ONNX Runtime threads and runs for the report, where a budget is measured, and
+the device the recipe's passes compute on."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class Options:
     trtexec: str | None = None  # the trtexec program for backend "trtexec" (default: on PATH or JetPack's)
     batch: int = 1             # the batch size the budget is measured at
     compile: bool = False      # backend "cuda": torch.compile (inductor) each model before timing it
+    device: str | None = None  # where the recipe's passes compute (prunefx/device.py); None: where the model is
 
 
 DEFAULTS = Options()

@@ -34,6 +34,7 @@ from prunefx.data.splits import (
 from prunefx.data.unlabelled import against_dense
 from prunefx.deliverable import write_model, write_report
 from prunefx.dense_tasks import evaluate_dense
+from prunefx.device import on_device
 from prunefx.graph import Program, count
 from prunefx.graph.errors import PrunefxError, first_line
 from prunefx.graph.rebatch import rebatch
@@ -151,7 +152,9 @@ def compress(dense: Program, recipe: Recipe, splits: DataSplits, output: str | o
     meter = (StageMeter(dense, lambda program: _accuracy_on(program, splits.test, splits, options.eval_batches),
                         threads=options.threads, runs=min(options.runs, STAGE_TIMED_RUNS), log=log)
              if options.stage_reports else None)
-    result = pipeline.run(dense, after_step=meter)
+    with on_device(dense, options.device) as placed:  # the dense model (also the teacher) goes back even on failure
+        result = pipeline.run(dense, after_step=meter)
+        placed.home(result.program)  # measured and written from the CPU
     seconds["pipeline"] = time.perf_counter() - clock
     for (name, step), keys in zip(result.steps, injected):
         log(f"[{name}] {pass_summary(step.stats)}" + (f" (given {', '.join(keys)})" if keys else ""))

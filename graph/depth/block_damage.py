@@ -20,11 +20,13 @@ from tqdm import tqdm
 
 from prunefx.graph.depth.blocks import Block
 from prunefx.graph.depth.linearization import remove_activation
+from prunefx.graph.placement import module_device
 
 
 def _outputs(module: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
     with torch.no_grad():
-        return [_first_tensor(module(*batch)).float() for batch in batches]
+        device = module_device(module)  # batches as given may sit elsewhere (a loader's, on the CPU)
+        return [_first_tensor(module(*(x.to(device) for x in batch))).float() for batch in batches]
 
 
 def _first_tensor(output) -> torch.Tensor:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from prunefx.graph.attributes import delete_unused_tensors, free_name, get_tensor, set_tensor
+from prunefx.graph.placement import module_device
 
 aten = torch.ops.aten
 
@@ -52,7 +53,7 @@ def new_blend_buffer(module: torch.fx.GraphModule, block_name: str) -> str:
     """Register a 0-dim float buffer holding l = 0 under a name derived from the block; return its target."""
     wanted = "linearize_" + "".join(c if c.isalnum() else "_" for c in block_name)
     target = free_name(module, wanted)
-    set_tensor(module, target, torch.zeros((), dtype=torch.float32), parameter=False)
+    set_tensor(module, target, torch.zeros((), dtype=torch.float32, device=module_device(module)), parameter=False)
     return target
 
 

@@ -20,6 +20,7 @@ import torch
 
 from prunefx.graph.attributes import free_name, get_tensor, set_tensor
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.placement import module_device
 
 aten = torch.ops.aten
 
@@ -85,8 +86,9 @@ def _new_statistics(module: torch.nn.Module, gamma, fallback: str, channels: int
         stem = fallback + "_"
     dtype = get_tensor(module, gamma.target).dtype if gamma is not None else torch.float32
     targets = []
-    for name, value in (("running_mean", torch.zeros(channels, dtype=dtype)),
-                        ("running_var", torch.ones(channels, dtype=dtype))):
+    device = module_device(module)  # beside the model's tensors: a batch norm reads both on one device
+    for name, value in (("running_mean", torch.zeros(channels, dtype=dtype, device=device)),
+                        ("running_var", torch.ones(channels, dtype=dtype, device=device))):
         target = free_name(module, stem + name)
         set_tensor(module, target, value, parameter=False)
         targets.append(target)

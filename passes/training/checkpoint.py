@@ -20,6 +20,7 @@ import torch
 
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError, first_line
+from prunefx.graph.placement import move_program
 from prunefx.passes.training.config import TrainingError
 
 PROGRAM_FILE = "program.pt2"
@@ -32,7 +33,7 @@ def write_checkpoint(directory: Path, program: Program, state: dict) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     snapshot = Program(copy.deepcopy(program.module), program.example_inputs, name=program.name,
                        analysis=copy.deepcopy(program.analysis), output_shapes=list(program.output_shapes))
-    snapshot.module.to(program.example_inputs[0].device)
+    move_program(snapshot, "cpu")  # a checkpoint reads back on any machine, whatever device trained it
     program_tmp, state_tmp = directory / "program.partial.pt2", directory / "trainer_state.partial.pt"
     snapshot.eval().save(program_tmp)
     state = {"format": _STATE_FORMAT, "parameters": parameter_shapes(program.module),

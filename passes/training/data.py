@@ -7,7 +7,6 @@ torch's DistributedSampler; any other iterable of batches gives every rank its s
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -17,6 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from prunefx.graph import Program
+from prunefx.graph.placement import device_named, module_device
 from prunefx.passes.training.config import TrainConfig, TrainingError
 from prunefx.passes.training.losses import IGNORE_LABEL, logits_of
 
@@ -63,11 +63,6 @@ def split_batch(batch) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     inputs, labels = batch
     inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     return inputs, labels
-
-
-def module_device(module: torch.nn.Module) -> torch.device:
-    tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 # --- evaluation ----------------------------------------------------------------------------------
@@ -137,7 +132,9 @@ def distributed_world(device: torch.device) -> tuple[int, int, bool]:
 
 
 def resolve_device(config: TrainConfig, module: torch.nn.Module) -> torch.device:
-    device = torch.device(config.device) if config.device is not None else module_device(module)
+    """The training device: `config.device` ("auto", "cpu", "cuda", "cuda:N"; graph/placement.device_named
+    refuses a GPU torch cannot see), or where the module's tensors are."""
+    device = device_named(config.device) if config.device is not None else module_device(module)
     # Under torchrun every process owns one GPU: the one named by LOCAL_RANK.
     if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -47,6 +47,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from prunefx.graph import Program
+from prunefx.graph.placement import move_module
 from prunefx.passes.training.checkpoint import PROGRAM_FILE, STATE_FILE
 from prunefx.passes.training.config import DETECTION, OPTIMIZERS, FeaturePair, TrainConfig, TrainingError
 from prunefx.passes.training.data import (
@@ -137,7 +138,7 @@ class Trainer:
     def _attach(self, program: Program) -> None:
         """Train `program` from the current step on: train mode, device, DDP, a new optimizer."""
         program.train()
-        program.module.to(self.device)
+        move_module(program.module, self.device)  # with the devices its graph names (aten.arange(device=...))
         self.program = program
         self._student = tap_outputs(program.module, [pair.student for pair in self.config.feature_pairs])
         self._model = self._student
@@ -276,7 +277,7 @@ class Trainer:
     def _release(self) -> None:
         """Give the program back as it came (mode, device), even when training stopped with an error."""
         self.program.train(self._initial_mode)
-        self.program.module.to(self._home_device)
+        move_module(self.program.module, self._home_device)
         if self._restore_teacher is not None:
             self._restore_teacher()
 

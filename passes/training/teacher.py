@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from prunefx.graph import Program
+from prunefx.graph.placement import move_module
 from prunefx.passes.training.config import TrainConfig, TrainingError
 from prunefx.passes.training.data import module_device
 from prunefx.passes.training.losses import run_tapped, tap_outputs
@@ -27,7 +28,7 @@ def frozen_teacher(teacher, config: TrainConfig, device: torch.device) -> tuple[
         module = teacher.module if isinstance(teacher, Program) else teacher
         # A graph carries its mode in its batch-norm/dropout nodes: flip a copy, never the caller's graph.
         if isinstance(teacher, torch.fx.GraphModule) or teacher.training or module_device(module) != device:
-            module = Program(copy.deepcopy(module), (), name="teacher").eval().module.to(device)
+            module = move_module(Program(copy.deepcopy(module), (), name="teacher").eval().module, device)
         restore = None
     elif isinstance(teacher, torch.nn.Module):
         if config.feature_pairs:

@@ -24,11 +24,14 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
+
 from prunefx.budget.outcome import ROUTES, BudgetOutcome, MeasuredOn, RouteRefusal
 from prunefx.budget.routes import Budget, Reached, depth_blocks
 from prunefx.budget.routes import depth as depth_route
 from prunefx.budget.routes import joint as joint_route
 from prunefx.budget.routes import width as width_route
+from prunefx.device import batches_on, on_device, resolve_device
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.budget.measurement import round_to_of
@@ -47,7 +50,7 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
                 confirm: bool = True, max_candidates: int = 8, recalibrate: bool | None = None,
                 width: Mapping[str, Any] | None = None, depth: Mapping[str, Any] | None = None,
                 log: Callable[[str], None] | None = None, choose_by: str = "macs", compile: bool = False,
-                latency_cache: str | None = None) -> tuple[Program, BudgetOutcome]:
+                latency_cache: str | None = None, device: str | torch.device | None = None) -> tuple[Program, BudgetOutcome]:
     """`program` (eval mode, left as it is) made to meet `speedup` (over the dense model) or `latency_ms`,
     measured at batch `batch` on `backend` ("ort", "trt", "torch-trt", "trtexec") at `precision`, with
     `threads` and `runs` (or by `measurer`, a ready passes.measurement.Measurer; `backend` and `precision`
@@ -60,6 +63,9 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
     `choose_by`: "macs" (default) steers the width search by the MACs kept; "latency" times every prunable layer
     on `backend` at candidate widths first (a per-layer table, cached on disk under `latency_cache`) and spends
     importance per millisecond saved, so channels go where time goes. Either way candidates are measured whole.
+    `device`: where the routes' passes compute (importance, OBS, compensation, calibration passes): "auto",
+    "cpu", "cuda", "cuda:N" (prunefx/device.py); None: where `program` is. `program` and the chosen Program are on
+    `program`'s device when this returns, also after a refusal; the measurer is handed Programs on `device`.
     Returns (the chosen Program, its BudgetOutcome); raises BudgetUnreachable when no route meets the budget."""
     order = _routes(routes, allow_depth)
     if (speedup is None) == (latency_ms is None):
@@ -69,6 +75,7 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
                            "batches")
     if choose_by not in CHOICES:
         raise PrunefxError(f"meet_budget: choose_by is one of {', '.join(CHOICES)}, not {choose_by!r}")
+    device = resolve_device(device) if device is not None else None  # a GPU that is missing: refused first
     precision = _precision(backend, precision)
     if measurer is None:
         measurer = _measurer(backend, precision, batch, threads, runs, trtexec, compile)
@@ -77,10 +84,17 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
         width["latency_table"] = _latency_table(program, backend, precision, batch, threads, measurer,
                                                 latency_cache, compile, width.get("round_to"))
     budget = Budget(speedup, latency_ms, tolerance, confirm, max_candidates)
-    search = _Routes(program, budget, measurer, calibration, MeasuredOn(backend, precision, batch),
-                     recalibrate=calibration is not None if recalibrate is None else recalibrate,
-                     width=width, depth=dict(depth or {}), log=log or _log.info)
-    return search.run(order)
+    with on_device(program, device) as placed:
+        if device is not None:  # some readers run the module on the batches as given: they go along
+            calibration = batches_on(calibration, placed.device)
+            if width.get("calibration") is not None:  # the caller's own width calibration (noise)
+                width["calibration"] = batches_on(width["calibration"], placed.device)
+        search = _Routes(program, budget, measurer, calibration,
+                         MeasuredOn(backend, precision, batch),
+                         recalibrate=calibration is not None if recalibrate is None else recalibrate,
+                         width=width, depth=dict(depth or {}), log=log or _log.info)
+        chosen, outcome = search.run(order)
+        return placed.home(chosen), outcome
 
 
 def _routes(routes: Sequence[str] | None, allow_depth: bool) -> tuple[str, ...]:

@@ -5,6 +5,8 @@ the training data, the validation data and the dense model (as teacher) given to
 them; the result is cut to batch 1, exported to ONNX and timed against the dense model on ONNX Runtime.
 DIR gets model.pt2 (batch 1), model_train.pt2 (training batch), model.onnx, report.json, report.md and
 accuracy_latency.png (accuracy against measured latency of every variant).
+--device (auto: cuda when torch sees a GPU, else cpu) is where the recipe's passes compute: calibration,
+importance, the OBS math, recovery training; the result is back on the CPU before it is measured and written.
 The flow lives in prunefx/compression.py, shared with `prunefx demo`.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 from prunefx import cli_options, options
 from prunefx.compression import Options, compress, load_model_and_data
 from prunefx.data.formats import FORMATS
+from prunefx.device import resolve_device
 from prunefx.graph.errors import PrunefxError
 from prunefx.named_recipes import BUDGET_PASSES, load_named_recipe, with_budget
 from prunefx.output import check_output_folder
@@ -56,6 +59,7 @@ def add_arguments(parser) -> None:
                              "segmentation the first training image's size)")
     cli_options.add_output(parser, "the models and the report")
     add_measurement_arguments(parser)
+    cli_options.add_device(parser, runs="the recipe's passes (calibration, importance, OBS, recovery training)")
     cli_options.add_budget_backend(parser, note="; only the budget pass measures there: the report's final latency "
                                                 "is ONNX Runtime's")
 
@@ -76,11 +80,12 @@ def add_measurement_arguments(parser) -> None:
 def options_from(args) -> Options:
     return Options(threads=args.threads, runs=args.runs, eval_batches=args.eval_batches, opset=args.opset,
                    stage_reports=args.stage_reports, backend=args.backend, precision=args.precision,
-                   trtexec=args.trtexec, batch=args.batch, compile=args.compile)
+                   trtexec=args.trtexec, batch=args.batch, compile=args.compile, device=str(resolve_device(args.device)))
 
 
 def run(args) -> int:
     budgeted = args.speedup is not None or args.latency_ms is not None
+    resolve_device(args.device)  # a GPU that is missing is refused before anything loads
     if args.recipe is None and not budgeted:
         raise PrunefxError("give --recipe (or a budget, --speedup S or --latency-ms T, for the budget-kd recipe)")
     recipe = load_named_recipe(args.recipe or DEFAULT_BUDGET_RECIPE)  # a bad recipe fails before the data loads

@@ -12,7 +12,8 @@ fewest blocks, least harmful first, whose merged network meets it (prunefx.meet_
 depth_to_budget's bisection
 over the ranking, every candidate timed side by side with the dense model, a candidate that seems to meet
 confirmed with 4x the runs); a budget out of reach is a one-line error naming the best speed-up measured,
-exit 2, nothing written. Writes model.pt2, model.onnx and report.json (blocks with their damage scores,
+exit 2, nothing written. --device (auto: cuda when torch sees a GPU) is where the ranking, the statistics and
+the merges compute; the result is back on the CPU before it is written. Writes model.pt2, model.onnx and report.json (blocks with their damage scores,
 merges, MACs and parameters before and after, the budget search's trace, torch-vs-ONNX-Runtime parity). For the progressive form with recovery training use a recipe:
 `prunefx compress MODEL --recipe depth-kd ...`.
 """
@@ -24,6 +25,7 @@ import time
 from prunefx import cli_options
 from prunefx.budget import meet_budget
 from prunefx.data.calibration import calibration_data
+from prunefx.device import on_device, resolve_device
 from prunefx.graph.depth.blocks import find_blocks
 from prunefx.graph.errors import PrunefxError
 from prunefx.loading import program_from_args
@@ -56,6 +58,7 @@ def add_arguments(parser) -> None:
     cli_options.add_measurement(parser, runs=50, what="the measurements (a budget's candidate that meets it is "
                                                       "confirmed with 4x the runs)")
     cli_options.add_budget_backend(parser, note="; merges without a budget are timed there too")
+    cli_options.add_device(parser, runs="the block ranking, layer-norm statistics and batch-norm recalibration")
     cli_options.add_opset(parser)
     cli_options.add_output(parser, "model.pt2, model.onnx and report.json", required=False)
 
@@ -63,6 +66,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if not args.list and not args.output:
         raise PrunefxError("give -o DIR: the folder for model.pt2, model.onnx and report.json")
+    device = resolve_device(args.device)  # a GPU that is missing is refused before anything loads
     output = check_output_folder(args.output) if not args.list else None
     budget = args.speedup is not None or args.latency_ms is not None
     cli_options.check_budget_backend(args, budgeted=budget, measures=args.measure)
@@ -75,7 +79,7 @@ def run(args) -> int:
                            "--calibrate DATA (or name the blocks with --block)")
     if args.recalibrate and not args.calibrate:
         raise PrunefxError("--recalibrate needs --calibrate DATA")
-    calibration = (calibration_data(args.calibrate, program.example_inputs[0], args.calibration_images)
+    calibration = (calibration_data(args.calibrate, program.example_inputs[0], args.calibration_images).on(device)
                    if args.calibrate else None)
     started = time.perf_counter()
     outcome = None
@@ -85,10 +89,12 @@ def run(args) -> int:
             precision=args.precision, batch=args.batch, measurer=cli_options.budget_latency(args),
             calibration=calibration.batches,
             routes=("depth",), tolerance=args.tolerance, confirm=args.confirm,
-            depth={"recalibrate": args.recalibrate, "max_kernel_growth": args.max_kernel_growth})
+            depth={"recalibrate": args.recalibrate, "max_kernel_growth": args.max_kernel_growth}, device=device)
         result = outcome.result
     else:  # one verified Pipeline, as in the API: merge_blocks promises exactness and the Pipeline checks it
-        result = Pipeline([_choice_step(args, calibration), _merge_step(args)], verify="full").run(program)
+        with on_device(program, device) as placed:  # the dense Program goes back even when a pass fails
+            result = Pipeline([_choice_step(args, calibration), _merge_step(args)], verify="full").run(program)
+            placed.home(result.program)  # written from the CPU
     assert output is not None  # checked above: only --list writes nothing
     write_depth(output, program, result, outcome=outcome, calibration=calibration.description if calibration else None,
                 opset=args.opset, started=started)

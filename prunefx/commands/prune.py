@@ -19,6 +19,9 @@ otherwise (16 for ONNX Runtime on AVX-512, 8 on AVX2 and TensorRT FP16, 32 for I
 reach the budget, the one-line refusal names the route that can: `--allow-depth` (depth, then width and depth
 together; report.json `route` says which met it and keeps the refusals on the way), `prunefx depth`, or
 `prunefx compress` (INT8 as well). A model with no block depth can take is told so.
+`--device` (auto: cuda when torch sees a GPU, else cpu; cuda or cuda:N refused in one line where torch sees
+none) is where the importance, the OBS math, compensation and the calibration passes run (prunefx/device.py);
+the pruned Program is back on the CPU before anything is written.
 report.json says which was used (`calibration`, `importance`, `compensated`), and holds the statistics
 of the compensation (`compensation`) and of the recalibration (`recalibrate_batchnorm`), null when they
 did not run.
@@ -35,6 +38,7 @@ from prunefx.budget import BudgetOutcome, BudgetUnreachable, depth_blocks, meet_
 from prunefx.data.calibration import Calibration, calibration_data, noise_batches
 from prunefx.deliverable import write_model, write_report
 from prunefx.detectors import part_from_reference
+from prunefx.device import on_device, resolve_device
 from prunefx.graph.channels.importance import DATA_CRITERIA
 from prunefx.graph.errors import PrunefxError
 from prunefx.interop.module_file import write_module
@@ -95,11 +99,13 @@ def add_arguments(parser) -> None:
     cli_options.add_measurement(parser, runs=30, what="--speedup/--latency-ms (batch 1; a candidate that meets the "
                                                       "budget is confirmed with 4x the runs)")
     cli_options.add_budget_backend(parser)
+    cli_options.add_device(parser, runs="channel importance, the OBS math, compensation and the calibration passes")
     cli_options.add_opset(parser)
     cli_options.add_output(parser, "model.pt2, model.onnx and report.json")
 
 
 def run(args) -> int:
+    device = resolve_device(args.device)  # a GPU that is missing is refused before anything loads
     output = check_output_folder(args.output)
     cli_options.check_budget_backend(args, budgeted=args.speedup is not None or args.latency_ms is not None)
     if args.choose_by == "latency" and args.speedup is None and args.latency_ms is None:
@@ -112,11 +118,12 @@ def run(args) -> int:
     model, program = _program(args)
     program = program.eval()
     calibration = _calibration(args, program)
+    calibration = calibration.on(device) if calibration else None  # some readers run the module on them as given
     config = _config(args, calibration)
     started = time.perf_counter()
     outcome = None
     if args.speedup is not None or args.latency_ms is not None:
-        outcome = _meet_budget(args, program, calibration, config)
+        outcome = _meet_budget(args, program, calibration, config, device)
         described = calibration.description if calibration else None
         if outcome.route == "depth":
             write_depth(output, program, outcome.result, outcome=outcome, calibration=described, opset=args.opset,
@@ -131,7 +138,11 @@ def run(args) -> int:
         steps = [_pruning_step(config)]
         if calibration is not None and args.calibrate and args.recalibrate is not False:
             steps.append((recalibrate_batchnorm, {"data": calibration.batches}))
-        result = Pipeline(steps, verify="full").run(program)
+        with on_device(program, device) as placed:  # the dense Program goes back even when a pass fails
+            # on_copy=False: the dense Program is rewritten, not cloned; only its name is read after, its
+            # costs are in the pass's facts, and a second copy of the weights would double the memory
+            result = Pipeline(steps, verify="full").run(program, on_copy=False)
+            placed.home(result.program)  # written from the CPU
     pruned, all_stats = result.program, result.stats()
     removal = (result.facts("prune_to_budget", WidthChosen).removal if outcome
                else result.facts("remove_channels", ChannelsRemoved))
@@ -152,7 +163,7 @@ def run(args) -> int:
     return 0
 
 
-def _meet_budget(args, program, calibration: Calibration | None, config: dict) -> BudgetOutcome:
+def _meet_budget(args, program, calibration: Calibration | None, config: dict, device) -> BudgetOutcome:
     """prunefx.meet_budget on the command line's budget: width, and with --allow-depth depth and both; a
     refusal says, in one line, which route can go further."""
     width = {key: value for key, value in config.items() if key not in (*TARGETS, *BUDGETS, *SEARCH)}
@@ -162,7 +173,7 @@ def _meet_budget(args, program, calibration: Calibration | None, config: dict) -
             batch=args.batch, measurer=cli_options.budget_latency(args), calibration=calibration.batches if calibration and args.calibrate else None,
             allow_depth=args.allow_depth, tolerance=args.tolerance, confirm=args.confirm,
             max_candidates=args.max_candidates, recalibrate=args.recalibrate is not False, width=width,
-            log=lambda line: print(line, flush=True), choose_by=args.choose_by, compile=args.compile)
+            log=lambda line: print(line, flush=True), choose_by=args.choose_by, compile=args.compile, device=device)
     except BudgetUnreachable as error:
         if error.dimension == "width":
             raise width_refusal(error, args, program) from None
@@ -211,7 +222,7 @@ def _program(args):
         if args.module and model is None:
             raise PrunefxError("--module needs the model's own Python code, which a saved .pt2 does not hold: "
                                "prune the model reference (torchvision:NAME, timm:NAME, file.py:FACTORY) instead")
-        return model, program
+        return (model if args.module else None), program  # the Program holds its own copy of the weights
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     return None, part_from_reference(args.model, None if args.part == "auto" else args.part,
                                      weights=args.weights, input_shape=shape)

@@ -17,7 +17,7 @@ Every batch has the example's (captured) batch size: the graph is static.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -34,6 +34,7 @@ from prunefx.data.splits import (
     load_data,
     scene_spec,
 )
+from prunefx.device import batches_on
 from prunefx.graph.errors import PrunefxError
 from prunefx.options import MAX_CALIBRATION_IMAGES
 
@@ -82,6 +83,10 @@ class Calibration:
     @property
     def images(self) -> int:
         return sum(int(batch[0].shape[0]) for batch in self.batches)
+
+    def on(self, device: str | torch.device) -> Calibration:
+        """The same batches on `device` (prunefx/device.py): some readers run the module on them as given."""
+        return replace(self, batches=batches_on(self.batches, device) or [])
 
 
 def calibration_data(data: str, example: torch.Tensor, images: int = 256, *, seed: int = 0) -> Calibration:

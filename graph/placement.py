@@ -1,0 +1,118 @@
+"""Where a Program computes: naming a device, and moving a Program (or a captured GraphModule) to one.
+
+- `device_named(name)`: "auto" (CUDA when torch sees a GPU, else the CPU), "cpu", "cuda" or "cuda:N" as a
+  torch.device; a CUDA device torch cannot see is one PrunefxError line, before anything runs.
+- `move_module(module, device)`: every tensor a captured graph reads (parameters, buffers and the constants
+  torch.export lifted as plain attributes, which `Module.to` leaves behind) moved, and every device the graph
+  names as an argument (`aten.arange/zeros/full(..., device=cpu)`, `_to_copy(device=...)`, `aten.to.device`)
+  renamed along, where it named the device the tensors came from. This is torch.export's
+  `move_to_device_pass` for the unlifted GraphModule a Program holds (that pass takes an ExportedProgram:
+  re-exporting twice per move would cost more than the work it moves and would rename the nodes).
+- `move_program(program, device)`: the module and the example inputs.
+Node shape metadata is not rewritten: the devices of the graph's tensors are part of what
+Program.refresh_meta compares, so the next shape propagation runs again on the moved tensors.
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+
+import torch
+
+from prunefx.graph.errors import PrunefxError
+from prunefx.graph.program import Program
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+
+
+def device_named(name: str | torch.device | None) -> torch.device:
+    """The device `name` says (None or "auto": CUDA when available, else the CPU), with a CUDA index."""
+    if name is None or name == "auto":
+        return _cuda(0) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise PrunefxError(f"unknown device {name!r}: use one of {', '.join(DEVICE_CHOICES)}") from None
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type != "cuda":
+        raise PrunefxError(f"device {name!r} is not supported: use one of {', '.join(DEVICE_CHOICES)}")
+    if not torch.cuda.is_available():
+        raise PrunefxError(f"device {name!r} asked, but torch sees no CUDA GPU (torch {torch.__version__}, CUDA "
+                           f"build {torch.version.cuda}): use --device cpu (or auto)")
+    return _cuda(torch.cuda.current_device() if device.index is None else device.index)
+
+
+def _cuda(index: int) -> torch.device:
+    count = torch.cuda.device_count()
+    if not 0 <= index < count:
+        raise PrunefxError(f"device cuda:{index} asked, but torch sees {count} CUDA GPU(s) (cuda:0 to "
+                           f"cuda:{count - 1})")
+    return torch.device("cuda", index)
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (the CPU for a module without tensors)."""
+    tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def _same(named, device: torch.device) -> bool:
+    """Whether a device argument of a node (a torch.device or its text) names `device` ("cuda" is cuda:0's
+    twin only where torch's current device is 0)."""
+    try:
+        named = torch.device(named)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    if named.type != device.type:
+        return False
+    if named.type == "cuda" and (named.index is None) != (device.index is None):
+        current = torch.cuda.current_device()
+        return (named.index if named.index is not None else current) == (
+            device.index if device.index is not None else current)
+    return named.index == device.index
+
+
+def _rename_devices(graph: torch.fx.Graph, source: torch.device, target: torch.device) -> bool:
+    changed = False
+    for node in graph.nodes:
+        if "device" in node.kwargs and node.kwargs["device"] is not None and _same(node.kwargs["device"], source):
+            node.kwargs = {**node.kwargs, "device": target}
+            changed = True
+        if (node.op == "call_function" and node.target is torch.ops.aten.to.device and len(node.args) > 1
+                and _same(node.args[1], source)):
+            node.args = (node.args[0], target, *node.args[2:])
+            changed = True
+    return changed
+
+
+def _move_plain_attributes(graph_module: torch.fx.GraphModule, device: torch.device) -> None:
+    """Tensors reached by get_attr that are neither parameters nor buffers: `Module.to` does not move them."""
+    for node in graph_module.graph.find_nodes(op="get_attr"):
+        owner_name, _, leaf = node.target.rpartition(".")
+        owner = operator.attrgetter(owner_name)(graph_module) if owner_name else graph_module
+        value = getattr(owner, leaf, None)
+        if (isinstance(value, torch.Tensor) and value.device != device
+                and leaf not in owner._parameters and leaf not in owner._buffers):
+            setattr(owner, leaf, value.to(device))
+
+
+def move_module(module: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
+    """`module` (in place, returned) with its tensors on `device` and the devices its graphs name renamed."""
+    target = torch.device(device)
+    source = module_device(module)
+    module.to(target)
+    for graph_module in module.modules():
+        if isinstance(graph_module, torch.fx.GraphModule):
+            _move_plain_attributes(graph_module, target)
+            if source != target and _rename_devices(graph_module.graph, source, target):
+                graph_module.recompile()
+    return module
+
+
+def move_program(program: Program, device: str | torch.device) -> Program:
+    """`program` (in place, returned) on `device`: its module (see move_module) and its example inputs."""
+    move_module(program.module, device)
+    program.example_inputs = tuple(x.to(device) for x in program.example_inputs)
+    return program

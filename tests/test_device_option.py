@@ -1,0 +1,346 @@
+"""`--device` on prune, depth and compress, and prunefx.device / graph/placement.py underneath.
+
+Without a GPU the device is checked three ways: the names resolve as torch would see them (torch.cuda's answers
+monkeypatched, nothing else); the CPU path gives exactly the tensors of the run that never heard of devices;
+and the plumbing (the module a pass sees, the Program written, the dense Program after a pass raised) through a
+fake device whose mark is float64: a real change in the tensors every pass computes with, undone on the way
+back. The GPU tests compare a calibrated prune on CUDA with the CPU run, and time ResNet-50.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import prunefx.budget.meet as meet_module
+import prunefx.data.calibration as calibration_module
+import prunefx.device as device_module
+from prunefx.budget import meet_budget
+from prunefx.cli import EXIT_USER_ERROR, main
+from prunefx.data.calibration import noise_batches
+from prunefx.device import on_device, resolve_device
+from prunefx.graph import Program, capture, count
+from prunefx.graph.errors import PrunefxError
+from prunefx.graph.placement import move_module
+from prunefx.passes.core.pipeline import Pipeline, PipelineError
+from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
+from prunefx.passes.remove_channels import remove_channels
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+FACTORY = """import torch
+
+
+def net():
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                               torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 4))
+"""
+
+
+def _net() -> torch.nn.Module:
+    namespace: dict = {}
+    exec(FACTORY, namespace)
+    torch.manual_seed(0)
+    return namespace["net"]().eval()
+
+
+def _program() -> Program:
+    return capture(_net(), torch.randn(2, 3, 12, 12), name="net").eval()
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """`gpus(n)`: torch.cuda says it sees n GPUs (current device 0); only the resolution reads it."""
+    def see(count: int) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    return see
+
+
+# --- naming a device ---------------------------------------------------------------------------------------
+
+def test_auto_is_the_cpu_without_a_gpu_and_the_current_gpu_with_one(gpus):
+    gpus(0)
+    assert resolve_device("auto") == resolve_device(None) == resolve_device("cpu") == torch.device("cpu")
+    gpus(2)
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda", 0)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1) and resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("seen, name, said", [
+    (0, "cuda", "'cuda' asked, but torch sees no CUDA GPU"),
+    (0, "cuda:0", "'cuda:0' asked, but torch sees no CUDA GPU"),
+    (2, "cuda:2", "cuda:2 asked, but torch sees 2 CUDA GPU(s) (cuda:0 to cuda:1)"),
+    (1, "tpu", "unknown device 'tpu'"),
+    (1, "meta", "device 'meta' is not supported"),
+])
+def test_a_device_torch_cannot_use_is_one_line(gpus, seen, name, said):
+    gpus(seen)
+    with pytest.raises(PrunefxError) as caught:
+        resolve_device(name)
+    assert said in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("argv", [
+    ["prune", "prunefx:resnet20", "--macs", "0.5"],
+    ["depth", "prunefx:resnet20", "--blocks", "1", "--calibrate", "fashion-mnist"],
+    ["compress", "prunefx:resnet20", "--data", "fashion-mnist", "--recipe", "finetune"],
+])
+def test_cuda_without_a_gpu_is_refused_in_one_line_and_nothing_is_written(gpus, capsys, tmp_path, argv):
+    gpus(0)
+    code = main([*argv, "--device", "cuda", "-o", str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code == EXIT_USER_ERROR and out == "" and len(lines) == 1, err
+    assert lines[0].startswith(f"prunefx {argv[0]}: error: device 'cuda' asked, but torch sees no CUDA GPU")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_misspelt_device_is_refused_while_parsing(capsys, tmp_path):
+    assert main(["prune", "prunefx:resnet20", "--macs", "0.5", "--device", "gpu", "-o", str(tmp_path)]) == 2
+    assert "--device: 'gpu' is not auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
+# --- the CPU path is the path without devices --------------------------------------------------------------
+
+def _calibrated_steps(batches) -> list:
+    return [(remove_channels, {"macs": 0.6, "round_to": 1, "calibration": batches}),  # obs + compensation
+            (recalibrate_batchnorm, {"data": batches})]
+
+
+def _tensors(program: Program) -> dict[str, torch.Tensor]:
+    return dict(program.module.state_dict())
+
+
+def _assert_same_tensors(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[name], expected[name]) for name in expected)
+
+
+@pytest.mark.parametrize("name", ["cpu", "auto"])
+def test_on_device_on_the_cpu_gives_exactly_the_tensors_of_the_run_without_it(gpus, name):
+    gpus(0)  # auto resolves to the CPU
+    program = _program()
+    batches = noise_batches(program.example_inputs[0], 3)
+    expected = Pipeline(_calibrated_steps(batches)).run(program).program  # the oracle: no device code at all
+    assert expected.module.get_parameter("0.weight").shape[0] < 16  # it pruned
+    with on_device(program, name) as placed:
+        got = placed.home(Pipeline(_calibrated_steps(device_module.batches_on(batches, placed.device))).run(program)
+                          .program)
+    _assert_same_tensors(_tensors(got), _tensors(expected))
+
+
+class MacsLatency:
+    """A Measurer whose latency is the MACs (ms per 1e6); it records the dtype of every candidate it is given."""
+
+    round_to = None
+
+    def __init__(self):
+        self.dtypes: list[torch.dtype] = []
+
+    def __call__(self, dense, candidate):
+        self.dtypes.append(next(candidate.module.parameters()).dtype)
+        return count(dense).macs / 1e6, count(candidate).macs / 1e6, 0.0
+
+    def confirm(self, dense, candidate):
+        from prunefx.passes.budget.measurement import Timing
+
+        return Timing(*self(dense, candidate))
+
+
+def test_meet_budget_on_the_cpu_chooses_the_same_program_as_without_a_device():
+    program = _program()
+    batches = noise_batches(program.example_inputs[0], 2)
+    width = {"importance": "l2", "compensate": False, "round_to": 1}
+    expected, _ = meet_budget(program, speedup=1.5, measurer=MacsLatency(), calibration=batches, width=width)
+    got, _ = meet_budget(program, speedup=1.5, measurer=MacsLatency(), calibration=batches, width=width,
+                         device="cpu")
+    _assert_same_tensors(_tensors(got), _tensors(expected))
+
+
+# --- the plumbing, through a fake device -------------------------------------------------------------------
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """'cuda' resolves to cuda:0, and moving there casts every floating tensor of the Program (and calibration
+    batches) to float64, back to float32 on the way home; `moves` records each move's target."""
+    moves: list[str] = []
+
+    def name(text):
+        return torch.device("cuda", 0) if str(text).startswith("cuda") else torch.device("cpu")
+
+    def cast(value, device):
+        dtype = torch.float64 if torch.device(device).type == "cuda" else torch.float32
+        return value.to(dtype) if value.is_floating_point() else value
+
+    def move(program, device):
+        moves.append(torch.device(device).type)
+        program.module.to(torch.float64 if torch.device(device).type == "cuda" else torch.float32)
+        program.example_inputs = tuple(cast(x, device) for x in program.example_inputs)
+        return program
+
+    def batches(data, device):
+        return None if data is None else [tuple(cast(x, device) for x in batch) for batch in data]
+
+    monkeypatch.setattr(device_module, "device_named", name)
+    monkeypatch.setattr(device_module, "move_program", move)
+    monkeypatch.setattr(device_module, "batches_on", batches)
+    monkeypatch.setattr(calibration_module, "batches_on", batches)
+    monkeypatch.setattr(meet_module, "batches_on", batches)
+    return moves
+
+
+def test_a_pass_sees_the_module_on_the_device_and_the_program_comes_home_when_it_raises(fake_gpu):
+    program = _program()
+    seen = []
+
+    def fails(given, /, *, config=None):
+        seen.append(next(given.module.parameters()).dtype)
+        raise RuntimeError("the pass failed")
+
+    with pytest.raises(PipelineError, match="the pass failed"):
+        with on_device(program, "cuda"):
+            Pipeline([fails]).run(program)
+    assert seen == [torch.float64] and fake_gpu == ["cuda", "cpu"]
+    assert all(t.dtype == torch.float32 for t in program.module.parameters())
+    assert program.example_inputs[0].dtype == torch.float32
+
+
+def test_meet_budget_runs_the_search_on_the_device_and_returns_both_programs_home(fake_gpu):
+    program = _program()
+    measurer = MacsLatency()
+    chosen, _ = meet_budget(program, speedup=1.5, measurer=measurer, calibration=noise_batches(
+        program.example_inputs[0], 2), width={"importance": "taylor", "round_to": 1}, device="cuda")
+    assert measurer.dtypes and set(measurer.dtypes) == {torch.float64}  # every candidate was on the device
+    assert fake_gpu == ["cuda", "cpu", "cpu"]  # there; the chosen Program home; the dense Program home
+    assert all(t.dtype == torch.float32 for p in (program, chosen) for t in p.module.parameters())
+
+
+def _tiny_prune(tmp_path, name: str, *extra: str) -> list[str]:
+    """`prunefx prune` of the tiny net (taylor on noise: a data criterion without --calibrate) into tmp_path/name."""
+    if not (tmp_path / "tiny.py").exists():
+        (tmp_path / "tiny.py").write_text(FACTORY)
+        torch.save(_net().state_dict(), tmp_path / "tiny.pth")
+    return ["prune", f"{tmp_path / 'tiny.py'}:net", "--weights", str(tmp_path / "tiny.pth"), "--input-shape",
+            "2x3x12x12", "--macs", "0.6", "--round-to", "1", "--importance", "taylor", *extra,
+            "-o", str(tmp_path / name)]
+
+
+@pytest.mark.slow
+def test_prune_on_the_cpu_writes_the_tensors_of_the_pass_run_without_devices(gpus, capsys, tmp_path):
+    gpus(0)
+    program = _program()  # the same net, weights and input shape as the command's
+    oracle = remove_channels(program.clone(), config={"macs": 0.6, "round_to": 1, "importance": "taylor",
+                                                      "calibration": noise_batches(program.example_inputs[0], 4)})
+    expected = list(_tensors(oracle.program).values())
+    for name, extra in (("plain", ()), ("cpu", ("--device", "cpu")), ("auto", ("--device", "auto"))):
+        assert main(_tiny_prune(tmp_path, name, *extra)) == 0, capsys.readouterr().err
+        written = list(_tensors(Program.load(tmp_path / name / "model.pt2")).values())
+        assert len(written) == len(expected) and all(torch.equal(a, b) for a, b in zip(written, expected)), name
+
+
+@pytest.mark.slow
+def test_prune_runs_the_pass_on_the_device_and_writes_from_the_cpu(fake_gpu, monkeypatch, capsys, tmp_path):
+    import prunefx.commands.prune as prune_command
+
+    seen = []
+    real_step = prune_command._pruning_step
+
+    def recording_step(config):
+        function, options = real_step(config)
+
+        def recorded(program, /, *, config=None):
+            seen.append((next(program.module.parameters()).dtype, config["calibration"][0][0].dtype))
+            return function(program, config=config)
+        recorded.__name__ = function.__name__  # the step keeps its name: the command reads its facts by it
+        return recorded, options
+
+    monkeypatch.setattr(prune_command, "_pruning_step", recording_step)
+    code = main(_tiny_prune(tmp_path, "out", "--device", "cuda"))
+    assert code == 0, capsys.readouterr().err
+    assert seen == [(torch.float64, torch.float64)]  # the module and the noise batches, both on the device
+    assert fake_gpu == ["cuda", "cpu", "cpu"]
+    saved = Program.load(tmp_path / "out" / "model.pt2")
+    assert all(t.dtype == torch.float32 for t in saved.module.parameters())
+
+
+# --- moving a captured graph --------------------------------------------------------------------------------
+
+class _MakesTensors(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y + torch.arange(y.shape[-1], dtype=y.dtype) + torch.zeros(y.shape[-1]) + torch.tensor([1.0]).sum()
+
+
+def _named_devices(module: torch.fx.GraphModule) -> list[torch.device]:
+    return [node.kwargs["device"] for node in module.graph.nodes if node.kwargs.get("device") is not None]
+
+
+def test_moving_renames_the_devices_the_graph_names_and_moves_every_tensor_it_reads():
+    program = capture(_MakesTensors().eval(), torch.randn(1, 3, 6, 6), name="makes")
+    assert _named_devices(program.module) == [torch.device("cpu")] * 2  # arange and zeros
+    expected = program.run_example()
+    move_module(program.module, "cpu")  # to where it is: nothing changes, and it still computes the same
+    assert _named_devices(program.module) == [torch.device("cpu")] * 2
+    assert torch.equal(program.run_example(), expected)
+    # the renaming itself, where no computation is run: the graph's text and its tensors' device only
+    move_module(program.module, "meta")
+    assert _named_devices(program.module) == [torch.device("meta")] * 2
+    assert "device = device(type='meta')" in program.module.code
+    assert {t.device.type for t in (*program.module.parameters(), *program.module.buffers())} == {"meta"}
+
+
+# --- on a GPU ------------------------------------------------------------------------------------------------
+
+def _prune_args(tmp_path, weights, device: str, name: str, extra=()) -> list[str]:
+    return ["prune", "torchvision:resnet18", "--weights", str(weights), "--input-shape", "4x3x64x64",
+            "--macs", "0.5", "--calibrate", "imagenet-sample", "--device", device, *extra, "-o", str(tmp_path / name)]
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_a_calibrated_prune_on_the_gpu_matches_the_cpu_run(tmp_path, capsys, monkeypatch):
+    """Tolerance: the same width for every group, and every tensor of model.pt2 within 1e-3 of its largest
+    magnitude of the CPU run's (TF32 off: float32 on both, Hessians and OBS in float64)."""
+    import json
+
+    import torchvision
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    for device in ("cpu", "cuda"):
+        assert main(_prune_args(tmp_path, tmp_path / "r18.pth", device, device)) == 0, capsys.readouterr().err
+    reports = [json.loads((tmp_path / d / "report.json").read_text()) for d in ("cpu", "cuda")]
+    assert [g["width_after"] for g in reports[0]["groups"]] == [g["width_after"] for g in reports[1]["groups"]]
+    assert reports[1]["importance"] == "obs" and reports[1]["compensated"]
+    cpu, cuda = (_tensors(Program.load(tmp_path / d / "model.pt2")) for d in ("cpu", "cuda"))
+    assert cpu.keys() == cuda.keys() and all(t.device.type == "cpu" for t in cuda.values())
+    for name, tensor in cpu.items():
+        if tensor.is_floating_point():
+            scale = float(tensor.abs().max()) or 1.0
+            assert float((cuda[name] - tensor).abs().max()) <= 1e-3 * scale, name
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@requires_cuda
+def test_resnet50_calibrated_prune_runs_on_the_gpu(tmp_path, capsys):
+    """It runs; the time is printed for the benchmark (benchmarks/tool_speed.py publishes the figure)."""
+    started = time.perf_counter()
+    code = main(["prune", "torchvision:resnet50", "--macs", "0.5", "--calibrate", "imagenet-sample", "--device",
+                 "cuda", "-o", str(tmp_path / "r50")])
+    seconds = time.perf_counter() - started
+    assert code == 0, capsys.readouterr().err
+    with capsys.disabled():
+        print(f"\nResNet-50 calibrated prune on {torch.cuda.get_device_name()}: {seconds:.1f} s (export and parity "
+              "included)")
