@@ -20,6 +20,7 @@ import copy
 import json
 import time
 import warnings
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -30,7 +31,7 @@ MAX_TRIES = 12
 CLOSE_ENOUGH = 0.01  # relative distance to the asked MACs fraction that ends the bisection
 
 
-def _attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+def _attention_modules(model: torch.nn.Module) -> list[Any]:
     """timm-style attention: a fused qkv Linear and an int num_heads (the reshape reads them)."""
     return [m for m in model.modules()
             if isinstance(getattr(m, "qkv", None), torch.nn.Linear) and isinstance(getattr(m, "num_heads", None), int)]
@@ -58,7 +59,9 @@ def prune_at(dense: torch.nn.Module, example: torch.Tensor, ratio: float) -> tor
 def prune_to_macs(dense: torch.nn.Module, example: torch.Tensor, fraction: float) -> dict:
     """Bisection on the ratio; the closest try wins. Returns what was reached and the time of each part."""
     dense_macs, dense_params = tp.utils.count_ops_and_params(dense, example)
-    low, high, tries, best = 0.0, 0.95, [], None
+    low, high = 0.0, 0.95
+    tries: list[dict] = []
+    best: dict = {}
     while len(tries) < MAX_TRIES:
         ratio = 0.5 * (low + high)
         start = time.perf_counter()
@@ -66,7 +69,7 @@ def prune_to_macs(dense: torch.nn.Module, example: torch.Tensor, fraction: float
         seconds = time.perf_counter() - start
         kept = tp.utils.count_ops_and_params(pruned, example)[0] / dense_macs
         tries.append({"ratio": ratio, "macs_kept": kept, "prune_seconds": seconds})
-        if best is None or abs(kept - fraction) < abs(best["macs_kept"] - fraction):
+        if not best or abs(kept - fraction) < abs(best["macs_kept"] - fraction):
             best = tries[-1]
         if abs(kept - fraction) <= CLOSE_ENOUGH * fraction:
             break
@@ -83,6 +86,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     spec = build_model(args.model)
+    if spec.module is None or spec.default_input_shape is None:
+        raise SystemExit(f"{args.model} is a saved program: Torch-Pruning needs the model's own module")
     dense = spec.module.eval().to(args.device)
     example = torch.randn(spec.default_input_shape, device=args.device)
     built = time.perf_counter()

@@ -101,9 +101,10 @@ def prunefx_command() -> list[str]:
 
 def case_command(case: str, reference: str, output: Path, device: str | None) -> list[str]:
     device_options = ["--device", device] if device else []
-    if CASES[case] is None:
-        return [sys.executable, str(TORCH_PRUNING_SCRIPT), reference, "--macs", str(MACS), *device_options]
-    return [*prunefx_command(), "prune", reference, *CASES[case], *device_options, "-o", str(output)]
+    options = CASES[case]
+    if options is None:
+        return [sys.executable, str(TORCH_PRUNING_SCRIPT), reference, "--macs", f"{MACS:g}", *device_options]
+    return [*prunefx_command(), "prune", reference, *options, *device_options, "-o", str(output)]
 
 
 def shown(command: list[str], output: Path) -> str:
@@ -151,7 +152,7 @@ def run_case(model: str, case: str, args: argparse.Namespace, workdir: Path) -> 
 def with_model_memory(rows: list[dict]) -> list[dict]:
     """Each row gets its model's parameter memory (from any case that counted the parameters) and its
     peak as a multiple of it."""
-    params = {}
+    params: dict[str, int] = {}
     for row in rows:
         if row.get("params"):
             params.setdefault(row["model"], row["params"])
@@ -173,8 +174,8 @@ def _note(row: dict) -> str:
         return f"**{row['status']}**: {row['error']}"
     if row["case"] == "torch-pruning":
         found = row["torch_pruning"]
-        return (f"{len(found['tries'])} tries, one prune {found['one_prune_seconds']:.1f} s; "
-                "no export, no parity")
+        return (f"{len(found['tries'])} tries in {found['search_seconds']:.1f} s, one prune "
+                f"{found['one_prune_seconds']:.2f} s; no export, no parity")
     if row.get("speedup") is not None:
         return f"measured {row['speedup']:.2f}x after {row['candidates']} candidates"
     parity = row.get("parity_relative")
@@ -244,7 +245,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     info = machine_info()
-    rows = []
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="prunefx-tool-speed-") as tmp:
         for model in args.models:
             rows += [run_case(model, case, args, Path(tmp)) for case in args.cases]
@@ -255,7 +256,7 @@ def main(argv=None) -> int:
                      "macs": MACS, "speedup": SPEEDUP, "cases": {c: CASES[c] for c in args.cases}},
         "rows": with_model_memory(rows),
     }
-    report["machine"]["load_average_at_end"] = list(os.getloadavg())
+    info["load_average_at_end"] = list(os.getloadavg())
     text = markdown(report)
     json_path, md_path = write_results(NAME, report, text, folder=args.output_dir)
     print(text)
