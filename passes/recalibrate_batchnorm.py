@@ -49,8 +49,8 @@ import torch
 
 from prunefx.graph import Program
 from prunefx.graph.activations import calibration_inputs, run_tapped, tap_nodes
-from prunefx.graph.batch_walk import live_bytes, walk
 from prunefx.graph.attributes import attribute_name, get_tensor, set_tensor, tensor_name
+from prunefx.graph.batch_walk import live_bytes, walk
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.pass_config import PassConfig, option
