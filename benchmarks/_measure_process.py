@@ -44,8 +44,9 @@ def measure(command: list[str], timeout: float) -> dict:
 
 def main(argv: list[str]) -> int:
     result_path, timeout, command = argv[0], float(argv[1]), argv[2:]
+    measured = measure(command, timeout)  # first: a command that cannot start leaves no result file
     with open(result_path, "w") as result:
-        json.dump(measure(command, timeout), result)
+        json.dump(measured, result)
     return 0
 
 

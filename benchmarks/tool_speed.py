@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,10 +75,12 @@ def run_measured(command: list[str], *, timeout: float, env: dict | None = None)
         with open(folder / "out", "w+") as out, open(folder / "err", "w+") as err:
             # -S: no site packages, so the launcher stays a few MB.
             subprocess.run([sys.executable, "-S", str(LAUNCHER), str(result), str(timeout), *command],
-                           stdout=out, stderr=err, env=env, check=True)
+                           stdout=out, stderr=err, env=env, check=False)
             out.seek(0)
             err.seek(0)
             stdout, stderr = out.read(), err.read()
+        if not result.is_file():  # the command could not even start (the launcher says why)
+            return Measured("failed", 0.0, 0.0, last_line(stderr) or "the launcher failed", stdout)
         found = json.loads(result.read_text())
     wall, peak, code = found["wall_s"], found["peak_rss_kib"] * 1024 / 1e6, found["exit_code"]
     if found["timed_out"]:
@@ -142,6 +145,7 @@ def run_case(model: str, case: str, args: argparse.Namespace, workdir: Path) -> 
         details = case_details(case, measured, output)
     except (OSError, ValueError, KeyError, IndexError) as error:  # ran, but left no readable account
         measured.status, measured.error, details = "failed", f"{type(error).__name__}: {error}"[:300], {}
+    shutil.rmtree(output, ignore_errors=True)  # a large model's model.pt2 and model.onnx weigh gigabytes
     row = {"model": model, "reference": reference, "case": case, "command": shown(command, output),
            **{k: v for k, v in asdict(measured).items() if k != "stdout"}, **details}
     print(f"[{model}] {case}: {row['status']}, {row['wall_s']:.1f} s, {row['peak_rss_mb']:.0f} MB",

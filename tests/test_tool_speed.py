@@ -50,6 +50,11 @@ def test_a_failing_case_keeps_its_last_error_line():
     assert measured.wall_s > 0 and measured.peak_rss_mb > 0
 
 
+def test_a_command_that_cannot_start_is_a_failed_row():
+    measured = _benchmark().run_measured(["/no/such/prunefx", "prune"], timeout=60)
+    assert measured.status == "failed" and "/no/such/prunefx" in measured.error
+
+
 def test_a_case_past_its_timeout_is_killed_and_reported():
     measured = _benchmark().run_measured(_python("import time; time.sleep(60)"), timeout=0.5)
     assert measured.status == "timed out" and measured.error == "timed out after 0.5 s"
