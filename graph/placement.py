@@ -29,7 +29,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
 def device_named(name: str | torch.device | None) -> torch.device:
     """The device `name` says (None or "auto": CUDA when available, else the CPU), with a CUDA index."""
     if name is None or name == "auto":
-        return _cuda(0) if torch.cuda.is_available() else torch.device("cpu")
+        return _cuda(torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError, ValueError):

@@ -300,16 +300,19 @@ def test_moving_renames_the_devices_the_graph_names_and_moves_every_tensor_it_re
 
 # --- on a GPU ------------------------------------------------------------------------------------------------
 
-def _prune_args(tmp_path, weights, device: str, name: str, extra=()) -> list[str]:
+def _prune_args(tmp_path, weights, device: str, name: str) -> list[str]:
     return ["prune", "torchvision:resnet18", "--weights", str(weights), "--input-shape", "4x3x64x64",
-            "--macs", "0.5", "--calibrate", "imagenet-sample", "--device", device, *extra, "-o", str(tmp_path / name)]
+            "--macs", "0.5", "--local", "--calibrate", "imagenet-sample", "--device", device,
+            "-o", str(tmp_path / name)]
 
 
 @pytest.mark.gpu
+@pytest.mark.slow
 @requires_cuda
 def test_a_calibrated_prune_on_the_gpu_matches_the_cpu_run(tmp_path, capsys, monkeypatch):
     """Tolerance: the same width for every group, and every tensor of model.pt2 within 1e-3 of its largest
-    magnitude of the CPU run's (TF32 off: float32 on both, Hessians and OBS in float64)."""
+    magnitude of the CPU run's (TF32 off: float32 on both, Hessians and OBS in float64). Local ranking: every
+    group keeps the same fraction, so the widths do not hang on near-ties between the random net's groups."""
     import json
 
     import torchvision
