@@ -57,7 +57,7 @@ class TrainConfig:
     resume: bool = False
     progress: bool | None = None  # None: a bar when stderr is a terminal
     seed: int = 0
-    device: str | None = None  # default: where the program's parameters are
+    device: str | None = None  # "auto", "cpu", "cuda", "cuda:N" (graph/placement.py); default: where the program is
     task: str = CLASSIFICATION  # detection: YOLO export output, distillation only (passes/training/engine.py)
 
     def __post_init__(self) -> None:
