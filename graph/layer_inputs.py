@@ -272,10 +272,14 @@ def _accumulate(total: list, x: torch.Tensor) -> None:
 
 
 def _finish(total) -> torch.Tensor:
-    """H from what _accumulate summed: a tensor as it is, or syrk's upper triangle (Fortran-ordered)
-    mirrored to the lower one in place, block by block (no second n x n array)."""
-    if isinstance(total, torch.Tensor):
-        return total
+    """H from what _accumulate summed: a tensor as it is, or syrk's upper triangle mirrored."""
+    return total if isinstance(total, torch.Tensor) else mirror_upper(total)
+
+
+def mirror_upper(total: np.ndarray) -> torch.Tensor:
+    """The symmetric matrix whose upper triangle BLAS's syrk wrote into `total` (Fortran-ordered), as a
+    C-ordered tensor sharing its memory: the lower triangle is filled in place, block by block (no
+    second n x n array)."""
     size, block = total.shape[0], 512
     for start in range(block, size, block):
         total[start:start + block, :start] = total[:start, start:start + block].T
