@@ -347,3 +347,12 @@ def test_resnet50_calibrated_prune_runs_on_the_gpu(tmp_path, capsys):
     with capsys.disabled():
         print(f"\nResNet-50 calibrated prune on {torch.cuda.get_device_name()}: {seconds:.1f} s (export and parity "
               "included)")
+
+
+def test_tf32_is_off_inside_the_block_and_restored_after():
+    from prunefx.device import on_device
+    program = capture(torch.nn.Linear(4, 2).eval(), torch.randn(1, 4)).eval()
+    torch.backends.cudnn.allow_tf32 = True
+    with on_device(program, "cpu"):
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cudnn.allow_tf32

@@ -153,6 +153,8 @@ def _batch_norm_weights(module: torch.fx.GraphModule) -> set[str]:
 
 
 def _gradient_scores(module, combing: Combing, criterion: str, batches) -> np.ndarray:
+    device = next(iter(module.parameters()), torch.empty(0)).device
+    batches = [tuple(t.to(device) for t in batch) for batch in batches]  # a recipe's loader gives CPU batches
     saved = {name: p.requires_grad for name, p in module.named_parameters()}
     for p in module.parameters():
         p.requires_grad_(True)

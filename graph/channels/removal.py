@@ -46,7 +46,7 @@ def _slice_attribute(module, node, analysis, removed) -> bool:
     for dim, labels in enumerate(analysis.node_labels[node]):
         keep = keep_mask(analysis, labels, removed)
         if not keep.all():
-            sliced = sliced.index_select(dim, torch.from_numpy(np.flatnonzero(keep)))
+            sliced = sliced.index_select(dim, torch.from_numpy(np.flatnonzero(keep)).to(sliced.device))
     if sliced is tensor:
         return False
     set_tensor(module, node.target, sliced.contiguous())
