@@ -29,6 +29,7 @@ def check_value_sizes(path: Path) -> None:
     except Exception:  # unreadable: ONNX Runtime's own loading says why, in one line
         return
     check_external_data(model, path)
+    _weights_as_inputs(model.graph)
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # unreadable or not inferable: ONNX Runtime's own loading says why, in one line
@@ -42,3 +43,28 @@ def check_value_sizes(path: Path) -> None:
                 raise OnnxSessionError(
                     f"{printable(path.name)}: value '{printable(value.name)[:60]}' would be "
                     f"{'x'.join(map(str, sizes))}, more than the limit of 2**28 elements (refused before running)")
+
+
+# Values that no static size can depend on: every shape-computing operator reads integer tensors.
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+
+
+def _weights_as_inputs(graph: onnx.GraphProto) -> None:
+    """Turn floating-point initializers into typed graph inputs, in place. Shape inference serialises the
+    model it is given and hands a copy back: with the weights inside, that is three more copies of them for a
+    check that reads only their shapes (kept as the inputs' types), never their values."""
+    weights = [tensor for tensor in graph.initializer if tensor.data_type in _FLOAT_TYPES]
+    if not weights:
+        return
+    inputs = {value.name for value in graph.input}
+    graph.input.extend(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+                       for tensor in weights if tensor.name not in inputs)
+    kept = [_copy(tensor) for tensor in graph.initializer if tensor.data_type not in _FLOAT_TYPES]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def _copy(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    copied = onnx.TensorProto()
+    copied.CopyFrom(tensor)  # a message of a repeated field is not to be used once the field is cleared
+    return copied

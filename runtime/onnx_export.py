@@ -16,8 +16,10 @@ eval-mode copy (`program.clone().eval()`); the caller's Program is never changed
 
 from __future__ import annotations
 
+import gc
 import io
 import logging
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ import torch
 
 from prunefx.graph import Program
 from prunefx.runtime.errors import OnnxExportError, describe_failure
+from prunefx.runtime.heap import release_freed_memory
 
 log = logging.getLogger(__name__)
 DEFAULT_OPSET = 18
@@ -82,9 +85,17 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
                 from second_error
     raw_node_count = len(model.graph.node)
     model = _clean(model)
-    _save_checked(model, path, program.name)
+    # graph-surgeon's graph is cyclic (nodes and tensors refer to each other) and holds the exporter's model,
+    # every weight in it: collected now rather than at some later collection, after the file is written
+    gc.collect()
+    release_freed_memory()  # before serialising the model: a buffer of the weights' size (runtime/heap.py)
+    node_count = len(model.graph.node)
+    written = _save(model, path)
+    del model  # the checker reads the file: one copy of the weights in memory at a time
+    release_freed_memory()
+    _check_file(path, program.name, written)
     return OnnxExport(path=path, exporter=exporter, fallback_reason=fallback_reason,
-                      node_count=len(model.graph.node), raw_node_count=raw_node_count)
+                      node_count=node_count, raw_node_count=raw_node_count)
 
 
 def _export_dynamo(program: Program, opset: int) -> onnx.ModelProto:
@@ -140,18 +151,42 @@ def _rename(tensors: list[gs.Tensor], prefix: str) -> None:
         tensor.name = f"{prefix}_{index}"
 
 
-def _save_checked(model: onnx.ModelProto, path: Path, name: str) -> None:
+def _save(model: onnx.ModelProto, path: Path) -> list[Path]:
+    """Write `model`; the files written. One self-contained file whenever protobuf allows it (2 GB); only
+    larger models need the weights in a side file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # One self-contained file whenever protobuf allows it (2 GB); only larger models need the weights
-    # in a side file, and the checker must then read the model from disk to follow them.
-    large = model.ByteSize() >= onnx.checker.MAXIMUM_PROTOBUF
+    if _weight_bytes(model) >= onnx.checker.MAXIMUM_PROTOBUF - STRUCTURE_HEADROOM:
+        data = path.with_name(f"{path.name}.data")
+        onnx.save_model(model, path, save_as_external_data=True, location=data.name)
+        return [path, data]
+    onnx.save_model(model, path)
+    return [path]
+
+
+def _check_file(path: Path, name: str, written: list[Path]) -> None:
+    """onnx.checker on the written file (it follows external data from there); a file that fails is removed."""
     try:
-        if large:
-            onnx.save_model(model, path, save_as_external_data=True, location=f"{path.name}.data")
-            onnx.checker.check_model(str(path))
-        else:
-            onnx.checker.check_model(model)
-            onnx.save_model(model, path)
+        onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as error:
+        for file in written:
+            file.unlink(missing_ok=True)
         raise OnnxExportError(f"the ONNX graph of model '{name}' fails onnx.checker: "
                               f"{describe_failure(error)}") from error
+
+
+# Room left for everything but the weights (nodes, names, provenance) below protobuf's 2 GB: the size of
+# the whole message is not asked of protobuf, which serialises the model to count it (a copy of every weight).
+STRUCTURE_HEADROOM = 256 << 20
+
+
+def _weight_bytes(model: onnx.ModelProto) -> int:
+    """The bytes the initializers take when serialised, from their shapes (raw data: element size; values
+    in typed fields: at most 10 bytes each, a varint's longest)."""
+    total = 0
+    for tensor in model.graph.initializer:
+        elements = math.prod(tensor.dims)
+        if tensor.HasField("raw_data"):
+            total += elements * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        else:
+            total += elements * 10 + sum(len(value) for value in tensor.string_data)
+    return total

@@ -18,6 +18,7 @@ import torch.utils._pytree as pytree
 
 from prunefx.graph import Program
 from prunefx.runtime.errors import ParityError
+from prunefx.runtime.heap import release_freed_memory
 from prunefx.runtime.onnxruntime_session import OnnxRuntimeSession
 
 
@@ -54,11 +55,14 @@ def check_parity(program: Program, onnx_path: str | os.PathLike,
                     if isinstance(leaf, torch.Tensor)]
     session = OnnxRuntimeSession(onnx_path, threads=threads)
     actual = session.run(*inputs)
+    names, file_name = session.output_names, session.path.name
+    del session  # its copy of the weights
+    release_freed_memory()
     if len(actual) != len(expected):
         raise ParityError(f"model '{program.name}' has {len(expected)} output(s) in torch but "
-                          f"{len(actual)} in {session.path.name}")
+                          f"{len(actual)} in {file_name}")
     outputs = [_compare(name, want, got, program.name)
-               for name, want, got in zip(session.output_names, expected, actual)]
+               for name, want, got in zip(names, expected, actual)]
     worst = max(output.max_abs_error for output in outputs)
     scale = max(output.output_scale for output in outputs)
     return Parity(max_abs_error=worst, output_scale=scale, relative=_relative(worst, scale), outputs=outputs)

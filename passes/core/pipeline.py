@@ -171,7 +171,8 @@ class Pipeline:
             on_copy: bool = True) -> PipelineResult:
         """Run every pass on a copy of `program` (the caller's Program is left untouched): the Pipeline
         clones once, and each pass may then rewrite the Program it is given (see _check_in_place).
-        `on_copy=False` is for run_inner, whose caller owns `program` already.
+        `on_copy=False`: the caller hands `program` over and the passes rewrite it (run_inner, whose composite
+        owns it; a command that reads only the dense Program's name afterwards): no second copy of the weights.
         `after_step(name, result)` is called after each verified pass (compress measures every stage with
         it); it must not change the Program, which the next pass receives."""
         if on_copy:

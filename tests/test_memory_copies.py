@@ -1,0 +1,102 @@
+"""How many copies of a model's weights the deliverable path holds: the dense Program's tensors are released
+when a Pipeline rewrites the Program it is handed, shape inference of the size check never sees the weights,
+and the ONNX export checks the file it wrote instead of serialising the model once more for the checker."""
+
+import gc
+import platform
+import weakref
+
+import onnx
+import pytest
+import torch
+
+from prunefx.graph import capture
+from prunefx.passes.core.pipeline import Pipeline
+from prunefx.passes.remove_channels import remove_channels
+from prunefx.runtime import OnnxExportError, export_onnx, onnx_bounds, onnx_export
+from prunefx.runtime.heap import release_freed_memory
+
+
+class Mlp(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(16, 64)
+        self.fc2 = torch.nn.Linear(64, 8)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def mlp_program():
+    torch.manual_seed(0)
+    return capture(Mlp().eval(), torch.randn(2, 16), name="mlp").eval()
+
+
+def test_a_pipeline_on_the_program_it_is_handed_releases_the_dense_tensors():
+    program = mlp_program()
+    dense = weakref.ref(program.module.fc1.weight)
+    result = Pipeline([(remove_channels, {"channels": 0.5})]).run(program, on_copy=False)
+    gc.collect()
+    assert result.program is program
+    assert program.module.fc1.weight.shape[0] < 64  # pruned in place...
+    assert dense() is None  # ...and nothing holds on to the dense weight
+
+
+def test_a_pipeline_on_a_copy_leaves_the_dense_program_as_it_was():
+    program = mlp_program()
+    before = program.module.fc1.weight.detach().clone()
+    result = Pipeline([(remove_channels, {"channels": 0.5})]).run(program)
+    assert result.program is not program
+    assert torch.equal(program.module.fc1.weight, before)
+
+
+def test_the_size_check_infers_shapes_without_the_weights(tmp_path, monkeypatch):
+    path = export_onnx(mlp_program(), tmp_path / "mlp.onnx").path
+    full = onnx.shape_inference.infer_shapes(onnx.load(path), data_prop=True)  # the oracle: weights inside
+    seen = []
+    original = onnx.shape_inference.infer_shapes
+
+    def recording(model, *args, **kwargs):
+        seen.append(model)
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", recording)
+    onnx_bounds.check_value_sizes(path)
+    (given,) = seen
+    assert not [t.name for t in given.graph.initializer if t.data_type == onnx.TensorProto.FLOAT]
+    assert given.ByteSize() < 4 * 16 * 64  # less than fc1's weight alone
+    inferred = original(given, data_prop=True)
+
+    def shapes(model):
+        return {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+                for v in (*model.graph.value_info, *model.graph.output)}
+
+    assert shapes(inferred) == shapes(full)
+
+
+def test_the_export_checks_the_written_file_and_removes_one_that_fails(tmp_path, monkeypatch):
+    checked = []
+    monkeypatch.setattr(onnx.checker, "check_model", lambda model, *a, **k: checked.append(model))
+    export_onnx(mlp_program(), tmp_path / "ok.onnx")
+    assert checked == [str(tmp_path / "ok.onnx")]  # a path: no in-memory model serialised for the checker
+
+    def failing(model, *args, **kwargs):
+        raise onnx.checker.ValidationError("planted")
+
+    monkeypatch.setattr(onnx.checker, "check_model", failing)
+    with pytest.raises(OnnxExportError, match="fails onnx.checker: .*planted"):
+        export_onnx(mlp_program(), tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_the_weights_size_is_the_serialised_size_within_the_headroom(tmp_path):
+    model = onnx.load(export_onnx(mlp_program(), tmp_path / "mlp.onnx").path)
+    weights = onnx_export._weight_bytes(model)
+    serialised = len(model.SerializeToString())
+    assert 4 * (16 * 64 + 64 + 64 * 8 + 8) <= weights <= serialised
+    assert serialised - weights < onnx_export.STRUCTURE_HEADROOM
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_freed_memory_is_released_with_glibc():
+    assert release_freed_memory()
