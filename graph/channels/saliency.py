@@ -48,16 +48,19 @@ one group; `fallback_groups` and `fallback_channels` count them, as for `bn`), a
 ranking normalises every group by its mean, as for the other criteria. A layer reading several groups
 (a concat) is eliminated against each group separately, the other groups' columns kept.
 
-Cost: the Hessians come from layer_inputs.iter_hessians (one pass over the calibration data
-per chunk; remove_channels shares them with `compensate`, so obs + compensate gathers them once, with
-each layer's output energy), one Cholesky inverse per distinct layer input (by the Woodbury identity
-when the calibration rows are far fewer than the columns), and per group of C channels about 32 ln(C / 64) + 64
+Cost: the Hessians come from layer_inputs.iter_hessians (remove_channels shares them with `compensate`,
+so obs + compensate gathers them once, in one pass over the calibration data, with each layer's output
+energy), one Cholesky inverse per distinct layer input (by the Woodbury identity when the calibration
+rows are far fewer than the columns), and per group of C channels about 32 ln(C / 64) + 64
 elimination steps, each with one batched s x s solve per (layer, remaining channel) (s = a channel's
 columns: 9 for a 3x3 conv). A layer's state holds only the group's block of its inverse (G columns;
 shared with the other groups until the first downdate), whose downdates are deferred and applied 512
 columns at a time: G^3 / 3 multiply-adds per group and layer, at matrix-product speed. A group is
 eliminated as soon as its last layer's Hessian is in. The last result is kept under a digest of the
-model and data (obs_saliency), so that a budget search's later candidates skip all of this. (U-Net MobileNetV2 at 64 px, 2 cores: 240 s
+model and data (obs_saliency), so that a budget search's later candidates skip all of this.
+Everything is float64, the products X^T X included: with them in float32 (twice as fast), ViT-Tiny's
+elimination order moved and one MLP kept other channels, the float32 rounding of a rank-deficient H
+being large against the damping in its null space. (U-Net MobileNetV2 at 64 px, 2 cores: 240 s
 instead of 670 s, most of it the Cholesky inverse of the first decoder conv's 12,384 columns.)
 """
 
