@@ -59,6 +59,7 @@ class Program:
         self.output_shapes = output_shapes if output_shapes is not None else current_output_shapes(module)
         # What passes hand to later passes (graph/analysis_record.py), saved with the Program.
         self.analysis: Analysis = analysis if analysis is not None else Analysis()
+        self._exported: tuple[tuple, torch.export.ExportedProgram] | None = None  # see export()
 
     @classmethod
     def from_exported(cls, exported: torch.export.ExportedProgram, example_inputs, *, name: str) -> Program:
@@ -131,6 +132,7 @@ class Program:
     # --- graph maintenance ---------------------------------------------------------------------
     def recompile(self) -> None:
         """Regenerate code after a graph rewrite and refresh every node's shape metadata."""
+        self._exported = None  # the graph changes: a kept export would also keep the tensors it replaced
         self.module.graph.eliminate_dead_code()
         delete_unused_tensors(self.module)
         self.module.delete_all_unused_submodules()
@@ -164,12 +166,21 @@ class Program:
         return self.clone().export()
 
     def export(self) -> torch.export.ExportedProgram:
-        """Re-export the rewritten module: its success is the validity check every pass must pass (docs/design.md)."""
+        """Re-export the rewritten module: its success is the validity check every pass must pass (docs/design.md).
+        The result is kept until the Program changes (a graph, a tensor replaced, reshaped, retyped or moved, the
+        inputs' shapes), so that the Pipeline's check, model.pt2 and the ONNX export share one export. It holds
+        the Program's own tensors, not copies: read it, do not change it (to_exported gives one to keep)."""
+        key = (_propagation_key(self), _tensor_identities(self.module), tuple(map(id, self.example_inputs)))
+        if self._exported is not None and self._exported[0] == key:
+            return self._exported[1]
+        self._exported = None
         try:
-            return torch.export.export(self.module, self.example_inputs, strict=False)
+            exported = torch.export.export(self.module, self.example_inputs, strict=False)
         except Exception as error:
             raise VerificationError(f"program '{self.name}' no longer exports: "
                                     f"{first_line(error)}") from error
+        self._exported = (key, exported)
+        return exported
 
     # --- persistence ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -288,6 +299,12 @@ def _propagation_key(program: Program) -> tuple:
     inputs = [(tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else repr(x)
               for x in pytree.tree_leaves(program.example_inputs)]
     return tuple(str(m.graph) for m in graphs), tuple(tensors), tuple(inputs)
+
+
+def _tensor_identities(module: torch.nn.Module) -> tuple[tuple[str, int], ...]:
+    """Which tensor objects the module holds: the kept export holds them (and the example inputs) too, so an id
+    cannot be reused by a replacement while the export that refers to it is kept."""
+    return tuple((name, id(tensor)) for name, tensor in (*module.named_parameters(), *module.named_buffers()))
 
 
 def _all_nodes(module: torch.fx.GraphModule) -> Iterator[torch.fx.Node]:

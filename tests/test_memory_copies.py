@@ -100,3 +100,32 @@ def test_the_weights_size_is_the_serialised_size_within_the_headroom(tmp_path):
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 def test_freed_memory_is_released_with_glibc():
     assert release_freed_memory()
+
+
+def test_one_export_is_shared_until_the_program_changes():
+    program = mlp_program()
+    first = program.export()
+    assert program.export() is first  # the Pipeline's check, model.pt2 and ONNX read the same export
+    assert first.state_dict["fc1.weight"] is program.module.fc1.weight  # no copy of the weights
+    program.eval()  # no change: the same graph and tensors
+    assert program.export() is first
+
+
+def test_a_changed_program_is_exported_again_and_the_old_export_lets_its_tensors_go():
+    program = mlp_program()
+    program.export()
+    replaced = weakref.ref(program.module.fc1.weight)
+    remove_channels(program, config={"channels": 0.5})  # slices fc1 and fc2, then recompiles
+    gc.collect()
+    assert replaced() is None  # no export kept by the Program holds the dense weight
+    second = program.export()
+    assert second.state_dict["fc1.weight"].shape[0] < 64
+
+
+def test_a_tensor_replaced_without_recompiling_is_seen():
+    program = mlp_program()
+    first = program.export()
+    program.module.fc2.bias = torch.nn.Parameter(torch.zeros(8))
+    assert program.export() is not first
+    program.example_inputs = (torch.randn(2, 16),)
+    assert program.export().example_inputs[0][0] is program.example_inputs[0]
