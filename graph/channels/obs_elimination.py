@@ -20,7 +20,8 @@ class LayerState:
     elimination never reads another column: a channel's dE needs its own block of H^-1 and its own
     weights, and the downdate of the group's block of H^-1 needs only that block, a Schur complement):
 
-    - `matrix`, its weights, updated by every removal as compensation would (a copy);
+    - `columns_major`, its weights transposed [columns, outputs] (a copy), updated by every removal as
+      compensation would: a channel's weights are then rows, gathered without a strided copy;
     - `base` and the deferred downdates `left` @ `right`^T: the inverse of the damped Hessian restricted
       to the columns not yet removed is base - left[:, :used] @ right[:, :used]^T. `base` starts as the
       layer's full inverse, shared with the other groups that read the layer and never written: the
@@ -29,14 +30,14 @@ class LayerState:
       a 10k x 10k matrix per step is bound by memory traffic; a rank-512 one by arithmetic.
     - `blocks`: per bucket of channels with as many columns, their diagonal blocks of the current
       inverse [channels, s, s], downdated at every removal (all that the errors need);
-    - `place`: layer column -> its row in `base` and column in `matrix`, -1 once removed (or not in
+    - `place`: layer column -> its row in `base` and in `columns_major`, -1 once removed (or not in
       the group)."""
 
     CAPACITY = 512  # deferred columns before the downdates are applied to `base`
 
     def __init__(self, matrix: torch.Tensor, inverse: torch.Tensor, energy: float,
                  columns: dict[int, torch.Tensor]):
-        self.matrix, self.base, self.energy = matrix, inverse, energy
+        self.columns_major, self.base, self.energy = matrix.t().clone(memory_format=torch.contiguous_format), inverse, energy
         self.owned = False  # whether `base` is this state's alone (then compacted in place)
         self.columns = columns  # channel index in the group -> its original columns in this layer
         device = matrix.device
@@ -65,7 +66,7 @@ class LayerState:
             if not keep.any():
                 continue
             keep_t = torch.from_numpy(keep).to(index.device)
-            weights = self.matrix[:, self.place[index[keep_t]]].permute(1, 2, 0)    # [n, s, outputs]
+            weights = self.columns_major[self.place[index[keep_t]]]                 # [n, s, outputs]
             values = _quadratic_forms(blocks[keep_t], weights).cpu().numpy()
             errors[channels[keep]] += np.maximum(values, 0.0) / self.energy
 
@@ -79,12 +80,12 @@ class LayerState:
         originals = torch.cat(originals)
         cols = self.place[originals]
         rows = self._rows(cols)                                                      # [s, columns]
-        weights = self.matrix[:, cols]                                               # [outputs, s]
+        weights = self.columns_major[cols]                                           # M_S^T: [s, outputs]
         # one factorisation of (H^-1)_SS for both right-hand sides: [(H^-1)_SS]^-1 [M_S^T | (H^-1)_S:]
-        both = _solve(rows[:, cols], torch.cat([weights.t(), rows], dim=1))
-        error = float((weights.t() * both[:, :weights.shape[0]]).sum()) / self.energy
-        solved = both[:, weights.shape[0]:]                                          # [(H^-1)_SS]^-1 (H^-1)_S:
-        self.matrix -= weights @ solved
+        both = _solve(rows[:, cols], torch.cat([weights, rows], dim=1))
+        error = float((weights * both[:, :weights.shape[1]]).sum()) / self.energy
+        solved = both[:, weights.shape[1]:]                                          # [(H^-1)_SS]^-1 (H^-1)_S:
+        self.columns_major.addmm_(solved.t(), weights, alpha=-1)                     # M^T -= solved^T M_S^T
         self.place[originals] = -1
         left, right = rows.t(), solved.t()  # the downdate left @ right^T, [columns, s] each
         self._downdate_blocks(left, right)
@@ -130,13 +131,13 @@ class LayerState:
         self.used = 0
 
     def _compact(self) -> torch.Tensor:
-        """Restrict `base` and `matrix` to the columns alive (copies), renumber `place`; the positions kept."""
+        """Restrict `base` and `columns_major` to the columns alive (copies), renumber `place`; the positions kept."""
         kept = self.place[self.place >= 0].sort().values
         if self.owned and self.base.is_contiguous():
             self.base = _compact_in_place(self.base, kept)
         else:
             self.base, self.owned = self.base[kept[:, None], kept], True
-        self.matrix = self.matrix[:, kept]
+        self.columns_major = self.columns_major[kept]
         renumber = torch.full((self.place.numel(),), -1, dtype=torch.long, device=kept.device)
         renumber[kept] = torch.arange(kept.numel(), device=kept.device)
         self.place = torch.where(self.place >= 0, renumber[self.place.clamp_min(0)], self.place)

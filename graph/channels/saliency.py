@@ -203,7 +203,7 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
             for group, columns in by_group.items():
                 # zero input or zero weights: removing anything costs nothing, the layer is left out
                 if inverse is not None and energy > 0:
-                    states[group].append(LayerState(matrix.clone(), inverse, energy, columns))
+                    states[group].append(LayerState(matrix, inverse, energy, columns))  # it keeps a copy
                 waiting[group] -= 1
         sharing = [state for found in states.values() for state in found if state.base is inverse]
         if len(sharing) == 1:
