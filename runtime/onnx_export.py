@@ -32,6 +32,7 @@ import torch
 from prunefx.graph import Program
 from prunefx.runtime.errors import OnnxExportError, describe_failure
 from prunefx.runtime.heap import release_freed_memory
+from prunefx.runtime.onnx_write import save_model_streamed
 
 log = logging.getLogger(__name__)
 DEFAULT_OPSET = 18
@@ -155,12 +156,14 @@ def _save(model: onnx.ModelProto, path: Path) -> list[Path]:
     """Write `model`; the files written. One self-contained file whenever protobuf allows it (2 GB); only
     larger models need the weights in a side file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if _weight_bytes(model) >= onnx.checker.MAXIMUM_PROTOBUF - STRUCTURE_HEADROOM:
-        data = path.with_name(f"{path.name}.data")
-        onnx.save_model(model, path, save_as_external_data=True, location=data.name)
-        return [path, data]
-    onnx.save_model(model, path)
-    return [path]
+    if _weight_bytes(model) < onnx.checker.MAXIMUM_PROTOBUF - STRUCTURE_HEADROOM:
+        # onnx.save_model's bytes, one initializer serialised at a time (runtime/onnx_write.py)
+        if save_model_streamed(model, path) < onnx.checker.MAXIMUM_PROTOBUF:
+            return [path]
+        path.unlink()  # a structure larger than the headroom: the weights go beside it after all
+    data = path.with_name(f"{path.name}.data")
+    onnx.save_model(model, path, save_as_external_data=True, location=data.name)
+    return [path, data]
 
 
 def _check_file(path: Path, name: str, written: list[Path]) -> None:

@@ -15,6 +15,7 @@ from prunefx.passes.core.pipeline import Pipeline
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.runtime import OnnxExportError, export_onnx, onnx_bounds, onnx_export
 from prunefx.runtime.heap import release_freed_memory
+from prunefx.runtime.onnx_write import save_model_streamed
 
 
 class Mlp(torch.nn.Module):
@@ -129,3 +130,29 @@ def test_a_tensor_replaced_without_recompiling_is_seen():
     assert program.export() is not first
     program.example_inputs = (torch.randn(2, 16),)
     assert program.export().example_inputs[0][0] is program.example_inputs[0]
+
+
+def test_the_streamed_onnx_file_is_what_onnx_writes(tmp_path):
+    model = onnx.load(export_onnx(mlp_program(), tmp_path / "m.onnx").path)
+    model.doc_string = "x" * 300  # a field before the graph, with a length over 127
+    model.metadata_props.add(key="k", value="v")  # a field after it
+    written = save_model_streamed(model, tmp_path / "streamed.onnx")
+    expected = model.SerializeToString()
+    assert (tmp_path / "streamed.onnx").read_bytes() == expected
+    assert written == len(expected)
+
+
+def test_the_export_never_serialises_the_whole_model(tmp_path, monkeypatch):
+    calls = []
+    original = onnx.ModelProto.SerializeToString
+
+    def recording(self, *args, **kwargs):
+        serialised = original(self, *args, **kwargs)
+        calls.append(len(serialised))
+        return serialised
+
+    monkeypatch.setattr(onnx.ModelProto, "SerializeToString", recording)
+    path = export_onnx(mlp_program(), tmp_path / "mlp.onnx").path
+    weights = 4 * 16 * 64  # fc1's weight: no serialised model holds it
+    assert calls and max(calls) < weights
+    assert onnx.load(path).graph.initializer  # the weights are in the file, inline
