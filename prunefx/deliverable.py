@@ -15,7 +15,7 @@ from prunefx.graph import Program
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.reports.compression import json_safe
 from prunefx.runtime import check_parity, export_onnx, export_quantized_onnx, onnxruntime_lowering
-from prunefx.runtime.engine_check import report_entry
+from prunefx.runtime.engine_check import report_entries
 from prunefx.runtime.heap import release_freed_memory
 
 
@@ -35,7 +35,7 @@ def write_model(staging: Path, program: Program, *, opset: int) -> dict:
     parity = check_parity(program, path)
     # INT8 here is ONNX Runtime's lowering; a float file is what TensorRT engines are built from too
     targets = ("ort",) if has_fake_quant(program.graph) else ("trt11", "ort")
-    return {"onnx": onnx_entry, "readiness": {target: report_entry(path, target) for target in targets},
+    return {"onnx": onnx_entry, "readiness": report_entries(path, targets),
             "parity": {"max_abs_error": parity.max_abs_error, "output_scale": parity.output_scale,
                        "relative": parity.relative}}
 

@@ -146,7 +146,16 @@ def check_file(path: str | os.PathLike, target: str) -> Readiness:
 def report_entry(path: str | os.PathLike, target: str) -> dict:
     """What `prune`, `quantize` and `compress` put in report.json for a file they wrote: the counts and every
     error and warning (notes are left to `prunefx check`)."""
-    readiness = check_file(path, target).as_dict()
-    readiness["file"] = Path(path).name
-    readiness["findings"] = [finding for finding in readiness["findings"] if finding["severity"] != "info"]
-    return readiness
+    return report_entries(path, (target,))[target]
+
+
+def report_entries(path: str | os.PathLike, targets: tuple[str, ...]) -> dict[str, dict]:
+    """report_entry for each of `targets`, the file read once (its weights are most of it)."""
+    model = load_onnx(path)
+    entries = {}
+    for target in targets:
+        readiness = check_model(model, target, name=str(path)).as_dict()
+        readiness["file"] = Path(path).name
+        readiness["findings"] = [finding for finding in readiness["findings"] if finding["severity"] != "info"]
+        entries[target] = readiness
+    return entries

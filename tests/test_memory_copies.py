@@ -13,7 +13,7 @@ import torch
 from prunefx.graph import capture
 from prunefx.passes.core.pipeline import Pipeline
 from prunefx.passes.remove_channels import remove_channels
-from prunefx.runtime import OnnxExportError, export_onnx, onnx_bounds, onnx_export
+from prunefx.runtime import OnnxExportError, engine_check, export_onnx, onnx_bounds, onnx_export
 from prunefx.runtime.heap import release_freed_memory
 from prunefx.runtime.onnx_write import save_model_streamed
 
@@ -156,3 +156,13 @@ def test_the_export_never_serialises_the_whole_model(tmp_path, monkeypatch):
     weights = 4 * 16 * 64  # fc1's weight: no serialised model holds it
     assert calls and max(calls) < weights
     assert onnx.load(path).graph.initializer  # the weights are in the file, inline
+
+
+def test_the_readiness_of_every_target_reads_the_file_once(tmp_path, monkeypatch):
+    path = export_onnx(mlp_program(), tmp_path / "mlp.onnx").path
+    separately = {target: engine_check.report_entry(path, target) for target in ("trt11", "ort")}
+    loads = []
+    original = engine_check.load_onnx
+    monkeypatch.setattr(engine_check, "load_onnx", lambda file: loads.append(file) or original(file))
+    assert engine_check.report_entries(path, ("trt11", "ort")) == separately
+    assert loads == [path]
