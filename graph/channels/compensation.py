@@ -80,11 +80,13 @@ def second_order_update(matrix: torch.Tensor, hessian: torch.Tensor, removed: np
     rhs = hessian[kept[:, None], gone] @ m_r.t()  # H_KR M_R^T: [kept, outputs]
     factor, info = torch.linalg.cholesky_ex(h_kk)
     # damping 0 on rank-deficient inputs: least squares picks a solution where Cholesky cannot
-    delta = torch.cholesky_solve(rhs, factor) if int(info) == 0 else torch.linalg.lstsq(h_kk, rhs).solution
+    solved = int(info) == 0
+    delta = torch.cholesky_solve(rhs, factor) if solved else torch.linalg.lstsq(h_kk, rhs).solution
     updated = matrix.clone()
     updated[:, keep_t] += delta.t()
     without = float((m_r @ hessian[gone[:, None], gone] * m_r).sum())  # trace(M_R H_RR M_R^T)
-    with_update = _error_with(without, delta, rhs, h_kk, lam)
+    # an exact solve has (H_KK + lam I) delta = rhs: the product with the whole block is not needed
+    with_update = _error_with(without, delta, rhs, rhs if solved else h_kk @ delta, lam)
     return updated, {"error_without": without / max(energy, 1e-300),
                      "error_with": with_update / max(energy, 1e-300)}
 
@@ -122,11 +124,12 @@ def damped_inverse(hessian: torch.Tensor, damping: float) -> torch.Tensor | None
     return torch.linalg.pinv(hessian + lam * eye, hermitian=True)
 
 
-def _error_with(without: float, delta: torch.Tensor, rhs: torch.Tensor, damped: torch.Tensor, lam: float) -> float:
+def _error_with(without: float, delta: torch.Tensor, rhs: torch.Tensor, damped_delta: torch.Tensor,
+                lam: float) -> float:
     """trace(C H C^T) of the change C = [D on K, -M_R on R] from the blocks the update already holds
-    (delta = D^T, rhs = H_KR M_R^T, damped = H_KK + lam I), not from a product with the whole H:
-    trace(D H_KK D^T) - 2 trace(D H_KR M_R^T) + trace(M_R H_RR M_R^T)."""
-    kept_part = float((delta * (damped @ delta)).sum()) - lam * float((delta * delta).sum())
+    (delta = D^T, rhs = H_KR M_R^T, damped_delta = (H_KK + lam I) delta), not from a product with the whole
+    H: trace(D H_KK D^T) - 2 trace(D H_KR M_R^T) + trace(M_R H_RR M_R^T)."""
+    kept_part = float((delta * damped_delta).sum()) - lam * float((delta * delta).sum())
     return max(kept_part - 2.0 * float((delta * rhs).sum()) + without, 0.0)
 
 
