@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
 import json
 import os
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from prunefx.graph.program_metadata import (
 from prunefx.graph.safety.archive import safe_load
 from prunefx.graph.safety.functional_ops import check_writes
 from prunefx.graph.safety.graph_bounds import recompute_shapes
+from prunefx.graph.zip_target import FailureHoldingFile
 
 _METADATA_FILE = "prunefx.json"
 _PROPAGATION = "prunefx_propagation"  # node.meta key: which shape propagation last saw the node
@@ -194,15 +194,15 @@ class Program:
             "output_shapes": [list(shape) for shape in self.output_shapes],
             "analysis": self.analysis.to_json(),
         }
-        # torch's zip writer aborts the whole process (std::terminate from a destructor) when a write
-        # fails, e.g. on a full disk: serialise in memory, then write with Python, where a failure is an
-        # OSError. The file appears under its name only once complete (write to a sibling, then rename).
-        buffer = io.BytesIO()
-        torch.export.save(self.export(), buffer, extra_files={_METADATA_FILE: json.dumps(metadata)})
+        # Streamed to disk through a file that holds a failed write instead of raising it into torch's zip
+        # writer (graph/zip_target.py). The file appears under its name only once complete (write to a
+        # sibling, then rename).
         partial = path.with_name(f".{path.name}.partial")
         try:
             with open(partial, "wb") as file:
-                file.write(buffer.getbuffer())
+                target = FailureHoldingFile(file)
+                torch.export.save(self.export(), target, extra_files={_METADATA_FILE: json.dumps(metadata)})
+                target.raise_held()
             os.replace(partial, path)
         finally:
             partial.unlink(missing_ok=True)

@@ -2,7 +2,9 @@
 when a Pipeline rewrites the Program it is handed, shape inference of the size check never sees the weights,
 and the ONNX export checks the file it wrote instead of serialising the model once more for the checker."""
 
+import errno
 import gc
+import io
 import platform
 import weakref
 
@@ -11,6 +13,7 @@ import pytest
 import torch
 
 from prunefx.graph import capture
+from prunefx.graph.zip_target import FailureHoldingFile
 from prunefx.passes.core.pipeline import Pipeline
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.runtime import OnnxExportError, engine_check, export_onnx, onnx_bounds, onnx_export
@@ -166,3 +169,47 @@ def test_the_readiness_of_every_target_reads_the_file_once(tmp_path, monkeypatch
     monkeypatch.setattr(engine_check, "load_onnx", lambda file: loads.append(file) or original(file))
     assert engine_check.report_entries(path, ("trt11", "ort")) == separately
     assert loads == [path]
+
+
+def test_model_pt2_is_streamed_to_disk_with_the_bytes_a_buffer_gets(tmp_path):
+    program = mlp_program()
+    buffer = io.BytesIO()
+    torch.export.save(program.export(), buffer, extra_files={"prunefx.json": "{}"})
+    streamed = tmp_path / "streamed.pt2"
+    with open(streamed, "wb") as file:
+        target = FailureHoldingFile(file)
+        torch.export.save(program.export(), target, extra_files={"prunefx.json": "{}"})
+        target.raise_held()
+    assert streamed.read_bytes() == buffer.getvalue()
+
+
+class FillingFile(io.BytesIO):
+    """A disk that fills up after `room` bytes."""
+
+    def __init__(self, room):
+        super().__init__()
+        self.room = room
+
+    def write(self, data):
+        if self.tell() + memoryview(data).nbytes > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(data)
+
+
+def test_a_write_that_fails_inside_torchs_zip_writer_is_raised_after_it():
+    program = mlp_program()
+    target = FailureHoldingFile(FillingFile(room=1000))
+    torch.export.save(program.export(), target)  # the writer finishes: nothing is raised into it
+    with pytest.raises(OSError, match="No space left"):
+        target.raise_held()
+
+
+def test_saving_a_program_onto_a_full_disk_raises_and_leaves_nothing(tmp_path, monkeypatch):
+    import builtins
+
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda file, mode="r", *a, **k: FillingFile(1000) if "w" in mode
+                        and str(file).endswith(".partial") else real_open(file, mode, *a, **k))
+    with pytest.raises(OSError, match="No space left"):
+        mlp_program().save(tmp_path / "model.pt2")
+    assert list(tmp_path.iterdir()) == []
