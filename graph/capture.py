@@ -62,7 +62,7 @@ def _check_runs_eagerly(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]
 
 
 def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_inputs=None, *,
-            name: str | None = None) -> Program:
+            name: str | None = None, copy_weights: bool = True) -> Program:
     """Export `model` on `example_inputs` (a tensor or tuple of tensors) and wrap it as a Program.
 
     `model` may also be an ExportedProgram the user made with torch.export.export: its own example
@@ -70,6 +70,9 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     Program has fixed shapes). Either way the weights are copied: neither the user's model nor their
     ExportedProgram changes when the Program is rewritten or trained.
     The model is captured in its current training mode; call `program.eval()` afterwards to switch.
+    `copy_weights=False` is for a caller that drops `model` afterwards (a model built from a name on the command
+    line): the Program then takes the model's own tensors, without a second copy of every weight, and rewriting
+    or training it would change the model too.
     """
     if isinstance(model, torch.export.ExportedProgram):
         return _capture_exported(model, example_inputs, name=name or "exported")
@@ -86,7 +89,8 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     # exported.module() shares parameter and buffer storage with `model`; copy it so that training or
     # rewriting the Program never changes the user's model behind their back.
     program = Program.from_exported(exported, inputs, name=name)
-    program.module = copy.deepcopy(program.module)
+    if copy_weights:
+        program.module = copy.deepcopy(program.module)
     use_builtin_outputs(program.module)  # a saved Program must never need the model's library to be read
     return program
 

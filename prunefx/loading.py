@@ -21,13 +21,14 @@ def _square_image_size(shape: tuple[int, ...] | None) -> int | None:
 
 
 def program_from_reference(reference: str, *, weights: str | None = None, input_shape: str | None = None) -> Program:
-    return model_and_program(reference, weights=weights, input_shape=input_shape)[1]
+    return model_and_program(reference, weights=weights, input_shape=input_shape, keep_model=False)[1]
 
 
-def model_and_program(reference: str, *, weights: str | None = None,
-                      input_shape: str | None = None) -> tuple[torch.nn.Module | None, Program]:
-    """The model built from `reference` (None for a saved .pt2, which holds no Python module) and the Program
-    captured from it: the module the write-back (prunefx/interop/write_back.py) copies the pruned tensors into."""
+def model_and_program(reference: str, *, weights: str | None = None, input_shape: str | None = None,
+                      keep_model: bool = True) -> tuple[torch.nn.Module | None, Program]:
+    """The model built from `reference` (None for a saved .pt2, which holds no Python module, and with
+    keep_model=False, when the Program takes its tensors without a copy) and the Program captured from it: the
+    module the write-back (prunefx/interop/write_back.py) copies the pruned tensors into."""
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     spec = build_model(reference, image_size=_square_image_size(shape))
     if spec.kind == "program":
@@ -43,7 +44,9 @@ def model_and_program(reference: str, *, weights: str | None = None,
         load_weights(spec.module, weights)
     shape = shape or spec.default_input_shape
     generator = torch.Generator().manual_seed(0)
-    return spec.module, capture(spec.module.eval(), torch.randn(shape, generator=generator), name=spec.name).eval()
+    program = capture(spec.module.eval(), torch.randn(shape, generator=generator), name=spec.name,
+                      copy_weights=keep_model).eval()
+    return (spec.module if keep_model else None), program
 
 
 def program_from_args(args) -> Program:

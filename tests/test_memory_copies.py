@@ -213,3 +213,25 @@ def test_saving_a_program_onto_a_full_disk_raises_and_leaves_nothing(tmp_path, m
     with pytest.raises(OSError, match="No space left"):
         mlp_program().save(tmp_path / "model.pt2")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_capture_copies_the_weights_unless_told_the_model_is_given_away():
+    model = Mlp().eval()
+    copied = capture(model, torch.randn(2, 16))
+    assert copied.module.fc1.weight.data_ptr() != model.fc1.weight.data_ptr()
+    taken = capture(model, torch.randn(2, 16), copy_weights=False)
+    assert taken.module.fc1.weight.data_ptr() == model.fc1.weight.data_ptr()
+
+
+def test_a_model_built_only_for_its_program_is_not_kept_nor_copied(monkeypatch):
+    import prunefx.loading as loading
+
+    copies = []
+    real_capture = loading.capture
+    monkeypatch.setattr(loading, "capture", lambda *a, **k: copies.append(k["copy_weights"]) or real_capture(*a, **k))
+    model, program = loading.model_and_program("prunefx:resnet20", input_shape="1x1x28x28", keep_model=False)
+    assert model is None and copies == [False]
+    model, program = loading.model_and_program("prunefx:resnet20", input_shape="1x1x28x28")
+    assert model is not None and copies == [False, True]  # kept for --module's write-back: the Program copies
+    loading.program_from_reference("prunefx:resnet20", input_shape="1x1x28x28")
+    assert copies[-1] is False

@@ -218,7 +218,8 @@ def _program(args):
     if args.module and args.part:
         raise PrunefxError("--module writes the whole model back; it cannot be combined with --part")
     if not args.part:
-        model, program = model_and_program(args.model, weights=args.weights, input_shape=args.input_shape)
+        model, program = model_and_program(args.model, weights=args.weights, input_shape=args.input_shape,
+                                           keep_model=args.module)
         if args.module and model is None:
             raise PrunefxError("--module needs the model's own Python code, which a saved .pt2 does not hold: "
                                "prune the model reference (torchvision:NAME, timm:NAME, file.py:FACTORY) instead")
