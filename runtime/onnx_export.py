@@ -25,8 +25,10 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import onnx_ir as ir
 import torch
 
 from prunefx.graph import Program
@@ -72,20 +74,21 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
     exporters = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
     exporter, fallback_reason = first, None
     try:
-        model = exporters[first](program, opset)
+        model, weights = exporters[first](program, opset)
     except Exception as first_error:  # torch.onnx raises many types; all mean "this exporter failed"
         exporter, fallback_reason = second, describe_failure(first_error)
         log.warning("%s: the %s exporter failed (%s); trying the %s exporter", program.name,
                     EXPORTER_NAMES[first], fallback_reason, EXPORTER_NAMES[second])
         try:
-            model = exporters[second](program, opset)
+            model, weights = exporters[second](program, opset)
         except Exception as second_error:
             raise OnnxExportError(
                 f"could not export model '{program.name}' to ONNX: {EXPORTER_NAMES[first]} exporter: "
                 f"{fallback_reason}; {EXPORTER_NAMES[second]} exporter: {describe_failure(second_error)}") \
                 from second_error
     raw_node_count = len(model.graph.node)
-    model = _clean(model)
+    model = _clean(model, weights)
+    del weights
     # graph-surgeon's graph is cyclic (nodes and tensors refer to each other) and holds the exporter's model,
     # every weight in it: collected now rather than at some later collection, after the file is written
     gc.collect()
@@ -99,16 +102,38 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
                       node_count=node_count, raw_node_count=raw_node_count)
 
 
-def _export_dynamo(program: Program, opset: int) -> onnx.ModelProto:
+def _export_dynamo(program: Program, opset: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The exported model and its floating-point weights apart (see _weights_apart)."""
     # program.export() raises VerificationError if the module no longer exports; the dynamo exporter
     # would fail the same way, so that error simply becomes the fallback reason.
     exported = program.export()
     onnx_program = torch.onnx.export(exported, program.example_inputs, dynamo=True, opset_version=opset,
                                      external_data=False, optimize=True, verbose=False)
-    return onnx_program.model_proto
+    weights = _weights_apart(onnx_program.model)
+    return onnx_program.model_proto, weights
 
 
-def _export_torchscript(program: Program, opset: int) -> onnx.ModelProto:
+# Where a weight kept apart is said to be: never a file, every such reference is replaced in _clean.
+_APART = "prunefx-weight-kept-apart"
+_FLOAT_WEIGHTS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE)
+
+
+def _weights_apart(model: ir.Model) -> dict[str, np.ndarray]:
+    """Take the floating-point initializers out of the exporter's model, leaving each as a typed reference to
+    external data, so that the model serialises without them; their values as numpy arrays, views of the
+    Program's own tensors where the exporter kept those. The cleanup then reads them where it must (constant
+    folding) and writes each once, into the cleaned model: one copy of the weights, not three."""
+    weights = {}
+    for name, value in model.graph.initializers.items():
+        tensor = value.const_value
+        if tensor is None or isinstance(tensor, ir.ExternalTensor) or tensor.dtype not in _FLOAT_WEIGHTS:
+            continue
+        weights[name] = tensor.numpy()
+        value.const_value = ir.ExternalTensor(_APART, 0, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=name)
+    return weights
+
+
+def _export_torchscript(program: Program, opset: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The legacy exporter warns that it is deprecated, and the tracer warns about the input-shape
@@ -116,12 +141,17 @@ def _export_torchscript(program: Program, opset: int) -> onnx.ModelProto:
         warnings.simplefilter("ignore")
         torch.onnx.export(program.module, program.example_inputs, buffer, dynamo=False,
                           opset_version=opset, do_constant_folding=True)
-    return onnx.load_model_from_string(buffer.getvalue())
+    return onnx.load_model_from_string(buffer.getvalue()), {}
 
 
-def _clean(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Fold constants, drop dead nodes, sort, and give inputs and outputs their stable names."""
+def _clean(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """Fold constants, drop dead nodes, sort, and give inputs and outputs their stable names; the weights kept
+    apart (_weights_apart) go back in as they are written."""
     graph = gs.import_onnx(model)
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant) and tensor.name in weights:
+            tensor.values = weights[tensor.name]
+            tensor.data_location = None  # written inline, not where the reference pointed
     graph.fold_constants()
     graph.cleanup()
     graph.toposort()
@@ -129,6 +159,8 @@ def _clean(model: onnx.ModelProto) -> onnx.ModelProto:
     _rename(graph.outputs, "output")
     cleaned = gs.export_onnx(graph)
     _keep_provenance(model, cleaned)
+    if any(entry.value == _APART for tensor in cleaned.graph.initializer for entry in tensor.external_data):
+        raise OnnxExportError("a weight kept apart during the export did not go back into the model")
     return cleaned
 
 
