@@ -109,6 +109,7 @@ def _export_dynamo(program: Program, opset: int) -> tuple[onnx.ModelProto, dict[
     exported = program.export()
     onnx_program = torch.onnx.export(exported, program.example_inputs, dynamo=True, opset_version=opset,
                                      external_data=False, optimize=True, verbose=False)
+    assert onnx_program is not None  # None only when given a file to write
     weights = _weights_apart(onnx_program.model)
     return onnx_program.model_proto, weights
 
@@ -129,7 +130,8 @@ def _weights_apart(model: ir.Model) -> dict[str, np.ndarray]:
         if tensor is None or isinstance(tensor, ir.ExternalTensor) or tensor.dtype not in _FLOAT_WEIGHTS:
             continue
         weights[name] = tensor.numpy()
-        value.const_value = ir.ExternalTensor(_APART, 0, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=name)
+        value.const_value = ir.ExternalTensor(_APART, 0, tensor.nbytes, tensor.dtype, shape=ir.Shape(tensor.shape.numpy()),
+                                              name=name)
     return weights
 
 
