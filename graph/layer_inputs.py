@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.linalg import blas
 
 from prunefx.graph.activations import run_tapped, tap_nodes, within_budget
 from prunefx.graph.attributes import get_tensor, set_tensor
@@ -233,7 +232,7 @@ def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches,
     for chunk in within_budget(specs, lambda spec: 8 * columns[spec] ** 2, budget):
         sources = sorted({spec.source for spec in chunk})
         tapped, position = tap_nodes(module, sources), {name: index for index, name in enumerate(sources)}
-        sums = {spec: [0, None] for spec in chunk}
+        sums = {spec: [0, None, []] for spec in chunk}  # rows, X^T X, rows not multiplied yet
         for batch in batches:
             values = run_tapped(tapped, batch)
             for spec in chunk:
@@ -241,39 +240,47 @@ def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches,
                 sums[spec][0] += x.shape[0]
                 _accumulate(sums[spec], x)
         for spec in chunk:
-            rows, summed = sums.pop(spec)
-            hessian = _finish(summed)
+            total = sums.pop(spec)
+            rows, hessian = total[0], _finish(total)
             if cache is not None:
                 cache[spec] = (hessian, rows)
             yield spec, hessian, rows
 
 
+_PRODUCT_ROWS = 2048   # rows gathered before one product: a deep layer gives few rows per batch (49 per image)
+_PRODUCT_BYTES = 1 << 24  # ... or this many bytes of them, so that wide layers do not hold many batches
+
+
 def _accumulate(total: list, x: torch.Tensor) -> None:
-    """Add one batch's X^T X to total[1] in float64 (X: [rows, columns], float32 activations).
+    """Add one batch's rows X [rows, columns] to the running X^T X in total[1] (float64), through the
+    buffer total[2]: rows are gathered until there are _PRODUCT_ROWS of them (or _PRODUCT_BYTES), then
+    multiplied at once. A product over few rows (ResNet-50's last convolutions see 49 per image) runs far
+    below matrix-product speed. Added in place: `H + x.t() @ x` would hold another copy of a matrix that reaches 1.2 GB for a
+    wide layer (a U-Net decoder's first conv reads 12384 columns). Torch's product rather than BLAS's
+    syrk (half the multiply-adds): interleaved with the forward passes, a second thread pool (scipy's)
+    made it slower on two cores than torch's product."""
+    pending = total[2]
+    pending.append(x.detach())
+    if (sum(rows.shape[0] for rows in pending) >= _PRODUCT_ROWS
+            or sum(rows.numel() * rows.element_size() for rows in pending) >= _PRODUCT_BYTES):
+        _multiply_pending(total)
 
-    On the CPU by BLAS's syrk (scipy.linalg.blas.dsyrk), which computes one triangle of the symmetric
-    product, into an upper triangle that `_finish` mirrors once at the end: half the multiply-adds of
-    a matrix product, and no slowdown on the few, long rows of deep layers at small resolutions (two to
-    three times faster than torch's float64 product there). Elsewhere, torch's product. Accumulated in
-    place: `total + x.t() @ x` would hold another copy of a matrix that reaches 1.2 GB for a wide layer
-    (a U-Net decoder's first conv reads 12384 columns)."""
-    x = x.detach().double()
-    if x.device.type != "cpu":
-        if total[1] is None:
-            total[1] = x.t() @ x
-        else:
-            total[1].addmm_(x.t(), x)
+
+def _multiply_pending(total: list) -> None:
+    if not total[2]:
         return
-    columns = x.numpy().T  # [columns, rows], Fortran-ordered: syrk's A A^T without a copy
+    x = torch.cat(total[2]).double()
+    total[2] = []
     if total[1] is None:
-        total[1] = blas.dsyrk(1.0, columns, trans=0, lower=0)
+        total[1] = x.t() @ x
     else:
-        total[1] = blas.dsyrk(1.0, columns, beta=1.0, c=total[1], trans=0, lower=0, overwrite_c=1)
+        total[1].addmm_(x.t(), x)
 
 
-def _finish(total) -> torch.Tensor:
-    """H from what _accumulate summed: a tensor as it is, or syrk's upper triangle mirrored."""
-    return total if isinstance(total, torch.Tensor) else mirror_upper(total)
+def _finish(total: list) -> torch.Tensor:
+    """H from what _accumulate summed (the rows still buffered multiplied in)."""
+    _multiply_pending(total)
+    return total[1]
 
 
 def mirror_upper(total: np.ndarray) -> torch.Tensor:
