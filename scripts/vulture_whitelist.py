@@ -28,6 +28,8 @@ ENTRY_POINTS = [
     framework.profiling_verbosity,  # tensorrt IBuilderConfig, read by tensorrt
     framework._out_spec,            # torch.fx GraphModule's output spec (graph/output_tree.py)
     framework.args_iter,            # torch.fx Interpreter reads it for placeholders (graph/batch_walk.py)
+    framework.writable,             # io.RawIOBase protocol, asked by torch's zip writer (graph/zip_target.py)
+    framework.seekable,
     framework._per_channel_rule,    # registered by @channel_rule (graph/int8/quantization.py)
     framework.strict,               # config fields, read through the config mapping (as_dict)
     framework.min_speedup,
