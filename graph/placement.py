@@ -87,25 +87,29 @@ def _rename_devices(graph: torch.fx.Graph, source: torch.device, target: torch.d
     return changed
 
 
-def _move_plain_attributes(graph_module: torch.fx.GraphModule, device: torch.device) -> None:
+def _move_plain_attributes(graph_module: torch.fx.GraphModule, device: torch.device,
+                           dtype: torch.dtype | None) -> None:
     """Tensors reached by get_attr that are neither parameters nor buffers: `Module.to` does not move them."""
     for node in graph_module.graph.find_nodes(op="get_attr"):
         owner_name, _, leaf = node.target.rpartition(".")
         owner = operator.attrgetter(owner_name)(graph_module) if owner_name else graph_module
         value = getattr(owner, leaf, None)
-        if (isinstance(value, torch.Tensor) and value.device != device
-                and leaf not in owner._parameters and leaf not in owner._buffers):
-            setattr(owner, leaf, value.to(device))
+        if (isinstance(value, torch.Tensor) and leaf not in owner._parameters and leaf not in owner._buffers):
+            cast = dtype if dtype is not None and value.is_floating_point() else value.dtype
+            if value.device != device or value.dtype != cast:
+                setattr(owner, leaf, value.to(device=device, dtype=cast))
 
 
-def move_module(module: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
-    """`module` (in place, returned) with its tensors on `device` and the devices its graphs name renamed."""
+def move_module(module: torch.nn.Module, device: str | torch.device,
+                dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """`module` (in place, returned) with its tensors on `device` and the devices its graphs name renamed;
+    with `dtype`, its floating-point tensors cast to it as well (the cuda backend times fp16/bf16 copies)."""
     target = torch.device(device)
     source = module_device(module)
-    module.to(target)
+    module.to(device=target, dtype=dtype) if dtype is not None else module.to(target)
     for graph_module in module.modules():
         if isinstance(graph_module, torch.fx.GraphModule):
-            _move_plain_attributes(graph_module, target)
+            _move_plain_attributes(graph_module, target, dtype)
             if source != target and _rename_devices(graph_module.graph, source, target):
                 graph_module.recompile()
     return module

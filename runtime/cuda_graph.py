@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import operator
 from collections.abc import Callable
 
 import torch
 
 from prunefx.graph import Program
+from prunefx.graph.placement import move_module
 from prunefx.runtime.errors import BackendUnavailableError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -59,8 +59,7 @@ class CudaDevice:
 
     def place(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], dtype: torch.dtype):
         """`module` and `inputs` on the GPU at `dtype`, 4-D tensors channels_last."""
-        module = module.to(device="cuda", dtype=dtype)
-        _move_plain_attributes(module, lambda t: t.to(device="cuda", dtype=dtype if t.is_floating_point() else t.dtype))
+        module = move_module(module, "cuda", dtype)  # also the constants and devices the graph names
         module = module.to(memory_format=torch.channels_last)
         return module, tuple(_placed(x, "cuda", dtype) for x in inputs)
 
@@ -87,19 +86,6 @@ class CudaDevice:
 def _placed(tensor: torch.Tensor, device, dtype: torch.dtype) -> torch.Tensor:
     tensor = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
     return tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4 else tensor
-
-
-def _move_plain_attributes(module: torch.fx.GraphModule, move: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    """Tensors a graph reads by get_attr that are neither parameters nor buffers (constants torch.export
-    lifted): `.to()` does not move them."""
-    registered = {id(t) for t in (*module.parameters(), *module.buffers())}
-    for node in getattr(module, "graph", torch.fx.Graph()).nodes:
-        if node.op == "get_attr":
-            owner, _, leaf = node.target.rpartition(".")
-            holder = operator.attrgetter(owner)(module) if owner else module
-            value = getattr(holder, leaf, None)
-            if isinstance(value, torch.Tensor) and id(value) not in registered:
-                setattr(holder, leaf, move(value))
 
 
 class GpuModel:

@@ -298,6 +298,23 @@ def test_moving_renames_the_devices_the_graph_names_and_moves_every_tensor_it_re
     assert {t.device.type for t in (*program.module.parameters(), *program.module.buffers())} == {"meta"}
 
 
+def test_moving_with_a_dtype_casts_every_floating_tensor_the_graph_reads_and_nothing_else():
+    """What the cuda backend asks for (fp16/bf16 copies), checked here with float64 on the CPU: parameters,
+    buffers and the constants torch.export lifted as plain attributes are cast; integer tensors are not."""
+    program = capture(_MakesTensors().eval(), torch.randn(1, 3, 6, 6), name="makes")
+    expected = program.run_example()
+    module = program.module
+    # the lifted torch.tensor([1.0]) as a plain attribute, as some torch versions leave it
+    lifted = module._buffers.pop("lifted_tensor_0")
+    module.lifted_tensor_0 = lifted
+    move_module(module, "cpu", torch.float64)
+    assert module.lifted_tensor_0.dtype == torch.float64
+    assert all(t.dtype == torch.float64 for t in (*module.parameters(), *module.buffers()))
+    got = module(program.example_inputs[0].double())
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got.float(), expected, rtol=1e-5, atol=1e-5)
+
+
 # --- on a GPU ------------------------------------------------------------------------------------------------
 
 def _prune_args(tmp_path, weights, device: str, name: str) -> list[str]:
