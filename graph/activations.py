@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import torch
 
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.placement import module_device
 
 
 def calibration_inputs(example_inputs: Sequence[torch.Tensor], data: Iterable, *, max_batches: int | None = None,
@@ -77,7 +78,7 @@ def tap_nodes(module: torch.fx.GraphModule, names: Sequence[str]) -> torch.fx.Gr
 
 def run_tapped(tapped: torch.fx.GraphModule, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """Run a `tap_nodes` module on one batch, moved to the device of its tensors, without gradients."""
-    device = next(itertools.chain(tapped.parameters(), tapped.buffers()), torch.empty(0)).device
+    device = module_device(tapped)
     with torch.no_grad():
         return tuple(tapped(*(t.to(device) for t in batch)))
 

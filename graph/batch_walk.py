@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from prunefx.graph.placement import module_device
+
 
 def _needed(module: torch.fx.GraphModule, targets: Sequence[torch.fx.Node]) -> list[torch.fx.Node]:
     """The targets and every node they depend on, in graph order."""
@@ -72,7 +74,7 @@ def walk(module: torch.fx.GraphModule, batches: Sequence[Sequence[torch.Tensor]]
     fetched again after it, so that what `before` wrote is what the target and every later node use."""
     order = _needed(module, targets)
     frees, target_set = _frees(order), set(targets)
-    device = next(iter(module.parameters()), next(iter(module.buffers()), torch.empty(0))).device
+    device = module_device(module)
     runs = [torch.fx.Interpreter(module, garbage_collect_values=False) for _ in batches]
     for run, batch in zip(runs, batches):
         run.args_iter = iter([t.to(device) for t in batch])

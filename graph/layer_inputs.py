@@ -254,11 +254,11 @@ _PRODUCT_BYTES = 1 << 24  # ... or this many bytes of them, so that wide layers 
 def _accumulate(total: list, x: torch.Tensor) -> None:
     """Add one batch's rows X [rows, columns] to the running X^T X in total[1] (float64), through the
     buffer total[2]: rows are gathered until there are _PRODUCT_ROWS of them (or _PRODUCT_BYTES), then
-    multiplied at once. A product over few rows (ResNet-50's last convolutions see 49 per image) runs far
-    below matrix-product speed. Added in place: `H + x.t() @ x` would hold another copy of a matrix that reaches 1.2 GB for a
-    wide layer (a U-Net decoder's first conv reads 12384 columns). Torch's product rather than BLAS's
-    syrk (half the multiply-adds): interleaved with the forward passes, a second thread pool (scipy's)
-    made it slower on two cores than torch's product."""
+    multiplied at once. A product over few rows (ResNet-50's last convolutions see 49 per image) runs
+    far below matrix-product speed. Added in place: `H + x.t() @ x` would hold another copy of a matrix
+    that reaches 1.2 GB for a wide layer (a U-Net decoder's first conv reads 12384 columns). Torch's
+    product, not scipy's syrk (half the multiply-adds): interleaved with the forward passes, a second
+    BLAS thread pool made the sum slower on two cores."""
     pending = total[2]
     pending.append(x.detach())
     if (sum(rows.shape[0] for rows in pending) >= _PRODUCT_ROWS
@@ -281,20 +281,6 @@ def _finish(total: list) -> torch.Tensor:
     """H from what _accumulate summed (the rows still buffered multiplied in)."""
     _multiply_pending(total)
     return total[1]
-
-
-def mirror_upper(total: np.ndarray) -> torch.Tensor:
-    """The symmetric matrix whose upper triangle BLAS's syrk wrote into `total` (Fortran-ordered), as a
-    C-ordered tensor sharing its memory: the lower triangle is filled in place, block by block (no
-    second n x n array)."""
-    size, block = total.shape[0], 512
-    for start in range(block, size, block):
-        total[start:start + block, :start] = total[:start, start:start + block].T
-    for start in range(0, size, block):  # the diagonal blocks' lower triangles
-        square = total[start:start + block, start:start + block]
-        lower = np.tril_indices(square.shape[0], -1)
-        square[lower] = square.T[lower]
-    return torch.from_numpy(total.T)  # symmetric: its transpose is the same matrix, C-ordered
 
 
 def gather_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches) -> dict[InputSpec, tuple]:

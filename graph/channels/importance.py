@@ -39,6 +39,7 @@ from prunefx.graph.channels.groups import Combing
 from prunefx.graph.channels.removal import expand_mask
 from prunefx.graph.channels.saliency import obs_saliency
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.placement import module_device
 
 aten = torch.ops.aten
 CRITERIA = ("l1", "l2", "bn", "taylor", "fisher", "obs", "random")
@@ -153,7 +154,7 @@ def _batch_norm_weights(module: torch.fx.GraphModule) -> set[str]:
 
 
 def _gradient_scores(module, combing: Combing, criterion: str, batches) -> np.ndarray:
-    device = next(iter(module.parameters()), torch.empty(0)).device
+    device = module_device(module)
     batches = [tuple(t.to(device) for t in batch) for batch in batches]  # a recipe's loader gives CPU batches
     saved = {name: p.requires_grad for name, p in module.named_parameters()}
     for p in module.parameters():

@@ -22,8 +22,6 @@ import numpy as np
 import torch
 from scipy.linalg import blas, lapack
 
-from prunefx.graph.layer_inputs import mirror_upper
-
 TOLERANCE = 1e-8      # residual trace allowed, as a fraction of lam
 WORTH_IT = 0.25       # used when rows <= WORTH_IT * columns: below that the n^3 path is not much slower
 
@@ -44,7 +42,7 @@ def low_rank_damped_inverse(hessian: torch.Tensor, lam: float, rows: int) -> tor
         return None
     half = torch.linalg.solve_triangular(chol, factor.t(), upper=False)   # L^-1 G^T: [k, n]
     # G (lam I + G^T G)^-1 G^T = half^T half, one triangle by syrk
-    inverse = mirror_upper(blas.dsyrk(1.0, half.numpy().T, trans=0, lower=0))
+    inverse = _mirror_upper(blas.dsyrk(1.0, half.numpy().T, trans=0, lower=0))
     inverse.neg_().diagonal().add_(1.0)
     return inverse.div_(lam)
 
@@ -65,3 +63,17 @@ def _pivoted_cholesky(hessian: torch.Tensor, steps: int, tolerance: float) -> to
     if float(np.clip(residual, 0.0, None).sum()) > tolerance:
         return None
     return torch.from_numpy(result)
+
+
+def _mirror_upper(total: np.ndarray) -> torch.Tensor:
+    """The symmetric matrix whose upper triangle BLAS's syrk wrote into `total` (Fortran-ordered), as a
+    C-ordered tensor sharing its memory: the lower triangle is filled in place, block by block (no
+    second n x n array)."""
+    size, block = total.shape[0], 512
+    for start in range(block, size, block):
+        total[start:start + block, :start] = total[:start, start:start + block].T
+    for start in range(0, size, block):  # the diagonal blocks' lower triangles
+        square = total[start:start + block, start:start + block]
+        lower = np.tril_indices(square.shape[0], -1)
+        square[lower] = square.T[lower]
+    return torch.from_numpy(total.T)  # symmetric: its transpose is the same matrix, C-ordered

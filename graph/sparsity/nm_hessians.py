@@ -35,6 +35,7 @@ import torch.utils._pytree as pytree
 
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.layer_inputs import OTHER_CONVOLUTIONS, InputSpec, as_pair, iter_hessians, unfold_padding
+from prunefx.graph.placement import module_device
 from prunefx.graph.sparsity.nm_masks import (
     FisherInverse,
     Pattern,
@@ -185,7 +186,7 @@ def iter_sample_gradients(module: torch.fx.GraphModule, layers: list[SparseLayer
     a loss summed over the samples (so that each sample's gradient is its own). `batches` are
     (inputs, labels) pairs; `outputs` is the list of the graph's output tensors."""
     tapped = _tapped_with_layers(module, layers)
-    device = next(iter(module.parameters()), torch.empty(0)).device
+    device = module_device(module)
     for inputs, labels in batches:
         inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
         # Inputs that require grad make every layer output part of the autograd graph, even when
