@@ -19,6 +19,8 @@ as timed out. Writes benchmarks/results/tool_speed.json and .md (or under --outp
 
     .venv/bin/python benchmarks/tool_speed.py [--models resnet50 ...] [--cases calibrated ...] [--threads 2]
     .venv/bin/python benchmarks/tool_speed.py --models prunefx:resnet20 --cases uncalibrated --output-dir build/x
+    .venv/bin/python benchmarks/tool_speed.py --models timm:vit_giant_patch14_224 --cases uncalibrated \
+        --results-name tool_speed_vit_giant      # the ~1 B-parameter model's memory, in its own results file
 """
 
 from __future__ import annotations
@@ -240,6 +242,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=1800.0,
                         help="seconds one case may run before it is killed and reported as timed out (1800)")
     parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where the .json and .md go")
+    parser.add_argument("--results-name", default=NAME,
+                        help=f"the results files' name (default {NAME}; another for a separate run, e.g. one model)")
     args = parser.parse_args(argv)
     if args.threads < 1 or args.timeout <= 0:
         parser.error("--threads and --timeout must be positive")
@@ -262,7 +266,7 @@ def main(argv=None) -> int:
     }
     info["load_average_at_end"] = list(os.getloadavg())
     text = markdown(report)
-    json_path, md_path = write_results(NAME, report, text, folder=args.output_dir)
+    json_path, md_path = write_results(args.results_name, report, text, folder=args.output_dir)
     print(text)
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)
     return 0
