@@ -1,5 +1,5 @@
 import sys
 
-from prunefx.cli import main
+from prunefx.cli import entry_point
 
-sys.exit(main())
+sys.exit(entry_point())

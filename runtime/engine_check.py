@@ -128,12 +128,13 @@ def check_graph(graph: onnx.GraphProto, name: str) -> None:
                            f"({printable(stuck.op_type)[:40]}); an ONNX graph must be acyclic")
 
 
-def check_model(model: onnx.ModelProto, target: str, *, name: str = "model.onnx") -> Readiness:
-    """Every finding of every rule for `target` on `model`, errors first."""
+def check_model(model: onnx.ModelProto, target: str, *, name: str = "model.onnx", index=None) -> Readiness:
+    """Every finding of every rule for `target` on `model`, errors first. `index`: the model's GraphIndex
+    (runtime/engine_graph.py) when one is at hand, shared between targets so that the weights are decoded once."""
     from prunefx.runtime.engine_rules import GraphIndex, run_rules
 
     chosen = target_of(target)
-    findings = run_rules(GraphIndex(model), chosen)
+    findings = run_rules(index or GraphIndex(model), chosen)
     findings.sort(key=lambda finding: SEVERITIES.index(finding.severity))
     return Readiness(file=name, target=chosen.name, description=chosen.description, source=chosen.source,
                      findings=tuple(findings))
@@ -151,10 +152,13 @@ def report_entry(path: str | os.PathLike, target: str) -> dict:
 
 def report_entries(path: str | os.PathLike, targets: tuple[str, ...]) -> dict[str, dict]:
     """report_entry for each of `targets`, the file read once (its weights are most of it)."""
+    from prunefx.runtime.engine_rules import GraphIndex
+
     model = load_onnx(path)
+    index = GraphIndex(model)
     entries = {}
     for target in targets:
-        readiness = check_model(model, target, name=str(path)).as_dict()
+        readiness = check_model(model, target, name=str(path), index=index).as_dict()
         readiness["file"] = Path(path).name
         readiness["findings"] = [finding for finding in readiness["findings"] if finding["severity"] != "info"]
         entries[target] = readiness

@@ -195,6 +195,8 @@ def sparse_eligible(index: GraphIndex, target: Target) -> Iterator[Finding]:
         weight = index.value(node.input[1])
         if weight is None or weight.ndim < 2 or weight.shape[_reduction_axis(node, weight)] % 4:
             continue
+        if 2 * np.count_nonzero(weight) > weight.size:
+            continue  # 2:4 zeroes at least half the weights: a dense layer is settled without regrouping it
         groups = np.moveaxis(weight, _reduction_axis(node, weight), -1).reshape(-1, 4)
         if np.all((groups != 0).sum(axis=1) <= 2) and np.any(groups):
             yield _find("info", "sparse-eligible", node, "weights are 2:4 along input channels: sparse tensor-core "
