@@ -96,10 +96,7 @@ def _signatures(analysis: ChannelAnalysis, classes: np.ndarray) -> tuple[dict, d
     """Direct members of each class, the derived classes each factor class controls, the derived
     set, and for factor classes the grid axes they index (heads and head-dims of one attention
     block control the same tensors, but are different factors and so different groups)."""
-    direct: dict[int, set] = defaultdict(set)
-    for member in analysis.space.members:
-        for cls in np.unique(classes[member.labels]):
-            direct[int(cls)].add((member.target, member.dim))
+    direct = _direct_members(analysis.space.members, classes)
     controls: dict[int, set] = defaultdict(set)
     axes: dict[int, set] = defaultdict(set)
     derived = set()
@@ -108,21 +105,60 @@ def _signatures(analysis: ChannelAnalysis, classes: np.ndarray) -> tuple[dict, d
             continue  # a plain relabelling (a flatten into a linear): its factor is tied to its elements
         derived.update(int(c) for c in np.unique(classes[grid.elements]))
         for axis, factor in enumerate(grid.factors):
-            rows = classes[np.moveaxis(grid.elements, axis, 0).reshape(factor.size, -1)]
-            for label, row in zip(factor, rows):
-                controls[int(classes[label])].update(np.unique(row).tolist())
-                axes[int(classes[label])].add((grid_index, axis))
+            rows = np.sort(classes[np.moveaxis(grid.elements, axis, 0).reshape(factor.size, -1)], axis=1)
+            distinct = np.ones(rows.shape, dtype=bool)
+            distinct[:, 1:] = rows[:, 1:] != rows[:, :-1]
+            for label, row, keep in zip(classes[factor].tolist(), rows, distinct):
+                controls[label].update(row[keep].tolist())
+                axes[label].add((grid_index, axis))
     return direct, controls, derived, axes
+
+
+def _direct_members(members: list, classes: np.ndarray) -> dict[int, frozenset]:
+    """class -> the (tensor, dim) pairs it indexes. A ViT-L has 700k (class, member) pairs but a few hundred
+    distinct sets of members: classes are grouped by their sorted member list (a hash of it, every group then
+    compared element by element with its first class) and each distinct set is built once and shared."""
+    if not members:
+        return {}
+    per_member = [np.unique(classes[member.labels]) for member in members]
+    owner = np.repeat(np.arange(len(members)), [found.size for found in per_member])
+    cls = np.concatenate(per_member)
+    order = np.lexsort((owner, cls))  # by class, then member
+    cls, owner = cls[order], owner[order]
+    starts = np.flatnonzero(np.r_[True, cls[1:] != cls[:-1]])
+    counts = np.diff(np.r_[starts, cls.size])
+    keys = np.random.default_rng(0).integers(1, 2**63, size=len(members), dtype=np.int64)
+    hashes = np.bitwise_xor.reduceat(keys[owner], starts)
+    _, first, kind = np.unique(np.stack([hashes, counts]), axis=1, return_index=True, return_inverse=True)
+    kind = kind.reshape(-1)
+    # exact, not probable: every class's list equals its kind's first list, or the kinds are rebuilt by value
+    segment = np.repeat(np.arange(starts.size), counts)
+    offset = np.arange(cls.size) - starts[segment]
+    same = owner == owner[starts[first[kind]][segment] + offset] if cls.size else np.ones(0, dtype=bool)
+    if not same.all():
+        lists = [tuple(owner[a:a + n].tolist()) for a, n in zip(starts, counts)]
+        index = {found: number for number, found in enumerate(dict.fromkeys(lists))}
+        kind = np.array([index[found] for found in lists])
+        first = np.array([lists.index(found) for found in index])
+    sets = [frozenset((members[m].target, members[m].dim) for m in owner[starts[f]:starts[f] + counts[f]].tolist())
+            for f in first.tolist()]
+    return dict(zip(cls[starts].tolist(), [sets[k] for k in kind.tolist()]))
+
+
+_NOTHING: frozenset = frozenset()
 
 
 def _closure(cls: int, direct, controls, memo, depth=0) -> frozenset:
     if cls not in memo:
-        touched = set(direct.get(cls, ()))
-        if depth < 8:
-            for child in controls.get(cls, ()):
-                if child != cls:
-                    touched |= _closure(child, direct, controls, memo, depth + 1)
-        memo[cls] = frozenset(touched)
+        own = direct.get(cls, _NOTHING)
+        children = [child for child in controls.get(cls, ()) if child != cls] if depth < 8 else []
+        if children:
+            touched = set(own)
+            for child in children:
+                found = memo.get(child)  # most children are shared and already known: no call for those
+                touched |= found if found is not None else _closure(child, direct, controls, memo, depth + 1)
+            own = frozenset(touched)
+        memo[cls] = own
     return memo[cls]
 
 
@@ -131,10 +167,13 @@ def _group_classes(analysis: ChannelAnalysis, classes: np.ndarray, weights: set[
     direct, controls, derived, axes = _signatures(analysis, classes)
     factor_classes = {c for c in controls if c not in derived}
     unique_classes, first_labels = np.unique(classes, return_index=True)
-    first_label = dict(zip(unique_classes.tolist(), first_labels.tolist()))
+    first_label = np.zeros(int(unique_classes[-1]) + 1, dtype=np.int64)
+    first_label[unique_classes] = first_labels
+    candidates = np.fromiter(set(direct) | factor_classes, dtype=np.int64)
+    candidates = candidates[np.argsort(first_label[candidates], kind="stable")]
     memo: dict[int, frozenset] = {}
     by_signature: dict[frozenset, list[int]] = defaultdict(list)
-    for cls in sorted(set(direct) | factor_classes, key=lambda c: first_label[c]):
+    for cls in candidates.tolist():
         if cls == fixed or cls in derived:
             continue
         factor_key = frozenset(axes[cls]) if cls in factor_classes else None
