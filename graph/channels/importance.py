@@ -35,8 +35,8 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
+from prunefx.graph.channels.factor_slices import FactorSlices
 from prunefx.graph.channels.groups import Combing
-from prunefx.graph.channels.removal import expand_mask
 from prunefx.graph.channels.saliency import obs_saliency
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.placement import module_device
@@ -83,9 +83,9 @@ def channel_importance(module: torch.fx.GraphModule, combing: Combing, criterion
 
 def group_importance(combing: Combing, per_class: np.ndarray, criterion: str) -> Importance:
     """Per-class scores gathered into one array per group (heads scored by all they control)."""
-    factor_classes = _factor_classes(combing.analysis)
-    scores = [_group_scores(combing, group.classes, per_class, square_root=criterion == "l2",
-                            factor_classes=factor_classes) for group in combing.groups]
+    slices = FactorSlices(combing.analysis)
+    scores = [_group_scores(group.classes, per_class, square_root=criterion == "l2", slices=slices)
+              for group in combing.groups]
     return Importance(scores, criterion)
 
 
@@ -255,20 +255,10 @@ def _live_activations(module: torch.fx.GraphModule) -> dict[str, int]:
 
 
 # --- from classes to groups -----------------------------------------------------------------------
-def _factor_classes(analysis) -> set[int]:
-    return {int(c) for grid in analysis.space.grids for f in grid.factors for c in analysis.classes[f]}
-
-
-def _group_scores(combing: Combing, group_classes: np.ndarray, per_class: np.ndarray, *,
-                  square_root: bool, factor_classes: set[int]) -> np.ndarray:
+def _group_scores(group_classes: np.ndarray, per_class: np.ndarray, *, square_root: bool,
+                  slices: FactorSlices) -> np.ndarray:
     """A class's score plus the scores of every class it controls through a grid (heads)."""
-    analysis = combing.analysis
     scores = np.empty(group_classes.size)
     for index, cls in enumerate(group_classes.tolist()):
-        if cls in factor_classes:
-            mask = np.zeros(per_class.size, dtype=bool)
-            mask[cls] = True
-            scores[index] = per_class[expand_mask(analysis, mask)].sum()
-        else:
-            scores[index] = per_class[cls]
+        scores[index] = per_class[slices.removed_with(cls)].sum() if cls in slices.slices else per_class[cls]
     return np.sqrt(scores) if square_root else scores

@@ -76,9 +76,9 @@ import torch
 from torch.utils._pytree import tree_flatten
 
 from prunefx.graph.channels.compensation import energy_key, output_energy
+from prunefx.graph.channels.factor_slices import FactorSlices
 from prunefx.graph.channels.groups import Combing
 from prunefx.graph.channels.obs_elimination import LayerState, eliminate, lean_damped_inverse
-from prunefx.graph.channels.removal import expand_mask
 from prunefx.graph.layer_inputs import InputSpec, LayerInput, iter_hessians, layer_inputs, weight_matrix
 
 
@@ -217,16 +217,12 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
 def _channel_blocks(combing: Combing) -> dict[tuple[int, int], np.ndarray]:
     """(group, index) -> the classes that go when that channel goes (itself, and for a grid factor
     every class of its slice of the grid)."""
-    analysis = combing.analysis
-    factors = {int(c) for grid in analysis.space.grids for f in grid.factors for c in analysis.classes[f]}
-    size = int(analysis.classes.max()) + 1
+    slices = FactorSlices(combing.analysis)
     blocks = {}
     for group_index, group in enumerate(combing.groups):
         for index, cls in enumerate(group.classes.tolist()):
-            if cls in factors:
-                mask = np.zeros(size, dtype=bool)
-                mask[cls] = True
-                blocks[(group_index, index)] = np.flatnonzero(expand_mask(analysis, mask))
+            if cls in slices.slices:
+                blocks[(group_index, index)] = slices.removed_with(cls)
             else:
                 blocks[(group_index, index)] = np.array([cls])
     return blocks
