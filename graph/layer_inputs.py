@@ -22,6 +22,7 @@ from prunefx.graph.activations import run_tapped, tap_nodes, within_budget
 from prunefx.graph.attributes import get_tensor, set_tensor
 from prunefx.graph.channels.analysis import ChannelAnalysis
 from prunefx.graph.channels.removal import expand_removed
+from prunefx.graph.symmetric_product import add_upper_gram, mirror_upper
 
 aten = torch.ops.aten
 _HESSIAN_BUDGET = 1 << 29  # bytes of float64 Hessians held at once (512 MiB)
@@ -256,9 +257,8 @@ def _accumulate(total: list, x: torch.Tensor) -> None:
     buffer total[2]: rows are gathered until there are _PRODUCT_ROWS of them (or _PRODUCT_BYTES), then
     multiplied at once. A product over few rows (ResNet-50's last convolutions see 49 per image) runs
     far below matrix-product speed. Added in place: `H + x.t() @ x` would hold another copy of a matrix
-    that reaches 1.2 GB for a wide layer (a U-Net decoder's first conv reads 12384 columns). Torch's
-    product, not scipy's syrk (half the multiply-adds): interleaved with the forward passes, a second
-    BLAS thread pool made the sum slower on two cores."""
+    that reaches 1.2 GB for a wide layer (a U-Net decoder's first conv reads 12384 columns); only the
+    upper block triangle is summed (graph/symmetric_product.py)."""
     pending = total[2]
     pending.append(x.detach())
     if (sum(rows.shape[0] for rows in pending) >= _PRODUCT_ROWS
@@ -271,16 +271,13 @@ def _multiply_pending(total: list) -> None:
         return
     x = torch.cat(total[2]).double()
     total[2] = []
-    if total[1] is None:
-        total[1] = x.t() @ x
-    else:
-        total[1].addmm_(x.t(), x)
+    total[1] = add_upper_gram(total[1], x)
 
 
 def _finish(total: list) -> torch.Tensor:
     """H from what _accumulate summed (the rows still buffered multiplied in)."""
     _multiply_pending(total)
-    return total[1]
+    return None if total[1] is None else mirror_upper(total[1])
 
 
 def gather_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches) -> dict[InputSpec, tuple]:

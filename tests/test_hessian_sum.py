@@ -8,7 +8,7 @@ import torch
 from prunefx.graph.layer_inputs import _accumulate, _finish
 
 
-@pytest.mark.parametrize("columns", [1, 7, 512, 1100])
+@pytest.mark.parametrize("columns", [1, 7, 130, 512, 1100])
 def test_the_buffered_sum_equals_the_summed_products(columns):
     generator = torch.Generator().manual_seed(columns)
     batches = [torch.randn(rows, columns, generator=generator) for rows in (3, 2100, 40, 1, 5000)]
