@@ -1,6 +1,7 @@
-"""X^T X summed a block-row at a time, the upper block triangle only, and mirrored once at the end: with 8
-block-rows that is 9/16 of the multiply-adds of the full product (a layer-input Hessian is symmetric, and
-its sum over calibration rows is most of the time of `--calibrate`). Torch's product on views of the one
+"""Symmetric products summed a block-row at a time, the upper block triangle only, and mirrored once at the
+end: with 8 block-rows that is 9/16 of the multiply-adds of the full product. Layer-input Hessians X^T X
+(their sum over calibration rows is most of the time of `--calibrate`) and the OBS elimination's downdates
+of an inverse Hessian are such products. Torch's product on views of the one
 matrix, not BLAS's syrk: a second thread pool beside torch's made the sum slower on two cores."""
 
 from __future__ import annotations
@@ -21,13 +22,18 @@ def _edges(columns: int) -> list[int]:
 def add_upper_gram(gram: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     """gram += x^T x on and above the diagonal blocks (gram made on first use; blocks below stay stale
     until mirror_upper)."""
-    columns = x.shape[1]
     if gram is None:
-        gram = x.new_zeros((columns, columns))
-    edges = _edges(columns)
+        gram = x.new_zeros((x.shape[1], x.shape[1]))
+    return add_upper(gram, x.t(), x.t())
+
+
+def add_upper(out: torch.Tensor, left: torch.Tensor, right: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """out += alpha left right^T on and above the diagonal blocks, for a product known to be symmetric
+    (left, right: [n, k])."""
+    edges = _edges(out.shape[0])
     for start, stop in zip(edges, edges[1:]):
-        gram[start:stop, start:].addmm_(x[:, start:stop].t(), x[:, start:])
-    return gram
+        out[start:stop, start:].addmm_(left[start:stop], right[start:].t(), alpha=alpha)
+    return out
 
 
 def mirror_upper(gram: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 
 from prunefx.graph.channels.compensation import damped_inverse, damping_term
 from prunefx.graph.channels.low_rank_inverse import low_rank_damped_inverse
+from prunefx.graph.symmetric_product import add_upper, mirror_upper
 
 
 class LayerState:
@@ -123,9 +124,10 @@ class LayerState:
         alive (a copy: `base` may be shared), and start empty buffers."""
         pending = [(self.left[:, :self.used], self.right[:, :self.used]), (left, right)]
         kept = self._compact()
-        for deferred_left, deferred_right in pending:
+        for deferred_left, deferred_right in pending:  # each H^-1_:S [(H^-1)_SS]^-1 H^-1_S:, symmetric
             if deferred_left.shape[1]:
-                self.base.addmm_(deferred_left[kept], deferred_right[kept].t(), alpha=-1)
+                add_upper(self.base, deferred_left[kept], deferred_right[kept], alpha=-1)
+        mirror_upper(self.base)
         self.left = self.base.new_empty((kept.numel(), max(self.CAPACITY, left.shape[1])))
         self.right = torch.empty_like(self.left)
         self.used = 0
