@@ -30,6 +30,7 @@ import json
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -142,14 +143,23 @@ def run_case(model: str, case: str, args: argparse.Namespace, workdir: Path) -> 
     command = case_command(case, reference, output, args.device)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     print(f"[{model}] {case}: {' '.join(command)}", file=sys.stderr, flush=True)
-    measured = run_measured(command, timeout=args.timeout, env=env)
-    try:
-        details = case_details(case, measured, output)
-    except (OSError, ValueError, KeyError, IndexError) as error:  # ran, but left no readable account
-        measured.status, measured.error, details = "failed", f"{type(error).__name__}: {error}"[:300], {}
-    shutil.rmtree(output, ignore_errors=True)  # a large model's model.pt2 and model.onnx weigh gigabytes
+    runs, details = [], {}
+    for _ in range(args.repeat):  # this machine's wall times move by 10 % from run to run: a median of several
+        measured = run_measured(command, timeout=args.timeout, env=env)
+        try:
+            details = case_details(case, measured, output)
+        except (OSError, ValueError, KeyError, IndexError) as error:  # ran, but left no readable account
+            measured.status, measured.error, details = "failed", f"{type(error).__name__}: {error}"[:300], {}
+        shutil.rmtree(output, ignore_errors=True)  # a large model's model.pt2 and model.onnx weigh gigabytes
+        runs.append(measured)
+        if measured.status != "ok":
+            break  # a failure or a timeout is the row
+    measured = runs[-1] if runs[-1].status != "ok" else runs[0]
+    walls = [run.wall_s for run in runs]
     row = {"model": model, "reference": reference, "case": case, "command": shown(command, output),
-           **{k: v for k, v in asdict(measured).items() if k != "stdout"}, **details}
+           **{k: v for k, v in asdict(measured).items() if k != "stdout"}, **details,
+           "wall_s": walls[-1] if measured.status != "ok" else statistics.median(walls), "wall_runs_s": walls,
+           "peak_rss_mb": max(run.peak_rss_mb for run in runs)}
     print(f"[{model}] {case}: {row['status']}, {row['wall_s']:.1f} s, {row['peak_rss_mb']:.0f} MB",
           file=sys.stderr, flush=True)
     return row
@@ -178,6 +188,12 @@ def _cell(value: float | None, form: str) -> str:
 def _note(row: dict) -> str:
     if row["status"] != "ok":
         return f"**{row['status']}**: {row['error']}"
+    runs = row.get("wall_runs_s") or []
+    spread = f"median of {len(runs)} runs ({min(runs):.1f}-{max(runs):.1f} s); " if len(runs) > 1 else ""
+    return spread + _what_it_did(row)
+
+
+def _what_it_did(row: dict) -> str:
     if row["case"] == "torch-pruning":
         found = row["torch_pruning"]
         return (f"{len(found['tries'])} tries in {found['search_seconds']:.1f} s, one prune "
@@ -207,7 +223,7 @@ Produced by `{report['command']}` on {report['machine']['date_utc']} UTC.
 - Every case is its own process (OMP_NUM_THREADS={settings['omp_threads']}, {device}), timed from its start
   to its exit: model building, capture, pruning, ONNX export and parity for prunefx; building and
   pruning for Torch-Pruning, which exports nothing and checks nothing. Peak RSS: the process's peak
-  resident memory; model MB: its parameters in float32; x model: their ratio.
+  resident memory; model MB: its parameters in float32; x model: their ratio.{_repeats(settings.get('repeat', 1))}
 - Cases: uncalibrated `--macs {MACS}`; calibrated `--macs {MACS} --calibrate imagenet-sample`; speedup
   `--speedup {SPEEDUP:g}` (ONNX Runtime CPU, prunefx's default threads); torch-pruning: MagnitudeImportance,
   uniform ratio found by bisection on its own MAC counter (attention matmuls not counted).
@@ -215,6 +231,11 @@ Produced by `{report['command']}` on {report['machine']['date_utc']} UTC.
 
 {table}
 """
+
+
+def _repeats(repeat: int) -> str:
+    return "" if repeat == 1 else (f"\n- Each case ran {repeat} times, one after another: wall s is the median, "
+                                   "peak RSS the largest.")
 
 
 # --- main ------------------------------------------------------------------------------------------
@@ -241,12 +262,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="passed as --device to every case (default: not passed, each tool's default)")
     parser.add_argument("--timeout", type=float, default=1800.0,
                         help="seconds one case may run before it is killed and reported as timed out (1800)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of each case: its wall time is their median, its memory their largest (1)")
     parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where the .json and .md go")
     parser.add_argument("--results-name", default=NAME,
                         help=f"the results files' name (default {NAME}; another for a separate run, e.g. one model)")
     args = parser.parse_args(argv)
-    if args.threads < 1 or args.timeout <= 0:
-        parser.error("--threads and --timeout must be positive")
+    if args.threads < 1 or args.timeout <= 0 or args.repeat < 1:
+        parser.error("--threads, --timeout and --repeat must be positive")
     return args
 
 
@@ -260,7 +283,7 @@ def main(argv=None) -> int:
     report = {
         "benchmark": NAME, "command": command_line(), "machine": info,
         "torch_pruning_version": _torch_pruning_version(),
-        "settings": {"omp_threads": args.threads, "device": args.device, "timeout_s": args.timeout,
+        "settings": {"omp_threads": args.threads, "device": args.device, "timeout_s": args.timeout, "repeat": args.repeat,
                      "macs": MACS, "speedup": SPEEDUP, "cases": {c: CASES[c] for c in args.cases}},
         "rows": with_model_memory(rows),
     }

@@ -98,6 +98,29 @@ def test_every_case_is_a_row_ok_or_failed_with_the_model_memory(tmp_path, monkey
     assert report["command"] in text and "**failed**: prunefx prune: error: no calibration here" in text
 
 
+def test_repeated_cases_report_the_median_wall_time_and_stop_at_a_failure(tmp_path, monkeypatch):
+    benchmark = _benchmark()
+    fake = tmp_path / "prunefx_fake.py"
+    fake.write_text(FAKE_PRUNEFX)
+    monkeypatch.setattr(benchmark, "prunefx_command", lambda: [sys.executable, str(fake)])
+    walls = iter([3.0, 1.0, 2.0])
+    real_run = benchmark.run_measured
+
+    def run_with_set_walls(command, **kwargs):
+        measured = real_run(command, **kwargs)
+        measured.wall_s = next(walls) if measured.status == "ok" else measured.wall_s
+        return measured
+
+    monkeypatch.setattr(benchmark, "run_measured", run_with_set_walls)
+    assert benchmark.main(["--models", "fake:net", "--cases", "uncalibrated", "calibrated", "--threads", "1",
+                           "--repeat", "3", "--output-dir", str(tmp_path)]) == 0
+    done, failed = json.loads((tmp_path / "tool_speed.json").read_text())["rows"]
+    assert done["wall_runs_s"] == [3.0, 1.0, 2.0] and done["wall_s"] == 2.0
+    assert failed["status"] == "failed" and len(failed["wall_runs_s"]) == 1  # not retried
+    text = (tmp_path / "tool_speed.md").read_text()
+    assert "median of 3 runs (1.0-3.0 s)" in text and "Each case ran 3 times" in text
+
+
 @pytest.mark.slow
 def test_the_real_cli_and_torch_pruning_on_the_smallest_model(tmp_path):
     benchmark = _benchmark()
