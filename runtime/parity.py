@@ -46,14 +46,15 @@ class Parity:
 
 
 def check_parity(program: Program, onnx_path: str | os.PathLike,
-                 inputs: Sequence[torch.Tensor] | None = None, *, threads: int = 1) -> Parity:
-    """Run `program` (eval mode) and the ONNX file on `inputs` (example inputs by default); compare."""
+                 inputs: Sequence[torch.Tensor] | None = None, *, threads: int | None = None) -> Parity:
+    """Run `program` (eval mode) and the ONNX file on `inputs` (example inputs by default); compare. ONNX
+    Runtime runs on `threads` threads, by default as many as torch runs the program on."""
     program = program.clone().eval() if program.training else program
     inputs = program.example_inputs if inputs is None else tuple(inputs)
     with torch.inference_mode():
         expected = [leaf.detach().cpu().numpy() for leaf in pytree.tree_leaves(program(*inputs))
                     if isinstance(leaf, torch.Tensor)]
-    session = OnnxRuntimeSession(onnx_path, threads=threads)
+    session = OnnxRuntimeSession(onnx_path, threads=threads or torch.get_num_threads())
     actual = session.run(*inputs)
     names, file_name = session.output_names, session.path.name
     del session  # its copy of the weights
