@@ -30,11 +30,12 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnx_ir as ir
 import torch
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from prunefx.graph import Program
 from prunefx.runtime.errors import OnnxExportError, describe_failure
 from prunefx.runtime.heap import release_freed_memory
-from prunefx.runtime.onnx_write import save_model_streamed
+from prunefx.runtime.onnx_write import is_apart, little_endian_bytes, save_model_streamed
 
 log = logging.getLogger(__name__)
 DEFAULT_OPSET = 18
@@ -87,15 +88,15 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
                 f"{fallback_reason}; {EXPORTER_NAMES[second]} exporter: {describe_failure(second_error)}") \
                 from second_error
     raw_node_count = len(model.graph.node)
-    model = _clean(model, weights)
+    model, apart = _clean(model, weights)
     del weights
     # graph-surgeon's graph is cyclic (nodes and tensors refer to each other) and holds the exporter's model,
     # every weight in it: collected now rather than at some later collection, after the file is written
     gc.collect()
     release_freed_memory()  # before serialising the model: a buffer of the weights' size (runtime/heap.py)
     node_count = len(model.graph.node)
-    written = _save(model, path)
-    del model  # the checker reads the file: one copy of the weights in memory at a time
+    written = _save(model, path, apart)
+    del model, apart  # the checker reads the file: one copy of the weights in memory at a time
     release_freed_memory()
     _check_file(path, program.name, written)
     return OnnxExport(path=path, exporter=exporter, fallback_reason=fallback_reason,
@@ -146,24 +147,33 @@ def _export_torchscript(program: Program, opset: int) -> tuple[onnx.ModelProto, 
     return onnx.load_model_from_string(buffer.getvalue()), {}
 
 
-def _clean(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """Fold constants, drop dead nodes, sort, and give inputs and outputs their stable names; the weights kept
-    apart (_weights_apart) go back in as they are written."""
+def _clean(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Fold constants, drop dead nodes, sort, and give inputs and outputs their stable names. The weights kept
+    apart (_weights_apart) are values for the folding; those still in the graph afterwards stay references
+    in the cleaned model, and come back beside it (name -> array) for _save to write from."""
+    references = {tensor.name: tensor for tensor in model.graph.initializer if tensor.name in weights}
     graph = gs.import_onnx(model)
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Constant) and tensor.name in weights:
             tensor.values = weights[tensor.name]
-            tensor.data_location = None  # written inline, not where the reference pointed
     graph.fold_constants()
     graph.cleanup()
     graph.toposort()
     _rename(graph.inputs, "input")
     _rename(graph.outputs, "output")
+    apart = {}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant) and tensor.name in references and tensor.values is weights[tensor.name]:
+            tensor.values = LazyValues(references[tensor.name])  # exported as the reference: no copy of the data
+            apart[tensor.name] = weights[tensor.name]
+        elif isinstance(tensor, gs.Constant) and tensor.name in weights:
+            tensor.data_location = None  # a weight folding gave new values: written inline
     cleaned = gs.export_onnx(graph)
     _keep_provenance(model, cleaned)
-    if any(entry.value == _APART for tensor in cleaned.graph.initializer for entry in tensor.external_data):
-        raise OnnxExportError("a weight kept apart during the export did not go back into the model")
-    return cleaned
+    if any(entry.value == _APART for tensor in cleaned.graph.initializer if tensor.name not in apart
+           for entry in tensor.external_data):
+        raise OnnxExportError("a weight kept apart during the export has no data to write")
+    return cleaned, apart
 
 
 # The exporter's per-node record of where a node came from (module scope, fx node, rewrite rule):
@@ -186,15 +196,20 @@ def _rename(tensors: list[gs.Tensor], prefix: str) -> None:
         tensor.name = f"{prefix}_{index}"
 
 
-def _save(model: onnx.ModelProto, path: Path) -> list[Path]:
-    """Write `model`; the files written. One self-contained file whenever protobuf allows it (2 GB); only
-    larger models need the weights in a side file."""
+def _save(model: onnx.ModelProto, path: Path, apart: dict[str, np.ndarray]) -> list[Path]:
+    """Write `model`, the initializers named in `apart` from those arrays; the files written. One
+    self-contained file whenever protobuf allows it (2 GB); only larger models need the weights in a side file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if _weight_bytes(model) < onnx.checker.MAXIMUM_PROTOBUF - STRUCTURE_HEADROOM:
+    if _weight_bytes(model, apart) < onnx.checker.MAXIMUM_PROTOBUF - STRUCTURE_HEADROOM:
         # onnx.save_model's bytes, one initializer serialised at a time (runtime/onnx_write.py)
-        if save_model_streamed(model, path) < onnx.checker.MAXIMUM_PROTOBUF:
+        if save_model_streamed(model, path, apart) < onnx.checker.MAXIMUM_PROTOBUF:
             return [path]
         path.unlink()  # a structure larger than the headroom: the weights go beside it after all
+    for tensor in model.graph.initializer:  # onnx's external-data writer takes the data from the tensors
+        if is_apart(tensor, apart):
+            tensor.ClearField("external_data")
+            tensor.ClearField("data_location")
+            tensor.raw_data = little_endian_bytes(apart[tensor.name]).tobytes()
     data = path.with_name(f"{path.name}.data")
     onnx.save_model(model, path, save_as_external_data=True, location=data.name)
     return [path, data]
@@ -216,13 +231,13 @@ def _check_file(path: Path, name: str, written: list[Path]) -> None:
 STRUCTURE_HEADROOM = 256 << 20
 
 
-def _weight_bytes(model: onnx.ModelProto) -> int:
-    """The bytes the initializers take when serialised, from their shapes (raw data: element size; values
-    in typed fields: at most 10 bytes each, a varint's longest)."""
+def _weight_bytes(model: onnx.ModelProto, apart: dict[str, np.ndarray] | None = None) -> int:
+    """The bytes the initializers take when serialised, from their shapes (raw data and those held `apart`:
+    element size; values in typed fields: at most 10 bytes each, a varint's longest)."""
     total = 0
     for tensor in model.graph.initializer:
         elements = math.prod(tensor.dims)
-        if tensor.HasField("raw_data"):
+        if tensor.HasField("raw_data") or is_apart(tensor, apart or {}):
             total += elements * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
         else:
             total += elements * 10 + sum(len(value) for value in tensor.string_data)

@@ -14,32 +14,76 @@ from __future__ import annotations
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 import onnx
 from google.protobuf.message import Message
 
 _LENGTH_DELIMITED = 2  # protobuf's wire type of embedded messages
 
 
-def save_model_streamed(model: onnx.ModelProto, path: Path) -> int:
-    """Write `model` to `path` as onnx.save_model would (inline weights, no external data); the bytes written."""
+def save_model_streamed(model: onnx.ModelProto, path: Path, apart: dict[str, np.ndarray] | None = None) -> int:
+    """Write `model` to `path` as onnx.save_model would (inline weights, no external data); the bytes written.
+    `apart`: arrays for the initializers of those names that the model holds as external references only
+    (runtime/onnx_export.py's weights kept apart): their data is written straight from the arrays, as the
+    raw_data that the tensor would serialise with, and never copied into a TensorProto."""
+    apart = apart or {}
     model_head, model_tail = _split(model, "graph")
     graph_head, graph_tail = _split(model.graph, "initializer")
-    sizes = [onnx.GraphProto(initializer=[tensor]).ByteSize() for tensor in model.graph.initializer]
+    sizes = [_initializer_size(tensor, apart) for tensor in model.graph.initializer]
     graph_size = len(graph_head) + sum(sizes) + len(graph_tail)
     graph_number = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
     frame = _varint(graph_number << 3 | _LENGTH_DELIMITED) + _varint(graph_size)
     with open(path, "wb") as file:
         for piece in (model_head, frame, graph_head):
             file.write(piece)
-        _write_initializers(model.graph, file)
+        _write_initializers(model.graph, file, apart)
         file.write(graph_tail)
         file.write(model_tail)
     return len(model_head) + len(frame) + graph_size + len(model_tail)
 
 
-def _write_initializers(graph: onnx.GraphProto, file: IO[bytes]) -> None:
+def is_apart(tensor: onnx.TensorProto, apart: dict[str, np.ndarray]) -> bool:
+    return tensor.name in apart and tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def little_endian_bytes(array: np.ndarray) -> memoryview:
+    """The array's elements as ONNX's raw_data holds them (little-endian, row-major), a view where it can be."""
+    ordered = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    return memoryview(ordered.reshape(-1).view(np.uint8))
+
+
+_INITIALIZER = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+_RAW_DATA = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
+
+
+def _apart_pieces(tensor: onnx.TensorProto, array: np.ndarray) -> list:
+    """The initializer field of a tensor held apart, in pieces: its fields before raw_data, raw_data's key
+    and length, the array's bytes, its fields after raw_data (the external reference left out)."""
+    bare = onnx.TensorProto()
+    bare.CopyFrom(tensor)
+    bare.ClearField("external_data")
+    bare.ClearField("data_location")
+    head, tail = _split(bare, "raw_data")
+    data = little_endian_bytes(array)
+    key = _varint(_RAW_DATA << 3 | _LENGTH_DELIMITED) + _varint(data.nbytes)
+    inner = len(head) + len(key) + data.nbytes + len(tail)
+    return [_varint(_INITIALIZER << 3 | _LENGTH_DELIMITED) + _varint(inner), head, key, data, tail]
+
+
+def _initializer_size(tensor: onnx.TensorProto, apart: dict[str, np.ndarray]) -> int:
+    if is_apart(tensor, apart):
+        return sum(len(piece) if isinstance(piece, bytes) else piece.nbytes
+                   for piece in _apart_pieces(tensor, apart[tensor.name]))
+    return onnx.GraphProto(initializer=[tensor]).ByteSize()
+
+
+def _write_initializers(graph: onnx.GraphProto, file: IO[bytes], apart: dict[str, np.ndarray]) -> None:
     for tensor in graph.initializer:  # one at a time: the largest weight is the most held at once
-        file.write(onnx.GraphProto(initializer=[tensor]).SerializeToString())
+        if is_apart(tensor, apart):
+            for piece in _apart_pieces(tensor, apart[tensor.name]):
+                file.write(piece)
+        else:
+            file.write(onnx.GraphProto(initializer=[tensor]).SerializeToString())
 
 
 def _split(message: Message, name: str) -> tuple[bytes, bytes]:

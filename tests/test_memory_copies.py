@@ -248,3 +248,18 @@ def test_the_export_keeps_the_weights_apart_and_writes_the_same_file(tmp_path, m
     monkeypatch.setattr(onnx_export, "_weights_apart", lambda model: {})  # the weights left inside: the oracle
     inside = export_onnx(program, tmp_path / "inside.onnx").path
     assert apart.read_bytes() == inside.read_bytes()
+
+
+def test_weights_beside_the_file_hold_what_the_inline_file_holds(tmp_path, monkeypatch):
+    """A model over protobuf's 2 GB (here: a headroom that leaves no room) puts its weights in model.onnx.data;
+    the weights held apart during the export are written there with the same values."""
+    program = mlp_program()
+    inline = onnx.load(export_onnx(program, tmp_path / "inline.onnx").path)
+    monkeypatch.setattr(onnx_export, "STRUCTURE_HEADROOM", 4 << 30)
+    beside = export_onnx(program, tmp_path / "beside" / "model.onnx").path
+    assert (beside.parent / "model.onnx.data").stat().st_size >= 4 * (16 * 64 + 64 * 8)
+    loaded = onnx.load(str(beside))  # reads model.onnx.data
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in inline.graph.initializer}
+    assert {t.name for t in loaded.graph.initializer} == set(values)
+    for tensor in loaded.graph.initializer:
+        assert (onnx.numpy_helper.to_array(tensor) == values[tensor.name]).all()
