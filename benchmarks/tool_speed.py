@@ -21,6 +21,8 @@ as timed out. Writes benchmarks/results/tool_speed.json and .md (or under --outp
     .venv/bin/python benchmarks/tool_speed.py --models prunefx:resnet20 --cases uncalibrated --output-dir build/x
     .venv/bin/python benchmarks/tool_speed.py --models timm:vit_giant_patch14_224 --cases uncalibrated \
         --results-name tool_speed_vit_giant      # the ~1 B-parameter model's memory, in its own results file
+    .venv/bin/python benchmarks/tool_speed.py --pair vit_l16 uncalibrated --pair resnet50 calibrated \
+        --repeat 3 --results-name tool_speed_median  # the two timed targets, median of 3 runs each
 """
 
 from __future__ import annotations
@@ -262,6 +264,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="passed as --device to every case (default: not passed, each tool's default)")
     parser.add_argument("--timeout", type=float, default=1800.0,
                         help="seconds one case may run before it is killed and reported as timed out (1800)")
+    parser.add_argument("--pair", nargs=2, action="append", metavar=("MODEL", "CASE"),
+                        help="run this model's case (repeatable); instead of every model with every case")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of each case: its wall time is their median, its memory their largest (1)")
     parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where the .json and .md go")
@@ -270,6 +274,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.threads < 1 or args.timeout <= 0 or args.repeat < 1:
         parser.error("--threads, --timeout and --repeat must be positive")
+    if any(case not in CASES for _, case in args.pair or ()):
+        parser.error(f"a --pair's case is one of {', '.join(CASES)}")
     return args
 
 
@@ -278,13 +284,14 @@ def main(argv=None) -> int:
     info = machine_info()
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="prunefx-tool-speed-") as tmp:
-        for model in args.models:
-            rows += [run_case(model, case, args, Path(tmp)) for case in args.cases]
+        pairs = args.pair or [(model, case) for model in args.models for case in args.cases]
+        rows += [run_case(model, case, args, Path(tmp)) for model, case in pairs]
     report = {
         "benchmark": NAME, "command": command_line(), "machine": info,
         "torch_pruning_version": _torch_pruning_version(),
         "settings": {"omp_threads": args.threads, "device": args.device, "timeout_s": args.timeout, "repeat": args.repeat,
-                     "macs": MACS, "speedup": SPEEDUP, "cases": {c: CASES[c] for c in args.cases}},
+                     "macs": MACS, "speedup": SPEEDUP,
+                     "cases": {c: CASES[c] for c in ([c for _, c in args.pair] if args.pair else args.cases)}},
         "rows": with_model_memory(rows),
     }
     info["load_average_at_end"] = list(os.getloadavg())

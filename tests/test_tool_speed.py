@@ -112,8 +112,8 @@ def test_repeated_cases_report_the_median_wall_time_and_stop_at_a_failure(tmp_pa
         return measured
 
     monkeypatch.setattr(benchmark, "run_measured", run_with_set_walls)
-    assert benchmark.main(["--models", "fake:net", "--cases", "uncalibrated", "calibrated", "--threads", "1",
-                           "--repeat", "3", "--output-dir", str(tmp_path)]) == 0
+    assert benchmark.main(["--pair", "fake:net", "uncalibrated", "--pair", "fake:net", "calibrated",
+                           "--threads", "1", "--repeat", "3", "--output-dir", str(tmp_path)]) == 0
     done, failed = json.loads((tmp_path / "tool_speed.json").read_text())["rows"]
     assert done["wall_runs_s"] == [3.0, 1.0, 2.0] and done["wall_s"] == 2.0
     assert failed["status"] == "failed" and len(failed["wall_runs_s"]) == 1  # not retried
