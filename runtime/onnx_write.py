@@ -56,31 +56,33 @@ _INITIALIZER = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
 _RAW_DATA = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
 
 
-def _apart_pieces(tensor: onnx.TensorProto, array: np.ndarray) -> list:
-    """The initializer field of a tensor held apart, in pieces: its fields before raw_data, raw_data's key
-    and length, the array's bytes, its fields after raw_data (the external reference left out)."""
+def _apart_frame(tensor: onnx.TensorProto, nbytes: int) -> tuple[bytes, bytes, bytes]:
+    """A tensor held apart, serialised around its data: the initializer field's key and length with the
+    tensor's fields before raw_data, raw_data's key and length, and its fields after raw_data (the external
+    reference left out). Its `nbytes` of data go between the second and the third."""
     bare = onnx.TensorProto()
     bare.CopyFrom(tensor)
     bare.ClearField("external_data")
     bare.ClearField("data_location")
     head, tail = _split(bare, "raw_data")
-    data = little_endian_bytes(array)
-    key = _varint(_RAW_DATA << 3 | _LENGTH_DELIMITED) + _varint(data.nbytes)
-    inner = len(head) + len(key) + data.nbytes + len(tail)
-    return [_varint(_INITIALIZER << 3 | _LENGTH_DELIMITED) + _varint(inner), head, key, data, tail]
+    key = _varint(_RAW_DATA << 3 | _LENGTH_DELIMITED) + _varint(nbytes)
+    inner = len(head) + len(key) + nbytes + len(tail)
+    return _varint(_INITIALIZER << 3 | _LENGTH_DELIMITED) + _varint(inner) + head, key, tail
 
 
 def _initializer_size(tensor: onnx.TensorProto, apart: dict[str, np.ndarray]) -> int:
     if is_apart(tensor, apart):
-        return sum(len(piece) if isinstance(piece, bytes) else piece.nbytes
-                   for piece in _apart_pieces(tensor, apart[tensor.name]))
+        nbytes = apart[tensor.name].nbytes  # from the shape: the data is not laid out to be counted
+        return sum(len(piece) for piece in _apart_frame(tensor, nbytes)) + nbytes
     return onnx.GraphProto(initializer=[tensor]).ByteSize()
 
 
 def _write_initializers(graph: onnx.GraphProto, file: IO[bytes], apart: dict[str, np.ndarray]) -> None:
     for tensor in graph.initializer:  # one at a time: the largest weight is the most held at once
         if is_apart(tensor, apart):
-            for piece in _apart_pieces(tensor, apart[tensor.name]):
+            data = little_endian_bytes(apart[tensor.name])
+            head, key, tail = _apart_frame(tensor, data.nbytes)
+            for piece in (head, key, data, tail):
                 file.write(piece)
         else:
             file.write(onnx.GraphProto(initializer=[tensor]).SerializeToString())
