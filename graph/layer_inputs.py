@@ -214,14 +214,29 @@ def unfold_padding(value, kernel, dilation) -> tuple[int, int, int, int]:
 
 # --- gathering H = X^T X -------------------------------------------------------------------------------
 
+KEEP_ROWS = 0.5  # X is kept beside H while it has at most this many rows per column (see LayerRows)
+
+
+@dataclass(frozen=True)
+class LayerRows:
+    """How many calibration rows a layer input's H was summed over, and those rows X [count, columns]
+    (float64) when there are at most KEEP_ROWS per column (ResNet-50's last 3x3 convs: 980 rows of 4608
+    columns from 20 images): H then has low rank, and its damped inverse (Woodbury) and a layer's output
+    energy ||X M^T||^2 cost a fraction of what they cost from H."""
+
+    count: int
+    kept: torch.Tensor | None = None
+
+
 def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches, *, cache: dict | None = None):
-    """(spec, H, rows) for every spec over all batches, in float64: the specs are taken in chunks of at
-    most _HESSIAN_BUDGET bytes of H, one pass over the data per chunk, and a chunk's Hessians are
+    """(spec, H, LayerRows) for every spec over all batches, in float64: the specs are taken in chunks of
+    at most _HESSIAN_BUDGET bytes of H, one pass over the data per chunk, and a chunk's Hessians are
     yielded before the next is gathered, so a caller that drops them holds one chunk at a time.
 
-    `cache` (a dict spec -> (H, rows), for the same module, weights and batches) shares Hessians between
-    callers (the `obs` importance and the compensation that follows it): those found in it are not
-    gathered again, and those gathered are stored in it (then all are held). Callers must not modify H."""
+    `cache` (a dict spec -> (H, LayerRows), for the same module, weights and batches) shares Hessians
+    between callers (the `obs` importance and the compensation that follows it): those found in it are
+    not gathered again, and those gathered are stored in it (then all are held). Callers must not modify
+    H or the rows."""
     if cache is not None:
         for spec in specs:
             if spec in cache:
@@ -233,16 +248,14 @@ def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches,
     for chunk in within_budget(specs, lambda spec: 8 * columns[spec] ** 2, budget):
         sources = sorted({spec.source for spec in chunk})
         tapped, position = tap_nodes(module, sources), {name: index for index, name in enumerate(sources)}
-        sums = {spec: [0, None, []] for spec in chunk}  # rows, X^T X, rows not multiplied yet
+        sums = {spec: GramSum(keep_up_to=int(KEEP_ROWS * columns[spec])) for spec in chunk}
         for batch in batches:
             values = run_tapped(tapped, batch)
             for spec in chunk:
-                x = spec.rows(values[position[spec.source]])
-                sums[spec][0] += x.shape[0]
-                _accumulate(sums[spec], x)
+                sums[spec].add(spec.rows(values[position[spec.source]]))
         for spec in chunk:
             total = sums.pop(spec)
-            rows, hessian = total[0], _finish(total)
+            hessian, rows = total.finish(), LayerRows(total.rows, total.kept_rows())
             if cache is not None:
                 cache[spec] = (hessian, rows)
             yield spec, hessian, rows
@@ -252,36 +265,51 @@ _PRODUCT_ROWS = 2048   # rows gathered before one product: a deep layer gives fe
 _PRODUCT_BYTES = 1 << 24  # ... or this many bytes of them, so that wide layers do not hold many batches
 
 
-def _accumulate(total: list, x: torch.Tensor) -> None:
-    """Add one batch's rows X [rows, columns] to the running X^T X in total[1] (float64), through the
-    buffer total[2]: rows are gathered until there are _PRODUCT_ROWS of them (or _PRODUCT_BYTES), then
-    multiplied at once. A product over few rows (ResNet-50's last convolutions see 49 per image) runs
-    far below matrix-product speed. Added in place: `H + x.t() @ x` would hold another copy of a matrix
-    that reaches 1.2 GB for a wide layer (a U-Net decoder's first conv reads 12384 columns); only the
-    upper block triangle is summed (graph/symmetric_product.py)."""
-    pending = total[2]
-    pending.append(x.detach())
-    if (sum(rows.shape[0] for rows in pending) >= _PRODUCT_ROWS
-            or sum(rows.numel() * rows.element_size() for rows in pending) >= _PRODUCT_BYTES):
-        _multiply_pending(total)
+class GramSum:
+    """The running X^T X (float64) of a layer input, batch by batch. Rows are gathered in a buffer until
+    there are _PRODUCT_ROWS of them (or _PRODUCT_BYTES), then multiplied at once: a product over few rows
+    (ResNet-50's last convolutions see 49 per image) runs far below matrix-product speed. Added in place:
+    `H + x.t() @ x` would hold another copy of a matrix that reaches 1.2 GB for a wide layer (a U-Net
+    decoder's first conv reads 12384 columns); only the upper block triangle is summed
+    (graph/symmetric_product.py). The rows themselves (float64) are kept while there are at most
+    `keep_up_to` of them."""
 
+    def __init__(self, keep_up_to: int = 0):
+        self.rows, self.gram, self.pending = 0, None, []
+        self.keep_up_to = keep_up_to
+        self.kept: list[torch.Tensor] | None = [] if keep_up_to > 0 else None
 
-def _multiply_pending(total: list) -> None:
-    if not total[2]:
-        return
-    x = torch.cat(total[2]).double()
-    total[2] = []
-    total[1] = add_upper_gram(total[1], x)
+    def add(self, x: torch.Tensor) -> None:
+        """Add one batch's rows X [rows, columns]."""
+        self.rows += x.shape[0]
+        if self.rows > self.keep_up_to:
+            self.kept = None
+        self.pending.append(x.detach())
+        if (sum(rows.shape[0] for rows in self.pending) >= _PRODUCT_ROWS
+                or sum(rows.numel() * rows.element_size() for rows in self.pending) >= _PRODUCT_BYTES):
+            self._multiply_pending()
 
+    def finish(self) -> torch.Tensor | None:
+        """H (None when no row was added)."""
+        self._multiply_pending()
+        return None if self.gram is None else mirror_upper(self.gram)
 
-def _finish(total: list) -> torch.Tensor:
-    """H from what _accumulate summed (the rows still buffered multiplied in)."""
-    _multiply_pending(total)
-    return None if total[1] is None else mirror_upper(total[1])
+    def kept_rows(self) -> torch.Tensor | None:
+        """All rows added, float64 [rows, columns], when they were kept (after finish)."""
+        return torch.cat(self.kept) if self.kept else None
+
+    def _multiply_pending(self) -> None:
+        if not self.pending:
+            return
+        x = torch.cat(self.pending).double()
+        self.pending = []
+        if self.kept is not None:
+            self.kept.append(x)
+        self.gram = add_upper_gram(self.gram, x)
 
 
 def gather_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches) -> dict[InputSpec, tuple]:
-    """(H, rows) of every spec over all batches (see iter_hessians), all held at once."""
+    """(H, LayerRows) of every spec over all batches (see iter_hessians), all held at once."""
     return {spec: (hessian, rows) for spec, hessian, rows in iter_hessians(module, specs, batches)}
 
 

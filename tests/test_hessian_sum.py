@@ -1,22 +1,45 @@
 """H = X^T X summed over batches, their rows buffered and multiplied a block at a time, equals the
 float64 matrix product summed batch by batch, whether the buffer is flushed by its row count, its
-bytes or at the end."""
+bytes or at the end; the rows are kept exactly while they are few enough, and dropped past that."""
 
 import pytest
 import torch
 
-from prunefx.graph.layer_inputs import _accumulate, _finish
+from prunefx.graph.layer_inputs import GramSum
+
+BATCH_ROWS = (3, 2100, 40, 1, 5000)
+
+
+def _batches(columns: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(columns)
+    return [torch.randn(rows, columns, generator=generator) for rows in BATCH_ROWS]
 
 
 @pytest.mark.parametrize("columns", [1, 7, 130, 512, 1100])
 def test_the_buffered_sum_equals_the_summed_products(columns):
-    generator = torch.Generator().manual_seed(columns)
-    batches = [torch.randn(rows, columns, generator=generator) for rows in (3, 2100, 40, 1, 5000)]
-    total: list = [0, None, []]
+    batches = _batches(columns)
+    total = GramSum()
     for x in batches:
-        _accumulate(total, x)
-    hessian = _finish(total)
+        total.add(x)
+    hessian = total.finish()
     expected = sum(x.double().t() @ x.double() for x in batches)
     assert hessian.dtype == torch.float64 and hessian.is_contiguous()
     torch.testing.assert_close(hessian, expected, rtol=1e-12, atol=1e-12)
     assert torch.allclose(hessian, hessian.t(), rtol=1e-12, atol=1e-12)
+    assert total.rows == sum(BATCH_ROWS) and total.kept_rows() is None
+
+
+@pytest.mark.parametrize(("keep_up_to", "kept"), [(sum(BATCH_ROWS), True), (sum(BATCH_ROWS) - 1, False)])
+def test_the_rows_are_kept_while_there_are_few_enough(keep_up_to, kept):
+    batches = _batches(9)
+    total = GramSum(keep_up_to=keep_up_to)
+    for x in batches:
+        total.add(x)
+    hessian = total.finish()
+    rows = total.kept_rows()
+    if not kept:
+        assert rows is None
+        return
+    assert rows.dtype == torch.float64
+    assert torch.equal(rows, torch.cat(batches).double())  # every row, in order, unrounded
+    torch.testing.assert_close(rows.t() @ rows, hessian, rtol=1e-12, atol=1e-12)

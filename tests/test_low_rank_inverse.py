@@ -1,36 +1,49 @@
-"""The Woodbury path of the damped inverse (graph/channels/low_rank_inverse.py): equal to numpy's inverse
-of H + lam I when H has few rows, including a rank below its row count; not taken where it does not pay
-or cannot hold (lam 0)."""
+"""The Woodbury path of the damped inverse (graph/channels/low_rank_inverse.py): from the kept calibration
+rows, equal to numpy's inverse of H + lam I, including a rank below the row count; not taken where it
+cannot hold (lam 0), and taken by lean_damped_inverse only where the rows were kept."""
 
 import numpy as np
 import pytest
 import torch
 
+from prunefx.graph.channels.compensation import output_energy
 from prunefx.graph.channels.low_rank_inverse import low_rank_damped_inverse
 from prunefx.graph.channels.obs_elimination import lean_damped_inverse
+from prunefx.graph.layer_inputs import LayerRows
 
 
-def _hessian(rows: int, columns: int, rank: int) -> torch.Tensor:
+def _rows(rows: int, columns: int, rank: int) -> torch.Tensor:
     rng = np.random.default_rng(rows + rank)
     x = rng.standard_normal((rows, rank)) @ rng.standard_normal((rank, columns)) * rng.uniform(0.1, 3.0, columns)
-    return torch.from_numpy(x.T @ x)
+    return torch.from_numpy(x)
 
 
 @pytest.mark.parametrize(("rows", "rank"), [(10, 10), (30, 7), (1, 1)])
 def test_the_woodbury_inverse_equals_the_inverse_of_the_damped_hessian(rows, rank):
-    hessian = _hessian(rows, 200, rank)
+    x = _rows(rows, 200, rank)
+    hessian = x.t() @ x
     lam = 0.01 * float(hessian.diagonal().mean())
     expected = np.linalg.inv(hessian.numpy() + lam * np.eye(200))
-    got = low_rank_damped_inverse(hessian, lam, rows)
+    got = low_rank_damped_inverse(x, lam)
     assert got is not None
     np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-9 * np.abs(expected).max())
-    through = lean_damped_inverse(hessian, 0.01, rows)
+    through = lean_damped_inverse(hessian, 0.01, LayerRows(rows, x))
     np.testing.assert_allclose(through.numpy(), expected, rtol=0, atol=1e-9 * np.abs(expected).max())
 
 
-def test_the_woodbury_path_is_left_where_it_does_not_pay_or_hold():
-    hessian = _hessian(120, 200, 120)
-    assert low_rank_damped_inverse(hessian, 1.0, 120) is None      # rows > a quarter of the columns
-    assert low_rank_damped_inverse(_hessian(10, 200, 10), 0.0, 10) is None  # no damping: singular
-    # the rows given understate the rank: the factorisation does not reach the tolerance
-    assert low_rank_damped_inverse(_hessian(30, 200, 30), 0.01, 10) is None
+def test_without_kept_rows_or_damping_the_full_factorisation_is_used():
+    x = _rows(10, 200, 10)
+    hessian = x.t() @ x
+    assert low_rank_damped_inverse(x, 0.0) is None  # no damping: singular
+    full = lean_damped_inverse(hessian, 0.01, LayerRows(10))
+    lam = 0.01 * float(hessian.diagonal().mean())
+    expected = torch.linalg.inv(hessian + lam * torch.eye(200, dtype=torch.float64))
+    torch.testing.assert_close(full, expected, rtol=1e-7, atol=1e-9 * float(expected.abs().max()))
+
+
+def test_the_output_energy_from_the_rows_equals_the_one_from_the_hessian():
+    x = _rows(30, 200, 30)
+    matrix = torch.from_numpy(np.random.default_rng(1).standard_normal((17, 200)))
+    from_hessian = output_energy(matrix, x.t() @ x)
+    assert output_energy(matrix, x.t() @ x, LayerRows(30, x)) == pytest.approx(from_hessian, rel=1e-12)
+    assert from_hessian == pytest.approx(float(((x @ matrix.t()) ** 2).sum()), rel=1e-12)

@@ -55,7 +55,8 @@ import torch
 
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.channels.analysis import ChannelAnalysis
-from prunefx.graph.layer_inputs import Consumer, InputSpec, find_consumers, iter_hessians
+from prunefx.graph.cholesky_inverse import cholesky_inverse_
+from prunefx.graph.layer_inputs import Consumer, InputSpec, LayerRows, find_consumers, iter_hessians
 
 # --- the update ------------------------------------------------------------------------------------------
 
@@ -91,8 +92,12 @@ def second_order_update(matrix: torch.Tensor, hessian: torch.Tensor, removed: np
                      "error_with": with_update / max(energy, 1e-300)}
 
 
-def output_energy(matrix: torch.Tensor, hessian: torch.Tensor) -> float:
-    """trace(M H M^T): the squared layer output (without bias) summed over the calibration data."""
+def output_energy(matrix: torch.Tensor, hessian: torch.Tensor, rows: LayerRows | None = None) -> float:
+    """trace(M H M^T): the squared layer output (without bias) summed over the calibration data; as
+    ||X M^T||^2 from the calibration rows where they were kept (fewer rows than columns: the cheaper
+    product)."""
+    if rows is not None and rows.kept is not None:
+        return float((rows.kept.to(matrix.device) @ matrix.t()).square().sum())
     return float((matrix @ hessian * matrix).sum())
 
 
@@ -120,7 +125,7 @@ def damped_inverse(hessian: torch.Tensor, damping: float) -> torch.Tensor | None
     for jitter in (0.0, 1e-10, 1e-8, 1e-6, 1e-4):
         factor, info = torch.linalg.cholesky_ex(hessian + (lam + jitter * scale) * eye)
         if int(info) == 0:
-            return torch.cholesky_inverse(factor)
+            return cholesky_inverse_(factor.contiguous())  # LAPACK's factor is column-major
     return torch.linalg.pinv(hessian + lam * eye, hermitian=True)
 
 
@@ -149,11 +154,13 @@ def compensate_removed_inputs(module: torch.fx.GraphModule, analysis: ChannelAna
         for consumer in by_spec[spec]:
             matrix = consumer.matrix(module).to(hessian.device)
             energy = hessians.get(energy_key(consumer.weight)) if hessians is not None else None
+            if energy is None:
+                energy = output_energy(matrix, hessian, rows)
             updated, errors = second_order_update(matrix, hessian, consumer.removed_columns, damping, energy=energy)
             # held until every update is computed: in the weight's own dtype (what `store` writes), not
             # float64, so that a model whose every layer is compensated is held once more, not twice
             updates[consumer.node] = (consumer, updated.to(get_tensor(module, consumer.weight).dtype))
-            layers[consumer.node] = {"layer": consumer.node, "weight": consumer.weight, "rows": rows,
+            layers[consumer.node] = {"layer": consumer.node, "weight": consumer.weight, "rows": rows.count,
                                      "columns": int(consumer.removed_columns.size),
                                      "columns_removed": int(consumer.removed_columns.sum()), **errors}
     updates = [updates[c.node] for c in consumers]

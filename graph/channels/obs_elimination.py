@@ -13,6 +13,8 @@ import torch
 
 from prunefx.graph.channels.compensation import damped_inverse, damping_term
 from prunefx.graph.channels.low_rank_inverse import low_rank_damped_inverse
+from prunefx.graph.cholesky_inverse import cholesky_inverse_
+from prunefx.graph.layer_inputs import LayerRows
 from prunefx.graph.symmetric_product import add_upper, mirror_upper
 
 
@@ -180,17 +182,18 @@ def _solve(block: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     return solved
 
 
-def lean_damped_inverse(hessian: torch.Tensor, damping: float, rows: int | None = None) -> torch.Tensor | None:
+def lean_damped_inverse(hessian: torch.Tensor, damping: float, rows: LayerRows | None = None) -> torch.Tensor | None:
     """channel_compensation.damped_inverse's (H + lam I)^-1, bit for bit, in one working copy of H (the
     factor and the inverse overwrite it) instead of an identity, its multiple, their sum, the factor
     and the inverse: a U-Net decoder conv reading 12k columns has a 1.2 GB H in float64. Same jitters;
-    its pinv fallback is left to it. Given the `rows` H was summed over and far fewer of them than
-    columns, by the Woodbury identity instead (graph/channels/low_rank_inverse.py): equal to rounding."""
+    its pinv fallback is left to it. Where the calibration `rows` H was summed over were kept (far
+    fewer of them than columns), by the Woodbury identity instead (graph/channels/low_rank_inverse.py):
+    equal to rounding."""
     lam = damping_term(hessian, damping)
     if lam is None:
         return None
-    if rows is not None:
-        low_rank = low_rank_damped_inverse(hessian, lam, rows)
+    if rows is not None and rows.kept is not None:
+        low_rank = low_rank_damped_inverse(rows.kept.to(hessian.device), lam)
         if low_rank is not None:
             return low_rank
     scale = float(hessian.diagonal().mean())
@@ -200,7 +203,7 @@ def lean_damped_inverse(hessian: torch.Tensor, damping: float, rows: int | None 
         work.diagonal().add_(lam + jitter * scale)
         torch.linalg.cholesky_ex(work, out=(work, info))
         if int(info) == 0:
-            return torch.cholesky_inverse(work, out=work)
+            return cholesky_inverse_(work)
     del work
     return damped_inverse(hessian, damping)
 

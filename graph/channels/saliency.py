@@ -192,7 +192,7 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
         for layer, positions in by_spec[spec]:
             layers += 1
             matrix = weight_matrix(module, layer.weight, transposed=layer.transposed).to(hessian.device)
-            energy = output_energy(matrix, hessian)
+            energy = output_energy(matrix, hessian, rows)
             if hessians is not None:
                 hessians[energy_key(layer.weight)] = energy
             by_group: dict[int, dict[int, torch.Tensor]] = defaultdict(dict)
