@@ -228,10 +228,12 @@ class LayerRows:
     kept: torch.Tensor | None = None
 
 
-def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches, *, cache: dict | None = None):
+def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches, *, cache: dict | None = None,
+                  from_rows: bool = False):
     """(spec, H, LayerRows) for every spec over all batches, in float64: the specs are taken in chunks of
     at most _HESSIAN_BUDGET bytes of H, one pass over the data per chunk, and a chunk's Hessians are
     yielded before the next is gathered, so a caller that drops them holds one chunk at a time.
+    `from_rows`: the caller works from the rows where they are kept, and H is None there (not formed).
 
     `cache` (a dict spec -> (H, LayerRows), for the same module, weights and batches) shares Hessians
     between callers (the `obs` importance and the compensation that follows it): those found in it are
@@ -240,7 +242,10 @@ def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches,
     if cache is not None:
         for spec in specs:
             if spec in cache:
-                yield spec, *cache[spec]
+                hessian, rows = cache[spec]
+                if hessian is None and not from_rows:  # gathered for a caller that worked from the rows
+                    hessian = rows.kept.t() @ rows.kept
+                yield spec, hessian, rows
         specs = [spec for spec in specs if spec not in cache]
     columns = {spec: _columns(module, spec) for spec in specs}
     # With a cache every H is held anyway: one pass over the data for all of them, not one per chunk.
@@ -248,7 +253,7 @@ def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches,
     for chunk in within_budget(specs, lambda spec: 8 * columns[spec] ** 2, budget):
         sources = sorted({spec.source for spec in chunk})
         tapped, position = tap_nodes(module, sources), {name: index for index, name in enumerate(sources)}
-        sums = {spec: GramSum(keep_up_to=int(KEEP_ROWS * columns[spec])) for spec in chunk}
+        sums = {spec: GramSum(int(KEEP_ROWS * columns[spec]), gram_of_kept=not from_rows) for spec in chunk}
         for batch in batches:
             values = run_tapped(tapped, batch)
             for spec in chunk:
@@ -271,26 +276,32 @@ class GramSum:
     (ResNet-50's last convolutions see 49 per image) runs far below matrix-product speed. Added in place:
     `H + x.t() @ x` would hold another copy of a matrix that reaches 1.2 GB for a wide layer (a U-Net
     decoder's first conv reads 12384 columns); only the upper block triangle is summed
-    (graph/symmetric_product.py). The rows themselves (float64) are kept while there are at most
-    `keep_up_to` of them."""
+    (graph/symmetric_product.py).
 
-    def __init__(self, keep_up_to: int = 0):
+    The rows themselves (float64) are kept while there are at most `keep_up_to` of them; without
+    `gram_of_kept`, their product is put off until there are more, and never formed if there are not
+    (a caller that works from the rows)."""
+
+    def __init__(self, keep_up_to: int = 0, *, gram_of_kept: bool = True):
         self.rows, self.gram, self.pending = 0, None, []
-        self.keep_up_to = keep_up_to
+        self.keep_up_to, self.gram_of_kept = keep_up_to, gram_of_kept
         self.kept: list[torch.Tensor] | None = [] if keep_up_to > 0 else None
 
     def add(self, x: torch.Tensor) -> None:
         """Add one batch's rows X [rows, columns]."""
         self.rows += x.shape[0]
-        if self.rows > self.keep_up_to:
-            self.kept = None
+        if self.rows > self.keep_up_to and self.kept is not None:
+            kept, self.kept = self.kept, None
+            if not self.gram_of_kept:  # too many rows to keep after all: their product is due
+                for rows in kept:
+                    self.gram = add_upper_gram(self.gram, rows)
         self.pending.append(x.detach())
         if (sum(rows.shape[0] for rows in self.pending) >= _PRODUCT_ROWS
                 or sum(rows.numel() * rows.element_size() for rows in self.pending) >= _PRODUCT_BYTES):
             self._multiply_pending()
 
     def finish(self) -> torch.Tensor | None:
-        """H (None when no row was added)."""
+        """H; None when no row was added, or the rows were kept without their product."""
         self._multiply_pending()
         return None if self.gram is None else mirror_upper(self.gram)
 
@@ -305,6 +316,8 @@ class GramSum:
         self.pending = []
         if self.kept is not None:
             self.kept.append(x)
+            if not self.gram_of_kept:
+                return
         self.gram = add_upper_gram(self.gram, x)
 
 

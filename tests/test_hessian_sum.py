@@ -43,3 +43,18 @@ def test_the_rows_are_kept_while_there_are_few_enough(keep_up_to, kept):
     assert rows.dtype == torch.float64
     assert torch.equal(rows, torch.cat(batches).double())  # every row, in order, unrounded
     torch.testing.assert_close(rows.t() @ rows, hessian, rtol=1e-12, atol=1e-12)
+
+
+def test_without_their_product_kept_rows_form_no_hessian_until_there_are_too_many():
+    batches = _batches(9)
+    few = GramSum(keep_up_to=sum(BATCH_ROWS), gram_of_kept=False)
+    for x in batches:
+        few.add(x)
+    assert few.finish() is None
+    assert torch.equal(few.kept_rows(), torch.cat(batches).double())
+    many = GramSum(keep_up_to=3000, gram_of_kept=False)  # crossed at the fourth batch: the product is due
+    for x in batches:
+        many.add(x)
+    expected = sum(x.double().t() @ x.double() for x in batches)
+    torch.testing.assert_close(many.finish(), expected, rtol=1e-12, atol=1e-12)
+    assert many.kept_rows() is None

@@ -60,20 +60,28 @@ from prunefx.graph.layer_inputs import Consumer, InputSpec, LayerRows, find_cons
 
 # --- the update ------------------------------------------------------------------------------------------
 
-def second_order_update(matrix: torch.Tensor, hessian: torch.Tensor, removed: np.ndarray,
-                        damping: float, *, energy: float | None = None) -> tuple[torch.Tensor, dict]:
+def second_order_update(matrix: torch.Tensor, hessian: torch.Tensor | None, removed: np.ndarray,
+                        damping: float, *, energy: float | None = None,
+                        rows: LayerRows | None = None) -> tuple[torch.Tensor, dict]:
     """M_K' = M_K + M_R H_RK (H_KK + lam I)^-1 with lam = damping * mean(diag H), in float64.
 
     Returns the new matrix (removed columns unchanged: slicing drops them) and the layer-output error
     on the calibration data, relative to the output energy trace(M H M^T), without and with the update:
     the error of a change D of the columns is trace(D H D^T). `energy`: trace(M H M^T) when the caller
-    has it (see energy_key)."""
+    has it (see energy_key). Without H (not formed: iter_hessians' from_rows), from the kept
+    calibration `rows`."""
     removed_t = torch.from_numpy(removed).to(matrix.device)
-    keep_t = ~removed_t
-    energy = output_energy(matrix, hessian) if energy is None else energy
-    lam = damping_term(hessian, damping)
+    energy = output_energy(matrix, hessian, rows) if energy is None else energy
+    lam = damping_term(hessian, damping, rows)
     if lam is None:  # the input is zero on all calibration data: nothing to compensate, nothing lost
         return matrix, {"error_without": 0.0, "error_with": 0.0}
+    if hessian is None:
+        found = _update_from_rows(matrix, rows.kept.to(matrix.device), removed_t, lam)
+        if found is not None:
+            return found[0], {"error_without": found[1] / max(energy, 1e-300),
+                              "error_with": found[2] / max(energy, 1e-300)}
+        hessian = rows.kept.t() @ rows.kept
+    keep_t = ~removed_t
     kept, gone = keep_t.nonzero().squeeze(1), removed_t.nonzero().squeeze(1)
     h_kk = hessian[kept[:, None], kept]
     h_kk.diagonal().add_(lam)
@@ -92,6 +100,26 @@ def second_order_update(matrix: torch.Tensor, hessian: torch.Tensor, removed: np
                      "error_with": with_update / max(energy, 1e-300)}
 
 
+def _update_from_rows(matrix: torch.Tensor, x: torch.Tensor, removed: torch.Tensor,
+                      lam: float) -> tuple[torch.Tensor, float, float] | None:
+    """second_order_update from the calibration rows X [k, n] (k far below n) by the Woodbury identity,
+    (X_K^T X_K + lam I)^-1 = (I - X_K^T (lam I + X_K X_K^T)^-1 X_K) / lam: a k x k factorisation and
+    products with X instead of n x n ones. The new matrix and the errors ||X_R M_R^T||^2 without and
+    ||X_K D^T - X_R M_R^T||^2 with the update; None where lam I + X_K X_K^T does not factor."""
+    x_k, x_r = x[:, ~removed], x[:, removed]
+    lost = x_r @ matrix[:, removed].t()                 # X_R M_R^T: the output the removed columns gave
+    rhs = x_k.t() @ lost                                # H_KR M_R^T
+    core = x_k @ x_k.t()
+    core.diagonal().add_(lam)
+    factor, info = torch.linalg.cholesky_ex(core)
+    if int(info) != 0:
+        return None
+    delta = (rhs - x_k.t() @ torch.cholesky_solve(x_k @ rhs, factor)) / lam   # D^T: [kept, outputs]
+    updated = matrix.clone()
+    updated[:, ~removed] += delta.t()
+    return updated, float(lost.square().sum()), float((x_k @ delta - lost).square().sum())
+
+
 def output_energy(matrix: torch.Tensor, hessian: torch.Tensor, rows: LayerRows | None = None) -> float:
     """trace(M H M^T): the squared layer output (without bias) summed over the calibration data; as
     ||X M^T||^2 from the calibration rows where they were kept (fewer rows than columns: the cheaper
@@ -108,9 +136,14 @@ def energy_key(weight: str) -> tuple[str, str]:
     return ("output_energy", weight)
 
 
-def damping_term(hessian: torch.Tensor, damping: float) -> float | None:
-    """lam = damping * mean(diag H), or None when H is zero (the input is zero on all calibration data)."""
-    scale = float(hessian.diagonal().mean())
+def damping_term(hessian: torch.Tensor | None, damping: float, rows: LayerRows | None = None) -> float | None:
+    """lam = damping * mean(diag H), or None when H is zero (the input is zero on all calibration data);
+    from the kept calibration `rows` when H was not formed (iter_hessians' from_rows)."""
+    if hessian is None:
+        assert rows is not None and rows.kept is not None, "neither H nor its rows"
+        scale = float(rows.kept.square().sum()) / rows.kept.shape[1]
+    else:
+        scale = float(hessian.diagonal().mean())
     return damping * scale if scale > 0 else None
 
 
@@ -150,13 +183,12 @@ def compensate_removed_inputs(module: torch.fx.GraphModule, analysis: ChannelAna
         by_spec.setdefault(consumer.spec, []).append(consumer)
     updates, layers = {}, {}
     # Every H comes from the dense network: the updates are stored only once all are computed.
-    for spec, hessian, rows in iter_hessians(module, list(by_spec), batches, cache=hessians):
+    for spec, hessian, rows in iter_hessians(module, list(by_spec), batches, cache=hessians, from_rows=True):
         for consumer in by_spec[spec]:
-            matrix = consumer.matrix(module).to(hessian.device)
+            matrix = consumer.matrix(module).to((rows.kept if hessian is None else hessian).device)
             energy = hessians.get(energy_key(consumer.weight)) if hessians is not None else None
-            if energy is None:
-                energy = output_energy(matrix, hessian, rows)
-            updated, errors = second_order_update(matrix, hessian, consumer.removed_columns, damping, energy=energy)
+            updated, errors = second_order_update(matrix, hessian, consumer.removed_columns, damping,
+                                                  energy=energy, rows=rows)
             # held until every update is computed: in the weight's own dtype (what `store` writes), not
             # float64, so that a model whose every layer is compensated is held once more, not twice
             updates[consumer.node] = (consumer, updated.to(get_tensor(module, consumer.weight).dtype))

@@ -182,20 +182,23 @@ def _solve(block: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     return solved
 
 
-def lean_damped_inverse(hessian: torch.Tensor, damping: float, rows: LayerRows | None = None) -> torch.Tensor | None:
+def lean_damped_inverse(hessian: torch.Tensor | None, damping: float,
+                        rows: LayerRows | None = None) -> torch.Tensor | None:
     """channel_compensation.damped_inverse's (H + lam I)^-1, bit for bit, in one working copy of H (the
     factor and the inverse overwrite it) instead of an identity, its multiple, their sum, the factor
     and the inverse: a U-Net decoder conv reading 12k columns has a 1.2 GB H in float64. Same jitters;
     its pinv fallback is left to it. Where the calibration `rows` H was summed over were kept (far
     fewer of them than columns), by the Woodbury identity instead (graph/channels/low_rank_inverse.py):
-    equal to rounding."""
-    lam = damping_term(hessian, damping)
+    equal to rounding; H may then be None (not formed)."""
+    lam = damping_term(hessian, damping, rows)
     if lam is None:
         return None
     if rows is not None and rows.kept is not None:
-        low_rank = low_rank_damped_inverse(rows.kept.to(hessian.device), lam)
+        low_rank = low_rank_damped_inverse(rows.kept, lam)
         if low_rank is not None:
             return low_rank
+        if hessian is None:  # no damping: the identity does not hold
+            hessian = rows.kept.t() @ rows.kept
     scale = float(hessian.diagonal().mean())
     work, info = torch.empty_like(hessian), torch.empty((), dtype=torch.int32, device=hessian.device)
     for jitter in (0.0, 1e-10, 1e-8, 1e-6, 1e-4):

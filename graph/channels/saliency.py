@@ -187,11 +187,12 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
     states: dict[int, list[LayerState]] = defaultdict(list)
     scores = [np.zeros(group.size) for group in combing.groups]
     layers = 0
-    for spec, hessian, rows in iter_hessians(module, needed, batches, cache=hessians):
+    for spec, hessian, rows in iter_hessians(module, needed, batches, cache=hessians, from_rows=True):
         inverse = lean_damped_inverse(hessian, damping, rows)
+        device = (rows.kept if hessian is None else hessian).device
         for layer, positions in by_spec[spec]:
             layers += 1
-            matrix = weight_matrix(module, layer.weight, transposed=layer.transposed).to(hessian.device)
+            matrix = weight_matrix(module, layer.weight, transposed=layer.transposed).to(device)
             energy = output_energy(matrix, hessian, rows)
             if hessians is not None:
                 hessians[energy_key(layer.weight)] = energy
@@ -199,7 +200,7 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
             for group, index in positions:
                 if group in complete:
                     cols = np.flatnonzero(layer.columns(blocks[(group, index)]))
-                    by_group[group][index] = torch.from_numpy(cols).to(hessian.device)
+                    by_group[group][index] = torch.from_numpy(cols).to(device)
             for group, columns in by_group.items():
                 # zero input or zero weights: removing anything costs nothing, the layer is left out
                 if inverse is not None and energy > 0:
