@@ -15,7 +15,8 @@ from prunefx.graph.activations import run_tapped, tap_nodes
 from prunefx.graph.channels.compensation import second_order_update
 from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.graph.channels.importance import Importance
-from prunefx.graph.layer_inputs import find_consumers, gather_hessians
+from prunefx.graph.layer_hessians import gather_hessians
+from prunefx.graph.layer_inputs import find_consumers
 from prunefx.models import build_model
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels

@@ -8,7 +8,7 @@ import torch
 
 from prunefx.graph.channels.compensation import second_order_update
 from prunefx.graph.channels.obs_elimination import lean_damped_inverse
-from prunefx.graph.layer_inputs import LayerRows
+from prunefx.graph.layer_hessians import LayerRows
 
 
 def _layer(rows: int = 40, columns: int = 120, outputs: int = 9):
@@ -53,7 +53,8 @@ def test_a_cache_filled_from_rows_hands_the_hessian_to_a_caller_that_needs_it():
 
     from prunefx.graph import capture
     from prunefx.graph.channels.groups import find_channel_groups
-    from prunefx.graph.layer_inputs import find_consumers, iter_hessians
+    from prunefx.graph.layer_hessians import iter_hessians
+    from prunefx.graph.layer_inputs import find_consumers
 
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1)).eval()
     program = capture(model, (torch.randn(1, 3, 4, 4),))

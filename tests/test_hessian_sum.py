@@ -5,7 +5,7 @@ bytes or at the end; the rows are kept exactly while they are few enough, and dr
 import pytest
 import torch
 
-from prunefx.graph.layer_inputs import GramSum
+from prunefx.graph.layer_hessians import GramSum
 
 BATCH_ROWS = (3, 2100, 40, 1, 5000)
 

@@ -9,7 +9,7 @@ import torch
 from prunefx.graph.channels.compensation import output_energy
 from prunefx.graph.channels.low_rank_inverse import low_rank_damped_inverse
 from prunefx.graph.channels.obs_elimination import lean_damped_inverse
-from prunefx.graph.layer_inputs import LayerRows
+from prunefx.graph.layer_hessians import LayerRows
 
 
 def _rows(rows: int, columns: int, rank: int) -> torch.Tensor:

@@ -12,7 +12,8 @@ from prunefx.graph import PrunefxError, capture, verify
 from prunefx.graph.channels.compensation import second_order_update
 from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.graph.channels.importance import channel_importance
-from prunefx.graph.layer_inputs import find_consumers, gather_hessians
+from prunefx.graph.layer_hessians import gather_hessians
+from prunefx.graph.layer_inputs import find_consumers
 from prunefx.passes.remove_channels import remove_channels
 
 BATCH = 16

@@ -22,7 +22,8 @@ Hessian of the squared output error is 2 X^T X). `lam = damping * mean(diag H)` 
   removal is exact, with or without compensation.
 - Removed channels that are linear combinations of kept ones (X_R = X_K A) are reproduced exactly as
   lam -> 0 (D = M_R A^T), with an error that grows with lam.
-Everything is solved in float64 (Cholesky of H_KK + lam I).
+Everything is solved in float64 (Cholesky of H_KK + lam I); where a layer input has far fewer calibration
+rows than columns, from the rows X by the Woodbury identity, H never formed (`_update_from_rows`).
 
 Every consumer is compensated on its own with the inputs of the *dense* network (all Hessians are
 gathered before any weight changes): coupled groups, where one removal touches several consumers (a
@@ -41,10 +42,10 @@ network), and sequential (layer-by-layer, pruned-input) calibration.
 
 Cost: one H of (columns x columns) float64 per distinct layer input (shared by the consumers that
 read the same tensor the same way), gathered in passes over the calibration data that hold at most
-`_HESSIAN_BUDGET` bytes of H at a time (`iter_hessians` in graph/layer_inputs.py).
+`_HESSIAN_BUDGET` bytes of H at a time (`iter_hessians` in graph/layer_hessians.py).
 
-Which layers read which channels and their Hessians come from graph/layer_inputs.py (`find_consumers`,
-`iter_hessians`), which the `obs` importance (graph/channels/saliency.py) shares, with a Hessian cache
+Which layers read which channels comes from graph/layer_inputs.py (`find_consumers`), their Hessians
+from graph/layer_hessians.py (`iter_hessians`), which the `obs` importance (graph/channels/saliency.py) shares, with a Hessian cache
 through which remove_channels gathers them once for both, and with the damping (`damped_inverse`).
 """
 
@@ -56,7 +57,8 @@ import torch
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.channels.analysis import ChannelAnalysis
 from prunefx.graph.cholesky_inverse import cholesky_inverse_
-from prunefx.graph.layer_inputs import Consumer, InputSpec, LayerRows, find_consumers, iter_hessians
+from prunefx.graph.layer_hessians import LayerRows, iter_hessians
+from prunefx.graph.layer_inputs import Consumer, InputSpec, find_consumers
 
 # --- the update ------------------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@ instead of a Cholesky factorisation and inverse of the whole matrix.
 
 H = X^T X summed over k calibration rows has rank at most k; with few images, or deep layers at small
 resolutions, that is far below its number of columns n (ResNet-50's last 3x3 convs at 224 px read 4608
-columns and see 49 positions per image: 980 rows from 20 images). Where X was kept (graph/layer_inputs.py,
+columns and see 49 positions per image: 980 rows from 20 images). Where X was kept (graph/layer_hessians.py,
 LayerRows), exactly
 
     (X^T X + lam I)^-1 = (I - X^T (lam I + X X^T)^-1 X) / lam

@@ -14,7 +14,7 @@ import torch
 from prunefx.graph.channels.compensation import damped_inverse, damping_term
 from prunefx.graph.channels.low_rank_inverse import low_rank_damped_inverse
 from prunefx.graph.cholesky_inverse import cholesky_inverse_
-from prunefx.graph.layer_inputs import LayerRows
+from prunefx.graph.layer_hessians import LayerRows
 from prunefx.graph.symmetric_product import add_upper, mirror_upper
 
 

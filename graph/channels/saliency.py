@@ -48,7 +48,7 @@ one group; `fallback_groups` and `fallback_channels` count them, as for `bn`), a
 ranking normalises every group by its mean, as for the other criteria. A layer reading several groups
 (a concat) is eliminated against each group separately, the other groups' columns kept.
 
-Cost: the Hessians come from layer_inputs.iter_hessians (remove_channels shares them with `compensate`,
+Cost: the Hessians come from layer_hessians.iter_hessians (remove_channels shares them with `compensate`,
 so obs + compensate gathers them once, in one pass over the calibration data, with each layer's output
 energy), one Cholesky inverse per distinct layer input (by the Woodbury identity when the calibration
 rows are far fewer than the columns), and per group of C channels about 32 ln(C / 64) + 64
@@ -79,7 +79,8 @@ from prunefx.graph.channels.compensation import energy_key, output_energy
 from prunefx.graph.channels.factor_slices import FactorSlices
 from prunefx.graph.channels.groups import Combing
 from prunefx.graph.channels.obs_elimination import LayerState, eliminate, lean_damped_inverse
-from prunefx.graph.layer_inputs import InputSpec, LayerInput, iter_hessians, layer_inputs, weight_matrix
+from prunefx.graph.layer_hessians import iter_hessians
+from prunefx.graph.layer_inputs import InputSpec, LayerInput, layer_inputs, weight_matrix
 
 
 @dataclass

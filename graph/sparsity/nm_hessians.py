@@ -13,7 +13,7 @@ with an [in, out] weight (mm/addmm/matmul: not handled), shared weights, too few
 layers the caller keeps dense.
 
 **Hessians.** X is the layer input as layer_inputs.InputSpec unfolds it; H = X^T X is gathered
-by layer_inputs.iter_hessians and returned in the grouped column order of nm_masks.
+by layer_hessians.iter_hessians and returned in the grouped column order of nm_masks.
 
 **Per-sample gradients** (`fisher_inverses`). One forward and one backward pass per calibration batch
 give, for every layer, its input X and the gradient delta of the summed loss with respect to its
@@ -34,7 +34,8 @@ import torch.nn.functional as F
 import torch.utils._pytree as pytree
 
 from prunefx.graph.attributes import get_tensor
-from prunefx.graph.layer_inputs import OTHER_CONVOLUTIONS, InputSpec, as_pair, iter_hessians, unfold_padding
+from prunefx.graph.layer_hessians import iter_hessians
+from prunefx.graph.layer_inputs import OTHER_CONVOLUTIONS, InputSpec, as_pair, unfold_padding
 from prunefx.graph.placement import module_device
 from prunefx.graph.sparsity.nm_masks import (
     FisherInverse,
