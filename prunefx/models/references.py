@@ -13,13 +13,16 @@ A reference is one of
   path/to/file.py:FACTORY      FACTORY() from a Python file imported by its path
   path/to/model.pt2            a saved Program (loaded by the caller with prunefx.graph.Program.load)
 Nothing is ever downloaded: builders get no weights, and pretrained weights come in through
-`load_weights(module, FILE)` (the CLI's --weights FILE).
+`load_weights(module, FILE)` (the CLI's --weights FILE). The random weights a builder draws come from
+seed 0, with the caller's random state left as it was: one reference is one model, run after run.
 """
 
 from __future__ import annotations
 
 import inspect
 from pathlib import Path
+
+import torch
 
 from prunefx.models import small
 from prunefx.models.spec import (
@@ -36,8 +39,17 @@ _REFERENCE_FORMS = ("torchvision:NAME, timm:NAME, prunefx:NAME, ultralytics:NAME
                     "or a saved .pt2 program")
 
 
+RANDOM_WEIGHTS_SEED = 0
+
+
 def build_model(ref: str, *, image_size: int | None = None) -> ModelSpec:
     """Resolve `ref`; `image_size` builds fixed-size models (ViTs) for a smaller square input."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        return _build(ref, image_size)
+
+
+def _build(ref: str, image_size: int | None) -> ModelSpec:
     if image_size is not None and image_size < 1:
         raise ModelReferenceError(f"image size {image_size} is not a positive number of pixels")
     ref = ref.strip()

@@ -1,0 +1,23 @@
+"""A model reference builds the same random weights every time (seed 0), and leaves the caller's random
+state as it found it."""
+
+import torch
+
+from prunefx.models.references import build_model
+
+
+def _weights(reference):
+    return build_model(reference).module.state_dict()
+
+
+def test_one_reference_is_one_model_and_the_callers_random_state_is_kept():
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    first, second = _weights("prunefx:resnet20"), _weights("prunefx:resnet20")
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    torch.manual_seed(7)  # the caller's seed does not reach the builder
+    third = _weights("prunefx:resnet20")
+    assert all(torch.equal(first[name], third[name]) for name in first)
+    assert any(first[name].float().std() > 0 for name in first if name.endswith("weight"))
