@@ -44,9 +44,10 @@ Cost: one H of (columns x columns) float64 per distinct layer input (shared by t
 read the same tensor the same way), gathered in passes over the calibration data that hold at most
 `_HESSIAN_BUDGET` bytes of H at a time (`iter_hessians` in graph/layer_hessians.py).
 
-Which layers read which channels comes from graph/layer_inputs.py (`find_consumers`), their Hessians
-from graph/layer_hessians.py (`iter_hessians`), which the `obs` importance (graph/channels/saliency.py) shares, with a Hessian cache
-through which remove_channels gathers them once for both, and with the damping (`damped_inverse`).
+Which layers read which channels comes from graph/layer_inputs.py (`find_consumers`), and their Hessians
+come from graph/layer_hessians.py (`iter_hessians`), which the `obs` importance (graph/channels/saliency.py)
+shares, with a Hessian cache through which remove_channels gathers them once for both, and with the
+damping (`damped_inverse`).
 """
 
 from __future__ import annotations
