@@ -100,6 +100,7 @@ class Candidate:
     result: Result
     measured: Measured
     target: str = "macs"
+    same_as: int | None = None  # the earlier candidate with the same widths, whose measurement it shares
 
     @property
     def speedup(self) -> float:
@@ -112,8 +113,9 @@ class Candidate:
 
     def to_dict(self) -> dict:
         asked = "macs_fraction_asked" if self.target == "macs" else "layer_time_asked"
+        same = {} if self.same_as is None else {"same_widths_as": self.same_as}
         return {asked: self.fraction, "macs_kept": self.result.facts_as(ChannelsRemoved).macs_kept,
-                **self.measured.to_dict()}
+                **same, **self.measured.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -182,9 +184,21 @@ class _Search:
         target = self.target
         result = run_inner(remove_channels, self.dense, {**self.removal, target: fraction, "strict": False},
                            on_copy=True)  # every candidate is cut from the dense Program, which stays as it is
-        candidate = Candidate(fraction, result, Measured.of(self.latency(self.dense, result.program)), target)
+        # Fractions between two width steps give the same model: it is not measured again (a stalled search
+        # once measured one model three times), its measurement is shared, and the search moves on.
+        same = self._same_widths(result.program)
+        if same is None:
+            candidate = Candidate(fraction, result, Measured.of(self.latency(self.dense, result.program)), target)
+        else:
+            candidate = Candidate(fraction, result, self.trace[same].measured, target, same_as=same)
         self.trace.append(candidate)
         return candidate
+
+    def _same_widths(self, program: Program) -> int | None:
+        """The index of the first candidate whose every parameter and buffer has the shapes of `program`'s."""
+        shapes = _shapes(program)
+        return next((index for index, c in enumerate(self.trace)
+                     if c.same_as is None and _shapes(c.result.program) == shapes), None)
 
     def confirm(self, candidate: Candidate) -> Candidate:
         """Confirmed; measured longer still where the budget lies inside the interval (Measured.straddles)."""
@@ -288,6 +302,10 @@ class _Search:
                 f"measured was {speedup_text(best.measured)} ({best.measured.ms:.2f} ms, "
                 f"{best.result.facts_as(ChannelsRemoved).macs_kept:.3f} of the MACs) after {len(self.trace)} candidates"
                 + noise_text(best.measured, self._wanted_speedup(best)))
+
+
+def _shapes(program: Program) -> list[tuple[int, ...]]:
+    return [tuple(tensor.shape) for tensor in program.module.state_dict().values()]
 
 
 def _held(log_step: float) -> float:

@@ -306,3 +306,24 @@ def test_when_no_width_lands_above_the_floor_the_least_pruned_that_met_is_return
     dense_ms, ms, _ = latency(resnet20, result.program)  # the oracle, on the model returned
     assert 2.07 <= dense_ms / ms < 2.07 * 1.05
     assert result.stats["met"] and result.stats["confirmed"]
+
+
+def test_a_fraction_between_two_width_steps_is_not_measured_again(resnet20):
+    """On multiples of 16 channels ResNet-20 has few widths: the search asks for a fraction that gives the
+    model it measured already. That candidate shares the earlier measurement (same shapes, same model)
+    instead of costing another, and the trace says which it repeats."""
+    latency = latency_of_macs()
+    result = prune_to_budget(resnet20.clone(), config={"speedup": 1.5, "latency": latency, "round_to": 16,
+                                                       "tolerance": 0.02, "confirm": False})
+    trace = result.stats["trace"]
+    repeats = [entry for entry in trace if "same_widths_as" in entry]
+    assert repeats, trace
+    assert len(latency.calls) == len(trace) - len(repeats)  # one measurement per distinct model
+    for entry in repeats:
+        earlier = trace[entry["same_widths_as"]]
+        assert "same_widths_as" not in earlier and entry["macs_kept"] == earlier["macs_kept"]
+        assert entry["speedup"] == earlier["speedup"]
+    measured = {tuple(p.shape for p in program.module.parameters()) for program in latency.calls}
+    assert len(measured) == len(latency.calls)  # the oracle: no model was measured twice
+    dense_ms, ms, _ = latency_of_macs()(resnet20, result.program)
+    assert dense_ms / ms >= 1.5
