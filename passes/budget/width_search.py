@@ -1,0 +1,229 @@
+"""The search behind prune_to_budget (passes/prune_to_budget.py, whose docstring describes it): candidates cut
+from the dense model at one kept fraction after another, each measured beside the dense model, bracketed
+and accepted by the rule every budget search shares (passes/budget/search.py)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prunefx.graph import Program
+from prunefx.passes.budget.measurement import as_measurer
+from prunefx.passes.budget.search import (
+    Acceptance,
+    BudgetUnreachable,
+    Measured,
+    budget_text,
+    noise_text,
+    speedup_text,
+)
+from prunefx.passes.core.pipeline import run_inner
+from prunefx.passes.core.result import Result
+from prunefx.passes.remove_channels import ChannelsRemoved, remove_channels
+
+if TYPE_CHECKING:
+    from prunefx.passes.prune_to_budget import PruneToBudgetConfig
+
+SMALLEST_FRACTION = 0.02  # no search goes below 2 % of the MACs: past that, the budget is out of reach
+BRACKET_MARGIN = 0.1  # inside a bracket, the next fraction stays this share of its width (in log) from either end
+STEP = (1.02, 2.5)  # outside a bracket, one step changes the fraction by at least / at most these factors
+ELASTICITY = (-3.0, -0.2)  # d log speed-up / d log fraction, as the search may read it from two candidates
+CLEARLY_FAST = 1.2  # a first reading this far above the window is not confirmed (a confirmation: 4x a reading)
+
+
+@dataclass
+class Candidate:
+    fraction: float
+    result: Result
+    measured: Measured
+    target: str = "macs"
+    same_as: int | None = None  # the earlier candidate with the same widths, whose measurement it shares
+
+    @property
+    def speedup(self) -> float:
+        return self.measured.speedup
+
+    @property
+    def macs_fraction(self) -> float:
+        """The MACs fraction asked, or kept where the search steered a latency table's time."""
+        return self.fraction if self.target == "macs" else self.result.facts_as(ChannelsRemoved).macs_kept
+
+    def to_dict(self) -> dict:
+        asked = "macs_fraction_asked" if self.target == "macs" else "layer_time_asked"
+        same = {} if self.same_as is None else {"same_widths_as": self.same_as}
+        return {asked: self.fraction, "macs_kept": self.result.facts_as(ChannelsRemoved).macs_kept,
+                **same, **self.measured.to_dict()}
+
+
+class WidthSearch:
+    """The bracketing search over the kept MACs fraction (see the module docstring)."""
+
+    def __init__(self, dense: Program, settings: PruneToBudgetConfig, removal: dict):
+        self.dense, self.settings, self.removal = dense, settings, removal
+        self.latency = as_measurer(settings.latency)
+        self.rule = Acceptance(settings.speedup, settings.latency_ms, settings.tolerance)
+        self.trace: list[Candidate] = []
+        # with a per-layer latency table the search steers the table's time, so each step cuts where time goes
+        self.target = "layer_time" if settings.latency_table is not None else "macs"
+
+    def meets(self, candidate: Candidate) -> bool:
+        """Met by the shared rule: the confirmed lower bound clears S and the point S times the floor."""
+        return self.rule.meets(candidate.measured)
+
+    def _bound_clears(self, candidate: Candidate) -> bool:
+        return self.rule.bound_clears(candidate.measured)
+
+    def near_miss(self, candidate: Candidate) -> bool:
+        """Missed, but by less than the tolerance: on sub-millisecond models one short measurement is often
+        that far off, and believing it would prune further than the budget needs (accuracy lost for nothing)."""
+        return candidate.speedup * (1 + self.settings.tolerance) >= self._wanted_speedup(candidate)
+
+    def close_enough(self, candidate: Candidate) -> bool:
+        """Accepted by the shared rule (met, and inside the window); else the search goes on."""
+        return self.rule.accepts(candidate.measured)
+
+    def measure(self, fraction: float) -> Candidate:
+        target = self.target
+        result = run_inner(remove_channels, self.dense, {**self.removal, target: fraction, "strict": False},
+                           on_copy=True)  # every candidate is cut from the dense Program, which stays as it is
+        # Fractions between two width steps give the same model: it is not measured again (a stalled search
+        # once measured one model three times), its measurement is shared, and the search moves on.
+        same = self._same_widths(result.program)
+        if same is None:
+            candidate = Candidate(fraction, result, Measured.of(self.latency(self.dense, result.program)), target)
+        else:
+            candidate = Candidate(fraction, result, self.trace[same].measured, target, same_as=same)
+        self.trace.append(candidate)
+        return candidate
+
+    def _same_widths(self, program: Program) -> int | None:
+        """The index of the first candidate whose every parameter and buffer has the shapes of `program`'s."""
+        shapes = _shapes(program)
+        return next((index for index, c in enumerate(self.trace)
+                     if c.same_as is None and _shapes(c.result.program) == shapes), None)
+
+    def confirm(self, candidate: Candidate) -> Candidate:
+        """Confirmed; measured longer still where the budget lies inside the interval (Measured.straddles)."""
+        if self.settings.confirm:
+            self.rule.confirm(candidate.measured, self.latency, self.dense, candidate.result.program)
+        return candidate
+
+    def run(self) -> Candidate:
+        wanted = self.settings.speedup  # first guess: latency as if proportional to MACs, aimed mid-window
+        start = self.settings.start_speedup or 1.0
+        fraction = min(start / (wanted * (1 + self.settings.tolerance / 2)), 1.0) if wanted else 0.5
+        for _ in range(self.settings.max_candidates):
+            candidate = self.measure(fraction)
+            if (self.meets(candidate) or self.near_miss(candidate) or self.implausible(candidate)) \
+                    and not self.clearly_fast(candidate):
+                self.confirm(candidate)  # what could be returned, and what a noisy first measurement put below
+            if self.close_enough(candidate):
+                return candidate
+            following = self._next(*self._bracket())
+            if following is None:
+                break
+            fraction = following
+        good = self._confirmed_good() or self._met_below_floor()
+        if good is None:
+            best = max(self.trace, key=lambda c: c.measured.lower_bound)
+            raise BudgetUnreachable(self._unreachable(best), dimension="width", best=best.measured)
+        return good
+
+    def implausible(self, candidate: Candidate) -> bool:
+        """Read slower than a less pruned candidate: one reading is noise (ViT-Tiny 3x: 0.106 of the MACs read 2.12x
+        once, 0.095 confirmed 3.82x, and the search, believing the miss, returned 3.82x)."""
+        return any(other.fraction > candidate.fraction and other.speedup > candidate.speedup
+                   for other in self.trace if other is not candidate)
+
+    def clearly_fast(self, candidate: Candidate) -> bool:
+        """Unconfirmed, read far above the window (CLEARLY_FAST): confirming it would only say so again."""
+        top = self._wanted_speedup(candidate) * (1 + self.settings.tolerance) * CLEARLY_FAST
+        return not candidate.measured.confirmed and candidate.speedup > top
+
+    def _confirmed_good(self) -> Candidate | None:
+        """The least pruned candidate that met, confirmed now if it was not (if it then misses: the next one)."""
+        while True:
+            good, _ = self._bracket()
+            if good is None or good.measured.confirmed or not self.settings.confirm:
+                return good
+            self.confirm(good)
+
+    def _met_below_floor(self) -> Candidate | None:
+        """None cleared the floor, widths too coarse to land above it (ResNet-18 on multiples of 16: 2.09x on [2.08,
+        2.09], then nothing between 2.10x and the top): the least pruned whose confirmed lower bound clears S."""
+        plain = [c for c in self.trace if (c.measured.confirmed or not self.settings.confirm) and self._bound_clears(c)]
+        return max(plain, key=lambda c: c.fraction, default=None)
+
+    def _bracket(self) -> tuple[Candidate | None, Candidate | None]:
+        """The least pruned candidate that met the budget and the most pruned one that missed it, by the
+        latest (confirmed, where it was) figures."""
+        met = [c for c in self.trace if self.meets(c)]
+        missed = [c for c in self.trace if not self.meets(c)]
+        good = max(met, key=lambda c: c.fraction) if met else None
+        bad = min(missed, key=lambda c: c.fraction) if missed else None
+        return good, bad
+
+    def _next(self, good: Candidate | None, bad: Candidate | None) -> float | None:
+        """The next fraction to try, or None when the search has nowhere left to go: the fraction at which the
+        measured speed-ups, read as speed-up = c * fraction^k (a straight line in log-log), reach the middle
+        of the acceptance window [S, S (1 + tolerance)]. Between a candidate that met and one that missed,
+        the line through them, kept inside their bracket (regula falsi); on one side only, the line through
+        the two nearest candidates, or k = -1 (latency proportional to MACs) with one. Aiming at the window
+        rather than stepping by a fixed factor keeps a near miss from cutting far more than the budget needs
+        (a 25 % step once took ResNet-20 to 0.43 of the MACs for a budget 0.50 met, budget_choice.md)."""
+        anchor = bad if bad is not None else good
+        if anchor is None:  # nothing measured yet: no line to aim along
+            return None
+        margin = self._margin()  # the middle (in log) of the points that can be accepted: [S margin, S (1 + tolerance)]
+        aim = math.log(self._wanted_speedup(anchor) * math.sqrt(margin * (1 + self.settings.tolerance)))
+        if good is not None and bad is not None:
+            low, high = sorted((math.log(good.fraction), math.log(bad.fraction)))  # met: the smaller fraction
+            margin = BRACKET_MARGIN * (high - low)
+            fraction = math.exp(min(max(_log_fraction_at(aim, bad, good), low + margin), high - margin))
+        else:
+            side = [c for c in self.trace if self.meets(c) == self.meets(anchor)]
+            nearest = sorted(side, key=lambda c: abs(math.log(c.fraction / anchor.fraction)))[:2]
+            step = _log_fraction_at(aim, nearest[0], nearest[-1])  # one candidate: the slope -1 line through it
+            fraction = min(math.exp(math.log(anchor.fraction) + _held(step - math.log(anchor.fraction))), 1.0)
+        tried = [c.fraction for c in self.trace]
+        if fraction < SMALLEST_FRACTION or any(abs(fraction - t) <= 0.005 for t in tried):
+            return None
+        return fraction
+
+    def _wanted_speedup(self, c: Candidate) -> float:
+        return self.rule.wanted(c.measured)
+
+    def _margin(self) -> float:
+        """The widest speed-up / lower bound of a confirmed candidate, from the floor to 1 + tolerance: wider is a
+        disturbed round (MobileNetV3-L 2x: 1.84x, bound 0.62, sent the search from 0.36 to 0.15 of the MACs)."""
+        margins = [c.speedup / c.measured.lower_bound for c in self.trace if c.measured.confirmed]
+        return min(max(margins + [self.rule.floor]), 1 + self.settings.tolerance)
+
+    def _unreachable(self, best: Candidate) -> str:
+        return (f"cannot reach {budget_text(self.settings.speedup, self.settings.latency_ms)} by width: the best "
+                f"measured was {speedup_text(best.measured)} ({best.measured.ms:.2f} ms, "
+                f"{best.result.facts_as(ChannelsRemoved).macs_kept:.3f} of the MACs) after {len(self.trace)} candidates"
+                + noise_text(best.measured, self._wanted_speedup(best)))
+
+
+def _shapes(program: Program) -> list[tuple[int, ...]]:
+    return [tuple(tensor.shape) for tensor in program.module.state_dict().values()]
+
+
+def _held(log_step: float) -> float:
+    """A step in log fraction held within STEP: an extrapolation from noisy figures is trusted only so far,
+    and a step too small to change the widths would measure the same model again."""
+    size = min(max(abs(log_step), math.log(STEP[0])), math.log(STEP[1]))
+    return math.copysign(size, log_step)
+
+
+def _log_fraction_at(aim: float, a: Candidate, b: Candidate) -> float:
+    """log fraction where the line through a and b in (log fraction, log speed-up) reaches `aim`; the slope
+    is held to ELASTICITY, since two noisy measurements close together can suggest any slope, even a wrong sign.
+    Given one candidate twice, the slope is -1: latency proportional to the MACs."""
+    run = math.log(a.fraction) - math.log(b.fraction)
+    rise = math.log(max(a.speedup, 1e-6)) - math.log(max(b.speedup, 1e-6))
+    slope = rise / run if run else -1.0
+    slope = min(max(slope, ELASTICITY[0]), ELASTICITY[1])
+    return math.log(a.fraction) + (aim - math.log(max(a.speedup, 1e-6))) / slope
