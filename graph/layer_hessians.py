@@ -28,6 +28,11 @@ class LayerRows:
     count: int
     kept: torch.Tensor | None = None
 
+    def gram(self) -> torch.Tensor:
+        """H = X^T X from the kept rows, for a caller that needs H itself."""
+        assert self.kept is not None, "the rows were not kept"
+        return self.kept.t() @ self.kept
+
 
 def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches, *, cache: dict | None = None,
                   from_rows: bool = False):
@@ -45,7 +50,7 @@ def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches,
             if spec in cache:
                 hessian, rows = cache[spec]
                 if hessian is None and not from_rows:  # gathered for a caller that worked from the rows
-                    hessian = rows.kept.t() @ rows.kept
+                    hessian = rows.gram()
                 yield spec, hessian, rows
         specs = [spec for spec in specs if spec not in cache]
     columns = {spec: _columns(module, spec) for spec in specs}
@@ -84,7 +89,8 @@ class GramSum:
     (a caller that works from the rows)."""
 
     def __init__(self, keep_up_to: int = 0, *, gram_of_kept: bool = True):
-        self.rows, self.gram, self.pending = 0, None, []
+        self.rows, self.gram = 0, None
+        self.pending: list[torch.Tensor] = []
         self.keep_up_to, self.gram_of_kept = keep_up_to, gram_of_kept
         self.kept: list[torch.Tensor] | None = [] if keep_up_to > 0 else None
 

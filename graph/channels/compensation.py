@@ -83,7 +83,7 @@ def second_order_update(matrix: torch.Tensor, hessian: torch.Tensor | None, remo
         if found is not None:
             return found[0], {"error_without": found[1] / max(energy, 1e-300),
                               "error_with": found[2] / max(energy, 1e-300)}
-        hessian = rows.kept.t() @ rows.kept
+        hessian = rows.gram()
     keep_t = ~removed_t
     kept, gone = keep_t.nonzero().squeeze(1), removed_t.nonzero().squeeze(1)
     h_kk = hessian[kept[:, None], kept]
@@ -123,12 +123,13 @@ def _update_from_rows(matrix: torch.Tensor, x: torch.Tensor, removed: torch.Tens
     return updated, float(lost.square().sum()), float((x_k @ delta - lost).square().sum())
 
 
-def output_energy(matrix: torch.Tensor, hessian: torch.Tensor, rows: LayerRows | None = None) -> float:
+def output_energy(matrix: torch.Tensor, hessian: torch.Tensor | None, rows: LayerRows | None = None) -> float:
     """trace(M H M^T): the squared layer output (without bias) summed over the calibration data; as
     ||X M^T||^2 from the calibration rows where they were kept (fewer rows than columns: the cheaper
     product)."""
     if rows is not None and rows.kept is not None:
         return float((rows.kept.to(matrix.device) @ matrix.t()).square().sum())
+    assert hessian is not None, "neither H nor its rows"
     return float((matrix @ hessian * matrix).sum())
 
 

@@ -198,7 +198,7 @@ def lean_damped_inverse(hessian: torch.Tensor | None, damping: float,
         if low_rank is not None:
             return low_rank
         if hessian is None:  # no damping: the identity does not hold
-            hessian = rows.kept.t() @ rows.kept
+            hessian = rows.gram()
     scale = float(hessian.diagonal().mean())
     work, info = torch.empty_like(hessian), torch.empty((), dtype=torch.int32, device=hessian.device)
     for jitter in (0.0, 1e-10, 1e-8, 1e-6, 1e-4):
