@@ -36,12 +36,13 @@ import torch
 from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, publish_results
 from torch import nn
 
-from prunefx.data.batches import NormalizeBatch, tensor_batches
 from prunefx.data.fashion_mnist_scenes import NUM_CLASSES, SceneConfig
 from prunefx.data.formats import format_data
+from prunefx.data.normalise import NormalizeBatch
 from prunefx.data.samples import normalisation
 from prunefx.data.scene_data import compose_scenes
 from prunefx.data.scene_files import write_scenes
+from prunefx.data.tensor_samples import tensor_batches
 
 NAME = "data_loading"
 

@@ -11,8 +11,9 @@ Models are captured with torch.export at a static batch size, so every batch has
 `StaticBatches` is a torch DataLoader (worker processes, pinned memory, prefetching) that adds
 `set_epoch(epoch)`. The shuffle is seeded from (seed, epoch) and every training item's random transform
 from (seed, epoch, item index): the same images whatever the number of workers or processes. In-memory
-tensors (TensorSamples) are read a batch at a time (DataLoader's `__getitems__`) and augmented per batch
-(prunefx/data/augment.py), each item's draw still fixed by (seed, epoch, item index).
+tensors (TensorSamples, prunefx/data/tensor_samples.py) are read a batch at a time (DataLoader's
+`__getitems__`) and augmented per batch (prunefx/data/augment.py), each item's draw still fixed by (seed,
+epoch, item index).
 Under torch.distributed (initialised when the loader is made, or later through `distributed(rank, world)`,
 which the trainer calls) the sampler is torch's DistributedSampler and each process reads
 batch_size / world_size items a step, so the global batch stays `batch_size`.
@@ -23,14 +24,13 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, default_collate
 
-from prunefx.data.augment import RandomCropFlip
 from prunefx.graph.errors import PrunefxError
 
 IGNORED_LABEL = -1
@@ -233,78 +233,3 @@ def _padded(dataset: Dataset, batch_size: int) -> Dataset:
     if count % batch_size == 0:
         return dataset
     return _Padded(dataset, math.ceil(count / batch_size) * batch_size, count - count % batch_size)
-
-
-class TensorSamples(Dataset):
-    """In-memory images (N x C x H x W, any dtype: uint8 keeps Fashion-MNIST at 47 MB) and labels; each
-    image through `transform` (e.g. torchvision's random crop and flip, one call per image), or whole batches
-    through `augment` (prunefx.data.augment.RandomCropFlip: one vectorised call per batch), or neither."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None,
-                 augment: RandomCropFlip | None = None):
-        if images.dim() != 4 or len(images) != len(labels):
-            raise PrunefxError(f"expected N x C x H x W images and N labels, got images "
-                               f"{tuple(images.shape)} and labels {tuple(labels.shape)}")
-        if transform is not None and augment is not None:
-            raise PrunefxError("give a per-image transform or a batched augmentation, not both")
-        self.images, self.transform, self.augment = images, transform, augment
-        self.labels = labels if labels.is_floating_point() else labels.long()
-        self.reads_batches = transform is None  # whole batches at once (see read_items)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int):
-        if self.augment is not None:
-            return self.read_items([index])[0]
-        image = self.images[index]
-        return (self.transform(image) if self.transform else image), self.labels[index]
-
-    def __getitems__(self, indices: list[int]) -> list:
-        # torch's DataLoader reads a batch through this: one gather instead of one call per image
-        return self.read_items(indices) if self.reads_batches else [self[index] for index in indices]
-
-    def read_items(self, indices: list[int], seed: int | None = None) -> list:
-        """(image, label) pairs of `indices`, gathered at once and augmented as one batch: each item's draw
-        from the table of epoch seed `seed` (the same whatever batch reads it), else from torch's generator."""
-        index = torch.as_tensor(indices, dtype=torch.long)
-        images = self.images[index]
-        if self.augment is not None:
-            draws = self.augment.draw(len(index)) if seed is None else self.augment.table(len(self), seed)
-            images = self.augment(images, draws if seed is None else {k: v[index] for k, v in draws.items()})
-        return list(zip(images.unbind(0), self.labels[index].unbind(0)))
-
-
-def tensor_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool,
-                   transform: Callable | None = None, augment: RandomCropFlip | None = None,
-                   prepare: Callable | None = None, seed: int = 0, num_workers: int = 0) -> StaticBatches:
-    """Static batches of in-memory tensors (see `StaticBatches`, `TensorSamples`)."""
-    return StaticBatches(TensorSamples(images, labels, transform, augment), batch_size, shuffle=shuffle, seed=seed,
-                         num_workers=num_workers, prepare=prepare)
-
-
-def normalise(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, scale: float = 1 / 255) -> torch.Tensor:
-    """(pixels * scale - mean) / std in float32: the one arithmetic of every route (batches in memory, files
-    read by workers), so that the same pixels give the same bits whichever way they came. `x / 255` and
-    `x * (1 / 255)` differ in the last bit for 8 % of pixels, and training amplifies that: the LR-ASPP dense
-    run through the files ended its second epoch 1.8 points away from the in-memory run (dense_tasks_ondisk.md)."""
-    return (pixels.float() * scale - mean) / std
-
-
-class NormalizeBatch:
-    """Stored images (e.g. uint8) -> float model input: scale, normalise per channel, and repeat a
-    single gray channel `channels` times for models that want RGB."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float], *, scale: float = 1 / 255,
-                 channels: int | None = None):
-        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
-        self.scale = scale
-        self.channels = channels
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        images = normalise(images, self.mean, self.std, self.scale)
-        if self.channels and self.channels != images.shape[1]:
-            # repeat, not expand: a model may write into its input in place.
-            images = images.repeat(1, self.channels // images.shape[1], 1, 1)
-        return images

@@ -27,7 +27,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from prunefx.data import image_files
-from prunefx.data.batches import normalise
+from prunefx.data.normalise import normalise
 from prunefx.data.palette import Palette
 from prunefx.graph.errors import PrunefxError, printable
 from prunefx.graph.safety.regular_files import read_regular_file, require_regular_file

@@ -23,15 +23,11 @@ from torchvision.transforms import v2
 from prunefx.assets import imagenet_transform, load_imagenet_batch
 from prunefx.data import fashion_mnist
 from prunefx.data.augment import RandomCropFlip
-from prunefx.data.batches import (
-    IGNORED_LABEL,
-    NormalizeBatch,
-    StaticBatches,
-    derive_seed,
-    tensor_batches,
-)
+from prunefx.data.batches import IGNORED_LABEL, StaticBatches, derive_seed
 from prunefx.data.dataset_files import confined
 from prunefx.data.image_files import class_folder_samples, open_image
+from prunefx.data.normalise import NormalizeBatch
+from prunefx.data.tensor_samples import tensor_batches
 from prunefx.graph.errors import PrunefxError
 
 __all__ = [
