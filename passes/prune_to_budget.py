@@ -41,12 +41,13 @@ from prunefx.graph import Program
 from prunefx.passes.budget.measurement import round_to_of
 from prunefx.passes.budget.search import CROSS_PROCESS, Measured, budget_text, require_latency
 from prunefx.passes.budget.width_search import WidthSearch
+from prunefx.passes.channels_removed import ChannelsRemoved
 from prunefx.passes.core.config_checks import ConfigError
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.pass_config import option
 from prunefx.passes.core.registry import shipped_pass
 from prunefx.passes.core.result import Result
-from prunefx.passes.remove_channels import ChannelsRemoved, RemoveChannelsConfig
+from prunefx.passes.remove_channels import RemoveChannelsConfig
 
 DEFAULT_ROUND_TO = 8  # remove_channels' own default, when neither the user nor the backend names a multiple
 SEARCHED = ("macs", "params", "channels", "layer_time")  # remove_channels' targets: the search sets one

@@ -41,13 +41,14 @@ from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.graph.channels.importance import FisherAccumulator, group_importance
 from prunefx.graph.channels.selection import TARGET_KINDS, TARGET_TOLERANCE, Target
 from prunefx.graph.errors import PrunefxError
+from prunefx.passes.channels_removed import ChannelsRemoved
 from prunefx.passes.core import config_checks as checks
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.pass_config import option
 from prunefx.passes.core.pipeline import run_inner
 from prunefx.passes.core.registry import shipped_pass
 from prunefx.passes.core.result import Result
-from prunefx.passes.remove_channels import ChannelsRemoved, remove_channels
+from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.training.carried_state import carry_state, cut_tracking_indices
 from prunefx.passes.training.config import TrainingPassConfig
 from prunefx.passes.training.engine import TrainConfig, Trainer

@@ -55,8 +55,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
-
 from prunefx.graph import Program, count
 from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.attributes import delete_unused_tensors
@@ -68,6 +66,7 @@ from prunefx.graph.channels.removal import remove_classes
 from prunefx.graph.channels.selection import RANKINGS, TARGET_KINDS, TARGET_TOLERANCE, Selector, Target
 from prunefx.graph.errors import PrunefxError, printable
 from prunefx.graph.program import current_output_shapes
+from prunefx.passes.channels_removed import removal_facts
 from prunefx.passes.core import config_checks as checks
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.pass_config import PassConfig, option
@@ -150,47 +149,6 @@ class RemoveChannelsConfig(PassConfig):
         return self.heads or ("dims" if self.ranking == "uniform" else "whole")
 
 
-@dataclass(frozen=True)
-class ChannelsRemoved:
-    """What remove_channels did, typed: what its callers read (prune_to_budget, prune_while_training,
-    `prunefx prune`), and its report (`as_stats()`: the Result's stats, these names as keys)."""
-
-    target: dict[str, Any]  # kind, fraction, met
-    importance: str
-    importance_fallback_groups: int
-    importance_fallback_channels: int
-    ranking: str
-    round_to: int
-    max_ratio: float
-    macs_before: int
-    macs_after: int
-    params_before: int
-    params_after: int
-    macs_predicted: int
-    params_predicted: int
-    channels_removed: int
-    groups: list[dict]  # id, width_before, width_after, factor, exact, members
-    blocked: list[dict]
-    compensation: dict | None = None  # compensated and skipped layers, when compensation was asked
-    heads: str = "whole"  # whole heads only, or head dims too
-
-    @property
-    def macs_kept(self) -> float:
-        return self.macs_after / self.macs_before
-
-    def as_stats(self) -> dict[str, Any]:
-        """The report's keys (report.json of compress and prune), spelled out so that they stay put."""
-        stats = {"target": self.target, "importance": self.importance,
-                 "importance_fallback_groups": self.importance_fallback_groups,
-                 "importance_fallback_channels": self.importance_fallback_channels, "ranking": self.ranking,
-                 "round_to": self.round_to, "max_ratio": self.max_ratio, "heads": self.heads,
-                 "macs_before": self.macs_before,
-                 "macs_after": self.macs_after, "params_before": self.params_before, "params_after": self.params_after,
-                 "macs_predicted": self.macs_predicted, "params_predicted": self.params_predicted,
-                 "channels_removed": self.channels_removed, "groups": self.groups, "blocked": self.blocked}
-        return stats if self.compensation is None else {**stats, "compensation": self.compensation}
-
-
 @shipped_pass
 @graph_pass(config=RemoveChannelsConfig, in_place=True)
 def remove_channels(program: Program, /, *, config: dict | None = None) -> Result:
@@ -230,7 +188,7 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
         _check_outputs_kept(program)
     after = count(program)
     compensated = (compensation or {"compensated": [], "skipped": []}) if config["compensate"] else None
-    facts = _statistics(config, target, importance, combing, plan, before, after, compensated)
+    facts = removal_facts(config, target, importance, combing, plan, before, after, compensated)
     log.info("remove_channels: %d channel classes removed, %.3f of the MACs kept", len(removed),
              after.macs / max(before.macs, 1))
     return Result(program, modified=bool(removed), stats=facts.as_stats(), facts=facts)
@@ -312,22 +270,3 @@ def _unreachable(target: Target, plan, combing) -> str:
     return (f"cannot reach {target.kind}={target.fraction:g} within {TARGET_TOLERANCE:.0%}: the closest plan keeps "
             f"{plan.achieved:.3f} ({len(combing.groups)} prunable groups{hint}); raise max_ratio, lower round_to, "
             f"or pass strict=False to accept it")
-
-
-def _statistics(config, target, importance, combing, plan, before, after, compensation) -> ChannelsRemoved:
-    groups = [{"id": g.id, "width_before": g.size, "width_after": kept, "factor": g.factor, "exact": g.exact,
-               "members": [f"{t}:{d}" for t, d in g.members]}
-              | ({} if plan.ms_saved is None else {"ms_saved": plan.ms_saved[i]})
-              for i, (g, kept) in enumerate(zip(combing.groups, plan.kept))]
-    return ChannelsRemoved(
-        target={"kind": target.kind, "fraction": target.fraction, "met": plan.target_met}
-        | ({} if plan.table_ms is None else {"table_ms": plan.table_ms}),
-        importance=importance.criterion, importance_fallback_groups=importance.fallback_groups,
-        importance_fallback_channels=importance.fallback_channels,
-        ranking=config["ranking"], round_to=int(config["round_to"]), max_ratio=float(config["max_ratio"]),
-        heads=config["heads"],
-        macs_before=before.macs, macs_after=after.macs, params_before=before.params,
-        params_after=after.params, macs_predicted=plan.predicted.macs,
-        params_predicted=plan.predicted.params,
-        channels_removed=int(sum(np.size(gone) for gone in plan.removed)),
-        groups=groups, blocked=[b.to_dict() for b in combing.blocked], compensation=compensation)

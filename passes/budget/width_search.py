@@ -18,9 +18,10 @@ from prunefx.passes.budget.search import (
     noise_text,
     speedup_text,
 )
+from prunefx.passes.channels_removed import ChannelsRemoved
 from prunefx.passes.core.pipeline import run_inner
 from prunefx.passes.core.result import Result
-from prunefx.passes.remove_channels import ChannelsRemoved, remove_channels
+from prunefx.passes.remove_channels import remove_channels
 
 if TYPE_CHECKING:
     from prunefx.passes.prune_to_budget import PruneToBudgetConfig
