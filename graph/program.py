@@ -31,19 +31,11 @@ from prunefx.graph.program_metadata import (
 from prunefx.graph.safety.archive import safe_load
 from prunefx.graph.safety.functional_ops import check_writes
 from prunefx.graph.safety.graph_bounds import recompute_shapes
+from prunefx.graph.training_flags import graph_training_mode, training_flag_index
 from prunefx.graph.zip_target import FailureHoldingFile
 
 _METADATA_FILE = "prunefx.json"
 _PROPAGATION = "prunefx_propagation"  # node.meta key: which shape propagation last saw the node
-
-# Graph operators whose behaviour depends on the training flag, and the index of that flag.
-_TRAINING_FLAG_ARG = {
-    torch.ops.aten.batch_norm.default: 5,
-    torch.ops.aten.dropout.default: 2,
-    torch.ops.aten.feature_dropout.default: 2,
-    torch.ops.aten.alpha_dropout.default: 2,
-    torch.ops.aten.feature_alpha_dropout.default: 2,
-}
 
 
 class Program:
@@ -65,7 +57,7 @@ class Program:
     def from_exported(cls, exported: torch.export.ExportedProgram, example_inputs, *, name: str) -> Program:
         module = exported.module()
         program = cls(module, tuple(example_inputs), name=name)
-        program._set_module_training_attr(_graph_training_mode(module.graph))
+        program._set_module_training_attr(graph_training_mode(module.graph))
         return program
 
     # --- running -------------------------------------------------------------------------------
@@ -82,13 +74,13 @@ class Program:
 
     @property
     def training(self) -> bool:
-        return _graph_training_mode(self.module.graph)
+        return graph_training_mode(self.module.graph)
 
     def train(self, mode: bool = True) -> Program:
         """Flip the training flag of every batch norm and dropout inside the graph."""
         changed = False
         for node in self.module.graph.nodes:
-            index = _training_flag_index(node)
+            index = training_flag_index(node)
             if index is not None:
                 if node.args[index] != mode:
                     args = list(node.args)
@@ -257,22 +249,6 @@ def current_output_shapes(module: torch.fx.GraphModule) -> list[tuple[int, ...]]
     return [tuple(int(s) for s in v.shape) for v in values if isinstance(v, torch.Tensor)]
 
 
-def _training_flag_index(node: torch.fx.Node) -> int | None:
-    """The index of `node`'s training flag, or None when its behaviour does not depend on the mode. A batch
-    norm without running statistics (weight standardisation: BiT's StdConv2d, NFNet's ScaledStdConv2d
-    normalise their conv weights with F.batch_norm(w, None, None, training=True)) always uses batch
-    statistics: flipping it to eval would fail for want of running statistics."""
-    index = _TRAINING_FLAG_ARG.get(node.target) if node.op == "call_function" else None
-    if index is None or len(node.args) <= index:
-        return None
-    if node.target is torch.ops.aten.batch_norm.default and node.args[3] is None:
-        return None
-    return index
-
-
-def _graph_training_mode(graph: torch.fx.Graph) -> bool:
-    """A graph is in training mode when any of its batch norms or dropouts is (no such node: eval)."""
-    return any(bool(node.args[index]) for node in graph.nodes if (index := _training_flag_index(node)) is not None)
 
 
 def _inputs_from_metadata(metadata: dict, exported: torch.export.ExportedProgram) -> tuple[torch.Tensor, ...]:
