@@ -41,7 +41,7 @@ from prunefx.graph import Program
 from prunefx.passes.budget.measurement import round_to_of
 from prunefx.passes.budget.search import CROSS_PROCESS, Measured, budget_text, require_latency
 from prunefx.passes.budget.width_search import WidthSearch
-from prunefx.passes.channels_removed import ChannelsRemoved
+from prunefx.passes.core.channels_removed import ChannelsRemoved
 from prunefx.passes.core.config_checks import ConfigError
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.pass_config import option

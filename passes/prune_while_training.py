@@ -41,8 +41,8 @@ from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.graph.channels.importance import FisherAccumulator, group_importance
 from prunefx.graph.channels.selection import TARGET_KINDS, TARGET_TOLERANCE, Target
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.channels_removed import ChannelsRemoved
 from prunefx.passes.core import config_checks as checks
+from prunefx.passes.core.channels_removed import ChannelsRemoved
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.pass_config import option
 from prunefx.passes.core.pipeline import run_inner

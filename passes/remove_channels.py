@@ -66,8 +66,8 @@ from prunefx.graph.channels.removal import remove_classes
 from prunefx.graph.channels.selection import RANKINGS, TARGET_KINDS, TARGET_TOLERANCE, Selector, Target
 from prunefx.graph.errors import PrunefxError, printable
 from prunefx.graph.program import current_output_shapes
-from prunefx.passes.channels_removed import removal_facts
 from prunefx.passes.core import config_checks as checks
+from prunefx.passes.core.channels_removed import removal_facts
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.pass_config import PassConfig, option
 from prunefx.passes.core.registry import shipped_pass

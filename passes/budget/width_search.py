@@ -18,7 +18,7 @@ from prunefx.passes.budget.search import (
     noise_text,
     speedup_text,
 )
-from prunefx.passes.channels_removed import ChannelsRemoved
+from prunefx.passes.core.channels_removed import ChannelsRemoved
 from prunefx.passes.core.pipeline import run_inner
 from prunefx.passes.core.result import Result
 from prunefx.passes.remove_channels import remove_channels
