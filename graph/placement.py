@@ -5,7 +5,9 @@
 - `move_module(module, device)`: every tensor a captured graph reads (parameters, buffers and the constants
   torch.export lifted as plain attributes, which `Module.to` leaves behind) moved, and every device the graph
   names as an argument (`aten.arange/zeros/full(..., device=cpu)`, `_to_copy(device=...)`, `aten.to.device`)
-  renamed along, where it named the device the tensors came from. This is torch.export's
+  renamed along, where it named the device the tensors came from; with a `dtype`, every float32 the graph
+  names (the `.float()`/`.to()` casts, their `_assert_tensor_metadata` checks, factory and softmax dtypes)
+  becomes that dtype, as a half-precision deployment runs the model end to end. This is torch.export's
   `move_to_device_pass` for the unlifted GraphModule a Program holds (that pass takes an ExportedProgram:
   re-exporting twice per move would cost more than the work it moves and would rename the nodes).
 - `move_program(program, device)`: the module and the example inputs.
@@ -100,17 +102,33 @@ def _move_plain_attributes(graph_module: torch.fx.GraphModule, device: torch.dev
                 setattr(owner, leaf, value.to(device=device, dtype=cast))
 
 
+def _rename_float32(graph: torch.fx.Graph, dtype: torch.dtype) -> bool:
+    """Every float32 a node names as an argument (a cast's target, an assertion's expected dtype, a factory's
+    or softmax's dtype) renamed to `dtype`: left as float32, a cast would mix precisions and the assertions
+    the exporter writes for `.float()`/`.to()` would refuse the half-precision tensors."""
+    changed = False
+    for node in graph.nodes:
+        if node.op == "call_function" and any(value is torch.float32 for value in (*node.args, *node.kwargs.values())):
+            node.args = tuple(dtype if value is torch.float32 else value for value in node.args)
+            node.kwargs = {key: dtype if value is torch.float32 else value for key, value in node.kwargs.items()}
+            changed = True
+    return changed
+
+
 def move_module(module: torch.nn.Module, device: str | torch.device,
                 dtype: torch.dtype | None = None) -> torch.nn.Module:
     """`module` (in place, returned) with its tensors on `device` and the devices its graphs name renamed;
-    with `dtype`, its floating-point tensors cast to it as well (the cuda backend times fp16/bf16 copies)."""
+    with a floating `dtype`, its floating-point tensors and the float32 its graphs name cast to it as well (the
+    cuda backend times fp16/bf16 copies)."""
     target = torch.device(device)
     source = module_device(module)
     module.to(device=target, dtype=dtype) if dtype is not None else module.to(target)
     for graph_module in module.modules():
         if isinstance(graph_module, torch.fx.GraphModule):
             _move_plain_attributes(graph_module, target, dtype)
-            if source != target and _rename_devices(graph_module.graph, source, target):
+            moved = source != target and _rename_devices(graph_module.graph, source, target)
+            cast = dtype is not None and dtype != torch.float32 and _rename_float32(graph_module.graph, dtype)
+            if moved or cast:
                 graph_module.recompile()
     return module
 

@@ -9,10 +9,12 @@ back. The GPU tests compare a calibrated prune on CUDA with the CPU run, and tim
 
 from __future__ import annotations
 
+import copy
 import time
 
 import pytest
 import torch
+from torch import nn
 
 import prunefx.budget.meet as meet_module
 import prunefx.data.calibration as calibration_module
@@ -313,6 +315,47 @@ def test_moving_with_a_dtype_casts_every_floating_tensor_the_graph_reads_and_not
     got = module(program.example_inputs[0].double())
     assert got.dtype == torch.float64
     torch.testing.assert_close(got.float(), expected, rtol=1e-5, atol=1e-5)
+
+
+class _CastsToFloat32(nn.Module):
+    """The casts an exported graph asserts: `.float()`, `.to(float32)`, a float32 factory and softmax dtype."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.linear = nn.Conv2d(3, 8, 3), nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.conv(x).float().mean((2, 3)).to(torch.float32) + torch.zeros(8, dtype=torch.float32)
+        return self.linear(y).softmax(-1, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_graph_with_float32_casts_runs_at_half_precision_and_matches_float32(dtype):
+    torch.manual_seed(0)
+    program = capture(_CastsToFloat32().eval(), torch.randn(2, 3, 8, 8), name="casts")
+    expected = program.run_example()
+    named = [n for n in program.module.graph.nodes if torch.float32 in (*n.args, *n.kwargs.values())]
+    assert any(n.target is torch.ops.aten._assert_tensor_metadata.default for n in named)
+    module = move_module(copy.deepcopy(program.module), "cpu", dtype)
+    got = module(program.example_inputs[0].to(dtype))
+    assert got.dtype == dtype  # no cast went back to float32 on the way
+    torch.testing.assert_close(got.float(), expected, rtol=2e-2, atol=2e-2)
+    assert torch.equal(program.run_example(), expected)  # the Program itself is untouched
+
+
+@pytest.mark.slow
+def test_efficientvit_with_its_asserted_casts_runs_in_bfloat16():
+    """timm's efficientvit_b1 names float32 in its graph (a `.float()` in its attention): moved to bf16, it
+    ran into "Tensor dtype mismatch! Expected: Float" before the graph's dtypes were renamed along."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("efficientvit_b1", pretrained=False).eval()
+    program = capture(model, torch.randn(1, 3, 224, 224), name="efficientvit_b1")
+    expected = program.run_example()
+    module = move_module(copy.deepcopy(program.module), "cpu", torch.bfloat16)
+    got = module(program.example_inputs[0].bfloat16())
+    assert got.dtype == torch.bfloat16 and got.shape == expected.shape
+    assert torch.corrcoef(torch.stack([got.float().flatten(), expected.flatten()]))[0, 1] > 0.99
 
 
 # --- on a GPU ------------------------------------------------------------------------------------------------
