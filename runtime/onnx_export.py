@@ -16,12 +16,14 @@ eval-mode copy (`program.clone().eval()`); the caller's Program is never changed
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
 import logging
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from prunefx.graph import Program
 from prunefx.runtime.errors import OnnxExportError, describe_failure
 from prunefx.runtime.heap import release_freed_memory
+from prunefx.runtime.onnx_reshape_layout import contiguous_before_reshapes
 from prunefx.runtime.onnx_write import is_apart, little_endian_bytes, save_model_streamed
 
 log = logging.getLogger(__name__)
@@ -107,7 +110,7 @@ def _export_dynamo(program: Program, opset: int) -> tuple[onnx.ModelProto, dict[
     """The exported model and its floating-point weights apart (see _weights_apart)."""
     # program.export() raises VerificationError if the module no longer exports; the dynamo exporter
     # would fail the same way, so that error simply becomes the fallback reason.
-    exported = program.export()
+    exported = contiguous_before_reshapes(program.export())
     onnx_program = torch.onnx.export(exported, program.example_inputs, dynamo=True, opset_version=opset,
                                      external_data=False, optimize=True, verbose=False)
     assert onnx_program is not None  # None only when given a file to write
@@ -142,9 +145,26 @@ def _export_torchscript(program: Program, opset: int) -> tuple[onnx.ModelProto, 
         # The legacy exporter warns that it is deprecated, and the tracer warns about the input-shape
         # guards that torch.export puts in the module: both are expected here and not actionable.
         warnings.simplefilter("ignore")
-        torch.onnx.export(program.module, program.example_inputs, buffer, dynamo=False,
-                          opset_version=opset, do_constant_folding=True)
+        # PRESERVE: the exporter's default (EVAL) calls module.train(False), which a module that torch.export made
+        # refuses ("Calling train() is not supported yet"); the graph is in eval mode already (export_onnx)
+        with _training_attributes_off(program.module):
+            torch.onnx.export(program.module, program.example_inputs, buffer, dynamo=False, opset_version=opset,
+                              do_constant_folding=True, training=torch.onnx.TrainingMode.PRESERVE)
     return onnx.load_model_from_string(buffer.getvalue()), {}
+
+
+@contextlib.contextmanager
+def _training_attributes_off(module: torch.nn.Module) -> Iterator[None]:
+    """Every submodule's `training` attribute False inside the block (PRESERVE then exports for inference), as it
+    was after. Attributes only: module.train() is not called, and the graph's own flags are untouched."""
+    before = [(submodule, submodule.training) for submodule in module.modules()]
+    for submodule, _ in before:
+        submodule.training = False
+    try:
+        yield
+    finally:
+        for submodule, mode in before:
+            submodule.training = mode
 
 
 def _clean(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:

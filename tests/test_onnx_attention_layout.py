@@ -1,0 +1,99 @@
+"""Attention with a mask (relative position bias, Swin's windows) exports to ONNX with the dynamo exporter, dense
+and pruned, and the TorchScript fallback takes a Program loaded from model.pt2.
+
+Before, the dynamo exporter stopped on "Cannot view a tensor with shape [1, 16, 4, 16] ..." (its two fake runs
+disagree on the layout of scaled_dot_product_attention's output: runtime/onnx_reshape_layout.py), and the
+TorchScript exporter on "Calling train() is not supported yet" (it called train() on torch.export's module)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+from prunefx.graph import Program, capture, count
+from prunefx.passes import remove_channels
+from prunefx.runtime import export_onnx
+from prunefx.runtime.onnx_reshape_layout import contiguous_before_reshapes
+
+
+def tiny_relpos_vit() -> nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("vit_relpos_small_patch16_224", pretrained=False, embed_dim=64, depth=2,
+                             num_heads=4, img_size=64).eval()
+
+
+def onnx_outputs(path, x: torch.Tensor) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+def assert_close(onnx_output: np.ndarray, expected: torch.Tensor) -> None:
+    expected = expected.detach().numpy()
+    assert onnx_output.shape == expected.shape
+    assert np.abs(onnx_output - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
+
+
+def test_a_dense_relative_position_vit_exports_with_dynamo_and_matches_timm(tmp_path):
+    model, x = tiny_relpos_vit(), torch.randn(1, 3, 64, 64)
+    written = export_onnx(capture(model, x, name="relpos"), tmp_path / "dense.onnx")
+    assert (written.exporter, written.fallback_reason) == ("dynamo", None)
+    x2 = torch.randn(1, 3, 64, 64)  # not the example input: the file computes, it does not replay
+    with torch.no_grad():
+        assert_close(onnx_outputs(written.path, x2), model(x2))
+
+
+def test_a_pruned_relative_position_vit_exports_with_both_exporters(tmp_path):
+    x = torch.randn(1, 3, 64, 64)
+    program = capture(tiny_relpos_vit(), x, name="relpos").eval()
+    dense_macs = count(program).macs  # before: the pass rewrites the Program it is handed
+    pruned = remove_channels(program, config={"macs": 0.5}).program
+    assert count(pruned).macs <= 0.55 * dense_macs
+    pruned.save(tmp_path / "model.pt2")
+    loaded = Program.load(tmp_path / "model.pt2")  # what `prunefx prune` leaves: torch.export's module
+    x2 = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = pruned.module(x2)
+    for exporter in ("dynamo", "torchscript"):
+        written = export_onnx(loaded, tmp_path / f"{exporter}.onnx", exporter=exporter)
+        assert (written.exporter, written.fallback_reason) == (exporter, None)
+        assert_close(onnx_outputs(written.path, x2), expected)
+    assert not loaded.module.training
+
+
+class TransposedReshape(nn.Module):
+    def forward(self, x):
+        return x.transpose(1, 2).reshape(x.shape[0], -1) + x.reshape(x.shape[0], -1)
+
+
+def reshape_inputs(graph: torch.fx.Graph) -> list[str]:
+    return [str(node.args[0].target) for node in graph.nodes if node.target == torch.ops.aten.reshape.default]
+
+
+def test_only_reshapes_of_non_contiguous_tensors_get_a_contiguous_copy_and_the_original_is_kept():
+    x = torch.randn(2, 3, 4)
+    exported = torch.export.export(TransposedReshape(), (x,))
+    rewritten = contiguous_before_reshapes(exported)
+    assert reshape_inputs(exported.graph) == ["aten.transpose.int", "x"]
+    assert reshape_inputs(rewritten.graph) == ["aten.clone.default", "x"]
+    torch.testing.assert_close(rewritten.module()(x), TransposedReshape()(x))
+    contiguous_only = torch.export.export(nn.Flatten(), (x,))
+    assert contiguous_before_reshapes(contiguous_only) is contiguous_only
+
+
+@pytest.mark.slow
+@pytest.mark.zoo  # full-size timm models: `make test-zoo`
+@pytest.mark.parametrize("name", ["beit_base_patch16_224", "vit_relpos_small_patch16_224",
+                                  "swin_tiny_patch4_window7_224"])
+def test_full_size_masked_attention_models_export_with_dynamo_after_pruning(name, tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 224, 224)
+    program = capture(timm.create_model(name, pretrained=False).eval(), x, name=name).eval()
+    pruned = remove_channels(program, config={"macs": 0.5}).program
+    written = export_onnx(pruned, tmp_path / "model.onnx")
+    assert (written.exporter, written.fallback_reason) == ("dynamo", None)
+    with torch.no_grad():
+        assert_close(onnx_outputs(written.path, x), pruned.module(x))
