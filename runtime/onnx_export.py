@@ -2,9 +2,9 @@
 
 The dynamo exporter (`torch.onnx.export(..., dynamo=True)`) is tried first on the Program's
 re-exported `ExportedProgram`: that is the graph torch.export already validated, so nothing is traced
-twice. Some models do not get through it even dense (timm BEiT's attention reshape, for one); then the
-TorchScript exporter traces `program.module` instead and the reason is recorded in `fallback_reason`,
-so reports can say which exporter produced the file. The result is cleaned with onnx-graphsurgeon
+twice; reshapes of non-contiguous tensors copy explicitly first (runtime/onnx_reshape_layout.py: masked
+attention). A model that still does not get through it is traced by the TorchScript exporter instead and
+the reason is recorded in `fallback_reason`, so reports can say which exporter produced the file. The result is cleaned with onnx-graphsurgeon
 (constant folding, dead-node removal, topological sort) and verified with `onnx.checker`.
 
 Graph inputs are named input_0, input_1, ... and outputs output_0, output_1, ... in the flattened
