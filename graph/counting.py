@@ -1,8 +1,8 @@
 """The one MACs and parameter counter used everywhere (inspect, pass statistics, reports).
 
 MACs are multiply-accumulates of convolutions, linear layers, matrix products and attention,
-read from the shape metadata of the graph (node.meta['val']); element-wise work is not counted,
-as in every published MACs table.
+read from the shape metadata of the graph (node.meta['val']) of the nodes whose results are used;
+element-wise work is not counted, as in every published MACs table.
 """
 
 from __future__ import annotations
@@ -106,7 +106,21 @@ def node_macs(node: torch.fx.Node, shape: ShapeOf = _shape) -> int:
 
 
 def count_macs(module: torch.fx.GraphModule) -> int:
-    return sum(node_macs(node) for node in module.graph.nodes)
+    """MACs of the nodes whose results are used: a branch nothing reads (the other head of an end-to-end YOLO
+    in export mode) is not in the ONNX file nor in the graph a pass rewrites, so it is not in a fraction either."""
+    return sum(node_macs(node) for node in live_nodes(module.graph))
+
+
+def live_nodes(graph: torch.fx.Graph) -> list[torch.fx.Node]:
+    """The nodes the outputs or a side effect (an in-place update, an assertion) depend on, in graph order."""
+    live: set[torch.fx.Node] = set()
+    pending = [node for node in graph.nodes if node.op == "output" or node.is_impure()]
+    while pending:
+        node = pending.pop()
+        if node not in live:
+            live.add(node)
+            pending.extend(node.all_input_nodes)
+    return [node for node in graph.nodes if node in live]
 
 
 def count_params(module: torch.nn.Module) -> int:

@@ -89,9 +89,6 @@ def test_toy_yolo_prunes_while_ultralytics_trains(tmp_path):
     assert [cut["step"] for cut in metrics["cpd_cuts"]] == [1, 2]
 
 
-# At 64 pixels remove_channels' steps (multiples of 8 on narrow layers) overshoot these models' cut by up
-# to this much (YOLOv10 and YOLO26: a one-to-one branch beside the one-to-many one).
-MACS_TOLERANCE = {"yolo26n.yaml": 0.1, "yolov10n.yaml": 0.25}
 
 
 # Minutes each (captures of a YOLO, Ultralytics' training): the zoo lane, not `make test`'s 20 minutes.
@@ -105,7 +102,7 @@ MACS_TOLERANCE = {"yolo26n.yaml": 0.1, "yolov10n.yaml": 0.25}
                                             ("yolo26n.yaml", ["--nbs", "8", "--cpd", "1"]),
                                             ("yolo11n.yaml", ["--nbs", "8", "--cpd", "1"])])
 def test_pruned_yolo_trains_validates_and_exports(tmp_path, model, options):
-    metrics = run_example(tmp_path, model, options, macs_tolerance=MACS_TOLERANCE.get(model, 0.03))
+    metrics = run_example(tmp_path, model, options, macs_tolerance=0.05)
     if "--cpd" in options:  # two cuts while Ultralytics trained
         assert [cut["step"] for cut in metrics["cpd_cuts"]] == [1, 2]
 
