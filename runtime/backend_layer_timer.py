@@ -5,10 +5,12 @@ backend (runtime/backends/).
 - `ort`: OnnxRuntimeLayerTimer (runtime/layer_timers.py), a one-node ONNX model per layer and width at
   `settings.threads`: no capture and no export, so a table of a few hundred entries takes seconds;
   at most 3 warm-up and 10 timed runs an entry, whatever a whole-model measurement would use;
-- any other backend (`cuda`, `trt`, ...): BackendLayerTimer, the layer captured as a one-layer Program at its
-  input shape and timed by the backend's own `time_program`, the way `bench` times a whole model (for
-  `cuda`: CUDA-graph replays at fp16 or bf16, timed with CUDA events). Its device identity is the GPU the
-  backend describes, else this CPU's model; its settings name the backend, torch and compile.
+- a backend with its own `layer_timer(settings)` (`cuda`: runtime/cuda_layer_timer.py, plain layer modules
+  replayed as CUDA graphs, no export or capture per entry): that timer;
+- any other backend (`trt`, ...): BackendLayerTimer, the layer captured as a one-layer Program at its
+  input shape and timed by the backend's own `time_program`, the way `bench` times a whole model. Its
+  device identity is the GPU the backend describes, else this CPU's model; its settings name the backend,
+  torch and compile.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ def layer_timer(name: str, settings: Settings) -> LayerTimer:
         backend.require(settings, purpose="bench")
         return OnnxRuntimeLayerTimer(threads=settings.threads, warmup=min(settings.warmup, 3),
                                      runs=min(settings.runs, 10))
+    own = getattr(backend, "layer_timer", None)  # a backend that times plain layer modules itself (cuda)
+    if callable(own):
+        backend.require(settings, purpose="bench")
+        return own(settings)
     return BackendLayerTimer(backend, settings)
 
 

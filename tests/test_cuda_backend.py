@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import warnings
 
 import pytest
@@ -22,10 +23,11 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.runtime import latency_pair
 from prunefx.runtime.backends import Settings
 from prunefx.runtime.backends.cuda import CudaBackend
-from prunefx.runtime.cuda_graph import CAPTURE_BATCH_LIMIT, CudaDevice, GpuModel
+from prunefx.runtime.cuda_graph import SAMPLE_MS, CudaDevice, GpuModel, capture_batch_limit
 from prunefx.runtime.errors import BackendUnavailableError
 
 cuda_module = importlib.import_module("prunefx.runtime.backends.cuda")
+cuda_graph = importlib.import_module("prunefx.runtime.cuda_graph")
 pytestmark = pytest.mark.usefixtures("one_thread")
 MS_PER_WEIGHT = 1e-3
 
@@ -42,17 +44,20 @@ def _weights(module: nn.Module) -> int:
 
 class FakeDevice(CudaDevice):
     """The CPU standing in for a GPU: the module stays float32 on the CPU; its timer answers MS_PER_WEIGHT per
-    convolution weight of the model that ran, and records the model's weight count per timed call."""
+    convolution weight of the model that ran (times the iterations a captured replay holds), and records the
+    model's weight count per timed sample."""
+
+    warm_seconds = 0.0
 
     def __init__(self, available: bool = True):
         self.is_available, self.captures, self.compiles, self.dtypes, self.timed = available, 0, 0, [], []
-        self.last = None
+        self.last, self.released, self.iterations = None, 0, []
 
     def available(self) -> bool:
         return self.is_available
 
     def describe(self) -> dict:
-        return {"gpu": "fake GPU", "torch": torch.__version__, "cuda": None}
+        return {"gpu": "fake GPU", "torch": torch.__version__, "cuda": None, "cudnn_benchmark": True}
 
     def place(self, module, inputs, dtype):
         self.dtypes.append(dtype)
@@ -64,14 +69,26 @@ class FakeDevice(CudaDevice):
         self.compiles += 1
         return module
 
-    def capture(self, run):
+    def capture(self, run, iterations=1):
         self.captures += 1
-        return run
+        self.iterations.append(iterations)
 
-    def time(self, run) -> float:
+        def replay():
+            for _ in range(iterations):
+                run()
+        replay.iterations = iterations
+        return replay
+
+    def time(self, run, calls=1) -> float:
         run()
         self.timed.append(self.last)
-        return MS_PER_WEIGHT * self.last
+        return MS_PER_WEIGHT * self.last * getattr(run, "iterations", 1)
+
+    def release(self):
+        self.released += 1
+
+    def peak_memory(self):
+        return 1234
 
 
 @pytest.fixture
@@ -87,8 +104,10 @@ def test_the_pair_times_dense_and_candidate_alternately_with_the_fake_timer(fake
     dense_ms, narrow_ms, spread = pair(dense, narrow)
     assert dense_ms == pytest.approx(MS_PER_WEIGHT * _weights(dense.module))
     assert narrow_ms == pytest.approx(MS_PER_WEIGHT * _weights(narrow.module)) and spread == 0
-    # the timed calls alternate dense, candidate, ... over 2 warm-ups and 5 runs
-    assert fake.timed == [_weights(dense.module), _weights(narrow.module)] * 7
+    # each model timed twice as it is prepared (a replay's length, then a sample's), then the timed samples
+    # alternate dense, candidate, ... over 2 warm-ups and 5 runs
+    prepared = [_weights(dense.module)] * 2 + [_weights(narrow.module)] * 2
+    assert fake.timed == prepared + [_weights(dense.module), _weights(narrow.module)] * 7
     assert fake.dtypes == [torch.float16] * 2 and fake.captures == 2  # fp16 by default, one graph each
     assert pair.round_to == 8
 
@@ -99,17 +118,19 @@ def test_models_are_prepared_once_per_program_fingerprint_and_pairs_are_cached(f
     first = pair(dense, narrow)
     pair(dense.clone(), narrower)  # the dense model again (a copy): not prepared again
     assert fake.captures == 3 and fake.compiles == 3 and fake.dtypes == [torch.bfloat16] * 3
+    assert fake.released == 1  # the first candidate left the GPU when the second came
     timed = len(fake.timed)
     assert pair(dense, narrow.clone()) == first and len(fake.timed) == timed  # answered from the cache
-    confirmed = pair.confirm(dense, narrow)  # 4x the runs, on the same prepared models
+    assert fake.captures == 3  # ... without preparing the freed candidate again
+    confirmed = pair.confirm(dense, narrow)  # 4x the runs: the freed candidate is prepared again
     assert confirmed.speedup == pytest.approx(_weights(dense.module) / _weights(narrow.module))
-    assert len(fake.timed) == timed + 2 * 12 and fake.captures == 3
+    assert len(fake.timed) == timed + 2 + 2 * 12 and fake.captures == 4
 
 
 def test_time_program_times_one_small_program_at_the_batch(fake):
     stats = cuda_module.BACKEND.time_program(_net(8, batch=4), Settings(runs=3, warmup=1, batch=2))
     assert stats["runs"] == 3 and stats["median_ms"] == pytest.approx(MS_PER_WEIGHT * _weights(_net(8).module))
-    assert fake.captures == 1 and fake.timed == [_weights(_net(8).module)] * 4
+    assert fake.captures == 1 and fake.timed == [_weights(_net(8).module)] * (2 + 4)
 
 
 def test_the_batch_is_cut_from_the_captured_one_and_a_larger_one_is_refused(fake):
@@ -131,15 +152,52 @@ def _prepared(pair):
 
 
 def test_no_graph_is_captured_at_batch_64_and_the_reason_is_stated(fake):
-    program = _net(4, batch=CAPTURE_BATCH_LIMIT)
+    limit = capture_batch_limit()
+    program = _net(4, batch=limit)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pair = latency_pair("cuda", threads=1, runs=1, warmup=0, batch=CAPTURE_BATCH_LIMIT)
-        pair(program, _net(2, batch=CAPTURE_BATCH_LIMIT))
+        pair = latency_pair("cuda", threads=1, runs=1, warmup=0, batch=limit)
+        pair(program, _net(2, batch=limit))
     assert fake.captures == 0 and pair.notes and "timed eagerly" in pair.notes[0]
     assert any("timed eagerly" in str(w.message) for w in caught)
+    model, _ = next(iter(_prepared(pair).values()))
+    # many eager calls per sample: enough that a sample lasts SAMPLE_MS
+    assert model.mode == "eager" and model.calls == math.ceil(SAMPLE_MS / (MS_PER_WEIGHT * _weights(model.module)))
     small = GpuModel(_net(4, batch=2), precision="fp16", device=fake)
     assert small.mode == "graph" and small.reason == ""
+
+
+def test_the_capture_limit_can_be_moved_for_a_probe(monkeypatch):
+    monkeypatch.setenv("PRUNEFX_CUDA_CAPTURE_BATCH_LIMIT", "128")
+    assert capture_batch_limit() == 128
+    monkeypatch.setenv("PRUNEFX_CUDA_CAPTURE_BATCH_LIMIT", "many")
+    assert capture_batch_limit() == 64
+
+
+def test_a_short_model_is_captured_again_with_enough_iterations_to_hide_its_launch(fake, monkeypatch):
+    """A model whose stand-in time is below GRAPH_MIN_MS: one graph holds enough iterations to outlast it, a
+    sample enough replays to last SAMPLE_MS, and time_once answers the time of one model call."""
+    program = _net(1, batch=2)
+    one_call = MS_PER_WEIGHT * _weights(program.module)
+    minimum = 3.3 * one_call
+    monkeypatch.setattr(cuda_graph, "GRAPH_MIN_MS", minimum)
+    model = GpuModel(program, precision="fp16", device=fake)
+    assert model.iterations == 4 and fake.iterations == [1, 4]  # the fewest whole iterations past the minimum
+    assert model.calls == math.ceil(SAMPLE_MS / (model.iterations * one_call))
+    assert model.time_once() == pytest.approx(one_call)
+    assert model.timing() == {"mode": "graph", "iterations_per_replay": model.iterations,
+                              "replays_per_sample": model.calls}
+
+
+def test_a_budget_search_keeps_two_models_on_the_gpu_and_reports_its_memory(fake):
+    dense = _net(32)
+    pair = latency_pair("cuda", threads=1, runs=2, warmup=0)
+    for width in (24, 16, 8, 4):
+        pair(dense, _net(width))
+        assert len(_prepared(pair)) <= 2
+    facts = pair.facts()
+    assert facts["models_prepared"] == 5 and facts["models_freed"] == 3 and fake.released == 3
+    assert facts["peak_gpu_memory_bytes"] == 1234 and facts["cudnn_benchmark"] is True
 
 
 @pytest.mark.parametrize(("kwargs", "error", "message"), [
@@ -174,6 +232,10 @@ def test_prune_meets_a_speedup_on_cuda_at_a_batch_and_reports_where(capsys, tmp_
     assert (report["backend"], report["precision"], report["batch"], report["met"]) == ("cuda", "fp16", 2, True)
     chosen = Program.load(tmp_path / "out" / "model.pt2")  # the stand-in's truth on the delivered model
     assert _weights(dense.module) / _weights(chosen.module) >= 1.5 and report["round_to"] == 8
+    # how it was measured: autotuned, warmed by time, the GPU memory the search held at its peak
+    measurement = report["measurement"]
+    assert measurement["cudnn_benchmark"] is True and measurement["peak_gpu_memory_bytes"] == 1234
+    assert measurement["models_prepared"] - measurement["models_freed"] <= 2
     assert "measured on PyTorch on CUDA fp16 at batch 2" in capsys.readouterr().out
     assert set(fake.timed) >= {_weights(dense.module)} and fake.dtypes[0] == torch.float16
 

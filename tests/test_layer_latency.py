@@ -196,8 +196,11 @@ class FakeGpu(CudaDevice):
     """A CPU standing in for a GPU: its timer answers 1 us per convolution weight of the module that ran and
     records the input batch of each timed call."""
 
+    warm_seconds = 0.0
+
     def __init__(self, available: bool = True):
         self.is_available, self.batches, self.weights, self.batch = available, [], 0, None
+        self.captures, self.released = 0, 0
 
     def available(self) -> bool:
         return self.is_available
@@ -213,25 +216,37 @@ class FakeGpu(CudaDevice):
     def compile(self, module):
         return module
 
-    def capture(self, run):
+    def capture(self, run, iterations=1):
+        self.captures += 1
         return run
 
-    def time(self, run) -> float:
+    def time(self, run, calls=1) -> float:
         run()
         self.batches.append(self.batch)
         return 1e-3 * self.weights
 
+    def release(self):
+        self.released += 1
 
-def test_a_table_on_the_cuda_backend_times_each_layer_as_a_program(tmp_path, monkeypatch):
+
+def test_a_table_on_the_cuda_backend_times_each_layer_as_a_plain_module(tmp_path, monkeypatch):
+    """The cost of a cuda table: one capture per entry and nothing exported or captured as a Program (the
+    stand-in for torch.export refuses to run)."""
     gpu = FakeGpu()
     monkeypatch.setattr(backends.get("cuda"), "device", gpu)
+    monkeypatch.setattr("prunefx.runtime.backend_layer_timer.capture", _no_export)
     timer = layer_timer("cuda", Settings(runs=3, warmup=1, batch=8))
     assert (timer.backend, timer.device, timer.precision) == ("cuda", "Fake H100", "fp16")
     table = build_latency_table([CONV], timer, multiple=16, batch=2, cache_dir=tmp_path)
     assert table(CONV, 64, 32) == pytest.approx(1e-3 * 64 * 32 * 9)  # 32 x 64 x 3 x 3 weights
     assert table(CONV, 32, 16) == pytest.approx(1e-3 * 32 * 16 * 9)
     assert set(gpu.batches) == {2}  # the table's batch, not the settings'
+    assert gpu.captures == table.measured == gpu.released  # one graph per entry, each freed once timed
     assert json.loads(next(tmp_path.glob("cuda-*.json")).read_text())["identity"]["device"] == "Fake H100"
+
+
+def _no_export(*args, **kwargs):
+    raise AssertionError("a cuda latency-table entry must not be exported or captured as a Program")
 
 
 def test_layer_timers_by_backend_name():

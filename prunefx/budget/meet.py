@@ -20,6 +20,7 @@ one line: width's alone, or, after the mix, what each route reached.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -94,6 +95,9 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
                          recalibrate=calibration is not None if recalibrate is None else recalibrate,
                          width=width, depth=dict(depth or {}), log=log or _log.info)
         chosen, outcome = search.run(order)
+        facts = getattr(measurer, "facts", None)
+        if callable(facts):
+            outcome.measured_on = dataclasses.replace(outcome.measured_on, facts=facts())
         return placed.home(chosen), outcome
 
 

@@ -40,10 +40,12 @@ class MeasuredOn:
     backend: str
     precision: str
     batch: int = 1
+    facts: dict = field(default_factory=dict)  # the measurer's own account (the cuda backend's timing, memory)
 
     def to_dict(self) -> dict:
         # batch 1 is every budget's default: the report names the batch only when it is another
-        return {"backend": self.backend, "precision": self.precision, **({"batch": self.batch} if self.batch != 1 else {})}
+        return {"backend": self.backend, "precision": self.precision, **({"batch": self.batch} if self.batch != 1 else {}),
+                **({"measurement": self.facts} if self.facts else {})}
 
 
 @dataclass

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from prunefx.graph import Program
+from prunefx.runtime import gpu_latency
 from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.gpu_latency import compare_gpu_latency, measure_gpu_latency
 from prunefx.runtime.latency import compare_latency, measure_latency
@@ -140,9 +141,10 @@ class Backend:
         """One runner's `latency`, or two timed alternately (CUDA events where `gpu_timed`)."""
         timing = dict(warmup=settings.warmup, runs=settings.runs)
         if self.gpu_timed:
+            warm = getattr(getattr(self, "device", None), "warm_seconds", gpu_latency.WARM_SECONDS)
             if len(runners) == 1:
-                return {"latency": measure_gpu_latency(runners[0], **timing).to_dict()}
-            return compare_gpu_latency(*runners, **timing).to_dict()
+                return {"latency": measure_gpu_latency(runners[0], warm_seconds=warm, **timing).to_dict()}
+            return compare_gpu_latency(*runners, warm_seconds=warm, **timing).to_dict()
         if len(runners) == 1:
             return {"latency": measure_latency(runners[0], threads=settings.threads, **timing).to_dict()}
         return compare_latency(*runners, threads=settings.threads, **timing).to_dict()

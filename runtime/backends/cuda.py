@@ -1,21 +1,25 @@
-"""PyTorch on an NVIDIA GPU, no TensorRT: the Program at fp16 or bf16, channels_last, optionally compiled
-by torch.compile (inductor), replayed as a CUDA graph and timed with CUDA events (runtime/cuda_graph.py).
+"""PyTorch on an NVIDIA GPU, no TensorRT: the Program at fp16 or bf16, channels_last, cuDNN autotuned,
+optionally compiled by torch.compile (inductor), replayed as a CUDA graph and timed with CUDA events
+(runtime/cuda_graph.py says how a sample is taken).
 
-Budgets time the dense model and each candidate alternately, call by call, each prepared once and cached by
-Program fingerprint (compiling and capturing cost far more than a replay). `bench` times the same replays;
-`profile` times each graph node eagerly (runtime/cuda_profile.py). The device, its timer and the graph
-capture all go through `self.device` (a runtime/cuda_graph.CudaDevice), which tests replace with a fake.
+Budgets time the dense model and each candidate alternately, sample by sample, each prepared once by Program
+fingerprint (compiling and capturing cost far more than a replay); only the dense model and the candidate
+being measured stay on the GPU. `bench` times the same replays, a latency table times each layer as a plain
+module (runtime/cuda_layer_timer.py) and `profile` replays each graph node (runtime/cuda_profile.py). The
+device, its timer and the graph capture all go through `self.device` (a CudaDevice), which tests fake.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from prunefx.graph import Program
 from prunefx.runtime.backends.base import Backend, BenchModel, Settings
 from prunefx.runtime.backends.gpu_pair import gpu_timing, pair_of
 from prunefx.runtime.cuda_graph import CudaDevice, GpuModel
+from prunefx.runtime.cuda_layer_timer import CudaLayerTimer
 from prunefx.runtime.cuda_profile import cuda_profile
 from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
 from prunefx.runtime.speedup import PairMeasurer, deployed, fingerprint
@@ -44,9 +48,14 @@ class CudaBackend(Backend):
     def latency_pair(self, settings: Settings) -> PairMeasurer:
         precision = settings.precision or self.default_precision
         models = PreparedModels(self.device, precision, settings.batch, settings.compile)
-        pair = pair_of(models, gpu_timing(lambda entry: entry[0].time_once), settings, self.width_multiple(precision))
-        pair.notes = models.notes
+        timing = gpu_timing(lambda entry: entry[0].time_once, self.device.warm_seconds)
+        pair = pair_of(models, timing, settings, self.width_multiple(precision))
+        pair.notes, pair.facts = models.notes, models.facts
         return pair
+
+    def layer_timer(self, settings: Settings) -> CudaLayerTimer:
+        """Latency-table entries as plain modules on the GPU (runtime/cuda_layer_timer.py), at the precision."""
+        return CudaLayerTimer(self.device, settings.precision or self.default_precision)
 
     def prepared(self, model: BenchModel, settings: Settings, **options) -> GpuModel:
         return GpuModel(model.program, precision=settings.precision or self.default_precision, device=self.device,
@@ -60,6 +69,7 @@ class CudaBackend(Backend):
         report = self.time_runners([model.time_once for model in prepared], settings)
         reasons = sorted({model.reason for model in prepared if model.reason})
         return {**report, "cuda_graph": all(model.mode == "graph" for model in prepared),
+                "timing": [model.timing() for model in prepared], "warm_seconds": self.device.warm_seconds,
                 **({"notes": reasons} if reasons else {}), **self.device.describe()}
 
     def profile(self, model: BenchModel, settings: Settings) -> LayerProfile:
@@ -69,24 +79,43 @@ class CudaBackend(Backend):
 
 
 class PreparedModels:
-    """GpuModels by Program fingerprint, each cut to `batch` and prepared once; `notes` collects why a model
-    was timed eagerly."""
+    """GpuModels by Program fingerprint, each cut to `batch` and prepared once. Only the `keep` models used
+    last stay on the GPU (the dense model, fetched for every measurement, and the candidate): a search meets
+    hundreds. `notes` collects why a model was timed eagerly."""
 
-    def __init__(self, device: CudaDevice, precision: str, batch: int, compile: bool):
-        self.device, self.precision, self.batch, self.compile = device, precision, batch, compile
-        self.models: dict[str, tuple[GpuModel, str]] = {}
+    def __init__(self, device: CudaDevice, precision: str, batch: int, compile: bool, keep: int = 2):
+        self.device, self.precision, self.batch, self.compile, self.keep = device, precision, batch, compile, keep
+        self.models: OrderedDict[str, tuple[GpuModel, str]] = OrderedDict()
         self.notes: list[str] = []
+        self.prepared = self.freed = 0
+
+    def key(self, program: Program) -> str:
+        return fingerprint(program)
 
     def get(self, program: Program) -> tuple[GpuModel, str]:
         key = fingerprint(program)
-        if key not in self.models:
-            model = GpuModel(deployed(program, self.batch), precision=self.precision, device=self.device,
-                             compile=self.compile)
-            if model.reason and model.reason not in self.notes:
-                self.notes.append(model.reason)
-                warnings.warn(f"cuda backend: {model.reason}", stacklevel=2)
-            self.models[key] = (model, key)
+        if key in self.models:
+            self.models.move_to_end(key)
+            return self.models[key]
+        while len(self.models) >= self.keep:  # the least recently used goes, with its graph and memory pool
+            self.models.popitem(last=False)
+            self.freed += 1
+            self.device.release()
+        model = GpuModel(deployed(program, self.batch), precision=self.precision, device=self.device,
+                         compile=self.compile)
+        self.prepared += 1
+        if model.reason and model.reason not in self.notes:
+            self.notes.append(model.reason)
+            warnings.warn(f"cuda backend: {model.reason}", stacklevel=2)
+        self.models[key] = (model, key)
         return self.models[key]
+
+    def facts(self) -> dict:
+        """What a budget report says of the measurements: how samples were taken, warm-up, autotuning, memory."""
+        return {**self.device.describe(), "warm_seconds": self.device.warm_seconds,
+                "models_prepared": self.prepared, "models_freed": self.freed,
+                "peak_gpu_memory_bytes": self.device.peak_memory(),
+                "timing": [model.timing() for model, _ in self.models.values()]}
 
 
 BACKEND = CudaBackend()

@@ -11,16 +11,19 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+from prunefx.runtime import gpu_latency
 from prunefx.runtime.backends.base import CONFIRM_FACTOR, Settings
 from prunefx.runtime.gpu_latency import compare_gpu_latency
 from prunefx.runtime.speedup import PairMeasurer, cached_pair, timing_of
 
 
-def gpu_timing(timed_of: Callable[[tuple], Callable[[], float]]):
-    """timing(entry_a, entry_b, runs=, warmup=) -> Timing, both runners alternately; `timed_of(entry)` is the
-    entry's zero-argument runner returning its milliseconds."""
+def gpu_timing(timed_of: Callable[[tuple], Callable[[], float]], warm_seconds: float | None = None):
+    """timing(entry_a, entry_b, runs=, warmup=) -> Timing, both runners alternately after a warm-up of at least
+    `warm_seconds` (None: gpu_latency.WARM_SECONDS when timed); `timed_of(entry)` is the entry's zero-argument
+    runner returning its ms."""
     def timing(a: tuple, b: tuple, *, runs: int, warmup: int):
-        return timing_of(compare_gpu_latency(timed_of(a), timed_of(b), warmup=warmup, runs=runs))
+        warm = gpu_latency.WARM_SECONDS if warm_seconds is None else warm_seconds
+        return timing_of(compare_gpu_latency(timed_of(a), timed_of(b), warmup=warmup, runs=runs, warm_seconds=warm))
 
     return timing
 
