@@ -1,7 +1,8 @@
 """Capture a torch model as a Program through torch.export (non-strict).
 
 Failures are turned into a CaptureError that names the model, the operator or Python construct
-that stopped export when torch says which, and the usual fix.
+that stopped export when torch says which, and the usual fix. Either way the user's model is left as it
+was found (graph/model_state.py) and torch's own dump of a failed export stays off stderr (torch_quiet.py).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import torch
 
 from prunefx.graph.data_dependent import check_static_shapes
 from prunefx.graph.errors import CaptureError, first_line
+from prunefx.graph.model_state import left_as_found
 from prunefx.graph.output_tree import use_builtin_outputs
 from prunefx.graph.program import Program
+from prunefx.graph.torch_quiet import torch_quiet
 
 _OPERATOR_PATTERNS = (
     re.compile(r"(aten\.[\w.]+)"),
@@ -52,10 +55,10 @@ def _as_tuple(example_inputs) -> tuple[torch.Tensor, ...]:
 
 def _check_runs_eagerly(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], name: str) -> None:
     """A model that fails in plain PyTorch has a wrong input, not an export problem: say so.
-    Runs on a copy, so that batch norms in training mode keep the user's statistics."""
+    Batch norms in training mode, attributes the forward sets and the user's hooks are left as found."""
     try:
-        with torch.no_grad():
-            copy.deepcopy(model)(*inputs)
+        with torch.no_grad(), left_as_found(model), torch.random.fork_rng(devices=[]):
+            model(*inputs)
     except Exception as error:
         shapes = ", ".join("x".join(map(str, x.shape)) for x in inputs)
         raise CaptureError(f"model '{name}' does not run on input shape {shapes}: {first_line(error)}") from error
@@ -70,6 +73,9 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     Program has fixed shapes). Either way the weights are copied: neither the user's model nor their
     ExportedProgram changes when the Program is rewritten or trained.
     The model is captured in its current training mode; call `program.eval()` afterwards to switch.
+    The model is left as found, on success and on refusal: attributes and buffers its forward writes are
+    put back, and its forward hooks (other than torch's own: weight_norm, spectral_norm, pruning masks) are
+    suspended during the capture, so a hook that changes outputs is not part of the Program.
     `copy_weights=False` is for a caller that drops `model` afterwards (a model built from a name on the command
     line): the Program then takes the model's own tensors, without a second copy of every weight, and rewriting
     or training it would change the model too.
@@ -81,7 +87,8 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     name = name or type(model).__name__
     inputs = _as_tuple(example_inputs)
     try:
-        exported = torch.export.export(model, inputs, strict=False)
+        with torch_quiet(), left_as_found(model):
+            exported = torch.export.export(model, inputs, strict=False)
     except Exception as error:  # torch raises many unrelated types here; all mean "cannot export"
         _check_runs_eagerly(model, inputs, name)
         raise _capture_error(name, error) from error

@@ -22,6 +22,7 @@ load = Program.load
 _LAZY = {
     "passes": ("prunefx.passes", None),
     "runtime": ("prunefx.runtime", None),
+    "models": ("prunefx.models", None),  # prunefx.models.prepare_ultralytics, as capture's refusal advises
     "prune_part": ("prunefx.detectors", "prune_part"),
     "meet_budget": ("prunefx.budget", "meet_budget"),
     "BudgetOutcome": ("prunefx.budget", "BudgetOutcome"),
@@ -56,6 +57,6 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "BudgetOutcome", "BudgetUnreachable", "CaptureError", "DistillationLoss", "PruneWhileTraining", "Pipeline", "PipelineError", "Program", "PrunefxError", "VerificationError",
-    "capture", "channel_rule", "count", "graph_pass", "load", "load_recipe", "meet_budget", "passes", "prune_part",
+    "capture", "channel_rule", "count", "graph_pass", "load", "load_recipe", "meet_budget", "models", "passes", "prune_part",
     "register_module_resizer", "register_pass", "registered_passes", "remove_channel_rule", "runtime", "to_module", "unregister_pass", "verify",
 ]

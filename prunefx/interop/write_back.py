@@ -27,6 +27,7 @@ from torch import nn
 from prunefx.graph import Program, capture
 from prunefx.graph.attributes import delete_unused_tensors
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.model_state import hooks_suspended
 from prunefx.graph.scoped_calls import literal_changes, replaced_calls
 from prunefx.interop.hf_config import update_config
 from prunefx.interop.module_resizers import ResizeError, resize_attributes, resizer_for
@@ -53,6 +54,12 @@ def to_module(program: Program, model: nn.Module, *, config: bool = True) -> nn.
     Raises WriteBackError (a PrunefxError) with a one-line reason where the result cannot be proven."""
     name = program.name
     module = copy.deepcopy(model).eval()
+    # The copy shares the closures of the user's hooks: the proofs' runs must not reach what they keep.
+    with hooks_suspended(module):
+        return _written_back(program, model, module, name, config)
+
+
+def _written_back(program: Program, model: nn.Module, module: nn.Module, name: str, config: bool) -> nn.Module:
     inputs = program.example_inputs
     try:
         dense = capture(copy.deepcopy(module), inputs, name=name)
@@ -138,11 +145,29 @@ def _places(module: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
 def _check_nothing_dropped(program: Program, dense: Program, name: str) -> None:
     """Every tensor the model's forward reads must still be in the Program: a pass that merged one into
     another (fold_batchnorm, merge_blocks) leaves the model's layer computing on a tensor the Program lost."""
-    dropped = sorted(program_tensors(dense).keys() - program_tensors(program).keys())
+    ours, theirs = program_tensors(program), program_tensors(dense)
+    _check_same_model(ours, theirs, name)
+    dropped = sorted(theirs.keys() - ours.keys())
     if dropped:
         raise WriteBackError(f"cannot write {name} back: the program no longer has '{dropped[0]}', which the "
                              f"model's forward reads ({len(dropped)} such tensors; a pass that merges layers ran, "
-                             "e.g. fold_batchnorm or merge_blocks: write back before it)")
+                             "e.g. fold_batchnorm or merge_blocks: write back before it; or the program was "
+                             "captured from another model)")
+
+
+def _check_same_model(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], name: str) -> None:
+    """No pass changes how many dimensions a tensor has (merges may grow a kernel, so sizes are no sign): a
+    tensor of the model's name with other dimensions, or no name in common at all, means another model."""
+    shared = ours.keys() & theirs.keys()
+    if not shared:
+        raise WriteBackError(f"cannot write {name} back: the program was captured from another model (none of "
+                             "its tensors has a name of the model's); pass the model it was captured from")
+    for key in sorted(shared):
+        mine, dense = ours[key].shape, theirs[key].shape
+        if len(mine) != len(dense):
+            raise WriteBackError(
+                f"cannot write {name} back: the program was captured from another model ('{key}' is "
+                f"{list(mine)} in the program, {list(dense)} in the model); pass the model it was captured from")
 
 
 def _built_in_forward(dense: Program, model: nn.Module) -> set[str]:

@@ -1,0 +1,179 @@
+"""capture, Pipeline.run and to_module leave the user's model as they found it (graph/model_state.py):
+every submodule's attributes, containers, buffers and hooks, what the hooks keep, and the model's own
+default forward, on success and on refusal. The oracle is a recursive snapshot of `vars()` of every
+submodule, taken before and compared after (tensors by identity, type and value)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import prunefx
+from prunefx.graph.errors import CaptureError
+
+
+def _frozen(value):
+    """A comparable record of `value`: tensors by (type, identity, a copy of the values), containers by
+    their contents, everything else by reference."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", type(value), id(value), value.detach().clone())
+    if isinstance(value, dict):
+        return (type(value), tuple((key, _frozen(item)) for key, item in value.items()))
+    if isinstance(value, (list, tuple, set)):
+        return (type(value), tuple(_frozen(item) for item in value))
+    return value
+
+
+def full_state(model: nn.Module) -> dict:
+    return {f"{path}:{key}": _frozen(value) for path, module in model.named_modules()
+            for key, value in vars(module).items()}
+
+
+def _assert_same(before, after, where: str = "") -> None:
+    if isinstance(before, tuple) and before and before[0] == "tensor":
+        assert isinstance(after, tuple) and after[:3] == before[:3], f"{where}: another tensor"
+        assert torch.equal(after[3], before[3]), f"{where}: other values"
+    elif isinstance(before, tuple):
+        assert isinstance(after, tuple) and len(after) == len(before), f"{where}: {after!r} != {before!r}"
+        for index, (first, second) in enumerate(zip(before, after)):
+            _assert_same(first, second, f"{where}[{index}]")
+    else:
+        assert after is before or after == before, f"{where}: {after!r} != {before!r}"
+
+
+def assert_state_unchanged(before: dict, model: nn.Module) -> None:
+    after = full_state(model)
+    assert sorted(after) == sorted(before)
+    for key in before:
+        _assert_same(before[key], after[key], key)
+
+
+class Branchy(nn.Module):
+    """A conv, a batch norm in training mode, an attribute the forward sets, and optionally a branch on data."""
+
+    def __init__(self, data_dependent: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.norm = nn.BatchNorm2d(4)
+        self.data_dependent = data_dependent
+        self.last_shape = None
+
+    def forward(self, x):
+        y = self.norm(self.conv(x))
+        self.last_shape = y.shape
+        if self.data_dependent and y.sum() > 0:
+            return y * 2
+        return y
+
+
+def _hooked(model: nn.Module) -> list:
+    kept = []
+    model.conv.register_forward_hook(lambda module, args, output: kept.append(output))
+    model.norm.register_forward_pre_hook(lambda module, args: kept.append(args[0]))
+    return kept
+
+
+def test_capture_leaves_a_training_model_its_hooks_and_their_list_as_found(one_thread):
+    model = Branchy().train()
+    kept = _hooked(model)
+    x = torch.randn(2, 3, 8, 8)
+    before = full_state(model)
+    program = prunefx.capture(model, x)
+    assert kept == []  # the hooks never saw the export's fake tensors
+    assert_state_unchanged(before, model)  # batch norm statistics, `last_shape`, training flags, hooks
+    program.eval()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(program(x), model(x))
+    assert len(kept) == 2 and all(type(t) is torch.Tensor for t in kept)  # the hooks are back and run
+
+
+def test_a_refused_capture_leaves_the_model_and_prints_one_line(one_thread, capfd):
+    model = Branchy(data_dependent=True).train()
+    kept = _hooked(model)
+    before = full_state(model)
+    with pytest.raises(CaptureError, match="could not capture model 'Branchy'"):
+        prunefx.capture(model, torch.randn(2, 3, 8, 8))
+    assert kept == []
+    assert_state_unchanged(before, model)
+    assert capfd.readouterr().err == ""  # torch's dump of the partial graph stays off stderr
+
+
+def test_torchs_own_pre_hooks_are_part_of_the_model(one_thread):
+    """weight_norm computes the weight in a forward pre-hook: the Program must compute it too."""
+    model = nn.Sequential(nn.utils.weight_norm(nn.Linear(4, 3)))
+    with torch.no_grad():
+        model[0].weight_g.mul_(3)
+    x = torch.randn(2, 4)
+    before = full_state(model)
+    program = prunefx.capture(model, x)
+    assert_state_unchanged(before, model)
+    with torch.no_grad():
+        torch.testing.assert_close(program(x), model(x))
+
+
+def test_pipeline_run_and_to_module_leave_model_and_program_as_found(one_thread):
+    model = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 4, 1)).eval()
+    kept = []
+    model[0].register_forward_hook(lambda module, args, output: kept.append(output))
+    x = torch.randn(1, 3, 8, 8)
+    program = prunefx.capture(model, x)
+    before_model = full_state(model)
+    before_program = full_state(program.module)
+    pruned = prunefx.Pipeline([(prunefx.passes.remove_channels, {"macs": 0.5})]).run(program).program
+    assert_state_unchanged(before_program, program.module)
+    written = prunefx.to_module(pruned, model)
+    assert kept == []  # the write-back's proofs ran the copy without the user's hook
+    assert_state_unchanged(before_model, model)
+    assert written[0].out_channels < 32
+    with torch.no_grad():
+        torch.testing.assert_close(written(x), pruned(x), rtol=1e-5, atol=1e-5)
+
+
+def test_to_module_names_a_program_of_another_model(one_thread):
+    x = torch.randn(1, 3, 8, 8)
+    program = prunefx.capture(nn.Sequential(nn.Conv2d(3, 4, 3)).eval(), x)
+    for other in (nn.Sequential(nn.Identity(), nn.Conv2d(3, 4, 3)),  # no tensor name in common
+                  nn.Sequential(nn.Linear(8, 4))):  # '0.weight' of two dimensions, not four
+        with pytest.raises(prunefx.PrunefxError, match="captured from another model") as refused:
+            prunefx.to_module(program, other.eval())
+        assert "merges layers" not in str(refused.value)
+
+
+ULTRALYTICS_YAMLS = ("yolov8n.yaml", pytest.param("yolov8n-seg.yaml", marks=pytest.mark.slow),
+                     pytest.param("yolov8n-pose.yaml", marks=pytest.mark.slow))
+
+
+@pytest.mark.parametrize("yaml", ULTRALYTICS_YAMLS)
+def test_a_raw_ultralytics_model_refused_then_prepared_captures_prunes_and_writes_back(yaml, one_thread):
+    pytest.importorskip("ultralytics", reason="ultralytics (AGPL-3.0, dev extra) is not installed")
+    from ultralytics.nn.tasks import (
+        DetectionModel,
+        PoseModel,
+        SegmentationModel,
+        guess_model_task,
+        yaml_model_load,
+    )
+
+    task = guess_model_task(yaml_model_load(yaml))
+    model_class = {"detect": DetectionModel, "segment": SegmentationModel, "pose": PoseModel}[task]
+    model, twin = (model_class(yaml, verbose=False).eval() for _ in range(2))
+    twin.load_state_dict(model.state_dict())  # the oracle: the same model, never captured
+    x = torch.rand(1, 3, 64, 64)
+    before = full_state(model)
+    with pytest.raises(CaptureError, match="prepare_ultralytics"):
+        prunefx.capture(model, x)
+    assert_state_unchanged(before, model)  # no FakeTensor anchors, no `shape` set
+    with torch.no_grad():  # it still runs in Ultralytics' default mode, as the twin does
+        torch.testing.assert_close(model(x)[0], twin(x)[0])
+
+    prunefx.models.prepare_ultralytics(model)
+    before = full_state(model)
+    program = prunefx.capture(model, x).eval()
+    assert_state_unchanged(before, model)
+    pruned = prunefx.Pipeline([(prunefx.passes.remove_channels, {"macs": 0.7})]).run(program).program
+    written = prunefx.to_module(pruned, model)
+    assert_state_unchanged(before, model)
+    with torch.no_grad():
+        torch.testing.assert_close(written(x), pruned(x), rtol=1e-4, atol=1e-4)
