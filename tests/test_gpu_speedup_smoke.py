@@ -32,10 +32,12 @@ def test_the_smoke_run_writes_every_row_outside_the_results_folder(tmp_path):
     assert [row["batch"] for row in report["equal_macs"]] == list(script.SMOKE_BATCHES)
     for row in report["equal_macs"]:
         assert row["prunefx"]["macs_kept"] == pytest.approx(script.MACS, abs=0.02)
-        for name in ("torch-pruning", "torch-pruning r8"):  # at prunefx's MACs, or the reason it failed
-            assert "error" in row[name] or row[name]["macs_kept"] == pytest.approx(script.MACS, abs=0.05)
+        for name in ("torch-pruning", "torch-pruning r8"):  # every variant measured: an error row fails
+            assert "error" not in row[name] and row[name]["macs_kept"] == pytest.approx(script.MACS, abs=0.05)
     (budget,) = report["budgets"]
-    assert ("refused" in budget and len(budget["refused"].splitlines()) == 1) or budget["remeasured"] > 0
+    assert ("refused" in budget and len(budget["refused"].splitlines()) == 1) or (
+        budget["remeasured"] > 0 and budget["independent"]["speedup"] > 0
+        and budget["independent"]["timer"].startswith("torch.utils.benchmark"))
     assert report["machine"]["gpu"].startswith("none") and "gpu_speedup.md" in {p.name for p in tmp_path.iterdir()}
 
 
@@ -45,3 +47,18 @@ def test_smoke_results_are_never_published_and_a_real_run_needs_a_gpu(capsys):
     assert "not published" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert script.main([]) == 2 and "needs an NVIDIA GPU" in capsys.readouterr().err
+
+
+def test_torch_pruning_keeps_attention_heads_whole_on_a_vit():
+    """The baseline on a timm ViT: heads keyed by their qkv projection, each head narrowed alike, the module's
+    reshape following (it failed with "shape '[1, 197, 3, 3, 64]' is invalid" before)."""
+    timm = pytest.importorskip("timm")
+    script = _script()
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=10).eval()
+    example = torch.randn(1, 3, 32, 32)
+    pruned = script.torch_pruning(model, example, 0.5, 8)
+    attention = script._attention_modules(pruned)
+    assert attention and all(m.num_heads == 3 for m in attention)  # vit_tiny's heads, all kept
+    assert all(m.qkv.out_features == 3 * m.num_heads * m.head_dim and m.head_dim < 64 for m in attention)
+    assert pruned(example).shape == (1, 10)
