@@ -65,6 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tolerance", type=float, default=0.15,
                         help="a candidate may be this much faster than the budget (0.15, choose_for_budget's default)")
     parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where the .json and .md go")
+    parser.add_argument("--results-name", default=NAME, help=f"results file name, without suffix ({NAME})")
     parser.add_argument("--markdown-from", type=Path, metavar="JSON", help="only rewrite the Markdown of a results file")
     return parser.parse_args(argv)
 
@@ -196,7 +197,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.markdown_from:  # the Markdown again from a results file (e.g. after a change of layout)
         report = json.loads(args.markdown_from.read_text())
-        write_results(NAME, report, markdown(report), folder=args.markdown_from.parent)
+        write_results(args.markdown_from.stem, report, markdown(report), folder=args.markdown_from.parent)
         return 0
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     data = fashion_mnist_data(BATCH)
@@ -204,7 +205,7 @@ def main(argv=None) -> int:
               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "models": {}}
     for model in args.models:
         report["models"][model] = run_model(model, data, args)
-        write_results(NAME, report, markdown(report), folder=args.output_dir)  # after each model: a long run keeps its rows
+        write_results(args.results_name, report, markdown(report), folder=args.output_dir)  # after each model: a long run keeps its rows
     return 0
 
 

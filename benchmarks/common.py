@@ -3,7 +3,8 @@
 - `machine_info()`: what a reader needs to judge a timing: CPU model and flags, cores, versions.
 - `command_line()`: the exact command that is running, to print next to the results it produced.
 - `write_results(name, data, markdown)`: benchmarks/results/NAME.json and NAME.md (or under
-  $PRUNEFX_RESULTS_DIR when set: a trial run that must not overwrite the published files).
+  $PRUNEFX_RESULTS_DIR when set: a trial run that must not overwrite the published files); the JSON gets a
+  `provenance` record (`provenance()`: command, date, code version, CPU model and flags).
 - `markdown_table()`, `relative_difference()`, `realistic_batchnorm()`: small pieces several
   benchmarks need.
 
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -90,12 +92,35 @@ def command_line() -> str:
     return shlex.join([_shown(sys.executable), _shown(sys.argv[0]), *sys.argv[1:]])
 
 
+def code_version() -> str | None:
+    """The commit the code was run from, `-dirty` added when tracked files had changes; None outside git."""
+    try:
+        described = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"], cwd=REPO,
+                                   capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if described.returncode != 0:
+        return None
+    return described.stdout.strip() or None
+
+
+def provenance() -> dict:
+    """What every results file records, whatever else its script writes: the command that ran (from the
+    repository root), when, from which code, on which CPU (model and instruction-set flags)."""
+    return {"command": command_line(),
+            "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+            "code_version": code_version(), "cpu": cpu_model(),
+            "cpu_flags": sorted(set(_cpuinfo().get("flags", "").split())), "logical_cpus": os.cpu_count(),
+            "platform": platform.platform()}
+
+
 def write_results(name: str, data: dict, markdown: str, *, folder: Path = RESULTS) -> tuple[Path, Path]:
-    """Write NAME.json and NAME.md under `folder` (benchmarks/results by default); return both paths."""
+    """Write NAME.json (with its `provenance`) and NAME.md under `folder` (benchmarks/results by default);
+    return both paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     json_path, md_path = folder / f"{name}.json", folder / f"{name}.md"
-    json_path.write_text(json.dumps(data, indent=2) + "\n")
+    json_path.write_text(json.dumps({**data, "provenance": provenance()}, indent=2) + "\n")
     md_path.write_text(markdown.rstrip("\n") + "\n")
     return json_path, md_path
 

@@ -1,22 +1,32 @@
-"""Run every benchmark script in benchmarks/ in turn (what `make bench` does).
+"""Rerun the benchmarks behind the published figures, then regenerate the README's tables from their results.
 
-A benchmark is any benchmarks/*.py except this file, helper modules (common.py) and files whose
-name starts with '_'. Each runs with this same interpreter from the repository root, in name order,
-with its output shown as it comes; the first failure stops the run with that script's exit status.
-One summary line per script is printed at the end.
+    .venv/bin/python benchmarks/run_all.py            # make bench: the headline and coverage figures
+    .venv/bin/python benchmarks/run_all.py --all      # make bench-all: every results file, then every other script
+    .venv/bin/python benchmarks/run_all.py --dry-run  # the commands, without running them
 
-    .venv/bin/python benchmarks/run_all.py
+What runs, and with which settings, is benchmarks/published.py: one run for each results file, with the
+arguments that make it from scratch. Each runs with this same interpreter from the repository root, its output
+shown as it comes; a failure is reported and the next run goes on (one summary line per run at the end, exit
+status 1 if any failed). A run that needs a GPU is skipped on a machine without one. The README's headline
+tables are then regenerated from the results files (scripts/readme_results.py); the docs' benchmark tables are
+made from them by every docs build (`make docs`).
 """
 
 from __future__ import annotations
 
+import argparse
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import published
+
 BENCHMARKS = Path(__file__).resolve().parent
-HELPERS = {"common.py"}
+REPO = BENCHMARKS.parent
+HELPERS = {"common.py", "published.py"}
+README_TABLES = REPO / "scripts" / "readme_results.py"
 
 
 def benchmark_scripts() -> list[Path]:
@@ -25,25 +35,49 @@ def benchmark_scripts() -> list[Path]:
                   and not path.name.startswith("_"))
 
 
-def main() -> int:
-    scripts = benchmark_scripts()
-    summary: list[str] = []
-    status = 0
-    for script in scripts:
-        print(f"=== {script.name}", flush=True)
-        start = time.perf_counter()
-        code = subprocess.run([sys.executable, str(script)], cwd=BENCHMARKS.parent).returncode
-        seconds = time.perf_counter() - start
-        summary.append(f"{'ok' if code == 0 else 'FAILED':<6} {script.name:<40} {seconds:7.1f} s"
-                       + ("" if code == 0 else f"  (exit status {code})"))
-        if code != 0:
-            status = code
-            break
-    print(f"\n{len(summary)} of {len(scripts)} benchmark(s) run:")
+def planned(everything: bool) -> list[tuple[str, list[str], str | None]]:
+    """(label, argv after the interpreter, what it needs) of every run, in order."""
+    plan = [(run.results, run.argv(), run.needs) for run in published.runs("all" if everything else "bench")]
+    if everything:  # scripts with no published results file, with their defaults
+        named = {f"benchmarks/{run.script}.py" for run in published.RUNS}
+        plan += [(script.stem, [str(script.relative_to(REPO))], None) for script in benchmark_scripts()
+                 if str(script.relative_to(REPO)) not in named]
+    return plan
+
+
+def has_gpu() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def run(label: str, argv: list[str]) -> str:
+    print(f"=== {label}: {shlex.join(argv)}", flush=True)
+    start = time.perf_counter()
+    code = subprocess.run([sys.executable, *argv], cwd=REPO).returncode
+    seconds = time.perf_counter() - start
+    return f"{'ok' if code == 0 else 'FAILED':<7} {label:<42} {seconds:7.0f} s" + (f"  (exit status {code})" if code else "")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--all", action="store_true", help="every results file and every other benchmark script")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = parser.parse_args(argv)
+    plan = planned(args.all)
+    if args.dry_run:
+        print("\n".join(shlex.join([".venv/bin/python", *command]) for _, command, _ in plan))
+        return 0
+    gpu = has_gpu()
+    summary = []
+    for label, command, needs in plan:
+        if needs == "gpu" and not gpu:
+            summary.append(f"{'skipped':<7} {label:<42} (needs a GPU)")
+            continue
+        summary.append(run(label, command))
+    summary.append(run("README tables", [str(README_TABLES.relative_to(REPO)), "--write"]))
+    print(f"\n{len(plan)} run(s):")
     print("\n".join(summary))
-    if status:
-        print(f"stopped at the first failure; {len(scripts) - len(summary)} not run", file=sys.stderr)
-    return status
+    return 1 if any(line.startswith("FAILED") for line in summary) else 0
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ def _tables(value, path: str, depth: int, out: list[str]) -> None:
         if scalars and depth > 0:
             out += [f"**{path}**", "", _records_table([(None, scalars)]), ""]
         for key, inner in value.items():
-            if not _scalar(inner) and key != "machine":
+            if not _scalar(inner) and key not in ("machine", "provenance"):  # provenance: the raw line above
                 _tables(inner, f"{path}.{key}" if path else key, depth + 1, out)
 
 
@@ -188,8 +188,9 @@ def results_markdown(name: str) -> str:
 def raw_markdown(name: str, data: dict) -> str:
     """The command, machine and every field of the results file, in tables (collapsed)."""
     lines: list[str] = []
-    if data.get("command"):
-        lines += ["Command:", "", "```sh", str(data["command"]), "```", ""]
+    command = data.get("command") or data.get("provenance", {}).get("command")
+    if command:
+        lines += ["Command:", "", "```sh", str(command), "```", ""]
     if isinstance(data.get("machine"), dict):
         lines += [f"Machine: {_machine_line(data['machine'])}.", ""]
     tables: list[str] = []

@@ -1,0 +1,123 @@
+"""The runs behind the published figures (this is not a benchmark; run_all.py skips it).
+
+One `Run` for each results file in benchmarks/results/: the script and the arguments that make that file from
+scratch with the settings it was published with (no `--report-only`, no cache of an earlier run, no output
+folder of a past session), and its lane:
+- "bench": the figures of the README's headline tables and the coverage tables; `make bench` reruns these;
+- "all": every other results file shown in the docs; `make bench-all` adds them.
+`needs` names what a run cannot do without ("gpu"): run_all.py skips it, and says so, on a machine without one.
+
+tests/test_bench_provenance.py holds each results file to its entry: the file exists, the script takes every
+option given here, and the command the file records is this one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LANES = ("bench", "all")
+
+
+@dataclass(frozen=True)
+class Run:
+    results: str  # benchmarks/results/RESULTS.json
+    script: str  # benchmarks/SCRIPT.py
+    arguments: tuple[str, ...] = ()
+    lane: str = "all"
+    needs: str | None = None
+
+    def argv(self) -> list[str]:
+        """The command line after the interpreter, from the repository root."""
+        return [f"benchmarks/{self.script}.py", *self.arguments]
+
+
+FASHION_MNIST_MODELS = ("resnet20", "mobilenetv2_small", "vit_tiny_fmnist")
+
+RUNS = (
+    # The README's headline tables, in their order.
+    Run("prune_latency", "prune_latency", lane="bench"),
+    Run("latency_aware_choice", "latency_aware_choice", ("--baseline-epochs", "2", "--equal-macs"), lane="bench"),
+    Run("modelopt_side_by_side", "modelopt_side_by_side",
+        ("--models", "resnet50", "mobilenet_v2", "efficientnet_b0", "regnet_y_400mf", "convnext_tiny", "deit_small",
+         "swin_tiny", "yolov8n", "--size", "160"), lane="bench"),
+    Run("one_shot_accuracy", "one_shot_accuracy", ("--models", "resnet20", "--imagenet", "--threads", "1"),
+        lane="bench"),
+    Run("fashion_mnist_accuracy", "fashion_mnist_accuracy",
+        ("--latency", "--models", *FASHION_MNIST_MODELS, "--threads", "2"), lane="bench"),
+    Run("int8_latency", "int8_latency", ("--models", "resnet50", "mobilenet_v2", "efficientnet_b0", "vit_s16"),
+        lane="bench"),
+    Run("dense_tasks", "dense_tasks",
+        ("--models", "unet_mobilenetv2", "lraspp_mobilenetv3", "segformer_mit_b0", "--train", "4000", "--batch", "16",
+         "--baseline-epochs", "3", "lraspp_mobilenetv3=15", "segformer_mit_b0=11", "--fractions", "0.5", "0.33",
+         "--latency", "--int8"), lane="bench"),
+    Run("detection_scenes", "detection_scenes",
+        ("--variants", "prunefx-l2", "prunefx-obs", "prunefx-cpd", "tp-l2", "prunefx-obs-budget", "--epochs", "2", "4",
+         "8", "--int8"), lane="bench"),
+    Run("sparsity_accuracy", "sparsity_accuracy", lane="bench"),
+    Run("depth_vs_channel_convnext_fmnist", "depth_vs_channel",
+        ("--model", "convnext_fmnist", "--threads", "2", "--baseline-epochs", "4", "--depths", "2", "4", "6",
+         "--fractions", "0.7", "0.5"), lane="bench"),
+    Run("tool_speed", "tool_speed", ("--timeout", "300"), lane="bench"),
+    Run("tool_speed_median", "tool_speed",
+        ("--pair", "vit_l16", "uncalibrated", "--pair", "resnet50", "calibrated", "--repeat", "3", "--timeout", "300",
+         "--results-name", "tool_speed_median"), lane="bench"),
+    Run("latency_budget", "latency_budget", ("--input-size", "160", "--results-name", "latency_budget"), lane="bench"),
+    Run("semi_structured_speedup", "semi_structured_speedup",
+        ("--models", "vit_small_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224"), lane="bench",
+        needs="gpu"),
+    # Coverage: every model of the zoo and of the write-back, pruned with today's defaults.
+    Run("prune_zoo", "prune_zoo", lane="bench"),
+    Run("write_back_coverage", "write_back_coverage", lane="bench"),
+    # The benchmark pages' other results.
+    Run("budget_choice", "budget_choice",
+        ("--models", "mobilenetv2_small", "resnet20", "--budgets", "2", "4", "--kd-steps", "150", "--test-batches", "20")),
+    Run("budget_choice_equal_latency", "budget_choice",
+        ("--models", "resnet20", "mobilenetv2_small", "--budgets", "2", "--kd-steps", "429", "--equal-latency",
+         "--tolerance", "0.05", "--results-name", "budget_choice_equal_latency")),
+    Run("budget_choice_equal_latency_mobilenetv2", "budget_choice",
+        ("--models", "mobilenetv2_small", "--budgets", "2", "--kd-steps", "429", "--equal-latency", "--tolerance",
+         "0.05", "--results-name", "budget_choice_equal_latency_mobilenetv2")),
+    Run("budget_choice_vit", "budget_choice",
+        ("--models", "vit_tiny_fmnist", "--budgets", "2", "--kd-steps", "100", "--results-name", "budget_choice_vit")),
+    Run("budget_choice_vit_4x", "budget_choice",
+        ("--models", "vit_tiny_fmnist", "--budgets", "4", "--kd-steps", "100", "--results-name", "budget_choice_vit_4x")),
+    Run("combing_time", "combing_time"),
+    Run("data_loading", "data_loading"),
+    Run("data_loading_routes", "data_loading",
+        ("--canvases", "128", "--rounds", "4", "--stream", "0", "--results-name", "data_loading_routes")),
+    Run("depth_pruning", "depth_pruning", ("--runs", "300")),
+    Run("depth_vs_channel_mobilenetv2_small", "depth_vs_channel",
+        ("--model", "mobilenetv2_small", "--threads", "2", "--baseline-epochs", "4", "--depths", "2", "4", "6",
+         "--ranks", "damage", "damage_per_mac", "--fractions", "0.7", "0.5")),
+    Run("detector_pruning", "detector_pruning", ("--runs", "80")),
+    Run("fashion_mnist_accuracy_3epochs", "fashion_mnist_accuracy",
+        ("--epochs", "3", "--models", "resnet20", "--fractions", "0.5", "0.33", "--variants", "prunefx-obs", "tp-l2",
+         "--threads", "2")),
+    Run("fashion_mnist_loading", "fashion_mnist_loading"),
+    Run("fold_batchnorm_latency", "fold_batchnorm_latency"),
+    Run("fp16_readiness", "fp16_readiness"),
+    Run("int8_after_pruning", "int8_after_pruning"),
+    Run("int8_attention", "int8_attention"),
+    Run("int8_head_to_head", "int8_head_to_head"),
+    Run("int8_methods", "int8_methods"),
+    Run("int8_profile", "int8_profile", ("--models", "mobilenet_v2", "resnet50", "efficientnet_b0", "--runs", "100")),
+    Run("plain_loop_recovery", "plain_loop_recovery"),
+    Run("process_rounds", "process_rounds", ("--repeats", "6")),
+    # the files latency_budget's run (earlier in this list) leaves in build/latency_budget/
+    Run("process_rounds_effb1_3x", "process_rounds",
+        ("--pair", "build/latency_budget/torchvision_efficientnet_b1_160/dense.onnx",
+         "build/latency_budget/torchvision_efficientnet_b1_160/speedup3/model.onnx", "--rounds", "4", "8", "16",
+         "--repeats", "6", "--runs", "200", "--results-name", "process_rounds_effb1_3x")),
+    Run("prune_defaults", "prune_defaults", ("--epochs", "2", "--threads", "1")),
+    Run("sparsity_accuracy_mobilenetv2_small", "sparsity_accuracy",
+        ("--model", "mobilenetv2_small", "--baseline-epochs", "4")),
+    Run("tool_speed_vit_giant", "tool_speed",
+        ("--models", "timm:vit_giant_patch14_224", "--cases", "uncalibrated", "--results-name", "tool_speed_vit_giant")),
+)
+
+
+def runs(lane: str) -> list[Run]:
+    """The runs of `lane` ("bench": the headline and coverage figures; "all": every results file)."""
+    if lane not in LANES:
+        raise ValueError(f"lane must be one of {', '.join(LANES)}, not {lane!r}")
+    return [run for run in RUNS if lane == "all" or run.lane == lane]

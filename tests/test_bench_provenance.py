@@ -1,0 +1,153 @@
+"""Every published figure comes from a results file, and every results file from a command that makes it from scratch.
+
+- The README's headline tables are exactly what scripts/readme_results.py makes of benchmarks/results/*.json.
+- benchmarks/published.py (what `make bench` and `make bench-all` run) has one run for each results file: a
+  script that exists and takes every option given, no option that reuses an earlier run, and every README row's
+  results file in the `bench` lane.
+- Each results file records that run's command. The files in AWAITING_RERUN do not yet (a `--report-only`
+  command, options the script no longer has, a cache of an earlier session, or no command at all): the next
+  `make bench-all` on a quiet machine rewrites them, and this list must then shrink (a file on it that records
+  its command fails the test too).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+RESULTS = BENCHMARKS / "results"
+for folder in (BENCHMARKS, ROOT / "scripts"):
+    if str(folder) not in sys.path:  # published.py and common.py are imported as the benchmarks import them
+        sys.path.insert(0, str(folder))
+
+import common  # noqa: E402
+import published  # noqa: E402
+import readme_results  # noqa: E402
+
+# Options that make a run read what an earlier run left instead of measuring.
+REUSING = {"--report-only", "--reuse", "--update", "--markdown-from", "--merge", "--append", "--retime", "--cache"}
+
+AWAITING_RERUN = {
+    "budget_choice_equal_latency", "budget_choice_equal_latency_mobilenetv2", "budget_choice_vit",
+    "budget_choice_vit_4x", "dense_tasks", "depth_vs_channel_convnext_fmnist", "detection_scenes",
+    "fashion_mnist_accuracy", "fashion_mnist_accuracy_3epochs", "fp16_readiness", "int8_attention", "int8_latency",
+    "int8_profile", "latency_budget", "modelopt_side_by_side", "prune_latency", "sparsity_accuracy",
+    "write_back_coverage",
+}
+
+
+def recorded_command(name: str) -> str | None:
+    data = json.loads((RESULTS / f"{name}.json").read_text())
+    return (data.get("provenance") or {}).get("command") or data.get("command")
+
+
+def test_the_readme_headline_tables_are_made_from_the_results_files():
+    readme = (ROOT / "README.md").read_text()
+    assert readme_results.readme_with(readme_results.tables(), readme) == readme
+    section = readme[readme.index(readme_results.BEGIN):readme.index(readme_results.END)]
+    assert section.count("| what | result | page |") >= 2  # one table per machine, and more than one machine
+
+
+def test_every_figure_of_a_headline_row_is_in_its_results_file():
+    """An independent look at the same claim: each number a row shows is a value of its file, rounded as
+    shown (x2.00 as a speed-up, 91.41 as a percentage, -0.60 as percentage points, ...)."""
+    for row in readme_results.ROWS:
+        data = json.loads((RESULTS / f"{row.results}.json").read_text())
+        values = _numbers(data)
+        cell = row.result(data)
+        for figure in re.findall(r"(?<![\w.])[+-]?\d+\.\d+", cell):
+            shown = float(figure)
+            assert any(_rounds_to(value, shown, figure) for value in values), (row.results, figure, cell)
+
+
+def _numbers(data) -> list[float]:
+    """Every number in the file, and the differences of any two (accuracy points against the dense model)."""
+    found: list[float] = []
+
+    def walk(value):
+        if isinstance(value, bool):
+            return
+        if isinstance(value, (int, float)):
+            found.append(float(value))
+        elif isinstance(value, dict):
+            for inner in value.values():
+                walk(inner)
+        elif isinstance(value, list):
+            for inner in value:
+                walk(inner)
+
+    walk(data)
+    unique = sorted(set(found))
+    small = [value for value in unique if 0 < abs(value) <= 1]  # accuracies, mIoU, mAP
+    return unique + [a - b for a in small for b in small]
+
+
+def _rounds_to(value: float, shown: float, text: str) -> bool:
+    decimals = len(text.split(".")[1])
+    return any(round(candidate, decimals) == shown for candidate in (value, 100 * value))
+
+
+def test_every_results_file_has_exactly_one_run_that_makes_it():
+    names = sorted(path.stem for path in RESULTS.glob("*.json"))
+    runs = [run.results for run in published.RUNS]
+    assert sorted(runs) == names
+
+
+def test_every_run_is_from_scratch_with_options_its_script_takes():
+    for run in published.RUNS:
+        script = BENCHMARKS / f"{run.script}.py"
+        source = script.read_text()
+        options = [argument for argument in run.arguments if argument.startswith("--")]
+        assert not REUSING & set(options), run
+        for option in options:
+            assert f'"{option}"' in source, f"benchmarks/{run.script}.py takes no {option}"
+        assert not any(argument.startswith("/tmp") for argument in run.arguments), run
+        assert run.lane in published.LANES and run.needs in (None, "gpu")
+
+
+def test_the_readme_rows_are_rerun_by_make_bench():
+    bench = {run.results for run in published.runs("bench")}
+    assert {row.results for row in readme_results.ROWS} <= bench
+    assert {"prune_zoo", "write_back_coverage"} <= bench  # coverage with today's defaults
+
+
+def test_each_results_file_records_the_command_of_its_run_or_awaits_its_rerun():
+    recorded = {run.results: recorded_command(run.results) for run in published.RUNS}
+    matching = {name for name, command in recorded.items() if command is not None
+                and shlex.split(command)[1:] == next(r for r in published.RUNS if r.results == name).argv()}
+    assert set(recorded) - matching == AWAITING_RERUN
+
+
+def test_the_dry_run_lists_the_bench_lane_with_this_interpreter_layout():
+    listed = subprocess.run([sys.executable, "benchmarks/run_all.py", "--dry-run"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, check=True).stdout.splitlines()
+    assert [shlex.split(line)[1:] for line in listed] == [run.argv() for run in published.runs("bench")]
+
+
+def test_a_results_file_records_command_date_code_version_and_cpu(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["benchmarks/example.py", "--runs", "3"])
+    json_path, _ = common.write_results("example", {"rows": [1]}, "# example", folder=tmp_path)
+    provenance = json.loads(json_path.read_text())["provenance"]
+    assert provenance["command"].endswith("benchmarks/example.py --runs 3")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", provenance["date_utc"])
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode == 0:  # a checkout: the commit, marked dirty where files had changed
+        assert provenance["code_version"].split("-")[0] == head.stdout.strip()
+    assert provenance["cpu"] == common.cpu_model() and isinstance(provenance["cpu_flags"], list)
+
+
+@pytest.mark.parametrize("name", ["prune_latency", "tool_speed"])
+def test_the_docs_tables_show_no_provenance_record(name):
+    """The code version (a commit) stays in the JSON: the docs' generic tables leave `provenance` out."""
+    import docs_results
+    data = json.loads((RESULTS / f"{name}.json").read_text())
+    data["provenance"] = {"code_version": "0123456789abcdef0123456789abcdef01234567", "cpu_flags": ["avx2"]}
+    assert "0123456789abcdef" not in docs_results.raw_markdown(name, data)
