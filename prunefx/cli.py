@@ -3,8 +3,8 @@
 Deliberate errors (bad model reference, malformed shape or option, missing, corrupt or hostile file, an
 output that cannot be written, a model that will not export) print one line to stderr and exit with
 status 2; never a traceback. An unexpected error prints one line too (exit 3), and the traceback only
-with PRUNEFX_DEBUG=1. Ctrl-C exits 130 and SIGTERM 143, each with one line; both unwind through the
-staged outputs (prunefx/output.py), so nothing partial is left behind.
+with PRUNEFX_DEBUG=1. Ctrl-C exits 130, SIGTERM 143 and SIGHUP 129, each with one line; all unwind through
+the staged outputs (prunefx/output.py), so nothing partial is left behind.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ import warnings
 
 from prunefx.graph.errors import PrunefxError, first_line, printable
 from prunefx.output import (
+    HungUp,
     Terminated,
     check_outputs_spare_inputs,
     clear_interrupt,
+    interrupt_for,
     raise_if_interrupted,
     record_interrupt,
 )
@@ -33,6 +35,7 @@ EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_HUNG_UP = 129  # 128 + SIGHUP
 # OSErrors that say what is wrong with a path the user typed (a name over 255 bytes, a loop of links).
 _PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP}
 
@@ -103,11 +106,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _on_signal(signum, frame):
-    """SIGINT and SIGTERM become exceptions, so staged outputs are cleaned up on the way out. The signal
+    """SIGINT, SIGTERM and SIGHUP become exceptions, so staged outputs are cleaned up on the way out. The signal
     is also recorded: should the exception land in code that swallows it (a finaliser, a worker
     thread's callback), the run still never commits its outputs nor exits 0 (prunefx/output.py)."""
     record_interrupt(signum)
-    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    raise interrupt_for(signum)
 
 
 # An error line quotes names and values from the user's files; a line of a label file can be 10,000 columns.
@@ -152,10 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         _report(f"prunefx {args.command}: error: {_one_line(error)}")
         return EXIT_USER_ERROR
     except KeyboardInterrupt as interrupt:
-        what = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
+        what, status = _interruption(interrupt)
         notes = "".join(f"; {_one_line(note)}" for note in getattr(interrupt, "__notes__", ()))
         _report(f"prunefx {args.command}: {what}; no output was written{notes}")
-        return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
+        return status
     except SystemExit as exit_:  # raised by user code we ran (a model factory), never by prunefx itself
         _report(f"prunefx {args.command}: error: the model code called sys.exit({exit_.code!r})")
         return EXIT_USER_ERROR
@@ -171,6 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sys.unraisablehook = unraisable
         _restore_signal_handlers(previous)
+
+
+def _interruption(interrupt: KeyboardInterrupt) -> tuple[str, int]:
+    if isinstance(interrupt, Terminated):
+        return "terminated (SIGTERM)", EXIT_TERMINATED
+    if isinstance(interrupt, HungUp):
+        return "hung up (SIGHUP)", EXIT_HUNG_UP
+    return "interrupted", EXIT_INTERRUPTED
 
 
 @contextlib.contextmanager
@@ -200,7 +211,9 @@ def _install_signal_handlers() -> dict | None:
     if threading.current_thread() is not threading.main_thread():
         return None
     clear_interrupt()
-    return {signum: signal.signal(signum, _on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    # a signal the caller ignores stays ignored (`nohup prunefx ...` must outlive its terminal)
+    signums = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]
+    return {signum: signal.signal(signum, _on_signal) for signum in signums}
 
 
 def _restore_signal_handlers(previous: dict | None) -> None:

@@ -6,16 +6,22 @@ The guarantee every command gives (README, "Files prunefx reads and writes"):
   read-only file system, a folder where a file is wanted) is one error line before the model is loaded;
 - outputs are written into a hidden staging folder in the destination's own folder (same file system,
   so the final moves are renames) and appear only once all of them are complete;
+- an output folder is all of one run or none: the staging folder becomes `-o` by one rename, the previous
+  folder moved aside first and removed after, so files an earlier run wrote that this run does not write
+  are gone. prunefx replaces only a folder it wrote itself (it carries a `.prunefx-output` mark) or an
+  empty one: an existing folder with other files is refused before any work;
 - a run that fails, is interrupted or runs out of disk leaves no partial output and leaves an existing
-  output as it was. An output folder that already exists keeps files the run does not write; the files
-  it writes are replaced one by one by complete new ones, only after all were written.
+  output as it was. A run killed outright (SIGKILL, power cut) may leave its staging folder, or the
+  previous output moved aside: the next run writing there removes the one and puts the other back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
+import secrets
 import shutil
 import signal
 import tempfile
@@ -36,6 +42,14 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (the CLI raises it from its signal handler)."""
 
 
+class HungUp(KeyboardInterrupt):
+    """SIGHUP: the terminal went away (the CLI raises it from its signal handler)."""
+
+
+def interrupt_for(signum: int) -> KeyboardInterrupt:
+    return {signal.SIGTERM: Terminated, signal.SIGHUP: HungUp}.get(signum, KeyboardInterrupt)()
+
+
 _interrupt: dict[str, int | None] = {"signal": None}
 
 
@@ -51,20 +65,40 @@ def raise_if_interrupted() -> None:
     """Re-raise an interrupt that arrived but was swallowed on its way up (see prunefx/cli.py)."""
     signum = _interrupt["signal"]
     if signum is not None:
-        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        raise interrupt_for(signum)
+
+
+# The mark of a folder prunefx wrote: only such a folder (or an empty one) is replaced by a later run.
+MARK = ".prunefx-output"
+_MARK_TEXT = "written by prunefx; the next prunefx run writing here replaces this folder whole\n"
 
 
 def check_output_folder(path: str | os.PathLike) -> Path:
-    """`path` can become (or already is) a folder we can write into; checked before heavy work."""
+    """`path` can become (or already is) a folder we can write into, and is empty or one prunefx wrote;
+    checked before heavy work. What killed runs left beside it is cleared first."""
     path = Path(path)
     _check_length(path)
     _check_not_dangling(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path} exists and is not a folder")
     _check_parent(path)
+    clear_stale(path)
     if path.is_dir():
         _probe(path, path)
+        _check_replaceable(path)
     return path
+
+
+def _check_replaceable(path: Path) -> None:
+    here, top = os.path.realpath(os.getcwd()), os.path.realpath(path)
+    if os.path.commonpath([here, top]) == top:
+        raise OutputError(f"-o {printable(str(path))} holds the current folder, and a run replaces its output "
+                          "folder whole: give a folder of its own")
+    entries = sorted(entry.name for entry in path.iterdir())
+    if entries and MARK not in entries:
+        raise OutputError(f"{printable(str(path))} holds files prunefx did not write ({printable(entries[0])}"
+                          f"{', ...' if len(entries) > 1 else ''}) and a run replaces its output folder whole: "
+                          "give a new or empty folder")
 
 
 def check_output_file(path: str | os.PathLike) -> Path:
@@ -77,6 +111,7 @@ def check_output_file(path: str | os.PathLike) -> Path:
     if path.exists() and not path.is_file():
         raise OutputError(f"{path} exists and is not a regular file")
     _check_parent(path)
+    clear_stale(path)
     return path
 
 
@@ -163,10 +198,15 @@ def _probe(folder: Path, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_folder(destination: str | os.PathLike) -> Iterator[Path]:
-    """A fresh staging folder; on success its files move into `destination` (created if missing)."""
+def staged_folder(destination: str | os.PathLike, *, join: bool = False) -> Iterator[Path]:
+    """A fresh staging folder that becomes `destination` on success, replacing a previous output whole.
+    `join=True`: its files move into `destination` instead, beside those there: for a second write of the
+    same run (a summary written after the run measured the files it published)."""
     destination = check_output_folder(destination)
-    with _staging(destination, move_into=destination) as staging:
+    # absolute and normalised (`-o .` has no name); a link: the folder it names is replaced, not the link
+    destination = Path(os.path.realpath(destination) if destination.is_symlink() else os.path.abspath(destination))
+    publish = _move_into if join else _replace
+    with _staging(destination, publish=lambda staging: publish(staging, destination), mark=True) as staging:
         yield staging
 
 
@@ -175,24 +215,63 @@ def staged_file(destination: str | os.PathLike) -> Iterator[Path]:
     """A path inside a staging folder with `destination`'s name; on success it, and any side files written
     beside it (an ONNX file's external data), move into `destination`'s folder."""
     destination = check_output_file(destination)
-    with _staging(destination, move_into=destination.absolute().parent) as staging:
+    into = destination.absolute().parent
+    with _staging(destination, publish=lambda staging: _move_into(staging, into), mark=False) as staging:
         yield staging / destination.name
 
 
+def _sibling(destination: Path, kind: str) -> Path:
+    """A hidden name beside `destination` that says whose it is: `.NAME.KIND-PID-RANDOM`."""
+    destination = Path(os.path.abspath(destination))
+    return destination.parent / f".{destination.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
 @contextlib.contextmanager
-def _staging(destination: Path, *, move_into: Path) -> Iterator[Path]:
-    """A hidden folder beside `destination` (same file system: the final moves are renames), whose files
-    move into `move_into` once the block ends without error or interrupt, and which is removed either way."""
+def _staging(destination: Path, *, publish, mark: bool) -> Iterator[Path]:
+    """A hidden folder beside `destination` (same file system: publishing is renames), published once the
+    block ends without error or interrupt, and removed either way."""
     with _writing(destination):
         folder = destination.absolute().parent
         folder.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=folder, prefix=f".{destination.name}.partial-"))
+        staging = _sibling(destination, "partial")
+        staging.mkdir()  # not mkdtemp: the folder becomes the output, with the user's usual permissions
+        if destination.is_dir():
+            shutil.copymode(destination, staging)
         try:
+            if mark:
+                (staging / MARK).write_text(_MARK_TEXT)
             yield staging
             raise_if_interrupted()
-            _move_into(staging, move_into)
+            publish(staging)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace(staging: Path, destination: Path) -> None:
+    """`staging` becomes `destination` by one rename; a previous output is moved aside first and removed
+    after, so that at no moment does `destination` hold files of two runs."""
+    aside = None
+    if destination.exists():
+        aside = _sibling(destination, "old")
+        _rename(destination, aside, destination)
+    try:
+        _rename(staging, destination, destination)
+    except BaseException:
+        if aside is not None:
+            os.rename(aside, destination)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _rename(source: Path, target: Path, destination: Path) -> None:
+    try:
+        os.rename(source, target)
+    except OSError as error:  # a mount point (EBUSY), a folder in use elsewhere: the environment's, not ours
+        if error.errno in _WRITE_ERRNOS:
+            raise
+        raise OutputError(f"cannot replace {printable(str(destination))}: {error.strerror or error}; nothing "
+                          "was written") from error
 
 
 def _move_into(staging: Path, destination: Path) -> None:
@@ -204,6 +283,40 @@ def _move_into(staging: Path, destination: Path) -> None:
         if target.is_dir() and not item.is_dir():
             raise OutputError(f"cannot write {target}: a folder of that name is in the way")
         os.replace(item, target)
+
+
+def clear_stale(destination: Path) -> None:
+    """Remove the staging folders of runs that were killed (their process is gone) beside `destination`,
+    and put back a previous output a killed run had moved aside but not yet replaced."""
+    destination = Path(os.path.abspath(destination))
+    folder = destination.parent
+    if not folder.is_dir():
+        return
+    for kind in ("partial", "old"):
+        for stale in sorted(folder.glob(f".{glob.escape(destination.name)}.{kind}-*")):
+            if _owner_alive(stale.name):
+                continue
+            if kind == "old" and not destination.exists() and not destination.is_symlink():
+                os.rename(stale, destination)  # killed between the two renames: the previous output returns
+            else:
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def _owner_alive(name: str) -> bool:
+    """Whether the process that made `.NAME.KIND-PID-RANDOM` still runs (a name without a pid: no)."""
+    try:
+        pid = int(name.rsplit("-", 2)[-2])
+    except (ValueError, IndexError):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @contextlib.contextmanager

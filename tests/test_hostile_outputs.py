@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from prunefx.cli import main
-from prunefx.output import record_interrupt
+from prunefx.output import MARK, record_interrupt
 
 PRUNE = ["prune", "prunefx:resnet20", "--input-shape", "1x1x28x28", "--macs", "0.5"]
 
@@ -81,8 +81,9 @@ def test_a_late_failure_of_prune_keeps_the_existing_output_folder(tmp_path, caps
 
     output = tmp_path / "out"
     output.mkdir()
+    (output / MARK).write_text("an earlier run's")
     (output / "model.pt2").write_bytes(b"earlier good archive")
-    (output / "notes.txt").write_text("mine")
+    (output / "module.pt").write_bytes(b"earlier module")
     before = _snapshot(output)
 
     def parity_then_fail(program, path):
@@ -96,16 +97,27 @@ def test_a_late_failure_of_prune_keeps_the_existing_output_folder(tmp_path, caps
     assert _leftovers(tmp_path) == []
 
 
-def test_a_successful_prune_replaces_only_its_own_files(tmp_path, capsys):
+def test_a_successful_prune_replaces_the_previous_output_whole(tmp_path, capsys):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / MARK).write_text("an earlier run's")
+    (output / "module.pt").write_text("the earlier run's module, which this run does not write")
+    (output / "report.json").write_text("old")
+    assert main([*PRUNE, "-o", str(output)]) == 0
+    assert {p.name for p in output.iterdir()} == {MARK, "model.pt2", "model.onnx", "report.json"}
+    assert (output / "report.json").read_text() != "old"
+    assert _leftovers(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_folder_of_other_files_is_refused_before_work(tmp_path, capsys):
     output = tmp_path / "out"
     output.mkdir()
     (output / "notes.txt").write_text("mine")
-    (output / "report.json").write_text("old")
-    assert main([*PRUNE, "-o", str(output)]) == 0
-    assert (output / "notes.txt").read_text() == "mine"
-    assert (output / "report.json").read_text() != "old"
-    assert {"model.pt2", "model.onnx", "report.json"} <= {p.name for p in output.iterdir()}
-    assert _leftovers(tmp_path) == []
+    started = time.perf_counter()
+    assert main([*PRUNE, "-o", str(output)]) == 2
+    assert "prunefx did not write (notes.txt)" in _one_line(capsys.readouterr().err)
+    assert time.perf_counter() - started < 5  # before the model was built
+    assert _snapshot(output) == {"notes.txt": b"mine"}
 
 
 def test_an_interrupt_swallowed_by_a_library_still_ends_the_run(tmp_path, capsys, monkeypatch):
@@ -179,7 +191,8 @@ def factory():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, status, words", [(signal.SIGTERM, 143, "terminated"),
-                                                   (signal.SIGINT, 130, "interrupted")])
+                                                   (signal.SIGINT, 130, "interrupted"),
+                                                   (signal.SIGHUP, 129, "hung up")])
 def test_signals_to_a_real_process(tmp_path, signum, status, words):
     factory = tmp_path / "slow.py"
     factory.write_text(textwrap.dedent(SLOW_FACTORY))

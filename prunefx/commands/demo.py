@@ -42,7 +42,7 @@ from prunefx.graph import capture, count
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.rebatch import rebatch
 from prunefx.models import build_model, load_weights
-from prunefx.output import check_output_folder, staged_file, staged_folder
+from prunefx.output import check_output_folder, staged_folder
 from prunefx.passes import Pipeline, distill, fold_batchnorm, recalibrate_batchnorm, remove_channels
 from prunefx.reports.budget_text import interval_text
 from prunefx.runtime import (
@@ -222,7 +222,7 @@ def _deliver(output: Path, dense, compressed, args) -> dict:
 
 
 def _write_summary(output: Path, report: dict) -> None:
-    with staged_folder(output) as staging:  # the folder exists now: the report joins what is there
+    with staged_folder(output, join=True) as staging:  # the folder this run published: the report joins it
         write_report(staging, report)
 
 
@@ -245,9 +245,9 @@ def _imagenet_demo(args) -> int:
           "(verified: re-exports, outputs unchanged)")
 
     path = check_output_folder(args.output) / "mobilenet_v2_folded.onnx"
-    with staged_file(path) as staging:
-        exported = export_onnx(folded, staging)
-        parity = check_parity(folded, staging)
+    with staged_folder(path.parent) as staging:  # the output folder, all of this run (prunefx/output.py)
+        exported = export_onnx(folded, staging / path.name)
+        parity = check_parity(folded, staging / path.name)
     print(f"[export] {path}: {exported.node_count} ONNX nodes, parity max abs error {parity.max_abs_error:.2e}")
 
     with torch.no_grad():

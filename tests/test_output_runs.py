@@ -1,0 +1,136 @@
+"""An output folder is all of one run or none (prunefx/output.py): a run's staging folder becomes `-o` by
+one rename; a failure at any stage leaves the previous output as it was; a run killed outright (SIGKILL)
+at any stage leaves `-o` holding one run's files, never a mix, and the next run clears what it left."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import prunefx.output as output_module
+from prunefx.output import MARK, OutputError, check_output_folder, staged_folder
+
+pytestmark = pytest.mark.faults
+
+PREVIOUS = {MARK: b"an earlier run's", "a.txt": b"old a", "b.txt": b"old b, which the new run does not write"}
+NEW_FILES = {"a.txt": b"new a", "c.txt": b"new c"}
+
+
+def _snapshot(folder: Path) -> dict[str, bytes] | None:
+    if not folder.exists():
+        return None
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _previous(folder: Path) -> Path:
+    folder.mkdir()
+    for name, data in PREVIOUS.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def _siblings(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.parent.iterdir() if p != folder)
+
+
+def _is_new(snapshot: dict[str, bytes] | None) -> bool:
+    return snapshot is not None and {k: v for k, v in snapshot.items() if k != MARK} == NEW_FILES \
+        and MARK in snapshot
+
+
+def test_a_run_replaces_the_previous_output_whole(tmp_path):
+    output = _previous(tmp_path / "out")
+    with staged_folder(output) as staging:
+        for name, data in NEW_FILES.items():
+            (staging / name).write_bytes(data)
+    assert _is_new(_snapshot(output))  # b.txt of the earlier run is gone
+    assert _siblings(output) == []
+
+
+def _fail_rename(monkeypatch, call: int) -> None:
+    """The `call`-th rename of the publishing fails, as a busy or vanished folder would make it."""
+    real, calls = output_module.os.rename, []
+
+    def rename(source, target):
+        calls.append(target)
+        if len(calls) == call:
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        return real(source, target)
+
+    monkeypatch.setattr(output_module.os, "rename", rename)
+
+
+@pytest.mark.parametrize("stage", ["writing", "moving the old output aside", "renaming the new one"])
+def test_a_failure_at_each_stage_leaves_the_previous_output(tmp_path, monkeypatch, stage):
+    output = _previous(tmp_path / "out")
+    if stage != "writing":
+        _fail_rename(monkeypatch, 1 if stage.startswith("moving") else 2)
+    with pytest.raises((OutputError, RuntimeError)):
+        with staged_folder(output) as staging:
+            (staging / "a.txt").write_bytes(NEW_FILES["a.txt"])
+            if stage == "writing":
+                raise RuntimeError("the run failed half-way")
+            (staging / "c.txt").write_bytes(NEW_FILES["c.txt"])
+    monkeypatch.undo()
+    assert _snapshot(output) == PREVIOUS
+    assert _siblings(output) == []
+
+
+KILLED_RUN = textwrap.dedent("""
+    import os, shutil, sys, time
+    from pathlib import Path
+    import prunefx.output as output
+
+    folder, stage = Path(sys.argv[1]), sys.argv[2]
+    rename, rmtree = os.rename, shutil.rmtree
+
+    def wait_for_the_kill():
+        print("READY", flush=True)
+        time.sleep(60)
+
+    def renaming(source, target):
+        rename(source, target)
+        if stage == "between the renames" and ".old-" in str(target):
+            wait_for_the_kill()
+
+    def removing(path, *args, **kwargs):
+        if stage == "removing the old output" and ".old-" in str(path):
+            wait_for_the_kill()
+        return rmtree(path, *args, **kwargs)
+
+    output.os.rename, output.shutil.rmtree = renaming, removing
+    with output.staged_folder(folder) as staging:
+        (staging / "a.txt").write_bytes(b"new a")
+        if stage == "writing":
+            wait_for_the_kill()
+        (staging / "c.txt").write_bytes(b"new c")
+""")
+
+
+@pytest.mark.parametrize("stage, left", [("writing", "previous"), ("between the renames", "nothing"),
+                                         ("removing the old output", "new")])
+def test_a_run_killed_at_each_stage_never_mixes_two_runs(tmp_path, stage, left):
+    (tmp_path / "runs").mkdir()  # the output's folder holds nothing else: what the kill left is all there
+    output = _previous(tmp_path / "runs" / "out")
+    script = tmp_path / "killed_run.py"
+    script.write_text(KILLED_RUN)
+    process = subprocess.Popen([sys.executable, str(script), str(output), stage], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "READY", process.stderr.read()
+    finally:
+        process.kill()  # SIGKILL: no handler, no cleanup
+        process.wait(timeout=30)
+    found = _snapshot(output)
+    assert {"previous": found == PREVIOUS, "nothing": found is None, "new": _is_new(found)}[left]
+    assert _siblings(output)  # the killed run left its staging folder or the old output behind
+
+    check_output_folder(output)  # what the next run does first
+    after = _snapshot(output)
+    assert after == PREVIOUS if left != "new" else _is_new(after)  # one run's files, all of them
+    assert _siblings(output) == []
