@@ -77,6 +77,20 @@ bench-all: setup
 	$(PY) benchmarks/run_all.py --all
 	@$(MAKE) --no-print-directory docs
 
+# The GPU check (scripts/gpu_check.py): `make gpu-check-prepare` here builds .gpu-check/ (a wheel of prunefx and
+# the wheels the GPU machine lacks); carried there, `make gpu-check` runs every GPU test and benchmark in one call
+# of at most 9 minutes, results in $OUT (else build/gpu-check). `make gpu-check-smoke` proves it on this CPU.
+GPU_PYTHON ?= python3
+gpu-check-prepare: setup
+	$(PY) scripts/gpu_check.py prepare
+
+gpu-check:
+	$(GPU_PYTHON) scripts/gpu_check.py run
+
+gpu-check-smoke: setup
+	$(PY) scripts/gpu_check.py prepare --smoke
+	$(PY) scripts/gpu_check.py run --smoke --out build/gpu-check-smoke/out
+
 # The documentation site in build/site/, built strictly: a broken link, anchor or API reference fails it.
 # Its reference and benchmark tables are generated from the code and results files (scripts/docs_hooks.py).
 docs: setup

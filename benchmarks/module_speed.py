@@ -10,7 +10,7 @@ as model.pt2 and loads it back, and writes it back into the model's own module c
    kernels run; scaled_dot_product_attention among them), and every timm attention kept `fused_attn` as the
    dense model had it;
 2. speed: the loaded Program's graph and the module are timed alternately. On a GPU: CUDA-graph replays
-   timed with CUDA events (runtime/cuda_graph.py), fp16/bf16 weights, channels_last; on a CPU:
+   sampled as runtime/cuda_graph.GpuModel samples any model, fp16/bf16 weights, channels_last; on a CPU:
    perf_counter blocks (runtime/latency.compare_latency), which on a loaded machine say little.
 Prints one JSON object; exits 1 when the structure differs or, on a GPU, the module is more than
 `--tolerance` slower than the Program (median against median), 0 otherwise. A CPU timing is reported but not
@@ -79,23 +79,14 @@ def cpu_comparison(program_module, module, inputs, *, runs: int, clock=None):
 
 
 def gpu_comparison(program_module, module, inputs, *, runs: int, precision: str):
-    from prunefx.runtime.cuda_graph import DTYPES, CudaDevice
+    from prunefx.runtime.cuda_graph import CudaDevice, GpuModel
     from prunefx.runtime.gpu_latency import compare_gpu_latency
 
     device = CudaDevice()
-    timers = []
-    for each in (program_module, module):
-        placed, placed_inputs = device.place(copy.deepcopy(each), inputs, DTYPES[precision])
-
-        def run(placed=placed, placed_inputs=placed_inputs):
-            with torch.inference_mode():
-                return placed(*placed_inputs)
-
-        for _ in range(3):  # cuDNN picks its algorithms on the first calls
-            run()
-        replay = device.capture(run)
-        timers.append(lambda replay=replay: device.time(replay))
-    return compare_gpu_latency(timers[0], timers[1], warmup=max(runs // 4, 1), runs=runs)
+    models = [GpuModel.of_module(copy.deepcopy(each), inputs, precision=precision, device=device)
+              for each in (program_module, module)]
+    return compare_gpu_latency(models[0].time_once, models[1].time_once, warmup=max(runs // 4, 1), runs=runs,
+                               warm_seconds=device.warm_seconds)
 
 
 def verdict(comparison, tolerance: float) -> dict:
@@ -119,7 +110,7 @@ def run(args) -> dict:
     if args.device == "cuda":
         comparison = gpu_comparison(loaded.module, module, inputs, runs=args.runs, precision=args.precision)
         from prunefx.runtime.cuda_graph import CudaDevice
-        report["device"] = {**CudaDevice().describe(), "precision": args.precision, "timing": "CUDA-graph replays"}
+        report["device"] = {**CudaDevice().describe(), "precision": args.precision, "timing": "samples of many CUDA-graph replays, warmed until settled"}
     else:
         comparison = cpu_comparison(loaded.module, module, inputs, runs=args.runs)
         report["device"] = {"cpu": True, "threads": torch.get_num_threads(), "timing": "perf_counter blocks"}

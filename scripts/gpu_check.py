@@ -1,0 +1,232 @@
+"""`make gpu-check`: everything prunefx can check on an NVIDIA GPU, prepared here and run there in one call.
+
+    python3 scripts/gpu_check.py prepare [--smoke]       # on the development machine (reaches PyPI)
+    python3 scripts/gpu_check.py run [--smoke] [--out DIR] [--seconds 510]
+
+`prepare` builds what must travel into `.gpu-check/` (ignored by git, carried to the GPU machine): a wheel of
+prunefx and the wheels of the pure-Python or binary dependencies the GPU machine lacks (it has torch,
+torchvision, timm, onnx, onnxruntime, onnxscript, pytest and triton, and no package registry), for its
+Python (3.12) or, with --smoke, for this one.
+
+`run` installs those wheels into a private folder (pip --no-index: nothing is fetched) and runs, each step
+under its own timeout so that one hung step cannot take the rest with it:
+1. `pytest -m gpu` on the installed package;
+2. a capture probe: a ResNet-50 at fp16 captured as a CUDA graph at batch 64 and 128 in a child process
+   (a crash there ends the child, not the check);
+3. `prunefx prune --speedup 1.5 --backend cuda --batch 32` on a ResNet-50, the chosen model re-measured by a
+   separate process with its own timer (benchmarks/remeasure_speedup.py);
+4. benchmarks/module_speed.py (the written-back module as fast as the Program);
+5. benchmarks/gpu_speedup.py in the time left.
+Each step's output and a summary (gpu_check.json: GPU, driver, torch, cuDNN, each step's exit and seconds)
+go to --out, flat, ready to commit as benchmarks/results/gpu_*. `--smoke` runs the same steps on a CPU with
+stand-ins (small models, the ort backend, gpu_speedup's --smoke) to prove the check end to end before a GPU
+is spent on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CARRIED = ROOT / ".gpu-check"
+SMOKE_WHEELS = ROOT / "build" / "gpu-check-smoke"  # --smoke's wheels (this Python's): .gpu-check stays for the GPU
+# what the GPU machine lacks of prunefx's dependencies (and of the benchmarks' and tests' data): name==version
+MISSING_THERE = ("onnx-graphsurgeon", "onnxconverter-common", "pycocotools", "torch-pruning", "foolbox==3.3.4")
+GPU_PYTHON = "3.12"
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
+             "manylinux1_x86_64")
+
+
+# ---- prepare (development machine) -----------------------------------------------------------------
+
+def _wheels(smoke: bool) -> Path:
+    return (SMOKE_WHEELS if smoke else CARRIED) / "wheels"
+
+
+def prepare(smoke: bool) -> int:
+    wheels = _wheels(smoke)
+    shutil.rmtree(wheels, ignore_errors=True)
+    wheels.mkdir(parents=True)
+    pip = [sys.executable, "-m", "pip"]
+    _step_or_die([*pip, "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)])
+    target = [] if smoke else ["--python-version", GPU_PYTHON, "--implementation", "cp",
+                               *[arg for platform in PLATFORMS for arg in ("--platform", platform)]]
+    pinned = [_pinned(name) for name in MISSING_THERE]
+    _step_or_die([*pip, "download", "--quiet", "--no-deps", "--only-binary=:all:", *target, "-d", str(wheels),
+                  *pinned])
+    size = sum(f.stat().st_size for f in wheels.iterdir())
+    print(f"gpu-check: {len(list(wheels.iterdir()))} wheels, {size / 2**20:.1f} MiB in {wheels.relative_to(ROOT)}"
+          f" ({'this Python' if smoke else 'Python ' + GPU_PYTHON})")
+    return 0
+
+
+def _pinned(name: str) -> str:
+    """`name` at the version installed here (what the tests pass with), unless it names its own."""
+    if "==" in name:
+        return name
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{name}=={version(name)}"
+    except PackageNotFoundError:
+        return name
+
+
+def _step_or_die(command: list[str]) -> None:
+    done = subprocess.run(command, check=False)
+    if done.returncode != 0:
+        sys.exit(f"gpu-check: {' '.join(command[:4])} ... failed (exit {done.returncode})")
+
+
+# ---- run (GPU machine, or this one with --smoke) ------------------------------------------------------
+
+class Steps:
+    """Runs each step as a subprocess with its own timeout within the whole check's `seconds`; keeps a log."""
+
+    def __init__(self, out: Path, seconds: float, env: dict):
+        self.out, self.deadline, self.env, self.steps = out, time.monotonic() + seconds, env, []
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def run(self, name: str, command: list[str], timeout: float, log: str | None = None) -> int | None:
+        timeout = min(timeout, self.left() - 5)
+        if timeout < 10:
+            self.steps.append({"step": name, "skipped": "no time left"})
+            return None
+        start = time.monotonic()
+        print(f"gpu-check: {name} (at most {timeout:.0f} s)", flush=True)
+        try:
+            done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout,
+                                  cwd=self.out, check=False)
+            code, output = done.returncode, done.stdout + done.stderr
+        except subprocess.TimeoutExpired as expired:
+            code, output = None, _text(expired.stdout) + _text(expired.stderr)
+        seconds = time.monotonic() - start
+        if log:
+            (self.out / log).write_text(output)
+        tail = output.strip().splitlines()[-3:]
+        self.steps.append({"step": name, "exit": code, "timed_out": code is None, "seconds": round(seconds, 1),
+                           "tail": tail})
+        print(f"gpu-check: {name}: {'timed out' if code is None else f'exit {code}'} in {seconds:.0f} s", flush=True)
+        return code
+
+
+def _text(value) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else (value or "")
+
+
+def install(site: Path, smoke: bool) -> dict:
+    """The carried wheels installed into `site` (nothing fetched); the environment that imports them first."""
+    wheels = sorted(str(w) for w in _wheels(smoke).glob("*.whl"))
+    if not wheels:
+        sys.exit(f"gpu-check: no wheels in {_wheels(smoke)}: run `make gpu-check-prepare` first (and carry "
+                 f".gpu-check to the GPU machine)")
+    _step_or_die([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-compile",
+                  "--target", str(site), *wheels])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+               PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+    env.pop("PYTHONSAFEPATH", None)
+    return env
+
+
+def facts(env: dict) -> dict:
+    probe = ("import json, torch, prunefx; c = torch.cuda.is_available(); print(json.dumps({'prunefx': "
+             "prunefx.__file__, 'torch': torch.__version__, 'cuda': torch.version.cuda, 'cudnn': "
+             "torch.backends.cudnn.version(), 'gpu': torch.cuda.get_device_name() if c else None}))")
+    done = subprocess.run([sys.executable, "-P", "-c", probe], env=env, capture_output=True, text=True, check=False)
+    found = json.loads(done.stdout) if done.returncode == 0 else {"error": done.stderr.strip()[-300:]}
+    driver = shutil.which("nvidia-smi") and subprocess.run(
+        ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True,
+        check=False).stdout.strip()
+    return {**found, "driver": driver or None, "python": sys.version.split()[0]}
+
+
+CAPTURE_PROBE = """
+import json, sys, torch, torchvision
+from prunefx.runtime.cuda_graph import GpuModel, CudaDevice
+from prunefx.graph import capture
+batch = int(sys.argv[1])
+model = torchvision.models.resnet50().eval()
+program = capture(model, torch.randn(batch, 3, 224, 224), name="resnet50").eval()
+gpu = GpuModel(program, precision="fp16", device=CudaDevice())
+print(json.dumps({"batch": batch, "mode": gpu.mode, "ms": gpu.time_once(), "timing": gpu.timing()}))
+"""
+
+
+def run(args) -> int:
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="gpu-check-site-") as site:
+        env = install(Path(site), args.smoke)
+        steps = Steps(out, args.seconds, env)
+        python = [sys.executable, "-P"]  # -P: the checkout's own prunefx/ folder must not shadow the wheel
+        summary = {"smoke": args.smoke, "machine": facts(env)}
+        bench = ROOT / "benchmarks"
+        steps.run("pytest -m gpu", [*python, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                                    "--rootdir", str(ROOT), str(ROOT / "tests")], 150, log="gpu_pytest.log")
+        if args.smoke:
+            steps.steps.append({"step": "capture probe", "skipped": "no GPU (smoke)"})
+        else:
+            for batch in (64, 128):
+                probe_env = dict(env, PRUNEFX_CUDA_CAPTURE_BATCH_LIMIT="100000")
+                steps.env = probe_env
+                steps.run(f"capture probe at batch {batch}", [*python, "-c", CAPTURE_PROBE, str(batch)], 60)
+                steps.env = env
+        _budget(steps, python, bench, args.smoke)
+        module_speed = ["--model", "timm:deit_tiny_patch16_224", "--image-size", "64", "--device", "cpu",
+                        "--runs", "10"] if args.smoke else ["--batch", "8"]
+        steps.run("module_speed", [*python, str(bench / "module_speed.py"), *module_speed,
+                                   "--out", str(out / "gpu_module_speed.json")], 120)
+        speedup = ["--smoke", "--runs", "3"] if args.smoke else ["--time-limit", str(max(steps.left() - 120, 30))]
+        steps.run("gpu_speedup", [*python, str(bench / "gpu_speedup.py"), *speedup, "--out", str(out)],
+                  steps.left() - 5)
+        summary["steps"] = steps.steps
+        (out / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
+    failed = [s["step"] for s in steps.steps if s.get("exit") not in (0, None) or s.get("timed_out")]
+    print(f"gpu-check: wrote {out / 'gpu_check.json'}; " + (f"failed: {', '.join(failed)}" if failed else "all ran"))
+    return 1 if failed else 0
+
+
+def _budget(steps: Steps, python: list[str], bench: Path, smoke: bool) -> None:
+    """prune --speedup on the cuda backend (ort on a CPU for --smoke), then the independent re-measure."""
+    reference, batch, speedup, backend = (("prunefx:resnet20", 1, "1.2", "ort") if smoke else
+                                          ("torchvision:resnet50", 32, "1.5", "cuda"))
+    shape = "1x1x28x28" if smoke else f"{batch}x3x224x224"
+    dense = steps.out / "budget_dense.pt2"
+    save_dense = ("import sys; from prunefx.loading import model_and_program; "
+                  "model_and_program(sys.argv[1], input_shape=sys.argv[2])[1].eval().save(sys.argv[3])")
+    steps.run("dense model", [*python, "-c", save_dense, reference, shape, str(dense)], 120)
+    chosen_folder = steps.out / "budget_prune"
+    code = steps.run(f"prune --speedup {speedup} --backend {backend} --batch {batch}",
+                     [*python, "-m", "prunefx", "prune", str(dense), "--speedup", speedup, "--backend", backend,
+                      "--batch", str(batch), "-o", str(chosen_folder)], 240)
+    if code == 0:
+        shutil.copy(chosen_folder / "report.json", steps.out / "gpu_prune_report.json")
+        steps.run("re-measure with its own timer", [*python, str(bench / "remeasure_speedup.py"), str(dense),
+                                                    str(chosen_folder / "model.pt2"), "--batch", str(batch),
+                                                    "--json", str(steps.out / "gpu_remeasure.json")], 90)
+    shutil.rmtree(chosen_folder, ignore_errors=True)
+    dense.unlink(missing_ok=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=("prepare", "run"))
+    parser.add_argument("--smoke", action="store_true", help="on a CPU, with stand-ins: proves the check end to end")
+    parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "build" / "gpu-check"))
+    parser.add_argument("--seconds", type=float, default=510.0, help="the whole run's limit")
+    args = parser.parse_args(argv)
+    return prepare(args.smoke) if args.action == "prepare" else run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""scripts/gpu_check.py's step runner: every step under its own timeout inside the whole check's limit, so one
+hung step costs its own time and the rest still run. (The whole check runs on a CPU with `make gpu-check-smoke`.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_a_hung_step_is_stopped_at_its_timeout_and_the_next_still_runs(tmp_path):
+    steps = _script().Steps(tmp_path, seconds=60, env=None)
+    assert steps.run("hangs", [sys.executable, "-c", "import time; time.sleep(60)"], timeout=11) is None
+    assert steps.run("works", [sys.executable, "-c", "print('done')"], timeout=30, log="works.log") == 0
+    hung, works = steps.steps
+    assert hung["timed_out"] and 10 <= hung["seconds"] < 20
+    assert works["exit"] == 0 and (tmp_path / "works.log").read_text().strip() == "done"
+
+
+def test_a_step_without_time_left_is_listed_as_skipped(tmp_path):
+    steps = _script().Steps(tmp_path, seconds=12, env=None)
+    assert steps.run("late", [sys.executable, "-c", "pass"], timeout=60) is None
+    assert steps.steps == [{"step": "late", "skipped": "no time left"}]
+
+
+def test_the_wheels_carried_are_pinned_to_the_versions_tested_here():
+    script = _script()
+    assert script._pinned("foolbox==3.3.4") == "foolbox==3.3.4"
+    assert script._pinned("torch-pruning").startswith("torch-pruning==")
