@@ -288,3 +288,38 @@ def test_the_pair_on_a_gpu_measures_the_wider_model_slower():
     pair = CudaBackend().latency_pair(Settings(runs=50, warmup=10, precision="fp16", batch=8))
     dense_ms, narrow_ms, _ = pair(_net(512, batch=8), _net(8, batch=8))
     assert dense_ms > narrow_ms > 0
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_a_tiny_layer_is_timed_without_its_launch():
+    """A 1x1 convolution on a small input is a few microseconds of GPU work, less than a graph launch: its
+    sample holds many iterations per replay, and the time agrees with Triton's own CUDA-graph timer."""
+    triton_testing = pytest.importorskip("triton.testing")
+    module = nn.Conv2d(64, 64, 1).eval()
+    model = GpuModel.of_module(module, (torch.randn(1, 64, 14, 14),), precision="fp16", device=CudaDevice())
+    assert model.mode == "graph" and model.iterations > 1 and torch.backends.cudnn.benchmark
+    ours = sorted(model.time_once() for _ in range(50))[25]
+    theirs = triton_testing.do_bench_cudagraph(model._call, rep=100)
+    assert 0.5 < ours / theirs < 2.0
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_a_large_batch_is_sampled_eagerly_back_to_back_and_agrees_with_triton():
+    triton_testing = pytest.importorskip("triton.testing")
+    program = _net(64, batch=capture_batch_limit())
+    eager = GpuModel(program, precision="fp16", device=CudaDevice())
+    assert eager.mode == "eager" and "timed eagerly" in eager.reason
+    ours = sorted(eager.time_once() for _ in range(30))[15]
+    assert 0.5 < ours / triton_testing.do_bench(eager._call, rep=100) < 2.0
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_profile_rows_are_gpu_work_on_a_gpu():
+    program = _net(64, batch=8)
+    profile = cuda_module.BACKEND.profile(
+        cuda_module.BenchModel("net", program, None, list(program.example_inputs)), Settings(runs=5, warmup=2))
+    convolutions = [row for row in profile.rows if row.layer_type == "conv2d"]
+    assert len(convolutions) == 2 and all(0 < row.median_ms < 1.0 for row in convolutions)
