@@ -3,10 +3,13 @@
 - `image_files(folder)`: the image files under a folder, walked without following symlinked folders
   (a link to `..` would make the walk grow without end) and refusing a file whose link leads out of
   the folder: a data set is what lies inside its folder.
-- `open_image(path)` (PIL, RGB) and `read_image(path)` (torchvision, uint8 3 x H x W): the file is
+- `open_image(path)` (PIL, RGB) and `read_image(path)` (the same, as uint8 3 x H x W): the file is
   read once, as a regular file of at most MAX_IMAGE_BYTES, and the pixel count its header declares is
   checked against MAX_IMAGE_PIXELS before anything is decoded (a 1.5 MB PNG can declare 40000 x
   40000 pixels, 4.8 GB decoded). Every failure is one PrunefxError line naming the file.
+- One decoder, PIL, for every image (`--data` and `--calibrate` alike): it raises on a corrupt file,
+  where torchvision's PNG decoder ends the process (libpng's error on one flipped bit of pixel data is
+  a segmentation fault there), and the same file gives the same pixels on every path.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_image
 
 from prunefx.graph.errors import PrunefxError, first_line, printable
 from prunefx.graph.safety.regular_files import read_regular_file
@@ -115,11 +118,6 @@ def open_image(path: str | Path) -> Image.Image:
 
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """The image at `path` decoded to RGB uint8 (3 x H x W) by torchvision, from the same bytes whose
-    header was checked."""
-    data, _ = _checked_bytes(path)
-    try:
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError) as error:
-        raise PrunefxError(f"cannot read image {printable(str(path))}: {first_line(error)} "
-                           "(remove or replace the file)") from None
+    """The image at `path` decoded to RGB uint8 (3 x H x W), by PIL as `open_image` decodes it."""
+    pixels = np.asarray(open_image(path))  # H x W x 3, uint8
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
