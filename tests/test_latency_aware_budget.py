@@ -83,6 +83,19 @@ def test_a_latency_steered_search_meets_the_budget_on_the_runtime_and_reports_ti
     assert timer.calls > 0
 
 
+def test_the_report_gives_the_tables_prediction_error_against_whole_model_measurements(resnet, timer, tmp_path):
+    """The stand-in runtime's whole-model time is the table's sum plus a fixed 0.01 ms, so the table's speed-up
+    is a little above the measured one: the error is small but not zero, and is the trace's own median."""
+    _, outcome = meet_budget(resnet, speedup=1.6, measurer=StandIn(), choose_by="latency", width=WIDTH,
+                             latency_cache=str(tmp_path), tolerance=0.25)
+    rows = [row for row in outcome.search["trace"] if "same_widths_as" not in row]
+    errors = sorted(abs(row["table_speedup"] / row["speedup"] - 1) for row in rows)
+    assert rows and all(row["table_speedup"] > row["speedup"] > 1 for row in rows)
+    middle = len(errors) // 2
+    median = errors[middle] if len(errors) % 2 else (errors[middle - 1] + errors[middle]) / 2
+    assert outcome.search["table_error"] == pytest.approx(median) and 0 < outcome.search["table_error"] < 0.05
+
+
 def test_the_table_is_timed_once_per_device_and_read_from_the_cache_after(resnet, timer, tmp_path):
     meet_budget(resnet, speedup=1.3, measurer=StandIn(), choose_by="latency", width=WIDTH,
                 latency_cache=str(tmp_path), tolerance=0.5, max_candidates=2)

@@ -5,10 +5,12 @@ and accepted by the rule every budget search shares (passes/budget/search.py).""
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prunefx.graph import Program
+from prunefx.graph.channels.plan_latency import timed_layers
 from prunefx.passes.budget.measurement import as_measurer
 from prunefx.passes.budget.search import (
     Acceptance,
@@ -40,6 +42,7 @@ class Candidate:
     measured: Measured
     target: str = "macs"
     same_as: int | None = None  # the earlier candidate with the same widths, whose measurement it shares
+    table_speedup: float | None = None  # what the latency table predicts (its timed layers' sum, dense / this)
 
     @property
     def speedup(self) -> float:
@@ -53,8 +56,9 @@ class Candidate:
     def to_dict(self) -> dict:
         asked = "macs_fraction_asked" if self.target == "macs" else "layer_time_asked"
         same = {} if self.same_as is None else {"same_widths_as": self.same_as}
+        table = {} if self.table_speedup is None else {"table_speedup": self.table_speedup}
         return {asked: self.fraction, "macs_kept": self.result.facts_as(ChannelsRemoved).macs_kept,
-                **same, **self.measured.to_dict()}
+                **same, **table, **self.measured.to_dict()}
 
 
 class WidthSearch:
@@ -95,8 +99,22 @@ class WidthSearch:
             candidate = Candidate(fraction, result, Measured.of(self.latency(self.dense, result.program)), target)
         else:
             candidate = Candidate(fraction, result, self.trace[same].measured, target, same_as=same)
+        if self.settings.latency_table is not None:
+            candidate.table_speedup = self._table_ms(self.dense) / self._table_ms(result.program)
         self.trace.append(candidate)
         return candidate
+
+    def _table_ms(self, program: Program) -> float:
+        """The latency table's time of `program`'s timed layers at the widths it has."""
+        table = self.settings.latency_table
+        return sum(table(layer, layer.in_channels, layer.out_channels) for layer in timed_layers(program.module))
+
+    def table_error(self) -> float | None:
+        """The median of |table's speed-up / measured speed-up - 1| over the candidates measured (not shared): how
+        far the per-layer table, which steers the search, is from whole-model measurements."""
+        errors = [abs(c.table_speedup / c.speedup - 1) for c in self.trace
+                  if c.table_speedup is not None and c.same_as is None and c.speedup > 0]
+        return statistics.median(errors) if errors else None
 
     def _same_widths(self, program: Program) -> int | None:
         """The index of the first candidate whose every parameter and buffer has the shapes of `program`'s."""
