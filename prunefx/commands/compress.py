@@ -48,7 +48,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data-format", choices=FORMATS,
                         help="the layout of --data on disk (default: detected from the path)")
     parser.add_argument("--workers", type=options.non_negative,
-                        help="processes decoding images from disk (default: one per core, at most 8)")
+                        help="processes decoding images from disk (default: one per core, at most 8; never "
+                             "more than the cores, or than the open-file limit leaves room for: said when capped)")
     parser.add_argument("--palette", metavar="FILE",
                         help="colour masks: one 'R G B name' line per class (default: palette.txt beside the masks)")
     parser.add_argument("--seed", type=options.seed, default=0, metavar="N",

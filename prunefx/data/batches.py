@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, default_collate
 
+from prunefx.data.worker_limits import bounded_workers
 from prunefx.graph.errors import PrunefxError
 
 IGNORED_LABEL = -1
@@ -133,6 +134,7 @@ class StaticBatches(DataLoader):
                  world: tuple[int, int] | None = None):
         rank, world_size = world or _world()
         _check(len(dataset), batch_size, shuffle, world_size)
+        num_workers = bounded_workers(num_workers)  # within the cores and open files (worker_limits.py)
         self.source, self.seed, self.epoch, self.shuffle = dataset, seed, 0, shuffle
         self._options = {"shuffle": shuffle, "seed": seed, "num_workers": num_workers, "prepare": prepare}
         items = _SeededItems(dataset, seed) if shuffle else _padded(dataset, batch_size)
