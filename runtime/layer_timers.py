@@ -34,6 +34,7 @@ from prunefx.runtime.width_multiple import CPUINFO
 
 OPSET = 18
 IR_VERSION = 9  # read by every ONNX Runtime prunefx supports
+NORM_EPS = 1e-5
 
 
 def cpu_model(cpuinfo: str | None = None) -> str:
@@ -62,24 +63,68 @@ def _weights(layer: TimedLayer) -> tuple[np.ndarray, np.ndarray | None]:
     return weight, bias
 
 
+def _norm(layer: TimedLayer) -> tuple[np.ndarray, ...]:
+    """An inference batch norm's scale, shift, mean and variance over the layer's outputs (random, positive
+    variance): they do not change its time, and both renderings of the layer read the same ones."""
+    rng = np.random.default_rng(1)
+    scale, shift, mean = (rng.standard_normal(layer.out_channels).astype(np.float32) for _ in range(3))
+    return scale, shift, mean, (0.5 + rng.random(layer.out_channels)).astype(np.float32)
+
+
+def _onnx_epilogue(layer: TimedLayer, source: str) -> tuple[list, list]:
+    """The ONNX nodes (and initializers) of the layer's epilogue, from `source` to the output "y"."""
+    nodes, initializers = [], []
+    for index, op in enumerate(layer.epilogue):
+        out = "y" if index == len(layer.epilogue) - 1 else f"e{index}"
+        if op == "batch_norm":
+            names = [f"bn_{part}" for part in ("scale", "shift", "mean", "var")]
+            initializers += [numpy_helper.from_array(array, name) for array, name in zip(_norm(layer), names)]
+            nodes.append(helper.make_node("BatchNormalization", [source, *names], [out], epsilon=NORM_EPS))
+        elif op == "relu6":
+            initializers += [numpy_helper.from_array(np.array(v, np.float32), n) for v, n in ((0, "lo"), (6, "hi"))]
+            nodes.append(helper.make_node("Clip", [source, "lo", "hi"], [out]))
+        elif op in ("silu", "gelu"):  # x * sigmoid(x); x * (1 + erf(x / sqrt 2)) / 2, which ORT fuses to Gelu
+            if op == "silu":
+                nodes.append(helper.make_node("Sigmoid", [source], [f"{out}_g"]))
+            else:
+                initializers += [numpy_helper.from_array(np.array(v, np.float32), n)
+                                 for v, n in ((np.sqrt(2.0), "root2"), (1.0, "one"), (0.5, "half"))]
+                nodes += [helper.make_node("Div", [source, "root2"], [f"{out}_d"]),
+                          helper.make_node("Erf", [f"{out}_d"], [f"{out}_e"]),
+                          helper.make_node("Add", [f"{out}_e", "one"], [f"{out}_a"]),
+                          helper.make_node("Mul", [f"{out}_a", "half"], [f"{out}_g"])]
+            nodes.append(helper.make_node("Mul", [source, f"{out}_g"], [out]))
+        elif op == "hardsigmoid":
+            nodes.append(helper.make_node("HardSigmoid", [source], [out], alpha=1 / 6, beta=0.5))
+        else:
+            nodes.append(helper.make_node({"relu": "Relu", "hardswish": "HardSwish", "sigmoid": "Sigmoid"}[op],
+                                          [source], [out]))
+        source = out
+    return nodes, initializers
+
+
 def layer_model(layer: TimedLayer) -> onnx.ModelProto:
-    """A one-layer ONNX model computing `layer` on an input `x` of its input shape."""
+    """A one-layer ONNX model computing `layer`, and its epilogue, on an input `x` of its input shape."""
     weight, bias = _weights(layer)
     initializers = []
+    result = "t" if layer.epilogue else "y"
     if layer.kind == "conv2d":
         initializers.append(numpy_helper.from_array(weight, "w"))
         inputs = ["x", "w"]
         if bias is not None:
             initializers.append(numpy_helper.from_array(bias, "b"))
             inputs.append("b")
-        nodes = [helper.make_node("Conv", inputs, ["y"], kernel_shape=list(layer.kernel), strides=list(layer.stride),
-                                  pads=list(layer.padding), dilations=list(layer.dilation), group=layer.groups)]
+        nodes = [helper.make_node("Conv", inputs, [result], kernel_shape=list(layer.kernel),
+                                  strides=list(layer.stride), pads=list(layer.padding),
+                                  dilations=list(layer.dilation), group=layer.groups)]
     else:
         initializers.append(numpy_helper.from_array(np.ascontiguousarray(weight.T), "w"))
-        nodes = [helper.make_node("MatMul", ["x", "w"], ["y" if bias is None else "t"])]
+        nodes = [helper.make_node("MatMul", ["x", "w"], [result if bias is None else "m"])]
         if bias is not None:
             initializers.append(numpy_helper.from_array(bias, "b"))
-            nodes.append(helper.make_node("Add", ["t", "b"], ["y"]))
+            nodes.append(helper.make_node("Add", ["m", "b"], [result]))
+    tail, extra = _onnx_epilogue(layer, result)
+    nodes, initializers = nodes + tail, initializers + extra
     graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
                                                                                list(layer.input_shape))],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
@@ -124,8 +169,13 @@ class OnnxRuntimeLayerTimer:
                                clock=self.clock).median_ms
 
 
+_TORCH_ACTIVATIONS = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "gelu": F.gelu,
+                      "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid, "sigmoid": torch.sigmoid}
+
+
 class LayerModule(torch.nn.Module):
-    """The layer as a module: a convolution (with its own asymmetric padding) or a linear layer."""
+    """The layer as a module: a convolution (with its own asymmetric padding) or a linear layer, then its
+    epilogue (an inference batch norm, an activation)."""
 
     def __init__(self, layer: TimedLayer):
         super().__init__()
@@ -133,8 +183,21 @@ class LayerModule(torch.nn.Module):
         self.layer = layer
         self.weight = torch.nn.Parameter(torch.from_numpy(weight), requires_grad=False)
         self.bias = torch.nn.Parameter(torch.from_numpy(bias), requires_grad=False) if bias is not None else None
+        if "batch_norm" in layer.epilogue:
+            for name, array in zip(("norm_scale", "norm_shift", "norm_mean", "norm_var"), _norm(layer)):
+                self.register_buffer(name, torch.from_numpy(array))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._layer(x)
+        for op in self.layer.epilogue:
+            if op == "batch_norm":  # after a convolution only (graph/channels/plan_latency.epilogue)
+                y = F.batch_norm(y, self.norm_mean, self.norm_var, self.norm_scale, self.norm_shift, False, 0.0,
+                                 NORM_EPS)
+            else:
+                y = _TORCH_ACTIVATIONS[op](y)
+        return y
+
+    def _layer(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.layer
         if layer.kind == "linear":
             return F.linear(x, self.weight, self.bias)

@@ -4,6 +4,7 @@ A fake timer gives each layer a time from a formula, so every figure is known by
 checked for what they build (a one-layer model that computes the layer), not for how fast it runs."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnxruntime as ort
@@ -302,3 +303,42 @@ def test_depthwise_and_grouped_layers_are_timed_only_at_widths_they_run(tmp_path
     # the ONNX Runtime timer runs every geometry of this table (a width its groups do not divide would fail)
     program_latency_table(program, layer_timer("ort", Settings(threads=1, runs=1, warmup=0)), multiple=8, batch=1,
                           cache_dir=tmp_path / "ort")
+
+
+def test_layers_are_timed_with_the_norm_and_activation_that_alone_read_them():
+    """In context: a convolution with the batch norm and activation after it, a linear layer with its GELU; a
+    convolution whose output two operators read (a residual) is priced alone."""
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+            self.shared, self.head = torch.nn.Conv2d(8, 8, 1), torch.nn.Linear(8, 6)
+
+        def forward(self, x):
+            y = torch.nn.functional.relu6(self.norm(self.conv(x)))
+            z = self.shared(y)
+            y = z + torch.sigmoid(z)
+            return torch.nn.functional.gelu(self.head(y.mean((2, 3))))
+
+    program = capture(Block().eval(), torch.randn(1, 4, 6, 6), name="block")
+    found = {layer.name: layer.epilogue for layer in timed_layers(program.module)}
+    assert sorted(found.values()) == [(), ("batch_norm", "relu6"), ("gelu",)]
+    layer = next(layer for layer in timed_layers(program.module) if layer.epilogue == ("batch_norm", "relu6"))
+    assert layer.geometry().endswith(" e=batch_norm+relu6") and layer.resized(8, 16).epilogue == layer.epilogue
+
+
+@pytest.mark.parametrize("epilogue", [("batch_norm", "relu"), ("batch_norm", "relu6"), ("silu",), ("gelu",),
+                                      ("batch_norm", "hardswish"), ("hardsigmoid",), ("sigmoid",)])
+def test_the_onnx_and_torch_renderings_of_a_layer_in_context_compute_the_same(epilogue):
+    """Two independent renderings of one layer with its epilogue (ONNX nodes run by ONNX Runtime, torch
+    functions) agree: the ORT timer and the GPU timer price the same computation."""
+    kind = "linear" if epilogue == ("gelu",) else "conv2d"
+    layer = (TimedLayer("l", "linear", (2, 5, 12), 7, True, epilogue=epilogue) if kind == "linear" else
+             replace(CONV, epilogue=epilogue))
+    x = torch.randn(layer.input_shape, generator=torch.Generator().manual_seed(3))
+    session = ort.InferenceSession(layer_model(layer).SerializeToString(), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        torch_out = LayerModule(layer).eval()(x)
+    torch.testing.assert_close(torch.from_numpy(onnx_out), torch_out, rtol=1e-4, atol=1e-4)

@@ -11,6 +11,7 @@ changes most, and a whole-model measurement is what confirms a speed-up.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -41,6 +42,7 @@ class TimedLayer:
     padding: tuple[int, ...] = ()    # begin and end per spatial dim: (top, left, bottom, right)
     dilation: tuple[int, ...] = ()
     groups: int = 1
+    epilogue: tuple[str, ...] = ()   # what runs on its output alone, in order: "batch_norm", then an activation
 
     @property
     def in_channels(self) -> int:
@@ -62,7 +64,7 @@ class TimedLayer:
         """Everything but the name: equal geometries time alike, so a cache keys entries by this."""
         return (f"{self.kind} in={list(self.input_shape)} out={self.out_channels} bias={int(self.bias)} "
                 f"k={list(self.kernel)} s={list(self.stride)} p={list(self.padding)} d={list(self.dilation)} "
-                f"g={self.groups}")
+                f"g={self.groups}" + (f" e={'+'.join(self.epilogue)}" if self.epilogue else ""))
 
 
 LayerTime = Callable[[TimedLayer, int, int], float]  # (dense layer, in width, out width) -> ms
@@ -82,8 +84,42 @@ def timed_layers(module: torch.fx.GraphModule) -> list[TimedLayer]:
         else:
             continue
         if layer is not None:
-            layers.append(layer)
+            layers.append(replace(layer, epilogue=epilogue(node, norm=layer.kind == "conv2d")))
     return layers
+
+
+ACTIVATIONS = ("relu", "relu6", "silu", "gelu", "hardswish", "hardsigmoid", "sigmoid")
+_NORMS = ("batch_norm", "_native_batch_norm_legit_no_training")
+
+
+def _op(node: torch.fx.Node) -> str:
+    packet = getattr(node.target, "_overloadpacket", None)
+    name = getattr(packet, "__name__", "") if node.op == "call_function" else ""
+    if name in ("hardtanh", "hardtanh_") and tuple(node.args[1:3]) == (0.0, 6.0):
+        return "relu6"
+    return name.rstrip("_") if name not in _NORMS else name
+
+
+def _only_user(node: torch.fx.Node) -> torch.fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def epilogue(node: torch.fx.Node, norm: bool = True) -> tuple[str, ...]:
+    """The inference batch norm (where `norm`: after a convolution) and the activation that alone read a
+    layer's output, in order: a runtime runs them with the layer (ONNX Runtime folds the norm and fuses the
+    activation; a GPU runs them on the output it just wrote), so a latency table prices the layer with them."""
+    found: list[str] = []
+    user = _only_user(node)
+    if norm and user is not None and _op(user) in _NORMS:
+        found.append("batch_norm")
+        if _op(user) != "batch_norm":  # the native norm returns a tuple: its output is item 0
+            item = _only_user(user)
+            user = item if item is not None and item.target is operator.getitem and item.args[1] == 0 else None
+        user = _only_user(user) if user is not None else None
+    if user is not None and _op(user) in ACTIVATIONS:
+        found.append(_op(user))
+    return tuple(found)
 
 
 def _argument(node: torch.fx.Node, index: int, name: str, default):
