@@ -51,7 +51,11 @@ class FakeLayerTimer:
     backend, device, precision, settings = "fake", "test device", "fp32", "stand-in"
 
     def __init__(self):
-        self.calls = 0
+        self.calls, self.settings_given = 0, []
+
+    def given(self, settings):
+        self.settings_given.append(settings)
+        return self
 
     def __call__(self, layer) -> float:
         self.calls += 1
@@ -62,7 +66,7 @@ class FakeLayerTimer:
 def timer(monkeypatch):
     fake = FakeLayerTimer()
     module = importlib.import_module("prunefx.runtime.backend_layer_timer")
-    monkeypatch.setattr(module, "layer_timer", lambda name, settings: fake)
+    monkeypatch.setattr(module, "layer_timer", lambda name, settings: fake.given(settings))
     return fake
 
 
@@ -127,3 +131,19 @@ def test_the_cli_refuses_choose_by_latency_without_a_budget(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == EXIT_USER_ERROR and len(err) == 1 and "--choose-by latency steers a budget" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_the_cli_times_the_latency_table_at_the_threads_it_times_whole_models_at(resnet, timer, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """`--threads` reaches the per-layer table as it reaches the whole-model pair (the table was timed at the
+    default thread count whatever --threads said)."""
+    from prunefx.cli import main
+
+    pairs = []
+    monkeypatch.setenv("PRUNEFX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("prunefx.cli_options.budget_latency", lambda args: pairs.append(args.threads) or StandIn())
+    code = main(["prune", str(resnet.save(tmp_path / "resnet.pt2")), "--speedup", "1.3", "--choose-by", "latency",
+                 "--threads", "3", "--importance", "l2", "-o", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    assert pairs == [3] and [settings.threads for settings in timer.settings_given] == [3]

@@ -171,7 +171,7 @@ def _meet_budget(args, program, calibration: Calibration | None, config: dict, d
     try:
         _, outcome = meet_budget(
             program, speedup=args.speedup, latency_ms=args.latency_ms, backend=args.backend, precision=args.precision,
-            batch=args.batch, measurer=cli_options.budget_latency(args), calibration=calibration.batches if calibration and args.calibrate else None,
+            batch=args.batch, threads=args.threads, trtexec=getattr(args, "trtexec", None), measurer=cli_options.budget_latency(args), calibration=calibration.batches if calibration and args.calibrate else None,
             allow_depth=args.allow_depth, tolerance=args.tolerance, confirm=args.confirm,
             max_candidates=args.max_candidates, recalibrate=args.recalibrate is not False, width=width,
             log=lambda line: print(line, flush=True), choose_by=args.choose_by, compile=args.compile, device=device)
