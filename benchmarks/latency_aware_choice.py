@@ -16,7 +16,9 @@ times faster; then its one-shot test accuracy (obs selection with compensation a
 recalibration on 512 training images, no fine-tuning, no labels).
 Part 2 (--equal-macs), speed-up at equal MACs (random weights at 224 x 224, the models of
 benchmarks/prune_latency.py, l2 importance): macs at --macs of the MACs, and latency at the table
-fraction whose MACs are the same within 3 %; both timed against the dense model.
+fraction whose MACs are the same within 3 %; both timed against the dense model round by round (--rounds
+rounds, each timing both choices, in an order that turns each round), so that a machine that slows down for a
+while slows both alike; each choice's figures are its medians over the rounds.
 
 --smoke runs every step on untrained models with tiny settings (batches of 16, 256 test images, 2 candidates,
 5 timed runs; its figures mean nothing) and writes under build/latency_aware_choice/smoke unless --results
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import sys
 import tempfile
 import time
@@ -77,9 +80,28 @@ class Timing:
         return onnx_runner(path, self.example, threads=self.args.threads)
 
     def speedup(self, program: Program) -> dict:
-        comparison = compare_latency(self.dense, self._runner(program), warmup=self.args.warmup,
-                                     runs=self.args.runs, threads=self.args.threads)
+        return self._against_dense(self._runner(program), self.args.runs)
+
+    def _against_dense(self, runner, runs: int) -> dict:
+        comparison = compare_latency(self.dense, runner, warmup=self.args.warmup, runs=runs,
+                                     threads=self.args.threads)
         return {"speedup": comparison.speedup, "dense_ms": comparison.a.median_ms, "ms": comparison.b.median_ms}
+
+    def side_by_side(self, programs: dict[str, Program], rounds: int) -> dict[str, dict]:
+        """Speed-ups of several pruned models, timed round by round against the dense one (each round times every
+        model, in an order that turns each round): a machine that slows down for a while slows all of them alike.
+        Each model's figures are the medians over the rounds, and its speed-up of every round is kept."""
+        runners = {name: self._runner(program) for name, program in programs.items()}
+        runs = max(self.args.runs // rounds, 10)
+        per_round: dict[str, list[dict]] = {name: [] for name in programs}
+        for index in range(rounds):
+            names = list(programs) if index % 2 == 0 else list(reversed(programs))
+            for name in names:
+                per_round[name].append(self._against_dense(runners[name], runs))
+        return {name: {**{key: statistics.median(result[key] for result in results)
+                          for key in ("speedup", "dense_ms", "ms")},
+                       "round_speedups": [result["speedup"] for result in results]}
+                for name, results in per_round.items()}
 
 
 def latency_table(dense: Program, args):
@@ -158,13 +180,13 @@ def equal_macs_rows(model: str, args) -> list[dict]:
             break
         low, high = (fraction, high) if kept < target else (low, fraction)
         fraction = 0.5 * (low + high)
-    rows = []
+    chosen = {"macs": (by_macs, args.macs), "latency": (best[0], best[2])}
     with tempfile.TemporaryDirectory() as folder:
-        timing = Timing(dense, args, Path(folder))
-        for choice, program, fraction in (("macs", by_macs, args.macs), ("latency", best[0], best[2])):
-            rows.append({"model": model, "choice": choice, "fraction": fraction,
-                         "macs_kept": count(program).macs / count(dense).macs, **timing.speedup(program)})
-    return rows
+        timed = Timing(dense, args, Path(folder)).side_by_side(
+            {choice: program for choice, (program, _) in chosen.items()}, args.rounds)
+    return [{"model": model, "choice": choice, "fraction": fraction,
+             "macs_kept": count(program).macs / count(dense).macs, **timed[choice]}
+            for choice, (program, fraction) in chosen.items()]
 
 
 def markdown(report: dict) -> str:
@@ -198,6 +220,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--round-to", type=int, default=None, help="default: ONNX Runtime's multiple on this CPU")
     parser.add_argument("--steps", type=int, default=6, help="candidates measured per choice and speed-up")
     parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="part 2: rounds that time both choices against the dense model, runs split among them")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--table-runs", type=int, default=10, help="timed runs per table entry (at most 10)")
     parser.add_argument("--points", type=int, default=4, help="widths per axis in the latency table")
@@ -213,6 +237,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.equal_macs = list(ZOO)
     if args.smoke:
         args.speedups, args.steps, args.runs, args.warmup, args.table_runs, args.points = [1.2], 2, 5, 1, 3, 2
+        args.rounds = 2
         args.results = args.results or CACHE / "smoke"
     return args
 
