@@ -43,6 +43,7 @@ def _reads_strided(node: torch.fx.Node) -> bool:
 
 def _insert_clone(graph: torch.fx.Graph, reshape: torch.fx.Node) -> None:
     source = reshape.args[0]
+    assert isinstance(source, torch.fx.Node)  # _reads_strided checked it
     with graph.inserting_before(reshape):
         clone = graph.call_function(torch.ops.aten.clone.default, (source,),
                                     {"memory_format": torch.contiguous_format})
