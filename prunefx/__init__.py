@@ -12,6 +12,8 @@ to ONNX and measure it on ONNX Runtime or TensorRT.
 
 import importlib
 
+# First, before torch is imported: in a deleted working folder its native libraries abort the process.
+from prunefx import working_folder  # noqa: F401, I001  (checks on import)
 from prunefx.graph import CaptureError, Program, PrunefxError, VerificationError, capture, count, verify
 from prunefx.graph.channels.rules import channel_rule, remove_channel_rule
 

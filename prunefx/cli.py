@@ -20,7 +20,10 @@ import sys
 import threading
 import warnings
 
+from prunefx import standard_output
+from prunefx.environment_faults import environment_fault, unspellable_arguments
 from prunefx.graph.errors import PrunefxError, first_line, printable
+from prunefx.graph.torch_quiet import WithoutTorchPrints
 from prunefx.output import (
     HungUp,
     Terminated,
@@ -36,6 +39,7 @@ EXIT_INTERNAL_ERROR = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXIT_HUNG_UP = 129  # 128 + SIGHUP
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what `prunefx inspect X | head -1` ends with, as other tools do
 # OSErrors that say what is wrong with a path the user typed (a name over 255 bytes, a loop of links).
 _PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP}
 
@@ -74,28 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(sub)
         sub.set_defaults(handler=module.run)
     return parser
-
-
-class _WithoutTorchPrints:
-    """Stands in for sys.stderr while a command runs. torch.export prints the partial graph of a model
-    it could not capture straight to sys.stderr (`print(e.partial_fx_graph, file=sys.stderr)`), which
-    would bury the one-line error under pages of code; writes made directly from torch's own modules are
-    dropped, everything else (progress bars, our messages) passes through as it comes."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        try:
-            caller = sys._getframe(1).f_globals.get("__name__", "")
-        except ValueError:  # called from C with no Python frame above: not torch's print
-            caller = ""
-        if caller == "torch" or caller.startswith("torch."):
-            return len(text)
-        return self._stream.write(text)
-
-    def __getattr__(self, name: str):
-        return getattr(self._stream, name)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -137,18 +119,27 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a bad argument (2, its one line already printed)
         return int(exit_.code or 0)
+    _never_raise_on_encoding()
+    unspellable = unspellable_arguments(sys.argv[1:] if argv is None else argv)
+    if unspellable:
+        _report(f"prunefx {args.command}: error: {unspellable}")
+        return EXIT_USER_ERROR
     debug = bool(os.environ.get("PRUNEFX_DEBUG"))
     if not debug:
         warnings.filterwarnings("ignore")  # torch.export/onnx warnings are noise for CLI users
-    quiet = contextlib.nullcontext() if debug else contextlib.redirect_stderr(_WithoutTorchPrints(sys.stderr))
+    # torch prints the partial graph of a model it could not capture straight to stderr, under the one line
+    quiet = contextlib.nullcontext() if debug else contextlib.redirect_stderr(WithoutTorchPrints(sys.stderr))
     previous = _install_signal_handlers()
     unraisable = sys.unraisablehook
     if not debug:  # "Exception ignored in ..." from finalisers hit by an interrupt: noise, not news
         sys.unraisablehook = lambda _: None
+    stdout = None
     try:
-        with quiet, _logging_to_stderr(args):
+        with quiet, _logging_to_stderr(args), standard_output.watched_stdout() as stdout:
             check_outputs_spare_inputs(args)
             status = int(args.handler(args) or 0)
+            if stdout is not None:  # a full device or a closed pipe is said here, not at the interpreter's exit
+                stdout.flush()
         raise_if_interrupted()  # an interrupt some library swallowed still ends the run as interrupted
         return status
     except PrunefxError as error:
@@ -166,14 +157,31 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(error, OSError) and error.errno in _PATH_ERRNOS:  # a path the user gave, not a bug
             _report(f"prunefx {args.command}: error: {_one_line(f'{error.strerror}: {error.filename}')}")
             return EXIT_USER_ERROR
+        if stdout is not None and stdout.error is error:  # standard output's, not a file's
+            standard_output.silence()
+            if isinstance(error, BrokenPipeError) or standard_output.reader_gone():
+                return EXIT_BROKEN_PIPE  # the reader took what it wanted: nothing to say, as other tools
+            _report(f"prunefx {args.command}: error: cannot write standard output: {error.strerror or error}")
+            return EXIT_USER_ERROR
         if debug:
             raise
+        fault = environment_fault(error)  # a full disk, a limit, memory, the locale: not prunefx's bug
+        if fault:
+            _report(f"prunefx {args.command}: error: {_one_line(fault)}")
+            return EXIT_USER_ERROR
         _report(f"prunefx {args.command}: internal error: {_one_line(first_line(error))} "
                 "(rerun with PRUNEFX_DEBUG=1 for the traceback, and please report it)")
         return EXIT_INTERNAL_ERROR
     finally:
         sys.unraisablehook = unraisable
         _restore_signal_handlers(previous)
+
+
+def _never_raise_on_encoding() -> None:
+    """A path the terminal's encoding cannot spell is written with escapes, never raised on mid-run."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def _interruption(interrupt: KeyboardInterrupt) -> tuple[str, int]:

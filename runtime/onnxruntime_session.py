@@ -101,8 +101,16 @@ def _load(path: Path, threads: int, spinning: bool, flush_denormals: bool = Fals
     try:
         return cpu_session(str(path), threads, spinning, flush_denormals)
     except Exception as error:  # InvalidProtobuf, Fail, InvalidGraph...: all mean "unusable file"
+        if _out_of_memory(error):  # a memory limit, not a corrupt file: the CLI names it as such
+            raise MemoryError(f"loading {path} into ONNX Runtime: {first_line(error)}") from error
         raise OnnxSessionError(f"cannot load ONNX model {path} (corrupt or not an ONNX file): "
                                f"{first_line(error)}") from error
+
+
+def _out_of_memory(error: Exception) -> bool:
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or any(words in text for words in ("bad_alloc", "bad allocation",
+                                                                             "failed to allocate"))
 
 
 def as_array(value: np.ndarray | torch.Tensor) -> np.ndarray:

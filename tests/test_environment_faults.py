@@ -1,0 +1,130 @@
+"""Faults of the environment named as such, in one line, never "internal error": a closed or full standard
+output, a deleted working folder, a locale that cannot spell a path, out of memory (naming the step and the
+memory), a full disk, an unwritable cache, a process limit (prunefx/environment_faults.py,
+prunefx/standard_output.py, prunefx/working_folder.py)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+
+import prunefx.commands.inspect as inspect_command
+from prunefx.cli import main
+
+pytestmark = pytest.mark.faults
+
+INSPECT = ["inspect", "prunefx:resnet20", "--input-shape", "1x1x28x28"]
+
+
+def _prunefx(*args: str, **popen) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "prunefx", *args], capture_output=True, text=True, timeout=300,
+                          **popen)
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err and "internal error" not in err, err
+    return lines[0]
+
+
+def test_a_reader_that_closed_the_pipe_ends_the_run_quietly_with_141():
+    """`prunefx inspect ... | head -0`: the shell's convention for a closed pipe, 128 + SIGPIPE."""
+    process = subprocess.Popen([sys.executable, "-m", "prunefx", *INSPECT], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # before prunefx writes a byte: torch alone takes seconds to import
+    err = process.stderr.read()
+    assert process.wait(timeout=300) == 141
+    assert err == ""
+
+
+def test_a_full_standard_output_is_one_line():
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "prunefx", *INSPECT], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=300)
+    assert done.returncode == 2
+    assert "cannot write standard output: No space left on device" in _one_line(done.stderr)
+
+
+def test_a_deleted_working_folder_is_one_line_before_torch(tmp_path):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+
+    def enter_then_delete():
+        os.chdir(gone)
+        os.rmdir(gone)
+
+    done = _prunefx(*INSPECT, preexec_fn=enter_then_delete)
+    assert done.returncode == 2
+    assert "the current folder no longer exists" in _one_line(done.stderr)
+
+
+def test_a_path_the_locale_cannot_spell_is_one_line(tmp_path):
+    output = tmp_path / "d\u00e9" / "model.onnx"
+    environment = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    done = subprocess.run([sys.executable, "-m", "prunefx", "export", "prunefx:resnet20", "--input-shape",
+                           "1x1x28x28", "-o", os.fsencode(output)], capture_output=True, timeout=300,
+                          env=environment)
+    line = _one_line(done.stderr.decode("ascii", "backslashreplace"))
+    assert done.returncode == 2 and "this locale's encoding (ascii)" in line and "LC_ALL=C.UTF-8" in line
+
+
+def _inspect_raising(monkeypatch, error: BaseException) -> None:
+    def failing(args):
+        raise error
+
+    monkeypatch.setattr(inspect_command, "run", failing)
+
+
+@pytest.mark.parametrize("error, words", [
+    (MemoryError(), "ran out of memory in test_environment_faults.py:failing; the "),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to "
+                  "allocate 1024 bytes"), "ran out of memory"),
+    (OSError(errno.ENOSPC, "No space left on device", "/tmp/cache/x.bin"),
+     "No space left on device (/tmp/cache/x.bin): free some space"),
+    (PermissionError(errno.EACCES, "Permission denied", "/home/u/.cache/prunefx"),
+     "Permission denied (/home/u/.cache/prunefx): a folder prunefx or a library writes to"),
+    (OSError(errno.EROFS, "Read-only file system", "/home/u/.cache/torch"), "Read-only file system"),
+    (BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable"),
+     "the system refused another process or thread"),
+    (OSError(errno.EMFILE, "Too many open files"), "too many open files (the open-file limit, ulimit -n, is"),
+    (RuntimeError("Too many open files. Communication with the workers is no longer possible."),
+     "too many open files"),
+])
+def test_environment_faults_are_named_as_such(monkeypatch, capsys, error, words):
+    # the tests' own folder counts as prunefx's here: the failing step is this file's `failing`
+    monkeypatch.setattr("prunefx.environment_faults._our_folders", lambda: (os.path.dirname(__file__) + os.sep,))
+    _inspect_raising(monkeypatch, error)
+    assert main(INSPECT) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("prunefx inspect: error: ") and words in line, line
+
+
+def test_a_bug_is_still_an_internal_error(monkeypatch, capsys):
+    _inspect_raising(monkeypatch, KeyError("prunefx's own"))
+    assert main(INSPECT) == 3
+    assert "internal error" in capsys.readouterr().err
+
+
+def test_onnx_runtime_out_of_memory_is_not_a_corrupt_file(monkeypatch, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    import prunefx.runtime.onnxruntime_session as session_module
+
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])
+    result = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [value], [result])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Exception during initialization: "
+                           "std::bad_alloc")
+
+    monkeypatch.setattr(session_module, "cpu_session", out_of_memory)
+    with pytest.raises(MemoryError, match="loading .*model.onnx into ONNX Runtime"):
+        session_module.OnnxRuntimeSession(path, threads=1)
