@@ -4,8 +4,8 @@ Backends are those of the registry (runtime/backends/; `docs/backends.md` lists 
 CPU (default), torch eager, TensorRT engines built from the ONNX file (`trt`, timed with CUDA events, engines
 cached), PyTorch on a CUDA GPU (`cuda`: fp16/bf16 CUDA-graph replays), Torch-TensorRT (`torch-trt`) and the
 `trtexec` program (Jetson boards). A model reference is exported to ONNX first (in a temporary folder) for the
-backends that read files. With --vs, both models are timed alternately, so that machine noise hits both
-equally, and the ratio of medians is the speed-up, with its 90 % interval where the backend gives one
+backends that read files. With --vs, both models must take the same inputs (else the speed-up compares
+different work: refused), and are timed alternately, so that machine noise hits both equally, and the ratio of medians is the speed-up, with its 90 % interval where the backend gives one
 (`speedup_low`, `speedup_high` in --json); trtexec runs are separate processes, one after the other, and say
 so. With ort, the runs are spread over `--rounds` fresh processes (4 by default), each with its own pair of
 sessions: where one process lands varies by several per cent from the next (runtime/latency.py's
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from prunefx import options
 from prunefx.bench_models import add_backend_arguments, bench_model, checked_backend, flushes_denormals
+from prunefx.graph.errors import PrunefxError
 from prunefx.reports.budget_text import interval_text
 from prunefx.runtime import backends
 
@@ -68,11 +69,27 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory(prefix="prunefx-bench-") as tmp:
         references = [(args.model, "a")] + ([(args.vs, "b")] if args.vs else [])
         models = [bench_model(reference, args, backend, Path(tmp), label) for reference, label in references]
+        _check_same_inputs(models)
         report.update(backend.bench(models, settings))
     if args.vs:
         report["vs"] = args.vs
     print(json.dumps(report, indent=2) if args.json else _table(report))
     return 0
+
+
+def _inputs_text(model) -> str:
+    return ", ".join(f"{'x'.join(map(str, tensor.shape))} {str(tensor.dtype).removeprefix('torch.')}"
+                     for tensor in model.inputs)
+
+
+def _check_same_inputs(models) -> None:
+    """A speed-up of two models that take different inputs compares different work (a 640 px detector
+    against a 320 px one is 4x faster for the pixels alone): refused, naming both inputs."""
+    if len(models) == 2 and _inputs_text(models[0]) != _inputs_text(models[1]):
+        first, second = models
+        raise PrunefxError(f"{first.reference} takes {_inputs_text(first)} and {second.reference} takes "
+                           f"{_inputs_text(second)}: a speed-up between different inputs compares different work; "
+                           "compare models at the same input shape (--input-shape, or export both at one size)")
 
 
 def _row(label: str, stats: dict) -> str:
