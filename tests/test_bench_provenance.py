@@ -1,6 +1,7 @@
 """Every published figure comes from a results file, and every results file from a command that makes it from scratch.
 
-- The README's headline tables are exactly what scripts/readme_results.py makes of benchmarks/results/*.json.
+- The README's headline tables are exactly what scripts/readme_results.py makes of benchmarks/results/*.json;
+  each figure of a benchmark page's text is a value of a results file the page shows.
 - benchmarks/published.py (what `make bench` and `make bench-all` run) has one run for each results file: a
   script that exists and takes every option given, no option that reuses an earlier run, and every README row's
   results file in the `bench` lane.
@@ -91,8 +92,33 @@ def _numbers(data) -> list[float]:
 
 
 def _rounds_to(value: float, shown: float, text: str) -> bool:
+    """`value` as a page shows it: itself, a percentage, or millions (MACs)."""
     decimals = len(text.split(".")[1])
-    return any(round(candidate, decimals) == shown for candidate in (value, 100 * value))
+    return any(round(candidate, decimals) == shown for candidate in (value, 100 * value, value / 1e6))
+
+
+# Figures of the benchmark pages that are no measurement: settings and names ("pruned to 0.5 and 0.3 of their MACs",
+# "percentile 99.99", "RegNetY-1.6GF").
+PAGE_SETTINGS = {("index.md", "0.5"), ("index.md", "0.3"), ("int8.md", "99.99"), ("process-rounds.md", "1.6")}
+# Measured figures of the pages that no results file of the page holds yet: each needs its run's results file.
+PAGE_FIGURES_WITHOUT_RESULTS = {("fashion-mnist-accuracy.md", "92.34"), ("process-rounds.md", "0.27"),
+                                ("process-rounds.md", "0.2"), ("segmentation.md", "38.68")}
+
+
+def test_every_figure_of_a_benchmark_page_is_in_the_results_files_it_shows():
+    """Each decimal figure in a benchmark page's text (code blocks aside) is a value of a results file the page
+    shows or names, as shown (or a difference of two, as accuracy points are): a rerun that moves a figure fails
+    here until the page's text follows it."""
+    unsupported = set()
+    for page in sorted((ROOT / "docs" / "benchmarks").glob("*.md")):
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)
+        names = set(re.findall(r"prunefx:results (\w+)", text)) | set(re.findall(r"results/(\w+)\.(?:md|json)", text))
+        values = [value for name in sorted(names) if (RESULTS / f"{name}.json").is_file()
+                  for value in _numbers(json.loads((RESULTS / f"{name}.json").read_text()))]
+        for figure in re.findall(r"(?<![\w.])[+-]?\d+\.\d+", text):
+            if not any(_rounds_to(value, float(figure), figure) for value in values):
+                unsupported.add((page.name, figure))
+    assert unsupported - PAGE_SETTINGS == PAGE_FIGURES_WITHOUT_RESULTS
 
 
 def test_every_results_file_has_exactly_one_run_that_makes_it():
