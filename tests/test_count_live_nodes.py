@@ -2,10 +2,13 @@
 computes and drops in export mode) is neither in the ONNX file nor in a pass's rewritten graph. Counted, it
 made the dense side of a fraction larger than the one remove_channels cut to (YOLOv10n: 0.39 for 0.5 asked)."""
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from prunefx.graph import capture, count, node_macs
+from prunefx.graph.channels.groups import find_channel_groups
+from prunefx.graph.channels.plan_cost import CostModel
 
 
 class DeadBranch(nn.Module):
@@ -37,3 +40,12 @@ def test_a_branch_nothing_reads_is_not_counted():
     dead = add_a_dead_branch(program)
     assert node_macs(dead) == 2 * 8 * 16 and not dead.users  # there, and it would count
     assert count(program).macs == macs
+
+
+def test_a_plan_is_priced_on_the_nodes_count_counts():
+    """remove_channels prices its plans with the same nodes: its prediction for removing nothing is count()'s."""
+    program = capture(DeadBranch().eval(), torch.randn(2, 8))
+    add_a_dead_branch(program)
+    analysis = find_channel_groups(program.module).analysis
+    model = CostModel(program.module, analysis)
+    assert model.cost(np.zeros(model.classes, dtype=bool)).macs == count(program).macs == 2 * 8 * 4

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from prunefx.graph.channels.removal import expand_mask
-from prunefx.graph.counting import Cost, ShapeOf, _shape, node_macs
+from prunefx.graph.counting import Cost, ShapeOf, _shape, live_nodes, node_macs
 
 
 class CostModel:
@@ -22,7 +22,7 @@ class CostModel:
     def __init__(self, module: torch.fx.GraphModule, analysis):
         self.module, self.analysis = module, analysis
         self.classes = int(analysis.classes.max()) + 1 if analysis.classes.size else 0  # length of a removal mask
-        self.mac_nodes = [n for n in module.graph.nodes if node_macs(n) > 0]
+        self.mac_nodes = [n for n in live_nodes(module.graph) if node_macs(n) > 0]  # what count() counts
         parameters = dict(module.named_parameters())
         self.parameter_nodes = [n for n in module.graph.nodes if n.op == "get_attr" and n.target in parameters]
         unlabelled = set(parameters) - {n.target for n in self.parameter_nodes}
