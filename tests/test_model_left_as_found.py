@@ -131,6 +131,58 @@ def test_pipeline_run_and_to_module_leave_model_and_program_as_found(one_thread)
         torch.testing.assert_close(written(x), pruned(x), rtol=1e-5, atol=1e-5)
 
 
+class MacsLatency:
+    """A Measurer whose latency is the MACs (ms per 1e6): the budget search without timing anything."""
+
+    round_to = None
+
+    def __call__(self, dense, candidate):
+        return prunefx.count(dense).macs / 1e6, prunefx.count(candidate).macs / 1e6, 0.0
+
+    def confirm(self, dense, candidate):
+        from prunefx.passes.budget.measurement import Timing
+
+        return Timing(*self(dense, candidate))
+
+
+def _small_program():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 4, 1))
+    return prunefx.capture(model.eval(), torch.randn(1, 3, 16, 16)).eval()
+
+
+@pytest.mark.parametrize("speedup", [1.5, 100.0])  # met, and refused as unreachable
+def test_meet_budget_leaves_the_program_as_found(one_thread, speedup):
+    from prunefx.data.calibration import noise_batches
+
+    program = _small_program()
+    inputs = program.example_inputs
+    before = full_state(program.module)
+    width = {"importance": "l2", "compensate": False, "round_to": 1}
+    try:
+        chosen, _ = prunefx.meet_budget(program, speedup=speedup, measurer=MacsLatency(), width=width,
+                                        calibration=noise_batches(inputs[0], 2))
+        assert prunefx.count(chosen).macs < prunefx.count(program).macs
+    except prunefx.BudgetUnreachable:
+        assert speedup == 100.0
+    assert_state_unchanged(before, program.module)
+    assert len(program.example_inputs) == 1 and torch.equal(program.example_inputs[0], inputs[0])
+
+
+def test_a_failing_pipeline_leaves_the_program_as_found(one_thread):
+    program = _small_program()
+    before = full_state(program.module)
+
+    def breaks_half_way(program, config):
+        program.module.graph.erase_node(list(program.graph.nodes)[-2])  # rewrites its (copied) Program...
+        raise RuntimeError("and then fails")
+
+    with pytest.raises(prunefx.PipelineError, match="breaks_half_way"):
+        prunefx.Pipeline([(prunefx.passes.fold_batchnorm, {}), (breaks_half_way, {})]).run(program)
+    assert_state_unchanged(before, program.module)
+
+
 def test_to_module_names_a_program_of_another_model(one_thread):
     x = torch.randn(1, 3, 8, 8)
     program = prunefx.capture(nn.Sequential(nn.Conv2d(3, 4, 3)).eval(), x)
@@ -172,7 +224,12 @@ def test_a_raw_ultralytics_model_refused_then_prepared_captures_prunes_and_write
     before = full_state(model)
     program = prunefx.capture(model, x).eval()
     assert_state_unchanged(before, model)
+    dense_program = full_state(program.module)
     pruned = prunefx.Pipeline([(prunefx.passes.remove_channels, {"macs": 0.7})]).run(program).program
+    chosen, _ = prunefx.meet_budget(program, speedup=1.3, measurer=MacsLatency(), confirm=False,
+                                    width={"importance": "l2", "compensate": False})
+    assert prunefx.count(chosen).macs < prunefx.count(program).macs
+    assert_state_unchanged(dense_program, program.module)  # neither the Pipeline nor the budget search
     written = prunefx.to_module(pruned, model)
     assert_state_unchanged(before, model)
     with torch.no_grad():
