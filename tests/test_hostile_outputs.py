@@ -17,6 +17,8 @@ import pytest
 from prunefx.cli import main
 from prunefx.output import MARK, record_interrupt
 
+pytestmark = pytest.mark.faults  # failures part-way, full disks, signals: the fault-injection lane
+
 PRUNE = ["prune", "prunefx:resnet20", "--input-shape", "1x1x28x28", "--macs", "0.5"]
 
 
