@@ -49,10 +49,10 @@ from pathlib import Path
 
 import torch
 import torch_pruning as tp
-from common import REPO, command_line, machine_info, machine_summary, markdown_table, write_results
+from common import BUILD, REPO, command_line, machine_info, machine_summary, markdown_table, write_results
 
 from prunefx.assets import mobilenet_v2_weights_path
-from prunefx.data.splits import load_data
+from prunefx.data.load import load_data
 from prunefx.dense_tasks import SegmentationScore, evaluate_dense
 from prunefx.graph import Program, capture, count
 from prunefx.graph.errors import first_line
@@ -66,7 +66,7 @@ from prunefx.runtime import OnnxRuntimeSession, compare_latency, export_onnx, on
 from prunefx.runtime.onnx_quantized import QuantizedExport, export_quantized_onnx, onnxruntime_lowering
 
 NAME = "dense_tasks"
-CACHE = REPO / "build" / NAME
+CACHE = BUILD / NAME
 FRACTIONS = (0.5, 0.33)
 VARIANTS = ("prunefx-obs", "prunefx-cpd", "tp-l2")
 CALIBRATION_BATCHES = 4

@@ -22,13 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prunefx.compress_options import DEFAULTS, Options
+from prunefx.data.load import load_data
 from prunefx.data.splits import (
     CLASSIFICATION,
     DETECTION,
     FASHION_MNIST,
     IMAGENET_SAMPLE,
     DataSplits,
-    load_data,
     scene_spec,
 )
 from prunefx.data.unlabelled import against_dense

@@ -30,22 +30,11 @@ import onnx
 
 from prunefx.graph.errors import PrunefxError, printable
 from prunefx.graph.safety.regular_files import read_regular_file
+from prunefx.runtime.engine_findings import SEVERITIES, Finding
+from prunefx.runtime.engine_graph import GraphIndex
+from prunefx.runtime.engine_rules import run_rules
 from prunefx.runtime.engine_targets import TARGETS, Target
 from prunefx.runtime.onnx_external import inline_external_data
-
-SEVERITIES = ("error", "warning", "info")
-
-
-@dataclass(frozen=True)
-class Finding:
-    severity: str   # error | warning | info
-    rule: str
-    node: str       # the node's (or graph input's) name
-    op: str
-    message: str
-
-    def line(self) -> str:
-        return f"{self.severity:<7} {self.rule:<25} {self.node or '-'} ({self.op}): {self.message}"
 
 
 @dataclass(frozen=True)
@@ -131,8 +120,6 @@ def check_graph(graph: onnx.GraphProto, name: str) -> None:
 def check_model(model: onnx.ModelProto, target: str, *, name: str = "model.onnx", index=None) -> Readiness:
     """Every finding of every rule for `target` on `model`, errors first. `index`: the model's GraphIndex
     (runtime/engine_graph.py) when one is at hand, shared between targets so that the weights are decoded once."""
-    from prunefx.runtime.engine_rules import GraphIndex, run_rules
-
     chosen = target_of(target)
     findings = run_rules(index or GraphIndex(model), chosen)
     findings.sort(key=lambda finding: SEVERITIES.index(finding.severity))
@@ -152,8 +139,6 @@ def report_entry(path: str | os.PathLike, target: str) -> dict:
 
 def report_entries(path: str | os.PathLike, targets: tuple[str, ...]) -> dict[str, dict]:
     """report_entry for each of `targets`, the file read once (its weights are most of it)."""
-    from prunefx.runtime.engine_rules import GraphIndex
-
     model = load_onnx(path)
     index = GraphIndex(model)
     entries = {}

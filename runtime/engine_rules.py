@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 import onnx
 
-from prunefx.runtime.engine_check import Finding
+from prunefx.runtime.engine_findings import Finding
 from prunefx.runtime.engine_graph import LAYERS, GraphIndex
 from prunefx.runtime.engine_targets import Target
 from prunefx.runtime.onnx_float16 import KEEP_FLOAT32

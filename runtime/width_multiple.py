@@ -14,14 +14,12 @@ prune_to_budget uses it unless the user names one:
   This is NVIDIA's documented rule, not a figure measured here: measure it on the GPU you deploy to
   (`prunefx bench --backend cuda` on two widths) before relying on a finer one.
 
-Each backend states its multiple (runtime/backends/); `backend_multiple` asks the registry.
+Each backend states its multiple (runtime/backends/); `backends.width_multiple` asks the registry.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-from prunefx.runtime.errors import MeasurementError
 
 AVX512_MULTIPLE, AVX2_MULTIPLE = 16, 8
 TENSOR_CORE_MULTIPLE = {"fp32": 8, "fp16": 8, "int8": 32}
@@ -46,15 +44,3 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
 def onnxruntime_multiple(cpuinfo: str | None = None) -> int:
     """16 on a CPU with AVX-512 (avx512f), else 8."""
     return AVX512_MULTIPLE if "avx512f" in cpu_flags(cpuinfo) else AVX2_MULTIPLE
-
-
-def backend_multiple(backend: str, precision: str = "fp32", *, cpuinfo: str | None = None) -> int:
-    """The width multiple `backend` runs fastest at `precision` (see the module docstring); `cpuinfo` replaces
-    /proc/cpuinfo's text for a backend that reads the CPU's flags."""
-    from prunefx.runtime import backends  # the registry imports this module: asked for when called
-
-    if backend not in backends.names():
-        raise MeasurementError(f"no width multiple known for backend {backend!r} at precision {precision!r}: "
-                               f"choose one of {', '.join(backends.names())}")
-    chosen = backends.get(backend)
-    return chosen.width_multiple(precision, cpuinfo=cpuinfo) if cpuinfo is not None else chosen.width_multiple(precision)

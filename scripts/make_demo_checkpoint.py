@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
+from prunefx.data.load import load_data
 from prunefx.data.splits import accuracy as count_correct
-from prunefx.data.splits import load_data
 from prunefx.models import build_model
 
 MODEL = "prunefx:resnet20"

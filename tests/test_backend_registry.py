@@ -22,9 +22,9 @@ from prunefx.passes.prune_to_budget import prune_to_budget
 from prunefx.reports.budget_text import search_lines
 from prunefx.runtime import backends, latency_pair
 from prunefx.runtime.backends import Backend, Settings
+from prunefx.runtime.backends import width_multiple as backend_multiple
 from prunefx.runtime.backends.gpu_pair import pair_of
 from prunefx.runtime.speedup import fingerprint
-from prunefx.runtime.width_multiple import backend_multiple
 
 MS_PER_WEIGHT = 1e-4
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "backends.md"

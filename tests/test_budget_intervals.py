@@ -15,10 +15,11 @@ import pytest
 
 from prunefx.passes.budget.measurement import LongerMeasurer, Measurer, Timing, as_measurer
 from prunefx.passes.budget.search import Measured, meets, speedup_text
+from prunefx.runtime.backends import width_multiple as backend_multiple
 from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.latency import compare_latency, compare_rounds, ratio_interval
 from prunefx.runtime.speedup import PairMeasurer
-from prunefx.runtime.width_multiple import backend_multiple, onnxruntime_multiple
+from prunefx.runtime.width_multiple import onnxruntime_multiple
 
 AVX512 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512vl\n\nprocessor\t: 1\n"
 AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.transforms import v2
 
 from prunefx.data import fashion_mnist
+from prunefx.data.load import load_data
 from prunefx.data.splits import (
     IGNORED_LABEL,
     NormalizeBatch,
@@ -19,7 +20,6 @@ from prunefx.data.splits import (
     derive_seed,
     fashion_mnist_data,
     image_folder_data,
-    load_data,
     split_train_validation,
     tensor_batches,
 )

@@ -18,9 +18,9 @@ from prunefx.cli import main
 from prunefx.data import fashion_mnist
 from prunefx.data.fashion_mnist_scenes import SceneConfig, make_scenes
 from prunefx.data.formats import detect_format
+from prunefx.data.load import load_data
 from prunefx.data.normalise import NormalizeBatch
 from prunefx.data.scene_files import write_scenes
-from prunefx.data.splits import load_data
 from prunefx.graph.errors import PrunefxError
 
 torch.set_num_threads(1)

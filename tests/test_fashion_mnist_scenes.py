@@ -13,7 +13,8 @@ from PIL import Image
 
 from prunefx.data import fashion_mnist
 from prunefx.data.fashion_mnist_scenes import NO_ITEM, NUM_CLASSES, SceneConfig, make_scenes
-from prunefx.data.splits import FASHION_MNIST_DET, FASHION_MNIST_SEG, IGNORED_LABEL, load_data
+from prunefx.data.load import load_data
+from prunefx.data.splits import FASHION_MNIST_DET, FASHION_MNIST_SEG, IGNORED_LABEL
 from prunefx.graph.errors import PrunefxError
 
 torch.set_num_threads(1)

@@ -35,7 +35,8 @@ import torchvision
 from prunefx import cli_options, options
 from prunefx.assets import load_imagenet_batch, mobilenet_v2_weights_path
 from prunefx.data.calibration import calibration_data
-from prunefx.data.splits import IGNORED_LABEL, load_data
+from prunefx.data.load import load_data
+from prunefx.data.splits import IGNORED_LABEL
 from prunefx.data.splits import accuracy as count_correct
 from prunefx.deliverable import write_model, write_report
 from prunefx.graph import capture, count

@@ -26,12 +26,12 @@ from prunefx.assets import imagenet_transform
 from prunefx.data.dataset_files import confined
 from prunefx.data.formats import dense_format, format_data
 from prunefx.data.image_files import image_files, read_image
+from prunefx.data.load import load_data
 from prunefx.data.splits import (
     FASHION_MNIST,
     IGNORED_LABEL,
     IMAGENET_SAMPLE,
     image_folder_split,
-    load_data,
     scene_spec,
 )
 from prunefx.device import batches_on

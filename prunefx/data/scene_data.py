@@ -85,7 +85,7 @@ def scene_folder(task: str, counts: dict[str, int], validation: int, config, see
 def scene_data(batch_size: int, *, task: str, size: int, train_canvases: int, val_canvases: int,
                test_canvases: int, validation: int, channels: int, seed: int, root=None, scene: dict | None = None,
                num_workers: int | None = None) -> DataSplits:
-    """The scenes' splits, read from their files (see `prunefx.data.splits.fashion_mnist_scene_data`)."""
+    """The scenes' splits, read from their files (see `prunefx.data.load.fashion_mnist_scene_data`)."""
     if task not in _LAYOUT:
         raise PrunefxError(f"scene task must be {SEGMENTATION!r} or {DETECTION!r}, got {task!r}")
     if channels not in (1, 3):

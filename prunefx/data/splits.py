@@ -1,10 +1,8 @@
 """Training and evaluation data for recovery training (knowledge distillation) of pruned models.
 
-`load_data(spec, batch_size)` picks the data set: "fashion-mnist", "imagenet-sample", a folder
-(ImageFolder layout with train/ and val/, optionally test/), or the Fashion-MNIST scenes for dense tasks,
-"fashion-mnist-seg[:SIZE]" (per-pixel labels) and "fashion-mnist-det[:SIZE]" (boxes), SIZE the canvas
-side (default 128; prunefx/data/fashion_mnist_scenes.py). Each comes as `DataSplits` of torch DataLoaders
-with static batch sizes (prunefx/data/batches.py: shuffled training batches drop the last, incomplete
+The named data sets ("fashion-mnist", "imagenet-sample") and ImageFolder folders, each as `DataSplits` of
+torch DataLoaders with static batch sizes (prunefx/data/load.py's `load_data` picks one by name or path,
+the layouts on disk and the Fashion-MNIST scenes among them) (prunefx/data/batches.py: shuffled training batches drop the last, incomplete
 batch; evaluation batches are padded with images labelled -1, which `accuracy` leaves out).
 """
 
@@ -34,8 +32,8 @@ __all__ = [
     "DETECTION", "DataSplits", "FASHION_MNIST", "FASHION_MNIST_DET", "FASHION_MNIST_SEG",
     "IGNORED_LABEL", "IMAGENET_SAMPLE", "NormalizeBatch", "SEGMENTATION", "StaticBatches",
     "accuracy", "derive_seed", "fashion_mnist_data", "tensor_batches",
-    "fashion_mnist_scene_data", "image_folder_data", "image_folder_split", "imagenet_class_names",
-    "imagenet_sample_data", "imagenet_train_transform", "load_data", "scene_spec",
+    "image_folder_data", "image_folder_split", "imagenet_class_names",
+    "imagenet_sample_data", "imagenet_train_transform", "scene_spec",
     "split_train_validation",
 ]
 
@@ -111,24 +109,6 @@ def fashion_mnist_data(batch_size: int, *, validation: int = 5000, augment: bool
         val = tensor_batches(train_images[val_index], train_labels[val_index], batch_size, shuffle=False, **loaders)
     test = tensor_batches(test_images, test_labels, batch_size, shuffle=False, **loaders)
     return DataSplits(train, val, test, fashion_mnist.CLASSES, (channels, 28, 28))
-
-
-def fashion_mnist_scene_data(batch_size: int, *, task: str = SEGMENTATION, size: int = 128,
-                             train_canvases: int = 6000, val_canvases: int = 500, test_canvases: int = 1000,
-                             validation: int = 5000, channels: int = 3, seed: int = 0,
-                             root: str | Path | None = None, scene: dict | None = None,
-                             num_workers: int | None = None) -> DataSplits:
-    """Fashion-MNIST scenes (prunefx/data/fashion_mnist_scenes.py) for `task` (segmentation or detection):
-    train canvases from the training items less `validation` held out (seeded), val canvases from those
-    held-out items (none when `validation` is 0), test canvases from the test items. `scene` holds further
-    SceneConfig fields (min_items, max_items, item_sizes, threshold, gap). Not augmented: every canvas is
-    already a random composition. `channels=3` repeats the gray channel for RGB models. The canvases are
-    written to files (mask folders, COCO JSON) and read back like users' data (prunefx/data/scene_data.py)."""
-    from prunefx.data.scene_data import scene_data  # it builds on this module: imported here
-
-    return scene_data(batch_size, task=task, size=size, train_canvases=train_canvases, val_canvases=val_canvases,
-                      test_canvases=test_canvases, validation=validation, channels=channels, seed=seed, root=root,
-                      scene=scene, num_workers=num_workers)
 
 
 def scene_spec(spec: str | Path) -> tuple[str, int] | None:
@@ -250,34 +230,6 @@ def imagenet_sample_data(batch_size: int, image_size: int = 224) -> DataSplits:
     images, labels = load_imagenet_batch(image_size)
     test = tensor_batches(images, labels, batch_size, shuffle=False)
     return DataSplits(None, None, test, imagenet_class_names(), (3, image_size, image_size))
-
-
-def _looks_like_path(spec: str) -> bool:
-    return Path(spec).exists() or any(mark in spec for mark in ("/", "\\", "~")) or spec.startswith(".")
-
-
-def load_data(spec: str | Path, batch_size: int, **options) -> DataSplits:
-    """`spec`: "fashion-mnist", "imagenet-sample", "fashion-mnist-seg[:SIZE]", "fashion-mnist-det[:SIZE]"
-    or the path of an ImageFolder-layout folder; `options` go to `fashion_mnist_data`,
-    `imagenet_sample_data`, `fashion_mnist_scene_data` or, for a path, `data_formats.format_data`
-    (ImageFolder, COCO JSON, YOLO or mask folders, detected from the path or named by `data_format`)."""
-    text = str(spec)
-    if text == FASHION_MNIST:
-        return fashion_mnist_data(batch_size, **options)
-    scene = scene_spec(text)
-    if scene is not None:
-        task, size = scene
-        return fashion_mnist_scene_data(batch_size, task=task, size=size, **options)
-    if text == IMAGENET_SAMPLE:
-        return imagenet_sample_data(batch_size, **options)
-    if isinstance(spec, Path) or _looks_like_path(text):
-        # the layouts on disk (ImageFolder, COCO, YOLO, masks) build on this module: imported here
-        from prunefx.data.formats import format_data
-
-        return format_data(Path(text).expanduser(), batch_size, **options)
-    raise PrunefxError(f"unknown data {text!r}: use {FASHION_MNIST!r}, {IMAGENET_SAMPLE!r}, {FASHION_MNIST_SEG!r}, "
-                       f"{FASHION_MNIST_DET!r} or the path of a data set on disk (an ImageFolder with train/<class>/ "
-                       f"and val/<class>/, COCO annotations/, a YOLO data.yaml, or images/ + masks/ folders)")
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:

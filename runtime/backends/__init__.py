@@ -66,6 +66,17 @@ def get(name: str, *, budgets: bool = False) -> Backend:
     return backend
 
 
+def width_multiple(backend: str, precision: str = "fp32", *, cpuinfo: str | None = None) -> int:
+    """The width multiple `backend` runs fastest at `precision` (runtime/width_multiple.py); `cpuinfo` replaces
+    /proc/cpuinfo's text for a backend that reads the CPU's flags."""
+    _discover()
+    if backend not in _REGISTRY:
+        raise MeasurementError(f"no width multiple known for backend {backend!r} at precision {precision!r}: "
+                               f"choose one of {', '.join(names())}")
+    chosen = _REGISTRY[backend]
+    return chosen.width_multiple(precision, cpuinfo=cpuinfo) if cpuinfo is not None else chosen.width_multiple(precision)
+
+
 def label(name: str) -> str:
     """The human name of backend `name` ("ONNX Runtime"), the name itself for one not registered."""
     _discover()
