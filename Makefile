@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.prunefx-setup
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test test-fast test-zoo bench bench-all lint docs clean
+.PHONY: setup demo test test-fast test-zoo test-faults bench bench-all lint docs clean
 
 setup: $(STAMP)
 
@@ -58,6 +58,11 @@ test: setup
 test-zoo: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "zoo and not timing" -n $(TEST_WORKERS) --dist worksteal
 	$(PY) -m pytest -q -m "zoo and timing"
+
+# The fault-injection lane alone (killed and hung-up runs, full disks and streams, limits, corrupt images);
+# `make test` runs it too, within its 20 minutes.
+test-faults: setup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "faults and not zoo and not timing" -n $(TEST_WORKERS) --dist worksteal
 
 # The development lane: the unit tests. Leaves out what is marked slow (model zoo, end-to-end commands), zoo and
 # timing (latency asserts want a quiet machine); stops at the first failure; lists the slowest tests, which are
