@@ -5,6 +5,7 @@
 - `write_results(name, data, markdown)`: benchmarks/results/NAME.json and NAME.md (or under
   $PRUNEFX_RESULTS_DIR when set: a trial run that must not overwrite the published files); the JSON gets a
   `provenance` record (`provenance()`: command, date, code version, CPU model and flags).
+- `BUILD`: the folder benchmarks resume from (build/, or $PRUNEFX_BENCH_BUILD).
 - `markdown_table()`, `relative_difference()`, `realistic_batchnorm()`: small pieces several
   benchmarks need.
 
@@ -32,6 +33,9 @@ import torch.utils._pytree as pytree
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
 RESULTS = Path(os.environ.get("PRUNEFX_RESULTS_DIR") or BENCHMARKS / "results")
+# What a benchmark keeps to resume from (trained baselines, finished runs, exported files): build/ unless
+# $PRUNEFX_BENCH_BUILD says where; benchmarks/run_all.py gives every run of `make bench` one fresh folder.
+BUILD = Path(os.environ.get("PRUNEFX_BENCH_BUILD") or REPO / "build")
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -131,6 +135,21 @@ def publish_results(name: str, data: dict, markdown: str, *, folder: Path = RESU
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)
     return 0
+
+
+def per_model_numbers(values: Sequence[str], models: Sequence[str], option: str) -> dict[str, int]:
+    """`["8", "mobilenetv2_small=4"]` -> {every model: 8, but mobilenetv2_small: 4}: an option such as
+    `--baseline-epochs 8 mobilenetv2_small=4`. ValueError, naming `option`, for anything else."""
+    numbers: dict[str, int] = {}
+    for value in sorted(values, key=lambda v: "=" in v):  # N first, then the models' own
+        model, _, number = value.rpartition("=")
+        if (model and model not in models) or not number.isdigit() or int(number) < 1:
+            raise ValueError(f"{option}: {value!r} is neither N nor MODEL=N (models: {', '.join(models)})")
+        numbers.update({model: int(number)} if model else dict.fromkeys(models, int(number)))
+    missing = [model for model in models if model not in numbers]
+    if missing:
+        raise ValueError(f"{option}: no number for {', '.join(missing)} (give N for every model)")
+    return numbers
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

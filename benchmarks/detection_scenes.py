@@ -57,7 +57,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from common import REPO, command_line, machine_info, machine_summary, markdown_table, write_results
+from common import BUILD, command_line, machine_info, machine_summary, markdown_table, write_results
 from dense_tasks import quantized_for_onnxruntime, timed
 
 from prunefx.data import fashion_mnist
@@ -81,7 +81,7 @@ from prunefx.runtime import OnnxRuntimeSession, export_onnx, onnx_runner
 from prunefx.runtime.speedup import onnx_latency_pair
 
 NAME = "detection_scenes"
-CACHE = REPO / "build" / NAME
+CACHE = BUILD / NAME
 FRACTIONS = (0.5, 0.33)
 VARIANTS = ("prunefx-l2", "prunefx-obs", "prunefx-cpd", "tp-l2")
 LOCAL_VARIANT = "prunefx-obs-local"  # the same fraction of every group, as Torch-Pruning's uniform ratio

@@ -2,7 +2,8 @@
 
 On Fashion-MNIST (real data: 55,000 training images, 5,000 held out for validation, the 10,000 test
 images only for the reported accuracy), for each model:
-1. a dense baseline is trained here from scratch (`--baseline-epochs`, cached in build/);
+1. a dense baseline is trained here from scratch (`--baseline-epochs`: N, or MODEL=N for one model; cached in
+   build/ by model and epochs);
 2. it is pruned to each MACs fraction (0.5, 0.33, 0.2 of the dense MACs) by
    - tp-l2: Torch-Pruning, MagnitudeImportance(p=2), one uniform ratio (its default), found by
      bisection until prunefx's MAC counter says the target is met;
@@ -39,7 +40,15 @@ from pathlib import Path
 
 import torch
 import torch_pruning as tp
-from common import REPO, command_line, machine_info, machine_summary, markdown_table, write_results
+from common import (
+    BUILD,
+    command_line,
+    machine_info,
+    machine_summary,
+    markdown_table,
+    per_model_numbers,
+    write_results,
+)
 
 from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph import Program, capture, count
@@ -54,7 +63,7 @@ from prunefx.passes.training.engine import evaluate
 from prunefx.runtime import compare_latency, export_onnx, onnx_runner
 
 NAME = "fashion_mnist_accuracy"
-CACHE = REPO / "build" / NAME
+CACHE = BUILD / NAME
 MODELS = ("resnet20", "mobilenetv2_small", "vit_tiny_fmnist")
 FRACTIONS = (0.5, 0.33, 0.2)
 # variant -> (pruning method, recovery losses it is run with)
@@ -77,21 +86,26 @@ def optimizer_settings(model: str, *, baseline: bool) -> dict:
 # --- baseline ----------------------------------------------------------------------------------------
 
 def baseline(model: str, data, args) -> tuple[Program, dict]:
-    path, info_path = CACHE / model / "dense.pt2", CACHE / model / "dense.json"
+    """The dense model trained for `args.baseline_epochs` (a number, or a number per model), cached by model and
+    epochs: the benchmarks that share it (one-shot accuracy, sparsity, depth, latency-aware choice) each get the
+    baseline their command asks for, whichever ran first."""
+    epochs = args.baseline_epochs[model] if isinstance(args.baseline_epochs, dict) else args.baseline_epochs
+    folder = CACHE / model
+    path, info_path = folder / f"dense_{epochs}ep.pt2", folder / f"dense_{epochs}ep.json"
     if path.is_file() and info_path.is_file():
         return Program.load(path).eval(), json.loads(info_path.read_text())
     torch.manual_seed(args.seed)
     program = capture(build_model(f"prunefx:{model}").module, next(iter(data.train))[0], name=model)
-    print(f"[{model}] training the dense baseline for {args.baseline_epochs} epochs", file=sys.stderr)
+    print(f"[{model}] training the dense baseline for {epochs} epochs", file=sys.stderr)
     started = time.perf_counter()
     # Checkpoints every 200 steps: an interrupted benchmark resumes the baseline where it stopped.
-    result = distill(program, config={"data": data.train, "epochs": args.baseline_epochs, "kd_weight": 0.0,
+    result = distill(program, config={"data": data.train, "epochs": epochs, "kd_weight": 0.0,
                                      "warmup_steps": len(data.train) // 2, "progress": True, "seed": args.seed,
-                                     "checkpoint_dir": CACHE / model / "baseline_checkpoint",
+                                     "checkpoint_dir": folder / f"baseline_checkpoint_{epochs}ep",
                                      "checkpoint_every": 200, "resume": True,
                                      **optimizer_settings(model, baseline=True)})
     program, stats = result.program.eval(), result.stats
-    info = {"epochs": args.baseline_epochs, "seconds": time.perf_counter() - started,
+    info = {"epochs": epochs, "seconds": time.perf_counter() - started,
             "test_accuracy": evaluate(program, data.test)["accuracy"],
             "val_accuracy": evaluate(program, data.val)["accuracy"], "train_loss": stats["train_loss"],
             "macs_per_image": count(program).macs // BATCH, "params": count(program).params}
@@ -262,7 +276,8 @@ def parse_args(argv=None):
     parser.add_argument("--fractions", nargs="+", type=float, default=list(FRACTIONS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--epochs", type=int, default=1, help="recovery budget in epochs (default 1)")
-    parser.add_argument("--baseline-epochs", type=int, default=8, help="dense training epochs (default 8)")
+    parser.add_argument("--baseline-epochs", nargs="+", default=["8"], metavar="[MODEL=]N",
+                        help="dense training epochs: N for every model, or MODEL=N (default 8)")
     parser.add_argument("--latency", action="store_true",
                         help="also time in ONNX Runtime every model not timed yet (its run file keeps the figures)")
     parser.add_argument("--remeasure", action="store_true", help="time every model again, timed before or not")
@@ -270,7 +285,12 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report-only", action="store_true", help="only build the tables from cached runs")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.baseline_epochs = per_model_numbers(args.baseline_epochs, MODELS, "--baseline-epochs")
+    except ValueError as error:
+        parser.error(str(error))
+    return args
 
 
 def main(argv=None) -> int:

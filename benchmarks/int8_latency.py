@@ -42,7 +42,7 @@ import timm
 import torch
 import torchvision
 from common import (
-    REPO,
+    BUILD,
     RESULTS,
     command_line,
     machine_info,
@@ -72,7 +72,7 @@ SMALL_VARIANTS = ("fp32", "int8", "pruned fp32", "pruned int8", "pruned int8 qat
 HELD_OUT = slice(10, 20)
 FASHION_MNIST_MODELS = ("resnet20", "mobilenetv2_small", "vit_tiny_fmnist")
 FASHION_MNIST_BATCH = 128
-CACHE = REPO / "build" / NAME
+CACHE = BUILD / NAME
 
 
 def parse_args(argv=None) -> argparse.Namespace:

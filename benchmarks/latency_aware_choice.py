@@ -38,7 +38,15 @@ import time
 from pathlib import Path
 
 import torch
-from common import REPO, RESULTS, command_line, machine_info, machine_summary, markdown_table, write_results
+from common import (
+    BUILD,
+    RESULTS,
+    command_line,
+    machine_info,
+    machine_summary,
+    markdown_table,
+    write_results,
+)
 from fashion_mnist_accuracy import baseline
 
 from prunefx.data.splits import fashion_mnist_data
@@ -56,7 +64,7 @@ from prunefx.runtime.layer_latency import build_latency_table
 from prunefx.runtime.width_multiple import onnxruntime_multiple
 
 NAME = "latency_aware_choice"
-CACHE = REPO / "build" / NAME
+CACHE = BUILD / NAME
 FMNIST_MODELS = ("resnet20", "mobilenetv2_small")
 ZOO = {"resnet50": "torchvision:resnet50", "mobilenet_v2": "torchvision:mobilenet_v2",
        "convnext_tiny": "torchvision:convnext_tiny", "vit_small_patch16_224": "timm:vit_small_patch16_224",

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, write_results
+from common import BUILD, RESULTS, command_line, machine_info, machine_summary, markdown_table, write_results
 
 from prunefx.runtime.runners import timing_flushes_denormals
 from prunefx.runtime.speedup import CONFIRM_ROUNDS
@@ -40,7 +40,7 @@ NAME = "latency_budget"
 MODELS = ("torchvision:resnext50_32x4d", "torchvision:mobilenet_v3_large", "torchvision:regnet_y_1_6gf",
           "torchvision:efficientnet_b1", "timm:convnextv2_atto", "timm:convnext_atto",
           "timm:deit_small_patch16_224", "timm:vit_tiny_patch16_224")
-WORK = Path(__file__).resolve().parent.parent / "build" / NAME
+WORK = BUILD / NAME
 SEARCH_FLAGS = ("--importance", "l2", "--no-compensate", "--no-recalibrate", "--allow-depth", "--calibrate",
                 "imagenet-sample", "--calibration-images", "16")
 BENCH_ROUNDS = 4  # `bench --vs` spreads its runs over this many fresh processes (its default, stated)

@@ -48,6 +48,7 @@ import onnx
 import torch
 import torchvision
 from common import (
+    BUILD,
     REPO,
     command_line,
     machine_info,
@@ -67,7 +68,7 @@ from prunefx.runtime.engine_check import check_model
 from prunefx.runtime.onnx_quantized import export_quantized_onnx
 
 NAME = "modelopt_side_by_side"
-CACHE = REPO / "build" / NAME
+CACHE = BUILD / NAME
 MODELOPT_PATH = REPO / ".venv" / "modelopt"
 MODELS = {  # the 8 models: name -> prunefx model reference
     "resnet50": "torchvision:resnet50",

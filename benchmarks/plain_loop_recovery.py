@@ -31,7 +31,7 @@ import time
 
 import torch
 import yaml
-from common import REPO, command_line, machine_info, machine_summary, markdown_table, write_results
+from common import BUILD, REPO, command_line, machine_info, machine_summary, markdown_table, write_results
 
 from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph import capture
@@ -39,7 +39,7 @@ from prunefx.models.small import resnet20
 from prunefx.passes.distill import distill
 
 NAME = "plain_loop_recovery"
-CACHE = REPO / "build" / NAME
+CACHE = BUILD / NAME
 GAP = 0.003  # the bound: 0.3 point of accuracy
 SETTINGS = {"macs": 0.5, "prune_events": 5, "round_to": 8, "ranking": "global", "max_ratio": 0.8,
             "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0005, "kd_weight": 0.9, "temperature": 4}

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import command_line, machine_info, machine_summary, markdown_table, write_results
+from common import BUILD, command_line, machine_info, machine_summary, markdown_table, write_results
 
 from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph import Program, capture
@@ -34,7 +34,7 @@ from prunefx.passes.training.engine import evaluate
 
 NAME = "prune_defaults"
 BATCH = 128
-CACHE = Path(__file__).resolve().parent.parent / "build" / NAME
+CACHE = BUILD / NAME
 VARIANTS = {
     "no data (l2)": [],
     "data, l2 + recalibration (old default)": ["--calibrate", "fashion-mnist", "--importance", "l2",

@@ -1,8 +1,8 @@
 """The runs behind the published figures (this is not a benchmark; run_all.py skips it).
 
 One `Run` for each results file in benchmarks/results/: the script and the arguments that make that file from
-scratch with the settings it was published with (no `--report-only`, no cache of an earlier run, no output
-folder of a past session), and its lane:
+scratch with the settings it was published with (no `--report-only`, no cache of an earlier run: run_all.py
+gives the benchmarks a fresh build/bench/ to keep what they resume from), and its lane:
 - "bench": the figures of the README's headline tables and the coverage tables; `make bench` reruns these;
 - "all": every other results file shown in the docs; `make bench-all` adds them.
 `needs` names what a run cannot do without ("gpu"): run_all.py skips it, and says so, on a machine without one.
@@ -43,9 +43,11 @@ RUNS = (
     Run("one_shot_accuracy", "one_shot_accuracy", ("--models", "resnet20", "--imagenet", "--threads", "1"),
         lane="bench"),
     Run("fashion_mnist_accuracy", "fashion_mnist_accuracy",
-        ("--latency", "--models", *FASHION_MNIST_MODELS, "--threads", "2"), lane="bench"),
-    Run("int8_latency", "int8_latency", ("--models", "resnet50", "mobilenet_v2", "efficientnet_b0", "vit_s16"),
-        lane="bench"),
+        ("--latency", "--models", *FASHION_MNIST_MODELS, "--baseline-epochs", "8", "mobilenetv2_small=4",
+         "vit_tiny_fmnist=6", "--threads", "2"), lane="bench"),
+    Run("int8_latency", "int8_latency",
+        ("--models", "resnet50", "mobilenet_v2", "efficientnet_b0", "vit_s16", "--fashion-mnist", *FASHION_MNIST_MODELS,
+         "--recovery-steps", "469", "--qat-steps", "469"), lane="bench"),
     Run("dense_tasks", "dense_tasks",
         ("--models", "unet_mobilenetv2", "lraspp_mobilenetv3", "segformer_mit_b0", "--train", "4000", "--batch", "16",
          "--baseline-epochs", "3", "lraspp_mobilenetv3=15", "segformer_mit_b0=11", "--fractions", "0.5", "0.33",
@@ -103,10 +105,10 @@ RUNS = (
     Run("int8_profile", "int8_profile", ("--models", "mobilenet_v2", "resnet50", "efficientnet_b0", "--runs", "100")),
     Run("plain_loop_recovery", "plain_loop_recovery"),
     Run("process_rounds", "process_rounds", ("--repeats", "6")),
-    # the files latency_budget's run (earlier in this list) leaves in build/latency_budget/
+    # the files latency_budget's run (earlier in this list) leaves in run_all.py's build/bench/latency_budget/
     Run("process_rounds_effb1_3x", "process_rounds",
-        ("--pair", "build/latency_budget/torchvision_efficientnet_b1_160/dense.onnx",
-         "build/latency_budget/torchvision_efficientnet_b1_160/speedup3/model.onnx", "--rounds", "4", "8", "16",
+        ("--pair", "build/bench/latency_budget/torchvision_efficientnet_b1_160/dense.onnx",
+         "build/bench/latency_budget/torchvision_efficientnet_b1_160/speedup3/model.onnx", "--rounds", "4", "8", "16",
          "--repeats", "6", "--runs", "200", "--results-name", "process_rounds_effb1_3x")),
     Run("prune_defaults", "prune_defaults", ("--epochs", "2", "--threads", "1")),
     Run("sparsity_accuracy_mobilenetv2_small", "sparsity_accuracy",

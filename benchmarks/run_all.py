@@ -7,7 +7,9 @@
 What runs, and with which settings, is benchmarks/published.py: one run for each results file, with the
 arguments that make it from scratch. Each runs with this same interpreter from the repository root, its output
 shown as it comes; a failure is reported and the next run goes on (one summary line per run at the end, exit
-status 1 if any failed). A run that needs a GPU is skipped on a machine without one. The README's headline
+status 1 if any failed). Everything the benchmarks would resume from (trained baselines, finished runs,
+exported files) goes to build/bench/, emptied first: no figure comes from an earlier session's cache
+(`--resume` keeps it, to finish an interrupted run). A run that needs a GPU is skipped on a machine without one. The README's headline
 tables are then regenerated from the results files (scripts/readme_results.py); the docs' benchmark tables are
 made from them by every docs build (`make docs`).
 """
@@ -15,7 +17,9 @@ made from them by every docs build (`make docs`).
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -27,6 +31,7 @@ BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
 HELPERS = {"common.py", "published.py"}
 README_TABLES = REPO / "scripts" / "readme_results.py"
+FRESH_BUILD = REPO / "build" / "bench"  # published.py's arguments name files under it
 
 
 def benchmark_scripts() -> list[Path]:
@@ -53,7 +58,8 @@ def has_gpu() -> bool:
 def run(label: str, argv: list[str]) -> str:
     print(f"=== {label}: {shlex.join(argv)}", flush=True)
     start = time.perf_counter()
-    code = subprocess.run([sys.executable, *argv], cwd=REPO).returncode
+    environment = {**os.environ, "PRUNEFX_BENCH_BUILD": str(FRESH_BUILD)}
+    code = subprocess.run([sys.executable, *argv], cwd=REPO, env=environment).returncode
     seconds = time.perf_counter() - start
     return f"{'ok' if code == 0 else 'FAILED':<7} {label:<42} {seconds:7.0f} s" + (f"  (exit status {code})" if code else "")
 
@@ -62,11 +68,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--all", action="store_true", help="every results file and every other benchmark script")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--resume", action="store_true", help=f"keep {FRESH_BUILD.relative_to(REPO)}/ from before")
     args = parser.parse_args(argv)
     plan = planned(args.all)
     if args.dry_run:
         print("\n".join(shlex.join([".venv/bin/python", *command]) for _, command, _ in plan))
         return 0
+    if not args.resume:
+        shutil.rmtree(FRESH_BUILD, ignore_errors=True)
     gpu = has_gpu()
     summary = []
     for label, command, needs in plan:

@@ -1,7 +1,7 @@
 """sparsity_accuracy: 2:4 sparsity on Fashion-MNIST, magnitude vs OBS vs CAP, one-shot and after KD fine-tuning.
 
 The trained dense ResNet-20 of the distillation benchmark (benchmarks/fashion_mnist_accuracy.py, cached
-in build/fashion_mnist_accuracy/resnet20/dense.pt2; trained there if missing) is made 2:4 sparse by
+in build/fashion_mnist_accuracy/resnet20/ by epochs; trained there if missing) is made 2:4 sparse by
 sparsify_nm with each criterion:
 - magnitude: the 2 largest |w| of every 4 input channels, no data;
 - obs: SparseGPT-style second order on the layer-input Hessians of the calibration images (sequential);
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import REPO, command_line, machine_info, machine_summary, markdown_table, write_results
+from common import BUILD, command_line, machine_info, machine_summary, markdown_table, write_results
 from fashion_mnist_accuracy import BATCH, KD, baseline, recovery_config
 
 from prunefx.data.splits import fashion_mnist_data
@@ -44,7 +44,7 @@ from prunefx.passes.sparsify_nm import sparsify_nm
 from prunefx.passes.training.engine import evaluate
 
 NAME = "sparsity_accuracy"
-CACHE = REPO / "build" / NAME
+CACHE = BUILD / NAME
 MODELS = ("resnet20", "mobilenetv2_small")  # the trained models of fashion_mnist_accuracy.py
 VARIANTS = ("magnitude", "obs", "cap")
 PATTERN = "2:4"

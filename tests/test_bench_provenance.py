@@ -40,8 +40,8 @@ AWAITING_RERUN = {
     "budget_choice_equal_latency", "budget_choice_equal_latency_mobilenetv2", "budget_choice_vit",
     "budget_choice_vit_4x", "dense_tasks", "depth_vs_channel_convnext_fmnist", "detection_scenes",
     "fashion_mnist_accuracy", "fashion_mnist_accuracy_3epochs", "fp16_readiness", "int8_attention", "int8_latency",
-    "int8_profile", "latency_budget", "modelopt_side_by_side", "prune_latency", "sparsity_accuracy",
-    "write_back_coverage",
+    "int8_profile", "latency_budget", "modelopt_side_by_side", "process_rounds_effb1_3x", "prune_latency",
+    "sparsity_accuracy", "write_back_coverage",
 }
 
 
@@ -177,3 +177,41 @@ def test_the_docs_tables_show_no_provenance_record(name):
     data = json.loads((RESULTS / f"{name}.json").read_text())
     data["provenance"] = {"code_version": "0123456789abcdef0123456789abcdef01234567", "cpu_flags": ["avx2"]}
     assert "0123456789abcdef" not in docs_results.raw_markdown(name, data)
+
+
+def test_per_model_numbers_give_every_model_one():
+    models = ("resnet20", "mobilenetv2_small", "vit_tiny_fmnist")
+    assert common.per_model_numbers(["8", "mobilenetv2_small=4"], models, "--baseline-epochs") == {
+        "resnet20": 8, "mobilenetv2_small": 4, "vit_tiny_fmnist": 8}
+    for wrong in (["resnet99=3"], ["mobilenetv2_small=4"], ["0"], ["eight"]):
+        with pytest.raises(ValueError, match="--baseline-epochs"):
+            common.per_model_numbers(wrong, models, "--baseline-epochs")
+
+
+def test_a_baseline_is_cached_by_its_epochs(tmp_path, monkeypatch):
+    """A benchmark asking for 4 epochs never gets the 8-epoch baseline another benchmark cached (before, the cache
+    was by model alone, so the figures depended on which benchmark ran first)."""
+    import argparse
+
+    import fashion_mnist_accuracy
+    import torch
+
+    from prunefx.graph import capture
+
+    monkeypatch.setattr(fashion_mnist_accuracy, "CACHE", tmp_path)
+    folder = tmp_path / "resnet20"
+    capture(torch.nn.Linear(4, 2).eval(), torch.randn(1, 4), name="resnet20").save(folder / "dense_8ep.pt2")
+    (folder / "dense_8ep.json").write_text(json.dumps({"epochs": 8, "test_accuracy": 0.9}))
+    program, info = fashion_mnist_accuracy.baseline("resnet20", None, argparse.Namespace(baseline_epochs=8, seed=0))
+    assert info["epochs"] == 8 and tuple(program.run_example().shape) == (1, 2)
+
+    class Trains(Exception):
+        pass
+
+    def trains(*args, **kwargs):
+        raise Trains
+
+    monkeypatch.setattr(fashion_mnist_accuracy, "capture", trains)  # the first step of training a baseline
+    data = argparse.Namespace(train=[(torch.zeros(1, 1, 28, 28), torch.zeros(1))])
+    with pytest.raises(Trains):
+        fashion_mnist_accuracy.baseline("resnet20", data, argparse.Namespace(baseline_epochs={"resnet20": 4}, seed=0))
