@@ -8,7 +8,8 @@ variant removes channels until the model keeps `--macs` (0.5) of its dense MACs:
   copy of the dense model on each try, until prunefx's own MAC counter says the target is met.
 Both tools' models are captured with prunefx `capture`, counted with prunefx `count` and exported
 with `export_onnx`, so the MACs and the ONNX pipeline are the same for both. Each pruned model is
-timed against the dense one *alternately* in this process (prunefx.runtime.compare_latency),
+timed against the dense one *alternately* in this process (prunefx.runtime.compare_latency), every variant
+once per round for `--repeats` rounds (a slow spell of the machine reaches all variants alike),
 ONNX Runtime on the CPU at `--threads` threads, twice: with ONNX Runtime's default worker threads that
 spin between operators (the target's figure) and with spinning off. The target is speed-up >= 0.9 x
 MACs reduction.
@@ -81,7 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, metavar="NAME",
                         help=f"pruning variants to run (default: {' '.join(VARIANTS)})")
     parser.add_argument("--repeats", type=int, default=3,
-                        help="side-by-side measurements per pair; the median speed-up is reported (default 3)")
+                        help="rounds, each timing every variant against the dense model once; each variant's "
+                             "median round is reported (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and input (default 0)")
     parser.add_argument("--update", action="store_true",
                         help="keep the rows of the last results for the models and variants not run now")
@@ -227,33 +229,43 @@ def benchmark_model(name: str, args, workdir: Path) -> dict:
             "onnx_exporter": exported.exporter, "prune_seconds": time.perf_counter() - start, **details}
         pruned_files[variant] = exported.path
 
-    for variant, path in pruned_files.items():
+    for key, spinning in (("latency", True), ("latency_no_spinning", False)):
+        print(f"[{name}] timing dense vs {', '.join(pruned_files)}, threads spinning: {spinning} ...", file=sys.stderr)
+        for variant, latency in time_variants(dense_onnx.path, pruned_files, dense.example_inputs, spinning,
+                                              args).items():
+            entry["variants"][variant][key] = latency
+    for variant in pruned_files:
         result = entry["variants"][variant]
-        for key, spinning in (("latency", True), ("latency_no_spinning", False)):
-            print(f"[{name}] timing dense vs {variant}, threads spinning: {spinning} ...", file=sys.stderr)
-            result[key] = time_pair(dense_onnx.path, path, dense.example_inputs, spinning, args)
         result["speedup_per_macs_reduction"] = result["latency"]["speedup"] / result["macs_reduction"]
         control = VARIANTS[variant]["tool"] == "control"
         result["meets_target"] = None if control else result["speedup_per_macs_reduction"] >= TARGET_RATIO
     return entry
 
 
-def time_pair(dense_path: Path, pruned_path: Path, inputs, spinning: bool, args) -> dict:
-    """Dense against pruned, side by side (prunefx.runtime.compare_latency), `--repeats` times, ONNX
-    Runtime's worker threads spinning between operators (its default, what deploys) or not. This shared
-    2-core machine has slow spells lasting seconds that can catch one side of a measurement more than the
-    other, so the reported figures are those of the repeat with the median speed-up, and the spread of
-    the repeats is kept."""
-    runners = [onnx_runner(path, inputs, threads=args.threads, spinning=spinning)
-               for path in (dense_path, pruned_path)]
-    repeats = sorted((compare_latency(*runners, warmup=args.warmup, runs=args.runs, block=BLOCK, settle=SETTLE,
-                                      threads=args.threads, progress=True) for _ in range(args.repeats)),
-                     key=lambda comparison: comparison.speedup)
-    middle = repeats[len(repeats) // 2]
+def time_variants(dense_path: Path, pruned_paths: dict[str, Path], inputs, spinning: bool, args) -> dict[str, dict]:
+    """Every variant against the dense model, side by side (prunefx.runtime.compare_latency), in `--repeats`
+    rounds: each round times every variant once, in an order that turns each round, so that this shared 2-core
+    machine's slow spells (seconds long) reach every variant alike rather than one variant's repeats. ONNX
+    Runtime's worker threads spin between operators (its default, what deploys) or not. A variant's figures
+    are those of its round with the median speed-up, and the spread of its rounds is kept."""
+    dense = onnx_runner(dense_path, inputs, threads=args.threads, spinning=spinning)
+    runners = {variant: onnx_runner(path, inputs, threads=args.threads, spinning=spinning)
+               for variant, path in pruned_paths.items()}
+    rounds: dict[str, list] = {variant: [] for variant in runners}
+    for index in range(args.repeats):
+        for variant in (list(runners) if index % 2 == 0 else list(reversed(runners))):
+            rounds[variant].append(compare_latency(dense, runners[variant], warmup=args.warmup, runs=args.runs,
+                                                   block=BLOCK, settle=SETTLE, threads=args.threads, progress=True))
+    return {variant: _median_round(comparisons) for variant, comparisons in rounds.items()}
+
+
+def _median_round(comparisons: list) -> dict:
+    ordered = sorted(comparisons, key=lambda comparison: comparison.speedup)
+    middle = ordered[len(ordered) // 2]
     # The ratio of the fastest runs is less sensitive to other load on the machine than the medians.
     return {"dense": _stats(middle.a), "pruned": _stats(middle.b), "speedup": middle.speedup,
             "speedup_of_min": middle.a.min_ms / middle.b.min_ms,
-            "speedups_of_repeats": [comparison.speedup for comparison in repeats]}
+            "speedups_of_repeats": [comparison.speedup for comparison in ordered]}
 
 
 def source_version() -> str | None:
