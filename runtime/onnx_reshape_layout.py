@@ -29,6 +29,8 @@ def contiguous_before_reshapes(exported: torch.export.ExportedProgram) -> torch.
         if _reads_strided(node):
             _insert_clone(module.graph, node)
     module.recompile()
+    # _update is how torch.export's own passes (run_decompositions) make a program of a new graph: same
+    # signature, state dict and constants
     return exported._update(module, exported.graph_signature)
 
 
