@@ -9,6 +9,7 @@ import errno
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -70,6 +71,27 @@ def test_a_path_the_locale_cannot_spell_is_one_line(tmp_path):
                           env=environment)
     line = _one_line(done.stderr.decode("ascii", "backslashreplace"))
     assert done.returncode == 2 and "this locale's encoding (ascii)" in line and "LC_ALL=C.UTF-8" in line
+
+
+OUT_OF_MEMORY = textwrap.dedent("""
+    import resource, sys
+    from prunefx.cli import main
+
+    import prunefx.models, prunefx.commands.inspect  # imported before the limit: the run itself runs out
+    size = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmSize:"))) * 1024
+    limit = size + (512 << 20)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    sys.exit(main(["inspect", "prunefx:resnet20", "--input-shape", "1x1x16384x16384"]))  # a 1 GiB input
+""")
+
+
+def test_a_memory_limit_is_named_with_the_step_and_the_limit(tmp_path):
+    script = tmp_path / "limited.py"
+    script.write_text(OUT_OF_MEMORY)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    line = _one_line(done.stderr)
+    assert done.returncode == 2, done.stderr
+    assert line.startswith("prunefx inspect: error: ran out of memory in ") and "ulimit -v, is" in line
 
 
 def _inspect_raising(monkeypatch, error: BaseException) -> None:
