@@ -134,3 +134,31 @@ def test_a_run_killed_at_each_stage_never_mixes_two_runs(tmp_path, stage, left):
     after = _snapshot(output)
     assert after == PREVIOUS if left != "new" else _is_new(after)  # one run's files, all of them
     assert _siblings(output) == []
+
+
+PRUNE = [sys.executable, "-m", "prunefx", "prune", "prunefx:resnet20", "--input-shape", "1x1x28x28", "--macs", "0.5"]
+
+
+@pytest.mark.slow
+def test_a_prune_killed_while_exporting_leaves_one_run_and_the_next_run_clears_it(tmp_path):
+    """`prune --module` into OUT, then a `prune` killed (SIGKILL) while it exports, then a `prune` to the end:
+    OUT holds the first run's files after the kill, the last run's alone afterwards (no module.pt)."""
+    (tmp_path / "runs").mkdir()
+    output = tmp_path / "runs" / "out"
+    subprocess.run([*PRUNE, "--module", "-o", str(output)], check=True, capture_output=True, timeout=300)
+    first = _snapshot(output)
+    assert "module.pt" in first
+    process = subprocess.Popen([*PRUNE, "-o", str(output)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        for line in process.stdout:
+            if "exporting to ONNX" in line:
+                break
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    assert _snapshot(output) == first  # killed mid-run: the first run's files, untouched
+
+    subprocess.run([*PRUNE, "-o", str(output)], check=True, capture_output=True, timeout=300)
+    assert {MARK, "model.pt2", "model.onnx", "report.json"} == set(_snapshot(output))
+    assert _siblings(output) == []
