@@ -33,6 +33,7 @@ import onnx_graphsurgeon as gs
 import onnx_ir as ir
 import torch
 from onnx_graphsurgeon.ir.tensor import LazyValues
+from onnx_graphsurgeon.logger import G_LOGGER
 
 from prunefx.graph import Program
 from prunefx.runtime.errors import OnnxExportError, describe_failure
@@ -176,7 +177,8 @@ def _clean(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> tuple[onnx
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Constant) and tensor.name in weights:
             tensor.values = weights[tensor.name]
-    graph.fold_constants()
+    with _graph_surgeon_errors_only():
+        graph.fold_constants()
     graph.cleanup()
     graph.toposort()
     _rename(graph.inputs, "input")
@@ -194,6 +196,19 @@ def _clean(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> tuple[onnx
            for entry in tensor.external_data):
         raise OnnxExportError("a weight kept apart during the export has no data to write")
     return cleaned, apart
+
+
+@contextlib.contextmanager
+def _graph_surgeon_errors_only() -> Iterator[None]:
+    """graph-surgeon warns of every constant above 1 MiB it folds (each attention layer's relative position
+    bias, gathered from its table once here instead of at every run): its own heuristic, nothing a user can
+    act on, printed to stdout. Its errors still show."""
+    before = G_LOGGER.severity
+    G_LOGGER.severity = G_LOGGER.ERROR
+    try:
+        yield
+    finally:
+        G_LOGGER.severity = before
 
 
 # The exporter's per-node record of where a node came from (module scope, fx node, rewrite rule):

@@ -97,3 +97,35 @@ def test_full_size_masked_attention_models_export_with_dynamo_after_pruning(name
     assert (written.exporter, written.fallback_reason) == ("dynamo", None)
     with torch.no_grad():
         assert_close(onnx_outputs(written.path, x), pruned.module(x))
+
+
+class WindowBias(nn.Module):
+    """One attention layer over a 16 x 16 window, its relative position bias gathered from a table (Swin, BEiT):
+    the bias the export folds is 8 x 256 x 256 floats, 2 MiB."""
+
+    def __init__(self, dim=64, heads=8, window=16):
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.table = nn.Parameter(torch.randn((2 * window - 1) ** 2, heads))
+        coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+        relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + window - 1
+        self.register_buffer("index", relative[..., 0] * (2 * window - 1) + relative[..., 1], persistent=False)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.table[self.index.view(-1)].view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+def test_folding_a_large_bias_prints_nothing(tmp_path, capfd):
+    torch.manual_seed(0)
+    x = torch.randn(1, 256, 64)
+    model = WindowBias().eval()
+    written = export_onnx(capture(model, x, name="window"), tmp_path / "window.onnx")
+    captured = capfd.readouterr()
+    assert "[W]" not in captured.out + captured.err  # graph-surgeon's warnings: "large outputs", "colored"
+    assert (written.exporter, written.fallback_reason) == ("dynamo", None)
+    with torch.no_grad():
+        assert_close(onnx_outputs(written.path, x), model(x))
