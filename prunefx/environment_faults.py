@@ -111,6 +111,9 @@ def unspellable_arguments(argv: list[str]) -> str | None:
         try:
             argument.encode(encoding)
         except UnicodeEncodeError:
+            if encoding.replace("-", "").lower() == "utf8":  # bytes that are no text in any locale
+                return (f"the argument '{printable(argument)}' is not valid UTF-8 text: rename the file to a "
+                        "UTF-8 name")
             return (f"the argument '{printable(argument)}' cannot be spelled in this locale's encoding ({encoding}): "
                     "run with a UTF-8 locale (LC_ALL=C.UTF-8) or PYTHONUTF8=1")
     return None

@@ -94,6 +94,15 @@ def test_a_memory_limit_is_named_with_the_step_and_the_limit(tmp_path):
     assert line.startswith("prunefx inspect: error: ran out of memory in ") and "ulimit -v, is" in line
 
 
+def test_a_path_of_bytes_that_are_no_utf8_is_one_line(tmp_path):
+    output = os.fsencode(tmp_path) + b"/caf\xe9/model.onnx"  # Latin-1 bytes, under a UTF-8 locale
+    environment = {**os.environ, "LC_ALL": "C.UTF-8"}
+    done = subprocess.run([sys.executable, "-m", "prunefx", "export", "prunefx:resnet20", "--input-shape",
+                           "1x1x28x28", "-o", output], capture_output=True, timeout=300, env=environment)
+    line = _one_line(done.stderr.decode("utf-8", "backslashreplace"))
+    assert done.returncode == 2 and "is not valid UTF-8 text" in line
+
+
 def _inspect_raising(monkeypatch, error: BaseException) -> None:
     def failing(args):
         raise error
