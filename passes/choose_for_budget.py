@@ -50,8 +50,8 @@ import math
 
 from prunefx.graph import Program
 from prunefx.passes.budget.candidates import Candidate, budget_candidates
+from prunefx.passes.budget.choose_config import ChooseForBudgetConfig
 from prunefx.passes.budget.search import budget_text
-from prunefx.passes.core.choose_for_budget_config import ChooseForBudgetConfig
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.registry import shipped_pass
 from prunefx.passes.core.result import Result

@@ -61,7 +61,7 @@ import torch
 from prunefx.graph import Program
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.passes.core.contract import graph_pass
-from prunefx.passes.core.pass_config import option
+from prunefx.passes.core.pass_config import given, option
 from prunefx.passes.core.registry import shipped_pass
 from prunefx.passes.core.result import Result
 from prunefx.passes.linearize_blocks import blend_schedule
@@ -82,17 +82,17 @@ class DistillConfig(TrainingPassConfig):
 @shipped_pass
 @graph_pass(config=DistillConfig, in_place=True, reads=("sparsity", "linearize"))
 def distill(program: Program, /, *, config: dict | None = None) -> Result:
-    if (config or {}).get("data") is None:
+    if given(config, "data") is None:  # before the other checks: without data nothing else matters
         raise TrainingError("distill needs 'data': the training batches, (inputs, labels) tuples")
-    options = DistillConfig.parse(config).as_dict()
+    options = DistillConfig.parse(config)
     train_config = TrainConfig.from_dict(TrainConfig.fields_of(options), owner="distill")
-    teacher = options["teacher"]
+    teacher = options.teacher
     if teacher is None and (train_config.kd_weight > 0 or train_config.feature_pairs):
         teacher = program.clone().eval()
     before = _snapshot(program)
-    trainer = Trainer(program, teacher=teacher, data=options["data"], config=train_config,
-                      eval_data=options["eval_data"], after_backward=options["after_backward"] or (),
-                      after_step=options["after_step"] or ())
+    trainer = Trainer(program, teacher=teacher, data=options.data, config=train_config,
+                      eval_data=options.eval_data, after_backward=options.after_backward or (),
+                      after_step=options.after_step or ())
     schedule = blend_schedule(program, trainer.total_steps)
     if schedule is not None:  # linearize_blocks left blends: fade their activations out while training
         trainer.after_step.insert(0, schedule)

@@ -109,20 +109,20 @@ class Linearized:
 @shipped_pass
 @graph_pass(config=LinearizeBlocksConfig, in_place=True, reads=("linearize",), writes=("linearize",))
 def linearize_blocks(program: Program, /, *, config: dict | None = None) -> Result:
-    config = _checked(dict(config or {}))
+    config = LinearizeBlocksConfig.parse(config)
     _check_inputs(config)
     candidates = find_blocks(program.module)
-    batches = (calibration_inputs(program.example_inputs, config["calibration"], max_batches=config.get("max_batches"),
-                                  what="linearize_blocks") if config.get("calibration") is not None else None)
+    batches = (calibration_inputs(program.example_inputs, config.calibration, max_batches=config.max_batches,
+                                  what="linearize_blocks") if config.calibration is not None else None)
     chosen, damage = _choose(program, candidates, config, batches)
-    stats = {"mode": config["mode"], "candidates": [_summary(block, damage) for block in candidates],
+    stats = {"mode": config.mode, "candidates": [_summary(block, damage) for block in candidates],
              "chosen": [block.name for block in chosen],
              "not_mergeable": [block.name for block in chosen if not block.affine]}
-    new_norms = _replace_layer_norms(program, chosen) if config["layer_norms"] == "batch_norm" else []
-    stats.update(_linearize(program, chosen, config))
+    new_norms = _replace_layer_norms(program, chosen) if config.layer_norms == "batch_norm" else []
+    stats.update(_linearize(program, chosen, config.mode, config.ramp))
     program.recompile()
     stats["layer_norms_replaced"] = len(new_norms)
-    norms = new_norms + (_batch_norms_of(program, chosen) if config.get("recalibrate") else [])
+    norms = new_norms + (_batch_norms_of(program, chosen) if config.recalibrate else [])
     stats["calibrated"] = bool(norms) and batches is not None
     stats["batch_norms_recalibrated"] = len(norms) if batches is not None else 0
     if norms and batches is not None:
@@ -138,39 +138,37 @@ def _batch_norms_of(program: Program, blocks: list[Block]) -> list[str]:
             and node.target is torch.ops.aten.batch_norm.default]
 
 
-def _checked(config: dict) -> dict:
-    return LinearizeBlocksConfig.parse(config).as_dict()
-
-
-def _check_inputs(config: dict) -> None:
+def _check_inputs(config: LinearizeBlocksConfig) -> None:
     """What the pass needs from its caller besides values (data, a measuring function)."""
-    if config.get("speedup") is not None and not callable(config.get("measure")):
+    if config.speedup is not None and not callable(config.measure):
         raise LinearizeError("linearize_blocks: a 'speedup' target needs 'measure', a callable (before, after) -> "
                              "speed-up (e.g. prunefx.runtime.onnx_speedup())")
-    if config.get("recalibrate") and config.get("calibration") is None:
+    if config.recalibrate and config.calibration is None:
         raise LinearizeError("linearize_blocks: recalibrate needs 'calibration' data")
 
 
-def _choose(program: Program, candidates: list[Block], config: dict, batches) -> tuple[list[Block], dict]:
+def _choose(program: Program, candidates: list[Block], config: LinearizeBlocksConfig,
+            batches) -> tuple[list[Block], dict]:
     by_name = {block.name: block for block in candidates}
-    if config.get("blocks") is not None:
-        unknown = [name for name in config["blocks"] if name not in by_name]
+    if config.blocks is not None:
+        unknown = [name for name in config.blocks if name not in by_name]
         if unknown:
             raise LinearizeError(f"linearize_blocks: no block named {unknown}; the blocks are: {', '.join(by_name)}")
-        return [by_name[name] for name in config["blocks"]], {}
-    if config.get("count") == 0:
+        return [by_name[name] for name in config.blocks], {}
+    if config.count == 0:
         return [], {}
-    ranked, scores = ranked_blocks(program, batches, rank=config["rank"], progress=config.get("progress"),
+    ranked, scores = ranked_blocks(program, batches, rank=config.rank, progress=config.progress,
                                    candidates=candidates)
-    if config.get("speedup") is not None:
+    count = config.count
+    if config.speedup is not None:
         # _enough_for_speedup keeps the shortest prefix of the ranking that reaches the target: all of it is chosen
-        ranked = _enough_for_speedup(program, ranked, config["speedup"], config["measure"], scores)
-        config["count"] = len(ranked)
-    if config["count"] > len(ranked):
-        raise LinearizeError(f"linearize_blocks: count {config['count']} but only {len(ranked)} blocks become "
+        ranked = _enough_for_speedup(program, ranked, config.speedup, config.measure, scores)
+        count = len(ranked)
+    if count > len(ranked):
+        raise LinearizeError(f"linearize_blocks: count {count} but only {len(ranked)} blocks become "
                              f"affine once linearised and merge into fewer MACs: "
                              f"{', '.join(block.name for block in ranked)}")
-    chosen = set(block.name for block in ranked[:config["count"]])
+    chosen = set(block.name for block in ranked[:count])
     return [block for block in candidates if block.name in chosen], scores
 
 
@@ -199,7 +197,7 @@ def _linearized_and_merged(program: Program, blocks: list[Block]) -> Program:
     """A copy of `program` with `blocks` in their abrupt pruned form, merged (what deployment runs)."""
     candidate = program.clone().eval()
     _replace_layer_norms(candidate, blocks)
-    _linearize(candidate, blocks, {"mode": "abrupt"})
+    _linearize(candidate, blocks, "abrupt")
     candidate.module.recompile()  # shapes are unchanged: merge_blocks refreshes them when it rewrites
     return merge_blocks(candidate, config={}).program
 
@@ -240,10 +238,10 @@ def _replace_layer_norms(program: Program, blocks: list[Block]) -> list[str]:
     return [layer_norm_to_batch_norm(program, nodes[name]).name for block in blocks for name in block.layer_norms]
 
 
-def _linearize(program: Program, blocks: list[Block], config: dict) -> dict:
+def _linearize(program: Program, blocks: list[Block], mode: str, ramp: float | None = None) -> dict:
     nodes = {node.name: node for node in program.graph.nodes}
     module = program.module
-    if config["mode"] == "abrupt":
+    if mode == "abrupt":
         for block in blocks:
             for name in block.activations:
                 remove_activation(module, nodes[name])
@@ -251,7 +249,7 @@ def _linearize(program: Program, blocks: list[Block], config: dict) -> dict:
     if program.analysis.linearize is None:
         program.analysis.linearize = LinearizeRecord()
     record = program.analysis.linearize
-    record.ramp = float(config["ramp"])
+    record.ramp = float(ramp)
     for block in blocks:
         buffer = new_blend_buffer(module, block.name)
         record.blends[buffer] = block.name

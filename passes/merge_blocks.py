@@ -81,7 +81,7 @@ class Merged:
 @shipped_pass
 @graph_pass(config=MergeBlocksConfig, in_place=True, exact=True, reads=("linearize",), writes=("linearize",))
 def merge_blocks(program: Program, /, *, config: dict | None = None) -> Result:
-    config = _checked(config)
+    config = MergeBlocksConfig.parse(config)
     if program.training:
         raise MergeBlocksError(f"merge_blocks is exact in eval mode only, and '{program.name}' is in training "
                                f"mode (batch norms use batch statistics); call program.eval() first")
@@ -96,15 +96,11 @@ def merge_blocks(program: Program, /, *, config: dict | None = None) -> Result:
     after = _census(program)
     stats = {"merged": dict(Counter(merge["kind"] for merge in merges)), "merges": merges,
              "skipped": [{"kind": key[0], "nodes": list(key[1:]), "reason": reason} for key, reason in skipped.items()],
-             "blends_stripped": stripped, "max_kernel_growth": config["max_kernel_growth"],
-             "measured": config["measure"] is not None}
+             "blends_stripped": stripped, "max_kernel_growth": config.max_kernel_growth,
+             "measured": config.measure is not None}
     stats.update({f"{name}_before": value for name, value in before.items()})
     stats.update({f"{name}_after": value for name, value in after.items()})
     return Result(program, modified=bool(merges or stripped), stats=stats, facts=Merged(len(merges)))
-
-
-def _checked(config: dict | None) -> dict:
-    return MergeBlocksConfig.parse(config).as_dict()
 
 
 def _census(program: Program) -> dict[str, int]:
@@ -114,7 +110,7 @@ def _census(program: Program) -> dict[str, int]:
 
 
 # --- the merge loop -----------------------------------------------------------------------------------
-def _merge_all(program: Program, config: dict) -> tuple[list[dict], dict[tuple, str]]:
+def _merge_all(program: Program, config: MergeBlocksConfig) -> tuple[list[dict], dict[tuple, str]]:
     """Apply the preferred candidate of the first chain that has one, until none is left. Chains are read
     again after every merge (node names are stable, so refusals and compositions are remembered)."""
     merges: list[dict] = []
@@ -127,13 +123,13 @@ def _merge_all(program: Program, config: dict) -> tuple[list[dict], dict[tuple, 
         if candidate is None:
             return merges, refused
         record = describe_merge(candidate)
-        if candidate.kind == "layers" and config["measure"] is not None:
+        if candidate.kind == "layers" and config.measure is not None:
             if stale:
                 program.recompile()
             speedup = _measured(program, candidate, config)
             stale = False  # recompiled, whether kept or undone
-            if speedup <= config["min_speedup"]:
-                refused[candidate.key] = f"measured speed-up {speedup:.3f}x is not above {config['min_speedup']}x"
+            if speedup <= config.min_speedup:
+                refused[candidate.key] = f"measured speed-up {speedup:.3f}x is not above {config.min_speedup}x"
                 continue
             record["speedup"] = round(speedup, 4)
         else:
@@ -142,12 +138,12 @@ def _merge_all(program: Program, config: dict) -> tuple[list[dict], dict[tuple, 
         merges.append(record)
 
 
-def _measured(program: Program, candidate: Candidate, config: dict) -> float:
+def _measured(program: Program, candidate: Candidate, config: MergeBlocksConfig) -> float:
     """Apply the candidate, measure against a copy of the Program before it, and undo it unless faster."""
     before = program.clone()
     apply_merge(program.module, candidate)
     program.recompile()
-    speedup = float(config["measure"](before, program))
-    if speedup <= config["min_speedup"]:
+    speedup = float(config.measure(before, program))
+    if speedup <= config.min_speedup:
         program.module = before.module
     return speedup

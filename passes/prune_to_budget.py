@@ -41,12 +41,12 @@ from prunefx.graph import Program
 from prunefx.passes.budget.measurement import round_to_of
 from prunefx.passes.budget.search import CROSS_PROCESS, Measured, budget_text, require_latency
 from prunefx.passes.budget.width_search import WidthSearch
-from prunefx.passes.core.channels_removed import ChannelsRemoved
 from prunefx.passes.core.config_checks import ConfigError
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.pass_config import option
 from prunefx.passes.core.registry import shipped_pass
 from prunefx.passes.core.result import Result
+from prunefx.passes.removal.channels_removed import ChannelsRemoved
 from prunefx.passes.remove_channels import RemoveChannelsConfig
 
 DEFAULT_ROUND_TO = 8  # remove_channels' own default, when neither the user nor the backend names a multiple
@@ -100,8 +100,9 @@ class WidthChosen:
 def prune_to_budget(program: Program, /, *, config: dict | None = None) -> Result:
     settings = PruneToBudgetConfig.parse(config)
     require_latency("prune_to_budget", settings.latency)
-    own = {field.name for field in dataclasses.fields(RemoveChannelsConfig)} - set(SEARCHED)
-    removal = {key: value for key, value in settings.as_dict().items() if key in own}
+    # the options of the inner remove_channels, each candidate's mapping (the search adds its target)
+    removal = {field.name: getattr(settings, field.name) for field in dataclasses.fields(RemoveChannelsConfig)
+               if field.name not in SEARCHED}
     removal["round_to"] = settings.round_to or round_to_of(settings.latency) or DEFAULT_ROUND_TO
     search = WidthSearch(program, settings, removal)
     chosen = search.run()

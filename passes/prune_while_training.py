@@ -42,12 +42,12 @@ from prunefx.graph.channels.importance import FisherAccumulator, group_importanc
 from prunefx.graph.channels.selection import TARGET_KINDS, TARGET_TOLERANCE, Target
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.core import config_checks as checks
-from prunefx.passes.core.channels_removed import ChannelsRemoved
 from prunefx.passes.core.contract import graph_pass
-from prunefx.passes.core.pass_config import option
+from prunefx.passes.core.pass_config import given, option
 from prunefx.passes.core.pipeline import run_inner
 from prunefx.passes.core.registry import shipped_pass
 from prunefx.passes.core.result import Result
+from prunefx.passes.removal.channels_removed import ChannelsRemoved
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.training.carried_state import carry_state, cut_tracking_indices
 from prunefx.passes.training.config import TrainingPassConfig
@@ -78,7 +78,7 @@ class PruneWhileTrainingConfig(TrainingPassConfig):
 
     def check(self) -> None:
         owner = self.owner
-        _target(self.as_dict())
+        _target(self)
         checks.integer(owner, "prune_events", self.prune_events, minimum=1)
         checks.integer(owner, "interval", self.interval, minimum=1)
         checks.integer(owner, "round_to", self.round_to, minimum=1)
@@ -88,15 +88,15 @@ class PruneWhileTrainingConfig(TrainingPassConfig):
 @shipped_pass
 @graph_pass(config=PruneWhileTrainingConfig, in_place=True, reads=("sparsity", "linearize"))
 def prune_while_training(program: Program, /, *, config: dict | None = None) -> Result:
-    if (config or {}).get("data") is None:
+    if given(config, "data") is None:  # before the other checks: without data nothing else matters
         raise PrunefxError("prune_while_training needs training batches: config['data']")
-    options = PruneWhileTrainingConfig.parse(config).as_dict()
+    options = PruneWhileTrainingConfig.parse(config)
     train_config = TrainConfig.from_dict(TrainConfig.fields_of(options), owner="prune_while_training")
     target = _target(options)
     schedule = PruningSchedule(program, target, options)
-    teacher = options.get("teacher") or program.clone().eval()
-    trainer = Trainer(program, teacher=teacher, data=options["data"], config=train_config,
-                      eval_data=options.get("eval_data"),
+    teacher = options.teacher or program.clone().eval()
+    trainer = Trainer(program, teacher=teacher, data=options.data, config=train_config,
+                      eval_data=options.eval_data,
                       after_backward=[schedule.accumulate], after_step=[schedule.maybe_prune])
     if trainer.total_steps < schedule.last_step:
         raise PrunefxError(f"prune_while_training: {trainer.total_steps} training steps cannot hold "
@@ -106,19 +106,21 @@ def prune_while_training(program: Program, /, *, config: dict | None = None) -> 
     program = trainer.program
     stats = schedule.statistics(program)
     stats["training"] = training
-    if options["strict"] and not stats["target"]["met"]:
+    if options.strict and not stats["target"]["met"]:
         raise PrunefxError(f"prune_while_training ended at {target.kind}={stats['target']['achieved']:.3f} of the "
                            f"dense model, more than {TARGET_TOLERANCE:.0%} from the target {target.fraction:g}")
     # training steps change the weights even where no event removed a channel
     return Result(program, modified=trainer.total_steps > 0 or bool(schedule.done), stats=stats)
 
 
-def _target(options: dict) -> Target:
-    given = [kind for kind in _TARGETS if options.get(kind) is not None]
-    if len(given) != 1 or options.get("channels") is not None:
+def _target(options: PruneWhileTrainingConfig) -> Target:
+    given = [kind for kind in _TARGETS if getattr(options, kind) is not None]
+    if len(given) != 1 or options.channels is not None:
+        named = [kind for kind in TARGET_KINDS if getattr(options, kind, None) is not None]
         raise PrunefxError(f"prune_while_training needs exactly one target among {', '.join(_TARGETS)} "
-                           f"(got {', '.join(k for k in TARGET_KINDS if options.get(k) is not None) or 'none'})")
-    fraction = checks.number("prune_while_training", given[0], options[given[0]], low=0.0, high=1.0, low_open=True)
+                           f"(got {', '.join(named) or 'none'})")
+    fraction = checks.number("prune_while_training", given[0], getattr(options, given[0]), low=0.0, high=1.0,
+                             low_open=True)
     return Target(given[0], fraction)
 
 
@@ -133,9 +135,9 @@ class PruningSchedule:
 
     `due` and `cut` need no Trainer: prunefx/interop/recovery.py drives the same schedule from a user's own loop."""
 
-    def __init__(self, program: Program, target: Target, options: dict):
+    def __init__(self, program: Program, target: Target, options: PruneWhileTrainingConfig):
         self.target, self.options = target, options
-        self.events, self.interval = int(options["prune_events"]), int(options["interval"])
+        self.events, self.interval = int(options.prune_events), int(options.interval)
         if self.events < 1 or self.interval < 1:
             raise PrunefxError("prune_while_training: 'prune_events' and 'interval' must be positive")
         self.last_step = self.events * self.interval
@@ -149,8 +151,8 @@ class PruningSchedule:
         """`max_ratio` bounds what a group loses against its *dense* width: without these floors every
         cut could take max_ratio of what the previous cuts left, and a group would shrink to
         (1 - max_ratio)^events of its width (a 5x target left ResNet-20 with a few channels per layer)."""
-        combing = find_channel_groups(program.module, keep=set(self.options["keep"]))
-        floor = 1.0 - float(self.options["max_ratio"])
+        combing = find_channel_groups(program.module, keep=set(self.options.keep))
+        floor = 1.0 - float(self.options.max_ratio)
         return {f"{tensor}:{dim}": max(math.ceil(floor * group.size - 1e-9), 1)
                 for group in combing.groups for tensor, dim in group.members}
 
@@ -170,7 +172,7 @@ class PruningSchedule:
         _, kept = cut_tracking_indices(
             program, lambda cut: self.cut(cut, step, train_loss=trainer.last_losses.get("loss")), in_place=True)
         trainer.replace_program(program)  # new parameters: a new optimizer (and train mode restored)
-        if self.options.get("optimizer_state", "carry") == "carry":  # momentum goes on for the channels kept
+        if self.options.optimizer_state == "carry":  # momentum goes on for the channels kept
             carry_state(optimizer, trainer.optimizer, before, dict(program.module.named_parameters()), kept)
         self.restart_scores(program.module)
 
@@ -181,8 +183,8 @@ class PruningSchedule:
         program.eval()  # shapes are re-propagated during removal: batch norms must not update statistics
         result = run_inner(remove_channels, program, {
             self.target.kind: self._relative(program, kept_after), "importance": self._importance,
-            "ranking": self.options["ranking"], "round_to": self.options["round_to"],
-            "max_ratio": self.options["max_ratio"], "min_widths": self.min_widths, "keep": self.options["keep"],
+            "ranking": self.options.ranking, "round_to": self.options.round_to,
+            "max_ratio": self.options.max_ratio, "min_widths": self.min_widths, "keep": self.options.keep,
             "strict": False})
         removed = result.facts_as(ChannelsRemoved)
         event = {"step": step, "kept_target": kept_after, "macs": removed.macs_after,

@@ -39,6 +39,7 @@ Non-goals: concat inputs sharing one scale (not needed by the CNNs measured here
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -91,11 +92,9 @@ class QuantizeInt8Config(PassConfig):
 
 
 def _settings(config: dict | QuantizeInt8Config | None) -> QuantizeInt8Config:
-    if isinstance(config, QuantizeInt8Config):
-        config = config.as_dict()
-    settings = QuantizeInt8Config.parse(config)
-    settings.skip_nodes, settings.skip_operators = tuple(settings.skip_nodes), tuple(settings.skip_operators)
-    return settings
+    settings = QuantizeInt8Config.parse(config)  # a copy below: the caller's parsed config stays as given
+    return dataclasses.replace(settings, skip_nodes=tuple(settings.skip_nodes),
+                               skip_operators=tuple(settings.skip_operators))
 
 
 @dataclass(frozen=True)

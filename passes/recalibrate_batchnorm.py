@@ -75,14 +75,14 @@ class RecalibrateBatchnormConfig(PassConfig):
 @shipped_pass
 @graph_pass(config=RecalibrateBatchnormConfig, in_place=True)
 def recalibrate_batchnorm(program: Program, /, *, config: dict | None = None) -> Result:
-    config = RecalibrateBatchnormConfig.parse(config).as_dict()
-    batches = calibration_inputs(program.example_inputs, config.get("data"), max_batches=config.get("max_batches"),
+    settings = RecalibrateBatchnormConfig.parse(config)
+    batches = calibration_inputs(program.example_inputs, settings.data, max_batches=settings.max_batches,
                                  what="recalibrate_batchnorm")
     was_training = program.training
     program.eval()
     try:
         norms, skipped = _recalibratable(program.module)
-        norms = _only(norms, config.get("nodes"))
+        norms = _only(norms, settings.nodes)
         if norms and live_bytes(program.module, norms) * len(batches) <= _WALK_BUDGET:
             changed, passes = _recalibrate_in_one_walk(program.module, norms, batches), 1
         else:

@@ -48,6 +48,7 @@ listed in the statistics with the operator that blocked them.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import math
@@ -67,11 +68,11 @@ from prunefx.graph.channels.selection import RANKINGS, TARGET_KINDS, TARGET_TOLE
 from prunefx.graph.errors import PrunefxError, printable
 from prunefx.graph.program import current_output_shapes
 from prunefx.passes.core import config_checks as checks
-from prunefx.passes.core.channels_removed import removal_facts
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.pass_config import PassConfig, option
 from prunefx.passes.core.registry import shipped_pass
 from prunefx.passes.core.result import Result
+from prunefx.passes.removal.channels_removed import removal_facts
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class RemoveChannelsConfig(PassConfig):
             raise checks.ConfigError(f"{self.owner}: min_widths must map 'tensor:dim' names to widths >= 1")
 
     def check_target(self) -> None:
-        _target(self.as_dict())
+        _target(self)
         if (self.layer_time is None) != (self.latency_table is None):
             raise checks.ConfigError(f"{self.owner}: layer_time and latency_table go together (the table prices "
                                      "that target and no other)")
@@ -153,33 +154,32 @@ class RemoveChannelsConfig(PassConfig):
 @graph_pass(config=RemoveChannelsConfig, in_place=True)
 def remove_channels(program: Program, /, *, config: dict | None = None) -> Result:
     parsed = RemoveChannelsConfig.parse(config)
-    config = parsed.as_dict()
-    config["importance"], config["compensate"] = parsed.resolved()
-    config["heads"] = parsed.resolved_heads()
-    _check_keep(program, config["keep"])
+    importance, compensate = parsed.resolved()  # the defaults that depend on the data given, settled once
+    config = dataclasses.replace(parsed, importance=importance, compensate=compensate, heads=parsed.resolved_heads())
+    _check_keep(program, config.keep)
     target = _target(config)
-    if config["compensate"] or config["importance"] in DATA_CRITERIA:  # checked (and read once) up front
-        config["calibration"] = _calibration(program, config["calibration"])
+    if config.compensate or config.importance in DATA_CRITERIA:  # checked (and read once) up front
+        config.calibration = _calibration(program, config.calibration)
     # Dead nodes and the parameters only they read (googlenet's aux heads in eval mode) would count
     # before pruning and vanish after it, inflating the reduction: drop them first.
     if program.module.graph.eliminate_dead_code():
         program.recompile()
     delete_unused_tensors(program.module)
     before = count(program)
-    combing = find_channel_groups(program.module, keep=set(config["keep"]))
+    combing = find_channel_groups(program.module, keep=set(config.keep))
     # obs and compensate read the same layer Hessians of the dense network: gathered once, for both
-    hessians: dict | None = {} if config["compensate"] and config["importance"] == "obs" else None
+    hessians: dict | None = {} if config.compensate and config.importance == "obs" else None
     importance = _importance(program, combing, config, hessians)
-    selector = Selector(program.module, combing, importance.scores, round_to=int(config["round_to"]),
-                        max_ratio=float(config["max_ratio"]), ranking=config["ranking"],
+    selector = Selector(program.module, combing, importance.scores, round_to=int(config.round_to),
+                        max_ratio=float(config.max_ratio), ranking=config.ranking,
                         comparable=getattr(importance, "comparable", False),
-                        floors=_floors(program, combing, config["min_widths"], config["heads"]),
-                        layer_time=config["latency_table"])
+                        floors=_floors(program, combing, config.min_widths, config.heads),
+                        layer_time=config.latency_table)
     plan = selector.plan(target)
-    if not plan.target_met and config["strict"]:
+    if not plan.target_met and config.strict:
         raise PrunefxError(_unreachable(target, plan, combing))
     removed = {int(c) for gone in plan.removed for c in gone}
-    compensation = (_compensate(program, combing, removed, config, hessians) if removed and config["compensate"]
+    compensation = (_compensate(program, combing, removed, config, hessians) if removed and config.compensate
                     else None)
     hessians = None  # released before slicing
     if removed:
@@ -187,7 +187,7 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
         program.recompile()
         _check_outputs_kept(program)
     after = count(program)
-    compensated = (compensation or {"compensated": [], "skipped": []}) if config["compensate"] else None
+    compensated = (compensation or {"compensated": [], "skipped": []}) if config.compensate else None
     facts = removal_facts(config, target, importance, combing, plan, before, after, compensated)
     log.info("remove_channels: %d channel classes removed, %.3f of the MACs kept", len(removed),
              after.macs / max(before.macs, 1))
@@ -215,23 +215,24 @@ def _check_keep(program: Program, keep) -> None:
                                f"{program.name}{hint}")
 
 
-def _importance(program: Program, combing, config: dict, hessians: dict | None):
-    criterion = config["importance"]
+def _importance(program: Program, combing, config: RemoveChannelsConfig, hessians: dict | None):
+    criterion = config.importance
     if callable(criterion):  # scores gathered elsewhere, e.g. Fisher accumulated while training
         return criterion(program.module, combing)
-    calibration = config["calibration"] if criterion in DATA_CRITERIA else None  # checked up front
-    options = {"calibration": calibration, "seed": int(config["seed"])}
+    calibration = config.calibration if criterion in DATA_CRITERIA else None  # checked up front
+    options = {"calibration": calibration, "seed": int(config.seed)}
     if criterion != "obs":
         return channel_importance(program.module, combing, criterion, **options)
     with program.evaluating():  # the activations the deployed network sees, as for compensate
-        return channel_importance(program.module, combing, criterion, damping=float(config["damping"]),
+        return channel_importance(program.module, combing, criterion, damping=float(config.damping),
                                   hessians=hessians, **options)
 
 
-def _compensate(program: Program, combing, removed: set[int], config: dict, hessians: dict | None) -> dict:
+def _compensate(program: Program, combing, removed: set[int], config: RemoveChannelsConfig,
+                hessians: dict | None) -> dict:
     with program.evaluating():
-        return compensate_removed_inputs(program.module, combing.analysis, removed, config["calibration"],
-                                         damping=float(config["damping"]), hessians=hessians)
+        return compensate_removed_inputs(program.module, combing.analysis, removed, config.calibration,
+                                         damping=float(config.damping), hessians=hessians)
 
 
 def _floors(program: Program, combing, min_widths: dict | None, heads: str) -> list[int] | None:
@@ -245,12 +246,12 @@ def _floors(program: Program, combing, min_widths: dict | None, heads: str) -> l
     return floors if any(floor > 1 for floor in floors) else None
 
 
-def _target(config: dict) -> Target:
-    given = [kind for kind in TARGET_KINDS if config.get(kind) is not None]
+def _target(config: RemoveChannelsConfig) -> Target:
+    given = [kind for kind in TARGET_KINDS if getattr(config, kind) is not None]
     if len(given) != 1:
         raise PrunefxError(f"remove_channels needs exactly one target among {', '.join(TARGET_KINDS)} "
                            f"(got {', '.join(given) or 'none'})")
-    value = config[given[0]]
+    value = getattr(config, given[0])
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise checks.ConfigError(f"remove_channels: target {given[0]} must be a fraction in (0, 1], not {value!r}")
     return Target(given[0], float(value))

@@ -62,7 +62,7 @@ from prunefx.graph.sparsity.nm_masks import (
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.registry import shipped_pass
 from prunefx.passes.core.result import Result
-from prunefx.passes.core.sparsify_nm_config import UNSTRUCTURED, SparsifyNMConfig, checked_config
+from prunefx.passes.sparsity.config import UNSTRUCTURED, SparsifyNMConfig, SparsityPlan, checked_config
 from prunefx.passes.training.engine import IGNORE_LABEL, logits_of
 
 _FISHER_BUDGET = 1 << 29  # bytes of float64 Fisher inverses held at once (512 MiB)
@@ -71,26 +71,25 @@ _FISHER_BUDGET = 1 << 29  # bytes of float64 Fisher inverses held at once (512 M
 @shipped_pass
 @graph_pass(config=SparsifyNMConfig, in_place=True, writes=("sparsity",))
 def sparsify_nm(program: Program, /, *, config: dict | None = None) -> Result:
-    config = checked_config(program, dict(config or {}))
-    pattern = config["pattern"]
-    layers, skipped = find_sparse_layers(program.module, pattern=pattern, min_channels=config["min_channels"],
-                                         keep=set(config["keep"]), only=config["layers"])
+    plan = checked_config(program, config)
+    layers, skipped = find_sparse_layers(program.module, pattern=plan.pattern, min_channels=plan.min_channels,
+                                         keep=set(plan.keep), only=plan.layers)
     before = {layer.weight: get_tensor(program.module, layer.weight).detach().clone() for layer in layers}
     with program.evaluating():
-        errors = _sparsify(program.module, layers, config)
+        errors = _sparsify(program.module, layers, plan)
     changed = sum(not torch.equal(before[layer.weight], get_tensor(program.module, layer.weight)) for layer in layers)
-    stats = _statistics(program, layers, skipped, config, errors, changed)
+    stats = _statistics(program, layers, skipped, plan, errors, changed)
     program.analysis.sparsity = SparsityRecord(**{key: stats[key] for key in
                                                   ("pattern", "criterion", "weights", "layers", "skipped")})
     return Result(program, modified=changed > 0, stats=stats)
 
 
-def _sparsify(module, layers: list[SparseLayer], config: dict) -> dict[str, float]:
+def _sparsify(module, layers: list[SparseLayer], config: SparsityPlan) -> dict[str, float]:
     """Sparsify every layer in place; return relative layer-output errors where a Hessian was at hand."""
-    criterion, pattern = config["criterion"], config["pattern"]
+    criterion, pattern = config.criterion, config.pattern
     if pattern is None:  # unstructured
         if criterion == "magnitude":
-            _global_magnitude(module, layers, config["sparsity"])
+            _global_magnitude(module, layers, config.sparsity)
         else:
             _cap_unstructured(module, layers, config)
         return {}
@@ -106,27 +105,27 @@ def _sparsify(module, layers: list[SparseLayer], config: dict) -> dict[str, floa
     return {}
 
 
-def _obs(module, layers: list[SparseLayer], config: dict) -> dict[str, float]:
+def _obs(module, layers: list[SparseLayer], config: SparsityPlan) -> dict[str, float]:
     """sequential: one layer at a time, each H read on the network sparsified so far (SparseGPT);
     otherwise every H from the dense network (updates stored once all are computed)."""
     errors, updates = {}, {}
-    batches, damping, pattern = config["calibration"], config["damping"], config["pattern"]
-    for chunk in ([[layer] for layer in layers] if config["sequential"] else [layers]):
+    batches, damping, pattern = config.calibration, config.damping, config.pattern
+    for chunk in ([[layer] for layer in layers] if config.sequential else [layers]):
         for layer, hessian in layer_hessians(module, chunk, batches):
             matrix = grouped_weight(module, layer)
             updates[layer.node], _ = obs_prune(matrix, hessian, pattern, damping=damping)
             errors[layer.node] = relative_output_error(matrix, updates[layer.node], hessian)
-            if config["sequential"]:
+            if config.sequential:
                 _store(module, layer, updates[layer.node])
     _store_all(module, layers, {node: (matrix, None) for node, matrix in updates.items()})
     return errors
 
 
-def _cap_round(module, layers: list[SparseLayer], config: dict, counts: dict) -> dict:
+def _cap_round(module, layers: list[SparseLayer], config: SparsityPlan, counts: dict) -> dict:
     """CAP elimination of every layer from Fisher inverses of the module as given (nothing is stored):
     {node: (grouped matrix after it, cumulative loss curve [blocks, steps])}. counts[node]: weights per
     block to remove (None: the N:M count). Layers go in chunks whose inverses fit in memory."""
-    size, pattern, results = config["block_size"], config["pattern"], {}
+    size, pattern, results = config.block_size, config.pattern, {}
 
     def fisher_bytes(layer: SparseLayer) -> int:  # its Fisher inverse: numel * B float64, plus a B x B block
         return 8 * size * (torch.Size(layer.shape).numel() + size)
@@ -141,18 +140,18 @@ def _cap_round(module, layers: list[SparseLayer], config: dict, counts: dict) ->
     return results
 
 
-def _fisher(module, layers: list[SparseLayer], config: dict):
-    return fisher_inverses(module, layers, config["calibration"], _summed_cross_entropy,
-                           block_size=config["block_size"], damping=config["damping"])
+def _fisher(module, layers: list[SparseLayer], config: SparsityPlan):
+    return fisher_inverses(module, layers, config.calibration, _summed_cross_entropy,
+                           block_size=config.block_size, damping=config.damping)
 
 
-def _cap_unstructured(module, layers: list[SparseLayer], config: dict) -> None:
+def _cap_unstructured(module, layers: list[SparseLayer], config: SparsityPlan) -> None:
     """Loss curves with every weight eliminated, one global threshold, then the elimination again with
     each block's count (the Fisher gathered afresh per chunk, so only one chunk's inverses are held)."""
-    everything = {layer.node: blocks_of(torch.empty(torch.Size(layer.shape).numel()), config["block_size"])[1].sum(1)
+    everything = {layer.node: blocks_of(torch.empty(torch.Size(layer.shape).numel()), config.block_size)[1].sum(1)
                   for layer in layers}
     curves = {node: losses for node, (_, losses) in _cap_round(module, layers, config, everything).items()}
-    counts = dict(zip(curves, global_counts(list(curves.values()), config["sparsity"])))
+    counts = dict(zip(curves, global_counts(list(curves.values()), config.sparsity)))
     _store_all(module, layers, _cap_round(module, layers, config, counts))
 
 
@@ -198,13 +197,13 @@ def _statistics(program, layers, skipped, config, errors: dict, changed: int) ->
         if layer.node in errors:
             entry["relative_output_error"] = errors[layer.node]
         described.append(entry)
-    pattern = config["pattern"]
-    return {"pattern": str(pattern) if pattern else UNSTRUCTURED, "criterion": config["criterion"],
-            "target_sparsity": config["sparsity"] if pattern is None else pattern.pruned / pattern.group,
-            "damping": config["damping"], "block_size": config["block_size"] if config["criterion"] == "cap" else None,
+    pattern = config.pattern
+    return {"pattern": str(pattern) if pattern else UNSTRUCTURED, "criterion": config.criterion,
+            "target_sparsity": config.sparsity if pattern is None else pattern.pruned / pattern.group,
+            "damping": config.damping, "block_size": config.block_size if config.criterion == "cap" else None,
             "weights": [layer.weight for layer in layers], "layers": described, "skipped": skipped,
             "layers_changed": changed, "zero_fraction": zeros / total if total else 0.0,
-            "calibration_images": sum(int(_first(b).shape[0]) for b in config["calibration"] or ())}
+            "calibration_images": sum(int(_first(b).shape[0]) for b in config.calibration or ())}
 
 
 def _first(batch) -> torch.Tensor:

@@ -3,9 +3,12 @@ the registry users extend, channel rules that refuse a silent override, and a li
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import importlib
 import subprocess
 import sys
+from typing import ClassVar
 
 import pytest
 import torch
@@ -16,6 +19,7 @@ from prunefx.graph.analysis_record import LinearizeRecord
 from prunefx.graph.channels.rules import RULES, channel_rule, remove_channel_rule
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.core.contract import graph_pass
+from prunefx.passes.core.pass_config import PassConfig, option
 from prunefx.passes.core.pipeline import Pipeline, PipelineError
 from prunefx.passes.core.recipe import load_recipe
 from prunefx.passes.core.registry import get_pass, register_pass, registered_passes, unregister_pass
@@ -199,3 +203,49 @@ def test_the_cli_flags_choose_which_prunefx_records_reach_stderr(flags, shown, c
             getattr(logger, level)("a %s record", level)
     err = capsys.readouterr().err
     assert {level for level in ("debug", "info", "warning") if f"prunefx: a {level} record" in err} == shown
+
+
+def test_the_pipeline_parses_each_config_once_and_hands_the_pass_the_parsed_config():
+    """A pass in a Pipeline receives its parsed config (its options as fields, defaults filled in); a bare call
+    with a mapping still works, and parsing a parsed config hands it back as it is."""
+    seen = []
+
+    @dataclasses.dataclass
+    class EchoConfig(PassConfig):
+        owner: ClassVar[str] = "echo"
+        times: int = option(2, help="how often")
+
+    @graph_pass(config=EchoConfig, in_place=True)
+    def echo(program, /, *, config=None):
+        seen.append(config)
+        return Result(program, modified=False, stats={"times": EchoConfig.parse(config).times})
+
+    program = _program()
+    Pipeline([(echo, {"times": 3})]).run(program)
+    assert isinstance(seen[-1], EchoConfig) and seen[-1].times == 3
+    assert echo(program, config={"times": 4}).stats == {"times": 4} and seen[-1] == {"times": 4}
+    assert EchoConfig.parse(seen[0]) is seen[0]
+
+
+def test_no_pass_turns_its_parsed_config_back_into_a_mapping():
+    """Passes read their options as fields: `.as_dict()` is the config machinery's own (pass_config.py)."""
+    from pathlib import Path
+
+    root = Path(prunefx.passes.__file__).parent
+    offenders = [f"{path.relative_to(root)}:{node.lineno}" for path in sorted(root.rglob("*.py"))
+                 if path.name != "pass_config.py"
+                 for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "as_dict"]
+    assert offenders == []
+
+
+def test_passes_core_holds_infrastructure_only():
+    """No pass's config or facts in passes/core/: they live beside their pass (passes/budget/, passes/removal/,
+    passes/sparsity/)."""
+    from pathlib import Path
+
+    from prunefx.passes.core import registry
+
+    core = Path(registry.__file__).parent
+    names = {path.stem for path in core.glob("*.py")}
+    assert not any(shipped in name for name in names for shipped in registry._SHIPPED), sorted(names)

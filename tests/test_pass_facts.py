@@ -6,9 +6,9 @@ import torch
 import torchvision
 
 from prunefx.graph import capture
-from prunefx.passes.core.channels_removed import ChannelsRemoved
 from prunefx.passes.fold_batchnorm import Folded, fold_batchnorm
 from prunefx.passes.quantize_int8 import Quantized, quantize_int8
+from prunefx.passes.removal.channels_removed import ChannelsRemoved
 from prunefx.passes.remove_channels import remove_channels
 
 pytestmark = pytest.mark.usefixtures("one_thread")

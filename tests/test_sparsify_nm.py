@@ -25,10 +25,10 @@ from prunefx.models import build_model
 from prunefx.named_recipes import RECIPES_DIR
 from prunefx.passes.core.recipe import load_recipe, pipeline_from_spec
 from prunefx.passes.core.registry import get_pass
-from prunefx.passes.core.sparsify_nm_config import SparsityError
 from prunefx.passes.distill import distill
 from prunefx.passes.rewrites.sparse_masks import SparseMasks
 from prunefx.passes.sparsify_nm import sparsify_nm
+from prunefx.passes.sparsity.config import SparsityError
 from prunefx.runtime import export_onnx
 from prunefx.runtime.semi_structured import (
     SemiStructuredUnavailable,

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from prunefx.graph import Program, count
 from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.errors import PrunefxError
+from prunefx.passes.budget.choose_config import DIMENSIONS, SMALLEST_SHARE, ChooseForBudgetConfig
 from prunefx.passes.budget.damage_proxy import kl_damage, model_outputs
 from prunefx.passes.budget.measurement import Timing, as_measurer, round_to_of
 from prunefx.passes.budget.search import Acceptance, BudgetUnreachable, Measured, budget_text, require_latency
-from prunefx.passes.core.choose_for_budget_config import DIMENSIONS, SMALLEST_SHARE, ChooseForBudgetConfig
 from prunefx.passes.core.pipeline import PipelineError, run_inner
 from prunefx.passes.depth_to_budget import DepthChosen, depth_to_budget, no_block_message
 from prunefx.passes.linearize_blocks import ranked_blocks

@@ -20,9 +20,9 @@ from prunefx.passes.budget.search import (
     noise_text,
     speedup_text,
 )
-from prunefx.passes.core.channels_removed import ChannelsRemoved
 from prunefx.passes.core.pipeline import run_inner
 from prunefx.passes.core.result import Result
+from prunefx.passes.removal.channels_removed import ChannelsRemoved
 from prunefx.passes.remove_channels import remove_channels
 
 if TYPE_CHECKING:

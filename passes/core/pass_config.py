@@ -1,8 +1,9 @@
 """Every pass's options are one dataclass, a subclass of `PassConfig`.
 
-A pass function keeps its plain signature `(program, /, *, config: dict) -> Result` (recipes are YAML
-and the Python API takes mappings) and names its config class in its contract
-(`@graph_pass(config=...)`, passes/core/contract.py):
+A pass function takes `(program, /, *, config) -> Result`, `config` a mapping (recipes are YAML and the
+Python API takes mappings) or the parsed config itself, and names its config class in its contract
+(`@graph_pass(config=...)`, passes/core/contract.py). The pass reads its options as the parsed config's
+fields: `XConfig.parse(config)` hands an already-parsed config back unchanged.
 
 - the fields' defaults are the pass's defaults, in one place; `ConfigClass.parse(mapping)` refuses
   unknown keys and values of the wrong type, in one line naming the pass and the key, then runs the
@@ -147,7 +148,10 @@ class PassConfig:
 
     @classmethod
     def parse(cls, mapping: Mapping[str, Any] | None = None):
-        """The config for `mapping` (defaults filled in), or a ConfigError naming the pass and the key."""
+        """The config for `mapping` (defaults filled in), or a ConfigError naming the pass and the key; a config
+        of this class as it is (the Pipeline parses once and hands the pass the parsed config)."""
+        if isinstance(mapping, cls):
+            return mapping
         mapping = dict(mapping or {})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(str(key) for key in mapping if key not in known)
@@ -194,3 +198,11 @@ class PassConfig:
         caller such as `prunefx compress` should inject, field -> source."""
         given = set(given)
         return {key: source for key, source in self.inputs().items() if key not in given and self.reads(key)}
+
+
+def given(config: Mapping[str, Any] | PassConfig | None, key: str) -> Any:
+    """The value of option `key` in a pass's config as the pass received it (a mapping or a parsed config),
+    before parsing: for the check a pass makes first."""
+    if isinstance(config, PassConfig):
+        return getattr(config, key, None)
+    return (config or {}).get(key)

@@ -127,6 +127,7 @@ class Pipeline:
             raise PrunefxError(f"verify must be one of {VERIFY_LEVELS}, not '{verify}'")
         # A step is a Step, a pass, or a (pass, config) pair.
         self.steps = tuple(_as_step(step, index) for index, step in enumerate(steps))
+        self._configs: list[Any] = []  # each step's parsed config, in order (None: its mapping, no config class)
         self._check_configs()
         self.verify = verify
         self.progress = progress
@@ -158,10 +159,11 @@ class Pipeline:
                 raise PrunefxError(f"step {index + 1} ('{step.name}'): its config must be a mapping, "
                                    f"not {type(step.config).__name__}")
             try:
-                step.function.contract.parse(dict(step.config))
+                parsed = step.function.contract.parse(dict(step.config))
             except PrunefxError as error:
                 raise PipelineError(f"step {index + 1} ('{step.name}'): {error} (no pass has run)",
                                     failed=step.name, ran_before=[]) from error
+            self._configs.append(parsed)
 
     @property
     def names(self) -> list[str]:
@@ -194,7 +196,8 @@ class Pipeline:
         analysis = analysis_snapshot(program)
         level = _ENCLOSING_LEVEL.set(self.verify)
         try:
-            result = step.function(program, config=dict(step.config))
+            parsed = self._configs[self.steps.index(step)]
+            result = step.function(program, config=dict(step.config) if parsed is None else parsed)
         except PipelineError as inner:  # an inner pass of this composite failed: name both
             raise self._failure(step, inner, ran_before, failed=f"{step.name} > {inner.failed}") from inner
         except Exception as error:

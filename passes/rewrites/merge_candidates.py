@@ -30,7 +30,7 @@ class Candidate:
         return (self.kind, *(element.name for element in self.elements))
 
 
-def chain_candidate(chain: Chain, config: dict, refused: dict, runs: dict) -> Candidate | None:
+def chain_candidate(chain: Chain, config, refused: dict, runs: dict) -> Candidate | None:
     elements = chain.elements
     if not any(element.kind == "layer" for element in elements):
         return None
@@ -93,7 +93,7 @@ def _residual_fold(elements: list[Element], index: int, refused: dict) -> Candid
     return candidate
 
 
-def _best_run(elements: list[Element], config: dict, refused: dict, runs: dict) -> Candidate | None:
+def _best_run(elements: list[Element], config, refused: dict, runs: dict) -> Candidate | None:
     """The run of consecutive layers whose merge is allowed and saves the most MACs."""
     best = None
     for start in range(len(elements)):
@@ -116,7 +116,7 @@ def _best_run(elements: list[Element], config: dict, refused: dict, runs: dict) 
     return best
 
 
-def _evaluate_run(candidate: Candidate, config: dict) -> tuple[str | None, bool]:
+def _evaluate_run(candidate: Candidate, config) -> tuple[str | None, bool]:
     """Fill in the merged layer and its MACs; return (why it is refused or None, whether it is exact)."""
     elements = candidate.elements
     ops = [element.op for element in elements]
@@ -130,8 +130,8 @@ def _evaluate_run(candidate: Candidate, config: dict) -> tuple[str | None, bool]
     if macs_after >= macs_before:
         return f"MACs would not decrease ({macs_before} -> {macs_after})", True
     growth = _kernel_side(shape_only) / max(_kernel_side(op) for op in ops)
-    if growth > config["max_kernel_growth"]:
-        return f"kernel side grows {growth:.2f}x, above max_kernel_growth {config['max_kernel_growth']}", True
+    if growth > config.max_kernel_growth:
+        return f"kernel side grows {growth:.2f}x, above max_kernel_growth {config.max_kernel_growth}", True
     try:
         candidate.op = merge(ops, _input_shape(elements[0]))
     except NotExact as reason:

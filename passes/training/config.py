@@ -92,10 +92,13 @@ class TrainConfig:
         return tuple(self.feature_losses.values())
 
     @classmethod
-    def fields_of(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The entries of `options` that are TrainConfig fields (a pass config holds more)."""
-        names = {f.name for f in fields(TrainConfig)}
-        return {key: value for key, value in options.items() if key in names}
+    def fields_of(cls, options: Mapping[str, Any] | Any) -> dict[str, Any]:
+        """The TrainConfig fields of `options`: a mapping's entries, or a parsed pass config's attributes (a pass
+        config holds more)."""
+        names = [f.name for f in fields(TrainConfig)]
+        if isinstance(options, Mapping):
+            return {key: value for key, value in options.items() if key in names}
+        return {name: getattr(options, name) for name in names if hasattr(options, name)}
 
     @classmethod
     def from_dict(cls, options: Mapping[str, Any], *, owner: str = "training") -> TrainConfig:

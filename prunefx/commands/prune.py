@@ -45,10 +45,10 @@ from prunefx.interop.module_file import write_module
 from prunefx.loading import model_and_program
 from prunefx.models import parse_input_shape
 from prunefx.output import check_output_folder, staged_folder
-from prunefx.passes.core.channels_removed import ChannelsRemoved
 from prunefx.passes.core.pipeline import Pipeline
 from prunefx.passes.prune_to_budget import PruneToBudgetConfig, WidthChosen
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
+from prunefx.passes.removal.channels_removed import ChannelsRemoved
 from prunefx.passes.remove_channels import RemoveChannelsConfig, remove_channels
 from prunefx.reports.budget_text import search_lines
 from prunefx.route_output import write_depth, write_joint

@@ -97,7 +97,7 @@ class PruneWhileTraining:
         options = PruneWhileTrainingConfig.parse({
             "macs": macs, "params": params, "prune_events": events, "interval": interval, "ranking": ranking,
             "round_to": round_to, "max_ratio": max_ratio, "keep": list(keep),
-            "steps": 1}).as_dict()  # the pass's checks; the step budget is the caller's business here
+            "steps": 1})  # the pass's checks; the step budget is the caller's business here
         if isinstance(model, Program):
             self.program = model
         elif isinstance(model, torch.nn.Module):

@@ -5,7 +5,7 @@ and the calibration batches each criterion needs, or one SparsityError line nami
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -46,53 +46,70 @@ class SparsifyNMConfig(PassConfig):
     layers: list[str] | None = option(help="only these node or weight names", describe=NAMES)
 
     def check(self) -> None:
-        _checked_values(self.as_dict())
+        resolved(self)
 
     def reads(self, key: str) -> bool:
         return self.criterion != "magnitude"
 
 
-def checked_config(program: Program, config: dict) -> dict:
-    config = _checked_values(SparsifyNMConfig.parse(config).as_dict())
-    config["calibration"] = _calibration(program, config["criterion"], config["calibration"])
-    return config
+@dataclass(frozen=True)
+class SparsityPlan:
+    """The options resolved: the pattern parsed (None: unstructured), the damping defaulted per criterion,
+    name lists as sets, and the calibration batches as the criterion reads them."""
+
+    pattern: Pattern | None
+    criterion: str
+    sparsity: float | None
+    damping: float
+    block_size: int
+    sequential: bool
+    min_channels: int
+    keep: frozenset[str]
+    layers: frozenset[str] | None
+    calibration: list | None = None
 
 
-def _checked_values(config: dict) -> dict:
+def checked_config(program: Program, config: SparsifyNMConfig | dict | None) -> SparsityPlan:
+    """The plan for `config` (parsed here where it is a mapping), with the calibration batches it reads."""
+    settings = SparsifyNMConfig.parse(config)
+    plan = resolved(settings)
+    return replace(plan, calibration=_calibration(program, plan.criterion, settings.calibration))
+
+
+def resolved(config: SparsifyNMConfig) -> SparsityPlan:
     """The values normalised (pattern parsed, damping defaulted per criterion), or a SparsityError."""
-    config = dict(config)
-    criterion = config["criterion"]
+    criterion = config.criterion
     if criterion not in CRITERIA:
         raise SparsityError(f"sparsify_nm: criterion must be one of {', '.join(CRITERIA)}, not {criterion!r}")
-    config["pattern"] = _pattern(config)
-    config["damping"] = _number("damping", _DEFAULT_DAMPING[criterion] if config["damping"] is None
-                                else config["damping"], positive=criterion == "cap")
-    size = config["block_size"]
-    group = config["pattern"].group if config["pattern"] else 1
+    pattern = _pattern(config)
+    damping = _number("damping", _DEFAULT_DAMPING[criterion] if config.damping is None else config.damping,
+                      positive=criterion == "cap")
+    size = config.block_size
+    group = pattern.group if pattern else 1
     if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % group:
         raise SparsityError(f"sparsify_nm: block_size must be a positive multiple of {group}, not {size!r}")
-    minimum = config["min_channels"]
+    minimum = config.min_channels
     if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 1:
         raise SparsityError(f"sparsify_nm: min_channels must be a positive integer, not {minimum!r}")
-    if not isinstance(config["sequential"], bool):
-        raise SparsityError(f"sparsify_nm: sequential must be true or false, not {config['sequential']!r}")
-    config["keep"] = _names("keep", config["keep"])
-    config["layers"] = None if config["layers"] is None else _names("layers", config["layers"])
-    return config
+    if not isinstance(config.sequential, bool):
+        raise SparsityError(f"sparsify_nm: sequential must be true or false, not {config.sequential!r}")
+    return SparsityPlan(pattern, criterion, config.sparsity, damping, size, config.sequential, minimum,
+                        frozenset(_names("keep", config.keep)),
+                        None if config.layers is None else frozenset(_names("layers", config.layers)))
 
 
-def _pattern(config: dict) -> Pattern | None:
-    if config["pattern"] == UNSTRUCTURED:
-        if config["criterion"] == "obs":
+def _pattern(config: SparsifyNMConfig) -> Pattern | None:
+    if config.pattern == UNSTRUCTURED:
+        if config.criterion == "obs":
             raise SparsityError("sparsify_nm: unstructured sparsity is implemented for magnitude and cap, not obs")
-        fraction = config["sparsity"]
+        fraction = config.sparsity
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
             raise SparsityError(f"sparsify_nm: unstructured needs 'sparsity' in [0, 1), not {fraction!r}")
         return None
-    if config["sparsity"] is not None:
+    if config.sparsity is not None:
         raise SparsityError("sparsify_nm: 'sparsity' goes with pattern 'unstructured'; an N:M pattern fixes it")
     try:
-        return Pattern.parse(config["pattern"])
+        return Pattern.parse(config.pattern)
     except PrunefxError as error:
         raise SparsityError(f"sparsify_nm: {error} (or 'unstructured')") from None
 
