@@ -109,20 +109,20 @@ class Linearized:
 @shipped_pass
 @graph_pass(config=LinearizeBlocksConfig, in_place=True, reads=("linearize",), writes=("linearize",))
 def linearize_blocks(program: Program, /, *, config: dict | None = None) -> Result:
-    config = LinearizeBlocksConfig.parse(config)
-    _check_inputs(config)
+    settings = LinearizeBlocksConfig.parse(config)
+    _check_inputs(settings)
     candidates = find_blocks(program.module)
-    batches = (calibration_inputs(program.example_inputs, config.calibration, max_batches=config.max_batches,
-                                  what="linearize_blocks") if config.calibration is not None else None)
-    chosen, damage = _choose(program, candidates, config, batches)
-    stats = {"mode": config.mode, "candidates": [_summary(block, damage) for block in candidates],
+    batches = (calibration_inputs(program.example_inputs, settings.calibration, max_batches=settings.max_batches,
+                                  what="linearize_blocks") if settings.calibration is not None else None)
+    chosen, damage = _choose(program, candidates, settings, batches)
+    stats = {"mode": settings.mode, "candidates": [_summary(block, damage) for block in candidates],
              "chosen": [block.name for block in chosen],
              "not_mergeable": [block.name for block in chosen if not block.affine]}
-    new_norms = _replace_layer_norms(program, chosen) if config.layer_norms == "batch_norm" else []
-    stats.update(_linearize(program, chosen, config.mode, config.ramp))
+    new_norms = _replace_layer_norms(program, chosen) if settings.layer_norms == "batch_norm" else []
+    stats.update(_linearize(program, chosen, settings.mode, settings.ramp))
     program.recompile()
     stats["layer_norms_replaced"] = len(new_norms)
-    norms = new_norms + (_batch_norms_of(program, chosen) if config.recalibrate else [])
+    norms = new_norms + (_batch_norms_of(program, chosen) if settings.recalibrate else [])
     stats["calibrated"] = bool(norms) and batches is not None
     stats["batch_norms_recalibrated"] = len(norms) if batches is not None else 0
     if norms and batches is not None:
@@ -164,6 +164,7 @@ def _choose(program: Program, candidates: list[Block], config: LinearizeBlocksCo
         # _enough_for_speedup keeps the shortest prefix of the ranking that reaches the target: all of it is chosen
         ranked = _enough_for_speedup(program, ranked, config.speedup, config.measure, scores)
         count = len(ranked)
+    assert count is not None  # the config's check: exactly one of blocks, count and speedup
     if count > len(ranked):
         raise LinearizeError(f"linearize_blocks: count {count} but only {len(ranked)} blocks become "
                              f"affine once linearised and merge into fewer MACs: "
@@ -249,6 +250,7 @@ def _linearize(program: Program, blocks: list[Block], mode: str, ramp: float | N
     if program.analysis.linearize is None:
         program.analysis.linearize = LinearizeRecord()
     record = program.analysis.linearize
+    assert ramp is not None  # the config's default ramp reaches every progressive linearisation
     record.ramp = float(ramp)
     for block in blocks:
         buffer = new_blend_buffer(module, block.name)

@@ -81,13 +81,13 @@ class Merged:
 @shipped_pass
 @graph_pass(config=MergeBlocksConfig, in_place=True, exact=True, reads=("linearize",), writes=("linearize",))
 def merge_blocks(program: Program, /, *, config: dict | None = None) -> Result:
-    config = MergeBlocksConfig.parse(config)
+    settings = MergeBlocksConfig.parse(config)
     if program.training:
         raise MergeBlocksError(f"merge_blocks is exact in eval mode only, and '{program.name}' is in training "
                                f"mode (batch norms use batch statistics); call program.eval() first")
     stripped = strip_finished_blends(program)
     before = _census(program)
-    merges, skipped = _merge_all(program, config)
+    merges, skipped = _merge_all(program, settings)
     # Refusals of candidates that a later merge replaced are history; keep those that still stand.
     names = {node.name for node in program.graph.nodes}
     skipped = {key: reason for key, reason in skipped.items() if all(name in names for name in key[1:])}
@@ -96,8 +96,8 @@ def merge_blocks(program: Program, /, *, config: dict | None = None) -> Result:
     after = _census(program)
     stats = {"merged": dict(Counter(merge["kind"] for merge in merges)), "merges": merges,
              "skipped": [{"kind": key[0], "nodes": list(key[1:]), "reason": reason} for key, reason in skipped.items()],
-             "blends_stripped": stripped, "max_kernel_growth": config.max_kernel_growth,
-             "measured": config.measure is not None}
+             "blends_stripped": stripped, "max_kernel_growth": settings.max_kernel_growth,
+             "measured": settings.measure is not None}
     stats.update({f"{name}_before": value for name, value in before.items()})
     stats.update({f"{name}_after": value for name, value in after.items()})
     return Result(program, modified=bool(merges or stripped), stats=stats, facts=Merged(len(merges)))
@@ -143,6 +143,7 @@ def _measured(program: Program, candidate: Candidate, config: MergeBlocksConfig)
     before = program.clone()
     apply_merge(program.module, candidate)
     program.recompile()
+    assert config.measure is not None  # only measured candidates come here
     speedup = float(config.measure(before, program))
     if speedup <= config.min_speedup:
         program.module = before.module

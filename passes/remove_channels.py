@@ -155,31 +155,32 @@ class RemoveChannelsConfig(PassConfig):
 def remove_channels(program: Program, /, *, config: dict | None = None) -> Result:
     parsed = RemoveChannelsConfig.parse(config)
     importance, compensate = parsed.resolved()  # the defaults that depend on the data given, settled once
-    config = dataclasses.replace(parsed, importance=importance, compensate=compensate, heads=parsed.resolved_heads())
-    _check_keep(program, config.keep)
-    target = _target(config)
-    if config.compensate or config.importance in DATA_CRITERIA:  # checked (and read once) up front
-        config.calibration = _calibration(program, config.calibration)
+    settings = dataclasses.replace(parsed, importance=importance, compensate=compensate,
+                                   heads=parsed.resolved_heads())
+    _check_keep(program, settings.keep)
+    target = _target(settings)
+    if settings.compensate or settings.importance in DATA_CRITERIA:  # checked (and read once) up front
+        settings.calibration = _calibration(program, settings.calibration)
     # Dead nodes and the parameters only they read (googlenet's aux heads in eval mode) would count
     # before pruning and vanish after it, inflating the reduction: drop them first.
     if program.module.graph.eliminate_dead_code():
         program.recompile()
     delete_unused_tensors(program.module)
     before = count(program)
-    combing = find_channel_groups(program.module, keep=set(config.keep))
+    combing = find_channel_groups(program.module, keep=set(settings.keep))
     # obs and compensate read the same layer Hessians of the dense network: gathered once, for both
-    hessians: dict | None = {} if config.compensate and config.importance == "obs" else None
-    importance = _importance(program, combing, config, hessians)
-    selector = Selector(program.module, combing, importance.scores, round_to=int(config.round_to),
-                        max_ratio=float(config.max_ratio), ranking=config.ranking,
+    hessians: dict | None = {} if settings.compensate and settings.importance == "obs" else None
+    importance = _importance(program, combing, settings, hessians)
+    selector = Selector(program.module, combing, importance.scores, round_to=int(settings.round_to),
+                        max_ratio=float(settings.max_ratio), ranking=settings.ranking,
                         comparable=getattr(importance, "comparable", False),
-                        floors=_floors(program, combing, config.min_widths, config.heads),
-                        layer_time=config.latency_table)
+                        floors=_floors(program, combing, settings.min_widths, settings.heads),
+                        layer_time=settings.latency_table)
     plan = selector.plan(target)
-    if not plan.target_met and config.strict:
+    if not plan.target_met and settings.strict:
         raise PrunefxError(_unreachable(target, plan, combing))
     removed = {int(c) for gone in plan.removed for c in gone}
-    compensation = (_compensate(program, combing, removed, config, hessians) if removed and config.compensate
+    compensation = (_compensate(program, combing, removed, settings, hessians) if removed and settings.compensate
                     else None)
     hessians = None  # released before slicing
     if removed:
@@ -187,8 +188,8 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
         program.recompile()
         _check_outputs_kept(program)
     after = count(program)
-    compensated = (compensation or {"compensated": [], "skipped": []}) if config.compensate else None
-    facts = removal_facts(config, target, importance, combing, plan, before, after, compensated)
+    compensated = (compensation or {"compensated": [], "skipped": []}) if settings.compensate else None
+    facts = removal_facts(settings, target, importance, combing, plan, before, after, compensated)
     log.info("remove_channels: %d channel classes removed, %.3f of the MACs kept", len(removed),
              after.macs / max(before.macs, 1))
     return Result(program, modified=bool(removed), stats=facts.as_stats(), facts=facts)
