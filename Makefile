@@ -113,6 +113,8 @@ lint: setup
 	@# graph/, passes/ and runtime/ install as prunefx.graph, prunefx.passes and prunefx.runtime (package-dir)
 	$(PY) scripts/package_tree.py build/import_tree
 	cd build/import_tree && $(CURDIR)/$(VENV)/bin/lint-imports --no-cache $(CURDIR)/pyproject.toml
+	@# no two modules import each other, imports inside functions included (scripts/import_cycles.py)
+	$(PY) scripts/import_cycles.py build/import_tree
 
 clean:
 	rm -rf $(VENV) build *.egg-info

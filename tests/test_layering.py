@@ -70,3 +70,20 @@ def test_each_contract_breaks_on_its_violation(tmp_path, contract):
     # An upward import between the layers is also an import of prunefx.* that the second contract forbids.
     expected = 2 if contract == "the layers import downward only" else 1
     assert contract in broken and f" {expected} broken." in result.stdout, result.stdout
+
+
+def test_no_module_imports_another_that_imports_it(tmp_path):
+    """No import cycle anywhere, imports inside functions included (what `make lint` checks)."""
+    import import_cycles
+
+    assert import_cycles.cycles(package_tree.mirror_sources(tmp_path)) == []
+
+
+def test_the_cycle_check_finds_a_cycle_through_an_import_inside_a_function(tmp_path):
+    import import_cycles
+
+    # a package of its own name: the prunefx this process imported would be found first
+    _fake_package(tmp_path, {"cyclic.a": "from cyclic import b\n",
+                             "cyclic.b": "def late():\n    from cyclic import a\n"})
+    (cycle,) = import_cycles.cycles(tmp_path, "cyclic")
+    assert any("cyclic.b -> cyclic.a (line 2)" in line for line in cycle)

@@ -65,7 +65,7 @@ def prepare_ultralytics(model: torch.nn.Module) -> torch.nn.Module:
                                   f"{type(model).__name__}(...).model")
     # Ultralytics saves its EMA copy with every parameter frozen: prunefx compresses and trains this model.
     model = model.float().eval().requires_grad_(True)
-    from prunefx.interop.ultralytics_bridge import register_resizers
+    from prunefx.interop.ultralytics_blocks import register_resizers
     register_resizers()  # so that prunefx.to_module (prune --module) can write a pruned YOLO back
     if type(model).__name__ == "ClassificationModel":
         for head in model.modules():  # export mode: one tensor of class probabilities, not (probabilities, logits)
