@@ -74,8 +74,8 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     ExportedProgram changes when the Program is rewritten or trained.
     The model is captured in its current training mode; call `program.eval()` afterwards to switch.
     The model is left as found, on success and on refusal: attributes and buffers its forward writes are
-    put back, and its forward hooks (other than torch's own: weight_norm, spectral_norm, pruning masks) are
-    suspended during the capture, so a hook that changes outputs is not part of the Program.
+    put back, and its forward hooks run as in a call of the model, what they keep put back afterwards
+    (graph/model_state.py).
     `copy_weights=False` is for a caller that drops `model` afterwards (a model built from a name on the command
     line): the Program then takes the model's own tensors, without a second copy of every weight, and rewriting
     or training it would change the model too.

@@ -4,30 +4,24 @@ torch.export runs the module's forward on fake tensors. Attributes the forward a
 (Ultralytics' Detect head sets `anchors`, `strides` and `shape`: FakeTensors the model can no longer run
 with), and forward hooks hand fake tensors to whatever the user's hooks keep. `left_as_found(model)`
 records every submodule's attributes, the contents of its containers and the values of its buffers and
-tensor attributes, suspends the forward hooks that are not torch's own, and puts all of it back on the
-way out, on success and on error alike. Parameters are kept by identity only (no copy: a ViT-L's weights
+tensor attributes, and what the forward hooks keep (hooks stay in place: libraries compute with them), and
+puts all of it back on the way out, on success and on error alike. Parameters are kept by identity only (no copy: a ViT-L's weights
 would double the memory); nothing prunefx runs writes into them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import types
 from collections.abc import Iterator
 
 import torch
 from torch.nn.modules import module as torch_module
 
 _CONTAINERS = (list, dict, set)
-# Hooks suspended: a capture records the model's computation, not what observers do with it.
 _HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks")
 _GLOBAL_HOOK_TABLES = ("_global_forward_hooks", "_global_forward_pre_hooks")
-
-
-def _part_of_model(hook) -> bool:
-    """torch's weight_norm, spectral_norm and pruning masks compute weights in pre-hooks, and prunefx's own
-    hooks put models in the form it captures (an RT-DETR decoder's fresh anchors): part of the model."""
-    owner = getattr(hook, "__module__", None) or type(hook).__module__ or ""
-    return owner.split(".")[0] in ("torch", "prunefx")
 
 
 class _ModuleRecord:
@@ -93,29 +87,69 @@ def _hook_tables(model: torch.nn.Module) -> list[dict]:
     return tables + [getattr(torch_module, name) for name in _GLOBAL_HOOK_TABLES]
 
 
+def _hook_targets(hook) -> list:
+    """What a hook can write into: its closure's objects, the object it is bound to, a partial's arguments,
+    its default arguments."""
+    found, function = [], hook
+    while isinstance(function, functools.partial):
+        found += [*function.args, *function.keywords.values()]
+        function = function.func
+    found.append(getattr(function, "__self__", None))
+    for cell in getattr(function, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):  # an empty cell
+            found.append(cell.cell_contents)
+    found += list(getattr(function, "__defaults__", None) or ())
+    return [target for target in found if isinstance(target, _CONTAINERS) or _plain_object(target)]
+
+
+def _plain_object(value) -> bool:
+    return hasattr(value, "__dict__") and not isinstance(value, (type, torch.Tensor, types.FunctionType,
+                                                                  types.ModuleType, types.MethodType))
+
+
+class _KeptRecord:
+    """A container or an object a hook keeps things in, as found: its contents, or its attributes."""
+
+    def __init__(self, target):
+        self.target = target
+        self.saved = _shallow_copy(target) if isinstance(target, _CONTAINERS) else dict(vars(target))
+
+    def restore(self) -> None:
+        if isinstance(self.target, _CONTAINERS):
+            _refill(self.target, self.saved)
+        else:
+            state = vars(self.target)
+            state.clear()
+            state.update(self.saved)
+
+
 @contextlib.contextmanager
-def hooks_suspended(model: torch.nn.Module) -> Iterator[None]:
-    """Run the block without the forward hooks and pre-hooks (the modules' and the global ones) of the
-    user's code; they are back, in their order, when it ends."""
-    tables = _hook_tables(model)
-    saved = [_shallow_copy(table) for table in tables]
+def hook_state_kept(model: torch.nn.Module) -> Iterator[None]:
+    """Run the block with every forward hook and pre-hook in place (libraries compute with them: Hugging Face
+    collects hidden states in hooks), and put back what the hooks keep, in their closures or the objects they
+    are bound to, when it ends: a user's list of activations gets none of the export's fake tensors."""
+    seen: set[int] = set()
+    records = []
+    for table in _hook_tables(model):
+        for hook in list(table.values()):
+            for target in _hook_targets(hook):
+                if id(target) not in seen:
+                    seen.add(id(target))
+                    records.append(_KeptRecord(target))
     try:
-        for table in tables:
-            for key in [key for key, hook in table.items() if not _part_of_model(hook)]:
-                del table[key]
         yield
     finally:
-        for table, items in zip(tables, saved):
-            _refill(table, items)
+        for record in records:
+            record.restore()
 
 
 @contextlib.contextmanager
 def left_as_found(model: torch.nn.Module) -> Iterator[None]:
-    """Run the block with `model`'s forward hooks suspended; restore every submodule's attributes,
-    containers, buffers and tensor attributes when it ends, however it ends."""
+    """Run the block; restore every submodule's attributes, containers, buffers and tensor attributes, and
+    what its hooks keep, when it ends, however it ends."""
     records = [_ModuleRecord(module) for module in model.modules()]
     try:
-        with hooks_suspended(model):
+        with hook_state_kept(model):
             yield
     finally:
         for record in records:

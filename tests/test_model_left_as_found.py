@@ -5,6 +5,8 @@ submodule, taken before and compared after (tensors by identity, type and value)
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -80,13 +82,45 @@ def test_capture_leaves_a_training_model_its_hooks_and_their_list_as_found(one_t
     x = torch.randn(2, 3, 8, 8)
     before = full_state(model)
     program = prunefx.capture(model, x)
-    assert kept == []  # the hooks never saw the export's fake tensors
+    assert kept == []  # what the hooks kept during the export is gone again
     assert_state_unchanged(before, model)  # batch norm statistics, `last_shape`, training flags, hooks
     program.eval()
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(program(x), model(x))
     assert len(kept) == 2 and all(type(t) is torch.Tensor for t in kept)  # the hooks are back and run
+
+
+def test_a_hook_that_computes_is_part_of_the_program_and_its_records_are_put_back(one_thread):
+    """Libraries compute with hooks (Hugging Face collects hidden states in them): a hook that changes an
+    output is captured, one that records into an object it is bound to finds that object as it was."""
+
+    class Recorder:
+        def __init__(self):
+            self.last = None
+
+        def hook(self, module, args, output):
+            self.last = output
+            return output * 2
+
+    model = Branchy().eval()
+    recorder = Recorder()
+    model.conv.register_forward_hook(recorder.hook)
+    x = torch.randn(2, 3, 8, 8)
+    program = prunefx.capture(model, x).eval()
+    assert recorder.last is None  # its attribute as found, not a fake tensor
+    with torch.no_grad():
+        torch.testing.assert_close(program(x), model(x))  # the doubling is in the Program
+        doubled = model(x)
+        recorder.last = None
+    assert not torch.equal(doubled, _without_hooks(model)(x))
+
+
+def _without_hooks(model: nn.Module) -> nn.Module:
+    plain = copy.deepcopy(model)
+    for module in plain.modules():
+        module._forward_hooks.clear()
+    return plain
 
 
 def test_a_refused_capture_leaves_the_model_and_prints_one_line(one_thread, capfd):

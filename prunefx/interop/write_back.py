@@ -27,7 +27,7 @@ from torch import nn
 from prunefx.graph import Program, capture
 from prunefx.graph.attributes import delete_unused_tensors
 from prunefx.graph.errors import PrunefxError
-from prunefx.graph.model_state import hooks_suspended
+from prunefx.graph.model_state import hook_state_kept
 from prunefx.graph.scoped_calls import literal_changes, replaced_calls
 from prunefx.interop.hf_config import update_config
 from prunefx.interop.module_resizers import ResizeError, resize_attributes, resizer_for
@@ -54,8 +54,8 @@ def to_module(program: Program, model: nn.Module, *, config: bool = True) -> nn.
     Raises WriteBackError (a PrunefxError) with a one-line reason where the result cannot be proven."""
     name = program.name
     module = copy.deepcopy(model).eval()
-    # The copy shares the closures of the user's hooks: the proofs' runs must not reach what they keep.
-    with hooks_suspended(module):
+    # The copy shares the closures of the user's hooks: what the proofs' runs leave there is put back.
+    with hook_state_kept(module):
         return _written_back(program, model, module, name, config)
 
 
