@@ -23,7 +23,7 @@ For each model:
    dense model, alternated in one process;
 4. with `--int8`, each prunefx-obs run is also quantized (passes/quantize_int8 at its defaults, calibrated
    on the first 4 training batches), lowered for ONNX Runtime on this CPU the way `prunefx quantize` does
-   (runtime/onnx_quantized: export_quantized_onnx with onnxruntime_lowering()), its test mIoU read from that
+   (runtime/onnx/quantized: export_quantized_onnx with onnxruntime_lowering()), its test mIoU read from that
    file run by ONNX Runtime at batch 1, and the file timed against the dense FP32 model as in 3 ("prunefx-obs
    + int8" rows; a model that fails to quantize or lower has its one-line error as the result).
 
@@ -63,7 +63,7 @@ from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.runtime import OnnxRuntimeSession, compare_latency, export_onnx, onnx_runner
-from prunefx.runtime.onnx_quantized import QuantizedExport, export_quantized_onnx, onnxruntime_lowering
+from prunefx.runtime.onnx.quantized import QuantizedExport, export_quantized_onnx, onnxruntime_lowering
 
 NAME = "dense_tasks"
 CACHE = BUILD / NAME

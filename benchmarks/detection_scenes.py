@@ -78,7 +78,7 @@ from prunefx.passes.prune_while_training import prune_while_training
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.runtime import OnnxRuntimeSession, export_onnx, onnx_runner
-from prunefx.runtime.speedup import onnx_latency_pair
+from prunefx.runtime.measure.speedup import onnx_latency_pair
 
 NAME = "detection_scenes"
 CACHE = BUILD / NAME

@@ -1,6 +1,6 @@
 """The FP16 lowering against FP32 on the 20 ImageNet sample images, and what `prunefx check --target trt11` says
 about the FP16 file: torchvision's ImageNet MobileNetV2 (offline weights) exported to ONNX, lowered to an FP16
-graph with float32 inputs and outputs (runtime/onnx_float16.py), both files run in ONNX Runtime on the same
+graph with float32 inputs and outputs (runtime/onnx/float16.py), both files run in ONNX Runtime on the same
 images. Reports the largest logit difference relative to the largest FP32 logit, top-1 agreement between the two
 files and with the labels, and every float32-layer / float32-kept finding of the check.
 Writes benchmarks/results/fp16_readiness.json and .md.
@@ -23,7 +23,7 @@ from common import command_line, machine_info, machine_summary, publish_results
 from prunefx.assets import load_imagenet_batch, mobilenet_v2_weights_path
 from prunefx.graph import capture
 from prunefx.runtime import OnnxRuntimeSession, export_onnx, lower_to_float16
-from prunefx.runtime.engine_check import check_file
+from prunefx.runtime.check.readiness import check_file
 
 NAME = "fp16_readiness"
 

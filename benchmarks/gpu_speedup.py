@@ -42,7 +42,7 @@ from prunefx.loading import model_and_program  # noqa: E402
 from prunefx.passes.remove_channels import remove_channels  # noqa: E402
 from prunefx.runtime.backends import Settings  # noqa: E402
 from prunefx.runtime.backends.cuda import CudaBackend  # noqa: E402
-from prunefx.runtime.cuda_graph import CudaDevice  # noqa: E402
+from prunefx.runtime.cuda.graph import CudaDevice  # noqa: E402
 
 cuda_backend = importlib.import_module("prunefx.runtime.backends.cuda")
 MODELS = ("torchvision:resnet101", "torchvision:convnext_small", "torchvision:swin_t", "torchvision:vit_b_16",

@@ -3,7 +3,7 @@ trained model, the same 8 calibration batches of epoch 0), quantized with `quant
 float (`attention: False`: Q/DQ on the linear layers and residual adds only) and with INT8 attention (the default:
 Q, Kᵀ, V and the softmax output quantized too), after PTQ and after --qat-steps of quantization-aware
 training (KD from the FP32 model, as int8_latency's QAT rows). Accuracy is the fake-quantized Program's top-1
-on the Fashion-MNIST test set (the TensorRT file computes the same, runtime/onnx_quantized.py's parity tests);
+on the Fashion-MNIST test set (the TensorRT file computes the same, runtime/onnx/quantized.py's parity tests);
 each INT8 row also counts, in the TensorRT file (model_trt.onnx's lowering), the Conv/Gemm/MatMul that have a
 DequantizeLinear on both inputs, and `prunefx check --target trt11`'s errors on it.
 Writes benchmarks/results/int8_attention.json and .md.
@@ -36,9 +36,9 @@ from prunefx.graph import capture
 from prunefx.models import build_model
 from prunefx.passes.distill import distill
 from prunefx.passes.quantize_int8 import quantize_int8
-from prunefx.runtime.engine_check import check_model
-from prunefx.runtime.engine_rules import GraphIndex
-from prunefx.runtime.onnx_quantized import export_quantized_onnx
+from prunefx.runtime.check.readiness import check_model
+from prunefx.runtime.check.rules import GraphIndex
+from prunefx.runtime.onnx.quantized import export_quantized_onnx
 
 NAME = "int8_attention"
 MODEL = "vit_tiny_fmnist"

@@ -3,7 +3,7 @@
 benchmarks/int8_latency.py times seven variants per model; on this shared 2-core machine two files of nearly
 the same speed swap places from one run to the next (MobileNetV2: prunefx 1.47x against 1.44x in one run,
 1.44x against 1.55x in another). Here only the two INT8 files are timed, in many independent rounds of
-runtime/latency.compare_latency (alternating blocks of 10 runs), and each round gives one speed ratio,
+runtime/measure/latency.compare_latency (alternating blocks of 10 runs), and each round gives one speed ratio,
 quantize_static's median / prunefx's median (above 1: prunefx is faster). The report gives the median of
 the rounds and a 95 % bootstrap interval of that median (resampling rounds, numpy): an interval that
 contains 1 means the two files cannot be told apart at this precision; one below 1 means prunefx is slower.
@@ -31,8 +31,8 @@ from int8_latency import MODELS, int8_pair_files
 from tqdm import tqdm
 
 from prunefx.assets import load_imagenet_batch
-from prunefx.runtime.latency import compare_latency
-from prunefx.runtime.runners import onnx_runner
+from prunefx.runtime.measure.latency import compare_latency
+from prunefx.runtime.ort.runners import onnx_runner
 
 NAME = "int8_head_to_head"
 

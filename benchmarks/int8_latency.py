@@ -5,8 +5,8 @@ Part 1, 1x3x224x224, batch 1 (--models): MobileNetV2 with its ImageNet weights (
 ResNet-50 and EfficientNet-B0 with random weights and realistic batch norms, ViT-S/16 (timm) with random
 weights (latency does not depend on the weight values).
 Calibration: the first 10 of the 20 offline ImageNet images and their mirror images. Variants:
-- fp32: runtime/onnx_export.export_onnx; int8: passes/quantize_int8 (--method, mse by default) lowered for ONNX
-  Runtime on this CPU (runtime/onnx_quantized.onnxruntime_lowering: u8s7 without VNNI, u8 with);
+- fp32: runtime/onnx/export.export_onnx; int8: passes/quantize_int8 (--method, mse by default) lowered for ONNX
+  Runtime on this CPU (runtime/onnx/quantized.onnxruntime_lowering: u8s7 without VNNI, u8 with);
 - pruned fp32 / pruned int8: remove_channels to half the MACs (l2, global, widths a multiple of 16), then the
   same INT8 lowering ("gains multiply": pruned int8 vs fp32 against 0.9 x the product of the two gains);
 - ort u8 / ort s8: onnxruntime.quantization.quantize_static (QDQ, per-channel weights, MinMax) on the FP32
@@ -62,8 +62,8 @@ from prunefx.passes.distill import distill
 from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.runtime import LatencyStats, OnnxRuntimeSession, export_onnx
-from prunefx.runtime.onnx_quantize_static import quantize_static_file
-from prunefx.runtime.onnx_quantized import export_quantized_onnx, onnxruntime_lowering
+from prunefx.runtime.onnx.quantize_static import quantize_static_file
+from prunefx.runtime.onnx.quantized import export_quantized_onnx, onnxruntime_lowering
 
 NAME = "int8_latency"
 MODELS = ("resnet50", "mobilenet_v2", "efficientnet_b0", "vit_s16")

@@ -29,7 +29,7 @@ from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph.rebatch import rebatch
 from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.runtime import OnnxRuntimeSession, export_onnx
-from prunefx.runtime.onnx_quantized import export_quantized_onnx, onnxruntime_lowering
+from prunefx.runtime.onnx.quantized import export_quantized_onnx, onnxruntime_lowering
 
 NAME = "int8_methods"
 METHODS = {"max": {"method": "max"}, "percentile 99.9": {"method": "percentile", "percentile": 99.9},

@@ -1,12 +1,12 @@
 """latency_aware_choice: channels chosen by measured time against channels chosen by MACs, on ONNX Runtime.
 
 Two choices of which channels go, with the same importance scores and the same widths (multiples of
-ONNX Runtime's width multiple on this CPU, runtime/width_multiple.py):
+ONNX Runtime's width multiple on this CPU, runtime/measure/width_multiple.py):
 - macs: remove_channels to a fraction of the MACs (importance thresholded across groups);
 - latency: remove_channels to a fraction of the time of a per-layer latency table of the dense model
   (`layer_time` with `latency_table`), channels going by importance lost per millisecond saved. The table
   times every convolution and linear layer alone, at batch 1, with ONNX Runtime at --threads threads
-  (runtime/layer_latency.py); it is cached per CPU model under --cache-dir.
+  (runtime/tables/table.py); it is cached per CPU model under --cache-dir.
 
 Part 1, accuracy at the same measured speed-up (Fashion-MNIST, the dense baselines that
 benchmarks/fashion_mnist_accuracy.py trains and caches; trained here first when missing): for each
@@ -58,10 +58,10 @@ from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.training.engine import evaluate
 from prunefx.runtime import compare_latency, export_onnx, onnx_runner
-from prunefx.runtime.backend_layer_timer import layer_timer
 from prunefx.runtime.backends import Settings
-from prunefx.runtime.layer_latency import build_latency_table
-from prunefx.runtime.width_multiple import onnxruntime_multiple
+from prunefx.runtime.measure.width_multiple import onnxruntime_multiple
+from prunefx.runtime.tables.table import build_latency_table
+from prunefx.runtime.tables.timer_by_name import layer_timer
 
 NAME = "latency_aware_choice"
 CACHE = BUILD / NAME

@@ -33,8 +33,8 @@ from pathlib import Path
 
 from common import BUILD, RESULTS, command_line, machine_info, machine_summary, markdown_table, write_results
 
-from prunefx.runtime.runners import timing_flushes_denormals
-from prunefx.runtime.speedup import CONFIRM_ROUNDS
+from prunefx.runtime.measure.speedup import CONFIRM_ROUNDS
+from prunefx.runtime.ort.runners import timing_flushes_denormals
 
 NAME = "latency_budget"
 MODELS = ("torchvision:resnext50_32x4d", "torchvision:mobilenet_v3_large", "torchvision:regnet_y_1_6gf",

@@ -1,6 +1,6 @@
 """prunefx's TensorRT INT8 file side by side with NVIDIA ModelOpt's ONNX INT8 PTQ, on 8 models.
 
-For each model, one captured Program gives the FP32 ONNX file (runtime/onnx_export.export_onnx). From it and the same
+For each model, one captured Program gives the FP32 ONNX file (runtime/onnx/export.export_onnx). From it and the same
 calibration images (the first 10 offline ImageNet images and their mirror images, resized to --size):
 - prunefx: `quantize_int8` (its defaults: mse calibration, INT8 attention) lowered as `prunefx quantize` writes
   model_trt.onnx (symmetric S8 Q/DQ, export_quantized_onnx(activations="s8"));
@@ -64,8 +64,8 @@ from prunefx.graph import capture
 from prunefx.models import build_model
 from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.runtime import OnnxRuntimeSession, export_onnx
-from prunefx.runtime.engine_check import check_model
-from prunefx.runtime.onnx_quantized import export_quantized_onnx
+from prunefx.runtime.check.readiness import check_model
+from prunefx.runtime.onnx.quantized import export_quantized_onnx
 
 NAME = "modelopt_side_by_side"
 CACHE = BUILD / NAME

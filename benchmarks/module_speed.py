@@ -10,8 +10,8 @@ as model.pt2 and loads it back, and writes it back into the model's own module c
    kernels run; scaled_dot_product_attention among them), and every timm attention kept `fused_attn` as the
    dense model had it;
 2. speed: the loaded Program's graph and the module are timed alternately. On a GPU: CUDA-graph replays
-   sampled as runtime/cuda_graph.GpuModel samples any model, fp16/bf16 weights, channels_last; on a CPU:
-   perf_counter blocks (runtime/latency.compare_latency), which on a loaded machine say little.
+   sampled as runtime/cuda/graph.GpuModel samples any model, fp16/bf16 weights, channels_last; on a CPU:
+   perf_counter blocks (runtime/measure/latency.compare_latency), which on a loaded machine say little.
 Prints one JSON object; exits 1 when the structure differs or, on a GPU, the module is more than
 `--tolerance` slower than the Program (median against median), 0 otherwise. A CPU timing is reported but not
 judged (a shared CPU's noise is larger than the tolerance). Publishes nothing: run it on the target.
@@ -66,7 +66,7 @@ def structure(program: Program, dense: torch.nn.Module, module: torch.nn.Module)
 
 def cpu_comparison(program_module, module, inputs, *, runs: int, clock=None):
     """Program first, module second: `speedup` = program median / module median (below 1: module slower)."""
-    from prunefx.runtime.latency import compare_latency
+    from prunefx.runtime.measure.latency import compare_latency
 
     def call(fn):
         def run():
@@ -79,8 +79,8 @@ def cpu_comparison(program_module, module, inputs, *, runs: int, clock=None):
 
 
 def gpu_comparison(program_module, module, inputs, *, runs: int, precision: str):
-    from prunefx.runtime.cuda_graph import CudaDevice, GpuModel
-    from prunefx.runtime.gpu_latency import compare_gpu_latency
+    from prunefx.runtime.cuda.graph import CudaDevice, GpuModel
+    from prunefx.runtime.measure.gpu_latency import compare_gpu_latency
 
     device = CudaDevice()
     models = [GpuModel.of_module(copy.deepcopy(each), inputs, precision=precision, device=device)
@@ -109,7 +109,7 @@ def run(args) -> dict:
               "structure": structure(loaded, dense, module)}
     if args.device == "cuda":
         comparison = gpu_comparison(loaded.module, module, inputs, runs=args.runs, precision=args.precision)
-        from prunefx.runtime.cuda_graph import CudaDevice
+        from prunefx.runtime.cuda.graph import CudaDevice
         report["device"] = {**CudaDevice().describe(), "precision": args.precision, "timing": "samples of many CUDA-graph replays, warmed until settled"}
     else:
         comparison = cpu_comparison(loaded.module, module, inputs, runs=args.runs)

@@ -6,7 +6,7 @@ allowed: RegNetY-1.6GF 2x confirmed at 2.29x (bound 2.22), measured 1.91x [1.72,
 This benchmark times the same two ONNX files `--repeats` times, each time in a new process, in two ways:
 
 - "session pairs": the runs spread over 4 fresh pairs of ONNX Runtime sessions inside that one process
-  (runtime/latency.py's compare_rounds, processes=False: what the confirmation did before);
+  (runtime/measure/latency.py's compare_rounds, processes=False: what the confirmation did before);
 - "fresh processes": the runs spread over 4 freshly spawned processes, a pair of sessions each
   (processes=True: what the confirmation, `bench --vs` and the demo's final check do now).
 
@@ -58,8 +58,8 @@ def measure_once(dense: str, model: str, processes: bool, threads: int, runs: in
     """One repeat (run in its own process by main): compare_rounds over `rounds` rounds, the interval with it."""
     import onnx
 
-    from prunefx.runtime.latency import compare_rounds
-    from prunefx.runtime.runners import OnnxRunnerMaker
+    from prunefx.runtime.measure.latency import compare_rounds
+    from prunefx.runtime.ort.runners import OnnxRunnerMaker
 
     graph_input = onnx.load(dense, load_external_data=False).graph.input[0]
     shape = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]

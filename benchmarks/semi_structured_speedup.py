@@ -7,7 +7,7 @@ tokens). Each is timed dense (F.linear, cuBLAS) against semi-structured (torch.s
 .to_sparse_semi_structured, cuSPARSELt or CUTLASS) with CUDA events, alternately, 10 calls per timed
 run, 100 runs after 20 warm-up pairs; the speed-up is the ratio of medians. The whole MLP block
 (fc1, GELU, fc2) is timed the same way. Each pair is timed twice: eager (F.linear called from Python, as a
-PyTorch model runs it) and replayed from a CUDA graph (runtime/semi_structured.cuda_graphed: the kernels
+PyTorch model runs it) and replayed from a CUDA graph (runtime/cuda/semi_structured.cuda_graphed: the kernels
 alone, no host work per call). The GPU, torch and CUDA versions are recorded.
 
     .venv/bin/python benchmarks/semi_structured_speedup.py [--batches 64 128 256] [--runs 100]
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from common import command_line, machine_info, markdown_table, write_results
 
 from prunefx.graph.errors import PrunefxError
-from prunefx.runtime.semi_structured import (
+from prunefx.runtime.cuda.semi_structured import (
     cuda_graphed,
     require_sparse_gpu,
     semi_structured,

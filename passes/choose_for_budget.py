@@ -24,7 +24,7 @@ the dense one, scores its one-shot damage, and keeps the least damaged:
 Splitting the budget between depth and width as sqrt(S / g) gives each continuous dimension an equal
 share in log-speed-up; the width search then measures the whole stack (depth merged, INT8 applied), so
 the candidate meets S whatever the share did (its first guess starts from the speed-up depth measured).
-Every measurement goes through the same `latency` function, so its cache (runtime/speedup.py: ONNX files
+Every measurement goes through the same `latency` function, so its cache (runtime/measure/speedup.py: ONNX files
 by fingerprint) exports the dense model once and confirmation (passes/budget/search.py) applies to every search. A combination that cannot reach the
 budget is kept in the trace with the reason, not an error; when none can, the error names the best
 speed-up any reached.

@@ -6,7 +6,7 @@ least damage on `calibration` first) and searches the length n of that ranking's
 
     candidate(n) = merge_blocks(linearize_blocks(dense, blocks = ranked[:n], mode = abrupt))
     measured by `latency(dense, candidate) -> (dense ms, candidate ms, spread)` against the dense model
-    as given (runtime/speedup.py's onnx_latency_pair for ONNX Runtime; passes never import the runtime)
+    as given (runtime/measure/speedup.py's onnx_latency_pair for ONNX Runtime; passes never import the runtime)
 
 More merged blocks run faster, so the smallest n that meets the budget is found by bisection: first all
 n = N blocks (if even that misses, the budget is out of reach: a one-line error naming the best speed-up

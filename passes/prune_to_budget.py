@@ -5,7 +5,7 @@ across widths (rounding alone moved MobileNetV2 from 0.55x to 1.57x on ONNX Runt
 number remove_channels takes, the fraction of MACs to keep, and measures every candidate, candidate(f) =
 remove_channels(dense, macs=f, ...), as a whole model beside the dense one with `latency(dense, candidate) ->
 (dense ms, candidate ms, spread)` (the backend's latency pair; passes never import the runtime). Given a
-per-layer `latency_table` (runtime/layer_latency.py), it searches the fraction of the table's time to keep
+per-layer `latency_table` (runtime/tables/table.py), it searches the fraction of the table's time to keep
 instead (remove_channels' `layer_time`): each candidate then spends importance per millisecond the table says
 it saves, not per MAC, and is still measured as a whole model.
 

@@ -7,7 +7,7 @@ scale per output channel, s_W[c] = max|W[c]| / 127), and both inputs of every re
 activations of the same shape) get per-tensor quantizers, where TensorRT needs them to fuse the add into the
 convolution before it, and so do the inputs of average pools (global or not), so the convolution before a
 pool runs on integers (ONNX Runtime's QLinearConv needs a quantized output). One activation read by several layers gets one quantizer. The form and the calibration are graph/int8/quantization.py's; lowering to ONNX Q/DQ (symmetric S8
-for TensorRT, the same scales shifted to U8 for ONNX Runtime on x86) is runtime/onnx_quantized.py's.
+for TensorRT, the same scales shifted to U8 for ONNX Runtime on x86) is runtime/onnx/quantized.py's.
 
 Config (QuantizeInt8Config):
 - `calibration`: input batches (tensors, tuples, or (inputs, labels) pairs with the captured shapes);

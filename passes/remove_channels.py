@@ -9,7 +9,7 @@ Config:
 - exactly one target, a fraction of the dense model to keep: `macs`, `params` or `channels`, or
   `layer_time`: of the time a latency table gives the dense model's timed layers (2-D convolutions and
   linear layers), with the table as `latency_table`, a callable `(layer, in_channels, out_channels) -> ms`
-  (runtime/layer_latency.py measures one); channels then go by importance lost per millisecond saved
+  (runtime/tables/table.py measures one); channels then go by importance lost per millisecond saved
   (graph/channels/latency_selection.py) and each group's statistics say the table time it saves (`ms_saved`);
 - `importance`: l1 | l2 | bn | taylor | fisher | obs | random, or a callable
   `(module, combing) -> Importance` that supplies scores gathered elsewhere (the Fisher scores

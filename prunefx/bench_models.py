@@ -18,8 +18,8 @@ from prunefx.loading import program_from_reference
 from prunefx.models import check_input_shape, parse_input_shape
 from prunefx.runtime import OnnxRuntimeSession, backends, export_onnx
 from prunefx.runtime.backends import Backend, BenchModel, Settings
-from prunefx.runtime.runners import timing_flushes_denormals
-from prunefx.runtime.speedup import deployed
+from prunefx.runtime.measure.speedup import deployed
+from prunefx.runtime.ort.runners import timing_flushes_denormals
 
 # flag (argparse dest) -> the Settings option a backend must read for the flag to apply
 FLAG_OPTIONS = {"sparse": "sparse", "calibrate": "calibration", "trtexec": "trtexec", "cache_dir": "cache_dir",

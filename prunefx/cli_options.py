@@ -20,15 +20,15 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.passes.core.config_checks import ConfigError
 from prunefx.passes.core.pass_config import check_bounds
 from prunefx.runtime import backends
-from prunefx.runtime.budget_backends import (
+from prunefx.runtime.measure.pairs import (
     budget_backend_names,
     budget_precisions,
     latency_pair,
     require_backend,
     speedup_measure,
 )
-from prunefx.runtime.onnx_export import DEFAULT_OPSET
-from prunefx.runtime.onnxruntime_session import LATENCY_THREADS
+from prunefx.runtime.onnx.export import DEFAULT_OPSET
+from prunefx.runtime.ort.session import LATENCY_THREADS
 
 
 def flag_of(name: str) -> str:
@@ -185,7 +185,7 @@ def _measuring(args) -> dict:
 
 
 def budget_latency(args):
-    """The budget passes' measuring function on the command line's backend (runtime/budget_backends.py)."""
+    """The budget passes' measuring function on the command line's backend (runtime/measure/pairs.py)."""
     return latency_pair(args.backend, **_measuring(args))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prunefx.runtime import LATENCY_THREADS
-from prunefx.runtime.onnx_export import DEFAULT_OPSET
+from prunefx.runtime.onnx.export import DEFAULT_OPSET
 
 LATENCY_WARMUP = 10
 
@@ -21,7 +21,7 @@ class Options:
     eval_batches: int | None = None  # evaluate on the first N batches of test and val only
     opset: int = DEFAULT_OPSET
     stage_reports: bool = True  # test score, MACs and latency after every pass (prunefx/reports/stage.py)
-    backend: str = "ort"       # where the budget passes measure (runtime/budget_backends.py); the report: ort
+    backend: str = "ort"       # where the budget passes measure (runtime/measure/pairs.py); the report: ort
     precision: str = "fp32"    # TensorRT precision of the budget's measurement (INT8: the model's Q/DQ)
     trtexec: str | None = None  # the trtexec program for backend "trtexec" (default: on PATH or JetPack's)
     batch: int = 1             # the batch size the budget is measured at

@@ -5,7 +5,7 @@ training batch size, a recipe and a data set in; a compressed, deployable model 
     ->  MACs and parameters per image  ->  both programs cut to batch 1 (graph/rebatch.py)
     ->  ONNX export, torch-vs-ONNX-Runtime parity, ONNX Runtime latency dense vs compressed, side by side
     ->  OUTPUT/model.pt2 (batch 1), model_train.pt2 (training batch), model.onnx, report.json, report.md,
-        accuracy_latency.png (every measured variant: runtime/deployment_report.py)
+        accuracy_latency.png (every measured variant: runtime/measure/deployment_report.py)
 
 What each pass is given (data, a teacher, calibration batches, measurers) is decided in prunefx/injection.py;
 how latency is measured, by Options (prunefx/compress_options.py).
@@ -48,7 +48,7 @@ from prunefx.reports.budget import BUDGET_CHART_FILE, budget_stats, write_budget
 from prunefx.reports.compression import json_safe, markdown_report, pass_summary
 from prunefx.reports.stage import STAGE_TIMED_RUNS, StageMeter
 from prunefx.runtime import compare_latency, export_onnx, onnx_runner
-from prunefx.runtime.deployment_report import CHART_FILE, variants_from_compress, write_chart
+from prunefx.runtime.measure.deployment_report import CHART_FILE, variants_from_compress, write_chart
 
 # ---- model and data -----------------------------------------------------------------------------
 

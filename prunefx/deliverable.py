@@ -1,8 +1,8 @@
 """The files every compressing command delivers, written one way: model.pt2 (the Program), model.onnx
-(exported and cleaned, runtime/onnx_export.py; a Program with INT8 fake quantizers is lowered for ONNX Runtime
-on this CPU by runtime/onnx_quantized.py instead), its torch-vs-ONNX-Runtime parity, and report.json
+(exported and cleaned, runtime/onnx/export.py; a Program with INT8 fake quantizers is lowered for ONNX Runtime
+on this CPU by runtime/onnx/quantized.py instead), its torch-vs-ONNX-Runtime parity, and report.json
 (plain JSON: statistics made safe by compression_report.json_safe, no NaN), with `prunefx check`'s findings
-on model.onnx (`readiness`, runtime/engine_check.py). `prune`, `depth` and
+on model.onnx (`readiness`, runtime/check/readiness.py). `prune`, `depth` and
 `compress` call these inside their staged output folder (prunefx/output.py), so a failure anywhere
 leaves no partial output."""
 
@@ -15,7 +15,7 @@ from prunefx.graph import Program
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.reports.compression import json_safe
 from prunefx.runtime import check_parity, export_onnx, export_quantized_onnx, onnxruntime_lowering
-from prunefx.runtime.engine_check import report_entries
+from prunefx.runtime.check.readiness import report_entries
 from prunefx.runtime.heap import release_freed_memory
 
 

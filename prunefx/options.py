@@ -8,8 +8,8 @@ import argparse
 import math
 from collections.abc import Callable
 
-from prunefx.runtime.onnx_export import MAX_OPSET, MIN_OPSET
-from prunefx.runtime.onnxruntime_session import MAX_THREADS  # the bound the sessions themselves enforce
+from prunefx.runtime.onnx.export import MAX_OPSET, MIN_OPSET
+from prunefx.runtime.ort.session import MAX_THREADS  # the bound the sessions themselves enforce
 
 
 def _number(text: str, kind: type) -> float | int:

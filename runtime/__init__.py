@@ -1,21 +1,16 @@
 """Lowering and measuring: ONNX export with graph-surgeon cleanup, ONNX Runtime, parity, latency, TensorRT
 engines and per-layer profiles, Torch-TensorRT, PyTorch on CUDA, trtexec on Jetson boards, deployment reports.
 The latency backends are a registry (runtime/backends/): `latency_pair(backend, ...)` and `speedup_measure`
-read it.
+read it. Folders by concept: onnx/ (lowering), ort/ (ONNX Runtime sessions), tensorrt/, cuda/ (PyTorch on a
+GPU), measure/ (timing, statistics, latency pairs), tables/ (per-layer latency tables), check/ (`prunefx
+check`); the old flat module paths still import, with a DeprecationWarning (runtime/_moved.py).
 
 This is the only layer that imports onnx, onnxruntime, onnx_graphsurgeon, tensorrt and torch_tensorrt
 (the last two only when a TensorRT backend is used: without them the rest works and those backends say
 what to install).
 """
 
-from prunefx.runtime.budget_backends import latency_pair, speedup_measure
-from prunefx.runtime.deployment_report import (
-    Variant,
-    read_variants,
-    variants_from_compress,
-    write_chart,
-    write_deployment_report,
-)
+from prunefx.runtime import _moved
 from prunefx.runtime.errors import (
     BackendUnavailableError,
     DeviceToolError,
@@ -24,21 +19,33 @@ from prunefx.runtime.errors import (
     OnnxSessionError,
     ParityError,
 )
-from prunefx.runtime.gpu_latency import compare_gpu_latency, measure_gpu_latency
-from prunefx.runtime.jetson import JetsonState, TegrastatsSampler, jetson_state, parse_tegrastats_line
-from prunefx.runtime.latency import LatencyComparison, LatencyStats, compare_latency, measure_latency
-from prunefx.runtime.onnx_export import OnnxExport, export_onnx
-from prunefx.runtime.onnx_float16 import lower_to_float16
-from prunefx.runtime.onnx_provenance import map_to_program, onnx_node_origins
-from prunefx.runtime.onnx_quantized import QuantizedExport, export_quantized_onnx, onnxruntime_lowering
-from prunefx.runtime.onnxruntime_session import DEFAULT_THREADS, LATENCY_THREADS, OnnxRuntimeSession
-from prunefx.runtime.parity import OutputParity, Parity, check_parity
-from prunefx.runtime.runners import OnnxRunner, OnnxRunnerMaker, TorchRunner, onnx_runner, torch_runner
-from prunefx.runtime.speedup import onnx_latency_pair, onnx_speedup
-from prunefx.runtime.tensorrt_cache import engine_cache_key
-from prunefx.runtime.tensorrt_engine import Engine, build_engine
-from prunefx.runtime.tensorrt_plan import BuildOptions
-from prunefx.runtime.tensorrt_profile import (
+from prunefx.runtime.measure.deployment_report import (
+    Variant,
+    read_variants,
+    variants_from_compress,
+    write_chart,
+    write_deployment_report,
+)
+from prunefx.runtime.measure.gpu_latency import compare_gpu_latency, measure_gpu_latency
+from prunefx.runtime.measure.latency import LatencyComparison, LatencyStats, compare_latency, measure_latency
+from prunefx.runtime.measure.pairs import latency_pair, speedup_measure
+from prunefx.runtime.measure.speedup import onnx_latency_pair, onnx_speedup
+from prunefx.runtime.onnx.export import OnnxExport, export_onnx
+from prunefx.runtime.onnx.float16 import lower_to_float16
+from prunefx.runtime.onnx.parity import OutputParity, Parity, check_parity
+from prunefx.runtime.onnx.provenance import map_to_program, onnx_node_origins
+from prunefx.runtime.onnx.quantized import QuantizedExport, export_quantized_onnx, onnxruntime_lowering
+from prunefx.runtime.ort.runners import OnnxRunner, OnnxRunnerMaker, TorchRunner, onnx_runner, torch_runner
+from prunefx.runtime.ort.session import DEFAULT_THREADS, LATENCY_THREADS, OnnxRuntimeSession
+from prunefx.runtime.tensorrt.engine import Engine, build_engine
+from prunefx.runtime.tensorrt.engine_cache import engine_cache_key
+from prunefx.runtime.tensorrt.jetson import (
+    JetsonState,
+    TegrastatsSampler,
+    jetson_state,
+    parse_tegrastats_line,
+)
+from prunefx.runtime.tensorrt.layer_profile import (
     LayerProfile,
     build_layer_profile,
     format_profile_table,
@@ -46,8 +53,16 @@ from prunefx.runtime.tensorrt_profile import (
     parse_engine_information,
     profile_engine,
 )
-from prunefx.runtime.torch_tensorrt_backend import compile_torch_tensorrt
-from prunefx.runtime.trtexec import TrtexecOptions, parse_performance_summary, run_trtexec, trtexec_arguments
+from prunefx.runtime.tensorrt.plan import BuildOptions
+from prunefx.runtime.tensorrt.torch_compiled import compile_torch_tensorrt
+from prunefx.runtime.tensorrt.trtexec_command import (
+    TrtexecOptions,
+    parse_performance_summary,
+    run_trtexec,
+    trtexec_arguments,
+)
+
+_moved.install()
 
 __all__ = [
     "DEFAULT_THREADS", "LATENCY_THREADS", "BackendUnavailableError", "BuildOptions", "DeviceToolError", "Engine", "JetsonState",

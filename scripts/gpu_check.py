@@ -152,7 +152,7 @@ def facts(env: dict) -> dict:
 
 CAPTURE_PROBE = """
 import json, sys, torch, torchvision
-from prunefx.runtime.cuda_graph import GpuModel, CudaDevice
+from prunefx.runtime.cuda.graph import GpuModel, CudaDevice
 from prunefx.graph import capture
 batch = int(sys.argv[1])
 model = torchvision.models.resnet50().eval()

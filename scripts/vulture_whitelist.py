@@ -19,8 +19,9 @@ ENTRY_POINTS = [
     framework.extensions,
     framework.is_valid_file,
     framework.fuse,                 # Ultralytics calls model.fuse() before export (prunefx/detectors.py)
-    framework.get_next,             # onnxruntime CalibrationDataReader (runtime/onnx_quantize_static.py)
-    framework.report_layer_time,    # tensorrt IProfiler (runtime/tensorrt_profile.py)
+    framework.create_module,        # importlib's Loader protocol (runtime/_moved.py: old module paths)
+    framework.get_next,             # onnxruntime CalibrationDataReader (runtime/onnx/quantize_static.py)
+    framework.report_layer_time,    # tensorrt IProfiler (runtime/tensorrt/layer_profile.py)
     framework.log_severity_level,   # onnxruntime SessionOptions, read by onnxruntime
     framework.inter_op_num_threads,
     framework.execution_mode,
@@ -42,5 +43,5 @@ ENTRY_POINTS = [
     framework.vdim,
     framework.input_size,
     framework.extra_repr,           # nn.Module's repr hook (prunefx/interop/subgraph_module.py)
-    framework.raw_data,             # onnx TensorProto field, read by onnx (runtime/onnx_external.py)
+    framework.raw_data,             # onnx TensorProto field, read by onnx (runtime/onnx/external.py)
 ]

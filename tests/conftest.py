@@ -70,9 +70,9 @@ def removal_is_exact():
 @pytest.fixture(autouse=True)
 def stand_in_gpus_need_no_warm_up(monkeypatch):
     """Without a GPU, the GPU runners tests time are stand-ins with no clocks to ramp up: the time-based
-    warm-up of runtime/gpu_latency.py (WARM_SECONDS) would only spin. On a GPU it stays."""
+    warm-up of runtime/measure/gpu_latency.py (WARM_SECONDS) would only spin. On a GPU it stays."""
     if not torch.cuda.is_available():
-        from prunefx.runtime import gpu_latency
+        from prunefx.runtime.measure import gpu_latency
 
         monkeypatch.setattr(gpu_latency, "WARM_SECONDS", 0.0)
 

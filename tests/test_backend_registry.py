@@ -24,7 +24,7 @@ from prunefx.runtime import backends, latency_pair
 from prunefx.runtime.backends import Backend, Settings
 from prunefx.runtime.backends import width_multiple as backend_multiple
 from prunefx.runtime.backends.gpu_pair import pair_of
-from prunefx.runtime.speedup import fingerprint
+from prunefx.runtime.measure.speedup import fingerprint
 
 MS_PER_WEIGHT = 1e-4
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "backends.md"

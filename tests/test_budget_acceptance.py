@@ -13,7 +13,7 @@ from prunefx.graph import capture, count
 from prunefx.passes import prune_to_budget
 from prunefx.passes.budget.measurement import Timing
 from prunefx.passes.budget.search import BudgetUnreachable
-from prunefx.runtime.latency import ratio_interval
+from prunefx.runtime.measure.latency import ratio_interval
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BUDGET = 2.0

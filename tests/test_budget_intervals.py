@@ -1,5 +1,5 @@
-"""The speed-up interval a confirmation gives (runtime/latency.py's block bootstrap), the Measurer protocol
-(passes/budget/measurement.py) and the width multiple each backend prefers (runtime/width_multiple.py). The
+"""The speed-up interval a confirmation gives (runtime/measure/latency.py's block bootstrap), the Measurer protocol
+(passes/budget/measurement.py) and the width multiple each backend prefers (runtime/measure/width_multiple.py). The
 oracles are worked out by hand here, not by the code under test."""
 
 import functools
@@ -17,9 +17,9 @@ from prunefx.passes.budget.measurement import LongerMeasurer, Measurer, Timing, 
 from prunefx.passes.budget.search import Measured, meets, speedup_text
 from prunefx.runtime.backends import width_multiple as backend_multiple
 from prunefx.runtime.errors import MeasurementError
-from prunefx.runtime.latency import compare_latency, compare_rounds, ratio_interval
-from prunefx.runtime.speedup import PairMeasurer
-from prunefx.runtime.width_multiple import onnxruntime_multiple
+from prunefx.runtime.measure.latency import compare_latency, compare_rounds, ratio_interval
+from prunefx.runtime.measure.speedup import PairMeasurer
+from prunefx.runtime.measure.width_multiple import onnxruntime_multiple
 
 AVX512 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512vl\n\nprocessor\t: 1\n"
 AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
@@ -196,7 +196,7 @@ def test_rounds_in_fresh_processes_each_run_in_a_process_of_their_own(tmp_path):
 def test_rounds_in_fresh_processes_do_not_rerun_a_script_without_a_main_guard(tmp_path):
     script = tmp_path / "user_script.py"
     script.write_text("import functools, os\n"
-                      "from prunefx.runtime.latency import compare_rounds\n"
+                      "from prunefx.runtime.measure.latency import compare_rounds\n"
                       "print('the script ran')\n"
                       "maker = functools.partial(functools.partial, os.getpid)  # picklable: makes a callable\n"
                       "c = compare_rounds(maker, maker, rounds=2, warmup=1, runs=2, block=1, settle=0, processes=True)\n"
@@ -231,14 +231,14 @@ def _relu_file(path) -> str:
 
 def test_a_round_of_two_onnx_sessions_imports_neither_torch_nor_prunefx(tmp_path):
     """`python -X importtime` lists every module the round's process imports: the oracle is the interpreter's."""
-    from prunefx.runtime import latency
-    from prunefx.runtime.latency import _round_request
-    from prunefx.runtime.runners import OnnxRunnerMaker
+    from prunefx.runtime.measure import latency
+    from prunefx.runtime.measure.latency import _round_request
+    from prunefx.runtime.ort.runners import OnnxRunnerMaker
 
     maker = OnnxRunnerMaker(_relu_file(tmp_path / "relu.onnx"), [np.ones((1, 8), np.float32)], threads=1)
     request, answer = tmp_path / "round.pickle", tmp_path / "blocks.pickle"
     request.write_bytes(pickle.dumps(_round_request((maker, maker, 1, 4, 2, 0, time.perf_counter, None))))
-    script = str(Path(latency.__file__).with_name("latency_round.py"))
+    script = str(Path(latency.__file__).with_name("rounds.py"))
     done = subprocess.run([sys.executable, "-X", "importtime", script, str(request), str(answer)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -250,7 +250,7 @@ def test_a_round_of_two_onnx_sessions_imports_neither_torch_nor_prunefx(tmp_path
 
 
 def test_onnx_sessions_in_fresh_processes_give_a_comparison_and_name_a_wrong_input_in_one_line(tmp_path):
-    from prunefx.runtime.runners import OnnxRunnerMaker
+    from prunefx.runtime.ort.runners import OnnxRunnerMaker
 
     path = _relu_file(tmp_path / "relu.onnx")
     maker = OnnxRunnerMaker(path, [np.ones((1, 8), np.float32)], threads=2)
@@ -265,7 +265,7 @@ def test_onnx_sessions_in_fresh_processes_give_a_comparison_and_name_a_wrong_inp
 
 def test_a_session_maker_checks_the_file_before_any_round_starts(tmp_path):
     from prunefx.runtime.errors import OnnxSessionError
-    from prunefx.runtime.runners import OnnxRunnerMaker
+    from prunefx.runtime.ort.runners import OnnxRunnerMaker
 
     with pytest.raises(OnnxSessionError, match="no such ONNX file"):
         missing = OnnxRunnerMaker(tmp_path / "gone.onnx", [np.ones((1, 8), np.float32)])

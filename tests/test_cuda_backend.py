@@ -1,4 +1,4 @@
-"""The cuda latency backend (runtime/backends/cuda.py, runtime/cuda_graph.py, runtime/cuda_profile.py).
+"""The cuda latency backend (runtime/backends/cuda.py, runtime/cuda/graph.py, runtime/cuda/node_profile.py).
 
 Without a GPU, the backend runs against a fake device: it keeps the model on the CPU, counts captures and
 compiles, and its timer answers a known time per model (MS_PER_WEIGHT per convolution weight of the module
@@ -23,11 +23,11 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.runtime import latency_pair
 from prunefx.runtime.backends import Settings
 from prunefx.runtime.backends.cuda import CudaBackend
-from prunefx.runtime.cuda_graph import SAMPLE_MS, CudaDevice, GpuModel, capture_batch_limit
+from prunefx.runtime.cuda.graph import SAMPLE_MS, CudaDevice, GpuModel, capture_batch_limit
 from prunefx.runtime.errors import BackendUnavailableError
 
 cuda_module = importlib.import_module("prunefx.runtime.backends.cuda")
-cuda_graph = importlib.import_module("prunefx.runtime.cuda_graph")
+cuda_graph = importlib.import_module("prunefx.runtime.cuda.graph")
 pytestmark = pytest.mark.usefixtures("one_thread")
 MS_PER_WEIGHT = 1e-3
 

@@ -1,4 +1,4 @@
-"""runtime/deployment_report.py: the Markdown + JSON + PNG report of accuracy against measured latency, on
+"""runtime/measure/deployment_report.py: the Markdown + JSON + PNG report of accuracy against measured latency, on
 variants measured with ONNX Runtime here, and at the end of a real (tiny) `prunefx compress` run."""
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 from prunefx.cli import main
 from prunefx.graph import capture
 from prunefx.passes.quantize_int8 import quantize_int8
-from prunefx.runtime.engine_check import check_model
-from prunefx.runtime.onnx_quantized import export_quantized_onnx
+from prunefx.runtime.check.readiness import check_model
+from prunefx.runtime.onnx.quantized import export_quantized_onnx
 
 
 def _model(nodes, initializers, *, inputs=(("x", [1, 32, 8, 8]),), outputs=("y",), opset=18):

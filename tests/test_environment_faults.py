@@ -144,7 +144,7 @@ def test_onnx_runtime_out_of_memory_is_not_a_corrupt_file(monkeypatch, tmp_path)
     import onnx
     from onnx import TensorProto, helper
 
-    import prunefx.runtime.onnxruntime_session as session_module
+    import prunefx.runtime.ort.session as session_module
 
     value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])
     result = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])

@@ -1,11 +1,11 @@
-"""Warm-up by time until the timings settle (runtime/gpu_latency.py), against a stand-in GPU whose clocks
+"""Warm-up by time until the timings settle (runtime/measure/gpu_latency.py), against a stand-in GPU whose clocks
 ramp up: its first samples are slow, as an idle GPU's are, and a fake clock says how long each took."""
 
 from __future__ import annotations
 
 import pytest
 
-from prunefx.runtime.gpu_latency import WarmUp, compare_gpu_latency, warm_until_steady
+from prunefx.runtime.measure.gpu_latency import WarmUp, compare_gpu_latency, warm_until_steady
 
 
 class RampingGpu:

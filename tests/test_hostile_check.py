@@ -16,8 +16,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from prunefx.cli import main
-from prunefx.runtime.onnx_bounds import check_value_sizes
-from prunefx.runtime.onnx_external import ExternalDataError
+from prunefx.runtime.onnx.bounds import check_value_sizes
+from prunefx.runtime.onnx.external import ExternalDataError
 
 SECRET = "TOKEN-7f3a-outside-the-model-folder"
 # A 2:4 pattern along input channels (two of every four zero): `check` notes it as sparse-eligible, which
@@ -197,7 +197,7 @@ def test_two_thousand_layers_after_a_100000_node_chain_are_checked_in_seconds(tm
 @pytest.mark.parametrize("scopes", ["[" * 50_000 + "]" * 50_000, "__import__('os')", "5", "['a', 3]",
                                     "'x' * 10", "[" + "'a'," * 100_000 + "]"])
 def test_hostile_provenance_metadata_is_ignored_not_evaluated(scopes):
-    from prunefx.runtime.onnx_provenance import onnx_node_origins
+    from prunefx.runtime.onnx.provenance import onnx_node_origins
 
     node = helper.make_node("Relu", ["x"], ["y"], name="/layer1/relu/Relu")
     entry = node.metadata_props.add()

@@ -21,8 +21,8 @@ from prunefx.data.samples import LabelledImages
 from prunefx.data.splits import image_folder_data
 from prunefx.data.yolo import yolo_splits
 from prunefx.graph import PrunefxError
-from prunefx.runtime.engine_check import check_file
-from prunefx.runtime.onnx_bounds import check_value_sizes
+from prunefx.runtime.check.readiness import check_file
+from prunefx.runtime.onnx.bounds import check_value_sizes
 
 pytestmark = pytest.mark.slow
 SECRET = "TOKEN-5d1e-planted-outside"

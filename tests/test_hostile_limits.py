@@ -87,7 +87,7 @@ def _special_files(tmp_path):
 def test_special_files_are_not_regular_files_everywhere(tmp_path, capsys):
     from prunefx import load
     from prunefx.runtime.errors import OnnxSessionError
-    from prunefx.runtime.onnxruntime_session import OnnxRuntimeSession
+    from prunefx.runtime.ort.session import OnnxRuntimeSession
 
     for kind, path in _special_files(tmp_path).items():
         started = time.perf_counter()

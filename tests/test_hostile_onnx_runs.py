@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 
 from prunefx.cli import main
 from prunefx.runtime.errors import OnnxSessionError
-from prunefx.runtime.onnxruntime_session import OnnxRuntimeSession
+from prunefx.runtime.ort.session import OnnxRuntimeSession
 
 
 def _endless_loop(path) -> None:

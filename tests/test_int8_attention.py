@@ -13,9 +13,9 @@ from prunefx.graph import capture, verify
 from prunefx.graph.int8.attention import SDPA, decompose_attention
 from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.runtime import OnnxRuntimeSession
-from prunefx.runtime.engine_check import check_model
-from prunefx.runtime.engine_rules import GraphIndex
-from prunefx.runtime.onnx_quantized import export_quantized_onnx
+from prunefx.runtime.check.readiness import check_model
+from prunefx.runtime.check.rules import GraphIndex
+from prunefx.runtime.onnx.quantized import export_quantized_onnx
 
 aten = torch.ops.aten
 

@@ -65,7 +65,7 @@ class FakeLayerTimer:
 @pytest.fixture
 def timer(monkeypatch):
     fake = FakeLayerTimer()
-    module = importlib.import_module("prunefx.runtime.backend_layer_timer")
+    module = importlib.import_module("prunefx.runtime.tables.timer_by_name")
     monkeypatch.setattr(module, "layer_timer", lambda name, settings: fake.given(settings))
     return fake
 

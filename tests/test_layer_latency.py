@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from prunefx.graph import capture
 from prunefx.graph.channels.plan_latency import TimedLayer, timed_layers
 from prunefx.runtime import backends
-from prunefx.runtime.backend_layer_timer import layer_timer
 from prunefx.runtime.backends import Settings
-from prunefx.runtime.cuda_graph import CudaDevice
+from prunefx.runtime.cuda.graph import CudaDevice
 from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
-from prunefx.runtime.layer_latency import build_latency_table, grid_widths, program_latency_table
-from prunefx.runtime.layer_timers import (
+from prunefx.runtime.tables.table import build_latency_table, grid_widths, program_latency_table
+from prunefx.runtime.tables.timer_by_name import layer_timer
+from prunefx.runtime.tables.timers import (
     LayerModule,
     OnnxRuntimeLayerTimer,
     TorchLayerTimer,
@@ -235,7 +235,7 @@ def test_a_table_on_the_cuda_backend_times_each_layer_as_a_plain_module(tmp_path
     stand-in for torch.export refuses to run)."""
     gpu = FakeGpu()
     monkeypatch.setattr(backends.get("cuda"), "device", gpu)
-    monkeypatch.setattr("prunefx.runtime.backend_layer_timer.capture", _no_export)
+    monkeypatch.setattr("prunefx.runtime.tables.timer_by_name.capture", _no_export)
     timer = layer_timer("cuda", Settings(runs=3, warmup=1, batch=8))
     assert (timer.backend, timer.device, timer.precision) == ("cuda", "Fake H100", "fp16")
     table = build_latency_table([CONV], timer, multiple=16, batch=2, cache_dir=tmp_path)

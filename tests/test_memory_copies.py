@@ -16,9 +16,12 @@ from prunefx.graph import capture
 from prunefx.graph.zip_target import FailureHoldingFile
 from prunefx.passes.core.pipeline import Pipeline
 from prunefx.passes.remove_channels import remove_channels
-from prunefx.runtime import OnnxExportError, engine_check, export_onnx, onnx_bounds, onnx_export
+from prunefx.runtime import OnnxExportError, export_onnx
+from prunefx.runtime.check import readiness as engine_check
 from prunefx.runtime.heap import release_freed_memory
-from prunefx.runtime.onnx_write import save_model_streamed
+from prunefx.runtime.onnx import bounds as onnx_bounds
+from prunefx.runtime.onnx import export as onnx_export
+from prunefx.runtime.onnx.write import save_model_streamed
 
 
 class Mlp(torch.nn.Module):

@@ -13,7 +13,7 @@ import torch
 from prunefx.graph import capture
 from prunefx.interop.write_back import to_module
 from prunefx.passes.remove_channels import remove_channels
-from prunefx.runtime.latency import LatencyComparison, LatencyStats
+from prunefx.runtime.measure.latency import LatencyComparison, LatencyStats
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "module_speed.py"

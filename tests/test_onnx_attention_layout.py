@@ -2,7 +2,7 @@
 and pruned, and the TorchScript fallback takes a Program loaded from model.pt2.
 
 Before, the dynamo exporter stopped on "Cannot view a tensor with shape [1, 16, 4, 16] ..." (its two fake runs
-disagree on the layout of scaled_dot_product_attention's output: runtime/onnx_reshape_layout.py), and the
+disagree on the layout of scaled_dot_product_attention's output: runtime/onnx/reshape_layout.py), and the
 TorchScript exporter on "Calling train() is not supported yet" (it called train() on torch.export's module)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch.nn as nn
 from prunefx.graph import Program, capture, count
 from prunefx.passes import remove_channels
 from prunefx.runtime import export_onnx
-from prunefx.runtime.onnx_reshape_layout import contiguous_before_reshapes
+from prunefx.runtime.onnx.reshape_layout import contiguous_before_reshapes
 
 
 def tiny_relpos_vit() -> nn.Module:

@@ -150,7 +150,7 @@ def test_the_onnx_measuring_function_exports_each_program_once_and_sees_changed_
     weights changed is a different model and is exported again."""
     import importlib
 
-    speedup = importlib.import_module("prunefx.runtime.speedup")
+    speedup = importlib.import_module("prunefx.runtime.measure.speedup")
     exported, real = [], speedup.exported_file
     monkeypatch.setattr(speedup, "exported_file", lambda program, path, batch, exporter: exported.append(exporter)
                         or real(program, path, batch, exporter))
@@ -171,7 +171,7 @@ def test_an_int8_candidate_confirmed_after_the_search_is_exported_once(resnet20,
 
     from prunefx.passes.quantize_int8 import quantize_int8
 
-    speedup = importlib.import_module("prunefx.runtime.speedup")
+    speedup = importlib.import_module("prunefx.runtime.measure.speedup")
     exported, real = [], speedup.exported_file
     monkeypatch.setattr(speedup, "exported_file", lambda program, path, batch, exporter: exported.append(
         (exporter, has_fake_quant(program.graph))) or real(program, path, batch, exporter))

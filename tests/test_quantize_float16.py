@@ -1,4 +1,4 @@
-"""runtime/onnx_float16.py: the FP16 lowering strongly typed TensorRT builds from (read back with `onnx`,
+"""runtime/onnx/float16.py: the FP16 lowering strongly typed TensorRT builds from (read back with `onnx`,
 run with ONNX Runtime against the FP32 file)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from torch import nn
 
 from prunefx.graph import capture
 from prunefx.runtime import MeasurementError, OnnxRuntimeSession, export_onnx
-from prunefx.runtime.onnx_float16 import lower_to_float16
-from prunefx.runtime.tensorrt_plan import onnx_types
+from prunefx.runtime.onnx.float16 import lower_to_float16
+from prunefx.runtime.tensorrt.plan import onnx_types
 
 pytest.importorskip("onnxconverter_common", reason="onnxconverter-common is not installed")
 

@@ -1,4 +1,4 @@
-"""passes/quantize_int8.py, graph/int8/quantization.py and runtime/onnx_quantized.py: where the quantizers go,
+"""passes/quantize_int8.py, graph/int8/quantization.py and runtime/onnx/quantized.py: where the quantizers go,
 the scales (recomputed here by hand), calibration methods, layers kept in float, the ONNX files read back
 with `onnx` (not through prunefx), and parity between the fake-quantized Program and ONNX Runtime's INT8.
 
@@ -31,7 +31,7 @@ from prunefx.passes.core.config_checks import ConfigError
 from prunefx.passes.fold_batchnorm import fold_batchnorm
 from prunefx.passes.quantize_int8 import QuantizeInt8Config, quantize_int8
 from prunefx.runtime import OnnxRuntimeSession
-from prunefx.runtime.onnx_quantized import export_quantized_onnx
+from prunefx.runtime.onnx.quantized import export_quantized_onnx
 
 aten = torch.ops.aten
 PARITY = 1e-4
@@ -359,7 +359,7 @@ def _saturating_program():
 
 @pytest.mark.slow  # two ONNX exports and four sessions: about 3 s
 def test_7bit_weights_do_not_saturate_where_8bit_weights_do_without_vnni(one_thread, tmp_path):
-    from prunefx.runtime.onnx_quantized import onnxruntime_lowering
+    from prunefx.runtime.onnx.quantized import onnxruntime_lowering
 
     program, x = _saturating_program()
     with torch.no_grad():
@@ -429,7 +429,7 @@ def test_a_float_convolution_reads_its_input_unquantized_in_the_onnx_runtime_fil
 
 
 def test_onnxruntime_lowering_follows_vnni():
-    from prunefx.runtime.onnx_quantized import onnxruntime_lowering
+    from prunefx.runtime.onnx.quantized import onnxruntime_lowering
 
     assert onnxruntime_lowering("flags : fpu avx2 avx512f avx512_vnni") == "u8"
     assert onnxruntime_lowering("flags : fpu avx2 avx_vnni") == "u8"

@@ -21,7 +21,7 @@ from prunefx.passes.distill import distill
 from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.passes.sparsify_nm import sparsify_nm
 from prunefx.passes.training.engine import evaluate
-from prunefx.runtime.onnx_quantized import export_quantized_onnx
+from prunefx.runtime.onnx.quantized import export_quantized_onnx
 
 BATCH, CLASSES = 16, 4
 

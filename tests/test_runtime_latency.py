@@ -194,7 +194,7 @@ def test_timing_sessions_flush_subnormal_floats_unless_told_not_to(tmp_path, mon
     # The product is checked in a fresh process: in a pytest worker that has run other sessions and torch
     # code before, the creating thread's flush flag was seen not to take (CI, 1e-40 came back).
     product = subprocess.run(
-        [sys.executable, "-c", "import numpy as np, sys; from prunefx.runtime.runners import onnx_runner; "
+        [sys.executable, "-c", "import numpy as np, sys; from prunefx.runtime.ort.runners import onnx_runner; "
          "tiny = np.full(4, 1e-20, np.float32); print(onnx_runner(sys.argv[1], [tiny, tiny], threads=1)()[0].max())",
          str(path)], capture_output=True, text=True, check=True, env={**os.environ, "PRUNEFX_KEEP_DENORMALS": ""})
     assert flushing.session.flush_denormals and float(product.stdout.split()[-1]) == 0.0

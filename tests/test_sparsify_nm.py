@@ -30,7 +30,7 @@ from prunefx.passes.rewrites.sparse_masks import SparseMasks
 from prunefx.passes.sparsify_nm import sparsify_nm
 from prunefx.passes.sparsity.config import SparsityError
 from prunefx.runtime import export_onnx
-from prunefx.runtime.semi_structured import (
+from prunefx.runtime.cuda.semi_structured import (
     SemiStructuredUnavailable,
     cuda_graphed,
     semi_structured,

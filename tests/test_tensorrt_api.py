@@ -1,5 +1,5 @@
 """The TensorRT Python API our code calls, held against TensorRT's own type stubs (PyPI `tensorrt-stubs`, 10.13),
-and the TensorRT-10-only API and trtexec options held behind the version check (runtime/tensorrt_migration.py).
+and the TensorRT-10-only API and trtexec options held behind the version check (runtime/tensorrt/migration.py).
 
 The checker reads a source file's AST: `trt` (the tensorrt module, as our code passes it around) and every
 variable assigned from it gets a stub type (`builder = trt.Builder(logger)` is a Builder; `config =
@@ -22,18 +22,18 @@ from pathlib import Path
 
 import pytest
 
-from prunefx.runtime.tensorrt_migration import (
+from prunefx.runtime.tensorrt.migration import (
     PYTHON_REMOVED_IN_11,
     TRTEXEC_NO_OP_IN_11,
     TRTEXEC_OPTIONS,
     TRTEXEC_REMOVED_IN_11,
 )
-from prunefx.runtime.tensorrt_plan import OnnxTypes, network_plan
-from prunefx.runtime.trtexec import TrtexecOptions, trtexec_arguments
+from prunefx.runtime.tensorrt.plan import OnnxTypes, network_plan
+from prunefx.runtime.tensorrt.trtexec_command import TrtexecOptions, trtexec_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 STUBS = Path(os.environ.get("PRUNEFX_TENSORRT_STUBS", ROOT / ".venv" / "tensorrt-stubs"))
-CHECKED = ("runtime/tensorrt_engine.py", "runtime/tensorrt_plan.py", "runtime/tensorrt_profile.py")
+CHECKED = ("runtime/tensorrt/engine.py", "runtime/tensorrt/plan.py", "runtime/tensorrt/layer_profile.py")
 pytestmark = pytest.mark.skipif(not (STUBS / "tensorrt_bindings" / "tensorrt.pyi").is_file(),
                                 reason=f"tensorrt-stubs not found in {STUBS}: make setup installs them there")
 
@@ -244,8 +244,8 @@ def stubs():
     return load_stubs()
 
 
-# The profiler receives prunefx's Engine (runtime/tensorrt_engine.Engine), whose `context` is TensorRT's.
-SEEDS = {"runtime/tensorrt_profile.py": {"engine.context": "IExecutionContext"}}
+# The profiler receives prunefx's Engine (runtime/tensorrt/engine.Engine), whose `context` is TensorRT's.
+SEEDS = {"runtime/tensorrt/layer_profile.py": {"engine.context": "IExecutionContext"}}
 
 
 @pytest.mark.parametrize("path", CHECKED)
@@ -257,7 +257,7 @@ def test_our_tensorrt_calls_exist_in_the_stubs_with_the_arguments_we_pass(stubs,
 
 def test_the_checker_types_what_the_engine_builder_uses(stubs):
     checker = Checker(*stubs)
-    checker.check((ROOT / "runtime/tensorrt_engine.py").read_text())
+    checker.check((ROOT / "runtime/tensorrt/engine.py").read_text())
     expected = {"builder": "Builder", "config": "IBuilderConfig", "network": "INetworkDefinition",
                 "parser": "OnnxParser", "runtime": "Runtime", "engine": "ICudaEngine",
                 "self.context": "IExecutionContext", "inspector": "EngineInspector"}

@@ -1,4 +1,4 @@
-"""runtime/tensorrt_engine.py (with tensorrt_plan.py and tensorrt_cache.py) and runtime/tensorrt_profile.py: engine
+"""runtime/tensorrt/engine.py (with tensorrt_plan.py and tensorrt_cache.py) and runtime/tensorrt/layer_profile.py: engine
 cache keys, the mapping of TensorRT layer names back to ONNX and Program nodes on real exported files, the errors without TensorRT, and (where
 TensorRT and a GPU are present) real engines: parity with ONNX Runtime, the cache, the per-layer profile."""
 
@@ -32,10 +32,10 @@ from prunefx.runtime import (
     onnx_nodes_of_layer,
     parse_engine_information,
 )
-from prunefx.runtime.onnx_provenance import _torchscript_scope
-from prunefx.runtime.tensorrt_cache import calibration_digest, timing_cache_key
-from prunefx.runtime.tensorrt_engine import _build
-from prunefx.runtime.tensorrt_plan import (
+from prunefx.runtime.onnx.provenance import _torchscript_scope
+from prunefx.runtime.tensorrt.engine import _build
+from prunefx.runtime.tensorrt.engine_cache import calibration_digest, timing_cache_key
+from prunefx.runtime.tensorrt.plan import (
     NetworkPlan,
     OnnxTypes,
     network_creation_flags,
@@ -95,7 +95,7 @@ def test_unknown_precision():
 
 @pytest.fixture(scope="module")
 def resnet(tmp_path_factory):
-    """ResNet-20 for Fashion-MNIST, exported by runtime/onnx_export.py: (program, ONNX path, origins)."""
+    """ResNet-20 for Fashion-MNIST, exported by runtime/onnx/export.py: (program, ONNX path, origins)."""
     torch.manual_seed(0)
     program = capture(resnet20().eval(), torch.randn(1, 1, 28, 28), name="resnet20").eval()
     path = export_onnx(program, tmp_path_factory.mktemp("onnx") / "resnet20.onnx").path
@@ -428,7 +428,7 @@ def test_onnx_types_reads_qdq_and_float16(resnet, tmp_path):
 def test_int8_engine_from_a_qdq_file_matches_onnx_runtime(resnet, tmp_path):
     from prunefx.passes.quantize_int8 import quantize_int8
     from prunefx.runtime import build_engine
-    from prunefx.runtime.onnx_quantized import export_quantized_onnx
+    from prunefx.runtime.onnx.quantized import export_quantized_onnx
 
     program = resnet[0].clone()
     quantize_int8(program, config={"calibration": [torch.randn(1, 1, 28, 28) for _ in range(4)]})

@@ -1,4 +1,4 @@
-"""The Torch-TensorRT calls of runtime/torch_tensorrt_backend.py held against Torch-TensorRT's own source.
+"""The Torch-TensorRT calls of runtime/tensorrt/torch_compiled.py held against Torch-TensorRT's own source.
 
 Torch-TensorRT needs CUDA and TensorRT to import, but its wheel (PyPI `torch-tensorrt`, the release built for our
 torch) installs without them as files: `make setup` puts it in .venv/torch-tensorrt with --no-deps, and this test
@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("PRUNEFX_TORCH_TENSORRT_SOURCE", ROOT / ".venv" / "torch-tensorrt"))
-BACKEND = ROOT / "runtime" / "torch_tensorrt_backend.py"
+BACKEND = ROOT / "runtime" / "tensorrt" / "torch_compiled.py"
 pytestmark = pytest.mark.skipif(not (REFERENCE / "torch_tensorrt" / "__init__.py").is_file(),
                                 reason=f"Torch-TensorRT's source not found in {REFERENCE}: make setup installs it there")
 

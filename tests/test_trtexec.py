@@ -1,4 +1,4 @@
-"""runtime/trtexec.py and runtime/jetson.py: trtexec command lines, its performance summary and per-layer
+"""runtime/tensorrt/trtexec_command.py and runtime/tensorrt/jetson.py: trtexec command lines, its performance summary and per-layer
 profile, Jetson power mode / clocks / tegrastats parsing, and the whole trtexec flow (bench and profile
 from the CLI) against stand-in programs that print what the real ones print. No TensorRT needed."""
 
@@ -16,15 +16,15 @@ import torch
 
 from prunefx.cli import EXIT_USER_ERROR, main
 from prunefx.runtime import BackendUnavailableError, DeviceToolError, MeasurementError
-from prunefx.runtime import trtexec as trtexec_module
-from prunefx.runtime.jetson import (
+from prunefx.runtime.tensorrt import trtexec_command as trtexec_module
+from prunefx.runtime.tensorrt.jetson import (
     TegrastatsSampler,
     parse_jetson_clocks,
     parse_nvpmodel,
     parse_tegrastats_line,
 )
-from prunefx.runtime.tensorrt_plan import OnnxTypes, onnx_types
-from prunefx.runtime.trtexec import (
+from prunefx.runtime.tensorrt.plan import OnnxTypes, onnx_types
+from prunefx.runtime.tensorrt.trtexec_command import (
     TrtexecOptions,
     find_trtexec,
     parse_performance_summary,

@@ -2,7 +2,7 @@
 
 The caller hands in the table: a callable `(layer, in_channels, out_channels) -> ms` that gives the time of
 one timed layer (a 2-D convolution or a linear layer, described by `TimedLayer`) at those widths; the
-runtime measures one (runtime/layer_latency.py), a test writes one by hand. A plan's time is the sum over
+runtime measures one (runtime/tables/table.py), a test writes one by hand. A plan's time is the sum over
 the timed layers of their time at the widths the plan leaves them: the surviving widths of the layer's
 input and weight, the same ones the MACs prediction reads (plan_cost.py). Other operators (norms,
 activations, pooling, attention products) are not in the sum: the table prices what channel removal

@@ -1,7 +1,7 @@
 """The measuring protocol of the budget passes (prune_to_budget, depth_to_budget, choose_for_budget).
 
 Passes never import the runtime (the layers import downward only); a pass that meets a latency budget is given a
-`Measurer` by its caller (runtime/speedup.py's `onnx_latency_pair`, runtime/budget_backends.py's
+`Measurer` by its caller (runtime/measure/speedup.py's `onnx_latency_pair`, runtime/measure/pairs.py's
 `latency_pair`). A Measurer has two ways to time a candidate against the dense model:
 
 - calling it, `measurer(dense, candidate) -> Timing` (or a plain (dense ms, candidate ms, spread) triple,
@@ -15,7 +15,7 @@ Passes never import the runtime (the layers import downward only); a pass that m
 and `round_to`, the width multiple the backend runs fastest (16 for ONNX Runtime on AVX-512 CPUs, 8 on
 AVX2 and for TensorRT FP16, 32 for INT8 tensor cores), or None when the measurer does not know.
 
-ONNX Runtime's interval is a block bootstrap (runtime/latency.py, `ratio_interval`): the two models are
+ONNX Runtime's interval is a block bootstrap (runtime/measure/latency.py, `ratio_interval`): the two models are
 timed in alternating blocks, blocks are resampled in pairs (block i of the dense model with block i of the
 candidate, which share the machine's drift), and the 5th and 95th percentiles of the resampled ratio of
 medians bound it. A measurer that cannot give an interval returns a point (`low == high == speed-up`).

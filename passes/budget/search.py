@@ -2,7 +2,7 @@
 choose_for_budget over their mixes): a measured candidate, its confirmation, the one acceptance rule and the
 budget as text.
 
-The measuring function is a `passes.measurement.Measurer`, injected by the caller (runtime/speedup.py's
+The measuring function is a `passes.measurement.Measurer`, injected by the caller (runtime/measure/speedup.py's
 onnx_latency_pair; passes never import the runtime); a plain function is wrapped by `as_measurer`.
 Confirmation exists because one short measurement on a loaded machine can be off by 20 % (RegNetY-800MF:
 a search measured 2.05x, a separate process 1.66x).

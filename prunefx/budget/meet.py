@@ -125,9 +125,9 @@ def _latency_table(program: Program, backend: str, precision: str, batch: int, t
                    cache_dir: str | None, compile: bool, round_to: int | None):
     """The per-layer latency table of `program` on `backend`, on the width multiple the search keeps."""
     from prunefx.runtime import LATENCY_THREADS
-    from prunefx.runtime.backend_layer_timer import layer_timer
     from prunefx.runtime.backends.base import Settings
-    from prunefx.runtime.layer_latency import program_latency_table
+    from prunefx.runtime.tables.table import program_latency_table
+    from prunefx.runtime.tables.timer_by_name import layer_timer
 
     timer = layer_timer(backend, Settings(precision=precision, batch=batch, threads=threads or LATENCY_THREADS,
                                           compile=compile))
@@ -137,10 +137,10 @@ def _latency_table(program: Program, backend: str, precision: str, batch: int, t
 
 def _measurer(backend: str, precision: str, batch: int, threads: int | None, runs: int, trtexec: str | None,
               compile: bool):
-    """The backend's latency pair (runtime/budget_backends.py), imported here: the runtime is loaded when
+    """The backend's latency pair (runtime/measure/pairs.py), imported here: the runtime is loaded when
     something is measured, not when prunefx is."""
     from prunefx.runtime import LATENCY_THREADS
-    from prunefx.runtime.budget_backends import latency_pair
+    from prunefx.runtime.measure.pairs import latency_pair
 
     return latency_pair(backend, threads=threads or LATENCY_THREADS, runs=runs, precision=precision, trtexec=trtexec,
                         batch=batch, compile=compile)

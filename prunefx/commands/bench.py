@@ -8,9 +8,9 @@ backends that read files. With --vs, both models must take the same inputs (else
 different work: refused), and are timed alternately, so that machine noise hits both equally, and the ratio of medians is the speed-up, with its 90 % interval where the backend gives one
 (`speedup_low`, `speedup_high` in --json); trtexec runs are separate processes, one after the other, and say
 so. With ort, the runs are spread over `--rounds` fresh processes (4 by default), each with its own pair of
-sessions: where one process lands varies by several per cent from the next (runtime/latency.py's
+sessions: where one process lands varies by several per cent from the next (runtime/measure/latency.py's
 compare_rounds), and the interval covers that too. ort sessions flush subnormal floats to zero unless
---keep-denormals (runtime/runners.py's timing_flushes_denormals says why).
+--keep-denormals (runtime/ort/runners.py's timing_flushes_denormals says why).
 """
 
 from __future__ import annotations

@@ -2,16 +2,16 @@
 
 One line per finding (severity, rule, node name, operator, what and why), then a summary line; `--json`
 prints the same as one JSON object. Exit status 1 when a finding is an error, 0 otherwise (2 for a bad file
-or option, as every command). The rules and the operator table with its sources: runtime/engine_check.py,
-runtime/engine_rules.py, runtime/engine_targets.py.
+or option, as every command). The rules and the operator table with its sources: runtime/check/readiness.py,
+runtime/check/rules.py, runtime/check/targets.py.
 """
 
 from __future__ import annotations
 
 import json
 
-from prunefx.runtime.engine_check import check_file
-from prunefx.runtime.engine_targets import TARGETS
+from prunefx.runtime.check.readiness import check_file
+from prunefx.runtime.check.targets import TARGETS
 
 NAME = "check"
 HELP = "report what would stop or slow an engine build of an ONNX file on a target (no GPU needed); exit 1 on errors"

@@ -56,7 +56,7 @@ from prunefx.runtime import (
     onnx_runner,
     torch_runner,
 )
-from prunefx.runtime.latency import compare_rounds
+from prunefx.runtime.measure.latency import compare_rounds
 
 NAME = "demo"
 HELP = ("prune a Fashion-MNIST ResNet-20 (shipped checkpoint) the recommended way: calibration images, second-order "

@@ -5,7 +5,7 @@ builds the engine with the TensorRT Python API and times layers with an IProfile
 trtexec program with --exportProfile and --exportLayerInfo (Jetson boards); for those, a row says whether
 the layer ran a sparse tensor-core kernel and lists the Program nodes it computes (fused layers list several)
 or, for a bare .onnx file, the module scopes recorded in the file. `cuda` times each Program node eagerly
-between CUDA events (runtime/cuda_profile.py). The choices are the registry's backends that profile
+between CUDA events (runtime/cuda/node_profile.py). The choices are the registry's backends that profile
 (runtime/backends/). --output PATH writes the rows as JSON.
 """
 
@@ -18,7 +18,7 @@ from prunefx import options
 from prunefx.bench_models import add_backend_arguments, bench_model, checked_backend
 from prunefx.output import check_output_file, staged_file
 from prunefx.runtime import backends, format_profile_table
-from prunefx.runtime.tensorrt_profile import write_profile_json
+from prunefx.runtime.tensorrt.layer_profile import write_profile_json
 
 NAME = "profile"
 HELP = "per-layer profile on a GPU backend: time per layer, sparse kernels, and the Program nodes each layer computes"

@@ -60,7 +60,7 @@ TARGETS = ("macs", "params", "channels")
 BUDGETS = ("speedup", "latency_ms")  # prune_to_budget's: measured on --backend at batch 1
 SEARCH = ("tolerance", "max_candidates", "confirm")  # how prune_to_budget searches
 OPTIONS = ("importance", "ranking", "round_to", "max_ratio", "heads", "keep", "compensate", "damping")
-WIDTHS = ("round_to",)  # prune_to_budget's: default None, the budget backend's multiple (runtime/width_multiple.py)
+WIDTHS = ("round_to",)  # prune_to_budget's: default None, the budget backend's multiple (runtime/measure/width_multiple.py)
 
 
 def add_arguments(parser) -> None:

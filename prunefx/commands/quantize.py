@@ -9,7 +9,7 @@ config fields) and writes, in one staged folder:
   typed engines from (`prunefx bench model_trt.onnx --backend trt --precision int8`);
 - model_ort.onnx: the same scales with activations in UINT8 for ONNX Runtime's integer kernels on x86
   (U8 activations x S8 weights; 7-bit weights on CPUs without VNNI, whose AVX2 kernels would saturate with
-  8-bit ones: runtime/onnx_quantized.onnxruntime_lowering);
+  8-bit ones: runtime/onnx/quantized.onnxruntime_lowering);
 - model.onnx: the file for `--backend` (ort, the default: model_ort.onnx's lowering; trt: model_trt.onnx's),
   the one to deploy; the two named files stay for those who read them;
 - report.json: `prunefx check`'s findings on each file (`readiness`: model_trt.onnx for trt10 and trt11,
@@ -42,7 +42,7 @@ from prunefx.runtime import (
     onnx_runner,
     onnxruntime_lowering,
 )
-from prunefx.runtime.engine_check import report_entry
+from prunefx.runtime.check.readiness import report_entry
 
 NAME = "quantize"
 HELP = ("INT8 with Q/DQ (TensorRT's explicit quantization): write model.pt2, model.onnx (for --backend), "

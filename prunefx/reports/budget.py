@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from prunefx.runtime.deployment_report import figure_classes
+from prunefx.runtime.measure.deployment_report import figure_classes
 
 BUDGET_CHART_FILE = "budget_candidates.png"
 

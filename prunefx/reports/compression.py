@@ -14,7 +14,7 @@ from prunefx.graph import Program
 from prunefx.reports.budget import budget_markdown, budget_stats
 from prunefx.reports.per_class import per_class_markdown
 from prunefx.reports.stage import stages_markdown
-from prunefx.runtime.deployment_report import CHART_FILE, Variant, deployment_markdown
+from prunefx.runtime.measure.deployment_report import CHART_FILE, Variant, deployment_markdown
 
 
 def pass_summary(stats: Mapping) -> str:

@@ -6,7 +6,7 @@ a `StageMeter` after every pass (passes/core/pipeline.py, `after_step`); a pass 
 gets a row saying so, and a stage whose measurement fails keeps the error in its row instead of failing
 the whole run, since the delivered model is measured again at the end in full.
 
-Latency is the same side-by-side ONNX Runtime timing the budget searches use (runtime/speedup.py): batch 1,
+Latency is the same side-by-side ONNX Runtime timing the budget searches use (runtime/measure/speedup.py): batch 1,
 the dense file exported once and timed alternately with each stage's file; a fake-quantized stage is timed
 in its INT8 lowering, as it would be delivered.
 """

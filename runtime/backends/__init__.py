@@ -67,7 +67,7 @@ def get(name: str, *, budgets: bool = False) -> Backend:
 
 
 def width_multiple(backend: str, precision: str = "fp32", *, cpuinfo: str | None = None) -> int:
-    """The width multiple `backend` runs fastest at `precision` (runtime/width_multiple.py); `cpuinfo` replaces
+    """The width multiple `backend` runs fastest at `precision` (runtime/measure/width_multiple.py); `cpuinfo` replaces
     /proc/cpuinfo's text for a backend that reads the CPU's flags."""
     _discover()
     if backend not in _REGISTRY:

@@ -2,7 +2,7 @@
 
 A backend says who it is (`name`, `label`), what it needs installed (`needs`, and `require`, which checks it
 in one line before any model is loaded), the precisions it measures at, its width multiple per precision,
-the latency pair the budget passes use (runtime/speedup.PairMeasurer), the speed-up measure handed to passes
+the latency pair the budget passes use (runtime/measure/speedup.PairMeasurer), the speed-up measure handed to passes
 that keep only what runs faster, and how `bench` and `profile` time a model. Each backend is one file in
 this package, collected by the registry (runtime/backends/__init__.py).
 """
@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 
 from prunefx.graph import Program
-from prunefx.runtime import gpu_latency
 from prunefx.runtime.errors import MeasurementError
-from prunefx.runtime.gpu_latency import compare_gpu_latency, measure_gpu_latency
-from prunefx.runtime.latency import compare_latency, measure_latency
-from prunefx.runtime.onnxruntime_session import DEFAULT_THREADS
-from prunefx.runtime.speedup import Measure, PairMeasurer, deployed, exported_file
-from prunefx.runtime.tensorrt_profile import LayerProfile
+from prunefx.runtime.measure import gpu_latency
+from prunefx.runtime.measure.gpu_latency import compare_gpu_latency, measure_gpu_latency
+from prunefx.runtime.measure.latency import compare_latency, measure_latency
+from prunefx.runtime.measure.speedup import Measure, PairMeasurer, deployed, exported_file
+from prunefx.runtime.ort.session import DEFAULT_THREADS
+from prunefx.runtime.tensorrt.layer_profile import LayerProfile
 
 CONFIRM_FACTOR = 4  # a pair's `confirm` times this many times the runs (as ONNX Runtime's does)
 

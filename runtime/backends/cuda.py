@@ -1,11 +1,11 @@
 """PyTorch on an NVIDIA GPU, no TensorRT: the Program at fp16 or bf16, channels_last, cuDNN autotuned,
 optionally compiled by torch.compile (inductor), replayed as a CUDA graph and timed with CUDA events
-(runtime/cuda_graph.py says how a sample is taken).
+(runtime/cuda/graph.py says how a sample is taken).
 
 Budgets time the dense model and each candidate alternately, sample by sample, each prepared once by Program
 fingerprint (compiling and capturing cost far more than a replay); only the dense model and the candidate
 being measured stay on the GPU. `bench` times the same replays, a latency table times each layer as a plain
-module (runtime/cuda_layer_timer.py) and `profile` replays each graph node (runtime/cuda_profile.py). The
+module (runtime/cuda/layer_timer.py) and `profile` replays each graph node (runtime/cuda/node_profile.py). The
 device, its timer and the graph capture all go through `self.device` (a CudaDevice), which tests fake.
 """
 
@@ -18,13 +18,13 @@ from collections.abc import Sequence
 from prunefx.graph import Program
 from prunefx.runtime.backends.base import Backend, BenchModel, Settings
 from prunefx.runtime.backends.gpu_pair import gpu_timing, pair_of
-from prunefx.runtime.cuda_graph import CudaDevice, GpuModel
-from prunefx.runtime.cuda_layer_timer import CudaLayerTimer
-from prunefx.runtime.cuda_profile import cuda_profile
+from prunefx.runtime.cuda.graph import CudaDevice, GpuModel
+from prunefx.runtime.cuda.layer_timer import CudaLayerTimer
+from prunefx.runtime.cuda.node_profile import cuda_profile
 from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
-from prunefx.runtime.speedup import PairMeasurer, deployed, fingerprint
-from prunefx.runtime.tensorrt_profile import LayerProfile
-from prunefx.runtime.width_multiple import CUDA_TENSOR_CORE_MULTIPLE
+from prunefx.runtime.measure.speedup import PairMeasurer, deployed, fingerprint
+from prunefx.runtime.measure.width_multiple import CUDA_TENSOR_CORE_MULTIPLE
+from prunefx.runtime.tensorrt.layer_profile import LayerProfile
 
 
 class CudaBackend(Backend):
@@ -54,7 +54,7 @@ class CudaBackend(Backend):
         return pair
 
     def layer_timer(self, settings: Settings) -> CudaLayerTimer:
-        """Latency-table entries as plain modules on the GPU (runtime/cuda_layer_timer.py), at the precision."""
+        """Latency-table entries as plain modules on the GPU (runtime/cuda/layer_timer.py), at the precision."""
         return CudaLayerTimer(self.device, settings.precision or self.default_precision)
 
     def prepared(self, model: BenchModel, settings: Settings, **options) -> GpuModel:

@@ -1,6 +1,6 @@
 """The latency pair of backends whose runners time themselves with CUDA events (trt, torch-trt, cuda).
 
-Both models of a pair are timed call by call, alternately (runtime/gpu_latency.compare_gpu_latency), and the
+Both models of a pair are timed call by call, alternately (runtime/measure/gpu_latency.compare_gpu_latency), and the
 measurements are cached by what is timed (a file's sha256, a Program's fingerprint): the search's short
 measurement, `confirm` (CONFIRM_FACTOR x the runs, twice the warm-up) and the longer one share one set of
 compiled or built models.
@@ -11,10 +11,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from prunefx.runtime import gpu_latency
 from prunefx.runtime.backends.base import CONFIRM_FACTOR, Settings
-from prunefx.runtime.gpu_latency import compare_gpu_latency
-from prunefx.runtime.speedup import PairMeasurer, cached_pair, timing_of
+from prunefx.runtime.measure import gpu_latency
+from prunefx.runtime.measure.gpu_latency import compare_gpu_latency
+from prunefx.runtime.measure.speedup import PairMeasurer, cached_pair, timing_of
 
 
 def gpu_timing(timed_of: Callable[[tuple], Callable[[], float]], warm_seconds: float | None = None):

@@ -1,8 +1,8 @@
 """ONNX Runtime on this CPU: the default backend.
 
-Budgets time both Programs' ONNX files alternately in this process (runtime/speedup.onnx_latency_pair), and
+Budgets time both Programs' ONNX files alternately in this process (runtime/measure/speedup.onnx_latency_pair), and
 confirm over fresh processes; `bench --vs` spreads its runs over `rounds` fresh processes, a pair of sessions
-each (runtime/latency.compare_rounds). Its width multiple is this CPU's SIMD width in float32 channels.
+each (runtime/measure/latency.compare_rounds). Its width multiple is this CPU's SIMD width in float32 channels.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from prunefx.runtime.backends.base import Backend, BenchModel, Settings
-from prunefx.runtime.latency import compare_rounds
-from prunefx.runtime.runners import OnnxRunnerMaker
-from prunefx.runtime.speedup import Measure, PairMeasurer, onnx_latency_pair, onnx_speedup
-from prunefx.runtime.width_multiple import onnxruntime_multiple
+from prunefx.runtime.measure.latency import compare_rounds
+from prunefx.runtime.measure.speedup import Measure, PairMeasurer, onnx_latency_pair, onnx_speedup
+from prunefx.runtime.measure.width_multiple import onnxruntime_multiple
+from prunefx.runtime.ort.runners import OnnxRunnerMaker
 
 
 class OnnxRuntimeBackend(Backend):

@@ -7,9 +7,9 @@ import functools
 
 from prunefx.runtime.backends.base import Backend
 from prunefx.runtime.errors import MeasurementError
-from prunefx.runtime.speedup import ExportCache, exported_file
-from prunefx.runtime.tensorrt_plan import onnx_types
-from prunefx.runtime.width_multiple import TENSOR_CORE_MULTIPLE
+from prunefx.runtime.measure.speedup import ExportCache, exported_file
+from prunefx.runtime.measure.width_multiple import TENSOR_CORE_MULTIPLE
+from prunefx.runtime.tensorrt.plan import onnx_types
 
 
 class TensorRTFamily(Backend):

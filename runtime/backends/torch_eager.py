@@ -5,7 +5,7 @@ not one prunefx delivers for."""
 from __future__ import annotations
 
 from prunefx.runtime.backends.base import Backend, BenchModel, Settings
-from prunefx.runtime.runners import torch_runner
+from prunefx.runtime.ort.runners import torch_runner
 
 
 class TorchEagerBackend(Backend):

@@ -12,9 +12,9 @@ from prunefx.runtime.backends.base import BenchModel, Settings
 from prunefx.runtime.backends.gpu_pair import gpu_timing, pair_of
 from prunefx.runtime.backends.tensorrt_common import TensorRTFamily
 from prunefx.runtime.errors import MeasurementError
-from prunefx.runtime.speedup import PairMeasurer, deployed, fingerprint
-from prunefx.runtime.tensorrt_engine import require_cuda
-from prunefx.runtime.torch_tensorrt_backend import compile_torch_tensorrt, require_torch_tensorrt
+from prunefx.runtime.measure.speedup import PairMeasurer, deployed, fingerprint
+from prunefx.runtime.tensorrt.engine import require_cuda
+from prunefx.runtime.tensorrt.torch_compiled import compile_torch_tensorrt, require_torch_tensorrt
 
 
 class TorchTensorRTBackend(TensorRTFamily):

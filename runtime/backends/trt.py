@@ -1,9 +1,9 @@
 """TensorRT engines built from the ONNX file with the TensorRT Python API, timed with CUDA events.
 
 Budgets: both Programs cut to the batch, exported (dynamo; a fake-quantized Program in TensorRT's symmetric
-S8 Q/DQ form), built into engines (runtime/tensorrt_engine.py, cached on disk by file bytes and options) and
+S8 Q/DQ form), built into engines (runtime/tensorrt/engine.py, cached on disk by file bytes and options) and
 timed alternately. A file with Q/DQ nodes is built as INT8: its precision is its own. `profile` times each
-engine layer with an IProfiler (runtime/tensorrt_profile.py).
+engine layer with an IProfiler (runtime/tensorrt/layer_profile.py).
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from collections.abc import Callable
 from prunefx.runtime.backends.base import BenchModel, Settings
 from prunefx.runtime.backends.gpu_pair import gpu_timing, pair_of
 from prunefx.runtime.backends.tensorrt_common import TensorRTFamily, file_precision, onnx_files
-from prunefx.runtime.speedup import PairMeasurer
-from prunefx.runtime.tensorrt_engine import build_engine, require_cuda, require_tensorrt
-from prunefx.runtime.tensorrt_plan import BuildOptions
-from prunefx.runtime.tensorrt_profile import (
+from prunefx.runtime.measure.speedup import PairMeasurer
+from prunefx.runtime.tensorrt.engine import build_engine, require_cuda, require_tensorrt
+from prunefx.runtime.tensorrt.layer_profile import (
     LayerProfile,
     build_layer_profile,
     parse_engine_information,
     profile_engine,
 )
+from prunefx.runtime.tensorrt.plan import BuildOptions
 
 
 class TensorRTBackend(TensorRTFamily):

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from prunefx.runtime.backends.base import BenchModel, Settings
 from prunefx.runtime.backends.gpu_pair import pair_of
 from prunefx.runtime.backends.tensorrt_common import TensorRTFamily, file_precision, onnx_files
-from prunefx.runtime.speedup import PairMeasurer, medians_and_spread
-from prunefx.runtime.tensorrt_profile import LayerProfile, build_layer_profile, parse_engine_information
-from prunefx.runtime.trtexec import TrtexecOptions, find_trtexec, run_trtexec
+from prunefx.runtime.measure.speedup import PairMeasurer, medians_and_spread
+from prunefx.runtime.tensorrt.layer_profile import LayerProfile, build_layer_profile, parse_engine_information
+from prunefx.runtime.tensorrt.trtexec_command import TrtexecOptions, find_trtexec, run_trtexec
 
 
 class TrtexecBackend(TensorRTFamily):

@@ -1,0 +1,1 @@
+"""`prunefx check`: engine readiness of an ONNX file without a GPU (targets, rules, findings)."""

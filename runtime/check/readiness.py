@@ -1,0 +1,150 @@
+"""Engine readiness without a GPU: read an ONNX file and say, one finding per line with the node's name, what
+would stop or slow an engine build on a target (runtime/check/targets.py: trt10, trt11, orin, ort).
+
+Rules (runtime/check/rules.py), each a function of the graph alone:
+- unsupported-operator (error): an operator the target's parser refuses, an unknown domain, an opset out of range;
+- qdq-missing-input (error): an INT8 Conv/Gemm/MatMul (a DequantizeLinear on one of its data/weight inputs) with
+  no DequantizeLinear on the other, so TensorRT cannot run it in INT8;
+- qdq-zero-point (error, TensorRT): a Q/DQ whose zero point is not INT8 or not zero (TensorRT is symmetric INT8);
+- dangling-quantize (error, TensorRT): a QuantizeLinear not followed by a DequantizeLinear;
+- residual-add-without-qdq (warning): a residual Add fed by an INT8 layer with no Q/DQ on its skip input, so the
+  Add cannot be fused into the convolution in INT8 (TensorRT's explicit-quantization placement);
+- concat-scales (warning): a Concat of dequantized inputs with different scales (requantized before concat);
+- channel-multiple (warning): a layer whose channel counts miss the multiples the target's kernels want;
+- dynamic-shape (warning, TensorRT): a graph input with a symbolic or unknown dimension (needs a profile);
+- sparse-eligible (info, TensorRT): a layer whose weights are already 2:4 along input channels.
+`check_model` returns the findings; `exit_status` is 1 when any is an error.
+
+The file is read as a regular file; its external data only from its own folder (runtime/onnx/external.py),
+never from the current directory. A graph with a cycle, a node without outputs or a value read before any
+node writes it is refused in one line before any rule runs, so every walk of the rules ends.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import onnx
+
+from prunefx.graph.errors import PrunefxError, printable
+from prunefx.graph.safety.regular_files import read_regular_file
+from prunefx.runtime.check.findings import SEVERITIES, Finding
+from prunefx.runtime.check.graph_index import GraphIndex
+from prunefx.runtime.check.rules import run_rules
+from prunefx.runtime.check.targets import TARGETS, Target
+from prunefx.runtime.onnx.external import inline_external_data
+
+
+@dataclass(frozen=True)
+class Readiness:
+    file: str
+    target: str
+    description: str
+    source: str
+    findings: tuple[Finding, ...]
+
+    def count(self, severity: str) -> int:
+        return sum(finding.severity == severity for finding in self.findings)
+
+    @property
+    def ok(self) -> bool:
+        return self.count("error") == 0
+
+    def as_dict(self) -> dict:
+        return {"file": self.file, "target": self.target, "description": self.description, "source": self.source,
+                "errors": self.count("error"), "warnings": self.count("warning"), "infos": self.count("info"),
+                "findings": [asdict(finding) for finding in self.findings]}
+
+    def summary(self) -> str:
+        return (f"{self.file}: {self.target} ({self.description}): {self.count('error')} errors, "
+                f"{self.count('warning')} warnings, {self.count('info')} notes")
+
+
+def target_of(name: str) -> Target:
+    if name not in TARGETS:
+        raise PrunefxError(f"unknown target {name!r}: choose one of {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+# protobuf refuses messages over 2 GiB: larger models keep their weights as external data.
+MAX_ONNX_BYTES = 2 << 30
+
+
+def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
+    """The ONNX model at `path` with its external data read in, or a one-line PrunefxError for a missing,
+    unreadable, non-ONNX or malformed file (see the module docstring)."""
+    path = Path(path)
+    data = read_regular_file(path, "ONNX file", MAX_ONNX_BYTES)
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as error:  # protobuf's DecodeError and friends: the file is not an ONNX model
+        raise PrunefxError(f"{printable(str(path))} is not a readable ONNX file ({type(error).__name__})") from None
+    if not model.graph.node:
+        raise PrunefxError(f"{printable(str(path))} holds no ONNX graph (no nodes)")
+    check_graph(model.graph, printable(str(path)))
+    return inline_external_data(model, path)
+
+
+def check_graph(graph: onnx.GraphProto, name: str) -> None:
+    """Refuse a node without outputs, and a graph whose nodes read each other in a cycle (the rules walk
+    producers and consumers; a cycle would make them loop). Linear: one pass in the file's order, then the
+    nodes left after every readable value was produced are the cycle's."""
+    for node in graph.node:
+        if not any(node.output):
+            raise PrunefxError(f"{name}: node '{printable(node.name)[:60]}' ({printable(node.op_type)[:40]}) has "
+                               "no outputs")
+    produced_by = {output: index for index, node in enumerate(graph.node) for output in node.output if output}
+    waiting = [sum(1 for value in node.input if value in produced_by) for node in graph.node]
+    readers: dict[int, list[int]] = {}
+    for index, node in enumerate(graph.node):
+        for value in node.input:
+            if value in produced_by:
+                readers.setdefault(produced_by[value], []).append(index)
+    ready = [index for index, count in enumerate(waiting) if count == 0]
+    done = 0
+    while ready:
+        index = ready.pop()
+        done += 1
+        for reader in readers.get(index, ()):
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                ready.append(reader)
+    if done < len(graph.node):
+        stuck = next(graph.node[i] for i, count in enumerate(waiting) if count > 0)
+        raise PrunefxError(f"{name}: the graph has a cycle through node '{printable(stuck.name)[:60]}' "
+                           f"({printable(stuck.op_type)[:40]}); an ONNX graph must be acyclic")
+
+
+def check_model(model: onnx.ModelProto, target: str, *, name: str = "model.onnx", index=None) -> Readiness:
+    """Every finding of every rule for `target` on `model`, errors first. `index`: the model's GraphIndex
+    (runtime/check/graph_index.py) when one is at hand, shared between targets so that the weights are decoded once."""
+    chosen = target_of(target)
+    findings = run_rules(index or GraphIndex(model), chosen)
+    findings.sort(key=lambda finding: SEVERITIES.index(finding.severity))
+    return Readiness(file=name, target=chosen.name, description=chosen.description, source=chosen.source,
+                     findings=tuple(findings))
+
+
+def check_file(path: str | os.PathLike, target: str) -> Readiness:
+    return check_model(load_onnx(path), target, name=str(path))
+
+
+def report_entry(path: str | os.PathLike, target: str) -> dict:
+    """What `prune`, `quantize` and `compress` put in report.json for a file they wrote: the counts and every
+    error and warning (notes are left to `prunefx check`)."""
+    return report_entries(path, (target,))[target]
+
+
+def report_entries(path: str | os.PathLike, targets: tuple[str, ...]) -> dict[str, dict]:
+    """report_entry for each of `targets`, the file read once (its weights are most of it)."""
+    model = load_onnx(path)
+    index = GraphIndex(model)
+    entries = {}
+    for target in targets:
+        readiness = check_model(model, target, name=str(path), index=index).as_dict()
+        readiness["file"] = Path(path).name
+        readiness["findings"] = [finding for finding in readiness["findings"] if finding["severity"] != "info"]
+        entries[target] = readiness
+    return entries

@@ -1,0 +1,177 @@
+"""A Program run on an NVIDIA GPU the way a PyTorch deployment runs it: fp16 or bf16 weights, channels_last
+activations, cuDNN autotuning on, optionally compiled by torch.compile (inductor), replayed as a CUDA graph
+and timed with CUDA events.
+
+What a sample times is the GPU's work, not the host's launches: a graph holds enough iterations of the model
+that one replay outlasts its own launch (GRAPH_MIN_MS), and a sample is enough back-to-back replays between
+one pair of events to last SAMPLE_MS, so the host stays ahead of the GPU and the events' resolution is
+negligible. Everything that touches the GPU goes through a `CudaDevice`, so tests run the same code on a CPU
+with a fake device and a fake timer.
+
+At batch >= capture_batch_limit() (64, or $PRUNEFX_CUDA_CAPTURE_BATCH_LIMIT) the model is not captured:
+capturing an fp16 channels_last model at batch 64 once took a whole process down (cause not found; a crash
+cannot be caught, `make gpu-check` probes it in a child process). There a sample is many eager calls back
+to back, the host queueing ahead of the GPU, and `reason` says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import math
+import os
+from collections.abc import Callable
+
+import torch
+
+from prunefx.graph import Program
+from prunefx.graph.placement import move_module
+from prunefx.runtime.errors import BackendUnavailableError
+from prunefx.runtime.measure.gpu_latency import WARM_SECONDS
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+WARMUP_CALLS = 3        # before capture: cuDNN autotunes and inductor compiles on the first calls
+GRAPH_MIN_MS = 0.05     # a replay shorter than this is captured again with more iterations (the launch shows)
+SAMPLE_MS = 1.0         # one timed sample: back-to-back calls between one pair of events, at least this long
+MAX_ITERATIONS = 64     # model calls in one captured graph
+MAX_CALLS = 2000        # replays (or eager calls) in one sample
+
+
+def capture_batch_limit() -> int:
+    """The batch from which models are timed eagerly rather than captured (module docstring)."""
+    value = os.environ.get("PRUNEFX_CUDA_CAPTURE_BATCH_LIMIT", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 64
+
+
+def graph_replay(run: Callable[[], object], *, warmup: int = 1, iterations: int = 1) -> Callable[[], object]:
+    """`run` (a zero-argument GPU callable) captured once as a CUDA graph of `iterations` calls; the returned
+    callable replays it. Warm-up runs on a side stream first, as capture requires (lazy initialisation must not
+    be recorded), and the capture uses the graph's own memory pool."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(iterations):
+            run()
+    return graph.replay
+
+
+def sampled(run: Callable[[], object], device: CudaDevice, *, capture: bool = True):
+    """(replay, iterations, calls): `run` captured in a graph of `iterations` calls, enough that a replay
+    outlasts its launch (or `run` itself when not captured, iterations 1), and the replays a sample takes to
+    last SAMPLE_MS. `run` has been called before (warm-up), as a capture requires."""
+    replay, iterations = (device.capture(run), 1) if capture else (run, 1)
+    if capture:
+        once = device.time(replay)
+        if once < GRAPH_MIN_MS:  # the launch would show: more iterations in one graph
+            iterations = min(math.ceil(GRAPH_MIN_MS / max(once, 1e-6)), MAX_ITERATIONS)
+            replay = device.capture(run, iterations)
+    per_replay = device.time(replay)
+    return replay, iterations, min(max(math.ceil(SAMPLE_MS / max(per_replay, 1e-6)), 1), MAX_CALLS)
+
+
+class CudaDevice:
+    """What touches the GPU: placing a module, compiling, capturing a graph, timing calls with events."""
+
+    warm_seconds = WARM_SECONDS  # a measurement warms up at least this long: idle clocks are far below busy ones
+
+    def available(self) -> bool:
+        return torch.cuda.is_available()
+
+    def unavailable_reason(self) -> str:
+        return (f"the cuda backend needs an NVIDIA GPU with CUDA, and torch sees none (torch {torch.__version__}, "
+                f"CUDA build {torch.version.cuda}); use --backend ort on this machine")
+
+    def describe(self) -> dict:
+        return {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version(), "cudnn_benchmark": torch.backends.cudnn.benchmark}
+
+    def place(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], dtype: torch.dtype):
+        """`module` and `inputs` on the GPU at `dtype`, 4-D tensors channels_last; cuDNN autotunes from here on,
+        as deployments do (its choice is made on the warm-up calls, before capture)."""
+        torch.backends.cudnn.benchmark = True
+        module = move_module(module, "cuda", dtype)  # also the constants, devices and dtypes the graph names
+        module = module.to(memory_format=torch.channels_last)
+        return module, tuple(_placed(x, "cuda", dtype) for x in inputs)
+
+    def compile(self, module: torch.nn.Module) -> Callable:
+        if importlib.util.find_spec("triton") is None:
+            raise BackendUnavailableError("torch.compile (inductor) on a GPU needs the `triton` package: "
+                                          "pip install triton, or leave out --compile")
+        return torch.compile(module)
+
+    def capture(self, run: Callable[[], object], iterations: int = 1) -> Callable[[], object]:
+        """`run` captured as one CUDA graph of `iterations` calls; calling the result replays it."""
+        return graph_replay(run, iterations=iterations)
+
+    def time(self, run: Callable[[], object], calls: int = 1) -> float:
+        """Milliseconds per call of `calls` back-to-back calls of `run`, between one pair of CUDA events."""
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            run()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / calls
+
+    def release(self) -> None:
+        """Hand the memory of models dropped since back to the driver."""
+        torch.cuda.empty_cache()
+
+    def peak_memory(self) -> int | None:
+        """The most bytes the process's tensors held on the GPU at once, so far."""
+        return torch.cuda.max_memory_allocated()
+
+
+def _placed(tensor: torch.Tensor, device, dtype: torch.dtype) -> torch.Tensor:
+    tensor = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+    return tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4 else tensor
+
+
+class GpuModel:
+    """A module and its inputs prepared once on the device: `time_once()` times one sample and returns the
+    milliseconds of one model call. `mode` is "graph" or "eager", `reason` says why a graph was not captured,
+    `iterations` is the model calls per replay and `calls` the replays per sample."""
+
+    def __init__(self, program: Program, *, precision: str, device: CudaDevice, compile: bool = False,
+                 capture: bool = True):
+        program = program.clone().eval() if program.training else program
+        self._prepare(copy.deepcopy(program.module), program.example_inputs, precision, device, compile, capture)
+
+    @classmethod
+    def of_module(cls, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], *, precision: str,
+                  device: CudaDevice) -> GpuModel:
+        """A plain module (one layer of a latency table), placed as it is: no copy, no Program."""
+        model = cls.__new__(cls)
+        model._prepare(module, inputs, precision, device, False, True)
+        return model
+
+    def _prepare(self, module, inputs, precision: str, device: CudaDevice, compile: bool, capture: bool) -> None:
+        self.batch = int(inputs[0].shape[0]) if inputs else 1
+        self.device, self.precision = device, precision
+        module, self.inputs = device.place(module, tuple(inputs), DTYPES[precision])
+        self.module = device.compile(module) if compile else module
+        for _ in range(WARMUP_CALLS):
+            self._call()
+        self.reason = ""
+        if capture and self.batch >= capture_batch_limit():
+            capture = False
+            self.reason = (f"timed eagerly at batch >= {capture_batch_limit()}, many calls back to back, not as a "
+                           f"CUDA graph: capture at such batches once crashed a process")
+        self.mode = "graph" if capture else "eager"
+        self.replay, self.iterations, self.calls = sampled(self._call, device, capture=capture)
+
+    def _call(self):
+        with torch.inference_mode():
+            return self.module(*self.inputs)
+
+    def time_once(self) -> float:
+        return self.device.time(self.replay, self.calls) / self.iterations
+
+    def timing(self) -> dict:
+        """How a sample is taken, for reports."""
+        return {"mode": self.mode, "iterations_per_replay": self.iterations, "replays_per_sample": self.calls}

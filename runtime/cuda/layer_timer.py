@@ -1,0 +1,43 @@
+"""Latency-table entries on the cuda backend: each layer at each width a plain module (runtime/tables/timers.
+LayerModule) placed on the GPU and timed as runtime/cuda/graph.GpuModel times a whole model (a CUDA graph of
+enough iterations to hide its launch, many replays per sample), with no export and no capture of a Program.
+
+A table of a few hundred entries then costs a capture and a few hundred replays each: seconds on a GPU. The
+GPU is warmed up once, before the first entry (its clocks then stay up as entries follow each other), and
+each entry's memory is handed back once it is timed. Layers run eagerly (never compiled, whatever --compile
+says): the table chooses channels, and whole-model measurements, compiled where asked, confirm the speed-up.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prunefx.graph.channels.plan_latency import TimedLayer
+from prunefx.runtime.cuda.graph import CudaDevice, GpuModel
+from prunefx.runtime.measure.gpu_latency import measure_gpu_latency
+from prunefx.runtime.tables.timers import LayerModule
+
+RUNS, WARMUP = 20, 3  # samples per entry, each already many replays long
+
+
+class CudaLayerTimer:
+    """Times one layer on `gpu` at `precision`, in ms per call (the median of RUNS samples)."""
+
+    backend = "cuda"
+
+    def __init__(self, gpu: CudaDevice, precision: str):
+        self.gpu, self.precision = gpu, precision
+        self.device = str(gpu.describe().get("gpu"))
+        self.settings = (f"PyTorch on CUDA, torch {torch.__version__}, cuDNN autotuned, channels_last, "
+                         f"CUDA-graph samples, eager kernels")
+        self.warmed, self.entries = False, 0
+
+    def __call__(self, layer: TimedLayer) -> float:
+        example = torch.randn(layer.input_shape, generator=torch.Generator().manual_seed(1))
+        model = GpuModel.of_module(LayerModule(layer).eval(), (example,), precision=self.precision, device=self.gpu)
+        warm_seconds = 0.0 if self.warmed else self.gpu.warm_seconds
+        ms = measure_gpu_latency(model.time_once, warmup=WARMUP, runs=RUNS, warm_seconds=warm_seconds).median_ms
+        self.warmed, self.entries = True, self.entries + 1
+        del model
+        self.gpu.release()
+        return ms

@@ -1,0 +1,77 @@
+"""Per-node GPU times of a Program on a CUDA device, as a LayerProfile (`prunefx profile --backend cuda`).
+
+The model runs once, node by node, keeping every node's inputs; then each call_function node is timed alone
+on those inputs the way a whole model is (runtime/cuda/graph.sampled): captured in a CUDA graph of enough
+iterations that a replay outlasts its launch, many replays per sample, so a row is the node's GPU work and
+not Python's dispatch of it. A node that cannot be captured (one that synchronises with the host) is timed
+eagerly, calls back to back, and a note names it. Nodes run apart, so the rows add up to more than a
+replay of the whole model takes (no overlap between kernels): they say where the time goes.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+
+import torch
+
+from prunefx.runtime.cuda.graph import GpuModel, sampled
+from prunefx.runtime.tensorrt.layer_profile import LayerProfile, LayerRow
+
+
+class _RecordingInterpreter(torch.fx.Interpreter):
+    """Runs the graph once and keeps, per call_function node, a zero-argument call of it on its inputs."""
+
+    def __init__(self, module: torch.fx.GraphModule):
+        super().__init__(module)
+        self.calls: dict[str, Callable[[], object]] = {}
+
+    def run_node(self, node: torch.fx.Node):
+        if node.op == "call_function":
+            args, kwargs = self.fetch_args_kwargs_from_env(node)
+            self.calls[node.name] = lambda target=node.target, a=args, k=kwargs: target(*a, **k)
+        return super().run_node(node)
+
+
+def node_calls(model: GpuModel) -> dict[str, Callable[[], object]]:
+    """Every call_function node of the prepared (uncompiled) model, callable alone on its recorded inputs."""
+    interpreter = _RecordingInterpreter(model.module)
+    with torch.inference_mode():
+        interpreter.run(*model.inputs)
+    return interpreter.calls
+
+
+def profile_nodes(model: GpuModel, *, warmup: int = 3, runs: int = 20) -> tuple[dict[str, float], list[str]]:
+    """Median GPU milliseconds per call_function node, and the nodes that had to be timed eagerly."""
+    medians, eager = {}, []
+    for name, call in node_calls(model).items():
+        with torch.inference_mode():
+            for _ in range(max(warmup, 1)):
+                call()
+            try:
+                replay, iterations, calls = sampled(call, model.device)
+            except RuntimeError:  # not capturable (a host synchronisation): back-to-back eager calls
+                eager.append(name)
+                replay, iterations, calls = sampled(call, model.device, capture=False)
+            medians[name] = statistics.median(model.device.time(replay, calls) / iterations for _ in range(runs))
+        model.device.release()
+    return medians, eager
+
+
+def cuda_profile(model: GpuModel, *, warmup: int = 3, runs: int = 20) -> LayerProfile:
+    """One row per timed node: its operator, the precision it ran at and its share of the summed times."""
+    medians, eager = profile_nodes(model, warmup=warmup, runs=runs)
+    targets = {node.name: node.target for node in model.module.graph.nodes}
+    total = sum(medians.values()) or 1.0
+    rows = [LayerRow(layer=name, median_ms=ms, share=ms / total, layer_type=_op_name(targets[name]),
+                     precision=model.precision, program_nodes=(name,)) for name, ms in medians.items()]
+    notes = ["each node replayed alone in its own CUDA graph on its recorded inputs: the rows add up to more "
+             "than a replay of the whole model takes"]
+    if eager:
+        notes.append(f"timed eagerly (not capturable): {', '.join(eager)}")
+    return LayerProfile(rows=rows, runs=runs, source="cuda", notes=notes)
+
+
+def _op_name(target) -> str:
+    name = getattr(target, "__name__", str(target))
+    return name.split(".")[0] if name.endswith(".default") else name

@@ -1,0 +1,93 @@
+"""Latency of runners that time themselves on the GPU with CUDA events (runtime/tensorrt/engine.Engine.time_once,
+a compiled Torch-TensorRT module, runtime/cuda/graph.GpuModel.time_once): one runner, or two measured
+alternately for a fair speed-up.
+
+Warm-up is time, not a count: after seconds of CPU work between candidates a GPU's clocks are down (an idle
+H200 read 345 MHz, a busy one 1980 MHz), so both runners are called until their times settle (the medians of
+the last two windows of samples agree) and at least `warm_seconds` have passed. Alternation then protects the
+ratio, and the settled warm-up the absolute milliseconds a `--latency-ms` budget reads.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from prunefx.runtime.errors import MeasurementError
+from prunefx.runtime.measure.latency import CONFIDENCE, LatencyComparison, LatencyStats, ratio_interval
+
+WARM_SECONDS = 0.3  # what a GPU measurement warms up for at least (runners on a real GPU)
+WINDOW = 5          # samples per window of the settling check
+TOLERANCE = 0.03    # the last two windows' medians within this fraction: settled
+
+
+@dataclass(frozen=True)
+class WarmUp:
+    """How long a measurement warmed up: at least `warmup` calls and `seconds`, until settled or `max_seconds`."""
+
+    warmup: int = 10
+    seconds: float = 0.0
+    max_seconds: float = 3.0
+
+
+@dataclass(frozen=True)
+class Warmed:
+    calls: int
+    seconds: float
+    settled: bool
+
+
+def _steady(samples: list[float]) -> bool:
+    if len(samples) < 2 * WINDOW:
+        return False
+    last, before = statistics.median(samples[-WINDOW:]), statistics.median(samples[-2 * WINDOW:-WINDOW])
+    return abs(last - before) <= TOLERANCE * max(last, 1e-12)
+
+
+def warm_until_steady(runners: Sequence[Callable[[], float]], warm: WarmUp,
+                      clock: Callable[[], float] = time.perf_counter) -> Warmed:
+    """Call every runner in turn until each has run `warm.warmup` times, `warm.seconds` have passed and all
+    their times have settled, or `warm.max_seconds` have passed."""
+    samples: list[list[float]] = [[] for _ in runners]
+    start, calls = clock(), 0
+    while True:
+        elapsed = clock() - start
+        if calls >= warm.warmup and elapsed >= warm.seconds:
+            settled = all(_steady(s) for s in samples)
+            if settled or elapsed >= warm.max_seconds or warm.seconds == 0:
+                return Warmed(calls, elapsed, settled)
+        for runner, kept in zip(runners, samples):
+            kept.append(runner())
+        calls += 1
+
+
+def measure_gpu_latency(timed: Callable[[], float], *, warmup: int = 50, runs: int = 200,
+                        warm_seconds: float = 0.0, clock: Callable[[], float] = time.perf_counter) -> LatencyStats:
+    """Median/p90/p99 of `timed()` (a run that returns its own milliseconds, e.g. Engine.time_once)."""
+    _check(warmup, runs)
+    warm_until_steady([timed], WarmUp(warmup, warm_seconds), clock)
+    return LatencyStats.from_seconds([timed() / 1e3 for _ in range(runs)])
+
+
+def compare_gpu_latency(timed_a: Callable[[], float], timed_b: Callable[[], float], *, warmup: int = 50,
+                        runs: int = 200, warm_seconds: float = 0.0,
+                        clock: Callable[[], float] = time.perf_counter) -> LatencyComparison:
+    """Two CUDA-event-timed runners measured alternately (a, b, a, b, ...): no CPU thread pool spins between
+    runs here, so call-by-call alternation is fair (latency.compare_latency needs blocks for that)."""
+    _check(warmup, runs)
+    warm_until_steady([timed_a, timed_b], WarmUp(warmup, warm_seconds), clock)
+    samples_a, samples_b = [], []
+    for _ in range(runs):
+        samples_a.append(timed_a() / 1e3)
+        samples_b.append(timed_b() / 1e3)
+    a, b = LatencyStats.from_seconds(samples_a), LatencyStats.from_seconds(samples_b)
+    low, high = ratio_interval([[x] for x in samples_a], [[x] for x in samples_b])  # call-by-call pairs
+    return LatencyComparison(a=a, b=b, speedup=a.median_ms / b.median_ms if b.median_ms > 0 else float("inf"),
+                             speedup_low=low, speedup_high=high, confidence=CONFIDENCE)
+
+
+def _check(warmup: int, runs: int) -> None:
+    if runs < 1 or warmup < 0:
+        raise MeasurementError(f"a latency measurement needs runs >= 1 and warmup >= 0, got {runs} and {warmup}")

@@ -1,0 +1,270 @@
+"""Latency statistics: warm-up, many individually timed runs, median and tail percentiles.
+
+A latency measurement is warm-up, many timed runs, median and p90/p99, threads pinned and
+stated; a speed-up is two such measurements taken *alternately* in one process run, so that drift
+(thermal throttling, a noisy neighbour, frequency scaling) hits both sides equally instead of
+whichever ran second. Each call is timed on its own with `time.perf_counter` (the clock can be
+swapped, which is how the tests check the statistics exactly).
+
+The two sides alternate in short blocks (a few untimed settling calls, then up to `block` timed calls of
+one side, then the same of the other) rather than call by call, so each timed call finds its own
+weights in the caches, as a deployed model serving requests back to back does; the blocks are still
+short enough for drift to hit both sides alike.
+
+The speed-up comes with an interval (`ratio_interval`): a block bootstrap over the pairs of blocks (block i of
+a with block i of b, which shared the machine's state), resampled with replacement, the ratio of medians
+recomputed each time, and the 5th and 95th percentiles kept (a 90 % interval; its lower bound is exceeded
+with about 95 % probability). Runs within a block are not independent (a noisy neighbour lasts longer
+than one call), so resampling single runs would give too narrow an interval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from prunefx.runtime.errors import MeasurementError
+from prunefx.runtime.measure.timing_loop import alternate, time_call
+
+Clock = Callable[[], float]
+
+
+@runtime_checkable
+class DescribedSession(Protocol):
+    """A maker of timed callables that can describe its session as plain data (runners.OnnxRunnerMaker): a
+    round in a fresh process then builds the session itself, without importing prunefx or torch."""
+
+    def __call__(self) -> Callable[[], object]: ...
+
+    def round_request(self) -> dict: ...
+
+
+CONFIDENCE = 0.90  # the speed-up interval's: two-sided, so its lower bound holds with about 95 % probability
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Per-call latency in milliseconds over `runs` timed calls, at `threads` threads (None: unknown)."""
+
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    runs: int
+    threads: int | None
+
+    @classmethod
+    def from_seconds(cls, samples: Sequence[float], *, threads: int | None = None) -> LatencyStats:
+        ms = np.asarray(samples, dtype=np.float64) * 1e3
+        median, p90, p99 = np.percentile(ms, [50, 90, 99])
+        return cls(median_ms=float(median), p90_ms=float(p90), p99_ms=float(p99),
+                   # clipped: the float mean of equal samples can round one ulp past them
+                   mean_ms=float(np.clip(ms.mean(), ms.min(), ms.max())), min_ms=float(ms.min()), runs=len(ms),
+                   threads=threads)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class LatencyComparison:
+    """Two alternately measured callables; `speedup` = a.median / b.median (how much faster b is), and its
+    block-bootstrap interval `speedup_low`..`speedup_high` at `confidence` (None when not computed)."""
+
+    a: LatencyStats
+    b: LatencyStats
+    speedup: float
+    speedup_low: float | None = None
+    speedup_high: float | None = None
+    confidence: float | None = None
+    rounds: int = 1  # fresh pairs of callables the runs were spread over (compare_rounds)
+    processes: bool = False  # whether each round ran in a fresh process
+
+    @property
+    def method(self) -> str:
+        """How the interval was drawn: over blocks, or over rounds and then their blocks."""
+        if self.rounds == 1:
+            return "block bootstrap"
+        return f"two-level bootstrap ({self.rounds} {'fresh processes' if self.processes else 'session pairs'})"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def measure_latency(fn: Callable[[], object], *, warmup: int = 10, runs: int = 50,
+                    threads: int | None = None, progress: bool = False,
+                    clock: Clock = time.perf_counter) -> LatencyStats:
+    """Call `fn` `warmup` times untimed, then `runs` times, timing each call."""
+    _check_counts(warmup, runs)
+    for _ in range(warmup):
+        fn()
+    samples = [time_call(fn, clock) for _ in _bar(progress, "latency", iterable=range(runs))]
+    return LatencyStats.from_seconds(samples, threads=_threads_of(fn, threads))
+
+
+def compare_latency(fn_a: Callable[[], object], fn_b: Callable[[], object], *, warmup: int = 10,
+                    runs: int = 50, block: int = 10, settle: int = 2, threads: int | None = None,
+                    progress: bool = False, clock: Clock = time.perf_counter) -> LatencyComparison:
+    """Measure `fn_a` and `fn_b` alternately: warm-up a, b, a, b, ...; then blocks of `settle` untimed and
+    up to `block` timed calls of a, then of b, until each side has `runs` timed calls."""
+    _check_counts(warmup, runs)
+    _check_blocks(block, settle)
+    with _bar(progress, "latency a/b", total=runs) as bar:
+        blocks_a, blocks_b = alternate(fn_a, fn_b, warmup, runs, block, settle, clock, bar)
+    return _comparison(blocks_a, blocks_b, [0] * len(blocks_a), _threads_of(fn_a, threads), _threads_of(fn_b, threads))
+
+
+def compare_rounds(make_a: Callable[[], Callable[[], object]], make_b: Callable[[], Callable[[], object]], *,
+                   rounds: int = 4, warmup: int = 10, runs: int = 100, block: int = 10, settle: int = 2,
+                   threads: int | None = None, progress: bool = False,
+                   clock: Clock = time.perf_counter, processes: bool = False) -> LatencyComparison:
+    """`compare_latency` over `rounds` fresh pairs of callables (`make_a()`, `make_b()`: new ONNX Runtime
+    sessions, say), `runs` timed calls per side in all. Why: the same two files timed in fresh sessions of one
+    process measured 2.33x to 2.67x (ConvNeXt-atto at 0.30 of the MACs, 6 pairs, each interval narrower than
+    that spread), so one pair's interval covers its blocks' noise but not where the next session lands. The
+    interval resamples rounds, then blocks inside each round (a two-level bootstrap), so it widens with that
+    spread.
+
+    With `processes=True` each round runs in a fresh process (`make_a` and `make_b` must pickle; two
+    `runners.OnnxRunnerMaker` start it without importing torch): processes differ more than session pairs of one process
+    do (where the weights land in memory, which cache sets they share), and a search confirmed in one process
+    at 2.29x was measured at 1.91x by another (RegNetY-1.6GF)."""
+    _check_counts(warmup, runs)
+    _check_blocks(block, settle)
+    if rounds < 1 or runs < rounds:
+        raise MeasurementError(f"rounds must be from 1 to runs ({runs}), got rounds={rounds}")
+    blocks_a, blocks_b, round_of, threads_a, threads_b = [], [], [], threads, threads
+    with _bar(progress, "latency a/b", total=runs) as bar:
+        for index in range(rounds):
+            share = runs // rounds + (index < runs % rounds)
+            task = (make_a, make_b, warmup, share, block, settle, clock, threads)
+            got_a, got_b, threads_a, threads_b = _round_in_process(task) if processes else timing_round(*task, bar=bar)
+            if processes:
+                bar.update(share)
+            blocks_a, blocks_b, round_of = blocks_a + got_a, blocks_b + got_b, round_of + [index] * len(got_a)
+    return dataclasses.replace(_comparison(blocks_a, blocks_b, round_of, threads_a, threads_b), processes=processes)
+
+
+def timing_round(make_a, make_b, warmup: int, runs: int, block: int, settle: int, clock: Clock,
+                 threads: int | None, bar=None) -> tuple[list, list, int | None, int | None]:
+    """One round of compare_rounds: a fresh pair of callables, warmed up, then alternated."""
+    fn_a, fn_b = make_a(), make_b()
+    got_a, got_b = alternate(fn_a, fn_b, warmup, runs, block, settle, clock, bar)
+    return got_a, got_b, _threads_of(fn_a, threads), _threads_of(fn_b, threads)
+
+
+def _round_in_process(task: tuple) -> tuple[list, list, int | None, int | None]:
+    """`timing_round` in a fresh interpreter (runtime/measure/rounds.py), the task and its blocks passed as pickles in
+    a private temporary folder. Not multiprocessing: its spawn re-runs the caller's main script, which breaks
+    a user's script that calls prunefx without an `if __name__ == "__main__"` guard; a fork would inherit this
+    process's memory layout, the thing a fresh process is for."""
+    with tempfile.TemporaryDirectory(prefix="prunefx-round-") as folder:
+        request, answer = Path(folder, "round.pickle"), Path(folder, "blocks.pickle")
+        request.write_bytes(pickle.dumps(_round_request(task)))
+        done = subprocess.run([sys.executable, str(Path(__file__).with_name("rounds.py")), str(request),
+                               str(answer)], capture_output=True, text=True)
+        if done.returncode != 0 or not answer.exists():
+            # the round prints its error in one line, last; a crash's traceback names it there too
+            said = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+            raise MeasurementError(f"a timing round's process failed: {said[0]}")
+        return pickle.loads(answer.read_bytes())
+
+
+def _round_request(task: tuple) -> dict:
+    """Plain ONNX Runtime sessions where both makers can describe theirs (runners.OnnxRunnerMaker) and the clock
+    is the default one: their round then imports neither prunefx nor torch. Any other makers travel pickled."""
+    make_a, make_b, warmup, runs, block, settle, clock, threads = task
+    if clock is time.perf_counter and all(isinstance(make, DescribedSession) for make in (make_a, make_b)):
+        return {"kind": "sessions", "a": make_a.round_request(), "b": make_b.round_request(), "warmup": warmup,
+                "runs": runs, "block": block, "settle": settle, "threads": threads}
+    return {"kind": "pickled", "sys_path": list(sys.path), "task": pickle.dumps(task)}
+
+
+def _comparison(blocks_a: list, blocks_b: list, round_of: list[int], threads_a, threads_b) -> LatencyComparison:
+    a = LatencyStats.from_seconds(sum(blocks_a, []), threads=threads_a)
+    b = LatencyStats.from_seconds(sum(blocks_b, []), threads=threads_b)
+    low, high = ratio_interval(blocks_a, blocks_b, rounds=round_of)
+    return LatencyComparison(a=a, b=b, speedup=_ratio(a.median_ms, b.median_ms), speedup_low=low, speedup_high=high,
+                             confidence=CONFIDENCE, rounds=len(set(round_of)))
+
+
+def ratio_interval(blocks_a: Sequence[Sequence[float]], blocks_b: Sequence[Sequence[float]], *,
+                   confidence: float = CONFIDENCE, resamples: int = 2000, seed: int = 0,
+                   rounds: Sequence[int] | None = None) -> tuple[float, float]:
+    """The block-bootstrap interval of median(a) / median(b) (see the module docstring): pairs of blocks drawn
+    with replacement `resamples` times (a fixed seed: the same samples give the same interval). With `rounds`
+    (each block's round, compare_rounds), rounds are drawn first, then blocks within each drawn round. One pair
+    of blocks gives no spread to resample: the interval is then the point."""
+    if len(blocks_a) != len(blocks_b) or not blocks_a:
+        raise MeasurementError(f"a ratio interval needs the same number of blocks on both sides, got "
+                               f"{len(blocks_a)} and {len(blocks_b)}")
+    a, b = _padded(blocks_a), _padded(blocks_b)
+    chosen = _resampled_blocks(np.random.default_rng(seed), rounds or [0] * len(a), resamples)
+    slow, fast = (np.nanmedian(x[chosen].reshape(resamples, -1), axis=1) for x in (a, b))
+    with np.errstate(divide="ignore", invalid="ignore"):  # a zero median: as _ratio reads it
+        ratios = np.where(fast > 0, slow / fast, np.where(slow == 0, 1.0, np.inf))
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def _resampled_blocks(rng: np.random.Generator, rounds: Sequence[int], resamples: int) -> np.ndarray:
+    """(resamples, blocks) indices: rounds drawn with replacement, then as many blocks as the drawn round has,
+    drawn with replacement inside it (one round: the plain block bootstrap)."""
+    members = [np.flatnonzero(np.asarray(rounds) == r) for r in sorted(set(rounds))]
+    if len(members) == 1:
+        return rng.integers(0, len(rounds), size=(resamples, len(rounds)))
+    drawn = rng.integers(0, len(members), size=(resamples, len(members)))
+    rows = []
+    for picks in drawn:
+        rows.append(np.concatenate([m[rng.integers(0, len(m), size=len(m))] for m in (members[p] for p in picks)]))
+    width = max(map(len, rows))  # rounds of unequal size: a row is padded by repeating its own draws
+    return np.stack([np.resize(row, width) for row in rows])
+
+
+def _padded(blocks: Sequence[Sequence[float]]) -> np.ndarray:
+    """Blocks as rows of one array, a shorter (last) block padded with NaN, which nanmedian skips."""
+    rows = np.full((len(blocks), max(map(len, blocks))), np.nan)
+    for row, block in zip(rows, blocks):
+        row[:len(block)] = block
+    return rows
+
+
+def _bar(progress: bool, description: str, **kwargs) -> tqdm:
+    # Off by default: library calls stay quiet; the CLI and benchmarks turn it on for long runs.
+    return tqdm(desc=description, unit="run", disable=not progress, leave=False, **kwargs)
+
+
+def _threads_of(fn: Callable[[], object], threads: int | None) -> int | None:
+    # An explicit argument wins; otherwise the runners from prunefx.runtime.ort.runners state their own.
+    return threads if threads is not None else getattr(fn, "threads", None)
+
+
+def _ratio(slow_ms: float, fast_ms: float) -> float:
+    if fast_ms > 0:
+        return slow_ms / fast_ms
+    return 1.0 if slow_ms == 0 else float("inf")
+
+
+def _check_blocks(block: int, settle: int) -> None:
+    if block < 1 or settle < 0:
+        raise MeasurementError(f"blocks need block >= 1 and settle >= 0, got block={block}, settle={settle}")
+
+
+def _check_counts(warmup: int, runs: int) -> None:
+    if runs < 1:
+        raise MeasurementError(f"a latency measurement needs at least 1 timed run, got runs={runs}")
+    if warmup < 0:
+        raise MeasurementError(f"warm-up cannot be negative, got warmup={warmup}")

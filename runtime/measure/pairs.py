@@ -1,0 +1,69 @@
+"""Latency budgets measured where the model will run, on any registered backend (runtime/backends/).
+
+The budget passes (prune_to_budget, depth_to_budget, choose_for_budget) take a Measurer
+(passes/budget/measurement.py): `(before, after) -> (before ms, after ms, spread)`, with a `confirm` method (the same
+measurement, longer, with an interval on the speed-up where the backend's timing gives one) that alone
+accepts a candidate, and `round_to`, the width multiple the backend runs fastest. A budget stated for a GPU
+deployment must be met on that GPU: widths, merged blocks and INT8 pay off differently there than on a CPU.
+This module is the facade commands and the library call: it reads the registry, so it names no backend.
+Every pair checks that its backend is installed when it is made: a missing TensorRT or GPU is a one-line
+error before any model is loaded, never after minutes of search.
+"""
+
+from __future__ import annotations
+
+from prunefx.runtime import backends
+from prunefx.runtime.backends.base import CONFIRM_FACTOR, Backend, Settings
+from prunefx.runtime.measure.speedup import Measure, PairMeasurer
+
+
+def budget_backend_names() -> list[str]:
+    """The backends a budget can be measured on, default first."""
+    return backends.names(budgets=True)
+
+
+def budget_precisions() -> list[str]:
+    """Every precision some budget backend measures at."""
+    return list(dict.fromkeys(p for backend in backends.backends(budgets=True) for p in backend.precisions))
+
+
+def require_backend(backend: str, precision: str | None = None, trtexec: str | None = None, *,
+                    batch: int = 1, compile: bool = False) -> Backend:
+    """The backend, after checking now that it can measure a budget at `precision` (None: its default) and
+    `batch` (BackendUnavailableError naming what to install, MeasurementError for a bad choice). Called by
+    latency_pair, and by commands before they load a model."""
+    chosen = backends.get(backend, budgets=True)
+    chosen.require(Settings(precision=precision, batch=batch, trtexec=trtexec, compile=compile))
+    return chosen
+
+
+def _settings(backend: str, *, threads: int, runs: int, warmup: int, precision: str | None, trtexec: str | None,
+              cache_dir: str | None, batch: int, compile: bool) -> tuple[Backend, Settings]:
+    chosen = require_backend(backend, precision, trtexec, batch=batch, compile=compile)
+    return chosen, Settings(runs=runs, warmup=warmup, precision=precision or chosen.default_precision, batch=batch,
+                            threads=threads, trtexec=trtexec, cache_dir=cache_dir, compile=compile)
+
+
+def latency_pair(backend: str, *, threads: int, runs: int, warmup: int = 10, precision: str | None = None,
+                 trtexec: str | None = None, cache_dir: str | None = None, batch: int = 1,
+                 compile: bool = False) -> PairMeasurer:
+    """A `(before, after) -> (before ms, after ms, spread)` callable measuring on `backend` at `batch`, with
+    `confirm` (CONFIRM_FACTOR x the runs, twice the warm-up) and `round_to`; `threads` is read by ONNX
+    Runtime, `trtexec` by trtexec, `cache_dir` by TensorRT, `compile` (torch.compile first) by cuda."""
+    chosen, settings = _settings(backend, threads=threads, runs=runs, warmup=warmup, precision=precision,
+                                 trtexec=trtexec, cache_dir=cache_dir, batch=batch, compile=compile)
+    return chosen.latency_pair(settings)
+
+
+def speedup_measure(backend: str, *, threads: int, runs: int, warmup: int = 10, precision: str | None = None,
+                    trtexec: str | None = None, cache_dir: str | None = None, batch: int = 1,
+                    compile: bool = False) -> Measure:
+    """`(before, after) -> speed-up of after over before` on `backend`: what passes that keep only what runs
+    faster (merge_blocks, linearize_blocks) are handed."""
+    chosen, settings = _settings(backend, threads=threads, runs=runs, warmup=warmup, precision=precision,
+                                 trtexec=trtexec, cache_dir=cache_dir, batch=batch, compile=compile)
+    return chosen.speedup(settings)
+
+
+__all__ = ["CONFIRM_FACTOR", "budget_backend_names", "budget_precisions", "latency_pair", "require_backend",
+           "speedup_measure"]

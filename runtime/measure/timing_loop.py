@@ -1,0 +1,43 @@
+"""The alternating timing loop of runtime/measure/latency.py, with nothing imported but the standard library.
+
+A timing round in a fresh process (runtime/measure/rounds.py) loads this file by its path, without importing
+the prunefx package: that package imports torch, which costs a fresh interpreter 3 to 4 seconds on a 2-core
+machine, and a latency-budget search starts four such processes at each confirmation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+class NoBar:
+    """Stands in for a tqdm bar where nothing is shown (a round's own process)."""
+
+    def update(self, count: int) -> None:
+        pass
+
+
+def alternate(fn_a: Callable[[], object], fn_b: Callable[[], object], warmup: int, runs: int, block: int,
+              settle: int, clock: Callable[[], float], bar=None) -> tuple[list, list]:
+    """Warm-up call by call, then `runs` timed calls per side in alternating blocks of up to `block`, each
+    block after `settle` untimed calls (see runtime/measure/latency.py's compare_latency); the blocks, in seconds."""
+    bar = bar if bar is not None else NoBar()
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    blocks_a: list[list[float]] = []
+    blocks_b: list[list[float]] = []
+    while sum(map(len, blocks_a)) < runs:
+        size = min(block, runs - sum(map(len, blocks_a)))
+        for fn, blocks in ((fn_a, blocks_a), (fn_b, blocks_b)):
+            for _ in range(settle):
+                fn()
+            blocks.append([time_call(fn, clock) for _ in range(size)])
+        bar.update(size)
+    return blocks_a, blocks_b
+
+
+def time_call(fn: Callable[[], object], clock: Callable[[], float]) -> float:
+    start = clock()
+    fn()
+    return clock() - start

@@ -1,0 +1,279 @@
+"""Lower a Program to a single, cleaned, checked ONNX file.
+
+The dynamo exporter (`torch.onnx.export(..., dynamo=True)`) is tried first on the Program's
+re-exported `ExportedProgram`: that is the graph torch.export already validated, so nothing is traced
+twice; reshapes of non-contiguous tensors copy explicitly first (runtime/onnx/reshape_layout.py: masked
+attention). A model that still does not get through it is traced by the TorchScript exporter instead and
+the reason is recorded in `fallback_reason`, so reports can say which exporter produced the file. The result is cleaned with onnx-graphsurgeon
+(constant folding, dead-node removal, topological sort) and verified with `onnx.checker`.
+
+Graph inputs are named input_0, input_1, ... and outputs output_0, output_1, ... in the flattened
+(torch.utils._pytree) order of the Program's inputs and outputs, whichever exporter ran.
+
+Training mode: ONNX is an inference format, so a Program in training mode is exported from an
+eval-mode copy (`program.clone().eval()`); the caller's Program is never changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import io
+import logging
+import math
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnx_ir as ir
+import torch
+from onnx_graphsurgeon.ir.tensor import LazyValues
+from onnx_graphsurgeon.logger import G_LOGGER
+
+from prunefx.graph import Program
+from prunefx.runtime.errors import OnnxExportError, describe_failure
+from prunefx.runtime.heap import release_freed_memory
+from prunefx.runtime.onnx.reshape_layout import contiguous_before_reshapes
+from prunefx.runtime.onnx.write import is_apart, little_endian_bytes, save_model_streamed
+
+log = logging.getLogger(__name__)
+DEFAULT_OPSET = 18
+# The dynamo exporter writes opset 18 and later, up to what torch's ONNX converters know; outside that
+# range the converters fill stderr with warnings and write a file that may not load. Refused instead.
+MIN_OPSET = 18
+MAX_OPSET = int(getattr(getattr(torch.onnx, "_constants", None), "ONNX_MAX_OPSET", 23))
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """What export_onnx wrote and how: `exporter` is 'dynamo' or 'torchscript'."""
+
+    path: Path
+    exporter: str
+    fallback_reason: str | None
+    node_count: int
+    raw_node_count: int  # nodes as the exporter produced them, before graph-surgeon cleanup
+
+
+EXPORTERS = {"dynamo": ("dynamo", "torchscript"), "torchscript": ("torchscript", "dynamo")}  # tried in order
+EXPORTER_NAMES = {"dynamo": "dynamo", "torchscript": "TorchScript"}
+
+
+def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
+                exporter: str = "dynamo") -> OnnxExport:
+    """Export `program` (in eval mode) to the ONNX file `path`, cleaned and checked. `exporter` is tried
+    first and the other one if it fails: "dynamo" (the default, what prunefx delivers) or "torchscript"
+    (5 to 15 times faster; runtime/measure/speedup.py uses it for the many candidates of a budget search)."""
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise OnnxExportError(f"ONNX opset {opset!r} is outside what the exporter writes ({MIN_OPSET} to {MAX_OPSET})")
+    if exporter not in EXPORTERS:
+        raise OnnxExportError(f"exporter must be one of {', '.join(EXPORTERS)}, not {exporter!r}")
+    path = Path(path)
+    program = program.clone().eval() if program.training else program
+    first, second = EXPORTERS[exporter]
+    exporters = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
+    exporter, fallback_reason = first, None
+    try:
+        model, weights = exporters[first](program, opset)
+    except Exception as first_error:  # torch.onnx raises many types; all mean "this exporter failed"
+        exporter, fallback_reason = second, describe_failure(first_error)
+        log.warning("%s: the %s exporter failed (%s); trying the %s exporter", program.name,
+                    EXPORTER_NAMES[first], fallback_reason, EXPORTER_NAMES[second])
+        try:
+            model, weights = exporters[second](program, opset)
+        except Exception as second_error:
+            raise OnnxExportError(
+                f"could not export model '{program.name}' to ONNX: {EXPORTER_NAMES[first]} exporter: "
+                f"{fallback_reason}; {EXPORTER_NAMES[second]} exporter: {describe_failure(second_error)}") \
+                from second_error
+    raw_node_count = len(model.graph.node)
+    model, apart = _clean(model, weights)
+    del weights
+    # graph-surgeon's graph is cyclic (nodes and tensors refer to each other) and holds the exporter's model,
+    # every weight in it: collected now rather than at some later collection, after the file is written
+    gc.collect()
+    release_freed_memory()  # before serialising the model: a buffer of the weights' size (runtime/heap.py)
+    node_count = len(model.graph.node)
+    written = _save(model, path, apart)
+    del model, apart  # the checker reads the file: one copy of the weights in memory at a time
+    release_freed_memory()
+    _check_file(path, program.name, written)
+    return OnnxExport(path=path, exporter=exporter, fallback_reason=fallback_reason,
+                      node_count=node_count, raw_node_count=raw_node_count)
+
+
+def _export_dynamo(program: Program, opset: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The exported model and its floating-point weights apart (see _weights_apart)."""
+    # program.export() raises VerificationError if the module no longer exports; the dynamo exporter
+    # would fail the same way, so that error simply becomes the fallback reason.
+    exported = contiguous_before_reshapes(program.export())
+    onnx_program = torch.onnx.export(exported, program.example_inputs, dynamo=True, opset_version=opset,
+                                     external_data=False, optimize=True, verbose=False)
+    assert onnx_program is not None  # None only when given a file to write
+    weights = _weights_apart(onnx_program.model)
+    return onnx_program.model_proto, weights
+
+
+# Where a weight kept apart is said to be: never a file, every such reference is replaced in _clean.
+_APART = "prunefx-weight-kept-apart"
+_FLOAT_WEIGHTS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE)
+
+
+def _weights_apart(model: ir.Model) -> dict[str, np.ndarray]:
+    """Take the floating-point initializers out of the exporter's model, leaving each as a typed reference to
+    external data, so that the model serialises without them; their values as numpy arrays, views of the
+    Program's own tensors where the exporter kept those. The cleanup then reads them where it must (constant
+    folding) and writes each once, into the cleaned model: one copy of the weights, not three."""
+    weights = {}
+    for name, value in model.graph.initializers.items():
+        tensor = value.const_value
+        if tensor is None or isinstance(tensor, ir.ExternalTensor) or tensor.dtype not in _FLOAT_WEIGHTS:
+            continue
+        weights[name] = tensor.numpy()
+        value.const_value = ir.ExternalTensor(_APART, 0, tensor.nbytes, tensor.dtype, shape=ir.Shape(tensor.shape.numpy()),
+                                              name=name)
+    return weights
+
+
+def _export_torchscript(program: Program, opset: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The legacy exporter warns that it is deprecated, and the tracer warns about the input-shape
+        # guards that torch.export puts in the module: both are expected here and not actionable.
+        warnings.simplefilter("ignore")
+        # PRESERVE: the exporter's default (EVAL) calls module.train(False), which a module that torch.export made
+        # refuses ("Calling train() is not supported yet"); the graph is in eval mode already (export_onnx)
+        with _training_attributes_off(program.module):
+            torch.onnx.export(program.module, program.example_inputs, buffer, dynamo=False, opset_version=opset,
+                              do_constant_folding=True, training=torch.onnx.TrainingMode.PRESERVE)
+    return onnx.load_model_from_string(buffer.getvalue()), {}
+
+
+@contextlib.contextmanager
+def _training_attributes_off(module: torch.nn.Module) -> Iterator[None]:
+    """Every submodule's `training` attribute False inside the block (PRESERVE then exports for inference), as it
+    was after. Attributes only: module.train() is not called, and the graph's own flags are untouched."""
+    before = [(submodule, submodule.training) for submodule in module.modules()]
+    for submodule, _ in before:
+        submodule.training = False
+    try:
+        yield
+    finally:
+        for submodule, mode in before:
+            submodule.training = mode
+
+
+def _clean(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Fold constants, drop dead nodes, sort, and give inputs and outputs their stable names. The weights kept
+    apart (_weights_apart) are values for the folding; those still in the graph afterwards stay references
+    in the cleaned model, and come back beside it (name -> array) for _save to write from."""
+    references = {tensor.name: tensor for tensor in model.graph.initializer if tensor.name in weights}
+    graph = gs.import_onnx(model)
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant) and tensor.name in weights:
+            tensor.values = weights[tensor.name]
+    with _graph_surgeon_errors_only():
+        graph.fold_constants()
+    graph.cleanup()
+    graph.toposort()
+    _rename(graph.inputs, "input")
+    _rename(graph.outputs, "output")
+    apart = {}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant) and tensor.name in references and tensor.values is weights[tensor.name]:
+            tensor.values = LazyValues(references[tensor.name])  # exported as the reference: no copy of the data
+            apart[tensor.name] = weights[tensor.name]
+        elif isinstance(tensor, gs.Constant) and tensor.name in weights:
+            tensor.data_location = None  # a weight folding gave new values: written inline
+    cleaned = gs.export_onnx(graph)
+    _keep_provenance(model, cleaned)
+    if any(entry.value == _APART for tensor in cleaned.graph.initializer if tensor.name not in apart
+           for entry in tensor.external_data):
+        raise OnnxExportError("a weight kept apart during the export has no data to write")
+    return cleaned, apart
+
+
+@contextlib.contextmanager
+def _graph_surgeon_errors_only() -> Iterator[None]:
+    """graph-surgeon warns of every constant above 1 MiB it folds (each attention layer's relative position
+    bias, gathered from its table once here instead of at every run): its own heuristic, nothing a user can
+    act on, printed to stdout. Its errors still show."""
+    before = G_LOGGER.severity
+    G_LOGGER.severity = G_LOGGER.ERROR
+    try:
+        yield
+    finally:
+        G_LOGGER.severity = before
+
+
+# The exporter's per-node record of where a node came from (module scope, fx node, rewrite rule):
+# runtime/tensorrt/layer_profile.py maps TensorRT layers back to Program nodes with it. Stack traces
+# (absolute paths of this machine) are deliberately not kept in a deployable file.
+PROVENANCE_KEYS = ("pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy", "pkg.onnxscript.rewriter.rule_name")
+
+
+def _keep_provenance(original: onnx.ModelProto, cleaned: onnx.ModelProto) -> None:
+    # graph-surgeon drops node metadata_props; node names survive, so copy them back by name.
+    kept = {node.name: [entry for entry in node.metadata_props if entry.key in PROVENANCE_KEYS]
+            for node in original.graph.node}
+    for node in cleaned.graph.node:
+        node.metadata_props.extend(kept.get(node.name, []))
+
+
+def _rename(tensors: list[gs.Tensor], prefix: str) -> None:
+    # graph-surgeon nodes refer to tensor objects, not names, so renaming the tensor is enough.
+    for index, tensor in enumerate(tensors):
+        tensor.name = f"{prefix}_{index}"
+
+
+def _save(model: onnx.ModelProto, path: Path, apart: dict[str, np.ndarray]) -> list[Path]:
+    """Write `model`, the initializers named in `apart` from those arrays; the files written. One
+    self-contained file whenever protobuf allows it (2 GB); only larger models need the weights in a side file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if _weight_bytes(model, apart) < onnx.checker.MAXIMUM_PROTOBUF - STRUCTURE_HEADROOM:
+        # onnx.save_model's bytes, one initializer serialised at a time (runtime/onnx/write.py)
+        if save_model_streamed(model, path, apart) < onnx.checker.MAXIMUM_PROTOBUF:
+            return [path]
+        path.unlink()  # a structure larger than the headroom: the weights go beside it after all
+    for tensor in model.graph.initializer:  # onnx's external-data writer takes the data from the tensors
+        if is_apart(tensor, apart):
+            tensor.ClearField("external_data")
+            tensor.ClearField("data_location")
+            tensor.raw_data = little_endian_bytes(apart[tensor.name]).tobytes()
+    data = path.with_name(f"{path.name}.data")
+    onnx.save_model(model, path, save_as_external_data=True, location=data.name)
+    return [path, data]
+
+
+def _check_file(path: Path, name: str, written: list[Path]) -> None:
+    """onnx.checker on the written file (it follows external data from there); a file that fails is removed."""
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as error:
+        for file in written:
+            file.unlink(missing_ok=True)
+        raise OnnxExportError(f"the ONNX graph of model '{name}' fails onnx.checker: "
+                              f"{describe_failure(error)}") from error
+
+
+# Room left for everything but the weights (nodes, names, provenance) below protobuf's 2 GB: the size of
+# the whole message is not asked of protobuf, which serialises the model to count it (a copy of every weight).
+STRUCTURE_HEADROOM = 256 << 20
+
+
+def _weight_bytes(model: onnx.ModelProto, apart: dict[str, np.ndarray] | None = None) -> int:
+    """The bytes the initializers take when serialised, from their shapes (raw data and those held `apart`:
+    element size; values in typed fields: at most 10 bytes each, a varint's longest)."""
+    total = 0
+    for tensor in model.graph.initializer:
+        elements = math.prod(tensor.dims)
+        if tensor.HasField("raw_data") or is_apart(tensor, apart or {}):
+            total += elements * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        else:
+            total += elements * 10 + sum(len(value) for value in tensor.string_data)
+    return total

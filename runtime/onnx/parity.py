@@ -1,0 +1,93 @@
+"""Numeric parity between a torch Program and its ONNX file, run by ONNX Runtime on the same inputs.
+
+Lowering must not change what the model computes, whichever exporter produced the file. Outputs are
+flattened with torch.utils._pytree (segmentation models return dicts), which is the order the ONNX
+outputs follow. The error is reported absolute and relative to the largest torch output magnitude,
+so one tolerance works for logits and for probabilities alike.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+
+from prunefx.graph import Program
+from prunefx.runtime.errors import ParityError
+from prunefx.runtime.heap import release_freed_memory
+from prunefx.runtime.ort.session import OnnxRuntimeSession
+
+
+@dataclass(frozen=True)
+class OutputParity:
+    """Parity of one flattened output."""
+
+    name: str
+    shape: tuple[int, ...]
+    max_abs_error: float
+    output_scale: float
+
+
+@dataclass(frozen=True)
+class Parity:
+    """Worst case over all outputs; `relative` = max_abs_error / output_scale."""
+
+    max_abs_error: float
+    output_scale: float
+    relative: float
+    outputs: list[OutputParity]
+
+    def within(self, tolerance: float) -> bool:
+        return self.relative <= tolerance
+
+
+def check_parity(program: Program, onnx_path: str | os.PathLike,
+                 inputs: Sequence[torch.Tensor] | None = None, *, threads: int | None = None) -> Parity:
+    """Run `program` (eval mode) and the ONNX file on `inputs` (example inputs by default); compare. ONNX
+    Runtime runs on `threads` threads, by default as many as torch runs the program on."""
+    program = program.clone().eval() if program.training else program
+    inputs = program.example_inputs if inputs is None else tuple(inputs)
+    with torch.inference_mode():
+        expected = [leaf.detach().cpu().numpy() for leaf in pytree.tree_leaves(program(*inputs))
+                    if isinstance(leaf, torch.Tensor)]
+    session = OnnxRuntimeSession(onnx_path, threads=threads or torch.get_num_threads())
+    actual = session.run(*inputs)
+    names, file_name = session.output_names, session.path.name
+    del session  # its copy of the weights
+    release_freed_memory()
+    if len(actual) != len(expected):
+        raise ParityError(f"model '{program.name}' has {len(expected)} output(s) in torch but "
+                          f"{len(actual)} in {file_name}")
+    outputs = [_compare(name, want, got, program.name)
+               for name, want, got in zip(names, expected, actual)]
+    worst = max(output.max_abs_error for output in outputs)
+    scale = max(output.output_scale for output in outputs)
+    return Parity(max_abs_error=worst, output_scale=scale, relative=_relative(worst, scale), outputs=outputs)
+
+
+def _compare(name: str, expected: np.ndarray, actual: np.ndarray, model: str) -> OutputParity:
+    if expected.shape != actual.shape:
+        raise ParityError(f"model '{model}': output {name} has shape {tuple(expected.shape)} in torch "
+                          f"but {tuple(actual.shape)} in ONNX")
+    # NaN or infinity (NaN weights, an overflow) compares as nothing: `inf - inf` is NaN and the parity
+    # would read "relative inf" or pass silently. Say what is wrong instead.
+    for side, values in (("torch", expected), ("ONNX Runtime", actual)):
+        if values.dtype.kind in "fc" and not np.isfinite(values).all():
+            raise ParityError(f"model '{model}': output {name} holds NaN or infinite values in {side} "
+                              "(non-finite weights, or an overflow); parity cannot be checked")
+    # float64 so that the difference itself adds no rounding error; integer outputs compare exactly.
+    expected, actual = expected.astype(np.float64), actual.astype(np.float64)
+    error = float(np.max(np.abs(expected - actual), initial=0.0))
+    scale = float(np.max(np.abs(expected), initial=0.0))
+    return OutputParity(name=name, shape=tuple(expected.shape), max_abs_error=error, output_scale=scale)
+
+
+def _relative(error: float, scale: float) -> float:
+    # An all-zero output admits no relative error: exact is 0, anything else is infinitely wrong.
+    if scale > 0:
+        return error / scale
+    return 0.0 if error == 0 else float("inf")

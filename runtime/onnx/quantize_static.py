@@ -1,0 +1,39 @@
+"""ONNX Runtime's quantize_static on an FP32 file: the peer in benchmarks, and INT8 TensorRT engines from
+calibration data when the file has no Q/DQ yet (runtime/tensorrt/engine.py)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+import torch
+
+
+def quantize_static_file(source: str | os.PathLike, target: str | os.PathLike,
+                         batches: Sequence[Sequence[torch.Tensor]], *, activations: str = "u8",
+                         method: str = "minmax", reduce_range: bool = False) -> Path:
+    """ONNX Runtime's quantize_static on the FP32 file `source`: QDQ format, per-channel symmetric INT8
+    weights (7-bit with `reduce_range`, its option for CPUs without VNNI), activations U8 asymmetric (its
+    default) or S8 symmetric (TensorRT's form)."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+
+    names = [value.name for value in onnx.load(str(source), load_external_data=False).graph.input]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{name: t.detach().cpu().numpy() for name, t in zip(names, batch)} for batch in batches])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    symmetric = activations == "s8"
+    ort_quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=methods[method], reduce_range=reduce_range,
+                        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
+    return Path(target)

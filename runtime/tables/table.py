@@ -1,0 +1,169 @@
+"""A per-layer latency table: each timed layer of a Program (2-D convolutions and linear layers, see
+graph/channels/plan_latency.py) timed on a backend at the widths pruning can give it, cached on disk per
+device, and handed to channel selection as remove_channels' `latency_table` (its `layer_time` target).
+
+Each layer is timed in isolation: a one-layer model at the input shape the Program's metadata records
+for it (the batch replaced by `batch` when given), with random weights and a bias where the layer has one.
+Its neighbours, the memory traffic between layers and fusions with the next operator are not in the
+time, which is why a table only chooses channels and a whole-model measurement confirms the speed-up.
+
+Widths: on each axis (input and output channels) the multiples of the backend's width `multiple` from
+(1 - max_ratio) of the dense width up to it, at most `points` of them evenly spread, and the dense width
+itself. Between grid points the time is interpolated bilinearly; below the smallest it scales with the
+width. A timer (`LayerTimer`) times one layer and says where it runs; the cache (latency_cache.py) keys
+the times by the timer's identity and the layer's geometry, so a second build measures nothing and equal
+layers (the repeated blocks of a stage) are timed once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from prunefx.graph import Program
+from prunefx.graph.channels.plan_latency import TimedLayer, timed_layers
+from prunefx.runtime.errors import MeasurementError
+from prunefx.runtime.tables.times_cache import LatencyCache
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class LayerTimer(Protocol):
+    """Times one layer (at the widths it carries) on a backend, in ms; says what its times depend on."""
+
+    backend: str    # "ort", "torch", "cuda", ...
+    device: str     # the device's identity: a CPU model string, a GPU's name
+    precision: str  # "fp32", "fp16", ...
+    settings: str   # anything else a time depends on: library version, threads
+
+    def __call__(self, layer: TimedLayer) -> float: ...
+
+
+def grid_widths(dense: int, multiple: int, max_ratio: float, points: int) -> tuple[int, ...]:
+    """The widths an axis of `dense` channels is timed at (module docstring), ascending."""
+    smallest = max(math.ceil((1.0 - max_ratio) * dense - 1e-9), 1)
+    multiples = [w for w in range(multiple, dense, multiple) if w >= smallest]
+    if len(multiples) > points - 1:  # evenly spread, the narrowest kept
+        picks = {round(i * (len(multiples) - 1) / max(points - 2, 1)) for i in range(points - 1)}
+        multiples = [multiples[i] for i in sorted(picks)]
+    return (*multiples, dense)
+
+
+@dataclass(frozen=True)
+class LayerGrid:
+    """One layer's times on its grid of widths: ms[i][j] at in_widths[i] and out_widths[j]."""
+
+    in_widths: tuple[int, ...]
+    out_widths: tuple[int, ...]
+    ms: tuple[tuple[float, ...], ...]
+    tied: bool = False  # a depthwise layer: its output width follows its input's, one row of one column each
+
+    def at(self, in_width: int, out_width: int) -> float:
+        if self.tied:  # the removal keeps a depthwise layer's widths together: its input width says it all
+            i0, i1, s, scale = _bracket(self.in_widths, in_width)
+            return ((1 - s) * self.ms[i0][0] + s * self.ms[i1][0]) * scale
+        (i0, i1, s, scale_in), (j0, j1, t, scale_out) = _bracket(self.in_widths, in_width), _bracket(
+            self.out_widths, out_width)
+        ms = self.ms
+        value = ((1 - s) * ((1 - t) * ms[i0][j0] + t * ms[i0][j1])
+                 + s * ((1 - t) * ms[i1][j0] + t * ms[i1][j1]))
+        return value * scale_in * scale_out
+
+
+def _bracket(widths: Sequence[int], width: int) -> tuple[int, int, float, float]:
+    """(lower index, upper index, position between them, scale): outside the grid the nearest end, scaled
+    by width / that end's width."""
+    if width <= widths[0]:
+        return 0, 0, 0.0, width / widths[0]
+    if width >= widths[-1]:
+        return len(widths) - 1, len(widths) - 1, 0.0, width / widths[-1]
+    upper = bisect.bisect_right(widths, width)
+    lower = upper - 1
+    return lower, upper, (width - widths[lower]) / (widths[upper] - widths[lower]), 1.0
+
+
+class LatencyTable:
+    """The callable `(layer, in_channels, out_channels) -> ms` that channel selection reads, by layer name."""
+
+    def __init__(self, grids: dict[str, LayerGrid], identity: dict[str, str], *, measured: int, cached: int):
+        self.grids, self.identity = grids, identity
+        self.measured, self.cached = measured, cached  # entries timed by this build, and read from the cache
+
+    def __call__(self, layer: TimedLayer, in_channels: int, out_channels: int) -> float:
+        grid = self.grids.get(layer.name)
+        if grid is None:
+            raise MeasurementError(f"the latency table has no layer '{layer.name}': it was built for another model")
+        return grid.at(in_channels, out_channels)
+
+    def to_dict(self) -> dict:
+        return {"identity": self.identity, "measured": self.measured, "cached": self.cached,
+                "layers": {name: {"in_widths": list(g.in_widths), "out_widths": list(g.out_widths),
+                                  "ms": [list(row) for row in g.ms], "tied": g.tied}
+                           for name, g in self.grids.items()}}
+
+
+def build_latency_table(layers: Sequence[TimedLayer], timer: LayerTimer, *, multiple: int, max_ratio: float = 0.8,
+                        points: int = 4, batch: int | None = None, cache_dir=None) -> LatencyTable:
+    """Time every layer on its grid of widths with `timer`, reading and filling the cache for its identity."""
+    _check(multiple, max_ratio, points, batch)
+    identity = {"backend": timer.backend, "device": timer.device, "precision": timer.precision,
+                "settings": timer.settings}
+    cache = LatencyCache(identity, cache_dir)
+    grids, measured, cached = {}, 0, 0
+    for layer in layers:
+        dense = layer.with_batch(batch) if batch is not None else layer
+        tied = dense.groups > 1 and dense.groups == dense.in_channels
+        # a grouped convolution runs only at widths its groups divide; a depthwise one has one axis
+        step = math.lcm(multiple, dense.groups) if dense.groups > 1 and not tied else multiple
+        ins = grid_widths(dense.in_channels, step, max_ratio, points)
+        outs = (dense.out_channels,) if tied else grid_widths(dense.out_channels, step, max_ratio, points)
+        rows = []
+        for in_width in ins:
+            row = []
+            for out_width in outs:
+                if tied:  # the channel multiplier stays as it was
+                    out_width = in_width * dense.out_channels // dense.in_channels
+                resized = dense.resized(in_width, out_width)
+                ms = cache.get(resized.geometry())
+                if ms is None:
+                    ms = _timed(timer, resized)
+                    cache.put(resized.geometry(), ms)
+                    measured += 1
+                else:
+                    cached += 1
+                row.append(ms)
+            rows.append(tuple(row))
+        grids[layer.name] = LayerGrid(ins, outs, tuple(rows), tied)
+    if measured:
+        cache.save()
+    log.info("latency table: %d layers, %d entries timed, %d from %s", len(grids), measured, cached, cache.path)
+    return LatencyTable(grids, identity, measured=measured, cached=cached)
+
+
+def program_latency_table(program: Program, timer: LayerTimer, **options) -> LatencyTable:
+    """build_latency_table for every timed layer of `program` (options: multiple, max_ratio, points, batch,
+    cache_dir)."""
+    return build_latency_table(timed_layers(program.module), timer, **options)
+
+
+def _timed(timer: LayerTimer, layer: TimedLayer) -> float:
+    ms = float(timer(layer))
+    if not math.isfinite(ms) or ms < 0:
+        raise MeasurementError(f"the {timer.backend} layer timer gave {ms!r} ms for {layer.geometry()}")
+    return ms
+
+
+def _check(multiple: int, max_ratio: float, points: int, batch: int | None) -> None:
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+        raise MeasurementError(f"a latency table's width multiple must be an integer >= 1, not {multiple!r}")
+    if not 0.0 <= max_ratio < 1.0:
+        raise MeasurementError(f"a latency table's max_ratio must be in [0, 1), not {max_ratio!r}")
+    if isinstance(points, bool) or not isinstance(points, int) or points < 2:
+        raise MeasurementError(f"a latency table needs at least 2 widths per axis, not {points!r}")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise MeasurementError(f"a latency table's batch must be an integer >= 1, not {batch!r}")

@@ -1,0 +1,65 @@
+"""Layer timers by backend name: a per-layer latency table (runtime/tables/table.py) on any registered
+backend (runtime/backends/).
+
+`layer_timer(name, settings)`:
+- `ort`: OnnxRuntimeLayerTimer (runtime/tables/timers.py), a one-node ONNX model per layer and width at
+  `settings.threads`: no capture and no export, so a table of a few hundred entries takes seconds;
+  at most 3 warm-up and 10 timed runs an entry, whatever a whole-model measurement would use;
+- a backend with its own `layer_timer(settings)` (`cuda`: runtime/cuda/layer_timer.py, plain layer modules
+  replayed as CUDA graphs, no export or capture per entry): that timer;
+- any other backend (`trt`, ...): BackendLayerTimer, the layer captured as a one-layer Program at its
+  input shape and timed by the backend's own `time_program`, the way `bench` times a whole model. Its
+  device identity is the GPU the backend describes, else this CPU's model; its settings name the backend,
+  torch and compile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from prunefx.graph import capture
+from prunefx.graph.channels.plan_latency import TimedLayer
+from prunefx.runtime import backends
+from prunefx.runtime.backends.base import Backend, Settings
+from prunefx.runtime.tables.table import LayerTimer
+from prunefx.runtime.tables.timers import LayerModule, OnnxRuntimeLayerTimer, cpu_model
+
+
+class BackendLayerTimer:
+    """Times one layer as a Program with `backend.time_program` (its median, in ms)."""
+
+    def __init__(self, backend: Backend, settings: Settings):
+        self.measuring, self.options = backend, settings
+        self.precision = backend.require(settings, purpose="bench")
+        self.backend = backend.name
+        self.device = _device_name(backend)
+        self.settings = f"{backend.label}, torch {torch.__version__}, compile={settings.compile}"
+
+    def __call__(self, layer: TimedLayer) -> float:
+        example = torch.randn(layer.input_shape, generator=torch.Generator().manual_seed(1))
+        program = capture(LayerModule(layer).eval(), example, name=f"{layer.kind} layer").eval()
+        options = replace(self.options, batch=int(layer.input_shape[0]), precision=self.precision)
+        return float(self.measuring.time_program(program, options)["median_ms"])
+
+
+def layer_timer(name: str, settings: Settings) -> LayerTimer:
+    """The layer timer of the backend called `name` (a one-line MeasurementError for an unknown one)."""
+    backend = backends.get(name)
+    if backend.name == "ort":
+        backend.require(settings, purpose="bench")
+        return OnnxRuntimeLayerTimer(threads=settings.threads, warmup=min(settings.warmup, 3),
+                                     runs=min(settings.runs, 10))
+    own = getattr(backend, "layer_timer", None)  # a backend that times plain layer modules itself (cuda)
+    if callable(own):
+        backend.require(settings, purpose="bench")
+        return own(settings)
+    return BackendLayerTimer(backend, settings)
+
+
+def _device_name(backend: Backend) -> str:
+    """The GPU a backend with a device describes, else this CPU's model string."""
+    describe = getattr(getattr(backend, "device", None), "describe", None)
+    described = describe() if callable(describe) else {}
+    return str(described.get("gpu") or cpu_model())

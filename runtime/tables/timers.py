@@ -1,0 +1,237 @@
+"""Layer timers for latency tables (runtime/tables/table.py): one layer, built alone, timed on a backend.
+
+- `OnnxRuntimeLayerTimer` ("ort"): a one-node ONNX model (Conv, or MatMul + Add for a linear layer) written
+  with onnx.helper and run by ONNX Runtime on the CPU with the session settings every prunefx timing uses
+  (runtime/ort/options.py); the median of a few timed runs after a short warm-up, less the median
+  time of an Identity model on the same input: what a call into ONNX Runtime costs whatever it runs, paid
+  once per model and not once per layer in a whole model. The first layer of a process is preceded by an
+  untimed one (thread pools and allocators start on the first run, and made that layer's time tenfold).
+- `TorchLayerTimer` ("torch"): the layer as a torch module, handed to a `time_module(module, inputs) -> ms`
+  function; by default eager PyTorch on the CPU. A GPU backend passes its own function (CUDA graphs timed
+  with CUDA events, its precision) and its device's name: the table and its cache stay the same.
+
+The device identity of a CPU is its model string from /proc/cpuinfo; times also depend on the library
+version and thread count, which go in `settings` (a cache never mixes them).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+
+from prunefx.graph.channels.plan_latency import TimedLayer
+from prunefx.runtime.measure.latency import measure_latency
+from prunefx.runtime.measure.width_multiple import CPUINFO
+from prunefx.runtime.ort.options import session_options
+
+OPSET = 18
+IR_VERSION = 9  # read by every ONNX Runtime prunefx supports
+NORM_EPS = 1e-5
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The first processor's model name from /proc/cpuinfo (read here when not given), else what platform says."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = CPUINFO.read_text()
+        except OSError:
+            cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "model name":
+            return value.strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _weights(layer: TimedLayer) -> tuple[np.ndarray, np.ndarray | None]:
+    """Random weights of the layer's shape (their values do not change its time) and a bias if it has one."""
+    rng = np.random.default_rng(0)
+    if layer.kind == "conv2d":
+        shape: tuple[int, ...] = (layer.out_channels, layer.in_channels // layer.groups, *layer.kernel)
+    else:
+        shape = (layer.out_channels, layer.in_channels)
+    weight = (0.05 * rng.standard_normal(shape)).astype(np.float32)
+    bias = (0.05 * rng.standard_normal(layer.out_channels)).astype(np.float32) if layer.bias else None
+    return weight, bias
+
+
+def _norm(layer: TimedLayer) -> tuple[np.ndarray, ...]:
+    """An inference batch norm's scale, shift, mean and variance over the layer's outputs (random, positive
+    variance): they do not change its time, and both renderings of the layer read the same ones."""
+    rng = np.random.default_rng(1)
+    scale, shift, mean = (rng.standard_normal(layer.out_channels).astype(np.float32) for _ in range(3))
+    return scale, shift, mean, (0.5 + rng.random(layer.out_channels)).astype(np.float32)
+
+
+def _onnx_epilogue(layer: TimedLayer, source: str) -> tuple[list, list]:
+    """The ONNX nodes (and initializers) of the layer's epilogue, from `source` to the output "y"."""
+    nodes, initializers = [], []
+    for index, op in enumerate(layer.epilogue):
+        out = "y" if index == len(layer.epilogue) - 1 else f"e{index}"
+        if op == "batch_norm":
+            names = [f"bn_{part}" for part in ("scale", "shift", "mean", "var")]
+            initializers += [numpy_helper.from_array(array, name) for array, name in zip(_norm(layer), names)]
+            nodes.append(helper.make_node("BatchNormalization", [source, *names], [out], epsilon=NORM_EPS))
+        elif op == "relu6":
+            initializers += [numpy_helper.from_array(np.array(v, np.float32), n) for v, n in ((0, "lo"), (6, "hi"))]
+            nodes.append(helper.make_node("Clip", [source, "lo", "hi"], [out]))
+        elif op in ("silu", "gelu"):  # x * sigmoid(x); x * (1 + erf(x / sqrt 2)) / 2, which ORT fuses to Gelu
+            if op == "silu":
+                nodes.append(helper.make_node("Sigmoid", [source], [f"{out}_g"]))
+            else:
+                initializers += [numpy_helper.from_array(np.array(v, np.float32), n)
+                                 for v, n in ((np.sqrt(2.0), "root2"), (1.0, "one"), (0.5, "half"))]
+                nodes += [helper.make_node("Div", [source, "root2"], [f"{out}_d"]),
+                          helper.make_node("Erf", [f"{out}_d"], [f"{out}_e"]),
+                          helper.make_node("Add", [f"{out}_e", "one"], [f"{out}_a"]),
+                          helper.make_node("Mul", [f"{out}_a", "half"], [f"{out}_g"])]
+            nodes.append(helper.make_node("Mul", [source, f"{out}_g"], [out]))
+        elif op == "hardsigmoid":
+            nodes.append(helper.make_node("HardSigmoid", [source], [out], alpha=1 / 6, beta=0.5))
+        else:
+            nodes.append(helper.make_node({"relu": "Relu", "hardswish": "HardSwish", "sigmoid": "Sigmoid"}[op],
+                                          [source], [out]))
+        source = out
+    return nodes, initializers
+
+
+def layer_model(layer: TimedLayer) -> onnx.ModelProto:
+    """A one-layer ONNX model computing `layer`, and its epilogue, on an input `x` of its input shape."""
+    weight, bias = _weights(layer)
+    initializers = []
+    result = "t" if layer.epilogue else "y"
+    if layer.kind == "conv2d":
+        initializers.append(numpy_helper.from_array(weight, "w"))
+        inputs = ["x", "w"]
+        if bias is not None:
+            initializers.append(numpy_helper.from_array(bias, "b"))
+            inputs.append("b")
+        nodes = [helper.make_node("Conv", inputs, [result], kernel_shape=list(layer.kernel),
+                                  strides=list(layer.stride), pads=list(layer.padding),
+                                  dilations=list(layer.dilation), group=layer.groups)]
+    else:
+        initializers.append(numpy_helper.from_array(np.ascontiguousarray(weight.T), "w"))
+        nodes = [helper.make_node("MatMul", ["x", "w"], [result if bias is None else "m"])]
+        if bias is not None:
+            initializers.append(numpy_helper.from_array(bias, "b"))
+            nodes.append(helper.make_node("Add", ["m", "b"], [result]))
+    tail, extra = _onnx_epilogue(layer, result)
+    nodes, initializers = nodes + tail, initializers + extra
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                               list(layer.input_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+
+
+def identity_model(shape: tuple[int, ...]) -> onnx.ModelProto:
+    """An ONNX model that returns its input `x` of `shape`: the cost of a call that computes nothing."""
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+
+
+class OnnxRuntimeLayerTimer:
+    """Times a layer with ONNX Runtime on the CPU: `warmup` untimed runs, the median of `runs` timed ones."""
+
+    backend = "ort"
+    precision = "fp32"
+
+    def __init__(self, *, threads: int = 1, warmup: int = 3, runs: int = 10,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.threads, self.warmup, self.runs, self.clock = threads, warmup, runs, clock
+        self.device = cpu_model()
+        self.settings = f"onnxruntime {ort.__version__}, {threads} threads, less the call overhead"
+        self._overheads: dict[tuple[int, ...], float] = {}
+
+    def __call__(self, layer: TimedLayer) -> float:
+        if not self._overheads:  # the process's first ONNX Runtime run, untimed
+            self._median(layer_model(layer), layer.input_shape)
+        shape = tuple(layer.input_shape)
+        if shape not in self._overheads:
+            self._overheads[shape] = self._median(identity_model(shape), shape)
+        return max(self._median(layer_model(layer), shape) - self._overheads[shape], 0.0)
+
+    def _median(self, model: onnx.ModelProto, shape: tuple[int, ...]) -> float:
+        options = session_options(self.threads, spinning=True, flush_denormals=True)
+        session = ort.InferenceSession(model.SerializeToString(), sess_options=options,
+                                       providers=["CPUExecutionProvider"])
+        feed = {"x": np.random.default_rng(1).standard_normal(shape).astype(np.float32)}
+        return measure_latency(lambda: session.run(None, feed), warmup=self.warmup, runs=self.runs,
+                               clock=self.clock).median_ms
+
+
+_TORCH_ACTIVATIONS = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "gelu": F.gelu,
+                      "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid, "sigmoid": torch.sigmoid}
+
+
+class LayerModule(torch.nn.Module):
+    """The layer as a module: a convolution (with its own asymmetric padding) or a linear layer, then its
+    epilogue (an inference batch norm, an activation)."""
+
+    def __init__(self, layer: TimedLayer):
+        super().__init__()
+        weight, bias = _weights(layer)
+        self.layer = layer
+        self.weight = torch.nn.Parameter(torch.from_numpy(weight), requires_grad=False)
+        self.bias = torch.nn.Parameter(torch.from_numpy(bias), requires_grad=False) if bias is not None else None
+        if "batch_norm" in layer.epilogue:
+            for name, array in zip(("norm_scale", "norm_shift", "norm_mean", "norm_var"), _norm(layer)):
+                self.register_buffer(name, torch.from_numpy(array))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._layer(x)
+        for op in self.layer.epilogue:
+            if op == "batch_norm":  # after a convolution only (graph/channels/plan_latency.epilogue)
+                y = F.batch_norm(y, self.norm_mean, self.norm_var, self.norm_scale, self.norm_shift, False, 0.0,
+                                 NORM_EPS)
+            else:
+                y = _TORCH_ACTIVATIONS[op](y)
+        return y
+
+    def _layer(self, x: torch.Tensor) -> torch.Tensor:
+        layer = self.layer
+        if layer.kind == "linear":
+            return F.linear(x, self.weight, self.bias)
+        top, left, bottom, right = layer.padding
+        if (top, left) != (bottom, right):
+            return F.conv2d(F.pad(x, (left, right, top, bottom)), self.weight, self.bias, layer.stride, 0,
+                            layer.dilation, layer.groups)
+        return F.conv2d(x, self.weight, self.bias, layer.stride, (top, left), layer.dilation, layer.groups)
+
+
+TimeModule = Callable[[torch.nn.Module, tuple], float]  # (module, inputs) -> ms of one call
+
+
+class TorchLayerTimer:
+    """Times a layer as a torch module with `time_module`; by default eager PyTorch on the CPU (median of
+    `runs` timed calls after `warmup`). A backend with its own timing gives `time_module`, `device` (its
+    identity) and `precision`; the module and its input are moved to `torch_device` first."""
+
+    backend = "torch"
+
+    def __init__(self, *, time_module: TimeModule | None = None, device: str | None = None,
+                 torch_device: str = "cpu", precision: str = "fp32", backend: str = "torch",
+                 settings: str | None = None, warmup: int = 3, runs: int = 10):
+        self.backend, self.precision, self.torch_device = backend, precision, torch_device
+        self.time_module = time_module or self._eager
+        self.device = device or cpu_model()
+        self.warmup, self.runs = warmup, runs
+        self.settings = settings or f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+    def __call__(self, layer: TimedLayer) -> float:
+        module = LayerModule(layer).to(self.torch_device).eval()
+        inputs = (torch.randn(layer.input_shape, generator=torch.Generator().manual_seed(1)).to(self.torch_device),)
+        with torch.inference_mode():
+            return float(self.time_module(module, inputs))
+
+    def _eager(self, module: torch.nn.Module, inputs: tuple) -> float:
+        return measure_latency(lambda: module(*inputs), warmup=self.warmup, runs=self.runs).median_ms

@@ -1,0 +1,73 @@
+"""The on-disk cache of per-layer times (runtime/tables/table.py): one JSON file per timing identity.
+
+A layer's time depends on the layer (kind, input shape with its batch, widths, kernel: its geometry) and on
+where and how it ran: the backend, the device (a CPU model string, a GPU's name), the precision and the
+timer's settings (library version, threads). The file is named after the sha256 of that identity and
+holds the identity itself and geometry -> ms, so that a second build on the same device measures nothing
+and another device, precision or thread count never reads these times. Writes go to a temporary file
+that replaces the cache in one step; a cache that cannot be read is measured again (it is only a cache).
+Folder: `cache_dir`, default $PRUNEFX_CACHE_DIR/latency, else ~/.cache/prunefx/latency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("PRUNEFX_CACHE_DIR") or Path.home() / ".cache" / "prunefx"
+    return Path(root) / "latency"
+
+
+class LatencyCache:
+    """geometry -> ms for one timing identity (a mapping of plain strings), kept in `folder`."""
+
+    def __init__(self, identity: dict[str, str], folder: str | os.PathLike | None = None):
+        self.identity = {str(key): str(value) for key, value in identity.items()}
+        canonical = json.dumps(self.identity, sort_keys=True).encode()
+        name = f"{self.identity.get('backend', 'layers')}-{hashlib.sha256(canonical).hexdigest()[:20]}.json"
+        self.path = Path(folder) if folder is not None else default_cache_dir()
+        self.path = self.path / name
+        self.entries = self._load()
+
+    def _load(self) -> dict[str, float]:
+        try:
+            record = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, RecursionError) as error:
+            log.warning("latency cache %s is unreadable (%s); its layers are measured again", self.path, error)
+            return {}
+        entries = record.get("entries") if isinstance(record, dict) else None
+        if record.get("identity") != self.identity or not isinstance(entries, dict):
+            log.warning("latency cache %s belongs to another device or timer; its layers are measured again",
+                        self.path)
+            return {}
+        return {str(key): float(value) for key, value in entries.items()
+                if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0}
+
+    def get(self, geometry: str) -> float | None:
+        return self.entries.get(geometry)
+
+    def put(self, geometry: str, ms: float) -> None:
+        self.entries[geometry] = float(ms)
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"identity": self.identity, "entries": self.entries}, indent=0, sort_keys=True)
+        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".latency-", suffix=".json")
+        try:
+            with os.fdopen(handle, "w") as file:
+                file.write(text)
+            os.replace(temporary, self.path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise

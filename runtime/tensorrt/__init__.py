@@ -1,0 +1,1 @@
+"""TensorRT: engine builds, caches, plans and profiles, trtexec, Torch-TensorRT, Jetson board state."""

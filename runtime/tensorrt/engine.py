@@ -1,0 +1,240 @@
+"""TensorRT engines from prunefx ONNX files: build (FP32, FP16, INT8 from Q/DQ, 2:4 sparse weights), cache, run.
+
+Written against TensorRT's documented Python API (8.6, 10.x and 11.x: `set_tensor_address` +
+`execute_async_v3`); device memory, streams and CUDA events come from torch.cuda, so nothing else
+(pycuda, cuda-python) is needed. `tensorrt` is imported only when an engine is built or loaded, and a
+missing package or GPU raises BackendUnavailableError saying what to install.
+
+What an engine is built with (precision, strong typing, builder flags) is planned in runtime/tensorrt/plan.py;
+where it is cached and under which key, in runtime/tensorrt/engine_cache.py; its latency is measured by
+runtime/measure/gpu_latency.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prunefx.runtime.errors import BackendUnavailableError, DeviceToolError, require_module
+from prunefx.runtime.tensorrt.engine_cache import (
+    calibration_digest,
+    default_cache_dir,
+    engine_cache_key,
+    timing_cache_key,
+)
+from prunefx.runtime.tensorrt.plan import (
+    BuildOptions,
+    NetworkPlan,
+    OnnxTypes,
+    network_creation_flags,
+    network_plan,
+    onnx_types,
+)
+
+INSTALL_TENSORRT = ("install it with `pip install tensorrt` (or tensorrt-cu12 / tensorrt-cu13 to match your CUDA) on "
+                    "x86-64 Linux or Windows with an NVIDIA GPU, or on a Jetson board through JetPack "
+                    "(`sudo apt install nvidia-jetpack`, which provides python3-libnvinfer)")
+FP32 = BuildOptions()  # the default build: FP32, dense, TensorRT's workspace
+
+
+# ---- availability -------------------------------------------------------------------------------
+
+def require_tensorrt():
+    """The `tensorrt` module, or BackendUnavailableError saying how to install it."""
+    return require_module("tensorrt", "TensorRT", INSTALL_TENSORRT)
+
+
+def require_cuda() -> None:
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError("the TensorRT backend needs an NVIDIA GPU with CUDA, and torch sees none "
+                                      f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); "
+                                      "use --backend ort on this machine")
+
+
+# ---- build --------------------------------------------------------------------------------------
+
+_LOGGERS: dict = {}
+
+
+def _logger(trt):
+    # One logger for the process: builders and runtimes keep a pointer to it, so it must never be collected.
+    if trt not in _LOGGERS:
+        _LOGGERS[trt] = trt.Logger(trt.Logger.WARNING)
+    return _LOGGERS[trt]
+
+
+def _parse_onnx(trt, builder, logger, onnx_path: Path, plan: NetworkPlan):
+    network = builder.create_network(network_creation_flags(trt, plan))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(index)) for index in range(parser.num_errors))
+        raise DeviceToolError(f"TensorRT could not parse {onnx_path}: {errors}")
+    return network, parser
+
+
+def configure(trt, builder, options: BuildOptions, plan: NetworkPlan, timing_cache: bytes):
+    """The builder config for `plan`: only the flags it names (none for precision when strongly typed)."""
+    config = builder.create_builder_config()
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names + tactics for the inspector
+    if options.workspace_mib:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
+    for name in plan.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    config.set_timing_cache(config.create_timing_cache(timing_cache), False)
+    return config
+
+
+def build_engine(onnx_path: str | os.PathLike, options: BuildOptions = FP32, *,
+                 calibration: Sequence[Sequence[torch.Tensor]] | None = None,
+                 cache_dir: str | os.PathLike | None = None, log: Callable[[str], None] | None = None) -> Engine:
+    """The engine for `onnx_path` built with `options`, from the cache when it holds one.
+
+    `calibration` (input batches) is read only for `int8` on a file without Q/DQ nodes: the file is then
+    quantized with ONNX Runtime's quantize_static in TensorRT's symmetric form before the build."""
+    trt = require_tensorrt()
+    require_cuda()
+    onnx_path = Path(onnx_path)
+    types = onnx_types(onnx_path)
+    if calibration is not None and options.precision == "int8" and not types.has_qdq:
+        options = dataclasses.replace(options, calibration_digest=calibration_digest(calibration))
+    gpu = torch.cuda.get_device_name()
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = engine_cache_key(onnx_path.read_bytes(), options, trt.__version__, gpu)
+    engine_file = cache / f"{key}.engine"
+    if engine_file.is_file():
+        return Engine.load(engine_file, options, cached=True)
+    started = time.perf_counter()
+    cache.mkdir(parents=True, exist_ok=True)
+    source = _explicit_source(onnx_path, options, types, calibration, cache / f"{key}")
+    plan = network_plan(trt.__version__, options.precision, onnx_types(source), sparse=options.sparse)
+    if plan.lower_to_fp16:
+        source = _lowered_fp16(source, cache / f"{key}.fp16.onnx")
+    serialized = _build(trt, source, options, plan, cache / f"timing-{timing_cache_key(trt.__version__, gpu)}.cache")
+    engine_file.write_bytes(serialized)
+    seconds = time.perf_counter() - started
+    (cache / f"{key}.json").write_text(json.dumps({"onnx": str(onnx_path), "built_from": str(source),
+                                                   "options": options.to_dict(), "plan": dataclasses.asdict(plan),
+                                                   "tensorrt": trt.__version__, "gpu": gpu, "build_seconds": seconds}))
+    if log:
+        log(f"built TensorRT engine {engine_file.name[:12]}... in {seconds:.1f} s ({_describe(plan)})")
+    return Engine.load(engine_file, options, cached=False)
+
+
+def _describe(plan: NetworkPlan) -> str:
+    typing = "strongly typed" if plan.strongly_typed else "weakly typed"
+    return typing + (f", flags {', '.join(plan.builder_flags)}" if plan.builder_flags else "")
+
+
+def _explicit_source(onnx_path: Path, options: BuildOptions, types: OnnxTypes, calibration, stem: Path) -> Path:
+    """The file TensorRT parses: `onnx_path`, or for INT8 with calibration batches and no Q/DQ in the file, a
+    copy quantized by ONNX Runtime's quantize_static in TensorRT's form (symmetric S8, per-channel weights)."""
+    if options.precision != "int8" or types.has_qdq or calibration is None:
+        return onnx_path
+    from prunefx.runtime.onnx.quantize_static import quantize_static_file  # imports onnxruntime.quantization
+
+    return quantize_static_file(onnx_path, stem.with_name(stem.name + ".qdq.onnx"), calibration, activations="s8")
+
+
+def _lowered_fp16(source: Path, target: Path) -> Path:
+    from prunefx.runtime.onnx.float16 import lower_to_float16
+
+    return lower_to_float16(source, target)
+
+
+def _build(trt, onnx_path: Path, options: BuildOptions, plan: NetworkPlan, timing_file: Path) -> bytes:
+    logger = _logger(trt)
+    builder = trt.Builder(logger)
+    network, _parser = _parse_onnx(trt, builder, logger, onnx_path, plan)  # the parser must outlive the build
+    timing = timing_file.read_bytes() if timing_file.is_file() else b""
+    config = configure(trt, builder, options, plan, timing)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise DeviceToolError(f"TensorRT failed to build an engine for {onnx_path} with {options.to_dict()} "
+                              f"({_describe(plan)}; the TensorRT log above says why)")
+    timing_file.parent.mkdir(parents=True, exist_ok=True)
+    timing_file.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+    return bytes(memoryview(serialized))
+
+
+# ---- run and time -------------------------------------------------------------------------------
+
+def _torch_dtype(trt, dtype) -> torch.dtype:
+    return torch.from_numpy(np.empty(0, dtype=trt.nptype(dtype))).dtype
+
+
+class Engine:
+    """A deserialised engine with one execution context and its input/output buffers on the GPU.
+    Calling it runs once on the bound inputs (random unless `set_inputs` was called) and waits."""
+
+    def __init__(self, trt, engine, path: Path, options: BuildOptions, *, cached: bool = False):
+        self.trt, self.engine, self.path, self.options = trt, engine, path, options
+        self.cached = cached
+        self.context = engine.create_execution_context()
+        self.stream = torch.cuda.Stream()
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.input_names: list[str] = []
+        self.output_names: list[str] = []
+        for index in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(index)
+            shape = tuple(engine.get_tensor_shape(name))
+            if any(dim < 0 for dim in shape):
+                raise DeviceToolError(f"{path}: tensor {name} has a dynamic shape {shape}; export at a fixed shape")
+            is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            (self.input_names if is_input else self.output_names).append(name)
+            buffer = torch.empty(shape, dtype=_torch_dtype(trt, engine.get_tensor_dtype(name)), device="cuda")
+            self.buffers[name] = buffer.normal_() if buffer.is_floating_point() else buffer.zero_()
+            self.context.set_tensor_address(name, buffer.data_ptr())
+        torch.cuda.synchronize()  # the buffers were filled on the default stream; the engine runs on its own
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, options: BuildOptions = FP32, *, cached: bool = False) -> Engine:
+        trt = require_tensorrt()
+        require_cuda()
+        runtime = trt.Runtime(_logger(trt))
+        engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if engine is None:
+            raise DeviceToolError(f"TensorRT could not load the engine {path} (built by another TensorRT version "
+                                  "or for another GPU?)")
+        instance = cls(trt, engine, Path(path), options, cached=cached)
+        instance.runtime = runtime  # the runtime must outlive the engine
+        return instance
+
+    def set_inputs(self, *inputs: torch.Tensor) -> None:
+        for name, value in zip(self.input_names, inputs, strict=True):
+            self.buffers[name].copy_(value.reshape(self.buffers[name].shape))
+        self.stream.wait_stream(torch.cuda.current_stream())  # the copies happen before the next run
+
+    def enqueue(self) -> None:
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise DeviceToolError(f"TensorRT failed to run the engine {self.path}")
+
+    def __call__(self) -> list[torch.Tensor]:
+        self.enqueue()
+        self.stream.synchronize()
+        return [self.buffers[name] for name in self.output_names]
+
+    def run(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs for `inputs`, copied to the CPU."""
+        self.set_inputs(*inputs)
+        return [output.cpu() for output in self()]
+
+    def time_once(self) -> float:
+        """Milliseconds of one run on the GPU, from CUDA events on the engine's stream."""
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record(self.stream)
+        self.enqueue()
+        end.record(self.stream)
+        end.synchronize()
+        return start.elapsed_time(end)
+
+    def engine_information(self) -> str:
+        """The engine inspector's JSON description of every layer (name, type, tactic, metadata)."""
+        inspector = self.engine.create_engine_inspector()
+        return inspector.get_engine_information(self.trt.LayerInformationFormat.JSON)

@@ -1,0 +1,55 @@
+"""Where TensorRT engines are cached on disk, and under which keys (pure, testable without TensorRT).
+
+Building an engine takes seconds to minutes, so engines are cached on disk under the sha256 of
+(ONNX file bytes, build options, TensorRT version, GPU name): any change to the model, the precision,
+the sparsity flag, the calibration data, TensorRT or the GPU makes a new key; nothing else does. The
+timing cache (per-tactic timings the builder measures) is keyed by TensorRT version and GPU name only:
+timings of a kernel on a shape do not depend on which model asked for them, so every build on this GPU
+shares it and later builds are faster. Folder: $PRUNEFX_CACHE_DIR/tensorrt, default ~/.cache/prunefx.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prunefx.runtime.tensorrt.plan import BuildOptions
+
+
+def _sha256(*parts: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "little"))  # length-prefixed: parts cannot run into each other
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def engine_cache_key(onnx_bytes: bytes, options: BuildOptions, tensorrt_version: str, gpu_name: str) -> str:
+    """sha256 of the ONNX file's bytes, the build options, the TensorRT version and the GPU name."""
+    canonical = json.dumps(options.to_dict(), sort_keys=True).encode()
+    return _sha256(onnx_bytes, canonical, tensorrt_version.encode(), gpu_name.encode())
+
+
+def timing_cache_key(tensorrt_version: str, gpu_name: str) -> str:
+    return _sha256(b"timing-cache", tensorrt_version.encode(), gpu_name.encode())
+
+
+def calibration_digest(batches: Sequence[Sequence[torch.Tensor]]) -> str:
+    """sha256 of the calibration batches' shapes and values: different data, different INT8 engine."""
+    parts = []
+    for batch in batches:
+        for tensor in batch:
+            array = np.ascontiguousarray(tensor.detach().cpu().numpy())
+            parts += [str(array.shape).encode(), str(array.dtype).encode(), array.tobytes()]
+    return _sha256(*parts)
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("PRUNEFX_CACHE_DIR") or Path.home() / ".cache" / "prunefx"
+    return Path(root) / "tensorrt"

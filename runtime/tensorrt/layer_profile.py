@@ -1,0 +1,224 @@
+"""Per-layer TensorRT profiles, mapped back to ONNX nodes and Program nodes, with "ran sparse" per layer.
+
+Three names meet here (TensorRT layers, ONNX nodes, Program nodes):
+
+1. A TensorRT layer is named after the ONNX node(s) it came from: `node_relu_1`, fused layers
+   `node_Conv_309 + node_relu_1`, pointwise fusions `PWN(node_Mul_5, node_Add_7)`, Myelin regions
+   `{ForeignNode[node_layer_norm...node_linear_7]}` (every ONNX node from the first to the last, in the
+   file's order), reformats `Reformatting CopyNode for Input Tensor 0 to node_Conv_309`. With detailed
+   profiling verbosity the engine inspector also lists the ONNX nodes in each layer's `Metadata`
+   (`[ONNX Layer: node_x]`, separated by \\x1e): that is used first, the name is the fallback.
+2. An ONNX node keeps the exporter's provenance (its module scope and fx node), and runtime/onnx/provenance.py
+   maps it to the Program nodes it computes: matched within their module scope, never guessed.
+
+"Ran sparse" comes from the engine inspector: a layer ran a sparse tensor-core kernel when its tactic
+name says so (`sm80_xmma_fprop_sparse_conv_...`, `..._sptensor...`); `HasSparseWeights` is reported as
+`sparse_weights` (the layer's weights were eligible). Times come from an IProfiler attached to the
+execution context (runtime/tensorrt/engine.Engine) or from trtexec's `--exportProfile` file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from prunefx.graph import Program
+from prunefx.runtime.onnx.provenance import map_to_program, onnx_node_origins
+
+_ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
+_FOREIGN = re.compile(r"ForeignNode\[(.+?)\.\.\.(.+?)\]")
+_TOKEN_SEPARATORS = re.compile(r"[\s+,(){}\[\]\x1e\x1f]+")
+
+
+# ---- TensorRT layer -> ONNX nodes ---------------------------------------------------------------
+
+def onnx_nodes_of_layer(layer_name: str, onnx_order: Sequence[str], metadata: str | None = None) -> list[str]:
+    """The ONNX nodes a TensorRT layer computes, in file order: from the inspector's metadata when it
+    names any, else from the layer name (fusions, PWN(...), ForeignNode ranges)."""
+    position = {name: index for index, name in enumerate(onnx_order)}
+    found = [name for name in _ONNX_LAYER.findall(metadata or "") if name in position]
+    if not found:
+        for first, last in _FOREIGN.findall(layer_name):
+            if first in position and last in position:
+                found += onnx_order[position[first]:position[last] + 1]
+        found += [token for token in _TOKEN_SEPARATORS.split(layer_name) if token in position]
+    return sorted(set(found), key=position.__getitem__)
+
+
+# ---- the engine inspector's layer information ---------------------------------------------------
+
+@dataclass(frozen=True)
+class EngineLayer:
+    name: str
+    layer_type: str = ""
+    tactic: str = ""
+    metadata: str = ""
+    precision: str = ""
+    sparse_weights: bool = False
+
+    @property
+    def ran_sparse(self) -> bool:
+        tactic = self.tactic.lower()
+        return "sparse" in tactic or "sptensor" in tactic
+
+    @property
+    def reformat(self) -> bool:
+        return self.layer_type == "Reformat" or self.name.startswith("Reformatting")
+
+
+def _precision(layer: Mapping) -> str:
+    outputs = layer.get("Outputs") or [{}]
+    text = str(outputs[0].get("Format/Datatype", "")) if isinstance(outputs[0], Mapping) else ""
+    for marker, precision in (("Int8", "INT8"), ("Half", "FP16"), ("FP16", "FP16"), ("Float", "FP32"),
+                              ("FP32", "FP32")):
+        if marker in text:
+            return precision
+    return ""
+
+
+def parse_engine_information(text: str | Mapping) -> list[EngineLayer]:
+    """Layers of `IEngineInspector.get_engine_information(JSON)` or trtexec's --exportLayerInfo file.
+    An engine built without detailed verbosity lists names only; then only names are known."""
+    data = json.loads(text) if isinstance(text, str) else text
+    layers = []
+    for layer in data.get("Layers", []):
+        if isinstance(layer, str):
+            layers.append(EngineLayer(name=layer))
+            continue
+        layers.append(EngineLayer(name=layer.get("Name", ""), layer_type=str(layer.get("LayerType", "")),
+                                  tactic=str(layer.get("TacticName", "")), metadata=str(layer.get("Metadata", "")),
+                                  precision=_precision(layer), sparse_weights=bool(layer.get("HasSparseWeights", 0))))
+    return layers
+
+
+# ---- layer times --------------------------------------------------------------------------------
+
+class LayerTimes:
+    """Milliseconds per layer over several runs, in the order layers first reported."""
+
+    def __init__(self):
+        self.samples: dict[str, list[float]] = {}
+
+    def add(self, layer_name: str, ms: float) -> None:
+        self.samples.setdefault(layer_name, []).append(float(ms))
+
+    def medians(self) -> dict[str, float]:
+        return {name: statistics.median(values) for name, values in self.samples.items()}
+
+    @property
+    def runs(self) -> int:
+        return max((len(values) for values in self.samples.values()), default=0)
+
+
+def tensorrt_profiler(trt, times: LayerTimes):
+    """An IProfiler that feeds `times` (its base class exists only once tensorrt is imported)."""
+
+    class Profiler(trt.IProfiler):
+        def __init__(self):
+            trt.IProfiler.__init__(self)
+
+        def report_layer_time(self, layer_name, ms):
+            times.add(layer_name, ms)
+
+    return Profiler()
+
+
+def profile_engine(engine, *, warmup: int = 10, runs: int = 50) -> LayerTimes:
+    """Per-layer times of `engine` (runtime/tensorrt/engine.Engine) over `runs` profiled runs."""
+    for _ in range(warmup):
+        engine()
+    times = LayerTimes()
+    engine.profiler = tensorrt_profiler(engine.trt, times)  # kept on the engine: the context holds a raw pointer
+    engine.context.profiler = engine.profiler
+    for _ in range(runs):
+        engine()
+    return times
+
+
+# ---- the profile --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LayerRow:
+    layer: str
+    median_ms: float
+    share: float                       # of the summed layer times
+    layer_type: str = ""
+    precision: str = ""
+    ran_sparse: bool = False
+    sparse_weights: bool = False
+    tactic: str = ""
+    onnx_nodes: tuple[str, ...] = ()
+    program_nodes: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ()       # module paths, known even without the Program
+    reformat: bool = False             # a layout/precision copy feeding (or fed by) the nodes listed
+
+
+@dataclass
+class LayerProfile:
+    rows: list[LayerRow]
+    runs: int
+    source: str                        # 'tensorrt' (IProfiler) or 'trtexec' (--exportProfile)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_ms(self) -> float:
+        return sum(row.median_ms for row in self.rows)
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "runs": self.runs, "total_ms": self.total_ms, "notes": self.notes,
+                "layers": [asdict(row) for row in self.rows]}
+
+
+def build_layer_profile(times: Mapping[str, float], layers: Iterable[EngineLayer], onnx_path: str | os.PathLike,
+                        program: Program | None = None, *, runs: int = 0, source: str = "tensorrt") -> LayerProfile:
+    """One row per timed layer (median ms), joined with its inspector information and mapped to ONNX nodes,
+    module scopes and, given the Program the file was exported from, Program nodes."""
+    info = {layer.name: layer for layer in layers}
+    origins = onnx_node_origins(onnx_path)
+    order = [origin.name for origin in origins]
+    by_name = {origin.name: origin for origin in origins}
+    to_program = map_to_program(origins, program) if program is not None else {}
+    total = sum(times.values()) or 1.0
+    rows = []
+    for name, ms in times.items():
+        layer = info.get(name, EngineLayer(name=name))
+        nodes = onnx_nodes_of_layer(name, order, layer.metadata)
+        program_nodes = tuple(dict.fromkeys(p for node in nodes for p in to_program.get(node, ())))
+        scopes = tuple(dict.fromkeys(by_name[node].scope for node in nodes if by_name[node].scope))
+        rows.append(LayerRow(layer=name, median_ms=ms, share=ms / total, layer_type=layer.layer_type,
+                             precision=layer.precision, ran_sparse=layer.ran_sparse, sparse_weights=layer.sparse_weights,
+                             tactic=layer.tactic, onnx_nodes=tuple(nodes), program_nodes=program_nodes, scopes=scopes,
+                             reformat=layer.reformat or name.startswith("Reformatting")))
+    notes = [] if any(layer.tactic for layer in info.values()) else [
+        "no tactic names: the engine was built without detailed profiling verbosity, so 'sparse' is unknown"]
+    return LayerProfile(rows=rows, runs=runs, source=source, notes=notes)
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def format_profile_table(profile: LayerProfile, *, limit: int | None = None) -> str:
+    """A fixed-width table, slowest layers first."""
+    rows = sorted(profile.rows, key=lambda row: row.median_ms, reverse=True)[:limit]
+    lines = [f"{'layer':<48} {'type':<16} {'prec':<5} {'ms':>9} {'share':>6} {'sparse':<6} program nodes / scope"]
+    for row in rows:
+        where = ("reformat for " if row.reformat else "") + (", ".join(row.program_nodes) or ", ".join(row.scopes) or "-")
+        lines.append(f"{_shorten(row.layer, 48):<48} {_shorten(row.layer_type, 16):<16} {row.precision:<5} "
+                     f"{row.median_ms:9.4f} {100 * row.share:5.1f}% {'yes' if row.ran_sparse else 'no':<6} "
+                     f"{_shorten(where, 60)}")
+    sparse = sum(row.ran_sparse for row in profile.rows)
+    lines.append(f"{len(profile.rows)} layers, {profile.total_ms:.4f} ms summed (median of {profile.runs} runs, "
+                 f"{profile.source}); {sparse} ran sparse kernels")
+    return "\n".join(lines + [f"note: {note}" for note in profile.notes])
+
+
+def write_profile_json(profile: LayerProfile, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(profile.to_dict(), indent=2) + "\n")
+    return path

@@ -1,0 +1,79 @@
+"""Torch-TensorRT backend: compile the Program's exported program directly, without an ONNX file.
+
+`torch_tensorrt.dynamo.compile` takes a torch.export ExportedProgram, which is what a Program already
+is, and returns a GraphModule whose TensorRT-supported subgraphs run as engines (the rest stays in
+torch). Compared with the ONNX route (runtime/tensorrt/engine.py) it needs no exporter, keeps
+unsupported operators in torch instead of failing, and is the natural choice for models whose ONNX
+export is fragile; the ONNX route gives a standalone engine and the per-layer profile.
+
+Precision: fp16 casts the module and its inputs to half before export, so that Torch-TensorRT's explicit
+typing (the default since 2.6; `enabled_precisions` is deprecated) and older versions build the same
+FP16 engine. INT8 needs a quantised model (Q/DQ from NVIDIA ModelOpt) and is not offered here: use the
+ONNX route. Timing uses CUDA events on the current stream, as the ONNX route does.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+
+import torch
+
+from prunefx.graph import Program
+from prunefx.runtime.errors import DeviceToolError, MeasurementError, require_module
+from prunefx.runtime.tensorrt.engine import require_cuda
+
+INSTALL_TORCH_TENSORRT = ("install it with `pip install torch-tensorrt` at the version built for your torch "
+                          f"({torch.__version__}); it needs an NVIDIA GPU, CUDA and TensorRT (pulled in by pip)")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def require_torch_tensorrt():
+    """The `torch_tensorrt` module, or BackendUnavailableError saying how to install it."""
+    return require_module("torch_tensorrt", "Torch-TensorRT", INSTALL_TORCH_TENSORRT)
+
+
+class TorchTensorRTRunner:
+    """Calling it runs the compiled module once on its inputs and waits; `time_once` returns milliseconds."""
+
+    def __init__(self, module, inputs: tuple[torch.Tensor, ...], precision: str):
+        self.module, self.inputs, self.precision = module, inputs, precision
+
+    def __call__(self):
+        with torch.inference_mode():
+            outputs = self.module(*self.inputs)
+        torch.cuda.synchronize()
+        return outputs
+
+    def time_once(self) -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        with torch.inference_mode():
+            start.record()
+            self.module(*self.inputs)
+            end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+
+
+def compile_torch_tensorrt(program: Program, *, precision: str = "fp32", sparse: bool = False,
+                           inputs: tuple[torch.Tensor, ...] | None = None) -> TorchTensorRTRunner:
+    """Compile `program` (eval mode, its example inputs by default) with Torch-TensorRT on the GPU."""
+    if precision not in PRECISIONS:
+        raise MeasurementError(f"the Torch-TensorRT backend offers {', '.join(PRECISIONS)}, not {precision!r} "
+                               "(INT8 needs a Q/DQ-quantised model: use --backend trt --precision int8)")
+    torch_tensorrt = require_torch_tensorrt()
+    require_cuda()
+    dtype = PRECISIONS[precision]
+    program = program.clone().eval() if program.training else program
+    module = copy.deepcopy(program.module).to(device="cuda", dtype=dtype)
+    example = tuple(x.to(device="cuda", dtype=dtype if x.is_floating_point() else x.dtype)
+                    for x in (inputs if inputs is not None else program.example_inputs))
+    exported = torch.export.export(module, example)
+    settings = {"sparse_weights": sparse} if sparse else {}
+    if "enabled_precisions" in inspect.signature(torch_tensorrt.dynamo.compile).parameters and precision == "fp16":
+        settings["enabled_precisions"] = {torch.float16}  # older releases; newer ones follow the dtypes
+    try:
+        compiled = torch_tensorrt.dynamo.compile(exported, arg_inputs=list(example), **settings)
+    except Exception as error:  # Torch-TensorRT raises many types; all mean "could not compile"
+        raise DeviceToolError(f"Torch-TensorRT could not compile '{program.name}': {error}") from error
+    return TorchTensorRTRunner(compiled, example, precision)

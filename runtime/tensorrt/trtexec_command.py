@@ -1,0 +1,291 @@
+"""trtexec as a backend: build and time an ONNX file through the `trtexec` command (JetPack ships it on
+every Jetson board, at /usr/src/tensorrt/bin/trtexec), and read its results.
+
+- `trtexec_arguments` builds the command line as a pure function of the options, the TensorRT version and
+  what the ONNX file holds (tested without TensorRT). Precision follows runtime/tensorrt/plan.network_plan:
+  TensorRT 10 builds strongly typed (`--stronglyTyped`; INT8 only from Q/DQ nodes in the file, FP16 from an
+  FP16 graph) except for `--fp16` on an FP32 file, TensorRT 10's weakly typed flag kept behind the version
+  check; TensorRT 11 is always strongly typed and has neither `--fp16`, `--int8` nor `--calib`, so nothing
+  is passed and FP16 files are lowered first (runtime/onnx/float16.py); TensorRT 8.x keeps `--fp16 --int8`.
+  There is no placeholder-range INT8 any more: INT8 on a file without Q/DQ is refused.
+- `trtexec_version` asks the program itself (`trtexec --help` prints `[TensorRT vNNNNNN]`).
+- `parse_performance_summary` reads the "=== Performance summary ===" block: Throughput (qps) and, for
+  Latency, GPU Compute Time, Enqueue Time, H2D and D2H Latency, the min/max/mean/median and the
+  percentiles trtexec printed (TensorRT 8.6+ prints 90/95/99 %, older versions 99 % only).
+- `parse_trtexec_profile` reads `--exportProfile` (per-layer times) for runtime/tensorrt/layer_profile.py.
+- `run_trtexec` runs it; on a Jetson board it also records the power mode, whether clocks are pinned and
+  the board's power while trtexec ran (runtime/tensorrt/jetson.py), since all three change the result.
+
+Which latency is "the" latency: trtexec's `Latency` is H2D + GPU compute + D2H of one query, on
+synthetic inputs; `GPU Compute Time` is the engine alone, which is what runtime/tensorrt/engine.py
+times with CUDA events. `TrtexecResult.latency` gives the latter as LatencyStats so both backends compare.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from prunefx.runtime.errors import BackendUnavailableError, DeviceToolError, MeasurementError
+from prunefx.runtime.measure.latency import LatencyStats
+from prunefx.runtime.tensorrt.jetson import JetsonState, TegrastatsSampler, is_jetson, jetson_state
+from prunefx.runtime.tensorrt.plan import (
+    NetworkPlan,
+    OnnxTypes,
+    check_precision,
+    network_plan,
+    onnx_types,
+    tensorrt_major,
+)
+
+JETPACK_TRTEXEC = Path("/usr/src/tensorrt/bin/trtexec")
+INSTALL_TRTEXEC = ("trtexec ships with TensorRT: on a Jetson board install JetPack (`sudo apt install nvidia-jetpack`; "
+                   f"it is then at {JETPACK_TRTEXEC}), on x86-64 unpack the TensorRT tar or install the "
+                   "`tensorrt` Debian packages (bin/trtexec); or give its path with --trtexec")
+SUMMARY_METRICS = ("Latency", "End-to-End Host Latency", "Enqueue Time", "H2D Latency", "GPU Compute Time",
+                   "D2H Latency")
+_METRIC_LINE = re.compile(r"\]\s*(?P<metric>[A-Za-z0-9 \-]+?):\s*(?P<values>min = .*)$")
+_VALUE = re.compile(r"(min|max|mean|median|percentile\((\d+(?:\.\d+)?)%\))\s*=\s*([0-9.eE+-]+)\s*ms")
+_THROUGHPUT = re.compile(r"Throughput:\s*([0-9.eE+-]+)\s*qps")
+_VERSION = re.compile(r"\[TensorRT v(\d+)\]")
+# When trtexec does not say its version: JetPack 6's TensorRT, whose strongly typed build TensorRT 11 shares.
+ASSUMED_VERSION = "10.3.0"
+FLOAT32_FILE = OnnxTypes(has_qdq=False, float16=False)
+_WEAK_FLAGS = {"FP16": "--fp16", "INT8": "--int8"}
+
+
+@dataclass(frozen=True)
+class TrtexecOptions:
+    precision: str = "fp32"
+    sparse: bool = False
+    warmup_ms: int = 500            # trtexec --warmUp is in milliseconds
+    iterations: int = 200           # at least this many timed queries ...
+    duration_s: float = 3.0         # ... and at least this long
+    use_cuda_graph: bool = False
+    no_data_transfers: bool = True  # time the engine, not PCIe/unified-memory copies
+    dla_core: int | None = None     # Jetson AGX/NX deep-learning accelerator, with GPU fallback
+
+    def __post_init__(self):
+        check_precision(self.precision)
+        if self.iterations < 1 or self.warmup_ms < 0 or self.duration_s < 0:
+            raise MeasurementError("trtexec needs iterations >= 1, warm-up >= 0 ms and duration >= 0 s")
+
+
+def precision_arguments(plan: NetworkPlan, tensorrt_version: str) -> list[str]:
+    """trtexec's precision flags for `plan`: `--stronglyTyped` on TensorRT 10 (11 is always strongly typed and
+    needs nothing), or the weakly typed `--fp16` / `--int8` where the plan still uses them."""
+    if plan.lower_to_fp16:
+        raise MeasurementError("TensorRT >= 11 has no --fp16: lower the ONNX file to an FP16 graph first "
+                               "(runtime/onnx/float16.lower_to_float16; run_trtexec does it)")
+    if plan.strongly_typed:
+        return ["--stronglyTyped"] if tensorrt_major(tensorrt_version) == 10 else []
+    return [_WEAK_FLAGS[name] for name in plan.builder_flags if name in _WEAK_FLAGS]
+
+
+def trtexec_arguments(onnx_path: str | os.PathLike, options: TrtexecOptions = TrtexecOptions(), *,
+                      executable: str = "trtexec", engine_path: str | os.PathLike | None = None,
+                      timing_cache: str | os.PathLike | None = None, profile_path: str | os.PathLike | None = None,
+                      layer_info_path: str | os.PathLike | None = None, tensorrt_version: str = ASSUMED_VERSION,
+                      types: OnnxTypes = FLOAT32_FILE) -> list[str]:
+    """The trtexec command line for `onnx_path` (whose Q/DQ and FP16 content is `types`) on trtexec of
+    `tensorrt_version`. With `profile_path`, per-layer times are exported from a separate profiling run (so the
+    summary is not slowed by the profiler) and `layer_info_path` gets the engine inspector's JSON, built with
+    detailed verbosity."""
+    arguments = [executable, f"--onnx={onnx_path}", f"--warmUp={options.warmup_ms}",
+                 f"--iterations={options.iterations}", f"--duration={options.duration_s:g}",
+                 "--percentile=90,95,99"]
+    arguments += precision_arguments(network_plan(tensorrt_version, options.precision, types), tensorrt_version)
+    arguments.append(f"--sparsity={'enable' if options.sparse else 'disable'}")
+    if options.use_cuda_graph:
+        arguments.append("--useCudaGraph")
+    if options.no_data_transfers:
+        arguments.append("--noDataTransfers")
+    if options.dla_core is not None:
+        arguments += [f"--useDLACore={options.dla_core}", "--allowGPUFallback"]
+    if engine_path is not None:
+        arguments.append(f"--saveEngine={engine_path}")
+    if timing_cache is not None:
+        arguments.append(f"--timingCacheFile={timing_cache}")
+    if profile_path is not None or layer_info_path is not None:
+        arguments += ["--profilingVerbosity=detailed", "--separateProfileRun"]
+    if profile_path is not None:
+        arguments += ["--dumpProfile", f"--exportProfile={profile_path}"]
+    if layer_info_path is not None:
+        arguments.append(f"--exportLayerInfo={layer_info_path}")
+    return arguments
+
+
+# ---- parsing ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrtexecSummary:
+    """Per metric ('Latency', 'GPU Compute Time', ...): {'min', 'max', 'mean', 'median', 'p90', 'p95', 'p99'}
+    in ms (the percentiles trtexec printed); throughput in queries per second."""
+
+    metrics: dict[str, dict[str, float]]
+    throughput_qps: float | None
+    tensorrt_version: str | None
+
+    def latency(self, metric: str = "GPU Compute Time") -> LatencyStats:
+        values = self.metrics.get(metric)
+        if values is None or "median" not in values:
+            raise DeviceToolError(f"trtexec printed no '{metric}' line (printed: {', '.join(self.metrics) or 'none'})")
+        return LatencyStats(median_ms=values["median"], p90_ms=values.get("p90", float("nan")),
+                            p99_ms=values.get("p99", float("nan")), mean_ms=values["mean"], min_ms=values["min"],
+                            runs=0, threads=None)
+
+
+def _values(text: str) -> dict[str, float]:
+    values = {}
+    for name, percent, number in _VALUE.findall(text):
+        values[f"p{float(percent):g}" if percent else name] = float(number)
+    return values
+
+
+def parse_performance_summary(output: str) -> TrtexecSummary:
+    """Read trtexec's performance summary from its output (stdout and stderr together)."""
+    start = output.rfind("=== Performance summary ===")
+    if start < 0:
+        raise DeviceToolError("trtexec printed no '=== Performance summary ===' (did the build or the run fail? "
+                              "its last lines: " + " | ".join(output.strip().splitlines()[-3:]) + ")")
+    metrics, throughput = {}, None
+    for line in output[start:].splitlines()[1:]:
+        if "===" in line:
+            break  # the next section (e.g. "=== Explanations ...")
+        found = _THROUGHPUT.search(line)
+        if found:
+            throughput = float(found.group(1))
+        found = _METRIC_LINE.search(line)
+        if found and found.group("metric").strip() in SUMMARY_METRICS:
+            metrics[found.group("metric").strip()] = _values(found.group("values"))
+    version = _VERSION.search(output)
+    return TrtexecSummary(metrics=metrics, throughput_qps=throughput, tensorrt_version=_version_text(version))
+
+
+def _version_text(found: re.Match | None) -> str | None:
+    """'[TensorRT v100900]' -> '10.9.0' (major*10000 + minor*100 + patch since 10), '[TensorRT v8601]' -> '8.6.1'
+    (major*1000 + minor*100 + patch before)."""
+    if found is None:
+        return None
+    value = int(found.group(1))
+    major = value // 10000 if value >= 100000 else value // 1000
+    minor = (value // 100) % (100 if value >= 100000 else 10)
+    return f"{major}.{minor}.{value % 100}"
+
+
+def parse_trtexec_profile(text: str) -> tuple[dict[str, float], int]:
+    """(layer name -> median ms, number of profiled runs) from trtexec's --exportProfile JSON
+    ([{"count": N}, {"name", "timeMs", "averageMs", "medianMs", "percentage"}, ...]; no medianMs before 8.6)."""
+    records = json.loads(text)
+    runs = next((int(record["count"]) for record in records if "count" in record), 0)
+    times = {record["name"]: float(record.get("medianMs", record.get("averageMs", 0.0)))
+             for record in records if "name" in record}
+    return times, runs
+
+
+# ---- running ------------------------------------------------------------------------------------
+
+def find_trtexec(executable: str | None = None) -> str:
+    """Path of trtexec: the one given, on PATH, or where JetPack puts it; else a clear error."""
+    if executable:
+        if Path(executable).is_file() or shutil.which(executable):
+            return executable
+        raise BackendUnavailableError(f"trtexec not found at {executable}: {INSTALL_TRTEXEC}")
+    found = shutil.which("trtexec") or (str(JETPACK_TRTEXEC) if JETPACK_TRTEXEC.is_file() else None)
+    if found is None:
+        raise BackendUnavailableError(f"the trtexec backend needs the `trtexec` program, which is not on PATH: "
+                                      f"{INSTALL_TRTEXEC}")
+    return found
+
+
+@dataclass
+class TrtexecResult:
+    summary: TrtexecSummary
+    command: list[str]
+    jetson: JetsonState | None = None
+    power: dict | None = None                 # TegrastatsSampler.summary() while trtexec ran
+    layer_times: dict[str, float] = field(default_factory=dict)
+    profiled_runs: int = 0
+    layer_info: str | None = None             # the engine inspector JSON, when profiled
+
+    @property
+    def latency(self) -> LatencyStats:
+        return self.summary.latency()
+
+    def to_dict(self) -> dict:
+        return {"command": self.command, "throughput_qps": self.summary.throughput_qps,
+                "tensorrt_version": self.summary.tensorrt_version, "metrics": self.summary.metrics,
+                "jetson": asdict(self.jetson) if self.jetson else None, "power": self.power}
+
+
+def trtexec_version(program: str, timeout_s: float = 120) -> str | None:
+    """The TensorRT version of `program`, from the `[TensorRT vNNNNNN]` tag it prints on every run (`--help`
+    builds nothing); None when it printed none."""
+    try:
+        done = subprocess.run([program, "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return _version_text(_VERSION.search(done.stdout))
+
+
+def run_trtexec(onnx_path: str | os.PathLike, options: TrtexecOptions = TrtexecOptions(), *,
+                executable: str | None = None, profile: bool = False, power_interval_ms: int = 100,
+                timeout_s: float = 1800, workdir: str | os.PathLike | None = None) -> TrtexecResult:
+    """Build and time `onnx_path` with trtexec; on Jetson, with power mode, clocks and power recorded.
+    The precision flags follow the trtexec's own TensorRT version (ASSUMED_VERSION when it does not say)."""
+    program = find_trtexec(executable)
+    version = trtexec_version(program) or ASSUMED_VERSION
+    with tempfile.TemporaryDirectory(prefix="prunefx-trtexec-") as tmp:
+        folder = Path(workdir) if workdir is not None else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        source, types = _explicit_file(Path(onnx_path), options, version, folder)
+        paths = {"profile_path": folder / "profile.json", "layer_info_path": folder / "layers.json"} if profile else {}
+        command = trtexec_arguments(source, options, executable=program, engine_path=folder / "model.engine",
+                                    tensorrt_version=version, types=types, **paths)
+        jetson = jetson_state() if is_jetson() else None
+        sampler = TegrastatsSampler(power_interval_ms) if jetson is not None else None
+        with sampler if sampler is not None else _nothing():
+            done = _run(command, timeout_s)
+        result = TrtexecResult(summary=parse_performance_summary(done.stdout), command=command, jetson=jetson,
+                               power=sampler.summary() if sampler is not None else None)
+        if profile:
+            result.layer_times, result.profiled_runs = parse_trtexec_profile(paths["profile_path"].read_text())
+            result.layer_info = paths["layer_info_path"].read_text()
+    return result
+
+
+def _explicit_file(onnx_path: Path, options: TrtexecOptions, version: str, folder: Path) -> tuple[Path, OnnxTypes]:
+    """The file trtexec builds and its types: `onnx_path`, or its FP16 lowering where the plan asks for one."""
+    types = onnx_types(onnx_path)
+    if not network_plan(version, options.precision, types).lower_to_fp16:
+        return onnx_path, types
+    from prunefx.runtime.onnx.float16 import lower_to_float16
+
+    lowered = lower_to_float16(onnx_path, folder / f"{onnx_path.stem}.fp16.onnx")
+    return lowered, onnx_types(lowered)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _run(command: list[str], timeout_s: float) -> subprocess.CompletedProcess:
+    try:
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as error:
+        raise DeviceToolError(f"trtexec did not finish within {timeout_s:.0f} s: {' '.join(command)}") from error
+    if done.returncode != 0:
+        tail = " | ".join(line for line in done.stdout.strip().splitlines()[-4:])
+        raise DeviceToolError(f"trtexec failed with status {done.returncode}: {tail}")
+    return done
