@@ -12,7 +12,7 @@ import torch
 
 from prunefx.graph.activations import run_tapped, tap_nodes, within_budget
 from prunefx.graph.layer_inputs import InputSpec
-from prunefx.graph.symmetric_product import add_upper_gram, mirror_upper
+from prunefx.graph.numerics.symmetric_product import add_upper_gram, mirror_upper
 
 _HESSIAN_BUDGET = 1 << 29  # bytes of float64 Hessians held at once (512 MiB)
 KEEP_ROWS = 0.5  # X is kept beside H while it has at most this many rows per column (see LayerRows)
@@ -82,7 +82,7 @@ class GramSum:
     (ResNet-50's last convolutions see 49 per image) runs far below matrix-product speed. Added in place:
     `H + x.t() @ x` would hold another copy of a matrix that reaches 1.2 GB for a wide layer (a U-Net
     decoder's first conv reads 12384 columns); only the upper block triangle is summed
-    (graph/symmetric_product.py).
+    (graph/numerics/symmetric_product.py).
 
     The rows themselves (float64) are kept while there are at most `keep_up_to` of them; without
     `gram_of_kept`, their product is put off until there are more, and never formed if there are not

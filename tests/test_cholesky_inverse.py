@@ -1,11 +1,11 @@
-"""The inverse from a Cholesky factor, written over the factor (graph/cholesky_inverse.py), equals numpy's
+"""The inverse from a Cholesky factor, written over the factor (graph/numerics/cholesky_inverse.py), equals numpy's
 inverse of L L^T and is exactly symmetric, on the LAPACK path (float64, CPU) and torch's (float32)."""
 
 import numpy as np
 import pytest
 import torch
 
-from prunefx.graph.cholesky_inverse import cholesky_inverse_
+from prunefx.graph.numerics.cholesky_inverse import cholesky_inverse_
 
 
 @pytest.mark.parametrize(("size", "dtype"), [(1, torch.float64), (7, torch.float64), (513, torch.float64),

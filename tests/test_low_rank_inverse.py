@@ -1,4 +1,4 @@
-"""The Woodbury path of the damped inverse (graph/channels/low_rank_inverse.py): from the kept calibration
+"""The Woodbury path of the damped inverse (graph/numerics/low_rank_inverse.py): from the kept calibration
 rows, equal to numpy's inverse of H + lam I, including a rank below the row count; not taken where it
 cannot hold (lam 0), and taken by lean_damped_inverse only where the rows were kept."""
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from prunefx.graph.channels.compensation import output_energy
-from prunefx.graph.channels.low_rank_inverse import low_rank_damped_inverse
 from prunefx.graph.channels.obs_elimination import lean_damped_inverse
 from prunefx.graph.layer_hessians import LayerRows
+from prunefx.graph.numerics.low_rank_inverse import low_rank_damped_inverse
 
 
 def _rows(rows: int, columns: int, rank: int) -> torch.Tensor:

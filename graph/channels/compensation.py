@@ -57,9 +57,9 @@ import torch
 
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.channels.analysis import ChannelAnalysis
-from prunefx.graph.cholesky_inverse import cholesky_inverse_
 from prunefx.graph.layer_hessians import LayerRows, iter_hessians
 from prunefx.graph.layer_inputs import Consumer, InputSpec, find_consumers
+from prunefx.graph.numerics.cholesky_inverse import cholesky_inverse_
 
 # --- the update ------------------------------------------------------------------------------------------
 

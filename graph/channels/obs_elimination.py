@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 from prunefx.graph.channels.compensation import damped_inverse, damping_term
-from prunefx.graph.channels.low_rank_inverse import low_rank_damped_inverse
-from prunefx.graph.cholesky_inverse import cholesky_inverse_
 from prunefx.graph.layer_hessians import LayerRows
-from prunefx.graph.symmetric_product import add_upper, mirror_upper
+from prunefx.graph.numerics.cholesky_inverse import cholesky_inverse_
+from prunefx.graph.numerics.low_rank_inverse import low_rank_damped_inverse
+from prunefx.graph.numerics.symmetric_product import add_upper, mirror_upper
 
 
 class LayerState:
@@ -188,7 +188,7 @@ def lean_damped_inverse(hessian: torch.Tensor | None, damping: float,
     factor and the inverse overwrite it) instead of an identity, its multiple, their sum, the factor
     and the inverse: a U-Net decoder conv reading 12k columns has a 1.2 GB H in float64. Same jitters;
     its pinv fallback is left to it. Where the calibration `rows` H was summed over were kept (far
-    fewer of them than columns), by the Woodbury identity instead (graph/channels/low_rank_inverse.py):
+    fewer of them than columns), by the Woodbury identity instead (graph/numerics/low_rank_inverse.py):
     equal to rounding; H may then be None (not formed)."""
     lam = damping_term(hessian, damping, rows)
     if lam is None:

@@ -8,7 +8,7 @@ LayerRows), exactly
 
     (X^T X + lam I)^-1 = (I - X^T (lam I + X X^T)^-1 X) / lam
 
-from a k x k factorisation and a symmetric n x n product over k (graph/symmetric_product.py) instead of
+from a k x k factorisation and a symmetric n x n product over k (graph/numerics/symmetric_product.py) instead of
 a factorisation and inverse of the n x n matrix, whose LAPACK routines run at half the product's speed.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from prunefx.graph.symmetric_product import add_upper, mirror_upper
+from prunefx.graph.numerics.symmetric_product import add_upper, mirror_upper
 
 
 def low_rank_damped_inverse(rows: torch.Tensor, lam: float) -> torch.Tensor | None:
