@@ -2,7 +2,7 @@
 
 A full disk, a read-only cache folder, a process or open-file limit, running out of memory, a locale that
 cannot spell a path: none is prunefx's bug, and none may read as "internal error, please report". The CLI
-asks `environment_fault(error)` for the line before it falls back to an internal error (prunefx/cli.py).
+asks `environment_fault(error)` for the line before it falls back to an internal error (prunefx/cli/__init__.py).
 """
 
 from __future__ import annotations

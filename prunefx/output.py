@@ -62,7 +62,7 @@ def clear_interrupt() -> None:
 
 
 def raise_if_interrupted() -> None:
-    """Re-raise an interrupt that arrived but was swallowed on its way up (see prunefx/cli.py)."""
+    """Re-raise an interrupt that arrived but was swallowed on its way up (see prunefx/cli/__init__.py)."""
     signum = _interrupt["signal"]
     if signum is not None:
         raise interrupt_for(signum)

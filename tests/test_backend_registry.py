@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from prunefx import cli_options
 from prunefx.cli import build_parser
+from prunefx.cli import options as cli_options
 from prunefx.graph import Program, capture
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.prune_to_budget import prune_to_budget

@@ -1,5 +1,5 @@
 """`bench A --vs B` compares two models only on the same inputs: models whose inputs differ are refused in
-one line naming both (prunefx/commands/bench.py), before anything is timed."""
+one line naming both (prunefx/cli/commands/bench.py), before anything is timed."""
 
 from __future__ import annotations
 

@@ -178,7 +178,7 @@ tensorrt_usable = importlib.util.find_spec("tensorrt") is not None and torch.cud
 @pytest.mark.skipif(tensorrt_usable, reason="TensorRT and a GPU are here: the search would run")
 def test_prune_on_trt_without_tensorrt_fails_in_one_line_before_loading(capsys, tmp_path, monkeypatch):
     loaded = []
-    monkeypatch.setattr("prunefx.commands.prune.model_and_program", lambda *args, **kwargs: loaded.append(args))
+    monkeypatch.setattr("prunefx.cli.commands.prune.model_and_program", lambda *args, **kwargs: loaded.append(args))
     line = _one_line_error(capsys, "prune", "prunefx:resnet20", "--speedup", 2, "--backend", "trt",
                            "-o", tmp_path / "out")
     assert "TensorRT" in line and not loaded and not (tmp_path / "out").exists()

@@ -150,7 +150,7 @@ def test_the_width_multiple_comes_from_the_backend():
 
 
 def test_bench_vs_and_the_search_lines_print_the_interval():
-    from prunefx.commands.bench import _table
+    from prunefx.cli.commands.bench import _table
     from prunefx.reports.budget_text import search_lines
 
     stats = {"median_ms": 2.0, "p90_ms": 2.2, "p99_ms": 2.5}

@@ -41,7 +41,7 @@ class PerOperator:
 def stand_in(monkeypatch):
     """The stand-in runtime, and the mergeable blocks in graph order in place of their damage ranking (which
     costs a minute here and is tested in test_linearize_blocks.py)."""
-    monkeypatch.setattr(importlib.import_module("prunefx.cli_options"), "budget_latency", lambda args: PerOperator())
+    monkeypatch.setattr(importlib.import_module("prunefx.cli.options"), "budget_latency", lambda args: PerOperator())
     torch.manual_seed(0)
     program = capture(build_model("prunefx:mobilenetv2_small").module.eval(), torch.randn(2, 1, 28, 28))
     blocks = [block for block in find_blocks(program.module) if block.affine]
@@ -152,7 +152,7 @@ def test_the_refusal_names_depth_only_where_a_block_merges():
 
     from torch import nn
 
-    from prunefx.commands.prune import width_refusal
+    from prunefx.cli.commands.prune import width_refusal
     from prunefx.passes.budget.search import BudgetUnreachable, Measured
 
     class Gated(nn.Module):

@@ -216,7 +216,7 @@ def test_refusals_before_any_model_is_prepared(monkeypatch, kwargs, error, messa
 def test_prune_on_cuda_without_a_gpu_fails_in_one_line_before_loading(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(cuda_module.BACKEND, "device", FakeDevice(available=False))
     loaded = []
-    monkeypatch.setattr("prunefx.commands.prune.model_and_program", lambda *a, **k: loaded.append(a))
+    monkeypatch.setattr("prunefx.cli.commands.prune.model_and_program", lambda *a, **k: loaded.append(a))
     code = main(["prune", "prunefx:resnet20", "--speedup", "1.3", "--backend", "cuda", "--batch", "8",
                  "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()

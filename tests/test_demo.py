@@ -16,7 +16,7 @@ from prunefx.data import fashion_mnist
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(), reason="Fashion-MNIST missing")]
-demo = importlib.import_module("prunefx.commands.demo")
+demo = importlib.import_module("prunefx.cli.commands.demo")
 EVAL_IMAGES = 512
 # 0.4 of the MACs of the shipped checkpoint (91.7 % dense on the first 2048 test images): calibrated obs with
 # compensation keeps 89.7 % before any training, l2 magnitudes without data 12.2 % (73.0 % with the batch

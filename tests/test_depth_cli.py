@@ -109,7 +109,7 @@ def test_depth_and_prune_report_a_pass_that_breaks_exactness_by_name(tmp_path, c
             next(result.program.module.parameters()).add_(1.0)
         return result
 
-    monkeypatch.setattr(importlib.import_module("prunefx.commands.depth"), "merge_blocks", inexact_merge)
+    monkeypatch.setattr(importlib.import_module("prunefx.cli.commands.depth"), "merge_blocks", inexact_merge)
     status = main(["depth", "torchvision:mobilenet_v2", "--input-shape", "1x3x64x64", "--block", "features.2",
                    "--no-measure", "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err
@@ -121,7 +121,7 @@ def test_depth_and_prune_report_a_pass_that_breaks_exactness_by_name(tmp_path, c
 def test_prune_reports_a_pass_that_breaks_the_program_by_name(tmp_path, capsys, monkeypatch):
     import importlib
 
-    prune_command = importlib.import_module("prunefx.commands.prune")
+    prune_command = importlib.import_module("prunefx.cli.commands.prune")
 
     def shrinking_remove_channels(program, /, *, config=None):
         output = next(n for n in program.graph.nodes if n.op == "output")

@@ -155,7 +155,7 @@ def run_depth(capsys, output, budget: str):
 
 @pytest.fixture
 def measured_by_macs(monkeypatch):
-    monkeypatch.setattr(importlib.import_module("prunefx.cli_options"), "budget_latency",
+    monkeypatch.setattr(importlib.import_module("prunefx.cli.options"), "budget_latency",
                         lambda args: macs_latency())
 
 

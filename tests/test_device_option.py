@@ -247,7 +247,7 @@ def test_prune_on_the_cpu_writes_the_tensors_of_the_pass_run_without_devices(gpu
 
 @pytest.mark.slow
 def test_prune_runs_the_pass_on_the_device_and_writes_from_the_cpu(fake_gpu, monkeypatch, capsys, tmp_path):
-    import prunefx.commands.prune as prune_command
+    import prunefx.cli.commands.prune as prune_command
 
     seen = []
     real_step = prune_command._pruning_step

@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-import prunefx.commands.inspect as inspect_command
+import prunefx.cli.commands.inspect as inspect_command
 from prunefx.cli import main
 
 pytestmark = pytest.mark.faults
@@ -77,7 +77,7 @@ OUT_OF_MEMORY = textwrap.dedent("""
     import resource, sys
     from prunefx.cli import main
 
-    import prunefx.models, prunefx.commands.inspect  # imported before the limit: the run itself runs out
+    import prunefx.models, prunefx.cli.commands.inspect  # imported before the limit: the run itself runs out
     size = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmSize:"))) * 1024
     limit = size + (512 << 20)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

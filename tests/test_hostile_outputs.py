@@ -53,7 +53,7 @@ def test_export_to_an_existing_folder_is_refused(tmp_path, capsys):
 
 
 def test_a_failed_export_leaves_the_existing_file_untouched(tmp_path, capsys, monkeypatch):
-    import prunefx.commands.export as export_command
+    import prunefx.cli.commands.export as export_command
 
     target = tmp_path / "model.onnx"
     target.write_bytes(b"the good model")

@@ -142,7 +142,7 @@ def test_the_cli_times_the_latency_table_at_the_threads_it_times_whole_models_at
 
     pairs = []
     monkeypatch.setenv("PRUNEFX_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr("prunefx.cli_options.budget_latency", lambda args: pairs.append(args.threads) or StandIn())
+    monkeypatch.setattr("prunefx.cli.options.budget_latency", lambda args: pairs.append(args.threads) or StandIn())
     code = main(["prune", str(resnet.save(tmp_path / "resnet.pt2")), "--speedup", "1.3", "--choose-by", "latency",
                  "--threads", "3", "--importance", "l2", "-o", str(tmp_path / "out")])
     assert code == 0, capsys.readouterr().err

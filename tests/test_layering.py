@@ -42,8 +42,8 @@ def _fake_package(root: Path, modules: dict[str, str]) -> Path:
     return root
 
 
-CLEAN = {"prunefx.__main__": "import prunefx.cli\n", "prunefx.cli": "import prunefx.commands.prune\n",
-         "prunefx.commands.prune": "import prunefx.runtime.lower\n", "prunefx.commands.bench": "import prunefx.errors\n",
+CLEAN = {"prunefx.__main__": "import prunefx.cli\n", "prunefx.cli": "import prunefx.cli.commands.prune\n",
+         "prunefx.cli.commands.prune": "import prunefx.runtime.lower\n", "prunefx.cli.commands.bench": "import prunefx.errors\n",
          "prunefx.runtime.lower": "import onnx\nimport prunefx.passes.shrink\n",
          "prunefx.passes.shrink": "import prunefx.graph.program\n", "prunefx.graph.program": "import torch\n",
          "prunefx.errors": "", "prunefx.report": "import prunefx.runtime.lower\n"}
@@ -52,8 +52,8 @@ VIOLATIONS = {
     "the layers import downward only": {"prunefx.graph.program": "def f():\n    import prunefx.passes.shrink\n"},
     "never import the product layer": {"prunefx.passes.shrink": "import prunefx.errors\n"},
     "graph and passes import no ONNX": {"prunefx.graph.program": "import onnxruntime\n"},
-    "Only the CLI imports the CLI": {"prunefx.report": "from prunefx.commands import prune\n"},
-    "do not import one another": {"prunefx.commands.bench": "import prunefx.commands.prune\n"},
+    "Only the CLI imports the CLI": {"prunefx.report": "from prunefx.cli.commands import prune\n"},
+    "do not import one another": {"prunefx.cli.commands.bench": "import prunefx.cli.commands.prune\n"},
 }
 
 

@@ -9,7 +9,7 @@ fields: `XConfig.parse(config)` hands an already-parsed config back unchanged.
   unknown keys and values of the wrong type, in one line naming the pass and the key, then runs the
   class's own `check()` for ranges and rules that tie fields together. The Pipeline parses every step
   before the first one runs; the CLI derives its flags (type, default, help) from the same fields
-  (prunefx/cli_options.py).
+  (prunefx/cli/options.py).
 - inputs it needs from its caller: fields declared with `option(..., source=NAME)` (calibration
   batches, training data, a teacher, a measuring function). `needed_inputs()` says which of them this
   configuration reads and the caller has not set, so `prunefx compress` and the CLI inject exactly
@@ -53,7 +53,7 @@ def option(default: Any = None, *, help: str, choices: tuple | None = None, sour
     input the caller injects, where it comes from (a key of SOURCES; such fields get no CLI flag).
     `describe` names the accepted values in errors when the type alone says too little ("a fraction in (0, 1]").
     `low`/`high` bound a number (closed unless `low_open`/`high_open`): checked by `parse` and, through
-    prunefx/cli_options.py, by the CLI while it parses its flags."""
+    prunefx/cli/options.py, by the CLI while it parses its flags."""
     if source is not None and source not in SOURCES:
         raise ValueError(f"unknown input source {source!r}")
     metadata = {"help": help, "choices": choices, "source": source, "cli": cli and source is None,

@@ -2,7 +2,7 @@
 and report.json (costs before/after, the width of every group, blocked groups, ONNX parity).
 
 The pass options (target, importance, ranking, widths, compensation) are remove_channels' own: each flag
-is made from its config field (prunefx/cli_options.py), with the same default and range.
+is made from its config field (prunefx/cli/options.py), with the same default and range.
 
 Calibration data, `--calibrate DATA` (fashion-mnist | imagenet-sample | a folder: ImageFolder with
 train/, or images directly in it; `--calibration-images`, 256 by default, in batches of the captured
@@ -33,8 +33,9 @@ import argparse
 import time
 from pathlib import Path
 
-from prunefx import cli_options, options
+from prunefx import options
 from prunefx.budget import BudgetOutcome, BudgetUnreachable, depth_blocks, meet_budget
+from prunefx.cli import options as cli_options
 from prunefx.data.calibration import Calibration, calibration_data, noise_batches
 from prunefx.deliverable import write_model, write_report
 from prunefx.detectors import part_from_reference

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from prunefx import cli_options
+from prunefx.cli import options as cli_options
 from prunefx.data.calibration import calibration_data
 from prunefx.deliverable import write_report
 from prunefx.graph.errors import PrunefxError

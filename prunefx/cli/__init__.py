@@ -1,4 +1,4 @@
-"""The `prunefx` command line. Each sub-command lives in prunefx/commands/<name>.py.
+"""The `prunefx` command line. Each sub-command lives in prunefx/cli/commands/<name>.py.
 
 Deliberate errors (bad model reference, malformed shape or option, missing, corrupt or hostile file, an
 output that cannot be written, a model that will not export) print one line to stderr and exit with
@@ -52,7 +52,7 @@ def _model_arguments(parser: argparse.ArgumentParser, *, onnx_allowed: bool = Fa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from prunefx.commands import (
+    from prunefx.cli.commands import (
         bench,
         check,
         compress,

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import time
 
-from prunefx import cli_options
 from prunefx.budget import meet_budget
+from prunefx.cli import options as cli_options
 from prunefx.data.calibration import calibration_data
 from prunefx.device import on_device, resolve_device
 from prunefx.graph.depth.blocks import find_blocks

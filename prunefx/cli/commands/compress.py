@@ -12,7 +12,8 @@ The flow lives in prunefx/compression.py, shared with `prunefx demo`.
 
 from __future__ import annotations
 
-from prunefx import cli_options, options
+from prunefx import options
+from prunefx.cli import options as cli_options
 from prunefx.compression import Options, compress, load_model_and_data
 from prunefx.data.formats import FORMATS
 from prunefx.device import resolve_device

@@ -32,8 +32,9 @@ from pathlib import Path
 import torch
 import torchvision
 
-from prunefx import cli_options, options
+from prunefx import options
 from prunefx.assets import load_imagenet_batch, mobilenet_v2_weights_path
+from prunefx.cli import options as cli_options
 from prunefx.data.calibration import calibration_data
 from prunefx.data.load import load_data
 from prunefx.data.splits import IGNORED_LABEL
@@ -65,7 +66,7 @@ HELP = ("prune a Fashion-MNIST ResNet-20 (shipped checkpoint) the recommended wa
 TAKES_MODEL = False
 MODEL = "prunefx:resnet20"
 DATA = "fashion-mnist"
-CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "resnet20_fashion_mnist.pt"
+CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "resnet20_fashion_mnist.pt"
 ROUNDS = 8  # fresh processes the delivered model is timed over against the dense one, alternating
 
 
