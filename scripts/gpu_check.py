@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -138,6 +139,13 @@ def install(site: Path, smoke: bool) -> dict:
     return env
 
 
+def gpu_test_files() -> list[str]:
+    """The test files that hold `gpu` tests: collecting the others would import packages a bare GPU machine
+    lacks (ultralytics, segmentation-models-pytorch), and one failed import stops the whole collection."""
+    marked = re.compile(r"^@pytest\.mark\.gpu$", re.MULTILINE)
+    return [str(path) for path in sorted((ROOT / "tests").glob("test_*.py")) if marked.search(path.read_text())]
+
+
 def facts(env: dict) -> dict:
     probe = ("import json, torch, prunefx; c = torch.cuda.is_available(); print(json.dumps({'prunefx': "
              "prunefx.__file__, 'torch': torch.__version__, 'cuda': torch.version.cuda, 'cudnn': "
@@ -172,7 +180,7 @@ def run(args) -> int:
         summary = {"smoke": args.smoke, "machine": facts(env)}
         bench = ROOT / "benchmarks"
         steps.run("pytest -m gpu", [*python, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                                    "--rootdir", str(ROOT), str(ROOT / "tests")], 150, log="gpu_pytest.log")
+                                    "--rootdir", str(ROOT), *gpu_test_files()], 150, log="gpu_pytest.log")
         if args.smoke:
             steps.steps.append({"step": "capture probe", "skipped": "no GPU (smoke)"})
         else:
@@ -191,16 +199,17 @@ def run(args) -> int:
                   steps.left() - 5)
         summary["steps"] = steps.steps
         (out / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
-    failed = [s["step"] for s in steps.steps if s.get("exit") not in (0, None) or s.get("timed_out")]
+    failed = [s["step"] for s in steps.steps
+              if (s.get("exit") not in (0, None) and not s.get("refused")) or s.get("timed_out")]
     print(f"gpu-check: wrote {out / 'gpu_check.json'}; " + (f"failed: {', '.join(failed)}" if failed else "all ran"))
     return 1 if failed else 0
 
 
 def _budget(steps: Steps, python: list[str], bench: Path, smoke: bool) -> None:
     """prune --speedup on the cuda backend (ort on a CPU for --smoke), then the independent re-measure."""
-    reference, batch, speedup, backend = (("prunefx:resnet20", 1, "1.2", "ort") if smoke else
+    reference, batch, speedup, backend = (("prunefx:resnet20", 8, "1.2", "ort") if smoke else
                                           ("torchvision:resnet50", 32, "1.5", "cuda"))
-    shape = "1x1x28x28" if smoke else f"{batch}x3x224x224"
+    shape = f"{batch}x1x28x28" if smoke else f"{batch}x3x224x224"
     dense = steps.out / "budget_dense.pt2"
     save_dense = ("import sys; from prunefx.loading import model_and_program; "
                   "model_and_program(sys.argv[1], input_shape=sys.argv[2])[1].eval().save(sys.argv[3])")
@@ -209,6 +218,8 @@ def _budget(steps: Steps, python: list[str], bench: Path, smoke: bool) -> None:
     code = steps.run(f"prune --speedup {speedup} --backend {backend} --batch {batch}",
                      [*python, "-m", "prunefx", "prune", str(dense), "--speedup", speedup, "--backend", backend,
                       "--batch", str(batch), "-o", str(chosen_folder)], 240)
+    if code == 2:  # a budget out of reach is a finding of the check, in its one line, not a broken step
+        steps.steps[-1]["refused"] = True
     if code == 0:
         shutil.copy(chosen_folder / "report.json", steps.out / "gpu_prune_report.json")
         steps.run("re-measure with its own timer", [*python, str(bench / "remeasure_speedup.py"), str(dense),

@@ -39,3 +39,11 @@ def test_the_wheels_carried_are_pinned_to_the_versions_tested_here():
     script = _script()
     assert script._pinned("foolbox==3.3.4") == "foolbox==3.3.4"
     assert script._pinned("torch-pruning").startswith("torch-pruning==")
+
+
+def test_only_the_files_with_gpu_tests_are_collected_there():
+    files = [Path(name).name for name in _script().gpu_test_files()]
+    assert "test_cuda_backend.py" in files and "test_gpu_check.py" not in files
+    decorated = [line for name in files for line in (Path(__file__).parent / name).read_text().splitlines()
+                 if line == "@pytest.mark.gpu"]
+    assert len(decorated) >= len(files)
