@@ -117,6 +117,9 @@ def test_the_cli_offers_a_registered_backend_and_measures_on_it(counting, tmp_pa
     dense_ms, ms, _ = cli_options.budget_latency(args)(_net(32), _net(16))
     assert (dense_ms, ms) == pytest.approx((MS_PER_WEIGHT * _weights(_net(32)), MS_PER_WEIGHT * _weights(_net(16))))
     assert counting.made[-1].batch == 2
+    measurement = cli_options.measurement(args)  # the one object every measurement of the run is made from
+    assert measurement.backend == "counting" and measurement.settings.batch == 2
+    assert (measurement.settings.precision, measurement.settings.threads) == ("fp32", args.threads)
     speedup = cli_options.pass_measure(args)(_net(32), _net(16))  # what passes that keep what is faster get
     assert speedup == pytest.approx(_weights(_net(32)) / _weights(_net(16)))
     budget = {"trace": [], "budget": "1.5x", "speedup": 1.6, "ms": 1.0, "dense_ms": 1.6,

@@ -51,11 +51,13 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
                 confirm: bool = True, max_candidates: int = 8, recalibrate: bool | None = None,
                 width: Mapping[str, Any] | None = None, depth: Mapping[str, Any] | None = None,
                 log: Callable[[str], None] | None = None, choose_by: str = "macs", compile: bool = False,
-                latency_cache: str | None = None, device: str | torch.device | None = None) -> tuple[Program, BudgetOutcome]:
+                latency_cache: str | None = None, device: str | torch.device | None = None,
+                measurement=None) -> tuple[Program, BudgetOutcome]:
     """`program` (eval mode, left as it is) made to meet `speedup` (over the dense model) or `latency_ms`,
     measured at batch `batch` on `backend` ("ort", "trt", "torch-trt", "trtexec") at `precision`, with
     `threads` and `runs` (or by `measurer`, a ready passes.measurement.Measurer; `backend` and `precision`
-    then only name it). `calibration`: input batches, for the depth ranking, the width search's data-driven
+    then only name it). `measurement`: a runtime.measure.pairs.Measurement, in place of backend, precision,
+    batch, threads, runs, trtexec and compile: the command line builds one. `calibration`: input batches, for the depth ranking, the width search's data-driven
     defaults and the batch norms re-estimated after pruning (`recalibrate`, default: on with calibration).
     `allow_depth`: when width cannot, depth, then both (`calibration` needed); `routes` names the routes
     instead ("width", "depth", "width+depth", in that order). `log`: a route's progress (default: logging). `width`: remove_channels options (importance,
@@ -77,6 +79,10 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
     if choose_by not in CHOICES:
         raise PrunefxError(f"meet_budget: choose_by is one of {', '.join(CHOICES)}, not {choose_by!r}")
     device = resolve_device(device) if device is not None else None  # a GPU that is missing: refused first
+    if measurement is not None:  # one runtime.measure.pairs.Measurement in place of the separate settings
+        settings = measurement.settings
+        backend, precision, batch, threads = measurement.backend, settings.precision, settings.batch, settings.threads
+        runs, trtexec, compile = settings.runs, settings.trtexec, settings.compile
     precision = _precision(backend, precision)
     if measurer is None:
         measurer = _measurer(backend, precision, batch, threads, runs, trtexec, compile)

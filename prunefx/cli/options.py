@@ -21,11 +21,10 @@ from prunefx.passes.core.config_checks import ConfigError
 from prunefx.passes.core.pass_config import check_bounds
 from prunefx.runtime import backends
 from prunefx.runtime.measure.pairs import (
+    Measurement,
     budget_backend_names,
     budget_precisions,
-    latency_pair,
     require_backend,
-    speedup_measure,
 )
 from prunefx.runtime.onnx.export import DEFAULT_OPSET
 from prunefx.runtime.ort.session import LATENCY_THREADS
@@ -179,20 +178,21 @@ def check_budget_backend(args, *, budgeted: bool, measures: bool = False) -> Non
     args.precision = args.precision or chosen.default_precision
 
 
-def _measuring(args) -> dict:
-    return {"threads": args.threads, "runs": args.runs, "precision": args.precision, "trtexec": args.trtexec,
-            "batch": getattr(args, "batch", 1), "compile": getattr(args, "compile", False)}
+def measurement(args) -> Measurement:
+    """The command line's one Measurement: its backend and every setting it measures with."""
+    return Measurement.of(args.backend, threads=args.threads, runs=args.runs, precision=args.precision,
+                          trtexec=args.trtexec, batch=getattr(args, "batch", 1), compile=getattr(args, "compile", False))
 
 
 def budget_latency(args):
     """The budget passes' measuring function on the command line's backend (runtime/measure/pairs.py)."""
-    return latency_pair(args.backend, **_measuring(args))
+    return measurement(args).pair()
 
 
 def pass_measure(args):
     """`(before, after) -> speed-up` on the command line's backend, for passes that keep only what runs faster
     (merge_blocks' `measure`)."""
-    return speedup_measure(args.backend, **_measuring(args))
+    return measurement(args).speedup()
 
 
 def measured_on(args) -> dict:

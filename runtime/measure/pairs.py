@@ -12,6 +12,8 @@ error before any model is loaded, never after minutes of search.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from prunefx.runtime import backends
 from prunefx.runtime.backends.base import CONFIRM_FACTOR, Backend, Settings
 from prunefx.runtime.measure.speedup import Measure, PairMeasurer
@@ -37,33 +39,46 @@ def require_backend(backend: str, precision: str | None = None, trtexec: str | N
     return chosen
 
 
-def _settings(backend: str, *, threads: int, runs: int, warmup: int, precision: str | None, trtexec: str | None,
-              cache_dir: str | None, batch: int, compile: bool) -> tuple[Backend, Settings]:
-    chosen = require_backend(backend, precision, trtexec, batch=batch, compile=compile)
-    return chosen, Settings(runs=runs, warmup=warmup, precision=precision or chosen.default_precision, batch=batch,
-                            threads=threads, trtexec=trtexec, cache_dir=cache_dir, compile=compile)
+@dataclass(frozen=True)
+class Measurement:
+    """Where and how a run measures latency: a backend's name and its settings (precision resolved), built
+    once, checked when built, and handed whole to what measures: budgets, their latency tables, passes that
+    keep only what runs faster."""
+
+    backend: str
+    settings: Settings = field(default_factory=Settings)
+
+    @classmethod
+    def of(cls, backend: str, *, threads: int, runs: int, warmup: int = 10, precision: str | None = None,
+           trtexec: str | None = None, cache_dir: str | None = None, batch: int = 1,
+           compile: bool = False) -> Measurement:
+        """`threads` is read by ONNX Runtime, `trtexec` by trtexec, `cache_dir` by TensorRT, `compile`
+        (torch.compile first) by cuda; a backend that cannot measure so is refused now, in one line."""
+        chosen = require_backend(backend, precision, trtexec, batch=batch, compile=compile)
+        return cls(chosen.name, Settings(runs=runs, warmup=warmup, precision=precision or chosen.default_precision,
+                                         batch=batch, threads=threads, trtexec=trtexec, cache_dir=cache_dir,
+                                         compile=compile))
+
+    def pair(self) -> PairMeasurer:
+        """A `(before, after) -> (before ms, after ms, spread)` callable, with `confirm` (CONFIRM_FACTOR x the
+        runs, twice the warm-up) and `round_to`."""
+        return backends.get(self.backend, budgets=True).latency_pair(self.settings)
+
+    def speedup(self) -> Measure:
+        """`(before, after) -> speed-up of after over before`: what passes that keep only what runs faster
+        (merge_blocks, linearize_blocks) are handed."""
+        return backends.get(self.backend, budgets=True).speedup(self.settings)
 
 
-def latency_pair(backend: str, *, threads: int, runs: int, warmup: int = 10, precision: str | None = None,
-                 trtexec: str | None = None, cache_dir: str | None = None, batch: int = 1,
-                 compile: bool = False) -> PairMeasurer:
-    """A `(before, after) -> (before ms, after ms, spread)` callable measuring on `backend` at `batch`, with
-    `confirm` (CONFIRM_FACTOR x the runs, twice the warm-up) and `round_to`; `threads` is read by ONNX
-    Runtime, `trtexec` by trtexec, `cache_dir` by TensorRT, `compile` (torch.compile first) by cuda."""
-    chosen, settings = _settings(backend, threads=threads, runs=runs, warmup=warmup, precision=precision,
-                                 trtexec=trtexec, cache_dir=cache_dir, batch=batch, compile=compile)
-    return chosen.latency_pair(settings)
+def latency_pair(backend: str, **settings) -> PairMeasurer:
+    """Measurement.of(backend, **settings).pair(): the latency pair of `backend` at those settings."""
+    return Measurement.of(backend, **settings).pair()
 
 
-def speedup_measure(backend: str, *, threads: int, runs: int, warmup: int = 10, precision: str | None = None,
-                    trtexec: str | None = None, cache_dir: str | None = None, batch: int = 1,
-                    compile: bool = False) -> Measure:
-    """`(before, after) -> speed-up of after over before` on `backend`: what passes that keep only what runs
-    faster (merge_blocks, linearize_blocks) are handed."""
-    chosen, settings = _settings(backend, threads=threads, runs=runs, warmup=warmup, precision=precision,
-                                 trtexec=trtexec, cache_dir=cache_dir, batch=batch, compile=compile)
-    return chosen.speedup(settings)
+def speedup_measure(backend: str, **settings) -> Measure:
+    """Measurement.of(backend, **settings).speedup()."""
+    return Measurement.of(backend, **settings).speedup()
 
 
-__all__ = ["CONFIRM_FACTOR", "budget_backend_names", "budget_precisions", "latency_pair", "require_backend",
+__all__ = ["CONFIRM_FACTOR", "Measurement", "budget_backend_names", "budget_precisions", "latency_pair", "require_backend",
            "speedup_measure"]

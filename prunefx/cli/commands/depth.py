@@ -85,8 +85,8 @@ def run(args) -> int:
     outcome = None
     if budget and calibration is not None:  # the library's depth route: depth_to_budget, then merge_blocks
         _, outcome = meet_budget(
-            program, speedup=args.speedup, latency_ms=args.latency_ms, backend=args.backend,
-            precision=args.precision, batch=args.batch, measurer=cli_options.budget_latency(args),
+            program, speedup=args.speedup, latency_ms=args.latency_ms, measurement=cli_options.measurement(args),
+            measurer=cli_options.budget_latency(args),
             calibration=calibration.batches,
             routes=("depth",), tolerance=args.tolerance, confirm=args.confirm,
             depth={"recalibrate": args.recalibrate, "max_kernel_growth": args.max_kernel_growth}, device=device)

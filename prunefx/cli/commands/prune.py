@@ -171,11 +171,11 @@ def _meet_budget(args, program, calibration: Calibration | None, config: dict, d
     width = {key: value for key, value in config.items() if key not in (*TARGETS, *BUDGETS, *SEARCH)}
     try:
         _, outcome = meet_budget(
-            program, speedup=args.speedup, latency_ms=args.latency_ms, backend=args.backend, precision=args.precision,
-            batch=args.batch, threads=args.threads, trtexec=getattr(args, "trtexec", None), measurer=cli_options.budget_latency(args), calibration=calibration.batches if calibration and args.calibrate else None,
+            program, speedup=args.speedup, latency_ms=args.latency_ms, measurement=cli_options.measurement(args),
+            measurer=cli_options.budget_latency(args), calibration=calibration.batches if calibration and args.calibrate else None,
             allow_depth=args.allow_depth, tolerance=args.tolerance, confirm=args.confirm,
             max_candidates=args.max_candidates, recalibrate=args.recalibrate is not False, width=width,
-            log=lambda line: print(line, flush=True), choose_by=args.choose_by, compile=args.compile, device=device)
+            log=lambda line: print(line, flush=True), choose_by=args.choose_by, device=device)
     except BudgetUnreachable as error:
         if error.dimension == "width":
             raise width_refusal(error, args, program) from None
