@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.sparsity.nm_masks import Pattern, grouped_matrix, magnitude_mask, pattern_violations
-from prunefx.runtime.cuda.graph import graph_replay
+from prunefx.runtime.cuda.graph import CudaDevice, graph_replay
+from prunefx.runtime.measure.gpu_latency import compare_gpu_latency
 from prunefx.runtime.measure.latency import LatencyStats
 
 TWO_FOUR = Pattern(2, 4)
@@ -134,18 +135,10 @@ def cuda_graphed(fn, *, warmup: int = 3):
 
 
 def _alternate(dense_fn, sparse_fn, *, warmup: int, runs: int, calls_per_run: int):
-    for _ in range(warmup):
-        dense_fn()
-        sparse_fn()
-    torch.cuda.synchronize()
-    samples = {"dense": [], "sparse": []}
-    for _ in range(runs):
-        for key, fn in (("dense", dense_fn), ("sparse", sparse_fn)):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(calls_per_run):
-                fn()
-            end.record()
-            end.synchronize()
-            samples[key].append(start.elapsed_time(end) / 1e3 / calls_per_run)  # seconds per call
-    return LatencyStats.from_seconds(samples["dense"]), LatencyStats.from_seconds(samples["sparse"])
+    """Both sampled as every GPU timing in prunefx is (runtime/cuda/graph.py, runtime/measure/gpu_latency.py):
+    `calls_per_run` back-to-back calls between one pair of events, alternately, after a warm-up until settled."""
+    device = CudaDevice()
+    comparison = compare_gpu_latency(lambda: device.time(dense_fn, calls_per_run),
+                                     lambda: device.time(sparse_fn, calls_per_run), warmup=warmup, runs=runs,
+                                     warm_seconds=device.warm_seconds)
+    return comparison.a, comparison.b

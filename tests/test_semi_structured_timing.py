@@ -1,0 +1,38 @@
+"""2:4 timing (runtime/cuda/semi_structured.time_callables) samples as every GPU timing does: back-to-back calls
+between one pair of events per sample, dense and sparse alternately, checked against a stand-in device whose
+timer answers a known time per callable."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+semi_structured = importlib.import_module("prunefx.runtime.cuda.semi_structured")
+
+
+class StandInDevice:
+    warm_seconds = 0.0
+    calls: list[int] = []
+
+    def time(self, run, calls=1) -> float:
+        StandInDevice.calls.append(calls)
+        return run()
+
+
+def test_dense_and_sparse_are_sampled_alternately_many_calls_a_sample(monkeypatch):
+    monkeypatch.setattr(semi_structured, "require_sparse_gpu", lambda: None)
+    monkeypatch.setattr(semi_structured, "CudaDevice", StandInDevice)
+    order = []
+
+    def dense():
+        order.append("dense")
+        return 2.0
+
+    def sparse():
+        order.append("sparse")
+        return 0.5
+
+    dense_stats, sparse_stats = semi_structured.time_callables(dense, sparse, warmup=2, runs=5, calls_per_run=7)
+    assert dense_stats.median_ms == pytest.approx(2.0) and sparse_stats.median_ms == pytest.approx(0.5)
+    assert order == ["dense", "sparse"] * 7 and set(StandInDevice.calls) == {7}
