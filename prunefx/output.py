@@ -212,11 +212,13 @@ def staged_folder(destination: str | os.PathLike, *, join: bool = False) -> Iter
 
 @contextlib.contextmanager
 def staged_file(destination: str | os.PathLike) -> Iterator[Path]:
-    """A path inside a staging folder with `destination`'s name; on success it, and any side files written
-    beside it (an ONNX file's external data), move into `destination`'s folder."""
+    """A path inside a staging folder with `destination`'s name; on success any side files written beside it
+    (an ONNX file's external data) move into `destination`'s folder, then the file itself, last: a side file
+    named for this run (see `prunefx export`) is in place before the file that reads it replaces the old one."""
     destination = check_output_file(destination)
     into = destination.absolute().parent
-    with _staging(destination, publish=lambda staging: _move_into(staging, into), mark=False) as staging:
+    with _staging(destination, publish=lambda staging: _move_into(staging, into, last=destination.name),
+                  mark=False) as staging:
         yield staging / destination.name
 
 
@@ -274,11 +276,11 @@ def _rename(source: Path, target: Path, destination: Path) -> None:
                           "was written") from error
 
 
-def _move_into(staging: Path, destination: Path) -> None:
+def _move_into(staging: Path, destination: Path, last: str | None = None) -> None:
     if not destination.exists():
         os.rename(staging, destination)  # one atomic step: the folder appears complete
         return
-    for item in sorted(staging.iterdir()):
+    for item in sorted(staging.iterdir(), key=lambda item: (item.name == last, item.name)):
         target = destination / item.name
         if target.is_dir() and not item.is_dir():
             raise OutputError(f"cannot write {target}: a folder of that name is in the way")

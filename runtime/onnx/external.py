@@ -142,3 +142,29 @@ def check_external_data(model: onnx.ModelProto, model_path: str | os.PathLike) -
         if offset + (length or 0) > status.st_size:
             raise ExternalDataError(f"{where}: bytes {offset}..{offset + (length or 0)} lie beyond its end "
                                     f"({status.st_size} bytes)")
+
+
+def external_data_files(model_path: str | os.PathLike) -> set[str]:
+    """The side files `model_path`'s tensors name (their `location`s), read from the model's structure only."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    return {_entries(tensor).get("location", "") for tensor in external_tensors(model)} - {""}
+
+
+def rename_external_data(model_path: str | os.PathLike, new_name: str) -> bool:
+    """Give the one side file of `model_path` (a model over protobuf's 2 GB) the name `new_name` in its folder,
+    and rewrite the model's locations to match. False (nothing done) for a self-contained model."""
+    path = Path(model_path)
+    model = onnx.load(str(path), load_external_data=False)
+    tensors = external_tensors(model)
+    locations = {_entries(tensor).get("location") for tensor in tensors}
+    if not tensors:
+        return False
+    if len(locations) != 1:
+        raise ExternalDataError(f"{path.name}: its weights are in {len(locations)} side files, not one")
+    os.replace(path.parent / locations.pop(), path.parent / new_name)
+    for tensor in tensors:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = new_name
+    onnx.save_model(model, str(path))  # the structure alone: the weights stay in the side file
+    return True

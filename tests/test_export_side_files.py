@@ -1,0 +1,72 @@
+"""`prunefx export -o FILE` of a model whose weights go in a side file (over protobuf's 2 GB; here a headroom
+that leaves no room): the side file is named for its run and published before the file that reads it, so a
+run killed between the two moves never pairs files of two runs, and the replaced file's weights are removed."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from prunefx.cli import main
+from prunefx.graph import Program, capture
+
+onnx_export = importlib.import_module("prunefx.runtime.onnx.export")
+output = importlib.import_module("prunefx.output")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _model(tmp_path, seed: int):
+    torch.manual_seed(seed)
+    module = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    return capture(module, torch.randn(2, 16), name=f"mlp{seed}").save(tmp_path / f"mlp{seed}.pt2")
+
+
+def _side_files(folder) -> list[str]:
+    return sorted(name for name in os.listdir(folder) if name.startswith("model.onnx.") and name.endswith(".data"))
+
+
+def _runs(path, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def test_a_second_export_replaces_the_pair_and_leaves_no_weights_of_the_first(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(onnx_export, "STRUCTURE_HEADROOM", 4 << 30)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["export", str(_model(tmp_path, 0)), "-o", str(out / "model.onnx")]) == 0
+    (first,) = _side_files(out)
+    assert main(["export", str(_model(tmp_path, 1)), "-o", str(out / "model.onnx")]) == 0
+    (second,) = _side_files(out)
+    assert second != first  # a name of its own run; the first run's weights are gone
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {second}
+    capsys.readouterr()
+
+
+def test_the_side_file_moves_in_before_the_file_that_reads_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_export, "STRUCTURE_HEADROOM", 4 << 30)
+    out = tmp_path / "out"
+    out.mkdir()
+    moved = []
+    real_replace = os.replace
+
+    def recording(source, target):
+        moved.append(os.path.basename(target))
+        return real_replace(source, target)
+
+    monkeypatch.setattr(output.os, "replace", recording)
+    source = _model(tmp_path, 0)
+    assert main(["export", str(source), "-o", str(out / "model.onnx")]) == 0
+    published = [name for name in moved if name.startswith("model.onnx")]
+    assert published[-1] == "model.onnx" and published[0].endswith(".data")
+    x = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
+    expected = Program.load(source)(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(_runs(out / "model.onnx", x), expected, rtol=1e-5, atol=1e-5)
