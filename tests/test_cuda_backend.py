@@ -323,3 +323,18 @@ def test_profile_rows_are_gpu_work_on_a_gpu():
         cuda_module.BenchModel("net", program, None, list(program.example_inputs)), Settings(runs=5, warmup=2))
     convolutions = [row for row in profile.rows if row.layer_type == "conv2d"]
     assert len(convolutions) == 2 and all(0 < row.median_ms < 1.0 for row in convolutions)
+
+
+def test_a_model_whose_capture_fails_is_sampled_eagerly_and_says_why(fake, monkeypatch):
+    """A graph that synchronises with the host cannot be captured: the model is still timed (eager calls back to
+    back) and the reason reaches the pair's notes."""
+    def refuses(run, iterations=1):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(fake, "capture", refuses)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        pair = latency_pair("cuda", threads=1, runs=2, warmup=0)
+        dense_ms, narrow_ms, _ = pair(_net(16), _net(8))
+    assert dense_ms == pytest.approx(MS_PER_WEIGHT * _weights(_net(16).module)) and narrow_ms < dense_ms
+    assert pair.notes and "capture failed (RuntimeError: operation not permitted" in pair.notes[0]

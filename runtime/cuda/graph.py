@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 
 from prunefx.graph import Program
+from prunefx.graph.errors import first_line
 from prunefx.graph.placement import move_module
 from prunefx.runtime.errors import BackendUnavailableError
 from prunefx.runtime.measure.gpu_latency import WARM_SECONDS
@@ -163,7 +164,14 @@ class GpuModel:
             self.reason = (f"timed eagerly at batch >= {capture_batch_limit()}, many calls back to back, not as a "
                            f"CUDA graph: capture at such batches once crashed a process")
         self.mode = "graph" if capture else "eager"
-        self.replay, self.iterations, self.calls = sampled(self._call, device, capture=capture)
+        try:
+            self.replay, self.iterations, self.calls = sampled(self._call, device, capture=capture)
+        except RuntimeError as error:  # not capturable (a host synchronisation, a data-dependent shape)
+            if not capture:
+                raise
+            self.mode = "eager"
+            self.reason = f"timed eagerly, many calls back to back: its CUDA graph capture failed ({first_line(error)})"
+            self.replay, self.iterations, self.calls = sampled(self._call, device, capture=False)
 
     def _call(self):
         with torch.inference_mode():
