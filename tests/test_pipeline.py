@@ -204,3 +204,18 @@ def test_a_recipe_with_a_wrong_type_in_its_last_pass_is_refused_before_anything_
     with pytest.raises(PipelineError, match="step 3 \\('distill'\\): distill: 'epochs' must be an integer or null, "
                                             "not 'two' \\(no pass has run\\)"):
         load_recipe(recipe)
+
+
+def test_a_pass_twice_with_tensor_data_runs_each_step_on_its_own_config():
+    """Two steps of one pass whose configs hold tensors (calibration batches): each step gets its own parsed
+    config, found by position, never by comparing configs (tensors do not compare to one bool)."""
+    from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
+
+    program = _program()
+    first, second = [(torch.randn(1, 3, 8, 8),)], [(torch.randn(1, 3, 8, 8) + 5,)]
+    result = Pipeline([(recalibrate_batchnorm, {"data": first}), (recalibrate_batchnorm, {"data": second})],
+                      verify="shapes").run(program)
+    assert [name for name, _ in result.steps] == ["recalibrate_batchnorm", "recalibrate_batchnorm"]
+    oracle = Pipeline([(recalibrate_batchnorm, {"data": second})], verify="shapes").run(program)
+    for mine, theirs in zip(result.program.module.buffers(), oracle.program.module.buffers()):
+        torch.testing.assert_close(mine, theirs)  # the second step's statistics, from its own batches

@@ -180,8 +180,8 @@ class Pipeline:
         if on_copy:
             program = program.clone()
         done: list[tuple[str, Result]] = []
-        for step in tqdm(self.steps, desc="passes", disable=not self.progress):
-            result = self._run_step(step, program, [name for name, _ in done])
+        for step, parsed in zip(tqdm(self.steps, desc="passes", disable=not self.progress), self._configs):
+            result = self._run_step(step, parsed, program, [name for name, _ in done])
             log.log(logging.DEBUG if self.inner else logging.INFO, "pass %s: modified=%s", step.name, result.modified)
             done.append((step.name, result))
             if after_step is not None:
@@ -189,14 +189,14 @@ class Pipeline:
             program = result.program
         return PipelineResult(program, done)
 
-    def _run_step(self, step: Step, program: Program, ran_before: list[str]) -> Result:
+    def _run_step(self, step: Step, parsed: Any, program: Program, ran_before: list[str]) -> Result:
+        """One pass on `program`, handed its `parsed` config (its mapping where the pass has no config class)."""
         contract = step.function.contract
         check_exact = self.verify == "full" and contract.exact and not program.training
         reference = _outputs(program) if check_exact else None
         analysis = analysis_snapshot(program)
         level = _ENCLOSING_LEVEL.set(self.verify)
         try:
-            parsed = self._configs[self.steps.index(step)]
             result = step.function(program, config=dict(step.config) if parsed is None else parsed)
         except PipelineError as inner:  # an inner pass of this composite failed: name both
             raise self._failure(step, inner, ran_before, failed=f"{step.name} > {inner.failed}") from inner
