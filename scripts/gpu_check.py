@@ -98,7 +98,8 @@ class Steps:
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def run(self, name: str, command: list[str], timeout: float, log: str | None = None) -> int | None:
+    def run(self, name: str, command: list[str], timeout: float, log: str | None = None,
+            env: dict | None = None) -> int | None:
         timeout = min(timeout, self.left() - 5)
         if timeout < 10:
             self.steps.append({"step": name, "skipped": "no time left"})
@@ -106,7 +107,7 @@ class Steps:
         start = time.monotonic()
         print(f"gpu-check: {name} (at most {timeout:.0f} s)", flush=True)
         try:
-            done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout,
+            done = subprocess.run(command, env=env or self.env, capture_output=True, text=True, timeout=timeout,
                                   cwd=self.out, check=False)
             code, output = done.returncode, done.stdout + done.stderr
         except subprocess.TimeoutExpired as expired:
@@ -185,10 +186,8 @@ def run(args) -> int:
             steps.steps.append({"step": "capture probe", "skipped": "no GPU (smoke)"})
         else:
             for batch in (64, 128):
-                probe_env = dict(env, PRUNEFX_CUDA_CAPTURE_BATCH_LIMIT="100000")
-                steps.env = probe_env
-                steps.run(f"capture probe at batch {batch}", [*python, "-c", CAPTURE_PROBE, str(batch)], 60)
-                steps.env = env
+                steps.run(f"capture probe at batch {batch}", [*python, "-c", CAPTURE_PROBE, str(batch)], 60,
+                          env=dict(env, PRUNEFX_CUDA_CAPTURE_BATCH_LIMIT="100000"))
         _budget(steps, python, bench, args.smoke)
         module_speed = ["--model", "timm:deit_tiny_patch16_224", "--image-size", "64", "--device", "cpu",
                         "--runs", "10"] if args.smoke else ["--batch", "8"]

@@ -85,7 +85,8 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
         runs, trtexec, compile = settings.runs, settings.trtexec, settings.compile
     precision = _precision(backend, precision)
     if measurer is None:
-        measurer = _measurer(backend, precision, batch, threads, runs, trtexec, compile)
+        measurer = (measurement.pair() if measurement is not None
+                    else _measurer(backend, precision, batch, threads, runs, trtexec, compile))
     width = dict(width or {})
     if choose_by == "latency":
         width["latency_table"] = _latency_table(program, backend, precision, batch, threads, measurer,

@@ -92,8 +92,9 @@ class PreparedModels:
     def key(self, program: Program) -> str:
         return fingerprint(program)
 
-    def get(self, program: Program) -> tuple[GpuModel, str]:
-        key = fingerprint(program)
+    def get(self, program: Program, key: str | None = None) -> tuple[GpuModel, str]:
+        """The prepared model of `program`, whose fingerprint is `key` where the caller knows it already."""
+        key = key or fingerprint(program)
         if key in self.models:
             self.models.move_to_end(key)
             return self.models[key]

@@ -30,14 +30,14 @@ class CudaLayerTimer:
         self.device = str(gpu.describe().get("gpu"))
         self.settings = (f"PyTorch on CUDA, torch {torch.__version__}, cuDNN autotuned, channels_last, "
                          f"CUDA-graph samples, eager kernels")
-        self.warmed, self.entries = False, 0
+        self.warmed = False
 
     def __call__(self, layer: TimedLayer) -> float:
         example = torch.randn(layer.input_shape, generator=torch.Generator().manual_seed(1))
         model = GpuModel.of_module(LayerModule(layer).eval(), (example,), precision=self.precision, device=self.gpu)
         warm_seconds = 0.0 if self.warmed else self.gpu.warm_seconds
         ms = measure_gpu_latency(model.time_once, warmup=WARMUP, runs=RUNS, warm_seconds=warm_seconds).median_ms
-        self.warmed, self.entries = True, self.entries + 1
+        self.warmed = True
         del model
         self.gpu.release()
         return ms

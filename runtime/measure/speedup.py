@@ -130,9 +130,13 @@ def cached_pair(sources, timed: Callable[[tuple, tuple], Timing]) -> Callable[[P
     key_of = getattr(sources, "key", None)  # where the key is cheap to know, a cached pair prepares nothing
 
     def measure(before: Program, after: Program) -> Timing:
-        if key_of is not None and (key_of(before), key_of(after)) in cache:
-            return cache[key_of(before), key_of(after)]
-        a, b = sources.get(before), sources.get(after)
+        if key_of is not None:
+            keys = key_of(before), key_of(after)
+            if keys in cache:
+                return cache[keys]
+            a, b = sources.get(before, keys[0]), sources.get(after, keys[1])  # each key computed once
+        else:
+            a, b = sources.get(before), sources.get(after)
         if (a[-1], b[-1]) not in cache:
             cache[a[-1], b[-1]] = timed(a, b)
         return cache[a[-1], b[-1]]
