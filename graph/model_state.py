@@ -5,8 +5,8 @@ torch.export runs the module's forward on fake tensors. Attributes the forward a
 with), and forward hooks hand fake tensors to whatever the user's hooks keep. `left_as_found(model)`
 records every submodule's attributes, the contents of its containers and the values of its buffers and
 tensor attributes, and what the forward hooks keep (hooks stay in place: libraries compute with them), and
-puts all of it back on the way out, on success and on error alike. Parameters are kept by identity only (no copy: a ViT-L's weights
-would double the memory); nothing prunefx runs writes into them.
+puts all of it back on the way out, on success and on error alike. Parameters are kept by identity only (no
+copy: a ViT-L's weights would double the memory); nothing prunefx runs writes into them.
 """
 
 from __future__ import annotations
