@@ -111,7 +111,7 @@ def prune_to_budget(program: Program, /, *, config: dict | None = None) -> Resul
              "interval": chosen.measured.to_dict().get("interval"), "round_to": removal["round_to"],
              "dense_ms": chosen.measured.dense_ms, "ms": chosen.measured.ms,
              "macs_fraction": chosen.macs_fraction, "searched": search.target, "chosen": chosen.measured.to_dict(),
-             **({"table_error": search.table_error()} if search.table_error() is not None else {}),
+             **({"table_error": error} if (error := search.table_error()) is not None else {}),
              "trace": [c.to_dict() for c in search.trace],
              "remove_channels": chosen.result.stats}
     facts = WidthChosen(chosen.macs_fraction, removal["round_to"], dataclasses.replace(chosen.measured), stats["trace"],

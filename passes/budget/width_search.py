@@ -71,6 +71,7 @@ class WidthSearch:
         self.trace: list[Candidate] = []
         # with a per-layer latency table the search steers the table's time, so each step cuts where time goes
         self.target = "layer_time" if settings.latency_table is not None else "macs"
+        self.table_dense_ms = self._table_ms(dense) if settings.latency_table is not None else None
 
     def meets(self, candidate: Candidate) -> bool:
         """Met by the shared rule: the confirmed lower bound clears S and the point S times the floor."""
@@ -99,8 +100,8 @@ class WidthSearch:
             candidate = Candidate(fraction, result, Measured.of(self.latency(self.dense, result.program)), target)
         else:
             candidate = Candidate(fraction, result, self.trace[same].measured, target, same_as=same)
-        if self.settings.latency_table is not None:
-            candidate.table_speedup = self._table_ms(self.dense) / self._table_ms(result.program)
+        if self.table_dense_ms is not None:
+            candidate.table_speedup = self.table_dense_ms / self._table_ms(result.program)
         self.trace.append(candidate)
         return candidate
 
