@@ -71,8 +71,9 @@ test-fast: setup
 	$(VENV)/bin/ruff check .
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow and not zoo and not timing" -x -n $(TEST_WORKERS) --dist worksteal --durations=25
 
-# The benchmarks behind the README's headline and coverage figures, with the settings each was published with
-# (benchmarks/published.py), then the README's tables regenerated from their results files; on a quiet machine.
+# The benchmarks behind the README's headline and coverage figures that fit about 90 minutes on 2 cores, with the
+# settings each was published with (benchmarks/published.py; `run_all.py --dry-run` prints the plan), then the
+# README's tables regenerated from their results files; on a quiet machine.
 bench: setup
 	$(PY) benchmarks/run_all.py
 	@$(MAKE) --no-print-directory docs

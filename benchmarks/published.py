@@ -2,13 +2,21 @@
 
 One `Run` for each results file in benchmarks/results/: the script and the arguments that make that file from
 scratch with the settings it was published with (no `--report-only`, no cache of an earlier run: run_all.py
-gives the benchmarks a fresh build/bench/ to keep what they resume from), and its lane:
-- "bench": the figures of the README's headline tables and the coverage tables; `make bench` reruns these;
-- "all": every other results file shown in the docs; `make bench-all` adds them.
-`needs` names what a run cannot do without ("gpu"): run_all.py skips it, and says so, on a machine without one.
+gives the benchmarks a fresh build/bench/ to keep what they resume from), its lane and its planned minutes:
+- "bench": what `make bench` reruns in about 90 minutes on 2 cores (BENCH_MINUTES): the headline rows whose
+  runs time models without training them (channel pruning's speed-up, the latency-aware choice, the tool's
+  time and memory), the GPU row, and the zoo and write-back coverage with today's defaults;
+- "all": `make bench-all` adds every other results file shown in the README or the docs: the runs that train
+  (Fashion-MNIST, segmentation, detection: hours each), ModelOpt's side by side (4 hours), the budgets.
+`needs` names what a run cannot do without ("gpu"): run_all.py skips it, and says so, on a machine without
+one.
+`minutes` is the sum of the durations its results file records (training, searches, timed runs), rounded up;
+`guessed=True` says the file records none that add up to the run, and the figure is an estimate. A baseline
+that several runs share (the Fashion-MNIST models, cached by model and epochs) counts for the first run of the
+lane that trains it.
 
 tests/test_bench_provenance.py holds each results file to its entry: the file exists, the script takes every
-option given here, and the command the file records is this one.
+option given here, the command the file records is this one, and the bench lane stays within BENCH_MINUTES.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LANES = ("bench", "all")
+BENCH_MINUTES = 90  # `make bench` on 2 cores; the rest goes to `make bench-all`
 
 
 @dataclass(frozen=True)
@@ -25,6 +34,12 @@ class Run:
     arguments: tuple[str, ...] = ()
     lane: str = "all"
     needs: str | None = None
+    minutes: float = 0.0  # planned duration on 2 cores
+    guessed: bool = False  # True: an estimate, not durations the results file records
+
+    @property
+    def estimate(self) -> str:
+        return f"{self.minutes:g} min" + (" (guess)" if self.guessed else "")
 
     def argv(self) -> list[str]:
         """The command line after the interpreter, from the repository root."""
@@ -34,87 +49,103 @@ class Run:
 FASHION_MNIST_MODELS = ("resnet20", "mobilenetv2_small", "vit_tiny_fmnist")
 
 RUNS = (
-    # The README's headline tables, in their order.
-    Run("prune_latency", "prune_latency", lane="bench"),
-    Run("latency_aware_choice", "latency_aware_choice", ("--baseline-epochs", "2", "--equal-macs"), lane="bench"),
+    # make bench: about 90 minutes on 2 cores.
+    # Timing: 3 rounds x 2 spin settings x 5 variants x 5 models of 112 calls of the dense and the pruned
+    # model at the file's medians (15 min), the pruning and exports around it.
+    Run("prune_latency", "prune_latency", lane="bench", minutes=20, guessed=True),
+    # The file records the baselines and accuracy searches (11 min); latency tables and part 2 are estimated.
+    Run("latency_aware_choice", "latency_aware_choice", ("--baseline-epochs", "2", "--equal-macs"),
+        lane="bench", minutes=20, guessed=True),
+    Run("tool_speed", "tool_speed", ("--timeout", "300"), lane="bench", minutes=23),
+    # Skipped on a machine without a GPU; a few minutes on one.
+    Run("semi_structured_speedup", "semi_structured_speedup",
+        ("--models", "vit_small_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224"), lane="bench",
+        needs="gpu", minutes=3, guessed=True),
+    # Coverage: every model of the zoo and of the write-back, pruned with today's defaults. The zoo's file
+    # records only its pruning (2 min), not the captures, exports and parity checks.
+    Run("prune_zoo", "prune_zoo", lane="bench", minutes=8, guessed=True),
+    Run("write_back_coverage", "write_back_coverage", lane="bench", minutes=16),
+    # make bench-all adds the rest: first the README's other headline rows, in the README's order.
     Run("modelopt_side_by_side", "modelopt_side_by_side",
         ("--models", "resnet50", "mobilenet_v2", "efficientnet_b0", "regnet_y_400mf", "convnext_tiny", "deit_small",
-         "swin_tiny", "yolov8n", "--size", "160"), lane="bench"),
+         "swin_tiny", "yolov8n", "--size", "160"), minutes=257),
     Run("one_shot_accuracy", "one_shot_accuracy", ("--models", "resnet20", "--imagenet", "--threads", "1"),
-        lane="bench"),
+        minutes=37),
     Run("fashion_mnist_accuracy", "fashion_mnist_accuracy",
         ("--latency", "--models", *FASHION_MNIST_MODELS, "--baseline-epochs", "8", "mobilenetv2_small=4",
-         "vit_tiny_fmnist=6", "--threads", "2"), lane="bench"),
+         "vit_tiny_fmnist=6", "--threads", "2"), minutes=240),
     Run("int8_latency", "int8_latency",
         ("--models", "resnet50", "mobilenet_v2", "efficientnet_b0", "vit_s16", "--fashion-mnist", *FASHION_MNIST_MODELS,
-         "--recovery-steps", "469", "--qat-steps", "469"), lane="bench"),
+         "--recovery-steps", "469", "--qat-steps", "469"), minutes=90, guessed=True),
     Run("dense_tasks", "dense_tasks",
         ("--models", "unet_mobilenetv2", "lraspp_mobilenetv3", "segformer_mit_b0", "--train", "4000", "--batch", "16",
          "--baseline-epochs", "3", "lraspp_mobilenetv3=15", "segformer_mit_b0=11", "--fractions", "0.5", "0.33",
-         "--latency", "--int8"), lane="bench"),
+         "--latency", "--int8"), minutes=222),
     Run("detection_scenes", "detection_scenes",
         ("--variants", "prunefx-l2", "prunefx-obs", "prunefx-cpd", "tp-l2", "prunefx-obs-budget", "--epochs", "2", "4",
-         "8", "--int8"), lane="bench"),
-    Run("sparsity_accuracy", "sparsity_accuracy", lane="bench"),
+         "8", "--int8"), minutes=144),
+    Run("sparsity_accuracy", "sparsity_accuracy", minutes=14),
     Run("depth_vs_channel_convnext_fmnist", "depth_vs_channel",
         ("--model", "convnext_fmnist", "--threads", "2", "--baseline-epochs", "4", "--depths", "2", "4", "6",
-         "--fractions", "0.7", "0.5"), lane="bench"),
-    Run("tool_speed", "tool_speed", ("--timeout", "300"), lane="bench"),
+         "--fractions", "0.7", "0.5"), minutes=22),
     Run("tool_speed_median", "tool_speed",
         ("--pair", "vit_l16", "uncalibrated", "--pair", "resnet50", "calibrated", "--repeat", "3", "--timeout", "300",
-         "--results-name", "tool_speed_median"), lane="bench"),
-    Run("latency_budget", "latency_budget", ("--input-size", "160", "--results-name", "latency_budget"), lane="bench"),
-    Run("semi_structured_speedup", "semi_structured_speedup",
-        ("--models", "vit_small_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224"), lane="bench",
-        needs="gpu"),
-    # Coverage: every model of the zoo and of the write-back, pruned with today's defaults.
-    Run("prune_zoo", "prune_zoo", lane="bench"),
-    Run("write_back_coverage", "write_back_coverage", lane="bench"),
+         "--results-name", "tool_speed_median"), minutes=4),
+    Run("latency_budget", "latency_budget", ("--input-size", "160", "--results-name", "latency_budget"),
+        minutes=35, guessed=True),
     # The benchmark pages' other results.
     Run("budget_choice", "budget_choice",
-        ("--models", "mobilenetv2_small", "resnet20", "--budgets", "2", "4", "--kd-steps", "150", "--test-batches", "20")),
+        ("--models", "mobilenetv2_small", "resnet20", "--budgets", "2", "4", "--kd-steps", "150", "--test-batches", "20"),
+        minutes=20),
     Run("budget_choice_equal_latency", "budget_choice",
         ("--models", "resnet20", "mobilenetv2_small", "--budgets", "2", "--kd-steps", "429", "--equal-latency",
-         "--tolerance", "0.05", "--results-name", "budget_choice_equal_latency")),
+         "--tolerance", "0.05", "--results-name", "budget_choice_equal_latency"), minutes=33),
     Run("budget_choice_equal_latency_mobilenetv2", "budget_choice",
         ("--models", "mobilenetv2_small", "--budgets", "2", "--kd-steps", "429", "--equal-latency", "--tolerance",
-         "0.05", "--results-name", "budget_choice_equal_latency_mobilenetv2")),
+         "0.05", "--results-name", "budget_choice_equal_latency_mobilenetv2"), minutes=18),
     Run("budget_choice_vit", "budget_choice",
-        ("--models", "vit_tiny_fmnist", "--budgets", "2", "--kd-steps", "100", "--results-name", "budget_choice_vit")),
+        ("--models", "vit_tiny_fmnist", "--budgets", "2", "--kd-steps", "100", "--results-name", "budget_choice_vit"),
+        minutes=6),
     Run("budget_choice_vit_4x", "budget_choice",
-        ("--models", "vit_tiny_fmnist", "--budgets", "4", "--kd-steps", "100", "--results-name", "budget_choice_vit_4x")),
-    Run("combing_time", "combing_time"),
-    Run("data_loading", "data_loading"),
+        ("--models", "vit_tiny_fmnist", "--budgets", "4", "--kd-steps", "100", "--results-name", "budget_choice_vit_4x"),
+        minutes=4),
+    Run("combing_time", "combing_time", minutes=2, guessed=True),
+    Run("data_loading", "data_loading", minutes=12),
     Run("data_loading_routes", "data_loading",
-        ("--canvases", "128", "--rounds", "4", "--stream", "0", "--results-name", "data_loading_routes")),
-    Run("depth_pruning", "depth_pruning", ("--runs", "300")),
+        ("--canvases", "128", "--rounds", "4", "--stream", "0", "--results-name", "data_loading_routes"),
+        minutes=5, guessed=True),
+    Run("depth_pruning", "depth_pruning", ("--runs", "300"), minutes=10, guessed=True),
     Run("depth_vs_channel_mobilenetv2_small", "depth_vs_channel",
         ("--model", "mobilenetv2_small", "--threads", "2", "--baseline-epochs", "4", "--depths", "2", "4", "6",
-         "--ranks", "damage", "damage_per_mac", "--fractions", "0.7", "0.5")),
-    Run("detector_pruning", "detector_pruning", ("--runs", "80")),
+         "--ranks", "damage", "damage_per_mac", "--fractions", "0.7", "0.5"), minutes=72),
+    Run("detector_pruning", "detector_pruning", ("--runs", "80"), minutes=10, guessed=True),
     Run("fashion_mnist_accuracy_3epochs", "fashion_mnist_accuracy",
         ("--epochs", "3", "--models", "resnet20", "--fractions", "0.5", "0.33", "--variants", "prunefx-obs", "tp-l2",
-         "--threads", "2")),
-    Run("fashion_mnist_loading", "fashion_mnist_loading"),
-    Run("fold_batchnorm_latency", "fold_batchnorm_latency"),
-    Run("fp16_readiness", "fp16_readiness"),
-    Run("int8_after_pruning", "int8_after_pruning"),
-    Run("int8_attention", "int8_attention"),
-    Run("int8_head_to_head", "int8_head_to_head"),
-    Run("int8_methods", "int8_methods"),
-    Run("int8_profile", "int8_profile", ("--models", "mobilenet_v2", "resnet50", "efficientnet_b0", "--runs", "100")),
-    Run("plain_loop_recovery", "plain_loop_recovery"),
-    Run("process_rounds", "process_rounds", ("--repeats", "6")),
+         "--threads", "2"), minutes=50),
+    Run("fashion_mnist_loading", "fashion_mnist_loading", minutes=3, guessed=True),
+    Run("fold_batchnorm_latency", "fold_batchnorm_latency", minutes=5, guessed=True),
+    Run("fp16_readiness", "fp16_readiness", minutes=3, guessed=True),
+    Run("int8_after_pruning", "int8_after_pruning", minutes=20, guessed=True),
+    Run("int8_attention", "int8_attention", minutes=5, guessed=True),
+    Run("int8_head_to_head", "int8_head_to_head", minutes=15, guessed=True),
+    Run("int8_methods", "int8_methods", minutes=10, guessed=True),
+    Run("int8_profile", "int8_profile", ("--models", "mobilenet_v2", "resnet50", "efficientnet_b0", "--runs", "100"),
+        minutes=10, guessed=True),
+    Run("plain_loop_recovery", "plain_loop_recovery", minutes=6),
+    Run("process_rounds", "process_rounds", ("--repeats", "6"), minutes=15, guessed=True),
     # the files latency_budget's run (earlier in this list) leaves in run_all.py's build/bench/latency_budget/
     Run("process_rounds_effb1_3x", "process_rounds",
         ("--pair", "build/bench/latency_budget/torchvision_efficientnet_b1_160/dense.onnx",
          "build/bench/latency_budget/torchvision_efficientnet_b1_160/speedup3/model.onnx", "--rounds", "4", "8", "16",
-         "--repeats", "6", "--runs", "200", "--results-name", "process_rounds_effb1_3x")),
-    Run("prune_defaults", "prune_defaults", ("--epochs", "2", "--threads", "1")),
+         "--repeats", "6", "--runs", "200", "--results-name", "process_rounds_effb1_3x"),
+        minutes=15, guessed=True),
+    Run("prune_defaults", "prune_defaults", ("--epochs", "2", "--threads", "1"),
+        minutes=10, guessed=True),
     Run("sparsity_accuracy_mobilenetv2_small", "sparsity_accuracy",
-        ("--model", "mobilenetv2_small", "--baseline-epochs", "4")),
+        ("--model", "mobilenetv2_small", "--baseline-epochs", "4"), minutes=17),
     Run("tool_speed_vit_giant", "tool_speed",
-        ("--models", "timm:vit_giant_patch14_224", "--cases", "uncalibrated", "--results-name", "tool_speed_vit_giant")),
+        ("--models", "timm:vit_giant_patch14_224", "--cases", "uncalibrated", "--results-name", "tool_speed_vit_giant"),
+        minutes=2),
 )
 
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/run_all.py            # make bench: the headline and coverage figures
     .venv/bin/python benchmarks/run_all.py --all      # make bench-all: every results file, then every other script
-    .venv/bin/python benchmarks/run_all.py --dry-run  # the commands, without running them
+    .venv/bin/python benchmarks/run_all.py --dry-run  # the plan: each command and its minutes, the total
 
 What runs, and with which settings, is benchmarks/published.py: one run for each results file, with the
 arguments that make it from scratch. Each runs with this same interpreter from the repository root, its output
@@ -40,14 +40,28 @@ def benchmark_scripts() -> list[Path]:
                   and not path.name.startswith("_"))
 
 
-def planned(everything: bool) -> list[tuple[str, list[str], str | None]]:
-    """(label, argv after the interpreter, what it needs) of every run, in order."""
-    plan = [(run.results, run.argv(), run.needs) for run in published.runs("all" if everything else "bench")]
+def planned(everything: bool) -> list[tuple[str, list[str], str | None, str]]:
+    """(label, argv after the interpreter, what it needs, its planned minutes) of every run, in order."""
+    plan = [(run.results, run.argv(), run.needs, run.estimate)
+            for run in published.runs("all" if everything else "bench")]
     if everything:  # scripts with no published results file, with their defaults
         named = {f"benchmarks/{run.script}.py" for run in published.RUNS}
-        plan += [(script.stem, [str(script.relative_to(REPO))], None) for script in benchmark_scripts()
+        plan += [(script.stem, [str(script.relative_to(REPO))], None, "? min") for script in benchmark_scripts()
                  if str(script.relative_to(REPO)) not in named]
     return plan
+
+
+def plan_text(everything: bool) -> str:
+    """Each command with its planned minutes, then the lane's total (the published runs' estimates)."""
+    lane = published.runs("all" if everything else "bench")
+    lines = [f"{estimate:>16}  {shlex.join(['.venv/bin/python', *command])}"
+             for _, command, _, estimate in planned(everything)]
+    guessed = sum(1 for run in lane if run.guessed)
+    total = sum(run.minutes for run in lane)
+    name = "make bench-all" if everything else "make bench"
+    lines.append(f"{name}: {len(lane)} published runs, about {total:g} min on 2 cores ({guessed} of the estimates "
+                 f"guessed; a run that needs a GPU is skipped without one)")
+    return "\n".join(lines)
 
 
 def has_gpu() -> bool:
@@ -67,18 +81,18 @@ def run(label: str, argv: list[str]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--all", action="store_true", help="every results file and every other benchmark script")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (commands, minutes), run nothing")
     parser.add_argument("--resume", action="store_true", help=f"keep {FRESH_BUILD.relative_to(REPO)}/ from before")
     args = parser.parse_args(argv)
     plan = planned(args.all)
     if args.dry_run:
-        print("\n".join(shlex.join([".venv/bin/python", *command]) for _, command, _ in plan))
+        print(plan_text(args.all))
         return 0
     if not args.resume:
         shutil.rmtree(FRESH_BUILD, ignore_errors=True)
     gpu = has_gpu()
     summary = []
-    for label, command, needs in plan:
+    for label, command, needs, _ in plan:
         if needs == "gpu" and not gpu:
             summary.append(f"{'skipped':<7} {label:<42} (needs a GPU)")
             continue

@@ -4,8 +4,10 @@
     .venv/bin/python scripts/readme_results.py --write   # put them into README.md, between the markers
     .venv/bin/python scripts/readme_results.py --check   # exit 1 if README.md's tables differ from the files
 
-Each row names its results file and says in words what a figure of that file means; the rows are grouped into
-one table per machine (CPU model and instruction set, or GPU) that measured them, so no table mixes machines.
+Each row names its results file and says in words what a figure of that file means, and which make target
+reruns it (benchmarks/published.py's lane: `make bench` fits about 90 minutes on 2 cores, `make bench-all` runs
+the rest); the rows are grouped into one table per machine (CPU model and instruction set, or GPU) that measured
+them, so no table mixes machines.
 `make bench` runs this after the benchmarks (benchmarks/run_all.py); tests/test_readme_results.py checks that
 README.md holds exactly what the results files give.
 """
@@ -24,6 +26,7 @@ RESULTS = REPO / "benchmarks" / "results"
 README = REPO / "README.md"
 BEGIN = "<!-- headline results: made by scripts/readme_results.py from benchmarks/results; do not edit by hand -->"
 END = "<!-- end of headline results -->"
+HEADER = "| what | result | page | rerun by |"
 
 # How the README names the models of the results files.
 MODEL_NAMES = {
@@ -43,6 +46,14 @@ def model_name(reference: str) -> str:
 
 def load(name: str) -> dict:
     return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def lanes() -> dict[str, str]:
+    """Results name -> the make target that reruns it (benchmarks/published.py, imported as the benchmarks do)."""
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+    import published
+    return {run.results: "`make bench`" if run.lane == "bench" else "`make bench-all`" for run in published.RUNS}
 
 
 def points(fraction: float) -> str:
@@ -191,9 +202,10 @@ class Row:
     result: Callable[[dict], str]
     page: str  # link text and docs/benchmarks/PAGE.md
 
-    def cells(self) -> list[str]:
+    def cells(self, rerun_by: dict[str, str]) -> list[str]:
         text, page = self.page.split("|")
-        return [self.what, self.result(load(self.results)), f"[{text}](docs/benchmarks/{page}.md)"]
+        return [self.what, self.result(load(self.results)), f"[{text}](docs/benchmarks/{page}.md)",
+                rerun_by[self.results]]
 
 
 ROWS = (
@@ -237,11 +249,12 @@ def machine_of(data: dict) -> str:
 def tables() -> str:
     """The headline tables, one per machine, in the order of their first row."""
     by_machine: dict[str, list[list[str]]] = {}
+    rerun_by = lanes()
     for row in ROWS:
-        by_machine.setdefault(machine_of(load(row.results)), []).append(row.cells())
+        by_machine.setdefault(machine_of(load(row.results)), []).append(row.cells(rerun_by))
     parts = []
     for heading, rows in by_machine.items():
-        lines = ["| what | result | page |", "|---|---|---|", *("| " + " | ".join(cells) + " |" for cells in rows)]
+        lines = [HEADER, "|---|---|---|---|", *("| " + " | ".join(cells) + " |" for cells in rows)]
         parts += [heading, "", *lines, ""]
     return "\n".join(parts).rstrip("\n")
 
