@@ -6,6 +6,8 @@
   $PRUNEFX_RESULTS_DIR when set: a trial run that must not overwrite the published files); the JSON gets a
   `provenance` record (`provenance()`: command, date, code version, CPU model and flags).
 - `BUILD`: the folder benchmarks resume from (build/, or $PRUNEFX_BENCH_BUILD).
+- `side_by_side()`: several pruned models timed against the dense one round by round, so that no
+  variant is timed in a half of its own.
 - `markdown_table()`, `relative_difference()`, `realistic_batchnorm()`: small pieces several
   benchmarks need.
 
@@ -20,15 +22,21 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.utils._pytree as pytree
+
+from prunefx.runtime import compare_latency
+
+Key = TypeVar("Key", bound=Hashable)
 
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
@@ -150,6 +158,25 @@ def per_model_numbers(values: Sequence[str], models: Sequence[str], option: str)
     if missing:
         raise ValueError(f"{option}: no number for {', '.join(missing)} (give N for every model)")
     return numbers
+
+
+def side_by_side(dense: Callable[[], object], runners: dict[Key, Callable[[], object]], *, rounds: int,
+                 runs: int, warmup: int = 10, threads: int | None = None) -> dict[Key, dict]:
+    """Each of `runners` against `dense`, round by round: every round compares each runner with the dense one
+    (compare_latency, `runs` timed calls a side) in an order that turns each round, so a slow spell of the machine
+    reaches every variant alike instead of the ones timed during it. Per runner: the medians over the rounds of
+    dense_ms, pruned_ms and speedup, and each round's speed-up (round_speedups)."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    per_round: dict[Key, list] = {name: [] for name in runners}
+    for index in range(rounds):
+        for name in (list(runners) if index % 2 == 0 else list(reversed(runners))):
+            per_round[name].append(compare_latency(dense, runners[name], warmup=warmup, runs=runs, threads=threads))
+    return {name: {"dense_ms": statistics.median(c.a.median_ms for c in results),
+                   "pruned_ms": statistics.median(c.b.median_ms for c in results),
+                   "speedup": statistics.median(c.speedup for c in results),
+                   "round_speedups": [c.speedup for c in results]}
+            for name, results in per_round.items()}
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -20,7 +20,7 @@ For each model:
    and gets the same recovery budget (`--epochs`, AdamW, per-pixel KD from the dense model: kd_weight
    0.9, T = 4);
 3. scored on the test canvases (mIoU, torchmetrics) and timed in ONNX Runtime at batch 1 against the
-   dense model, alternated in one process;
+   dense model, alternated in one process, every pruned model of a network in each round;
 4. with `--int8`, each prunefx-obs run is also quantized (passes/quantize_int8 at its defaults, calibrated
    on the first 4 training batches), lowered for ONNX Runtime on this CPU the way `prunefx quantize` does
    (runtime/onnx/quantized: export_quantized_onnx with onnxruntime_lowering()), its test mIoU read from that
@@ -41,15 +41,25 @@ import copy
 import itertools
 import json
 import os
-import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch_pruning as tp
-from common import BUILD, REPO, command_line, machine_info, machine_summary, markdown_table, write_results
+from common import (
+    BUILD,
+    REPO,
+    Key,
+    command_line,
+    machine_info,
+    machine_summary,
+    markdown_table,
+    side_by_side,
+    write_results,
+)
 
 from prunefx.assets import mobilenet_v2_weights_path
 from prunefx.data.load import load_data
@@ -62,7 +72,7 @@ from prunefx.passes.prune_while_training import prune_while_training
 from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
-from prunefx.runtime import OnnxRuntimeSession, compare_latency, export_onnx, onnx_runner
+from prunefx.runtime import OnnxRuntimeSession, export_onnx, onnx_runner
 from prunefx.runtime.onnx.quantized import QuantizedExport, export_quantized_onnx, onnxruntime_lowering
 
 NAME = "dense_tasks"
@@ -241,31 +251,36 @@ def dense_runner(model: str, dense: Program, args):
     return onnx_runner(path, example, threads=args.threads)
 
 
-def timed(dense_run, runner, args) -> dict:
-    """`--repeats` alternating comparisons of `runner` against the dense model: one comparison on this shared
-    machine spreads by +-0.2x, so the median speed-up is reported with the range."""
+def timed_together(dense_run, runners: dict[Key, Callable[[], object]], args) -> dict[Key, dict]:
+    """Each of `runners` against the dense model in `--repeats` rounds, every round timing all of them in turn
+    (common.side_by_side): one comparison on this shared machine spreads by +-0.2x, so the median speed-up is
+    reported with the range, and a slow spell reaches every variant alike."""
     load_before = os.getloadavg()[0]
-    comparisons = [compare_latency(dense_run, runner, warmup=10, runs=args.runs, threads=args.threads)
-                   for _ in range(args.repeats)]
-    speedups = sorted(c.speedup for c in comparisons)
-    return {"dense_ms": statistics.median(c.a.median_ms for c in comparisons),
-            "pruned_ms": statistics.median(c.b.median_ms for c in comparisons),
-            "speedup": statistics.median(speedups), "speedups": speedups,
-            "threads": args.threads, "runs": args.runs, "repeats": args.repeats,
-            "load_average_1min": [load_before, os.getloadavg()[0]]}
+    results = side_by_side(dense_run, runners, rounds=args.repeats, runs=args.runs, threads=args.threads)
+    load = [load_before, os.getloadavg()[0]]
+    return {name: {**result, "speedups": sorted(result["round_speedups"]), "threads": args.threads,
+                   "runs": args.runs, "repeats": args.repeats, "load_average_1min": load}
+            for name, result in results.items()}
+
+
+def timed(dense_run, runner, args) -> dict:
+    """timed_together for one model against the dense one."""
+    return timed_together(dense_run, {"pruned": runner}, args)["pruned"]
 
 
 def latency(model: str, entries: list[dict], dense: Program, args) -> None:
-    """Batch-1 ONNX Runtime latency of each pruned model against the dense one, alternated."""
+    """Batch-1 ONNX Runtime latency of each pruned model against the dense one, alternated, all round by round."""
     folder = run_folder(model, args)
     example = (dense.example_inputs[0][:1],)
     dense_run = dense_runner(model, dense, args)
-    for entry in entries:
+    runners = {}
+    for index, entry in enumerate(entries):
         stem = run_stem(entry["variant"], entry["fraction"], entry["epochs"])
         pruned = rebatch(Program.load(folder / f"{stem}.pt2").eval(), 1)
-        runner = onnx_runner(export_onnx(pruned, folder / "onnx" / f"{stem}.onnx").path, example,
-                             threads=args.threads)
-        entry["latency"] = timed(dense_run, runner, args)
+        runners[index] = onnx_runner(export_onnx(pruned, folder / "onnx" / f"{stem}.onnx").path, example,
+                                     threads=args.threads)
+    for index, result in timed_together(dense_run, runners, args).items():
+        entries[index]["latency"] = result
 
 
 # --- INT8 --------------------------------------------------------------------------------------------
@@ -403,8 +418,8 @@ def markdown(report: dict) -> str:
              "from the dense model (kd_weight 0.9, T = 4); widths rounded to multiples of "
              f"{settings['round_to']} for every tool.",
              f"- Latency: ONNX Runtime, batch 1, {settings['threads']} thread(s), each model alternated with the dense "
-             f"one, {settings['runs']} runs each; the speed-up is the median of {settings['repeats']} such comparisons "
-             "(range in brackets), ms the medians. Target (issue 19): >= 1.9x for at most 1.5 points of mIoU.\n"]
+             f"one, {settings['runs']} runs each; the speed-up is the median of {settings['repeats']} rounds, each "
+             "comparing every model of a network in turn (range in brackets), ms the medians. Target (issue 19): >= 1.9x for at most 1.5 points of mIoU.\n"]
     if any(e["variant"].endswith(INT8) for e in report["runs"]):
         lines[-1:-1] = [f"- INT8 (`--int8`): each prunefx-obs run quantized by passes/quantize_int8 (defaults: mse "
                         f"activation ranges, per-channel weights) on its first {CALIBRATION_BATCHES} training batches, "

@@ -8,7 +8,7 @@ knowledge distillation from the dense model:
 - channels f: remove_channels (l2, global, widths in steps of 4) to a fraction f of the MACs -> distill
   (the same runs as fashion_mnist_accuracy.py's prunefx-l2 kd rows, shared through its cache).
 Every model, the dense one included, then goes through merge_blocks (batch norms folded) and is timed in
-ONNX Runtime at batch 1 against the dense one, alternately in this one process.
+ONNX Runtime at batch 1 against the dense one, alternately in this one process, all variants round by round.
 
     python benchmarks/depth_vs_channel.py [--model mobilenetv2_small] [--depths 2 4 6] [--fractions 0.7 0.5]
         [--epochs 1] [--threads 2] [--runs 300] [--report-only]
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import command_line, machine_info, machine_summary, markdown_table, write_results
+from common import command_line, machine_info, machine_summary, markdown_table, side_by_side, write_results
 from fashion_mnist_accuracy import (
     BATCH,
     CACHE,
@@ -45,7 +45,7 @@ from prunefx.passes.distill import distill
 from prunefx.passes.linearize_blocks import linearize_blocks
 from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.training.engine import evaluate
-from prunefx.runtime import compare_latency, export_onnx, onnx_runner
+from prunefx.runtime import export_onnx, onnx_runner
 
 NAME = "depth_vs_channel"
 
@@ -93,7 +93,8 @@ def saved_program(model: str, entry: dict) -> Program:
 
 
 def measure_latency(model: str, dense: Program, entries: list[dict], args) -> None:
-    """Batch-1 ONNX Runtime latency of every variant against the dense model (both batch-norm folded)."""
+    """Batch-1 ONNX Runtime latency of every variant against the dense model (both batch-norm folded), all of
+    them round by round (common.side_by_side: `--rounds` rounds sharing `--runs` timed calls a side)."""
     with tempfile.TemporaryDirectory(prefix="prunefx-depth-channel-") as tmp:
         def runner(program: Program, name: str):
             folded = merge_blocks(rebatch(program.eval(), 1), config={}).program
@@ -101,11 +102,11 @@ def measure_latency(model: str, dense: Program, entries: list[dict], args) -> No
             return onnx_runner(path, (dense.example_inputs[0][:1],), threads=args.threads)
 
         reference = runner(dense.clone(), "dense")
+        runners = {index: runner(saved_program(model, entry), str(index)) for index, entry in enumerate(entries)}
+        timed = side_by_side(reference, runners, rounds=args.rounds, runs=max(args.runs // args.rounds, 10),
+                             warmup=20, threads=args.threads)
         for index, entry in enumerate(entries):
-            result = compare_latency(reference, runner(saved_program(model, entry), str(index)), warmup=20,
-                                     runs=args.runs, threads=args.threads)
-            entry["latency"] = {"dense_ms": result.a.median_ms, "pruned_ms": result.b.median_ms,
-                                "speedup": result.speedup}
+            entry["latency"] = timed[index]
 
 
 def markdown(report: dict) -> str:
@@ -116,7 +117,7 @@ def markdown(report: dict) -> str:
                      f"({info['epochs']} epochs)\n")
         lines.append(f"Recovery: {report['epochs']} epoch(s) of distillation from the dense model for every variant. "
                      "Latency: ONNX Runtime, batch 1, batch norms folded in every model, each variant timed "
-                     "alternately with the dense model.\n")
+                     "alternately with the dense model, all variants round by round (median over the rounds).\n")
         rows = [[e["variant"], f"{e['macs_kept']:.3f}", f"**{100 * e['test_accuracy']:.2f}**",
                  f"{100 * (e['test_accuracy'] - info['test_accuracy']):+.2f}",
                  f"{e['latency']['dense_ms']:.3f} / {e['latency']['pruned_ms']:.3f}" if "latency" in e else "",
@@ -138,6 +139,8 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline-epochs", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds that time every variant against the dense model, runs split among them")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report-only", action="store_true", help="only time and tabulate the cached variants")
     args = parser.parse_args(argv)

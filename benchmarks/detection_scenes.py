@@ -31,7 +31,8 @@ and prunefx both read them from there, prunefx through the reader users' YOLO da
    task "detection": Bernoulli KL of the class scores + teacher-weighted box L1 on the decoded output; no ground-truth
    loss, which would need Ultralytics' assigner on the raw training-mode head), AdamW.
 3. Scored on the test canvases (mAP@[.5:.95] and mAP@.5) and timed in ONNX Runtime at batch 1 against the
-   dense model, alternated in one process, `--repeats` comparisons (median speed-up, range).
+   dense model, alternated in one process, `--repeats` rounds each timing every model in turn (median
+   speed-up, range).
 4. With `--int8`, every finished prunefx-obs* run is also quantized (passes/quantize_int8 at its defaults,
    calibrated on the first 4 training batches) and lowered for ONNX Runtime on this CPU as `prunefx quantize`
    does (export_quantized_onnx with onnxruntime_lowering()); its mAP is that INT8 file's, run by ONNX Runtime
@@ -58,7 +59,7 @@ from pathlib import Path
 
 import torch
 from common import BUILD, command_line, machine_info, machine_summary, markdown_table, write_results
-from dense_tasks import quantized_for_onnxruntime, timed
+from dense_tasks import quantized_for_onnxruntime, timed, timed_together
 
 from prunefx.data import fashion_mnist
 from prunefx.data.fashion_mnist_scenes import SceneConfig
@@ -289,15 +290,19 @@ def dense_runner(dense: Program, args):
 
 
 def latency(entries: list[dict], dense: Program, args) -> None:
-    """Batch-1 ONNX Runtime latency of each pruned model against the dense one: dense_tasks.timed's
-    `--repeats` alternated comparisons, the median speed-up with the range."""
+    """Batch-1 ONNX Runtime latency of each pruned model against the dense one: dense_tasks.timed_together's
+    `--repeats` rounds, each timing every pruned model in turn, the median speed-up with the range."""
     folder, example = dense_folder(args) / "onnx", (dense.example_inputs[0][:1],)
     dense_run = dense_runner(dense, args)
-    for entry in entries:
+    runners = {}
+    for index, entry in enumerate(entries):
         stem = run_stem(entry["variant"], entry["fraction"], entry["epochs"], args)
         pruned = rebatch(Program.load(dense_folder(args) / f"{stem}.pt2").eval(), 1)
-        runner = onnx_runner(export_onnx(pruned, folder / f"{stem}.onnx").path, example, threads=args.threads)
-        entry["latency"] = timed(dense_run, runner, args)
+        runners[index] = onnx_runner(export_onnx(pruned, folder / f"{stem}.onnx").path, example,
+                                     threads=args.threads)
+    for index, result in timed_together(dense_run, runners, args).items():
+        entry = entries[index]
+        entry["latency"] = result
         run_file(entry["variant"], entry["fraction"], entry["epochs"], args).write_text(json.dumps(entry, indent=1))
 
 
@@ -428,7 +433,8 @@ def markdown(report: dict) -> str:
              f"(Bernoulli KL of the class scores + teacher-weighted, scale-free box L1 on the decoded output), AdamW lr {report['lr']:g}; "
              f"widths multiples of {ROUND_TO} for every tool; the 16 DFL bins kept.",
              f"- Latency: ONNX Runtime, batch 1, {report['threads']} thread(s), each model alternated with the "
-             f"dense one, {report['timing_runs']} runs each; median speed-up of {report['repeats']} comparisons (range).",
+             f"dense one, {report['timing_runs']} runs each; median speed-up of {report['repeats']} rounds, each comparing "
+             "every model in turn (range).",
              "", table(report["runs"], dense_map), "", "Targets (issue 19):", "",
              *target_lines(report["runs"], dense_map), ""]
     for e in report["runs"]:

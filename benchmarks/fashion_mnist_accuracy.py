@@ -17,7 +17,8 @@ images only for the reported accuracy), for each model:
    cross-entropy ("ce") or knowledge distillation from the dense model ("kd": KL of T=4 softened
    logits, kd_weight 0.9). prunefx-cpd always distils (distillation is part of the method).
 Reported: test accuracy, MACs per image, and, with --latency, ONNX Runtime latency of every model
-at batch 1 (rebatched from the training batch) against the dense one, alternated in one process.
+at batch 1 (rebatched from the training batch) against the dense one, alternated in one process, round by
+round (`--rounds`: each round times every pruned model of a model in turn).
 
     .venv/bin/python benchmarks/fashion_mnist_accuracy.py [--models resnet20 ...] [--epochs 1]
     .venv/bin/python benchmarks/fashion_mnist_accuracy.py --report-only     # tables from cached runs
@@ -47,6 +48,7 @@ from common import (
     machine_summary,
     markdown_table,
     per_model_numbers,
+    side_by_side,
     write_results,
 )
 
@@ -60,7 +62,7 @@ from prunefx.passes.prune_while_training import prune_while_training
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.training.engine import evaluate
-from prunefx.runtime import compare_latency, export_onnx, onnx_runner
+from prunefx.runtime import export_onnx, onnx_runner
 
 NAME = "fashion_mnist_accuracy"
 CACHE = BUILD / NAME
@@ -212,18 +214,22 @@ def second_order_prune(dense: Program, fraction: float, data) -> Program:
 # --- latency -----------------------------------------------------------------------------------------
 
 def latency(model: str, entries: list[dict], dense: Program, args) -> None:
-    """Batch-1 ONNX Runtime latency of each pruned model against the dense one, alternated."""
+    """Batch-1 ONNX Runtime latency of each pruned model against the dense one, all of them round by round
+    (common.side_by_side: `--rounds` rounds sharing `--runs` timed calls a side)."""
     workdir = CACHE / model / "onnx"
     dense_onnx = export_onnx(rebatch(dense, 1), workdir / "dense.onnx")
     example = (dense.example_inputs[0][:1],)
     dense_runner = onnx_runner(dense_onnx.path, example, threads=args.threads)
-    for entry in entries:
+    runners = {}
+    for index, entry in enumerate(entries):
         name = run_stem(entry["variant"], entry["loss"], entry["fraction"], entry["epochs"])
         pruned = rebatch(Program.load(CACHE / model / f"{name}.pt2").eval(), 1)
-        runner = onnx_runner(export_onnx(pruned, workdir / f"{name}.onnx").path, example, threads=args.threads)
-        comparison = compare_latency(dense_runner, runner, warmup=10, runs=args.runs, threads=args.threads)
-        entry["latency"] = {"dense_ms": comparison.a.median_ms, "pruned_ms": comparison.b.median_ms,
-                            "speedup": comparison.speedup}
+        runners[index] = onnx_runner(export_onnx(pruned, workdir / f"{name}.onnx").path, example,
+                                     threads=args.threads)
+    timed = side_by_side(dense_runner, runners, rounds=args.rounds, runs=max(args.runs // args.rounds, 10),
+                         threads=args.threads)
+    for index, entry in enumerate(entries):
+        entry["latency"] = timed[index]
 
 
 # --- report ------------------------------------------------------------------------------------------
@@ -250,7 +256,8 @@ def markdown(report: dict) -> str:
              "50 warm-up steps); `kd`: distillation from the dense model (kd_weight 0.9, T = 4), `ce`: "
              "cross-entropy only.",
              "- Accuracy on the 10,000 test images, never used for any choice; one run per cell (seed 0).",
-             "- Latency: ONNX Runtime, batch 1, 2 threads, median, each model alternated with the dense one.\n"]
+             "- Latency: ONNX Runtime, batch 1, 2 threads, median, each model alternated with the dense one, all of "
+             "them round by round (median over the rounds).\n"]
     for model, info in report["baselines"].items():
         lines.append(f"## {model}: dense {100 * info['test_accuracy']:.2f} % (trained here for {info['epochs']} "
                      f"epochs, {info['macs_per_image'] / 1e6:.1f} M MACs)\n")
@@ -282,6 +289,8 @@ def parse_args(argv=None):
                         help="also time in ONNX Runtime every model not timed yet (its run file keeps the figures)")
     parser.add_argument("--remeasure", action="store_true", help="time every model again, timed before or not")
     parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="latency: rounds that time every pruned model against the dense one, runs split among them")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report-only", action="store_true", help="only build the tables from cached runs")

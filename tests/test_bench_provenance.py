@@ -3,12 +3,13 @@
 - The README's headline tables are exactly what scripts/readme_results.py makes of benchmarks/results/*.json;
   each figure of a benchmark page's text is a value of a results file the page shows.
 - benchmarks/published.py (what `make bench` and `make bench-all` run) has one run for each results file: a
-  script that exists and takes every option given, no option that reuses an earlier run, and every README row's
-  results file in the `bench` lane.
-- Each results file records that run's command. The files in AWAITING_RERUN do not yet (a `--report-only`
-  command, options the script no longer has, a cache of an earlier session, or no command at all): the next
-  `make bench-all` on a quiet machine rewrites them, and this list must then shrink (a file on it that records
-  its command fails the test too).
+  script that exists and takes every option given, no option that reuses an earlier run; each README row says
+  which target reruns it, and `make bench` is planned within its 90 minutes.
+- Each results file records that run's command (where its files went aside: LOCATION_OPTIONS). The files in
+  AWAITING_RERUN do not: they merge several runs, or reran only some rows. The files in MEASURED_APART timed
+  their variants one after another, before their scripts timed them round by round. The next `make bench-all`
+  on a quiet machine rewrites both, and these lists must then shrink (a file on one that no longer belongs
+  there fails the test too).
 """
 
 from __future__ import annotations
@@ -36,13 +37,18 @@ import readme_results  # noqa: E402
 # Options that make a run read what an earlier run left instead of measuring.
 REUSING = {"--report-only", "--reuse", "--update", "--markdown-from", "--merge", "--append", "--retime", "--cache"}
 
-AWAITING_RERUN = {
-    "budget_choice_equal_latency", "budget_choice_equal_latency_mobilenetv2", "budget_choice_vit",
-    "budget_choice_vit_4x", "dense_tasks", "depth_vs_channel_convnext_fmnist", "detection_scenes",
-    "fashion_mnist_accuracy", "fashion_mnist_accuracy_3epochs", "fp16_readiness", "int8_attention", "int8_latency",
-    "int8_profile", "latency_budget", "modelopt_side_by_side", "process_rounds_effb1_3x", "prune_latency",
-    "sparsity_accuracy", "write_back_coverage",
-}
+# Options that say where a run's files go, or what else ran on the machine: no setting of the measurement.
+LOCATION_OPTIONS = {"--output-dir", "--results-name", "--note"}
+
+# int8_latency: three runs merged (224 px, Fashion-MNIST, a longer 224 px run); prune_latency: one variant
+# added to an earlier run (--update); write_back_coverage: only the rows refused before were rerun.
+AWAITING_RERUN = {"int8_latency", "prune_latency", "write_back_coverage"}
+# Scripts whose variants are timed against the dense model round by round (common.side_by_side, or their own
+# rounds): a results file of theirs without each round's speed-up timed its variants one after another.
+ROUND_BY_ROUND = {"latency_aware_choice", "fashion_mnist_accuracy", "dense_tasks", "detection_scenes",
+                  "depth_vs_channel"}
+MEASURED_APART = {"latency_aware_choice", "fashion_mnist_accuracy", "dense_tasks", "detection_scenes",
+                  "depth_vs_channel_convnext_fmnist", "depth_vs_channel_mobilenetv2_small"}
 
 
 def recorded_command(name: str) -> str | None:
@@ -154,11 +160,71 @@ def test_make_bench_is_planned_within_its_minutes():
     assert sum(run.minutes for run in published.runs("bench")) <= published.BENCH_MINUTES
 
 
+def settings(argv: list[str]) -> list[str]:
+    """`argv` without LOCATION_OPTIONS and their values; a path under run_all.py's build/bench/ as under build/,
+    where a run started by hand keeps its files (common.BUILD)."""
+    kept, skip = [], False
+    for argument in argv:
+        if not skip and argument not in LOCATION_OPTIONS:
+            kept.append(re.sub(r"^build/bench/", "build/", argument))
+        skip = argument in LOCATION_OPTIONS
+    return kept
+
+
 def test_each_results_file_records_the_command_of_its_run_or_awaits_its_rerun():
     recorded = {run.results: recorded_command(run.results) for run in published.RUNS}
-    matching = {name for name, command in recorded.items() if command is not None
-                and shlex.split(command)[1:] == next(r for r in published.RUNS if r.results == name).argv()}
+    matching = {run.results for run in published.RUNS if recorded[run.results] is not None
+                and settings(shlex.split(recorded[run.results])[1:]) == settings(run.argv())}
     assert set(recorded) - matching == AWAITING_RERUN
+
+
+def timings_against_dense(data) -> list[dict]:
+    """Every record of a variant timed against the dense model: `latency` records, latency_aware_choice's rows."""
+    found = [row for row in data.get("equal_macs", [])]
+
+    def walk(value, key=None):
+        if isinstance(value, dict):
+            if key == "latency" and "speedup" in value:
+                found.append(value)
+            for inner_key, inner in value.items():
+                walk(inner, inner_key)
+        elif isinstance(value, list):
+            for inner in value:
+                walk(inner, key)
+
+    walk(data)
+    return found
+
+
+def test_the_variants_of_a_comparison_were_timed_round_by_round_or_await_a_rerun():
+    apart = set()
+    for run in published.RUNS:
+        if run.script in ROUND_BY_ROUND:
+            timings = timings_against_dense(json.loads((RESULTS / f"{run.results}.json").read_text()))
+            if not all("round_speedups" in timing for timing in timings):  # a file without timings passes
+                apart.add(run.results)
+    assert apart == MEASURED_APART
+
+
+def test_side_by_side_times_every_variant_in_each_round_in_turned_order(monkeypatch):
+    compared = []
+
+    def recording(dense, runner, **settings):
+        compared.append(runner.__name__)
+        return compare_latency(dense, runner, **settings)
+
+    compare_latency = common.compare_latency
+    monkeypatch.setattr(common, "compare_latency", recording)
+
+    def a():
+        pass
+
+    def b():
+        pass
+
+    timed = common.side_by_side(lambda: None, {"a": a, "b": b}, rounds=3, runs=10, warmup=1)
+    assert compared == ["a", "b", "b", "a", "a", "b"]
+    assert all(len(result["round_speedups"]) == 3 and result["speedup"] > 0 for result in timed.values())
 
 
 def test_the_dry_run_prints_the_bench_plan_with_its_minutes_and_total():
