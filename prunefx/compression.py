@@ -4,8 +4,9 @@ training batch size, a recipe and a data set in; a compressed, deployable model 
     dense accuracy (test and val)  ->  the recipe's Pipeline, with data injected  ->  accuracy after
     ->  MACs and parameters per image  ->  both programs cut to batch 1 (graph/rebatch.py)
     ->  ONNX export, torch-vs-ONNX-Runtime parity, ONNX Runtime latency dense vs compressed, side by side
-    ->  OUTPUT/model.pt2 (batch 1), model_train.pt2 (training batch), model.onnx, report.json, report.md,
-        accuracy_latency.png (every measured variant: runtime/measure/deployment_report.py)
+    ->  OUTPUT/model.pt2 (batch 1), model_train.pt2 (training batch), model.onnx, report.json
+        (prunefx/reports/report_json.py), report.md, accuracy_latency.png (every measured variant:
+        runtime/measure/deployment_report.py)
 
 What each pass is given (data, a teacher, calibration batches, measurers) is decided in prunefx/injection.py;
 how latency is measured, by Options (prunefx/compress_options.py).
@@ -35,7 +36,7 @@ from prunefx.data.unlabelled import against_dense
 from prunefx.deliverable import write_model, write_report
 from prunefx.dense_tasks import evaluate_dense
 from prunefx.device import on_device
-from prunefx.graph import Program, count
+from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError, first_line
 from prunefx.graph.rebatch import rebatch
 from prunefx.injection import FirstBatches, inject
@@ -44,8 +45,10 @@ from prunefx.models import build_model
 from prunefx.named_recipes import Recipe
 from prunefx.output import check_output_folder, staged_folder
 from prunefx.passes.training.engine import evaluate
-from prunefx.reports.budget import BUDGET_CHART_FILE, budget_stats, write_budget_chart
+from prunefx.reports.budget import BUDGET_CHART_FILE, write_budget_chart
 from prunefx.reports.compression import json_safe, markdown_report, pass_summary
+from prunefx.reports.report_facts import Costs, Latency, ReportFacts
+from prunefx.reports.report_json import output_files, report_json
 from prunefx.reports.stage import STAGE_TIMED_RUNS, StageMeter
 from prunefx.runtime import compare_latency, export_onnx, onnx_runner
 from prunefx.runtime.measure.deployment_report import CHART_FILE, variants_from_compress, write_chart
@@ -193,37 +196,47 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
     compressed_one = rebatch(compressed, 1)
     delivered = write_model(staging, compressed_one, opset=options.opset)
     seconds["export"] = time.perf_counter() - clock
-    cost_before, cost_after = count(dense_one), count(compressed_one)
 
     clock = time.perf_counter()
     latency = _side_by_side(dense_one, compressed_one, staging / "model.onnx", options)
     seconds["latency"] = time.perf_counter() - clock
     seconds["total"] = time.perf_counter() - started
 
-    report = {
-        "model": dense.name, "data": str(data), "data_seed": splits.train.seed if splits.train is not None else None,
+    budget = _budget(result, options)
+    written = ("model.pt2", "model_train.pt2", "model.onnx", "report.json", "report.md", CHART_FILE,
+               *([BUDGET_CHART_FILE] if budget else []))
+    measured = Latency("onnxruntime", options.threads, options.runs, latency.a.median_ms, latency.b.median_ms,
+                       latency.speedup, extra={"batch_size": 1, "warmup": options.warmup, "dense": latency.a.to_dict(),
+                                               "compressed": latency.b.to_dict()})
+    sections = {
+        "data": str(data), "data_seed": splits.train.seed if splits.train is not None else None,
         "task": splits.task, "classes": list(splits.classes),
         "labels": getattr(splits.evaluation, "describes", "the data set's labels"), "batch_size": batch,
         "input_shape": list(splits.input_shape),
         "recipe": {"name": recipe.name, "path": str(recipe.path), "spec": json_safe(recipe.spec)},
         "eval_batches": options.eval_batches,
         "accuracy": {"before": before, "after": after},
-        "macs_before": cost_before.macs, "macs_after": cost_after.macs,
-        "params_before": cost_before.params, "params_after": cost_after.params,
-        "latency": {"backend": "onnxruntime", "batch_size": 1, "threads": options.threads, "runs": options.runs,
-                    "warmup": options.warmup, "dense_ms": latency.a.median_ms,
-                    "compressed_ms": latency.b.median_ms, "speedup": latency.speedup,
-                    "dense": latency.a.to_dict(), "compressed": latency.b.to_dict()},
-        "speedup": latency.speedup, **delivered,
+        "speedup": latency.speedup, **{key: value for key, value in delivered.items() if key != "parity"},
         "budget_measured_on": {"backend": options.backend, "precision": options.precision, "batch": options.batch},  # the final latency: ort
         "passes": [{"pass": name, "modified": step.modified, "injected": keys, "stats": json_safe(step.stats)}
                    for (name, step), keys in zip(result.steps, injected)],
-        "files": {name: str(output / name) for name in
-                  ("model.pt2", "model_train.pt2", "model.onnx", "report.json", "report.md", CHART_FILE)},
         "seconds": seconds,
         "stages": stages,
     }
+    report = report_json(ReportFacts("compress", dense.name, Costs.of(dense_one, compressed_one),
+                                     output_files(output, *written), parity=delivered["parity"], budget=budget,
+                                     latency=measured, sections=sections))
     return _write_report(json_safe(report), staging, output, title=f"{dense.name}, recipe {recipe.name}")
+
+
+def _budget(result, options: Options) -> dict | None:
+    """report.json's `budget`: the last choose_for_budget pass's statistics and where it measured; None
+    for a recipe without a budget."""
+    chosen = [step.stats for name, step in result.steps if name == "choose_for_budget"]
+    if not chosen:
+        return None
+    return {**json_safe(chosen[-1]), "backend": options.backend, "precision": options.precision,
+            **({"batch": options.batch} if options.batch != 1 else {})}
 
 
 def _side_by_side(dense_one: Program, compressed_one: Program, compressed_onnx: Path, options: Options):
@@ -240,10 +253,9 @@ def _write_report(report: dict, staging: Path, output: Path, *, title: str) -> d
     variants = variants_from_compress(report)
     report["variants"] = [variant.to_dict() for variant in variants]
     write_chart(variants, staging / CHART_FILE, title=title)
-    budget = budget_stats(report)
+    budget = report["budget"]
     if budget is not None:  # every width/depth/INT8 combination the budget pass tried, as a chart
         write_budget_chart(budget, staging / BUDGET_CHART_FILE, title=f"{report['model']}: budget {budget['budget']}")
-        report["files"][BUDGET_CHART_FILE] = str(output / BUDGET_CHART_FILE)
     report = write_report(staging, report)
     (staging / "report.md").write_text(markdown_report(report))
     return report

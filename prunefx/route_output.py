@@ -1,6 +1,7 @@
 """The deliverable of the depth and width+depth routes (model.pt2, model.onnx, report.json and the console
 lines), written one way whether `prunefx depth` asked for depth or `prunefx prune --allow-depth` took it after
-width's refusal (prunefx/budget/meet.py). The width route's own is written by `prunefx prune`."""
+width's refusal (prunefx/budget/meet.py). The width route's own is written by `prunefx prune`; report.json is
+built by prunefx/reports/report_json.py for all three, in one shape."""
 
 from __future__ import annotations
 
@@ -8,19 +9,24 @@ import time
 from pathlib import Path
 
 from prunefx.budget.outcome import BudgetOutcome
-from prunefx.deliverable import write_model, write_report
-from prunefx.graph import Program, count
+from prunefx.deliverable import write_model
+from prunefx.graph import Program
 from prunefx.output import staged_folder
 from prunefx.passes.core.pipeline import PipelineResult
 from prunefx.passes.depth_to_budget import DepthChosen
 from prunefx.passes.linearize_blocks import Linearized
 from prunefx.passes.merge_blocks import Merged
+from prunefx.reports import report_json
 from prunefx.reports.budget_text import search_lines
+from prunefx.reports.pruning_sections import pruning_sections
+from prunefx.reports.report_facts import Costs, ReportFacts
+from prunefx.reports.report_json import output_files
 
 
-def write_depth(output: Path, program: Program, result: PipelineResult, *, outcome: BudgetOutcome | None,
-                calibration: str | None, opset: int, started: float) -> None:
-    """`result`: the choosing step (linearize_blocks, or depth_to_budget for a budget) and merge_blocks."""
+def write_depth(output: Path, program: Program, result: PipelineResult, *, command: str,
+                outcome: BudgetOutcome | None, calibration: str | None, opset: int, started: float) -> None:
+    """`result`: the choosing step (linearize_blocks, or depth_to_budget for a budget) and merge_blocks;
+    `command`: the one whose report this is (depth, or prune when --allow-depth took the depth route)."""
     pruned = result.program
     choice, merged = result.steps[0][1], result.steps[1][1]
     linearized, dropped = _blocks(choice, budgeted=outcome is not None)
@@ -28,22 +34,27 @@ def write_depth(output: Path, program: Program, result: PipelineResult, *, outco
           f"{f', dropped {len(dropped)} residual branches' if dropped else ''} and made "
           f"{merged.facts_as(Merged).merges} merges in {time.perf_counter() - started:.1f} s; exporting to ONNX",
           flush=True)
-    before, after = count(program), count(pruned)
-    budget = outcome.budget_entry() if outcome else None
-    route = outcome.route_entry() if outcome else None
+    costs = Costs.of(program, pruned)
     with staged_folder(output) as staging:
         delivered = write_model(staging, pruned, opset=opset)
-        write_report(staging, {"model": program.name, "macs_before": before.macs, "macs_after": after.macs,
-                               "params_before": before.params, "params_after": after.params,
-                               "calibration": calibration, "budget": budget,
-                               "linearize_blocks": choice.stats["linearize_blocks"] if outcome else choice.stats,
-                               "merge_blocks": merged.stats, **delivered, **({"route": route} if route else {})})
+        linearize = choice.stats["linearize_blocks"] if outcome else choice.stats
+        sections = pruning_sections(linearize=linearize, merge=merged.stats, delivered=delivered)
+        report = report_json.write(staging, _facts(command, program.name, costs, output, delivered, calibration,
+                                                   outcome, sections))
+    budget = report["budget"]
     if budget:
         chosen = f"with {len(budget['blocks'])} of {len(budget['ranking'])} blocks"
         print("\n".join(search_lines(budget, candidate="{n} blocks, ", chosen=chosen)))
     print(f"blocks {', '.join(linearized or dropped)}{' (dropped)' if dropped else ''}")
-    print(f"MACs   {before.macs / 1e6:.1f} M -> {after.macs / 1e6:.1f} M ({after.macs / before.macs:.3f})")
+    print(_macs_line(costs))
     print(f"wrote {output / 'model.pt2'}, {output / 'model.onnx'} and {output / 'report.json'}")
+
+
+def _facts(command: str, model: str, costs: Costs, output: Path, delivered: dict, calibration: str | None,
+           outcome: BudgetOutcome | None, sections: dict) -> ReportFacts:
+    return ReportFacts(command, model, costs,
+                       output_files(output, "model.pt2", "model.onnx", "report.json"), parity=delivered["parity"],
+                       calibration=calibration, outcome=outcome, sections=sections)
 
 
 def _blocks(choice, *, budgeted: bool) -> tuple[list[str], list[str]]:
@@ -58,15 +69,18 @@ def write_joint(output: Path, program: Program, outcome: BudgetOutcome, *, calib
                 opset: int) -> None:
     """The width+depth route's deliverable: report.json keeps the refusals that led there."""
     chosen = outcome.result.program
-    before, after = count(program), count(chosen)
-    budget = outcome.budget_entry()
+    costs = Costs.of(program, chosen)
     with staged_folder(output) as staging:
         delivered = write_model(staging, chosen, opset=opset)
-        write_report(staging, {
-            "model": program.name, "macs_before": before.macs, "macs_after": after.macs,
-            "params_before": before.params, "params_after": after.params, "calibration": calibration,
-            "budget": budget, "route": outcome.route_entry(), **delivered})
+        report = report_json.write(staging, _facts("prune", program.name, costs, output, delivered, calibration,
+                                                   outcome, pruning_sections(delivered=delivered)))
+    budget = report["budget"]
     print("\n".join(search_lines(budget, chosen=f"with {len(budget.get('blocks') or [])} blocks merged and "
-                                                 f"{after.macs / before.macs:.3f} of the MACs")))
-    print(f"MACs   {before.macs / 1e6:.1f} M -> {after.macs / 1e6:.1f} M ({after.macs / before.macs:.3f})")
+                                                 f"{costs.macs_after / costs.macs_before:.3f} of the MACs")))
+    print(_macs_line(costs))
     print(f"wrote {output / 'model.pt2'}, {output / 'model.onnx'} and {output / 'report.json'}")
+
+
+def _macs_line(costs: Costs) -> str:
+    before, after = costs.macs_before, costs.macs_after
+    return f"MACs   {before / 1e6:.1f} M -> {after / 1e6:.1f} M ({after / before:.3f})"

@@ -498,11 +498,11 @@ def test_quantize_writes_tensorrt_and_onnxruntime_files(capsys, tmp_path, one_th
     assert kinds.count("QuantizeLinear") >= 1 and kinds.count("DequantizeLinear") > kinds.count("QuantizeLinear")
     # INT8 weights (2-D and up; the zero-points are INT8 too, as scalars or per-channel vectors)
     int8 = [t for t in trt.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]
-    assert len(int8) == report["files"]["model_trt.onnx"]["weight_initializers"] > 0
+    assert len(int8) == report["exports"]["model_trt.onnx"]["weight_initializers"] > 0
     ort_inputs = {t.name for t in onnx.load(tmp_path / "q" / "model_ort.onnx").graph.initializer
                   if t.data_type == onnx.TensorProto.UINT8}
     assert ort_inputs  # zero-points (and, without VNNI, weights) in UINT8 for ONNX Runtime's kernels
-    for entry in report["files"].values():
+    for entry in report["exports"].values():
         assert entry["parity"]["relative"] < 0.1
     assert Program.load(tmp_path / "q" / "model.pt2").training is False
 

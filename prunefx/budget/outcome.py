@@ -1,8 +1,8 @@
 """What `meet_budget` hands back beside the chosen Program: the route that met the budget, the accepted
 measurement, every candidate measured, the refusals on the way and where it was all measured.
 
-One outcome, one report: `prunefx prune` and `prunefx depth` write report.json's `budget` and `route`
-entries from it (`budget_entry`, `route_entry`), once.
+One outcome, one report: report.json's `budget` and `route` entries are written from it (`budget_entry`,
+`route_entry`) by prunefx/reports/report_json.py, once, whichever route met the budget.
 """
 
 from __future__ import annotations
@@ -75,9 +75,6 @@ class BudgetOutcome:
         """report.json's `budget`: the route's search report and where it was measured."""
         return {**self.search, **self.measured_on.to_dict()}
 
-    def route_entry(self) -> dict | None:
-        """report.json's `route` when width alone did not meet the budget: the route taken and the refusals
-        that led there; None for width alone (the plain case has no entry)."""
-        if not self.refusals:
-            return None
+    def route_entry(self) -> dict:
+        """report.json's `route`: the route taken and the refusals that led there (none for width alone)."""
         return {"taken": self.route, **{refusal.route: refusal.to_dict() for refusal in self.refusals}}

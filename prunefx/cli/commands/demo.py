@@ -39,14 +39,17 @@ from prunefx.data.calibration import calibration_data
 from prunefx.data.load import load_data
 from prunefx.data.splits import IGNORED_LABEL
 from prunefx.data.splits import accuracy as count_correct
-from prunefx.deliverable import write_model, write_report
+from prunefx.deliverable import write_model
 from prunefx.graph import capture, count
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.rebatch import rebatch
 from prunefx.models import build_model, load_weights
 from prunefx.output import check_output_folder, staged_folder
 from prunefx.passes import Pipeline, distill, fold_batchnorm, recalibrate_batchnorm, remove_channels
+from prunefx.reports import report_json
 from prunefx.reports.budget_text import interval_text
+from prunefx.reports.report_facts import Costs, Latency, ReportFacts
+from prunefx.reports.report_json import output_files
 from prunefx.runtime import (
     OnnxRunnerMaker,
     OnnxRuntimeSession,
@@ -154,23 +157,25 @@ def _pruning_demo(args) -> int:
           f"accuracy {kd_accuracy:.2%}", flush=True)
     clock.lap("distill")
 
-    measured = _deliver(output, dense, distilled, args)
+    delivered, measured = _deliver(output, dense, distilled, args)
+    interval = measured.extra["interval"]
     print(f"[measured] model.onnx vs dense.onnx on ONNX Runtime, batch 1, {args.threads} thread(s), {args.runs} "
-          f"runs each over {ROUNDS} fresh processes, alternating: {measured['compressed_ms']:.3f} ms vs "
-          f"{measured['dense_ms']:.3f} ms = {measured['speedup']:.2f}x"
-          f"{interval_text(measured['interval'], ' (') + ')' if measured['interval'] else ''}", flush=True)
+          f"runs each over {ROUNDS} fresh processes, alternating: {measured.compressed_ms:.3f} ms vs "
+          f"{measured.dense_ms:.3f} ms = {measured.speedup:.2f}x"
+          f"{interval_text(interval, ' (') + ')' if interval else ''}", flush=True)
     clock.lap("export and measure")
     total = time.perf_counter() - clock.started
     print("[time] " + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in clock.seconds.items())
           + f"; total {total:.0f} s", flush=True)
-    _write_summary(output, {
-        "checkpoint": info, "calibration": {"data": calibration.description, "images": calibrated},
-        "pruning": pruning, "recalibrate_batchnorm": result.stats().get("recalibrate_batchnorm"),
-        "macs": {"dense": before.macs // args.batch_size, "pruned": after.macs // args.batch_size},
-        "params": {"dense": before.params, "pruned": after.params},
-        "dense_accuracy": dense_accuracy, "one_shot_accuracy": one_shot_accuracy, "kd_accuracy": kd_accuracy,
-        "kd_steps": args.kd_steps, "eval_images": _images(test), "measured": measured,
-        "seconds": clock.seconds, "total_seconds": total})
+    costs = Costs(before.macs // args.batch_size, after.macs // args.batch_size, before.params, after.params)
+    _write_summary(output, ReportFacts(
+        NAME, dense.name, costs, output_files(output, "model.pt2", "model.onnx", "dense.onnx", "report.json"),
+        parity=delivered["parity"], calibration=calibration.description, latency=measured, sections={
+            "checkpoint": info, "calibration_images": calibrated,
+            "pruning": pruning, "recalibrate_batchnorm": result.stats().get("recalibrate_batchnorm"),
+            "dense_accuracy": dense_accuracy, "one_shot_accuracy": one_shot_accuracy, "kd_accuracy": kd_accuracy,
+            "kd_steps": args.kd_steps, "eval_images": _images(test), "seconds": clock.seconds, "total_seconds": total,
+            **{key: value for key, value in delivered.items() if key != "parity"}}))
     print(f"wrote {output / 'model.onnx'}, {output / 'dense.onnx'}, {output / 'model.pt2'}, {output / 'report.json'}")
     return 0
 
@@ -205,8 +210,9 @@ def _accuracy(program, batches) -> float:
     return correct / _images(batches)
 
 
-def _deliver(output: Path, dense, compressed, args) -> dict:
-    """model.pt2/model.onnx (batch 1) and dense.onnx in `output`; their latencies, side by side."""
+def _deliver(output: Path, dense, compressed, args) -> tuple[dict, Latency]:
+    """model.pt2/model.onnx (batch 1) and dense.onnx in `output`: write_model's entries, and their
+    latencies side by side."""
     dense_one, compressed_one = rebatch(dense, 1), rebatch(compressed, 1)
     with staged_folder(output) as staging:
         delivered = write_model(staging, compressed_one, opset=args.opset)
@@ -218,14 +224,14 @@ def _deliver(output: Path, dense, compressed, args) -> dict:
                                 processes=True)
     interval = {"low": comparison.speedup_low, "high": comparison.speedup_high, "confidence": comparison.confidence,
                 "method": comparison.method}
-    return {"dense_ms": comparison.a.median_ms, "compressed_ms": comparison.b.median_ms,
-            "speedup": comparison.speedup, "interval": interval, "runs": args.runs, "threads": args.threads,
-            "parity": delivered["parity"]}
+    return delivered, Latency("onnxruntime", args.threads, args.runs, comparison.a.median_ms,
+                              comparison.b.median_ms, comparison.speedup,
+                              extra={"interval": interval, "rounds": ROUNDS})
 
 
-def _write_summary(output: Path, report: dict) -> None:
+def _write_summary(output: Path, facts: ReportFacts) -> None:
     with staged_folder(output, join=True) as staging:  # the folder this run published: the report joins it
-        write_report(staging, report)
+        report_json.write(staging, facts)
 
 
 def _top1(logits: torch.Tensor, labels: torch.Tensor) -> int:

@@ -96,8 +96,8 @@ def run(args) -> int:
             result = Pipeline([_choice_step(args, calibration), _merge_step(args)], verify="full").run(program)
             placed.home(result.program)  # written from the CPU
     assert output is not None  # checked above: only --list writes nothing
-    write_depth(output, program, result, outcome=outcome, calibration=calibration.description if calibration else None,
-                opset=args.opset, started=started)
+    write_depth(output, program, result, command=NAME, outcome=outcome,
+                calibration=calibration.description if calibration else None, opset=args.opset, started=started)
     return 0
 
 

@@ -37,7 +37,7 @@ from prunefx import options
 from prunefx.budget import BudgetOutcome, BudgetUnreachable, depth_blocks, meet_budget
 from prunefx.cli import options as cli_options
 from prunefx.data.calibration import Calibration, calibration_data, noise_batches
-from prunefx.deliverable import write_model, write_report
+from prunefx.deliverable import write_model
 from prunefx.detectors import part_from_reference
 from prunefx.device import on_device, resolve_device
 from prunefx.graph.channels.importance import DATA_CRITERIA
@@ -51,7 +51,11 @@ from prunefx.passes.prune_to_budget import PruneToBudgetConfig, WidthChosen
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.removal.channels_removed import ChannelsRemoved
 from prunefx.passes.remove_channels import RemoveChannelsConfig, remove_channels
+from prunefx.reports import report_json
 from prunefx.reports.budget_text import search_lines
+from prunefx.reports.pruning_sections import pruning_sections
+from prunefx.reports.report_facts import Costs, ReportFacts
+from prunefx.reports.report_json import output_files
 from prunefx.route_output import write_depth, write_joint
 
 NAME = "prune"
@@ -128,8 +132,8 @@ def run(args) -> int:
         outcome = _meet_budget(args, program, calibration, config, device)
         described = calibration.description if calibration else None
         if outcome.route == "depth":
-            write_depth(output, program, outcome.result, outcome=outcome, calibration=described, opset=args.opset,
-                        started=started)
+            write_depth(output, program, outcome.result, command=NAME, outcome=outcome, calibration=described,
+                        opset=args.opset, started=started)
             return 0
         if outcome.route == "width+depth":
             write_joint(output, program, outcome, calibration=described, opset=args.opset)
@@ -155,12 +159,10 @@ def run(args) -> int:
           f"in {time.perf_counter() - started:.1f} s; exporting to ONNX", flush=True)
     with staged_folder(output) as staging:
         delivered = write_model(staging, pruned, opset=args.opset)
-        if args.module:
-            delivered["module"] = write_module(staging, pruned, model)
-        budget = outcome.budget_entry() if outcome else None
-        report = write_report(staging, _report(program.name, removal, delivered, budget=budget,
-                                               calibration=calibration.description if calibration else None,
-                                               recalibration=recalibration))
+        module = write_module(staging, pruned, model) if args.module else None
+        report = report_json.write(staging, _facts(program.name, removal, delivered, output, outcome=outcome,
+                                                   calibration=calibration.description if calibration else None,
+                                                   recalibration=recalibration, module=module))
     _summary(report, output)
     return 0
 
@@ -260,17 +262,16 @@ def _target_text(args) -> str:
     return f"{kind}={getattr(args, kind):g}"
 
 
-def _report(name, removal: ChannelsRemoved, delivered, *, budget, calibration, recalibration) -> dict:
-    budget = {key: value for key, value in budget.items() if key != "remove_channels"} if budget else None
-    return {"budget": budget, "model": name, "params_before": removal.params_before,
-            "params_after": removal.params_after, "macs_before": removal.macs_before, "macs_after": removal.macs_after,
-            "target": removal.target, "importance": removal.importance,
-            "importance_fallback_groups": removal.importance_fallback_groups, "calibration": calibration,
-            "compensated": bool(removal.compensation), "compensation": removal.compensation,
-            "recalibrate_batchnorm": recalibration,
-            "ranking": removal.ranking, "round_to": removal.round_to, "max_ratio": removal.max_ratio,
-            "heads": removal.heads,
-            "groups": removal.groups, "blocked": removal.blocked, **delivered}
+def _facts(name, removal: ChannelsRemoved, delivered: dict, output: Path, *, outcome, calibration, recalibration,
+           module) -> ReportFacts:
+    """report.json's facts (prunefx/reports/report_json.py): the costs are the removal's, counted before the
+    Pipeline rewrote the dense Program in place."""
+    costs = Costs(removal.macs_before, removal.macs_after, removal.params_before, removal.params_after)
+    written = ("model.pt2", "model.onnx", "report.json", *([module["file"]] if module and module["written"] else []))
+    return ReportFacts("prune", name, costs, output_files(output, *written), parity=delivered["parity"],
+                       calibration=calibration, outcome=outcome,
+                       sections=pruning_sections(removal=removal, recalibration=recalibration, delivered=delivered,
+                                                 module=module))
 
 
 def _summary(report: dict, output: Path) -> None:

@@ -12,10 +12,10 @@ config fields) and writes, in one staged folder:
   8-bit ones: runtime/onnx/quantized.onnxruntime_lowering);
 - model.onnx: the file for `--backend` (ort, the default: model_ort.onnx's lowering; trt: model_trt.onnx's),
   the one to deploy; the two named files stay for those who read them;
-- report.json: `prunefx check`'s findings on each file (`readiness`: model_trt.onnx for trt10 and trt11,
-  model_ort.onnx for ort), the pass's statistics (every layer quantized or kept in float, with the reason), the
-  parity of each file with the fake-quantized Program, and the ONNX Runtime latency of model_ort.onnx
-  against the float model, measured side by side.
+- report.json (prunefx/reports/report_json.py): `prunefx check`'s findings on each file (`readiness`:
+  model_trt.onnx for trt10 and trt11, model_ort.onnx for ort), the pass's statistics (every layer quantized or
+  kept in float, with the reason), each file's export and its parity with the fake-quantized Program
+  (`exports`), and the ONNX Runtime latency of model_ort.onnx against the float model, measured side by side.
 """
 
 from __future__ import annotations
@@ -27,13 +27,15 @@ from pathlib import Path
 
 from prunefx.cli import options as cli_options
 from prunefx.data.calibration import calibration_data
-from prunefx.deliverable import write_report
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.rebatch import rebatch
 from prunefx.loading import program_from_args
 from prunefx.output import check_output_folder, staged_folder
 from prunefx.passes.core.pipeline import Pipeline
 from prunefx.passes.quantize_int8 import Quantized, QuantizeInt8Config, quantize_int8
+from prunefx.reports import report_json
+from prunefx.reports.report_facts import Costs, Latency, LatencySkipped, ReportFacts
+from prunefx.reports.report_json import output_files
 from prunefx.runtime import (
     check_parity,
     compare_latency,
@@ -86,10 +88,12 @@ def run(args) -> int:
                      for name in files}
         shutil.copyfile(staging / BACKENDS[args.backend], staging / "model.onnx")
         latency = _latency(program, quantized, staging / "model_ort.onnx", args)
-        report = write_report(staging, {
-            "model": program.name, "calibration": calibration.description, "onnxruntime_lowering": lowering,
-            "backend": args.backend, "model.onnx": BACKENDS[args.backend],
-            "quantize_int8": stats, "files": exports, "readiness": readiness, "latency": latency})
+        names = ("model.pt2", "model.onnx", *files, "report.json")
+        report = report_json.write(staging, ReportFacts(
+            NAME, program.name, Costs.of(program, quantized), output_files(output, *names),
+            parity=exports[BACKENDS[args.backend]]["parity"], calibration=calibration.description, latency=latency,
+            sections={"onnxruntime_lowering": lowering, "backend": args.backend, "model.onnx": BACKENDS[args.backend],
+                      "quantize_int8": stats, "exports": exports, "readiness": readiness}))
     _summary(report, output)
     return 0
 
@@ -104,27 +108,26 @@ def _export(program, path: Path, activations: str, opset: int) -> dict:
                        "relative": parity.relative}}
 
 
-def _latency(dense, quantized, quantized_file: Path, args) -> dict:
+def _latency(dense, quantized, quantized_file: Path, args) -> Latency | LatencySkipped:
     """The float model against model_ort.onnx, ONNX Runtime at batch 1, alternately in this process."""
     if int(dense.example_inputs[0].shape[0]) != 1:
-        return {"skipped": "the model was captured at a batch size other than 1; bench its files at batch 1"}
+        return LatencySkipped("the model was captured at a batch size other than 1; bench its files at batch 1")
     with tempfile.TemporaryDirectory(prefix="prunefx-quantize-") as tmp:
         dense_file = export_onnx(rebatch(dense, 1), Path(tmp) / "dense.onnx", opset=args.opset).path
         comparison = compare_latency(onnx_runner(dense_file, dense.example_inputs, threads=args.threads),
                                      onnx_runner(quantized_file, quantized.example_inputs, threads=args.threads),
                                      runs=args.runs, threads=args.threads)
-    return {"backend": "onnxruntime", "threads": args.threads, "runs": args.runs,
-            "float_ms": comparison.a.median_ms, "int8_ms": comparison.b.median_ms, "speedup": comparison.speedup}
+    return Latency("onnxruntime", args.threads, args.runs, comparison.a.median_ms, comparison.b.median_ms,
+                   comparison.speedup)
 
 
 def _summary(report: dict, output: Path) -> None:
-    for name, entry in report["files"].items():
+    for name, entry in report["exports"].items():
         print(f"{name}: {entry['activations']} activations, {entry['weight_initializers']} INT8 weights, "
               f"{entry['activation_pairs']} activation Q/DQ pairs; parity with the fake-quantized model: "
               f"relative error {entry['parity']['relative']:.2e}")
     latency = report["latency"]
     if "speedup" in latency:
-        print(f"ONNX Runtime, batch 1, {latency['threads']} threads: float {latency['float_ms']:.2f} ms, "
-              f"INT8 {latency['int8_ms']:.2f} ms ({latency['speedup']:.2f}x)")
-    names = ("model.pt2", "model.onnx", *report["files"], "report.json")
-    print(f"wrote {', '.join(str(output / name) for name in names)} (model.onnx: {report['model.onnx']})")
+        print(f"ONNX Runtime, batch 1, {latency['threads']} threads: float {latency['dense_ms']:.2f} ms, "
+              f"INT8 {latency['compressed_ms']:.2f} ms ({latency['speedup']:.2f}x)")
+    print(f"wrote {', '.join(report['files'].values())} (model.onnx: {report['model.onnx']})")

@@ -1,0 +1,132 @@
+"""Every command that writes report.json writes the shape published in docs/reference/report.schema.json
+(built by prunefx/reports/report_json.py): prune by each route (a MACs target, a budget met by width, by depth
+and by width and depth together), depth, compress (with and without a budget pass), quantize and the demo,
+each on a tiny model. Budgets are measured by a stand-in runtime (the MACs plus a fixed cost per operator),
+as in test_budget_route.py, so the route each takes is known and no test waits on real timing."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from jsonschema import Draft202012Validator
+
+from prunefx.cli import main
+from prunefx.data import fashion_mnist
+from prunefx.graph import capture, count
+from prunefx.graph.depth.blocks import find_blocks
+from prunefx.models import build_model
+from prunefx.reports.report_json import SCHEMA_VERSION
+
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(), reason="Fashion-MNIST missing")]
+SCHEMA = json.loads((Path(__file__).parents[1] / "docs" / "reference" / "report.schema.json").read_text())
+SMALL = ["prunefx:mobilenetv2_small", "--input-shape", "2x1x28x28"]
+CALIBRATE = ["--calibrate", "fashion-mnist", "--calibration-images", "4"]
+
+
+class PerOperator:
+    """A Measurer whose latency is the MACs plus a fixed cost per operator: width alone tops out near 1.4x
+    on the small MobileNetV2, merging blocks reaches about 3x (test_budget_route.py)."""
+
+    round_to = None
+
+    def __call__(self, dense, candidate):
+        return self.ms(dense), self.ms(candidate), 0.0
+
+    def confirm(self, dense, candidate):
+        return self(dense, candidate)
+
+    @staticmethod
+    def ms(program) -> float:
+        return count(program).macs / 1e7 + 0.05 * sum(node.op == "call_function" for node in program.graph.nodes)
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    """The stand-in runtime for every budget (prune's, depth's and a compress recipe's), and the mergeable
+    blocks in graph order in place of their damage ranking (tested in test_linearize_blocks.py)."""
+    monkeypatch.setattr(importlib.import_module("prunefx.cli.options"), "budget_latency", lambda args: PerOperator())
+    monkeypatch.setattr(importlib.import_module("prunefx.injection"), "latency_pair",
+                        lambda backend, **options: PerOperator())
+    torch.manual_seed(0)
+    program = capture(build_model("prunefx:mobilenetv2_small").module.eval(), torch.randn(2, 1, 28, 28))
+    blocks = [block for block in find_blocks(program.module) if block.affine]
+    for module in ("prunefx.passes.depth_to_budget", "prunefx.passes.budget.candidates"):
+        monkeypatch.setattr(importlib.import_module(module), "ranked_blocks", lambda *args, **kwargs: (blocks, {}))
+
+
+def written(capsys, folder: Path, *argv) -> dict:
+    """Run one command; its report.json, checked against the published schema."""
+    code = main([str(arg) for arg in (*argv, "-o", folder)])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((folder / "report.json").read_text())
+    errors = [f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
+              for error in Draft202012Validator(SCHEMA).iter_errors(report)]
+    assert not errors, errors
+    assert report["schema_version"] == SCHEMA_VERSION and report["command"] == argv[0]
+    assert all(Path(path).is_file() for path in report["files"].values()), report["files"]
+    return report
+
+
+def prune_argv(*budget) -> list:
+    return ["prune", *SMALL, *CALIBRATE, "--importance", "l2", "--no-compensate", "--max-candidates", "1", *budget]
+
+
+@pytest.mark.slow
+def test_prune_writes_one_shape_whichever_route_met_the_budget(stand_in, capsys, tmp_path):
+    routes = {"macs": ["--macs", "0.5"], "width": ["--speedup", "1.2", "--tolerance", "0.5", "--max-candidates", "4"],
+              "depth": ["--speedup", "2", "--allow-depth"],
+              "width+depth": ["--speedup", "2.5", "--tolerance", "0.02", "--allow-depth", "--max-candidates", "4"]}
+    reports = {route: written(capsys, tmp_path / route.replace("+", "_"), *prune_argv(*argv))
+               for route, argv in routes.items()}
+    assert reports["macs"]["budget"] is None and reports["macs"]["route"] is None
+    assert reports["macs"]["groups"] and reports["macs"]["linearize_blocks"] is None
+    for route in ("width", "depth", "width+depth"):
+        assert reports[route]["route"]["taken"] == route and reports[route]["budget"]["met"]
+    assert reports["depth"]["groups"] is None and reports["depth"]["merge_blocks"]
+    assert set(reports["width+depth"]["route"]) == {"taken", "width", "depth"}
+    assert len({tuple(report) for report in reports.values()}) == 1  # the same keys, in the same order
+
+
+@pytest.mark.slow
+def test_depth_writes_the_shape_of_prune(stand_in, capsys, tmp_path):
+    named = written(capsys, tmp_path / "named", "depth", *SMALL, "--block", "blocks.2", "--no-measure")
+    budget = written(capsys, tmp_path / "budget", "depth", *SMALL, *CALIBRATE, "--speedup", "2")
+    assert named["route"] is None and budget["route"] == {"taken": "depth"}
+    assert named["importance"] is None and named["linearize_blocks"]["chosen"] == ["blocks.2"]
+
+
+@pytest.mark.slow
+def test_compress_writes_the_shape_with_and_without_a_budget(stand_in, capsys, tmp_path):
+    recipes = {"prune": {"remove_channels": {"macs": 0.5, "round_to": 4, "importance": "l2"}},
+               "budget": {"choose_for_budget": {"speedup": 1.2, "tolerance": 0.5, "dimensions": ["width"],
+                                                "max_candidates": 1}}}
+    reports = {}
+    for name, step in recipes.items():
+        recipe = tmp_path / f"{name}.yaml"
+        recipe.write_text(yaml.safe_dump({"name": name, "passes": [step]}))
+        reports[name] = written(capsys, tmp_path / name, "compress", "prunefx:resnet20", "--recipe", recipe, "--data",
+                                "fashion-mnist", "--batch-size", 16, "--eval-batches", 1, "--runs", 3, "--threads", 1)
+    assert reports["prune"]["budget"] is None and reports["budget"]["budget"]["met"]
+    assert reports["budget"]["budget"]["backend"] == "ort" and reports["prune"]["latency"]["speedup"] > 0
+
+
+@pytest.mark.slow
+def test_quantize_writes_the_shape(capsys, tmp_path):
+    report = written(capsys, tmp_path / "q", "quantize", "prunefx:resnet20", *CALIBRATE, "--runs", 3, "--threads", 1)
+    assert report["parity"] == report["exports"]["model_ort.onnx"]["parity"]
+    assert report["latency"]["compressed_ms"] > 0 and report["budget"] is None
+
+
+@pytest.mark.slow
+def test_the_demo_writes_the_shape(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(importlib.import_module("prunefx.cli.commands.demo"), "ROUNDS", 1)
+    report = written(capsys, tmp_path / "demo", "demo", "--kd-steps", 1, "--eval-images", 128,
+                     "--calibration-images", 64, "--runs", 3)
+    assert report["calibration_images"] >= 64 and "fashion-mnist" in report["calibration"]
+    assert report["latency"]["interval"] is not None and report["route"] is None
