@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from prunefx.graph import Program
-from prunefx.passes.budget.measurement import round_to_of
+from prunefx.passes.budget.measurement import drive, round_to_of
 from prunefx.passes.budget.search import CROSS_PROCESS, Measured, budget_text, require_latency
-from prunefx.passes.budget.width_search import WidthSearch
+from prunefx.passes.budget.width_search import Candidate, WidthSearch
 from prunefx.passes.core.config_checks import ConfigError
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.pass_config import option
@@ -51,7 +51,7 @@ from prunefx.passes.remove_channels import RemoveChannelsConfig
 
 DEFAULT_ROUND_TO = 8  # remove_channels' own default, when neither the user nor the backend names a multiple
 SEARCHED = ("macs", "params", "channels", "layer_time")  # remove_channels' targets: the search sets one
-__all__ = ["CROSS_PROCESS", "PruneToBudgetConfig", "WidthChosen", "prune_to_budget"]
+__all__ = ["CROSS_PROCESS", "PruneToBudgetConfig", "WidthChosen", "chosen_result", "prune_to_budget", "width_search"]
 
 
 @dataclass
@@ -100,20 +100,30 @@ class WidthChosen:
 def prune_to_budget(program: Program, /, *, config: dict | None = None) -> Result:
     settings = PruneToBudgetConfig.parse(config)
     require_latency("prune_to_budget", settings.latency)
+    search = width_search(program, settings)
+    return chosen_result(search, drive(search.steps(), settings.latency))
+
+
+def width_search(program: Program, settings: PruneToBudgetConfig) -> WidthSearch:
+    """The search for `settings`' budget on `program`; its `steps()` ask for the measurements it needs."""
     # the options of the inner remove_channels, each candidate's mapping (the search adds its target)
     removal = {field.name: getattr(settings, field.name) for field in dataclasses.fields(RemoveChannelsConfig)
                if field.name not in SEARCHED}
     removal["round_to"] = settings.round_to or round_to_of(settings.latency) or DEFAULT_ROUND_TO
-    search = WidthSearch(program, settings, removal)
-    chosen = search.run()
+    return WidthSearch(program, settings, removal)
+
+
+def chosen_result(search: WidthSearch, chosen: Candidate) -> Result:
+    """prune_to_budget's Result for the candidate `search` chose: its Program, the search report, WidthChosen."""
+    settings, round_to = search.settings, search.removal["round_to"]
     stats = {"budget": budget_text(settings.speedup, settings.latency_ms), "met": True,
              "tolerance": settings.tolerance, "confirmed": chosen.measured.confirmed, "speedup": chosen.speedup,
-             "interval": chosen.measured.to_dict().get("interval"), "round_to": removal["round_to"],
+             "interval": chosen.measured.to_dict().get("interval"), "round_to": round_to,
              "dense_ms": chosen.measured.dense_ms, "ms": chosen.measured.ms,
              "macs_fraction": chosen.macs_fraction, "searched": search.target, "chosen": chosen.measured.to_dict(),
              **({"table_error": error} if (error := search.table_error()) is not None else {}),
              "trace": [c.to_dict() for c in search.trace],
              "remove_channels": chosen.result.stats}
-    facts = WidthChosen(chosen.macs_fraction, removal["round_to"], dataclasses.replace(chosen.measured), stats["trace"],
+    facts = WidthChosen(chosen.macs_fraction, round_to, dataclasses.replace(chosen.measured), stats["trace"],
                         chosen.result.facts_as(ChannelsRemoved))
     return Result(chosen.result.program, modified=chosen.result.modified, stats=stats, facts=facts)

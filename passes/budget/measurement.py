@@ -1,70 +1,28 @@
-"""The measuring protocol of the budget passes (prune_to_budget, depth_to_budget, choose_for_budget).
+"""How the budget searches (prune_to_budget, depth_to_budget, choose_for_budget) are measured.
 
-Passes never import the runtime (the layers import downward only); a pass that meets a latency budget is given a
-`Measurer` by its caller (runtime/measure/speedup.py's `onnx_latency_pair`, runtime/measure/pairs.py's
-`latency_pair`). A Measurer has two ways to time a candidate against the dense model:
+A search never calls the runtime: it *asks*. Each search step is a generator that yields an `Ask` (measure
+this candidate beside the dense model: a short search reading, a longer confirmation, or longer still) and
+receives the answer, a graph.timing.Timing. Whoever runs the search answers: `prunefx.budget` with the
+runtime's measurer (so every call goes downward, CLI -> budget -> runtime), and the passes themselves, for a
+bare Python call, with the `Measurer` in their config (`drive`).
 
-- calling it, `measurer(dense, candidate) -> Timing` (or a plain (dense ms, candidate ms, spread) triple,
-  which a Timing unpacks as too): the short measurement a search steers by, on its point;
-- `measurer.confirm(dense, candidate) -> Timing`: the same measurement made longer, which alone accepts a
-  candidate. Its `Timing` carries an interval on the speed-up (dense ms / candidate ms) at `confidence`,
-  and a candidate is accepted only when the interval's lower bound clears the budget (`clears`): a
-  candidate accepted on its point estimate at the bottom of the acceptance window is measured below the
-  budget about half the time by anyone who measures it again.
-
-and `round_to`, the width multiple the backend runs fastest (16 for ONNX Runtime on AVX-512 CPUs, 8 on
-AVX2 and for TensorRT FP16, 32 for INT8 tensor cores), or None when the measurer does not know.
-
-ONNX Runtime's interval is a block bootstrap (runtime/measure/latency.py, `ratio_interval`): the two models are
-timed in alternating blocks, blocks are resampled in pairs (block i of the dense model with block i of the
-candidate, which share the machine's drift), and the 5th and 95th percentiles of the resampled ratio of
-medians bound it. A measurer that cannot give an interval returns a point (`low == high == speed-up`).
-A plain function `(dense, candidate) -> (ms, ms, spread)` is still accepted: `as_measurer` wraps it,
-confirming by calling it again, with a point interval.
+A Measurer: called, `(dense, candidate) -> Timing` (or a plain (dense ms, ms, spread) triple); `confirm`, the
+same measurement made longer, whose Timing carries the speed-up interval an acceptance relies on; optionally
+`confirm_longer`; and `round_to`, the width multiple its backend runs fastest (None when unknown). A plain
+function is wrapped by `as_measurer` (confirmed by calling it again, a point interval).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from prunefx.graph import Program
+from prunefx.graph.timing import CONFIDENCE, Timing
 
-CONFIDENCE = 0.90  # two-sided: the lower bound is exceeded with 95 % probability
-
-
-@dataclass(frozen=True)
-class Timing:
-    """A confirmed measurement: both medians, the candidate's spread (p90/median - 1), and the bounds of the
-    speed-up interval at `confidence` (equal to the speed-up when `method` is "point"). Unpacks as the
-    three numbers a search measurement gives, `dense_ms, ms, spread = timing`."""
-
-    dense_ms: float
-    ms: float
-    spread: float
-    low: float | None = None
-    high: float | None = None
-    confidence: float = CONFIDENCE
-    method: str = "point"
-
-    def __post_init__(self):
-        if self.low is None or self.high is None:  # no interval given: the point is all there is
-            object.__setattr__(self, "low", self.speedup)
-            object.__setattr__(self, "high", self.speedup)
-            object.__setattr__(self, "method", "point")
-
-    @property
-    def speedup(self) -> float:
-        return self.dense_ms / self.ms
-
-    def __iter__(self) -> Iterator[float]:
-        return iter((self.dense_ms, self.ms, self.spread))
-
-    @classmethod
-    def of(cls, value) -> Timing:
-        """A Timing from a measurer's answer: a Timing as it is, a (dense ms, ms, spread) triple as a point."""
-        return value if isinstance(value, Timing) else cls(*value)
+__all__ = ["ASKED", "CONFIDENCE", "Ask", "LongerMeasurer", "Measurer", "Steps", "Timing", "answerer", "as_measurer",
+           "drive", "round_to_of"]
 
 
 @runtime_checkable
@@ -80,10 +38,8 @@ class Measurer(Protocol):
 
 @runtime_checkable
 class LongerMeasurer(Measurer, Protocol):
-    """A Measurer that can measure a candidate longer still (`confirm_longer`: more fresh processes, more runs)
-    when its confirmation leaves the budget inside the interval: the point in the acceptance window, the lower
-    bound below it (RegNetY-1.6GF 3x: 3.49x on 2.93-3.74, a miss on the bound, and the search's next candidate
-    overshot). A longer measurement narrows the interval, which then settles it either way."""
+    """A Measurer that can measure a candidate longer still (`confirm_longer`: more fresh processes, more runs),
+    for a confirmation that leaves the budget inside the interval: a narrower interval settles it."""
 
     def confirm_longer(self, dense: Program, candidate: Program) -> Timing: ...
 
@@ -115,3 +71,39 @@ def round_to_of(latency) -> int | None:
     value = getattr(latency, "round_to", None)
     return int(value) if value else None
 
+
+
+ASKED = ("search", "confirm", "confirm_longer")  # how long to measure: a Measurer's call, confirm, confirm_longer
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A measurement a search needs: `candidate` beside `dense`, for as long as `how` says (ASKED). Answered
+    with a Timing; a `confirm_longer` the measurer cannot make is answered with None."""
+
+    how: str
+    dense: Program
+    candidate: Program
+
+
+Steps = Generator[Ask, "Timing | None", object]  # a search step: yields what it needs measured, returns its result
+
+
+def answerer(measurer, ask: Ask) -> Callable[[Program, Program], object] | None:
+    """What answers `ask` with `measurer` (a Measurer or a plain function): the call, `confirm` or
+    `confirm_longer`; None where the measurer has no such measurement."""
+    measurer = as_measurer(measurer)
+    return measurer if ask.how == "search" else getattr(measurer, ask.how, None)
+
+
+def drive(steps: Steps, measurer):
+    """Run a search's `steps` to the end, each Ask answered by `measurer`; the steps' result. The passes' own
+    driver, for a bare Python call; prunefx.budget runs the same loop in its own frame, so that the runtime is
+    called from above."""
+    try:
+        asked = next(steps)
+        while True:
+            method = answerer(measurer, asked)
+            asked = steps.send(None if method is None else Timing.of(method(asked.dense, asked.candidate)))
+    except StopIteration as finished:
+        return finished.value

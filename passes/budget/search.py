@@ -2,10 +2,8 @@
 choose_for_budget over their mixes): a measured candidate, its confirmation, the one acceptance rule and the
 budget as text.
 
-The measuring function is a `passes.measurement.Measurer`, injected by the caller (runtime/measure/speedup.py's
-onnx_latency_pair; passes never import the runtime); a plain function is wrapped by `as_measurer`.
-Confirmation exists because one short measurement on a loaded machine can be off by 20 % (RegNetY-800MF:
-a search measured 2.05x, a separate process 1.66x).
+A search asks for its measurements (passes/budget/measurement.py's Ask) and its caller answers them.
+Confirmation exists because one short measurement on a loaded machine can be off by 20 %.
 
 The acceptance rule (`Acceptance`), the same for every search: a confirmed candidate is accepted when the
 lower bound of its speed-up interval clears the budget S (`bound_clears`: on its point estimate, a candidate
@@ -23,7 +21,7 @@ from dataclasses import dataclass
 
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.budget.measurement import LongerMeasurer, Timing, as_measurer
+from prunefx.passes.budget.measurement import Ask, Steps, Timing, drive
 
 # The lowest point an accepted candidate may read, in units of S: another process read accepted points 0.89x-1.05x
 # of the search's figure (2.07x accepted on [2.01, 2.10] read 1.98x there)
@@ -79,19 +77,26 @@ class Measured:
         return self.low if self.low is not None else self.speedup
 
     def confirm(self, latency, dense: Program, candidate: Program) -> None:
-        """Measure again, longer (once), with the measurer's `confirm`; the new figures and their interval
-        replace the first ones."""
+        """`confirming`, measured by `latency` (a Measurer)."""
+        drive(self.confirming(dense, candidate), latency)
+
+    def confirming(self, dense: Program, candidate: Program) -> Steps:
+        """Measure again, longer (once): the confirmation's figures and interval replace the first ones."""
         if self.first is None:
             first = Timing(self.dense_ms, self.ms, self.spread)
-            self.take(Timing.of(as_measurer(latency).confirm(dense, candidate)))
+            timing = yield Ask("confirm", dense, candidate)
+            if timing is not None:
+                self.take(timing)
             self.first = first
 
-    def confirm_longer(self, latency, dense: Program, candidate: Program) -> None:
+    def confirming_longer(self, dense: Program, candidate: Program) -> Steps:
         """Once confirmed, measure longer still (once) where the measurer can (measurement.LongerMeasurer); the
         longer figures and interval replace the confirmed ones, and `first` stays the search's measurement."""
-        if self.first is not None and not self.longer and isinstance(latency, LongerMeasurer):
-            self.take(Timing.of(latency.confirm_longer(dense, candidate)))
-            self.longer = True
+        if self.first is not None and not self.longer:
+            timing = yield Ask("confirm_longer", dense, candidate)
+            if timing is not None:
+                self.take(timing)
+                self.longer = True
 
     def straddles(self, wanted: float, tolerance: float) -> bool:
         """Confirmed with the point in [S, S (1 + tolerance)] but the interval's lower bound below S (`wanted`):
@@ -180,13 +185,17 @@ class Acceptance:
         return self.meets(measured) and self.in_window(measured)
 
     def confirm(self, measured: Measured, latency, dense: Program, candidate: Program) -> Measured:
+        """`confirming`, measured by `latency` (a Measurer)."""
+        drive(self.confirming(measured, dense, candidate), latency)
+        return measured
+
+    def confirming(self, measured: Measured, dense: Program, candidate: Program) -> Steps:
         """Confirm `measured` (once), and measure longer still where the budget lies inside the interval
         (Measured.straddles): the step every search takes before it relies on a reading."""
-        measured.confirm(latency, dense, candidate)
+        yield from measured.confirming(dense, candidate)
         # no window (tolerance None) holds no point but S itself: nothing to settle by measuring longer
         if measured.straddles(self.wanted(measured), self.tolerance or 0.0):
-            measured.confirm_longer(latency, dense, candidate)
-        return measured
+            yield from measured.confirming_longer(dense, candidate)
 
 
 def budget_text(speedup: float | None, latency_ms: float | None) -> str:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from prunefx.graph import Program
 from prunefx.graph.channels.plan_latency import timed_layers
-from prunefx.passes.budget.measurement import as_measurer
+from prunefx.passes.budget.measurement import Ask, Steps
 from prunefx.passes.budget.search import (
     Acceptance,
     BudgetUnreachable,
@@ -66,7 +66,6 @@ class WidthSearch:
 
     def __init__(self, dense: Program, settings: PruneToBudgetConfig, removal: dict):
         self.dense, self.settings, self.removal = dense, settings, removal
-        self.latency = as_measurer(settings.latency)
         self.rule = Acceptance(settings.speedup, settings.latency_ms, settings.tolerance)
         self.trace: list[Candidate] = []
         # with a per-layer latency table the search steers the table's time, so each step cuts where time goes
@@ -89,7 +88,8 @@ class WidthSearch:
         """Accepted by the shared rule (met, and inside the window); else the search goes on."""
         return self.rule.accepts(candidate.measured)
 
-    def measure(self, fraction: float) -> Candidate:
+    def measuring(self, fraction: float) -> Steps:
+        """The candidate at `fraction`, cut from the dense model and measured (asked for) unless its widths were."""
         target = self.target
         result = run_inner(remove_channels, self.dense, {**self.removal, target: fraction, "strict": False},
                            on_copy=True)  # every candidate is cut from the dense Program, which stays as it is
@@ -97,7 +97,8 @@ class WidthSearch:
         # once measured one model three times), its measurement is shared, and the search moves on.
         same = self._same_widths(result.program)
         if same is None:
-            candidate = Candidate(fraction, result, Measured.of(self.latency(self.dense, result.program)), target)
+            timing = yield Ask("search", self.dense, result.program)
+            candidate = Candidate(fraction, result, Measured.of(timing), target)
         else:
             candidate = Candidate(fraction, result, self.trace[same].measured, target, same_as=same)
         if self.table_dense_ms is not None:
@@ -123,28 +124,29 @@ class WidthSearch:
         return next((index for index, c in enumerate(self.trace)
                      if c.same_as is None and _shapes(c.result.program) == shapes), None)
 
-    def confirm(self, candidate: Candidate) -> Candidate:
+    def confirming(self, candidate: Candidate) -> Steps:
         """Confirmed; measured longer still where the budget lies inside the interval (Measured.straddles)."""
         if self.settings.confirm:
-            self.rule.confirm(candidate.measured, self.latency, self.dense, candidate.result.program)
+            yield from self.rule.confirming(candidate.measured, self.dense, candidate.result.program)
         return candidate
 
-    def run(self) -> Candidate:
+    def steps(self) -> Steps:
+        """The search, asking for each measurement (passes/budget/measurement.py); returns the chosen Candidate."""
         wanted = self.settings.speedup  # first guess: latency as if proportional to MACs, aimed mid-window
         start = self.settings.start_speedup or 1.0
         fraction = min(start / (wanted * (1 + self.settings.tolerance / 2)), 1.0) if wanted else 0.5
         for _ in range(self.settings.max_candidates):
-            candidate = self.measure(fraction)
+            candidate = yield from self.measuring(fraction)
             if (self.meets(candidate) or self.near_miss(candidate) or self.implausible(candidate)) \
                     and not self.clearly_fast(candidate):
-                self.confirm(candidate)  # what could be returned, and what a noisy first measurement put below
+                yield from self.confirming(candidate)  # what could be returned, and what a noisy first measurement put below
             if self.close_enough(candidate):
                 return candidate
             following = self._next(*self._bracket())
             if following is None:
                 break
             fraction = following
-        good = self._confirmed_good() or self._met_below_floor()
+        good = (yield from self._confirmed_good()) or self._met_below_floor()
         if good is None:
             best = max(self.trace, key=lambda c: c.measured.lower_bound)
             raise BudgetUnreachable(self._unreachable(best), dimension="width", best=best.measured)
@@ -161,13 +163,13 @@ class WidthSearch:
         top = self._wanted_speedup(candidate) * (1 + self.settings.tolerance) * CLEARLY_FAST
         return not candidate.measured.confirmed and candidate.speedup > top
 
-    def _confirmed_good(self) -> Candidate | None:
+    def _confirmed_good(self) -> Steps:
         """The least pruned candidate that met, confirmed now if it was not (if it then misses: the next one)."""
         while True:
             good, _ = self._bracket()
             if good is None or good.measured.confirmed or not self.settings.confirm:
                 return good
-            self.confirm(good)
+            yield from self.confirming(good)
 
     def _met_below_floor(self) -> Candidate | None:
         """None cleared the floor, widths too coarse to land above it (ResNet-18 on multiples of 16: 2.09x on [2.08,

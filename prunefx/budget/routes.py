@@ -13,15 +13,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prunefx.graph import Program
+from prunefx.graph import Program, verify
 from prunefx.graph.depth.blocks import find_blocks
 from prunefx.graph.depth.branch_drop import droppable_blocks
+from prunefx.graph.timing import Timing
+from prunefx.passes.budget.measurement import Steps, answerer
 from prunefx.passes.budget.search import Measured
 from prunefx.passes.choose_for_budget import choose_for_budget
 from prunefx.passes.core.pipeline import Pipeline, PipelineResult
 from prunefx.passes.depth_to_budget import DepthChosen, depth_to_budget
 from prunefx.passes.merge_blocks import merge_blocks
-from prunefx.passes.prune_to_budget import WidthChosen, prune_to_budget
+from prunefx.passes.prune_to_budget import PruneToBudgetConfig, WidthChosen, chosen_result, width_search
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 
 
@@ -50,17 +52,34 @@ class Reached:
 
 
 def width(program: Program, budget: Budget, measurer, options: dict, calibration, recalibrate: bool) -> Reached:
+    """The width search run here, its measurements answered by `measurer` from this frame (every call goes
+    downward: route -> runtime), then the chosen Program verified as a Pipeline would, and recalibrated."""
     config = {**options, **budget.passes(), "tolerance": budget.tolerance, "max_candidates": budget.max_candidates,
               "latency": measurer}
     if calibration is not None:
         config.setdefault("calibration", calibration)  # a caller's own width calibration (noise) stands
-    steps = [(prune_to_budget, config)]
+    settings = PruneToBudgetConfig.parse(config)
+    search = width_search(program, settings)
+    chosen = chosen_result(search, measured_by(measurer, search.steps()))
+    verify(chosen.program, reexport=True)
+    steps: list = [("prune_to_budget", chosen)]
     if calibration is not None and recalibrate:
-        steps.append((recalibrate_batchnorm, {"data": calibration}))
-    result = Pipeline(steps, verify="full").run(program)
-    search = {key: value for key, value in result.stats()["prune_to_budget"].items() if key != "remove_channels"}
-    chosen = result.facts("prune_to_budget", WidthChosen)
-    return Reached(result, search, chosen.measured, search["trace"])
+        steps += Pipeline([(recalibrate_batchnorm, {"data": calibration})], verify="full").run(chosen.program).steps
+    result = PipelineResult(steps[-1][1].program, steps)
+    search_report = {key: value for key, value in chosen.stats.items() if key != "remove_channels"}
+    return Reached(result, search_report, chosen.facts_as(WidthChosen).measured, search_report["trace"])
+
+
+def measured_by(measurer, steps: Steps):
+    """Run a search's `steps` to the end, answering each Ask with `measurer` (passes/budget/measurement.py's
+    drive, run in this frame so that the runtime is called from above); the steps' result."""
+    try:
+        asked = next(steps)
+        while True:
+            method = answerer(measurer, asked)
+            asked = steps.send(None if method is None else Timing.of(method(asked.dense, asked.candidate)))
+    except StopIteration as finished:
+        return finished.value
 
 
 def depth(program: Program, budget: Budget, measurer, options: dict, calibration) -> Reached:

@@ -20,7 +20,7 @@ import torch
 from prunefx.graph import Program
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.graph.rebatch import rebatch
-from prunefx.passes.budget.measurement import Timing
+from prunefx.graph.timing import Timing
 from prunefx.runtime.measure.latency import LatencyComparison, LatencyStats, compare_latency, compare_rounds
 from prunefx.runtime.measure.width_multiple import onnxruntime_multiple
 from prunefx.runtime.onnx.export import export_onnx

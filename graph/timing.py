@@ -1,0 +1,43 @@
+"""The one timing type every layer shares: a candidate's latency beside the dense model's, from the timer
+(runtime/measure/) through the budget searches (passes/budget/) to the report (prunefx/budget/). It lives in
+the lowest layer so that each layer imports it downward."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+CONFIDENCE = 0.90  # two-sided: the lower bound is exceeded with 95 % probability
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Both medians, the candidate's spread (p90/median - 1), and the bounds of the speed-up interval at
+    `confidence` (equal to the speed-up when `method` is "point"). Unpacks as the three numbers a search
+    measurement gives, `dense_ms, ms, spread = timing`."""
+
+    dense_ms: float
+    ms: float
+    spread: float
+    low: float | None = None
+    high: float | None = None
+    confidence: float = CONFIDENCE
+    method: str = "point"
+
+    def __post_init__(self):
+        if self.low is None or self.high is None:  # no interval given: the point is all there is
+            object.__setattr__(self, "low", self.speedup)
+            object.__setattr__(self, "high", self.speedup)
+            object.__setattr__(self, "method", "point")
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_ms / self.ms
+
+    def __iter__(self) -> Iterator[float]:
+        return iter((self.dense_ms, self.ms, self.spread))
+
+    @classmethod
+    def of(cls, value) -> Timing:
+        """A Timing from a measurer's answer: a Timing as it is, a (dense ms, ms, spread) triple as a point."""
+        return value if isinstance(value, Timing) else cls(*value)
