@@ -11,8 +11,9 @@ their export-mode forward, decoded boxes and class scores, no NMS), at 1x3xSIZEx
   MAC counter reads the target; round_to 16 like prunefx. A failure is recorded with its message.
 Both tools' models are captured, counted and exported by prunefx; each pruned ONNX file is timed against
 the dense one alternately in this process (prunefx.runtime.compare_latency), ONNX Runtime on the CPU,
-batch 1, `--threads` threads, `--repeats` times (the median speed-up is reported). Exactness of the
-prunefx model is checked the cheap way that still means something: its ONNX parity with torch.
+batch 1, `--threads` threads, in `--repeats` rounds that each time every pruned file in turn (the median
+speed-up is reported). Exactness of the prunefx model is checked the cheap way that still means something:
+its ONNX parity with torch.
 
 Writes benchmarks/results/detector_pruning.json and .md (with --quick: only where --output-dir says).
 
@@ -62,7 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     parser.add_argument("--runs", type=int, default=100, help="timed runs per pair (default 100)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs per pair (default 10)")
-    parser.add_argument("--repeats", type=int, default=3, help="side-by-side measurements per pair (default 3)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds, each timing every pruned file against the dense one (default 3)")
     parser.add_argument("--tp-seconds", type=int, default=60,
                         help="time limit of one Torch-Pruning pruning (default 60 s; it takes ~2 s on yolov8n)")
     parser.add_argument("--quick", action="store_true", help="development run: 10 timed runs, 1 repeat; "
@@ -203,14 +205,26 @@ def _stats(latency) -> dict:
     return {key: getattr(latency, key) for key in ("median_ms", "p90_ms", "p99_ms", "min_ms", "runs")}
 
 
-def time_pair(dense_path: Path, pruned_path: Path, inputs, args) -> dict:
-    runners = [onnx_runner(path, inputs, threads=args.threads) for path in (dense_path, pruned_path)]
-    repeats = sorted((compare_latency(*runners, warmup=args.warmup, runs=args.runs, block=BLOCK, settle=SETTLE,
-                                      threads=args.threads) for _ in range(args.repeats)),
-                     key=lambda comparison: comparison.speedup)
+def time_variants(dense_path: Path, files: dict[str, Path], inputs, args) -> dict[str, dict]:
+    """Every variant against the dense model in `--repeats` rounds, each round timing all of them in an order
+    that turns each round: a slow spell of the machine reaches every variant alike. Per variant: the figures of
+    its middle round by speed-up, and each round's speed-up in order."""
+    dense = onnx_runner(dense_path, inputs, threads=args.threads)
+    runners = {variant: onnx_runner(path, inputs, threads=args.threads) for variant, path in files.items()}
+    rounds: dict[str, list] = {variant: [] for variant in runners}
+    for index in range(args.repeats):
+        for variant in (list(runners) if index % 2 == 0 else list(reversed(runners))):
+            rounds[variant].append(compare_latency(dense, runners[variant], warmup=args.warmup, runs=args.runs,
+                                                   block=BLOCK, settle=SETTLE, threads=args.threads))
+    return {variant: _middle(comparisons) for variant, comparisons in rounds.items()}
+
+
+def _middle(comparisons: list) -> dict:
+    repeats = sorted(comparisons, key=lambda comparison: comparison.speedup)
     middle = repeats[len(repeats) // 2]
     return {"dense": _stats(middle.a), "pruned": _stats(middle.b), "speedup": middle.speedup,
-            "speedups_of_repeats": [comparison.speedup for comparison in repeats]}
+            "speedups_of_repeats": [comparison.speedup for comparison in repeats],
+            "round_speedups": [comparison.speedup for comparison in comparisons]}
 
 
 def he_init(model: torch.nn.Module) -> None:
@@ -268,9 +282,9 @@ def benchmark_model(name: str, args, workdir: Path) -> dict:
                                       "macs_reduction": dense_cost.macs / cost.macs, "onnx_parity": errors,
                                       "prune_seconds": time.perf_counter() - start, **details}
         files[variant] = exported.path
-    for variant, path in files.items():
-        print(f"[{name}] timing dense vs {variant} ...", file=sys.stderr)
-        entry["variants"][variant]["latency"] = time_pair(dense_onnx.path, path, dense.example_inputs, args)
+    print(f"[{name}] timing dense vs {', '.join(files)}, round by round ...", file=sys.stderr)
+    for variant, latency in time_variants(dense_onnx.path, files, dense.example_inputs, args).items():
+        entry["variants"][variant]["latency"] = latency
     return entry
 
 

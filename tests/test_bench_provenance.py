@@ -46,9 +46,9 @@ AWAITING_RERUN = {"int8_latency", "prune_latency", "write_back_coverage"}
 # Scripts whose variants are timed against the dense model round by round (common.side_by_side, or their own
 # rounds): a results file of theirs without each round's speed-up timed its variants one after another.
 ROUND_BY_ROUND = {"latency_aware_choice", "fashion_mnist_accuracy", "dense_tasks", "detection_scenes",
-                  "depth_vs_channel"}
+                  "depth_vs_channel", "detector_pruning"}
 MEASURED_APART = {"latency_aware_choice", "fashion_mnist_accuracy", "dense_tasks", "detection_scenes",
-                  "depth_vs_channel_convnext_fmnist", "depth_vs_channel_mobilenetv2_small"}
+                  "depth_vs_channel_convnext_fmnist", "depth_vs_channel_mobilenetv2_small", "detector_pruning"}
 
 
 def recorded_command(name: str) -> str | None:
