@@ -1,11 +1,11 @@
 """Rerun the benchmarks behind the published figures, then regenerate the README's tables from their results.
 
-    .venv/bin/python benchmarks/run_all.py            # make bench: the headline and coverage figures
+    .venv/bin/python benchmarks/run_all.py            # make bench: the lane that fits about 90 min on 2 cores
     .venv/bin/python benchmarks/run_all.py --all      # make bench-all: every results file, then every other script
     .venv/bin/python benchmarks/run_all.py --dry-run  # the plan: each command and its minutes, the total
 
 What runs, and with which settings, is benchmarks/published.py: one run for each results file, with the
-arguments that make it from scratch. Each runs with this same interpreter from the repository root, its output
+arguments that make it from scratch, its lane and its planned minutes. Each runs with this same interpreter from the repository root, its output
 shown as it comes; a failure is reported and the next run goes on (one summary line per run at the end, exit
 status 1 if any failed). Everything the benchmarks would resume from (trained baselines, finished runs,
 exported files) goes to build/bench/, emptied first: no figure comes from an earlier session's cache
