@@ -40,23 +40,24 @@ the width search keeps widths on multiples of `int8_round_to` too (16: ONNX Runt
 their gain on pruned widths that are multiples of 8 only). Stats: `budget`, `budget_ms` (the budget as a latency), `chosen`
 (its dimensions), `speedup`, `ms`, `proxy` and `candidates`, one row per combination: dimensions, met,
 measured speed-up and latency, MACs kept, proxy, each dimension's setting (MACs fraction, blocks, INT8
-layers) and, for those that failed, why. `budget_candidates` returns the candidates themselves, for
-benchmarks that recover each and compare.
+layers) and, for those that failed, why. Facts: BudgetChosen, the chosen candidate typed. `budget_candidates`
+returns the candidates themselves, for benchmarks that recover each and compare.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from prunefx.graph import Program
 from prunefx.passes.budget.candidates import Candidate, budget_candidates
 from prunefx.passes.budget.choose_config import ChooseForBudgetConfig
-from prunefx.passes.budget.search import budget_text
+from prunefx.passes.budget.search import Measured, budget_text
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.registry import shipped_pass
 from prunefx.passes.core.result import Result
 
-__all__ = ["ChooseForBudgetConfig", "budget_candidates", "choose_for_budget"]
+__all__ = ["BudgetChosen", "ChooseForBudgetConfig", "budget_candidates", "choose_for_budget"]
 
 
 # every candidate is cut from a copy of the dense Program
@@ -77,7 +78,17 @@ def choose_for_budget(program: Program, /, *, config: dict | None = None) -> Res
              "candidates": [candidate.to_dict() for candidate in candidates]}
     # a budget above 1x is met by fewer MACs or by INT8 layers: say which happened, do not assume it
     modified = macs_kept < 1.0 or bool(chosen.int8_layers)
-    return Result(chosen.program, modified=modified, stats=stats)
+    return Result(chosen.program, modified=modified, stats=stats, facts=BudgetChosen(stats["budget"], chosen, measured))
+
+
+@dataclass(frozen=True)
+class BudgetChosen:
+    """What choose_for_budget hands to its caller (prunefx.meet_budget's width+depth route): the budget in
+    words, the chosen candidate (each dimension's setting) and its measurement."""
+
+    budget: str
+    chosen: Candidate
+    measured: Measured
 
 
 def _proxy(candidate: Candidate) -> float:

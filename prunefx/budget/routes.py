@@ -19,7 +19,7 @@ from prunefx.graph.depth.branch_drop import droppable_blocks
 from prunefx.graph.timing import Timing
 from prunefx.passes.budget.measurement import Steps, answerer
 from prunefx.passes.budget.search import Measured
-from prunefx.passes.choose_for_budget import choose_for_budget
+from prunefx.passes.choose_for_budget import BudgetChosen, choose_for_budget
 from prunefx.passes.core.pipeline import Pipeline, PipelineResult
 from prunefx.passes.depth_to_budget import DepthChosen, depth_to_budget
 from prunefx.passes.merge_blocks import merge_blocks
@@ -101,11 +101,11 @@ def joint(program: Program, budget: Budget, measurer, options: dict, calibration
               # the width search reads choose_for_budget's calibration; None: remove_channels' own default
               "width": {key: value for key, value in options.items() if key != "calibration" and value is not None}}
     result = Pipeline([(choose_for_budget, config)], verify="full").run(program)
-    chosen = result.stats()["choose_for_budget"]["candidates"][0]
-    search = {"budget": result.stats()["choose_for_budget"]["budget"], "met": True,
-              **{key: value for key, value in chosen.items() if key not in ("width_trace", "proxy", "met")},
-              "trace": chosen.get("width_trace") or [], "depth_share": depth_share}
-    return Reached(result, search, Measured.from_dict(chosen), search["trace"])
+    choice = result.facts("choose_for_budget", BudgetChosen)
+    search = {"budget": choice.budget, "met": True,
+              **{key: value for key, value in choice.chosen.to_dict().items() if key not in ("width_trace", "proxy", "met")},
+              "trace": choice.chosen.width_trace or [], "depth_share": depth_share}
+    return Reached(result, search, choice.measured, search["trace"])
 
 
 def depth_blocks(program: Program) -> tuple[int, str]:
