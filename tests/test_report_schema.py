@@ -20,10 +20,11 @@ from prunefx.data import fashion_mnist
 from prunefx.graph import capture, count
 from prunefx.graph.depth.blocks import find_blocks
 from prunefx.models import build_model
-from prunefx.reports.report_json import SCHEMA_VERSION
+from prunefx.reports.report_facts import COMMANDS, Costs, ReportFacts
+from prunefx.reports.report_json import SCHEMA_VERSION, report_json
 
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(), reason="Fashion-MNIST missing")]
+pytestmark = pytest.mark.usefixtures("one_thread")
+needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(), reason="Fashion-MNIST missing")
 SCHEMA = json.loads((Path(__file__).parents[1] / "docs" / "reference" / "report.schema.json").read_text())
 SMALL = ["prunefx:mobilenetv2_small", "--input-shape", "2x1x28x28"]
 CALIBRATE = ["--calibrate", "fashion-mnist", "--calibration-images", "4"]
@@ -78,6 +79,7 @@ def prune_argv(*budget) -> list:
 
 
 @pytest.mark.slow
+@needs_fashion_mnist
 def test_prune_writes_one_shape_whichever_route_met_the_budget(stand_in, capsys, tmp_path):
     routes = {"macs": ["--macs", "0.5"], "width": ["--speedup", "1.2", "--tolerance", "0.5", "--max-candidates", "4"],
               "depth": ["--speedup", "2", "--allow-depth"],
@@ -94,6 +96,7 @@ def test_prune_writes_one_shape_whichever_route_met_the_budget(stand_in, capsys,
 
 
 @pytest.mark.slow
+@needs_fashion_mnist
 def test_depth_writes_the_shape_of_prune(stand_in, capsys, tmp_path):
     named = written(capsys, tmp_path / "named", "depth", *SMALL, "--block", "blocks.2", "--no-measure")
     budget = written(capsys, tmp_path / "budget", "depth", *SMALL, *CALIBRATE, "--speedup", "2")
@@ -102,6 +105,7 @@ def test_depth_writes_the_shape_of_prune(stand_in, capsys, tmp_path):
 
 
 @pytest.mark.slow
+@needs_fashion_mnist
 def test_compress_writes_the_shape_with_and_without_a_budget(stand_in, capsys, tmp_path):
     recipes = {"prune": {"remove_channels": {"macs": 0.5, "round_to": 4, "importance": "l2"}},
                "budget": {"choose_for_budget": {"speedup": 1.2, "tolerance": 0.5, "dimensions": ["width"],
@@ -117,6 +121,7 @@ def test_compress_writes_the_shape_with_and_without_a_budget(stand_in, capsys, t
 
 
 @pytest.mark.slow
+@needs_fashion_mnist
 def test_quantize_writes_the_shape(capsys, tmp_path):
     report = written(capsys, tmp_path / "q", "quantize", "prunefx:resnet20", *CALIBRATE, "--runs", 3, "--threads", 1)
     assert report["parity"] == report["exports"]["model_ort.onnx"]["parity"]
@@ -124,9 +129,21 @@ def test_quantize_writes_the_shape(capsys, tmp_path):
 
 
 @pytest.mark.slow
+@needs_fashion_mnist
 def test_the_demo_writes_the_shape(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(importlib.import_module("prunefx.cli.commands.demo"), "ROUNDS", 1)
     report = written(capsys, tmp_path / "demo", "demo", "--kd-steps", 1, "--eval-images", 128,
                      "--calibration-images", 64, "--runs", 3)
     assert report["calibration_images"] >= 64 and "fashion-mnist" in report["calibration"]
     assert report["latency"]["interval"] is not None and report["route"] is None
+
+
+def test_the_schema_is_valid_and_the_builder_keeps_common_keys_common():
+    Draft202012Validator.check_schema(SCHEMA)
+    assert SCHEMA["properties"]["schema_version"]["const"] == SCHEMA_VERSION
+    assert set(SCHEMA["properties"]["command"]["enum"]) == set(COMMANDS)
+    facts = ReportFacts("quantize", "m", Costs(2, 1, 2, 2), {}, sections={"latency": 1.0})
+    with pytest.raises(ValueError, match="common keys as its own: latency"):
+        report_json(facts)
+    with pytest.raises(ValueError, match="unknown command 'bench'"):
+        ReportFacts("bench", "m", Costs(2, 1, 2, 2), {})
