@@ -145,8 +145,8 @@ def test_the_acceptance_rule_is_one_and_depth_takes_its_fallback(graph_order):
 
 def test_the_python_api_guide_example_runs(graph_order, monkeypatch, capsys):
     """docs/python-api.md's example as written, its ONNX Runtime measurement replaced by the stand-in."""
-    monkeypatch.setattr(importlib.import_module("prunefx.runtime.measure.pairs"), "latency_pair",
-                        lambda backend, **options: PerOperator())
+    monkeypatch.setattr(importlib.import_module("prunefx.runtime.measure.pairs").Measurement, "pair",
+                        lambda self: PerOperator())
     guide = (Path(__file__).resolve().parents[1] / "docs" / "python-api.md").read_text()
     block = re.search(r"## Meet a measured budget\n.*?```python\n(.*?)```", guide, re.DOTALL).group(1)
     namespace: dict = {}

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -38,6 +38,9 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.passes.budget.measurement import round_to_of
 from prunefx.passes.budget.search import BudgetUnreachable, budget_text, speedup_text, unreachable_in
 from prunefx.passes.prune_to_budget import DEFAULT_ROUND_TO
+
+if TYPE_CHECKING:
+    from prunefx.runtime.measure.pairs import Measurement
 
 _log = logging.getLogger(__name__)  # where a route's progress goes when the caller gives no `log`
 CHOICES = ("macs", "latency")  # what steers the width search: the MACs kept, or a measured per-layer table
@@ -79,18 +82,13 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
     if choose_by not in CHOICES:
         raise PrunefxError(f"meet_budget: choose_by is one of {', '.join(CHOICES)}, not {choose_by!r}")
     device = resolve_device(device) if device is not None else None  # a GPU that is missing: refused first
-    if measurement is not None:  # one runtime.measure.pairs.Measurement in place of the separate settings
-        settings = measurement.settings
-        backend, precision, batch, threads = measurement.backend, settings.precision, settings.batch, settings.threads
-        runs, trtexec, compile = settings.runs, settings.trtexec, settings.compile
-    precision = _precision(backend, precision)
+    if measurement is None:  # the separate settings, as one Measurement: what the command line builds
+        measurement = _measurement(backend, precision, batch, threads, runs, trtexec, compile, given=measurer)
     if measurer is None:
-        measurer = (measurement.pair() if measurement is not None
-                    else _measurer(backend, precision, batch, threads, runs, trtexec, compile))
+        measurer = measurement.pair()
     width = dict(width or {})
     if choose_by == "latency":
-        width["latency_table"] = _latency_table(program, backend, precision, batch, threads, measurer,
-                                                latency_cache, compile, width.get("round_to"))
+        width["latency_table"] = _latency_table(program, measurement, measurer, latency_cache, width.get("round_to"))
     budget = Budget(speedup, latency_ms, tolerance, confirm, max_candidates)
     with on_device(program, device) as placed:
         if device is not None:  # some readers run the module on the batches as given: they go along
@@ -98,7 +96,7 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
             if width.get("calibration") is not None:  # the caller's own width calibration (noise)
                 width["calibration"] = batches_on(width["calibration"], placed.device)
         search = _Routes(program, budget, measurer, calibration,
-                         MeasuredOn(backend, precision, batch),
+                         MeasuredOn(measurement.backend, measurement.settings.precision, measurement.settings.batch),
                          recalibrate=calibration is not None if recalibrate is None else recalibrate,
                          width=width, depth=dict(depth or {}), log=log or _log.info)
         chosen, outcome = search.run(order)
@@ -118,39 +116,35 @@ def _routes(routes: Sequence[str] | None, allow_depth: bool) -> tuple[str, ...]:
     return order
 
 
-def _precision(backend: str, precision: str | None) -> str:
-    """The precision asked, else the registered backend's default (a backend named only to label a measurer
-    the caller gave may be unknown: fp32 then)."""
-    if precision is not None:
-        return precision
-    from prunefx.runtime import backends
-
-    return backends.get(backend).default_precision if backend in backends.names() else "fp32"
-
-
-def _latency_table(program: Program, backend: str, precision: str, batch: int, threads: int | None, measurer,
-                   cache_dir: str | None, compile: bool, round_to: int | None):
-    """The per-layer latency table of `program` on `backend`, on the width multiple the search keeps."""
-    from prunefx.runtime import LATENCY_THREADS
+def _measurement(backend: str, precision: str | None, batch: int, threads: int | None, runs: int,
+                 trtexec: str | None, compile: bool, *, given) -> Measurement:
+    """One Measurement from meet_budget's separate settings, checked now; where the caller gave its own
+    measurer, `backend` only names it (and may be unknown to the registry): not checked."""
+    from prunefx.runtime import LATENCY_THREADS, backends
     from prunefx.runtime.backends.base import Settings
+    from prunefx.runtime.measure.pairs import Measurement
+
+    threads = threads or LATENCY_THREADS
+    if given is None:
+        return Measurement.of(backend, threads=threads, runs=runs, precision=precision, trtexec=trtexec, batch=batch,
+                              compile=compile)
+    known = backend in backends.names()
+    precision = precision or (backends.get(backend).default_precision if known else "fp32")
+    return Measurement(backend, Settings(runs=runs, precision=precision, batch=batch, threads=threads, trtexec=trtexec,
+                                         compile=compile))
+
+
+def _latency_table(program: Program, measurement: Measurement, measurer, cache_dir: str | None,
+                   round_to: int | None):
+    """The per-layer latency table of `program`, timed as `measurement` says, on the width multiple the search
+    keeps."""
     from prunefx.runtime.tables.table import program_latency_table
     from prunefx.runtime.tables.timer_by_name import layer_timer
 
-    timer = layer_timer(backend, Settings(precision=precision, batch=batch, threads=threads or LATENCY_THREADS,
-                                          compile=compile))
+    timer = layer_timer(measurement.backend, measurement.settings)
     multiple = round_to or round_to_of(measurer) or DEFAULT_ROUND_TO  # as the width search resolves it
-    return program_latency_table(program, timer, multiple=int(multiple), batch=batch, cache_dir=cache_dir)
-
-
-def _measurer(backend: str, precision: str, batch: int, threads: int | None, runs: int, trtexec: str | None,
-              compile: bool):
-    """The backend's latency pair (runtime/measure/pairs.py), imported here: the runtime is loaded when
-    something is measured, not when prunefx is."""
-    from prunefx.runtime import LATENCY_THREADS
-    from prunefx.runtime.measure.pairs import latency_pair
-
-    return latency_pair(backend, threads=threads or LATENCY_THREADS, runs=runs, precision=precision, trtexec=trtexec,
-                        batch=batch, compile=compile)
+    return program_latency_table(program, timer, multiple=int(multiple), batch=measurement.settings.batch,
+                                 cache_dir=cache_dir)
 
 
 class _Routes:

@@ -1,0 +1,70 @@
+"""The measurement spine: what a `--speedup` budget passes through from the command line to the backend's timer.
+
+The oracle is the interpreter's own call stack, read inside a stand-in for the timing loop every ONNX Runtime
+measurement ends in: the repository files on it, outermost first. The layer order (prunefx -> runtime -> passes
+-> graph, docs/design.md) says each file may call only its own layer or one below."""
+
+import traceback
+from pathlib import Path
+
+import pytest
+
+from prunefx.cli import main
+from prunefx.runtime.measure import latency, timing_loop
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+LAYERS = {"prunefx": 3, "runtime": 2, "passes": 1, "graph": 0}  # higher calls lower
+MOST_FILES = 12
+
+
+def repository_files(stack: traceback.StackSummary) -> list[str]:
+    """The library's files on `stack`, outermost first, each once per run of frames in it."""
+    files: list[str] = []
+    for frame in stack:
+        path = Path(frame.filename).resolve()
+        if not path.is_relative_to(REPOSITORY) or path.parts[len(REPOSITORY.parts)] not in LAYERS:
+            continue
+        relative = path.relative_to(REPOSITORY).as_posix()
+        if not files or files[-1] != relative:
+            files.append(relative)
+    return files
+
+
+@pytest.fixture
+def stacks(monkeypatch) -> list[list[str]]:
+    """The library's files on the stack at every timing loop (the real loop then times as it would)."""
+    seen: list[list[str]] = []
+    real = timing_loop.alternate
+
+    def recording(*args, **kwargs):
+        seen.append(repository_files(traceback.extract_stack()[:-1]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(latency, "alternate", recording)  # where the measurers call it
+    return seen
+
+
+def test_a_speedup_budget_reaches_the_timer_through_at_most_twelve_files_each_calling_downward(stacks, tmp_path,
+                                                                                               one_thread):
+    code = main(["prune", "prunefx:resnet20", "--input-shape", "1x1x32x32", "--speedup", "1.2", "--runs", "3",
+                 "--max-candidates", "2", "--threads", "1", "--no-confirm", "--importance", "l2",
+                 "-o", str(tmp_path / "out")])
+    assert code in (0, 2) and stacks  # met or not, candidates were timed
+    for files in stacks:
+        assert files[0].startswith("prunefx/cli/") and len(set(files)) <= MOST_FILES, files
+        layers = [LAYERS[name.split("/")[0]] for name in files]
+        upward = [(a, b) for a, b, la, lb in zip(files, files[1:], layers, layers[1:]) if lb > la]
+        assert not upward, f"calls up the layers: {upward}"
+
+
+def test_the_spine_check_sees_a_call_up_the_layers():
+    """The check itself: a stack that goes passes -> runtime is read as a call up."""
+    stack = traceback.StackSummary.from_list([
+        (str(REPOSITORY / "prunefx/budget/routes.py"), 1, "width", ""),
+        (str(REPOSITORY / "passes/budget/width_search.py"), 1, "steps", ""),
+        (str(REPOSITORY / "runtime/measure/latency.py"), 1, "compare_latency", ""),
+    ])
+    files = repository_files(stack)
+    layers = [LAYERS[name.split("/")[0]] for name in files]
+    assert files == ["prunefx/budget/routes.py", "passes/budget/width_search.py", "runtime/measure/latency.py"]
+    assert any(b > a for a, b in zip(layers, layers[1:]))
