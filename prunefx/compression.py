@@ -20,6 +20,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from prunefx.compress_options import DEFAULTS, Options
@@ -33,7 +34,7 @@ from prunefx.data.splits import (
     scene_spec,
 )
 from prunefx.data.unlabelled import against_dense
-from prunefx.deliverable import write_model, write_report
+from prunefx.deliverable import write_model
 from prunefx.dense_tasks import evaluate_dense
 from prunefx.device import on_device
 from prunefx.graph import Program
@@ -45,10 +46,11 @@ from prunefx.models import build_model
 from prunefx.named_recipes import Recipe
 from prunefx.output import check_output_folder, staged_folder
 from prunefx.passes.training.engine import evaluate
+from prunefx.reports import report_json
 from prunefx.reports.budget import BUDGET_CHART_FILE, write_budget_chart
 from prunefx.reports.compression import json_safe, markdown_report, pass_summary
 from prunefx.reports.report_facts import Costs, Latency, ReportFacts
-from prunefx.reports.report_json import output_files, report_json
+from prunefx.reports.report_json import output_files
 from prunefx.reports.stage import STAGE_TIMED_RUNS, StageMeter
 from prunefx.runtime import compare_latency, export_onnx, onnx_runner
 from prunefx.runtime.measure.deployment_report import CHART_FILE, variants_from_compress, write_chart
@@ -223,10 +225,9 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
         "seconds": seconds,
         "stages": stages,
     }
-    report = report_json(ReportFacts("compress", dense.name, Costs.of(dense_one, compressed_one),
-                                     output_files(output, *written), parity=delivered["parity"], budget=budget,
-                                     latency=measured, sections=sections))
-    return _write_report(json_safe(report), staging, output, title=f"{dense.name}, recipe {recipe.name}")
+    facts = ReportFacts("compress", dense.name, Costs.of(dense_one, compressed_one), output_files(output, *written),
+                        parity=delivered["parity"], budget=budget, latency=measured, sections=sections)
+    return _write_report(facts, staging, title=f"{dense.name}, recipe {recipe.name}")
 
 
 def _budget(result, options: Options) -> dict | None:
@@ -248,14 +249,13 @@ def _side_by_side(dense_one: Program, compressed_one: Program, compressed_onnx: 
                                warmup=options.warmup, runs=options.runs, threads=options.threads)
 
 
-def _write_report(report: dict, staging: Path, output: Path, *, title: str) -> dict:
-    """The charts, report.json and report.md in `staging`, named as they will be in `output`."""
-    variants = variants_from_compress(report)
-    report["variants"] = [variant.to_dict() for variant in variants]
+def _write_report(facts: ReportFacts, staging: Path, *, title: str) -> dict:
+    """The charts, report.json and report.md in `staging`, named as they will be in the output folder."""
+    variants = variants_from_compress(json_safe(report_json.report_json(facts)))  # read from the report's figures
     write_chart(variants, staging / CHART_FILE, title=title)
-    budget = report["budget"]
-    if budget is not None:  # every width/depth/INT8 combination the budget pass tried, as a chart
-        write_budget_chart(budget, staging / BUDGET_CHART_FILE, title=f"{report['model']}: budget {budget['budget']}")
-    report = write_report(staging, report)
+    if facts.budget is not None:  # every width/depth/INT8 combination the budget pass tried, as a chart
+        write_budget_chart(facts.budget, staging / BUDGET_CHART_FILE, title=f"{facts.model}: budget {facts.budget['budget']}")
+    sections = {**facts.sections, "variants": [variant.to_dict() for variant in variants]}
+    report = report_json.write(staging, replace(facts, sections=sections))
     (staging / "report.md").write_text(markdown_report(report))
     return report

@@ -1,19 +1,16 @@
-"""The files every compressing command delivers, written one way: model.pt2 (the Program), model.onnx
+"""The model files every compressing command delivers, written one way: model.pt2 (the Program), model.onnx
 (exported and cleaned, runtime/onnx/export.py; a Program with INT8 fake quantizers is lowered for ONNX Runtime
-on this CPU by runtime/onnx/quantized.py instead), its torch-vs-ONNX-Runtime parity, and report.json
-(plain JSON: statistics made safe by compression_report.json_safe, no NaN), with `prunefx check`'s findings
-on model.onnx (`readiness`, runtime/check/readiness.py). `prune`, `depth` and
-`compress` call these inside their staged output folder (prunefx/output.py), so a failure anywhere
-leaves no partial output."""
+on this CPU by runtime/onnx/quantized.py instead), its torch-vs-ONNX-Runtime parity, and `prunefx check`'s
+findings on model.onnx (`readiness`, runtime/check/readiness.py), for report.json
+(prunefx/reports/report_json.py). `prune`, `depth`, `compress` and `demo` call this inside their staged output
+folder (prunefx/output.py), so a failure anywhere leaves no partial output."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prunefx.graph import Program
 from prunefx.graph.int8.quantization import has_fake_quant
-from prunefx.reports.compression import json_safe
 from prunefx.runtime import check_parity, export_onnx, export_quantized_onnx, onnxruntime_lowering
 from prunefx.runtime.check.readiness import report_entries
 from prunefx.runtime.heap import release_freed_memory
@@ -39,9 +36,3 @@ def write_model(staging: Path, program: Program, *, opset: int) -> dict:
             "parity": {"max_abs_error": parity.max_abs_error, "output_scale": parity.output_scale,
                        "relative": parity.relative}}
 
-
-def write_report(staging: Path, report: dict) -> dict:
-    """report.json in `staging`; the report as written (JSON-safe)."""
-    report = json_safe(report)
-    (staging / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    return report

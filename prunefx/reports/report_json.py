@@ -5,10 +5,11 @@ published as docs/reference/report.schema.json and tests/test_report_schema.py c
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prunefx.budget.outcome import BudgetOutcome
-from prunefx.deliverable import write_report
+from prunefx.reports.compression import json_safe
 from prunefx.reports.report_facts import Latency, LatencySkipped, ReportFacts
 
 SCHEMA_VERSION = 1  # raised when a common key changes meaning or goes; a new key does not
@@ -28,8 +29,10 @@ def report_json(facts: ReportFacts) -> dict:
 
 
 def write(staging: Path, facts: ReportFacts) -> dict:
-    """report.json in `staging` (JSON-safe: prunefx/deliverable.py); the report as written."""
-    return write_report(staging, report_json(facts))
+    """report.json in `staging`, plain JSON (statistics made safe by json_safe, no NaN); the report as written."""
+    report = json_safe(report_json(facts))
+    (staging / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    return report
 
 
 def _budget(facts: ReportFacts) -> dict | None:
