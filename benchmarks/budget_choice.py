@@ -87,7 +87,7 @@ def macs_target(dense: Program, budget: float, batches, latency) -> tuple[Progra
     recalibration as choose_for_budget, measured and confirmed as every accepted budget candidate is."""
     macs = remove_channels(dense.clone(), config={**WIDTH, "macs": 1 / budget}).program
     macs = recalibrate_batchnorm(macs, config={"data": batches}).program
-    measured = Measured(*latency(dense, macs))
+    measured = Measured.of(latency(dense, macs))
     measured.confirm(latency, dense, macs)
     return macs, measured.to_dict() | {"macs_kept": count(macs).macs / count(dense).macs}
 

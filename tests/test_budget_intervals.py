@@ -105,7 +105,7 @@ def test_compare_latency_reports_the_interval_of_its_own_blocks():
 
 
 def test_a_confirmed_candidate_meets_on_its_lower_bound_not_its_point():
-    measured = Measured(2.1, 1.0, 0.02)  # 2.1x, unconfirmed: the point decides
+    measured = Measured.of((2.1, 1.0, 0.02))  # 2.1x, unconfirmed: the point decides
     assert meets(measured, speedup=2.0, latency_ms=None)
     measured.confirm(lambda d, c: Timing(2.1, 1.0, 0.02, 1.95, 2.25, 0.9, "block bootstrap"), None, None)
     assert measured.speedup == pytest.approx(2.1) and not meets(measured, speedup=2.0, latency_ms=None)

@@ -166,7 +166,7 @@ def test_the_refusal_names_depth_only_where_a_block_merges():
 
     args = argparse.Namespace(model="m", speedup=2.0, latency_ms=None)
     width = BudgetUnreachable("cannot reach a 2x speed-up by width: the best measured was 1.50x", dimension="width",
-                              best=Measured(1.5, 1.0, 0.0))
+                              best=Measured.of((1.5, 1.0, 0.0)))
     relu = capture(nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 1)).eval(), torch.randn(1, 8, 4, 4),
                    name="relu_net")
     gated = capture(Gated().eval(), torch.randn(1, 8, 4, 4), name="gated_net")

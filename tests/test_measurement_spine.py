@@ -8,8 +8,13 @@ import traceback
 from pathlib import Path
 
 import pytest
+import torch
 
+from prunefx.budget import meet_budget
 from prunefx.cli import main
+from prunefx.graph import capture, count
+from prunefx.graph.timing import Timing
+from prunefx.models import build_model
 from prunefx.runtime.measure import latency, timing_loop
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -68,3 +73,34 @@ def test_the_spine_check_sees_a_call_up_the_layers():
     layers = [LAYERS[name.split("/")[0]] for name in files]
     assert files == ["prunefx/budget/routes.py", "passes/budget/width_search.py", "runtime/measure/latency.py"]
     assert any(b > a for a, b in zip(layers, layers[1:]))
+
+
+class MacsTimer:
+    """A stand-in measurer whose milliseconds are the MACs; every Timing it answers is kept."""
+
+    round_to = None
+
+    def __init__(self):
+        self.answered: list[Timing] = []
+
+    def __call__(self, dense, candidate) -> Timing:
+        return self._answer(Timing(count(dense).macs / 1e6, count(candidate).macs / 1e6, 0.01))
+
+    def confirm(self, dense, candidate) -> Timing:
+        point = count(dense).macs / count(candidate).macs
+        return self._answer(Timing(count(dense).macs / 1e6, count(candidate).macs / 1e6, 0.01, 0.99 * point,
+                                   1.01 * point, 0.9, "stand-in"))
+
+    def _answer(self, timing: Timing) -> Timing:
+        self.answered.append(timing)
+        return timing
+
+
+def test_the_timers_timing_reaches_the_outcome_unchanged(one_thread):
+    """One timing type: the Timing object the measurer answered is the one the outcome holds, not a copy."""
+    torch.manual_seed(0)
+    program = capture(build_model("prunefx:resnet20").module.eval(), torch.randn(1, 1, 28, 28)).eval()
+    timer = MacsTimer()
+    _, outcome = meet_budget(program, speedup=1.6, measurer=timer, width={"importance": "l2"})
+    assert outcome.measured.timing is timer.answered[-1] and outcome.measured.timing.method == "stand-in"
+    assert outcome.measured.first is not None and any(outcome.measured.first is t for t in timer.answered)

@@ -130,8 +130,9 @@ def test_the_acceptance_rule_is_one_and_depth_takes_its_fallback(graph_order):
     exactly that count, which the width search's rule would not accept."""
     program, batches = graph_order
     rule = Acceptance(2.0, None, 0.15)
-    assert rule.floor == CROSS_PROCESS and not rule.meets(Measured(2.06, 1.0, 0.0, (2.06, 1.0, 0.0), 2.06, 2.06))
-    assert rule.meets(Measured(2.2, 1.0, 0.0, (2.2, 1.0, 0.0), 2.1, 2.3)) and not rule.in_window(Measured(2.4, 1.0, 0.0))
+    assert rule.floor == CROSS_PROCESS and not rule.meets(Measured(Timing(2.06, 1.0, 0.0, 2.06, 2.06), Timing(2.06, 1.0, 0.0)))
+    assert rule.meets(Measured(Timing(2.2, 1.0, 0.0, 2.1, 2.3), Timing(2.2, 1.0, 0.0)))
+    assert not rule.in_window(Measured.of((2.4, 1.0, 0.0)))
     assert Acceptance(2.0, None, 0.04).floor == pytest.approx(1.04 ** 0.5)  # a window narrower than the floor
     config = {"speedup": 1.5, "latency": PerOperator(), "calibration": batches, "tolerance": None}
     trace = depth_to_budget(program.clone(), config=config).stats["trace"]

@@ -30,42 +30,52 @@ CROSS_PROCESS = 1.05
 
 @dataclass
 class Measured:
-    """A candidate's latency beside the dense model's, as the search knows it: the measurer's Timing, read as
-    a point until confirmed; once confirmed, `low`/`high` bound the speed-up at `confidence` (`method` says
-    how) and `first` keeps the search's shorter measurement. `timing` gives the figures back as a Timing, the
-    one measurement type from the measurer to the report (`to_dict`)."""
+    """A candidate's latency beside the dense model's, as the search knows it. `timing` is the measurer's Timing
+    itself, unchanged from the timer to the report: the search's reading until confirmed, read as a point (a
+    short reading's interval is not relied on), then the confirmation's, whose interval decides. `first` keeps
+    the search's reading once confirmed; `longer`: measured longer still, and those figures replaced it."""
 
-    dense_ms: float
-    ms: float
-    spread: float
+    timing: Timing
     first: Timing | None = None
-    low: float | None = None
-    high: float | None = None
-    confidence: float | None = None
-    method: str | None = None
-    longer: bool = False  # confirmed a second time, longer (`confirm_longer`), and those figures replaced the first
-
-    def __post_init__(self):
-        if self.first is not None:  # a (dense ms, ms, spread) triple is a point Timing
-            self.first = Timing.of(self.first)
+    longer: bool = False
 
     @classmethod
     def of(cls, reading) -> Measured:
-        """A search's reading (a Timing, or a (dense ms, ms, spread) triple), unconfirmed: its point alone
-        steers the search, whatever interval a short measurement came with."""
-        dense_ms, ms, spread = Timing.of(reading)
-        return cls(dense_ms, ms, spread)
+        """A search's reading (a Timing, or a (dense ms, ms, spread) triple), unconfirmed."""
+        return cls(Timing.of(reading))
 
     @property
-    def timing(self) -> Timing:
-        """The latest figures: a point until confirmed, then the confirmation's interval."""
-        if self.low is None or self.high is None or self.method is None:
-            return Timing(self.dense_ms, self.ms, self.spread)
-        return Timing(self.dense_ms, self.ms, self.spread, self.low, self.high, self.confidence or 0.0, self.method)
+    def dense_ms(self) -> float:
+        return self.timing.dense_ms
+
+    @property
+    def ms(self) -> float:
+        return self.timing.ms
+
+    @property
+    def spread(self) -> float:
+        return self.timing.spread
+
+    @property
+    def low(self) -> float | None:
+        """The interval's lower bound once confirmed; None before."""
+        return self.timing.low if self.confirmed else None
+
+    @property
+    def high(self) -> float | None:
+        return self.timing.high if self.confirmed else None
+
+    @property
+    def confidence(self) -> float | None:
+        return self.timing.confidence if self.confirmed else None
+
+    @property
+    def method(self) -> str | None:
+        return self.timing.method if self.confirmed else None
 
     @property
     def speedup(self) -> float:
-        return self.dense_ms / self.ms
+        return self.timing.speedup
 
     @property
     def confirmed(self) -> bool:
@@ -83,10 +93,10 @@ class Measured:
     def confirming(self, dense: Program, candidate: Program) -> Steps:
         """Measure again, longer (once): the confirmation's figures and interval replace the first ones."""
         if self.first is None:
-            first = Timing(self.dense_ms, self.ms, self.spread)
+            first = self.timing
             timing = yield Ask("confirm", dense, candidate)
             if timing is not None:
-                self.take(timing)
+                self.timing = timing
             self.first = first
 
     def confirming_longer(self, dense: Program, candidate: Program) -> Steps:
@@ -95,26 +105,20 @@ class Measured:
         if self.first is not None and not self.longer:
             timing = yield Ask("confirm_longer", dense, candidate)
             if timing is not None:
-                self.take(timing)
-                self.longer = True
+                self.timing, self.longer = timing, True
 
     def straddles(self, wanted: float, tolerance: float) -> bool:
         """Confirmed with the point in [S, S (1 + tolerance)] but the interval's lower bound below S (`wanted`):
         the evidence neither accepts nor rejects it."""
         return self.first is not None and self.lower_bound < wanted <= self.speedup <= wanted * (1 + tolerance)
 
-    def take(self, timing: Timing) -> None:
-        self.dense_ms, self.ms, self.spread = timing
-        self.low, self.high, self.confidence, self.method = timing.low, timing.high, timing.confidence, timing.method
-
     @classmethod
     def from_dict(cls, row: dict) -> Measured:
-        """The inverse of to_dict: a pass's statistics hand the chosen candidate's figures on this way."""
-        first, interval = row.get("first"), row.get("interval") or {}
-        return cls(row["dense_ms"], row["ms"], row["spread"],
-                   Timing(first["dense_ms"], first["ms"], first["spread"]) if first else None,
-                   interval.get("low"), interval.get("high"), interval.get("confidence"), interval.get("method"),
-                   bool(row.get("longer", False)))
+        """The inverse of to_dict."""
+        first, interval = row.get("first"), row.get("interval")
+        bounds = (interval["low"], interval["high"], interval["confidence"], interval["method"]) if interval else ()
+        return cls(Timing(row["dense_ms"], row["ms"], row["spread"], *bounds),
+                   Timing(first["dense_ms"], first["ms"], first["spread"]) if first else None, bool(row.get("longer")))
 
     def to_dict(self) -> dict:
         row: dict[str, object] = {"speedup": self.speedup, "dense_ms": self.dense_ms, "ms": self.ms, "spread": self.spread,
