@@ -49,7 +49,8 @@ from prunefx.passes.core.result import Result
 from prunefx.passes.removal.channels_removed import ChannelsRemoved
 from prunefx.passes.remove_channels import RemoveChannelsConfig
 
-DEFAULT_ROUND_TO = 8  # remove_channels' own default, when neither the user nor the backend names a multiple
+# remove_channels' own multiple, when neither the user nor the backend names one
+DEFAULT_ROUND_TO: int = RemoveChannelsConfig.default("round_to")
 SEARCHED = ("macs", "params", "channels", "layer_time")  # remove_channels' targets: the search sets one
 __all__ = ["CROSS_PROCESS", "PruneToBudgetConfig", "WidthChosen", "chosen_result", "prune_to_budget", "width_search"]
 

@@ -219,3 +219,9 @@ def test_a_pass_twice_with_tensor_data_runs_each_step_on_its_own_config():
     oracle = Pipeline([(recalibrate_batchnorm, {"data": second})], verify="shapes").run(program)
     for mine, theirs in zip(result.program.module.buffers(), oracle.program.module.buffers()):
         torch.testing.assert_close(mine, theirs)  # the second step's statistics, from its own batches
+
+
+def test_a_configs_default_is_read_from_its_class_without_parsing_a_target():
+    """`default` reads the field's default (remove_channels' 8), where a parse would need a target first."""
+    assert RemoveChannelsConfig.default("round_to") == RemoveChannelsConfig.parse({"macs": 0.5}).round_to == 8
+    assert RemoveChannelsConfig.default("keep") == RemoveChannelsConfig.parse({"macs": 0.5}).keep

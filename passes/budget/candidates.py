@@ -216,7 +216,7 @@ class _Search:
     def _pruned(self, model: Program, latency, candidate: Candidate) -> Program:
         width = dict(self.settings.width)
         if "int8" in candidate.dimensions:  # widths the INT8 kernels run well (int8_round_to's help says why)
-            asked = width.get("round_to") or round_to_of(latency) or RemoveChannelsConfig.parse({"macs": 0.5}).round_to
+            asked = width.get("round_to") or round_to_of(latency) or RemoveChannelsConfig.default("round_to")
             width["round_to"] = math.lcm(int(asked), self.settings.int8_round_to)
         result = run_inner(prune_to_budget, model, {
             **width, "speedup": self.settings.speedup, "latency_ms": self.settings.latency_ms,

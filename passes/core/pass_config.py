@@ -179,6 +179,12 @@ class PassConfig:
     def check(self) -> None:
         """Ranges and rules between fields; subclasses raise ConfigError naming `owner` and the key."""
 
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The default of field `name`, read from the class: no config is parsed (one may need a target)."""
+        field = next(f for f in dataclasses.fields(cls) if f.name == name)
+        return field.default_factory() if field.default is dataclasses.MISSING else field.default  # type: ignore[misc,operator]
+
     def as_dict(self) -> dict[str, Any]:
         """Field -> value, shallow (injected batches and models are not copied)."""
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}

@@ -246,7 +246,7 @@ def _calibration(args, program) -> Calibration | None:
 def _pruning_step(config: dict):
     """remove_channels for a MACs, parameter or width target (a measured budget: _meet_budget)."""
     # no backend measures: remove_channels' own multiple
-    config = {**config, "round_to": config["round_to"] or RemoveChannelsConfig.parse({"macs": 0.5}).round_to}
+    config = {**config, "round_to": config["round_to"] or RemoveChannelsConfig.default("round_to")}
     return remove_channels, {key: value for key, value in config.items() if key not in (*BUDGETS, *SEARCH)}
 
 
