@@ -9,7 +9,10 @@ their MACs, then measured on the 10,000 test images with no training at all:
 - + compensation: remove_channels with compensate (least-squares update of every layer that loses
   input channels, H = X^T X on the calibration images), then recalibrate_batchnorm;
 - + second-order selection: the same with importance obs (channels scored by the layer-output error
-  their removal leaves after compensation, one scale across groups, global ranking).
+  their removal leaves after compensation, one scale across groups, global ranking), its default
+  elimination (`obs_steps` fast: batched steps, stopped at the width floor);
+- + second-order selection (exact): the same with `obs_steps` exact (the step-by-step elimination), so
+  that one run shows both side by side.
 Calibration: 512 training images (4 batches of 128), labels unused.
 
 With --imagenet, also pretrained ImageNet MobileNetV2 (offline weights) at 0.7 and 0.5 of its MACs:
@@ -17,6 +20,7 @@ calibration on 8 augmented views (random resized crop, flip) of each of 10 of th
 images, top-1 agreement with the dense model on the other 10 (a small sample: one image is 10 points).
 
     .venv/bin/python benchmarks/one_shot_accuracy.py [--models resnet20 ...] [--fractions 0.5 0.33]
+        [--baseline-epochs [MODEL=]N ...]
 """
 
 from __future__ import annotations
@@ -27,7 +31,14 @@ import time
 
 import torch
 import torchvision
-from common import command_line, machine_info, machine_summary, markdown_table, write_results
+from common import (
+    command_line,
+    machine_info,
+    machine_summary,
+    markdown_table,
+    per_model_numbers,
+    write_results,
+)
 from fashion_mnist_accuracy import BATCH, baseline, torch_pruning
 from torchvision.io import ImageReadMode, decode_image
 
@@ -41,7 +52,8 @@ from prunefx.passes.training.engine import evaluate
 
 NAME = "one_shot_accuracy"
 MODELS = ("resnet20", "mobilenetv2_small", "vit_tiny_fmnist")
-VARIANTS = ("tp-l2", "magnitude", "+ recalibration", "+ compensation", "+ second-order selection")
+SECOND_ORDER = {"+ second-order selection": "fast", "+ second-order selection (exact)": "exact"}  # -> obs_steps
+VARIANTS = ("tp-l2", "magnitude", "+ recalibration", "+ compensation", *SECOND_ORDER)
 CALIBRATION_BATCHES = 4
 
 
@@ -50,10 +62,10 @@ def prune(variant: str, model: str, dense, fraction: float, calibration, *, roun
         return torch_pruning(model, dense, fraction), {}
     program = dense.clone()
     config = {"macs": fraction, "importance": "l2", "ranking": "global", "round_to": round_to}
-    if variant in ("+ compensation", "+ second-order selection"):
+    if variant == "+ compensation" or variant in SECOND_ORDER:
         config.update(compensate=True, calibration=calibration)
-    if variant == "+ second-order selection":
-        config["importance"] = "obs"
+    if variant in SECOND_ORDER:
+        config.update(importance="obs", obs_steps=SECOND_ORDER[variant])
     stats = remove_channels(program, config=config).stats
     if variant != "magnitude":
         recalibrate_batchnorm(program, config={"data": calibration})
@@ -149,11 +161,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS)
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.5, 0.33])
-    parser.add_argument("--baseline-epochs", type=int, default=8)
+    parser.add_argument("--baseline-epochs", nargs="+", default=["8"], metavar="[MODEL=]N",
+                        help="dense training epochs: N for every model, or MODEL=N (default 8)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--imagenet", action="store_true", help="also pretrained ImageNet MobileNetV2")
     args = parser.parse_args(argv)
+    try:
+        args.baseline_epochs = per_model_numbers(args.baseline_epochs, MODELS, "--baseline-epochs")
+    except ValueError as error:
+        parser.error(str(error))
     torch.set_num_threads(args.threads)
     data = fashion_mnist_data(BATCH, validation=5000, seed=args.seed)
     report = {"command": command_line(), "machine": machine_info(threads=args.threads), "baselines": {}, "runs": []}

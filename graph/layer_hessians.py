@@ -1,7 +1,8 @@
 """The Hessians H = X^T X of layer inputs (graph/layer_inputs.py, InputSpec) on calibration data, in
-float64, gathered in passes over the data that hold a bounded number of bytes of H; and, where a layer
-input has few calibration rows, the rows themselves (LayerRows), from which its callers can work
-instead of H.
+float64, gathered a bounded number of bytes of H at a time in one staged pass over the data
+(graph/staged_run.py); where a layer input has few calibration rows, the rows themselves (LayerRows),
+from which its callers can work instead of H; and the compact form in which a cache holds H between
+its readers (PackedHessian).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-from prunefx.graph.activations import run_tapped, tap_nodes, within_budget
+from prunefx.graph.activations import within_budget
 from prunefx.graph.layer_inputs import InputSpec
 from prunefx.graph.numerics.symmetric_product import add_upper_gram, mirror_upper
+from prunefx.graph.staged_run import StagedRun
 
 _HESSIAN_BUDGET = 1 << 29  # bytes of float64 Hessians held at once (512 MiB)
 KEEP_ROWS = 0.5  # X is kept beside H while it has at most this many rows per column (see LayerRows)
@@ -34,42 +36,95 @@ class LayerRows:
         return self.kept.t() @ self.kept
 
 
+class PackedHessian:
+    """H's upper triangle, row after row, in the precision of the activations it was summed from (float32
+    for a float32 model): a quarter of H in float64, what a cache holds between its readers (the `obs`
+    importance reads H as gathered, the compensation later reads it from here). Rounding the float64 sum
+    once to float32 moves H as little as the float32 rounding of the activations themselves did; summing
+    in float32 is what would not do (graph/channels/saliency.py)."""
+
+    def __init__(self, hessian: torch.Tensor, dtype: torch.dtype):
+        size = hessian.shape[0]
+        self.size = size
+        self.data = torch.empty(size * (size + 1) // 2, dtype=dtype, device=hessian.device)
+        for row, start in enumerate(self._starts()):
+            self.data[start:start + size - row] = hessian[row, row:]
+
+    def _starts(self) -> list[int]:
+        """Where each row's part (from the diagonal on) starts in `data`."""
+        size, start, starts = self.size, 0, []
+        for row in range(size):
+            starts.append(start)
+            start += size - row
+        return starts
+
+    def unpack(self) -> torch.Tensor:
+        """H in float64, symmetric."""
+        size = self.size
+        hessian = torch.empty((size, size), dtype=torch.float64, device=self.data.device)
+        for row, start in enumerate(self._starts()):
+            part = self.data[start:start + size - row]
+            hessian[row, row:] = part
+            hessian[row:, row] = part
+        return hessian
+
+
 def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches, *, cache: dict | None = None,
-                  from_rows: bool = False):
-    """(spec, H, LayerRows) for every spec over all batches, in float64: the specs are taken in chunks of
-    at most _HESSIAN_BUDGET bytes of H, one pass over the data per chunk, and a chunk's Hessians are
-    yielded before the next is gathered, so a caller that drops them holds one chunk at a time.
+                  from_rows: bool = False, consume: bool = False):
+    """(spec, H, LayerRows) for every spec over all batches, in float64, in the graph order of the layers:
+    the specs are taken in chunks of at most _HESSIAN_BUDGET bytes of H, and one staged pass over the data
+    (graph/staged_run.py) runs the graph a chunk's layers further at a time, so a chunk's Hessians are
+    yielded before the next is gathered and a caller that drops them holds one chunk at a time.
     `from_rows`: the caller works from the rows where they are kept, and H is None there (not formed).
 
-    `cache` (a dict spec -> (H, LayerRows), for the same module, weights and batches) shares Hessians
-    between callers (the `obs` importance and the compensation that follows it): those found in it are
-    not gathered again, and those gathered are stored in it (then all are held). Callers must not modify
-    H or the rows."""
+    `cache` (a dict spec -> (PackedHessian, LayerRows), for the same module, weights and batches) shares
+    Hessians between callers (the `obs` importance and the compensation that follows it): those found in
+    it are not gathered again (and are yielded first), and those gathered are stored in it, packed.
+    Callers must not modify H or the rows. `consume`: the caller is the cache's last reader, and each entry
+    is dropped from it as it is yielded (and none is stored)."""
     if cache is not None:
-        for spec in specs:
-            if spec in cache:
-                hessian, rows = cache[spec]
-                if hessian is None and not from_rows:  # gathered for a caller that worked from the rows
-                    hessian = rows.gram()
-                yield spec, hessian, rows
+        found = [spec for spec in specs if spec in cache]
         specs = [spec for spec in specs if spec not in cache]
+        for spec in found:
+            yield (spec, *_cached(cache.pop(spec) if consume else cache[spec], from_rows))
+        if consume:
+            cache = None
+    if not specs:
+        return
     columns = {spec: _columns(module, spec) for spec in specs}
-    # With a cache every H is held anyway: one pass over the data for all of them, not one per chunk.
-    budget = _HESSIAN_BUDGET if cache is None else sum(8 * columns[spec] ** 2 for spec in specs)
-    for chunk in within_budget(specs, lambda spec: 8 * columns[spec] ** 2, budget):
-        sources = sorted({spec.source for spec in chunk})
-        tapped, position = tap_nodes(module, sources), {name: index for index, name in enumerate(sources)}
+    staged = StagedRun(module, batches)
+    reading: dict[str, list[InputSpec]] = {}  # source -> its specs: a source is run once, in one chunk
+    for spec in sorted(specs, key=lambda spec: staged.position(spec.source)):
+        reading.setdefault(spec.source, []).append(spec)
+    cost = {source: sum(8 * columns[spec] ** 2 for spec in found) for source, found in reading.items()}
+    for sources in within_budget(list(reading), cost.__getitem__, _HESSIAN_BUDGET):
+        chunk = [spec for source in sources for spec in reading[source]]
         sums = {spec: GramSum(int(KEEP_ROWS * columns[spec]), gram_of_kept=not from_rows) for spec in chunk}
-        for batch in batches:
-            values = run_tapped(tapped, batch)
+        for values in staged.advance(sources):
             for spec in chunk:
-                sums[spec].add(spec.rows(values[position[spec.source]]))
+                sums[spec].add(spec.rows(values[spec.source]))
         for spec in chunk:
             total = sums.pop(spec)
             hessian, rows = total.finish(), LayerRows(total.rows, total.kept_rows())
             if cache is not None:
-                cache[spec] = (hessian, rows)
+                packed = None if hessian is None else PackedHessian(hessian, total.stored_dtype())
+                cache[spec] = (packed, rows)
             yield spec, hessian, rows
+
+
+def _cached(entry: tuple, from_rows: bool) -> tuple:
+    """(H, LayerRows) from a cache entry: H unpacked, or formed from the rows for a caller that needs it."""
+    packed, rows = entry
+    if packed is not None:
+        return packed.unpack(), rows
+    return (None if from_rows else rows.gram()), rows
+
+
+def release(cache: dict | None, keep) -> None:
+    """Drop every Hessian of `cache` whose spec is not in `keep` (its last reader needs only those)."""
+    if cache is not None:
+        for spec in [key for key in cache if isinstance(key, InputSpec) and key not in keep]:
+            del cache[spec]
 
 
 _PRODUCT_ROWS = 2048   # rows gathered before one product: a deep layer gives few rows per batch (49 per image)
@@ -89,7 +144,7 @@ class GramSum:
     (a caller that works from the rows)."""
 
     def __init__(self, keep_up_to: int = 0, *, gram_of_kept: bool = True):
-        self.rows, self.gram = 0, None
+        self.rows, self.gram, self.source_dtype = 0, None, torch.float32
         self.pending: list[torch.Tensor] = []
         self.keep_up_to, self.gram_of_kept = keep_up_to, gram_of_kept
         self.kept: list[torch.Tensor] | None = [] if keep_up_to > 0 else None
@@ -97,6 +152,7 @@ class GramSum:
     def add(self, x: torch.Tensor) -> None:
         """Add one batch's rows X [rows, columns]."""
         self.rows += x.shape[0]
+        self.source_dtype = x.dtype
         if self.rows > self.keep_up_to and self.kept is not None:
             kept, self.kept = self.kept, None
             if not self.gram_of_kept:  # too many rows to keep after all: their product is due
@@ -111,6 +167,10 @@ class GramSum:
         """H; None when no row was added, or the rows were kept without their product."""
         self._multiply_pending()
         return None if self.gram is None else mirror_upper(self.gram)
+
+    def stored_dtype(self) -> torch.dtype:
+        """The precision a cache holds H in: float64 for float64 activations, float32 otherwise."""
+        return torch.float64 if self.source_dtype == torch.float64 else torch.float32
 
     def kept_rows(self) -> torch.Tensor | None:
         """All rows added, float64 [rows, columns], when they were kept (after finish)."""

@@ -16,6 +16,8 @@ Config:
   accumulated while training, see prune_while_training); `obs` scores a channel by the layer output
   error its removal leaves after compensation (second order, correlation-aware elimination per group,
   graph/channels/saliency.py; it uses `damping` too, and shares its layer Hessians with `compensate`);
+  `obs_steps`: fast (default: batches of channels per elimination step, stopped where no plan removes more of
+  a group) or exact (the step-by-step elimination, graph/channels/obs_elimination.py);
   `calibration`: input batches (tensors, tuples of tensors or (inputs, labels) pairs, with the captured
   shapes) for taylor/fisher/obs and for `compensate`, defaulting to the Program's example inputs;
 - defaults that use what the caller gives: with `calibration` and no `importance`, obs selection with
@@ -63,8 +65,16 @@ from prunefx.graph.channels.attention_dims import head_dim_groups
 from prunefx.graph.channels.compensation import compensate_removed_inputs
 from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.graph.channels.importance import CRITERIA, DATA_CRITERIA, channel_importance
+from prunefx.graph.channels.obs_elimination import STEPS
 from prunefx.graph.channels.removal import remove_classes
-from prunefx.graph.channels.selection import RANKINGS, TARGET_KINDS, TARGET_TOLERANCE, Selector, Target
+from prunefx.graph.channels.selection import (
+    RANKINGS,
+    TARGET_KINDS,
+    TARGET_TOLERANCE,
+    Selector,
+    Target,
+    removable_counts,
+)
 from prunefx.graph.errors import PrunefxError, printable
 from prunefx.graph.program import current_output_shapes
 from prunefx.passes.core import config_checks as checks
@@ -115,6 +125,9 @@ class RemoveChannelsConfig(PassConfig):
         help="update the remaining weights of every layer that loses inputs so that its output on the "
              "calibration data changes least; default: on with the default importance and calibration data")
     damping: float = option(0.01, low=0.0, help="ridge term of compensation and obs, a fraction of the mean Hessian diagonal")
+    obs_steps: str = option("fast", choices=STEPS, cli=False,
+                            help="obs elimination: fast (alive // 8 channels a step, stopped where no plan removes "
+                                 "more of a group) or exact (the step-by-step elimination)")
 
     def check(self) -> None:
         self.check_target()
@@ -170,12 +183,11 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     combing = find_channel_groups(program.module, keep=set(settings.keep))
     # obs and compensate read the same layer Hessians of the dense network: gathered once, for both
     hessians: dict | None = {} if settings.compensate and settings.importance == "obs" else None
-    importance = _importance(program, combing, settings, hessians)
-    selector = Selector(program.module, combing, importance.scores, round_to=int(settings.round_to),
-                        max_ratio=float(settings.max_ratio), ranking=settings.ranking,
-                        comparable=getattr(importance, "comparable", False),
-                        floors=_floors(program, combing, settings.min_widths, settings.heads),
-                        layer_time=settings.latency_table)
+    widths = {"round_to": int(settings.round_to), "max_ratio": float(settings.max_ratio), "ranking": settings.ranking,
+              "floors": _floors(program, combing, settings.min_widths, settings.heads)}
+    importance = _importance(program, combing, settings, hessians, widths)
+    selector = Selector(program.module, combing, importance.scores, **widths,
+                        comparable=getattr(importance, "comparable", False), layer_time=settings.latency_table)
     plan = selector.plan(target)
     if not plan.target_met and settings.strict:
         raise PrunefxError(_unreachable(target, plan, combing))
@@ -216,7 +228,9 @@ def _check_keep(program: Program, keep) -> None:
                                f"{program.name}{hint}")
 
 
-def _importance(program: Program, combing, config: RemoveChannelsConfig, hessians: dict | None):
+def _importance(program: Program, combing, config: RemoveChannelsConfig, hessians: dict | None, widths: dict):
+    """The importance scores; `widths`: the Selector's width options, whose smallest widths tell the fast
+    obs elimination where to stop."""
     criterion = config.importance
     if callable(criterion):  # scores gathered elsewhere, e.g. Fisher accumulated while training
         return criterion(program.module, combing)
@@ -226,7 +240,8 @@ def _importance(program: Program, combing, config: RemoveChannelsConfig, hessian
         return channel_importance(program.module, combing, criterion, **options)
     with program.evaluating():  # the activations the deployed network sees, as for compensate
         return channel_importance(program.module, combing, criterion, damping=float(config.damping),
-                                  hessians=hessians, **options)
+                                  hessians=hessians, obs_steps=config.obs_steps,
+                                  removable=removable_counts(combing, **widths), **options)
 
 
 def _compensate(program: Program, combing, removed: set[int], config: RemoveChannelsConfig,

@@ -1,9 +1,10 @@
-"""The `obs` channel choice and the compensated weights stay what they were when the references in
-tests/data/obs_reference_*.pt were written: a speed-up of the
+"""The exact `obs` channel choice (obs_steps exact) and the compensated weights stay what they were when
+the references in tests/data/obs_reference_*.pt were written: a speed-up of the
 second-order math must not change its results. Same pruned shapes (the same number of channels per
 layer), the same obs scores and the same sampled weights within rtol 1e-4: channels chosen
 differently would move the sampled rows of the layers that are not compensated (the stem) and of all
-that are.
+that are. The fast elimination (the default) chooses other channels: it is held to the exact one's
+output error on held-out inputs instead.
 
 The cases: calibrated `obs` pruning with compensation of a torchvision ResNet-18 and a timm ViT-Tiny
 (random weights, fixed seeds); the digest: the obs scores of every group, and per tensor of the pruned
@@ -40,17 +41,26 @@ def _vit_tiny() -> torch.nn.Module:
 CASES = {"resnet18": (_resnet18, 32), "vit_tiny": (_vit_tiny, 32)}
 
 
-def run_case(name: str) -> dict:
-    """The digest of obs scores and of the pruned, compensated model of case `name`."""
+def _case(name: str):
+    """The captured model of case `name` and its calibration batches (fixed seeds)."""
     make, size = CASES[name]
     torch.manual_seed(0)
     model = make().eval()
     program = capture(model, torch.randn(4, 3, size, size)).eval()
-    calibration = [(torch.randn(4, 3, size, size),) for _ in range(2)]
+    return program, [(torch.randn(4, 3, size, size),) for _ in range(2)]
+
+
+def _pruned(program, calibration, steps: str):
+    return remove_channels(program.clone(), config={"macs": 0.5, "importance": "obs", "compensate": True,
+                                                     "calibration": calibration, "obs_steps": steps})
+
+
+def run_case(name: str) -> dict:
+    """The digest of the exact obs scores and of the pruned, compensated model of case `name`."""
+    program, calibration = _case(name)
     combing = find_channel_groups(program.module)
-    scores = channel_importance(program.module, combing, "obs", calibration=calibration).scores
-    result = remove_channels(program.clone(), config={"macs": 0.5, "importance": "obs", "compensate": True,
-                                                       "calibration": calibration})
+    scores = channel_importance(program.module, combing, "obs", calibration=calibration, obs_steps="exact").scores
+    result = _pruned(program, calibration, "exact")
     digest: dict = {"scores": [torch.as_tensor(s, dtype=torch.float64) for s in scores], "tensors": {}}
     generator = torch.Generator().manual_seed(0)
     for key, tensor in sorted(result.program.module.state_dict().items()):
@@ -88,6 +98,23 @@ def test_obs_choice_and_compensation_match_the_reference(case):
         _close(got["values"], want["values"], largest)
         assert got["abs"] == pytest.approx(want["abs"], rel=RTOL), key
         assert got["sum"] == pytest.approx(want["sum"], rel=RTOL, abs=RTOL * want["abs"]), key
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_fast_elimination_keeps_the_exact_output_error(case):
+    """obs_steps fast prunes to the same MACs as exact, with an output error on held-out inputs (relative to
+    the dense output) within a small factor of exact's."""
+    pytest.importorskip("timm" if case.startswith("vit") else "torchvision")
+    program, calibration = _case(case)
+    held_out = torch.randn(calibration[0][0].shape, generator=torch.Generator().manual_seed(1))
+    dense = program(held_out)
+    errors, macs = {}, {}
+    for steps in ("exact", "fast"):
+        result = _pruned(program, calibration, steps)
+        errors[steps] = float((result.program(held_out) - dense).norm() / dense.norm())
+        macs[steps] = result.facts.macs_kept
+    assert macs["fast"] == pytest.approx(macs["exact"], abs=0.03)
+    assert errors["fast"] <= 1.15 * errors["exact"], errors
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ import torch
 
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.channels.analysis import ChannelAnalysis
-from prunefx.graph.layer_hessians import LayerRows, iter_hessians
+from prunefx.graph.layer_hessians import LayerRows, iter_hessians, release
 from prunefx.graph.layer_inputs import Consumer, InputSpec, find_consumers
 from prunefx.graph.numerics.cholesky_inverse import cholesky_inverse_
 
@@ -180,14 +180,17 @@ def compensate_removed_inputs(module: torch.fx.GraphModule, analysis: ChannelAna
     """Update the weights of every consumer of `removed_classes` (before they are sliced away) and return
     statistics: the layers compensated with their relative output errors on the calibration data, and
     the layers skipped with their reasons. `hessians`: a cache shared with the `obs` importance (see
-    iter_hessians)."""
+    iter_hessians), whose last reader this is: its Hessians are dropped from it, those of the layers that
+    lose nothing at once, the others as they are used."""
     consumers, skipped = find_consumers(module, analysis, removed_classes)
     by_spec: dict[InputSpec, list[Consumer]] = {}
     for consumer in consumers:
         by_spec.setdefault(consumer.spec, []).append(consumer)
     updates, layers = {}, {}
     # Every H comes from the dense network: the updates are stored only once all are computed.
-    for spec, hessian, rows in iter_hessians(module, list(by_spec), batches, cache=hessians, from_rows=True):
+    release(hessians, by_spec)
+    for spec, hessian, rows in iter_hessians(module, list(by_spec), batches, cache=hessians, from_rows=True,
+                                             consume=True):
         for consumer in by_spec[spec]:
             matrix = consumer.matrix(module).to((rows.kept if hessian is None else hessian).device)
             energy = hessians.get(energy_key(consumer.weight)) if hessians is not None else None

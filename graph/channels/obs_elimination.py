@@ -73,14 +73,29 @@ class LayerState:
             values = _quadratic_forms(blocks[keep_t], weights).cpu().numpy()
             errors[channels[keep]] += np.maximum(values, 0.0) / self.energy
 
+    def joint_error(self, channels) -> float:
+        """The joint dE / energy of removing the columns S of `channels` at once, trace(M_S [(H^-1)_SS]^-1
+        M_S^T), the state left as it is (a group's last step, after which nothing is read)."""
+        originals = self._originals(channels)
+        if originals is None:
+            return 0.0
+        cols = self.place[originals]
+        weights = self.columns_major[cols]                                           # M_S^T: [s, outputs]
+        error = float((weights * _solve(self._block(cols), weights)).sum()) / self.energy
+        return max(error, 0.0)
+
+    def _originals(self, channels) -> torch.Tensor | None:
+        """The layer's original columns of `channels` (None when the layer reads none of them)."""
+        originals = [self.columns[c] for c in channels if c in self.columns and self.columns[c].numel()]
+        return torch.cat(originals) if originals else None
+
     def remove(self, channels) -> float:
         """The OBS step for the columns S of `channels` at once: M -= M_S [(H^-1)_SS]^-1 (H^-1)_S: (the
         optimal update of the other columns), H^-1 -= (H^-1)_:S [(H^-1)_SS]^-1 (H^-1)_S: (the inverse of H
         without S). Returns their joint dE / energy."""
-        originals = [self.columns[c] for c in channels if c in self.columns and self.columns[c].numel()]
-        if not originals:
+        originals = self._originals(channels)
+        if originals is None:
             return 0.0
-        originals = torch.cat(originals)
         cols = self.place[originals]
         rows = self._rows(cols)                                                      # [s, columns]
         weights = self.columns_major[cols]                                           # M_S^T: [s, outputs]
@@ -101,6 +116,13 @@ class LayerState:
         if self.used:
             rows -= self.left[cols, :self.used] @ self.right[:, :self.used].t()
         return rows
+
+    def _block(self, cols: torch.Tensor) -> torch.Tensor:
+        """The block (H^-1)_SS of the current inverse for the columns `cols`."""
+        block = self.base[cols[:, None], cols]
+        if self.used:
+            block -= self.left[cols, :self.used] @ self.right[cols, :self.used].t()
+        return block
 
     def _downdate_blocks(self, left: torch.Tensor, right: torch.Tensor) -> None:
         for _, index, blocks in self.buckets:
@@ -211,26 +233,48 @@ def lean_damped_inverse(hessian: torch.Tensor | None, damping: float,
     return damped_inverse(hessian, damping)
 
 
-def eliminate(size: int, layers: list[LayerState]) -> np.ndarray:
+STEPS = ("exact", "fast")  # remove_channels' obs_steps: how many channels each elimination step removes
+FAST_SHARE = 8  # the fast steps remove alive // FAST_SHARE channels at once
+
+
+def eliminate(size: int, layers: list[LayerState], *, steps: str = "exact",
+              removable: int | None = None) -> np.ndarray:
     """Greedy elimination: remove the channels whose removal (with compensation) adds the least relative
     error over all `layers`, update the layers, repeat; a channel's score is the total error once it is
-    gone, so scores rise in elimination order. One channel at a time while fewer than 64 are left,
-    before that the alive // 32 cheapest at once (a 512-wide group in ~150 steps instead of 512): the
-    last of such a batch scores the exact joint error, the others share the batch's increase in
-    proportion to their single-channel errors."""
+    gone, so scores rise in elimination order. The last of a step's batch scores the exact joint error,
+    the others share the step's increase in proportion to their single-channel errors.
+
+    Batches (`steps`): exact, one channel at a time while fewer than 64 are left, before that the
+    alive // 32 cheapest at once (a 512-wide group in ~150 steps instead of 512); fast, alive // 8 at
+    once, and once `removable` channels are gone (no plan removes more of the group: its width floor)
+    the rest in one last joint step, whose order only ranks channels no plan removes."""
     scores = np.zeros(size)
     alive = np.ones(size, dtype=bool)
-    total = 0.0
+    total, removed = 0.0, 0
     while alive.any():
         errors = np.zeros(size)
         for layer in layers:
             layer.add_errors(errors, alive)
         errors[~alive] = np.inf
-        chosen = np.argsort(errors, kind="stable")[:max(int(alive.sum()) // 32, 1)]
-        increase = sum(layer.remove(chosen.tolist()) for layer in layers)
+        count = _batch(int(alive.sum()), removed, steps, removable)
+        chosen = np.argsort(errors, kind="stable")[:count]
+        last = count == int(alive.sum())
+        increase = sum(layer.joint_error(chosen.tolist()) if last and steps == "fast" else layer.remove(chosen.tolist())
+                       for layer in layers)
         single = errors[chosen]
         shares = np.cumsum(single) / single.sum() if single.sum() > 0 else np.arange(1, chosen.size + 1) / chosen.size
         scores[chosen] = total + increase * shares
         total += increase
         alive[chosen] = False
+        removed += count
     return scores
+
+
+def _batch(alive: int, removed: int, steps: str, removable: int | None) -> int:
+    """How many channels the next elimination step removes (see eliminate)."""
+    if steps == "exact":
+        return max(alive // 32, 1)
+    if removable is not None and removed >= removable:
+        return alive
+    batch = max(alive // FAST_SHARE, 1)
+    return batch if removable is None else min(batch, removable - removed)

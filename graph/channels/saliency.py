@@ -91,18 +91,19 @@ class Saliency:
 
 
 def obs_saliency(module: torch.fx.GraphModule, combing: Combing, batches, *, damping: float = 0.01,
-                 hessians: dict | None = None) -> Saliency:
+                 hessians: dict | None = None, steps: str = "fast", removable: list[int] | None = None) -> Saliency:
     """The OBS saliency of every channel of every group on the calibration `batches` (input tuples):
     the cumulative relative output error of the greedy, correlation-aware elimination of the group.
     `hessians`: a cache to share the layer Hessians with the compensation (see iter_hessians).
+    `steps` and `removable` (per group, how many channels any plan may remove): obs_elimination.eliminate's.
 
     The last result is kept, keyed by a digest of everything it depends on (the graph, every tensor of
     the module, the channel groups, the batches and the damping): a budget search prunes the same dense
     model at one fraction after another, and its scores do not depend on the fraction."""
-    key = _fingerprint(module, combing, batches, damping)
+    key = _fingerprint(module, combing, batches, (damping, steps, removable))
     if key in _LAST:
         return copy.deepcopy(_LAST[key])
-    saliency = _compute(module, combing, batches, damping, hessians)
+    saliency = _compute(module, combing, batches, damping, hessians, (steps, removable))
     _LAST.clear()
     _LAST[key] = copy.deepcopy(saliency)  # callers may replace scores (the l2 fallback): a copy is kept
     return saliency
@@ -111,12 +112,12 @@ def obs_saliency(module: torch.fx.GraphModule, combing: Combing, batches, *, dam
 _LAST: dict[str, Saliency] = {}  # at most one entry: fingerprint -> the saliency it produced
 
 
-def _fingerprint(module: torch.fx.GraphModule, combing: Combing, batches, damping: float) -> str:
+def _fingerprint(module: torch.fx.GraphModule, combing: Combing, batches, options: tuple) -> str:
     """A digest of the graph, every tensor the module holds (parameters, buffers, constants read by
-    get_attr), the groups' channel classes, the batches and the damping."""
+    get_attr), the groups' channel classes, the batches and the `options` (damping and elimination steps)."""
     digest = hashlib.blake2b(digest_size=32)
     digest.update(module.code.encode())
-    digest.update(repr(float(damping)).encode())
+    digest.update(repr(options).encode())
     tensors: dict[str, torch.Tensor] = dict(module.named_parameters(remove_duplicate=False))
     tensors.update(module.named_buffers(remove_duplicate=False))
     for node in module.graph.nodes:
@@ -158,7 +159,8 @@ def _update(digest, tensor: torch.Tensor) -> None:
 
 
 def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: float,
-             hessians: dict | None) -> Saliency:
+             hessians: dict | None, elimination: tuple) -> Saliency:
+    steps, removable = elimination
     analysis = combing.analysis
     blocks = _channel_blocks(combing)
     readers: dict[int, list[tuple[int, int]]] = defaultdict(list)  # column class -> channels that remove it
@@ -212,7 +214,8 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
             sharing[0].owned = True  # its downdates may overwrite the inverse: no copy of it is made
         del hessian, inverse, sharing  # held by the states that share it, until their first downdate
         for group in [g for g in states if waiting[g] == 0]:
-            scores[group] = eliminate(combing.groups[group].size, states.pop(group))
+            scores[group] = eliminate(combing.groups[group].size, states.pop(group), steps=steps,
+                                      removable=None if removable is None else removable[group])
     return Saliency(scores, read, layers)
 
 

@@ -124,6 +124,27 @@ def _direct_multipliers(analysis) -> dict[int, int]:
     return multipliers
 
 
+def group_widths(combing: Combing, *, round_to: int = 8, max_ratio: float = 0.8, ranking: str = "global",
+                 floors: list[int] | None = None) -> list[np.ndarray]:
+    """The allowed widths of every group (allowed_widths with each group's step and floor); under uniform
+    ranking a grid's factors other than the widest keep their width (head counts kept whole)."""
+    steps = width_steps(combing.analysis, combing.groups, round_to)
+    floors = floors or [1] * len(combing.groups)
+    widths = [allowed_widths(g.size, step, max_ratio=max_ratio, floor=floor)
+              for g, step, floor in zip(combing.groups, steps, floors)]
+    if ranking == "uniform":  # head counts kept whole: only the widest factor of a grid is cut
+        widest, shared = _factor_roles(combing.analysis, combing.groups)
+        held = shared - widest
+        widths = [np.array([g.size]) if int(g.classes[0]) in held else w for g, w in zip(combing.groups, widths)]
+    return widths
+
+
+def removable_counts(combing: Combing, **options) -> list[int]:
+    """How many channels of each group any plan may remove (its size less its smallest allowed width):
+    an importance that ranks channels one after another need not rank beyond that (group_widths' options)."""
+    return [int(g.size - widths[0]) for g, widths in zip(combing.groups, group_widths(combing, **options))]
+
+
 class Selector:
     """Turns importance scores into a removal plan for a target."""
 
@@ -143,15 +164,7 @@ class Selector:
             self.sorted_normalised = [np.sort(np.asarray(s, dtype=float)) for s in scores]
         else:
             self.sorted_normalised = [np.sort(s / s.mean()) if s.mean() > 0 else np.zeros_like(s) for s in scores]
-        steps = width_steps(combing.analysis, combing.groups, round_to)
-        floors = floors or [1] * len(combing.groups)
-        self.widths = [allowed_widths(g.size, step, max_ratio=max_ratio, floor=floor)
-                       for g, step, floor in zip(combing.groups, steps, floors)]
-        if ranking == "uniform":  # head counts kept whole: only the widest factor of a grid is cut
-            widest, shared = _factor_roles(combing.analysis, combing.groups)
-            held = shared - widest
-            self.widths = [np.array([g.size]) if int(g.classes[0]) in held else widths
-                           for g, widths in zip(combing.groups, self.widths)]
+        self.widths = group_widths(combing, round_to=round_to, max_ratio=max_ratio, ranking=ranking, floors=floors)
 
     # --- from the scalar knob to widths ------------------------------------------------------------
     def _kept_for(self, knob: float) -> list[int]:

@@ -1,0 +1,108 @@
+"""The layer Hessians gathered a chunk at a time in one staged pass over the data (graph/staged_run.py), the
+packed float32 form a cache holds them in, and the compensation, their last reader, dropping them."""
+
+import pytest
+import torch
+from torch import nn
+
+from prunefx.graph import capture
+from prunefx.graph.activations import run_tapped, tap_nodes
+from prunefx.graph.channels.compensation import compensate_removed_inputs
+from prunefx.graph.channels.groups import find_channel_groups
+from prunefx.graph.layer_hessians import PackedHessian, iter_hessians
+from prunefx.graph.layer_inputs import InputSpec, find_consumers
+from prunefx.graph.staged_run import StagedRun
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Chain(nn.Module):
+    """Four convolutions with a skip: a value (the first conv's output) read across stages."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.c, self.d = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 6, 3, padding=1)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.d(torch.relu(self.c(torch.relu(self.b(h)))) + h)
+
+
+def _program_and_batches():
+    torch.manual_seed(0)
+    program = capture(Chain().eval(), torch.randn(2, 3, 8, 8)).eval()
+    return program, [(torch.randn(2, 3, 8, 8),) for _ in range(3)]
+
+
+def test_a_staged_run_yields_what_a_tapped_module_computes_and_wants_graph_order():
+    program, batches = _program_and_batches()
+    names = [node.name for node in program.module.graph.nodes if node.op == "call_function"]
+    stages = [names[1:3], names[5:6], names[-2:]]
+    staged = StagedRun(program.module, batches)
+    for stage in stages:
+        tapped = tap_nodes(program.module, stage)
+        for batch, values in zip(batches, staged.advance(stage)):
+            for name, expected in zip(stage, run_tapped(tapped, batch)):
+                torch.testing.assert_close(values[name], expected, rtol=0, atol=0)
+    output = next(node for node in program.module.graph.nodes if node.op == "output")
+    assert all(set(values) <= set(output.all_input_nodes) for values in staged.values)  # what later nodes read
+    with pytest.raises(Exception, match="graph order"):
+        list(staged.advance(names[:1]))
+
+
+def _specs(program) -> list[InputSpec]:
+    combing = find_channel_groups(program.module)
+    removed = {int(c) for group in combing.groups for c in group.classes[:2]}
+    consumers, _ = find_consumers(program.module, combing.analysis, removed)
+    return list(dict.fromkeys(consumer.spec for consumer in consumers))
+
+
+def test_hessians_gathered_a_chunk_at_a_time_equal_those_gathered_at_once(monkeypatch):
+    """With a budget that puts every layer input in its own chunk, the same Hessians as with one chunk."""
+    from prunefx.graph import layer_hessians
+
+    program, batches = _program_and_batches()
+    specs = _specs(program)
+    assert len(specs) >= 3
+    at_once = {spec: hessian for spec, hessian, _ in iter_hessians(program.module, specs, batches)}
+    monkeypatch.setattr(layer_hessians, "_HESSIAN_BUDGET", 1)
+    chunked = {spec: hessian for spec, hessian, _ in iter_hessians(program.module, specs, batches)}
+    assert set(chunked) == set(at_once)
+    for spec, hessian in at_once.items():
+        torch.testing.assert_close(chunked[spec], hessian, rtol=1e-12, atol=1e-12)
+
+
+def test_a_packed_hessian_is_the_hessian_rounded_to_float32_in_a_quarter_of_its_bytes():
+    x = torch.randn(300, 70, dtype=torch.float64)
+    hessian = x.t() @ x
+    hessian = (hessian + hessian.t()) / 2  # a product's rounding is not symmetric; a gathered H is
+    packed = PackedHessian(hessian, torch.float32)
+    assert packed.data.numel() * packed.data.element_size() < 0.3 * hessian.numel() * hessian.element_size()
+    unpacked = packed.unpack()
+    assert unpacked.dtype == torch.float64 and torch.equal(unpacked, unpacked.t())
+    torch.testing.assert_close(unpacked, hessian.float().double(), rtol=0, atol=0)
+    torch.testing.assert_close(PackedHessian(hessian, torch.float64).unpack(), hessian, rtol=0, atol=0)
+
+
+def test_the_cache_holds_packed_hessians_and_the_compensation_drops_them():
+    """A cache filled by a first reader holds H packed; the compensation, its last reader, leaves no
+    Hessian in it, and compensates as it does from Hessians gathered afresh (to float32 rounding)."""
+    program, batches = _program_and_batches()
+    combing = find_channel_groups(program.module)
+    removed = {int(c) for c in combing.groups[0].classes[:3]}
+    other = program.clone()  # compensated alone (the compensation rewrites its weights)
+    other_combing = find_channel_groups(other.module)
+    alone = compensate_removed_inputs(other.module, other_combing.analysis,
+                                      {int(c) for c in other_combing.groups[0].classes[:3]}, batches)
+    cache: dict = {}
+    specs = _specs(program)
+    for spec, hessian, _ in iter_hessians(program.module, specs, batches, cache=cache):
+        assert isinstance(cache[spec][0], PackedHessian)
+        torch.testing.assert_close(cache[spec][0].unpack(), hessian, rtol=1e-6, atol=1e-6 * float(hessian.abs().max()))
+    cache["other"] = 1  # not a Hessian: left alone
+    shared = compensate_removed_inputs(program.module, combing.analysis, removed, batches, hessians=cache)
+    assert cache == {"other": 1}
+    for mine, theirs in zip(shared["compensated"], alone["compensated"]):
+        assert mine["error_with"] == pytest.approx(theirs["error_with"], rel=1e-5)
+    assert len(shared["compensated"]) == len(alone["compensated"]) > 0
