@@ -1,40 +1,9 @@
 """depth_to_budget: linearise the fewest blocks whose merged network meets a measured speed-up or latency.
 
-A user states a budget ("2x faster", "under 4 ms"), not a number of blocks. This pass ranks the blocks
-worth linearising once (linearize_blocks.ranked_blocks: affine once linearised, their merge saves MACs,
-least damage on `calibration` first) and searches the length n of that ranking's prefix:
-
-    candidate(n) = merge_blocks(linearize_blocks(dense, blocks = ranked[:n], mode = abrupt))
-    measured by `latency(dense, candidate) -> (dense ms, candidate ms, spread)` against the dense model
-    as given (runtime/measure/speedup.py's onnx_latency_pair for ONNX Runtime; passes never import the runtime)
-
-More merged blocks run faster, so the smallest n that meets the budget is found by bisection: first all
-n = N blocks (if even that misses, the budget is out of reach: a one-line error naming the best speed-up
-measured), then halving the interval between the largest n known to miss and the smallest known to meet.
-About log2(N) + 1 candidates are measured, each a whole network, side by side with the dense one.
-Depth is discrete: the smallest n that meets is the least damage that does, and when that n lands above
-S (1 + `tolerance`) the pass refuses in one line with both neighbours' intervals rather than return a model an
-independent check finds faster than the budget's window (`tolerance` None accepts it: choose_for_budget,
-whose width search follows depth's share, does).
-
-Confirmation and acceptance follow Acceptance (passes/budget/search.py), the rule every budget search shares: a candidate
-that seems to meet the budget is measured again, longer (the Measurer's `confirm`), and meets the budget only
-when the lower bound of its confirmed interval clears it; the answer is always a confirmed candidate, inside
-the window. Depth always takes the rule's fallback for settings that cannot land above the floor (the fewest
-blocks whose bound clears S, whatever their point): the next setting is a whole block more, whose damage is
-not worth the floor's few per cent. A miss at n = N is confirmed too before the budget is declared out of reach.
-
-The Program returned is the dense one with the chosen blocks linearised (abrupt), not yet merged: the
-caller runs merge_blocks next with the same `max_kernel_growth` and no measurement, which gives exactly
-the network measured here (merge_blocks is deterministic) and lets the Pipeline check that merge's
-exactness. Config: `speedup` (> 1) or `latency_ms` (> 0), one of them; `confirm` (True); `latency`
-(injected); `calibration` (required: it ranks the blocks and calibrates the batch norms that replace
-layer norms); `rank`, `layer_norms`, `recalibrate`, `progress` as in linearize_blocks;
-`max_kernel_growth` as in merge_blocks; `ranking` (block names, best first) skips the ranking. Stats: `budget`, `met`, `speedup`, `dense_ms`, `ms`, `blocks`
-(the chosen, in ranking order), `chosen` (its measurement, Measured.to_dict), `trace` (every candidate: n, its blocks, MACs kept, measured speed-up,
-latency, spread, confirmed and the first measurement), `ranking` (every ranked block with its damage
-and MACs saved) and the chosen candidate's `linearize_blocks` statistics.
-Non-goals: progressive linearisation with training (a recipe: depth-kd), width (prune_to_budget).
+Ranks the blocks worth linearising once, then bisects the length of that ranking's prefix, measuring each
+merged candidate whole against the dense model and accepting by the shared rule (passes/budget/search.py).
+Returns the chosen blocks linearised, not yet merged: merge_blocks runs next. The search, the acceptance and
+the statistics: see docs/algorithms.md, 'depth_to_budget'.
 """
 
 from __future__ import annotations

@@ -1,53 +1,9 @@
 """distill: recovery training of a Program with knowledge distillation from a frozen teacher (CPD's "distill").
 
-Trains the Program's weights (its graph is left as it is, unless a hook replaces it) with
-
-    loss = (1 - kd_weight) * cross_entropy(student, labels)
-           + kd_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T))
-           + sum of weight * MSE(student node, teacher node) over `feature_losses`
-
-The KD term pulls the student's softened class distribution towards the teacher's (the "dark knowledge"
-of the dense model, which is what recovers accuracy after pruning); the cross-entropy keeps it on the
-labels; feature terms match intermediate tensors, useful for segmentation decoders. Blends left by
-linearize_blocks are raised from 0 to 1 over the first `ramp` fraction of the steps (progressive depth
-pruning). Hooks that read
-gradients (e.g. Fisher channel importance while pruning) see the gradients of the whole loss.
-The engine, its schedule (linear warm-up, cosine to 0), checkpoints and distributed mode are described
-in passes/training/engine.py.
-
-Config:
-- `data` (required): training batches, `(inputs, labels)` tuples; a list or a loader (its
-  `set_epoch(epoch)` and `shard(rank, world_size)` are used when present);
-- `teacher`: a Program or torch.nn.Module (default: a frozen copy of the program as given). Run right
-  after pruning, that default is the *pruned* model, which teaches nothing new: for recovery after
-  pruning pass the dense model. `eval_data`: evaluation batches (label -1 is padding, ignored);
-- `after_backward`, `after_step`: hook lists (see passes/training.Trainer);
-- the TrainConfig fields: `steps` or `epochs` (one is required), `optimizer` (sgd | adamw, default sgd),
-  `lr` (0.01), `momentum` (0.9; AdamW's beta1), `weight_decay` (1e-4, matrices and kernels only),
-  `warmup_steps` (0), `temperature` (4), `kd_weight` (0.9), `feature_losses` ({student node: teacher
-  node | (teacher node, weight)}), `max_grad_norm` (None), `eval_every` (0: at the end),
-  `checkpoint_dir` (None), `checkpoint_every` (0: at the end), `resume` (False), `progress`
-  (None: a bar on a terminal), `seed` (0), `device` (None: where the program's parameters are),
-  `task` (classification | segmentation | detection; `prunefx compress` gives the data set's: a
-  detector, a YOLO export output, distils boxes and class scores with no loss on its labels).
-
-Sparse weights: when `program.analysis` records weights made sparse by sparsify_nm, their zeros are
-written back after every optimizer step (passes/rewrites/sparse_masks.py), so they stay exactly zero.
-Quantization-aware training: a Program holding INT8 fake quantizers (passes/quantize_int8.py) trains through
-them: torch's fake-quantize operators pass the gradient straight through inside their range and zero it
-where they clip (the straight-through estimator), so the weights learn to live on their INT8 grid and the
-layers after to absorb the activations' rounding. The scales stay fixed at their calibrated values (buffers
-and graph constants, not parameters): learnable scales (LSQ) would need other operators than the two the ONNX
-exporter turns into the Q/DQ pairs TensorRT and ONNX Runtime read, and one epoch of recovery is too short to
-move them usefully. Zeros of 2:4 masks stay zero (fq(0) = 0); pruned widths are untouched (the graph is).
-For QAT pass the float model as `teacher`. `stats["quantization_aware"]` says whether the Program held
-fake quantizers.
-Preconditions: the Program has a static batch size, that of its example inputs, and every batch
-(per process, when launched by torchrun) has exactly that many items.
-Statistics: steps, final train/task/KD/feature losses (means over the last 20 steps), the evaluation
-history, seconds and images per second (the Result's stats: the report, nothing a later pass reads).
-Non-goals: mixed precision, gradient accumulation, feature matching between tensors of different
-shapes (no learned adapters), choosing which channels to prune (other passes do that, through hooks).
+Trains the Program's weights on cross-entropy, a softened KL towards the teacher and optional feature terms;
+quantization-aware when the Program holds INT8 fake quantizers, and 2:4 zeros stay zero. For recovery after
+pruning (or INT8) pass the dense (or float) model as `teacher`: the default, a copy of the input, teaches
+nothing new. The loss, the config, QAT and the preconditions: see docs/algorithms.md, 'distill'.
 """
 
 from __future__ import annotations

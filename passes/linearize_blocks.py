@@ -1,34 +1,9 @@
 """linearize_blocks: put chosen blocks in UPDP's pruned form (activations out, layer norms -> batch norms).
 
-Rewrites, in each chosen block (found by graph/depth/blocks.py: residual regions and chains):
-- every activation `act(x)`: progressive mode (default) makes it `lerp(act(x), x, l)` with one 0-dim
-  buffer `l` per block, starting at 0, which recovery training raises to 1 over the first `ramp`
-  fraction of its steps (`distill` attaches the schedule by itself, see `blend_schedule`);
-  abrupt mode makes it `x` at once (UPDP argues this corrupts the weights; it is the one-shot option);
-- every layer norm over channels becomes a batch norm with the layer norm's affine parameters
-  (graph/depth/norm_replacement.py), its running statistics computed on `calibration` data (exact, through
-  recalibrate_batchnorm limited to the new batch norms). Without calibration data the statistics
-  stay mean 0 / variance 1 and the stats say so.
-Once every blend has l = 1 (after training), `merge_blocks` strips the blends and folds the now-affine
-blocks by re-parameterisation.
-
-Choice of blocks (`graph/depth/block_damage.py`): `blocks: [names]` linearises those; `count: k` keeps the
-candidates whose linearisation lets merge_blocks save MACs (counted on a copy: removing a stem's or a
-head's activation merges nothing and buys no speed), scores each by the output divergence when it alone
-is linearised on `calibration` data, and takes the k least harmful (`rank: damage`, the default, as
-UPDP) or the k with the least damage per MAC saved (`rank: damage_per_mac`). `speedup: s` with `measure` (a
-callable `(before, after) -> speed-up`, e.g. prunefx.runtime.onnx_speedup(); passes never import the
-runtime) takes the shortest run of that ranking whose linearised and merged network is measured s times
-faster than the merged dense one. Candidates that are not affine once linearised (attention, gating multiplies) are
-never chosen by `count`; naming one explicitly linearises it but it cannot be merged (stats warn).
-
-Config: `blocks` | `count` | `speedup` with `measure` (one is required), `mode` (progressive | abrupt), `ramp` (0.5),
-`layer_norms` (batch_norm | keep), `recalibrate` (False: also re-estimate the batch norms already inside
-the chosen blocks on `calibration`, for one-shot use), `calibration` (batches), `max_batches` (None), `progress` (None).
-Stats: `candidates` (every block: kind, activations, affine, reason, damage when scored), `chosen`,
-`activations_removed` or `activations_blended`, `layer_norms_replaced`, `calibrated`.
-Precondition: a captured Program. Non-goals: the supernet search of UPDP (the damage ranking replaces
-it), group norms (left as they are, the block then stays non-affine), attention.
+Activations become blends raised to identity during training (progressive) or identity at once (abrupt);
+layer norms over channels become calibrated batch norms. Blocks are named, or the k least harmful (or a
+measured speed-up) are chosen from a damage ranking; merge_blocks then folds them. The rewrite, the choice
+of blocks and the config: see docs/algorithms.md, 'linearize_blocks'.
 """
 
 from __future__ import annotations

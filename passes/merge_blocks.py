@@ -1,36 +1,8 @@
 """merge_blocks: merge chains of affine layers into fewer layers by exact re-parameterisation (UPDP stage 4).
 
-Rewrites every chain of affine elements (graph/depth/affine_chains.py: convolutions incl. grouped and
-depthwise, linear layers, eval batch norms incl. the reshape-wrapped form left by LayerNorm ->
-BatchNorm, per-channel constant mul/div/add/sub such as layer scales, eval dropouts, and a residual
-add of the chain's own input) whose intermediate tensors have no other user. One merge at a time, in
-this order of preference within a chain:
-1. `identity`: an eval dropout / clone / alias next to layers is dropped;
-2. `fold_after`: a per-channel map folds into the layer before it, `W' = s W`, `b' = s b + t`;
-3. `fold_before`: otherwise into the layer after it, `W'[:, i] = s_i W[:, i]`, `b' = b + W t`, only when
-   that gives a plain bias (before a zero-padded convolution the shift would vary at the borders);
-4. `residual`: `x + L(x)` with L one layer that keeps the shape becomes `L + I` (identity kernel);
-5. `layers`: among the runs of >= 2 consecutive layers, the one whose merge lowers the MACs the most.
-The algebra is graph/depth/affine_merge.py: the linear part composes (`W2 W1`, channel contraction of
-1x1 / depthwise / kxk kernels, kxk o kxk grown to k1 + s1 (k2 - 1)), and the constant part is the chain
-applied to zeros; a constant that varies near padded borders is kept as a [1, C, H, W] bias map.
-A run merges only when it is exact (no zero padding of an intermediate map after a kxk convolution,
-no dilation), the MACs counter (graph/counting.py) says fewer MACs, the merged kernel side is at most
-`max_kernel_growth` times the largest merged kernel side, and, when the caller gives `measure`, the
-measured speed-up of the merged Program over the current one is above `min_speedup`. Folds (1-4)
-never change the MACs and only remove nodes, so they are not measured.
-
-Config: `max_kernel_growth` (1.0: kernels never grow), `measure` (None, or a callable
-`(before: Program, after: Program) -> speed-up of after`, e.g. built from prunefx.runtime; passes never
-import the runtime), `min_speedup` (1.0). Stats: `merges` (every merge: kind, the nodes of the elements
-it replaced, the resulting layer, MACs before/after for runs, the measured speed-up), `skipped` (every
-candidate still refused at the end, with the reason), `merged` (counts by kind), `macs`, `layers`
-(conv2d + linear nodes) and `batch_norms` before and after, `blends_stripped`.
-Preconditions: eval mode (refused otherwise: a training batch norm is not affine); finished UPDP
-blends (`lerp(act(x), x, 1)`) are stripped first (graph/linearization.strip_finished_blends).
-Non-goals: parallel branches (a projection shortcut beside a chain, RepVGG-style sums), padded kxk o
-kxk (not one convolution; skipped with the reason), attention, conv1d/3d, transposed convolutions,
-per-channel maps with no layer next to them.
+Folds identities and per-channel maps into neighbouring layers and merges runs of layers where that is exact
+and lowers the MACs (and, given `measure`, runs faster); the algebra is graph/depth/affine_merge.py. The order
+of merges, the conditions and the config: see docs/algorithms.md, 'merge_blocks'.
 """
 
 from __future__ import annotations

@@ -1,33 +1,9 @@
 """prune_while_training: CPD's schedule — remove channels step by step while the model distils.
 
-The Program trains against a frozen teacher (the recovery trainer of passes/training/engine.py). After
-every backward pass the Fisher channel importance is accumulated from the gradients the trainer
-already has (graph/channels/importance.py, FisherAccumulator): for a channel c of a parameter p,
-(sum over c's weights of p * dL/dp)^2 divided by the live activations of the layer that reads p.
-Every `interval` steps, `remove_channels` cuts the model to the next point of a geometric schedule
-(event i of n keeps target^(i/n) of the dense cost, so every cut removes the same fraction of what
-is left), ranking channels globally by the accumulated scores; the scores then reset, as in CPD.
-After the last cut, training continues (distillation, then plain fine-tuning when the schedule is
-over) until the step budget is spent.
-
-Which loss drives the importance: the full training loss, task cross-entropy plus KD. The KD term
-measures how far the student drifts from the dense teacher, which is exactly what removing a
-channel should not cause; the task term keeps the labels' signal where the teacher is wrong. Using
-the gradients the step computes anyway costs no extra backward pass.
-
-Differences from the released CPD code, on purpose: CPD removes the k cheapest channels of one
-group every 50 iterations (hundreds of events for a 5x target); here each event plans a global cut
-with remove_channels, so widths stay multiples of `round_to` and a few events suffice for a short
-budget. Config (besides the TrainConfig fields of passes/training/engine.py and `data`, `eval_data`,
-`teacher`): exactly one target (`macs` or `params`, a fraction of the dense model),
-`prune_events` (default 5), `interval` (steps between events, default 50; the first event comes
-after `interval` steps of accumulation), `ranking`, `round_to`, `max_ratio` (of the dense width of a group,
-held across all the cuts), `keep`, `strict`, `optimizer_state` ("carry", the default: after a cut the
-optimizer's state is sliced to the channels kept, passes/training/carried_state.py, as a user's own loop
-does with prunefx.PruneWhileTraining; "restart": momentum starts again).
-
-Preconditions: the Program has a static batch size; the total step budget covers every event.
-Non-goals: growing channels back; events triggered by a loss plateau instead of a step count.
+Fisher channel importance accumulates from the gradients the trainer already computes; every `interval` steps
+remove_channels cuts to the next point of a geometric schedule, ranking channels globally. Why the whole
+loss drives the importance and how this differs from the released CPD code: see docs/algorithms.md,
+'prune_while_training'.
 """
 
 from __future__ import annotations

@@ -1,40 +1,9 @@
 """quantize_int8: post-training INT8 fake quantization in TensorRT's explicit-quantization form.
 
-Rewrites every convolution, transposed convolution, linear layer and matmul `y = op(x, W)` into
-`y = op(fq(x, s_x), fq_c(W, s_W))`, where `fq` is torch's fake_quantize_per_tensor_affine (symmetric INT8,
-zero-point 0, s_x = amax_x / 127 from calibration data) and `fq_c` is fake_quantize_per_channel_affine (one
-scale per output channel, s_W[c] = max|W[c]| / 127), and both inputs of every residual add (two
-activations of the same shape) get per-tensor quantizers, where TensorRT needs them to fuse the add into the
-convolution before it, and so do the inputs of average pools (global or not), so the convolution before a
-pool runs on integers (ONNX Runtime's QLinearConv needs a quantized output). One activation read by several layers gets one quantizer. The form and the calibration are graph/int8/quantization.py's; lowering to ONNX Q/DQ (symmetric S8
-for TensorRT, the same scales shifted to U8 for ONNX Runtime on x86) is runtime/onnx/quantized.py's.
-
-Config (QuantizeInt8Config):
-- `calibration`: input batches (tensors, tuples, or (inputs, labels) pairs with the captured shapes);
-  required: activation ranges come from data. `max_batches` limits how many are read.
-- `method`: max | percentile (with `percentile`, default 99.99) | mse (default) | entropy: how the activation range
-  amax is read from the calibration statistics. Weights always use their exact max per channel. mse (the
-  clip with the least squared quantization error over the histogram) is the default: on the three
-  Fashion-MNIST models of benchmarks/int8_latency.py, over three calibration sets, it beat percentile 99.99
-  on ResNet-20 (+0.04 points on average) and MobileNetV2-small (+0.06), tied on the ViT (equal mean, more
-  test images agreeing with FP32), and its ResNet-20 logits are closer to FP32 (relative squared error
-  0.0008 against 0.0012). entropy (TensorRT's criterion, exact zeros left out) still clips tensors with a
-  spike at their max too hard (ReLU6 outputs: MobileNetV2-small 78.82 % against 87.80 % with mse).
-- `skip_nodes`: layer names kept in float; `skip_operators`: operators kept in float ('conv2d', 'linear',
-  'matmul', 'add' for the residual adds, 'adaptive_avg_pool2d', 'avg_pool2d', 'mean' for the pools, ...). The statistics give the reason for each layer left in float.
-- `sensitive` (k, default 0): measure each layer's quantization error on the calibration data (the relative
-  squared error of its output with its own input and weight quantized, everything else float) and leave the
-  k worst in float, with their error and rank as the reason. The errors of all layers are in the stats.
-- `fold_batchnorm` (default True): fold eval-mode batch norms into the layers before them first, as
-  TensorRT would; a batch norm after a quantized layer would otherwise rescale its quantized weights.
-- `attention` (default True): INT8 attention. Each scaled_dot_product_attention is spelled out as
-  matmul(q, kᵀ) * scale, softmax, matmul(p, v) (graph/int8/attention.py) and its two matmuls are quantized like any
-  other: per-tensor quantizers on Q, Kᵀ, V and the softmax output, where TensorRT's fused attention reads them.
-  Measured on a Fashion-MNIST ViT by benchmarks/int8_attention.py.
-Preconditions: a Program in eval mode for calibration (the pass evaluates in eval mode and restores the mode).
-The pass is not exact; it is idempotent: a Program that already holds fake quantizers is left alone (its
-choices, layers left in float included, stand), and the run reports modified=False. A Program with no quantizable layer is an error (nothing to do is not a success).
-Non-goals: concat inputs sharing one scale (not needed by the CNNs measured here), QAT (the fake-quant ops train with the straight-through estimator; passes/distill runs that).
+Every convolution, linear layer and matmul gets per-tensor activation and per-channel weight quantizers, as do
+residual adds and pools where TensorRT (and ONNX Runtime) need them to run the layer before on integers.
+The form and the calibration are graph/int8/quantization.py's; lowering to ONNX Q/DQ is runtime/onnx/'s.
+The rewrite, the config and why mse is the default: see docs/algorithms.md, 'quantize_int8'.
 """
 
 from __future__ import annotations

@@ -1,42 +1,9 @@
 """recalibrate_batchnorm: re-estimate the running statistics of every batch norm on calibration data.
 
-After a structural change (channels removed, blocks merged) the activations a batch norm sees no longer
-match the running mean and variance it learned, and accuracy drops more than the change deserves.
-This pass replaces them by the exact statistics of the rewritten network over the calibration data:
-for a batch norm whose input x has channels on dim 1, with n = the number of values per channel
-(images x spatial positions) over ALL calibration batches,
-
-    running_mean[c] = S1[c] / n
-    running_var[c]  = (S2[c] - S1[c]^2 / n) / (n - 1)        S1 = sum x[:, c],  S2 = sum x[:, c]^2
-
-summed in float64. The variance is the unbiased one (n - 1), the convention torch uses for
-running_var (training normalises with the biased variance but stores the unbiased one); with n in
-the thousands the two differ by less than 0.1 %.
-These are exact statistics, not momentum updates: the result does not depend on batch order, and a
-second run on the same data changes nothing (`modified` is False).
-
-A batch norm's input depends on the statistics of the batch norms before it. When the activations of
-every batch fit in _WALK_BUDGET bytes at once (estimated from the captured shapes), the graph is run
-once over all batches node by node (graph/batch_walk.py), each batch norm set just before it runs. Else
-the batch norms are grouped by "level" (1 + the highest level among the batch norms upstream of their
-input) and each level is one pass over the data, batch by batch, run after the earlier levels were set:
-a chain of k batch norms then costs k passes (each one truncated to the tensors it reads). Both give the
-same statistics.
-
-Config:
-- `data` (required): calibration batches, a list or iterable of input tuples (or tensors) or of
-  `(inputs, labels)` pairs (labels are ignored), each with the captured input shapes; unlabeled
-  images are enough. A few hundred images are the usual amount.
-- `max_batches`: use only the first batches of `data`.
-- `nodes`: names of the batch-norm nodes to recalibrate (default: all), e.g. only the batch norms that
-  replaced layer norms in linearised blocks, leaving the trained ones alone.
-
-Preconditions: running statistics are graph tensors (get_attr nodes). A Program in training mode is
-recalibrated as its eval-mode network (the statistics eval mode will use) and is put back in training
-mode afterwards. Non-goals: momentum (EMA) updates, batch norms without running statistics
-(track_running_stats=False: they use batch statistics anyway; counted), running statistics shared by
-several batch-norm nodes (one module called twice sees two distributions; left alone and counted),
-the affine parameters gamma and beta (left as they are).
+After a structural change the running statistics no longer match the activations; this pass sets them to the
+exact statistics of the rewritten network over all calibration batches (not momentum updates: independent
+of batch order, idempotent). The formulas, the two walks over the graph and the config: see
+docs/algorithms.md, 'recalibrate_batchnorm'.
 """
 
 from __future__ import annotations

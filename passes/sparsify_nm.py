@@ -1,36 +1,9 @@
 """sparsify_nm: N:M (default 2:4) sparse weights for TensorRT's sparse tensor cores, chosen by magnitude
 or second order with weight updates (SparseGPT-style OBS, or CAP); also CAP's unstructured variant.
 
-Rewrites the weights (never the graph) of every eligible convolution and linear layer
-(graph/sparsity/nm_hessians.py: 2-D ungrouped convolutions and linear layers with at least `min_channels` in and
-out channels, input channels a multiple of M; the others are listed with their reason): for every
-output channel and kernel tap, each M consecutive input channels keep at most N non-zeros. The math is
-in graph/sparsity/nm_masks.py:
-- `magnitude`: keep the N largest |w| per group; no data, no update;
-- `obs`: SparseGPT on the layer-input Hessian H = X^T X of the calibration inputs (no labels, no
-  backward pass): masks chosen and the remaining weights updated column by column to keep the layer's
-  output on the calibration data; `sequential` (default) gathers each layer's H on the network whose
-  earlier layers are already sparse, as SparseGPT does;
-- `cap`: CAP's correlation-aware elimination with blockwise empirical-Fisher inverses (blocks of
-  `block_size` consecutive weights, Sherman-Morrison from per-image gradients of the cross-entropy on
-  labelled calibration batches), one weight at a time with the OBS update and inverse downdate.
-With `pattern: unstructured` and a target `sparsity` (fraction of the eligible weights to zero), `cap`
-uses CAP's one loss threshold across all blocks of all layers, and `magnitude` one global |w| threshold.
-
-Config: `pattern` ("2:4", "N:M" or "unstructured"), `criterion` (magnitude | obs | cap), `sparsity`
-(unstructured only), `calibration` (obs: input batches, tensors or (inputs, labels) pairs, default the
-example inputs; cap: (inputs, labels) pairs, required), `damping` (ridge as a fraction of the mean
-Hessian / Fisher diagonal; default 0.01 for obs, SparseGPT's, and 1e-3 for cap, the best one-shot
-validation accuracy among 1e-1..1e-4 on the Fashion-MNIST ResNet-20 with 512 calibration images),
-`block_size` (CAP's B, a multiple of M, default 64), `sequential` (obs, default true), `min_channels`
-(16), `keep` (node or weight names left dense), `layers` (only these node or weight names).
-
-Records the sparsified weights in `program.analysis.sparsity` (pattern, criterion, weights, layers,
-skipped layers with reasons; JSON, saved with the Program): passes/distill.py keeps those zeros fixed
-while fine-tuning (passes/rewrites/sparse_masks.py) and every export carries them. Exactness: "M:M" keeps every
-weight and changes nothing; a second run of magnitude or obs on weights that already obey the pattern
-changes nothing (`modified` is False). Non-goals: sparsity along output channels, grouped or depthwise
-convolutions, mm/addmm weights stored [in, out], FastCAP, gradual (multi-step) pruning schedules.
+Rewrites the weights (never the graph) of every eligible convolution and linear layer, and records them in
+`program.analysis.sparsity` so that distill keeps the zeros and every export carries them. The math is in
+graph/sparsity/nm_masks.py. The criteria, the config and the exactness: see docs/algorithms.md, 'sparsify_nm'.
 """
 
 from __future__ import annotations

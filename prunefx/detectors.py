@@ -1,40 +1,9 @@
 """Prune the exportable part of a model whose whole forward does not export (detectors).
 
-torchvision's detectors end in post-processing that torch.export cannot capture (non-maximum
-suppression keeps a data-dependent number of boxes). Their backbone (+ neck) does export, and holds
-most of the MACs. So:
-
-    from prunefx.detectors import prune_part
-    result = prune_part(detector, ([image],), [(remove_channels, {"macs": 0.5})], part="backbone")
-    result.model([image])          # the whole detector, its own post-processing included
-
-1. `capture_part` runs the whole model once on the user's example inputs, records the tensors the
-   part receives (a forward pre-hook), and captures the part alone on them as a Program;
-2. the Pipeline rewrites that Program (verified after every pass; output shapes are kept, so the
-   rest of the model still fits);
-3. `replace_part` puts the rewritten graph back, in a copy of the model, as a `GraphPart`: an
-   nn.Module that calls the Program's GraphModule (dicts and OrderedDicts of feature maps come back
-   with their structure, as torch.export keeps it) and turns `model.eval()` / `model.train()` into the
-   graph's batch-norm and dropout flags.
-
-`find_part` names the part when the user does not: the largest child module (by parameters) that is
-called once with tensor arguments and captures.
-
-The graph has the static shapes of the capture: the part takes inputs of exactly those shapes, and
-`GraphPart` says so in one line otherwise (build torchvision's detectors with a fixed image size, e.g.
-`fixed_size=(320, 320)` or `min_size=max_size=320` for square images).
-
-Ultralytics YOLO models export whole (in their export mode: raw decoded head outputs, no NMS; see
-prunefx/models/ultralytics_models.py, `ultralytics:NAME`). `to_ultralytics` wraps their pruned Program so that
-Ultralytics' own `predict` runs it, and `softmax_nodes` names the softmax nodes whose normalised dim
-(YOLO's distribution-focal-loss bins) must keep its width. Nothing here imports ultralytics.
-The pruned graph is wrapped rather than loaded back into Ultralytics' eager modules because those size
-their forward from constructor attributes (C2PSA's `self.c` split, Attention's `num_heads`/`key_dim`
-views, Detect's `reg_max` view) that a rewrite would have to edit class by class; the wrapped graph is
-the verified one, the same that goes to ONNX. Its cost: the captured input shape (predict with
-`imgsz=SIZE, rect=False`), and no Ultralytics training or validation on it. For those, write the pruned
-graph back into Ultralytics' own classes (prunefx/interop/ultralytics_bridge.py, `to_ultralytics_module`,
-proven against the graph): examples/ultralytics_prune_train.py trains, validates and exports that.
+`prune_part` captures the part (e.g. a torchvision detector's backbone) on the tensors it receives, rewrites
+it, and puts it back as a `GraphPart`; `to_ultralytics` wraps a pruned YOLO Program for Ultralytics' own
+`predict`. Nothing here imports ultralytics. The steps, the static-shape caveat and why the YOLO graph is
+wrapped: see docs/algorithms.md, 'Pruning the part that exports'.
 """
 
 from __future__ import annotations

@@ -1,32 +1,9 @@
 """Exact algebra of affine layers: compose convolutions, linear layers and per-channel scales/shifts.
 
-Pure tensor functions, no graph. Three kinds of affine map:
-- `Conv`: a 2-D convolution (weight [O, I/g, kh, kw], groups g), its bias, and optionally a constant
-  `bias_map` [1, O, H, W] added after it (see below);
-- `Linear`: `x @ W.T + b` over the last dim;
-- `ChannelAffine`: `x * scale + shift` per channel along dim 1 (NCHW) or -1 (channels last): an eval
-  batch norm (`scale = gamma / sqrt(var + eps)`, `shift = beta - mean * scale`), a layer scale, a
-  constant per-channel add.
-
-`merge(ops, input_shape)` turns a sequence of them into one map. An affine map is its linear part plus
-its value at zero, so the two are computed separately:
-- the linear part composes pairwise (`compose`), with the weights only:
-  channel then layer scales the layer's input columns, layer then channel its output rows,
-  linear then linear is `W2 W1`, and two convolutions contract the channels and compose the kernels,
-  `K[o, i, u] = sum_c sum_{s1 j + m = u} W2[o, c, j] W1[c, i, m]` (W2 dilated by the first stride,
-  which covers 1x1 o 1x1, kxk o 1x1, 1x1 o kxk, depthwise o pointwise and kxk o kxk);
-- the constant part is the original sequence applied to a zero input. Zero padding makes it vary near
-  the borders when a bias passes through a padded convolution; then it stays a constant [1, O, H, W]
-  tensor (`bias_map`, shapes are static), otherwise it becomes a plain bias.
-The linear part of two convolutions is one convolution only when the second pads nothing (then it has
-the first's padding, stride s1 s2 and kernel k1 + s1 (k2 - 1)), or the first is a 1x1 of stride 1
-without padding (padding commutes with it: the second's geometry); otherwise the zero padding of the
-intermediate map is not representable and `compose` raises NotExact with the reason. Dilated
-convolutions and mismatched layouts are refused the same way. `add_identity` folds a residual
-`x + f(x)` into f when f keeps the shape. `merged_shape` runs the composition on meta tensors, so a
-caller can judge the merged layer's cost before paying for its weights.
-All arithmetic is float64 on the CPU; callers cast the result back to their dtype and device. The map
-types are in affine_maps.py, the kernel of two convolutions in kernel_composition.py.
+Pure tensor functions, no graph: `merge(ops, input_shape)` turns a sequence of `Conv`, `Linear` and
+`ChannelAffine` maps into one, its linear part composed pairwise and its constant part the sequence applied
+to zeros; what is not exactly representable raises NotExact. All arithmetic is float64 on the CPU. The
+composition rules: see docs/algorithms.md, 'The affine algebra'.
 """
 
 from __future__ import annotations

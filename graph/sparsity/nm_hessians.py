@@ -2,27 +2,8 @@
 needs: layer-input Hessians X^T X (OBS / SparseGPT) and empirical-Fisher inverses from per-sample
 gradients (CAP). The tensor math is in graph/sparsity/nm_masks.py.
 
-**Eligibility** (`find_sparse_layers`). A layer is sparsified when it is a 2-D, non-transposed,
-ungrouped convolution or a linear layer (aten.linear) whose weight is its own get_attr tensor, and:
-- with an N:M pattern, its input channels are a multiple of M (the groups must tile them);
-- it has at least `min_channels` input and output channels: TensorRT picks sparse kernels only for
-  layers wide enough to be worth it, and NVIDIA's ASP skips layers narrower than 16 input channels.
-Every other layer that holds a weight is listed with the reason it was left dense: depthwise and
-grouped convolutions (no sparse tensor-core kernels), 1-D/3-D/transposed convolutions, matrix products
-with an [in, out] weight (mm/addmm/matmul: not handled), shared weights, too few channels, and the
-layers the caller keeps dense.
-
-**Hessians.** X is the layer input as layer_inputs.InputSpec unfolds it; H = X^T X is gathered
-by layer_hessians.iter_hessians and returned in the grouped column order of nm_masks.
-
-**Per-sample gradients** (`fisher_inverses`). One forward and one backward pass per calibration batch
-give, for every layer, its input X and the gradient delta of the summed loss with respect to its
-output; the gradient of sample i is then sum_p delta_ip x_ip^T (over the output positions or tokens p
-of that sample) without ever materialising per-sample parameter gradients in autograd. The "sample" is
-the leading dim of the layer input (an image; a token only where the graph folded tokens into the batch
-before the layer). Two passes over the data: the first measures mean(g^2) for the damping
-lam = damping * mean diag(F), the second applies the Sherman-Morrison updates.
-Non-goals: recurrent or weight-shared layers, sequential (pruned-input) gradients.
+Every layer left dense is listed with its reason. The eligibility rules and how per-sample gradients are
+formed without autograd: see docs/algorithms.md, 'Eligible layers and curvature'.
 """
 
 from __future__ import annotations

@@ -1,40 +1,9 @@
 """N:M sparsity masks and second-order weight updates: pure tensor math, no graph.
 
-**Layout.** TensorRT's sparse tensor cores need, for every output channel and every kernel tap, at most
-N non-zeros in each M consecutive *input channels* (2:4: at least 2 zeros in every 4). A weight is
-therefore handled as a "grouped matrix" [K, taps * C] whose columns run over the input channels of one
-tap after the other, so that every M consecutive columns form one group:
-- linear [K, C]: the matrix itself;
-- convolution [K, C, R, S]: `weight.permute(0, 2, 3, 1).reshape(K, R * S * C)`, column tap * C + c.
-(Grouping the flattened C * R * S axis instead would mix kernel taps of one channel: wrong for TensorRT.)
-A layer-input Hessian gathered from unfolded inputs (graph/layer_inputs.py: column c * taps + tap,
-the order of `weight.reshape(K, -1)`) is permuted into the same order by `grouped_hessian`.
-
-**N:M** means N weights kept (non-zero) in every group of M, NVIDIA's convention: "2:4" keeps 2 of 4.
-(CAP's text says "a group of M may lose at most N"; for 2:4 both readings are the same.)
-
-**Criteria.**
-- `magnitude_mask`: keep the N largest |w| of each group.
-- `obs_prune`: SparseGPT's procedure on H = X^T X (no labels, no backward pass): H^-1 = (H + lam I)^-1
-  with lam = damping * mean(diag H), U its upper Cholesky factor; columns are processed left to right; at
-  the first column of each group the M - N weights with the smallest w^2 / U_jj^2 are chosen, and each
-  column's error (w - q) / U_jj is propagated to the later columns through row j of U (lazily, in
-  column blocks). This is the OBS update restricted to the later columns, exact for one layer's
-  squared output error on the calibration data up to the damping.
-- `cap_eliminate`: CAP's correlation-aware elimination on empirical-Fisher blocks of B consecutive
-  weights of the flattened grouped matrix (B a multiple of M, so groups never straddle blocks). The
-  inverse F^-1 = (lam I + (1/m) sum g g^T)^-1 is built by `FisherInverse` with m Sherman-Morrison
-  rank-one updates from I / lam: u = F^-1 g / sqrt(m + g^T F^-1 g), F^-1 <- F^-1 - u u^T. Then, one
-  weight at a time in every block: rho_j = w_j^2 / [F^-1]_jj over the weights still allowed (not
-  removed, group not yet at M - N removed), q = argmin rho, w <- w - w_q / [F^-1]_qq F^-1[:, q],
-  w_q = 0, F^-1 <- F^-1 - F^-1[:, q] F^-1[q, :] / [F^-1]_qq; the loss sum rho / 2 is accumulated.
-- Unstructured CAP (`global_counts`): eliminate everything once to get every block's cumulative loss
-  curve, pick one loss threshold across all blocks (and layers) that removes the wanted fraction, and
-  eliminate again from the same F^-1 with each block's count.
-
-Everything second order runs in float64. Padding: the flattened matrix is padded to a multiple of B
-with entries that are never removable (their gradients are zero, so they do not couple to real ones).
-Non-goals: sparsity along other axes, structured (channel) removal (see channel_compensation.py).
+Weights are handled as a "grouped matrix" [K, taps * C] whose every M consecutive columns are one group of
+input channels of one kernel tap, TensorRT's layout; N:M keeps N of every M (NVIDIA's convention). Criteria:
+`magnitude_mask`, `obs_prune` (SparseGPT), `cap_eliminate` (CAP) and CAP's unstructured `global_counts`;
+everything second order in float64. The layout and the updates: see docs/algorithms.md, 'Masks and weight updates'.
 """
 
 from __future__ import annotations

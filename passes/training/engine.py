@@ -1,38 +1,9 @@
 """Recovery training with knowledge distillation: the engine behind the `distill` pass.
 
-A `Trainer` trains a Program's GraphModule against a frozen teacher (passes/training/teacher.py) on
-the loss that passes/training/losses.py defines: task cross-entropy, distillation and feature terms
-mixed by `kd_weight` (1 is pure distillation, 0 plain fine-tuning); a detector (`task` "detection")
-learns from distillation only, and the trainer does not evaluate it (top-1 accuracy means nothing for
-boxes; `prunefx compress` scores mAP itself before and after every pass).
-
-Everything that reads gradients (the `after_backward` hooks, e.g. CPD's Fisher channel importance)
-sees the gradients of that total loss, after DDP has averaged them across processes and before
-clipping. A hook may replace the Program structurally (channels removed) through
-`trainer.replace_program`: the optimizer is rebuilt on the new parameters (momentum restarts), the
-learning-rate schedule keeps its position.
-
-Preconditions: the Program has a static batch size (that of its example inputs); every training
-and evaluation batch has exactly that many items per process. Batches are `(inputs, labels)`
-tuples, `inputs` a tensor or a tuple of tensors.
-
-Distributed: launched by `torchrun` (WORLD_SIZE > 1 in the environment), the trainer joins the
-process group (gloo on CPU, nccl on CUDA), wraps the module in DistributedDataParallel and gives
-each rank its slice of every global batch (through `data.shard(rank, world_size)` when the loader
-has it). Only rank 0 writes checkpoints and shows progress.
-
-Checkpoints (`checkpoint_dir`, see passes/training/resume.py): `resume=True` continues from them and
-reaches the same weights as an uninterrupted run; a missing checkpoint starts from scratch, a corrupt or
-mismatched one is an error.
-
-Layout (passes/training/): the configuration in config.py, the losses and feature taps in losses.py,
-batches, evaluation and the distributed setup in data.py, the teacher in teacher.py, checkpoint files in
-checkpoint.py and saving/resuming a trainer in resume.py, the optimizer and learning-rate schedule in
-schedule.py; this file holds the `Trainer` and its loop.
-
-Non-goals: mixed precision, gradient accumulation, learned adapters between student and teacher
-features of different widths (feature pairs must have equal shapes), resuming with a different number
-of processes, fast mid-epoch resume (the batches already seen in the epoch are read and skipped).
+A `Trainer` trains a Program's GraphModule against a frozen teacher on the losses of losses.py; hooks see
+the gradients of the whole loss and may replace the Program (channels removed) mid-run. It also runs
+distributed under torchrun and resumes from checkpoints. Distributed mode, checkpoints, the package's
+layout and the non-goals: see docs/algorithms.md, 'The trainer'.
 """
 
 from __future__ import annotations

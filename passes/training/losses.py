@@ -1,28 +1,8 @@
 """The recovery trainer's losses (task, distillation, feature) and how it reads intermediate tensors.
 
-The trainer (passes/training/engine.py) minimises
-
-    loss = (1 - kd_weight) * CE(student, labels)  +  kd_weight * KD(student, teacher; T)
-           + sum over feature pairs of  weight * MSE(student node, teacher node)
-
-- CE is the task loss (cross-entropy; label -1 is ignored, so padded batches are harmless);
-- KD is `kd_loss`: KL(softmax(teacher / T) || softmax(student / T)) per row, averaged over rows
-  ("batchmean"), times T^2 so that its gradients keep their scale whatever T is;
-- feature pairs read intermediate tensors of both graphs by fx node name (see `tap_outputs`).
-`kd_weight` is the usual alpha: 1 is pure distillation, 0 is plain fine-tuning. Dense outputs
-(`task` "segmentation", [N, C, H, W]) are handled per pixel: the class dim is always dim 1.
-
-`task` "detection" (a YOLO's export-mode output [N, 4 + C, A], see `detection_kd_loss`):
-
-    loss = KD_det(student, teacher)  +  sum over feature pairs of  weight * MSE(...)
-
-with KD_det = sum over classes of the Bernoulli KL of the class probabilities (mean over anchors) +
-the anchor-weighted, scale-free L1 of the boxes. There is no ground-truth term: a YOLO's
-assignment-based loss needs its raw training-mode head, which the exported Program does not produce.
-So `kd_weight` only switches KD_det on (> 0) or off (0, then feature pairs are required: the config
-refuses a detector with nothing to learn from), `temperature` is unused, labels are read but ignored,
-the reported task loss is 0, and the trainer does not evaluate (top-1 accuracy means nothing for boxes;
-`prunefx compress` scores mAP itself before and after every pass).
+`(1 - kd_weight) * CE + kd_weight * T^2 * KL(teacher || student)` plus feature MSE terms; a detector
+(a YOLO's export-mode output) distils boxes and class scores with no ground-truth term. The formulas and
+why detection has no task loss: see docs/algorithms.md, 'The losses'.
 """
 
 from __future__ import annotations

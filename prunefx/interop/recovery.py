@@ -1,35 +1,9 @@
 """Recovery in the caller's own training loop: the dense teacher's KD loss and CPD's prune-while-training.
 
-prunefx's own Trainer (passes/training/engine.py) runs both for `prunefx compress`. A user with their own loop
-(plain PyTorch, Lightning, Ultralytics' trainer, ...) calls the same pieces from it:
-
-    kd = prunefx.DistillationLoss(dense_model, kd_weight=0.9, temperature=4)
-    session = prunefx.PruneWhileTraining(dense_model, example_batch, macs=0.5, events=5, interval=60)
-    model = session.module
-    for inputs, labels in batches:             # every batch of the example's batch size
-        loss = kd(model(inputs), inputs, labels)
-        optimizer.zero_grad(); loss.backward()
-        session.after_backward()               # CPD's Fisher scores, from the gradients just computed
-        optimizer.step()
-        if session.maybe_cut(optimizer):       # every `interval` steps: channels removed
-            model = session.module             # new parameters; the optimizer already holds them
-
-- `DistillationLoss` is the Trainer's loss (passes/training_losses.total_losses): (1 - kd_weight) * CE +
-  kd_weight * T^2 * KL(teacher || student), or the detection distillation for a YOLO export output.
-- `PruneWhileTraining` is passes/prune_while_training's PruningSchedule (geometric schedule, Fisher
-  importance from the whole loss, global ranking, floors against the dense widths) stepped by the caller.
-  The model trained is the pruned graph (`session.module`, a GraphModule): its batch norms switch mode
-  through `session.train()` / `session.eval()`, not through `module.train()`, and it runs at the
-  example's batch size only. With `write_back=lambda program: prunefx.to_module(program, model)` it is
-  the caller's own module instead (a copy of `model`, or `initial_module`, until the first cut), written
-  back (and proven) after every cut; the
-  Fisher scores then read its gradients, and its weights go into the graph before each cut.
-
-The optimizer after a cut. Channel removal gives every sliced tensor a new Parameter. The caller's
-optimizer is kept: its parameter groups (with their own lr, weight decay, ...) get the new Parameters in place
-of the old ones, and every state tensor shaped like its parameter (SGD's momentum, Adam's moments) is sliced
-to the channels that survived (passes/training/carried_state.py, which prunefx's own Trainer uses the same
-way: `compress` and this loop carry the same state).
+`DistillationLoss` is the Trainer's loss and `PruneWhileTraining` the prune_while_training schedule, stepped
+by a loop the user owns (plain PyTorch, Lightning, Ultralytics' trainer); after a cut the caller's optimizer
+keeps its groups and its state, sliced to the channels kept. A worked loop and the details: see
+docs/your-training-loop.md and docs/algorithms.md, 'Recovery in your own loop'.
 """
 
 from __future__ import annotations

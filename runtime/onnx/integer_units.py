@@ -1,25 +1,9 @@
 """ONNX Runtime's integer units in a Q/DQ file: the rewrites of runtime/onnx/quantized_ort.py that keep a layer
 on INT8 weights (the module there says where they sit in the lowering).
 
-- `integer_units`: every Conv (and residual Add) whose output reaches one activation quantizer, directly or
-  through one Relu / Clip, in the DQ -> op -> Q form ONNX Runtime fuses into QLinearConv / QLinearAdd. The
-  Relu / Clip moves after the quantizer as a Clip on the codes (Q(clip(y, a, b)) = clip(Q(y), Q(a), Q(b)),
-  since Q is monotone), and disappears when Q's own saturation already clips there (a Relu before a
-  zero-point-0 quantizer, a ReLU6 whose 6 lies above amax); the float bias becomes INT32 at s_x * s_w;
-- `integer_matmuls`: every Gemm, and every MatMul with a stored weight, whose input and weight are
-  dequantized keeps its INT8 weight (and gets an INT32 bias), quantized output or not: ONNX Runtime runs it
-  as QGemm (float output allowed) or MatMulIntegerToFloat / QLinearMatMul. A MatMul's bias is the stored
-  vector of the Add after it: ONNX Runtime fuses MatMul + Add into a Gemm first and makes that Gemm a QGemm
-  only with an INT32 bias where its output is float (a ViT's qkv and fc1 stayed float Gemms without it).
-  A classifier's output is never quantized, and a float Gemm there (MobileNetV2's 1280 x 1000) is a cost
-  neither INT8 nor pruning removes;
-- `weight_levels`: on x86 CPUs without VNNI (AVX2 only) ONNX Runtime's U8S8 convolution kernels multiply with
-  vpmaddubsw, which adds pairs of u8 x s8 products into int16 and saturates: 2 x 255 x 127 > 32767. Measured
-  here: -10 points of Fashion-MNIST accuracy with 8-bit weights. With
-  weights on +-63 (7 bits: 2 x 255 x 63 < 32767) no pair can saturate. That is ONNX Runtime's documented
-  `reduce_range` ("quantize weights with 7-bits ... for non-VNNI machines") and NNCF's saturation fix; the
-  integer units' weights are requantized per output channel (scale max|w| / 63) and their biases with them.
-  On CPUs with VNNI (32-bit accumulation) the weights keep their 8 bits.
+`integer_units` (Conv / Add in the DQ -> op -> Q form), `integer_matmuls` (Gemm / MatMul on INT8 weights) and
+`weight_levels` (7-bit weights on CPUs without VNNI, whose int16 pair sums saturate). The forms ONNX Runtime
+fuses and the saturation arithmetic: see docs/algorithms.md, 'Integer units'.
 """
 
 from __future__ import annotations

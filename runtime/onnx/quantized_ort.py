@@ -1,35 +1,9 @@
 """The ONNX Runtime (x86 CPU) lowering of a Q/DQ file: UINT8 activations, integer units, 7-bit weights where
 the CPU's integer kernels would saturate.
 
-It starts from the TensorRT form runtime/onnx/quantized.py exports (symmetric S8 activations with the
-Program's scales s = amax / 127, INT8 weight initializers behind DequantizeLinear) and rewrites it for ONNX
-Runtime's x86 kernels, which want U8 activations x S8 weights (U8S8; S8S8 runs slower than FP32 there):
-- `activations_to_u8`: a tensor that cannot be negative (after a Relu, a Clip at >= 0, a max pool of such a
-  tensor, ...) gets zero-point 0 and scale amax / 255: the same range [0, amax] on twice the levels the S8
-  grid spends on it (what quantize_static's asymmetric U8 does after a Relu); any other tensor keeps its
-  scale with zero-point 128, Q_u8(x) = Q_s8(x) + 128, the same values as the Program;
-- `quantize_before_max_pool`: relu -> MaxPool -> Q becomes relu -> Q -> MaxPool on UINT8 codes (exact: Q is
-  monotone, so Q(max(x)) = max(Q(x))), so the convolution before the pool becomes an integer unit;
-- `integer_units` and `integer_matmuls` (runtime/onnx/integer_units.py): Convs / residual Adds in ONNX
-  Runtime's DQ -> op -> Q form, Gemms / MatMuls on INT8 weights, on 7-bit weights where the CPU lacks VNNI;
-- `fold_weight_transposes`: a stored INT8 weight read through DequantizeLinear -> Transpose (what the
-  exporter writes for a Linear on 3-D inputs, the tokens of a ViT: x @ DQ(W).T as a MatMul) becomes the
-  transposed INT8 initializer read by the DequantizeLinear, its per-channel axis moved with the transpose
-  (Transpose(DQ(q), perm) = DQ(Transpose(q, perm)) with axis perm.index(axis): exact). The MatMul then reads
-  DQ -> MatMul, the form `integer_matmuls` and ONNX Runtime's QDQ fusions (MatMulIntegerToFloat,
-  QLinearMatMul, QGemm after its MatMul + Add fusion) match. The TensorRT file keeps the Transpose, which
-  TensorRT folds itself;
-- `dequantize_float_layer_weights`: layers left in float store their weights dequantized (the values
-  DequantizeLinear would compute on every run; ONNX Runtime never constant-folds a DequantizeLinear).
-A convolution whose output is not quantized stays float: quantizing its output would need a range the
-Program never calibrated, and ONNX Runtime has no integer convolution with a float output. (The convolution
-before a global pool is quantized: passes/quantize_int8 quantizes the pool's input.)
-- `float_convolution_inputs`: such a float convolution then reads its input unquantized. Its Q -> DQ pair
-  would only cost time: ONNX Runtime runs it as two float passes over the tensor before a float Conv, and
-  the pair breaks the Conv's own fusions (EfficientNet-B0, whose expand, depthwise and squeeze-excitation
-  convs feed a SiLU: 63 of 81 convs float, the INT8 file ran 0.85x the FP32 one with the pairs). This is the one step that is not exact: those convs see x where the
-  Program sees Q(x), a difference of at most half a quantization step per value, which the parity check
-  against the Program reports; the TensorRT file keeps every pair (TensorRT runs DQ -> Conv -> float).
+Starts from the TensorRT form runtime/onnx/quantized.py exports and rewrites it for ONNX Runtime's U8S8
+kernels, step by step (each exact except `float_convolution_inputs`). The steps and why: see
+docs/algorithms.md, 'The ONNX Runtime lowering'.
 """
 
 from __future__ import annotations
