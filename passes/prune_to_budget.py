@@ -1,33 +1,10 @@
 """prune_to_budget: structured channel pruning to a measured speed-up or latency on the target runtime.
 
-A user states a budget ("2x faster", "under 4 ms at batch 1"), not a MACs fraction: MACs do not predict latency
-across widths (rounding alone moved MobileNetV2 from 0.55x to 1.57x on ONNX Runtime). This pass searches the one
-number remove_channels takes, the fraction of MACs to keep, and measures every candidate, candidate(f) =
-remove_channels(dense, macs=f, ...), as a whole model beside the dense one with `latency(dense, candidate) ->
-(dense ms, candidate ms, spread)` (the backend's latency pair; passes never import the runtime). Given a
-per-layer `latency_table` (runtime/tables/table.py), it searches the fraction of the table's time to keep
-instead (remove_channels' `layer_time`): each candidate then spends importance per millisecond the table says
-it saves, not per MAC, and is still measured as a whole model.
-
-The first guess is f = 1/S (MACs as if they were latency; s0/S from an input already s0 faster, `start_speedup`);
-then the search keeps the largest f measured to meet the budget and the smallest f measured to miss it, and aims
-each next f at the middle of the acceptance window along the line the measurements draw in log f / log speed-up
-(inside the bracket once there is one), until a candidate lands in the window or `max_candidates` were measured;
-it returns the least pruned candidate that met. None met: a one-line error naming the best speed-up reached. Each
-candidate is a fresh removal from the dense model: exactly what `remove_channels` gives at its fraction; a fraction
-that gives the widths of a candidate already measured shares its measurement. The search itself is
-passes/budget/width_search.py.
-
-Confirmation: no candidate is accepted on one measurement (RegNetY-800MF read 2.05x in the search, 1.66x in another
-process). One that seems to meet the budget, misses it by less than the tolerance, or reads slower than a less
-pruned one is measured again, longer, by the Measurer's `confirm` (4x the runs over fresh processes, a bootstrap
-interval); clear misses and candidates far above the window (CLEARLY_FAST) are not. What is accepted is decided by
-budget_search.Acceptance, the rule every budget search shares: the confirmed lower bound clears S, the point S times
-the floor (if none does: the least pruned whose bound clears S) and at most S (1 + tolerance); one whose interval
-holds S is measured longer still, once. Aiming mid-window lets another process, judged on [0.95 S, 1.25 S], land inside from either side.
-
-Config: PruneToBudgetConfig (remove_channels' options except its targets). Statistics: the search trace (every
-first measurement), the budget and whether it was met, `chosen` and its remove_channels statistics.
+A user states a budget, not a MACs fraction, and MACs do not predict latency across widths: this pass searches
+the fraction remove_channels keeps (or, given a per-layer `latency_table`, the fraction of the table's time),
+measuring every candidate whole beside the dense model; the search is passes/budget/width_search.py and the
+acceptance rule, with its confirmation, passes/budget/search.py. The search and why it confirms: see
+docs/algorithms.md, 'prune_to_budget'.
 """
 
 from __future__ import annotations

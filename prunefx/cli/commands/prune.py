@@ -1,30 +1,10 @@
 """prunefx prune MODEL --macs 0.5 -o DIR: structured channel pruning, written as model.pt2, model.onnx
 and report.json (costs before/after, the width of every group, blocked groups, ONNX parity).
 
-The pass options (target, importance, ranking, widths, compensation) are remove_channels' own: each flag
-is made from its config field (prunefx/cli/options.py), with the same default and range.
-
-Calibration data, `--calibrate DATA` (fashion-mnist | imagenet-sample | a folder: ImageFolder with
-train/, or images directly in it; `--calibration-images`, 256 by default, in batches of the captured
-batch size). Given data, the defaults use it, as the best one-shot path measured on our benchmarks does:
-second-order (obs) channel selection, compensation of the remaining weights, and every batch norm
-recalibrated after the removal. `--importance`,
-`--no-compensate` and `--no-recalibrate` choose otherwise. Without data: l2 magnitudes; a data-driven
-criterion named explicitly (taylor, fisher, obs) then reads `--calibration-batches` batches of noise,
-and `--compensate` is refused (fitting weights to noise would only hurt).
-A budget, `--speedup S` or `--latency-ms T`, is met by prunefx.meet_budget (prunefx/budget/), measured on
---backend at batch 1: a candidate is accepted when the lower bound of its confirmed 90 % interval clears the
-budget (report.json `budget.interval`); widths are rounded to the backend's multiple unless --round-to says
-otherwise (16 for ONNX Runtime on AVX-512, 8 on AVX2 and TensorRT FP16, 32 for INT8). When width alone cannot
-reach the budget, the one-line refusal names the route that can: `--allow-depth` (depth, then width and depth
-together; report.json `route` says which met it and keeps the refusals on the way), `prunefx depth`, or
-`prunefx compress` (INT8 as well). A model with no block depth can take is told so.
-`--device` (auto: cuda when torch sees a GPU, else cpu; cuda or cuda:N refused in one line where torch sees
-none) is where the importance, the OBS math, compensation and the calibration passes run (prunefx/device.py);
-the pruned Program is back on the CPU before anything is written.
-report.json says which was used (`calibration`, `importance`, `compensated`), and holds the statistics
-of the compensation (`compensation`) and of the recalibration (`recalibrate_batchnorm`), null when they
-did not run.
+The pass options are remove_channels' own, each flag made from its config field (prunefx/cli/options.py).
+Given `--calibrate DATA` the defaults use it (obs, compensation, batch norms recalibrated); a budget
+(`--speedup`, `--latency-ms`) is met by prunefx.meet_budget (prunefx/budget/). The user-facing behaviour
+(calibration, device, budgets and their routes): see docs/reference/cli.md, 'prune'.
 """
 
 from __future__ import annotations
