@@ -1,23 +1,9 @@
 """What the compress flow gives the passes of a recipe: data, a teacher, calibration batches, measurers.
 
-A recipe is YAML and cannot hold loaders or models, so the passes that need them get
-them here. What a pass needs is declared by the pass itself: its config class's fields with a `source`
-(passes/core/pass_config.py), narrowed by `reads()` to what this configuration reads (remove_channels reads
-calibration data for data-driven importance or compensation, sparsify_nm for obs and cap). A key the
-recipe sets itself is left alone: `eval_data: null` turns evaluation during training off, `teacher: null`
-makes a training pass distil from its own input instead of the dense model. The sources:
-
-    train         the training batches (shuffled, augmented)
-    val           the validation batches (None without a validation split)
-    teacher       the dense program: a frozen, eval-mode copy
-    task          the data's task (splits.task): the training passes pick their losses by it (a detector
-                  distils with passes/training/losses.detection_kd_loss, never cross-entropy on its boxes)
-    calibration   a few training input batches (inputs only)
-    labelled_calibration  the same batches with their labels
-    measure       (before, after) -> speed-up on Options.backend at Options.batch (runtime/backends/:
-                  ONNX Runtime by default), for passes that keep only what runs faster
-    latency       (before ms, after ms, spread) on the same backend, for the budget passes; the final
-                  report's latency is ONNX Runtime's whatever the backend
+A recipe is YAML and cannot hold loaders or models, so the passes that need them get them here. What a pass
+needs is declared by its config fields with a `source`, narrowed by `reads()`; a key the recipe sets itself
+is left alone. The sources (train, val, teacher, task, calibration, labelled_calibration, measure, latency):
+see docs/reference/recipes.md, 'What compress gives the passes'.
 """
 
 from __future__ import annotations

@@ -1,27 +1,9 @@
 """Audit a `.pt2` archive before anything in it is deserialised, and load it with unpickling disabled.
 
-`torch.export.load` trusts its input. It unpickles (`weights_only=False`) weights and tensor constants
-marked `use_pickle`, custom and opaque objects, and sample inputs that fail the safe load; it hands
-`data/aotinductor/` entries to a loader of native libraries; it resolves node targets as any attribute
-path under `torch` (`torch.os.system` is one), and parses symbolic shape expressions with
-`sympy.sympify`, which evaluates Python. Any of these runs code chosen by whoever wrote the file.
-
-The archive is read once: the file's bytes (a regular file, bounded) are parsed by Python's zipfile, every
-entry is read into memory and audited, and torch is handed only a canonical archive rebuilt in memory from
-those audited bytes. A zip may hold two entries of one name, and zipfile and torch's reader pick different
-ones; entries of one name are refused, and no second parser ever sees bytes the audit did not.
-
-prunefx only ever writes plain tensor data and JSON, so the audit is an allow-list of that:
-- zip entries: regular files (no symlink or folder entries), no two of one name, relative names under one root folder, each in torch's documented layout
-  (version files, `models/<name>.json`, weights/constants configs and raw `weight_N`/`tensor_N`
-  records, `data/sample_inputs/<name>.pt`, `extra/prunefx.json`); sizes bounded (zip bombs);
-- weights and constants configs: no entry marked `use_pickle`, only raw tensor records;
-- sample inputs: must load with `torch.load(weights_only=True)`, so torch's unsafe retry never runs;
-- the graph JSON: operator targets only functional ATen operators (graph/safety/functional_ops.py: judged by their
-  schemas), symbolic expressions only the integer grammar of graph/safety/shape_expressions.py.
-Anything else is refused with one line naming the entry and the reason. `safe_load` then runs
-`torch.export.load` with `torch.load` forced to `weights_only=True` and every other unpickler refused, as
-a second line of defence should a future torch add a path the audit does not know.
+`torch.export.load` trusts its input (pickles, native libraries, any attribute under `torch`, sympify). The
+archive is read once, every entry audited against an allow-list of what prunefx writes (plain tensor data and
+JSON), and torch sees only a canonical archive rebuilt in memory from the audited bytes; `safe_load` then loads
+it with every unpickler refused. What is refused and why: see docs/file-safety.md, '.pt2 programs'.
 """
 
 from __future__ import annotations

@@ -1,24 +1,9 @@
 """Fashion-MNIST scenes: segmentation and detection data made from real Fashion-MNIST items.
 
-No labelled segmentation or detection set installs offline, so scenes are composed from real images:
-each canvas (black, `size` x `size`, one gray channel, uint8) holds `min_items` to `max_items`
-Fashion-MNIST items, each resized to a random side in `item_sizes` and pasted at a random position.
-
-- Placement: an item's square never overlaps (nor touches, `gap` pixels apart) another item's square,
-  so every pixel belongs to at most one item and the labels are unambiguous. An item that finds no
-  free place in `_ATTEMPTS` tries is left out (the canvas still holds at least `min_items` when they
-  fit at all; `SceneConfig` refuses sizes where they cannot).
-- Per-pixel labels (`masks`, N x H x W): an item's resized pixels brighter than `threshold` take
-  1 + its Fashion-MNIST class; everything else is 0, background (11 classes in all, `CLASSES`).
-- Boxes (`boxes`, N x max_items x 5, int64): `(class, x1, y1, x2, y2)`, class the Fashion-MNIST class
-  (0-9: detectors have no background class), the tight box of the item's labelled pixels with
-  exclusive x2, y2 (pixel edges, COCO-style `xyxy`); rows of -1 where a canvas has fewer items.
-- Provenance (`sources`, N x max_items): the index of each item in the image pool it was drawn from;
-  `squares` (N x max_items x 3): where it was pasted, (top, left, side), side the resized item's side.
-
-Train canvases are drawn only from training items and test canvases only from test items; the
-validation canvases come from training items held out of the training canvases. The same seed gives
-the same scenes (numpy's PCG64, seeded per split).
+No labelled segmentation or detection set installs offline, so scenes are composed from real images: each
+black canvas holds a few Fashion-MNIST items, resized and pasted without overlap, with per-pixel labels
+(`masks`), boxes (`boxes`) and where each item came from. Train, validation and test canvases never share
+items; the same seed gives the same scenes. The layout of labels and boxes: see docs/reference/data.md.
 """
 
 from __future__ import annotations

@@ -1,23 +1,9 @@
 """Engine readiness without a GPU: read an ONNX file and say, one finding per line with the node's name, what
 would stop or slow an engine build on a target (runtime/check/targets.py: trt10, trt11, orin, ort).
 
-Rules (runtime/check/rules.py), each a function of the graph alone:
-- unsupported-operator (error): an operator the target's parser refuses, an unknown domain, an opset out of range;
-- qdq-missing-input (error): an INT8 Conv/Gemm/MatMul (a DequantizeLinear on one of its data/weight inputs) with
-  no DequantizeLinear on the other, so TensorRT cannot run it in INT8;
-- qdq-zero-point (error, TensorRT): a Q/DQ whose zero point is not INT8 or not zero (TensorRT is symmetric INT8);
-- dangling-quantize (error, TensorRT): a QuantizeLinear not followed by a DequantizeLinear;
-- residual-add-without-qdq (warning): a residual Add fed by an INT8 layer with no Q/DQ on its skip input, so the
-  Add cannot be fused into the convolution in INT8 (TensorRT's explicit-quantization placement);
-- concat-scales (warning): a Concat of dequantized inputs with different scales (requantized before concat);
-- channel-multiple (warning): a layer whose channel counts miss the multiples the target's kernels want;
-- dynamic-shape (warning, TensorRT): a graph input with a symbolic or unknown dimension (needs a profile);
-- sparse-eligible (info, TensorRT): a layer whose weights are already 2:4 along input channels.
-`check_model` returns the findings; `exit_status` is 1 when any is an error.
-
-The file is read as a regular file; its external data only from its own folder (runtime/onnx/external.py),
-never from the current directory. A graph with a cycle, a node without outputs or a value read before any
-node writes it is refused in one line before any rule runs, so every walk of the rules ends.
+The rules (runtime/check/rules.py) are functions of the graph alone; `check_model` returns the findings and
+`exit_status` is 1 when any is an error. A graph that is not a valid DAG is refused before any rule runs.
+The rules and how the file is read: see docs/tensorrt.md, '`prunefx check`'.
 """
 
 from __future__ import annotations

@@ -1,22 +1,9 @@
 """How a TensorRT engine is built from a prunefx ONNX file: the build options and the precision plan.
 
-Precision is explicit (`network_plan`, a pure function of the TensorRT version, the requested precision
-and what the ONNX file holds, tested without TensorRT):
-- TensorRT >= 10 builds strongly typed networks (NetworkDefinitionCreationFlag.STRONGLY_TYPED; TensorRT 11
-  has nothing else and ignores the flag): every tensor has the type the ONNX graph gives it. INT8 comes
-  only from QuantizeLinear/DequantizeLinear nodes in the file (passes/quantize_int8.py and
-  runtime/onnx/quantized.py write them); FP16 only from an FP16 graph (runtime/onnx/float16.py).
-- `int8` on a file without Q/DQ is refused, unless calibration batches are given: the file is then
-  quantized first with ONNX Runtime's quantize_static in TensorRT's form (symmetric INT8, per-channel
-  weights), so the engine still gets its INT8 from Q/DQ nodes. TensorRT 10 deprecated and TensorRT 11
-  removed implicit calibration (IInt8EntropyCalibrator2) and placeholder dynamic ranges: neither is used.
-- `fp16` on an FP32 file: on TensorRT 10 the weakly typed BuilderFlag.FP16 (deprecated since 10.12, still
-  what JetPack 6's TensorRT 10.3 users know) is kept behind this version check; on TensorRT >= 11 the
-  file is lowered to an FP16 graph with float32 inputs and outputs first.
-- TensorRT 8.6/9.x (JetPack 5) has no strong typing: weakly typed with the FP16 / INT8 flags, as before.
-`sparse=True` sets SPARSE_WEIGHTS, which lets TensorRT pick sparse tensor-core kernels for layers whose
-weights are 2:4 along input channels (passes/sparsify_nm); which layers actually ran sparse is in the
-per-layer profile (runtime/tensorrt/layer_profile.py).
+`network_plan` is a pure function of the TensorRT version, the requested precision and what the ONNX file
+holds (tested without TensorRT): strongly typed on TensorRT >= 10, INT8 only from Q/DQ nodes, FP16 from an
+FP16 graph or TensorRT 10's weakly typed flag. The plan per version and `sparse`: see docs/tensorrt.md,
+'How an engine is built'.
 """
 
 from __future__ import annotations

@@ -1,24 +1,11 @@
 """trtexec as a backend: build and time an ONNX file through the `trtexec` command (JetPack ships it on
 every Jetson board, at /usr/src/tensorrt/bin/trtexec), and read its results.
 
-- `trtexec_arguments` builds the command line as a pure function of the options, the TensorRT version and
-  what the ONNX file holds (tested without TensorRT). Precision follows runtime/tensorrt/plan.network_plan:
-  TensorRT 10 builds strongly typed (`--stronglyTyped`; INT8 only from Q/DQ nodes in the file, FP16 from an
-  FP16 graph) except for `--fp16` on an FP32 file, TensorRT 10's weakly typed flag kept behind the version
-  check; TensorRT 11 is always strongly typed and has neither `--fp16`, `--int8` nor `--calib`, so nothing
-  is passed and FP16 files are lowered first (runtime/onnx/float16.py); TensorRT 8.x keeps `--fp16 --int8`.
-  There is no placeholder-range INT8 any more: INT8 on a file without Q/DQ is refused.
-- `trtexec_version` asks the program itself (`trtexec --help` prints `[TensorRT vNNNNNN]`).
-- `parse_performance_summary` reads the "=== Performance summary ===" block: Throughput (qps) and, for
-  Latency, GPU Compute Time, Enqueue Time, H2D and D2H Latency, the min/max/mean/median and the
-  percentiles trtexec printed (TensorRT 8.6+ prints 90/95/99 %, older versions 99 % only).
-- `parse_trtexec_profile` reads `--exportProfile` (per-layer times) for runtime/tensorrt/layer_profile.py.
-- `run_trtexec` runs it; on a Jetson board it also records the power mode, whether clocks are pinned and
-  the board's power while trtexec ran (runtime/tensorrt/jetson.py), since all three change the result.
-
-Which latency is "the" latency: trtexec's `Latency` is H2D + GPU compute + D2H of one query, on
-synthetic inputs; `GPU Compute Time` is the engine alone, which is what runtime/tensorrt/engine.py
-times with CUDA events. `TrtexecResult.latency` gives the latter as LatencyStats so both backends compare.
+`trtexec_arguments` builds the command line as a pure function of the options, the TensorRT version and the
+file (precision as runtime/tensorrt/plan.network_plan); `trtexec_version`, `parse_performance_summary` and
+`parse_trtexec_profile` read its output; `run_trtexec` runs it (recording a Jetson's power state).
+`TrtexecResult.latency` is the GPU compute time, so both TensorRT backends compare. The flags per TensorRT
+version and which latency counts: see docs/tensorrt.md, 'How an engine is built'.
 """
 
 from __future__ import annotations

@@ -1,24 +1,9 @@
 """prunefx demo: the recommended pruning path end to end, in under 3 minutes on a 2-core CPU.
 
-Default: `prunefx:resnet20` trained on Fashion-MNIST (the checkpoint shipped in prunefx/checkpoints/, made
-by scripts/make_demo_checkpoint.py; its sha256 is checked and it is read with torch.load(weights_only=True),
-which never runs code), then what `prunefx prune --macs M --calibrate fashion-mnist` does by default:
-  [dense]     test accuracy of the checkpoint;
-  [calibrate] --calibration-images images from Fashion-MNIST's training split (never the test split);
-  [prune]     remove_channels to `--macs M` (0.4 by default): channels chosen by their second-order (obs)
-              damage on those images, the remaining weights compensated, then every batch norm
-              recalibrated on the same images; MACs and parameters before and after;
-  [one-shot]  test accuracy of the pruned model, before any training;
-  [kd]        --kd-steps steps of knowledge distillation from the dense model, and its accuracy;
-  [measured]  the delivered model.onnx against dense.onnx on ONNX Runtime (batch 1, --threads), side by
-              side over fresh processes, with the 90 % interval of the speed-up;
-  [time]      where the time went, per stage.
-Accuracy is on the first --eval-images test images (2048 by default; 10000 is the whole test set).
-Writes OUTPUT/model.pt2, model.onnx (batch 1), dense.onnx (batch 1) and report.json.
-
-`--imagenet`: the earlier demo on pretrained ImageNet MobileNetV2 (offline weights): inspect -> fold
-batch norm (verified, exact) -> export to ONNX (checked, parity) -> top-1 on the 20 real ImageNet images
-in torch and in ONNX Runtime -> latency, dense against folded, side by side.
+Default: `prunefx:resnet20` trained on Fashion-MNIST (the checksummed checkpoint in prunefx/checkpoints/,
+read with torch.load(weights_only=True)), pruned as `prunefx prune --macs M --calibrate fashion-mnist` does
+by default, distilled for a few steps and timed against the dense model on ONNX Runtime; `--imagenet` runs
+the earlier MobileNetV2 demo. The stages and what they print: see docs/getting-started.md, 'The demo'.
 """
 
 from __future__ import annotations
