@@ -1,22 +1,11 @@
 """What passes hand to later passes: one typed record per Program, saved with it (prunefx.json).
 
-Passes communicate through these fields and nothing else; lower layers (graph/, runtime/) read the
-typed records, never free-form keys. Each field has a writer and a reader, declared in the passes'
-contracts (`@graph_pass(reads=..., writes=...)`, tests/test_analysis_record.py checks both):
-
-    field       written by          read by
-    sparsity    sparsify_nm         distill, prune_while_training (its zeros kept at zero while
-                                    training: passes/rewrites/sparse_masks.py)
-    linearize   linearize_blocks    distill, prune_while_training (blend buffers raised),
-                depth_to_budget,    linearize_blocks, merge_blocks (strips blends once they reach 1)
-                choose_for_budget
-
-A pass's statistics are its Result's `stats` (the report) and typed `facts` (what a caller reads), not
-fields here. Older versions also stored `channel_groups`, `channel_pruning`, `distillation` and
-`prune_while_training` here, which nothing read (and `channel_groups` went stale with the first width
-change): a saved record with them still loads, and they are dropped (RETIRED, logged). A field this
-version does not know otherwise is refused when the Program is loaded (a newer file), as is a field of
-the wrong type: the record is data from a file, checked like the rest.
+Passes communicate through these fields and nothing else, each with a writer and a reader declared in the
+passes' contracts (`@graph_pass(reads=..., writes=...)`, checked by tests/test_analysis_record.py):
+`sparsity` (sparsify_nm -> distill, prune_while_training: zeros kept at zero) and `linearize`
+(linearize_blocks, depth_to_budget, choose_for_budget -> distill, prune_while_training, linearize_blocks,
+merge_blocks). A pass's report and facts are its Result's, not fields here. Retired fields of older files
+load and are dropped (RETIRED, logged); an unknown field or one of the wrong type is refused on load.
 """
 
 from __future__ import annotations

@@ -109,17 +109,13 @@ def channel_rule(operator, *, rewrite: LiteralRewrite | None = None, override: b
     (a list of such lists for several outputs). `ctx.labels(arg)` gives an input's labels,
     `ctx.space.tie(a, b)` joins two dims that must shrink together, `ctx.space.fixed(n)` makes a dim
     that never shrinks, `ctx.block(labels, node, reason)` refuses to prune those channels and reports
-    why. The shipped rules are reusable as they are: `same_as_input` (element-wise) and `broadcast`
-    (element-wise over several inputs with broadcasting). The operator's own arguments are passed
-    through unchanged unless `rewrite` is given: a function (node, analysis, removed classes) that
-    rewrites the node's literal arguments when channels go (see graph/channels/literals.py, where the
-    shipped operators' rewriters live). Without it, a rule must fix (or block) every dim whose size the
-    operator's literal arguments spell out. Without a rule, the operator blocks every dim it touches,
-    never guessed.
+    why. `same_as_input` (element-wise) and `broadcast` are shipped rules to reuse. `rewrite`, a function
+    (node, analysis, removed classes), rewrites the node's literal arguments when channels go (as in
+    graph/channels/literals.py); without it a rule must fix (or block) every dim those arguments spell
+    out. An operator without a rule blocks every dim it touches, never guessed.
 
-    An operator that already has a rule (a shipped one, or one registered before) is refused unless
-    `override=True`: replacing how prunefx prunes through, say, aten.add changes every model, so it must
-    be said. `remove_channel_rule` takes a registered rule away (restoring the shipped one it replaced).
+    An operator that already has a rule is refused unless `override=True` (replacing how, say, aten.add
+    prunes changes every model). `remove_channel_rule` takes a rule away, restoring the shipped one.
     """
     if not isinstance(operator, torch._ops.OpOverload):
         raise PrunefxError(f"channel_rule takes an operator overload such as torch.ops.mylib.op.default, "

@@ -1,22 +1,10 @@
 """INT8 fake quantization on the graph, in TensorRT's explicit-quantization form.
 
-TensorRT's rules (and what ONNX Runtime's integer kernels want) decide the form:
-- weights: symmetric INT8 per output channel, scale = max|w| / 127 over each output channel (zero-point 0);
-- activations: symmetric INT8 per tensor, scale = amax / 127 (zero-point 0), amax from calibration data;
-- quantizers sit on the *inputs* of convolutions, transposed convolutions, linear layers and matmuls, and
-  of residual adds (two activations of the same shape), where TensorRT needs them to fuse the add into the
-  convolution before it, and of average pools (global or not: adaptive / plain average pools, and means
-  over the spatial axes), so the convolution before the pool runs on integers too (ONNX Runtime's QLinearConv
-  needs a quantized output; NVIDIA ModelOpt's INT8 ONNX quantizer quantizes pool inputs as well). Without it
-  the last convolution of a CNN (MobileNetV2's 320 -> 1280, 7% of its MACs) stays float: a cost neither
-  pruning nor INT8 removes, so their gains do not multiply. One activation feeding several such layers gets
-  one quantizer (one scale).
-
-The quantizers are torch's own `fake_quantize_per_channel_affine` / `fake_quantize_per_tensor_affine`
-operators: they run (and train, with the straight-through estimator) in the Program, re-export with
-torch.export, and the ONNX exporter turns each into a QuantizeLinear/DequantizeLinear pair. Range
-(-128, 127) is the only signed range the exporter accepts; symmetric weights only ever reach +-127.
-Activation ranges are read from calibration data by graph/int8/ranges.py.
+Weights: symmetric INT8 per output channel (scale max|w| / 127); activations: symmetric INT8 per tensor
+(scale amax / 127, amax from calibration data, graph/int8/ranges.py). Quantizers sit on the inputs of
+convolutions, transposed convolutions, linear layers, matmuls, residual adds and average pools, one per
+activation however many layers read it; they are torch's own fake-quantize operators, which the ONNX exporter
+turns into Q/DQ pairs. Why adds and pools get them: see docs/algorithms.md, 'quantize_int8'.
 """
 
 from __future__ import annotations

@@ -1,22 +1,11 @@
 """Every pass's options are one dataclass, a subclass of `PassConfig`.
 
-A pass function takes `(program, /, *, config) -> Result`, `config` a mapping (recipes are YAML and the
-Python API takes mappings) or the parsed config itself, and names its config class in its contract
-(`@graph_pass(config=...)`, passes/core/contract.py). The pass reads its options as the parsed config's
-fields: `XConfig.parse(config)` hands an already-parsed config back unchanged.
-
-- the fields' defaults are the pass's defaults, in one place; `ConfigClass.parse(mapping)` refuses
-  unknown keys and values of the wrong type, in one line naming the pass and the key, then runs the
-  class's own `check()` for ranges and rules that tie fields together. The Pipeline parses every step
-  before the first one runs; the CLI derives its flags (type, default, help) from the same fields
-  (prunefx/cli/options.py).
-- inputs it needs from its caller: fields declared with `option(..., source=NAME)` (calibration
-  batches, training data, a teacher, a measuring function). `needed_inputs()` says which of them this
-  configuration reads and the caller has not set, so `prunefx compress` and the CLI inject exactly
-  those (prunefx/injection.py), with no table of their own.
-
-Field types are checked from the annotations: bool, int, float (finite), str, lists of names,
-mappings, callables, unions of those with None, and Any (objects a caller injects).
+A pass takes `config` as a mapping (recipes, the Python API) or the parsed config, and names its config class
+in its contract (`@graph_pass(config=...)`); `XConfig.parse(config)` hands a parsed config back unchanged.
+The fields hold the defaults, `parse` refuses unknown keys and wrong types in one line, `check()` adds the
+class's own rules, and fields with a `source` are inputs the caller injects (`needed_inputs()`,
+prunefx/injection.py). The Pipeline parses every step before the first runs; the CLI derives its flags from
+the same fields. See docs/passes-and-registry.md.
 """
 
 from __future__ import annotations

@@ -1,22 +1,10 @@
 """Static batches through torch's DataLoader for recovery training and evaluation; the data sets are in
 prunefx/data/splits.py (Fashion-MNIST, ImageFolder) and prunefx/data/formats.py (COCO, YOLO, masks).
 
-Models are captured with torch.export at a static batch size, so every batch has exactly that size:
-- training (shuffled) drops the last, incomplete batch;
-- evaluation (in order) pads the data set to whole batches with copies of its last real images labelled
-  -1, which `accuracy` (and any loss with `ignore_index=-1`) leaves out. The padding is a view of the
-  data set, not a collate function, so that under DDP the DistributedSampler hands every rank the same
-  number of full batches and counts no real image twice.
-
-`StaticBatches` is a torch DataLoader (worker processes, pinned memory, prefetching) that adds
-`set_epoch(epoch)`. The shuffle is seeded from (seed, epoch) and every training item's random transform
-from (seed, epoch, item index): the same images whatever the number of workers or processes. In-memory
-tensors (TensorSamples, prunefx/data/tensor_samples.py) are read a batch at a time (DataLoader's
-`__getitems__`) and augmented per batch (prunefx/data/augment.py), each item's draw still fixed by (seed,
-epoch, item index).
-Under torch.distributed (initialised when the loader is made, or later through `distributed(rank, world)`,
-which the trainer calls) the sampler is torch's DistributedSampler and each process reads
-batch_size / world_size items a step, so the global batch stays `batch_size`.
+Programs are captured at a static batch size, so every batch has exactly that size: training drops the last,
+incomplete batch; evaluation pads with copies labelled -1, which `accuracy` leaves out. `StaticBatches` is a
+DataLoader with `set_epoch`, its shuffle and augmentation seeded per (seed, epoch, item), and shards under
+torch.distributed. Why the padding is a view and how seeds are drawn: see docs/algorithms.md, 'Static batches'.
 """
 
 from __future__ import annotations
