@@ -23,8 +23,8 @@ from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.budget.measurement import Ask, Steps, Timing, drive
 
-# The lowest point an accepted candidate may read, in units of S: another process read accepted points 0.89x-1.05x
-# of the search's figure (2.07x accepted on [2.01, 2.10] read 1.98x there)
+# The lowest point an accepted candidate may read, in units of S: a point just above S reads below S in another
+# process about half the time (docs/latency-budgets.md, 'How a candidate is accepted')
 CROSS_PROCESS = 1.05
 
 
@@ -182,7 +182,7 @@ class Acceptance:
 
     def in_window(self, measured: Measured) -> bool:
         """The point at most S (1 + tolerance), however wide the interval: a higher point leaves [0.95 S, 1.25 S]
-        when measured again (ResNeXt-50 3x accepted at 3.50x on [3.11, 3.75], measured 3.75x elsewhere)."""
+        when measured again (docs/latency-budgets.md, 'How a candidate is accepted')."""
         return self.tolerance is None or measured.speedup <= (1 + self.tolerance) * self.wanted(measured)
 
     def accepts(self, measured: Measured) -> bool:
@@ -216,7 +216,7 @@ def speedup_text(measured: Measured) -> str:
 
 def noise_text(measured: Measured, wanted: float) -> str:
     """What to add when the best candidate's point cleared the budget but its interval did not: the timing, not
-    the model, decided (the README's ResNet-18 2x, timed beside another search: 2.66x on 1.84-3.20)."""
+    the model, decided."""
     if measured.low is None or not measured.low < wanted <= measured.speedup:
         return ""
     return "; its interval holds the budget, so the timing was too noisy to decide: run it again with nothing else running"
