@@ -8,10 +8,10 @@ The routes are tried in order (prunefx/budget/routes.py), each on the same budge
    merged or dropped,
 2. depth (depth_to_budget, then merge_blocks). When it cannot either,
 3. width and depth together (choose_for_budget's width + depth mix). After depth overshot the window with a
-   whole block (ConvNeXtV2-atto at 3x: 8 blocks gave 2.89x, 9 gave 3.87x), depth searches for S / U of the
-   budget (U the overshooting step), as far below S as the step went above it, so that width has room to
-   close the rest; after depth fell short (DeiT-S at 3x: every block gave 2.10x), the budget is split evenly
-   in log-speed-up (choose_for_budget's default).
+   whole block, depth searches for S / U of the budget (U the overshooting step), as far below S as the step
+   went above it, so that width has room to close the rest; after depth fell short, the budget is split
+   evenly in log-speed-up (choose_for_budget's default). The measured cases: see docs/latency-budgets.md,
+   'Width, then depth'.
 
 `routes=("depth",)` takes depth alone (`prunefx depth --speedup`). The outcome (prunefx/budget/outcome.py)
 keeps the refusals on the way; when no route meets the budget, the last route's BudgetUnreachable is raised,
