@@ -131,16 +131,15 @@ def compare_rounds(make_a: Callable[[], Callable[[], object]], make_b: Callable[
                    threads: int | None = None, progress: bool = False,
                    clock: Clock = time.perf_counter, processes: bool = False) -> LatencyComparison:
     """`compare_latency` over `rounds` fresh pairs of callables (`make_a()`, `make_b()`: new ONNX Runtime
-    sessions, say), `runs` timed calls per side in all. Why: the same two files timed in fresh sessions of one
-    process measured 2.33x to 2.67x (ConvNeXt-atto at 0.30 of the MACs, 6 pairs, each interval narrower than
-    that spread), so one pair's interval covers its blocks' noise but not where the next session lands. The
+    sessions, say), `runs` timed calls per side in all. Why: fresh sessions of one process spread wider than
+    one pair's interval, which covers its blocks' noise but not where the next session lands. The
     interval resamples rounds, then blocks inside each round (a two-level bootstrap), so it widens with that
     spread.
 
     With `processes=True` each round runs in a fresh process (`make_a` and `make_b` must pickle; two
     `runners.OnnxRunnerMaker` start it without importing torch): processes differ more than session pairs of one process
-    do (where the weights land in memory, which cache sets they share), and a search confirmed in one process
-    at 2.29x was measured at 1.91x by another (RegNetY-1.6GF)."""
+    do (where the weights land in memory, which cache sets they share). The measured cases: see
+    docs/benchmarks/process-rounds.md."""
     _check_counts(warmup, runs)
     _check_blocks(block, settle)
     if rounds < 1 or runs < rounds:

@@ -78,15 +78,14 @@ def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup:
     by default, twice the warm-up, over `confirm_rounds` fresh processes: runtime/measure/latency.py's
     compare_rounds says why), cached apart, answering a `Timing` with the bootstrap interval
     of the speed-up: prune_to_budget accepts a candidate only when that interval's
-    lower bound clears the budget, because one short measurement on a loaded machine can be off by 20 %
-    (RegNetY-800MF: 2.05x in the search, 1.66x measured again).
+    lower bound clears the budget, because one short measurement on a loaded machine can be off by 20 %.
     Its `confirm_longer` doubles the runs and the processes, for a candidate whose interval holds the budget
     (passes/budget/measurement.py's LongerMeasurer).
     Its `round_to` is this CPU's width multiple for ONNX Runtime (16 with AVX-512, else 8).
 
     A search measures many candidates and only confirms a few, and a dynamo export costs far more than
-    the timing on small models (MobileNetV2-small: 5.7 s against 0.4 s with the TorchScript exporter, the
-    same 67 nodes, latency within 2 %). So the search's measurement exports with `search_exporter`
+    the timing on small models (docs/design.md, 'Runtime and measurement'). So the search's measurement exports
+    with `search_exporter`
     (TorchScript by default), and the confirmation, which alone accepts a candidate, times the files
     prunefx delivers (dynamo). A fake-quantized Program always goes through the INT8 lowering."""
     search = ExportCache(batch, search_exporter)  # shared: the dense model is exported once per search

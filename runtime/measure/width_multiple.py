@@ -1,9 +1,8 @@
 """The width multiple a backend runs fastest: what a pruned channel count should be rounded to.
 
-Widths matter more than MACs: Torch-Pruning's arbitrary channel counts made MobileNetV2 0.55x
-as fast as dense on ONNX Runtime, and the same MACs on multiples of 16 1.57x faster. The multiple is a
-property of the target, so the budget measurers carry it (`round_to`, passes/budget/measurement.py) and
-prune_to_budget uses it unless the user names one:
+Widths matter more than MACs (docs/latency-budgets.md, 'The rounding multiple comes from the backend'). The
+multiple is a property of the target, so the budget measurers carry it (`round_to`,
+passes/budget/measurement.py) and prune_to_budget uses it unless the user names one:
 
 - ONNX Runtime on a CPU: the blocked (NCHWc) convolution kernels work on one SIMD register of float32
   channels, 16 with AVX-512 and 8 with AVX2 (or anything narrower); read from the CPU's flags in
