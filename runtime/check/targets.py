@@ -35,7 +35,7 @@ ONNXRUNTIME_DOMAINS = DEFAULT_DOMAINS | {"com.microsoft", "ai.onnx.ml"}
 
 # Channel multiples. TensorRT's performance guide: tensor-core kernels want channel counts that are multiples
 # of 8 in FP16 and 32 in INT8 (others are padded); ONNX Runtime's blocked convolution kernels on AVX-512 CPUs
-# want 16 (measured: arbitrary widths at half the MACs ran MobileNetV2 at 0.55x of dense, multiples of 16 at 1.57x).
+# want 16 (docs/latency-budgets.md, 'The rounding multiple comes from the backend').
 TENSOR_CORE_MULTIPLES = {"int8": 32, "float": 8}
 ONNXRUNTIME_MULTIPLES = {"int8": 16, "float": 16}
 
