@@ -1,21 +1,11 @@
 """Which graph-node targets a `.pt2` read by prunefx may call: functional ATen operators, judged by what
 they are (their registered schema and tags), never by a list of bad names.
 
-A node of a saved graph runs whenever the model runs (`prunefx bench --backend torch`, `prunefx.load(f)(x)`),
-so a file that may call any `torch.ops.*` may write files (`aten.from_file(path, shared=True)` then a
-`fill_`), print, seed generators, talk to other processes (`c10d`), or write into its own weights
-(`out=` overloads). torch's own verifier for this archive dialect does not check that ops are functional.
-A target is admitted when:
-- it is `torch.ops.aten.<op>.<overload>` and that overload is registered (ATen: the operators
-  torch.export produces for models; other namespaces, higher-order ops included, are refused);
-- its schema writes to none of its arguments (`is_mutable`: in-place ops, `out=` overloads, `set_`, ...),
-  and it is not an `out` overload;
-- it returns something: an op that returns nothing exists only for its side effects (`_print`, `save`,
-  `manual_seed`, `warn`, assertions);
-- torch does not list it as side-effectful (`torch.fx.node._side_effectful_functions`);
-- no argument names a file (`from_file`, `save`: a `str` argument called `filename`/`path`/`file`).
-Outside torch.ops only the pure `_operator` functions torch.export emits for shape arithmetic are
-admitted (no `pow`: `9 ** 9 ** 9` is a hang, not a shape).
+A node of a saved graph runs whenever the model runs, so an op that writes files, prints, seeds, talks to
+other processes or writes into its arguments would run code the file chose; torch's own verifier does not
+check that ops are functional. Admitted: registered `aten` overloads that mutate nothing, are not `out=`,
+return something, are not side-effectful and name no file; outside torch.ops only the pure `_operator`
+shape arithmetic (no `pow`: `9 ** 9 ** 9` is a hang, not a shape). The rules: docs/file-safety.md.
 """
 
 from __future__ import annotations

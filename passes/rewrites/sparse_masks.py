@@ -1,21 +1,9 @@
 """Masked recovery: the zeros of sparse weights stay exactly zero while a Program is fine-tuned.
 
-sparsify_nm records the weights it sparsified in `program.analysis.sparsity.weights`. A
-`SparseMasks` object, registered on passes/training.Trainer, takes the zero pattern of those weights
-as the masks and writes the zeros back after every optimizer step (`after_step`), so the weights the
-next forward pass sees, every checkpoint and every export obey the pattern. passes/distill.py does this
-by itself when the Program records sparsity.
-
-When are masks taken? From the weights as they are before the first optimizer step (at construction
-when a program is given, else at the first `after_backward`), and again whenever the trainer trains a
-different Program object (a hook replaced it, or training resumed from a checkpoint): at the first
-`after_backward` on it, before any step has moved its weights. Register `after_step` before hooks that
-replace the program, so the program they derive from is already re-masked (distill does).
-
-Why re-zero rather than mask gradients: momentum, weight decay and gradient clipping all act on the
-weights after the gradients are final; writing the zeros after the step holds for any optimizer.
-Non-goals: changing the masks during training (gradual pruning), keeping an N:M pattern valid after a
-channel removal (slicing input channels shifts the groups: run sparsify_nm again).
+A `SparseMasks` object, registered on the Trainer, takes the zero pattern of the weights sparsify_nm recorded
+(`program.analysis.sparsity.weights`) and writes the zeros back after every optimizer step, which holds for any
+optimizer (momentum and weight decay act after the gradients). distill does this by itself. When the masks
+are taken and the non-goals: see docs/algorithms.md, 'Zeros kept during recovery'.
 """
 
 from __future__ import annotations

@@ -8,10 +8,9 @@ one pair of events to last SAMPLE_MS, so the host stays ahead of the GPU and the
 negligible. Everything that touches the GPU goes through a `CudaDevice`, so tests run the same code on a CPU
 with a fake device and a fake timer.
 
-At batch >= capture_batch_limit() (64, or $PRUNEFX_CUDA_CAPTURE_BATCH_LIMIT) the model is not captured:
-capturing an fp16 channels_last model at batch 64 once took a whole process down (cause not found; a crash
-cannot be caught, `make gpu-check` probes it in a child process). There a sample is many eager calls back
-to back, the host queueing ahead of the GPU, and `reason` says so.
+At batch >= capture_batch_limit() (64, or $PRUNEFX_CUDA_CAPTURE_BATCH_LIMIT) the model is not captured (a
+capture there can crash the process: docs/backends.md, 'The cuda backend'); a sample is then many eager calls
+back to back, the host queueing ahead of the GPU, and `reason` says so.
 """
 
 from __future__ import annotations

@@ -1,21 +1,12 @@
 """Latency statistics: warm-up, many individually timed runs, median and tail percentiles.
 
-A latency measurement is warm-up, many timed runs, median and p90/p99, threads pinned and
-stated; a speed-up is two such measurements taken *alternately* in one process run, so that drift
-(thermal throttling, a noisy neighbour, frequency scaling) hits both sides equally instead of
-whichever ran second. Each call is timed on its own with `time.perf_counter` (the clock can be
-swapped, which is how the tests check the statistics exactly).
-
-The two sides alternate in short blocks (a few untimed settling calls, then up to `block` timed calls of
-one side, then the same of the other) rather than call by call, so each timed call finds its own
-weights in the caches, as a deployed model serving requests back to back does; the blocks are still
-short enough for drift to hit both sides alike.
-
-The speed-up comes with an interval (`ratio_interval`): a block bootstrap over the pairs of blocks (block i of
-a with block i of b, which shared the machine's state), resampled with replacement, the ratio of medians
-recomputed each time, and the 5th and 95th percentiles kept (a 90 % interval; its lower bound is exceeded
-with about 95 % probability). Runs within a block are not independent (a noisy neighbour lasts longer
-than one call), so resampling single runs would give too narrow an interval.
+A speed-up is two latencies taken *alternately*, in short blocks (a few settling calls, then up to `block`
+timed calls of one side, then of the other): drift hits both sides alike, and each timed call finds its own
+weights in the caches, as a model serving requests back to back does. Each call is timed on its own (the
+clock can be swapped: the tests check the statistics exactly). The interval (`ratio_interval`) is a block
+bootstrap over pairs of blocks, ratio of medians, 5th-95th percentiles: runs within a block are not
+independent, so resampling single runs would give too narrow an interval. See docs/latency-budgets.md,
+'How a candidate is accepted'.
 """
 
 from __future__ import annotations

@@ -1,21 +1,9 @@
 """prunefx depth MODEL --blocks K -o DIR: one-shot depth pruning (UPDP's pruned form, then exact merging).
 
-The K blocks whose linearisation alone changes the outputs least on the calibration data (or the
-blocks named with --block) lose their activations at once; their layer norms become batch norms with
-statistics computed on the calibration data; with --recalibrate the batch norms inside the chosen
-blocks are re-estimated too (their inputs changed). merge_blocks then folds what became affine, only
-where that is exact, lowers the MACs (kernels may grow by --max-kernel-growth) and, unless --no-measure,
-runs faster on ONNX Runtime (each merge of layers timed at batch 1 against the model before it).
---speedup S or --latency-ms T (a budget, measured at batch 1 on --backend: ONNX Runtime with --threads stated
-by default, or TensorRT: trt, torch-trt, trtexec at --precision) picks the
-fewest blocks, least harmful first, whose merged network meets it (prunefx.meet_budget's depth route:
-depth_to_budget's bisection
-over the ranking, every candidate timed side by side with the dense model, a candidate that seems to meet
-confirmed with 4x the runs); a budget out of reach is a one-line error naming the best speed-up measured,
-exit 2, nothing written. --device (auto: cuda when torch sees a GPU) is where the ranking, the statistics and
-the merges compute; the result is back on the CPU before it is written. Writes model.pt2, model.onnx and report.json (blocks with their damage scores,
-merges, MACs and parameters before and after, the budget search's trace, torch-vs-ONNX-Runtime parity). For the progressive form with recovery training use a recipe:
-`prunefx compress MODEL --recipe depth-kd ...`.
+The K least harmful blocks (or those named with --block) are linearised and merge_blocks folds what became
+affine; --speedup S or --latency-ms T instead picks the fewest blocks whose merged network meets the budget
+(prunefx.meet_budget's depth route). Writes model.pt2, model.onnx and report.json. The options, the budget
+and the report: see docs/reference/cli.md, 'depth', and docs/latency-budgets.md.
 """
 
 from __future__ import annotations

@@ -1,21 +1,9 @@
 """prunefx quantize MODEL --calibrate DATA [--backend ort|trt] -o DIR: INT8 in TensorRT's explicit-quantization form.
 
-Runs the quantize_int8 pass in a verified Pipeline (weights symmetric INT8 per output channel,
-activations symmetric INT8 per tensor, ranges read from the calibration data; the flags are the pass's
-config fields) and writes, in one staged folder:
-- model.pt2: the fake-quantized Program (it trains with straight-through gradients: `compress` and
-  `distill` can recover it);
-- model_trt.onnx: S8 Q/DQ pairs and INT8 weight initializers, what TensorRT 10 and 11 build strongly
-  typed engines from (`prunefx bench model_trt.onnx --backend trt --precision int8`);
-- model_ort.onnx: the same scales with activations in UINT8 for ONNX Runtime's integer kernels on x86
-  (U8 activations x S8 weights; 7-bit weights on CPUs without VNNI, whose AVX2 kernels would saturate with
-  8-bit ones: runtime/onnx/quantized.onnxruntime_lowering);
-- model.onnx: the file for `--backend` (ort, the default: model_ort.onnx's lowering; trt: model_trt.onnx's),
-  the one to deploy; the two named files stay for those who read them;
-- report.json (prunefx/reports/report_json.py): `prunefx check`'s findings on each file (`readiness`:
-  model_trt.onnx for trt10 and trt11, model_ort.onnx for ort), the pass's statistics (every layer quantized or
-  kept in float, with the reason), each file's export and its parity with the fake-quantized Program
-  (`exports`), and the ONNX Runtime latency of model_ort.onnx against the float model, measured side by side.
+Runs the quantize_int8 pass in a verified Pipeline (the flags are the pass's config fields) and writes, in one
+staged folder, model.pt2 (fake-quantized, trainable), model_trt.onnx (S8 Q/DQ for TensorRT), model_ort.onnx
+(UINT8 activations for ONNX Runtime on x86), model.onnx (the one for --backend) and report.json (readiness,
+the pass's statistics, exports and parity, ONNX Runtime latency). See docs/reference/cli.md, 'quantize'.
 """
 
 from __future__ import annotations
