@@ -1,20 +1,10 @@
 """Block discovery for depth pruning (UPDP): the units whose non-linearities can be removed.
 
-A *block* is a set of graph nodes that holds at least one activation and becomes one affine map once
-its activations are identity and its layer norms are batch norms. Two kinds are found:
-- **residual regions**: a fork node joined again by an `add`; the region is every node that descends
-  from the fork and leads to the add. It must be closed (nothing outside reads its inner tensors, and
-  its inner nodes read only the fork, each other, parameters and constants), so that linearising it
-  changes nothing else. MobileNetV2's inverted residuals, ResNet basic blocks, ConvNeXt blocks and the
-  attention and MLP halves of a ViT block are regions.
-- **chains**: activations outside every region (MobileNetV2's stride-2 blocks, the activation after a
-  ResNet add) are grouped by the module that owns them, at the module depth of the residual regions,
-  so a block matches what a user calls a block (`features.2`).
-
-For each block, `affine` says whether every node is affine once linearised (convolutions, linear
-layers, batch/layer norms, constant scales and shifts, shape operators, the residual add); a block with
-attention or a gating multiply is not, and `reason` names the operator. Only affine blocks can be
-merged afterwards, but any block can be linearised.
+A *block* holds at least one activation and becomes one affine map once its activations are identity and its
+layer norms batch norms: a closed residual region (a fork joined again by an `add`) or a chain of activations
+outside every region, grouped by the module that owns them (`features.2`). `affine` says whether it can be
+merged afterwards (`reason` names the operator that stops it). The definitions: see docs/algorithms.md,
+'linearize_blocks'.
 """
 
 from __future__ import annotations

@@ -3,17 +3,10 @@
     @graph_pass(config=FoldBatchnormConfig, in_place=True, exact=True)
     def fold_batchnorm(program, /, *, config=None) -> Result: ...
 
-- `config`: the pass's `PassConfig` subclass. The Pipeline parses every step's mapping with it before
-  the first pass runs (a precondition: a bad key fails before any training).
-- `in_place`: True when the pass rewrites the Program it is given and returns that same Program, False
-  when it leaves it untouched and returns a new one. The Pipeline checks the Program it gets back.
-- `exact`: the outputs on the example inputs do not move (within float tolerance). With `verify="full"`
-  the Pipeline runs the example inputs before and after and refuses a pass that breaks the promise.
-- `reads` / `writes`: the fields of the Program's `Analysis` record (graph/analysis_record.py) the pass
-  reads and sets. The Pipeline checks the postcondition: a field outside `writes` comes out as it went in.
-
-A user's plain function `(program, /, *, config) -> Result` still runs in a Pipeline: `as_pass` gives it
-an empty contract (nothing declared, nothing checked but the graph verification every pass gets).
+`config` (parsed before the first pass runs), `in_place`, `exact` (checked with `verify="full"`) and
+`reads` / `writes` (the Analysis fields; any other field must come out as it went in). A user's plain
+function still runs in a Pipeline: `as_pass` gives it an empty contract. What each promise means and how
+it is checked: see docs/passes-and-registry.md, 'The contract'.
 """
 
 from __future__ import annotations
@@ -47,7 +40,7 @@ class Contract:
         if unknown:  # a typo here would make the postcondition check a different field than meant
             raise ValueError(f"'{unknown[0]}' is not a field of the Analysis record ({', '.join(ANALYSIS_FIELDS)})")
 
-    def parse(self, config: dict[str, Any]) -> PassConfig | None:
+    def parse(self, config: dict[str, Any] | PassConfig) -> PassConfig | None:
         """The config class's reading of `config` (a ConfigError when it is wrong); None without a class."""
         return self.config.parse(config) if self.config is not None else None
 

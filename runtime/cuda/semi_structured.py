@@ -1,19 +1,11 @@
 """2:4 semi-structured sparse linear layers on NVIDIA GPUs, and their measured speed-up.
 
-PyTorch's `torch.sparse.to_sparse_semi_structured` compresses a 2:4 weight (at most 2 non-zeros in
-every 4 consecutive input features of every output row, the layout sparsify_nm produces) into values
-plus metadata that the sparse tensor cores of Ampere and later GPUs (compute capability 8.0+) consume;
-`F.linear(x, sparse_weight)` then runs a sparse kernel (cuSPARSELt or CUTLASS; on Hopper, 9.0, only
-cuSPARSELt: PyTorch's CUTLASS kernels refuse it). Called eagerly, each sparse call costs tenths of a
-millisecond of host work, more than the kernel saves on ViT-sized layers; replayed from a CUDA graph the
-kernels alone are 0.7x to 1.3x of dense (measured on an H200). This module
-- turns a 2:4 weight into a semi-structured one, in fp16 (or bf16) on the GPU;
-- times dense against sparse `F.linear` with CUDA events, alternately, several calls per event pair
-  (single kernels last tens of microseconds: one call per pair would mostly time the launch).
-Without a CUDA device (or on one older than 8.0) every entry point raises SemiStructuredUnavailable.
-
-Not here: TensorRT's sparse tactics (runtime/tensorrt/engine.py builds with SPARSE_WEIGHTS), and
-convolutions (PyTorch has no semi-structured convolution).
+Turns a 2:4 weight (the layout sparsify_nm produces) into PyTorch's semi-structured form, in fp16 or bf16 on
+an Ampere or later GPU (8.0+; on Hopper only cuSPARSELt), and times dense against sparse `F.linear` with CUDA
+events, alternately, several calls per event pair (one call per pair would mostly time the launch). Without
+such a device every entry point raises SemiStructuredUnavailable. What the kernels gain, eager and from a
+CUDA graph: docs/benchmarks/sparsity.md. Not here: TensorRT's sparse tactics, convolutions (PyTorch has no
+semi-structured convolution).
 """
 
 from __future__ import annotations

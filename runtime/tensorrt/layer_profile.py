@@ -1,20 +1,10 @@
 """Per-layer TensorRT profiles, mapped back to ONNX nodes and Program nodes, with "ran sparse" per layer.
 
-Three names meet here (TensorRT layers, ONNX nodes, Program nodes):
-
-1. A TensorRT layer is named after the ONNX node(s) it came from: `node_relu_1`, fused layers
-   `node_Conv_309 + node_relu_1`, pointwise fusions `PWN(node_Mul_5, node_Add_7)`, Myelin regions
-   `{ForeignNode[node_layer_norm...node_linear_7]}` (every ONNX node from the first to the last, in the
-   file's order), reformats `Reformatting CopyNode for Input Tensor 0 to node_Conv_309`. With detailed
-   profiling verbosity the engine inspector also lists the ONNX nodes in each layer's `Metadata`
-   (`[ONNX Layer: node_x]`, separated by \\x1e): that is used first, the name is the fallback.
-2. An ONNX node keeps the exporter's provenance (its module scope and fx node), and runtime/onnx/provenance.py
-   maps it to the Program nodes it computes: matched within their module scope, never guessed.
-
-"Ran sparse" comes from the engine inspector: a layer ran a sparse tensor-core kernel when its tactic
-name says so (`sm80_xmma_fprop_sparse_conv_...`, `..._sptensor...`); `HasSparseWeights` is reported as
-`sparse_weights` (the layer's weights were eligible). Times come from an IProfiler attached to the
-execution context (runtime/tensorrt/engine.Engine) or from trtexec's `--exportProfile` file.
+A TensorRT layer is matched to the ONNX nodes it came from (the engine inspector's metadata first, its name
+as the fallback: fused, pointwise and Myelin layers name their nodes), and an ONNX node to the Program nodes
+it computes through the exporter's provenance (runtime/onnx/provenance.py), never guessed. "Ran sparse"
+comes from the layer's tactic name. Times come from an IProfiler (runtime/tensorrt/engine.Engine) or
+trtexec's `--exportProfile`. The naming forms: see docs/tensorrt.md, 'Per-layer profiles'.
 """
 
 from __future__ import annotations
