@@ -4,6 +4,7 @@ and accepted by the rule every budget search shares (passes/budget/search.py).""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from prunefx.passes.budget.search import (
 from prunefx.passes.core.pipeline import run_inner
 from prunefx.passes.core.result import Result
 from prunefx.passes.removal.channels_removed import ChannelsRemoved
-from prunefx.passes.remove_channels import remove_channels
+from prunefx.passes.remove_channels import RemoveChannelsConfig, remove_channels
 
 if TYPE_CHECKING:
     from prunefx.passes.prune_to_budget import PruneToBudgetConfig
@@ -64,13 +65,13 @@ class Candidate:
 class WidthSearch:
     """The bracketing search over the kept MACs fraction (see the module docstring)."""
 
-    def __init__(self, dense: Program, settings: PruneToBudgetConfig, removal: dict):
+    def __init__(self, dense: Program, settings: PruneToBudgetConfig, removal: RemoveChannelsConfig):
         self.dense, self.settings, self.removal = dense, settings, removal
         self.rule = Acceptance(settings.speedup, settings.latency_ms, settings.tolerance)
         self.trace: list[Candidate] = []
         # with a per-layer latency table the search steers the table's time, so each step cuts where time goes
-        self.target = "layer_time" if settings.latency_table is not None else "macs"
-        self.table_dense_ms = self._table_ms(dense) if settings.latency_table is not None else None
+        self.target = "layer_time" if removal.latency_table is not None else "macs"
+        self.table_dense_ms = self._table_ms(dense) if removal.latency_table is not None else None
 
     def meets(self, candidate: Candidate) -> bool:
         """Met by the shared rule: the confirmed lower bound clears S and the point S times the floor."""
@@ -91,7 +92,7 @@ class WidthSearch:
     def measuring(self, fraction: float) -> Steps:
         """The candidate at `fraction`, cut from the dense model and measured (asked for) unless its widths were."""
         target = self.target
-        result = run_inner(remove_channels, self.dense, {**self.removal, target: fraction, "strict": False},
+        result = run_inner(remove_channels, self.dense, dataclasses.replace(self.removal, **{target: fraction}),
                            on_copy=True)  # every candidate is cut from the dense Program, which stays as it is
         # Fractions between two width steps give the same model: it is not measured again (a stalled search
         # once measured one model three times), its measurement is shared, and the search moves on.
@@ -108,7 +109,7 @@ class WidthSearch:
 
     def _table_ms(self, program: Program) -> float:
         """The latency table's time of `program`'s timed layers at the widths it has."""
-        table = self.settings.latency_table
+        table = self.removal.latency_table
         return sum(table(layer, layer.in_channels, layer.out_channels) for layer in timed_layers(program.module))
 
     def table_error(self) -> float | None:

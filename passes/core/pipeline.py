@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from prunefx.graph import Program, verify
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.core.contract import Contract, analysis_snapshot, as_pass, changed_fields
+from prunefx.passes.core.pass_config import PassConfig
 from prunefx.passes.core.result import Facts, Pass, Result
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ BARE_INNER_LEVEL = "full"  # a composite called outside any Pipeline verifies it
 @dataclass(frozen=True)
 class Step:
     function: Pass
-    config: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] | PassConfig = field(default_factory=dict)  # a mapping, or the pass's parsed config
 
     def __post_init__(self) -> None:
         if callable(self.function):  # a user's plain function gets an empty contract
@@ -155,11 +156,13 @@ class Pipeline:
         for index, step in enumerate(self.steps):
             if not callable(step.function):
                 raise PrunefxError(f"step {index + 1}: {step.function!r} is not a pass function")
-            if not isinstance(step.config, dict):
-                raise PrunefxError(f"step {index + 1} ('{step.name}'): its config must be a mapping, "
-                                   f"not {type(step.config).__name__}")
+            config_class = step.function.contract.config
+            parsed_already = config_class is not None and isinstance(step.config, config_class)
+            if not (isinstance(step.config, dict) or parsed_already):
+                raise PrunefxError(f"step {index + 1} ('{step.name}'): its config must be a mapping or its parsed "
+                                   f"config, not {type(step.config).__name__}")
             try:
-                parsed = step.function.contract.parse(dict(step.config))
+                parsed = step.function.contract.parse(step.config if parsed_already else dict(step.config))
             except PrunefxError as error:
                 raise PipelineError(f"step {index + 1} ('{step.name}'): {error} (no pass has run)",
                                     failed=step.name, ran_before=[]) from error
@@ -232,7 +235,7 @@ class Pipeline:
                 raise PrunefxError(f"promised an exact rewrite but outputs moved by {error:.2e} (relative)")
 
 
-def run_inner(function: Pass, program: Program, config: dict[str, Any] | None = None, *,
+def run_inner(function: Pass, program: Program, config: dict[str, Any] | PassConfig | None = None, *,
               on_copy: bool = False) -> Result:
     """Run `function`, an inner pass of a composite pass, as a verified one-step Pipeline, at the level of
     the Pipeline running the composite (BARE_INNER_LEVEL when there is none). `on_copy=False` (default):
@@ -240,7 +243,8 @@ def run_inner(function: Pass, program: Program, config: dict[str, Any] | None = 
     it is (the composite cuts several candidates from it). A contract or verification failure is a
     PipelineError naming the inner pass; the pass's own PrunefxError reaches the composite unchanged."""
     level = _ENCLOSING_LEVEL.get() or BARE_INNER_LEVEL
-    pipeline = Pipeline([(function, dict(config or {}))], verify=level, inner=True)
+    parsed = isinstance(config, PassConfig)  # a typed config goes as it is: parsed once, by its caller
+    pipeline = Pipeline([(function, config if parsed else dict(config or {}))], verify=level, inner=True)
     return pipeline.run(program, on_copy=on_copy).steps[0][1]
 
 
