@@ -327,3 +327,20 @@ def test_a_fraction_between_two_width_steps_is_not_measured_again(resnet20):
     assert len(measured) == len(latency.calls)  # the oracle: no model was measured twice
     dense_ms, ms, _ = latency_of_macs()(resnet20, result.program)
     assert dense_ms / ms >= 1.5
+
+
+def test_the_budget_config_composes_the_removal_config_and_still_parses_a_flat_mapping():
+    from prunefx.passes.core.config_checks import ConfigError
+    from prunefx.passes.prune_to_budget import PruneToBudgetConfig
+    from prunefx.passes.remove_channels import RemoveChannelsConfig
+
+    parsed = PruneToBudgetConfig.parse({"speedup": 2.0, "importance": "l1", "keep": ["stem"], "round_to": 16})
+    assert not issubclass(PruneToBudgetConfig, RemoveChannelsConfig)
+    assert isinstance(parsed.removal, RemoveChannelsConfig) and parsed.removal.importance == "l1"
+    assert parsed.removal.keep == ["stem"] and parsed.removal.macs is None and parsed.round_to == 16
+    assert PruneToBudgetConfig.parse(parsed) is parsed  # parsed once
+    assert PruneToBudgetConfig.inputs() == {"latency": "latency", "calibration": "calibration"}
+    with pytest.raises(ConfigError, match="^prune_to_budget: 'importance' must be one of"):
+        PruneToBudgetConfig.parse({"speedup": 2.0, "importance": "loudest"})
+    with pytest.raises(ConfigError, match="^prune_to_budget: 'macs' is not an option here"):
+        PruneToBudgetConfig.parse({"speedup": 2.0, "macs": 0.5})
