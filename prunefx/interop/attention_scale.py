@@ -1,19 +1,11 @@
 """The dense softmax scale kept by a written-back attention module whose head dim was pruned, fused path on.
 
-Attention modules written to timm's convention (a boolean `fused_attn`, a float `scale`, an integer
-`head_dim`) compute `softmax(q kᵀ · scale)` when unfused and call `F.scaled_dot_product_attention(q, k, v)`
-when fused, whose default scale is `1/sqrt(head_dim)`. The pruned Program keeps the dense scale
-(graph/channels/literals.py passes it to the op); once the head dim shrinks, the fused call would take the
-new default. Switching the fused path off would be exact but slow (attention as matmul + softmax), so
-instead the ratio `r = scale · sqrt(new head_dim)` goes into the queries and `scale` becomes the new
-default: `softmax((q r) kᵀ / sqrt(d')) = softmax(q kᵀ · scale)` on both paths, `fused_attn` as it was.
-
-Where the queries are scaled, in the first place that is linear in them:
-- a query norm with an affine weight (`q_norm`, timm's qk_norm): its weight and bias;
-- else the query rows of the projection: all of `q`/`q_proj`, or the first third of a fused `qkv`
-  (with `q_bias` where the module keeps it apart, as BEiT and EVA do).
-The written-back module's query weights then differ from the Program's by that factor; what it computes
-does not, and the write-back proves that on its inputs.
+timm-style attention (`fused_attn`, `scale`, `head_dim`) calls `F.scaled_dot_product_attention` with its
+default scale 1/sqrt(head_dim) when fused, but the pruned Program keeps the dense scale. Rather than turn
+the fused path off (exact but slow), the ratio `r = scale · sqrt(new head_dim)` goes into the queries, in
+the first place linear in them (an affine `q_norm`, else the query rows of `q`/`q_proj`/`qkv`, with a
+separate `q_bias` as in BEiT and EVA), and `scale` becomes the new default:
+`softmax((q r) kᵀ / sqrt(d')) = softmax(q kᵀ · scale)` on both paths. The write-back proves it.
 """
 
 from __future__ import annotations

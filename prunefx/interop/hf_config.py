@@ -1,20 +1,11 @@
 """A written-back Hugging Face model's `config`, set to the pruned widths, so that `save_pretrained` and
 `from_pretrained` rebuild the pruned model (prunefx/interop/write_back.py calls this last).
 
-A config holds one value per field (`hidden_size`, `intermediate_size`, `num_attention_heads`, a list per
-stage for `hidden_sizes`), so it can describe a pruned model only when every layer that the field sizes
-kept the same width: uniform ranking with a `channels` target keeps the same fraction of every width,
-head counts whole (graph/channels/selection.py). An attention's scale that the class derives from the
-head dim is carried by its query weights (_fold_scales). The
-new values are not derived from any model's code: each width field's dense value is mapped to the sizes it
-became (in the tensors' shapes and the modules' integer attributes), fields the config lacks but the
-modules read (a `head_dim` that no longer follows from `hidden_size // num_attention_heads`) are offered
-too, and the candidate configs are tried by building the model class from each (on the meta device, no
-memory) and comparing every tensor shape and every module's integer attributes with the written-back
-module. None matches: one line says which field would need two values and what to do instead.
-
-transformers is never imported here: a module is an HF model when transformers, already imported by the
-caller's model, says so.
+A config holds one value per field, so it describes a pruned model only when its widths are uniform. Each
+width field's dense value is mapped to the sizes it became; the candidate configs are tried by building the
+model class from each on the meta device and comparing every tensor shape and integer attribute with the
+written-back module; none matching is one line naming the field. transformers is never imported here.
+See docs/your-model.md, 'Hugging Face'.
 """
 
 from __future__ import annotations

@@ -1,20 +1,11 @@
 """Size attributes of a module, set again from its pruned tensors: one resizer per module class.
 
-After the write-back (prunefx/interop/write_back.py) has copied the pruned weights into a copy of the user's
-model, every module whose forward reads a width from an attribute must be told the new width: a Conv2d's
-`in_channels`/`groups`, a LayerNorm's `normalized_shape`, an attention block's `num_heads`. A resizer is
-`fn(module, changes)`: `module` already holds its pruned tensors; `changes` lists the (dense, pruned)
-integer pairs of the literal sizes that the channel removal rewrote in operators that this module called
-itself. Resizers of the standard torch.nn layers read their tensors' shapes; every other module gets
-`match_attributes`, which updates the integer attributes whose value was one of those literal sizes.
-What a resizer sets is never trusted: the write-back then proves that the module computes what the
-pruned Program computes, or refuses.
-
-A library's module classes whose attributes the generic matching cannot reach register their own:
-
-    prunefx.register_module_resizer(SomeLayer, lambda module, changes: setattr(module, "c", module.w.shape[0]))
-
-The most specific registered class of a module wins (its method resolution order is searched).
+A resizer `fn(module, changes)` runs once the module holds its pruned tensors; `changes` lists the
+(dense, pruned) literal sizes the channel removal rewrote in operators this module called itself. The
+standard torch.nn layers' resizers read their tensors' shapes; every other module gets `match_attributes`,
+which updates the integer attributes that held one of those sizes. A library registers its own with
+`prunefx.register_module_resizer` (the most specific class wins). What a resizer sets is never trusted:
+the write-back proves the module or refuses. See docs/your-model.md.
 """
 
 from __future__ import annotations

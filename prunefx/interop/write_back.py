@@ -1,20 +1,11 @@
 """The pruned Program handed back as the user's own module: `to_module(program, model)`.
 
-The graph is the truth; the module is a view of it that must prove itself. The write-back
-1. copies the user's model and puts the Program's tensors in it by name (a Program keeps the state-dict
-   names of the module it was captured from; tied tensors are replaced at every place they are reached);
-2. sets every size attribute its forward reads (prunefx/interop/module_resizers.py): the standard layers' from their
-   tensors, a module's own integer attributes from the literal sizes the channel removal rewrote in the
-   operators that module called (found by aligning the pruned graph with a capture of the dense model,
-   graph/scoped_calls.py);
-3. proves the result: its eager outputs match the Program's on the example inputs and on a second random
-   input (1e-5 relative), and it captures again to a graph whose tensors have the Program's widths;
-4. where that proof fails, puts in place of each module whose own code made a rewritten operator, then of
-   each module of the user's code whose forward raises (those no registered resizer handles), the Program's
-   subgraph of that code, calling the module's children (prunefx/interop/subgraph_module.py), and proves
-   again, also on a batch of both inputs.
-Where a step fails, one PrunefxError names the module and the attribute or operator; the Program stays
-the deliverable.
+The graph is the truth; the module is a view of it that must prove itself. A copy of the user's model gets
+the Program's tensors by state-dict name and every size attribute its forward reads (module_resizers.py,
+found through graph/scoped_calls.py); it must match the Program's outputs on the example and a random input
+and capture again to the same widths. Where that fails, the Program's subgraph of the offending modules'
+code takes their place (subgraph_module.py) and the proof runs again; else one PrunefxError names the
+module. See docs/your-model.md.
 """
 
 from __future__ import annotations
