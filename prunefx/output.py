@@ -1,18 +1,11 @@
 """Where commands write: checked before any heavy work, staged beside the destination, moved into place
 only when everything was written.
 
-The guarantee every command gives (README, "Files prunefx reads and writes"):
-- an output path that cannot be written (inside a regular file, under a missing or unwritable parent, a
-  read-only file system, a folder where a file is wanted) is one error line before the model is loaded;
-- outputs are written into a hidden staging folder in the destination's own folder (same file system,
-  so the final moves are renames) and appear only once all of them are complete;
-- an output folder is all of one run or none: the staging folder becomes `-o` by one rename, the previous
-  folder moved aside first and removed after, so files an earlier run wrote that this run does not write
-  are gone. prunefx replaces only a folder it wrote itself (it carries a `.prunefx-output` mark) or an
-  empty one: an existing folder with other files is refused before any work;
-- a run that fails, is interrupted or runs out of disk leaves no partial output and leaves an existing
-  output as it was. A run killed outright (SIGKILL, power cut) may leave its staging folder, or the
-  previous output moved aside: the next run writing there removes the one and puts the other back.
+An unwritable output path is one error line before the model loads; outputs go to a hidden staging folder
+in the destination's folder (same file system: the final moves are renames) and an `-o` folder is all of
+one run or none. prunefx replaces only a folder it marked (`.prunefx-output`) or an empty one; a failed,
+interrupted or killed run leaves the previous output as it was (the next run repairs a SIGKILL's leftovers).
+The guarantee in full: docs/reference/cli.md, 'Output folders (-o)'.
 """
 
 from __future__ import annotations

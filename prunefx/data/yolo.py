@@ -1,18 +1,11 @@
-"""YOLO detection layout, as Ultralytics reads it: a data yaml
-
-    path: ROOT            # optional; the other folders are relative to it (else to the yaml's folder)
-    train: images/train   # a folder of images
-    val: images/val
-    test: images/test     # optional
-    names: [shirt, bag]   # or {0: shirt, 1: bag}
-
-and, for every image `.../images/<split>/NAME.jpg`, its labels in `.../labels/<split>/NAME.txt`: one
-object per line, `class x_centre y_centre width height`, the four as fractions of the image's sides.
-An image without a label file has no objects (Ultralytics' rule for background images).
+"""YOLO detection layout, as Ultralytics reads it: a data yaml (`path`, `train`, `val`, optional `test`,
+`names`) and, for every `.../images/<split>/NAME.jpg`, its labels in `.../labels/<split>/NAME.txt`, one
+object per line, `class x_centre y_centre width height` as fractions of the image's sides; an image
+without a label file has no objects (Ultralytics' rule for background images).
 
 The yaml is read without aliases or tags (prunefx/data/dataset_files.py); a label file must lie, links
-followed, inside the folder that holds its `labels` folder, and every number of a label line must be finite,
-the width and height positive, and all four fractions from 0 to 1.
+followed, inside the folder that holds its `labels` folder, and every number must be finite, width and
+height positive, all four fractions from 0 to 1. See docs/your-data.md.
 """
 
 from __future__ import annotations
