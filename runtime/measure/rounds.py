@@ -1,6 +1,6 @@
 """One timing round of runtime/measure/latency.py's compare_rounds in a process of its own (`processes=True`).
 
-    python .../prunefx/runtime/latency_round.py REQUEST ANSWER
+    python .../prunefx/runtime/measure/rounds.py REQUEST ANSWER
 
 Run by its path, not with `-m`, so that nothing imports the prunefx package unless the round needs it: the
 package imports torch, 3 to 4 seconds of a fresh interpreter's start on a 2-core machine, and a latency-budget
