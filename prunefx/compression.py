@@ -1,17 +1,10 @@
 """The compress flow, shared by `prunefx compress` and `prunefx demo`: a dense Program captured at the
 training batch size, a recipe and a data set in; a compressed, deployable model and a measured report out.
 
-    dense accuracy (test and val)  ->  the recipe's Pipeline, with data injected  ->  accuracy after
-    ->  MACs and parameters per image  ->  both programs cut to batch 1 (graph/rebatch.py)
-    ->  ONNX export, torch-vs-ONNX-Runtime parity, ONNX Runtime latency dense vs compressed, side by side
-    ->  OUTPUT/model.pt2 (batch 1), model_train.pt2 (training batch), model.onnx, report.json
-        (prunefx/reports/report_json.py), report.md, accuracy_latency.png (every measured variant:
-        runtime/measure/deployment_report.py)
-
-What each pass is given (data, a teacher, calibration batches, measurers) is decided in prunefx/injection.py;
-how latency is measured, by Options (prunefx/compress_options.py).
-Recipes named on the command line (`--recipe NAME`) are the YAML files shipped in prunefx/recipes/;
-anything else is read as a path (prunefx/named_recipes.py).
+Dense accuracy, the recipe's Pipeline with data injected (prunefx/injection.py), accuracy after, costs per
+image, both programs cut to batch 1 (graph/rebatch.py), ONNX export, parity and ONNX Runtime latency side by
+side; then OUTPUT/model.pt2, model_train.pt2, model.onnx, report.json, report.md and accuracy_latency.png.
+Recipe names resolve in prunefx/named_recipes.py. See docs/reference/recipes.md.
 """
 
 from __future__ import annotations

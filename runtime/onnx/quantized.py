@@ -1,17 +1,11 @@
 """Lower a fake-quantized Program (passes/quantize_int8.py) to ONNX with Q/DQ pairs and INT8 weights.
 
-The ONNX exporter turns each of torch's fake-quantize operators into QuantizeLinear -> DequantizeLinear.
-Every weight quantizer is then applied once (runtime/onnx/qdq.fold_weight_quantizers): the float weight and
-its QuantizeLinear become an INT8 initializer read by the DequantizeLinear. Three lowerings:
-- "s8" (TensorRT): symmetric INT8 activations (zero-point 0) and 8-bit weights, exactly the Program's
-  quantizers; every Conv/Gemm/MatMul weight is an INT8 initializer behind a DequantizeLinear. TensorRT 10 and
-  11 build strongly typed engines from this file;
-- "u8" (ONNX Runtime on x86 CPUs with VNNI) and "u8s7" (without VNNI, AVX2 only): UINT8 activations and
-  integer units for ONNX Runtime's U8S8 kernels, with the integer units' weights on 8 bits ("u8") or 7 bits
-  ("u8s7": the AVX2 kernels add pairs of products in 16 bits and would saturate with 8-bit weights). What
-  the rewrites do and why is in runtime/onnx/quantized_ort.py. `onnxruntime_lowering()` picks by CPU flags.
-The file is not constant-folded with onnx-graphsurgeon as runtime/onnx/export.py does, since folding would
-dequantize the INT8 weights back into float; the exporter's own optimiser has already folded the rest.
+The exporter turns each fake-quantize operator into QuantizeLinear -> DequantizeLinear, and every weight
+quantizer is applied once (INT8 initializers). Three lowerings: "s8" (TensorRT: the Program's quantizers
+exactly), "u8" and "u8s7" (ONNX Runtime on x86 with and without VNNI: UINT8 activations, integer units,
+8- or 7-bit weights; runtime/onnx/quantized_ort.py); `onnxruntime_lowering()` picks by CPU flags. The file
+is not constant-folded with onnx-graphsurgeon, which would dequantize the INT8 weights back into float.
+See docs/algorithms.md, 'The ONNX Runtime lowering'.
 """
 
 from __future__ import annotations
