@@ -1,17 +1,12 @@
 """A channel cut that tells which elements survived, and the optimizer state carried across it.
 
-Channel removal gives every sliced tensor a new Parameter. Rebuilding the optimizer on them restarts
-momentum (SGD's buffer, Adam's moments), which costs accuracy when cuts come every few dozen steps: measured
-on a Fashion-MNIST ResNet-20, restarting after each of 5 cuts ended 1.75 points below carrying the state
-over. So both prunefx's Trainer (passes/prune_while_training.py)
-and a user's own loop (prunefx/interop/recovery.py) carry it: every state tensor shaped like its parameter is
-sliced to the elements that survived.
-
-Which elements survived is read off the cut itself, not re-derived: the cut runs on tensors that hold their
-own flat indices (exact in floating point, scaled by 2^-64), so after it every surviving element names the
-element it came from; the real values and the optimizer state are gathered by those indices. A tensor too
-large for exact indices in its dtype (over 2^24 elements in float32) is cut as it is, and its optimizer
-state restarts.
+Channel removal gives every sliced tensor a new Parameter; rebuilding the optimizer on them would restart
+momentum, which costs accuracy when cuts come every few dozen steps. So prunefx's Trainer and a user's own
+loop (prunefx/interop/recovery.py) slice every state tensor shaped like its parameter to the elements that
+survived. Which survived is read off the cut itself: it runs on tensors holding their own flat indices
+(exact in floating point, scaled by 2^-64); a tensor too large for exact indices in its dtype (over 2^24
+elements in float32) is cut as it is, and its optimizer state restarts. See docs/algorithms.md,
+'Recovery in your own loop'.
 """
 
 from __future__ import annotations
