@@ -1,6 +1,6 @@
 """(L L^T)^-1 from a lower Cholesky factor L, written over L's own storage. On the CPU in float64 by
 LAPACK's dpotri through scipy: torch's cholesky_inverse (MKL) ran at a third of its speed on the AMD EPYC
-machines the benchmarks use (a 2304-column damped Hessian: 0.27 s against 0.10 s). Elsewhere torch's."""
+machines the benchmarks use (docs/benchmarks/tool-speed.md). Elsewhere torch's."""
 
 from __future__ import annotations
 

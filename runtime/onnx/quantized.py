@@ -38,7 +38,7 @@ __all__ = ["ACTIVATION_TYPES", "LOWERINGS", "QuantizedExport", "export_quantized
 def onnxruntime_lowering(cpu_flags: str | None = None) -> str:
     """The ONNX Runtime lowering for this x86 CPU: "u8" (8-bit weights) where the CPU has VNNI, whose 8-bit dot
     products accumulate in 32 bits; "u8s7" (7-bit weights) without, where the U8S8 kernels add pairs of
-    products in 16 bits and 8-bit weights saturate them (measured: -10 points of Fashion-MNIST accuracy).
+    products in 16 bits and 8-bit weights saturate them (what that costs: docs/benchmarks/int8.md).
     `cpu_flags`: /proc/cpuinfo's flags (read when None)."""
     if cpu_flags is None:
         try:
