@@ -3,19 +3,11 @@
     program, outcome = prunefx.meet_budget(program, speedup=2.0, calibration=batches, allow_depth=True)
 
 The routes are tried in order (prunefx/budget/routes.py), each on the same budget, backend and measurer:
-
-1. width (prune_to_budget). When it cannot reach the budget, and `allow_depth` is set and some block can be
-   merged or dropped,
-2. depth (depth_to_budget, then merge_blocks). When it cannot either,
-3. width and depth together (choose_for_budget's width + depth mix). After depth overshot the window with a
-   whole block, depth searches for S / U of the budget (U the overshooting step), as far below S as the step
-   went above it, so that width has room to close the rest; after depth fell short, the budget is split
-   evenly in log-speed-up (choose_for_budget's default). The measured cases: see docs/latency-budgets.md,
-   'Width, then depth'.
-
-`routes=("depth",)` takes depth alone (`prunefx depth --speedup`). The outcome (prunefx/budget/outcome.py)
-keeps the refusals on the way; when no route meets the budget, the last route's BudgetUnreachable is raised,
-one line: width's alone, or, after the mix, what each route reached.
+width (prune_to_budget); with `allow_depth`, depth (depth_to_budget, then merge_blocks); then width and
+depth together (choose_for_budget's mix, depth aiming below S when a whole block overshot, an even split in
+log-speed-up when depth fell short). `routes=("depth",)` takes depth alone. The outcome keeps the refusals on
+the way; when no route meets the budget, the last route's BudgetUnreachable is raised, one line. The routes
+in full: docs/latency-budgets.md, 'Width, then depth'.
 """
 
 from __future__ import annotations

@@ -1,20 +1,10 @@
 """Turn a model reference string into a model: the one place the CLI and the Python API resolve models.
 
-A reference is one of
-  torchvision:NAME             torchvision.models.get_model(NAME, weights=None)
-  timm:NAME                    timm.create_model(NAME, pretrained=False)
-  prunefx:NAME                 a small model for 28x28 gray images from prunefx.models.small
-                               (resnet20, resnet56, mobilenetv2_small, vit_tiny_fmnist)
-  ultralytics:NAME             an Ultralytics YOLO detector in its export-mode forward (decoded boxes and
-                               class scores, no NMS): NAME is a model yaml shipped with the package
-                               (yolov8n.yaml, yolo11n.yaml), built without weights, or a checkpoint .pt path
-                               (Ultralytics checkpoints are pickled: load only files you trust).
-                               Needs `pip install ultralytics` (AGPL-3.0, never a dependency of prunefx).
-  path/to/file.py:FACTORY      FACTORY() from a Python file imported by its path
-  path/to/model.pt2            a saved Program (loaded by the caller with prunefx.graph.Program.load)
-Nothing is ever downloaded: builders get no weights, and pretrained weights come in through
-`load_weights(module, FILE)` (the CLI's --weights FILE). The random weights a builder draws come from
-seed 0, with the caller's random state left as it was: one reference is one model, run after run.
+A reference is `torchvision:NAME`, `timm:NAME`, `prunefx:NAME` (prunefx.models.small), `ultralytics:NAME`
+(a YOLO in its export-mode forward; a model yaml, or a checkpoint .pt, pickled: load only files you trust;
+needs `pip install ultralytics`, never a dependency), `path/to/file.py:FACTORY` or a saved `.pt2`. Nothing is
+ever downloaded: builders get no weights (`load_weights`, the CLI's --weights, brings them), and a builder's
+random weights come from seed 0 with the caller's random state left as it was. See docs/reference/cli.md.
 """
 
 from __future__ import annotations

@@ -1,19 +1,11 @@
 """The width multiple a backend runs fastest: what a pruned channel count should be rounded to.
 
-Widths matter more than MACs (docs/latency-budgets.md, 'The rounding multiple comes from the backend'). The
-multiple is a property of the target, so the budget measurers carry it (`round_to`,
-passes/budget/measurement.py) and prune_to_budget uses it unless the user names one:
-
-- ONNX Runtime on a CPU: the blocked (NCHWc) convolution kernels work on one SIMD register of float32
-  channels, 16 with AVX-512 and 8 with AVX2 (or anything narrower); read from the CPU's flags in
-  /proc/cpuinfo, 8 where they cannot be read.
-- TensorRT (trt, torch-trt, trtexec): tensor cores take FP16 (and TF32) channels in multiples of 8, INT8 in
-  multiples of 32.
-- PyTorch on CUDA (cuda): cuDNN and cuBLAS use tensor cores for FP16 and BF16 channels in multiples of 8.
-  This is NVIDIA's documented rule, not a figure measured here: measure it on the GPU you deploy to
-  (`prunefx bench --backend cuda` on two widths) before relying on a finer one.
-
-Each backend states its multiple (runtime/backends/); `backends.width_multiple` asks the registry.
+Widths matter more than MACs, and the multiple is a property of the target, so the budget measurers carry it
+(`round_to`, passes/budget/measurement.py) and prune_to_budget uses it unless the user names one: ONNX
+Runtime on a CPU 16 with AVX-512 and 8 otherwise (its blocked NCHWc kernels hold one SIMD register of float32
+channels; read from /proc/cpuinfo), TensorRT 8 (FP16, TF32) or 32 (INT8), PyTorch on CUDA 8 (NVIDIA's
+documented rule, not measured here). Each backend states its multiple (runtime/backends/). The table and
+why: docs/latency-budgets.md, 'The rounding multiple comes from the backend'.
 """
 
 from __future__ import annotations

@@ -2,17 +2,9 @@
 graph/channels/plan_latency.py) timed on a backend at the widths pruning can give it, cached on disk per
 device, and handed to channel selection as remove_channels' `latency_table` (its `layer_time` target).
 
-Each layer is timed in isolation: a one-layer model at the input shape the Program's metadata records
-for it (the batch replaced by `batch` when given), with random weights and a bias where the layer has one.
-Its neighbours, the memory traffic between layers and fusions with the next operator are not in the
-time, which is why a table only chooses channels and a whole-model measurement confirms the speed-up.
-
-Widths: on each axis (input and output channels) the multiples of the backend's width `multiple` from
-(1 - max_ratio) of the dense width up to it, at most `points` of them evenly spread, and the dense width
-itself. Between grid points the time is interpolated bilinearly; below the smallest it scales with the
-width. A timer (`LayerTimer`) times one layer and says where it runs; the cache (latency_cache.py) keys
-the times by the timer's identity and the layer's geometry, so a second build measures nothing and equal
-layers (the repeated blocks of a stage) are timed once.
+Layers are timed alone (no neighbours, traffic or fusions: a table only chooses channels, a whole-model
+measurement confirms), on a grid of the backend's multiples, interpolated bilinearly between grid points.
+The grid, the interpolation and the cache: see docs/algorithms.md, 'Latency tables'.
 """
 
 from __future__ import annotations
