@@ -1,17 +1,10 @@
 """Deployment report: every measured variant of a model (dense, compressed, each precision or backend) with
 its accuracy and its measured latency, as a Markdown table, JSON, and a PNG chart of accuracy against latency.
 
-A variant is one model on one backend: `Variant(name, accuracy, latency_ms, backend, ...)`, accuracy as a
-fraction on the split named by `accuracy_split`, latency the median of a measurement (with p90/p99 when
-known). Latencies in one chart should come from one machine and one measurement run; the chart's title
-and the table say which backends they came from, so mixed charts at least say so.
-
-`prunefx compress` ends by adding its variants (dense and compressed, ONNX Runtime) to report.json and
-report.md and drawing OUTPUT/accuracy_latency.png; `write_deployment_report` does the same for any list of
-variants (for example several TensorRT precisions timed with `prunefx bench`).
-
-The chart uses matplotlib's object API with the Agg canvas (no pyplot, no display, no global backend
-switch), so it works on headless CI machines and Jetson boards alike.
+A `Variant` is one model on one backend; a chart names the backends its latencies came from, since mixed
+charts should at least say so. `prunefx compress` ends with one (report.json, report.md,
+accuracy_latency.png); `write_deployment_report` draws one for any list of variants. matplotlib's object API
+on the Agg canvas (no pyplot, no display) makes it work headless, on CI and Jetson boards alike.
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """Lower a Program to a single, cleaned, checked ONNX file.
 
-The dynamo exporter (`torch.onnx.export(..., dynamo=True)`) is tried first on the Program's
-re-exported `ExportedProgram`: that is the graph torch.export already validated, so nothing is traced
-twice; reshapes of non-contiguous tensors copy explicitly first (runtime/onnx/reshape_layout.py: masked
-attention). A model that still does not get through it is traced by the TorchScript exporter instead and
-the reason is recorded in `fallback_reason`, so reports can say which exporter produced the file. The result is cleaned with onnx-graphsurgeon
-(constant folding, dead-node removal, topological sort) and verified with `onnx.checker`.
-
-Graph inputs are named input_0, input_1, ... and outputs output_0, output_1, ... in the flattened
-(torch.utils._pytree) order of the Program's inputs and outputs, whichever exporter ran.
-
-Training mode: ONNX is an inference format, so a Program in training mode is exported from an
-eval-mode copy (`program.clone().eval()`); the caller's Program is never changed.
+The dynamo exporter runs first on the Program's re-exported `ExportedProgram` (nothing traced twice); a model
+it cannot take goes through the TorchScript exporter, with the reason in `fallback_reason`. The result is
+cleaned with onnx-graphsurgeon and checked with `onnx.checker`. Inputs and outputs are named input_N /
+output_N in the Program's flattened order; a Program in training mode is exported from an eval-mode copy.
+See docs/design.md, 'Runtime and measurement'.
 """
 
 from __future__ import annotations

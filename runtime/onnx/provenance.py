@@ -1,17 +1,9 @@
 """Where each node of an exported ONNX file came from, and which Program nodes it computes.
 
-An ONNX node written by runtime/onnx/export.py keeps the dynamo exporter's provenance: its module
-scope and the fx node it came from (`pkg.torch.onnx.name_scopes`, e.g. ['', 'layer1', 'layer1.0',
-'layer1.0.bn1', '_native_batch_norm_legit_no_training_1']), and the rewrite rules that made it
-(`FuseBatchNormIntoConv`). Nodes the optimiser creates are named `node_Conv_309`, so the name alone
-is not enough. TorchScript-exported files have no provenance; their names (`/layer1/layer1.0/conv1/Conv`)
-still give the module scope.
-
-The exporter saw a decomposed copy of the Program (`batch_norm_1` became
-`_native_batch_norm_legit_no_training_1`, `relu__1` became `relu_1`), so fx names are matched to
-Program nodes within their module scope (nn_module_stack): the same name, else the only call in
-that scope, else the k-th call of the same operator in that scope. A conv with a batch norm folded
-in also maps to the conv node that fed the norm. What cannot be matched stays unmapped: never guessed.
+The dynamo exporter keeps each node's module scope and fx node; since it saw a decomposed copy of the
+Program, fx names are matched to Program nodes within their module scope, and what cannot be matched stays
+unmapped, never guessed. TorchScript files give the module scope through their names only. See
+docs/tensorrt.md, 'Per-layer profiles'.
 """
 
 from __future__ import annotations

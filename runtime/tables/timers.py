@@ -1,17 +1,8 @@
 """Layer timers for latency tables (runtime/tables/table.py): one layer, built alone, timed on a backend.
 
-- `OnnxRuntimeLayerTimer` ("ort"): a one-node ONNX model (Conv, or MatMul + Add for a linear layer) written
-  with onnx.helper and run by ONNX Runtime on the CPU with the session settings every prunefx timing uses
-  (runtime/ort/options.py); the median of a few timed runs after a short warm-up, less the median
-  time of an Identity model on the same input: what a call into ONNX Runtime costs whatever it runs, paid
-  once per model and not once per layer in a whole model. The first layer of a process is preceded by an
-  untimed one (thread pools and allocators start on the first run, and made that layer's time tenfold).
-- `TorchLayerTimer` ("torch"): the layer as a torch module, handed to a `time_module(module, inputs) -> ms`
-  function; by default eager PyTorch on the CPU. A GPU backend passes its own function (CUDA graphs timed
-  with CUDA events, its precision) and its device's name: the table and its cache stay the same.
-
-The device identity of a CPU is its model string from /proc/cpuinfo; times also depend on the library
-version and thread count, which go in `settings` (a cache never mixes them).
+`OnnxRuntimeLayerTimer` ("ort") times a one-node ONNX model less the cost of an empty call; `TorchLayerTimer`
+("torch") times the layer as a module through a `time_module` function a GPU backend can supply. A timer's
+identity (device, library version, threads) keys the cache. Details: docs/algorithms.md, 'Latency tables'.
 """
 
 from __future__ import annotations
