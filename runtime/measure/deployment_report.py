@@ -1,8 +1,8 @@
 """Deployment report: every measured variant of a model (dense, compressed, each precision or backend) with
 its accuracy and its measured latency, as a Markdown table, JSON, and a PNG chart of accuracy against latency.
 
-A `Variant` is one model on one backend; a chart names the backends its latencies came from, since mixed
-charts should at least say so. `prunefx compress` ends with one (report.json, report.md,
+A `Variant` is one model on one backend. Latencies in one chart should come from one machine and one run;
+the chart names its backends, so mixed charts at least say so. `prunefx compress` ends with one (report.json, report.md,
 accuracy_latency.png); `write_deployment_report` draws one for any list of variants. matplotlib's object API
 on the Agg canvas (no pyplot, no display) makes it work headless, on CI and Jetson boards alike.
 """
