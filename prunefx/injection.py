@@ -16,7 +16,8 @@ from prunefx.data.splits import DataSplits
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.core.pipeline import Pipeline, Step
-from prunefx.runtime import LATENCY_THREADS, latency_pair, speedup_measure
+from prunefx.runtime import LATENCY_THREADS
+from prunefx.runtime.measure.pairs import Measurement
 
 CALIBRATION_BATCHES = 4
 MERGE_MEASURE_RUNS = 30  # per merge of layers that merge_blocks considers, and per budget candidate
@@ -62,12 +63,14 @@ def _sources(dense: Program, splits: DataSplits, eval_batches: int | None, neede
     if "labelled_calibration" in needed:
         loader = splits.train if splits.train is not None else splits.evaluation
         sources["labelled_calibration"] = list(itertools.islice(iter(loader), CALIBRATION_BATCHES))
-    where = {"threads": LATENCY_THREADS, "runs": MERGE_MEASURE_RUNS, "precision": options.precision,
-             "trtexec": options.trtexec, "batch": options.batch, "compile": options.compile}
-    if "measure" in needed:
-        sources["measure"] = speedup_measure(options.backend, **where)
-    if "latency" in needed:
-        sources["latency"] = latency_pair(options.backend, **where)
+    if needed & {"measure", "latency"}:  # one Measurement, checked once, for every pass that measures
+        measurement = Measurement.of(options.backend, threads=LATENCY_THREADS, runs=MERGE_MEASURE_RUNS,
+                                     precision=options.precision, trtexec=options.trtexec, batch=options.batch,
+                                     compile=options.compile)
+        if "measure" in needed:
+            sources["measure"] = measurement.speedup()
+        if "latency" in needed:
+            sources["latency"] = measurement.pair()
     return sources
 
 

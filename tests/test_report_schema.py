@@ -52,8 +52,8 @@ def stand_in(monkeypatch):
     """The stand-in runtime for every budget (prune's, depth's and a compress recipe's), and the mergeable
     blocks in graph order in place of their damage ranking (tested in test_linearize_blocks.py)."""
     monkeypatch.setattr(importlib.import_module("prunefx.cli.options"), "budget_latency", lambda args: PerOperator())
-    monkeypatch.setattr(importlib.import_module("prunefx.injection"), "latency_pair",
-                        lambda backend, **options: PerOperator())
+    monkeypatch.setattr(importlib.import_module("prunefx.runtime.measure.pairs").Measurement, "pair",
+                        lambda self: PerOperator())
     torch.manual_seed(0)
     program = capture(build_model("prunefx:mobilenetv2_small").module.eval(), torch.randn(2, 1, 28, 28))
     blocks = [block for block in find_blocks(program.module) if block.affine]
