@@ -70,7 +70,7 @@ class PackedHessian:
 
 
 def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches, *, cache: dict | None = None,
-                  from_rows: bool = False, consume: bool = False):
+                  from_rows: bool = False, consume: bool = False, as_cached: bool = False):
     """(spec, H, LayerRows) for every spec over all batches, in float64, in the graph order of the layers:
     the specs are taken in chunks of at most _HESSIAN_BUDGET bytes of H, and one staged pass over the data
     (graph/staged_run.py) runs the graph a chunk's layers further at a time, so a chunk's Hessians are
@@ -81,7 +81,8 @@ def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches,
     Hessians between callers (the `obs` importance and the compensation that follows it): those found in
     it are not gathered again (and are yielded first), and those gathered are stored in it, packed.
     Callers must not modify H or the rows. `consume`: the caller is the cache's last reader, and each entry
-    is dropped from it as it is yielded (and none is stored)."""
+    is dropped from it as it is yielded (and none is stored). `as_cached`: H gathered afresh is rounded as
+    the cache holds it, so that the caller's results do not depend on whether a cache was filled."""
     if cache is not None:
         found = [spec for spec in specs if spec in cache]
         specs = [spec for spec in specs if spec not in cache]
@@ -107,8 +108,9 @@ def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches,
             total = sums.pop(spec)
             hessian, rows = total.finish(), LayerRows(total.rows, total.kept_rows())
             if cache is not None:
-                packed = None if hessian is None else PackedHessian(hessian, total.stored_dtype())
-                cache[spec] = (packed, rows)
+                cache[spec] = (None if hessian is None else PackedHessian(hessian, total.stored_dtype()), rows)
+            if as_cached and hessian is not None:
+                hessian = hessian.to(total.stored_dtype()).double()
             yield spec, hessian, rows
 
 

@@ -41,8 +41,9 @@ changes pruning makes *upstream* of a consumer (its kept inputs are taken as the
 network), and sequential (layer-by-layer, pruned-input) calibration.
 
 Cost: one H of (columns x columns) float64 per distinct layer input (shared by the consumers that
-read the same tensor the same way), gathered in passes over the calibration data that hold at most
-`_HESSIAN_BUDGET` bytes of H at a time (`iter_hessians` in graph/layer_hessians.py).
+read the same tensor the same way), gathered in one staged pass over the calibration data that holds at
+most `_HESSIAN_BUDGET` bytes of H at a time (`iter_hessians` in graph/layer_hessians.py), rounded as a
+cache holds it (float32 for a float32 model) whether or not the `obs` importance gathered it first.
 
 Which layers read which channels comes from graph/layer_inputs.py (`find_consumers`), and their Hessians
 come from graph/layer_hessians.py (`iter_hessians`), which the `obs` importance (graph/channels/saliency.py)
@@ -187,24 +188,29 @@ def compensate_removed_inputs(module: torch.fx.GraphModule, analysis: ChannelAna
     for consumer in consumers:
         by_spec.setdefault(consumer.spec, []).append(consumer)
     updates, layers = {}, {}
-    # Every H comes from the dense network: the updates are stored only once all are computed.
+    # Every H comes from the dense network: the updates are stored only once all are computed, or at once
+    # where every H is in the cache already (no activation is read after an update).
     release(hessians, by_spec)
+    at_once = hessians is not None and all(spec in hessians for spec in by_spec)
     for spec, hessian, rows in iter_hessians(module, list(by_spec), batches, cache=hessians, from_rows=True,
-                                             consume=True):
+                                             consume=True, as_cached=True):
         for consumer in by_spec[spec]:
             matrix = consumer.matrix(module).to((rows.kept if hessian is None else hessian).device)
             energy = hessians.get(energy_key(consumer.weight)) if hessians is not None else None
             updated, errors = second_order_update(matrix, hessian, consumer.removed_columns, damping,
                                                   energy=energy, rows=rows)
-            # held until every update is computed: in the weight's own dtype (what `store` writes), not
-            # float64, so that a model whose every layer is compensated is held once more, not twice
-            updates[consumer.node] = (consumer, updated.to(get_tensor(module, consumer.weight).dtype))
+            # in the weight's own dtype (what `store` writes), not float64: when held until every update is
+            # computed, a model whose every layer is compensated is held once more, not twice
+            updated = updated.to(get_tensor(module, consumer.weight).dtype)
+            if at_once:
+                consumer.store(module, updated)
+            else:
+                updates[consumer.node] = (consumer, updated)
             layers[consumer.node] = {"layer": consumer.node, "weight": consumer.weight, "rows": rows.count,
                                      "columns": int(consumer.removed_columns.size),
                                      "columns_removed": int(consumer.removed_columns.sum()), **errors}
-    updates = [updates[c.node] for c in consumers]
-    layers = [layers[c.node] for c in consumers]
-    for consumer, matrix in updates:
+    for consumer, matrix in updates.values():
         consumer.store(module, matrix)
+    layers = [layers[c.node] for c in consumers]
     return {"damping": damping, "compensated": layers, "skipped": skipped,
             "images": sum(int(b[0].shape[0]) for b in batches)}

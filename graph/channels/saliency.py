@@ -49,11 +49,13 @@ ranking normalises every group by its mean, as for the other criteria. A layer r
 (a concat) is eliminated against each group separately, the other groups' columns kept.
 
 Cost: the Hessians come from layer_hessians.iter_hessians (remove_channels shares them with `compensate`,
-so obs + compensate gathers them once, in one pass over the calibration data, with each layer's output
-energy), one Cholesky inverse per distinct layer input (by the Woodbury identity when the calibration
-rows are far fewer than the columns), and per group of C channels about 32 ln(C / 64) + 64
-elimination steps, each with one batched s x s solve per (layer, remaining channel) (s = a channel's
-columns: 9 for a 3x3 conv). A layer's state holds only the group's block of its inverse (G columns;
+so obs + compensate gathers them once, in one staged pass over the calibration data, with each layer's
+output energy, and holds them packed in between), one Cholesky inverse per distinct layer input (by the Woodbury identity when the calibration
+rows are far fewer than the columns), and per group of C channels a number of elimination steps
+(obs_elimination.eliminate): exact, about 32 ln(C / 64) + 64; fast (the default), about 8 ln(C / F) + 1
+where F is the smallest width any plan leaves the group, since the order beyond it decides nothing.
+Each step takes one batched s x s inverse per (layer, remaining channel) (s = a channel's columns: 9 for
+a 3x3 conv). A layer's state holds only the group's block of its inverse (G columns;
 shared with the other groups until the first downdate), whose downdates are deferred and applied 512
 columns at a time: G^3 / 3 multiply-adds per group and layer, at matrix-product speed. A group is
 eliminated as soon as its last layer's Hessian is in. The last result is kept under a digest of the
