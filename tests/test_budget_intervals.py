@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from prunefx.passes.budget.measurement import LongerMeasurer, Measurer, Timing, as_measurer
-from prunefx.passes.budget.search import Measured, meets, speedup_text
+from prunefx.passes.budget.search import Acceptance, Measured, meets, speedup_text
 from prunefx.runtime.backends import width_multiple as backend_multiple
 from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.measure.latency import compare_latency, compare_rounds, ratio_interval
-from prunefx.runtime.measure.speedup import PairMeasurer
+from prunefx.runtime.measure.speedup import PairMeasurer, decided
 from prunefx.runtime.measure.width_multiple import onnxruntime_multiple
 
 AVX512 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512vl\n\nprocessor\t: 1\n"
@@ -73,6 +73,42 @@ def test_compare_rounds_makes_fresh_callables_each_round_and_shares_the_runs():
     assert comparison.rounds == 3 and comparison.method == "two-level bootstrap (3 session pairs)"
     with pytest.raises(MeasurementError, match="rounds"):
         compare_rounds(maker("a"), maker("b"), rounds=11, runs=10)
+
+
+def test_compare_rounds_stops_once_the_interval_settles_what_it_is_judged_against():
+    """A stand-in clock makes a 2x speed-up exactly: judged against 1.5x, the interval clears it after the
+    second round and the last two are never made; judged against 2x it never settles, and all four run."""
+    made, now = [], [0.0]
+
+    def maker(seconds):
+        def make():
+            made.append(seconds)
+            return lambda: now.__setitem__(0, now[0] + seconds)
+        return make
+
+    clock = lambda: now[0]  # noqa: E731
+    cleared = compare_rounds(maker(0.02), maker(0.01), rounds=4, warmup=0, runs=8, block=1, settle=0, clock=clock,
+                             until=decided(1.5))
+    assert len(made) == 4 and cleared.rounds == 2 and cleared.speedup_low >= 1.5
+    made.clear()
+    whole = compare_rounds(maker(0.02), maker(0.01), rounds=4, warmup=0, runs=8, block=1, settle=0, clock=clock,
+                           until=lambda low, high: False)
+    assert len(made) == 8 and whole.rounds == 4 and decided(None) is None
+
+
+def test_a_confirmation_asks_for_the_budget_it_is_judged_against_and_a_pair_passes_it_on():
+    given = []
+
+    def confirm(dense, candidate, against=None):
+        given.append(against)
+        return Timing(2.0, 1.0, 0.0, 1.9, 2.1)
+
+    confirm.stops_early = True
+    pair = PairMeasurer(lambda d, c: (2.0, 1.0, 0.0), confirm, round_to=None)
+    measured = Measured.of((2.0, 1.0, 0.0))
+    Acceptance(1.8, None, 0.15).confirm(measured, pair, "dense", "candidate")
+    assert given == [1.8] and measured.confirmed
+    assert not PairMeasurer(lambda d, c: (2.0, 1.0, 0.0), lambda d, c: Timing(2.0, 1.0, 0.0), None).stops_early
 
 
 def test_a_short_last_block_is_used_and_unequal_sides_are_refused():

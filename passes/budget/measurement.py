@@ -14,6 +14,7 @@ function is wrapped by `as_measurer` (confirmed by calling it again, a point int
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -79,11 +80,13 @@ ASKED = ("search", "confirm", "confirm_longer")  # how long to measure: a Measur
 @dataclass(frozen=True)
 class Ask:
     """A measurement a search needs: `candidate` beside `dense`, for as long as `how` says (ASKED). Answered
-    with a Timing; a `confirm_longer` the measurer cannot make is answered with None."""
+    with a Timing; a `confirm_longer` the measurer cannot make is answered with None. `against`: the speed-up
+    a confirmation is judged against; a measurer that `stops_early` stops once its interval settles it."""
 
     how: str
     dense: Program
     candidate: Program
+    against: float | None = None
 
 
 Steps = Generator[Ask, "Timing | None", object]  # a search step: yields what it needs measured, returns its result
@@ -93,7 +96,12 @@ def answerer(measurer, ask: Ask) -> Callable[[Program, Program], object] | None:
     """What answers `ask` with `measurer` (a Measurer or a plain function): the call, `confirm` or
     `confirm_longer`; None where the measurer has no such measurement."""
     measurer = as_measurer(measurer)
-    return measurer if ask.how == "search" else getattr(measurer, ask.how, None)
+    if ask.how == "search":
+        return measurer
+    method = getattr(measurer, ask.how, None)
+    if method is not None and ask.against is not None and getattr(measurer, "stops_early", False):
+        return functools.partial(method, against=ask.against)
+    return method
 
 
 def drive(steps: Steps, measurer):

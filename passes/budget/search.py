@@ -90,20 +90,21 @@ class Measured:
         """`confirming`, measured by `latency` (a Measurer)."""
         drive(self.confirming(dense, candidate), latency)
 
-    def confirming(self, dense: Program, candidate: Program) -> Steps:
-        """Measure again, longer (once): the confirmation's figures and interval replace the first ones."""
+    def confirming(self, dense: Program, candidate: Program, against: float | None = None) -> Steps:
+        """Measure again, longer (once): the confirmation's figures and interval replace the first ones.
+        `against`: the speed-up the interval is judged against (the measurer may stop once it settles it)."""
         if self.first is None:
             first = self.timing
-            timing = yield Ask("confirm", dense, candidate)
+            timing = yield Ask("confirm", dense, candidate, against)
             if timing is not None:
                 self.timing = timing
             self.first = first
 
-    def confirming_longer(self, dense: Program, candidate: Program) -> Steps:
+    def confirming_longer(self, dense: Program, candidate: Program, against: float | None = None) -> Steps:
         """Once confirmed, measure longer still (once) where the measurer can (measurement.LongerMeasurer); the
         longer figures and interval replace the confirmed ones, and `first` stays the search's measurement."""
         if self.first is not None and not self.longer:
-            timing = yield Ask("confirm_longer", dense, candidate)
+            timing = yield Ask("confirm_longer", dense, candidate, against)
             if timing is not None:
                 self.timing, self.longer = timing, True
 
@@ -196,10 +197,11 @@ class Acceptance:
     def confirming(self, measured: Measured, dense: Program, candidate: Program) -> Steps:
         """Confirm `measured` (once), and measure longer still where the budget lies inside the interval
         (Measured.straddles): the step every search takes before it relies on a reading."""
-        yield from measured.confirming(dense, candidate)
+        wanted = self.wanted(measured)  # what the interval is judged against: the measurer may stop once it is settled
+        yield from measured.confirming(dense, candidate, wanted)
         # no window (tolerance None) holds no point but S itself: nothing to settle by measuring longer
         if measured.straddles(self.wanted(measured), self.tolerance or 0.0):
-            yield from measured.confirming_longer(dense, candidate)
+            yield from measured.confirming_longer(dense, candidate, self.wanted(measured))
 
 
 def budget_text(speedup: float | None, latency_ms: float | None) -> str:

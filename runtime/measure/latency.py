@@ -120,7 +120,8 @@ def compare_latency(fn_a: Callable[[], object], fn_b: Callable[[], object], *, w
 def compare_rounds(make_a: Callable[[], Callable[[], object]], make_b: Callable[[], Callable[[], object]], *,
                    rounds: int = 4, warmup: int = 10, runs: int = 100, block: int = 10, settle: int = 2,
                    threads: int | None = None, progress: bool = False,
-                   clock: Clock = time.perf_counter, processes: bool = False) -> LatencyComparison:
+                   clock: Clock = time.perf_counter, processes: bool = False,
+                   until: Callable[[float, float], bool] | None = None) -> LatencyComparison:
     """`compare_latency` over `rounds` fresh pairs of callables (`make_a()`, `make_b()`: new ONNX Runtime
     sessions, say), `runs` timed calls per side in all. Why: fresh sessions of one process spread wider than
     one pair's interval, which covers its blocks' noise but not where the next session lands. The
@@ -130,7 +131,10 @@ def compare_rounds(make_a: Callable[[], Callable[[], object]], make_b: Callable[
     With `processes=True` each round runs in a fresh process (`make_a` and `make_b` must pickle; two
     `runners.OnnxRunnerMaker` start it without importing torch): processes differ more than session pairs of one process
     do (where the weights land in memory, which cache sets they share). The measured cases: see
-    docs/benchmarks/process-rounds.md."""
+    docs/benchmarks/process-rounds.md.
+
+    `until(low, high)`: checked on the interval after each round from the second on; True stops there (a
+    confirmation whose interval already clears or misses its budget), with the runs measured so far."""
     _check_counts(warmup, runs)
     _check_blocks(block, settle)
     if rounds < 1 or runs < rounds:
@@ -144,6 +148,9 @@ def compare_rounds(make_a: Callable[[], Callable[[], object]], make_b: Callable[
             if processes:
                 bar.update(share)
             blocks_a, blocks_b, round_of = blocks_a + got_a, blocks_b + got_b, round_of + [index] * len(got_a)
+            if until is not None and 1 <= index < rounds - 1 and until(*ratio_interval(blocks_a, blocks_b,
+                                                                                        rounds=round_of)):
+                break
     return dataclasses.replace(_comparison(blocks_a, blocks_b, round_of, threads_a, threads_b), processes=processes)
 
 

@@ -49,22 +49,29 @@ def onnx_speedup(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup: int 
 class PairMeasurer:
     """A `passes.measurement.Measurer`: `search(dense, candidate)` for the search's short measurement,
     `confirm` for the longer one that answers a `Timing` with its speed-up interval, and the backend's width
-    multiple `round_to` (runtime/measure/width_multiple.py)."""
+    multiple `round_to` (runtime/measure/width_multiple.py). `stops_early`: its confirmations take `against`,
+    the speed-up their interval is judged against, and stop once it clears or misses it."""
 
-    def __init__(self, search: LatencyPair, confirm: Callable[[Program, Program], Timing], round_to: int | None,
-                 longer: Callable[[Program, Program], Timing] | None = None):
+    def __init__(self, search: LatencyPair, confirm: Callable[..., Timing], round_to: int | None,
+                 longer: Callable[..., Timing] | None = None):
         self.search, self._confirm, self.round_to = search, confirm, round_to
         self._longer = longer or confirm
+        self.stops_early = bool(getattr(confirm, "stops_early", False))
 
     def __call__(self, dense: Program, candidate: Program) -> Timing:
         return Timing.of(self.search(dense, candidate))
 
-    def confirm(self, dense: Program, candidate: Program) -> Timing:
-        return Timing.of(self._confirm(dense, candidate))
+    def confirm(self, dense: Program, candidate: Program, against: float | None = None) -> Timing:
+        return Timing.of(self._measure(self._confirm, dense, candidate, against))
 
-    def confirm_longer(self, dense: Program, candidate: Program) -> Timing:
+    def confirm_longer(self, dense: Program, candidate: Program, against: float | None = None) -> Timing:
         """`longer` (e.g. twice the processes and runs of `confirm`); `confirm` itself when none was given."""
-        return Timing.of(self._longer(dense, candidate))
+        return Timing.of(self._measure(self._longer, dense, candidate, against))
+
+    def _measure(self, measure: Callable[..., Timing], dense: Program, candidate: Program, against: float | None):
+        if against is None or not getattr(measure, "stops_early", False):
+            return measure(dense, candidate)
+        return measure(dense, candidate, against=against)
 
 
 def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup: int = 10, batch: int = 1,
@@ -102,14 +109,21 @@ def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup:
 
 
 def _onnx_runtime_pair(exports: ExportCache, *, threads: int, runs: int, warmup: int, rounds: int = 1) -> LatencyPair:
-    def timed(a: tuple[Path, tuple, str], b: tuple[Path, tuple, str]) -> tuple[float, float, float]:
+    def timed(a: tuple[Path, tuple, str], b: tuple[Path, tuple, str], against: float | None = None):
         makers = [OnnxRunnerMaker(path, inputs, threads=threads) for path, inputs, _ in (a, b)]
         if rounds == 1:
             return timing_of(compare_latency(makers[0](), makers[1](), warmup=warmup, runs=runs, threads=threads))
         return timing_of(compare_rounds(*makers, rounds=rounds, warmup=warmup, runs=runs, threads=threads,
-                                        processes=True))
+                                        processes=True, until=decided(against)))
 
-    return cached_pair(exports, timed)
+    return cached_pair(exports, timed, stops_early=rounds > 1)
+
+
+def decided(against: float | None) -> Callable[[float, float], bool] | None:
+    """`(low, high) -> whether a speed-up interval already settles `against``: it clears it or misses it."""
+    if against is None:
+        return None
+    return lambda low, high: low >= against or high < against
 
 
 def timing_of(comparison: LatencyComparison) -> Timing:
@@ -121,25 +135,29 @@ def timing_of(comparison: LatencyComparison) -> Timing:
                   comparison.method)
 
 
-def cached_pair(sources, timed: Callable[[tuple, tuple], Timing]) -> Callable[[Program, Program], Timing]:
+def cached_pair(sources, timed: Callable[..., Timing], *, stops_early: bool = False) -> Callable[..., Timing]:
     """`timed(entry_before, entry_after)` run once per pair of models: `sources.get(program)` gives an entry
     whose last item identifies what is timed (the file's sha256, say), and a pair measured before is
-    answered from the cache."""
-    cache: dict[tuple[str, str], Timing] = {}
+    answered from the cache. `stops_early`: `timed` also takes `against` (compare_rounds' `until`), part of
+    the key, since a measurement stopped early for one budget is not the whole one another needs."""
+    cache: dict[tuple, Timing] = {}
     key_of = getattr(sources, "key", None)  # where the key is cheap to know, a cached pair prepares nothing
 
-    def measure(before: Program, after: Program) -> Timing:
+    def measure(before: Program, after: Program, against: float | None = None) -> Timing:
+        extra = (against,) if stops_early else ()
         if key_of is not None:
-            keys = key_of(before), key_of(after)
+            keys = (key_of(before), key_of(after), *extra)
             if keys in cache:
                 return cache[keys]
             a, b = sources.get(before, keys[0]), sources.get(after, keys[1])  # each key computed once
         else:
             a, b = sources.get(before), sources.get(after)
-        if (a[-1], b[-1]) not in cache:
-            cache[a[-1], b[-1]] = timed(a, b)
-        return cache[a[-1], b[-1]]
+        key = (a[-1], b[-1], *extra)
+        if key not in cache:
+            cache[key] = timed(a, b, against) if stops_early else timed(a, b)
+        return cache[key]
 
+    measure.stops_early = stops_early  # type: ignore[attr-defined]
     return measure
 
 
