@@ -17,14 +17,23 @@ class NoBar:
         pass
 
 
+# Warm-up stops after this long (both sides, at least two calls each): a model of a tenth of a second is warm
+# after a few calls, and twenty of them per side and round made most of a large model's confirmation.
+WARM_SECONDS = 1.0
+
+
 def alternate(fn_a: Callable[[], object], fn_b: Callable[[], object], warmup: int, runs: int, block: int,
               settle: int, clock: Callable[[], float], bar=None) -> tuple[list, list]:
-    """Warm-up call by call, then `runs` timed calls per side in alternating blocks of up to `block`, each
-    block after `settle` untimed calls (see runtime/measure/latency.py's compare_latency); the blocks, in seconds."""
+    """Warm-up call by call (`warmup` calls per side, or WARM_SECONDS), then `runs` timed calls per side in
+    alternating blocks of up to `block`, each block after `settle` untimed calls (see runtime/measure/latency.py's
+    compare_latency); the blocks, in seconds."""
     bar = bar if bar is not None else NoBar()
-    for _ in range(warmup):
+    started = clock()
+    for done in range(warmup):
         fn_a()
         fn_b()
+        if done >= 1 and clock() - started >= WARM_SECONDS:
+            break
     blocks_a: list[list[float]] = []
     blocks_b: list[list[float]] = []
     while sum(map(len, blocks_a)) < runs:
