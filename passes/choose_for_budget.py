@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from prunefx.graph import Program
-from prunefx.passes.budget.candidates import Candidate, budget_candidates
+from prunefx.passes.budget.candidates import Combination, budget_candidates
 from prunefx.passes.budget.choose_config import ChooseForBudgetConfig
 from prunefx.passes.budget.search import Measured, budget_text
 from prunefx.passes.core.contract import graph_pass
@@ -49,11 +49,11 @@ class BudgetChosen:
     words, the chosen candidate (each dimension's setting) and its measurement."""
 
     budget: str
-    chosen: Candidate
+    chosen: Combination
     measured: Measured
 
 
-def _proxy(candidate: Candidate) -> float:
+def _proxy(candidate: Combination) -> float:
     return candidate.proxy if candidate.proxy is not None else math.inf
 
 

@@ -63,7 +63,7 @@ class DepthToBudgetConfig(PassConfig):
 
 
 @dataclass
-class Candidate:
+class DepthCandidate:
     blocks: list[str]
     program: Program     # linearised, not merged: what the pass returns
     merged: Program      # what was measured
@@ -150,13 +150,13 @@ class _Search:
         self.latency = as_measurer(settings.latency)
         self.rule = Acceptance(settings.speedup, settings.latency_ms, settings.tolerance)
         self.dense_macs = count(dense).macs
-        self.trace: list[Candidate] = []
+        self.trace: list[DepthCandidate] = []
 
-    def meets(self, candidate: Candidate) -> bool:
+    def meets(self, candidate: DepthCandidate) -> bool:
         """The shared rule's fallback: the bound clears S, whatever the floor (see the module docstring)."""
         return self.rule.bound_clears(candidate.measured)
 
-    def run(self) -> Candidate:
+    def run(self) -> DepthCandidate:
         everything = self.confirm(self.measure(len(self.ranked)))  # decisive either way: confirmed
         if not self.meets(everything):
             raise BudgetUnreachable(self._unreachable(everything), dimension="depth", best=everything.measured)
@@ -170,7 +170,7 @@ class _Search:
         self._check_overshoot(met, missed)
         return met
 
-    def _check_overshoot(self, met: Candidate, missed: int) -> None:
+    def _check_overshoot(self, met: DepthCandidate, missed: int) -> None:
         """Depth moves in whole blocks: when the fewest that meet the budget land above S (1 + tolerance), an
         independent check would find the model faster than the window [0.95 S, 1.25 S] (ConvNeXtV2-atto
         3x, 8 dropped blocks 2.79x, 9 blocks 3.88x, measured 3.78x elsewhere), so say so instead of returning it."""
@@ -186,13 +186,13 @@ class _Search:
             f"(choose_for_budget) can land between".replace("%", " %", 1), dimension="depth", best=met.measured,
             overshot=True)
 
-    def measure(self, n: int) -> Candidate:
+    def measure(self, n: int) -> DepthCandidate:
         blocks = self.ranked[:n]
         program, stats = self._dropped(blocks) if self.route == "drop" else self._linearized(blocks)
         # on a copy: the trace keeps the returned candidate beside the merged one that was measured
         merged = run_inner(merge_blocks, program, {"max_kernel_growth": self.settings.max_kernel_growth},
                            on_copy=True)
-        candidate = Candidate(blocks, program, merged.program, count(merged.program).macs / self.dense_macs,
+        candidate = DepthCandidate(blocks, program, merged.program, count(merged.program).macs / self.dense_macs,
                               Measured.of(self.latency(self.dense, merged.program)), stats)
         self.trace.append(candidate)
         return candidate
@@ -212,7 +212,7 @@ class _Search:
             program = drop_branches(self.dense, [b for b in droppable_blocks(self.dense) if b.name in chosen])
         return program, {"chosen": [], "dropped": list(names)}
 
-    def confirm(self, candidate: Candidate) -> Candidate:
+    def confirm(self, candidate: DepthCandidate) -> DepthCandidate:
         """Confirmed; measured longer still where the budget lies inside the interval (Measured.straddles)."""
         if self.settings.confirm:
             self.rule.confirm(candidate.measured, self.latency, self.dense, candidate.merged)
@@ -221,7 +221,7 @@ class _Search:
     def _wanted(self, measured: Measured) -> float:
         return self.rule.wanted(measured)
 
-    def _unreachable(self, everything: Candidate) -> str:
+    def _unreachable(self, everything: DepthCandidate) -> str:
         return (f"cannot reach {budget_text(self.settings.speedup, self.settings.latency_ms)} by depth: the best "
                 f"measured was {speedup_text(everything.measured)} ({everything.measured.ms:.2f} ms, "
                 f"{everything.macs_kept:.3f} of the MACs) with all {len(everything.blocks)} "

@@ -23,7 +23,7 @@ from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.pass_config import PassConfig, option
 from prunefx.passes.core.registry import shipped_pass
 from prunefx.passes.core.result import Result
-from prunefx.passes.rewrites.merge_candidates import Candidate, chain_candidate
+from prunefx.passes.rewrites.merge_candidates import MergeCandidate, chain_candidate
 from prunefx.passes.rewrites.merge_rewrite import apply_merge, describe_merge
 
 aten = torch.ops.aten
@@ -110,7 +110,7 @@ def _merge_all(program: Program, config: MergeBlocksConfig) -> tuple[list[dict],
         merges.append(record)
 
 
-def _measured(program: Program, candidate: Candidate, config: MergeBlocksConfig) -> float:
+def _measured(program: Program, candidate: MergeCandidate, config: MergeBlocksConfig) -> float:
     """Apply the candidate, measure against a copy of the Program before it, and undo it unless faster."""
     before = program.clone()
     apply_merge(program.module, candidate)

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from prunefx.graph import Program
 from prunefx.passes.budget.measurement import drive, round_to_of
 from prunefx.passes.budget.search import CROSS_PROCESS, Measured, budget_text, require_latency
-from prunefx.passes.budget.width_search import Candidate, WidthSearch
+from prunefx.passes.budget.width_search import WidthCandidate, WidthSearch
 from prunefx.passes.core.config_checks import ConfigError
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.pass_config import PassConfig, option
@@ -124,7 +124,7 @@ def width_search(program: Program, settings: PruneToBudgetConfig) -> WidthSearch
     return WidthSearch(program, settings, dataclasses.replace(removal, round_to=round_to, strict=False))
 
 
-def chosen_result(search: WidthSearch, chosen: Candidate) -> Result:
+def chosen_result(search: WidthSearch, chosen: WidthCandidate) -> Result:
     """prune_to_budget's Result for the candidate `search` chose: its Program, the search report, WidthChosen."""
     settings, round_to = search.settings, search.removal.round_to
     stats = {"budget": budget_text(settings.speedup, settings.latency_ms), "met": True,

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Candidate:
+class Combination:
     """One combination's answer: the finished Program (or why there is none) and what it cost."""
 
     dimensions: tuple[str, ...]
@@ -69,7 +69,7 @@ class Candidate:
         return {name: value for name, value in values.items() if value is not None}
 
 
-def budget_candidates(program: Program, config: ChooseForBudgetConfig | dict) -> list[Candidate]:
+def budget_candidates(program: Program, config: ChooseForBudgetConfig | dict) -> list[Combination]:
     """Every combination of the allowed dimensions, each with its cheapest setting that meets the budget
     (or the reason it cannot), scored by the damage proxy; the input Program is left as it was."""
     settings = config if isinstance(config, ChooseForBudgetConfig) else ChooseForBudgetConfig.parse(config)
@@ -127,8 +127,8 @@ class _Search:
                 self.best = (speedup, dimensions)
         return _Finished(self.settings.latency, self.dense, finish, seen)
 
-    def candidate(self, dimensions: tuple[str, ...]) -> Candidate:
-        candidate = Candidate(dimensions)
+    def candidate(self, dimensions: tuple[str, ...]) -> Combination:
+        candidate = Combination(dimensions)
         try:
             self._fill(candidate)
         except PipelineError:  # an inner pass broke its contract: a bug to report, not a budget missed
@@ -139,7 +139,7 @@ class _Search:
                  f"met, damage proxy {candidate.proxy:.4g}" if candidate.met else f"not met: {candidate.failed}")
         return candidate
 
-    def _fill(self, candidate: Candidate) -> None:
+    def _fill(self, candidate: Combination) -> None:
         dimensions = candidate.dimensions
         quantized = "int8" in dimensions
         latency = self._measuring(dimensions, self._quantize if quantized else None)
@@ -195,7 +195,7 @@ class _Search:
             self.int8_gain = dense_ms / ms
         return self.int8_gain
 
-    def _merged_depth(self, model: Program, share: float | None, latency, candidate: Candidate) -> Program:
+    def _merged_depth(self, model: Program, share: float | None, latency, candidate: Combination) -> Program:
         budget = ({"speedup": share} if share is not None else
                   {"speedup": self.settings.speedup, "latency_ms": self.settings.latency_ms})
         result = run_inner(depth_to_budget, model, {
@@ -213,7 +213,7 @@ class _Search:
         growth = self.settings.depth.get("max_kernel_growth", 1.0)
         return run_inner(merge_blocks, result.program, {"max_kernel_growth": growth}).program
 
-    def _pruned(self, model: Program, latency, candidate: Candidate) -> Program:
+    def _pruned(self, model: Program, latency, candidate: Combination) -> Program:
         width = dict(self.settings.width)
         if "int8" in candidate.dimensions:  # widths the INT8 kernels run well (int8_round_to's help says why)
             asked = width.get("round_to") or round_to_of(latency) or RemoveChannelsConfig.default("round_to")
@@ -228,14 +228,14 @@ class _Search:
         candidate.measured = width.measured
         return result.program
 
-    def _start_speedup(self, candidate: Candidate) -> float | None:
+    def _start_speedup(self, candidate: Combination) -> float | None:
         """How much faster than the dense model the width search starts: depth's share, times INT8's gain when
         the combination finishes with it (the width search measures its candidates quantized)."""
         if candidate.depth_speedup is None:
             return None
         return candidate.depth_speedup * (self._int8_gain() if "int8" in candidate.dimensions else 1.0)
 
-    def _quantize(self, model: Program, candidate: Candidate | None = None) -> Program:
+    def _quantize(self, model: Program, candidate: Combination | None = None) -> Program:
         result = run_inner(quantize_int8, model, {**self.settings.int8, "calibration": self.batches}, on_copy=True)
         if candidate is not None:
             candidate.int8_layers = result.facts_as(Quantized).layers
@@ -275,7 +275,7 @@ class _Finished:
 
 
 def _unreachable(settings: ChooseForBudgetConfig, best: tuple[float, tuple[str, ...]] | None,
-                 candidates: list[Candidate]) -> str:
+                 candidates: list[Combination]) -> str:
     """One line: the fastest any combination measured (when one did), then why each combination failed: the
     fastest alone can mislead, as when a mix overshot the window at every step it measured."""
     reasons = "; ".join(f"{' + '.join(c.dimensions)}: {c.failed}" for c in candidates if c.failed)

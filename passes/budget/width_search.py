@@ -37,7 +37,7 @@ CLEARLY_FAST = 1.2  # a first reading this far above the window is not confirmed
 
 
 @dataclass
-class Candidate:
+class WidthCandidate:
     fraction: float
     result: Result
     measured: Measured
@@ -68,24 +68,24 @@ class WidthSearch:
     def __init__(self, dense: Program, settings: PruneToBudgetConfig, removal: RemoveChannelsConfig):
         self.dense, self.settings, self.removal = dense, settings, removal
         self.rule = Acceptance(settings.speedup, settings.latency_ms, settings.tolerance)
-        self.trace: list[Candidate] = []
+        self.trace: list[WidthCandidate] = []
         # with a per-layer latency table the search steers the table's time, so each step cuts where time goes
         self.target = "layer_time" if removal.latency_table is not None else "macs"
         self.table_dense_ms = self._table_ms(dense) if removal.latency_table is not None else None
 
-    def meets(self, candidate: Candidate) -> bool:
+    def meets(self, candidate: WidthCandidate) -> bool:
         """Met by the shared rule: the confirmed lower bound clears S and the point S times the floor."""
         return self.rule.meets(candidate.measured)
 
-    def _bound_clears(self, candidate: Candidate) -> bool:
+    def _bound_clears(self, candidate: WidthCandidate) -> bool:
         return self.rule.bound_clears(candidate.measured)
 
-    def near_miss(self, candidate: Candidate) -> bool:
+    def near_miss(self, candidate: WidthCandidate) -> bool:
         """Missed, but by less than the tolerance: on sub-millisecond models one short measurement is often
         that far off, and believing it would prune further than the budget needs (accuracy lost for nothing)."""
         return candidate.speedup * (1 + self.settings.tolerance) >= self._wanted_speedup(candidate)
 
-    def close_enough(self, candidate: Candidate) -> bool:
+    def close_enough(self, candidate: WidthCandidate) -> bool:
         """Accepted by the shared rule (met, and inside the window); else the search goes on."""
         return self.rule.accepts(candidate.measured)
 
@@ -99,9 +99,9 @@ class WidthSearch:
         same = self._same_widths(result.program)
         if same is None:
             timing = yield Ask("search", self.dense, result.program)
-            candidate = Candidate(fraction, result, Measured.of(timing), target)
+            candidate = WidthCandidate(fraction, result, Measured.of(timing), target)
         else:
-            candidate = Candidate(fraction, result, self.trace[same].measured, target, same_as=same)
+            candidate = WidthCandidate(fraction, result, self.trace[same].measured, target, same_as=same)
         if self.table_dense_ms is not None:
             candidate.table_speedup = self.table_dense_ms / self._table_ms(result.program)
         self.trace.append(candidate)
@@ -125,14 +125,14 @@ class WidthSearch:
         return next((index for index, c in enumerate(self.trace)
                      if c.same_as is None and _shapes(c.result.program) == shapes), None)
 
-    def confirming(self, candidate: Candidate) -> Steps:
+    def confirming(self, candidate: WidthCandidate) -> Steps:
         """Confirmed; measured longer still where the budget lies inside the interval (Measured.straddles)."""
         if self.settings.confirm:
             yield from self.rule.confirming(candidate.measured, self.dense, candidate.result.program)
         return candidate
 
     def steps(self) -> Steps:
-        """The search, asking for each measurement (passes/budget/measurement.py); returns the chosen Candidate."""
+        """The search, asking for each measurement (passes/budget/measurement.py); returns the chosen WidthCandidate."""
         wanted = self.settings.speedup  # first guess: latency as if proportional to MACs, aimed mid-window
         start = self.settings.start_speedup or 1.0
         fraction = min(start / (wanted * (1 + self.settings.tolerance / 2)), 1.0) if wanted else 0.5
@@ -153,13 +153,13 @@ class WidthSearch:
             raise BudgetUnreachable(self._unreachable(best), dimension="width", best=best.measured)
         return good
 
-    def implausible(self, candidate: Candidate) -> bool:
+    def implausible(self, candidate: WidthCandidate) -> bool:
         """Read slower than a less pruned candidate: one reading is noise (ViT-Tiny 3x: 0.106 of the MACs read 2.12x
         once, 0.095 confirmed 3.82x, and the search, believing the miss, returned 3.82x)."""
         return any(other.fraction > candidate.fraction and other.speedup > candidate.speedup
                    for other in self.trace if other is not candidate)
 
-    def clearly_fast(self, candidate: Candidate) -> bool:
+    def clearly_fast(self, candidate: WidthCandidate) -> bool:
         """Unconfirmed, read far above the window (CLEARLY_FAST): confirming it would only say so again."""
         top = self._wanted_speedup(candidate) * (1 + self.settings.tolerance) * CLEARLY_FAST
         return not candidate.measured.confirmed and candidate.speedup > top
@@ -172,13 +172,13 @@ class WidthSearch:
                 return good
             yield from self.confirming(good)
 
-    def _met_below_floor(self) -> Candidate | None:
+    def _met_below_floor(self) -> WidthCandidate | None:
         """None cleared the floor, widths too coarse to land above it (ResNet-18 on multiples of 16: 2.09x on [2.08,
         2.09], then nothing between 2.10x and the top): the least pruned whose confirmed lower bound clears S."""
         plain = [c for c in self.trace if (c.measured.confirmed or not self.settings.confirm) and self._bound_clears(c)]
         return max(plain, key=lambda c: c.fraction, default=None)
 
-    def _bracket(self) -> tuple[Candidate | None, Candidate | None]:
+    def _bracket(self) -> tuple[WidthCandidate | None, WidthCandidate | None]:
         """The least pruned candidate that met the budget and the most pruned one that missed it, by the
         latest (confirmed, where it was) figures."""
         met = [c for c in self.trace if self.meets(c)]
@@ -187,7 +187,7 @@ class WidthSearch:
         bad = min(missed, key=lambda c: c.fraction) if missed else None
         return good, bad
 
-    def _next(self, good: Candidate | None, bad: Candidate | None) -> float | None:
+    def _next(self, good: WidthCandidate | None, bad: WidthCandidate | None) -> float | None:
         """The next fraction to try, or None when the search has nowhere left to go: the fraction at which the
         measured speed-ups, read as speed-up = c * fraction^k (a straight line in log-log), reach the middle
         of the acceptance window [S, S (1 + tolerance)]. Between a candidate that met and one that missed,
@@ -214,7 +214,7 @@ class WidthSearch:
             return None
         return fraction
 
-    def _wanted_speedup(self, c: Candidate) -> float:
+    def _wanted_speedup(self, c: WidthCandidate) -> float:
         return self.rule.wanted(c.measured)
 
     def _margin(self) -> float:
@@ -223,7 +223,7 @@ class WidthSearch:
         margins = [c.speedup / c.measured.lower_bound for c in self.trace if c.measured.confirmed]
         return min(max(margins + [self.rule.floor]), 1 + self.settings.tolerance)
 
-    def _unreachable(self, best: Candidate) -> str:
+    def _unreachable(self, best: WidthCandidate) -> str:
         return (f"cannot reach {budget_text(self.settings.speedup, self.settings.latency_ms)} by width: the best "
                 f"measured was {speedup_text(best.measured)} ({best.measured.ms:.2f} ms, "
                 f"{best.result.facts_as(ChannelsRemoved).macs_kept:.3f} of the MACs) after {len(self.trace)} candidates"
@@ -241,7 +241,7 @@ def _held(log_step: float) -> float:
     return math.copysign(size, log_step)
 
 
-def _log_fraction_at(aim: float, a: Candidate, b: Candidate) -> float:
+def _log_fraction_at(aim: float, a: WidthCandidate, b: WidthCandidate) -> float:
     """log fraction where the line through a and b in (log fraction, log speed-up) reaches `aim`; the slope
     is held to ELASTICITY, since two noisy measurements close together can suggest any slope, even a wrong sign.
     Given one candidate twice, the slope is -1: latency proportional to the MACs."""

@@ -19,7 +19,7 @@ aten = torch.ops.aten
 
 
 @dataclass
-class Candidate:
+class MergeCandidate:
     kind: str                # identity | fold_after | fold_before | residual | layers
     elements: list[Element]  # the consecutive chain elements it replaces
     op: Conv | Linear | None = None
@@ -30,13 +30,13 @@ class Candidate:
         return (self.kind, *(element.name for element in self.elements))
 
 
-def chain_candidate(chain: Chain, config, refused: dict, runs: dict) -> Candidate | None:
+def chain_candidate(chain: Chain, config, refused: dict, runs: dict) -> MergeCandidate | None:
     elements = chain.elements
     if not any(element.kind == "layer" for element in elements):
         return None
     for element in elements:
         if element.kind == "identity":
-            return Candidate("identity", [element])
+            return MergeCandidate("identity", [element])
     for index, element in enumerate(elements):
         if element.kind == "channel" and (found := _channel_fold(elements, index, refused)) is not None:
             return found
@@ -50,13 +50,13 @@ def _input_shape(element: Element) -> tuple[int, ...]:
     return tuple(int(s) for s in element.data.meta["val"].shape)
 
 
-def _channel_fold(elements: list[Element], index: int, refused: dict) -> Candidate | None:
+def _channel_fold(elements: list[Element], index: int, refused: dict) -> MergeCandidate | None:
     channel = elements[index]
     neighbours = []
     if index > 0 and elements[index - 1].kind == "layer":
-        neighbours.append(Candidate("fold_after", [elements[index - 1], channel]))
+        neighbours.append(MergeCandidate("fold_after", [elements[index - 1], channel]))
     if index + 1 < len(elements) and elements[index + 1].kind == "layer":
-        neighbours.append(Candidate("fold_before", [channel, elements[index + 1]]))
+        neighbours.append(MergeCandidate("fold_before", [channel, elements[index + 1]]))
     for candidate in neighbours:
         if candidate.key in refused:
             continue
@@ -76,9 +76,9 @@ def _channel_fold(elements: list[Element], index: int, refused: dict) -> Candida
     return None
 
 
-def _residual_fold(elements: list[Element], index: int, refused: dict) -> Candidate | None:
+def _residual_fold(elements: list[Element], index: int, refused: dict) -> MergeCandidate | None:
     body = elements[:index]
-    candidate = Candidate("residual", [*body, elements[index]])
+    candidate = MergeCandidate("residual", [*body, elements[index]])
     if candidate.key in refused:
         return None
     if len(body) != 1 or body[0].kind != "layer":
@@ -93,14 +93,14 @@ def _residual_fold(elements: list[Element], index: int, refused: dict) -> Candid
     return candidate
 
 
-def _best_run(elements: list[Element], config, refused: dict, runs: dict) -> Candidate | None:
+def _best_run(elements: list[Element], config, refused: dict, runs: dict) -> MergeCandidate | None:
     """The run of consecutive layers whose merge is allowed and saves the most MACs."""
     best = None
     for start in range(len(elements)):
         for end in range(start + 2, len(elements) + 1):
             if elements[end - 1].kind != "layer" or elements[start].kind != "layer":
                 break
-            candidate = Candidate("layers", elements[start:end])
+            candidate = MergeCandidate("layers", elements[start:end])
             if candidate.key not in runs:  # the merged layer only: elements are re-read after every merge
                 reason, exact = _evaluate_run(candidate, config)
                 runs[candidate.key] = (candidate.op, candidate.macs, exact)
@@ -116,7 +116,7 @@ def _best_run(elements: list[Element], config, refused: dict, runs: dict) -> Can
     return best
 
 
-def _evaluate_run(candidate: Candidate, config) -> tuple[str | None, bool]:
+def _evaluate_run(candidate: MergeCandidate, config) -> tuple[str | None, bool]:
     """Fill in the merged layer and its MACs; return (why it is refused or None, whether it is exact)."""
     elements = candidate.elements
     ops = [element.op for element in elements]
@@ -152,7 +152,7 @@ def _predicted_macs(op, input_shape: tuple[int, ...], output: torch.fx.Node) -> 
     return node_macs(node, lambda value: shapes.get(value))
 
 
-def _saved(candidate: Candidate) -> int:
+def _saved(candidate: MergeCandidate) -> int:
     """MACs a merge of layers saves; its MACs are set when the run was evaluated."""
     before, after = candidate.macs or (0, 0)
     return before - after

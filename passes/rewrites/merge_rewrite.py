@@ -9,12 +9,12 @@ import torch
 
 from prunefx.graph.attributes import free_name, get_tensor, set_tensor, users_of_tensor
 from prunefx.graph.depth.affine_maps import Conv, Linear
-from prunefx.passes.rewrites.merge_candidates import Candidate
+from prunefx.passes.rewrites.merge_candidates import MergeCandidate
 
 aten = torch.ops.aten
 
 
-def apply_merge(module: torch.fx.GraphModule, candidate: Candidate) -> None:
+def apply_merge(module: torch.fx.GraphModule, candidate: MergeCandidate) -> None:
     graph = module.graph
     elements = candidate.elements
     anchor = elements[-1].output
@@ -28,7 +28,7 @@ def apply_merge(module: torch.fx.GraphModule, candidate: Candidate) -> None:
         graph.erase_node(node)  # intermediates have no other user; constants left behind die at recompile
 
 
-def _layer_nodes(module: torch.fx.GraphModule, candidate: Candidate, anchor: torch.fx.Node) -> torch.fx.Node:
+def _layer_nodes(module: torch.fx.GraphModule, candidate: MergeCandidate, anchor: torch.fx.Node) -> torch.fx.Node:
     op, graph = candidate.op, module.graph
     if op is None:
         raise TypeError(f"merge candidate {candidate.key} has no merged layer")
@@ -68,7 +68,7 @@ def _tensor_node(module: torch.fx.GraphModule, wanted: str, value: torch.Tensor,
     return node
 
 
-def describe_merge(candidate: Candidate) -> dict:
+def describe_merge(candidate: MergeCandidate) -> dict:
     record = {"kind": candidate.kind, "nodes": [element.name for element in candidate.elements]}
     op = candidate.op
     if isinstance(op, Conv):
