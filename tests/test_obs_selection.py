@@ -280,6 +280,25 @@ def test_fast_elimination_takes_few_steps_stops_at_the_removable_count_and_keeps
         assert mine <= 1.1 * theirs
 
 
+@pytest.mark.parametrize("steps", ["exact", "fast"])
+def test_a_layer_with_many_outputs_is_eliminated_from_a_factor_of_its_gram_with_the_same_scores(monkeypatch, steps):
+    """A layer with at least twice as many outputs as columns is held as F with F F^T = M^T M
+    ([columns, columns]): the same scores as from M itself."""
+    from prunefx.graph.channels import obs_elimination
+    from prunefx.graph.channels.obs_elimination import eliminate
+
+    rng = np.random.default_rng(3)
+    size = 40
+    built = [_random_layer(rng, [1] * size, 10, 150), _random_layer(rng, [2] * size, 0, 200)]
+    states = _states(built)
+    assert all(state.columns_major.shape[1] < matrix.shape[0] for state, (_, matrix, _) in zip(states, built))
+    factored = eliminate(size, states, steps=steps, removable=30)
+    monkeypatch.setattr(obs_elimination, "_column_factor", lambda matrix: matrix.t().clone())
+    plain = eliminate(size, _states(built), steps=steps, removable=30)
+    np.testing.assert_allclose(factored, plain, rtol=1e-9)
+    np.testing.assert_array_equal(np.argsort(factored, kind="stable"), np.argsort(plain, kind="stable"))
+
+
 def test_the_last_saliency_is_reused_for_the_same_model_and_data_only(monkeypatch):
     """A budget search scores the same dense model again at every fraction: the second call gathers no
     Hessian and returns the same scores (a copy: changing it changes nothing kept); a changed weight or

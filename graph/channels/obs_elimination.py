@@ -23,8 +23,9 @@ class LayerState:
     elimination never reads another column: a channel's dE needs its own block of H^-1 and its own
     weights, and the downdate of the group's block of H^-1 needs only that block, a Schur complement):
 
-    - `columns_major`, its weights transposed [columns, outputs] (a copy), updated by every removal as
-      compensation would: a channel's weights are then rows, gathered without a strided copy;
+    - `columns_major`, its weights transposed [columns, outputs] (a copy, or a smaller factor of M^T M:
+      _column_factor), updated by every removal as compensation would: a channel's weights are then
+      rows, gathered without a strided copy;
     - `base` and the deferred downdates `left` @ `right`^T: the inverse of the damped Hessian restricted
       to the columns not yet removed is base - left[:, :used] @ right[:, :used]^T. `base` starts as the
       layer's full inverse, shared with the other groups that read the layer and never written: the
@@ -40,7 +41,7 @@ class LayerState:
 
     def __init__(self, matrix: torch.Tensor, inverse: torch.Tensor, energy: float,
                  columns: dict[int, torch.Tensor]):
-        self.columns_major, self.base, self.energy = matrix.t().clone(memory_format=torch.contiguous_format), inverse, energy
+        self.columns_major, self.base, self.energy = _column_factor(matrix), inverse, energy
         self.owned = False  # whether `base` is this state's alone (then compacted in place)
         self.columns = columns  # channel index in the group -> its original columns in this layer
         device = matrix.device
@@ -168,6 +169,19 @@ class LayerState:
         renumber[kept] = torch.arange(kept.numel(), device=kept.device)
         self.place = torch.where(self.place >= 0, renumber[self.place.clamp_min(0)], self.place)
         return kept
+
+
+def _column_factor(matrix: torch.Tensor) -> torch.Tensor:
+    """M^T (a copy) [columns, outputs]; where M has at least twice as many outputs as columns (a ViT's
+    qkv and MLP input layers), a factor F [columns, columns] with F F^T = M^T M instead. All the
+    elimination reads of M is M^T M: its errors trace(M_S B^-1 M_S^T) = trace(B^-1 (M^T M)_SS) and its
+    updates act on M from the right, so F stands for M in a fraction of the memory and of the products."""
+    outputs, columns = matrix.shape
+    if outputs >= 2 * columns:
+        factor, info = torch.linalg.cholesky_ex(matrix.t() @ matrix)
+        if int(info) == 0:
+            return factor
+    return matrix.t().clone(memory_format=torch.contiguous_format)
 
 
 def _compact_in_place(square: torch.Tensor, kept: torch.Tensor, chunk: int = 256) -> torch.Tensor:
