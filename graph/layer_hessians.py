@@ -16,7 +16,7 @@ from prunefx.graph.layer_inputs import InputSpec
 from prunefx.graph.numerics.symmetric_product import add_upper_gram, mirror_upper
 from prunefx.graph.staged_run import StagedRun
 
-_HESSIAN_BUDGET = 1 << 29  # bytes of float64 Hessians held at once (512 MiB)
+_HESSIAN_BUDGET = 1 << 28  # bytes of float64 Hessians held at once (256 MiB)
 KEEP_ROWS = 0.5  # X is kept beside H while it has at most this many rows per column (see LayerRows)
 
 
