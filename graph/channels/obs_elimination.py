@@ -201,7 +201,7 @@ def _quadratic_forms(blocks: torch.Tensor, weights: torch.Tensor) -> torch.Tenso
     """trace(W_i^T B_i^-1 W_i) for every i of blocks [n, s, s] (symmetric positive definite: diagonal
     blocks of an inverse Hessian) and weights [n, s, outputs]: the sum of B_i^-1 * (W_i W_i^T), the s x s
     inverses from a Cholesky factor and the Gram matrices by one batched product (a batch of triangular
-    solves against the `outputs` columns ran a matrix at a time, 50 times slower on the CPU); the LU solve
+    solves against the `outputs` columns runs a matrix at a time on the CPU, far slower); the LU solve
     where a block is not positive definite. One column per channel (1x1 convolutions, linear layers): a
     division, not a batch of 1 x 1 solves."""
     if blocks.shape[1] == 1 and bool((blocks > 0).all()):
@@ -273,9 +273,9 @@ def eliminate(size: int, layers: list[LayerState], *, steps: str = "exact",
         errors[~alive] = np.inf
         count = _batch(int(alive.sum()), removed, steps, removable)
         chosen = np.argsort(errors, kind="stable")[:count]
-        last = count == int(alive.sum())
-        increase = sum(layer.joint_error(chosen.tolist()) if last and steps == "fast" else layer.remove(chosen.tolist())
-                       for layer in layers)
+        # the fast path's last step reads nothing afterwards: its joint error, without the updates
+        final = steps == "fast" and count == int(alive.sum())
+        increase = sum(layer.joint_error(chosen.tolist()) if final else layer.remove(chosen.tolist()) for layer in layers)
         single = errors[chosen]
         shares = np.cumsum(single) / single.sum() if single.sum() > 0 else np.arange(1, chosen.size + 1) / chosen.size
         scores[chosen] = total + increase * shares
