@@ -10,9 +10,9 @@ their MACs, then measured on the 10,000 test images with no training at all:
   input channels, H = X^T X on the calibration images), then recalibrate_batchnorm;
 - + second-order selection: the same with importance obs (channels scored by the layer-output error
   their removal leaves after compensation, one scale across groups, global ranking), its default
-  elimination (`obs_steps` fast: batched steps, stopped at the width floor);
-- + second-order selection (exact): the same with `obs_steps` exact (the step-by-step elimination), so
-  that one run shows both side by side.
+  elimination (`obs_steps` fast: the exact steps, stopped at each group's width floor);
+- + second-order selection (exact): the same with `obs_steps` exact (every group eliminated to its last
+  channel), so that one run shows both side by side.
 Calibration: 512 training images (4 batches of 128), labels unused.
 
 With --imagenet, also pretrained ImageNet MobileNetV2 (offline weights) at 0.7 and 0.5 of its MACs:

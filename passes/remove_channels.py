@@ -126,8 +126,8 @@ class RemoveChannelsConfig(PassConfig):
              "calibration data changes least; default: on with the default importance and calibration data")
     damping: float = option(0.01, low=0.0, help="ridge term of compensation and obs, a fraction of the mean Hessian diagonal")
     obs_steps: str = option("fast", choices=STEPS, cli=False,
-                            help="obs elimination: fast (alive // 8 channels a step, stopped where no plan removes "
-                                 "more of a group) or exact (the step-by-step elimination)")
+                            help="obs elimination: fast (the exact steps, stopped where no plan removes more of a "
+                                 "group: the same choice) or exact (every group eliminated to its last channel)")
 
     def check(self) -> None:
         self.check_target()
