@@ -1,51 +1,11 @@
 """remove_channels: structured channel pruning to a MACs, parameter or width target (CPD's "prune").
 
-Steps: comb the graph into channel groups (graph/channels/groups.py), score every channel
-(graph/channels/importance.py), choose which to drop so the target is met (graph/channels/selection.py)
-and slice them out physically (graph/channels/removal.py): weights, biases, norm statistics, class
-tokens and position embeddings, and every literal that depends on a width.
-
-Config:
-- exactly one target, a fraction of the dense model to keep: `macs`, `params` or `channels`, or
-  `layer_time`: of the time a latency table gives the dense model's timed layers (2-D convolutions and
-  linear layers), with the table as `latency_table`, a callable `(layer, in_channels, out_channels) -> ms`
-  (runtime/tables/table.py measures one); channels then go by importance lost per millisecond saved
-  (graph/channels/latency_selection.py) and each group's statistics say the table time it saves (`ms_saved`);
-- `importance`: l1 | l2 | bn | taylor | fisher | obs | random, or a callable
-  `(module, combing) -> Importance` that supplies scores gathered elsewhere (the Fisher scores
-  accumulated while training, see prune_while_training); `obs` scores a channel by the layer output
-  error its removal leaves after compensation (second order, correlation-aware elimination per group,
-  graph/channels/saliency.py; it uses `damping` too, and shares its layer Hessians with `compensate`);
-  `obs_steps`: fast (default: batches of channels per elimination step, stopped where no plan removes more of
-  a group) or exact (the step-by-step elimination, graph/channels/obs_elimination.py);
-  `calibration`: input batches (tensors, tuples of tensors or (inputs, labels) pairs, with the captured
-  shapes) for taylor/fisher/obs and for `compensate`, defaulting to the Program's example inputs;
-- defaults that use what the caller gives: with `calibration` and no `importance`, obs selection with
-  `compensate` (the best one-shot path measured on our benchmarks); without
-  calibration data, l2 and no compensation. An explicit `importance` or `compensate` is always kept;
-- `ranking`: global (default; scores normalised per group, except obs's, which share one scale),
-  local (same ratio in every group) or uniform (local with head counts kept whole: every tensor width
-  keeps the same ratio, which a Hugging Face config can describe);
-- `round_to` (default 8, tensor-core friendly; 16 suits ONNX Runtime on AVX-512 CPUs);
-- `max_ratio` (default 0.8): the largest fraction of any one group that may go;
-- `heads`: whole (default) or dims. Whole: attention loses whole heads, every head keeps its dense head dim
-  (graph/channels/attention_dims.py), the width fused attention kernels are built for, and its softmax scale,
-  so a written-back module keeps its fused path; a single-head attention keeps its width. Dims: head dims
-  go too, the same in every head, the dense scale passed to the attention (`scale`). Uniform ranking (head
-  counts kept, every head narrowed) implies dims;
-- `min_widths`: {"tensor:dim": width} — no group with such a member keeps fewer channels (the
-  dense widths' floors that prune_while_training holds across its successive cuts);
-- `keep`: graph node names whose channels must stay; `seed` for `random`;
-- `strict` (default True): raise when the target cannot be met within 3 %;
-- `compensate` (default: see above): before slicing, update the remaining weights of every layer that loses
-  input channels so that its output on the `calibration` batches changes as little as possible (the
-  second-order / OBS least-squares update, graph/channels/compensation.py); `damping` (default 0.01) is
-  its ridge term as a fraction of the mean diagonal of the layer-input Hessian. The statistics list the
-  layers compensated, with their relative output error on the calibration data without and with the
-  update, and the layers skipped with the reason (grouped and depthwise convolutions, shared weights).
-The pass is not exact (it changes outputs); removing channels whose weights are zero is, and the
-tests check that. Groups blocked by operators without a channel rule are never touched and are
-listed in the statistics with the operator that blocked them.
+Combs the graph into channel groups (graph/channels/groups.py), scores every channel (importance.py), chooses
+which to drop to meet the target (selection.py), optionally compensates the remaining weights
+(compensation.py) and slices them out (removal.py), with every literal that depends on a width. With
+`calibration` and no `importance` the default is obs with `compensate`; without, l2. Groups blocked by an
+operator without a channel rule are never touched and are listed. Not exact, except on zero-weight channels.
+The config in full: see docs/algorithms.md, 'remove_channels', and docs/reference/passes.md.
 """
 
 from __future__ import annotations

@@ -11,11 +11,6 @@ ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ("graph", "passes", "runtime", "prunefx")
 MAX_LINES = 19
 
-# Being edited elsewhere when the rest were trimmed: trim them (their detail to docs/algorithms.md), then take
-# them off this list.
-KNOWN_LONG = {"graph/channels/saliency.py", "graph/channels/compensation.py", "graph/channels/importance.py",
-              "graph/channels/selection.py", "passes/remove_channels.py"}
-
 
 def docstrings(path: Path, root: Path = ROOT):
     """(line count, where) of every module, class and function docstring in the file."""
@@ -35,14 +30,8 @@ def long_docstrings() -> list[str]:
 
 
 def test_no_docstring_of_20_lines_or_more():
-    offenders = [entry for entry in long_docstrings() if entry.split(":")[0] not in KNOWN_LONG]
+    offenders = long_docstrings()
     assert not offenders, "docstrings of 20 lines or more (move the detail to docs/):\n" + "\n".join(offenders)
-
-
-def test_the_known_exceptions_are_still_long():
-    """An exception that was trimmed leaves the list, so the list only shrinks."""
-    still_long = {entry.split(":")[0] for entry in long_docstrings()}
-    assert KNOWN_LONG <= still_long, sorted(KNOWN_LONG - still_long)
 
 
 def test_a_long_docstring_is_found(tmp_path):

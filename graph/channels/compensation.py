@@ -1,54 +1,11 @@
 """Second-order compensation of removed input channels (the OBS / least-squares update, as in CAP and
 SparseGPT, applied to whole input channels).
 
-When channels are removed, every layer that *reads* them (a consumer) loses input columns. Before the
-columns are sliced away, the remaining weights of each consumer are updated so that its output on the
-calibration data changes as little as possible. Write the consumer as Y = X M^T: M is its weight as a
-matrix [outputs x columns], X [rows x columns] its input over the calibration data (a linear layer: one
-row per token/image, one column per input feature; a convolution: X is the unfolded input, one row
-per output position of every image, one column per (input channel, kernel tap), in the order of
-M = W.reshape(out, -1)). Split the columns into removed R and kept K; the new kept weights solve
-
-    min over D  || X_K D^T - X_R M_R^T ||^2 + lam ||D||^2           (D = M_K' - M_K)
-
-with H = X^T X, whose solution is
-
-    M_K' = M_K + M_R H_RK (H_KK + lam I)^-1.
-
-This is the OBS update of removing the columns R at once, restricted to the layer (the layer-input
-Hessian of the squared output error is 2 X^T X). `lam = damping * mean(diag H)` keeps H_KK invertible
-(SparseGPT's 1 % by default); it makes the update a ridge regression that shrinks D.
-- Removed channels whose activations are all zero carry no signal: H_RK = 0, so D = 0 and the
-  removal is exact, with or without compensation.
-- Removed channels that are linear combinations of kept ones (X_R = X_K A) are reproduced exactly as
-  lam -> 0 (D = M_R A^T), with an error that grows with lam.
-Everything is solved in float64 (Cholesky of H_KK + lam I); where a layer input has far fewer calibration
-rows than columns, from the rows X by the Woodbury identity, H never formed (`_update_from_rows`).
-
-Every consumer is compensated on its own with the inputs of the *dense* network (all Hessians are
-gathered before any weight changes): coupled groups, where one removal touches several consumers (a
-residual stream read by every block), need nothing special, each consumer gets its own update.
-Attention projections are linear layers: the q/k/v projections reading a pruned embedding and the
-output projection reading pruned heads are compensated like any linear layer.
-
-Consumers: 2-D convolutions with groups = 1, linear layers, and mm/matmul/addmm with a 2-D weight
-tensor ([in, out]). Skipped, with the reason reported: grouped and depthwise convolutions (a
-depthwise conv's input channel goes with its output channel: nothing is left to compensate with),
-other convolutions (1-D, 3-D, transposed), weights read by several layers, and layers that lose every
-input column. Non-goals: updating biases (a constant part of the removed channels is reproduced only as
-far as the kept channels can; recalibrating batch norms absorbs mean shifts), compensating for the
-changes pruning makes *upstream* of a consumer (its kept inputs are taken as they were in the dense
-network), and sequential (layer-by-layer, pruned-input) calibration.
-
-Cost: one H of (columns x columns) float64 per distinct layer input (shared by the consumers that
-read the same tensor the same way), gathered in one staged pass over the calibration data that holds at
-most `_HESSIAN_BUDGET` bytes of H at a time (`iter_hessians` in graph/layer_hessians.py), rounded as a
-cache holds it (float32 for a float32 model) whether or not the `obs` importance gathered it first.
-
-Which layers read which channels comes from graph/layer_inputs.py (`find_consumers`), and their Hessians
-come from graph/layer_hessians.py (`iter_hessians`), which the `obs` importance (graph/channels/saliency.py)
-shares, with a Hessian cache through which remove_channels gathers them once for both, and with the
-damping (`damped_inverse`).
+Before removed columns are sliced away, each layer reading them gets M_K' = M_K + M_R H_RK (H_KK + lam I)^-1
+(H = X^T X of its input on the calibration data, in the dense network): the ridge solution that changes its
+output least, solved in float64 (by Woodbury where rows are few). Grouped and depthwise convolutions, other
+convolutions, shared weights and layers that lose every input are skipped with the reason. The derivation,
+the consumers, the cost and the non-goals: see docs/algorithms.md, 'Compensation'.
 """
 
 from __future__ import annotations

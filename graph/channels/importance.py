@@ -1,29 +1,10 @@
 """Channel importance: one score per channel of every group (higher = more important to keep).
 
-Scores are computed per *class* (one removable channel, see channel_analysis.py) by summing over
-every parameter slice that class owns, so a channel of a group is judged by all its members at once
-(the conv producing it, its batch norm, the layers consuming it):
-- `l1`: sum of |w| over the channel's slices; `l2`: square root of the sum of w^2;
-- `bn`: |gamma| of the batch norms in the group (groups without a batch norm fall back to `l2`,
-  and the number of such groups is reported);
-- `taylor`: first-order Taylor, |sum_k w_k dL/dw_k| over the channel's weights, gradients summed
-  over the calibration batches (the derivative of the loss with respect to a gate on the channel);
-- `fisher`: CPD's score, sum over batches of (sum_k w_k dL/dw_k)^2 divided by the number of live
-  output activations of the layer that uses the weight (batch x spatial x channels);
-- `obs`: second-order, Optimal Brain Surgeon (graph/channels/saliency.py): the relative output error
-  of the layers that read a channel when it is removed and their remaining inputs are optimally
-  compensated (trace(W_S [(H^-1)_SS]^-1 W_S^T) / trace(W H W^T), H = X^T X of the layer's input on
-  the calibration batches, damped by `damping`), summed over those layers; channels are eliminated
-  greedily per group (CAP's correlation-aware elimination) and scored by the group's total error once
-  they are gone, on one scale across groups (`comparable`). It ranks by what `compensate` cannot
-  recover, so it is the criterion to pair with `compensate`. Groups with a channel that no
-  compensable layer reads (e.g. only depthwise convs) fall back to `l2`, counted;
-- `random`: uniform random scores (a baseline).
-A grid factor (an attention head, a channel flattened into a linear layer) is scored by everything
-it controls. `taylor`, `fisher` and `obs` need calibration batches (DATA_CRITERIA); `obs` reads only
-activations (no labels, no backward pass). For the gradient criteria, without labels, the loss is the
-cross-entropy of the model against its own predictions (argmax over dim 1 of every output with at
-least two dims), so the score measures how much removing a channel changes what the model predicts.
+Scores are computed per *class* (one removable channel) by summing over every parameter slice it owns, so a
+channel is judged by all its group's members at once. Criteria: `l1`, `l2`, `bn`, `taylor`, `fisher`, `obs`
+(graph/channels/saliency.py, the one to pair with `compensate`) and `random`; `taylor`, `fisher` and `obs`
+need calibration batches (DATA_CRITERIA). Each criterion's formula, its fallbacks and the loss the gradient
+criteria use without labels: see docs/algorithms.md, 'Channel importance'.
 """
 
 from __future__ import annotations

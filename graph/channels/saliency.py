@@ -1,69 +1,12 @@
 """The `obs` channel importance: second-order (Optimal Brain Surgeon) scores, i.e. the layer output
 error that removing channels causes *after* the optimal compensation of the remaining inputs.
 
-One channel. Write a layer that reads channels as Y = X M^T (graph/channels/compensation.py: M
-[outputs x columns] its weight as a matrix, X its input over the calibration data, a convolution
-unfolded so that one input channel owns its k x k columns) and H = X^T X + lam I its damped layer-input
-Hessian (lam = damping * mean(diag H), remove_channels' `damping`, 0.01 by default: the H the
-compensation uses). Removing the columns S of one channel and updating the other columns as
-`compensate` does (M_K += M_S H_SK H_KK^-1) leaves the output error
-
-    dE_S = trace( M_S [(H^-1)_SS]^-1 M_S^T )
-
-the OBS formula for removing a block of weights, applied to every output row at once (the rows share
-H). Without compensation it would be trace(M_S H_SS M_S^T): dE_S leaves out the part of the channel the
-kept ones reproduce, so a channel that is a linear combination of others costs ~0 however large its
-weights, and a weak but unique one costs what it carries.
-
-Normalisation. dE is divided by the layer's output energy trace(M H M^T) (H undamped): the relative
-output error of the layer, what `compensate` reports per layer (`error_with`). Absolute errors are in
-units of each layer's squared output, which differ by orders of magnitude between layers (activation
-scales, weight decay, batch-norm gammas), while the batch norm or non-linearity after a layer works on
-its output's own scale. Unnormalised, the layer with the largest activations would decide the score of
-a coupled channel (a residual stream read by every block) and the ranking across groups; relative
-errors are invariant to rescaling a layer's input or weights, so they add up across the layers that
-read a channel and compare across groups.
-
-Many channels: correlation-aware elimination (CAP's, per group of channels). Single-channel scores
-miss what removals do together (two copies of a channel each cost ~0 alone; removing both loses it).
-So every group is eliminated greedily: remove the channel whose dE, summed over every layer that
-reads it, is smallest; apply the OBS step to those layers (their other columns absorb it as the
-compensation would, and their inverse Hessians are downdated to the remaining columns:
-H^-1 -= (H^-1)_:S [(H^-1)_SS]^-1 (H^-1)_S:); repeat with the updated layers. A channel's score is the
-total relative error of the group once it is gone (the sum of the increments so far): higher = more
-important, rising in elimination order, so the selector's "lowest scores go first" follows the
-elimination. Being relative errors, scores of different groups share a scale (`comparable`): the
-global ranking uses one error threshold across all groups, as CAP allocates sparsity, instead of
-normalising each group by its mean. (ResNet-20 trained on Fashion-MNIST (92.9 %) pruned to half its
-MACs with `compensate` and recalibrated batch norms: relative logits error on held-out images 0.047
-with l2, 0.023 with this elimination. On an earlier checkpoint, single-channel scores did worse than
-l2, 0.046 against 0.039, where the elimination did better, 0.023.)
-
-Scope. A grid factor (an attention head) is scored as the block of every column it controls. Layers
-whose weights cannot be updated (grouped and depthwise convolutions, shared weights; see
-layer_inputs.layer_inputs) contribute nothing: a depthwise conv couples its input and output
-channels, so the channel is scored by the layers that read the depthwise output. A group with a
-channel that no usable layer reads is scored by `l2` instead (two criteria's scores cannot be mixed in
-one group; `fallback_groups` and `fallback_channels` count them, as for `bn`), and then the global
-ranking normalises every group by its mean, as for the other criteria. A layer reading several groups
-(a concat) is eliminated against each group separately, the other groups' columns kept.
-
-Cost: the Hessians come from layer_hessians.iter_hessians (remove_channels shares them with `compensate`,
-so obs + compensate gathers them once, in one staged pass over the calibration data, with each layer's
-output energy, and holds them packed in between), one Cholesky inverse per distinct layer input (by the Woodbury identity when the calibration
-rows are far fewer than the columns), and per group of C channels a number of elimination steps
-(obs_elimination.eliminate): exact, about 32 ln(C / 64) + 64; fast (the default), about 8 ln(C / F) + 1
-where F is the smallest width any plan leaves the group, since the order beyond it decides nothing.
-Each step takes one batched s x s inverse per (layer, remaining channel) (s = a channel's columns: 9 for
-a 3x3 conv). A layer's state holds only the group's block of its inverse (G columns;
-shared with the other groups until the first downdate), whose downdates are deferred and applied 512
-columns at a time: G^3 / 3 multiply-adds per group and layer, at matrix-product speed. A group is
-eliminated as soon as its last layer's Hessian is in. The last result is kept under a digest of the
-model and data (obs_saliency), so that a budget search's later candidates skip all of this.
-Everything is float64, the products X^T X included: with them in float32 (twice as fast), ViT-Tiny's
-elimination order moved and one MLP kept other channels, the float32 rounding of a rank-deficient H
-being large against the damping in its null space. (U-Net MobileNetV2 at 64 px, 2 cores: 240 s
-instead of 670 s, most of it the Cholesky inverse of the first decoder conv's 12,384 columns.)
+A channel costs the OBS error trace(M_S [(H^-1)_SS]^-1 M_S^T) of the layers that read it, divided by each
+layer's output energy so that scores add across layers and compare across groups (`comparable`). Every group
+is eliminated greedily (CAP's correlation-aware elimination, obs_elimination.py), a channel scored by the
+group's total error once it is gone. Hessians are shared with `compensate`; the last result is cached per
+model and data (obs_saliency). The formulas, the normalisation, the scope and the cost: see
+docs/algorithms.md, 'The obs importance'.
 """
 
 from __future__ import annotations

@@ -1,26 +1,10 @@
 """Channel selection: which channels of which groups to remove to reach a MACs/params/width target.
 
-Every group lists its channels from least to most important; a plan removes a prefix of that list
-from each group. Pruned widths are restricted to the *allowed widths* of a group: multiples of
-`round_to` (the runtime's preferred width; the original width is always allowed), never below
-`(1 - max_ratio)` of the original, never zero. For grid factors (heads, head-dims, channels per
-group of a grouped conv) the rounding applies to the tensor widths they multiply (see width_steps).
-
-Three rankings, each driven by one scalar that a bisection tunes to the target:
-- local: every group removes the same fraction `p` of its channels;
-- uniform: local, but of a grid's prunable factors only the widest (the head dims) is cut and the
-  others (the head counts) are kept whole, so that every tensor width keeps the same fraction: the
-  widths a config with one value per field (Hugging Face's hidden size, head count, MLP ratio) holds;
-- global: scores are normalised by their group's mean, and every channel below a threshold `t`
-  goes (CPD's non-uniform widths, chosen globally). Scores that already share one scale across
-  groups (`comparable`: the `obs` criterion's relative output errors) are thresholded as they are.
-The cost of a plan is predicted exactly, without touching the graph: each node's shape after the
-removal is the number of surviving labels in each dim, fed to the same MACs counter as everywhere.
-
-A `layer_time` target is a fraction of the time a latency table (`layer_time=` callable, see
-plan_latency.py) gives the dense model's timed layers. With the global ranking it is met by spending
-importance per millisecond saved (latency_selection.py) instead of thresholding scores; local and
-uniform rankings bisect their fraction on the table's time as they do on MACs.
+A plan removes a prefix of every group's least-important-first list, within its allowed widths (multiples of
+`round_to`, at least (1 - max_ratio) of the original, never zero). The local, uniform and global rankings are
+each one scalar bisected to the target, and a plan's cost is predicted exactly without touching the graph;
+a `layer_time` target spends importance per millisecond saved (latency_selection.py). The rankings: see
+docs/algorithms.md, 'Channel selection'.
 """
 
 from __future__ import annotations
