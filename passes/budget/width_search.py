@@ -94,8 +94,8 @@ class WidthSearch:
         target = self.target
         result = run_inner(remove_channels, self.dense, dataclasses.replace(self.removal, **{target: fraction}),
                            on_copy=True)  # every candidate is cut from the dense Program, which stays as it is
-        # Fractions between two width steps give the same model: it is not measured again (a stalled search
-        # once measured one model three times), its measurement is shared, and the search moves on.
+        # Fractions between two width steps give the same model: it is not measured again, its measurement is
+        # shared, and the search moves on.
         same = self._same_widths(result.program)
         if same is None:
             timing = yield Ask("search", self.dense, result.program)
@@ -154,8 +154,7 @@ class WidthSearch:
         return good
 
     def implausible(self, candidate: WidthCandidate) -> bool:
-        """Read slower than a less pruned candidate: one reading is noise (ViT-Tiny 3x: 0.106 of the MACs read 2.12x
-        once, 0.095 confirmed 3.82x, and the search, believing the miss, returned 3.82x)."""
+        """Read slower than a less pruned candidate: one reading is noise (docs/algorithms.md, 'prune_to_budget')."""
         return any(other.fraction > candidate.fraction and other.speedup > candidate.speedup
                    for other in self.trace if other is not candidate)
 
@@ -173,8 +172,8 @@ class WidthSearch:
             yield from self.confirming(good)
 
     def _met_below_floor(self) -> WidthCandidate | None:
-        """None cleared the floor, widths too coarse to land above it (ResNet-18 on multiples of 16: 2.09x on [2.08,
-        2.09], then nothing between 2.10x and the top): the least pruned whose confirmed lower bound clears S."""
+        """None cleared the floor, widths too coarse to land above it: the least pruned whose confirmed lower bound
+        clears S."""
         plain = [c for c in self.trace if (c.measured.confirmed or not self.settings.confirm) and self._bound_clears(c)]
         return max(plain, key=lambda c: c.fraction, default=None)
 
@@ -193,8 +192,7 @@ class WidthSearch:
         of the acceptance window [S, S (1 + tolerance)]. Between a candidate that met and one that missed,
         the line through them, kept inside their bracket (regula falsi); on one side only, the line through
         the two nearest candidates, or k = -1 (latency proportional to MACs) with one. Aiming at the window
-        rather than stepping by a fixed factor keeps a near miss from cutting far more than the budget needs
-        (a 25 % step once took ResNet-20 to 0.43 of the MACs for a budget 0.50 met, budget_choice.md)."""
+        rather than stepping by a fixed factor keeps a near miss from cutting far more than the budget needs."""
         anchor = bad if bad is not None else good
         if anchor is None:  # nothing measured yet: no line to aim along
             return None
@@ -219,7 +217,7 @@ class WidthSearch:
 
     def _margin(self) -> float:
         """The widest speed-up / lower bound of a confirmed candidate, from the floor to 1 + tolerance: wider is a
-        disturbed round (MobileNetV3-L 2x: 1.84x, bound 0.62, sent the search from 0.36 to 0.15 of the MACs)."""
+        disturbed round."""
         margins = [c.speedup / c.measured.lower_bound for c in self.trace if c.measured.confirmed]
         return min(max(margins + [self.rule.floor]), 1 + self.settings.tolerance)
 
