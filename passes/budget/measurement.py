@@ -22,7 +22,7 @@ from typing import Protocol, runtime_checkable
 from prunefx.graph import Program
 from prunefx.graph.timing import CONFIDENCE, Timing
 
-__all__ = ["ASKED", "CONFIDENCE", "Ask", "LongerMeasurer", "Measurer", "Steps", "Timing", "answerer", "as_measurer",
+__all__ = ["CONFIDENCE", "Ask", "LongerMeasurer", "Measurer", "Steps", "Timing", "answerer", "as_measurer",
            "drive", "round_to_of"]
 
 
@@ -73,15 +73,12 @@ def round_to_of(latency) -> int | None:
     return int(value) if value else None
 
 
-
-ASKED = ("search", "confirm", "confirm_longer")  # how long to measure: a Measurer's call, confirm, confirm_longer
-
-
 @dataclass(frozen=True)
 class Ask:
-    """A measurement a search needs: `candidate` beside `dense`, for as long as `how` says (ASKED). Answered
-    with a Timing; a `confirm_longer` the measurer cannot make is answered with None. `against`: the speed-up
-    a confirmation is judged against; a measurer that `stops_early` stops once its interval settles it."""
+    """A measurement a search needs: `candidate` beside `dense`, for as long as `how` says ("search": a Measurer's
+    call; "confirm" or "confirm_longer": those methods). Answered with a Timing; a `confirm_longer` the measurer
+    cannot make is answered with None. `against`: the speed-up a confirmation is judged against; a measurer that
+    `stops_early` stops once its interval settles it."""
 
     how: str
     dense: Program

@@ -197,11 +197,12 @@ class Acceptance:
     def confirming(self, measured: Measured, dense: Program, candidate: Program) -> Steps:
         """Confirm `measured` (once), and measure longer still where the budget lies inside the interval
         (Measured.straddles): the step every search takes before it relies on a reading."""
-        wanted = self.wanted(measured)  # what the interval is judged against: the measurer may stop once it is settled
-        yield from measured.confirming(dense, candidate, wanted)
+        # each measurement is judged against S: the measurer may stop once its interval settles it
+        yield from measured.confirming(dense, candidate, self.wanted(measured))
+        wanted = self.wanted(measured)  # after the confirmation: a latency budget reads its dense median
         # no window (tolerance None) holds no point but S itself: nothing to settle by measuring longer
-        if measured.straddles(self.wanted(measured), self.tolerance or 0.0):
-            yield from measured.confirming_longer(dense, candidate, self.wanted(measured))
+        if measured.straddles(wanted, self.tolerance or 0.0):
+            yield from measured.confirming_longer(dense, candidate, wanted)
 
 
 def budget_text(speedup: float | None, latency_ms: float | None) -> str:
