@@ -248,8 +248,8 @@ def lean_damped_inverse(hessian: torch.Tensor | None, damping: float,
     return damped_inverse(hessian, damping)
 
 
-STEPS = ("exact", "fast")  # remove_channels' obs_steps: how many channels each elimination step removes
-FAST_SHARE = 32  # the fast steps remove alive // FAST_SHARE at once: the exact schedule, up to the width floor
+STEPS = ("exact", "fast")  # remove_channels' obs_steps: where the elimination stops (see eliminate)
+STEP_SHARE = 32  # each step removes alive // STEP_SHARE channels at once (at least one)
 
 
 def eliminate(size: int, layers: list[LayerState], *, steps: str = "exact",
@@ -288,9 +288,8 @@ def eliminate(size: int, layers: list[LayerState], *, steps: str = "exact",
 
 def _batch(alive: int, removed: int, steps: str, removable: int | None) -> int:
     """How many channels the next elimination step removes (see eliminate)."""
-    if steps == "exact":
-        return max(alive // 32, 1)
-    if removable is not None and removed >= removable:
-        return alive
-    batch = max(alive // FAST_SHARE, 1)
-    return batch if removable is None else min(batch, removable - removed)
+    batch = max(alive // STEP_SHARE, 1)
+    if steps == "exact" or removable is None:
+        return batch
+    # fast: the exact schedule up to the width floor, then everything left in one step
+    return alive if removed >= removable else min(batch, removable - removed)
