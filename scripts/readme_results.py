@@ -76,20 +76,28 @@ def prune_latency(data: dict) -> str:
     return f"{span(ours)} on {names} (Torch-Pruning's default widths: {span(theirs)})"
 
 
+def listed(names: list[str]) -> str:
+    """'A', 'A and B', 'A, B and C'."""
+    return " and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def latency_aware_choice(data: dict) -> str:
     by_model: dict[str, dict[str, dict]] = {}
     for row in data["equal_macs"]:
         by_model.setdefault(row["model"], {})[row["choice"]] = row
     faster = {model: rows for model, rows in by_model.items() if rows["latency"]["speedup"] > rows["macs"]["speedup"]}
     slower = [model_name(model) for model in by_model if model not in faster]
-    best_model, best = max(faster.items(), key=lambda item: item[1]["latency"]["speedup"] / item[1]["macs"]["speedup"])
     cases: dict[tuple, dict[str, float]] = {}
     for row in data["accuracy"]:
         cases.setdefault((row["model"], row["goal"]), {})[row["choice"]] = row["test_accuracy"]
     better = sum(1 for case in cases.values() if case["latency"] > case["macs"])
+    accuracy = f"at equal speed-up more accurate in {better} of {len(cases)} Fashion-MNIST cases: MACs stay the default"
+    if not faster:
+        return f"at equal MACs slower on all {len(by_model)} models; {accuracy}"
+    best_model, best = max(faster.items(), key=lambda item: item[1]["latency"]["speedup"] / item[1]["macs"]["speedup"])
+    slower_text = f", slower on {listed(slower)}" if slower else ""
     return (f"at equal MACs faster on {len(faster)} of {len(by_model)} models ({model_name(best_model)} "
-            f"{best['latency']['speedup']:.2f}x vs {best['macs']['speedup']:.2f}x), slower on {' and '.join(slower)}; "
-            f"at equal speed-up more accurate in {better} of {len(cases)} Fashion-MNIST cases: MACs stay the default")
+            f"{best['latency']['speedup']:.2f}x vs {best['macs']['speedup']:.2f}x){slower_text}; {accuracy}")
 
 
 def modelopt_side_by_side(data: dict) -> str:
