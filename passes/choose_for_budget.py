@@ -12,14 +12,16 @@ import math
 from dataclasses import dataclass
 
 from prunefx.graph import Program
-from prunefx.passes.budget.candidates import Combination, budget_candidates
+from prunefx.passes.budget.candidates import Combination, budget_candidates, candidate_steps
 from prunefx.passes.budget.choose_config import ChooseForBudgetConfig
-from prunefx.passes.budget.search import Measured, budget_text
+from prunefx.passes.budget.measurement import drive
+from prunefx.passes.budget.search import Measured, budget_text, require_latency
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.registry import shipped_pass
 from prunefx.passes.core.result import Result
 
-__all__ = ["BudgetChosen", "ChooseForBudgetConfig", "budget_candidates", "choose_for_budget"]
+__all__ = ["BudgetChosen", "ChooseForBudgetConfig", "budget_candidates", "budget_choice", "candidate_steps",
+           "choose_for_budget"]
 
 
 # every candidate is cut from a copy of the dense Program
@@ -27,7 +29,13 @@ __all__ = ["BudgetChosen", "ChooseForBudgetConfig", "budget_candidates", "choose
 @graph_pass(config=ChooseForBudgetConfig, in_place=False, writes=("linearize",))
 def choose_for_budget(program: Program, /, *, config: dict | None = None) -> Result:
     settings = ChooseForBudgetConfig.parse(config)
-    candidates = budget_candidates(program, settings)
+    require_latency("choose_for_budget", settings.latency)
+    return budget_choice(settings, drive(candidate_steps(program, settings), settings.latency))
+
+
+def budget_choice(settings: ChooseForBudgetConfig, candidates: list[Combination]) -> Result:
+    """choose_for_budget's Result: the least damaged of the `candidates` that met the budget, its report and
+    BudgetChosen."""
     chosen = min((candidate for candidate in candidates if candidate.met), key=_proxy)
     measured, macs_kept = chosen.measured, chosen.macs_kept
     if measured is None or macs_kept is None:  # _fill sets both on every candidate that met

@@ -2,7 +2,9 @@
 
 Ranks the blocks worth linearising once, then bisects the length of that ranking's prefix, measuring each
 merged candidate whole against the dense model and accepting by the shared rule (passes/budget/search.py).
-Returns the chosen blocks linearised, not yet merged: merge_blocks runs next. The search, the acceptance and
+The search asks for its measurements (passes/budget/measurement.py): the pass answers them with its
+`latency`, prunefx.budget's depth route from its own frame. Returns the chosen blocks linearised, not yet
+merged: merge_blocks runs next. The search, the acceptance and
 the statistics: see docs/algorithms.md, 'depth_to_budget'.
 """
 
@@ -16,7 +18,7 @@ from prunefx.graph import Program, count
 from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.depth.branch_drop import drop_branches, drop_damage, droppable_blocks
 from prunefx.graph.errors import PrunefxError
-from prunefx.passes.budget.measurement import as_measurer
+from prunefx.passes.budget.measurement import Ask, Steps, drive
 from prunefx.passes.budget.search import (
     Acceptance,
     BudgetUnreachable,
@@ -96,22 +98,33 @@ class DepthChosen:
 def depth_to_budget(program: Program, /, *, config: dict | None = None) -> Result:
     settings = DepthToBudgetConfig.parse(config)
     require_latency("depth_to_budget", settings.latency)
+    search = depth_search(program, settings)
+    return depth_result(search, drive(search.steps(), settings.latency))
+
+
+def depth_search(program: Program, settings: DepthToBudgetConfig) -> DepthSearch:
+    """The search for `settings`' budget on `program`, its blocks ranked; its `steps()` ask for the measurements
+    it needs."""
     if settings.calibration is None:
         raise PrunefxError("depth_to_budget needs 'calibration' data: it ranks the blocks by their damage on it")
     route, names, scores = _ranking(program, settings)
     if not names:
         raise BudgetUnreachable(no_block_message(program, settings.speedup, settings.latency_ms, settings.route),
                                 dimension="depth", best=None)
-    search = _Search(program, names, settings, route)
-    chosen = search.run()
+    return DepthSearch(program, names, settings, route, scores)
+
+
+def depth_result(search: DepthSearch, chosen: DepthCandidate) -> Result:
+    """depth_to_budget's Result for the candidate `search` chose: its Program (linearised), the report, DepthChosen."""
+    settings = search.settings
     stats = {"budget": budget_text(settings.speedup, settings.latency_ms), "met": True, "speedup": chosen.speedup,
-             "route": route, "tolerance": settings.tolerance,
+             "route": search.route, "tolerance": settings.tolerance,
              "dense_ms": chosen.measured.dense_ms, "ms": chosen.measured.ms, "blocks": chosen.blocks,
              "confirmed": chosen.measured.confirmed, "interval": chosen.measured.to_dict().get("interval"),
              "chosen": chosen.measured.to_dict(), "trace": [candidate.to_dict() for candidate in search.trace],
-             "ranking": [{"name": name, **scores.get(name, {})} for name in names],
+             "ranking": [{"name": name, **search.scores.get(name, {})} for name in search.ranked],
              "linearize_blocks": chosen.linearize_stats}
-    facts = DepthChosen(chosen.blocks, replace(chosen.measured), route)
+    facts = DepthChosen(chosen.blocks, replace(chosen.measured), search.route)
     return Result(chosen.program, modified=bool(chosen.blocks), stats=stats, facts=facts)
 
 
@@ -142,12 +155,13 @@ def no_block_message(program: Program, speedup: float | None, latency_ms: float 
             f"linearised and merges into fewer MACs{dropped}")
 
 
-class _Search:
-    """Bisection over the prefix length of the ranking (see the module docstring)."""
+class DepthSearch:
+    """Bisection over the prefix length of the ranking (see the module docstring); `scores`: the ranking's."""
 
-    def __init__(self, dense: Program, ranked: list[str], settings: DepthToBudgetConfig, route: str = "merge"):
+    def __init__(self, dense: Program, ranked: list[str], settings: DepthToBudgetConfig, route: str = "merge",
+                 scores: dict | None = None):
         self.dense, self.ranked, self.settings, self.route = dense, ranked, settings, route
-        self.latency = as_measurer(settings.latency)
+        self.scores = scores or {}
         self.rule = Acceptance(settings.speedup, settings.latency_ms, settings.tolerance)
         self.dense_macs = count(dense).macs
         self.trace: list[DepthCandidate] = []
@@ -156,14 +170,16 @@ class _Search:
         """The shared rule's fallback: the bound clears S, whatever the floor (see the module docstring)."""
         return self.rule.bound_clears(candidate.measured)
 
-    def run(self) -> DepthCandidate:
-        everything = self.confirm(self.measure(len(self.ranked)))  # decisive either way: confirmed
+    def steps(self) -> Steps:
+        """The search, asking for each measurement; returns the candidate chosen."""
+        everything = yield from self.measuring(len(self.ranked))
+        yield from self.confirming(everything)  # decisive either way: confirmed
         if not self.meets(everything):
             raise BudgetUnreachable(self._unreachable(everything), dimension="depth", best=everything.measured)
         missed, met = 0, everything  # n = 0 is the dense model: it never meets a budget (> 1x)
         while len(met.blocks) - missed > 1:
-            candidate = self.measure((missed + len(met.blocks)) // 2)
-            if self.meets(candidate) and self.meets(self.confirm(candidate)):
+            candidate = yield from self.measuring((missed + len(met.blocks)) // 2)
+            if self.meets(candidate) and self.meets((yield from self.confirming(candidate))):
                 met = candidate
             else:
                 missed = len(candidate.blocks)
@@ -186,14 +202,16 @@ class _Search:
             f"(choose_for_budget) can land between".replace("%", " %", 1), dimension="depth", best=met.measured,
             overshot=True)
 
-    def measure(self, n: int) -> DepthCandidate:
+    def measuring(self, n: int) -> Steps:
+        """The candidate of the first `n` ranked blocks, merged and measured (asked for)."""
         blocks = self.ranked[:n]
         program, stats = self._dropped(blocks) if self.route == "drop" else self._linearized(blocks)
         # on a copy: the trace keeps the returned candidate beside the merged one that was measured
         merged = run_inner(merge_blocks, program, {"max_kernel_growth": self.settings.max_kernel_growth},
                            on_copy=True)
+        timing = yield Ask("search", self.dense, merged.program)
         candidate = DepthCandidate(blocks, program, merged.program, count(merged.program).macs / self.dense_macs,
-                              Measured.of(self.latency(self.dense, merged.program)), stats)
+                                   Measured.of(timing), stats)
         self.trace.append(candidate)
         return candidate
 
@@ -212,10 +230,10 @@ class _Search:
             program = drop_branches(self.dense, [b for b in droppable_blocks(self.dense) if b.name in chosen])
         return program, {"chosen": [], "dropped": list(names)}
 
-    def confirm(self, candidate: DepthCandidate) -> DepthCandidate:
+    def confirming(self, candidate: DepthCandidate) -> Steps:
         """Confirmed; measured longer still where the budget lies inside the interval (Measured.straddles)."""
         if self.settings.confirm:
-            self.rule.confirm(candidate.measured, self.latency, self.dense, candidate.merged)
+            yield from self.rule.confirming(candidate.measured, self.dense, candidate.merged)
         return candidate
 
     def _wanted(self, measured: Measured) -> float:

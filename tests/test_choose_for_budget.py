@@ -23,7 +23,7 @@ from prunefx.passes.choose_for_budget import choose_for_budget
 from prunefx.passes.core.pipeline import Step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-module = importlib.import_module("prunefx.passes.budget.candidates")  # the search, where the inner passes are called
+module = importlib.import_module("prunefx.passes.budget.candidates")  # the search, where the inner searches are made
 INT8_GAIN = 1.25   # the stand-in runtime runs INT8 this much faster
 BUDGET = 1.6       # INT8 alone misses it; every merged block together gives about 1.38x, so depth alone misses too
 
@@ -73,9 +73,9 @@ def numpy_kl(dense, candidate, batches) -> float:
 def test_every_combination_is_searched_and_the_least_damaged_that_meets_is_chosen(graph_order_ranking, monkeypatch):
     program, batches = graph_order_ranking
     asked = []  # the speed-up each depth search is given
-    original = module.depth_to_budget
-    monkeypatch.setattr(module, "depth_to_budget",
-                        lambda p, config: asked.append(config["speedup"]) or original(p, config=config))
+    original = module.depth_search
+    monkeypatch.setattr(module, "depth_search",
+                        lambda p, settings: asked.append(settings.speedup) or original(p, settings))
     result = choose_for_budget(program.clone(), config=config(batches))
     # depth alone, depth+int8: the whole budget; beside width: sqrt(S), and sqrt(S / INT8's gain) with INT8
     assert asked == pytest.approx([BUDGET, math.sqrt(BUDGET), BUDGET, math.sqrt(BUDGET / INT8_GAIN)])

@@ -16,13 +16,19 @@ from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.budget.choose_config import DIMENSIONS, SMALLEST_SHARE, ChooseForBudgetConfig
 from prunefx.passes.budget.damage_proxy import kl_damage, model_outputs
-from prunefx.passes.budget.measurement import Timing, as_measurer, round_to_of
+from prunefx.passes.budget.measurement import Ask, Steps, Timing, drive, round_to_of
 from prunefx.passes.budget.search import Acceptance, BudgetUnreachable, Measured, budget_text, require_latency
-from prunefx.passes.core.pipeline import PipelineError, run_inner
-from prunefx.passes.depth_to_budget import DepthChosen, depth_to_budget, no_block_message
+from prunefx.passes.core.pipeline import PipelineError, run_inner, verify_inner
+from prunefx.passes.depth_to_budget import (
+    DepthChosen,
+    DepthToBudgetConfig,
+    depth_result,
+    depth_search,
+    no_block_message,
+)
 from prunefx.passes.linearize_blocks import ranked_blocks
 from prunefx.passes.merge_blocks import merge_blocks
-from prunefx.passes.prune_to_budget import WidthChosen, prune_to_budget
+from prunefx.passes.prune_to_budget import PruneToBudgetConfig, WidthChosen, chosen_result, width_search
 from prunefx.passes.quantize_int8 import Quantized, quantize_int8
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import RemoveChannelsConfig
@@ -71,9 +77,16 @@ class Combination:
 
 def budget_candidates(program: Program, config: ChooseForBudgetConfig | dict) -> list[Combination]:
     """Every combination of the allowed dimensions, each with its cheapest setting that meets the budget
-    (or the reason it cannot), scored by the damage proxy; the input Program is left as it was."""
+    (or the reason it cannot), scored by the damage proxy; the input Program is left as it was. Measured by
+    the config's `latency` (candidate_steps asks instead)."""
     settings = config if isinstance(config, ChooseForBudgetConfig) else ChooseForBudgetConfig.parse(config)
     require_latency("choose_for_budget", settings.latency)
+    return drive(candidate_steps(program, settings), settings.latency)
+
+
+def candidate_steps(program: Program, settings: ChooseForBudgetConfig) -> Steps:
+    """budget_candidates as a search that asks for each measurement (passes/budget/measurement.py); returns the
+    candidates."""
     if settings.calibration is None:
         raise PrunefxError("choose_for_budget needs 'calibration' data: INT8 ranges, block ranking and the "
                            "damage proxy are read on it")
@@ -82,7 +95,9 @@ def budget_candidates(program: Program, config: ChooseForBudgetConfig | dict) ->
     search = _Search(dense, settings, batches)
     mixes = ([tuple(name for name in DIMENSIONS if name in mix) for mix in settings.combinations]
              if settings.combinations else combinations(settings.dimensions))
-    candidates = [search.candidate(mix) for mix in mixes]
+    candidates = []
+    for mix in mixes:
+        candidates.append((yield from search.candidate(mix)))
     if not any(candidate.met for candidate in candidates):
         raise BudgetUnreachable(_unreachable(settings, search.best, candidates),
                                 dimension=" + ".join(settings.dimensions), best=None)
@@ -121,16 +136,32 @@ class _Search:
             raise PrunefxError(no_block_message(self.dense, self.settings.speedup, self.settings.latency_ms))
         return {}
 
-    def _measuring(self, dimensions, finish) -> _Finished:
-        def seen(speedup: float) -> None:
-            if self.best is None or speedup > self.best[0]:
-                self.best = (speedup, dimensions)
-        return _Finished(self.settings.latency, self.dense, finish, seen)
+    def _finished(self, steps: Steps, dimensions: tuple[str, ...],
+                  finish: Callable[[Program], Program] | None = None) -> Steps:
+        """A dimension's search, its asks made the combination's: each candidate finished (INT8 applied when the
+        combination includes it) and measured against the dense model as given, whatever model the search
+        started from (after depth, width searches from the merged network). Confirmed once: a combination is
+        judged whole, not measured longer. The fastest answer is kept for the error message."""
+        try:
+            asked = next(steps)
+            while True:
+                timing = None
+                if asked.how != "confirm_longer":
+                    candidate = finish(asked.candidate) if finish is not None else asked.candidate
+                    timing = yield Ask(asked.how, self.dense, candidate)
+                    self._seen(timing, dimensions)
+                asked = steps.send(timing)
+        except StopIteration as finished:
+            return finished.value
 
-    def candidate(self, dimensions: tuple[str, ...]) -> Combination:
+    def _seen(self, timing: Timing | None, dimensions: tuple[str, ...]) -> None:
+        if timing is not None and (self.best is None or timing.speedup > self.best[0]):
+            self.best = (timing.speedup, dimensions)
+
+    def candidate(self, dimensions: tuple[str, ...]) -> Steps:
         candidate = Combination(dimensions)
         try:
-            self._fill(candidate)
+            yield from self._fill(candidate)
         except PipelineError:  # an inner pass broke its contract: a bug to report, not a budget missed
             raise
         except PrunefxError as error:  # this combination cannot meet the budget: say why, try the others
@@ -139,23 +170,22 @@ class _Search:
                  f"met, damage proxy {candidate.proxy:.4g}" if candidate.met else f"not met: {candidate.failed}")
         return candidate
 
-    def _fill(self, candidate: Combination) -> None:
+    def _fill(self, candidate: Combination) -> Steps:
         dimensions = candidate.dimensions
-        quantized = "int8" in dimensions
-        latency = self._measuring(dimensions, self._quantize if quantized else None)
+        finish = self._quantize if "int8" in dimensions else None
         model = self.dense
         if "depth" in dimensions:
-            share = self._depth_share(dimensions)
-            model = self._merged_depth(model, share, latency, candidate)
+            share = yield from self._depth_share(dimensions)
+            model = yield from self._merged_depth(model, share, finish, candidate)
         if "width" in dimensions:
-            model = self._pruned(model, latency, candidate)
+            model = yield from self._pruned(model, finish, candidate)
         if model is not self.dense and self.settings.recalibrate:
             # the statistics a structural change left behind would make the damage look worse than it is,
             # and INT8 ranges calibrated on them wrong; the latency measured does not depend on them
             model = run_inner(recalibrate_batchnorm, model, {"data": self.batches}).program
-        finished = self._quantize(model, candidate) if quantized else model
+        finished = self._quantize(model, candidate) if finish is not None else model
         if candidate.measured is None:  # INT8 alone, or depth alone: its own search measured it already
-            candidate.measured = self._confirmed(finished, dimensions)
+            candidate.measured = yield from self._confirmed(finished, dimensions)
         # the shared rule; the searches above applied it whole, and a combination with no search (INT8 alone)
         # has one setting, the rule's fallback case: its bound must clear S
         if not Acceptance(self.settings.speedup, self.settings.latency_ms).bound_clears(candidate.measured):
@@ -164,46 +194,43 @@ class _Search:
         candidate.macs_kept = count(finished).macs / self.dense_macs
         candidate.proxy = kl_damage(self.reference, model_outputs(finished, self.batches[:self.settings.proxy_batches]))
 
-    @property
-    def _latency(self) -> Callable:
-        if self.settings.latency is None:  # budget_candidates refused that already (require_latency)
-            raise PrunefxError("choose_for_budget needs 'latency', the measuring function")
-        return self.settings.latency
-
-    def _wanted(self) -> float:
+    def _wanted(self) -> Steps:
         """The budget as a speed-up over the dense model (a latency budget through the dense model's time)."""
         if self.settings.speedup is not None:
             return self.settings.speedup
-        dense_ms, _, _ = self._latency(self.dense, self.dense)
-        return dense_ms / self.settings.latency_ms
+        timing = yield Ask("search", self.dense, self.dense)
+        return timing.dense_ms / self.settings.latency_ms
 
-    def _depth_share(self, dimensions) -> float | None:
-        """The speed-up depth is searched for: the whole budget alone; beside width, sqrt(S / g), or
+    def _depth_share(self, dimensions) -> Steps:
+        """The speed-up depth is searched for: the whole budget alone (None); beside width, sqrt(S / g), or
         `depth_share` of S / g when the config sets one."""
         if "width" not in dimensions:
             return None
-        gain = self._int8_gain() if "int8" in dimensions else 1.0
-        left = self._wanted() / gain
+        gain = (yield from self._int8_gain()) if "int8" in dimensions else 1.0
+        left = (yield from self._wanted()) / gain
         share = left * self.settings.depth_share if self.settings.depth_share else math.sqrt(left)
         if share < SMALLEST_SHARE:
             raise PrunefxError(f"INT8 alone gives {gain:.2f}x: no share of the budget is left for depth")
         return share
 
-    def _int8_gain(self) -> float:
+    def _int8_gain(self) -> Steps:
         if self.int8_gain is None:
-            dense_ms, ms, _ = self._latency(self.dense, self._quantize(self.dense))
-            self.int8_gain = dense_ms / ms
+            timing = yield Ask("search", self.dense, self._quantize(self.dense))
+            self.int8_gain = timing.speedup
         return self.int8_gain
 
-    def _merged_depth(self, model: Program, share: float | None, latency, candidate: Combination) -> Program:
+    def _merged_depth(self, model: Program, share: float | None, finish, candidate: Combination) -> Steps:
         budget = ({"speedup": share} if share is not None else
                   {"speedup": self.settings.speedup, "latency_ms": self.settings.latency_ms})
-        result = run_inner(depth_to_budget, model, {
-            **self.settings.depth, **budget, **self._depth_order(),
-            "latency": latency if share is None else self._measuring(candidate.dimensions, None),
+        settings = DepthToBudgetConfig.parse({
+            **self.settings.depth, **budget, **self._depth_order(), "latency": self.settings.latency,
             "confirm": self.settings.confirm, "calibration": self.batches, "progress": self.settings.progress,
             # depth alone answers for the budget's window; a share is topped up by the width search after it
             "tolerance": self.settings.tolerance if share is None else None})
+        search = depth_search(model, settings)
+        # depth beside width is measured as it is: the width search after it finishes the combination
+        chosen = yield from self._finished(search.steps(), candidate.dimensions, finish if share is None else None)
+        result = verify_inner("depth_to_budget", depth_result(search, chosen))
         depth = result.facts_as(DepthChosen)
         candidate.blocks = depth.blocks
         if share is None:
@@ -213,27 +240,31 @@ class _Search:
         growth = self.settings.depth.get("max_kernel_growth", 1.0)
         return run_inner(merge_blocks, result.program, {"max_kernel_growth": growth}).program
 
-    def _pruned(self, model: Program, latency, candidate: Combination) -> Program:
+    def _pruned(self, model: Program, finish, candidate: Combination) -> Steps:
         width = dict(self.settings.width)
         if "int8" in candidate.dimensions:  # widths the INT8 kernels run well (int8_round_to's help says why)
-            asked = width.get("round_to") or round_to_of(latency) or RemoveChannelsConfig.default("round_to")
+            asked = width.get("round_to") or round_to_of(self.settings.latency) or RemoveChannelsConfig.default("round_to")
             width["round_to"] = math.lcm(int(asked), self.settings.int8_round_to)
-        result = run_inner(prune_to_budget, model, {
+        settings = PruneToBudgetConfig.parse({
             **width, "speedup": self.settings.speedup, "latency_ms": self.settings.latency_ms,
             "tolerance": self.settings.tolerance, "max_candidates": self.settings.max_candidates,
-            "confirm": self.settings.confirm, "latency": latency, "calibration": self.batches,
-            "start_speedup": self._start_speedup(candidate)})
+            "confirm": self.settings.confirm, "latency": self.settings.latency, "calibration": self.batches,
+            "start_speedup": (yield from self._start_speedup(candidate))})
+        search = width_search(model, settings)
+        chosen = yield from self._finished(search.steps(), candidate.dimensions, finish)
+        result = verify_inner("prune_to_budget", chosen_result(search, chosen))
         width = result.facts_as(WidthChosen)
         candidate.macs_fraction, candidate.round_to, candidate.width_trace = width.macs_fraction, width.round_to, width.trace
         candidate.measured = width.measured
         return result.program
 
-    def _start_speedup(self, candidate: Combination) -> float | None:
+    def _start_speedup(self, candidate: Combination) -> Steps:
         """How much faster than the dense model the width search starts: depth's share, times INT8's gain when
         the combination finishes with it (the width search measures its candidates quantized)."""
         if candidate.depth_speedup is None:
             return None
-        return candidate.depth_speedup * (self._int8_gain() if "int8" in candidate.dimensions else 1.0)
+        gain = (yield from self._int8_gain()) if "int8" in candidate.dimensions else 1.0
+        return candidate.depth_speedup * gain
 
     def _quantize(self, model: Program, candidate: Combination | None = None) -> Program:
         result = run_inner(quantize_int8, model, {**self.settings.int8, "calibration": self.batches}, on_copy=True)
@@ -241,37 +272,15 @@ class _Search:
             candidate.int8_layers = result.facts_as(Quantized).layers
         return result.program
 
-    def _confirmed(self, program: Program, dimensions) -> Measured:
-        latency = self._measuring(dimensions, None)
-        measured = Measured.of(latency(self.dense, program))
+    def _confirmed(self, program: Program, dimensions: tuple[str, ...]) -> Steps:
+        measured = Measured.of((yield from self._finished(self._reading(program), dimensions)))
         if self.settings.confirm:
-            measured.confirm(latency, self.dense, program)
+            yield from self._finished(measured.confirming(self.dense, program), dimensions)
         return measured
 
-
-class _Finished:
-    """The measuring function a dimension's search gets: its candidate finished (INT8 applied when the
-    combination includes it) and timed against the dense model as given, whatever model the search
-    started from (after depth, width searches from the merged network)."""
-
-    def __init__(self, latency, dense: Program, finish: Callable[[Program], Program] | None,
-                 seen: Callable[[float], None]):
-        self.latency, self.dense, self.finish, self.seen = as_measurer(latency), dense, finish, seen
-        self.round_to = round_to_of(latency)  # a Measurer (passes/budget/measurement.py): the backend's multiple
-
-    def __call__(self, _start: Program, candidate: Program):
-        return self._seen(self.latency(self.dense, self._finished(candidate)))
-
-    def confirm(self, _start: Program, candidate: Program) -> Timing:
-        return self._seen(Timing.of(self.latency.confirm(self.dense, self._finished(candidate))))
-
-    def _seen(self, figures):
-        dense_ms, ms, _ = figures
-        self.seen(dense_ms / ms)
-        return figures
-
-    def _finished(self, candidate: Program) -> Program:
-        return self.finish(candidate) if self.finish is not None else candidate
+    def _reading(self, program: Program) -> Steps:
+        """One search reading of `program` beside the dense model."""
+        return (yield Ask("search", self.dense, program))
 
 
 def _unreachable(settings: ChooseForBudgetConfig, best: tuple[float, tuple[str, ...]] | None,

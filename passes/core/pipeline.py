@@ -248,6 +248,18 @@ def run_inner(function: Pass, program: Program, config: dict[str, Any] | PassCon
     return pipeline.run(program, on_copy=on_copy).steps[0][1]
 
 
+def verify_inner(name: str, result: Result) -> Result:
+    """What run_inner checks of an inner pass's Result, for a composite that ran the pass's search itself (a
+    budget search that asks for its measurements): the Program verified at the enclosing level, without the
+    re-export; a failure is a PipelineError naming the pass."""
+    if (_ENCLOSING_LEVEL.get() or BARE_INNER_LEVEL) != "none":
+        try:
+            verify(result.program, reexport=False)
+        except Exception as error:
+            raise PipelineError(f"pass '{name}' failed: {error}", failed=name, ran_before=[]) from error
+    return result
+
+
 def _as_step(step, index: int) -> Step:
     if isinstance(step, Step):
         return step

@@ -1,7 +1,8 @@
-"""The three routes to a measured budget, each one verified Pipeline around its budget pass:
+"""The three routes to a measured budget, each its budget pass's search run here, the measurements it asks for
+answered from this frame (passes/budget/measurement.py) and the result verified as a Pipeline would:
 
 - width: prune_to_budget (then every batch norm recalibrated, when asked);
-- depth: depth_to_budget, then merge_blocks unmeasured, which gives exactly the network measured;
+- depth: depth_to_budget's search, then merge_blocks unmeasured, which gives exactly the network measured;
 - width+depth: choose_for_budget's width + depth combination alone: depth ranks and merges blocks, then the
   width search measures the whole stack against the dense model.
 
@@ -19,9 +20,14 @@ from prunefx.graph.depth.branch_drop import droppable_blocks
 from prunefx.graph.timing import Timing
 from prunefx.passes.budget.measurement import Steps, answerer
 from prunefx.passes.budget.search import Measured
-from prunefx.passes.choose_for_budget import BudgetChosen, choose_for_budget
+from prunefx.passes.choose_for_budget import (
+    BudgetChosen,
+    ChooseForBudgetConfig,
+    budget_choice,
+    candidate_steps,
+)
 from prunefx.passes.core.pipeline import Pipeline, PipelineResult
-from prunefx.passes.depth_to_budget import DepthChosen, depth_to_budget
+from prunefx.passes.depth_to_budget import DepthChosen, DepthToBudgetConfig, depth_result, depth_search
 from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.prune_to_budget import PruneToBudgetConfig, WidthChosen, chosen_result, width_search
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
@@ -83,14 +89,19 @@ def measured_by(measurer, steps: Steps):
 
 
 def depth(program: Program, budget: Budget, measurer, options: dict, calibration) -> Reached:
+    """The depth search run here, its measurements answered by `measurer` from this frame, the chosen blocks
+    verified as a Pipeline would, then merged by merge_blocks unmeasured (exactly the network measured)."""
     config = {"recalibrate": False, **options, **budget.passes(), "tolerance": budget.tolerance,
               "latency": measurer, "calibration": calibration}
-    growth = config.get("max_kernel_growth", 1.0)
-    result = Pipeline([(depth_to_budget, config), (merge_blocks, {"max_kernel_growth": growth, "measure": None})],
-                      verify="full").run(program)
-    search = {key: value for key, value in result.stats()["depth_to_budget"].items() if key != "linearize_blocks"}
-    chosen = result.facts("depth_to_budget", DepthChosen)
-    return Reached(result, search, chosen.measured, search["trace"])
+    settings = DepthToBudgetConfig.parse(config)
+    search = depth_search(program, settings)
+    chosen = depth_result(search, measured_by(measurer, search.steps()))
+    verify(chosen.program, reexport=True)
+    merged = Pipeline([(merge_blocks, {"max_kernel_growth": settings.max_kernel_growth, "measure": None})],
+                      verify="full").run(chosen.program)
+    result = PipelineResult(merged.program, [("depth_to_budget", chosen), *merged.steps])
+    search_report = {key: value for key, value in chosen.stats.items() if key != "linearize_blocks"}
+    return Reached(result, search_report, chosen.facts_as(DepthChosen).measured, search_report["trace"])
 
 
 def joint(program: Program, budget: Budget, measurer, options: dict, calibration, recalibrate: bool,
@@ -100,8 +111,11 @@ def joint(program: Program, budget: Budget, measurer, options: dict, calibration
               "recalibrate": recalibrate, "latency": measurer, "calibration": calibration,
               # the width search reads choose_for_budget's calibration; None: remove_channels' own default
               "width": {key: value for key, value in options.items() if key != "calibration" and value is not None}}
-    result = Pipeline([(choose_for_budget, config)], verify="full").run(program)
-    choice = result.facts("choose_for_budget", BudgetChosen)
+    settings = ChooseForBudgetConfig.parse(config)
+    chosen = budget_choice(settings, measured_by(measurer, candidate_steps(program, settings)))
+    verify(chosen.program, reexport=True)
+    result = PipelineResult(chosen.program, [("choose_for_budget", chosen)])
+    choice = chosen.facts_as(BudgetChosen)
     search = {"budget": choice.budget, "met": True,
               **{key: value for key, value in choice.chosen.to_dict().items() if key not in ("width_trace", "proxy", "met")},
               "trace": choice.chosen.width_trace or [], "depth_share": depth_share}
