@@ -37,7 +37,8 @@ from prunefx.injection import FirstBatches, inject
 from prunefx.loading import program_from_reference
 from prunefx.models import build_model
 from prunefx.named_recipes import Recipe
-from prunefx.output import check_output_folder, staged_folder
+from prunefx.output import staged_folder
+from prunefx.output_paths import check_output_folder
 from prunefx.passes.training.engine import evaluate
 from prunefx.reports import report_json
 from prunefx.reports.budget import BUDGET_CHART_FILE, write_budget_chart

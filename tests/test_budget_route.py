@@ -152,7 +152,7 @@ def test_the_refusal_names_depth_only_where_a_block_merges():
 
     from torch import nn
 
-    from prunefx.cli.commands.prune import width_refusal
+    from prunefx.cli.prune_budget import width_refusal
     from prunefx.passes.budget.search import BudgetUnreachable, Measured
 
     class Gated(nn.Module):

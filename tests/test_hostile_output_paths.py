@@ -45,7 +45,7 @@ def test_an_output_folder_holding_the_weights_or_data_is_refused(tmp_path, capsy
 
 
 def test_an_output_next_to_the_model_is_accepted_by_the_check(tmp_path):
-    from prunefx.output import check_outputs_spare_inputs
+    from prunefx.output_paths import check_outputs_spare_inputs
 
     class Args:
         model = str(tmp_path / "model.pt2")

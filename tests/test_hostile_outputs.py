@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from prunefx.cli import main
-from prunefx.output import MARK, record_interrupt
+from prunefx.interrupts import record_interrupt
+from prunefx.output_paths import MARK
 
 pytestmark = pytest.mark.faults  # failures part-way, full disks, signals: the fault-injection lane
 

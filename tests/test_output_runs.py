@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 import prunefx.output as output_module
-from prunefx.output import MARK, OutputError, check_output_folder, staged_folder
+from prunefx.output import staged_folder
+from prunefx.output_paths import MARK, OutputError, check_output_folder
 
 pytestmark = pytest.mark.faults
 

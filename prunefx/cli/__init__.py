@@ -24,15 +24,15 @@ from prunefx import standard_output
 from prunefx.environment_faults import environment_fault, unspellable_arguments
 from prunefx.graph.errors import PrunefxError, first_line, printable
 from prunefx.graph.torch_quiet import WithoutTorchPrints
-from prunefx.output import (
+from prunefx.interrupts import (
     HungUp,
     Terminated,
-    check_outputs_spare_inputs,
     clear_interrupt,
     interrupt_for,
     raise_if_interrupted,
     record_interrupt,
 )
+from prunefx.output_paths import check_outputs_spare_inputs
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3

@@ -19,7 +19,7 @@ from prunefx.data.formats import FORMATS
 from prunefx.device import resolve_device
 from prunefx.graph.errors import PrunefxError
 from prunefx.named_recipes import BUDGET_PASSES, load_named_recipe, with_budget
-from prunefx.output import check_output_folder
+from prunefx.output_paths import check_output_folder
 from prunefx.reports.compression import console_summary
 
 DEFAULT_BUDGET_RECIPE = "budget-kd"

@@ -29,7 +29,8 @@ from prunefx.graph import capture, count
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.rebatch import rebatch
 from prunefx.models import build_model, load_weights
-from prunefx.output import check_output_folder, staged_folder
+from prunefx.output import staged_folder
+from prunefx.output_paths import check_output_folder
 from prunefx.passes import Pipeline, distill, fold_batchnorm, recalibrate_batchnorm, remove_channels
 from prunefx.reports import report_json
 from prunefx.reports.budget_text import interval_text

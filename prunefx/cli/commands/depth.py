@@ -17,7 +17,7 @@ from prunefx.device import on_device, resolve_device
 from prunefx.graph.depth.blocks import find_blocks
 from prunefx.graph.errors import PrunefxError
 from prunefx.loading import program_from_args
-from prunefx.output import check_output_folder
+from prunefx.output_paths import check_output_folder
 from prunefx.passes.core.pipeline import Pipeline
 from prunefx.passes.depth_to_budget import DepthToBudgetConfig
 from prunefx.passes.linearize_blocks import LinearizeBlocksConfig, linearize_blocks

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from prunefx import options
 from prunefx.loading import program_from_args
-from prunefx.output import check_output_file, staged_file
+from prunefx.output import staged_file
+from prunefx.output_paths import check_output_file
 from prunefx.runtime import check_parity, export_onnx
 from prunefx.runtime.onnx.external import external_data_files, rename_external_data
 

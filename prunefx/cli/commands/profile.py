@@ -16,7 +16,8 @@ from pathlib import Path
 
 from prunefx import options
 from prunefx.bench_models import add_backend_arguments, bench_model, checked_backend
-from prunefx.output import check_output_file, staged_file
+from prunefx.output import staged_file
+from prunefx.output_paths import check_output_file
 from prunefx.runtime import backends, format_profile_table
 from prunefx.runtime.tensorrt.layer_profile import write_profile_json
 

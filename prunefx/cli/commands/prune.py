@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from prunefx import options
-from prunefx.budget import BudgetOutcome, BudgetUnreachable, depth_blocks, meet_budget
 from prunefx.cli import options as cli_options
+from prunefx.cli.prune_budget import check_allow_depth, meet_for_command_line
 from prunefx.data.calibration import Calibration, calibration_data, noise_batches
 from prunefx.deliverable import write_model
 from prunefx.detectors import part_from_reference
@@ -25,14 +25,15 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.interop.module_file import write_module
 from prunefx.loading import model_and_program
 from prunefx.models import parse_input_shape
-from prunefx.output import check_output_folder, staged_folder
+from prunefx.output import staged_folder
+from prunefx.output_paths import check_output_folder
 from prunefx.passes.core.pipeline import Pipeline
 from prunefx.passes.prune_to_budget import PruneToBudgetConfig, WidthChosen
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.removal.channels_removed import ChannelsRemoved
 from prunefx.passes.remove_channels import RemoveChannelsConfig, remove_channels
 from prunefx.reports import report_json
-from prunefx.reports.budget_text import search_lines
+from prunefx.reports.prune_summary import summary_lines
 from prunefx.reports.pruning_sections import pruning_sections
 from prunefx.reports.report_facts import Costs, ReportFacts
 from prunefx.reports.report_json import output_files
@@ -100,7 +101,7 @@ def run(args) -> int:
         raise PrunefxError("--compensate needs calibration images: give --calibrate DATA")
     if args.recalibrate and not args.calibrate:
         raise PrunefxError("--recalibrate needs calibration images: give --calibrate DATA")
-    _check_allow_depth(args)
+    check_allow_depth(args)
     model, program = _program(args)
     program = program.eval()
     calibration = _calibration(args, program)
@@ -109,7 +110,7 @@ def run(args) -> int:
     started = time.perf_counter()
     outcome = None
     if args.speedup is not None or args.latency_ms is not None:
-        outcome = _meet_budget(args, program, calibration, config, device)
+        outcome = meet_for_command_line(args, program, calibration, _width_options(config), device)
         described = calibration.description if calibration else None
         if outcome.route == "depth":
             write_depth(output, program, outcome.result, command=NAME, outcome=outcome, calibration=described,
@@ -143,57 +144,8 @@ def run(args) -> int:
         report = report_json.write(staging, _facts(program.name, removal, delivered, output, outcome=outcome,
                                                    calibration=calibration.description if calibration else None,
                                                    recalibration=recalibration, module=module))
-    _summary(report, output)
+    print("\n".join(summary_lines(report, output)))
     return 0
-
-
-def _meet_budget(args, program, calibration: Calibration | None, config: dict, device) -> BudgetOutcome:
-    """prunefx.meet_budget on the command line's budget: width, and with --allow-depth depth and both; a
-    refusal says, in one line, which route can go further."""
-    width = {key: value for key, value in config.items() if key not in (*TARGETS, *BUDGETS, *SEARCH)}
-    try:
-        _, outcome = meet_budget(
-            program, speedup=args.speedup, latency_ms=args.latency_ms, measurement=cli_options.measurement(args),
-            measurer=cli_options.budget_latency(args), calibration=calibration.batches if calibration and args.calibrate else None,
-            allow_depth=args.allow_depth, tolerance=args.tolerance, confirm=args.confirm,
-            max_candidates=args.max_candidates, recalibrate=args.recalibrate is not False, width=width,
-            log=lambda line: print(line, flush=True), choose_by=args.choose_by, device=device)
-    except BudgetUnreachable as error:
-        if error.dimension == "width":
-            raise width_refusal(error, args, program) from None
-        if error.dimension == "width+depth":
-            raise PrunefxError(f"{error}; `prunefx compress {args.model}` with the same budget adds INT8") from None
-        raise
-    return outcome
-
-
-def _budget_flag(args) -> str:
-    return f"--speedup {args.speedup:g}" if args.speedup is not None else f"--latency-ms {args.latency_ms:g}"
-
-
-def width_refusal(width: BudgetUnreachable, args, program) -> PrunefxError:
-    """One line: what width reached, and the route that can go further (see the module docstring)."""
-    blocks, how = depth_blocks(program)
-    flag = _budget_flag(args)
-    if blocks:
-        route = (f"width alone cannot, but depth can {how} up to {blocks} blocks of {program.name}: add "
-                 f"--allow-depth --calibrate DATA, or run `prunefx depth {args.model} {flag} --calibrate DATA`, "
-                 f"or `prunefx compress {args.model} {flag}` (width, depth and INT8 together)")
-    else:
-        route = (f"width alone cannot, and no block of {program.name} merges or drops (no depth route); "
-                 f"`prunefx compress {args.model} {flag}` adds INT8")
-    return PrunefxError(f"{width}; {route}")
-
-
-def _check_allow_depth(args) -> None:
-    if args.allow_depth and (args.speedup is None and args.latency_ms is None):
-        raise PrunefxError("--allow-depth applies to a budget: give --speedup or --latency-ms")
-    if args.allow_depth and (not args.calibrate or args.part):
-        raise PrunefxError("--allow-depth needs --calibrate DATA (depth ranks the blocks by their damage on it) "
-                           "and a whole model (no --part)")
-    if args.allow_depth and args.module:  # merged or dropped blocks have no module code to write back into
-        raise PrunefxError("--module writes channel pruning back into the model's code, which the depth route's "
-                           "merged or dropped blocks cannot be: give one of --module and --allow-depth")
 
 
 def _program(args):
@@ -237,6 +189,11 @@ def _config(args, calibration: Calibration | None) -> dict:
     return config
 
 
+def _width_options(config: dict) -> dict:
+    """The width search's remove_channels options: the config without its target, budget and search keys."""
+    return {key: value for key, value in config.items() if key not in (*TARGETS, *BUDGETS, *SEARCH)}
+
+
 def _target_text(args) -> str:
     kind = next(k for k in (*TARGETS, *BUDGETS) if getattr(args, k) is not None)
     return f"{kind}={getattr(args, kind):g}"
@@ -252,33 +209,3 @@ def _facts(name, removal: ChannelsRemoved, delivered: dict, output: Path, *, out
                        calibration=calibration, outcome=outcome,
                        sections=pruning_sections(removal=removal, recalibration=recalibration, delivered=delivered,
                                                  module=module))
-
-
-def _summary(report: dict, output: Path) -> None:
-    macs = report["macs_after"] / report["macs_before"]
-    params = report["params_after"] / report["params_before"]
-    changed = sum(g["width_after"] != g["width_before"] for g in report["groups"])
-    if report["budget"]:
-        budget = report["budget"]
-        print("\n".join(search_lines(budget, chosen=f"after {len(budget['trace'])} candidates")))
-    print(f"MACs   {report['macs_before'] / 1e6:.1f} M -> {report['macs_after'] / 1e6:.1f} M ({macs:.3f})")
-    print(f"params {report['params_before'] / 1e6:.2f} M -> {report['params_after'] / 1e6:.2f} M ({params:.3f})")
-    print(f"groups {changed} of {len(report['groups'])} narrowed; {len(report['blocked'])} blocked"
-          + (f" by {', '.join(sorted({op for b in report['blocked'] for op in b['operators']}))}"
-             if report["blocked"] else ""))
-    if report["compensation"]:
-        layers = report["compensation"]["compensated"]
-        errors = [(layer["error_without"], layer["error_with"]) for layer in layers]
-        mean = [sum(pair[i] for pair in errors) / max(len(errors), 1) for i in (0, 1)]
-        print(f"compensated {len(layers)} layers ({len(report['compensation']['skipped'])} skipped): relative "
-              f"output error on the calibration data {mean[0]:.3g} -> {mean[1]:.3g} (mean over layers)")
-    if report["recalibrate_batchnorm"]:
-        recalibration = report["recalibrate_batchnorm"]
-        print(f"recalibrated {recalibration['recalibrated']} of {recalibration['batch_norms']} batch norms on "
-              f"{recalibration['images']} images")
-    print(f"parity torch vs ONNX Runtime: relative error {report['parity']['relative']:.2e}")
-    written = [output / name for name in ("model.pt2", "model.onnx", "report.json")]
-    if (report.get("module") or {}).get("written"):
-        written.append(output / report["module"]["file"])
-    print(f"wrote {', '.join(map(str, written))}")
-

@@ -18,7 +18,8 @@ from prunefx.data.calibration import calibration_data
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.rebatch import rebatch
 from prunefx.loading import program_from_args
-from prunefx.output import check_output_folder, staged_folder
+from prunefx.output import staged_folder
+from prunefx.output_paths import check_output_folder
 from prunefx.passes.core.pipeline import Pipeline
 from prunefx.passes.quantize_int8 import Quantized, QuantizeInt8Config, quantize_int8
 from prunefx.reports import report_json

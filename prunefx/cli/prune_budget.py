@@ -1,0 +1,58 @@
+"""`prunefx prune`'s measured budget (--speedup, --latency-ms): prunefx.meet_budget called with the command
+line's measurement and routes (--allow-depth), and a refusal in one line that names the route that can go
+further."""
+
+from __future__ import annotations
+
+from prunefx.budget import BudgetOutcome, BudgetUnreachable, depth_blocks, meet_budget
+from prunefx.cli import options as cli_options
+from prunefx.data.calibration import Calibration
+from prunefx.graph.errors import PrunefxError
+
+
+def meet_for_command_line(args, program, calibration: Calibration | None, width: dict, device) -> BudgetOutcome:
+    """prunefx.meet_budget on the command line's budget: width, and with --allow-depth depth and both; a
+    refusal says, in one line, which route can go further. `width`: remove_channels' options for the width search."""
+    try:
+        _, outcome = meet_budget(
+            program, speedup=args.speedup, latency_ms=args.latency_ms, measurement=cli_options.measurement(args),
+            measurer=cli_options.budget_latency(args), calibration=calibration.batches if calibration and args.calibrate else None,
+            allow_depth=args.allow_depth, tolerance=args.tolerance, confirm=args.confirm,
+            max_candidates=args.max_candidates, recalibrate=args.recalibrate is not False, width=width,
+            log=lambda line: print(line, flush=True), choose_by=args.choose_by, device=device)
+    except BudgetUnreachable as error:
+        if error.dimension == "width":
+            raise width_refusal(error, args, program) from None
+        if error.dimension == "width+depth":
+            raise PrunefxError(f"{error}; `prunefx compress {args.model}` with the same budget adds INT8") from None
+        raise
+    return outcome
+
+
+def _budget_flag(args) -> str:
+    return f"--speedup {args.speedup:g}" if args.speedup is not None else f"--latency-ms {args.latency_ms:g}"
+
+
+def width_refusal(width: BudgetUnreachable, args, program) -> PrunefxError:
+    """One line: what width reached, and the route that can go further (see the module docstring)."""
+    blocks, how = depth_blocks(program)
+    flag = _budget_flag(args)
+    if blocks:
+        route = (f"width alone cannot, but depth can {how} up to {blocks} blocks of {program.name}: add "
+                 f"--allow-depth --calibrate DATA, or run `prunefx depth {args.model} {flag} --calibrate DATA`, "
+                 f"or `prunefx compress {args.model} {flag}` (width, depth and INT8 together)")
+    else:
+        route = (f"width alone cannot, and no block of {program.name} merges or drops (no depth route); "
+                 f"`prunefx compress {args.model} {flag}` adds INT8")
+    return PrunefxError(f"{width}; {route}")
+
+
+def check_allow_depth(args) -> None:
+    if args.allow_depth and (args.speedup is None and args.latency_ms is None):
+        raise PrunefxError("--allow-depth applies to a budget: give --speedup or --latency-ms")
+    if args.allow_depth and (not args.calibrate or args.part):
+        raise PrunefxError("--allow-depth needs --calibrate DATA (depth ranks the blocks by their damage on it) "
+                           "and a whole model (no --part)")
+    if args.allow_depth and args.module:  # merged or dropped blocks have no module code to write back into
+        raise PrunefxError("--module writes channel pruning back into the model's code, which the depth route's "
+                           "merged or dropped blocks cannot be: give one of --module and --allow-depth")

@@ -1,0 +1,40 @@
+"""The lines `prunefx prune` prints once its output is written, read from its report.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prunefx.reports.budget_text import search_lines
+
+
+def summary_lines(report: dict, output: Path) -> list[str]:
+    """What `prunefx prune` prints once it has written `output`: from its report, the search (a budget), the costs
+    before and after, the groups narrowed and blocked, compensation, recalibration, parity and the files."""
+    lines: list[str] = []
+    macs = report["macs_after"] / report["macs_before"]
+    params = report["params_after"] / report["params_before"]
+    changed = sum(g["width_after"] != g["width_before"] for g in report["groups"])
+    if report["budget"]:
+        budget = report["budget"]
+        lines += search_lines(budget, chosen=f"after {len(budget['trace'])} candidates")
+    lines.append(f"MACs   {report['macs_before'] / 1e6:.1f} M -> {report['macs_after'] / 1e6:.1f} M ({macs:.3f})")
+    lines.append(f"params {report['params_before'] / 1e6:.2f} M -> {report['params_after'] / 1e6:.2f} M ({params:.3f})")
+    blocked_by = sorted({op for block in report["blocked"] for op in block["operators"]})
+    lines.append(f"groups {changed} of {len(report['groups'])} narrowed; {len(report['blocked'])} blocked"
+                 + (f" by {', '.join(blocked_by)}" if blocked_by else ""))
+    if report["compensation"]:
+        layers = report["compensation"]["compensated"]
+        errors = [(layer["error_without"], layer["error_with"]) for layer in layers]
+        mean = [sum(pair[i] for pair in errors) / max(len(errors), 1) for i in (0, 1)]
+        lines.append(f"compensated {len(layers)} layers ({len(report['compensation']['skipped'])} skipped): relative "
+                     f"output error on the calibration data {mean[0]:.3g} -> {mean[1]:.3g} (mean over layers)")
+    if report["recalibrate_batchnorm"]:
+        recalibration = report["recalibrate_batchnorm"]
+        lines.append(f"recalibrated {recalibration['recalibrated']} of {recalibration['batch_norms']} batch norms on "
+                     f"{recalibration['images']} images")
+    lines.append(f"parity torch vs ONNX Runtime: relative error {report['parity']['relative']:.2e}")
+    written = [output / name for name in ("model.pt2", "model.onnx", "report.json")]
+    if (report.get("module") or {}).get("written"):
+        written.append(output / report["module"]["file"])
+    lines.append(f"wrote {', '.join(map(str, written))}")
+    return lines
