@@ -5,13 +5,15 @@ scratch with the settings it was published with (no `--report-only`, no cache of
 gives the benchmarks a fresh build/bench/ to keep what they resume from), its lane and its planned minutes:
 - "bench": what `make bench` reruns in about 90 minutes on 2 cores (BENCH_MINUTES): the headline rows whose
   runs time models without training them (channel pruning's speed-up, the latency-aware choice, the tool's
-  time and memory), the GPU row, and the zoo and write-back coverage with today's defaults;
+  time and memory, and where that time goes), the GPU row, and the zoo and write-back coverage with today's
+  defaults;
 - "all": `make bench-all` adds every other results file shown in the README or the docs: the runs that train
   (Fashion-MNIST, segmentation, detection: hours each), ModelOpt's side by side (4 hours), the budgets.
 `needs` names what a run cannot do without ("gpu"): run_all.py skips it, and says so, on a machine without
 one.
-`minutes` is the sum of the durations its results file records (training, searches, timed runs), rounded up;
-`guessed=True` says the file records none that add up to the run, and the figure is an estimate. A baseline
+`minutes` is the run's duration as run_all.py last reported it on 2 cores, rounded up, or else the sum of the
+durations its results file records (training, searches, timed runs); `guessed=True` says neither is known,
+and the figure is an estimate. A baseline
 that several runs share (the Fashion-MNIST models, cached by model and epochs) counts for the first run of the
 lane that trains it.
 
@@ -49,21 +51,19 @@ class Run:
 FASHION_MNIST_MODELS = ("resnet20", "mobilenetv2_small", "vit_tiny_fmnist")
 
 RUNS = (
-    # make bench: about 90 minutes on 2 cores.
-    # Timing: 3 rounds x 2 spin settings x 5 variants x 5 models of 112 calls of the dense and the pruned
-    # model at the file's medians (15 min), the pruning and exports around it.
-    Run("prune_latency", "prune_latency", lane="bench", minutes=20, guessed=True),
-    # The file records the baselines and accuracy searches (11 min); latency tables and part 2 are estimated.
+    # make bench: about 90 minutes on 2 cores (its last run: 45 minutes).
+    Run("prune_latency", "prune_latency", lane="bench", minutes=12),
     Run("latency_aware_choice", "latency_aware_choice", ("--baseline-epochs", "2", "--equal-macs"),
-        lane="bench", minutes=20, guessed=True),
-    Run("tool_speed", "tool_speed", ("--timeout", "300"), lane="bench", minutes=23),
+        lane="bench", minutes=10),
+    Run("tool_speed", "tool_speed", ("--timeout", "300"), lane="bench", minutes=12),
+    # where the calibrated case's time goes, stage by stage (the tool-speed page's last table)
+    Run("tool_profile", "tool_profile", lane="bench", minutes=4),
     # Skipped on a machine without a GPU; a few minutes on one.
     Run("semi_structured_speedup", "semi_structured_speedup",
         ("--models", "vit_small_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224"), lane="bench",
         needs="gpu", minutes=3, guessed=True),
-    # Coverage: every model of the zoo and of the write-back, pruned with today's defaults. The zoo's file
-    # records only its pruning (2 min), not the captures, exports and parity checks.
-    Run("prune_zoo", "prune_zoo", lane="bench", minutes=8, guessed=True),
+    # Coverage: every model of the zoo and of the write-back, pruned with today's defaults.
+    Run("prune_zoo", "prune_zoo", lane="bench", minutes=9),
     Run("write_back_coverage", "write_back_coverage", lane="bench", minutes=16),
     # make bench-all adds the rest: first the README's other headline rows, in the README's order.
     Run("modelopt_side_by_side", "modelopt_side_by_side",
