@@ -10,16 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from prunefx.graph import Program
+from prunefx.graph.heap import release_freed_memory
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.runtime import check_parity, export_onnx, export_quantized_onnx, onnxruntime_lowering
 from prunefx.runtime.check.readiness import report_entries
-from prunefx.runtime.heap import release_freed_memory
 
 
 def write_model(staging: Path, program: Program, *, opset: int) -> dict:
     """model.pt2 and model.onnx in `staging`; the report's `onnx` and `parity` entries."""
     program.save(staging / "model.pt2")
-    release_freed_memory()  # what saving held, before the export's own copy of the weights (runtime/heap.py)
+    release_freed_memory()  # what saving held, before the export's own copy of the weights (graph/heap.py)
     if has_fake_quant(program.graph):  # INT8: Q/DQ with INT8 weights, lowered for ONNX Runtime's kernels
         lowering = onnxruntime_lowering()
         path = export_quantized_onnx(program, staging / "model.onnx", activations=lowering, opset=opset).path

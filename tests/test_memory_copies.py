@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from prunefx.graph import capture
+from prunefx.graph.heap import release_freed_memory
 from prunefx.graph.zip_target import FailureHoldingFile
 from prunefx.passes.core.pipeline import Pipeline
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.runtime import OnnxExportError, export_onnx
 from prunefx.runtime.check import readiness as engine_check
-from prunefx.runtime.heap import release_freed_memory
 from prunefx.runtime.onnx import bounds as onnx_bounds
 from prunefx.runtime.onnx import export as onnx_export
 from prunefx.runtime.onnx.write import save_model_streamed

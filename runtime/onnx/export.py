@@ -29,8 +29,8 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from prunefx.graph import Program
+from prunefx.graph.heap import release_freed_memory
 from prunefx.runtime.errors import OnnxExportError, describe_failure
-from prunefx.runtime.heap import release_freed_memory
 from prunefx.runtime.onnx.reshape_layout import contiguous_before_reshapes
 from prunefx.runtime.onnx.write import is_apart, little_endian_bytes, save_model_streamed
 
@@ -90,7 +90,7 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
     # graph-surgeon's graph is cyclic (nodes and tensors refer to each other) and holds the exporter's model,
     # every weight in it: collected now rather than at some later collection, after the file is written
     gc.collect()
-    release_freed_memory()  # before serialising the model: a buffer of the weights' size (runtime/heap.py)
+    release_freed_memory()  # before serialising the model: a buffer of the weights' size (graph/heap.py)
     node_count = len(model.graph.node)
     written = _save(model, path, apart)
     del model, apart  # the checker reads the file: one copy of the weights in memory at a time

@@ -17,8 +17,8 @@ import torch
 import torch.utils._pytree as pytree
 
 from prunefx.graph import Program
+from prunefx.graph.heap import release_freed_memory
 from prunefx.runtime.errors import ParityError
-from prunefx.runtime.heap import release_freed_memory
 from prunefx.runtime.ort.session import OnnxRuntimeSession
 
 
