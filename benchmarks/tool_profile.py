@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, publish_results
-from tool_speed import MACS, MODELS
+from tool_speed import CASES, MACS, MODELS, last_line
 
 NAME = "tool_profile"
 DEFAULT_MODELS = ("resnet50", "vit_l16")
@@ -79,14 +79,13 @@ def profile_model(model: str, threads: int, workdir: Path) -> dict:
     reference = MODELS.get(model, model)
     profile, output = workdir / f"{model}.prof", workdir / f"{model}-out"
     command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "prunefx", "prune", reference,
-               "--macs", f"{MACS:g}", "--calibrate", "imagenet-sample", "-o", str(output)]
+               *CASES["calibrated"], "-o", str(output)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     started = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
     if done.returncode != 0:
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
-        return {"model": model, "reference": reference, "error": lines[-1] if lines else f"exit {done.returncode}"}
+        return {"model": model, "reference": reference, "error": last_line(done.stderr) or f"exit {done.returncode}"}
     stats = pstats.Stats(str(profile))
     total = stats.total_tt  # type: ignore[attr-defined]
     stages = [{"stage": stage.name, "depth": stage.depth, "seconds": round(stage_seconds(stats, stage), 2)}
@@ -99,7 +98,7 @@ def markdown(report: dict) -> str:
     lines = ["# Where the time of a calibrated `prunefx prune` goes", "",
              f"Produced by `{report['command']}`.", "",
              f"- Machine: {machine_summary(report['machine'])}.",
-             f"- Each model: `prunefx prune MODEL --macs {MACS:g} --calibrate imagenet-sample -o DIR` under cProfile,"
+             f"- Each model: `prunefx prune MODEL {' '.join(CASES['calibrated'])} -o DIR` under cProfile,"
              f" OMP_NUM_THREADS={report['threads']}; seconds are cumulative (a part's seconds are inside its"
              " stage's); the profiler slows Python-heavy code more than the linear algebra, so read shares.", ""]
     for row in report["rows"]:

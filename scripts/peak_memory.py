@@ -52,20 +52,22 @@ class Sampler(threading.Thread):
             rss = resident_mb()
             now = time.perf_counter() - started
             if now - noted >= 1.0:
-                frame = sys._current_frames().get(self.main_thread)
-                stack = library_frames(frame) if frame is not None else []
+                stack = self._main_stack()
                 self.timeline.append((now, rss, stack[-1] if stack else "-"))
                 noted = now
             if rss > self.peak + 10:
-                frame = sys._current_frames().get(self.main_thread)
-                stack = library_frames(frame) if frame is not None else []
+                stack = self._main_stack()
                 self.peak, self.peak_stack = rss, stack
                 for name in stack:
                     self.highest_in[name] = max(self.highest_in.get(name, 0.0), rss)
             time.sleep(self.period)
 
+    def _main_stack(self) -> list[str]:
+        frame = sys._current_frames().get(self.main_thread)
+        return library_frames(frame) if frame is not None else []
 
-def main(argv: list[str]) -> int:
+
+def main(argv: list[str], *, timeline: bool = False) -> int:
     from prunefx.cli import main as prunefx_main
 
     sampler = Sampler(threading.get_ident())
@@ -77,7 +79,7 @@ def main(argv: list[str]) -> int:
     print(f"\nexit {code} after {time.perf_counter() - started:.1f} s; peak resident set {sampler.peak:.0f} MB, "
           "first reached in:")
     print("\n".join(f"  {name}" for name in sampler.peak_stack) or "  (no library frame)")
-    if "--timeline" in sys.argv:
+    if timeline:
         for seconds, rss, where in sampler.timeline:
             print(f"  {seconds:6.0f} s {rss:7.0f} MB  {where}")
     print("highest resident set inside each function on the stack at a high (MB):")
@@ -87,4 +89,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main([argument for argument in sys.argv[1:] if argument != "--timeline"]))
+    sys.exit(main([argument for argument in sys.argv[1:] if argument != "--timeline"], timeline="--timeline" in sys.argv))

@@ -223,7 +223,7 @@ class _Search:
         budget = ({"speedup": share} if share is not None else
                   {"speedup": self.settings.speedup, "latency_ms": self.settings.latency_ms})
         settings = DepthToBudgetConfig.parse({
-            **self.settings.depth, **budget, **self._depth_order(), "latency": self.settings.latency,
+            **self.settings.depth, **budget, **self._depth_order(),
             "confirm": self.settings.confirm, "calibration": self.batches, "progress": self.settings.progress,
             # depth alone answers for the budget's window; a share is topped up by the width search after it
             "tolerance": self.settings.tolerance if share is None else None})

@@ -91,9 +91,8 @@ def measured_by(measurer, steps: Steps):
 def depth(program: Program, budget: Budget, measurer, options: dict, calibration) -> Reached:
     """The depth search run here, its measurements answered by `measurer` from this frame, the chosen blocks
     verified as a Pipeline would, then merged by merge_blocks unmeasured (exactly the network measured)."""
-    config = {"recalibrate": False, **options, **budget.passes(), "tolerance": budget.tolerance,
-              "latency": measurer, "calibration": calibration}
-    settings = DepthToBudgetConfig.parse(config)
+    settings = DepthToBudgetConfig.parse({"recalibrate": False, **options, **budget.passes(),
+                                          "tolerance": budget.tolerance, "calibration": calibration})
     search = depth_search(program, settings)
     chosen = depth_result(search, measured_by(measurer, search.steps()))
     verify(chosen.program, reexport=True)
