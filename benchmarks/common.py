@@ -6,6 +6,8 @@
   $PRUNEFX_RESULTS_DIR when set: a trial run that must not overwrite the published files); the JSON gets a
   `provenance` record (`provenance()`: command, date, code version, CPU model and flags).
 - `BUILD`: the folder benchmarks resume from (build/, or $PRUNEFX_BENCH_BUILD).
+- `modelopt_environment()`: the environment of a child process that imports NVIDIA ModelOpt, installed beside
+  the venv in MODELOPT_PATH (benchmarks/modelopt_side_by_side.py's docstring has the pip command).
 - `side_by_side()`: several pruned models timed against the dense one round by round, so that no
   variant is timed in a half of its own.
 - `markdown_table()`, `relative_difference()`, `realistic_batchnorm()`: small pieces several
@@ -44,6 +46,15 @@ RESULTS = Path(os.environ.get("PRUNEFX_RESULTS_DIR") or BENCHMARKS / "results")
 # What a benchmark keeps to resume from (trained baselines, finished runs, exported files): build/ unless
 # $PRUNEFX_BENCH_BUILD says where; benchmarks/run_all.py gives every run of `make bench` one fresh folder.
 BUILD = Path(os.environ.get("PRUNEFX_BENCH_BUILD") or REPO / "build")
+# ModelOpt's [onnx] extra pins packages this CPU machine neither needs nor has: it lives beside the venv.
+MODELOPT_PATH = REPO / ".venv" / "modelopt"
+
+
+def modelopt_environment() -> dict[str, str]:
+    """os.environ with MODELOPT_PATH first on PYTHONPATH, for a child process that imports modelopt (its import
+    patches onnxruntime.quantization, so it never runs in a benchmark's own process)."""
+    path = os.pathsep.join(filter(None, [str(MODELOPT_PATH), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
 
 
 def _cpuinfo() -> dict[str, str]:

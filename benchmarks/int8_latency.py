@@ -48,6 +48,7 @@ from common import (
     machine_info,
     machine_summary,
     markdown_table,
+    modelopt_environment,
     publish_results,
     realistic_batchnorm,
     relative_difference,
@@ -161,7 +162,7 @@ def modelopt_file(fp32: Path, target: Path, batches) -> Path | str:
     data = target.with_suffix(".npy")
     np.save(data, np.concatenate([batch[0].numpy() for batch in batches]))
     done = subprocess.run([sys.executable, "-c", MODELOPT_SCRIPT, str(fp32), str(target), str(data)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=modelopt_environment())
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         return f"ModelOpt failed: {lines[-1] if lines else 'exit ' + str(done.returncode)}"

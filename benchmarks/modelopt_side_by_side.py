@@ -49,11 +49,12 @@ import torch
 import torchvision
 from common import (
     BUILD,
-    REPO,
+    MODELOPT_PATH,
     command_line,
     machine_info,
     machine_summary,
     markdown_table,
+    modelopt_environment,
     publish_results,
     realistic_batchnorm,
     relative_difference,
@@ -69,7 +70,6 @@ from prunefx.runtime.onnx.quantized import export_quantized_onnx
 
 NAME = "modelopt_side_by_side"
 CACHE = BUILD / NAME
-MODELOPT_PATH = REPO / ".venv" / "modelopt"
 MODELS = {  # the issue's 8 models: name -> prunefx model reference
     "resnet50": "torchvision:resnet50",
     "mobilenet_v2": "torchvision:mobilenet_v2",  # ImageNet weights from the offline package
@@ -167,10 +167,8 @@ def modelopt_file(fp32: Path, target: Path, batches) -> Path:
     """ModelOpt's PTQ in a child process (importing modelopt.onnx patches onnxruntime.quantization)."""
     data = target.with_suffix(".npy")
     np.save(data, np.concatenate([batch[0].numpy() for batch in batches]))
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(MODELOPT_PATH),
-                                                                             os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-c", MODELOPT_SCRIPT, str(fp32), str(target), str(data)],
-                          capture_output=True, text=True, env=environment)
+                          capture_output=True, text=True, env=modelopt_environment())
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         raise RuntimeError(f"ModelOpt failed on {fp32.name}: {lines[-1] if lines else done.returncode}")
