@@ -42,7 +42,7 @@ LOCATION_OPTIONS = {"--output-dir", "--results-name", "--note"}
 
 # int8_latency: three runs merged (224 px, Fashion-MNIST, a longer 224 px run); prune_latency: one variant
 # added to an earlier run (--update); write_back_coverage: only the rows refused before were rerun.
-AWAITING_RERUN = {"int8_latency"}
+AWAITING_RERUN: set[str] = set()
 # Scripts whose variants are timed against the dense model round by round (common.side_by_side, or their own
 # rounds): a results file of theirs without each round's speed-up timed its variants one after another.
 ROUND_BY_ROUND = {"latency_aware_choice", "fashion_mnist_accuracy", "dense_tasks", "detection_scenes",
