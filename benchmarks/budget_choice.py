@@ -8,14 +8,16 @@ For each model and budget S (a speed-up on ONNX Runtime, batch 1, the INT8 file 
    each dimension alone that met S ("width", "depth", "int8"), and "macs 1/S" (remove_channels to 1/S of
    the MACs, the MACs-target habit, with the same width options and the same batch-norm recalibration),
    measured the same way;
-   With --equal-latency the budget searched is the speed-up the "macs 1/S" model measures, so all variants
+   At equal latency the budget searched is the speed-up the "macs 1/S" model measures, so all variants
    run equally fast and accuracy alone compares them;
-3. each variant's test accuracy one-shot, then after `--kd-steps` steps of knowledge distillation from the
+3. each variant's test accuracy one-shot, then after the study's steps of knowledge distillation from the
    dense model (for INT8 variants that is quantization-aware training).
-The dense models train `--train-epochs` epochs first (cached under build/int8_latency, shared with
+The studies (STUDIES), rows of one results set: the CNNs at 2x and 4x; the CNNs at equal latency; the ViT at
+2x and 4x. The dense models train `--train-epochs` epochs first (cached under build/int8_latency, shared with
 benchmarks/int8_latency.py). Results: benchmarks/results/budget_choice.{json,md}.
 
-    .venv/bin/python benchmarks/budget_choice.py --models resnet20 mobilenetv2_small --budgets 2 4
+    .venv/bin/python benchmarks/budget_choice.py                                   # every study
+    .venv/bin/python benchmarks/budget_choice.py --studies vit --models vit_tiny_fmnist --output-dir build/x
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -50,22 +53,39 @@ BATCH = 128
 SHIPPED_RESNET20 = Path(__file__).resolve().parent.parent / "prunefx" / "checkpoints" / "resnet20_fashion_mnist.pt"
 
 
+@dataclass(frozen=True)
+class Study:
+    """One configuration of the comparison: its models and budgets, the KD steps each variant recovers with,
+    and whether the budget is the MACs-target model's own measured speed-up (equal latency)."""
+
+    title: str
+    models: tuple[str, ...]
+    budgets: tuple[float, ...]
+    kd_steps: int
+    equal_latency: bool = False
+    tolerance: float = 0.15  # a candidate may be this much faster than the budget (choose_for_budget's default)
+
+
+STUDIES = {
+    "budgets": Study("Width, depth and INT8 at 2x and 4x", ("mobilenetv2_small", "resnet20"), (2.0, 4.0), 150),
+    # a full epoch of KD (429 steps at batch 128), every candidate within 5 % of the MACs target's speed
+    "equal_latency": Study("At equal measured latency", ("resnet20", "mobilenetv2_small"), (2.0,), 429,
+                           equal_latency=True, tolerance=0.05),
+    "vit": Study("The ViT", ("vit_tiny_fmnist",), (2.0, 4.0), 100),
+}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS, metavar="NAME")
-    parser.add_argument("--budgets", nargs="*", type=float, default=[2.0, 4.0], help="speed-ups (default 2 4)")
+    parser.add_argument("--studies", nargs="+", default=list(STUDIES), choices=STUDIES, metavar="STUDY",
+                        help=f"studies to run ({', '.join(STUDIES)}; default: all)")
+    parser.add_argument("--models", nargs="+", choices=MODELS, metavar="NAME",
+                        help="only these models of each study (default: the study's own)")
     parser.add_argument("--train-epochs", type=int, default=1, help="epochs the dense models train (1)")
-    parser.add_argument("--kd-steps", type=int, default=429, help="KD steps per variant (429: one epoch at batch 128)")
     parser.add_argument("--test-batches", type=int, default=20, help="test batches of 128 evaluated (20)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (1)")
     parser.add_argument("--runs", type=int, default=30, help="timed runs per candidate (30; confirmation 4x)")
-    parser.add_argument("--equal-latency", action="store_true",
-                        help="search each budget at the speed-up the MACs-target model 1/S measures, so that "
-                             "every variant runs equally fast and accuracy alone compares them")
-    parser.add_argument("--tolerance", type=float, default=0.15,
-                        help="a candidate may be this much faster than the budget (0.15, choose_for_budget's default)")
     parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where the .json and .md go")
-    parser.add_argument("--results-name", default=NAME, help=f"results file name, without suffix ({NAME})")
     parser.add_argument("--markdown-from", type=Path, metavar="JSON", help="only rewrite the Markdown of a results file")
     return parser.parse_args(argv)
 
@@ -129,15 +149,15 @@ def dense_model(model: str, data, args) -> Program:
     return trained_fashion_mnist(model, data, args.train_epochs)
 
 
-def run_model(model: str, data, args) -> dict:
+def run_model(model: str, study: Study, data, args) -> dict:
     dense = dense_model(model, data, args)
     batches = [(inputs,) for inputs, _ in zip((batch[0] for batch in data.train), range(4))]
     latency = onnx_latency_pair(threads=args.threads, runs=args.runs)
     result = {"dense_accuracy": test_accuracy(dense, data, args.test_batches), "budgets": {}}
-    for budget in args.budgets:
+    for budget in study.budgets:
         try:
-            programs, search = variants(dense, budget, batches, latency, equal_latency=args.equal_latency,
-                                        tolerance=args.tolerance)
+            programs, search = variants(dense, budget, batches, latency, equal_latency=study.equal_latency,
+                                        tolerance=study.tolerance)
         except PrunefxError as error:
             result["budgets"][f"{budget:g}"] = {"error": str(error)}
             print(f"[{model} {budget:g}x] {error}", file=sys.stderr)
@@ -150,7 +170,7 @@ def run_model(model: str, data, args) -> dict:
                 continue
             one_shot = test_accuracy(program, data, args.test_batches)
             started = time.perf_counter()
-            after = test_accuracy(recovered(program, dense, data, args.kd_steps), data, args.test_batches)
+            after = test_accuracy(recovered(program, dense, data, study.kd_steps), data, args.test_batches)
             rows[name] = {**measured, "one_shot": one_shot, "after_kd": after,
                           "kd_seconds": time.perf_counter() - started}
             print(f"[{model} {budget:g}x] {name}: {measured['speedup']:.2f}x, one-shot {one_shot:.2f}, "
@@ -165,32 +185,41 @@ def markdown(report: dict) -> str:
              machine_summary(report["machine"]), "", f"Command: `{report['command']}`", "",
              f"Speed-ups on ONNX Runtime, batch 1, {settings['threads']} thread(s), {settings['runs']} runs per "
              "candidate, confirmed with 4x the runs; INT8 in this CPU's lowering. Accuracy on the first "
-             f"{settings['test_batches'] * BATCH} test images; KD {settings['kd_steps']} steps at batch {BATCH}.", ""]
-    for model, result in report["models"].items():
-        lines += [f"## {model} (dense {result['dense_accuracy']:.2f} %)", ""]
-        for budget, entry in result["budgets"].items():
-            if "error" in entry:
-                lines += [f"### {budget}x: {entry['error']}", ""]
-                continue
-            table = [[name, f"{row['speedup']:.2f}x", f"{row['macs_kept']:.3f}",
-                      "n/a" if row.get("proxy") is None else f"{row['proxy']:.4f}", f"{row['one_shot']:.2f}",
-                      f"{row['after_kd']:.2f}"] for name, row in entry["variants"].items()]
-            search = entry["search"][0]
-            searched = search.get("searched_speedup", float(budget))
-            at = (f"equal latency: searched at {searched:.2f}x, the MACs-target model's measured speed-up, "
-                  if settings.get("equal_latency") else "")
-            lines += [f"### budget {budget}x ({at}search {search['search_seconds']:.0f} s)", "",
-                      markdown_table(["variant", "measured speed-up", "MACs kept", "KL damage", "one-shot %",
-                                      "after KD %"], table), ""]
-            every = [["+".join(row["dimensions"]), "yes" if row["met"] else "no",
-                      f"{row['speedup']:.2f}x" if row.get("speedup") is not None else "n/a",
-                      f"{row['macs_kept']:.3f}" if row.get("macs_kept") is not None else "n/a",
-                      f"{row['proxy']:.4f}" if row.get("proxy") is not None else "n/a",
-                      (row.get("failed") or "").replace("|", "/")] for row in entry["search"][1:]]
-            lines += ["Every combination choose_for_budget searched (one-shot KL damage on the calibration batches):",
-                      "", markdown_table(["combination", "met", "measured speed-up", "MACs kept", "KL damage", "why not"],
-                                         every), ""]
+             f"{settings['test_batches'] * BATCH} test images; KD at batch {BATCH}.", ""]
+    for name, entry in report["studies"].items():
+        study = entry["study"]
+        at = ("; equal latency: each budget searched at the MACs-target model's measured speed-up"
+              if study["equal_latency"] else "")
+        lines += [f"## {study['title']} (`{name}`: KD {study['kd_steps']} steps, tolerance {study['tolerance']:g}{at})",
+                  ""]
+        for model, result in entry["models"].items():
+            lines += study_model_markdown(model, result)
     return "\n".join(lines)
+
+
+def study_model_markdown(model: str, result: dict) -> list[str]:
+    lines = [f"### {model} (dense {result['dense_accuracy']:.2f} %)", ""]
+    for budget, entry in result["budgets"].items():
+        if "error" in entry:
+            lines += [f"#### {budget}x: {entry['error']}", ""]
+            continue
+        table = [[name, f"{row['speedup']:.2f}x", f"{row['macs_kept']:.3f}",
+                  "n/a" if row.get("proxy") is None else f"{row['proxy']:.4f}", f"{row['one_shot']:.2f}",
+                  f"{row['after_kd']:.2f}"] for name, row in entry["variants"].items()]
+        search = entry["search"][0]
+        searched = search.get("searched_speedup", float(budget))
+        lines += [f"#### budget {budget}x (searched at {searched:.2f}x, search {search['search_seconds']:.0f} s)", "",
+                  markdown_table(["variant", "measured speed-up", "MACs kept", "KL damage", "one-shot %",
+                                  "after KD %"], table), ""]
+        every = [["+".join(row["dimensions"]), "yes" if row["met"] else "no",
+                  f"{row['speedup']:.2f}x" if row.get("speedup") is not None else "n/a",
+                  f"{row['macs_kept']:.3f}" if row.get("macs_kept") is not None else "n/a",
+                  f"{row['proxy']:.4f}" if row.get("proxy") is not None else "n/a",
+                  (row.get("failed") or "").replace("|", "/")] for row in entry["search"][1:]]
+        lines += ["Every combination choose_for_budget searched (one-shot KL damage on the calibration batches):",
+                  "", markdown_table(["combination", "met", "measured speed-up", "MACs kept", "KL damage", "why not"],
+                                     every), ""]
+    return lines
 
 
 def main(argv=None) -> int:
@@ -202,10 +231,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     data = fashion_mnist_data(BATCH)
     report = {"machine": machine_info(), "command": command_line(),
-              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "models": {}}
-    for model in args.models:
-        report["models"][model] = run_model(model, data, args)
-        write_results(args.results_name, report, markdown(report), folder=args.output_dir)  # after each model: a long run keeps its rows
+              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "studies": {}}
+    for name in args.studies:
+        study = STUDIES[name]
+        entry = report["studies"][name] = {"study": asdict(study), "models": {}}
+        for model in [m for m in study.models if args.models is None or m in args.models]:
+            entry["models"][model] = run_model(model, study, data, args)
+            write_results(NAME, report, markdown(report), folder=args.output_dir)  # after each model: a long run keeps its rows
     return 0
 
 

@@ -1,7 +1,7 @@
 """sparsity_accuracy: 2:4 sparsity on Fashion-MNIST, magnitude vs OBS vs CAP, one-shot and after KD fine-tuning.
 
-The trained dense ResNet-20 of the distillation benchmark (benchmarks/fashion_mnist_accuracy.py, cached
-in build/fashion_mnist_accuracy/resnet20/ by epochs; trained there if missing) is made 2:4 sparse by
+The trained dense ResNet-20 and MobileNetV2-small of the distillation benchmark (benchmarks/fashion_mnist_accuracy.py,
+cached in build/fashion_mnist_accuracy/MODEL/ by epochs; trained there if missing) are made 2:4 sparse by
 sparsify_nm with each criterion:
 - magnitude: the 2 largest |w| of every 4 input channels, no data;
 - obs: SparseGPT-style second order on the layer-input Hessians of the calibration images (sequential);
@@ -14,7 +14,8 @@ distillation from the dense model (kd_weight 0.9, T = 4; SGD, `--lr`, 50 warm-up
 used for a choice) one-shot and after fine-tuning, and a check that every sparsified weight still obeys
 2:4 after fine-tuning.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sparsity_accuracy.py [--variants magnitude obs cap]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sparsity_accuracy.py [--models resnet20] [--variants magnitude obs cap] \
+        [--baseline-epochs 8 mobilenetv2_small=4]
     .venv/bin/python benchmarks/sparsity_accuracy.py --report-only          # tables from cached runs
     .venv/bin/python benchmarks/sparsity_accuracy.py --one-shot-only        # skip fine-tuning
 
@@ -32,7 +33,15 @@ import time
 from pathlib import Path
 
 import torch
-from common import BUILD, command_line, machine_info, machine_summary, markdown_table, write_results
+from common import (
+    BUILD,
+    command_line,
+    machine_info,
+    machine_summary,
+    markdown_table,
+    per_model_numbers,
+    write_results,
+)
 from fashion_mnist_accuracy import BATCH, KD, baseline, recovery_config
 
 from prunefx.data.splits import fashion_mnist_data
@@ -107,21 +116,28 @@ def _zero_fraction(program: Program) -> float:
 
 
 def markdown(report: dict) -> str:
-    dense = report["dense"]
     lines = ["# Fashion-MNIST: 2:4 sparsity, magnitude vs OBS vs CAP\n",
              f"Produced by `{report['command']}`.\n", machine_summary(report["machine"]), "",
-             f"- Model: {report['model']} trained here ({dense['epochs']} epochs, benchmarks/fashion_mnist_accuracy.py); "
-             f"dense test accuracy **{100 * dense['test_accuracy']:.2f} %**.",
-             f"- 2:4 along input channels on every eligible layer ({report['skipped']}); calibration: {report['calibration_images']} training images "
-             "(with labels for CAP's gradients).",
+             f"- Models trained here (benchmarks/fashion_mnist_accuracy.py); 2:4 along input channels on every eligible "
+             f"layer; calibration: {report['calibration_images']} training images (with labels for CAP's gradients).",
              "- Damping: OBS 0.01 of the mean Hessian diagonal (SparseGPT's default); CAP 1e-3 of the mean Fisher "
              "diagonal, blocks of 64 (the pass's default, chosen on the validation split among 1e-1..1e-4, one-shot).",
              f"- Fine-tuning: {report['epochs']} epoch(s), KD from the dense model (kd_weight 0.9, T = 4), SGD lr "
              f"{report['lr']} cosine, 50 warm-up steps, batch {BATCH}; masks held fixed.",
              "- Test accuracy on the 10,000 test images, never used for any choice; one run per cell (seed 0).\n"]
-    rows = []
+    for model, entry in report["models"].items():
+        dense = entry["dense"]
+        lines += [f"## {model} ({dense['epochs']} epochs, dense test accuracy {100 * dense['test_accuracy']:.2f} %; "
+                  f"{entry['skipped']})\n", markdown_table(["criterion", "one-shot test %", "vs dense", "after KD test %",
+                                                           "vs dense", "zeros (eligible)", "mean layer error (obs)",
+                                                           "sparsify s", "2:4 holds"], _rows(entry)), ""]
+    return "\n".join(lines) + "\n"
+
+
+def _rows(entry: dict) -> list[list[str]]:
+    dense, rows = entry["dense"], []
     for variant in VARIANTS:
-        shot, tuned = report["runs"].get(f"{variant}_oneshot"), report["runs"].get(f"{variant}_kd")
+        shot, tuned = entry["runs"].get(f"{variant}_oneshot"), entry["runs"].get(f"{variant}_kd")
         if shot is None:
             continue
         error = shot.get("mean_relative_output_error")
@@ -132,55 +148,65 @@ def markdown(report: dict) -> str:
                      f"{shot['zero_fraction']:.3f}", "-" if error is None else f"{error:.4f}",
                      f"{shot['sparsify_seconds']:.0f}",
                      "yes" if shot["violations"] == 0 and (tuned is None or tuned["violations"] == 0) else "NO"])
-    lines.append(markdown_table(["criterion", "one-shot test %", "vs dense", "after KD test %", "vs dense",
-                                 "zeros (eligible)", "mean layer error (obs)", "sparsify s", "2:4 holds"], rows))
-    return "\n".join(lines) + "\n"
+    return rows
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet20", choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--epochs", type=int, default=1, help="KD fine-tuning epochs (default 1)")
     parser.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)")
     parser.add_argument("--calibration-batches", type=int, default=4)
-    parser.add_argument("--baseline-epochs", type=int, default=8, help="only used when the baseline is missing")
+    parser.add_argument("--baseline-epochs", nargs="+", default=["8"], metavar="[MODEL=]N",
+                        help="epochs of the dense baselines, N or MODEL=N (default 8; only used when one is missing)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--one-shot-only", action="store_true", help="skip fine-tuning")
     parser.add_argument("--report-only", action="store_true", help="only build the tables from cached runs")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.baseline_epochs = per_model_numbers(args.baseline_epochs, args.models, "--baseline-epochs")
+    except ValueError as error:
+        parser.error(str(error))
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     data = fashion_mnist_data(BATCH, validation=5000, seed=args.seed)
-    model = args.model
-    dense, info = baseline(model, data, args)
     calibration = list(itertools.islice(iter(data.train), args.calibration_batches))
     report = {"command": command_line(), "machine": machine_info(threads=args.threads), "epochs": args.epochs,
-              "lr": args.lr, "model": model, "calibration_images": len(calibration) * BATCH, "kd": KD, "dense": info, "runs": {}}
+              "lr": args.lr, "calibration_images": len(calibration) * BATCH, "kd": KD, "models": {}}
+    for model in args.models:
+        report["models"][model] = run_model(model, calibration, data, args)
+    json_path, md_path = write_results(NAME, report, markdown(report))
+    print(md_path.read_text())
+    return 0
+
+
+def run_model(model: str, calibration: list, data, args) -> dict:
+    """One model's dense baseline and every criterion's runs (each read from its cache when there)."""
+    dense, info = baseline(model, data, args)
+    entry = {"dense": info, "runs": {}}
     stages = ("oneshot",) if args.one_shot_only else ("oneshot", "kd")
     for stage in stages:  # every one-shot first: the cheap half of the table comes early
         for variant in args.variants:
             path = run_file(model, variant, stage)
             if path.is_file():
-                report["runs"][f"{variant}_{stage}"] = json.loads(path.read_text())
+                entry["runs"][f"{variant}_{stage}"] = json.loads(path.read_text())
                 continue
             if args.report_only:
                 continue
             print(f"[{model}] {variant}: {stage}", file=sys.stderr, flush=True)
             path.parent.mkdir(parents=True, exist_ok=True)
-            entry = (one_shot(model, variant, dense, calibration, data) if stage == "oneshot"
+            found = (one_shot(model, variant, dense, calibration, data) if stage == "oneshot"
                      else fine_tune(model, variant, dense, data, args))
-            path.write_text(json.dumps(entry, indent=1))
-            report["runs"][f"{variant}_{stage}"] = entry
-    report["skipped"] = _skipped(report["runs"])
-    # ResNet-20 keeps the file name the README has always quoted; other models get their own file.
-    json_path, md_path = write_results(NAME if model == "resnet20" else f"{NAME}_{model}", report, markdown(report))
-    print(md_path.read_text())
-    return 0
+            path.write_text(json.dumps(found, indent=1))
+            entry["runs"][f"{variant}_{stage}"] = found
+    entry["skipped"] = _skipped(entry["runs"])
+    return entry
 
 
 if __name__ == "__main__":

@@ -153,10 +153,11 @@ def detection_scenes(data: dict) -> str:
 
 
 def sparsity_accuracy(data: dict) -> str:
-    runs = data["runs"]
+    resnet20 = data["models"]["resnet20"]
+    runs = resnet20["runs"]
     return (f"{100 * runs['cap_oneshot']['test_accuracy']:.2f} % with CAP against "
             f"{100 * runs['magnitude_oneshot']['test_accuracy']:.2f} % with magnitude "
-            f"(dense {100 * data['dense']['test_accuracy']:.2f} %)")
+            f"(dense {100 * resnet20['dense']['test_accuracy']:.2f} %)")
 
 
 def depth_vs_channel(data: dict) -> str:

@@ -40,9 +40,9 @@ REUSING = {"--report-only", "--reuse", "--update", "--markdown-from", "--merge",
 # Options that say where a run's files go, or what else ran on the machine: no setting of the measurement.
 LOCATION_OPTIONS = {"--output-dir", "--results-name", "--note"}
 
-# int8_latency: three runs merged (224 px, Fashion-MNIST, a longer 224 px run); prune_latency: one variant
-# added to an earlier run (--update); write_back_coverage: only the rows refused before were rerun.
-AWAITING_RERUN: set[str] = set()
+# Several runs merged into one results set: budget_choice (its studies' five runs), sparsity_accuracy (one run
+# per model).
+AWAITING_RERUN = {"budget_choice", "sparsity_accuracy"}
 # Scripts whose variants are timed against the dense model round by round (common.side_by_side, or their own
 # rounds): a results file of theirs without each round's speed-up timed its variants one after another.
 ROUND_BY_ROUND = {"latency_aware_choice", "fashion_mnist_accuracy", "dense_tasks", "detection_scenes",

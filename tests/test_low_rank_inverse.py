@@ -47,3 +47,15 @@ def test_the_output_energy_from_the_rows_equals_the_one_from_the_hessian():
     from_hessian = output_energy(matrix, x.t() @ x)
     assert output_energy(matrix, x.t() @ x, LayerRows(30, x)) == pytest.approx(from_hessian, rel=1e-12)
     assert from_hessian == pytest.approx(float(((x @ matrix.t()) ** 2).sum()), rel=1e-12)
+
+
+@pytest.mark.parametrize("outputs, columns", [(7, 300), (300, 70), (5, 1)])
+def test_the_output_energy_from_half_the_gram_equals_the_full_product(outputs, columns):
+    """trace(M H M^T) summed over the upper blocks of M^T M against the plain product M H, for shapes whose
+    blocks do and do not divide the columns evenly (one column: a single diagonal block)."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2 * columns + 5, columns, generator=generator, dtype=torch.float64)
+    matrix = torch.randn(outputs, columns, generator=generator, dtype=torch.float64)
+    hessian = x.t() @ x
+    expected = float(torch.einsum("oi,ij,oj->", matrix, hessian, matrix))
+    assert output_energy(matrix, hessian) == pytest.approx(expected, rel=1e-12)

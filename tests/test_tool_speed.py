@@ -82,7 +82,7 @@ def test_every_case_is_a_row_ok_or_failed_with_the_model_memory(tmp_path, monkey
     fake.write_text(FAKE_PRUNEFX)
     monkeypatch.setattr(benchmark, "prunefx_command", lambda: [sys.executable, str(fake)])
     assert benchmark.main(["--models", "fake:net", "--cases", "uncalibrated", "calibrated", "--threads", "1",
-                           "--output-dir", str(tmp_path)]) == 0
+                           "--repeat", "1", "--output-dir", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "tool_speed.json").read_text())
     assert report["settings"]["omp_threads"] == 1
     done, failed = report["rows"]
@@ -118,14 +118,40 @@ def test_repeated_cases_report_the_median_wall_time_and_stop_at_a_failure(tmp_pa
     assert done["wall_runs_s"] == [3.0, 1.0, 2.0] and done["wall_s"] == 2.0
     assert failed["status"] == "failed" and len(failed["wall_runs_s"]) == 1  # not retried
     text = (tmp_path / "tool_speed.md").read_text()
-    assert "median of 3 runs (1.0-3.0 s)" in text and "Each case ran 3 times" in text
+    assert "median of 3 runs (1.0-3.0 s)" in text and "Each case ran 3 times, round by round" in text
+
+
+def test_the_cases_run_round_by_round(tmp_path, monkeypatch):
+    """Every case once per round, not one case's runs back to back: a slower hour hits every case alike."""
+    benchmark = _benchmark()
+    fake = tmp_path / "prunefx_fake.py"
+    fake.write_text(FAKE_PRUNEFX)
+    monkeypatch.setattr(benchmark, "prunefx_command", lambda: [sys.executable, str(fake)])
+    order = []
+    real_run = benchmark.run_measured
+
+    def run_in_order(command, **kwargs):
+        order.append(command[command.index("prune") + 1])
+        return real_run(command, **kwargs)
+
+    monkeypatch.setattr(benchmark, "run_measured", run_in_order)
+    assert benchmark.main(["--models", "fake:a", "fake:b", "--cases", "uncalibrated", "--threads", "1",
+                           "--repeat", "2", "--output-dir", str(tmp_path)]) == 0
+    assert order == ["fake:a", "fake:b", "fake:a", "fake:b"]
+
+
+def test_the_billion_parameter_model_runs_only_its_uncalibrated_case():
+    benchmark = _benchmark()
+    pairs = benchmark.default_pairs(list(benchmark.MODELS), list(benchmark.CASES))
+    assert [case for model, case in pairs if model == "vit_g14"] == ["uncalibrated"]
+    assert [case for model, case in pairs if model == "resnet50"] == list(benchmark.CASES)
 
 
 @pytest.mark.slow
 def test_the_real_cli_and_torch_pruning_on_the_smallest_model(tmp_path):
     benchmark = _benchmark()
     assert benchmark.main(["--models", "prunefx:resnet20", "--cases", "uncalibrated", "torch-pruning",
-                           "--threads", "1", "--output-dir", str(tmp_path)]) == 0
+                           "--threads", "1", "--repeat", "1", "--output-dir", str(tmp_path)]) == 0
     prunefx_row, tp_row = json.loads((tmp_path / "tool_speed.json").read_text())["rows"]
     for row in (prunefx_row, tp_row):
         assert row["status"] == "ok", row["error"]

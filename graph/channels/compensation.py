@@ -18,6 +18,7 @@ from prunefx.graph.channels.analysis import ChannelAnalysis
 from prunefx.graph.layer_hessians import LayerRows, iter_hessians, release
 from prunefx.graph.layer_inputs import Consumer, InputSpec, find_consumers
 from prunefx.graph.numerics.cholesky_inverse import cholesky_inverse_
+from prunefx.graph.numerics.symmetric_product import symmetric_trace
 
 # --- the update ------------------------------------------------------------------------------------------
 
@@ -54,7 +55,7 @@ def second_order_update(matrix: torch.Tensor, hessian: torch.Tensor | None, remo
     delta = torch.cholesky_solve(rhs, factor) if solved else torch.linalg.lstsq(h_kk, rhs).solution
     updated = matrix.clone()
     updated[:, keep_t] += delta.t()
-    without = float((m_r @ hessian[gone[:, None], gone] * m_r).sum())  # trace(M_R H_RR M_R^T)
+    without = symmetric_trace(m_r, hessian[gone[:, None], gone])  # trace(M_R H_RR M_R^T)
     # an exact solve has (H_KK + lam I) delta = rhs: the product with the whole block is not needed
     with_update = _error_with(without, delta, rhs, rhs if solved else h_kk @ delta, lam)
     return updated, {"error_without": without / max(energy, 1e-300),
@@ -84,11 +85,11 @@ def _update_from_rows(matrix: torch.Tensor, x: torch.Tensor, removed: torch.Tens
 def output_energy(matrix: torch.Tensor, hessian: torch.Tensor | None, rows: LayerRows | None = None) -> float:
     """trace(M H M^T): the squared layer output (without bias) summed over the calibration data; as
     ||X M^T||^2 from the calibration rows where they were kept (fewer rows than columns: the cheaper
-    product)."""
+    product); else as the sum of H * M^T M over its upper block triangle, half the work of M H."""
     if rows is not None and rows.kept is not None:
         return float((rows.kept.to(matrix.device) @ matrix.t()).square().sum())
     assert hessian is not None, "neither H nor its rows"
-    return float((matrix @ hessian * matrix).sum())
+    return symmetric_trace(matrix, hessian)
 
 
 def energy_key(weight: str) -> tuple[str, str]:

@@ -15,7 +15,7 @@ from prunefx.graph.channels.compensation import damped_inverse, damping_term
 from prunefx.graph.layer_hessians import LayerRows
 from prunefx.graph.numerics.cholesky_inverse import cholesky_inverse_
 from prunefx.graph.numerics.low_rank_inverse import low_rank_damped_inverse
-from prunefx.graph.numerics.symmetric_product import add_upper, mirror_upper
+from prunefx.graph.numerics.symmetric_product import add_upper, add_upper_gram, mirror_upper
 
 
 class LayerState:
@@ -177,8 +177,8 @@ def _column_factor(matrix: torch.Tensor) -> torch.Tensor:
     elimination reads of M is M^T M: its errors trace(M_S B^-1 M_S^T) = trace(B^-1 (M^T M)_SS) and its
     updates act on M from the right, so F stands for M in a fraction of the memory and of the products."""
     outputs, columns = matrix.shape
-    if outputs >= 2 * columns:
-        factor, info = torch.linalg.cholesky_ex(matrix.t() @ matrix)
+    if outputs >= 2 * columns:  # M^T M from its upper blocks: symmetric, half the product
+        factor, info = torch.linalg.cholesky_ex(mirror_upper(add_upper_gram(None, matrix)))
         if int(info) == 0:
             return factor
     return matrix.t().clone(memory_format=torch.contiguous_format)

@@ -1,7 +1,8 @@
 """Symmetric products summed a block-row at a time, the upper block triangle only, and mirrored once at the
 end: with 8 block-rows that is 9/16 of the multiply-adds of the full product. Layer-input Hessians X^T X
 (their sum over calibration rows is most of the time of `--calibrate`) and the OBS elimination's downdates
-of an inverse Hessian are such products. Torch's product on views of the one
+of an inverse Hessian are such products, and so is a layer's output energy trace(M H M^T) = sum(H * M^T M)
+(symmetric_trace). Torch's product on views of the one
 matrix, not BLAS's syrk: a second thread pool beside torch's made the sum slower on two cores."""
 
 from __future__ import annotations
@@ -42,3 +43,17 @@ def mirror_upper(gram: torch.Tensor) -> torch.Tensor:
     for start, stop in zip(edges, edges[1:]):
         gram[stop:, start:stop] = gram[start:stop, stop:].t()
     return gram
+
+
+def symmetric_trace(matrix: torch.Tensor, symmetric: torch.Tensor) -> float:
+    """trace(M S M^T) for a symmetric S [n, n] and M [k, n], as the sum of S * (M^T M) over the upper block
+    triangle (blocks right of the diagonal counted twice): half the multiply-adds of the product M S, and a
+    block-row of M^T M at a time, never all of it (a U-Net decoder's 12k-column S would take 1.2 GB)."""
+    edges = _edges(symmetric.shape[0])
+    total = 0.0
+    for start, stop in zip(edges, edges[1:]):
+        gram = matrix[:, start:stop].t() @ matrix[:, start:]              # [stop - start, n - start]
+        part = symmetric[start:stop, start:]
+        width = stop - start
+        total += float((part[:, :width] * gram[:, :width]).sum()) + 2.0 * float((part[:, width:] * gram[:, width:]).sum())
+    return total
