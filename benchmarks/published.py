@@ -55,8 +55,8 @@ RUNS = (
     Run("prune_latency", "prune_latency", lane="bench", minutes=12),
     Run("latency_aware_choice", "latency_aware_choice", ("--baseline-epochs", "2", "--equal-macs"),
         lane="bench", minutes=10),
-    # every case of four models and ViT-g/14's uncalibrated one, 3 rounds: 3x the last single round's wall times
-    Run("tool_speed", "tool_speed", ("--timeout", "300"), lane="bench", minutes=41, guessed=True),
+    # every case of four models and ViT-g/14's uncalibrated one, 3 rounds
+    Run("tool_speed", "tool_speed", ("--timeout", "300"), lane="bench", minutes=40),
     # where the calibrated case's time goes, stage by stage (the tool-speed page's last table)
     Run("tool_profile", "tool_profile", lane="bench", minutes=4),
     # Skipped on a machine without a GPU; a few minutes on one.
@@ -93,8 +93,8 @@ RUNS = (
     Run("latency_budget", "latency_budget", ("--input-size", "160", "--results-name", "latency_budget"),
         minutes=35, guessed=True),
     # The benchmark pages' other results.
-    # its three studies (the CNNs at 2x and 4x, at equal latency, the ViT): the five runs they were measured in
-    Run("budget_choice", "budget_choice", minutes=81),
+    # its three studies: the CNNs at 2x and 4x, at equal latency, the ViT
+    Run("budget_choice", "budget_choice", minutes=27),
     Run("combing_time", "combing_time", minutes=2, guessed=True),
     Run("data_loading", "data_loading", minutes=12),
     Run("data_loading_routes", "data_loading",
