@@ -19,6 +19,7 @@ import it as `from common import ...`.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -169,6 +170,15 @@ def per_model_numbers(values: Sequence[str], models: Sequence[str], option: str)
     if missing:
         raise ValueError(f"{option}: no number for {', '.join(missing)} (give N for every model)")
     return numbers
+
+
+def per_model_option(parser: argparse.ArgumentParser, values: Sequence[str], models: Sequence[str],
+                     option: str) -> dict[str, int]:
+    """per_model_numbers for a command line: a wrong value is the parser's one-line usage error (exit 2)."""
+    try:
+        return per_model_numbers(values, models, option)
+    except ValueError as error:
+        parser.error(str(error))
 
 
 def side_by_side(dense: Callable[[], object], runners: dict[Key, Callable[[], object]], *, rounds: int,

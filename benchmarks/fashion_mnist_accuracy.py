@@ -47,7 +47,7 @@ from common import (
     machine_info,
     machine_summary,
     markdown_table,
-    per_model_numbers,
+    per_model_option,
     side_by_side,
     write_results,
 )
@@ -295,10 +295,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report-only", action="store_true", help="only build the tables from cached runs")
     args = parser.parse_args(argv)
-    try:
-        args.baseline_epochs = per_model_numbers(args.baseline_epochs, MODELS, "--baseline-epochs")
-    except ValueError as error:
-        parser.error(str(error))
+    args.baseline_epochs = per_model_option(parser, args.baseline_epochs, MODELS, "--baseline-epochs")
     return args
 
 

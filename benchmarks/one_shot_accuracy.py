@@ -36,7 +36,7 @@ from common import (
     machine_info,
     machine_summary,
     markdown_table,
-    per_model_numbers,
+    per_model_option,
     write_results,
 )
 from fashion_mnist_accuracy import BATCH, baseline, torch_pruning
@@ -167,10 +167,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--imagenet", action="store_true", help="also pretrained ImageNet MobileNetV2")
     args = parser.parse_args(argv)
-    try:
-        args.baseline_epochs = per_model_numbers(args.baseline_epochs, MODELS, "--baseline-epochs")
-    except ValueError as error:
-        parser.error(str(error))
+    args.baseline_epochs = per_model_option(parser, args.baseline_epochs, MODELS, "--baseline-epochs")
     torch.set_num_threads(args.threads)
     data = fashion_mnist_data(BATCH, validation=5000, seed=args.seed)
     report = {"command": command_line(), "machine": machine_info(threads=args.threads), "baselines": {}, "runs": []}

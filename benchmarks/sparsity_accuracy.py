@@ -39,7 +39,7 @@ from common import (
     machine_info,
     machine_summary,
     markdown_table,
-    per_model_numbers,
+    per_model_option,
     write_results,
 )
 from fashion_mnist_accuracy import BATCH, KD, baseline, recovery_config
@@ -165,10 +165,7 @@ def parse_args(argv=None):
     parser.add_argument("--one-shot-only", action="store_true", help="skip fine-tuning")
     parser.add_argument("--report-only", action="store_true", help="only build the tables from cached runs")
     args = parser.parse_args(argv)
-    try:
-        args.baseline_epochs = per_model_numbers(args.baseline_epochs, args.models, "--baseline-epochs")
-    except ValueError as error:
-        parser.error(str(error))
+    args.baseline_epochs = per_model_option(parser, args.baseline_epochs, args.models, "--baseline-epochs")
     return args
 
 

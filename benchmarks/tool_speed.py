@@ -149,14 +149,15 @@ def default_pairs(models: list[str], cases: list[str]) -> list[tuple[str, str]]:
     return [(model, case) for model in models for case in cases if case in ONLY_CASES.get(model, CASES)]
 
 
-def case_output(model: str, case: str, workdir: Path) -> Path:
-    return workdir / f"{model.replace(':', '_')}-{case}"
+def invocation(model: str, case: str, args: argparse.Namespace, workdir: Path) -> tuple[list[str], Path]:
+    """A case's command line and the folder it writes to."""
+    output = workdir / f"{model.replace(':', '_')}-{case}"
+    return case_command(case, MODELS.get(model, model), output, args.device), output
 
 
 def run_once(model: str, case: str, args: argparse.Namespace, workdir: Path) -> tuple[Measured, dict]:
     """One run of a case: how it ended, and what it says it did (see case_details)."""
-    output = case_output(model, case, workdir)
-    command = case_command(case, MODELS.get(model, model), output, args.device)
+    command, output = invocation(model, case, args, workdir)
     measured = run_measured(command, timeout=args.timeout, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     try:
         details = case_details(case, measured, output)
@@ -185,9 +186,8 @@ def case_row(model: str, case: str, found: list[tuple[Measured, dict]], args: ar
     """A case's row: the median wall time of its runs and their largest peak; a failure or timeout is the row."""
     measured, details = found[-1] if found[-1][0].status != "ok" else found[0]
     walls = [run.wall_s for run, _ in found]
-    output = case_output(model, case, workdir)
     return {"model": model, "reference": MODELS.get(model, model), "case": case,
-            "command": shown(case_command(case, MODELS.get(model, model), output, args.device), output),
+            "command": shown(*invocation(model, case, args, workdir)),
             **{k: v for k, v in asdict(measured).items() if k != "stdout"}, **details,
             "wall_s": walls[-1] if measured.status != "ok" else statistics.median(walls), "wall_runs_s": walls,
             "peak_rss_mb": max(run.peak_rss_mb for run, _ in found)}
