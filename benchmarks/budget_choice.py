@@ -11,7 +11,8 @@ For each model and budget S (a speed-up on ONNX Runtime, batch 1, the INT8 file 
    At equal latency the budget searched is the speed-up the "macs 1/S" model measures, so all variants
    run equally fast and accuracy alone compares them;
 3. each variant's test accuracy one-shot, then after the study's steps of knowledge distillation from the
-   dense model (for INT8 variants that is quantization-aware training).
+   dense model (for INT8 variants that is quantization-aware training), gradients clipped at norm 5 as in
+   the budget-kd recipe (depth is merged: its batch norms are folded, and unclipped SGD diverges).
 The studies (STUDIES), rows of one results set: the CNNs at 2x and 4x; the CNNs at equal latency; the ViT at
 2x and 4x. The dense models train `--train-epochs` epochs first (cached under build/int8_latency, shared with
 benchmarks/int8_latency.py). Results: benchmarks/results/budget_choice.{json,md}.
@@ -99,7 +100,8 @@ def recovered(program: Program, dense: Program, data, steps: int) -> Program:
     lr = 0.001 if any("fake_quantize" in str(node.target) for node in program.graph.nodes) else 0.01
     return distill(program.clone().train(), config={"data": data.train, "steps": steps, "teacher": dense,
                                                     "kd_weight": 0.9, "temperature": 4.0, "lr": lr, "momentum": 0.9,
-                                                    "weight_decay": 5e-4, "progress": False}).program.eval()
+                                                    "weight_decay": 5e-4, "max_grad_norm": 5.0,  # the budget-kd recipe's
+                                                    "progress": False}).program.eval()
 
 
 def macs_target(dense: Program, budget: float, batches, latency) -> tuple[Program, dict]:

@@ -153,6 +153,14 @@ def test_distillation_lowers_the_kd_loss():
     assert get_pass("distill") is distill
 
 
+def test_a_diverging_run_stops_before_the_weights_turn_nan():
+    teacher, student = _program(1, batch_norm=False), _program(0, batch_norm=False)
+    with pytest.raises(TrainingError, match=r"diverged at step \d+: the loss is (nan|inf)"):
+        _train(student, teacher, _batches(4), steps=50, lr=1e8, momentum=0.9)
+    weights = [p for p in student.module.parameters()]
+    assert weights and all(bool(torch.isfinite(p).all()) for p in weights)
+
+
 def test_distill_defaults_to_a_frozen_copy_of_the_program_as_teacher():
     program = _program()
     reference = {name: tensor.clone() for name, tensor in program.state_dict().items()}

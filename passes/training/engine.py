@@ -9,6 +9,7 @@ layout and the non-goals: see docs/algorithms.md, 'The trainer'.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -176,18 +177,24 @@ class Trainer:
         if self.config.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.program.module.parameters(), self.config.max_grad_norm)
         lr = self.optimizer.param_groups[0]["lr"]
+        logged = self._logged(losses)
+        _refuse_divergence(logged["loss"], self.step + 1, lr)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)  # release gradient memory before hooks and evaluation
         self.step += 1
+        self.last_losses = logged
+        self.log.append({"step": self.step, **self.last_losses, "lr": lr})
+        for step_hook in self.after_step:
+            step_hook(self, self.step)
+
+    def _logged(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The step's losses as floats, of the global batch when distributed (every rank reads the same)."""
         values = torch.stack([value.detach() for value in losses.values()])
         if self.world_size > 1:  # log the loss of the global batch, not of this rank's slice
             dist.all_reduce(values)
             values /= self.world_size
-        self.last_losses = dict(zip(losses, values.tolist()))
-        self.log.append({"step": self.step, **self.last_losses, "lr": lr})
-        for step_hook in self.after_step:
-            step_hook(self, self.step)
+        return dict(zip(losses, values.tolist()))
 
     def _on_device(self, batch) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         inputs, labels = split_batch(batch)
@@ -255,3 +262,12 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Write program.pt2 and trainer_state.pt (passes/training/resume.py)."""
         save_checkpoint(self)
+
+
+def _refuse_divergence(loss: float, step: int, lr: float) -> None:
+    """Stop before a non-finite loss reaches the weights: an optimizer step on it would leave every weight NaN,
+    and a finished run would hand back a model that answers one class whatever its input."""
+    if not math.isfinite(loss):
+        raise TrainingError(f"training diverged at step {step}: the loss is {loss} at lr {lr:g}; the weights are "
+                            "those before this step. Lower lr or set max_grad_norm (a network whose batch norms "
+                            "were folded, by merge_blocks or fold_batchnorm, often needs one of them)")
