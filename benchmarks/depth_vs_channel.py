@@ -10,10 +10,12 @@ knowledge distillation from the dense model:
 Every model, the dense one included, then goes through merge_blocks (batch norms folded) and is timed in
 ONNX Runtime at batch 1 against the dense one, alternately in this one process, all variants round by round.
 
-    python benchmarks/depth_vs_channel.py [--model mobilenetv2_small] [--depths 2 4 6] [--fractions 0.7 0.5]
-        [--epochs 1] [--threads 2] [--runs 300] [--report-only]
+Each model is a section of one results set, benchmarks/results/depth_vs_channel.{json,md}, measured on one
+machine in one run.
 
-Results go to benchmarks/results/depth_vs_channel_<model>.{json,md}.
+    python benchmarks/depth_vs_channel.py [--models mobilenetv2_small convnext_fmnist] [--depths 2 4 6]
+        [--fractions 0.7 0.5] [--ranks damage damage_per_mac] [--epochs 1] [--threads 2] [--runs 300]
+        [--report-only] [--output-dir build/x]
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import command_line, machine_info, machine_summary, markdown_table, side_by_side, write_results
+from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, side_by_side, write_results
 from fashion_mnist_accuracy import (
     BATCH,
     CACHE,
@@ -130,7 +132,7 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="mobilenetv2_small")
+    parser.add_argument("--models", nargs="+", default=["mobilenetv2_small", "convnext_fmnist"])
     parser.add_argument("--depths", nargs="+", type=int, default=[2, 4, 6])
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.7, 0.5])
     parser.add_argument("--ranks", nargs="+", default=["damage"], choices=["damage", "damage_per_mac"],
@@ -143,31 +145,38 @@ def main(argv=None) -> int:
                         help="rounds that time every variant against the dense model, runs split among them")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report-only", action="store_true", help="only time and tabulate the cached variants")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where the .json and .md go")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = fashion_mnist_data(BATCH, validation=5000, seed=args.seed)
-    dense, info = baseline(args.model, data, args)
+    report = {"command": command_line(), "machine": machine_info(threads=args.threads), "epochs": args.epochs,
+              "baselines": {}, "runs": []}
+    for model in args.models:
+        dense, report["baselines"][model] = baseline(model, data, args)
+        report["runs"] += model_runs(model, dense, data, args)
+        _, md_path = write_results(NAME, report, markdown(report), folder=args.output_dir)  # a long run keeps each model
+    print(md_path.read_text())
+    return 0
+
+
+def model_runs(model: str, dense: Program, data, args) -> list[dict]:
+    """Every depth and channel variant of `model` (trained, or read from the cache), timed side by side."""
     entries = []
     for rank in args.ranks:
         args.rank = rank  # depth_variant reads it
         for k in args.depths:
-            path = CACHE / args.model / f"{depth_name(k, args.rank)}.json"
+            path = CACHE / model / f"{depth_name(k, args.rank)}.json"
             if not path.is_file() and not args.report_only:
-                print(f"[{args.model}] depth pruning, {k} blocks ranked by {args.rank}", file=sys.stderr)
-                path.write_text(json.dumps(depth_variant(args.model, k, dense, data, args), indent=1))
+                print(f"[{model}] depth pruning, {k} blocks ranked by {args.rank}", file=sys.stderr)
+                path.write_text(json.dumps(depth_variant(model, k, dense, data, args), indent=1))
             if path.is_file():
                 entries.append(json.loads(path.read_text()))
     for fraction in args.fractions:
-        if run_file(args.model, "prunefx-l2", "kd", fraction, args.epochs).is_file() or not args.report_only:
-            print(f"[{args.model}] channel pruning to {fraction} of the MACs", file=sys.stderr)
-            entries.append(channel_variant(args.model, fraction, dense, data, args))
-    measure_latency(args.model, dense, entries, args)
-    report = {"command": command_line(), "machine": machine_info(threads=args.threads), "epochs": args.epochs,
-              "baselines": {args.model: info}, "runs": entries}
-    _, md_path = write_results(f"{NAME}_{args.model}", report, markdown(report))
-    print(md_path.read_text())
-    return 0
-
+        if run_file(model, "prunefx-l2", "kd", fraction, args.epochs).is_file() or not args.report_only:
+            print(f"[{model}] channel pruning to {fraction} of the MACs", file=sys.stderr)
+            entries.append(channel_variant(model, fraction, dense, data, args))
+    measure_latency(model, dense, entries, args)
+    return entries
 
 if __name__ == "__main__":
     sys.exit(main())

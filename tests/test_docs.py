@@ -161,7 +161,7 @@ def test_benchmark_tables_are_rendered_by_their_script_from_the_results_file():
     best = max((run for run in data["runs"] if run["fraction"] == 0.5), key=lambda run: run["test_accuracy"])
     text = results.results_markdown("one_shot_accuracy")
     assert f"{100 * best['test_accuracy']:.2f}" in text.split("??? info")[0]  # the script's own table
-    assert results.script_of("depth_vs_channel_mobilenetv2_small").name == "depth_vs_channel.py"
+    assert results.script_of("depth_vs_channel").name == "depth_vs_channel.py"
 
 
 def test_benchmark_pages_retype_no_table():
