@@ -102,7 +102,7 @@ RUNS = (
         ("--canvases", "128", "--rounds", "4", "--stream", "0", "--results-name", "data_loading_routes"),
         minutes=5, guessed=True),
     Run("depth_pruning", "depth_pruning", ("--runs", "300"), minutes=10, guessed=True),
-    Run("detector_pruning", "detector_pruning", ("--runs", "80"), minutes=10, guessed=True),
+    Run("detector_pruning", "detector_pruning", ("--runs", "80"), minutes=2),
     Run("fashion_mnist_accuracy_3epochs", "fashion_mnist_accuracy",
         ("--epochs", "3", "--models", "resnet20", "--fractions", "0.5", "0.33", "--variants", "prunefx-obs", "tp-l2",
          "--threads", "2"), minutes=50),
