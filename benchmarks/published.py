@@ -97,10 +97,10 @@ RUNS = (
     # its three studies: the CNNs at 2x and 4x, at equal latency, the ViT
     Run("budget_choice", "budget_choice", minutes=30),
     Run("combing_time", "combing_time", minutes=1),
-    Run("data_loading", "data_loading", minutes=12),
+    Run("data_loading", "data_loading", minutes=2),
     Run("data_loading_routes", "data_loading",
         ("--canvases", "128", "--rounds", "4", "--stream", "0", "--results-name", "data_loading_routes"),
-        minutes=5, guessed=True),
+        minutes=1),
     Run("depth_pruning", "depth_pruning", ("--runs", "300"), minutes=2),
     Run("detector_pruning", "detector_pruning", ("--runs", "80"), minutes=2),
     Run("fashion_mnist_accuracy_3epochs", "fashion_mnist_accuracy",
@@ -125,7 +125,7 @@ RUNS = (
          "--repeats", "6", "--runs", "200", "--results-name", "process_rounds_effb1_3x"),
         minutes=15, guessed=True),
     Run("prune_defaults", "prune_defaults", ("--epochs", "2", "--threads", "1"),
-        minutes=10, guessed=True),
+        minutes=4),
 )
 
 
