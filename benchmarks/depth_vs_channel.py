@@ -28,7 +28,15 @@ import time
 from pathlib import Path
 
 import torch
-from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, side_by_side, write_results
+from common import (
+    RESULTS,
+    command_line,
+    machine_info,
+    machine_summary,
+    markdown_table,
+    side_by_side,
+    write_results,
+)
 from fashion_mnist_accuracy import (
     BATCH,
     CACHE,
