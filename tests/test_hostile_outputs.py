@@ -200,12 +200,13 @@ def test_signals_to_a_real_process(tmp_path, signum, status, words):
     factory = tmp_path / "slow.py"
     factory.write_text(textwrap.dedent(SLOW_FACTORY))
     output = tmp_path / "out"
-    # SIGINT as a terminal hands it: a test runner started in the background passes it on ignored, and the
-    # CLI keeps an ignored signal ignored (as `nohup` wants), so the child would sleep through it
+    # the signal as a terminal hands it: a test runner started in the background (SIGINT) or under `nohup`
+    # (SIGHUP) passes it on ignored, and the CLI keeps an ignored signal ignored (as `nohup` wants), so the
+    # child would sleep through it
     process = subprocess.Popen([sys.executable, "-m", "prunefx", "prune", f"{factory}:factory", "--input-shape",
                                 "1x3x8x8", "--macs", "0.5", "-o", str(output)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                               preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))
     assert process.stdout.readline().strip() == "READY"
     process.send_signal(signum)
     _, err = process.communicate(timeout=60)
