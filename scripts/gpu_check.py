@@ -16,7 +16,9 @@ under its own timeout so that one hung step cannot take the rest with it:
 3. `prunefx prune --speedup 1.5 --backend cuda --batch 32` on a ResNet-50, the chosen model re-measured by a
    separate process with its own timer (benchmarks/remeasure_speedup.py);
 4. benchmarks/module_speed.py (the written-back module as fast as the Program);
-5. benchmarks/gpu_speedup.py in the time left.
+5. benchmarks/tool_speed.py: calibrated `prunefx prune` of a ResNet-50 with `--device cuda` (the second-order
+   math on the GPU), each run its own process, timed from start to exit;
+6. benchmarks/gpu_speedup.py in the time left.
 Each step's output and a summary (gpu_check.json: GPU, driver, torch, cuDNN, each step's exit and seconds)
 go to --out, flat, ready to commit as benchmarks/results/gpu_*. `--smoke` runs the same steps on a CPU with
 stand-ins (small models, the ort backend, gpu_speedup's --smoke) to prove the check end to end before a GPU
@@ -193,6 +195,7 @@ def run(args) -> int:
                         "--runs", "10"] if args.smoke else ["--batch", "8"]
         steps.run("module_speed", [*python, str(bench / "module_speed.py"), *module_speed,
                                    "--out", str(out / "gpu_module_speed.json")], 120)
+        _calibrated(steps, python, bench, args.smoke)
         speedup = ["--smoke", "--runs", "3"] if args.smoke else ["--time-limit", str(max(steps.left() - 120, 30))]
         steps.run("gpu_speedup", [*python, str(bench / "gpu_speedup.py"), *speedup, "--out", str(out)],
                   steps.left() - 5)
@@ -226,6 +229,22 @@ def _budget(steps: Steps, python: list[str], bench: Path, smoke: bool) -> None:
                                                     "--json", str(steps.out / "gpu_remeasure.json")], 90)
     shutil.rmtree(chosen_folder, ignore_errors=True)
     dense.unlink(missing_ok=True)
+
+
+def _calibrated(steps: Steps, python: list[str], bench: Path, smoke: bool) -> None:
+    """tool_speed's calibrated case with --device cuda (a CPU stand-in for --smoke). Only its .json is kept:
+    what comes back from the GPU machine is limited in files, and the .md is rebuilt from the .json."""
+    model, device, repeat = ("torchvision:resnet18", "cpu", "1") if smoke else ("resnet50", "cuda", "3")
+    with tempfile.TemporaryDirectory(prefix="gpu-check-tool-speed-") as folder:
+        steps.run(f"calibrated prune on {device}", [
+            *python, str(bench / "tool_speed.py"), "--pair", model, "calibrated", "--device", device,
+            "--repeat", repeat, "--timeout", "60", "--threads", str(min(os.cpu_count() or 1, 16)),
+            "--output-dir", folder, "--results-name", "gpu_tool_speed"], 200,
+            # tool_speed imports benchmarks/common.py; the wheel's prunefx stays first on the path
+            env=dict(steps.env, PYTHONPATH=os.pathsep.join([steps.env["PYTHONPATH"], str(bench)])))
+        made = Path(folder) / "gpu_tool_speed.json"
+        if made.exists():
+            shutil.copy(made, steps.out / made.name)
 
 
 def main(argv=None) -> int:
