@@ -92,7 +92,7 @@ RUNS = (
         ("--models", "mobilenetv2_small", "convnext_fmnist", "--threads", "2", "--baseline-epochs", "4", "--depths",
          "2", "4", "6", "--ranks", "damage", "damage_per_mac", "--fractions", "0.7", "0.5"), minutes=42),
     Run("latency_budget", "latency_budget", ("--input-size", "160", "--results-name", "latency_budget"),
-        minutes=35, guessed=True),
+        minutes=12),
     # The benchmark pages' other results.
     # its three studies: the CNNs at 2x and 4x, at equal latency, the ViT
     Run("budget_choice", "budget_choice", minutes=30),
@@ -117,13 +117,13 @@ RUNS = (
     Run("int8_profile", "int8_profile", ("--models", "mobilenet_v2", "resnet50", "efficientnet_b0", "--runs", "100"),
         minutes=1),
     Run("plain_loop_recovery", "plain_loop_recovery", minutes=2),
-    Run("process_rounds", "process_rounds", ("--repeats", "6"), minutes=15, guessed=True),
+    Run("process_rounds", "process_rounds", ("--repeats", "6"), minutes=2),
     # the files latency_budget's run (earlier in this list) leaves in run_all.py's build/bench/latency_budget/
     Run("process_rounds_effb1_3x", "process_rounds",
         ("--pair", "build/bench/latency_budget/torchvision_efficientnet_b1_160/dense.onnx",
          "build/bench/latency_budget/torchvision_efficientnet_b1_160/speedup3/model.onnx", "--rounds", "4", "8", "16",
          "--repeats", "6", "--runs", "200", "--results-name", "process_rounds_effb1_3x"),
-        minutes=15, guessed=True),
+        minutes=2),
     Run("prune_defaults", "prune_defaults", ("--epochs", "2", "--threads", "1"),
         minutes=4),
 )
