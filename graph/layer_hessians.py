@@ -7,6 +7,7 @@ its readers (PackedHessian).
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,7 @@ from prunefx.graph.staged_run import StagedRun
 
 _HESSIAN_BUDGET = 1 << 28  # bytes of float64 Hessians held at once (256 MiB)
 KEEP_ROWS = 0.5  # X is kept beside H while it has at most this many rows per column (see LayerRows)
+CACHE_IN_MEMORY = 1 << 24  # bytes of packed Hessians a cache holds in memory; the rest wait in temporary files
 
 
 @dataclass(frozen=True)
@@ -41,14 +43,28 @@ class PackedHessian:
     for a float32 model): a quarter of H in float64, what a cache holds between its readers (the `obs`
     importance reads H as gathered, the compensation later reads it from here). Rounding the float64 sum
     once to float32 moves H as little as the float32 rounding of the activations themselves did; summing
-    in float32 is what would not do (graph/channels/saliency.py)."""
+    in float32 is what would not do (graph/channels/saliency.py).
 
-    def __init__(self, hessian: torch.Tensor, dtype: torch.dtype):
+    `spill`: the triangle waits in an anonymous temporary file (deleted with this object) instead of memory,
+    read back by `unpack`: a ViT-L's cache holds 0.95 GB until the compensation reads it, at the moment the
+    `obs` elimination needs most memory."""
+
+    def __init__(self, hessian: torch.Tensor, dtype: torch.dtype, *, spill: bool = False):
         size = hessian.shape[0]
-        self.size = size
-        self.data = torch.empty(size * (size + 1) // 2, dtype=dtype, device=hessian.device)
+        self.size, self.dtype, self.device = size, dtype, hessian.device
+        data = torch.empty(size * (size + 1) // 2, dtype=dtype, device=hessian.device)
         for row, start in enumerate(self._starts()):
-            self.data[start:start + size - row] = hessian[row, row:]
+            data[start:start + size - row] = hessian[row, row:]
+        self.data: torch.Tensor | None = data
+        self.file = None
+        if spill and data.device.type == "cpu":
+            self.file = tempfile.TemporaryFile(prefix="prunefx-hessian-")
+            self.file.write(data.numpy().data)
+            self.data = None
+
+    @property
+    def bytes_in_memory(self) -> int:
+        return 0 if self.data is None else self.data.numel() * self.data.element_size()
 
     def _starts(self) -> list[int]:
         """Where each row's part (from the diagonal on) starts in `data`."""
@@ -58,15 +74,28 @@ class PackedHessian:
             start += size - row
         return starts
 
+    def _packed(self) -> torch.Tensor:
+        if self.data is not None:
+            return self.data
+        self.file.seek(0)
+        return torch.frombuffer(bytearray(self.file.read()), dtype=self.dtype)
+
     def unpack(self) -> torch.Tensor:
         """H in float64, symmetric."""
-        size = self.size
-        hessian = torch.empty((size, size), dtype=torch.float64, device=self.data.device)
+        size, data = self.size, self._packed()
+        hessian = torch.empty((size, size), dtype=torch.float64, device=self.device)
         for row, start in enumerate(self._starts()):
-            part = self.data[start:start + size - row]
+            part = data[start:start + size - row]
             hessian[row, row:] = part
             hessian[row:, row] = part
         return hessian
+
+
+def _packed(hessian: torch.Tensor, dtype: torch.dtype, cache: dict) -> PackedHessian:
+    """H packed for `cache`, in a temporary file once the cache holds CACHE_IN_MEMORY bytes in memory."""
+    held = sum(entry[0].bytes_in_memory for entry in cache.values()
+               if isinstance(entry, tuple) and isinstance(entry[0], PackedHessian))
+    return PackedHessian(hessian, dtype, spill=held >= CACHE_IN_MEMORY)
 
 
 def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches, *, cache: dict | None = None,
@@ -104,14 +133,20 @@ def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches,
         for values in staged.advance(sources):
             for spec in chunk:
                 sums[spec].add(spec.rows(values[spec.source]))
+        values = None  # the last batch's activations, no longer needed
         for spec in chunk:
-            total = sums.pop(spec)
-            hessian, rows = total.finish(), LayerRows(total.rows, total.kept_rows())
-            if cache is not None:
-                cache[spec] = (None if hessian is None else PackedHessian(hessian, total.stored_dtype()), rows)
-            if as_cached and hessian is not None:
-                hessian = hessian.to(total.stored_dtype()).double()
-            yield spec, hessian, rows
+            # this frame keeps no reference to H while the caller holds it: a ViT-L MLP's H is 134 MB
+            yield spec, *_finished(sums.pop(spec), spec, cache, as_cached)
+
+
+def _finished(total: GramSum, spec: InputSpec, cache: dict | None, as_cached: bool) -> tuple:
+    """(H, LayerRows) of a finished sum, stored in `cache` when there is one (see iter_hessians)."""
+    hessian, rows = total.finish(), LayerRows(total.rows, total.kept_rows())
+    if cache is not None:
+        cache[spec] = (None if hessian is None else _packed(hessian, total.stored_dtype(), cache), rows)
+    if as_cached and hessian is not None:
+        hessian = hessian.to(total.stored_dtype()).double()
+    return hessian, rows
 
 
 def _cached(entry: tuple, from_rows: bool) -> tuple:

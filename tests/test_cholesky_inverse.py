@@ -22,3 +22,51 @@ def test_the_inverse_from_the_factor_equals_the_inverse(size, dtype):
     expected = np.linalg.inv(matrix)
     tolerance = 1e-9 if dtype == torch.float64 else 1e-3
     np.testing.assert_allclose(inverse.double().numpy(), expected, rtol=0, atol=tolerance * np.abs(expected).max())
+
+
+@pytest.mark.parametrize(("size", "dtype"), [(1, torch.float64), (7, torch.float64), (600, torch.float64),
+                                             (40, torch.float32)])
+def test_the_symmetric_inverse_is_written_over_the_matrix_and_equals_the_inverse(size, dtype):
+    from prunefx.graph.numerics.cholesky_inverse import symmetric_inverse_
+
+    rng = np.random.default_rng(size)
+    x = rng.standard_normal((2 * size, size))
+    matrix = x.T @ x + 0.1 * np.eye(size)
+    square = torch.from_numpy(matrix).to(dtype).clone()  # not numpy's storage: it is overwritten
+    storage = square.data_ptr()
+    assert symmetric_inverse_(square)
+    assert square.data_ptr() == storage and torch.equal(square, square.t())
+    expected = np.linalg.inv(matrix)
+    tolerance = 1e-9 if dtype == torch.float64 else 1e-3
+    np.testing.assert_allclose(square.double().numpy(), expected, rtol=0, atol=tolerance * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("size", [2, 700])
+def test_a_matrix_that_is_not_positive_definite_has_no_symmetric_inverse_and_is_left_as_it_was(size):
+    from prunefx.graph.numerics.cholesky_inverse import symmetric_inverse_
+
+    rng = np.random.default_rng(size)
+    x = rng.standard_normal((size, size))
+    matrix = torch.from_numpy(x + x.T)  # indefinite: eigenvalues of both signs
+    original = matrix.clone()
+    assert not symmetric_inverse_(matrix)
+    assert torch.equal(matrix, original)
+
+
+def test_the_damped_inverse_written_over_h_is_the_damped_inverse_bit_for_bit():
+    """lean_damped_inverse with `overwrite` returns H's own storage, equal to the inverse taken in a copy and to
+    compensation's damped_inverse; with damping 0 on a rank-deficient H, after the same jitters."""
+    from prunefx.graph.channels.compensation import damped_inverse
+    from prunefx.graph.channels.obs_elimination import lean_damped_inverse
+
+    rng = np.random.default_rng(0)
+    for rows, damping in ((900, 0.01), (300, 0.0)):  # 300 rows of 600 columns: H has rank 300
+        x = torch.from_numpy(rng.standard_normal((rows, 600)))
+        hessian = x.t() @ x
+        hessian = (hessian + hessian.t()) / 2
+        copied = lean_damped_inverse(hessian, damping)
+        expected = damped_inverse(hessian, damping)
+        storage = hessian.data_ptr()
+        written = lean_damped_inverse(hessian, damping, overwrite=True)
+        assert written.data_ptr() == storage
+        assert torch.equal(written, copied) and torch.equal(written, expected)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunefx.graph import capture
+from prunefx.graph import capture, layer_hessians
 from prunefx.graph.activations import run_tapped, tap_nodes
 from prunefx.graph.channels.compensation import compensate_removed_inputs
 from prunefx.graph.channels.groups import find_channel_groups
@@ -85,9 +85,22 @@ def test_a_packed_hessian_is_the_hessian_rounded_to_float32_in_a_quarter_of_its_
     torch.testing.assert_close(PackedHessian(hessian, torch.float64).unpack(), hessian, rtol=0, atol=0)
 
 
-def test_the_cache_holds_packed_hessians_and_the_compensation_drops_them():
-    """A cache filled by a first reader holds H packed; the compensation, its last reader, leaves no
-    Hessian in it, and compensates exactly as it does from Hessians gathered afresh (rounded alike)."""
+def test_a_spilled_packed_hessian_holds_nothing_in_memory_and_unpacks_the_same():
+    x = torch.randn(300, 70, dtype=torch.float64)
+    hessian = x.t() @ x
+    hessian = (hessian + hessian.t()) / 2
+    spilled, held = PackedHessian(hessian, torch.float32, spill=True), PackedHessian(hessian, torch.float32)
+    assert spilled.bytes_in_memory == 0 and held.bytes_in_memory == 70 * 71 // 2 * 4
+    assert torch.equal(spilled.unpack(), held.unpack()) and torch.equal(spilled.unpack(), held.unpack())
+
+
+@pytest.mark.parametrize("in_memory", ["default", "nothing"])
+def test_the_cache_holds_packed_hessians_and_the_compensation_drops_them(monkeypatch, in_memory):
+    """A cache filled by a first reader holds H packed (in temporary files past its memory budget); the
+    compensation, its last reader, leaves no Hessian in it, and compensates exactly as it does from
+    Hessians gathered afresh (rounded alike)."""
+    if in_memory == "nothing":
+        monkeypatch.setattr(layer_hessians, "CACHE_IN_MEMORY", 0)
     program, batches = _program_and_batches()
     combing = find_channel_groups(program.module)
     removed = {int(c) for c in combing.groups[0].classes[:3]}
@@ -99,6 +112,7 @@ def test_the_cache_holds_packed_hessians_and_the_compensation_drops_them():
     specs = _specs(program)
     for spec, hessian, _ in iter_hessians(program.module, specs, batches, cache=cache):
         assert isinstance(cache[spec][0], PackedHessian)
+        assert (cache[spec][0].bytes_in_memory == 0) == (in_memory == "nothing")
         torch.testing.assert_close(cache[spec][0].unpack(), hessian, rtol=1e-6, atol=1e-6 * float(hessian.abs().max()))
     cache["other"] = 1  # not a Hessian: left alone
     shared = compensate_removed_inputs(program.module, combing.analysis, removed, batches, hessians=cache)

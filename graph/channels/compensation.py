@@ -17,7 +17,7 @@ from prunefx.graph.attributes import get_tensor
 from prunefx.graph.channels.analysis import ChannelAnalysis
 from prunefx.graph.layer_hessians import LayerRows, iter_hessians, release
 from prunefx.graph.layer_inputs import Consumer, InputSpec, find_consumers
-from prunefx.graph.numerics.cholesky_inverse import cholesky_inverse_
+from prunefx.graph.numerics.cholesky_inverse import symmetric_inverse_
 from prunefx.graph.numerics.symmetric_product import symmetric_trace
 
 # --- the update ------------------------------------------------------------------------------------------
@@ -119,9 +119,9 @@ def damped_inverse(hessian: torch.Tensor, damping: float) -> torch.Tensor | None
     scale = float(hessian.diagonal().mean())
     eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
     for jitter in (0.0, 1e-10, 1e-8, 1e-6, 1e-4):
-        factor, info = torch.linalg.cholesky_ex(hessian + (lam + jitter * scale) * eye)
-        if int(info) == 0:
-            return cholesky_inverse_(factor.contiguous())  # LAPACK's factor is column-major
+        damped = hessian + (lam + jitter * scale) * eye
+        if symmetric_inverse_(damped):
+            return damped
     return torch.linalg.pinv(hessian + lam * eye, hermitian=True)
 
 

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from prunefx.graph.channels.compensation import damped_inverse, damping_term
+from prunefx.graph.heap import release_freed_memory
 from prunefx.graph.layer_hessians import LayerRows
-from prunefx.graph.numerics.cholesky_inverse import cholesky_inverse_
+from prunefx.graph.numerics.cholesky_inverse import symmetric_inverse_
 from prunefx.graph.numerics.low_rank_inverse import low_rank_damped_inverse
 from prunefx.graph.numerics.symmetric_product import add_upper, add_upper_gram, mirror_upper
 
@@ -37,7 +38,7 @@ class LayerState:
     - `place`: layer column -> its row in `base` and in `columns_major`, -1 once removed (or not in
       the group)."""
 
-    CAPACITY = 512  # deferred columns before the downdates are applied to `base`
+    CAPACITY = 512  # deferred columns before the downdates are applied to `base` (at most, see _buffers)
 
     def __init__(self, matrix: torch.Tensor, inverse: torch.Tensor, energy: float,
                  columns: dict[int, torch.Tensor]):
@@ -135,8 +136,7 @@ class LayerState:
     def _defer(self, left: torch.Tensor, right: torch.Tensor) -> None:
         width = left.shape[1]
         if self.left is None:
-            self.left = self.base.new_empty((self.base.shape[0], max(self.CAPACITY, width)))
-            self.right = torch.empty_like(self.left)
+            self._buffers(self.base.shape[0], width)
         if self.used + width <= self.left.shape[1]:
             self.left[:, self.used:self.used + width] = left
             self.right[:, self.used:self.used + width] = right
@@ -153,9 +153,16 @@ class LayerState:
             if deferred_left.shape[1]:
                 add_upper(self.base, deferred_left[kept], deferred_right[kept], alpha=-1)
         mirror_upper(self.base)
-        self.left = self.base.new_empty((kept.numel(), max(self.CAPACITY, left.shape[1])))
-        self.right = torch.empty_like(self.left)
+        self._buffers(kept.numel(), left.shape[1])
         self.used = 0
+        release_freed_memory()  # the old base, factor and buffers: or the next layer's copies land beside them
+
+    def _buffers(self, columns: int, width: int) -> None:
+        """Empty deferred-downdate buffers for `columns` alive, at most a quarter of them wide (at least
+        `width`): a ViT-L's residual stream keeps 49 layers of 1024 columns in one group, and buffers as
+        wide as CAPACITY would take as much memory as their inverses."""
+        self.left = self.base.new_empty((columns, max(min(self.CAPACITY, columns // 4), width)))
+        self.right = torch.empty_like(self.left)
 
     def _compact(self) -> torch.Tensor:
         """Restrict `base` and `columns_major` to the columns alive (copies), renumber `place`; the positions kept."""
@@ -220,13 +227,14 @@ def _solve(block: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
 
 
 def lean_damped_inverse(hessian: torch.Tensor | None, damping: float,
-                        rows: LayerRows | None = None) -> torch.Tensor | None:
+                        rows: LayerRows | None = None, *, overwrite: bool = False) -> torch.Tensor | None:
     """channel_compensation.damped_inverse's (H + lam I)^-1, bit for bit, in one working copy of H (the
     factor and the inverse overwrite it) instead of an identity, its multiple, their sum, the factor
-    and the inverse: a U-Net decoder conv reading 12k columns has a 1.2 GB H in float64. Same jitters;
-    its pinv fallback is left to it. Where the calibration `rows` H was summed over were kept (far
-    fewer of them than columns), by the Woodbury identity instead (graph/numerics/low_rank_inverse.py):
-    equal to rounding; H may then be None (not formed)."""
+    and the inverse: a U-Net decoder conv reading 12k columns has a 1.2 GB H in float64; with `overwrite`
+    (the caller needs H no more), in H itself. Same jitters; its pinv fallback is left to it. Where the
+    calibration `rows` H was summed over were kept (far fewer of them than columns), by the Woodbury
+    identity instead (graph/numerics/low_rank_inverse.py): equal to rounding; H may then be None (not
+    formed)."""
     lam = damping_term(hessian, damping, rows)
     if lam is None:
         return None
@@ -237,15 +245,14 @@ def lean_damped_inverse(hessian: torch.Tensor | None, damping: float,
         if hessian is None:  # no damping: the identity does not hold
             hessian = rows.gram()
     scale = float(hessian.diagonal().mean())
-    work, info = torch.empty_like(hessian), torch.empty((), dtype=torch.int32, device=hessian.device)
+    work = hessian if overwrite and hessian.is_contiguous() else torch.empty_like(hessian).copy_(hessian)
+    diagonal = hessian.diagonal().clone()
     for jitter in (0.0, 1e-10, 1e-8, 1e-6, 1e-4):
-        work.copy_(hessian)
-        work.diagonal().add_(lam + jitter * scale)
-        torch.linalg.cholesky_ex(work, out=(work, info))
-        if int(info) == 0:
-            return cholesky_inverse_(work)
-    del work
-    return damped_inverse(hessian, damping)
+        work.diagonal().copy_(diagonal).add_(lam + jitter * scale)
+        if symmetric_inverse_(work):  # else `work` is left as it was, to try the next jitter
+            return work
+    work.diagonal().copy_(diagonal)  # H as it came
+    return damped_inverse(work, damping)
 
 
 STEPS = ("exact", "fast")  # remove_channels' obs_steps: where the elimination stops (see eliminate)

@@ -137,12 +137,14 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
     scores = [np.zeros(group.size) for group in combing.groups]
     layers = 0
     for spec, hessian, rows in iter_hessians(module, needed, batches, cache=hessians, from_rows=True):
-        inverse = lean_damped_inverse(hessian, damping, rows)
         device = (rows.kept if hessian is None else hessian).device
-        for layer, positions in by_spec[spec]:
+        matrices = [weight_matrix(module, layer.weight, transposed=layer.transposed).to(device)
+                    for layer, _ in by_spec[spec]]
+        energies = [output_energy(matrix, hessian, rows) for matrix in matrices]
+        # H is read no more: its inverse is written over it (H and a copy of a ViT-L MLP's: 268 MB)
+        inverse = lean_damped_inverse(hessian, damping, rows, overwrite=True)
+        for (layer, positions), matrix, energy in zip(by_spec[spec], matrices, energies):
             layers += 1
-            matrix = weight_matrix(module, layer.weight, transposed=layer.transposed).to(device)
-            energy = output_energy(matrix, hessian, rows)
             if hessians is not None:
                 hessians[energy_key(layer.weight)] = energy
             by_group: dict[int, dict[int, torch.Tensor]] = defaultdict(dict)
@@ -158,7 +160,7 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
         sharing = [state for found in states.values() for state in found if state.base is inverse]
         if len(sharing) == 1:
             sharing[0].owned = True  # its downdates may overwrite the inverse: no copy of it is made
-        del hessian, inverse, sharing  # held by the states that share it, until their first downdate
+        del hessian, inverse, sharing, matrices  # held by the states that share it, until their first downdate
         for group in [g for g in states if waiting[g] == 0]:
             scores[group] = eliminate(combing.groups[group].size, states.pop(group), steps=steps,
                                       removable=None if removable is None else removable[group])

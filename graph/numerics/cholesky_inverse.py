@@ -1,6 +1,7 @@
-"""(L L^T)^-1 from a lower Cholesky factor L, written over L's own storage. On the CPU in float64 by
-LAPACK's dpotri through scipy: torch's cholesky_inverse (MKL) ran at a third of its speed on the AMD EPYC
-machines the benchmarks use (docs/benchmarks/tool-speed.md). Elsewhere torch's."""
+"""(L L^T)^-1 from a lower Cholesky factor L, written over L's own storage; and A^-1 of a symmetric positive
+definite A written over A, the factor made in place too. On the CPU in float64 by LAPACK's dpotri through
+scipy: torch's cholesky_inverse (MKL) ran at a third of its speed on the AMD EPYC machines the benchmarks use
+(docs/benchmarks/tool-speed.md). Elsewhere torch's."""
 
 from __future__ import annotations
 
@@ -20,6 +21,32 @@ def cholesky_inverse_(factor: torch.Tensor) -> torch.Tensor:
     if info != 0:
         raise torch.linalg.LinAlgError(f"dpotri failed (info {info})")
     return _mirror_lower(factor)
+
+
+def symmetric_inverse_(square: torch.Tensor) -> bool:
+    """A^-1 of the symmetric `square` (contiguous), written over it; False when A is not positive definite,
+    `square` then left as it was. On the CPU in float64 nothing else of its size is allocated: torch factors
+    a row-major matrix in a column-major copy (a ViT-L MLP's H: 134 MB more at the moment the second-order
+    choice needs most memory), where LAPACK can factor A's own storage, read in Fortran order as A^T = A,
+    and leaves the other triangle as it was (the way back when A is not positive definite)."""
+    if square.device.type != "cpu" or square.dtype != torch.float64 or not square.is_contiguous():
+        factor, info = torch.linalg.cholesky_ex(square)
+        if int(info) != 0:
+            return False
+        square.copy_(torch.cholesky_inverse(factor))
+        return True
+    diagonal = square.diagonal().clone()
+    fortran = square.numpy().T  # its lower triangle is row-major's upper one
+    _, info = lapack.dpotrf(fortran, lower=1, clean=0, overwrite_a=1)
+    if info != 0:
+        _mirror_lower(square)  # the upper triangle back from the lower one, which LAPACK did not touch
+        square.diagonal().copy_(diagonal)
+        return False
+    _, info = lapack.dpotri(fortran, lower=1, overwrite_c=1)
+    if info != 0:
+        raise torch.linalg.LinAlgError(f"dpotri failed (info {info})")
+    _mirror_lower(square.mT)  # the inverse is in row-major's upper triangle
+    return True
 
 
 def _mirror_lower(square: torch.Tensor) -> torch.Tensor:
