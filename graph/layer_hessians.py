@@ -58,9 +58,12 @@ class PackedHessian:
         self.data: torch.Tensor | None = data
         self.file = None
         if spill and data.device.type == "cpu":
-            self.file = tempfile.TemporaryFile(prefix="prunefx-hessian-")
-            self.file.write(data.numpy().data)
-            self.data = None
+            try:
+                self.file = tempfile.TemporaryFile(prefix="prunefx-hessian-")
+                self.file.write(data.numpy().data)
+                self.data = None
+            except OSError:  # no room in the temporary folder: memory it is
+                self.file = None
 
     @property
     def bytes_in_memory(self) -> int:

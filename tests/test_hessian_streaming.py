@@ -94,6 +94,16 @@ def test_a_spilled_packed_hessian_holds_nothing_in_memory_and_unpacks_the_same()
     assert torch.equal(spilled.unpack(), held.unpack()) and torch.equal(spilled.unpack(), held.unpack())
 
 
+def test_a_hessian_that_cannot_be_spilled_stays_in_memory(monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(layer_hessians.tempfile, "TemporaryFile", full)
+    hessian = torch.eye(5, dtype=torch.float64)
+    packed = PackedHessian(hessian, torch.float32, spill=True)
+    assert packed.bytes_in_memory == 15 * 4 and torch.equal(packed.unpack(), hessian)
+
+
 @pytest.mark.parametrize("in_memory", ["default", "nothing"])
 def test_the_cache_holds_packed_hessians_and_the_compensation_drops_them(monkeypatch, in_memory):
     """A cache filled by a first reader holds H packed (in temporary files past its memory budget); the
