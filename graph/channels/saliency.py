@@ -138,9 +138,10 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
     layers = 0
     for spec, hessian, rows in iter_hessians(module, needed, batches, cache=hessians, from_rows=True):
         device = (rows.kept if hessian is None else hessian).device
-        matrices = [weight_matrix(module, layer.weight, transposed=layer.transposed).to(device)
-                    for layer, _ in by_spec[spec]]
-        energies = [output_energy(matrix, hessian, rows) for matrix in matrices]
+        matrices, energies = [], []
+        for layer, _ in by_spec[spec]:
+            matrices.append(weight_matrix(module, layer.weight, transposed=layer.transposed).to(device))
+            energies.append(output_energy(matrices[-1], hessian, rows))
         # H is read no more: its inverse is written over it (H and a copy of a ViT-L MLP's: 268 MB)
         inverse = lean_damped_inverse(hessian, damping, rows, overwrite=True)
         for (layer, positions), matrix, energy in zip(by_spec[spec], matrices, energies):
