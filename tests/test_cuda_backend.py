@@ -189,6 +189,34 @@ def test_a_short_model_is_captured_again_with_enough_iterations_to_hide_its_laun
                               "replays_per_sample": model.calls}
 
 
+def test_a_graphs_first_replay_does_not_decide_its_iterations(fake, monkeypatch):
+    """A graph's first replay uploads it (far slower than the model's work): the iterations and the replays per
+    sample come from later replays, as for a device without that cost."""
+    program = _net(1, batch=2)
+    one_call = MS_PER_WEIGHT * _weights(program.module)
+    monkeypatch.setattr(cuda_graph, "GRAPH_MIN_MS", 3.3 * one_call)
+    capture, time = fake.capture, fake.time
+
+    def capture_with_upload(run, iterations=1):
+        replay = capture(run, iterations)
+
+        def counted():
+            counted.replays += 1
+            replay()
+        counted.iterations, counted.replays = iterations, 0
+        return counted
+
+    def time_with_upload(run, calls=1):
+        upload = 100.0 if getattr(run, "replays", 1) == 0 else 0.0  # a graph never replayed yet: it uploads first
+        return time(run, calls) + upload
+
+    monkeypatch.setattr(fake, "capture", capture_with_upload)
+    monkeypatch.setattr(fake, "time", time_with_upload)
+    model = GpuModel(program, precision="fp16", device=fake)
+    assert model.iterations == 4 and fake.iterations == [1, 4]
+    assert model.calls == math.ceil(SAMPLE_MS / (model.iterations * one_call))
+
+
 def test_a_budget_search_keeps_two_models_on_the_gpu_and_reports_its_memory(fake):
     dense = _net(32)
     pair = latency_pair("cuda", threads=1, runs=2, warmup=0)
