@@ -20,9 +20,9 @@ under its own timeout so that one hung step cannot take the rest with it:
    math on the GPU), each run its own process, timed from start to exit;
 6. benchmarks/gpu_speedup.py in the time left.
 Each step's output and a summary (gpu_check.json: GPU, driver, torch, cuDNN, each step's exit and seconds)
-go to --out, flat, ready to commit as benchmarks/results/gpu_*. `--smoke` runs the same steps on a CPU with
-stand-ins (small models, the ort backend, gpu_speedup's --smoke) to prove the check end to end before a GPU
-is spent on it.
+go to --out, flat, ready to commit to benchmarks/gpu_check/ (its README.md says why not benchmarks/results/).
+`--smoke` runs the same steps on a CPU with stand-ins (small models, the ort backend, gpu_speedup's --smoke)
+to prove the check end to end before a GPU is spent on it.
 """
 
 from __future__ import annotations
