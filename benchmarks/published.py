@@ -84,8 +84,8 @@ RUNS = (
          "--baseline-epochs", "3", "lraspp_mobilenetv3=15", "segformer_mit_b0=11", "--fractions", "0.5", "0.33",
          "--latency", "--int8"), minutes=222),
     Run("detection_scenes", "detection_scenes",
-        ("--variants", "prunefx-l2", "prunefx-obs", "prunefx-cpd", "tp-l2", "prunefx-obs-budget", "--epochs", "2", "4",
-         "8", "--int8", "--latency"), minutes=144),
+        ("--variants", "prunefx-l2", "prunefx-obs", "prunefx-cpd", "tp-l2", "prunefx-obs-budget", "--epochs", "2",
+         "--budget-epochs", "2", "4", "8", "--int8", "--latency"), minutes=144),
     Run("sparsity_accuracy", "sparsity_accuracy", ("--baseline-epochs", "8", "mobilenetv2_small=4"), minutes=42),
     # both models, both rankings of the blocks: one results set
     Run("depth_vs_channel", "depth_vs_channel",
