@@ -28,8 +28,9 @@ which this CPU machine neither needs nor has; the rest of the extra is already i
         antlr4-python3-runtime==4.9.3 pulp onnxslim polygraphy lief cppimport ninja
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/modelopt_side_by_side.py [--models NAME ...] [--size 224]
 
-Each model's row is cached in build/modelopt_side_by_side/ (--reuse reads it) so that a run on a loaded machine
-can be resumed. Writes benchmarks/results/modelopt_side_by_side.json and .md.
+Each model's finished row is cached in build/modelopt_side_by_side/, so that an interrupted run resumes where it
+stopped (run_all.py empties that folder before a published run and checks, on `--resume`, that the same code
+filled it). Writes benchmarks/results/modelopt_side_by_side.json and .md.
 """
 
 from __future__ import annotations
@@ -227,7 +228,7 @@ def run_model(name: str, images: torch.Tensor, size: int) -> dict:
 
 def cached_row(name: str, images: torch.Tensor, args) -> dict:
     path = CACHE / f"{name}_{args.size}.json"
-    if args.reuse and path.is_file():
+    if path.is_file():  # finished by an earlier, interrupted run of this build folder
         return json.loads(path.read_text())
     started = time.perf_counter()
     row = run_model(name, images, args.size)
@@ -285,7 +286,6 @@ def main() -> int:
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS, metavar="NAME")
     parser.add_argument("--size", type=int, default=224, help="input height and width (224)")
     parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads (2)")
-    parser.add_argument("--reuse", action="store_true", help="read rows cached in build/ by an earlier run")
     args = parser.parse_args()
     version = modelopt_version()
     torch.set_num_threads(args.threads)

@@ -56,8 +56,7 @@ def test_a_matrix_that_is_not_positive_definite_has_no_symmetric_inverse_and_is_
 def test_the_damped_inverse_written_over_h_is_the_damped_inverse_bit_for_bit():
     """lean_damped_inverse with `overwrite` returns H's own storage, equal to the inverse taken in a copy and to
     compensation's damped_inverse; with damping 0 on a rank-deficient H, after the same jitters."""
-    from prunefx.graph.channels.compensation import damped_inverse
-    from prunefx.graph.channels.obs_elimination import lean_damped_inverse
+    from prunefx.graph.channels.compensation import damped_inverse, lean_damped_inverse
 
     rng = np.random.default_rng(0)
     for rows, damping in ((900, 0.01), (300, 0.0)):  # 300 rows of 600 columns: H has rank 300

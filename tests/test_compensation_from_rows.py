@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from prunefx.graph.channels.compensation import second_order_update
-from prunefx.graph.channels.obs_elimination import lean_damped_inverse
+from prunefx.graph.channels.compensation import lean_damped_inverse, second_order_update
 from prunefx.graph.layer_hessians import LayerRows
 
 

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from prunefx.graph.channels.compensation import output_energy
-from prunefx.graph.channels.obs_elimination import lean_damped_inverse
+from prunefx.graph.channels.compensation import lean_damped_inverse, output_energy
 from prunefx.graph.layer_hessians import LayerRows
 from prunefx.graph.numerics.low_rank_inverse import low_rank_damped_inverse
 

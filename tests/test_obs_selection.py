@@ -201,7 +201,8 @@ def _two_layers(rng, size: int) -> list[tuple]:
 
 
 def _states(built: list[tuple]) -> list:
-    from prunefx.graph.channels.obs_elimination import LayerState, lean_damped_inverse
+    from prunefx.graph.channels.compensation import lean_damped_inverse
+    from prunefx.graph.channels.obs_elimination import LayerState
 
     states = []
     for hessian, matrix, columns in built:
@@ -217,8 +218,8 @@ def test_elimination_matches_an_oracle(monkeypatch, capacity, owned):
     at a time, a wide layer's inverse shared, or `owned` and compacted in place, a narrow slice copied)
     choose the channels the oracle does, with the same scores; two layers read the group, with 1 to 3
     columns per channel and columns of other groups."""
-    from prunefx.graph.channels.compensation import damped_inverse
-    from prunefx.graph.channels.obs_elimination import LayerState, eliminate, lean_damped_inverse
+    from prunefx.graph.channels.compensation import damped_inverse, lean_damped_inverse
+    from prunefx.graph.channels.obs_elimination import LayerState, eliminate
 
     monkeypatch.setattr(LayerState, "CAPACITY", capacity)
     rng = np.random.default_rng(0)

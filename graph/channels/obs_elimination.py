@@ -11,11 +11,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from prunefx.graph.channels.compensation import damped_inverse, damping_term
 from prunefx.graph.heap import release_freed_memory
-from prunefx.graph.layer_hessians import LayerRows
-from prunefx.graph.numerics.cholesky_inverse import symmetric_inverse_
-from prunefx.graph.numerics.low_rank_inverse import low_rank_damped_inverse
 from prunefx.graph.numerics.symmetric_product import add_upper, add_upper_gram, mirror_upper
 
 
@@ -224,35 +220,6 @@ def _solve(block: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     if bool((info != 0).any()):
         return torch.linalg.lstsq(block, right).solution
     return solved
-
-
-def lean_damped_inverse(hessian: torch.Tensor | None, damping: float,
-                        rows: LayerRows | None = None, *, overwrite: bool = False) -> torch.Tensor | None:
-    """channel_compensation.damped_inverse's (H + lam I)^-1, bit for bit, in one working copy of H (the
-    factor and the inverse overwrite it) instead of an identity, its multiple, their sum, the factor
-    and the inverse: a U-Net decoder conv reading 12k columns has a 1.2 GB H in float64; with `overwrite`
-    (the caller needs H no more), in H itself. Same jitters; its pinv fallback is left to it. Where the
-    calibration `rows` H was summed over were kept (far fewer of them than columns), by the Woodbury
-    identity instead (graph/numerics/low_rank_inverse.py): equal to rounding; H may then be None (not
-    formed)."""
-    lam = damping_term(hessian, damping, rows)
-    if lam is None:
-        return None
-    if rows is not None and rows.kept is not None:
-        low_rank = low_rank_damped_inverse(rows.kept, lam)
-        if low_rank is not None:
-            return low_rank
-        if hessian is None:  # no damping: the identity does not hold
-            hessian = rows.gram()
-    scale = float(hessian.diagonal().mean())
-    work = hessian if overwrite and hessian.is_contiguous() else torch.empty_like(hessian).copy_(hessian)
-    diagonal = hessian.diagonal().clone()
-    for jitter in (0.0, 1e-10, 1e-8, 1e-6, 1e-4):
-        work.diagonal().copy_(diagonal).add_(lam + jitter * scale)
-        if symmetric_inverse_(work):  # else `work` is left as it was, to try the next jitter
-            return work
-    work.diagonal().copy_(diagonal)  # H as it came
-    return damped_inverse(work, damping)
 
 
 STEPS = ("exact", "fast")  # remove_channels' obs_steps: where the elimination stops (see eliminate)

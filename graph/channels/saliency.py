@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_flatten
 
-from prunefx.graph.channels.compensation import energy_key, output_energy
+from prunefx.graph.channels.compensation import energy_key, lean_damped_inverse, output_energy
 from prunefx.graph.channels.factor_slices import FactorSlices
 from prunefx.graph.channels.groups import Combing
-from prunefx.graph.channels.obs_elimination import LayerState, eliminate, lean_damped_inverse
+from prunefx.graph.channels.obs_elimination import LayerState, eliminate
 from prunefx.graph.heap import release_freed_memory
 from prunefx.graph.layer_hessians import iter_hessians
 from prunefx.graph.layer_inputs import InputSpec, LayerInput, layer_inputs, weight_matrix
