@@ -85,7 +85,7 @@ RUNS = (
          "--latency", "--int8"), minutes=222),
     Run("detection_scenes", "detection_scenes",
         ("--variants", "prunefx-l2", "prunefx-obs", "prunefx-cpd", "tp-l2", "prunefx-obs-budget", "--epochs", "2",
-         "--budget-epochs", "2", "4", "8", "--int8", "--latency"), minutes=144),
+         "--budget-epochs", "2", "4", "8", "--int8", "--latency"), minutes=38),
     Run("sparsity_accuracy", "sparsity_accuracy", ("--baseline-epochs", "8", "mobilenetv2_small=4"), minutes=42),
     # both models, both rankings of the blocks: one results set
     Run("depth_vs_channel", "depth_vs_channel",
