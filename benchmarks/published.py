@@ -82,7 +82,7 @@ RUNS = (
     Run("dense_tasks", "dense_tasks",
         ("--models", "unet_mobilenetv2", "lraspp_mobilenetv3", "segformer_mit_b0", "--train", "4000", "--batch", "16",
          "--baseline-epochs", "3", "lraspp_mobilenetv3=15", "segformer_mit_b0=11", "--fractions", "0.5", "0.33",
-         "--latency", "--int8"), minutes=222),
+         "--latency", "--int8"), minutes=39),
     Run("detection_scenes", "detection_scenes",
         ("--variants", "prunefx-l2", "prunefx-obs", "prunefx-cpd", "tp-l2", "prunefx-obs-budget", "--epochs", "2",
          "--budget-epochs", "2", "4", "8", "--int8", "--latency"), minutes=38),
