@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from prunefx.graph import Program, count
+from prunefx.graph.channels.attention_dims import floor_names
 from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.graph.channels.importance import FisherAccumulator, group_importance
 from prunefx.graph.channels.selection import TARGET_KINDS, TARGET_TOLERANCE, Target
@@ -129,8 +130,9 @@ class PruningSchedule:
         (1 - max_ratio)^events of its width (a 5x target left ResNet-20 with a few channels per layer)."""
         combing = find_channel_groups(program.module, keep=set(self.options.keep))
         floor = 1.0 - float(self.options.max_ratio)
-        return {f"{tensor}:{dim}": max(math.ceil(floor * group.size - 1e-9), 1)
-                for group in combing.groups for tensor, dim in group.members}
+        # a head grid's two factors slice the same tensor dims: each floor goes by its own name
+        return {name: max(math.ceil(floor * group.size - 1e-9), 1)
+                for group, names in zip(combing.groups, floor_names(program.module, combing)) for name in names}
 
     def accumulate(self, trainer: Trainer | None = None) -> None:
         if len(self.done) < self.events:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from prunefx.graph import Program, count
 from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.attributes import delete_unused_tensors
-from prunefx.graph.channels.attention_dims import head_dim_groups
+from prunefx.graph.channels.attention_dims import floor_names, head_dim_groups
 from prunefx.graph.channels.compensation import compensate_removed_inputs
 from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.graph.channels.importance import CRITERIA, DATA_CRITERIA, channel_importance
@@ -77,7 +77,9 @@ class RemoveChannelsConfig(PassConfig):
     heads: str | None = option(help="attention: 'whole' heads go and head dims stay (fused kernels' widths, the dense "
                                     "softmax scale); 'dims' lets head dims go too; default whole, dims with "
                                     "ranking uniform", choices=HEADS)
-    min_widths: dict | None = option(help="{'tensor:dim': width}: no group with such a member keeps fewer", cli=False)
+    min_widths: dict | None = option(help="{'tensor:dim': width}: no group with such a member keeps fewer; "
+                                           "'tensor:dim:heads' or ':head_dim' names one factor of a head grid",
+                                      cli=False)
     keep: list[str] = option([], help="graph node whose channels must stay (see `prunefx inspect`)")
     seed: int = option(0, help="seed of the random criterion", cli=False)
     strict: bool = option(True, help="fail when the target cannot be met within 3 %", cli=False)
@@ -212,10 +214,15 @@ def _compensate(program: Program, combing, removed: set[int], config: RemoveChan
 
 
 def _floors(program: Program, combing, min_widths: dict | None, heads: str) -> list[int] | None:
-    """Each group's smallest width: the largest `min_widths` entry among its members, and with whole heads,
+    """Each group's smallest width: the largest `min_widths` entry among its names (a plain 'tensor:dim'
+    holds every factor of a head grid; 'tensor:dim:heads' or ':head_dim' one of them), and with whole heads,
     the full width of every attention head-dim group."""
-    floors = [max((min_widths.get(f"{tensor}:{dim}", 1) for tensor, dim in group.members), default=1)
-              for group in combing.groups] if min_widths else [1] * len(combing.groups)
+    floors = [1] * len(combing.groups)
+    if min_widths:
+        names = floor_names(program.module, combing)
+        for index, group in enumerate(combing.groups):
+            plain = [f"{tensor}:{dim}" for tensor, dim in group.members]
+            floors[index] = max((min_widths.get(name, 1) for name in names[index] + plain), default=1)
     if heads == "whole":
         for index in head_dim_groups(program.module, combing):
             floors[index] = combing.groups[index].size

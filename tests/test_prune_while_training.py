@@ -50,6 +50,26 @@ def test_max_ratio_holds_against_the_dense_widths_across_cuts(resnet20_and_data)
     assert any(pruned[name] == dense[name] / 2 for name in dense)  # the bound is reached, not avoided
 
 
+def test_heads_keep_their_own_floor_and_a_vit_reaches_a_fifth_of_its_macs():
+    # Heads and head dims slice the same qkv rows: a floor shared by name would hold the 4 heads to the
+    # head dims' 7 (a fifth of 32), so no head could go and the ViT would stop above its target.
+    torch.manual_seed(0)
+    program = capture(build_model("prunefx:vit_tiny_fmnist").module.eval(), torch.randn(8, 1, 28, 28),
+                      name="vit_tiny_fmnist")
+    generator = torch.Generator().manual_seed(0)
+    data = [(torch.randn(8, 1, 28, 28, generator=generator), torch.randint(0, 10, (8,), generator=generator))
+            for _ in range(2)]
+    dense_macs = count(program).macs
+    qkv = [name for name, _ in program.module.named_parameters() if name.endswith("qkv.weight")]
+    dense_rows = sum(program.state_dict()[name].shape[0] for name in qkv)
+    result = prune_while_training(program, config={
+        "data": data, "macs": 0.2, "steps": 10, "interval": 2, "prune_events": 5, "round_to": 4,
+        "lr": 1e-4, "progress": False})
+    assert count(result.program).macs / dense_macs == pytest.approx(0.2, rel=0.03)
+    rows = sum(result.program.state_dict()[name].shape[0] for name in qkv)
+    assert rows < dense_rows and rows % 96 == 0  # whole heads went: 3 x 32 rows each
+
+
 def test_a_budget_too_short_for_the_schedule_is_refused(resnet20_and_data):
     program, data = resnet20_and_data
     with pytest.raises(PrunefxError, match="cannot hold 5 pruning events"):

@@ -78,6 +78,20 @@ def test_min_widths_hold_a_group_above_its_floor(resnet18):
     assert all(g["width_after"] < 48 for g in groups if g["width_before"] == 64 and g not in floored)
 
 
+def test_a_floor_names_one_factor_of_a_head_grid():
+    torch.manual_seed(0)
+    vit = capture(build_model("prunefx:vit_tiny_fmnist").module.eval(), torch.randn(1, 1, 28, 28))
+    config = {"channels": 0.1, "ranking": "local", "heads": "dims", "round_to": 1, "strict": False,
+              "min_widths": {"blocks.0.attn.qkv.weight:0:heads": 4}}  # all 4 heads of the first block
+    result = remove_channels(vit, config=config)
+    widths = {(g["width_before"], g["members"][0].split(".attn")[0]): g["width_after"]
+              for g in result.stats["groups"] if "attn.qkv.weight:0" in " ".join(g["members"])}
+    assert widths[(4, "blocks.0")] == 4 and widths[(4, "blocks.1")] < 4  # heads: only the first block's held
+    assert widths[(32, "blocks.0")] < 32  # its head dims are another factor: they still go
+    # qkv's input of the attention projection: heads x head dims, as the two widths say
+    assert result.program.state_dict()["blocks.0.attn.proj.weight"].shape[1] == 4 * widths[(32, "blocks.0")]
+
+
 def test_kept_nodes_keep_their_channels(resnet18):
     stem = next(n.name for n in resnet18.graph.nodes if n.op == "call_function" and "conv" in str(n.target))
     result = remove_channels(resnet18.clone(), config={"macs": 0.5, "keep": [stem]})

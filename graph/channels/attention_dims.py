@@ -73,3 +73,15 @@ def head_dim_groups(module: torch.fx.GraphModule, combing: Combing) -> list[int]
         classes.update(int(c) for c in np.unique(analysis.classes[labels]))
     classes.discard(analysis.fixed_class)
     return [index for index, group in enumerate(combing.groups) if classes & set(group.classes.tolist())]
+
+
+def floor_names(module: torch.fx.GraphModule, combing: Combing) -> list[list[str]]:
+    """Each group's names in remove_channels' `min_widths`: 'tensor:dim' for a plain width. The two factors
+    of a head grid (heads and head dims) slice the same tensor dims, so each is named apart:
+    'tensor:dim:heads' and 'tensor:dim:head_dim'."""
+    head_dims = set(head_dim_groups(module, combing))
+    names = []
+    for index, group in enumerate(combing.groups):
+        suffix = ("head_dim" if index in head_dims else "heads") if group.factor else None
+        names.append([f"{tensor}:{dim}" + (f":{suffix}" if suffix else "") for tensor, dim in group.members])
+    return names
