@@ -541,7 +541,8 @@ def main(argv=None) -> int:
     if args.int8:
         runs += int8_runs(runs, dense, data, args)
     report = {"command": command_line(), "machine": machine_info(threads=args.threads), "size": args.size,
-              "train": args.train, "val": args.val, "test": args.test, "epochs": sorted({epochs for epochs, _, _ in plan}), "lr": args.lr,
+              "train": args.train, "val": args.val, "test": args.test,
+              "epochs": sorted({epochs for epochs, _, _ in plan}), "lr": args.lr,
               "threads": args.threads, "timing_runs": args.runs, "repeats": args.repeats, "dense": info, "runs": runs,
               "data_path": f"train {data.train!r}; test {data.test!r}"}  # the files and loader the figures came from
     write_results(NAME, report, markdown(report))
