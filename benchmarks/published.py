@@ -105,7 +105,7 @@ RUNS = (
     Run("detector_pruning", "detector_pruning", ("--runs", "80"), minutes=2),
     Run("fashion_mnist_accuracy_3epochs", "fashion_mnist_accuracy",
         ("--epochs", "3", "--models", "resnet20", "--fractions", "0.5", "0.33", "--variants", "prunefx-obs", "tp-l2",
-         "--threads", "2"), minutes=50),
+         "--threads", "2"), minutes=18),
     Run("fashion_mnist_loading", "fashion_mnist_loading", minutes=1),
     Run("fold_batchnorm_latency", "fold_batchnorm_latency", minutes=1),
     Run("fp16_readiness", "fp16_readiness", minutes=1),
