@@ -75,7 +75,7 @@ RUNS = (
         minutes=60, guessed=True),
     Run("fashion_mnist_accuracy", "fashion_mnist_accuracy",
         ("--latency", "--models", *FASHION_MNIST_MODELS, "--baseline-epochs", "8", "mobilenetv2_small=4",
-         "vit_tiny_fmnist=6", "--threads", "2"), minutes=240),
+         "vit_tiny_fmnist=6", "--threads", "2"), minutes=95),
     Run("int8_latency", "int8_latency",
         ("--models", "resnet50", "mobilenet_v2", "efficientnet_b0", "vit_s16", "--fashion-mnist", *FASHION_MNIST_MODELS,
          "--recovery-steps", "469", "--qat-steps", "469"), minutes=26),

@@ -46,7 +46,7 @@ AWAITING_RERUN: set[str] = set()
 # rounds): a results file of theirs without each round's speed-up timed its variants one after another.
 ROUND_BY_ROUND = {"latency_aware_choice", "fashion_mnist_accuracy", "dense_tasks", "detection_scenes",
                   "depth_vs_channel", "detector_pruning"}
-MEASURED_APART = {"fashion_mnist_accuracy"}
+MEASURED_APART: set[str] = set()
 
 
 def recorded_command(name: str) -> str | None:
