@@ -1,16 +1,24 @@
 """GPU speed-ups at equal MACs, prunefx against Torch-Pruning, and prunefx's latency budgets on the cuda backend.
 
     .venv/bin/python benchmarks/gpu_speedup.py [--models REF ...] [--batches 1 8 32] [--precision fp16]
-        [--runs 50] [--time-limit 480] [--out FOLDER] [--smoke]
+        [--runs 50] [--time-limit 480] [--out FOLDER] [--resume FILE] [--smoke]
 
 For each model (random weights): the dense Program, prunefx's `prune --macs 0.5` defaults (remove_channels
-with {"macs": 0.5}), and Torch-Pruning's magnitude pruner at the same MACs fraction, with its default widths
-and with round_to=8, are timed against the dense model on the cuda backend (runtime/backends/cuda.py: fp16,
-channels_last, CUDA-graph replays timed with CUDA events, dense and variant alternated; each row is the
-backend's confirmation, 4x the runs). Then prunefx meets `--speedup S` budgets on the same backend (S = 1.3
-at batch 1, 1.5 at batch 32) and each chosen model is measured again by a fresh pair (models prepared anew)
-and by a separate process with its own timer (benchmarks/remeasure_speedup.py), which alone is judged
-against [0.95 S, 1.25 S]. Work past `--time-limit` seconds is listed as skipped, not run.
+with {"macs": 0.5}), prunefx's latency choice at the same MACs (`--choose-by latency`'s per-layer table timed on
+the cuda backend at the row's batch, its cost recorded; benchmarks/table_fraction.py), and Torch-Pruning's
+magnitude pruner at the same MACs fraction, with its default widths and with round_to=8 (each search in its own
+process with a timeout: benchmarks/torch_pruning_baseline.py), are timed against the dense model on the cuda
+backend (runtime/backends/cuda.py: fp16, channels_last, CUDA-graph replays timed with CUDA events, dense and
+variant alternated; each row is the backend's confirmation, 4x the runs). Then prunefx meets `--speedup S`
+budgets on the same backend (S = 1.3 at batch 1, 1.5 at batch 32) and each chosen model is measured again by
+a fresh pair (models prepared anew) and by a separate process with its own timer
+(benchmarks/remeasure_speedup.py), which alone is judged against [0.95 S, 1.25 S].
+
+The rows run in the order the figures matter (`plan`): equal MACs at the largest batch on every model, the
+budgets, then the other batches. Work past `--time-limit` seconds is listed as skipped; the results are written
+after every row, so a run stopped from outside keeps what it finished, and `--resume FILE` keeps the rows of
+an earlier run on the same GPU, software and code (benchmarks/build_stamp.py's digest) and runs the rest. A
+row that fails is recorded with its error and the next one runs.
 
 Writes benchmarks/results/gpu_speedup.{json,md} with the GPU's name, driver and torch version. It needs an
 NVIDIA GPU; `--smoke` checks the script on a CPU instead: one small model, a CPU stand-in for the device
@@ -20,7 +28,6 @@ NVIDIA GPU; `--smoke` checks the script on a CPU instead: one small model, a CPU
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib
 import json
 import shutil
@@ -28,21 +35,27 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import build_stamp  # noqa: E402
+import table_fraction  # noqa: E402
 from common import RESULTS, machine_info, markdown_table  # noqa: E402
 
 import prunefx  # noqa: E402
-from prunefx.graph import capture, count  # noqa: E402
+from prunefx.graph import Program, capture, count  # noqa: E402
 from prunefx.graph.errors import PrunefxError  # noqa: E402
 from prunefx.loading import model_and_program  # noqa: E402
 from prunefx.passes.remove_channels import remove_channels  # noqa: E402
 from prunefx.runtime.backends import Settings  # noqa: E402
 from prunefx.runtime.backends.cuda import CudaBackend  # noqa: E402
 from prunefx.runtime.cuda.graph import CudaDevice  # noqa: E402
+from prunefx.runtime.measure.width_multiple import CUDA_TENSOR_CORE_MULTIPLE  # noqa: E402
+from prunefx.runtime.tables.table import program_latency_table  # noqa: E402
+from prunefx.runtime.tables.timer_by_name import layer_timer  # noqa: E402
 
 cuda_backend = importlib.import_module("prunefx.runtime.backends.cuda")
 MODELS = ("torchvision:resnet101", "torchvision:convnext_small", "torchvision:swin_t", "torchvision:vit_b_16",
@@ -50,7 +63,7 @@ MODELS = ("torchvision:resnet101", "torchvision:convnext_small", "torchvision:sw
 SMOKE_MODEL, SMOKE_BATCHES = "prunefx:resnet20", (1, 4)
 BUDGETS = {1: 1.3, 32: 1.5}  # batch -> speed-up asked of `prune --speedup`
 MACS = 0.5
-BISECTION_STEPS = 6
+TORCH_PRUNING_SCRIPT = Path(__file__).resolve().with_name("torch_pruning_baseline.py")
 
 
 class CpuStandIn(CudaDevice):
@@ -96,59 +109,112 @@ def driver_version() -> str | None:
 
 # ---- the variants at equal MACs -----------------------------------------------------------------
 
-def torch_pruning(module: torch.nn.Module, example: torch.Tensor, fraction: float, round_to: int | None):
-    """Torch-Pruning's magnitude pruner (L2) at the pruning ratio whose MACs fraction (by its own counter) is
-    closest to `fraction`, found by bisection; the classifier is kept whole."""
-    import torch_pruning as tp
+class TorchPruningSearch:
+    """Torch-Pruning's magnitude pruner at a MACs fraction (benchmarks/torch_pruning_baseline.py), started in a
+    child process: its search on a torchvision Swin outgrew 24 GB in minutes, which a timeout and a separate
+    process turn into a failed cell. Its pruned module comes back through torch.save."""
 
-    dense_macs, _ = tp.utils.count_ops_and_params(module, example)
-    low, high, best = 0.0, 0.95, None
-    for _ in range(BISECTION_STEPS):
-        ratio = (low + high) / 2
-        pruned = copy.deepcopy(module)
-        classifier = [m for m in pruned.modules() if isinstance(m, torch.nn.Linear)][-1:]
-        attention = _attention_modules(pruned)
-        heads = {m.qkv: m.num_heads for m in attention}  # Torch-Pruning keys heads by the qkv projection
-        pruner = tp.pruner.MagnitudePruner(pruned, example, importance=tp.importance.MagnitudeImportance(p=2),
-                                           pruning_ratio=ratio, round_to=round_to, ignored_layers=classifier,
-                                           **({"num_heads": heads} if heads else {}))
-        pruner.step()
-        for m in attention:  # the head count stays, each head narrower: the module's reshape must follow
-            m.num_heads = pruner.num_heads[m.qkv]
-            m.head_dim = m.qkv.out_features // (3 * m.num_heads)
-            if hasattr(m, "attn_dim"):  # newer timm reshapes by it
-                m.attn_dim = m.num_heads * m.head_dim
-        kept = tp.utils.count_ops_and_params(pruned, example)[0] / dense_macs
-        if best is None or abs(kept - fraction) < abs(best[1] - fraction):
-            best = (pruned, kept)
-        low, high = (ratio, high) if kept > fraction else (low, ratio)
-    return best[0].eval()
+    def __init__(self, reference: str, fraction: float, round_to: int | None, folder: Path):
+        self.saved = Path(folder) / f"torch-pruning-{round_to}.pt"
+        self.process = subprocess.Popen(
+            [sys.executable, str(TORCH_PRUNING_SCRIPT), reference, "--macs", f"{fraction:.6f}", "--save",
+             str(self.saved), *(["--round-to", str(round_to)] if round_to else [])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
-
-def _attention_modules(module: torch.nn.Module) -> list[torch.nn.Module]:
-    """timm-style attention: a fused qkv Linear and an integer head count (torchvision's nn.MultiheadAttention
-    Torch-Pruning handles by itself)."""
-    return [m for m in module.modules() if isinstance(getattr(m, "num_heads", None), int)
-            and isinstance(getattr(m, "qkv", None), torch.nn.Linear) and hasattr(m, "head_dim")]
-
-
-def variants(reference: str, batch: int, *, torch_pruning_too: bool = True) -> dict:
-    """name -> Program at `batch`: dense, prunefx (--macs 0.5 defaults), Torch-Pruning default and round_to=8
-    (an error text in place of a Program where Torch-Pruning fails on the model)."""
-    module, dense = model_and_program(reference, input_shape=_shape(reference, batch))
-    dense = dense.eval()
-    found = {"dense": dense, "prunefx": remove_channels(dense.clone(), config={"macs": MACS}).program}
-    kept = count(found["prunefx"]).macs / count(dense).macs
-    for name, round_to in (("torch-pruning", None), ("torch-pruning r8", 8)):
-        if not torch_pruning_too:
-            continue
+    def module(self, timeout: float) -> torch.nn.Module:
         try:
-            one = dense.example_inputs[0][:1]
-            pruned = torch_pruning(copy.deepcopy(module).eval(), one, kept, round_to)
-            found[name] = capture(pruned, dense.example_inputs, name=f"{dense.name} {name}").eval()
-        except Exception as error:  # Torch-Pruning raises many types on models it cannot trace
-            found[name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:200]
-    return found
+            _, errors = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate()
+            raise RuntimeError(f"Torch-Pruning's search took more than {timeout:.0f} s") from None
+        if self.process.returncode != 0:
+            last = (errors.strip().splitlines() or [f"exit {self.process.returncode}"])[-1]
+            raise RuntimeError(f"Torch-Pruning's search was killed (signal {-self.process.returncode}; out of memory?)"
+                               if self.process.returncode < 0 else last)
+        return torch.load(self.saved, weights_only=False).eval()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()
+
+
+class ModelVariants:
+    """One model's variants, pruned once: dense, prunefx (--macs 0.5 defaults), prunefx's latency choice at the
+    same MACs (a per-layer table timed on the cuda backend at the first batch), Torch-Pruning default and
+    round_to=8 (an error text in place of a Program where a variant fails). Another batch cuts the captured one
+    where the model allows and captures the same pruned modules again where it does not (Swin folds the batch
+    into its windows): Torch-Pruning's search, minutes on a Swin, runs once per model."""
+
+    def __init__(self, reference: str, batch: int, precision: str, *, torch_pruning_too: bool = True,
+                 torch_pruning_timeout: float = 150.0):
+        self.reference, self.precision = reference, precision
+        _, dense = model_and_program(reference, input_shape=_shape(reference, batch))
+        self.table_batch = batch
+        self.programs = {"dense": dense.eval()}
+        self.programs["prunefx"] = remove_channels(dense.clone(), config={"macs": MACS}).program
+        self.kept = count(self.programs["prunefx"]).macs / count(dense).macs
+        with tempfile.TemporaryDirectory(prefix="gpu-speedup-torch-pruning-") as folder:
+            searches = {name: TorchPruningSearch(reference, self.kept, round_to, Path(folder))
+                        for name, round_to in (("torch-pruning", None), ("torch-pruning r8", 8)) if torch_pruning_too}
+            try:
+                self.latency = self._latency_choice(dense, batch)  # on the GPU while the searches run on the CPU
+                self.pruned_modules = {name: _or_error(lambda search=search: search.module(torch_pruning_timeout))
+                                       for name, search in searches.items()}
+            finally:
+                for search in searches.values():
+                    search.stop()
+        self.by_batch = {batch: self._assembled(self.programs["dense"], self.programs["prunefx"], batch)}
+
+    def _latency_choice(self, dense: Program, batch: int) -> dict:
+        """The latency choice, with its table's cost: every entry timed anew (an empty cache)."""
+        timer = layer_timer("cuda", Settings(precision=self.precision, batch=batch))
+        try:
+            with tempfile.TemporaryDirectory(prefix="gpu-speedup-table-") as cache:
+                start = time.perf_counter()
+                table = program_latency_table(dense, timer, multiple=CUDA_TENSOR_CORE_MULTIPLE[self.precision],
+                                              batch=batch, cache_dir=cache)
+                seconds = time.perf_counter() - start
+            program, _, fraction = table_fraction.at_macs(dense, table, self.kept, {})
+        except Exception as error:  # a finding of the row, not the end of the run
+            return {"error": _error_text(error)}
+        return {"program": program, "table_s": seconds, "table_entries": table.measured, "fraction": fraction}
+
+    def _assembled(self, dense: Program, prunefx_program: Program, batch: int) -> dict:
+        found = {"dense": dense, "prunefx": prunefx_program}
+        if batch == self.table_batch:  # the table prices layers at its batch: elsewhere it chose blind
+            found["prunefx latency"] = self.latency.get("program") or self.latency["error"]
+        for name, pruned in self.pruned_modules.items():
+            found[name] = pruned if isinstance(pruned, str) else _or_error(
+                lambda pruned=pruned, name=name: capture(pruned, dense.example_inputs,
+                                                         name=f"{dense.name} {name}").eval())
+        return found
+
+    def at(self, batch: int, pair) -> dict:
+        """The variants at `batch`, for `pair` (a cuda latency pair at that batch)."""
+        if batch not in self.by_batch:
+            try:
+                pair(self.programs["dense"], self.programs["dense"])  # cuts the captured batch: refuses where it cannot
+                self.by_batch[batch] = {name: program for name, program in self.by_batch[self.table_batch].items()
+                                        if name != "prunefx latency"}
+            except PrunefxError:
+                _, dense = model_and_program(self.reference, input_shape=_shape(self.reference, batch))
+                dense = dense.eval()
+                self.by_batch[batch] = self._assembled(
+                    dense, remove_channels(dense.clone(), config={"macs": MACS}).program, batch)
+        return self.by_batch[batch]
+
+
+def _or_error(make):
+    try:
+        return make()
+    except Exception as error:  # Torch-Pruning raises many types on models it cannot trace, torch.export too
+        return _error_text(error)
+
+
+def _error_text(error: Exception) -> str:
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:200]
 
 
 def _shape(reference: str, batch: int) -> str:
@@ -157,24 +223,14 @@ def _shape(reference: str, batch: int) -> str:
     return f"{batch}x{channels}x{size}x{size}"
 
 
-def equal_macs_rows(reference: str, batches: list[int], settings: Settings, device) -> list[dict]:
-    """One row per batch: each variant's MACs fraction and confirmed speed-up over dense on the cuda backend."""
-    built = variants(reference, max(batches))
-    rows = []
-    for batch in sorted(batches):
-        pair = CudaBackend(device).latency_pair(Settings(**{**vars(settings), "batch": batch}))
-        try:
-            at_batch = built
-            pair(built["dense"], built["dense"])  # cuts the captured batch: refuses where it cannot
-        except PrunefxError:  # a model that folds the batch into another dim (Swin): built again at it
-            at_batch = variants(reference, batch)
-        rows.append(_row(reference, batch, at_batch, pair))
-    return rows
-
-
-def _row(reference: str, batch: int, built: dict, pair) -> dict:
+def equal_macs_row(variants: ModelVariants, batch: int, settings: Settings, device) -> dict:
+    """Each variant's MACs fraction and confirmed speed-up over dense on the cuda backend at `batch`."""
+    pair = CudaBackend(device).latency_pair(Settings(**{**vars(settings), "batch": batch}))
+    built = variants.at(batch, pair)
     dense = built["dense"]
-    row = {"model": reference, "batch": batch, "notes": list(getattr(pair, "notes", []))}
+    row = {"model": variants.reference, "batch": batch, "notes": list(getattr(pair, "notes", []))}
+    if "prunefx latency" in built and "error" not in variants.latency:
+        row["latency_table"] = {key: variants.latency[key] for key in ("table_s", "table_entries", "fraction")}
     for name, program in built.items():
         if name == "dense":
             continue
@@ -231,6 +287,15 @@ def independent_speedup(dense, chosen, batch: int, precision: str, timeout: floa
 
 # ---- the run --------------------------------------------------------------------------------------
 
+def plan(models: list[str], batches: list[int], budgets: dict[int, float]) -> list[tuple[str, str, int]]:
+    """(kind, model, batch) in the order the figures matter, so that a run cut short has the first ones: equal
+    MACs at the largest batch on every model, then the budgets (largest batch first), then the other batches."""
+    first, rest = max(batches), sorted(batches, reverse=True)[1:]
+    return ([("equal", model, first) for model in models]
+            + [("budget", model, batch) for batch in sorted(budgets, reverse=True) for model in models]
+            + [("equal", model, batch) for batch in rest for model in models])
+
+
 def run(args) -> dict:
     device = CpuStandIn() if args.smoke else CudaDevice()
     previous, cuda_backend.BACKEND.device = cuda_backend.BACKEND.device, device  # what `--backend cuda` uses
@@ -247,28 +312,69 @@ def _measure(args, device) -> dict:
     settings = Settings(runs=args.runs, warmup=max(args.runs // 5, 1), precision=args.precision)
     deadline = time.monotonic() + args.time_limit
     report = {"machine": {**machine_info(precision=args.precision, runs=args.runs, batches=batches),
-                          **device.describe(), "driver": driver_version(),
+                          **device.describe(), "driver": driver_version(), "code": args.code,
                           "timing": ("CPU stand-in: float32 eager calls, perf_counter" if args.smoke else
-                                     f"{args.precision}, channels_last, cuDNN autotuned, samples of many CUDA-graph replays "
-                                   f"between CUDA events after a warm-up until settled")},
+                                     f"{args.precision}, channels_last, cuDNN autotuned, samples of many CUDA-graph "
+                                     "replays between CUDA events after a warm-up until settled")},
               "equal_macs": [], "budgets": [], "skipped": []}
-    for reference in models:
+    kept = resumed(args.resume, report["machine"])
+    report["equal_macs"], report["budgets"] = kept["equal_macs"], kept["budgets"]
+    done = {("equal", r["model"], r["batch"]) for r in kept["equal_macs"]} | {
+        ("budget", r["model"], r["batch"]) for r in kept["budgets"]}
+    variants: dict[str, ModelVariants] = {}
+    tasks = [task for task in plan(models, batches, budgets) if task not in done]
+    for number, (kind, reference, batch) in enumerate(tasks, 1):
+        what = (f"equal-MACs row at batch {batch}" if kind == "equal" else
+                f"--speedup {budgets[batch]} at batch {batch}")
         if time.monotonic() > deadline:
-            report["skipped"].append(f"{reference}: equal-MACs rows (time limit)")
+            report["skipped"].append(f"{reference}: {what} (time limit)")
             continue
-        report["equal_macs"] += equal_macs_rows(reference, batches, settings, device)
-    for reference in models:
-        for batch, speedup in budgets.items():
-            if time.monotonic() > deadline:
-                report["skipped"].append(f"{reference}: --speedup {speedup} at batch {batch} (time limit)")
-                continue
-            report["budgets"].append(budget_row(reference, batch, speedup, settings, device))
+        start = time.perf_counter()
+        try:
+            if kind == "equal":
+                if reference not in variants:
+                    variants = {reference: ModelVariants(reference, batch, args.precision,  # one model's at a time
+                                                         torch_pruning_timeout=args.torch_pruning_timeout)}
+                report["equal_macs"].append(equal_macs_row(variants[reference], batch, settings, device))
+            else:
+                report["budgets"].append(budget_row(reference, batch, budgets[batch], settings, device))
+        except Exception as error:  # one model's failure is its row's finding; the others still run
+            traceback.print_exc()
+            report["equal_macs" if kind == "equal" else "budgets"].append(
+                {"model": reference, "batch": batch, "error": _error_text(error),
+                 **({"speedup_asked": budgets[batch]} if kind == "budget" else {})})
+        print(f"gpu_speedup: [{number}/{len(tasks)}] {reference}, {what}: {time.perf_counter() - start:.0f} s",
+              flush=True)
+        save(report, args.out)  # a run stopped from outside keeps every row finished
     return report
+
+
+def resumed(path: Path | None, machine: dict) -> dict:
+    """The rows of an earlier run to keep: those of `path` when it was measured on the same GPU, precision,
+    torch and code (the stamp of the files that decide a figure, benchmarks/build_stamp.py), else none."""
+    none = {"equal_macs": [], "budgets": []}
+    if path is None or not path.is_file():
+        return none
+    earlier = json.loads(path.read_text()).get("machine", {})
+    same = ("gpu", "precision", "torch", "driver", "code")
+    if machine.get("code") is None or any(earlier.get(key) != machine.get(key) for key in same):
+        print(f"gpu_speedup: {path} was measured on other hardware, software or code: starting afresh", flush=True)
+        return none
+    rows = json.loads(path.read_text())
+    print(f"gpu_speedup: resuming {path}: {len(rows['equal_macs'])} equal-MACs and {len(rows['budgets'])} budget "
+          "rows kept", flush=True)
+    return {"equal_macs": rows["equal_macs"], "budgets": rows["budgets"]}
+
+
+def save(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_speedup.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "gpu_speedup.md").write_text(markdown(report))
 
 
 def markdown(report: dict) -> str:
     machine = report["machine"]
-    names = ("prunefx", "torch-pruning", "torch-pruning r8")
+    names = ("prunefx", "prunefx latency", "torch-pruning", "torch-pruning r8")
 
     def cell(entry):
         if not entry:
@@ -277,9 +383,10 @@ def markdown(report: dict) -> str:
             return "failed"
         return f"{entry['speedup']:.2f}x ({entry['macs_kept']:.2f} MACs)"
 
-    equal = markdown_table(["model", "batch", "dense ms", *names],
+    rows = [r for r in report["equal_macs"] if "error" not in r]
+    equal = markdown_table(["model", "batch", "dense ms", *names, "latency table"],
                            [[r["model"], r["batch"], f"{r.get('dense_ms', float('nan')):.3f}",
-                             *[cell(r.get(n)) for n in names]] for r in report["equal_macs"]])
+                             *[cell(r.get(n)) for n in names], _table(r.get("latency_table"))] for r in rows])
     budgets = markdown_table(["model", "batch", "asked", "re-measured (fresh pair)", "own timer, own process",
                               "MACs kept", "within [0.95 S, 1.25 S]"],
                              [[r["model"], r["batch"], f"{r['speedup_asked']}x",
@@ -287,11 +394,22 @@ def markdown(report: dict) -> str:
                                _independent(r.get("independent")),
                                f"{r['macs_kept']:.2f}" if "macs_kept" in r else "-",
                                {True: "yes", False: "no"}.get(r.get("within"), "refused" if "refused" in r else "-")]
-                              for r in report["budgets"]])
-    skipped = "".join(f"\n- skipped: {line}" for line in report["skipped"])
+                              for r in report["budgets"] if "error" not in r])
+    failures = [f"\n- failed: {r['model']} at batch {r['batch']}"
+                f"{' --speedup ' + str(r['speedup_asked']) if 'speedup_asked' in r else ''}: {r['error']}"
+                for rows in (report["equal_macs"], report["budgets"]) for r in rows if "error" in r]
+    failures += [f"\n- {r['model']} at batch {r['batch']}, {name}: failed: {r[name]['error']}"
+                 for r in rows for name in names if "error" in r.get(name, {})]
+    skipped = "".join(failures) + "".join(f"\n- skipped: {line}" for line in report["skipped"])
     return (f"# GPU speed-ups at equal MACs and latency budgets\n\n{machine['gpu']}, driver {machine['driver']}, "
-            f"torch {machine['torch']}, {machine['timing']}, random weights.\n\n## Equal MACs (speed-up over dense)\n\n{equal}\n\n"
-            f"## prunefx --speedup on the cuda backend\n\n{budgets}\n{skipped}\n")
+            f"torch {machine['torch']}, {machine['timing']}, random weights. *prunefx latency*: channels chosen by a "
+            "per-layer latency table timed on the GPU at the row's batch, at the MACs of *prunefx*; *latency table*: "
+            "its cost (every entry timed anew).\n\n## Equal MACs (speed-up over dense)\n\n"
+            f"{equal}\n\n## prunefx --speedup on the cuda backend\n\n{budgets}\n{skipped}\n")
+
+
+def _table(entry: dict | None) -> str:
+    return "-" if not entry else f"{entry['table_s']:.1f} s, {entry['table_entries']} entries"
 
 
 def _independent(entry: dict | None) -> str:
@@ -308,8 +426,24 @@ def parse(argv=None):
     parser.add_argument("--runs", type=int, default=50, help="timed replays per search measurement (x4 confirmed)")
     parser.add_argument("--time-limit", type=float, default=480.0, help="seconds before the rest is skipped")
     parser.add_argument("--out", type=Path, help="folder for gpu_speedup.{json,md} (default benchmarks/results)")
+    parser.add_argument("--torch-pruning-timeout", type=float, default=150.0,
+                        help="seconds each Torch-Pruning search may take (its own process)")
+    parser.add_argument("--resume", type=Path, help="an earlier gpu_speedup.json whose rows are kept when it was "
+                                                    "measured on the same GPU, software and code")
+    parser.add_argument("--code", default=None, help="the code's stamp (default: benchmarks/build_stamp.py's digest "
+                                                     "where git can list the files)")
     parser.add_argument("--smoke", action="store_true", help="one small model on a CPU stand-in for the device")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.code is None:
+        args.code = _code_stamp()
+    return args
+
+
+def _code_stamp() -> str | None:
+    try:
+        return build_stamp.code_digest()
+    except (OSError, subprocess.CalledProcessError):  # no git, or no repository (a copied tree)
+        return None
 
 
 def main(argv=None) -> int:
@@ -321,10 +455,9 @@ def main(argv=None) -> int:
     if args.smoke and out.resolve() == RESULTS.resolve():
         print("gpu_speedup: --smoke results are not published in benchmarks/results", file=sys.stderr)
         return 2
+    args.out = out
     report = run(args)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_speedup.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "gpu_speedup.md").write_text(markdown(report))
+    save(report, out)
     print(f"wrote {out / 'gpu_speedup.json'} and {out / 'gpu_speedup.md'}")
     return 0
 

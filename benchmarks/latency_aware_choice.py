@@ -37,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import table_fraction
 import torch
 from common import (
     BUILD,
@@ -178,17 +179,8 @@ def equal_macs_rows(model: str, args) -> list[dict]:
     extra = {"importance": "l2", "round_to": args.round_to}
     by_macs = prune(dense, "macs", args.macs, table, extra)
     target = count(by_macs).macs / count(dense).macs
-    low, high, fraction, best = 0.05, 1.0, args.macs, None
-    for _ in range(args.steps + 4):  # the table fraction whose MACs match: predicted, nothing timed
-        program = prune(dense, "latency", fraction, table, extra)
-        kept = count(program).macs / count(dense).macs
-        if best is None or abs(kept - target) < abs(best[1] - target):
-            best = (program, kept, fraction)
-        if abs(kept - target) <= 0.03 * target:
-            break
-        low, high = (fraction, high) if kept < target else (low, fraction)
-        fraction = 0.5 * (low + high)
-    chosen = {"macs": (by_macs, args.macs), "latency": (best[0], best[2])}
+    by_latency, _, fraction = table_fraction.at_macs(dense, table, target, extra, steps=args.steps + 4)
+    chosen = {"macs": (by_macs, args.macs), "latency": (by_latency, fraction)}
     with tempfile.TemporaryDirectory() as folder:
         timed = Timing(dense, args, Path(folder)).side_by_side(
             {choice: program for choice, (program, _) in chosen.items()}, args.rounds)

@@ -7,7 +7,7 @@ builds without --weights), each case runs as its own process, timed from its sta
   path: obs channel choice, compensation and batch-norm recalibration on the 20 offline images);
 - speedup:      `prunefx prune MODEL --speedup 2 -o DIR` (a budget search measured on ONNX Runtime CPU,
   prunefx's default backend and threads);
-- torch-pruning: benchmarks/_tool_speed_torch_pruning.py, Torch-Pruning's MagnitudeImportance pruning the
+- torch-pruning: benchmarks/torch_pruning_baseline.py, Torch-Pruning's MagnitudeImportance pruning the
   same model to the same MACs fraction (ratio found by bisection on its own MAC counter; no calibration,
   no export, no parity check).
 By default every case of ResNet-50, ConvNeXt-T, ViT-B/16 and ViT-L/16, and the uncalibrated case of ViT-g/14
@@ -61,7 +61,7 @@ CASES = {  # case -> the prunefx options besides the model and -o; None: Torch-P
     "speedup": ["--speedup", f"{SPEEDUP:g}"],
     "torch-pruning": None,
 }
-TORCH_PRUNING_SCRIPT = Path(__file__).resolve().with_name("_tool_speed_torch_pruning.py")
+TORCH_PRUNING_SCRIPT = Path(__file__).resolve().with_name("torch_pruning_baseline.py")
 LAUNCHER = Path(__file__).resolve().with_name("_measure_process.py")
 BYTES_PER_PARAM = 4  # float32, the dtype every model here is built in
 

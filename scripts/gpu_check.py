@@ -2,9 +2,10 @@
 
     python3 scripts/gpu_check.py prepare [--smoke]       # on the development machine (reaches PyPI)
     python3 scripts/gpu_check.py run [--smoke] [--out DIR] [--seconds 510]
+    python3 scripts/gpu_check.py speedup [--out DIR] [--seconds 300]   # a second call: gpu_speedup goes on
 
-`prepare` builds what must travel into `.gpu-check/` (ignored by git, carried to the GPU machine): a wheel of
-prunefx and the wheels of the pure-Python or binary dependencies the GPU machine lacks (it has torch,
+`prepare` builds what must travel into `.gpu-check/` (ignored by git, carried to the GPU machine): the stamp
+of the code (benchmarks/build_stamp.py: the GPU machine's copy has no git), a wheel of prunefx and the wheels of the pure-Python or binary dependencies the GPU machine lacks (it has torch,
 torchvision, timm, onnx, onnxruntime, onnxscript, pytest and triton, and no package registry), for its
 Python (3.12) or, with --smoke, for this one.
 
@@ -18,7 +19,9 @@ under its own timeout so that one hung step cannot take the rest with it:
 4. benchmarks/module_speed.py (the written-back module as fast as the Program);
 5. benchmarks/tool_speed.py: calibrated `prunefx prune` of a ResNet-50 with `--device cuda` (the second-order
    math on the GPU), each run its own process, timed from start to exit;
-6. benchmarks/gpu_speedup.py in the time left.
+6. benchmarks/gpu_speedup.py in the time left, resumed from the rows of the same code and GPU: those of an
+   earlier call on the same warm machine (build/gpu-check-state/), else the committed ones.
+`speedup`, a second call on the warm machine, runs step 6 alone in --seconds, going on where the first stopped.
 Each step's output and a summary (gpu_check.json: GPU, driver, torch, cuDNN, each step's exit and seconds)
 go to --out, flat, ready to commit to benchmarks/gpu_check/ (its README.md says why not benchmarks/results/).
 `--smoke` runs the same steps on a CPU with stand-ins (small models, the ort backend, gpu_speedup's --smoke)
@@ -39,11 +42,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import build_stamp  # noqa: E402
+
 CARRIED = ROOT / ".gpu-check"
 SMOKE_WHEELS = ROOT / "build" / "gpu-check-smoke"  # --smoke's wheels (this Python's): .gpu-check stays for the GPU
 # what the GPU machine lacks of prunefx's dependencies (and of the benchmarks' and tests' data): name==version
 MISSING_THERE = ("onnx-graphsurgeon", "onnxconverter-common", "pycocotools", "torch-pruning", "foolbox==3.3.4")
 GPU_PYTHON = "3.12"
+STAMP = "code_stamp.txt"  # beside the wheels: the code they were built from
+STATE = ROOT / "build" / "gpu-check-state"  # gpu_speedup's rows, kept on a warm GPU machine between calls
+COMMITTED = ROOT / "benchmarks" / "gpu_check" / "gpu_speedup.json"
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64")
 
@@ -65,6 +74,7 @@ def prepare(smoke: bool) -> int:
     pinned = [_pinned(name) for name in MISSING_THERE]
     _step_or_die([*pip, "download", "--quiet", "--no-deps", "--only-binary=:all:", *target, "-d", str(wheels),
                   *pinned])
+    (wheels.parent / STAMP).write_text(build_stamp.code_digest() + "\n")
     size = sum(f.stat().st_size for f in wheels.iterdir())
     print(f"gpu-check: {len(list(wheels.iterdir()))} wheels, {size / 2**20:.1f} MiB in {wheels.relative_to(ROOT)}"
           f" ({'this Python' if smoke else 'Python ' + GPU_PYTHON})")
@@ -196,9 +206,7 @@ def run(args) -> int:
         steps.run("module_speed", [*python, str(bench / "module_speed.py"), *module_speed,
                                    "--out", str(out / "gpu_module_speed.json")], 120)
         _calibrated(steps, python, bench, args.smoke)
-        speedup = ["--smoke", "--runs", "3"] if args.smoke else ["--time-limit", str(max(steps.left() - 120, 30))]
-        steps.run("gpu_speedup", [*python, str(bench / "gpu_speedup.py"), *speedup, "--out", str(out)],
-                  steps.left() - 5)
+        gpu_speedup(steps, python, args.smoke)
         summary["steps"] = steps.steps
         (out / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
     failed = [s["step"] for s in steps.steps
@@ -234,7 +242,7 @@ def _budget(steps: Steps, python: list[str], bench: Path, smoke: bool) -> None:
 def _calibrated(steps: Steps, python: list[str], bench: Path, smoke: bool) -> None:
     """tool_speed's calibrated case with --device cuda (a CPU stand-in for --smoke). Only its .json is kept:
     what comes back from the GPU machine is limited in files, and the .md is rebuilt from the .json."""
-    model, device, repeat = ("torchvision:resnet18", "cpu", "1") if smoke else ("resnet50", "cuda", "3")
+    model, device, repeat = ("torchvision:resnet18", "cpu", "1") if smoke else ("resnet50", "cuda", "1")
     with tempfile.TemporaryDirectory(prefix="gpu-check-tool-speed-") as folder:
         steps.run(f"calibrated prune on {device}", [
             *python, str(bench / "tool_speed.py"), "--pair", model, "calibrated", "--device", device,
@@ -247,14 +255,44 @@ def _calibrated(steps: Steps, python: list[str], bench: Path, smoke: bool) -> No
             shutil.copy(made, steps.out / made.name)
 
 
+def gpu_speedup(steps: Steps, python: list[str], smoke: bool) -> None:
+    """benchmarks/gpu_speedup.py until the time is up, on from the rows of the same code and GPU: an earlier
+    call's on this machine, else the committed ones (gpu_speedup keeps only rows that match). It saves after
+    every row; its file is kept in STATE for the next call."""
+    stamp = (_wheels(smoke).parent / STAMP).read_text().strip()
+    state = STATE / ("smoke" if smoke else "") / "gpu_speedup.json"
+    earlier = state if state.is_file() else COMMITTED
+    settings = ["--smoke", "--runs", "3"] if smoke else ["--time-limit", str(max(steps.left() - 60, 30))]
+    steps.run("gpu_speedup", [*python, str(ROOT / "benchmarks" / "gpu_speedup.py"), *settings, "--out",
+                              str(steps.out), "--code", stamp, "--resume", str(earlier)], steps.left() - 5)
+    made = steps.out / "gpu_speedup.json"
+    if made.is_file():
+        state.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(made, state)
+
+
+def speedup_only(args) -> int:
+    """`speedup`: gpu_speedup alone, going on from the last call's rows (a second call on the warm machine)."""
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="gpu-check-site-") as site:
+        steps = Steps(out, args.seconds, install(Path(site), args.smoke))
+        gpu_speedup(steps, [sys.executable, "-P"], args.smoke)
+    (step,) = steps.steps
+    return 0 if step.get("exit") == 0 else 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=("prepare", "run"))
+    parser.add_argument("action", choices=("prepare", "run", "speedup"))
     parser.add_argument("--smoke", action="store_true", help="on a CPU, with stand-ins: proves the check end to end")
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "build" / "gpu-check"))
-    parser.add_argument("--seconds", type=float, default=510.0, help="the whole run's limit")
+    parser.add_argument("--seconds", type=float, default=None, help="the whole run's limit (run: 510, speedup: 300)")
     args = parser.parse_args(argv)
-    return prepare(args.smoke) if args.action == "prepare" else run(args)
+    if args.seconds is None:
+        args.seconds = 300.0 if args.action == "speedup" else 510.0
+    return {"prepare": lambda: prepare(args.smoke), "run": lambda: run(args),
+            "speedup": lambda: speedup_only(args)}[args.action]()
 
 
 if __name__ == "__main__":

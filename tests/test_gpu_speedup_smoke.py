@@ -16,11 +16,15 @@ pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_speedup.py"
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("gpu_speedup", SCRIPT)
+def _script_named(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _script():
+    return _script_named("gpu_speedup")
 
 
 def test_the_smoke_run_writes_every_row_outside_the_results_folder(tmp_path):
@@ -29,16 +33,93 @@ def test_the_smoke_run_writes_every_row_outside_the_results_folder(tmp_path):
     assert script.main(["--smoke", "--runs", "3", "--out", str(tmp_path)]) == 0
     assert cuda_backend.BACKEND.device is device  # the stand-in is gone after the run
     report = json.loads((tmp_path / "gpu_speedup.json").read_text())
-    assert [row["batch"] for row in report["equal_macs"]] == list(script.SMOKE_BATCHES)
+    assert [row["batch"] for row in report["equal_macs"]] == sorted(script.SMOKE_BATCHES, reverse=True)
     for row in report["equal_macs"]:
         assert row["prunefx"]["macs_kept"] == pytest.approx(script.MACS, abs=0.02)
         for name in ("torch-pruning", "torch-pruning r8"):  # every variant measured: an error row fails
             assert "error" not in row[name] and row[name]["macs_kept"] == pytest.approx(script.MACS, abs=0.05)
+    first, other = report["equal_macs"]
+    # the latency choice where its table was timed, near the MACs of the MACs choice (ResNet-20's widths of 16
+    # to 64 move in steps of 8: coarse), and not at another batch
+    assert first["prunefx latency"]["macs_kept"] == pytest.approx(first["prunefx"]["macs_kept"], abs=0.05)
+    assert first["latency_table"]["table_entries"] > 0 and "prunefx latency" not in other
     (budget,) = report["budgets"]
     assert ("refused" in budget and len(budget["refused"].splitlines()) == 1) or (
         budget["remeasured"] > 0 and budget["independent"]["speedup"] > 0
         and budget["independent"]["timer"].startswith("torch.utils.benchmark"))
     assert report["machine"]["gpu"].startswith("none") and "gpu_speedup.md" in {p.name for p in tmp_path.iterdir()}
+
+
+def test_the_rows_that_decide_come_first():
+    plan = _script().plan(["a", "b"], [1, 8, 32], {1: 1.3, 32: 1.5})
+    assert plan == [("equal", "a", 32), ("equal", "b", 32), ("budget", "a", 32), ("budget", "b", 32),
+                    ("budget", "a", 1), ("budget", "b", 1), ("equal", "a", 8), ("equal", "b", 8),
+                    ("equal", "a", 1), ("equal", "b", 1)]
+
+
+class _FakeVariants:
+    def __init__(self, reference, batch, precision, **options):
+        self.reference = reference
+
+
+def _fake_rows(script, monkeypatch, calls, fail=()):
+    """equal_macs_row and budget_row replaced by fakes that record their calls (and raise for `fail`)."""
+    def row(kind):
+        def make(variants_or_reference, batch, *rest):
+            reference = getattr(variants_or_reference, "reference", variants_or_reference)
+            calls.append((kind, reference, batch))
+            if (kind, reference, batch) in fail:
+                raise ValueError("broken on purpose\nsecond line")
+            return {"model": reference, "batch": batch, **({"speedup_asked": rest[0]} if kind == "budget" else {})}
+        return make
+    monkeypatch.setattr(script, "ModelVariants", _FakeVariants)
+    monkeypatch.setattr(script, "equal_macs_row", row("equal"))
+    monkeypatch.setattr(script, "budget_row", row("budget"))
+
+
+def _run(script, tmp_path, *extra):
+    args = script.parse(["--smoke", "--out", str(tmp_path), "--code", "stamp-a", *extra])
+    args.out = tmp_path
+    return script.run(args)
+
+
+def test_a_failing_row_is_recorded_and_the_rest_still_run_each_saved_as_it_ends(tmp_path, monkeypatch):
+    script, calls = _script(), []
+    _fake_rows(script, monkeypatch, calls, fail={("equal", script.SMOKE_MODEL, 4)})
+    report = _run(script, tmp_path)
+    assert calls == [("equal", script.SMOKE_MODEL, 4), ("budget", script.SMOKE_MODEL, 1),
+                     ("equal", script.SMOKE_MODEL, 1)]
+    failed = report["equal_macs"][0]
+    assert failed["error"] == "ValueError: broken on purpose" and failed["batch"] == 4
+    saved = json.loads((tmp_path / "gpu_speedup.json").read_text())  # written after each row, by run itself
+    assert saved["equal_macs"] == report["equal_macs"] and saved["budgets"] == report["budgets"]
+    assert "failed: prunefx:resnet20 at batch 4: ValueError: broken on purpose" in (tmp_path / "gpu_speedup.md").read_text()
+
+
+def test_a_resumed_run_keeps_the_rows_of_the_same_code_and_machine_and_measures_the_rest(tmp_path, monkeypatch):
+    script, calls = _script(), []
+    _fake_rows(script, monkeypatch, calls)
+    earlier = _run(script, tmp_path)
+    earlier["equal_macs"].pop()  # as if the run had stopped before its last row
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    calls.clear()
+    again = _run(script, tmp_path, "--resume", str(tmp_path / "earlier.json"))
+    assert calls == [("equal", script.SMOKE_MODEL, 1)] and len(again["equal_macs"]) == 2
+    calls.clear()
+    _run(script, tmp_path, "--resume", str(tmp_path / "earlier.json"), "--code", "stamp-b")  # other code: afresh
+    assert len(calls) == 3
+
+
+def test_a_torch_pruning_search_that_runs_long_or_is_killed_is_a_one_line_failure(tmp_path, monkeypatch):
+    script = _script()
+    child = tmp_path / "child.py"
+    child.write_text("import os, signal, sys, time\n"
+                     "time.sleep(30) if sys.argv[1] == 'slow' else os.kill(os.getpid(), signal.SIGKILL)\n")
+    monkeypatch.setattr(script, "TORCH_PRUNING_SCRIPT", child)
+    with pytest.raises(RuntimeError, match=r"took more than 1 s"):
+        script.TorchPruningSearch("slow", 0.5, 8, tmp_path).module(timeout=1)
+    with pytest.raises(RuntimeError, match=r"killed \(signal 9; out of memory\?\)"):
+        script.TorchPruningSearch("killed", 0.5, None, tmp_path).module(timeout=30)
 
 
 def test_smoke_results_are_never_published_and_a_real_run_needs_a_gpu(capsys):
@@ -53,12 +134,13 @@ def test_torch_pruning_keeps_attention_heads_whole_on_a_vit():
     """The baseline on a timm ViT: heads keyed by their qkv projection, each head narrowed alike, the module's
     reshape following (it failed with "shape '[1, 197, 3, 3, 64]' is invalid" before)."""
     timm = pytest.importorskip("timm")
-    script = _script()
+    baseline = _script_named("torch_pruning_baseline")
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=10).eval()
     example = torch.randn(1, 3, 32, 32)
-    pruned = script.torch_pruning(model, example, 0.5, 8)
-    attention = script._attention_modules(pruned)
+    pruned, reached = baseline.prune_to_macs(model, example, 0.5, round_to=8)
+    attention = baseline._attention_modules(pruned)
     assert attention and all(m.num_heads == 3 for m in attention)  # vit_tiny's heads, all kept
     assert all(m.qkv.out_features == 3 * m.num_heads * m.head_dim and m.head_dim < 64 for m in attention)
+    assert all(m.head_dim % 8 == 0 for m in attention) and reached["macs_kept"] == pytest.approx(0.5, abs=0.06)
     assert pruned(example).shape == (1, 10)
