@@ -9,13 +9,15 @@ the cuda backend at the row's batch, its cost recorded; benchmarks/table_fractio
 magnitude pruner at the same MACs fraction, with its default widths and with round_to=8 (each search in its own
 process with a timeout: benchmarks/torch_pruning_baseline.py), are timed against the dense model on the cuda
 backend (runtime/backends/cuda.py: fp16, channels_last, CUDA-graph replays timed with CUDA events, dense and
-variant alternated; each row is the backend's confirmation, 4x the runs). Then prunefx meets `--speedup S`
+variant alternated; each row is the backend's confirmation, 4x the runs). On the first model, prunefx's defaults
+are also timed with channel counts in multiples of 8, 16, 32 and 64 (which a GPU's kernels prefer, measured).
+Then prunefx meets `--speedup S`
 budgets on the same backend (S = 1.3 at batch 1, 1.5 at batch 32) and each chosen model is measured again by
 a fresh pair (models prepared anew) and by a separate process with its own timer
 (benchmarks/remeasure_speedup.py), which alone is judged against [0.95 S, 1.25 S].
 
 The rows run in the order the figures matter (`plan`): equal MACs at the largest batch on every model, the
-budgets, then the other batches. Work past `--time-limit` seconds is listed as skipped; the results are written
+width multiples, the budgets, then the other batches. Work past `--time-limit` seconds is listed as skipped; the results are written
 after every row, so a run stopped from outside keeps what it finished, and `--resume FILE` keeps the rows of
 an earlier run on the same GPU, software and code (benchmarks/build_stamp.py's digest) and runs the rest. A
 row that fails is recorded with its error and the next one runs.
@@ -63,6 +65,8 @@ MODELS = ("torchvision:resnet101", "torchvision:convnext_small", "torchvision:sw
 SMOKE_MODEL, SMOKE_BATCHES = "prunefx:resnet20", (1, 4)
 BUDGETS = {1: 1.3, 32: 1.5}  # batch -> speed-up asked of `prune --speedup`
 MACS = 0.5
+ROUND_TO = (8, 16, 32, 64)  # the width multiples a widths row tries: what a GPU's kernels prefer, measured
+ROWS = {"equal": "equal_macs", "widths": "widths", "budget": "budgets"}  # a task's kind -> its report key
 TORCH_PRUNING_SCRIPT = Path(__file__).resolve().with_name("torch_pruning_baseline.py")
 
 
@@ -244,6 +248,22 @@ def equal_macs_row(variants: ModelVariants, batch: int, settings: Settings, devi
     return row
 
 
+def widths_row(reference: str, batch: int, settings: Settings, device) -> dict:
+    """prunefx's defaults at half the MACs with channel counts in multiples of each of ROUND_TO, each confirmed
+    against dense at `batch`: the multiple the cuda backend should keep, measured rather than assumed. A multiple
+    too coarse for the model's widths stops short of half (its MACs kept say so)."""
+    _, dense = model_and_program(reference, input_shape=_shape(reference, batch))
+    dense = dense.eval()
+    pair = CudaBackend(device).latency_pair(Settings(**{**vars(settings), "batch": batch}))
+    row = {"model": reference, "batch": batch, "round_to": {}}
+    for multiple in ROUND_TO:
+        program = remove_channels(dense.clone(), config={"macs": MACS, "round_to": multiple, "strict": False}).program
+        timing = pair.confirm(dense, program)
+        row["round_to"][str(multiple)] = {"speedup": timing.speedup, "ms": timing.ms, "dense_ms": timing.dense_ms,
+                                          "macs_kept": count(program).macs / count(dense).macs}
+    return row
+
+
 # ---- budgets --------------------------------------------------------------------------------------
 
 def budget_row(reference: str, batch: int, speedup: float, settings: Settings, device) -> dict:
@@ -289,9 +309,10 @@ def independent_speedup(dense, chosen, batch: int, precision: str, timeout: floa
 
 def plan(models: list[str], batches: list[int], budgets: dict[int, float]) -> list[tuple[str, str, int]]:
     """(kind, model, batch) in the order the figures matter, so that a run cut short has the first ones: equal
-    MACs at the largest batch on every model, then the budgets (largest batch first), then the other batches."""
+    MACs at the largest batch on every model, the width multiples on the first model, the budgets (largest
+    batch first), then the other batches."""
     first, rest = max(batches), sorted(batches, reverse=True)[1:]
-    return ([("equal", model, first) for model in models]
+    return ([("equal", model, first) for model in models] + [("widths", models[0], first)]
             + [("budget", model, batch) for batch in sorted(budgets, reverse=True) for model in models]
             + [("equal", model, batch) for batch in rest for model in models])
 
@@ -316,33 +337,35 @@ def _measure(args, device) -> dict:
                           "timing": ("CPU stand-in: float32 eager calls, perf_counter" if args.smoke else
                                      f"{args.precision}, channels_last, cuDNN autotuned, samples of many CUDA-graph "
                                      "replays between CUDA events after a warm-up until settled")},
-              "equal_macs": [], "budgets": [], "skipped": []}
+              **{key: [] for key in ROWS.values()}, "skipped": []}
     kept = resumed(args.resume, report["machine"])
-    report["equal_macs"], report["budgets"] = kept["equal_macs"], kept["budgets"]
-    done = {("equal", r["model"], r["batch"]) for r in kept["equal_macs"]} | {
-        ("budget", r["model"], r["batch"]) for r in kept["budgets"]}
+    report.update(kept)
+    done = {(kind, row["model"], row["batch"]) for kind, key in ROWS.items() for row in kept[key]}
     variants: dict[str, ModelVariants] = {}
+
+    def equal(reference: str, batch: int) -> dict:
+        if reference not in variants:  # one model's at a time
+            variants.clear()
+            variants[reference] = ModelVariants(reference, batch, args.precision,
+                                                torch_pruning_timeout=args.torch_pruning_timeout)
+        return equal_macs_row(variants[reference], batch, settings, device)
+
+    rows = {"equal": equal, "widths": lambda reference, batch: widths_row(reference, batch, settings, device),
+            "budget": lambda reference, batch: budget_row(reference, batch, budgets[batch], settings, device)}
     tasks = [task for task in plan(models, batches, budgets) if task not in done]
     for number, (kind, reference, batch) in enumerate(tasks, 1):
-        what = (f"equal-MACs row at batch {batch}" if kind == "equal" else
-                f"--speedup {budgets[batch]} at batch {batch}")
+        what = {"equal": f"equal-MACs row at batch {batch}", "widths": f"width multiples at batch {batch}",
+                "budget": f"--speedup {budgets.get(batch)} at batch {batch}"}[kind]
         if time.monotonic() > deadline:
             report["skipped"].append(f"{reference}: {what} (time limit)")
             continue
         start = time.perf_counter()
         try:
-            if kind == "equal":
-                if reference not in variants:
-                    variants = {reference: ModelVariants(reference, batch, args.precision,  # one model's at a time
-                                                         torch_pruning_timeout=args.torch_pruning_timeout)}
-                report["equal_macs"].append(equal_macs_row(variants[reference], batch, settings, device))
-            else:
-                report["budgets"].append(budget_row(reference, batch, budgets[batch], settings, device))
+            report[ROWS[kind]].append(rows[kind](reference, batch))
         except Exception as error:  # one model's failure is its row's finding; the others still run
             traceback.print_exc()
-            report["equal_macs" if kind == "equal" else "budgets"].append(
-                {"model": reference, "batch": batch, "error": _error_text(error),
-                 **({"speedup_asked": budgets[batch]} if kind == "budget" else {})})
+            report[ROWS[kind]].append({"model": reference, "batch": batch, "error": _error_text(error),
+                                       **({"speedup_asked": budgets[batch]} if kind == "budget" else {})})
         print(f"gpu_speedup: [{number}/{len(tasks)}] {reference}, {what}: {time.perf_counter() - start:.0f} s",
               flush=True)
         save(report, args.out)  # a run stopped from outside keeps every row finished
@@ -352,7 +375,7 @@ def _measure(args, device) -> dict:
 def resumed(path: Path | None, machine: dict) -> dict:
     """The rows of an earlier run to keep: those of `path` when it was measured on the same GPU, precision,
     torch and code (the stamp of the files that decide a figure, benchmarks/build_stamp.py), else none."""
-    none = {"equal_macs": [], "budgets": []}
+    none = {key: [] for key in ROWS.values()}
     if path is None or not path.is_file():
         return none
     earlier = json.loads(path.read_text()).get("machine", {})
@@ -361,9 +384,9 @@ def resumed(path: Path | None, machine: dict) -> dict:
         print(f"gpu_speedup: {path} was measured on other hardware, software or code: starting afresh", flush=True)
         return none
     rows = json.loads(path.read_text())
-    print(f"gpu_speedup: resuming {path}: {len(rows['equal_macs'])} equal-MACs and {len(rows['budgets'])} budget "
-          "rows kept", flush=True)
-    return {"equal_macs": rows["equal_macs"], "budgets": rows["budgets"]}
+    kept = {key: rows.get(key, []) for key in ROWS.values()}
+    print(f"gpu_speedup: resuming {path}: {sum(map(len, kept.values()))} rows kept", flush=True)
+    return kept
 
 
 def save(report: dict, out: Path) -> None:
@@ -383,10 +406,10 @@ def markdown(report: dict) -> str:
             return "failed"
         return f"{entry['speedup']:.2f}x ({entry['macs_kept']:.2f} MACs)"
 
-    rows = [r for r in report["equal_macs"] if "error" not in r]
+    measured = [r for r in report["equal_macs"] if "error" not in r]
     equal = markdown_table(["model", "batch", "dense ms", *names, "latency table"],
                            [[r["model"], r["batch"], f"{r.get('dense_ms', float('nan')):.3f}",
-                             *[cell(r.get(n)) for n in names], _table(r.get("latency_table"))] for r in rows])
+                             *[cell(r.get(n)) for n in names], _table(r.get("latency_table"))] for r in measured])
     budgets = markdown_table(["model", "batch", "asked", "re-measured (fresh pair)", "own timer, own process",
                               "MACs kept", "within [0.95 S, 1.25 S]"],
                              [[r["model"], r["batch"], f"{r['speedup_asked']}x",
@@ -395,17 +418,21 @@ def markdown(report: dict) -> str:
                                f"{r['macs_kept']:.2f}" if "macs_kept" in r else "-",
                                {True: "yes", False: "no"}.get(r.get("within"), "refused" if "refused" in r else "-")]
                               for r in report["budgets"] if "error" not in r])
+    widths = markdown_table(["model", "batch", *[f"round_to {m}" for m in ROUND_TO]],
+                            [[r["model"], r["batch"], *[cell(r["round_to"].get(str(m))) for m in ROUND_TO]]
+                             for r in report.get("widths", []) if "error" not in r])
     failures = [f"\n- failed: {r['model']} at batch {r['batch']}"
                 f"{' --speedup ' + str(r['speedup_asked']) if 'speedup_asked' in r else ''}: {r['error']}"
-                for rows in (report["equal_macs"], report["budgets"]) for r in rows if "error" in r]
+                for key in ROWS.values() for r in report.get(key, []) if "error" in r]
     failures += [f"\n- {r['model']} at batch {r['batch']}, {name}: failed: {r[name]['error']}"
-                 for r in rows for name in names if "error" in r.get(name, {})]
+                 for r in measured for name in names if "error" in r.get(name, {})]
     skipped = "".join(failures) + "".join(f"\n- skipped: {line}" for line in report["skipped"])
     return (f"# GPU speed-ups at equal MACs and latency budgets\n\n{machine['gpu']}, driver {machine['driver']}, "
             f"torch {machine['torch']}, {machine['timing']}, random weights. *prunefx latency*: channels chosen by a "
             "per-layer latency table timed on the GPU at the row's batch, at the MACs of *prunefx*; *latency table*: "
             "its cost (every entry timed anew).\n\n## Equal MACs (speed-up over dense)\n\n"
-            f"{equal}\n\n## prunefx --speedup on the cuda backend\n\n{budgets}\n{skipped}\n")
+            f"{equal}\n\n## Width multiples (prunefx's defaults at half the MACs)\n\n{widths}\n\n"
+            f"## prunefx --speedup on the cuda backend\n\n{budgets}\n{skipped}\n")
 
 
 def _table(entry: dict | None) -> str:

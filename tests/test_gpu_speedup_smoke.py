@@ -43,6 +43,10 @@ def test_the_smoke_run_writes_every_row_outside_the_results_folder(tmp_path):
     # to 64 move in steps of 8: coarse), and not at another batch
     assert first["prunefx latency"]["macs_kept"] == pytest.approx(first["prunefx"]["macs_kept"], abs=0.05)
     assert first["latency_table"]["table_entries"] > 0 and "prunefx latency" not in other
+    (widths,) = report["widths"]  # every multiple timed; ResNet-20's 16 to 64 channels reach half at 8 and 16
+    kept = {int(m): entry["macs_kept"] for m, entry in widths["round_to"].items()}
+    assert sorted(kept) == list(script.ROUND_TO) and all(k >= script.MACS - 0.03 for k in kept.values())
+    assert kept[8] == pytest.approx(script.MACS, abs=0.03) and kept[16] == pytest.approx(script.MACS, abs=0.06)
     (budget,) = report["budgets"]
     assert ("refused" in budget and len(budget["refused"].splitlines()) == 1) or (
         budget["remeasured"] > 0 and budget["independent"]["speedup"] > 0
@@ -52,7 +56,7 @@ def test_the_smoke_run_writes_every_row_outside_the_results_folder(tmp_path):
 
 def test_the_rows_that_decide_come_first():
     plan = _script().plan(["a", "b"], [1, 8, 32], {1: 1.3, 32: 1.5})
-    assert plan == [("equal", "a", 32), ("equal", "b", 32), ("budget", "a", 32), ("budget", "b", 32),
+    assert plan == [("equal", "a", 32), ("equal", "b", 32), ("widths", "a", 32), ("budget", "a", 32), ("budget", "b", 32),
                     ("budget", "a", 1), ("budget", "b", 1), ("equal", "a", 8), ("equal", "b", 8),
                     ("equal", "a", 1), ("equal", "b", 1)]
 
@@ -70,11 +74,13 @@ def _fake_rows(script, monkeypatch, calls, fail=()):
             calls.append((kind, reference, batch))
             if (kind, reference, batch) in fail:
                 raise ValueError("broken on purpose\nsecond line")
-            return {"model": reference, "batch": batch, **({"speedup_asked": rest[0]} if kind == "budget" else {})}
+            extra = {"budget": {"speedup_asked": rest[0] if rest else None}, "widths": {"round_to": {}}}.get(kind, {})
+            return {"model": reference, "batch": batch, **extra}
         return make
     monkeypatch.setattr(script, "ModelVariants", _FakeVariants)
     monkeypatch.setattr(script, "equal_macs_row", row("equal"))
     monkeypatch.setattr(script, "budget_row", row("budget"))
+    monkeypatch.setattr(script, "widths_row", row("widths"))
 
 
 def _run(script, tmp_path, *extra):
@@ -87,8 +93,8 @@ def test_a_failing_row_is_recorded_and_the_rest_still_run_each_saved_as_it_ends(
     script, calls = _script(), []
     _fake_rows(script, monkeypatch, calls, fail={("equal", script.SMOKE_MODEL, 4)})
     report = _run(script, tmp_path)
-    assert calls == [("equal", script.SMOKE_MODEL, 4), ("budget", script.SMOKE_MODEL, 1),
-                     ("equal", script.SMOKE_MODEL, 1)]
+    assert calls == [("equal", script.SMOKE_MODEL, 4), ("widths", script.SMOKE_MODEL, 4),
+                     ("budget", script.SMOKE_MODEL, 1), ("equal", script.SMOKE_MODEL, 1)]
     failed = report["equal_macs"][0]
     assert failed["error"] == "ValueError: broken on purpose" and failed["batch"] == 4
     saved = json.loads((tmp_path / "gpu_speedup.json").read_text())  # written after each row, by run itself
@@ -107,7 +113,7 @@ def test_a_resumed_run_keeps_the_rows_of_the_same_code_and_machine_and_measures_
     assert calls == [("equal", script.SMOKE_MODEL, 1)] and len(again["equal_macs"]) == 2
     calls.clear()
     _run(script, tmp_path, "--resume", str(tmp_path / "earlier.json"), "--code", "stamp-b")  # other code: afresh
-    assert len(calls) == 3
+    assert len(calls) == 4
 
 
 def test_a_torch_pruning_search_that_runs_long_or_is_killed_is_a_one_line_failure(tmp_path, monkeypatch):
