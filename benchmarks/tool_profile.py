@@ -6,7 +6,11 @@ for the cumulative time of each stage below; a stage inside another is listed un
 includes its children's. The profiler adds overhead to Python-heavy code (little to the float64 linear algebra
 the second-order choice spends its time in): read the shares, and tool_speed.py's unprofiled wall times.
 
-    .venv/bin/python benchmarks/tool_profile.py [--models resnet50 vit_l16] [--threads 2]
+    .venv/bin/python benchmarks/tool_profile.py [--models resnet50 vit_l16] [--threads 2] [--device cuda]
+
+`--device cuda` profiles the GPU path (`prune --device cuda`, what `make gpu-check` runs): the GPU's work is
+asynchronous, so its time lands in the stage that waits for it (the elimination reads its errors every step,
+the inverses factor on the spot), close to the stage that asked for it.
 """
 
 from __future__ import annotations
@@ -75,11 +79,11 @@ def stage_seconds(stats: pstats.Stats, stage: Stage) -> float:
     return total
 
 
-def profile_model(model: str, threads: int, workdir: Path) -> dict:
+def profile_model(model: str, threads: int, workdir: Path, device: str = "cpu") -> dict:
     reference = MODELS.get(model, model)
     profile, output = workdir / f"{model}.prof", workdir / f"{model}-out"
     command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "prunefx", "prune", reference,
-               *CASES["calibrated"], "-o", str(output)]
+               *CASES["calibrated"], *(["--device", device] if device != "cpu" else []), "-o", str(output)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     started = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -98,7 +102,8 @@ def markdown(report: dict) -> str:
     lines = ["# Where the time of a calibrated `prunefx prune` goes", "",
              f"Produced by `{report['command']}`.", "",
              f"- Machine: {machine_summary(report['machine'])}.",
-             f"- Each model: `prunefx prune MODEL {' '.join(CASES['calibrated'])} -o DIR` under cProfile,"
+             f"- Each model: `prunefx prune MODEL {' '.join(CASES['calibrated'])}"
+             f"{' --device ' + report['device'] if report.get('device', 'cpu') != 'cpu' else ''} -o DIR` under cProfile,"
              f" OMP_NUM_THREADS={report['threads']}; seconds are cumulative (a part's seconds are inside its"
              " stage's); the profiler slows Python-heavy code more than the linear algebra, so read shares.", ""]
     for row in report["rows"]:
@@ -120,7 +125,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
                         help=f"tool_speed's names ({', '.join(MODELS)}) or model references")
     parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of each run (2)")
+    parser.add_argument("--device", default="cpu", help="prune --device: where the math runs (cpu, cuda)")
     parser.add_argument("--output-dir", type=Path, default=None, help="where the results go (benchmarks/results)")
+    parser.add_argument("--results-name", default=NAME, help=f"the results files' name ({NAME})")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be positive")
@@ -130,10 +137,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="prunefx-tool-profile-") as tmp:
-        rows = [profile_model(model, args.threads, Path(tmp)) for model in args.models]
+        rows = [profile_model(model, args.threads, Path(tmp), args.device) for model in args.models]
     report = {"benchmark": NAME, "command": command_line(), "machine": machine_info(), "threads": args.threads,
-              "macs": MACS, "rows": rows}
-    return publish_results(NAME, report, markdown(report), folder=args.output_dir or RESULTS)
+              "device": args.device, "macs": MACS, "rows": rows}
+    return publish_results(args.results_name, report, markdown(report), folder=args.output_dir or RESULTS)
 
 
 if __name__ == "__main__":

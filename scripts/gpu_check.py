@@ -18,12 +18,13 @@ under its own timeout so that one hung step cannot take the rest with it:
    separate process with its own timer (benchmarks/remeasure_speedup.py);
 4. benchmarks/module_speed.py (the written-back module as fast as the Program);
 5. benchmarks/tool_speed.py: calibrated `prunefx prune` of a ResNet-50 with `--device cuda` (the second-order
-   math on the GPU), each run its own process, timed from start to exit;
+   math on the GPU), its own process, timed from start to exit; then the same under cProfile
+   (benchmarks/tool_profile.py), stage by stage;
 6. benchmarks/gpu_speedup.py in the time left, resumed from the rows of the same code and GPU: those of an
    earlier call on the same warm machine (build/gpu-check-state/), else the committed ones.
 `speedup`, a second call on the warm machine, runs step 6 alone in --seconds, going on where the first stopped.
-Each step's output and a summary (gpu_check.json: GPU, driver, torch, cuDNN, each step's exit and seconds)
-go to --out, flat, ready to commit to benchmarks/gpu_check/ (its README.md says why not benchmarks/results/).
+Each step's output and a summary (gpu_check.json: GPU, driver, torch, cuDNN, each step's exit and seconds, and
+the small results files folded in) go to --out, flat, ready to commit to benchmarks/gpu_check/ (its README.md says why not benchmarks/results/).
 `--smoke` runs the same steps on a CPU with stand-ins (small models, the ort backend, gpu_speedup's --smoke)
 to prove the check end to end before a GPU is spent on it.
 """
@@ -208,6 +209,7 @@ def run(args) -> int:
         _calibrated(steps, python, bench, args.smoke)
         gpu_speedup(steps, python, args.smoke)
         summary["steps"] = steps.steps
+        summary["results"] = _folded(out, ("gpu_remeasure.json", "gpu_module_speed.json"))
         (out / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
     failed = [s["step"] for s in steps.steps
               if (s.get("exit") not in (0, None) and not s.get("refused")) or s.get("timed_out")]
@@ -250,9 +252,26 @@ def _calibrated(steps: Steps, python: list[str], bench: Path, smoke: bool) -> No
             "--output-dir", folder, "--results-name", "gpu_tool_speed"], 200,
             # tool_speed imports benchmarks/common.py; the wheel's prunefx stays first on the path
             env=dict(steps.env, PYTHONPATH=os.pathsep.join([steps.env["PYTHONPATH"], str(bench)])))
-        made = Path(folder) / "gpu_tool_speed.json"
-        if made.exists():
-            shutil.copy(made, steps.out / made.name)
+        steps.run(f"profiled calibrated prune on {device}", [
+            *python, str(bench / "tool_profile.py"), "--models", model, "--device", device, "--threads",
+            str(min(os.cpu_count() or 1, 16)), "--output-dir", folder, "--results-name", "gpu_tool_profile"], 150,
+            env=dict(steps.env, PYTHONPATH=os.pathsep.join([steps.env["PYTHONPATH"], str(bench)])))
+        for name in ("gpu_tool_speed.json", "gpu_tool_profile.json"):
+            made = Path(folder) / name
+            if made.exists():
+                shutil.copy(made, steps.out / name)
+
+
+def _folded(out: Path, names: tuple[str, ...]) -> dict:
+    """Small results files read into the summary and removed: what comes back from the GPU machine is at most
+    eight files."""
+    folded = {}
+    for name in names:
+        path = out / name
+        if path.is_file():
+            folded[path.stem] = json.loads(path.read_text())
+            path.unlink()
+    return folded
 
 
 def gpu_speedup(steps: Steps, python: list[str], smoke: bool) -> None:

@@ -47,3 +47,9 @@ def test_only_the_files_with_gpu_tests_are_collected_there():
     decorated = [line for name in files for line in (Path(__file__).parent / name).read_text().splitlines()
                  if line == "@pytest.mark.gpu"]
     assert len(decorated) >= len(files)
+
+
+def test_small_results_are_folded_into_the_summary_so_at_most_eight_files_come_back(tmp_path):
+    (tmp_path / "gpu_remeasure.json").write_text('{"speedup": 1.59}')
+    folded = _script()._folded(tmp_path, ("gpu_remeasure.json", "gpu_module_speed.json"))
+    assert folded == {"gpu_remeasure": {"speedup": 1.59}} and not (tmp_path / "gpu_remeasure.json").exists()
