@@ -10,7 +10,8 @@ magnitude pruner at the same MACs fraction, with its default widths and with rou
 process with a timeout: benchmarks/torch_pruning_baseline.py), are timed against the dense model on the cuda
 backend (runtime/backends/cuda.py: fp16, channels_last, CUDA-graph replays timed with CUDA events, dense and
 variant alternated; each row is the backend's confirmation, 4x the runs). On the first model, prunefx's defaults
-are also timed with channel counts in multiples of 8, 16, 32 and 64 (which a GPU's kernels prefer, measured).
+are also timed with channel counts in multiples of 8, 16, 32 and 64 (which a GPU's kernels prefer, measured),
+and with the batch norms folded into the convolutions of both models (what a fusing runtime runs).
 Then prunefx meets `--speedup S`
 budgets on the same backend (S = 1.3 at batch 1, 1.5 at batch 32) and each chosen model is measured again by
 a fresh pair (models prepared anew) and by a separate process with its own timer
@@ -51,6 +52,8 @@ import prunefx  # noqa: E402
 from prunefx.graph import Program, capture, count  # noqa: E402
 from prunefx.graph.errors import PrunefxError  # noqa: E402
 from prunefx.loading import model_and_program  # noqa: E402
+from prunefx.passes import Pipeline  # noqa: E402
+from prunefx.passes.fold_batchnorm import fold_batchnorm  # noqa: E402
 from prunefx.passes.remove_channels import remove_channels  # noqa: E402
 from prunefx.runtime.backends import Settings  # noqa: E402
 from prunefx.runtime.backends.cuda import CudaBackend  # noqa: E402
@@ -258,10 +261,17 @@ def widths_row(reference: str, batch: int, settings: Settings, device) -> dict:
     row = {"model": reference, "batch": batch, "round_to": {}}
     for multiple in ROUND_TO:
         program = remove_channels(dense.clone(), config={"macs": MACS, "round_to": multiple, "strict": False}).program
-        timing = pair.confirm(dense, program)
-        row["round_to"][str(multiple)] = {"speedup": timing.speedup, "ms": timing.ms, "dense_ms": timing.dense_ms,
-                                          "macs_kept": count(program).macs / count(dense).macs}
+        row["round_to"][str(multiple)] = _confirmed(pair, dense, program)
+        if multiple == ROUND_TO[0]:  # batch norms folded into the convolutions, in both: what fused runtimes run
+            folded = Pipeline([fold_batchnorm])
+            row["folded"] = _confirmed(pair, folded.run(dense).program, folded.run(program).program)
     return row
+
+
+def _confirmed(pair, dense: Program, program: Program) -> dict:
+    timing = pair.confirm(dense, program)
+    return {"speedup": timing.speedup, "ms": timing.ms, "dense_ms": timing.dense_ms,
+            "macs_kept": count(program).macs / count(dense).macs}
 
 
 # ---- budgets --------------------------------------------------------------------------------------
@@ -418,9 +428,10 @@ def markdown(report: dict) -> str:
                                f"{r['macs_kept']:.2f}" if "macs_kept" in r else "-",
                                {True: "yes", False: "no"}.get(r.get("within"), "refused" if "refused" in r else "-")]
                               for r in report["budgets"] if "error" not in r])
-    widths = markdown_table(["model", "batch", *[f"round_to {m}" for m in ROUND_TO]],
-                            [[r["model"], r["batch"], *[cell(r["round_to"].get(str(m))) for m in ROUND_TO]]
-                             for r in report.get("widths", []) if "error" not in r])
+    widths = markdown_table(["model", "batch", *[f"round_to {m}" for m in ROUND_TO],
+                             f"round_to {ROUND_TO[0]}, batch norms folded in both"],
+                            [[r["model"], r["batch"], *[cell(r["round_to"].get(str(m))) for m in ROUND_TO],
+                              cell(r.get("folded"))] for r in report.get("widths", []) if "error" not in r])
     failures = [f"\n- failed: {r['model']} at batch {r['batch']}"
                 f"{' --speedup ' + str(r['speedup_asked']) if 'speedup_asked' in r else ''}: {r['error']}"
                 for key in ROWS.values() for r in report.get(key, []) if "error" in r]

@@ -47,6 +47,7 @@ def test_the_smoke_run_writes_every_row_outside_the_results_folder(tmp_path):
     kept = {int(m): entry["macs_kept"] for m, entry in widths["round_to"].items()}
     assert sorted(kept) == list(script.ROUND_TO) and all(k >= script.MACS - 0.03 for k in kept.values())
     assert kept[8] == pytest.approx(script.MACS, abs=0.03) and kept[16] == pytest.approx(script.MACS, abs=0.06)
+    assert widths["folded"]["macs_kept"] == pytest.approx(kept[8], abs=0.01)  # folding moves no MACs of a conv
     (budget,) = report["budgets"]
     assert ("refused" in budget and len(budget["refused"].splitlines()) == 1) or (
         budget["remeasured"] > 0 and budget["independent"]["speedup"] > 0
