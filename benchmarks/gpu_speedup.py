@@ -191,7 +191,7 @@ class ModelVariants:
     def _assembled(self, dense: Program, prunefx_program: Program, batch: int) -> dict:
         found = {"dense": dense, "prunefx": prunefx_program}
         if batch == self.table_batch:  # the table prices layers at its batch: elsewhere it chose blind
-            found["prunefx latency"] = self.latency.get("program") or self.latency["error"]
+            found["prunefx latency"] = self.latency["program"] if "program" in self.latency else self.latency["error"]
         for name, pruned in self.pruned_modules.items():
             found[name] = pruned if isinstance(pruned, str) else _or_error(
                 lambda pruned=pruned, name=name: capture(pruned, dense.example_inputs,
