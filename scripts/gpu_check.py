@@ -193,7 +193,7 @@ def run(args) -> int:
         python = [sys.executable, "-P"]  # -P: the checkout's own prunefx/ folder must not shadow the wheel
         summary = {"smoke": args.smoke, "machine": facts(env)}
         bench = ROOT / "benchmarks"
-        steps.run("pytest -m gpu", [*python, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+        steps.run("pytest -m gpu", [*python, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "--durations=8",
                                     "--rootdir", str(ROOT), *gpu_test_files()], 150, log="gpu_pytest.log")
         if args.smoke:
             steps.steps.append({"step": "capture probe", "skipped": "no GPU (smoke)"})
