@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -71,6 +72,7 @@ MACS = 0.5
 ROUND_TO = (8, 16, 32, 64)  # the width multiples a widths row tries: what a GPU's kernels prefer, measured
 ROWS = {"equal": "equal_macs", "widths": "widths", "budget": "budgets"}  # a task's kind -> its report key
 TORCH_PRUNING_SCRIPT = Path(__file__).resolve().with_name("torch_pruning_baseline.py")
+SEARCH_THREADS = 4  # each Torch-Pruning search's threads (mostly Python tracing)
 
 
 class CpuStandIn(CudaDevice):
@@ -126,7 +128,8 @@ class TorchPruningSearch:
         self.process = subprocess.Popen(
             [sys.executable, str(TORCH_PRUNING_SCRIPT), reference, "--macs", f"{fraction:.6f}", "--save",
              str(self.saved), *(["--round-to", str(round_to)] if round_to else [])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env=dict(os.environ, OMP_NUM_THREADS=str(SEARCH_THREADS)))  # two beside the GPU work, not 2x all cores
 
     def module(self, timeout: float) -> torch.nn.Module:
         try:
