@@ -121,23 +121,24 @@ def driver_version() -> str | None:
 class TorchPruningSearch:
     """Torch-Pruning's magnitude pruner at a MACs fraction (benchmarks/torch_pruning_baseline.py), started in a
     child process: its search on a torchvision Swin outgrew 24 GB in minutes, which a timeout and a separate
-    process turn into a failed cell. Its pruned module comes back through torch.save."""
+    process turn into a failed cell. Its pruned module comes back through torch.save. `timeout` counts from the
+    start, so that searches started together end together."""
 
-    def __init__(self, reference: str, fraction: float, round_to: int | None, folder: Path):
-        self.saved = Path(folder) / f"torch-pruning-{round_to}.pt"
+    def __init__(self, reference: str, fraction: float, round_to: int | None, folder: Path, timeout: float):
+        self.saved, self.timeout = Path(folder) / f"torch-pruning-{round_to}.pt", timeout
+        self.deadline = time.monotonic() + timeout
         self.process = subprocess.Popen(
             [sys.executable, str(TORCH_PRUNING_SCRIPT), reference, "--macs", f"{fraction:.6f}", "--save",
              str(self.saved), *(["--round-to", str(round_to)] if round_to else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env=dict(os.environ, OMP_NUM_THREADS=str(SEARCH_THREADS)))  # two beside the GPU work, not 2x all cores
 
-    def module(self, timeout: float) -> torch.nn.Module:
+    def module(self) -> torch.nn.Module:
         try:
-            _, errors = self.process.communicate(timeout=timeout)
+            _, errors = self.process.communicate(timeout=max(self.deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.communicate()
-            raise RuntimeError(f"Torch-Pruning's search took more than {timeout:.0f} s") from None
+            self.stop()
+            raise RuntimeError(f"Torch-Pruning's search took more than {self.timeout:.0f} s") from None
         if self.process.returncode != 0:
             last = (errors.strip().splitlines() or [f"exit {self.process.returncode}"])[-1]
             raise RuntimeError(f"Torch-Pruning's search was killed (signal {-self.process.returncode}; out of memory?)"
@@ -166,12 +167,11 @@ class ModelVariants:
         self.programs["prunefx"] = remove_channels(dense.clone(), config={"macs": MACS}).program
         self.kept = count(self.programs["prunefx"]).macs / count(dense).macs
         with tempfile.TemporaryDirectory(prefix="gpu-speedup-torch-pruning-") as folder:
-            searches = {name: TorchPruningSearch(reference, self.kept, round_to, Path(folder))
+            searches = {name: TorchPruningSearch(reference, self.kept, round_to, Path(folder), torch_pruning_timeout)
                         for name, round_to in (("torch-pruning", None), ("torch-pruning r8", 8)) if torch_pruning_too}
             try:
                 self.latency = self._latency_choice(dense, batch)  # on the GPU while the searches run on the CPU
-                self.pruned_modules = {name: _or_error(lambda search=search: search.module(torch_pruning_timeout))
-                                       for name, search in searches.items()}
+                self.pruned_modules = {name: _or_error(search.module) for name, search in searches.items()}
             finally:
                 for search in searches.values():
                     search.stop()
