@@ -10,7 +10,6 @@ back. The GPU tests compare a calibrated prune on CUDA with the CPU run, and tim
 from __future__ import annotations
 
 import copy
-import time
 
 import pytest
 import torch
@@ -392,21 +391,6 @@ def test_a_calibrated_prune_on_the_gpu_matches_the_cpu_run(tmp_path, capsys, mon
         if tensor.is_floating_point():
             scale = float(tensor.abs().max()) or 1.0
             assert float((cuda[name] - tensor).abs().max()) <= 1e-3 * scale, name
-
-
-@pytest.mark.gpu
-@pytest.mark.slow
-@requires_cuda
-def test_resnet50_calibrated_prune_runs_on_the_gpu(tmp_path, capsys):
-    """It runs; the time is printed for the benchmark (benchmarks/tool_speed.py publishes the figure)."""
-    started = time.perf_counter()
-    code = main(["prune", "torchvision:resnet50", "--macs", "0.5", "--calibrate", "imagenet-sample", "--device",
-                 "cuda", "-o", str(tmp_path / "r50")])
-    seconds = time.perf_counter() - started
-    assert code == 0, capsys.readouterr().err
-    with capsys.disabled():
-        print(f"\nResNet-50 calibrated prune on {torch.cuda.get_device_name()}: {seconds:.1f} s (export and parity "
-              "included)")
 
 
 def test_tf32_is_off_inside_the_block_and_restored_after():
