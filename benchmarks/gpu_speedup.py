@@ -31,6 +31,7 @@ NVIDIA GPU; `--smoke` checks the script on a CPU instead: one small model, a CPU
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import os
@@ -164,7 +165,7 @@ class ModelVariants:
         _, dense = model_and_program(reference, input_shape=_shape(reference, batch))
         self.table_batch = batch
         self.programs = {"dense": dense.eval()}
-        self.programs["prunefx"] = remove_channels(dense.clone(), config={"macs": MACS}).program
+        self.programs["prunefx"] = _prunefx_defaults(dense)
         self.kept = count(self.programs["prunefx"]).macs / count(dense).macs
         with tempfile.TemporaryDirectory(prefix="gpu-speedup-torch-pruning-") as folder:
             searches = {name: TorchPruningSearch(reference, self.kept, round_to, Path(folder), torch_pruning_timeout)
@@ -211,9 +212,13 @@ class ModelVariants:
             except PrunefxError:
                 _, dense = model_and_program(self.reference, input_shape=_shape(self.reference, batch))
                 dense = dense.eval()
-                self.by_batch[batch] = self._assembled(
-                    dense, remove_channels(dense.clone(), config={"macs": MACS}).program, batch)
+                self.by_batch[batch] = self._assembled(dense, _prunefx_defaults(dense), batch)
         return self.by_batch[batch]
+
+
+def _prunefx_defaults(dense: Program) -> Program:
+    """`prune --macs 0.5` with the defaults, on a copy of `dense`."""
+    return remove_channels(dense.clone(), config={"macs": MACS}).program
 
 
 def _or_error(make):
@@ -235,7 +240,7 @@ def _shape(reference: str, batch: int) -> str:
 
 def equal_macs_row(variants: ModelVariants, batch: int, settings: Settings, device) -> dict:
     """Each variant's MACs fraction and confirmed speed-up over dense on the cuda backend at `batch`."""
-    pair = CudaBackend(device).latency_pair(Settings(**{**vars(settings), "batch": batch}))
+    pair = CudaBackend(device).latency_pair(dataclasses.replace(settings, batch=batch))
     built = variants.at(batch, pair)
     dense = built["dense"]
     row = {"model": variants.reference, "batch": batch, "notes": list(getattr(pair, "notes", []))}
@@ -260,7 +265,7 @@ def widths_row(reference: str, batch: int, settings: Settings, device) -> dict:
     too coarse for the model's widths stops short of half (its MACs kept say so)."""
     _, dense = model_and_program(reference, input_shape=_shape(reference, batch))
     dense = dense.eval()
-    pair = CudaBackend(device).latency_pair(Settings(**{**vars(settings), "batch": batch}))
+    pair = CudaBackend(device).latency_pair(dataclasses.replace(settings, batch=batch))
     row = {"model": reference, "batch": batch, "round_to": {}}
     for multiple in ROUND_TO:
         program = remove_channels(dense.clone(), config={"macs": MACS, "round_to": multiple, "strict": False}).program
@@ -284,7 +289,7 @@ def budget_row(reference: str, batch: int, speedup: float, settings: Settings, d
     judged against [0.95 S, 1.25 S], by a separate process with its own timer."""
     _, dense = model_and_program(reference, input_shape=_shape(reference, batch))
     dense = dense.eval()
-    at = Settings(**{**vars(settings), "batch": batch})
+    at = dataclasses.replace(settings, batch=batch)
     row = {"model": reference, "batch": batch, "speedup_asked": speedup}
     try:
         chosen, outcome = prunefx.meet_budget(dense, speedup=speedup, backend="cuda", precision=at.precision,
@@ -391,12 +396,12 @@ def resumed(path: Path | None, machine: dict) -> dict:
     none = {key: [] for key in ROWS.values()}
     if path is None or not path.is_file():
         return none
-    earlier = json.loads(path.read_text()).get("machine", {})
+    rows = json.loads(path.read_text())
+    earlier = rows.get("machine", {})
     same = ("gpu", "precision", "torch", "driver", "code")
     if machine.get("code") is None or any(earlier.get(key) != machine.get(key) for key in same):
         print(f"gpu_speedup: {path} was measured on other hardware, software or code: starting afresh", flush=True)
         return none
-    rows = json.loads(path.read_text())
     kept = {key: rows.get(key, []) for key in ROWS.values()}
     print(f"gpu_speedup: resuming {path}: {sum(map(len, kept.values()))} rows kept", flush=True)
     return kept

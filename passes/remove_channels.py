@@ -218,13 +218,14 @@ def _floors(program: Program, combing, min_widths: dict | None, heads: str) -> l
     holds every factor of a head grid; 'tensor:dim:heads' or ':head_dim' one of them), and with whole heads,
     the full width of every attention head-dim group."""
     floors = [1] * len(combing.groups)
+    head_dims = head_dim_groups(program.module, combing) if min_widths or heads == "whole" else []
     if min_widths:
-        names = floor_names(program.module, combing)
+        names = floor_names(program.module, combing, head_dims)
         for index, group in enumerate(combing.groups):
             plain = [f"{tensor}:{dim}" for tensor, dim in group.members]
             floors[index] = max((min_widths.get(name, 1) for name in names[index] + plain), default=1)
     if heads == "whole":
-        for index in head_dim_groups(program.module, combing):
+        for index in head_dims:
             floors[index] = combing.groups[index].size
     return floors if any(floor > 1 for floor in floors) else None
 

@@ -245,17 +245,17 @@ def _calibrated(steps: Steps, python: list[str], bench: Path, smoke: bool) -> No
     """tool_speed's calibrated case with --device cuda (a CPU stand-in for --smoke). Only its .json is kept:
     what comes back from the GPU machine is limited in files, and the .md is rebuilt from the .json."""
     model, device, repeat = ("torchvision:resnet18", "cpu", "1") if smoke else ("resnet50", "cuda", "1")
+    # both scripts import benchmarks/common.py; the wheel's prunefx stays first on the path
+    env = dict(steps.env, PYTHONPATH=os.pathsep.join([steps.env["PYTHONPATH"], str(bench)]))
     with tempfile.TemporaryDirectory(prefix="gpu-check-tool-speed-") as folder:
         steps.run(f"calibrated prune on {device}", [
             *python, str(bench / "tool_speed.py"), "--pair", model, "calibrated", "--device", device,
             "--repeat", repeat, "--timeout", "60", "--threads", str(min(os.cpu_count() or 1, 16)),
-            "--output-dir", folder, "--results-name", "gpu_tool_speed"], 200,
-            # tool_speed imports benchmarks/common.py; the wheel's prunefx stays first on the path
-            env=dict(steps.env, PYTHONPATH=os.pathsep.join([steps.env["PYTHONPATH"], str(bench)])))
+            "--output-dir", folder, "--results-name", "gpu_tool_speed"], 200, env=env)
         steps.run(f"profiled calibrated prune on {device}", [
             *python, str(bench / "tool_profile.py"), "--models", model, "--device", device, "--threads",
             str(min(os.cpu_count() or 1, 16)), "--output-dir", folder, "--results-name", "gpu_tool_profile"], 150,
-            env=dict(steps.env, PYTHONPATH=os.pathsep.join([steps.env["PYTHONPATH"], str(bench)])))
+            env=env)
         for name in ("gpu_tool_speed.json", "gpu_tool_profile.json"):
             made = Path(folder) / name
             if made.exists():

@@ -75,11 +75,12 @@ def head_dim_groups(module: torch.fx.GraphModule, combing: Combing) -> list[int]
     return [index for index, group in enumerate(combing.groups) if classes & set(group.classes.tolist())]
 
 
-def floor_names(module: torch.fx.GraphModule, combing: Combing) -> list[list[str]]:
+def floor_names(module: torch.fx.GraphModule, combing: Combing,
+                head_dims: list[int] | None = None) -> list[list[str]]:
     """Each group's names in remove_channels' `min_widths`: 'tensor:dim' for a plain width. The two factors
     of a head grid (heads and head dims) slice the same tensor dims, so each is named apart:
-    'tensor:dim:heads' and 'tensor:dim:head_dim'."""
-    head_dims = set(head_dim_groups(module, combing))
+    'tensor:dim:heads' and 'tensor:dim:head_dim'. `head_dims`: head_dim_groups' answer, where the caller has it."""
+    head_dims = set(head_dim_groups(module, combing) if head_dims is None else head_dims)
     names = []
     for index, group in enumerate(combing.groups):
         suffix = ("head_dim" if index in head_dims else "heads") if group.factor else None
