@@ -136,6 +136,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if sys.version_info >= (3, 12):  # cProfile moved onto sys.monitoring, whose events torch.export's frames escape
+        print("tool_profile: on Python 3.12 and later cProfile misses the functions torch.export runs (its stages "
+              "read 0 s); read report.json's `seconds` (tool_speed.py's stage_seconds) instead", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="prunefx-tool-profile-") as tmp:
         rows = [profile_model(model, args.threads, Path(tmp), args.device) for model in args.models]
     report = {"benchmark": NAME, "command": command_line(), "machine": machine_info(), "threads": args.threads,

@@ -137,7 +137,8 @@ def case_details(case: str, measured: Measured, output: Path) -> dict:
         return {"params": found["params"], "macs_kept": found["macs_kept"], "torch_pruning": found}
     report = json.loads((output / "report.json").read_text())
     details = {"params": report["params_before"], "macs_kept": report["macs_after"] / report["macs_before"],
-               "parity_relative": (report.get("parity") or {}).get("relative")}
+               "parity_relative": (report.get("parity") or {}).get("relative"),
+               "stage_seconds": report.get("seconds")}  # where the command's own clock saw the time go
     budget = report.get("budget") or {}
     if budget:
         details.update(speedup=budget.get("speedup"), candidates=len(budget.get("trace") or []))

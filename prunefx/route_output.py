@@ -21,12 +21,15 @@ from prunefx.reports.budget_text import search_lines
 from prunefx.reports.pruning_sections import pruning_sections
 from prunefx.reports.report_facts import Costs, ReportFacts
 from prunefx.reports.report_json import output_files
+from prunefx.reports.seconds import WRITE_STAGE, StageSeconds
 
 
 def write_depth(output: Path, program: Program, result: PipelineResult, *, command: str,
-                outcome: BudgetOutcome | None, calibration: str | None, opset: int, started: float) -> None:
+                outcome: BudgetOutcome | None, calibration: str | None, opset: int, started: float,
+                seconds: StageSeconds | None = None) -> None:
     """`result`: the choosing step (linearize_blocks, or depth_to_budget for a budget) and merge_blocks;
-    `command`: the one whose report this is (depth, or prune when --allow-depth took the depth route)."""
+    `command`: the one whose report this is (depth, or prune when --allow-depth took the depth route);
+    `seconds`: the command's stages so far, where it times them (report.json's `seconds`, else null)."""
     pruned = result.program
     choice, merged = result.steps[0][1], result.steps[1][1]
     linearized, dropped = _blocks(choice, budgeted=outcome is not None)
@@ -36,9 +39,10 @@ def write_depth(output: Path, program: Program, result: PipelineResult, *, comma
           flush=True)
     costs = Costs.of(program, pruned)
     with staged_folder(output) as staging:
-        delivered = write_model(staging, pruned, opset=opset)
+        delivered = _written(staging, pruned, opset, seconds)
         linearize = choice.stats["linearize_blocks"] if outcome else choice.stats
-        sections = pruning_sections(linearize=linearize, merge=merged.stats, delivered=delivered)
+        sections = pruning_sections(linearize=linearize, merge=merged.stats, delivered=delivered,
+                                    seconds=seconds.as_dict() if seconds else None)
         report = report_json.write(staging, _facts(command, program.name, costs, output, delivered, calibration,
                                                    outcome, sections))
     budget = report["budget"]
@@ -48,6 +52,13 @@ def write_depth(output: Path, program: Program, result: PipelineResult, *, comma
     print(f"blocks {', '.join(linearized or dropped)}{' (dropped)' if dropped else ''}")
     print(_macs_line(costs))
     print(f"wrote {output / 'model.pt2'}, {output / 'model.onnx'} and {output / 'report.json'}")
+
+
+def _written(staging: Path, program: Program, opset: int, seconds: StageSeconds | None) -> dict:
+    if seconds is None:
+        return write_model(staging, program, opset=opset)
+    with seconds.stage(WRITE_STAGE):
+        return write_model(staging, program, opset=opset)
 
 
 def _facts(command: str, model: str, costs: Costs, output: Path, delivered: dict, calibration: str | None,
@@ -66,14 +77,15 @@ def _blocks(choice, *, budgeted: bool) -> tuple[list[str], list[str]]:
 
 
 def write_joint(output: Path, program: Program, outcome: BudgetOutcome, *, calibration: str | None,
-                opset: int) -> None:
+                opset: int, seconds: StageSeconds | None = None) -> None:
     """The width+depth route's deliverable: report.json keeps the refusals that led there."""
     chosen = outcome.result.program
     costs = Costs.of(program, chosen)
     with staged_folder(output) as staging:
-        delivered = write_model(staging, chosen, opset=opset)
+        delivered = _written(staging, chosen, opset, seconds)
+        sections = pruning_sections(delivered=delivered, seconds=seconds.as_dict() if seconds else None)
         report = report_json.write(staging, _facts("prune", program.name, costs, output, delivered, calibration,
-                                                   outcome, pruning_sections(delivered=delivered)))
+                                                   outcome, sections))
     budget = report["budget"]
     print("\n".join(search_lines(budget, chosen=f"with {len(budget.get('blocks') or [])} blocks merged and "
                                                  f"{costs.macs_after / costs.macs_before:.3f} of the MACs")))

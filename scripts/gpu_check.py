@@ -18,8 +18,8 @@ under its own timeout so that one hung step cannot take the rest with it:
    separate process with its own timer (benchmarks/remeasure_speedup.py);
 4. benchmarks/module_speed.py (the written-back module as fast as the Program);
 5. benchmarks/tool_speed.py: calibrated `prunefx prune` of a ResNet-50 with `--device cuda` (the second-order
-   math on the GPU), its own process, timed from start to exit; then the same under cProfile
-   (benchmarks/tool_profile.py), stage by stage;
+   math on the GPU), its own process, timed from start to exit, with its report.json's stage seconds (cProfile
+   cannot take them on the GPU machine's Python 3.12: benchmarks/tool_profile.py);
 6. benchmarks/gpu_speedup.py in the time left, resumed from the rows of the same code and GPU: those of an
    earlier call on the same warm machine (build/gpu-check-state/), else the committed ones.
 `speedup`, a second call on the warm machine, runs step 6 alone in --seconds, going on where the first stopped.
@@ -252,14 +252,9 @@ def _calibrated(steps: Steps, python: list[str], bench: Path, smoke: bool) -> No
             *python, str(bench / "tool_speed.py"), "--pair", model, "calibrated", "--device", device,
             "--repeat", repeat, "--timeout", "60", "--threads", str(min(os.cpu_count() or 1, 16)),
             "--output-dir", folder, "--results-name", "gpu_tool_speed"], 200, env=env)
-        steps.run(f"profiled calibrated prune on {device}", [
-            *python, str(bench / "tool_profile.py"), "--models", model, "--device", device, "--threads",
-            str(min(os.cpu_count() or 1, 16)), "--output-dir", folder, "--results-name", "gpu_tool_profile"], 150,
-            env=env)
-        for name in ("gpu_tool_speed.json", "gpu_tool_profile.json"):
-            made = Path(folder) / name
-            if made.exists():
-                shutil.copy(made, steps.out / name)
+        made = Path(folder) / "gpu_tool_speed.json"
+        if made.exists():
+            shutil.copy(made, steps.out / made.name)
 
 
 def _folded(out: Path, names: tuple[str, ...]) -> dict:

@@ -20,6 +20,7 @@ import torchvision
 from prunefx.cli import EXIT_USER_ERROR, main
 from prunefx.data import fashion_mnist
 from prunefx.graph import Program, PrunefxError, capture, count
+from prunefx.reports.seconds import WRITE_STAGE
 from prunefx.runtime import OnnxRuntimeSession, export_onnx
 
 SHAPE = "1x3x64x64"
@@ -249,6 +250,10 @@ def test_prune_calibrate_compensates_recalibrates_and_reports_both(capsys, tmp_p
     assert all(layer["error_with"] <= layer["error_without"] for layer in compensation["compensated"])
     assert report["parity"]["relative"] < 1e-4
     assert f"compensated {compensated} layers" in out and "recalibrated 21 of 21 batch norms on 256 images" in out
+    seconds = report["seconds"]  # where the time went: each stage once, each pass inside the prune
+    passes = seconds["prune: remove_channels"] + seconds["prune: recalibrate_batchnorm"]
+    assert 0 < passes <= seconds["prune"] + 1e-3 and seconds["calibration"] > 0
+    assert sum(seconds[stage] for stage in ("load", "calibration", "prune", WRITE_STAGE)) <= seconds["total"] + 1e-3
 
     # the saved program carries the recalibrated statistics: recalibrating it again changes nothing
     from prunefx.data.calibration import calibration_data

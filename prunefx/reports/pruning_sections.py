@@ -12,11 +12,12 @@ WIDTH_KEYS = ("target", "importance", "importance_fallback_groups", "compensated
 
 def pruning_sections(*, removal: ChannelsRemoved | None = None, recalibration: dict | None = None,
                      linearize: dict | None = None, merge: dict | None = None, delivered: dict,
-                     module: dict | None = None) -> dict:
+                     module: dict | None = None, seconds: dict | None = None) -> dict:
     """`delivered`: write_model's entries (its `parity` is a common key, the rest are these); `module`: the
-    write-back into the model's own class (prune --module), null when not asked."""
+    write-back into the model's own class (prune --module), null when not asked; `seconds`: the command's stages
+    (prunefx/reports/seconds.py), null where it does not time them."""
     return {**_width(removal), "recalibrate_batchnorm": recalibration, "linearize_blocks": linearize,
-            "merge_blocks": merge, "module": module,
+            "merge_blocks": merge, "module": module, "seconds": seconds,
             **{key: value for key, value in delivered.items() if key != "parity"}}
 
 

@@ -37,6 +37,7 @@ from prunefx.reports.prune_summary import summary_lines
 from prunefx.reports.pruning_sections import pruning_sections
 from prunefx.reports.report_facts import Costs, ReportFacts
 from prunefx.reports.report_json import output_files
+from prunefx.reports.seconds import WRITE_STAGE, StageSeconds
 from prunefx.route_output import write_depth, write_joint
 
 NAME = "prune"
@@ -102,22 +103,26 @@ def run(args) -> int:
     if args.recalibrate and not args.calibrate:
         raise PrunefxError("--recalibrate needs calibration images: give --calibrate DATA")
     check_allow_depth(args)
-    model, program = _program(args)
-    program = program.eval()
-    calibration = _calibration(args, program)
-    calibration = calibration.on(device) if calibration else None  # some readers run the module on them as given
+    seconds = StageSeconds()
+    with seconds.stage("load"):
+        model, program = _program(args)
+        program = program.eval()
+    with seconds.stage("calibration"):
+        calibration = _calibration(args, program)
+        calibration = calibration.on(device) if calibration else None  # some readers run the module on them as given
     config = _config(args, calibration)
     started = time.perf_counter()
     outcome = None
     if args.speedup is not None or args.latency_ms is not None:
-        outcome = meet_for_command_line(args, program, calibration, _width_options(config), device)
+        with seconds.stage("budget search"):
+            outcome = meet_for_command_line(args, program, calibration, _width_options(config), device)
         described = calibration.description if calibration else None
         if outcome.route == "depth":
             write_depth(output, program, outcome.result, command=NAME, outcome=outcome, calibration=described,
-                        opset=args.opset, started=started)
+                        opset=args.opset, started=started, seconds=seconds)
             return 0
         if outcome.route == "width+depth":
-            write_joint(output, program, outcome, calibration=described, opset=args.opset)
+            write_joint(output, program, outcome, calibration=described, opset=args.opset, seconds=seconds)
             return 0
         result = outcome.result
     else:  # the same Pipeline as the API and recipes: every step verified (lint, shapes, re-export), exact
@@ -125,10 +130,10 @@ def run(args) -> int:
         steps = [_pruning_step(config)]
         if calibration is not None and args.calibrate and args.recalibrate is not False:
             steps.append((recalibrate_batchnorm, {"data": calibration.batches}))
-        with on_device(program, device) as placed:  # the dense Program goes back even when a pass fails
-            # on_copy=False: the dense Program is rewritten, not cloned; only its name is read after, its
-            # costs are in the pass's facts, and a second copy of the weights would double the memory
-            result = Pipeline(steps, verify="full").run(program, on_copy=False)
+        with seconds.stage("prune"), on_device(program, device) as placed:  # the dense Program goes back even
+            # when a pass fails. on_copy=False: the dense Program is rewritten, not cloned; only its name is read
+            # after, its costs are in the pass's facts, and a second copy of the weights would double the memory
+            result = Pipeline(steps, verify="full").run(program, on_copy=False, after_step=seconds.after_step)
             placed.home(result.program)  # written from the CPU
     pruned, all_stats = result.program, result.stats()
     removal = (result.facts("prune_to_budget", WidthChosen).removal if outcome
@@ -139,11 +144,13 @@ def run(args) -> int:
           f"{', batch norms recalibrated' if recalibration else ''}) "
           f"in {time.perf_counter() - started:.1f} s; exporting to ONNX", flush=True)
     with staged_folder(output) as staging:
-        delivered = write_model(staging, pruned, opset=args.opset)
-        module = write_module(staging, pruned, model) if args.module else None
+        with seconds.stage(WRITE_STAGE):
+            delivered = write_model(staging, pruned, opset=args.opset)
+            module = write_module(staging, pruned, model) if args.module else None
         report = report_json.write(staging, _facts(program.name, removal, delivered, output, outcome=outcome,
                                                    calibration=calibration.description if calibration else None,
-                                                   recalibration=recalibration, module=module))
+                                                   recalibration=recalibration, module=module,
+                                                   seconds=seconds.as_dict()))
     print("\n".join(summary_lines(report, output)))
     return 0
 
@@ -200,7 +207,7 @@ def _target_text(args) -> str:
 
 
 def _facts(name, removal: ChannelsRemoved, delivered: dict, output: Path, *, outcome, calibration, recalibration,
-           module) -> ReportFacts:
+           module, seconds: dict) -> ReportFacts:
     """report.json's facts (prunefx/reports/report_json.py): the costs are the removal's, counted before the
     Pipeline rewrote the dense Program in place."""
     costs = Costs(removal.macs_before, removal.macs_after, removal.params_before, removal.params_after)
@@ -208,4 +215,4 @@ def _facts(name, removal: ChannelsRemoved, delivered: dict, output: Path, *, out
     return ReportFacts("prune", name, costs, output_files(output, *written), parity=delivered["parity"],
                        calibration=calibration, outcome=outcome,
                        sections=pruning_sections(removal=removal, recalibration=recalibration, delivered=delivered,
-                                                 module=module))
+                                                 module=module, seconds=seconds))
