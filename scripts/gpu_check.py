@@ -14,8 +14,9 @@ under its own timeout so that one hung step cannot take the rest with it:
 1. `pytest -m gpu` on the installed package;
 2. a capture probe: a ResNet-50 at fp16 captured as a CUDA graph at batch 64 and 128 in a child process
    (a crash there ends the child, not the check);
-3. `prunefx prune --speedup 1.5 --backend cuda --batch 32` on a ResNet-50, the chosen model re-measured by a
-   separate process with its own timer (benchmarks/remeasure_speedup.py);
+3. `prunefx prune --speedup 1.5 --backend cuda --batch 32 --choose-by latency` on a ResNet-50 (its report
+   gives the latency table's cost), the chosen model re-measured by a separate process with its own timer
+   (benchmarks/remeasure_speedup.py); gpu_speedup's budget rows check the default MACs choice;
 4. benchmarks/module_speed.py (the written-back module as fast as the Program);
 5. benchmarks/tool_speed.py: calibrated `prunefx prune` of a ResNet-50 with `--device cuda` (the second-order
    math on the GPU), its own process, timed from start to exit, with its report.json's stage seconds (cProfile
@@ -218,7 +219,8 @@ def run(args) -> int:
 
 
 def _budget(steps: Steps, python: list[str], bench: Path, smoke: bool) -> None:
-    """prune --speedup on the cuda backend (ort on a CPU for --smoke), then the independent re-measure."""
+    """prune --speedup --choose-by latency on the cuda backend (ort on a CPU for --smoke), then the independent
+    re-measure."""
     reference, batch, speedup, backend = (("prunefx:resnet20", 8, "1.2", "ort") if smoke else
                                           ("torchvision:resnet50", 32, "1.5", "cuda"))
     shape = f"{batch}x1x28x28" if smoke else f"{batch}x3x224x224"
@@ -227,9 +229,9 @@ def _budget(steps: Steps, python: list[str], bench: Path, smoke: bool) -> None:
                   "model_and_program(sys.argv[1], input_shape=sys.argv[2])[1].eval().save(sys.argv[3])")
     steps.run("dense model", [*python, "-c", save_dense, reference, shape, str(dense)], 120)
     chosen_folder = steps.out / "budget_prune"
-    code = steps.run(f"prune --speedup {speedup} --backend {backend} --batch {batch}",
+    code = steps.run(f"prune --speedup {speedup} --backend {backend} --batch {batch} --choose-by latency",
                      [*python, "-m", "prunefx", "prune", str(dense), "--speedup", speedup, "--backend", backend,
-                      "--batch", str(batch), "-o", str(chosen_folder)], 240)
+                      "--batch", str(batch), "--choose-by", "latency", "-o", str(chosen_folder)], 240)
     if code == 2:  # a budget out of reach is a finding of the check, in its one line, not a broken step
         steps.steps[-1]["refused"] = True
     if code == 0:

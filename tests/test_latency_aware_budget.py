@@ -101,12 +101,18 @@ def test_the_report_gives_the_tables_prediction_error_against_whole_model_measur
 
 
 def test_the_table_is_timed_once_per_device_and_read_from_the_cache_after(resnet, timer, tmp_path):
-    meet_budget(resnet, speedup=1.3, measurer=StandIn(), choose_by="latency", width=WIDTH,
-                latency_cache=str(tmp_path), tolerance=0.5, max_candidates=2)
+    _, built = meet_budget(resnet, speedup=1.3, measurer=StandIn(), choose_by="latency", width=WIDTH,
+                           latency_cache=str(tmp_path), tolerance=0.5, max_candidates=2)
     first = timer.calls
-    meet_budget(resnet, speedup=1.3, measurer=StandIn(), choose_by="latency", width=WIDTH,
-                latency_cache=str(tmp_path), tolerance=0.5, max_candidates=2)
+    _, read = meet_budget(resnet, speedup=1.3, measurer=StandIn(), choose_by="latency", width=WIDTH,
+                          latency_cache=str(tmp_path), tolerance=0.5, max_candidates=2)
     assert first > 0 and timer.calls == first
+    # the report says what the table cost: the first build timed each geometry once (layers alike share
+    # entries), the second read every entry from the cache
+    built, read = (outcome.budget_entry()["measurement"]["latency_table"] for outcome in (built, read))
+    assert built["entries_timed"] == first and built["seconds"] >= 0
+    assert read["entries_timed"] == 0 and read["entries_cached"] == built["entries_timed"] + built["entries_cached"]
+    assert read["layers"] == built["layers"] > 0
 
 
 def test_steering_by_time_keeps_more_of_the_cheap_layers_than_steering_by_macs(resnet, timer, tmp_path):

@@ -93,8 +93,10 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
                          width=width, depth=dict(depth or {}), log=log or _log.info)
         chosen, outcome = search.run(order)
         facts = getattr(measurer, "facts", None)
-        if callable(facts):
-            outcome.measured_on = dataclasses.replace(outcome.measured_on, facts=facts())
+        table = getattr(width.get("latency_table"), "summary", None)  # part of how the budget was measured
+        if callable(facts) or table is not None:
+            outcome.measured_on = dataclasses.replace(outcome.measured_on, facts={
+                **(facts() if callable(facts) else {}), **({"latency_table": table()} if table else {})})
         return placed.home(chosen), outcome
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -82,15 +83,22 @@ def _bracket(widths: Sequence[int], width: int) -> tuple[int, int, float, float]
 class LatencyTable:
     """The callable `(layer, in_channels, out_channels) -> ms` that channel selection reads, by layer name."""
 
-    def __init__(self, grids: dict[str, LayerGrid], identity: dict[str, str], *, measured: int, cached: int):
+    def __init__(self, grids: dict[str, LayerGrid], identity: dict[str, str], *, measured: int, cached: int,
+                 seconds: float = 0.0):
         self.grids, self.identity = grids, identity
         self.measured, self.cached = measured, cached  # entries timed by this build, and read from the cache
+        self.seconds = seconds  # what this build took: the table's cost to the user
 
     def __call__(self, layer: TimedLayer, in_channels: int, out_channels: int) -> float:
         grid = self.grids.get(layer.name)
         if grid is None:
             raise MeasurementError(f"the latency table has no layer '{layer.name}': it was built for another model")
         return grid.at(in_channels, out_channels)
+
+    def summary(self) -> dict:
+        """What the table cost, for reports: its layers, the entries timed and read from the cache, seconds."""
+        return {"layers": len(self.grids), "entries_timed": self.measured, "entries_cached": self.cached,
+                "seconds": round(self.seconds, 2)}
 
     def to_dict(self) -> dict:
         return {"identity": self.identity, "measured": self.measured, "cached": self.cached,
@@ -103,6 +111,7 @@ def build_latency_table(layers: Sequence[TimedLayer], timer: LayerTimer, *, mult
                         points: int = 4, batch: int | None = None, cache_dir=None) -> LatencyTable:
     """Time every layer on its grid of widths with `timer`, reading and filling the cache for its identity."""
     _check(multiple, max_ratio, points, batch)
+    started = time.perf_counter()
     identity = {"backend": timer.backend, "device": timer.device, "precision": timer.precision,
                 "settings": timer.settings}
     cache = LatencyCache(identity, cache_dir)
@@ -133,8 +142,10 @@ def build_latency_table(layers: Sequence[TimedLayer], timer: LayerTimer, *, mult
         grids[layer.name] = LayerGrid(ins, outs, tuple(rows), tied)
     if measured:
         cache.save()
-    log.info("latency table: %d layers, %d entries timed, %d from %s", len(grids), measured, cached, cache.path)
-    return LatencyTable(grids, identity, measured=measured, cached=cached)
+    seconds = time.perf_counter() - started
+    log.info("latency table: %d layers, %d entries timed, %d from %s, %.1f s", len(grids), measured, cached,
+             cache.path, seconds)
+    return LatencyTable(grids, identity, measured=measured, cached=cached, seconds=seconds)
 
 
 def program_latency_table(program: Program, timer: LayerTimer, **options) -> LatencyTable:
