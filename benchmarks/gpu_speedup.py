@@ -18,7 +18,9 @@ a fresh pair (models prepared anew) and by a separate process with its own timer
 (benchmarks/remeasure_speedup.py), which alone is judged against [0.95 S, 1.25 S].
 
 The rows run in the order the figures matter (`plan`): equal MACs at the largest batch on every model, the
-width multiples, the budgets, then the other batches. Work past `--time-limit` seconds is listed as skipped; the results are written
+width multiples, the budgets, then the other batches. Within `--time-limit` seconds a row starts only while
+the time left exceeds the longest finished row of its kind (each row records its seconds, and the row that
+prepares a model's variants what each part took); the rest is listed as skipped. The results are written
 after every row, so a run stopped from outside keeps what it finished, and `--resume FILE` keeps the rows of
 an earlier run on the same GPU, software and code (benchmarks/build_stamp.py's digest) and runs the rest. A
 row that fails is recorded with its error and the next one runs.
@@ -162,21 +164,29 @@ class ModelVariants:
     def __init__(self, reference: str, batch: int, precision: str, *, torch_pruning_too: bool = True,
                  torch_pruning_timeout: float = 150.0):
         self.reference, self.precision = reference, precision
+        clock = time.perf_counter()
         _, dense = model_and_program(reference, input_shape=_shape(reference, batch))
         self.table_batch = batch
         self.programs = {"dense": dense.eval()}
         self.programs["prunefx"] = _prunefx_defaults(dense)
         self.kept = count(self.programs["prunefx"]).macs / count(dense).macs
+        self.seconds = {"capture and prunefx defaults": time.perf_counter() - clock}  # where a row's time goes
         with tempfile.TemporaryDirectory(prefix="gpu-speedup-torch-pruning-") as folder:
             searches = {name: TorchPruningSearch(reference, self.kept, round_to, Path(folder), torch_pruning_timeout)
                         for name, round_to in (("torch-pruning", None), ("torch-pruning r8", 8)) if torch_pruning_too}
             try:
+                clock = time.perf_counter()
                 self.latency = self._latency_choice(dense, batch)  # on the GPU while the searches run on the CPU
+                self.seconds["latency choice"] = time.perf_counter() - clock
                 self.pruned_modules = {name: _or_error(search.module) for name, search in searches.items()}
+                self.seconds["torch-pruning searches, after"] = time.perf_counter() - clock - self.seconds[
+                    "latency choice"]
             finally:
                 for search in searches.values():
                     search.stop()
+        clock = time.perf_counter()
         self.by_batch = {batch: self._assembled(self.programs["dense"], self.programs["prunefx"], batch)}
+        self.seconds["torch-pruning captures"] = time.perf_counter() - clock
 
     def _latency_choice(self, dense: Program, batch: int) -> dict:
         """The latency choice, with its table's cost: every entry timed anew (an empty cache)."""
@@ -244,6 +254,8 @@ def equal_macs_row(variants: ModelVariants, batch: int, settings: Settings, devi
     built = variants.at(batch, pair)
     dense = built["dense"]
     row = {"model": variants.reference, "batch": batch, "notes": list(getattr(pair, "notes", []))}
+    if batch == variants.table_batch:  # the row that built the variants: what each part took
+        row["prepare_seconds"] = {part: round(seconds, 1) for part, seconds in variants.seconds.items()}
     if "prunefx latency" in built and "error" not in variants.latency:
         row["latency_table"] = {key: variants.latency[key] for key in ("table_s", "table_entries", "fraction")}
     for name, program in built.items():
@@ -374,20 +386,28 @@ def _measure(args, device) -> dict:
     for number, (kind, reference, batch) in enumerate(tasks, 1):
         what = {"equal": f"equal-MACs row at batch {batch}", "widths": f"width multiples at batch {batch}",
                 "budget": f"--speedup {budgets.get(batch)} at batch {batch}"}[kind]
-        if time.monotonic() > deadline:
+        needs = row_seconds(report[ROWS[kind]])
+        if deadline - time.monotonic() < needs:  # a row cut off half-way is GPU time lost: start only what fits
             report["skipped"].append(f"{reference}: {what} (time limit)")
             continue
         start = time.perf_counter()
         try:
-            report[ROWS[kind]].append(rows[kind](reference, batch))
+            row = rows[kind](reference, batch)
         except Exception as error:  # one model's failure is its row's finding; the others still run
             traceback.print_exc()
-            report[ROWS[kind]].append({"model": reference, "batch": batch, "error": _error_text(error),
-                                       **({"speedup_asked": budgets[batch]} if kind == "budget" else {})})
-        print(f"gpu_speedup: [{number}/{len(tasks)}] {reference}, {what}: {time.perf_counter() - start:.0f} s",
-              flush=True)
+            row = {"model": reference, "batch": batch, "error": _error_text(error),
+                   **({"speedup_asked": budgets[batch]} if kind == "budget" else {})}
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        report[ROWS[kind]].append(row)
+        print(f"gpu_speedup: [{number}/{len(tasks)}] {reference}, {what}: {row['seconds']:.0f} s", flush=True)
         save(report, args.out)  # a run stopped from outside keeps every row finished
     return report
+
+
+def row_seconds(rows: list[dict]) -> float:
+    """What a row of this kind is expected to take: the longest one finished (earlier calls' rows count), or 0
+    before any has."""
+    return max((row.get("seconds", 0.0) for row in rows), default=0.0)
 
 
 def resumed(path: Path | None, machine: dict) -> dict:

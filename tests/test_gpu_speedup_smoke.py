@@ -118,6 +118,20 @@ def test_a_resumed_run_keeps_the_rows_of_the_same_code_and_machine_and_measures_
     assert len(calls) == 4
 
 
+def test_a_row_starts_only_where_the_longest_of_its_kind_still_fits(tmp_path, monkeypatch):
+    """Each row records its seconds; with less time left than the longest finished row of its kind, the next
+    is skipped rather than cut off half-way (a row of another kind, not yet timed, still starts)."""
+    script, calls = _script(), []
+    _fake_rows(script, monkeypatch, calls)
+    slow = script.equal_macs_row
+    monkeypatch.setattr(script, "equal_macs_row", lambda *args: (time.sleep(1.5), slow(*args))[1])
+    report = _run(script, tmp_path, "--time-limit", "2.5")
+    assert calls == [("equal", script.SMOKE_MODEL, 4), ("widths", script.SMOKE_MODEL, 4),
+                     ("budget", script.SMOKE_MODEL, 1)]
+    assert report["equal_macs"][0]["seconds"] >= 1.5 and "seconds" in report["budgets"][0]
+    assert report["skipped"] == [f"{script.SMOKE_MODEL}: equal-MACs row at batch 1 (time limit)"]
+
+
 def test_a_torch_pruning_search_that_runs_long_or_is_killed_is_a_one_line_failure(tmp_path, monkeypatch):
     script = _script()
     child = tmp_path / "child.py"

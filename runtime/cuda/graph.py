@@ -95,8 +95,9 @@ class CudaDevice:
                 f"CUDA build {torch.version.cuda}); use --backend ort on this machine")
 
     def describe(self) -> dict:
+        # cuDNN autotunes every model this device times (`place` turns it on), whenever this is asked
         return {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-                "cudnn": torch.backends.cudnn.version(), "cudnn_benchmark": torch.backends.cudnn.benchmark}
+                "cudnn": torch.backends.cudnn.version(), "cudnn_benchmark": True}
 
     def place(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], dtype: torch.dtype):
         """`module` and `inputs` on the GPU at `dtype`, 4-D tensors channels_last; cuDNN autotunes from here on,
