@@ -17,8 +17,8 @@ budgets on the same backend (S = 1.3 at batch 1, 1.5 at batch 32) and each chose
 a fresh pair (models prepared anew) and by a separate process with its own timer
 (benchmarks/remeasure_speedup.py), which alone is judged against [0.95 S, 1.25 S].
 
-The rows run in the order the figures matter (`plan`): equal MACs at the largest batch on every model, the
-width multiples, the budgets, then the other batches. Within `--time-limit` seconds a row starts only while
+The rows run in the order the figures matter (`plan`): equal MACs at the largest batch on the first model, its
+width multiples, equal MACs on the other models, the budgets, then the other batches. Within `--time-limit` seconds a row starts only while
 the time left exceeds the longest finished row of its kind (each row records its seconds, and the row that
 prepares a model's variants what each part took); the rest is listed as skipped. The results are written
 after every row, so a run stopped from outside keeps what it finished, and `--resume FILE` keeps the rows of
@@ -271,12 +271,14 @@ def equal_macs_row(variants: ModelVariants, batch: int, settings: Settings, devi
     return row
 
 
-def widths_row(reference: str, batch: int, settings: Settings, device) -> dict:
+def widths_row(reference: str, batch: int, settings: Settings, device, dense: Program | None = None) -> dict:
     """prunefx's defaults at half the MACs with channel counts in multiples of each of ROUND_TO, each confirmed
     against dense at `batch`: the multiple the cuda backend should keep, measured rather than assumed. A multiple
-    too coarse for the model's widths stops short of half (its MACs kept say so)."""
-    _, dense = model_and_program(reference, input_shape=_shape(reference, batch))
-    dense = dense.eval()
+    too coarse for the model's widths stops short of half (its MACs kept say so). `dense`: the model captured at
+    `batch` already, where the caller has it."""
+    if dense is None:
+        _, dense = model_and_program(reference, input_shape=_shape(reference, batch))
+        dense = dense.eval()
     pair = CudaBackend(device).latency_pair(dataclasses.replace(settings, batch=batch))
     row = {"model": reference, "batch": batch, "round_to": {}}
     for multiple in ROUND_TO:
@@ -339,10 +341,12 @@ def independent_speedup(dense, chosen, batch: int, precision: str, timeout: floa
 
 def plan(models: list[str], batches: list[int], budgets: dict[int, float]) -> list[tuple[str, str, int]]:
     """(kind, model, batch) in the order the figures matter, so that a run cut short has the first ones: equal
-    MACs at the largest batch on every model, the width multiples on the first model, the budgets (largest
-    batch first), then the other batches."""
+    MACs at the largest batch on the first model, its width multiples (which say whether the cuda backend's
+    multiple is the one to keep: one row, where a model's row takes minutes), equal MACs on every other model,
+    the budgets (largest batch first), then the other batches."""
     first, rest = max(batches), sorted(batches, reverse=True)[1:]
-    return ([("equal", model, first) for model in models] + [("widths", models[0], first)]
+    return ([("equal", models[0], first), ("widths", models[0], first)]
+            + [("equal", model, first) for model in models[1:]]
             + [("budget", model, batch) for batch in sorted(budgets, reverse=True) for model in models]
             + [("equal", model, batch) for batch in rest for model in models])
 
@@ -380,7 +384,12 @@ def _measure(args, device) -> dict:
                                                 torch_pruning_timeout=args.torch_pruning_timeout)
         return equal_macs_row(variants[reference], batch, settings, device)
 
-    rows = {"equal": equal, "widths": lambda reference, batch: widths_row(reference, batch, settings, device),
+    def widths(reference: str, batch: int) -> dict:
+        ready = variants.get(reference)  # the equal row's capture, at its batch
+        dense = ready.programs["dense"] if ready and ready.table_batch == batch else None
+        return widths_row(reference, batch, settings, device, dense)
+
+    rows = {"equal": equal, "widths": widths,
             "budget": lambda reference, batch: budget_row(reference, batch, budgets[batch], settings, device)}
     tasks = [task for task in plan(models, batches, budgets) if task not in done]
     for number, (kind, reference, batch) in enumerate(tasks, 1):

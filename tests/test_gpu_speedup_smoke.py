@@ -58,7 +58,7 @@ def test_the_smoke_run_writes_every_row_outside_the_results_folder(tmp_path):
 
 def test_the_rows_that_decide_come_first():
     plan = _script().plan(["a", "b"], [1, 8, 32], {1: 1.3, 32: 1.5})
-    assert plan == [("equal", "a", 32), ("equal", "b", 32), ("widths", "a", 32), ("budget", "a", 32), ("budget", "b", 32),
+    assert plan == [("equal", "a", 32), ("widths", "a", 32), ("equal", "b", 32), ("budget", "a", 32), ("budget", "b", 32),
                     ("budget", "a", 1), ("budget", "b", 1), ("equal", "a", 8), ("equal", "b", 8),
                     ("equal", "a", 1), ("equal", "b", 1)]
 
