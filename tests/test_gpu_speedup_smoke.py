@@ -65,7 +65,7 @@ def test_the_rows_that_decide_come_first():
 
 class _FakeVariants:
     def __init__(self, reference, batch, precision, **options):
-        self.reference = reference
+        self.reference, self.table_batch, self.programs = reference, batch, {"dense": None}
 
 
 def _fake_rows(script, monkeypatch, calls, fail=()):
@@ -124,11 +124,11 @@ def test_a_row_starts_only_where_the_longest_of_its_kind_still_fits(tmp_path, mo
     script, calls = _script(), []
     _fake_rows(script, monkeypatch, calls)
     slow = script.equal_macs_row
-    monkeypatch.setattr(script, "equal_macs_row", lambda *args: (time.sleep(1.5), slow(*args))[1])
-    report = _run(script, tmp_path, "--time-limit", "2.5")
+    monkeypatch.setattr(script, "equal_macs_row", lambda *args: (time.sleep(2.0), slow(*args))[1])
+    report = _run(script, tmp_path, "--time-limit", "3.5")  # room for two quick rows, not a second slow one
     assert calls == [("equal", script.SMOKE_MODEL, 4), ("widths", script.SMOKE_MODEL, 4),
                      ("budget", script.SMOKE_MODEL, 1)]
-    assert report["equal_macs"][0]["seconds"] >= 1.5 and "seconds" in report["budgets"][0]
+    assert report["equal_macs"][0]["seconds"] >= 2.0 and "seconds" in report["budgets"][0]
     assert report["skipped"] == [f"{script.SMOKE_MODEL}: equal-MACs row at batch 1 (time limit)"]
 
 
