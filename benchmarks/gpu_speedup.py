@@ -19,8 +19,9 @@ a fresh pair (models prepared anew) and by a separate process with its own timer
 
 The rows run in the order the figures matter (`plan`): equal MACs at the largest batch on the first model, its
 width multiples, equal MACs on the other models, the budgets, then the other batches. Within `--time-limit` seconds a row starts only while
-the time left exceeds the longest finished row of its kind (each row records its seconds, and the row that
-prepares a model's variants what each part took); the rest is listed as skipped. The results are written
+the time left exceeds the longest finished row of its kind, in this run or in the file `--resume` names
+(each row records its seconds, and the row that prepares a model's variants what each part took); the rest
+is listed as skipped. The results are written
 after every row, so a run stopped from outside keeps what it finished, and `--resume FILE` keeps the rows of
 an earlier run on the same GPU, software and code (benchmarks/build_stamp.py's digest) and runs the rest. A
 row that fails is recorded with its error and the next one runs.
@@ -372,7 +373,7 @@ def _measure(args, device) -> dict:
                                      f"{args.precision}, channels_last, cuDNN autotuned, samples of many CUDA-graph "
                                      "replays between CUDA events after a warm-up until settled")},
               **{key: [] for key in ROWS.values()}, "skipped": []}
-    kept = resumed(args.resume, report["machine"])
+    kept, hints = resumed(args.resume, report["machine"]), earlier_seconds(args.resume)
     report.update(kept)
     done = {(kind, row["model"], row["batch"]) for kind, key in ROWS.items() for row in kept[key]}
     variants: dict[str, ModelVariants] = {}
@@ -395,7 +396,7 @@ def _measure(args, device) -> dict:
     for number, (kind, reference, batch) in enumerate(tasks, 1):
         what = {"equal": f"equal-MACs row at batch {batch}", "widths": f"width multiples at batch {batch}",
                 "budget": f"--speedup {budgets.get(batch)} at batch {batch}"}[kind]
-        needs = row_seconds(report[ROWS[kind]])
+        needs = max(row_seconds(report[ROWS[kind]]), hints.get(kind, 0.0))
         if deadline - time.monotonic() < needs:  # a row cut off half-way is GPU time lost: start only what fits
             report["skipped"].append(f"{reference}: {what} (time limit)")
             continue
@@ -417,6 +418,15 @@ def row_seconds(rows: list[dict]) -> float:
     """What a row of this kind is expected to take: the longest one finished (earlier calls' rows count), or 0
     before any has."""
     return max((row.get("seconds", 0.0) for row in rows), default=0.0)
+
+
+def earlier_seconds(path: Path | None) -> dict[str, float]:
+    """The longest row of each kind in the file `--resume` names, whatever code or GPU measured it: what a row
+    takes before this run has finished one of its kind (a first row cut off half-way is GPU time lost too)."""
+    if path is None or not path.is_file():
+        return {}
+    rows = json.loads(path.read_text())
+    return {kind: row_seconds(rows.get(key, [])) for kind, key in ROWS.items()}
 
 
 def resumed(path: Path | None, machine: dict) -> dict:

@@ -131,6 +131,14 @@ def test_a_row_starts_only_where_the_longest_of_its_kind_still_fits(tmp_path, mo
     assert report["equal_macs"][0]["seconds"] >= 2.0 and "seconds" in report["budgets"][0]
     assert report["skipped"] == [f"{script.SMOKE_MODEL}: equal-MACs row at batch 1 (time limit)"]
 
+    # an earlier file's rows say how long a row takes before this run has timed one, whatever code made them
+    earlier = {"machine": {"code": "other"}, "equal_macs": [], "widths": [{"seconds": 1000.0}], "budgets": []}
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    calls.clear()
+    report = _run(script, tmp_path, "--time-limit", "3.5", "--resume", str(tmp_path / "earlier.json"))
+    assert ("widths", script.SMOKE_MODEL, 4) not in calls and ("budget", script.SMOKE_MODEL, 1) in calls
+    assert f"{script.SMOKE_MODEL}: width multiples at batch 4 (time limit)" in report["skipped"]
+
 
 def test_a_torch_pruning_search_that_runs_long_or_is_killed_is_a_one_line_failure(tmp_path, monkeypatch):
     script = _script()
