@@ -201,7 +201,7 @@ class FakeGpu(CudaDevice):
 
     def __init__(self, available: bool = True):
         self.is_available, self.batches, self.weights, self.batch = available, [], 0, None
-        self.captures, self.released = 0, 0
+        self.captures, self.released, self.inputs = 0, 0, []
 
     def available(self) -> bool:
         return self.is_available
@@ -212,6 +212,7 @@ class FakeGpu(CudaDevice):
     def place(self, module, inputs, dtype):
         self.weights = sum(p.numel() for p in module.parameters() if p.dim() == 4)
         self.batch = int(inputs[0].shape[0])
+        self.inputs.append(inputs[0])
         return module, tuple(inputs)
 
     def compile(self, module):
@@ -243,6 +244,10 @@ def test_a_table_on_the_cuda_backend_times_each_layer_as_a_plain_module(tmp_path
     assert table(CONV, 32, 16) == pytest.approx(1e-3 * 32 * 16 * 9)
     assert set(gpu.batches) == {2}  # the table's batch, not the settings'
     assert gpu.captures == table.measured == gpu.released  # one graph per entry, each freed once timed
+    # one input drawn per input width, handed to the device again for each output width
+    widths = table.grids["conv"].in_widths
+    assert len({id(x) for x in gpu.inputs}) == timer.inputs_made == len(widths) < len(gpu.inputs) == table.measured
+    assert sorted({x.shape[1] for x in gpu.inputs}) == sorted(widths)
     assert json.loads(next(tmp_path.glob("cuda-*.json")).read_text())["identity"]["device"] == "Fake H100"
 
 

@@ -4,13 +4,18 @@ enough iterations to hide its launch, many replays per sample), with no export a
 
 A table of a few hundred entries then costs a capture and a few hundred replays each: seconds on a GPU. The
 GPU is warmed up once, before the first entry (its clocks then stay up as entries follow each other), and
-each entry's memory is handed back once it is timed. Layers run eagerly (never compiled, whatever --compile
-says): the table chooses channels, and whole-model measurements, compiled where asked, confirm the speed-up.
+each entry's memory is handed back once it is timed. An input is drawn once per shape and kept as placed on
+the GPU: a layer's grid times each input width against every output width, and drawing a batch-32 input on
+the CPU (80 ms for 6.4 M values on one core) costs more than timing an entry. Layers run eagerly (never
+compiled, whatever --compile says): the table chooses channels, and whole-model measurements, compiled where
+asked, confirm the speed-up.
 """
 
 from __future__ import annotations
 
 import torch
+
+from collections import OrderedDict
 
 from prunefx.graph.channels.plan_latency import TimedLayer
 from prunefx.runtime.cuda.graph import CudaDevice, GpuModel
@@ -18,6 +23,7 @@ from prunefx.runtime.measure.gpu_latency import measure_gpu_latency
 from prunefx.runtime.tables.timers import LayerModule
 
 RUNS, WARMUP = 20, 3  # samples per entry, each already many replays long
+INPUTS_KEPT = 4        # placed inputs kept, the most recently used shapes
 
 
 class CudaLayerTimer:
@@ -31,13 +37,26 @@ class CudaLayerTimer:
         self.settings = (f"PyTorch on CUDA, torch {torch.__version__}, cuDNN autotuned, channels_last, "
                          f"CUDA-graph samples, eager kernels")
         self.warmed = False
+        self.inputs: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()  # by shape, as placed
+        self.inputs_made = 0
 
     def __call__(self, layer: TimedLayer) -> float:
-        example = torch.randn(layer.input_shape, generator=torch.Generator().manual_seed(1))
-        model = GpuModel.of_module(LayerModule(layer).eval(), (example,), precision=self.precision, device=self.gpu)
+        model = GpuModel.of_module(LayerModule(layer).eval(), (self._input(tuple(layer.input_shape)),),
+                                   precision=self.precision, device=self.gpu)
+        self.inputs[tuple(layer.input_shape)] = model.inputs[0]  # placing it again is then a no-op
         warm_seconds = 0.0 if self.warmed else self.gpu.warm_seconds
         ms = measure_gpu_latency(model.time_once, warmup=WARMUP, runs=RUNS, warm_seconds=warm_seconds).median_ms
         self.warmed = True
         del model
         self.gpu.release()
         return ms
+
+    def _input(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """The input of `shape`: the one kept, else a new one (the least recently used goes)."""
+        if shape in self.inputs:
+            self.inputs.move_to_end(shape)
+            return self.inputs[shape]
+        while len(self.inputs) >= INPUTS_KEPT:
+            self.inputs.popitem(last=False)
+        self.inputs_made += 1
+        return torch.randn(shape, generator=torch.Generator().manual_seed(1))
