@@ -13,9 +13,9 @@ asked, confirm the speed-up.
 
 from __future__ import annotations
 
-import torch
-
 from collections import OrderedDict
+
+import torch
 
 from prunefx.graph.channels.plan_latency import TimedLayer
 from prunefx.runtime.cuda.graph import CudaDevice, GpuModel
