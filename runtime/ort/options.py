@@ -29,8 +29,10 @@ def session_options(threads: int, spinning: bool, flush_denormals: bool) -> ort.
     # threads keep spinning and steal the cores of the session timed beside it, and side-by-side
     # speed-ups swing widely from one repeat to the next.
     options.add_session_config_entry("session.force_spinning_stop", "1")
-    if flush_denormals:  # for timing (runners.onnx_runner): see there why; ONNX Runtime sets it on the
-        # creating thread too, and a later session does not unset it there
+    # For timing (runners.onnx_runner; see there why). The session's workers take it; the thread that calls
+    # run takes it only from a process's first session: a round's fresh process (measure/rounds.py) creates
+    # its timing sessions first, and in-process runs set that thread themselves (ort/denormals.py).
+    if flush_denormals:
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
     return options
 

@@ -25,6 +25,7 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.graph.safety.regular_files import require_regular_file
 from prunefx.runtime.errors import OnnxSessionError, first_line
 from prunefx.runtime.onnx.bounds import check_value_sizes
+from prunefx.runtime.ort.denormals import subnormal_mode
 from prunefx.runtime.ort.interrupts import interruptible_run
 from prunefx.runtime.ort.options import LOG_SEVERITY_ERROR, cpu_session
 
@@ -71,7 +72,9 @@ class OnnxRuntimeSession:
 
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
-            with interruptible_run() as options:  # ends on SIGINT/SIGTERM (runtime/ort/interrupts.py)
+            # ends on SIGINT/SIGTERM (runtime/ort/interrupts.py); the calling thread computes in the session's
+            # subnormal mode, which ONNX Runtime sets there only for a process's first session (ort/denormals.py)
+            with interruptible_run() as options, subnormal_mode(self.flush_denormals):
                 return self.session.run(self.output_names, feed, options)
         except Exception as error:  # pybind errors (wrong dtype, kernel failures) have no common base
             raise OnnxSessionError(f"ONNX Runtime failed to run {self.path.name}: "
@@ -99,7 +102,8 @@ def _check_threads(threads: int) -> None:
 def _load(path: Path, threads: int, spinning: bool, flush_denormals: bool = False) -> ort.InferenceSession:
     check_session_file(path, threads)
     try:
-        return cpu_session(str(path), threads, spinning, flush_denormals)
+        with subnormal_mode(None):  # a process's first session sets its creator's mode: put it back
+            return cpu_session(str(path), threads, spinning, flush_denormals)
     except Exception as error:  # InvalidProtobuf, Fail, InvalidGraph...: all mean "unusable file"
         if _out_of_memory(error):  # a memory limit, not a corrupt file: the CLI names it as such
             raise MemoryError(f"loading {path} into ONNX Runtime: {first_line(error)}") from error
