@@ -38,7 +38,6 @@ class CudaLayerTimer:
                          f"CUDA-graph samples, eager kernels")
         self.warmed = False
         self.inputs: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()  # by shape, as placed
-        self.inputs_made = 0
 
     def __call__(self, layer: TimedLayer) -> float:
         model = GpuModel.of_module(LayerModule(layer).eval(), (self._input(tuple(layer.input_shape)),),
@@ -58,5 +57,4 @@ class CudaLayerTimer:
             return self.inputs[shape]
         while len(self.inputs) >= INPUTS_KEPT:
             self.inputs.popitem(last=False)
-        self.inputs_made += 1
         return torch.randn(shape, generator=torch.Generator().manual_seed(1))
