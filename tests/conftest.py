@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ import torch
 
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.channels.removal import expand_removed
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _zero_channels(program, combing, removed: set[int]) -> None:
@@ -28,6 +31,23 @@ def _zero_channels(program, combing, removed: set[int]) -> None:
                 with torch.no_grad():
                     tensor.index_fill_(dim, torch.from_numpy(np.flatnonzero(mask)),
                                        1.0 if "running_var" in node.target else 0.0)
+
+
+def _script(relative: str):
+    """A repository script (benchmarks/NAME.py, scripts/NAME.py) loaded from its path as module NAME: those
+    folders are not packages."""
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """`load_script("benchmarks/gpu_speedup.py")`: that script as a freshly loaded module."""
+    return _script
 
 
 @pytest.fixture(scope="session")

@@ -3,25 +3,17 @@ hung step costs its own time and the rest still run. (The whole check runs on a 
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = "scripts/gpu_check.py"
 
 
 @pytest.mark.slow
-def test_a_hung_step_is_stopped_at_its_timeout_and_the_next_still_runs(tmp_path):
-    steps = _script().Steps(tmp_path, seconds=60, env=None)
+def test_a_hung_step_is_stopped_at_its_timeout_and_the_next_still_runs(load_script, tmp_path):
+    steps = load_script(SCRIPT).Steps(tmp_path, seconds=60, env=None)
     assert steps.run("hangs", [sys.executable, "-c", "import time; time.sleep(60)"], timeout=11) is None
     assert steps.run("works", [sys.executable, "-c", "print('done')"], timeout=30, log="works.log") == 0
     hung, works = steps.steps
@@ -29,27 +21,27 @@ def test_a_hung_step_is_stopped_at_its_timeout_and_the_next_still_runs(tmp_path)
     assert works["exit"] == 0 and (tmp_path / "works.log").read_text().strip() == "done"
 
 
-def test_a_step_without_time_left_is_listed_as_skipped(tmp_path):
-    steps = _script().Steps(tmp_path, seconds=12, env=None)
+def test_a_step_without_time_left_is_listed_as_skipped(load_script, tmp_path):
+    steps = load_script(SCRIPT).Steps(tmp_path, seconds=12, env=None)
     assert steps.run("late", [sys.executable, "-c", "pass"], timeout=60) is None
     assert steps.steps == [{"step": "late", "skipped": "no time left"}]
 
 
-def test_the_wheels_carried_are_pinned_to_the_versions_tested_here():
-    script = _script()
+def test_the_wheels_carried_are_pinned_to_the_versions_tested_here(load_script):
+    script = load_script(SCRIPT)
     assert script._pinned("foolbox==3.3.4") == "foolbox==3.3.4"
     assert script._pinned("torch-pruning").startswith("torch-pruning==")
 
 
-def test_only_the_files_with_gpu_tests_are_collected_there():
-    files = [Path(name).name for name in _script().gpu_test_files()]
+def test_only_the_files_with_gpu_tests_are_collected_there(load_script):
+    files = [Path(name).name for name in load_script(SCRIPT).gpu_test_files()]
     assert "test_cuda_backend.py" in files and "test_gpu_check.py" not in files
     decorated = [line for name in files for line in (Path(__file__).parent / name).read_text().splitlines()
                  if line == "@pytest.mark.gpu"]
     assert len(decorated) >= len(files)
 
 
-def test_small_results_are_folded_into_the_summary_so_at_most_eight_files_come_back(tmp_path):
+def test_small_results_are_folded_into_the_summary_so_at_most_eight_files_come_back(load_script, tmp_path):
     (tmp_path / "gpu_remeasure.json").write_text('{"speedup": 1.59}')
-    folded = _script()._folded(tmp_path, ("gpu_remeasure.json", "gpu_module_speed.json"))
+    folded = load_script(SCRIPT)._folded(tmp_path, ("gpu_remeasure.json", "gpu_module_speed.json"))
     assert folded == {"gpu_remeasure": {"speedup": 1.59}} and not (tmp_path / "gpu_remeasure.json").exists()

@@ -3,10 +3,8 @@ model), checked for what it writes and where; its timings mean nothing here and 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,22 +12,11 @@ import torch
 from prunefx.runtime.backends import cuda as cuda_backend
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_speedup.py"
+SCRIPT = "benchmarks/gpu_speedup.py"
 
 
-def _script_named(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPT.with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _script():
-    return _script_named("gpu_speedup")
-
-
-def test_the_smoke_run_writes_every_row_outside_the_results_folder(tmp_path):
-    script = _script()
+def test_the_smoke_run_writes_every_row_outside_the_results_folder(load_script, tmp_path):
+    script = load_script(SCRIPT)
     device = cuda_backend.BACKEND.device
     assert script.main(["--smoke", "--runs", "3", "--out", str(tmp_path)]) == 0
     assert cuda_backend.BACKEND.device is device  # the stand-in is gone after the run
@@ -59,8 +46,8 @@ def test_the_smoke_run_writes_every_row_outside_the_results_folder(tmp_path):
     assert report["machine"]["gpu"].startswith("none") and "gpu_speedup.md" in {p.name for p in tmp_path.iterdir()}
 
 
-def test_the_rows_that_decide_come_first():
-    plan = _script().plan(["a", "b"], [1, 8, 32], {1: 1.3, 32: 1.5})
+def test_the_rows_that_decide_come_first(load_script):
+    plan = load_script(SCRIPT).plan(["a", "b"], [1, 8, 32], {1: 1.3, 32: 1.5})
     assert plan == [("equal", "a", 32), ("widths", "a", 32), ("equal", "b", 32), ("budget", "a", 32), ("budget", "b", 32),
                     ("budget", "a", 1), ("budget", "b", 1), ("equal", "a", 8), ("equal", "b", 8),
                     ("equal", "a", 1), ("equal", "b", 1)]
@@ -94,8 +81,8 @@ def _run(script, tmp_path, *extra):
     return script.run(args)
 
 
-def test_a_failing_row_is_recorded_and_the_rest_still_run_each_saved_as_it_ends(tmp_path, monkeypatch):
-    script, calls = _script(), []
+def test_a_failing_row_is_recorded_and_the_rest_still_run_each_saved_as_it_ends(load_script, tmp_path, monkeypatch):
+    script, calls = load_script(SCRIPT), []
     _fake_rows(script, monkeypatch, calls, fail={("equal", script.SMOKE_MODEL, 4)})
     report = _run(script, tmp_path)
     assert calls == [("equal", script.SMOKE_MODEL, 4), ("widths", script.SMOKE_MODEL, 4),
@@ -107,8 +94,9 @@ def test_a_failing_row_is_recorded_and_the_rest_still_run_each_saved_as_it_ends(
     assert "failed: prunefx:resnet20 at batch 4: ValueError: broken on purpose" in (tmp_path / "gpu_speedup.md").read_text()
 
 
-def test_a_resumed_run_keeps_the_rows_of_the_same_code_and_machine_and_measures_the_rest(tmp_path, monkeypatch):
-    script, calls = _script(), []
+def test_a_resumed_run_keeps_the_rows_of_the_same_code_and_machine_and_measures_the_rest(load_script, tmp_path,
+                                                                                         monkeypatch):
+    script, calls = load_script(SCRIPT), []
     _fake_rows(script, monkeypatch, calls)
     earlier = _run(script, tmp_path)
     earlier["equal_macs"].pop()  # as if the run had stopped before its last row
@@ -121,10 +109,10 @@ def test_a_resumed_run_keeps_the_rows_of_the_same_code_and_machine_and_measures_
     assert len(calls) == 4
 
 
-def test_a_row_starts_only_where_the_longest_of_its_kind_still_fits(tmp_path, monkeypatch):
+def test_a_row_starts_only_where_the_longest_of_its_kind_still_fits(load_script, tmp_path, monkeypatch):
     """Each row records its seconds; with less time left than the longest finished row of its kind, the next
     is skipped rather than cut off half-way (a row of another kind, not yet timed, still starts)."""
-    script, calls = _script(), []
+    script, calls = load_script(SCRIPT), []
     _fake_rows(script, monkeypatch, calls)
     slow = script.equal_macs_row
     monkeypatch.setattr(script, "equal_macs_row", lambda *args: (time.sleep(2.0), slow(*args))[1])
@@ -143,8 +131,8 @@ def test_a_row_starts_only_where_the_longest_of_its_kind_still_fits(tmp_path, mo
     assert f"{script.SMOKE_MODEL}: width multiples at batch 4 (time limit)" in report["skipped"]
 
 
-def test_a_torch_pruning_search_that_runs_long_or_is_killed_is_a_one_line_failure(tmp_path, monkeypatch):
-    script = _script()
+def test_a_torch_pruning_search_that_runs_long_or_is_killed_is_a_one_line_failure(load_script, tmp_path, monkeypatch):
+    script = load_script(SCRIPT)
     child = tmp_path / "child.py"
     child.write_text("import os, signal, sys, time\n"
                      "time.sleep(30) if sys.argv[1] == 'slow' else os.kill(os.getpid(), signal.SIGKILL)\n")
@@ -159,19 +147,19 @@ def test_a_torch_pruning_search_that_runs_long_or_is_killed_is_a_one_line_failur
         script.TorchPruningSearch("killed", 0.5, None, tmp_path, timeout=30).module()
 
 
-def test_smoke_results_are_never_published_and_a_real_run_needs_a_gpu(capsys):
-    script = _script()
+def test_smoke_results_are_never_published_and_a_real_run_needs_a_gpu(load_script, capsys):
+    script = load_script(SCRIPT)
     assert script.main(["--smoke", "--out", str(script.RESULTS)]) == 2
     assert "not published" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert script.main([]) == 2 and "needs an NVIDIA GPU" in capsys.readouterr().err
 
 
-def test_torch_pruning_keeps_attention_heads_whole_on_a_vit():
+def test_torch_pruning_keeps_attention_heads_whole_on_a_vit(load_script):
     """The baseline on a timm ViT: heads keyed by their qkv projection, each head narrowed alike, the module's
     reshape following (it failed with "shape '[1, 197, 3, 3, 64]' is invalid" before)."""
     timm = pytest.importorskip("timm")
-    baseline = _script_named("torch_pruning_baseline")
+    baseline = load_script("benchmarks/torch_pruning_baseline.py")
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=10).eval()
     example = torch.randn(1, 3, 32, 32)

@@ -3,9 +3,7 @@ its structure check, its verdict and one end-to-end run on a CPU (no timing is j
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,14 +14,7 @@ from prunefx.passes.remove_channels import remove_channels
 from prunefx.runtime.measure.latency import LatencyComparison, LatencyStats
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "module_speed.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("module_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = "benchmarks/module_speed.py"
 
 
 def _vit():
@@ -36,8 +27,8 @@ def _vit():
     return model.eval()
 
 
-def test_the_structure_check_sees_a_fused_path_switched_off():
-    check = _script()
+def test_the_structure_check_sees_a_fused_path_switched_off(load_script):
+    check = load_script(SCRIPT)
     dense = _vit()
     program = capture(dense, torch.randn(1, 3, 32, 32), name="vit").eval()
     remove_channels(program, config={"macs": 0.5, "heads": "dims", "strict": False})
@@ -59,15 +50,15 @@ def _comparison(program_ms: float, module_ms: float) -> LatencyComparison:
 
 
 @pytest.mark.parametrize(("module_ms", "ok"), [(1.02, True), (0.9, True), (1.05, False)])
-def test_the_verdict_allows_three_percent(module_ms, ok):
-    verdict = _script().verdict(_comparison(1.0, module_ms), 0.03)
+def test_the_verdict_allows_three_percent(load_script, module_ms, ok):
+    verdict = load_script(SCRIPT).verdict(_comparison(1.0, module_ms), 0.03)
     assert verdict["ok"] is ok and verdict["module_slower_by"] == pytest.approx(module_ms - 1.0)
 
 
-def test_a_cpu_run_reports_structure_and_leaves_its_timing_unjudged(tmp_path, capsys):
+def test_a_cpu_run_reports_structure_and_leaves_its_timing_unjudged(load_script, tmp_path, capsys):
     out = tmp_path / "report.json"
-    status = _script().main(["--model", "timm:deit_tiny_patch16_224", "--image-size", "32", "--batch", "2",
-                             "--device", "cpu", "--runs", "2", "--heads", "dims", "--out", str(out)])
+    status = load_script(SCRIPT).main(["--model", "timm:deit_tiny_patch16_224", "--image-size", "32", "--batch", "2",
+                                       "--device", "cpu", "--runs", "2", "--heads", "dims", "--out", str(out)])
     report = json.loads(out.read_text())
     assert status == 0 and report["ok"] and json.loads(capsys.readouterr().out) == report
     assert report["structure"]["program_attention_ops"] == report["structure"]["module_attention_ops"] == 12
@@ -81,11 +72,11 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 @pytest.mark.timing
 @requires_cuda
 @pytest.mark.parametrize("heads", ["whole", "dims"])
-def test_on_a_gpu_the_written_back_deit_runs_as_fast_as_its_program(heads, tmp_path):
+def test_on_a_gpu_the_written_back_deit_runs_as_fast_as_its_program(load_script, heads, tmp_path):
     """DeiT-S at batch 8, fp16, CUDA-graph replays: the module within 3 % of model.pt2's graph."""
     out = tmp_path / "report.json"
-    status = _script().main(["--model", "timm:deit_small_patch16_224", "--batch", "8", "--device", "cuda",
-                             "--heads", heads, "--out", str(out)])
+    status = load_script(SCRIPT).main(["--model", "timm:deit_small_patch16_224", "--batch", "8", "--device", "cuda",
+                                       "--heads", heads, "--out", str(out)])
     report = json.loads(out.read_text())
     assert report["structure"]["ok"], report["structure"]
     assert status == 0, report["speed"]

@@ -3,22 +3,11 @@ at least what the process held before the command, and the stack it keeps at the
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "peak_memory.py"
+SCRIPT = "scripts/peak_memory.py"
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("peak_memory", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_a_buffer_held_while_sampling_shows_in_the_peak_with_the_stack_that_held_it():
-    module = _script()
+def test_a_buffer_held_while_sampling_shows_in_the_peak_with_the_stack_that_held_it(load_script):
+    module = load_script(SCRIPT)
     before = module.resident_mb()
     sampler = module.Sampler(__import__("threading").get_ident(), period=0.001)
     sampler.start()
@@ -33,8 +22,8 @@ def test_a_buffer_held_while_sampling_shows_in_the_peak_with_the_stack_that_held
     del held
 
 
-def test_the_library_frames_of_a_stack_are_named_by_file_and_function():
-    module = _script()
+def test_the_library_frames_of_a_stack_are_named_by_file_and_function(load_script):
+    module = load_script(SCRIPT)
     namespace: dict = {}
     # code that says it comes from a library file: its frame is kept, the test's frames around it are not
     code = compile("import sys\ndef inner():\n    return sys._getframe()\nframe = inner()",

@@ -4,9 +4,7 @@ target; the oracle is prunefx's MAC counter on the pruned model."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
@@ -15,14 +13,6 @@ from prunefx.loading import model_and_program
 from prunefx.runtime.tables.table import program_latency_table
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "table_fraction.py"
-
-
-def _table_fraction():
-    spec = importlib.util.spec_from_file_location("table_fraction", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class MacsTimer:
@@ -38,8 +28,8 @@ class MacsTimer:
 
 
 @pytest.mark.parametrize("target", [0.3, 0.7])
-def test_the_latency_choice_lands_at_the_target_macs(target):
-    table_fraction = _table_fraction()
+def test_the_latency_choice_lands_at_the_target_macs(load_script, target):
+    table_fraction = load_script("benchmarks/table_fraction.py")
     _, dense = model_and_program("prunefx:resnet20")
     table = program_latency_table(dense, MacsTimer(), multiple=8, batch=1, cache_dir=None)
     program, kept, fraction = table_fraction.at_macs(dense, table, target, {})
