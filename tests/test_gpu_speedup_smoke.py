@@ -29,9 +29,9 @@ def test_the_smoke_run_writes_every_row_outside_the_results_folder(load_script, 
     first, other = report["equal_macs"]
     # the latency choice where its table was timed, and not at another batch. How near its MACs come to the
     # MACs choice's depends on the table, timed here on a CPU shared with the Torch-Pruning searches: on
-    # ResNet-20's widths in steps of 8, entries scaled by lognormal noise (sigma 0.5) gave 0.44 to 0.69 (make
-    # test once saw 0.565). So only "pruned" is checked here; tests/test_table_fraction.py checks that the
-    # search lands at its target on a noiseless table.
+    # ResNet-20's widths in steps of 8 a noisy table moves them further than the 0.05 once checked here (make
+    # test saw 0.565 against 0.502). So only "pruned" is checked here; tests/test_table_fraction.py checks that
+    # the search lands at its target on a noiseless table.
     assert 0.0 < first["prunefx latency"]["macs_kept"] < 0.9 and 0.0 < first["latency_table"]["fraction"] < 1.0
     assert first["latency_table"]["table_entries"] > 0 and "prunefx latency" not in other
     (widths,) = report["widths"]  # every multiple timed; ResNet-20's 16 to 64 channels reach half at 8 and 16
