@@ -6,7 +6,7 @@ A table of a few hundred entries then costs a capture and a few hundred replays 
 GPU is warmed up once, before the first entry (its clocks then stay up as entries follow each other), and
 each entry's memory is handed back once it is timed. An input is drawn once per shape and kept as placed on
 the GPU: a layer's grid times each input width against every output width, and drawing a batch-32 input on
-the CPU (80 ms for 6.4 M values on one core) costs more than timing an entry. Layers run eagerly (never
+the CPU costs more than timing an entry. Layers run eagerly (never
 compiled, whatever --compile says): the table chooses channels, and whole-model measurements, compiled where
 asked, confirm the speed-up.
 """
