@@ -19,15 +19,18 @@ from torch import nn
 
 from prunefx.cli import EXIT_USER_ERROR, main
 from prunefx.graph import Program, capture
+from prunefx.graph.channels.plan_latency import timed_layers
 from prunefx.graph.errors import PrunefxError
 from prunefx.runtime import latency_pair
 from prunefx.runtime.backends import Settings
 from prunefx.runtime.backends.cuda import CudaBackend
 from prunefx.runtime.cuda.graph import SAMPLE_MS, CudaDevice, GpuModel, capture_batch_limit
+from prunefx.runtime.cuda.layer_timer import CudaLayerTimer
 from prunefx.runtime.errors import BackendUnavailableError
 
 cuda_module = importlib.import_module("prunefx.runtime.backends.cuda")
 cuda_graph = importlib.import_module("prunefx.runtime.cuda.graph")
+cuda_node_profile = importlib.import_module("prunefx.runtime.cuda.node_profile")
 pytestmark = pytest.mark.usefixtures("one_thread")
 MS_PER_WEIGHT = 1e-3
 
@@ -287,6 +290,46 @@ def test_bench_and_profile_on_cuda_with_the_fake_device(capsys, tmp_path, fake):
     assert sum(row["share"] for row in profile["layers"]) == pytest.approx(1)
 
 
+class AutotuneWitness(FakeDevice):
+    """The fake device, noting cuDNN's autotuning setting at every call of a model it placed."""
+
+    def __init__(self):
+        super().__init__()
+        self.autotuning: list[bool] = []
+
+    def place(self, module, inputs, dtype):
+        module.register_forward_pre_hook(lambda *_: self.autotuning.append(torch.backends.cudnn.benchmark))
+        return super().place(module, inputs, dtype)
+
+
+@pytest.mark.parametrize("capture", [True, False])
+def test_every_model_call_autotunes_and_the_callers_setting_is_left_as_found(monkeypatch, capture):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # torch's default
+    witness = AutotuneWitness()
+    model = GpuModel(_net(16), precision="fp16", device=witness, capture=capture)
+    model.time_once()
+    layer_ms = CudaLayerTimer(witness, "fp16")(timed_layers(_net(16).module)[0])
+    assert layer_ms > 0 and len(witness.autotuning) > 2 * 3  # each model's warm-up calls, capture and samples
+    assert all(witness.autotuning) and torch.backends.cudnn.benchmark is False
+
+
+def test_a_profile_autotunes_every_node_call_and_leaves_the_setting_as_found(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    seen: list[bool] = []
+    recorded = cuda_node_profile.node_calls
+
+    def witnessed(model):
+        def noted(call):
+            return lambda: (seen.append(torch.backends.cudnn.benchmark), call())[1]
+        return {name: noted(call) for name, call in recorded(model).items()}
+
+    monkeypatch.setattr(cuda_node_profile, "node_calls", witnessed)
+    device = FakeDevice()
+    profile = cuda_node_profile.cuda_profile(GpuModel(_net(16), precision="fp16", device=device, capture=False),
+                                             warmup=1, runs=2)
+    assert profile.rows and seen and all(seen) and torch.backends.cudnn.benchmark is False
+
+
 def test_bench_refuses_a_flag_the_backend_does_not_read(capsys, tmp_path):
     code = main(["bench", "prunefx:resnet20", "--backend", "ort", "--compile"])
     err = capsys.readouterr().err
@@ -325,8 +368,9 @@ def test_a_tiny_layer_is_timed_without_its_launch():
     sample holds many iterations per replay, and the time agrees with Triton's own CUDA-graph timer."""
     triton_testing = pytest.importorskip("triton.testing")
     module = nn.Conv2d(64, 64, 1).eval()
+    found = torch.backends.cudnn.benchmark
     model = GpuModel.of_module(module, (torch.randn(1, 64, 14, 14),), precision="fp16", device=CudaDevice())
-    assert model.mode == "graph" and model.iterations > 1 and torch.backends.cudnn.benchmark
+    assert model.mode == "graph" and model.iterations > 1 and torch.backends.cudnn.benchmark is found
     ours = sorted(model.time_once() for _ in range(50))[25]
     theirs = triton_testing.do_bench_cudagraph(model._call, rep=100)
     assert 0.5 < ours / theirs < 2.0

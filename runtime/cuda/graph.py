@@ -43,6 +43,19 @@ def capture_batch_limit() -> int:
     return int(value) if value.isdigit() and int(value) > 0 else 64
 
 
+class cudnn_autotuned:
+    """cuDNN autotuning on inside the block, as deployments run (it chooses its algorithms on the warm-up calls,
+    before capture), and the caller's setting back after it: autotuning makes algorithm choice, and so results,
+    nondeterministic, which a user's process may not want. A class, not a generator: it wraps every eager call."""
+
+    def __enter__(self) -> None:
+        self.found = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+
+    def __exit__(self, *_) -> None:
+        torch.backends.cudnn.benchmark = self.found
+
+
 def graph_replay(run: Callable[[], object], *, warmup: int = 1, iterations: int = 1) -> Callable[[], object]:
     """`run` (a zero-argument GPU callable) captured once as a CUDA graph of `iterations` calls; the returned
     callable replays it. Warm-up runs on a side stream first, as capture requires (lazy initialisation must not
@@ -95,14 +108,12 @@ class CudaDevice:
                 f"CUDA build {torch.version.cuda}); use --backend ort on this machine")
 
     def describe(self) -> dict:
-        # cuDNN autotunes every model this device times (`place` turns it on), whenever this is asked
+        # cuDNN autotunes every model call a GpuModel makes (GpuModel._call), whenever this is asked
         return {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
                 "cudnn": torch.backends.cudnn.version(), "cudnn_benchmark": True}
 
     def place(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], dtype: torch.dtype):
-        """`module` and `inputs` on the GPU at `dtype`, 4-D tensors channels_last; cuDNN autotunes from here on,
-        as deployments do (its choice is made on the warm-up calls, before capture)."""
-        torch.backends.cudnn.benchmark = True
+        """`module` and `inputs` on the GPU at `dtype`, 4-D tensors channels_last."""
         module = move_module(module, "cuda", dtype)  # also the constants, devices and dtypes the graph names
         module = module.to(memory_format=torch.channels_last)
         return module, tuple(_placed(x, "cuda", dtype) for x in inputs)
@@ -182,7 +193,7 @@ class GpuModel:
             self.replay, self.iterations, self.calls = sampled(self._call, device, capture=False)
 
     def _call(self):
-        with torch.inference_mode():
+        with torch.inference_mode(), cudnn_autotuned():
             return self.module(*self.inputs)
 
     def time_once(self) -> float:

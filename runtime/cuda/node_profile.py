@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from prunefx.runtime.cuda.graph import GpuModel, sampled
+from prunefx.runtime.cuda.graph import GpuModel, cudnn_autotuned, sampled
 from prunefx.runtime.tensorrt.layer_profile import LayerProfile, LayerRow
 
 
@@ -45,7 +45,7 @@ def profile_nodes(model: GpuModel, *, warmup: int = 3, runs: int = 20) -> tuple[
     """Median GPU milliseconds per call_function node, and the nodes that had to be timed eagerly."""
     medians, eager = {}, []
     for name, call in node_calls(model).items():
-        with torch.inference_mode():
+        with torch.inference_mode(), cudnn_autotuned():  # eager calls read the setting: warm-up and samples
             for _ in range(max(warmup, 1)):
                 call()
             try:
