@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -255,6 +257,36 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
         assert torch.equal(expected, actual), name
     assert [e["loss"] for e in resumed.log] == [e["loss"] for e in full.log]
     assert stats["train_loss"] == full_stats["train_loss"]
+
+
+def _callers_draws() -> tuple:
+    return torch.rand(3), random.random(), np.random.rand()
+
+
+def _seed_caller(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def test_a_run_draws_from_its_own_seed_and_leaves_the_callers_random_state_as_found(tmp_path):
+    """Dropout draws from torch's generator; a resumed run also sets Python's and numpy's from its checkpoint.
+    The oracle for the caller's state is the draws it makes with no training in between."""
+    programs, data = [_program(dropout=0.5) for _ in range(3)], _batches(3)
+    settings = dict(steps=6, lr=0.05, kd_weight=0.0, checkpoint_dir=tmp_path, checkpoint_every=3)
+    _seed_caller(7)
+    expected = _callers_draws()
+    runs = []
+    for program, caller_seed in zip(programs[:2], (7, 8)):  # the caller's state differs, the run's seed does not
+        _seed_caller(caller_seed)
+        runs.append(_train(program, None, data, **settings)[0])
+        if caller_seed == 7:
+            assert all(torch.equal(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(_callers_draws(), expected))
+    for (name, first), (_, second) in zip(runs[0].program.state_dict().items(), runs[1].program.state_dict().items()):
+        assert torch.equal(first, second), name
+    _seed_caller(7)
+    _train(programs[2], None, data, **settings, resume=True)  # at its last checkpoint: sets every state, trains none
+    assert all(torch.equal(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(_callers_draws(), expected))
 
 
 def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path):

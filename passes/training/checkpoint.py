@@ -11,11 +11,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-import random
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
 from prunefx.graph import Program
@@ -82,26 +79,6 @@ def _read_state(path: Path) -> dict:
     if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
         raise TrainingError(f"{path} is not a prunefx trainer state (format {_STATE_FORMAT})")
     return state
-
-
-def rng_state() -> dict:
-    """This process's torch, CUDA, Python and numpy random states, as plain tensors and numbers."""
-    numpy_state: tuple[Any, ...] = tuple(np.random.get_state())  # (name, keys, position, has_gauss, gaussian)
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-        "python": random.getstate(),
-        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    random.setstate(state["python"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
 
 
 def _sha256(path: Path) -> str:

@@ -43,6 +43,7 @@ from prunefx.passes.training.losses import (
     task_loss,
     total_losses,
 )
+from prunefx.passes.training.random_state import random_state_kept, seed_training
 from prunefx.passes.training.resume import resume, save_checkpoint
 from prunefx.passes.training.schedule import lr_factor, make_optimizer, make_scheduler
 from prunefx.passes.training.statistics import fit_statistics
@@ -129,10 +130,15 @@ class Trainer:
 
     # --- training ----------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train to `total_steps` (resuming from the checkpoint when asked) and return statistics."""
+        """Train to `total_steps` (resuming from the checkpoint when asked) and return statistics. The run
+        draws from its own seed; the caller's random state is left as found."""
+        with random_state_kept(self.device):
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         resumed_from = resume(self) if self.config.resume else None
         if resumed_from is None:
-            torch.manual_seed(self.config.seed + self.rank)
+            seed_training(self.config.seed + self.rank, self.device)
         start_step, train_seconds, eval_seconds = self.step, 0.0, 0.0
         # tqdm's disable=None means "only on a terminal"; other ranks never draw.
         quiet = self.rank != 0 or self.config.progress is False

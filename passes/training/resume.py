@@ -18,11 +18,10 @@ from prunefx.passes.training.checkpoint import (
     STATE_FILE,
     check_settings,
     read_checkpoint,
-    rng_state,
-    set_rng_state,
     write_checkpoint,
 )
 from prunefx.passes.training.config import TrainingError
+from prunefx.passes.training.random_state import rng_state, set_rng_state
 
 if TYPE_CHECKING:
     from prunefx.passes.training.engine import Trainer
