@@ -289,6 +289,20 @@ def test_a_run_draws_from_its_own_seed_and_leaves_the_callers_random_state_as_fo
     assert all(torch.equal(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(_callers_draws(), expected))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+def test_a_run_on_a_gpu_draws_from_its_own_seed_and_leaves_the_callers_cuda_state_as_found():
+    programs, data, trained = [_program(dropout=0.5) for _ in range(2)], _batches(2), []
+    for program, caller_seed in zip(programs, (7, 8)):
+        torch.cuda.manual_seed(caller_seed)
+        before = torch.cuda.get_rng_state(), torch.get_rng_state()
+        trained.append(_train(program, None, data, steps=3, lr=0.05, kd_weight=0.0, device="cuda")[0])
+        assert all(torch.equal(now, then) for now, then in zip((torch.cuda.get_rng_state(), torch.get_rng_state()),
+                                                                before))
+    for (name, first), (_, second) in zip(*(run.program.state_dict().items() for run in trained)):
+        assert torch.equal(first, second), name
+
+
 def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path):
     data, teacher = _batches(2), _program(1)
     _train(_program(), teacher, data, **_checkpointed(tmp_path))
