@@ -98,6 +98,29 @@ def stand_in_gpus_need_no_warm_up(monkeypatch):
 
 
 @pytest.fixture
+def file_size_limit():
+    """`with file_size_limit(n):` files written in the block cannot grow past n bytes, as on a full disk: a
+    write past the limit raises OSError (EFBIG) instead of the process being killed. The limit goes after."""
+    resource = pytest.importorskip("resource")
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def limited(size: int):
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if hard != resource.RLIM_INFINITY and hard < size:
+            pytest.skip(f"the hard file-size limit ({hard} bytes) is below the test's")
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, handler)
+    return limited
+
+
+@pytest.fixture
 def one_thread():
     """Tests on tiny inputs: one intra-op thread is as fast, and on a busy machine a spinning thread
     pool makes each forward pass a hundred times slower. The caller's thread count is restored."""

@@ -33,6 +33,7 @@ from prunefx.runtime import (
     parse_engine_information,
 )
 from prunefx.runtime.onnx.provenance import _torchscript_scope
+from prunefx.runtime.tensorrt import engine as tensorrt_engine
 from prunefx.runtime.tensorrt.engine import _build
 from prunefx.runtime.tensorrt.engine_cache import calibration_digest, timing_cache_key
 from prunefx.runtime.tensorrt.plan import (
@@ -324,7 +325,8 @@ def test_int8_needs_qdq_nodes_on_every_version(version):
         network_plan("unknown", "fp32", FLOAT32_FILE)
 
 
-def _fake_tensorrt(version: str, *, explicit_batch: bool, strongly_typed: bool, weak_flags: bool):
+def _fake_tensorrt(version: str, *, explicit_batch: bool, strongly_typed: bool, weak_flags: bool,
+                   engine: bytes = b"engine"):
     """A stand-in `tensorrt` module with the members that version documents, recording what is called."""
     creation = {"EXPLICIT_BATCH": 0} if explicit_batch else {}
     if strongly_typed:
@@ -362,7 +364,7 @@ def _fake_tensorrt(version: str, *, explicit_batch: bool, strongly_typed: bool, 
             return Config()
 
         def build_serialized_network(self, network, config):
-            return b"engine"
+            return engine
 
     class Parser:
         num_errors = 0
@@ -407,6 +409,28 @@ def test_build_sets_only_the_flags_the_version_has(tmp_path, version, members, p
     assert serialized == b"engine" and (tmp_path / "timing.cache").read_bytes() == b"timings"
     assert calls["network_flags"] == [network_flags] and calls["set_flag"] == builder_flags
     assert calls["pool"] == 64 << 20 and calls["parsed"] == str(tmp_path / "m.onnx")
+
+
+def test_an_engine_cut_short_by_a_full_disk_is_never_cached(tmp_path, monkeypatch, file_size_limit):
+    """The cache is trusted by a file's name: a write that fails half-way must leave no engine under it, or
+    every later run would load the truncated file. The next build, with room, caches the whole engine."""
+    serialized = bytes(range(256)) * 256  # 64 KiB
+    trt, _ = _fake_tensorrt("10.3.0", explicit_batch=True, strongly_typed=True, weak_flags=True, engine=serialized)
+    loaded = []
+    monkeypatch.setattr(tensorrt_engine, "require_tensorrt", lambda: trt)
+    monkeypatch.setattr(tensorrt_engine, "require_cuda", lambda: None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "fake GPU")
+    monkeypatch.setattr(tensorrt_engine.Engine, "load", lambda path, *_, **__: loaded.append(path.read_bytes()))
+    relu = onnx.helper.make_node("Relu", ["x"], ["y"])
+    graph = onnx.helper.make_graph([relu], "relu", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])])
+    onnx.save(onnx.helper.make_model(graph), tmp_path / "relu.onnx")
+    cache = tmp_path / "cache"
+    with file_size_limit(len(serialized) // 4), pytest.raises(OSError):
+        tensorrt_engine.build_engine(tmp_path / "relu.onnx", cache_dir=cache)
+    assert not list(cache.glob("*.engine")) and not list(cache.glob(".*"))  # no engine, no leftover part
+    tensorrt_engine.build_engine(tmp_path / "relu.onnx", cache_dir=cache)
+    assert loaded == [serialized] and len(list(cache.glob("*.engine"))) == 1
 
 
 def test_onnx_types_reads_qdq_and_float16(resnet, tmp_path):

@@ -16,8 +16,9 @@ import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
+
+from prunefx.runtime.cache_files import write_whole
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,5 @@ class LatencyCache:
         self.entries[geometry] = float(ms)
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"identity": self.identity, "entries": self.entries}, indent=0, sort_keys=True)
-        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".latency-", suffix=".json")
-        try:
-            with os.fdopen(handle, "w") as file:
-                file.write(text)
-            os.replace(temporary, self.path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_whole(self.path, json.dumps({"identity": self.identity, "entries": self.entries}, indent=0,
+                                          sort_keys=True))

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prunefx.runtime.cache_files import write_whole
 from prunefx.runtime.errors import BackendUnavailableError, DeviceToolError, require_module
 from prunefx.runtime.tensorrt.engine_cache import (
     calibration_digest,
@@ -117,11 +118,11 @@ def build_engine(onnx_path: str | os.PathLike, options: BuildOptions = FP32, *,
     if plan.lower_to_fp16:
         source = _lowered_fp16(source, cache / f"{key}.fp16.onnx")
     serialized = _build(trt, source, options, plan, cache / f"timing-{timing_cache_key(trt.__version__, gpu)}.cache")
-    engine_file.write_bytes(serialized)
+    write_whole(engine_file, serialized)
     seconds = time.perf_counter() - started
-    (cache / f"{key}.json").write_text(json.dumps({"onnx": str(onnx_path), "built_from": str(source),
-                                                   "options": options.to_dict(), "plan": dataclasses.asdict(plan),
-                                                   "tensorrt": trt.__version__, "gpu": gpu, "build_seconds": seconds}))
+    write_whole(cache / f"{key}.json", json.dumps({"onnx": str(onnx_path), "built_from": str(source),
+                                                  "options": options.to_dict(), "plan": dataclasses.asdict(plan),
+                                                  "tensorrt": trt.__version__, "gpu": gpu, "build_seconds": seconds}))
     if log:
         log(f"built TensorRT engine {engine_file.name[:12]}... in {seconds:.1f} s ({_describe(plan)})")
     return Engine.load(engine_file, options, cached=False)
@@ -158,8 +159,7 @@ def _build(trt, onnx_path: Path, options: BuildOptions, plan: NetworkPlan, timin
     if serialized is None:
         raise DeviceToolError(f"TensorRT failed to build an engine for {onnx_path} with {options.to_dict()} "
                               f"({_describe(plan)}; the TensorRT log above says why)")
-    timing_file.parent.mkdir(parents=True, exist_ok=True)
-    timing_file.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+    write_whole(timing_file, bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(memoryview(serialized))
 
 
