@@ -59,7 +59,8 @@ def test_the_side_file_moves_in_before_the_file_that_reads_it(tmp_path, monkeypa
     real_replace = os.replace
 
     def recording(source, target):
-        moved.append(os.path.basename(target))
+        if os.path.dirname(os.path.abspath(target)) == str(out):  # publishing, not the export's own rename
+            moved.append(os.path.basename(target))
         return real_replace(source, target)
 
     monkeypatch.setattr(output.os, "replace", recording)

@@ -83,9 +83,12 @@ def test_the_size_check_infers_shapes_without_the_weights(tmp_path, monkeypatch)
 
 def test_the_export_checks_the_written_file_and_removes_one_that_fails(tmp_path, monkeypatch):
     checked = []
-    monkeypatch.setattr(onnx.checker, "check_model", lambda model, *a, **k: checked.append(model))
+    monkeypatch.setattr(onnx.checker, "check_model",
+                        lambda model, *a, **k: checked.append((model, (tmp_path / "ok.onnx").exists())))
     export_onnx(mlp_program(), tmp_path / "ok.onnx")
-    assert checked == [str(tmp_path / "ok.onnx")]  # a path: no in-memory model serialised for the checker
+    ((model, published),) = checked
+    assert isinstance(model, str)  # a path: no in-memory model serialised for the checker
+    assert not published and (tmp_path / "ok.onnx").is_file()  # checked before it appears under its name
 
     def failing(model, *args, **kwargs):
         raise onnx.checker.ValidationError("planted")
@@ -94,6 +97,18 @@ def test_the_export_checks_the_written_file_and_removes_one_that_fails(tmp_path,
     with pytest.raises(OnnxExportError, match="fails onnx.checker: .*planted"):
         export_onnx(mlp_program(), tmp_path / "bad.onnx")
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_an_export_cut_short_by_a_full_disk_leaves_the_previous_file_as_it_was(tmp_path, file_size_limit):
+    probe = export_onnx(mlp_program(), tmp_path / "probe.onnx").path
+    previous = tmp_path / "model.onnx"
+    previous.write_bytes(b"the previous export")
+    assert probe.stat().st_mode == previous.stat().st_mode  # the mode any file written here gets (the umask)
+    size = probe.stat().st_size
+    with file_size_limit(size // 2), pytest.raises(OSError):
+        export_onnx(mlp_program(), previous)
+    assert previous.read_bytes() == b"the previous export"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.onnx", "probe.onnx"]  # no part left
 
 
 def test_the_weights_size_is_the_serialised_size_within_the_headroom(tmp_path):

@@ -33,6 +33,7 @@ from prunefx.graph.heap import release_freed_memory
 from prunefx.runtime.errors import OnnxExportError, describe_failure
 from prunefx.runtime.onnx.reshape_layout import contiguous_before_reshapes
 from prunefx.runtime.onnx.write import is_apart, little_endian_bytes, save_model_streamed
+from prunefx.runtime.whole_files import replaced_whole
 
 log = logging.getLogger(__name__)
 DEFAULT_OPSET = 18
@@ -61,7 +62,9 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
                 exporter: str = "dynamo") -> OnnxExport:
     """Export `program` (in eval mode) to the ONNX file `path`, cleaned and checked. `exporter` is tried
     first and the other one if it fails: "dynamo" (the default, what prunefx delivers) or "torchscript"
-    (5 to 15 times faster; runtime/measure/speedup.py uses it for the many candidates of a budget search)."""
+    (5 to 15 times faster; runtime/measure/speedup.py uses it for the many candidates of a budget search).
+    The file appears under `path` only once written and checked: a failed or interrupted export leaves a
+    previous file there as it was (runtime/whole_files.py)."""
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise OnnxExportError(f"ONNX opset {opset!r} is outside what the exporter writes ({MIN_OPSET} to {MAX_OPSET})")
     if exporter not in EXPORTERS:
@@ -92,10 +95,11 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
     gc.collect()
     release_freed_memory()  # before serialising the model: a buffer of the weights' size (graph/heap.py)
     node_count = len(model.graph.node)
-    written = _save(model, path, apart)
-    del model, apart  # the checker reads the file: one copy of the weights in memory at a time
-    release_freed_memory()
-    _check_file(path, program.name, written)
+    with replaced_whole(path) as partial:  # `path` is the checked file or, after a failure, as it was
+        written = _save(model, partial, apart, data_name=f"{path.name}.data")
+        del model, apart  # the checker reads the file: one copy of the weights in memory at a time
+        release_freed_memory()
+        _check_file(partial, program.name, written)
     return OnnxExport(path=path, exporter=exporter, fallback_reason=fallback_reason,
                       node_count=node_count, raw_node_count=raw_node_count)
 
@@ -224,9 +228,10 @@ def _rename(tensors: list[gs.Tensor], prefix: str) -> None:
         tensor.name = f"{prefix}_{index}"
 
 
-def _save(model: onnx.ModelProto, path: Path, apart: dict[str, np.ndarray]) -> list[Path]:
+def _save(model: onnx.ModelProto, path: Path, apart: dict[str, np.ndarray], data_name: str) -> list[Path]:
     """Write `model`, the initializers named in `apart` from those arrays; the files written. One
-    self-contained file whenever protobuf allows it (2 GB); only larger models need the weights in a side file."""
+    self-contained file whenever protobuf allows it (2 GB); only larger models need the weights in a side
+    file, `data_name` beside `path` (written in place: the model file names it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if _weight_bytes(model, apart) < onnx.checker.MAXIMUM_PROTOBUF - STRUCTURE_HEADROOM:
         # onnx.save_model's bytes, one initializer serialised at a time (runtime/onnx/write.py)
@@ -238,7 +243,7 @@ def _save(model: onnx.ModelProto, path: Path, apart: dict[str, np.ndarray]) -> l
             tensor.ClearField("external_data")
             tensor.ClearField("data_location")
             tensor.raw_data = little_endian_bytes(apart[tensor.name]).tobytes()
-    data = path.with_name(f"{path.name}.data")
+    data = path.with_name(data_name)
     onnx.save_model(model, path, save_as_external_data=True, location=data.name)
     return [path, data]
 
