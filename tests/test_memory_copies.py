@@ -281,3 +281,27 @@ def test_weights_beside_the_file_hold_what_the_inline_file_holds(tmp_path, monke
     assert {t.name for t in loaded.graph.initializer} == set(values)
     for tensor in loaded.graph.initializer:
         assert (onnx.numpy_helper.to_array(tensor) == values[tensor.name]).all()
+
+
+def test_weights_beside_the_file_are_replaced_by_a_second_export_to_the_same_path(tmp_path, monkeypatch):
+    """onnx's writer appends to an existing side file (and refuses one it finds relative to the working
+    directory): a second export of a model over 2 GB to the same path holds the second model's weights alone,
+    under the usual name, with nothing else left in the folder."""
+    first, second = mlp_program(), mlp_program()
+    with torch.no_grad():
+        for parameter in second.module.parameters():
+            parameter.add_(1.0)
+    inline = onnx.load(export_onnx(second, tmp_path / "inline.onnx").path)  # the oracle: the same weights inline
+    monkeypatch.setattr(onnx_export, "STRUCTURE_HEADROOM", 4 << 30)
+    folder = tmp_path / "beside"
+    export_onnx(first, folder / "model.onnx")
+    size = (folder / "model.onnx.data").stat().st_size
+    export_onnx(second, folder / "model.onnx")
+    assert sorted(path.name for path in folder.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert (folder / "model.onnx.data").stat().st_size == size  # replaced, not appended to (onnx appends)
+    assert (folder / "model.onnx.data").stat().st_mode == (folder / "model.onnx").stat().st_mode  # the umask's
+    loaded = onnx.load(str(folder / "model.onnx"))
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in inline.graph.initializer}
+    assert {t.name for t in loaded.graph.initializer} == set(values)
+    for tensor in loaded.graph.initializer:
+        assert (onnx.numpy_helper.to_array(tensor) == values[tensor.name]).all()

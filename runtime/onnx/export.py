@@ -15,6 +15,7 @@ import io
 import logging
 import math
 import os
+import shutil
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from onnx_graphsurgeon.logger import G_LOGGER
 from prunefx.graph import Program
 from prunefx.graph.heap import release_freed_memory
 from prunefx.runtime.errors import OnnxExportError, describe_failure
+from prunefx.runtime.onnx.external import rename_external_data
 from prunefx.runtime.onnx.reshape_layout import contiguous_before_reshapes
 from prunefx.runtime.onnx.write import is_apart, little_endian_bytes, save_model_streamed
 from prunefx.runtime.whole_files import replaced_whole
@@ -95,11 +97,20 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
     gc.collect()
     release_freed_memory()  # before serialising the model: a buffer of the weights' size (graph/heap.py)
     node_count = len(model.graph.node)
-    with replaced_whole(path) as partial:  # `path` is the checked file or, after a failure, as it was
-        written = _save(model, partial, apart, data_name=f"{path.name}.data")
-        del model, apart  # the checker reads the file: one copy of the weights in memory at a time
-        release_freed_memory()
-        _check_file(partial, program.name, written)
+    # Under hidden names until checked (`path` is the checked file or, after a failure, as it was). Weights
+    # over 2 GB go to a hidden side file too, given their usual name only then: onnx refuses to write over one.
+    with replaced_whole(path) as partial:
+        side = partial.with_name(f"{partial.name}.data")
+        try:
+            written = _save(model, partial, apart, data_name=side.name)
+            del model, apart  # the checker reads the file: one copy of the weights in memory at a time
+            release_freed_memory()
+            _check_file(partial, program.name, written)
+            if side in written:
+                shutil.copymode(partial, side)  # onnx creates it 0600, not with the user's umask
+                rename_external_data(partial, f"{path.name}.data")
+        finally:
+            side.unlink(missing_ok=True)
     return OnnxExport(path=path, exporter=exporter, fallback_reason=fallback_reason,
                       node_count=node_count, raw_node_count=raw_node_count)
 
@@ -231,7 +242,7 @@ def _rename(tensors: list[gs.Tensor], prefix: str) -> None:
 def _save(model: onnx.ModelProto, path: Path, apart: dict[str, np.ndarray], data_name: str) -> list[Path]:
     """Write `model`, the initializers named in `apart` from those arrays; the files written. One
     self-contained file whenever protobuf allows it (2 GB); only larger models need the weights in a side
-    file, `data_name` beside `path` (written in place: the model file names it)."""
+    file, `data_name` beside `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if _weight_bytes(model, apart) < onnx.checker.MAXIMUM_PROTOBUF - STRUCTURE_HEADROOM:
         # onnx.save_model's bytes, one initializer serialised at a time (runtime/onnx/write.py)
