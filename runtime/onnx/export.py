@@ -105,7 +105,7 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
             written = _save(model, partial, apart, data_name=side.name)
             del model, apart  # the checker reads the file: one copy of the weights in memory at a time
             release_freed_memory()
-            _check_file(partial, program.name, written)
+            _check_file(partial, program.name)
             if side in written:
                 shutil.copymode(partial, side)  # onnx creates it 0600, not with the user's umask
                 rename_external_data(partial, f"{path.name}.data")
@@ -259,13 +259,12 @@ def _save(model: onnx.ModelProto, path: Path, apart: dict[str, np.ndarray], data
     return [path, data]
 
 
-def _check_file(path: Path, name: str, written: list[Path]) -> None:
-    """onnx.checker on the written file (it follows external data from there); a file that fails is removed."""
+def _check_file(path: Path, name: str) -> None:
+    """onnx.checker on the written file (it follows external data from there). A file that fails is removed by
+    the caller's cleanup, as after any other failure (export_onnx)."""
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as error:
-        for file in written:
-            file.unlink(missing_ok=True)
         raise OnnxExportError(f"the ONNX graph of model '{name}' fails onnx.checker: "
                               f"{describe_failure(error)}") from error
 
