@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -101,9 +103,7 @@ def stand_in_gpus_need_no_warm_up(monkeypatch):
 def file_size_limit():
     """`with file_size_limit(n):` files written in the block cannot grow past n bytes, as on a full disk: a
     write past the limit raises OSError (EFBIG) instead of the process being killed. The limit goes after."""
-    resource = pytest.importorskip("resource")
-    import contextlib
-    import signal
+    resource = pytest.importorskip("resource")  # POSIX only
 
     @contextlib.contextmanager
     def limited(size: int):
