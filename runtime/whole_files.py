@@ -1,6 +1,6 @@
-"""Files written whole or not at all: an ONNX export, a cache's engines and tables. A reader trusts such a file
-by its name, so a write cut short (a full disk, an interrupt, a killed process) must not leave a part of one
-under that name, and a previous file stays as it was until the new one is complete."""
+"""Files written whole or not at all: ONNX exports and lowerings, reports, a cache's engines and tables. A
+reader trusts such a file by its name, so a write cut short (a full disk, an interrupt, a killed process) must
+not leave a part of one under that name, and a previous file stays as it was until the new one is complete."""
 
 from __future__ import annotations
 

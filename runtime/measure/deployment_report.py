@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
+from prunefx.runtime.whole_files import replaced_whole, write_whole
 
 CHART_FILE = "accuracy_latency.png"
 
@@ -115,8 +116,8 @@ def write_chart(variants: Sequence[Variant], path: str | os.PathLike, *, title: 
     figure.text(0.01, 0.01, footer, fontsize=7, va="bottom")
     figure.subplots_adjust(bottom=0.2 if missing else 0.16)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
+    with replaced_whole(path) as partial:
+        figure.savefig(partial, format="png")
     return path
 
 
@@ -168,6 +169,6 @@ def write_deployment_report(variants: Iterable[Variant], output: str | os.PathLi
     paths = {"markdown": output / "report.md", "json": output / "report.json", "chart": output / CHART_FILE}
     write_chart(variants, paths["chart"], title=title)
     payload = {"title": title, **(dict(extra) if extra else {}), "variants": [v.to_dict() for v in variants]}
-    paths["json"].write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    paths["markdown"].write_text(f"# {title}\n\n" + deployment_markdown(variants, CHART_FILE))
+    write_whole(paths["json"], json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    write_whole(paths["markdown"], f"# {title}\n\n" + deployment_markdown(variants, CHART_FILE))
     return paths

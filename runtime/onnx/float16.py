@@ -21,6 +21,7 @@ from pathlib import Path
 import onnx
 
 from prunefx.runtime.errors import MeasurementError, require_module
+from prunefx.runtime.whole_files import replaced_whole
 
 # Operators kept in float32 (see the module docstring), on top of the converter's own block list.
 KEEP_FLOAT32 = ("LayerNormalization", "GroupNormalization", "InstanceNormalization", "Softmax", "LogSoftmax",
@@ -56,6 +57,6 @@ def lower_to_float16(source: str | os.PathLike, target: str | os.PathLike, *,
     _restore_float32_outputs(lowered)
     onnx.checker.check_model(lowered)
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(lowered, target)
+    with replaced_whole(target) as partial:
+        onnx.save_model(lowered, partial)
     return target

@@ -10,6 +10,8 @@ from pathlib import Path
 import onnx
 import torch
 
+from prunefx.runtime.whole_files import replaced_whole
+
 
 def quantize_static_file(source: str | os.PathLike, target: str | os.PathLike,
                          batches: Sequence[Sequence[torch.Tensor]], *, activations: str = "u8",
@@ -32,8 +34,10 @@ def quantize_static_file(source: str | os.PathLike, target: str | os.PathLike,
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     symmetric = activations == "s8"
-    ort_quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=methods[method], reduce_range=reduce_range,
-                        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
-    return Path(target)
+    target = Path(target)
+    with replaced_whole(target) as partial:
+        ort_quantize_static(str(source), str(partial), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=methods[method], reduce_range=reduce_range,
+                            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
+    return target

@@ -25,6 +25,7 @@ from prunefx.runtime.onnx.integer_units import S8_LEVELS, SEVEN_BIT_LEVELS
 from prunefx.runtime.onnx.qdq import activation_quantizers, fold_weight_quantizers, name_inputs_and_outputs
 from prunefx.runtime.onnx.quantize_static import quantize_static_file
 from prunefx.runtime.onnx.quantized_ort import lower_for_onnxruntime
+from prunefx.runtime.whole_files import replaced_whole
 
 # lowering -> the integer units' weight levels (None: the TensorRT file, no ONNX Runtime rewrites)
 LOWERINGS = {"s8": None, "u8": S8_LEVELS, "u8s7": SEVEN_BIT_LEVELS}
@@ -82,8 +83,8 @@ def export_quantized_onnx(program: Program, path: str | os.PathLike, *, activati
     name_inputs_and_outputs(model)
     onnx.checker.check_model(model)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, path)
+    with replaced_whole(path) as partial:
+        onnx.save_model(model, partial)
     return QuantizedExport(path=path, activations=activations, weight_initializers=weights, **lowered)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from prunefx.graph import Program
 from prunefx.runtime.onnx.provenance import map_to_program, onnx_node_origins
+from prunefx.runtime.whole_files import write_whole
 
 _ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
 _FOREIGN = re.compile(r"ForeignNode\[(.+?)\.\.\.(.+?)\]")
@@ -210,5 +211,5 @@ def format_profile_table(profile: LayerProfile, *, limit: int | None = None) -> 
 
 def write_profile_json(profile: LayerProfile, path: str | os.PathLike) -> Path:
     path = Path(path)
-    path.write_text(json.dumps(profile.to_dict(), indent=2) + "\n")
+    write_whole(path, json.dumps(profile.to_dict(), indent=2) + "\n")
     return path
