@@ -17,6 +17,8 @@ from torch import nn
 
 from prunefx.graph import capture
 from prunefx.passes import distill, get_pass, remove_channels
+from prunefx.passes.training import data as training_data
+from prunefx.passes.training.data import resolve_device
 from prunefx.passes.training.engine import (
     PROGRAM_FILE,
     STATE_FILE,
@@ -301,6 +303,31 @@ def test_a_run_on_a_gpu_draws_from_its_own_seed_and_leaves_the_callers_cuda_stat
                                                                 before))
     for (name, first), (_, second) in zip(*(run.program.state_dict().items() for run in trained)):
         assert torch.equal(first, second), name
+
+
+def test_only_a_process_of_torchrun_has_its_gpu_made_current_for_good(monkeypatch):
+    """One process names its GPU wherever it places tensors and makes it current only during `fit`; a process
+    of torchrun owns the GPU of its LOCAL_RANK, which NCCL reads as the current device."""
+    made_current = []
+    monkeypatch.setattr(training_data, "device_named", torch.device)  # a machine with two GPUs, as far as it asks
+    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert resolve_device(TrainConfig(steps=1, device="cuda:1"), nn.Linear(2, 2)) == torch.device("cuda", 1)
+    assert made_current == []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_device(TrainConfig(steps=1, device="cuda:0"), nn.Linear(2, 2)) == torch.device("cuda", 1)
+    assert made_current == [torch.device("cuda", 1)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two NVIDIA GPUs with CUDA")
+def test_a_run_on_a_second_gpu_computes_there_and_leaves_the_current_device_as_found():
+    program, seen = _program(), []
+    program.module.register_forward_pre_hook(lambda module, args: seen.append(torch.cuda.current_device()))
+    found = torch.cuda.current_device()
+    _train(program, None, _batches(2), steps=2, lr=0.05, kd_weight=0.0, device="cuda:1")
+    assert seen and set(seen) == {1} and torch.cuda.current_device() == found == 0
 
 
 def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path):

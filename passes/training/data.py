@@ -7,6 +7,7 @@ torch's DistributedSampler; any other iterable of batches gives every rank its s
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -135,9 +136,14 @@ def resolve_device(config: TrainConfig, module: torch.nn.Module) -> torch.device
     """The training device: `config.device` ("auto", "cpu", "cuda", "cuda:N"; graph/placement.device_named
     refuses a GPU torch cannot see), or where the module's tensors are."""
     device = device_named(config.device) if config.device is not None else module_device(module)
-    # Under torchrun every process owns one GPU: the one named by LOCAL_RANK.
+    # Under torchrun every process owns one GPU, the one named by LOCAL_RANK, made current for NCCL.
     if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
+
+
+def current_during(device: torch.device) -> contextlib.AbstractContextManager:
+    """`device` as CUDA's current device in the block (a model that names "cuda" without an index computes
+    there), and the caller's current device back after it."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()

@@ -24,6 +24,7 @@ from prunefx.passes.training.checkpoint import PROGRAM_FILE, STATE_FILE
 from prunefx.passes.training.config import DETECTION, OPTIMIZERS, FeaturePair, TrainConfig, TrainingError
 from prunefx.passes.training.data import (
     accuracy_summary,
+    current_during,
     distributed_world,
     eval_totals,
     evaluate,
@@ -132,7 +133,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to `total_steps` (resuming from the checkpoint when asked) and return statistics. The run
         draws from its own seed; the caller's random state is left as found."""
-        with random_state_kept(self.device):
+        with random_state_kept(self.device), current_during(self.device):
             return self._fit()
 
     def _fit(self) -> dict[str, Any]:
