@@ -35,7 +35,8 @@ RANDOM_WEIGHTS_SEED = 0
 def build_model(ref: str, *, image_size: int | None = None) -> ModelSpec:
     """Resolve `ref`; `image_size` builds fixed-size models (ViTs) for a smaller square input."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        # the CPU generator alone: torch.manual_seed also seeds every GPU, which fork_rng(devices=[]) leaves seeded
+        torch.default_generator.manual_seed(RANDOM_WEIGHTS_SEED)
         return _build(ref, image_size)
 
 
