@@ -90,6 +90,8 @@ class RemoveChannelsConfig(PassConfig):
     obs_steps: str = option("fast", choices=STEPS, cli=False,
                             help="obs elimination: fast (the exact steps, stopped where no plan removes more of a "
                                  "group: the same choice) or exact (every group eliminated to its last channel)")
+    progress: bool | None = option(help="progress bars of the obs scoring and the compensation (default: on a "
+                                        "terminal)", cli=False)
 
     def check(self) -> None:
         self.check_target()
@@ -203,14 +205,15 @@ def _importance(program: Program, combing, config: RemoveChannelsConfig, hessian
     with program.evaluating():  # the activations the deployed network sees, as for compensate
         return channel_importance(program.module, combing, criterion, damping=float(config.damping),
                                   hessians=hessians, obs_steps=config.obs_steps,
-                                  removable=removable_counts(combing, **widths), **options)
+                                  removable=removable_counts(combing, **widths), progress=config.progress,
+                                  **options)
 
 
 def _compensate(program: Program, combing, removed: set[int], config: RemoveChannelsConfig,
                 hessians: dict | None) -> dict:
     with program.evaluating():
         return compensate_removed_inputs(program.module, combing.analysis, removed, config.calibration,
-                                         damping=float(config.damping), hessians=hessians)
+                                         damping=float(config.damping), hessians=hessians, progress=config.progress)
 
 
 def _floors(program: Program, combing, min_widths: dict | None, heads: str) -> list[int] | None:

@@ -20,6 +20,7 @@ from prunefx.graph.layer_inputs import Consumer, InputSpec, find_consumers
 from prunefx.graph.numerics.cholesky_inverse import symmetric_inverse_
 from prunefx.graph.numerics.low_rank_inverse import low_rank_damped_inverse
 from prunefx.graph.numerics.symmetric_product import symmetric_trace
+from prunefx.graph.progress import progress_bar
 
 # --- the update ------------------------------------------------------------------------------------------
 
@@ -165,12 +166,13 @@ def _error_with(without: float, delta: torch.Tensor, rhs: torch.Tensor, damped_d
 
 
 def compensate_removed_inputs(module: torch.fx.GraphModule, analysis: ChannelAnalysis, removed_classes: set[int],
-                              batches, *, damping: float = 0.01, hessians: dict | None = None) -> dict:
+                              batches, *, damping: float = 0.01, hessians: dict | None = None,
+                              progress: bool | None = None) -> dict:
     """Update the weights of every consumer of `removed_classes` (before they are sliced away) and return
     statistics: the layers compensated with their relative output errors on the calibration data, and
     the layers skipped with their reasons. `hessians`: a cache shared with the `obs` importance (see
     iter_hessians), whose last reader this is: its Hessians are dropped from it, those of the layers that
-    lose nothing at once, the others as they are used."""
+    lose nothing at once, the others as they are used. `progress`: a bar over the layers (graph/progress.py)."""
     consumers, skipped = find_consumers(module, analysis, removed_classes)
     by_spec: dict[InputSpec, list[Consumer]] = {}
     for consumer in consumers:
@@ -180,23 +182,25 @@ def compensate_removed_inputs(module: torch.fx.GraphModule, analysis: ChannelAna
     # where every H is in the cache already (no activation is read after an update).
     release(hessians, by_spec)
     at_once = hessians is not None and all(spec in hessians for spec in by_spec)
-    for spec, hessian, rows in iter_hessians(module, list(by_spec), batches, cache=hessians, from_rows=True,
-                                             consume=True, as_cached=True):
-        for consumer in by_spec[spec]:
-            matrix = consumer.matrix(module).to((rows.kept if hessian is None else hessian).device)
-            energy = hessians.get(energy_key(consumer.weight)) if hessians is not None else None
-            updated, errors = second_order_update(matrix, hessian, consumer.removed_columns, damping,
-                                                  energy=energy, rows=rows)
-            # in the weight's own dtype (what `store` writes), not float64: when held until every update is
-            # computed, a model whose every layer is compensated is held once more, not twice
-            updated = updated.to(get_tensor(module, consumer.weight).dtype)
-            if at_once:
-                consumer.store(module, updated)
-            else:
-                updates[consumer.node] = (consumer, updated)
-            layers[consumer.node] = {"layer": consumer.node, "weight": consumer.weight, "rows": rows.count,
-                                     "columns": int(consumer.removed_columns.size),
-                                     "columns_removed": int(consumer.removed_columns.sum()), **errors}
+    with progress_bar("compensating", len(consumers), unit="layer", progress=progress) as bar:
+        for spec, hessian, rows in iter_hessians(module, list(by_spec), batches, cache=hessians, from_rows=True,
+                                                 consume=True, as_cached=True):
+            for consumer in by_spec[spec]:
+                matrix = consumer.matrix(module).to((rows.kept if hessian is None else hessian).device)
+                energy = hessians.get(energy_key(consumer.weight)) if hessians is not None else None
+                updated, errors = second_order_update(matrix, hessian, consumer.removed_columns, damping,
+                                                      energy=energy, rows=rows)
+                # in the weight's own dtype (what `store` writes), not float64: when held until every update is
+                # computed, a model whose every layer is compensated is held once more, not twice
+                updated = updated.to(get_tensor(module, consumer.weight).dtype)
+                if at_once:
+                    consumer.store(module, updated)
+                else:
+                    updates[consumer.node] = (consumer, updated)
+                layers[consumer.node] = {"layer": consumer.node, "weight": consumer.weight, "rows": rows.count,
+                                         "columns": int(consumer.removed_columns.size),
+                                         "columns_removed": int(consumer.removed_columns.sum()), **errors}
+                bar.update()
     for consumer, matrix in updates.values():
         consumer.store(module, matrix)
     layers = [layers[c.node] for c in consumers]

@@ -41,10 +41,10 @@ class Importance:
 def channel_importance(module: torch.fx.GraphModule, combing: Combing, criterion: str, *,
                        calibration: Iterable[Sequence[torch.Tensor]] | None = None, seed: int = 0,
                        damping: float = 0.01, hessians: dict | None = None, obs_steps: str = "fast",
-                       removable: list[int] | None = None) -> Importance:
+                       removable: list[int] | None = None, progress: bool | None = None) -> Importance:
     """Scores for `criterion` (module docstring). `obs` only: `damping`, the Hessian cache `hessians`
-    shared with compensation, and its elimination's `obs_steps` and per-group `removable` counts
-    (graph/channels/obs_elimination.eliminate)."""
+    shared with compensation, its elimination's `obs_steps` and per-group `removable` counts
+    (graph/channels/obs_elimination.eliminate), and a `progress` bar (graph/progress.py)."""
     if criterion not in CRITERIA:
         raise PrunefxError(f"unknown importance criterion '{criterion}' (known: {', '.join(CRITERIA)})")
     if criterion == "random":
@@ -55,7 +55,7 @@ def channel_importance(module: torch.fx.GraphModule, combing: Combing, criterion
         reads = "gradients" if criterion in GRADIENT_CRITERIA else "layer inputs"
         raise PrunefxError(f"importance '{criterion}' needs calibration batches (it reads {reads})")
     if criterion == "obs":
-        return _obs_importance(module, combing, batches, damping, hessians, (obs_steps, removable))
+        return _obs_importance(module, combing, batches, damping, hessians, (obs_steps, removable), progress)
     if criterion in GRADIENT_CRITERIA:
         per_class = _gradient_scores(module, combing, criterion, batches)
     else:
@@ -91,11 +91,11 @@ def _score_by_l2(module, combing: Combing, importance: Importance, groups: list[
 
 
 def _obs_importance(module, combing: Combing, batches, damping: float, hessians: dict | None,
-                    elimination: tuple) -> Importance:
+                    elimination: tuple, progress: bool | None) -> Importance:
     """OBS saliency per channel; groups with a channel no compensable layer reads are scored by `l2`."""
     steps, removable = elimination
     saliency = obs_saliency(module, combing, batches, damping=damping, hessians=hessians, steps=steps,
-                            removable=removable)
+                            removable=removable, progress=progress)
     importance = Importance(saliency.scores, "obs", comparable=True)
     missing = [index for index, read in enumerate(saliency.read) if not read.all()]
     _score_by_l2(module, combing, importance, missing)

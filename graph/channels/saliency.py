@@ -27,6 +27,7 @@ from prunefx.graph.channels.obs_elimination import LayerState, eliminate
 from prunefx.graph.heap import release_freed_memory
 from prunefx.graph.layer_hessians import iter_hessians
 from prunefx.graph.layer_inputs import InputSpec, LayerInput, layer_inputs, weight_matrix
+from prunefx.graph.progress import progress_bar
 
 
 @dataclass
@@ -37,11 +38,13 @@ class Saliency:
 
 
 def obs_saliency(module: torch.fx.GraphModule, combing: Combing, batches, *, damping: float = 0.01,
-                 hessians: dict | None = None, steps: str = "fast", removable: list[int] | None = None) -> Saliency:
+                 hessians: dict | None = None, steps: str = "fast", removable: list[int] | None = None,
+                 progress: bool | None = None) -> Saliency:
     """The OBS saliency of every channel of every group on the calibration `batches` (input tuples):
     the cumulative relative output error of the greedy, correlation-aware elimination of the group.
     `hessians`: a cache to share the layer Hessians with the compensation (see iter_hessians).
     `steps` and `removable` (per group, how many channels any plan may remove): obs_elimination.eliminate's.
+    `progress`: a bar over the layers read (graph/progress.py; None: on a terminal).
 
     The last result is kept, keyed by a digest of everything it depends on (the graph, every tensor of
     the module, the channel groups, the batches and the damping): a budget search prunes the same dense
@@ -49,7 +52,7 @@ def obs_saliency(module: torch.fx.GraphModule, combing: Combing, batches, *, dam
     key = _fingerprint(module, combing, batches, (damping, steps, removable))
     if key in _LAST:
         return copy.deepcopy(_LAST[key])
-    saliency = _compute(module, combing, batches, damping, hessians, (steps, removable))
+    saliency = _compute(module, combing, batches, damping, hessians, (steps, removable), progress)
     _LAST.clear()
     _LAST[key] = copy.deepcopy(saliency)  # callers may replace scores (the l2 fallback): a copy is kept
     return saliency
@@ -105,7 +108,7 @@ def _update(digest, tensor: torch.Tensor) -> None:
 
 
 def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: float,
-             hessians: dict | None, elimination: tuple) -> Saliency:
+             hessians: dict | None, elimination: tuple, progress: bool | None) -> Saliency:
     steps, removable = elimination
     analysis = combing.analysis
     blocks = _channel_blocks(combing)
@@ -136,38 +139,41 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
     states: dict[int, list[LayerState]] = defaultdict(list)
     scores = [np.zeros(group.size) for group in combing.groups]
     layers = 0
-    for spec, hessian, rows in iter_hessians(module, needed, batches, cache=hessians, from_rows=True):
-        device = (rows.kept if hessian is None else hessian).device
-        matrices, energies = [], []
-        for layer, _ in by_spec[spec]:
-            matrices.append(weight_matrix(module, layer.weight, transposed=layer.transposed).to(device))
-            energies.append(output_energy(matrices[-1], hessian, rows))
-        # H is read no more: its inverse is written over it (H and a copy of a ViT-L MLP's: 268 MB)
-        inverse = lean_damped_inverse(hessian, damping, rows, overwrite=True)
-        for (layer, positions), matrix, energy in zip(by_spec[spec], matrices, energies):
-            layers += 1
-            if hessians is not None:
-                hessians[energy_key(layer.weight)] = energy
-            by_group: dict[int, dict[int, torch.Tensor]] = defaultdict(dict)
-            for group, index in positions:
-                if group in complete:
-                    cols = np.flatnonzero(layer.columns(blocks[(group, index)]))
-                    by_group[group][index] = torch.from_numpy(cols).to(device)
-            for group, columns in by_group.items():
-                # zero input or zero weights: removing anything costs nothing, the layer is left out
-                if inverse is not None and energy > 0:
-                    states[group].append(LayerState(matrix, inverse, energy, columns))  # it keeps a copy
-                waiting[group] -= 1
-        sharing = [state for found in states.values() for state in found if state.base is inverse]
-        if len(sharing) == 1:
-            sharing[0].owned = True  # its downdates may overwrite the inverse: no copy of it is made
-        del hessian, inverse, sharing, matrices  # held by the states that share it, until their first downdate
-        for group in [g for g in states if waiting[g] == 0]:
-            scores[group] = eliminate(combing.groups[group].size, states.pop(group), steps=steps,
-                                      removable=None if removable is None else removable[group])
-        # the layer's Hessian, inverse and finished groups' states are freed: their pages go back to the
-        # system, or the next layer's buffers land beside them and the peak grows with every layer
-        release_freed_memory()
+    total = sum(len(by_spec[spec]) for spec in needed)
+    with progress_bar("scoring channels (obs)", total, unit="layer", progress=progress) as bar:
+        for spec, hessian, rows in iter_hessians(module, needed, batches, cache=hessians, from_rows=True):
+            device = (rows.kept if hessian is None else hessian).device
+            matrices, energies = [], []
+            for layer, _ in by_spec[spec]:
+                matrices.append(weight_matrix(module, layer.weight, transposed=layer.transposed).to(device))
+                energies.append(output_energy(matrices[-1], hessian, rows))
+            # H is read no more: its inverse is written over it (H and a copy of a ViT-L MLP's: 268 MB)
+            inverse = lean_damped_inverse(hessian, damping, rows, overwrite=True)
+            for (layer, positions), matrix, energy in zip(by_spec[spec], matrices, energies):
+                layers += 1
+                if hessians is not None:
+                    hessians[energy_key(layer.weight)] = energy
+                by_group: dict[int, dict[int, torch.Tensor]] = defaultdict(dict)
+                for group, index in positions:
+                    if group in complete:
+                        cols = np.flatnonzero(layer.columns(blocks[(group, index)]))
+                        by_group[group][index] = torch.from_numpy(cols).to(device)
+                for group, columns in by_group.items():
+                    # zero input or zero weights: removing anything costs nothing, the layer is left out
+                    if inverse is not None and energy > 0:
+                        states[group].append(LayerState(matrix, inverse, energy, columns))  # it keeps a copy
+                    waiting[group] -= 1
+            sharing = [state for found in states.values() for state in found if state.base is inverse]
+            if len(sharing) == 1:
+                sharing[0].owned = True  # its downdates may overwrite the inverse: no copy of it is made
+            del hessian, inverse, sharing, matrices  # held by the states that share it, until their first downdate
+            for group in [g for g in states if waiting[g] == 0]:
+                scores[group] = eliminate(combing.groups[group].size, states.pop(group), steps=steps,
+                                          removable=None if removable is None else removable[group])
+            # the layer's Hessian, inverse and finished groups' states are freed: their pages go back to the
+            # system, or the next layer's buffers land beside them and the peak grows with every layer
+            release_freed_memory()
+            bar.update(len(by_spec[spec]))
     return Saliency(scores, read, layers)
 
 

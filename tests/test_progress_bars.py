@@ -1,0 +1,69 @@
+"""Long graph work shows a bar on a terminal (graph/progress.py): a calibrated channel choice and its
+compensation count the layers they read, to the last; off a terminal (a log, a pipe, a notebook's captured
+stream) they write nothing. The oracle for the counts is the network's layers, counted by hand."""
+
+from __future__ import annotations
+
+import functools
+import io
+import sys
+
+import pytest
+import torch
+import tqdm
+from torch import nn
+
+from prunefx.graph import capture
+from prunefx.graph import progress as graph_progress
+from prunefx.passes import remove_channels
+
+# conv1 reads the image, which no plan narrows; conv2, conv3 and the head read channels that every plan
+# narrows when ranking is local (the same fraction of every group)
+LAYERS_READING_NARROWED_CHANNELS = 3
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _program():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, 10))
+    return capture(model.eval(), torch.randn(1, 3, 8, 8), name="cnn").eval()
+
+
+def _prune(**config):
+    generator = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(1, 3, 8, 8, generator=generator),) for _ in range(4)]
+    return remove_channels(_program(), config={"macs": 0.5, "round_to": 4, "importance": "obs",
+                                               "calibration": batches, "compensate": True, "ranking": "local", **config})
+
+
+@pytest.fixture
+def every_update_shown(monkeypatch):
+    """tqdm redraws at most every 0.1 s: a tiny network's last counts would never be drawn."""
+    monkeypatch.setattr(graph_progress, "tqdm", functools.partial(tqdm.tqdm, mininterval=0, miniters=1))
+
+
+def test_a_calibrated_prune_counts_its_layers_on_a_terminal(monkeypatch, every_update_shown):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    result = _prune()
+    shown = terminal.getvalue()
+    total = LAYERS_READING_NARROWED_CHANNELS
+    assert len(result.stats["compensation"]["compensated"]) == total
+    for bar in ("scoring channels (obs)", "compensating"):
+        draws = [line for line in shown.split("\r") if line.startswith(bar)]
+        assert f"0/{total} " in draws[0] and f"{total}/{total} " in draws[-1], bar
+
+
+def test_off_a_terminal_nothing_is_written_unless_asked(monkeypatch, every_update_shown):
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    _prune()
+    assert stream.getvalue() == ""
+    _prune(progress=True)
+    assert "compensating" in stream.getvalue()
