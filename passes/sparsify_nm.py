@@ -15,6 +15,7 @@ from prunefx.graph import Program
 from prunefx.graph.activations import within_budget
 from prunefx.graph.analysis_record import SparsityRecord
 from prunefx.graph.attributes import get_tensor, set_tensor
+from prunefx.graph.progress import progress_bar
 from prunefx.graph.sparsity.nm_hessians import (
     SparseLayer,
     find_sparse_layers,
@@ -83,13 +84,15 @@ def _obs(module, layers: list[SparseLayer], config: SparsityPlan) -> dict[str, f
     otherwise every H from the dense network (updates stored once all are computed)."""
     errors, updates = {}, {}
     batches, damping, pattern = config.calibration, config.damping, config.pattern
-    for chunk in ([[layer] for layer in layers] if config.sequential else [layers]):
-        for layer, hessian in layer_hessians(module, chunk, batches):
-            matrix = grouped_weight(module, layer)
-            updates[layer.node], _ = obs_prune(matrix, hessian, pattern, damping=damping)
-            errors[layer.node] = relative_output_error(matrix, updates[layer.node], hessian)
-            if config.sequential:
-                _store(module, layer, updates[layer.node])
+    with progress_bar("sparsifying (obs)", len(layers), unit="layer", progress=config.progress) as bar:
+        for chunk in ([[layer] for layer in layers] if config.sequential else [layers]):
+            for layer, hessian in layer_hessians(module, chunk, batches):
+                matrix = grouped_weight(module, layer)
+                updates[layer.node], _ = obs_prune(matrix, hessian, pattern, damping=damping)
+                errors[layer.node] = relative_output_error(matrix, updates[layer.node], hessian)
+                if config.sequential:
+                    _store(module, layer, updates[layer.node])
+                bar.update()
     _store_all(module, layers, {node: (matrix, None) for node, matrix in updates.items()})
     return errors
 
@@ -103,13 +106,15 @@ def _cap_round(module, layers: list[SparseLayer], config: SparsityPlan, counts: 
     def fisher_bytes(layer: SparseLayer) -> int:  # its Fisher inverse: numel * B float64, plus a B x B block
         return 8 * size * (torch.Size(layer.shape).numel() + size)
 
-    for chunk in within_budget(layers, fisher_bytes, _FISHER_BUDGET):
-        inverses = _fisher(module, chunk, config)
-        for layer in chunk:
-            blocks, valid = blocks_of(grouped_weight(module, layer).reshape(-1), size)
-            count = counts[layer.node] if counts[layer.node] is not None else nm_counts(valid, pattern)
-            weights, _, losses = cap_eliminate(blocks, inverses.pop(layer.node).inverse, valid, count, pattern)
-            results[layer.node] = (weights.reshape(-1)[valid.reshape(-1)].reshape(layer.shape[0], -1), losses)
+    with progress_bar("sparsifying (cap)", len(layers), unit="layer", progress=config.progress) as bar:
+        for chunk in within_budget(layers, fisher_bytes, _FISHER_BUDGET):
+            inverses = _fisher(module, chunk, config)
+            for layer in chunk:
+                blocks, valid = blocks_of(grouped_weight(module, layer).reshape(-1), size)
+                count = counts[layer.node] if counts[layer.node] is not None else nm_counts(valid, pattern)
+                weights, _, losses = cap_eliminate(blocks, inverses.pop(layer.node).inverse, valid, count, pattern)
+                results[layer.node] = (weights.reshape(-1)[valid.reshape(-1)].reshape(layer.shape[0], -1), losses)
+                bar.update()
     return results
 
 

@@ -1,5 +1,5 @@
 """Long graph work shows a bar on a terminal (graph/progress.py): a calibrated channel choice and its
-compensation count the layers they read, to the last; off a terminal (a log, a pipe, a notebook's captured
+compensation, and second-order N:M sparsity, count the layers they read, to the last; off a terminal (a log, a pipe, a notebook's captured
 stream) they write nothing. The oracle for the counts is the network's layers, counted by hand."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import nn
 
 from prunefx.graph import capture
 from prunefx.graph import progress as graph_progress
-from prunefx.passes import remove_channels
+from prunefx.passes import remove_channels, sparsify_nm
 
 # conv1 reads the image, which no plan narrows; conv2, conv3 and the head read channels that every plan
 # narrows when ranking is local (the same fraction of every group)
@@ -42,6 +42,10 @@ def _prune(**config):
                                                "calibration": batches, "compensate": True, "ranking": "local", **config})
 
 
+def _bar_draws(shown: str, bar: str) -> list[str]:
+    return [line for line in shown.split("\r") if line.startswith(bar)]
+
+
 @pytest.fixture
 def every_update_shown(monkeypatch):
     """tqdm redraws at most every 0.1 s: a tiny network's last counts would never be drawn."""
@@ -56,8 +60,21 @@ def test_a_calibrated_prune_counts_its_layers_on_a_terminal(monkeypatch, every_u
     total = LAYERS_READING_NARROWED_CHANNELS
     assert len(result.stats["compensation"]["compensated"]) == total
     for bar in ("scoring channels (obs)", "compensating"):
-        draws = [line for line in shown.split("\r") if line.startswith(bar)]
+        draws = _bar_draws(shown, bar)
         assert f"0/{total} " in draws[0] and f"{total}/{total} " in draws[-1], bar
+
+
+@pytest.mark.parametrize("criterion", ["obs", "cap"])
+def test_second_order_sparsity_counts_its_layers_on_a_terminal(criterion, monkeypatch, every_update_shown):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    generator = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(1, 3, 8, 8, generator=generator), torch.tensor([index])) for index in range(4)]
+    result = sparsify_nm(_program(), config={"criterion": criterion, "calibration": batches, "min_channels": 4})
+    total = len(result.stats["layers"])
+    assert total == 3  # conv2, conv3 and the head: conv1's 3 input channels make no group of 4
+    draws = _bar_draws(terminal.getvalue(), f"sparsifying ({criterion})")
+    assert f"0/{total} " in draws[0] and f"{total}/{total} " in draws[-1]
 
 
 def test_off_a_terminal_nothing_is_written_unless_asked(monkeypatch, every_update_shown):

@@ -44,6 +44,7 @@ class SparsifyNMConfig(PassConfig):
     min_channels: int = option(16, help="layers with fewer input or output channels stay dense")
     keep: list[str] = option([], help="node or weight names left dense", describe=NAMES)
     layers: list[str] | None = option(help="only these node or weight names", describe=NAMES)
+    progress: bool | None = option(help="a progress bar of obs and cap (default: on a terminal)", cli=False)
 
     def check(self) -> None:
         resolved(self)
@@ -67,6 +68,7 @@ class SparsityPlan:
     keep: frozenset[str]
     layers: frozenset[str] | None
     calibration: list | None = None
+    progress: bool | None = None
 
 
 def checked_config(program: Program, config: SparsifyNMConfig | dict | None) -> SparsityPlan:
@@ -95,7 +97,8 @@ def resolved(config: SparsifyNMConfig) -> SparsityPlan:
         raise SparsityError(f"sparsify_nm: sequential must be true or false, not {config.sequential!r}")
     return SparsityPlan(pattern, criterion, config.sparsity, damping, size, config.sequential, minimum,
                         frozenset(_names("keep", config.keep)),
-                        None if config.layers is None else frozenset(_names("layers", config.layers)))
+                        None if config.layers is None else frozenset(_names("layers", config.layers)),
+                        progress=config.progress)
 
 
 def _pattern(config: SparsifyNMConfig) -> Pattern | None:
