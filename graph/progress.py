@@ -1,4 +1,4 @@
-"""Progress bars of long graph work (a calibrated channel choice, its compensation): tqdm on stderr.
+"""Progress bars of long work (a calibrated channel choice, a latency table, a budget search): tqdm on stderr.
 
 `progress` None shows a bar only on a terminal (never in a log, a pipe or a notebook's captured stream);
 True or False force it. The bar is cleared when the work is done: the command's summary follows it."""
@@ -8,6 +8,8 @@ from __future__ import annotations
 from tqdm import tqdm
 
 
-def progress_bar(description: str, total: int, *, unit: str, progress: bool | None) -> tqdm:
-    return tqdm(total=total, desc=description, unit=unit, leave=False, dynamic_ncols=True,
+def progress_bar(description: str, total: int | None, *, unit: str, progress: bool | None) -> tqdm:
+    """`total` None: a count without an end (a search's measurements), drawn "DESC (UNITs: 3) [00:41, ...]"."""
+    count_only = None if total is not None else f"{{desc}} ({unit}s: {{n_fmt}}) [{{elapsed}}{{postfix}}]"
+    return tqdm(total=total, desc=description, unit=unit, leave=False, dynamic_ncols=True, bar_format=count_only,
                 disable=None if progress is None else not progress)

@@ -1,5 +1,6 @@
 """Long graph work shows a bar on a terminal (graph/progress.py): a calibrated channel choice and its
-compensation, and second-order N:M sparsity, count the layers they read, to the last; off a terminal (a log, a pipe, a notebook's captured
+compensation, second-order N:M sparsity and a latency table count the layers they read, to the last, and a
+budget search counts its measurements; off a terminal (a log, a pipe, a notebook's captured
 stream) they write nothing. The oracle for the counts is the network's layers, counted by hand."""
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ import torch
 import tqdm
 from torch import nn
 
+from prunefx.budget.routes import measured_by
 from prunefx.graph import capture
 from prunefx.graph import progress as graph_progress
+from prunefx.graph.channels.plan_latency import timed_layers
 from prunefx.passes import remove_channels, sparsify_nm
+from prunefx.passes.budget.measurement import Ask
+from prunefx.runtime.tables.table import build_latency_table
 
 # conv1 reads the image, which no plan narrows; conv2, conv3 and the head read channels that every plan
 # narrows when ranking is local (the same fraction of every group)
@@ -75,6 +80,50 @@ def test_second_order_sparsity_counts_its_layers_on_a_terminal(criterion, monkey
     assert total == 3  # conv2, conv3 and the head: conv1's 3 input channels make no group of 4
     draws = _bar_draws(terminal.getvalue(), f"sparsifying ({criterion})")
     assert f"0/{total} " in draws[0] and f"{total}/{total} " in draws[-1]
+
+
+class ConstantTimer:
+    backend, device, precision, settings = "constant", "none", "fp32", "1 ms a layer"
+
+    def __call__(self, layer) -> float:
+        return 1.0
+
+
+def test_a_latency_table_counts_its_layers_on_a_terminal(tmp_path, monkeypatch, every_update_shown):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    layers = timed_layers(_program().module)
+    assert len(layers) == 4  # three convolutions and the head
+    build_latency_table(layers, ConstantTimer(), multiple=4, cache_dir=tmp_path)
+    draws = _bar_draws(terminal.getvalue(), "timing layers")
+    assert "0/4 " in draws[0] and "4/4 " in draws[-1]
+
+
+def test_a_budget_search_counts_its_measurements_and_shows_the_last(monkeypatch, every_update_shown):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    dense = candidate = _program()
+    readings = {"search": (3.0, 2.0, 0.01), "confirm": (3.0, 1.5, 0.01)}  # dense ms, candidate ms, spread
+
+    class Measurer:
+        round_to = None
+
+        def __call__(self, dense, candidate):
+            return readings["search"]
+
+        def confirm(self, dense, candidate):
+            return readings["confirm"]
+
+    def steps():
+        yield Ask("search", dense, candidate)
+        yield Ask("search", dense, candidate)
+        yield Ask("confirm", dense, candidate)
+        return "chosen"
+
+    assert measured_by(Measurer(), steps()) == "chosen"
+    draws = _bar_draws(terminal.getvalue(), "budget search")
+    assert "budget search (measurements: 3) [" in draws[-1] and "last: 2.00x, a confirmation]" in draws[-1]
+    assert any("last: 1.50x, a search reading" in draw for draw in draws)
 
 
 def test_off_a_terminal_nothing_is_written_unless_asked(monkeypatch, every_update_shown):

@@ -19,6 +19,7 @@ from typing import Protocol, runtime_checkable
 
 from prunefx.graph import Program
 from prunefx.graph.channels.plan_latency import TimedLayer, timed_layers
+from prunefx.graph.progress import progress_bar
 from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.tables.times_cache import LatencyCache
 
@@ -116,36 +117,45 @@ def build_latency_table(layers: Sequence[TimedLayer], timer: LayerTimer, *, mult
                 "settings": timer.settings}
     cache = LatencyCache(identity, cache_dir)
     grids, measured, cached = {}, 0, 0
-    for layer in layers:
-        dense = layer.with_batch(batch) if batch is not None else layer
-        tied = dense.groups > 1 and dense.groups == dense.in_channels
-        # a grouped convolution runs only at widths its groups divide; a depthwise one has one axis
-        step = math.lcm(multiple, dense.groups) if dense.groups > 1 and not tied else multiple
-        ins = grid_widths(dense.in_channels, step, max_ratio, points)
-        outs = (dense.out_channels,) if tied else grid_widths(dense.out_channels, step, max_ratio, points)
-        rows = []
-        for in_width in ins:
-            row = []
-            for out_width in outs:
-                if tied:  # the channel multiplier stays as it was
-                    out_width = in_width * dense.out_channels // dense.in_channels
-                resized = dense.resized(in_width, out_width)
-                ms = cache.get(resized.geometry())
-                if ms is None:
-                    ms = _timed(timer, resized)
-                    cache.put(resized.geometry(), ms)
-                    measured += 1
-                else:
-                    cached += 1
-                row.append(ms)
-            rows.append(tuple(row))
-        grids[layer.name] = LayerGrid(ins, outs, tuple(rows), tied)
+    with progress_bar("timing layers", len(layers), unit="layer", progress=None) as bar:
+        for layer in layers:
+            dense = layer.with_batch(batch) if batch is not None else layer
+            grids[layer.name], timed, read = _grid(dense, timer, cache, multiple, max_ratio, points)
+            measured, cached = measured + timed, cached + read
+            bar.update()
     if measured:
         cache.save()
     seconds = time.perf_counter() - started
     log.info("latency table: %d layers, %d entries timed, %d from %s, %.1f s", len(grids), measured, cached,
              cache.path, seconds)
     return LatencyTable(grids, identity, measured=measured, cached=cached, seconds=seconds)
+
+
+def _grid(dense: TimedLayer, timer: LayerTimer, cache: LatencyCache, multiple: int, max_ratio: float,
+          points: int) -> tuple[LayerGrid, int, int]:
+    """`dense` timed on its grid of widths, the cache read first: the grid, the entries timed and those read."""
+    tied = dense.groups > 1 and dense.groups == dense.in_channels
+    # a grouped convolution runs only at widths its groups divide; a depthwise one has one axis
+    step = math.lcm(multiple, dense.groups) if dense.groups > 1 and not tied else multiple
+    ins = grid_widths(dense.in_channels, step, max_ratio, points)
+    outs = (dense.out_channels,) if tied else grid_widths(dense.out_channels, step, max_ratio, points)
+    rows, measured, cached = [], 0, 0
+    for in_width in ins:
+        row = []
+        for out_width in outs:
+            if tied:  # the channel multiplier stays as it was
+                out_width = in_width * dense.out_channels // dense.in_channels
+            resized = dense.resized(in_width, out_width)
+            ms = cache.get(resized.geometry())
+            if ms is None:
+                ms = _timed(timer, resized)
+                cache.put(resized.geometry(), ms)
+                measured += 1
+            else:
+                cached += 1
+            row.append(ms)
+        rows.append(tuple(row))
+    return LayerGrid(ins, outs, tuple(rows), tied), measured, cached
 
 
 def program_latency_table(program: Program, timer: LayerTimer, **options) -> LatencyTable:
