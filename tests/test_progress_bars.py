@@ -1,7 +1,7 @@
-"""Long graph work shows a bar on a terminal (graph/progress.py): a calibrated channel choice and its
-compensation, second-order N:M sparsity and a latency table count the layers they read, to the last, and a
-budget search counts its measurements; off a terminal (a log, a pipe, a notebook's captured
-stream) they write nothing. The oracle for the counts is the network's layers, counted by hand."""
+"""Long work shows a bar on a terminal (graph/progress.py): a calibrated channel choice and its compensation,
+second-order N:M sparsity and a latency table count the layers they read, to the last, and a budget search
+counts its measurements; off a terminal (a log, a pipe, a notebook's captured stream) they write nothing. The
+oracle for the counts is the network's layers, counted by hand, and the measurements the test asks for."""
 
 from __future__ import annotations
 
