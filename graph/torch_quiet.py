@@ -54,7 +54,8 @@ def torch_quiet() -> Iterator[None]:
         try:
             for logger in loggers:
                 logger.disabled = True
-            sys.stderr = WithoutTorchPrints(stream)
+            if stream is not None:  # None: started with `2>&-`, nothing to filter
+                sys.stderr = WithoutTorchPrints(stream)
             yield
         finally:
             if isinstance(sys.stderr, WithoutTorchPrints):

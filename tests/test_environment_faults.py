@@ -50,6 +50,16 @@ def test_a_full_standard_output_is_one_line():
     assert "cannot write standard output: No space left on device" in _one_line(done.stderr)
 
 
+def test_a_closed_standard_error_leaves_a_calibrated_prune_to_finish(tmp_path):
+    """`2>&-`: Python has no sys.stderr; the progress bars of the obs scoring and compensation (drawn on a
+    terminal only) and the CLI's stderr filter must not write to it."""
+    done = _prunefx("prune", "prunefx:resnet20", "--input-shape", "1x1x28x28", "--macs", "0.5", "--calibrate",
+                    "fashion-mnist", "--calibration-images", "16", "-o", str(tmp_path / "out"),
+                    preexec_fn=lambda: os.close(2))
+    assert done.returncode == 0, done.stdout
+    assert "compensated" in done.stdout and (tmp_path / "out" / "model.onnx").is_file()
+
+
 def test_a_deleted_working_folder_is_one_line_before_torch(tmp_path):
     gone = tmp_path / "gone"
     gone.mkdir()

@@ -17,6 +17,7 @@ from torch import nn
 from prunefx.budget.routes import measured_by
 from prunefx.graph import capture
 from prunefx.graph import progress as graph_progress
+from prunefx.graph.progress import shown
 from prunefx.graph.channels.plan_latency import timed_layers
 from prunefx.passes import remove_channels, sparsify_nm
 from prunefx.passes.budget.measurement import Ask
@@ -124,6 +125,20 @@ def test_a_budget_search_counts_its_measurements_and_shows_the_last(monkeypatch,
     draws = _bar_draws(terminal.getvalue(), "budget search")
     assert "budget search (measurements: 3) [" in draws[-1] and "last: 2.00x, a confirmation]" in draws[-1]
     assert any("last: 1.50x, a search reading" in draw for draw in draws)
+
+
+@pytest.mark.parametrize("stderr, progress, drawn", [
+    (Terminal(), None, True), (Terminal(), False, False), (io.StringIO(), None, False), (io.StringIO(), True, True),
+    (None, None, False), (None, True, False),  # `2>&-`: there is nowhere to draw
+])
+def test_a_bar_is_drawn_where_asked_and_where_it_can_be(stderr, progress, drawn, monkeypatch):
+    monkeypatch.setattr(sys, "stderr", stderr)
+    assert shown(progress) is drawn
+
+
+def test_without_a_standard_error_a_calibrated_prune_runs_quietly(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", None)
+    assert _prune(progress=True).modified  # tqdm itself would write to None and fail
 
 
 def test_off_a_terminal_nothing_is_written_unless_asked(monkeypatch, every_update_shown):

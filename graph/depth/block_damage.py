@@ -21,6 +21,7 @@ from tqdm import tqdm
 from prunefx.graph.depth.blocks import Block
 from prunefx.graph.depth.linearization import remove_activation
 from prunefx.graph.placement import module_device
+from prunefx.graph.progress import shown
 
 
 def _outputs(module: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
@@ -53,7 +54,7 @@ def block_damage(program, blocks: Sequence[Block], batches: Sequence[tuple[torch
     with program.evaluating():
         reference = _outputs(program.module, batches)
         damage = {}
-        for block in tqdm(blocks, desc="scoring blocks", unit="block", disable=None if progress is None else not progress):
+        for block in tqdm(blocks, desc="scoring blocks", unit="block", disable=not shown(progress)):
             candidate = program.clone()
             nodes = {node.name: node for node in candidate.graph.nodes}
             for name in block.activations:

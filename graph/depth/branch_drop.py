@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from prunefx.graph.depth.block_damage import _outputs, divergence
 from prunefx.graph.depth.blocks import Block, find_blocks
+from prunefx.graph.progress import shown
 
 
 def _shape(node: torch.fx.Node):
@@ -67,7 +68,7 @@ def drop_damage(program, blocks: Sequence[Block], batches: Sequence[tuple[torch.
         reference = _outputs(program.module, batches)
         damage = {}
         for block in tqdm(blocks, desc="scoring blocks to drop", unit="block",
-                          disable=None if progress is None else not progress):
+                          disable=not shown(progress)):
             outputs = _outputs(drop_branches(program, [block]).module, batches)
             damage[block.name] = sum(map(divergence, reference, outputs)) / len(outputs)
     return damage

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from prunefx.graph import Program, verify
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.progress import shown
 from prunefx.passes.core.contract import Contract, analysis_snapshot, as_pass, changed_fields
 from prunefx.passes.core.pass_config import PassConfig
 from prunefx.passes.core.result import Facts, Pass, Result
@@ -183,7 +184,7 @@ class Pipeline:
         if on_copy:
             program = program.clone()
         done: list[tuple[str, Result]] = []
-        for step, parsed in zip(tqdm(self.steps, desc="passes", disable=not self.progress), self._configs):
+        for step, parsed in zip(tqdm(self.steps, desc="passes", disable=not shown(self.progress)), self._configs):
             result = self._run_step(step, parsed, program, [name for name, _ in done])
             log.log(logging.DEBUG if self.inner else logging.INFO, "pass %s: modified=%s", step.name, result.modified)
             done.append((step.name, result))

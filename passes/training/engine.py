@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from prunefx.graph import Program
 from prunefx.graph.placement import move_module
+from prunefx.graph.progress import shown
 from prunefx.passes.training.checkpoint import PROGRAM_FILE, STATE_FILE
 from prunefx.passes.training.config import DETECTION, OPTIMIZERS, FeaturePair, TrainConfig, TrainingError
 from prunefx.passes.training.data import (
@@ -141,10 +142,10 @@ class Trainer:
         if resumed_from is None:
             seed_training(self.config.seed + self.rank, self.device)
         start_step, train_seconds, eval_seconds = self.step, 0.0, 0.0
-        # tqdm's disable=None means "only on a terminal"; other ranks never draw.
-        quiet = self.rank != 0 or self.config.progress is False
+        # on a terminal unless the config says otherwise (graph/progress.py); other ranks never draw
+        quiet = self.rank != 0
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
-                   disable=True if quiet else (None if self.config.progress is None else False))
+                   disable=quiet or not shown(self.config.progress))
         batches = self._batches()
         try:
             while self.step < self.total_steps:

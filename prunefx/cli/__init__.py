@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     if not debug:
         warnings.filterwarnings("ignore")  # torch.export/onnx warnings are noise for CLI users
     # torch prints the partial graph of a model it could not capture straight to stderr, under the one line
-    quiet = contextlib.nullcontext() if debug else contextlib.redirect_stderr(WithoutTorchPrints(sys.stderr))
+    # (`2>&-` leaves none: nothing to filter, and a wrapper would hide that there is none)
+    filtering = not debug and sys.stderr is not None
+    quiet = contextlib.redirect_stderr(WithoutTorchPrints(sys.stderr)) if filtering else contextlib.nullcontext()
     previous = _install_signal_handlers()
     unraisable = sys.unraisablehook
     if not debug:  # "Exception ignored in ..." from finalisers hit by an interrupt: noise, not news

@@ -25,6 +25,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from tqdm.auto import tqdm
 
+from prunefx.graph.progress import shown
 from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.measure.timing_loop import alternate, time_call
 
@@ -241,7 +242,7 @@ def _padded(blocks: Sequence[Sequence[float]]) -> np.ndarray:
 
 def _bar(progress: bool, description: str, **kwargs) -> tqdm:
     # Off by default: library calls stay quiet; the CLI and benchmarks turn it on for long runs.
-    return tqdm(desc=description, unit="run", disable=not progress, leave=False, **kwargs)
+    return tqdm(desc=description, unit="run", disable=not shown(progress), leave=False, **kwargs)
 
 
 def _threads_of(fn: Callable[[], object], threads: int | None) -> int | None:
