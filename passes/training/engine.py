@@ -143,9 +143,8 @@ class Trainer:
             seed_training(self.config.seed + self.rank, self.device)
         start_step, train_seconds, eval_seconds = self.step, 0.0, 0.0
         # on a terminal unless the config says otherwise (graph/progress.py); other ranks never draw
-        quiet = self.rank != 0
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
-                   disable=quiet or not shown(self.config.progress))
+                   disable=self.rank != 0 or not shown(self.config.progress))
         batches = self._batches()
         try:
             while self.step < self.total_steps:
