@@ -49,3 +49,25 @@ def test_the_python_api_prunes_as_the_cli_loader_does(name):
 def test_prepare_refuses_other_models_in_one_line():
     with pytest.raises(prunefx.PrunefxError, match="not an Ultralytics model"):
         prepare_ultralytics(torch.nn.Conv2d(3, 3, 1))
+
+
+def test_the_prune_while_training_trainer_leaves_the_teacher_as_found_and_distils_from_a_frozen_copy():
+    """The teacher a user hands in stays in training mode with its gradients as they were; the trainer distils from an
+    eval-mode copy without gradients (read from the criterion it installs, as Ultralytics would call it)."""
+    from prunefx.interop.ultralytics_bridge import prune_while_training_trainer, training_mode
+    teacher = training_mode(_user_model("yolov8n.yaml")).train()
+    before = {name: tensor.detach().clone() for name, tensor in teacher.state_dict().items()}
+    trainable = {name: parameter.requires_grad for name, parameter in teacher.named_parameters()}
+    assert any(trainable.values())
+    trainer_class = prune_while_training_trainer(None, teacher=teacher)
+    assert teacher.training and trainable == {name: p.requires_grad for name, p in teacher.named_parameters()}
+
+    trainer = trainer_class.__new__(trainer_class)  # distil() reads only the model and the device
+    trainer.model, trainer.device = training_mode(_user_model("yolov8n.yaml")).train(), torch.device("cpu")
+    trainer.model.args = ultralytics.cfg.get_cfg()
+    trainer.distil()
+    frozen = trainer.model.criterion.teacher
+    assert frozen is not teacher and not frozen.training
+    assert not any(parameter.requires_grad for parameter in frozen.parameters())
+    assert teacher.training and trainable == {name: p.requires_grad for name, p in teacher.named_parameters()}
+    assert all(torch.equal(before[name], tensor) for name, tensor in teacher.state_dict().items())

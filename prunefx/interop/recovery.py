@@ -31,7 +31,7 @@ class DistillationLoss:
                  task: str = CLASSIFICATION):
         # TrainConfig checks the settings with the trainer's messages; its step budget is not used here.
         self.config = TrainConfig(steps=1, kd_weight=kd_weight, temperature=temperature, task=task)
-        self.teacher = _frozen(teacher)
+        self.teacher = frozen_copy(teacher)
         self.last: dict[str, float] = {}
 
     def __call__(self, student_output, inputs, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -45,7 +45,7 @@ class DistillationLoss:
         return losses["loss"]
 
 
-def _frozen(teacher) -> Callable:
+def frozen_copy(teacher) -> Callable:
     """An eval-mode copy without gradients: the caller's model (often the one being pruned) is left as it is."""
     if isinstance(teacher, Program):
         frozen = teacher.clone().eval()  # a graph's mode lives in its nodes

@@ -19,6 +19,7 @@ from torch import nn
 from prunefx.detectors import softmax_nodes
 from prunefx.graph import Program
 from prunefx.interop.module_resizers import ResizeError
+from prunefx.interop.recovery import frozen_copy
 from prunefx.interop.ultralytics_blocks import pruned_class, register_resizers
 
 __all__ = ["DistilledCriterion", "detect_head", "export_mode", "keep_nodes", "prune_while_training_trainer",
@@ -108,11 +109,12 @@ def prune_while_training_trainer(session, *, teacher: nn.Module | None = None, k
     scores are read in `optimizer_step`, where Ultralytics' gradients are complete (its callbacks run after
     they are zeroed); after a cut the trainer continues on the written-back module with the same optimizer
     (its state sliced to the channels kept) and a new EMA of the pruned model. With `teacher` (the dense
-    model, e.g. `training_mode(copy.deepcopy(dense))`), the loss adds its distillation (DistilledCriterion)."""
+    model in training mode, e.g. `training_mode(copy.deepcopy(dense))`), the loss adds its distillation
+    (DistilledCriterion) from an eval-mode copy without gradients: the caller's teacher is left as found."""
     from ultralytics.models.yolo.detect import DetectionTrainer
     from ultralytics.utils.torch_utils import ModelEMA
 
-    frozen = None if teacher is None else teacher.eval().requires_grad_(False)
+    frozen = None if teacher is None else frozen_copy(teacher)
 
     class PruneWhileTrainingTrainer(DetectionTrainer):
         def get_model(self, cfg=None, weights=None, verbose=True):
