@@ -34,7 +34,12 @@ from prunefx.runtime.onnx.export import OnnxExport, export_onnx
 from prunefx.runtime.onnx.float16 import lower_to_float16
 from prunefx.runtime.onnx.parity import OutputParity, Parity, check_parity
 from prunefx.runtime.onnx.provenance import map_to_program, onnx_node_origins
-from prunefx.runtime.onnx.quantized import QuantizedExport, export_quantized_onnx, onnxruntime_lowering
+from prunefx.runtime.onnx.quantized import (
+    QuantizedExport,
+    export_quantized_lowerings,
+    export_quantized_onnx,
+    onnxruntime_lowering,
+)
 from prunefx.runtime.ort.runners import OnnxRunner, OnnxRunnerMaker, TorchRunner, onnx_runner, torch_runner
 from prunefx.runtime.ort.session import DEFAULT_THREADS, LATENCY_THREADS, OnnxRuntimeSession
 from prunefx.runtime.tensorrt.engine import Engine, build_engine
@@ -71,7 +76,7 @@ __all__ = [
     "TegrastatsSampler", "TorchRunner", "TrtexecOptions", "Variant", "build_engine", "build_layer_profile",
     "check_parity", "compare_gpu_latency", "compare_latency", "compile_torch_tensorrt", "engine_cache_key",
     "export_onnx", "format_profile_table", "jetson_state", "latency_pair", "map_to_program", "measure_gpu_latency",
-    "measure_latency", "onnx_node_origins", "onnx_nodes_of_layer", "QuantizedExport", "export_quantized_onnx", "lower_to_float16", "onnx_latency_pair", "onnxruntime_lowering", "onnx_runner", "OnnxRunnerMaker", "onnx_speedup", "parse_engine_information",
+    "measure_latency", "onnx_node_origins", "onnx_nodes_of_layer", "QuantizedExport", "export_quantized_lowerings", "export_quantized_onnx", "lower_to_float16", "onnx_latency_pair", "onnxruntime_lowering", "onnx_runner", "OnnxRunnerMaker", "onnx_speedup", "parse_engine_information",
     "parse_performance_summary", "parse_tegrastats_line", "profile_engine", "read_variants", "run_trtexec", "speedup_measure",
     "torch_runner", "trtexec_arguments", "variants_from_compress", "write_chart", "write_deployment_report",
 ]

@@ -31,7 +31,7 @@ from prunefx.passes.core.config_checks import ConfigError
 from prunefx.passes.fold_batchnorm import fold_batchnorm
 from prunefx.passes.quantize_int8 import QuantizeInt8Config, quantize_int8
 from prunefx.runtime import OnnxRuntimeSession
-from prunefx.runtime.onnx.quantized import export_quantized_onnx
+from prunefx.runtime.onnx.quantized import export_quantized_lowerings, export_quantized_onnx
 
 aten = torch.ops.aten
 PARITY = 1e-4
@@ -606,3 +606,18 @@ def test_every_linear_of_a_vit_runs_on_integers_in_onnx_runtime(one_thread, tmp_
         source = s8_producers[layer.input[1]]
         source = s8_producers[source.input[0]] if source.op_type == "Transpose" else source
         assert source.op_type == "DequantizeLinear" and s8_inits[source.input[0]].data_type == onnx.TensorProto.INT8
+
+
+def test_lowerings_from_one_export_are_the_files_each_export_writes_alone(quantized, tmp_path):
+    """export_quantized_lowerings exports once and lowers a copy per file: every file and its statistics are
+    those of its own export_quantized_onnx (the oracle), whichever order the lowerings come in."""
+    program, _ = quantized
+    alone = {lowering: export_quantized_onnx(program, tmp_path / f"alone_{lowering}.onnx", activations=lowering)
+             for lowering in ("s8", "u8s7", "u8")}
+    together = export_quantized_lowerings(program, {tmp_path / f"{lowering}.onnx": lowering
+                                                    for lowering in ("u8s7", "s8", "u8")})
+    assert list(together) == [tmp_path / "u8s7.onnx", tmp_path / "s8.onnx", tmp_path / "u8.onnx"]
+    for path, exported in together.items():
+        single = alone[exported.activations]
+        assert {**vars(exported), "path": None} == {**vars(single), "path": None}
+        assert onnx.load(str(path)).graph == onnx.load(str(single.path)).graph

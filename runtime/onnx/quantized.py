@@ -11,6 +11,7 @@ See docs/algorithms.md, 'The ONNX Runtime lowering'.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +33,8 @@ LOWERINGS = {"s8": None, "u8": S8_LEVELS, "u8s7": SEVEN_BIT_LEVELS}
 ACTIVATION_TYPES = tuple(LOWERINGS)
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "avx_vnni_int8"}
 
-__all__ = ["ACTIVATION_TYPES", "LOWERINGS", "QuantizedExport", "export_quantized_onnx", "onnxruntime_lowering",
-           "quantize_static_file"]
+__all__ = ["ACTIVATION_TYPES", "LOWERINGS", "QuantizedExport", "export_quantized_lowerings", "export_quantized_onnx",
+           "onnxruntime_lowering", "quantize_static_file"]
 
 
 def onnxruntime_lowering(cpu_flags: str | None = None) -> str:
@@ -66,11 +67,28 @@ def export_quantized_onnx(program: Program, path: str | os.PathLike, *, activati
                           opset: int = DEFAULT_OPSET) -> QuantizedExport:
     """Export the fake-quantized `program` to `path` in the lowering `activations`: "s8" (TensorRT), "u8"
     (ONNX Runtime on x86 with VNNI) or "u8s7" (ONNX Runtime on x86 without VNNI); see the module docstring."""
-    if activations not in LOWERINGS:
-        raise OnnxExportError(f"activations must be one of {', '.join(LOWERINGS)}, not {activations!r}")
+    return export_quantized_lowerings(program, {path: activations}, opset=opset)[Path(path)]
+
+
+def export_quantized_lowerings(program: Program, lowerings: Mapping[str | os.PathLike, str], *,
+                               opset: int = DEFAULT_OPSET) -> dict[Path, QuantizedExport]:
+    """export_quantized_onnx to each path of `lowerings` in its lowering, from one ONNX export of `program`
+    (the export is most of the time; each lowering rewrites its own copy of the exported file)."""
+    for activations in lowerings.values():
+        if activations not in LOWERINGS:
+            raise OnnxExportError(f"activations must be one of {', '.join(LOWERINGS)}, not {activations!r}")
     if not has_fake_quant(program.graph):
         raise OnnxExportError(f"model '{program.name}' holds no fake quantizers: run passes/quantize_int8 first")
-    model = _exported(program.clone().eval() if program.training else program, opset)
+    exported = _exported(program.clone().eval() if program.training else program, opset)
+    written = {}
+    for index, (path, activations) in enumerate(lowerings.items()):
+        model = exported if index == len(lowerings) - 1 else _copy(exported)  # the last one rewrites the original
+        written[Path(path)] = _lowered(model, Path(path), activations)
+    return written
+
+
+def _lowered(model: onnx.ModelProto, path: Path, activations: str) -> QuantizedExport:
+    """`model` (exported, rewritten in place) lowered for `activations` and saved whole at `path`."""
     weights = fold_weight_quantizers(model)
     levels = LOWERINGS[activations]
     if levels is None:
@@ -82,10 +100,15 @@ def export_quantized_onnx(program: Program, path: str | os.PathLike, *, activati
                    "integer_matmuls": result.integer_matmuls, "float_convolution_inputs": result.float_inputs}
     name_inputs_and_outputs(model)
     onnx.checker.check_model(model)
-    path = Path(path)
     with replaced_whole(path) as partial:
         onnx.save_model(model, partial)
     return QuantizedExport(path=path, activations=activations, weight_initializers=weights, **lowered)
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copied = onnx.ModelProto()
+    copied.CopyFrom(model)
+    return copied
 
 
 def _exported(program: Program, opset: int) -> onnx.ModelProto:

@@ -26,10 +26,11 @@ from prunefx.reports import report_json
 from prunefx.reports.report_facts import Costs, Latency, LatencySkipped, ReportFacts
 from prunefx.reports.report_json import output_files
 from prunefx.runtime import (
+    QuantizedExport,
     check_parity,
     compare_latency,
     export_onnx,
-    export_quantized_onnx,
+    export_quantized_lowerings,
     onnx_runner,
     onnxruntime_lowering,
 )
@@ -71,8 +72,7 @@ def run(args) -> int:
     with staged_folder(output) as staging:
         quantized.save(staging / "model.pt2")
         files = {"model_trt.onnx": "s8", "model_ort.onnx": lowering}
-        exports = {name: _export(quantized, staging / name, activations, args.opset)
-                   for name, activations in files.items()}
+        exports = _exports(quantized, staging, files, args.opset)
         readiness = {name: {target: report_entry(staging / name, target) for target in READINESS[name]}
                      for name in files}
         shutil.copyfile(staging / BACKENDS[args.backend], staging / "model.onnx")
@@ -87,10 +87,16 @@ def run(args) -> int:
     return 0
 
 
-def _export(program, path: Path, activations: str, opset: int) -> dict:
-    exported = export_quantized_onnx(program, path, activations=activations, opset=opset)
-    parity = check_parity(program, path)
-    return {"activations": activations, "weight_initializers": exported.weight_initializers,
+def _exports(program, folder: Path, files: dict[str, str], opset: int) -> dict:
+    """Each of `files` (name -> lowering) exported into `folder` from one ONNX export, and its parity checked."""
+    exported = export_quantized_lowerings(program, {folder / name: lowering for name, lowering in files.items()},
+                                          opset=opset)
+    return {path.name: _export_entry(program, entry) for path, entry in exported.items()}
+
+
+def _export_entry(program, exported: QuantizedExport) -> dict:
+    parity = check_parity(program, exported.path)
+    return {"activations": exported.activations, "weight_initializers": exported.weight_initializers,
             "activation_pairs": exported.activation_pairs, "integer_units": exported.integer_units,
             "unsigned_activations": exported.unsigned_activations, "weight_levels": exported.weight_levels,
             "parity": {"max_abs_error": parity.max_abs_error, "output_scale": parity.output_scale,
