@@ -20,6 +20,7 @@ from prunefx.graph.errors import printable
 from prunefx.interrupts import raise_if_interrupted
 from prunefx.leftovers import sibling
 from prunefx.output_paths import MARK, OutputError, check_output_file, check_output_folder
+from prunefx.runtime.whole_files import followed
 
 _MARK_TEXT = "written by prunefx; the next prunefx run writing here replaces this folder whole\n"
 
@@ -45,7 +46,7 @@ def staged_file(destination: str | os.PathLike) -> Iterator[Path]:
     """A path inside a staging folder with `destination`'s name; on success any side files written beside it
     (an ONNX file's external data) move into `destination`'s folder, then the file itself, last: a side file
     named for this run (see `prunefx export`) is in place before the file that reads it replaces the old one."""
-    destination = check_output_file(destination)
+    destination = followed(check_output_file(destination))  # a link: the file it names is replaced, not the link
     into = destination.absolute().parent
     with _staging(destination, publish=lambda staging: _move_into(staging, into, last=destination.name),
                   mark=False) as staging:

@@ -14,7 +14,9 @@ from pathlib import Path
 @contextlib.contextmanager
 def replaced_whole(path: Path) -> Iterator[Path]:
     """A hidden temporary path in `path`'s folder to write and check in the block; once the block ends
-    without error it replaces `path` in one rename, and on any failure it is removed."""
+    without error it replaces `path` (the file it links to, for a link) in one rename, and on any failure it
+    is removed."""
+    path = followed(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
     temporary.touch(exist_ok=False)  # not mkstemp: its 0600 would become the file's mode, not the user's umask
@@ -23,6 +25,12 @@ def replaced_whole(path: Path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def followed(path: Path) -> Path:
+    """`path`, or for a link the file it names: a write replaces that file and leaves the link, as open() does
+    (a rename onto the link would turn it into a file and leave the linked one stale)."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def write_whole(path: Path, data: bytes | str) -> None:

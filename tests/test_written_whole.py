@@ -121,3 +121,34 @@ def test_a_deployment_report_cut_short_leaves_the_previous_report_as_it_was(tmp_
     with file_size_limit(smallest // 2), pytest.raises(OSError):
         write_deployment_report(_variants(), folder)
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == {path.name: PREVIOUS for path in written.values()}
+
+
+def _linked(tmp_path: Path) -> tuple[Path, Path]:
+    """A link in one folder to a previous file in another, as `latest.onnx -> runs/3/model.onnx` would be."""
+    target = _previous_file(tmp_path / "runs")
+    link = tmp_path / "links" / "latest"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    return link, target
+
+
+def test_a_write_through_a_link_replaces_the_file_it_names_and_leaves_the_link(tmp_path, one_thread):
+    """As open() would: the link stays a link and reads the new file (a rename onto the link itself made it a
+    file and left the linked one stale)."""
+    for name, write in {**OTHER_WRITERS, "export_onnx": lambda path: export_onnx(_program(), path)}.items():
+        link, target = _linked(tmp_path / name)
+        write(link)
+        assert link.is_symlink() and link.resolve() == target, name
+        assert target.read_bytes() != PREVIOUS and link.read_bytes() == target.read_bytes(), name
+        assert sorted(path.name for path in target.parent.iterdir()) == ["out"], name
+
+
+def test_prunefx_export_through_a_link_writes_the_linked_file(tmp_path, one_thread, capsys):
+    from prunefx.cli import main
+    _program().save(tmp_path / "model.pt2")
+    link, target = _linked(tmp_path)
+    assert main(["export", str(tmp_path / "model.pt2"), "-o", str(link)]) == 0
+    assert link.is_symlink() and link.resolve() == target
+    onnx.checker.check_model(str(target))
+    assert sorted(path.name for path in target.parent.iterdir()) == ["out"]
+    assert sorted(path.name for path in link.parent.iterdir()) == ["latest"]

@@ -35,7 +35,7 @@ from prunefx.runtime.errors import OnnxExportError, describe_failure
 from prunefx.runtime.onnx.external import rename_external_data
 from prunefx.runtime.onnx.reshape_layout import contiguous_before_reshapes
 from prunefx.runtime.onnx.write import is_apart, little_endian_bytes, save_model_streamed
-from prunefx.runtime.whole_files import replaced_whole
+from prunefx.runtime.whole_files import followed, replaced_whole
 
 log = logging.getLogger(__name__)
 DEFAULT_OPSET = 18
@@ -108,7 +108,7 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
             _check_file(partial, program.name)
             if side in written:
                 shutil.copymode(partial, side)  # onnx creates it 0600, not with the user's umask
-                rename_external_data(partial, f"{path.name}.data")
+                rename_external_data(partial, f"{followed(path).name}.data")  # named for the file it is beside
         finally:
             side.unlink(missing_ok=True)
     return OnnxExport(path=path, exporter=exporter, fallback_reason=fallback_reason,

@@ -11,6 +11,7 @@ from prunefx.output import staged_file
 from prunefx.output_paths import check_output_file
 from prunefx.runtime import check_parity, export_onnx
 from prunefx.runtime.onnx.external import external_data_files, rename_external_data
+from prunefx.runtime.whole_files import followed
 
 NAME = "export"
 HELP = "export a model to a cleaned, checked ONNX file and print its parity with torch"
@@ -22,7 +23,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    destination = check_output_file(args.output)
+    destination = followed(check_output_file(args.output))  # a link: the file it names, its side files beside it
     program = program_from_args(args).eval()
     previous = _side_files(destination)
     with staged_file(destination) as staging:  # an existing file is replaced only by a checked, complete one
