@@ -20,7 +20,7 @@ from prunefx.graph import progress as graph_progress
 from prunefx.graph.channels.plan_latency import timed_layers
 from prunefx.graph.progress import shown
 from prunefx.passes import remove_channels, sparsify_nm
-from prunefx.passes.budget.measurement import Ask
+from prunefx.passes.budget.measurement import Ask, drive
 from prunefx.runtime.tables.table import build_latency_table
 
 # conv1 reads the image, which no plan narrows; conv2, conv3 and the head read channels that every plan
@@ -100,7 +100,9 @@ def test_a_latency_table_counts_its_layers_on_a_terminal(tmp_path, monkeypatch, 
     assert "0/4 " in draws[0] and "4/4 " in draws[-1]
 
 
-def test_a_budget_search_counts_its_measurements_and_shows_the_last(monkeypatch, every_update_shown):
+@pytest.mark.parametrize("driver", [measured_by, lambda measurer, steps: drive(steps, measurer)],
+                         ids=["prunefx.budget", "a bare Python call of a budget pass"])
+def test_a_budget_search_counts_its_measurements_and_shows_the_last(driver, monkeypatch, every_update_shown):
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     dense = candidate = _program()
@@ -121,7 +123,7 @@ def test_a_budget_search_counts_its_measurements_and_shows_the_last(monkeypatch,
         yield Ask("confirm", dense, candidate)
         return "chosen"
 
-    assert measured_by(Measurer(), steps()) == "chosen"
+    assert driver(Measurer(), steps()) == "chosen"
     draws = _bar_draws(terminal.getvalue(), "budget search")
     assert "budget search (measurements: 3) [" in draws[-1] and "last: 2.00x, a confirmation]" in draws[-1]
     assert any("last: 1.50x, a search reading" in draw for draw in draws)

@@ -15,14 +15,17 @@ function is wrapped by `as_measurer` (confirmed by calling it again, a point int
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from tqdm import tqdm
+
 from prunefx.graph import Program
+from prunefx.graph.progress import progress_bar
 from prunefx.graph.timing import CONFIDENCE, Timing
 
-__all__ = ["CONFIDENCE", "Ask", "LongerMeasurer", "Measurer", "Steps", "Timing", "answerer", "as_measurer",
+__all__ = ["CONFIDENCE", "Ask", "Asked", "LongerMeasurer", "Measurer", "Steps", "Timing", "answerer", "as_measurer",
            "drive", "round_to_of"]
 
 
@@ -105,10 +108,50 @@ def drive(steps: Steps, measurer):
     """Run a search's `steps` to the end, each Ask answered by `measurer`; the steps' result. The passes' own
     driver, for a bare Python call; prunefx.budget runs the same loop in its own frame, so that the runtime is
     called from above."""
-    try:
-        asked = next(steps)
-        while True:
-            method = answerer(measurer, asked)
-            asked = steps.send(None if method is None else Timing.of(method(asked.dense, asked.candidate)))
-    except StopIteration as finished:
-        return finished.value
+    with Asked(steps) as asks:
+        for ask in asks:
+            method = answerer(measurer, ask)
+            asks.answer(None if method is None else method(ask.dense, ask.candidate))
+    return asks.result
+
+
+_READINGS = {"search": "a search reading", "confirm": "a confirmation", "confirm_longer": "a longer confirmation"}
+
+
+class Asked:
+    """A search's steps as an iterator of the Asks they make, each to be `answer`ed before the next is drawn;
+    `result` once they end. The answering is the caller's (its frame calls the measurer). Used `with`, a bar (on
+    a terminal, graph/progress.py) counts the measurements and shows the last speed-up."""
+
+    def __init__(self, steps: Steps, progress: bool | None = None):
+        self.steps, self.progress, self.result = steps, progress, None
+        self._reply: Timing | None = None
+        self._how = ""  # the last Ask's
+        self._bar: tqdm | None = None
+
+    def __enter__(self) -> Asked:
+        self._bar = progress_bar("budget search", None, unit="measurement", progress=self.progress)
+        return self
+
+    def __exit__(self, *_) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def __iter__(self) -> Iterator[Ask]:
+        try:
+            ask = next(self.steps)
+            while True:
+                self._how = ask.how
+                yield ask
+                reply, self._reply = self._reply, None
+                ask = self.steps.send(reply)
+        except StopIteration as finished:
+            self.result = finished.value
+
+    def answer(self, measured) -> None:
+        """The answer to the last Ask: a Timing or a (dense ms, ms, spread) triple; None where the measurer has
+        no such measurement."""
+        self._reply = None if measured is None else Timing.of(measured)
+        if self._reply is not None and self._bar is not None:
+            self._bar.set_postfix_str(f"last: {self._reply.speedup:.2f}x, {_READINGS[self._how]}", refresh=False)
+            self._bar.update()

@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from prunefx.graph import Program, verify
 from prunefx.graph.depth.blocks import find_blocks
 from prunefx.graph.depth.branch_drop import droppable_blocks
-from prunefx.graph.progress import progress_bar
-from prunefx.graph.timing import Timing
-from prunefx.passes.budget.measurement import Steps, answerer
+from prunefx.passes.budget.measurement import Asked, Steps, answerer
 from prunefx.passes.budget.search import Measured
 from prunefx.passes.choose_for_budget import (
     BudgetChosen,
@@ -81,21 +79,11 @@ def measured_by(measurer, steps: Steps):
     """Run a search's `steps` to the end, answering each Ask with `measurer` (passes/budget/measurement.py's
     drive, run in this frame so that the runtime is called from above); the steps' result. On a terminal a bar
     counts the measurements and shows the last."""
-    with progress_bar("budget search", None, unit="measurement", progress=None) as bar:
-        try:
-            asked = next(steps)
-            while True:
-                method = answerer(measurer, asked)
-                timing = None if method is None else Timing.of(method(asked.dense, asked.candidate))
-                if timing is not None:
-                    bar.set_postfix_str(f"last: {timing.speedup:.2f}x, {_READINGS[asked.how]}", refresh=False)
-                    bar.update()
-                asked = steps.send(timing)
-        except StopIteration as finished:
-            return finished.value
-
-
-_READINGS = {"search": "a search reading", "confirm": "a confirmation", "confirm_longer": "a longer confirmation"}
+    with Asked(steps) as asks:
+        for ask in asks:
+            method = answerer(measurer, ask)
+            asks.answer(None if method is None else method(ask.dense, ask.candidate))
+    return asks.result
 
 
 def depth(program: Program, budget: Budget, measurer, options: dict, calibration) -> Reached:
