@@ -18,9 +18,10 @@ a fresh pair (models prepared anew) and by a separate process with its own timer
 (benchmarks/remeasure_speedup.py), which alone is judged against [0.95 S, 1.25 S].
 
 The rows run in the order the figures matter (`plan`): equal MACs at the largest batch on the first model, its
-width multiples, equal MACs on the other models, the budgets, then the other batches. Within `--time-limit` seconds a row starts only while
-the time left exceeds the longest finished row of its kind, in this run or in the file `--resume` names
-(each row records its seconds, and the row that prepares a model's variants what each part took); the rest
+width multiples, equal MACs on the other models, the budgets, then the other batches. Within `--time-limit` seconds
+of the process's start a row starts only while the time left exceeds the longest finished row of its kind, in
+this run or in the file `--resume` names (before any of its kind has finished: the longest row of any kind),
+each row recording its seconds (and the row that prepares a model's variants what each part took); the rest
 is listed as skipped. The results are written
 after every row, so a run stopped from outside keeps what it finished, and `--resume FILE` keeps the rows of
 an earlier run on the same GPU, software and code (benchmarks/build_stamp.py's digest) and runs the rest. A
@@ -46,7 +47,9 @@ import time
 import traceback
 from pathlib import Path
 
-import torch
+STARTED = time.monotonic()  # the time limit counts from here: importing torch and prunefx takes seconds of it
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build_stamp  # noqa: E402
@@ -364,7 +367,7 @@ def _measure(args, device) -> dict:
     batches = list(SMOKE_BATCHES) if args.smoke else args.batches
     budgets = {min(batches): 1.1} if args.smoke else {b: s for b, s in BUDGETS.items() if b in batches}
     settings = Settings(runs=args.runs, warmup=max(args.runs // 5, 1), precision=args.precision)
-    deadline = time.monotonic() + args.time_limit
+    deadline = (time.monotonic() if args.started is None else args.started) + args.time_limit
     report = {"machine": {**machine_info(precision=args.precision, runs=args.runs, batches=batches),
                           **device.describe(), "driver": driver_version(), "code": args.code,
                           "timing": ("CPU stand-in: float32 eager calls, perf_counter" if args.smoke else
@@ -394,7 +397,7 @@ def _measure(args, device) -> dict:
     for number, (kind, reference, batch) in enumerate(tasks, 1):
         what = {"equal": f"equal-MACs row at batch {batch}", "widths": f"width multiples at batch {batch}",
                 "budget": f"--speedup {budgets.get(batch)} at batch {batch}"}[kind]
-        needs = max(row_seconds(report[ROWS[kind]]), hints.get(kind, 0.0))
+        needs = expected_seconds(kind, report, hints)
         if deadline - time.monotonic() < needs:  # a row cut off half-way is GPU time lost: start only what fits
             report["skipped"].append(f"{reference}: {what} (time limit)")
             continue
@@ -412,19 +415,28 @@ def _measure(args, device) -> dict:
     return report
 
 
-def row_seconds(rows: list[dict]) -> float:
-    """What a row of this kind is expected to take: the longest one finished (earlier calls' rows count), or 0
-    before any has."""
-    return max((row.get("seconds", 0.0) for row in rows), default=0.0)
+def expected_seconds(kind: str, report: dict, hints: dict[str, float]) -> float:
+    """What the next row of `kind` is expected to take: the longest of its kind timed, here or in the
+    `--resume` file (`hints`), else the longest of any kind (a first row cut off half-way is GPU time lost),
+    else 0: the very first row always starts."""
+    timed = {key: seconds for key in ROWS if (seconds := row_seconds(report[ROWS[key]], hints.get(key))) is not None}
+    return timed.get(kind, max(timed.values(), default=0.0))
+
+
+def row_seconds(rows: list[dict], earlier: float | None = None) -> float | None:
+    """The longest of `rows` that recorded its seconds, and `earlier`; None where there is neither."""
+    seconds = [row["seconds"] for row in rows if "seconds" in row] + ([] if earlier is None else [earlier])
+    return max(seconds, default=None)
 
 
 def earlier_seconds(path: Path | None) -> dict[str, float]:
     """The longest row of each kind in the file `--resume` names, whatever code or GPU measured it: what a row
-    takes before this run has finished one of its kind (a first row cut off half-way is GPU time lost too)."""
+    takes before this run has timed one of its kind. Kinds without a timed row are left out."""
     if path is None or not path.is_file():
         return {}
     rows = json.loads(path.read_text())
-    return {kind: row_seconds(rows.get(key, [])) for kind, key in ROWS.items()}
+    longest = {kind: row_seconds(rows.get(key, [])) for kind, key in ROWS.items()}
+    return {kind: seconds for kind, seconds in longest.items() if seconds is not None}
 
 
 def resumed(path: Path | None, machine: dict) -> dict:
@@ -516,6 +528,7 @@ def parse(argv=None):
     parser.add_argument("--code", default=None, help="the code's stamp (default: benchmarks/build_stamp.py's digest "
                                                      "where git can list the files)")
     parser.add_argument("--smoke", action="store_true", help="one small model on a CPU stand-in for the device")
+    parser.set_defaults(started=None)  # when the time limit counts from (main: the process's start)
     args = parser.parse_args(argv)
     if args.code is None:
         args.code = _code_stamp()
@@ -531,6 +544,7 @@ def _code_stamp() -> str | None:
 
 def main(argv=None) -> int:
     args = parse(argv)
+    args.started = STARTED
     if not args.smoke and not torch.cuda.is_available():
         print("gpu_speedup: needs an NVIDIA GPU with CUDA (use --smoke to check the script on a CPU)", file=sys.stderr)
         return 2

@@ -301,8 +301,10 @@ def test_a_run_on_a_gpu_draws_from_its_own_seed_and_leaves_the_callers_cuda_stat
         trained.append(_train(program, None, data, steps=3, lr=0.05, kd_weight=0.0, device="cuda")[0])
         assert all(torch.equal(now, then) for now, then in zip((torch.cuda.get_rng_state(), torch.get_rng_state()),
                                                                 before))
+    # cuDNN's weight gradients add with atomics: equal draws give equal weights to rounding, not bit for bit
+    # (another seed's dropout masks move them by far more)
     for (name, first), (_, second) in zip(*(run.program.state_dict().items() for run in trained)):
-        assert torch.equal(first, second), name
+        assert torch.allclose(first.float(), second.float(), rtol=1e-4, atol=1e-6), name
 
 
 def test_only_a_process_of_torchrun_has_its_gpu_made_current_for_good(monkeypatch):

@@ -111,24 +111,35 @@ def test_a_resumed_run_keeps_the_rows_of_the_same_code_and_machine_and_measures_
 
 def test_a_row_starts_only_where_the_longest_of_its_kind_still_fits(load_script, tmp_path, monkeypatch):
     """Each row records its seconds; with less time left than the longest finished row of its kind, the next
-    is skipped rather than cut off half-way (a row of another kind, not yet timed, still starts)."""
+    is skipped rather than cut off half-way. A row of a kind not yet timed is expected to take as long as the
+    longest row of any kind: the first row alone starts unguarded."""
     script, calls = load_script(SCRIPT), []
     _fake_rows(script, monkeypatch, calls)
-    slow = script.equal_macs_row
-    monkeypatch.setattr(script, "equal_macs_row", lambda *args: (time.sleep(2.0), slow(*args))[1])
-    report = _run(script, tmp_path, "--time-limit", "3.5")  # room for two quick rows, not a second slow one
+    quick_budget, quick_equal = script.budget_row, script.equal_macs_row
+    monkeypatch.setattr(script, "budget_row", lambda *args: (time.sleep(2.0), quick_budget(*args))[1])
+    report = _run(script, tmp_path, "--time-limit", "3.5")  # room for the quick rows and one slow one
     assert calls == [("equal", script.SMOKE_MODEL, 4), ("widths", script.SMOKE_MODEL, 4),
-                     ("budget", script.SMOKE_MODEL, 1)]
-    assert report["equal_macs"][0]["seconds"] >= 2.0 and "seconds" in report["budgets"][0]
-    assert report["skipped"] == [f"{script.SMOKE_MODEL}: equal-MACs row at batch 1 (time limit)"]
+                     ("budget", script.SMOKE_MODEL, 1), ("equal", script.SMOKE_MODEL, 1)]
+    assert report["budgets"][0]["seconds"] >= 2.0 and report["skipped"] == []
+
+    monkeypatch.setattr(script, "equal_macs_row", lambda *args: (time.sleep(2.0), quick_equal(*args))[1])
+    calls.clear()
+    report = _run(script, tmp_path, "--time-limit", "3.5")  # the slow first row leaves room for no other
+    assert calls == [("equal", script.SMOKE_MODEL, 4)] and report["equal_macs"][0]["seconds"] >= 2.0
+    assert report["skipped"] == [f"{script.SMOKE_MODEL}: width multiples at batch 4 (time limit)",
+                                 f"{script.SMOKE_MODEL}: --speedup 1.1 at batch 1 (time limit)",
+                                 f"{script.SMOKE_MODEL}: equal-MACs row at batch 1 (time limit)"]
 
     # an earlier file's rows say how long a row takes before this run has timed one, whatever code made them
-    earlier = {"machine": {"code": "other"}, "equal_macs": [], "widths": [{"seconds": 1000.0}], "budgets": []}
+    monkeypatch.setattr(script, "equal_macs_row", quick_equal)
+    earlier = {"machine": {"code": "other"}, "equal_macs": [{"seconds": 0.5}], "widths": [{"seconds": 1000.0}],
+               "budgets": []}
     (tmp_path / "earlier.json").write_text(json.dumps(earlier))
     calls.clear()
     report = _run(script, tmp_path, "--time-limit", "3.5", "--resume", str(tmp_path / "earlier.json"))
-    assert ("widths", script.SMOKE_MODEL, 4) not in calls and ("budget", script.SMOKE_MODEL, 1) in calls
+    assert ("widths", script.SMOKE_MODEL, 4) not in calls and ("equal", script.SMOKE_MODEL, 4) in calls
     assert f"{script.SMOKE_MODEL}: width multiples at batch 4 (time limit)" in report["skipped"]
+    assert f"{script.SMOKE_MODEL}: --speedup 1.1 at batch 1 (time limit)" in report["skipped"]  # none timed: 1000 s
 
 
 def test_a_torch_pruning_search_that_runs_long_or_is_killed_is_a_one_line_failure(load_script, tmp_path, monkeypatch):
