@@ -98,13 +98,32 @@ class Program:
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[Program]:
         """Eval mode inside the `with` block, the previous mode after it: for reading the activations the
-        deployed network sees without moving training-mode batch-norm statistics."""
+        deployed network sees without moving training-mode batch-norm statistics. Each flag and each submodule's
+        attribute comes back as it was (a frozen batch norm in a training model stays frozen); nodes added in
+        the block take the graph's previous mode."""
         was_training = self.training
+        flags = {node: node.args[index] for node in self.module.graph.nodes
+                 if (index := training_flag_index(node)) is not None}
+        attributes = {submodule: submodule.training for submodule in self.module.modules()}
         self.eval()
         try:
             yield self
         finally:
-            self.train(was_training)
+            self._set_flags(flags, otherwise=was_training)
+            for submodule in self.module.modules():
+                submodule.training = attributes.get(submodule, was_training)
+
+    def _set_flags(self, flags: dict[torch.fx.Node, bool], otherwise: bool) -> None:
+        """Each node's training flag set to its value in `flags`, `otherwise` for nodes not in it."""
+        changed = False
+        for node in self.module.graph.nodes:
+            index = training_flag_index(node)
+            mode = flags.get(node, otherwise)
+            if index is not None and node.args[index] != mode:
+                node.args = (*node.args[:index], mode, *node.args[index + 1:])
+                changed = True
+        if changed:
+            self.module.recompile()
 
     def _set_module_training_attr(self, mode: bool) -> None:
         # GraphModules from torch.export refuse .train(); set the attribute directly on every submodule.

@@ -268,3 +268,31 @@ def test_a_raw_ultralytics_model_refused_then_prepared_captures_prunes_and_write
     assert_state_unchanged(before, model)
     with torch.no_grad():
         torch.testing.assert_close(written(x), pruned(x), rtol=1e-4, atol=1e-4)
+
+
+def _frozen_norm_in_training_model() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 4)).train()
+    model[1].eval()  # fine-tuning with the first batch norm frozen
+    return model
+
+
+def _flags(program) -> list[bool]:
+    from prunefx.graph.training_flags import training_flag_index
+    return [node.args[index] for node in program.graph.nodes if (index := training_flag_index(node)) is not None]
+
+
+def test_a_frozen_batch_norm_in_a_training_program_stays_frozen_through_evaluating_and_to_module(one_thread):
+    """Program.evaluating (behind to_module's proof and the depth search) gives every flag back as it was, not
+    the graph's one overall mode."""
+    model = _frozen_norm_in_training_model()
+    program = prunefx.capture(model, torch.randn(2, 3, 8, 8))
+    assert _flags(program) == [False, True]  # the oracle: the model's own modes, as captured
+    with program.evaluating():
+        assert _flags(program) == [False, False]
+    assert _flags(program) == [False, True]
+    before = full_state(model)
+    prunefx.to_module(program, model)
+    assert _flags(program) == [False, True]
+    assert_state_unchanged(before, model)
