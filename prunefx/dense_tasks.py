@@ -21,6 +21,7 @@ from torchvision.ops import batched_nms
 
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.eval_mode import evaluating
 from prunefx.passes.training.data import module_device, split_batch
 from prunefx.passes.training.losses import IGNORE_LABEL, logits_of
 
@@ -180,9 +181,7 @@ def evaluate_dense(model: Program | torch.nn.Module, batches: Iterable, *, task:
     module = model.module if isinstance(model, Program) else model
     device = module_device(module)
     score = SegmentationScore(num_classes) if task == "segmentation" else DetectionScore(num_classes=num_classes)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         for batch in batches:
             inputs, labels = split_batch(batch)
             output = module(*(x.to(device) for x in inputs))
@@ -190,6 +189,4 @@ def evaluate_dense(model: Program | torch.nn.Module, batches: Iterable, *, task:
                 score.update(logits_of(output), labels)
             else:
                 score.update(decode(output), labels)
-    finally:
-        model.train(was_training)
     return score.compute()

@@ -296,3 +296,24 @@ def test_a_frozen_batch_norm_in_a_training_program_stays_frozen_through_evaluati
     prunefx.to_module(program, model)
     assert _flags(program) == [False, True]
     assert_state_unchanged(before, model)
+
+
+def _modes(model: nn.Module) -> list[bool]:
+    return [module.training for module in model.modules()]
+
+
+def test_evaluation_gives_a_frozen_batch_norm_its_mode_back(one_thread):
+    """evaluate (classification) and evaluate_dense run in eval mode and give every submodule its own mode back."""
+    from prunefx.dense_tasks import evaluate_dense
+    from prunefx.passes.training.engine import evaluate
+    model = _frozen_norm_in_training_model()
+    before = _modes(model)
+    assert not all(before) and any(before)  # the oracle: mixed modes, set by hand
+    evaluate(model, [(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))])
+    assert _modes(model) == before
+    dense = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Dropout(0.1)).train()
+    dense[1].eval()
+    before = _modes(dense)
+    evaluate_dense(dense, [(torch.randn(2, 3, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long))], task="segmentation",
+                   num_classes=4)
+    assert _modes(dense) == before

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from prunefx.graph import Program
+from prunefx.graph.eval_mode import evaluating
 from prunefx.graph.placement import device_named, module_device
 from prunefx.passes.training.config import TrainConfig, TrainingError
 from prunefx.passes.training.losses import IGNORE_LABEL, logits_of
@@ -68,23 +69,12 @@ def split_batch(batch) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
 
 # --- evaluation ----------------------------------------------------------------------------------
 
-def _eval_mode(model) -> Callable[[], None]:
-    """Put `model` in eval mode; return the function that restores its mode. Graph modules carry the
-    mode as arguments of their batch-norm/dropout nodes, which only Program knows how to flip."""
-    if isinstance(model, torch.fx.GraphModule):
-        model = Program(model, (), name="model")
-    was_training = model.training
-    model.eval()
-    return lambda: model.train(was_training)
-
-
 @torch.no_grad()
 def eval_totals(model, batches: Iterable, device: torch.device) -> torch.Tensor:
     """[correct, summed cross-entropy, labelled items] over `batches` (label -1 is padding)."""
     module = model.module if isinstance(model, Program) else model
     totals = torch.zeros(3, dtype=torch.float64, device=device)
-    restore = _eval_mode(model)
-    try:
+    with evaluating(model):
         for batch in batches:
             inputs, labels = split_batch(batch)
             inputs = tuple(x.to(device) for x in inputs)
@@ -94,8 +84,6 @@ def eval_totals(model, batches: Iterable, device: torch.device) -> torch.Tensor:
             totals[0] += ((logits.argmax(1) == labels) & valid).sum()
             totals[1] += F.cross_entropy(logits, labels, ignore_index=IGNORE_LABEL, reduction="sum").double()
             totals[2] += valid.sum()
-    finally:
-        restore()
     return totals
 
 
