@@ -16,6 +16,7 @@ import torch
 
 from prunefx.graph import CaptureError, Program, PrunefxError, capture
 from prunefx.graph.errors import first_line
+from prunefx.graph.model_state import left_as_found
 from prunefx.passes.core.pipeline import Pipeline, PipelineResult
 
 
@@ -40,13 +41,14 @@ def _get_part(model: torch.nn.Module, part: str) -> torch.nn.Module:
 
 
 def _record_calls(model: torch.nn.Module, example_inputs, parts: Sequence[str]) -> dict[str, list]:
-    """Run `model` once on `example_inputs`; return, per part, the (args, kwargs) of every call it got."""
+    """Run `model` once on `example_inputs`; return, per part, the (args, kwargs) of every call it got. The model
+    is left as found: a training model's batch-norm statistics, what its forward sets, torch's random state."""
     calls: dict[str, list] = {part: [] for part in parts}
     handles = [_get_part(model, part).register_forward_pre_hook(
         lambda _module, args, kwargs, part=part: calls[part].append((args, kwargs)), with_kwargs=True)
         for part in parts]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), left_as_found(model), torch.random.fork_rng(devices=[]):
             model(*_as_args(example_inputs))
     except Exception as error:
         raise PartError(f"{type(model).__name__} does not run on the example inputs: {first_line(error)}") from error
@@ -171,7 +173,13 @@ class GraphPart(torch.nn.Module):
 
 
 def replace_part(model: torch.nn.Module, part: str, program: Program) -> torch.nn.Module:
-    """A deep copy of `model` in which the submodule `part` is `program` (a GraphPart); `model` is unchanged."""
+    """A deep copy of `model` in which the submodule `part` is a copy of `program` (a GraphPart); `model` and
+    `program` are unchanged."""
+    return _with_part(model, part, program.clone())
+
+
+def _with_part(model: torch.nn.Module, part: str, program: Program) -> torch.nn.Module:
+    """replace_part with `program` itself in the copy (prune_part's, whose result shares it)."""
     _get_part(model, part)
     model = copy.deepcopy(model)
     parent_name, _, leaf = part.rpartition(".")
@@ -203,7 +211,7 @@ def prune_part(model: torch.nn.Module, example_inputs, pipeline, *, part: str | 
     pipeline = pipeline if isinstance(pipeline, Pipeline) else Pipeline(pipeline)
     part, dense = _find(model, example_inputs) if part is None else (part, capture_part(model, example_inputs, part))
     result = pipeline.run(dense)
-    return PartPruning(replace_part(model, part, result.program), part, dense, result)
+    return PartPruning(_with_part(model, part, result.program), part, dense, result)
 
 
 # --- Ultralytics ------------------------------------------------------------------------------------

@@ -339,3 +339,39 @@ def test_an_ultralytics_checkpoint_saved_frozen_comes_back_trainable(tmp_path):
     spec = build_model(f"ultralytics:{tmp_path / 'best.pt'}", image_size=64)
     parameters = list(spec.module.parameters())
     assert parameters and all(p.requires_grad for p in parameters)
+
+
+class _TwoParts(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                            torch.nn.Conv2d(8, 8, 3))
+        self.head = torch.nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def test_prune_part_and_replace_part_leave_the_model_and_the_program_as_found():
+    """prune_part runs the model to find its part's inputs: a training model's batch-norm statistics and torch's
+    random state stay as they were; replace_part puts a copy of the Program in, whose mode stays its own."""
+    torch.manual_seed(0)
+    model = _TwoParts().train()
+    norm = model.backbone[1]
+    statistics = norm.running_mean.clone(), norm.running_var.clone(), int(norm.num_batches_tracked)
+    images = torch.randn(2, 3, 8, 8)
+    random_state = torch.get_rng_state()
+    prune_part(model, (images,), [(remove_channels, {"macs": 0.5, "round_to": 2, "importance": "l2"})],
+               part="backbone")
+    assert torch.equal(norm.running_mean, statistics[0]) and torch.equal(norm.running_var, statistics[1])
+    assert int(norm.num_batches_tracked) == statistics[2] and torch.equal(torch.get_rng_state(), random_state)
+
+    program = capture_part(model, torch.randn(2, 3, 8, 8), "backbone").eval()
+    weights = {name: tensor.clone() for name, tensor in program.state_dict().items()}
+    whole = replace_part(model, "backbone", program)  # a training model: the copy trains
+    assert whole.backbone.training and not program.training
+    assert whole.backbone.graph_module is not program.module
+    with torch.no_grad():
+        for parameter in whole.backbone.parameters():
+            parameter.add_(1.0)
+    assert all(torch.equal(weights[name], tensor) for name, tensor in program.state_dict().items())
