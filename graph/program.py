@@ -12,6 +12,7 @@ import copy
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,6 +37,17 @@ from prunefx.graph.zip_target import FailureHoldingFile
 
 _METADATA_FILE = "prunefx.json"
 _PROPAGATION = "prunefx_propagation"  # node.meta key: which shape propagation last saw the node
+
+
+@dataclass(frozen=True)
+class Modes:
+    """A Program's modes at one moment (Program.modes): its overall mode, each node's training flag and each
+    submodule's `training` attribute, by name (no reference to the graph: kept across a rewrite, it holds no
+    replaced weights alive)."""
+
+    training: bool
+    flags: dict[str, bool]
+    attributes: dict[str, bool]
 
 
 class Program:
@@ -97,33 +109,36 @@ class Program:
 
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[Program]:
-        """Eval mode inside the `with` block, the previous mode after it: for reading the activations the
-        deployed network sees without moving training-mode batch-norm statistics. Each flag and each submodule's
-        attribute comes back as it was (a frozen batch norm in a training model stays frozen); nodes added in
-        the block take the graph's previous mode."""
-        was_training = self.training
-        flags = {node: node.args[index] for node in self.module.graph.nodes
-                 if (index := training_flag_index(node)) is not None}
-        attributes = {submodule: submodule.training for submodule in self.module.modules()}
+        """Eval mode inside the `with` block, the previous modes after it (`modes`, `restore_modes`): for reading
+        the activations the deployed network sees without moving training-mode batch-norm statistics."""
+        modes = self.modes()
         self.eval()
         try:
             yield self
         finally:
-            self._set_flags(flags, otherwise=was_training)
-            for submodule in self.module.modules():
-                submodule.training = attributes.get(submodule, was_training)
+            self.restore_modes(modes)
 
-    def _set_flags(self, flags: dict[torch.fx.Node, bool], otherwise: bool) -> None:
-        """Each node's training flag set to its value in `flags`, `otherwise` for nodes not in it."""
+    def modes(self) -> Modes:
+        """Every training flag of the graph and every submodule's `training`, to put back with `restore_modes`."""
+        return Modes(self.training,
+                     {node.name: node.args[index] for node in self.module.graph.nodes
+                      if (index := training_flag_index(node)) is not None},
+                     {name: submodule.training for name, submodule in self.module.named_modules()})
+
+    def restore_modes(self, modes: Modes) -> None:
+        """Each flag and attribute as `modes` recorded it (a frozen batch norm in a training Program stays frozen,
+        where `train(mode)` sets them all alike); nodes and submodules of other names take its overall mode."""
         changed = False
         for node in self.module.graph.nodes:
             index = training_flag_index(node)
-            mode = flags.get(node, otherwise)
+            mode = modes.flags.get(node.name, modes.training)
             if index is not None and node.args[index] != mode:
                 node.args = (*node.args[:index], mode, *node.args[index + 1:])
                 changed = True
         if changed:
             self.module.recompile()
+        for name, submodule in self.module.named_modules():
+            submodule.training = modes.attributes.get(name, modes.training)
 
     def _set_module_training_attr(self, mode: bool) -> None:
         # GraphModules from torch.export refuse .train(); set the attribute directly on every submodule.

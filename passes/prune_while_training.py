@@ -76,6 +76,7 @@ def prune_while_training(program: Program, /, *, config: dict | None = None) -> 
                       eval_data=options.eval_data,
                       after_backward=[schedule.accumulate], after_step=[schedule.maybe_prune])
     if trainer.total_steps < schedule.last_step:
+        trainer.release()  # the Trainer took the program to train: back as found before refusing
         raise PrunefxError(f"prune_while_training: {trainer.total_steps} training steps cannot hold "
                            f"{schedule.events} pruning events every {schedule.interval} steps "
                            f"(needs at least {schedule.last_step})")

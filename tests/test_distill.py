@@ -532,3 +532,59 @@ def test_an_interrupted_checkpointed_run_says_how_to_resume(tmp_path):
     resumed = Trainer(_program(), teacher=_program(1), data=_batches(2),
                       config=TrainConfig(**_checkpointed(tmp_path / "ckpt", resume=True)))
     assert resumed.fit()["resumed_from"] == 4  # the note is true: the run goes on from the last checkpoint
+
+
+def _module_teacher() -> nn.Module:
+    torch.manual_seed(3)
+    teacher = SmallNet().train()
+    teacher.norm.eval()  # a batch norm frozen in a model left in training mode
+    return teacher
+
+
+def _modes_and_gradients(model: nn.Module) -> tuple[list[bool], list[bool]]:
+    return [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]
+
+
+def test_a_module_teacher_is_left_as_found_by_a_run_and_by_a_refusal(one_thread):
+    """The caller's nn.Module teacher keeps every submodule's mode (a frozen batch norm stays frozen, the rest
+    keep training) after a distillation, and after prune_while_training refuses its schedule before training;
+    the student still learns from the teacher's eval-mode outputs (the oracle: a teacher in eval mode)."""
+    teacher = _module_teacher()
+    before = _modes_and_gradients(teacher)
+    weights = {name: tensor.clone() for name, tensor in teacher.state_dict().items()}
+    data = _batches(2)
+    trained, _ = _train(_program(), teacher, data, steps=2, lr=0.05, kd_weight=1.0)
+    assert _modes_and_gradients(teacher) == before
+    assert all(torch.equal(weights[name], tensor) for name, tensor in teacher.state_dict().items())
+    in_eval = _module_teacher().eval()
+    same, _ = _train(_program(), in_eval, data, steps=2, lr=0.05, kd_weight=1.0)
+    for (name, first), (_, second) in zip(trained.program.state_dict().items(), same.program.state_dict().items()):
+        assert torch.equal(first, second), name
+
+    with pytest.raises(Exception, match="cannot hold"):
+        get_pass("prune_while_training")(_program(), config={"data": data, "teacher": teacher, "macs": 0.5,
+                                                             "steps": 2, "prune_events": 2, "interval": 5,
+                                                             "progress": False})
+    assert _modes_and_gradients(teacher) == before
+
+
+def test_a_second_fit_trains_in_training_mode_and_a_refused_schedule_gives_the_program_back(one_thread):
+    """fit gives the program back in its own modes; a second fit takes it again (it trained in eval mode, its
+    dropout off and its batch norms frozen); prune_while_training refusing its schedule leaves it as found."""
+    program = _program(dropout=0.3).eval()
+    seen = []
+    trainer = Trainer(program, teacher=None, data=_batches(2),
+                      config=TrainConfig(steps=2, lr=0.05, kd_weight=0.0, progress=False),
+                      after_step=[lambda trainer, step: seen.append(trainer.program.training)])
+    trainer.fit()
+    assert not program.training
+    trainer.total_steps = 4
+    trainer.fit()
+    assert seen == [True] * 4 and not program.training
+
+    program = _program()
+    assert not program.training
+    with pytest.raises(Exception, match="cannot hold"):
+        get_pass("prune_while_training")(program, config={"data": _batches(2), "macs": 0.5, "steps": 2,
+                                                          "prune_events": 2, "interval": 5, "progress": False})
+    assert not program.training

@@ -89,15 +89,13 @@ class Trainer:
         self.needs_teacher = config.kd_weight > 0 or bool(config.feature_pairs)
         if self.needs_teacher and teacher is None:
             raise TrainingError("distillation needs a teacher (or set kd_weight=0 without feature_losses)")
-        self._teacher: Any
-        self._restore_teacher: Any
-        self._teacher, self._restore_teacher = frozen_teacher(teacher, config, self.device) if self.needs_teacher else (None, None)
+        self._teacher: Any = frozen_teacher(teacher, config, self.device) if self.needs_teacher else None
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.log: list[dict[str, float]] = []
         self.history: list[dict[str, float]] = []
         self.last_losses: dict[str, float] = {}
         self._home_device = module_device(program.module)
-        self._initial_mode = program.training
+        self._initial_modes = program.modes()
         self._attach(program)
 
     # --- setup -------------------------------------------------------------------------------------
@@ -138,6 +136,8 @@ class Trainer:
             return self._fit()
 
     def _fit(self) -> dict[str, Any]:
+        self.program.train()  # as _attach left it: a fit before this one gave the program back (release)
+        move_module(self.program.module, self.device)
         resumed_from = resume(self) if self.config.resume else None
         if resumed_from is None:
             seed_training(self.config.seed + self.rank, self.device)
@@ -163,7 +163,7 @@ class Trainer:
             raise
         finally:
             bar.close()
-            self._release()
+            self.release()
         stats = fit_statistics(self, start_step, train_seconds, eval_seconds, resumed_from)
         if self._owns_process_group:
             dist.destroy_process_group()
@@ -259,12 +259,11 @@ class Trainer:
             dist.all_reduce(totals)
         return accuracy_summary(totals)
 
-    def _release(self) -> None:
-        """Give the program back as it came (mode, device), even when training stopped with an error."""
-        self.program.train(self._initial_mode)
+    def release(self) -> None:
+        """Give the program back as it came (modes, device): after every fit, even one stopped by an error, and
+        by a caller that refuses to fit after all."""
+        self.program.restore_modes(self._initial_modes)  # a program since replaced: its overall mode
         move_module(self.program.module, self._home_device)
-        if self._restore_teacher is not None:
-            self._restore_teacher()
 
     def save_checkpoint(self) -> None:
         """Write program.pt2 and trainer_state.pt (passes/training/resume.py)."""

@@ -1,8 +1,9 @@
 """The recovery trainer's teacher: frozen, in eval mode on the training device, tapped for feature pairs.
 
-A teacher captured as a Program (or a bare GraphModule) is copied before its mode is flipped: a graph
-carries its mode in its batch-norm and dropout nodes, and the caller's graph must stay as it was. A plain
-`nn.Module` is switched to eval in place and switched back when training ends (the returned `restore`).
+The caller's teacher is never changed: one that is not yet all in eval mode on the training device is
+copied first, and the copy is flipped and moved (a graph carries its mode in its batch-norm and dropout nodes,
+a module in each submodule; putting either back by hand loses a frozen batch norm's mode, or the mode itself
+when training is refused before it starts).
 """
 
 from __future__ import annotations
@@ -22,22 +23,21 @@ from prunefx.passes.training.losses import run_tapped, tap_outputs
 TeacherRun = Callable[[tuple[torch.Tensor, ...]], tuple[Any, Any]]
 
 
-def frozen_teacher(teacher, config: TrainConfig, device: torch.device) -> tuple[TeacherRun, Callable | None]:
-    """The teacher in eval mode on the training device, and the function that undoes changes to it."""
+def frozen_teacher(teacher, config: TrainConfig, device: torch.device) -> TeacherRun:
+    """The teacher in eval mode on the training device (the caller's, or a copy where it is not: see above)."""
     if isinstance(teacher, (Program, torch.fx.GraphModule)):
         module = teacher.module if isinstance(teacher, Program) else teacher
-        # A graph carries its mode in its batch-norm/dropout nodes: flip a copy, never the caller's graph.
         if isinstance(teacher, torch.fx.GraphModule) or teacher.training or module_device(module) != device:
             module = move_module(Program(copy.deepcopy(module), (), name="teacher").eval().module, device)
-        restore = None
     elif isinstance(teacher, torch.nn.Module):
         if config.feature_pairs:
             raise TrainingError("feature_losses need a teacher captured as a Program (nodes are read by name)")
-        was_training, module = teacher.training, teacher.to(device).eval()
-        restore = lambda: teacher.train(was_training)  # noqa: E731
+        module = teacher
+        if any(submodule.training for submodule in teacher.modules()) or module_device(teacher) != device:
+            module = move_module(copy.deepcopy(teacher).eval(), device)
     else:
         raise TrainingError(f"the teacher must be a Program or a torch.nn.Module, not {type(teacher).__name__}")
     if config.feature_pairs:
         tapped = tap_outputs(module, [pair.teacher for pair in config.feature_pairs])
-        return (lambda inputs: run_tapped(tapped, tapped.out_spec, inputs)), restore
-    return (lambda inputs: (module(*inputs), ())), restore
+        return lambda inputs: run_tapped(tapped, tapped.out_spec, inputs)
+    return lambda inputs: (module(*inputs), ())
