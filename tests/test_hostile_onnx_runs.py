@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -73,6 +74,37 @@ def test_a_run_ends_on_sigint(tmp_path, python_sigint_handler):
     with pytest.raises(KeyboardInterrupt):
         session.run(np.zeros(1, dtype=np.float32))
     assert time.perf_counter() - started < 10
+
+
+def _add_one(path) -> None:
+    graph = helper.make_graph([helper.make_node("Add", ["x", "one"], ["y"])], "add",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), path)
+
+
+def test_the_wakeup_descriptor_is_the_callers_again_after_a_run(tmp_path, python_sigint_handler):
+    """A run installs the process's signal wakeup descriptor only while it runs: free again after it (an event
+    loop set up later can take it), and a caller's own left in place, its signals still written to it."""
+    _add_one(tmp_path / "add.onnx")
+    session = OnnxRuntimeSession(tmp_path / "add.onnx")
+    assert signal.set_wakeup_fd(-1) == -1  # the oracle: nothing installed before
+    assert session.run(np.zeros(1, dtype=np.float32))[0].tolist() == [1.0]
+    assert signal.set_wakeup_fd(-1) == -1
+    receiver, sender = socket.socketpair()
+    sender.setblocking(False)
+    try:
+        signal.set_wakeup_fd(sender.fileno())
+        session.run(np.zeros(1, dtype=np.float32))
+        assert signal.set_wakeup_fd(sender.fileno()) == sender.fileno()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        assert receiver.recv(1) == bytes([signal.SIGINT])
+    finally:
+        signal.set_wakeup_fd(-1)
+        receiver.close()
+        sender.close()
 
 
 def test_a_graph_allocating_gigabytes_is_refused_before_a_session_exists(tmp_path, capfd):

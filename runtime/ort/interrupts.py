@@ -6,7 +6,9 @@ and the process ignores SIGTERM. Python's C-level handler does write the signal'
 `signal.set_wakeup_fd` descriptor at once, though: a watcher thread reads it and sets `terminate` on
 the RunOptions of every run in progress, which ONNX Runtime checks between operators (and in loops). The
 run then fails, and the pending Python handler turns that into KeyboardInterrupt or the CLI's Terminated.
-The watcher needs the main thread to install it; elsewhere runs simply cannot be interrupted early.
+The watcher needs the main thread to install it; elsewhere runs simply cannot be interrupted early. The
+descriptor is the process's, so it is installed only while a run is in progress and put back (-1) after: a
+caller's own signal.set_wakeup_fd (an event loop's) finds it free, and a caller already listening keeps theirs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ RUN_LOG_SEVERITY_FATAL = 4
 _active: set[ort.RunOptions] = set()
 _lock = threading.Lock()
 _watcher: dict[str, object] = {}
+_installed = [0]  # main-thread runs in progress with the descriptor installed
 
 
 def _watch(receiver: socket.socket) -> None:
@@ -42,30 +45,38 @@ def _watch(receiver: socket.socket) -> None:
                 options.terminate = True
 
 
-def _ensure_watcher() -> bool:
-    """Install the wakeup descriptor and its watcher once; False where that is not possible (not the
-    main thread, or another wakeup descriptor already in use, e.g. an asyncio loop)."""
-    if "thread" in _watcher:
-        return True
+def _sender() -> socket.socket:
+    """The watcher's end of the descriptor, the watcher thread started on first use."""
+    if "thread" not in _watcher:
+        receiver, sender = socket.socketpair()
+        sender.setblocking(False)
+        thread = threading.Thread(target=_watch, args=(receiver,), name="prunefx-ort-interrupts", daemon=True)
+        thread.start()
+        _watcher.update(thread=thread, sockets=(receiver, sender))
+    return _watcher["sockets"][1]  # type: ignore[index]
+
+
+def _install() -> bool:
+    """Install the wakeup descriptor for a run on the main thread (nested runs share it); False where that is
+    not possible (not the main thread, or another wakeup descriptor already in use, e.g. an asyncio loop)."""
     if threading.current_thread() is not threading.main_thread():
         return False
-    receiver, sender = socket.socketpair()
-    sender.setblocking(False)
-    try:
-        previous = signal.set_wakeup_fd(sender.fileno(), warn_on_full_buffer=False)
-    except ValueError:
-        receiver.close()
-        sender.close()
-        return False
-    if previous != -1:  # someone else listens already: leave theirs in place
-        signal.set_wakeup_fd(previous)
-        receiver.close()
-        sender.close()
-        return False
-    thread = threading.Thread(target=_watch, args=(receiver,), name="prunefx-ort-interrupts", daemon=True)
-    thread.start()
-    _watcher.update(thread=thread, sockets=(receiver, sender))
+    if _installed[0] == 0:
+        try:
+            previous = signal.set_wakeup_fd(_sender().fileno(), warn_on_full_buffer=False)
+        except ValueError:
+            return False
+        if previous != -1:  # someone else listens already: leave theirs in place
+            signal.set_wakeup_fd(previous)
+            return False
+    _installed[0] += 1
     return True
+
+
+def _uninstall() -> None:
+    _installed[0] -= 1
+    if _installed[0] == 0:
+        signal.set_wakeup_fd(-1)
 
 
 @contextlib.contextmanager
@@ -74,7 +85,7 @@ def interruptible_run() -> Iterator[ort.RunOptions]:
     signal ended, the signal's Python handler gets its chance to raise before anything else does."""
     options = ort.RunOptions()
     options.log_severity_level = RUN_LOG_SEVERITY_FATAL
-    watched = _ensure_watcher()
+    watched = _install()
     if watched:
         with _lock:
             _active.add(options)
@@ -88,3 +99,4 @@ def interruptible_run() -> Iterator[ort.RunOptions]:
         if watched:
             with _lock:
                 _active.discard(options)
+            _uninstall()
