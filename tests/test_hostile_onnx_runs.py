@@ -161,3 +161,16 @@ def test_bench_of_a_gigabyte_graph_is_one_line(tmp_path, capfd):
     status = main(["bench", str(tmp_path / "big.onnx"), "--runs", "1", "--warmup", "0"])
     err = capfd.readouterr().err
     assert status == 2 and len(err.strip().splitlines()) == 1 and "\x1b[" not in err
+
+
+def test_importing_the_runtime_leaves_onnxruntimes_log_level_as_the_caller_set_it(tmp_path):
+    """ONNX Runtime's default log level is the process's: a library import must not turn a caller's INFO log
+    off (its sessions with default options log at that level; the oracle is their log lines, counted)."""
+    _add_one(tmp_path / "add.onnx")
+    script = ("import sys, onnxruntime as ort\n"
+              "ort.set_default_logger_severity(1)\n"
+              "import prunefx.runtime\n"
+              "ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n")
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "add.onnx")], capture_output=True,
+                         text=True, timeout=120, check=True)
+    assert run.stderr.count("[I:onnxruntime") >= 1, run.stderr[-500:]

@@ -113,6 +113,15 @@ def entry_point() -> int:
     return status
 
 
+def _quiet_onnxruntime() -> None:
+    """ONNX Runtime's own log at errors only, for the sessions of tools that take no options from prunefx
+    (its quantization's calibration): the process's setting, so the command's, never the library's."""
+    import onnxruntime as ort
+
+    from prunefx.runtime.ort.options import LOG_SEVERITY_ERROR
+    ort.set_default_logger_severity(LOG_SEVERITY_ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -127,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = bool(os.environ.get("PRUNEFX_DEBUG"))
     if not debug:
         warnings.filterwarnings("ignore")  # torch.export/onnx warnings are noise for CLI users
+        _quiet_onnxruntime()
     # torch prints the partial graph of a model it could not capture straight to stderr, under the one line
     # (`2>&-` leaves none: nothing to filter, and a wrapper would hide that there is none)
     filtering = not debug and sys.stderr is not None
