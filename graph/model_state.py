@@ -89,7 +89,7 @@ def _hook_tables(model: torch.nn.Module) -> list[dict]:
 
 def _hook_targets(hook) -> list:
     """What a hook can write into: its closure's objects, the object it is bound to, a partial's arguments,
-    its default arguments."""
+    its default arguments, the module-level names its code reads (`activations.append(output)` in a script)."""
     found, function = [], hook
     while isinstance(function, functools.partial):
         found += [*function.args, *function.keywords.values()]
@@ -99,6 +99,8 @@ def _hook_targets(hook) -> list:
         with contextlib.suppress(ValueError):  # an empty cell
             found.append(cell.cell_contents)
     found += list(getattr(function, "__defaults__", None) or ())
+    names, namespace = getattr(getattr(function, "__code__", None), "co_names", ()), getattr(function, "__globals__", {})
+    found += [namespace[name] for name in names if name in namespace]
     return [target for target in found if isinstance(target, _CONTAINERS) or _plain_object(target)]
 
 

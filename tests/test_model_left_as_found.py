@@ -317,3 +317,29 @@ def test_evaluation_gives_a_frozen_batch_norm_its_mode_back(one_thread):
     evaluate_dense(dense, [(torch.randn(2, 3, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long))], task="segmentation",
                    num_classes=4)
     assert _modes(dense) == before
+
+
+KEPT_BY_A_SCRIPT: list = []  # a script's module-level list, as `activations = []` at the top of a notebook
+
+
+def _keep_in_the_scripts_list(module, args, output):
+    KEPT_BY_A_SCRIPT.append(output)
+
+
+def test_a_hook_keeping_outputs_in_a_module_level_list_finds_it_as_it_was(one_thread):
+    """capture and to_module run the model (on fake tensors, for the export): a hook writing into a global list
+    gets its own calls' tensors only, none of theirs."""
+    model = Branchy().eval()
+    handle = model.conv.register_forward_hook(_keep_in_the_scripts_list)
+    KEPT_BY_A_SCRIPT.clear()
+    try:
+        program = prunefx.capture(model, torch.randn(2, 3, 8, 8))
+        assert KEPT_BY_A_SCRIPT == []
+        prunefx.to_module(program, model)
+        assert KEPT_BY_A_SCRIPT == []
+        with torch.no_grad():
+            model(torch.randn(2, 3, 8, 8))
+        assert len(KEPT_BY_A_SCRIPT) == 1 and type(KEPT_BY_A_SCRIPT[0]) is torch.Tensor  # the hook still runs
+    finally:
+        handle.remove()
+        KEPT_BY_A_SCRIPT.clear()
