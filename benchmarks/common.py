@@ -38,6 +38,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from prunefx.runtime import compare_latency
+from prunefx.runtime.whole_files import write_whole
 
 Key = TypeVar("Key", bound=Hashable)
 
@@ -139,13 +140,14 @@ def provenance() -> dict:
 
 
 def write_results(name: str, data: dict, markdown: str, *, folder: Path = RESULTS) -> tuple[Path, Path]:
-    """Write NAME.json (with its `provenance`) and NAME.md under `folder` (benchmarks/results by default);
+    """Write NAME.json (with its `provenance`) and NAME.md under `folder` (benchmarks/results by default), each
+    whole (a run stopped mid-write, as the scripts that save after every row can be, keeps the previous file);
     return both paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     json_path, md_path = folder / f"{name}.json", folder / f"{name}.md"
-    json_path.write_text(json.dumps({**data, "provenance": provenance()}, indent=2) + "\n")
-    md_path.write_text(markdown.rstrip("\n") + "\n")
+    write_whole(json_path, json.dumps({**data, "provenance": provenance()}, indent=2) + "\n")
+    write_whole(md_path, markdown.rstrip("\n") + "\n")
     return json_path, md_path
 
 

@@ -69,6 +69,7 @@ from prunefx.runtime.cuda.graph import CudaDevice  # noqa: E402
 from prunefx.runtime.measure.width_multiple import CUDA_TENSOR_CORE_MULTIPLE  # noqa: E402
 from prunefx.runtime.tables.table import program_latency_table  # noqa: E402
 from prunefx.runtime.tables.timer_by_name import layer_timer  # noqa: E402
+from prunefx.runtime.whole_files import write_whole  # noqa: E402
 
 cuda_backend = importlib.import_module("prunefx.runtime.backends.cuda")
 MODELS = ("torchvision:resnet101", "torchvision:convnext_small", "torchvision:swin_t", "torchvision:vit_b_16",
@@ -457,9 +458,10 @@ def resumed(path: Path | None, machine: dict) -> dict:
 
 
 def save(report: dict, out: Path) -> None:
+    """Both files whole: gpu-check stops this process from outside, and --resume reads the JSON."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_speedup.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "gpu_speedup.md").write_text(markdown(report))
+    write_whole(out / "gpu_speedup.json", json.dumps(report, indent=2) + "\n")
+    write_whole(out / "gpu_speedup.md", markdown(report))
 
 
 def markdown(report: dict) -> str:

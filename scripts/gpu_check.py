@@ -287,7 +287,9 @@ def gpu_speedup(steps: Steps, python: list[str], smoke: bool) -> None:
     made = steps.out / "gpu_speedup.json"
     if made.is_file():
         state.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(made, state)
+        partial = state.with_name(f".{state.name}.partial")  # the next call resumes from it: never half a file
+        shutil.copy(made, partial)
+        os.replace(partial, state)
 
 
 def speedup_only(args) -> int:

@@ -246,6 +246,17 @@ def test_a_results_file_records_command_date_code_version_and_cpu(tmp_path, monk
     assert provenance["cpu"] == common.cpu_model() and isinstance(provenance["cpu_flags"], list)
 
 
+def test_a_results_file_cut_short_leaves_the_previous_one_as_it_was(tmp_path, file_size_limit):
+    """The scripts that save after every row are stopped from outside (gpu-check's step timeout, Ctrl-C): a
+    write cut short raises and leaves the previous results, not half a JSON file that --resume would read."""
+    json_path, md_path = common.write_results("example", {"rows": [1]}, "# example", folder=tmp_path)
+    before = json_path.read_bytes(), md_path.read_bytes()
+    with file_size_limit(len(before[0]) // 2), pytest.raises(OSError):
+        common.write_results("example", {"rows": list(range(1000))}, "# example", folder=tmp_path)
+    assert (json_path.read_bytes(), md_path.read_bytes()) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["example.json", "example.md"]
+
+
 @pytest.mark.parametrize("name", ["prune_latency", "tool_speed"])
 def test_the_docs_tables_show_no_provenance_record(name):
     """The code version (a commit) stays in the JSON: the docs' generic tables leave `provenance` out."""
