@@ -29,15 +29,12 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQ
 
 
 @contextlib.contextmanager
-def staged_folder(destination: str | os.PathLike, *, join: bool = False) -> Iterator[Path]:
-    """A fresh staging folder that becomes `destination` on success, replacing a previous output whole.
-    `join=True`: its files move into `destination` instead, beside those there: for a second write of the
-    same run (a summary written after the run measured the files it published)."""
+def staged_folder(destination: str | os.PathLike) -> Iterator[Path]:
+    """A fresh staging folder that becomes `destination` on success, replacing a previous output whole."""
     destination = check_output_folder(destination)
     # absolute and normalised (`-o .` has no name); a link: the folder it names is replaced, not the link
     destination = Path(os.path.realpath(destination) if destination.is_symlink() else os.path.abspath(destination))
-    publish = _move_into if join else _replace
-    with _staging(destination, publish=lambda staging: publish(staging, destination), mark=True) as staging:
+    with _staging(destination, publish=lambda staging: _replace(staging, destination), mark=True) as staging:
         yield staging
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from prunefx.cli import EXIT_USER_ERROR, main
 from prunefx.data import fashion_mnist
+from prunefx.output_paths import MARK
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(), reason="Fashion-MNIST missing")]
@@ -78,3 +79,23 @@ def test_a_checkpoint_that_does_not_match_its_sha256_is_refused_in_one_line(monk
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == EXIT_USER_ERROR and len(lines) == 1 and "does not match its recorded sha256" in lines[0]
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.slow
+def test_a_demo_stopped_while_measuring_leaves_the_previous_output_and_its_report(monkeypatch, capsys, tmp_path):
+    """The files and their report are published together, after the measurement: a Ctrl-C while the models are
+    timed leaves the previous run's folder whole, report.json included (it was gone until the report joined)."""
+    previous = tmp_path / "demo"  # an earlier run's folder, as prunefx marks its own
+    previous.mkdir()
+    for name in (MARK, "model.onnx", "dense.onnx", "model.pt2", "report.json"):
+        (previous / name).write_bytes(f"the earlier run's {name}".encode())
+    before = {path.name: path.read_bytes() for path in previous.iterdir()}
+    arguments = ["demo", "--kd-steps", "1", "--eval-images", "64", "--runs", "3", "-o", str(previous)]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "compare_rounds", interrupted)
+    assert main(arguments) != 0
+    assert {path.name: path.read_bytes() for path in (tmp_path / "demo").iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["demo"]  # no staging folder left beside it

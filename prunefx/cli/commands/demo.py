@@ -143,25 +143,26 @@ def _pruning_demo(args) -> int:
           f"accuracy {kd_accuracy:.2%}", flush=True)
     clock.lap("distill")
 
-    delivered, measured = _deliver(output, dense, distilled, args)
-    interval = measured.extra["interval"]
-    print(f"[measured] model.onnx vs dense.onnx on ONNX Runtime, batch 1, {args.threads} thread(s), {args.runs} "
-          f"runs each over {ROUNDS} fresh processes, alternating: {measured.compressed_ms:.3f} ms vs "
-          f"{measured.dense_ms:.3f} ms = {measured.speedup:.2f}x"
-          f"{interval_text(interval, ' (') + ')' if interval else ''}", flush=True)
-    clock.lap("export and measure")
-    total = time.perf_counter() - clock.started
-    print("[time] " + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in clock.seconds.items())
-          + f"; total {total:.0f} s", flush=True)
-    costs = Costs(before.macs // args.batch_size, after.macs // args.batch_size, before.params, after.params)
-    _write_summary(output, ReportFacts(
-        NAME, dense.name, costs, output_files(output, "model.pt2", "model.onnx", "dense.onnx", "report.json"),
-        parity=delivered["parity"], calibration=calibration.description, latency=measured, sections={
-            "checkpoint": info, "calibration_images": calibrated,
-            "pruning": pruning, "recalibrate_batchnorm": result.stats().get("recalibrate_batchnorm"),
-            "dense_accuracy": dense_accuracy, "one_shot_accuracy": one_shot_accuracy, "kd_accuracy": kd_accuracy,
-            "kd_steps": args.kd_steps, "eval_images": _images(test), "seconds": clock.seconds, "total_seconds": total,
-            **{key: value for key, value in delivered.items() if key != "parity"}}))
+    with staged_folder(output) as staging:  # one publish: the files, measured where they lie, and their report
+        delivered, measured = _deliver(staging, dense, distilled, args)
+        interval = measured.extra["interval"]
+        print(f"[measured] model.onnx vs dense.onnx on ONNX Runtime, batch 1, {args.threads} thread(s), {args.runs} "
+              f"runs each over {ROUNDS} fresh processes, alternating: {measured.compressed_ms:.3f} ms vs "
+              f"{measured.dense_ms:.3f} ms = {measured.speedup:.2f}x"
+              f"{interval_text(interval, ' (') + ')' if interval else ''}", flush=True)
+        clock.lap("export and measure")
+        total = time.perf_counter() - clock.started
+        print("[time] " + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in clock.seconds.items())
+              + f"; total {total:.0f} s", flush=True)
+        costs = Costs(before.macs // args.batch_size, after.macs // args.batch_size, before.params, after.params)
+        report_json.write(staging, ReportFacts(
+            NAME, dense.name, costs, output_files(output, "model.pt2", "model.onnx", "dense.onnx", "report.json"),
+            parity=delivered["parity"], calibration=calibration.description, latency=measured, sections={
+                "checkpoint": info, "calibration_images": calibrated,
+                "pruning": pruning, "recalibrate_batchnorm": result.stats().get("recalibrate_batchnorm"),
+                "dense_accuracy": dense_accuracy, "one_shot_accuracy": one_shot_accuracy, "kd_accuracy": kd_accuracy,
+                "kd_steps": args.kd_steps, "eval_images": _images(test), "seconds": clock.seconds,
+                "total_seconds": total, **{key: value for key, value in delivered.items() if key != "parity"}}))
     print(f"wrote {output / 'model.onnx'}, {output / 'dense.onnx'}, {output / 'model.pt2'}, {output / 'report.json'}")
     return 0
 
@@ -196,16 +197,15 @@ def _accuracy(program, batches) -> float:
     return correct / _images(batches)
 
 
-def _deliver(output: Path, dense, compressed, args) -> tuple[dict, Latency]:
-    """model.pt2/model.onnx (batch 1) and dense.onnx in `output`: write_model's entries, and their
+def _deliver(folder: Path, dense, compressed, args) -> tuple[dict, Latency]:
+    """model.pt2/model.onnx (batch 1) and dense.onnx written into `folder`: write_model's entries, and their
     latencies side by side."""
     dense_one, compressed_one = rebatch(dense, 1), rebatch(compressed, 1)
-    with staged_folder(output) as staging:
-        delivered = write_model(staging, compressed_one, opset=args.opset)
-        export_onnx(dense_one, staging / "dense.onnx", opset=args.opset)
+    delivered = write_model(folder, compressed_one, opset=args.opset)
+    export_onnx(dense_one, folder / "dense.onnx", opset=args.opset)
     inputs = dense_one.example_inputs
     # over fresh processes, as the search's confirmation and `bench --vs` measure (latency.compare_rounds)
-    makers = [OnnxRunnerMaker(output / name, inputs, threads=args.threads) for name in ("dense.onnx", "model.onnx")]
+    makers = [OnnxRunnerMaker(folder / name, inputs, threads=args.threads) for name in ("dense.onnx", "model.onnx")]
     comparison = compare_rounds(*makers, rounds=ROUNDS, warmup=20, runs=args.runs, threads=args.threads,
                                 processes=True)
     interval = {"low": comparison.speedup_low, "high": comparison.speedup_high, "confidence": comparison.confidence,
@@ -213,11 +213,6 @@ def _deliver(output: Path, dense, compressed, args) -> tuple[dict, Latency]:
     return delivered, Latency("onnxruntime", args.threads, args.runs, comparison.a.median_ms,
                               comparison.b.median_ms, comparison.speedup,
                               extra={"interval": interval, "rounds": ROUNDS})
-
-
-def _write_summary(output: Path, facts: ReportFacts) -> None:
-    with staged_folder(output, join=True) as staging:  # the folder this run published: the report joins it
-        report_json.write(staging, facts)
 
 
 def _top1(logits: torch.Tensor, labels: torch.Tensor) -> int:
