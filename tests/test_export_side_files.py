@@ -71,3 +71,36 @@ def test_the_side_file_moves_in_before_the_file_that_reads_it(tmp_path, monkeypa
     x = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
     expected = Program.load(source)(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(_runs(out / "model.onnx", x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_export_onnx_over_a_pair_keeps_the_previous_pair_whole_until_the_new_file_replaces_it(tmp_path, monkeypatch):
+    """The library's export_onnx onto a file whose weights are beside it: the new weights take a name of their
+    own (the usual one is the previous file's), so a stop before the file itself is replaced leaves the previous
+    file reading its own weights; a finished export removes them."""
+    from prunefx.runtime import export_onnx
+    monkeypatch.setattr(onnx_export, "STRUCTURE_HEADROOM", 4 << 30)
+    out = tmp_path / "out"
+    first, second = Program.load(_model(tmp_path, 0)), Program.load(_model(tmp_path, 1))
+    x = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
+    export_onnx(first, out / "model.onnx")
+    assert _side_files(out) == ["model.onnx.data"]
+    expected = first(torch.from_numpy(x)).detach().numpy()
+
+    real_replace = os.replace
+
+    def stopped_at_the_file(source, target):
+        if os.path.basename(target) == "model.onnx":
+            raise KeyboardInterrupt
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", stopped_at_the_file)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(second, out / "model.onnx")
+    monkeypatch.setattr(os, "replace", real_replace)
+    np.testing.assert_allclose(_runs(out / "model.onnx", x), expected, rtol=1e-5, atol=1e-5)
+
+    export_onnx(second, out / "model.onnx")
+    (side,) = _side_files(out)
+    assert side != "model.onnx.data"  # the previous file's weights are gone, and with them the stale run's
+    np.testing.assert_allclose(_runs(out / "model.onnx", x), second(torch.from_numpy(x)).detach().numpy(),
+                               rtol=1e-5, atol=1e-5)

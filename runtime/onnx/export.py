@@ -15,6 +15,7 @@ import io
 import logging
 import math
 import os
+import secrets
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ from onnx_graphsurgeon.logger import G_LOGGER
 from prunefx.graph import Program
 from prunefx.graph.heap import release_freed_memory
 from prunefx.runtime.errors import OnnxExportError, describe_failure
-from prunefx.runtime.onnx.external import rename_external_data
+from prunefx.runtime.onnx.external import own_side_files, rename_external_data
 from prunefx.runtime.onnx.reshape_layout import contiguous_before_reshapes
 from prunefx.runtime.onnx.write import is_apart, little_endian_bytes, save_model_streamed
 from prunefx.runtime.whole_files import followed, replaced_whole
@@ -98,21 +99,39 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
     release_freed_memory()  # before serialising the model: a buffer of the weights' size (graph/heap.py)
     node_count = len(model.graph.node)
     # Under hidden names until checked (`path` is the checked file or, after a failure, as it was). Weights
-    # over 2 GB go to a hidden side file too, given their usual name only then: onnx refuses to write over one.
-    with replaced_whole(path) as partial:
-        side = partial.with_name(f"{partial.name}.data")
-        try:
-            written = _save(model, partial, apart, data_name=side.name)
-            del model, apart  # the checker reads the file: one copy of the weights in memory at a time
-            release_freed_memory()
-            _check_file(partial, program.name)
-            if side in written:
-                shutil.copymode(partial, side)  # onnx creates it 0600, not with the user's umask
-                rename_external_data(partial, f"{followed(path).name}.data")  # named for the file it is beside
-        finally:
-            side.unlink(missing_ok=True)
+    # over 2 GB go to a hidden side file too, given their name only then: onnx refuses to write over one.
+    target = followed(path)
+    replaced, moved_in = own_side_files(target), None
+    try:
+        with replaced_whole(path) as partial:
+            side = partial.with_name(f"{partial.name}.data")
+            try:
+                written = _save(model, partial, apart, data_name=side.name)
+                del model, apart  # the checker reads the file: one copy of the weights in memory at a time
+                release_freed_memory()
+                _check_file(partial, program.name)
+                if side in written:
+                    shutil.copymode(partial, side)  # onnx creates it 0600, not with the user's umask
+                    moved_in = target.parent / _side_name(target)
+                    rename_external_data(partial, moved_in.name)
+            finally:
+                side.unlink(missing_ok=True)
+    except BaseException:  # stopped before the file that reads them replaced the old one: no orphaned weights
+        if moved_in is not None and moved_in.name not in own_side_files(target):
+            moved_in.unlink(missing_ok=True)
+        raise
+    for name in replaced - own_side_files(target):  # the replaced file's weights, now read by nothing
+        (target.parent / name).unlink(missing_ok=True)
     return OnnxExport(path=path, exporter=exporter, fallback_reason=fallback_reason,
                       node_count=node_count, raw_node_count=raw_node_count)
+
+
+def _side_name(target: Path) -> str:
+    """The side file's name beside `target`: FILE.data, or one of this export's own where that name is taken
+    (by the file being replaced): moved in before the file that reads it, a fixed name would pair the previous
+    file with these weights until the second move."""
+    usual = f"{target.name}.data"
+    return usual if not (target.parent / usual).exists() else f"{target.name}.{secrets.token_hex(4)}.data"
 
 
 def _export_dynamo(program: Program, opset: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:

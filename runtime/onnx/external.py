@@ -150,6 +150,15 @@ def external_data_files(model_path: str | os.PathLike) -> set[str]:
     return {_entries(tensor).get("location", "") for tensor in external_tensors(model)} - {""}
 
 
+def own_side_files(model_path: str | os.PathLike) -> set[str]:
+    """The side files an existing ONNX file names in its own folder (none for a missing or unreadable one): what
+    a file written over it leaves behind unless removed."""
+    try:
+        return {name for name in external_data_files(model_path) if "/" not in name and "\\" not in name}
+    except Exception:  # not an ONNX file, or none yet: nothing of it to remove
+        return set()
+
+
 def rename_external_data(model_path: str | os.PathLike, new_name: str) -> bool:
     """Give the one side file of `model_path` (a model over protobuf's 2 GB) the name `new_name` in its folder,
     and rewrite the model's locations to match. False (nothing done) for a self-contained model."""

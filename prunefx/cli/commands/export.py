@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import secrets
-from pathlib import Path
 
 from prunefx import options
 from prunefx.loading import program_from_args
 from prunefx.output import staged_file
 from prunefx.output_paths import check_output_file
 from prunefx.runtime import check_parity, export_onnx
-from prunefx.runtime.onnx.external import external_data_files, rename_external_data
+from prunefx.runtime.onnx.external import own_side_files, rename_external_data
 from prunefx.runtime.whole_files import followed
 
 NAME = "export"
@@ -25,14 +24,14 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     destination = followed(check_output_file(args.output))  # a link: the file it names, its side files beside it
     program = program_from_args(args).eval()
-    previous = _side_files(destination)
+    previous = own_side_files(destination)
     with staged_file(destination) as staging:  # an existing file is replaced only by a checked, complete one
         exported = export_onnx(program, staging, opset=args.opset)
         # weights in a side file (over 2 GB) get a name of this run: published before the file that reads them,
         # they never pair with another run's model.onnx, whenever the run is killed
         rename_external_data(exported.path, f"{destination.name}.{secrets.token_hex(4)}.data")
         parity = check_parity(program, exported.path)
-    for name in previous - _side_files(destination):  # the replaced file's weights, now read by nothing
+    for name in previous - own_side_files(destination):  # the replaced file's weights, now read by nothing
         (destination.parent / name).unlink(missing_ok=True)
     print(f"wrote {destination} ({exported.node_count} nodes, {exported.exporter} exporter)")
     if exported.fallback_reason:
@@ -40,11 +39,3 @@ def run(args) -> int:
     print(f"parity torch vs ONNX Runtime: max abs error {parity.max_abs_error:.3e} "
           f"(output scale {parity.output_scale:.3e}, relative {parity.relative:.2e})")
     return 0
-
-
-def _side_files(path: Path) -> set[str]:
-    """The side files an existing ONNX file names in its own folder (none for a missing or unreadable one)."""
-    try:
-        return {name for name in external_data_files(path) if "/" not in name and "\\" not in name}
-    except Exception:  # not an ONNX file, or none yet: nothing of it to remove
-        return set()
