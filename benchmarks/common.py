@@ -37,8 +37,8 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
+from prunefx.graph.whole_files import write_whole
 from prunefx.runtime import compare_latency
-from prunefx.runtime.whole_files import write_whole
 
 Key = TypeVar("Key", bound=Hashable)
 

@@ -59,6 +59,7 @@ from common import RESULTS, machine_info, markdown_table  # noqa: E402
 import prunefx  # noqa: E402
 from prunefx.graph import Program, capture, count  # noqa: E402
 from prunefx.graph.errors import PrunefxError  # noqa: E402
+from prunefx.graph.whole_files import write_whole  # noqa: E402
 from prunefx.loading import model_and_program  # noqa: E402
 from prunefx.passes import Pipeline  # noqa: E402
 from prunefx.passes.fold_batchnorm import fold_batchnorm  # noqa: E402
@@ -69,7 +70,6 @@ from prunefx.runtime.cuda.graph import CudaDevice  # noqa: E402
 from prunefx.runtime.measure.width_multiple import CUDA_TENSOR_CORE_MULTIPLE  # noqa: E402
 from prunefx.runtime.tables.table import program_latency_table  # noqa: E402
 from prunefx.runtime.tables.timer_by_name import layer_timer  # noqa: E402
-from prunefx.runtime.whole_files import write_whole  # noqa: E402
 
 cuda_backend = importlib.import_module("prunefx.runtime.backends.cuda")
 MODELS = ("torchvision:resnet101", "torchvision:convnext_small", "torchvision:swin_t", "torchvision:vit_b_16",

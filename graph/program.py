@@ -33,6 +33,7 @@ from prunefx.graph.safety.archive import safe_load
 from prunefx.graph.safety.functional_ops import check_writes
 from prunefx.graph.safety.graph_bounds import recompute_shapes
 from prunefx.graph.training_flags import graph_training_mode, training_flag_index
+from prunefx.graph.whole_files import replaced_whole
 from prunefx.graph.zip_target import FailureHoldingFile
 
 _METADATA_FILE = "prunefx.json"
@@ -221,17 +222,11 @@ class Program:
             "analysis": self.analysis.to_json(),
         }
         # Streamed to disk through a file that holds a failed write instead of raising it into torch's zip
-        # writer (graph/zip_target.py). The file appears under its name only once complete (write to a
-        # sibling, then rename).
-        partial = path.with_name(f".{path.name}.partial")
-        try:
-            with open(partial, "wb") as file:
-                target = FailureHoldingFile(file)
-                torch.export.save(self.export(), target, extra_files={_METADATA_FILE: json.dumps(metadata)})
-                target.raise_held()
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        # writer (graph/zip_target.py). The file appears under its name only once complete (graph/whole_files.py).
+        with replaced_whole(path) as partial, open(partial, "wb") as file:
+            target = FailureHoldingFile(file)
+            torch.export.save(self.export(), target, extra_files={_METADATA_FILE: json.dumps(metadata)})
+            target.raise_held()
         return path
 
     @classmethod

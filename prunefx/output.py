@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from prunefx.graph.errors import printable
+from prunefx.graph.whole_files import followed
 from prunefx.interrupts import raise_if_interrupted
 from prunefx.leftovers import sibling
 from prunefx.output_paths import MARK, OutputError, check_output_file, check_output_folder
-from prunefx.runtime.whole_files import followed
 
 _MARK_TEXT = "written by prunefx; the next prunefx run writing here replaces this folder whole\n"
 

@@ -1,4 +1,4 @@
-"""Every file the public API writes is written whole or not at all (runtime/whole_files.py): a write cut short
+"""Every file the public API writes is written whole or not at all (graph/whole_files.py): a write cut short
 by a full disk raises, and leaves a previous file of that name as it was and no part of the new one beside it.
 `export_onnx`, `Program.save` and the caches have their own tests (test_memory_copies, test_tensorrt_runtime)."""
 
@@ -135,7 +135,8 @@ def _linked(tmp_path: Path) -> tuple[Path, Path]:
 def test_a_write_through_a_link_replaces_the_file_it_names_and_leaves_the_link(tmp_path, one_thread):
     """As open() would: the link stays a link and reads the new file (a rename onto the link itself made it a
     file and left the linked one stale)."""
-    for name, write in {**OTHER_WRITERS, "export_onnx": lambda path: export_onnx(_program(), path)}.items():
+    for name, write in {**OTHER_WRITERS, "export_onnx": lambda path: export_onnx(_program(), path),
+                        "Program.save": lambda path: _program().save(path)}.items():
         link, target = _linked(tmp_path / name)
         write(link)
         assert link.is_symlink() and link.resolve() == target, name

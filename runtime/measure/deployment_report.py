@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from prunefx.graph.whole_files import replaced_whole, write_whole
 from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
-from prunefx.runtime.whole_files import replaced_whole, write_whole
 
 CHART_FILE = "accuracy_latency.png"
 

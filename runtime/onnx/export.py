@@ -32,11 +32,11 @@ from onnx_graphsurgeon.logger import G_LOGGER
 
 from prunefx.graph import Program
 from prunefx.graph.heap import release_freed_memory
+from prunefx.graph.whole_files import followed, replaced_whole
 from prunefx.runtime.errors import OnnxExportError, describe_failure
 from prunefx.runtime.onnx.external import own_side_files, rename_external_data
 from prunefx.runtime.onnx.reshape_layout import contiguous_before_reshapes
 from prunefx.runtime.onnx.write import is_apart, little_endian_bytes, save_model_streamed
-from prunefx.runtime.whole_files import followed, replaced_whole
 
 log = logging.getLogger(__name__)
 DEFAULT_OPSET = 18
@@ -67,7 +67,7 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
     first and the other one if it fails: "dynamo" (the default, what prunefx delivers) or "torchscript"
     (5 to 15 times faster; runtime/measure/speedup.py uses it for the many candidates of a budget search).
     The file appears under `path` only once written and checked: a failed or interrupted export leaves a
-    previous file there as it was (runtime/whole_files.py)."""
+    previous file there as it was (graph/whole_files.py)."""
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise OnnxExportError(f"ONNX opset {opset!r} is outside what the exporter writes ({MIN_OPSET} to {MAX_OPSET})")
     if exporter not in EXPORTERS:

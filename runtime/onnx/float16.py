@@ -20,8 +20,8 @@ from pathlib import Path
 
 import onnx
 
+from prunefx.graph.whole_files import replaced_whole
 from prunefx.runtime.errors import MeasurementError, require_module
-from prunefx.runtime.whole_files import replaced_whole
 
 # Operators kept in float32 (see the module docstring), on top of the converter's own block list.
 KEEP_FLOAT32 = ("LayerNormalization", "GroupNormalization", "InstanceNormalization", "Softmax", "LogSoftmax",

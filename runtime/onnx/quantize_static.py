@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from prunefx.runtime.whole_files import replaced_whole
+from prunefx.graph.whole_files import replaced_whole
 
 
 def quantize_static_file(source: str | os.PathLike, target: str | os.PathLike,

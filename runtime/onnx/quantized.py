@@ -20,13 +20,13 @@ import torch
 
 from prunefx.graph import Program
 from prunefx.graph.int8.quantization import has_fake_quant
+from prunefx.graph.whole_files import replaced_whole
 from prunefx.runtime.errors import OnnxExportError, describe_failure
 from prunefx.runtime.onnx.export import DEFAULT_OPSET
 from prunefx.runtime.onnx.integer_units import S8_LEVELS, SEVEN_BIT_LEVELS
 from prunefx.runtime.onnx.qdq import activation_quantizers, fold_weight_quantizers, name_inputs_and_outputs
 from prunefx.runtime.onnx.quantize_static import quantize_static_file
 from prunefx.runtime.onnx.quantized_ort import lower_for_onnxruntime
-from prunefx.runtime.whole_files import replaced_whole
 
 # lowering -> the integer units' weight levels (None: the TensorRT file, no ONNX Runtime rewrites)
 LOWERINGS = {"s8": None, "u8": S8_LEVELS, "u8s7": SEVEN_BIT_LEVELS}

@@ -18,7 +18,7 @@ import math
 import os
 from pathlib import Path
 
-from prunefx.runtime.whole_files import write_whole
+from prunefx.graph.whole_files import write_whole
 
 log = logging.getLogger(__name__)
 

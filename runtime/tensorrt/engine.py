@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prunefx.graph.whole_files import write_whole
 from prunefx.runtime.errors import BackendUnavailableError, DeviceToolError, require_module
 from prunefx.runtime.tensorrt.engine_cache import (
     calibration_digest,
@@ -37,7 +38,6 @@ from prunefx.runtime.tensorrt.plan import (
     network_plan,
     onnx_types,
 )
-from prunefx.runtime.whole_files import write_whole
 
 INSTALL_TENSORRT = ("install it with `pip install tensorrt` (or tensorrt-cu12 / tensorrt-cu13 to match your CUDA) on "
                     "x86-64 Linux or Windows with an NVIDIA GPU, or on a Jetson board through JetPack "

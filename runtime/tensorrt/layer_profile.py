@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from prunefx.graph import Program
+from prunefx.graph.whole_files import write_whole
 from prunefx.runtime.onnx.provenance import map_to_program, onnx_node_origins
-from prunefx.runtime.whole_files import write_whole
 
 _ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
 _FOREIGN = re.compile(r"ForeignNode\[(.+?)\.\.\.(.+?)\]")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import secrets
 
 from prunefx import options
+from prunefx.graph.whole_files import followed
 from prunefx.loading import program_from_args
 from prunefx.output import staged_file
 from prunefx.output_paths import check_output_file
 from prunefx.runtime import check_parity, export_onnx
 from prunefx.runtime.onnx.external import own_side_files, rename_external_data
-from prunefx.runtime.whole_files import followed
 
 NAME = "export"
 HELP = "export a model to a cleaned, checked ONNX file and print its parity with torch"
