@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -47,7 +48,9 @@ def code_digest(repo: Path = REPO) -> str:
 
 def write_stamp(folder: Path, repo: Path = REPO) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / STAMP_NAME).write_text(json.dumps({"code": code_digest(repo)}) + "\n")
+    partial = folder / f".{STAMP_NAME}.partial"  # whole or not at all: `run_all --resume` trusts the stamp
+    partial.write_text(json.dumps({"code": code_digest(repo)}) + "\n")
+    os.replace(partial, folder / STAMP_NAME)
 
 
 def check_stamp(folder: Path, repo: Path = REPO) -> None:

@@ -67,6 +67,7 @@ from prunefx.dense_tasks import SegmentationScore, evaluate_dense
 from prunefx.graph import Program, capture, count
 from prunefx.graph.errors import first_line
 from prunefx.graph.rebatch import rebatch
+from prunefx.graph.whole_files import write_whole
 from prunefx.passes.distill import distill
 from prunefx.passes.prune_while_training import prune_while_training
 from prunefx.passes.quantize_int8 import quantize_int8
@@ -153,7 +154,7 @@ def baseline(model: str, data, args) -> tuple[Program, dict]:
                                            num_classes=NUM_CLASSES)["miou"])
             print(f"[{model}] epoch {step // len(data.train)}: val mIoU {100 * val_miou[-1]:.2f}", file=sys.stderr)
             # written as it goes: a run stopped early (a short rerun) still leaves its trajectory behind
-            (folder / "dense_progress.json").write_text(json.dumps({"val_miou_by_epoch": val_miou,
+            write_whole(folder / "dense_progress.json", json.dumps({"val_miou_by_epoch": val_miou,
                                                                     "seconds": time.perf_counter() - started}))
 
     started = time.perf_counter()
@@ -168,7 +169,7 @@ def baseline(model: str, data, args) -> tuple[Program, dict]:
             "macs_per_image": count(program).macs // args.batch, "params": count(program).params}
     folder.mkdir(parents=True, exist_ok=True)
     program.save(path)
-    info_path.write_text(json.dumps(info, indent=1))
+    write_whole(info_path, json.dumps(info, indent=1))
     return program, info
 
 
@@ -552,19 +553,19 @@ def main(argv=None) -> int:
                     entry = {"model": model, "variant": variant, "fraction": fraction, "error": str(error)[:500],
                              "macs_kept": float("nan"), "test_miou": float("nan"), "epochs": args.epochs}
                 entry["command"] = command_line()  # the process that trained it (runs may be split by variant)
-                path.write_text(json.dumps(entry, indent=1))
+                write_whole(path, json.dumps(entry, indent=1))
                 entries.append(entry)
         if args.latency:
             untimed = [e for e in entries if (args.retime or "latency" not in e) and "error" not in e]
             latency(model, untimed, dense, args)
             for entry in untimed:
-                run_file(model, entry["variant"], entry["fraction"], args).write_text(json.dumps(entry, indent=1))
+                write_whole(run_file(model, entry["variant"], entry["fraction"], args), json.dumps(entry, indent=1))
         if args.int8:
             for entry in [e for e in entries if e["variant"] == "prunefx-obs" and "error" not in e]:
                 path = run_file(model, entry["variant"] + INT8, entry["fraction"], args)
                 if not path.is_file():
                     print(f"[{model}] INT8 of {entry['variant']} at {entry['fraction']}", file=sys.stderr)
-                    path.write_text(json.dumps(int8(model, entry, dense, data, args), indent=1))
+                    write_whole(path, json.dumps(int8(model, entry, dense, data, args), indent=1))
                 entries.append(json.loads(path.read_text()))
         report["runs"] += entries
     json_path, md_path = write_results(args.results_name, report, markdown(report))

@@ -51,6 +51,7 @@ from fashion_mnist_accuracy import (
 from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph import Program, count
 from prunefx.graph.rebatch import rebatch
+from prunefx.graph.whole_files import write_whole
 from prunefx.passes.distill import distill
 from prunefx.passes.linearize_blocks import linearize_blocks
 from prunefx.passes.merge_blocks import merge_blocks
@@ -90,7 +91,7 @@ def channel_variant(model: str, fraction: float, dense: Program, data, args) -> 
         entry = json.loads(path.read_text())
     else:
         entry = prune_and_recover(model, "prunefx-l2", "kd", fraction, dense, data, args)
-        path.write_text(json.dumps(entry, indent=1))
+        write_whole(path, json.dumps(entry, indent=1))
     return {"model": model, "variant": f"channels {fraction:g}", "macs_kept": entry["macs_kept"],
             "test_accuracy": entry["test_accuracy"], "epochs": entry["epochs"], "seconds": entry["seconds"]}
 
@@ -176,7 +177,7 @@ def model_runs(model: str, dense: Program, data, args) -> list[dict]:
             path = CACHE / model / f"{depth_name(k, args.rank)}.json"
             if not path.is_file() and not args.report_only:
                 print(f"[{model}] depth pruning, {k} blocks ranked by {args.rank}", file=sys.stderr)
-                path.write_text(json.dumps(depth_variant(model, k, dense, data, args), indent=1))
+                write_whole(path, json.dumps(depth_variant(model, k, dense, data, args), indent=1))
             if path.is_file():
                 entries.append(json.loads(path.read_text()))
     for fraction in args.fractions:

@@ -72,6 +72,7 @@ from prunefx.detectors import softmax_nodes
 from prunefx.graph import Program, capture, count
 from prunefx.graph.errors import first_line
 from prunefx.graph.rebatch import rebatch
+from prunefx.graph.whole_files import write_whole
 from prunefx.models import ultralytics_detector
 from prunefx.passes.distill import distill
 from prunefx.passes.prune_to_budget import prune_to_budget
@@ -134,13 +135,19 @@ def train_dense(yaml: Path, args) -> Path:
     from ultralytics import YOLO
 
     best = dense_folder(args) / "train" / "weights" / "best.pt"
-    if best.is_file():
+    if best.is_file() and _epochs_done(best) >= args.yolo_epochs:  # best.pt is written every epoch, not at the end
         return best
     print(f"[yolov8n] Ultralytics training for {args.yolo_epochs} epochs", file=sys.stderr)
     YOLO("yolov8n.yaml").train(data=str(yaml), imgsz=args.size, epochs=args.yolo_epochs, batch=args.yolo_batch,
                                device="cpu", workers=2, plots=False, amp=False, seed=args.seed,
                                project=str(dense_folder(args)), name="train", exist_ok=True, verbose=False)
     return best
+
+
+def _epochs_done(best: Path) -> int:
+    """How many epochs Ultralytics finished (results.csv: a row at each epoch's end)."""
+    results = best.parent.parent / "results.csv"
+    return max(len(results.read_text().strip().splitlines()) - 1, 0) if results.is_file() else 0
 
 
 def ultralytics_train_seconds(best: Path) -> float:
@@ -181,7 +188,7 @@ def dense_program(data, yaml: Path, args) -> tuple[Program, dict]:
         program, info = Program.load(path).eval(), json.loads(info_path.read_text())
         if "test_ultralytics_protocol" not in info:  # added after the first dense run: computed once, cached
             info["test_ultralytics_protocol"] = ultralytics_protocol_scores(program, data)
-            info_path.write_text(json.dumps(info, indent=1))
+            write_whole(info_path, json.dumps(info, indent=1))
         return program, info
     best = train_dense(yaml, args)
     with warnings.catch_warnings():
@@ -192,7 +199,7 @@ def dense_program(data, yaml: Path, args) -> tuple[Program, dict]:
             "ultralytics_test": ultralytics_test_map(best, yaml, args),
             "macs_per_image": count(program).macs // args.batch, "params": count(program).params}
     program.save(path)
-    info_path.write_text(json.dumps(info, indent=1))
+    write_whole(info_path, json.dumps(info, indent=1))
     return program, info
 
 
@@ -303,7 +310,7 @@ def latency(entries: list[dict], dense: Program, args) -> None:
     for index, result in timed_together(dense_run, runners, args).items():
         entry = entries[index]
         entry["latency"] = result
-        run_file(entry["variant"], entry["fraction"], entry["epochs"], args).write_text(json.dumps(entry, indent=1))
+        write_whole(run_file(entry["variant"], entry["fraction"], entry["epochs"], args), json.dumps(entry, indent=1))
 
 
 # --- INT8 ----------------------------------------------------------------------------------------------
@@ -503,7 +510,7 @@ def int8_runs(runs: list[dict], dense: Program, data, args) -> list[dict]:
         elif not args.report_only:
             print(f"[yolov8n] INT8 of {where(entry)}", file=sys.stderr)
             quantized.append(int8(entry, dense, data, args))
-            path.write_text(json.dumps(quantized[-1], indent=1))
+            write_whole(path, json.dumps(quantized[-1], indent=1))
     return quantized
 
 
@@ -531,7 +538,7 @@ def main(argv=None) -> int:
             print(f"[yolov8n] {variant} at {fraction} of the MACs, {epochs} recovery epochs", file=sys.stderr)
             entry = prune_and_recover(variant, fraction, epochs, dense, data, args)
             entry["command"] = command_line()  # the process that trained it (runs may be split across commands)
-            path.write_text(json.dumps(entry, indent=1))
+            write_whole(path, json.dumps(entry, indent=1))
             runs.append(entry)
             one_shot = f"{100 * entry['one_shot']['map']:.2f}" if entry["one_shot"] else "-"
             print(f"[yolov8n] {variant} at {fraction}: mAP {one_shot} one-shot, "

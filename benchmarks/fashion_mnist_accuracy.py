@@ -55,6 +55,7 @@ from common import (
 from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph import Program, capture, count
 from prunefx.graph.rebatch import rebatch
+from prunefx.graph.whole_files import write_whole
 from prunefx.models import build_model
 from prunefx.models.small.vit import Attention
 from prunefx.passes.distill import distill
@@ -113,7 +114,7 @@ def baseline(model: str, data, args) -> tuple[Program, dict]:
             "macs_per_image": count(program).macs // BATCH, "params": count(program).params}
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(path)
-    info_path.write_text(json.dumps(info, indent=1))
+    write_whole(info_path, json.dumps(info, indent=1))
     return program, info
 
 
@@ -319,13 +320,14 @@ def main(argv=None) -> int:
                     elif not args.report_only:
                         print(f"[{model}] {variant} {loss} at {fraction} of the MACs", file=sys.stderr)
                         entry = prune_and_recover(model, variant, loss, fraction, dense, data, args)
-                        path.write_text(json.dumps(entry, indent=1))
+                        write_whole(path, json.dumps(entry, indent=1))
                         entries.append(entry)
         if args.latency or args.remeasure:
             untimed = [e for e in entries if args.remeasure or "latency" not in e]
             latency(model, untimed, dense, args)
             for entry in untimed:
-                run_file(model, entry["variant"], entry["loss"], entry["fraction"], args.epochs).write_text(json.dumps(entry, indent=1))
+                write_whole(run_file(model, entry["variant"], entry["loss"], entry["fraction"], args.epochs),
+                            json.dumps(entry, indent=1))
         report["runs"] += entries
     json_path, md_path = write_results(results_name(args.epochs), report, markdown(report))
     print(md_path.read_text())

@@ -63,6 +63,7 @@ from common import (
 
 from prunefx.assets import load_imagenet_batch, mobilenet_v2_weights_path
 from prunefx.graph import capture
+from prunefx.graph.whole_files import write_whole
 from prunefx.models import build_model
 from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.runtime import OnnxRuntimeSession, export_onnx
@@ -233,7 +234,7 @@ def cached_row(name: str, images: torch.Tensor, args) -> dict:
     started = time.perf_counter()
     row = run_model(name, images, args.size)
     CACHE.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(row, indent=2) + "\n")
+    write_whole(path, json.dumps(row, indent=2) + "\n")
     print(f"{name}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     return row
 

@@ -35,6 +35,7 @@ from common import BUILD, REPO, command_line, machine_info, machine_summary, mar
 
 from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph import capture
+from prunefx.graph.whole_files import replaced_whole, write_whole
 from prunefx.models.small import resnet20
 from prunefx.passes.distill import distill
 
@@ -54,8 +55,8 @@ def dense_weights(args) -> str:
         program = capture(resnet20(), next(iter(data.train))[0], name="resnet20")
         distill(program, config={"data": data.train, "steps": args.baseline_steps, "kd_weight": 0.0, "lr": 0.1,
                                  "weight_decay": 5e-4, "warmup_steps": 50, "progress": False})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(program.module.state_dict(), path)
+        with replaced_whole(path) as partial:  # a stopped run must not leave a part that the next one reuses
+            torch.save(program.module.state_dict(), partial)
     return str(path)
 
 
@@ -86,7 +87,7 @@ def cached(name: str, args, measure) -> dict:
     """A route's result, measured now or, with --reuse, read from its last run (build/, same settings)."""
     path = CACHE / f"route_{name}_{args.steps}_{args.interval}_{args.batch_size}_{args.baseline_steps}_seed{args.seed}.json"
     if not (args.reuse and path.is_file()):
-        path.write_text(json.dumps(measure()))
+        write_whole(path, json.dumps(measure()))
     return json.loads(path.read_text())
 
 

@@ -48,6 +48,7 @@ from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph import Program
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.sparsity.nm_masks import Pattern, pattern_violations
+from prunefx.graph.whole_files import write_whole
 from prunefx.passes.distill import distill
 from prunefx.passes.sparsify_nm import sparsify_nm
 from prunefx.passes.training.engine import evaluate
@@ -200,7 +201,7 @@ def run_model(model: str, calibration: list, data, args) -> dict:
             path.parent.mkdir(parents=True, exist_ok=True)
             found = (one_shot(model, variant, dense, calibration, data) if stage == "oneshot"
                      else fine_tune(model, variant, dense, data, args))
-            path.write_text(json.dumps(found, indent=1))
+            write_whole(path, json.dumps(found, indent=1))
             entry["runs"][f"{variant}_{stage}"] = found
     entry["skipped"] = _skipped(entry["runs"])
     return entry
