@@ -28,4 +28,9 @@ def evaluating(model: Program | torch.nn.Module) -> Iterator[None]:
     finally:
         model.train(modes[0][1])  # through the model's own train(), which some override
         for module, mode in modes:
-            module.training = mode
+            if module.training == mode:
+                continue
+            if isinstance(getattr(module, "program", None), Program):
+                module.train(mode)  # a graph inside (prunefx.detectors.GraphPart): its flags live in its nodes
+            else:
+                module.training = mode

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ def replaced_whole(path: Path) -> Iterator[Path]:
     is removed."""
     path = followed(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_killed_writers(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
     temporary.touch(exist_ok=False)  # not mkstemp: its 0600 would become the file's mode, not the user's umask
     try:
@@ -25,6 +27,27 @@ def replaced_whole(path: Path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _remove_killed_writers(path: Path) -> None:
+    """The temporary files of earlier writes of `path` whose process is gone (killed outright: SIGKILL, out of
+    memory), each as large as the file. A running writer's stays."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)-[0-9a-f]{8}\.partial")
+    for entry in path.parent.iterdir():
+        found = pattern.fullmatch(entry.name)
+        if found and not process_running(int(found.group(1))):
+            entry.unlink(missing_ok=True)
+
+
+def process_running(pid: int) -> bool:
+    """Whether process `pid` exists (another user's counts): a leftover of a running writer is not stale."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def followed(path: Path) -> Path:

@@ -48,7 +48,8 @@ def _record_calls(model: torch.nn.Module, example_inputs, parts: Sequence[str]) 
         lambda _module, args, kwargs, part=part: calls[part].append((args, kwargs)), with_kwargs=True)
         for part in parts]
     try:
-        with torch.no_grad(), left_as_found(model), torch.random.fork_rng(devices=[]):
+        gpus = sorted({t.device.index or 0 for t in model.parameters() if t.device.type == "cuda"})
+        with torch.no_grad(), left_as_found(model), torch.random.fork_rng(devices=gpus):
             model(*_as_args(example_inputs))
     except Exception as error:
         raise PartError(f"{type(model).__name__} does not run on the example inputs: {first_line(error)}") from error

@@ -10,6 +10,8 @@ import secrets
 import shutil
 from pathlib import Path
 
+from prunefx.graph.whole_files import process_running
+
 
 def sibling(destination: Path, kind: str) -> Path:
     """A hidden name beside `destination` that says whose it is: `.NAME.KIND-PID-RANDOM`."""
@@ -40,12 +42,4 @@ def _owner_alive(name: str) -> bool:
         pid = int(name.rsplit("-", 2)[-2])
     except (ValueError, IndexError):
         return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+    return pid == os.getpid() or process_running(pid)

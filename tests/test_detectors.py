@@ -375,3 +375,17 @@ def test_prune_part_and_replace_part_leave_the_model_and_the_program_as_found():
         for parameter in whole.backbone.parameters():
             parameter.add_(1.0)
     assert all(torch.equal(weights[name], tensor) for name, tensor in program.state_dict().items())
+
+
+def test_evaluating_a_model_gives_a_frozen_graph_part_its_mode_back():
+    """A detector training with its pruned part frozen: evaluation (graph/eval_mode.py, behind evaluate and
+    evaluate_dense) gives the part back in eval mode, its graph's flags included, the rest training."""
+    from prunefx.graph.eval_mode import evaluating
+    torch.manual_seed(0)
+    model = _TwoParts().eval()
+    whole = replace_part(model, "backbone", capture_part(model, torch.randn(2, 3, 8, 8), "backbone").eval()).train()
+    whole.backbone.train(False)
+    with evaluating(whole):
+        assert not whole.training and not whole.backbone.program.training
+    assert whole.training and whole.head.training
+    assert not whole.backbone.training and not whole.backbone.program.training

@@ -104,3 +104,15 @@ def test_export_onnx_over_a_pair_keeps_the_previous_pair_whole_until_the_new_fil
     assert side != "model.onnx.data"  # the previous file's weights are gone, and with them the stale run's
     np.testing.assert_allclose(_runs(out / "model.onnx", x), second(torch.from_numpy(x)).detach().numpy(),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_weights_a_killed_export_left_beside_the_file_go_with_the_next_export(tmp_path, monkeypatch):
+    """Found by their names (FILE.data, FILE.<8 hex>.data), not by reading the file being replaced."""
+    from prunefx.runtime import export_onnx
+    monkeypatch.setattr(onnx_export, "STRUCTURE_HEADROOM", 4 << 30)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.onnx.0123abcd.data").write_bytes(b"a killed export's weights")
+    (out / "model.onnx.notours.data").write_bytes(b"kept")
+    export_onnx(Program.load(_model(tmp_path, 0)), out / "model.onnx")
+    assert _side_files(out) == ["model.onnx.data", "model.onnx.notours.data"]

@@ -5,6 +5,7 @@ by a full disk raises, and leaves a previous file of that name as it was and no 
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import onnx
@@ -153,3 +154,22 @@ def test_prunefx_export_through_a_link_writes_the_linked_file(tmp_path, one_thre
     onnx.checker.check_model(str(target))
     assert sorted(path.name for path in target.parent.iterdir()) == ["out"]
     assert sorted(path.name for path in link.parent.iterdir()) == ["latest"]
+
+
+def test_a_killed_writers_temporary_file_goes_with_the_next_write_and_a_running_ones_stays(tmp_path):
+    """A write killed outright (SIGKILL) leaves its temporary file, as large as the file; the next write of
+    the same path removes it. A writer still running (here: this process) keeps its own."""
+    import subprocess
+    import sys
+
+    from prunefx.graph.whole_files import write_whole
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    killed = tmp_path / f".out.{int(gone.stdout)}-0123abcd.partial"  # the pid of a process that has ended
+    running = tmp_path / f".out.{os.getpid()}-89abcdef.partial"
+    other = tmp_path / ".other.1-0123abcd.partial"  # another file's
+    for leftover in (killed, running, other):
+        leftover.write_bytes(b"half")
+    write_whole(tmp_path / "out", "whole")
+    assert (tmp_path / "out").read_text() == "whole"
+    assert not killed.exists() and running.exists() and other.exists()

@@ -15,6 +15,7 @@ import io
 import logging
 import math
 import os
+import re
 import secrets
 import shutil
 import warnings
@@ -100,8 +101,7 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
     node_count = len(model.graph.node)
     # Under hidden names until checked (`path` is the checked file or, after a failure, as it was). Weights
     # over 2 GB go to a hidden side file too, given their name only then: onnx refuses to write over one.
-    target = followed(path)
-    replaced, moved_in = own_side_files(target), None
+    target, moved_in = followed(path), None
     try:
         with replaced_whole(path) as partial:
             side = partial.with_name(f"{partial.name}.data")
@@ -120,10 +120,20 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
         if moved_in is not None and moved_in.name not in own_side_files(target):
             moved_in.unlink(missing_ok=True)
         raise
-    for name in replaced - own_side_files(target):  # the replaced file's weights, now read by nothing
-        (target.parent / name).unlink(missing_ok=True)
+    for stale in _side_files_named_for(target):  # the replaced file's weights (or a killed export's): read by nothing
+        if moved_in is None or stale.name != moved_in.name:
+            stale.unlink(missing_ok=True)
     return OnnxExport(path=path, exporter=exporter, fallback_reason=fallback_reason,
                       node_count=node_count, raw_node_count=raw_node_count)
+
+
+def _side_files_named_for(target: Path) -> list[Path]:
+    """The side files export_onnx names for `target` (FILE.data, FILE.<8 hex>.data) beside it: found by name,
+    not by reading the file being replaced, which holds every weight of a model under 2 GB."""
+    named = re.compile(re.escape(target.name) + r"(\.[0-9a-f]{8})?\.data")
+    if not target.parent.is_dir():
+        return []
+    return [entry for entry in target.parent.iterdir() if named.fullmatch(entry.name)]
 
 
 def _side_name(target: Path) -> str:

@@ -66,7 +66,7 @@ def _install() -> bool:
             previous = signal.set_wakeup_fd(_sender().fileno(), warn_on_full_buffer=False)
         except ValueError:
             return False
-        if previous != -1:  # someone else listens already: leave theirs in place
+        if previous not in (-1, _sender().fileno()):  # someone else listens already: leave theirs in place
             signal.set_wakeup_fd(previous)
             return False
     _installed[0] += 1
@@ -85,11 +85,12 @@ def interruptible_run() -> Iterator[ort.RunOptions]:
     signal ended, the signal's Python handler gets its chance to raise before anything else does."""
     options = ort.RunOptions()
     options.log_severity_level = RUN_LOG_SEVERITY_FATAL
-    watched = _install()
-    if watched:
-        with _lock:
-            _active.add(options)
-    try:
+    watched = False
+    try:  # installed inside: an interrupt arriving here still puts the descriptor back
+        watched = _install()
+        if watched:
+            with _lock:
+                _active.add(options)
         yield options
     except Exception:
         if options.terminate:
