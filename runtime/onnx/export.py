@@ -15,8 +15,6 @@ import io
 import logging
 import math
 import os
-import re
-import secrets
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -35,7 +33,12 @@ from prunefx.graph import Program
 from prunefx.graph.heap import release_freed_memory
 from prunefx.graph.whole_files import followed, replaced_whole
 from prunefx.runtime.errors import OnnxExportError, describe_failure
-from prunefx.runtime.onnx.external import own_side_files, rename_external_data
+from prunefx.runtime.onnx.external import (
+    own_side_files,
+    rename_external_data,
+    side_file_name,
+    side_files_named_for,
+)
 from prunefx.runtime.onnx.reshape_layout import contiguous_before_reshapes
 from prunefx.runtime.onnx.write import is_apart, little_endian_bytes, save_model_streamed
 
@@ -112,7 +115,7 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
                 _check_file(partial, program.name)
                 if side in written:
                     shutil.copymode(partial, side)  # onnx creates it 0600, not with the user's umask
-                    moved_in = target.parent / _side_name(target)
+                    moved_in = target.parent / side_file_name(target)
                     rename_external_data(partial, moved_in.name)
             finally:
                 side.unlink(missing_ok=True)
@@ -120,28 +123,11 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
         if moved_in is not None and moved_in.name not in own_side_files(target):
             moved_in.unlink(missing_ok=True)
         raise
-    for stale in _side_files_named_for(target):  # the replaced file's weights (or a killed export's): read by nothing
+    for stale in side_files_named_for(target):  # the replaced file's weights (or a killed export's): read by nothing
         if moved_in is None or stale.name != moved_in.name:
             stale.unlink(missing_ok=True)
     return OnnxExport(path=path, exporter=exporter, fallback_reason=fallback_reason,
                       node_count=node_count, raw_node_count=raw_node_count)
-
-
-def _side_files_named_for(target: Path) -> list[Path]:
-    """The side files export_onnx names for `target` (FILE.data, FILE.<8 hex>.data) beside it: found by name,
-    not by reading the file being replaced, which holds every weight of a model under 2 GB."""
-    named = re.compile(re.escape(target.name) + r"(\.[0-9a-f]{8})?\.data")
-    if not target.parent.is_dir():
-        return []
-    return [entry for entry in target.parent.iterdir() if named.fullmatch(entry.name)]
-
-
-def _side_name(target: Path) -> str:
-    """The side file's name beside `target`: FILE.data, or one of this export's own where that name is taken
-    (by the file being replaced): moved in before the file that reads it, a fixed name would pair the previous
-    file with these weights until the second move."""
-    usual = f"{target.name}.data"
-    return usual if not (target.parent / usual).exists() else f"{target.name}.{secrets.token_hex(4)}.data"
 
 
 def _export_dynamo(program: Program, opset: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:

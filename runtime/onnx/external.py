@@ -6,12 +6,14 @@ defaults to the current directory, so `prunefx check m.onnx` run from elsewhere 
 no absolute path, no `..`, no link that leads out; the file must be a regular file (a FIFO would block the
 read forever, a device never end), and the range `offset`/`length` must lie inside it. The bytes are read
 into the tensor (`inline_external_data`), so nothing later opens a file at all; at most MAX_EXTERNAL_BYTES
-in all are read.
+in all are read. The side files prunefx writes are named here too (`side_file_name`, `side_files_named_for`).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -177,3 +179,20 @@ def rename_external_data(model_path: str | os.PathLike, new_name: str) -> bool:
                 entry.value = new_name
     onnx.save_model(model, str(path))  # the structure alone: the weights stay in the side file
     return True
+
+
+def side_files_named_for(target: Path) -> list[Path]:
+    """The side files export_onnx names for `target` (FILE.data, FILE.<8 hex>.data) beside it: found by name,
+    not by reading the file being replaced, which holds every weight of a model under 2 GB."""
+    named = re.compile(re.escape(target.name) + r"(\.[0-9a-f]{8})?\.data")
+    if not target.parent.is_dir():
+        return []
+    return [entry for entry in target.parent.iterdir() if named.fullmatch(entry.name)]
+
+
+def side_file_name(target: Path) -> str:
+    """The side file's name beside `target`: FILE.data, or one of this export's own where that name is taken
+    (by the file being replaced): moved in before the file that reads it, a fixed name would pair the previous
+    file with these weights until the second move."""
+    usual = f"{target.name}.data"
+    return usual if not (target.parent / usual).exists() else f"{target.name}.{secrets.token_hex(4)}.data"
