@@ -106,13 +106,20 @@ def test_export_onnx_over_a_pair_keeps_the_previous_pair_whole_until_the_new_fil
                                rtol=1e-5, atol=1e-5)
 
 
-def test_weights_a_killed_export_left_beside_the_file_go_with_the_next_export(tmp_path, monkeypatch):
-    """Found by their names (FILE.data, FILE.<8 hex>.data), not by reading the file being replaced."""
+@pytest.mark.parametrize("through", ["export_onnx", "prunefx export"])
+def test_weights_a_killed_export_left_beside_the_file_go_with_the_next_export(tmp_path, monkeypatch, capsys, through):
+    """Found by their names (FILE.data, FILE.<8 hex>.data), not by reading the file being replaced; the library
+    and the command name and remove them by the same rule."""
     from prunefx.runtime import export_onnx
     monkeypatch.setattr(onnx_export, "STRUCTURE_HEADROOM", 4 << 30)
     out = tmp_path / "out"
     out.mkdir()
     (out / "model.onnx.0123abcd.data").write_bytes(b"a killed export's weights")
     (out / "model.onnx.notours.data").write_bytes(b"kept")
-    export_onnx(Program.load(_model(tmp_path, 0)), out / "model.onnx")
+    source = _model(tmp_path, 0)
+    if through == "export_onnx":
+        export_onnx(Program.load(source), out / "model.onnx")
+    else:
+        assert main(["export", str(source), "-o", str(out / "model.onnx")]) == 0
     assert _side_files(out) == ["model.onnx.data", "model.onnx.notours.data"]
+    capsys.readouterr()

@@ -35,9 +35,9 @@ from prunefx.graph.whole_files import followed, replaced_whole
 from prunefx.runtime.errors import OnnxExportError, describe_failure
 from prunefx.runtime.onnx.external import (
     own_side_files,
+    remove_stale_side_files,
     rename_external_data,
     side_file_name,
-    side_files_named_for,
 )
 from prunefx.runtime.onnx.reshape_layout import contiguous_before_reshapes
 from prunefx.runtime.onnx.write import is_apart, little_endian_bytes, save_model_streamed
@@ -123,9 +123,7 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
         if moved_in is not None and moved_in.name not in own_side_files(target):
             moved_in.unlink(missing_ok=True)
         raise
-    for stale in side_files_named_for(target):  # the replaced file's weights (or a killed export's): read by nothing
-        if moved_in is None or stale.name != moved_in.name:
-            stale.unlink(missing_ok=True)
+    remove_stale_side_files(target, keep=None if moved_in is None else moved_in.name)
     return OnnxExport(path=path, exporter=exporter, fallback_reason=fallback_reason,
                       node_count=node_count, raw_node_count=raw_node_count)
 

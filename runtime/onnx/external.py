@@ -6,7 +6,8 @@ defaults to the current directory, so `prunefx check m.onnx` run from elsewhere 
 no absolute path, no `..`, no link that leads out; the file must be a regular file (a FIFO would block the
 read forever, a device never end), and the range `offset`/`length` must lie inside it. The bytes are read
 into the tensor (`inline_external_data`), so nothing later opens a file at all; at most MAX_EXTERNAL_BYTES
-in all are read. The side files prunefx writes are named here too (`side_file_name`, `side_files_named_for`).
+in all are read. The side files prunefx writes are named here too (`side_file_name`, `side_files_named_for`,
+`remove_stale_side_files`).
 """
 
 from __future__ import annotations
@@ -188,6 +189,14 @@ def side_files_named_for(target: Path) -> list[Path]:
     if not target.parent.is_dir():
         return []
     return [entry for entry in target.parent.iterdir() if named.fullmatch(entry.name)]
+
+
+def remove_stale_side_files(target: Path, keep: str | None) -> None:
+    """Remove the side files named for `target` (side_files_named_for) but `keep`, the one `target` now reads:
+    the replaced file's weights, or a killed export's, read by nothing."""
+    for stale in side_files_named_for(target):
+        if stale.name != keep:
+            stale.unlink(missing_ok=True)
 
 
 def side_file_name(target: Path) -> str:

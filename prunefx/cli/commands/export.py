@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import secrets
-
 from prunefx import options
 from prunefx.graph.whole_files import followed
 from prunefx.loading import program_from_args
 from prunefx.output import staged_file
 from prunefx.output_paths import check_output_file
 from prunefx.runtime import check_parity, export_onnx
-from prunefx.runtime.onnx.external import own_side_files, rename_external_data
+from prunefx.runtime.onnx.external import remove_stale_side_files, rename_external_data, side_file_name
 
 NAME = "export"
 HELP = "export a model to a cleaned, checked ONNX file and print its parity with torch"
@@ -24,15 +22,15 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     destination = followed(check_output_file(args.output))  # a link: the file it names, its side files beside it
     program = program_from_args(args).eval()
-    previous = own_side_files(destination)
     with staged_file(destination) as staging:  # an existing file is replaced only by a checked, complete one
         exported = export_onnx(program, staging, opset=args.opset)
-        # weights in a side file (over 2 GB) get a name of this run: published before the file that reads them,
-        # they never pair with another run's model.onnx, whenever the run is killed
-        rename_external_data(exported.path, f"{destination.name}.{secrets.token_hex(4)}.data")
+        # weights in a side file (over 2 GB) take export_onnx's name for the destination: one of this run's where
+        # the usual one is the replaced file's, so that, published first, they never pair with another run's file
+        side = side_file_name(destination)
+        if not rename_external_data(exported.path, side):
+            side = None
         parity = check_parity(program, exported.path)
-    for name in previous - own_side_files(destination):  # the replaced file's weights, now read by nothing
-        (destination.parent / name).unlink(missing_ok=True)
+    remove_stale_side_files(destination, keep=side)
     print(f"wrote {destination} ({exported.node_count} nodes, {exported.exporter} exporter)")
     if exported.fallback_reason:
         print(f"note: the dynamo exporter failed ({exported.fallback_reason}); used the TorchScript exporter")
