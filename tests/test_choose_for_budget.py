@@ -206,3 +206,33 @@ def test_when_no_mix_measured_anything_the_one_line_says_why_each_failed():
     message = str(error.value)
     assert message.startswith("cannot reach a 2x speed-up with any mix of depth: depth: cannot reach a 2x speed-up")
     assert "no block of plain" in message and "\n" not in message
+
+
+class NoInt8Measurer:
+    """A measurer whose backend runs no INT8 kernels (the cuda backend's pair says so): every program it is
+    handed is recorded, so a fake-quantized one would show."""
+
+    runs_int8, round_to = False, None
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, dense, candidate):
+        self.seen.append(candidate)
+        return stand_in_latency(dense, candidate)
+
+    confirm = __call__
+
+
+def test_a_backend_without_int8_kernels_never_measures_an_int8_mix(mobilenet):
+    program, batches = mobilenet
+    measurer = NoInt8Measurer()
+    result = choose_for_budget(program.clone(), config=config(
+        batches, speedup=1.3, latency=measurer, dimensions=["width", "int8"]))
+    rows = {"+".join(row["dimensions"]): row for row in result.stats["candidates"]}
+    assert list(rows) == ["width", "int8", "width+int8"]
+    assert not rows["int8"]["met"] and "runs no INT8 kernels" in rows["int8"]["failed"]
+    assert not rows["width+int8"]["met"] and "runs no INT8 kernels" in rows["width+int8"]["failed"]
+    assert result.stats["chosen"] == ["width"] and measurer.seen
+    assert not any(has_fake_quant(candidate.graph) for candidate in measurer.seen)
+    assert not has_fake_quant(result.program.graph)

@@ -130,6 +130,20 @@ def test_models_are_prepared_once_per_program_fingerprint_and_pairs_are_cached(f
     assert len(fake.timed) == timed + 2 + 2 * 12 and fake.captures == 4
 
 
+def test_an_int8_program_is_refused_in_one_line_before_it_reaches_the_gpu(fake, tmp_path, capsys):
+    """At fp16 its quantizers would fail on half scales; at any precision they would be timed as float ops."""
+    from prunefx.passes.quantize_int8 import quantize_int8
+    dense = _net(16)
+    quantized = quantize_int8(dense.clone(), config={"calibration": [torch.randn(2, 3, 8, 8)]}).program
+    with pytest.raises(PrunefxError, match="cuda backend does not time 'net16' as INT8.*--backend trt"):
+        latency_pair("cuda", threads=1, runs=3, warmup=0)(dense, quantized)
+    quantized.save(tmp_path / "int8.pt2")
+    assert main(["bench", str(tmp_path / "int8.pt2"), "--backend", "cuda"]) == EXIT_USER_ERROR
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "as INT8" in line
+    assert fake.dtypes == [torch.float16]  # the dense model alone was placed on the device
+
+
 def test_time_program_times_one_small_program_at_the_batch(fake):
     stats = cuda_module.BACKEND.time_program(_net(8, batch=4), Settings(runs=3, warmup=1, batch=2))
     assert stats["runs"] == 3 and stats["median_ms"] == pytest.approx(MS_PER_WEIGHT * _weights(_net(8).module))

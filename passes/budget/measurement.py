@@ -26,7 +26,7 @@ from prunefx.graph.progress import progress_bar
 from prunefx.graph.timing import CONFIDENCE, Timing
 
 __all__ = ["CONFIDENCE", "Ask", "Asked", "LongerMeasurer", "Measurer", "Steps", "Timing", "answerer", "as_measurer",
-           "drive", "round_to_of"]
+           "drive", "round_to_of", "runs_int8_of"]
 
 
 @runtime_checkable
@@ -74,6 +74,12 @@ def round_to_of(latency) -> int | None:
     """The width multiple the measurer's backend prefers, or None."""
     value = getattr(latency, "round_to", None)
     return int(value) if value else None
+
+
+def runs_int8_of(latency) -> bool:
+    """Whether the measurer's backend runs a fake-quantized Program's INT8 kernels (a measurer that does not
+    say is trusted to)."""
+    return bool(getattr(latency, "runs_int8", True))
 
 
 @dataclass(frozen=True)

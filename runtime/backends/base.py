@@ -76,6 +76,7 @@ class Backend:
     budgets: bool = True          # offers a latency pair for --speedup/--latency-ms
     reads: str = "onnx"           # what bench hands it: "onnx" (an exported file) or "program"
     gpu_timed: bool = False       # its runners time themselves with CUDA events (return milliseconds)
+    runs_int8: bool = True        # runs a fake-quantized Program's INT8 kernels (not its quantizers as float ops)
     max_batch: int | None = None  # None: any batch the Program can be cut to
     options: frozenset[str] = frozenset()  # Settings fields beyond runs/warmup/precision/batch it reads
 

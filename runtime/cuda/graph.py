@@ -25,8 +25,9 @@ import torch
 
 from prunefx.graph import Program
 from prunefx.graph.errors import first_line
+from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.graph.placement import move_module
-from prunefx.runtime.errors import BackendUnavailableError
+from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
 from prunefx.runtime.measure.gpu_latency import WARM_SECONDS
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -159,6 +160,10 @@ class GpuModel:
 
     def __init__(self, program: Program, *, precision: str, device: CudaDevice, compile: bool = False,
                  capture: bool = True):
+        if has_fake_quant(program.graph):  # at fp16 its quantizers fail; at any precision they time as float ops
+            raise MeasurementError(f"the cuda backend does not time '{program.name}' as INT8: PyTorch on the GPU "
+                                   "runs its fake quantizers as float operators; use --backend trt, which builds "
+                                   "INT8 from the Q/DQ nodes of its ONNX file")
         program = program.clone().eval() if program.training else program
         self._prepare(copy.deepcopy(program.module), program.example_inputs, precision, device, compile, capture)
 
