@@ -24,9 +24,10 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.runtime import latency_pair
 from prunefx.runtime.backends import Settings
 from prunefx.runtime.backends.cuda import CudaBackend
-from prunefx.runtime.cuda.graph import SAMPLE_MS, CudaDevice, GpuModel, capture_batch_limit
+from prunefx.runtime.cuda.graph import CudaDevice, GpuModel, capture_batch_limit
 from prunefx.runtime.cuda.layer_timer import CudaLayerTimer
 from prunefx.runtime.errors import BackendUnavailableError
+from prunefx.runtime.measure.gpu_latency import SAMPLE_MS
 
 cuda_module = importlib.import_module("prunefx.runtime.backends.cuda")
 cuda_graph = importlib.import_module("prunefx.runtime.cuda.graph")

@@ -1,5 +1,6 @@
 """runtime: latency statistics, alternating comparisons, torch and ONNX Runtime runners."""
 
+import math
 import random
 import time
 
@@ -170,3 +171,23 @@ def test_onnx_runner_sets_thread_spinning_as_asked(tmp_path, spinning):
     # Spinning stops when a run ends, so an idle session never steals cores from one timed beside it.
     assert options.get_session_config_entry("session.force_spinning_stop") == "1"
     assert runner.session.spinning is spinning
+
+
+def test_a_gpu_sample_of_a_short_call_holds_enough_back_to_back_calls_to_hide_its_launch():
+    """gpu_latency.BackToBack (TensorRT engines, Torch-TensorRT modules): one call per sample would time the launch
+    of a 20 us engine; a sample holds ceil(SAMPLE_MS / 0.02) calls on the engine's stream, chosen once."""
+    from prunefx.runtime.measure.gpu_latency import SAMPLE_MS, BackToBack
+    asked = []
+
+    def timer(run, calls, stream):
+        asked.append((calls, stream))
+        for _ in range(calls):
+            run()
+        return 0.02
+
+    ran = []
+    sampler = BackToBack(lambda: ran.append(1), stream="engine stream", timer=timer)
+    assert [sampler() for _ in range(3)] == [0.02] * 3
+    calls = math.ceil(SAMPLE_MS / 0.02)
+    assert asked == [(1, "engine stream"), (1, "engine stream")] + [(calls, "engine stream")] * 3
+    assert len(ran) == 2 + 3 * calls

@@ -36,3 +36,15 @@ def test_dense_and_sparse_are_sampled_alternately_many_calls_a_sample(monkeypatc
     dense_stats, sparse_stats = semi_structured.time_callables(dense, sparse, warmup=2, runs=5, calls_per_run=7)
     assert dense_stats.median_ms == pytest.approx(2.0) and sparse_stats.median_ms == pytest.approx(0.5)
     assert order == ["dense", "sparse"] * 7 and set(StandInDevice.calls) == {7}
+
+
+def test_by_default_a_sample_holds_as_many_calls_as_last_a_millisecond(monkeypatch):
+    """A 10 us linear timed one call per sample would read its launch: 100 calls a sample; a 2 ms one, one."""
+    monkeypatch.setattr(semi_structured, "require_sparse_gpu", lambda: None)
+    monkeypatch.setattr(semi_structured, "CudaDevice", StandInDevice)
+    StandInDevice.calls = []
+    dense_stats, sparse_stats = semi_structured.time_callables(lambda: 2.0, lambda: 0.01, warmup=1, runs=3)
+    assert sparse_stats.median_ms == pytest.approx(0.01) and dense_stats.median_ms == pytest.approx(2.0)
+    # each: one untimed call and one to size the sample, then its samples
+    assert StandInDevice.calls[:4] == [1, 1, 1, 1]
+    assert set(StandInDevice.calls[4:]) == {1, 100}

@@ -464,3 +464,32 @@ def test_int8_engine_from_a_qdq_file_matches_onnx_runtime(resnet, tmp_path):
     assert np.abs(got - want).max() <= 5e-2 * np.abs(want).max()  # INT8 kernels on both sides, own rounding
     with pytest.raises(MeasurementError, match="INT8 comes only from"):
         build_engine(resnet[1], BuildOptions(precision="int8"), cache_dir=tmp_path)
+
+
+class CastsToFloat(nn.Module):
+    """A model that names float32 in its graph: an explicit `.float()` (with torch.export's dtype check) and a
+    float32 factory, as many models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x).float()
+        return y + torch.arange(y.shape[-1], dtype=torch.float32)
+
+
+def test_torch_tensorrt_prepares_an_fp16_model_that_exports_where_its_graph_names_float32():
+    """compile_torch_tensorrt's preparation (here on the CPU): Module.to left the graph's float32 cast checks,
+    and torch.export of the half model failed before Torch-TensorRT saw it."""
+    from prunefx.runtime.tensorrt.torch_compiled import placed
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 8, 8)
+    program = capture(CastsToFloat().eval(), x).eval()
+    module, example = placed(program, "fp16", "cpu")
+    assert example[0].dtype == torch.float16
+    exported = torch.export.export(module, example)
+    out = exported.module()(*example)
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out.float(), program(x), rtol=1e-2, atol=1e-2)
+    assert program.module.conv.weight.dtype == torch.float32  # the Program itself is left as it was

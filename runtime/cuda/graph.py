@@ -28,14 +28,12 @@ from prunefx.graph.errors import first_line
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.graph.placement import move_module
 from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
-from prunefx.runtime.measure.gpu_latency import WARM_SECONDS
+from prunefx.runtime.measure.gpu_latency import WARM_SECONDS, calls_per_sample, event_ms
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 WARMUP_CALLS = 3        # before capture: cuDNN autotunes and inductor compiles on the first calls
 GRAPH_MIN_MS = 0.05     # a replay shorter than this is captured again with more iterations (the launch shows)
-SAMPLE_MS = 1.0         # one timed sample: back-to-back calls between one pair of events, at least this long
 MAX_ITERATIONS = 64     # model calls in one captured graph
-MAX_CALLS = 2000        # replays (or eager calls) in one sample
 
 
 def capture_batch_limit() -> int:
@@ -84,8 +82,7 @@ def sampled(run: Callable[[], object], device: CudaDevice, *, capture: bool = Tr
         if once < GRAPH_MIN_MS:  # the launch would show: more iterations in one graph
             iterations = min(math.ceil(GRAPH_MIN_MS / max(once, 1e-6)), MAX_ITERATIONS)
             replay = device.capture(run, iterations)
-    per_replay = _replay_ms(device, replay)
-    return replay, iterations, min(max(math.ceil(SAMPLE_MS / max(per_replay, 1e-6)), 1), MAX_CALLS)
+    return replay, iterations, calls_per_sample(_replay_ms(device, replay))
 
 
 def _replay_ms(device: CudaDevice, replay: Callable[[], object]) -> float:
@@ -131,13 +128,7 @@ class CudaDevice:
 
     def time(self, run: Callable[[], object], calls: int = 1) -> float:
         """Milliseconds per call of `calls` back-to-back calls of `run`, between one pair of CUDA events."""
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            run()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / calls
+        return event_ms(run, calls)
 
     def release(self) -> None:
         """Hand the memory of models dropped since back to the driver."""

@@ -2,7 +2,8 @@
 
 Turns a 2:4 weight (the layout sparsify_nm produces) into PyTorch's semi-structured form, in fp16 or bf16 on
 an Ampere or later GPU (8.0+; on Hopper only cuSPARSELt), and times dense against sparse `F.linear` with CUDA
-events, alternately, several calls per event pair (one call per pair would mostly time the launch). Without
+events, alternately, as many calls per event pair as last a millisecond (one call per pair would mostly time
+the launch). Without
 such a device every entry point raises SemiStructuredUnavailable. What the kernels gain, eager and from a
 CUDA graph: docs/benchmarks/sparsity.md. Not here: TensorRT's sparse tactics, convolutions (PyTorch has no
 semi-structured convolution).
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.sparsity.nm_masks import Pattern, grouped_matrix, magnitude_mask, pattern_violations
 from prunefx.runtime.cuda.graph import CudaDevice, graph_replay
-from prunefx.runtime.measure.gpu_latency import compare_gpu_latency
+from prunefx.runtime.measure.gpu_latency import BackToBack, compare_gpu_latency
 from prunefx.runtime.measure.latency import LatencyStats
 
 TWO_FOUR = Pattern(2, 4)
@@ -92,7 +93,7 @@ class LinearTiming:
 
 
 def time_linear(weight: torch.Tensor, rows: int, *, bias: torch.Tensor | None = None, dtype=torch.float16,
-                warmup: int = 20, runs: int = 100, calls_per_run: int = 10, seed: int = 0) -> LinearTiming:
+                warmup: int = 20, runs: int = 100, calls_per_run: int | None = None, seed: int = 0) -> LinearTiming:
     """Time F.linear(x, W) dense and semi-structured for x of `rows` rows, W = the 2:4 version of `weight`."""
     device = require_sparse_gpu()
     dense_weight = two_four(weight.detach()).to(device=device, dtype=dtype).contiguous()
@@ -109,7 +110,7 @@ def time_linear(weight: torch.Tensor, rows: int, *, bias: torch.Tensor | None = 
                         float(expected.abs().max()))
 
 
-def time_callables(dense_fn, sparse_fn, *, warmup: int = 20, runs: int = 100, calls_per_run: int = 10
+def time_callables(dense_fn, sparse_fn, *, warmup: int = 20, runs: int = 100, calls_per_run: int | None = None
                    ) -> tuple[LatencyStats, LatencyStats]:
     """Alternately time two zero-argument GPU callables (e.g. a dense and a sparse MLP block)."""
     require_sparse_gpu()
@@ -126,11 +127,17 @@ def cuda_graphed(fn, *, warmup: int = 3):
     return graph_replay(fn, warmup=warmup)
 
 
-def _alternate(dense_fn, sparse_fn, *, warmup: int, runs: int, calls_per_run: int):
+def _alternate(dense_fn, sparse_fn, *, warmup: int, runs: int, calls_per_run: int | None):
     """Both sampled as every GPU timing in prunefx is (runtime/cuda/graph.py, runtime/measure/gpu_latency.py):
-    `calls_per_run` back-to-back calls between one pair of events, alternately, after a warm-up until settled."""
+    back-to-back calls between one pair of events (as many as last gpu_latency.SAMPLE_MS, or `calls_per_run`),
+    alternately, after a warm-up until settled."""
     device = CudaDevice()
-    comparison = compare_gpu_latency(lambda: device.time(dense_fn, calls_per_run),
-                                     lambda: device.time(sparse_fn, calls_per_run), warmup=warmup, runs=runs,
+
+    def sampler(fn):
+        if calls_per_run:
+            return lambda: device.time(fn, calls_per_run)
+        return BackToBack(fn, timer=lambda run, calls, _stream: device.time(run, calls))
+
+    comparison = compare_gpu_latency(sampler(dense_fn), sampler(sparse_fn), warmup=warmup, runs=runs,
                                      warm_seconds=device.warm_seconds)
     return comparison.a, comparison.b

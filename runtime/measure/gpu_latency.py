@@ -2,6 +2,9 @@
 a compiled Torch-TensorRT module, runtime/cuda/graph.GpuModel.time_once): one runner, or two measured
 alternately for a fair speed-up.
 
+A sample is many back-to-back calls between one pair of events (`BackToBack`, `calls_per_sample`): one short
+call alone would time its launch, the GPU idle while the host enqueues it.
+
 Warm-up is time, not a count: after seconds of CPU work between candidates a GPU's clocks are down (an idle
 H200 read 345 MHz, a busy one 1980 MHz), so both runners are called until their times settle (the medians of
 the last two windows of samples agree) and at least `warm_seconds` have passed. Alternation then protects the
@@ -10,6 +13,7 @@ ratio, and the settled warm-up the absolute milliseconds a `--latency-ms` budget
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +25,44 @@ from prunefx.runtime.measure.latency import CONFIDENCE, LatencyComparison, Laten
 WARM_SECONDS = 0.3  # what a GPU measurement warms up for at least (runners on a real GPU)
 WINDOW = 5          # samples per window of the settling check
 TOLERANCE = 0.03    # the last two windows' medians within this fraction: settled
+SAMPLE_MS = 1.0     # one timed sample: back-to-back calls between one pair of events, at least this long
+MAX_CALLS = 2000    # calls in one sample
+
+
+def calls_per_sample(per_call_ms: float) -> int:
+    """The back-to-back calls a sample takes to last SAMPLE_MS, when one takes `per_call_ms` (1 to MAX_CALLS)."""
+    return min(max(math.ceil(SAMPLE_MS / max(per_call_ms, 1e-6)), 1), MAX_CALLS)
+
+
+def event_ms(run: Callable[[], object], calls: int = 1, stream=None) -> float:
+    """Milliseconds per call of `calls` back-to-back calls of `run`, between one pair of CUDA events recorded on
+    `stream` (the current stream when None), where `run` enqueues its work."""
+    import torch  # here: the CPU paths that import this module never start CUDA
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record(stream)
+    for _ in range(calls):
+        run()
+    end.record(stream)
+    end.synchronize()
+    return start.elapsed_time(end) / calls
+
+
+class BackToBack:
+    """A runner's `time_once` for work that enqueues on the GPU (an engine's execute, a compiled module's call):
+    each sample is as many back-to-back calls of `call` as last SAMPLE_MS, between one pair of events on
+    `stream`, and reads as the milliseconds of one call. The count is chosen on the first sample, after one
+    untimed call (lazy set-up), and kept, so every sample of a runner is alike. `timer`: event_ms's
+    signature, for tests."""
+
+    def __init__(self, call: Callable[[], object], stream=None, timer: Callable[..., float] = event_ms):
+        self.call, self.stream, self.timer, self.calls = call, stream, timer, 0
+
+    def __call__(self) -> float:
+        if not self.calls:
+            self.timer(self.call, 1, self.stream)
+            self.calls = calls_per_sample(self.timer(self.call, 1, self.stream))
+        return self.timer(self.call, self.calls, self.stream)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,9 @@ import inspect
 import torch
 
 from prunefx.graph import Program
+from prunefx.graph.placement import move_module
 from prunefx.runtime.errors import DeviceToolError, MeasurementError, require_module
+from prunefx.runtime.measure.gpu_latency import BackToBack
 from prunefx.runtime.tensorrt.engine import require_cuda
 
 INSTALL_TORCH_TENSORRT = ("install it with `pip install torch-tensorrt` at the version built for your torch "
@@ -38,6 +40,7 @@ class TorchTensorRTRunner:
 
     def __init__(self, module, inputs: tuple[torch.Tensor, ...], precision: str):
         self.module, self.inputs, self.precision = module, inputs, precision
+        self.sampler = BackToBack(lambda: self.module(*self.inputs))
 
     def __call__(self):
         with torch.inference_mode():
@@ -46,13 +49,22 @@ class TorchTensorRTRunner:
         return outputs
 
     def time_once(self) -> float:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        """Milliseconds of one call: a sample of back-to-back calls between CUDA events (gpu_latency.BackToBack)."""
         with torch.inference_mode():
-            start.record()
-            self.module(*self.inputs)
-            end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
+            return self.sampler()
+
+
+def placed(program: Program, precision: str, device: str,
+           inputs: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """A copy of `program`'s module (eval mode) and its inputs on `device` at `precision`: every tensor the graph
+    reads and every float32 and device it names follow (graph/placement.move_module), where `Module.to` would
+    leave the graph's `.float()` casts and their float32 checks, which fail the export at fp16."""
+    dtype = PRECISIONS[precision]
+    program = program.clone().eval() if program.training else program
+    module = move_module(copy.deepcopy(program.module), device, dtype)
+    example = tuple(x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
+                    for x in (inputs if inputs is not None else program.example_inputs))
+    return module, example
 
 
 def compile_torch_tensorrt(program: Program, *, precision: str = "fp32", sparse: bool = False,
@@ -63,11 +75,7 @@ def compile_torch_tensorrt(program: Program, *, precision: str = "fp32", sparse:
                                "(INT8 needs a Q/DQ-quantised model: use --backend trt --precision int8)")
     torch_tensorrt = require_torch_tensorrt()
     require_cuda()
-    dtype = PRECISIONS[precision]
-    program = program.clone().eval() if program.training else program
-    module = copy.deepcopy(program.module).to(device="cuda", dtype=dtype)
-    example = tuple(x.to(device="cuda", dtype=dtype if x.is_floating_point() else x.dtype)
-                    for x in (inputs if inputs is not None else program.example_inputs))
+    module, example = placed(program, precision, "cuda", inputs)
     exported = torch.export.export(module, example)
     settings = {"sparse_weights": sparse} if sparse else {}
     if "enabled_precisions" in inspect.signature(torch_tensorrt.dynamo.compile).parameters and precision == "fp16":
