@@ -4,7 +4,7 @@ they are (their registered schema and tags), never by a list of bad names.
 A node of a saved graph runs whenever the model runs, so an op that writes files, prints, seeds, talks to
 other processes or writes into its arguments would run code the file chose; torch's own verifier does not
 check that ops are functional. Admitted: registered `aten` overloads that mutate nothing, are not `out=`,
-return something, are not side-effectful and name no file; outside torch.ops only the pure `_operator`
+return something, are not side-effectful and name no file, and the checks torch.export inserts (`_is_check`); outside torch.ops only the pure `_operator`
 shape arithmetic (no `pow`: `9 ** 9 ** 9` is a hang, not a shape). The rules: docs/file-safety.md.
 """
 
@@ -53,6 +53,8 @@ def overload_refusal(op: torch._ops.OpOverload) -> str | None:
     written = [a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write]
     if written and not is_in_place(op):
         return "writes into its arguments"
+    if _is_check(op):
+        return None
     if not schema.returns:
         return "returns nothing: it runs only for its side effects"
     if op in _side_effectful_functions or op.overloadpacket in _side_effectful_functions:
@@ -60,6 +62,15 @@ def overload_refusal(op: torch._ops.OpOverload) -> str | None:
     if any(_FILE_ARGUMENT.fullmatch(a.name) and "str" in str(a.type) for a in schema.arguments):
         return "opens a file"
     return None
+
+
+def _is_check(op: torch._ops.OpOverload) -> bool:
+    """An assertion torch.export inserts (`_assert_tensor_metadata` after every `.float()` or `.to(dtype)`): named
+    as one, it returns nothing, writes nothing and takes no string (no message to print, no file name), so all
+    it can do is read its arguments and raise. torch lists it as side-effectful only so that it is not removed."""
+    schema = op._schema
+    return (schema.name.split("::")[-1].startswith("_assert") and not schema.returns
+            and all(a.alias_info is None and "str" not in str(a.type) for a in schema.arguments))
 
 
 def is_in_place(op) -> bool:
