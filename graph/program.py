@@ -283,9 +283,9 @@ def current_output_shapes(module: torch.fx.GraphModule) -> list[tuple[int, ...]]
 def _inputs_from_metadata(metadata: dict, exported: torch.export.ExportedProgram) -> tuple[torch.Tensor, ...]:
     if metadata.get("inputs"):
         generator = torch.Generator().manual_seed(0)
-        return tuple(torch.randn(spec["shape"], generator=generator, dtype=getattr(torch, spec["dtype"]))
-                     if spec["dtype"].startswith("float") else torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"]))
-                     for spec in metadata["inputs"])
+        dtypes = [getattr(torch, spec["dtype"]) for spec in metadata["inputs"]]  # bfloat16 is floating too
+        return tuple(torch.randn(spec["shape"], generator=generator, dtype=dtype) if dtype.is_floating_point
+                     else torch.zeros(spec["shape"], dtype=dtype) for spec, dtype in zip(metadata["inputs"], dtypes))
     # An archive written by torch.export.save directly: rebuild inputs from the placeholders' metadata.
     values = [node.meta["val"] for node in exported.graph.nodes
               if node.op == "placeholder" and node.name in exported.graph_signature.user_inputs]

@@ -84,6 +84,17 @@ def test_save_load_reproduces_outputs_bit_for_bit(resnet18_program, tmp_path):
     assert [tuple(t.shape) for t in loaded.example_inputs] == [(2, 3, 64, 64)]
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_reloaded_programs_half_precision_example_inputs_are_random_not_zeros(tmp_path, dtype):
+    """The example inputs are drawn again on load (N(0, 1), seed 0): a bfloat16 one came back all zeros, and the
+    parity checks that run on them compared zeros."""
+    module = torch.nn.Sequential(torch.nn.Linear(8, 4)).to(dtype).eval()
+    program = capture(module, torch.randn(2, 8, dtype=dtype))
+    (x,) = Program.load(program.save(tmp_path / "half.pt2")).example_inputs
+    assert x.dtype == dtype and x.shape == (2, 8)
+    assert 0.3 < float(x.float().std()) < 3.0
+
+
 def test_load_rejects_missing_and_corrupt_files(tmp_path):
     with pytest.raises(ProgramFileError, match="no such program file"):
         Program.load(tmp_path / "missing.pt2")
