@@ -100,13 +100,24 @@ def _calibration(args, inputs: list[torch.Tensor]):
 
 
 def _onnx_inputs(path: str, input_shape: str | None) -> list[torch.Tensor]:
-    """Random inputs for an .onnx file: --input-shape, or the file's own static input shapes."""
+    """Random inputs for an .onnx file, of its inputs' own types (a half-precision file reads float16): at
+    --input-shape, or the file's own static input shapes."""
     arguments = OnnxRuntimeSession(path).session.get_inputs()
+    dtypes = [_ONNX_TYPES.get(arg.type, torch.float32) for arg in arguments]
     if input_shape:
-        return [torch.randn(parse_input_shape(input_shape))]
+        return [_random(parse_input_shape(input_shape), dtypes[0])]
     shapes = [arg.shape for arg in arguments]
     if any(not isinstance(dim, int) for shape in shapes for dim in shape):
         raise PrunefxError(f"{path} has dynamic input dimensions {shapes}: give --input-shape")
     for shape in shapes:  # the file's own dims are input too: checked like --input-shape before allocating
         check_input_shape(tuple(shape), f"{path}: input shape")
-    return [torch.randn(shape) for shape in shapes]
+    return [_random(shape, dtype) for shape, dtype in zip(shapes, dtypes)]
+
+
+_ONNX_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(double)": torch.float64,
+               "tensor(bfloat16)": torch.bfloat16, "tensor(int64)": torch.int64, "tensor(int32)": torch.int32,
+               "tensor(bool)": torch.bool}
+
+
+def _random(shape, dtype: torch.dtype) -> torch.Tensor:
+    return torch.randn(shape).to(dtype) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)

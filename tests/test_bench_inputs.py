@@ -24,3 +24,11 @@ def test_bench_vs_refuses_models_of_different_input_shapes(tmp_path, capsys):
     assert len(lines) == 1 and lines[0].startswith("prunefx bench: error: ")
     assert "1x3x64x64 float32" in lines[0] and "1x3x32x32 float32" in lines[0] and "different work" in lines[0]
     assert time.perf_counter() - started < 10  # refused before 2 x 1000 timed runs
+
+
+def test_bench_feeds_a_half_precision_file_the_type_its_inputs_declare(tmp_path, capsys):
+    """An ONNX file prunefx exported from a float16 Program reads float16: fed float32, ONNX Runtime refused it."""
+    program = capture(nn.Sequential(nn.Linear(16, 8), nn.ReLU()).half().eval(), torch.randn(2, 16).half())
+    path = export_onnx(program, tmp_path / "half.onnx").path
+    assert main(["bench", str(path), "--runs", "3", "--warmup", "1"]) == 0
+    assert "median" in capsys.readouterr().out

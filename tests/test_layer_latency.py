@@ -97,10 +97,11 @@ def test_the_cache_never_hands_times_across_devices_batches_or_precisions(tmp_pa
     assert len(files) == (1 if change == "batch" else 2) and sum(map(len, files)) == 16
 
 
-def test_an_unreadable_cache_is_measured_again(tmp_path):
+@pytest.mark.parametrize("text", ["{not json", "null", "[1, 2]"])
+def test_an_unreadable_cache_is_measured_again(tmp_path, text):
     build_latency_table([CONV], FakeTimer(), multiple=16, cache_dir=tmp_path)
     (path,) = tmp_path.glob("*.json")
-    path.write_text("{not json")
+    path.write_text(text)
     timer = FakeTimer()
     build_latency_table([CONV], timer, multiple=16, cache_dir=tmp_path)
     assert len(timer.timed) == 8 and json.loads(path.read_text())["identity"]["device"] == "fake CPU A"
@@ -253,6 +254,19 @@ def test_a_table_on_the_cuda_backend_times_each_layer_as_a_plain_module(tmp_path
 
 def _no_export(*args, **kwargs):
     raise AssertionError("a cuda latency-table entry must not be exported or captured as a Program")
+
+
+def test_a_tensorrt_upgrade_keys_a_table_cache_of_its_own(monkeypatch):
+    """The version of what measures is in the cache's identity: times taken under TensorRT 10.3 are not handed
+    to 10.8 (the engine cache keys on it too)."""
+    from prunefx.runtime.backends.trt import TensorRTBackend
+    from prunefx.runtime.tables.timer_by_name import BackendLayerTimer
+    monkeypatch.setattr(TensorRTBackend, "require", lambda self, settings, purpose="budget": "fp16")
+    settings = []
+    for version in ("10.3.0", "10.8.0"):
+        monkeypatch.setattr(TensorRTBackend, "software", lambda self, s, version=version: f"TensorRT {version}")
+        settings.append(BackendLayerTimer(TensorRTBackend(), Settings()).settings)
+    assert settings[0] != settings[1] and "TensorRT 10.3.0" in settings[0]
 
 
 def test_layer_timers_by_backend_name():

@@ -103,6 +103,11 @@ class Backend:
     def check_installed(self, settings: Settings) -> None:
         """Raise BackendUnavailableError when what the backend needs is missing."""
 
+    def software(self, settings: Settings) -> str:
+        """The version of what measures beyond torch (TensorRT's, trtexec's), where the backend has one: part of
+        a latency table's cache key, so that an upgrade times the layers again."""
+        return ""
+
     def width_multiple(self, precision: str) -> int:
         raise MeasurementError(f"no width multiple known for backend {self.name!r} at precision {precision!r}")
 

@@ -29,6 +29,9 @@ class TorchTensorRTBackend(TensorRTFamily):
         require_torch_tensorrt()
         require_cuda()
 
+    def software(self, settings: Settings) -> str:
+        return f"Torch-TensorRT {require_torch_tensorrt().__version__}"
+
     def latency_pair(self, settings: Settings) -> PairMeasurer:
         precision = settings.precision or self.default_precision
         compiled = _Compiled(precision, settings.batch)

@@ -33,6 +33,9 @@ class TensorRTBackend(TensorRTFamily):
         require_tensorrt()
         require_cuda()
 
+    def software(self, settings: Settings) -> str:
+        return f"TensorRT {require_tensorrt().__version__}"
+
     def latency_pair(self, settings: Settings) -> PairMeasurer:
         engines = _Engines(settings.precision or self.default_precision, settings.cache_dir)
         return pair_of(onnx_files(settings.batch), gpu_timing(engines.timed), settings,

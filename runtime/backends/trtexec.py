@@ -15,7 +15,12 @@ from prunefx.runtime.backends.gpu_pair import pair_of
 from prunefx.runtime.backends.tensorrt_common import TensorRTFamily, file_precision, onnx_files
 from prunefx.runtime.measure.speedup import PairMeasurer, medians_and_spread
 from prunefx.runtime.tensorrt.layer_profile import LayerProfile, build_layer_profile, parse_engine_information
-from prunefx.runtime.tensorrt.trtexec_command import TrtexecOptions, find_trtexec, run_trtexec
+from prunefx.runtime.tensorrt.trtexec_command import (
+    TrtexecOptions,
+    find_trtexec,
+    run_trtexec,
+    trtexec_version,
+)
 
 
 class TrtexecBackend(TensorRTFamily):
@@ -25,6 +30,9 @@ class TrtexecBackend(TensorRTFamily):
 
     def check_installed(self, settings: Settings) -> None:
         find_trtexec(settings.trtexec)
+
+    def software(self, settings: Settings) -> str:
+        return f"trtexec of TensorRT {trtexec_version(find_trtexec(settings.trtexec)) or 'unknown'}"
 
     def latency_pair(self, settings: Settings) -> PairMeasurer:
         precision = settings.precision or self.default_precision

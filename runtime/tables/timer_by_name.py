@@ -35,7 +35,8 @@ class BackendLayerTimer:
         self.precision = backend.require(settings, purpose="bench")
         self.backend = backend.name
         self.device = _device_name(backend)
-        self.settings = f"{backend.label}, torch {torch.__version__}, compile={settings.compile}"
+        parts = (backend.label, f"torch {torch.__version__}", backend.software(settings), f"compile={settings.compile}")
+        self.settings = ", ".join(part for part in parts if part)  # with TensorRT's version: an upgrade times again
 
     def __call__(self, layer: TimedLayer) -> float:
         example = torch.randn(layer.input_shape, generator=torch.Generator().manual_seed(1))

@@ -48,7 +48,7 @@ class LatencyCache:
             log.warning("latency cache %s is unreadable (%s); its layers are measured again", self.path, error)
             return {}
         entries = record.get("entries") if isinstance(record, dict) else None
-        if record.get("identity") != self.identity or not isinstance(entries, dict):
+        if not isinstance(entries, dict) or record.get("identity") != self.identity:
             log.warning("latency cache %s belongs to another device or timer; its layers are measured again",
                         self.path)
             return {}
