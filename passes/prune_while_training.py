@@ -27,7 +27,7 @@ from prunefx.passes.core.result import Result
 from prunefx.passes.removal.channels_removed import ChannelsRemoved
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.training.carried_state import carry_state, cut_tracking_indices
-from prunefx.passes.training.config import TrainingPassConfig
+from prunefx.passes.training.config import TrainingError, TrainingPassConfig
 from prunefx.passes.training.engine import TrainConfig, Trainer
 
 # A width ratio is not a cost: the schedule needs a quantity it can measure between events.
@@ -73,8 +73,8 @@ def prune_while_training(program: Program, /, *, config: dict | None = None) -> 
     schedule = PruningSchedule(program, target, options)
     teacher = options.teacher or program.clone().eval()
     trainer = Trainer(program, teacher=teacher, data=options.data, config=train_config,
-                      eval_data=options.eval_data,
-                      after_backward=[schedule.accumulate], after_step=[schedule.maybe_prune])
+                      eval_data=options.eval_data, after_backward=[schedule.accumulate],
+                      after_step=[schedule.maybe_prune], carried={"pruning_schedule": schedule})
     if trainer.total_steps < schedule.last_step:
         trainer.release()  # the Trainer took the program to train: back as found before refusing
         raise PrunefxError(f"prune_while_training: {trainer.total_steps} training steps cannot hold "
@@ -171,6 +171,29 @@ class PruningSchedule:
                  "train_loss": train_loss}
         self.done.append(event)
         return event
+
+    def checkpoint_state(self) -> dict:
+        """What a training checkpoint keeps of the schedule (passes/training/resume.py): its settings, the cuts
+        made and the scores accumulated since the last one."""
+        return {"settings": self._settings(), "done": self.done, "fisher": self.fisher.state()}
+
+    def resume_state(self, state: dict, trainer: Trainer) -> None:
+        """Go on from a checkpoint's state, on the program the trainer resumed (the cuts already made on it);
+        refused when the schedule's settings differ, as the trainer refuses other steps or another optimizer."""
+        for key, value in self._settings().items():
+            if state["settings"].get(key) != value:
+                raise TrainingError(f"the checkpoint in {trainer.config.checkpoint_dir} was written with "
+                                    f"prune_while_training's {key}={state['settings'].get(key)}, this run has "
+                                    f"{key}={value}; resume with the same settings or use a new checkpoint_dir")
+        self.done = [dict(event) for event in state["done"]]
+        self.restart_scores(trainer.program.module)
+        self.fisher.load_state(state["fisher"])
+
+    def _settings(self) -> dict:
+        options = self.options
+        return {"target": self.target.kind, "fraction": self.target.fraction, "prune_events": self.events,
+                "interval": self.interval, "ranking": options.ranking, "round_to": int(options.round_to),
+                "max_ratio": float(options.max_ratio), "keep": list(options.keep)}
 
     def restart_scores(self, module, *, gradients_from=None) -> None:
         """CPD resets the scores after every cut; `gradients_from` as in FisherAccumulator."""

@@ -202,6 +202,17 @@ class FisherAccumulator:
                 self.sums[key] = self.sums.get(key, 0.0) + gate**2 / scale
         self.batches += 1
 
+    def state(self) -> dict:
+        """The sums so far as tensors (what a training checkpoint can hold: it is read with weights_only)."""
+        return {"batches": self.batches,
+                "sums": [(name, dim, torch.from_numpy(np.asarray(sums, dtype=np.float64)))
+                         for (name, dim), sums in self.sums.items()]}
+
+    def load_state(self, state: dict) -> None:
+        """Continue from `state` (as `state` gave it): a resumed run scores as the uninterrupted one would."""
+        self.batches = int(state["batches"])
+        self.sums = {(str(name), int(dim)): sums.numpy() for name, dim, sums in state["sums"]}
+
     def per_class(self, combing: Combing) -> np.ndarray:
         if not self.batches:
             raise PrunefxError("no Fisher importance accumulated yet: call accumulate() after a backward pass")

@@ -12,7 +12,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -64,6 +64,14 @@ AfterBackward = Callable[["Trainer"], None]
 AfterStep = Callable[["Trainer", int], None]
 
 
+class Carried(Protocol):
+    """A hook's state that a checkpoint keeps (passes/training/resume.py): a pruning schedule's cuts and scores."""
+
+    def checkpoint_state(self) -> dict: ...
+
+    def resume_state(self, state: dict, trainer: Trainer) -> None: ...
+
+
 class Trainer:
     """Trains `program.module` against a frozen `teacher`; see the module docstring for the loss.
 
@@ -76,9 +84,11 @@ class Trainer:
 
     def __init__(self, program: Program, *, teacher: Program | torch.nn.Module | None, data: Iterable,
                  config: TrainConfig, eval_data: Iterable | None = None,
-                 after_backward: Sequence[AfterBackward] = (), after_step: Sequence[AfterStep] = ()):
+                 after_backward: Sequence[AfterBackward] = (), after_step: Sequence[AfterStep] = (),
+                 carried: dict[str, Carried] | None = None):
         self.config = config
         self.after_backward, self.after_step = list(after_backward), list(after_step)
+        self.carried = dict(carried or {})  # hooks whose state a checkpoint keeps, by name
         self.device = resolve_device(config, program.module)
         self.rank, self.world_size, self._owns_process_group = distributed_world(self.device)
         self.data = shard_batches(data, self.rank, self.world_size)

@@ -1,7 +1,8 @@
 """Saving a `Trainer` to its checkpoint directory and resuming it from there.
 
 What is saved: the program (checkpoint.py writes `program.pt2` and `trainer_state.pt`), the optimizer
-and scheduler states, the step, the data position, every process's RNG state and the logs. A run
+and scheduler states, the step, the data position, every process's RNG state, the logs and the state of the
+hooks the trainer carries (`carried`: prune_while_training's schedule, its cuts and scores). A run
 resumed from them reaches the same weights as an uninterrupted one; a checkpoint written under other
 settings (steps, optimizer, number of processes) is refused rather than continued differently.
 """
@@ -45,7 +46,20 @@ def _write_checkpoint(trainer: Trainer, directory: Path, rng: list[dict]) -> Non
         "total_steps": trainer.total_steps, "optimizer_kind": trainer.config.optimizer,
         "world_size": trainer.world_size, "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(), "rng": rng, "log": trainer.log, "history": trainer.history,
+        "carried": {name: hook.checkpoint_state() for name, hook in trainer.carried.items()},
     })
+
+
+def _resume_carried(trainer: Trainer, saved: dict, directory: Path) -> None:
+    """The hooks' state (a pruning schedule's cuts and scores) back, each by its name; a checkpoint written by a
+    run with other hooks is refused: resumed without its cuts, a schedule would cut the model again."""
+    if set(saved) != set(trainer.carried):
+        said = ", ".join(sorted(saved)) or "no hook state"
+        raise TrainingError(f"the checkpoint in {directory} was written by a run with {said}, this run has "
+                            f"{', '.join(sorted(trainer.carried)) or 'none'}; resume the same pass or use a new "
+                            "checkpoint_dir")
+    for name, hook in trainer.carried.items():
+        hook.resume_state(saved[name], trainer)
 
 
 def resume(trainer: Trainer) -> int | None:
@@ -65,6 +79,7 @@ def resume(trainer: Trainer) -> int | None:
     except (ValueError, KeyError, RuntimeError) as error:
         raise TrainingError(f"the optimizer state in {directory / STATE_FILE} does not fit the program: "
                             f"{first_line(error)}") from error
+    _resume_carried(trainer, state.get("carried", {}), directory)
     trainer.epoch, trainer.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
     trainer.log, trainer.history = list(state["log"]), list(state["history"])
     set_rng_state(state["rng"][trainer.rank])
