@@ -190,6 +190,24 @@ def test_truncated_archive_is_one_error(good_archive, tmp_path):
             Program.load(truncated)
 
 
+def test_a_file_torch_cannot_deserialize_says_why_in_its_one_line(good_archive, tmp_path, caplog):
+    """torch.export.load logs the cause (another schema version, a weight cut short) and raises "check the
+    warnings above", which a command never shows: the one line names the cause, and no traceback is logged."""
+    def newer_schema(inner):
+        _edit_json(inner, "models/model.json", lambda doc: doc.update(schema_version={"major": 99, "minor": 0}))
+
+    def short_weight(inner):
+        name = json.loads(inner["data/weights/model_weights_config.json"])["config"]["conv.weight"]["path_name"]
+        inner[f"data/weights/{name}"] = inner[f"data/weights/{name}"][:8]
+
+    for change, said in ((newer_schema, "schema version"), (short_weight, "out of bounds")):
+        broken = _rewritten(good_archive, tmp_path / f"{change.__name__}.pt2", change)
+        with pytest.raises(ProgramFileError, match=said) as error:
+            Program.load(broken)
+        assert "\n" not in str(error.value) and "warnings above" not in str(error.value)
+    assert not [record for record in caplog.records if record.exc_info]
+
+
 def _metadata(record):
     return lambda inner: inner.__setitem__("extra/prunefx.json",
                                            record.encode() if isinstance(record, str) else json.dumps(record).encode())
