@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import random
@@ -355,6 +356,58 @@ def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path):
     (tmp_path / STATE_FILE).unlink()
     with pytest.raises(TrainingError, match="incomplete checkpoint"):
         resume()
+
+
+def _checkpoint_files(directory) -> list[str]:
+    return sorted(path.name for path in directory.iterdir())
+
+
+def test_a_save_stopped_before_its_program_is_replaced_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    """Interrupted while the second checkpoint is written: the first stands, resumable, with no partial files."""
+    checkpoint = importlib.import_module("prunefx.passes.training.checkpoint")
+    data, teacher = _batches(2), _program(1)
+    real_replace = checkpoint.os.replace
+
+    def stopped_at_the_second_save(source, target):
+        if str(target).endswith(PROGRAM_FILE) and (tmp_path / PROGRAM_FILE).exists():
+            raise KeyboardInterrupt
+        return real_replace(source, target)
+
+    monkeypatch.setattr(checkpoint.os, "replace", stopped_at_the_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        _train(_program(), teacher, data, **_checkpointed(tmp_path))
+    monkeypatch.setattr(checkpoint.os, "replace", real_replace)
+    assert _checkpoint_files(tmp_path) == [PROGRAM_FILE, STATE_FILE]
+    _, stats = _train(_program(), teacher, data, **_checkpointed(tmp_path, resume=True))
+    assert stats["resumed_from"] == 4
+
+
+def test_a_save_killed_between_its_two_replaces_is_finished_on_resume(tmp_path, monkeypatch):
+    """Killed (no handler runs) after the program was replaced: the new program and the state beside it under
+    its partial name are a pair, and resume finishes that save rather than refusing the directory."""
+    checkpoint = importlib.import_module("prunefx.passes.training.checkpoint")
+    data, teacher = _batches(2), _program(1)
+    real_replace = checkpoint.os.replace
+    seen = []
+
+    class Killed(BaseException):
+        pass
+
+    def killed_after_the_second_program(source, target):
+        result = real_replace(source, target)
+        seen.append(Path(target).name)
+        if seen.count(PROGRAM_FILE) == 2:
+            monkeypatch.setattr(checkpoint.os, "replace", lambda *_: None)  # the dead process renames nothing
+            raise Killed
+        return result
+
+    monkeypatch.setattr(checkpoint.os, "replace", killed_after_the_second_program)
+    with pytest.raises(Killed):
+        _train(_program(), teacher, data, **_checkpointed(tmp_path))
+    monkeypatch.setattr(checkpoint.os, "replace", real_replace)
+    assert _checkpoint_files(tmp_path) == [PROGRAM_FILE, "trainer_state.partial.pt", STATE_FILE]
+    _, stats = _train(_program(), teacher, data, **_checkpointed(tmp_path, resume=True))
+    assert stats["resumed_from"] == 8 and _checkpoint_files(tmp_path) == [PROGRAM_FILE, STATE_FILE]
 
 
 # --- hooks -----------------------------------------------------------------------------------------

@@ -4,6 +4,11 @@ A checkpoint directory holds `program.pt2` (Program.save, eval mode) and `traine
 scheduler, step, data position, RNG states of every process, logs; plain tensors and numbers, read with
 `torch.load(weights_only=True)`). The state records the program file's SHA-256, so a crash between the
 two writes is caught on resume instead of mixing one save's weights with another's optimizer.
+
+A save writes both files under partial names, then replaces the program, then the state: the commit. An
+interrupt before the program is replaced leaves the previous pair as it was (the partial files removed); one
+after it finishes the commit; a process killed between the two replaces leaves the new state under its
+partial name, whose hash matches the new program, and `read_checkpoint` finishes that commit.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from prunefx.passes.training.config import TrainingError
 PROGRAM_FILE = "program.pt2"
 STATE_FILE = "trainer_state.pt"
 _STATE_FORMAT = 1
+_PARTIAL_PROGRAM, _PARTIAL_STATE = "program.partial.pt2", "trainer_state.partial.pt"
 
 
 def write_checkpoint(directory: Path, program: Program, state: dict) -> None:
@@ -31,14 +37,19 @@ def write_checkpoint(directory: Path, program: Program, state: dict) -> None:
     snapshot = Program(copy.deepcopy(program.module), program.example_inputs, name=program.name,
                        analysis=copy.deepcopy(program.analysis), output_shapes=list(program.output_shapes))
     move_program(snapshot, "cpu")  # a checkpoint reads back on any machine, whatever device trained it
-    program_tmp, state_tmp = directory / "program.partial.pt2", directory / "trainer_state.partial.pt"
-    snapshot.eval().save(program_tmp)
-    state = {"format": _STATE_FORMAT, "parameters": parameter_shapes(program.module),
-             "program_sha256": _sha256(program_tmp), **state}
-    torch.save(state, state_tmp)
-    # Replace the program first: a crash between the two leaves a hash mismatch, which resume reports.
-    os.replace(program_tmp, directory / PROGRAM_FILE)
-    os.replace(state_tmp, directory / STATE_FILE)
+    program_tmp, state_tmp = directory / _PARTIAL_PROGRAM, directory / _PARTIAL_STATE
+    try:
+        snapshot.eval().save(program_tmp)
+        state = {"format": _STATE_FORMAT, "parameters": parameter_shapes(program.module),
+                 "program_sha256": _sha256(program_tmp), **state}
+        torch.save(state, state_tmp)
+        os.replace(program_tmp, directory / PROGRAM_FILE)
+    finally:
+        if program_tmp.exists():  # stopped before the program was replaced: the previous pair stands
+            program_tmp.unlink()
+            state_tmp.unlink(missing_ok=True)
+        elif state_tmp.exists():  # the program is the new one: its state follows, whatever stopped the save
+            os.replace(state_tmp, directory / STATE_FILE)
 
 
 def read_checkpoint(directory: Path) -> tuple[Program, dict] | None:
@@ -50,6 +61,8 @@ def read_checkpoint(directory: Path) -> tuple[Program, dict] | None:
     if not (program_path.is_file() and state_path.is_file()):
         raise TrainingError(f"incomplete checkpoint in {directory}: need both {PROGRAM_FILE} and {STATE_FILE}")
     state = _read_state(state_path)
+    if _sha256(program_path) != state["program_sha256"]:
+        state = _finished_commit(directory, state)
     if _sha256(program_path) != state["program_sha256"]:
         raise TrainingError(f"{program_path} and {state_path} come from different saves (interrupted write?); "
                             "delete the directory to start over")
@@ -79,6 +92,22 @@ def _read_state(path: Path) -> dict:
     if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
         raise TrainingError(f"{path} is not a prunefx trainer state (format {_STATE_FORMAT})")
     return state
+
+
+def _finished_commit(directory: Path, state: dict) -> dict:
+    """The state of a save killed between its two replaces (module docstring), put in place, where the partial
+    state left beside the new program is that program's; else `state` as it was."""
+    partial = directory / _PARTIAL_STATE
+    if not partial.is_file():
+        return state
+    try:
+        newer = _read_state(partial)
+    except TrainingError:  # killed while it was written: not the commit's
+        return state
+    if newer["program_sha256"] != _sha256(directory / PROGRAM_FILE):
+        return state
+    os.replace(partial, directory / STATE_FILE)
+    return newer
 
 
 def _sha256(path: Path) -> str:
