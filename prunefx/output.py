@@ -18,7 +18,7 @@ from pathlib import Path
 
 from prunefx.graph.errors import printable
 from prunefx.graph.whole_files import followed
-from prunefx.interrupts import raise_if_interrupted
+from prunefx.interrupts import raise_if_interrupted, record_published, signals_held
 from prunefx.leftovers import sibling
 from prunefx.output_paths import MARK, OutputError, check_output_file, check_output_folder
 
@@ -56,19 +56,48 @@ def _staging(destination: Path, *, publish, mark: bool) -> Iterator[Path]:
     block ends without error or interrupt, and removed either way."""
     with _writing(destination):
         folder = destination.absolute().parent
+        created = _first_missing(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        staging = sibling(destination, "partial")
-        staging.mkdir()  # not mkdtemp: the folder becomes the output, with the user's usual permissions
-        if destination.is_dir():
-            shutil.copymode(destination, staging)
+        staging, done = sibling(destination, "partial"), False
         try:
+            staging.mkdir()  # not mkdtemp: the folder becomes the output, with the user's usual permissions
+            if destination.is_dir():
+                shutil.copymode(destination, staging)
             if mark:
                 (staging / MARK).write_text(_MARK_TEXT)
             yield staging
             raise_if_interrupted()
-            publish(staging)
+            with signals_held():  # an interrupt between the renames would leave neither output in place
+                publish(staging)
+                done = True
+                record_published(destination)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            with signals_held():
+                shutil.rmtree(staging, ignore_errors=True)
+                if not done and created is not None:
+                    _remove_empty(folder, up_to=created)
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost folder of `folder`'s ancestry (itself included) that does not exist yet: what the run
+    creates, and removes again when it publishes nothing."""
+    missing = None
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
+def _remove_empty(folder: Path, *, up_to: Path) -> None:
+    """`folder` and its parents up to `up_to`, each only if empty (another process may have written there)."""
+    for candidate in (folder, *folder.parents):
+        try:
+            candidate.rmdir()
+        except OSError:
+            return
+        if candidate == up_to:
+            return
 
 
 def _replace(staging: Path, destination: Path) -> None:

@@ -123,3 +123,18 @@ def test_weights_a_killed_export_left_beside_the_file_go_with_the_next_export(tm
         assert main(["export", str(source), "-o", str(out / "model.onnx")]) == 0
     assert _side_files(out) == ["model.onnx.data", "model.onnx.notours.data"]
     capsys.readouterr()
+
+
+def test_an_interrupt_after_the_file_was_written_says_so(tmp_path, monkeypatch, capsys):
+    """Ctrl-C once the file is in place: exit 130, and the one line names what was written rather than claiming
+    that nothing was."""
+    export_command = importlib.import_module("prunefx.cli.commands.export")
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_command, "remove_stale_side_files", interrupted)
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(_model(tmp_path, 0)), "-o", str(out)]) == 130
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"prunefx export: interrupted; after writing {out}" and out.is_file()

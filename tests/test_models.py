@@ -1,5 +1,6 @@
 """Model references, input shapes and weights files: what resolves, and what each bad input says."""
 
+import sys
 import textwrap
 
 import pytest
@@ -163,6 +164,18 @@ def test_file_factory(model_file):
     assert not spec.module.training
     assert spec.default_input_shape == (1, 3, 224, 224)
     assert build_model(f"{model_file}:make_net", image_size=32).default_input_shape == (1, 3, 32, 32)
+
+
+def test_a_model_file_is_imported_without_leaving_bytecode_beside_it(model_file, monkeypatch):
+    """The user's folder is left as found: no __pycache__ next to their file, whatever PYTHONDONTWRITEBYTECODE says
+    (and a sibling module their file imports writes none either)."""
+    (model_file.parent / "blocks.py").write_text("WIDTH = 4\n")
+    model_file.write_text(model_file.read_text().replace("import torch\n", "import torch\nimport blocks\n", 1))
+    monkeypatch.syspath_prepend(str(model_file.parent))
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    build_model(f"{model_file}:make_net")
+    assert sorted(p.name for p in model_file.parent.iterdir()) == ["blocks.py", "my_model.py"]
+    assert sys.dont_write_bytecode is False  # the process's own setting back
 
 
 @pytest.mark.parametrize("factory, message", [

@@ -163,3 +163,41 @@ def test_a_prune_killed_while_exporting_leaves_one_run_and_the_next_run_clears_i
     subprocess.run([*PRUNE, "-o", str(output)], check=True, capture_output=True, timeout=300)
     assert {MARK, "model.pt2", "model.onnx", "report.json"} == set(_snapshot(output))
     assert _siblings(output) == []
+
+
+def test_an_interrupt_while_the_output_is_replaced_lands_after_it(tmp_path, monkeypatch):
+    """SIGINT between moving the previous output aside and renaming the new one in: held until both renames are
+    done, then raised; `-o` holds the new run (it vanished, the previous one left hidden) and says so."""
+    import os
+    import signal
+
+    from prunefx.interrupts import clear_interrupt, published
+    out = _previous(tmp_path / "out")
+    real_rename = output_module.os.rename
+
+    def interrupted_after_the_first(source, target):
+        real_rename(source, target)
+        if Path(source) == out:  # the previous output moved aside
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(output_module.os, "rename", interrupted_after_the_first)
+    clear_interrupt()
+    with pytest.raises(KeyboardInterrupt):
+        with staged_folder(out) as staging:
+            for name, data in NEW_FILES.items():
+                (staging / name).write_bytes(data)
+    snapshot = _snapshot(out)
+    assert snapshot is not None and {name: snapshot[name] for name in NEW_FILES} == NEW_FILES
+    assert _siblings(out) == [] and published() == [str(out)]
+
+
+def test_a_run_that_publishes_nothing_removes_the_folders_it_created(tmp_path):
+    """`-o a/b/out` failing: `a/` and `a/b/` were made for it and go with it; a folder that was there stays."""
+    out = tmp_path / "a" / "b" / "out"
+    with pytest.raises(RuntimeError), staged_folder(out):
+        raise RuntimeError("failed mid-run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    (tmp_path / "a").mkdir()
+    with pytest.raises(RuntimeError), staged_folder(out):
+        raise RuntimeError("failed mid-run")
+    assert [p.name for p in tmp_path.iterdir()] == ["a"] and list((tmp_path / "a").iterdir()) == []

@@ -29,6 +29,7 @@ from prunefx.interrupts import (
     Terminated,
     clear_interrupt,
     interrupt_for,
+    published,
     raise_if_interrupted,
     record_interrupt,
 )
@@ -108,7 +109,11 @@ def entry_point() -> int:
     """The `prunefx` command (and `python -m prunefx`): main(), then the objects left are frozen out of the
     cyclic collector. The interpreter's last collections at exit walk every object torch, the exporters
     and the model left (1 to 2 s after a ViT-L); none of them holds anything that must be finalised."""
-    status = main()
+    try:
+        status = main()
+    except KeyboardInterrupt:  # before the command's own handlers (its imports, the parser): still one line
+        _report("prunefx: interrupted; no output was written")
+        return EXIT_INTERRUPTED
     gc.freeze()
     return status
 
@@ -160,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         what, status = _interruption(interrupt)
         notes = "".join(f"; {_one_line(note)}" for note in getattr(interrupt, "__notes__", ()))
-        _report(f"prunefx {args.command}: {what}; no output was written{notes}")
+        written = published()  # demo measures after it wrote its folder, for one
+        outcome = f"after writing {', '.join(map(printable, written))}" if written else "no output was written"
+        _report(f"prunefx {args.command}: {what}; {outcome}{notes}")
         return status
     except SystemExit as exit_:  # raised by user code we ran (a model factory), never by prunefx itself
         _report(f"prunefx {args.command}: error: the model code called sys.exit({exit_.code!r})")

@@ -23,6 +23,7 @@ def _import_file(path: Path):
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ beside the user's file
     try:
         spec.loader.exec_module(module)
     except SystemExit as exc:
@@ -31,6 +32,8 @@ def _import_file(path: Path):
     except Exception as exc:
         del sys.modules[module_name]
         raise ModelReferenceError(f"importing model file {path} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        sys.dont_write_bytecode = writes_bytecode
     return module
 
 
