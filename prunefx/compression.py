@@ -31,7 +31,7 @@ from prunefx.deliverable import write_model
 from prunefx.dense_tasks import evaluate_dense
 from prunefx.device import on_device
 from prunefx.graph import Program
-from prunefx.graph.errors import PrunefxError, first_line
+from prunefx.graph.errors import PrunefxError
 from prunefx.graph.rebatch import rebatch
 from prunefx.injection import FirstBatches, inject
 from prunefx.loading import program_from_reference
@@ -166,14 +166,20 @@ def compress(dense: Program, recipe: Recipe, splits: DataSplits, output: str | o
                                       seconds=seconds, started=started, stages=meter.rows if meter else None)
         except Exception as error:
             kept = _keep_training(staging / "model_train.pt2", output)
-            message = str(error) if isinstance(error, PrunefxError) else first_line(error)
-            raise PrunefxError(f"{message}; the trained model was kept in {kept}") from error
+            if not isinstance(error, PrunefxError):  # a fault of ours stays one (exit 3), the model kept all the same
+                log(f"the trained model was kept in {kept}")
+                raise
+            raise PrunefxError(f"{error}; the trained model was kept in {kept}") from error
 
 
 def _keep_training(saved: Path, output: Path) -> Path:
     """Hours of training are not thrown away with the failed run: the trained model moves beside the
     output folder (not into it: the folder only ever holds complete results)."""
-    kept = output.absolute().parent / f"{output.name}.model_train.pt2"
+    folder = output.absolute().parent
+    kept, number = folder / f"{output.name}.model_train.pt2", 1
+    while kept.exists():  # an earlier failed run's trained model stays too
+        number += 1
+        kept = folder / f"{output.name}.model_train-{number}.pt2"
     os.replace(saved, kept)
     return kept
 

@@ -283,22 +283,34 @@ def test_json_safe_statistics():
 @pytest.mark.slow  # a whole compress run (the `compressed` fixture or the CLI)
 @needs_fashion_mnist
 def test_a_failure_after_training_keeps_the_trained_model_beside_the_output(tmp_path, capsys, monkeypatch):
+    """A refusal (exit 2) says where the model is; a fault of ours stays one (exit 3) and says it too; a second
+    failed run keeps its model beside the first one's rather than over it."""
     import prunefx.compression as compression
+    from prunefx.graph.errors import PrunefxError
+
+    failures = [PrunefxError("the exporter refused"), RuntimeError("the exporter broke")]
 
     def fail_after_training(*args, **kwargs):
-        raise RuntimeError("the exporter broke")
+        raise failures.pop(0)
 
     monkeypatch.setattr(compression, "_measure_and_write", fail_after_training)
     recipe = write_recipe(tmp_path / "tiny.yaml", {"passes": [{"distill": {"steps": 2, "lr": 0.01}}]})
     output = tmp_path / "out"
-    code, _, err = run_cli(capsys, "compress", "prunefx:resnet20", "--recipe", recipe, "--data", "fashion-mnist",
-                           "-o", output, *fast_options())
+    command = ("compress", "prunefx:resnet20", "--recipe", recipe, "--data", "fashion-mnist", "-o", output,
+               *fast_options())
+    code, _, err = run_cli(capsys, *command)
     kept = tmp_path / "out.model_train.pt2"
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "the exporter broke" in err and str(kept) in err
+    assert "the exporter refused" in err and str(kept) in err
     assert not output.exists()
     assert Program.load(kept).name == "prunefx:resnet20"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.model_train.pt2", "tiny.yaml"]
+    first = kept.read_bytes()
+    code, out, err = run_cli(capsys, *command)
+    again = tmp_path / "out.model_train-2.pt2"
+    assert code == 3 and "internal error: RuntimeError: the exporter broke" in err and str(again) in out + err
+    assert kept.read_bytes() == first and Program.load(again).name == "prunefx:resnet20"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.model_train-2.pt2", "out.model_train.pt2",
+                                                          "tiny.yaml"]
 
 
 # --- a budget ------------------------------------------------------------------------------------
