@@ -212,7 +212,7 @@ class NoInt8Measurer:
     """A measurer whose backend runs no INT8 kernels (the cuda backend's pair says so): every program it is
     handed is recorded, so a fake-quantized one would show."""
 
-    runs_int8, round_to = False, None
+    int8_refusal, round_to = "this backend runs no INT8 kernels", None
 
     def __init__(self):
         self.seen = []
@@ -231,7 +231,7 @@ def test_a_backend_without_int8_kernels_never_measures_an_int8_mix(mobilenet):
         batches, speedup=1.3, latency=measurer, dimensions=["width", "int8"]))
     rows = {"+".join(row["dimensions"]): row for row in result.stats["candidates"]}
     assert list(rows) == ["width", "int8", "width+int8"]
-    assert not rows["int8"]["met"] and "runs no INT8 kernels" in rows["int8"]["failed"]
+    assert rows["int8"]["failed"] == "not measured: this backend runs no INT8 kernels" and not rows["int8"]["met"]
     assert not rows["width+int8"]["met"] and "runs no INT8 kernels" in rows["width+int8"]["failed"]
     assert result.stats["chosen"] == ["width"] and measurer.seen
     assert not any(has_fake_quant(candidate.graph) for candidate in measurer.seen)

@@ -310,11 +310,31 @@ FLOAT32_FILE, FLOAT16_FILE, QDQ_FILE = OnnxTypes(False, False), OnnxTypes(False,
     ("11.2.1", "fp16", FLOAT32_FILE, True, (), True),            # no FP16 flag in 11: lower the file
     ("8.6.1", "fp16", FLOAT32_FILE, False, ("FP16",), False),
     ("8.6.1", "int8", QDQ_FILE, False, ("FP16", "INT8"), False),
+    # an INT8 candidate of a budget: its Q/DQ layers in INT8, the others at the dense model's precision
+    ("8.6.1", "fp32", QDQ_FILE, False, ("INT8",), False),
+    ("8.6.1", "fp16", QDQ_FILE, False, ("FP16", "INT8"), False),
+    ("10.3.0", "fp32", QDQ_FILE, True, (), False),
+    ("10.3.0", "fp16", QDQ_FILE, False, ("FP16", "INT8"), False),
+    ("11.0.0", "fp32", QDQ_FILE, True, (), False),
 ])
 def test_network_plan(version, precision, types, strongly_typed, flags, lower):
     plan = network_plan(version, precision, types)
     assert plan == NetworkPlan(strongly_typed=strongly_typed, builder_flags=flags, lower_to_fp16=lower)
     assert network_plan(version, precision, types, sparse=True).builder_flags == flags + ("SPARSE_WEIGHTS",)
+
+
+def test_tensorrt_11_refuses_a_qdq_file_at_fp16_and_a_budget_leaves_its_int8_mixes_unmeasured(monkeypatch):
+    """TensorRT 11 has no FP16 flag and the FP16 lowering keeps Q/DQ files out: the candidate's float layers would
+    run FP32 beside a dense model lowered to FP16. Refused, and the pair says so before any INT8 candidate."""
+    from prunefx.runtime.backends import Settings
+    from prunefx.runtime.backends.trt import TensorRTBackend
+    with pytest.raises(MeasurementError, match="not measured like for like at fp16"):
+        network_plan("11.0.0", "fp16", QDQ_FILE)
+    for version, precision, refused in (("11.0.0", "fp16", True), ("11.0.0", "fp32", False),
+                                        ("10.3.0", "fp16", False)):
+        monkeypatch.setattr(TensorRTBackend, "software_version", lambda self, settings, v=version: v)
+        refusal = TensorRTBackend().int8_refusal_at(Settings(precision=precision))
+        assert (refusal is not None) == refused, (version, precision)
 
 
 @pytest.mark.parametrize("version", ["8.6.1", "10.3.0", "11.0.0"])

@@ -16,7 +16,7 @@ from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.budget.choose_config import DIMENSIONS, SMALLEST_SHARE, ChooseForBudgetConfig
 from prunefx.passes.budget.damage_proxy import kl_damage, model_outputs
-from prunefx.passes.budget.measurement import Ask, Steps, Timing, drive, round_to_of, runs_int8_of
+from prunefx.passes.budget.measurement import Ask, Steps, Timing, drive, int8_refusal_of, round_to_of
 from prunefx.passes.budget.search import Acceptance, BudgetUnreachable, Measured, budget_text, require_latency
 from prunefx.passes.core.pipeline import PipelineError, run_inner, verify_inner
 from prunefx.passes.depth_to_budget import (
@@ -34,7 +34,6 @@ from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import RemoveChannelsConfig
 
 log = logging.getLogger(__name__)
-NO_INT8_KERNELS = "not measured: the budget's backend runs no INT8 kernels (ONNX Runtime and TensorRT do)"
 
 
 @dataclass
@@ -98,8 +97,9 @@ def candidate_steps(program: Program, settings: ChooseForBudgetConfig) -> Steps:
              if settings.combinations else combinations(settings.dimensions))
     candidates = []
     for mix in mixes:
-        if "int8" in mix and not runs_int8_of(settings.latency):  # its quantizers would be timed as float operators
-            candidates.append(Combination(mix, failed=NO_INT8_KERNELS))
+        refusal = int8_refusal_of(settings.latency) if "int8" in mix else None
+        if refusal:  # timed, it would be measured unlike the dense model (its quantizers as float operators, say)
+            candidates.append(Combination(mix, failed=f"not measured: {refusal}"))
             continue
         candidates.append((yield from search.candidate(mix)))
     if not any(candidate.met for candidate in candidates):

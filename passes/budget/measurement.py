@@ -26,7 +26,7 @@ from prunefx.graph.progress import progress_bar
 from prunefx.graph.timing import CONFIDENCE, Timing
 
 __all__ = ["CONFIDENCE", "Ask", "Asked", "LongerMeasurer", "Measurer", "Steps", "Timing", "answerer", "as_measurer",
-           "drive", "round_to_of", "runs_int8_of"]
+           "drive", "int8_refusal_of", "round_to_of"]
 
 
 @runtime_checkable
@@ -76,10 +76,10 @@ def round_to_of(latency) -> int | None:
     return int(value) if value else None
 
 
-def runs_int8_of(latency) -> bool:
-    """Whether the measurer's backend runs a fake-quantized Program's INT8 kernels (a measurer that does not
-    say is trusted to)."""
-    return bool(getattr(latency, "runs_int8", True))
+def int8_refusal_of(latency) -> str | None:
+    """Why the measurer's backend cannot time a fake-quantized Program like the dense model (its quantizers run
+    as float operators, say); None where it can, or does not say."""
+    return getattr(latency, "int8_refusal", None) or None
 
 
 @dataclass(frozen=True)

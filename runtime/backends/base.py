@@ -76,7 +76,8 @@ class Backend:
     budgets: bool = True          # offers a latency pair for --speedup/--latency-ms
     reads: str = "onnx"           # what bench hands it: "onnx" (an exported file) or "program"
     gpu_timed: bool = False       # its runners time themselves with CUDA events (return milliseconds)
-    runs_int8: bool = True        # runs a fake-quantized Program's INT8 kernels (not its quantizers as float ops)
+    # why a budget's INT8 candidates cannot be measured like for like here (None: they can)
+    int8_refusal: str | None = None
     max_batch: int | None = None  # None: any batch the Program can be cut to
     options: frozenset[str] = frozenset()  # Settings fields beyond runs/warmup/precision/batch it reads
 
@@ -102,6 +103,10 @@ class Backend:
 
     def check_installed(self, settings: Settings) -> None:
         """Raise BackendUnavailableError when what the backend needs is missing."""
+
+    def int8_refusal_at(self, settings: Settings) -> str | None:
+        """Why INT8 candidates are not measured at these settings (None: they are); the class's reason by default."""
+        return self.int8_refusal
 
     def software(self, settings: Settings) -> str:
         """The version of what measures beyond torch (TensorRT's, trtexec's), where the backend has one: part of

@@ -33,7 +33,8 @@ class CudaBackend(Backend):
     precisions = ("fp16", "bf16")
     default_precision = "fp16"
     reads, gpu_timed = "program", True
-    runs_int8 = False  # PyTorch on the GPU would run the fake quantizers as float operators
+    # PyTorch on the GPU would run the fake quantizers as float operators
+    int8_refusal = "the cuda backend runs no INT8 kernels (ONNX Runtime and TensorRT do)"
     options = frozenset({"compile"})
 
     def __init__(self, device: CudaDevice | None = None):
@@ -50,7 +51,7 @@ class CudaBackend(Backend):
         precision = settings.precision or self.default_precision
         models = PreparedModels(self.device, precision, settings.batch, settings.compile)
         timing = gpu_timing(lambda entry: entry[0].time_once, self.device.warm_seconds)
-        pair = pair_of(models, timing, settings, self.width_multiple(precision), runs_int8=self.runs_int8)
+        pair = pair_of(models, timing, settings, self.width_multiple(precision), int8_refusal=self.int8_refusal_at(settings))
         pair.notes, pair.facts = models.notes, models.facts
         return pair
 

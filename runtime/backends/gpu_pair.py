@@ -28,14 +28,14 @@ def gpu_timing(timed_of: Callable[[tuple], Callable[[], float]], warm_seconds: f
     return timing
 
 
-def pair_of(sources, timing, settings: Settings, round_to: int, *, runs_int8: bool = True) -> PairMeasurer:
+def pair_of(sources, timing, settings: Settings, round_to: int, *, int8_refusal: str | None = None) -> PairMeasurer:
     """A PairMeasurer over `sources.get(program) -> entry` (its last item the cache key) timed by
     `timing(a, b, runs=, warmup=)`: the search's runs, CONFIRM_FACTOR x for `confirm`, twice that longer.
-    `runs_int8`: whether the backend runs INT8 kernels (PairMeasurer)."""
+    `int8_refusal`: why INT8 candidates are not measured (PairMeasurer)."""
     runs, warmup = settings.runs, settings.warmup
     return PairMeasurer(
         cached_pair(sources, functools.partial(timing, runs=runs, warmup=warmup)),
         cached_pair(sources, functools.partial(timing, runs=CONFIRM_FACTOR * runs, warmup=2 * warmup)),
         round_to,
         cached_pair(sources, functools.partial(timing, runs=2 * CONFIRM_FACTOR * runs, warmup=2 * warmup)),
-        runs_int8=runs_int8)
+        int8_refusal=int8_refusal)

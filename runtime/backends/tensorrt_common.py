@@ -9,7 +9,7 @@ from prunefx.runtime.backends.base import Backend
 from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.measure.speedup import ExportCache, exported_file
 from prunefx.runtime.measure.width_multiple import TENSOR_CORE_MULTIPLE
-from prunefx.runtime.tensorrt.plan import onnx_types
+from prunefx.runtime.tensorrt.plan import QDQ_FP16_STRONG, tensorrt_major
 
 
 class TensorRTFamily(Backend):
@@ -22,6 +22,20 @@ class TensorRTFamily(Backend):
         return (f"the {self.name} backend measures at {' or '.join(allowed)}, not {precision!r} (INT8 comes from "
                 "the model's own quantizers: quantize it first)")
 
+    def int8_refusal_at(self, settings) -> str | None:
+        """An INT8 candidate's other layers run at the budget's precision, as the dense model's do, except at fp16
+        on TensorRT 11 (runtime/tensorrt/plan.network_plan)."""
+        if self.int8_refusal:  # Torch-TensorRT's: no INT8 kernels at all
+            return self.int8_refusal
+        precision = settings.precision or self.default_precision
+        if precision == "fp16" and tensorrt_major(self.software_version(settings)) >= 11:
+            return QDQ_FP16_STRONG
+        return None
+
+    def software_version(self, settings) -> str:
+        """The TensorRT version that builds the engines."""
+        raise NotImplementedError
+
     def width_multiple(self, precision: str) -> int:
         if precision not in TENSOR_CORE_MULTIPLE:
             raise MeasurementError(f"no width multiple known for backend {self.name!r} at precision {precision!r}")
@@ -32,9 +46,3 @@ def onnx_files(batch: int) -> ExportCache:
     """The files a TensorRT pair builds from, at `batch`: a fake-quantized Program in TensorRT's symmetric
     S8 Q/DQ form. One set serves the search and the confirmation: both time what is delivered."""
     return ExportCache(batch, "dynamo", export=functools.partial(exported_file, activations="s8"))
-
-
-def file_precision(path, precision: str) -> str:
-    """"int8" for a file with Q/DQ nodes (its INT8 is in the graph, and TensorRT before 10 still needs the
-    flag to use it), else the precision asked for."""
-    return "int8" if onnx_types(path).has_qdq else precision

@@ -22,7 +22,8 @@ class TorchTensorRTBackend(TensorRTFamily):
     needs = "the `torch_tensorrt` Python package (built for your torch) and an NVIDIA GPU with CUDA"
     bench_precisions = ("fp32", "fp16")
     reads = "program"
-    runs_int8 = False  # INT8 needs ModelOpt's Q/DQ; prunefx's fake quantizers would be timed as float operators
+    # INT8 needs ModelOpt's Q/DQ here; prunefx's fake quantizers would be timed as float operators
+    int8_refusal = "Torch-TensorRT runs no INT8 kernels for prunefx's quantizers (ONNX Runtime and TensorRT do)"
     options = frozenset({"sparse"})
 
     def check_installed(self, settings: Settings) -> None:
@@ -36,7 +37,7 @@ class TorchTensorRTBackend(TensorRTFamily):
         precision = settings.precision or self.default_precision
         compiled = _Compiled(precision, settings.batch)
         return pair_of(compiled, gpu_timing(lambda entry: entry[0].time_once), settings,
-                       self.width_multiple(precision), runs_int8=self.runs_int8)
+                       self.width_multiple(precision), int8_refusal=self.int8_refusal_at(settings))
 
     def runner(self, model: BenchModel, settings: Settings):
         return compile_torch_tensorrt(model.program, precision=settings.precision or self.default_precision,

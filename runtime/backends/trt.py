@@ -2,7 +2,8 @@
 
 Budgets: both Programs cut to the batch, exported (dynamo; a fake-quantized Program in TensorRT's symmetric
 S8 Q/DQ form), built into engines (runtime/tensorrt/engine.py, cached on disk by file bytes and options) and
-timed alternately. A file with Q/DQ nodes is built as INT8: its precision is its own. `profile` times each
+timed alternately. A file with Q/DQ nodes has its Q/DQ layers in INT8 and the others at the budget's precision
+(runtime/tensorrt/plan.network_plan). `profile` times each
 engine layer with an IProfiler (runtime/tensorrt/layer_profile.py).
 """
 
@@ -12,7 +13,7 @@ from collections.abc import Callable
 
 from prunefx.runtime.backends.base import BenchModel, Settings
 from prunefx.runtime.backends.gpu_pair import gpu_timing, pair_of
-from prunefx.runtime.backends.tensorrt_common import TensorRTFamily, file_precision, onnx_files
+from prunefx.runtime.backends.tensorrt_common import TensorRTFamily, onnx_files
 from prunefx.runtime.measure.speedup import PairMeasurer
 from prunefx.runtime.tensorrt.engine import build_engine, require_cuda, require_tensorrt
 from prunefx.runtime.tensorrt.layer_profile import (
@@ -33,13 +34,17 @@ class TensorRTBackend(TensorRTFamily):
         require_tensorrt()
         require_cuda()
 
+    def software_version(self, settings: Settings) -> str:
+        return str(require_tensorrt().__version__)
+
     def software(self, settings: Settings) -> str:
-        return f"TensorRT {require_tensorrt().__version__}"
+        return f"TensorRT {self.software_version(settings)}"
 
     def latency_pair(self, settings: Settings) -> PairMeasurer:
         engines = _Engines(settings.precision or self.default_precision, settings.cache_dir)
         return pair_of(onnx_files(settings.batch), gpu_timing(engines.timed), settings,
-                       self.width_multiple(settings.precision or self.default_precision))
+                       self.width_multiple(settings.precision or self.default_precision),
+                       int8_refusal=self.int8_refusal_at(settings))
 
     def engine(self, model: BenchModel, settings: Settings):
         """The (cached) engine for the model's file with the settings' precision, sparsity and calibration."""
@@ -69,7 +74,7 @@ class _Engines:
     def timed(self, entry: tuple) -> Callable[[], float]:
         path, inputs, sha = entry
         if sha not in self.loaded:
-            engine = build_engine(path, BuildOptions(precision=file_precision(path, self.precision)),
+            engine = build_engine(path, BuildOptions(precision=self.precision),
                                   cache_dir=self.cache_dir)
             engine.set_inputs(*[x.cuda() for x in inputs])
             self.loaded[sha] = engine

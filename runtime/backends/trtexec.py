@@ -12,10 +12,11 @@ from collections.abc import Sequence
 
 from prunefx.runtime.backends.base import BenchModel, Settings
 from prunefx.runtime.backends.gpu_pair import pair_of
-from prunefx.runtime.backends.tensorrt_common import TensorRTFamily, file_precision, onnx_files
+from prunefx.runtime.backends.tensorrt_common import TensorRTFamily, onnx_files
 from prunefx.runtime.measure.speedup import PairMeasurer, medians_and_spread
 from prunefx.runtime.tensorrt.layer_profile import LayerProfile, build_layer_profile, parse_engine_information
 from prunefx.runtime.tensorrt.trtexec_command import (
+    ASSUMED_VERSION,
     TrtexecOptions,
     find_trtexec,
     run_trtexec,
@@ -31,19 +32,23 @@ class TrtexecBackend(TensorRTFamily):
     def check_installed(self, settings: Settings) -> None:
         find_trtexec(settings.trtexec)
 
+    def software_version(self, settings: Settings) -> str:
+        return trtexec_version(find_trtexec(settings.trtexec)) or ASSUMED_VERSION  # as run_trtexec assumes
+
     def software(self, settings: Settings) -> str:
-        return f"trtexec of TensorRT {trtexec_version(find_trtexec(settings.trtexec)) or 'unknown'}"
+        return f"trtexec of TensorRT {self.software_version(settings)}"
 
     def latency_pair(self, settings: Settings) -> PairMeasurer:
         precision = settings.precision or self.default_precision
         program = find_trtexec(settings.trtexec)
 
         def timing(a: tuple, b: tuple, *, runs: int, warmup: int) -> tuple[float, float, float]:
-            stats = [run_trtexec(path, TrtexecOptions(precision=file_precision(path, precision), iterations=runs),
+            stats = [run_trtexec(path, TrtexecOptions(precision=precision, iterations=runs),
                                  executable=program).latency for path, _, _ in (a, b)]
             return medians_and_spread(*stats)
 
-        return pair_of(onnx_files(settings.batch), timing, settings, self.width_multiple(precision))
+        return pair_of(onnx_files(settings.batch), timing, settings, self.width_multiple(precision),
+                       int8_refusal=self.int8_refusal_at(settings))
 
     def _options(self, settings: Settings) -> TrtexecOptions:
         return TrtexecOptions(precision=settings.precision or self.default_precision, sparse=settings.sparse,

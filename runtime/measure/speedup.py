@@ -50,12 +50,12 @@ class PairMeasurer:
     """A `passes.measurement.Measurer`: `search(dense, candidate)` for the search's short measurement,
     `confirm` for the longer one that answers a `Timing` with its speed-up interval, and the backend's width
     multiple `round_to` (runtime/measure/width_multiple.py). `stops_early`: its confirmations take `against`,
-    the speed-up their interval is judged against, and stop once it clears or misses it. `runs_int8`: whether
-    its backend runs a fake-quantized Program's INT8 kernels (else such a candidate is not measured at all)."""
+    the speed-up their interval is judged against, and stop once it clears or misses it. `int8_refusal`: why its
+    backend cannot time a fake-quantized Program like for like (None: it can; else none is measured at all)."""
 
     def __init__(self, search: LatencyPair, confirm: Callable[..., Timing], round_to: int | None,
-                 longer: Callable[..., Timing] | None = None, *, runs_int8: bool = True):
-        self.search, self._confirm, self.round_to, self.runs_int8 = search, confirm, round_to, runs_int8
+                 longer: Callable[..., Timing] | None = None, *, int8_refusal: str | None = None):
+        self.search, self._confirm, self.round_to, self.int8_refusal = search, confirm, round_to, int8_refusal
         self._longer = longer or confirm
         self.stops_early = bool(getattr(confirm, "stops_early", False))
 

@@ -2,7 +2,8 @@
 
 `network_plan` is a pure function of the TensorRT version, the requested precision and what the ONNX file
 holds (tested without TensorRT): strongly typed on TensorRT >= 10, INT8 only from Q/DQ nodes, FP16 from an
-FP16 graph or TensorRT 10's weakly typed flag. The plan per version and `sparse`: see docs/tensorrt.md,
+FP16 graph or TensorRT 10's weakly typed flag. A Q/DQ file asked at fp32 or fp16 (an INT8 candidate of a
+budget) runs its other layers at that precision, as the dense model does; TensorRT 11 cannot at fp16. The plan per version and `sparse`: see docs/tensorrt.md,
 'How an engine is built'.
 """
 
@@ -15,6 +16,9 @@ from dataclasses import dataclass
 from prunefx.runtime.errors import MeasurementError
 
 PRECISIONS = ("fp32", "fp16", "int8")
+QDQ_FP16_STRONG = ("TensorRT 11 builds the float layers of a Q/DQ file in the types the file gives them (FP32 "
+                   "here), where the dense model is lowered to FP16: an INT8 candidate is not measured like for "
+                   "like at fp16 (measure at fp32, or on TensorRT 10)")
 NO_QDQ = ("INT8 comes only from QuantizeLinear/DequantizeLinear nodes in the ONNX file (TensorRT 10 deprecated and "
           "TensorRT 11 removed implicit calibration): quantize the model first (passes/quantize_int8.py, lowered by "
           "runtime/onnx/quantized.py), or give calibration data")
@@ -88,12 +92,16 @@ def network_plan(tensorrt_version: str, precision: str, types: OnnxTypes, *, spa
         raise MeasurementError(NO_QDQ)
     major = tensorrt_major(tensorrt_version)
     sparsity = ("SPARSE_WEIGHTS",) if sparse else ()
+    # a Q/DQ file at fp16 or fp32: its Q/DQ layers in INT8, the others at that precision, as the dense model
+    int8 = ("INT8",) if types.has_qdq and precision != "int8" else ()
     if major < 10:  # no strong typing before 9.x became 10: the precision flags are all there is
         flags = {"fp32": (), "fp16": ("FP16",), "int8": ("FP16", "INT8")}[precision]
-        return NetworkPlan(strongly_typed=False, builder_flags=flags + sparsity)
+        return NetworkPlan(strongly_typed=False, builder_flags=flags + int8 + sparsity)
     if precision == "fp16" and not types.float16:
         if major == 10:  # TensorRT 10's weakly typed FP16, deprecated since 10.12, removed in 11
-            return NetworkPlan(strongly_typed=False, builder_flags=("FP16",) + sparsity)
+            return NetworkPlan(strongly_typed=False, builder_flags=("FP16",) + int8 + sparsity)
+        if types.has_qdq:  # the FP16 lowering keeps Q/DQ files out: their scales are typed
+            raise MeasurementError(QDQ_FP16_STRONG)
         return NetworkPlan(strongly_typed=True, builder_flags=sparsity, lower_to_fp16=True)
     return NetworkPlan(strongly_typed=True, builder_flags=sparsity)
 
