@@ -4,9 +4,11 @@ with `onnx`), and the CLI is checked to fail in one line, before loading a model
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.util
 import math
+import weakref
 
 import onnx
 import pytest
@@ -222,3 +224,33 @@ def test_the_pair_measures_at_the_batch_asked_for(trtexec):
     assert [run["model"].graph.input[0].type.tensor_type.shape.dim[0].dim_value for run in trtexec] == [2, 2]
     with pytest.raises(PrunefxError, match="a batch size is at least 1"):
         latency_pair("trtexec", threads=1, runs=3, batch=0)
+
+
+def test_a_trt_search_keeps_two_engines_loaded(monkeypatch):
+    """The dense model's engine and the candidate's: each other engine is dropped once a newer one is loaded, so a
+    search over many candidates holds two engines' GPU memory, not all of them."""
+    loaded = []
+
+    class Engine:
+        def __init__(self, path):
+            self.ms = MS_PER_WEIGHT * _conv_weights(onnx.load(str(path)))
+            loaded.append(weakref.ref(self))
+
+        def set_inputs(self, *inputs):
+            pass
+
+        def time_once(self):
+            return self.ms
+
+    monkeypatch.setattr(trt_backend, "require_tensorrt", lambda: None)
+    monkeypatch.setattr(trt_backend.TensorRTBackend, "software_version", lambda self, settings: "10.3.0")
+    monkeypatch.setattr(trt_backend, "require_cuda", lambda: None)
+    monkeypatch.setattr(trt_backend, "build_engine", lambda path, options, cache_dir=None: Engine(path))
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self: self)
+    dense = _net(16)
+    pair = latency_pair("trt", threads=1, runs=2, warmup=0, precision="fp16")
+    for width in (8, 4, 2):
+        pair(dense, _net(width))
+    gc.collect()
+    assert len(loaded) == 4  # the dense model's engine built once, every candidate's once
+    assert [ref() is not None for ref in loaded] == [True, False, False, True]

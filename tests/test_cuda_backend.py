@@ -165,7 +165,7 @@ def _prepared(pair):
     """The PreparedModels behind a cuda pair's search measurement (cached_pair's `sources`)."""
     for cell in pair.search.__closure__:
         if isinstance(cell.cell_contents, cuda_module.PreparedModels):
-            return cell.cell_contents.models
+            return cell.cell_contents.models.entries
     raise AssertionError("no PreparedModels in the pair")
 
 
@@ -425,3 +425,28 @@ def test_a_model_whose_capture_fails_is_sampled_eagerly_and_says_why(fake, monke
         dense_ms, narrow_ms, _ = pair(_net(16), _net(8))
     assert dense_ms == pytest.approx(MS_PER_WEIGHT * _weights(_net(16).module)) and narrow_ms < dense_ms
     assert pair.notes and "capture failed (RuntimeError: operation not permitted" in pair.notes[0]
+
+
+def test_once_a_model_cannot_be_captured_both_models_of_the_pair_are_sampled_eagerly(fake, monkeypatch):
+    """A dense model replayed as a graph against a candidate sampled as eager calls would credit the dense model
+    with the launch savings: the dense model is sampled eagerly too, and so is every later candidate."""
+    real_capture = fake.capture
+    refused = {"weights": _weights(_net(8).module)}
+
+    def refuses_the_narrow_one(run, iterations=1):
+        run()
+        if fake.last == refused["weights"]:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return real_capture(run, iterations)
+
+    monkeypatch.setattr(fake, "capture", refuses_the_narrow_one)
+    models = cuda_module.PreparedModels(fake, "fp16", 2, False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dense, _ = models.get(_net(16))
+        assert dense.mode == "graph"
+        narrow, _ = models.get(_net(8))
+        later, _ = models.get(_net(4))
+    assert (dense.mode, narrow.mode, later.mode) == ("eager", "eager", "eager")
+    assert "could not be captured" in dense.reason and "capture failed" in narrow.reason
+    assert "could not be captured" in later.reason

@@ -12,12 +12,11 @@ device, its timer and the graph capture all go through `self.device` (a CudaDevi
 from __future__ import annotations
 
 import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
 
 from prunefx.graph import Program
 from prunefx.runtime.backends.base import Backend, BenchModel, Settings
-from prunefx.runtime.backends.gpu_pair import gpu_timing, pair_of
+from prunefx.runtime.backends.gpu_pair import LastUsed, gpu_timing, pair_of
 from prunefx.runtime.cuda.graph import CudaDevice, GpuModel
 from prunefx.runtime.cuda.layer_timer import CudaLayerTimer
 from prunefx.runtime.cuda.node_profile import cuda_profile
@@ -80,16 +79,20 @@ class CudaBackend(Backend):
         return cuda_profile(self.prepared(model, settings, capture=False), warmup=settings.warmup, runs=settings.runs)
 
 
+ALIKE = "timed eagerly, many calls back to back, as a model it is compared with could not be captured"
+
+
 class PreparedModels:
     """GpuModels by Program fingerprint, each cut to `batch` and prepared once. Only the `keep` models used
     last stay on the GPU (the dense model, fetched for every measurement, and the candidate): a search meets
     hundreds. `notes` collects why a model was timed eagerly."""
 
     def __init__(self, device: CudaDevice, precision: str, batch: int, compile: bool, keep: int = 2):
-        self.device, self.precision, self.batch, self.compile, self.keep = device, precision, batch, compile, keep
-        self.models: OrderedDict[str, tuple[GpuModel, str]] = OrderedDict()
+        self.device, self.precision, self.batch, self.compile = device, precision, batch, compile
+        # the least recently used goes, with its graph and memory pool
+        self.models = LastUsed(keep, released=device.release)
         self.notes: list[str] = []
-        self.prepared = self.freed = 0
+        self.capture = True  # until a model cannot be captured: from then on every model is sampled eagerly
 
     def key(self, program: Program) -> str:
         return fingerprint(program)
@@ -97,28 +100,29 @@ class PreparedModels:
     def get(self, program: Program, key: str | None = None) -> tuple[GpuModel, str]:
         """The prepared model of `program`, whose fingerprint is `key` where the caller knows it already."""
         key = key or fingerprint(program)
-        if key in self.models:
-            self.models.move_to_end(key)
-            return self.models[key]
-        while len(self.models) >= self.keep:  # the least recently used goes, with its graph and memory pool
-            self.models.popitem(last=False)
-            self.freed += 1
-            self.device.release()
+        return self.models.get(key, lambda: (self._prepared(program), key))
+
+    def _prepared(self, program: Program) -> GpuModel:
         model = GpuModel(deployed(program, self.batch), precision=self.precision, device=self.device,
-                         compile=self.compile)
-        self.prepared += 1
+                         compile=self.compile, capture=self.capture)
+        if model.capture_failed:  # a graph against eager calls would not compare like with like
+            self.capture = False
+            for kept, _ in self.models.entries.values():
+                if kept.mode == "graph":
+                    kept.sample_eagerly(ALIKE)
+        elif not self.capture:
+            model.reason = model.reason or ALIKE
         if model.reason and model.reason not in self.notes:
             self.notes.append(model.reason)
-            warnings.warn(f"cuda backend: {model.reason}", stacklevel=2)
-        self.models[key] = (model, key)
-        return self.models[key]
+            warnings.warn(f"cuda backend: {model.reason}", stacklevel=4)
+        return model
 
     def facts(self) -> dict:
         """What a budget report says of the measurements: how samples were taken, warm-up, autotuning, memory."""
         return {**self.device.describe(), "warm_seconds": self.device.warm_seconds,
-                "models_prepared": self.prepared, "models_freed": self.freed,
+                "models_prepared": self.models.made, "models_freed": self.models.dropped,
                 "peak_gpu_memory_bytes": self.device.peak_memory(),
-                "timing": [model.timing() for model, _ in self.models.values()]}
+                "timing": [model.timing() for model, _ in self.models.entries.values()]}
 
 
 BACKEND = CudaBackend()

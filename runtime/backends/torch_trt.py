@@ -9,11 +9,11 @@ from __future__ import annotations
 from prunefx.graph import Program
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.runtime.backends.base import BenchModel, Settings
-from prunefx.runtime.backends.gpu_pair import gpu_timing, pair_of
+from prunefx.runtime.backends.gpu_pair import LastUsed, gpu_timing, pair_of
 from prunefx.runtime.backends.tensorrt_common import TensorRTFamily
 from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.measure.speedup import PairMeasurer, deployed, fingerprint
-from prunefx.runtime.tensorrt.engine import require_cuda
+from prunefx.runtime.tensorrt.engine import free_gpu_cache, require_cuda
 from prunefx.runtime.tensorrt.torch_compiled import compile_torch_tensorrt, require_torch_tensorrt
 
 
@@ -45,20 +45,22 @@ class TorchTensorRTBackend(TensorRTFamily):
 
 
 class _Compiled:
-    """Torch-TensorRT modules by Program fingerprint, each compiled once at the pair's batch."""
+    """Torch-TensorRT modules by Program fingerprint, each compiled once at the pair's batch; the two used last
+    stay on the GPU (gpu_pair.LastUsed)."""
 
     def __init__(self, precision: str, batch: int):
-        self.precision, self.batch, self.modules = precision, batch, {}
+        self.precision, self.batch = precision, batch
+        self.modules = LastUsed(released=free_gpu_cache)
 
     def get(self, program: Program) -> tuple:
         key = fingerprint(program)
-        if key not in self.modules:
-            if has_fake_quant(program.graph):  # its quantizers would be timed as float operators
-                raise MeasurementError(f"Torch-TensorRT does not time '{program.name}' as INT8 (fake quantizers): "
-                                       "use --backend trt, which builds INT8 from its Q/DQ nodes")
-            self.modules[key] = (compile_torch_tensorrt(deployed(program, self.batch), precision=self.precision),
-                                 key)
-        return self.modules[key]
+        return self.modules.get(key, lambda: (self._compiled(program), key))
+
+    def _compiled(self, program: Program):
+        if has_fake_quant(program.graph):  # its quantizers would be timed as float operators
+            raise MeasurementError(f"Torch-TensorRT does not time '{program.name}' as INT8 (fake quantizers): "
+                                   "use --backend trt, which builds INT8 from its Q/DQ nodes")
+        return compile_torch_tensorrt(deployed(program, self.batch), precision=self.precision)
 
 
 BACKEND = TorchTensorRTBackend()

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prunefx.runtime.backends.base import BenchModel, Settings
-from prunefx.runtime.backends.gpu_pair import gpu_timing, pair_of
+from prunefx.runtime.backends.gpu_pair import LastUsed, gpu_timing, pair_of
 from prunefx.runtime.backends.tensorrt_common import TensorRTFamily, onnx_files
 from prunefx.runtime.measure.speedup import PairMeasurer
-from prunefx.runtime.tensorrt.engine import build_engine, require_cuda, require_tensorrt
+from prunefx.runtime.tensorrt.engine import build_engine, free_gpu_cache, require_cuda, require_tensorrt
 from prunefx.runtime.tensorrt.layer_profile import (
     LayerProfile,
     build_layer_profile,
@@ -66,19 +66,21 @@ class TensorRTBackend(TensorRTFamily):
 
 class _Engines:
     """TensorRT engines by file sha256, inputs bound: the dense model's engine is timed against every
-    candidate, and loading it again each time would cost a deserialization and fresh GPU buffers."""
+    candidate, and loading it again each time would cost a deserialization and fresh GPU buffers. The two used
+    last stay loaded (gpu_pair.LastUsed): a search's every engine kept would fill a Jetson's memory."""
 
     def __init__(self, precision: str, cache_dir: str | None):
-        self.precision, self.cache_dir, self.loaded = precision, cache_dir, {}
+        self.precision, self.cache_dir = precision, cache_dir
+        self.loaded = LastUsed(released=free_gpu_cache)
 
     def timed(self, entry: tuple) -> Callable[[], float]:
         path, inputs, sha = entry
-        if sha not in self.loaded:
-            engine = build_engine(path, BuildOptions(precision=self.precision),
-                                  cache_dir=self.cache_dir)
-            engine.set_inputs(*[x.cuda() for x in inputs])
-            self.loaded[sha] = engine
-        return self.loaded[sha].time_once
+        return self.loaded.get(sha, lambda: self._load(path, inputs)).time_once
+
+    def _load(self, path, inputs):
+        engine = build_engine(path, BuildOptions(precision=self.precision), cache_dir=self.cache_dir)
+        engine.set_inputs(*[x.cuda() for x in inputs])
+        return engine
 
 
 BACKEND = TensorRTBackend()

@@ -178,15 +178,21 @@ class GpuModel:
             capture = False
             self.reason = (f"timed eagerly at batch >= {capture_batch_limit()}, many calls back to back, not as a "
                            f"CUDA graph: capture at such batches once crashed a process")
-        self.mode = "graph" if capture else "eager"
+        self.mode, self.capture_failed = ("graph" if capture else "eager"), False
         try:
             self.replay, self.iterations, self.calls = sampled(self._call, device, capture=capture)
         except RuntimeError as error:  # not capturable (a host synchronisation, a data-dependent shape)
             if not capture:
                 raise
-            self.mode = "eager"
-            self.reason = f"timed eagerly, many calls back to back: its CUDA graph capture failed ({first_line(error)})"
-            self.replay, self.iterations, self.calls = sampled(self._call, device, capture=False)
+            self.capture_failed = True
+            self.sample_eagerly(f"timed eagerly, many calls back to back: its CUDA graph capture failed "
+                                f"({first_line(error)})")
+
+    def sample_eagerly(self, reason: str) -> None:
+        """Sample as eager calls back to back from now on (`reason` says why): also what the other model of a
+        pair does when this one cannot be captured, so that the two are timed alike."""
+        self.mode, self.reason = "eager", reason
+        self.replay, self.iterations, self.calls = sampled(self._call, self.device, capture=False)
 
     def _call(self):
         with torch.inference_mode(), cudnn_autotuned():

@@ -60,6 +60,13 @@ def require_cuda() -> None:
                                       "use --backend ort on this machine")
 
 
+def free_gpu_cache() -> None:
+    """Hand the memory of engines or modules dropped since back to the driver (torch's caching allocator holds
+    their buffers otherwise); nothing where torch has no GPU."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 # ---- build --------------------------------------------------------------------------------------
 
 _LOGGERS: dict = {}
