@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import time
 import warnings
 
 import pytest
@@ -450,3 +451,21 @@ def test_once_a_model_cannot_be_captured_both_models_of_the_pair_are_sampled_eag
     assert (dense.mode, narrow.mode, later.mode) == ("eager", "eager", "eager")
     assert "could not be captured" in dense.reason and "capture failed" in narrow.reason
     assert "could not be captured" in later.reason
+
+
+def test_a_profile_warms_the_gpu_on_the_whole_model_before_its_first_node(monkeypatch):
+    """At idle clocks the first nodes read several times slower: the model runs for the device's warm-up time,
+    until its times settle, before any node is timed."""
+    device = FakeDevice()
+    device.warm_seconds = 0.2
+    order = []
+    model = GpuModel(_net(16), precision="fp16", device=device, capture=False)
+    whole = model.time_once
+    monkeypatch.setattr(model, "time_once", lambda: order.append("model") or whole())
+    recorded = cuda_node_profile.node_calls
+    monkeypatch.setattr(cuda_node_profile, "node_calls", lambda m: {
+        name: (lambda call=call: order.append("node") or call()) for name, call in recorded(m).items()})
+    started = time.perf_counter()
+    cuda_node_profile.cuda_profile(model, warmup=1, runs=2)
+    assert time.perf_counter() - started >= 0.2
+    assert order[0] == "model" and order.index("node") > 10

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 
 from prunefx.runtime.cuda.graph import GpuModel, cudnn_autotuned, sampled
+from prunefx.runtime.measure.gpu_latency import WarmUp, warm_until_steady
 from prunefx.runtime.tensorrt.layer_profile import LayerProfile, LayerRow
 
 
@@ -42,7 +43,9 @@ def node_calls(model: GpuModel) -> dict[str, Callable[[], object]]:
 
 
 def profile_nodes(model: GpuModel, *, warmup: int = 3, runs: int = 20) -> tuple[dict[str, float], list[str]]:
-    """Median GPU milliseconds per call_function node, and the nodes that had to be timed eagerly."""
+    """Median GPU milliseconds per call_function node, and the nodes that had to be timed eagerly. The whole model
+    runs first until its times settle: the first nodes timed at idle clocks would read several times slower."""
+    warm_until_steady([model.time_once], WarmUp(warmup=1, seconds=model.device.warm_seconds))
     medians, eager = {}, []
     for name, call in node_calls(model).items():
         with torch.inference_mode(), cudnn_autotuned():  # eager calls read the setting: warm-up and samples
