@@ -46,7 +46,8 @@ from prunefx.reports.compression import json_safe, markdown_report, pass_summary
 from prunefx.reports.report_facts import Costs, Latency, ReportFacts
 from prunefx.reports.report_json import output_files
 from prunefx.reports.stage import STAGE_TIMED_RUNS, StageMeter
-from prunefx.runtime import compare_latency, export_onnx, onnx_runner
+from prunefx.runtime import export_onnx, onnx_side_by_side
+from prunefx.runtime.backends import Settings
 from prunefx.runtime.measure.deployment_report import CHART_FILE, variants_from_compress, write_chart
 
 # ---- model and data -----------------------------------------------------------------------------
@@ -209,7 +210,8 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
                *([BUDGET_CHART_FILE] if budget else []))
     measured = Latency("onnxruntime", options.threads, options.runs, latency.a.median_ms, latency.b.median_ms,
                        latency.speedup, extra={"batch_size": 1, "warmup": options.warmup, "dense": latency.a.to_dict(),
-                                               "compressed": latency.b.to_dict()})
+                                               "compressed": latency.b.to_dict(), "interval": latency.interval(),
+                                               "rounds": latency.rounds})
     sections = {
         "data": str(data), "data_seed": splits.train.seed if splits.train is not None else None,
         "task": splits.task, "classes": list(splits.classes),
@@ -241,12 +243,13 @@ def _budget(result, options: Options) -> dict | None:
 
 
 def _side_by_side(dense_one: Program, compressed_one: Program, compressed_onnx: Path, options: Options):
-    """ONNX Runtime latency of the dense and the compressed model at batch 1, measured side by side."""
+    """ONNX Runtime latency of the dense and the compressed model at batch 1, side by side over fresh processes,
+    as `bench --vs` measures (runtime.onnx_side_by_side)."""
     with tempfile.TemporaryDirectory(prefix="prunefx-compress-") as tmp:
         dense_onnx = export_onnx(dense_one, Path(tmp) / "dense.onnx", opset=options.opset).path
-        return compare_latency(onnx_runner(dense_onnx, dense_one.example_inputs, threads=options.threads),
-                               onnx_runner(compressed_onnx, compressed_one.example_inputs, threads=options.threads),
-                               warmup=options.warmup, runs=options.runs, threads=options.threads)
+        return onnx_side_by_side([(dense_onnx, dense_one.example_inputs),
+                                  (compressed_onnx, compressed_one.example_inputs)],
+                                 Settings(runs=options.runs, warmup=options.warmup, threads=options.threads))
 
 
 def _write_report(facts: ReportFacts, staging: Path, *, title: str) -> dict:

@@ -11,6 +11,7 @@ what to install).
 """
 
 from prunefx.runtime import _moved
+from prunefx.runtime.backends.ort import onnx_side_by_side
 from prunefx.runtime.errors import (
     BackendUnavailableError,
     DeviceToolError,
@@ -76,7 +77,7 @@ __all__ = [
     "TegrastatsSampler", "TorchRunner", "TrtexecOptions", "Variant", "build_engine", "build_layer_profile",
     "check_parity", "compare_gpu_latency", "compare_latency", "compile_torch_tensorrt", "engine_cache_key",
     "export_onnx", "format_profile_table", "jetson_state", "latency_pair", "map_to_program", "measure_gpu_latency",
-    "measure_latency", "onnx_node_origins", "onnx_nodes_of_layer", "QuantizedExport", "export_quantized_lowerings", "export_quantized_onnx", "lower_to_float16", "onnx_latency_pair", "onnxruntime_lowering", "onnx_runner", "OnnxRunnerMaker", "onnx_speedup", "parse_engine_information",
+    "measure_latency", "onnx_node_origins", "onnx_nodes_of_layer", "QuantizedExport", "export_quantized_lowerings", "export_quantized_onnx", "lower_to_float16", "onnx_latency_pair", "onnx_side_by_side", "onnxruntime_lowering", "onnx_runner", "OnnxRunnerMaker", "onnx_speedup", "parse_engine_information",
     "parse_performance_summary", "parse_tegrastats_line", "profile_engine", "read_variants", "run_trtexec", "speedup_measure",
     "torch_runner", "trtexec_arguments", "variants_from_compress", "write_chart", "write_deployment_report",
 ]

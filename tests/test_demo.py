@@ -95,7 +95,7 @@ def test_a_demo_stopped_while_measuring_leaves_the_previous_output_and_its_repor
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(demo, "compare_rounds", interrupted)
+    monkeypatch.setattr(demo, "onnx_side_by_side", interrupted)
     assert main(arguments) != 0
     assert {path.name: path.read_bytes() for path in (tmp_path / "demo").iterdir()} == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["demo"]  # no staging folder left beside it

@@ -1,16 +1,18 @@
 """ONNX Runtime on this CPU: the default backend.
 
 Budgets time both Programs' ONNX files alternately in this process (runtime/measure/speedup.onnx_latency_pair), and
-confirm over fresh processes; `bench --vs` spreads its runs over `rounds` fresh processes, a pair of sessions
-each (runtime/measure/latency.compare_rounds). Its width multiple is this CPU's SIMD width in float32 channels.
+confirm over fresh processes; every speed-up a command reports (`bench --vs`, compress, quantize, demo) spreads
+its runs over `rounds` fresh processes, a pair of sessions each (`onnx_side_by_side`,
+runtime/measure/latency.compare_rounds). Its width multiple is this CPU's SIMD width in float32 channels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from prunefx.runtime.backends.base import Backend, BenchModel, Settings
-from prunefx.runtime.measure.latency import compare_rounds
+from prunefx.runtime.measure.latency import LatencyComparison, compare_rounds
 from prunefx.runtime.measure.speedup import Measure, PairMeasurer, onnx_latency_pair, onnx_speedup
 from prunefx.runtime.measure.width_multiple import onnxruntime_multiple
 from prunefx.runtime.ort.runners import OnnxRunnerMaker
@@ -39,19 +41,26 @@ class OnnxRuntimeBackend(Backend):
         return onnx_speedup(threads=settings.threads, runs=settings.runs, warmup=settings.warmup,
                             batch=settings.batch)
 
-    def maker(self, model: BenchModel, settings: Settings) -> OnnxRunnerMaker:
-        return OnnxRunnerMaker(model.onnx, model.inputs, threads=settings.threads, spinning=settings.spinning,
-                               flush_denormals=settings.flush_denormals)
-
     def runner(self, model: BenchModel, settings: Settings):
-        return self.maker(model, settings)()
+        return OnnxRunnerMaker(model.onnx, model.inputs, threads=settings.threads, spinning=settings.spinning,
+                               flush_denormals=settings.flush_denormals)()
 
     def bench(self, models: Sequence[BenchModel], settings: Settings) -> dict:
         if len(models) == 1:
             return super().bench(models, settings)
-        makers = [self.maker(model, settings) for model in models]
-        return compare_rounds(*makers, rounds=min(settings.rounds, settings.runs), warmup=settings.warmup,
-                              runs=settings.runs, threads=settings.threads, processes=True).to_dict()
+        return onnx_side_by_side([(model.onnx, model.inputs) for model in models], settings).to_dict()
+
+
+def onnx_side_by_side(files: Sequence[tuple[Path, Sequence]], settings: Settings, *,
+                      progress: bool | None = None) -> LatencyComparison:
+    """Two ONNX files (each with its inputs), timed alternately over `settings.rounds` fresh processes, a pair of
+    sessions each: the one way a command reports a speed-up on ONNX Runtime (`bench --vs`, compress, quantize,
+    demo), with the interval that covers where a fresh process lands. A bar counts the runs (`progress` None: on
+    a terminal)."""
+    makers = [OnnxRunnerMaker(path, list(inputs), threads=settings.threads, spinning=settings.spinning,
+                              flush_denormals=settings.flush_denormals) for path, inputs in files]
+    return compare_rounds(*makers, rounds=min(settings.rounds, settings.runs), warmup=settings.warmup,
+                          runs=settings.runs, threads=settings.threads, processes=True, progress=progress)
 
 
 BACKEND = OnnxRuntimeBackend()

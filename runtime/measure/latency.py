@@ -94,6 +94,11 @@ class LatencyComparison:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def interval(self) -> dict:
+        """The speed-up's interval as a report states it, with how it was drawn."""
+        return {"low": self.speedup_low, "high": self.speedup_high, "confidence": self.confidence,
+                "method": self.method}
+
 
 def measure_latency(fn: Callable[[], object], *, warmup: int = 10, runs: int = 50,
                     threads: int | None = None, progress: bool = False,

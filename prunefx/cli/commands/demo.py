@@ -37,16 +37,16 @@ from prunefx.reports.budget_text import interval_text
 from prunefx.reports.report_facts import Costs, Latency, ReportFacts
 from prunefx.reports.report_json import output_files
 from prunefx.runtime import (
-    OnnxRunnerMaker,
     OnnxRuntimeSession,
     check_parity,
     compare_latency,
     export_onnx,
     measure_latency,
     onnx_runner,
+    onnx_side_by_side,
     torch_runner,
 )
-from prunefx.runtime.measure.latency import compare_rounds
+from prunefx.runtime.backends import Settings
 
 NAME = "demo"
 HELP = ("prune a Fashion-MNIST ResNet-20 (shipped checkpoint) the recommended way: calibration images, second-order "
@@ -204,15 +204,12 @@ def _deliver(folder: Path, dense, compressed, args) -> tuple[dict, Latency]:
     delivered = write_model(folder, compressed_one, opset=args.opset)
     export_onnx(dense_one, folder / "dense.onnx", opset=args.opset)
     inputs = dense_one.example_inputs
-    # over fresh processes, as the search's confirmation and `bench --vs` measure (latency.compare_rounds)
-    makers = [OnnxRunnerMaker(folder / name, inputs, threads=args.threads) for name in ("dense.onnx", "model.onnx")]
-    comparison = compare_rounds(*makers, rounds=ROUNDS, warmup=20, runs=args.runs, threads=args.threads,
-                                processes=True)
-    interval = {"low": comparison.speedup_low, "high": comparison.speedup_high, "confidence": comparison.confidence,
-                "method": comparison.method}
+    # over fresh processes, as the search's confirmation and `bench --vs` measure (runtime.onnx_side_by_side)
+    comparison = onnx_side_by_side([(folder / name, inputs) for name in ("dense.onnx", "model.onnx")],
+                                   Settings(runs=args.runs, warmup=20, threads=args.threads, rounds=ROUNDS))
     return delivered, Latency("onnxruntime", args.threads, args.runs, comparison.a.median_ms,
                               comparison.b.median_ms, comparison.speedup,
-                              extra={"interval": interval, "rounds": ROUNDS})
+                              extra={"interval": comparison.interval(), "rounds": ROUNDS})
 
 
 def _top1(logits: torch.Tensor, labels: torch.Tensor) -> int:

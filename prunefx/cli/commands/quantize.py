@@ -28,12 +28,12 @@ from prunefx.reports.report_json import output_files
 from prunefx.runtime import (
     QuantizedExport,
     check_parity,
-    compare_latency,
     export_onnx,
     export_quantized_lowerings,
-    onnx_runner,
+    onnx_side_by_side,
     onnxruntime_lowering,
 )
+from prunefx.runtime.backends import Settings
 from prunefx.runtime.check.readiness import report_entry
 
 NAME = "quantize"
@@ -104,16 +104,15 @@ def _export_entry(program, exported: QuantizedExport) -> dict:
 
 
 def _latency(dense, quantized, quantized_file: Path, args) -> Latency | LatencySkipped:
-    """The float model against model_ort.onnx, ONNX Runtime at batch 1, alternately in this process."""
+    """The float model against model_ort.onnx, ONNX Runtime at batch 1, alternately over fresh processes."""
     if int(dense.example_inputs[0].shape[0]) != 1:
         return LatencySkipped("the model was captured at a batch size other than 1; bench its files at batch 1")
     with tempfile.TemporaryDirectory(prefix="prunefx-quantize-") as tmp:
         dense_file = export_onnx(rebatch(dense, 1), Path(tmp) / "dense.onnx", opset=args.opset).path
-        comparison = compare_latency(onnx_runner(dense_file, dense.example_inputs, threads=args.threads),
-                                     onnx_runner(quantized_file, quantized.example_inputs, threads=args.threads),
-                                     runs=args.runs, threads=args.threads)
+        comparison = onnx_side_by_side([(dense_file, dense.example_inputs), (quantized_file, quantized.example_inputs)],
+                                       Settings(runs=args.runs, threads=args.threads))
     return Latency("onnxruntime", args.threads, args.runs, comparison.a.median_ms, comparison.b.median_ms,
-                   comparison.speedup)
+                   comparison.speedup, extra={"interval": comparison.interval(), "rounds": comparison.rounds})
 
 
 def _summary(report: dict, output: Path) -> None:
