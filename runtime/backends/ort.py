@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prunefx.runtime.backends.base import Backend, BenchModel, Settings
 from prunefx.runtime.measure.latency import LatencyComparison, compare_rounds
-from prunefx.runtime.measure.speedup import Measure, PairMeasurer, onnx_latency_pair, onnx_speedup
+from prunefx.runtime.measure.speedup import PairMeasurer, onnx_latency_pair
 from prunefx.runtime.measure.width_multiple import onnxruntime_multiple
 from prunefx.runtime.ort.runners import OnnxRunnerMaker
 
@@ -36,10 +36,6 @@ class OnnxRuntimeBackend(Backend):
     def latency_pair(self, settings: Settings) -> PairMeasurer:
         return onnx_latency_pair(threads=settings.threads, runs=settings.runs, warmup=settings.warmup,
                                  batch=settings.batch)
-
-    def speedup(self, settings: Settings) -> Measure:
-        return onnx_speedup(threads=settings.threads, runs=settings.runs, warmup=settings.warmup,
-                            batch=settings.batch)
 
     def runner(self, model: BenchModel, settings: Settings):
         return OnnxRunnerMaker(model.onnx, model.inputs, threads=settings.threads, spinning=settings.spinning,

@@ -25,7 +25,7 @@ from prunefx.runtime.measure.latency import LatencyComparison, LatencyStats, com
 from prunefx.runtime.measure.width_multiple import onnxruntime_multiple
 from prunefx.runtime.onnx.export import export_onnx
 from prunefx.runtime.onnx.quantized import export_quantized_onnx, onnxruntime_lowering
-from prunefx.runtime.ort.runners import OnnxRunnerMaker, onnx_runner
+from prunefx.runtime.ort.runners import OnnxRunnerMaker
 from prunefx.runtime.ort.session import DEFAULT_THREADS
 
 Measure = Callable[[Program, Program], float]
@@ -36,12 +36,14 @@ LatencyPair = Callable[[Program, Program], tuple[float, float, float]]
 
 
 def onnx_speedup(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup: int = 10, batch: int = 1) -> Measure:
-    """A `(before, after) -> speed-up` callable timing both Programs with ONNX Runtime at `batch`."""
+    """A `(before, after) -> speed-up` callable timing both Programs with ONNX Runtime at `batch`: the search
+    reading of `onnx_latency_pair`, so the files are exported once per Program (a merge pass measures the same
+    model before every merge it considers) and a pair measured before is answered again."""
+    pair = onnx_latency_pair(threads=threads, runs=runs, warmup=warmup, batch=batch)
+
     def measure(before: Program, after: Program) -> float:
-        with tempfile.TemporaryDirectory(prefix="prunefx-measure-") as tmp:
-            runners = [_runner(program, Path(tmp) / f"{name}.onnx", batch, threads)
-                       for name, program in (("before", before), ("after", after))]
-            return compare_latency(*runners, warmup=warmup, runs=runs, threads=threads).speedup
+        timing = pair(before, after)
+        return timing.dense_ms / timing.ms
 
     return measure
 
@@ -222,7 +224,3 @@ def deployed(program: Program, batch: int) -> Program:
     program = program.clone().eval() if program.training else program
     return rebatch(program, batch) if int(program.example_inputs[0].shape[0]) != batch else program
 
-
-def _runner(program: Program, path: Path, batch: int, threads: int):
-    path, inputs = exported_file(program, path, batch)
-    return onnx_runner(path, inputs, threads=threads)
