@@ -240,6 +240,11 @@ def _check_graph(path: Path, name: str, document) -> None:
     """One walk over the graph JSON: every node target is a torch operator, every shape expression plain
     arithmetic (range constraints are keyed by expressions too)."""
     ranges = document.get("range_constraints") if isinstance(document, dict) else None
+    dynamic = sorted(key for key in ranges if re.fullmatch(r"s\d+", str(key))) if isinstance(ranges, dict) else []
+    if dynamic:  # said plainly: its symbols' sympy forms would read as an expression refused for safety
+        raise ProgramFileError(f"{path}: '{name}' has dynamic input dimensions (a torch.export Dim: "
+                               f"{', '.join(printable(key) for key in dynamic[:4])}); prunefx reads programs of "
+                               "static shapes: export it again without dynamic_shapes, or give prunefx the model")
     for expression in ranges if isinstance(ranges, dict) else ():
         _check_expression(path, name, expression)
     for item in _walk(document):
