@@ -12,7 +12,6 @@ import copy
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,23 +31,19 @@ from prunefx.graph.program_metadata import (
 from prunefx.graph.safety.archive import safe_load
 from prunefx.graph.safety.functional_ops import check_writes
 from prunefx.graph.safety.graph_bounds import recompute_shapes
-from prunefx.graph.training_flags import graph_training_mode, training_flag_index
+from prunefx.graph.training_flags import (
+    Modes,
+    graph_training_mode,
+    modes_of,
+    restore_modes,
+    set_module_attributes,
+    set_training,
+)
 from prunefx.graph.whole_files import replaced_whole
 from prunefx.graph.zip_target import FailureHoldingFile
 
 _METADATA_FILE = "prunefx.json"
 _PROPAGATION = "prunefx_propagation"  # node.meta key: which shape propagation last saw the node
-
-
-@dataclass(frozen=True)
-class Modes:
-    """A Program's modes at one moment (Program.modes): its overall mode, each node's training flag and each
-    submodule's `training` attribute, by name (no reference to the graph: kept across a rewrite, it holds no
-    replaced weights alive)."""
-
-    training: bool
-    flags: dict[str, bool]
-    attributes: dict[str, bool]
 
 
 class Program:
@@ -70,7 +65,7 @@ class Program:
     def from_exported(cls, exported: torch.export.ExportedProgram, example_inputs, *, name: str) -> Program:
         module = exported.module()
         program = cls(module, tuple(example_inputs), name=name)
-        program._set_module_training_attr(graph_training_mode(module.graph))
+        set_module_attributes(module, graph_training_mode(module.graph))
         return program
 
     # --- running -------------------------------------------------------------------------------
@@ -91,18 +86,7 @@ class Program:
 
     def train(self, mode: bool = True) -> Program:
         """Flip the training flag of every batch norm and dropout inside the graph."""
-        changed = False
-        for node in self.module.graph.nodes:
-            index = training_flag_index(node)
-            if index is not None:
-                if node.args[index] != mode:
-                    args = list(node.args)
-                    args[index] = mode
-                    node.args = tuple(args)
-                    changed = True
-        if changed:
-            self.module.recompile()
-        self._set_module_training_attr(mode)
+        set_training(self.module, mode)
         return self
 
     def eval(self) -> Program:
@@ -120,31 +104,14 @@ class Program:
             self.restore_modes(modes)
 
     def modes(self) -> Modes:
-        """Every training flag of the graph and every submodule's `training`, to put back with `restore_modes`."""
-        return Modes(self.training,
-                     {node.name: node.args[index] for node in self.module.graph.nodes
-                      if (index := training_flag_index(node)) is not None},
-                     {name: submodule.training for name, submodule in self.module.named_modules()})
+        """Every training flag of the graph and every submodule's `training`, to put back with `restore_modes`
+        (graph/training_flags.py)."""
+        return modes_of(self.module)
 
     def restore_modes(self, modes: Modes) -> None:
         """Each flag and attribute as `modes` recorded it (a frozen batch norm in a training Program stays frozen,
-        where `train(mode)` sets them all alike); nodes and submodules of other names take its overall mode."""
-        changed = False
-        for node in self.module.graph.nodes:
-            index = training_flag_index(node)
-            mode = modes.flags.get(node.name, modes.training)
-            if index is not None and node.args[index] != mode:
-                node.args = (*node.args[:index], mode, *node.args[index + 1:])
-                changed = True
-        if changed:
-            self.module.recompile()
-        for name, submodule in self.module.named_modules():
-            submodule.training = modes.attributes.get(name, modes.training)
-
-    def _set_module_training_attr(self, mode: bool) -> None:
-        # GraphModules from torch.export refuse .train(); set the attribute directly on every submodule.
-        for submodule in self.module.modules():
-            submodule.training = mode
+        where `train(mode)` sets them all alike)."""
+        restore_modes(self.module, modes)
 
     # --- parameters ----------------------------------------------------------------------------
     def parameters(self) -> Iterator[torch.nn.Parameter]:

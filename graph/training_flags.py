@@ -1,7 +1,10 @@
 """Where an exported graph says train or eval: the training flag argument of its batch norms and dropouts
-(torch.export records the mode in the operators' arguments, not in a module attribute)."""
+(torch.export records the mode in the operators' arguments, not in a module attribute), set all alike
+(`set_training`) or recorded and put back one by one (`Modes`, `modes_of`, `restore_modes`)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -31,3 +34,54 @@ def training_flag_index(node: torch.fx.Node) -> int | None:
 def graph_training_mode(graph: torch.fx.Graph) -> bool:
     """A graph is in training mode when any of its batch norms or dropouts is (no such node: eval)."""
     return any(bool(node.args[index]) for node in graph.nodes if (index := training_flag_index(node)) is not None)
+
+
+@dataclass(frozen=True)
+class Modes:
+    """A graph module's modes at one moment: its overall mode, each node's training flag and each submodule's
+    `training` attribute, by name (no reference to the graph: kept across a rewrite, it holds no replaced
+    weights alive)."""
+
+    training: bool
+    flags: dict[str, bool]
+    attributes: dict[str, bool]
+
+
+def set_training(module: torch.fx.GraphModule, mode: bool) -> None:
+    """Every batch norm's and dropout's flag in `module`'s graph, and every submodule's `training`, set to `mode`."""
+    _set_flags(module, lambda node: mode)
+    set_module_attributes(module, mode)
+
+
+def set_module_attributes(module: torch.nn.Module, mode: bool) -> None:
+    """Every submodule's `training` attribute (GraphModules from torch.export refuse `.train()`)."""
+    for submodule in module.modules():
+        submodule.training = mode
+
+
+def modes_of(module: torch.fx.GraphModule) -> Modes:
+    """Every training flag of the graph and every submodule's `training`, to put back with `restore_modes`."""
+    return Modes(graph_training_mode(module.graph),
+                 {node.name: node.args[index] for node in module.graph.nodes
+                  if (index := training_flag_index(node)) is not None},
+                 {name: submodule.training for name, submodule in module.named_modules()})
+
+
+def restore_modes(module: torch.fx.GraphModule, modes: Modes) -> None:
+    """Each flag and attribute as `modes` recorded it (a frozen batch norm in a training graph stays frozen,
+    where `set_training` sets them all alike); nodes and submodules of other names take its overall mode."""
+    _set_flags(module, lambda node: modes.flags.get(node.name, modes.training))
+    for name, submodule in module.named_modules():
+        submodule.training = modes.attributes.get(name, modes.training)
+
+
+def _set_flags(module: torch.fx.GraphModule, mode_of) -> None:
+    """Each flag set to `mode_of(node)`; the module recompiled once if any changed."""
+    changed = False
+    for node in module.graph.nodes:
+        index = training_flag_index(node)
+        if index is not None and node.args[index] != (mode := mode_of(node)):
+            node.args = (*node.args[:index], mode, *node.args[index + 1:])
+            changed = True
+    if changed:
+        module.recompile()
