@@ -1,6 +1,8 @@
 """Files written whole or not at all: ONNX exports and lowerings, reports, a cache's engines and tables. A
 reader trusts such a file by its name, so a write cut short (a full disk, an interrupt, a killed process) must
-not leave a part of one under that name, and a previous file stays as it was until the new one is complete."""
+not leave a part of one under that name, and a previous file stays as it was until the new one is complete.
+The data reach the disk before the rename, and the rename before the call returns (fsync of the file, then of
+its folder): a board that loses power keeps the previous file or the new one, never an empty one."""
 
 from __future__ import annotations
 
@@ -24,9 +26,30 @@ def replaced_whole(path: Path) -> Iterator[Path]:
     temporary.touch(exist_ok=False)  # not mkstemp: its 0600 would become the file's mode, not the user's umask
     try:
         yield temporary
+        _sync_file(temporary)
         os.replace(temporary, path)
+        sync_folder(path.parent)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _sync_file(path: Path) -> None:
+    with open(path, "rb") as file:
+        os.fsync(file.fileno())
+
+
+def sync_folder(folder: Path) -> None:
+    """A folder's entries (a rename into it) made durable; a file system that cannot sync a folder is left be."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:  # EINVAL on file systems that do not sync folders
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def _remove_killed_writers(path: Path) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from prunefx.graph.errors import printable
-from prunefx.graph.whole_files import followed
+from prunefx.graph.whole_files import followed, sync_folder
 from prunefx.interrupts import raise_if_interrupted, record_published, signals_held
 from prunefx.leftovers import sibling
 from prunefx.output_paths import MARK, OutputError, check_output_file, check_output_folder
@@ -69,6 +69,7 @@ def _staging(destination: Path, *, publish, mark: bool) -> Iterator[Path]:
             raise_if_interrupted()
             with signals_held():  # an interrupt between the renames would leave neither output in place
                 publish(staging)
+                sync_folder(folder)  # the renames reach the disk before the command says it wrote
                 done = True
                 record_published(destination)
         finally:

@@ -173,3 +173,20 @@ def test_a_killed_writers_temporary_file_goes_with_the_next_write_and_a_running_
     write_whole(tmp_path / "out", "whole")
     assert (tmp_path / "out").read_text() == "whole"
     assert not killed.exists() and running.exists() and other.exists()
+
+
+def test_a_whole_write_reaches_the_disk_before_its_rename_and_the_rename_before_it_returns(tmp_path, monkeypatch):
+    """A board that loses power after the rename keeps the new file, not an empty one: the file's data are synced
+    before the rename, the folder (the rename) after it."""
+    from prunefx.graph import whole_files
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(whole_files.os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))
+    monkeypatch.setattr(whole_files.os, "replace", lambda a, b: events.append(("replace", str(b))) or real_replace(a, b))
+    target = tmp_path / "report.json"
+    whole_files.write_whole(target, "{}")
+    (synced_file, _), (replaced, onto), (synced_folder, folder) = events
+    assert (synced_file, replaced, synced_folder) == ("fsync", "replace", "fsync")
+    assert events[0][1].endswith(".partial") and onto == str(target) and folder == str(tmp_path)
+    assert target.read_text() == "{}"
