@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from prunefx.graph.whole_files import replaced_whole
 from prunefx.runtime.errors import BackendUnavailableError, DeviceToolError, MeasurementError
 from prunefx.runtime.measure.latency import LatencyStats
 from prunefx.runtime.tensorrt.jetson import JetsonState, TegrastatsSampler, is_jetson, jetson_state
@@ -226,12 +227,13 @@ def run_trtexec(onnx_path: str | os.PathLike, options: TrtexecOptions = TrtexecO
                 executable: str | None = None, profile: bool = False, power_interval_ms: int = 100,
                 timeout_s: float = 1800, workdir: str | os.PathLike | None = None) -> TrtexecResult:
     """Build and time `onnx_path` with trtexec; on Jetson, with power mode, clocks and power recorded.
-    The precision flags follow the trtexec's own TensorRT version (ASSUMED_VERSION when it does not say)."""
+    The precision flags follow the trtexec's own TensorRT version (ASSUMED_VERSION when it does not say).
+    `workdir`: where to keep what trtexec wrote (the engine, the FP16 lowering, the profiles), each file moved
+    in whole once trtexec succeeded; a failed or killed run leaves nothing there."""
     program = find_trtexec(executable)
     version = trtexec_version(program) or ASSUMED_VERSION
     with tempfile.TemporaryDirectory(prefix="prunefx-trtexec-") as tmp:
-        folder = Path(workdir) if workdir is not None else Path(tmp)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = Path(tmp)
         source, types = _explicit_file(Path(onnx_path), options, version, folder)
         paths = {"profile_path": folder / "profile.json", "layer_info_path": folder / "layers.json"} if profile else {}
         command = trtexec_arguments(source, options, executable=program, engine_path=folder / "model.engine",
@@ -245,7 +247,18 @@ def run_trtexec(onnx_path: str | os.PathLike, options: TrtexecOptions = TrtexecO
         if profile:
             result.layer_times, result.profiled_runs = parse_trtexec_profile(paths["profile_path"].read_text())
             result.layer_info = paths["layer_info_path"].read_text()
+        if workdir is not None:
+            _keep(folder, Path(workdir))
     return result
+
+
+def _keep(folder: Path, workdir: Path) -> None:
+    """Each file of `folder` copied into `workdir` whole (graph/whole_files.py): an engine cut short would load."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for item in sorted(folder.iterdir()):
+        if item.is_file():
+            with replaced_whole(workdir / item.name) as partial:
+                shutil.copyfile(item, partial)
 
 
 def _explicit_file(onnx_path: Path, options: TrtexecOptions, version: str, folder: Path) -> tuple[Path, OnnxTypes]:
