@@ -43,3 +43,21 @@ def test_a_small_open_file_limit_leaves_room_or_decodes_in_the_main_process(file
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) == min(expected, 2, len(os.sched_getaffinity(0)))
     assert f"the open-file limit is {files}" in done.stderr
+
+
+def test_a_data_worker_whose_parent_went_away_prints_no_traceback(monkeypatch, capsys):
+    """SIGTERM to `compress --workers 2`: a worker's thread finding the connection to its parent gone printed a
+    ConnectionResetError traceback under the one-line message; other errors in a worker still show."""
+    import threading
+
+    from prunefx.data.batches import seed_worker
+    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)
+    seed_worker(0)
+    for error in (ConnectionResetError("reset by peer"), ValueError("a transform's own bug")):
+        try:
+            raise error
+        except Exception as caught:
+            arguments = threading.ExceptHookArgs((type(caught), caught, caught.__traceback__, None))
+            threading.excepthook(arguments)
+    printed = capsys.readouterr().err
+    assert "ConnectionResetError" not in printed and "ValueError: a transform's own bug" in printed

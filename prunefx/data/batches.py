@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -37,10 +38,20 @@ def derive_seed(*parts: int) -> int:
 
 def seed_worker(_worker_id: int) -> None:
     """DataLoader worker_init_fn: torch seeds each worker from the loader's generator; numpy and `random`
-    (which users' transforms may draw from) follow it instead of repeating the parent's state."""
+    (which users' transforms may draw from) follow it instead of repeating the parent's state. A worker whose
+    parent went away (SIGTERM, Ctrl-C) ends without a traceback of the broken connection under the parent's
+    one line."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    threading.excepthook = _quiet_when_parent_gone(threading.excepthook)
+
+
+def _quiet_when_parent_gone(hook):
+    def excepthook(arguments) -> None:
+        if not issubclass(arguments.exc_type, (ConnectionResetError, BrokenPipeError, EOFError)):
+            hook(arguments)
+    return excepthook
 
 
 def _padding_label(label):
