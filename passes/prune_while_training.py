@@ -193,7 +193,8 @@ class PruningSchedule:
         options = self.options
         return {"target": self.target.kind, "fraction": self.target.fraction, "prune_events": self.events,
                 "interval": self.interval, "ranking": options.ranking, "round_to": int(options.round_to),
-                "max_ratio": float(options.max_ratio), "keep": list(options.keep)}
+                "max_ratio": float(options.max_ratio), "keep": list(options.keep),
+                "optimizer_state": options.optimizer_state}
 
     def restart_scores(self, module, *, gradients_from=None) -> None:
         """CPD resets the scores after every cut; `gradients_from` as in FisherAccumulator."""

@@ -62,15 +62,32 @@ def signals_held() -> Iterator[None]:
     arrived: list[int] = []
     held = {signum: handler for signum in sorted(HELD)
             if (handler := signal.getsignal(signum)) not in (None, signal.SIG_IGN)}  # None: not Python's to set
-    for signum in held:
-        signal.signal(signum, lambda number, _frame: arrived.append(number))
+    holding = [True]
+
+    def hold(number: int, frame) -> None:
+        if holding[0]:
+            arrived.append(number)
+        else:  # left installed by a restore an earlier signal cut short: behave as the handler it stood for
+            _deliver(number, held[number], frame)
+
     try:
+        for signum in held:
+            signal.signal(signum, hold)
         yield
     finally:
+        holding[0] = False
         for signum, handler in held.items():
             signal.signal(signum, handler)
         if arrived:
             signal.raise_signal(arrived[0])
+
+
+def _deliver(number: int, handler, frame) -> None:
+    if callable(handler):
+        handler(number, frame)
+    else:  # SIG_DFL: the default action, as if the handler had never been replaced
+        signal.signal(number, handler)
+        signal.raise_signal(number)
 
 
 def raise_if_interrupted() -> None:

@@ -469,3 +469,50 @@ def test_a_profile_warms_the_gpu_on_the_whole_model_before_its_first_node(monkey
     cuda_node_profile.cuda_profile(model, warmup=1, runs=2)
     assert time.perf_counter() - started >= 0.2
     assert order[0] == "model" and order.index("node") > 10
+
+
+def test_a_prepared_model_and_a_torch_tensorrt_runner_go_when_dropped_without_a_cyclic_collection(fake):
+    """A pair keeps two models on the GPU by dropping the others: a model that referred to itself (a replay or a
+    sampler holding its bound method) stayed alive, with its GPU memory, until the next cyclic collection."""
+    import gc
+    import weakref
+
+    from prunefx.runtime.tensorrt.torch_compiled import TorchTensorRTRunner
+    gc.disable()
+    try:
+        for capture in (True, False):
+            model = GpuModel(_net(16), precision="fp16", device=fake, capture=capture)
+            model.time_once()
+            gone = weakref.ref(model)
+            del model
+            assert gone() is None, capture
+        runner = TorchTensorRTRunner(torch.nn.Identity(), (torch.zeros(1),), "fp32")
+        gone = weakref.ref(runner)
+        del runner
+        assert gone() is None
+    finally:
+        gc.enable()
+
+
+def test_after_models_turn_eager_a_pair_measured_as_graphs_is_measured_again(fake, monkeypatch):
+    """The pair's cache answered a candidate met again with its graph-mode timing while the models were now
+    sampled eagerly: its key says how the models are sampled."""
+    real_capture = fake.capture
+    refused = _weights(_net(8).module)
+
+    def refuses_the_narrow_one(run, iterations=1):
+        run()
+        if fake.last == refused:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return real_capture(run, iterations)
+
+    monkeypatch.setattr(fake, "capture", refuses_the_narrow_one)
+    pair = latency_pair("cuda", threads=1, runs=2, warmup=0)
+    dense, narrower = _net(16), _net(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pair(dense, narrower)
+        pair(dense, _net(8))  # cannot be captured: from here on every model is sampled eagerly
+        timed = len(fake.timed)
+        pair(dense, narrower)
+    assert len(fake.timed) > timed  # measured again, eagerly

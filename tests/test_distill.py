@@ -382,32 +382,41 @@ def test_a_save_stopped_before_its_program_is_replaced_leaves_the_previous_check
     assert stats["resumed_from"] == 4
 
 
-def test_a_save_killed_between_its_two_replaces_is_finished_on_resume(tmp_path, monkeypatch):
-    """Killed (no handler runs) after the program was replaced: the new program and the state beside it under
-    its partial name are a pair, and resume finishes that save rather than refusing the directory."""
+class _Killed(BaseException):
+    """A process killed outright: no handler of the save runs, and it renames nothing more."""
+
+
+def _killed_after_program_replace(tmp_path, monkeypatch, saves: int) -> None:
+    """Train with checkpoints, the process killed right after the `saves`-th save replaced its program."""
     checkpoint = importlib.import_module("prunefx.passes.training.checkpoint")
-    data, teacher = _batches(2), _program(1)
-    real_replace = checkpoint.os.replace
-    seen = []
+    real_replace, seen = checkpoint.os.replace, []
 
-    class Killed(BaseException):
-        pass
-
-    def killed_after_the_second_program(source, target):
+    def killed(source, target):
         result = real_replace(source, target)
         seen.append(Path(target).name)
-        if seen.count(PROGRAM_FILE) == 2:
-            monkeypatch.setattr(checkpoint.os, "replace", lambda *_: None)  # the dead process renames nothing
-            raise Killed
+        if seen.count(PROGRAM_FILE) == saves:
+            monkeypatch.setattr(checkpoint.os, "replace", lambda *_: None)
+            raise _Killed
         return result
 
-    monkeypatch.setattr(checkpoint.os, "replace", killed_after_the_second_program)
-    with pytest.raises(Killed):
-        _train(_program(), teacher, data, **_checkpointed(tmp_path))
+    monkeypatch.setattr(checkpoint.os, "replace", killed)
+    with pytest.raises(_Killed):
+        _train(_program(), _program(1), _batches(2), **_checkpointed(tmp_path))
     monkeypatch.setattr(checkpoint.os, "replace", real_replace)
-    assert _checkpoint_files(tmp_path) == [PROGRAM_FILE, "trainer_state.partial.pt", STATE_FILE]
-    _, stats = _train(_program(), teacher, data, **_checkpointed(tmp_path, resume=True))
-    assert stats["resumed_from"] == 8 and _checkpoint_files(tmp_path) == [PROGRAM_FILE, STATE_FILE]
+
+
+@pytest.mark.parametrize("saves, left, resumed_from", [
+    (2, [PROGRAM_FILE, "trainer_state.partial.pt", STATE_FILE], 8),
+    (1, [PROGRAM_FILE, "trainer_state.partial.pt"], 4),  # the first save: no earlier state beside it
+])
+def test_a_save_killed_between_its_two_replaces_is_finished_on_resume(tmp_path, monkeypatch, saves, left,
+                                                                      resumed_from):
+    """Killed after the program was replaced: the new program and the state beside it under its partial name are
+    a pair, and resume finishes that save rather than refusing the directory."""
+    _killed_after_program_replace(tmp_path, monkeypatch, saves)
+    assert _checkpoint_files(tmp_path) == left
+    _, stats = _train(_program(), _program(1), _batches(2), **_checkpointed(tmp_path, resume=True))
+    assert stats["resumed_from"] == resumed_from and _checkpoint_files(tmp_path) == [PROGRAM_FILE, STATE_FILE]
 
 
 # --- hooks -----------------------------------------------------------------------------------------

@@ -201,3 +201,16 @@ def test_a_run_that_publishes_nothing_removes_the_folders_it_created(tmp_path):
     with pytest.raises(RuntimeError), staged_folder(out):
         raise RuntimeError("failed mid-run")
     assert [p.name for p in tmp_path.iterdir()] == ["a"] and list((tmp_path / "a").iterdir()) == []
+
+
+def test_a_holding_handler_left_behind_acts_as_the_one_it_stood_for():
+    """A signal cutting short the restore of the handlers leaves some holding ones installed: once the block has
+    ended they deliver as the handlers they replaced (here Python's Ctrl-C), never swallow a signal."""
+    import signal
+
+    from prunefx.interrupts import signals_held
+    with signals_held():
+        holding = signal.getsignal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        holding(signal.SIGINT, None)

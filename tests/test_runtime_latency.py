@@ -3,6 +3,7 @@
 import math
 import random
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -186,8 +187,32 @@ def test_a_gpu_sample_of_a_short_call_holds_enough_back_to_back_calls_to_hide_it
         return 0.02
 
     ran = []
-    sampler = BackToBack(lambda: ran.append(1), stream="engine stream", timer=timer)
-    assert [sampler() for _ in range(3)] == [0.02] * 3
+    sampler = BackToBack(stream="engine stream", timer=timer)
+    assert [sampler(lambda: ran.append(1)) for _ in range(3)] == [0.02] * 3
     calls = math.ceil(SAMPLE_MS / 0.02)
     assert asked == [(1, "engine stream"), (1, "engine stream")] + [(calls, "engine stream")] * 3
     assert len(ran) == 2 + 3 * calls
+
+
+def test_the_files_a_measurement_exports_stay_bounded_and_come_back_when_met_again():
+    """A merge pass or a budget search meets a new candidate at every step: only the files used last stay on
+    disk (the dense model's among them), and a Program met again after its file went is exported again."""
+    from prunefx.runtime.measure.speedup import ExportCache
+    exported = []
+
+    def export(program, path, batch, exporter):
+        path.write_bytes(program.name.encode())
+        exported.append(program.name)
+        return path, program.example_inputs
+
+    cache = ExportCache(1, export=export, keep=3)
+    dense = capture(torch.nn.Linear(4, 4).eval(), torch.randn(1, 4), name="dense")
+    candidates = [capture(torch.nn.Linear(4, width).eval(), torch.randn(1, 4), name=f"w{width}") for width in (1, 2, 3, 5)]
+    for candidate in candidates:
+        for program in (dense, candidate):
+            path, _, _ = cache.get(program)
+            assert path.read_bytes() == program.name.encode()
+    folder = Path(cache.folder.name)
+    assert len(list(folder.iterdir())) == 3 and exported == ["dense", "w1", "w2", "w3", "w5"]
+    cache.get(candidates[0])  # its file went: exported again
+    assert exported[-1] == "w1" and len(list(folder.iterdir())) == 3

@@ -302,7 +302,7 @@ FLOAT32_FILE, FLOAT16_FILE, QDQ_FILE = OnnxTypes(False, False), OnnxTypes(False,
 
 @pytest.mark.parametrize("version, precision, types, strongly_typed, flags, lower", [
     ("10.3.0", "fp32", FLOAT32_FILE, True, (), False),
-    ("10.3.0", "int8", QDQ_FILE, True, (), False),
+    ("10.3.0", "int8", QDQ_FILE, False, ("FP16", "INT8"), False),  # as 8.6 and as a budget at fp16 on 10
     ("10.3.0", "fp16", FLOAT16_FILE, True, (), False),
     ("10.3.0", "fp16", FLOAT32_FILE, False, ("FP16",), False),   # TensorRT 10's weakly typed FP16, kept
     ("11.0.0", "fp32", FLOAT32_FILE, True, (), False),
@@ -413,7 +413,9 @@ def _fake_tensorrt(version: str, *, explicit_batch: bool, strongly_typed: bool, 
 
 @pytest.mark.parametrize("version, members, precision, types_, network_flags, builder_flags", [
     ("8.6.1", dict(explicit_batch=True, strongly_typed=False, weak_flags=True), "fp16", FLOAT32_FILE, 1, ["FP16"]),
-    ("10.3.0", dict(explicit_batch=True, strongly_typed=True, weak_flags=True), "int8", QDQ_FILE, 1 << 1, []),
+    ("10.3.0", dict(explicit_batch=True, strongly_typed=True, weak_flags=True), "int8", QDQ_FILE, 0,
+     ["FP16", "INT8"]),
+    ("10.3.0", dict(explicit_batch=True, strongly_typed=True, weak_flags=True), "fp32", QDQ_FILE, 1 << 1, []),
     ("10.3.0", dict(explicit_batch=True, strongly_typed=True, weak_flags=True), "fp16", FLOAT32_FILE, 0, ["FP16"]),
     # TensorRT 11: no EXPLICIT_BATCH, no FP16/INT8 flags; STRONGLY_TYPED accepted (ignored), or gone later
     ("11.0.0", dict(explicit_batch=False, strongly_typed=True, weak_flags=False), "int8", QDQ_FILE, 1, []),

@@ -125,7 +125,8 @@ FLOAT32, FLOAT16, QDQ = OnnxTypes(False, False), OnnxTypes(False, True), OnnxTyp
 
 @pytest.mark.parametrize("version, precision, types, flags", [
     ("10.3.0", "fp32", FLOAT32, ["--stronglyTyped"]),
-    ("10.3.0", "int8", QDQ, ["--stronglyTyped"]),          # INT8 from the file's Q/DQ nodes only
+    ("10.3.0", "int8", QDQ, ["--fp16", "--int8"]),          # Q/DQ layers INT8, the others FP16, as on 8.6
+    ("10.3.0", "fp32", QDQ, ["--stronglyTyped"]),           # beside an FP32 dense model: the others FP32
     ("10.3.0", "fp16", FLOAT16, ["--stronglyTyped"]),
     ("10.3.0", "fp16", FLOAT32, ["--fp16"]),               # TensorRT 10's weakly typed FP16, version-checked
     ("11.0.0", "fp32", FLOAT32, []),                       # always strongly typed: nothing to pass

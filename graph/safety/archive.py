@@ -15,6 +15,7 @@ import logging
 import pickle
 import re
 import stat
+import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -103,6 +104,9 @@ def safe_load(path: Path, extra_files: dict[str, str]) -> torch.export.ExportedP
             raise ProgramFileError(f"cannot read program {path}: {first_line(cause)}") from error
 
 
+_LOGGER_SWAP = threading.Lock()
+
+
 class _CauseHolder(logging.Handler):
     """Keeps the exceptions torch.export logs while it loads, instead of printing their tracebacks."""
 
@@ -123,12 +127,13 @@ def _export_load_cause() -> Iterator[list[BaseException]]:
     yielded, the logger's own output held back."""
     logger = logging.getLogger("torch.export")
     causes: list[BaseException] = []
-    handlers, propagated = logger.handlers[:], logger.propagate  # torch gives it a stderr handler of its own
-    logger.handlers, logger.propagate = [_CauseHolder(causes)], False
-    try:
-        yield causes
-    finally:
-        logger.handlers, logger.propagate = handlers, propagated
+    with _LOGGER_SWAP:  # loads in two threads would each put back what the other installed
+        handlers, propagated = logger.handlers[:], logger.propagate  # torch gives it a stderr handler of its own
+        logger.handlers, logger.propagate = [_CauseHolder(causes)], False
+        try:
+            yield causes
+        finally:
+            logger.handlers, logger.propagate = handlers, propagated
 
 
 def _check_entries(path: Path, archive: zipfile.ZipFile) -> tuple[str, list[str]]:

@@ -13,6 +13,7 @@ partial name, whose hash matches the new program, and `read_checkpoint` finishes
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
@@ -58,12 +59,11 @@ def read_checkpoint(directory: Path) -> tuple[Program, dict] | None:
     program_path, state_path = directory / PROGRAM_FILE, directory / STATE_FILE
     if not program_path.exists() and not state_path.exists():
         return None
-    if not (program_path.is_file() and state_path.is_file()):
-        raise TrainingError(f"incomplete checkpoint in {directory}: need both {PROGRAM_FILE} and {STATE_FILE}")
-    state = _read_state(state_path)
-    if _sha256(program_path) != state["program_sha256"]:
-        state = _finished_commit(directory, state)
-    if _sha256(program_path) != state["program_sha256"]:
+    state = _matching_state(directory) if program_path.is_file() else None
+    if state is None:
+        if not (program_path.is_file() and state_path.is_file()):
+            raise TrainingError(f"incomplete checkpoint in {directory}: need both {PROGRAM_FILE} and {STATE_FILE}")
+        _read_state(state_path)  # a damaged state says so
         raise TrainingError(f"{program_path} and {state_path} come from different saves (interrupted write?); "
                             "delete the directory to start over")
     try:
@@ -94,20 +94,23 @@ def _read_state(path: Path) -> dict:
     return state
 
 
-def _finished_commit(directory: Path, state: dict) -> dict:
-    """The state of a save killed between its two replaces (module docstring), put in place, where the partial
-    state left beside the new program is that program's; else `state` as it was."""
-    partial = directory / _PARTIAL_STATE
-    if not partial.is_file():
-        return state
-    try:
-        newer = _read_state(partial)
-    except TrainingError:  # killed while it was written: not the commit's
-        return state
-    if newer["program_sha256"] != _sha256(directory / PROGRAM_FILE):
-        return state
-    os.replace(partial, directory / STATE_FILE)
-    return newer
+def _matching_state(directory: Path) -> dict | None:
+    """The state whose hash is the program's: trainer_state.pt, or the partial state a save killed between its two
+    replaces left beside its program (module docstring), then put in place; None when neither is. The state file
+    is read again last: every process of a distributed run resumes, and another may finish that save first."""
+    program_hash = _sha256(directory / PROGRAM_FILE)
+    for name in (STATE_FILE, _PARTIAL_STATE, STATE_FILE):
+        path = directory / name
+        try:
+            state = _read_state(path) if path.is_file() else None
+        except TrainingError:  # damaged, or moved while read: the next candidate
+            continue
+        if state is not None and state["program_sha256"] == program_hash:
+            if name == _PARTIAL_STATE:
+                with contextlib.suppress(FileNotFoundError):  # another process finished the commit
+                    os.replace(path, directory / STATE_FILE)
+            return state
+    return None
 
 
 def _sha256(path: Path) -> str:

@@ -95,11 +95,13 @@ class PreparedModels:
         self.capture = True  # until a model cannot be captured: from then on every model is sampled eagerly
 
     def key(self, program: Program) -> str:
-        return fingerprint(program)
+        """The Program's fingerprint and how it is sampled now: a pair measured as graphs is not an answer once
+        models are sampled eagerly (the pair's cache keys on this)."""
+        return f"{fingerprint(program)}:{'graph' if self.capture else 'eager'}"
 
     def get(self, program: Program, key: str | None = None) -> tuple[GpuModel, str]:
-        """The prepared model of `program`, whose fingerprint is `key` where the caller knows it already."""
-        key = key or fingerprint(program)
+        """The prepared model of `program`, whose `key` is given where the caller knows it already."""
+        key = key or self.key(program)
         return self.models.get(key, lambda: (self._prepared(program), key))
 
     def _prepared(self, program: Program) -> GpuModel:

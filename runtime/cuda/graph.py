@@ -16,6 +16,7 @@ back to back, the host queueing ahead of the GPU, and `reason` says so.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import math
 import os
@@ -106,7 +107,7 @@ class CudaDevice:
                 f"CUDA build {torch.version.cuda}); use --backend ort on this machine")
 
     def describe(self) -> dict:
-        # cuDNN autotunes every model call a GpuModel makes (GpuModel._call), whenever this is asked
+        # cuDNN autotunes every model call a GpuModel makes (_model_call), whenever this is asked
         return {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
                 "cudnn": torch.backends.cudnn.version(), "cudnn_benchmark": True}
 
@@ -137,6 +138,11 @@ class CudaDevice:
     def peak_memory(self) -> int | None:
         """The most bytes the process's tensors held on the GPU at once, so far."""
         return torch.cuda.max_memory_allocated()
+
+
+def _model_call(module, inputs: tuple[torch.Tensor, ...]):
+    with torch.inference_mode(), cudnn_autotuned():
+        return module(*inputs)
 
 
 def _placed(tensor: torch.Tensor, device, dtype: torch.dtype) -> torch.Tensor:
@@ -171,6 +177,9 @@ class GpuModel:
         self.device, self.precision = device, precision
         module, self.inputs = device.place(module, tuple(inputs), DTYPES[precision])
         self.module = device.compile(module) if compile else module
+        # the model's call, not a bound method: a replay holding one would make this object a cycle, alive (and its
+        # GPU memory with it) after a pair dropped it until the next cyclic collection
+        self._call = functools.partial(_model_call, self.module, self.inputs)
         for _ in range(WARMUP_CALLS):
             self._call()
         self.reason = ""
@@ -194,9 +203,6 @@ class GpuModel:
         self.mode, self.reason = "eager", reason
         self.replay, self.iterations, self.calls = sampled(self._call, self.device, capture=False)
 
-    def _call(self):
-        with torch.inference_mode(), cudnn_autotuned():
-            return self.module(*self.inputs)
 
     def time_once(self) -> float:
         return self.device.time(self.replay, self.calls) / self.iterations

@@ -136,7 +136,8 @@ def _alternate(dense_fn, sparse_fn, *, warmup: int, runs: int, calls_per_run: in
     def sampler(fn):
         if calls_per_run:
             return lambda: device.time(fn, calls_per_run)
-        return BackToBack(fn, timer=lambda run, calls, _stream: device.time(run, calls))
+        sampler = BackToBack(timer=lambda run, calls, _stream: device.time(run, calls))
+        return lambda: sampler(fn)
 
     comparison = compare_gpu_latency(sampler(dense_fn), sampler(sparse_fn), warmup=warmup, runs=runs,
                                      warm_seconds=device.warm_seconds)

@@ -49,20 +49,21 @@ def event_ms(run: Callable[[], object], calls: int = 1, stream=None) -> float:
 
 
 class BackToBack:
-    """A runner's `time_once` for work that enqueues on the GPU (an engine's execute, a compiled module's call):
-    each sample is as many back-to-back calls of `call` as last SAMPLE_MS, between one pair of events on
-    `stream`, and reads as the milliseconds of one call. The count is chosen on the first sample, after one
-    untimed call (lazy set-up), and kept, so every sample of a runner is alike. `timer`: event_ms's
-    signature, for tests."""
+    """A runner's sampling for work that enqueues on the GPU (an engine's execute, a compiled module's call):
+    `sampler(call)` takes one sample of as many back-to-back calls of `call` as last SAMPLE_MS, between one
+    pair of events on `stream`, and reads as the milliseconds of one call. The count is chosen on the first
+    sample, after one untimed call (lazy set-up), and kept, so every sample of a runner is alike. The call is
+    handed in each time, not kept: an engine holding a sampler that held its bound method would be a cycle,
+    alive after its last reference went (and its GPU memory with it). `timer`: event_ms's signature."""
 
-    def __init__(self, call: Callable[[], object], stream=None, timer: Callable[..., float] = event_ms):
-        self.call, self.stream, self.timer, self.calls = call, stream, timer, 0
+    def __init__(self, stream=None, timer: Callable[..., float] = event_ms):
+        self.stream, self.timer, self.calls = stream, timer, 0
 
-    def __call__(self) -> float:
+    def __call__(self, call: Callable[[], object]) -> float:
         if not self.calls:
-            self.timer(self.call, 1, self.stream)
-            self.calls = calls_per_sample(self.timer(self.call, 1, self.stream))
-        return self.timer(self.call, self.calls, self.stream)
+            self.timer(call, 1, self.stream)
+            self.calls = calls_per_sample(self.timer(call, 1, self.stream))
+        return self.timer(call, self.calls, self.stream)
 
 
 @dataclass(frozen=True)

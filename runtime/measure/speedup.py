@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import operator
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,9 +38,10 @@ LatencyPair = Callable[[Program, Program], tuple[float, float, float]]
 
 def onnx_speedup(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup: int = 10, batch: int = 1) -> Measure:
     """A `(before, after) -> speed-up` callable timing both Programs with ONNX Runtime at `batch`: the search
-    reading of `onnx_latency_pair`, so the files are exported once per Program (a merge pass measures the same
-    model before every merge it considers) and a pair measured before is answered again."""
-    pair = onnx_latency_pair(threads=threads, runs=runs, warmup=warmup, batch=batch)
+    reading of `onnx_latency_pair` on the files prunefx delivers (dynamo), so a Program met again is not exported
+    again (a merge pass measures the same model before every merge it considers) and a pair measured before is
+    answered again."""
+    pair = onnx_latency_pair(threads=threads, runs=runs, warmup=warmup, batch=batch, search_exporter="dynamo")
 
     def measure(before: Program, after: Program) -> float:
         timing = pair(before, after)
@@ -172,26 +174,40 @@ def medians_and_spread(a: LatencyStats, b: LatencyStats) -> tuple[float, float, 
 class ExportCache:
     """ONNX files of the Programs measured so far, by a fingerprint of their graph and every tensor the graph
     reads: a search measures the same dense model against every candidate, and a dynamo export of it costs
-    seconds to tens of seconds on a loaded 2-core machine. The files live as long as this object."""
+    seconds to tens of seconds on a loaded 2-core machine. The `keep` files used last stay (the dense model's
+    among them, used by every measurement), the others are deleted: a merge pass or a search meets a new
+    candidate at every step, and every file of a large model kept would fill the disk."""
 
     def __init__(self, batch: int, exporter: str = "dynamo", export: Callable | None = None,
-                 quantized: ExportCache | None = None):
+                 quantized: ExportCache | None = None, keep: int = 4):
         # export(program, path, batch, exporter) -> (path, inputs): `exported_file` (ONNX Runtime's files) by default;
         # `quantized`: another cache that holds the fake-quantized Programs' files (they do not depend on the exporter)
         self.batch, self.exporter, self.export, self.quantized = batch, exporter, export, quantized
         self.folder = tempfile.TemporaryDirectory(prefix="prunefx-measure-")
-        self.files: dict[str, tuple[Path, tuple, str]] = {}
+        self.files: OrderedDict[str, tuple[Path, tuple, str]] = OrderedDict()
+        self.keep, self.written = keep, 0
 
     def get(self, program: Program) -> tuple[Path, tuple, str]:
         """(ONNX path, example inputs at `batch`, sha256 of the file) for `program`."""
         if self.quantized is not None and has_fake_quant(program.graph):
             return self.quantized.get(program)
         key = fingerprint(program)
-        if key not in self.files:
-            path, inputs = (self.export or exported_file)(program, Path(self.folder.name) / f"{len(self.files)}.onnx",
-                                                      self.batch, self.exporter)
-            self.files[key] = (path, inputs, hashlib.sha256(path.read_bytes()).hexdigest())
+        if key in self.files:
+            self.files.move_to_end(key)
+            return self.files[key]
+        while len(self.files) >= self.keep:  # the least recently used file goes (exported again if met again)
+            _, (stale, _, _) = self.files.popitem(last=False)
+            _remove_with_side_file(stale)
+        path, inputs = (self.export or exported_file)(program, Path(self.folder.name) / f"{self.written}.onnx",
+                                                  self.batch, self.exporter)
+        self.written += 1
+        self.files[key] = (path, inputs, hashlib.sha256(path.read_bytes()).hexdigest())
         return self.files[key]
+
+
+def _remove_with_side_file(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.with_name(f"{path.name}.data").unlink(missing_ok=True)  # a model over 2 GB keeps its weights beside it
 
 
 def fingerprint(program: Program) -> str:

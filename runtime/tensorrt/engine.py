@@ -186,7 +186,7 @@ class Engine:
         self.cached = cached
         self.context = engine.create_execution_context()
         self.stream = torch.cuda.Stream()
-        self.sampler = BackToBack(self.enqueue, self.stream)
+        self.sampler = BackToBack(self.stream)
         self.buffers: dict[str, torch.Tensor] = {}
         self.input_names: list[str] = []
         self.output_names: list[str] = []
@@ -237,7 +237,7 @@ class Engine:
     def time_once(self) -> float:
         """Milliseconds of one run on the GPU: a sample of back-to-back runs between CUDA events on the engine's
         stream (runtime/measure/gpu_latency.BackToBack), so that a short engine's launch is not what is timed."""
-        return self.sampler()
+        return self.sampler(self.enqueue)
 
     def engine_information(self) -> str:
         """The engine inspector's JSON description of every layer (name, type, tactic, metadata)."""

@@ -30,10 +30,14 @@ def _sha256(*parts: bytes) -> str:
     return digest.hexdigest()
 
 
+PLAN_RULES = 2  # raised whenever plan.network_plan builds a file differently: an engine of the old rules is stale
+
+
 def engine_cache_key(onnx_bytes: bytes, options: BuildOptions, tensorrt_version: str, gpu_name: str) -> str:
-    """sha256 of the ONNX file's bytes, the build options, the TensorRT version and the GPU name."""
+    """sha256 of the ONNX file's bytes, the build options, the TensorRT version, the GPU name and the rules the
+    precision plan follows."""
     canonical = json.dumps(options.to_dict(), sort_keys=True).encode()
-    return _sha256(onnx_bytes, canonical, tensorrt_version.encode(), gpu_name.encode())
+    return _sha256(onnx_bytes, canonical, tensorrt_version.encode(), gpu_name.encode(), f"plan {PLAN_RULES}".encode())
 
 
 def timing_cache_key(tensorrt_version: str, gpu_name: str) -> str:

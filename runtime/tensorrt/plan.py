@@ -92,14 +92,16 @@ def network_plan(tensorrt_version: str, precision: str, types: OnnxTypes, *, spa
         raise MeasurementError(NO_QDQ)
     major = tensorrt_major(tensorrt_version)
     sparsity = ("SPARSE_WEIGHTS",) if sparse else ()
-    # a Q/DQ file at fp16 or fp32: its Q/DQ layers in INT8, the others at that precision, as the dense model
-    int8 = ("INT8",) if types.has_qdq and precision != "int8" else ()
+    # a Q/DQ file: its Q/DQ layers in INT8, the others at the precision asked (int8: FP16 where the version can),
+    # as a dense model measured beside it runs them
+    int8 = ("INT8",) if types.has_qdq else ()
     if major < 10:  # no strong typing before 9.x became 10: the precision flags are all there is
-        flags = {"fp32": (), "fp16": ("FP16",), "int8": ("FP16", "INT8")}[precision]
+        flags = {"fp32": (), "fp16": ("FP16",), "int8": ("FP16",)}[precision]
         return NetworkPlan(strongly_typed=False, builder_flags=flags + int8 + sparsity)
+    if precision in ("fp16", "int8") and not types.float16 and major == 10:
+        # TensorRT 10's weakly typed FP16, deprecated since 10.12, removed in 11
+        return NetworkPlan(strongly_typed=False, builder_flags=("FP16",) + int8 + sparsity)
     if precision == "fp16" and not types.float16:
-        if major == 10:  # TensorRT 10's weakly typed FP16, deprecated since 10.12, removed in 11
-            return NetworkPlan(strongly_typed=False, builder_flags=("FP16",) + int8 + sparsity)
         if types.has_qdq:  # the FP16 lowering keeps Q/DQ files out: their scales are typed
             raise MeasurementError(QDQ_FP16_STRONG)
         return NetworkPlan(strongly_typed=True, builder_flags=sparsity, lower_to_fp16=True)

@@ -40,7 +40,7 @@ class TorchTensorRTRunner:
 
     def __init__(self, module, inputs: tuple[torch.Tensor, ...], precision: str):
         self.module, self.inputs, self.precision = module, inputs, precision
-        self.sampler = BackToBack(lambda: self.module(*self.inputs))
+        self.sampler = BackToBack()
 
     def __call__(self):
         with torch.inference_mode():
@@ -51,7 +51,7 @@ class TorchTensorRTRunner:
     def time_once(self) -> float:
         """Milliseconds of one call: a sample of back-to-back calls between CUDA events (gpu_latency.BackToBack)."""
         with torch.inference_mode():
-            return self.sampler()
+            return self.sampler(lambda: self.module(*self.inputs))
 
 
 def placed(program: Program, precision: str, device: str,
