@@ -165,7 +165,16 @@ def test_a_prune_killed_while_exporting_leaves_one_run_and_the_next_run_clears_i
     assert _siblings(output) == []
 
 
-def test_an_interrupt_while_the_output_is_replaced_lands_after_it(tmp_path, monkeypatch):
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C handler during the test (a pytest-xdist worker ignores SIGINT), the worker's after."""
+    import signal
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_an_interrupt_while_the_output_is_replaced_lands_after_it(tmp_path, monkeypatch, python_ctrl_c):
     """SIGINT between moving the previous output aside and renaming the new one in: held until both renames are
     done, then raised; `-o` holds the new run (it vanished, the previous one left hidden) and says so."""
     import os
@@ -203,7 +212,7 @@ def test_a_run_that_publishes_nothing_removes_the_folders_it_created(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a"] and list((tmp_path / "a").iterdir()) == []
 
 
-def test_a_holding_handler_left_behind_acts_as_the_one_it_stood_for():
+def test_a_holding_handler_left_behind_acts_as_the_one_it_stood_for(python_ctrl_c):
     """A signal cutting short the restore of the handlers leaves some holding ones installed: once the block has
     ended they deliver as the handlers they replaced (here Python's Ctrl-C), never swallow a signal."""
     import signal
@@ -214,3 +223,4 @@ def test_a_holding_handler_left_behind_acts_as_the_one_it_stood_for():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with pytest.raises(KeyboardInterrupt):
         holding(signal.SIGINT, None)
+
