@@ -181,7 +181,7 @@ class PruningSchedule:
         """Go on from a checkpoint's state, on the program the trainer resumed (the cuts already made on it);
         refused when the schedule's settings differ, as the trainer refuses other steps or another optimizer."""
         for key, value in self._settings().items():
-            if state["settings"].get(key) != value:
+            if key in state["settings"] and state["settings"][key] != value:  # a setting it did not record: not held
                 raise TrainingError(f"the checkpoint in {trainer.config.checkpoint_dir} was written with "
                                     f"prune_while_training's {key}={state['settings'].get(key)}, this run has "
                                     f"{key}={value}; resume with the same settings or use a new checkpoint_dir")

@@ -203,7 +203,6 @@ class GpuModel:
         self.mode, self.reason = "eager", reason
         self.replay, self.iterations, self.calls = sampled(self._call, self.device, capture=False)
 
-
     def time_once(self) -> float:
         return self.device.time(self.replay, self.calls) / self.iterations
 

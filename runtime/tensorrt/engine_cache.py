@@ -1,8 +1,9 @@
 """Where TensorRT engines are cached on disk, and under which keys (pure, testable without TensorRT).
 
 Building an engine takes seconds to minutes, so engines are cached on disk under the sha256 of
-(ONNX file bytes, build options, TensorRT version, GPU name): any change to the model, the precision,
-the sparsity flag, the calibration data, TensorRT or the GPU makes a new key; nothing else does. The
+(ONNX file bytes, build options, TensorRT version, GPU name, the precision plan's rules): any change to the
+model, the precision, the sparsity flag, the calibration data, TensorRT, the GPU or how plan.py builds a file
+makes a new key; nothing else does. The
 timing cache (per-tactic timings the builder measures) is keyed by TensorRT version and GPU name only:
 timings of a kernel on a shape do not depend on which model asked for them, so every build on this GPU
 shares it and later builds are faster. Folder: $PRUNEFX_CACHE_DIR/tensorrt, default ~/.cache/prunefx.

@@ -3,7 +3,8 @@
 `network_plan` is a pure function of the TensorRT version, the requested precision and what the ONNX file
 holds (tested without TensorRT): strongly typed on TensorRT >= 10, INT8 only from Q/DQ nodes, FP16 from an
 FP16 graph or TensorRT 10's weakly typed flag. A Q/DQ file asked at fp32 or fp16 (an INT8 candidate of a
-budget) runs its other layers at that precision, as the dense model does; TensorRT 11 cannot at fp16. The plan per version and `sparse`: see docs/tensorrt.md,
+budget) runs its other layers at that precision, as the dense model does, and at int8 in FP16 where the
+version can (TensorRT 8 to 10); TensorRT 11 cannot at fp16. The plan per version and `sparse`: see docs/tensorrt.md,
 'How an engine is built'.
 """
 
