@@ -11,11 +11,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import pickle
 import re
 import stat
-import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -25,6 +23,7 @@ import torch
 from prunefx.graph.errors import ProgramFileError, PrunefxError, first_line, printable
 from prunefx.graph.output_tree import foreign_container
 from prunefx.graph.safety.functional_ops import refusal
+from prunefx.graph.safety.load_cause import export_load_causes
 from prunefx.graph.safety.regular_files import read_regular_file
 from prunefx.graph.safety.shape_expressions import ExpressionError, check_expression
 
@@ -94,7 +93,7 @@ def safe_load(path: Path, extra_files: dict[str, str]) -> torch.export.ExportedP
     """torch.export.load of the canonical archive of `read_archive`, with every unpickler but the
     tensor-only one disabled."""
     canonical = io.BytesIO(canonical_archive(*read_archive(path)))
-    with _unpickling_restricted(), _export_load_cause() as causes:
+    with _unpickling_restricted(), export_load_causes() as causes:
         try:
             return torch.export.load(canonical, extra_files=extra_files)
         except RuntimeError as error:
@@ -103,37 +102,6 @@ def safe_load(path: Path, extra_files: dict[str, str]) -> torch.export.ExportedP
             cause = causes[-1]  # torch.export logged it and raised "check the warnings above"
             raise ProgramFileError(f"cannot read program {path}: {first_line(cause)}") from error
 
-
-_LOGGER_SWAP = threading.Lock()
-
-
-class _CauseHolder(logging.Handler):
-    """Keeps the exceptions torch.export logs while it loads, instead of printing their tracebacks."""
-
-    def __init__(self, causes: list[BaseException]):
-        super().__init__(logging.WARNING)
-        self.causes = causes
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info and record.exc_info[1] is not None:
-            self.causes.append(record.exc_info[1])
-
-
-@contextlib.contextmanager
-def _export_load_cause() -> Iterator[list[BaseException]]:
-    """torch.export.load catches why a file does not deserialize (another schema version, a weight cut short),
-    logs it with its traceback as a warning, and raises a RuntimeError that says only to read the warnings
-    above (which a command that hides warnings never shows). Within the block those are kept in the list
-    yielded, the logger's own output held back."""
-    logger = logging.getLogger("torch.export")
-    causes: list[BaseException] = []
-    with _LOGGER_SWAP:  # loads in two threads would each put back what the other installed
-        handlers, propagated = logger.handlers[:], logger.propagate  # torch gives it a stderr handler of its own
-        logger.handlers, logger.propagate = [_CauseHolder(causes)], False
-        try:
-            yield causes
-        finally:
-            logger.handlers, logger.propagate = handlers, propagated
 
 
 def _check_entries(path: Path, archive: zipfile.ZipFile) -> tuple[str, list[str]]:
