@@ -16,11 +16,12 @@ from collections.abc import Sequence
 
 from prunefx.graph import Program
 from prunefx.runtime.backends.base import Backend, BenchModel, Settings
-from prunefx.runtime.backends.gpu_pair import LastUsed, gpu_timing, pair_of
+from prunefx.runtime.backends.gpu_pair import gpu_timing, pair_of
 from prunefx.runtime.cuda.graph import CudaDevice, GpuModel
 from prunefx.runtime.cuda.layer_timer import CudaLayerTimer
 from prunefx.runtime.cuda.node_profile import cuda_profile
 from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
+from prunefx.runtime.measure.last_used import LastUsed
 from prunefx.runtime.measure.speedup import PairMeasurer, deployed, fingerprint
 from prunefx.runtime.measure.width_multiple import CUDA_TENSOR_CORE_MULTIPLE
 from prunefx.runtime.tensorrt.layer_profile import LayerProfile
@@ -90,7 +91,7 @@ class PreparedModels:
     def __init__(self, device: CudaDevice, precision: str, batch: int, compile: bool, keep: int = 2):
         self.device, self.precision, self.batch, self.compile = device, precision, batch, compile
         # the least recently used goes, with its graph and memory pool
-        self.models = LastUsed(keep, released=device.release)
+        self.models = LastUsed(keep, released=lambda _: device.release())
         self.notes: list[str] = []
         self.capture = True  # until a model cannot be captured: from then on every model is sampled eagerly
 

@@ -9,7 +9,6 @@ compiled or built models.
 from __future__ import annotations
 
 import functools
-from collections import OrderedDict
 from collections.abc import Callable
 
 from prunefx.runtime.backends.base import CONFIRM_FACTOR, Settings
@@ -41,25 +40,3 @@ def pair_of(sources, timing, settings: Settings, round_to: int, *, int8_refusal:
         cached_pair(sources, functools.partial(timing, runs=2 * CONFIRM_FACTOR * runs, warmup=2 * warmup)),
         int8_refusal=int8_refusal)
 
-
-class LastUsed:
-    """The `keep` entries used last, by key (a built engine, a compiled module): a search meets hundreds of
-    candidates and each holds GPU memory, so only the dense model (used by every measurement) and the candidate
-    being measured stay. `released()` runs after an entry is dropped (hand its memory back)."""
-
-    def __init__(self, keep: int = 2, released: Callable[[], object] | None = None):
-        self.keep, self.released, self.entries = keep, released, OrderedDict()
-        self.made = self.dropped = 0
-
-    def get(self, key, make: Callable[[], object]):
-        if key in self.entries:
-            self.entries.move_to_end(key)
-            return self.entries[key]
-        while len(self.entries) >= self.keep:
-            self.entries.popitem(last=False)
-            self.dropped += 1
-            if self.released is not None:
-                self.released()
-        self.entries[key] = value = make()
-        self.made += 1
-        return value

@@ -9,9 +9,10 @@ from __future__ import annotations
 from prunefx.graph import Program
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.runtime.backends.base import BenchModel, Settings
-from prunefx.runtime.backends.gpu_pair import LastUsed, gpu_timing, pair_of
+from prunefx.runtime.backends.gpu_pair import gpu_timing, pair_of
 from prunefx.runtime.backends.tensorrt_common import TensorRTFamily
 from prunefx.runtime.errors import MeasurementError
+from prunefx.runtime.measure.last_used import LastUsed
 from prunefx.runtime.measure.speedup import PairMeasurer, deployed, fingerprint
 from prunefx.runtime.tensorrt.engine import free_gpu_cache, require_cuda
 from prunefx.runtime.tensorrt.torch_compiled import compile_torch_tensorrt, require_torch_tensorrt
@@ -46,11 +47,11 @@ class TorchTensorRTBackend(TensorRTFamily):
 
 class _Compiled:
     """Torch-TensorRT modules by Program fingerprint, each compiled once at the pair's batch; the two used last
-    stay on the GPU (gpu_pair.LastUsed)."""
+    stay on the GPU (measure/last_used.LastUsed)."""
 
     def __init__(self, precision: str, batch: int):
         self.precision, self.batch = precision, batch
-        self.modules = LastUsed(released=free_gpu_cache)
+        self.modules = LastUsed(released=lambda _: free_gpu_cache())
 
     def get(self, program: Program) -> tuple:
         key = fingerprint(program)

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prunefx.runtime.backends.base import BenchModel, Settings
-from prunefx.runtime.backends.gpu_pair import LastUsed, gpu_timing, pair_of
+from prunefx.runtime.backends.gpu_pair import gpu_timing, pair_of
 from prunefx.runtime.backends.tensorrt_common import TensorRTFamily, onnx_files
+from prunefx.runtime.measure.last_used import LastUsed
 from prunefx.runtime.measure.speedup import PairMeasurer
 from prunefx.runtime.tensorrt.engine import build_engine, free_gpu_cache, require_cuda, require_tensorrt
 from prunefx.runtime.tensorrt.layer_profile import (
@@ -67,11 +68,11 @@ class TensorRTBackend(TensorRTFamily):
 class _Engines:
     """TensorRT engines by file sha256, inputs bound: the dense model's engine is timed against every
     candidate, and loading it again each time would cost a deserialization and fresh GPU buffers. The two used
-    last stay loaded (gpu_pair.LastUsed): a search's every engine kept would fill a Jetson's memory."""
+    last stay loaded (measure/last_used.LastUsed): a search's every engine kept would fill a Jetson's memory."""
 
     def __init__(self, precision: str, cache_dir: str | None):
         self.precision, self.cache_dir = precision, cache_dir
-        self.loaded = LastUsed(released=free_gpu_cache)
+        self.loaded = LastUsed(released=lambda _: free_gpu_cache())
 
     def timed(self, entry: tuple) -> Callable[[], float]:
         path, inputs, sha = entry

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import operator
 import tempfile
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from prunefx.graph import Program
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.graph.rebatch import rebatch
 from prunefx.graph.timing import Timing
+from prunefx.runtime.measure.last_used import LastUsed
 from prunefx.runtime.measure.latency import LatencyComparison, LatencyStats, compare_latency, compare_rounds
 from prunefx.runtime.measure.width_multiple import onnxruntime_multiple
 from prunefx.runtime.onnx.export import export_onnx
@@ -184,25 +184,19 @@ class ExportCache:
         # `quantized`: another cache that holds the fake-quantized Programs' files (they do not depend on the exporter)
         self.batch, self.exporter, self.export, self.quantized = batch, exporter, export, quantized
         self.folder = tempfile.TemporaryDirectory(prefix="prunefx-measure-")
-        self.files: OrderedDict[str, tuple[Path, tuple, str]] = OrderedDict()
-        self.keep, self.written = keep, 0
+        # the least recently used file goes (exported again if met again)
+        self.files = LastUsed(keep, released=lambda entry: _remove_with_side_file(entry[0]))
 
     def get(self, program: Program) -> tuple[Path, tuple, str]:
         """(ONNX path, example inputs at `batch`, sha256 of the file) for `program`."""
         if self.quantized is not None and has_fake_quant(program.graph):
             return self.quantized.get(program)
-        key = fingerprint(program)
-        if key in self.files:
-            self.files.move_to_end(key)
-            return self.files[key]
-        while len(self.files) >= self.keep:  # the least recently used file goes (exported again if met again)
-            _, (stale, _, _) = self.files.popitem(last=False)
-            _remove_with_side_file(stale)
-        path, inputs = (self.export or exported_file)(program, Path(self.folder.name) / f"{self.written}.onnx",
-                                                  self.batch, self.exporter)
-        self.written += 1
-        self.files[key] = (path, inputs, hashlib.sha256(path.read_bytes()).hexdigest())
-        return self.files[key]
+        return self.files.get(fingerprint(program), lambda: self._exported(program))
+
+    def _exported(self, program: Program) -> tuple[Path, tuple, str]:
+        name = f"{self.files.made}.onnx"  # a name of its own: an evicted file's is never reused
+        path, inputs = (self.export or exported_file)(program, Path(self.folder.name) / name, self.batch, self.exporter)
+        return path, inputs, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _remove_with_side_file(path: Path) -> None:
