@@ -80,13 +80,14 @@ def _fold_pair(module: torch.fx.GraphModule, layer: torch.fx.Node, bn: torch.fx.
     weight_t = tensor_name(layer.args[1])
     weight = get_tensor(module, weight_t)
     dtype = weight.dtype
-    channels = weight.shape[0]
+    # the defaults sit beside the weight: a cuda model's folding must not mix in CPU tensors
+    zeros = torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device)
     as64 = lambda target, default: (get_tensor(module, target).double() if target else default)  # noqa: E731
-    gamma = as64(gamma_t, torch.ones(channels, dtype=torch.float64))
-    beta = as64(beta_t, torch.zeros(channels, dtype=torch.float64))
+    gamma = as64(gamma_t, zeros + 1)
+    beta = as64(beta_t, zeros)
     mean, var = as64(mean_t, None), as64(var_t, None)
     bias_node = layer.args[2] if len(layer.args) > 2 else None
-    bias = get_tensor(module, tensor_name(bias_node)).double() if bias_node is not None else torch.zeros(channels, dtype=torch.float64)
+    bias = get_tensor(module, tensor_name(bias_node)).double() if bias_node is not None else zeros
 
     scale = gamma / torch.sqrt(var + eps)
     new_weight = weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))

@@ -15,6 +15,7 @@ from prunefx.graph import Program
 from prunefx.graph.activations import within_budget
 from prunefx.graph.analysis_record import SparsityRecord
 from prunefx.graph.attributes import get_tensor, set_tensor
+from prunefx.graph.placement import module_device
 from prunefx.graph.progress import progress_bar
 from prunefx.graph.sparsity.nm_hessians import (
     SparseLayer,
@@ -126,7 +127,9 @@ def _fisher(module, layers: list[SparseLayer], config: SparsityPlan):
 def _cap_unstructured(module, layers: list[SparseLayer], config: SparsityPlan) -> None:
     """Loss curves with every weight eliminated, one global threshold, then the elimination again with
     each block's count (the Fisher gathered afresh per chunk, so only one chunk's inverses are held)."""
-    everything = {layer.node: blocks_of(torch.empty(torch.Size(layer.shape).numel()), config.block_size)[1].sum(1)
+    device = module_device(module)  # the counts meet the curves, which sit beside the weights
+    everything = {layer.node: blocks_of(torch.empty(torch.Size(layer.shape).numel(), device=device),
+                                        config.block_size)[1].sum(1)
                   for layer in layers}
     curves = {node: losses for node, (_, losses) in _cap_round(module, layers, config, everything).items()}
     counts = dict(zip(curves, global_counts(list(curves.values()), config.sparsity)))

@@ -630,6 +630,40 @@ def test_a_module_teacher_is_left_as_found_by_a_run_and_by_a_refusal(one_thread)
     assert _modes_and_gradients(teacher) == before
 
 
+def _moves_to_new_buffers(monkeypatch) -> None:
+    """The trainer's moves give the program new buffer objects, as a move to another device does (Module.to
+    makes new buffers there; parameters keep their objects): a CPU stand-in for a cuda run."""
+    from prunefx.passes.training import engine
+
+    def move_program(program, device):
+        engine_move(program, device)
+        for module in program.module.modules():
+            for name, buffer in list(module._buffers.items()):
+                if buffer is not None:
+                    module._buffers[name] = buffer.clone()
+        return program
+
+    engine_move = engine.move_program
+    monkeypatch.setattr(engine, "move_program", move_program)
+
+
+def test_a_second_fit_on_another_device_trains_the_program_s_own_buffers(one_thread, monkeypatch):
+    """After a fit gave the program back (moved home) and a second took it again (moved to the device), the
+    batch norm's running statistics that the second fit gathers are the program's: the oracle is the program's
+    own buffer, which must change over the second fit's steps."""
+    _moves_to_new_buffers(monkeypatch)
+    program = _program().eval()
+    trainer = Trainer(program, teacher=None, data=_batches(2),
+                      config=TrainConfig(steps=2, lr=0.05, kd_weight=0.0, progress=False))
+    trainer.fit()
+    after_first = program.module.state_dict()
+    trainer.total_steps = 4
+    trainer.fit()
+    means = [name for name in after_first if name.endswith("running_mean")]
+    assert means and all(not torch.equal(after_first[name], program.module.state_dict()[name]) for name in means)
+    assert program.example_inputs[0].device == next(program.module.parameters()).device
+
+
 def test_a_second_fit_trains_in_training_mode_and_a_refused_schedule_gives_the_program_back(one_thread):
     """fit gives the program back in its own modes; a second fit takes it again (it trained in eval mode, its
     dropout off and its batch norms frozen); prune_while_training refusing its schedule leaves it as found."""

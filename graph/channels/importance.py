@@ -115,9 +115,14 @@ def _parameter_members(module: torch.fx.GraphModule, combing: Combing):
 
 def _per_index(values: torch.Tensor, dim: int) -> np.ndarray:
     """Sum of `values` over every dim but `dim`."""
+    return _per_index_on_device(values, dim).cpu().numpy()
+
+
+def _per_index_on_device(values: torch.Tensor, dim: int) -> torch.Tensor:
+    """`_per_index` as a float64 tensor where `values` are (no copy to the host, so no wait for the device)."""
     other = [d for d in range(values.dim()) if d != dim]
     summed = values.sum(dim=other) if other else values
-    return summed.detach().double().cpu().numpy()
+    return summed.detach().double()
 
 
 def _magnitude_scores(module, combing: Combing, criterion: str) -> np.ndarray:
@@ -187,7 +192,8 @@ class FisherAccumulator:
         self.module = module
         self.gradients_from = module if gradients_from is None else gradients_from
         self.activations = _live_activations(module)
-        self.sums: dict[tuple[str, int], np.ndarray] = {}
+        # float64 tensors beside the gradients: accumulating after every step never waits for the device
+        self.sums: dict[tuple[str, int], torch.Tensor] = {}
         self.batches = 0
 
     def accumulate(self) -> None:
@@ -197,21 +203,20 @@ class FisherAccumulator:
             product = (parameter * parameter.grad).detach()
             scale = self.activations.get(name, 1)
             for dim in range(product.dim()):
-                gate = _per_index(product, dim)
-                key = (name, dim)
-                self.sums[key] = self.sums.get(key, 0.0) + gate**2 / scale
+                added = _per_index_on_device(product, dim).square() / scale
+                before = self.sums.get((name, dim))
+                self.sums[(name, dim)] = added if before is None else before.to(added.device) + added
         self.batches += 1
 
     def state(self) -> dict:
-        """The sums so far as tensors (what a training checkpoint can hold: it is read with weights_only)."""
+        """The sums so far as CPU tensors (what a training checkpoint can hold: it is read with weights_only)."""
         return {"batches": self.batches,
-                "sums": [(name, dim, torch.from_numpy(np.asarray(sums, dtype=np.float64)))
-                         for (name, dim), sums in self.sums.items()]}
+                "sums": [(name, dim, sums.cpu()) for (name, dim), sums in self.sums.items()]}
 
     def load_state(self, state: dict) -> None:
         """Continue from `state` (as `state` gave it): a resumed run scores as the uninterrupted one would."""
         self.batches = int(state["batches"])
-        self.sums = {(str(name), int(dim)): sums.numpy() for name, dim, sums in state["sums"]}
+        self.sums = {(str(name), int(dim)): sums.double() for name, dim, sums in state["sums"]}
 
     def per_class(self, combing: Combing) -> np.ndarray:
         if not self.batches:
@@ -220,8 +225,8 @@ class FisherAccumulator:
         per_class = np.zeros(int(classes.max()) + 1)
         for member, _ in _parameter_members(self.module, combing):
             sums = self.sums.get((member.target, member.dim))
-            if sums is not None and sums.size == member.labels.size:
-                np.add.at(per_class, classes[member.labels], sums)
+            if sums is not None and sums.numel() == member.labels.size:
+                np.add.at(per_class, classes[member.labels], sums.cpu().numpy())
         return per_class
 
     def importance(self, module: torch.fx.GraphModule, combing: Combing) -> Importance:

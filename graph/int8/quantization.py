@@ -185,7 +185,7 @@ def quantize_weight(module: torch.fx.GraphModule, target: QuantTarget) -> torch.
     stem = weight.target.replace(".", "_")
     scale_name, zero_name = free_name(module, f"{stem}_quant_scale"), free_name(module, f"{stem}_quant_zero_point")
     set_tensor(module, scale_name, scale_of(amax), parameter=False)
-    set_tensor(module, zero_name, torch.zeros(amax.shape, dtype=torch.int32), parameter=False)
+    set_tensor(module, zero_name, torch.zeros(amax.shape, dtype=torch.int32, device=amax.device), parameter=False)
     with graph.inserting_before(layer):
         scale, zero = graph.get_attr(scale_name), graph.get_attr(zero_name)
         quantized = graph.call_function(aten.fake_quantize_per_channel_affine.default,

@@ -37,7 +37,7 @@ class RangeObserver:
         if self.max <= 0:
             return
         counts = torch.histc(x.detach().abs().float().flatten(), bins=HISTOGRAM_BINS, min=0.0, max=self.max)
-        counts = counts.double().numpy()
+        counts = counts.double().cpu().numpy()
         self.zeros += float((x == 0).sum())
         self.histogram = counts if self.histogram is None else self.histogram + counts
 

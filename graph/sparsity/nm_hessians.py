@@ -198,7 +198,8 @@ def fisher_inverses(module: torch.fx.GraphModule, layers: list[SparseLayer], bat
         numel = int(torch.Size(layer.shape).numel())
         mean_diagonal = squares[layer.node] / (samples * numel)
         scale = mean_diagonal if mean_diagonal > 0 else 1.0  # zero gradients: F = lam I, any lam
-        inverses[layer.node] = FisherInverse(numel, block_size, samples, damping * scale)
+        inverses[layer.node] = FisherInverse(numel, block_size, samples, damping * scale,
+                                              device=module_device(module))
     for gradients in iter_sample_gradients(module, layers, batches, loss_fn):
         for node, gradient in gradients.items():
             inverses[node].add(gradient)

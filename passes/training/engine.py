@@ -19,7 +19,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from prunefx.graph import Program
-from prunefx.graph.placement import move_module
+from prunefx.graph.placement import move_program
 from prunefx.graph.progress import shown
 from prunefx.passes.training.checkpoint import PROGRAM_FILE, STATE_FILE
 from prunefx.passes.training.config import DETECTION, OPTIMIZERS, FeaturePair, TrainConfig, TrainingError
@@ -120,17 +120,24 @@ class Trainer:
 
     def _attach(self, program: Program) -> None:
         """Train `program` from the current step on: train mode, device, DDP, a new optimizer."""
-        program.train()
-        move_module(program.module, self.device)  # with the devices its graph names (aten.arange(device=...))
         self.program = program
-        self._student = tap_outputs(program.module, [pair.student for pair in self.config.feature_pairs])
+        self._place()
+        self.optimizer = make_optimizer(program.module, self.config)
+        self.scheduler = make_scheduler(self.optimizer, warmup_steps=self.config.warmup_steps,
+                                        total_steps=self.total_steps, start_step=self.step)
+
+    def _place(self) -> None:
+        """The program in train mode on the device, with its example inputs (a pass run between steps checks
+        it on them), and the model trained: its tap, under DDP. Tapped afresh after every move: a move to
+        another device gives the program new buffer objects, which an older tap would not see (batch-norm
+        statistics and blend weights would then go to orphans)."""
+        self.program.train()
+        move_program(self.program, self.device)  # with the devices its graph names (aten.arange(device=...))
+        self._student = tap_outputs(self.program.module, [pair.student for pair in self.config.feature_pairs])
         self._model = self._student
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self._model = torch.nn.parallel.DistributedDataParallel(self._student, device_ids=ids)
-        self.optimizer = make_optimizer(program.module, self.config)
-        self.scheduler = make_scheduler(self.optimizer, warmup_steps=self.config.warmup_steps,
-                                        total_steps=self.total_steps, start_step=self.step)
 
     def replace_program(self, program: Program) -> None:
         """Continue training `program` instead (e.g. after channels were removed from the current one):
@@ -146,8 +153,7 @@ class Trainer:
             return self._fit()
 
     def _fit(self) -> dict[str, Any]:
-        self.program.train()  # as _attach left it: a fit before this one gave the program back (release)
-        move_module(self.program.module, self.device)
+        self._place()  # as _attach left it: a fit before this one gave the program back (release)
         resumed_from = resume(self) if self.config.resume else None
         if resumed_from is None:
             seed_training(self.config.seed + self.rank, self.device)
@@ -273,7 +279,7 @@ class Trainer:
         """Give the program back as it came (modes, device): after every fit, even one stopped by an error, and
         by a caller that refuses to fit after all."""
         self.program.restore_modes(self._initial_modes)  # a program since replaced: its overall mode
-        move_module(self.program.module, self._home_device)
+        move_program(self.program, self._home_device)
 
     def save_checkpoint(self) -> None:
         """Write program.pt2 and trainer_state.pt (passes/training/resume.py)."""
