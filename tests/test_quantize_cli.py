@@ -4,19 +4,29 @@ model with no quantizable layer are one-line errors, exit 2, nothing written."""
 
 from __future__ import annotations
 
+import functools
+import io
 import json
+import sys
 
 import onnx
 import pytest
 import torch
+import tqdm
 
 from prunefx.cli import main
 from prunefx.data import fashion_mnist
 from prunefx.graph import capture
+from prunefx.graph import progress as graph_progress
 
 needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(),
                                          reason=f"{fashion_mnist.DEFAULT_ROOT} missing: apt-get install "
                                                 "dataset-fashion-mnist")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
 
 
 def _zero_point_types(model: onnx.ModelProto) -> set[int]:
@@ -26,11 +36,18 @@ def _zero_point_types(model: onnx.ModelProto) -> set[int]:
 
 @pytest.mark.slow  # about 60 s: calibration, two exports, parity and a short latency comparison
 @needs_fashion_mnist
-def test_backend_trt_delivers_the_symmetric_s8_file_as_model_onnx(tmp_path, one_thread, capsys):
+def test_backend_trt_delivers_the_symmetric_s8_file_as_model_onnx(tmp_path, one_thread, monkeypatch):
+    """On a terminal, the export's steps are counted to the last: the export, then each file's parity and
+    prunefx check's verdicts (the oracle: two files, 1 + 2 * 2 steps)."""
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(graph_progress, "tqdm", functools.partial(tqdm.tqdm, mininterval=0, miniters=1))
     torch.manual_seed(0)
     code = main(["quantize", "prunefx:resnet20", "--calibrate", "fashion-mnist", "--calibration-images", "64",
                  "--backend", "trt", "--runs", "3", "--threads", "1", "-o", str(tmp_path / "q")])
-    assert code == 0, capsys.readouterr().err
+    assert code == 0, terminal.getvalue()
+    draws = [line for line in terminal.getvalue().split("\r") if line.startswith("exporting")]
+    assert "0/5 " in draws[0] and "5/5 " in draws[-1]
     folder = tmp_path / "q"
     assert (folder / "model.onnx").read_bytes() == (folder / "model_trt.onnx").read_bytes()
     assert _zero_point_types(onnx.load(str(folder / "model.onnx"))) == {onnx.TensorProto.INT8}

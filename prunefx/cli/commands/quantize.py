@@ -16,6 +16,7 @@ from pathlib import Path
 from prunefx.cli import options as cli_options
 from prunefx.data.calibration import calibration_data
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.progress import progress_bar
 from prunefx.graph.rebatch import rebatch
 from prunefx.loading import program_from_args
 from prunefx.output import staged_folder
@@ -69,12 +70,13 @@ def run(args) -> int:
     print(f"quantized {facts.layers} layers of {program.name} ({facts.kept_in_float} kept in float) "
           f"on {calibration.description} in {time.perf_counter() - started:.1f} s; exporting", flush=True)
     lowering = onnxruntime_lowering()
+    files = {"model_trt.onnx": "s8", "model_ort.onnx": lowering}
     with staged_folder(output) as staging:
-        quantized.save(staging / "model.pt2")
-        files = {"model_trt.onnx": "s8", "model_ort.onnx": lowering}
-        exports = _exports(quantized, staging, files, args.opset)
-        readiness = {name: {target: report_entry(staging / name, target) for target in READINESS[name]}
-                     for name in files}
+        # a bar over the export's steps (on a terminal): one ONNX export, then each file's parity and readiness
+        with progress_bar("exporting", 1 + 2 * len(files), unit="step", progress=None) as bar:
+            quantized.save(staging / "model.pt2")
+            exports = _exports(quantized, staging, files, args.opset, bar)
+            readiness = {name: _readiness(staging / name, bar) for name in files}
         shutil.copyfile(staging / BACKENDS[args.backend], staging / "model.onnx")
         latency = _latency(program, quantized, staging / "model_ort.onnx", args)
         names = ("model.pt2", "model.onnx", *files, "report.json")
@@ -87,11 +89,23 @@ def run(args) -> int:
     return 0
 
 
-def _exports(program, folder: Path, files: dict[str, str], opset: int) -> dict:
+def _exports(program, folder: Path, files: dict[str, str], opset: int, bar) -> dict:
     """Each of `files` (name -> lowering) exported into `folder` from one ONNX export, and its parity checked."""
     exported = export_quantized_lowerings(program, {folder / name: lowering for name, lowering in files.items()},
                                           opset=opset)
-    return {path.name: _export_entry(program, entry) for path, entry in exported.items()}
+    bar.update()
+    entries = {}
+    for path, entry in exported.items():
+        entries[path.name] = _export_entry(program, entry)
+        bar.update()
+    return entries
+
+
+def _readiness(path: Path, bar) -> dict:
+    """prunefx check's verdicts on `path` for the targets its file is meant for."""
+    entries = {target: report_entry(path, target) for target in READINESS[path.name]}
+    bar.update()
+    return entries
 
 
 def _export_entry(program, exported: QuantizedExport) -> dict:
