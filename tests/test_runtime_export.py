@@ -1,5 +1,7 @@
 """runtime: ONNX export (dynamo and TorchScript fallback), graph-surgeon cleanup, ONNX Runtime, parity."""
 
+import contextlib
+
 import numpy as np
 import onnx
 import pytest
@@ -185,3 +187,26 @@ def test_the_fast_exporter_gives_the_same_network(tmp_path):
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
     with pytest.raises(OnnxExportError, match="exporter must be one of dynamo, torchscript"):
         export_onnx(program, tmp_path / "x.onnx", exporter="tflite")
+
+
+def test_exports_share_one_translation_table_and_write_what_a_table_of_their_own_writes(tmp_path, monkeypatch):
+    """torch.onnx builds its torchlib table once per opset for prunefx's exports (runtime/onnx/torchlib_registry.py);
+    the oracle for the files is an export that built its own table (the block left out), and torch.onnx is as
+    it was outside the block."""
+    from torch.onnx._internal.exporter import _registration
+
+    from prunefx.runtime.onnx import export as export_module
+    from prunefx.runtime.onnx import torchlib_registry
+
+    built = []
+    original = vars(_registration.ONNXRegistry)["from_torchlib"]
+    counting = classmethod(lambda cls, *args, **kwargs: built.append(args) or original.__func__(cls, *args, **kwargs))
+    monkeypatch.setattr(_registration.ONNXRegistry, "from_torchlib", counting)
+    monkeypatch.setattr(torchlib_registry, "_BUILT", {})
+    program = tiny_program()
+    shared = [export_onnx(program, tmp_path / f"{index}.onnx").path.read_bytes() for index in range(2)]
+    assert len(built) == 1  # the second export reused the first one's table
+    assert vars(_registration.ONNXRegistry)["from_torchlib"] is counting  # as it was, outside the block
+    monkeypatch.setattr(export_module, "registries_reused", contextlib.nullcontext)  # a table of its own
+    own = export_onnx(program, tmp_path / "own.onnx").path.read_bytes()
+    assert len(built) == 2 and shared[0] == shared[1] == own

@@ -40,6 +40,7 @@ from prunefx.runtime.onnx.external import (
     side_file_name,
 )
 from prunefx.runtime.onnx.reshape_layout import contiguous_before_reshapes
+from prunefx.runtime.onnx.torchlib_registry import registries_reused
 from prunefx.runtime.onnx.write import is_apart, little_endian_bytes, save_model_streamed
 
 log = logging.getLogger(__name__)
@@ -133,8 +134,9 @@ def _export_dynamo(program: Program, opset: int) -> tuple[onnx.ModelProto, dict[
     # program.export() raises VerificationError if the module no longer exports; the dynamo exporter
     # would fail the same way, so that error simply becomes the fallback reason.
     exported = contiguous_before_reshapes(program.export())
-    onnx_program = torch.onnx.export(exported, program.example_inputs, dynamo=True, opset_version=opset,
-                                     external_data=False, optimize=True, verbose=False)
+    with registries_reused():
+        onnx_program = torch.onnx.export(exported, program.example_inputs, dynamo=True, opset_version=opset,
+                                         external_data=False, optimize=True, verbose=False)
     assert onnx_program is not None  # None only when given a file to write
     weights = _weights_apart(onnx_program.model)
     return onnx_program.model_proto, weights

@@ -27,6 +27,7 @@ from prunefx.runtime.onnx.integer_units import S8_LEVELS, SEVEN_BIT_LEVELS
 from prunefx.runtime.onnx.qdq import activation_quantizers, fold_weight_quantizers, name_inputs_and_outputs
 from prunefx.runtime.onnx.quantize_static import quantize_static_file
 from prunefx.runtime.onnx.quantized_ort import lower_for_onnxruntime
+from prunefx.runtime.onnx.torchlib_registry import registries_reused
 
 # lowering -> the integer units' weight levels (None: the TensorRT file, no ONNX Runtime rewrites)
 LOWERINGS = {"s8": None, "u8": S8_LEVELS, "u8s7": SEVEN_BIT_LEVELS}
@@ -114,8 +115,9 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 def _exported(program: Program, opset: int) -> onnx.ModelProto:
     try:
         exported = program.export()
-        return torch.onnx.export(exported, program.example_inputs, dynamo=True, opset_version=opset,
-                                 external_data=False, optimize=True, verbose=False).model_proto
+        with registries_reused():
+            return torch.onnx.export(exported, program.example_inputs, dynamo=True, opset_version=opset,
+                                     external_data=False, optimize=True, verbose=False).model_proto
     except Exception as error:  # torch.onnx raises many types; all mean "the exporter failed"
         raise OnnxExportError(f"could not export quantized model '{program.name}' to ONNX: "
                               f"{describe_failure(error)}") from error
