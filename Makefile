@@ -88,6 +88,8 @@ bench-all: setup
 # of at most 9 minutes, results in $OUT (else build/gpu-check). `make gpu-check-smoke` proves it on this CPU.
 GPU_PYTHON ?= python3
 gpu-check-prepare: setup
+	@# the CPU smoke runs of the check's benchmarks (in the zoo lane, out of `make test`) first: a GPU is rare
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_gpu_speedup_smoke.py tests/test_module_speed_check.py tests/test_gpu_check.py
 	$(PY) scripts/gpu_check.py prepare
 
 gpu-check:

@@ -130,22 +130,24 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _measured_slow() -> tuple[set[str], set[str]]:
-    """(modules, node ids) listed in tests/slow_tests.txt: measured heavy, written by scripts/slow_tests.py."""
-    listed = Path(__file__).with_name("slow_tests.txt")
+def _listed(name: str) -> tuple[set[str], set[str]]:
+    """(modules, node ids) listed in tests/NAME: slow_tests.txt (measured heavy, written by scripts/slow_tests.py)
+    or zoo_lane.txt (breadth left to `make test-zoo`, chosen by hand)."""
+    listed = Path(__file__).with_name(name)
     entries = [line.strip() for line in listed.read_text().splitlines() if line.strip() and not line.startswith("#")] \
         if listed.exists() else []
     return {entry for entry in entries if "::" not in entry}, {entry for entry in entries if "::" in entry}
 
 
 def pytest_collection_modifyitems(config, items):
-    """A test module lists its heaviest model-zoo references in ZOO_LANE: their cases get the `zoo` mark,
-    so `make test` leaves them to `make test-zoo` (runs before `-m` deselects). Tests measured heavy
-    (tests/slow_tests.txt) get the `slow` mark, which keeps `make test-fast` under four minutes."""
-    slow_modules, slow_tests = _measured_slow()
+    """Tests measured heavy (tests/slow_tests.txt) get the `slow` mark, which keeps `make test-fast` under four
+    minutes. Breadth gets the `zoo` mark, so `make test` leaves it to `make test-zoo` (runs before `-m` deselects):
+    the tests listed in tests/zoo_lane.txt, and the cases of the model references a module lists in ZOO_LANE."""
+    lanes = [(pytest.mark.slow, *_listed("slow_tests.txt")), (pytest.mark.zoo, *_listed("zoo_lane.txt"))]
     for item in items:
-        if item.nodeid in slow_tests or item.nodeid.split("::")[0] in slow_modules:
-            item.add_marker(pytest.mark.slow)
+        for mark, modules, tests in lanes:
+            if item.nodeid in tests or item.nodeid.split("::")[0] in modules:
+                item.add_marker(mark)
         heavy = getattr(getattr(item, "module", None), "ZOO_LANE", ())
         callspec = getattr(item, "callspec", None)
         if callspec is not None and callspec.params.get("reference") in heavy:

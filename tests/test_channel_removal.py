@@ -61,7 +61,9 @@ ZOO_LANE = {'torchvision:maxvit_t', 'torchvision:densenet121', 'torchvision:effi
             'timm:swin_tiny_patch4_window7_224', 'torchvision:resnext50_32x4d', 'torchvision:fcn_resnet50',
             'torchvision:resnet50', 'torchvision:convnext_tiny', 'torchvision:vit_b_16', 'timm:beitv2_base_patch16_224',
             'timm:deit3_small_patch16_224', 'timm:maxxvit_rmlp_nano_rw_256', 'timm:vit_small_patch16_224',
-            'timm:efficientnet_b0', 'timm:efficientformer_l1', 'timm:fastvit_t8'}
+            'timm:efficientnet_b0', 'timm:efficientformer_l1', 'timm:fastvit_t8',
+            # inverted residuals and grouped convs stay through mobilenet_v2, mobilenet_v3_large and regnet_y
+            'torchvision:mnasnet1_0', 'torchvision:mobilenet_v3_small', 'torchvision:regnet_x_400mf'}
 
 
 @pytest.mark.slow
