@@ -47,6 +47,19 @@ def _script(relative: str):
 
 
 @pytest.fixture(scope="session")
+def schema_errors():
+    """`schema_errors(report)`: where a report.json departs from the published docs/reference/report.schema.json
+    (tests/test_report_schema.py runs each command for it; the demo's and quantize's own tests use this)."""
+    import json
+
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(json.loads((ROOT / "docs" / "reference" / "report.schema.json").read_text()))
+    return lambda report: [f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
+                           for error in validator.iter_errors(report)]
+
+
+@pytest.fixture(scope="session")
 def load_script():
     """`load_script("benchmarks/gpu_speedup.py")`: that script as a freshly loaded module."""
     return _script

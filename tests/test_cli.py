@@ -491,13 +491,15 @@ def test_a_budget_out_of_reach_is_one_line_exit_2_and_writes_nothing(capsys, tmp
 
 @pytest.mark.slow
 @needs_fashion_mnist
-def test_quantize_writes_tensorrt_and_onnxruntime_files(capsys, tmp_path, one_thread):
+def test_quantize_writes_tensorrt_and_onnxruntime_files(capsys, tmp_path, one_thread, schema_errors):
     torch.manual_seed(0)  # the model's random weights, and so its parity, must not depend on earlier tests
     code, out, err = run_cli(capsys, "quantize", "prunefx:mobilenetv2_small", "--calibrate", "fashion-mnist",
                              "--calibration-images", "64", "--runs", "5", "--threads", "1", "-o", tmp_path / "q")
     assert code == 0, err
     report = json.loads((tmp_path / "q" / "report.json").read_text())
+    assert not schema_errors(report) and report["command"] == "quantize" and report["budget"] is None
     assert report["quantize_int8"]["quantized"] and report["latency"]["speedup"] > 0
+    assert report["parity"] == report["exports"]["model_ort.onnx"]["parity"]  # model.onnx is the ort file
     trt = onnx.load(tmp_path / "q" / "model_trt.onnx")
     kinds = [node.op_type for node in trt.graph.node]
     assert kinds.count("QuantizeLinear") >= 1 and kinds.count("DequantizeLinear") > kinds.count("QuantizeLinear")

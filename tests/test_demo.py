@@ -42,7 +42,7 @@ def onnx_accuracy(path, images: int) -> float:
 
 @pytest.mark.slow
 def test_the_demo_prunes_the_recommended_way_and_its_written_model_keeps_its_accuracy(monkeypatch, capsys,
-                                                                                      tmp_path):
+                                                                                      tmp_path, schema_errors):
     monkeypatch.setattr(demo, "ROUNDS", 2)  # the timing is not judged here: two fresh processes are enough
     code = main(["demo", "--kd-steps", "2", "--eval-images", str(EVAL_IMAGES), "--runs", "5",
                  "-o", str(tmp_path / "demo")])
@@ -51,6 +51,7 @@ def test_the_demo_prunes_the_recommended_way_and_its_written_model_keeps_its_acc
     for stage in ("[load]", "[dense]", "[calibrate]", "[prune]", "[one-shot]", "[kd]", "[measured]", "[time]"):
         assert stage in out, out
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert not schema_errors(report) and report["command"] == "demo" and report["route"] is None
     assert report["eval_images"] == EVAL_IMAGES
     assert report["dense_accuracy"] > 0.88  # the checkpoint is trained well (chance is 0.10)
     pruning = report["pruning"]
@@ -64,6 +65,7 @@ def test_the_demo_prunes_the_recommended_way_and_its_written_model_keeps_its_acc
     written = onnx_accuracy(tmp_path / "demo" / "model.onnx", EVAL_IMAGES)
     assert written > FLOOR and abs(written - report["kd_accuracy"]) <= 2 / EVAL_IMAGES
     assert report["parity"]["relative"] < 1e-4 and report["latency"]["speedup"] > 0
+    assert report["latency"]["interval"] is not None
     assert set(report["seconds"]) >= {"load", "calibrate and prune", "distill", "export and measure"}
     assert all((tmp_path / "demo" / name).is_file() for name in ("model.onnx", "dense.onnx", "model.pt2"))
 

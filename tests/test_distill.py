@@ -252,10 +252,12 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
                           config=TrainConfig(**_checkpointed(tmp_path / "cut")))
     with pytest.raises(_Crash):
         interrupted.fit()
-    resumed = Trainer(_program(dropout=0.3), teacher=teacher, data=data,
+    given = _program(dropout=0.3)  # in eval mode; the resumed run trains the checkpoint's program instead
+    resumed = Trainer(given, teacher=teacher, data=data,
                       config=TrainConfig(**_checkpointed(tmp_path / "cut", resume=True)))
     stats = resumed.fit()
     assert stats["resumed_from"] == 4 and stats["steps_run"] == 6
+    assert resumed.program is not given and not given.training  # the caller's program given back as it came
     for (name, expected), (_, actual) in zip(full.program.state_dict().items(), resumed.program.state_dict().items()):
         assert torch.equal(expected, actual), name
     assert [e["loss"] for e in resumed.log] == [e["loss"] for e in full.log]

@@ -18,6 +18,7 @@ from torch.overrides import TorchFunctionMode
 
 from prunefx.graph import capture
 from prunefx.graph.channels.importance import FisherAccumulator
+from prunefx.graph.placement import move_program
 from prunefx.passes.fold_batchnorm import fold_batchnorm
 from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.passes.sparsify_nm import sparsify_nm
@@ -105,7 +106,7 @@ def test_fisher_scores_accumulate_where_the_gradients_are():
 def _close(cpu_program, cuda_program, tolerance: float, name: str) -> None:
     x = torch.randn(2, 3, 8, 8)
     expected = cpu_program.module(x)
-    got = cuda_program.module.to("cpu")(x)
+    got = move_program(cuda_program, "cpu").module(x)  # with the devices its graph names
     assert float((got - expected).abs().max()) <= tolerance * float(expected.abs().max()), name
 
 
@@ -113,8 +114,6 @@ def _close(cpu_program, cuda_program, tolerance: float, name: str) -> None:
 @requires_cuda
 def test_folding_quantizing_and_cap_sparsity_on_cuda_match_the_cpu_run(monkeypatch):
     """Each pass on a cuda Program against the same pass on the CPU (TF32 off: float32 on both sides)."""
-    from prunefx.graph.placement import move_program
-
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     runs = {"fold": (fold_batchnorm, {}, 1e-5),

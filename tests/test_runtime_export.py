@@ -210,3 +210,19 @@ def test_exports_share_one_translation_table_and_write_what_a_table_of_their_own
     monkeypatch.setattr(export_module, "registries_reused", contextlib.nullcontext)  # a table of its own
     own = export_onnx(program, tmp_path / "own.onnx").path.read_bytes()
     assert len(built) == 2 and shared[0] == shared[1] == own
+
+
+def test_a_translation_one_export_adds_never_reaches_the_next():
+    """torch.onnx adds a caller's custom translations to the table it was given: each export inside the block
+    gets its own copy of the shared one (the oracle: the custom entry is in the first table only)."""
+    from torch.onnx._internal.exporter import _registration
+
+    from prunefx.runtime.onnx.torchlib_registry import registries_reused
+
+    relu = torch.ops.aten.relu.default
+    with registries_reused():
+        first = _registration.ONNXRegistry().from_torchlib(opset_version=18)
+        first.register_op(relu, lambda x: x)
+        second = _registration.ONNXRegistry().from_torchlib(opset_version=18)
+    assert any(meta.is_custom for meta in first.get_decomps(relu))
+    assert second.get_decomps(relu) and not any(meta.is_custom for meta in second.get_decomps(relu))

@@ -106,6 +106,7 @@ class Trainer:
         self.last_losses: dict[str, float] = {}
         self._home_device = module_device(program.module)
         self._initial_modes = program.modes()
+        self._given, self._placed = program, False
         self._attach(program)
 
     # --- setup -------------------------------------------------------------------------------------
@@ -133,6 +134,7 @@ class Trainer:
         statistics and blend weights would then go to orphans)."""
         self.program.train()
         move_program(self.program, self.device)  # with the devices its graph names (aten.arange(device=...))
+        self._placed = True
         self._student = tap_outputs(self.program.module, [pair.student for pair in self.config.feature_pairs])
         self._model = self._student
         if self.world_size > 1:
@@ -143,7 +145,10 @@ class Trainer:
         """Continue training `program` instead (e.g. after channels were removed from the current one):
         new parameters, a new optimizer (momentum restarts), the learning rate where the schedule is.
         Call it from an `after_step` hook (or between fits), not between backward and the optimizer step."""
+        previous = self.program
         self._attach(program)
+        if previous is self._given and program is not previous:  # the caller's program, no longer trained here
+            self._send_home(previous)
 
     # --- training ----------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -153,8 +158,13 @@ class Trainer:
             return self._fit()
 
     def _fit(self) -> dict[str, Any]:
-        self._place()  # as _attach left it: a fit before this one gave the program back (release)
-        resumed_from = resume(self) if self.config.resume else None
+        if not self._placed:  # a fit before this one gave the program back (release)
+            self._place()
+        try:
+            resumed_from = resume(self) if self.config.resume else None
+        except BaseException:  # a checkpoint refused: the program goes back as it came
+            self.release()
+            raise
         if resumed_from is None:
             seed_training(self.config.seed + self.rank, self.device)
         start_step, train_seconds, eval_seconds = self.step, 0.0, 0.0
@@ -278,8 +288,12 @@ class Trainer:
     def release(self) -> None:
         """Give the program back as it came (modes, device): after every fit, even one stopped by an error, and
         by a caller that refuses to fit after all."""
-        self.program.restore_modes(self._initial_modes)  # a program since replaced: its overall mode
-        move_program(self.program, self._home_device)
+        self._send_home(self.program)
+        self._placed = False
+
+    def _send_home(self, program: Program) -> None:
+        program.restore_modes(self._initial_modes)  # a program since replaced: its overall mode
+        move_program(program, self._home_device)
 
     def save_checkpoint(self) -> None:
         """Write program.pt2 and trainer_state.pt (passes/training/resume.py)."""
