@@ -31,13 +31,14 @@ def test_list_shows_the_candidate_blocks(capsys):
 
 
 @pytest.mark.slow
-def test_named_blocks_are_merged_and_written_with_a_report(capsys, tmp_path):
+def test_named_blocks_are_merged_and_written_with_a_report(capsys, tmp_path, schema_errors):
     # --no-measure: merges wherever the MACs go down, so the outcome does not hang on the timing of a
     # loaded machine (a merge measured slower is refused, by design; tests/test_merge_blocks.py covers that)
     code, out, err = run_cli(capsys, "depth", "prunefx:mobilenetv2_small", "--block", "blocks.2",
                              "--block", "blocks.4", "--no-measure", "-o", tmp_path)
     assert code == 0, err
     report = json.loads((tmp_path / "report.json").read_text())
+    assert not schema_errors(report) and report["route"] is None and report["importance"] is None
     assert report["linearize_blocks"]["chosen"] == ["blocks.2", "blocks.4"]
     assert report["macs_after"] < report["macs_before"]
     assert any(merge["kind"] == "residual" for merge in report["merge_blocks"]["merges"])

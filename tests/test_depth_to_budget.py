@@ -171,10 +171,12 @@ def test_the_depth_command_refuses_a_budget_out_of_reach_in_one_line(ranked_once
 
 @pytest.mark.slow
 @needs_fashion_mnist
-def test_the_depth_command_meets_a_budget_with_the_real_ranking(measured_by_macs, capsys, tmp_path):
+def test_the_depth_command_meets_a_budget_with_the_real_ranking(measured_by_macs, capsys, tmp_path,
+                                                                 schema_errors):
     code, out, err = run_depth(capsys, tmp_path / "out", str(BUDGET))
     assert code == 0, err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert not schema_errors(report) and report["route"] == {"taken": "depth"}
     budget = report["budget"]
     assert budget["met"] and budget["speedup"] >= BUDGET and budget["confirmed"]
     assert report["macs_before"] / report["macs_after"] >= BUDGET  # what was written is what was measured

@@ -1,6 +1,6 @@
 """Every command that writes report.json writes the shape published in docs/reference/report.schema.json
 (built by prunefx/reports/report_json.py): prune by each route (a MACs target, a budget met by width, by depth
-and by width and depth together), depth and compress (with and without a budget pass), each on a tiny model;
+and by width and depth together) and compress (with and without a budget pass), each on a tiny model; depth's,
 quantize's and the demo's reports are checked where their own tests run them (the `schema_errors` fixture). Budgets are measured by a stand-in runtime (the MACs plus a fixed cost per operator),
 as in test_budget_route.py, so the route each takes is known and no test waits on real timing."""
 
@@ -93,15 +93,6 @@ def test_prune_writes_one_shape_whichever_route_met_the_budget(stand_in, capsys,
     assert reports["depth"]["groups"] is None and reports["depth"]["merge_blocks"]
     assert set(reports["width+depth"]["route"]) == {"taken", "width", "depth"}
     assert len({tuple(report) for report in reports.values()}) == 1  # the same keys, in the same order
-
-
-@pytest.mark.slow
-@needs_fashion_mnist
-def test_depth_writes_the_shape_of_prune(stand_in, capsys, tmp_path):
-    named = written(capsys, tmp_path / "named", "depth", *SMALL, "--block", "blocks.2", "--no-measure")
-    budget = written(capsys, tmp_path / "budget", "depth", *SMALL, *CALIBRATE, "--speedup", "2")
-    assert named["route"] is None and budget["route"] == {"taken": "depth"}
-    assert named["importance"] is None and named["linearize_blocks"]["chosen"] == ["blocks.2"]
 
 
 @pytest.mark.slow
