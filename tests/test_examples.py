@@ -43,7 +43,7 @@ def test_prune_to_speedup_meets_its_budget_and_writes_the_files(tmp_path):
         [*TOY, "--speedup", "1.2", "--threads", "1", "--runs", "10", "-o", str(tmp_path)])
     assert summary["search_speedup"] >= 1.2 * 0.95  # accepted on a confirmed measurement
     assert {"dense.onnx", "model.onnx", "model.pt2", "summary.json"} <= {p.name for p in tmp_path.iterdir()}
-    assert macs_fraction(tmp_path / "model.pt2") == pytest.approx(summary["macs_kept"], abs=0.02)
+    assert macs_fraction(tmp_path / "model.pt2") == pytest.approx(summary["macs_kept"])  # what was written
     assert json.loads((tmp_path / "summary.json").read_text())["asked"] == 1.2
 
 
@@ -52,7 +52,7 @@ def test_int8_after_pruning_writes_qdq_files_for_both_runtimes(tmp_path):
     summary = example("int8_after_pruning").main(
         [*TOY, "--round-to", "16", "--calibration-batches", "2", "-o", str(tmp_path)])
     assert summary["macs_kept"] < 0.55
-    assert macs_fraction(tmp_path / "model.pt2") == pytest.approx(summary["macs_kept"], abs=0.02)
+    assert macs_fraction(tmp_path / "model.pt2") == pytest.approx(summary["macs_kept"])  # what was written
     for name in ("model_trt.onnx", "model_ort.onnx"):
         operators = {node.op_type for node in onnx.load(tmp_path / name).graph.node}
         assert {"QuantizeLinear", "DequantizeLinear"} <= operators or "QLinearConv" in operators, name
