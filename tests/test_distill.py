@@ -635,18 +635,18 @@ def test_a_module_teacher_is_left_as_found_by_a_run_and_by_a_refusal(one_thread)
 def _moves_to_new_buffers(monkeypatch) -> None:
     """The trainer's moves give the program new buffer objects, as a move to another device does (Module.to
     makes new buffers there; parameters keep their objects): a CPU stand-in for a cuda run."""
-    from prunefx.passes.training import engine
+    from prunefx.passes.training import placement
 
     def move_program(program, device):
-        engine_move(program, device)
+        placement_move(program, device)
         for module in program.module.modules():
             for name, buffer in list(module._buffers.items()):
                 if buffer is not None:
                     module._buffers[name] = buffer.clone()
         return program
 
-    engine_move = engine.move_program
-    monkeypatch.setattr(engine, "move_program", move_program)
+    placement_move = placement.move_program
+    monkeypatch.setattr(placement, "move_program", move_program)
 
 
 def test_a_second_fit_on_another_device_trains_the_program_s_own_buffers(one_thread, monkeypatch):

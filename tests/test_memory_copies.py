@@ -258,8 +258,8 @@ def test_a_model_built_only_for_its_program_is_not_kept_nor_copied(monkeypatch):
 def test_the_export_keeps_the_weights_apart_and_writes_the_same_file(tmp_path, monkeypatch):
     program = mlp_program()
     cleaned_inputs = []
-    real_clean = onnx_export._clean
-    monkeypatch.setattr(onnx_export, "_clean", lambda model, weights: cleaned_inputs.append(
+    real_clean = onnx_export.clean_graph
+    monkeypatch.setattr(onnx_export, "clean_graph", lambda model, weights: cleaned_inputs.append(
         [t.name for t in model.graph.initializer if t.HasField("raw_data")]) or real_clean(model, weights))
     apart = export_onnx(program, tmp_path / "apart.onnx").path
     assert cleaned_inputs == [[]]  # the exporter's model reached the cleanup without the weights' data

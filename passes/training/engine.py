@@ -19,7 +19,6 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from prunefx.graph import Program
-from prunefx.graph.placement import move_program
 from prunefx.graph.progress import shown
 from prunefx.passes.training.checkpoint import PROGRAM_FILE, STATE_FILE
 from prunefx.passes.training.config import DETECTION, OPTIMIZERS, FeaturePair, TrainConfig, TrainingError
@@ -29,7 +28,6 @@ from prunefx.passes.training.data import (
     distributed_world,
     eval_totals,
     evaluate,
-    module_device,
     resolve_device,
     shard_batches,
     split_batch,
@@ -45,6 +43,7 @@ from prunefx.passes.training.losses import (
     task_loss,
     total_losses,
 )
+from prunefx.passes.training.placement import Placement
 from prunefx.passes.training.random_state import random_state_kept, seed_training
 from prunefx.passes.training.resume import resume, save_checkpoint
 from prunefx.passes.training.schedule import lr_factor, make_optimizer, make_scheduler
@@ -104,9 +103,9 @@ class Trainer:
         self.log: list[dict[str, float]] = []
         self.history: list[dict[str, float]] = []
         self.last_losses: dict[str, float] = {}
-        self._home_device = module_device(program.module)
-        self._initial_modes = program.modes()
-        self._given, self._placed = program, False
+        self._placement = Placement(program, self.device, self.world_size,
+                                    [pair.student for pair in config.feature_pairs])
+        self._placed = False
         self._attach(program)
 
     # --- setup -------------------------------------------------------------------------------------
@@ -128,18 +127,9 @@ class Trainer:
                                         total_steps=self.total_steps, start_step=self.step)
 
     def _place(self) -> None:
-        """The program in train mode on the device, with its example inputs (a pass run between steps checks
-        it on them), and the model trained: its tap, under DDP. Tapped afresh after every move: a move to
-        another device gives the program new buffer objects, which an older tap would not see (batch-norm
-        statistics and blend weights would then go to orphans)."""
-        self.program.train()
-        move_program(self.program, self.device)  # with the devices its graph names (aten.arange(device=...))
+        """The program trained from here: in train mode on the device, tapped, under DDP (placement.py)."""
+        self._student, self._model = self._placement.place(self.program)
         self._placed = True
-        self._student = tap_outputs(self.program.module, [pair.student for pair in self.config.feature_pairs])
-        self._model = self._student
-        if self.world_size > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self._model = torch.nn.parallel.DistributedDataParallel(self._student, device_ids=ids)
 
     def replace_program(self, program: Program) -> None:
         """Continue training `program` instead (e.g. after channels were removed from the current one):
@@ -147,8 +137,8 @@ class Trainer:
         Call it from an `after_step` hook (or between fits), not between backward and the optimizer step."""
         previous = self.program
         self._attach(program)
-        if previous is self._given and program is not previous:  # the caller's program, no longer trained here
-            self._send_home(previous)
+        if previous is self._placement.given and program is not previous:  # the caller's program, no longer trained here
+            self._placement.send_home(previous)
 
     # --- training ----------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -288,12 +278,8 @@ class Trainer:
     def release(self) -> None:
         """Give the program back as it came (modes, device): after every fit, even one stopped by an error, and
         by a caller that refuses to fit after all."""
-        self._send_home(self.program)
+        self._placement.send_home(self.program)
         self._placed = False
-
-    def _send_home(self, program: Program) -> None:
-        program.restore_modes(self._initial_modes)  # a program since replaced: its overall mode
-        move_program(program, self._home_device)
 
     def save_checkpoint(self) -> None:
         """Write program.pt2 and trainer_state.pt (passes/training/resume.py)."""

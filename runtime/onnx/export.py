@@ -23,16 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 import onnx_ir as ir
 import torch
-from onnx_graphsurgeon.ir.tensor import LazyValues
-from onnx_graphsurgeon.logger import G_LOGGER
 
 from prunefx.graph import Program
 from prunefx.graph.heap import release_freed_memory
 from prunefx.graph.whole_files import followed, replaced_whole
 from prunefx.runtime.errors import OnnxExportError, describe_failure
+from prunefx.runtime.onnx.cleanup import APART, clean_graph
 from prunefx.runtime.onnx.external import (
     own_side_files,
     remove_stale_side_files,
@@ -96,7 +94,7 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
                 f"{fallback_reason}; {EXPORTER_NAMES[second]} exporter: {describe_failure(second_error)}") \
                 from second_error
     raw_node_count = len(model.graph.node)
-    model, apart = _clean(model, weights)
+    model, apart = clean_graph(model, weights)
     del weights
     # graph-surgeon's graph is cyclic (nodes and tensors refer to each other) and holds the exporter's model,
     # every weight in it: collected now rather than at some later collection, after the file is written
@@ -142,8 +140,6 @@ def _export_dynamo(program: Program, opset: int) -> tuple[onnx.ModelProto, dict[
     return onnx_program.model_proto, weights
 
 
-# Where a weight kept apart is said to be: never a file, every such reference is replaced in _clean.
-_APART = "prunefx-weight-kept-apart"
 _FLOAT_WEIGHTS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE)
 
 
@@ -158,7 +154,7 @@ def _weights_apart(model: ir.Model) -> dict[str, np.ndarray]:
         if tensor is None or isinstance(tensor, ir.ExternalTensor) or tensor.dtype not in _FLOAT_WEIGHTS:
             continue
         weights[name] = tensor.numpy()
-        value.const_value = ir.ExternalTensor(_APART, 0, tensor.nbytes, tensor.dtype, shape=ir.Shape(tensor.shape.numpy()),
+        value.const_value = ir.ExternalTensor(APART, 0, tensor.nbytes, tensor.dtype, shape=ir.Shape(tensor.shape.numpy()),
                                               name=name)
     return weights
 
@@ -189,69 +185,6 @@ def _training_attributes_off(module: torch.nn.Module) -> Iterator[None]:
     finally:
         for submodule, mode in before:
             submodule.training = mode
-
-
-def _clean(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """Fold constants, drop dead nodes, sort, and give inputs and outputs their stable names. The weights kept
-    apart (_weights_apart) are values for the folding; those still in the graph afterwards stay references
-    in the cleaned model, and come back beside it (name -> array) for _save to write from."""
-    references = {tensor.name: tensor for tensor in model.graph.initializer if tensor.name in weights}
-    graph = gs.import_onnx(model)
-    for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Constant) and tensor.name in weights:
-            tensor.values = weights[tensor.name]
-    with _graph_surgeon_errors_only():
-        graph.fold_constants()
-    graph.cleanup()
-    graph.toposort()
-    _rename(graph.inputs, "input")
-    _rename(graph.outputs, "output")
-    apart = {}
-    for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Constant) and tensor.name in references and tensor.values is weights[tensor.name]:
-            tensor.values = LazyValues(references[tensor.name])  # exported as the reference: no copy of the data
-            apart[tensor.name] = weights[tensor.name]
-        elif isinstance(tensor, gs.Constant) and tensor.name in weights:
-            tensor.data_location = None  # a weight folding gave new values: written inline
-    cleaned = gs.export_onnx(graph)
-    _keep_provenance(model, cleaned)
-    if any(entry.value == _APART for tensor in cleaned.graph.initializer if tensor.name not in apart
-           for entry in tensor.external_data):
-        raise OnnxExportError("a weight kept apart during the export has no data to write")
-    return cleaned, apart
-
-
-@contextlib.contextmanager
-def _graph_surgeon_errors_only() -> Iterator[None]:
-    """graph-surgeon warns of every constant above 1 MiB it folds (each attention layer's relative position
-    bias, gathered from its table once here instead of at every run): its own heuristic, nothing a user can
-    act on, printed to stdout. Its errors still show."""
-    before = G_LOGGER.severity
-    G_LOGGER.severity = G_LOGGER.ERROR
-    try:
-        yield
-    finally:
-        G_LOGGER.severity = before
-
-
-# The exporter's per-node record of where a node came from (module scope, fx node, rewrite rule):
-# runtime/tensorrt/layer_profile.py maps TensorRT layers back to Program nodes with it. Stack traces
-# (absolute paths of this machine) are deliberately not kept in a deployable file.
-PROVENANCE_KEYS = ("pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy", "pkg.onnxscript.rewriter.rule_name")
-
-
-def _keep_provenance(original: onnx.ModelProto, cleaned: onnx.ModelProto) -> None:
-    # graph-surgeon drops node metadata_props; node names survive, so copy them back by name.
-    kept = {node.name: [entry for entry in node.metadata_props if entry.key in PROVENANCE_KEYS]
-            for node in original.graph.node}
-    for node in cleaned.graph.node:
-        node.metadata_props.extend(kept.get(node.name, []))
-
-
-def _rename(tensors: list[gs.Tensor], prefix: str) -> None:
-    # graph-surgeon nodes refer to tensor objects, not names, so renaming the tensor is enough.
-    for index, tensor in enumerate(tensors):
-        tensor.name = f"{prefix}_{index}"
 
 
 def _save(model: onnx.ModelProto, path: Path, apart: dict[str, np.ndarray], data_name: str) -> list[Path]:
