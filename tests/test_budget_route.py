@@ -70,10 +70,11 @@ def test_width_alone_out_of_reach_names_the_depth_route_in_one_line(stand_in, ca
 
 @pytest.mark.slow
 @needs_fashion_mnist
-def test_a_budget_width_meets_is_written_from_the_outcome_with_no_refusal(stand_in, capsys, tmp_path):
+def test_a_budget_width_meets_is_written_from_the_outcome_with_no_refusal(stand_in, capsys, tmp_path, schema_errors):
     code, out, err = prune(capsys, "--speedup", 1.2, "--tolerance", 0.5, "--max-candidates", 4, "-o", tmp_path / "out")
     assert code == 0, err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert not schema_errors(report)  # the published shape (tests/test_report_schema.py, the other routes)
     budget = report["budget"]
     assert report["route"] == {"taken": "width"} and budget["met"] and budget["trace"] and "remove_channels" not in budget
     assert (budget["backend"], budget["precision"], budget["budget"]) == ("ort", "fp32", "a 1.2x speed-up")
