@@ -258,6 +258,8 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
     stats = resumed.fit()
     assert stats["resumed_from"] == 4 and stats["steps_run"] == 6
     assert resumed.program is not given and not given.training  # the caller's program given back as it came
+    # the checkpoint's program runs on the caller's example inputs (a loaded one draws random ones)
+    assert all(torch.equal(ours, theirs) for ours, theirs in zip(resumed.program.example_inputs, given.example_inputs))
     for (name, expected), (_, actual) in zip(full.program.state_dict().items(), resumed.program.state_dict().items()):
         assert torch.equal(expected, actual), name
     assert [e["loss"] for e in resumed.log] == [e["loss"] for e in full.log]

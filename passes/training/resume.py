@@ -25,6 +25,7 @@ from prunefx.passes.training.config import TrainingError
 from prunefx.passes.training.random_state import rng_state, set_rng_state
 
 if TYPE_CHECKING:
+    from prunefx.graph import Program
     from prunefx.passes.training.engine import Trainer
 
 
@@ -62,6 +63,13 @@ def _resume_carried(trainer: Trainer, saved: dict, directory: Path) -> None:
         hook.resume_state(saved[name], trainer)
 
 
+def _keep_callers_inputs(saved: Program, current: Program) -> None:
+    """A checkpoint keeps only its inputs' shapes (a loaded Program draws random ones): where they are the trained
+    program's shapes and dtypes, the saved program takes that program's own inputs (copies), the caller's data."""
+    if [(x.shape, x.dtype) for x in saved.example_inputs] == [(x.shape, x.dtype) for x in current.example_inputs]:
+        saved.example_inputs = tuple(x.detach().clone() for x in current.example_inputs)
+
+
 def resume(trainer: Trainer) -> int | None:
     """Load the checkpoint if there is one; return the step it was written at (None: no checkpoint)."""
     directory = Path(trainer.config.checkpoint_dir)
@@ -72,6 +80,7 @@ def resume(trainer: Trainer) -> int | None:
     check_settings(state, {"total_steps": trainer.total_steps, "optimizer_kind": trainer.config.optimizer,
                            "world_size": trainer.world_size}, directory)
     trainer.step = state["step"]
+    _keep_callers_inputs(program, trainer.program)
     trainer.replace_program(program)  # a new optimizer on the saved parameters, the schedule at `step`
     try:
         trainer.optimizer.load_state_dict(state["optimizer"])
