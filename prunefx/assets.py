@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torchvision.transforms import v2
 
 from prunefx.data.image_files import read_image
+from prunefx.data.normalise import IMAGENET_MEAN, IMAGENET_STD
 from prunefx.graph.errors import PrunefxError
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 # import name -> pinned PyPI requirement (the same pins as assets.txt).
 _PACKAGES = {
@@ -72,12 +75,14 @@ def imagenet_sample_images() -> list[tuple[Path, int]]:
 
 def imagenet_transform(size: int = 224) -> v2.Compose:
     """The usual ImageNet evaluation transform: resize to size/0.875, centre crop, normalise."""
+    from torchvision.transforms import v2  # on use: torchvision's import costs every prunefx start 2 s
+
     return v2.Compose([
         v2.ToImage(),
         v2.Resize(round(size * 256 / 224)),
         v2.CenterCrop(size),
         v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
-from torchvision.ops import batched_nms
 
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
@@ -152,6 +151,8 @@ def decode_yolo(output, *, score_threshold: float = 0.001, iou_threshold: float 
     raw = logits_of(output)
     if raw.dim() != 3 or raw.shape[1] < 5:
         raise PrunefxError(f"a YOLO head gives N x (4 + classes) x anchors, got {tuple(raw.shape)}")
+    from torchvision.ops import batched_nms  # on use: torchvision's import costs every prunefx start 2 s
+
     detections = []
     for prediction in raw.detach().float().transpose(1, 2):
         centre, size, probabilities = prediction[:, :2], prediction[:, 2:4], prediction[:, 4:]

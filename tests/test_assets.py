@@ -104,3 +104,10 @@ def test_fashion_mnist_bad_split_and_bad_file(tmp_path):
     bad.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x05ab"))  # says 5 values, holds 2
     with pytest.raises(DatasetError, match="truncated"):
         read_idx(bad)
+
+
+def test_prunefx_s_imagenet_statistics_are_timm_s():
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    from prunefx.data.normalise import IMAGENET_MEAN, IMAGENET_STD
+    assert (IMAGENET_MEAN, IMAGENET_STD) == (tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD))

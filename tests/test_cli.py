@@ -94,6 +94,15 @@ def assert_one_line_error(code: int, out: str, err: str, command: str) -> str:
     return lines[0]
 
 
+def test_the_command_line_reads_its_arguments_without_importing_torchvision_or_timm():
+    """They take 2 s of a start (torchvision imports torch's compiler); a command imports them where it uses
+    them, so that --help, a bad argument and the commands that load no such model answer sooner."""
+    code = ("import sys; from prunefx.cli import main; status = main(['--help']); "
+            "print(status, sorted({m.split('.')[0] for m in sys.modules} & {'torchvision', 'timm', 'transformers'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "usage: prunefx" in done.stdout and done.stdout.strip().endswith("0 []"), done.stdout[-300:]
+
+
 # --- inspect -------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

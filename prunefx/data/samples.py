@@ -21,13 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from prunefx.data import image_files
-from prunefx.data.normalise import normalise
+from prunefx.data.normalise import IMAGENET_MEAN, IMAGENET_STD, normalise
 from prunefx.data.palette import Palette
 from prunefx.graph.errors import PrunefxError, printable
 from prunefx.graph.safety.regular_files import read_regular_file, require_regular_file
@@ -98,8 +95,8 @@ class SplitFiles:
 def normalisation(channels: int) -> tuple[list[float], list[float]]:
     """ImageNet's mean and std (what pretrained encoders expect); a gray image takes their average."""
     if channels == 3:
-        return list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
-    return [sum(IMAGENET_DEFAULT_MEAN) / 3], [sum(IMAGENET_DEFAULT_STD) / 3]
+        return list(IMAGENET_MEAN), list(IMAGENET_STD)
+    return [sum(IMAGENET_MEAN) / 3], [sum(IMAGENET_STD) / 3]
 
 
 class LabelledImages(Dataset):
@@ -127,6 +124,8 @@ class LabelledImages(Dataset):
         pixels = torch.from_numpy(open_image(path, self.channels).copy()).permute(2, 0, 1)
         height, width = pixels.shape[1:]
         if (height, width) != self.size:
+            from torchvision.transforms.v2 import functional as TF  # on use: 2 s of every prunefx start
+
             pixels = TF.resize(pixels, list(self.size), antialias=True)
         image = normalise(pixels, self.mean, self.std)  # the in-memory batches' arithmetic, bit for bit
         if self.split.boxes is not None:
@@ -151,6 +150,9 @@ class LabelledImages(Dataset):
         if self.ignore_index is not None:
             mask[mask == self.ignore_index] = IGNORED
         if tuple(mask.shape) != self.size:
+            from torchvision.transforms.v2 import InterpolationMode
+            from torchvision.transforms.v2 import functional as TF
+
             # through float: interpolation has no integer kernels, and class ids < 2**24 stay exact
             mask = TF.resize(mask[None].float(), list(self.size), interpolation=InterpolationMode.NEAREST_EXACT)[0].long()
         return mask

@@ -9,24 +9,24 @@ batch; evaluation batches are padded with images labelled -1, which `accuracy` l
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torchvision.datasets import ImageFolder
-from torchvision.transforms import v2
 
 from prunefx.assets import imagenet_transform, load_imagenet_batch
 from prunefx.data import fashion_mnist
 from prunefx.data.augment import RandomCropFlip
 from prunefx.data.batches import IGNORED_LABEL, StaticBatches, derive_seed
 from prunefx.data.dataset_files import confined
-from prunefx.data.image_files import class_folder_samples, open_image
-from prunefx.data.normalise import NormalizeBatch
+from prunefx.data.image_files import open_image
+from prunefx.data.normalise import IMAGENET_MEAN, IMAGENET_STD, NormalizeBatch
 from prunefx.data.tensor_samples import tensor_batches
 from prunefx.graph.errors import PrunefxError
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 __all__ = [
     "DETECTION", "DataSplits", "FASHION_MNIST", "FASHION_MNIST_DET", "FASHION_MNIST_SEG",
@@ -45,7 +45,7 @@ CLASSIFICATION, SEGMENTATION, DETECTION = "classification", "segmentation", "det
 _SCENE_TASKS = {FASHION_MNIST_SEG: SEGMENTATION, FASHION_MNIST_DET: DETECTION}
 # Gray scenes on black: normalised with ImageNet's statistics, which ImageNet-pretrained encoders expect
 # (a single channel takes their mean).
-_SCENE_MEAN, _SCENE_STD = tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
+_SCENE_MEAN, _SCENE_STD = tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
 
 
 # ---- data sets ---------------------------------------------------------------------------------
@@ -123,12 +123,14 @@ def scene_spec(spec: str | Path) -> tuple[str, int] | None:
 
 def imagenet_train_transform(size: int = 224) -> v2.Compose:
     """The usual ImageNet training augmentation: random resized crop, horizontal flip, normalise."""
+    from torchvision.transforms import v2
+
     return v2.Compose([
         v2.ToImage(),
         v2.RandomResizedCrop(size, antialias=True),
         v2.RandomHorizontalFlip(),
         v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
 
 
@@ -138,41 +140,6 @@ def load_image(path: str) -> Image.Image:
     and the user can remove or replace the file once it is named. Pixel and size limits:
     prunefx/data/image_files.py."""
     return open_image(path)
-
-
-class _FolderWithClasses(ImageFolder):
-    """An ImageFolder whose class indices are the training split's, so that a validation folder
-    lacking a class does not shift the labels of the classes after it."""
-
-    def __init__(self, root: Path, classes: Sequence[str], **kwargs):
-        self._fixed_classes = list(classes)
-        super().__init__(str(root), allow_empty=True, loader=load_image, **kwargs)
-
-    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-        return self._fixed_classes, {name: i for i, name in enumerate(self._fixed_classes)}
-
-    @staticmethod
-    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
-        # torchvision's walk follows every symlinked folder (a link to .. never ends); ours follows none
-        return class_folder_samples(directory, class_to_idx)
-
-
-def _class_folders(split: Path) -> list[str]:
-    classes = sorted(entry.name for entry in split.iterdir() if entry.is_dir())
-    if not classes:
-        raise PrunefxError(f"{split} holds no class folders: put each class's images in "
-                           f"{split}/<class name>/")
-    return classes
-
-
-def _image_folder(split: Path, classes: Sequence[str], transform: v2.Compose) -> ImageFolder:
-    extra = sorted(set(_class_folders(split)) - set(classes))
-    if extra:
-        raise PrunefxError(f"{split} has classes that train/ lacks: {', '.join(extra)}")
-    folder = _FolderWithClasses(split, classes, transform=transform)
-    if not folder.samples:
-        raise PrunefxError(f"{split} holds no images in its class folders")
-    return folder
 
 
 def image_folder_data(path: str | Path, batch_size: int, *, image_size: int = 224, augment: bool = True,
@@ -191,16 +158,18 @@ def image_folder_data(path: str | Path, batch_size: int, *, image_size: int = 22
     for name in ("train", "val", "test"):
         if (root / name).is_dir():  # a linked split folder is followed only while it stays in the data folder
             confined(root / name, root, "image folder")
-    classes = _class_folders(root / "train")
+    from prunefx.data.class_folders import class_folder_split, class_folders
+
+    classes = class_folders(root / "train")
     train_transform = imagenet_train_transform(image_size) if augment else imagenet_transform(image_size)
     eval_transform = imagenet_transform(image_size)
-    train = StaticBatches(_image_folder(root / "train", classes, train_transform), batch_size,
+    train = StaticBatches(class_folder_split(root / "train", classes, train_transform), batch_size,
                           shuffle=True, seed=seed, num_workers=num_workers)
-    val = StaticBatches(_image_folder(root / "val", classes, eval_transform), batch_size,
+    val = StaticBatches(class_folder_split(root / "val", classes, eval_transform), batch_size,
                         shuffle=False, num_workers=num_workers)
     test = None
     if (root / "test").is_dir():
-        test = StaticBatches(_image_folder(root / "test", classes, eval_transform), batch_size,
+        test = StaticBatches(class_folder_split(root / "test", classes, eval_transform), batch_size,
                              shuffle=False, num_workers=num_workers)
     return DataSplits(train, val, test, tuple(classes), (3, image_size, image_size))
 
@@ -213,7 +182,9 @@ def image_folder_split(split: str | Path, batch_size: int, *, image_size: int = 
     split = Path(split)
     if not split.is_dir():
         raise PrunefxError(f"image folder {split} does not exist")
-    folder = _image_folder(split, _class_folders(split), imagenet_transform(image_size))
+    from prunefx.data.class_folders import class_folder_split, class_folders
+
+    folder = class_folder_split(split, class_folders(split), imagenet_transform(image_size))
     return StaticBatches(folder, batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers)
 
 

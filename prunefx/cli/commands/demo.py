@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-import torchvision
 
 from prunefx import options
 from prunefx.assets import load_imagenet_batch, mobilenet_v2_weights_path
@@ -218,6 +217,8 @@ def _top1(logits: torch.Tensor, labels: torch.Tensor) -> int:
 
 def _imagenet_demo(args) -> int:
     images, labels = load_imagenet_batch(size=224)
+    import torchvision  # on use: its import costs every prunefx command 2 s
+
     model = torchvision.models.mobilenet_v2(weights=None)
     load_weights(model, mobilenet_v2_weights_path())
     dense = capture(model.eval(), images[:1], name="mobilenet_v2").eval()
