@@ -7,7 +7,8 @@
   names as an argument (`aten.arange/zeros/full(..., device=cpu)`, `_to_copy(device=...)`, `aten.to.device`)
   renamed along, where it named the device the tensors came from; with a `dtype`, every float32 the graph
   names (the `.float()`/`.to()` casts, their `_assert_tensor_metadata` checks, factory and softmax dtypes)
-  becomes that dtype, as a half-precision deployment runs the model end to end. This is torch.export's
+  becomes that dtype, and so do the floats it makes without naming a dtype (a factory's default, integers
+  divided), as a half-precision deployment runs the model end to end. This is torch.export's
   `move_to_device_pass` for the unlifted GraphModule a Program holds (that pass takes an ExportedProgram:
   re-exporting twice per move would cost more than the work it moves and would rename the nodes).
 - `move_program(program, device)`: the module and the example inputs.
@@ -115,6 +116,52 @@ def _rename_float32(graph: torch.fx.Graph, dtype: torch.dtype) -> bool:
     return changed
 
 
+def _cast_unnamed_float32(graph: torch.fx.Graph, dtype: torch.dtype) -> bool:
+    """Every float32 tensor the graph makes from no floating input without naming float32 (`torch.zeros(4)`,
+    `torch.linspace`, `arange(n) / n`: the default dtype, which the exporter does not write down) made in
+    `dtype` too: left as float32, it promotes the half-precision tensors it meets back to float32, and the
+    next layer refuses them. A factory takes `dtype` as its argument; any other op gets a cast after it."""
+    changed = False
+    for node in list(graph.nodes):
+        if not _makes_float32_from_nothing(node) or _cast_already(node):
+            continue
+        if _takes_dtype(node):
+            if node.kwargs.get("dtype") is not None:
+                continue  # named: _rename_float32's (or an earlier move's)
+            node.kwargs = {**node.kwargs, "dtype": dtype}
+        else:
+            with graph.inserting_after(node):
+                cast = graph.call_function(torch.ops.aten._to_copy.default, (node,), {"dtype": dtype})
+            node.replace_all_uses_with(cast, delete_user_cb=lambda user, cast=cast: user is not cast)
+        changed = True
+    return changed
+
+
+def _makes_float32_from_nothing(node: torch.fx.Node) -> bool:
+    """A call whose recorded value is float32 while every node it reads is known to hold no floating tensor."""
+    value = node.meta.get("val")
+    if node.op != "call_function" or not isinstance(value, torch.Tensor) or value.dtype != torch.float32:
+        return False
+    for read in node.all_input_nodes:
+        known = read.meta.get("val")
+        if not isinstance(known, (torch.Tensor, int, bool, torch.SymInt, torch.SymBool)) or (
+                isinstance(known, torch.Tensor) and known.is_floating_point()):
+            return False  # a floating input (cast with the module) or one whose value was not recorded
+    return True
+
+
+def _takes_dtype(node: torch.fx.Node) -> bool:
+    schema = getattr(node.target, "_schema", None)
+    return schema is not None and any(argument.name == "dtype" and argument.kwarg_only for argument in schema.arguments)
+
+
+def _cast_already(node: torch.fx.Node) -> bool:
+    """Whether an earlier move already cast this node's value (its only user is a cast naming a dtype)."""
+    users = list(node.users)
+    return (len(users) == 1 and users[0].target is torch.ops.aten._to_copy.default
+            and users[0].kwargs.get("dtype") is not None)
+
+
 def move_module(module: torch.nn.Module, device: str | torch.device,
                 dtype: torch.dtype | None = None) -> torch.nn.Module:
     """`module` (in place, returned) with its tensors on `device` and the devices its graphs name renamed;
@@ -127,7 +174,8 @@ def move_module(module: torch.nn.Module, device: str | torch.device,
         if isinstance(graph_module, torch.fx.GraphModule):
             _move_plain_attributes(graph_module, target, dtype)
             moved = source != target and _rename_devices(graph_module.graph, source, target)
-            cast = dtype is not None and dtype != torch.float32 and _rename_float32(graph_module.graph, dtype)
+            cast = dtype is not None and dtype != torch.float32 and (
+                _rename_float32(graph_module.graph, dtype) | _cast_unnamed_float32(graph_module.graph, dtype))
             if moved or cast:
                 graph_module.recompile()
     return module

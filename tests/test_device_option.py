@@ -316,6 +316,34 @@ def test_moving_with_a_dtype_casts_every_floating_tensor_the_graph_reads_and_not
     torch.testing.assert_close(got.float(), expected, rtol=1e-5, atol=1e-5)
 
 
+class _MakesDefaultFloats(nn.Module):
+    """Floats made without naming a dtype, which the exported graph records as none: a factory, the division
+    of integers, a choice between two numbers; an integer index stays an integer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x) + torch.zeros(4, 1, 1) + (torch.arange(4) / 4).reshape(4, 1, 1)
+        y = y * torch.linspace(0.5, 1.5, 4).reshape(4, 1, 1) + torch.where(torch.arange(4) > 1, 0.25, -0.25)[:, None, None]
+        return self.head(y).index_select(1, torch.arange(3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_floats_made_in_the_default_dtype_follow_a_half_precision_move(dtype):
+    torch.manual_seed(0)
+    program = capture(_MakesDefaultFloats().eval(), torch.randn(2, 3, 8, 8), name="defaults")
+    expected = program.run_example()
+    module = move_module(copy.deepcopy(program.module), "cpu", dtype)
+    got = module(program.example_inputs[0].to(dtype))
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), expected, rtol=2e-2, atol=2e-2)
+    graph = str(module.graph)
+    move_module(module, "cpu", dtype)  # moved again: nothing is cast twice
+    assert str(module.graph) == graph
+
+
 class _CastsToFloat32(nn.Module):
     """The casts an exported graph asserts: `.float()`, `.to(float32)`, a float32 factory and softmax dtype."""
 
