@@ -64,12 +64,28 @@ def on_device(program: Program, device: str | torch.device | None) -> Iterator[P
 def _full_float32() -> Iterator[None]:
     """TF32 off for convolutions and matrix products inside the block: cuDNN's default TF32 moves the
     calibration activations by about 1e-3 from the CPU's, enough to choose other channels."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    settings = _precision_settings()
+    saved = [getattr(owner, name) for owner, name, _ in settings]
+    for owner, name, full in settings:
+        setattr(owner, name, full)
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        for (owner, name, _), value in zip(settings, saved, strict=True):
+            setattr(owner, name, value)
+
+
+def _precision_settings() -> list[tuple[object, str, object]]:
+    """(owner, attribute, its full-float32 value) of the matrix-product and convolution settings, in the API
+    the process uses: the `allow_tf32` flags unless reading them raises, as it does once the process set
+    an `fp32_precision` (torch 2.9+) to what they cannot say; writing the other API would then make the
+    process's own reads raise."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    try:
+        matmul.allow_tf32, cudnn.allow_tf32  # noqa: B018  (read for the error only)
+    except RuntimeError:
+        return [(matmul, "fp32_precision", "ieee"), (cudnn.conv, "fp32_precision", "ieee")]
+    return [(matmul, "allow_tf32", False), (cudnn, "allow_tf32", False)]
 
 
 def batches_on(batches: Iterable | None, device: str | torch.device) -> list | None:

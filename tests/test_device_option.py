@@ -10,6 +10,8 @@ back. The GPU tests compare a calibrated prune on CUDA with the CPU run, and tim
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -428,3 +430,24 @@ def test_tf32_is_off_inside_the_block_and_restored_after():
     with on_device(program, "cpu"):
         assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     assert torch.backends.cudnn.allow_tf32
+
+
+_NEW_TF32_API = """
+import torch
+from prunefx.device import on_device
+from prunefx.graph import capture
+torch.backends.cuda.matmul.fp32_precision = "tf32"  # torch 2.9+'s way: the allow_tf32 flags then raise on reading
+program = capture(torch.nn.Linear(4, 2).eval(), torch.randn(1, 4)).eval()
+settings = lambda: (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+with on_device(program, "cpu"):
+    inside = settings()
+print(inside, settings())
+"""
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch before 2.9")
+def test_tf32_set_with_torch_s_precision_settings_is_off_inside_the_block_and_restored_after():
+    # a fresh interpreter: which of the two APIs a process used is its state for good
+    done = subprocess.run([sys.executable, "-c", _NEW_TF32_API], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "('ieee', 'ieee') ('tf32', 'tf32')"
