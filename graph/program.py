@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.utils._pytree as pytree
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.export.passes import move_to_device_pass
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from prunefx.graph.analysis_record import Analysis, AnalysisRecordError
@@ -192,9 +193,22 @@ class Program:
         # writer (graph/zip_target.py). The file appears under its name only once complete (graph/whole_files.py).
         with replaced_whole(path) as partial, open(partial, "wb") as file:
             target = FailureHoldingFile(file)
-            torch.export.save(self.export(), target, extra_files={_METADATA_FILE: json.dumps(metadata)})
+            torch.export.save(self._exported_on_cpu(), target, extra_files={_METADATA_FILE: json.dumps(metadata)})
             target.raise_held()
         return path
+
+    def _exported_on_cpu(self) -> torch.export.ExportedProgram:
+        """The export to save, on the CPU: torch.export.save writes each tensor's device and torch.export.load
+        puts it back there, so a file saved from a GPU would not load on a machine without one."""
+        if not self._off_cpu():
+            return self.export()
+        return move_to_device_pass(self.to_exported(), "cpu")  # a copy: the Program stays
+
+    def _off_cpu(self) -> bool:
+        graphs = [m for m in self.module.modules() if isinstance(m, torch.fx.GraphModule)]
+        attributes = [get_tensor(m, node.target) for m in graphs for node in m.graph.find_nodes(op="get_attr")]
+        tensors = [*self.module.parameters(), *self.module.buffers(), *attributes, *self.example_inputs]
+        return any(isinstance(t, torch.Tensor) and t.device.type != "cpu" for t in tensors)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Program:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from prunefx.graph import capture
+from prunefx.graph import Program, capture
 from prunefx.graph.channels.importance import FisherAccumulator
 from prunefx.graph.placement import move_program
 from prunefx.passes.fold_batchnorm import fold_batchnorm
@@ -124,3 +124,19 @@ def test_folding_quantizing_and_cap_sparsity_on_cuda_match_the_cpu_run(monkeypat
         cpu = run(_program(), config=config).program
         cuda = run(move_program(_program(), "cuda"), config=config).program
         _close(cpu, cuda, tolerance, name)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_a_program_saved_on_cuda_loads_on_the_cpu_and_computes_the_same(tmp_path, monkeypatch):
+    """torch.export.save writes each tensor's device and load puts it back there: a file saved from the GPU
+    has to be the CPU's, or it loads nowhere without a GPU (and, with one, on mixed devices)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    on_cuda = move_program(_program(), "cuda")
+    loaded = Program.load(on_cuda.save(tmp_path / "model.pt2"))
+    assert all(t.device.type == "cpu" for t in (*loaded.module.state_dict().values(), *loaded.example_inputs))
+    assert all(t.device.type == "cuda" for t in on_cuda.module.state_dict().values())  # the saved one stays
+    x = torch.randn(2, 3, 8, 8)
+    expected = on_cuda.module(x.cuda()).cpu()
+    assert float((loaded.module(x) - expected).abs().max()) <= 1e-4 * float(expected.abs().max())

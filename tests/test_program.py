@@ -84,6 +84,19 @@ def test_save_load_reproduces_outputs_bit_for_bit(resnet18_program, tmp_path):
     assert [tuple(t.shape) for t in loaded.example_inputs] == [(2, 3, 64, 64)]
 
 
+def test_a_program_off_the_cpu_is_saved_from_a_cpu_copy_and_stays_as_it_was(resnet18_program, tmp_path,
+                                                                              monkeypatch):
+    """The copy's route, taken here on the CPU (tests/test_made_on_the_model_device.py takes it from a GPU)."""
+    _, program = resnet18_program
+    exported = program.export()
+    monkeypatch.setattr(Program, "_off_cpu", lambda self: True)
+    loaded = Program.load(program.save(tmp_path / "model.pt2"))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), program(x))
+    assert program.export() is exported  # the Program's own export, untouched
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_a_reloaded_programs_half_precision_example_inputs_are_random_not_zeros(tmp_path, dtype):
     """The example inputs are drawn again on load (N(0, 1), seed 0): a bfloat16 one came back all zeros, and the
