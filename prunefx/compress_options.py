@@ -26,7 +26,7 @@ class Options:
     trtexec: str | None = None  # the trtexec program for backend "trtexec" (default: on PATH or JetPack's)
     batch: int = 1             # the batch size the budget is measured at
     compile: bool = False      # backend "cuda": torch.compile (inductor) each model before timing it
-    device: str | None = None  # where the recipe's passes compute (prunefx/device.py); None: where the model is
+    device: str | None = None  # where the recipe's passes and the scores compute (prunefx/device.py); None: where the model is
 
 
 DEFAULTS = Options()

@@ -112,9 +112,11 @@ def _accuracy_on(program: Program, loader, splits: DataSplits, eval_batches: int
     return _score(program, FirstBatches(loader, eval_batches), splits) if loader is not None else None
 
 
-def _accuracy(program: Program, splits: DataSplits, eval_batches: int | None) -> dict:
-    return {name: _accuracy_on(program, loader, splits, eval_batches)
-            for name, loader in (("test", splits.test), ("val", splits.val))}
+def _accuracy(program: Program, splits: DataSplits, eval_batches: int | None, device: str | None) -> dict:
+    """Test and validation scores, computed on `device` as the recipe's passes are (and the stage rows)."""
+    with on_device(program, device):
+        return {name: _accuracy_on(program, loader, splits, eval_batches)
+                for name, loader in (("test", splits.test), ("val", splits.val))}
 
 
 def _percent(result: dict | None) -> str:
@@ -143,7 +145,7 @@ def compress(dense: Program, recipe: Recipe, splits: DataSplits, output: str | o
                                 options=options)
 
     clock = time.perf_counter()
-    before = _accuracy(dense, splits, options.eval_batches)
+    before = _accuracy(dense, splits, options.eval_batches, options.device)
     seconds["evaluate_dense"] = time.perf_counter() - clock
     log(f"[dense] {dense.name}: test {_percent(before['test'])}, val {_percent(before['val'])}")
 
@@ -191,7 +193,7 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
     `staging` (moved to `output` by the caller); the report names the files as they will be in `output`."""
     batch = int(dense.example_inputs[0].shape[0])
     clock = time.perf_counter()
-    after = _accuracy(compressed, splits, options.eval_batches)
+    after = _accuracy(compressed, splits, options.eval_batches, options.device)
     seconds["evaluate_compressed"] = time.perf_counter() - clock
     log(f"[compressed] test {_percent(after['test'])}, val {_percent(after['val'])}")
 

@@ -451,3 +451,30 @@ def test_tf32_set_with_torch_s_precision_settings_is_off_inside_the_block_and_re
     done = subprocess.run([sys.executable, "-c", _NEW_TF32_API], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines()[-1] == "('ieee', 'ieee') ('tf32', 'tf32')"
+
+
+def test_compress_scores_the_dense_and_the_compressed_model_on_the_device(fake_gpu, monkeypatch, tmp_path):
+    """The scores before and after are computed where the recipe's passes run, not on the CPU the model came from."""
+    import prunefx.compression as compression
+    from prunefx.compress_options import Options
+    from prunefx.data.splits import DataSplits, tensor_batches
+    from prunefx.named_recipes import Recipe
+    from prunefx.passes.core.recipe import pipeline_from_spec
+
+    scored = []
+
+    def score(program, loader, splits):
+        scored.append(next(program.module.parameters()).dtype)  # float64: on the fake device
+        return {"accuracy": 0.5, "count": 4}
+
+    monkeypatch.setattr(compression, "_score", score)
+    images, labels = torch.randn(8, 3, 12, 12), torch.arange(8) % 4
+    splits = DataSplits(train=None, val=None, test=tensor_batches(images, labels, 2, shuffle=False),
+                        classes=tuple("abcd"), input_shape=(3, 12, 12))
+    spec = {"name": "l2", "passes": [{"remove_channels": {"macs": 0.6, "importance": "l2", "round_to": 1}}]}
+    recipe = Recipe(name="l2", path=None, spec=spec, pipeline=pipeline_from_spec(spec))
+    options = Options(threads=1, runs=2, warmup=1, stage_reports=False, device="cuda")
+    compression.compress(_program(), recipe, splits, tmp_path / "out", data="random", options=options,
+                         log=lambda line: None)
+    assert scored == [torch.float64, torch.float64]  # dense, then compressed
+    assert next(Program.load(tmp_path / "out" / "model.pt2").module.parameters()).dtype == torch.float32

@@ -61,7 +61,7 @@ def add_arguments(parser) -> None:
                              "segmentation the first training image's size)")
     cli_options.add_output(parser, "the models and the report")
     add_measurement_arguments(parser)
-    cli_options.add_device(parser, runs="the recipe's passes (calibration, importance, OBS, recovery training)")
+    cli_options.add_device(parser, runs="the recipe's passes (calibration, importance, OBS, recovery training) and the test scores")
     cli_options.add_budget_backend(parser, note="; only the budget pass measures there: the report's final latency "
                                                 "is ONNX Runtime's")
 
