@@ -97,6 +97,36 @@ def test_the_cache_never_hands_times_across_devices_batches_or_precisions(tmp_pa
     assert len(files) == (1 if change == "batch" else 2) and sum(map(len, files)) == 16
 
 
+class _Windows(torch.nn.Module):
+    """Swin's way: each image's tokens cut into 4 windows, folded into the first dim before the linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.qkv = torch.nn.Conv2d(3, 16, 1), torch.nn.Linear(16, 48)
+
+    def forward(self, x):
+        tokens = self.conv(x).flatten(2).transpose(1, 2)  # N x 64 x 16
+        return self.qkv(tokens.reshape(-1, 16, 16))       # 4N x 16 x 16
+
+
+@pytest.mark.parametrize("batch", [1, 6])
+def test_a_table_times_each_layer_with_the_rows_it_sees_at_the_table_s_batch(tmp_path, batch):
+    """The oracle: the same model captured at the table's batch, its layers' own input shapes."""
+    captured = timed_layers(capture(_Windows().eval(), torch.randn(2, 3, 8, 8)).module)
+    expected = {layer.name: layer.input_shape for layer in
+                timed_layers(capture(_Windows().eval(), torch.randn(batch, 3, 8, 8)).module)}
+    assert {layer.name: layer.with_batch(batch).input_shape for layer in captured} == expected
+    rows = []
+
+    class RowsTimer(FakeTimer):
+        def __call__(self, layer):
+            rows.append((layer.kind, layer.input_shape[0]))
+            return super().__call__(layer)
+
+    build_latency_table(captured, RowsTimer(), multiple=8, batch=batch, cache_dir=tmp_path)
+    assert set(rows) == {("conv2d", batch), ("linear", 4 * batch)}
+
+
 @pytest.mark.parametrize("text", ["{not json", "null", "[1, 2]"])
 def test_an_unreadable_cache_is_measured_again(tmp_path, text):
     build_latency_table([CONV], FakeTimer(), multiple=16, cache_dir=tmp_path)

@@ -43,6 +43,7 @@ class TimedLayer:
     dilation: tuple[int, ...] = ()
     groups: int = 1
     epilogue: tuple[str, ...] = ()   # what runs on its output alone, in order: "batch_norm", then an activation
+    batch: int = 1                   # the model's batch size input_shape was found at (not part of the geometry)
 
     @property
     def in_channels(self) -> int:
@@ -58,7 +59,11 @@ class TimedLayer:
                        groups=in_channels if depthwise else self.groups)
 
     def with_batch(self, batch: int) -> TimedLayer:
-        return replace(self, input_shape=(batch, *self.input_shape[1:]))
+        """This layer in the model run at `batch`: its first dim scaled with the model's, since a layer can see
+        more rows than images (Swin's attention sees one per window: batch x windows)."""
+        rows = self.input_shape[0]
+        first = rows // self.batch * batch if rows % self.batch == 0 else batch
+        return replace(self, input_shape=(first, *self.input_shape[1:]), batch=batch)
 
     def geometry(self) -> str:
         """Everything but the name: equal geometries time alike, so a cache keys entries by this."""
@@ -73,7 +78,7 @@ LayerTime = Callable[[TimedLayer, int, int], float]  # (dense layer, in width, o
 def timed_layers(module: torch.fx.GraphModule) -> list[TimedLayer]:
     """Every 2-D convolution and linear layer of the graph whose shapes the metadata records, at its dense
     widths. Transposed, 1-D and 3-D convolutions and matrix products of activations are not timed."""
-    layers = []
+    layers, batch = [], _model_batch(module)
     for node in module.graph.nodes:
         if node.op != "call_function":
             continue
@@ -84,8 +89,17 @@ def timed_layers(module: torch.fx.GraphModule) -> list[TimedLayer]:
         else:
             continue
         if layer is not None:
-            layers.append(replace(layer, epilogue=epilogue(node, norm=layer.kind == "conv2d")))
+            layers.append(replace(layer, epilogue=epilogue(node, norm=layer.kind == "conv2d"), batch=batch))
     return layers
+
+
+def _model_batch(module: torch.fx.GraphModule) -> int:
+    """The first dim of the graph's first tensor input: the batch size its shapes were recorded at."""
+    for node in module.graph.find_nodes(op="placeholder"):
+        value = node.meta.get("val")
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and int(value.shape[0]) > 0:
+            return int(value.shape[0])
+    return 1
 
 
 ACTIVATIONS = ("relu", "relu6", "silu", "gelu", "hardswish", "hardsigmoid", "sigmoid")
