@@ -391,3 +391,16 @@ def test_the_onnx_and_torch_renderings_of_a_layer_in_context_compute_the_same(ep
     with torch.no_grad():
         torch_out = LayerModule(layer).eval()(x)
     torch.testing.assert_close(torch.from_numpy(onnx_out), torch_out, rtol=1e-4, atol=1e-4)
+
+
+def test_a_linear_layer_s_4d_input_is_timed_contiguous_with_the_same_rows():
+    """ConvNeXt's MLP reads N x H x W x C, contiguous in the model (a permuted channels_last convolution
+    output); placed 4-D, the device would make the probe channels_last and F.linear would time a copy too."""
+    from prunefx.runtime.cuda.graph import _placed
+    from prunefx.runtime.cuda.layer_timer import probe_shape
+
+    linear = TimedLayer("fc1", "linear", (2, 7, 7, 96), 384, True)
+    probe = _placed(torch.randn(probe_shape(linear)), "cpu", torch.float16)  # as CudaDevice.place makes it
+    assert probe.is_contiguous() and probe.shape == (2, 49, 96)
+    assert F.linear(probe, torch.zeros(384, 96, dtype=torch.float16)).numel() == 2 * 7 * 7 * 384
+    assert probe_shape(CONV) == CONV.input_shape  # a convolution's input stays 4-D (and channels_last)

@@ -34,15 +34,16 @@ class CudaLayerTimer:
     def __init__(self, gpu: CudaDevice, precision: str):
         self.gpu, self.precision = gpu, precision
         self.device = str(gpu.describe().get("gpu"))
-        self.settings = (f"PyTorch on CUDA, torch {torch.__version__}, cuDNN autotuned, channels_last, "
+        self.settings = (f"PyTorch on CUDA, torch {torch.__version__}, cuDNN autotuned, channels_last convolutions, "
                          f"CUDA-graph samples, eager kernels")
         self.warmed = False
         self.inputs: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()  # by shape, as placed
 
     def __call__(self, layer: TimedLayer) -> float:
-        model = GpuModel.of_module(LayerModule(layer).eval(), (self._input(tuple(layer.input_shape)),),
-                                   precision=self.precision, device=self.gpu)
-        self.inputs[tuple(layer.input_shape)] = model.inputs[0]  # placing it again is then a no-op
+        shape = probe_shape(layer)
+        model = GpuModel.of_module(LayerModule(layer).eval(), (self._input(shape),), precision=self.precision,
+                                   device=self.gpu)
+        self.inputs[shape] = model.inputs[0]  # placing it again is then a no-op
         warm_seconds = 0.0 if self.warmed else self.gpu.warm_seconds
         ms = measure_gpu_latency(model.time_once, warmup=WARMUP, runs=RUNS, warm_seconds=warm_seconds).median_ms
         self.warmed = True
@@ -58,3 +59,14 @@ class CudaLayerTimer:
         while len(self.inputs) >= INPUTS_KEPT:
             self.inputs.popitem(last=False)
         return torch.randn(shape, generator=torch.Generator().manual_seed(1))
+
+
+def probe_shape(layer: TimedLayer) -> tuple[int, ...]:
+    """The shape of the input a layer is timed on. A linear layer's 4-D input (ConvNeXt's N x H x W x C) as
+    N x HW x C: the same rows for F.linear, and left contiguous as in the model (the permuted output of a
+    channels_last convolution), where the device would make a 4-D input channels_last and the probe would
+    time a copy of it too."""
+    shape = tuple(layer.input_shape)
+    if layer.kind == "linear" and len(shape) == 4:
+        return (shape[0], shape[1] * shape[2], shape[3])
+    return shape
