@@ -12,6 +12,7 @@ that function. A keyword the reference lacks is allowed only when it is set insi
 from __future__ import annotations
 
 import ast
+import inspect
 import os
 from pathlib import Path
 
@@ -155,8 +156,33 @@ def test_a_keyword_of_other_releases_without_the_signature_check_is_found():
     """`enabled_precisions` left Torch-TensorRT's dynamo.compile signature (2.14 types explicitly): set without
     asking the signature first, it is a finding."""
     source = BACKEND.read_text()
-    guard = next(line for line in source.splitlines() if '"enabled_precisions" in inspect.signature' in line)
-    unguarded = source.replace(guard, guard.replace('"enabled_precisions" in inspect.signature('
-                                                    'torch_tensorrt.dynamo.compile).parameters and ', ""))
+    guard = ' and "enabled_precisions" in fp16_keywords(inspect.signature(compile_function).parameters)'
+    unguarded = source.replace(guard, "")
     assert unguarded != source
     assert any("has no keyword 'enabled_precisions'" in line for line in findings(unguarded))
+
+
+def _compile_before_2_10(exported, *, arg_inputs, enabled_precisions=frozenset(), use_explicit_typing=False):
+    pass
+
+
+def _compile_2_10_to_2_13(exported, *, arg_inputs, enabled_precisions=frozenset(), use_explicit_typing=True):
+    pass
+
+
+def _compile_without_precisions(exported, *, arg_inputs, use_explicit_typing=True):
+    pass
+
+
+def _compile_without_typing(exported, *, arg_inputs, enabled_precisions=frozenset()):
+    pass
+
+
+@pytest.mark.parametrize("compile_function, asks", [
+    (_compile_before_2_10, True), (_compile_without_typing, True),
+    # 2.10 to 2.13 assert that enabled_precisions is not given while use_explicit_typing is on (its default)
+    (_compile_2_10_to_2_13, False), (_compile_without_precisions, False)])
+def test_fp16_asks_for_half_precision_only_where_the_release_takes_it(compile_function, asks):
+    from prunefx.runtime.tensorrt.torch_compiled import fp16_keywords
+    expected = ("enabled_precisions",) if asks else ()
+    assert fp16_keywords(inspect.signature(compile_function).parameters) == expected

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Mapping
 
 import torch
 
@@ -78,10 +79,22 @@ def compile_torch_tensorrt(program: Program, *, precision: str = "fp32", sparse:
     module, example = placed(program, precision, "cuda", inputs)
     exported = torch.export.export(module, example)
     settings = {"sparse_weights": sparse} if sparse else {}
-    if "enabled_precisions" in inspect.signature(torch_tensorrt.dynamo.compile).parameters and precision == "fp16":
-        settings["enabled_precisions"] = {torch.float16}  # older releases; newer ones follow the dtypes
+    compile_function = torch_tensorrt.dynamo.compile
+    if precision == "fp16" and "enabled_precisions" in fp16_keywords(inspect.signature(compile_function).parameters):
+        settings["enabled_precisions"] = {torch.float16}  # where the release types layers itself
     try:
         compiled = torch_tensorrt.dynamo.compile(exported, arg_inputs=list(example), **settings)
     except Exception as error:  # Torch-TensorRT raises many types; all mean "could not compile"
         raise DeviceToolError(f"Torch-TensorRT could not compile '{program.name}': {error}") from error
     return TorchTensorRTRunner(compiled, example, precision)
+
+
+def fp16_keywords(parameters: Mapping[str, inspect.Parameter]) -> tuple[str, ...]:
+    """The keywords Torch-TensorRT's compile (its `parameters`) needs to build fp16 from an fp16 graph:
+    `enabled_precisions` in releases that type layers themselves; none where layers follow the graph's dtypes
+    (`use_explicit_typing`, on by default from 2.10, refuses `enabled_precisions` beside it; later releases
+    dropped the parameter)."""
+    if "enabled_precisions" not in parameters:
+        return ()
+    explicit = parameters.get("use_explicit_typing")
+    return () if explicit is not None and explicit.default is not False else ("enabled_precisions",)
