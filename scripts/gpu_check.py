@@ -37,6 +37,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -120,12 +121,17 @@ class Steps:
             return None
         start = time.monotonic()
         print(f"gpu-check: {name} (at most {timeout:.0f} s)", flush=True)
+        # a session of its own, so that a timeout stops the step's children too (gpu_speedup's Torch-Pruning
+        # searches): left running, they would hold CPU, memory and the GPU through every later step
+        process = subprocess.Popen(command, env=env or self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, cwd=self.out, start_new_session=True)
         try:
-            done = subprocess.run(command, env=env or self.env, capture_output=True, text=True, timeout=timeout,
-                                  cwd=self.out, check=False)
-            code, output = done.returncode, done.stdout + done.stderr
-        except subprocess.TimeoutExpired as expired:
-            code, output = None, _text(expired.stdout) + _text(expired.stderr)
+            stdout, stderr = process.communicate(timeout=timeout)
+            code, output = process.returncode, stdout + stderr
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            code, output = None, _text(stdout) + _text(stderr)
         seconds = time.monotonic() - start
         if log:
             (self.out / log).write_text(output)

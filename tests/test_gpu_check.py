@@ -4,6 +4,7 @@ hung step costs its own time and the rest still run. (The whole check runs on a 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,27 @@ import pytest
 SCRIPT = "scripts/gpu_check.py"
 
 
+HANGS_WITH_A_CHILD = ("import subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', "
+                      "'import time; time.sleep(60)']); open('child.pid', 'w').write(str(child.pid)); time.sleep(60)")
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie waiting for its reaper does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 @pytest.mark.slow
-def test_a_hung_step_is_stopped_at_its_timeout_and_the_next_still_runs(load_script, tmp_path):
+def test_a_hung_step_is_stopped_at_its_timeout_with_its_children_and_the_next_still_runs(load_script, tmp_path):
     steps = load_script(SCRIPT).Steps(tmp_path, seconds=60, env=None)
-    assert steps.run("hangs", [sys.executable, "-c", "import time; time.sleep(60)"], timeout=11) is None
+    assert steps.run("hangs", [sys.executable, "-c", HANGS_WITH_A_CHILD], timeout=11) is None
+    child = int((tmp_path / "child.pid").read_text())
+    deadline = time.monotonic() + 5
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(child)
     assert steps.run("works", [sys.executable, "-c", "print('done')"], timeout=30, log="works.log") == 0
     hung, works = steps.steps
     assert hung["timed_out"] and 10 <= hung["seconds"] < 20
