@@ -453,6 +453,27 @@ def test_once_a_model_cannot_be_captured_both_models_of_the_pair_are_sampled_eag
     assert "could not be captured" in later.reason
 
 
+def test_bench_vs_samples_both_models_eagerly_when_one_cannot_be_captured(fake, monkeypatch):
+    """`prunefx bench A --vs B --backend cuda`: a graph against eager calls would credit A with the launch savings."""
+    real_capture = fake.capture
+    refused = _weights(_net(8).module)
+
+    def refuses_the_narrow_one(run, iterations=1):
+        run()
+        if fake.last == refused:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return real_capture(run, iterations)
+
+    monkeypatch.setattr(fake, "capture", refuses_the_narrow_one)
+    models = [cuda_module.BenchModel(name, program, None, list(program.example_inputs))
+              for name, program in (("dense", _net(16)), ("narrow", _net(8)))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = cuda_module.BACKEND.bench(models, Settings(runs=2, warmup=0))
+    assert [timing["mode"] for timing in report["timing"]] == ["eager", "eager"] and not report["cuda_graph"]
+    assert any("could not be captured" in note for note in report["notes"])
+
+
 def test_a_profile_warms_the_gpu_on_the_whole_model_before_its_first_node(monkeypatch):
     """At idle clocks the first nodes read several times slower: the model runs for the device's warm-up time,
     until its times settle, before any node is timed."""
