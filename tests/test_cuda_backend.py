@@ -428,19 +428,22 @@ def test_a_model_whose_capture_fails_is_sampled_eagerly_and_says_why(fake, monke
     assert pair.notes and "capture failed (RuntimeError: operation not permitted" in pair.notes[0]
 
 
+def _refusing_the_narrow_one(fake):
+    """The fake device's capture, refusing the graph of _net(8) (as a graph that synchronises with the host is)."""
+    real_capture, refused = fake.capture, _weights(_net(8).module)
+
+    def capture(run, iterations=1):
+        run()
+        if fake.last == refused:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return real_capture(run, iterations)
+    return capture
+
+
 def test_once_a_model_cannot_be_captured_both_models_of_the_pair_are_sampled_eagerly(fake, monkeypatch):
     """A dense model replayed as a graph against a candidate sampled as eager calls would credit the dense model
     with the launch savings: the dense model is sampled eagerly too, and so is every later candidate."""
-    real_capture = fake.capture
-    refused = {"weights": _weights(_net(8).module)}
-
-    def refuses_the_narrow_one(run, iterations=1):
-        run()
-        if fake.last == refused["weights"]:
-            raise RuntimeError("operation not permitted when stream is capturing")
-        return real_capture(run, iterations)
-
-    monkeypatch.setattr(fake, "capture", refuses_the_narrow_one)
+    monkeypatch.setattr(fake, "capture", _refusing_the_narrow_one(fake))
     models = cuda_module.PreparedModels(fake, "fp16", 2, False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -455,16 +458,7 @@ def test_once_a_model_cannot_be_captured_both_models_of_the_pair_are_sampled_eag
 
 def test_bench_vs_samples_both_models_eagerly_when_one_cannot_be_captured(fake, monkeypatch):
     """`prunefx bench A --vs B --backend cuda`: a graph against eager calls would credit A with the launch savings."""
-    real_capture = fake.capture
-    refused = _weights(_net(8).module)
-
-    def refuses_the_narrow_one(run, iterations=1):
-        run()
-        if fake.last == refused:
-            raise RuntimeError("operation not permitted when stream is capturing")
-        return real_capture(run, iterations)
-
-    monkeypatch.setattr(fake, "capture", refuses_the_narrow_one)
+    monkeypatch.setattr(fake, "capture", _refusing_the_narrow_one(fake))
     models = [cuda_module.BenchModel(name, program, None, list(program.example_inputs))
               for name, program in (("dense", _net(16)), ("narrow", _net(8)))]
     with warnings.catch_warnings():
