@@ -299,6 +299,22 @@ def test_a_tensorrt_upgrade_keys_a_table_cache_of_its_own(monkeypatch):
     assert settings[0] != settings[1] and "TensorRT 10.3.0" in settings[0]
 
 
+def test_a_tensorrt_table_cache_is_keyed_on_the_gpu_not_on_the_host_s_cpu(monkeypatch):
+    """Two GPUs behind one CPU model (cloud nodes, a shared cache folder) do not share their times."""
+    from prunefx.runtime.backends.torch_eager import TorchEagerBackend
+    from prunefx.runtime.backends.trt import TensorRTBackend
+    from prunefx.runtime.tables.timer_by_name import BackendLayerTimer
+    monkeypatch.setattr(TensorRTBackend, "require", lambda self, settings, purpose="budget": "fp16")
+    monkeypatch.setattr(TensorRTBackend, "software", lambda self, settings: "TensorRT 10.8.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    devices = []
+    for gpu in ("NVIDIA H100 80GB HBM3", "NVIDIA L4"):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, gpu=gpu: gpu)
+        devices.append(BackendLayerTimer(TensorRTBackend(), Settings()).device)
+    assert devices == ["NVIDIA H100 80GB HBM3", "NVIDIA L4"]
+    assert BackendLayerTimer(TorchEagerBackend(), Settings()).device not in devices  # a CPU backend: the CPU
+
+
 def test_layer_timers_by_backend_name():
     ort_timer = layer_timer("ort", Settings(threads=1))
     assert isinstance(ort_timer, OnnxRuntimeLayerTimer) and (ort_timer.threads, ort_timer.runs) == (1, 10)

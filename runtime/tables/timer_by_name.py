@@ -60,7 +60,10 @@ def layer_timer(name: str, settings: Settings) -> LayerTimer:
 
 
 def _device_name(backend: Backend) -> str:
-    """The GPU a backend with a device describes, else this CPU's model string."""
+    """The GPU a backend with a device describes, or the GPU torch sees for one timed on a GPU (the TensorRT
+    family), else this CPU's model string: a table's cache must not hand one GPU's times to another."""
     describe = getattr(getattr(backend, "device", None), "describe", None)
     described = describe() if callable(describe) else {}
+    if not described.get("gpu") and backend.gpu_timed and torch.cuda.is_available():
+        described = {"gpu": torch.cuda.get_device_name()}
     return str(described.get("gpu") or cpu_model())
