@@ -286,6 +286,17 @@ def _no_export(*args, **kwargs):
     raise AssertionError("a cuda latency-table entry must not be exported or captured as a Program")
 
 
+def test_the_batch_from_which_entries_are_timed_eagerly_keys_a_cuda_table_cache_of_its_own(monkeypatch):
+    """Entries at batches from the capture limit are eager calls, not graph replays: times taken under another
+    limit are not handed over."""
+    monkeypatch.setattr(backends.get("cuda"), "device", FakeGpu())
+    settings = []
+    for limit in ("64", "16"):
+        monkeypatch.setenv("PRUNEFX_CUDA_CAPTURE_BATCH_LIMIT", limit)
+        settings.append(layer_timer("cuda", Settings()).settings)
+    assert settings[0] != settings[1] and "below batch 64" in settings[0]
+
+
 def test_a_tensorrt_upgrade_keys_a_table_cache_of_its_own(monkeypatch):
     """The version of what measures is in the cache's identity: times taken under TensorRT 10.3 are not handed
     to 10.8 (the engine cache keys on it too)."""

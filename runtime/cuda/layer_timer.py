@@ -18,7 +18,7 @@ from collections import OrderedDict
 import torch
 
 from prunefx.graph.channels.plan_latency import TimedLayer
-from prunefx.runtime.cuda.graph import CudaDevice, GpuModel
+from prunefx.runtime.cuda.graph import CudaDevice, GpuModel, capture_batch_limit
 from prunefx.runtime.measure.gpu_latency import measure_gpu_latency
 from prunefx.runtime.tables.timers import LayerModule
 
@@ -35,7 +35,7 @@ class CudaLayerTimer:
         self.gpu, self.precision = gpu, precision
         self.device = str(gpu.describe().get("gpu"))
         self.settings = (f"PyTorch on CUDA, torch {torch.__version__}, cuDNN autotuned, channels_last convolutions, "
-                         f"CUDA-graph samples, eager kernels")
+                         f"CUDA-graph samples below batch {capture_batch_limit()}, eager calls from it, eager kernels")
         self.warmed = False
         self.inputs: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()  # by shape, as placed
 
