@@ -21,6 +21,7 @@ from prunefx.models.small import resnet20
 from prunefx.runtime import (
     BackendUnavailableError,
     BuildOptions,
+    DeviceToolError,
     MeasurementError,
     OnnxRuntimeSession,
     build_layer_profile,
@@ -515,3 +516,16 @@ def test_torch_tensorrt_prepares_an_fp16_model_that_exports_where_its_graph_name
     assert out.dtype == torch.float16
     torch.testing.assert_close(out.float(), program(x), rtol=1e-2, atol=1e-2)
     assert program.module.conv.weight.dtype == torch.float32  # the Program itself is left as it was
+
+
+def test_engine_buffers_take_torch_s_type_for_every_tensorrt_type_it_has_and_refuse_the_rest(tmp_path):
+    """trt.nptype knows no bfloat16 nor fp8: an engine with such inputs or outputs stopped with a TypeError."""
+    members = ("FLOAT", "HALF", "BF16", "FP8", "INT8", "UINT8", "INT32", "INT64", "BOOL", "INT4", "FP4")
+    trt = types.SimpleNamespace(DataType=types.SimpleNamespace(**{name: f"DataType.{name}" for name in members}))
+    expected = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "FP8": torch.float8_e4m3fn,
+                "INT8": torch.int8, "UINT8": torch.uint8, "INT32": torch.int32, "INT64": torch.int64,
+                "BOOL": torch.bool}
+    for name, dtype in expected.items():
+        assert tensorrt_engine.torch_dtype(trt, f"DataType.{name}", "x", tmp_path) is dtype
+    with pytest.raises(DeviceToolError, match="tensor x is of TensorRT type DataType.INT4"):
+        tensorrt_engine.torch_dtype(trt, "DataType.INT4", "x", tmp_path)

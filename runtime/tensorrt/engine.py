@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from prunefx.graph.whole_files import write_whole
@@ -173,8 +172,19 @@ def _build(trt, onnx_path: Path, options: BuildOptions, plan: NetworkPlan, timin
 
 # ---- run and time -------------------------------------------------------------------------------
 
-def _torch_dtype(trt, dtype) -> torch.dtype:
-    return torch.from_numpy(np.empty(0, dtype=trt.nptype(dtype))).dtype
+# TensorRT's data types by member name (trt.nptype has no bfloat16 nor fp8): the buffers an engine reads and writes
+_TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "FP8": torch.float8_e4m3fn,
+                 "INT8": torch.int8, "UINT8": torch.uint8, "INT32": torch.int32, "INT64": torch.int64,
+                 "BOOL": torch.bool}
+
+
+def torch_dtype(trt, dtype, tensor: str, path: Path) -> torch.dtype:
+    """The torch dtype of an engine's input or output buffer; a type without one (INT4, FP4) is one line."""
+    for member, torch_type in _TORCH_DTYPES.items():
+        if getattr(trt.DataType, member, None) == dtype:
+            return torch_type
+    raise DeviceToolError(f"{path}: tensor {tensor} is of TensorRT type {dtype}, which prunefx cannot feed or read "
+                          f"(it handles {', '.join(_TORCH_DTYPES)})")
 
 
 class Engine:
@@ -197,7 +207,7 @@ class Engine:
                 raise DeviceToolError(f"{path}: tensor {name} has a dynamic shape {shape}; export at a fixed shape")
             is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             (self.input_names if is_input else self.output_names).append(name)
-            buffer = torch.empty(shape, dtype=_torch_dtype(trt, engine.get_tensor_dtype(name)), device="cuda")
+            buffer = torch.empty(shape, dtype=torch_dtype(trt, engine.get_tensor_dtype(name), name, path), device="cuda")
             self.buffers[name] = buffer.normal_() if buffer.is_floating_point() else buffer.zero_()
             self.context.set_tensor_address(name, buffer.data_ptr())
         torch.cuda.synchronize()  # the buffers were filled on the default stream; the engine runs on its own
