@@ -7,7 +7,8 @@ compensation, calibration passes (batch-norm statistics, Hessians) and recovery 
         pruned = placed.home(result.program)    # brought back before anything is written
 
 `on_device` moves the Program (its tensors, the devices its graph names, its example inputs:
-graph/placement.py) to the device, and back to where it was when the block ends, also when a pass raised.
+graph/placement.py) to the device, and back to where it was when the block ends, also when a pass raised; a
+cuda:N is torch's current device inside, so that what measures there times the same GPU.
 Programs made inside the block (a Pipeline works on a copy) are brought back with `placed.home`. Calibration batches
 go along with `batches_on`: some readers run the module on the batches as they are given.
 Files are always written from the CPU: a model.pt2 or ONNX file must not depend on the GPU that made it.
@@ -54,10 +55,18 @@ def on_device(program: Program, device: str | torch.device | None) -> Iterator[P
     placement = Placement(origin if device is None else resolve_device(device), origin)
     move_program(program, placement.device)
     try:
-        with _full_float32():
+        with _full_float32(), _current_gpu(placement.device):
             yield placement
     finally:
         move_program(program, origin)
+
+
+def _current_gpu(device: torch.device) -> contextlib.AbstractContextManager:
+    """cuda:N as torch's current device inside the block: what measures there (the cuda backend, TensorRT, a
+    latency table) works on "cuda", the current device, and would time another GPU than the passes run on."""
+    if device.type == "cuda" and device.index is not None and torch.cuda.is_available():
+        return torch.cuda.device(device.index)
+    return contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ back. The GPU tests compare a calibrated prune on CUDA with the CPU run, and tim
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import subprocess
 import sys
@@ -478,3 +479,20 @@ def test_compress_scores_the_dense_and_the_compressed_model_on_the_device(fake_g
                          log=lambda line: None)
     assert scored == [torch.float64, torch.float64]  # dense, then compressed
     assert next(Program.load(tmp_path / "out" / "model.pt2").module.parameters()).dtype == torch.float32
+
+
+def test_cuda_n_is_torch_s_current_device_inside_the_block(fake_gpu, monkeypatch):
+    """What measures inside (the cuda backend, TensorRT, latency tables) uses the current device: with
+    --device cuda:1 it must be GPU 1, where the passes run, not GPU 0."""
+    entered = []
+
+    @contextlib.contextmanager
+    def current(index):
+        entered.append(index)
+        yield
+
+    monkeypatch.setattr(device_module, "device_named", lambda name: torch.device("cuda", 1))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device", current)
+    with on_device(_program(), "cuda:1"):
+        assert entered == [1]
