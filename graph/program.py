@@ -205,8 +205,7 @@ class Program:
         return move_to_device_pass(self.to_exported(), "cpu")  # a copy: the Program stays
 
     def _off_cpu(self) -> bool:
-        graphs = [m for m in self.module.modules() if isinstance(m, torch.fx.GraphModule)]
-        attributes = [get_tensor(m, node.target) for m in graphs for node in m.graph.find_nodes(op="get_attr")]
+        attributes = [tensor for _, tensor in _attribute_tensors(self.module)]
         tensors = [*self.module.parameters(), *self.module.buffers(), *attributes, *self.example_inputs]
         return any(isinstance(t, torch.Tensor) and t.device.type != "cpu" for t in tensors)
 
@@ -279,12 +278,21 @@ def _inputs_from_metadata(metadata: dict, exported: torch.export.ExportedProgram
 def _propagation_key(program: Program) -> tuple:
     """Everything shape propagation reads: each graph's text (nodes, targets, arguments), the shape, dtype and
     device of every tensor its get_attr nodes reach, and the example inputs' shapes and dtypes."""
-    graphs = [m for m in program.module.modules() if isinstance(m, torch.fx.GraphModule)]
-    attributes = [(node.target, get_tensor(m, node.target)) for m in graphs for node in m.graph.find_nodes(op="get_attr")]
-    tensors = [(name, tuple(t.shape), t.dtype, t.device) for name, t in attributes if isinstance(t, torch.Tensor)]
+    tensors = [(name, tuple(t.shape), t.dtype, t.device) for name, t in _attribute_tensors(program.module)
+               if isinstance(t, torch.Tensor)]
     inputs = [(tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else repr(x)
               for x in pytree.tree_leaves(program.example_inputs)]
-    return tuple(str(m.graph) for m in graphs), tuple(tensors), tuple(inputs)
+    return tuple(str(m.graph) for m in _graph_modules(program.module)), tuple(tensors), tuple(inputs)
+
+
+def _graph_modules(module: torch.nn.Module) -> list[torch.fx.GraphModule]:
+    return [m for m in module.modules() if isinstance(m, torch.fx.GraphModule)]
+
+
+def _attribute_tensors(module: torch.nn.Module) -> list[tuple[str, object]]:
+    """(target, value) of every get_attr node of the module's graphs: what `Module.to` may not reach."""
+    return [(node.target, get_tensor(m, node.target)) for m in _graph_modules(module)
+            for node in m.graph.find_nodes(op="get_attr")]
 
 
 def _tensor_identities(module: torch.nn.Module) -> tuple[tuple[str, int], ...]:

@@ -69,9 +69,7 @@ class CudaBackend(Backend):
     def bench(self, models: Sequence[BenchModel], settings: Settings) -> dict:
         prepared = [self.prepared(model, settings, compile=settings.compile) for model in models]
         if any(model.capture_failed for model in prepared):  # graphs against eager calls: not like with like
-            for model in prepared:
-                if model.mode == "graph":
-                    model.sample_eagerly(ALIKE)
+            _sample_eagerly(prepared)
         report = self.time_runners([model.time_once for model in prepared], settings)
         reasons = sorted({model.reason for model in prepared if model.reason})
         return {**report, "cuda_graph": all(model.mode == "graph" for model in prepared),
@@ -85,6 +83,13 @@ class CudaBackend(Backend):
 
 
 ALIKE = "timed eagerly, many calls back to back, as a model it is compared with could not be captured"
+
+
+def _sample_eagerly(models) -> None:
+    """The models sampled as CUDA graphs sampled eagerly instead, as a model compared with them has to be."""
+    for model in models:
+        if model.mode == "graph":
+            model.sample_eagerly(ALIKE)
 
 
 class PreparedModels:
@@ -114,9 +119,7 @@ class PreparedModels:
                          compile=self.compile, capture=self.capture)
         if model.capture_failed:  # a graph against eager calls would not compare like with like
             self.capture = False
-            for kept, _ in self.models.entries.values():
-                if kept.mode == "graph":
-                    kept.sample_eagerly(ALIKE)
+            _sample_eagerly(kept for kept, _ in self.models.entries.values())
         elif not self.capture:
             model.reason = model.reason or ALIKE
         if model.reason and model.reason not in self.notes:
