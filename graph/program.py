@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,14 +22,8 @@ from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 from prunefx.graph.analysis_record import Analysis, AnalysisRecordError
 from prunefx.graph.attributes import delete_unused_tensors, get_tensor
 from prunefx.graph.errors import ProgramFileError, VerificationError, first_line, printable
-from prunefx.graph.program_metadata import (
-    FORMAT_VERSION,
-    MAX_INPUT_ELEMENTS,
-    check_against_graph,
-    parse_metadata,
-)
-from prunefx.graph.safety.archive import safe_load
-from prunefx.graph.safety.functional_ops import check_writes
+from prunefx.graph.program_file import read_program_file, write_program_file
+from prunefx.graph.program_metadata import FORMAT_VERSION
 from prunefx.graph.safety.graph_bounds import recompute_shapes
 from prunefx.graph.training_flags import (
     Modes,
@@ -40,10 +33,7 @@ from prunefx.graph.training_flags import (
     set_module_attributes,
     set_training,
 )
-from prunefx.graph.whole_files import replaced_whole
-from prunefx.graph.zip_target import FailureHoldingFile
 
-_METADATA_FILE = "prunefx.json"
 _PROPAGATION = "prunefx_propagation"  # node.meta key: which shape propagation last saw the node
 
 
@@ -177,10 +167,8 @@ class Program:
         self._exported = (key, exported)
         return exported
 
-    # --- persistence ---------------------------------------------------------------------------
+    # --- persistence (graph/program_file.py) ---------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         metadata = {
             "format": FORMAT_VERSION,
             "name": self.name,
@@ -189,13 +177,7 @@ class Program:
             "output_shapes": [list(shape) for shape in self.output_shapes],
             "analysis": self.analysis.to_json(),
         }
-        # Streamed to disk through a file that holds a failed write instead of raising it into torch's zip
-        # writer (graph/zip_target.py). The file appears under its name only once complete (graph/whole_files.py).
-        with replaced_whole(path) as partial, open(partial, "wb") as file:
-            target = FailureHoldingFile(file)
-            torch.export.save(self._exported_on_cpu(), target, extra_files={_METADATA_FILE: json.dumps(metadata)})
-            target.raise_held()
-        return path
+        return write_program_file(Path(path), self._exported_on_cpu(), metadata)
 
     def _exported_on_cpu(self) -> torch.export.ExportedProgram:
         """The export to save, on the CPU: torch.export.save writes each tensor's device and torch.export.load
@@ -211,28 +193,11 @@ class Program:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Program:
-        """Read a `.pt2` written by `save` (or torch.export.save). The archive is audited first
-        (graph/safety/archive.py: nothing but tensor data and JSON, nothing that could run code) and its
-        prunefx.json checked field by field; every failure is one ProgramFileError."""
+        """Read a `.pt2` written by `save` (or torch.export.save), audited and checked (graph/program_file.py);
+        every failure is one ProgramFileError."""
         path = Path(path)
-        if not path.exists():
-            raise ProgramFileError(f"no such program file: {path}")
-        extra = {_METADATA_FILE: ""}
+        exported, metadata, inputs = read_program_file(path)
         try:
-            exported = safe_load(path, extra)
-        except ProgramFileError:
-            raise
-        except Exception as error:
-            raise ProgramFileError(f"cannot read program {path}: "
-                                   f"{first_line(error)}") from error
-        written = check_writes(exported)
-        if written is not None:
-            raise ProgramFileError(f"{path}: {printable(written)[:200]} (refused: a saved graph may write only into "
-                                   "tensors it makes and into its buffers)")
-        metadata = parse_metadata(extra[_METADATA_FILE], str(path))
-        check_against_graph(metadata, exported, str(path))
-        try:
-            inputs = _inputs_from_metadata(metadata, exported)
             program = cls.from_exported(exported, inputs, name=metadata.get("name", printable(path.stem)))
         except Exception as error:  # a graph torch could read but not rebuild into a module
             raise ProgramFileError(f"cannot rebuild program {path}: {first_line(error)}") from error
@@ -256,23 +221,6 @@ def current_output_shapes(module: torch.fx.GraphModule) -> list[tuple[int, ...]]
     leaves = pytree.tree_leaves(output.args[0])
     values = [leaf.meta.get("val") for leaf in leaves if isinstance(leaf, torch.fx.Node)]
     return [tuple(int(s) for s in v.shape) for v in values if isinstance(v, torch.Tensor)]
-
-
-
-
-def _inputs_from_metadata(metadata: dict, exported: torch.export.ExportedProgram) -> tuple[torch.Tensor, ...]:
-    if metadata.get("inputs"):
-        generator = torch.Generator().manual_seed(0)
-        dtypes = [getattr(torch, spec["dtype"]) for spec in metadata["inputs"]]  # bfloat16 is floating too
-        return tuple(torch.randn(spec["shape"], generator=generator, dtype=dtype) if dtype.is_floating_point
-                     else torch.zeros(spec["shape"], dtype=dtype) for spec, dtype in zip(metadata["inputs"], dtypes))
-    # An archive written by torch.export.save directly: rebuild inputs from the placeholders' metadata.
-    values = [node.meta["val"] for node in exported.graph.nodes
-              if node.op == "placeholder" and node.name in exported.graph_signature.user_inputs]
-    for value in values:
-        if value.numel() > MAX_INPUT_ELEMENTS:
-            raise ProgramFileError(f"an input of shape {tuple(value.shape)} is too large to allocate (refused)")
-    return tuple(torch.randn(tuple(v.shape), dtype=v.dtype) for v in values)
 
 
 def _propagation_key(program: Program) -> tuple:

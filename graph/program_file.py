@@ -1,0 +1,73 @@
+"""A Program's file: a torch.export `.pt2` archive with a `prunefx.json` record beside the graph.
+
+Writing streams the archive into a partial file that takes its name only once complete. Reading treats the file
+as input from anyone: the archive is audited before torch reads it, the graph may write only into its own
+tensors, and the record is checked field by field against the graph. Every failure is one ProgramFileError.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from prunefx.graph.errors import ProgramFileError, first_line, printable
+from prunefx.graph.program_metadata import MAX_INPUT_ELEMENTS, check_against_graph, parse_metadata
+from prunefx.graph.safety.archive import safe_load
+from prunefx.graph.safety.functional_ops import check_writes
+from prunefx.graph.whole_files import replaced_whole
+from prunefx.graph.zip_target import FailureHoldingFile
+
+_METADATA_FILE = "prunefx.json"
+
+
+def write_program_file(path: Path, exported: torch.export.ExportedProgram, metadata: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Through a file that holds a failed write instead of raising it into torch's zip writer (graph/zip_target.py);
+    # the file appears under its name only once complete (graph/whole_files.py).
+    with replaced_whole(path) as partial, open(partial, "wb") as file:
+        target = FailureHoldingFile(file)
+        torch.export.save(exported, target, extra_files={_METADATA_FILE: json.dumps(metadata)})
+        target.raise_held()
+    return path
+
+
+def read_program_file(path: Path) -> tuple[torch.export.ExportedProgram, dict, tuple[torch.Tensor, ...]]:
+    """The audited graph, its checked record (`{}` for a plain torch.export.save archive) and example inputs of
+    the recorded shapes and dtypes."""
+    if not path.exists():
+        raise ProgramFileError(f"no such program file: {path}")
+    extra = {_METADATA_FILE: ""}
+    try:
+        exported = safe_load(path, extra)
+    except ProgramFileError:
+        raise
+    except Exception as error:
+        raise ProgramFileError(f"cannot read program {path}: {first_line(error)}") from error
+    written = check_writes(exported)
+    if written is not None:
+        raise ProgramFileError(f"{path}: {printable(written)[:200]} (refused: a saved graph may write only into "
+                               "tensors it makes and into its buffers)")
+    metadata = parse_metadata(extra[_METADATA_FILE], str(path))
+    check_against_graph(metadata, exported, str(path))
+    try:
+        inputs = _example_inputs(metadata, exported)
+    except Exception as error:
+        raise ProgramFileError(f"cannot rebuild program {path}: {first_line(error)}") from error
+    return exported, metadata, inputs
+
+
+def _example_inputs(metadata: dict, exported: torch.export.ExportedProgram) -> tuple[torch.Tensor, ...]:
+    if metadata.get("inputs"):
+        generator = torch.Generator().manual_seed(0)
+        dtypes = [getattr(torch, spec["dtype"]) for spec in metadata["inputs"]]  # bfloat16 is floating too
+        return tuple(torch.randn(spec["shape"], generator=generator, dtype=dtype) if dtype.is_floating_point
+                     else torch.zeros(spec["shape"], dtype=dtype) for spec, dtype in zip(metadata["inputs"], dtypes))
+    # An archive written by torch.export.save directly: inputs from the placeholders' metadata.
+    values = [node.meta["val"] for node in exported.graph.nodes
+              if node.op == "placeholder" and node.name in exported.graph_signature.user_inputs]
+    for value in values:
+        if value.numel() > MAX_INPUT_ELEMENTS:
+            raise ProgramFileError(f"an input of shape {tuple(value.shape)} is too large to allocate (refused)")
+    return tuple(torch.randn(tuple(v.shape), dtype=v.dtype) for v in values)
