@@ -65,7 +65,9 @@ ZOO_LANE = {'torchvision:maxvit_t', 'torchvision:densenet121', 'torchvision:effi
             # inverted residuals and grouped convs stay through mobilenet_v2, mobilenet_v3_large and regnet_y, the
             # mobile hybrids through mobilenet_v3_large, attention biases through test_attention_bias.py
             'torchvision:mnasnet1_0', 'torchvision:mobilenet_v3_small', 'torchvision:regnet_x_400mf',
-            'timm:ghostnet_100', 'timm:levit_128s'}
+            'timm:ghostnet_100', 'timm:levit_128s',
+            # torchvision's MobileNetV2 blocks stay through prunefx:mobilenetv2_small and efficientnet_b0
+            'torchvision:mobilenet_v2'}
 
 
 @pytest.mark.slow

@@ -68,6 +68,7 @@ ZOO_LANE = {
     'torchvision:regnet_y_400mf', 'torchvision:shufflenet_v2_x1_0',
     'timm:poolformer_s12',  # MetaFormer pooling mixers: exact removal in test_channel_removal.py
     'timm:mobilevit_xs',  # conv-attention hybrid: exact removal in test_channel_removal.py (and coatnet there)
+    'timm:convnext_atto',  # exact removal in test_channel_removal.py, ONNX parity in test_zoo_export.py
 }
 
 
