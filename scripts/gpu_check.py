@@ -107,6 +107,8 @@ def _step_or_die(command: list[str]) -> None:
 class Steps:
     """Runs each step as a subprocess with its own timeout within the whole check's `seconds`; keeps a log."""
 
+    shortest = 10.0  # seconds: a step that would get less is skipped, too short to start a model and time it
+
     def __init__(self, out: Path, seconds: float, env: dict):
         self.out, self.deadline, self.env, self.steps = out, time.monotonic() + seconds, env, []
 
@@ -116,7 +118,7 @@ class Steps:
     def run(self, name: str, command: list[str], timeout: float, log: str | None = None,
             env: dict | None = None) -> int | None:
         timeout = min(timeout, self.left() - 5)
-        if timeout < 10:
+        if timeout < self.shortest:
             self.steps.append({"step": name, "skipped": "no time left"})
             return None
         start = time.monotonic()
