@@ -72,29 +72,46 @@ def _current_gpu(device: torch.device) -> contextlib.AbstractContextManager:
 @contextlib.contextmanager
 def _full_float32() -> Iterator[None]:
     """TF32 off for convolutions and matrix products inside the block: cuDNN's default TF32 moves the
-    calibration activations by about 1e-3 from the CPU's, enough to choose other channels."""
-    settings = _precision_settings()
-    saved = [getattr(owner, name) for owner, name, _ in settings]
-    for owner, name, full in settings:
-        setattr(owner, name, full)
+    calibration activations by about 1e-3 from the CPU's, enough to choose other channels. Torch keeps these
+    settings twice (the legacy precision and flags, and since 2.9 `fp32_precision` strings) and its reads raise
+    when the two disagree: inside, both say full float32; after, each is put back as the process left it."""
+    saved = _precision_state()
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
+    for owner in _precision_owners():  # a global fp32_precision would otherwise override the flags
+        if owner is not torch.backends.cudnn:
+            owner.fp32_precision = "ieee"
     try:
         yield
     finally:
-        for (owner, name, _), value in zip(settings, saved, strict=True):
-            setattr(owner, name, value)
+        matmul, cudnn, strings = saved
+        if matmul is not None:
+            torch.set_float32_matmul_precision(matmul)
+        if cudnn is not None:
+            torch.backends.cudnn.allow_tf32 = cudnn
+        for owner, value in strings:  # last: the legacy setters above rewrite these strings
+            owner.fp32_precision = value
 
 
-def _precision_settings() -> list[tuple[object, str, object]]:
-    """(owner, attribute, its full-float32 value) of the matrix-product and convolution settings, in the API
-    the process uses: the `allow_tf32` flags unless reading them raises, as it does once the process set
-    an `fp32_precision` (torch 2.9+) to what they cannot say; writing the other API would then make the
-    process's own reads raise."""
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+def _precision_state() -> tuple[str | None, bool | None, list[tuple[object, str]]]:
+    """The legacy matmul precision and cuDNN flag (None where reading raises: the process set the two APIs apart)
+    and every `fp32_precision` string."""
+    return (_readable(torch.get_float32_matmul_precision), _readable(lambda: torch.backends.cudnn.allow_tf32),
+            [(owner, owner.fp32_precision) for owner in _precision_owners()])
+
+
+def _precision_owners() -> list[object]:
+    """Matrix products, cuDNN convolutions, cuDNN RNNs and cuDNN as a whole, where torch has `fp32_precision`."""
+    cudnn = torch.backends.cudnn
+    owners = [torch.backends.cuda.matmul, getattr(cudnn, "conv", None), getattr(cudnn, "rnn", None), cudnn]
+    return [owner for owner in owners if owner is not None and hasattr(owner, "fp32_precision")]
+
+
+def _readable(read):
     try:
-        matmul.allow_tf32, cudnn.allow_tf32  # noqa: B018  (read for the error only)
+        return read()
     except RuntimeError:
-        return [(matmul, "fp32_precision", "ieee"), (cudnn.conv, "fp32_precision", "ieee")]
-    return [(matmul, "allow_tf32", False), (cudnn, "allow_tf32", False)]
+        return None
 
 
 def batches_on(batches: Iterable | None, device: str | torch.device) -> list | None:
