@@ -134,7 +134,7 @@ class Program:
             return
         # Parameters stay real tensors; the mode converts them on the fly instead of copying them.
         mode = FakeTensorMode(allow_non_fake_inputs=True)
-        with torch.no_grad():
+        with torch.no_grad(), _buffers_kept(self.module):
             FakeTensorProp(self.module, mode=mode).propagate(*self.example_inputs)
         stamp = object()
         for node in _all_nodes(self.module):
@@ -221,6 +221,20 @@ def current_output_shapes(module: torch.fx.GraphModule) -> list[tuple[int, ...]]
     leaves = pytree.tree_leaves(output.args[0])
     values = [leaf.meta.get("val") for leaf in leaves if isinstance(leaf, torch.fx.Node)]
     return [tuple(int(s) for s in v.shape) for v in values if isinstance(v, torch.Tensor)]
+
+
+@contextlib.contextmanager
+def _buffers_kept(module: torch.nn.Module) -> Iterator[None]:
+    """Every buffer's value as it was: fake propagation runs a one-element in-place update (a training-mode batch
+    norm's num_batches_tracked += 1) on the real tensor, and checking a graph must not move its statistics."""
+    saved = [(buffer, buffer.detach().clone()) for buffer in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                if not torch.equal(buffer, value):
+                    buffer.copy_(value)
 
 
 def _propagation_key(program: Program) -> tuple:

@@ -59,8 +59,8 @@ def read_program_file(path: Path) -> tuple[torch.export.ExportedProgram, dict, t
 
 
 def _example_inputs(metadata: dict, exported: torch.export.ExportedProgram) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(0)  # its own: loading leaves the process's random state alone
     if metadata.get("inputs"):
-        generator = torch.Generator().manual_seed(0)
         dtypes = [getattr(torch, spec["dtype"]) for spec in metadata["inputs"]]  # bfloat16 is floating too
         return tuple(torch.randn(spec["shape"], generator=generator, dtype=dtype) if dtype.is_floating_point
                      else torch.zeros(spec["shape"], dtype=dtype) for spec, dtype in zip(metadata["inputs"], dtypes))
@@ -70,4 +70,4 @@ def _example_inputs(metadata: dict, exported: torch.export.ExportedProgram) -> t
     for value in values:
         if value.numel() > MAX_INPUT_ELEMENTS:
             raise ProgramFileError(f"an input of shape {tuple(value.shape)} is too large to allocate (refused)")
-    return tuple(torch.randn(tuple(v.shape), dtype=v.dtype) for v in values)
+    return tuple(torch.randn(tuple(v.shape), generator=generator, dtype=v.dtype) for v in values)

@@ -69,6 +69,18 @@ def test_train_flips_batchnorm_and_dropout_flags_and_updates_statistics():
     assert torch.equal(program(x), program(x)), "eval mode must be deterministic (no dropout)"
 
 
+def test_checking_a_training_program_leaves_every_batch_norm_statistic_as_it_was():
+    """Shape propagation (verify, every Pipeline check) ran the counter's += 1 on the real tensor."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU()).train()
+    program = capture(model, torch.randn(2, 3, 8, 8))
+    before = {name: tensor.clone() for name, tensor in program.module.named_buffers()}
+    verify(program, reexport=False)
+    program._propagated = None  # propagate again even though nothing changed
+    program.refresh_meta()
+    after = dict(program.module.named_buffers())
+    assert before.keys() == after.keys() and all(torch.equal(before[name], after[name]) for name in before)
+
+
 def test_save_load_reproduces_outputs_bit_for_bit(resnet18_program, tmp_path):
     _, program = resnet18_program
     program.analysis.linearize = LinearizeRecord(blends={"blend_0": "layer1"}, ramp=0.25)
@@ -106,6 +118,19 @@ def test_a_reloaded_programs_half_precision_example_inputs_are_random_not_zeros(
     (x,) = Program.load(program.save(tmp_path / "half.pt2")).example_inputs
     assert x.dtype == dtype and x.shape == (2, 8)
     assert 0.3 < float(x.float().std()) < 3.0
+
+
+def test_loading_either_kind_of_archive_leaves_the_random_state_and_draws_the_same_inputs(tmp_path):
+    """Inputs come from a generator of the load's own, whether prunefx.json records them or, in an archive
+    torch.export.save wrote, the placeholders say them."""
+    program = capture(torch.nn.Linear(8, 4).eval(), torch.randn(2, 8))
+    ours = program.save(tmp_path / "ours.pt2")
+    plain = tmp_path / "plain.pt2"
+    torch.export.save(program.to_exported(), plain)
+    state = torch.get_rng_state()
+    inputs = [Program.load(path).example_inputs[0] for path in (ours, plain, plain)]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(inputs[1], inputs[2]) and torch.equal(inputs[0], inputs[1])
 
 
 def test_load_rejects_missing_and_corrupt_files(tmp_path):
