@@ -233,3 +233,25 @@ def test_a_target_between_single_width_steps_is_met_by_moving_two_groups(round_t
     # the MACs counted by hand (per pixel: 3x3 convs, then the 1x1 head), independent of prunefx's counter
     macs = 27 * first + 9 * first * second + second * 11
     assert abs(macs / (27 * 64 + 9 * 64 * 64 + 64 * 11) - 0.5) <= 0.03 * 0.5
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "fisher"])
+def test_gradient_scores_of_a_training_program_leave_its_statistics_gradients_and_random_state(criterion):
+    """Scoring runs the graph in its own mode: a training-mode batch norm moved its statistics, dropout drew from
+    the process's random numbers, and the parameters' gradients were dropped."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                                torch.nn.Dropout(0.2), torch.nn.Conv2d(16, 8, 3), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 6 * 6, 4)).train()
+    program = capture(model, torch.randn(4, 3, 8, 8))
+    program.module.get_parameter("0.weight").grad = torch.ones_like(program.module.get_parameter("0.weight"))
+    buffers = {name: tensor.clone() for name, tensor in program.module.named_buffers()}
+    batches = [(torch.randn(4, 3, 8, 8),) for _ in range(3)]
+    random_state = torch.get_rng_state()
+    scores = channel_importance(program.module, find_channel_groups(program.module), criterion,
+                                calibration=batches)
+    assert all(np.isfinite(group).all() for group in scores.scores) and any(group.any() for group in scores.scores)
+    assert all(torch.equal(buffers[name], tensor) for name, tensor in program.module.named_buffers())
+    assert torch.equal(torch.get_rng_state(), random_state)
+    assert torch.equal(program.module.get_parameter("0.weight").grad, torch.ones(16, 3, 3, 3))
+    assert all(p.grad is None for name, p in program.module.named_parameters() if name != "0.weight")

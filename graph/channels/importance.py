@@ -9,7 +9,8 @@ criteria use without labels: see docs/algorithms.md, 'Channel importance'.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,11 +150,7 @@ def _batch_norm_weights(module: torch.fx.GraphModule) -> set[str]:
 def _gradient_scores(module, combing: Combing, criterion: str, batches) -> np.ndarray:
     device = module_device(module)
     batches = [tuple(t.to(device) for t in batch) for batch in batches]  # a recipe's loader gives CPU batches
-    saved = {name: p.requires_grad for name, p in module.named_parameters()}
-    for p in module.parameters():
-        p.requires_grad_(True)
-        p.grad = None
-    try:
+    with _left_as_found(module, device):
         if criterion == "fisher":
             fisher = FisherAccumulator(module)
             for batch in batches:
@@ -170,10 +167,29 @@ def _gradient_scores(module, combing: Combing, criterion: str, batches) -> np.nd
                 gate = _per_index(parameter * parameter.grad, member.dim)
                 np.add.at(per_class, combing.analysis.classes[member.labels], np.abs(gate))
         return per_class
+
+
+@contextlib.contextmanager
+def _left_as_found(module: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """Gradients on every parameter inside the block. The scoring runs the graph in the mode it is in (a
+    training-mode batch norm updates its running statistics, dropout draws random numbers): each parameter's
+    requires_grad and gradient, every buffer's value and the random state are put back after it."""
+    parameters = [(p, p.requires_grad, p.grad) for p in module.parameters()]
+    buffers = [(buffer, buffer.detach().clone()) for buffer in module.buffers()]
+    gpus = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    for p, _, _ in parameters:
+        p.requires_grad_(True)
+        p.grad = None
+    try:
+        with torch.random.fork_rng(devices=gpus):
+            yield
     finally:
-        for name, p in module.named_parameters():
-            p.grad = None
-            p.requires_grad_(saved[name])
+        with torch.no_grad():
+            for buffer, value in buffers:
+                buffer.copy_(value)
+        for p, requires_grad, grad in parameters:
+            p.requires_grad_(requires_grad)
+            p.grad = grad
 
 
 class FisherAccumulator:
