@@ -59,20 +59,31 @@ def set_module_attributes(module: torch.nn.Module, mode: bool) -> None:
         submodule.training = mode
 
 
+def module_modes(module: torch.nn.Module) -> dict[str, bool]:
+    """Each submodule's `training` attribute, by name."""
+    return {name: submodule.training for name, submodule in module.named_modules()}
+
+
+def set_module_modes(module: torch.nn.Module, modes: dict[str, bool], default: bool) -> None:
+    """Each submodule's `training` as `modes` names it (a frozen batch norm in a training model stays frozen);
+    those it does not name take `default`."""
+    for name, submodule in module.named_modules():
+        submodule.training = modes.get(name, default)
+
+
 def modes_of(module: torch.fx.GraphModule) -> Modes:
     """Every training flag of the graph and every submodule's `training`, to put back with `restore_modes`."""
     return Modes(graph_training_mode(module.graph),
                  {node.name: node.args[index] for node in module.graph.nodes
                   if (index := training_flag_index(node)) is not None},
-                 {name: submodule.training for name, submodule in module.named_modules()})
+                 module_modes(module))
 
 
 def restore_modes(module: torch.fx.GraphModule, modes: Modes) -> None:
     """Each flag and attribute as `modes` recorded it (a frozen batch norm in a training graph stays frozen,
     where `set_training` sets them all alike); nodes and submodules of other names take its overall mode."""
     _set_flags(module, lambda node: modes.flags.get(node.name, modes.training))
-    for name, submodule in module.named_modules():
-        submodule.training = modes.attributes.get(name, modes.training)
+    set_module_modes(module, modes.attributes, modes.training)
 
 
 def _set_flags(module: torch.fx.GraphModule, mode_of) -> None:

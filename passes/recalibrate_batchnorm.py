@@ -45,9 +45,7 @@ def recalibrate_batchnorm(program: Program, /, *, config: dict | None = None) ->
     settings = RecalibrateBatchnormConfig.parse(config)
     batches = calibration_inputs(program.example_inputs, settings.data, max_batches=settings.max_batches,
                                  what="recalibrate_batchnorm")
-    was_training = program.training
-    program.eval()
-    try:
+    with program.evaluating():  # each flag as it was after: a frozen batch norm in a training model stays frozen
         norms, skipped = _recalibratable(program.module)
         norms = _only(norms, settings.nodes)
         if norms and live_bytes(program.module, norms) * len(batches) <= _WALK_BUDGET:
@@ -57,8 +55,6 @@ def recalibrate_batchnorm(program: Program, /, *, config: dict | None = None) ->
             passes = len(set(levels.values()))
             changed = sum(_recalibrate_level(program.module, [n for n in norms if levels[n] == level], batches)
                           for level in range(max(levels.values(), default=-1) + 1))
-    finally:
-        program.train(was_training)
     stats = {"batch_norms": len(norms) + sum(skipped.values()), "recalibrated": len(norms),
              "changed": changed, "skipped": dict(skipped), "passes_over_data": passes,
              "batches": len(batches), "images": sum(int(batch[0].shape[0]) for batch in batches),

@@ -179,14 +179,19 @@ def replace_part(model: torch.nn.Module, part: str, program: Program) -> torch.n
     return _with_part(model, part, program.clone())
 
 
-def _with_part(model: torch.nn.Module, part: str, program: Program) -> torch.nn.Module:
-    """replace_part with `program` itself in the copy (prune_part's, whose result shares it)."""
-    _get_part(model, part)
+def _with_part(model: torch.nn.Module, part: str, program: Program, *, own_modes: bool = False) -> torch.nn.Module:
+    """replace_part with `program` itself in the copy (prune_part's, whose result shares it). The part takes
+    the model's mode; with `own_modes` (a program captured from this very part) each layer keeps its own, so a
+    batch norm frozen in a training model stays frozen."""
+    original = _get_part(model, part)
     model = copy.deepcopy(model)
     parent_name, _, leaf = part.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     replacement = GraphPart(program)
-    replacement.train(model.training)
+    if own_modes:
+        replacement.training = original.training
+    else:
+        replacement.train(model.training)
     setattr(parent, leaf, replacement)
     return model
 
@@ -212,7 +217,7 @@ def prune_part(model: torch.nn.Module, example_inputs, pipeline, *, part: str | 
     pipeline = pipeline if isinstance(pipeline, Pipeline) else Pipeline(pipeline)
     part, dense = _find(model, example_inputs) if part is None else (part, capture_part(model, example_inputs, part))
     result = pipeline.run(dense)
-    return PartPruning(_with_part(model, part, result.program), part, dense, result)
+    return PartPruning(_with_part(model, part, result.program, own_modes=True), part, dense, result)
 
 
 # --- Ultralytics ------------------------------------------------------------------------------------

@@ -281,12 +281,17 @@ def test_the_one_pass_walk_and_the_level_passes_set_the_same_statistics(images, 
         torch.testing.assert_close(value, expected[name], rtol=1e-6, atol=1e-7)
 
 
-def test_recalibration_reads_max_batches_and_keeps_training_mode(images):
+def test_recalibration_reads_max_batches_and_keeps_each_layer_s_mode(images):
     _, program = _resnet20(images)
     data = _batches(images, 0, 4)
     expected = recalibrate_batchnorm(program.clone(), config={"data": data[:2]}).program.state_dict()
-    result = recalibrate_batchnorm(program.clone().train(), config={"data": iter(data), "max_batches": 2})
-    assert result.program.training and result.stats["batches"] == 2
+    training = program.clone().train()
+    first = next(node for node in training.graph.nodes if "batch_norm" in str(node.target))
+    first.update_arg(5, False)  # one batch norm frozen, as fine-tuning recipes do: it must stay so
+    training.module.recompile()
+    modes = training.modes()
+    result = recalibrate_batchnorm(training, config={"data": iter(data), "max_batches": 2})
+    assert result.program.modes() == modes and result.stats["batches"] == 2
     for name, value in result.program.state_dict().items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=0)
 

@@ -389,3 +389,13 @@ def test_evaluating_a_model_gives_a_frozen_graph_part_its_mode_back():
         assert not whole.training and not whole.backbone.program.training
     assert whole.training and whole.head.training
     assert not whole.backbone.training and not whole.backbone.program.training
+
+
+def test_a_frozen_batch_norm_of_a_training_model_stays_frozen_in_the_pruned_part():
+    torch.manual_seed(0)
+    model = _TwoParts().train()
+    model.backbone[1].eval()
+    pruned = prune_part(model, (torch.randn(2, 3, 8, 8),), [], part="backbone")
+    flags = list(pruned.model.backbone.program.modes().flags.values())
+    assert flags == list(pruned.dense.modes().flags.values()) == [False]
+    assert pruned.model.backbone.training and pruned.model.head.training and not model.backbone[1].training

@@ -199,3 +199,56 @@ def test_compress_and_the_plain_loop_are_the_same_pieces():
     for name in carried:
         assert torch.allclose(carried[name], plain[name], rtol=1e-5, atol=1e-6), name
     assert any(not torch.allclose(carried[n], restarted[n]) for n in carried)  # the option changes something
+
+
+def _steps(session, optimizer, inputs, labels, count: int) -> list[bool]:
+    cuts = []
+    for _ in range(count):
+        F.cross_entropy(session.module(inputs), labels).backward()
+        session.after_backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        cuts.append(session.maybe_cut(optimizer))
+    return cuts
+
+
+def test_a_frozen_batch_norm_stays_frozen_through_a_cut_in_the_graph_and_the_written_back_module():
+    from prunefx.interop.write_back import to_module
+    model = tiny_net().train()
+    model[1].eval()  # frozen, as fine-tuning recipes do
+    inputs, labels = batch()
+    session = PruneWhileTraining(model, inputs, macs=0.5, events=1, interval=1, round_to=4,
+                                 write_back=lambda program: to_module(program, model))
+    assert {name: m.training for name, m in session.module.named_modules()} == \
+        {name: m.training for name, m in model.named_modules()}
+    optimizer = torch.optim.SGD(session.module.parameters(), lr=0.01)
+    assert _steps(session, optimizer, inputs, labels, 1) == [True]
+    assert not session.module[1].training and session.module[4].training and session.module.training
+    flags = [node.args[5] for node in session.program.graph.nodes if "batch_norm" in str(node.target)]
+    assert flags == [False, True]
+
+
+def test_a_cut_whose_write_back_fails_leaves_the_session_as_it_was_and_the_next_cut_works():
+    from prunefx.interop.write_back import to_module
+    model = tiny_net().train()
+    inputs, labels = batch()
+    refuse = [True]
+
+    def write_back(program):
+        if refuse[0]:
+            raise PrunefxError("write-back refused")
+        return to_module(program, model)
+
+    session = PruneWhileTraining(model, inputs, macs=0.5, events=1, interval=1, round_to=4, write_back=write_back)
+    copy_module = session.module  # a copy of the caller's model until the first cut
+    optimizer = torch.optim.SGD(copy_module.parameters(), lr=0.01)
+    widths = [tuple(p.shape) for p in session.program.parameters()]
+    with pytest.raises(PrunefxError, match="write-back refused"):
+        _steps(session, optimizer, inputs, labels, 1)
+    assert session.events == [] and session.module is copy_module
+    assert [tuple(p.shape) for p in session.program.parameters()] == widths
+    refuse[0] = False
+    assert _steps(session, optimizer, inputs, labels, 1) == [True]
+    assert len(session.events) == 1 and session.module[0].out_channels < 16
+    assert {id(p) for group in optimizer.param_groups for p in group["params"]} == \
+        {id(p) for p in session.module.parameters()}

@@ -306,3 +306,16 @@ def test_vit_b_16_with_uniform_widths_is_written_back():
     attention = module.encoder.layers.encoder_layer_0.self_attention
     assert (attention.embed_dim, attention.num_heads, attention.head_dim) == (384, 12, 32)
     assert third_input_error(program, module, inputs) <= 1e-5
+
+
+def test_each_layer_of_the_written_back_module_keeps_the_mode_it_has_in_the_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8),
+                          nn.Dropout(0.1)).train()
+    model[1].eval()  # frozen, as fine-tuning recipes do
+    program = capture(model, torch.randn(2, 3, 12, 12))
+    remove_channels(program, config={"macs": 0.6, "importance": "l2", "round_to": 2, "strict": False})
+    module = to_module(program, model)
+    assert module[0].out_channels < 8
+    assert {name: m.training for name, m in module.named_modules()} == \
+        {name: m.training for name, m in model.named_modules()}

@@ -15,6 +15,7 @@ import torch
 
 from prunefx.graph import Program, capture
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.training_flags import module_modes, set_module_modes
 from prunefx.passes.prune_while_training import PruneWhileTrainingConfig, PruningSchedule, _target
 from prunefx.passes.training.carried_state import carry_optimizer, cut_tracking_indices, named_tensors
 from prunefx.passes.training.config import CLASSIFICATION, TrainConfig
@@ -88,7 +89,9 @@ class PruneWhileTraining:
         if write_back is not None:  # before the first cut the caller's dense module is the graph's view
             start = initial_module if initial_module is not None else (
                 copy.deepcopy(model) if not isinstance(model, Program) else write_back(self.program))
-            self.eager = self._tracked(start)
+            _check_parameter_names(start, self.program)
+            self.eager = start
+            self.schedule.restart_scores(self.program.module, gradients_from=start)  # the caller's module is scored
 
     @property
     def module(self) -> torch.nn.Module:
@@ -119,40 +122,48 @@ class PruneWhileTraining:
 
     def maybe_cut(self, optimizer: torch.optim.Optimizer | None = None, *, train_loss: float | None = None) -> bool:
         """Count one optimizer step; on the schedule's steps cut channels and give `optimizer` the new
-        parameters with its state sliced to the channels kept. Returns whether a cut happened."""
+        parameters with its state sliced to the channels kept. Returns whether a cut happened. A cut that fails
+        (a write-back refused) changes nothing but the step count: model, optimizer and events stay as they were."""
         self.step += 1
         if not self.schedule.due(self.step):
             return False
-        was_training, before = self.module.training, dict(self.module.named_parameters())
+        before = dict(self.module.named_parameters())
+        graph_modes = self.program.modes()
         if self.eager is not None:
             _copy_by_name(self.eager, self.program.module)  # the graph holds what the caller trained
-        pruned, kept = cut_tracking_indices(
-            self.program, lambda clone: self.schedule.cut(clone, self.step, train_loss=train_loss))
-        pruned.train(was_training)
-        self.program = pruned
-        if self.eager is None:
-            self.schedule.restart_scores(pruned.module)
-        else:
-            self.eager = self._written_back(pruned).train(was_training)
+        events = len(self.schedule.done)
+        try:
+            pruned, kept = cut_tracking_indices(
+                self.program, lambda clone: self.schedule.cut(clone, self.step, train_loss=train_loss))
+            pruned.restore_modes(graph_modes)  # each layer's own mode: a frozen batch norm stays frozen
+            eager = None if self.eager is None else self._written_back(pruned, module_modes(self.eager))
+        except BaseException:
+            del self.schedule.done[events:]
+            raise
+        self.program, self.eager = pruned, eager
+        self.schedule.restart_scores(pruned.module, gradients_from=eager)
         if optimizer is not None:
             carry_optimizer(optimizer, before, dict(self.module.named_parameters()), kept)
         return True
 
-    def _written_back(self, program: Program) -> torch.nn.Module:
-        return self._tracked(self.write_back(program))
-
-    def _tracked(self, module: torch.nn.Module) -> torch.nn.Module:
-        """`module` becomes the one trained, its gradients the ones scored."""
-        missing = {name for name, _ in self.program.module.named_parameters()} - dict(module.named_parameters()).keys()
-        if missing:
-            raise PrunefxError(f"the written-back module lacks the graph's parameter {sorted(missing)[0]}: "
-                               "write_back must return a module with the graph's parameter names")
-        self.schedule.restart_scores(self.program.module, gradients_from=module)
+    def _written_back(self, program: Program, modes: dict[str, bool]) -> torch.nn.Module:
+        """`write_back(program)`, checked, each layer in the mode `modes` names."""
+        module = self.write_back(program)
+        _check_parameter_names(module, program)
+        set_module_modes(module, modes, program.training)
         return module
 
     def statistics(self) -> dict:
         """The pass's statistics: target, achieved fraction, MACs and parameters before/after, events."""
         return self.schedule.statistics(self.program)
+
+
+def _check_parameter_names(module: torch.nn.Module, program: Program) -> None:
+    """The module trained must hold the graph's parameters by name: scores and cuts find them that way."""
+    missing = {name for name, _ in program.module.named_parameters()} - dict(module.named_parameters()).keys()
+    if missing:
+        raise PrunefxError(f"the written-back module lacks the graph's parameter {sorted(missing)[0]}: "
+                           "write_back must return a module with the graph's parameter names")
 
 
 def _copy_by_name(source: torch.nn.Module, target: torch.nn.Module) -> None:

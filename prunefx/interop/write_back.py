@@ -20,6 +20,7 @@ from prunefx.graph.attributes import delete_unused_tensors
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.model_state import hook_state_kept
 from prunefx.graph.scoped_calls import literal_changes, replaced_calls
+from prunefx.graph.training_flags import module_modes, set_module_modes
 from prunefx.interop.hf_config import update_config
 from prunefx.interop.module_resizers import ResizeError, resize_attributes, resizer_for
 from prunefx.interop.subgraph_module import SubgraphError, replace_by_subgraph
@@ -72,7 +73,9 @@ def _written_back(program: Program, model: nn.Module, module: nn.Module, name: s
         verify_module(program, module, name, hint)
     except WriteBackError as error:
         _from_subgraphs(program, module, name, _own_code_changed(module, changes, replaced), error)
-    return module.train(model.training)
+    module.train(model.training)  # also the graphs' flags of the subgraphs standing in for modules
+    set_module_modes(module, module_modes(model), model.training)  # each layer's own, as in the user's model
+    return module
 
 
 def _own_code_changed(module: nn.Module, changes, replaced) -> list[str]:
