@@ -11,6 +11,7 @@ import copy
 import re
 
 import torch
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from prunefx.graph.data_dependent import check_static_shapes
 from prunefx.graph.errors import CaptureError, first_line
@@ -57,11 +58,27 @@ def _check_runs_eagerly(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]
     """A model that fails in plain PyTorch has a wrong input, not an export problem: say so.
     Batch norms in training mode, attributes the forward sets and the user's hooks are left as found."""
     try:
-        with torch.no_grad(), left_as_found(model), torch.random.fork_rng(devices=[]):
+        with torch.no_grad(), left_as_found(model), torch.random.fork_rng(devices=_gpus(model, inputs)):
             model(*inputs)
     except Exception as error:
         shapes = ", ".join("x".join(map(str, x.shape)) for x in inputs)
         raise CaptureError(f"model '{name}' does not run on input shape {shapes}: {first_line(error)}") from error
+
+
+def _gpus(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[int]:
+    """The CUDA devices the run draws random numbers on (dropout in a training-mode model)."""
+    tensors = [*model.parameters(), *model.buffers(), *inputs]
+    devices = {t.device for t in tensors if t.device.type == "cuda"}
+    return sorted({torch.cuda.current_device() if d.index is None else d.index for d in devices})
+
+
+def _check_initialised(model: torch.nn.Module, name: str) -> None:
+    """Lazy modules (LazyLinear, LazyConv2d) make their weights on the first call: the check for a model that does
+    not run eagerly would be that call, and would turn the user's LazyLinear into a Linear behind their back."""
+    for path, module in model.named_modules():
+        if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
+            raise CaptureError(f"model '{name}': {path or 'the model'} ({type(module).__name__}) has not made its "
+                               "weights yet: call the model once on an input before capturing it")
 
 
 def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_inputs=None, *,
@@ -86,6 +103,7 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
         raise CaptureError("capture needs example inputs for a torch.nn.Module (a tensor or a tuple of tensors)")
     name = name or type(model).__name__
     inputs = _as_tuple(example_inputs)
+    _check_initialised(model, name)
     try:
         with torch_quiet(), left_as_found(model):
             exported = torch.export.export(model, inputs, strict=False)

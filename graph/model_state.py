@@ -101,7 +101,14 @@ def _hook_targets(hook) -> list:
     found += list(getattr(function, "__defaults__", None) or ())
     names, namespace = getattr(getattr(function, "__code__", None), "co_names", ()), getattr(function, "__globals__", {})
     found += [namespace[name] for name in names if name in namespace]
-    return [target for target in found if isinstance(target, _CONTAINERS) or _plain_object(target)]
+    return [target for target in found if isinstance(target, _CONTAINERS) or _plain_object(target)
+            or _own_tensor(target)]
+
+
+def _own_tensor(value) -> bool:
+    """A tensor a hook may update in place (a call counter, a running sum); not a model's weight, which nothing
+    prunefx runs writes into."""
+    return isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter) and not value.is_meta
 
 
 def _plain_object(value) -> bool:
@@ -114,15 +121,27 @@ class _KeptRecord:
 
     def __init__(self, target):
         self.target = target
-        self.saved = _shallow_copy(target) if isinstance(target, _CONTAINERS) else dict(vars(target))
+        if isinstance(target, torch.Tensor):
+            self.saved = None
+            held = [target]
+        else:
+            self.saved = _shallow_copy(target) if isinstance(target, _CONTAINERS) else dict(vars(target))
+            held = [value for value in (target.values() if isinstance(target, dict) else
+                                        target if isinstance(target, _CONTAINERS) else self.saved.values())]
+        # tensors changed in place are put back by value
+        self.values = [(tensor, tensor.detach().clone()) for tensor in held if _own_tensor(tensor)]
 
     def restore(self) -> None:
         if isinstance(self.target, _CONTAINERS):
             _refill(self.target, self.saved)
-        else:
+        elif self.saved is not None:
             state = vars(self.target)
             state.clear()
             state.update(self.saved)
+        with torch.no_grad():
+            for tensor, value in self.values:
+                if not torch.equal(tensor, value):
+                    tensor.copy_(value)
 
 
 @contextlib.contextmanager

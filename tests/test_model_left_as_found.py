@@ -343,3 +343,46 @@ def test_a_hook_keeping_outputs_in_a_module_level_list_finds_it_as_it_was(one_th
     finally:
         handle.remove()
         KEPT_BY_A_SCRIPT.clear()
+
+
+def test_a_lazy_module_not_yet_called_is_refused_before_anything_runs_and_still_works():
+    """The eager check after a failed export was the first call that turns a LazyLinear into a Linear, which then
+    failed in the user's next call."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(4))
+    with pytest.raises(CaptureError, match=r"1 \(LazyLinear\) has not made its weights yet"):
+        prunefx.capture(model, torch.randn(2, 3, 4))
+    assert isinstance(model[1], torch.nn.LazyLinear)
+    assert model(torch.randn(2, 3, 4)).shape == (2, 4)  # the user's own first call makes them
+    assert prunefx.capture(model, torch.randn(2, 3, 4)).run_example().shape == (2, 4)
+
+
+_CALLS = torch.zeros(())
+
+
+def test_tensors_a_hook_updates_in_place_are_put_back_after_capture_and_after_a_refusal():
+    """A call counter in the script's globals and a running sum in a closure: the export's run (and, on refusal,
+    the eager check's) must not count."""
+    running = torch.zeros(4)
+
+    def hook(module, inputs, output):
+        _CALLS.add_(1)
+        running.add_(output.detach().mean((0, 2, 3)))
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 2)).eval()
+    model[0].register_forward_hook(hook)
+
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x):
+            y = self.net(x)
+            return y if y.sum() > 0 else -y
+
+    prunefx.capture(model, torch.randn(1, 3, 6, 6))
+    with pytest.raises(CaptureError):
+        prunefx.capture(DataDependent(), torch.randn(1, 3, 6, 6))
+    assert float(_CALLS) == 0 and not running.any()
+    model(torch.randn(1, 3, 6, 6))  # the hook still counts the user's own calls
+    assert float(_CALLS) == 1 and running.any()
