@@ -423,6 +423,30 @@ def test_a_save_killed_between_its_two_replaces_is_finished_on_resume(tmp_path, 
     assert stats["resumed_from"] == resumed_from and _checkpoint_files(tmp_path) == [PROGRAM_FILE, STATE_FILE]
 
 
+def test_a_save_reaches_the_disk_before_its_commit_and_the_commit_after_it(tmp_path, monkeypatch):
+    """A power cut keeps one whole pair: both partial files are synced before the program is replaced, and the
+    folder after the state is."""
+    checkpoint = importlib.import_module("prunefx.passes.training.checkpoint")
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(descriptor):
+        events.append(("sync", Path(os.readlink(f"/proc/self/fd/{descriptor}")).name))
+        return real_fsync(descriptor)
+
+    def replace(source, target):
+        events.append(("replace", Path(target).name))
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    checkpoint.write_checkpoint(tmp_path, _program(), {"step": 1})
+    commit = events.index(("replace", PROGRAM_FILE))
+    synced = {name for kind, name in events[:commit] if kind == "sync"}
+    assert any(name.startswith(".program.partial.pt2.") for name in synced)
+    assert any(name.startswith(".trainer_state.partial.pt.") for name in synced)
+    assert events[commit + 1] == ("replace", STATE_FILE) and events[commit + 2:] == [("sync", tmp_path.name)]
+
+
 # --- hooks -----------------------------------------------------------------------------------------
 
 def test_hooks_see_gradients_and_replace_program_continues_with_new_parameters():

@@ -621,3 +621,15 @@ def test_lowerings_from_one_export_are_the_files_each_export_writes_alone(quanti
         single = alone[exported.activations]
         assert {**vars(exported), "path": None} == {**vars(single), "path": None}
         assert onnx.load(str(path)).graph == onnx.load(str(single.path)).graph
+
+
+def test_lowerings_are_written_all_or_none(quantized, tmp_path):
+    """A second file that cannot be written leaves the first path's previous file as it was, and no partial file."""
+    program, _ = quantized
+    first = tmp_path / "s8.onnx"
+    first.write_text("the previous run's file")
+    (tmp_path / "taken").write_text("a file where a folder should be")
+    with pytest.raises(OSError):
+        export_quantized_lowerings(program, {first: "s8", tmp_path / "taken" / "u8.onnx": "u8"})
+    assert first.read_text() == "the previous run's file"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["s8.onnx", "taken"]

@@ -5,10 +5,11 @@ scheduler, step, data position, RNG states of every process, logs; plain tensors
 `torch.load(weights_only=True)`). The state records the program file's SHA-256, so a crash between the
 two writes is caught on resume instead of mixing one save's weights with another's optimizer.
 
-A save writes both files under partial names, then replaces the program, then the state: the commit. An
-interrupt before the program is replaced leaves the previous pair as it was (the partial files removed); one
-after it finishes the commit; a process killed between the two replaces leaves the new state under its
-partial name, whose hash matches the new program, and `read_checkpoint` finishes that commit.
+A save writes both files under partial names, each synced to the disk, then replaces the program, then the
+state: the commit (the folder synced after it). An interrupt before the program is replaced leaves the previous
+pair as it was (the partial files removed); one after it finishes the commit; a process killed (or a power cut)
+between the two replaces leaves the new state under its partial name, whose hash matches the new program, and
+`read_checkpoint` finishes that commit.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError, first_line
 from prunefx.graph.placement import move_program
+from prunefx.graph.whole_files import replaced_whole, sync_folder
 from prunefx.passes.training.config import TrainingError
 
 PROGRAM_FILE = "program.pt2"
@@ -43,7 +45,8 @@ def write_checkpoint(directory: Path, program: Program, state: dict) -> None:
         snapshot.eval().save(program_tmp)
         state = {"format": _STATE_FORMAT, "parameters": parameter_shapes(program.module),
                  "program_sha256": _sha256(program_tmp), **state}
-        torch.save(state, state_tmp)
+        with replaced_whole(state_tmp) as partial:  # on the disk before the commit: a power cut keeps one pair
+            torch.save(state, partial)
         os.replace(program_tmp, directory / PROGRAM_FILE)
     finally:
         if program_tmp.exists():  # stopped before the program was replaced: the previous pair stands
@@ -51,6 +54,7 @@ def write_checkpoint(directory: Path, program: Program, state: dict) -> None:
             state_tmp.unlink(missing_ok=True)
         elif state_tmp.exists():  # the program is the new one: its state follows, whatever stopped the save
             os.replace(state_tmp, directory / STATE_FILE)
+        sync_folder(directory)
 
 
 def read_checkpoint(directory: Path) -> tuple[Program, dict] | None:

@@ -10,6 +10,7 @@ See docs/algorithms.md, 'The ONNX Runtime lowering'.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -82,14 +83,17 @@ def export_quantized_lowerings(program: Program, lowerings: Mapping[str | os.Pat
         raise OnnxExportError(f"model '{program.name}' holds no fake quantizers: run passes/quantize_int8 first")
     exported = _exported(program.clone().eval() if program.training else program, opset)
     written = {}
-    for index, (path, activations) in enumerate(lowerings.items()):
-        model = exported if index == len(lowerings) - 1 else _copy(exported)  # the last one rewrites the original
-        written[Path(path)] = _lowered(model, Path(path), activations)
+    with contextlib.ExitStack() as files:  # each file replaced only once every one is written: all or none
+        for index, (path, activations) in enumerate(lowerings.items()):
+            model = exported if index == len(lowerings) - 1 else _copy(exported)  # the last rewrites the original
+            partial = files.enter_context(replaced_whole(Path(path)))
+            written[Path(path)] = _lowered(model, Path(path), partial, activations)
     return written
 
 
-def _lowered(model: onnx.ModelProto, path: Path, activations: str) -> QuantizedExport:
-    """`model` (exported, rewritten in place) lowered for `activations` and saved whole at `path`."""
+def _lowered(model: onnx.ModelProto, path: Path, partial: Path, activations: str) -> QuantizedExport:
+    """`model` (exported, rewritten in place) lowered for `activations` and saved at `partial`, which becomes
+    `path`."""
     weights = fold_weight_quantizers(model)
     levels = LOWERINGS[activations]
     if levels is None:
@@ -101,8 +105,7 @@ def _lowered(model: onnx.ModelProto, path: Path, activations: str) -> QuantizedE
                    "integer_matmuls": result.integer_matmuls, "float_convolution_inputs": result.float_inputs}
     name_inputs_and_outputs(model)
     onnx.checker.check_model(model)
-    with replaced_whole(path) as partial:
-        onnx.save_model(model, partial)
+    onnx.save_model(model, partial)
     return QuantizedExport(path=path, activations=activations, weight_initializers=weights, **lowered)
 
 
