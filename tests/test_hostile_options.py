@@ -263,7 +263,7 @@ def test_fuzz_numeric_options_parse_or_are_one_line(case):
 
 
 @pytest.mark.slow
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(macs=st.sampled_from(["0.5", "0.01", "1", "nan", "2"]), round_to=st.sampled_from(["1", "8", "64", "0", "1000"]))
 def test_fuzz_real_prune_runs_succeed_or_fail_in_one_line(tmp_path_factory, macs, round_to):
     output = tmp_path_factory.mktemp("fuzz") / "out"

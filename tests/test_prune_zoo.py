@@ -69,6 +69,8 @@ ZOO_LANE = {
     'timm:poolformer_s12',  # MetaFormer pooling mixers: exact removal in test_channel_removal.py
     'timm:mobilevit_xs',  # conv-attention hybrid: exact removal in test_channel_removal.py (and coatnet there)
     'timm:convnext_atto',  # exact removal in test_channel_removal.py, ONNX parity in test_zoo_export.py
+    # segmentation heads: exact removal in test_channel_removal.py, a segmenter compressed in test_dense_tasks.py
+    'torchvision:lraspp_mobilenet_v3_large',
 }
 
 

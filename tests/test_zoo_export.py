@@ -19,8 +19,8 @@ PARITY_TOLERANCE = 1e-4  # max abs error relative to the largest output magnitud
 
 
 # Every model here is also captured, pruned, exported and checked for ONNX parity by test_prune_zoo.py; `make test`
-# keeps the ViT, the residual CNN and the segmenter through deit_tiny_patch16_224, resnet18 and
-# lraspp_mobilenet_v3_large there.
+# keeps the ViT and the residual CNN through deit_tiny_patch16_224 and resnet18 there, and a segmenter compressed
+# and exported in test_dense_tasks.py.
 ZOO_LANE = {'torchvision:resnet50', 'torchvision:densenet121', 'torchvision:convnext_tiny', 'torchvision:swin_t',
             'torchvision:vit_b_16', 'torchvision:efficientnet_b0', 'torchvision:mobilenet_v3_large', 'timm:efficientnet_b0',
             'timm:deit_tiny_patch16_224', 'timm:vit_small_patch16_224', 'torchvision:deeplabv3_mobilenet_v3_large',
