@@ -100,7 +100,7 @@ class PreparedModels:
     def __init__(self, device: CudaDevice, precision: str, batch: int, compile: bool, keep: int = 2):
         self.device, self.precision, self.batch, self.compile = device, precision, batch, compile
         # the least recently used goes, with its graph and memory pool
-        self.models = LastUsed(keep, released=lambda _: device.release())
+        self.models = LastUsed(keep, freed=device.release)
         self.notes: list[str] = []
         self.capture = True  # until a model cannot be captured: from then on every model is sampled eagerly
 

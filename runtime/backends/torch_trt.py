@@ -51,7 +51,7 @@ class _Compiled:
 
     def __init__(self, precision: str, batch: int):
         self.precision, self.batch = precision, batch
-        self.modules = LastUsed(released=lambda _: free_gpu_cache())
+        self.modules = LastUsed(freed=free_gpu_cache)
 
     def get(self, program: Program) -> tuple:
         key = fingerprint(program)

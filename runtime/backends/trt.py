@@ -72,7 +72,7 @@ class _Engines:
 
     def __init__(self, precision: str, cache_dir: str | None):
         self.precision, self.cache_dir = precision, cache_dir
-        self.loaded = LastUsed(released=lambda _: free_gpu_cache())
+        self.loaded = LastUsed(freed=free_gpu_cache)
 
     def timed(self, entry: tuple) -> Callable[[], float]:
         path, inputs, sha = entry

@@ -9,11 +9,13 @@ from collections.abc import Callable
 
 class LastUsed:
     """The `keep` entries used last, by key: a search meets hundreds of candidates, so only the dense model (used
-    by every measurement) and the few candidates met last stay. `released(entry)` runs after an entry is
-    dropped (hand its memory back, remove its file)."""
+    by every measurement) and the few candidates met last stay. `released(entry)` runs after an entry is dropped
+    (remove its file); `freed()` once the dropped entry is no longer referenced from here, so that what it held
+    can be handed back (an engine's or a CUDA graph's GPU memory)."""
 
-    def __init__(self, keep: int = 2, released: Callable[[object], object] | None = None):
-        self.keep, self.released, self.entries = keep, released, OrderedDict()
+    def __init__(self, keep: int = 2, released: Callable[[object], object] | None = None,
+                 freed: Callable[[], object] | None = None):
+        self.keep, self.released, self.freed, self.entries = keep, released, freed, OrderedDict()
         self.made = self.dropped = 0
 
     def get(self, key, make: Callable[[], object]):
@@ -21,10 +23,16 @@ class LastUsed:
             self.entries.move_to_end(key)
             return self.entries[key]
         while len(self.entries) >= self.keep:
-            _, entry = self.entries.popitem(last=False)
-            self.dropped += 1
-            if self.released is not None:
-                self.released(entry)
+            self._drop_oldest()
         self.entries[key] = value = make()
         self.made += 1
         return value
+
+    def _drop_oldest(self) -> None:
+        _, entry = self.entries.popitem(last=False)
+        self.dropped += 1
+        if self.released is not None:
+            self.released(entry)
+        del entry  # the last reference held here: freed() can hand its memory back
+        if self.freed is not None:
+            self.freed()
