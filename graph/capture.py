@@ -15,7 +15,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from prunefx.graph.data_dependent import check_static_shapes
 from prunefx.graph.errors import CaptureError, first_line
-from prunefx.graph.model_state import left_as_found
+from prunefx.graph.model_state import left_as_found, random_state_kept
 from prunefx.graph.output_tree import use_builtin_outputs
 from prunefx.graph.program import Program
 from prunefx.graph.torch_quiet import torch_quiet
@@ -58,18 +58,11 @@ def _check_runs_eagerly(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]
     """A model that fails in plain PyTorch has a wrong input, not an export problem: say so.
     Batch norms in training mode, attributes the forward sets and the user's hooks are left as found."""
     try:
-        with torch.no_grad(), left_as_found(model), torch.random.fork_rng(devices=_gpus(model, inputs)):
+        with torch.no_grad(), left_as_found(model), random_state_kept([*model.parameters(), *model.buffers(), *inputs]):
             model(*inputs)
     except Exception as error:
         shapes = ", ".join("x".join(map(str, x.shape)) for x in inputs)
         raise CaptureError(f"model '{name}' does not run on input shape {shapes}: {first_line(error)}") from error
-
-
-def _gpus(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[int]:
-    """The CUDA devices the run draws random numbers on (dropout in a training-mode model)."""
-    tensors = [*model.parameters(), *model.buffers(), *inputs]
-    devices = {t.device for t in tensors if t.device.type == "cuda"}
-    return sorted({torch.cuda.current_device() if d.index is None else d.index for d in devices})
 
 
 def _check_initialised(model: torch.nn.Module, name: str) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import types
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch.nn.modules import module as torch_module
@@ -46,14 +46,35 @@ class _ModuleRecord:
                 state[key] = value
         for key, saved in self.contents.items():
             _refill(self.attributes[key], saved)
-        with torch.no_grad():
-            for tensor, value in self.tensors.values():
-                # by value: batch norm's kernel updates its running statistics without a version bump
-                if not torch.equal(tensor, value):
-                    tensor.copy_(value)
+        _put_back(self.tensors.values())
 
 
 _MISSING = object()
+
+
+def _put_back(saved: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Each (tensor, value) pair's value copied back where it changed: by value, since batch norm's kernel updates
+    its running statistics without a version bump."""
+    with torch.no_grad():
+        for tensor, value in saved:
+            if not torch.equal(tensor, value):
+                tensor.copy_(value)
+
+
+@contextlib.contextmanager
+def values_kept(tensors: Iterable[torch.Tensor]) -> Iterator[None]:
+    """Each tensor's value as it was, put back when the block ends, however it ends."""
+    saved = [(tensor, tensor.detach().clone()) for tensor in tensors]
+    try:
+        yield
+    finally:
+        _put_back(saved)
+
+
+def random_state_kept(tensors: Iterable[torch.Tensor]) -> contextlib.AbstractContextManager:
+    """torch's random state on the CPU and on each GPU `tensors` are on, put back when the block ends (dropout in
+    a training-mode model draws from it)."""
+    return torch.random.fork_rng(devices=sorted({t.device.index for t in tensors if t.device.type == "cuda"}))
 
 
 def _shallow_copy(container):
@@ -138,10 +159,7 @@ class _KeptRecord:
             state = vars(self.target)
             state.clear()
             state.update(self.saved)
-        with torch.no_grad():
-            for tensor, value in self.values:
-                if not torch.equal(tensor, value):
-                    tensor.copy_(value)
+        _put_back(self.values)
 
 
 @contextlib.contextmanager

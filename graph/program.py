@@ -22,6 +22,7 @@ from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 from prunefx.graph.analysis_record import Analysis, AnalysisRecordError
 from prunefx.graph.attributes import delete_unused_tensors, get_tensor
 from prunefx.graph.errors import ProgramFileError, VerificationError, first_line, printable
+from prunefx.graph.model_state import values_kept
 from prunefx.graph.program_file import read_program_file, write_program_file
 from prunefx.graph.program_metadata import FORMAT_VERSION
 from prunefx.graph.safety.graph_bounds import recompute_shapes
@@ -134,7 +135,9 @@ class Program:
             return
         # Parameters stay real tensors; the mode converts them on the fly instead of copying them.
         mode = FakeTensorMode(allow_non_fake_inputs=True)
-        with torch.no_grad(), _buffers_kept(self.module):
+        # values_kept: propagation runs a one-element in-place update (a training-mode batch norm's
+        # num_batches_tracked += 1) on the real tensor, and checking a graph must not move its statistics
+        with torch.no_grad(), values_kept(self.module.buffers()):
             FakeTensorProp(self.module, mode=mode).propagate(*self.example_inputs)
         stamp = object()
         for node in _all_nodes(self.module):
@@ -221,20 +224,6 @@ def current_output_shapes(module: torch.fx.GraphModule) -> list[tuple[int, ...]]
     leaves = pytree.tree_leaves(output.args[0])
     values = [leaf.meta.get("val") for leaf in leaves if isinstance(leaf, torch.fx.Node)]
     return [tuple(int(s) for s in v.shape) for v in values if isinstance(v, torch.Tensor)]
-
-
-@contextlib.contextmanager
-def _buffers_kept(module: torch.nn.Module) -> Iterator[None]:
-    """Every buffer's value as it was: fake propagation runs a one-element in-place update (a training-mode batch
-    norm's num_batches_tracked += 1) on the real tensor, and checking a graph must not move its statistics."""
-    saved = [(buffer, buffer.detach().clone()) for buffer in module.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buffer, value in saved:
-                if not torch.equal(buffer, value):
-                    buffer.copy_(value)
 
 
 def _propagation_key(program: Program) -> tuple:

@@ -16,7 +16,7 @@ import torch
 
 from prunefx.graph import CaptureError, Program, PrunefxError, capture
 from prunefx.graph.errors import first_line
-from prunefx.graph.model_state import left_as_found
+from prunefx.graph.model_state import left_as_found, random_state_kept
 from prunefx.passes.core.pipeline import Pipeline, PipelineResult
 
 
@@ -48,8 +48,7 @@ def _record_calls(model: torch.nn.Module, example_inputs, parts: Sequence[str]) 
         lambda _module, args, kwargs, part=part: calls[part].append((args, kwargs)), with_kwargs=True)
         for part in parts]
     try:
-        gpus = sorted({t.device.index or 0 for t in model.parameters() if t.device.type == "cuda"})
-        with torch.no_grad(), left_as_found(model), torch.random.fork_rng(devices=gpus):
+        with torch.no_grad(), left_as_found(model), random_state_kept(model.parameters()):
             model(*_as_args(example_inputs))
     except Exception as error:
         raise PartError(f"{type(model).__name__} does not run on the example inputs: {first_line(error)}") from error

@@ -21,6 +21,7 @@ from prunefx.graph.channels.factor_slices import FactorSlices
 from prunefx.graph.channels.groups import Combing
 from prunefx.graph.channels.saliency import obs_saliency
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.model_state import random_state_kept, values_kept
 from prunefx.graph.placement import module_device
 
 aten = torch.ops.aten
@@ -150,7 +151,7 @@ def _batch_norm_weights(module: torch.fx.GraphModule) -> set[str]:
 def _gradient_scores(module, combing: Combing, criterion: str, batches) -> np.ndarray:
     device = module_device(module)
     batches = [tuple(t.to(device) for t in batch) for batch in batches]  # a recipe's loader gives CPU batches
-    with _left_as_found(module, device):
+    with _left_as_found(module):
         if criterion == "fisher":
             fisher = FisherAccumulator(module)
             for batch in batches:
@@ -170,23 +171,18 @@ def _gradient_scores(module, combing: Combing, criterion: str, batches) -> np.nd
 
 
 @contextlib.contextmanager
-def _left_as_found(module: torch.nn.Module, device: torch.device) -> Iterator[None]:
+def _left_as_found(module: torch.nn.Module) -> Iterator[None]:
     """Gradients on every parameter inside the block. The scoring runs the graph in the mode it is in (a
     training-mode batch norm updates its running statistics, dropout draws random numbers): each parameter's
     requires_grad and gradient, every buffer's value and the random state are put back after it."""
     parameters = [(p, p.requires_grad, p.grad) for p in module.parameters()]
-    buffers = [(buffer, buffer.detach().clone()) for buffer in module.buffers()]
-    gpus = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     for p, _, _ in parameters:
         p.requires_grad_(True)
         p.grad = None
     try:
-        with torch.random.fork_rng(devices=gpus):
+        with values_kept(module.buffers()), random_state_kept(module.parameters()):
             yield
     finally:
-        with torch.no_grad():
-            for buffer, value in buffers:
-                buffer.copy_(value)
         for p, requires_grad, grad in parameters:
             p.requires_grad_(requires_grad)
             p.grad = grad
