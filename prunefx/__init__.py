@@ -13,15 +13,22 @@ to ONNX and measure it on ONNX Runtime or TensorRT.
 import importlib
 
 # First, before torch is imported: in a deleted working folder its native libraries abort the process.
-from prunefx import working_folder  # noqa: F401, I001  (checks on import)
-from prunefx.graph import CaptureError, Program, PrunefxError, VerificationError, capture, count, verify
-from prunefx.graph.channels.rules import channel_rule, remove_channel_rule
+from prunefx import working_folder  # noqa: F401  (checks on import)
 
-load = Program.load
-
-# Imported on first use, so that `import prunefx.graph` (which runs this file first) loads neither
-# onnx nor onnxruntime: name -> (module, attribute or None for the module itself).
+# Imported on first use, so that `import prunefx.graph` (which runs this file first) loads neither onnx nor
+# onnxruntime, and `prunefx --help` not even torch: name -> (module, attribute path or None for the module).
 _LAZY = {
+    "graph": ("prunefx.graph", None),
+    "CaptureError": ("prunefx.graph", "CaptureError"),
+    "Program": ("prunefx.graph", "Program"),
+    "PrunefxError": ("prunefx.graph", "PrunefxError"),
+    "VerificationError": ("prunefx.graph", "VerificationError"),
+    "capture": ("prunefx.graph", "capture"),
+    "count": ("prunefx.graph", "count"),
+    "verify": ("prunefx.graph", "verify"),
+    "load": ("prunefx.graph", "Program.load"),
+    "channel_rule": ("prunefx.graph.channels.rules", "channel_rule"),
+    "remove_channel_rule": ("prunefx.graph.channels.rules", "remove_channel_rule"),
     "passes": ("prunefx.passes", None),
     "runtime": ("prunefx.runtime", None),
     "models": ("prunefx.models", None),  # prunefx.models.prepare_ultralytics, as capture's refusal advises
@@ -47,8 +54,9 @@ def __getattr__(name: str):
     if name not in _LAZY:
         raise AttributeError(f"module 'prunefx' has no attribute '{name}'")
     module_name, attribute = _LAZY[name]
-    module = importlib.import_module(module_name)
-    value = module if attribute is None else getattr(module, attribute)
+    value = importlib.import_module(module_name)
+    for part in attribute.split(".") if attribute else ():
+        value = getattr(value, part)
     globals()[name] = value  # later lookups skip __getattr__
     return value
 

@@ -96,11 +96,27 @@ def assert_one_line_error(code: int, out: str, err: str, command: str) -> str:
 
 def test_the_command_line_reads_its_arguments_without_importing_torchvision_or_timm():
     """They take 2 s of a start (torchvision imports torch's compiler); a command imports them where it uses
-    them, so that --help, a bad argument and the commands that load no such model answer sooner."""
-    code = ("import sys; from prunefx.cli import main; status = main(['--help']); "
+    them, so that a command's --help, a bad argument and the commands that load no such model answer sooner."""
+    code = ("import sys; from prunefx.cli import main; status = main(['prune', '--help']); "
             "print(status, sorted({m.split('.')[0] for m in sys.modules} & {'torchvision', 'timm', 'transformers'}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert "usage: prunefx" in done.stdout and done.stdout.strip().endswith("0 []"), done.stdout[-300:]
+    assert "--speedup" in done.stdout and done.stdout.strip().endswith("0 []"), done.stdout[-300:]
+
+
+@pytest.mark.parametrize("argv, status, said", [
+    (["--help"], 0, "demo"),  # every command listed, with what it does
+    ([], EXIT_USER_ERROR, "the following arguments are required: COMMAND"),
+    (["-v", "prnue", "x"], EXIT_USER_ERROR, "invalid choice: 'prnue'"),
+    (["-q", "-v"], EXIT_USER_ERROR, "not allowed with argument"),
+])
+def test_the_command_list_and_its_errors_import_no_torch(argv, status, said):
+    """`prunefx --help` and a mistyped command answer without torch's seconds of imports."""
+    code = (f"import sys; from prunefx.cli import main; status = main({argv!r}); "
+            "print(status, sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', 'onnx'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip().endswith(f"{status} []"), (done.stdout[-300:], done.stderr[-300:])
+    assert said in done.stdout + done.stderr
+    assert len(done.stderr.strip().splitlines()) == (0 if status == 0 else 1), done.stderr
 
 
 # --- inspect -------------------------------------------------------------------------------------------

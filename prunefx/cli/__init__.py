@@ -20,10 +20,10 @@ import sys
 import threading
 import warnings
 
+# Only modules that import no torch up here: `prunefx --help` and a mistyped argument answer at once. The rest
+# (prunefx.graph, which takes torch) once the arguments are read.
 from prunefx import standard_output
-from prunefx.environment_faults import environment_fault, unspellable_arguments
-from prunefx.graph.errors import PrunefxError, first_line, printable
-from prunefx.graph.torch_quiet import WithoutTorchPrints
+from prunefx.cli.commands import COMMANDS, Command
 from prunefx.interrupts import (
     HungUp,
     Terminated,
@@ -33,7 +33,6 @@ from prunefx.interrupts import (
     raise_if_interrupted,
     record_interrupt,
 )
-from prunefx.output_paths import check_outputs_spare_inputs
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
@@ -52,33 +51,35 @@ def _model_arguments(parser: argparse.ArgumentParser, *, onnx_allowed: bool = Fa
     parser.add_argument("--input-shape", help="example input shape, e.g. 1x3x224x224 (default: the model's)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from prunefx.cli.commands import (
-        bench,
-        check,
-        compress,
-        demo,
-        depth,
-        export,
-        inspect,
-        profile,
-        prune,
-        quantize,
-    )
-
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """Every command's parser; given the command line, only the command it names gets its arguments (and its
+    module imported), which is all argparse reads."""
     parser = _Parser(prog="prunefx", description="Make vision models smaller and faster.")
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("-v", "--verbose", action="count", default=0,
                           help="say what each pass does (-v), and the details (-vv)")
     loudness.add_argument("-q", "--quiet", action="store_true", help="errors only (progress bars stay)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    for module in (inspect, prune, depth, quantize, compress, export, bench, profile, check, demo):
-        sub = commands.add_parser(module.NAME, help=module.HELP, description=module.HELP)
-        if getattr(module, "TAKES_MODEL", True):
-            _model_arguments(sub, onnx_allowed=getattr(module, "ONNX_ALLOWED", False))
-        module.add_arguments(sub)
-        sub.set_defaults(handler=module.run)
+    named = _named_command(argv)
+    for command in COMMANDS:
+        sub = commands.add_parser(command.name, help=command.help, description=command.help)
+        if argv is None or command is named:
+            _command_arguments(sub, command)
     return parser
+
+
+def _named_command(argv: list[str]) -> Command | None:
+    """The command argparse will take: the first word that is not an option (the global ones take no value)."""
+    first_word = next((word for word in argv or () if not word.startswith("-")), None)
+    return next((command for command in COMMANDS if command.name == first_word), None)
+
+
+def _command_arguments(parser: argparse.ArgumentParser, command: Command) -> None:
+    module = command.module()
+    if command.takes_model:
+        _model_arguments(parser, onnx_allowed=command.onnx_allowed)
+    module.add_arguments(parser)
+    parser.set_defaults(handler=module.run)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,8 +102,15 @@ MAX_ERROR_CHARS = 1000
 
 
 def _one_line(text: str) -> str:
-    line = " ".join(printable(part) for part in str(text).split())
+    line = " ".join(_printable(part) for part in str(text).split())
     return line if len(line) <= MAX_ERROR_CHARS else line[:MAX_ERROR_CHARS] + " [...]"
+
+
+def _printable(word: str) -> str:
+    if word.isprintable():  # an argparse error about a plain word needs no import of prunefx.graph
+        return word
+    from prunefx.graph.errors import printable
+    return printable(word)
 
 
 def entry_point() -> int:
@@ -128,13 +136,19 @@ def _quiet_onnxruntime() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a bad argument (2, its one line already printed)
         return int(exit_.code or 0)
+    from prunefx.environment_faults import environment_fault, unspellable_arguments
+    from prunefx.graph.errors import PrunefxError, first_line
+    from prunefx.graph.torch_quiet import WithoutTorchPrints
+    from prunefx.output_paths import check_outputs_spare_inputs
+
     _never_raise_on_encoding()
-    unspellable = unspellable_arguments(sys.argv[1:] if argv is None else argv)
+    unspellable = unspellable_arguments(argv)
     if unspellable:
         _report(f"prunefx {args.command}: error: {unspellable}")
         return EXIT_USER_ERROR
@@ -166,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         what, status = _interruption(interrupt)
         notes = "".join(f"; {_one_line(note)}" for note in getattr(interrupt, "__notes__", ()))
         written = published()  # demo measures after it wrote its folder, for one
-        outcome = f"after writing {', '.join(map(printable, written))}" if written else "no output was written"
+        outcome = f"after writing {', '.join(map(_printable, written))}" if written else "no output was written"
         _report(f"prunefx {args.command}: {what}; {outcome}{notes}")
         return status
     except SystemExit as exit_:  # raised by user code we ran (a model factory), never by prunefx itself

@@ -25,10 +25,6 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.reports.budget_text import interval_text
 from prunefx.runtime import backends
 
-NAME = "bench"
-HELP = "measure latency (median, p90, p99); with --vs, two models side by side and their speed-up"
-ONNX_ALLOWED = True
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--vs", metavar="OTHER", help="a second model or .onnx file, timed alternately with the first")

@@ -13,10 +13,6 @@ import json
 from prunefx.runtime.check.readiness import check_file
 from prunefx.runtime.check.targets import TARGETS
 
-NAME = "check"
-HELP = "report what would stop or slow an engine build of an ONNX file on a target (no GPU needed); exit 1 on errors"
-TAKES_MODEL = False
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("file", help="the .onnx file to check")

@@ -23,10 +23,6 @@ from prunefx.output_paths import check_output_folder
 from prunefx.reports.compression import console_summary
 
 DEFAULT_BUDGET_RECIPE = "budget-kd"
-NAME = "compress"
-HELP = ("prune and recover a model with a recipe on a data set; write model.pt2, model.onnx and a report with "
-        "accuracy, MACs and measured speed-up")
-TAKES_MODEL = False
 
 
 def add_arguments(parser) -> None:

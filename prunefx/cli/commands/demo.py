@@ -48,10 +48,6 @@ from prunefx.runtime import (
 from prunefx.runtime.backends import Settings
 
 NAME = "demo"
-HELP = ("prune a Fashion-MNIST ResNet-20 (shipped checkpoint) the recommended way: calibration images, second-order "
-        "channel choice with compensation, short distillation; accuracy and ONNX Runtime latency before and after "
-        "(--imagenet: fold MobileNetV2)")
-TAKES_MODEL = False
 MODEL = "prunefx:resnet20"
 DATA = "fashion-mnist"
 CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "resnet20_fashion_mnist.pt"

@@ -25,8 +25,6 @@ from prunefx.passes.merge_blocks import MergeBlocksConfig, merge_blocks
 from prunefx.route_output import write_depth
 
 NAME = "depth"
-HELP = ("remove whole non-linearities from the least harmful blocks and merge them (one-shot UPDP), as many as "
-        "asked or as a measured speed-up or latency budget needs")
 BUDGETS = ("speedup", "latency_ms")  # depth_to_budget's: measured on --backend at batch 1
 
 

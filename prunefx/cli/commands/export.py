@@ -10,9 +10,6 @@ from prunefx.output_paths import check_output_file
 from prunefx.runtime import check_parity, export_onnx
 from prunefx.runtime.onnx.external import remove_stale_side_files, rename_external_data, side_file_name
 
-NAME = "export"
-HELP = "export a model to a cleaned, checked ONNX file and print its parity with torch"
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("-o", "--output", required=True, help="the .onnx file to write")

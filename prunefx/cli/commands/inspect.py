@@ -8,9 +8,6 @@ from prunefx.graph import count, operator_histogram
 from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.loading import program_from_args
 
-NAME = "inspect"
-HELP = "parameters, MACs, node count and operator histogram of a model"
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")

@@ -21,10 +21,6 @@ from prunefx.output_paths import check_output_file
 from prunefx.runtime import backends, format_profile_table
 from prunefx.runtime.tensorrt.layer_profile import write_profile_json
 
-NAME = "profile"
-HELP = "per-layer profile on a GPU backend: time per layer, sparse kernels, and the Program nodes each layer computes"
-ONNX_ALLOWED = True
-
 
 def add_arguments(parser) -> None:
     names = backends.names(profiles=True)

@@ -41,8 +41,6 @@ from prunefx.reports.seconds import WRITE_STAGE, StageSeconds
 from prunefx.route_output import write_depth, write_joint
 
 NAME = "prune"
-HELP = ("remove channels to a MACs or parameter target, or to a speed-up or latency measured on ONNX Runtime or "
-        "TensorRT; write model.pt2, model.onnx and report.json")
 TARGETS = ("macs", "params", "channels")
 BUDGETS = ("speedup", "latency_ms")  # prune_to_budget's: measured on --backend at batch 1
 SEARCH = ("tolerance", "max_candidates", "confirm")  # how prune_to_budget searches

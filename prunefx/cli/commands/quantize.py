@@ -38,8 +38,6 @@ from prunefx.runtime.backends import Settings
 from prunefx.runtime.check.readiness import report_entry
 
 NAME = "quantize"
-HELP = ("INT8 with Q/DQ (TensorRT's explicit quantization): write model.pt2, model.onnx (for --backend), "
-        "model_trt.onnx, model_ort.onnx, report.json")
 BACKENDS = {"ort": "model_ort.onnx", "trt": "model_trt.onnx"}
 READINESS = {"model_trt.onnx": ("trt10", "trt11"), "model_ort.onnx": ("ort",)}  # prunefx check's targets per file
 OPTIONS = ("method", "percentile", "max_batches", "skip_nodes", "skip_operators", "sensitive", "fold_batchnorm",
