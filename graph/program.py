@@ -144,6 +144,12 @@ class Program:
             node.meta[_PROPAGATION] = stamp
         self._propagated = (key, stamp)
 
+    def adopt(self, other: Program) -> None:
+        """Become `other` (its module, inputs, name, analysis and output shapes): a pass declared in place that
+        got a new Program (a checkpoint read back) still hands back the Program it was given."""
+        vars(self).clear()
+        vars(self).update(vars(other))
+
     def clone(self) -> Program:
         return Program(copy.deepcopy(self.module), self.example_inputs, name=self.name,
                        analysis=copy.deepcopy(self.analysis), output_shapes=list(self.output_shapes))

@@ -57,8 +57,9 @@ def distill(program: Program, /, *, config: dict | None = None) -> Result:
         trainer.after_backward.insert(0, masks.after_backward)
         trainer.after_step.insert(0, masks.after_step)
     stats = {**trainer.fit(), "quantization_aware": has_fake_quant(program.graph)}
-    trained = trainer.program
-    return Result(trained, modified=_changed(before, trained), stats=stats)
+    if trainer.program is not program:  # resumed: the Trainer trained the checkpoint's program, ours takes it on
+        program.adopt(trainer.program)
+    return Result(program, modified=_changed(before, program), stats=stats)
 
 
 def _snapshot(program: Program) -> dict[str, torch.Tensor]:

@@ -81,7 +81,8 @@ def prune_while_training(program: Program, /, *, config: dict | None = None) -> 
                            f"{schedule.events} pruning events every {schedule.interval} steps "
                            f"(needs at least {schedule.last_step})")
     training = trainer.fit()
-    program = trainer.program
+    if trainer.program is not program:  # resumed: the Trainer trained the checkpoint's program, ours takes it on
+        program.adopt(trainer.program)
     stats = schedule.statistics(program)
     stats["training"] = training
     if options.strict and not stats["target"]["met"]:

@@ -266,6 +266,21 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
     assert stats["train_loss"] == full_stats["train_loss"]
 
 
+def test_the_distill_pass_resumed_inside_a_pipeline_returns_the_program_it_was_given(tmp_path):
+    """Recipes and `compress` run distill in a Pipeline, which holds an in-place pass to returning the Program it
+    was given; a resumed run trains the checkpoint's program, which that Program takes on."""
+    from prunefx.passes.core.pipeline import Pipeline
+    data, teacher = _batches(3), _program(1, dropout=0.3)
+    config = dict(data=data, teacher=teacher, **_checkpointed(tmp_path / "cut"))
+    with pytest.raises(_Crash):
+        distill(_program(dropout=0.3), config=dict(config, after_step=[_crash_at(7)]))
+    resumed = Pipeline([(distill, dict(config, resume=True))]).run(_program(dropout=0.3))
+    whole = distill(_program(dropout=0.3), config=dict(config, checkpoint_dir=tmp_path / "whole"))
+    assert resumed.stats()["distill"]["resumed_from"] == 4
+    for (name, expected), (_, actual) in zip(whole.program.state_dict().items(), resumed.program.state_dict().items()):
+        assert torch.equal(expected, actual), name
+
+
 def _callers_draws() -> tuple:
     return torch.rand(3), random.random(), np.random.rand()
 

@@ -5,6 +5,7 @@ import torch
 
 from prunefx.graph import PrunefxError, capture, count, verify
 from prunefx.models import build_model
+from prunefx.passes.core.pipeline import Pipeline
 from prunefx.passes.prune_while_training import prune_while_training
 
 
@@ -114,7 +115,8 @@ def test_a_run_resumed_from_a_checkpoint_cuts_as_the_uninterrupted_one(resnet20_
     with pytest.raises(_Stop):
         prune_while_training(program.clone(), config=cut)
     monkeypatch.setattr(engine.Trainer, "_periodic", periodic)
-    resumed = prune_while_training(program.clone(), config=cut)
+    # through a Pipeline (every recipe): the pass still hands back the Program it was given, now trained
+    (_, resumed), = Pipeline([(prune_while_training, cut)]).run(program).steps
     assert resumed.stats["training"]["resumed_from"] == 3  # after the first cut, mid-way to the second
     assert [e["step"] for e in resumed.stats["events"]] == [2, 4, 6, 8]
     assert resumed.stats["target"]["met"]
