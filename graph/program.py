@@ -15,17 +15,15 @@ from pathlib import Path
 
 import torch
 import torch.utils._pytree as pytree
-from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.export.passes import move_to_device_pass
-from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from prunefx.graph.analysis_record import Analysis, AnalysisRecordError
 from prunefx.graph.attributes import delete_unused_tensors, get_tensor
 from prunefx.graph.errors import ProgramFileError, VerificationError, first_line, printable
-from prunefx.graph.model_state import values_kept
 from prunefx.graph.program_file import read_program_file, write_program_file
 from prunefx.graph.program_metadata import FORMAT_VERSION
 from prunefx.graph.safety.graph_bounds import recompute_shapes
+from prunefx.graph.shape_propagation import propagate_shapes
 from prunefx.graph.training_flags import (
     Modes,
     graph_training_mode,
@@ -133,12 +131,7 @@ class Program:
         last = getattr(self, "_propagated", None)
         if last is not None and last[0] == key and _all_propagated(self.module, last[1]):
             return
-        # Parameters stay real tensors; the mode converts them on the fly instead of copying them.
-        mode = FakeTensorMode(allow_non_fake_inputs=True)
-        # values_kept: propagation runs a one-element in-place update (a training-mode batch norm's
-        # num_batches_tracked += 1) on the real tensor, and checking a graph must not move its statistics
-        with torch.no_grad(), values_kept(self.module.buffers()):
-            FakeTensorProp(self.module, mode=mode).propagate(*self.example_inputs)
+        propagate_shapes(self.module, self.example_inputs)
         stamp = object()
         for node in _all_nodes(self.module):
             node.meta[_PROPAGATION] = stamp

@@ -69,16 +69,19 @@ def test_train_flips_batchnorm_and_dropout_flags_and_updates_statistics():
     assert torch.equal(program(x), program(x)), "eval mode must be deterministic (no dropout)"
 
 
-def test_checking_a_training_program_leaves_every_batch_norm_statistic_as_it_was():
-    """Shape propagation (verify, every Pipeline check) ran the counter's += 1 on the real tensor."""
+def test_checking_or_loading_a_training_program_leaves_every_batch_norm_statistic_as_it_was(tmp_path):
+    """Shape propagation (verify, every Pipeline check, the shape check of a load) ran the counter's += 1 on the
+    real tensor."""
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU()).train()
+    model(torch.randn(2, 3, 8, 8))  # a counter at 1, running statistics moved: values a load must keep
     program = capture(model, torch.randn(2, 3, 8, 8))
-    before = {name: tensor.clone() for name, tensor in program.module.named_buffers()}
+    before = {name: tensor.clone() for name, tensor in model.named_buffers()}
     verify(program, reexport=False)
     program._propagated = None  # propagate again even though nothing changed
     program.refresh_meta()
-    after = dict(program.module.named_buffers())
-    assert before.keys() == after.keys() and all(torch.equal(before[name], after[name]) for name in before)
+    loaded = Program.load(program.save(tmp_path / "training.pt2"))
+    for buffers in (dict(program.module.named_buffers()), dict(loaded.module.named_buffers())):
+        assert before.keys() == buffers.keys() and all(torch.equal(before[name], buffers[name]) for name in before)
 
 
 def test_save_load_reproduces_outputs_bit_for_bit(resnet18_program, tmp_path):

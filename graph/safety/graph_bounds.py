@@ -12,10 +12,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from prunefx.graph.errors import ProgramFileError, first_line, printable
+from prunefx.graph.shape_propagation import propagate_shapes
 
 # 2**28 float32 values are 1 GiB: far above any activation of a vision model at the batch sizes prunefx
 # captures (ResNet-50's largest at batch 8 is 2**25), far below what would exhaust a development machine.
@@ -25,10 +24,8 @@ MAX_TENSOR_ELEMENTS = 1 << 28
 def recompute_shapes(module: torch.fx.GraphModule, inputs: tuple[torch.Tensor, ...], where: str) -> None:
     """Replace every node's recorded shape by the one propagated from `inputs` through the graph, and
     refuse a graph any of whose values would exceed MAX_TENSOR_ELEMENTS."""
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
     try:
-        with torch.no_grad():
-            FakeTensorProp(module, mode=mode).propagate(*inputs)
+        propagate_shapes(module, inputs)
     except Exception as error:  # a graph whose recorded shapes do not follow from its operators
         raise ProgramFileError(f"{where}: its graph does not run on its own inputs: {first_line(error)}") from None
     for node in module.graph.nodes:
