@@ -14,10 +14,11 @@ import torch
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from prunefx.graph.data_dependent import check_static_shapes
-from prunefx.graph.errors import CaptureError, first_line
+from prunefx.graph.errors import CaptureError, first_line, printable
 from prunefx.graph.model_state import left_as_found, random_state_kept
 from prunefx.graph.output_tree import use_builtin_outputs
 from prunefx.graph.program import Program
+from prunefx.graph.program_metadata import program_name
 from prunefx.graph.torch_quiet import torch_quiet
 
 _OPERATOR_PATTERNS = (
@@ -90,6 +91,8 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     line): the Program then takes the model's own tensors, without a second copy of every weight, and rewriting
     or training it would change the model too.
     """
+    if name is not None and program_name(name) is None:  # refused before any work, as the Program would
+        raise CaptureError(f"capture's name must be non-empty text, not {printable(repr(name))[:60]}")
     if isinstance(model, torch.export.ExportedProgram):
         return _capture_exported(model, example_inputs, name=name or "exported")
     if example_inputs is None:

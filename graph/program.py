@@ -19,9 +19,9 @@ from torch.export.passes import move_to_device_pass
 
 from prunefx.graph.analysis_record import Analysis, AnalysisRecordError
 from prunefx.graph.attributes import delete_unused_tensors, get_tensor
-from prunefx.graph.errors import ProgramFileError, VerificationError, first_line, printable
+from prunefx.graph.errors import ProgramFileError, PrunefxError, VerificationError, first_line, printable
 from prunefx.graph.program_file import read_program_file, write_program_file
-from prunefx.graph.program_metadata import FORMAT_VERSION
+from prunefx.graph.program_metadata import FORMAT_VERSION, program_name
 from prunefx.graph.safety.graph_bounds import recompute_shapes
 from prunefx.graph.shape_propagation import propagate_shapes
 from prunefx.graph.training_flags import (
@@ -50,6 +50,18 @@ class Program:
         # What passes hand to later passes (graph/analysis_record.py), saved with the Program.
         self.analysis: Analysis = analysis if analysis is not None else Analysis()
         self._exported: tuple[tuple, torch.export.ExportedProgram] | None = None  # see export()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        """Kept as a saved file reads it back (graph/program_metadata.py): what save writes, load returns."""
+        name = program_name(value)
+        if name is None:
+            raise PrunefxError(f"a Program's name must be non-empty text, not {printable(repr(value))[:60]}")
+        self._name = name
 
     @classmethod
     def from_exported(cls, exported: torch.export.ExportedProgram, example_inputs, *, name: str) -> Program:

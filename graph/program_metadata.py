@@ -83,10 +83,19 @@ def _graph_output_shapes(exported) -> list[tuple[int, ...]] | None:
     return [tuple(int(s) for s in v.shape) for v in values]
 
 
-def _name(value, where: str) -> str:
+def program_name(value) -> str | None:
+    """A Program's name as it is kept, saved and read back: stripped, control characters escaped, at most
+    MAX_NAME_LENGTH characters; None for no name (not text, or blank)."""
     if not isinstance(value, str) or not value.strip():
-        raise ProgramFileError(f"{where}: prunefx.json field 'name' must be non-empty text")
+        return None
     return printable(value.strip())[:MAX_NAME_LENGTH]
+
+
+def _name(value, where: str) -> str:
+    name = program_name(value)
+    if name is None:
+        raise ProgramFileError(f"{where}: prunefx.json field 'name' must be non-empty text")
+    return name
 
 
 def _inputs(value, where: str) -> list[dict]:

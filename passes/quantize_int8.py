@@ -21,6 +21,7 @@ from prunefx.graph.attributes import get_tensor
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.int8.attention import decompose_attention
 from prunefx.graph.int8.quantization import (
+    QUANTIZABLE_OPERATORS,
     QuantTarget,
     channel_amax,
     fake_quantize,
@@ -31,6 +32,7 @@ from prunefx.graph.int8.quantization import (
     scale_of,
 )
 from prunefx.graph.int8.ranges import METHODS, RangeObserver
+from prunefx.passes.core import config_checks as checks
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.pass_config import PassConfig, option
 from prunefx.passes.core.pipeline import run_inner
@@ -89,6 +91,7 @@ def quantize_int8(program: Program, /, *, config: dict | QuantizeInt8Config | No
     if not any(target.kind == "layer" for target in targets):  # adds and pools alone: nothing to compute on INT8
         raise PrunefxError(f"{OWNER}: model '{program.name}' has no quantizable layer (convolution, linear or "
                            f"matmul with a float input){_refusals(refused)}")
+    _check_skip_lists(program, settings, targets, refused)
     skipped = [{"layer": name, "operator": None, "reason": reason} for name, reason in refused.items()]
     chosen = []
     for target in targets:
@@ -120,6 +123,16 @@ def _refusals(refused: dict[str, str]) -> str:
         return ""
     name, reason = next(iter(refused.items()))
     return f" ({name}: {reason})"
+
+
+def _check_skip_lists(program: Program, settings: QuantizeInt8Config, targets, refused: dict[str, str]) -> None:
+    """A name in skip_nodes or skip_operators that matches nothing would quantize what the user meant to keep in
+    float, silently; an operator a model lacks is fine (one recipe, many models), one no layer can have is not."""
+    layers = {target.layer.name for target in targets} | set(refused)
+    checks.names_in(OWNER, "skip_nodes", settings.skip_nodes, layers,
+                    what=f"a layer of {program.name} that {OWNER} quantizes or refuses")
+    checks.names_in(OWNER, "skip_operators", settings.skip_operators, QUANTIZABLE_OPERATORS,
+                    what="an operator it quantizes", where=f" ({', '.join(sorted(QUANTIZABLE_OPERATORS))})")
 
 
 def _kept_by_user(target: QuantTarget, settings: QuantizeInt8Config) -> str | None:

@@ -11,7 +11,6 @@ The config in full: see docs/algorithms.md, 'remove_channels', and docs/referenc
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import math
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from prunefx.graph.channels.selection import (
     Target,
     removable_counts,
 )
-from prunefx.graph.errors import PrunefxError, printable
+from prunefx.graph.errors import PrunefxError
 from prunefx.graph.program import current_output_shapes
 from prunefx.passes.core import config_checks as checks
 from prunefx.passes.core.contract import graph_pass
@@ -182,14 +181,8 @@ def _check_outputs_kept(program: Program) -> None:
 
 
 def _check_keep(program: Program, keep) -> None:
-    """A `keep` name that is not a node of the graph is a mistake (a typo keeps nothing), not a no-op."""
-    nodes = {node.name for node in program.graph.nodes}
-    for name in keep:
-        if name not in nodes:
-            close = difflib.get_close_matches(name, sorted(nodes), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else " (see `prunefx inspect` for node names)"
-            raise PrunefxError(f"remove_channels: 'keep' names '{printable(name)[:60]}', which is not a node of "
-                               f"{program.name}{hint}")
+    checks.names_in("remove_channels", "keep", keep, {node.name for node in program.graph.nodes},
+                    what=f"a node of {program.name}")
 
 
 def _importance(program: Program, combing, config: RemoveChannelsConfig, hessians: dict | None, widths: dict):

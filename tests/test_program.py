@@ -4,7 +4,16 @@ import pytest
 import torch
 import torchvision
 
-from prunefx.graph import CaptureError, Program, ProgramFileError, VerificationError, capture, count, verify
+from prunefx.graph import (
+    CaptureError,
+    Program,
+    ProgramFileError,
+    PrunefxError,
+    VerificationError,
+    capture,
+    count,
+    verify,
+)
 from prunefx.graph.analysis_record import LinearizeRecord
 from prunefx.graph.attributes import set_tensor
 
@@ -134,6 +143,26 @@ def test_loading_either_kind_of_archive_leaves_the_random_state_and_draws_the_sa
     inputs = [Program.load(path).example_inputs[0] for path in (ours, plain, plain)]
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(inputs[1], inputs[2]) and torch.equal(inputs[0], inputs[1])
+
+
+@pytest.mark.parametrize("given, kept", [
+    (" resnet18 ", "resnet18"), ("line1\nline2", "line1\\nline2"), ("modèle", "modèle"), ("x" * 250, "x" * 200),
+])
+def test_a_programs_name_is_kept_as_a_saved_file_reads_it_back(tmp_path, given, kept):
+    """load strips, escapes and shortens a file's name: a Program keeps it that way from the start, so that
+    what save writes is what load returns."""
+    program = capture(torch.nn.Linear(8, 4).eval(), torch.randn(2, 8), name=given)
+    assert program.name == kept
+    assert Program.load(program.save(tmp_path / "named.pt2")).name == kept
+
+
+def test_a_blank_name_is_refused_before_anything_runs():
+    with pytest.raises(CaptureError, match="name must be non-empty text"):
+        capture(torch.nn.Linear(8, 4).eval(), torch.randn(2, 8), name="   ")
+    program = capture(torch.nn.Linear(8, 4).eval(), torch.randn(2, 8), name="linear")
+    with pytest.raises(PrunefxError, match="name must be non-empty text"):
+        program.name = "\t"
+    assert program.name == "linear"
 
 
 def test_load_rejects_missing_and_corrupt_files(tmp_path):

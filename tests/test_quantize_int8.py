@@ -208,6 +208,20 @@ def test_layers_kept_in_float_by_name_operator_and_sensitivity(one_thread):
         assert not any(isinstance(arg, torch.fx.Node) and "fake_quantize" in str(arg.target) for arg in node.args)
 
 
+@pytest.mark.parametrize("config, message", [
+    ({"skip_nodes": ["linaer"]}, "'skip_nodes' names 'linaer', which is not a layer of .*; did you mean linear"),
+    ({"skip_nodes": ["relu"]}, "'skip_nodes' names 'relu'"),  # a node, but no layer: it would keep nothing
+    ({"skip_operators": ["Conv2d"]}, "'skip_operators' names 'Conv2d', which is not an operator it quantizes"),
+])
+def test_a_skip_list_naming_nothing_it_could_keep_is_refused(one_thread, config, message):
+    """Silently ignored, a typo quantized the very layer the user asked to keep in float."""
+    assert any(node.name == "relu" for node in _net().graph.nodes)
+    with pytest.raises(ConfigError, match=message):
+        quantize_int8(_net(), config={"calibration": _batches(), **config})
+    kept = quantize_int8(_net(), config={"calibration": _batches(), "skip_operators": ["conv_transpose2d"]})
+    assert kept.stats["quantized"]  # an operator this model lacks: one recipe serves many models
+
+
 def test_second_run_changes_nothing_and_bad_inputs_are_errors(quantized):
     program, _ = quantized
     again = quantize_int8(program, config={"calibration": _batches()})

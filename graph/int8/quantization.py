@@ -31,6 +31,12 @@ _AVERAGE_POOLS = {aten.adaptive_avg_pool1d.default, aten.adaptive_avg_pool2d.def
                   aten.avg_pool3d.default, aten._adaptive_avg_pool2d.default, aten._adaptive_avg_pool3d.default}
 
 
+# What `skip_operators` may name: every operator a QuantTarget can have (operator_name of its node).
+QUANTIZABLE_OPERATORS = frozenset(str(op).split(".")[1] for op in (
+    *_CONVOLUTIONS, *_TRANSPOSED, *_MATMULS, *_AVERAGE_POOLS, aten.convolution.default, aten.linear.default,
+    aten.add.Tensor, aten.add_.Tensor, aten.mean.dim))
+
+
 @dataclass
 class QuantTarget:
     """A layer to quantize: its activation inputs (per-tensor quantizers) and its weight (per channel)."""

@@ -1,13 +1,15 @@
 """Range checks of pass options, and the error they raise.
 
-Keys and types are checked by each pass's config class (passes/core/pass_config.py); these two helpers check
-the numbers the field bounds and a class's `check()` ask about, each error one line naming the pass and
-the key.
+Keys and types are checked by each pass's config class (passes/core/pass_config.py); these helpers check
+the numbers the field bounds and a class's `check()` ask about, and the names an option gives, each error one
+line naming the pass and the key.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Collection, Iterable
 
 from prunefx.graph.errors import PrunefxError, printable
 
@@ -18,7 +20,6 @@ class ConfigError(PrunefxError):
 
 def _shown(value) -> str:
     return printable(repr(value))[:60]
-
 
 
 def number(owner: str, key: str, value, *, low: float | None = None, high: float | None = None,
@@ -42,3 +43,14 @@ def integer(owner: str, key: str, value, *, minimum: int | None = None) -> int:
     if minimum is not None and value < minimum:
         raise ConfigError(f"{owner}: '{key}' must be at least {minimum}, not {value}")
     return value
+
+
+def names_in(owner: str, key: str, names: Iterable[str], known: Collection[str], *, what: str,
+             where: str = " (see `prunefx inspect` for node names)") -> None:
+    """Every name is one of `known`: a name that is not (a typo, a name from before a save) would keep nothing
+    and say nothing, so it is refused, with the closest known names."""
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else where
+            raise ConfigError(f"{owner}: '{key}' names '{printable(name)[:60]}', which is not {what}{hint}")
