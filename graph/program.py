@@ -20,6 +20,7 @@ from torch.export.passes import move_to_device_pass
 from prunefx.graph.analysis_record import Analysis, AnalysisRecordError
 from prunefx.graph.attributes import delete_unused_tensors, get_tensor
 from prunefx.graph.errors import ProgramFileError, PrunefxError, VerificationError, first_line, printable
+from prunefx.graph.node_names import node_names, restore_node_names
 from prunefx.graph.program_file import read_program_file, write_program_file
 from prunefx.graph.program_metadata import FORMAT_VERSION, program_name
 from prunefx.graph.safety.graph_bounds import recompute_shapes
@@ -190,6 +191,7 @@ class Program:
                        for x in self.example_inputs],
             "output_shapes": [list(shape) for shape in self.output_shapes],
             "analysis": self.analysis.to_json(),
+            "nodes": node_names(self.module),
         }
         return write_program_file(Path(path), self._exported_on_cpu(), metadata)
 
@@ -215,6 +217,7 @@ class Program:
             program = cls.from_exported(exported, inputs, name=metadata.get("name", printable(path.stem)))
         except Exception as error:  # a graph torch could read but not rebuild into a module
             raise ProgramFileError(f"cannot rebuild program {path}: {first_line(error)}") from error
+        restore_node_names(program.module, metadata.get("nodes", []))
         # the file's recorded shapes are claims: every figure reported comes from the graph (graph_bounds.py)
         recompute_shapes(program.module, program.example_inputs, printable(str(path)))
         program.output_shapes = current_output_shapes(program.module)

@@ -9,6 +9,7 @@ graph itself. Any deviation is a ProgramFileError naming the file and the field.
 from __future__ import annotations
 
 import json
+import keyword
 import math
 
 import torch
@@ -21,7 +22,8 @@ MAX_NAME_LENGTH = 200
 # (a 4k RGB frame is 2**25), and small enough to allocate on a development machine.
 MAX_INPUT_ELEMENTS = 1 << 28
 _DTYPES = {"float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"}
-_KEYS = {"format", "name", "inputs", "output_shapes", "analysis"}
+_KEYS = {"format", "name", "inputs", "output_shapes", "analysis", "nodes"}
+MAX_NODES = 1 << 20  # operator nodes whose names a file records: ViT-g has about 3,000
 
 
 def parse_metadata(text: str, where: str) -> dict:
@@ -48,6 +50,8 @@ def parse_metadata(text: str, where: str) -> dict:
     if "output_shapes" in record:
         checked["output_shapes"] = [_shape(s, f"{where}: output_shapes[{i}]")
                                     for i, s in enumerate(_list(record["output_shapes"], f"{where}: output_shapes"))]
+    if "nodes" in record:
+        checked["nodes"] = _nodes(record["nodes"], where)
     if "analysis" in record:
         if not isinstance(record["analysis"], dict):
             raise ProgramFileError(f"{where}: prunefx.json field 'analysis' must be a JSON object, "
@@ -114,6 +118,19 @@ def _inputs(value, where: str) -> list[dict]:
                                    "(refused: it could not be allocated)")
         checked.append({"shape": shape, "dtype": spec["dtype"]})
     return checked
+
+
+def _nodes(value, where: str) -> list[list[str]]:
+    """[name, operator] pairs: names become Python identifiers in the module's generated code."""
+    if not isinstance(value, list) or len(value) > MAX_NODES:
+        raise ProgramFileError(f"{where}: prunefx.json field 'nodes' must be a list of at most {MAX_NODES} entries")
+    for index, entry in enumerate(value):
+        if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(part, str) for part in entry)
+                and entry[0].isidentifier() and not keyword.iskeyword(entry[0]) and len(entry[0]) <= 1000
+                and len(entry[1]) <= 200):
+            raise ProgramFileError(f"{where}: prunefx.json nodes[{index}] must be [name, operator], the name a "
+                                   f"Python identifier, not {printable(json.dumps(entry))[:60]}")
+    return value
 
 
 def _list(value, where: str) -> list:

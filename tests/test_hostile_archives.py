@@ -225,6 +225,9 @@ METADATA_CASES = {
     "absurd shape": ({"inputs": [{"shape": [1, 3, 100000, 100000], "dtype": "float32"}]}, "2\\*\\*28"),
     "unknown dtype": ({"inputs": [{"shape": [1, 3, 8, 8], "dtype": "object"}]}, "dtype 'object'"),
     "analysis of the wrong type": ({"analysis": ["groups"]}, "'analysis' must be a JSON object"),
+    "node names not a list": ({"nodes": "conv2d"}, "'nodes' must be a list"),
+    "node name as code": ({"nodes": [["x = __import__('os')", "aten.conv2d.default"]]}, "a Python identifier"),
+    "node name a keyword": ({"nodes": [["import", "aten.conv2d.default"]]}, "a Python identifier"),
     "inputs disagree with the graph": ({"inputs": [{"shape": [1, 3, 16, 16], "dtype": "float32"}]}, "the graph takes"),
     "outputs disagree with the graph": ({"output_shapes": [[1, 5]]}, "the graph gives"),
 }

@@ -165,6 +165,26 @@ def test_a_blank_name_is_refused_before_anything_runs():
     assert program.name == "linear"
 
 
+def test_node_names_a_pass_gave_come_back_from_a_saved_file(tmp_path):
+    """torch.export names nodes afresh (`conv2d_default_1` came back as `conv2d_1`): a distillation's feature loss
+    or a layer kept in float, named before a save, found nothing after it."""
+    from prunefx.passes.merge_blocks import merge_blocks
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
+                                torch.nn.Identity(), torch.nn.Conv2d(8, 4, 1)).eval()
+    program = capture(model, torch.randn(1, 3, 8, 8))
+    relu = next(node for node in program.graph.nodes if node.target is torch.ops.aten.relu.default)
+    relu.replace_all_uses_with(relu.args[0])  # a linearised block: the merge makes a node of its own
+    program.graph.erase_node(relu)
+    program.recompile()
+    merged = merge_blocks(program).program
+    names = [node.name for node in merged.graph.nodes if node.op == "call_function"]
+    assert any("default" in name for name in names)  # a name torch.export would not give
+    loaded = Program.load(merged.save(tmp_path / "merged.pt2"))
+    assert [node.name for node in loaded.graph.nodes if node.op == "call_function"] == names
+    x = torch.randn(1, 3, 8, 8)
+    assert torch.equal(loaded(x), merged(x))
+
+
 def test_load_rejects_missing_and_corrupt_files(tmp_path):
     with pytest.raises(ProgramFileError, match="no such program file"):
         Program.load(tmp_path / "missing.pt2")
