@@ -4,6 +4,7 @@ Deliberate errors must exit with status 2 and print exactly one line to stderr, 
 """
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -408,6 +409,17 @@ def test_bench_without_thread_spinning_says_so(capsys, tmp_path, factories):
     assert "(not spinning)" in out
     code, out, err = run_cli(capsys, "bench", path, "--backend", "torch", "--no-spinning")
     assert "--no-spinning applies to --backend ort" in assert_one_line_error(code, out, err, "bench")
+
+
+def test_bench_json_is_strict_json_when_a_speed_up_is_infinite(capsys, tmp_path, factories, monkeypatch):
+    from prunefx.runtime.backends.ort import OnnxRuntimeBackend
+    program = capture(factories["build"]().eval(), torch.randn(1, 3, 32, 32), name="build")
+    path = export_onnx(program, tmp_path / "build.onnx").path
+    monkeypatch.setattr(OnnxRuntimeBackend, "bench", lambda self, models, settings: {"speedup": math.inf, "ratio": math.nan})
+    code, out, err = run_cli(capsys, "bench", str(path), "--vs", str(path), "--runs", "3", "--json")
+    assert code == 0, err
+    report = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    assert report["speedup"] is None and report["ratio"] is None
 
 
 def test_bench_rejects_zero_runs(capsys, saved_program):

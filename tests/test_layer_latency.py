@@ -137,6 +137,19 @@ def test_an_unreadable_cache_is_measured_again(tmp_path, text):
     assert len(timer.timed) == 8 and json.loads(path.read_text())["identity"]["device"] == "fake CPU A"
 
 
+@pytest.mark.parametrize("value", [True, -1.0, "2.0", None])
+def test_a_cached_entry_that_is_no_time_is_measured_again(tmp_path, value):
+    """JSON's `true` is a Python int: read as a time it said 1 ms."""
+    build_latency_table([CONV], FakeTimer(), multiple=16, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("*.json")
+    record = json.loads(path.read_text())
+    record["entries"] = {key: value for key in record["entries"]}
+    path.write_text(json.dumps(record))
+    timer = FakeTimer()
+    build_latency_table([CONV], timer, multiple=16, cache_dir=tmp_path)
+    assert len(timer.timed) == 8
+
+
 @pytest.mark.parametrize("options, message", [({"multiple": 0}, "multiple"), ({"points": 1}, "2 widths"),
                                               ({"max_ratio": 1.0}, "max_ratio"), ({"batch": 0}, "batch")])
 def test_bad_settings_are_refused(tmp_path, options, message):

@@ -53,7 +53,8 @@ class LatencyCache:
                         self.path)
             return {}
         return {str(key): float(value) for key, value in entries.items()
-                if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0}
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                and value >= 0}
 
     def get(self, geometry: str) -> float | None:
         return self.entries.get(geometry)

@@ -23,6 +23,7 @@ from prunefx import options
 from prunefx.bench_models import add_backend_arguments, bench_model, checked_backend, flushes_denormals
 from prunefx.graph.errors import PrunefxError
 from prunefx.reports.budget_text import interval_text
+from prunefx.reports.compression import json_safe
 from prunefx.runtime import backends
 
 
@@ -69,7 +70,8 @@ def run(args) -> int:
         report.update(backend.bench(models, settings))
     if args.vs:
         report["vs"] = args.vs
-    print(json.dumps(report, indent=2) if args.json else _table(report))
+    # a speed-up over a zero median is infinite: null, never the `Infinity` strict JSON readers refuse
+    print(json.dumps(json_safe(report), indent=2, allow_nan=False) if args.json else _table(report))
     return 0
 
 
