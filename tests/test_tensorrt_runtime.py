@@ -75,6 +75,36 @@ def test_engine_key_is_stable_and_changes_with_every_input():
     assert engine_cache_key(b"ab", options, "c", "d") != engine_cache_key(b"a", options, "bc", "d")
 
 
+def test_an_engine_is_built_anew_for_new_weights_a_model_keeps_beside_it(tmp_path, monkeypatch):
+    """A model over 2 GB keeps its weights in a side file: new weights under the same name got the old engine."""
+    from onnx import helper, numpy_helper
+    trt, _ = _fake_tensorrt("10.3.0", explicit_batch=True, strongly_typed=True, weak_flags=True)
+    loaded = []
+    monkeypatch.setattr(tensorrt_engine, "require_tensorrt", lambda: trt)
+    monkeypatch.setattr(tensorrt_engine, "require_cuda", lambda: None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "fake GPU")
+    monkeypatch.setattr(tensorrt_engine.Engine, "load", lambda path, *_, **__: loaded.append(path.name))
+    model = tmp_path / "model" / "m.onnx"
+    model.parent.mkdir()
+
+    def write(weights):
+        (tmp_path / "model" / "m.onnx.data").unlink(missing_ok=True)  # onnx appends to a side file already there
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+                                  [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
+                                  [numpy_helper.from_array(weights, "w")])
+        onnx.save(helper.make_model(graph), str(model), save_as_external_data=True, location="m.onnx.data",
+                  size_threshold=0)
+        return model.read_bytes()
+
+    graph_bytes = write(np.eye(4, dtype=np.float32))
+    for _ in range(2):  # built, then read from the cache
+        tensorrt_engine.build_engine(model, cache_dir=tmp_path / "cache")
+    assert write(2 * np.eye(4, dtype=np.float32)) == graph_bytes  # the same file, new weights beside it
+    tensorrt_engine.build_engine(model, cache_dir=tmp_path / "cache")
+    assert len(set(loaded)) == 2 and loaded[0] == loaded[1]
+
+
 def test_timing_cache_is_shared_across_models_but_not_gpus():
     assert timing_cache_key("10.3.0", "Orin") == timing_cache_key("10.3.0", "Orin")
     assert timing_cache_key("10.3.0", "Orin") != timing_cache_key("10.3.0", "A100")

@@ -12,12 +12,15 @@ in all are read. The side files prunefx writes are named here too (`side_file_na
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import re
 import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import BinaryIO
 
 import onnx
 
@@ -84,7 +87,9 @@ def _integer(entries: dict[str, str], key: str, where: str) -> int | None:
     return value
 
 
-def _read_range(path: Path, offset: int, length: int | None, where: str) -> bytes:
+@contextlib.contextmanager
+def _regular_file(path: Path, where: str) -> Iterator[tuple[BinaryIO, os.stat_result]]:
+    """`path` open for reading, with its status; refused unless a regular file (a FIFO would block forever)."""
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as error:
@@ -93,11 +98,16 @@ def _read_range(path: Path, offset: int, length: int | None, where: str) -> byte
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode):
             raise ExternalDataError(f"{where} is not a regular file")
+        os.set_blocking(descriptor, True)
+        yield file, status
+
+
+def _read_range(path: Path, offset: int, length: int | None, where: str) -> bytes:
+    with _regular_file(path, where) as (file, status):
         size = status.st_size - offset if length is None else length
         if offset + size > status.st_size or size < 0:
             raise ExternalDataError(f"{where}: bytes {offset}..{offset + max(size, 0)} lie beyond its end "
                                     f"({status.st_size} bytes)")
-        os.set_blocking(descriptor, True)
         file.seek(offset)
         return file.read(size)
 
@@ -151,6 +161,21 @@ def external_data_files(model_path: str | os.PathLike) -> set[str]:
     """The side files `model_path`'s tensors name (their `location`s), read from the model's structure only."""
     model = onnx.load(str(model_path), load_external_data=False)
     return {_entries(tensor).get("location", "") for tensor in external_tensors(model)} - {""}
+
+
+def external_data_digest(model_path: str | os.PathLike) -> bytes:
+    """sha256 of the side files `model_path` names (each name, then its contents, in name order); b"" when it
+    names none. With the model's own bytes it identifies the whole model, whose weights may lie beside it."""
+    names = sorted(external_data_files(model_path))
+    if not names:
+        return b""
+    digest, folder = hashlib.sha256(), Path(model_path).parent
+    for name in names:
+        where = f"{printable(str(model_path))}: external data '{printable(name)[:200]}'"
+        with _regular_file(_resolve(name, folder, printable(str(model_path))), where) as (file, _):
+            digest.update(len(name.encode()).to_bytes(8, "little") + name.encode())
+            digest.update(hashlib.file_digest(file, "sha256").digest())
+    return digest.digest()
 
 
 def own_side_files(model_path: str | os.PathLike) -> set[str]:

@@ -27,7 +27,7 @@ from prunefx.runtime.measure.gpu_latency import BackToBack
 from prunefx.runtime.tensorrt.engine_cache import (
     calibration_digest,
     default_cache_dir,
-    engine_cache_key,
+    engine_file_key,
     timing_cache_key,
 )
 from prunefx.runtime.tensorrt.plan import (
@@ -114,7 +114,7 @@ def build_engine(onnx_path: str | os.PathLike, options: BuildOptions = FP32, *,
         options = dataclasses.replace(options, calibration_digest=calibration_digest(calibration))
     gpu = torch.cuda.get_device_name()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = engine_cache_key(onnx_path.read_bytes(), options, trt.__version__, gpu)
+    key = engine_file_key(onnx_path, options, trt.__version__, gpu)
     engine_file = cache / f"{key}.engine"
     if engine_file.is_file():
         return Engine.load(engine_file, options, cached=True)

@@ -1,10 +1,9 @@
 """Where TensorRT engines are cached on disk, and under which keys (pure, testable without TensorRT).
 
 Building an engine takes seconds to minutes, so engines are cached on disk under the sha256 of
-(ONNX file bytes, build options, TensorRT version, GPU name, the precision plan's rules): any change to the
-model, the precision, the sparsity flag, the calibration data, TensorRT, the GPU or how plan.py builds a file
-makes a new key; nothing else does. The
-timing cache (per-tactic timings the builder measures) is keyed by TensorRT version and GPU name only:
+(ONNX file bytes and the external data it names, build options, TensorRT version, GPU name, the precision
+plan's rules): any change to the model, its weights, the precision, the sparsity flag, the calibration data,
+TensorRT, the GPU or how plan.py builds a file makes a new key; nothing else does. The timing cache (per-tactic timings the builder measures) is keyed by TensorRT version and GPU name only:
 timings of a kernel on a shape do not depend on which model asked for them, so every build on this GPU
 shares it and later builds are faster. Folder: $PRUNEFX_CACHE_DIR/tensorrt, default ~/.cache/prunefx.
 """
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prunefx.runtime.onnx.external import external_data_digest
 from prunefx.runtime.tensorrt.plan import BuildOptions
 
 
@@ -39,6 +39,13 @@ def engine_cache_key(onnx_bytes: bytes, options: BuildOptions, tensorrt_version:
     precision plan follows."""
     canonical = json.dumps(options.to_dict(), sort_keys=True).encode()
     return _sha256(onnx_bytes, canonical, tensorrt_version.encode(), gpu_name.encode(), f"plan {PLAN_RULES}".encode())
+
+
+def engine_file_key(onnx_path: Path, options: BuildOptions, tensorrt_version: str, gpu_name: str) -> str:
+    """engine_cache_key of the file at `onnx_path` and of the external data it names: a model over 2 GB keeps its
+    weights beside it, and new weights under the same side file's name are a new engine."""
+    return engine_cache_key(onnx_path.read_bytes() + external_data_digest(onnx_path), options, tensorrt_version,
+                            gpu_name)
 
 
 def timing_cache_key(tensorrt_version: str, gpu_name: str) -> str:
