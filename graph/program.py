@@ -22,7 +22,7 @@ from prunefx.graph.attributes import delete_unused_tensors, get_tensor
 from prunefx.graph.errors import ProgramFileError, PrunefxError, VerificationError, first_line, printable
 from prunefx.graph.node_names import node_names, restore_node_names
 from prunefx.graph.program_file import read_program_file, write_program_file
-from prunefx.graph.program_metadata import FORMAT_VERSION, program_name
+from prunefx.graph.program_metadata import FORMAT_VERSION, INPUT_DTYPES, program_name
 from prunefx.graph.safety.graph_bounds import recompute_shapes
 from prunefx.graph.shape_propagation import propagate_shapes
 from prunefx.graph.training_flags import (
@@ -184,6 +184,10 @@ class Program:
 
     # --- persistence (graph/program_file.py) ---------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
+        refused = [str(x.dtype) for x in self.example_inputs if str(x.dtype).removeprefix("torch.") not in INPUT_DTYPES]
+        if refused:  # a load makes inputs of the recorded dtypes: a file it would refuse is not written
+            raise PrunefxError(f"cannot save {self.name}: an input of dtype {refused[0]}, which a load cannot "
+                               f"make (it makes {', '.join(sorted(INPUT_DTYPES))})")
         metadata = {
             "format": FORMAT_VERSION,
             "name": self.name,

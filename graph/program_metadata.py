@@ -21,7 +21,7 @@ MAX_NAME_LENGTH = 200
 # Elements of one example input. 2**28 float32 values are 1 GiB, well beyond any vision input at batch 1
 # (a 4k RGB frame is 2**25), and small enough to allocate on a development machine.
 MAX_INPUT_ELEMENTS = 1 << 28
-_DTYPES = {"float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"}
+INPUT_DTYPES = {"float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"}
 _KEYS = {"format", "name", "inputs", "output_shapes", "analysis", "nodes"}
 MAX_NODES = 1 << 20  # operator nodes whose names a file records: ViT-g has about 3,000
 
@@ -109,9 +109,9 @@ def _inputs(value, where: str) -> list[dict]:
         here = f"{where}: inputs[{index}]"
         if not isinstance(spec, dict) or set(spec) != {"shape", "dtype"}:
             raise ProgramFileError(f"{here} must be an object with 'shape' and 'dtype'")
-        if spec["dtype"] not in _DTYPES:
+        if spec["dtype"] not in INPUT_DTYPES:
             raise ProgramFileError(f"{here}: dtype '{printable(str(spec['dtype']))[:20]}' is not one of "
-                                   f"{', '.join(sorted(_DTYPES))}")
+                                   f"{', '.join(sorted(INPUT_DTYPES))}")
         shape = _shape(spec["shape"], here)
         if math.prod(shape) > MAX_INPUT_ELEMENTS:
             raise ProgramFileError(f"{here}: shape {'x'.join(map(str, shape))} has more than 2**28 elements "

@@ -185,6 +185,18 @@ def test_node_names_a_pass_gave_come_back_from_a_saved_file(tmp_path):
     assert torch.equal(loaded(x), merged(x))
 
 
+def test_a_program_a_load_could_not_remake_is_not_saved(tmp_path):
+    """A load makes inputs of the recorded dtypes: a complex input was written, then the file was refused."""
+    class Magnitude(torch.nn.Module):
+        def forward(self, x):
+            return x.abs()
+
+    program = capture(Magnitude(), torch.randn(1, 4, dtype=torch.complex64))
+    with pytest.raises(PrunefxError, match="an input of dtype torch.complex64, which a load cannot make"):
+        program.save(tmp_path / "complex.pt2")
+    assert not list(tmp_path.iterdir())
+
+
 def test_load_rejects_missing_and_corrupt_files(tmp_path):
     with pytest.raises(ProgramFileError, match="no such program file"):
         Program.load(tmp_path / "missing.pt2")
