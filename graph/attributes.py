@@ -30,6 +30,11 @@ def set_tensor(module: torch.nn.Module, target: str, value: torch.Tensor, *, par
     if parameter is None:
         parameter = previous is None or isinstance(previous, torch.nn.Parameter)
     value = value.detach()
+    if name in vars(owner):  # a plain tensor attribute (a constant torch.export lifted), neither kind
+        if not parameter:
+            setattr(owner, name, value)
+            return
+        delattr(owner, name)
     if parameter:
         requires_grad = previous.requires_grad if isinstance(previous, torch.nn.Parameter) else True
         if name in owner._buffers:

@@ -428,7 +428,28 @@ class GroupedQueryAttention(nn.Module):
 
 
 # name -> (model factory, example inputs, members that one exact group must hold together)
+class PermutedInSubmodule(nn.Module):
+    """A Python list indexing channels inside a submodule (timm CSATv2's zig-zag order): torch.export lifts it
+    into a plain tensor attribute of that submodule, which removal slices and keeps plain."""
+
+    class Permute(nn.Module):
+        def __init__(self, channels: int):
+            super().__init__()
+            self.order = torch.randperm(channels, generator=torch.Generator().manual_seed(1)).tolist()
+
+        def forward(self, x):
+            return x[:, self.order]
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.permute, self.head = nn.Conv2d(3, 16, 1), self.Permute(16), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.head(self.permute(F.relu(self.a(x))))
+
+
 EXACT_CASES = {
+    "permuted_in_submodule": (PermutedInSubmodule, lambda: image(), [("permute.lifted_tensor_0", 0), ("head.weight", 1)]),
     "concat": (Concat, lambda: image(), [("a.weight", 0), ("bn.weight", 0), ("head.weight", 1)]),
     "nested_concat": (NestedConcat, lambda: image(), [("b.weight", 0), ("head1.weight", 1), ("head2.weight", 1)]),
     "cascaded_concat_add": (CascadedConcatAdd, lambda: image(), [("a.weight", 0), ("c.weight", 0)]),
