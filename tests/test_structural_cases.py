@@ -427,7 +427,20 @@ class GroupedQueryAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, 16))
 
 
-# name -> (model factory, example inputs, members that one exact group must hold together)
+class MultiQueryAttention(nn.Module):
+    """Four query heads, one key/value head that attention broadcasts over them (timm's MobileNetV4 hybrids)."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.proj = nn.Linear(16, 16), nn.Linear(16, 4), nn.Linear(16, 4), nn.Linear(16, 16)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, 4, 4).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, self.k(x).unsqueeze(1), self.v(x).unsqueeze(1))
+        return self.proj(out.transpose(1, 2).reshape(b, n, 16))
+
+
 class PermutedInSubmodule(nn.Module):
     """A Python list indexing channels inside a submodule (timm CSATv2's zig-zag order): torch.export lifts it
     into a plain tensor attribute of that submodule, which removal slices and keeps plain."""
@@ -448,7 +461,9 @@ class PermutedInSubmodule(nn.Module):
         return self.head(self.permute(F.relu(self.a(x))))
 
 
+# name -> (model factory, example inputs, members that one exact group must hold together)
 EXACT_CASES = {
+    "multi_query_attention": (MultiQueryAttention, lambda: torch.randn(2, 5, 16), [("q.weight", 0), ("proj.weight", 1)]),
     "permuted_in_submodule": (PermutedInSubmodule, lambda: image(), [("permute.lifted_tensor_0", 0), ("head.weight", 1)]),
     "concat": (Concat, lambda: image(), [("a.weight", 0), ("bn.weight", 0), ("head.weight", 1)]),
     "nested_concat": (NestedConcat, lambda: image(), [("b.weight", 0), ("head1.weight", 1), ("head2.weight", 1)]),

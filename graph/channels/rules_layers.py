@@ -157,7 +157,8 @@ def attention(ctx, node):
     """scaled_dot_product_attention(q, k, v): q and k share their last dim, k and v their sequence.
     Sequence dims are tokens, geometry: fixed (a softmax runs over k's, so no token removal is exact)."""
     q, k, v = (ctx.labels(arg) for arg in node.args[:3])
-    if len(q) > 2 and q[-3].size != k[-3].size:
+    one_key_head = len(k) > 2 and k[-3].size == 1 and v[-3].size == 1  # multi-query: broadcast over q's heads
+    if len(q) > 2 and q[-3].size != k[-3].size and not one_key_head:
         # grouped-query attention: each k/v head serves a run of q heads, a mapping this rule does not
         # follow; the error blocks every operand dim rather than pruning q heads out of step
         raise ValueError("grouped-query attention (q and k/v have different head counts)")
