@@ -58,10 +58,13 @@ def free_name(module: torch.nn.Module, wanted: str) -> str:
 
 
 def delete_unused_tensors(module: torch.fx.GraphModule) -> list[str]:
-    """Remove parameters and buffers that no get_attr node reaches any more; return their names."""
+    """Remove parameters and buffers that no get_attr node reaches any more; return their names. Every name
+    counts, not only a shared tensor's first: else each call dropped one more unused alias of a module shared
+    by several parents (timm CoaT's position encoding), and two programs of one model disagreed on its names."""
     used = {node.target for node in module.graph.nodes if node.op == "get_attr"}
     removed = []
-    for target in [name for name, _ in module.named_parameters()] + [name for name, _ in module.named_buffers()]:
+    names = [name for name, _ in module.named_parameters(remove_duplicate=False)]
+    for target in names + [name for name, _ in module.named_buffers(remove_duplicate=False)]:
         if target not in used:
             owner, name = _owner(module, target)
             owner._parameters.pop(name, None)

@@ -430,15 +430,38 @@ class GroupedQueryAttention(nn.Module):
 class MultiQueryAttention(nn.Module):
     """Four query heads, one key/value head that attention broadcasts over them (timm's MobileNetV4 hybrids)."""
 
-    def __init__(self):
+    def __init__(self, heads: int = 4, head_dim: int = 3):
         super().__init__()
-        self.q, self.k, self.v, self.proj = nn.Linear(16, 16), nn.Linear(16, 4), nn.Linear(16, 4), nn.Linear(16, 16)
+        self.heads, self.head_dim = heads, head_dim
+        self.q, self.proj = nn.Linear(16, heads * head_dim), nn.Linear(heads * head_dim, 16)
+        self.k, self.v = nn.Linear(16, head_dim), nn.Linear(16, head_dim)
 
     def forward(self, x):
         b, n, _ = x.shape
-        q = self.q(x).view(b, n, 4, 4).transpose(1, 2)
+        q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, self.k(x).unsqueeze(1), self.v(x).unsqueeze(1))
-        return self.proj(out.transpose(1, 2).reshape(b, n, 16))
+        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class SharedUnderSeveralNames(nn.Module):
+    """One depthwise conv that is also every block's `encode` (timm CoaT's position encoding): one Parameter
+    under three names."""
+
+    class Block(nn.Module):
+        def __init__(self, encode: nn.Module):
+            super().__init__()
+            self.encode, self.mix = encode, nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            return self.mix(x + self.encode(x))
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.encode = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.blocks, self.head = nn.Sequential(self.Block(self.encode), self.Block(self.encode)), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
 
 
 class PermutedInSubmodule(nn.Module):
@@ -464,6 +487,8 @@ class PermutedInSubmodule(nn.Module):
 # name -> (model factory, example inputs, members that one exact group must hold together)
 EXACT_CASES = {
     "multi_query_attention": (MultiQueryAttention, lambda: torch.randn(2, 5, 16), [("q.weight", 0), ("proj.weight", 1)]),
+    "shared_under_several_names": (SharedUnderSeveralNames, lambda: image(),
+                                   [("stem.weight", 0), ("blocks.1.encode.weight", 0), ("blocks.1.mix.weight", 1)]),
     "permuted_in_submodule": (PermutedInSubmodule, lambda: image(), [("permute.lifted_tensor_0", 0), ("head.weight", 1)]),
     "concat": (Concat, lambda: image(), [("a.weight", 0), ("bn.weight", 0), ("head.weight", 1)]),
     "nested_concat": (NestedConcat, lambda: image(), [("b.weight", 0), ("head1.weight", 1), ("head2.weight", 1)]),

@@ -136,7 +136,8 @@ def _prune_and_write_back(model, inputs, *, round_to: int, refusals: dict, name:
 
 # Main lane: a success and a refusal of each kind; every other case runs in the zoo lane.
 MAIN_CASES = {"concat", "split", "transposed_conv", "shared_weights", "multiple_inputs_outputs", "lstm",
-              "rotary_fused_qkv", "custom_operator"}
+              "rotary_fused_qkv", "custom_operator", "shared_under_several_names", "permuted_in_submodule",
+              "multi_query_attention"}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=() if c in MAIN_CASES else pytest.mark.zoo)

@@ -21,6 +21,7 @@ import torch.utils._pytree as pytree
 from torch import fx, nn
 
 from prunefx.graph import Program
+from prunefx.graph.attributes import get_tensor
 
 # Operators whose behaviour depends on the training mode: baked into the graph, they would not train.
 _MODAL = ("dropout", "batch_norm", "rrelu")
@@ -194,9 +195,29 @@ def replace_by_subgraph(program: Program, model: nn.Module, path: str) -> None:
     """Put in `model` at `path` the GraphModule of the Program's operators of that module (module docstring)."""
     owner = model.get_submodule(path)
     dropout_free = all(layer.p == 0 for layer in owner.modules() if isinstance(layer, nn.modules.dropout._DropoutNd))
-    replacement = SubgraphModule(owner, _graph(program, path, dropout_free))
+    graph = _graph(program, path, dropout_free)
+    replacement = SubgraphModule(owner, graph)
+    _lend_constants(replacement, graph, program, f"{path}.")
     parent_path, _, name = path.rpartition(".")
     setattr(model.get_submodule(parent_path), name, replacement)
+
+
+def _lend_constants(replacement: nn.Module, graph: fx.Graph, program: Program, prefix: str) -> None:
+    """The tensors the graph reads that the module lacks: constants its forward built on every call (a Python
+    list made a tensor), which the Program holds as removal left them; unsaved, as the list they stand for."""
+    for node in graph.nodes:
+        if node.op == "get_attr" and not _has_attribute(replacement, str(node.target)):
+            owner_path, _, name = str(node.target).rpartition(".")
+            constant = get_tensor(program.module, prefix + str(node.target)).detach().clone()
+            replacement.get_submodule(owner_path).register_buffer(name, constant, persistent=False)
+
+
+def _has_attribute(module: nn.Module, target: str) -> bool:
+    owner_path, _, name = target.rpartition(".")
+    try:
+        return hasattr(module.get_submodule(owner_path), name)
+    except AttributeError:
+        return False
 
 
 def batch_outputs(program: Program, module: nn.Module, inputs: list[tuple[torch.Tensor, ...]]):

@@ -60,7 +60,8 @@ def _written_back(program: Program, model: nn.Module, module: nn.Module, name: s
     dense.module.graph.eliminate_dead_code()
     delete_unused_tensors(dense.module)
     _check_nothing_dropped(program, dense, name)
-    _copy_tensors(program, module, name, _built_in_forward(dense, model))
+    built = _built_in_forward(dense, model)
+    _copy_tensors(program, module, name, built)
     changes = literal_changes(dense.module, program.module)
     unresized = _resize_modules(module, changes, name)
     replaced = replaced_calls(dense.module, program.module)
@@ -72,16 +73,17 @@ def _written_back(program: Program, model: nn.Module, module: nn.Module, name: s
             raise unresized[0]
         verify_module(program, module, name, hint)
     except WriteBackError as error:
-        _from_subgraphs(program, module, name, _own_code_changed(module, changes, replaced), error)
+        scopes = _own_code_changed(module, changes, replaced, _cut_constants(program, dense, built))
+        _from_subgraphs(program, module, name, scopes, error)
     module.train(model.training)  # also the graphs' flags of the subgraphs standing in for modules
     set_module_modes(module, module_modes(model), model.training)  # each layer's own, as in the user's model
     return module
 
 
-def _own_code_changed(module: nn.Module, changes, replaced) -> list[str]:
-    """Modules (deepest first) whose own code made an operator the channel removal rewrote, and whose sizes
-    no registered resizer sets: those a subgraph may stand in for."""
-    scopes = {dense.scope for dense, _ in replaced} | {change.scope for change in changes}
+def _own_code_changed(module: nn.Module, changes, replaced, cut: set[str]) -> list[str]:
+    """Modules (deepest first) whose own code made an operator the channel removal rewrote or a constant it
+    cut (`cut`), and whose sizes no registered resizer sets: those a subgraph may stand in for."""
+    scopes = {dense.scope for dense, _ in replaced} | {change.scope for change in changes} | cut
     found = []
     for scope in scopes - {""}:
         try:
@@ -170,6 +172,14 @@ def _built_in_forward(dense: Program, model: nn.Module) -> set[str]:
     state = {name for name, _ in model.named_parameters(remove_duplicate=False)}
     state.update(name for name, _ in model.named_buffers(remove_duplicate=False))
     return set(program_tensors(dense)) - state
+
+
+def _cut_constants(program: Program, dense: Program, built: set[str]) -> set[str]:
+    """The modules whose forward builds a constant (a Python list of channel indices made a tensor) that the
+    removal cut: their own code would build it whole again."""
+    ours, theirs = program_tensors(program), program_tensors(dense)
+    return {target.rpartition(".")[0] for target in built & ours.keys() & theirs.keys()
+            if ours[target].shape != theirs[target].shape}
 
 
 def _copy_tensors(program: Program, module: nn.Module, name: str, built: set[str]) -> None:
