@@ -28,6 +28,9 @@ MODELS = [
     "timm:beitv2_base_patch16_224", "timm:eva02_tiny_patch14_224", "timm:coatnet_rmlp_nano_rw_224",
     "timm:maxxvit_rmlp_nano_rw_256", "torchvision:regnet_x_400mf", "torchvision:mobilenet_v3_small",
     "timm:fastvit_t8", "timm:efficientvit_b0",
+    # multi-query attention (one key/value head), a channel order built from a Python list in a submodule, and
+    # a position encoding shared under several module names
+    "timm:mobilenetv4_hybrid_medium", "timm:csatv2", "timm:coat_lite_tiny",
 ]
 # The smallest input each model takes when 64 pixels is too small (window partitions of 7 at stride 32);
 # the Fashion-MNIST models get their own 28x28 gray images.
@@ -67,7 +70,10 @@ ZOO_LANE = {'torchvision:maxvit_t', 'torchvision:densenet121', 'torchvision:effi
             'torchvision:mnasnet1_0', 'torchvision:mobilenet_v3_small', 'torchvision:regnet_x_400mf',
             'timm:ghostnet_100', 'timm:levit_128s',
             # torchvision's MobileNetV2 blocks stay through prunefx:mobilenetv2_small and efficientnet_b0
-            'torchvision:mobilenet_v2'}
+            'torchvision:mobilenet_v2',
+            # their structures stay through test_structural_cases.py's multi_query_attention,
+            # permuted_in_submodule and shared_under_several_names
+            'timm:mobilenetv4_hybrid_medium', 'timm:csatv2', 'timm:coat_lite_tiny'}
 
 
 @pytest.mark.slow
