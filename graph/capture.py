@@ -91,7 +91,7 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     line): the Program then takes the model's own tensors, without a second copy of every weight, and rewriting
     or training it would change the model too.
     """
-    if name is not None and program_name(name) is None:  # refused before any work, as the Program would
+    if name and program_name(name) is None:  # refused before any work, as the Program would (None, "": the default)
         raise CaptureError(f"capture's name must be non-empty text, not {printable(repr(name))[:60]}")
     if isinstance(model, torch.export.ExportedProgram):
         return _capture_exported(model, example_inputs, name=name or "exported")
