@@ -184,15 +184,15 @@ class Program:
 
     # --- persistence (graph/program_file.py) ---------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        refused = [str(x.dtype) for x in self.example_inputs if str(x.dtype).removeprefix("torch.") not in INPUT_DTYPES]
+        dtypes = [str(x.dtype).removeprefix("torch.") for x in self.example_inputs]
+        refused = [dtype for dtype in dtypes if dtype not in INPUT_DTYPES]
         if refused:  # a load makes inputs of the recorded dtypes: a file it would refuse is not written
-            raise PrunefxError(f"cannot save {self.name}: an input of dtype {refused[0]}, which a load cannot "
+            raise PrunefxError(f"cannot save {self.name}: an input of dtype torch.{refused[0]}, which a load cannot "
                                f"make (it makes {', '.join(sorted(INPUT_DTYPES))})")
         metadata = {
             "format": FORMAT_VERSION,
             "name": self.name,
-            "inputs": [{"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
-                       for x in self.example_inputs],
+            "inputs": [{"shape": list(x.shape), "dtype": dtype} for x, dtype in zip(self.example_inputs, dtypes)],
             "output_shapes": [list(shape) for shape in self.output_shapes],
             "analysis": self.analysis.to_json(),
             "nodes": node_names(self.module),

@@ -31,10 +31,15 @@ _AVERAGE_POOLS = {aten.adaptive_avg_pool1d.default, aten.adaptive_avg_pool2d.def
                   aten.avg_pool3d.default, aten._adaptive_avg_pool2d.default, aten._adaptive_avg_pool3d.default}
 
 
-# What `skip_operators` may name: every operator a QuantTarget can have (operator_name of its node).
-QUANTIZABLE_OPERATORS = frozenset(str(op).split(".")[1] for op in (
+def _short_name(target) -> str:
+    """'aten.conv2d.default' -> 'conv2d': the name users give to keep an operator in float."""
+    return str(target).split(".")[1] if str(target).startswith("aten.") else str(target)
+
+
+# What `skip_operators` may name: every operator a QuantTarget can have.
+QUANTIZABLE_OPERATORS = frozenset(map(_short_name, (
     *_CONVOLUTIONS, *_TRANSPOSED, *_MATMULS, *_AVERAGE_POOLS, aten.convolution.default, aten.linear.default,
-    aten.add.Tensor, aten.add_.Tensor, aten.mean.dim))
+    aten.add.Tensor, aten.add_.Tensor, aten.mean.dim)))
 
 
 @dataclass
@@ -60,8 +65,7 @@ def _activation(node) -> bool:
 
 
 def operator_name(node: torch.fx.Node) -> str:
-    """'aten.conv2d.default' -> 'conv2d': the name users give to keep an operator in float."""
-    return str(node.target).split(".")[1] if str(node.target).startswith("aten.") else str(node.target)
+    return _short_name(node.target)
 
 
 def _target(node: torch.fx.Node) -> QuantTarget | str | None:

@@ -3,9 +3,9 @@
 Building an engine takes seconds to minutes, so engines are cached on disk under the sha256 of
 (ONNX file bytes and the external data it names, build options, TensorRT version, GPU name, the precision
 plan's rules): any change to the model, its weights, the precision, the sparsity flag, the calibration data,
-TensorRT, the GPU or how plan.py builds a file makes a new key; nothing else does. The timing cache (per-tactic timings the builder measures) is keyed by TensorRT version and GPU name only:
-timings of a kernel on a shape do not depend on which model asked for them, so every build on this GPU
-shares it and later builds are faster. Folder: $PRUNEFX_CACHE_DIR/tensorrt, default ~/.cache/prunefx.
+TensorRT, the GPU or how plan.py builds a file makes a new key; nothing else does. The timing cache (per-tactic
+timings the builder measures) is keyed by TensorRT version and GPU name only: timings of a kernel on a shape do
+not depend on which model asked for them, so every build on this GPU shares it and later builds are faster. Folder: $PRUNEFX_CACHE_DIR/tensorrt, default ~/.cache/prunefx.
 """
 
 from __future__ import annotations
