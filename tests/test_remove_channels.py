@@ -1,5 +1,7 @@
 """remove_channels: targets met and predicted exactly, widths rounded, options honoured, bad input refused."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -255,3 +257,28 @@ def test_gradient_scores_of_a_training_program_leave_its_statistics_gradients_an
     assert torch.equal(torch.get_rng_state(), random_state)
     assert torch.equal(program.module.get_parameter("0.weight").grad, torch.ones(16, 3, 3, 3))
     assert all(p.grad is None for name, p in program.module.named_parameters() if name != "0.weight")
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "bn"])
+def test_a_bfloat16_model_scores_as_its_float32_copy_with_the_same_weights(criterion):
+    """Squared and summed in bfloat16, near-ties are broken by rounding: the same weights would keep other channels
+    in half precision than in float32. The float32 copy holds exactly the bfloat16 values (the oracle)."""
+    torch.manual_seed(0)
+    half = build_model("prunefx:mobilenetv2_small").module.eval().bfloat16()
+    programs = [capture(model, torch.randn(1, 1, 28, 28, dtype=dtype))
+                for model, dtype in ((half, torch.bfloat16), (copy.deepcopy(half).float(), torch.float32))]
+    scores = [channel_importance(p.module, find_channel_groups(p.module), criterion).scores for p in programs]
+    assert len(scores[0]) == len(scores[1]) > 10
+    assert all(np.array_equal(ours, theirs) for ours, theirs in zip(*scores))
+
+
+def test_fisher_sums_a_half_precision_gradient_in_full_precision():
+    torch.manual_seed(0)
+    program = capture(torch.nn.Sequential(torch.nn.Linear(64, 32)).bfloat16(), torch.randn(8, 64, dtype=torch.bfloat16))
+    fisher = FisherAccumulator(program.module)
+    program.module(torch.randn(8, 64, dtype=torch.bfloat16)).square().sum().backward()
+    fisher.accumulate()
+    weight = program.module.get_parameter("0.weight")
+    gate = (weight.detach().double() * weight.grad.double()).sum(dim=1)  # per output channel, in float64
+    expected = gate.square() / fisher.activations.get("0.weight", 1)
+    torch.testing.assert_close(fisher.sums[("0.weight", 0)], expected, rtol=1e-6, atol=0)

@@ -122,9 +122,21 @@ def _per_index(values: torch.Tensor, dim: int) -> np.ndarray:
 
 def _per_index_on_device(values: torch.Tensor, dim: int) -> torch.Tensor:
     """`_per_index` as a float64 tensor where `values` are (no copy to the host, so no wait for the device)."""
+    values = _full_precision(values.detach())
     other = [d for d in range(values.dim()) if d != dim]
     summed = values.sum(dim=other) if other else values
-    return summed.detach().double()
+    return summed.double()
+
+
+def _full_precision(tensor: torch.Tensor) -> torch.Tensor:
+    """A half or bfloat16 tensor in float32: scores squared and summed in 8 bits of mantissa break near-ties by
+    rounding, so a half-precision model would keep other channels than the same weights in float32."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
+def _gate_derivative(parameter: torch.Tensor) -> torch.Tensor:
+    """w * dL/dw, in full precision."""
+    return _full_precision(parameter.detach()) * _full_precision(parameter.grad.detach())
 
 
 def _magnitude_scores(module, combing: Combing, criterion: str) -> np.ndarray:
@@ -132,12 +144,10 @@ def _magnitude_scores(module, combing: Combing, criterion: str) -> np.ndarray:
     per_class = np.zeros(int(classes.max()) + 1)
     batch_norm_weights = _batch_norm_weights(module) if criterion == "bn" else set()
     for member, parameter in _parameter_members(module, combing):
-        if criterion == "bn":
-            if member.target not in batch_norm_weights:
-                continue
-            values = parameter.abs()
-        else:
-            values = parameter.abs() if criterion == "l1" else parameter.square()
+        if criterion == "bn" and member.target not in batch_norm_weights:
+            continue
+        weights = _full_precision(parameter.detach())
+        values = weights.square() if criterion == "l2" else weights.abs()
         np.add.at(per_class, classes[member.labels], _per_index(values, member.dim))
     return per_class
 
@@ -165,7 +175,7 @@ def _gradient_scores(module, combing: Combing, criterion: str, batches) -> np.nd
         per_class = np.zeros(int(combing.analysis.classes.max()) + 1)
         for member, parameter in _parameter_members(module, combing):
             if parameter.grad is not None:
-                gate = _per_index(parameter * parameter.grad, member.dim)
+                gate = _per_index(_gate_derivative(parameter), member.dim)
                 np.add.at(per_class, combing.analysis.classes[member.labels], np.abs(gate))
         return per_class
 
@@ -212,7 +222,7 @@ class FisherAccumulator:
         for name, parameter in self.gradients_from.named_parameters():
             if parameter.grad is None:
                 continue
-            product = (parameter * parameter.grad).detach()
+            product = _gate_derivative(parameter)
             scale = self.activations.get(name, 1)
             for dim in range(product.dim()):
                 added = _per_index_on_device(product, dim).square() / scale
