@@ -21,6 +21,7 @@ import torch
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.eval_mode import evaluating
+from prunefx.graph.input_batches import as_program_inputs
 from prunefx.passes.training.data import module_device, split_batch
 from prunefx.passes.training.losses import IGNORE_LABEL, logits_of
 
@@ -185,7 +186,8 @@ def evaluate_dense(model: Program | torch.nn.Module, batches: Iterable, *, task:
     with evaluating(model):
         for batch in batches:
             inputs, labels = split_batch(batch)
-            output = module(*(x.to(device) for x in inputs))
+            output = module(*as_program_inputs(inputs, model.example_inputs if isinstance(model, Program) else (),
+                                               device))
             if task == "segmentation":
                 score.update(logits_of(output), labels)
             else:

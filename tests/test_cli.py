@@ -296,7 +296,7 @@ def test_prune_calibrate_compensates_recalibrates_and_reports_both(capsys, tmp_p
 def test_calibration_data_fits_the_captured_input(tmp_path):
     from torchvision.io import write_png
 
-    from prunefx.data.calibration import calibration_data
+    from prunefx.data.calibration import calibration_data, noise_batches
 
     rgb = calibration_data("fashion-mnist", torch.zeros(8, 3, 28, 28), 20)  # gray repeated for an RGB model
     assert len(rgb.batches) == 2 and rgb.images == 16 and rgb.batches[0][0].shape == (8, 3, 28, 28)
@@ -315,6 +315,14 @@ def test_calibration_data_fits_the_captured_input(tmp_path):
         assert [b[0].shape for b in data.batches] == [(2, 3, 32, 32)] * 2 and data.images == 4
     with pytest.raises(PrunefxError, match="the model takes 2x1x32x32"):
         calibration_data(str(tmp_path / "tree"), torch.zeros(2, 1, 32, 32), 4)
+    # a Program captured in half precision is given its own dtype: the same images, rounded
+    half = calibration_data(str(tmp_path / "flat"), torch.zeros(2, 3, 32, 32, dtype=torch.float16), 4)
+    assert [b[0].dtype for b in half.batches] == [torch.float16] * 2
+    assert torch.equal(half.batches[0][0], flat.batches[0][0].half())
+    gray_half = calibration_data("fashion-mnist", torch.zeros(8, 1, 28, 28, dtype=torch.bfloat16), 20)
+    assert torch.equal(gray_half.batches[0][0], gray.batches[0][0].bfloat16())
+    noise = noise_batches(torch.zeros(2, 3, 4, 4, dtype=torch.bfloat16), 2)
+    assert torch.equal(noise[1][0], noise_batches(torch.zeros(2, 3, 4, 4), 2)[1][0].bfloat16())
 
 
 # --- export --------------------------------------------------------------------------------------------

@@ -727,3 +727,31 @@ def test_a_second_fit_trains_in_training_mode_and_a_refused_schedule_gives_the_p
         get_pass("prune_while_training")(program, config={"data": _batches(2), "macs": 0.5, "steps": 2,
                                                           "prune_events": 2, "interval": 5, "progress": False})
     assert not program.training
+
+
+def _bfloat16_program(seed: int = 0):
+    torch.manual_seed(seed)
+    return capture(SmallNet().eval().bfloat16(), torch.randn(BATCH, 3, 8, 8, dtype=torch.bfloat16)).eval()
+
+
+def test_a_bfloat16_program_trains_and_scores_on_float32_batches_as_on_the_same_batches_in_bfloat16():
+    """Data sets give float32 images; a Program captured in bfloat16 takes its own dtype (the oracle: the same
+    batches cast by hand before they are given). A float32 teacher takes the batch in its own."""
+    batches = _batches(3)
+    by_hand = [(x.bfloat16(), y) for x, y in batches]
+    assert evaluate(_bfloat16_program(), batches) == evaluate(_bfloat16_program(), by_hand)
+    trained = [distill(_bfloat16_program(), config={"data": data, "steps": 3, "progress": False, "seed": 0}).program
+               for data in (batches, by_hand)]
+    assert all(torch.equal(ours, theirs) for ours, theirs in zip(*(p.state_dict().values() for p in trained)))
+    assert all(p.dtype == torch.bfloat16 for p in trained[0].parameters())
+    teacher = _program(1)
+    result = distill(_bfloat16_program(), config={"data": batches, "teacher": teacher, "steps": 2, "progress": False})
+    assert result.stats["kd_loss"] > 0
+
+
+def test_only_floating_inputs_take_the_program_dtype():
+    from prunefx.graph.input_batches import as_program_inputs
+
+    examples = (torch.zeros(2, dtype=torch.float16), torch.zeros(2, dtype=torch.int64))
+    given = (torch.ones(2), torch.ones(2, dtype=torch.int32), torch.ones(2, dtype=torch.float64))
+    assert [t.dtype for t in as_program_inputs(given, examples, "cpu")] == [torch.float16, torch.int32, torch.float64]

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import torch.utils._pytree as pytree
 
 from prunefx.graph import Program
+from prunefx.graph.input_batches import as_program_inputs
 from prunefx.graph.placement import module_device
 
 
@@ -16,7 +17,7 @@ def model_outputs(program: Program, batches: list) -> list[torch.Tensor]:
     """Every floating output of at least two dims (batch, classes, ...), batch after batch."""
     device = module_device(program.module)  # batches as given may sit elsewhere (a loader's, on the CPU)
     with torch.no_grad(), program.evaluating():
-        return [t for batch in batches for t in pytree.tree_leaves(program.module(*(x.to(device) for x in batch)))
+        return [t for batch in batches for t in pytree.tree_leaves(program.module(*as_program_inputs(batch, program.example_inputs, device)))
                 if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.is_floating_point()]
 
 

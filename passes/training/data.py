@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from prunefx.graph import Program
 from prunefx.graph.eval_mode import evaluating
+from prunefx.graph.input_batches import as_program_inputs
 from prunefx.graph.placement import device_named, module_device
 from prunefx.passes.training.config import TrainConfig, TrainingError
 from prunefx.passes.training.losses import IGNORE_LABEL, logits_of
@@ -73,11 +74,12 @@ def split_batch(batch) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
 def eval_totals(model, batches: Iterable, device: torch.device) -> torch.Tensor:
     """[correct, summed cross-entropy, labelled items] over `batches` (label -1 is padding)."""
     module = model.module if isinstance(model, Program) else model
+    examples = model.example_inputs if isinstance(model, Program) else ()
     totals = torch.zeros(3, dtype=torch.float64, device=device)
     with evaluating(model):
         for batch in batches:
             inputs, labels = split_batch(batch)
-            inputs = tuple(x.to(device) for x in inputs)
+            inputs = as_program_inputs(inputs, examples, device)
             labels = labels.to(device)
             logits = logits_of(module(*inputs))
             valid = labels != IGNORE_LABEL

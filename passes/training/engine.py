@@ -19,6 +19,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from prunefx.graph import Program
+from prunefx.graph.input_batches import as_program_inputs
 from prunefx.graph.progress import shown
 from prunefx.passes.training.checkpoint import PROGRAM_FILE, STATE_FILE
 from prunefx.passes.training.config import DETECTION, OPTIMIZERS, FeaturePair, TrainConfig, TrainingError
@@ -228,7 +229,7 @@ class Trainer:
                                 f"the program's static input shapes {expected}: capture the program with the "
                                 f"training batch size{' divided by the number of processes' if per_process else ''}")
         overlap = self.device.type == "cuda"  # copies from pinned host memory may overlap the previous step
-        return (tuple(x.to(self.device, non_blocking=overlap) for x in inputs),
+        return (as_program_inputs(inputs, self.program.example_inputs, self.device, non_blocking=overlap),
                 labels.to(self.device, non_blocking=overlap))
 
     def _batches(self):

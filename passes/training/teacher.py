@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from prunefx.graph import Program
+from prunefx.graph.input_batches import as_program_inputs
 from prunefx.graph.placement import move_module
 from prunefx.passes.training.config import TrainConfig, TrainingError
 from prunefx.passes.training.data import module_device
@@ -37,7 +38,9 @@ def frozen_teacher(teacher, config: TrainConfig, device: torch.device) -> Teache
             module = move_module(copy.deepcopy(teacher).eval(), device)
     else:
         raise TrainingError(f"the teacher must be a Program or a torch.nn.Module, not {type(teacher).__name__}")
+    # the batch comes in the student's precision: a teacher Program takes its own
+    examples = teacher.example_inputs if isinstance(teacher, Program) else ()
     if config.feature_pairs:
         tapped = tap_outputs(module, [pair.teacher for pair in config.feature_pairs])
-        return lambda inputs: run_tapped(tapped, tapped.out_spec, inputs)
-    return lambda inputs: (module(*inputs), ())
+        return lambda inputs: run_tapped(tapped, tapped.out_spec, as_program_inputs(inputs, examples, device))
+    return lambda inputs: (module(*as_program_inputs(inputs, examples, device)), ())

@@ -43,7 +43,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 def noise_batches(example: torch.Tensor, count: int, *, seed: int = 0) -> list[tuple[torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
-    return [(torch.randn(example.shape, generator=generator),) for _ in range(count)]
+    return [(torch.randn(example.shape, generator=generator).to(_image_dtype(example)),) for _ in range(count)]
 
 
 def image_batches(folder: str | Path, example: torch.Tensor, *, limit: int | None = None) -> list[tuple[torch.Tensor]]:
@@ -63,7 +63,8 @@ def image_batches(folder: str | Path, example: torch.Tensor, *, limit: int | Non
     batch = int(example.shape[0])
     if len(images) < batch:
         raise PrunefxError(f"calibration folder {folder} holds {len(images)} images, fewer than one batch of {batch}")
-    return [(torch.stack(images[i:i + batch]),) for i in range(0, len(images) - batch + 1, batch)]
+    return [(torch.stack(images[i:i + batch]).to(_image_dtype(example)),)
+            for i in range(0, len(images) - batch + 1, batch)]
 
 
 def _shape(values) -> str:
@@ -91,7 +92,18 @@ class Calibration:
 
 def calibration_data(data: str, example: torch.Tensor, images: int = 256, *, seed: int = 0) -> Calibration:
     """About `images` calibration images from `data` (see the module docstring), in batches of the
-    example's shape: images // batch size batches, at least one."""
+    example's shape and floating dtype: images // batch size batches, at least one."""
+    calibration = _calibration_data(data, example, images, seed)
+    dtype = _image_dtype(example)
+    return replace(calibration, batches=[tuple(t.to(dtype) for t in batch) for batch in calibration.batches])
+
+
+def _image_dtype(example: torch.Tensor) -> torch.dtype:
+    """The example's dtype where it is floating (a Program captured in half precision takes half), else float32."""
+    return example.dtype if example.is_floating_point() else torch.float32
+
+
+def _calibration_data(data: str, example: torch.Tensor, images: int, seed: int) -> Calibration:
     if isinstance(images, bool) or not isinstance(images, int) or not 1 <= images <= MAX_CALIBRATION_IMAGES:
         raise PrunefxError(f"the number of calibration images must be an integer from 1 to "
                            f"{MAX_CALIBRATION_IMAGES} (they are held in memory), not {images!r}")
