@@ -19,6 +19,7 @@ from prunefx.models import check_input_shape, parse_input_shape
 from prunefx.runtime import OnnxRuntimeSession, backends, export_onnx
 from prunefx.runtime.backends import Backend, BenchModel, Settings
 from prunefx.runtime.measure.speedup import deployed
+from prunefx.runtime.model_precision import require_float32
 from prunefx.runtime.ort.runners import timing_flushes_denormals
 
 # flag (argparse dest) -> the Settings option a backend must read for the flag to apply
@@ -86,6 +87,8 @@ def bench_model(reference: str, args, backend: Backend, workdir: Path, label: st
         inputs = _onnx_inputs(reference, args.input_shape)
         return BenchModel(reference, None, Path(reference), inputs, _calibration(args, inputs))
     program = program_from_reference(reference, weights=args.weights, input_shape=args.input_shape).eval()
+    if backend.float32_only:
+        require_float32(program, backend.label)
     if args.batch:
         program = deployed(program, args.batch)
     inputs = list(program.example_inputs)

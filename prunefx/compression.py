@@ -65,7 +65,7 @@ def load_model_and_data(reference: str, data: str, *, batch_size: int, weights: 
     channel is repeated three times. `files`: options of a data set on disk (data_formats.format_data:
     data_format, num_workers, image_size). `seed`: the data's draws (validation split, order,
     augmentation) of every data set that trains; imagenet-sample is a fixed test set."""
-    saved = program_from_reference(reference, weights=weights) if reference.endswith(".pt2") else None
+    saved = program_from_reference(reference, weights=weights, writes_onnx=True) if reference.endswith(".pt2") else None
     options = {}
     if str(data) == FASHION_MNIST or scene_spec(data) is not None:
         rgb = saved.example_inputs[0].shape[1] == 3 if saved is not None else _rgb(reference)

@@ -11,6 +11,7 @@ import torch
 from prunefx.graph import Program, capture
 from prunefx.graph.errors import PrunefxError
 from prunefx.models import build_model, load_weights, parse_input_shape
+from prunefx.runtime.model_precision import require_onnx_runtime_can_check
 
 
 def _square_image_size(shape: tuple[int, ...] | None) -> int | None:
@@ -20,15 +21,18 @@ def _square_image_size(shape: tuple[int, ...] | None) -> int | None:
     return None
 
 
-def program_from_reference(reference: str, *, weights: str | None = None, input_shape: str | None = None) -> Program:
-    return model_and_program(reference, weights=weights, input_shape=input_shape, keep_model=False)[1]
+def program_from_reference(reference: str, *, weights: str | None = None, input_shape: str | None = None,
+                           writes_onnx: bool = False) -> Program:
+    return model_and_program(reference, weights=weights, input_shape=input_shape, keep_model=False,
+                             writes_onnx=writes_onnx)[1]
 
 
 def model_and_program(reference: str, *, weights: str | None = None, input_shape: str | None = None,
-                      keep_model: bool = True) -> tuple[torch.nn.Module | None, Program]:
+                      keep_model: bool = True, writes_onnx: bool = False) -> tuple[torch.nn.Module | None, Program]:
     """The model built from `reference` (None for a saved .pt2, which holds no Python module, and with
     keep_model=False, when the Program takes its tensors without a copy) and the Program captured from it: the
-    module the write-back (prunefx/interop/write_back.py) copies the pruned tensors into."""
+    module the write-back (prunefx/interop/write_back.py) copies the pruned tensors into. `writes_onnx`: the
+    command delivers an ONNX file checked by ONNX Runtime, so a Program it cannot run is refused before any work."""
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     spec = build_model(reference, image_size=_square_image_size(shape))
     if spec.kind == "program":
@@ -39,6 +43,8 @@ def model_and_program(reference: str, *, weights: str | None = None, input_shape
         if shape is not None and shape != saved:
             raise PrunefxError(f"{spec.program_path} was captured for input shape {'x'.join(map(str, saved))}; "
                                "a saved program cannot change its input shape")
+        if writes_onnx:
+            require_onnx_runtime_can_check(program)
         return None, program.eval()
     if weights:
         load_weights(spec.module, weights)
@@ -49,5 +55,6 @@ def model_and_program(reference: str, *, weights: str | None = None, input_shape
     return (spec.module if keep_model else None), program
 
 
-def program_from_args(args) -> Program:
-    return program_from_reference(args.model, weights=args.weights, input_shape=args.input_shape)
+def program_from_args(args, *, writes_onnx: bool = False) -> Program:
+    return program_from_reference(args.model, weights=args.weights, input_shape=args.input_shape,
+                                  writes_onnx=writes_onnx)

@@ -79,6 +79,7 @@ class Backend:
     # why a budget's INT8 candidates cannot be measured like for like here (None: they can)
     int8_refusal: str | None = None
     max_batch: int | None = None  # None: any batch the Program can be cut to
+    float32_only: bool = False    # times a model in the precision it holds, and states float32 (the CPU runtimes)
     options: frozenset[str] = frozenset()  # Settings fields beyond runs/warmup/precision/batch it reads
 
     # ---- checks ------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ class OnnxRuntimeBackend(Backend):
     name, label, rank = "ort", "ONNX Runtime", 0
     needs = "nothing beyond prunefx (onnxruntime is a dependency); runs on this CPU"
     options = frozenset({"threads", "spinning", "flush_denormals", "rounds"})
+    float32_only = True
 
     def precision_refusal(self, precision, allowed):
         return (f"precision {precision} applies to the GPU backends; ONNX Runtime times the float32 file "

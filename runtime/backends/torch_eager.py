@@ -13,6 +13,7 @@ class TorchEagerBackend(Backend):
     needs = "nothing beyond prunefx; runs on this CPU"
     budgets, reads = False, "program"
     options = frozenset({"threads"})
+    float32_only = True
 
     def precision_refusal(self, precision, allowed):
         return f"precision {precision} applies to the GPU backends; torch eager runs the float32 Program"

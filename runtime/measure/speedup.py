@@ -9,6 +9,7 @@ alternately in this process, so machine noise hits both alike; the speed-up is t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import operator
 import tempfile
@@ -24,6 +25,7 @@ from prunefx.graph.timing import Timing
 from prunefx.runtime.measure.last_used import LastUsed
 from prunefx.runtime.measure.latency import LatencyComparison, LatencyStats, compare_latency, compare_rounds
 from prunefx.runtime.measure.width_multiple import onnxruntime_multiple
+from prunefx.runtime.model_precision import require_float32
 from prunefx.runtime.onnx.export import export_onnx
 from prunefx.runtime.onnx.quantized import export_quantized_onnx, onnxruntime_lowering
 from prunefx.runtime.ort.runners import OnnxRunnerMaker
@@ -100,9 +102,10 @@ def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup:
     with `search_exporter`
     (TorchScript by default), and the confirmation, which alone accepts a candidate, times the files
     prunefx delivers (dynamo). A fake-quantized Program always goes through the INT8 lowering."""
-    search = ExportCache(batch, search_exporter)  # shared: the dense model is exported once per search
+    float32 = functools.partial(require_float32, runtime="ONNX Runtime")
+    search = ExportCache(batch, search_exporter, check=float32)  # shared: the dense model is exported once per search
     # an INT8 candidate's file is the same whatever the exporter (the INT8 lowering): confirmed, it is not exported again
-    delivered = search if search_exporter == "dynamo" else ExportCache(batch, "dynamo", quantized=search)
+    delivered = search if search_exporter == "dynamo" else ExportCache(batch, "dynamo", quantized=search, check=float32)
     confirming = confirm_runs or 4 * runs
     return PairMeasurer(_onnx_runtime_pair(search, threads=threads, runs=runs, warmup=warmup),
                         _onnx_runtime_pair(delivered, threads=threads, runs=confirming, warmup=2 * warmup,
@@ -179,16 +182,19 @@ class ExportCache:
     candidate at every step, and every file of a large model kept would fill the disk."""
 
     def __init__(self, batch: int, exporter: str = "dynamo", export: Callable | None = None,
-                 quantized: ExportCache | None = None, keep: int = 4):
+                 quantized: ExportCache | None = None, keep: int = 4, check: Callable[[Program], None] | None = None):
         # export(program, path, batch, exporter) -> (path, inputs): `exported_file` (ONNX Runtime's files) by default;
         # `quantized`: another cache that holds the fake-quantized Programs' files (they do not depend on the exporter)
         self.batch, self.exporter, self.export, self.quantized = batch, exporter, export, quantized
+        self.check = check  # what a Program must be to be measured here, checked before it is exported
         self.folder = tempfile.TemporaryDirectory(prefix="prunefx-measure-")
         # the least recently used file goes (exported again if met again)
         self.files = LastUsed(keep, released=lambda entry: _remove_with_side_file(entry[0]))
 
     def get(self, program: Program) -> tuple[Path, tuple, str]:
         """(ONNX path, example inputs at `batch`, sha256 of the file) for `program`."""
+        if self.check is not None:
+            self.check(program)
         if self.quantized is not None and has_fake_quant(program.graph):
             return self.quantized.get(program)
         return self.files.get(fingerprint(program), lambda: self._exported(program))

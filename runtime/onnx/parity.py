@@ -19,6 +19,7 @@ import torch.utils._pytree as pytree
 from prunefx.graph import Program
 from prunefx.graph.heap import release_freed_memory
 from prunefx.runtime.errors import ParityError
+from prunefx.runtime.model_precision import require_onnx_runtime_can_check
 from prunefx.runtime.ort.session import OnnxRuntimeSession
 
 
@@ -49,6 +50,7 @@ def check_parity(program: Program, onnx_path: str | os.PathLike,
                  inputs: Sequence[torch.Tensor] | None = None, *, threads: int | None = None) -> Parity:
     """Run `program` (eval mode) and the ONNX file on `inputs` (example inputs by default); compare. ONNX
     Runtime runs on `threads` threads, by default as many as torch runs the program on."""
+    require_onnx_runtime_can_check(program)
     program = program.clone().eval() if program.training else program
     inputs = program.example_inputs if inputs is None else tuple(inputs)
     with torch.inference_mode():

@@ -18,7 +18,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     destination = followed(check_output_file(args.output))  # a link: the file it names, its side files beside it
-    program = program_from_args(args).eval()
+    program = program_from_args(args, writes_onnx=True).eval()
     with staged_file(destination) as staging:  # an existing file is replaced only by a checked, complete one
         exported = export_onnx(program, staging, opset=args.opset)
         # weights in a side file (over 2 GB) take export_onnx's name for the destination: one of this run's where

@@ -160,7 +160,7 @@ def _program(args):
         raise PrunefxError("--module writes the whole model back; it cannot be combined with --part")
     if not args.part:
         model, program = model_and_program(args.model, weights=args.weights, input_shape=args.input_shape,
-                                           keep_model=args.module)
+                                           keep_model=args.module, writes_onnx=True)
         if args.module and model is None:
             raise PrunefxError("--module needs the model's own Python code, which a saved .pt2 does not hold: "
                                "prune the model reference (torchvision:NAME, timm:NAME, file.py:FACTORY) instead")

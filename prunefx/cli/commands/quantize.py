@@ -59,7 +59,7 @@ def run(args) -> int:
     output = check_output_folder(args.output)
     if not args.calibrate:
         raise PrunefxError("quantize needs calibration images for the activation ranges: give --calibrate DATA")
-    program = program_from_args(args).eval()
+    program = program_from_args(args, writes_onnx=True).eval()
     calibration = calibration_data(args.calibrate, program.example_inputs[0], args.calibration_images)
     config = {**cli_options.pass_config(args, OPTIONS), "calibration": calibration.batches}
     started = time.perf_counter()

@@ -1,0 +1,69 @@
+"""Half-precision Programs on the CPU runtimes (runtime/model_precision.py): ONNX Runtime cannot run bfloat16, and
+ONNX Runtime and torch eager time float32 models. Refused in one line, before any work and with nothing written;
+what they can do (a float16 file checked against torch) still runs."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from prunefx.cli import EXIT_USER_ERROR, main
+from prunefx.graph import capture
+from prunefx.runtime.errors import OnnxSessionError
+from prunefx.runtime.onnx.export import export_onnx
+from prunefx.runtime.onnx.parity import check_parity
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A small CNN saved in float16 and in bfloat16: {dtype name: path of its .pt2}."""
+    folder = tmp_path_factory.mktemp("precision")
+    paths = {}
+    for dtype in (torch.float16, torch.bfloat16):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval().to(dtype)
+        name = str(dtype).removeprefix("torch.")
+        paths[name] = capture(model, torch.randn(1, 3, 16, 16, dtype=dtype), name=name).save(folder / f"{name}.pt2")
+    return paths
+
+
+def refused(capsys, tmp_path, argv) -> str:
+    output = [] if argv[0] == "bench" else ["-o", str(tmp_path / "out")]  # bench writes nothing
+    code = main([*map(str, argv), *output])
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code == EXIT_USER_ERROR and len(lines) == 1, err
+    assert not (tmp_path / "out").exists()
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [["export"], ["prune", "--macs", "0.5"], ["depth", "--blocks", "1"]])
+def test_a_bfloat16_program_is_refused_where_onnx_runtime_must_check_its_file(saved, capsys, tmp_path, command):
+    line = refused(capsys, tmp_path, [command[0], saved["bfloat16"], *command[1:]])
+    assert "bfloat16, which ONNX Runtime cannot run on the CPU" in line
+
+
+def test_the_parity_check_names_bfloat16_instead_of_failing_inside_numpy(saved, tmp_path):
+    from prunefx.graph import Program
+
+    program = Program.load(saved["bfloat16"])
+    with pytest.raises(OnnxSessionError, match="bfloat16, which ONNX Runtime cannot run"):
+        check_parity(program, export_onnx(program, tmp_path / "m.onnx").path)
+
+
+@pytest.mark.parametrize("argv", [["bench", "{float16}", "--runs", "2"],
+                                  ["bench", "{float16}", "--backend", "torch", "--runs", "2"],
+                                  ["prune", "{float16}", "--speedup", "1.2", "--runs", "2", "--max-candidates", "1"]])
+def test_a_float16_program_is_not_timed_as_float32_on_the_cpu_runtimes(saved, capsys, tmp_path, argv):
+    line = refused(capsys, tmp_path, [arg.format(**saved) for arg in argv])
+    assert "times float32 models, and float16 holds float16 tensors" in line
+
+
+def test_a_float16_program_is_pruned_and_its_float16_file_checked(saved, capsys, tmp_path):
+    assert main(["prune", str(saved["float16"]), "--macs", "0.6", "-o", str(tmp_path / "out")]) == 0
+    model = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert "parity torch vs ONNX Runtime" in capsys.readouterr().out
