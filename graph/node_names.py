@@ -23,12 +23,11 @@ def node_names(module: torch.fx.GraphModule) -> list[list[str]]:
     return [[node.name, str(node.target)] for node in operator_nodes(module.graph)]
 
 
-def restore_node_names(module: torch.fx.GraphModule, recorded: list[list[str]]) -> bool:
+def restore_node_names(module: torch.fx.GraphModule, recorded: list[list[str]]) -> None:
     """Name `module`'s operator nodes as `recorded` says, when its operators are the recorded ones in order."""
     nodes = operator_nodes(module.graph)
     if [str(node.target) for node in nodes] != [target for _, target in recorded]:
-        return False
+        return
     for node, (name, _) in zip(nodes, recorded):
         node.name = name  # the graph's namespace still holds torch's names: a copy of the graph takes these anew
     module.graph = copy.deepcopy(module.graph)  # recompiles
-    return True
