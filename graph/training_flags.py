@@ -1,6 +1,9 @@
 """Where an exported graph says train or eval: the training flag argument of its batch norms and dropouts
 (torch.export records the mode in the operators' arguments, not in a module attribute), set all alike
-(`set_training`) or recorded and put back one by one (`Modes`, `modes_of`, `restore_modes`)."""
+(`set_training`) or recorded and put back one by one (`Modes`, `modes_of`, `restore_modes`).
+
+A batch norm captured in training mode also counts its batches: `num_batches_tracked.add_(1)`, a node of its
+own. Its increment is its flag: 1 in training, 0 in eval, as an eval-mode batch norm counts nothing."""
 
 from __future__ import annotations
 
@@ -18,11 +21,25 @@ _TRAINING_FLAG_ARG = {
 }
 
 
+_COUNTER_ADDS = {torch.ops.aten.add_.Tensor, torch.ops.aten.add_.Scalar}
+_COUNTER = "num_batches_tracked"
+
+
+def _batch_counter(node: torch.fx.Node) -> bool:
+    """`num_batches_tracked += 1` (or += 0: its eval form)."""
+    counted = node.args[0] if node.target in _COUNTER_ADDS and len(node.args) == 2 else None
+    return (isinstance(counted, torch.fx.Node) and counted.op == "get_attr"
+            and str(counted.target).rpartition(".")[2] == _COUNTER
+            and type(node.args[1]) is int and node.args[1] in (0, 1) and not node.kwargs)
+
+
 def training_flag_index(node: torch.fx.Node) -> int | None:
     """The index of `node`'s training flag, or None when its behaviour does not depend on the mode. A batch
     norm without running statistics (weight standardisation: BiT's StdConv2d, NFNet's ScaledStdConv2d
     normalise their conv weights with F.batch_norm(w, None, None, training=True)) always uses batch
     statistics: flipping it to eval would fail for want of running statistics."""
+    if node.op == "call_function" and _batch_counter(node):
+        return 1
     index = _TRAINING_FLAG_ARG.get(node.target) if node.op == "call_function" else None
     if index is None or len(node.args) <= index:
         return None
@@ -91,7 +108,11 @@ def _set_flags(module: torch.fx.GraphModule, mode_of) -> None:
     changed = False
     for node in module.graph.nodes:
         index = training_flag_index(node)
-        if index is not None and node.args[index] != (mode := mode_of(node)):
+        if index is None:
+            continue
+        mode = mode_of(node)
+        mode = int(mode) if _batch_counter(node) else bool(mode)  # a counter's increment, another's flag
+        if node.args[index] != mode or type(node.args[index]) is not type(mode):
             node.args = (*node.args[:index], mode, *node.args[index + 1:])
             changed = True
     if changed:

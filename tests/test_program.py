@@ -93,6 +93,38 @@ def test_checking_or_loading_a_training_program_leaves_every_batch_norm_statisti
         assert before.keys() == buffers.keys() and all(torch.equal(before[name], buffers[name]) for name in before)
 
 
+def test_a_program_counts_batches_as_its_batch_norms_would_in_each_mode(tmp_path):
+    """Captured in training mode, the graph holds `num_batches_tracked += 1`; in eval mode an nn.BatchNorm counts
+    nothing, and neither may the Program (a run, an evaluation or a check of an eval-mode Program changed it).
+    The oracle: the eager module given the same calls in the same modes."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU()).train()
+    program = capture(model, torch.randn(2, 3, 8, 8))
+
+    def counters():
+        return [int(program.module.state_dict()["1.num_batches_tracked"]), int(model[1].num_batches_tracked)]
+
+    for mode in (False, True, False):
+        program.train(mode)
+        model.train(mode)
+        for _ in range(2):
+            x = torch.randn(2, 3, 8, 8)
+            with torch.no_grad():
+                program(x)
+                model(x)
+        assert counters()[0] == counters()[1], mode
+    assert counters() == [2, 2]
+    verify(program)
+    loaded = Program.load(program.save(tmp_path / "eval.pt2"))
+    with torch.no_grad():
+        loaded(torch.randn(2, 3, 8, 8))
+    assert int(loaded.module.state_dict()["1.num_batches_tracked"]) == 2 and not loaded.training
+    with program.train().evaluating():  # eval inside, the training increments back after
+        program(torch.randn(2, 3, 8, 8))
+    program(torch.randn(2, 3, 8, 8))
+    assert counters()[0] == 3
+
+
 def test_save_load_reproduces_outputs_bit_for_bit(resnet18_program, tmp_path):
     _, program = resnet18_program
     program.analysis.linearize = LinearizeRecord(blends={"blend_0": "layer1"}, ramp=0.25)
