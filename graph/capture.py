@@ -109,7 +109,8 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     check_static_shapes(exported.graph, name)  # .item(), nonzero, NMS: refused here, with the module to blame
     # exported.module() shares parameter and buffer storage with `model`; copy it so that training or
     # rewriting the Program never changes the user's model behind their back.
-    program = Program.from_exported(exported, inputs, name=name)
+    # the inputs too: the caller reusing the tensor (a loader's buffer) must not change what checks run on
+    program = Program.from_exported(exported, tuple(x.detach().clone() for x in inputs), name=name)
     if copy_weights:
         program.module = copy.deepcopy(program.module)
     use_builtin_outputs(program.module)  # a saved Program must never need the model's library to be read

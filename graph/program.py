@@ -157,7 +157,7 @@ class Program:
         vars(self).update(vars(other))
 
     def clone(self) -> Program:
-        return Program(copy.deepcopy(self.module), self.example_inputs, name=self.name,
+        return Program(copy.deepcopy(self.module), tuple(x.clone() for x in self.example_inputs), name=self.name,
                        analysis=copy.deepcopy(self.analysis), output_shapes=list(self.output_shapes))
 
     def to_exported(self) -> torch.export.ExportedProgram:

@@ -125,6 +125,18 @@ def test_a_program_counts_batches_as_its_batch_norms_would_in_each_mode(tmp_path
     assert counters()[0] == 3
 
 
+def test_a_program_and_its_clone_hold_example_inputs_of_their_own():
+    """Like the weights: the caller reusing an input buffer must not change what a Program's checks run on."""
+    x = torch.randn(2, 8)
+    program = capture(torch.nn.Linear(8, 4).eval(), x)
+    clone = program.clone()
+    expected = x.clone()
+    x.mul_(0)
+    clone.example_inputs[0].add_(1)
+    assert torch.equal(program.example_inputs[0], expected)
+    assert torch.equal(clone.example_inputs[0], expected + 1)
+
+
 def test_save_load_reproduces_outputs_bit_for_bit(resnet18_program, tmp_path):
     _, program = resnet18_program
     program.analysis.linearize = LinearizeRecord(blends={"blend_0": "layer1"}, ramp=0.25)

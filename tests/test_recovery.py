@@ -252,3 +252,19 @@ def test_a_cut_whose_write_back_fails_leaves_the_session_as_it_was_and_the_next_
     assert len(session.events) == 1 and session.module[0].out_channels < 16
     assert {id(p) for group in optimizer.param_groups for p in group["params"]} == \
         {id(p) for p in session.module.parameters()}
+
+
+def test_a_dense_program_given_to_the_session_is_left_as_found():
+    """The session trains and cuts its own copy, as it captures one of an nn.Module."""
+    torch.manual_seed(0)
+    dense = capture(tiny_net(), batch()[0]).eval()
+    before = {name: tensor.clone() for name, tensor in dense.state_dict().items()}
+    session = PruneWhileTraining(dense, macs=0.5, events=1, interval=1, round_to=4).train()
+    optimizer = torch.optim.SGD(session.module.parameters(), lr=0.1)
+    inputs, labels = batch(1)
+    F.cross_entropy(session.module(inputs), labels).backward()
+    session.after_backward()
+    optimizer.step()
+    assert session.maybe_cut(optimizer) and session.finished
+    assert not dense.training and dense.state_dict().keys() == before.keys()
+    assert all(torch.equal(before[name], tensor) for name, tensor in dense.state_dict().items())

@@ -60,7 +60,7 @@ def frozen_copy(teacher) -> Callable:
 
 class PruneWhileTraining:
     """CPD's schedule driven from the caller's loop: `after_backward()` after every backward pass,
-    `maybe_cut(optimizer)` after every optimizer step. `model` is a Program or an nn.Module (captured
+    `maybe_cut(optimizer)` after every optimizer step. `model` is a Program (copied) or an nn.Module (captured
     here on `example_inputs`, a batch of the training batch size); exactly one of `macs` and `params`
     (the fraction of the dense model kept after the last of `events` cuts, one every `interval` steps)."""
 
@@ -74,7 +74,7 @@ class PruneWhileTraining:
             "round_to": round_to, "max_ratio": max_ratio, "keep": list(keep),
             "steps": 1})  # the pass's checks; the step budget is the caller's business here
         if isinstance(model, Program):
-            self.program = model
+            self.program = model.clone()  # trained and cut here: the caller's dense Program is left as found
         elif isinstance(model, torch.nn.Module):
             self.program = capture(model, example_inputs, name=type(model).__name__)
         else:
