@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import torch
 
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.input_batches import as_program_inputs
 from prunefx.graph.placement import module_device
 
 
@@ -35,7 +36,9 @@ def calibration_inputs(example_inputs: Sequence[torch.Tensor], data: Iterable, *
         raise PrunefxError(f"{what}: max_batches must be a positive integer, not {max_batches!r}")
     items = itertools.islice(data, max_batches) if max_batches is not None else data
     expected = [tuple(t.shape) for t in example_inputs]
-    batches = [_inputs_of(item, expected, index, what) for index, item in enumerate(items)]
+    # in the Program's precision: data sets give float32 images, a half-precision Program takes half
+    batches = [as_program_inputs(_inputs_of(item, expected, index, what), example_inputs)
+               for index, item in enumerate(items)]
     if not batches:
         raise PrunefxError(f"{what} got no batches: give at least one input batch")
     return batches

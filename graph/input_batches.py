@@ -12,9 +12,12 @@ from collections.abc import Sequence
 import torch
 
 
-def as_program_inputs(batch: Sequence[torch.Tensor], examples: Sequence[torch.Tensor], device: torch.device | str,
-                      *, non_blocking: bool = False) -> tuple[torch.Tensor, ...]:
-    return tuple(tensor.to(device, dtype=_dtype_for(tensor, examples[index] if index < len(examples) else None),
+def as_program_inputs(batch: Sequence[torch.Tensor], examples: Sequence[torch.Tensor],
+                      device: torch.device | str | None = None, *, non_blocking: bool = False
+                      ) -> tuple[torch.Tensor, ...]:
+    """`batch` on `device` (None: where each tensor is) in the example inputs' floating dtypes."""
+    return tuple(tensor.to(tensor.device if device is None else device,
+                           dtype=_dtype_for(tensor, examples[index] if index < len(examples) else None),
                            non_blocking=non_blocking)
                  for index, tensor in enumerate(batch))
 

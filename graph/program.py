@@ -32,6 +32,7 @@ from prunefx.graph.training_flags import (
     restore_modes,
     set_module_attributes,
     set_training,
+    settle_batch_counters,
 )
 
 _PROPAGATION = "prunefx_propagation"  # node.meta key: which shape propagation last saw the node
@@ -68,6 +69,7 @@ class Program:
     def from_exported(cls, exported: torch.export.ExportedProgram, example_inputs, *, name: str) -> Program:
         module = exported.module()
         program = cls(module, tuple(example_inputs), name=name)
+        settle_batch_counters(module)
         set_module_attributes(module, graph_training_mode(module.graph))
         return program
 

@@ -7,7 +7,7 @@ statistics.
 
 Fake tensors run `aten.batch_norm`, `aten.layer_norm` and `aten.linear` through torch's Python decompositions, a
 dozen fake ops each: two thirds of a CNN's propagation. Where their result is certain (a contiguous input, operands
-of the sizes the op needs, one device) it is made in one step, as the decomposition would make it; anything else
+of the sizes the op needs, one device, for a layer norm one dtype) it is made in one step, as the decomposition would make it; anything else
 (a size a rewrite got wrong included) goes the decomposition's way and fails as it does.
 """
 
@@ -82,7 +82,7 @@ def _layer_norm(input, normalized_shape, weight=None, bias=None, *_numerics, **_
     inner = tuple(normalized_shape)
     if not (_contiguous_fake(input) and inner and tuple(input.shape[-len(inner):]) == inner):
         return None
-    if not all(_sized(t, input, inner) for t in (weight, bias)):
+    if not all(_sized(t, input, inner, same_dtype=True) for t in (weight, bias)):  # CUDA has no mixed kernel
         return None
     return torch.empty_like(input)
 

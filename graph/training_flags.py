@@ -49,8 +49,16 @@ def training_flag_index(node: torch.fx.Node) -> int | None:
 
 
 def graph_training_mode(graph: torch.fx.Graph) -> bool:
-    """A graph is in training mode when any of its batch norms or dropouts is (no such node: eval)."""
-    return any(bool(node.args[index]) for node in graph.nodes if (index := training_flag_index(node)) is not None)
+    """A graph is in training mode when any of its batch norms or dropouts is (no such node: eval); a batch
+    counter follows its batch norm and does not decide."""
+    return any(bool(node.args[index]) for node in graph.nodes
+               if (index := training_flag_index(node)) is not None and not _batch_counter(node))
+
+
+def settle_batch_counters(module: torch.fx.GraphModule) -> None:
+    """An eval-mode graph's counters at += 0: a file saved before the counters followed the mode holds += 1."""
+    if not graph_training_mode(module.graph):
+        _set_flags(module, lambda node: False)
 
 
 @dataclass(frozen=True)

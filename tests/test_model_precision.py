@@ -67,3 +67,18 @@ def test_a_float16_program_is_pruned_and_its_float16_file_checked(saved, capsys,
     model = onnx.load(str(tmp_path / "out" / "model.onnx"))
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     assert "parity torch vs ONNX Runtime" in capsys.readouterr().out
+
+
+def test_calibration_batches_reach_a_half_precision_program_in_its_dtype():
+    """Recipes and API callers hand calibration passes float32 images (the oracle: the same batches cast by hand)."""
+    from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
+
+    def recalibrated(batches):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()).eval().half()
+        program = capture(model, torch.randn(2, 3, 8, 8, dtype=torch.float16))
+        recalibrate_batchnorm(program, config={"data": batches})
+        return program.module.state_dict()["1.running_mean"]
+
+    batches = [(torch.randn(2, 3, 8, 8),) for _ in range(3)]
+    assert torch.equal(recalibrated(batches), recalibrated([(x.half(),) for (x,) in batches]))

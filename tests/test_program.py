@@ -125,6 +125,20 @@ def test_a_program_counts_batches_as_its_batch_norms_would_in_each_mode(tmp_path
     assert counters()[0] == 3
 
 
+def test_a_file_saved_with_an_eval_program_still_counting_batches_loads_in_eval_mode_counting_none(tmp_path):
+    """Files written before the counters followed the mode hold `num_batches_tracked += 1` in an eval graph."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)).train()
+    program = capture(model, torch.randn(2, 3, 8, 8)).eval()
+    counter = next(node for node in program.graph.nodes if node.target is torch.ops.aten.add_.Tensor)
+    counter.args = (counter.args[0], 1)  # as such a file holds it
+    program.module.recompile()
+    loaded = Program.load(program.save(tmp_path / "old.pt2"))
+    assert not loaded.training
+    with torch.no_grad():
+        loaded(torch.randn(2, 3, 8, 8))
+    assert int(loaded.module.state_dict()["1.num_batches_tracked"]) == 0
+
+
 def test_a_program_and_its_clone_hold_example_inputs_of_their_own():
     """Like the weights: the caller reusing an input buffer must not change what a Program's checks run on."""
     x = torch.randn(2, 8)

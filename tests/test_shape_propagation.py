@@ -144,6 +144,8 @@ def test_operands_of_the_wrong_size_fail_as_torch_fails():
         assert shape_propagation._linear(x, torch.ones(7, 3), torch.ones(6)) is None
         assert shape_propagation._layer_norm(x, [4], torch.ones(4)) is None
         assert shape_propagation._layer_norm(x, [3], torch.ones(4)) is None
+        assert shape_propagation._layer_norm(x, [3], torch.ones(3)) is not None
+        assert shape_propagation._layer_norm(x, [3], torch.ones(3, dtype=torch.float16)) is None  # torch on CUDA
     program = capture(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)).eval(),
                       torch.randn(1, 3, 2, 2))
     program.module.get_parameter("1.weight").data = torch.ones(3)  # the batch norm's: 4 channels come in

@@ -56,7 +56,7 @@ def run(args) -> int:
     output = check_output_folder(args.output) if not args.list else None
     budget = args.speedup is not None or args.latency_ms is not None
     cli_options.check_budget_backend(args, budgeted=budget, measures=args.measure)
-    program = program_from_args(args, writes_onnx=True).eval()
+    program = program_from_args(args, writes_onnx=not args.list).eval()  # --list writes nothing
     if args.list:
         _list_blocks(program)
         return 0
