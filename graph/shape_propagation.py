@@ -41,7 +41,18 @@ class _ShortcutProp(FakeTensorProp):
 
 
 def _contiguous_fake(tensor: Any) -> bool:
-    return isinstance(tensor, FakeTensor) and tensor.dim() >= 2 and tensor.is_contiguous()
+    """A fake tensor of at least 2 dims with the row-major strides of its shape, size-1 dims included (torch keeps
+    or recomputes an odd stride there case by case, so such a tensor goes torch's way)."""
+    return isinstance(tensor, FakeTensor) and tensor.dim() >= 2 and tensor.stride() == _row_major(tensor.shape)
+
+
+def _row_major(shape) -> tuple[int, ...]:
+    """The strides torch gives a new tensor of `shape` (a size-0 dim counts as 1)."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(int(size), 1)
+    return tuple(reversed(strides))
 
 
 def _sized(tensor: Any, like: torch.Tensor, shape: tuple[int, ...], same_dtype: bool = False) -> bool:
@@ -63,7 +74,7 @@ def _batch_norm(input, weight, bias, running_mean, running_var, training, *_nume
         return None
     if not training and (running_mean is None or running_var is None):
         return None
-    return torch.empty_like(input)
+    return input.new_empty(input.shape)
 
 
 def _linear(input, weight, bias=None):
@@ -84,7 +95,7 @@ def _layer_norm(input, normalized_shape, weight=None, bias=None, *_numerics, **_
         return None
     if not all(_sized(t, input, inner, same_dtype=True) for t in (weight, bias)):  # CUDA has no mixed kernel
         return None
-    return torch.empty_like(input)
+    return input.new_empty(input.shape)
 
 
 SHORTCUTS: dict[Any, Callable[..., torch.Tensor | None]] = {

@@ -92,6 +92,9 @@ def layouts(shape):
     if len(shape) == 4:
         yield torch.randn(shape).to(memory_format=torch.channels_last)
     yield torch.randn(shape).transpose(0, -1).contiguous().transpose(0, -1)
+    # contiguous, with any stride on its size-1 dims: torch keeps some of those, recomputes others
+    strides = torch.empty(shape).stride()
+    yield torch.empty_strided(shape, [1 if size == 1 else stride for size, stride in zip(shape, strides)]).normal_()
 
 
 SHAPES = [(2, 3), (1, 3), (2, 3, 1), (1, 3, 1, 1), (2, 3, 1, 1), (1, 3, 4, 5), (2, 1, 4, 1), (2, 3, 2, 2, 2)]
