@@ -36,6 +36,7 @@ from prunefx.data.splits import (
 )
 from prunefx.device import batches_on
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.input_batches import as_program_inputs
 from prunefx.options import MAX_CALIBRATION_IMAGES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -43,7 +44,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 def noise_batches(example: torch.Tensor, count: int, *, seed: int = 0) -> list[tuple[torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
-    return [(torch.randn(example.shape, generator=generator).to(_image_dtype(example)),) for _ in range(count)]
+    return [as_program_inputs((torch.randn(example.shape, generator=generator),), (example,)) for _ in range(count)]
 
 
 def image_batches(folder: str | Path, example: torch.Tensor, *, limit: int | None = None) -> list[tuple[torch.Tensor]]:
@@ -63,7 +64,7 @@ def image_batches(folder: str | Path, example: torch.Tensor, *, limit: int | Non
     batch = int(example.shape[0])
     if len(images) < batch:
         raise PrunefxError(f"calibration folder {folder} holds {len(images)} images, fewer than one batch of {batch}")
-    return [(torch.stack(images[i:i + batch]).to(_image_dtype(example)),)
+    return [as_program_inputs((torch.stack(images[i:i + batch]),), (example,))
             for i in range(0, len(images) - batch + 1, batch)]
 
 
@@ -94,13 +95,7 @@ def calibration_data(data: str, example: torch.Tensor, images: int = 256, *, see
     """About `images` calibration images from `data` (see the module docstring), in batches of the
     example's shape and floating dtype: images // batch size batches, at least one."""
     calibration = _calibration_data(data, example, images, seed)
-    dtype = _image_dtype(example)
-    return replace(calibration, batches=[tuple(t.to(dtype) for t in batch) for batch in calibration.batches])
-
-
-def _image_dtype(example: torch.Tensor) -> torch.dtype:
-    """The example's dtype where it is floating (a Program captured in half precision takes half), else float32."""
-    return example.dtype if example.is_floating_point() else torch.float32
+    return replace(calibration, batches=[as_program_inputs(batch, (example,)) for batch in calibration.batches])
 
 
 def _calibration_data(data: str, example: torch.Tensor, images: int, seed: int) -> Calibration:
