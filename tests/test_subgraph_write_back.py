@@ -159,3 +159,74 @@ def test_a_block_called_with_constants_besides_its_input_is_made_from_its_subgra
         torch.testing.assert_close(written(x), program(x))
     with pytest.raises(Exception, match="reads one tensor, and its caller passes more"):
         written.block(torch.rand(1, 8, 8, 8), torch.ones(1))
+
+
+class WindowAttention(nn.Module):
+    """Attention within windows, as davit, hiera and swin write it: the windows of every image batched together
+    (B * n of them, a literal size in the graph), put back after; a relative bias reshaped from a parameter (a
+    size of its own, which does not follow the batch)."""
+
+    def __init__(self, dim: int = 16, heads: int = 2, window: int = 4):
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.heads, self.window = heads, window
+        self.bias = nn.Parameter(torch.randn(heads * window ** 4))
+
+    def forward(self, x):  # (B, H, W, C)
+        batch, height, width, dim = x.shape
+        side, area = self.window, self.window ** 2
+        windows = x.view(batch, height // side, side, width // side, side, dim).permute(0, 1, 3, 2, 4, 5)
+        windows = windows.reshape(-1, area, dim)
+        count = windows.shape[0]
+        q, k, v = self.qkv(windows).reshape(count, area, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(-2, -1)) + self.bias.view(self.heads, area, area)
+        mixed = self.proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(count, area, dim))
+        mixed = mixed.view(batch, height // side, width // side, side, side, dim).permute(0, 1, 3, 2, 4, 5)
+        return x + mixed.reshape(batch, height, width, dim)
+
+
+class WindowNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.mixer, self.head = nn.Conv2d(3, 16, 2, stride=2), WindowAttention(), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.mixer(self.stem(x).permute(0, 2, 3, 1)).mean((1, 2)))
+
+
+def test_window_attention_writes_back_for_any_batch():
+    """The windows' batch (B * n) follows the input's batch in the written-back module, the bias table's size
+    does not; oracle: the Program, image by image, on a batch it never saw."""
+    torch.manual_seed(0)
+    model = WindowNet().eval()
+    program = capture(model, torch.rand(1, 3, 16, 16)).eval()
+    remove_channels(program, config={"macs": 0.6, "importance": "l2", "heads": "dims", "round_to": 1, "strict": False})
+    assert program.module.state_dict()["mixer.qkv.weight"].shape[0] < 48  # the attention itself was narrowed
+    written = to_module(program, model)
+    assert isinstance(written.mixer, SubgraphModule)
+    other = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        expected = torch.cat([program(other[i:i + 1]) for i in range(3)])
+        torch.testing.assert_close(written(other), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", ["davit_tiny", "hiera_tiny_224", "efficientvit_m0"])
+def test_window_and_cascaded_attention_models_write_back(name):
+    """timm models whose blocks batch windows or heads as B * n (random weights, zero-initialised layers
+    randomised so that the comparison is not vacuous); oracle: the Program, image by image."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1 and not parameter.any():
+                nn.init.normal_(parameter, std=0.02)
+    program = capture(model, torch.rand(1, 3, 224, 224)).eval()
+    remove_channels(program, config={"macs": 0.5, "round_to": 8, "strict": False})
+    written = to_module(program, model)
+    assert any(isinstance(module, SubgraphModule) for module in written.modules())
+    other = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = torch.cat([program(other[i:i + 1]) for i in range(2)])
+        torch.testing.assert_close(written(other), expected, rtol=1e-4, atol=1e-5)

@@ -56,8 +56,6 @@ MODEL_REFUSALS = {  # models the write-back refuses, and words their one-line re
     "timm:maxxvit_rmlp_nano_rw_256": "(RelPosMlp)",
     # channels split at sizes stored in a list (the shared relative-position encoding)
     "timm:coat_lite_tiny": "module 'crpe1' (ConvRelPosEnc)",
-    # a DCT stem that reshapes by a size its forward computes; its subgraph holds batch-1 sizes
-    "timm:csatv2": "module 'stem_dct'",
 }
 # Main lane: the Fashion-MNIST models and resnet18; the rest of the zoo runs in its own lane.
 MAIN_MODELS = {"prunefx:resnet20", "prunefx:mobilenetv2_small", "prunefx:vit_tiny_fmnist", "torchvision:resnet18"}

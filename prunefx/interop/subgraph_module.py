@@ -14,6 +14,7 @@ of the graph this way (several inputs or outputs, its own dropout), SubgraphErro
 from __future__ import annotations
 
 import importlib
+import operator
 import types
 
 import torch
@@ -88,12 +89,15 @@ def _graph(program: Program, path: str, dropout_free: bool) -> fx.Graph:
             groups.setdefault(child, []).append(node)
     graph = fx.Graph()
     env = {inputs[0]: graph.placeholder("x")}
+    from_input = {inputs[0]}  # the values computed from the input (the others are the module's own constants)
     prefix = f"{path}."
     for node in region:
+        if any(value in from_input for value in node.all_input_nodes):
+            from_input.add(node)
         child = region[node]
         if child is None:
             _copy_own(graph, node, env, prefix, dropout_free)
-            _batch_follows_input(graph, env[node], node, env[inputs[0]], _batch(inputs[0]))
+            _batch_follows_input(graph, env[node], node, env[inputs[0]], _batch(inputs[0]), from_input)
         elif node is groups[child][-1]:  # the child's whole call, at its last operator
             members = groups[child]
             ins, outs = _outside_inputs(members, set(members)), [m for m in members if any(
@@ -115,16 +119,25 @@ def _batch(node: fx.Node) -> int | None:
     return int(value.shape[0]) if isinstance(value, torch.Tensor) and value.dim() else None
 
 
-def _batch_follows_input(graph: fx.Graph, node: fx.Node, original: fx.Node, x: fx.Node, batch: int | None) -> None:
-    """A reshape to the example's batch size (the graph holds literal sizes) made to take the input's instead,
-    where the reshaped tensor's first dim is that batch too; the write-back proves it on a batch of two."""
+def _batch_follows_input(graph: fx.Graph, node: fx.Node, original: fx.Node, x: fx.Node, batch: int | None,
+                         from_input: set[fx.Node]) -> None:
+    """A reshape or expand to literal sizes (the graph holds the example's) made to follow the input's batch: a
+    first size equal to the example's batch, where the tensor's first dim is that batch too (a class token
+    expanded to it), or, for a tensor computed from the input, a first size that is a multiple of it (B * n: the
+    windows or heads of each image). The write-back proves it on a batch of two."""
     sizes = node.args[1] if node.target in _RESHAPES and len(node.args) > 1 else None
-    source = original.args[0].meta.get("val") if isinstance(original.args[0], fx.Node) else None
-    if batch is None or not isinstance(sizes, (list, tuple)) or not sizes or sizes[0] != batch \
-            or not isinstance(source, torch.Tensor) or not source.dim() or source.shape[0] != batch:
+    if batch is None or not isinstance(sizes, (list, tuple)) or not sizes or not isinstance(sizes[0], int) \
+            or sizes[0] <= 0 or sizes[0] % batch:
+        return
+    source = original.args[0]
+    value = source.meta.get("val") if isinstance(source, fx.Node) else None
+    batch_first = isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == batch == sizes[0]
+    if not batch_first and source not in from_input:
         return
     with graph.inserting_before(node):
         size = graph.call_function(torch.ops.aten.sym_size.int, (x, 0))
+        if sizes[0] != batch:
+            size = graph.call_function(operator.mul, (size, sizes[0] // batch))
     node.args = (node.args[0], [size, *sizes[1:]], *node.args[2:])
 
 
