@@ -3,7 +3,11 @@
 (`set_training`) or recorded and put back one by one (`Modes`, `modes_of`, `restore_modes`).
 
 A batch norm captured in training mode also counts its batches: `num_batches_tracked.add_(1)`, a node of its
-own. Its increment is its flag: 1 in training, 0 in eval, as an eval-mode batch norm counts nothing."""
+own. Its increment is its flag: 1 in training, 0 in eval, as an eval-mode batch norm counts nothing.
+
+Fused attention captured in training mode holds its dropout probability as a number (`dropout_p`), which is its
+flag: 0 in eval, and in training the probability it was captured with, kept in the node's custom metadata
+(which re-export, cloning and `.pt2` files keep) while the graph is in eval."""
 
 from __future__ import annotations
 
@@ -19,6 +23,11 @@ _TRAINING_FLAG_ARG = {
     torch.ops.aten.alpha_dropout.default: 2,
     torch.ops.aten.feature_alpha_dropout.default: 2,
 }
+
+
+# Fused attention: the index of its dropout probability, which is 0 in eval (module docstring).
+_ATTENTION_DROPOUT_ARG = {torch.ops.aten.scaled_dot_product_attention.default: 4}
+_TRAINING_DROPOUT = "prunefx_training_dropout_p"  # the key in node.meta["custom"]
 
 
 _COUNTER_ADDS = {torch.ops.aten.add_.Tensor, torch.ops.aten.add_.Scalar}
@@ -40,6 +49,8 @@ def training_flag_index(node: torch.fx.Node) -> int | None:
     statistics: flipping it to eval would fail for want of running statistics."""
     if node.op == "call_function" and _batch_counter(node):
         return 1
+    if node.op == "call_function" and _training_dropout(node) is not None:
+        return _ATTENTION_DROPOUT_ARG[node.target]
     index = _TRAINING_FLAG_ARG.get(node.target) if node.op == "call_function" else None
     if index is None or len(node.args) <= index:
         return None
@@ -48,10 +59,24 @@ def training_flag_index(node: torch.fx.Node) -> int | None:
     return index
 
 
+def _training_dropout(node: torch.fx.Node) -> float | None:
+    """A fused attention node's dropout probability in training (the one it holds, or the one kept while the
+    graph is in eval); None for other nodes and for attention without dropout."""
+    index = _ATTENTION_DROPOUT_ARG.get(node.target)
+    if index is None:
+        return None
+    kept = (node.meta.get("custom") or {}).get(_TRAINING_DROPOUT)
+    held = node.args[index] if len(node.args) > index else None
+    for probability in (kept, held):  # a file's metadata is checked like any number in it
+        if type(probability) is float and 0 < probability < 1:
+            return probability
+    return None
+
+
 def graph_training_mode(graph: torch.fx.Graph) -> bool:
     """A graph is in training mode when any of its batch norms or dropouts is (no such node: eval); a batch
     counter follows its batch norm and does not decide."""
-    return any(bool(node.args[index]) for node in graph.nodes
+    return any(bool(_flag(node, index)) for node in graph.nodes
                if (index := training_flag_index(node)) is not None and not _batch_counter(node))
 
 
@@ -99,7 +124,7 @@ def set_module_modes(module: torch.nn.Module, modes: dict[str, bool], default: b
 def modes_of(module: torch.fx.GraphModule) -> Modes:
     """Every training flag of the graph and every submodule's `training`, to put back with `restore_modes`."""
     return Modes(graph_training_mode(module.graph),
-                 {node.name: node.args[index] for node in module.graph.nodes
+                 {node.name: _flag(node, index) for node in module.graph.nodes
                   if (index := training_flag_index(node)) is not None},
                  module_modes(module))
 
@@ -118,10 +143,35 @@ def _set_flags(module: torch.fx.GraphModule, mode_of) -> None:
         index = training_flag_index(node)
         if index is None:
             continue
-        mode = mode_of(node)
-        mode = int(mode) if _batch_counter(node) else bool(mode)  # a counter's increment, another's flag
-        if node.args[index] != mode or type(node.args[index]) is not type(mode):
-            node.args = (*node.args[:index], mode, *node.args[index + 1:])
+        mode = _flag_value(node, mode_of(node))
+        if _flag(node, index) != mode or type(_flag(node, index)) is not type(mode) or len(node.args) <= index:
+            node.args = (*_arguments_to(node, index), mode, *node.args[index + 1:])
             changed = True
     if changed:
         module.recompile()
+
+
+def _flag(node: torch.fx.Node, index: int):
+    """The flag argument, or its default where the graph leaves it out (re-export drops a dropout_p of 0)."""
+    return node.args[index] if len(node.args) > index else _default(node, index)
+
+
+def _arguments_to(node: torch.fx.Node, index: int) -> tuple:
+    """`node`'s positional arguments before `index`, those it leaves out given their defaults."""
+    return (*node.args[:index], *(_default(node, i) for i in range(len(node.args), index)))
+
+
+def _default(node: torch.fx.Node, index: int):
+    return node.target._schema.arguments[index].default_value  # type: ignore[union-attr]
+
+
+def _flag_value(node: torch.fx.Node, training: bool) -> bool | int | float:
+    """What `node`'s flag argument holds in that mode: a counter's increment, attention's dropout probability
+    (kept in the node's metadata, module docstring), another's flag."""
+    if _batch_counter(node):
+        return int(training)
+    probability = _training_dropout(node)
+    if probability is None:
+        return bool(training)
+    node.meta.setdefault("custom", {})[_TRAINING_DROPOUT] = probability
+    return probability if training else 0.0

@@ -227,6 +227,29 @@ def test_to_module_names_a_program_of_another_model(one_thread):
         assert "merges layers" not in str(refused.value)
 
 
+class DrawsNoise(nn.Module):
+    """A forward that draws from torch's random state in eval mode too (noise scaled away, as some augmentation
+    or stochastic layers leave it): every run of the model or its Program moves the state."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x))) + 0 * torch.rand(1)
+
+
+def test_to_module_leaves_the_random_state_as_found(one_thread):
+    """Its proofs run the model and the Program several times; the caller's next draw must not depend on that."""
+    torch.manual_seed(0)
+    model = DrawsNoise().eval()
+    program = prunefx.capture(model, torch.randn(1, 3, 4, 4)).eval()
+    prunefx.passes.remove_channels(program, config={"macs": 0.5, "round_to": 1})
+    state = torch.get_rng_state()
+    prunefx.to_module(program, model)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 ULTRALYTICS_YAMLS = ("yolov8n.yaml", pytest.param("yolov8n-seg.yaml", marks=pytest.mark.slow),
                      pytest.param("yolov8n-pose.yaml", marks=pytest.mark.slow))
 

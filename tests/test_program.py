@@ -139,6 +139,36 @@ def test_a_file_saved_with_an_eval_program_still_counting_batches_loads_in_eval_
     assert int(loaded.module.state_dict()["1.num_batches_tracked"]) == 0
 
 
+class _FusedAttention(torch.nn.Module):
+    """Attention dropout as timm and Hugging Face pass it: a probability while training, 0 in eval."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = torch.nn.Linear(8, 24)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).unflatten(-1, (3, 2, 4)).permute(2, 0, 3, 1, 4)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=0.5 if self.training else 0.0)
+
+
+def test_fused_attention_drops_out_only_in_training_mode_through_clones_and_files(tmp_path):
+    """A graph captured in training mode holds fused attention's dropout probability as a number: eval makes it
+    0, training gives back the captured one, across a clone and a file saved in eval mode. The oracle: the eager
+    module in eval mode (deterministic), and two training runs that differ."""
+    torch.manual_seed(0)
+    model = _FusedAttention().train()
+    x = torch.randn(2, 5, 8)
+    program = capture(model, x)
+    assert program.training
+    with torch.no_grad():
+        expected = model.eval()(x)
+        for each in (program.eval(), program.clone(), Program.load(program.save(tmp_path / "eval.pt2"))):
+            assert not each.training
+            torch.testing.assert_close(each(x), expected)
+            each.train()
+            assert each.training and not torch.equal(each(x), each(x))
+
+
 def test_a_program_and_its_clone_hold_example_inputs_of_their_own():
     """Like the weights: the caller reusing an input buffer must not change what a Program's checks run on."""
     x = torch.randn(2, 8)

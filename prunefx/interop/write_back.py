@@ -18,7 +18,7 @@ from torch import nn
 from prunefx.graph import Program, capture
 from prunefx.graph.attributes import delete_unused_tensors
 from prunefx.graph.errors import PrunefxError
-from prunefx.graph.model_state import hook_state_kept
+from prunefx.graph.model_state import hook_state_kept, random_state_kept
 from prunefx.graph.scoped_calls import literal_changes, replaced_calls
 from prunefx.graph.training_flags import module_modes, set_module_modes
 from prunefx.interop.hf_config import update_config
@@ -46,8 +46,9 @@ def to_module(program: Program, model: nn.Module, *, config: bool = True) -> nn.
     Raises WriteBackError (a PrunefxError) with a one-line reason where the result cannot be proven."""
     name = program.name
     module = copy.deepcopy(model).eval()
-    # The copy shares the closures of the user's hooks: what the proofs' runs leave there is put back.
-    with hook_state_kept(module):
+    # The copy shares the closures of the user's hooks: what the proofs' runs leave there is put back, and the
+    # random state they draw from, however they end.
+    with hook_state_kept(module), random_state_kept([*module.parameters(), *program.module.parameters()]):
         return _written_back(program, model, module, name, config)
 
 
