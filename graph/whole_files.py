@@ -13,6 +13,10 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+from prunefx.graph.errors import PrunefxError, printable
+
+_NAME_ROOM = 200  # of 255 bytes: the dot, the process id, the random part and ".partial" take the rest
+
 
 @contextlib.contextmanager
 def replaced_whole(path: Path) -> Iterator[Path]:
@@ -20,17 +24,36 @@ def replaced_whole(path: Path) -> Iterator[Path]:
     without error it replaces `path` (the file it links to, for a link) in one rename, and on any failure it
     is removed."""
     path = followed(path)
+    if path.exists() and not path.is_file():  # a rename would replace a folder's entry, or a device (/dev/null)
+        raise PrunefxError(f"cannot write {printable(str(path))}: it is {'a folder' if path.is_dir() else 'not a regular file'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_killed_writers(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
-    temporary.touch(exist_ok=False)  # not mkstemp: its 0600 would become the file's mode, not the user's umask
+    temporary = path.with_name(f".{_stem(path)}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+    with _named(path):
+        temporary.touch(exist_ok=False)  # not mkstemp: its 0600 would become the file's mode, not the user's umask
     try:
         yield temporary
         _sync_file(temporary)
-        os.replace(temporary, path)
+        with _named(path):
+            os.replace(temporary, path)
         sync_folder(path.parent)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _named(path: Path) -> Iterator[None]:
+    """An OSError of the hidden temporary file told as one of `path`, the file the caller asked for (same type)."""
+    try:
+        yield
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from None
+
+
+def _stem(path: Path) -> str:
+    """The start of a temporary file's name: `path`'s name, cut where the name's own length would take the
+    temporary one past what a file system allows (255 bytes): the write of a name that fits must not fail."""
+    return os.fsencode(path.name)[:_NAME_ROOM].decode(errors="ignore")
 
 
 def _sync_file(path: Path) -> None:
@@ -55,7 +78,7 @@ def sync_folder(folder: Path) -> None:
 def _remove_killed_writers(path: Path) -> None:
     """The temporary files of earlier writes of `path` whose process is gone (killed outright: SIGKILL, out of
     memory), each as large as the file. A running writer's stays."""
-    pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)-[0-9a-f]{8}\.partial")
+    pattern = re.compile(re.escape(f".{_stem(path)}.") + r"(\d+)-[0-9a-f]{8}\.partial")
     for entry in path.parent.iterdir():
         found = pattern.fullmatch(entry.name)
         if found and not process_running(int(found.group(1))):

@@ -444,3 +444,11 @@ def test_a_linear_layer_s_4d_input_is_timed_contiguous_with_the_same_rows():
     assert probe.is_contiguous() and probe.shape == (2, 49, 96)
     assert F.linear(probe, torch.zeros(384, 96, dtype=torch.float16)).numel() == 2 * 7 * 7 * 384
     assert probe_shape(CONV) == CONV.input_shape  # a convolution's input stays 4-D (and channels_last)
+
+
+def test_a_cache_that_cannot_be_saved_still_gives_the_table_just_timed(caplog):
+    """The cache only spares the next table its timings: a folder that takes no files (/proc) costs a warning."""
+    timer = FakeTimer()
+    table = build_latency_table([CONV], timer, multiple=16, cache_dir="/proc/prunefx-no-cache")
+    assert table.measured == len(timer.timed) == 8
+    assert "could not save the cache" in caplog.text

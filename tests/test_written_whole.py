@@ -14,12 +14,15 @@ import torch
 from torch import nn
 
 from prunefx.graph import capture
+from prunefx.graph.errors import PrunefxError
+from prunefx.graph.whole_files import replaced_whole, write_whole
 from prunefx.passes.quantize_int8 import quantize_int8
-from prunefx.runtime import Variant, export_onnx, write_chart, write_deployment_report
+from prunefx.runtime import MeasurementError, Variant, export_onnx, write_chart, write_deployment_report
 from prunefx.runtime.onnx.float16 import lower_to_float16
 from prunefx.runtime.onnx.quantize_static import quantize_static_file
-from prunefx.runtime.onnx.quantized import export_quantized_onnx
+from prunefx.runtime.onnx.quantized import export_quantized_lowerings, export_quantized_onnx
 from prunefx.runtime.tensorrt.layer_profile import LayerProfile, LayerRow, write_profile_json
+from prunefx.runtime.tensorrt.trtexec_command import _keep as _keep_trtexec_files
 
 PREVIOUS = b"the previous file"
 
@@ -190,3 +193,84 @@ def test_a_whole_write_reaches_the_disk_before_its_rename_and_the_rename_before_
     assert (synced_file, replaced, synced_folder) == ("fsync", "replace", "fsync")
     assert events[0][1].endswith(".partial") and onto == str(target) and folder == str(tmp_path)
     assert target.read_text() == "{}"
+
+
+@pytest.mark.parametrize("weights_beside", [False, True])
+def test_quantize_static_leaves_the_source_folder_as_found(tmp_path, weights_beside, one_thread):
+    """ONNX Runtime writes `NAME-inferred.onnx` beside the model it is given and deletes it after: beside the
+    user's file it replaced and removed theirs. Oracle: the source folder's names and bytes before and after,
+    and the quantized file, which must hold Q/DQ nodes."""
+    source = export_onnx(_program(), tmp_path / "work" / "fp32.onnx").path
+    if weights_beside:  # a model whose weights lie in a side file it names
+        onnx.save_model(onnx.load(str(source)), str(source), save_as_external_data=True, location="fp32.weights",
+                        size_threshold=0)
+    (source.parent / "fp32-inferred.onnx").write_bytes(PREVIOUS)  # a file of the user's that ORT's name takes
+    before = {path.name: path.read_bytes() for path in source.parent.iterdir()}
+    quantized = quantize_static_file(source, tmp_path / "out" / "int8.onnx", _batches())
+    assert {path.name: path.read_bytes() for path in source.parent.iterdir()} == before
+    assert "QuantizeLinear" in {node.op_type for node in onnx.load(str(quantized)).graph.node}
+
+
+@pytest.mark.parametrize("kind", ["folder", "device"])
+def test_a_destination_that_is_no_file_is_refused_in_one_line_before_anything_is_written(tmp_path, kind):
+    """A rename would put the file in place of a folder's entry, or of a device such as /dev/null."""
+    destination = tmp_path / "out.onnx"
+    if kind == "folder":
+        destination.mkdir()
+    else:
+        os.mkfifo(destination)
+    with pytest.raises(PrunefxError, match=f"cannot write {destination}: it is ") as refused:
+        with replaced_whole(destination) as partial:
+            partial.write_bytes(b"new")
+    assert "\n" not in str(refused.value)
+    assert [path.name for path in tmp_path.iterdir()] == ["out.onnx"] and not destination.is_file()
+
+
+@pytest.mark.parametrize("name", ["report.json", "r" * 250 + ".json"])
+def test_a_write_that_fails_names_the_callers_file_not_the_temporary_one(name):
+    """/proc takes no new files (root or not). A name near the file system's limit is the caller's own, and its
+    temporary name must not be what makes a write fail."""
+    with pytest.raises(OSError) as refused:
+        write_whole(Path("/proc") / name, "{}")
+    assert refused.value.filename == f"/proc/{name}" and refused.value.errno != errno.ENAMETOOLONG
+
+
+def test_a_file_named_near_the_limit_is_written(tmp_path):
+    write_whole(tmp_path / ("r" * 250 + ".json"), "{}")
+    assert [path.name for path in tmp_path.iterdir()] == ["r" * 250 + ".json"]
+
+
+@pytest.mark.slow  # one ONNX export: about 3 s
+def test_quantized_lowerings_are_all_written_or_none_when_one_destination_is_a_folder(tmp_path, one_thread):
+    program = _program()
+    quantize_int8(program, config={"calibration": [batch[0] for batch in _batches()], "method": "max"})
+    good, folder = tmp_path / "good.onnx", tmp_path / "folder.onnx"
+    good.write_bytes(PREVIOUS)
+    folder.mkdir()
+    with pytest.raises(PrunefxError, match="it is a folder"):
+        export_quantized_lowerings(program, {good: "s8", folder: "u8"})
+    assert good.read_bytes() == PREVIOUS and sorted(p.name for p in tmp_path.iterdir()) == ["folder.onnx", "good.onnx"]
+
+
+def test_a_deployment_report_with_fields_json_cannot_hold_writes_nothing(tmp_path):
+    written = write_deployment_report(_variants(), tmp_path, extra={"run": "A"})
+    before = {path.name: path.read_bytes() for path in written.values()}
+    for extra in ({"onnx": Path("model.onnx")}, {"threshold": float("nan")}):
+        with pytest.raises(MeasurementError, match="cannot write a deployment report") as refused:
+            write_deployment_report(_variants(), tmp_path, extra=extra)
+        assert "\n" not in str(refused.value)
+        assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
+def test_trtexecs_files_are_kept_all_together_or_not_at_all(tmp_path, file_size_limit):
+    """One run's engine never beside another run's layer times: the copies replace the kept files only once all
+    are made. The oracle: the kept files' contents, each tagged with its run."""
+    run_a, run_b, kept = tmp_path / "a", tmp_path / "b", tmp_path / "kept"
+    for run, tag in ((run_a, b"A"), (run_b, b"B")):
+        run.mkdir()
+        (run / "layers.json").write_bytes(tag)
+        (run / "model.engine").write_bytes(tag * 4096)
+    _keep_trtexec_files(run_a, kept)
+    with file_size_limit(1024), pytest.raises(OSError):
+        _keep_trtexec_files(run_b, kept)  # the engine's copy fails on a full disk, after the layers' is made
+    assert {path.name: path.read_bytes()[:1] for path in kept.iterdir()} == {"layers.json": b"A", "model.engine": b"A"}

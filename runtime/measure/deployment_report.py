@@ -9,6 +9,7 @@ on the Agg canvas (no pyplot, no display) makes it work headless, on CI and Jets
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from prunefx.graph.whole_files import replaced_whole, write_whole
+from prunefx.graph.whole_files import replaced_whole
 from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
 
 CHART_FILE = "accuracy_latency.png"
@@ -91,6 +92,13 @@ def figure_classes():
 def write_chart(variants: Sequence[Variant], path: str | os.PathLike, *, title: str = "") -> Path:
     """PNG scatter of accuracy (%) against median latency (ms), one labelled point per variant; variants
     without an accuracy are listed under the plot instead. Faster is left, better is up."""
+    path = Path(path)
+    with replaced_whole(path) as partial:
+        _chart(variants, title).savefig(partial, format="png")
+    return path
+
+
+def _chart(variants: Sequence[Variant], title: str):
     Figure, FigureCanvasAgg = figure_classes()
     figure = Figure(figsize=(7, 4.8), dpi=120)
     FigureCanvasAgg(figure)
@@ -115,10 +123,7 @@ def write_chart(variants: Sequence[Variant], path: str | os.PathLike, *, title: 
         footer += f"\nnot evaluated (no accuracy): {', '.join(missing)}"
     figure.text(0.01, 0.01, footer, fontsize=7, va="bottom")
     figure.subplots_adjust(bottom=0.2 if missing else 0.16)
-    path = Path(path)
-    with replaced_whole(path) as partial:
-        figure.savefig(partial, format="png")
-    return path
+    return figure
 
 
 # ---- Markdown and JSON --------------------------------------------------------------------------
@@ -165,10 +170,18 @@ def write_deployment_report(variants: Iterable[Variant], output: str | os.PathLi
     if not variants:
         raise MeasurementError("a deployment report needs at least one measured variant")
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": output / "report.md", "json": output / "report.json", "chart": output / CHART_FILE}
-    write_chart(variants, paths["chart"], title=title)
     payload = {"title": title, **(dict(extra) if extra else {}), "variants": [v.to_dict() for v in variants]}
-    write_whole(paths["json"], json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    write_whole(paths["markdown"], f"# {title}\n\n" + deployment_markdown(variants, CHART_FILE))
+    try:  # all made before any file is touched: `extra` may hold what JSON cannot
+        texts = {"json": json.dumps(payload, indent=2, allow_nan=False) + "\n",
+                 "markdown": f"# {title}\n\n" + deployment_markdown(variants, CHART_FILE)}
+    except (TypeError, ValueError) as error:
+        raise MeasurementError(f"cannot write a deployment report: its fields must be finite numbers, text, lists "
+                               f"or mappings ({error})") from None
+    chart = _chart(variants, title)
+    with contextlib.ExitStack() as files:  # each file replaced only once all three are written: all or none
+        partials = {kind: files.enter_context(replaced_whole(path)) for kind, path in paths.items()}
+        for kind, text in texts.items():
+            partials[kind].write_text(text)
+        chart.savefig(partials["chart"], format="png")
     return paths

@@ -3,14 +3,18 @@ calibration data when the file has no Q/DQ yet (runtime/tensorrt/engine.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import onnx
 import torch
 
 from prunefx.graph.whole_files import replaced_whole
+from prunefx.runtime.onnx.external import check_external_data, external_data_files
 
 
 def quantize_static_file(source: str | os.PathLike, target: str | os.PathLike,
@@ -35,9 +39,26 @@ def quantize_static_file(source: str | os.PathLike, target: str | os.PathLike,
                "percentile": CalibrationMethod.Percentile}
     symmetric = activations == "s8"
     target = Path(target)
-    with replaced_whole(target) as partial:
-        ort_quantize_static(str(source), str(partial), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+    with replaced_whole(target) as partial, _seen_from_a_private_folder(Path(source)) as private:
+        ort_quantize_static(str(private), str(partial), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=methods[method], reduce_range=reduce_range,
                             extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
     return target
+
+
+@contextlib.contextmanager
+def _seen_from_a_private_folder(source: Path) -> Iterator[Path]:
+    """`source`, and the side files its tensors name, in a temporary folder of their own. ONNX Runtime writes its
+    shape-inferred copy beside the model it is given, as `NAME-inferred.onnx`, and deletes it after: beside the
+    user's file that would replace and then remove a file of theirs of that name. The model is linked; its side
+    files are copied (onnx refuses to read external data through a link or from a file with several names)."""
+    check_external_data(onnx.load(str(source), load_external_data=False), source)  # each beside it, no link out
+    with tempfile.TemporaryDirectory(prefix="prunefx-quantize-") as folder:
+        private = Path(folder) / source.name
+        private.symlink_to(source.resolve())
+        for name in external_data_files(source):
+            side, target = (source.parent / name).resolve(), Path(folder) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(side, target)
+        yield private

@@ -19,6 +19,7 @@ from typing import Protocol, runtime_checkable
 
 from prunefx.graph import Program
 from prunefx.graph.channels.plan_latency import TimedLayer, timed_layers
+from prunefx.graph.errors import PrunefxError
 from prunefx.graph.progress import progress_bar
 from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.tables.times_cache import LatencyCache
@@ -124,7 +125,11 @@ def build_latency_table(layers: Sequence[TimedLayer], timer: LayerTimer, *, mult
             measured, cached = measured + timed, cached + read
             bar.update()
     if measured:
-        cache.save()
+        try:
+            cache.save()
+        except (OSError, PrunefxError) as error:  # only a cache: the table just timed is still good
+            log.warning("latency table: could not save the cache %s (%s); the next table times its layers again",
+                        cache.path, error)
     seconds = time.perf_counter() - started
     log.info("latency table: %d layers, %d entries timed, %d from %s, %.1f s", len(grids), measured, cached,
              cache.path, seconds)

@@ -10,6 +10,7 @@ version and which latency counts: see docs/tensorrt.md, 'How an engine is built'
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -253,12 +254,12 @@ def run_trtexec(onnx_path: str | os.PathLike, options: TrtexecOptions = TrtexecO
 
 
 def _keep(folder: Path, workdir: Path) -> None:
-    """Each file of `folder` copied into `workdir` whole (graph/whole_files.py): an engine cut short would load."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    for item in sorted(folder.iterdir()):
-        if item.is_file():
-            with replaced_whole(workdir / item.name) as partial:
-                shutil.copyfile(item, partial)
+    """Each file of `folder` copied into `workdir` whole (graph/whole_files.py): an engine cut short would load.
+    None replaces its namesake until all are copied: one run's engine never beside another's layer times."""
+    with contextlib.ExitStack() as files:
+        for item in sorted(folder.iterdir()):
+            if item.is_file():
+                shutil.copyfile(item, files.enter_context(replaced_whole(workdir / item.name)))
 
 
 def _explicit_file(onnx_path: Path, options: TrtexecOptions, version: str, folder: Path) -> tuple[Path, OnnxTypes]:
