@@ -75,6 +75,15 @@ def _check_initialised(model: torch.nn.Module, name: str) -> None:
                                "weights yet: call the model once on an input before capturing it")
 
 
+def _check_not_a_library_wrapper(model: torch.nn.Module, name: str) -> None:
+    """Ultralytics' YOLO/RTDETR wrapper runs its whole predict pipeline when called (printing, and adding its
+    callbacks to the wrapper): refused before anything runs it, naming the network to pass instead."""
+    module_path = type(model).__module__
+    if module_path.startswith("ultralytics.") and not module_path.startswith("ultralytics.nn."):
+        raise CaptureError(f"model '{name}' is Ultralytics' {type(model).__name__} wrapper: capture its network, "
+                           f"after prunefx.models.prepare_ultralytics({type(model).__name__}(...).model)")
+
+
 def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_inputs=None, *,
             name: str | None = None, copy_weights: bool = True) -> Program:
     """Export `model` on `example_inputs` (a tensor or tuple of tensors) and wrap it as a Program.
@@ -100,6 +109,7 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     name = name or type(model).__name__
     inputs = _as_tuple(example_inputs)
     _check_initialised(model, name)
+    _check_not_a_library_wrapper(model, name)
     try:
         with torch_quiet(), left_as_found(model):
             exported = torch.export.export(model, inputs, strict=False)

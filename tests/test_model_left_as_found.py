@@ -306,6 +306,23 @@ def _flags(program) -> list[bool]:
     return [node.args[index] for node in program.graph.nodes if (index := training_flag_index(node)) is not None]
 
 
+def test_ultralytics_wrapper_is_refused_before_it_runs(one_thread, capfd, monkeypatch):
+    """Called, the YOLO wrapper runs Ultralytics' predict pipeline: it prints, and adds its callbacks to the
+    wrapper's lists. The refusal names the network to capture instead, and nothing of the wrapper changes."""
+    pytest.importorskip("ultralytics", reason="ultralytics (AGPL-3.0, dev extra) is not installed")
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    from ultralytics import YOLO
+
+    wrapper = YOLO("yolov8n.yaml")
+    callbacks = {event: list(functions) for event, functions in wrapper.callbacks.items()}
+    capfd.readouterr()
+    with pytest.raises(CaptureError, match=r"YOLO wrapper: capture its network, after "
+                                           r"prunefx.models.prepare_ultralytics\(YOLO\(...\).model\)"):
+        prunefx.capture(wrapper, torch.rand(1, 3, 64, 64))
+    assert {event: list(functions) for event, functions in wrapper.callbacks.items()} == callbacks
+    assert capfd.readouterr().out == ""
+
+
 def test_a_frozen_batch_norm_in_a_training_program_stays_frozen_through_evaluating_and_to_module(one_thread):
     """Program.evaluating (behind to_module's proof and the depth search) gives every flag back as it was, not
     the graph's one overall mode."""

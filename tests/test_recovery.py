@@ -268,3 +268,25 @@ def test_a_dense_program_given_to_the_session_is_left_as_found():
     assert session.maybe_cut(optimizer) and session.finished
     assert not dense.training and dense.state_dict().keys() == before.keys()
     assert all(torch.equal(before[name], tensor) for name, tensor in dense.state_dict().items())
+
+
+def test_a_module_teacher_leaves_what_the_users_hooks_keep_as_found():
+    """The teacher is the user's module or a copy that shares the closures of its hooks: the user's list of
+    activations must not fill up with the teacher's, batch after batch (the user never called their model)."""
+    from prunefx.passes.training.config import TrainConfig
+    from prunefx.passes.training.teacher import frozen_teacher
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    seen = []
+    model[0].register_forward_hook(lambda module, args, output: seen.append(output))
+    x, labels = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])
+    student = capture(model, x).train()
+    loss = DistillationLoss(model, kd_weight=0.5)
+    run = frozen_teacher(model, TrainConfig(steps=1), torch.device("cpu"))
+    for _ in range(3):
+        loss(student(x), x, labels).backward()
+        expected = model(x)
+        del seen[-1]  # the one call the user made
+        torch.testing.assert_close(run((x,))[0], expected)
+    assert seen == []

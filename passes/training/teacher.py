@@ -16,6 +16,7 @@ import torch
 
 from prunefx.graph import Program
 from prunefx.graph.input_batches import as_program_inputs
+from prunefx.graph.model_state import hook_state_kept
 from prunefx.graph.placement import move_module
 from prunefx.passes.training.config import TrainConfig, TrainingError
 from prunefx.passes.training.data import module_device
@@ -43,4 +44,12 @@ def frozen_teacher(teacher, config: TrainConfig, device: torch.device) -> Teache
     if config.feature_pairs:
         tapped = tap_outputs(module, [pair.teacher for pair in config.feature_pairs])
         return lambda inputs: run_tapped(tapped, tapped.out_spec, as_program_inputs(inputs, examples, device))
-    return lambda inputs: (module(*as_program_inputs(inputs, examples, device)), ())
+    if isinstance(teacher, Program):
+        return lambda inputs: (module(*as_program_inputs(inputs, examples, device)), ())
+    # the user's module or a copy sharing the closures of its hooks: what the runs leave there is put back
+    return lambda inputs: _run_keeping_hook_state(module, inputs, device)
+
+
+def _run_keeping_hook_state(module: torch.nn.Module, inputs, device: torch.device):
+    with hook_state_kept(module):
+        return module(*as_program_inputs(inputs, (), device)), ()

@@ -8,6 +8,7 @@ docs/your-training-loop.md and docs/algorithms.md, 'Recovery in your own loop'.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 
@@ -15,6 +16,7 @@ import torch
 
 from prunefx.graph import Program, capture
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.model_state import hook_state_kept
 from prunefx.graph.training_flags import module_modes, set_module_modes
 from prunefx.passes.prune_while_training import PruneWhileTrainingConfig, PruningSchedule, _target
 from prunefx.passes.training.carried_state import carry_optimizer, cut_tracking_indices, named_tensors
@@ -37,7 +39,9 @@ class DistillationLoss:
 
     def __call__(self, student_output, inputs, labels: torch.Tensor | None = None) -> torch.Tensor:
         inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
-        with torch.no_grad():
+        # a module teacher is a copy sharing the closures of the user's hooks: what its runs leave there is put back
+        kept = hook_state_kept(self.teacher) if isinstance(self.teacher, torch.nn.Module) else contextlib.nullcontext()
+        with torch.no_grad(), kept:
             teacher_output = self.teacher(*inputs)
         if labels is None and self.config.task == CLASSIFICATION and self.config.kd_weight < 1:
             raise PrunefxError("DistillationLoss needs the labels when kd_weight < 1 (the cross-entropy term)")
