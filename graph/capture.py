@@ -78,8 +78,7 @@ def _check_initialised(model: torch.nn.Module, name: str) -> None:
 def _check_not_a_library_wrapper(model: torch.nn.Module, name: str) -> None:
     """Ultralytics' YOLO/RTDETR wrapper runs its whole predict pipeline when called (printing, and adding its
     callbacks to the wrapper): refused before anything runs it, naming the network to pass instead."""
-    module_path = type(model).__module__
-    if module_path.startswith("ultralytics.") and not module_path.startswith("ultralytics.nn."):
+    if any(f"{cls.__module__}.{cls.__qualname__}" == "ultralytics.engine.model.Model" for cls in type(model).__mro__):
         raise CaptureError(f"model '{name}' is Ultralytics' {type(model).__name__} wrapper: capture its network, "
                            f"after prunefx.models.prepare_ultralytics({type(model).__name__}(...).model)")
 

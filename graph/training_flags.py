@@ -49,7 +49,7 @@ def training_flag_index(node: torch.fx.Node) -> int | None:
     statistics: flipping it to eval would fail for want of running statistics."""
     if node.op == "call_function" and _batch_counter(node):
         return 1
-    if node.op == "call_function" and _training_dropout(node) is not None:
+    if node.op == "call_function" and training_dropout(node) is not None:
         return _ATTENTION_DROPOUT_ARG[node.target]
     index = _TRAINING_FLAG_ARG.get(node.target) if node.op == "call_function" else None
     if index is None or len(node.args) <= index:
@@ -59,7 +59,7 @@ def training_flag_index(node: torch.fx.Node) -> int | None:
     return index
 
 
-def _training_dropout(node: torch.fx.Node) -> float | None:
+def training_dropout(node: torch.fx.Node) -> float | None:
     """A fused attention node's dropout probability in training (the one it holds, or the one kept while the
     graph is in eval); None for other nodes and for attention without dropout."""
     index = _ATTENTION_DROPOUT_ARG.get(node.target)
@@ -67,7 +67,7 @@ def _training_dropout(node: torch.fx.Node) -> float | None:
         return None
     kept = (node.meta.get("custom") or {}).get(_TRAINING_DROPOUT)
     held = node.args[index] if len(node.args) > index else None
-    for probability in (kept, held):  # a file's metadata is checked like any number in it
+    for probability in (held, kept):  # a file's metadata is checked like any number in it
         if type(probability) is float and 0 < probability < 1:
             return probability
     return None
@@ -93,7 +93,7 @@ class Modes:
     weights alive)."""
 
     training: bool
-    flags: dict[str, bool]
+    flags: dict[str, bool | int | float]  # a flag, a counter's increment, attention's dropout probability
     attributes: dict[str, bool]
 
 
@@ -170,7 +170,7 @@ def _flag_value(node: torch.fx.Node, training: bool) -> bool | int | float:
     (kept in the node's metadata, module docstring), another's flag."""
     if _batch_counter(node):
         return int(training)
-    probability = _training_dropout(node)
+    probability = training_dropout(node)
     if probability is None:
         return bool(training)
     node.meta.setdefault("custom", {})[_TRAINING_DROPOUT] = probability

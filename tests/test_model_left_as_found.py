@@ -323,6 +323,13 @@ def test_ultralytics_wrapper_is_refused_before_it_runs(one_thread, capfd, monkey
     assert capfd.readouterr().out == ""
 
 
+def test_ultralytics_networks_outside_its_nn_package_are_captured():
+    """SAM's image encoder and TinyViT live in ultralytics.models: networks, not the wrapper."""
+    encoder_class = type("ImageEncoderViT", (nn.Sequential,), {"__module__": "ultralytics.models.sam.modules.encoders"})
+    program = prunefx.capture(encoder_class(nn.Conv2d(3, 4, 1)).eval(), torch.rand(1, 3, 8, 8))
+    assert prunefx.count(program).params == 16
+
+
 def test_a_frozen_batch_norm_in_a_training_program_stays_frozen_through_evaluating_and_to_module(one_thread):
     """Program.evaluating (behind to_module's proof and the depth search) gives every flag back as it was, not
     the graph's one overall mode."""

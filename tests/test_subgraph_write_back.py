@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from prunefx.graph import capture
-from prunefx.interop.subgraph_module import SubgraphModule
+from prunefx.interop.subgraph_module import SubgraphError, SubgraphModule, replace_by_subgraph
 from prunefx.interop.write_back import WriteBackError, to_module
 from prunefx.passes.remove_channels import remove_channels
 
@@ -230,3 +230,49 @@ def test_window_and_cascaded_attention_models_write_back(name):
     with torch.no_grad():
         expected = torch.cat([program(other[i:i + 1]) for i in range(2)])
         torch.testing.assert_close(written(other), expected, rtol=1e-4, atol=1e-5)
+
+
+class GridBlock(nn.Module):
+    """A constant made from the input's shape alone (no batch in it), reshaped: its sizes are its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 8)
+
+    def forward(self, x):
+        grid = x.new_ones(3, 4).cumsum(1).reshape(12).view(3, 4).mean(0)
+        return self.linear(x) + grid.view(1, 4, 1)
+
+
+def test_a_constant_made_from_the_inputs_shape_keeps_its_sizes_for_any_batch():
+    """Oracle: the eager module on a batch the capture never saw."""
+    model = nn.Sequential(GridBlock()).eval()
+    program = capture(model, torch.randn(1, 4, 8)).eval()
+    written = copy.deepcopy(model)
+    replace_by_subgraph(program, written, "0")
+    x = torch.randn(2, 4, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(written(x), model(x))
+
+
+class DropsAttention(nn.Module):
+    """Attention dropout as Hugging Face keeps it: a float attribute, no nn.Dropout module."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.attention_dropout = nn.Linear(8, 24), 0.1
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, -1)
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.attention_dropout if self.training else 0.0)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_attention_dropout_baked_into_a_subgraph_is_refused_in_either_mode_of_the_program(mode):
+    """Captured in training, the attention drops out; an eval Program holds 0 there but its training value
+    aside: a subgraph made from either would not drop out when the module trains."""
+    model = nn.Sequential(DropsAttention()).train()
+    program = getattr(capture(model, torch.randn(2, 4, 8)), mode)()
+    with pytest.raises(SubgraphError, match="would not follow the training mode"):
+        replace_by_subgraph(program, copy.deepcopy(model), "0")

@@ -23,6 +23,7 @@ from torch import fx, nn
 
 from prunefx.graph import Program
 from prunefx.graph.attributes import get_tensor
+from prunefx.graph.training_flags import training_dropout
 
 # Operators whose behaviour depends on the training mode: baked into the graph, they would not train.
 _MODAL = ("dropout", "batch_norm", "rrelu")
@@ -74,8 +75,9 @@ def _region(program: Program, path: str) -> dict[fx.Node, tuple[str, str] | None
     return region
 
 
-def _graph(program: Program, path: str, dropout_free: bool) -> fx.Graph:
-    """The Program's operators of module `path`'s own code, its children's calls as call_module."""
+def _graph(program: Program, path: str, dropout_free: bool, windows: bool) -> fx.Graph:
+    """The Program's operators of module `path`'s own code, its children's calls as call_module; with `windows`,
+    sizes that are multiples of the batch follow the input's (`_batch_follows_input`)."""
     region = _region(program, path)
     inside = set(region)
     inputs = _outside_inputs(list(region), inside)
@@ -89,7 +91,7 @@ def _graph(program: Program, path: str, dropout_free: bool) -> fx.Graph:
             groups.setdefault(child, []).append(node)
     graph = fx.Graph()
     env = {inputs[0]: graph.placeholder("x")}
-    from_input = {inputs[0]}  # the values computed from the input (the others are the module's own constants)
+    from_input = {inputs[0]} if windows else set()  # values computed from the input (else the module's constants)
     prefix = f"{path}."
     for node in region:
         if any(value in from_input for value in node.all_input_nodes):
@@ -110,8 +112,10 @@ def _graph(program: Program, path: str, dropout_free: bool) -> fx.Graph:
 
 
 def _dropout_p(node: fx.Node) -> float:
-    """The dropout probability a fused attention call was made with (after query, key, value and mask)."""
-    return float(node.kwargs.get("dropout_p", node.args[4] if len(node.args) > 4 else 0.0))
+    """The dropout probability of a fused attention call in training: an eval graph holds 0 and keeps that one
+    aside (graph/training_flags.py)."""
+    held = float(node.kwargs.get("dropout_p", node.args[4] if len(node.args) > 4 else 0.0))
+    return max(held, training_dropout(node) or 0.0)
 
 
 def _batch(node: fx.Node) -> int | None:
@@ -204,15 +208,22 @@ class SubgraphModule(nn.Module):
         return f"in place of {self.source_module}"
 
 
-def replace_by_subgraph(program: Program, model: nn.Module, path: str) -> None:
-    """Put in `model` at `path` the GraphModule of the Program's operators of that module (module docstring)."""
+def replace_by_subgraph(program: Program, model: nn.Module, path: str, *, windows: bool = False) -> nn.Module:
+    """Put in `model` at `path` the GraphModule of the Program's operators of that module (module docstring);
+    `windows`: see `_graph`. Returns the module it replaced."""
     owner = model.get_submodule(path)
     dropout_free = all(layer.p == 0 for layer in owner.modules() if isinstance(layer, nn.modules.dropout._DropoutNd))
-    graph = _graph(program, path, dropout_free)
+    graph = _graph(program, path, dropout_free, windows)
     replacement = SubgraphModule(owner, graph)
     _lend_constants(replacement, graph, program, f"{path}.")
+    put_back(model, path, replacement)
+    return owner
+
+
+def put_back(model: nn.Module, path: str, module: nn.Module) -> None:
+    """`module` at `path` in `model`, in place of the one there."""
     parent_path, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent_path), name, replacement)
+    setattr(model.get_submodule(parent_path), name, module)
 
 
 def _lend_constants(replacement: nn.Module, graph: fx.Graph, program: Program, prefix: str) -> None:
@@ -231,6 +242,13 @@ def _has_attribute(module: nn.Module, target: str) -> bool:
         return hasattr(module.get_submodule(owner_path), name)
     except AttributeError:
         return False
+
+
+def batch_first_outputs(program: Program) -> bool:
+    """Whether every output of the Program has the batch first, so that a proof on a batch of two can check what
+    a subgraph made of the batch (`batch_outputs`)."""
+    batch = program.example_inputs[0].shape[0] if program.example_inputs and program.example_inputs[0].dim() else None
+    return batch is not None and all(len(shape) and shape[0] == batch for shape in program.output_shapes)
 
 
 def batch_outputs(program: Program, module: nn.Module, inputs: list[tuple[torch.Tensor, ...]]):

@@ -18,6 +18,7 @@ from torch import nn
 
 from prunefx.detectors import softmax_nodes
 from prunefx.graph import Program
+from prunefx.graph.model_state import hook_state_kept
 from prunefx.interop.module_resizers import ResizeError
 from prunefx.interop.recovery import frozen_copy
 from prunefx.interop.ultralytics_blocks import pruned_class, register_resizers
@@ -96,7 +97,7 @@ class DistilledCriterion:
         from prunefx.passes.training.losses import detection_kd_loss
         loss, items = self.criterion(preds, batch)  # per term (box, cls, dfl), times the batch size
         raw = _one_to_many(preds[1] if isinstance(preds, tuple) else preds)
-        with torch.no_grad():
+        with torch.no_grad(), hook_state_kept(self.teacher):  # a copy sharing the closures of the user's hooks
             taught = _one_to_many(self.teacher(batch["img"])[1])  # eval mode: (decoded, raw), decoded below
         kd = detection_kd_loss(self.head._inference(raw), self.teacher_head._inference(taught))
         # Spread over the terms: the trainer sums them, so each gets its share of weight * kd * batch size.

@@ -23,7 +23,7 @@ from prunefx.graph.scoped_calls import literal_changes, replaced_calls
 from prunefx.graph.training_flags import module_modes, set_module_modes
 from prunefx.interop.hf_config import update_config
 from prunefx.interop.module_resizers import ResizeError, resize_attributes, resizer_for
-from prunefx.interop.subgraph_module import SubgraphError, replace_by_subgraph
+from prunefx.interop.subgraph_module import SubgraphError, batch_first_outputs, put_back, replace_by_subgraph
 from prunefx.interop.write_back_proof import (
     TOLERANCE,
     WriteBackError,
@@ -100,24 +100,40 @@ def _from_subgraphs(program: Program, module: nn.Module, name: str, scopes: list
                     error: WriteBackError) -> None:
     """Put the Program's subgraph in place of each module in `scopes` (prunefx/interop/subgraph_module.py),
     then of each module of the user's code whose forward raises, and prove the result again, also on a
-    batch of both inputs; else `error`, with why not."""
-    made: list[str] = []
+    batch of both inputs; else `error`, with why not. Where that fails and the Program's outputs have the batch
+    first (so that the batch of two proves it), again with the windows or heads of every image batched together
+    following the input's batch too."""
+    attempts = (False, True) if batch_first_outputs(program) else (False,)
+    failures = []
+    for windows in attempts:
+        replaced: dict[str, nn.Module] = {}
+        try:
+            return _made_from_subgraphs(program, module, name, scopes, error, windows, replaced)
+        except WriteBackError as failed:
+            failures.append(failed)
+            for scope, original in reversed(replaced.items()):  # the module as it was before this attempt
+                put_back(module, scope, original)
+    raise failures[0]
+
+
+def _made_from_subgraphs(program: Program, module: nn.Module, name: str, scopes: list[str], error: WriteBackError,
+                         windows: bool, replaced: dict[str, nn.Module]) -> None:
+    """One attempt of `_from_subgraphs`; `replaced` gets each module it replaces, by path, in order."""
     kept: list[str] = []  # a module left as it is may be right with its attributes: the proof decides
 
     def make(scope: str | None) -> bool:
-        if not scope or scope in made or resizer_for(module.get_submodule(scope)) is not resize_attributes:
+        if not scope or scope in replaced or resizer_for(module.get_submodule(scope)) is not resize_attributes:
             return False
         try:
-            replace_by_subgraph(program, module, scope)
+            replaced[scope] = replace_by_subgraph(program, module, scope, windows=windows)
         except SubgraphError as reason:
             kept.append(f"module '{scope}' is not made from its subgraph: {reason}")
             return False
-        made.append(scope)
         return True
 
     for scope in scopes:
         make(scope)
-    last, progress = error, make(getattr(error, "module_path", None)) or bool(made)
+    last, progress = error, make(getattr(error, "module_path", None)) or bool(replaced)
     while progress:
         try:
             verify_module(program, module, name, "")
@@ -125,7 +141,7 @@ def _from_subgraphs(program: Program, module: nn.Module, name: str, scopes: list
             return
         except WriteBackError as failed:
             last, progress = failed, make(getattr(failed, "module_path", None))
-    tried = f"; nor with {', '.join(made)} made from the pruned subgraph: {last}" if made else ""
+    tried = f"; nor with {', '.join(replaced)} made from the pruned subgraph: {last}" if replaced else ""
     raise WriteBackError(f"{error}{tried}{''.join('; ' + line for line in kept[-1:])}") from error
 
 

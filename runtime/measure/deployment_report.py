@@ -172,12 +172,12 @@ def write_deployment_report(variants: Iterable[Variant], output: str | os.PathLi
     output = Path(output)
     paths = {"markdown": output / "report.md", "json": output / "report.json", "chart": output / CHART_FILE}
     payload = {"title": title, **(dict(extra) if extra else {}), "variants": [v.to_dict() for v in variants]}
-    try:  # all made before any file is touched: `extra` may hold what JSON cannot
-        texts = {"json": json.dumps(payload, indent=2, allow_nan=False) + "\n",
-                 "markdown": f"# {title}\n\n" + deployment_markdown(variants, CHART_FILE)}
+    try:  # made before any file is touched: `extra` may hold what JSON cannot
+        report = json.dumps(payload, indent=2, allow_nan=False) + "\n"
     except (TypeError, ValueError) as error:
         raise MeasurementError(f"cannot write a deployment report: its fields must be finite numbers, text, lists "
                                f"or mappings ({error})") from None
+    texts = {"json": report, "markdown": f"# {title}\n\n" + deployment_markdown(variants, CHART_FILE)}
     chart = _chart(variants, title)
     with contextlib.ExitStack() as files:  # each file replaced only once all three are written: all or none
         partials = {kind: files.enter_context(replaced_whole(path)) for kind, path in paths.items()}

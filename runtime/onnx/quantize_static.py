@@ -14,7 +14,7 @@ import onnx
 import torch
 
 from prunefx.graph.whole_files import replaced_whole
-from prunefx.runtime.onnx.external import check_external_data, external_data_files
+from prunefx.runtime.onnx.external import check_external_data, external_tensors
 
 
 def quantize_static_file(source: str | os.PathLike, target: str | os.PathLike,
@@ -26,7 +26,8 @@ def quantize_static_file(source: str | os.PathLike, target: str | os.PathLike,
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
-    names = [value.name for value in onnx.load(str(source), load_external_data=False).graph.input]
+    structure = onnx.load(str(source), load_external_data=False)
+    names = [value.name for value in structure.graph.input]
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -39,7 +40,7 @@ def quantize_static_file(source: str | os.PathLike, target: str | os.PathLike,
                "percentile": CalibrationMethod.Percentile}
     symmetric = activations == "s8"
     target = Path(target)
-    with replaced_whole(target) as partial, _seen_from_a_private_folder(Path(source)) as private:
+    with replaced_whole(target) as partial, _seen_from_a_private_folder(Path(source), structure, partial) as private:
         ort_quantize_static(str(private), str(partial), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=methods[method], reduce_range=reduce_range,
@@ -48,17 +49,19 @@ def quantize_static_file(source: str | os.PathLike, target: str | os.PathLike,
 
 
 @contextlib.contextmanager
-def _seen_from_a_private_folder(source: Path) -> Iterator[Path]:
-    """`source`, and the side files its tensors name, in a temporary folder of their own. ONNX Runtime writes its
-    shape-inferred copy beside the model it is given, as `NAME-inferred.onnx`, and deletes it after: beside the
-    user's file that would replace and then remove a file of theirs of that name. The model is linked; its side
-    files are copied (onnx refuses to read external data through a link or from a file with several names)."""
-    check_external_data(onnx.load(str(source), load_external_data=False), source)  # each beside it, no link out
-    with tempfile.TemporaryDirectory(prefix="prunefx-quantize-") as folder:
+def _seen_from_a_private_folder(source: Path, structure: onnx.ModelProto, partial: Path) -> Iterator[Path]:
+    """`source`, and the side files its tensors name, in a temporary folder of their own beside the output being
+    written (`partial`: room for the output is room for them). ONNX Runtime writes its shape-inferred copy beside
+    the model it is given, as `NAME-inferred.onnx`, and deletes it after: beside the user's file that would
+    replace and then remove a file of theirs of that name. The model is linked; its side files are copied (onnx
+    refuses to read external data through a link or from a file with several names)."""
+    check_external_data(structure, source)  # each beside it, none linking out of its folder
+    with tempfile.TemporaryDirectory(prefix=f"{partial.name}.", dir=partial.parent) as folder:
         private = Path(folder) / source.name
         private.symlink_to(source.resolve())
-        for name in external_data_files(source):
-            side, target = (source.parent / name).resolve(), Path(folder) / name
+        for name in {entry.value for tensor in external_tensors(structure) for entry in tensor.external_data
+                     if entry.key == "location"}:
+            target = Path(folder) / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(side, target)
+            shutil.copyfile((source.parent / name).resolve(), target)
         yield private

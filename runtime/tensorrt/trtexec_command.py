@@ -255,7 +255,8 @@ def run_trtexec(onnx_path: str | os.PathLike, options: TrtexecOptions = TrtexecO
 
 def _keep(folder: Path, workdir: Path) -> None:
     """Each file of `folder` copied into `workdir` whole (graph/whole_files.py): an engine cut short would load.
-    None replaces its namesake until all are copied: one run's engine never beside another's layer times."""
+    None replaces its namesake until all are copied, so that a copy cut short never leaves this run's layer
+    times beside the last run's engine (files this run did not write stay as the last run left them)."""
     with contextlib.ExitStack() as files:
         for item in sorted(folder.iterdir()):
             if item.is_file():
