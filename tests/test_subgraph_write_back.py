@@ -163,8 +163,8 @@ def test_a_block_called_with_constants_besides_its_input_is_made_from_its_subgra
 
 class WindowAttention(nn.Module):
     """Attention within windows, as davit, hiera and swin write it: the windows of every image batched together
-    (B * n of them, a literal size in the graph), put back after; a relative bias reshaped from a parameter (a
-    size of its own, which does not follow the batch)."""
+    (B * n of them, a literal size in the graph), put back after; a relative bias reshaped from a parameter and a
+    window mask made from the input's shape (sizes of their own, which do not follow the batch); a dropout of 0."""
 
     def __init__(self, dim: int = 16, heads: int = 2, window: int = 4):
         super().__init__()
@@ -180,7 +180,13 @@ class WindowAttention(nn.Module):
         count = windows.shape[0]
         q, k, v = self.qkv(windows).reshape(count, area, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         scores = (q @ k.transpose(-2, -1)) + self.bias.view(self.heads, area, area)
-        mixed = self.proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(count, area, dim))
+        # Swin's window mask: made in the input's dtype, of sizes of its own (zero: unshifted windows)
+        mask = x.new_zeros(height, width).view(height // side, side, width // side, side).permute(0, 2, 1, 3)
+        mask = mask.reshape(-1, area)
+        scores = scores.view(batch, -1, self.heads, area, area) + mask[None, :, None, :, None]
+        weights = nn.functional.dropout(scores.view(count, self.heads, area, area).softmax(-1), p=0.0,
+                                        training=self.training)  # torchvision's attention dropout of 0
+        mixed = self.proj((weights @ v).transpose(1, 2).reshape(count, area, dim))
         mixed = mixed.view(batch, height // side, width // side, side, side, dim).permute(0, 1, 3, 2, 4, 5)
         return x + mixed.reshape(batch, height, width, dim)
 

@@ -45,9 +45,6 @@ CASE_REFUSALS = {
     "rotary_fused_qkv": "(RotaryAttention)",     # reshape(b, n, c) with c the input width
 }
 MODEL_REFUSALS = {  # models the write-back refuses, and words their one-line refusal must hold
-    # q/k/v reshaped with the head dim computed from the input width (C // num_heads), which global ranking
-    # cuts apart from the attention width
-    "torchvision:swin_t": "(ShiftedWindowAttention)",
     # nn.MultiheadAttention: one width for heads and input, which global ranking cuts apart
     "torchvision:vit_b_16": "module 'encoder.layers.encoder_layer_0.self_attention': nn.MultiheadAttention holds one",
     # attention widths computed from the residual width, or tables sized by the head dim

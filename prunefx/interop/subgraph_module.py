@@ -32,6 +32,12 @@ _MODAL = ("dropout", "batch_norm", "rrelu")
 _ATTENTION = "scaled_dot_product"
 
 
+# Tensors made with the input's dtype and device but sizes of their own (Swin's shifted-window mask, new_zeros):
+# their values do not come from the input, nor does any batch in their sizes.
+_NEW_FROM_SHAPE = {torch.ops.aten.new_zeros.default, torch.ops.aten.new_ones.default, torch.ops.aten.new_full.default,
+                   torch.ops.aten.new_empty.default, torch.ops.aten.new_empty_strided.default}
+_DROPOUTS = {torch.ops.aten.dropout.default, torch.ops.aten.feature_dropout.default,
+             torch.ops.aten.alpha_dropout.default, torch.ops.aten.feature_alpha_dropout.default}
 _RESHAPES = {torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten._unsafe_view.default,
              torch.ops.aten.expand.default}
 
@@ -94,7 +100,7 @@ def _graph(program: Program, path: str, dropout_free: bool, windows: bool) -> fx
     from_input = {inputs[0]} if windows else set()  # values computed from the input (else the module's constants)
     prefix = f"{path}."
     for node in region:
-        if any(value in from_input for value in node.all_input_nodes):
+        if node.target not in _NEW_FROM_SHAPE and any(value in from_input for value in node.all_input_nodes):
             from_input.add(node)
         child = region[node]
         if child is None:
@@ -116,6 +122,12 @@ def _dropout_p(node: fx.Node) -> float:
     aside (graph/training_flags.py)."""
     held = float(node.kwargs.get("dropout_p", node.args[4] if len(node.args) > 4 else 0.0))
     return max(held, training_dropout(node) or 0.0)
+
+
+def _no_dropout(node: fx.Node) -> bool:
+    """A dropout of probability 0 (torchvision's Swin passes its attention dropout of 0 to F.dropout): the
+    identity in either mode."""
+    return node.target in _DROPOUTS and len(node.args) > 1 and type(node.args[1]) in (int, float) and node.args[1] == 0
 
 
 def _batch(node: fx.Node) -> int | None:
@@ -147,7 +159,8 @@ def _batch_follows_input(graph: fx.Graph, node: fx.Node, original: fx.Node, x: f
 
 def _copy_own(graph: fx.Graph, node: fx.Node, env: dict, prefix: str, dropout_free: bool) -> None:
     attention = _ATTENTION in str(node.target)
-    if attention and not (dropout_free and _dropout_p(node) == 0) or any(word in str(node.target) for word in _MODAL):
+    modal = any(word in str(node.target) for word in _MODAL) and not _no_dropout(node)
+    if attention and not (dropout_free and _dropout_p(node) == 0) or modal:
         raise SubgraphError(f"its own code calls {node.target}, which would not follow the training mode")
     for value in node.all_input_nodes:
         if value.op == "get_attr" and value not in env:
