@@ -49,7 +49,7 @@ STAGES = (
     Stage("capture (torch.export)", "prunefx/cli/commands/prune.py", "_program"),
     Stage("channel choice (obs)", *CHOICE),
     Stage("Hessians: forward passes and X^T X", "graph/layer_hessians.py", "iter_hessians", 2, CHOICE),
-    Stage("damped inverses", "graph/channels/obs_elimination.py", "lean_damped_inverse", 2),
+    Stage("damped inverses", "graph/channels/compensation.py", "lean_damped_inverse", 2),
     Stage("output energies", "graph/channels/compensation.py", "output_energy", 2, CHOICE),
     Stage("elimination", "graph/channels/obs_elimination.py", "eliminate", 2),
     Stage("compensation", "graph/channels/compensation.py", "compensate_removed_inputs"),

@@ -78,3 +78,13 @@ def test_the_table_lists_parts_under_their_stage_with_their_share():
     assert "| - elimination | 2.5 | 25% |" in text
     assert "| the whole process under the profiler, start to exit | 10.0 | 100% |" in text
     assert "Failed: out of memory" in text
+
+
+def test_every_stage_names_a_function_its_file_defines():
+    """A stage whose function moved to another file would read 0 s, as a stage that never ran does."""
+    module = _benchmark()
+    repository = BENCHMARKS.parent
+    for stage in module.STAGES:
+        for path, function in ((stage.path, stage.function), *((stage.caller,) if stage.caller else ())):
+            source = (repository / path).read_text()
+            assert f"def {function}(" in source, f"{stage.name}: {path} defines no {function}"
