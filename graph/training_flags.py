@@ -15,14 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
+# The dropouts: (input, p, train).
+DROPOUTS = frozenset({torch.ops.aten.dropout.default, torch.ops.aten.feature_dropout.default,
+                      torch.ops.aten.alpha_dropout.default, torch.ops.aten.feature_alpha_dropout.default})
 # Graph operators whose behaviour depends on the training flag, and the index of that flag.
-_TRAINING_FLAG_ARG = {
-    torch.ops.aten.batch_norm.default: 5,
-    torch.ops.aten.dropout.default: 2,
-    torch.ops.aten.feature_dropout.default: 2,
-    torch.ops.aten.alpha_dropout.default: 2,
-    torch.ops.aten.feature_alpha_dropout.default: 2,
-}
+_TRAINING_FLAG_ARG = {torch.ops.aten.batch_norm.default: 5, **dict.fromkeys(DROPOUTS, 2)}
 
 
 # Fused attention: the index of its dropout probability, which is 0 in eval (module docstring).
@@ -143,8 +140,8 @@ def _set_flags(module: torch.fx.GraphModule, mode_of) -> None:
         index = training_flag_index(node)
         if index is None:
             continue
-        mode = _flag_value(node, mode_of(node))
-        if _flag(node, index) != mode or type(_flag(node, index)) is not type(mode) or len(node.args) <= index:
+        mode, current = _flag_value(node, mode_of(node)), _flag(node, index)
+        if current != mode or type(current) is not type(mode) or len(node.args) <= index:
             node.args = (*_arguments_to(node, index), mode, *node.args[index + 1:])
             changed = True
     if changed:

@@ -23,7 +23,7 @@ from torch import fx, nn
 
 from prunefx.graph import Program
 from prunefx.graph.attributes import get_tensor
-from prunefx.graph.training_flags import training_dropout
+from prunefx.graph.training_flags import DROPOUTS, training_dropout
 
 # Operators whose behaviour depends on the training mode: baked into the graph, they would not train.
 _MODAL = ("dropout", "batch_norm", "rrelu")
@@ -36,8 +36,6 @@ _ATTENTION = "scaled_dot_product"
 # their values do not come from the input, nor does any batch in their sizes.
 _NEW_FROM_SHAPE = {torch.ops.aten.new_zeros.default, torch.ops.aten.new_ones.default, torch.ops.aten.new_full.default,
                    torch.ops.aten.new_empty.default, torch.ops.aten.new_empty_strided.default}
-_DROPOUTS = {torch.ops.aten.dropout.default, torch.ops.aten.feature_dropout.default,
-             torch.ops.aten.alpha_dropout.default, torch.ops.aten.feature_alpha_dropout.default}
 _RESHAPES = {torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten._unsafe_view.default,
              torch.ops.aten.expand.default}
 
@@ -127,7 +125,7 @@ def _dropout_p(node: fx.Node) -> float:
 def _no_dropout(node: fx.Node) -> bool:
     """A dropout of probability 0 (torchvision's Swin passes its attention dropout of 0 to F.dropout): the
     identity in either mode."""
-    return node.target in _DROPOUTS and len(node.args) > 1 and type(node.args[1]) in (int, float) and node.args[1] == 0
+    return node.target in DROPOUTS and len(node.args) > 1 and type(node.args[1]) in (int, float) and node.args[1] == 0
 
 
 def _batch(node: fx.Node) -> int | None:

@@ -159,7 +159,11 @@ def check_external_data(model: onnx.ModelProto, model_path: str | os.PathLike) -
 
 def external_data_files(model_path: str | os.PathLike) -> set[str]:
     """The side files `model_path`'s tensors name (their `location`s), read from the model's structure only."""
-    model = onnx.load(str(model_path), load_external_data=False)
+    return external_data_names(onnx.load(str(model_path), load_external_data=False))
+
+
+def external_data_names(model: onnx.ModelProto) -> set[str]:
+    """The side files the tensors of `model` (its structure, loaded without external data) name."""
     return {_entries(tensor).get("location", "") for tensor in external_tensors(model)} - {""}
 
 

@@ -14,7 +14,7 @@ import onnx
 import torch
 
 from prunefx.graph.whole_files import replaced_whole
-from prunefx.runtime.onnx.external import check_external_data, external_tensors
+from prunefx.runtime.onnx.external import check_external_data, external_data_names
 
 
 def quantize_static_file(source: str | os.PathLike, target: str | os.PathLike,
@@ -59,8 +59,7 @@ def _seen_from_a_private_folder(source: Path, structure: onnx.ModelProto, partia
     with tempfile.TemporaryDirectory(prefix=f"{partial.name}.", dir=partial.parent) as folder:
         private = Path(folder) / source.name
         private.symlink_to(source.resolve())
-        for name in {entry.value for tensor in external_tensors(structure) for entry in tensor.external_data
-                     if entry.key == "location"}:
+        for name in external_data_names(structure):
             target = Path(folder) / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile((source.parent / name).resolve(), target)
