@@ -16,6 +16,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from prunefx.graph.data_dependent import check_static_shapes
 from prunefx.graph.errors import CaptureError, first_line, printable
 from prunefx.graph.model_state import left_as_found, random_state_kept
+from prunefx.graph.module_paths import name_sliced_modules
 from prunefx.graph.output_tree import use_builtin_outputs
 from prunefx.graph.program import Program
 from prunefx.graph.program_metadata import program_name
@@ -120,6 +121,7 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     # rewriting the Program never changes the user's model behind their back.
     # the inputs too: the caller reusing the tensor (a loader's buffer) must not change what checks run on
     program = Program.from_exported(exported, tuple(x.detach().clone() for x in inputs), name=name)
+    name_sliced_modules(program.graph, model)
     if copy_weights:
         program.module = copy.deepcopy(program.module)
     use_builtin_outputs(program.module)  # a saved Program must never need the model's library to be read

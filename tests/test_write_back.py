@@ -7,6 +7,7 @@ standard layer's size attributes against its own weights. A refusal is expected 
 from __future__ import annotations
 
 import importlib.util
+import io
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import torch.utils._pytree as pytree
 from prunefx.graph import capture
 from prunefx.graph.errors import PrunefxError
 from prunefx.interop.module_resizers import _RESIZERS
+from prunefx.interop.pruned_attention import PrunedMultiheadAttention
 from prunefx.interop.subgraph_module import SubgraphModule
 from prunefx.interop.write_back import to_module
 from prunefx.models import build_model
@@ -45,8 +47,6 @@ CASE_REFUSALS = {
     "rotary_fused_qkv": "(RotaryAttention)",     # reshape(b, n, c) with c the input width
 }
 MODEL_REFUSALS = {  # models the write-back refuses, and words their one-line refusal must hold
-    # nn.MultiheadAttention: one width for heads and input, which global ranking cuts apart
-    "torchvision:vit_b_16": "module 'encoder.layers.encoder_layer_0.self_attention': nn.MultiheadAttention holds one",
     # attention widths computed from the residual width, or tables sized by the head dim
     "timm:eva02_tiny_patch14_224": "module 'blocks.0.attn'",
     "timm:coatnet_rmlp_nano_rw_224": "(RelPosMlp)",
@@ -97,7 +97,7 @@ def third_input_error(program, module, inputs) -> float:
 def _check_written_back(model, program, module, inputs) -> None:
     assert third_input_error(program, module, inputs) <= 1e-5
     assert [n for n, _ in module.named_modules()] == [n for n, _ in model.named_modules()]
-    assert all(type(mine) is type(theirs) or isinstance(mine, SubgraphModule)  # a block made from its subgraph
+    assert all(isinstance(mine, (type(theirs), SubgraphModule))  # or a block made from its subgraph
                for mine, theirs in zip(module.modules(), model.modules()))
     mine, state = dict(module.state_dict()), model.state_dict()
     for name, tensor in program.state_dict().items():
@@ -263,13 +263,35 @@ def test_multihead_attention_with_uniform_widths_is_written_back():
     assert torch.equal(attention.in_proj_weight[16:], weight[16:])
 
 
-def test_multihead_attention_with_heads_apart_from_its_input_is_refused_by_name():
+def test_multihead_attention_with_heads_apart_from_its_input_is_written_back():
     torch.manual_seed(0)
     model, x = Encoder().eval(), torch.randn(2, 5, 8)
     program = capture(model, x, name="Encoder").eval()
     remove_channels(program, config={"macs": 0.5, "round_to": 2, "strict": False})
-    with pytest.raises(PrunefxError, match=r"Encoder back: module 'layer.self_attn': nn.MultiheadAttention holds one "
-                                           r"width .* input width \d+ and \d heads of width \d+ .*ranking uniform"):
+    module = to_module(program, model)
+    attention = module.layer.self_attn
+    assert isinstance(attention, PrunedMultiheadAttention)
+    assert attention.embed_dim != attention.num_heads * attention.head_dim  # what MultiheadAttention cannot hold
+    assert attention.scale_head_dim == 8  # the dense head dim's scale, as the program keeps it
+    _check_written_back(model, program, module, (x,))
+    buffer = io.BytesIO()  # module.pt: it saves and loads as it is
+    torch.save(module, buffer)
+    buffer.seek(0)
+    with torch.no_grad():
+        assert torch.equal(torch.load(buffer, weights_only=False)(x), module(x))
+    module.train()  # and it trains: gradients reach every projection
+    module(x).sum().backward()
+    assert all(p.grad is not None and p.grad.any() for p in attention.parameters())
+
+
+def test_multihead_attention_it_cannot_hold_is_refused_by_name():
+    torch.manual_seed(0)
+    model, x = Encoder().eval(), torch.randn(2, 5, 8)
+    model.layer.self_attn = nn.MultiheadAttention(32, 4, add_bias_kv=True, batch_first=True)
+    program = capture(model, x, name="Encoder").eval()
+    remove_channels(program, config={"macs": 0.5, "round_to": 2, "strict": False})
+    with pytest.raises(PrunefxError, match=r"Encoder back: module 'layer.self_attn': nn.MultiheadAttention with input "
+                                           r"width \d+ and heads of width \d+ in all: .*key/value bias"):
         to_module(program, model)
 
 

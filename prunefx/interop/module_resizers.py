@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from prunefx.interop.attention_scale import keep_attention_scale, uses_timm_attention_convention
+from prunefx.interop.pruned_attention import PrunedMultiheadAttention, narrow_heads, projection_widths
 
 Changes = list[tuple[int, int]]
 Resizer = Callable[[nn.Module, Changes], None]
@@ -135,32 +136,37 @@ def _embedding(module: nn.Embedding, changes: Changes) -> None:
 
 def _multihead_attention(module: nn.MultiheadAttention, changes: Changes) -> None:
     """nn.MultiheadAttention computes its heads at its input width (embed_dim = num_heads x head_dim, asserted
-    by its forward), so it holds a pruned program only where the two widths stayed equal (uniform ranking);
-    and it calls attention with the default scale of its head dim, where the program keeps the dense one:
-    the ratio goes into the query rows of the input projection (softmax(q k^T s) = softmax((q s/s') k^T s'))."""
-    weights = [module.in_proj_weight] if module.in_proj_weight is not None else \
-        [module.q_proj_weight, module.k_proj_weight, module.v_proj_weight]
-    inner = weights[0].shape[0] // 3 if module.in_proj_weight is not None else weights[0].shape[0]
+    by its forward), and it calls attention with the default scale of its head dim, where the program keeps the
+    dense one. Where the two widths stayed equal (uniform ranking) it stays a MultiheadAttention and the ratio of
+    the scales goes into the query rows of the input projection (softmax(q k^T s) = softmax((q s/s') k^T s'));
+    else it becomes a PrunedMultiheadAttention (interop/pruned_attention.py), which holds heads of their own
+    width and the dense scale."""
     heads = {new for old, new in changes if old == module.num_heads} or {module.num_heads}
     if len(heads) > 1:
         raise ResizeError(f"num_heads of MultiheadAttention became {sorted(heads)} in different operators")
-    num_heads, embed_dim = heads.pop(), weights[0].shape[1]
-    if inner != embed_dim or inner % num_heads:
-        raise ResizeError(f"nn.MultiheadAttention holds one width for its input and its heads (embed_dim = num_heads "
-                          f"x head_dim), and the program has input width {embed_dim} and {num_heads} heads of width "
-                          f"{inner} in all; prune with ranking uniform (head counts kept, every width the same "
-                          "fraction), or keep the program")
-    old_head_dim = module.head_dim
+    num_heads = heads.pop()
+    dense_head_dim = getattr(module, "scale_head_dim", module.head_dim)  # whose scale the program keeps
+    weight = module.in_proj_weight if module.in_proj_weight is not None else module.q_proj_weight
+    embed_dim = weight.shape[1]
+    if set(projection_widths(module)) != {embed_dim} or embed_dim % num_heads:
+        try:
+            return narrow_heads(module, num_heads, dense_head_dim)
+        except ValueError as reason:
+            raise ResizeError(f"nn.MultiheadAttention with input width {embed_dim} and heads of width "
+                              f"{projection_widths(module)[0]} in all: {reason}; keep the program") from reason
     module.num_heads, module.embed_dim, module.head_dim = num_heads, embed_dim, embed_dim // num_heads
     module.kdim, module.vdim = (embed_dim, embed_dim) if module.in_proj_weight is not None else \
         (module.k_proj_weight.shape[1], module.v_proj_weight.shape[1])
-    if module.head_dim != old_head_dim:
-        query = module.in_proj_weight[:inner] if module.in_proj_weight is not None else module.q_proj_weight
-        bias = module.in_proj_bias[:inner] if module.in_proj_bias is not None else None
+    ratio = math.sqrt(module.head_dim / dense_head_dim)
+    if isinstance(module, PrunedMultiheadAttention):
+        module.scale_head_dim = dense_head_dim
+    elif ratio != 1.0:
+        query = module.in_proj_weight[:embed_dim] if module.in_proj_weight is not None else module.q_proj_weight
+        bias = module.in_proj_bias[:embed_dim] if module.in_proj_bias is not None else None
         with torch.no_grad():
             for tensor in (query, bias):
                 if tensor is not None:
-                    tensor.mul_(math.sqrt(module.head_dim / old_head_dim))
+                    tensor.mul_(ratio)
 
 
 def _recurrent(module: nn.RNNBase, changes: Changes) -> None:
