@@ -33,6 +33,9 @@ class LiteralChange:
     scope: str
     operator: str
     pairs: tuple[tuple[int, int], ...]  # (size in the dense graph, size in the pruned graph), changed ones only
+    # (dense, pruned) of each list of sizes that changed, whole: split sizes [32, 48, 48] -> [16, 32, 48], where
+    # the pairs alone cannot tell which 48 stayed
+    lists: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()
 
 
 def scope_of(node: torch.fx.Node) -> str:
@@ -114,8 +117,21 @@ def literal_changes(dense: torch.fx.GraphModule, pruned: torch.fx.GraphModule) -
         pairs = _int_pairs(_inferred_sizes(call, call.literals), other.literals) or []
         changed = tuple((a, b) for a, b in pairs if a != b and a != -1)
         if changed:
-            changes.append(LiteralChange(call.scope, call.operator, changed))
+            lists = tuple(_changed_lists(_inferred_sizes(call, call.literals), other.literals))
+            changes.append(LiteralChange(call.scope, call.operator, changed, lists))
     return changes
+
+
+def _changed_lists(old, new):
+    """(old, new) of every list of two or more integers in two literals of the same form that differs."""
+    if not (isinstance(old, tuple) and isinstance(new, tuple) and len(old) == len(new)):
+        return
+    if len(old) > 1 and all(type(v) is int for v in (*old, *new)):
+        if old != new:
+            yield old, new
+        return
+    for a, b in zip(old, new):
+        yield from _changed_lists(a, b)
 
 
 def replaced_calls(dense: torch.fx.GraphModule, pruned: torch.fx.GraphModule) -> list[tuple[ScopedCall, ScopedCall]]:

@@ -99,14 +99,19 @@ def _saved_and_loaded(module: nn.Module) -> nn.Module:
 
 @pytest.mark.slow
 def test_inception_next_writes_back_without_a_resizer():
-    """timm's InceptionNeXt splits its token mixer's input at stored `split_indexes` (random weights)."""
+    """timm's InceptionNeXt splits its token mixer's input at stored `split_indexes` (random weights): pruning
+    cuts the equal parts apart, and the list is set whole from the split the program makes."""
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     model = timm.create_model("inception_next_atto", pretrained=False, num_classes=10).eval()
     program = capture(model, torch.rand(1, 3, 64, 64)).eval()
     remove_channels(program, config={"macs": 0.5, "importance": "l2", "round_to": 8})
     written = to_module(program, model)
-    assert any(isinstance(module, SubgraphModule) for module in written.modules())
+    assert not any(isinstance(module, SubgraphModule) for module in written.modules())
+    splits = [node.args[1] for node in program.graph.nodes if node.target == torch.ops.aten.split_with_sizes.default]
+    mixers = [module for module in written.modules() if hasattr(module, "split_indexes")]
+    assert [list(mixer.split_indexes) for mixer in mixers] == splits
+    assert any(len(set(parts)) > 1 for parts in splits)  # equal parts cut apart: no size by size matching
     assert written.state_dict().keys() == model.state_dict().keys()
     other = torch.rand(1, 3, 64, 64)
     with torch.no_grad():

@@ -51,8 +51,9 @@ MODEL_REFUSALS = {  # models the write-back refuses, and words their one-line re
     "timm:eva02_tiny_patch14_224": "module 'blocks.0.attn'",
     "timm:coatnet_rmlp_nano_rw_224": "(RelPosMlp)",
     "timm:maxxvit_rmlp_nano_rw_256": "(RelPosMlp)",
-    # channels split at sizes stored in a list (the shared relative-position encoding)
-    "timm:coat_lite_tiny": "module 'crpe1' (ConvRelPosEnc)",
+    # a head dim computed from the residual width (C // num_heads), in a module that calls its shared
+    # relative-position encoding with two tensors (so no subgraph stands in for it)
+    "timm:coat_lite_tiny": "module 'serial_blocks3.0.factoratt_crpe' (FactorAttnConvRelPosEnc)",
 }
 # Main lane: the Fashion-MNIST models and resnet18; the rest of the zoo runs in its own lane.
 MAIN_MODELS = {"prunefx:resnet20", "prunefx:mobilenetv2_small", "prunefx:vit_tiny_fmnist", "torchvision:resnet18"}
@@ -341,3 +342,65 @@ def test_each_layer_of_the_written_back_module_keeps_the_mode_it_has_in_the_mode
     assert module[0].out_channels < 8
     assert {name: m.training for name, m in module.named_modules()} == \
         {name: m.training for name, m in model.named_modules()}
+
+
+class Splitter(nn.Module):
+    """Channels split at sizes kept in a list, each part to its own depthwise conv (CoaT's ConvRelPosEnc)."""
+
+    def __init__(self, splits=(4, 6, 6)):
+        super().__init__()
+        self.splits = list(splits)
+        self.branches = nn.ModuleList(nn.Conv2d(s, s, 3, padding=1, groups=s) for s in self.splits)
+
+    def forward(self, x):
+        return torch.cat([branch(part) for branch, part in zip(self.branches, torch.split(x, self.splits, dim=1))], 1)
+
+
+class Halves(nn.Module):
+    """Two parts of 8 (`split(8)`), which pruning makes unequal: only its subgraph can stand in."""
+
+    def __init__(self):
+        super().__init__()
+        self.left, self.right = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        left, right = x.split(8, dim=1)
+        return torch.cat([self.left(left), self.right(right)], 1)
+
+
+class SharedPart(nn.Module):
+    """A module registered first at the top and called through a block that holds it under a second name."""
+
+    def __init__(self, part: nn.Module):
+        super().__init__()
+        self.shared = part
+        self.stem, self.head = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 4, 1)
+        self.block = nn.Sequential(self.stem, part)
+
+    def forward(self, x):
+        return self.head(self.block(x))
+
+
+def _pruned_shared(part: type[nn.Module]):
+    torch.manual_seed(0)
+    model, x = SharedPart(part()).eval(), torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        model.stem.weight[4:10] *= 0.01  # the channels of the first 6-wide part (or the first half) weigh least
+    program = capture(model, x).eval()
+    remove_channels(program, config={"macs": 0.6, "round_to": 1, "strict": False})
+    return model, program, to_module(program, model), x
+
+
+def test_a_list_of_sizes_is_set_whole_on_a_module_shared_under_two_names():
+    # the two 6-wide parts pruned to different widths: size by size, the list could not say which 6 became which
+    model, program, module, x = _pruned_shared(Splitter)
+    splits = module.shared.splits
+    assert splits[1] != splits[2] and sum(splits) < 16 and splits == [b.in_channels for b in module.shared.branches]
+    assert module.block[1] is module.shared
+    _check_written_back(model, program, module, (x,))
+
+
+def test_a_shared_module_made_from_its_subgraph_stays_shared():
+    model, program, module, x = _pruned_shared(Halves)
+    assert isinstance(module.shared, SubgraphModule) and module.block[1] is module.shared
+    _check_written_back(model, program, module, (x,))

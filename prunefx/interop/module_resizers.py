@@ -1,9 +1,11 @@
 """Size attributes of a module, set again from its pruned tensors: one resizer per module class.
 
 A resizer `fn(module, changes)` runs once the module holds its pruned tensors; `changes` lists the
-(dense, pruned) literal sizes the channel removal rewrote in operators this module called itself. The
+(dense, pruned) literal sizes the channel removal rewrote in operators this module called itself (under any
+of its names, for a module shared by several). The
 standard torch.nn layers' resizers read their tensors' shapes; every other module gets `match_attributes`,
-which updates the integer attributes that held one of those sizes. A library registers its own with
+which updates the integer attributes that held one of those sizes, after a list attribute that an operator took
+whole (split sizes) is set whole from that operator's pruned list. A library registers its own with
 `prunefx.register_module_resizer` (the most specific class wins). What a resizer sets is never trusted:
 the write-back proves the module or refuses. See docs/your-model.md.
 """
@@ -45,32 +47,55 @@ def resizer_for(module: nn.Module) -> Resizer:
     return resize_attributes
 
 
-def resize_attributes(module: nn.Module, changes: Changes) -> None:
-    """The default resizer: `match_attributes`; and for attention modules written to timm's convention (a
-    boolean `fused_attn`, a float `scale`), when the head dim changed, the dense scale folded into the
-    queries so that the fused path, left as it was, computes what the pruned Program computes
-    (prunefx/interop/attention_scale.py)."""
-    updated = match_attributes(module, changes)
+def resize_attributes(module: nn.Module, changes: Changes, lists=()) -> None:
+    """The default resizer: `match_attributes`, lists of sizes that an operator took whole set whole first
+    (`listed_sizes`; `lists`: (dense, pruned) lists of sizes of the module's own calls); and for attention modules
+    written to timm's convention (a boolean `fused_attn`, a float `scale`), when the head dim changed, the dense
+    scale folded into the queries so that the fused path, left as it was, computes what the pruned Program
+    computes (prunefx/interop/attention_scale.py)."""
+    listed = listed_sizes(module, lists)
+    updated = match_attributes(module, changes, skip=listed.keys())
+    for name, value in listed.items():
+        setattr(module, name, value)
     if "head_dim" in updated and uses_timm_attention_convention(module):
         keep_attention_scale(module, ResizeError)
 
 
-def match_attributes(module: nn.Module, changes: Changes) -> list[str]:
+def match_attributes(module: nn.Module, changes: Changes, skip=()) -> list[str]:
     """Set every integer attribute of `module` (and every tuple/list of integers) whose value is a dense size
-    in `changes` to the pruned size; returns the names set. An attribute whose value maps to two different
-    pruned sizes is ambiguous: ResizeError."""
+    in `changes` to the pruned size, but those named in `skip`; returns the names set. An attribute whose value
+    maps to two different pruned sizes is ambiguous: ResizeError."""
     mapping: dict[int, set[int]] = {}
     for old, new in changes:
         mapping.setdefault(old, set()).add(new)
     updated = []
     for name, value in list(vars(module).items()):
-        if name.startswith("_") or name == "training":
+        if name.startswith("_") or name == "training" or name in skip:
             continue
         new = _mapped(value, mapping, name, module)
         if new is not None and new != value:
             setattr(module, name, new)
             updated.append(name)
     return updated
+
+
+def listed_sizes(module: nn.Module, lists) -> dict[str, list | tuple]:
+    """The new value of every list or tuple attribute of integers of `module` that equals, whole and in order, a
+    list of sizes an operator it called took in the dense graph (`lists`: (dense, pruned) pairs): that list in
+    the pruned graph. Size by size matching cannot place a list whose equal sizes were cut apart (split sizes
+    [32, 48, 48] -> [16, 32, 48]); a list that became two different lists is ambiguous: ResizeError."""
+    found = {}
+    for name, value in vars(module).items():
+        if name.startswith("_") or not isinstance(value, (tuple, list)) or len(value) < 2 \
+                or not all(type(v) is int for v in value):
+            continue
+        targets = {pruned for dense, pruned in lists if tuple(dense) == tuple(value)}
+        if len(targets) > 1:
+            raise ResizeError(f"attribute '{name}' of {type(module).__name__} was {list(value)}, which became "
+                              f"{' and '.join(str(list(t)) for t in sorted(targets))} in different operators")
+        if targets:
+            found[name] = type(value)(targets.pop())
+    return found
 
 
 def _mapped(value, mapping: dict[int, set[int]], name: str, module: nn.Module):

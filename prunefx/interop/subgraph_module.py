@@ -232,9 +232,13 @@ def replace_by_subgraph(program: Program, model: nn.Module, path: str, *, window
 
 
 def put_back(model: nn.Module, path: str, module: nn.Module) -> None:
-    """`module` at `path` in `model`, in place of the one there."""
-    parent_path, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent_path), name, module)
+    """`module` at `path` in `model`, in place of the one there, and at every other name that one has (a module
+    shared under several names stays one module)."""
+    current = model.get_submodule(path)
+    places = [name for name, each in model.named_modules(remove_duplicate=False) if each is current]
+    for place in places:
+        parent_path, _, name = place.rpartition(".")
+        setattr(model.get_submodule(parent_path), name, module)
 
 
 def _lend_constants(replacement: nn.Module, graph: fx.Graph, program: Program, prefix: str) -> None:

@@ -231,14 +231,22 @@ def _put(owner: nn.Module, attribute: str, old: torch.Tensor, value: torch.Tenso
 def _resize_modules(module: nn.Module, changes, name: str) -> list[WriteBackError]:
     """Run every module's resizer with the literal sizes rewritten in the operators it called. A registered
     resizer's refusal is final; the default resizer's are returned (the module's subgraph may stand in)."""
-    by_scope: dict[str, list[tuple[int, int]]] = {}
+    by_scope: dict[str, list] = {}
     for change in changes:
-        by_scope.setdefault(change.scope, []).extend(change.pairs)
+        by_scope.setdefault(change.scope, []).append(change)
+    aliases: dict[int, list[str]] = {}  # a module shared under several names is called under any of them
+    for path, submodule in module.named_modules(remove_duplicate=False):
+        aliases.setdefault(id(submodule), []).append(path)
     unresized = []
     for path, submodule in module.named_modules():
         resizer = resizer_for(submodule)
+        own = [change for alias in aliases[id(submodule)] for change in by_scope.get(alias, [])]
+        pairs = [pair for change in own for pair in change.pairs]
         try:
-            resizer(submodule, by_scope.get(path, []))
+            if resizer is resize_attributes:  # it also takes lists of sizes whole
+                resize_attributes(submodule, pairs, [listed for change in own for listed in change.lists])
+            else:
+                resizer(submodule, pairs)
         except ResizeError as reason:
             error = WriteBackError(f"cannot write {name} back: module '{path or '(model)'}': {reason}")
             if resizer is not resize_attributes:
