@@ -13,9 +13,19 @@ import pytest
 import torch
 from torch import nn
 
-from prunefx.interop.pruned_attention import PrunedMultiheadAttention, narrow_heads
+from prunefx.interop.pruned_attention import PrunedMultiheadAttention, narrow_heads, off_nested_tensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def _torch_s_own_steps():
+    """torch's fused fast path (eval, no grad) off: the captured program holds torch's own steps, the oracle."""
+    dtype, fast = torch.get_default_dtype(), torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    yield
+    torch.set_default_dtype(dtype)
+    torch.backends.mha.set_fastpath_enabled(fast)
 
 
 def _dense(batch_first=True, kdim=None, vdim=None, dropout=0.0) -> nn.MultiheadAttention:
@@ -70,10 +80,13 @@ def test_unnarrowed_it_computes_what_torch_computes(call):
         _same(dense(query, key, key, **CALLS[call]), _narrowed(dense)(query, key, key, **CALLS[call]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("layout", ["sequence first", "unbatched", "self-attention", "own key and value widths"])
-def test_every_layout_of_the_call(layout):
+def test_every_layout_of_the_call(layout, dtype):
     dense = _dense(batch_first=layout != "sequence first",
                    kdim=12 if layout.startswith("own") else None, vdim=10 if layout.startswith("own") else None)
+    dense.to(dtype)
+    torch.set_default_dtype(dtype)  # the inputs below in that dtype (put back by the fixture)
     generator = torch.Generator().manual_seed(1)
     query = torch.randn(5, 2, 16, generator=generator) if layout == "sequence first" else \
         torch.randn(5, 16, generator=generator) if layout == "unbatched" else torch.randn(2, 5, 16, generator=generator)
@@ -147,6 +160,7 @@ def test_head_dims_removed_keep_the_scale_they_are_given():
 def test_torch_s_encoder_layer_calls_it_in_eval_without_grad():
     # TransformerEncoderLayer's fused kernel (eval, no grad, an even head count) assumes one width for heads and
     # input: it must not run on narrowed heads
+    torch.backends.mha.set_fastpath_enabled(True)
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True).eval()
     pruned, zeroed = copy.deepcopy(layer), copy.deepcopy(layer)
@@ -167,3 +181,36 @@ def test_the_causal_hint_needs_its_mask_as_in_torch():
     module, query = _narrowed(_dense()), torch.randn(2, 5, 16)
     with pytest.raises(RuntimeError, match="attn_mask"):
         module(query, query, query, is_causal=True)
+
+
+@pytest.mark.parametrize("mask", [torch.zeros(1, 7), torch.zeros(5, 1), torch.zeros(1, 5, 7), torch.zeros(2, 5, 7)])
+def test_masks_torch_refuses_are_refused_not_broadcast(mask):
+    dense, query, key = _dense(), torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    with pytest.raises(RuntimeError):
+        dense(query, key, key, attn_mask=mask)
+    with pytest.raises(RuntimeError, match="attn_mask"):
+        _narrowed(dense)(query, key, key, attn_mask=mask)
+
+
+def test_it_initialises_the_projections_it_holds_as_torch_does():
+    module = _heads_removed(_dense(), [0, 1])
+    module._reset_parameters()  # torch's own would read projections it does not hold
+    assert not module.in_proj_bias.any() and not module.out_proj.bias.any()
+    assert module.in_proj_weight.std() > 0
+
+
+def test_torch_s_encoder_keeps_padded_inputs_for_narrowed_heads():
+    # a TransformerEncoder packs inputs with a padding mask as nested tensors (eval, no grad), for a fused
+    # kernel that narrowed heads cannot take
+    torch.backends.mha.set_fastpath_enabled(True)
+    torch.manual_seed(0)
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True), 2).eval()
+    pruned, zeroed = copy.deepcopy(encoder), copy.deepcopy(encoder)
+    for mine, theirs, dense in zip(pruned.layers, zeroed.layers, encoder.layers):
+        mine.self_attn, theirs.self_attn = _heads_removed(dense.self_attn, [0, 3]), _heads_zeroed(dense.self_attn, [0, 3])
+    off_nested_tensors(pruned)
+    x, padding = torch.randn(2, 5, 16), torch.tensor([[False] * 3 + [True] * 2, [False] * 5])
+    with torch.no_grad():
+        expected, actual = zeroed(x, src_key_padding_mask=padding), pruned(x, src_key_padding_mask=padding)
+    kept = ~padding  # the nested path leaves zeros where the padding is
+    torch.testing.assert_close(actual[kept], expected[kept], rtol=1e-5, atol=1e-5)

@@ -5,7 +5,8 @@ in `F.multi_head_attention_forward`), and it scales by its own head dim. Global 
 width and the heads apart, and the Program keeps the dense scale. This subclass holds the same tensors under
 the same names and takes the same call, with heads of any width and the dense scale; it is what
 `to_module` puts in place of a MultiheadAttention whose widths came apart (interop/module_resizers.py), and
-the write-back proves it against the Program like any other module.
+the write-back proves it against the Program like any other module. It runs eagerly, traces and exports;
+`torch.jit.script` does not compile it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
         if not batched and key_padding_mask is not None:
             key_padding_mask = key_padding_mask.unsqueeze(0)
         length, batch, sources = query.shape[0], query.shape[1], key.shape[0]
+        _check_masks(attn_mask, key_padding_mask, batch * self.num_heads, length, sources, batch)
         q, k, v = self._projections(query, key, value)
         # (length, batch, heads x width) -> (batch x heads, length, width)
         q, k, v = (t.view(t.shape[0], batch * self.num_heads, -1).transpose(0, 1) for t in (q, k, v))
@@ -57,6 +59,15 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
         if not batched:
             return output.squeeze(1), None if weights is None else weights.squeeze(0)
         return (output.transpose(1, 0) if self.batch_first else output), weights
+
+    def _reset_parameters(self) -> None:
+        """torch's initialisation (Xavier-uniform projections, zero biases) of the projections it holds."""
+        for weight in (self.in_proj_weight, self.q_proj_weight, self.k_proj_weight, self.v_proj_weight):
+            if weight is not None:
+                nn.init.xavier_uniform_(weight)
+        if self.in_proj_bias is not None:
+            nn.init.constant_(self.in_proj_bias, 0.0)
+            nn.init.constant_(self.out_proj.bias, 0.0)
 
     def _projections(self, query, key, value) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         widths = projection_widths(self)
@@ -98,10 +109,12 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
 
 
 def _sequence_first(query, key, value, batched: bool, batch_first: bool):
-    """(length, batch, width) views of the inputs, keeping which of them are the same tensor."""
+    """(length, batch, width) views of the inputs; batched, which of them are the same tensor is kept."""
     if batched and not batch_first:
         return query, key, value
-    changed = {id(t): t.transpose(1, 0) if batched else t.unsqueeze(1) for t in (query, key, value)}
+    if not batched:  # torch unsqueezes each input apart: three products, whichever inputs were one tensor
+        return query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+    changed = {id(t): t.transpose(1, 0) for t in (query, key, value)}
     return changed[id(query)], changed[id(key)], changed[id(value)]
 
 
@@ -135,6 +148,30 @@ def narrow_heads(module: nn.MultiheadAttention, num_heads: int, scale_head_dim: 
             module.q_proj_weight, module.k_proj_weight, module.v_proj_weight))
 
 
+def _check_masks(attn_mask, key_padding_mask, heads_batch: int, length: int, sources: int, batch: int) -> None:
+    """The mask shapes torch takes, refused as torch refuses others (a mask of another shape would broadcast)."""
+    if attn_mask is not None:
+        expected = {2: (length, sources), 3: (heads_batch, length, sources)}.get(attn_mask.dim())
+        if expected is None:
+            raise RuntimeError(f"attn_mask's dimension {attn_mask.dim()} is not supported")
+        if tuple(attn_mask.shape) != expected:
+            raise RuntimeError(f"The shape of the {attn_mask.dim()}D attn_mask is {tuple(attn_mask.shape)}, but "
+                               f"should be {expected}.")
+    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (batch, sources):
+        raise AssertionError(f"expecting key_padding_mask shape of {(batch, sources)}, but got "
+                             f"{tuple(key_padding_mask.shape)}")
+
+
+def off_nested_tensors(model: nn.Module) -> None:
+    """A TransformerEncoder decides in its __init__, from its attention, to pack inputs with a padding mask as
+    nested tensors for its layers' fused kernel; that kernel does not run narrowed heads, and their forward
+    takes no nested tensor: the encoders holding one keep their inputs padded."""
+    for encoder in model.modules():
+        if isinstance(encoder, nn.TransformerEncoder) and \
+                any(isinstance(each, PrunedMultiheadAttention) for each in encoder.modules()):
+            encoder.use_nested_tensor = False
+
+
 def _mask(attn_mask, key_padding_mask, batch: int, heads: int, sources: int,
           dtype: torch.dtype) -> torch.Tensor | None:
     """One additive mask (1 or batch x heads, length, sources), or None; True in a boolean mask is a position
@@ -153,4 +190,6 @@ def _mask(attn_mask, key_padding_mask, batch: int, heads: int, sources: int,
 def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if mask.dtype == torch.bool:
         return torch.zeros_like(mask, dtype=dtype).masked_fill_(mask, float("-inf"))
+    if not mask.is_floating_point():  # as torch refuses it
+        raise AssertionError(f"only bool and floating types of masks are supported, not {mask.dtype}")
     return mask

@@ -23,6 +23,7 @@ from prunefx.graph.scoped_calls import literal_changes, replaced_calls
 from prunefx.graph.training_flags import module_modes, set_module_modes
 from prunefx.interop.hf_config import update_config
 from prunefx.interop.module_resizers import ResizeError, resize_attributes, resizer_for
+from prunefx.interop.pruned_attention import off_nested_tensors
 from prunefx.interop.subgraph_module import SubgraphError, batch_first_outputs, put_back, replace_by_subgraph
 from prunefx.interop.write_back_proof import (
     TOLERANCE,
@@ -65,6 +66,7 @@ def _written_back(program: Program, model: nn.Module, module: nn.Module, name: s
     _copy_tensors(program, module, name, built)
     changes = literal_changes(dense.module, program.module)
     unresized = _resize_modules(module, changes, name)
+    off_nested_tensors(module)
     replaced = replaced_calls(dense.module, program.module)
     hint = _hint(module, changes, replaced)
     if config:  # before the proof: the config may move an attention's scale into its query weights
