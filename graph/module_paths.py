@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -44,12 +45,20 @@ def _followed(path: str, model: nn.Module) -> nn.Module | None:
     module = model
     for segment in _SEGMENT.findall(path):
         try:
-            if segment.startswith("slice("):
-                module = module[slice(*ast.literal_eval(f"({segment[6:-1]},)"))]
-            else:
-                module = module._modules[segment]
-        except (KeyError, TypeError, ValueError, SyntaxError, IndexError, AttributeError):
+            module = _sliced(module, segment) if segment.startswith("slice(") else module._modules[segment]
+        except Exception:  # a container of the user's whose slicing fails: the path stays as torch wrote it
             return None
         if not isinstance(module, nn.Module):
             return None
     return module
+
+
+def _sliced(container: nn.Module, segment: str) -> nn.Module:
+    """`container[slice(...)]` as torch's own containers make it (a subclass's own constructor is not called):
+    a Sequential keeps its keys, a ModuleList counts from 0 again."""
+    part = slice(*ast.literal_eval(f"({segment[6:-1]},)"))
+    if isinstance(container, nn.Sequential):
+        return nn.Sequential(OrderedDict(list(container._modules.items())[part]))
+    if isinstance(container, nn.ModuleList):
+        return nn.ModuleList(list(container._modules.values())[part])
+    return container[part]

@@ -54,3 +54,20 @@ def test_a_path_that_leads_nowhere_is_left_as_it_is():
     node.meta["nn_module_stack"] = {"k": ("listed.slice(7, 9, None).0", nn.Linear)}
     name_sliced_modules(program.graph, model)
     assert node.meta["nn_module_stack"]["k"][0] == "listed.slice(7, 9, None).0"
+
+
+class Blocks(nn.Sequential):
+    """A Sequential of the user's whose constructor takes other arguments: slicing it calls that constructor."""
+
+    def __init__(self, depth: int):
+        super().__init__(*(nn.Linear(4, 4) for _ in range(depth)))
+
+
+def test_a_slice_of_a_container_subclass_is_followed_without_its_constructor():
+    model = nn.Sequential()
+    model.add_module("blocks", Blocks(3))
+    program = capture(model, torch.randn(2, 4))
+    node = next(node for node in program.graph.nodes if node.op == "call_function")
+    node.meta["nn_module_stack"] = {"k": ("blocks.slice(1, None, None).2", nn.Linear)}
+    name_sliced_modules(program.graph, model)
+    assert node.meta["nn_module_stack"]["k"][0] == "blocks.2"
