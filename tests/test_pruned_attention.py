@@ -214,3 +214,28 @@ def test_torch_s_encoder_keeps_padded_inputs_for_narrowed_heads():
         expected, actual = zeroed(x, src_key_padding_mask=padding), pruned(x, src_key_padding_mask=padding)
     kept = ~padding  # the nested path leaves zeros where the padding is
     torch.testing.assert_close(actual[kept], expected[kept], rtol=1e-5, atol=1e-5)
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_on_cuda_it_computes_what_torch_computes_there(dtype, monkeypatch):
+    """Unnarrowed on the GPU, in full and half precision, masked or not, in training with dropout too: torch's
+    steps on torch's kernels there (TF32 off)."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    dense = _dense(dropout=0.25).to("cuda", dtype)
+    narrowed = _narrowed(dense)
+    generator = torch.Generator().manual_seed(1)
+    query, key = (torch.randn(shape, generator=generator).to("cuda", dtype) for shape in ((2, 5, 16), (2, 7, 16)))
+    padding = torch.tensor([[False] * 6 + [True], [False] * 7], device="cuda")
+    with torch.no_grad():
+        for call in ({}, {"need_weights": False}, {"key_padding_mask": padding, "need_weights": False}):
+            _same(dense(query, key, key, **call), narrowed(query, key, key, **call))
+    dense.train(), narrowed.train()
+    torch.cuda.manual_seed(3)
+    expected = dense(query, key, key, need_weights=False)
+    torch.cuda.manual_seed(3)
+    _same(expected, narrowed(query, key, key, need_weights=False))
