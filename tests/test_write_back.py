@@ -47,10 +47,8 @@ CASE_REFUSALS = {
     "rotary_fused_qkv": "(RotaryAttention)",     # reshape(b, n, c) with c the input width
 }
 MODEL_REFUSALS = {  # models the write-back refuses, and words their one-line refusal must hold
-    # attention widths computed from the residual width, or tables sized by the head dim
+    # attention widths computed from the residual width, in a module that takes the rotary table as a tensor
     "timm:eva02_tiny_patch14_224": "module 'blocks.0.attn'",
-    "timm:coatnet_rmlp_nano_rw_224": "(RelPosMlp)",
-    "timm:maxxvit_rmlp_nano_rw_256": "(RelPosMlp)",
     # a head dim computed from the residual width (C // num_heads), in a module that calls its shared
     # relative-position encoding with two tensors (so no subgraph stands in for it)
     "timm:coat_lite_tiny": "module 'serial_blocks3.0.factoratt_crpe' (FactorAttnConvRelPosEnc)",
@@ -403,4 +401,38 @@ def test_a_list_of_sizes_is_set_whole_on_a_module_shared_under_two_names():
 def test_a_shared_module_made_from_its_subgraph_stays_shared():
     model, program, module, x = _pruned_shared(Halves)
     assert isinstance(module.shared, SubgraphModule) and module.block[1] is module.shared
+    _check_written_back(model, program, module, (x,))
+
+
+class Table(nn.Module):
+    """A module its parent runs through a method (as timm's RelPosMlp.get_bias), never by its forward: the
+    sizes its code spells land in the parent's call."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.width, self.mlp = width, nn.Linear(2, width)
+        self.register_buffer("coords", torch.randn(9, 2))
+        self.gain = nn.Parameter(torch.ones(()))
+
+    def bias(self) -> torch.Tensor:
+        return self.mlp(self.coords).view(3, 3, self.width).permute(2, 0, 1) * self.gain
+
+
+class WithTable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.table, self.head = nn.Conv2d(3, 8, 1), Table(8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.stem(x) + self.table.bias()))
+
+
+def test_a_module_run_through_a_method_takes_the_sizes_its_code_spelled():
+    torch.manual_seed(0)
+    model, x = WithTable().eval(), torch.randn(2, 3, 3, 3)
+    program = capture(model, x).eval()
+    remove_channels(program, config={"macs": 0.6, "round_to": 1, "strict": False})
+    module = to_module(program, model)
+    assert module.table.width == module.stem.out_channels < 8
+    assert not any(isinstance(m, SubgraphModule) for m in module.modules())
     _check_written_back(model, program, module, (x,))

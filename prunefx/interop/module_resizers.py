@@ -2,7 +2,7 @@
 
 A resizer `fn(module, changes)` runs once the module holds its pruned tensors; `changes` lists the
 (dense, pruned) literal sizes the channel removal rewrote in operators this module called itself (under any
-of its names, for a module shared by several). The
+of its names, for a module shared by several, or in the call that ran one of its methods). The
 standard torch.nn layers' resizers read their tensors' shapes; every other module gets `match_attributes`,
 which updates the integer attributes that held one of those sizes, after a list attribute that an operator took
 whole (split sizes) is set whole from that operator's pruned list. A library registers its own with

@@ -19,7 +19,7 @@ from prunefx.graph import Program, capture
 from prunefx.graph.attributes import delete_unused_tensors
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.model_state import hook_state_kept, random_state_kept
-from prunefx.graph.scoped_calls import literal_changes, replaced_calls
+from prunefx.graph.scoped_calls import literal_changes, replaced_calls, scope_of
 from prunefx.graph.training_flags import module_modes, set_module_modes
 from prunefx.interop.hf_config import update_config
 from prunefx.interop.module_resizers import ResizeError, resize_attributes, resizer_for
@@ -65,7 +65,7 @@ def _written_back(program: Program, model: nn.Module, module: nn.Module, name: s
     built = _built_in_forward(dense, model)
     _copy_tensors(program, module, name, built)
     changes = literal_changes(dense.module, program.module)
-    unresized = _resize_modules(module, changes, name)
+    unresized = _resize_modules(module, changes, name, _method_scopes(dense, module))
     off_nested_tensors(module)
     replaced = replaced_calls(dense.module, program.module)
     hint = _hint(module, changes, replaced)
@@ -230,9 +230,32 @@ def _put(owner: nn.Module, attribute: str, old: torch.Tensor, value: torch.Tenso
         setattr(owner, attribute, value)
 
 
-def _resize_modules(module: nn.Module, changes, name: str) -> list[WriteBackError]:
-    """Run every module's resizer with the literal sizes rewritten in the operators it called. A registered
-    resizer's refusal is final; the default resizer's are returned (the module's subgraph may stand in)."""
+def _method_scopes(dense: Program, module: nn.Module) -> dict[int, set[str]]:
+    """For each module left to the default resizer whose own tensors the dense graph reads in another module's
+    call, not its own (a method its parent runs, such as timm's RelPosMlp.get_bias): the scopes of those calls,
+    by the module's id. Its code ran there, so the sizes rewritten there may be its attributes'."""
+    def owner_of(path: str) -> nn.Module | None:
+        try:
+            return module.get_submodule(path)
+        except AttributeError:
+            return None
+
+    found: dict[int, set[str]] = {}
+    for node in dense.graph.nodes:
+        owner = owner_of(str(node.target).rpartition(".")[0]) if node.op == "get_attr" else None
+        if owner is None or resizer_for(owner) is not resize_attributes:
+            continue
+        for user in node.users:
+            stack = [path for path, _ in (user.meta.get("nn_module_stack") or {}).values()]
+            if not any(owner_of(path) is owner for path in stack):
+                found.setdefault(id(owner), set()).add(scope_of(user))
+    return found
+
+
+def _resize_modules(module: nn.Module, changes, name: str, method_scopes: dict[int, set[str]]) -> list[WriteBackError]:
+    """Run every module's resizer with the literal sizes rewritten in the operators it called, under any of its
+    names or through a method (`method_scopes`). A registered resizer's refusal is final; the default resizer's
+    are returned (the module's subgraph may stand in)."""
     by_scope: dict[str, list] = {}
     for change in changes:
         by_scope.setdefault(change.scope, []).append(change)
@@ -242,7 +265,8 @@ def _resize_modules(module: nn.Module, changes, name: str) -> list[WriteBackErro
     unresized = []
     for path, submodule in module.named_modules():
         resizer = resizer_for(submodule)
-        own = [change for alias in aliases[id(submodule)] for change in by_scope.get(alias, [])]
+        scopes = {*aliases[id(submodule)], *method_scopes.get(id(submodule), ())}
+        own = [change for scope in sorted(scopes) for change in by_scope.get(scope, [])]
         pairs = [pair for change in own for pair in change.pairs]
         try:
             if resizer is resize_attributes:  # it also takes lists of sizes whole
