@@ -6,6 +6,7 @@ standard layer's size attributes against its own weights. A refusal is expected 
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import io
 from pathlib import Path
@@ -435,4 +436,59 @@ def test_a_module_run_through_a_method_takes_the_sizes_its_code_spelled():
     module = to_module(program, model)
     assert module.table.width == module.stem.out_channels < 8
     assert not any(isinstance(m, SubgraphModule) for m in module.modules())
+    _check_written_back(model, program, module, (x,))
+
+
+Splits = collections.namedtuple("Splits", "a b c")
+
+
+class NamedSplitter(Splitter):
+    """Split sizes kept in a namedtuple."""
+
+    def __init__(self):
+        super().__init__()
+        self.splits = Splits(*self.splits)
+
+
+def test_split_sizes_in_a_namedtuple_are_set_whole():
+    model, program, module, x = _pruned_shared(NamedSplitter)
+    splits = module.shared.splits
+    assert type(splits) is Splits and splits.b != splits.c and list(splits) == [b.in_channels for b in module.shared.branches]
+    _check_written_back(model, program, module, (x,))
+
+
+class Gate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.g, self.channels, self.spare = nn.Parameter(torch.rand(8) + 0.5), 8, 12  # spare: read by no forward
+
+    def forward(self, x):
+        return x * self.g.view(1, self.channels, 1, 1)
+
+
+class ReadsItsChild(nn.Module):
+    """The parent reads its child's parameter itself, and holds a size of its own (12) that pruning changes."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.gate, self.other, self.head = nn.Conv2d(3, 8, 1), Gate(), nn.Conv2d(3, 12, 1), nn.Conv2d(20, 4, 1)
+        self.width = 12
+
+    def forward(self, x):
+        b = self.other(x)
+        b = b.reshape(b.shape[0], self.width, -1).softmax(-1).reshape(b.shape)
+        return self.head(torch.cat([self.gate(self.stem(x)), b], 1)) * self.gate.g.mean()
+
+
+def test_a_child_whose_forward_runs_keeps_what_only_its_parent_s_code_spelled():
+    # gate runs its own forward: the parent's rewritten 12 is none of its attributes', even though the parent
+    # reads its tensor (a method's code runs in its parent's call only for a module whose forward never runs)
+    torch.manual_seed(0)
+    model, x = ReadsItsChild().eval(), torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        model.other.weight[:3] *= 0.3
+    program = capture(model, x).eval()
+    remove_channels(program, config={"macs": 0.6, "round_to": 1, "strict": False})
+    module = to_module(program, model)
+    assert module.width == module.other.out_channels < 12 and module.gate.spare == 12
     _check_written_back(model, program, module, (x,))

@@ -94,8 +94,13 @@ def listed_sizes(module: nn.Module, lists) -> dict[str, list | tuple]:
             raise ResizeError(f"attribute '{name}' of {type(module).__name__} was {list(value)}, which became "
                               f"{' and '.join(str(list(t)) for t in sorted(targets))} in different operators")
         if targets:
-            found[name] = type(value)(targets.pop())
+            found[name] = _rebuilt(value, targets.pop())
     return found
+
+
+def _rebuilt(value: list | tuple, items) -> list | tuple:
+    """`items` in the sequence type of `value` (a namedtuple's fields given one by one)."""
+    return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
 
 
 def _mapped(value, mapping: dict[int, set[int]], name: str, module: nn.Module):
@@ -111,7 +116,7 @@ def _mapped(value, mapping: dict[int, set[int]], name: str, module: nn.Module):
         mapped = [_mapped(v, mapping, name, module) for v in value]
         if all(m is None for m in mapped):
             return None
-        return type(value)(v if m is None else m for v, m in zip(value, mapped))
+        return _rebuilt(value, [v if m is None else m for v, m in zip(value, mapped)])
     return None
 
 

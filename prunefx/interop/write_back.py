@@ -231,23 +231,26 @@ def _put(owner: nn.Module, attribute: str, old: torch.Tensor, value: torch.Tenso
 
 
 def _method_scopes(dense: Program, module: nn.Module) -> dict[int, set[str]]:
-    """For each module left to the default resizer whose own tensors the dense graph reads in another module's
-    call, not its own (a method its parent runs, such as timm's RelPosMlp.get_bias): the scopes of those calls,
-    by the module's id. Its code ran there, so the sizes rewritten there may be its attributes'."""
+    """For each module left to the default resizer that no operator is called in (its forward never runs) but
+    whose own tensors an operator reads: the scopes of those operators, by the module's id. Its code ran
+    there as a method its parent called (timm's RelPosMlp.get_bias), so the sizes rewritten there may be its
+    attributes'. Tensors handed to a nested graph (`torch.no_grad()` blocks) are not read there."""
     def owner_of(path: str) -> nn.Module | None:
         try:
             return module.get_submodule(path)
         except AttributeError:
             return None
 
+    graphs = [each.graph for each in dense.module.modules() if isinstance(each, torch.fx.GraphModule)]
+    called = {id(owner_of(path)) for graph in graphs for node in graph.nodes
+              for path, _ in (node.meta.get("nn_module_stack") or {}).values()}
     found: dict[int, set[str]] = {}
     for node in dense.graph.nodes:
         owner = owner_of(str(node.target).rpartition(".")[0]) if node.op == "get_attr" else None
-        if owner is None or resizer_for(owner) is not resize_attributes:
+        if owner is None or id(owner) in called or resizer_for(owner) is not resize_attributes:
             continue
         for user in node.users:
-            stack = [path for path, _ in (user.meta.get("nn_module_stack") or {}).values()]
-            if not any(owner_of(path) is owner for path in stack):
+            if isinstance(user.target, torch._ops.OpOverload):
                 found.setdefault(id(owner), set()).add(scope_of(user))
     return found
 
