@@ -48,8 +48,6 @@ CASE_REFUSALS = {
     "rotary_fused_qkv": "(RotaryAttention)",     # reshape(b, n, c) with c the input width
 }
 MODEL_REFUSALS = {  # models the write-back refuses, and words their one-line refusal must hold
-    # attention widths computed from the residual width, in a module that takes the rotary table as a tensor
-    "timm:eva02_tiny_patch14_224": "module 'blocks.0.attn'",
     # a head dim computed from the residual width (C // num_heads), in a module that calls its shared
     # relative-position encoding with two tensors (so no subgraph stands in for it)
     "timm:coat_lite_tiny": "module 'serial_blocks3.0.factoratt_crpe' (FactorAttnConvRelPosEnc)",
@@ -492,3 +490,47 @@ def test_a_child_whose_forward_runs_keeps_what_only_its_parent_s_code_spelled():
     module = to_module(program, model)
     assert module.width == module.other.out_channels < 12 and module.gate.spare == 12
     _check_written_back(model, program, module, (x,))
+
+
+class Scaled(nn.Module):
+    """Two parts of 8 (`split(8)`, made unequal by pruning), scaled by a table its caller passes in."""
+
+    def __init__(self):
+        super().__init__()
+        self.left, self.right = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)
+
+    def forward(self, x, table=None):
+        left, right = x.split(8, dim=1)
+        return torch.cat([self.left(left), self.right(right)], 1) * table
+
+
+class PassesATable(nn.Module):
+    """The model's own buffer handed to a child as an argument (timm's EVA passes its rotary table to attention)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.part, self.head = nn.Conv2d(3, 16, 1), Scaled(), nn.Conv2d(16, 4, 1)
+        self.register_buffer("table", torch.rand(1, 16, 1, 1) + 0.5)
+
+    def forward(self, x):
+        return self.head(self.part(self.stem(x), table=self.table))
+
+
+def test_a_subgraph_reads_the_tensor_its_caller_passes_in():
+    torch.manual_seed(0)
+    model, x = PassesATable().eval(), torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        model.stem.weight[4:8] *= 0.01  # the first part weighs least: the parts come apart
+    program = capture(model, x).eval()
+    remove_channels(program, config={"macs": 0.6, "round_to": 1, "strict": False})
+    module = to_module(program, model)
+    assert isinstance(module.part, SubgraphModule)
+    _check_written_back(model, program, module, (x,))
+    features = module.stem(x)
+    with torch.no_grad():  # it reads the table from the call, as the module's own code does
+        torch.testing.assert_close(module.part(features, table=2 * module.table),
+                                   2 * module.part(features, table=module.table))
+        with pytest.raises(Exception, match="reads 'table' as a tensor of shape .* passes one of shape \\[1, 3"):
+            module.part(features, table=module.table[:, :3])
+        with pytest.raises(Exception, match="reads 'table', which its caller does not pass"):
+            module.part(features)

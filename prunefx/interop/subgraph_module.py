@@ -7,6 +7,7 @@ its place, under the same qualified name, a torch.fx GraphModule whose graph is 
 that module's own code, calling the module's children as modules. The children are the very same objects,
 so parameter names, state-dict keys and `named_modules` stay; they keep their own eager forward (batch norm
 trains, dropout drops), and the module's own operators (split, cat, view, add) do not depend on the mode.
+Besides its input it may read tensors of other modules that its caller passes in (passed_tensors.py).
 What is made is proven by the write-back like everything else; where the module's code cannot be cut out
 of the graph this way (several inputs or outputs, its own dropout), SubgraphError says why.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import importlib
 import operator
 import types
+from collections.abc import Callable
 
 import torch
 import torch.utils._pytree as pytree
@@ -24,6 +26,7 @@ from torch import fx, nn
 from prunefx.graph import Program
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.training_flags import DROPOUTS, training_dropout
+from prunefx.interop.passed_tensors import PassedTensor, taken
 
 # Operators whose behaviour depends on the training mode: baked into the graph, they would not train.
 _MODAL = ("dropout", "batch_norm", "rrelu")
@@ -79,9 +82,12 @@ def _region(program: Program, path: str) -> dict[fx.Node, tuple[str, str] | None
     return region
 
 
-def _graph(program: Program, path: str, dropout_free: bool, windows: bool) -> fx.Graph:
+def _graph(program: Program, path: str, dropout_free: bool, windows: bool,
+           passed: Callable[[list[str]], dict[str, tuple[str, int | None]]] | None
+           ) -> tuple[fx.Graph, list[PassedTensor]]:
     """The Program's operators of module `path`'s own code, its children's calls as call_module; with `windows`,
-    sizes that are multiples of the batch follow the input's (`_batch_follows_input`)."""
+    sizes that are multiples of the batch follow the input's (`_batch_follows_input`); other modules' tensors
+    that `passed` finds passed in by the caller read from the call (passed_tensors.py)."""
     region = _region(program, path)
     inside = set(region)
     inputs = _outside_inputs(list(region), inside)
@@ -97,6 +103,13 @@ def _graph(program: Program, path: str, dropout_free: bool, windows: bool) -> fx
     env = {inputs[0]: graph.placeholder("x")}
     from_input = {inputs[0]} if windows else set()  # values computed from the input (else the module's constants)
     prefix = f"{path}."
+    foreign = {value.target: value for node in region if region[node] is None for value in node.all_input_nodes
+               if value.op == "get_attr" and not str(value.target).startswith(prefix)}
+    bound = []
+    for target, (name, position) in (passed([str(t) for t in foreign]) if foreign and passed else {}).items():
+        tensor = get_tensor(program.module, target)
+        bound.append(PassedTensor(name, position, tuple(tensor.shape)))
+        env[foreign[target]] = graph.placeholder(f"passed_{name}")
     for node in region:
         if node.target not in _NEW_FROM_SHAPE and any(value in from_input for value in node.all_input_nodes):
             from_input.add(node)
@@ -112,7 +125,7 @@ def _graph(program: Program, path: str, dropout_free: bool, windows: bool) -> fx
                 raise SubgraphError(f"its call of '{child[1]}' does not read one tensor of it and give one")
             env[outs[0]] = graph.call_module(child[1][len(prefix):], (env[ins[0]],))
     graph.output(env[outputs[0]])
-    return graph
+    return graph, bound
 
 
 def _dropout_p(node: fx.Node) -> float:
@@ -178,7 +191,7 @@ class SubgraphModule(nn.Module):
     Ultralytics' `f`, `i`, `type`) under the same names; its forward is the Python that torch.fx writes
     for the graph, kept as source so that the module deep-copies and pickles (torch.save) like any other."""
 
-    def __init__(self, owner: nn.Module, graph: fx.Graph):
+    def __init__(self, owner: nn.Module, graph: fx.Graph, passed: list[PassedTensor] = ()):
         super().__init__()
         for table in ("_modules", "_parameters", "_buffers"):  # the originals, in their order, containers kept
             getattr(self, table).update(getattr(owner, table))
@@ -187,6 +200,7 @@ class SubgraphModule(nn.Module):
                 setattr(self, name, value)
         self.train(owner.training)
         self.source_module = f"{type(owner).__module__}.{type(owner).__qualname__}"
+        self._passed = list(passed)  # the tensors it reads from its call besides the input, in order
         code = graph.python_code(root_module="self")
         self._source = code.src
         self._globals = {name: value.__name__ if isinstance(value, types.ModuleType) else value
@@ -200,11 +214,11 @@ class SubgraphModule(nn.Module):
         self._forward = namespace["forward"]
 
     def forward(self, x, *args, **kwargs):
-        # its graph reads one tensor from outside; what else the caller passes (a window size, a None bias) was
-        # a constant when the Program was captured, and a tensor there would be one the graph cannot see
-        if any(isinstance(value, torch.Tensor) for value in (*args, *kwargs.values())):
-            raise SubgraphError(f"the subgraph of {self.source_module} reads one tensor, and its caller passes more")
-        return self._forward(self, x)
+        try:
+            passed = taken(self._passed, args, kwargs, self.source_module)
+        except ValueError as reason:
+            raise SubgraphError(str(reason)) from None
+        return self._forward(self, x, *passed)
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -219,13 +233,14 @@ class SubgraphModule(nn.Module):
         return f"in place of {self.source_module}"
 
 
-def replace_by_subgraph(program: Program, model: nn.Module, path: str, *, windows: bool = False) -> nn.Module:
+def replace_by_subgraph(program: Program, model: nn.Module, path: str, *, windows: bool = False,
+                        passed: Callable[[list[str]], dict[str, tuple[str, int | None]]] | None = None) -> nn.Module:
     """Put in `model` at `path` the GraphModule of the Program's operators of that module (module docstring);
-    `windows`: see `_graph`. Returns the module it replaced."""
+    `windows` and `passed`: see `_graph`. Returns the module it replaced."""
     owner = model.get_submodule(path)
     dropout_free = all(layer.p == 0 for layer in owner.modules() if isinstance(layer, nn.modules.dropout._DropoutNd))
-    graph = _graph(program, path, dropout_free, windows)
-    replacement = SubgraphModule(owner, graph)
+    graph, reads = _graph(program, path, dropout_free, windows, passed)
+    replacement = SubgraphModule(owner, graph, reads)
     _lend_constants(replacement, graph, program, f"{path}.")
     put_back(model, path, replacement)
     return owner

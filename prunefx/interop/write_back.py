@@ -23,6 +23,7 @@ from prunefx.graph.scoped_calls import literal_changes, replaced_calls, scope_of
 from prunefx.graph.training_flags import module_modes, set_module_modes
 from prunefx.interop.hf_config import update_config
 from prunefx.interop.module_resizers import ResizeError, resize_attributes, resizer_for
+from prunefx.interop.passed_tensors import passed_tensors
 from prunefx.interop.pruned_attention import off_nested_tensors
 from prunefx.interop.subgraph_module import SubgraphError, batch_first_outputs, put_back, replace_by_subgraph
 from prunefx.interop.write_back_proof import (
@@ -77,7 +78,7 @@ def _written_back(program: Program, model: nn.Module, module: nn.Module, name: s
         verify_module(program, module, name, hint)
     except WriteBackError as error:
         scopes = _own_code_changed(module, changes, replaced, _cut_constants(program, dense, built))
-        _from_subgraphs(program, module, name, scopes, error)
+        _from_subgraphs(program, model, module, name, scopes, error)
     module.train(model.training)  # also the graphs' flags of the subgraphs standing in for modules
     set_module_modes(module, module_modes(model), model.training)  # each layer's own, as in the user's model
     return module
@@ -98,7 +99,7 @@ def _own_code_changed(module: nn.Module, changes, replaced, cut: set[str]) -> li
     return sorted(found, key=lambda scope: -scope.count("."))
 
 
-def _from_subgraphs(program: Program, module: nn.Module, name: str, scopes: list[str],
+def _from_subgraphs(program: Program, model: nn.Module, module: nn.Module, name: str, scopes: list[str],
                     error: WriteBackError) -> None:
     """Put the Program's subgraph in place of each module in `scopes` (prunefx/interop/subgraph_module.py),
     then of each module of the user's code whose forward raises, and prove the result again, also on a
@@ -110,7 +111,7 @@ def _from_subgraphs(program: Program, module: nn.Module, name: str, scopes: list
     for windows in attempts:
         replaced: dict[str, nn.Module] = {}
         try:
-            return _made_from_subgraphs(program, module, name, scopes, error, windows, replaced)
+            return _made_from_subgraphs(program, model, module, name, scopes, error, windows, replaced)
         except WriteBackError as failed:
             failures.append(failed)
             for scope, original in reversed(replaced.items()):  # the module as it was before this attempt
@@ -118,16 +119,19 @@ def _from_subgraphs(program: Program, module: nn.Module, name: str, scopes: list
     raise failures[0]
 
 
-def _made_from_subgraphs(program: Program, module: nn.Module, name: str, scopes: list[str], error: WriteBackError,
-                         windows: bool, replaced: dict[str, nn.Module]) -> None:
-    """One attempt of `_from_subgraphs`; `replaced` gets each module it replaces, by path, in order."""
+def _made_from_subgraphs(program: Program, model: nn.Module, module: nn.Module, name: str, scopes: list[str],
+                         error: WriteBackError, windows: bool, replaced: dict[str, nn.Module]) -> None:
+    """One attempt of `_from_subgraphs`; `replaced` gets each module it replaces, by path, in order. Tensors of
+    other modules that a module's caller passes in are found on a call of the user's dense `model`."""
     kept: list[str] = []  # a module left as it is may be right with its attributes: the proof decides
 
     def make(scope: str | None) -> bool:
         if not scope or scope in replaced or resizer_for(module.get_submodule(scope)) is not resize_attributes:
             return False
         try:
-            replaced[scope] = replace_by_subgraph(program, module, scope, windows=windows)
+            replaced[scope] = replace_by_subgraph(
+                program, module, scope, windows=windows,
+                passed=lambda targets: passed_tensors(model, program.example_inputs, scope, targets))
         except SubgraphError as reason:
             kept.append(f"module '{scope}' is not made from its subgraph: {reason}")
             return False
