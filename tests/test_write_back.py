@@ -499,9 +499,9 @@ class Scaled(nn.Module):
         super().__init__()
         self.left, self.right = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)
 
-    def forward(self, x, table=None):
+    def forward(self, x, table=None, extras=()):
         left, right = x.split(8, dim=1)
-        return torch.cat([self.left(left), self.right(right)], 1) * table
+        return torch.cat([self.left(left), self.right(right)], 1) * table + sum(extras)
 
 
 class PassesATable(nn.Module):
@@ -534,3 +534,51 @@ def test_a_subgraph_reads_the_tensor_its_caller_passes_in():
             module.part(features, table=module.table[:, :3])
         with pytest.raises(Exception, match="reads 'table', which its caller does not pass"):
             module.part(features)
+        with pytest.raises(Exception, match="reads 2 tensors, and its caller passes more"):  # a list's too
+            module.part(features, table=module.table, extras=[torch.ones(())])
+
+
+class IgnoresItsTable(Scaled):
+    """Scales by the table it reaches through a reference of its own, whatever its caller passes."""
+
+    def forward(self, x, table=None, extras=()):
+        left, right = x.split(8, dim=1)
+        return torch.cat([self.left(left), self.right(right)], 1) * self.source[0].table
+
+
+def test_a_tensor_passed_in_that_the_module_does_not_read_is_not_bound_to_it():
+    # the caller passes the very tensor the module reads otherwise: the argument would stand in for it, and a
+    # later call with another table would change what the module computes
+    torch.manual_seed(0)
+    model, x = PassesATable().eval(), torch.randn(2, 3, 4, 4)
+    model.part = IgnoresItsTable()
+    model.part.source = (model,)  # a reference, not a child
+    with torch.no_grad():
+        model.stem.weight[4:8] *= 0.01
+    program = capture(model, x).eval()
+    remove_channels(program, config={"macs": 0.6, "round_to": 1, "strict": False})
+    with pytest.raises(PrunefxError, match="module 'part' is not made from its subgraph: its own code reads 'table'"):
+        to_module(program, model)
+
+
+class PassesATableThenNorms(PassesATable):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        return self.norm(super().forward(x).mean((2, 3)))
+
+
+def test_the_call_that_finds_a_passed_tensor_runs_in_eval_as_the_proof():
+    # a model handed over in training mode, captured in eval at batch 1: batch norm cannot train on one image
+    torch.manual_seed(0)
+    model, x = PassesATableThenNorms().eval(), torch.randn(1, 3, 4, 4)
+    with torch.no_grad():
+        model.stem.weight[4:8] *= 0.01
+    program = capture(model, x).eval()
+    remove_channels(program, config={"macs": 0.6, "round_to": 1, "strict": False})
+    module = to_module(program, model.train())
+    assert isinstance(module.part, SubgraphModule) and module.training and model.training
+    with torch.no_grad():
+        torch.testing.assert_close(module.eval()(x), program(x), rtol=1e-5, atol=1e-5)

@@ -3,17 +3,18 @@
 A module made again from its pruned subgraph (subgraph_module.py) reads one activation. Its code may also read
 a tensor that its caller passes as an argument and the graph holds as another module's (timm's EVA attention
 takes the rotary table `rope` that the model reads from `self.rope`). Which argument that is, the graph does not
-say: one call of the dense model is watched, and an argument that is that very tensor names it. The subgraph
-then reads it from the same argument of every call, checked to have its shape.
+say: one call of the dense model is watched, and an argument that is that very tensor, and that the module's
+output follows, names it. The subgraph then reads it from the same argument of every call, checked to have
+its shape.
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
 from dataclasses import dataclass
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from prunefx.graph.attributes import get_tensor
@@ -29,32 +30,46 @@ class PassedTensor:
 
 def passed_tensors(model: nn.Module, inputs: tuple, path: str, targets: list[str]) -> dict[str, tuple[str, int | None]]:
     """For each target (a tensor of another module that the code of the module at `path` reads) that its caller
-    passes as an argument, that argument's (name, position); from one call of a copy of `model` (dense) on
-    `inputs`."""
-    dense = copy.deepcopy(model)
-    owner, seen = dense.get_submodule(path), []
+    passes as an argument the module reads, that argument's (name, position); from one call of `model` (a
+    dense copy of the user's, in eval mode as the proof runs) on `inputs`. Nothing where that call fails."""
+    owner, seen = model.get_submodule(path), []
     # the user's hooks run as in a call of the model, what they keep put back; this one is added after, so kept
-    with torch.no_grad(), hook_state_kept(dense), random_state_kept(list(dense.parameters())):
+    with torch.no_grad(), hook_state_kept(model), random_state_kept(list(model.parameters())):
         handle = owner.register_forward_pre_hook(lambda module, args, kwargs: seen.append((args, kwargs)),
                                                  with_kwargs=True)
         try:
-            dense(*inputs)
+            model(*inputs)
+            if len(seen) != 1:
+                return {}
+            return {target: argument for target in targets
+                    if (argument := _argument_read(owner, *seen[0], get_tensor(model, target))) is not None}
+        except Exception:  # the user's code, with its own errors: no binding, and the subgraph is refused
+            return {}
         finally:
             handle.remove()
-    if len(seen) != 1:
-        return {}
+
+
+def _argument_read(owner: nn.Module, args: tuple, kwargs: dict, tensor: torch.Tensor) -> tuple[str, int | None] | None:
+    """(name, position) of the argument of the call `args`, `kwargs` that is `tensor` itself, where the module's
+    output changes with it (a module may hold the tensor otherwise and ignore the argument); else None."""
     names = list(inspect.signature(owner.forward).parameters)
-    args, kwargs = seen[0]
-    given = {id(value): (names[index] if index < len(names) else None, index)
-             for index, value in enumerate(args) if isinstance(value, torch.Tensor)}
-    given.update({id(value): (name, names.index(name) if name in names else None)
-                  for name, value in kwargs.items() if isinstance(value, torch.Tensor)})
-    found = {}
-    for target in targets:
-        name, position = given.get(id(get_tensor(dense, target)), (None, None))
-        if name is not None:
-            found[target] = (name, position)
-    return found
+    for index, value in enumerate(args):
+        if value is tensor:
+            other = tuple(value + 1 if i == index else each for i, each in enumerate(args))
+            return (names[index], index) if index < len(names) and _changes(owner, args, kwargs, other, kwargs) else None
+    for name, value in kwargs.items():
+        if value is tensor:
+            other = {**kwargs, name: value + 1}
+            position = names.index(name) if name in names else None
+            return (name, position) if _changes(owner, args, kwargs, args, other) else None
+    return None
+
+
+def _changes(owner: nn.Module, args: tuple, kwargs: dict, other_args: tuple, other_kwargs: dict) -> bool:
+    first = pytree.tree_leaves(owner(*args, **kwargs))
+    second = pytree.tree_leaves(owner(*other_args, **other_kwargs))
+    return any(not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b))
+               for a, b in zip(first, second))
 
 
 def taken(passed: list[PassedTensor], args: tuple, kwargs: dict, owner: str) -> list[torch.Tensor]:
@@ -76,6 +91,7 @@ def taken(passed: list[PassedTensor], args: tuple, kwargs: dict, owner: str) -> 
         values.append(value)
     rest = [value for index, value in enumerate(args) if index not in used_positions]
     rest += [value for name, value in kwargs.items() if name not in used_names]
+    rest = pytree.tree_leaves(rest)  # tensors in a list or dict too
     # what else the caller passes (a window size, a None mask) was a constant when the Program was captured;
     # a tensor there would be one the graph cannot see
     if any(isinstance(value, torch.Tensor) for value in rest):

@@ -124,6 +124,12 @@ def _made_from_subgraphs(program: Program, model: nn.Module, module: nn.Module, 
     """One attempt of `_from_subgraphs`; `replaced` gets each module it replaces, by path, in order. Tensors of
     other modules that a module's caller passes in are found on a call of the user's dense `model`."""
     kept: list[str] = []  # a module left as it is may be right with its attributes: the proof decides
+    copies: list[nn.Module] = []
+
+    def dense_copy() -> nn.Module:  # one copy of the user's model, made when first needed
+        if not copies:
+            copies.append(copy.deepcopy(model).eval())
+        return copies[0]
 
     def make(scope: str | None) -> bool:
         if not scope or scope in replaced or resizer_for(module.get_submodule(scope)) is not resize_attributes:
@@ -131,7 +137,7 @@ def _made_from_subgraphs(program: Program, model: nn.Module, module: nn.Module, 
         try:
             replaced[scope] = replace_by_subgraph(
                 program, module, scope, windows=windows,
-                passed=lambda targets: passed_tensors(model, program.example_inputs, scope, targets))
+                passed=lambda targets: passed_tensors(dense_copy(), program.example_inputs, scope, targets))
         except SubgraphError as reason:
             kept.append(f"module '{scope}' is not made from its subgraph: {reason}")
             return False
