@@ -403,6 +403,22 @@ def test_a_shared_module_made_from_its_subgraph_stays_shared():
     _check_written_back(model, program, module, (x,))
 
 
+def test_the_hooks_of_a_module_made_from_its_subgraph_still_run():
+    torch.manual_seed(0)
+    model, x = SharedPart(Halves()).eval(), torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        model.stem.weight[4:10] *= 0.01
+    features = []
+    model.shared.register_forward_hook(lambda layer, args, output: features.append(output.shape))
+    program = capture(model, x).eval()
+    remove_channels(program, config={"macs": 0.6, "round_to": 1, "strict": False})
+    module = to_module(program, model)
+    assert isinstance(module.shared, SubgraphModule) and features == []  # the user's list left as found
+    with torch.no_grad():
+        module(x)
+    assert features == [(2, module.shared.left.out_channels + module.shared.right.out_channels, 8, 8)]
+
+
 class Table(nn.Module):
     """A module its parent runs through a method (as timm's RelPosMlp.get_bias), never by its forward: the
     sizes its code spells land in the parent's call."""

@@ -184,6 +184,11 @@ def _copy_own(graph: fx.Graph, node: fx.Node, env: dict, prefix: str, dropout_fr
         raise SubgraphError("its own operators read a value inside a child's call") from error
 
 
+# A module's hooks, those that run around its call: SubgraphModule takes the same call.
+_HOOKS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+          "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+
+
 class SubgraphModule(nn.Module):
     """A module running the Program's operators of another module's own code (module docstring).
 
@@ -194,6 +199,8 @@ class SubgraphModule(nn.Module):
     def __init__(self, owner: nn.Module, graph: fx.Graph, passed: list[PassedTensor] = ()):
         super().__init__()
         for table in ("_modules", "_parameters", "_buffers"):  # the originals, in their order, containers kept
+            getattr(self, table).update(getattr(owner, table))
+        for table in _HOOKS:  # the user's hooks on the module it stands in for (features, logging) still run
             getattr(self, table).update(getattr(owner, table))
         for name, value in vars(owner).items():
             if not name.startswith("_") and name not in vars(self):
