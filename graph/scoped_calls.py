@@ -114,11 +114,12 @@ def literal_changes(dense: torch.fx.GraphModule, pruned: torch.fx.GraphModule) -
         other = pruned_calls.get(key)
         if other is None:
             continue
-        pairs = _int_pairs(_inferred_sizes(call, call.literals), other.literals) or []
+        literals = _inferred_sizes(call, call.literals)
+        pairs = _int_pairs(literals, other.literals) or []
         changed = tuple((a, b) for a, b in pairs if a != b and a != -1)
         if changed:
-            lists = tuple(_changed_lists(_inferred_sizes(call, call.literals), other.literals))
-            changes.append(LiteralChange(call.scope, call.operator, changed, lists))
+            changes.append(LiteralChange(call.scope, call.operator, changed,
+                                         tuple(_changed_lists(literals, other.literals))))
     return changes
 
 

@@ -20,7 +20,6 @@ import types
 from collections.abc import Callable
 
 import torch
-import torch.utils._pytree as pytree
 from torch import fx, nn
 
 from prunefx.graph import Program
@@ -280,28 +279,3 @@ def _has_attribute(module: nn.Module, target: str) -> bool:
     except AttributeError:
         return False
 
-
-def batch_first_outputs(program: Program) -> bool:
-    """Whether every output of the Program has the batch first, so that a proof on a batch of two can check what
-    a subgraph made of the batch (`batch_outputs`)."""
-    batch = program.example_inputs[0].shape[0] if program.example_inputs and program.example_inputs[0].dim() else None
-    return batch is not None and all(len(shape) and shape[0] == batch for shape in program.output_shapes)
-
-
-def batch_outputs(program: Program, module: nn.Module, inputs: list[tuple[torch.Tensor, ...]]):
-    """(expected, actual): the Program's outputs on each of `inputs`, concatenated along the batch, and the
-    module's outputs on those inputs as one batch; None where the Program's outputs are not batch-first.
-    A graph made from the Program holds its example's sizes: this shows whether they include the batch."""
-    batch = inputs[0][0].shape[0]
-    with torch.no_grad(), program.evaluating():
-        runs = [leaves(program(*each)) for each in inputs]
-    if any(tensor.dim() == 0 or tensor.shape[0] != batch for tensor in runs[0]):
-        return None
-    expected = [torch.cat(parts) for parts in zip(*runs)]
-    joined = tuple(torch.cat(parts) for parts in zip(*inputs))
-    with torch.no_grad():
-        return expected, leaves(module(*joined))
-
-
-def leaves(outputs) -> list[torch.Tensor]:
-    return [leaf for leaf in pytree.tree_leaves(outputs) if isinstance(leaf, torch.Tensor)]

@@ -19,16 +19,18 @@ from prunefx.graph import Program, capture
 from prunefx.graph.attributes import delete_unused_tensors
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.model_state import hook_state_kept, random_state_kept
-from prunefx.graph.scoped_calls import literal_changes, replaced_calls, scope_of
+from prunefx.graph.scoped_calls import literal_changes, replaced_calls
 from prunefx.graph.training_flags import module_modes, set_module_modes
 from prunefx.interop.hf_config import update_config
-from prunefx.interop.module_resizers import ResizeError, resize_attributes, resizer_for
+from prunefx.interop.module_resizers import resize_attributes, resizer_for
 from prunefx.interop.passed_tensors import passed_tensors
 from prunefx.interop.pruned_attention import off_nested_tensors
-from prunefx.interop.subgraph_module import SubgraphError, batch_first_outputs, put_back, replace_by_subgraph
+from prunefx.interop.resized_modules import resize_modules
+from prunefx.interop.subgraph_module import SubgraphError, put_back, replace_by_subgraph
 from prunefx.interop.write_back_proof import (
     TOLERANCE,
     WriteBackError,
+    batch_first_outputs,
     check_batch,
     program_tensors,
     verify_module,
@@ -66,7 +68,7 @@ def _written_back(program: Program, model: nn.Module, module: nn.Module, name: s
     built = _built_in_forward(dense, model)
     _copy_tensors(program, module, name, built)
     changes = literal_changes(dense.module, program.module)
-    unresized = _resize_modules(module, changes, name, _method_scopes(dense, module))
+    unresized = resize_modules(module, dense, changes, name)
     off_nested_tensors(module)
     replaced = replaced_calls(dense.module, program.module)
     hint = _hint(module, changes, replaced)
@@ -238,60 +240,6 @@ def _put(owner: nn.Module, attribute: str, old: torch.Tensor, value: torch.Tenso
         owner._buffers[attribute] = value
     else:
         setattr(owner, attribute, value)
-
-
-def _method_scopes(dense: Program, module: nn.Module) -> dict[int, set[str]]:
-    """For each module left to the default resizer that no operator is called in (its forward never runs) but
-    whose own tensors an operator reads: the scopes of those operators, by the module's id. Its code ran
-    there as a method its parent called (timm's RelPosMlp.get_bias), so the sizes rewritten there may be its
-    attributes'. Tensors handed to a nested graph (`torch.no_grad()` blocks) are not read there."""
-    def owner_of(path: str) -> nn.Module | None:
-        try:
-            return module.get_submodule(path)
-        except AttributeError:
-            return None
-
-    graphs = [each.graph for each in dense.module.modules() if isinstance(each, torch.fx.GraphModule)]
-    called = {id(owner_of(path)) for graph in graphs for node in graph.nodes
-              for path, _ in (node.meta.get("nn_module_stack") or {}).values()}
-    found: dict[int, set[str]] = {}
-    for node in dense.graph.nodes:
-        owner = owner_of(str(node.target).rpartition(".")[0]) if node.op == "get_attr" else None
-        if owner is None or id(owner) in called or resizer_for(owner) is not resize_attributes:
-            continue
-        for user in node.users:
-            if isinstance(user.target, torch._ops.OpOverload):
-                found.setdefault(id(owner), set()).add(scope_of(user))
-    return found
-
-
-def _resize_modules(module: nn.Module, changes, name: str, method_scopes: dict[int, set[str]]) -> list[WriteBackError]:
-    """Run every module's resizer with the literal sizes rewritten in the operators it called, under any of its
-    names or through a method (`method_scopes`). A registered resizer's refusal is final; the default resizer's
-    are returned (the module's subgraph may stand in)."""
-    by_scope: dict[str, list] = {}
-    for change in changes:
-        by_scope.setdefault(change.scope, []).append(change)
-    aliases: dict[int, list[str]] = {}  # a module shared under several names is called under any of them
-    for path, submodule in module.named_modules(remove_duplicate=False):
-        aliases.setdefault(id(submodule), []).append(path)
-    unresized = []
-    for path, submodule in module.named_modules():
-        resizer = resizer_for(submodule)
-        scopes = {*aliases[id(submodule)], *method_scopes.get(id(submodule), ())}
-        own = [change for scope in sorted(scopes) for change in by_scope.get(scope, [])]
-        pairs = [pair for change in own for pair in change.pairs]
-        try:
-            if resizer is resize_attributes:  # it also takes lists of sizes whole
-                resize_attributes(submodule, pairs, [listed for change in own for listed in change.lists])
-            else:
-                resizer(submodule, pairs)
-        except ResizeError as reason:
-            error = WriteBackError(f"cannot write {name} back: module '{path or '(model)'}': {reason}")
-            if resizer is not resize_attributes:
-                raise error from reason
-            unresized.append(error)
-    return unresized
 
 
 def _hint(module: nn.Module, changes, replaced) -> str:

@@ -18,7 +18,6 @@ from torch import nn
 from prunefx.graph import Program, capture
 from prunefx.graph.errors import PrunefxError, first_line
 from prunefx.graph.scoped_calls import first_difference
-from prunefx.interop.subgraph_module import batch_outputs
 
 TOLERANCE = 1e-5  # relative to the largest output magnitude
 
@@ -38,7 +37,7 @@ def program_tensors(program: Program) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _leaves(outputs) -> list[torch.Tensor]:
+def leaves(outputs) -> list[torch.Tensor]:
     return [leaf for leaf in pytree.tree_leaves(outputs) if isinstance(leaf, torch.Tensor)]
 
 
@@ -52,7 +51,7 @@ def verify_module(program: Program, module: nn.Module, name: str, hint: str) -> 
     """Same outputs as the Program on two inputs, and a capture with the Program's widths (module docstring)."""
     for inputs in (program.example_inputs, _second_input(program.example_inputs)):
         with torch.no_grad(), program.evaluating():
-            expected = _leaves(program(*inputs))
+            expected = leaves(program(*inputs))
         actual = _run(module, inputs, name, hint)
         error = _relative_error(expected, actual)
         if error is None or error > TOLERANCE:
@@ -65,7 +64,7 @@ def verify_module(program: Program, module: nn.Module, name: str, hint: str) -> 
 def _run(module: nn.Module, inputs, name: str, hint: str) -> list[torch.Tensor]:
     try:
         with torch.no_grad():
-            return _leaves(module(*inputs))
+            return leaves(module(*inputs))
     except Exception as error:  # the user's forward may raise anything; name the module that did
         failed = WriteBackError(f"cannot write {name} back: {_failing_module(error, module)}"
                                 f"{first_line(error)}{hint}")
@@ -132,3 +131,25 @@ def check_batch(program: Program, module: nn.Module, name: str) -> None:
         if error is None or error > TOLERANCE:
             raise WriteBackError(f"cannot write {name} back: on a batch of two inputs the module differs from the "
                                  "pruned program (a subgraph holds the example's batch size)")
+
+
+def batch_first_outputs(program: Program) -> bool:
+    """Whether every output of the Program has the batch first, so that a proof on a batch of two can check what
+    a subgraph made of the batch (`batch_outputs`)."""
+    batch = program.example_inputs[0].shape[0] if program.example_inputs and program.example_inputs[0].dim() else None
+    return batch is not None and all(len(shape) and shape[0] == batch for shape in program.output_shapes)
+
+
+def batch_outputs(program: Program, module: nn.Module, inputs: list[tuple[torch.Tensor, ...]]):
+    """(expected, actual): the Program's outputs on each of `inputs`, concatenated along the batch, and the
+    module's outputs on those inputs as one batch; None where the Program's outputs are not batch-first.
+    A graph made from the Program holds its example's sizes: this shows whether they include the batch."""
+    batch = inputs[0][0].shape[0]
+    with torch.no_grad(), program.evaluating():
+        runs = [leaves(program(*each)) for each in inputs]
+    if any(tensor.dim() == 0 or tensor.shape[0] != batch for tensor in runs[0]):
+        return None
+    expected = [torch.cat(parts) for parts in zip(*runs)]
+    joined = tuple(torch.cat(parts) for parts in zip(*inputs))
+    with torch.no_grad():
+        return expected, leaves(module(*joined))
