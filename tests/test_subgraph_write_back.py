@@ -287,3 +287,44 @@ def test_attention_dropout_baked_into_a_subgraph_is_refused_in_either_mode_of_th
     program = getattr(capture(model, torch.randn(2, 4, 8)), mode)()
     with pytest.raises(SubgraphError, match="would not follow the training mode"):
         replace_by_subgraph(program, copy.deepcopy(model), "0")
+
+
+def _timm_written_back(model: nn.Module, size: int, batch: int = 3):
+    """`model` pruned to half its MACs (heads apart from the residual), written back; the Program's outputs on a
+    batch it never saw, image by image (the oracle), and the written-back module's."""
+    torch.manual_seed(0)
+    with torch.no_grad():  # zero-initialised layers randomised: a zero output would make the check vacuous
+        for parameter in model.parameters():
+            if parameter.dim() > 1 and not parameter.any():
+                nn.init.normal_(parameter, std=0.02)
+    program = capture(model, torch.rand(1, 3, size, size)).eval()
+    remove_channels(program, config={"macs": 0.5, "round_to": 1, "strict": False})
+    written = to_module(program, model)
+    other = torch.rand(batch, 3, size, size)
+    with torch.no_grad():
+        return written, torch.cat([program(other[i:i + 1]) for i in range(batch)]), written(other)
+
+
+def test_an_attention_whose_position_mlp_reads_a_buffer_writes_back():
+    """timm's relative-position ViT: its attention reshapes to the residual's width, so it is made from its
+    subgraph, which calls its position MLP on the coordinates it holds (not an activation); that MLP's own
+    dropout is the MLP's, not the fused attention's."""
+    relpos = pytest.importorskip("timm.models.vision_transformer_relpos")
+    model = relpos.VisionTransformerRelPos(img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=3,
+                                           num_classes=10).eval()
+    written, expected, actual = _timm_written_back(model, 32)
+    attention = written.blocks[0].attn
+    assert isinstance(attention, SubgraphModule)
+    assert type(attention.rel_pos.mlp) is type(model.blocks[0].attn.rel_pos.mlp)  # its own class, called as one
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_shifted_windows_split_back_into_images_for_any_batch():
+    """timm's Swin V2 (cr): its window attention adds the shift mask per image, viewing its windows' batch
+    (B * n) as (B, n); that view follows the input's batch in the written-back module."""
+    swin = pytest.importorskip("timm.models.swin_transformer_v2_cr")
+    model = swin.SwinTransformerV2Cr(img_size=(32, 32), window_size=4, embed_dim=24, depths=(2, 2),
+                                     num_heads=(2, 4), num_classes=10).eval()
+    written, expected, actual = _timm_written_back(model, 32)
+    assert isinstance(written.stages[0].blocks[1].attn, SubgraphModule)  # the shifted block's attention
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)

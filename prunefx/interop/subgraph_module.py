@@ -67,6 +67,15 @@ def _outside_inputs(members: list[fx.Node], inside: set[fx.Node]) -> list[fx.Nod
     return found
 
 
+def _call_inputs(members: list[fx.Node], child: str) -> list[fx.Node]:
+    """What a child's call reads from outside it: activations, and tensors that are not the child's own (a
+    buffer of its parent that the parent hands it: the coordinates of a relative-position MLP)."""
+    own = f"{child}."
+    found = [value for member in members for value in member.all_input_nodes if value.op == "get_attr"
+             and not str(value.target).startswith(own)]
+    return [*_outside_inputs(members, set(members)), *dict.fromkeys(found)]
+
+
 def _region(program: Program, path: str) -> dict[fx.Node, tuple[str, str] | None]:
     region, calls = {}, set()
     for node in program.graph.nodes:
@@ -81,13 +90,14 @@ def _region(program: Program, path: str) -> dict[fx.Node, tuple[str, str] | None
     return region
 
 
-def _graph(program: Program, path: str, dropout_free: bool, windows: bool,
+def _graph(program: Program, path: str, owner: nn.Module, windows: bool,
            passed: Callable[[list[str]], dict[str, tuple[str, int | None]]] | None
            ) -> tuple[fx.Graph, list[PassedTensor]]:
     """The Program's operators of module `path`'s own code, its children's calls as call_module; with `windows`,
     sizes that are multiples of the batch follow the input's (`_batch_follows_input`); other modules' tensors
     that `passed` finds passed in by the caller read from the call (passed_tensors.py)."""
     region = _region(program, path)
+    dropout_free = _dropout_free(owner, {child[1][len(path) + 1:] for child in region.values() if child})
     inside = set(region)
     inputs = _outside_inputs(list(region), inside)
     outputs = [node for node in region if any(user not in inside for user in node.users)]
@@ -118,13 +128,22 @@ def _graph(program: Program, path: str, dropout_free: bool, windows: bool,
             _batch_follows_input(graph, env[node], node, env[inputs[0]], _batch(inputs[0]), from_input)
         elif node is groups[child][-1]:  # the child's whole call, at its last operator
             members = groups[child]
-            ins, outs = _outside_inputs(members, set(members)), [m for m in members if any(
+            ins, outs = _call_inputs(members, child[1]), [m for m in members if any(
                 user not in members for user in m.users)]
+            if len(ins) == 1 and ins[0].op == "get_attr" and str(ins[0].target).startswith(prefix):
+                env[ins[0]] = env.get(ins[0]) or graph.get_attr(str(ins[0].target)[len(prefix):])
             if len(ins) != 1 or len(outs) != 1 or ins[0] not in env:
                 raise SubgraphError(f"its call of '{child[1]}' does not read one tensor of it and give one")
             env[outs[0]] = graph.call_module(child[1][len(prefix):], (env[ins[0]],))
     graph.output(env[outputs[0]])
     return graph, bound
+
+
+def _dropout_free(owner: nn.Module, called: set[str]) -> bool:
+    """Whether `owner` holds no dropout that its own code could apply: those of the children it calls as
+    modules are theirs, applied by their own forward in either mode (a position MLP's dropout)."""
+    return all(layer.p == 0 for name, layer in owner.named_modules() if isinstance(layer, nn.modules.dropout._DropoutNd)
+               and not any(name == child or name.startswith(f"{child}.") for child in called))
 
 
 def _dropout_p(node: fx.Node) -> float:
@@ -150,21 +169,34 @@ def _batch_follows_input(graph: fx.Graph, node: fx.Node, original: fx.Node, x: f
     """A reshape or expand to literal sizes (the graph holds the example's) made to follow the input's batch: a
     first size equal to the example's batch, where the tensor's first dim is that batch too (a class token
     expanded to it), or, for a tensor computed from the input, a first size that is a multiple of it (B * n: the
-    windows or heads of each image). The write-back proves it on a batch of two."""
+    windows or heads of each image), or one that splits the input's batch of windows back into images
+    (B * n -> B, n: a shifted window's mask added per image). The write-back proves it on a batch of two."""
     sizes = node.args[1] if node.target in _RESHAPES and len(node.args) > 1 else None
     if batch is None or not isinstance(sizes, (list, tuple)) or not sizes or not isinstance(sizes[0], int) \
-            or sizes[0] <= 0 or sizes[0] % batch:
+            or sizes[0] <= 0:
         return
     source = original.args[0]
     value = source.meta.get("val") if isinstance(source, fx.Node) else None
     batch_first = isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == batch == sizes[0]
     if not batch_first and source not in from_input:
         return
+    if sizes[0] % batch == 0:
+        factor, scale = sizes[0] // batch, operator.mul
+    elif _splits_batch(sizes, value, batch):
+        factor, scale = batch // sizes[0], operator.floordiv
+    else:
+        return
     with graph.inserting_before(node):
         size = graph.call_function(torch.ops.aten.sym_size.int, (x, 0))
-        if sizes[0] != batch:
-            size = graph.call_function(operator.mul, (size, sizes[0] // batch))
+        if factor != 1:
+            size = graph.call_function(scale, (size, factor))
     node.args = (node.args[0], [size, *sizes[1:]], *node.args[2:])
+
+
+def _splits_batch(sizes, value, batch: int) -> bool:
+    """Whether a view cuts a tensor's first dim, the input's batch, in two: (batch, ...) -> (a, batch / a, ...)."""
+    first = value.shape[0] if isinstance(value, torch.Tensor) and value.dim() else None
+    return first == batch and len(sizes) > 1 and batch % sizes[0] == 0 and sizes[0] * sizes[1] == batch
 
 
 def _copy_own(graph: fx.Graph, node: fx.Node, env: dict, prefix: str, dropout_free: bool) -> None:
@@ -244,8 +276,7 @@ def replace_by_subgraph(program: Program, model: nn.Module, path: str, *, window
     """Put in `model` at `path` the GraphModule of the Program's operators of that module (module docstring);
     `windows` and `passed`: see `_graph`. Returns the module it replaced."""
     owner = model.get_submodule(path)
-    dropout_free = all(layer.p == 0 for layer in owner.modules() if isinstance(layer, nn.modules.dropout._DropoutNd))
-    graph, reads = _graph(program, path, dropout_free, windows, passed)
+    graph, reads = _graph(program, path, owner, windows, passed)
     replacement = SubgraphModule(owner, graph, reads)
     _lend_constants(replacement, graph, program, f"{path}.")
     put_back(model, path, replacement)
