@@ -328,3 +328,110 @@ def test_shifted_windows_split_back_into_images_for_any_batch():
     written, expected, actual = _timm_written_back(model, 32)
     assert isinstance(written.stages[0].blocks[1].attn, SubgraphModule)  # the shifted block's attention
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_an_activation_passed_besides_the_input_is_read_from_its_argument():
+    """timm's relative-position ViT with one position bias for all blocks: the model computes it once per call
+    and passes it to each attention, which is made from its subgraph reading it from that argument."""
+    relpos = pytest.importorskip("timm.models.vision_transformer_relpos")
+    model = relpos.VisionTransformerRelPos(img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=3,
+                                           shared_rel_pos=True, num_classes=10).eval()
+    written, expected, actual = _timm_written_back(model, 32)
+    assert isinstance(written.blocks[0].attn, SubgraphModule)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_shared_child_called_with_two_tensors_and_a_size():
+    """CoaT: each attention calls the relative-position encoding its stage shares with (q, v, size); the
+    subgraph calls it as the dense model's call did, in every block that shares it."""
+    coat = pytest.importorskip("timm.models.coat")
+    model = coat.CoaT(img_size=32, patch_size=4, embed_dims=(16, 24, 32, 40), serial_depths=(1, 1, 1, 1),
+                      num_heads=8, mlp_ratios=(2, 2, 2, 2), parallel_depth=0, num_classes=10).eval()
+    written, expected, actual = _timm_written_back(model, 32)
+    assert isinstance(written.serial_blocks1[0].factoratt_crpe, SubgraphModule)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_an_argument_the_module_ignores_is_taken_and_left_unread():
+    """GC ViT: every block is passed its stage's global query (one per image, its windows' batch many times
+    that); the local blocks ignore it (checked on the dense call), the global ones read it for any batch."""
+    gcvit = pytest.importorskip("timm.models.gcvit")
+    model = gcvit.GlobalContextVit(img_size=64, window_size=(4, 4, 4, 2), embed_dim=16, depths=(2, 2, 2, 2),
+                                   num_heads=(2, 2, 4, 4), num_classes=10).eval()
+    written, expected, actual = _timm_written_back(model, 64)
+    local, global_ = written.stages[0].blocks
+    assert isinstance(local, SubgraphModule) and [each.read for each in local._passed] == [False]
+    assert isinstance(global_.attn, SubgraphModule) and [each.batched for each in global_.attn._passed] == [True]
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+class DropsTwice(nn.Module):
+    """One dropout module: the fused attention's rate, and called on the output."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.proj, self.drop = nn.Linear(16, 48), nn.Linear(16, 16), nn.Dropout(0.5)
+
+    def forward(self, x):
+        q, k, v = (t.reshape(*x.shape[:2], 2, -1).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=self.drop.p if self.training else 0.0)
+        return self.drop(self.proj(o.transpose(1, 2).flatten(2)))
+
+
+def test_a_dropout_the_module_calls_still_counts_for_its_fused_attention():
+    """Oracle: the module's own code, which passes that dropout's rate to the attention in training."""
+    model = nn.Sequential(DropsTwice()).eval()
+    program = capture(model, torch.randn(1, 6, 16)).eval()
+    with pytest.raises(SubgraphError, match="would not follow the training mode"):
+        replace_by_subgraph(program, copy.deepcopy(model), "0")
+
+
+class SharedChildBlock(HalvesBlock):
+    """HalvesBlock whose `m` may be another block's."""
+
+    def __init__(self, shared: nn.Module | None = None):
+        super().__init__()
+        self.m = shared if shared is not None else self.m
+
+
+def test_a_child_shared_by_two_blocks_reads_its_own_weights_under_either_name():
+    """The Program names the shared child's weights under one of its names; either block's call of it reads
+    one tensor. Oracle: the Program on an input it never saw."""
+    torch.manual_seed(0)
+    first = SharedChildBlock()
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), first, SharedChildBlock(first.m), nn.Conv2d(8, 4, 1)).eval()
+    with torch.no_grad():  # the first halves weigh least: the halves come apart
+        for block in model[1:3]:
+            block.cv1[0].weight[:16] *= 0.01
+    program = capture(model, torch.rand(1, 3, 8, 8)).eval()
+    remove_channels(program, config={"macs": 0.35, "importance": "l2", "round_to": 1, "strict": False})
+    written = to_module(program, model)
+    assert isinstance(written[1], SubgraphModule) and isinstance(written[2], SubgraphModule)
+    other = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = torch.cat([program(other[i:i + 1]) for i in range(2)])
+        torch.testing.assert_close(written(other), expected, rtol=1e-5, atol=1e-6)
+
+
+class MixesTheBatch(nn.Module):
+    """Softmax across the batch, viewed as one sequence (B, D) -> (1, B, D): no batch of images in its 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = nn.Linear(8, 32), nn.Linear(32, 8)
+
+    def forward(self, x):
+        a, b = self.fc(x).chunk(2, -1)
+        return self.out(torch.cat((a, b.reshape(1, x.shape[0], -1).softmax(1).reshape(x.shape[0], -1)), -1))
+
+
+def test_a_view_that_mixes_the_batch_is_not_taken_for_images_split_from_windows():
+    """Captured at batch 2, its (1, 2, n) is not 2 // 2 images: a batch of two examples (4) could not tell."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), MixesTheBatch(), nn.Linear(8, 3)).eval()
+    with torch.no_grad():
+        model[1].fc.weight[:16] *= 0.01
+    program = capture(model, torch.randn(2, 4)).eval()
+    remove_channels(program, config={"macs": 0.35, "importance": "l2", "round_to": 1, "strict": False})
+    with pytest.raises(WriteBackError, match="on a batch of two inputs"):
+        to_module(program, model)

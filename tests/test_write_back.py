@@ -47,11 +47,7 @@ CASE_REFUSALS = {
     "split": "replaced aten.split.Tensor (4, 1)",  # split(4) written in forward, the pieces made unequal
     "rotary_fused_qkv": "(RotaryAttention)",     # reshape(b, n, c) with c the input width
 }
-MODEL_REFUSALS = {  # models the write-back refuses, and words their one-line refusal must hold
-    # a head dim computed from the residual width (C // num_heads), in a module that calls its shared
-    # relative-position encoding with two tensors (so no subgraph stands in for it)
-    "timm:coat_lite_tiny": "module 'serial_blocks3.0.factoratt_crpe' (FactorAttnConvRelPosEnc)",
-}
+MODEL_REFUSALS: dict[str, str] = {}  # models the write-back refuses, and words their one-line refusal must hold
 # Main lane: the Fashion-MNIST models and resnet18; the rest of the zoo runs in its own lane.
 MAIN_MODELS = {"prunefx:resnet20", "prunefx:mobilenetv2_small", "prunefx:vit_tiny_fmnist", "torchvision:resnet18"}
 

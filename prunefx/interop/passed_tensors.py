@@ -1,15 +1,18 @@
-"""Tensors of other modules that a module's caller passes in: what a subgraph standing in for it reads from its call.
+"""What a module's caller passes in besides its input: what a subgraph standing in for it reads from its call.
 
-A module made again from its pruned subgraph (subgraph_module.py) reads one activation. Its code may also read
+A module made again from its pruned subgraph (subgraph_module.py) reads its input. Its code may also read
 a tensor that its caller passes as an argument and the graph holds as another module's (timm's EVA attention
-takes the rotary table `rope` that the model reads from `self.rope`). Which argument that is, the graph does not
-say: one call of the dense model is watched, and an argument that is that very tensor, and that the module's
-output follows, names it. The subgraph then reads it from the same argument of every call, checked to have
-its shape.
+takes the rotary table `rope` that the model reads from `self.rope`), or further activations (DINOv3's rotary
+table computed on each call, GC ViT's global query). Which argument is which, the graph does not say: one call
+of the dense model is watched (`CallWatcher`). An argument that is that very tensor, and that the module's
+output follows, names a module's tensor; activations are the call's other tensors, each given the graph's
+input that fits its shape, in the order the call passes them. The subgraph then reads them from the same
+arguments of every call, checked to have their shapes (an activation's batch may differ).
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass
 
@@ -26,48 +29,118 @@ class PassedTensor:
     name: str                  # the argument's name in the module's forward
     position: int | None       # its position there, the input 0 (None: keyword only)
     shape: tuple[int, ...]     # as the pruned Program holds it
+    batched: bool = False      # an activation with the batch first: any batch is taken
+    read: bool = True          # False: an argument the module ignores (GC ViT's global query in a local block)
 
 
-def passed_tensors(model: nn.Module, inputs: tuple, path: str, targets: list[str]) -> dict[str, tuple[str, int | None]]:
-    """For each target (a tensor of another module that the code of the module at `path` reads) that its caller
-    passes as an argument the module reads, that argument's (name, position); from one call of `model` (a
-    dense copy of the user's, in eval mode as the proof runs) on `inputs`. Nothing where that call fails."""
-    owner, seen = model.get_submodule(path), []
-    # the user's hooks run as in a call of the model, what they keep put back; this one is added after, so kept
-    with torch.no_grad(), hook_state_kept(model), random_state_kept(list(model.parameters())):
-        handle = owner.register_forward_pre_hook(lambda module, args, kwargs: seen.append((args, kwargs)),
-                                                 with_kwargs=True)
-        try:
-            model(*inputs)
-            if len(seen) != 1:
+@dataclass(frozen=True)
+class WatchedCall:
+    """One call of a module of a dense copy of the user's model: the module, and what it was called with."""
+    model: nn.Module
+    owner: nn.Module
+    args: tuple
+    kwargs: dict
+
+
+class CallWatcher:
+    """The calls of the modules of one dense copy of the user's model (made when first needed): a module's call
+    (`call(path)`), and the calls of the modules inside it while it runs (`call(child, within=path)`: a module
+    shared by several blocks is called once by each), watched on one run for each module asked about. None
+    for a module called other than once there, or where the run fails."""
+
+    def __init__(self, model: nn.Module, inputs: tuple):
+        self._model, self._inputs = model, inputs
+        self._copy: nn.Module | None = None
+        self._calls: dict[str, dict[str, WatchedCall | None]] = {}  # by the module watched, then by path
+
+    def call(self, path: str, within: str | None = None) -> WatchedCall | None:
+        watched = path if within is None else within
+        if watched not in self._calls:
+            self._calls[watched] = self._watch(watched)
+        return self._calls[watched].get(path)
+
+    def _watch(self, path: str) -> dict[str, WatchedCall | None]:
+        if self._copy is None:
+            self._copy = copy.deepcopy(self._model).eval()  # eval: the mode the proof runs in
+        model, running = self._copy, []
+        inside = {f"{path}.{name}" if path and name else path or name: module
+                  for name, module in model.get_submodule(path).named_modules(remove_duplicate=False)}
+        seen: dict[str, list] = {name: [] for name in inside}
+
+        def record(name: str):
+            def hook(module, args, kwargs):
+                if name == path or running:
+                    seen[name].append((args, kwargs))
+            return hook
+
+        # the user's hooks run as in a call of the model, what they keep put back; these are added after, so kept
+        with torch.no_grad(), hook_state_kept(model), random_state_kept(list(model.parameters())):
+            owner = inside[path]
+            handles = [owner.register_forward_pre_hook(lambda *_: running.append(True)),
+                       owner.register_forward_hook(lambda *_: running.clear(), always_call=True)]
+            handles += [module.register_forward_pre_hook(record(name), with_kwargs=True)
+                        for name, module in inside.items()]
+            try:
+                model(*self._inputs)
+            except Exception:  # the user's code, with its own errors: no binding, and the subgraph is refused
                 return {}
-            return {target: argument for target in targets
-                    if (argument := _argument_read(owner, *seen[0], get_tensor(model, target))) is not None}
-        except Exception:  # the user's code, with its own errors: no binding, and the subgraph is refused
-            return {}
-        finally:
-            handle.remove()
+            finally:
+                for handle in handles:
+                    handle.remove()
+        return {name: WatchedCall(model, inside[name], *calls[0]) if len(calls) == 1 else None
+                for name, calls in seen.items()}
 
 
-def _argument_read(owner: nn.Module, args: tuple, kwargs: dict, tensor: torch.Tensor) -> tuple[str, int | None] | None:
-    """(name, position) of the argument of the call `args`, `kwargs` that is `tensor` itself, where the module's
-    output changes with it (a module may hold the tensor otherwise and ignore the argument); else None."""
-    names = list(inspect.signature(owner.forward).parameters)
-    for index, value in enumerate(args):
-        if value is tensor:
-            other = tuple(value + 1 if i == index else each for i, each in enumerate(args))
-            return (names[index], index) if index < len(names) and _changes(owner, args, kwargs, other, kwargs) else None
-    for name, value in kwargs.items():
-        if value is tensor:
-            other = {**kwargs, name: value + 1}
-            position = names.index(name) if name in names else None
-            return (name, position) if _changes(owner, args, kwargs, args, other) else None
-    return None
+def passed_tensors(call: WatchedCall, targets: list[str]) -> dict[str, tuple[str, int | None]]:
+    """For each target (a tensor of another module that the watched module's code reads) that its caller
+    passes as an argument the module reads, that argument's (name, position)."""
+    arguments = _arguments(call)
+    found = {}
+    for target in targets:
+        tensor = get_tensor(call.model, target)
+        argument = next((each for each in arguments if each[2] is tensor), None)
+        if argument is not None and followed(call, argument) is True:
+            found[target] = argument[:2]
+    return found
 
 
-def _changes(owner: nn.Module, args: tuple, kwargs: dict, other_args: tuple, other_kwargs: dict) -> bool:
-    first = pytree.tree_leaves(owner(*args, **kwargs))
-    second = pytree.tree_leaves(owner(*other_args, **other_kwargs))
+def activation_arguments(call: WatchedCall) -> list[tuple[str, int | None, torch.Tensor]]:
+    """The watched call's tensor arguments that are not tensors the model holds, as (name, position, tensor),
+    positional ones first; nested ones (in a list or dict) make it refuse (ValueError)."""
+    held = {id(tensor) for tensor in (*call.model.parameters(), *call.model.buffers())}
+    found = []
+    for name, position, value in _arguments(call):
+        if isinstance(value, torch.Tensor):
+            if id(value) not in held:
+                found.append((name, position, value))
+        elif any(isinstance(leaf, torch.Tensor) for leaf in pytree.tree_leaves(value)):
+            raise ValueError(f"its call passes tensors inside '{name}'")
+    return found
+
+
+def _arguments(call: WatchedCall) -> list[tuple[str, int | None, object]]:
+    """(name, position, value) of each argument of the call: by position, then by keyword."""
+    names = list(inspect.signature(call.owner.forward).parameters)
+    named = [(names[i] if i < len(names) else f"arg{i}", i, value) for i, value in enumerate(call.args)]
+    return named + [(name, names.index(name) if name in names else None, value) for name, value in call.kwargs.items()]
+
+
+def followed(call: WatchedCall, argument: tuple[str, int | None, torch.Tensor]) -> bool | None:
+    """Whether the module's output changes with the tensor `argument` (+1 on it): False where the module holds
+    or ignores what its caller passes; None where the call fails. The user's hooks and random state are left
+    as they were."""
+    name, position, value = argument
+    args, kwargs = call.args, call.kwargs
+    if name in kwargs:
+        kwargs = {**kwargs, name: value + 1}
+    else:
+        args = tuple(each + 1 if i == position else each for i, each in enumerate(args))
+    with torch.no_grad(), hook_state_kept(call.model), random_state_kept(list(call.model.parameters())):
+        try:
+            first = pytree.tree_leaves(call.owner(*call.args, **call.kwargs))
+            second = pytree.tree_leaves(call.owner(*args, **kwargs))
+        except Exception:  # the user's code, with its own errors: no answer, and the subgraph is refused
+            return None
     return any(not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b))
                for a, b in zip(first, second))
 
@@ -83,9 +156,14 @@ def taken(passed: list[PassedTensor], args: tuple, kwargs: dict, owner: str) -> 
         elif each.position is not None and 0 < each.position <= len(args):
             value = args[each.position - 1]
             used_positions.add(each.position - 1)
+        elif not each.read:
+            continue
         else:
             raise ValueError(f"the subgraph of {owner} reads '{each.name}', which its caller does not pass")
-        if not isinstance(value, torch.Tensor) or tuple(value.shape) != each.shape:
+        if not each.read:  # the module's code does not read it (checked on the dense call)
+            continue
+        if not isinstance(value, torch.Tensor) or value.dim() != len(each.shape) \
+                or tuple(value.shape)[each.batched:] != each.shape[each.batched:]:
             raise ValueError(f"the subgraph of {owner} reads '{each.name}' as a tensor of shape "
                              f"{list(each.shape)}, and its caller passes {_described(value)}")
         values.append(value)
@@ -95,7 +173,8 @@ def taken(passed: list[PassedTensor], args: tuple, kwargs: dict, owner: str) -> 
     # what else the caller passes (a window size, a None mask) was a constant when the Program was captured;
     # a tensor there would be one the graph cannot see
     if any(isinstance(value, torch.Tensor) for value in rest):
-        count = f"{1 + len(passed)} tensors" if passed else "one tensor"
+        read = sum(each.read for each in passed)
+        count = f"{1 + read} tensors" if read else "one tensor"
         raise ValueError(f"the subgraph of {owner} reads {count}, and its caller passes more")
     return values
 

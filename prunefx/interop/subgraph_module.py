@@ -7,7 +7,8 @@ its place, under the same qualified name, a torch.fx GraphModule whose graph is 
 that module's own code, calling the module's children as modules. The children are the very same objects,
 so parameter names, state-dict keys and `named_modules` stay; they keep their own eager forward (batch norm
 trains, dropout drops), and the module's own operators (split, cat, view, add) do not depend on the mode.
-Besides its input it may read tensors of other modules that its caller passes in (passed_tensors.py).
+Besides its input it may read further activations and tensors of other modules that its caller passes in, and
+call its children with several (passed_tensors.py).
 What is made is proven by the write-back like everything else; where the module's code cannot be cut out
 of the graph this way (several inputs or outputs, its own dropout), SubgraphError says why.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 import importlib
 import operator
 import types
-from collections.abc import Callable
 
 import torch
 from torch import fx, nn
@@ -25,7 +25,8 @@ from torch import fx, nn
 from prunefx.graph import Program
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.training_flags import DROPOUTS, training_dropout
-from prunefx.interop.passed_tensors import PassedTensor, taken
+from prunefx.interop.passed_tensors import CallWatcher, PassedTensor, passed_tensors, taken
+from prunefx.interop.subgraph_arguments import bound_inputs, call_arguments, takes
 
 # Operators whose behaviour depends on the training mode: baked into the graph, they would not train.
 _MODAL = ("dropout", "batch_norm", "rrelu")
@@ -67,13 +68,27 @@ def _outside_inputs(members: list[fx.Node], inside: set[fx.Node]) -> list[fx.Nod
     return found
 
 
-def _call_inputs(members: list[fx.Node], child: str) -> list[fx.Node]:
-    """What a child's call reads from outside it: activations, and tensors that are not the child's own (a
-    buffer of its parent that the parent hands it: the coordinates of a relative-position MLP)."""
-    own = f"{child}."
+def _call_inputs(members: list[fx.Node], child: str, prefix: str, owner: nn.Module) -> list[fx.Node]:
+    """What a child's call reads from outside it: activations, and tensors of the module `owner` (at `prefix`)
+    that are not the child's own (a buffer the module hands its child: the coordinates of a position MLP). A
+    tensor the child holds under another name (a module shared by two blocks) is its own."""
+    held = {id(tensor) for tensor in _tensors(owner.get_submodule(child[len(prefix):]))}
     found = [value for member in members for value in member.all_input_nodes if value.op == "get_attr"
-             and not str(value.target).startswith(own)]
+             and str(value.target).startswith(prefix) and not str(value.target).startswith(f"{child}.")
+             and id(_tensor_at(owner, str(value.target)[len(prefix):])) not in held]
     return [*_outside_inputs(members, set(members)), *dict.fromkeys(found)]
+
+
+def _tensors(module: nn.Module) -> list[torch.Tensor]:
+    return [*module.parameters(), *module.buffers()]
+
+
+def _tensor_at(module: nn.Module, target: str):
+    owner_path, _, name = target.rpartition(".")
+    try:
+        return getattr(module.get_submodule(owner_path), name)
+    except AttributeError:
+        return None
 
 
 def _region(program: Program, path: str) -> dict[fx.Node, tuple[str, str] | None]:
@@ -91,59 +106,90 @@ def _region(program: Program, path: str) -> dict[fx.Node, tuple[str, str] | None
 
 
 def _graph(program: Program, path: str, owner: nn.Module, windows: bool,
-           passed: Callable[[list[str]], dict[str, tuple[str, int | None]]] | None
-           ) -> tuple[fx.Graph, list[PassedTensor]]:
+           watch: CallWatcher | None) -> tuple[fx.Graph, list[PassedTensor]]:
     """The Program's operators of module `path`'s own code, its children's calls as call_module; with `windows`,
-    sizes that are multiples of the batch follow the input's (`_batch_follows_input`); other modules' tensors
-    that `passed` finds passed in by the caller read from the call (passed_tensors.py)."""
+    sizes that are multiples of the batch follow the input's (`_batch_follows_input`). What its call passes
+    besides its input (other modules' tensors, further activations) and what it passes its children are read
+    off a call of the dense model that `watch` watches (passed_tensors.py)."""
     region = _region(program, path)
     dropout_free = _dropout_free(owner, {child[1][len(path) + 1:] for child in region.values() if child})
     inside = set(region)
     inputs = _outside_inputs(list(region), inside)
     outputs = [node for node in region if any(user not in inside for user in node.users)]
-    if len(inputs) != 1 or len(outputs) != 1:
+    if not inputs or len(outputs) != 1:
         raise SubgraphError(f"its operators take {len(inputs)} tensors from outside and give {len(outputs)}, "
-                            "not one and one")
+                            "not one or more and one")
     groups: dict[tuple[str, str], list[fx.Node]] = {}
     for node, child in region.items():
         if child is not None:
             groups.setdefault(child, []).append(node)
-    graph = fx.Graph()
-    env = {inputs[0]: graph.placeholder("x")}
-    from_input = {inputs[0]} if windows else set()  # values computed from the input (else the module's constants)
     prefix = f"{path}."
     foreign = {value.target: value for node in region if region[node] is None for value in node.all_input_nodes
                if value.op == "get_attr" and not str(value.target).startswith(prefix)}
+    call = watch.call(path) if watch and (foreign or len(inputs) > 1 or takes(owner) > 1) else None
+    example = program.example_inputs[0] if program.example_inputs else None
+    images = example.shape[0] if isinstance(example, torch.Tensor) and example.dim() else None
+    try:
+        x, activations = bound_inputs(inputs, call, images)
+    except ValueError as reason:
+        raise SubgraphError(str(reason)) from None
+    graph = fx.Graph()
+    env = {x: graph.placeholder("x")}
     bound = []
-    for target, (name, position) in (passed([str(t) for t in foreign]) if foreign and passed else {}).items():
-        tensor = get_tensor(program.module, target)
-        bound.append(PassedTensor(name, position, tuple(tensor.shape)))
+    for target, (name, position) in (passed_tensors(call, [str(t) for t in foreign]) if foreign and call else {}).items():
+        bound.append(PassedTensor(name, position, tuple(get_tensor(program.module, target).shape)))
         env[foreign[target]] = graph.placeholder(f"passed_{name}")
+    for node, each in activations:
+        bound.append(each)
+        if each.read:
+            env[node] = graph.placeholder(f"passed_{each.name}")
+    # values computed from the input (else the module's constants)
+    from_input = {x, *(node for node, each in activations if each.batched)} if windows else set()
+    batches = (_batch(x), images)
     for node in region:
         if node.target not in _NEW_FROM_SHAPE and any(value in from_input for value in node.all_input_nodes):
             from_input.add(node)
         child = region[node]
         if child is None:
             _copy_own(graph, node, env, prefix, dropout_free)
-            _batch_follows_input(graph, env[node], node, env[inputs[0]], _batch(inputs[0]), from_input)
+            _batch_follows_input(graph, env[node], node, env[x], batches, from_input)
         elif node is groups[child][-1]:  # the child's whole call, at its last operator
-            members = groups[child]
-            ins, outs = _call_inputs(members, child[1]), [m for m in members if any(
-                user not in members for user in m.users)]
-            if len(ins) == 1 and ins[0].op == "get_attr" and str(ins[0].target).startswith(prefix):
-                env[ins[0]] = env.get(ins[0]) or graph.get_attr(str(ins[0].target)[len(prefix):])
-            if len(ins) != 1 or len(outs) != 1 or ins[0] not in env:
-                raise SubgraphError(f"its call of '{child[1]}' does not read one tensor of it and give one")
-            env[outs[0]] = graph.call_module(child[1][len(prefix):], (env[ins[0]],))
+            _call_child(graph, groups[child], child[1], path, env, owner, watch)
     graph.output(env[outputs[0]])
     return graph, bound
 
 
+def _call_child(graph: fx.Graph, members: list[fx.Node], child: str, path: str, env: dict, owner: nn.Module,
+                watch: CallWatcher | None) -> None:
+    """The child's call, as call_module: on the one tensor it reads, or, where it reads several or takes more
+    arguments, as the watched dense call called it (its tensors each given the value that fits, its other
+    arguments as they were)."""
+    prefix = f"{path}."
+    ins = _call_inputs(members, child, prefix, owner)
+    outs = [member for member in members if any(user not in members for user in member.users)]
+    for value in ins:  # a tensor of this module handed to its child (coordinates of a position MLP)
+        if value not in env and value.op == "get_attr" and str(value.target).startswith(prefix):
+            env[value] = graph.get_attr(str(value.target)[len(prefix):])
+    if len(outs) != 1 or not ins or any(value not in env for value in ins):
+        raise SubgraphError(f"its call of '{child}' does not read tensors of it and give one")
+    name = child[len(prefix):]
+    takes_more = len(ins) > 1 or takes(owner.get_submodule(name), required=True) > 1
+    call = watch.call(child, within=path) if watch and takes_more else None
+    if call is None and len(ins) != 1:
+        raise SubgraphError(f"its call of '{child}' reads {len(ins)} tensors, and that call is not watched")
+    try:
+        args, kwargs = ((env[ins[0]],), {}) if call is None else call_arguments(call, ins, env)
+    except ValueError as reason:
+        raise SubgraphError(f"its call of '{child}': {reason}") from None
+    env[outs[0]] = graph.call_module(name, args, kwargs)
+
+
 def _dropout_free(owner: nn.Module, called: set[str]) -> bool:
-    """Whether `owner` holds no dropout that its own code could apply: those of the children it calls as
-    modules are theirs, applied by their own forward in either mode (a position MLP's dropout)."""
+    """Whether `owner` holds no dropout that its own code could apply: those inside the children it calls as
+    modules are theirs, applied by their own forward in either mode (a position MLP's dropout); a dropout it
+    calls itself counts (its rate may also be the fused attention's)."""
     return all(layer.p == 0 for name, layer in owner.named_modules() if isinstance(layer, nn.modules.dropout._DropoutNd)
-               and not any(name == child or name.startswith(f"{child}.") for child in called))
+               and not any(name.startswith(f"{child}.") for child in called))
 
 
 def _dropout_p(node: fx.Node) -> float:
@@ -164,13 +210,16 @@ def _batch(node: fx.Node) -> int | None:
     return int(value.shape[0]) if isinstance(value, torch.Tensor) and value.dim() else None
 
 
-def _batch_follows_input(graph: fx.Graph, node: fx.Node, original: fx.Node, x: fx.Node, batch: int | None,
-                         from_input: set[fx.Node]) -> None:
+def _batch_follows_input(graph: fx.Graph, node: fx.Node, original: fx.Node, x: fx.Node,
+                         batches: tuple[int | None, int | None], from_input: set[fx.Node]) -> None:
     """A reshape or expand to literal sizes (the graph holds the example's) made to follow the input's batch: a
     first size equal to the example's batch, where the tensor's first dim is that batch too (a class token
     expanded to it), or, for a tensor computed from the input, a first size that is a multiple of it (B * n: the
     windows or heads of each image), or one that splits the input's batch of windows back into images
-    (B * n -> B, n: a shifted window's mask added per image). The write-back proves it on a batch of two."""
+    (B * n -> B, n: a shifted window's mask added per image), B a multiple of the Program's batch of images
+    (else it may mix images: no batch of two would tell). `batches`: the input's and the Program's. The
+    write-back proves it on a batch of two."""
+    batch, images = batches
     sizes = node.args[1] if node.target in _RESHAPES and len(node.args) > 1 else None
     if batch is None or not isinstance(sizes, (list, tuple)) or not sizes or not isinstance(sizes[0], int) \
             or sizes[0] <= 0:
@@ -182,7 +231,7 @@ def _batch_follows_input(graph: fx.Graph, node: fx.Node, original: fx.Node, x: f
         return
     if sizes[0] % batch == 0:
         factor, scale = sizes[0] // batch, operator.mul
-    elif _splits_batch(sizes, value, batch):
+    elif images and sizes[0] % images == 0 and _splits_batch(sizes, value, batch):
         factor, scale = batch // sizes[0], operator.floordiv
     else:
         return
@@ -272,11 +321,11 @@ class SubgraphModule(nn.Module):
 
 
 def replace_by_subgraph(program: Program, model: nn.Module, path: str, *, windows: bool = False,
-                        passed: Callable[[list[str]], dict[str, tuple[str, int | None]]] | None = None) -> nn.Module:
+                        watch: CallWatcher | None = None) -> nn.Module:
     """Put in `model` at `path` the GraphModule of the Program's operators of that module (module docstring);
-    `windows` and `passed`: see `_graph`. Returns the module it replaced."""
+    `windows` and `watch`: see `_graph`. Returns the module it replaced."""
     owner = model.get_submodule(path)
-    graph, reads = _graph(program, path, owner, windows, passed)
+    graph, reads = _graph(program, path, owner, windows, watch)
     replacement = SubgraphModule(owner, graph, reads)
     _lend_constants(replacement, graph, program, f"{path}.")
     put_back(model, path, replacement)

@@ -23,7 +23,7 @@ from prunefx.graph.scoped_calls import literal_changes, replaced_calls
 from prunefx.graph.training_flags import module_modes, set_module_modes
 from prunefx.interop.hf_config import update_config
 from prunefx.interop.module_resizers import resize_attributes, resizer_for
-from prunefx.interop.passed_tensors import passed_tensors
+from prunefx.interop.passed_tensors import CallWatcher
 from prunefx.interop.pruned_attention import off_nested_tensors
 from prunefx.interop.resized_modules import resize_modules
 from prunefx.interop.subgraph_module import SubgraphError, put_back, replace_by_subgraph
@@ -110,10 +110,11 @@ def _from_subgraphs(program: Program, model: nn.Module, module: nn.Module, name:
     following the input's batch too."""
     attempts = (False, True) if batch_first_outputs(program) else (False,)
     failures = []
+    watcher = CallWatcher(model, program.example_inputs)  # what modules' callers pass them, on the dense model
     for windows in attempts:
         replaced: dict[str, nn.Module] = {}
         try:
-            return _made_from_subgraphs(program, model, module, name, scopes, error, windows, replaced)
+            return _made_from_subgraphs(program, watcher, module, name, scopes, error, windows, replaced)
         except WriteBackError as failed:
             failures.append(failed)
             for scope, original in reversed(replaced.items()):  # the module as it was before this attempt
@@ -121,25 +122,17 @@ def _from_subgraphs(program: Program, model: nn.Module, module: nn.Module, name:
     raise failures[0]
 
 
-def _made_from_subgraphs(program: Program, model: nn.Module, module: nn.Module, name: str, scopes: list[str],
+def _made_from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Module, name: str, scopes: list[str],
                          error: WriteBackError, windows: bool, replaced: dict[str, nn.Module]) -> None:
-    """One attempt of `_from_subgraphs`; `replaced` gets each module it replaces, by path, in order. Tensors of
-    other modules that a module's caller passes in are found on a call of the user's dense `model`."""
+    """One attempt of `_from_subgraphs`; `replaced` gets each module it replaces, by path, in order."""
     kept: list[str] = []  # a module left as it is may be right with its attributes: the proof decides
-    copies: list[nn.Module] = []
-
-    def dense_copy() -> nn.Module:  # one copy of the user's model, made when first needed
-        if not copies:
-            copies.append(copy.deepcopy(model).eval())
-        return copies[0]
 
     def make(scope: str | None) -> bool:
         if not scope or scope in replaced or resizer_for(module.get_submodule(scope)) is not resize_attributes:
             return False
         try:
             replaced[scope] = replace_by_subgraph(
-                program, module, scope, windows=windows,
-                passed=lambda targets: passed_tensors(dense_copy(), program.example_inputs, scope, targets))
+                program, module, scope, windows=windows, watch=watcher)
         except SubgraphError as reason:
             kept.append(f"module '{scope}' is not made from its subgraph: {reason}")
             return False
