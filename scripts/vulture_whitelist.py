@@ -28,6 +28,7 @@ ENTRY_POINTS = [
     framework.graph_optimization_level,
     framework.profiling_verbosity,  # tensorrt IBuilderConfig, read by tensorrt
     framework._qkv_same_embed_dim,  # torch's TransformerEncoderLayer reads it (prunefx/interop/pruned_attention.py)
+    framework._prunefx_scale_folded,  # read through vars() (prunefx/interop/attention_scale.py)
     framework.use_nested_tensor,    # torch's TransformerEncoder reads it (prunefx/interop/pruned_attention.py)
     framework._out_spec,            # torch.fx GraphModule's output spec (graph/output_tree.py)
     framework.args_iter,            # torch.fx Interpreter reads it for placeholders (graph/batch_walk.py)

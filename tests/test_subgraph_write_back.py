@@ -352,17 +352,53 @@ def test_a_shared_child_called_with_two_tensors_and_a_size():
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_an_argument_the_module_ignores_is_taken_and_left_unread():
+def test_a_block_passed_a_global_query_by_its_stage_writes_back():
     """GC ViT: every block is passed its stage's global query (one per image, its windows' batch many times
-    that); the local blocks ignore it (checked on the dense call), the global ones read it for any batch."""
+    that); the global ones read it for any batch, the local ones ignore it."""
     gcvit = pytest.importorskip("timm.models.gcvit")
     model = gcvit.GlobalContextVit(img_size=64, window_size=(4, 4, 4, 2), embed_dim=16, depths=(2, 2, 2, 2),
                                    num_heads=(2, 2, 4, 4), num_classes=10).eval()
     written, expected, actual = _timm_written_back(model, 64)
-    local, global_ = written.stages[0].blocks
-    assert isinstance(local, SubgraphModule) and [each.read for each in local._passed] == [False]
+    global_ = written.stages[0].blocks[1]
     assert isinstance(global_.attn, SubgraphModule) and [each.batched for each in global_.attn._passed] == [True]
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+class IgnoresItsQuery(nn.Module):
+    def __init__(self, reads: bool):
+        super().__init__()
+        self.reads, self.fc, self.out = reads, nn.Linear(8, 16), nn.Linear(16, 8)
+
+    def forward(self, x, query):
+        u, v = self.fc(x).chunk(2, -1)  # equal halves, unequal once pruned: made from its subgraph
+        return self.out(torch.cat((u + query if self.reads else u, v.sigmoid()), -1))
+
+
+def test_an_argument_the_module_ignores_is_taken_and_left_unread():
+    """Passed a query it does not read (its dense output does not follow it): the subgraph takes it and leaves
+    it unread, whatever a later call passes there, as the module's own code does."""
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.query, self.block = nn.Linear(4, 8), nn.Linear(4, 8), IgnoresItsQuery(reads=False)
+
+        def forward(self, x):
+            return self.block(self.stem(x), self.query(x))
+
+    model = Net().eval()
+    with torch.no_grad():
+        model.block.fc.weight[:8] *= 0.01
+    program = capture(model, torch.randn(1, 4)).eval()
+    remove_channels(program, config={"macs": 0.5, "importance": "l2", "round_to": 1, "strict": False})
+    written = to_module(program, model)
+    assert isinstance(written.block, SubgraphModule) and [each.read for each in written.block._passed] == [False]
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(written(x), torch.cat([program(x[i:i + 1]) for i in range(3)]))
+        h = written.stem(x)
+        assert torch.equal(written.block(h, torch.zeros(3, 8)), written.block(h, torch.ones(3, 8)))
 
 
 class DropsTwice(nn.Module):
@@ -435,3 +471,122 @@ def test_a_view_that_mixes_the_batch_is_not_taken_for_images_split_from_windows(
     remove_channels(program, config={"macs": 0.35, "importance": "l2", "round_to": 1, "strict": False})
     with pytest.raises(WriteBackError, match="on a batch of two inputs"):
         to_module(program, model)
+
+
+def test_an_attention_made_from_its_subgraph_keeps_the_programs_queries():
+    """PVT v2 with one head: its `head_dim` equals the residual width, which pruning changed, so the attribute
+    write-back scales its queries to keep the dense scale before its attention is made from its subgraph,
+    whose graph keeps that scale itself. Oracle: the Program's tensors, and its outputs bit for bit (random
+    weights make attention near uniform: a wrong scale moves the outputs by less than the proof's tolerance)."""
+    pvt = pytest.importorskip("timm.models.pvt_v2")
+    torch.manual_seed(0)
+    model = pvt.PyramidVisionTransformerV2(depths=(2, 2), embed_dims=(32, 64), num_heads=(1, 2), mlp_ratios=(2, 2),
+                                           num_classes=10).eval()
+    program = capture(model, torch.rand(1, 3, 64, 64)).eval()
+    remove_channels(program, config={"macs": 0.5, "round_to": 8, "strict": False})
+    written = to_module(program, model)
+    assert isinstance(written.stages[0].blocks[0].attn, SubgraphModule)
+    mine = written.state_dict()
+    assert [name for name, tensor in program.module.state_dict().items()
+            if name in mine and not torch.equal(mine[name], tensor)] == []
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(written(x), program(x))
+
+
+class ReadsItsTablesBackwards(nn.Module):
+    """Reads its second table before its first, both of one shape: the graph lists them in that order."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = nn.Linear(8, 16), nn.Linear(16, 8)
+
+    def forward(self, x, a, b):
+        u, v = self.fc(x).chunk(2, -1)  # equal halves, unequal once pruned: made from its subgraph
+        return self.out(torch.cat((u + b[..., :1], v * a[..., :1]), -1))
+
+
+class PassesTables(nn.Module):
+    def __init__(self, zeros: bool = False):
+        super().__init__()
+        self.stem, self.block, self.head = nn.Linear(4, 8), ReadsItsTablesBackwards(), nn.Linear(8, 3)
+        self.a, self.b = (nn.Parameter(torch.zeros(6, 8) if zeros else torch.randn(6, 8)) for _ in range(2))
+
+    def forward(self, x):
+        return self.head(self.block(self.stem(x), self.a * 1, self.b * 1))  # activations made from the tables
+
+
+def _pruned_tables(zeros: bool = False):
+    torch.manual_seed(0)
+    model = PassesTables(zeros).eval()
+    with torch.no_grad():
+        model.block.fc.weight[:8] *= 0.01
+    program = capture(model, torch.randn(1, 6, 4)).eval()
+    remove_channels(program, config={"macs": 0.5, "importance": "l2", "round_to": 1, "strict": False})
+    return model, program
+
+
+def test_arguments_are_paired_with_the_values_they_hold_not_their_order():
+    """Oracle: the Program, after the tables change (as training would change them)."""
+    model, program = _pruned_tables()
+    written = to_module(program, model)
+    assert isinstance(written.block, SubgraphModule)
+    with torch.no_grad():
+        for name in ("a", "b"):
+            change = torch.randn(6, 8)
+            getattr(written, name).add_(change)
+            getattr(program.module, name).add_(change)
+        x = torch.randn(1, 6, 4)
+        torch.testing.assert_close(written(x), program(x), rtol=1e-5, atol=1e-6)
+
+
+def test_arguments_holding_the_same_values_are_refused():
+    """Equal on the example (zero tables), they cannot be told apart: which is which is not guessed."""
+    model, program = _pruned_tables(zeros=True)
+    with pytest.raises(WriteBackError, match="holds the values of 2 of the tensors"):
+        to_module(program, model)
+
+
+class Limited(nn.Module):
+    """A child that takes a limit and a rate besides its input, with defaults the callers do not use."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x, limit=1.0, rate=0.0):
+        return torch.nn.functional.dropout(self.fc(x).clamp(max=limit), rate, self.training)
+
+
+class CallsItsChildWithALimit(nn.Module):
+    def __init__(self, limit: float, child: nn.Module):
+        super().__init__()
+        self.limit, self.m, self.fc, self.out = limit, child, nn.Linear(8, 16), nn.Linear(16, 8)
+
+    def forward(self, x):
+        u, v = self.fc(x).chunk(2, -1)
+        return self.out(torch.cat((u, self.m(v, limit=self.limit, rate=0.5)), -1))
+
+
+def test_a_child_is_called_with_each_callers_own_arguments():
+    """A child shared by two blocks, each calling it with its own limit, and a dropout rate: each block's
+    subgraph calls it as its dense call did (oracle: the Program, on inputs large enough to clamp), the child
+    itself is not made from one caller's graph, and it drops out in training."""
+    torch.manual_seed(0)
+    shared = Limited()
+    model = nn.Sequential(nn.Linear(4, 8), CallsItsChildWithALimit(5.0, shared), CallsItsChildWithALimit(50.0, shared),
+                          nn.Linear(8, 3)).eval()
+    with torch.no_grad():
+        for block in model[1:3]:
+            block.fc.weight[:8] *= 0.01
+    program = capture(model, torch.randn(1, 4)).eval()
+    remove_channels(program, config={"macs": 0.4, "importance": "l2", "round_to": 1, "strict": False})
+    written = to_module(program, model)
+    assert isinstance(written[1], SubgraphModule) and isinstance(written[2], SubgraphModule)
+    assert type(written[1].m) is Limited and written[1].m is written[2].m
+    x = 1000 * torch.randn(3, 4)
+    with torch.no_grad():
+        expected = torch.cat([program(x[i:i + 1]) for i in range(3)])
+        torch.testing.assert_close(written(x), expected, rtol=1e-5, atol=1e-4)
+        written.train()
+        assert not torch.equal(written(x), written(x))  # the rate reaches the child: it drops out

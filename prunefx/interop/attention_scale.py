@@ -10,7 +10,9 @@ separate `q_bias` as in BEiT and EVA), and `scale` becomes the new default:
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -39,6 +41,32 @@ def keep_attention_scale(module: nn.Module, error: type[Exception]) -> None:
         for tensor in targets:
             tensor.mul_(ratio)
     module.scale = head_dim ** -0.5
+    module._prunefx_scale_folded = True  # unfolded_queries: a subgraph standing in for it keeps the dense scale
+
+
+# Where keep_attention_scale folds the ratio: the module's query norm or projection, and a separate query bias.
+_QUERY_PARTS = ("q_norm", "q", "q_proj", "qkv", "q_bias")
+
+
+def unfolded_queries(module: nn.Module, read: Callable[[str], torch.Tensor]) -> dict[str, nn.Module | nn.Parameter]:
+    """For a module whose queries keep_attention_scale scaled, about to be made from its pruned subgraph (whose
+    attention keeps the dense scale itself): copies of its query parts holding the values `read` gives for
+    their tensors (the Program's, by name in the module), by attribute; {} for any other module. Copies, so
+    that the module itself, should it be put back, still holds its scaled queries."""
+    if not vars(module).get("_prunefx_scale_folded"):
+        return {}
+    parts: dict[str, nn.Module | nn.Parameter] = {}
+    for name in _QUERY_PARTS:
+        part = getattr(module, name, None)
+        if isinstance(part, nn.Parameter):
+            parts[name] = nn.Parameter(read(name).detach().clone(), requires_grad=part.requires_grad)
+        elif isinstance(part, nn.Module) and not isinstance(part, nn.Identity):
+            copied = copy.deepcopy(part)
+            with torch.no_grad():
+                for tensor_name, tensor in [*copied.named_parameters(), *copied.named_buffers()]:
+                    tensor.copy_(read(f"{name}.{tensor_name}"))
+            parts[name] = copied
+    return parts
 
 
 def _query_tensors(module: nn.Module) -> list[torch.Tensor] | str:

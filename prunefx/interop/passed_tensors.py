@@ -5,9 +5,9 @@ a tensor that its caller passes as an argument and the graph holds as another mo
 takes the rotary table `rope` that the model reads from `self.rope`), or further activations (DINOv3's rotary
 table computed on each call, GC ViT's global query). Which argument is which, the graph does not say: one call
 of the dense model is watched (`CallWatcher`). An argument that is that very tensor, and that the module's
-output follows, names a module's tensor; activations are the call's other tensors, each given the graph's
-input that fits its shape, in the order the call passes them. The subgraph then reads them from the same
-arguments of every call, checked to have their shapes (an activation's batch may differ).
+output follows, names a module's tensor; activations are the call's other tensors, each paired with the
+graph's input whose value on the dense capture it holds (subgraph_arguments.py). The subgraph then reads them
+from the same arguments of every call, checked to have their shapes (an activation's batch may differ).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.utils._pytree as pytree
-from torch import nn
+from torch import fx, nn
 
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.model_state import hook_state_kept, random_state_kept
@@ -48,10 +48,32 @@ class CallWatcher:
     shared by several blocks is called once by each), watched on one run for each module asked about. None
     for a module called other than once there, or where the run fails."""
 
-    def __init__(self, model: nn.Module, inputs: tuple):
-        self._model, self._inputs = model, inputs
+    def __init__(self, model: nn.Module, inputs: tuple, dense: fx.GraphModule | None = None):
+        self._model, self._inputs, self._dense = model, inputs, dense
         self._copy: nn.Module | None = None
         self._calls: dict[str, dict[str, WatchedCall | None]] = {}  # by the module watched, then by path
+        self._values: dict[str, torch.Tensor] = {}
+
+    def values(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The values of the dense graph's nodes of these names on the example (`dense`: the dense model's
+        capture, whose nodes have the pruned Program's names), those it has; one run of it for those not kept."""
+        wanted = set(names) - self._values.keys()
+        if wanted and self._dense is not None:
+            kept = self._values
+
+            class Keeping(fx.Interpreter):
+                def run_node(self, node):
+                    value = super().run_node(node)
+                    if node.name in wanted and isinstance(value, torch.Tensor):
+                        kept[node.name] = value
+                    return value
+
+            with torch.no_grad():
+                try:
+                    Keeping(self._dense).run(*self._inputs)
+                except Exception:  # no values: the pairing that needs them refuses
+                    pass
+        return {name: self._values[name] for name in names if name in self._values}
 
     def call(self, path: str, within: str | None = None) -> WatchedCall | None:
         watched = path if within is None else within
@@ -136,13 +158,17 @@ def followed(call: WatchedCall, argument: tuple[str, int | None, torch.Tensor]) 
     else:
         args = tuple(each + 1 if i == position else each for i, each in enumerate(args))
     with torch.no_grad(), hook_state_kept(call.model), random_state_kept(list(call.model.parameters())):
-        try:
-            first = pytree.tree_leaves(call.owner(*call.args, **call.kwargs))
-            second = pytree.tree_leaves(call.owner(*args, **kwargs))
+        try:  # on copies: a module that writes into its arguments leaves the watched call as it was
+            first = pytree.tree_leaves(call.owner(*_copies(call.args), **_copies(call.kwargs)))
+            second = pytree.tree_leaves(call.owner(*_copies(args), **_copies(kwargs)))
         except Exception:  # the user's code, with its own errors: no answer, and the subgraph is refused
             return None
     return any(not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b))
                for a, b in zip(first, second))
+
+
+def _copies(tree):
+    return pytree.tree_map(lambda leaf: leaf.clone() if isinstance(leaf, torch.Tensor) else leaf, tree)
 
 
 def taken(passed: list[PassedTensor], args: tuple, kwargs: dict, owner: str) -> list[torch.Tensor]:

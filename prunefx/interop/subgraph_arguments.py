@@ -1,16 +1,18 @@
 """Which value of the pruned Program each argument of a module's call is, for a subgraph standing in for it.
 
 The graph says which activations a module's operators read from outside, not which argument of its call each
-came from. A watched call of the dense model (passed_tensors.py) gives the arguments: each tensor argument
-takes the first value left that fits its shape (dtype, rank, first size, no size larger than the dense one),
-in the order the call passes them; other arguments (a window size, a None mask) are kept as they were. A
-wrong pairing computes something else, which the write-back's proof refuses. ValueError says why none is
-made.
+came from. A watched call of the dense model (passed_tensors.py) gives the arguments, and the dense model's
+capture, whose nodes have the pruned Program's names, gives each of those activations' dense values: an
+argument is the activation whose value it holds on the example. Two that hold the same values cannot be told
+apart, and are refused; an argument that holds none, where the module's output does not follow it, is taken
+and left unread. Other arguments (a window size, a None mask) are kept as they were. ValueError says why none
+is made.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 
 import torch
 from torch import fx, nn
@@ -18,49 +20,67 @@ from torch import fx, nn
 from prunefx.graph.attributes import get_tensor
 from prunefx.interop.passed_tensors import PassedTensor, WatchedCall, activation_arguments, followed
 
+Values = Callable[[list[str]], dict[str, torch.Tensor]]  # dense values of graph nodes, by name
 
-def bound_inputs(inputs: list[fx.Node], call: WatchedCall | None, images: int | None
+
+def bound_inputs(inputs: list[fx.Node], call: WatchedCall | None, images: int | None, values: Values
                  ) -> tuple[fx.Node, list[tuple[fx.Node | None, PassedTensor]]]:
-    """The graph's input that is the module's input, and the arguments its other inputs come from. An argument
-    that the dense module's output does not follow is taken and left unread (GC ViT's global query in a local
-    block). One whose first size is the input's batch or the Program's batch of `images` takes any batch."""
+    """The graph's input that is the module's input, and the arguments its other inputs come from (module
+    docstring). One whose first size is the input's batch or the Program's batch of `images` takes any batch."""
     if call is None:
         if len(inputs) == 1:
             return inputs[0], []
         raise ValueError(f"its operators take {len(inputs)} tensors from outside, and its call is not watched")
     arguments = activation_arguments(call)
-    unread = [each for each in arguments[1:] if len(arguments) > len(inputs) and followed(call, each) is False]
-    arguments = [each for each in arguments if each not in unread]
-    if len(arguments) != len(inputs) or arguments[0][1] != 0:
-        raise ValueError(f"its operators take {len(inputs)} tensors from outside, and its call passes "
-                         f"{len(arguments)} that its output follows, or not the input first")
-    free, pairs = list(inputs), []
-    for name, position, tensor in arguments:
-        node = next((each for each in free if fits(each, tensor)), None)
-        if node is None:
-            raise ValueError(f"no tensor its operators take fits its argument '{name}'")
-        free.remove(node)
-        pairs.append((node, name, position, tensor))
-    batches = {arguments[0][2].shape[0] if arguments[0][2].dim() else None, images} - {None}
+    if len(inputs) == 1 and len(arguments) == 1:
+        pairs, unread = [(inputs[0], *arguments[0])], []
+    else:
+        pairs, unread = _paired(inputs, arguments, call, values)
+    first = [pair for pair in pairs if pair[2] == 0]
+    if not first:
+        raise ValueError("its call does not pass the input it reads first")
+    x_tensor = first[0][3]
+    batches = {x_tensor.shape[0] if x_tensor.dim() else None, images} - {None}
     read = [(node, PassedTensor(name, position, tuple(node.meta["val"].shape),
                                 batched=tensor.dim() > 0 and tensor.shape[0] in batches))
-            for node, name, position, tensor in pairs[1:]]
-    return pairs[0][0], read + [(None, PassedTensor(name, position, (), read=False)) for name, position, _ in unread]
+            for node, name, position, tensor in pairs if position != 0]
+    return first[0][0], read + [(None, PassedTensor(name, position, (), read=False)) for name, position in unread]
 
 
-def fits(node: fx.Node, tensor: torch.Tensor) -> bool:
-    """Whether a graph value could be a dense call's `tensor` pruned (module docstring)."""
-    value = node.meta.get("val")
-    return (isinstance(value, torch.Tensor) and value.dtype == tensor.dtype and value.dim() == tensor.dim()
-            and all(mine <= theirs for mine, theirs in zip(value.shape, tensor.shape))
-            and (not value.dim() or value.shape[0] == tensor.shape[0]))
+def _paired(inputs: list[fx.Node], arguments: list, call: WatchedCall, values: Values) -> tuple[list, list]:
+    dense = values([node.name for node in inputs])
+    pairs, unread = [], []
+    for name, position, tensor in arguments:
+        matches = [node for node in inputs if node.name in dense and _holds(dense[node.name], tensor)]
+        if len(matches) > 1:
+            raise ValueError(f"its argument '{name}' holds the values of {len(matches)} of the tensors its operators "
+                             "read on the example: which it is cannot be told")
+        if matches:
+            pairs.append((matches[0], name, position, tensor))
+        elif followed(call, (name, position, tensor)) is False:
+            unread.append((name, position))
+        else:
+            raise ValueError(f"its argument '{name}' holds none of the tensors its operators read")
+    if sorted(id(pair[0]) for pair in pairs) != sorted(id(node) for node in inputs):
+        raise ValueError("its operators read a tensor that its call does not pass")
+    return pairs, unread
+
+
+def _holds(dense: torch.Tensor, tensor: torch.Tensor) -> bool:
+    """Whether an argument holds a node's dense value (the capture computes what eager does, to rounding)."""
+    return (dense.shape == tensor.shape and dense.dtype == tensor.dtype
+            and torch.allclose(dense, tensor, rtol=1e-4, atol=1e-6 * max(1.0, float(tensor.abs().max()))))
 
 
 def takes(module: nn.Module, required: bool = False) -> int:
     """How many arguments the module's forward takes by position (those without a default, with `required`);
-    one more for *args."""
+    one more for *args. One where its signature cannot be read."""
+    try:
+        parameters = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return 1
     count = 0
-    for parameter in inspect.signature(module.forward).parameters.values():
+    for parameter in parameters:
         if parameter.kind is parameter.VAR_POSITIONAL and not required:
             count += 1
         elif parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
@@ -68,18 +88,20 @@ def takes(module: nn.Module, required: bool = False) -> int:
     return count
 
 
-def call_arguments(call: WatchedCall, ins: list[fx.Node], env: dict) -> tuple[tuple, dict]:
+def call_arguments(call: WatchedCall, ins: list[fx.Node], env: dict, values: Values) -> tuple[tuple, dict]:
     """The args and kwargs of a child's call in the subgraph: the watched call's, each tensor the value of `ins`
-    that it is (a tensor the model holds) or that fits it, read from `env`."""
+    that it is (a tensor the model holds) or whose dense value it holds, read from `env`."""
+    dense = values([node.name for node in ins if node.op != "get_attr"])
     free = list(ins)
 
     def argument(value):
         if isinstance(value, torch.Tensor):
-            node = next((each for each in free if _held(each, value, call) or fits(each, value)), None)
-            if node is None:
-                raise ValueError("it passes a tensor that none of the values it reads fits")
-            free.remove(node)
-            return env[node]
+            held = [node for node in free if _held(node, value, call)]
+            matches = held or [node for node in free if node.name in dense and _holds(dense[node.name], value)]
+            if len(matches) != 1:
+                raise ValueError(f"it passes a tensor that {len(matches)} of the values it reads hold")
+            free.remove(matches[0])
+            return env[matches[0]]
         if _literal(value):
             return value
         raise ValueError(f"it passes a {type(value).__name__}, which a graph cannot hold")

@@ -25,6 +25,7 @@ from torch import fx, nn
 from prunefx.graph import Program
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.training_flags import DROPOUTS, training_dropout
+from prunefx.interop.attention_scale import unfolded_queries
 from prunefx.interop.passed_tensors import CallWatcher, PassedTensor, passed_tensors, taken
 from prunefx.interop.subgraph_arguments import bound_inputs, call_arguments, takes
 
@@ -130,7 +131,7 @@ def _graph(program: Program, path: str, owner: nn.Module, windows: bool,
     example = program.example_inputs[0] if program.example_inputs else None
     images = example.shape[0] if isinstance(example, torch.Tensor) and example.dim() else None
     try:
-        x, activations = bound_inputs(inputs, call, images)
+        x, activations = bound_inputs(inputs, call, images, watch.values if watch else _no_values)
     except ValueError as reason:
         raise SubgraphError(str(reason)) from None
     graph = fx.Graph()
@@ -173,12 +174,12 @@ def _call_child(graph: fx.Graph, members: list[fx.Node], child: str, path: str, 
     if len(outs) != 1 or not ins or any(value not in env for value in ins):
         raise SubgraphError(f"its call of '{child}' does not read tensors of it and give one")
     name = child[len(prefix):]
-    takes_more = len(ins) > 1 or takes(owner.get_submodule(name), required=True) > 1
-    call = watch.call(child, within=path) if watch and takes_more else None
-    if call is None and len(ins) != 1:
-        raise SubgraphError(f"its call of '{child}' reads {len(ins)} tensors, and that call is not watched")
+    # a child that may take more than its input is called as the dense call called it (a size, a rate)
+    call = watch.call(child, within=path) if watch and (len(ins) > 1 or takes(owner.get_submodule(name)) > 1) else None
+    if call is None and (len(ins) != 1 or takes(owner.get_submodule(name), required=True) > 1):
+        raise SubgraphError(f"its call of '{child}' takes more than one tensor, and that call is not watched")
     try:
-        args, kwargs = ((env[ins[0]],), {}) if call is None else call_arguments(call, ins, env)
+        args, kwargs = ((env[ins[0]],), {}) if call is None else call_arguments(call, ins, env, watch.values)
     except ValueError as reason:
         raise SubgraphError(f"its call of '{child}': {reason}") from None
     env[outs[0]] = graph.call_module(name, args, kwargs)
@@ -320,13 +321,27 @@ class SubgraphModule(nn.Module):
         return f"in place of {self.source_module}"
 
 
+def _no_values(names: list[str]) -> dict[str, torch.Tensor]:
+    return {}
+
+
 def replace_by_subgraph(program: Program, model: nn.Module, path: str, *, windows: bool = False,
                         watch: CallWatcher | None = None) -> nn.Module:
     """Put in `model` at `path` the GraphModule of the Program's operators of that module (module docstring);
     `windows` and `watch`: see `_graph`. Returns the module it replaced."""
     owner = model.get_submodule(path)
+    aliases = [name for name, each in model.named_modules(remove_duplicate=False) if each is owner and name != path]
+    called = [alias for alias in aliases if any(_position(node, alias) for node in program.graph.nodes)]
+    if called:  # one graph, from one of its calls, would stand in for all (each with its own arguments)
+        raise SubgraphError(f"the model calls it under other names too ({', '.join(called)})")
     graph, reads = _graph(program, path, owner, windows, watch)
     replacement = SubgraphModule(owner, graph, reads)
+    try:
+        parts = unfolded_queries(owner, lambda target: get_tensor(program.module, f"{path}.{target}"))
+    except AttributeError as missing:
+        raise SubgraphError(f"the program holds none of its query tensors ({missing})") from None
+    for name, part in parts.items():
+        setattr(replacement, name, part)  # its graph keeps the dense attention scale: queries as the Program's
     _lend_constants(replacement, graph, program, f"{path}.")
     put_back(model, path, replacement)
     return owner

@@ -80,7 +80,7 @@ def _written_back(program: Program, model: nn.Module, module: nn.Module, name: s
         verify_module(program, module, name, hint)
     except WriteBackError as error:
         scopes = _own_code_changed(module, changes, replaced, _cut_constants(program, dense, built))
-        _from_subgraphs(program, model, module, name, scopes, error)
+        _from_subgraphs(program, CallWatcher(model, inputs, dense.module), module, name, scopes, error)
     module.train(model.training)  # also the graphs' flags of the subgraphs standing in for modules
     set_module_modes(module, module_modes(model), model.training)  # each layer's own, as in the user's model
     return module
@@ -101,16 +101,16 @@ def _own_code_changed(module: nn.Module, changes, replaced, cut: set[str]) -> li
     return sorted(found, key=lambda scope: -scope.count("."))
 
 
-def _from_subgraphs(program: Program, model: nn.Module, module: nn.Module, name: str, scopes: list[str],
+def _from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Module, name: str, scopes: list[str],
                     error: WriteBackError) -> None:
     """Put the Program's subgraph in place of each module in `scopes` (prunefx/interop/subgraph_module.py),
     then of each module of the user's code whose forward raises, and prove the result again, also on a
     batch of both inputs; else `error`, with why not. Where that fails and the Program's outputs have the batch
     first (so that the batch of two proves it), again with the windows or heads of every image batched together
-    following the input's batch too."""
+    following the input's batch too. `watcher`: the calls of the user's dense model and the values of its
+    capture, from which a subgraph's arguments are read (prunefx/interop/subgraph_arguments.py)."""
     attempts = (False, True) if batch_first_outputs(program) else (False,)
     failures = []
-    watcher = CallWatcher(model, program.example_inputs)  # what modules' callers pass them, on the dense model
     for windows in attempts:
         replaced: dict[str, nn.Module] = {}
         try:
