@@ -590,3 +590,63 @@ def test_a_child_is_called_with_each_callers_own_arguments():
         torch.testing.assert_close(written(x), expected, rtol=1e-5, atol=1e-4)
         written.train()
         assert not torch.equal(written(x), written(x))  # the rate reaches the child: it drops out
+
+
+class IgnoresItsMask(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x, mask=None):  # taken for a common call, not read
+        return self.fc(x).relu()
+
+
+class MaskedBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.m, self.out = nn.Linear(8, 16), IgnoresItsMask(), nn.Linear(16, 8)
+
+    def forward(self, x, mask):
+        u, v = self.fc(x).chunk(2, -1)  # equal halves, unequal once pruned: made from its subgraph
+        return self.out(torch.cat((u, self.m(v, mask)), -1)).masked_fill(mask[..., None], 0.0)
+
+
+def test_a_boolean_mask_passed_on_to_a_child_that_ignores_it():
+    """The block reads its boolean mask (paired by its values, exactly), and passes it to a child that takes it
+    and does not read it: the child's call leaves it out. Oracle: the Program on an input it never saw."""
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.block, self.head = nn.Linear(4, 8), MaskedBlock(), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.block(self.stem(x), x[..., 0] > 0))
+
+    model = Net().eval()
+    with torch.no_grad():
+        model.block.fc.weight[:8] *= 0.01
+    program = capture(model, torch.randn(1, 6, 4)).eval()
+    remove_channels(program, config={"macs": 0.5, "importance": "l2", "round_to": 1, "strict": False})
+    written = to_module(program, model)
+    assert isinstance(written.block, SubgraphModule)
+    x = torch.randn(1, 6, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(written(x), program(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_block_called_at_two_places_alike_is_one_subgraph():
+    """One block object at two places of a Sequential, both calls alike: one graph stands in for both."""
+    torch.manual_seed(0)
+    shared = HalvesBlock()
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), shared, nn.ReLU(), shared, nn.Conv2d(8, 4, 1)).eval()
+    with torch.no_grad():
+        shared.cv1[0].weight[:16] *= 0.01
+    program = capture(model, torch.rand(1, 3, 8, 8)).eval()
+    remove_channels(program, config={"macs": 0.35, "importance": "l2", "round_to": 1, "strict": False})
+    written = to_module(program, model)
+    assert isinstance(written[1], SubgraphModule) and written[1] is written[3]
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(written(x), program(x), rtol=1e-5, atol=1e-6)

@@ -155,7 +155,7 @@ def _fold_scales(module: nn.Module, fresh: nn.Module, name: str) -> None:
     fresh_modules = dict(fresh.named_modules())
     for path, submodule in module.named_modules():
         theirs = {k: v for k, v in vars(fresh_modules[path]).items() if type(v) is float}
-        for attribute, value in vars(submodule).items():
+        for attribute, value in list(vars(submodule).items()):
             if type(value) is not float or attribute not in theirs or math.isclose(value, theirs[attribute]):
                 continue
             query = getattr(submodule, "q_proj", None)
@@ -169,6 +169,7 @@ def _fold_scales(module: nn.Module, fresh: nn.Module, name: str) -> None:
                     if tensor is not None:
                         tensor.mul_(value / theirs[attribute])
             setattr(submodule, attribute, theirs[attribute])  # "scaling", the value the class computes
+            submodule._prunefx_scale_folded = True  # attention_scale.unfolded_queries, should a subgraph stand in
 
 
 def _conflict(config, mapping) -> str:

@@ -53,19 +53,22 @@ class CallWatcher:
         self._copy: nn.Module | None = None
         self._calls: dict[str, dict[str, WatchedCall | None]] = {}  # by the module watched, then by path
         self._values: dict[str, torch.Tensor] = {}
+        self._absent: set[str] = set()
 
     def values(self, names: list[str]) -> dict[str, torch.Tensor]:
         """The values of the dense graph's nodes of these names on the example (`dense`: the dense model's
         capture, whose nodes have the pruned Program's names), those it has; one run of it for those not kept."""
-        wanted = set(names) - self._values.keys()
+        wanted = set(names) - self._values.keys() - self._absent
+        self._absent |= wanted  # what one run does not give, no later run gives either
         if wanted and self._dense is not None:
-            kept = self._values
+            kept, absent = self._values, self._absent
 
             class Keeping(fx.Interpreter):
                 def run_node(self, node):
                     value = super().run_node(node)
                     if node.name in wanted and isinstance(value, torch.Tensor):
                         kept[node.name] = value
+                        absent.discard(node.name)
                     return value
 
             with torch.no_grad():

@@ -67,9 +67,13 @@ def _paired(inputs: list[fx.Node], arguments: list, call: WatchedCall, values: V
 
 
 def _holds(dense: torch.Tensor, tensor: torch.Tensor) -> bool:
-    """Whether an argument holds a node's dense value (the capture computes what eager does, to rounding)."""
-    return (dense.shape == tensor.shape and dense.dtype == tensor.dtype
-            and torch.allclose(dense, tensor, rtol=1e-4, atol=1e-6 * max(1.0, float(tensor.abs().max()))))
+    """Whether an argument holds a node's dense value (the capture computes what eager does, to rounding; a
+    mask or an index exactly)."""
+    if dense.shape != tensor.shape or dense.dtype != tensor.dtype:
+        return False
+    if not tensor.is_floating_point() or not tensor.numel():
+        return torch.equal(dense, tensor)
+    return torch.allclose(dense, tensor, rtol=1e-4, atol=1e-6 * max(1.0, float(tensor.abs().max())))
 
 
 def takes(module: nn.Module, required: bool = False) -> int:
@@ -90,26 +94,46 @@ def takes(module: nn.Module, required: bool = False) -> int:
 
 def call_arguments(call: WatchedCall, ins: list[fx.Node], env: dict, values: Values) -> tuple[tuple, dict]:
     """The args and kwargs of a child's call in the subgraph: the watched call's, each tensor the value of `ins`
-    that it is (a tensor the model holds) or whose dense value it holds, read from `env`."""
+    that it is (a tensor the model holds) or whose dense value it holds, read from `env`. A tensor that holds
+    none of them (a mask the child ignores: the graph never reads it) is left out, and its parameter keeps its
+    default: the arguments after it go by name. The proof decides."""
     dense = values([node.name for node in ins if node.op != "get_attr"])
-    free = list(ins)
+    free, unread = list(ins), object()
 
     def argument(value):
         if isinstance(value, torch.Tensor):
             held = [node for node in free if _held(node, value, call)]
             matches = held or [node for node in free if node.name in dense and _holds(dense[node.name], value)]
-            if len(matches) != 1:
+            if len(matches) > 1:
                 raise ValueError(f"it passes a tensor that {len(matches)} of the values it reads hold")
+            if not matches:
+                return unread
             free.remove(matches[0])
             return env[matches[0]]
         if _literal(value):
             return value
         raise ValueError(f"it passes a {type(value).__name__}, which a graph cannot hold")
 
-    args, kwargs = tuple(argument(value) for value in call.args), {k: argument(v) for k, v in call.kwargs.items()}
+    args, kwargs = [argument(value) for value in call.args], {k: argument(v) for k, v in call.kwargs.items()}
     if free:
         raise ValueError("it reads values its dense call does not pass")
-    return args, kwargs
+    kwargs = {key: value for key, value in kwargs.items() if value is not unread}
+    if unread in args:
+        names = _positional_names(call.owner)
+        cut = args.index(unread)
+        if len(names) < len(args):
+            raise ValueError("it passes a tensor it does not read, by a position that has no name")
+        kwargs.update({names[i]: value for i, value in enumerate(args) if i > cut and value is not unread})
+        args = args[:cut]
+    return tuple(args), kwargs
+
+
+def _positional_names(module: nn.Module) -> list[str]:
+    try:
+        parameters = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in parameters if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
 
 
 def _held(node: fx.Node, value: torch.Tensor, call: WatchedCall) -> bool:

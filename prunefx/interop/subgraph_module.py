@@ -321,6 +321,13 @@ class SubgraphModule(nn.Module):
         return f"in place of {self.source_module}"
 
 
+def _form(graph: fx.Graph) -> list[tuple]:
+    """A graph's operators and arguments, values by their place: equal for two calls that compute alike."""
+    place = {node: index for index, node in enumerate(graph.nodes)}
+    return [(node.op, str(node.target), repr(fx.node.map_arg((node.args, node.kwargs), lambda value: place[value])))
+            for node in graph.nodes]
+
+
 def _no_values(names: list[str]) -> dict[str, torch.Tensor]:
     return {}
 
@@ -330,11 +337,12 @@ def replace_by_subgraph(program: Program, model: nn.Module, path: str, *, window
     """Put in `model` at `path` the GraphModule of the Program's operators of that module (module docstring);
     `windows` and `watch`: see `_graph`. Returns the module it replaced."""
     owner = model.get_submodule(path)
-    aliases = [name for name, each in model.named_modules(remove_duplicate=False) if each is owner and name != path]
-    called = [alias for alias in aliases if any(_position(node, alias) for node in program.graph.nodes)]
-    if called:  # one graph, from one of its calls, would stand in for all (each with its own arguments)
-        raise SubgraphError(f"the model calls it under other names too ({', '.join(called)})")
     graph, reads = _graph(program, path, owner, windows, watch)
+    aliases = [name for name, each in model.named_modules(remove_duplicate=False) if each is owner and name != path]
+    for alias in [alias for alias in aliases if any(_position(node, alias) for node in program.graph.nodes)]:
+        # one graph stands in for every call: each must be that graph (a literal the proof's inputs miss)
+        if _form(_graph(program, alias, owner, windows, watch)[0]) != _form(graph):
+            raise SubgraphError(f"the model calls it as '{alias}' too, with other sizes or arguments")
     replacement = SubgraphModule(owner, graph, reads)
     try:
         parts = unfolded_queries(owner, lambda target: get_tensor(program.module, f"{path}.{target}"))
