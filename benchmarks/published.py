@@ -126,6 +126,8 @@ RUNS = (
         minutes=2),
     Run("prune_defaults", "prune_defaults", ("--epochs", "2", "--threads", "1"),
         minutes=4),
+    # the write-back beyond the tests' models: one or two timm models of each family, a process each
+    Run("write_back_timm", "write_back_timm", minutes=35),
 )
 
 
