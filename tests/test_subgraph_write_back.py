@@ -44,6 +44,12 @@ class Net(nn.Module):
         return self.head(self.block(y) if self.shared else y)
 
 
+def _by_image(program, batch: torch.Tensor) -> torch.Tensor:
+    """The Program's outputs (captured at batch 1) on each image of `batch`, one call each: the oracle for a
+    module written back for any batch."""
+    return torch.cat([program(batch[i:i + 1]) for i in range(len(batch))])
+
+
 def _pruned(shared: bool = False):
     torch.manual_seed(0)
     model = Net(shared).eval()
@@ -66,7 +72,7 @@ def test_unequal_halves_write_back_as_the_pruned_subgraph():
     assert written.state_dict().keys() == model.state_dict().keys()
     other = torch.rand(3, 3, 8, 8)  # another batch size than the capture's
     with torch.no_grad():
-        expected = torch.cat([program(other[i:i + 1]) for i in range(3)])
+        expected = _by_image(program, other)
         assert torch.allclose(written(other), expected, rtol=1e-5, atol=1e-6)
         for again in (copy.deepcopy(written), _saved_and_loaded(written)):
             assert torch.allclose(again(other), expected, rtol=1e-5, atol=1e-6)
@@ -132,7 +138,7 @@ def test_volo_writes_back_without_a_resizer():
     assert written.state_dict().keys() == model.state_dict().keys()
     other = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        expected = torch.cat([program(other[i:i + 1]) for i in range(2)])
+        expected = _by_image(program, other)
         assert torch.allclose(written(other), expected, rtol=1e-4, atol=1e-5)
 
 
@@ -217,7 +223,7 @@ def test_window_attention_writes_back_for_any_batch():
     assert isinstance(written.mixer, SubgraphModule)
     other = torch.rand(3, 3, 16, 16)
     with torch.no_grad():
-        expected = torch.cat([program(other[i:i + 1]) for i in range(3)])
+        expected = _by_image(program, other)
         torch.testing.assert_close(written(other), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -239,7 +245,7 @@ def test_window_and_cascaded_attention_models_write_back(name):
     assert any(isinstance(module, SubgraphModule) for module in written.modules())
     other = torch.rand(2, 3, 224, 224)
     with torch.no_grad():
-        expected = torch.cat([program(other[i:i + 1]) for i in range(2)])
+        expected = _by_image(program, other)
         torch.testing.assert_close(written(other), expected, rtol=1e-4, atol=1e-5)
 
 
@@ -302,7 +308,7 @@ def _timm_written_back(model: nn.Module, size: int, batch: int = 3):
     written = to_module(program, model)
     other = torch.rand(batch, 3, size, size)
     with torch.no_grad():
-        return written, torch.cat([program(other[i:i + 1]) for i in range(batch)]), written(other)
+        return written, _by_image(program, other), written(other)
 
 
 def test_an_attention_whose_position_mlp_reads_a_buffer_writes_back():
@@ -396,7 +402,7 @@ def test_an_argument_the_module_ignores_is_taken_and_left_unread():
     assert isinstance(written.block, SubgraphModule) and [each.read for each in written.block._passed] == [False]
     x = torch.randn(3, 4)
     with torch.no_grad():
-        torch.testing.assert_close(written(x), torch.cat([program(x[i:i + 1]) for i in range(3)]))
+        torch.testing.assert_close(written(x), _by_image(program, x))
         h = written.stem(x)
         assert torch.equal(written.block(h, torch.zeros(3, 8)), written.block(h, torch.ones(3, 8)))
 
@@ -445,7 +451,7 @@ def test_a_child_shared_by_two_blocks_reads_its_own_weights_under_either_name():
     assert isinstance(written[1], SubgraphModule) and isinstance(written[2], SubgraphModule)
     other = torch.rand(2, 3, 8, 8)
     with torch.no_grad():
-        expected = torch.cat([program(other[i:i + 1]) for i in range(2)])
+        expected = _by_image(program, other)
         torch.testing.assert_close(written(other), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -586,7 +592,7 @@ def test_a_child_is_called_with_each_callers_own_arguments():
     assert type(written[1].m) is Limited and written[1].m is written[2].m
     x = 1000 * torch.randn(3, 4)
     with torch.no_grad():
-        expected = torch.cat([program(x[i:i + 1]) for i in range(3)])
+        expected = _by_image(program, x)
         torch.testing.assert_close(written(x), expected, rtol=1e-5, atol=1e-4)
         written.train()
         assert not torch.equal(written(x), written(x))  # the rate reaches the child: it drops out

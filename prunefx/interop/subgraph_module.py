@@ -85,9 +85,8 @@ def _tensors(module: nn.Module) -> list[torch.Tensor]:
 
 
 def _tensor_at(module: nn.Module, target: str):
-    owner_path, _, name = target.rpartition(".")
     try:
-        return getattr(module.get_submodule(owner_path), name)
+        return get_tensor(module, target)
     except AttributeError:
         return None
 
