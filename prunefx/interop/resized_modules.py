@@ -55,9 +55,10 @@ def resize_modules(module: nn.Module, dense: Program, changes, name: str) -> lis
     for path, submodule in module.named_modules(remove_duplicate=False):
         aliases.setdefault(id(submodule), []).append(path)
     unresized = []
-    for path, submodule in module.named_modules():
+    for path, submodule in module.named_modules():  # lazily: a module a resizer puts in is resized too
         resizer = resizer_for(submodule)
-        scopes = {*aliases[id(submodule)], *scopes_of_methods.get(id(submodule), ())}
+        # one put in by a resizer (a Detect head's one-to-one branch copied anew) has its path alone
+        scopes = {*aliases.get(id(submodule), [path]), *scopes_of_methods.get(id(submodule), ())}
         own = [change for scope in sorted(scopes) for change in by_scope.get(scope, [])]
         pairs = [pair for change in own for pair in change.pairs]
         try:
