@@ -1,7 +1,7 @@
 """The write-back's proof: the written-back module computes what the pruned Program computes.
 
 Its eager outputs equal the Program's (1e-5 relative to the largest output) on the example inputs and on a
-second random input, and a fresh capture of it has the Program's widths; a module made from a subgraph
+second random input, and so does each module of the user's code where its call ends (proof_by_module.py), and a fresh capture of it has the Program's widths; a module made from a subgraph
 (prunefx/interop/subgraph_module.py) also on a batch of both inputs, since its graph holds literal sizes.
 Where the proof fails, one WriteBackError names the module that raised or the first operator that differs.
 """
@@ -18,6 +18,7 @@ from torch import nn
 from prunefx.graph import Program, capture
 from prunefx.graph.errors import PrunefxError, first_line
 from prunefx.graph.scoped_calls import first_difference
+from prunefx.interop.proof_by_module import module_ends, program_values, watched
 
 TOLERANCE = 1e-5  # relative to the largest output magnitude
 
@@ -49,16 +50,32 @@ def _second_input(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
 
 def verify_module(program: Program, module: nn.Module, name: str, hint: str) -> None:
     """Same outputs as the Program on two inputs, and a capture with the Program's widths (module docstring)."""
+    ends = module_ends(program, module)
     for inputs in (program.example_inputs, _second_input(program.example_inputs)):
         with torch.no_grad(), program.evaluating():
-            expected = leaves(program(*inputs))
-        actual = _run(module, inputs, name, hint)
+            outputs, values = program_values(program, inputs, ends)
+        expected = leaves(outputs)
+        with watched(module, values, TOLERANCE) as differences:
+            actual = _run(module, inputs, name, hint)
         error = _relative_error(expected, actual)
         if error is None or error > TOLERANCE:
             differs = "returns other outputs" if error is None else f"differs by {error:.2g} relative"
-            raise WriteBackError(f"cannot write {name} back: the module {differs} from the pruned program"
-                                 f"{_where(program, module, name) or hint}")
+            failed = WriteBackError(f"cannot write {name} back: the module {differs} from the pruned program"
+                                    f"{_where(program, module, name) or hint}")
+            failed.module_path = differences.first[0] if differences.first else None
+            raise failed
+        if differences.first:
+            raise _module_differs(module, name, *differences.first)
     _check_widths(program, module, name)
+
+
+def _module_differs(module: nn.Module, name: str, path: str, error: float) -> WriteBackError:
+    """The outputs agree, and a module inside does not: its error shrank on the way (proof_by_module.py)."""
+    failed = WriteBackError(f"cannot write {name} back: module '{path}' ({type(module.get_submodule(path)).__name__}) "
+                            f"returns values {error:.2g} relative from the pruned program's where its call ends "
+                            "(the outputs agree within the tolerance)")
+    failed.module_path = path  # a subgraph may stand in for it
+    return failed
 
 
 def _run(module: nn.Module, inputs, name: str, hint: str) -> list[torch.Tensor]:
