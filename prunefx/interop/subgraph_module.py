@@ -16,7 +16,6 @@ of the graph this way (several inputs or outputs, its own dropout), SubgraphErro
 from __future__ import annotations
 
 import importlib
-import operator
 import types
 
 import torch
@@ -27,21 +26,15 @@ from prunefx.graph.attributes import get_tensor
 from prunefx.graph.training_flags import DROPOUTS, training_dropout
 from prunefx.interop.attention_scale import unfolded_queries
 from prunefx.interop.passed_tensors import CallWatcher, PassedTensor, passed_tensors, taken
-from prunefx.interop.subgraph_arguments import bound_inputs, call_arguments, takes
+from prunefx.interop.subgraph_arguments import bound_inputs, takes
+from prunefx.interop.subgraph_batch import NEW_FROM_SHAPE, batch_of, follow_input_batch
+from prunefx.interop.subgraph_children import call_child, outside_inputs
 
 # Operators whose behaviour depends on the training mode: baked into the graph, they would not train.
 _MODAL = ("dropout", "batch_norm", "rrelu")
 # Fused attention with its dropout probability baked in: exact in both modes where that is 0 and the module
 # holds no dropout that training would apply (timm passes `attn_drop.p` only while training).
 _ATTENTION = "scaled_dot_product"
-
-
-# Tensors made with the input's dtype and device but sizes of their own (Swin's shifted-window mask, new_zeros):
-# their values do not come from the input, nor does any batch in their sizes.
-_NEW_FROM_SHAPE = {torch.ops.aten.new_zeros.default, torch.ops.aten.new_ones.default, torch.ops.aten.new_full.default,
-                   torch.ops.aten.new_empty.default, torch.ops.aten.new_empty_strided.default}
-_RESHAPES = {torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten._unsafe_view.default,
-             torch.ops.aten.expand.default}
 
 
 class SubgraphError(Exception):
@@ -57,38 +50,6 @@ def _position(node: fx.Node, path: str) -> tuple[str, tuple[str, str] | None] | 
             deeper = entries[index + 1:]
             return key, ((deeper[0][0], deeper[0][1][0]) if deeper else None)
     return None
-
-
-def _outside_inputs(members: list[fx.Node], inside: set[fx.Node]) -> list[fx.Node]:
-    """The activations `members` read from outside `inside`, in order (tensors reached by get_attr excluded)."""
-    found: list[fx.Node] = []
-    for member in members:
-        for value in member.all_input_nodes:
-            if value not in inside and value.op != "get_attr" and value not in found:
-                found.append(value)
-    return found
-
-
-def _call_inputs(members: list[fx.Node], child: str, prefix: str, owner: nn.Module) -> list[fx.Node]:
-    """What a child's call reads from outside it: activations, and tensors of the module `owner` (at `prefix`)
-    that are not the child's own (a buffer the module hands its child: the coordinates of a position MLP). A
-    tensor the child holds under another name (a module shared by two blocks) is its own."""
-    held = {id(tensor) for tensor in _tensors(owner.get_submodule(child[len(prefix):]))}
-    found = [value for member in members for value in member.all_input_nodes if value.op == "get_attr"
-             and str(value.target).startswith(prefix) and not str(value.target).startswith(f"{child}.")
-             and id(_tensor_at(owner, str(value.target)[len(prefix):])) not in held]
-    return [*_outside_inputs(members, set(members)), *dict.fromkeys(found)]
-
-
-def _tensors(module: nn.Module) -> list[torch.Tensor]:
-    return [*module.parameters(), *module.buffers()]
-
-
-def _tensor_at(module: nn.Module, target: str):
-    try:
-        return get_tensor(module, target)
-    except AttributeError:
-        return None
 
 
 def _region(program: Program, path: str) -> dict[fx.Node, tuple[str, str] | None]:
@@ -108,13 +69,13 @@ def _region(program: Program, path: str) -> dict[fx.Node, tuple[str, str] | None
 def _graph(program: Program, path: str, owner: nn.Module, windows: bool,
            watch: CallWatcher | None) -> tuple[fx.Graph, list[PassedTensor]]:
     """The Program's operators of module `path`'s own code, its children's calls as call_module; with `windows`,
-    sizes that are multiples of the batch follow the input's (`_batch_follows_input`). What its call passes
+    sizes that are multiples of the batch follow the input's (subgraph_batch.py). What its call passes
     besides its input (other modules' tensors, further activations) and what it passes its children are read
     off a call of the dense model that `watch` watches (passed_tensors.py)."""
     region = _region(program, path)
     dropout_free = _dropout_free(owner, {child[1][len(path) + 1:] for child in region.values() if child})
     inside = set(region)
-    inputs = _outside_inputs(list(region), inside)
+    inputs = outside_inputs(list(region), inside)
     outputs = [node for node in region if any(user not in inside for user in node.users)]
     if not inputs or len(outputs) != 1:
         raise SubgraphError(f"its operators take {len(inputs)} tensors from outside and give {len(outputs)}, "
@@ -145,43 +106,21 @@ def _graph(program: Program, path: str, owner: nn.Module, windows: bool,
             env[node] = graph.placeholder(f"passed_{each.name}")
     # values computed from the input (else the module's constants)
     from_input = {x, *(node for node, each in activations if each.batched)} if windows else set()
-    batches = (_batch(x), images)
+    batches = (batch_of(x), images)
     for node in region:
-        if node.target not in _NEW_FROM_SHAPE and any(value in from_input for value in node.all_input_nodes):
+        if node.target not in NEW_FROM_SHAPE and any(value in from_input for value in node.all_input_nodes):
             from_input.add(node)
         child = region[node]
         if child is None:
             _copy_own(graph, node, env, prefix, dropout_free)
-            _batch_follows_input(graph, env[node], node, env[x], batches, from_input)
+            follow_input_batch(graph, env[node], node, env[x], batches, from_input)
         elif node is groups[child][-1]:  # the child's whole call, at its last operator
-            _call_child(graph, groups[child], child[1], path, env, owner, watch)
+            try:
+                call_child(graph, groups[child], child[1], path, env, owner, watch)
+            except ValueError as reason:
+                raise SubgraphError(str(reason)) from None
     graph.output(env[outputs[0]])
     return graph, bound
-
-
-def _call_child(graph: fx.Graph, members: list[fx.Node], child: str, path: str, env: dict, owner: nn.Module,
-                watch: CallWatcher | None) -> None:
-    """The child's call, as call_module: on the one tensor it reads, or, where it reads several or takes more
-    arguments, as the watched dense call called it (its tensors each given the value that fits, its other
-    arguments as they were)."""
-    prefix = f"{path}."
-    ins = _call_inputs(members, child, prefix, owner)
-    outs = [member for member in members if any(user not in members for user in member.users)]
-    for value in ins:  # a tensor of this module handed to its child (coordinates of a position MLP)
-        if value not in env and value.op == "get_attr" and str(value.target).startswith(prefix):
-            env[value] = graph.get_attr(str(value.target)[len(prefix):])
-    if len(outs) != 1 or not ins or any(value not in env for value in ins):
-        raise SubgraphError(f"its call of '{child}' does not read tensors of it and give one")
-    name = child[len(prefix):]
-    # a child that may take more than its input is called as the dense call called it (a size, a rate)
-    call = watch.call(child, within=path) if watch and (len(ins) > 1 or takes(owner.get_submodule(name)) > 1) else None
-    if call is None and (len(ins) != 1 or takes(owner.get_submodule(name), required=True) > 1):
-        raise SubgraphError(f"its call of '{child}' takes more than one tensor, and that call is not watched")
-    try:
-        args, kwargs = ((env[ins[0]],), {}) if call is None else call_arguments(call, ins, env, watch.values)
-    except ValueError as reason:
-        raise SubgraphError(f"its call of '{child}': {reason}") from None
-    env[outs[0]] = graph.call_module(name, args, kwargs)
 
 
 def _dropout_free(owner: nn.Module, called: set[str]) -> bool:
@@ -203,49 +142,6 @@ def _no_dropout(node: fx.Node) -> bool:
     """A dropout of probability 0 (torchvision's Swin passes its attention dropout of 0 to F.dropout): the
     identity in either mode."""
     return node.target in DROPOUTS and len(node.args) > 1 and type(node.args[1]) in (int, float) and node.args[1] == 0
-
-
-def _batch(node: fx.Node) -> int | None:
-    value = node.meta.get("val")
-    return int(value.shape[0]) if isinstance(value, torch.Tensor) and value.dim() else None
-
-
-def _batch_follows_input(graph: fx.Graph, node: fx.Node, original: fx.Node, x: fx.Node,
-                         batches: tuple[int | None, int | None], from_input: set[fx.Node]) -> None:
-    """A reshape or expand to literal sizes (the graph holds the example's) made to follow the input's batch: a
-    first size equal to the example's batch, where the tensor's first dim is that batch too (a class token
-    expanded to it), or, for a tensor computed from the input, a first size that is a multiple of it (B * n: the
-    windows or heads of each image), or one that splits the input's batch of windows back into images
-    (B * n -> B, n: a shifted window's mask added per image), B a multiple of the Program's batch of images
-    (else it may mix images: no batch of two would tell). `batches`: the input's and the Program's. The
-    write-back proves it on a batch of two."""
-    batch, images = batches
-    sizes = node.args[1] if node.target in _RESHAPES and len(node.args) > 1 else None
-    if batch is None or not isinstance(sizes, (list, tuple)) or not sizes or not isinstance(sizes[0], int) \
-            or sizes[0] <= 0:
-        return
-    source = original.args[0]
-    value = source.meta.get("val") if isinstance(source, fx.Node) else None
-    batch_first = isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == batch == sizes[0]
-    if not batch_first and source not in from_input:
-        return
-    if sizes[0] % batch == 0:
-        factor, scale = sizes[0] // batch, operator.mul
-    elif images and sizes[0] % images == 0 and _splits_batch(sizes, value, batch):
-        factor, scale = batch // sizes[0], operator.floordiv
-    else:
-        return
-    with graph.inserting_before(node):
-        size = graph.call_function(torch.ops.aten.sym_size.int, (x, 0))
-        if factor != 1:
-            size = graph.call_function(scale, (size, factor))
-    node.args = (node.args[0], [size, *sizes[1:]], *node.args[2:])
-
-
-def _splits_batch(sizes, value, batch: int) -> bool:
-    """Whether a view cuts a tensor's first dim, the input's batch, in two: (batch, ...) -> (a, batch / a, ...)."""
-    first = value.shape[0] if isinstance(value, torch.Tensor) and value.dim() else None
-    return first == batch and len(sizes) > 1 and batch % sizes[0] == 0 and sizes[0] * sizes[1] == batch
 
 
 def _copy_own(graph: fx.Graph, node: fx.Node, env: dict, prefix: str, dropout_free: bool) -> None:
