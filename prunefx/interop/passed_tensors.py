@@ -45,11 +45,14 @@ class WatchedCall:
 class CallWatcher:
     """The calls of the modules of one dense copy of the user's model (made when first needed): a module's call
     (`call(path)`), and the calls of the modules inside it while it runs (`call(child, within=path)`: a module
-    shared by several blocks is called once by each), watched on one run for each module asked about. None
-    for a module called other than once there, or where the run fails."""
+    shared by several blocks is called once by each). One run watches every module of `expected` not yet
+    watched (those a subgraph may stand in for), and one more each module asked about besides. None for a
+    module called other than once there, or where the run fails."""
 
-    def __init__(self, model: nn.Module, inputs: tuple, dense: fx.GraphModule | None = None):
+    def __init__(self, model: nn.Module, inputs: tuple, dense: fx.GraphModule | None = None,
+                 expected: list[str] = ()):
         self._model, self._inputs, self._dense = model, inputs, dense
+        self._expected = list(expected)
         self._copy: nn.Module | None = None
         self._calls: dict[str, dict[str, WatchedCall | None]] = {}  # by the module watched, then by path
         self._values: dict[str, torch.Tensor] = {}
@@ -81,39 +84,56 @@ class CallWatcher:
     def call(self, path: str, within: str | None = None) -> WatchedCall | None:
         watched = path if within is None else within
         if watched not in self._calls:
-            self._calls[watched] = self._watch(watched)
+            batch = [watched] + [each for each in self._expected if each not in self._calls and each != watched]
+            self._calls.update(self._watch(batch if watched in self._expected else [watched]))
         return self._calls[watched].get(path)
 
-    def _watch(self, path: str) -> dict[str, WatchedCall | None]:
+    def _watch(self, paths: list[str]) -> dict[str, dict[str, WatchedCall | None]]:
+        """For each of `paths`, the calls of every module inside it while it runs, in one run of the model."""
         if self._copy is None:
             self._copy = copy.deepcopy(self._model).eval()  # eval: the mode the proof runs in
-        model, running = self._copy, []
-        inside = {f"{path}.{name}" if path and name else path or name: module
-                  for name, module in model.get_submodule(path).named_modules(remove_duplicate=False)}
-        seen: dict[str, list] = {name: [] for name in inside}
-
-        def record(name: str):
-            def hook(module, args, kwargs):
-                if name == path or running:
-                    seen[name].append((args, kwargs))
-            return hook
-
+        model, handles = self._copy, []
+        recorders = {path: _Recorder(model, path) for path in paths}
         # the user's hooks run as in a call of the model, what they keep put back; these are added after, so kept
         with torch.no_grad(), hook_state_kept(model), random_state_kept(list(model.parameters())):
-            owner = inside[path]
-            handles = [owner.register_forward_pre_hook(lambda *_: running.append(True)),
-                       owner.register_forward_hook(lambda *_: running.clear(), always_call=True)]
-            handles += [module.register_forward_pre_hook(record(name), with_kwargs=True)
-                        for name, module in inside.items()]
+            for recorder in recorders.values():
+                handles += recorder.hooks()
             try:
                 model(*self._inputs)
             except Exception:  # the user's code, with its own errors: no binding, and the subgraph is refused
-                return {}
+                return {path: {} for path in paths}
             finally:
                 for handle in handles:
                     handle.remove()
-        return {name: WatchedCall(model, inside[name], *calls[0]) if len(calls) == 1 else None
-                for name, calls in seen.items()}
+        return {path: recorder.calls() for path, recorder in recorders.items()}
+
+
+class _Recorder:
+    """The calls of the modules inside module `path` while it runs (module `path`'s own call included)."""
+
+    def __init__(self, model: nn.Module, path: str):
+        self.path, self.model = path, model
+        self.inside = {f"{path}.{name}" if path and name else path or name: module
+                       for name, module in model.get_submodule(path).named_modules(remove_duplicate=False)}
+        self.seen: dict[str, list] = {name: [] for name in self.inside}
+        self.running: list[bool] = []
+
+    def hooks(self) -> list:
+        owner = self.inside[self.path]
+        handles = [owner.register_forward_pre_hook(lambda *_: self.running.append(True)),
+                   owner.register_forward_hook(lambda *_: self.running.clear(), always_call=True)]
+        return handles + [module.register_forward_pre_hook(self._record(name), with_kwargs=True)
+                          for name, module in self.inside.items()]
+
+    def _record(self, name: str):
+        def hook(module, args, kwargs):
+            if name == self.path or self.running:
+                self.seen[name].append((args, kwargs))
+        return hook
+
+    def calls(self) -> dict[str, WatchedCall | None]:
+        return {name: WatchedCall(self.model, self.inside[name], *calls[0]) if len(calls) == 1 else None
+                for name, calls in self.seen.items()}
 
 
 def passed_tensors(call: WatchedCall, targets: list[str]) -> dict[str, tuple[str, int | None]]:

@@ -80,7 +80,7 @@ def _written_back(program: Program, model: nn.Module, module: nn.Module, name: s
         verify_module(program, module, name, hint)
     except WriteBackError as error:
         scopes = _own_code_changed(module, changes, replaced, _cut_constants(program, dense, built))
-        _from_subgraphs(program, CallWatcher(model, inputs, dense.module), module, name, scopes, error)
+        _from_subgraphs(program, CallWatcher(model, inputs, dense.module, scopes), module, name, scopes, error)
     module.train(model.training)  # also the graphs' flags of the subgraphs standing in for modules
     set_module_modes(module, module_modes(model), model.training)  # each layer's own, as in the user's model
     return module
