@@ -117,3 +117,53 @@ def test_in_place_writes_after_a_call_are_no_difference():
     x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.allclose(module(x), program(x), rtol=0, atol=1e-5 * program(x).abs().max().item())
+
+
+class Tail(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.wide, self.narrow = nn.Linear(16, 32), nn.Linear(32, 16)
+
+    def forward(self, x):
+        return self.narrow(self.wide(x).relu())
+
+
+class DroppedCall(nn.Module):
+    """Its first call of `tail` computes nothing the output reads: the Program holds the second call only."""
+
+    def __init__(self):
+        super().__init__()
+        self.tail, self.head = Tail(), nn.Linear(16, 4)
+
+    def forward(self, x):
+        _ = self.tail(x)
+        return self.head(self.tail(x + 1))
+
+
+class Positive(nn.Module):
+    def forward(self, x):
+        return x > 0
+
+
+class MaskedBranch(nn.Module):
+    """A module returning a boolean mask: compared exactly, not by magnitudes."""
+
+    def __init__(self):
+        super().__init__()
+        self.positive, self.tail, self.head = Positive(), Tail(), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.tail(x).masked_fill(self.positive(x), 0.0))
+
+
+@pytest.mark.parametrize("model_class", [DroppedCall, MaskedBranch])
+def test_patterns_of_the_user_s_code_are_no_difference(model_class):
+    torch.manual_seed(0)
+    model = model_class().eval()
+    program = capture(model, (torch.randn(2, 16),), name=model_class.__name__).eval()
+    remove_channels(program, config={"macs": 0.6, "strict": False})
+    module = to_module(program, model)
+    assert module.tail.wide.out_features < 32  # pruned
+    x = torch.randn(2, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(module(x), program(x), rtol=0, atol=1e-5 * program(x).abs().max().item())

@@ -93,7 +93,7 @@ class CallWatcher:
         if self._copy is None:
             self._copy = copy.deepcopy(self._model).eval()  # eval: the mode the proof runs in
         model, handles = self._copy, []
-        recorders = {path: _Recorder(model, path) for path in paths}
+        recorders = {path: _Recorder(model, path) for path in paths if _is_module(model, path)}
         # the user's hooks run as in a call of the model, what they keep put back; these are added after, so kept
         with torch.no_grad(), hook_state_kept(model), random_state_kept(list(model.parameters())):
             for recorder in recorders.values():
@@ -105,7 +105,15 @@ class CallWatcher:
             finally:
                 for handle in handles:
                     handle.remove()
-        return {path: recorder.calls() for path, recorder in recorders.items()}
+        return {path: recorders[path].calls() if path in recorders else {} for path in paths}
+
+
+def _is_module(model: nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 class _Recorder:

@@ -58,7 +58,8 @@ def resize_modules(module: nn.Module, dense: Program, changes, name: str) -> lis
     for path, submodule in module.named_modules():  # lazily: a module a resizer puts in is resized too
         resizer = resizer_for(submodule)
         # one put in by a resizer (a Detect head's one-to-one branch copied anew) has its path alone
-        scopes = {*aliases.get(id(submodule), [path]), *scopes_of_methods.get(id(submodule), ())}
+        names = aliases.get(id(submodule), [])
+        scopes = {*(names if path in names else [path]), *scopes_of_methods.get(id(submodule), ())}
         own = [change for scope in sorted(scopes) for change in by_scope.get(scope, [])]
         pairs = [pair for change in own for pair in change.pairs]
         try:

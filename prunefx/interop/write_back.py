@@ -24,6 +24,7 @@ from prunefx.graph.training_flags import module_modes, set_module_modes
 from prunefx.interop.hf_config import update_config
 from prunefx.interop.module_resizers import resize_attributes, resizer_for
 from prunefx.interop.passed_tensors import CallWatcher
+from prunefx.interop.proof_by_module import agreeing
 from prunefx.interop.pruned_attention import off_nested_tensors
 from prunefx.interop.resized_modules import resize_modules
 from prunefx.interop.subgraph_module import SubgraphError, put_back, replace_by_subgraph
@@ -66,6 +67,7 @@ def _written_back(program: Program, model: nn.Module, module: nn.Module, name: s
     delete_unused_tensors(dense.module)
     _check_nothing_dropped(program, dense, name)
     built = _built_in_forward(dense, model)
+    comparable = agreeing(dense, module, TOLERANCE)  # the modules the proof compares one by one
     _copy_tensors(program, module, name, built)
     changes = literal_changes(dense.module, program.module)
     unresized = resize_modules(module, dense, changes, name)
@@ -77,10 +79,11 @@ def _written_back(program: Program, model: nn.Module, module: nn.Module, name: s
     try:
         if unresized:  # a subgraph may still stand in for that module
             raise unresized[0]
-        verify_module(program, module, name, hint)
+        verify_module(program, module, name, hint, comparable)
     except WriteBackError as error:
         scopes = _own_code_changed(module, changes, replaced, _cut_constants(program, dense, built))
-        _from_subgraphs(program, CallWatcher(model, inputs, dense.module, scopes), module, name, scopes, error)
+        _from_subgraphs(program, CallWatcher(model, inputs, dense.module, scopes), module, name, scopes, error,
+                        comparable)
     module.train(model.training)  # also the graphs' flags of the subgraphs standing in for modules
     set_module_modes(module, module_modes(model), model.training)  # each layer's own, as in the user's model
     return module
@@ -102,7 +105,7 @@ def _own_code_changed(module: nn.Module, changes, replaced, cut: set[str]) -> li
 
 
 def _from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Module, name: str, scopes: list[str],
-                    error: WriteBackError) -> None:
+                    error: WriteBackError, comparable: set[str]) -> None:
     """Put the Program's subgraph in place of each module in `scopes` (prunefx/interop/subgraph_module.py),
     then of each module of the user's code whose forward raises, and prove the result again, also on a
     batch of both inputs; else `error`, with why not. Where that fails and the Program's outputs have the batch
@@ -114,7 +117,7 @@ def _from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Module, n
     for windows in attempts:
         replaced: dict[str, nn.Module] = {}
         try:
-            return _made_from_subgraphs(program, watcher, module, name, scopes, error, windows, replaced)
+            return _made_from_subgraphs(program, watcher, module, name, scopes, error, windows, replaced, comparable)
         except WriteBackError as failed:
             failures.append(failed)
             for scope, original in reversed(replaced.items()):  # the module as it was before this attempt
@@ -123,8 +126,10 @@ def _from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Module, n
 
 
 def _made_from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Module, name: str, scopes: list[str],
-                         error: WriteBackError, windows: bool, replaced: dict[str, nn.Module]) -> None:
-    """One attempt of `_from_subgraphs`; `replaced` gets each module it replaces, by path, in order."""
+                         error: WriteBackError, windows: bool, replaced: dict[str, nn.Module],
+                         comparable: set[str]) -> None:
+    """One attempt of `_from_subgraphs`; `replaced` gets each module it replaces, by path, in order;
+    `comparable`: the modules the proof compares one by one."""
     kept: list[str] = []  # a module left as it is may be right with its attributes: the proof decides
 
     def make(scope: str | None) -> bool:
@@ -143,7 +148,7 @@ def _made_from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Modu
     last, progress = error, make(getattr(error, "module_path", None)) or bool(replaced)
     while progress:
         try:
-            verify_module(program, module, name, "")
+            verify_module(program, module, name, "", comparable)
             check_batch(program, module, name)
             return
         except WriteBackError as failed:

@@ -48,15 +48,17 @@ def _second_input(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
                  else x for x in inputs)
 
 
-def verify_module(program: Program, module: nn.Module, name: str, hint: str) -> None:
-    """Same outputs as the Program on two inputs, and a capture with the Program's widths (module docstring)."""
-    ends = module_ends(program, module)
+def verify_module(program: Program, module: nn.Module, name: str, hint: str, among: set[str] | None = None) -> None:
+    """Same outputs as the Program on two inputs, and a capture with the Program's widths (module docstring);
+    the modules compared one by one: those of `among` (proof_by_module.agreeing), or every one."""
+    ends = module_ends(program, module, among)
     for inputs in (program.example_inputs, _second_input(program.example_inputs)):
         with torch.no_grad(), program.evaluating():
             outputs, values = program_values(program, inputs, ends)
         expected = leaves(outputs)
         with watched(module, values, TOLERANCE) as differences:
             actual = _run(module, inputs, name, hint)
+        del values  # the next input's are made while these would still be held
         error = _relative_error(expected, actual)
         if error is None or error > TOLERANCE:
             differs = "returns other outputs" if error is None else f"differs by {error:.2g} relative"
