@@ -1,9 +1,10 @@
 """The write-back's proof: the written-back module computes what the pruned Program computes.
 
 Its eager outputs equal the Program's (1e-5 relative to the largest output) on the example inputs and on a
-second random input, and so does each module of the user's code where its call ends (proof_by_module.py), and a fresh capture of it has the Program's widths; a module made from a subgraph
-(prunefx/interop/subgraph_module.py) also on a batch of both inputs, since its graph holds literal sizes.
-Where the proof fails, one WriteBackError names the module that raised or the first operator that differs.
+second random input, and so does what each module of the user's code returns (proof_by_module.py); a fresh
+capture of it has the Program's widths; a module made from a subgraph (prunefx/interop/subgraph_module.py)
+also on a batch of both inputs, since its graph holds literal sizes. Where the proof fails, one WriteBackError
+names the module that raised or differs, or the first operator that differs.
 """
 
 from __future__ import annotations
