@@ -38,29 +38,38 @@ class Attention(nn.Module):
         return self.proj((attention @ v).transpose(1, 2).reshape(batch, tokens, self.heads * self.head_dim))
 
 
+class TupleAttention(Attention):
+    """Returns its output in a tuple beside None, as a Hugging Face attention does without its weights."""
+
+    def forward(self, x):
+        return super().forward(x), None
+
+
 class SmallBranch(nn.Module):
     """An attention added to a stream a thousand times larger: its errors reach the output a thousand times smaller."""
 
-    def __init__(self):
+    def __init__(self, attention: type[Attention] = Attention):
         super().__init__()
-        self.embed, self.attn, self.head = nn.Linear(16, 64), Attention(64, 2), nn.Linear(64, 10)
+        self.embed, self.attn, self.head = nn.Linear(16, 64), attention(64, 2), nn.Linear(64, 10)
         with torch.no_grad():
             self.attn.proj.weight.mul_(1e-3)
             self.attn.proj.bias.mul_(1e-3)
 
     def forward(self, x):
         x = self.embed(x)
-        return self.head(x + self.attn(x))
+        branch = self.attn(x)
+        return self.head(x + (branch[0] if isinstance(branch, tuple) else branch))
 
 
-def _small_branch():
+def _small_branch(attention: type[Attention] = Attention):
     torch.manual_seed(0)
-    model = SmallBranch().eval()
+    model = SmallBranch(attention).eval()
     return model, capture(model, (torch.randn(1, 8, 16),), name="small branch").eval()
 
 
-def test_a_module_whose_error_hides_at_the_outputs_is_named():
-    model, program = _small_branch()
+@pytest.mark.parametrize("attention", [Attention, TupleAttention], ids=["tensor", "tuple"])
+def test_a_module_whose_error_hides_at_the_outputs_is_named(attention):
+    model, program = _small_branch(attention)
     wrong = copy.deepcopy(model)
     with torch.no_grad():  # its queries scaled by 0.87: a scale the Program does not hold
         wrong.attn.qkv.weight[:64].mul_(0.87)
@@ -70,7 +79,7 @@ def test_a_module_whose_error_hides_at_the_outputs_is_named():
         hidden = ((program(x) - wrong(x)).abs().max() / program(x).abs().max()).item()
     assert 0 < hidden < TOLERANCE  # what the outputs alone would pass
     verify_module(program, copy.deepcopy(model), "small branch", "")  # the right module passes
-    with pytest.raises(WriteBackError, match="module 'attn' \\(Attention\\)") as raised:
+    with pytest.raises(WriteBackError, match=f"module 'attn' \\({attention.__name__}\\)") as raised:
         verify_module(program, wrong, "small branch", "")
     assert raised.value.module_path == "attn"
 

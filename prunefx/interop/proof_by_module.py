@@ -5,11 +5,11 @@ The outputs alone can hide a wrong module: an error made inside a block shrinks 
 the residual stream adds to it (an attention on random weights, near uniform, with its queries scaled twice:
 7e-3 at the attention, 4e-6 at the output, under the outputs' tolerance). A module compared is one of the
 user's code (torch's own layers compute what their tensors say), called once, whose operators in the Program
-give one value to the rest of the graph, and that returns one tensor of that value's shape; and, so that no
-pattern of the user's code (a call whose result is dropped, a value kept in an attribute) is taken for an
-error, one whose dense original returns its dense capture's value there (`agreeing`). An attention whose
-queries hold its dense scale (attention_scale.py) rounds otherwise, and its query parts differ by design:
-skipped with what is inside it.
+give one value to the rest of the graph, and that returns one tensor of that value's shape (alone, or the only
+one in a tuple or an output class); and, so that no pattern of the user's code (a call whose result is dropped,
+a value kept in an attribute) is taken for an error, one whose dense original returns its dense capture's
+value there (`agreeing`). An attention whose queries hold its dense scale (attention_scale.py) rounds
+otherwise, and its query parts differ by design: skipped with what is inside it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.utils._pytree as pytree
 from torch import fx, nn
 
 from prunefx.graph import Program
@@ -122,7 +123,10 @@ class Differences:
 
 def _error(expected: torch.Tensor, actual) -> float | None:
     """Largest difference relative to the largest finite magnitude; inf where the NaNs or infinities are not
-    where the Program has them, or a mask or an index differs; None where the two cannot be compared."""
+    where the Program has them, or a mask or an index differs; None where the two cannot be compared. A module
+    may return its one tensor in a tuple or an output class (a Hugging Face layer's `(hidden_states,)`)."""
+    tensors = [leaf for leaf in pytree.tree_leaves(actual) if isinstance(leaf, torch.Tensor)]
+    actual = tensors[0] if len(tensors) == 1 else actual
     if not isinstance(actual, torch.Tensor) or actual.shape != expected.shape or actual.dtype != expected.dtype:
         return None
     if not expected.numel():
