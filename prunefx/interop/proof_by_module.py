@@ -96,6 +96,11 @@ def program_values(program: Program, inputs: tuple, ends: dict[str, ModuleEnd]
     return Keeping(program.module).run(*inputs), values
 
 
+def leaves(outputs) -> list[torch.Tensor]:
+    """The tensors in a module's or a Program's outputs (a tuple, a dict, an output class), in order."""
+    return [leaf for leaf in pytree.tree_leaves(outputs) if isinstance(leaf, torch.Tensor)]
+
+
 class Differences:
     """While open (`watched`), each module's call compared with the Program's value where it ends (relative to
     that value's largest finite magnitude); `first`: the first module, in the order calls end (the innermost
@@ -125,7 +130,7 @@ def _error(expected: torch.Tensor, actual) -> float | None:
     """Largest difference relative to the largest finite magnitude; inf where the NaNs or infinities are not
     where the Program has them, or a mask or an index differs; None where the two cannot be compared. A module
     may return its one tensor in a tuple or an output class (a Hugging Face layer's `(hidden_states,)`)."""
-    tensors = [leaf for leaf in pytree.tree_leaves(actual) if isinstance(leaf, torch.Tensor)]
+    tensors = leaves(actual)
     actual = tensors[0] if len(tensors) == 1 else actual
     if not isinstance(actual, torch.Tensor) or actual.shape != expected.shape or actual.dtype != expected.dtype:
         return None

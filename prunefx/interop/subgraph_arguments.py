@@ -79,9 +79,8 @@ def _holds(dense: torch.Tensor, tensor: torch.Tensor) -> bool:
 def takes(module: nn.Module, required: bool = False) -> int:
     """How many arguments the module's forward takes by position (those without a default, with `required`);
     one more for *args. One where its signature cannot be read."""
-    try:
-        parameters = inspect.signature(module.forward).parameters.values()
-    except (TypeError, ValueError):
+    parameters = _forward_parameters(module)
+    if parameters is None:
         return 1
     count = 0
     for parameter in parameters:
@@ -129,11 +128,15 @@ def call_arguments(call: WatchedCall, ins: list[fx.Node], env: dict, values: Val
 
 
 def _positional_names(module: nn.Module) -> list[str]:
+    return [p.name for p in _forward_parameters(module) or () if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+
+
+def _forward_parameters(module: nn.Module) -> list[inspect.Parameter] | None:
+    """The parameters of the module's forward; None where its signature cannot be read."""
     try:
-        parameters = inspect.signature(module.forward).parameters.values()
+        return list(inspect.signature(module.forward).parameters.values())
     except (TypeError, ValueError):
-        return []
-    return [p.name for p in parameters if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        return None
 
 
 def _held(node: fx.Node, value: torch.Tensor, call: WatchedCall) -> bool:

@@ -13,13 +13,12 @@ import copy
 import traceback
 
 import torch
-import torch.utils._pytree as pytree
 from torch import nn
 
 from prunefx.graph import Program, capture
 from prunefx.graph.errors import PrunefxError, first_line
 from prunefx.graph.scoped_calls import first_difference
-from prunefx.interop.proof_by_module import module_ends, program_values, watched
+from prunefx.interop.proof_by_module import leaves, module_ends, program_values, watched
 
 TOLERANCE = 1e-5  # relative to the largest output magnitude
 
@@ -39,10 +38,6 @@ def program_tensors(program: Program) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def leaves(outputs) -> list[torch.Tensor]:
-    return [leaf for leaf in pytree.tree_leaves(outputs) if isinstance(leaf, torch.Tensor)]
-
-
 def _second_input(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     generator = torch.Generator().manual_seed(1)
     return tuple(torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) if x.is_floating_point()
@@ -60,15 +55,15 @@ def verify_module(program: Program, module: nn.Module, name: str, hint: str, amo
         with watched(module, values, TOLERANCE) as differences:
             actual = _run(module, inputs, name, hint)
         del values  # the next input's are made while these would still be held
-        error = _relative_error(expected, actual)
+        error, first = _relative_error(expected, actual), differences.first
         if error is None or error > TOLERANCE:
             differs = "returns other outputs" if error is None else f"differs by {error:.2g} relative"
             failed = WriteBackError(f"cannot write {name} back: the module {differs} from the pruned program"
                                     f"{_where(program, module, name) or hint}")
-            failed.module_path = differences.first[0] if differences.first else None
+            failed.module_path = first[0] if first else None
             raise failed
-        if differences.first:
-            raise _module_differs(module, name, *differences.first)
+        if first:
+            raise _module_differs(module, name, *first)
     _check_widths(program, module, name)
 
 
