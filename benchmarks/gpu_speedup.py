@@ -175,23 +175,29 @@ class ModelVariants:
         self.programs = {"dense": dense.eval()}
         self.programs["prunefx"] = _prunefx_defaults(dense)
         self.kept = count(self.programs["prunefx"]).macs / count(dense).macs
-        self.seconds = {"capture and prunefx defaults": time.perf_counter() - clock}  # where a row's time goes
+        self.seconds: dict[str, float] = {}  # where a row's time goes, also printed as it goes
+        self._took("capture and prunefx defaults", clock)
         with tempfile.TemporaryDirectory(prefix="gpu-speedup-torch-pruning-") as folder:
             searches = {name: TorchPruningSearch(reference, self.kept, round_to, Path(folder), torch_pruning_timeout)
                         for name, round_to in (("torch-pruning", None), ("torch-pruning r8", 8)) if torch_pruning_too}
             try:
                 clock = time.perf_counter()
                 self.latency = self._latency_choice(dense, batch)  # on the GPU while the searches run on the CPU
-                self.seconds["latency choice"] = time.perf_counter() - clock
+                self._took("latency choice", clock)
                 clock = time.perf_counter()
                 self.pruned_modules = {name: _or_error(search.module) for name, search in searches.items()}
-                self.seconds["torch-pruning searches, after"] = time.perf_counter() - clock
+                self._took("torch-pruning searches, after", clock)
             finally:
                 for search in searches.values():
                     search.stop()
         clock = time.perf_counter()
         self.by_batch = {batch: self._assembled(self.programs["dense"], self.programs["prunefx"], batch)}
-        self.seconds["torch-pruning captures"] = time.perf_counter() - clock
+        self._took("torch-pruning captures", clock)
+
+    def _took(self, part: str, since: float) -> None:
+        """Records and prints a part's seconds: a run stopped from outside still says where its time went."""
+        self.seconds[part] = time.perf_counter() - since
+        print(f"gpu_speedup: {self.reference}: {part}: {self.seconds[part]:.1f} s", flush=True)
 
     def _latency_choice(self, dense: Program, batch: int) -> dict:
         """The latency choice, with its table's cost: every entry timed anew (an empty cache)."""
@@ -267,7 +273,10 @@ def equal_macs_row(variants: ModelVariants, batch: int, settings: Settings, devi
         if isinstance(program, str):
             row[name] = {"error": program}
             continue
+        clock = time.perf_counter()
         timing = pair.confirm(dense, program)  # each variant beside its own run of the dense model
+        print(f"gpu_speedup: {variants.reference} at batch {batch}: {name} {timing.speedup:.2f}x, "
+              f"{time.perf_counter() - clock:.1f} s", flush=True)
         row.setdefault("dense_ms", timing.dense_ms)
         row[name] = {"ms": timing.ms, "dense_ms": timing.dense_ms, "speedup": timing.speedup, "low": timing.low,
                      "high": timing.high, "macs_kept": count(program).macs / count(dense).macs}

@@ -9,6 +9,7 @@ are not removable, and the operator is reported against the tensors it blocked.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch.utils._pytree as pytree
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from prunefx.graph.channels.factor_slices import FactorSlices
 from prunefx.graph.channels.labels import FIXED, Grid, LabelSpace, Member
 from prunefx.graph.channels.rules import RULES
 
@@ -221,6 +223,11 @@ class ChannelAnalysis:
     @property
     def fixed_class(self) -> int:
         return int(self.classes[FIXED])
+
+    @functools.cached_property
+    def factor_slices(self) -> FactorSlices:
+        """What goes with each grid factor class (graph/channels/factor_slices.py), found once per analysis."""
+        return FactorSlices(self)
 
 
 def analyse_channels(module: torch.fx.GraphModule, *, keep: set[str] | None = None,

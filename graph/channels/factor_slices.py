@@ -1,16 +1,18 @@
 """What goes with one grid factor class (a head: its head dims; a nested grid's factors and theirs), found by
-following only the grid slices that class indexes. removal.expand_mask reaches the same fixpoint for any
-mask but sweeps every grid until nothing changes: asked once per factor class of a ViT-L (about two
-thousand heads and head dims) that was a second and a half of `prune`.
+following only the grid slices that class indexes. Sweeping every grid until nothing changes reaches the same
+fixpoint, but asked once per factor class of a ViT-L (about two thousand heads and head dims) that was a second
+and a half of `prune`, and once per candidate of a latency search on a Swin most of the search.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from prunefx.graph.channels.analysis import ChannelAnalysis
+if TYPE_CHECKING:  # the analysis builds one of these on demand (ChannelAnalysis.factor_slices)
+    from prunefx.graph.channels.analysis import ChannelAnalysis
 
 
 class FactorSlices:
@@ -23,9 +25,16 @@ class FactorSlices:
                 moved = np.moveaxis(grid.elements, axis, 0)
                 for index, cls in enumerate(self.classes[factor].tolist()):
                     self.slices[cls].append(moved[index])
+        self.factor_classes = np.array(sorted(self.slices), dtype=np.int64)  # the classes that take others along
+        self._removed: dict[int, np.ndarray] = {}
 
     def removed_with(self, cls: int) -> np.ndarray:
-        """The classes that go when `cls` goes, itself included, sorted: expand_mask of that one class."""
+        """The classes that go when `cls` goes, itself included, sorted (found once per class)."""
+        if cls not in self._removed:
+            self._removed[cls] = self._closure(cls)
+        return self._removed[cls]
+
+    def _closure(self, cls: int) -> np.ndarray:
         found, waiting = {cls}, [cls]
         while waiting:
             for labels in self.slices.get(waiting.pop(), ()):

@@ -70,7 +70,7 @@ def channel_importance(module: torch.fx.GraphModule, combing: Combing, criterion
 
 def group_importance(combing: Combing, per_class: np.ndarray, criterion: str) -> Importance:
     """Per-class scores gathered into one array per group (heads scored by all they control)."""
-    slices = FactorSlices(combing.analysis)
+    slices = combing.analysis.factor_slices
     scores = [_group_scores(group.classes, per_class, square_root=criterion == "l2", slices=slices)
               for group in combing.groups]
     return Importance(scores, criterion)

@@ -81,13 +81,17 @@ class LatencyKnapsack:
         if not layers:
             return []
         size = self.selector.combing.groups[group].size
-        now = self.latency.layer_ms(self.selector._mask(kept)[0], layers).sum()
+        # a narrower width only adds the group's next least important classes to the kept plan's mask
+        planned = self.selector._mask(kept)[0]
+        ranked = self.selector.combing.groups[group].classes[self.selector.orders[group]]
+        now = self.latency.layer_ms(planned, layers).sum()
         prefix, drops = self.lost_prefix[group], []
         for width in self.selector.widths[group]:
             if width >= kept[group]:
                 break
-            trial = kept[:group] + [int(width)] + kept[group + 1:]
-            saved = float(now - self.latency.layer_ms(self.selector._mask(trial)[0], layers).sum())
+            trial = planned.copy()
+            trial[ranked[: size - width]] = True
+            saved = float(now - self.latency.layer_ms(trial, layers).sum())
             if saved > self.epsilon:
                 lost = float(prefix[size - width] - prefix[size - kept[group]])
                 drops.append(Drop(group, int(width), max(lost, 0.0), saved))

@@ -204,22 +204,30 @@ class PlanLatency:
                 classes = self.cost_model.dim_classes(arg, axis)
                 spans.append(classes if classes is not None else np.zeros(0, dtype=np.int64))
                 self._fixed.append(None if classes is not None else dense)
+        self._spans = spans
         self._span_classes = np.concatenate(spans) if spans else np.zeros(0, dtype=np.int64)
         self._span_bounds = np.concatenate([[0], np.cumsum([span.size for span in spans])]).astype(np.int64)
 
-    def widths(self, removed_mask: np.ndarray) -> list[tuple[int, int]]:
-        """(in, out) widths of every timed layer after the removal."""
+    def widths(self, removed_mask: np.ndarray, which: list[int] | None = None) -> list[tuple[int, int]]:
+        """(in, out) widths of every timed layer after the removal (or of those at the indices `which`)."""
         survives = ~expand_mask(self.cost_model.analysis, removed_mask)
+        if which is not None:  # a few layers: count their spans alone (a search prices one group's layers often)
+            return [(self._surviving(survives, 2 * index), self._surviving(survives, 2 * index + 1))
+                    for index in which]
         running = np.concatenate([[0], np.cumsum(survives[self._span_classes], dtype=np.int64)])
         counts = (running[self._span_bounds[1:]] - running[self._span_bounds[:-1]]).tolist()
         counts = [count if fixed is None else fixed for count, fixed in zip(counts, self._fixed)]
         return list(zip(counts[0::2], counts[1::2]))
 
+    def _surviving(self, survives: np.ndarray, span: int) -> int:
+        fixed = self._fixed[span]
+        return fixed if fixed is not None else int(np.count_nonzero(survives[self._spans[span]]))
+
     def layer_ms(self, removed_mask: np.ndarray, which: list[int] | None = None) -> np.ndarray:
         """The time of every timed layer (or of those at the indices `which`, in that order) after the removal."""
-        widths = self.widths(removed_mask)
         indices = range(len(self.layers)) if which is None else which
-        return np.array([self._time(index, *widths[index]) for index in indices], dtype=np.float64)
+        widths = self.widths(removed_mask, which)
+        return np.array([self._time(index, *pair) for index, pair in zip(indices, widths)], dtype=np.float64)
 
     def ms(self, removed_mask: np.ndarray) -> float:
         return float(self.layer_ms(removed_mask).sum())

@@ -15,21 +15,13 @@ from prunefx.graph.channels.literals import LITERAL_REWRITES, keep_mask
 
 
 def expand_mask(analysis: ChannelAnalysis, mask: np.ndarray) -> np.ndarray:
-    """Grow a boolean mask over classes to a fixpoint: removing a grid factor index (a head)
-    removes every class inside its slice of the grid."""
+    """Grow a boolean mask over classes to a fixpoint: removing a grid factor index (a head) removes every class
+    inside its slice of the grid. Each rule starts from one class, so the fixpoint is the union of what goes
+    with each factor class in the mask (analysis.factor_slices)."""
     mask = mask.copy()
-    classes = analysis.classes
-    changed = True
-    while changed:
-        changed = False
-        for grid in analysis.space.grids:
-            for axis, factor in enumerate(grid.factors):
-                gone = mask[classes[factor]]
-                if gone.any():
-                    inside = classes[np.compress(gone, grid.elements, axis=axis)]
-                    if not mask[inside].all():
-                        mask[inside] = True
-                        changed = True
+    slices = analysis.factor_slices
+    for cls in slices.factor_classes[mask[slices.factor_classes]].tolist():
+        mask[slices.removed_with(cls)] = True
     return mask
 
 

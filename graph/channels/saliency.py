@@ -21,7 +21,6 @@ import torch
 from torch.utils._pytree import tree_flatten
 
 from prunefx.graph.channels.compensation import energy_key, lean_damped_inverse, output_energy
-from prunefx.graph.channels.factor_slices import FactorSlices
 from prunefx.graph.channels.groups import Combing
 from prunefx.graph.channels.obs_elimination import LayerState, eliminate
 from prunefx.graph.heap import release_freed_memory
@@ -180,7 +179,7 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
 def _channel_blocks(combing: Combing) -> dict[tuple[int, int], np.ndarray]:
     """(group, index) -> the classes that go when that channel goes (itself, and for a grid factor
     every class of its slice of the grid)."""
-    slices = FactorSlices(combing.analysis)
+    slices = combing.analysis.factor_slices
     blocks = {}
     for group_index, group in enumerate(combing.groups):
         for index, cls in enumerate(group.classes.tolist()):
