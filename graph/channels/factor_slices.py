@@ -6,6 +6,7 @@ and a half of `prune`, and once per candidate of a latency search on a Swin most
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
@@ -25,8 +26,15 @@ class FactorSlices:
                 moved = np.moveaxis(grid.elements, axis, 0)
                 for index, cls in enumerate(self.classes[factor].tolist()):
                     self.slices[cls].append(moved[index])
-        self.factor_classes = np.array(sorted(self.slices), dtype=np.int64)  # the classes that take others along
+        self.factor_classes = np.array(sorted(self.slices), dtype=np.int64)
         self._removed: dict[int, np.ndarray] = {}
+
+    @functools.cached_property
+    def taking_along(self) -> np.ndarray:
+        """The factor classes whose removal takes other classes along (a head its head dims): a flattened
+        channel is a factor whose slice is itself alone."""
+        return np.array([cls for cls in self.factor_classes.tolist() if self.removed_with(cls).size > 1],
+                        dtype=np.int64)
 
     def removed_with(self, cls: int) -> np.ndarray:
         """The classes that go when `cls` goes, itself included, sorted (found once per class)."""

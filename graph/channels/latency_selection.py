@@ -10,7 +10,8 @@ to land within the tolerance of the target where one does (the fewest importance
 a drop that saves no time is never taken.
 
 A drop of one group changes only the layers it touches, so after each drop only the groups that share a
-layer with it are priced again.
+layer with it are priced again. A group holding no grid factor class (no head) takes nothing along when it
+narrows, so its drops are priced from counts: each touched layer loses the group's channels in its dims.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from prunefx.graph.channels.removal import expand_mask
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,10 @@ class LatencyKnapsack:
         self.neighbours = [[h for h, others in enumerate(self.touched) if others & mine]
                            for mine in self.touched]
         self.epsilon = 1e-9 * max(self.latency.dense_ms, 1e-12)  # a saving below this is none
+        self.ranked = [group.classes[order] for group, order in zip(selector.combing.groups, selector.orders)]
+        taking_along = selector.combing.analysis.factor_slices.taking_along
+        self.counted = [None if np.isin(ranked, taking_along).any() else self._occurrences(ranked, group)
+                        for group, ranked in enumerate(self.ranked)]
 
     def _touched_layers(self) -> list[set[int]]:
         """The timed layers each group narrows: those whose widths change when all its channels go."""
@@ -75,27 +82,50 @@ class LatencyKnapsack:
                 drops[h] = self._drops(kept, h)
         return kept
 
+    def _occurrences(self, ranked: np.ndarray, group: int) -> np.ndarray:
+        """How often each of the group's classes (least important first) stands in each dim of each layer it
+        touches: rows (layer 0 in, layer 0 out, layer 1 in, ...)."""
+        rows = []
+        for layer in sorted(self.touched[group]):
+            for span in (2 * layer, 2 * layer + 1):
+                labels = np.sort(self.latency.spans[span])
+                rows.append(np.searchsorted(labels, ranked, "right") - np.searchsorted(labels, ranked, "left"))
+        return np.array(rows, dtype=np.int64).reshape(len(rows), len(ranked))
+
     def _drops(self, kept: list[int], group: int) -> list[Drop]:
         """Every drop of `group` from its kept width to a narrower allowed one that saves time."""
         layers = sorted(self.touched[group])
         if not layers:
             return []
-        size = self.selector.combing.groups[group].size
-        # a narrower width only adds the group's next least important classes to the kept plan's mask
-        planned = self.selector._mask(kept)[0]
-        ranked = self.selector.combing.groups[group].classes[self.selector.orders[group]]
+        size, planned = self.selector.combing.groups[group].size, self.selector._mask(kept)[0]
         now = self.latency.layer_ms(planned, layers).sum()
         prefix, drops = self.lost_prefix[group], []
-        for width in self.selector.widths[group]:
-            if width >= kept[group]:
-                break
-            trial = planned.copy()
-            trial[ranked[: size - width]] = True
-            saved = float(now - self.latency.layer_ms(trial, layers).sum())
+        for width, ms in self._trial_times(planned, group, layers, kept[group]):
+            saved = float(now - ms)
             if saved > self.epsilon:
                 lost = float(prefix[size - width] - prefix[size - kept[group]])
-                drops.append(Drop(group, int(width), max(lost, 0.0), saved))
+                drops.append(Drop(group, width, max(lost, 0.0), saved))
         return drops
+
+    def _trial_times(self, planned: np.ndarray, group: int, layers: list[int], kept: int):
+        """(width, the touched layers' time) for each allowed width of `group` narrower than `kept`, the others
+        as `planned`: a width's removal is the plan's with the group's next least important classes added."""
+        narrower = [int(width) for width in self.selector.widths[group] if width < kept]
+        size, ranked, counted = self.selector.combing.groups[group].size, self.ranked[group], self.counted[group]
+        if counted is None:  # heads among its classes: what goes along is expand_mask's to find
+            for width in narrower:
+                trial = planned.copy()
+                trial[ranked[: size - width]] = True
+                yield width, self.latency.layer_ms(trial, layers).sum()
+            return
+        alive = ~expand_mask(self.selector.combing.analysis, planned)
+        widths = np.array(self.latency.widths(planned, layers), dtype=np.int64).reshape(-1)  # in, out, in, ...
+        lost = np.cumsum(np.concatenate([np.zeros((len(counted), 1), dtype=np.int64),
+                                         counted * alive[ranked]], axis=1), axis=1)  # [dim, classes gone]
+        for width in narrower:
+            left = widths - lost[:, size - width]
+            yield width, sum(self.latency.time_at(layer, int(left[2 * j]), int(left[2 * j + 1]))
+                             for j, layer in enumerate(layers))
 
 
 def _greedy_order(drop: Drop) -> tuple[float, int]:

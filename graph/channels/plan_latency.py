@@ -204,7 +204,7 @@ class PlanLatency:
                 classes = self.cost_model.dim_classes(arg, axis)
                 spans.append(classes if classes is not None else np.zeros(0, dtype=np.int64))
                 self._fixed.append(None if classes is not None else dense)
-        self._spans = spans
+        self.spans = spans  # per layer: its input dim's classes (index 2i), its output dim's (2i + 1)
         self._span_classes = np.concatenate(spans) if spans else np.zeros(0, dtype=np.int64)
         self._span_bounds = np.concatenate([[0], np.cumsum([span.size for span in spans])]).astype(np.int64)
 
@@ -221,18 +221,19 @@ class PlanLatency:
 
     def _surviving(self, survives: np.ndarray, span: int) -> int:
         fixed = self._fixed[span]
-        return fixed if fixed is not None else int(np.count_nonzero(survives[self._spans[span]]))
+        return fixed if fixed is not None else int(np.count_nonzero(survives[self.spans[span]]))
 
     def layer_ms(self, removed_mask: np.ndarray, which: list[int] | None = None) -> np.ndarray:
         """The time of every timed layer (or of those at the indices `which`, in that order) after the removal."""
         indices = range(len(self.layers)) if which is None else which
         widths = self.widths(removed_mask, which)
-        return np.array([self._time(index, *pair) for index, pair in zip(indices, widths)], dtype=np.float64)
+        return np.array([self.time_at(index, *pair) for index, pair in zip(indices, widths)], dtype=np.float64)
 
     def ms(self, removed_mask: np.ndarray) -> float:
         return float(self.layer_ms(removed_mask).sum())
 
-    def _time(self, index: int, in_width: int, out_width: int) -> float:
+    def time_at(self, index: int, in_width: int, out_width: int) -> float:
+        """The table's time of timed layer `index` at these widths."""
         key = (index, in_width, out_width)
         if key not in self._memo:
             value = float(self.layer_time(self.layers[index], in_width, out_width))

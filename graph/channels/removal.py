@@ -17,10 +17,14 @@ from prunefx.graph.channels.literals import LITERAL_REWRITES, keep_mask
 def expand_mask(analysis: ChannelAnalysis, mask: np.ndarray) -> np.ndarray:
     """Grow a boolean mask over classes to a fixpoint: removing a grid factor index (a head) removes every class
     inside its slice of the grid. Each rule starts from one class, so the fixpoint is the union of what goes
-    with each factor class in the mask (analysis.factor_slices)."""
-    mask = mask.copy()
+    with each factor class in the mask (analysis.factor_slices). Nothing to grow: `mask` itself, unchanged (a
+    search asks this for every candidate, and no caller writes into the result)."""
     slices = analysis.factor_slices
-    for cls in slices.factor_classes[mask[slices.factor_classes]].tolist():
+    taking_others = slices.taking_along[mask[slices.taking_along]]
+    if not taking_others.size:
+        return mask
+    mask = mask.copy()
+    for cls in taking_others.tolist():
         mask[slices.removed_with(cls)] = True
     return mask
 
