@@ -3,22 +3,23 @@
     .venv/bin/python benchmarks/gpu_speedup.py [--models REF ...] [--batches 1 8 32] [--precision fp16]
         [--runs 50] [--time-limit 480] [--out FOLDER] [--resume FILE] [--smoke]
 
-For each model (random weights): the dense Program, prunefx's `prune --macs 0.5` defaults (remove_channels
-with {"macs": 0.5}), prunefx's latency choice at the same MACs (`--choose-by latency`'s per-layer table timed on
-the cuda backend at the row's batch, its cost recorded; benchmarks/table_fraction.py), and Torch-Pruning's
-magnitude pruner at the same MACs fraction, with its default widths and with round_to=8 (each search in its own
-process with a timeout: benchmarks/torch_pruning_baseline.py), are timed against the dense model on the cuda
+For each model (random weights), an equal-MACs row: prunefx's `prune --macs 0.5` defaults (remove_channels
+with {"macs": 0.5}) and Torch-Pruning's magnitude pruner at half the MACs, with its default widths and with
+round_to=8 (each search in its own process with a timeout, started a model ahead so that it runs beside the GPU
+timing of the model before: benchmarks/torch_pruning_baseline.py), each timed against the dense model on the cuda
 backend (runtime/backends/cuda.py: fp16, channels_last, CUDA-graph replays timed with CUDA events, dense and
-variant alternated; each row is the backend's confirmation, 4x the runs). On the first model, prunefx's defaults
-are also timed with channel counts in multiples of 8, 16, 32 and 64 (which a GPU's kernels prefer, measured),
-and with the batch norms folded into the convolutions of both models (what a fusing runtime runs).
-Then prunefx meets `--speedup S`
+variant alternated; each figure is the backend's confirmation, 4x the runs). A latency row: prunefx's latency
+choice at the MACs of its defaults (`--choose-by latency`'s per-layer table timed on the cuda backend at the
+row's batch, every entry anew, its cost recorded; benchmarks/table_fraction.py), timed against dense beside the
+defaults in the same row. Then prunefx meets `--speedup S`
 budgets on the same backend (S = 1.3 at batch 1, 1.5 at batch 32) and each chosen model is measured again by
 a fresh pair (models prepared anew) and by a separate process with its own timer
-(benchmarks/remeasure_speedup.py), which alone is judged against [0.95 S, 1.25 S].
+(benchmarks/remeasure_speedup.py), which alone is judged against [0.95 S, 1.25 S]. On the first model, prunefx's
+defaults are also timed with channel counts in multiples of 8, 16, 32 and 64 (which a GPU's kernels prefer,
+measured), and with the batch norms folded into the convolutions of both models (what a fusing runtime runs).
 
-The rows run in the order the figures matter (`plan`): equal MACs at the largest batch on the first model, its
-width multiples, equal MACs on the other models, the budgets, then the other batches. Within `--time-limit` seconds
+The rows run in the order the figures matter (`plan`): equal MACs at the largest batch on every model, the
+latency choice on every model, the budgets, the width multiples, then the other batches. Within `--time-limit` seconds
 of the process's start a row starts only while the time left exceeds the longest finished row of its kind, in
 this run or in the file `--resume` names (before any of its kind has finished: the longest row of any kind),
 each row recording its seconds (and the row that prepares a model's variants what each part took); the rest
@@ -78,7 +79,8 @@ SMOKE_MODEL, SMOKE_BATCHES = "prunefx:resnet20", (1, 4)
 BUDGETS = {1: 1.3, 32: 1.5}  # batch -> speed-up asked of `prune --speedup`
 MACS = 0.5
 ROUND_TO = (8, 16, 32, 64)  # the width multiples a widths row tries: what a GPU's kernels prefer, measured
-ROWS = {"equal": "equal_macs", "widths": "widths", "budget": "budgets"}  # a task's kind -> its report key
+ROWS = {"equal": "equal_macs", "latency": "latency_choice", "widths": "widths",
+        "budget": "budgets"}  # a task's kind -> its report key
 TORCH_PRUNING_SCRIPT = Path(__file__).resolve().with_name("torch_pruning_baseline.py")
 SEARCH_THREADS = 4  # each Torch-Pruning search's threads (mostly Python tracing)
 
@@ -159,37 +161,64 @@ class TorchPruningSearch:
             self.process.communicate()
 
 
+class SearchesAhead:
+    """Torch-Pruning's two searches (default widths, round_to=8) per model at half the MACs, started when asked
+    for, a model ahead of their row: a search is minutes of CPU on a large model, which then run beside the GPU
+    timing of the model before. `timeout` counts from each search's start."""
+
+    def __init__(self, folder: Path, timeout: float):
+        self.folder, self.timeout, self.count = Path(folder), timeout, 0
+        self.started: dict[str, dict[str, TorchPruningSearch]] = {}
+
+    def start(self, reference: str | None) -> None:
+        if reference is None or reference in self.started:
+            return
+        self.count += 1
+        folder = self.folder / str(self.count)  # a model's searches again (another batch) save apart
+        folder.mkdir(parents=True)
+        self.started[reference] = {name: TorchPruningSearch(reference, MACS, round_to, folder, self.timeout)
+                                   for name, round_to in (("torch-pruning", None), ("torch-pruning r8", 8))}
+
+    def modules(self, reference: str) -> dict[str, torch.nn.Module | str]:
+        """Each search's pruned module, or its error text, once it has ended; its process is gone after."""
+        self.start(reference)
+        searches = self.started.pop(reference)
+        try:
+            return {name: _or_error(search.module) for name, search in searches.items()}
+        finally:
+            for search in searches.values():
+                search.stop()
+
+    def stop(self) -> None:
+        for searches in self.started.values():
+            for search in searches.values():
+                search.stop()
+        self.started.clear()
+
+
 class ModelVariants:
-    """One model's variants, pruned once: dense, prunefx (--macs 0.5 defaults), prunefx's latency choice at the
-    same MACs (a per-layer table timed on the cuda backend at the first batch), Torch-Pruning default and
+    """One model's variants, pruned once: dense, prunefx (--macs 0.5 defaults), Torch-Pruning default and
     round_to=8 (an error text in place of a Program where a variant fails). Another batch cuts the captured one
     where the model allows and captures the same pruned modules again where it does not (Swin folds the batch
-    into its windows): Torch-Pruning's search, minutes on a Swin, runs once per model."""
+    into its windows): Torch-Pruning's search, minutes on a Swin, runs once per model. `searches`: where its
+    Torch-Pruning modules come from (None: no Torch-Pruning variants); `following`, the model whose searches to
+    start now, to run beside this one's GPU timing."""
 
-    def __init__(self, reference: str, batch: int, precision: str, *, torch_pruning_too: bool = True,
-                 torch_pruning_timeout: float = 150.0):
+    def __init__(self, reference: str, batch: int, precision: str, *, searches: SearchesAhead | None = None,
+                 following: str | None = None):
         self.reference, self.precision = reference, precision
+        self.seconds: dict[str, float] = {}  # where a row's time goes, also printed as it goes
         clock = time.perf_counter()
         _, dense = model_and_program(reference, input_shape=_shape(reference, batch))
         self.table_batch = batch
         self.programs = {"dense": dense.eval()}
         self.programs["prunefx"] = _prunefx_defaults(dense)
-        self.kept = count(self.programs["prunefx"]).macs / count(dense).macs
-        self.seconds: dict[str, float] = {}  # where a row's time goes, also printed as it goes
         self._took("capture and prunefx defaults", clock)
-        with tempfile.TemporaryDirectory(prefix="gpu-speedup-torch-pruning-") as folder:
-            searches = {name: TorchPruningSearch(reference, self.kept, round_to, Path(folder), torch_pruning_timeout)
-                        for name, round_to in (("torch-pruning", None), ("torch-pruning r8", 8)) if torch_pruning_too}
-            try:
-                clock = time.perf_counter()
-                self.latency = self._latency_choice(dense, batch)  # on the GPU while the searches run on the CPU
-                self._took("latency choice", clock)
-                clock = time.perf_counter()
-                self.pruned_modules = {name: _or_error(search.module) for name, search in searches.items()}
-                self._took("torch-pruning searches, after", clock)
-            finally:
-                for search in searches.values():
-                    search.stop()
+        clock = time.perf_counter()
+        self.pruned_modules = searches.modules(reference) if searches is not None else {}
+        if searches is not None:
+            searches.start(following)
+        self._took("torch-pruning searches, waited for", clock)
         clock = time.perf_counter()
         self.by_batch = {batch: self._assembled(self.programs["dense"], self.programs["prunefx"], batch)}
         self._took("torch-pruning captures", clock)
@@ -199,22 +228,8 @@ class ModelVariants:
         self.seconds[part] = time.perf_counter() - since
         print(f"gpu_speedup: {self.reference}: {part}: {self.seconds[part]:.1f} s", flush=True)
 
-    def _latency_choice(self, dense: Program, batch: int) -> dict:
-        """The latency choice, with its table's cost: every entry timed anew (an empty cache)."""
-        timer = layer_timer("cuda", Settings(precision=self.precision, batch=batch))
-        try:
-            with tempfile.TemporaryDirectory(prefix="gpu-speedup-table-") as cache:
-                table = program_latency_table(dense, timer, multiple=CUDA_TENSOR_CORE_MULTIPLE[self.precision],
-                                              batch=batch, cache_dir=cache)
-            program, _, fraction = table_fraction.at_macs(dense, table, self.kept, {})
-        except Exception as error:  # a finding of the row, not the end of the run
-            return {"error": _error_text(error)}
-        return {"program": program, "table_s": table.seconds, "table_entries": table.measured, "fraction": fraction}
-
     def _assembled(self, dense: Program, prunefx_program: Program, batch: int) -> dict:
         found = {"dense": dense, "prunefx": prunefx_program}
-        if batch == self.table_batch:  # the table prices layers at its batch: elsewhere it chose blind
-            found["prunefx latency"] = self.latency["program"] if "program" in self.latency else self.latency["error"]
         for name, pruned in self.pruned_modules.items():
             found[name] = pruned if isinstance(pruned, str) else _or_error(
                 lambda pruned=pruned, name=name: capture(pruned, dense.example_inputs,
@@ -226,8 +241,7 @@ class ModelVariants:
         if batch not in self.by_batch:
             try:
                 pair(self.programs["dense"], self.programs["dense"])  # cuts the captured batch: refuses where it cannot
-                self.by_batch[batch] = {name: program for name, program in self.by_batch[self.table_batch].items()
-                                        if name != "prunefx latency"}
+                self.by_batch[batch] = dict(self.by_batch[self.table_batch])
             except PrunefxError:
                 _, dense = model_and_program(self.reference, input_shape=_shape(self.reference, batch))
                 dense = dense.eval()
@@ -265,21 +279,45 @@ def equal_macs_row(variants: ModelVariants, batch: int, settings: Settings, devi
     row = {"model": variants.reference, "batch": batch, "notes": list(getattr(pair, "notes", []))}
     if batch == variants.table_batch:  # the row that built the variants: what each part took
         row["prepare_seconds"] = {part: round(seconds, 1) for part, seconds in variants.seconds.items()}
-    if "prunefx latency" in built and "error" not in variants.latency:
-        row["latency_table"] = {key: variants.latency[key] for key in ("table_s", "table_entries", "fraction")}
     for name, program in built.items():
         if name == "dense":
             continue
         if isinstance(program, str):
             row[name] = {"error": program}
             continue
-        clock = time.perf_counter()
-        timing = pair.confirm(dense, program)  # each variant beside its own run of the dense model
-        print(f"gpu_speedup: {variants.reference} at batch {batch}: {name} {timing.speedup:.2f}x, "
-              f"{time.perf_counter() - clock:.1f} s", flush=True)
-        row.setdefault("dense_ms", timing.dense_ms)
-        row[name] = {"ms": timing.ms, "dense_ms": timing.dense_ms, "speedup": timing.speedup, "low": timing.low,
-                     "high": timing.high, "macs_kept": count(program).macs / count(dense).macs}
+        row[name] = _confirmed_aloud(pair, dense, program, f"{variants.reference} at batch {batch}: {name}")
+        row.setdefault("dense_ms", row[name]["dense_ms"])
+    return row
+
+
+def _confirmed_aloud(pair, dense: Program, program: Program, what: str) -> dict:
+    """`program` confirmed beside its own run of `dense`, its interval kept and its seconds printed."""
+    clock = time.perf_counter()
+    timing = pair.confirm(dense, program)
+    print(f"gpu_speedup: {what} {timing.speedup:.2f}x, {time.perf_counter() - clock:.1f} s", flush=True)
+    return {"ms": timing.ms, "dense_ms": timing.dense_ms, "speedup": timing.speedup, "low": timing.low,
+            "high": timing.high, "macs_kept": count(program).macs / count(dense).macs}
+
+
+# ---- the latency choice ---------------------------------------------------------------------------
+
+def latency_row(reference: str, dense: Program, defaults: Program, batch: int, settings: Settings, device) -> dict:
+    """prunefx's latency choice at the MACs its defaults keep, and the defaults, each confirmed against dense in
+    this row at `batch` (where the table was timed), with the table's cost: every entry timed anew."""
+    kept = count(defaults).macs / count(dense).macs
+    timer = layer_timer("cuda", Settings(precision=settings.precision, batch=batch))
+    with tempfile.TemporaryDirectory(prefix="gpu-speedup-table-") as cache:
+        table = program_latency_table(dense, timer, multiple=CUDA_TENSOR_CORE_MULTIPLE[settings.precision],
+                                      batch=batch, cache_dir=cache)
+    print(f"gpu_speedup: {reference}: latency table: {table.seconds:.1f} s, {table.measured} entries", flush=True)
+    clock = time.perf_counter()
+    chosen, _, fraction = table_fraction.at_macs(dense, table, kept, {})
+    row = {"model": reference, "batch": batch, "latency_table": {"table_s": table.seconds,
+           "table_entries": table.measured, "fraction": fraction, "choice_s": time.perf_counter() - clock}}
+    pair = CudaBackend(device).latency_pair(dataclasses.replace(settings, batch=batch))
+    for name, program in (("prunefx", defaults), ("prunefx latency", chosen)):
+        row[name] = _confirmed_aloud(pair, dense, program, f"{reference} at batch {batch}: {name}")
+    row["dense_ms"] = row["prunefx"]["dense_ms"]
     return row
 
 
@@ -353,13 +391,13 @@ def independent_speedup(dense, chosen, batch: int, precision: str, timeout: floa
 
 def plan(models: list[str], batches: list[int], budgets: dict[int, float]) -> list[tuple[str, str, int]]:
     """(kind, model, batch) in the order the figures matter, so that a run cut short has the first ones: equal
-    MACs at the largest batch on the first model, its width multiples (which say whether the cuda backend's
-    multiple is the one to keep: one row, where a model's row takes minutes), equal MACs on every other model,
-    the budgets (largest batch first), then the other batches."""
+    MACs at the largest batch on every model (prunefx's defaults against Torch-Pruning), the latency choice on
+    every model, the budgets (largest batch first), the width multiples on the first model, then the other
+    batches."""
     first, rest = max(batches), sorted(batches, reverse=True)[1:]
-    return ([("equal", models[0], first), ("widths", models[0], first)]
-            + [("equal", model, first) for model in models[1:]]
+    return ([("equal", model, first) for model in models] + [("latency", model, first) for model in models]
             + [("budget", model, batch) for batch in sorted(budgets, reverse=True) for model in models]
+            + [("widths", models[0], first)]
             + [("equal", model, batch) for batch in rest for model in models])
 
 
@@ -377,7 +415,6 @@ def _measure(args, device) -> dict:
     batches = list(SMOKE_BATCHES) if args.smoke else args.batches
     budgets = {min(batches): 1.1} if args.smoke else {b: s for b, s in BUDGETS.items() if b in batches}
     settings = Settings(runs=args.runs, warmup=max(args.runs // 5, 1), precision=args.precision)
-    deadline = (time.monotonic() if args.started is None else args.started) + args.time_limit
     report = {"machine": {**machine_info(precision=args.precision, runs=args.runs, batches=batches),
                           **device.describe(), "driver": driver_version(), "code": args.code,
                           "timing": ("CPU stand-in: float32 eager calls, perf_counter" if args.smoke else
@@ -387,25 +424,49 @@ def _measure(args, device) -> dict:
     kept, hints = resumed(args.resume, report["machine"]), earlier_seconds(args.resume)
     report.update(kept)
     done = {(kind, row["model"], row["batch"]) for kind, key in ROWS.items() for row in kept[key]}
-    variants: dict[str, ModelVariants] = {}
+    tasks = [task for task in plan(models, batches, budgets) if task not in done]
+    with tempfile.TemporaryDirectory(prefix="gpu-speedup-torch-pruning-") as folder:
+        searches = SearchesAhead(Path(folder), args.torch_pruning_timeout)
+        try:
+            return _rows(args, device, tasks, report, hints, searches, settings, budgets)
+        finally:
+            searches.stop()
+
+
+def _rows(args, device, tasks, report, hints, searches, settings, budgets) -> dict:
+    """Each task's row in turn, while it fits the time limit; the report saved after each."""
+    deadline = (time.monotonic() if args.started is None else args.started) + args.time_limit
+    variants: dict[str, ModelVariants] = {}  # the model of the equal row at hand (its Torch-Pruning modules)
+    captured: dict[tuple[str, int], tuple[Program, Program]] = {}  # (model, batch) -> dense and defaults
+    order = list(dict.fromkeys(model for kind, model, _ in tasks if kind == "equal"))  # whose searches start next
 
     def equal(reference: str, batch: int) -> dict:
         if reference not in variants:  # one model's at a time
             variants.clear()
-            variants[reference] = ModelVariants(reference, batch, args.precision,
-                                                torch_pruning_timeout=args.torch_pruning_timeout)
+            following = dict(zip(order, order[1:])).get(reference)
+            variants[reference] = ModelVariants(reference, batch, args.precision, searches=searches,
+                                                following=following)
+            captured[reference, batch] = (variants[reference].programs["dense"],
+                                          variants[reference].programs["prunefx"])
         return equal_macs_row(variants[reference], batch, settings, device)
 
-    def widths(reference: str, batch: int) -> dict:
-        ready = variants.get(reference)  # the equal row's capture, at its batch
-        dense = ready.programs["dense"] if ready and ready.table_batch == batch else None
-        return widths_row(reference, batch, settings, device, dense)
+    def dense_and_defaults(reference: str, batch: int) -> tuple[Program, Program]:
+        if (reference, batch) not in captured:
+            _, dense = model_and_program(reference, input_shape=_shape(reference, batch))
+            captured[reference, batch] = (dense.eval(), _prunefx_defaults(dense.eval()))
+        return captured[reference, batch]
 
-    rows = {"equal": equal, "widths": widths,
+    def latency(reference: str, batch: int) -> dict:
+        return latency_row(reference, *dense_and_defaults(reference, batch), batch, settings, device)
+
+    def widths(reference: str, batch: int) -> dict:
+        return widths_row(reference, batch, settings, device, dense_and_defaults(reference, batch)[0])
+
+    rows = {"equal": equal, "latency": latency, "widths": widths,
             "budget": lambda reference, batch: budget_row(reference, batch, budgets[batch], settings, device)}
-    tasks = [task for task in plan(models, batches, budgets) if task not in done]
     for number, (kind, reference, batch) in enumerate(tasks, 1):
-        what = {"equal": f"equal-MACs row at batch {batch}", "widths": f"width multiples at batch {batch}",
+        what = {"equal": f"equal-MACs row at batch {batch}", "latency": f"latency choice at batch {batch}",
+                "widths": f"width multiples at batch {batch}",
                 "budget": f"--speedup {budgets.get(batch)} at batch {batch}"}[kind]
         needs = expected_seconds(kind, report, hints)
         if deadline - time.monotonic() < needs:  # a row cut off half-way is GPU time lost: start only what fits
@@ -475,7 +536,7 @@ def save(report: dict, out: Path) -> None:
 
 def markdown(report: dict) -> str:
     machine = report["machine"]
-    names = ("prunefx", "prunefx latency", "torch-pruning", "torch-pruning r8")
+    names = ("prunefx", "torch-pruning", "torch-pruning r8")
 
     def cell(entry):
         if not entry:
@@ -485,9 +546,14 @@ def markdown(report: dict) -> str:
         return f"{entry['speedup']:.2f}x ({entry['macs_kept']:.2f} MACs)"
 
     measured = [r for r in report["equal_macs"] if "error" not in r]
-    equal = markdown_table(["model", "batch", "dense ms", *names, "latency table"],
+    equal = markdown_table(["model", "batch", "dense ms", *names],
                            [[r["model"], r["batch"], f"{r.get('dense_ms', float('nan')):.3f}",
-                             *[cell(r.get(n)) for n in names], _table(r.get("latency_table"))] for r in measured])
+                             *[cell(r.get(n)) for n in names]] for r in measured])
+    chosen = [r for r in report.get("latency_choice", []) if "error" not in r]
+    latency = markdown_table(["model", "batch", "dense ms", "prunefx (MACs choice)", "prunefx latency",
+                              "latency table"],
+                             [[r["model"], r["batch"], f"{r.get('dense_ms', float('nan')):.3f}", cell(r.get("prunefx")),
+                               cell(r.get("prunefx latency")), _table(r.get("latency_table"))] for r in chosen])
     budgets = markdown_table(["model", "batch", "asked", "re-measured (fresh pair)", "own timer, own process",
                               "MACs kept", "within [0.95 S, 1.25 S]"],
                              [[r["model"], r["batch"], f"{r['speedup_asked']}x",
@@ -504,14 +570,16 @@ def markdown(report: dict) -> str:
                 f"{' --speedup ' + str(r['speedup_asked']) if 'speedup_asked' in r else ''}: {r['error']}"
                 for key in ROWS.values() for r in report.get(key, []) if "error" in r]
     failures += [f"\n- {r['model']} at batch {r['batch']}, {name}: failed: {r[name]['error']}"
-                 for r in measured for name in names if "error" in r.get(name, {})]
+                 for r in measured + chosen for name in names if "error" in r.get(name, {})]
     skipped = "".join(failures) + "".join(f"\n- skipped: {line}" for line in report["skipped"])
     return (f"# GPU speed-ups at equal MACs and latency budgets\n\n{machine['gpu']}, driver {machine['driver']}, "
-            f"torch {machine['torch']}, {machine['timing']}, random weights. *prunefx latency*: channels chosen by a "
-            "per-layer latency table timed on the GPU at the row's batch, at the MACs of *prunefx*; *latency table*: "
-            "its cost (every entry timed anew).\n\n## Equal MACs (speed-up over dense)\n\n"
-            f"{equal}\n\n## Width multiples (prunefx's defaults at half the MACs)\n\n{widths}\n\n"
-            f"## prunefx --speedup on the cuda backend\n\n{budgets}\n{skipped}\n")
+            f"torch {machine['torch']}, {machine['timing']}, random weights.\n\n"
+            f"## Equal MACs (speed-up over dense)\n\n{equal}\n\n"
+            "## The latency choice at the MACs of prunefx's defaults\n\n*prunefx latency*: channels chosen by a "
+            "per-layer latency table timed on the GPU at the row's batch, timed against dense beside the MACs choice "
+            f"in the same row; *latency table*: its cost (every entry timed anew).\n\n{latency}\n\n"
+            f"## prunefx --speedup on the cuda backend\n\n{budgets}\n\n"
+            f"## Width multiples (prunefx's defaults at half the MACs)\n\n{widths}\n{skipped}\n")
 
 
 def _table(entry: dict | None) -> str:
