@@ -189,11 +189,20 @@ class SearchesAhead:
             for search in searches.values():
                 search.stop()
 
+    def drop(self, reference: str) -> None:
+        """`reference`'s searches stopped and forgotten: its row failed or will not run."""
+        for search in self.started.pop(reference, {}).values():
+            search.stop()
+
+    def drop_overdue(self) -> None:
+        """Searches past their deadline stopped: none runs on unattended (a Swin search grew past 24 GB)."""
+        for reference in [r for r, found in self.started.items()
+                          if any(time.monotonic() > search.deadline for search in found.values())]:
+            self.drop(reference)
+
     def stop(self) -> None:
-        for searches in self.started.values():
-            for search in searches.values():
-                search.stop()
-        self.started.clear()
+        for reference in list(self.started):
+            self.drop(reference)
 
 
 class ModelVariants:
@@ -208,6 +217,8 @@ class ModelVariants:
                  following: str | None = None):
         self.reference, self.precision = reference, precision
         self.seconds: dict[str, float] = {}  # where a row's time goes, also printed as it goes
+        if searches is not None:
+            searches.start(reference)  # beside this model's capture, where no model before started it
         clock = time.perf_counter()
         _, dense = model_and_program(reference, input_shape=_shape(reference, batch))
         self.table_batch = batch
@@ -444,8 +455,12 @@ def _rows(args, device, tasks, report, hints, searches, settings, budgets) -> di
         if reference not in variants:  # one model's at a time
             variants.clear()
             following = dict(zip(order, order[1:])).get(reference)
-            variants[reference] = ModelVariants(reference, batch, args.precision, searches=searches,
-                                                following=following)
+            try:
+                variants[reference] = ModelVariants(reference, batch, args.precision, searches=searches,
+                                                    following=following)
+            except Exception:
+                searches.drop(reference)  # its capture or pruning failed: its searches are of no use
+                raise
             captured[reference, batch] = (variants[reference].programs["dense"],
                                           variants[reference].programs["prunefx"])
         return equal_macs_row(variants[reference], batch, settings, device)
@@ -469,8 +484,11 @@ def _rows(args, device, tasks, report, hints, searches, settings, budgets) -> di
                 "widths": f"width multiples at batch {batch}",
                 "budget": f"--speedup {budgets.get(batch)} at batch {batch}"}[kind]
         needs = expected_seconds(kind, report, hints)
+        searches.drop_overdue()
         if deadline - time.monotonic() < needs:  # a row cut off half-way is GPU time lost: start only what fits
             report["skipped"].append(f"{reference}: {what} (time limit)")
+            if kind == "equal":
+                searches.drop(reference)
             continue
         start = time.perf_counter()
         try:

@@ -188,6 +188,14 @@ def test_searches_started_a_model_ahead_have_run_meanwhile_and_none_outlives_the
     running = [search.process for search in ahead.started["last:30"].values()]
     ahead.stop()
     assert all(process.poll() is not None for process in running) and not ahead.started
+    brief = script.SearchesAhead(tmp_path / "brief", timeout=1)  # a row never came for it: stopped when overdue
+    brief.start("skipped:30")
+    running = [search.process for search in brief.started["skipped:30"].values()]
+    brief.drop_overdue()
+    assert "skipped:30" in brief.started  # not yet overdue
+    time.sleep(1.2)
+    brief.drop_overdue()
+    assert all(process.poll() is not None for process in running) and not brief.started
 
 
 def test_smoke_results_are_never_published_and_a_real_run_needs_a_gpu(load_script, capsys):
