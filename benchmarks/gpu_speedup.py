@@ -213,21 +213,22 @@ class ModelVariants:
     Torch-Pruning modules come from (None: no Torch-Pruning variants); `following`, the model whose searches to
     start now, to run beside this one's GPU timing."""
 
-    def __init__(self, reference: str, batch: int, precision: str, *, searches: SearchesAhead | None = None,
+    def __init__(self, reference: str, batch: int, *, searches: SearchesAhead | None = None,
                  following: str | None = None):
-        self.reference, self.precision = reference, precision
+        self.reference = reference
         self.seconds: dict[str, float] = {}  # where a row's time goes, also printed as it goes
         if searches is not None:
             searches.start(reference)  # beside this model's capture, where no model before started it
         clock = time.perf_counter()
         _, dense = model_and_program(reference, input_shape=_shape(reference, batch))
-        self.table_batch = batch
+        self.captured_batch = batch
         self.programs = {"dense": dense.eval()}
         self.programs["prunefx"] = _prunefx_defaults(dense)
         self._took("capture and prunefx defaults", clock)
         clock = time.perf_counter()
-        self.pruned_modules = searches.modules(reference) if searches is not None else {}
+        self.pruned_modules: dict = {}
         if searches is not None:
+            self.pruned_modules = searches.modules(reference)
             searches.start(following)
         self._took("torch-pruning searches, waited for", clock)
         clock = time.perf_counter()
@@ -252,7 +253,7 @@ class ModelVariants:
         if batch not in self.by_batch:
             try:
                 pair(self.programs["dense"], self.programs["dense"])  # cuts the captured batch: refuses where it cannot
-                self.by_batch[batch] = dict(self.by_batch[self.table_batch])
+                self.by_batch[batch] = dict(self.by_batch[self.captured_batch])
             except PrunefxError:
                 _, dense = model_and_program(self.reference, input_shape=_shape(self.reference, batch))
                 dense = dense.eval()
@@ -288,7 +289,7 @@ def equal_macs_row(variants: ModelVariants, batch: int, settings: Settings, devi
     built = variants.at(batch, pair)
     dense = built["dense"]
     row = {"model": variants.reference, "batch": batch, "notes": list(getattr(pair, "notes", []))}
-    if batch == variants.table_batch:  # the row that built the variants: what each part took
+    if batch == variants.captured_batch:  # the row that built the variants: what each part took
         row["prepare_seconds"] = {part: round(seconds, 1) for part, seconds in variants.seconds.items()}
     for name, program in built.items():
         if name == "dense":
@@ -332,14 +333,10 @@ def latency_row(reference: str, dense: Program, defaults: Program, batch: int, s
     return row
 
 
-def widths_row(reference: str, batch: int, settings: Settings, device, dense: Program | None = None) -> dict:
+def widths_row(reference: str, batch: int, settings: Settings, device, dense: Program) -> dict:
     """prunefx's defaults at half the MACs with channel counts in multiples of each of ROUND_TO, each confirmed
-    against dense at `batch`: the multiple the cuda backend should keep, measured rather than assumed. A multiple
-    too coarse for the model's widths stops short of half (its MACs kept say so). `dense`: the model captured at
-    `batch` already, where the caller has it."""
-    if dense is None:
-        _, dense = model_and_program(reference, input_shape=_shape(reference, batch))
-        dense = dense.eval()
+    against `dense` (the model captured at `batch`): the multiple the cuda backend should keep, measured rather
+    than assumed. A multiple too coarse for the model's widths stops short of half (its MACs kept say so)."""
     pair = CudaBackend(device).latency_pair(dataclasses.replace(settings, batch=batch))
     row = {"model": reference, "batch": batch, "round_to": {}}
     for multiple in ROUND_TO:
@@ -456,8 +453,7 @@ def _rows(args, device, tasks, report, hints, searches, settings, budgets) -> di
             variants.clear()
             following = dict(zip(order, order[1:])).get(reference)
             try:
-                variants[reference] = ModelVariants(reference, batch, args.precision, searches=searches,
-                                                    following=following)
+                variants[reference] = ModelVariants(reference, batch, searches=searches, following=following)
             except Exception:
                 searches.drop(reference)  # its capture or pruning failed: its searches are of no use
                 raise

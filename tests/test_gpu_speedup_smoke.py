@@ -56,8 +56,8 @@ def test_the_rows_that_decide_come_first(load_script):
 
 
 class _FakeVariants:
-    def __init__(self, reference, batch, precision, **options):
-        self.reference, self.table_batch, self.programs = reference, batch, {"dense": None, "prunefx": None}
+    def __init__(self, reference, batch, **options):
+        self.reference, self.captured_batch, self.programs = reference, batch, {"dense": None, "prunefx": None}
 
 
 def _fake_rows(script, monkeypatch, calls, fail=()):

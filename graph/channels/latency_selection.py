@@ -124,7 +124,8 @@ class LatencyKnapsack:
                                          counted * alive[ranked]], axis=1), axis=1)  # [dim, classes gone]
         for width in narrower:
             left = widths - lost[:, size - width]
-            times = [self.latency.time_at(layer, int(left[2 * j]), int(left[2 * j + 1])) for j, layer in enumerate(layers)]
+            times = [self.latency.time_at(layer, int(left[2 * j]), int(left[2 * j + 1]))
+                     for j, layer in enumerate(layers)]
             yield width, np.array(times, dtype=np.float64).sum()  # summed as layer_ms's are: ties break alike
 
 
