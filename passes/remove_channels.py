@@ -35,6 +35,8 @@ from prunefx.graph.channels.selection import (
     removable_counts,
 )
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.part_seconds import PartSeconds
+from prunefx.graph.placement import module_device
 from prunefx.graph.program import current_output_shapes
 from prunefx.passes.core import config_checks as checks
 from prunefx.passes.core.contract import graph_pass
@@ -143,28 +145,36 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
         program.recompile()
     delete_unused_tensors(program.module)
     before = count(program)
-    combing = find_channel_groups(program.module, keep=set(settings.keep))
+    parts = PartSeconds(module_device(program.module))
+    with parts.part("channel groups"):
+        combing = find_channel_groups(program.module, keep=set(settings.keep))
     # obs and compensate read the same layer Hessians of the dense network: gathered once, for both
     hessians: dict | None = {} if settings.compensate and settings.importance == "obs" else None
     widths = {"round_to": int(settings.round_to), "max_ratio": float(settings.max_ratio), "ranking": settings.ranking,
               "floors": _floors(program, combing, settings.min_widths, settings.heads)}
-    importance = _importance(program, combing, settings, hessians, widths)
-    selector = Selector(program.module, combing, importance.scores, **widths,
-                        comparable=getattr(importance, "comparable", False), layer_time=settings.latency_table)
-    plan = selector.plan(target)
+    with parts.part("scoring"):
+        importance = _importance(program, combing, settings, hessians, widths)
+    with parts.part("choice"):
+        selector = Selector(program.module, combing, importance.scores, **widths,
+                            comparable=getattr(importance, "comparable", False), layer_time=settings.latency_table)
+        plan = selector.plan(target)
     if not plan.target_met and settings.strict:
         raise PrunefxError(_unreachable(target, plan, combing))
     removed = {int(c) for gone in plan.removed for c in gone}
-    compensation = (_compensate(program, combing, removed, settings, hessians) if removed and settings.compensate
-                    else None)
+    with parts.part("compensation"):
+        compensation = (_compensate(program, combing, removed, settings, hessians)
+                        if removed and settings.compensate else None)
     hessians = None  # released before slicing
-    if removed:
-        remove_classes(program.module, combing.analysis, removed)
-        program.recompile()
-        _check_outputs_kept(program)
+    with parts.part("slicing"):
+        if removed:
+            remove_classes(program.module, combing.analysis, removed)
+            program.recompile()
+            _check_outputs_kept(program)
     after = count(program)
     compensated = (compensation or {"compensated": [], "skipped": []}) if settings.compensate else None
-    facts = removal_facts(settings, target, importance, combing, plan, before, after, compensated)
+    seconds = {**parts.seconds, **{f"scoring: {part}": value  # a callable's scores have no parts
+                                   for part, value in getattr(importance, "seconds", {}).items()}}
+    facts = removal_facts(settings, target, importance, combing, plan, before, after, compensated, seconds)
     log.info("remove_channels: %d channel classes removed, %.3f of the MACs kept", len(removed),
              after.macs / max(before.macs, 1))
     return Result(program, modified=bool(removed), stats=facts.as_stats(), facts=facts)

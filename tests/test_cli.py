@@ -281,6 +281,10 @@ def test_prune_calibrate_compensates_recalibrates_and_reports_both(capsys, tmp_p
     passes = seconds["prune: remove_channels"] + seconds["prune: recalibrate_batchnorm"]
     assert 0 < passes <= seconds["prune"] + 1e-3 and seconds["calibration"] > 0
     assert sum(seconds[stage] for stage in ("load", "calibration", "prune", WRITE_STAGE)) <= seconds["total"] + 1e-3
+    parts = [f"prune: remove_channels: {part}" for part in ("channel groups", "scoring", "choice", "compensation",
+                                                           "slicing")]
+    assert sum(seconds[part] for part in parts) <= seconds["prune: remove_channels"] + 3e-3  # the pass's own parts
+    assert seconds["prune: remove_channels: scoring: elimination"] > 0
 
     # the saved program carries the recalibrated statistics: recalibrating it again changes nothing
     from prunefx.data.calibration import calibration_data

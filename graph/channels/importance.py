@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ class Importance:
     fallback_groups: int = 0        # groups scored by `l2` because the criterion had nothing to read
     fallback_channels: int = 0      # the channels of those groups
     comparable: bool = False        # scores share one scale across groups: global ranking uses them as they are
+    seconds: dict[str, float] = field(default_factory=dict)  # where `obs` spent its time (graph/part_seconds.py)
 
 
 def channel_importance(module: torch.fx.GraphModule, combing: Combing, criterion: str, *,
@@ -98,7 +99,7 @@ def _obs_importance(module, combing: Combing, batches, damping: float, hessians:
     steps, removable = elimination
     saliency = obs_saliency(module, combing, batches, damping=damping, hessians=hessians, steps=steps,
                             removable=removable, progress=progress)
-    importance = Importance(saliency.scores, "obs", comparable=True)
+    importance = Importance(saliency.scores, "obs", comparable=True, seconds=saliency.seconds)
     missing = [index for index, read in enumerate(saliency.read) if not read.all()]
     _score_by_l2(module, combing, importance, missing)
     if missing:

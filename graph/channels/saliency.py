@@ -12,9 +12,10 @@ docs/algorithms.md, 'The obs importance'.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,6 +27,8 @@ from prunefx.graph.channels.obs_elimination import LayerState, eliminate
 from prunefx.graph.heap import release_freed_memory
 from prunefx.graph.layer_hessians import iter_hessians
 from prunefx.graph.layer_inputs import InputSpec, LayerInput, layer_inputs, weight_matrix
+from prunefx.graph.part_seconds import PartSeconds
+from prunefx.graph.placement import module_device
 from prunefx.graph.progress import progress_bar
 
 
@@ -34,6 +37,7 @@ class Saliency:
     scores: list[np.ndarray]   # one array per group, aligned with group.classes
     read: list[np.ndarray]     # per group and channel: whether a usable layer reads it
     layers: int                # layers whose Hessian was used
+    seconds: dict[str, float] = field(default_factory=dict)  # Hessians, inverses, elimination (none when cached)
 
 
 def obs_saliency(module: torch.fx.GraphModule, combing: Combing, batches, *, damping: float = 0.01,
@@ -50,7 +54,7 @@ def obs_saliency(module: torch.fx.GraphModule, combing: Combing, batches, *, dam
     model at one fraction after another, and its scores do not depend on the fraction."""
     key = _fingerprint(module, combing, batches, (damping, steps, removable))
     if key in _LAST:
-        return copy.deepcopy(_LAST[key])
+        return dataclasses.replace(copy.deepcopy(_LAST[key]), seconds={})  # nothing computed this time
     saliency = _compute(module, combing, batches, damping, hessians, (steps, removable), progress)
     _LAST.clear()
     _LAST[key] = copy.deepcopy(saliency)  # callers may replace scores (the l2 fallback): a copy is kept
@@ -139,41 +143,50 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
     scores = [np.zeros(group.size) for group in combing.groups]
     layers = 0
     total = sum(len(by_spec[spec]) for spec in needed)
+    parts = PartSeconds(module_device(module))
+    gathered = iter_hessians(module, needed, batches, cache=hessians, from_rows=True)
     with progress_bar("scoring channels (obs)", total, unit="layer", progress=progress) as bar:
-        for spec, hessian, rows in iter_hessians(module, needed, batches, cache=hessians, from_rows=True):
+        while True:
+            with parts.part("Hessians"):  # the forward passes and X^T X run inside the generator
+                item = next(gathered, None)
+            if item is None:
+                break
+            spec, hessian, rows = item
             device = (rows.kept if hessian is None else hessian).device
-            matrices, energies = [], []
-            for layer, _ in by_spec[spec]:
-                matrices.append(weight_matrix(module, layer.weight, transposed=layer.transposed).to(device))
-                energies.append(output_energy(matrices[-1], hessian, rows))
-            # H is read no more: its inverse is written over it (H and a copy of a ViT-L MLP's: 268 MB)
-            inverse = lean_damped_inverse(hessian, damping, rows, overwrite=True)
-            for (layer, positions), matrix, energy in zip(by_spec[spec], matrices, energies):
-                layers += 1
-                if hessians is not None:
-                    hessians[energy_key(layer.weight)] = energy
-                by_group: dict[int, dict[int, torch.Tensor]] = defaultdict(dict)
-                for group, index in positions:
-                    if group in complete:
-                        cols = np.flatnonzero(layer.columns(blocks[(group, index)]))
-                        by_group[group][index] = torch.from_numpy(cols).to(device)
-                for group, columns in by_group.items():
-                    # zero input or zero weights: removing anything costs nothing, the layer is left out
-                    if inverse is not None and energy > 0:
-                        states[group].append(LayerState(matrix, inverse, energy, columns))  # it keeps a copy
-                    waiting[group] -= 1
-            sharing = [state for found in states.values() for state in found if state.base is inverse]
-            if len(sharing) == 1:
-                sharing[0].owned = True  # its downdates may overwrite the inverse: no copy of it is made
-            del hessian, inverse, sharing, matrices  # held by the states that share it, until their first downdate
-            for group in [g for g in states if waiting[g] == 0]:
-                scores[group] = eliminate(combing.groups[group].size, states.pop(group), steps=steps,
-                                          removable=None if removable is None else removable[group])
+            with parts.part("inverses"):
+                matrices, energies = [], []
+                for layer, _ in by_spec[spec]:
+                    matrices.append(weight_matrix(module, layer.weight, transposed=layer.transposed).to(device))
+                    energies.append(output_energy(matrices[-1], hessian, rows))
+                # H is read no more: its inverse is written over it (H and a copy of a ViT-L MLP's: 268 MB)
+                inverse = lean_damped_inverse(hessian, damping, rows, overwrite=True)
+            with parts.part("elimination"):
+                for (layer, positions), matrix, energy in zip(by_spec[spec], matrices, energies):
+                    layers += 1
+                    if hessians is not None:
+                        hessians[energy_key(layer.weight)] = energy
+                    by_group: dict[int, dict[int, torch.Tensor]] = defaultdict(dict)
+                    for group, index in positions:
+                        if group in complete:
+                            cols = np.flatnonzero(layer.columns(blocks[(group, index)]))
+                            by_group[group][index] = torch.from_numpy(cols).to(device)
+                    for group, columns in by_group.items():
+                        # zero input or zero weights: removing anything costs nothing, the layer is left out
+                        if inverse is not None and energy > 0:
+                            states[group].append(LayerState(matrix, inverse, energy, columns))  # it keeps a copy
+                        waiting[group] -= 1
+                sharing = [state for found in states.values() for state in found if state.base is inverse]
+                if len(sharing) == 1:
+                    sharing[0].owned = True  # its downdates may overwrite the inverse: no copy of it is made
+                del hessian, inverse, sharing, matrices  # held by the states sharing it, until their first downdate
+                for group in [g for g in states if waiting[g] == 0]:
+                    scores[group] = eliminate(combing.groups[group].size, states.pop(group), steps=steps,
+                                              removable=None if removable is None else removable[group])
             # the layer's Hessian, inverse and finished groups' states are freed: their pages go back to the
             # system, or the next layer's buffers land beside them and the peak grows with every layer
             release_freed_memory()
             bar.update(len(by_spec[spec]))
-    return Saliency(scores, read, layers)
+    return Saliency(scores, read, layers, parts.seconds)
 
 
 def _channel_blocks(combing: Combing) -> dict[tuple[int, int], np.ndarray]:

@@ -3,7 +3,7 @@ writes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,9 @@ class ChannelsRemoved:
     blocked: list[dict]
     compensation: dict | None = None  # compensated and skipped layers, when compensation was asked
     heads: str = "whole"  # whole heads only, or head dims too
+    # wall seconds per part (graph/part_seconds.py): read by `prunefx prune`'s report, kept out of the stats,
+    # which say what was done and are the same on every run
+    seconds: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def macs_kept(self) -> float:
@@ -50,8 +53,10 @@ class ChannelsRemoved:
         return stats if self.compensation is None else {**stats, "compensation": self.compensation}
 
 
-def removal_facts(config, target, importance, combing, plan, before, after, compensation) -> ChannelsRemoved:
-    """The facts of one removal: the groups' widths before and after, what was blocked, the counts."""
+def removal_facts(config, target, importance, combing, plan, before, after, compensation,
+                  seconds: dict[str, float] | None = None) -> ChannelsRemoved:
+    """The facts of one removal: the groups' widths before and after, what was blocked, the counts, and
+    where its time went."""
     groups = [{"id": g.id, "width_before": g.size, "width_after": kept, "factor": g.factor, "exact": g.exact,
                "members": [f"{t}:{d}" for t, d in g.members]}
               | ({} if plan.ms_saved is None else {"ms_saved": plan.ms_saved[i]})
@@ -67,4 +72,5 @@ def removal_facts(config, target, importance, combing, plan, before, after, comp
         params_after=after.params, macs_predicted=plan.predicted.macs,
         params_predicted=plan.predicted.params,
         channels_removed=int(sum(np.size(gone) for gone in plan.removed)),
-        groups=groups, blocked=[b.to_dict() for b in combing.blocked], compensation=compensation)
+        groups=groups, blocked=[b.to_dict() for b in combing.blocked], compensation=compensation,
+        seconds=dict(seconds or {}))

@@ -39,6 +39,11 @@ class StageSeconds:
         self._add(f"{name}: {step}", now - since)
         self._mark = (name, now)
 
+    def add_parts(self, stage: str, parts: dict[str, float]) -> None:
+        """Seconds a pass measured of its own parts (graph/part_seconds.py), under "STAGE: PART"."""
+        for part, seconds in parts.items():
+            self._add(f"{stage}: {part}", seconds)
+
     def _add(self, name: str, seconds: float) -> None:
         self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 3)
 

@@ -136,6 +136,8 @@ def run(args) -> int:
     pruned, all_stats = result.program, result.stats()
     removal = (result.facts("prune_to_budget", WidthChosen).removal if outcome
                else result.facts("remove_channels", ChannelsRemoved))
+    if outcome is None:  # a budget search's removals are many: its stage is the search
+        seconds.add_parts("prune: remove_channels", removal.seconds)
     recalibration = all_stats.get("recalibrate_batchnorm")
     print(f"pruned {program.name} to {_target_text(args)} ({removal.importance}, {removal.ranking}"
           f"{', compensated' if removal.compensation else ''}"
