@@ -445,7 +445,8 @@ def _rows(args, device, tasks, report, hints, searches, settings, budgets) -> di
     """Each task's row in turn, while it fits the time limit; the report saved after each."""
     deadline = (time.monotonic() if args.started is None else args.started) + args.time_limit
     variants: dict[str, ModelVariants] = {}  # the model of the equal row at hand (its Torch-Pruning modules)
-    captured: dict[tuple[str, int], tuple[Program, Program]] = {}  # (model, batch) -> dense and defaults
+    denses: dict[tuple[str, int], Program] = {}  # (model, batch) -> the dense Program, captured once
+    defaults: dict[tuple[str, int], Program] = {}  # (model, batch) -> prunefx's defaults, pruned once, when read
     order = list(dict.fromkeys(model for kind, model, _ in tasks if kind == "equal"))  # whose searches start next
 
     def equal(reference: str, batch: int) -> dict:
@@ -457,21 +458,26 @@ def _rows(args, device, tasks, report, hints, searches, settings, budgets) -> di
             except Exception:
                 searches.drop(reference)  # its capture or pruning failed: its searches are of no use
                 raise
-            captured[reference, batch] = (variants[reference].programs["dense"],
-                                          variants[reference].programs["prunefx"])
+            denses[reference, batch] = variants[reference].programs["dense"]
+            defaults[reference, batch] = variants[reference].programs["prunefx"]
         return equal_macs_row(variants[reference], batch, settings, device)
 
-    def dense_and_defaults(reference: str, batch: int) -> tuple[Program, Program]:
-        if (reference, batch) not in captured:
-            _, dense = model_and_program(reference, input_shape=_shape(reference, batch))
-            captured[reference, batch] = (dense.eval(), _prunefx_defaults(dense.eval()))
-        return captured[reference, batch]
+    def dense_at(reference: str, batch: int) -> Program:
+        if (reference, batch) not in denses:
+            denses[reference, batch] = model_and_program(reference, input_shape=_shape(reference, batch))[1].eval()
+        return denses[reference, batch]
+
+    def defaults_at(reference: str, batch: int) -> Program:
+        if (reference, batch) not in defaults:
+            defaults[reference, batch] = _prunefx_defaults(dense_at(reference, batch))
+        return defaults[reference, batch]
 
     def latency(reference: str, batch: int) -> dict:
-        return latency_row(reference, *dense_and_defaults(reference, batch), batch, settings, device)
+        return latency_row(reference, dense_at(reference, batch), defaults_at(reference, batch), batch, settings,
+                           device)
 
     def widths(reference: str, batch: int) -> dict:
-        return widths_row(reference, batch, settings, device, dense_and_defaults(reference, batch)[0])
+        return widths_row(reference, batch, settings, device, dense_at(reference, batch))
 
     rows = {"equal": equal, "latency": latency, "widths": widths,
             "budget": lambda reference, batch: budget_row(reference, batch, budgets[batch], settings, device)}

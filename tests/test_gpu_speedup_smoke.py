@@ -99,6 +99,30 @@ def test_a_failing_row_is_recorded_and_the_rest_still_run_each_saved_as_it_ends(
     assert "failed: prunefx:resnet20 at batch 4: ValueError: broken on purpose" in (tmp_path / "gpu_speedup.md").read_text()
 
 
+def test_a_widths_row_prunes_nothing_it_does_not_read_and_each_model_is_captured_once(load_script, tmp_path,
+                                                                                     monkeypatch):
+    script, calls, made = load_script(SCRIPT), [], []
+    _fake_rows(script, monkeypatch, calls)
+    monkeypatch.setattr(script, "model_and_program",
+                        lambda reference, input_shape: (made.append(("capture", reference, input_shape)), None,
+                                                        _FakeProgram())[1:])
+    monkeypatch.setattr(script, "_prunefx_defaults", lambda dense: made.append(("defaults",)) or _FakeProgram())
+    model = script.SMOKE_MODEL
+    monkeypatch.setattr(script, "plan", lambda *args: [("widths", model, 4)])
+    _run(script, tmp_path)
+    assert calls == [("widths", model, 4)] and [step[0] for step in made] == ["capture"]  # no defaults pruned
+    calls.clear(), made.clear()
+    monkeypatch.setattr(script, "plan", lambda *args: [("latency", model, 4), ("widths", model, 4)])
+    _run(script, tmp_path)
+    assert calls == [("latency", model, 4), ("widths", model, 4)]
+    assert [step[0] for step in made] == ["capture", "defaults"]  # the widths row reads the latency row's dense
+
+
+class _FakeProgram:
+    def eval(self):
+        return self
+
+
 def test_a_resumed_run_keeps_the_rows_of_the_same_code_and_machine_and_measures_the_rest(load_script, tmp_path,
                                                                                          monkeypatch):
     script, calls = load_script(SCRIPT), []
