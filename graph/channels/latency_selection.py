@@ -98,18 +98,21 @@ class LatencyKnapsack:
         if not layers:
             return []
         size, planned = self.selector.combing.groups[group].size, self.selector._mask(kept)[0]
-        now = self.latency.layer_ms(planned, layers).sum()
+        alive = ~expand_mask(self.selector.combing.analysis, planned)  # found once: the plan's surviving classes
+        widths = self.latency.surviving_widths(alive, layers)
+        now = self.latency.times_at(layers, widths).sum()
         prefix, drops = self.lost_prefix[group], []
-        for width, ms in self._trial_times(planned, group, layers, kept[group]):
+        for width, ms in self._trial_times(planned, (alive, widths), group, layers, kept[group]):
             saved = float(now - ms)
             if saved > self.epsilon:
                 lost = float(prefix[size - width] - prefix[size - kept[group]])
                 drops.append(Drop(group, width, max(lost, 0.0), saved))
         return drops
 
-    def _trial_times(self, planned: np.ndarray, group: int, layers: list[int], kept: int):
+    def _trial_times(self, planned: np.ndarray, surviving: tuple, group: int, layers: list[int], kept: int):
         """(width, the touched layers' time) for each allowed width of `group` narrower than `kept`, the others
-        as `planned`: a width's removal is the plan's with the group's next least important classes added."""
+        as `planned`: a width's removal is the plan's with the group's next least important classes added.
+        `surviving`: the plan's surviving classes and the touched layers' widths."""
         narrower = [int(width) for width in self.selector.widths[group] if width < kept]
         size, ranked, counted = self.selector.combing.groups[group].size, self.ranked[group], self.counted[group]
         if counted is None:  # heads among its classes: what goes along is expand_mask's to find
@@ -118,8 +121,8 @@ class LatencyKnapsack:
                 trial[ranked[: size - width]] = True
                 yield width, self.latency.layer_ms(trial, layers).sum()
             return
-        alive = ~expand_mask(self.selector.combing.analysis, planned)
-        widths = np.array(self.latency.widths(planned, layers), dtype=np.int64).reshape(-1)  # in, out, in, ...
+        alive, plan_widths = surviving
+        widths = np.array(plan_widths, dtype=np.int64).reshape(-1)  # in, out, in, ...
         lost = np.cumsum(np.concatenate([np.zeros((len(counted), 1), dtype=np.int64),
                                          counted * alive[ranked]], axis=1), axis=1)  # [dim, classes gone]
         for width in narrower:

@@ -210,7 +210,10 @@ class PlanLatency:
 
     def widths(self, removed_mask: np.ndarray, which: list[int] | None = None) -> list[tuple[int, int]]:
         """(in, out) widths of every timed layer after the removal (or of those at the indices `which`)."""
-        survives = ~expand_mask(self.cost_model.analysis, removed_mask)
+        return self.surviving_widths(~expand_mask(self.cost_model.analysis, removed_mask), which)
+
+    def surviving_widths(self, survives: np.ndarray, which: list[int] | None = None) -> list[tuple[int, int]]:
+        """`widths` from the classes that survive a removal (its expanded mask inverted)."""
         if which is not None:  # a few layers: count their spans alone (a search prices one group's layers often)
             return [(self._surviving(survives, 2 * index), self._surviving(survives, 2 * index + 1))
                     for index in which]
@@ -225,8 +228,10 @@ class PlanLatency:
 
     def layer_ms(self, removed_mask: np.ndarray, which: list[int] | None = None) -> np.ndarray:
         """The time of every timed layer (or of those at the indices `which`, in that order) after the removal."""
-        indices = range(len(self.layers)) if which is None else which
-        widths = self.widths(removed_mask, which)
+        return self.times_at(range(len(self.layers)) if which is None else which, self.widths(removed_mask, which))
+
+    def times_at(self, indices, widths: list[tuple[int, int]]) -> np.ndarray:
+        """The table's times of the timed layers at `indices`, each at its (in, out) of `widths`."""
         return np.array([self.time_at(index, *pair) for index, pair in zip(indices, widths)], dtype=np.float64)
 
     def ms(self, removed_mask: np.ndarray) -> float:
