@@ -84,6 +84,46 @@ def test_a_module_whose_error_hides_at_the_outputs_is_named(attention):
     assert raised.value.module_path == "attn"
 
 
+class SharedBranch(SmallBranch):
+    """One attention called twice, by a loop, on the stream it adds to: a shared block."""
+
+    def forward(self, x):
+        x = self.embed(x)
+        for _ in range(2):
+            x = x + self.attn(x)
+        return self.head(x)
+
+
+def test_a_shared_module_is_compared_at_every_call():
+    torch.manual_seed(0)
+    model = SharedBranch().eval()
+    program = capture(model, (torch.randn(1, 8, 16),), name="shared branch").eval()
+    wrong = copy.deepcopy(model)
+    with torch.no_grad():  # its queries scaled by 0.87: a scale the Program does not hold
+        wrong.attn.qkv.weight[:64].mul_(0.87)
+        wrong.attn.qkv.bias[:64].mul_(0.87)
+    x = program.example_inputs[0]
+    with torch.no_grad():
+        hidden = ((program(x) - wrong(x)).abs().max() / program(x).abs().max()).item()
+    assert 0 < hidden < TOLERANCE  # what the outputs alone would pass
+    verify_module(program, copy.deepcopy(model), "shared branch", "")  # the right module passes, at both calls
+    with pytest.raises(WriteBackError, match="module 'attn' \\(Attention\\)") as raised:
+        verify_module(program, wrong, "shared branch", "")
+    assert raised.value.module_path == "attn"
+
+
+def test_a_shared_module_its_pruned_head_dims_would_scale_otherwise_is_refused_not_written_back_wrong():
+    torch.manual_seed(0)
+    model = SharedBranch().eval()
+    program = capture(model, (torch.randn(1, 8, 16),), name="shared branch").eval()
+    remove_channels(program, config={"macs": 0.6, "heads": "dims", "strict": False})
+    assert program.module.get_parameter("attn.qkv.weight").shape[0] < 3 * 64  # the head dims did shrink
+    # its forward scales by the pruned head dim, the Program by the dense one; no subgraph stands in for a
+    # module called twice
+    with pytest.raises(WriteBackError, match="module 'attn' \\(Attention\\) returns values .* the model calls it 2 times"):
+        to_module(program, model)
+
+
 def test_a_module_found_wrong_inside_is_made_from_its_subgraph():
     model, program = _small_branch()
     remove_channels(program, config={"macs": 0.6, "heads": "dims", "strict": False})
