@@ -13,12 +13,17 @@ import torch
 
 class PartSeconds:
     """`with parts.part("inverses"): ...` adds the block's seconds under its name, the work queued on `device`
-    (a CUDA device; nothing to wait for on the CPU) finished at both ends; `seconds` holds them, rounded."""
+    (a CUDA device; nothing to wait for on the CPU) finished at both ends; `seconds` gives them, rounded to the
+    millisecond once read (a part met per layer adds many sub-millisecond times on a GPU)."""
 
     def __init__(self, device: torch.device | str | None = None, clock: Callable[[], float] = time.perf_counter):
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.clock = clock
-        self.seconds: dict[str, float] = {}
+        self._totals: dict[str, float] = {}
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        return {name: round(total, 3) for name, total in self._totals.items()}
 
     @contextmanager
     def part(self, name: str) -> Iterator[None]:
@@ -26,12 +31,14 @@ class PartSeconds:
         start = self.clock()
         try:
             yield
-        finally:
-            self._wait()
+        except BaseException:  # timed as it stands: a device that failed may fail again when waited for
             self.add(name, self.clock() - start)
+            raise
+        self._wait()
+        self.add(name, self.clock() - start)
 
     def add(self, name: str, seconds: float) -> None:
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 3)
+        self._totals[name] = self._totals.get(name, 0.0) + seconds
 
     def _wait(self) -> None:
         if self.device.type == "cuda":

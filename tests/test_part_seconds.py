@@ -3,6 +3,7 @@ removal's scoring, choice, compensation and slicing), on a clock the test moves 
 facts, and on a GPU, where the work a part queues must be counted in that part."""
 
 import time
+import weakref
 
 import pytest
 import torch
@@ -39,6 +40,37 @@ def test_parts_add_up_and_a_part_that_raises_is_still_timed():
         raise RuntimeError("a factorisation failed")
     clock.now += 9.0  # between parts: nobody's
     assert parts.seconds == {"Hessians": 3.25, "elimination": 0.5, "inverses": 0.75}
+
+
+def test_many_short_parts_add_up_before_rounding():
+    clock = HandClock()
+    parts = PartSeconds("cpu", clock)
+    for _ in range(300):  # a GPU's per-layer inverses: well under a millisecond each
+        with parts.part("inverses"):
+            clock.now += 0.0004
+    assert parts.seconds == {"inverses": 0.12}
+
+
+def test_each_layer_s_hessian_is_freed_before_the_next_is_gathered(monkeypatch):
+    from prunefx.graph.channels import saliency
+
+    inverses, alive_at_release = [], []
+    made = saliency.lean_damped_inverse
+
+    def kept(hessian, *args, **options):
+        inverse = made(hessian, *args, **options)
+        inverses.append(weakref.ref(inverse))
+        return inverse
+
+    monkeypatch.setattr(saliency, "lean_damped_inverse", kept)
+    monkeypatch.setattr(saliency, "release_freed_memory",
+                        lambda: alive_at_release.append([ref() is not None for ref in inverses]))
+    torch.manual_seed(0)
+    program = capture(TwoConvs().eval(), torch.randn(2, 3, 8, 8)).eval()
+    calibration = [(torch.randn(2, 3, 8, 8),) for _ in range(40)]  # rows enough for H itself, not its rows
+    channel_importance(program.module, find_channel_groups(program.module), "obs", calibration=calibration,
+                       damping=0.0789)
+    assert inverses and alive_at_release and not any(any(alive) for alive in alive_at_release)
 
 
 class TwoConvs(nn.Module):

@@ -152,6 +152,7 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
             if item is None:
                 break
             spec, hessian, rows = item
+            del item  # H is freed with the names below, before the next layer's is gathered
             device = (rows.kept if hessian is None else hessian).device
             with parts.part("inverses"):
                 matrices, energies = [], []
