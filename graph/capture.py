@@ -8,6 +8,7 @@ was found (graph/model_state.py) and torch's own dump of a failed export stays o
 from __future__ import annotations
 
 import copy
+import logging
 import re
 
 import torch
@@ -21,6 +22,7 @@ from prunefx.graph.output_tree import use_builtin_outputs
 from prunefx.graph.program import Program
 from prunefx.graph.program_metadata import program_name
 from prunefx.graph.torch_quiet import torch_quiet
+from prunefx.graph.training_flags import training_nodes
 
 _OPERATOR_PATTERNS = (
     re.compile(r"(aten\.[\w.]+)"),
@@ -84,6 +86,10 @@ def _check_not_a_library_wrapper(model: torch.nn.Module, name: str) -> None:
                            f"after prunefx.models.prepare_ultralytics({type(model).__name__}(...).model)")
 
 
+_log = logging.getLogger(__name__)
+_SAID: set[tuple[str, int]] = set()  # (model name, operators) whose training-in-eval was said
+
+
 def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_inputs=None, *,
             name: str | None = None, copy_weights: bool = True) -> Program:
     """Export `model` on `example_inputs` (a tensor or tuple of tensors) and wrap it as a Program.
@@ -122,10 +128,32 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     # the inputs too: the caller reusing the tensor (a loader's buffer) must not change what checks run on
     program = Program.from_exported(exported, tuple(x.detach().clone() for x in inputs), name=name)
     name_sliced_modules(program.graph, model)
+    if not model.training:
+        _say_training_in_eval(program, name)
     if copy_weights:
         program.module = copy.deepcopy(program.module)
     use_builtin_outputs(program.module)  # a saved Program must never need the model's library to be read
     return program
+
+
+def _say_training_in_eval(program: Program, name: str) -> None:
+    """A model in eval mode whose code still drops out (F.dropout(..., training=True), fused attention's dropout_p
+    passed whatever the mode) is random in eval. Its flags are the graph's training mode, which the Program's
+    eval() turns off: said once, since the model the Program delivers then computes without them."""
+    found = training_nodes(program.graph)
+    if not found or (name, len(found)) in _SAID:
+        return
+    _SAID.add((name, len(found)))  # a model captured again (a write-back's dense copy) is not said twice
+    where = sorted({_module_path(node) for node in found})
+    operators = sorted({str(getattr(node.target, "_overloadpacket", node.target)) for node in found})
+    _log.warning("%s: %d operator(s) keep their training behaviour in eval mode (%s, in %s): prunefx takes them for "
+                 "the training mode's, and the Program's eval() turns them off", name, len(found),
+                 ", ".join(operators), ", ".join(where[:3]) + (f" and {len(where) - 3} more" if len(where) > 3 else ""))
+
+
+def _module_path(node: torch.fx.Node) -> str:
+    stack = list((node.meta.get("nn_module_stack") or {}).values())
+    return (stack[-1][0] or "the model") if stack else "the model"
 
 
 def _capture_exported(exported: torch.export.ExportedProgram, example_inputs, *, name: str) -> Program:

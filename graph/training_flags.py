@@ -73,8 +73,13 @@ def training_dropout(node: torch.fx.Node) -> float | None:
 def graph_training_mode(graph: torch.fx.Graph) -> bool:
     """A graph is in training mode when any of its batch norms or dropouts is (no such node: eval); a batch
     counter follows its batch norm and does not decide."""
-    return any(bool(_flag(node, index)) for node in graph.nodes
-               if (index := training_flag_index(node)) is not None and not _batch_counter(node))
+    return bool(training_nodes(graph))
+
+
+def training_nodes(graph: torch.fx.Graph) -> list[torch.fx.Node]:
+    """The batch norms and dropouts whose flag says training (a batch counter follows its batch norm)."""
+    return [node for node in graph.nodes
+            if (index := training_flag_index(node)) is not None and not _batch_counter(node) and _flag(node, index)]
 
 
 def settle_batch_counters(module: torch.fx.GraphModule) -> None:

@@ -169,6 +169,31 @@ def test_fused_attention_drops_out_only_in_training_mode_through_clones_and_file
             assert each.training and not torch.equal(each(x), each(x))
 
 
+class _AlwaysDropping(_FusedAttention):
+    """Code that drops out whatever the mode: random even in eval."""
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).unflatten(-1, (3, 2, 4)).permute(2, 0, 3, 1, 4)
+        return torch.nn.functional.dropout(torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=0.5),
+                                           0.25, training=True)
+
+
+def test_a_model_that_drops_out_in_eval_mode_is_said_once_and_its_program_s_eval_does_not(caplog):
+    torch.manual_seed(0)
+    model = _AlwaysDropping().eval()
+    x = torch.randn(2, 5, 8)
+    with caplog.at_level("WARNING", logger="prunefx"):
+        program = capture(model, x, name="always dropping")
+        capture(model, x, name="always dropping")  # captured again (a write-back's dense copy): not said again
+        capture(_FusedAttention().eval(), x, name="dropping in training only")
+    said = [record.getMessage() for record in caplog.records]
+    assert len(said) == 1 and said[0].startswith("always dropping: 2 operator(s) keep their training behaviour")
+    assert "aten.scaled_dot_product_attention" in said[0] and "aten.dropout" in said[0]
+    with torch.no_grad():
+        assert not torch.equal(model(x), model(x))  # the user's model: random in eval
+        assert program.training and not program.eval().training and torch.equal(program(x), program(x))
+
+
 def test_a_program_and_its_clone_hold_example_inputs_of_their_own():
     """Like the weights: the caller reusing an input buffer must not change what a Program's checks run on."""
     x = torch.randn(2, 8)
