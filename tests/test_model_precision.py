@@ -4,6 +4,8 @@ what they can do (a float16 file checked against torch) still runs."""
 
 from __future__ import annotations
 
+import copy
+
 import onnx
 import pytest
 import torch
@@ -82,3 +84,50 @@ def test_calibration_batches_reach_a_half_precision_program_in_its_dtype():
 
     batches = [(torch.randn(2, 3, 8, 8),) for _ in range(3)]
     assert torch.equal(recalibrated(batches), recalibrated([(x.half(),) for (x,) in batches]))
+
+
+class _Plain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3))
+
+    def forward(self, x):
+        return self.body(x).mean((2, 3))
+
+
+class _Mixed(_Plain):
+    """Float32 layers and a float64 table: a mix of precisions."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("table", torch.ones(8, dtype=torch.float64))
+
+    def forward(self, x):
+        return super().forward(x) * self.table.to(x.dtype)
+
+
+def test_a_half_precision_program_is_written_back_into_a_float32_model_in_its_own_precision():
+    from prunefx.interop.write_back import WriteBackError, to_module
+    from prunefx.passes.remove_channels import remove_channels
+
+    torch.manual_seed(0)
+    model = _Plain().eval()
+    dense = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    program = capture(copy.deepcopy(model).to(torch.bfloat16), torch.randn(1, 3, 16, 16, dtype=torch.bfloat16))
+    remove_channels(program, config={"macs": 0.5, "round_to": 1})
+    written = to_module(program, model)
+    assert {p.dtype for p in written.parameters()} == {torch.bfloat16} and written.body[0].out_channels < 16
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    with torch.no_grad():  # the oracle: the Program, an image at a time
+        assert torch.equal(written(x), torch.cat([program(x[i:i + 1]) for i in range(2)]))
+    assert all(torch.equal(tensor, dense[name]) and tensor.dtype == torch.float32  # the user's model as found
+               for name, tensor in model.state_dict().items())
+
+    mixed = _Mixed().eval()  # float32 and float64 against a bfloat16 program: nothing to match them by
+    half = copy.deepcopy(mixed)
+    half.body.to(torch.bfloat16)
+    program = capture(half, torch.randn(1, 3, 16, 16, dtype=torch.bfloat16))
+    remove_channels(program, config={"macs": 0.5, "round_to": 1})
+    with pytest.raises(WriteBackError, match="holds bfloat16 and float64 tensors and the model float32 and float64: pass the "
+                                             "model in the program's precision"):
+        to_module(program, mixed)
