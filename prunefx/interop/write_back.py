@@ -28,6 +28,7 @@ from prunefx.interop.proof_by_module import agreeing
 from prunefx.interop.pruned_attention import off_nested_tensors
 from prunefx.interop.resized_modules import resize_modules
 from prunefx.interop.subgraph_module import SubgraphError, put_back, replace_by_subgraph
+from prunefx.interop.write_back_precision import in_program_precision
 from prunefx.interop.write_back_proof import (
     TOLERANCE,
     WriteBackError,
@@ -51,33 +52,11 @@ def to_module(program: Program, model: nn.Module, *, config: bool = True) -> nn.
     attributes the generic matching misses: `prunefx.register_module_resizer(cls, fn)`.
     Raises WriteBackError (a PrunefxError) with a one-line reason where the result cannot be proven."""
     name = program.name
-    module = _in_program_precision(copy.deepcopy(model).eval(), program, name)
+    module = in_program_precision(copy.deepcopy(model).eval(), program, name)
     # The copy shares the closures of the user's hooks: what the proofs' runs leave there is put back, and the
     # random state they draw from, however they end.
     with hook_state_kept(module), random_state_kept([*module.parameters(), *program.module.parameters()]):
         return _written_back(program, model, module, name, config)
-
-
-def _in_program_precision(module: nn.Module, program: Program, name: str) -> nn.Module:
-    """The copy in the Program's floating dtype where each holds one and they differ (a bfloat16 Program of a
-    float32 model: the module holds the Program's tensors, and proves itself, in bfloat16); differing mixes of
-    dtypes cannot be matched: refused."""
-    held = _floating({*program.module.parameters(), *program.module.buffers(), *program.example_inputs})
-    found = _floating({*module.parameters(), *module.buffers()})
-    if not held or not found or held == found:
-        return module
-    if len(held) == 1 and len(found) == 1:
-        return module.to(next(iter(held)))
-    raise WriteBackError(f"cannot write {name} back: the pruned program holds {_dtype_names(held)} tensors and the "
-                         f"model {_dtype_names(found)}: pass the model in the program's precision")
-
-
-def _floating(tensors) -> set[torch.dtype]:
-    return {tensor.dtype for tensor in tensors if tensor.is_floating_point()}
-
-
-def _dtype_names(dtypes: set[torch.dtype]) -> str:
-    return " and ".join(sorted(str(dtype).removeprefix("torch.") for dtype in dtypes))
 
 
 def _written_back(program: Program, model: nn.Module, module: nn.Module, name: str, config: bool) -> nn.Module:
