@@ -67,21 +67,26 @@ def _small_branch(attention: type[Attention] = Attention):
     return model, capture(model, (torch.randn(1, 8, 16),), name="small branch").eval()
 
 
-@pytest.mark.parametrize("attention", [Attention, TupleAttention], ids=["tensor", "tuple"])
-def test_a_module_whose_error_hides_at_the_outputs_is_named(attention):
-    model, program = _small_branch(attention)
+def _hidden_error_named(model: nn.Module, program, attention: type[Attention]) -> None:
+    """The attention's queries scaled by 0.87 (a scale the Program does not hold): an error the outputs alone
+    would pass, named by the proof; the right module passes."""
     wrong = copy.deepcopy(model)
-    with torch.no_grad():  # its queries scaled by 0.87: a scale the Program does not hold
+    with torch.no_grad():
         wrong.attn.qkv.weight[:64].mul_(0.87)
         wrong.attn.qkv.bias[:64].mul_(0.87)
     x = program.example_inputs[0]
     with torch.no_grad():
         hidden = ((program(x) - wrong(x)).abs().max() / program(x).abs().max()).item()
     assert 0 < hidden < TOLERANCE  # what the outputs alone would pass
-    verify_module(program, copy.deepcopy(model), "small branch", "")  # the right module passes
+    verify_module(program, copy.deepcopy(model), program.name, "")
     with pytest.raises(WriteBackError, match=f"module 'attn' \\({attention.__name__}\\)") as raised:
-        verify_module(program, wrong, "small branch", "")
+        verify_module(program, wrong, program.name, "")
     assert raised.value.module_path == "attn"
+
+
+@pytest.mark.parametrize("attention", [Attention, TupleAttention], ids=["tensor", "tuple"])
+def test_a_module_whose_error_hides_at_the_outputs_is_named(attention):
+    _hidden_error_named(*_small_branch(attention), attention)
 
 
 class SharedBranch(SmallBranch):
@@ -98,18 +103,7 @@ def test_a_shared_module_is_compared_at_every_call():
     torch.manual_seed(0)
     model = SharedBranch().eval()
     program = capture(model, (torch.randn(1, 8, 16),), name="shared branch").eval()
-    wrong = copy.deepcopy(model)
-    with torch.no_grad():  # its queries scaled by 0.87: a scale the Program does not hold
-        wrong.attn.qkv.weight[:64].mul_(0.87)
-        wrong.attn.qkv.bias[:64].mul_(0.87)
-    x = program.example_inputs[0]
-    with torch.no_grad():
-        hidden = ((program(x) - wrong(x)).abs().max() / program(x).abs().max()).item()
-    assert 0 < hidden < TOLERANCE  # what the outputs alone would pass
-    verify_module(program, copy.deepcopy(model), "shared branch", "")  # the right module passes, at both calls
-    with pytest.raises(WriteBackError, match="module 'attn' \\(Attention\\)") as raised:
-        verify_module(program, wrong, "shared branch", "")
-    assert raised.value.module_path == "attn"
+    _hidden_error_named(model, program, Attention)  # the right module passes at both calls, the wrong is named
 
 
 def test_a_shared_module_its_pruned_head_dims_would_scale_otherwise_is_refused_not_written_back_wrong():
