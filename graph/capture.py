@@ -21,6 +21,7 @@ from prunefx.graph.module_paths import name_sliced_modules
 from prunefx.graph.output_tree import use_builtin_outputs
 from prunefx.graph.program import Program
 from prunefx.graph.program_metadata import program_name
+from prunefx.graph.scoped_calls import scope_of
 from prunefx.graph.torch_quiet import torch_quiet
 from prunefx.graph.training_flags import training_nodes
 
@@ -144,16 +145,11 @@ def _say_training_in_eval(program: Program, name: str) -> None:
     if not found or (name, len(found)) in _SAID:
         return
     _SAID.add((name, len(found)))  # a model captured again (a write-back's dense copy) is not said twice
-    where = sorted({_module_path(node) for node in found})
+    where = sorted({scope_of(node) or "the model" for node in found})
     operators = sorted({str(getattr(node.target, "_overloadpacket", node.target)) for node in found})
     _log.warning("%s: %d operator(s) keep their training behaviour in eval mode (%s, in %s): prunefx takes them for "
                  "the training mode's, and the Program's eval() turns them off", name, len(found),
                  ", ".join(operators), ", ".join(where[:3]) + (f" and {len(where) - 3} more" if len(where) > 3 else ""))
-
-
-def _module_path(node: torch.fx.Node) -> str:
-    stack = list((node.meta.get("nn_module_stack") or {}).values())
-    return (stack[-1][0] or "the model") if stack else "the model"
 
 
 def _capture_exported(exported: torch.export.ExportedProgram, example_inputs, *, name: str) -> Program:

@@ -14,7 +14,11 @@ from prunefx.runtime.errors import MeasurementError, OnnxSessionError
 
 def floating_dtypes(program: Program) -> list[str]:
     """The floating dtypes of the Program's inputs and of every tensor it holds, as 'float16', 'bfloat16', ..."""
-    tensors = [*program.example_inputs, *program.module.parameters(), *program.module.buffers()]
+    return dtype_names([*program.example_inputs, *program.module.parameters(), *program.module.buffers()])
+
+
+def dtype_names(tensors) -> list[str]:
+    """The floating dtypes among `tensors`, sorted, as 'float16', 'bfloat16', ..."""
     return sorted({str(t.dtype).removeprefix("torch.") for t in tensors if t.is_floating_point()})
 
 

@@ -8,8 +8,9 @@ user's code (torch's own layers compute what their tensors say), reached by one 
 (a block shared by a loop: every call, in turn) gives the rest of the graph one value of its operators, and
 returns one tensor of that value's shape (alone, or the only one in a tuple or an output class); and, so that no
 pattern of the user's code (a call whose result is dropped, a value kept in an attribute) is taken for an
-error, one whose dense original returns its dense capture's value there at every call (`agreeing`). An attention whose queries hold its dense scale (attention_scale.py) rounds
-otherwise, and its query parts differ by design: skipped with what is inside it.
+error, one whose dense original returns its dense capture's value there at every call (`agreeing`). An
+attention whose queries hold its dense scale (attention_scale.py) rounds otherwise, and its query parts differ by
+design: skipped with what is inside it.
 """
 
 from __future__ import annotations

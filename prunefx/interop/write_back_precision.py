@@ -9,25 +9,17 @@ from torch import nn
 
 from prunefx.graph import Program
 from prunefx.interop.write_back_proof import WriteBackError
+from prunefx.runtime.model_precision import dtype_names, floating_dtypes
 
 
 def in_program_precision(module: nn.Module, program: Program, name: str) -> nn.Module:
     """The copy in the Program's floating dtype where each holds one and they differ (a bfloat16 Program of a
     float32 model: the module holds the Program's tensors, and proves itself, in bfloat16); differing mixes of
     dtypes cannot be matched: refused."""
-    held = _floating({*program.module.parameters(), *program.module.buffers(), *program.example_inputs})
-    found = _floating({*module.parameters(), *module.buffers()})
+    held, found = floating_dtypes(program), dtype_names([*module.parameters(), *module.buffers()])
     if not held or not found or held == found:
         return module
     if len(held) == 1 and len(found) == 1:
-        return module.to(next(iter(held)))
-    raise WriteBackError(f"cannot write {name} back: the pruned program holds {_dtype_names(held)} tensors and the "
-                         f"model {_dtype_names(found)}: pass the model in the program's precision")
-
-
-def _floating(tensors) -> set[torch.dtype]:
-    return {tensor.dtype for tensor in tensors if tensor.is_floating_point()}
-
-
-def _dtype_names(dtypes: set[torch.dtype]) -> str:
-    return " and ".join(sorted(str(dtype).removeprefix("torch.") for dtype in dtypes))
+        return module.to(getattr(torch, held[0]))
+    raise WriteBackError(f"cannot write {name} back: the pruned program holds {' and '.join(held)} tensors and the "
+                         f"model {' and '.join(found)}: pass the model in the program's precision")

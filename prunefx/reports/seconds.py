@@ -8,27 +8,29 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from prunefx.graph.part_seconds import PartSeconds
+
 WRITE_STAGE = "write (model.pt2, ONNX export, parity)"  # the last stage of every command that delivers a model
 
 
-class StageSeconds:
+class StageSeconds(PartSeconds):
     """`with seconds.stage("load"): ...` adds the block's wall seconds under its name; `after_step`, given to
     Pipeline.run inside a stage, splits it by pass (each pass with its verification); `as_dict()` adds the
-    total since construction."""
+    total since construction. The parts of graph/part_seconds.py, on the host's clock alone."""
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter):
-        self.clock, self.started, self.seconds = clock, clock(), {}
+        super().__init__(clock=clock)
+        self.started = clock()
         self._mark: tuple[str, float] | None = None
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        start = self.clock()
-        self._mark = (name, start)
+        self._mark = (name, self.clock())
         try:
-            yield
+            with self.part(name):
+                yield
         finally:
             self._mark = None
-            self._add(name, self.clock() - start)
 
     def after_step(self, step: str, _result=None) -> None:
         """Pipeline.run's after_step: the seconds since the stage began or its last pass ended."""
@@ -36,16 +38,13 @@ class StageSeconds:
             return
         name, since = self._mark
         now = self.clock()
-        self._add(f"{name}: {step}", now - since)
+        self.add(f"{name}: {step}", now - since)
         self._mark = (name, now)
 
     def add_parts(self, stage: str, parts: dict[str, float]) -> None:
         """Seconds a pass measured of its own parts (graph/part_seconds.py), under "STAGE: PART"."""
         for part, seconds in parts.items():
-            self._add(f"{stage}: {part}", seconds)
-
-    def _add(self, name: str, seconds: float) -> None:
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 3)
+            self.add(f"{stage}: {part}", seconds)
 
     def as_dict(self) -> dict[str, float]:
         return {**self.seconds, "total": round(self.clock() - self.started, 3)}
