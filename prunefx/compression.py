@@ -49,6 +49,7 @@ from prunefx.reports.stage import STAGE_TIMED_RUNS, StageMeter
 from prunefx.runtime import export_onnx, onnx_side_by_side
 from prunefx.runtime.backends import Settings
 from prunefx.runtime.measure.deployment_report import CHART_FILE, variants_from_compress, write_chart
+from prunefx.runtime.model_precision import other_than_float32
 
 # ---- model and data -----------------------------------------------------------------------------
 
@@ -66,6 +67,8 @@ def load_model_and_data(reference: str, data: str, *, batch_size: int, weights: 
     data_format, num_workers, image_size). `seed`: the data's draws (validation split, order,
     augmentation) of every data set that trains; imagenet-sample is a fixed test set."""
     saved = program_from_reference(reference, weights=weights, writes_onnx=True) if reference.endswith(".pt2") else None
+    if saved is not None:
+        require_float32_training(saved)  # before the data is read (and, unlabelled, run through the model)
     options = {}
     if str(data) == FASHION_MNIST or scene_spec(data) is not None:
         rgb = saved.example_inputs[0].shape[1] == 3 if saved is not None else _rgb(reference)
@@ -88,6 +91,16 @@ def load_model_and_data(reference: str, data: str, *, batch_size: int, weights: 
         splits = against_dense(program, splits)
     _check_classes(program, splits, data)
     return program.eval(), splits
+
+
+def require_float32_training(program: Program) -> None:
+    """compress trains its model (half-precision weights would need a float32 copy to take small updates) and
+    times the result on ONNX Runtime, which measures float32 models: anything else is refused before any work."""
+    other = other_than_float32(program)
+    if other:
+        raise PrunefxError(f"compress trains and measures float32 models, and {program.name} holds "
+                           f"{' and '.join(other)} tensors: save the Program in float32 (a budget's "
+                           "--precision fp16 or bf16 times it in half precision on a GPU backend)")
 
 
 def _check_classes(program: Program, splits: DataSplits, data: str) -> None:
@@ -131,6 +144,7 @@ def compress(dense: Program, recipe: Recipe, splits: DataSplits, output: str | o
              options: Options = DEFAULTS, log: Callable[[str], None] = print) -> dict:
     """Run `recipe` on `dense` (captured at the training batch size, eval mode) and write OUTPUT/;
     return the report (also in OUTPUT/report.json and report.md)."""
+    require_float32_training(dense)
     output = check_output_folder(output)
     started = time.perf_counter()
     seconds: dict[str, float] = {}

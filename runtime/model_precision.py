@@ -17,6 +17,11 @@ def floating_dtypes(program: Program) -> list[str]:
     return dtype_names([*program.example_inputs, *program.module.parameters(), *program.module.buffers()])
 
 
+def other_than_float32(program: Program) -> list[str]:
+    """The floating dtypes the Program holds besides float32: what the float32-only steps refuse."""
+    return [dtype for dtype in floating_dtypes(program) if dtype != "float32"]
+
+
 def dtype_names(tensors) -> list[str]:
     """The floating dtypes among `tensors`, sorted, as 'float16', 'bfloat16', ..."""
     return sorted({str(t.dtype).removeprefix("torch.") for t in tensors if t.is_floating_point()})
@@ -30,7 +35,7 @@ def require_onnx_runtime_can_check(program: Program) -> None:
 
 
 def require_float32(program: Program, runtime: str) -> None:
-    other = [dtype for dtype in floating_dtypes(program) if dtype != "float32"]
+    other = other_than_float32(program)
     if other:
         raise MeasurementError(f"{runtime} times float32 models, and {program.name} holds {' and '.join(other)} "
                                "tensors (a latency measured on it would be reported as float32): save the Program "

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from prunefx.cli import EXIT_USER_ERROR, main
-from prunefx.compression import load_model_and_data
+from prunefx.compression import compress, load_model_and_data
 from prunefx.data import fashion_mnist
 from prunefx.data.splits import DataSplits, tensor_batches
 from prunefx.graph import Program, PrunefxError, capture
@@ -363,3 +363,20 @@ def test_compress_to_a_speedup_reports_every_combination_and_charts_them(capsys,
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "## Budget: a 1.3x speed-up" in markdown and markdown.count("| width + int8 |") == 1
+
+
+def test_a_half_precision_program_is_refused_before_any_work(capsys, tmp_path, monkeypatch):
+    """compress trains (float16 weights lose small updates) and times on ONNX Runtime (float32 models): a float16
+    .pt2 is refused in one line before its data is read, and compress() itself refuses one too."""
+    half = capture(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU()).half(),
+                   (torch.randn(BATCH, 1, 28, 28).half(),))
+    saved = half.save(tmp_path / "half.pt2")
+    read = []
+    monkeypatch.setattr("prunefx.compression.load_data", lambda *args, **kwargs: read.append(args))
+    code, out, err = run_cli(capsys, "compress", saved, "--recipe", "finetune", "--data", "fashion-mnist",
+                             "--batch-size", BATCH, "-o", tmp_path / "never")
+    assert "holds float16 tensors" in _one_line_error(code, out, err) and not read
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(PrunefxError, match="compress trains and measures float32 models"):
+        compress(half, None, None, tmp_path / "never", data="fashion-mnist")  # refused before either is read
+    assert not (tmp_path / "never").exists()

@@ -15,9 +15,12 @@ import torch
 import tqdm
 
 from prunefx.cli import main
+from prunefx.cli.commands import quantize as quantize_command
 from prunefx.data import fashion_mnist
 from prunefx.graph import capture
 from prunefx.graph import progress as graph_progress
+from prunefx.passes import quantize_int8
+from prunefx.runtime import OnnxExportError, export_quantized_onnx
 
 needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(),
                                          reason=f"{fashion_mnist.DEFAULT_ROOT} missing: apt-get install "
@@ -102,3 +105,26 @@ def test_a_model_with_no_quantizable_layer_is_one_line_exit_2_and_nothing_writte
                  "-o", str(tmp_path / "never")])
     line = _one_line_exit_2(code, capsys)
     assert "no quantizable layer" in line and not (tmp_path / "never").exists()
+
+
+def test_a_half_precision_model_is_refused_before_calibration_and_nothing_written(tmp_path, capsys, monkeypatch):
+    """The INT8 lowerings read float32 quantizers (a float16 Program lowered for ONNX Runtime failed after the
+    calibration, naming a quantizer): refused before the calibration images are read."""
+    path = tmp_path / "half.pt2"
+    capture(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU()).half().eval(),
+            torch.randn(1, 1, 28, 28).half()).save(path)
+    read = []
+    monkeypatch.setattr(quantize_command, "calibration_data", lambda *args: read.append(args))
+    code = main(["quantize", str(path), "--calibrate", "fashion-mnist", "-o", str(tmp_path / "never")])
+    line = _one_line_exit_2(code, capsys)
+    assert "INT8 export takes float32 models" in line and "float16" in line
+    assert not read and not (tmp_path / "never").exists()
+
+
+def test_the_int8_export_refuses_a_half_precision_program_and_writes_nothing(tmp_path):
+    half = capture(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU()).half().eval(),
+                   torch.randn(1, 1, 8, 8).half())
+    quantized = quantize_int8(half, config={"calibration": [torch.randn(1, 1, 8, 8).half()]}).program
+    with pytest.raises(OnnxExportError, match="holds float16 tensors"):
+        export_quantized_onnx(quantized, tmp_path / "int8.onnx", activations="u8")
+    assert not list(tmp_path.iterdir())

@@ -23,6 +23,7 @@ from prunefx.graph import Program
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.graph.whole_files import replaced_whole
 from prunefx.runtime.errors import OnnxExportError, describe_failure
+from prunefx.runtime.model_precision import other_than_float32
 from prunefx.runtime.onnx.export import DEFAULT_OPSET
 from prunefx.runtime.onnx.integer_units import S8_LEVELS, SEVEN_BIT_LEVELS
 from prunefx.runtime.onnx.qdq import activation_quantizers, fold_weight_quantizers, name_inputs_and_outputs
@@ -81,6 +82,7 @@ def export_quantized_lowerings(program: Program, lowerings: Mapping[str | os.Pat
             raise OnnxExportError(f"activations must be one of {', '.join(LOWERINGS)}, not {activations!r}")
     if not has_fake_quant(program.graph):
         raise OnnxExportError(f"model '{program.name}' holds no fake quantizers: run passes/quantize_int8 first")
+    require_float32_quantizers(program)
     exported = _exported(program.clone().eval() if program.training else program, opset)
     written = {}
     with contextlib.ExitStack() as files:  # each file replaced only once every one is written: all or none
@@ -89,6 +91,16 @@ def export_quantized_lowerings(program: Program, lowerings: Mapping[str | os.Pat
             partial = files.enter_context(replaced_whole(Path(path)))
             written[Path(path)] = _lowered(model, Path(path), partial, activations)
     return written
+
+
+def require_float32_quantizers(program: Program) -> None:
+    """The lowerings read float32 quantizers (their scales, and the float ops between them, as both runtimes take
+    them); a half-precision Program exports other patterns, refused here rather than lowered wrong."""
+    other = other_than_float32(program)
+    if other:
+        raise OnnxExportError(f"INT8 export takes float32 models, and {program.name} holds {' and '.join(other)} "
+                              "tensors: quantize the float32 model (TensorRT runs the layers left in float at "
+                              "fp16 when the engine is built with fp16 enabled)")
 
 
 def _lowered(model: onnx.ModelProto, path: Path, partial: Path, activations: str) -> QuantizedExport:

@@ -36,6 +36,7 @@ from prunefx.runtime import (
 )
 from prunefx.runtime.backends import Settings
 from prunefx.runtime.check.readiness import report_entry
+from prunefx.runtime.onnx.quantized import require_float32_quantizers
 
 NAME = "quantize"
 BACKENDS = {"ort": "model_ort.onnx", "trt": "model_trt.onnx"}
@@ -60,6 +61,7 @@ def run(args) -> int:
     if not args.calibrate:
         raise PrunefxError("quantize needs calibration images for the activation ranges: give --calibrate DATA")
     program = program_from_args(args, writes_onnx=True).eval()
+    require_float32_quantizers(program)  # before the calibration's minutes
     calibration = calibration_data(args.calibrate, program.example_inputs[0], args.calibration_images)
     config = {**cli_options.pass_config(args, OPTIONS), "calibration": calibration.batches}
     started = time.perf_counter()
