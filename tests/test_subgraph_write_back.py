@@ -656,3 +656,50 @@ def test_a_block_called_at_two_places_alike_is_one_subgraph():
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(written(x), program(x), rtol=1e-5, atol=1e-6)
+
+
+class TokensAndSize(nn.Module):
+    """A patch embedding that returns its tokens with the grid's height and width (SegFormer's, HF's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj, self.norm = nn.Conv2d(3, 16, 2, 2), nn.LayerNorm(16)
+
+    def forward(self, x):
+        x = self.proj(x)
+        _, _, height, width = x.shape
+        return self.norm(x.flatten(2).transpose(1, 2)), height, width
+
+
+class ReducingStage(nn.Module):
+    """A stage whose own reshape takes the reduction's width from its tokens' shape (SegFormer's sequence
+    reduction): where the two are pruned apart, only the Program's subgraph computes the stage."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.reduce, self.head = TokensAndSize(), nn.Conv2d(16, 16, 2, 2), nn.Linear(16, 4)
+
+    def forward(self, x):
+        tokens, height, width = self.embed(x)
+        batch, _, channels = tokens.shape
+        grid = tokens.transpose(1, 2).reshape(batch, channels, height, width)
+        reduced = self.reduce(grid).reshape(batch, channels, -1)
+        return self.head(tokens.mean(1)) + reduced.mean(2).sum(1, keepdim=True)
+
+
+def test_a_child_returning_its_tokens_with_their_size_is_called_by_the_stages_subgraph():
+    torch.manual_seed(0)
+    model = nn.Sequential(ReducingStage()).eval()
+    with torch.no_grad():  # the reduction's channels weak: pruned further than the tokens
+        model[0].reduce.weight.mul_(0.01)
+    program = capture(model, torch.rand(1, 3, 8, 8)).eval()
+    remove_channels(program, config={"macs": 0.5, "importance": "l2", "round_to": 4, "strict": False})
+    state = program.module.state_dict()
+    assert state["0.reduce.weight"].shape[0] != state["0.embed.proj.weight"].shape[0]  # the reshape's size rewritten
+
+    written = to_module(program, model)
+    assert isinstance(written[0], SubgraphModule) and isinstance(written[0].embed, TokensAndSize)
+    other = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(written(other), program.module(other), rtol=1e-5, atol=1e-6)
+        assert torch.allclose(_saved_and_loaded(written)(other), program.module(other), rtol=1e-5, atol=1e-6)

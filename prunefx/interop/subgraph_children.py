@@ -13,6 +13,7 @@ from torch import fx, nn
 
 from prunefx.graph.attributes import get_tensor
 from prunefx.interop.passed_tensors import CallWatcher
+from prunefx.interop.proof_by_module import leaves
 from prunefx.interop.subgraph_arguments import call_arguments, takes
 
 
@@ -70,4 +71,15 @@ def call_child(graph: fx.Graph, members: list[fx.Node], child: str, path: str, e
         args, kwargs = ((env[ins[0]],), {}) if call is None else call_arguments(call, ins, env, watch.values)
     except ValueError as reason:
         raise ValueError(f"its call of '{child}': {reason}") from None
-    env[outs[0]] = graph.call_module(name, args, kwargs)
+    env[outs[0]] = graph.call_function(only_tensor, (graph.call_module(name, args, kwargs),))
+
+
+def only_tensor(output):
+    """The one tensor of a child's output, which the graph reads: alone, or the only one in a tuple, a dict or an
+    output class (a patch embedding's `(tokens, height, width)`, whose sizes the graph holds as constants)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    tensors = leaves(output)
+    if len(tensors) != 1:
+        raise ValueError(f"the module returned {len(tensors)} tensors where its parent's graph reads one")
+    return tensors[0]
