@@ -703,3 +703,46 @@ def test_a_child_returning_its_tokens_with_their_size_is_called_by_the_stages_su
     with torch.no_grad():
         assert torch.allclose(written(other), program.module(other), rtol=1e-5, atol=1e-6)
         assert torch.allclose(_saved_and_loaded(written)(other), program.module(other), rtol=1e-5, atol=1e-6)
+
+
+class HalvesInHuggingFaceStyle(nn.Module):
+    """HalvesBlock as Hugging Face writes its layers: the input named `hidden_states` (callers pass it by name), a
+    child named `self`, and a tuple returned with the tensor first."""
+
+    def __init__(self):
+        super().__init__()
+        self.self = nn.Sequential(nn.Conv2d(8, 32, 1), nn.ReLU())
+        self.m, self.output = nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(48, 8, 1)
+
+    def forward(self, hidden_states):
+        a, b = self.self(hidden_states).chunk(2, 1)
+        return self.output(torch.cat((a, b, self.m(b)), 1)), None
+
+
+class CallsByName(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.block, self.head = nn.Conv2d(3, 8, 1), HalvesInHuggingFaceStyle(), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        features, _ = self.block(hidden_states=self.stem(x))
+        return self.head(features)
+
+
+def test_a_block_called_by_name_with_a_child_named_self_returns_what_its_original_returned():
+    torch.manual_seed(0)
+    model = CallsByName().eval()
+    with torch.no_grad():  # the first half's channels weak: the halves are pruned to different widths
+        model.block.self[0].weight[:16] *= 0.01
+    program = capture(model, torch.rand(1, 3, 8, 8)).eval()
+    remove_channels(program, config={"macs": 0.35, "importance": "l2"})
+
+    written = to_module(program, model)
+    assert isinstance(written.block, SubgraphModule)
+    other = torch.rand(3, 3, 8, 8)
+    with torch.no_grad():
+        expected = _by_image(program, other)
+        assert torch.allclose(written(other), expected, rtol=1e-5, atol=1e-6)
+        features, weights = written.block(hidden_states=written.stem(other))
+        assert features.shape == (3, 8, 8, 8) and weights is None
+        assert torch.allclose(_saved_and_loaded(written)(other), expected, rtol=1e-5, atol=1e-6)

@@ -35,11 +35,13 @@ class PassedTensor:
 
 @dataclass(frozen=True)
 class WatchedCall:
-    """One call of a module of a dense copy of the user's model: the module, and what it was called with."""
+    """One call of a module of a dense copy of the user's model: the module, what it was called with and, for
+    the module watched, what it returned."""
     model: nn.Module
     owner: nn.Module
     args: tuple
     kwargs: dict
+    output: object = None
 
 
 class CallWatcher:
@@ -125,13 +127,18 @@ class _Recorder:
                        for name, module in model.get_submodule(path).named_modules(remove_duplicate=False)}
         self.seen: dict[str, list] = {name: [] for name in self.inside}
         self.running: list[bool] = []
+        self.returned: list = []  # what the module's own calls returned
 
     def hooks(self) -> list:
         owner = self.inside[self.path]
         handles = [owner.register_forward_pre_hook(lambda *_: self.running.append(True)),
-                   owner.register_forward_hook(lambda *_: self.running.clear(), always_call=True)]
+                   owner.register_forward_hook(self._returned, always_call=True)]
         return handles + [module.register_forward_pre_hook(self._record(name), with_kwargs=True)
                           for name, module in self.inside.items()]
+
+    def _returned(self, module, args, output) -> None:
+        self.running.clear()
+        self.returned.append(output)
 
     def _record(self, name: str):
         def hook(module, args, kwargs):
@@ -140,8 +147,9 @@ class _Recorder:
         return hook
 
     def calls(self) -> dict[str, WatchedCall | None]:
-        return {name: WatchedCall(self.model, self.inside[name], *calls[0]) if len(calls) == 1 else None
-                for name, calls in self.seen.items()}
+        output = self.returned[0] if len(self.returned) == 1 else None
+        return {name: WatchedCall(self.model, self.inside[name], *calls[0], output=output if name == self.path else None)
+                if len(calls) == 1 else None for name, calls in self.seen.items()}
 
 
 def passed_tensors(call: WatchedCall, targets: list[str]) -> dict[str, tuple[str, int | None]]:

@@ -79,7 +79,7 @@ def _holds(dense: torch.Tensor, tensor: torch.Tensor) -> bool:
 def takes(module: nn.Module, required: bool = False) -> int:
     """How many arguments the module's forward takes by position (those without a default, with `required`);
     one more for *args. One where its signature cannot be read."""
-    parameters = _forward_parameters(module)
+    parameters = forward_parameters(module)
     if parameters is None:
         return 1
     count = 0
@@ -128,10 +128,10 @@ def call_arguments(call: WatchedCall, ins: list[fx.Node], env: dict, values: Val
 
 
 def _positional_names(module: nn.Module) -> list[str]:
-    return [p.name for p in _forward_parameters(module) or () if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    return [p.name for p in forward_parameters(module) or () if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
 
 
-def _forward_parameters(module: nn.Module) -> list[inspect.Parameter] | None:
+def forward_parameters(module: nn.Module) -> list[inspect.Parameter] | None:
     """The parameters of the module's forward; None where its signature cannot be read."""
     try:
         return list(inspect.signature(module.forward).parameters.values())

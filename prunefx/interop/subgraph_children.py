@@ -71,7 +71,10 @@ def call_child(graph: fx.Graph, members: list[fx.Node], child: str, path: str, e
         args, kwargs = ((env[ins[0]],), {}) if call is None else call_arguments(call, ins, env, watch.values)
     except ValueError as reason:
         raise ValueError(f"its call of '{child}': {reason}") from None
-    env[outs[0]] = graph.call_function(only_tensor, (graph.call_module(name, args, kwargs),))
+    # a child named `self` (Hugging Face's `attention.self`) would give a node named `self`, which the forward
+    # torch.fx writes for the graph would assign over its own `self`
+    called = graph.create_node("call_module", name, args, kwargs, name="self_call" if name == "self" else None)
+    env[outs[0]] = graph.call_function(only_tensor, (called,))
 
 
 def only_tensor(output):

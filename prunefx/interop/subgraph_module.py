@@ -8,7 +8,8 @@ that module's own code, calling the module's children as modules. The children a
 so parameter names, state-dict keys and `named_modules` stay; they keep their own eager forward (batch norm
 trains, dropout drops), and the module's own operators (split, cat, view, add) do not depend on the mode.
 Besides its input it may read further activations and tensors of other modules that its caller passes in, and
-call its children with several (passed_tensors.py).
+call its children with several (passed_tensors.py). It returns its tensor in the structure its original
+returned (subgraph_output.py).
 What is made is proven by the write-back like everything else; where the module's code cannot be cut out
 of the graph this way (several inputs or outputs, its own dropout), SubgraphError says why.
 """
@@ -26,15 +27,17 @@ from prunefx.graph.attributes import get_tensor
 from prunefx.graph.training_flags import DROPOUTS, training_dropout
 from prunefx.interop.attention_scale import unfolded_queries
 from prunefx.interop.passed_tensors import CallWatcher, PassedTensor, passed_tensors, taken
-from prunefx.interop.subgraph_arguments import bound_inputs, takes
+from prunefx.interop.subgraph_arguments import bound_inputs, forward_parameters, takes
 from prunefx.interop.subgraph_batch import NEW_FROM_SHAPE, batch_of, follow_input_batch
 from prunefx.interop.subgraph_children import call_child, outside_inputs
+from prunefx.interop.subgraph_output import ReturnedLike
 
 # Operators whose behaviour depends on the training mode: baked into the graph, they would not train.
 _MODAL = ("dropout", "batch_norm", "rrelu")
 # Fused attention with its dropout probability baked in: exact in both modes where that is 0 and the module
 # holds no dropout that training would apply (timm passes `attn_drop.p` only while training).
 _ATTENTION = "scaled_dot_product"
+_NAMED = object()  # SubgraphModule.forward's input, when its caller passes it by name
 
 
 class SubgraphError(Exception):
@@ -172,7 +175,11 @@ class SubgraphModule(nn.Module):
     Ultralytics' `f`, `i`, `type`) under the same names; its forward is the Python that torch.fx writes
     for the graph, kept as source so that the module deep-copies and pickles (torch.save) like any other."""
 
-    def __init__(self, owner: nn.Module, graph: fx.Graph, passed: list[PassedTensor] = ()):
+    _input_name: str | None = None  # defaults for a module pickled before it kept these
+    _returned: ReturnedLike | None = None
+
+    def __init__(self, owner: nn.Module, graph: fx.Graph, passed: list[PassedTensor] = (),
+                 returned: ReturnedLike | None = None):
         super().__init__()
         for table in ("_modules", "_parameters", "_buffers"):  # the originals, in their order, containers kept
             getattr(self, table).update(getattr(owner, table))
@@ -184,6 +191,8 @@ class SubgraphModule(nn.Module):
         self.train(owner.training)
         self.source_module = f"{type(owner).__module__}.{type(owner).__qualname__}"
         self._passed = list(passed)  # the tensors it reads from its call besides the input, in order
+        self._input_name = _input_name(owner)  # a caller may name the input (PVT's encoder: `pixel_values=`)
+        self._returned = returned  # the structure the original returned its tensor in (subgraph_output.py)
         code = graph.python_code(root_module="self")
         self._source = code.src
         self._globals = {name: value.__name__ if isinstance(value, types.ModuleType) else value
@@ -196,12 +205,18 @@ class SubgraphModule(nn.Module):
         exec(compile(self._source, f"<subgraph of {self.source_module}>", "exec"), namespace)
         self._forward = namespace["forward"]
 
-    def forward(self, x, *args, **kwargs):
+    def forward(self, x=_NAMED, /, *args, **kwargs):
+        if x is _NAMED:
+            if self._input_name not in kwargs:
+                raise TypeError(f"the stand-in for {self.source_module} is called without its input "
+                                f"'{self._input_name}'")
+            x = kwargs.pop(self._input_name)
         try:
             passed = taken(self._passed, args, kwargs, self.source_module)
         except ValueError as reason:
             raise SubgraphError(str(reason)) from None
-        return self._forward(self, x, *passed)
+        output = self._forward(self, x, *passed)
+        return output if self._returned is None else self._returned.around(output)
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -214,6 +229,14 @@ class SubgraphModule(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in place of {self.source_module}"
+
+
+def _input_name(owner: nn.Module) -> str | None:
+    """The name of the input of the module's forward (its first parameter): what a caller may pass it as."""
+    parameters = forward_parameters(owner) or []
+    first = next((each for each in parameters if each.kind in (each.POSITIONAL_ONLY, each.POSITIONAL_OR_KEYWORD)),
+                 None)
+    return first.name if first is not None else None
 
 
 def _form(graph: fx.Graph) -> list[tuple]:
@@ -238,7 +261,8 @@ def replace_by_subgraph(program: Program, model: nn.Module, path: str, *, window
         # one graph stands in for every call: each must be that graph (a literal the proof's inputs miss)
         if _form(_graph(program, alias, owner, windows, watch)[0]) != _form(graph):
             raise SubgraphError(f"the model calls it as '{alias}' too, with other sizes or arguments")
-    replacement = SubgraphModule(owner, graph, reads)
+    dense_call = watch.call(path) if watch else None
+    replacement = SubgraphModule(owner, graph, reads, ReturnedLike.of(dense_call.output) if dense_call else None)
     try:
         parts = unfolded_queries(owner, lambda target: get_tensor(program.module, f"{path}.{target}"))
     except AttributeError as missing:
