@@ -746,3 +746,33 @@ def test_a_block_called_by_name_with_a_child_named_self_returns_what_its_origina
         features, weights = written.block(hidden_states=written.stem(other))
         assert features.shape == (3, 8, 8, 8) and weights is None
         assert torch.allclose(_saved_and_loaded(written)(other), expected, rtol=1e-5, atol=1e-6)
+
+
+class HalvesWithPositions(nn.Module):
+    """HalvesBlock adding a position table it holds as one row, reshaped to the grid (PVT's patch embedding): the
+    reshape's first size is the table's one row, which happens to equal the example's batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.cv1 = nn.Sequential(nn.Conv2d(8, 32, 1), nn.ReLU())
+        self.m, self.cv2 = nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(48, 8, 1)
+        self.positions = nn.Parameter(torch.randn(1, 64, 8))
+
+    def forward(self, x):
+        a, b = self.cv1(x).chunk(2, 1)
+        return self.cv2(torch.cat((a, b, self.m(b)), 1)) + self.positions.reshape(1, 8, 8, -1).permute(0, 3, 1, 2)
+
+
+def test_a_reshape_of_the_blocks_own_one_row_table_keeps_its_row_for_any_batch():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), HalvesWithPositions(), nn.Conv2d(8, 4, 1)).eval()
+    with torch.no_grad():  # the first half's channels weak: the halves are pruned to different widths
+        model[1].cv1[0].weight[:16] *= 0.01
+    program = capture(model, torch.rand(1, 3, 8, 8)).eval()
+    remove_channels(program, config={"macs": 0.35, "importance": "l2"})
+
+    written = to_module(program, model)
+    assert isinstance(written[1], SubgraphModule)
+    other = torch.rand(3, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(written(other), _by_image(program, other), rtol=1e-5, atol=1e-6)

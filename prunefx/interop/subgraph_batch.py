@@ -27,35 +27,39 @@ def batch_of(node: fx.Node) -> int | None:
 
 
 def follow_input_batch(graph: fx.Graph, node: fx.Node, original: fx.Node, x: fx.Node,
-                       batches: tuple[int | None, int | None], from_input: set[fx.Node]) -> None:
+                       batches: tuple[int | None, int | None], from_input: set[fx.Node], windows: bool) -> bool:
     """A reshape or expand to literal sizes (the graph holds the example's) made to follow the input's batch: a
-    first size equal to the example's batch, where the tensor's first dim is that batch too (a class token
-    expanded to it), or, for a tensor computed from the input, a first size that is a multiple of it (B * n: the
-    windows or heads of each image), or one that splits the input's batch of windows back into images
-    (B * n -> B, n: a shifted window's mask added per image), B a multiple of the Program's batch of images
-    (else it may mix images: no batch of two would tell). `batches`: the input's and the Program's. The
-    write-back proves it on a batch of two."""
+    first size equal to the example's batch, where the tensor's first dim is that batch too and the tensor is
+    computed from the input (`from_input`) or expanded to it (a class token); with `windows`, for a tensor
+    computed from the input, a first size that is a multiple of it (B * n: the windows or heads of each image),
+    or one that splits the input's batch of windows back into images (B * n -> B, n: a shifted window's mask
+    added per image), B a multiple of the Program's batch of images (else it may mix images: no batch of two
+    would tell). A reshape of the module's own tensor keeps its sizes (a position table of one row). `batches`:
+    the input's and the Program's. Whether it now follows the batch; the write-back proves it on a batch of two."""
     batch, images = batches
     sizes = node.args[1] if node.target in _RESHAPES and len(node.args) > 1 else None
     if batch is None or not isinstance(sizes, (list, tuple)) or not sizes or not isinstance(sizes[0], int) \
             or sizes[0] <= 0:
-        return
+        return False
     source = original.args[0]
     value = source.meta.get("val") if isinstance(source, fx.Node) else None
-    batch_first = isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == batch == sizes[0]
-    if not batch_first and source not in from_input:
-        return
+    computed = source in from_input
+    batch_first = isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == batch == sizes[0] \
+        and (computed or node.target is torch.ops.aten.expand.default)
+    if not batch_first and not (windows and computed):
+        return False
     if sizes[0] % batch == 0:
         factor, scale = sizes[0] // batch, operator.mul
     elif images and sizes[0] % images == 0 and _splits_batch(sizes, value, batch):
         factor, scale = batch // sizes[0], operator.floordiv
     else:
-        return
+        return False
     with graph.inserting_before(node):
         size = graph.call_function(torch.ops.aten.sym_size.int, (x, 0))
         if factor != 1:
             size = graph.call_function(scale, (size, factor))
     node.args = (node.args[0], [size, *sizes[1:]], *node.args[2:])
+    return True
 
 
 def _splits_batch(sizes, value, batch: int) -> bool:

@@ -107,8 +107,8 @@ def _graph(program: Program, path: str, owner: nn.Module, windows: bool,
         bound.append(each)
         if each.read:
             env[node] = graph.placeholder(f"passed_{each.name}")
-    # values computed from the input (else the module's constants)
-    from_input = {x, *(node for node, each in activations if each.batched)} if windows else set()
+    # values computed from the input, or made to follow its batch (else the module's constants)
+    from_input = {x, *(node for node, each in activations if each.batched)}
     batches = (batch_of(x), images)
     for node in region:
         if node.target not in NEW_FROM_SHAPE and any(value in from_input for value in node.all_input_nodes):
@@ -116,7 +116,8 @@ def _graph(program: Program, path: str, owner: nn.Module, windows: bool,
         child = region[node]
         if child is None:
             _copy_own(graph, node, env, prefix, dropout_free)
-            follow_input_batch(graph, env[node], node, env[x], batches, from_input)
+            if follow_input_batch(graph, env[node], node, env[x], batches, from_input, windows):
+                from_input.add(node)
         elif node is groups[child][-1]:  # the child's whole call, at its last operator
             try:
                 call_child(graph, groups[child], child[1], path, env, owner, watch)
