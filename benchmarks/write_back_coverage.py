@@ -39,7 +39,8 @@ def load_test_module(name: str):
 CASES = load_test_module("test_write_back")
 
 
-def write_back_one(name: str, model, inputs, round_to: int) -> dict:
+def write_back_one(name: str, model, inputs, round_to: int, config: bool = True) -> dict:
+    """Prune `model` to half its MACs and write it back (`config`: to_module's), its row."""
     row = {"model": name}
     try:
         program = capture(model, inputs, name=name).eval()
@@ -48,7 +49,7 @@ def write_back_one(name: str, model, inputs, round_to: int) -> dict:
         return {**row, "status": "not pruned", "message": first_line(error)}
     pruned = time.perf_counter()
     try:
-        module = to_module(program, model)
+        module = to_module(program, model, config=config)
     except PrunefxError as error:
         return {**row, "status": "refused", "message": str(error), "seconds": round(time.perf_counter() - pruned, 1)}
     return {**row, "status": "written back", "third_input_error": CASES.third_input_error(program, module, inputs),

@@ -6,19 +6,14 @@ benchmarks/write_back_coverage.py, whose models the tests name.
     .venv/bin/python benchmarks/write_back_timm.py [--models resnet26t,...] [--append] [--timeout 600]
 
 Each model runs in a process of its own (a model that hangs or crashes the interpreter is a row, not the end
-of the run), one thread; remove_channels(macs=0.5, round_to=8, strict=False) as in write_back_coverage.
+of the run: benchmarks/write_back_breadth.py), one thread; remove_channels(macs=0.5, round_to=8, strict=False) as
+in write_back_coverage.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import subprocess
-import sys
-
 import torch
-from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, publish_results
+from write_back_breadth import breadth_main
 
 MODELS = (
     # timm's own test models
@@ -73,62 +68,7 @@ def one(name: str) -> dict:
     return {**row, "input": "x".join(map(str, (1, *size)))}
 
 
-def run_one(name: str, timeout: float) -> dict:
-    """`one(name)` in a fresh process, one thread; a crash or a timeout is its row."""
-    try:
-        done = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True,
-                              timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    except subprocess.TimeoutExpired:
-        return {"model": f"timm:{name}", "status": "timed out", "message": f"over {timeout:g} s"}
-    rows = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
-    if not rows:
-        tail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-        return {"model": f"timm:{name}", "status": "crashed", "message": tail}
-    return json.loads(rows[-1])
-
-
-def publish(rows: list[dict]) -> int:
-    order = {f"timm:{name}": index for index, name in enumerate(MODELS)}
-    rows = sorted(rows, key=lambda row: order.get(row["model"], len(order)))  # the list's order, however run
-    info = machine_info(threads=1)
-    statuses = ("written back", "refused", "not pruned", "crashed", "timed out")
-    counts = {status: sum(r["status"] == status for r in rows) for status in statuses}
-    table = markdown_table(["model", "input", "status", "3rd-input error", "write-back s", "reason"],
-                           [[r["model"], r.get("input", ""), r["status"],
-                             f"{r['third_input_error']:.1e}" if "third_input_error" in r else "",
-                             r.get("seconds", ""), r.get("message", "").replace("|", "/")[:600]] for r in rows])
-    summary = ", ".join(f"{counts[s]} {s}" for s in statuses if counts[s] or s in ("written back", "refused"))
-    markdown = (f"# Write-back of a wide list of timm models (pruned to 0.5 of the MACs)\n\n{machine_summary(info)}; "
-                f"one process per model; times indicative only.\n\n`{command_line()}`\n\n{summary}, of {len(rows)}."
-                f"\n\n{table}\n")
-    return publish_results("write_back_timm", {"machine": info, "counts": counts, "rows": rows}, markdown)
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", help="comma-separated timm names (default: the list above)")
-    parser.add_argument("--append", action="store_true",
-                        help="keep the rows of the existing results file and skip the models it holds")
-    parser.add_argument("--redo", help="with --append: comma-separated names to measure again")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds one model may take (default 600)")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process: one model, its row on stdout
-    args = parser.parse_args()
-    if args.one:
-        print("ROW " + json.dumps(one(args.one)), flush=True)
-        return 0
-    previous = RESULTS / "write_back_timm.json"
-    rows = json.loads(previous.read_text())["rows"] if args.append and previous.exists() else []
-    redo = {f"timm:{name}" for name in (args.redo or "").split(",") if name}
-    rows = [row for row in rows if row["model"] not in redo]
-    done = {row["model"] for row in rows}
-    for name in args.models.split(",") if args.models else MODELS:
-        if f"timm:{name}" in done:
-            continue
-        rows.append(run_one(name, args.timeout))
-        print(f"{rows[-1]['model']}: {rows[-1]['status']}", flush=True)
-        publish(rows)  # after every row: a long run stopped half-way keeps what it measured
-    return publish(rows)
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(breadth_main(__doc__.splitlines()[0], __file__, "write_back_timm",
+                                  "Write-back of a wide list of timm models (pruned to 0.5 of the MACs)",
+                                  MODELS, lambda name: f"timm:{name}", one))

@@ -5,6 +5,7 @@ model's parameter names, and PyTorch's own autograd and batch-norm statistics fo
 
 from __future__ import annotations
 
+import collections
 import copy
 import io
 
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from prunefx.graph import capture
+from prunefx.interop.subgraph_call import ReturnedLike
 from prunefx.interop.subgraph_module import SubgraphError, SubgraphModule, replace_by_subgraph
 from prunefx.interop.write_back import WriteBackError, to_module
 from prunefx.passes.remove_channels import remove_channels
@@ -776,3 +778,102 @@ def test_a_reshape_of_the_blocks_own_one_row_table_keeps_its_row_for_any_batch()
     other = torch.rand(3, 3, 8, 8)
     with torch.no_grad():
         assert torch.allclose(written(other), _by_image(program, other), rtol=1e-5, atol=1e-6)
+
+
+HalvesOutput = collections.namedtuple("HalvesOutput", "features weights")
+
+
+class HalvesWithFlag(nn.Module):
+    """HalvesBlock returning an output class whose weights only a flag asks for (Hugging Face's
+    output_attentions)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cv1 = nn.Sequential(nn.Conv2d(8, 32, 1), nn.ReLU())
+        self.m, self.cv2 = nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(48, 8, 1)
+
+    def forward(self, x, output_attentions=False):
+        a, b = self.cv1(x).chunk(2, 1)
+        return HalvesOutput(self.cv2(torch.cat((a, b, self.m(b)), 1)), b.softmax(1) if output_attentions else None)
+
+
+class FlagNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.block, self.head = nn.Conv2d(3, 8, 1), HalvesWithFlag(), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(self.block(self.stem(x), output_attentions=False).features)
+
+
+class Holder:
+    """An object that is not a pytree node, holding one of the block's parameters."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+
+class HalvesWithHolder(HalvesBlock):
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((1,), 2.0))
+
+    def forward(self, x):
+        return super().forward(x), Holder(self.scale)
+
+
+class HolderNet(Net):
+    def __init__(self):
+        super().__init__()
+        self.block = HalvesWithHolder()
+
+    def forward(self, x):
+        features, held = self.block(self.stem(x))
+        return self.head(features * held.tensor)
+
+
+def _pruned_halves(model: nn.Module):
+    torch.manual_seed(0)
+    model.eval()
+    with torch.no_grad():  # the first half's channels weak: the halves are pruned to different widths
+        model.block.cv1[0].weight[:16] *= 0.01
+    program = capture(model, torch.rand(1, 3, 8, 8)).eval()
+    remove_channels(program, config={"macs": 0.35, "importance": "l2"})
+    return program
+
+
+def test_a_block_returns_its_output_class_and_refuses_a_flag_other_than_the_models_call():
+    """The graph computes the call the model made (output_attentions=False): another flag is refused, not
+    answered with that call's structure."""
+    model = FlagNet()
+    program = _pruned_halves(model)
+    written = to_module(program, model)
+    assert isinstance(written.block, SubgraphModule)
+    other = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(written(other), _by_image(program, other), rtol=1e-5, atol=1e-6)
+        returned = written.block(written.stem(other), output_attentions=False)
+        assert isinstance(returned, HalvesOutput) and returned.weights is None
+        with pytest.raises(SubgraphError, match="'output_attentions' is True, where the model's call gave False"):
+            written.block(written.stem(other), output_attentions=True)
+
+
+def test_a_block_returning_an_object_that_holds_its_parameter_is_refused():
+    """An object returned beside the tensor came from the dense copy the call was watched on: returned by the
+    stand-in, it would hold that copy's parameter, not the written-back one's."""
+    model = HolderNet()
+    program = _pruned_halves(model)
+    with pytest.raises(WriteBackError, match="cannot write HolderNet back"):
+        to_module(program, model)
+
+
+def test_only_a_structure_of_plain_values_that_pickles_is_returned_around_the_tensor():
+    tensor = torch.ones(2)
+    local = collections.namedtuple("Local", "features weights")  # made in a forward: torch.save cannot find it
+    assert ReturnedLike.of(local(tensor, None)) is None
+    assert ReturnedLike.of((tensor, torch.zeros(1))) is None  # a second tensor, which the graph does not compute
+    assert ReturnedLike.of((tensor, Holder(tensor))) is None
+    kept = ReturnedLike.of(HalvesOutput(tensor, None))
+    returned = kept.around(torch.zeros(3))
+    assert isinstance(returned, HalvesOutput) and torch.equal(returned.features, torch.zeros(3)) and returned.weights is None
+    assert ReturnedLike.of((tensor, 4, 4)).around(tensor)[1:] == (4, 4)

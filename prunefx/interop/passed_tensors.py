@@ -22,6 +22,7 @@ from torch import fx, nn
 
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.model_state import hook_state_kept, random_state_kept
+from prunefx.interop.subgraph_call import ReturnedLike
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,12 @@ class PassedTensor:
 @dataclass(frozen=True)
 class WatchedCall:
     """One call of a module of a dense copy of the user's model: the module, what it was called with and, for
-    the module watched, what it returned."""
+    the module watched, the structure it returned its tensor in (subgraph_call.py)."""
     model: nn.Module
     owner: nn.Module
     args: tuple
     kwargs: dict
-    output: object = None
+    returned: ReturnedLike | None = None
 
 
 class CallWatcher:
@@ -127,18 +128,19 @@ class _Recorder:
                        for name, module in model.get_submodule(path).named_modules(remove_duplicate=False)}
         self.seen: dict[str, list] = {name: [] for name in self.inside}
         self.running: list[bool] = []
-        self.returned: list = []  # what the module's own calls returned
+        self.returned: list[ReturnedLike | None] = []  # the structure of what each of the module's calls returned
 
     def hooks(self) -> list:
         owner = self.inside[self.path]
+        # first: what the module itself returns, before the user's hooks (which its stand-in keeps) see it
         handles = [owner.register_forward_pre_hook(lambda *_: self.running.append(True)),
-                   owner.register_forward_hook(self._returned, always_call=True)]
+                   owner.register_forward_hook(self._returned, always_call=True, prepend=True)]
         return handles + [module.register_forward_pre_hook(self._record(name), with_kwargs=True)
                           for name, module in self.inside.items()]
 
     def _returned(self, module, args, output) -> None:
         self.running.clear()
-        self.returned.append(output)
+        self.returned.append(ReturnedLike.of(output))  # read now: its caller may change a list it returned
 
     def _record(self, name: str):
         def hook(module, args, kwargs):
@@ -147,8 +149,9 @@ class _Recorder:
         return hook
 
     def calls(self) -> dict[str, WatchedCall | None]:
-        output = self.returned[0] if len(self.returned) == 1 else None
-        return {name: WatchedCall(self.model, self.inside[name], *calls[0], output=output if name == self.path else None)
+        returned = self.returned[0] if len(self.returned) == 1 else None
+        return {name: WatchedCall(self.model, self.inside[name], *calls[0],
+                                  returned=returned if name == self.path else None)
                 if len(calls) == 1 else None for name, calls in self.seen.items()}
 
 

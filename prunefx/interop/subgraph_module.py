@@ -9,7 +9,7 @@ so parameter names, state-dict keys and `named_modules` stay; they keep their ow
 trains, dropout drops), and the module's own operators (split, cat, view, add) do not depend on the mode.
 Besides its input it may read further activations and tensors of other modules that its caller passes in, and
 call its children with several (passed_tensors.py). It returns its tensor in the structure its original
-returned (subgraph_output.py).
+returned, and refuses a call passing other plain arguments than the model's (subgraph_call.py).
 What is made is proven by the write-back like everything else; where the module's code cannot be cut out
 of the graph this way (several inputs or outputs, its own dropout), SubgraphError says why.
 """
@@ -26,11 +26,11 @@ from prunefx.graph import Program
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.training_flags import DROPOUTS, training_dropout
 from prunefx.interop.attention_scale import unfolded_queries
-from prunefx.interop.passed_tensors import CallWatcher, PassedTensor, passed_tensors, taken
+from prunefx.interop.passed_tensors import CallWatcher, PassedTensor, WatchedCall, passed_tensors, taken
 from prunefx.interop.subgraph_arguments import bound_inputs, forward_parameters, takes
 from prunefx.interop.subgraph_batch import NEW_FROM_SHAPE, batch_of, follow_input_batch
+from prunefx.interop.subgraph_call import CalledWith, ReturnedLike
 from prunefx.interop.subgraph_children import call_child, outside_inputs
-from prunefx.interop.subgraph_output import ReturnedLike
 
 # Operators whose behaviour depends on the training mode: baked into the graph, they would not train.
 _MODAL = ("dropout", "batch_norm", "rrelu")
@@ -178,9 +178,10 @@ class SubgraphModule(nn.Module):
 
     _input_name: str | None = None  # defaults for a module pickled before it kept these
     _returned: ReturnedLike | None = None
+    _called_with: CalledWith | None = None
 
     def __init__(self, owner: nn.Module, graph: fx.Graph, passed: list[PassedTensor] = (),
-                 returned: ReturnedLike | None = None):
+                 returned: ReturnedLike | None = None, called_with: CalledWith | None = None):
         super().__init__()
         for table in ("_modules", "_parameters", "_buffers"):  # the originals, in their order, containers kept
             getattr(self, table).update(getattr(owner, table))
@@ -193,7 +194,8 @@ class SubgraphModule(nn.Module):
         self.source_module = f"{type(owner).__module__}.{type(owner).__qualname__}"
         self._passed = list(passed)  # the tensors it reads from its call besides the input, in order
         self._input_name = _input_name(owner)  # a caller may name the input (PVT's encoder: `pixel_values=`)
-        self._returned = returned  # the structure the original returned its tensor in (subgraph_output.py)
+        self._returned = returned  # the structure the original returned its tensor in (subgraph_call.py)
+        self._called_with = called_with  # the plain arguments of the call it was made from
         code = graph.python_code(root_module="self")
         self._source = code.src
         self._globals = {name: value.__name__ if isinstance(value, types.ModuleType) else value
@@ -216,6 +218,10 @@ class SubgraphModule(nn.Module):
             passed = taken(self._passed, args, kwargs, self.source_module)
         except ValueError as reason:
             raise SubgraphError(str(reason)) from None
+        different = self._called_with.differs(args, kwargs) if self._called_with is not None else None
+        if different:  # the graph holds the model's call's as constants
+            raise SubgraphError(f"the stand-in for {self.source_module} computes the model's call, and here "
+                                f"{different}")
         output = self._forward(self, x, *passed)
         return output if self._returned is None else self._returned.around(output)
 
@@ -230,6 +236,16 @@ class SubgraphModule(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in place of {self.source_module}"
+
+
+def _besides_tensors(call: WatchedCall, owner: nn.Module) -> tuple[ReturnedLike | None, CalledWith]:
+    """What the dense call returned its tensor in, and the plain arguments it passed after the input."""
+    args, kwargs = call.args, call.kwargs
+    if args:
+        args = args[1:]
+    else:  # the input passed by name
+        kwargs = {name: value for name, value in kwargs.items() if name != _input_name(owner)}
+    return call.returned, CalledWith.of(args, kwargs)
 
 
 def _input_name(owner: nn.Module) -> str | None:
@@ -263,7 +279,7 @@ def replace_by_subgraph(program: Program, model: nn.Module, path: str, *, window
         if _form(_graph(program, alias, owner, windows, watch)[0]) != _form(graph):
             raise SubgraphError(f"the model calls it as '{alias}' too, with other sizes or arguments")
     dense_call = watch.call(path) if watch else None
-    replacement = SubgraphModule(owner, graph, reads, ReturnedLike.of(dense_call.output) if dense_call else None)
+    replacement = SubgraphModule(owner, graph, reads, *(_besides_tensors(dense_call, owner) if dense_call else ()))
     try:
         parts = unfolded_queries(owner, lambda target: get_tensor(program.module, f"{path}.{target}"))
     except AttributeError as missing:

@@ -1,0 +1,81 @@
+"""What a module made from its subgraph (subgraph_module.py) takes and returns besides the tensors its graph reads
+and computes: both are those of one watched call of the dense model (passed_tensors.py).
+
+The graph computes the one tensor the rest of the model reads; the module's callers may expect more around it:
+Hugging Face attention returns `(output, weights)` with the weights None, a stage `(tokens, height, width)`, a
+backbone a model output class. That structure is kept, with its other entries as they were (None, sizes of the
+fixed image) where each is a plain value; else the bare tensor is returned and the proof decides. The call's
+plain arguments (a flag, a size) were constants when the Program was captured: a call passing others is
+refused, not computed as the captured one.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+
+import torch
+import torch.utils._pytree as pytree
+
+_PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device)
+
+
+def plain(value) -> bool:
+    """A value a graph holds as a constant: None, a number, a string, a dtype or device, or a tuple or list of those
+    (torch.Size is one)."""
+    if isinstance(value, (tuple, list)):
+        return all(plain(each) for each in value)
+    return isinstance(value, _PLAIN)
+
+
+@dataclass(frozen=True)
+class ReturnedLike:
+    spec: pytree.TreeSpec
+    leaves: tuple    # the dense call's entries, the tensor's place None
+    place: int       # where the tensor goes
+
+    @classmethod
+    def of(cls, output) -> ReturnedLike | None:
+        """The structure of `output` around its one tensor; None for a bare tensor, a structure holding other
+        tensors or objects that are not plain values, or one that cannot be pickled (a class made in a forward)."""
+        if output is None or isinstance(output, torch.Tensor):
+            return None
+        leaves, spec = pytree.tree_flatten(output)
+        places = [index for index, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
+        if len(places) != 1 or not all(plain(leaf) for index, leaf in enumerate(leaves) if index != places[0]):
+            return None
+        try:
+            pickle.dumps(spec)  # the module it goes into is saved with torch.save
+        except Exception:
+            return None
+        return cls(spec, tuple(None if index == places[0] else leaf for index, leaf in enumerate(leaves)), places[0])
+
+    def around(self, tensor: torch.Tensor):
+        """`tensor` in the dense call's structure."""
+        leaves = list(self.leaves)
+        leaves[self.place] = tensor
+        return pytree.tree_unflatten(leaves, self.spec)
+
+
+@dataclass(frozen=True)
+class CalledWith:
+    """The plain arguments of the dense call after its input, by position and by name."""
+    positions: tuple[tuple[int, object], ...]
+    names: tuple[tuple[str, object], ...]
+
+    @classmethod
+    def of(cls, args: tuple, kwargs: dict) -> CalledWith:
+        """`args` after the input."""
+        return cls(tuple((index, value) for index, value in enumerate(args) if plain(value)),
+                   tuple(sorted((name, value) for name, value in kwargs.items() if plain(value))))
+
+    def differs(self, args: tuple, kwargs: dict) -> str | None:
+        """Where a call passes other plain arguments than the dense call did (`args` after the input): which."""
+        given = CalledWith.of(args, kwargs)
+        for mine, theirs, label in ((dict(self.positions), dict(given.positions), "argument {} after the input"),
+                                    (dict(self.names), dict(given.names), "'{}'")):
+            for key in sorted({*mine, *theirs}, key=str):
+                if key not in mine or key not in theirs or mine[key] != theirs[key]:
+                    return f"{label.format(key + 1 if isinstance(key, int) else key)} is {theirs.get(key)!r}, " \
+                           f"where the model's call gave {mine.get(key)!r}"
+        return None
