@@ -130,7 +130,7 @@ RUNS = (
     # the write-back beyond the tests' models: one or two timm models of each family, a process each
     Run("write_back_timm", "write_back_timm", minutes=35),
     # the same over Hugging Face's vision models (small configurations), the module alone
-    Run("write_back_hf", "write_back_hf", minutes=5, guessed=True),
+    Run("write_back_hf", "write_back_hf", minutes=5),
     # what the write-back's proof module by module catches (a hidden wrong scale), and its cost
     Run("write_back_proof", "write_back_proof", minutes=3),
 )
