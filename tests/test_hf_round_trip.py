@@ -102,3 +102,32 @@ def test_widths_a_config_cannot_hold_are_refused_in_one_line(build, config, expe
     message = str(refused.value)
     assert expected in message and "--ranking uniform --channels" in message and "\n" not in message
     assert to_module(program, model, config=False) is not None  # the module itself is still proven
+
+
+def _beit():
+    """The relative-position bias keeps a window of 4 patches beside 4 heads: matching sizes by value takes the
+    window for the head count that pruning changed."""
+    config = transformers.BeitConfig(image_size=64, patch_size=16, hidden_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=128, use_relative_position_bias=True,
+                                     num_labels=5)
+    return transformers.BeitForImageClassification(config), torch.randn(1, 3, 64, 64)
+
+
+def _pvt():
+    """Called by name (`encoder(pixel_values=...)`), a patch embedding returning (tokens, height, width), a child
+    named `self`, a one-row position table reshaped to the grid: the sequence reduction's width pruned apart
+    from the tokens' needs the Program's subgraph in place of those modules."""
+    config = transformers.PvtConfig(image_size=64, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                                    num_attention_heads=[1, 2, 4, 8], num_labels=5)
+    return transformers.PvtForImageClassification(config), torch.randn(1, 3, 64, 64)
+
+
+@pytest.mark.parametrize("build", [_beit, _pvt, _segformer])
+def test_a_model_pruned_with_the_default_ranking_writes_back_as_a_module(build):
+    model, x, program = _pruned(build, {"macs": 0.5, "strict": False})
+    module = to_module(program, model, config=False)
+    other = torch.randn_like(x)
+    with torch.no_grad():
+        expected, actual = program(other)["logits"], module(other).logits
+    assert actual.shape == expected.shape
+    assert (actual - expected).abs().max() <= 1e-5 * expected.abs().max()

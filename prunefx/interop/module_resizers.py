@@ -47,18 +47,23 @@ def resizer_for(module: nn.Module) -> Resizer:
     return resize_attributes
 
 
-def resize_attributes(module: nn.Module, changes: Changes, lists=()) -> None:
+def resize_attributes(module: nn.Module, changes: Changes, lists=()) -> dict[str, object]:
     """The default resizer: `match_attributes`, lists of sizes that an operator took whole set whole first
     (`listed_sizes`; `lists`: (dense, pruned) lists of sizes of the module's own calls); and for attention modules
     written to timm's convention (a boolean `fused_attn`, a float `scale`), when the head dim changed, the dense
     scale folded into the queries so that the fused path, left as it was, computes what the pruned Program
-    computes (prunefx/interop/attention_scale.py)."""
+    computes (prunefx/interop/attention_scale.py). The attributes it set, with their dense values, where setting
+    them back undoes it (no scale folded): a size matched by its value alone may be another quantity that
+    happens to equal it (a window of 4 beside 4 heads), which the write-back then tries as it was."""
+    dense = dict(vars(module))
     listed = listed_sizes(module, lists)
     updated = match_attributes(module, changes, skip=listed.keys())
     for name, value in listed.items():
         setattr(module, name, value)
     if "head_dim" in updated and uses_timm_attention_convention(module):
         keep_attention_scale(module, ResizeError)
+        return {}
+    return {name: dense[name] for name in [*updated, *listed]}
 
 
 def match_attributes(module: nn.Module, changes: Changes, skip=()) -> list[str]:

@@ -42,11 +42,12 @@ def method_scopes(dense: Program, module: nn.Module) -> dict[int, set[str]]:
     return found
 
 
-def resize_modules(module: nn.Module, dense: Program, changes, name: str) -> list[WriteBackError]:
+def resize_modules(module: nn.Module, dense: Program, changes, name: str
+                   ) -> tuple[list[WriteBackError], dict[str, dict[str, object]]]:
     """Run every module's resizer with the literal sizes rewritten (`changes`, between `dense`, the dense
     capture, and the pruned Program) in the operators it called, under any of its names or through a method
     (`method_scopes`). A registered resizer's refusal is final; the default resizer's are returned (the module's
-    subgraph may stand in)."""
+    subgraph may stand in), with the attributes it set and their dense values, by module path."""
     scopes_of_methods = method_scopes(dense, module)
     by_scope: dict[str, list] = {}
     for change in changes:
@@ -54,7 +55,7 @@ def resize_modules(module: nn.Module, dense: Program, changes, name: str) -> lis
     aliases: dict[int, list[str]] = {}  # a module shared under several names is called under any of them
     for path, submodule in module.named_modules(remove_duplicate=False):
         aliases.setdefault(id(submodule), []).append(path)
-    unresized = []
+    unresized, matched = [], {}
     for path, submodule in module.named_modules():  # lazily: a module a resizer puts in is resized too
         resizer = resizer_for(submodule)
         # one put in by a resizer (a Detect head's one-to-one branch copied anew) has its path alone
@@ -64,7 +65,9 @@ def resize_modules(module: nn.Module, dense: Program, changes, name: str) -> lis
         pairs = [pair for change in own for pair in change.pairs]
         try:
             if resizer is resize_attributes:  # it also takes lists of sizes whole
-                resize_attributes(submodule, pairs, [listed for change in own for listed in change.lists])
+                dense_values = resize_attributes(submodule, pairs, [listed for change in own for listed in change.lists])
+                if dense_values:
+                    matched[path] = dense_values
             else:
                 resizer(submodule, pairs)
         except ResizeError as reason:
@@ -72,4 +75,4 @@ def resize_modules(module: nn.Module, dense: Program, changes, name: str) -> lis
             if resizer is not resize_attributes:
                 raise error from reason
             unresized.append(error)
-    return unresized
+    return unresized, matched

@@ -72,7 +72,7 @@ def _written_back(program: Program, model: nn.Module, module: nn.Module, name: s
     comparable = agreeing(dense, module, TOLERANCE)  # the modules the proof compares one by one
     _copy_tensors(program, module, name, built)
     changes = literal_changes(dense.module, program.module)
-    unresized = resize_modules(module, dense, changes, name)
+    unresized, matched = resize_modules(module, dense, changes, name)
     off_nested_tensors(module)
     replaced = replaced_calls(dense.module, program.module)
     hint = _hint(module, changes, replaced)
@@ -85,7 +85,7 @@ def _written_back(program: Program, model: nn.Module, module: nn.Module, name: s
     except WriteBackError as error:
         scopes = _own_code_changed(module, changes, replaced, _cut_constants(program, dense, built))
         _from_subgraphs(program, CallWatcher(model, inputs, dense.module, scopes), module, name, scopes, error,
-                        comparable)
+                        comparable, matched)
     module.train(model.training)  # also the graphs' flags of the subgraphs standing in for modules
     set_module_modes(module, module_modes(model), model.training)  # each layer's own, as in the user's model
     return module
@@ -107,32 +107,41 @@ def _own_code_changed(module: nn.Module, changes, replaced, cut: set[str]) -> li
 
 
 def _from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Module, name: str, scopes: list[str],
-                    error: WriteBackError, comparable: set[str]) -> None:
+                    error: WriteBackError, comparable: set[str], matched: dict[str, dict[str, object]]) -> None:
     """Put the Program's subgraph in place of each module in `scopes` (prunefx/interop/subgraph_module.py),
     then of each module of the user's code whose forward raises, and prove the result again, also on a
     batch of both inputs; else `error`, with why not. Where that fails and the Program's outputs have the batch
     first (so that the batch of two proves it), again with the windows or heads of every image batched together
     following the input's batch too. `watcher`: the calls of the user's dense model and the values of its
-    capture, from which a subgraph's arguments are read (prunefx/interop/subgraph_arguments.py)."""
+    capture, from which a subgraph's arguments are read (prunefx/interop/subgraph_arguments.py). A failing
+    module that no subgraph can stand in for is tried with the sizes its attributes held in the dense model
+    (`matched`: those set by matching values, by module path)."""
     attempts = (False, True) if batch_first_outputs(program) else (False,)
     failures = []
     for windows in attempts:
         replaced: dict[str, nn.Module] = {}
+        as_dense: dict[str, dict[str, object]] = {}  # the attributes set back, with their pruned values
         try:
-            return _made_from_subgraphs(program, watcher, module, name, scopes, error, windows, replaced, comparable)
+            return _made_from_subgraphs(program, watcher, module, name, scopes, error, windows, replaced, comparable,
+                                        (matched, as_dense))
         except WriteBackError as failed:
             failures.append(failed)
             for scope, original in reversed(replaced.items()):  # the module as it was before this attempt
                 put_back(module, scope, original)
+            for scope, values in as_dense.items():
+                for attribute, value in values.items():
+                    setattr(module.get_submodule(scope), attribute, value)
     raise failures[0]
 
 
 def _made_from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Module, name: str, scopes: list[str],
                          error: WriteBackError, windows: bool, replaced: dict[str, nn.Module],
-                         comparable: set[str]) -> None:
+                         comparable: set[str], sizes: tuple[dict, dict]) -> None:
     """One attempt of `_from_subgraphs`; `replaced` gets each module it replaces, by path, in order;
-    `comparable`: the modules the proof compares one by one."""
+    `comparable`: the modules the proof compares one by one; `sizes`: the attributes set by matching values
+    (path -> their dense values) and, filled here, those set back (path -> their pruned values)."""
     kept: list[str] = []  # a module left as it is may be right with its attributes: the proof decides
+    matched, as_dense = sizes
 
     def make(scope: str | None) -> bool:
         if not scope or scope in replaced or resizer_for(module.get_submodule(scope)) is not resize_attributes:
@@ -145,16 +154,28 @@ def _made_from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Modu
             return False
         return True
 
+    def set_back(scope: str | None) -> bool:
+        """The failing module's matched attributes as they were in the dense model (once): whether any were."""
+        if scope not in matched or scope in as_dense:
+            return False
+        owner = module.get_submodule(scope)
+        as_dense[scope] = {attribute: getattr(owner, attribute) for attribute in matched[scope]}
+        for attribute, value in matched[scope].items():
+            setattr(owner, attribute, value)
+        return True
+
     for scope in scopes:
         make(scope)
-    last, progress = error, make(getattr(error, "module_path", None)) or bool(replaced)
+    failing = getattr(error, "module_path", None)
+    last, progress = error, make(failing) or set_back(failing) or bool(replaced)
     while progress:
         try:
             verify_module(program, module, name, "", comparable)
             check_batch(program, module, name)
             return
         except WriteBackError as failed:
-            last, progress = failed, make(getattr(failed, "module_path", None))
+            failing = getattr(failed, "module_path", None)
+            last, progress = failed, make(failing) or set_back(failing)
     tried = f"; nor with {', '.join(replaced)} made from the pruned subgraph: {last}" if replaced else ""
     raise WriteBackError(f"{error}{tried}{''.join('; ' + line for line in kept[-1:])}") from error
 
