@@ -126,6 +126,10 @@ def _pvt():
 def test_a_model_pruned_with_the_default_ranking_writes_back_as_a_module(build):
     model, x, program = _pruned(build, {"macs": 0.5, "strict": False})
     module = to_module(program, model, config=False)
+    if build is _beit:  # the window set back, as it was; the head count (the table's width) pruned
+        bias = module.beit.encoder.layer[0].attention.attention.relative_position_bias \
+            if hasattr(module.beit, "encoder") else module.beit.layers[0].relative_position_bias
+        assert bias.window_size == (4, 4) and bias.relative_position_bias_table.shape[1] < 4
     other = torch.randn_like(x)
     with torch.no_grad():
         expected, actual = program(other)["logits"], module(other).logits

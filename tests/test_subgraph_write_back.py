@@ -877,3 +877,43 @@ def test_only_a_structure_of_plain_values_that_pickles_is_returned_around_the_te
     returned = kept.around(torch.zeros(3))
     assert isinstance(returned, HalvesOutput) and torch.equal(returned.features, torch.zeros(3)) and returned.weights is None
     assert ReturnedLike.of((tensor, 4, 4)).around(tensor)[1:] == (4, 4)
+
+
+class PositionBias(nn.Module):
+    """A bias by head over the keys, of a window of positions (no input: no subgraph can stand in for it). Its
+    window happens to equal its head count, which pruning changes: matching sizes by value sets both."""
+
+    def __init__(self):
+        super().__init__()
+        self.heads, self.window = 4, 4
+        self.table = nn.Parameter(torch.randn(self.window * self.window, self.heads))
+
+    def forward(self):
+        return self.table.view(self.window * self.window, self.heads).t().unsqueeze(1)
+
+
+class BiasedAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.proj, self.bias = nn.Linear(8, 24), nn.Linear(8, 8), PositionBias()
+
+    def forward(self, x):
+        batch, tokens, _ = x.shape
+        q, k, v = self.qkv(x).view(batch, tokens, 3, self.bias.heads, 2).permute(2, 0, 3, 1, 4)
+        weights = ((q @ k.transpose(-2, -1)) + self.bias()).softmax(-1)
+        return x + self.proj((weights @ v).transpose(1, 2).reshape(batch, tokens, -1))
+
+
+def test_a_size_matched_by_value_alone_is_set_back_one_attribute_at_a_time():
+    """The head count pruned, the window as it was: setting both back (or neither) computes something else."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), BiasedAttention(), nn.Linear(8, 4)).eval()
+    program = capture(model, torch.randn(1, 16, 8)).eval()
+    remove_channels(program, config={"macs": 0.6, "importance": "l2", "round_to": 1, "strict": False})
+    assert program.module.state_dict()["1.bias.table"].shape == (16, 3)  # a head gone
+
+    written = to_module(program, model)
+    assert (written[1].bias.heads, written[1].bias.window) == (3, 4)
+    other = torch.randn(3, 16, 8)
+    with torch.no_grad():
+        assert torch.allclose(written(other), _by_image(program, other), rtol=1e-5, atol=1e-6)

@@ -21,7 +21,7 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.graph.model_state import hook_state_kept, random_state_kept
 from prunefx.graph.scoped_calls import literal_changes, replaced_calls
 from prunefx.graph.training_flags import module_modes, set_module_modes
-from prunefx.interop.hf_config import update_config
+from prunefx.interop.hf_config import is_hf_model, update_config
 from prunefx.interop.module_resizers import resize_attributes, resizer_for
 from prunefx.interop.passed_tensors import CallWatcher
 from prunefx.interop.proof_by_module import agreeing
@@ -84,8 +84,9 @@ def _written_back(program: Program, model: nn.Module, module: nn.Module, name: s
         verify_module(program, module, name, hint, comparable)
     except WriteBackError as error:
         scopes = _own_code_changed(module, changes, replaced, _cut_constants(program, dense, built))
+        # with a config, its fields were chosen for the matched attributes: none is set back then
         _from_subgraphs(program, CallWatcher(model, inputs, dense.module, scopes), module, name, scopes, error,
-                        comparable, matched)
+                        comparable, {} if config and is_hf_model(module) else matched)
     module.train(model.training)  # also the graphs' flags of the subgraphs standing in for modules
     set_module_modes(module, module_modes(model), model.training)  # each layer's own, as in the user's model
     return module
@@ -120,15 +121,15 @@ def _from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Module, n
     failures = []
     for windows in attempts:
         replaced: dict[str, nn.Module] = {}
-        as_dense: dict[str, dict[str, object]] = {}  # the attributes set back, with their pruned values
+        set_back_from: dict[str, dict[str, object]] = {}  # the attributes set back, with their pruned values
         try:
             return _made_from_subgraphs(program, watcher, module, name, scopes, error, windows, replaced, comparable,
-                                        (matched, as_dense))
+                                        (matched, set_back_from))
         except WriteBackError as failed:
             failures.append(failed)
             for scope, original in reversed(replaced.items()):  # the module as it was before this attempt
                 put_back(module, scope, original)
-            for scope, values in as_dense.items():
+            for scope, values in set_back_from.items():
                 for attribute, value in values.items():
                     setattr(module.get_submodule(scope), attribute, value)
     raise failures[0]
@@ -139,9 +140,11 @@ def _made_from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Modu
                          comparable: set[str], sizes: tuple[dict, dict]) -> None:
     """One attempt of `_from_subgraphs`; `replaced` gets each module it replaces, by path, in order;
     `comparable`: the modules the proof compares one by one; `sizes`: the attributes set by matching values
-    (path -> their dense values) and, filled here, those set back (path -> their pruned values)."""
+    (path -> their dense values) and, filled here, the one of each module now set back (path -> its pruned
+    value), for the caller to undo."""
     kept: list[str] = []  # a module left as it is may be right with its attributes: the proof decides
-    matched, as_dense = sizes
+    matched, set_back_from = sizes
+    tried: dict[str, int] = {}  # per module, how many of its matched attributes were set back in turn
 
     def make(scope: str | None) -> bool:
         if not scope or scope in replaced or resizer_for(module.get_submodule(scope)) is not resize_attributes:
@@ -155,13 +158,22 @@ def _made_from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Modu
         return True
 
     def set_back(scope: str | None) -> bool:
-        """The failing module's matched attributes as they were in the dense model (once): whether any were."""
-        if scope not in matched or scope in as_dense:
+        """The failing module with the next of its matched attributes as it was in the dense model, the one set
+        back before pruned again (one at a time: the others were matched right): whether there was one."""
+        if scope is None or scope in replaced or scope not in matched:
             return False
-        owner = module.get_submodule(scope)
-        as_dense[scope] = {attribute: getattr(owner, attribute) for attribute in matched[scope]}
-        for attribute, value in matched[scope].items():
-            setattr(owner, attribute, value)
+        owner, names, done = module.get_submodule(scope), list(matched[scope]), tried.get(scope, 0)
+        if done > len(names):  # each tried, and the last made pruned again
+            return False
+        if done:
+            previous = names[done - 1]
+            setattr(owner, previous, set_back_from[scope].pop(previous))
+        tried[scope] = done + 1
+        if done == len(names):
+            return False
+        attribute = names[done]
+        set_back_from.setdefault(scope, {})[attribute] = getattr(owner, attribute)
+        setattr(owner, attribute, matched[scope][attribute])
         return True
 
     for scope in scopes:
@@ -175,9 +187,14 @@ def _made_from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Modu
             return
         except WriteBackError as failed:
             failing = getattr(failed, "module_path", None)
-            last, progress = failed, make(failing) or set_back(failing)
-    tried = f"; nor with {', '.join(replaced)} made from the pruned subgraph: {last}" if replaced else ""
-    raise WriteBackError(f"{error}{tried}{''.join('; ' + line for line in kept[-1:])}") from error
+            # a module failing after another's attribute was set back may need that one's next attribute instead
+            last, progress = failed, make(failing) or set_back(failing) or any(set_back(scope) for scope in
+                                                                                 list(set_back_from)[-1:])
+    changed = [f"{', '.join(replaced)} made from the pruned subgraph"] if replaced else []
+    changed += [f"'{scope}.{attribute}' as in the dense model" for scope, values in set_back_from.items()
+                for attribute in values]
+    tried_too = f"; nor with {' and '.join(changed)}: {last}" if changed else ""
+    raise WriteBackError(f"{error}{tried_too}{''.join('; ' + line for line in kept[-1:])}") from error
 
 
 def _places(module: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
