@@ -600,6 +600,39 @@ def test_a_child_is_called_with_each_callers_own_arguments():
         assert not torch.equal(written(x), written(x))  # the rate reaches the child: it drops out
 
 
+class SoftensIn(nn.Module):
+    """A child whose call passes a dtype, a plain value a graph holds as a constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x, dtype=None):
+        return self.fc(x.softmax(-1, dtype=dtype))
+
+
+class PassesADtype(CallsItsChildWithALimit):
+    def forward(self, x):
+        u, v = self.fc(x).chunk(2, -1)
+        return self.out(torch.cat((u, self.m(v, dtype=torch.float32)), -1))
+
+
+def test_a_child_called_with_a_dtype_is_called_so_by_the_blocks_subgraph():
+    """The dtype the block passes its child is kept in the subgraph's call, as a number would be. Oracle: the
+    Program on an input it never saw."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), PassesADtype(0.0, SoftensIn()), nn.Linear(8, 3)).eval()
+    with torch.no_grad():
+        model[1].fc.weight[:8] *= 0.01
+    program = capture(model, torch.randn(1, 4)).eval()
+    remove_channels(program, config={"macs": 0.5, "importance": "l2", "round_to": 1, "strict": False})
+    written = to_module(program, model)
+    assert isinstance(written[1], SubgraphModule)
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(written(x), _by_image(program, x), rtol=1e-5, atol=1e-6)
+
+
 class IgnoresItsMask(nn.Module):
     def __init__(self):
         super().__init__()

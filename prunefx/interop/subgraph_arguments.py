@@ -19,6 +19,7 @@ from torch import fx, nn
 
 from prunefx.graph.attributes import get_tensor
 from prunefx.interop.passed_tensors import PassedTensor, WatchedCall, activation_arguments, followed
+from prunefx.interop.subgraph_call import forward_parameters, plain
 
 Values = Callable[[list[str]], dict[str, torch.Tensor]]  # dense values of graph nodes, by name
 
@@ -109,7 +110,7 @@ def call_arguments(call: WatchedCall, ins: list[fx.Node], env: dict, values: Val
                 return unread
             free.remove(matches[0])
             return env[matches[0]]
-        if _literal(value):
+        if plain(value):
             return value
         raise ValueError(f"it passes a {type(value).__name__}, which a graph cannot hold")
 
@@ -131,21 +132,7 @@ def _positional_names(module: nn.Module) -> list[str]:
     return [p.name for p in forward_parameters(module) or () if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
 
 
-def forward_parameters(module: nn.Module) -> list[inspect.Parameter] | None:
-    """The parameters of the module's forward; None where its signature cannot be read."""
-    try:
-        return list(inspect.signature(module.forward).parameters.values())
-    except (TypeError, ValueError):
-        return None
-
-
 def _held(node: fx.Node, value: torch.Tensor, call: WatchedCall) -> bool:
     """Whether `node` reads the model's tensor that the dense call passed (a buffer handed to a child)."""
     return node.op == "get_attr" and get_tensor(call.model, str(node.target)) is value
 
-
-def _literal(value) -> bool:
-    """A value a graph can hold as it is: a number, a string, None, or a tuple or list of those."""
-    if isinstance(value, (tuple, list)):
-        return all(_literal(each) for each in value)
-    return value is None or type(value) in (bool, int, float, str)

@@ -6,16 +6,23 @@ Hugging Face attention returns `(output, weights)` with the weights None, a stag
 backbone a model output class. That structure is kept, with its other entries as they were (None, sizes of the
 fixed image) where each is a plain value; else the bare tensor is returned and the proof decides. The call's
 plain arguments (a flag, a size) were constants when the Program was captured: a call passing others is
-refused, not computed as the captured one.
+refused, not computed as the captured one. A caller may pass the input by the name of the forward's first
+parameter (PVT's encoder: `pixel_values=`).
 """
 
 from __future__ import annotations
 
+import inspect
 import pickle
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.utils._pytree as pytree
+from torch import nn
+
+if TYPE_CHECKING:
+    from prunefx.interop.passed_tensors import WatchedCall
 
 _PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device)
 
@@ -78,4 +85,30 @@ class CalledWith:
                 if key not in mine or key not in theirs or mine[key] != theirs[key]:
                     return f"{label.format(key + 1 if isinstance(key, int) else key)} is {theirs.get(key)!r}, " \
                            f"where the model's call gave {mine.get(key)!r}"
+        return None
+
+
+def besides_input(call: WatchedCall, owner: nn.Module) -> tuple[ReturnedLike | None, CalledWith]:
+    """What the dense call returned its tensor in, and the plain arguments it passed after the input."""
+    args, kwargs = call.args, call.kwargs
+    if args:
+        args = args[1:]
+    else:  # the input passed by name
+        kwargs = {name: value for name, value in kwargs.items() if name != input_name(owner)}
+    return call.returned, CalledWith.of(args, kwargs)
+
+
+def input_name(owner: nn.Module) -> str | None:
+    """The name of the input of the module's forward (its first parameter): what a caller may pass it as."""
+    parameters = forward_parameters(owner) or []
+    first = next((each for each in parameters if each.kind in (each.POSITIONAL_ONLY, each.POSITIONAL_OR_KEYWORD)),
+                 None)
+    return first.name if first is not None else None
+
+
+def forward_parameters(module: nn.Module) -> list[inspect.Parameter] | None:
+    """The parameters of the module's forward; None where its signature cannot be read."""
+    try:
+        return list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
         return None

@@ -26,10 +26,10 @@ from prunefx.graph import Program
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.training_flags import DROPOUTS, training_dropout
 from prunefx.interop.attention_scale import unfolded_queries
-from prunefx.interop.passed_tensors import CallWatcher, PassedTensor, WatchedCall, passed_tensors, taken
-from prunefx.interop.subgraph_arguments import bound_inputs, forward_parameters, takes
+from prunefx.interop.passed_tensors import CallWatcher, PassedTensor, passed_tensors, taken
+from prunefx.interop.subgraph_arguments import bound_inputs, takes
 from prunefx.interop.subgraph_batch import NEW_FROM_SHAPE, batch_of, follow_input_batch
-from prunefx.interop.subgraph_call import CalledWith, ReturnedLike
+from prunefx.interop.subgraph_call import CalledWith, ReturnedLike, besides_input, input_name
 from prunefx.interop.subgraph_children import call_child, outside_inputs
 
 # Operators whose behaviour depends on the training mode: baked into the graph, they would not train.
@@ -193,7 +193,7 @@ class SubgraphModule(nn.Module):
         self.train(owner.training)
         self.source_module = f"{type(owner).__module__}.{type(owner).__qualname__}"
         self._passed = list(passed)  # the tensors it reads from its call besides the input, in order
-        self._input_name = _input_name(owner)  # a caller may name the input (PVT's encoder: `pixel_values=`)
+        self._input_name = input_name(owner)  # a caller may name the input (PVT's encoder: `pixel_values=`)
         self._returned = returned  # the structure the original returned its tensor in (subgraph_call.py)
         self._called_with = called_with  # the plain arguments of the call it was made from
         code = graph.python_code(root_module="self")
@@ -238,24 +238,6 @@ class SubgraphModule(nn.Module):
         return f"in place of {self.source_module}"
 
 
-def _besides_tensors(call: WatchedCall, owner: nn.Module) -> tuple[ReturnedLike | None, CalledWith]:
-    """What the dense call returned its tensor in, and the plain arguments it passed after the input."""
-    args, kwargs = call.args, call.kwargs
-    if args:
-        args = args[1:]
-    else:  # the input passed by name
-        kwargs = {name: value for name, value in kwargs.items() if name != _input_name(owner)}
-    return call.returned, CalledWith.of(args, kwargs)
-
-
-def _input_name(owner: nn.Module) -> str | None:
-    """The name of the input of the module's forward (its first parameter): what a caller may pass it as."""
-    parameters = forward_parameters(owner) or []
-    first = next((each for each in parameters if each.kind in (each.POSITIONAL_ONLY, each.POSITIONAL_OR_KEYWORD)),
-                 None)
-    return first.name if first is not None else None
-
-
 def _form(graph: fx.Graph) -> list[tuple]:
     """A graph's operators and arguments, values by their place: equal for two calls that compute alike."""
     place = {node: index for index, node in enumerate(graph.nodes)}
@@ -279,7 +261,7 @@ def replace_by_subgraph(program: Program, model: nn.Module, path: str, *, window
         if _form(_graph(program, alias, owner, windows, watch)[0]) != _form(graph):
             raise SubgraphError(f"the model calls it as '{alias}' too, with other sizes or arguments")
     dense_call = watch.call(path) if watch else None
-    replacement = SubgraphModule(owner, graph, reads, *(_besides_tensors(dense_call, owner) if dense_call else ()))
+    replacement = SubgraphModule(owner, graph, reads, *(besides_input(dense_call, owner) if dense_call else ()))
     try:
         parts = unfolded_queries(owner, lambda target: get_tensor(program.module, f"{path}.{target}"))
     except AttributeError as missing:

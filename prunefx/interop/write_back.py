@@ -27,6 +27,7 @@ from prunefx.interop.passed_tensors import CallWatcher
 from prunefx.interop.proof_by_module import agreeing
 from prunefx.interop.pruned_attention import off_nested_tensors
 from prunefx.interop.resized_modules import resize_modules
+from prunefx.interop.set_back_sizes import SetBack
 from prunefx.interop.subgraph_module import SubgraphError, put_back, replace_by_subgraph
 from prunefx.interop.write_back_precision import in_program_precision
 from prunefx.interop.write_back_proof import (
@@ -121,30 +122,25 @@ def _from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Module, n
     failures = []
     for windows in attempts:
         replaced: dict[str, nn.Module] = {}
-        set_back_from: dict[str, dict[str, object]] = {}  # the attributes set back, with their pruned values
+        sizes = SetBack(module, matched)
         try:
             return _made_from_subgraphs(program, watcher, module, name, scopes, error, windows, replaced, comparable,
-                                        (matched, set_back_from))
+                                        sizes)
         except WriteBackError as failed:
             failures.append(failed)
             for scope, original in reversed(replaced.items()):  # the module as it was before this attempt
                 put_back(module, scope, original)
-            for scope, values in set_back_from.items():
-                for attribute, value in values.items():
-                    setattr(module.get_submodule(scope), attribute, value)
+            sizes.undo()
     raise failures[0]
 
 
 def _made_from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Module, name: str, scopes: list[str],
                          error: WriteBackError, windows: bool, replaced: dict[str, nn.Module],
-                         comparable: set[str], sizes: tuple[dict, dict]) -> None:
+                         comparable: set[str], sizes: SetBack) -> None:
     """One attempt of `_from_subgraphs`; `replaced` gets each module it replaces, by path, in order;
-    `comparable`: the modules the proof compares one by one; `sizes`: the attributes set by matching values
-    (path -> their dense values) and, filled here, the one of each module now set back (path -> its pruned
-    value), for the caller to undo."""
+    `comparable`: the modules the proof compares one by one; `sizes`: the attributes set by matching values,
+    set back here where no subgraph stands in for their module (set_back_sizes.py), for the caller to undo."""
     kept: list[str] = []  # a module left as it is may be right with its attributes: the proof decides
-    matched, set_back_from = sizes
-    tried: dict[str, int] = {}  # per module, how many of its matched attributes were set back in turn
 
     def make(scope: str | None) -> bool:
         if not scope or scope in replaced or resizer_for(module.get_submodule(scope)) is not resize_attributes:
@@ -158,23 +154,7 @@ def _made_from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Modu
         return True
 
     def set_back(scope: str | None) -> bool:
-        """The failing module with the next of its matched attributes as it was in the dense model, the one set
-        back before pruned again (one at a time: the others were matched right): whether there was one."""
-        if scope is None or scope in replaced or scope not in matched:
-            return False
-        owner, names, done = module.get_submodule(scope), list(matched[scope]), tried.get(scope, 0)
-        if done > len(names):  # each tried, and the last made pruned again
-            return False
-        if done:
-            previous = names[done - 1]
-            setattr(owner, previous, set_back_from[scope].pop(previous))
-        tried[scope] = done + 1
-        if done == len(names):
-            return False
-        attribute = names[done]
-        set_back_from.setdefault(scope, {})[attribute] = getattr(owner, attribute)
-        setattr(owner, attribute, matched[scope][attribute])
-        return True
+        return scope not in replaced and sizes.next(scope)
 
     for scope in scopes:
         make(scope)
@@ -187,12 +167,9 @@ def _made_from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Modu
             return
         except WriteBackError as failed:
             failing = getattr(failed, "module_path", None)
-            # a module failing after another's attribute was set back may need that one's next attribute instead
-            last, progress = failed, make(failing) or set_back(failing) or any(set_back(scope) for scope in
-                                                                                 list(set_back_from)[-1:])
+            last, progress = failed, make(failing) or set_back(failing) or any(map(set_back, sizes.last()))
     changed = [f"{', '.join(replaced)} made from the pruned subgraph"] if replaced else []
-    changed += [f"'{scope}.{attribute}' as in the dense model" for scope, values in set_back_from.items()
-                for attribute in values]
+    changed += sizes.described()
     tried_too = f"; nor with {' and '.join(changed)}: {last}" if changed else ""
     raise WriteBackError(f"{error}{tried_too}{''.join('; ' + line for line in kept[-1:])}") from error
 
