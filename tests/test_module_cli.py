@@ -63,6 +63,45 @@ def test_prune_writes_the_module_beside_the_program(capsys, tmp_path):
     assert report["module"]["written"] and "module.pt" in out
 
 
+_USER_LENET = """
+import torch
+from torch import nn
+
+
+class LeNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 6, 5), nn.Conv2d(6, 16, 5)
+        self.fc1, self.fc2 = nn.Linear(16 * 5 * 5, 120), nn.Linear(120, 10)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc2(torch.relu(self.fc1(x.view(-1, 16 * 5 * 5))))
+
+
+def build():
+    torch.manual_seed(0)
+    return LeNet()
+"""
+
+
+def test_a_model_whose_forward_spells_a_width_is_written_as_its_stand_in_with_a_note(capsys, tmp_path):
+    """LeNet's `view(-1, 16 * 5 * 5)` at the top: module.pt holds the model made from its subgraph, and says so."""
+    (tmp_path / "lenet.py").write_text(_USER_LENET)
+    code, _, err = _run(capsys, "prune", f"{tmp_path / 'lenet.py'}:build", "--input-shape", "1x3x32x32",
+                        "--macs", "0.5", "--round-to", "2", "--module", "-o", tmp_path / "out")
+    assert code == 0, err
+    assert "note: module.pt holds a stand-in for LeNet" in err
+    module = torch.load(tmp_path / "out" / "module.pt", weights_only=False)  # our own file: trusted
+    assert type(module).__name__ == "SubgraphModule" and module.conv2.out_channels < 16
+    program = Program.load(tmp_path / "out" / "model.pt2")
+    x = torch.randn(3, 3, 32, 32)  # another batch size than the capture's
+    with torch.no_grad():
+        expected = torch.cat([pytree.tree_leaves(program(x[i:i + 1]))[0] for i in range(3)])
+        torch.testing.assert_close(module(x), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_module_from_a_saved_program_is_refused_in_one_line(capsys, tmp_path):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()
     capture(model, torch.randn(1, 3, 4, 4)).save(tmp_path / "small.pt2")

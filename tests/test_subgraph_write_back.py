@@ -891,13 +891,23 @@ def test_a_block_returns_its_output_class_and_refuses_a_flag_other_than_the_mode
             written.block(written.stem(other), output_attentions=True)
 
 
-def test_a_block_returning_an_object_that_holds_its_parameter_is_refused():
+def test_a_block_returning_an_object_that_holds_its_parameter_returns_its_tensor_alone():
     """An object returned beside the tensor came from the dense copy the call was watched on: returned by the
-    stand-in, it would hold that copy's parameter, not the written-back one's."""
+    stand-in, it would hold that copy's parameter, not the written-back one's. The block returns its tensor
+    alone, so the model's own code that unpacks it fails: kept its class, it is refused; else the model made
+    from its subgraph reads the written-back parameter itself."""
     model = HolderNet()
     program = _pruned_halves(model)
     with pytest.raises(WriteBackError, match="cannot write HolderNet back"):
-        to_module(program, model)
+        to_module(program, model, same_class=True)
+    written = to_module(program, model)
+    assert isinstance(written, SubgraphModule) and isinstance(written.block, SubgraphModule)
+    other = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert isinstance(written.block(written.stem(other)), torch.Tensor)
+        written.block.scale.mul_(3.0)  # the written-back parameter is the one read
+        torch.testing.assert_close(written(other), 3.0 * _by_image(program, other) - 2.0 * written.head.bias[:, None,
+                                   None], rtol=1e-5, atol=1e-5)
 
 
 def test_only_a_structure_of_plain_values_that_pickles_is_returned_around_the_tensor():
@@ -950,3 +960,41 @@ def test_a_size_matched_by_value_alone_is_set_back_one_attribute_at_a_time():
     other = torch.randn(3, 16, 8)
     with torch.no_grad():
         assert torch.allclose(written(other), _by_image(program, other), rtol=1e-5, atol=1e-6)
+
+
+class FlattensBySize(nn.Module):
+    """Its own forward spells the flattened width (LeNet's `view(-1, 16 * 5 * 5)`), which pruning changes."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8 * 4 * 4, 4)
+        self.tag = "kept"
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).view(-1, 8 * 4 * 4))
+
+    def features(self, x):
+        return self.conv(x)
+
+
+def test_a_model_whose_own_forward_spells_a_width_is_made_from_its_subgraph():
+    """The model itself stands in: exact on another batch (oracle: the Program, image by image), trains, saves;
+    with `same_class` it is refused in one line instead."""
+    torch.manual_seed(0)
+    model = FlattensBySize().eval()
+    program = capture(model, torch.randn(1, 3, 6, 6)).eval()
+    remove_channels(program, config={"macs": 0.5, "importance": "l2", "round_to": 1, "strict": False})
+    written = to_module(program, model)
+    assert isinstance(written, SubgraphModule) and "FlattensBySize" in repr(written) and written.tag == "kept"
+    assert [name for name, _ in written.named_parameters()] == [name for name, _ in model.named_parameters()]
+    assert written.conv.out_channels < 8 and model.conv.out_channels == 8  # the user's model as it was
+    other = torch.rand(3, 3, 6, 6)
+    with torch.no_grad():
+        expected = _by_image(program, other)
+        for again in (written, copy.deepcopy(written), _saved_and_loaded(written)):
+            torch.testing.assert_close(again(other), expected, rtol=1e-5, atol=1e-6)
+    written.train()(other).square().mean().backward()
+    assert written.conv.weight.grad.abs().sum() > 0
+    with pytest.raises(WriteBackError) as refused:
+        to_module(program, model, same_class=True)
+    assert "\n" not in str(refused.value) and "same_class" in str(refused.value)

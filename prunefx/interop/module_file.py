@@ -4,7 +4,8 @@ The file is `torch.save` of the module, a pickle: loading it runs code named in 
 files from a trusted source only (`torch.load(path, weights_only=False)`, with the model's code importable).
 model.pt2 stays the deliverable that anyone can read safely (plain tensor data and JSON, audited on load).
 module.pt is written only when the write-back is proven (prunefx/interop/write_back.py); otherwise one warning line
-says why, and report.json records it.
+says why, and report.json records it. Where the model's own forward spells a pruned width, module.pt holds a
+stand-in made from the pruned graph, and a note says so.
 """
 
 from __future__ import annotations
@@ -28,4 +29,8 @@ def write_module(staging: Path, program: Program, model: torch.nn.Module) -> dic
         print(f"warning: {FILE_NAME} not written: {error}", file=sys.stderr, flush=True)
         return {"written": False, "reason": str(error)}
     torch.save(module, staging / FILE_NAME)
+    if type(module) is not type(model):  # the model's own forward spells a width: made from its subgraph
+        print(f"note: {FILE_NAME} holds a stand-in for {type(model).__qualname__} made from the pruned graph "
+              "(its forward spells a width that pruning changed): same submodules and tensors, not its class's "
+              "other methods", file=sys.stderr, flush=True)
     return {"written": True, "file": FILE_NAME, "class": f"{type(module).__module__}.{type(module).__qualname__}"}

@@ -17,6 +17,11 @@ from prunefx.interop.proof_by_module import leaves
 from prunefx.interop.subgraph_arguments import call_arguments, takes
 
 
+def prefix_of(path: str) -> str:
+    """What the names of module `path`'s tensors and children start with: 'a.b.' for 'a.b', '' for the model."""
+    return f"{path}." if path else ""
+
+
 def outside_inputs(members: list[fx.Node], inside: set[fx.Node]) -> list[fx.Node]:
     """The activations `members` read from outside `inside`, in order (tensors reached by get_attr excluded)."""
     found: list[fx.Node] = []
@@ -54,7 +59,7 @@ def call_child(graph: fx.Graph, members: list[fx.Node], child: str, path: str, e
     """The child's call, as call_module: on the one tensor it reads, or, where it reads several or takes more
     arguments, as the watched dense call called it (its tensors each given the value that fits, its other
     arguments as they were)."""
-    prefix = f"{path}."
+    prefix = prefix_of(path)
     ins = _call_inputs(members, child, prefix, owner)
     outs = [member for member in members if any(user not in members for user in member.users)]
     for value in ins:  # a tensor of this module handed to its child (coordinates of a position MLP)

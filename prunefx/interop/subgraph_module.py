@@ -30,7 +30,7 @@ from prunefx.interop.passed_tensors import CallWatcher, PassedTensor, passed_ten
 from prunefx.interop.subgraph_arguments import bound_inputs, takes
 from prunefx.interop.subgraph_batch import NEW_FROM_SHAPE, batch_of, follow_input_batch
 from prunefx.interop.subgraph_call import CalledWith, ReturnedLike, besides_input, input_name
-from prunefx.interop.subgraph_children import call_child, outside_inputs
+from prunefx.interop.subgraph_children import call_child, outside_inputs, prefix_of
 
 # Operators whose behaviour depends on the training mode: baked into the graph, they would not train.
 _MODAL = ("dropout", "batch_norm", "rrelu")
@@ -76,7 +76,8 @@ def _graph(program: Program, path: str, owner: nn.Module, windows: bool,
     besides its input (other modules' tensors, further activations) and what it passes its children are read
     off a call of the dense model that `watch` watches (passed_tensors.py)."""
     region = _region(program, path)
-    dropout_free = _dropout_free(owner, {child[1][len(path) + 1:] for child in region.values() if child})
+    prefix = prefix_of(path)
+    dropout_free = _dropout_free(owner, {child[1][len(prefix):] for child in region.values() if child})
     inside = set(region)
     inputs = outside_inputs(list(region), inside)
     outputs = [node for node in region if any(user not in inside for user in node.users)]
@@ -87,7 +88,6 @@ def _graph(program: Program, path: str, owner: nn.Module, windows: bool,
     for node, child in region.items():
         if child is not None:
             groups.setdefault(child, []).append(node)
-    prefix = f"{path}."
     foreign = {value.target: value for node in region if region[node] is None for value in node.all_input_nodes
                if value.op == "get_attr" and not str(value.target).startswith(prefix)}
     call = watch.call(path) if watch and (foreign or len(inputs) > 1 or takes(owner) > 1) else None
@@ -251,8 +251,17 @@ def _no_values(names: list[str]) -> dict[str, torch.Tensor]:
 
 def replace_by_subgraph(program: Program, model: nn.Module, path: str, *, windows: bool = False,
                         watch: CallWatcher | None = None) -> nn.Module:
-    """Put in `model` at `path` the GraphModule of the Program's operators of that module (module docstring);
-    `windows` and `watch`: see `_graph`. Returns the module it replaced."""
+    """Put in `model` at `path` (not the model itself: see `stand_in`) the module made from the Program's
+    operators of that module (module docstring). Returns the module it replaced."""
+    owner = model.get_submodule(path)
+    put_back(model, path, stand_in(program, model, path, windows=windows, watch=watch))
+    return owner
+
+
+def stand_in(program: Program, model: nn.Module, path: str, *, windows: bool = False,
+             watch: CallWatcher | None = None) -> SubgraphModule:
+    """The module made from the Program's operators of `model`'s module at `path` ('' for the model itself),
+    not yet put in its place; `windows` and `watch`: see `_graph`."""
     owner = model.get_submodule(path)
     graph, reads = _graph(program, path, owner, windows, watch)
     aliases = [name for name, each in model.named_modules(remove_duplicate=False) if each is owner and name != path]
@@ -263,14 +272,13 @@ def replace_by_subgraph(program: Program, model: nn.Module, path: str, *, window
     dense_call = watch.call(path) if watch else None
     replacement = SubgraphModule(owner, graph, reads, *(besides_input(dense_call, owner) if dense_call else ()))
     try:
-        parts = unfolded_queries(owner, lambda target: get_tensor(program.module, f"{path}.{target}"))
+        parts = unfolded_queries(owner, lambda target: get_tensor(program.module, prefix_of(path) + target))
     except AttributeError as missing:
         raise SubgraphError(f"the program holds none of its query tensors ({missing})") from None
     for name, part in parts.items():
         setattr(replacement, name, part)  # its graph keeps the dense attention scale: queries as the Program's
-    _lend_constants(replacement, graph, program, f"{path}.")
-    put_back(model, path, replacement)
-    return owner
+    _lend_constants(replacement, graph, program, prefix_of(path))
+    return replacement
 
 
 def put_back(model: nn.Module, path: str, module: nn.Module) -> None:

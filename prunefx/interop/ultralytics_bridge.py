@@ -76,7 +76,7 @@ def to_ultralytics_module(program: Program, detection_model: nn.Module) -> nn.Mo
     Detect head ready for Ultralytics' trainer. Raises a PrunefxError naming what it could not set."""
     from prunefx.interop.write_back import to_module
     register_resizers()
-    return training_mode(to_module(program, detection_model, config=False))
+    return training_mode(to_module(program, detection_model, config=False, same_class=True))
 
 
 def _one_to_many(raw: dict) -> dict:

@@ -28,7 +28,7 @@ from prunefx.interop.proof_by_module import agreeing
 from prunefx.interop.pruned_attention import off_nested_tensors
 from prunefx.interop.resized_modules import resize_modules
 from prunefx.interop.set_back_sizes import SetBack
-from prunefx.interop.subgraph_module import SubgraphError, put_back, replace_by_subgraph
+from prunefx.interop.subgraph_module import SubgraphError, put_back, replace_by_subgraph, stand_in
 from prunefx.interop.write_back_precision import in_program_precision
 from prunefx.interop.write_back_proof import (
     TOLERANCE,
@@ -42,7 +42,7 @@ from prunefx.interop.write_back_proof import (
 __all__ = ["TOLERANCE", "WriteBackError", "to_module"]
 
 
-def to_module(program: Program, model: nn.Module, *, config: bool = True) -> nn.Module:
+def to_module(program: Program, model: nn.Module, *, config: bool = True, same_class: bool = False) -> nn.Module:
     """A copy of `model` (the module `program` was captured from, before pruning) holding the Program's
     pruned tensors, with every size attribute updated, verified against the Program (module docstring).
 
@@ -51,16 +51,21 @@ def to_module(program: Program, model: nn.Module, *, config: bool = True) -> nn.
     widths (global ranking gives every layer its own), WriteBackError says so. The copy takes the Program's
     floating dtype where each holds one (a bfloat16 Program of a float32 model). Library classes whose width
     attributes the generic matching misses: `prunefx.register_module_resizer(cls, fn)`.
+    Where the model's own forward spells a width that pruning changed (`x.view(-1, 16 * 5 * 5)`), the model
+    itself is made from its subgraph: a SubgraphModule standing in for its class is returned, with the same
+    children, tensors and plain attributes, not the class's methods; with `same_class` (and for a Hugging Face
+    model with `config`), WriteBackError instead.
     Raises WriteBackError (a PrunefxError) with a one-line reason where the result cannot be proven."""
     name = program.name
     module = in_program_precision(copy.deepcopy(model).eval(), program, name)
     # The copy shares the closures of the user's hooks: what the proofs' runs leave there is put back, and the
     # random state they draw from, however they end.
     with hook_state_kept(module), random_state_kept([*module.parameters(), *program.module.parameters()]):
-        return _written_back(program, model, module, name, config)
+        return _written_back(program, model, module, name, config, same_class)
 
 
-def _written_back(program: Program, model: nn.Module, module: nn.Module, name: str, config: bool) -> nn.Module:
+def _written_back(program: Program, model: nn.Module, module: nn.Module, name: str, config: bool,
+                  same_class: bool) -> nn.Module:
     inputs = program.example_inputs
     try:
         dense = capture(copy.deepcopy(module), inputs, name=name)
@@ -85,9 +90,11 @@ def _written_back(program: Program, model: nn.Module, module: nn.Module, name: s
         verify_module(program, module, name, hint, comparable)
     except WriteBackError as error:
         scopes = _own_code_changed(module, changes, replaced, _cut_constants(program, dense, built))
-        # with a config, its fields were chosen for the matched attributes: none is set back then
-        _from_subgraphs(program, CallWatcher(model, inputs, dense.module, scopes), module, name, scopes, error,
-                        comparable, {} if config and is_hf_model(module) else matched)
+        # with a config, its fields were chosen for the matched attributes: none is set back then; and the model
+        # is to keep its class, whose from_pretrained reads the config
+        with_config = config and is_hf_model(module)
+        module = _from_subgraphs(program, CallWatcher(model, inputs, dense.module, scopes), module, name, scopes,
+                                 error, comparable, {} if with_config else matched, same_class or with_config)
     module.train(model.training)  # also the graphs' flags of the subgraphs standing in for modules
     set_module_modes(module, module_modes(model), model.training)  # each layer's own, as in the user's model
     return module
@@ -109,9 +116,11 @@ def _own_code_changed(module: nn.Module, changes, replaced, cut: set[str]) -> li
 
 
 def _from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Module, name: str, scopes: list[str],
-                    error: WriteBackError, comparable: set[str], matched: dict[str, dict[str, object]]) -> None:
+                    error: WriteBackError, comparable: set[str], matched: dict[str, dict[str, object]],
+                    same_class: bool) -> nn.Module:
     """Put the Program's subgraph in place of each module in `scopes` (prunefx/interop/subgraph_module.py),
-    then of each module of the user's code whose forward raises, and prove the result again, also on a
+    then of each module of the user's code whose forward raises (the model itself too: what is returned then
+    stands in for it), and prove the result again, also on a
     batch of both inputs; else `error`, with why not. Where that fails and the Program's outputs have the batch
     first (so that the batch of two proves it), again with the windows or heads of every image batched together
     following the input's batch too. `watcher`: the calls of the user's dense model and the values of its
@@ -125,50 +134,66 @@ def _from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Module, n
         sizes = SetBack(module, matched)
         try:
             return _made_from_subgraphs(program, watcher, module, name, scopes, error, windows, replaced, comparable,
-                                        sizes)
+                                        sizes, not same_class)
         except WriteBackError as failed:
             failures.append(failed)
             for scope, original in reversed(replaced.items()):  # the module as it was before this attempt
-                put_back(module, scope, original)
+                if scope:  # the model itself is `module` still
+                    put_back(module, scope, original)
             sizes.undo()
     raise failures[0]
 
 
 def _made_from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Module, name: str, scopes: list[str],
                          error: WriteBackError, windows: bool, replaced: dict[str, nn.Module],
-                         comparable: set[str], sizes: SetBack) -> None:
-    """One attempt of `_from_subgraphs`; `replaced` gets each module it replaces, by path, in order;
-    `comparable`: the modules the proof compares one by one; `sizes`: the attributes set by matching values,
-    set back here where no subgraph stands in for their module (set_back_sizes.py), for the caller to undo."""
+                         comparable: set[str], sizes: SetBack, model_too: bool) -> nn.Module:
+    """One attempt of `_from_subgraphs`, returning the model proven; `replaced` gets each module it replaces, by
+    path ('' for the model), in order; `comparable`: the modules the proof compares one by one; `sizes`: the
+    attributes set by matching values, set back here where no subgraph stands in for their module
+    (set_back_sizes.py), for the caller to undo; `model_too`: whether the model itself may be made from its
+    subgraph."""
     kept: list[str] = []  # a module left as it is may be right with its attributes: the proof decides
+    root = module
 
     def make(scope: str | None) -> bool:
-        if not scope or scope in replaced or resizer_for(module.get_submodule(scope)) is not resize_attributes:
+        nonlocal root
+        if scope is None or scope in replaced or resizer_for(root.get_submodule(scope)) is not resize_attributes:
+            return False
+        if not scope and not model_too:
+            kept.append("the model itself is not made from its subgraph: its class is to be kept (same_class)")
             return False
         try:
-            replaced[scope] = replace_by_subgraph(
-                program, module, scope, windows=windows, watch=watcher)
+            if scope:
+                replaced[scope] = replace_by_subgraph(program, root, scope, windows=windows, watch=watcher)
+            else:
+                replaced[scope], root = root, stand_in(program, root, scope, windows=windows, watch=watcher)
         except SubgraphError as reason:
-            kept.append(f"module '{scope}' is not made from its subgraph: {reason}")
+            kept.append(f"module '{scope or '(model)'}' is not made from its subgraph: {reason}")
             return False
         return True
 
     def set_back(scope: str | None) -> bool:
         return scope not in replaced and sizes.next(scope)
 
+    def mend(scope: str | None) -> bool:
+        """The failing module made from its subgraph, else its next size set back; the model itself the other
+        way round, so that it stays of the user's class where it can."""
+        return (set_back(scope) or make(scope)) if scope == "" else (make(scope) or set_back(scope))
+
     for scope in scopes:
         make(scope)
     failing = getattr(error, "module_path", None)
-    last, progress = error, make(failing) or set_back(failing) or bool(replaced)
+    last, progress = error, mend(failing) or bool(replaced)
     while progress:
         try:
-            verify_module(program, module, name, "", comparable)
-            check_batch(program, module, name)
-            return
+            verify_module(program, root, name, "", comparable)
+            check_batch(program, root, name)
+            return root
         except WriteBackError as failed:
             failing = getattr(failed, "module_path", None)
-            last, progress = failed, make(failing) or set_back(failing) or any(map(set_back, sizes.last()))
-    changed = [f"{', '.join(replaced)} made from the pruned subgraph"] if replaced else []
+            last, progress = failed, mend(failing) or any(map(set_back, sizes.last()))
+    changed = [f"{', '.join(scope or '(model)' for scope in replaced)} made from the pruned subgraph"] \
+        if replaced else []
     changed += sizes.described()
     tried_too = f"; nor with {' and '.join(changed)}: {last}" if changed else ""
     raise WriteBackError(f"{error}{tried_too}{''.join('; ' + line for line in kept[-1:])}") from error
