@@ -98,10 +98,11 @@ def one(name: str) -> dict:
     from write_back_coverage import write_back_one
     torch.manual_seed(0)
     model = build(name)
-    with torch.no_grad():  # zero-initialised layers randomised: a zero output would make the check vacuous
+    with torch.no_grad():  # zero-initialised layers randomised, positive: a zero output (a ReLU after a negative
+        # bias, as DPT's depth head ends) would make the check vacuous
         for parameter in model.parameters():
             if parameter.is_floating_point() and not parameter.any():
-                parameter.normal_(std=0.02)
+                parameter.normal_(std=0.02).abs_()
     row = write_back_one(f"hf:{name}", model, (torch.randn(1, 3, SIZE, SIZE),), round_to=8, config=False)
     return {**row, "input": f"1x3x{SIZE}x{SIZE}"}
 

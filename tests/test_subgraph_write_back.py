@@ -914,7 +914,9 @@ def test_only_a_structure_of_plain_values_that_pickles_is_returned_around_the_te
     tensor = torch.ones(2)
     local = collections.namedtuple("Local", "features weights")  # made in a forward: torch.save cannot find it
     assert ReturnedLike.of(local(tensor, None)) is None
-    assert ReturnedLike.of((tensor, torch.zeros(1))) is None  # a second tensor, which the graph does not compute
+    two = ReturnedLike.of([tensor, 3, torch.zeros(1)])  # a module giving several: each tensor's place kept
+    first, middle, last = two.around((torch.zeros(2), torch.ones(1)))
+    assert two.tensors == 2 and torch.equal(first, torch.zeros(2)) and middle == 3 and torch.equal(last, torch.ones(1))
     assert ReturnedLike.of((tensor, Holder(tensor))) is None
     kept = ReturnedLike.of(HalvesOutput(tensor, None))
     returned = kept.around(torch.zeros(3))
@@ -998,3 +1000,54 @@ def test_a_model_whose_own_forward_spells_a_width_is_made_from_its_subgraph():
     with pytest.raises(WriteBackError) as refused:
         to_module(program, model, same_class=True)
     assert "\n" not in str(refused.value) and "same_class" in str(refused.value)
+
+
+class Reassemble(nn.Module):
+    """DPT's reassemble stage in small: takes a list of token maps and gives a list, each projected and reshaped
+    to the shape its input had, which spells the input's width where pruning cuts the projection's apart."""
+
+    def __init__(self):
+        super().__init__()
+        self.projects = nn.ModuleList(nn.Linear(8, 8) for _ in range(2))
+        self.layers = nn.ModuleList(nn.Linear(8, 4) for _ in range(2))
+
+    def forward(self, hidden_states, scale=1.0):
+        out = []
+        for project, layer, hidden in zip(self.projects, self.layers, hidden_states):
+            out.append(layer(torch.relu(project(hidden)).reshape(hidden.shape)) * scale)
+        return out
+
+
+class ReassemblingNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.mid, self.reassemble, self.head = nn.Linear(4, 8), nn.Linear(8, 8), Reassemble(), nn.Linear(4, 3)
+
+    def forward(self, x):
+        a = self.stem(x)
+        first, second = self.reassemble([a, self.mid(a)], scale=2.0)
+        return self.head(first - second)
+
+
+def test_a_block_taking_and_giving_lists_of_tensors_is_made_from_its_subgraph():
+    """Each entry of its input list is read from that list, and its outputs are returned in the list's places,
+    paired by their values on the dense call. Oracle: the Program, image by image, on another batch; a list of
+    another length is refused, not read in part."""
+    torch.manual_seed(0)
+    model = ReassemblingNet().eval()
+    with torch.no_grad():  # the projections' first channels weak: pruned apart from the stream they reshape to
+        for project in model.reassemble.projects:
+            project.weight[:4] *= 0.01
+    program = capture(model, torch.randn(1, 6, 4)).eval()
+    remove_channels(program, config={"macs": 0.6, "importance": "l2", "round_to": 1, "strict": False})
+    assert program.state_dict()["reassemble.projects.0.weight"].shape[0] < program.state_dict()["stem.weight"].shape[0]
+    written = to_module(program, model)
+    assert isinstance(written.reassemble, SubgraphModule)
+    x = torch.randn(3, 6, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(written(x), _by_image(program, x), rtol=1e-5, atol=1e-6)
+        a = written.stem(x)
+        first, second = written.reassemble([a, written.mid(a)], scale=2.0)
+        torch.testing.assert_close(written.head(first - second), written(x))
+        with pytest.raises(SubgraphError, match="a list of 2 tensors as its input, not a list of 1"):
+            written.reassemble([a], scale=2.0)

@@ -43,6 +43,7 @@ class WatchedCall:
     args: tuple
     kwargs: dict
     returned: ReturnedLike | None = None
+    returned_tensors: tuple = ()  # its tensors, in the structure's order: which of the graph's outputs is which
 
 
 class CallWatcher:
@@ -129,6 +130,7 @@ class _Recorder:
         self.seen: dict[str, list] = {name: [] for name in self.inside}
         self.running: list[bool] = []
         self.returned: list[ReturnedLike | None] = []  # the structure of what each of the module's calls returned
+        self.returned_tensors: list[tuple] = []
 
     def hooks(self) -> list:
         owner = self.inside[self.path]
@@ -141,6 +143,7 @@ class _Recorder:
     def _returned(self, module, args, output) -> None:
         self.running.clear()
         self.returned.append(ReturnedLike.of(output))  # read now: its caller may change a list it returned
+        self.returned_tensors.append(tuple(leaf for leaf in pytree.tree_leaves(output) if isinstance(leaf, torch.Tensor)))
 
     def _record(self, name: str):
         def hook(module, args, kwargs):
@@ -149,9 +152,10 @@ class _Recorder:
         return hook
 
     def calls(self) -> dict[str, WatchedCall | None]:
-        returned = self.returned[0] if len(self.returned) == 1 else None
-        return {name: WatchedCall(self.model, self.inside[name], *calls[0],
-                                  returned=returned if name == self.path else None)
+        once = len(self.returned) == 1
+        returned, tensors = (self.returned[0], self.returned_tensors[0]) if once else (None, ())
+        return {name: WatchedCall(self.model, self.inside[name], *calls[0], returned=returned if name == self.path
+                                  else None, returned_tensors=tensors if name == self.path else ())
                 if len(calls) == 1 else None for name, calls in self.seen.items()}
 
 
@@ -170,16 +174,29 @@ def passed_tensors(call: WatchedCall, targets: list[str]) -> dict[str, tuple[str
 
 def activation_arguments(call: WatchedCall) -> list[tuple[str, int | None, torch.Tensor]]:
     """The watched call's tensor arguments that are not tensors the model holds, as (name, position, tensor),
-    positional ones first; nested ones (in a list or dict) make it refuse (ValueError)."""
+    positional ones first, each of an input list its own ('name[i]', 0, tensor); other nested ones (in a list or
+    dict) make it refuse (ValueError)."""
     held = {id(tensor) for tensor in (*call.model.parameters(), *call.model.buffers())}
     found = []
     for name, position, value in _arguments(call):
         if isinstance(value, torch.Tensor):
             if id(value) not in held:
                 found.append((name, position, value))
+        elif position == 0 and input_list(value):  # its input, a list of tensors: each its own
+            found += [(f"{name}[{index}]", 0, each) for index, each in enumerate(value)]
         elif any(isinstance(leaf, torch.Tensor) for leaf in pytree.tree_leaves(value)):
             raise ValueError(f"its call passes tensors inside '{name}'")
     return found
+
+
+def entry_index(name: str) -> int | None:
+    """The index of an input list's entry named 'name[i]' (activation_arguments); None for another argument."""
+    return int(name[name.rindex("[") + 1:-1]) if name.endswith("]") else None
+
+
+def input_list(value) -> bool:
+    """An input that is a list or tuple of tensors (DPT's reassemble stage takes the backbone's hidden states)."""
+    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(each, torch.Tensor) for each in value)
 
 
 def _arguments(call: WatchedCall) -> list[tuple[str, int | None, object]]:
@@ -193,12 +210,9 @@ def followed(call: WatchedCall, argument: tuple[str, int | None, torch.Tensor]) 
     """Whether the module's output changes with the tensor `argument` (+1 on it): False where the module holds
     or ignores what its caller passes; None where the call fails. The user's hooks and random state are left
     as they were."""
-    name, position, value = argument
-    args, kwargs = call.args, call.kwargs
-    if name in kwargs:
-        kwargs = {**kwargs, name: value + 1}
-    else:
-        args = tuple(each + 1 if i == position else each for i, each in enumerate(args))
+    value = argument[2]
+    # that tensor, wherever the call passes it (an input list's entry too), plus one
+    args, kwargs = pytree.tree_map(lambda leaf: leaf + 1 if leaf is value else leaf, (call.args, call.kwargs))
     with torch.no_grad(), hook_state_kept(call.model), random_state_kept(list(call.model.parameters())):
         try:  # on copies: a module that writes into its arguments leaves the watched call as it was
             first = pytree.tree_leaves(call.owner(*_copies(call.args), **_copies(call.kwargs)))

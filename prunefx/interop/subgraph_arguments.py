@@ -18,19 +18,26 @@ import torch
 from torch import fx, nn
 
 from prunefx.graph.attributes import get_tensor
-from prunefx.interop.passed_tensors import PassedTensor, WatchedCall, activation_arguments, followed
+from prunefx.interop.passed_tensors import (
+    PassedTensor,
+    WatchedCall,
+    activation_arguments,
+    entry_index,
+    followed,
+)
 from prunefx.interop.subgraph_call import forward_parameters, plain
 
 Values = Callable[[list[str]], dict[str, torch.Tensor]]  # dense values of graph nodes, by name
 
 
 def bound_inputs(inputs: list[fx.Node], call: WatchedCall | None, images: int | None, values: Values
-                 ) -> tuple[fx.Node, list[tuple[fx.Node | None, PassedTensor]]]:
-    """The graph's input that is the module's input, and the arguments its other inputs come from (module
-    docstring). One whose first size is the input's batch or the Program's batch of `images` takes any batch."""
+                 ) -> tuple[list[tuple[fx.Node, int | None]], list[tuple[fx.Node | None, PassedTensor]]]:
+    """The graph's inputs that are the module's input, each with its index where that is a list of tensors (None
+    for a tensor), and the arguments its other inputs come from (module docstring). One whose first size is the
+    input's batch or the Program's batch of `images` takes any batch."""
     if call is None:
         if len(inputs) == 1:
-            return inputs[0], []
+            return [(inputs[0], None)], []
         raise ValueError(f"its operators take {len(inputs)} tensors from outside, and its call is not watched")
     arguments = activation_arguments(call)
     if len(inputs) == 1 and len(arguments) == 1:
@@ -45,7 +52,24 @@ def bound_inputs(inputs: list[fx.Node], call: WatchedCall | None, images: int | 
     read = [(node, PassedTensor(name, position, tuple(node.meta["val"].shape),
                                 batched=tensor.dim() > 0 and tensor.shape[0] in batches))
             for node, name, position, tensor in pairs if position != 0]
-    return first[0][0], read + [(None, PassedTensor(name, position, (), read=False)) for name, position in unread]
+    unread_read = [(None, PassedTensor(name, position, (), read=False)) for name, position in unread]
+    return [(node, entry_index(name)) for node, name, _, _ in first], read + unread_read
+
+
+def returned_order(outputs: list[fx.Node], call: WatchedCall | None, values: Values) -> list[fx.Node]:
+    """The graph's outputs in the order the module's dense call returned them, each the one whose dense value
+    that returned tensor holds; ValueError where the call returned others too, or two cannot be told apart."""
+    if call is None or call.returned is None or len(call.returned_tensors) != len(outputs):
+        raise ValueError(f"its operators give {len(outputs)} tensors, and its call does not return those alone")
+    dense = values([node.name for node in outputs])
+    ordered: list[fx.Node] = []
+    for tensor in call.returned_tensors:
+        matches = [node for node in outputs if node.name in dense and _holds(dense[node.name], tensor)]
+        if len(matches) != 1 or matches[0] in ordered:
+            raise ValueError(f"its call returns a tensor that {len(matches)} of the {len(outputs)} values it gives "
+                             "hold on the example: which it is cannot be told")
+        ordered.append(matches[0])
+    return ordered
 
 
 def _paired(inputs: list[fx.Node], arguments: list, call: WatchedCall, values: Values) -> tuple[list, list]:

@@ -38,29 +38,37 @@ def plain(value) -> bool:
 @dataclass(frozen=True)
 class ReturnedLike:
     spec: pytree.TreeSpec
-    leaves: tuple    # the dense call's entries, the tensor's place None
-    place: int       # where the tensor goes
+    leaves: tuple    # the dense call's entries, the tensors' places None
+    place: int       # where the (first) tensor goes
+    more: tuple[int, ...] = ()  # where the others go, for a module giving several (DPT's reassemble stage)
 
     @classmethod
     def of(cls, output) -> ReturnedLike | None:
-        """The structure of `output` around its one tensor; None for a bare tensor, a structure holding other
-        tensors or objects that are not plain values, or one that cannot be pickled (a class made in a forward)."""
+        """The structure of `output` around its tensors; None for a bare tensor, a structure holding objects that
+        are neither tensors nor plain values, or one that cannot be pickled (a class made in a forward)."""
         if output is None or isinstance(output, torch.Tensor):
             return None
         leaves, spec = pytree.tree_flatten(output)
         places = [index for index, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
-        if len(places) != 1 or not all(plain(leaf) for index, leaf in enumerate(leaves) if index != places[0]):
+        if not places or not all(plain(leaf) for index, leaf in enumerate(leaves) if index not in places):
             return None
         try:
             pickle.dumps(spec)  # the module it goes into is saved with torch.save
         except Exception:
             return None
-        return cls(spec, tuple(None if index == places[0] else leaf for index, leaf in enumerate(leaves)), places[0])
+        return cls(spec, tuple(None if index in places else leaf for index, leaf in enumerate(leaves)), places[0],
+                   tuple(places[1:]))
 
-    def around(self, tensor: torch.Tensor):
-        """`tensor` in the dense call's structure."""
+    @property
+    def tensors(self) -> int:
+        return 1 + len(self.more)
+
+    def around(self, output):
+        """The graph's output in the dense call's structure: its tensor, or its tuple of tensors in the order of
+        their places."""
         leaves = list(self.leaves)
-        leaves[self.place] = tensor
+        for place, tensor in zip((self.place, *self.more), output if self.more else (output,)):
+            leaves[place] = tensor
         return pytree.tree_unflatten(leaves, self.spec)
 
 
@@ -88,14 +96,20 @@ class CalledWith:
         return None
 
 
-def besides_input(call: WatchedCall, owner: nn.Module) -> tuple[ReturnedLike | None, CalledWith]:
-    """What the dense call returned its tensor in, and the plain arguments it passed after the input."""
+def besides_input(call: WatchedCall, owner: nn.Module, outputs: int
+                  ) -> tuple[ReturnedLike | None, CalledWith, int | None]:
+    """What the dense call returned the graph's `outputs` tensors in (None where it returned others too, which
+    the graph does not compute: the proof decides), the plain arguments it passed after the input, and how many
+    tensors its input held where that was a list of them (else None)."""
     args, kwargs = call.args, call.kwargs
     if args:
-        args = args[1:]
+        x, args = args[0], args[1:]
     else:  # the input passed by name
+        x = kwargs.get(input_name(owner))
         kwargs = {name: value for name, value in kwargs.items() if name != input_name(owner)}
-    return call.returned, CalledWith.of(args, kwargs)
+    returned = call.returned if call.returned is not None and call.returned.tensors == outputs else None
+    entries = len(x) if isinstance(x, (list, tuple)) and not isinstance(x, torch.Size) else None
+    return returned, CalledWith.of(args, kwargs), entries
 
 
 def input_name(owner: nn.Module) -> str | None:

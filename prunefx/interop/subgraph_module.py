@@ -3,15 +3,17 @@
 A module's forward may fix a width that the channel removal changed: two equal halves of a `chunk`, a
 split at sizes it stored (`split_indexes`), a reshape from stored sizes. Where setting its attributes
 cannot make it compute what the Program computes, the write-back (prunefx/interop/write_back.py) puts in
-its place, under the same qualified name, a torch.fx GraphModule whose graph is the Program's operators of
-that module's own code, calling the module's children as modules. The children are the very same objects,
+its place, under the same qualified name, a module whose graph is the Program's operators of that module's
+own code (subgraph_cut.py), calling the module's children as modules. The children are the very same objects,
 so parameter names, state-dict keys and `named_modules` stay; they keep their own eager forward (batch norm
 trains, dropout drops), and the module's own operators (split, cat, view, add) do not depend on the mode.
-Besides its input it may read further activations and tensors of other modules that its caller passes in, and
-call its children with several (passed_tensors.py). It returns its tensor in the structure its original
-returned, and refuses a call passing other plain arguments than the model's (subgraph_call.py).
-What is made is proven by the write-back like everything else; where the module's code cannot be cut out
-of the graph this way (several inputs or outputs, its own dropout), SubgraphError says why.
+Its input is a tensor or a list of tensors (DPT's reassemble stage), each entry read from it. Besides it, it may
+read further activations and tensors of other modules that its caller passes in, and call its children with
+several (passed_tensors.py). It returns its tensor, or its tensors paired by their values with those of the
+dense call, in the structure its original returned, and refuses a call passing other plain arguments than the
+model's (subgraph_call.py). What is made is proven by the write-back like everything else; where the module's
+code cannot be cut out of the graph this way (tensors it passes in or out that cannot be told apart, its own
+dropout), SubgraphError says why.
 """
 
 from __future__ import annotations
@@ -19,149 +21,19 @@ from __future__ import annotations
 import importlib
 import types
 
-import torch
 from torch import fx, nn
 
 from prunefx.graph import Program
 from prunefx.graph.attributes import get_tensor
-from prunefx.graph.training_flags import DROPOUTS, training_dropout
 from prunefx.interop.attention_scale import unfolded_queries
-from prunefx.interop.passed_tensors import CallWatcher, PassedTensor, passed_tensors, taken
-from prunefx.interop.subgraph_arguments import bound_inputs, takes
-from prunefx.interop.subgraph_batch import NEW_FROM_SHAPE, batch_of, follow_input_batch
+from prunefx.interop.passed_tensors import CallWatcher, PassedTensor, input_list, taken
 from prunefx.interop.subgraph_call import CalledWith, ReturnedLike, besides_input, input_name
-from prunefx.interop.subgraph_children import call_child, outside_inputs, prefix_of
+from prunefx.interop.subgraph_children import prefix_of
+from prunefx.interop.subgraph_cut import SubgraphError, called_in, graph_form, module_graph
 
-# Operators whose behaviour depends on the training mode: baked into the graph, they would not train.
-_MODAL = ("dropout", "batch_norm", "rrelu")
-# Fused attention with its dropout probability baked in: exact in both modes where that is 0 and the module
-# holds no dropout that training would apply (timm passes `attn_drop.p` only while training).
-_ATTENTION = "scaled_dot_product"
+__all__ = ["SubgraphError", "SubgraphModule", "put_back", "replace_by_subgraph", "stand_in"]
+
 _NAMED = object()  # SubgraphModule.forward's input, when its caller passes it by name
-
-
-class SubgraphError(Exception):
-    """The module's own code cannot be cut out of the Program as a forward (turned into a WriteBackError)."""
-
-
-def _position(node: fx.Node, path: str) -> tuple[str, tuple[str, str] | None] | None:
-    """For a node called inside module `path`: (that call's stack key, (key, path) of the child call one level
-    deeper or None when `path`'s own code made it); None when the node is outside `path`."""
-    entries = list((node.meta.get("nn_module_stack") or {}).items())
-    for index, (key, (fqn, _)) in enumerate(entries):
-        if fqn == path:
-            deeper = entries[index + 1:]
-            return key, ((deeper[0][0], deeper[0][1][0]) if deeper else None)
-    return None
-
-
-def _region(program: Program, path: str) -> dict[fx.Node, tuple[str, str] | None]:
-    region, calls = {}, set()
-    for node in program.graph.nodes:
-        found = _position(node, path) if node.op == "call_function" else None
-        if found is not None:
-            calls.add(found[0])
-            region[node] = found[1]
-    if not region:
-        raise SubgraphError("the program calls no operator in it")
-    if len(calls) > 1:
-        raise SubgraphError(f"the model calls it {len(calls)} times")
-    return region
-
-
-def _graph(program: Program, path: str, owner: nn.Module, windows: bool,
-           watch: CallWatcher | None) -> tuple[fx.Graph, list[PassedTensor]]:
-    """The Program's operators of module `path`'s own code, its children's calls as call_module; with `windows`,
-    sizes that are multiples of the batch follow the input's (subgraph_batch.py). What its call passes
-    besides its input (other modules' tensors, further activations) and what it passes its children are read
-    off a call of the dense model that `watch` watches (passed_tensors.py)."""
-    region = _region(program, path)
-    prefix = prefix_of(path)
-    dropout_free = _dropout_free(owner, {child[1][len(prefix):] for child in region.values() if child})
-    inside = set(region)
-    inputs = outside_inputs(list(region), inside)
-    outputs = [node for node in region if any(user not in inside for user in node.users)]
-    if not inputs or len(outputs) != 1:
-        raise SubgraphError(f"its operators take {len(inputs)} tensors from outside and give {len(outputs)}, "
-                            "not one or more and one")
-    groups: dict[tuple[str, str], list[fx.Node]] = {}
-    for node, child in region.items():
-        if child is not None:
-            groups.setdefault(child, []).append(node)
-    foreign = {value.target: value for node in region if region[node] is None for value in node.all_input_nodes
-               if value.op == "get_attr" and not str(value.target).startswith(prefix)}
-    call = watch.call(path) if watch and (foreign or len(inputs) > 1 or takes(owner) > 1) else None
-    example = program.example_inputs[0] if program.example_inputs else None
-    images = example.shape[0] if isinstance(example, torch.Tensor) and example.dim() else None
-    try:
-        x, activations = bound_inputs(inputs, call, images, watch.values if watch else _no_values)
-    except ValueError as reason:
-        raise SubgraphError(str(reason)) from None
-    graph = fx.Graph()
-    env = {x: graph.placeholder("x")}
-    bound = []
-    for target, (name, position) in (passed_tensors(call, [str(t) for t in foreign]) if foreign and call else {}).items():
-        bound.append(PassedTensor(name, position, tuple(get_tensor(program.module, target).shape)))
-        env[foreign[target]] = graph.placeholder(f"passed_{name}")
-    for node, each in activations:
-        bound.append(each)
-        if each.read:
-            env[node] = graph.placeholder(f"passed_{each.name}")
-    # values computed from the input, or made to follow its batch (else the module's constants)
-    from_input = {x, *(node for node, each in activations if each.batched)}
-    batches = (batch_of(x), images)
-    for node in region:
-        if node.target not in NEW_FROM_SHAPE and any(value in from_input for value in node.all_input_nodes):
-            from_input.add(node)
-        child = region[node]
-        if child is None:
-            _copy_own(graph, node, env, prefix, dropout_free)
-            if follow_input_batch(graph, env[node], node, env[x], batches, from_input, windows):
-                from_input.add(node)
-        elif node is groups[child][-1]:  # the child's whole call, at its last operator
-            try:
-                call_child(graph, groups[child], child[1], path, env, owner, watch)
-            except ValueError as reason:
-                raise SubgraphError(str(reason)) from None
-    graph.output(env[outputs[0]])
-    return graph, bound
-
-
-def _dropout_free(owner: nn.Module, called: set[str]) -> bool:
-    """Whether `owner` holds no dropout that its own code could apply: those inside the children it calls as
-    modules are theirs, applied by their own forward in either mode (a position MLP's dropout); a dropout it
-    calls itself counts (its rate may also be the fused attention's)."""
-    return all(layer.p == 0 for name, layer in owner.named_modules() if isinstance(layer, nn.modules.dropout._DropoutNd)
-               and not any(name.startswith(f"{child}.") for child in called))
-
-
-def _dropout_p(node: fx.Node) -> float:
-    """The dropout probability of a fused attention call in training: an eval graph holds 0 and keeps that one
-    aside (graph/training_flags.py)."""
-    held = float(node.kwargs.get("dropout_p", node.args[4] if len(node.args) > 4 else 0.0))
-    return max(held, training_dropout(node) or 0.0)
-
-
-def _no_dropout(node: fx.Node) -> bool:
-    """A dropout of probability 0 (torchvision's Swin passes its attention dropout of 0 to F.dropout): the
-    identity in either mode."""
-    return node.target in DROPOUTS and len(node.args) > 1 and type(node.args[1]) in (int, float) and node.args[1] == 0
-
-
-def _copy_own(graph: fx.Graph, node: fx.Node, env: dict, prefix: str, dropout_free: bool) -> None:
-    attention = _ATTENTION in str(node.target)
-    modal = any(word in str(node.target) for word in _MODAL) and not _no_dropout(node)
-    if attention and not (dropout_free and _dropout_p(node) == 0) or modal:
-        raise SubgraphError(f"its own code calls {node.target}, which would not follow the training mode")
-    for value in node.all_input_nodes:
-        if value.op == "get_attr" and value not in env:
-            if not str(value.target).startswith(prefix):
-                raise SubgraphError(f"its own code reads '{value.target}', a tensor of another module")
-            env[value] = graph.get_attr(str(value.target)[len(prefix):])
-    try:
-        env[node] = graph.node_copy(node, lambda value: env[value])
-    except KeyError as error:
-        raise SubgraphError("its own operators read a value inside a child's call") from error
 
 
 # A module's hooks, those that run around its call: SubgraphModule takes the same call.
@@ -179,9 +51,11 @@ class SubgraphModule(nn.Module):
     _input_name: str | None = None  # defaults for a module pickled before it kept these
     _returned: ReturnedLike | None = None
     _called_with: CalledWith | None = None
+    _entries: int | None = None
 
     def __init__(self, owner: nn.Module, graph: fx.Graph, passed: list[PassedTensor] = (),
-                 returned: ReturnedLike | None = None, called_with: CalledWith | None = None):
+                 returned: ReturnedLike | None = None, called_with: CalledWith | None = None,
+                 entries: int | None = None):
         super().__init__()
         for table in ("_modules", "_parameters", "_buffers"):  # the originals, in their order, containers kept
             getattr(self, table).update(getattr(owner, table))
@@ -196,6 +70,7 @@ class SubgraphModule(nn.Module):
         self._input_name = input_name(owner)  # a caller may name the input (PVT's encoder: `pixel_values=`)
         self._returned = returned  # the structure the original returned its tensor in (subgraph_call.py)
         self._called_with = called_with  # the plain arguments of the call it was made from
+        self._entries = entries  # where its input is a list of tensors, how many
         code = graph.python_code(root_module="self")
         self._source = code.src
         self._globals = {name: value.__name__ if isinstance(value, types.ModuleType) else value
@@ -214,6 +89,9 @@ class SubgraphModule(nn.Module):
                 raise TypeError(f"the stand-in for {self.source_module} is called without its input "
                                 f"'{self._input_name}'")
             x = kwargs.pop(self._input_name)
+        if self._entries is not None and not (input_list(x) and len(x) == self._entries):
+            raise SubgraphError(f"the stand-in for {self.source_module} takes a list of {self._entries} tensors as "
+                                f"its input, not {_described(x)}")
         try:
             passed = taken(self._passed, args, kwargs, self.source_module)
         except ValueError as reason:
@@ -238,15 +116,8 @@ class SubgraphModule(nn.Module):
         return f"in place of {self.source_module}"
 
 
-def _form(graph: fx.Graph) -> list[tuple]:
-    """A graph's operators and arguments, values by their place: equal for two calls that compute alike."""
-    place = {node: index for index, node in enumerate(graph.nodes)}
-    return [(node.op, str(node.target), repr(fx.node.map_arg((node.args, node.kwargs), lambda value: place[value])))
-            for node in graph.nodes]
-
-
-def _no_values(names: list[str]) -> dict[str, torch.Tensor]:
-    return {}
+def _described(value) -> str:
+    return f"a list of {len(value)}" if isinstance(value, (list, tuple)) else f"a {type(value).__name__}"
 
 
 def replace_by_subgraph(program: Program, model: nn.Module, path: str, *, windows: bool = False,
@@ -261,16 +132,18 @@ def replace_by_subgraph(program: Program, model: nn.Module, path: str, *, window
 def stand_in(program: Program, model: nn.Module, path: str, *, windows: bool = False,
              watch: CallWatcher | None = None) -> SubgraphModule:
     """The module made from the Program's operators of `model`'s module at `path` ('' for the model itself),
-    not yet put in its place; `windows` and `watch`: see `_graph`."""
+    not yet put in its place; `windows` and `watch`: see subgraph_cut.module_graph."""
     owner = model.get_submodule(path)
-    graph, reads = _graph(program, path, owner, windows, watch)
+    graph, reads = module_graph(program, path, owner, windows, watch)
     aliases = [name for name, each in model.named_modules(remove_duplicate=False) if each is owner and name != path]
-    for alias in [alias for alias in aliases if any(_position(node, alias) for node in program.graph.nodes)]:
+    for alias in [alias for alias in aliases if any(called_in(node, alias) for node in program.graph.nodes)]:
         # one graph stands in for every call: each must be that graph (a literal the proof's inputs miss)
-        if _form(_graph(program, alias, owner, windows, watch)[0]) != _form(graph):
+        if graph_form(module_graph(program, alias, owner, windows, watch)[0]) != graph_form(graph):
             raise SubgraphError(f"the model calls it as '{alias}' too, with other sizes or arguments")
     dense_call = watch.call(path) if watch else None
-    replacement = SubgraphModule(owner, graph, reads, *(besides_input(dense_call, owner) if dense_call else ()))
+    outputs = graph.output_node().args[0]
+    replacement = SubgraphModule(owner, graph, reads, *(besides_input(dense_call, owner, len(outputs) if isinstance(
+        outputs, tuple) else 1) if dense_call else ()))
     try:
         parts = unfolded_queries(owner, lambda target: get_tensor(program.module, prefix_of(path) + target))
     except AttributeError as missing:
