@@ -62,6 +62,13 @@ def _pruned(shared: bool = False):
     return model, program
 
 
+def _pruned_and_written(model: nn.Module, example: torch.Tensor, macs: float):
+    """The model captured on `example`, pruned to `macs` by l2 at any width, and written back."""
+    program = capture(model, example).eval()
+    remove_channels(program, config={"macs": macs, "importance": "l2", "round_to": 1, "strict": False})
+    return program, to_module(program, model)
+
+
 def test_unequal_halves_write_back_as_the_pruned_subgraph():
     model, program = _pruned()
     state = program.module.state_dict()
@@ -624,9 +631,7 @@ def test_a_child_called_with_a_dtype_is_called_so_by_the_blocks_subgraph():
     model = nn.Sequential(nn.Linear(4, 8), PassesADtype(0.0, SoftensIn()), nn.Linear(8, 3)).eval()
     with torch.no_grad():
         model[1].fc.weight[:8] *= 0.01
-    program = capture(model, torch.randn(1, 4)).eval()
-    remove_channels(program, config={"macs": 0.5, "importance": "l2", "round_to": 1, "strict": False})
-    written = to_module(program, model)
+    program, written = _pruned_and_written(model, torch.randn(1, 4), 0.5)
     assert isinstance(written[1], SubgraphModule)
     x = torch.randn(3, 4)
     with torch.no_grad():
@@ -668,9 +673,7 @@ def test_a_boolean_mask_passed_on_to_a_child_that_ignores_it():
     model = Net().eval()
     with torch.no_grad():
         model.block.fc.weight[:8] *= 0.01
-    program = capture(model, torch.randn(1, 6, 4)).eval()
-    remove_channels(program, config={"macs": 0.5, "importance": "l2", "round_to": 1, "strict": False})
-    written = to_module(program, model)
+    program, written = _pruned_and_written(model, torch.randn(1, 6, 4), 0.5)
     assert isinstance(written.block, SubgraphModule)
     x = torch.randn(1, 6, 4)
     with torch.no_grad():
@@ -684,9 +687,7 @@ def test_a_block_called_at_two_places_alike_is_one_subgraph():
     model = nn.Sequential(nn.Conv2d(3, 8, 1), shared, nn.ReLU(), shared, nn.Conv2d(8, 4, 1)).eval()
     with torch.no_grad():
         shared.cv1[0].weight[:16] *= 0.01
-    program = capture(model, torch.rand(1, 3, 8, 8)).eval()
-    remove_channels(program, config={"macs": 0.35, "importance": "l2", "round_to": 1, "strict": False})
-    written = to_module(program, model)
+    program, written = _pruned_and_written(model, torch.rand(1, 3, 8, 8), 0.35)
     assert isinstance(written[1], SubgraphModule) and written[1] is written[3]
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
@@ -984,9 +985,7 @@ def test_a_model_whose_own_forward_spells_a_width_is_made_from_its_subgraph():
     with `same_class` it is refused in one line instead."""
     torch.manual_seed(0)
     model = FlattensBySize().eval()
-    program = capture(model, torch.randn(1, 3, 6, 6)).eval()
-    remove_channels(program, config={"macs": 0.5, "importance": "l2", "round_to": 1, "strict": False})
-    written = to_module(program, model)
+    program, written = _pruned_and_written(model, torch.randn(1, 3, 6, 6), 0.5)
     assert isinstance(written, SubgraphModule) and "FlattensBySize" in repr(written) and written.tag == "kept"
     assert [name for name, _ in written.named_parameters()] == [name for name, _ in model.named_parameters()]
     assert written.conv.out_channels < 8 and model.conv.out_channels == 8  # the user's model as it was
@@ -1051,3 +1050,50 @@ def test_a_block_taking_and_giving_lists_of_tensors_is_made_from_its_subgraph():
         torch.testing.assert_close(written.head(first - second), written(x))
         with pytest.raises(SubgraphError, match="a list of 2 tensors as its input, not a list of 1"):
             written.reassemble([a], scale=2.0)
+
+
+class PicksTheSecond(Reassemble):
+    """Takes a list and reads only its second entry: its one input is that entry of the list."""
+
+    def forward(self, hidden_states):
+        hidden = hidden_states[1]
+        return self.layers[1](torch.relu(self.projects[1](hidden)).reshape(hidden.shape))
+
+
+def test_a_block_reading_one_entry_of_its_input_list_reads_it_from_the_list():
+    torch.manual_seed(0)
+
+    class Net(ReassemblingNet):
+        def __init__(self):
+            super().__init__()
+            self.reassemble = PicksTheSecond()
+
+        def forward(self, x):
+            a = self.stem(x)
+            return self.head(self.reassemble([a, self.mid(a)]))
+
+    model = Net().eval()
+    with torch.no_grad():
+        model.reassemble.projects[1].weight[:4] *= 0.01
+    program, written = _pruned_and_written(model, torch.randn(1, 6, 4), 0.6)
+    assert isinstance(written.reassemble, SubgraphModule)
+    x = torch.randn(3, 6, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(written(x), _by_image(program, x), rtol=1e-5, atol=1e-6)
+
+
+def test_the_stand_in_keeps_full_backward_hooks_and_buffers_left_out_of_the_state_dict():
+    """A full backward hook on the model runs on its stand-in, and a buffer the model keeps out of its state dict
+    stays out: the stand-in's state dict loads into the user's own class."""
+    torch.manual_seed(0)
+    model = FlattensBySize().eval()
+    model.register_buffer("scratch", torch.zeros(1), persistent=False)
+    calls = []
+    model.register_full_backward_hook(lambda module, grad_input, grad_output: calls.append(len(grad_output)))
+    program, written = _pruned_and_written(model, torch.randn(1, 3, 6, 6), 0.5)
+    assert isinstance(written, SubgraphModule) and written.state_dict().keys() == model.state_dict().keys()
+    written.train()(torch.rand(2, 3, 6, 6, requires_grad=True)).sum().backward()
+    assert calls == [1]
+    pruned_class = FlattensBySize()
+    pruned_class.conv, pruned_class.fc = copy.deepcopy(written.conv), copy.deepcopy(written.fc)
+    pruned_class.load_state_dict(written.state_dict())  # strict: the same keys

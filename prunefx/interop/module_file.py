@@ -31,6 +31,6 @@ def write_module(staging: Path, program: Program, model: torch.nn.Module) -> dic
     torch.save(module, staging / FILE_NAME)
     if type(module) is not type(model):  # the model's own forward spells a width: made from its subgraph
         print(f"note: {FILE_NAME} holds a stand-in for {type(model).__qualname__} made from the pruned graph "
-              "(its forward spells a width that pruning changed): same submodules and tensors, not its class's "
-              "other methods", file=sys.stderr, flush=True)
+              "(its own forward cannot compute the pruned widths): same submodules and tensors, not its "
+              "class's other methods", file=sys.stderr, flush=True)
     return {"written": True, "file": FILE_NAME, "class": f"{type(module).__module__}.{type(module).__qualname__}"}

@@ -211,10 +211,10 @@ def followed(call: WatchedCall, argument: tuple[str, int | None, torch.Tensor]) 
     or ignores what its caller passes; None where the call fails. The user's hooks and random state are left
     as they were."""
     value = argument[2]
-    # that tensor, wherever the call passes it (an input list's entry too), plus one
-    args, kwargs = pytree.tree_map(lambda leaf: leaf + 1 if leaf is value else leaf, (call.args, call.kwargs))
     with torch.no_grad(), hook_state_kept(call.model), random_state_kept(list(call.model.parameters())):
         try:  # on copies: a module that writes into its arguments leaves the watched call as it was
+            # that tensor, wherever the call passes it (an input list's entry too), plus one
+            args, kwargs = pytree.tree_map(lambda leaf: leaf + 1 if leaf is value else leaf, (call.args, call.kwargs))
             first = pytree.tree_leaves(call.owner(*_copies(call.args), **_copies(call.kwargs)))
             second = pytree.tree_leaves(call.owner(*_copies(args), **_copies(kwargs)))
         except Exception:  # the user's code, with its own errors: no answer, and the subgraph is refused

@@ -66,8 +66,8 @@ def returned_order(outputs: list[fx.Node], call: WatchedCall | None, values: Val
     for tensor in call.returned_tensors:
         matches = [node for node in outputs if node.name in dense and _holds(dense[node.name], tensor)]
         if len(matches) != 1 or matches[0] in ordered:
-            raise ValueError(f"its call returns a tensor that {len(matches)} of the {len(outputs)} values it gives "
-                             "hold on the example: which it is cannot be told")
+            raise ValueError(f"its call returns {len(call.returned_tensors)} tensors that its {len(outputs)} values "
+                             "cannot be paired with one by one on the example")
         ordered.append(matches[0])
     return ordered
 

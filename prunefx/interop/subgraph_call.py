@@ -103,13 +103,18 @@ def besides_input(call: WatchedCall, owner: nn.Module, outputs: int
     tensors its input held where that was a list of them (else None)."""
     args, kwargs = call.args, call.kwargs
     if args:
-        x, args = args[0], args[1:]
+        args = args[1:]
     else:  # the input passed by name
-        x = kwargs.get(input_name(owner))
         kwargs = {name: value for name, value in kwargs.items() if name != input_name(owner)}
     returned = call.returned if call.returned is not None and call.returned.tensors == outputs else None
+    x = call_input(call, owner)
     entries = len(x) if isinstance(x, (list, tuple)) and not isinstance(x, torch.Size) else None
     return returned, CalledWith.of(args, kwargs), entries
+
+
+def call_input(call: WatchedCall, owner: nn.Module):
+    """What the call passed as the module's input: its first argument, or the one named as the forward's first."""
+    return call.args[0] if call.args else call.kwargs.get(input_name(owner))
 
 
 def input_name(owner: nn.Module) -> str | None:

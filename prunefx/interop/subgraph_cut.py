@@ -17,9 +17,10 @@ from torch import fx, nn
 from prunefx.graph import Program
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.training_flags import DROPOUTS, training_dropout
-from prunefx.interop.passed_tensors import CallWatcher, PassedTensor, passed_tensors
+from prunefx.interop.passed_tensors import CallWatcher, PassedTensor, input_list, passed_tensors
 from prunefx.interop.subgraph_arguments import bound_inputs, returned_order, takes
 from prunefx.interop.subgraph_batch import NEW_FROM_SHAPE, batch_of, follow_input_batch
+from prunefx.interop.subgraph_call import call_input
 from prunefx.interop.subgraph_children import call_child, outside_inputs, prefix_of
 
 # Operators whose behaviour depends on the training mode: baked into the graph, they would not train.
@@ -77,7 +78,9 @@ def module_graph(program: Program, path: str, owner: nn.Module, windows: bool,
             groups.setdefault(child, []).append(node)
     foreign = {value.target: value for node in region if region[node] is None for value in node.all_input_nodes
                if value.op == "get_attr" and not str(value.target).startswith(prefix)}
-    call = watch.call(path) if watch and (foreign or len(inputs) > 1 or len(outputs) > 1 or takes(owner) > 1) else None
+    watched = watch.call(path) if watch else None
+    several = foreign or len(inputs) > 1 or len(outputs) > 1 or takes(owner) > 1
+    call = watched if several or (watched is not None and input_list(call_input(watched, owner))) else None
     example = program.example_inputs[0] if program.example_inputs else None
     images = example.shape[0] if isinstance(example, torch.Tensor) and example.dim() else None
     values = watch.values if watch else _no_values

@@ -36,9 +36,10 @@ __all__ = ["SubgraphError", "SubgraphModule", "put_back", "replace_by_subgraph",
 _NAMED = object()  # SubgraphModule.forward's input, when its caller passes it by name
 
 
-# A module's hooks, those that run around its call: SubgraphModule takes the same call.
+# A module's hooks, those around its call and its state dict: SubgraphModule keeps the original's.
 _HOOKS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
-          "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+          "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks",
+          "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
 
 
 class SubgraphModule(nn.Module):
@@ -61,6 +62,8 @@ class SubgraphModule(nn.Module):
             getattr(self, table).update(getattr(owner, table))
         for table in _HOOKS:  # the user's hooks on the module it stands in for (features, logging) still run
             getattr(self, table).update(getattr(owner, table))
+        self._is_full_backward_hook = owner._is_full_backward_hook  # which kind its backward hooks are
+        self._non_persistent_buffers_set = set(owner._non_persistent_buffers_set)  # its state dict's keys as the original's
         for name, value in vars(owner).items():
             if not name.startswith("_") and name not in vars(self):
                 setattr(self, name, value)
@@ -117,7 +120,7 @@ class SubgraphModule(nn.Module):
 
 
 def _described(value) -> str:
-    return f"a list of {len(value)}" if isinstance(value, (list, tuple)) else f"a {type(value).__name__}"
+    return f"a {type(value).__name__} of {len(value)}" if isinstance(value, (list, tuple)) else f"a {type(value).__name__}"
 
 
 def replace_by_subgraph(program: Program, model: nn.Module, path: str, *, windows: bool = False,

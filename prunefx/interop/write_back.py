@@ -93,8 +93,9 @@ def _written_back(program: Program, model: nn.Module, module: nn.Module, name: s
         # with a config, its fields were chosen for the matched attributes: none is set back then; and the model
         # is to keep its class, whose from_pretrained reads the config
         with_config = config and is_hf_model(module)
+        class_kept = "same_class" if same_class else "its config" if with_config else None
         module = _from_subgraphs(program, CallWatcher(model, inputs, dense.module, scopes), module, name, scopes,
-                                 error, comparable, {} if with_config else matched, same_class or with_config)
+                                 error, comparable, {} if with_config else matched, class_kept)
     module.train(model.training)  # also the graphs' flags of the subgraphs standing in for modules
     set_module_modes(module, module_modes(model), model.training)  # each layer's own, as in the user's model
     return module
@@ -117,7 +118,7 @@ def _own_code_changed(module: nn.Module, changes, replaced, cut: set[str]) -> li
 
 def _from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Module, name: str, scopes: list[str],
                     error: WriteBackError, comparable: set[str], matched: dict[str, dict[str, object]],
-                    same_class: bool) -> nn.Module:
+                    class_kept: str | None) -> nn.Module:
     """Put the Program's subgraph in place of each module in `scopes` (prunefx/interop/subgraph_module.py),
     then of each module of the user's code whose forward raises (the model itself too: what is returned then
     stands in for it), and prove the result again, also on a
@@ -130,43 +131,39 @@ def _from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Module, n
     attempts = (False, True) if batch_first_outputs(program) else (False,)
     failures = []
     for windows in attempts:
-        replaced: dict[str, nn.Module] = {}
         sizes = SetBack(module, matched)
         try:
-            return _made_from_subgraphs(program, watcher, module, name, scopes, error, windows, replaced, comparable,
-                                        sizes, not same_class)
-        except WriteBackError as failed:
+            return _made_from_subgraphs(program, watcher, module, name, scopes, error, windows, comparable, sizes,
+                                        class_kept)
+        except WriteBackError as failed:  # the modules it replaced are put back; the sizes it set back, here
             failures.append(failed)
-            for scope, original in reversed(replaced.items()):  # the module as it was before this attempt
-                if scope:  # the model itself is `module` still
-                    put_back(module, scope, original)
             sizes.undo()
     raise failures[0]
 
 
 def _made_from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Module, name: str, scopes: list[str],
-                         error: WriteBackError, windows: bool, replaced: dict[str, nn.Module],
-                         comparable: set[str], sizes: SetBack, model_too: bool) -> nn.Module:
-    """One attempt of `_from_subgraphs`, returning the model proven; `replaced` gets each module it replaces, by
-    path ('' for the model), in order; `comparable`: the modules the proof compares one by one; `sizes`: the
-    attributes set by matching values, set back here where no subgraph stands in for their module
-    (set_back_sizes.py), for the caller to undo; `model_too`: whether the model itself may be made from its
-    subgraph."""
+                         error: WriteBackError, windows: bool, comparable: set[str], sizes: SetBack,
+                         class_kept: str | None) -> nn.Module:
+    """One attempt of `_from_subgraphs`, returning the model proven, or else, each module it replaced put back,
+    raising; `comparable`: the modules the proof compares one by one; `sizes`: the attributes set by matching
+    values, set back here where no subgraph stands in for their module (set_back_sizes.py), for the caller to
+    undo; `class_kept`: why the model itself is not to be made from its subgraph (None: it may be)."""
     kept: list[str] = []  # a module left as it is may be right with its attributes: the proof decides
     root = module
+    replaced: dict[str, tuple[nn.Module, nn.Module]] = {}  # path ('' the model) -> (the model it was put in, original)
 
     def make(scope: str | None) -> bool:
         nonlocal root
         if scope is None or scope in replaced or resizer_for(root.get_submodule(scope)) is not resize_attributes:
             return False
-        if not scope and not model_too:
-            kept.append("the model itself is not made from its subgraph: its class is to be kept (same_class)")
+        if not scope and class_kept:
+            kept.append(f"the model itself is not made from its subgraph: it keeps its class ({class_kept})")
             return False
         try:
             if scope:
-                replaced[scope] = replace_by_subgraph(program, root, scope, windows=windows, watch=watcher)
+                replaced[scope] = root, replace_by_subgraph(program, root, scope, windows=windows, watch=watcher)
             else:
-                replaced[scope], root = root, stand_in(program, root, scope, windows=windows, watch=watcher)
+                replaced[scope], root = (root, root), stand_in(program, root, scope, windows=windows, watch=watcher)
         except SubgraphError as reason:
             kept.append(f"module '{scope or '(model)'}' is not made from its subgraph: {reason}")
             return False
@@ -195,6 +192,10 @@ def _made_from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Modu
     changed = [f"{', '.join(scope or '(model)' for scope in replaced)} made from the pruned subgraph"] \
         if replaced else []
     changed += sizes.described()
+    # each module put back in the model it was put in (a child of the model's stand-in is in that one's table only)
+    for scope, (tree, original) in reversed(replaced.items()):
+        if scope:
+            put_back(tree, scope, original)
     tried_too = f"; nor with {' and '.join(changed)}: {last}" if changed else ""
     raise WriteBackError(f"{error}{tried_too}{''.join('; ' + line for line in kept[-1:])}") from error
 
