@@ -59,7 +59,7 @@ def _region(program: Program, path: str) -> dict[fx.Node, tuple[str, str] | None
 
 
 def module_graph(program: Program, path: str, owner: nn.Module, windows: bool,
-           watch: CallWatcher | None) -> tuple[fx.Graph, list[PassedTensor]]:
+                 watch: CallWatcher | None) -> tuple[fx.Graph, list[PassedTensor]]:
     """The Program's operators of module `path`'s own code, its children's calls as call_module; with `windows`,
     sizes that are multiples of the batch follow the input's (subgraph_batch.py). What its call passes
     besides its input (other modules' tensors, further activations) and what it passes its children are read
