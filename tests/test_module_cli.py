@@ -93,6 +93,8 @@ def test_a_model_whose_forward_spells_a_width_is_written_as_its_stand_in_with_a_
                         "--macs", "0.5", "--round-to", "2", "--module", "-o", tmp_path / "out")
     assert code == 0, err
     assert "note: module.pt holds a stand-in for LeNet" in err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["module"]["written"] and report["module"]["stands_in_for"].endswith(".LeNet")
     module = torch.load(tmp_path / "out" / "module.pt", weights_only=False)  # our own file: trusted
     assert type(module).__name__ == "SubgraphModule" and module.conv2.out_channels < 16
     program = Program.load(tmp_path / "out" / "model.pt2")

@@ -5,7 +5,7 @@ files from a trusted source only (`torch.load(path, weights_only=False)`, with t
 model.pt2 stays the deliverable that anyone can read safely (plain tensor data and JSON, audited on load).
 module.pt is written only when the write-back is proven (prunefx/interop/write_back.py); otherwise one warning line
 says why, and report.json records it. Where the model's own forward spells a pruned width, module.pt holds a
-stand-in made from the pruned graph, and a note says so.
+stand-in made from the pruned graph: a note says so, and the report names the class (`stands_in_for`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ def write_module(staging: Path, program: Program, model: torch.nn.Module) -> dic
         print(f"warning: {FILE_NAME} not written: {error}", file=sys.stderr, flush=True)
         return {"written": False, "reason": str(error)}
     torch.save(module, staging / FILE_NAME)
+    written = {"written": True, "file": FILE_NAME, "class": f"{type(module).__module__}.{type(module).__qualname__}"}
     if type(module) is not type(model):  # the model's own forward spells a width: made from its subgraph
+        written["stands_in_for"] = f"{type(model).__module__}.{type(model).__qualname__}"
         print(f"note: {FILE_NAME} holds a stand-in for {type(model).__qualname__} made from the pruned graph "
               "(its own forward cannot compute the pruned widths): same submodules and tensors, not its "
               "class's other methods", file=sys.stderr, flush=True)
-    return {"written": True, "file": FILE_NAME, "class": f"{type(module).__module__}.{type(module).__qualname__}"}
+    return written
