@@ -1097,3 +1097,27 @@ def test_the_stand_in_keeps_full_backward_hooks_and_buffers_left_out_of_the_stat
     pruned_class = FlattensBySize()
     pruned_class.conv, pruned_class.fc = copy.deepcopy(written.conv), copy.deepcopy(written.fc)
     pruned_class.load_state_dict(written.state_dict())  # strict: the same keys
+
+
+class DropsItsAuxiliaryHead(nn.Module):
+    """Calls a head and drops its result, as Hugging Face's UperNet does with its auxiliary head in eval mode:
+    pruning removes it as dead code, and a stand-in made from the program would never call it."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.head, self.aux = nn.Conv2d(3, 16, 3), nn.Conv2d(16, 4, 1), nn.Conv2d(16, 2, 1)
+
+    def forward(self, x):
+        features = torch.relu(self.stem(x))
+        self.aux(features)
+        return self.head(features)
+
+
+def test_a_module_whose_dropped_child_the_program_lacks_is_not_made_from_its_subgraph():
+    torch.manual_seed(0)
+    model = DropsItsAuxiliaryHead().eval()
+    program = capture(model, torch.randn(1, 3, 8, 8)).eval()
+    remove_channels(program, config={"macs": 0.5, "importance": "l2", "round_to": 1, "strict": False})
+    with pytest.raises(WriteBackError, match="its code calls 'aux', whose result the model does not use") as refused:
+        to_module(program, model)
+    assert "\n" not in str(refused.value)

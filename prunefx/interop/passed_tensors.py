@@ -92,6 +92,12 @@ class CallWatcher:
             self._calls.update(self._watch(batch if watched in self._expected else [watched]))
         return self._calls[watched].get(path)
 
+    def called(self, path: str) -> set[str] | None:
+        """The modules inside module `path` that its one call called (by path); None where that call is unknown."""
+        self.call(path)
+        calls = self._calls[path]
+        return set(calls) if calls.get(path) is not None else None
+
     def _watch(self, paths: list[str]) -> dict[str, dict[str, WatchedCall | None]]:
         """For each of `paths`, the calls of every module inside it while it runs, in one run of the model."""
         if self._copy is None:
@@ -156,7 +162,7 @@ class _Recorder:
         returned, tensors = (self.returned[0], self.returned_tensors[0]) if once else (None, ())
         return {name: WatchedCall(self.model, self.inside[name], *calls[0], returned=returned if name == self.path
                                   else None, returned_tensors=tensors if name == self.path else ())
-                if len(calls) == 1 else None for name, calls in self.seen.items()}
+                if len(calls) == 1 else None for name, calls in self.seen.items() if calls}  # those called
 
 
 def passed_tensors(call: WatchedCall, targets: list[str]) -> dict[str, tuple[str, int | None]]:

@@ -52,7 +52,8 @@ def _region(program: Program, path: str) -> dict[fx.Node, tuple[str, str] | None
             calls.add(found[0])
             region[node] = found[1]
     if not region:
-        raise SubgraphError("the program calls no operator in it")
+        raise SubgraphError("the program calls no operator in it (pruning drops code whose result the model does "
+                            "not use, such as an auxiliary head's in eval mode)")
     if len(calls) > 1:
         raise SubgraphError(f"the model calls it {len(calls)} times")
     return region

@@ -138,6 +138,11 @@ def stand_in(program: Program, model: nn.Module, path: str, *, windows: bool = F
     not yet put in its place; `windows` and `watch`: see subgraph_cut.module_graph."""
     owner = model.get_submodule(path)
     graph, reads = module_graph(program, path, owner, windows, watch)
+    dropped = _uncalled_children(graph, watch, path, owner)
+    if dropped:
+        raise SubgraphError(f"its code calls '{dropped[0]}', whose result the model does not use, so the program "
+                            "holds none of it (pruning drops such code, as an auxiliary head's in eval mode): made "
+                            "from the program, it would never call it")
     aliases = [name for name, each in model.named_modules(remove_duplicate=False) if each is owner and name != path]
     for alias in [alias for alias in aliases if any(called_in(node, alias) for node in program.graph.nodes)]:
         # one graph stands in for every call: each must be that graph (a literal the proof's inputs miss)
@@ -155,6 +160,20 @@ def stand_in(program: Program, model: nn.Module, path: str, *, windows: bool = F
         setattr(replacement, name, part)  # its graph keeps the dense attention scale: queries as the Program's
     _lend_constants(replacement, graph, program, prefix_of(path))
     return replacement
+
+
+def _uncalled_children(graph: fx.Graph, watch: CallWatcher | None, path: str, owner: nn.Module) -> list[str]:
+    """The modules holding tensors that the dense call of module `path` called and its graph does not (neither
+    them nor a module around them): their results were unused, and their hooks and widths would be left behind."""
+    called = watch.called(path) if watch else None
+    prefix, calls = prefix_of(path), [str(node.target) for node in graph.nodes if node.op == "call_module"]
+    inside = [name[len(prefix):] for name in sorted(called or ()) if name != path]
+    return [name for name in inside if _holds_tensors(owner.get_submodule(name))
+            and not any(name == call or name.startswith(f"{call}.") for call in calls)]
+
+
+def _holds_tensors(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
 
 
 def put_back(model: nn.Module, path: str, module: nn.Module) -> None:
