@@ -22,7 +22,7 @@ from torch import fx, nn
 
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.model_state import hook_state_kept, random_state_kept
-from prunefx.interop.subgraph_call import ReturnedLike
+from prunefx.interop.subgraph_call import ReturnedLike, input_list
 
 
 @dataclass(frozen=True)
@@ -193,16 +193,6 @@ def activation_arguments(call: WatchedCall) -> list[tuple[str, int | None, torch
         elif any(isinstance(leaf, torch.Tensor) for leaf in pytree.tree_leaves(value)):
             raise ValueError(f"its call passes tensors inside '{name}'")
     return found
-
-
-def entry_index(name: str) -> int | None:
-    """The index of an input list's entry named 'name[i]' (activation_arguments); None for another argument."""
-    return int(name[name.rindex("[") + 1:-1]) if name.endswith("]") else None
-
-
-def input_list(value) -> bool:
-    """An input that is a list or tuple of tensors (DPT's reassemble stage takes the backbone's hidden states)."""
-    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(each, torch.Tensor) for each in value)
 
 
 def _arguments(call: WatchedCall) -> list[tuple[str, int | None, object]]:

@@ -18,14 +18,8 @@ import torch
 from torch import fx, nn
 
 from prunefx.graph.attributes import get_tensor
-from prunefx.interop.passed_tensors import (
-    PassedTensor,
-    WatchedCall,
-    activation_arguments,
-    entry_index,
-    followed,
-)
-from prunefx.interop.subgraph_call import forward_parameters, plain
+from prunefx.interop.passed_tensors import PassedTensor, WatchedCall, activation_arguments, followed
+from prunefx.interop.subgraph_call import call_input, forward_parameters, input_list, plain
 
 Values = Callable[[list[str]], dict[str, torch.Tensor]]  # dense values of graph nodes, by name
 
@@ -53,7 +47,13 @@ def bound_inputs(inputs: list[fx.Node], call: WatchedCall | None, images: int | 
                                 batched=tensor.dim() > 0 and tensor.shape[0] in batches))
             for node, name, position, tensor in pairs if position != 0]
     unread_read = [(None, PassedTensor(name, position, (), read=False)) for name, position in unread]
-    return [(node, entry_index(name)) for node, name, _, _ in first], read + unread_read
+    return [(node, _entry_index(call, tensor)) for node, _, _, tensor in first], read + unread_read
+
+
+def _entry_index(call: WatchedCall, tensor: torch.Tensor) -> int | None:
+    """Where `tensor` is in the call's input where that is a list of tensors; None where it is the input."""
+    x = call_input(call, call.owner)
+    return next(index for index, each in enumerate(x) if each is tensor) if input_list(x) else None
 
 
 def returned_order(outputs: list[fx.Node], call: WatchedCall | None, values: Values) -> list[fx.Node]:

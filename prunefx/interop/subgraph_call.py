@@ -108,13 +108,17 @@ def besides_input(call: WatchedCall, owner: nn.Module, outputs: int
         kwargs = {name: value for name, value in kwargs.items() if name != input_name(owner)}
     returned = call.returned if call.returned is not None and call.returned.tensors == outputs else None
     x = call_input(call, owner)
-    entries = len(x) if isinstance(x, (list, tuple)) and not isinstance(x, torch.Size) else None
-    return returned, CalledWith.of(args, kwargs), entries
+    return returned, CalledWith.of(args, kwargs), len(x) if input_list(x) else None
 
 
 def call_input(call: WatchedCall, owner: nn.Module):
     """What the call passed as the module's input: its first argument, or the one named as the forward's first."""
     return call.args[0] if call.args else call.kwargs.get(input_name(owner))
+
+
+def input_list(value) -> bool:
+    """An input that is a list or tuple of tensors (DPT's reassemble stage takes the backbone's hidden states)."""
+    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(each, torch.Tensor) for each in value)
 
 
 def input_name(owner: nn.Module) -> str | None:

@@ -17,10 +17,10 @@ from torch import fx, nn
 from prunefx.graph import Program
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.training_flags import DROPOUTS, training_dropout
-from prunefx.interop.passed_tensors import CallWatcher, PassedTensor, input_list, passed_tensors
+from prunefx.interop.passed_tensors import CallWatcher, PassedTensor, passed_tensors
 from prunefx.interop.subgraph_arguments import bound_inputs, returned_order, takes
 from prunefx.interop.subgraph_batch import NEW_FROM_SHAPE, batch_of, follow_input_batch
-from prunefx.interop.subgraph_call import call_input
+from prunefx.interop.subgraph_call import call_input, input_list
 from prunefx.interop.subgraph_children import call_child, outside_inputs, prefix_of
 
 # Operators whose behaviour depends on the training mode: baked into the graph, they would not train.
@@ -28,6 +28,7 @@ _MODAL = ("dropout", "batch_norm", "rrelu")
 # Fused attention with its dropout probability baked in: exact in both modes where that is 0 and the module
 # holds no dropout that training would apply (timm passes `attn_drop.p` only while training).
 _ATTENTION = "scaled_dot_product"
+
 
 class SubgraphError(Exception):
     """The module's own code cannot be cut out of the Program as a forward (turned into a WriteBackError)."""

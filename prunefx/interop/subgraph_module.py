@@ -26,8 +26,8 @@ from torch import fx, nn
 from prunefx.graph import Program
 from prunefx.graph.attributes import get_tensor
 from prunefx.interop.attention_scale import unfolded_queries
-from prunefx.interop.passed_tensors import CallWatcher, PassedTensor, input_list, taken
-from prunefx.interop.subgraph_call import CalledWith, ReturnedLike, besides_input, input_name
+from prunefx.interop.passed_tensors import CallWatcher, PassedTensor, taken
+from prunefx.interop.subgraph_call import CalledWith, ReturnedLike, besides_input, input_list, input_name
 from prunefx.interop.subgraph_children import prefix_of
 from prunefx.interop.subgraph_cut import SubgraphError, called_in, graph_form, module_graph
 
