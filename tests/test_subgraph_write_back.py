@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from prunefx.graph import capture
+from prunefx.interop import write_back
 from prunefx.interop.subgraph_call import ReturnedLike
 from prunefx.interop.subgraph_module import SubgraphError, SubgraphModule, replace_by_subgraph
 from prunefx.interop.write_back import WriteBackError, to_module
@@ -1121,3 +1122,44 @@ def test_a_module_whose_dropped_child_the_program_lacks_is_not_made_from_its_sub
     with pytest.raises(WriteBackError, match="its code calls 'aux', whose result the model does not use") as refused:
         to_module(program, model)
     assert "\n" not in str(refused.value)
+
+
+class HalvesThenFlattens(nn.Module):
+    """A block its own code cannot resize (the halves) inside a model whose own forward spells a width."""
+
+    def __init__(self):
+        super().__init__()
+        self.block, self.fc = HalvesBlock(), nn.Linear(8 * 4 * 4, 4)
+
+    def forward(self, x):
+        return self.fc(self.block(x).view(-1, 8 * 4 * 4))
+
+
+def test_a_failed_attempt_puts_each_module_back_in_the_model_it_was_taken_from(monkeypatch):
+    """The block is made from its subgraph in the model, then the model itself stands in; when the proof still
+    fails, the block is put back in the model the attempt was given, not in the discarded stand-in, so the next
+    attempt starts from the user's modules."""
+    torch.manual_seed(0)
+    model = HalvesThenFlattens().eval()
+    with torch.no_grad():
+        model.block.cv1[0].weight[:16] *= 0.01
+        model.block.cv2.weight[:4] *= 0.01
+    program = capture(model, torch.rand(1, 8, 4, 4)).eval()
+    remove_channels(program, config={"macs": 0.3, "importance": "l2", "round_to": 1, "strict": False})
+    assert isinstance(to_module(program, model), SubgraphModule)  # both are made when the proof may pass
+    given = []
+    attempt = write_back._made_from_subgraphs
+
+    def recorded(program, watcher, module, *rest):
+        given.append(module)
+        return attempt(program, watcher, module, *rest)
+
+    def fails(program, module, name):
+        assert isinstance(module, SubgraphModule) and isinstance(module.block, SubgraphModule)
+        raise WriteBackError("the batch of two differs")
+
+    monkeypatch.setattr(write_back, "_made_from_subgraphs", recorded)
+    monkeypatch.setattr(write_back, "check_batch", fails)
+    with pytest.raises(WriteBackError, match="block, \\(model\\) made from the pruned subgraph"):
+        to_module(program, model)
+    assert given and all(type(module.block) is HalvesBlock for module in given)
