@@ -58,6 +58,8 @@ MODELS = {
                      {"image_size": SIZE, "depth_multiplier": 0.25}),
     "mobilenet_v2": ("MobileNetV2ForImageClassification", "MobileNetV2Config",
                      {"image_size": SIZE, "depth_multiplier": 0.35}),
+    "mobilenet_v2_seg": ("MobileNetV2ForSemanticSegmentation", "MobileNetV2Config",
+                         {"image_size": SIZE, "depth_multiplier": 0.35}),
     "efficientnet": ("EfficientNetForImageClassification", "EfficientNetConfig",
                      {"image_size": SIZE, "width_coefficient": 2.0, "depth_coefficient": 0.2}),
     "mobilevit": ("MobileViTForImageClassification", "MobileViTConfig",

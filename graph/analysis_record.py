@@ -2,9 +2,10 @@
 
 Passes communicate through these fields and nothing else, each with a writer and a reader declared in the
 passes' contracts (`@graph_pass(reads=..., writes=...)`, checked by tests/test_analysis_record.py):
-`sparsity` (sparsify_nm -> distill, prune_while_training: zeros kept at zero) and `linearize`
+`sparsity` (sparsify_nm -> distill, prune_while_training: zeros kept at zero), `linearize`
 (linearize_blocks, depth_to_budget, choose_for_budget -> distill, prune_while_training, linearize_blocks,
-merge_blocks). A pass's report and facts are its Result's, not fields here. Retired fields of older files
+merge_blocks) and `kept_channels` (remove_channels -> remove_channels, which composes it, and the write-back,
+which cuts the dead branches the Program dropped as the live tensors were cut). A pass's report and facts are its Result's, not fields here. Retired fields of older files
 load and are dropped (RETIRED, logged); an unknown field or one of the wrong type is refused on load.
 """
 
@@ -43,13 +44,30 @@ class LinearizeRecord:
     stripped: dict[str, str] = field(default_factory=dict)  # blends merge_blocks has already removed
 
 
-_TYPED = {"sparsity": SparsityRecord, "linearize": LinearizeRecord}  # every field of Analysis, by name
+@dataclass
+class KeptChannelsRecord:
+    """Which of the captured widths' channels each sliced tensor keeps (graph/channels/kept_channels.py)."""
+    masks: list[str] = field(default_factory=list)                  # keep masks, 'width:hex', each once
+    tensors: dict[str, dict[str, int]] = field(default_factory=dict)  # tensor -> {dim: index into masks}
+
+    def __post_init__(self) -> None:  # read from a file: the form checked here, the masks where decoded
+        if not (isinstance(self.masks, list) and all(isinstance(mask, str) for mask in self.masks)):
+            raise AnalysisRecordError("analysis record 'kept_channels': masks must be a list of strings")
+        if not (isinstance(self.tensors, dict) and all(
+                isinstance(name, str) and isinstance(dims, dict) and all(
+                    isinstance(dim, str) and type(index) is int and 0 <= index < len(self.masks)
+                    for dim, index in dims.items()) for name, dims in self.tensors.items())):
+            raise AnalysisRecordError("analysis record 'kept_channels': tensors must map names to {dim: mask index}")
+
+
+_TYPED = {"sparsity": SparsityRecord, "linearize": LinearizeRecord, "kept_channels": KeptChannelsRecord}  # every field of Analysis, by name
 
 
 @dataclass
 class Analysis:
     sparsity: SparsityRecord | None = None
     linearize: LinearizeRecord | None = None
+    kept_channels: KeptChannelsRecord | None = None
 
     @property
     def sparse_weights(self) -> list[str]:

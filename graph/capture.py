@@ -21,6 +21,7 @@ from prunefx.graph.module_paths import name_sliced_modules
 from prunefx.graph.output_tree import use_builtin_outputs
 from prunefx.graph.program import Program
 from prunefx.graph.program_metadata import program_name
+from prunefx.graph.safety.functional_ops import clone_written_inputs
 from prunefx.graph.scoped_calls import scope_of
 from prunefx.graph.torch_quiet import torch_quiet
 from prunefx.graph.training_flags import training_nodes
@@ -61,10 +62,11 @@ def _as_tuple(example_inputs) -> tuple[torch.Tensor, ...]:
 
 def _check_runs_eagerly(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], name: str) -> None:
     """A model that fails in plain PyTorch has a wrong input, not an export problem: say so.
-    Batch norms in training mode, attributes the forward sets and the user's hooks are left as found."""
+    Batch norms in training mode, attributes the forward sets, the user's hooks and the inputs (a first
+    in-place ReLU writes into them) are left as found."""
     try:
         with torch.no_grad(), left_as_found(model), random_state_kept([*model.parameters(), *model.buffers(), *inputs]):
-            model(*inputs)
+            model(*(x.clone() for x in inputs))
     except Exception as error:
         shapes = ", ".join("x".join(map(str, x.shape)) for x in inputs)
         raise CaptureError(f"model '{name}' does not run on input shape {shapes}: {first_line(error)}") from error
@@ -128,6 +130,8 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     # rewriting the Program never changes the user's model behind their back.
     # the inputs too: the caller reusing the tensor (a loader's buffer) must not change what checks run on
     program = Program.from_exported(exported, tuple(x.detach().clone() for x in inputs), name=name)
+    if clone_written_inputs(program.graph):  # the caller's tensors are theirs: the graph writes into a copy
+        program.module.recompile()
     name_sliced_modules(program.graph, model)
     if not model.training:
         _say_training_in_eval(program, name)

@@ -26,7 +26,7 @@ __all__ = ["BudgetChosen", "ChooseForBudgetConfig", "budget_candidates", "budget
 
 # every candidate is cut from a copy of the dense Program
 @shipped_pass
-@graph_pass(config=ChooseForBudgetConfig, in_place=False, writes=("linearize",))
+@graph_pass(config=ChooseForBudgetConfig, in_place=False, writes=("linearize", "kept_channels"))
 def choose_for_budget(program: Program, /, *, config: dict | None = None) -> Result:
     settings = ChooseForBudgetConfig.parse(config)
     require_latency("choose_for_budget", settings.latency)

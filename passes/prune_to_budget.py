@@ -109,7 +109,7 @@ class WidthChosen:
 
 
 @shipped_pass
-@graph_pass(config=PruneToBudgetConfig, in_place=False)
+@graph_pass(config=PruneToBudgetConfig, in_place=False, reads=("kept_channels",), writes=("kept_channels",))
 def prune_to_budget(program: Program, /, *, config: dict | None = None) -> Result:
     settings = PruneToBudgetConfig.parse(config)
     require_latency("prune_to_budget", settings.latency)

@@ -63,7 +63,8 @@ class PruneWhileTrainingConfig(TrainingPassConfig):
 
 
 @shipped_pass
-@graph_pass(config=PruneWhileTrainingConfig, in_place=True, reads=("sparsity", "linearize"))
+@graph_pass(config=PruneWhileTrainingConfig, in_place=True, reads=("sparsity", "linearize", "kept_channels"),
+            writes=("kept_channels",))
 def prune_while_training(program: Program, /, *, config: dict | None = None) -> Result:
     if given(config, "data") is None:  # before the other checks: without data nothing else matters
         raise PrunefxError("prune_while_training needs training batches: config['data']")

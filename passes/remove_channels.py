@@ -24,6 +24,7 @@ from prunefx.graph.channels.attention_dims import floor_names, head_dim_groups
 from prunefx.graph.channels.compensation import compensate_removed_inputs
 from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.graph.channels.importance import CRITERIA, DATA_CRITERIA, channel_importance
+from prunefx.graph.channels.kept_channels import with_removal
 from prunefx.graph.channels.obs_elimination import STEPS
 from prunefx.graph.channels.removal import remove_classes
 from prunefx.graph.channels.selection import (
@@ -129,7 +130,7 @@ class RemoveChannelsConfig(PassConfig):
 
 
 @shipped_pass
-@graph_pass(config=RemoveChannelsConfig, in_place=True)
+@graph_pass(config=RemoveChannelsConfig, in_place=True, reads=("kept_channels",), writes=("kept_channels",))
 def remove_channels(program: Program, /, *, config: dict | None = None) -> Result:
     parsed = RemoveChannelsConfig.parse(config)
     importance, compensate = parsed.resolved()  # the defaults that depend on the data given, settled once
@@ -167,7 +168,8 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     hessians = None  # released before slicing
     with parts.part("slicing"):
         if removed:
-            remove_classes(program.module, combing.analysis, removed)
+            sliced = remove_classes(program.module, combing.analysis, removed)
+            program.analysis.kept_channels = with_removal(program.analysis.kept_channels, sliced)
             program.recompile()
             _check_outputs_kept(program)
     after = count(program)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.utils._pytree as pytree
 
 from prunefx.graph import CaptureError, Program, PrunefxError, capture
 from prunefx.graph.errors import first_line
@@ -42,14 +43,15 @@ def _get_part(model: torch.nn.Module, part: str) -> torch.nn.Module:
 
 def _record_calls(model: torch.nn.Module, example_inputs, parts: Sequence[str]) -> dict[str, list]:
     """Run `model` once on `example_inputs`; return, per part, the (args, kwargs) of every call it got. The model
-    is left as found: a training model's batch-norm statistics, what its forward sets, torch's random state."""
+    is left as found: a training model's batch-norm statistics, what its forward sets, torch's random state, and
+    the inputs, which it is given copies of (a forward may write into its input)."""
     calls: dict[str, list] = {part: [] for part in parts}
     handles = [_get_part(model, part).register_forward_pre_hook(
         lambda _module, args, kwargs, part=part: calls[part].append((args, kwargs)), with_kwargs=True)
         for part in parts]
     try:
         with torch.no_grad(), left_as_found(model), random_state_kept(model.parameters()):
-            model(*_as_args(example_inputs))
+            model(*pytree.tree_map_only(torch.Tensor, torch.clone, _as_args(example_inputs)))
     except Exception as error:
         raise PartError(f"{type(model).__name__} does not run on the example inputs: {first_line(error)}") from error
     finally:

@@ -98,7 +98,7 @@ def test_removing_zeroed_channels_is_exact(reference, zero_channels):
     assert expected.abs().max() > 0, "a zero output would make the check vacuous"
     macs_before = count(program).macs
 
-    assert remove_classes(program.module, combing.analysis, removed) > 0
+    assert remove_classes(program.module, combing.analysis, removed)
     program.recompile()
     verify(program)
     actual = _flat_outputs(program, x)

@@ -68,3 +68,19 @@ def test_a_cache_filled_from_rows_hands_the_hessian_to_a_caller_that_needs_it():
     assert again is rows
     [(_, expected, _)] = iter_hessians(program.module, [spec], batches)  # gathered afresh, from the data
     torch.testing.assert_close(hessian, expected, rtol=1e-12, atol=1e-9)
+
+
+def test_undamped_compensation_from_few_rows_is_the_minimum_norm_least_squares_update():
+    """Damping 0 with fewer rows than columns: H_KK is singular. Both paths give the minimum-norm solution of
+    min ||X_K D^T - X_R M_R^T||^2 (oracle: numpy's SVD-based lstsq on X_K itself), not NaN, on any device's
+    solver (the pseudo-inverse, not a full-rank least-squares driver)."""
+    x, matrix, removed = _layer(rows=10, columns=40)
+    from_rows, errors_rows = second_order_update(matrix, None, removed, 0.0, rows=LayerRows(10, x))
+    through_h, errors_h = second_order_update(matrix, x.t() @ x, removed, 0.0)
+    x_k, x_r = x.numpy()[:, ~removed], x.numpy()[:, removed]
+    delta = np.linalg.lstsq(x_k, x_r @ matrix.numpy()[:, removed].T, rcond=None)[0]
+    expected = matrix.numpy().copy()
+    expected[:, ~removed] += delta.T
+    for updated in (from_rows, through_h):
+        np.testing.assert_allclose(updated.numpy()[:, ~removed], expected[:, ~removed], rtol=1e-6, atol=1e-8)
+    assert errors_rows["error_with"] == pytest.approx(0.0, abs=1e-12) == errors_h["error_with"]

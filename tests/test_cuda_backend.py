@@ -369,6 +369,30 @@ def test_a_cuda_graph_replay_computes_the_model_and_times_it(precision):
     assert output.dtype != torch.float32 and torch.allclose(output.float().cpu(), expected, atol=5e-2, rtol=5e-2)
 
 
+class SyncsOnTheHost(nn.Module):
+    """Reads a value back to the host on every call: a CUDA graph cannot capture it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y * float(y.mean().item() > -1e9)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_a_model_that_syncs_on_the_host_is_timed_eagerly_and_leaves_the_stream_and_allocator_usable():
+    stream = torch.cuda.current_stream()
+    model = GpuModel.of_module(SyncsOnTheHost().eval(), (torch.randn(1, 3, 8, 8),), precision="fp16",
+                               device=CudaDevice())
+    assert model.capture_failed and model.mode == "eager" and model.time_once() > 0
+    assert torch.cuda.current_stream() == stream and torch.cuda.get_sync_debug_mode() == 0
+    torch.cuda.empty_cache()  # an allocator left mid-capture asserts here
+    assert GpuModel(_net(16, batch=2), precision="fp16", device=CudaDevice()).mode == "graph"
+
+
 @pytest.mark.gpu
 @requires_cuda
 def test_the_pair_on_a_gpu_measures_the_wider_model_slower():

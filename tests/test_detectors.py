@@ -103,7 +103,7 @@ def test_removing_zeroed_backbone_channels_leaves_detections_unchanged(name, one
     zero_channels(program, combing, removed)
     expected = _detect(replace_part(model, "backbone", program), images)
     macs = count(program).macs
-    assert remove_classes(program.module, combing.analysis, removed) > 0
+    assert remove_classes(program.module, combing.analysis, removed)
     program.recompile()
     verify(program)
     assert count(program).macs < 0.9 * macs
@@ -251,7 +251,7 @@ def test_yolo_zeroed_channels_removed_exactly_head_outputs_kept(name, one_thread
     zero_channels(program, combing, removed)
     with torch.no_grad():
         expected = program(x)
-    assert remove_classes(program.module, combing.analysis, removed) > 0
+    assert remove_classes(program.module, combing.analysis, removed)
     program.recompile()
     verify(program)
     with torch.no_grad():

@@ -85,6 +85,18 @@ def test_kd_loss_is_the_trainers_formula():
     assert all(p.requires_grad for p in teacher.parameters())  # the caller's model is not frozen
 
 
+def test_distillation_alone_needs_no_labels():
+    """kd_weight 1: the loss is the KL term alone (the oracle: the formula above), and no labels are asked for."""
+    student, teacher = tiny_net(), tiny_net()
+    inputs, _ = batch()
+    output = student(inputs)
+    loss = DistillationLoss(teacher, kd_weight=1.0, temperature=2.0)(output, inputs)
+    with torch.no_grad():
+        p_teacher = torch.softmax(teacher.eval()(inputs) / 2.0, dim=1)
+    kl = (p_teacher * (p_teacher.log() - torch.log_softmax(output / 2.0, dim=1))).sum(1).mean() * 4.0
+    assert loss.item() == pytest.approx(kl.item(), rel=1e-5)
+
+
 def test_session_prunes_to_the_target_and_keeps_the_optimizer_on_the_module():
     model = tiny_net()
     inputs, labels = batch()

@@ -1101,20 +1101,21 @@ def test_the_stand_in_keeps_full_backward_hooks_and_buffers_left_out_of_the_stat
 
 
 class DropsItsAuxiliaryHead(nn.Module):
-    """Calls a head and drops its result, as Hugging Face's UperNet does with its auxiliary head in eval mode:
-    pruning removes it as dead code, and a stand-in made from the program would never call it."""
+    """Calls a head and drops its result, as Hugging Face's UperNet does with its auxiliary head in eval mode
+    (pruning removes it as dead code), and spells its features' width in its own forward: the model itself is
+    to be made from its subgraph, which would never call the head."""
 
     def __init__(self):
         super().__init__()
-        self.stem, self.head, self.aux = nn.Conv2d(3, 16, 3), nn.Conv2d(16, 4, 1), nn.Conv2d(16, 2, 1)
+        self.stem, self.head, self.aux = nn.Conv2d(3, 16, 3), nn.Linear(16 * 36, 4), nn.Conv2d(16, 2, 1)
 
     def forward(self, x):
         features = torch.relu(self.stem(x))
         self.aux(features)
-        return self.head(features)
+        return self.head(features.reshape(-1, 16 * 36))
 
 
-def test_a_module_whose_dropped_child_the_program_lacks_is_not_made_from_its_subgraph():
+def test_a_model_made_from_its_subgraph_that_calls_a_dropped_child_is_refused():
     torch.manual_seed(0)
     model = DropsItsAuxiliaryHead().eval()
     program = capture(model, torch.randn(1, 3, 8, 8)).eval()

@@ -19,6 +19,7 @@ from prunefx.graph.layer_hessians import LayerRows, iter_hessians, release
 from prunefx.graph.layer_inputs import Consumer, InputSpec, find_consumers
 from prunefx.graph.numerics.cholesky_inverse import symmetric_inverse_
 from prunefx.graph.numerics.low_rank_inverse import low_rank_damped_inverse
+from prunefx.graph.numerics.semidefinite_solve import semidefinite_solve
 from prunefx.graph.numerics.symmetric_product import symmetric_trace
 from prunefx.graph.progress import progress_bar
 
@@ -54,7 +55,7 @@ def second_order_update(matrix: torch.Tensor, hessian: torch.Tensor | None, remo
     factor, info = torch.linalg.cholesky_ex(h_kk)
     # damping 0 on rank-deficient inputs: least squares picks a solution where Cholesky cannot
     solved = int(info) == 0
-    delta = torch.cholesky_solve(rhs, factor) if solved else torch.linalg.lstsq(h_kk, rhs).solution
+    delta = torch.cholesky_solve(rhs, factor) if solved else semidefinite_solve(h_kk, rhs)
     updated = matrix.clone()
     updated[:, keep_t] += delta.t()
     without = symmetric_trace(m_r, hessian[gone[:, None], gone])  # trace(M_R H_RR M_R^T)
@@ -70,6 +71,8 @@ def _update_from_rows(matrix: torch.Tensor, x: torch.Tensor, removed: torch.Tens
     (X_K^T X_K + lam I)^-1 = (I - X_K^T (lam I + X_K X_K^T)^-1 X_K) / lam: a k x k factorisation and
     products with X instead of n x n ones. The new matrix and the errors ||X_R M_R^T||^2 without and
     ||X_K D^T - X_R M_R^T||^2 with the update; None where lam I + X_K X_K^T does not factor."""
+    if lam <= 0:  # damping 0: the identity above divides by it; the full Hessian's solve serves
+        return None
     x_k, x_r = x[:, ~removed], x[:, removed]
     lost = x_r @ matrix[:, removed].t()                 # X_R M_R^T: the output the removed columns gave
     rhs = x_k.t() @ lost                                # H_KR M_R^T

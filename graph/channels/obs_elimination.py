@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from prunefx.graph.heap import release_freed_memory
+from prunefx.graph.numerics.semidefinite_solve import semidefinite_solve
 from prunefx.graph.numerics.symmetric_product import add_upper, add_upper_gram, mirror_upper
 
 
@@ -218,7 +219,7 @@ def _quadratic_forms(blocks: torch.Tensor, weights: torch.Tensor) -> torch.Tenso
 def _solve(block: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     solved, info = torch.linalg.solve_ex(block, right)
     if bool((info != 0).any()):
-        return torch.linalg.lstsq(block, right).solution
+        return semidefinite_solve(block, right)
     return solved
 
 

@@ -36,30 +36,35 @@ def expand_removed(analysis: ChannelAnalysis, removed: set[int]) -> set[int]:
     return set(np.flatnonzero(expand_mask(analysis, mask)).tolist())
 
 
-def _slice_attribute(module, node, analysis, removed) -> bool:
+def _slice_attribute(module, node, analysis, removed) -> dict[int, np.ndarray]:
+    """Slice the tensor `node` reads; the keep mask of each dim sliced."""
     tensor = get_tensor(module, node.target)
-    sliced = tensor
+    sliced, masks = tensor, {}
     for dim, labels in enumerate(analysis.node_labels[node]):
         keep = keep_mask(analysis, labels, removed)
         if not keep.all():
             sliced = sliced.index_select(dim, torch.from_numpy(np.flatnonzero(keep)).to(sliced.device))
-    if sliced is tensor:
-        return False
-    set_tensor(module, node.target, sliced.contiguous())
-    return True
+            masks[dim] = keep
+    if masks:
+        set_tensor(module, node.target, sliced.contiguous())
+    return masks
 
 
-def remove_classes(module: torch.fx.GraphModule, analysis: ChannelAnalysis, removed_classes: set[int]) -> int:
-    """Slice tensors and rewrite literals so that `removed_classes` disappear; returns tensors sliced."""
+def remove_classes(module: torch.fx.GraphModule, analysis: ChannelAnalysis, removed_classes: set[int]
+                   ) -> dict[str, dict[int, np.ndarray]]:
+    """Slice tensors and rewrite literals so that `removed_classes` disappear; returns the tensors sliced, by
+    name, with the keep mask of each dim sliced (what graph/channels/kept_channels.py records)."""
     removed = np.array(sorted(expand_removed(analysis, removed_classes)), dtype=np.int64)
     if removed.size == 0:
-        return 0
-    sliced = 0
+        return {}
+    sliced = {}
     for node in list(module.graph.nodes):
         if node not in analysis.node_labels:
             continue
         if node.op == "get_attr":
-            sliced += _slice_attribute(module, node, analysis, removed)
+            masks = _slice_attribute(module, node, analysis, removed)
+            if masks:
+                sliced[str(node.target)] = masks
         elif node.op == "call_function":
             rewrite = LITERAL_REWRITES.get(node.target)
             if rewrite is not None:

@@ -125,6 +125,21 @@ def check_writes(exported: torch.export.ExportedProgram) -> str | None:
     return None
 
 
+def clone_written_inputs(graph: torch.fx.Graph) -> list[str]:
+    """Make every graph input that an in-place node writes into (a model opening with `ReLU(inplace=True)`) a
+    copy first, so that running the graph leaves the caller's tensor as it was and a saved graph writes only
+    into tensors it makes; the inputs copied, by name."""
+    written = {root for node in graph.nodes if node.op == "call_function" and is_in_place(node.target)
+               for root in [_alias_root(node.args[0] if node.args else None)]
+               if root is not None and root.op == "placeholder"}
+    for placeholder in [node for node in graph.nodes if node in written]:
+        with graph.inserting_after(next(node for node in reversed(graph.nodes) if node.op == "placeholder")):
+            copied = graph.call_function(torch.ops.aten.clone.default, (placeholder,))
+        copied.meta = dict(placeholder.meta)
+        placeholder.replace_all_uses_with(copied, delete_user_cb=lambda user, copied=copied: user is not copied)
+    return [node.name for node in graph.nodes if node in written]
+
+
 def _alias_root(value):
     """The node whose memory `value` shares: followed back through ops that return a view of an argument."""
     while isinstance(value, torch.fx.Node) and value.op == "call_function" and _returns_view(value.target):

@@ -151,8 +151,9 @@ def total_losses(config: TrainConfig, output, features, teacher_output, teacher_
     if config.task == DETECTION:
         return _detection_losses(config, logits, teacher_output, feature)
     alpha = config.kd_weight
-    # Both are computed whatever alpha is, so the statistics always show them.
-    task = task_loss(logits, labels)
+    # Both are computed whatever alpha is, so the statistics always show them; distillation alone (alpha 1) needs
+    # no labels, and without them its task term is zero.
+    task = logits.new_zeros(()) if labels is None and alpha >= 1 else task_loss(logits, labels)
     kd = (kd_loss(logits, logits_of(teacher_output), config.temperature) if teacher_output is not None
           else logits.new_zeros(()))
     return {"loss": (1 - alpha) * task + alpha * kd + feature, "task": task, "kd": kd, "feature": feature}

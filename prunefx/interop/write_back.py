@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from prunefx.graph import Program, capture
 from prunefx.graph.attributes import delete_unused_tensors
@@ -21,6 +21,7 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.graph.model_state import hook_state_kept, random_state_kept
 from prunefx.graph.scoped_calls import literal_changes, replaced_calls
 from prunefx.graph.training_flags import module_modes, set_module_modes
+from prunefx.interop.dead_branches import dead_branch_tensors, dead_targets, with_dead_code
 from prunefx.interop.hf_config import is_hf_model, update_config
 from prunefx.interop.module_resizers import resize_attributes, resizer_for
 from prunefx.interop.passed_tensors import CallWatcher
@@ -72,12 +73,17 @@ def _written_back(program: Program, model: nn.Module, module: nn.Module, name: s
         dense = capture(copy.deepcopy(module), inputs, name=name)
     except PrunefxError as error:
         raise WriteBackError(f"cannot write {name} back: the dense model does not capture ({error})") from error
+    full = with_dead_code(dense.module)
     dense.module.graph.eliminate_dead_code()
+    dead = dead_targets(full, dense.module, _state_names(model))
+    full_module = fx.GraphModule(dense.module, full) if dead else None  # before its dead tensors are deleted
     delete_unused_tensors(dense.module)
     _check_nothing_dropped(program, dense, name)
     built = _built_in_forward(dense, model)
     comparable = agreeing(dense, module, TOLERANCE)  # the modules the proof compares one by one
     _copy_tensors(program, module, name, built)
+    if full_module is not None:  # the branches the model calls and ignores, cut as the live ones were
+        _put_tensors(module, dead_branch_tensors(program, full_module, dead, name))
     changes = literal_changes(dense.module, program.module)
     unresized, matched = resize_modules(module, dense, changes, name)
     off_nested_tensors(module)
@@ -239,12 +245,16 @@ def _check_same_model(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Ten
                 f"{list(mine)} in the program, {list(dense)} in the model); pass the model it was captured from")
 
 
+def _state_names(model: nn.Module) -> set[str]:
+    state = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    state.update(name for name, _ in model.named_buffers(remove_duplicate=False))
+    return state
+
+
 def _built_in_forward(dense: Program, model: nn.Module) -> set[str]:
     """The dense capture's tensors that are no state of the model: constants its forward builds (a shifted
     window's attention mask), which the written-back forward builds again; the proof checks that it does."""
-    state = {name for name, _ in model.named_parameters(remove_duplicate=False)}
-    state.update(name for name, _ in model.named_buffers(remove_duplicate=False))
-    return set(program_tensors(dense)) - state
+    return set(program_tensors(dense)) - _state_names(model)
 
 
 def _cut_constants(program: Program, dense: Program, built: set[str]) -> set[str]:
@@ -273,6 +283,17 @@ def _copy_tensors(program: Program, module: nn.Module, name: str, built: set[str
         value = tensor.detach().to(old.device).clone()
         for place_owner, place_attribute in places.get(id(old), [(owner, attribute)]):
             _put(place_owner, place_attribute, old, value)
+
+
+def _put_tensors(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Each of `tensors` in place of the model's tensor of its name, wherever that one is reached."""
+    places = _places(module)
+    for target, value in tensors.items():
+        owner_path, _, attribute = target.rpartition(".")
+        owner = module.get_submodule(owner_path)
+        old = getattr(owner, attribute)
+        for place_owner, place_attribute in places.get(id(old), [(owner, attribute)]):
+            _put(place_owner, place_attribute, old, value.detach().to(device=old.device, dtype=old.dtype).clone())
 
 
 def _put(owner: nn.Module, attribute: str, old: torch.Tensor, value: torch.Tensor) -> None:

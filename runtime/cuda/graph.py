@@ -15,6 +15,7 @@ back to back, the host queueing ahead of the GPU, and `reason` says so.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib.util
@@ -62,15 +63,31 @@ def graph_replay(run: Callable[[], object], *, warmup: int = 1, iterations: int 
     be recorded), and the capture uses the graph's own memory pool."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
+    with torch.cuda.stream(side), _syncs_refused():
         for _ in range(warmup):
-            run()
+            run()  # a host synchronisation (.item(), nonzero) raises here, before a capture it would break
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(iterations):
-            run()
+    current = torch.cuda.current_stream()
+    try:
+        with torch.cuda.graph(graph):
+            for _ in range(iterations):
+                run()
+    except BaseException:
+        torch.cuda.set_stream(current)  # a failed capture's exit skips putting the caller's stream back
+        raise
     return graph.replay
+
+
+@contextlib.contextmanager
+def _syncs_refused():
+    """torch's synchronising calls raise RuntimeError inside the block (the caller then times eagerly)."""
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
 
 
 def sampled(run: Callable[[], object], device: CudaDevice, *, capture: bool = True):

@@ -178,6 +178,10 @@ _TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bf
                  "BOOL": torch.bool}
 
 
+def _seeded(device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(0)
+
+
 def torch_dtype(trt, dtype, tensor: str, path: Path) -> torch.dtype:
     """The torch dtype of an engine's input or output buffer; a type without one (INT4, FP4) is one line."""
     for member, torch_type in _TORCH_DTYPES.items():
@@ -208,7 +212,9 @@ class Engine:
             is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             (self.input_names if is_input else self.output_names).append(name)
             buffer = torch.empty(shape, dtype=torch_dtype(trt, engine.get_tensor_dtype(name), name, path), device="cuda")
-            self.buffers[name] = buffer.normal_() if buffer.is_floating_point() else buffer.zero_()
+            # random inputs from a generator of their own: the caller's CUDA random state is left as it was
+            self.buffers[name] = buffer.normal_(generator=_seeded(buffer.device)) if buffer.is_floating_point() \
+                else buffer.zero_()
             self.context.set_tensor_address(name, buffer.data_ptr())
         torch.cuda.synchronize()  # the buffers were filled on the default stream; the engine runs on its own
 

@@ -1,0 +1,86 @@
+"""The branches of the user's model that its pruned Program does not hold: modules its forward calls and whose
+result it ignores, such as an auxiliary head in eval mode or a backbone's last layer that a task head skips.
+Pruning drops them as dead code, so their tensors keep the dense widths of the live channels they read, and the
+written-back forward, which still calls them, would fail.
+
+Each such tensor is cut as the live tensors that share its channels were. The dense capture, dead code and all,
+ties every channel of a dead tensor to channels of live ones (one class of the channel analysis), and the
+Program's record of the channels each live tensor kept (graph/channels/kept_channels.py) says which classes
+went. Where the dead code ties a removed channel to a kept one, or reads removed channels through an operator
+the analysis cannot follow, no cut is consistent: WriteBackError, never a guess. The dead code's weights are
+cut, not compensated: the proof cannot check them, since nothing the model returns depends on them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import fx
+
+from prunefx.graph import Program
+from prunefx.graph.attributes import get_tensor
+from prunefx.graph.channels.analysis import ChannelAnalysis, analyse_channels
+from prunefx.graph.channels.kept_channels import kept_masks
+from prunefx.interop.write_back_proof import WriteBackError, program_tensors
+
+
+def with_dead_code(dense: fx.GraphModule) -> fx.Graph:
+    """A copy of the dense capture's graph before its dead code goes (its nodes keep their metadata)."""
+    graph = fx.Graph()
+    graph.output(graph.graph_copy(dense.graph, {}))
+    return graph
+
+
+def dead_targets(full: fx.Graph, live: fx.GraphModule, state: set[str]) -> set[str]:
+    """The tensors of the model's state (`state`) that only the dead code of `full` reads."""
+    read = {str(node.target) for node in full.nodes if node.op == "get_attr"}
+    read_live = {str(node.target) for node in live.graph.nodes if node.op == "get_attr"}
+    return (read - read_live) & state
+
+
+def dead_branch_tensors(program: Program, full: fx.GraphModule, dead: set[str], name: str
+                        ) -> dict[str, torch.Tensor]:
+    """Each tensor of `dead` (read by `full`, the dense capture with its dead code) cut along every dim whose
+    channels the live tensors lost, by name; those it left whole are not returned."""
+    analysis = analyse_channels(full)
+    nodes = {str(node.target): node for node in full.graph.nodes if node.op == "get_attr"}
+    removed, kept = _classes_cut(program, full, analysis, nodes)
+    cut = {}
+    for target in sorted(dead):
+        node = nodes[target]
+        tensor = original = get_tensor(full, target)
+        for dim, labels in enumerate(analysis.node_labels.get(node, ())):
+            classes = analysis.classes[labels]
+            gone = np.isin(classes, list(removed))
+            if (gone & np.isin(classes, list(kept))).any() or (gone & (classes == analysis.fixed_class)).any():
+                raise WriteBackError(
+                    f"cannot write {name} back: '{target}' is read only by code whose result the model does not "
+                    "use (pruning drops it, as an auxiliary head's in eval mode), and that code ties channels "
+                    "pruning removed to ones it kept, or reads them through an operator prunefx cannot cut: it "
+                    "cannot be cut as the rest was")
+            if gone.any():
+                tensor = tensor.index_select(dim, torch.from_numpy(np.flatnonzero(~gone)).to(tensor.device))
+        if tensor is not original:
+            cut[target] = tensor.contiguous()
+    return cut
+
+
+def _classes_cut(program: Program, full: fx.GraphModule, analysis: ChannelAnalysis, nodes: dict[str, fx.Node]
+                 ) -> tuple[set[int], set[int]]:
+    """The classes (of `full`'s analysis) whose channels the live tensors lost, and those they kept: from each
+    recorded tensor dim that still has the widths its mask says (dense before, kept after)."""
+    live = program_tensors(program)
+    removed: set[int] = set()
+    kept: set[int] = set()
+    for target, dims in kept_masks(program.analysis.kept_channels).items():
+        node = nodes.get(target)
+        if node is None or node not in analysis.node_labels or target not in live:
+            continue
+        dense_shape, pruned_shape = get_tensor(full, target).shape, live[target].shape
+        for dim, mask in dims.items():
+            if dim >= len(dense_shape) or mask.size != dense_shape[dim] or int(mask.sum()) != pruned_shape[dim]:
+                continue  # not this model's widths, or resized since: says nothing
+            classes = analysis.classes[analysis.node_labels[node][dim]]
+            removed.update(classes[~mask].tolist())
+            kept.update(classes[mask].tolist())
+    return removed, kept
