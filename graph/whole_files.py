@@ -10,7 +10,7 @@ import contextlib
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from prunefx.graph.errors import PrunefxError, printable
@@ -23,6 +23,71 @@ def replaced_whole(path: Path) -> Iterator[Path]:
     """A hidden temporary path in `path`'s folder to write and check in the block; once the block ends
     without error it replaces `path` (the file it links to, for a link) in one rename, and on any failure it
     is removed."""
+    with _temporary(path) as (target, temporary):
+        yield temporary
+        _sync_file(temporary)
+        with _named(target):
+            os.replace(temporary, target)
+        sync_folder(target.parent)
+
+
+@contextlib.contextmanager
+def replaced_together(paths: Sequence[Path]) -> Iterator[list[Path]]:
+    """`replaced_whole` for files that belong together (a report's JSON, text and chart; an engine and its layer
+    times): all are written and synced before the first replaces its file, and should a rename fail or an
+    interrupt land between them, the files already replaced get their previous contents back. All or none."""
+    with contextlib.ExitStack() as stack:
+        pairs = [stack.enter_context(_temporary(Path(path))) for path in paths]
+        yield [temporary for _, temporary in pairs]
+        for target, temporary in pairs:
+            with _named(target):
+                _sync_file(temporary)
+        _replace_all(pairs)
+
+
+def _replace_all(pairs: list[tuple[Path, Path]]) -> None:
+    """Each temporary renamed onto its target; on any failure the targets renamed so far are put back: a hard
+    link keeps each previous file meanwhile (where the file system has none, that one keeps the new file), and a
+    target that did not exist is removed."""
+    previous = {target: (target.is_file(), _hard_link(target)) for target, _ in pairs}
+    done: list[Path] = []
+    try:
+        for target, temporary in pairs:
+            with _named(target):
+                os.replace(temporary, target)
+            done.append(target)
+    except BaseException:
+        for target in reversed(done):
+            existed, kept = previous[target]
+            if kept is not None:
+                os.replace(kept, target)
+            elif not existed:
+                target.unlink(missing_ok=True)
+        raise
+    finally:
+        for _, kept in previous.values():
+            if kept is not None:
+                kept.unlink(missing_ok=True)
+    for folder in dict.fromkeys(target.parent for target, _ in pairs):
+        sync_folder(folder)
+
+
+def _hard_link(target: Path) -> Path | None:
+    """A hidden hard link to `target`'s file, named as a temporary (a killed writer's is removed by the next);
+    None where there is no file, or the file system makes no hard links."""
+    if not target.is_file():
+        return None
+    kept = target.with_name(f".{_stem(target)}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+    try:
+        os.link(target, kept)
+    except OSError:
+        return None
+    return kept
+
+
+@contextlib.contextmanager
+def _temporary(path: Path) -> Iterator[tuple[Path, Path]]:
+    """(the file to replace, a hidden temporary path beside it), the temporary removed when the block ends."""
     path = followed(path)
     if path.exists() and not path.is_file():  # a rename would replace a folder's entry, or a device (/dev/null)
         raise PrunefxError(f"cannot write {printable(str(path))}: it is {'a folder' if path.is_dir() else 'not a regular file'}")
@@ -32,11 +97,7 @@ def replaced_whole(path: Path) -> Iterator[Path]:
     with _named(path):
         temporary.touch(exist_ok=False)  # not mkstemp: its 0600 would become the file's mode, not the user's umask
     try:
-        yield temporary
-        _sync_file(temporary)
-        with _named(path):
-            os.replace(temporary, path)
-        sync_folder(path.parent)
+        yield path, temporary
     finally:
         temporary.unlink(missing_ok=True)
 

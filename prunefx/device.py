@@ -55,16 +55,16 @@ def on_device(program: Program, device: str | torch.device | None) -> Iterator[P
     placement = Placement(origin if device is None else resolve_device(device), origin)
     move_program(program, placement.device)
     try:
-        with _full_float32(), _current_gpu(placement.device):
+        with _full_float32(), current_gpu(placement.device):
             yield placement
     finally:
         move_program(program, origin)
 
 
-def _current_gpu(device: torch.device) -> contextlib.AbstractContextManager:
+def current_gpu(device: torch.device | None) -> contextlib.AbstractContextManager:
     """cuda:N as torch's current device inside the block: what measures there (the cuda backend, TensorRT, a
     latency table) works on "cuda", the current device, and would time another GPU than the passes run on."""
-    if device.type == "cuda" and device.index is not None and torch.cuda.is_available():
+    if device is not None and device.type == "cuda" and device.index is not None and torch.cuda.is_available():
         return torch.cuda.device(device.index)
     return contextlib.nullcontext()
 

@@ -26,6 +26,7 @@ from prunefx.passes.core.registry import get_pass, register_pass, registered_pas
 from prunefx.passes.core.result import Result
 from prunefx.passes.fold_batchnorm import fold_batchnorm
 from prunefx.passes.quantize_int8 import quantize_int8
+from prunefx.passes.remove_channels import remove_channels
 
 
 def _program():
@@ -83,6 +84,14 @@ def test_a_pass_that_writes_an_undeclared_analysis_field_is_named():
     with pytest.raises(PipelineError, match="pass 'writes_a_record_it_does_not_declare' failed: changed the "
                                             "analysis record 'linearize'"):
         Pipeline([writes_a_record_it_does_not_declare], verify="none").run(_program())
+
+
+def test_a_plain_function_calling_a_declared_pass_may_change_what_that_pass_writes():
+    def narrower(program, /, *, config=None):  # a user's own step around remove_channels
+        return remove_channels(program, config={"macs": 0.7, "importance": "l2", "round_to": 1, "strict": False})
+
+    result = Pipeline([narrower], verify="none").run(_program())
+    assert result.program.analysis.kept_channels is not None
 
 
 def test_a_contract_names_only_fields_of_the_analysis_record():

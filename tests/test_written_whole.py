@@ -274,3 +274,48 @@ def test_trtexecs_files_are_kept_all_together_or_not_at_all(tmp_path, file_size_
     with file_size_limit(1024), pytest.raises(OSError):
         _keep_trtexec_files(run_b, kept)  # the engine's copy fails on a full disk, after the layers' is made
     assert {path.name: path.read_bytes()[:1] for path in kept.iterdir()} == {"layers.json": b"A", "model.engine": b"A"}
+
+
+def _sync_fails_for(monkeypatch, name: str) -> None:
+    """fsync of the temporary file of `name` fails as on a full disk with delayed allocation (ENOSPC)."""
+    from prunefx.graph import whole_files
+    real = whole_files._sync_file
+
+    def sync(path: Path) -> None:
+        if path.name.startswith(f".{name}."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path)
+    monkeypatch.setattr(whole_files, "_sync_file", sync)
+
+
+def test_a_report_whose_last_file_fails_to_sync_replaces_none_of_the_previous_files(tmp_path, monkeypatch):
+    """Every file of a report is synced before the first one replaces its namesake: the JSON's sync failing leaves
+    the chart and the text as they were too (the oracle: their previous contents)."""
+    folder = tmp_path / "report"
+    written = write_deployment_report(_variants(), folder)
+    for path in written.values():
+        path.write_bytes(PREVIOUS)
+    _sync_fails_for(monkeypatch, "report.json")
+    with pytest.raises(OSError, match="No space left"):
+        write_deployment_report(_variants(), folder)
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == {path.name: PREVIOUS for path in written.values()}
+
+
+def test_a_rename_failing_half_way_puts_back_the_files_already_replaced(tmp_path, monkeypatch):
+    """The second of three renames fails (or an interrupt lands there): the first file gets its previous contents
+    back, a file that did not exist before is not left, and no temporary or kept copy remains."""
+    from prunefx.graph import whole_files
+    first, second, third = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "c.json"
+    first.write_bytes(PREVIOUS)
+    second.write_bytes(PREVIOUS)
+    real = os.replace
+
+    def replace(source, target):
+        if Path(target) == second:
+            raise KeyboardInterrupt
+        real(source, target)
+    monkeypatch.setattr(whole_files.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt), whole_files.replaced_together([first, second, third]) as partials:
+        for partial in partials:
+            partial.write_bytes(b"new")
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == {"a.onnx": PREVIOUS, "b.onnx": PREVIOUS}

@@ -24,7 +24,7 @@ from prunefx.budget.routes import Budget, Reached, depth_blocks
 from prunefx.budget.routes import depth as depth_route
 from prunefx.budget.routes import joint as joint_route
 from prunefx.budget.routes import width as width_route
-from prunefx.device import batches_on, on_device, resolve_device
+from prunefx.device import batches_on, current_gpu, on_device, resolve_device
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.budget.measurement import round_to_of
@@ -79,8 +79,10 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
     if measurer is None:
         measurer = measurement.pair()
     width = dict(width or {})
-    if choose_by == "latency":
-        width["latency_table"] = _latency_table(program, measurement, measurer, latency_cache, width.get("round_to"))
+    if choose_by == "latency":  # timed on the GPU the search measures on: cuda:N current, as on_device makes it
+        with current_gpu(device):
+            width["latency_table"] = _latency_table(program, measurement, measurer, latency_cache,
+                                                    width.get("round_to"))
     budget = Budget(speedup, latency_ms, tolerance, confirm, max_candidates)
     with on_device(program, device) as placed:
         if device is not None:  # some readers run the module on the batches as given: they go along

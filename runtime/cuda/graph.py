@@ -69,8 +69,8 @@ def graph_replay(run: Callable[[], object], *, warmup: int = 1, iterations: int 
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     current = torch.cuda.current_stream()
-    try:
-        with torch.cuda.graph(graph):
+    try:  # on the side stream, of the current GPU: torch's own capture stream is made once, on the GPU current then
+        with torch.cuda.graph(graph, stream=side):
             for _ in range(iterations):
                 run()
     except BaseException:

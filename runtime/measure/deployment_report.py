@@ -9,7 +9,6 @@ on the Agg canvas (no pyplot, no display) makes it work headless, on CI and Jets
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -17,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from prunefx.graph.whole_files import replaced_whole
+from prunefx.graph.whole_files import replaced_together, replaced_whole
 from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
 
 CHART_FILE = "accuracy_latency.png"
@@ -179,8 +178,8 @@ def write_deployment_report(variants: Iterable[Variant], output: str | os.PathLi
                                f"or mappings ({error})") from None
     texts = {"json": report, "markdown": f"# {title}\n\n" + deployment_markdown(variants, CHART_FILE)}
     chart = _chart(variants, title)
-    with contextlib.ExitStack() as files:  # each file replaced only once all three are written: all or none
-        partials = {kind: files.enter_context(replaced_whole(path)) for kind, path in paths.items()}
+    with replaced_together(list(paths.values())) as written:  # all three, or the previous ones
+        partials = dict(zip(paths, written))
         for kind, text in texts.items():
             partials[kind].write_text(text)
         chart.savefig(partials["chart"], format="png")

@@ -10,7 +10,6 @@ See docs/algorithms.md, 'The ONNX Runtime lowering'.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import torch
 
 from prunefx.graph import Program
 from prunefx.graph.int8.quantization import has_fake_quant
-from prunefx.graph.whole_files import replaced_whole
+from prunefx.graph.whole_files import replaced_together
 from prunefx.runtime.errors import OnnxExportError, describe_failure
 from prunefx.runtime.model_precision import other_than_float32
 from prunefx.runtime.onnx.export import DEFAULT_OPSET
@@ -85,10 +84,9 @@ def export_quantized_lowerings(program: Program, lowerings: Mapping[str | os.Pat
     require_float32_quantizers(program)
     exported = _exported(program.clone().eval() if program.training else program, opset)
     written = {}
-    with contextlib.ExitStack() as files:  # each file replaced only once every one is written: all or none
-        for index, (path, activations) in enumerate(lowerings.items()):
+    with replaced_together([Path(path) for path in lowerings]) as partials:  # every lowering, or the previous ones
+        for index, ((path, activations), partial) in enumerate(zip(lowerings.items(), partials)):
             model = exported if index == len(lowerings) - 1 else _copy(exported)  # the last rewrites the original
-            partial = files.enter_context(replaced_whole(Path(path)))
             written[Path(path)] = _lowered(model, Path(path), partial, activations)
     return written
 

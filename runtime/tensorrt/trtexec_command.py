@@ -10,7 +10,6 @@ version and which latency counts: see docs/tensorrt.md, 'How an engine is built'
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -20,7 +19,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from prunefx.graph.whole_files import replaced_whole
+from prunefx.graph.whole_files import replaced_together
 from prunefx.runtime.errors import BackendUnavailableError, DeviceToolError, MeasurementError
 from prunefx.runtime.measure.latency import LatencyStats
 from prunefx.runtime.tensorrt.jetson import JetsonState, TegrastatsSampler, is_jetson, jetson_state
@@ -257,10 +256,10 @@ def _keep(folder: Path, workdir: Path) -> None:
     """Each file of `folder` copied into `workdir` whole (graph/whole_files.py): an engine cut short would load.
     None replaces its namesake until all are copied, so that a copy cut short never leaves this run's layer
     times beside the last run's engine (files this run did not write stay as the last run left them)."""
-    with contextlib.ExitStack() as files:
-        for item in sorted(folder.iterdir()):
-            if item.is_file():
-                shutil.copyfile(item, files.enter_context(replaced_whole(workdir / item.name)))
+    items = [item for item in sorted(folder.iterdir()) if item.is_file()]
+    with replaced_together([workdir / item.name for item in items]) as partials:
+        for item, partial in zip(items, partials):
+            shutil.copyfile(item, partial)
 
 
 def _explicit_file(onnx_path: Path, options: TrtexecOptions, version: str, folder: Path) -> tuple[Path, OnnxTypes]:
