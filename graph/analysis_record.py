@@ -55,7 +55,7 @@ class KeptChannelsRecord:
             raise AnalysisRecordError("analysis record 'kept_channels': masks must be a list of strings")
         if not (isinstance(self.tensors, dict) and all(
                 isinstance(name, str) and isinstance(dims, dict) and all(
-                    isinstance(dim, str) and type(index) is int and 0 <= index < len(self.masks)
+                    isinstance(dim, str) and dim.isdigit() and type(index) is int and 0 <= index < len(self.masks)
                     for dim, index in dims.items()) for name, dims in self.tensors.items())):
             raise AnalysisRecordError("analysis record 'kept_channels': tensors must map names to {dim: mask index}")
 

@@ -36,8 +36,12 @@ def replaced_together(paths: Sequence[Path]) -> Iterator[list[Path]]:
     """`replaced_whole` for files that belong together (a report's JSON, text and chart; an engine and its layer
     times): all are written and synced before the first replaces its file, and should a rename fail or an
     interrupt land between them, the files already replaced get their previous contents back. All or none."""
+    targets = [followed(Path(path)) for path in paths]
+    twice = next((target for index, target in enumerate(targets) if target in targets[:index]), None)
+    if twice is not None:
+        raise PrunefxError(f"cannot write {printable(str(twice))} twice at once: two of the files name it")
     with contextlib.ExitStack() as stack:
-        pairs = [stack.enter_context(_temporary(Path(path))) for path in paths]
+        pairs = [stack.enter_context(_temporary(target)) for target in targets]
         yield [temporary for _, temporary in pairs]
         for target, temporary in pairs:
             with _named(target):
@@ -59,10 +63,13 @@ def _replace_all(pairs: list[tuple[Path, Path]]) -> None:
     except BaseException:
         for target in reversed(done):
             existed, kept = previous[target]
-            if kept is not None:
-                os.replace(kept, target)
-            elif not existed:
-                target.unlink(missing_ok=True)
+            try:
+                if kept is not None:
+                    os.replace(kept, target)
+                elif not existed:
+                    target.unlink(missing_ok=True)
+            except OSError:  # the error raised says what failed; this one file keeps its new contents
+                pass
         raise
     finally:
         for _, kept in previous.values():

@@ -116,7 +116,53 @@ def test_an_ignored_branch_tying_a_removed_channel_to_a_kept_one_is_refused():
     ({"masks": ["16:ff"], "tensors": {}}, "does not match its digits"),
     ({"masks": ["2:c0"], "tensors": {"w": {"0": 3}}}, "names to {dim: mask index}"),
     ({"masks": [7], "tensors": {}}, "list of strings"),
+    ({"masks": ["2:c0"], "tensors": {"w": {"x": 0}}}, "names to {dim: mask index}"),
 ])
 def test_a_malformed_kept_channels_record_is_refused_in_one_line(record, message):
     with pytest.raises(AnalysisRecordError, match=message):
         kept_masks(Analysis.from_json(json.loads(json.dumps({"kept_channels": record}))).kept_channels)
+
+
+class ScalesItsHeadsAside(nn.Module):
+    """An attention whose ignored branch reads a per-head tensor: the dense analysis then ties every head's
+    channels together, where pruning removed whole heads."""
+
+    def __init__(self, heads: int = 4, dim: int = 8, width: int = 32):
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(width, 3 * heads * dim), nn.Linear(heads * dim, width)
+        self.aux_scale = nn.Parameter(torch.ones(heads))
+        self.heads, self.dim = heads, dim
+
+    def forward(self, x):
+        batch, tokens, _ = x.shape
+        q, k, v = self.qkv(x).view(batch, tokens, 3, self.heads, self.dim).permute(2, 0, 3, 1, 4).unbind(0)
+        attention = (q @ k.transpose(-1, -2)).softmax(-1)
+        (attention * self.aux_scale.view(1, self.heads, 1, 1)).sum()
+        return self.proj((attention @ v).transpose(1, 2).reshape(batch, tokens, self.heads * self.dim))
+
+
+def test_an_ignored_branch_reading_whole_heads_of_a_pruned_attention_is_refused():
+    torch.manual_seed(0)
+    model = ScalesItsHeadsAside().eval()
+    with torch.no_grad():
+        model.qkv.weight.view(3, 4, 8, 32)[:, 1] *= 0.01
+    program = capture(model, torch.randn(1, 5, 32)).eval()
+    remove_channels(program, config={"channels": 0.5, **L2, "heads": "whole"})
+    with pytest.raises(WriteBackError, match="'aux_scale' is read only by code whose result the model does not use"):
+        to_module(program, model)
+
+
+def test_an_ignored_branch_tying_a_pruned_tensor_to_one_kept_whole_is_refused():
+    """The right stem is kept whole (`keep`), so it has no record; the left one is pruned; the ignored branch adds
+    them: no cut of it is consistent."""
+    model = TiesTwoStems().eval()
+    with torch.no_grad():
+        model.left.weight[:4] *= 0.001
+    program = capture(model, torch.randn(1, 3, 4, 4)).eval()
+    right = next(node.name for node in program.graph.nodes if node.op == "call_function"
+                 and any(arg.op == "get_attr" and arg.target == "right.weight" for arg in node.args
+                         if isinstance(arg, torch.fx.Node)))
+    remove_channels(program, config={"keep": [right], "channels": 0.75, **L2})
+    assert "right.weight" not in kept_masks(program.analysis.kept_channels)
+    with pytest.raises(WriteBackError, match="'aux.weight' is read only by code whose result the model does not use"):
+        to_module(program, model)

@@ -474,3 +474,24 @@ def test_a_refused_capture_and_prune_part_leave_the_inputs_as_found(one_thread):
     model = nn.Sequential(WritesIntoItsInput(), nn.Conv2d(4, 2, 1)).eval()
     prunefx.prune_part(model, (x,), [(prunefx.passes.remove_channels, {"macs": 0.6, "strict": False})], part="1")
     assert torch.equal(x, before)
+
+
+class WritesIntoAChunkOfItsInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        first, second = x.chunk(2, 1)
+        first.relu_()  # a view of the caller's tensor, through one item of chunk's
+        return self.conv(torch.cat((first, second), 1))
+
+
+def test_a_write_into_an_item_of_a_chunk_of_the_input_leaves_the_callers_tensor(one_thread, tmp_path):
+    x = torch.randn(1, 4, 3, 3)
+    before = x.clone()
+    program = prunefx.capture(WritesIntoAChunkOfItsInput().eval(), x)
+    program(x)
+    assert torch.equal(x, before)
+    prunefx.load(program.save(tmp_path / "model.pt2"))(x)
+    assert torch.equal(x, before)

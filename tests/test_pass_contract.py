@@ -92,6 +92,8 @@ def test_a_plain_function_calling_a_declared_pass_may_change_what_that_pass_writ
 
     result = Pipeline([narrower], verify="none").run(_program())
     assert result.program.analysis.kept_channels is not None
+    nested = Pipeline([Pipeline([narrower], verify="none")], verify="none").run(_program())  # nor the Pipeline
+    assert nested.program.analysis.kept_channels is not None
 
 
 def test_a_contract_names_only_fields_of_the_analysis_record():

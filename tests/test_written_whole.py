@@ -319,3 +319,13 @@ def test_a_rename_failing_half_way_puts_back_the_files_already_replaced(tmp_path
         for partial in partials:
             partial.write_bytes(b"new")
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == {"a.onnx": PREVIOUS, "b.onnx": PREVIOUS}
+
+
+def test_files_written_together_may_not_name_one_file_twice(tmp_path):
+    from prunefx.graph import whole_files
+    target = _previous_file(tmp_path / "runs")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with pytest.raises(PrunefxError, match="twice at once"), whole_files.replaced_together([target, link]):
+        pass
+    assert target.read_bytes() == PREVIOUS and [path.name for path in target.parent.iterdir()] == ["out"]

@@ -11,6 +11,7 @@ shape arithmetic (no `pow`: `9 ** 9 ** 9` is a hang, not a shape). The rules: do
 from __future__ import annotations
 
 import functools
+import operator
 import re
 
 import torch
@@ -141,10 +142,17 @@ def clone_written_inputs(graph: torch.fx.Graph) -> list[str]:
 
 
 def _alias_root(value):
-    """The node whose memory `value` shares: followed back through ops that return a view of an argument."""
-    while isinstance(value, torch.fx.Node) and value.op == "call_function" and _returns_view(value.target):
+    """The node whose memory `value` shares: followed back through ops that return a view of an argument, and
+    through the items of one that returns several (`chunk`, `split`, `unbind`)."""
+    while isinstance(value, torch.fx.Node) and value.op == "call_function" and (
+            _returns_view(value.target) or _item_of_views(value)):
         value = value.args[0] if value.args else None
     return value if isinstance(value, torch.fx.Node) else None
+
+
+def _item_of_views(node: torch.fx.Node) -> bool:
+    source = node.args[0] if node.target is operator.getitem and node.args else None
+    return isinstance(source, torch.fx.Node) and source.op == "call_function" and _returns_view(source.target)
 
 
 def _returns_view(op) -> bool:

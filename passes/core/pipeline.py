@@ -145,7 +145,9 @@ class Pipeline:
     @property
     def contract(self) -> Contract:
         contracts = [step.function.contract for step in self.steps]
-        return Contract(None, in_place=False, exact=bool(contracts) and all(c.exact for c in contracts),
+        # a step without a declaration (a user's function) may write what the passes it calls write: nor has this
+        undeclared = any(c.in_place is None for c in contracts)
+        return Contract(None, in_place=None if undeclared else False, exact=bool(contracts) and all(c.exact for c in contracts),
                         reads=tuple(dict.fromkeys(name for c in contracts for name in c.reads)),
                         writes=tuple(dict.fromkeys(name for c in contracts for name in c.writes)))
 

@@ -27,6 +27,7 @@ from prunefx.budget.routes import width as width_route
 from prunefx.device import batches_on, current_gpu, on_device, resolve_device
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.placement import module_device
 from prunefx.passes.budget.measurement import round_to_of
 from prunefx.passes.budget.search import BudgetUnreachable, budget_text, speedup_text, unreachable_in
 from prunefx.passes.prune_to_budget import DEFAULT_ROUND_TO
@@ -80,7 +81,7 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
         measurer = measurement.pair()
     width = dict(width or {})
     if choose_by == "latency":  # timed on the GPU the search measures on: cuda:N current, as on_device makes it
-        with current_gpu(device):
+        with current_gpu(device if device is not None else module_device(program.module)):
             width["latency_table"] = _latency_table(program, measurement, measurer, latency_cache,
                                                     width.get("round_to"))
     budget = Budget(speedup, latency_ms, tolerance, confirm, max_candidates)

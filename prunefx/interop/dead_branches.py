@@ -42,22 +42,26 @@ def dead_branch_tensors(program: Program, full: fx.GraphModule, dead: set[str], 
                         ) -> dict[str, torch.Tensor]:
     """Each tensor of `dead` (read by `full`, the dense capture with its dead code) cut along every dim whose
     channels the live tensors lost, by name; those it left whole are not returned."""
+    if program.analysis.kept_channels is None:  # nothing recorded as cut: the dead code keeps its widths
+        return {}
     analysis = analyse_channels(full)
     nodes = {str(node.target): node for node in full.graph.nodes if node.op == "get_attr"}
     removed, kept = _classes_cut(program, full, analysis, nodes)
+    mixed = list(removed & kept)
+    if mixed:  # one class of the dense analysis, cut in part: only the dead code can have tied them
+        tied = [target for target in sorted(dead) if any(np.isin(analysis.classes[labels], mixed).any()
+                                                         for labels in analysis.node_labels.get(nodes[target], ()))]
+        raise WriteBackError(
+            f"cannot write {name} back: '{(tied or sorted(dead))[0]}' is read only by code whose result the model does not "
+            "use (pruning drops it, as an auxiliary head's in eval mode), and that code ties channels pruning "
+            "removed to ones it kept, or reads them through an operator prunefx cannot cut: it cannot be cut as "
+            "the rest was")
     cut = {}
     for target in sorted(dead):
         node = nodes[target]
         tensor = original = get_tensor(full, target)
         for dim, labels in enumerate(analysis.node_labels.get(node, ())):
-            classes = analysis.classes[labels]
-            gone = np.isin(classes, list(removed))
-            if (gone & np.isin(classes, list(kept))).any() or (gone & (classes == analysis.fixed_class)).any():
-                raise WriteBackError(
-                    f"cannot write {name} back: '{target}' is read only by code whose result the model does not "
-                    "use (pruning drops it, as an auxiliary head's in eval mode), and that code ties channels "
-                    "pruning removed to ones it kept, or reads them through an operator prunefx cannot cut: it "
-                    "cannot be cut as the rest was")
+            gone = np.isin(analysis.classes[labels], list(removed))
             if gone.any():
                 tensor = tensor.index_select(dim, torch.from_numpy(np.flatnonzero(~gone)).to(tensor.device))
         if tensor is not original:
@@ -68,19 +72,25 @@ def dead_branch_tensors(program: Program, full: fx.GraphModule, dead: set[str], 
 def _classes_cut(program: Program, full: fx.GraphModule, analysis: ChannelAnalysis, nodes: dict[str, fx.Node]
                  ) -> tuple[set[int], set[int]]:
     """The classes (of `full`'s analysis) whose channels the live tensors lost, and those they kept: from each
-    recorded tensor dim that still has the widths its mask says (dense before, kept after)."""
+    recorded tensor dim that still has the widths its mask says (dense before, kept after), and every dim of a
+    live tensor that kept its dense width (kept whole)."""
     live = program_tensors(program)
     removed: set[int] = set()
     kept: set[int] = set()
-    for target, dims in kept_masks(program.analysis.kept_channels).items():
-        node = nodes.get(target)
-        if node is None or node not in analysis.node_labels or target not in live:
+    masks = kept_masks(program.analysis.kept_channels)
+    for target in live.keys() & nodes.keys():
+        node = nodes[target]
+        if node not in analysis.node_labels:
             continue
         dense_shape, pruned_shape = get_tensor(full, target).shape, live[target].shape
-        for dim, mask in dims.items():
-            if dim >= len(dense_shape) or mask.size != dense_shape[dim] or int(mask.sum()) != pruned_shape[dim]:
-                continue  # not this model's widths, or resized since: says nothing
-            classes = analysis.classes[analysis.node_labels[node][dim]]
-            removed.update(classes[~mask].tolist())
-            kept.update(classes[mask].tolist())
+        if len(dense_shape) != len(pruned_shape):
+            continue
+        for dim, labels in enumerate(analysis.node_labels[node]):
+            classes = analysis.classes[labels]
+            mask = masks.get(target, {}).get(dim)
+            if mask is None and dense_shape[dim] == pruned_shape[dim]:
+                kept.update(classes.tolist())
+            elif mask is not None and mask.size == dense_shape[dim] and int(mask.sum()) == pruned_shape[dim]:
+                removed.update(classes[~mask].tolist())
+                kept.update(classes[mask].tolist())  # else not this model's widths, or resized since: says nothing
     return removed, kept
