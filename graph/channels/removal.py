@@ -36,17 +36,24 @@ def expand_removed(analysis: ChannelAnalysis, removed: set[int]) -> set[int]:
     return set(np.flatnonzero(expand_mask(analysis, mask)).tolist())
 
 
-def _slice_attribute(module, node, analysis, removed) -> dict[int, np.ndarray]:
-    """Slice the tensor `node` reads; the keep mask of each dim sliced."""
-    tensor = get_tensor(module, node.target)
+def sliced_by_classes(tensor: torch.Tensor, analysis: ChannelAnalysis, node, removed: np.ndarray
+                      ) -> tuple[torch.Tensor, dict[int, np.ndarray]]:
+    """`tensor` (what get_attr `node` reads) without the positions of the classes `removed` along each dim, and
+    the keep mask of each dim cut (none: `tensor` itself)."""
     sliced, masks = tensor, {}
     for dim, labels in enumerate(analysis.node_labels[node]):
         keep = keep_mask(analysis, labels, removed)
         if not keep.all():
             sliced = sliced.index_select(dim, torch.from_numpy(np.flatnonzero(keep)).to(sliced.device))
             masks[dim] = keep
+    return (sliced.contiguous() if masks else tensor), masks
+
+
+def _slice_attribute(module, node, analysis, removed) -> dict[int, np.ndarray]:
+    """Slice the tensor `node` reads; the keep mask of each dim sliced."""
+    sliced, masks = sliced_by_classes(get_tensor(module, node.target), analysis, node, removed)
     if masks:
-        set_tensor(module, node.target, sliced.contiguous())
+        set_tensor(module, node.target, sliced)
     return masks
 
 

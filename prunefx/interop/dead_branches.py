@@ -21,21 +21,22 @@ from prunefx.graph import Program
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.channels.analysis import ChannelAnalysis, analyse_channels
 from prunefx.graph.channels.kept_channels import kept_masks
+from prunefx.graph.channels.removal import sliced_by_classes
 from prunefx.interop.write_back_proof import WriteBackError, program_tensors
 
 
-def with_dead_code(dense: fx.GraphModule) -> fx.Graph:
-    """A copy of the dense capture's graph before its dead code goes (its nodes keep their metadata)."""
-    graph = fx.Graph()
-    graph.output(graph.graph_copy(dense.graph, {}))
-    return graph
-
-
-def dead_targets(full: fx.Graph, live: fx.GraphModule, state: set[str]) -> set[str]:
-    """The tensors of the model's state (`state`) that only the dead code of `full` reads."""
+def eliminate_dead_code(dense: fx.GraphModule, state: set[str]) -> tuple[fx.GraphModule | None, set[str]]:
+    """Drop the dense capture's dead code, as the pruned Program did; what it dropped, for
+    `dead_branch_tensors`: a module of the graph before (sharing the capture's tensors, made before the caller
+    deletes those the graph no longer reads; None without dead tensors) and the tensors of the model's state
+    (`state`) that only the dead code read."""
+    full = fx.Graph()  # a copy: its nodes keep their metadata
+    full.output(full.graph_copy(dense.graph, {}))
+    dense.graph.eliminate_dead_code()
     read = {str(node.target) for node in full.nodes if node.op == "get_attr"}
-    read_live = {str(node.target) for node in live.graph.nodes if node.op == "get_attr"}
-    return (read - read_live) & state
+    read_live = {str(node.target) for node in dense.graph.nodes if node.op == "get_attr"}
+    dead = (read - read_live) & state
+    return (fx.GraphModule(dense, full) if dead else None), dead
 
 
 def dead_branch_tensors(program: Program, full: fx.GraphModule, dead: set[str], name: str
@@ -58,14 +59,11 @@ def dead_branch_tensors(program: Program, full: fx.GraphModule, dead: set[str], 
             "the rest was")
     cut = {}
     for target in sorted(dead):
-        node = nodes[target]
-        tensor = original = get_tensor(full, target)
-        for dim, labels in enumerate(analysis.node_labels.get(node, ())):
-            gone = np.isin(analysis.classes[labels], list(removed))
-            if gone.any():
-                tensor = tensor.index_select(dim, torch.from_numpy(np.flatnonzero(~gone)).to(tensor.device))
-        if tensor is not original:
-            cut[target] = tensor.contiguous()
+        if nodes[target] in analysis.node_labels:
+            tensor, masks = sliced_by_classes(get_tensor(full, target), analysis, nodes[target],
+                                              np.array(sorted(removed), dtype=np.int64))
+            if masks:
+                cut[target] = tensor
     return cut
 
 

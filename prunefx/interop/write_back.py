@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import fx, nn
+from torch import nn
 
 from prunefx.graph import Program, capture
 from prunefx.graph.attributes import delete_unused_tensors
@@ -21,12 +21,13 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.graph.model_state import hook_state_kept, random_state_kept
 from prunefx.graph.scoped_calls import literal_changes, replaced_calls
 from prunefx.graph.training_flags import module_modes, set_module_modes
-from prunefx.interop.dead_branches import dead_branch_tensors, dead_targets, with_dead_code
+from prunefx.interop.dead_branches import dead_branch_tensors, eliminate_dead_code
 from prunefx.interop.hf_config import is_hf_model, update_config
 from prunefx.interop.module_resizers import resize_attributes, resizer_for
 from prunefx.interop.passed_tensors import CallWatcher
 from prunefx.interop.proof_by_module import agreeing
 from prunefx.interop.pruned_attention import off_nested_tensors
+from prunefx.interop.put_tensors import put_tensors
 from prunefx.interop.resized_modules import resize_modules
 from prunefx.interop.set_back_sizes import SetBack
 from prunefx.interop.subgraph_module import SubgraphError, put_back, replace_by_subgraph, stand_in
@@ -73,17 +74,14 @@ def _written_back(program: Program, model: nn.Module, module: nn.Module, name: s
         dense = capture(copy.deepcopy(module), inputs, name=name)
     except PrunefxError as error:
         raise WriteBackError(f"cannot write {name} back: the dense model does not capture ({error})") from error
-    full = with_dead_code(dense.module)
-    dense.module.graph.eliminate_dead_code()
-    dead = dead_targets(full, dense.module, _state_names(model))
-    full_module = fx.GraphModule(dense.module, full) if dead else None  # before its dead tensors are deleted
+    full, dead = eliminate_dead_code(dense.module, _state_names(model))
     delete_unused_tensors(dense.module)
     _check_nothing_dropped(program, dense, name)
     built = _built_in_forward(dense, model)
     comparable = agreeing(dense, module, TOLERANCE)  # the modules the proof compares one by one
-    _copy_tensors(program, module, name, built)
-    if full_module is not None:  # the branches the model calls and ignores, cut as the live ones were
-        _put_tensors(module, dead_branch_tensors(program, full_module, dead, name))
+    # the branches the model calls and ignores, cut as the live ones were
+    cut = dead_branch_tensors(program, full, dead, name) if full is not None else {}
+    put_tensors(module, {**_program_values(program, module, name, built), **cut})
     changes = literal_changes(dense.module, program.module)
     unresized, matched = resize_modules(module, dense, changes, name)
     off_nested_tensors(module)
@@ -207,16 +205,6 @@ def _made_from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Modu
     raise WriteBackError(f"{error}{tried_too}{''.join('; ' + line for line in kept[-1:])}") from error
 
 
-def _places(module: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
-    """Every (owner, attribute) at which each tensor of `module` is reached, keyed by the tensor's id."""
-    places: dict[int, list[tuple[nn.Module, str]]] = {}
-    for owner in module.modules():
-        for attribute, tensor in (*owner._parameters.items(), *owner._buffers.items()):
-            if tensor is not None:
-                places.setdefault(id(tensor), []).append((owner, attribute))
-    return places
-
-
 def _check_nothing_dropped(program: Program, dense: Program, name: str) -> None:
     """Every tensor the model's forward reads must still be in the Program: a pass that merged one into
     another (fold_batchnorm, merge_blocks) leaves the model's layer computing on a tensor the Program lost."""
@@ -265,8 +253,9 @@ def _cut_constants(program: Program, dense: Program, built: set[str]) -> set[str
             if ours[target].shape != theirs[target].shape}
 
 
-def _copy_tensors(program: Program, module: nn.Module, name: str, built: set[str]) -> None:
-    places = _places(module)
+def _program_values(program: Program, module: nn.Module, name: str, built: set[str]) -> dict[str, torch.Tensor]:
+    """The Program's tensors that are the model's state, by name; refused where the model has no such tensor."""
+    values = {}
     for target, tensor in program_tensors(program).items():
         if target in built:
             continue
@@ -275,31 +264,9 @@ def _copy_tensors(program: Program, module: nn.Module, name: str, built: set[str
             owner = module.get_submodule(owner_path)
         except AttributeError:
             owner = None
-        old = getattr(owner, attribute, None) if owner is not None else None
-        if not isinstance(old, torch.Tensor):
+        if not isinstance(getattr(owner, attribute, None) if owner is not None else None, torch.Tensor):
             raise WriteBackError(f"cannot write {name} back: the program holds tensor '{target}', which the model "
                                  "has no place for (a pass that adds tensors ran, e.g. fold_batchnorm or "
                                  "merge_blocks: write back before it)")
-        value = tensor.detach().to(old.device).clone()
-        for place_owner, place_attribute in places.get(id(old), [(owner, attribute)]):
-            _put(place_owner, place_attribute, old, value)
-
-
-def _put_tensors(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Each of `tensors` in place of the model's tensor of its name, wherever that one is reached."""
-    places = _places(module)
-    for target, value in tensors.items():
-        owner_path, _, attribute = target.rpartition(".")
-        owner = module.get_submodule(owner_path)
-        old = getattr(owner, attribute)
-        for place_owner, place_attribute in places.get(id(old), [(owner, attribute)]):
-            _put(place_owner, place_attribute, old, value.detach().to(device=old.device, dtype=old.dtype).clone())
-
-
-def _put(owner: nn.Module, attribute: str, old: torch.Tensor, value: torch.Tensor) -> None:
-    if attribute in owner._parameters:
-        owner._parameters[attribute] = nn.Parameter(value, requires_grad=old.requires_grad)
-    elif attribute in owner._buffers:
-        owner._buffers[attribute] = value
-    else:
-        setattr(owner, attribute, value)
+        values[target] = tensor
+    return values
