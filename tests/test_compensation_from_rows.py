@@ -84,3 +84,15 @@ def test_undamped_compensation_from_few_rows_is_the_minimum_norm_least_squares_u
     for updated in (from_rows, through_h):
         np.testing.assert_allclose(updated.numpy()[:, ~removed], expected[:, ~removed], rtol=1e-6, atol=1e-8)
     assert errors_rows["error_with"] == pytest.approx(0.0, abs=1e-12) == errors_h["error_with"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+def test_undamped_compensation_on_a_gpu_is_the_cpus_minimum_norm_update():
+    """On a GPU, torch's least squares assumes full rank: the singular undamped solve must still give the CPU's
+    finite, minimum-norm update."""
+    x, matrix, removed = _layer(rows=10, columns=40)
+    on_cpu, _ = second_order_update(matrix, x.t() @ x, removed, 0.0)
+    on_gpu, _ = second_order_update(matrix.cuda(), (x.t() @ x).cuda(), removed, 0.0)
+    assert torch.isfinite(on_gpu).all()
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-6, atol=1e-8)
