@@ -120,7 +120,7 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     _check_initialised(model, name)
     _check_not_a_library_wrapper(model, name)
     try:
-        with torch_quiet(), left_as_found(model):
+        with torch_quiet(), left_as_found(model), random_state_kept([*model.parameters(), *inputs]):
             exported = torch.export.export(model, inputs, strict=False)
     except Exception as error:  # torch raises many unrelated types here; all mean "cannot export"
         _check_runs_eagerly(model, inputs, name)

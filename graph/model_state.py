@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import random
 import types
 from collections.abc import Iterable, Iterator
 
+import numpy as np
 import torch
 from torch.nn.modules import module as torch_module
 
@@ -71,10 +73,18 @@ def values_kept(tensors: Iterable[torch.Tensor]) -> Iterator[None]:
         _put_back(saved)
 
 
-def random_state_kept(tensors: Iterable[torch.Tensor]) -> contextlib.AbstractContextManager:
-    """torch's random state on the CPU and on each GPU `tensors` are on, put back when the block ends (dropout in
-    a training-mode model draws from it)."""
-    return torch.random.fork_rng(devices=sorted({t.device.index for t in tensors if t.device.type == "cuda"}))
+@contextlib.contextmanager
+def random_state_kept(tensors: Iterable[torch.Tensor]) -> Iterator[None]:
+    """torch's random state on the CPU and on each GPU `tensors` are on, and Python's and numpy's, put back when
+    the block ends: dropout in a training-mode model draws from torch's, and a model's own code (a layer drop
+    written with `random.random()`) from the others, also while torch.export traces it."""
+    python, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=sorted({t.device.index for t in tensors if t.device.type == "cuda"})):
+            yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy_state)
 
 
 def _shallow_copy(container):

@@ -53,8 +53,8 @@ def on_device(program: Program, device: str | torch.device | None) -> Iterator[P
     block raised (see the module docstring)."""
     origin = module_device(program.module)
     placement = Placement(origin if device is None else resolve_device(device), origin)
-    move_program(program, placement.device)
-    try:
+    try:  # a move cut short (out of GPU memory, Ctrl-C) leaves some tensors moved: they go back too
+        move_program(program, placement.device)
         with _full_float32(), current_gpu(placement.device):
             yield placement
     finally:
@@ -71,14 +71,14 @@ def current_gpu(device: torch.device | None) -> contextlib.AbstractContextManage
 
 @contextlib.contextmanager
 def _full_float32() -> Iterator[None]:
-    """TF32 off for convolutions and matrix products inside the block: cuDNN's default TF32 moves the
-    calibration activations by about 1e-3 from the CPU's, enough to choose other channels. Torch keeps these
-    settings twice (the legacy precision and flags, and since 2.9 `fp32_precision` strings) and its reads raise
-    when the two disagree: inside, both say full float32; after, each is put back as the process left it."""
+    """TF32 (and oneDNN's bf16) off for convolutions and matrix products inside the block: cuDNN's default TF32
+    moves the calibration activations by about 1e-3 from the CPU's, enough to choose other channels. Torch keeps
+    these settings twice (the legacy precision and flags, and since 2.9 `fp32_precision` strings) and its reads
+    raise when the two disagree: inside, both say full float32; after, each is put back as the process left it."""
     saved = _precision_state()
     torch.set_float32_matmul_precision("highest")
     torch.backends.cudnn.allow_tf32 = False
-    for owner in _precision_owners():  # a global fp32_precision would otherwise override the flags
+    for owner, _ in _precision_owners():  # a global fp32_precision would otherwise override the flags
         if owner is not torch.backends.cudnn:
             owner.fp32_precision = "ieee"
     try:
@@ -89,22 +89,36 @@ def _full_float32() -> Iterator[None]:
             torch.set_float32_matmul_precision(matmul)
         if cudnn is not None:
             torch.backends.cudnn.allow_tf32 = cudnn
-        for owner, value in strings:  # last: the legacy setters above rewrite these strings
-            owner.fp32_precision = value
+        _put_back_strings(strings)  # last: the legacy setters above rewrite them
 
 
-def _precision_state() -> tuple[str | None, bool | None, list[tuple[object, str]]]:
+def _precision_state() -> tuple[str | None, bool | None, dict[object, str]]:
     """The legacy matmul precision and cuDNN flag (None where reading raises: the process set the two APIs apart)
-    and every `fp32_precision` string."""
+    and every `fp32_precision` string as torch reads it."""
     return (_readable(torch.get_float32_matmul_precision), _readable(lambda: torch.backends.cudnn.allow_tf32),
-            [(owner, owner.fp32_precision) for owner in _precision_owners()])
+            {owner: owner.fp32_precision for owner, _ in _precision_owners()})
 
 
-def _precision_owners() -> list[object]:
-    """Matrix products, cuDNN convolutions, cuDNN RNNs and cuDNN as a whole, where torch has `fp32_precision`."""
-    cudnn = torch.backends.cudnn
-    owners = [torch.backends.cuda.matmul, getattr(cudnn, "conv", None), getattr(cudnn, "rnn", None), cudnn]
-    return [owner for owner in owners if owner is not None and hasattr(owner, "fp32_precision")]
+def _put_back_strings(saved: dict[object, str]) -> None:
+    """Each string read as `saved` again, parents first. Torch reads a string left at "none" as its parent's, so a
+    string that read as its parent's is set back to "none": it follows its parent again, as it did before."""
+    for owner, parent in _precision_owners():
+        inherited = parent in saved and saved[owner] == saved[parent]
+        owner.fp32_precision = "none" if inherited else saved[owner]
+        if owner.fp32_precision != saved[owner]:  # torch's own default that is not "none" (cuDNN's conv)
+            owner.fp32_precision = saved[owner]
+
+
+def _precision_owners() -> list[tuple[object, object | None]]:
+    """Where torch has `fp32_precision`, each with the owner it inherits from, parents first: the process as a
+    whole; oneDNN (the CPU) and its matrix products, convolutions and RNNs; CUDA (`cudnn`), its cuBLAS matrix
+    products and cuDNN convolutions and RNNs."""
+    backends, mkldnn, cudnn = torch.backends, torch.backends.mkldnn, torch.backends.cudnn
+    owners = [(backends, None), (mkldnn, backends), (getattr(mkldnn, "matmul", None), mkldnn),
+              (getattr(mkldnn, "conv", None), mkldnn), (getattr(mkldnn, "rnn", None), mkldnn), (cudnn, backends),
+              (torch.backends.cuda.matmul, cudnn), (getattr(cudnn, "conv", None), cudnn),
+              (getattr(cudnn, "rnn", None), cudnn)]
+    return [(owner, parent) for owner, parent in owners if owner is not None and hasattr(owner, "fp32_precision")]
 
 
 def _readable(read):

@@ -214,6 +214,24 @@ def test_a_pass_sees_the_module_on_the_device_and_the_program_comes_home_when_it
     assert program.example_inputs[0].dtype == torch.float32
 
 
+def test_a_move_to_the_device_cut_short_leaves_no_tensor_on_the_device(fake_gpu, monkeypatch):
+    """Out of GPU memory (or Ctrl-C) half-way through the move: the tensors already moved come back."""
+    program = _program()
+    move = device_module.move_program
+
+    def runs_out_half_way(given, device):
+        if torch.device(device).type == "cpu":
+            return move(given, device)
+        first = next(given.module.parameters())
+        first.data = first.data.to(torch.float64)  # the fake GPU's tensors are float64
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(device_module, "move_program", runs_out_half_way)
+    with pytest.raises(torch.OutOfMemoryError), on_device(program, "cuda"):
+        pass
+    assert {t.dtype for t in program.module.parameters()} == {torch.float32}
+
+
 def test_meet_budget_runs_the_search_on_the_device_and_returns_both_programs_home(fake_gpu):
     program = _program()
     measurer = MacsLatency()
@@ -431,6 +449,9 @@ import torch
 from prunefx.device import on_device
 from prunefx.graph import capture
 
+B = torch.backends
+STRINGS = [B, B.mkldnn, B.mkldnn.matmul, B.mkldnn.conv, B.mkldnn.rnn, B.cudnn, B.cuda.matmul, B.cudnn.conv, B.cudnn.rnn]
+
 def read(getter):
     try:
         return getter()
@@ -438,12 +459,21 @@ def read(getter):
         return "raises"
 
 def settings():
-    return [read(getter) for getter in (torch.get_float32_matmul_precision,
-                                        lambda: torch.backends.cuda.matmul.fp32_precision,
-                                        lambda: torch.backends.cudnn.conv.fp32_precision,
-                                        lambda: torch.backends.fp32_precision,
-                                        lambda: torch.backends.cuda.matmul.allow_tf32,
-                                        lambda: torch.backends.cudnn.allow_tf32)]
+    legacy = [torch.get_float32_matmul_precision, lambda: B.cuda.matmul.allow_tf32, lambda: B.cudnn.allow_tf32]
+    return [read(getter) for getter in legacy] + [read(lambda: owner.fp32_precision) for owner in STRINGS]
+
+def after_the_parents_change():
+    # what the user's next setting of a whole backend does: reaches each string that followed it
+    B.mkldnn.fp32_precision = "bf16"
+    B.cudnn.fp32_precision = "tf32"
+    return settings()
+
+def without_the_block():
+    child = os.fork()
+    if child == 0:
+        print(after_the_parents_change(), flush=True)
+        os._exit(0)
+    os.waitpid(child, 0)
 
 program = capture(torch.nn.Linear(4, 2).eval(), torch.randn(1, 4)).eval()
 for setting in sys.argv[1:]:
@@ -451,26 +481,32 @@ for setting in sys.argv[1:]:
     if child == 0:
         exec(setting)  # the user's own setting, in one of torch's ways (some make torch.export itself refuse)
         before = settings()
+        without_the_block()
         with on_device(program, "cpu"):
             inside = settings()
-        full = inside[:3] + inside[4:] == ["highest", "ieee", "ieee", False, False]
+        full = inside[0] == "highest" and inside[1:3] == [False, False] and set(inside[4:]) - {"ieee"} <= {"none"}
         print(setting, "|", full, settings() == before, inside, before, flush=True)
+        print(after_the_parents_change(), flush=True)
         os._exit(0)
     os.waitpid(child, 0)
 """
 SETTINGS = ["pass", "torch.set_float32_matmul_precision('medium')", "torch.backends.cuda.matmul.allow_tf32 = True",
             "torch.backends.cuda.matmul.fp32_precision = 'tf32'", "torch.backends.cudnn.conv.fp32_precision = 'ieee'",
-            "torch.backends.fp32_precision = 'tf32'"]
+            "torch.backends.fp32_precision = 'tf32'", "torch.backends.mkldnn.fp32_precision = 'bf16'",
+            "torch.backends.mkldnn.matmul.fp32_precision = 'bf16'"]
 
 
 @pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch before 2.9")
 def test_tf32_is_off_inside_the_block_in_both_of_torch_s_apis_and_every_setting_reads_as_before_after():
-    """After a block, torch's reads of either API answer as before it, for each way a user may have set them."""
+    """After a block, torch's reads of either API answer as before it, for each way a user may have set them, and
+    a string that followed its parent (the whole process, oneDNN, CUDA) before follows it still."""
     done = subprocess.run([sys.executable, "-c", _TF32_SETTINGS, *SETTINGS], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
-    assert [line.split(" | ")[0] for line in lines] == SETTINGS, done.stdout + done.stderr[-2000:]
-    assert all(line.split(" | ")[1].startswith("True True") for line in lines), done.stdout
+    without, outcome, with_block = lines[0::3], lines[1::3], lines[2::3]
+    assert [line.split(" | ")[0] for line in outcome] == SETTINGS, done.stdout + done.stderr[-2000:]
+    assert all(line.split(" | ")[1].startswith("True True") for line in outcome), done.stdout
+    assert with_block == without, done.stdout  # every string that followed its parent follows it still
 
 
 def test_compress_scores_the_dense_and_the_compressed_model_on_the_device(fake_gpu, monkeypatch, tmp_path):

@@ -5,8 +5,11 @@ submodule, taken before and compared after (tensors by identity, type and value)
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import random
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -248,6 +251,39 @@ def test_to_module_leaves_the_random_state_as_found(one_thread):
     state = torch.get_rng_state()
     prunefx.to_module(program, model)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+class PythonLayerDrop(nn.Module):
+    """A layer drop spelled with Python's and numpy's random numbers, as some libraries write it."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        x = self.first(x)
+        if self.training and (random.random() < 0.1 or np.random.rand() < 0.1):
+            return x
+        return self.second(x)
+
+
+@pytest.mark.parametrize("exports", [True, False], ids=["captured", "refused"])
+def test_capture_leaves_pythons_and_numpys_random_state_as_found(one_thread, monkeypatch, exports):
+    """torch.export runs the model's Python code, and a refusal's eager check runs the model: draws from Python's
+    and numpy's random numbers there must not move the caller's."""
+    if not exports:
+        monkeypatch.setattr(torch.export, "export", _refuses)
+    python, numpy_state = random.getstate(), np.random.get_state()
+    expected = (random.random(), np.random.rand())
+    random.setstate(python)
+    np.random.set_state(numpy_state)
+    with contextlib.nullcontext() if exports else pytest.raises(CaptureError):
+        prunefx.capture(PythonLayerDrop().train(), torch.randn(2, 8))
+    assert (random.random(), np.random.rand()) == expected
+
+
+def _refuses(*args, **kwargs):
+    raise RuntimeError("not exportable")
 
 
 ULTRALYTICS_YAMLS = ("yolov8n.yaml", pytest.param("yolov8n-seg.yaml", marks=pytest.mark.slow),
