@@ -41,8 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rebuild-optimizer", action="store_true",
-                        help="a new optimizer after every cut (momentum restarts, as in prunefx's own trainer) "
-                             "instead of carrying its state over")
+                        help="a new optimizer after every cut (momentum restarts, as prunefx's trainer does with "
+                             "optimizer_state: restart) instead of carrying its state over")
     parser.add_argument("-o", "--output", required=True, help="output folder")
     return parser.parse_args(argv)
 

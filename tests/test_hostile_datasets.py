@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,6 +156,14 @@ def _yolo(root, *, yaml_text=None, label="0 0.5 0.5 0.25 0.25\n"):
 def test_a_clean_yolo_set_reads_its_boxes(tmp_path):
     splits, names = yolo_splits(_yolo(tmp_path / "yolo"))
     assert names == ("one", "two")
+    assert splits["train"].boxes[0].tolist() == [[0, 3, 3, 5, 5]]
+
+
+@pytest.mark.parametrize("given", ["data/yolo/data.yaml", "data/yolo"])
+def test_a_yolo_set_named_by_a_relative_path_without_a_path_key_is_read_from_its_folder(tmp_path, monkeypatch, given):
+    _yolo(tmp_path / "data" / "yolo")
+    monkeypatch.chdir(tmp_path)
+    splits, _ = yolo_splits(Path(given))
     assert splits["train"].boxes[0].tolist() == [[0, 3, 3, 5, 5]]
 
 

@@ -112,7 +112,7 @@ def yolo_splits(path: Path) -> tuple[dict[str, SplitFiles], tuple[str, ...]]:
         raise PrunefxError(f"{path} is not a YOLO data yaml, nor a folder holding {DATA_YAML}")
     content = _read_yaml(data_file)
     names = class_names(content, data_file)
-    root_entry = content.get("path") or data_file.parent
+    root_entry = content.get("path") or "."  # relative: to the data file's folder
     if not isinstance(root_entry, (str, Path)):
         raise PrunefxError(f"YOLO data file {printable(str(data_file))}: path: must be a folder, not "
                            f"{type(root_entry).__name__}")
