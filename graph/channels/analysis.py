@@ -21,6 +21,7 @@ from scipy.sparse.csgraph import connected_components
 from prunefx.graph.channels.factor_slices import FactorSlices
 from prunefx.graph.channels.labels import FIXED, Grid, LabelSpace, Member
 from prunefx.graph.channels.rules import RULES
+from prunefx.graph.channels.zero_channels import NonzeroChannels
 
 
 class _Context:
@@ -28,6 +29,7 @@ class _Context:
         self.space = LabelSpace()
         self.node_labels: dict[torch.fx.Node, object] = {}
         self.module = module
+        self.nonzero = NonzeroChannels(self.space, self.labels)  # where zero-weight channels stop being zero
 
     def labels(self, arg):
         return self.node_labels.get(arg) if isinstance(arg, torch.fx.Node) else None
@@ -67,6 +69,7 @@ def _propagate(ctx: _Context, kept: set[str], free_batch: bool = False) -> None:
                 ctx.node_labels[node] = rule(ctx, node) if rule else _unknown_operator(ctx, node)
             except Exception as error:  # a rule met a form it does not handle: block, never guess
                 ctx.node_labels[node] = _unknown_operator(ctx, node, f"unsupported form ({error})")
+            ctx.nonzero.after(node, rule)
         elif node.op == "output":
             for output in pytree.tree_leaves(node.args):
                 dims = ctx.labels(output)
