@@ -64,10 +64,12 @@ def _foldable_layer(bn: torch.fx.Node, module: torch.fx.GraphModule) -> torch.fx
         return None
     if layer.target is aten.convolution.default and layer.args[6]:  # transposed
         return None
-    if layer.target is aten.linear.default and layer.meta["val"].dim() != 2:
-        return None
     weight = attribute_name(layer.args[1])
     if weight is None or len(users_of_tensor(module, weight)) != 1:
+        return None
+    # the batch norm scales dim 1, the layer's output channels only where the output is batched: a conv's output
+    # has its weight's rank then, a linear's two dims (an unbatched conv1d gives [C, L], and dim 1 is the length)
+    if layer.meta["val"].dim() != get_tensor(module, tensor_name(layer.args[1])).dim():
         return None
     bias = layer.args[2] if len(layer.args) > 2 else None
     if bias is not None and (attribute_name(bias) is None or len(users_of_tensor(module, attribute_name(bias))) != 1):

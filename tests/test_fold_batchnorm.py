@@ -71,3 +71,15 @@ def test_leaves_training_mode_and_shared_layers_alone():
 
     result = fold_batchnorm(capture(_randomise_batchnorms(ConvFeedsTwo()), torch.randn(1, 4, 5, 5)))
     assert not result.modified and result.stats["left_no_foldable_layer"] == 1
+
+
+@pytest.mark.parametrize("out_channels", [6, 8])
+def test_a_batch_norm_over_the_length_of_an_unbatched_conv_is_left_alone(out_channels):
+    """An unbatched conv1d gives [C, L]; BatchNorm1d then normalises dim 1, the length, not the conv's channels."""
+    model = _randomise_batchnorms(torch.nn.Sequential(torch.nn.Conv1d(3, out_channels, 3, padding=1),
+                                                      torch.nn.BatchNorm1d(6)))
+    result = fold_batchnorm(capture(model, torch.randn(3, 6)))
+    assert result.stats["folded"] == 0
+    fresh = torch.randn(3, 6)
+    with torch.no_grad():
+        assert torch.allclose(result.program(fresh), model(fresh), atol=1e-6)
