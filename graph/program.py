@@ -34,6 +34,7 @@ from prunefx.graph.training_flags import (
     set_training,
     settle_batch_counters,
 )
+from prunefx.graph.whole_files import file_path
 
 _PROPAGATION = "prunefx_propagation"  # node.meta key: which shape propagation last saw the node
 
@@ -199,7 +200,7 @@ class Program:
             "analysis": self.analysis.to_json(),
             "nodes": node_names(self.module),
         }
-        return write_program_file(Path(path), self._exported_on_cpu(), metadata)
+        return write_program_file(file_path(path), self._exported_on_cpu(), metadata)
 
     def _exported_on_cpu(self) -> torch.export.ExportedProgram:
         """The export to save, on the CPU: torch.export.save writes each tensor's device and torch.export.load

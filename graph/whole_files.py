@@ -164,6 +164,14 @@ def process_running(pid: int) -> bool:
     return True
 
 
+def file_path(path: str | os.PathLike) -> Path:
+    """The path of a file to write, as the caller gave it. Text ending in a separator names a folder: open()
+    refuses it, and Path() would drop the separator and write a file of the folder's name."""
+    if isinstance(path, str) and path.endswith(("/", os.sep)):
+        raise PrunefxError(f"cannot write {printable(path)}: it names a folder (it ends in '/'); give the file's path")
+    return Path(path)
+
+
 def followed(path: Path) -> Path:
     """`path`, or for a link the file it names: a write replaces that file and leaves the link, as open() does
     (a rename onto the link would turn it into a file and leave the linked one stale)."""

@@ -31,9 +31,9 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQ
 @contextlib.contextmanager
 def staged_folder(destination: str | os.PathLike) -> Iterator[Path]:
     """A fresh staging folder that becomes `destination` on success, replacing a previous output whole."""
-    destination = check_output_folder(destination)
-    # absolute and normalised (`-o .` has no name); a link: the folder it names is replaced, not the link
-    destination = Path(os.path.realpath(destination) if destination.is_symlink() else os.path.abspath(destination))
+    destination = check_output_folder(destination)  # absolute, its folder resolved (output_paths.output_path)
+    # a link: the folder it names is replaced, not the link
+    destination = Path(os.path.realpath(destination)) if destination.is_symlink() else destination
     with _staging(destination, publish=lambda staging: _replace(staging, destination), mark=True) as staging:
         yield staging
 

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from prunefx.graph.errors import PrunefxError, printable
+from prunefx.graph.whole_files import file_path
 from prunefx.leftovers import clear_stale
 
 
@@ -21,10 +22,22 @@ class OutputError(PrunefxError):
 MARK = ".prunefx-output"
 
 
+def output_path(path: str | os.PathLike) -> Path:
+    """Where `path` leads, as the checks and the writes both see it: `~` expanded, and its folder with links and
+    `..` resolved as the system resolves them (`linkdir/../out` is `out` beside the folder the link names, not
+    `out` here). Its last name stays as given: a link there is followed where a file is written. Absolute, so
+    report.json's paths hold from any folder."""
+    path = Path(os.path.expanduser(path))
+    if path.name in ("", ".", ".."):
+        return Path(os.path.realpath(path))
+    return Path(os.path.realpath(path.parent)) / path.name
+
+
 def check_output_folder(path: str | os.PathLike) -> Path:
     """`path` can become (or already is) a folder we can write into, and is empty or one prunefx wrote;
-    checked before heavy work. What killed runs left beside it is cleared first."""
-    path = Path(path)
+    checked before heavy work. What killed runs left beside it is cleared first. Returns `output_path(path)`,
+    the path to write."""
+    path = output_path(path)
     _check_length(path)
     _check_not_dangling(path)
     if path.exists() and not path.is_dir():
@@ -50,8 +63,9 @@ def _check_replaceable(path: Path) -> None:
 
 
 def check_output_file(path: str | os.PathLike) -> Path:
-    """`path` can be written as a file (an existing file is replaced only on success)."""
-    path = Path(path)
+    """`path` can be written as a file (an existing file is replaced only on success). Returns
+    `output_path(path)`, the path to write."""
+    path = output_path(file_path(path))
     _check_length(path)
     _check_not_dangling(path)
     if path.is_dir():
@@ -78,16 +92,18 @@ def check_outputs_spare_inputs(args) -> None:
     output = getattr(args, "output", None)
     if not isinstance(output, str) or not output:
         return
-    _check_length(Path(output))
-    _check_not_dangling(Path(output))
+    written = output_path(output)
+    _check_length(written)
+    _check_not_dangling(written)
     for name in _INPUT_ARGUMENTS:
         value = getattr(args, name, None)
         if not isinstance(value, str) or not value:
             continue
-        if _same_file(Path(output), Path(value)):
+        read = Path(os.path.expanduser(value))
+        if _same_file(written, read):
             raise OutputError(f"-o {printable(output)} is also the {name} being read; writing it would replace "
                               "the input: choose another output path")
-        if _holds(Path(output), Path(value)):
+        if _holds(written, read):
             raise OutputError(f"-o {printable(output)} holds the {name} being read ({printable(value)}); writing "
                               "there could replace the input: choose another output folder")
 

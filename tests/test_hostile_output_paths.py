@@ -64,3 +64,57 @@ def test_an_output_that_is_a_dangling_link_is_refused_before_any_work(tmp_path, 
     assert status == 2 and len(err.splitlines()) == 1, err
     assert "symbolic link to a path that does not exist" in err
     assert link.is_symlink() and not (tmp_path / "missing").exists()
+
+
+def _user_folder(tmp_path):
+    """A working folder with the user's files, and a link in it to a folder two levels down elsewhere."""
+    work, deep = tmp_path / "work", tmp_path / "elsewhere" / "a" / "b"
+    (work / "src").mkdir(parents=True)
+    deep.mkdir(parents=True)
+    (work / "notes.txt").write_text("mine")
+    (work / "linkdir").symlink_to(deep)
+    return work
+
+
+def test_an_output_through_a_link_and_dotdot_goes_where_the_system_leads_and_spares_the_current_folder(
+        tmp_path, capsys, monkeypatch):
+    """`linkdir/../../work` is `elsewhere/work` to the system (`..` of the folder the link names): the checks
+    and the writes both go there, and the current folder, which the text seems to name, is left as it was."""
+    work = _user_folder(tmp_path)
+    monkeypatch.chdir(work)
+    status, err = _run(capsys, ["prune", "prunefx:resnet20", "--macs", "0.5", "-o", "linkdir/../../work"])
+    assert status == 0, err
+    assert sorted(entry.name for entry in work.iterdir()) == ["linkdir", "notes.txt", "src"]
+    assert (tmp_path / "elsewhere" / "work" / "model.pt2").is_file()
+
+
+def test_a_folder_of_the_users_that_the_text_seems_to_name_is_left_alone(tmp_path, capsys, monkeypatch):
+    """`linkdir/../out` reads as `out` here, but the system leads to `out` beside the folder the link names:
+    the user's own `out` here is neither checked nor replaced."""
+    work = _user_folder(tmp_path)
+    (work / "out").mkdir()
+    (work / "out" / "keep.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    status, err = _run(capsys, ["prune", "prunefx:resnet20", "--macs", "0.5", "-o", "linkdir/../out"])
+    assert status == 0, err
+    assert [entry.name for entry in (work / "out").iterdir()] == ["keep.txt"]
+    assert (tmp_path / "elsewhere" / "a" / "out" / "model.pt2").is_file()
+
+
+def test_an_output_file_named_with_a_trailing_slash_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    status, err = _run(capsys, ["export", "prunefx:resnet20", "-o", "newdir/"])
+    assert status == 2 and "names a folder" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_tilde_in_an_output_is_the_home_folder(tmp_path, capsys, monkeypatch):
+    """`--output=~/out` reaches prunefx unexpanded (the shell expands ~ only at a word's start)."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    status, err = _run(capsys, ["export", "prunefx:resnet20", "--output=~/model.onnx"])
+    assert status == 0, err
+    assert (home / "model.onnx").is_file() and list(work.iterdir()) == []

@@ -28,7 +28,7 @@ import torch
 
 from prunefx.graph import Program
 from prunefx.graph.heap import release_freed_memory
-from prunefx.graph.whole_files import followed, replaced_whole
+from prunefx.graph.whole_files import file_path, followed, replaced_whole
 from prunefx.runtime.errors import OnnxExportError, describe_failure
 from prunefx.runtime.onnx.cleanup import APART, clean_graph
 from prunefx.runtime.onnx.external import (
@@ -75,7 +75,7 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
         raise OnnxExportError(f"ONNX opset {opset!r} is outside what the exporter writes ({MIN_OPSET} to {MAX_OPSET})")
     if exporter not in EXPORTERS:
         raise OnnxExportError(f"exporter must be one of {', '.join(EXPORTERS)}, not {exporter!r}")
-    path = Path(path)
+    path = file_path(path)
     program = program.clone().eval() if program.training else program
     first, second = EXPORTERS[exporter]
     exporters = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}

@@ -20,7 +20,7 @@ import torch
 
 from prunefx.graph import Program
 from prunefx.graph.int8.quantization import has_fake_quant
-from prunefx.graph.whole_files import replaced_together
+from prunefx.graph.whole_files import file_path, replaced_together
 from prunefx.runtime.errors import OnnxExportError, describe_failure
 from prunefx.runtime.model_precision import other_than_float32
 from prunefx.runtime.onnx.export import DEFAULT_OPSET
@@ -84,7 +84,7 @@ def export_quantized_lowerings(program: Program, lowerings: Mapping[str | os.Pat
     require_float32_quantizers(program)
     exported = _exported(program.clone().eval() if program.training else program, opset)
     written = {}
-    with replaced_together([Path(path) for path in lowerings]) as partials:  # every lowering, or the previous ones
+    with replaced_together([file_path(path) for path in lowerings]) as partials:  # every lowering, or the previous ones
         for index, ((path, activations), partial) in enumerate(zip(lowerings.items(), partials)):
             model = exported if index == len(lowerings) - 1 else _copy(exported)  # the last rewrites the original
             written[Path(path)] = _lowered(model, Path(path), partial, activations)
