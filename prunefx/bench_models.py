@@ -84,8 +84,9 @@ def bench_model(reference: str, args, backend: Backend, workdir: Path, label: st
             raise PrunefxError(f"{reference}: an .onnx file cannot be timed with --backend {backend.name}")
         if args.batch:
             raise PrunefxError(f"{reference}: --batch cuts a Program; give an .onnx file's shape with --input-shape")
-        inputs = _onnx_inputs(reference, args.input_shape)
-        return BenchModel(reference, None, Path(reference), inputs, _calibration(args, inputs))
+        path = Path(reference).expanduser()  # quoted, or after `--vs=`, the shell leaves its `~` alone
+        inputs = _onnx_inputs(str(path), args.input_shape)
+        return BenchModel(reference, None, path, inputs, _calibration(args, inputs))
     program = program_from_reference(reference, weights=args.weights, input_shape=args.input_shape).eval()
     if backend.float32_only:
         require_float32(program, backend.label)

@@ -30,12 +30,18 @@ class Recipe:
 
 
 def recipe_path(text: str) -> Path:
-    """A shipped recipe's file for NAME (or NAME.yaml); otherwise `text` as a path."""
+    """A shipped recipe's file for NAME (or NAME.yaml); otherwise `text` as a path. A bare name that is both
+    (an edited copy of a shipped recipe in the current folder) is refused: neither choice would be safe to guess."""
     name = text.removesuffix(".yaml")
     shipped = RECIPES_DIR / f"{name}.yaml"
-    if "/" not in text and os.sep not in text and shipped.is_file():
-        return shipped
     path = Path(text).expanduser()
+    if "/" not in text and os.sep not in text and shipped.is_file():
+        if path.is_file() and not path.samefile(shipped):
+            other = name if text != name else f"{name}.yaml"
+            for_shipped = "" if Path(other).exists() else f", {other} for the shipped one"
+            raise RecipeError(f"recipe {text} names both the shipped recipe {name} and the file ./{text}: "
+                              f"write ./{text} for your file{for_shipped}")
+        return shipped
     if path.exists():  # a FIFO, a device or a folder is said to be one, not "no such file"
         try:
             return require_regular_file(path, "recipe")

@@ -49,13 +49,14 @@ def _build(ref: str, image_size: int | None) -> ModelSpec:
         if not name:
             raise ModelReferenceError(f"model reference {ref!r} names no model: write {source}:NAME")
         return _SOURCES[source](name, image_size)
+    # File references expand `~` as a shell would: one quoted or read from a script reaches us with it.
     if ref.endswith(".pt2"):
         # image_size is ignored: the caller compares its shape with the one the Program was saved with.
-        return _saved_program(Path(ref))
+        return _saved_program(Path(ref).expanduser())
     # rpartition: the path itself may contain ':' (a Windows drive letter).
     path, sep, factory = ref.rpartition(":")
     if sep and path.endswith(".py"):
-        return file_model(Path(path), factory, image_size)
+        return file_model(Path(path).expanduser(), factory, image_size)
     if ref.endswith(".py"):
         raise ModelReferenceError(f"model reference {ref!r} names no factory: write {ref}:FACTORY")
     raise ModelReferenceError(f"cannot read model reference {ref!r}: use {_REFERENCE_FORMS}")

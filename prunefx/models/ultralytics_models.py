@@ -6,6 +6,7 @@ Checkpoints are pickled: load only files you trust.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -33,6 +34,8 @@ def ultralytics_detector(name: str) -> torch.nn.Module:
     except ImportError as error:  # AGPL-3.0: installed by the user (or `pip install -e .[dev]`), never by us
         raise ModelReferenceError(f"ultralytics:{name} needs the ultralytics package: pip install ultralytics "
                                   f"({first_line(error)})") from error
+    # the shell leaves `~` after `ultralytics:` alone; a name (yolov8n.yaml) is unchanged by this
+    name = os.path.expanduser(name)
     if name.endswith((".yaml", ".yml")):
         try:
             model = _ultralytics_model_class(name)(name, verbose=False)

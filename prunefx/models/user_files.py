@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib.util
@@ -23,18 +24,31 @@ def _import_file(path: Path):
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ beside the user's file
     try:
-        spec.loader.exec_module(module)
+        with _run_as_script(path):
+            spec.loader.exec_module(module)
     except SystemExit as exc:
         del sys.modules[module_name]
         raise ModelReferenceError(f"importing model file {path} called sys.exit({exc.code!r})") from exc
     except Exception as exc:
         del sys.modules[module_name]
         raise ModelReferenceError(f"importing model file {path} failed: {type(exc).__name__}: {exc}") from exc
-    finally:
-        sys.dont_write_bytecode = writes_bytecode
     return module
+
+
+@contextlib.contextmanager
+def _run_as_script(path: Path):
+    """While the user's code runs (its import, its factory): its folder first on sys.path, as `python FILE` has
+    it, so that it imports the modules beside it; and no bytecode written, so no __pycache__ beside the user's
+    files. sys.path and sys.dont_write_bytecode are put back after: the caller's process is left as found."""
+    saved_path, writes_bytecode = list(sys.path), sys.dont_write_bytecode
+    sys.path.insert(0, str(path.resolve().parent))
+    sys.dont_write_bytecode = True
+    try:
+        yield
+    finally:
+        sys.path[:] = saved_path  # in place: modules that hold the list see it restored too
+        sys.dont_write_bytecode = writes_bytecode
 
 
 def file_model(path: Path, factory: str, image_size: int | None) -> ModelSpec:
@@ -51,7 +65,8 @@ def file_model(path: Path, factory: str, image_size: int | None) -> ModelSpec:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ModelReferenceError(f"model file {path} has no function {factory!r}{hint}")
     try:
-        module = build()
+        with _run_as_script(path):  # a factory may import its siblings only when called
+            module = build()
     except SystemExit as exc:  # user code asking to end the process is a failed build, not prunefx's exit
         raise ModelReferenceError(f"{path}:{factory}() called sys.exit({exc.code!r}) instead of returning "
                                   "a model") from exc

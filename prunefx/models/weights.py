@@ -13,7 +13,7 @@ from prunefx.models.spec import WeightsError, require_file
 
 def load_weights(module: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     """Load a state dict file (raw, or under 'state_dict' / 'model') into `module`; return it."""
-    path = Path(path)
+    path = Path(path).expanduser()  # bash leaves the `~` of `--weights=~/w.pth` alone
     if not path.exists():
         raise WeightsError(f"weights file {path} not found")
     require_file(path, "weights file", WeightsError)

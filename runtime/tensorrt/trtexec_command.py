@@ -182,9 +182,20 @@ def parse_trtexec_profile(text: str) -> tuple[dict[str, float], int]:
 def find_trtexec(executable: str | None = None) -> str:
     """Path of trtexec: the one given, on PATH, or where JetPack puts it; else a clear error."""
     if executable:
-        if Path(executable).is_file() or shutil.which(executable):
-            return executable
-        raise BackendUnavailableError(f"trtexec not found at {executable}: {INSTALL_TRTEXEC}")
+        given = os.path.expanduser(executable)  # bash leaves the `~` of `--trtexec=~/trtexec` alone
+        if os.path.isfile(given):
+            # that file, by its absolute path: run as a bare name, subprocess would look it up on PATH instead
+            program = os.path.abspath(given)
+            if not os.access(program, os.X_OK):
+                raise BackendUnavailableError(f"trtexec {given} is not executable (chmod +x {given}, or give "
+                                              "the trtexec program)")
+            return program
+        found = shutil.which(given)
+        if found:
+            return found
+        if os.path.isdir(given):
+            raise BackendUnavailableError(f"trtexec {given} is a folder, not the trtexec program")
+        raise BackendUnavailableError(f"trtexec not found at {given}: {INSTALL_TRTEXEC}")
     found = shutil.which("trtexec") or (str(JETPACK_TRTEXEC) if JETPACK_TRTEXEC.is_file() else None)
     if found is None:
         raise BackendUnavailableError(f"the trtexec backend needs the `trtexec` program, which is not on PATH: "
