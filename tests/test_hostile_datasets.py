@@ -225,7 +225,9 @@ def test_a_label_line_of_10000_columns_gives_a_short_error_line(tmp_path):
     ("path: 5\ntrain: images/train\nval: images/val\nnames: [a, b]\n", "path: must be a folder"),
     ("train: images/train\nval: images/val\nnames: {0: a, '1': b}\n", "names must be"),
     ("train: images/train\nval: images/val\nnames: [a, [b]]\n", "names must be"),
-    ("train: [images/train]\nval: images/val\nnames: [a, b]\n", "train: must be one folder"),
+    ("train: [images/train, [x]]\nval: images/val\nnames: [a, b]\n", "train: must be a folder of images, a .txt"),
+    ("train: []\nval: images/val\nnames: [a, b]\n", "train: must be a folder of images, a .txt"),
+    ("train: 5\nval: images/val\nnames: [a, b]\n", "train: must be a folder of images, a .txt"),
     ("- just\n- a list\n", "is not a mapping"),
     ("train: !!python/object:os.system x\n", "cannot read YOLO data file"),
 ])
@@ -389,3 +391,215 @@ def test_the_cli_cuts_an_error_line_to_1000_characters(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert status == 2 and len(err.splitlines()) == 1
     assert err.endswith(" [...]") and len(err) <= len("prunefx compress: error: ") + MAX_ERROR_CHARS + 6, err
+
+
+# ---- YOLO layouts as Ultralytics reads them ---------------------------------------------------------
+
+BOX = [[0, 3, 3, 5, 5]]  # "0 0.5 0.5 0.25 0.25" on an 8 x 8 image: centre 4, side 2, in pixels
+
+
+def _yolo_beside(root):
+    """Labels beside their images (no images/ folder in the data set), as some exports lay them out."""
+    for split in ("train", "val"):
+        _png(root / split / "0.png")
+        (root / split / "0.txt").write_text("0 0.5 0.5 0.25 0.25\n")
+    (root / "data.yaml").write_text("train: train\nval: val\nnames: [x, y]\n")
+    return root
+
+
+def test_yolo_labels_do_not_change_with_how_the_data_folder_is_spelled(tmp_path, monkeypatch):
+    """A folder named images/ above the data set is no part of it: a relative and an absolute path to the
+    same set read the same boxes (the absolute one used to send the labels to .../labels/proj/...)."""
+    root = _yolo_beside(tmp_path / "images" / "proj" / "ds")
+    monkeypatch.chdir(tmp_path / "images" / "proj")
+    for given in (Path("ds"), root, Path("ds/data.yaml"), root / "data.yaml"):
+        splits, _ = yolo_splits(given)
+        assert [b.tolist() for b in splits["train"].boxes] == [BOX], given
+        assert [b.tolist() for b in splits["val"].boxes] == [BOX], given
+
+
+def test_a_yolo_split_without_a_single_label_file_is_one_line(tmp_path):
+    root = _yolo(tmp_path / "yolo")
+    _png(root / "images" / "train" / "b.png")  # one background image among labelled ones is fine
+    splits, _ = yolo_splits(root)
+    assert [b.tolist() for b in splits["train"].boxes] == [BOX, []]
+    (root / "labels" / "val" / "a.txt").unlink()
+    _refused(lambda: yolo_splits(root), "images/val", "none of its 1 images has a label file",
+             str(root / "labels" / "val" / "a.txt"))
+
+
+def test_a_yolo_test_split_without_labels_is_left_out_with_a_warning(tmp_path, caplog):
+    """COCO's test-dev has no labels: the data set's train and val splits still serve."""
+    root = _yolo(tmp_path / "yolo")
+    _png(root / "images" / "test" / "a.png")
+    (root / "data.yaml").write_text("train: images/train\nval: images/val\ntest: images/test\nnames: [one, two]\n")
+    splits, _ = yolo_splits(root)
+    assert sorted(splits) == ["train", "val"]
+    assert "the test split is left out" in caplog.text
+
+
+def _roboflow(root):
+    """Roboflow's export: data.yaml beside train/ and valid/, naming them as ../train/images."""
+    for split in ("train", "valid"):
+        _png(root / split / "images" / "a.png")
+        (root / split / "labels").mkdir(parents=True)
+        (root / split / "labels" / "a.txt").write_text("0 0.5 0.5 0.25 0.25\n")
+    (root / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\nnc: 2\nnames: [x, y]\n")
+    return root
+
+
+def test_a_roboflow_yaml_reads_the_folders_beside_it(tmp_path):
+    root = _roboflow(tmp_path / "rf")
+    splits, _ = yolo_splits(root / "data.yaml")
+    assert splits["train"].images == [root / "train" / "images" / "a.png"]
+    assert splits["val"].images == [root / "valid" / "images" / "a.png"]
+    assert [b.tolist() for b in splits["train"].boxes] == [BOX]
+
+
+def test_a_roboflow_folder_read_from_the_data_folder_may_not_link_out_of_it(tmp_path):
+    root = _roboflow(tmp_path / "rf")
+    _link_out(root / "train" / "images", tmp_path / "elsewhere")
+    _refused(lambda: yolo_splits(root), "YOLO image folder", "leads out of the data folder")
+
+
+def test_a_dotdot_folder_that_exists_is_read_where_it_is(tmp_path):
+    """Ultralytics takes the `../` path as written when it exists, and so does prunefx (named explicitly)."""
+    root = _roboflow(tmp_path / "rf")
+    _png(tmp_path / "train" / "images" / "outer.png")
+    (tmp_path / "train" / "labels").mkdir()
+    (tmp_path / "train" / "labels" / "outer.txt").write_text("1 0.5 0.5 0.25 0.25\n")
+    splits, _ = yolo_splits(root)
+    assert [p.name for p in splits["train"].images] == ["outer.png"]
+    assert [b.tolist() for b in splits["train"].boxes] == [[[1, 3, 3, 5, 5]]]
+
+
+def test_yolo_images_in_sub_folders_of_a_split_are_read_with_their_labels(tmp_path):
+    root = _yolo(tmp_path / "yolo")
+    _png(root / "images" / "train" / "part2" / "deep" / "b.png")
+    (root / "labels" / "train" / "part2" / "deep").mkdir(parents=True)
+    (root / "labels" / "train" / "part2" / "deep" / "b.txt").write_text("1 0.5 0.5 0.25 0.25\n")
+    splits, _ = yolo_splits(root)
+    assert splits["train"].images == [root / "images" / "train" / "a.png",
+                                      root / "images" / "train" / "part2" / "deep" / "b.png"]
+    assert [b.tolist() for b in splits["train"].boxes] == [BOX, [[1, 3, 3, 5, 5]]]
+
+
+def test_image_folder_classes_stay_the_top_level_folders(tmp_path):
+    from prunefx.data.splits import image_folder_data
+
+    for split in ("train", "val"):
+        _png(tmp_path / "ds" / split / "cat" / "a.png")
+        _png(tmp_path / "ds" / split / "cat" / "more" / "b.png")  # still a cat, not a class "more"
+    data = image_folder_data(tmp_path / "ds", 1)
+    assert data.classes == ("cat",)
+    assert sorted(Path(p).name for p, _ in data.train.source.samples) == ["a.png", "b.png"]
+
+
+def test_a_yolo_split_named_by_a_txt_list_reads_the_listed_images(tmp_path):
+    root = _yolo(tmp_path / "yolo")
+    _png(root / "images" / "train" / "unlisted.png")
+    _png(root / "images" / "extra" / "c.png")
+    (root / "labels" / "extra").mkdir()
+    (root / "labels" / "extra" / "c.txt").write_text("1 0.5 0.5 0.25 0.25\n")
+    (root / "train.txt").write_text(f"\ufeff./images/train/a.png\n\n{root / 'images' / 'extra' / 'c.png'}\n")
+    (root / "list.yaml").write_text("train: train.txt\nval: images/val\nnames: [one, two]\n")
+    splits, _ = yolo_splits(root / "list.yaml")
+    assert splits["train"].images == [root / "images" / "extra" / "c.png", root / "images" / "train" / "a.png"]
+    assert [b.tolist() for b in splits["train"].boxes] == [[[1, 3, 3, 5, 5]], BOX]
+    (root / "many.yaml").write_text("train: [images/train, images/extra]\nval: images/val\nnames: [one, two]\n")
+    splits, _ = yolo_splits(root / "many.yaml")
+    assert [p.name for p in splits["train"].images] == ["c.png", "a.png", "unlisted.png"]
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("images/train/a.png", "is neither ./NAME"),
+    ("./../outside.png", "lies outside the data folder"),
+    ("/etc/outside.png", "lies outside the data folder"),
+    ("./images/train/missing.png", "does not exist"),
+    ("./data.yaml", "is not an image file"),
+    ("./link.png", "leads out of the data folder"),
+])
+def test_bad_lines_of_a_yolo_image_list_are_one_line_naming_the_line(tmp_path, secret, line, expected):
+    root = _yolo(tmp_path / "yolo")
+    (root / "link.png").symlink_to(secret)
+    (root / "train.txt").write_text(f"./images/train/a.png\n{line}\n")
+    (root / "data.yaml").write_text("train: train.txt\nval: images/val\nnames: [one, two]\n")
+    _refused(lambda: yolo_splits(root), "train.txt:2:", expected)
+
+
+def test_a_yolo_image_list_outside_the_data_folder_is_refused(tmp_path):
+    root = _yolo(tmp_path / "yolo")
+    (tmp_path / "train.txt").write_text(f"{root / 'images' / 'train' / 'a.png'}\n")
+    (root / "data.yaml").write_text("train: ../train.txt\nval: images/val\nnames: [one, two]\n")
+    _refused(lambda: yolo_splits(root), "YOLO image list", "lies outside the data folder")
+    (root / "data.yaml").write_text("train: data.yaml\nval: images/val\nnames: [one, two]\n")
+    _refused(lambda: yolo_splits(root), "train:", "neither a folder of images nor a .txt list of images")
+
+
+# ---- links that stay inside the data folder -------------------------------------------------------------
+
+def _move_and_link(path, pool):
+    """Move `path` into `pool` (inside the same data folder) and leave a relative link in its place."""
+    pool.mkdir(parents=True, exist_ok=True)
+    path.rename(pool / path.name)
+    path.symlink_to(os.path.relpath(pool / path.name, path.parent))
+
+
+def test_links_that_leave_a_split_but_stay_in_the_data_folder_are_followed_in_every_layout(tmp_path):
+    from prunefx.data.splits import image_folder_data
+    from prunefx.data.unlabelled import unlabelled_data
+
+    folders = tmp_path / "imagefolder"
+    for split in ("train", "val"):
+        _png(folders / split / "cat" / "a.png")
+        _png(folders / split / "dog" / "a.png")
+    _move_and_link(folders / "train" / "dog", folders / "pool")  # a class folder
+    assert image_folder_data(folders, 1).classes == ("cat", "dog")
+    assert len(image_folder_data(folders, 1).train.source.samples) == 2
+    unlabelled = tmp_path / "unlabelled"
+    for split in ("train", "val"):
+        _png(unlabelled / split / "a.png")
+    _move_and_link(unlabelled / "train" / "a.png", unlabelled / "pool")
+    assert len(unlabelled_data(unlabelled, 1, image_size=None, channels=3, seed=0, num_workers=0).train.source) == 1
+    yolo = _yolo(tmp_path / "yolo")
+    _move_and_link(yolo / "images" / "train" / "a.png", yolo / "pool")
+    assert [b.tolist() for b in yolo_splits(yolo)[0]["train"].boxes] == [BOX]
+    coco = _coco(tmp_path / "coco")
+    _move_and_link(coco / "train" / "a.png", coco / "pool")
+    assert [b.tolist() for b in coco_splits(coco)[0]["train"].boxes] == [[[0, 1, 1, 3, 3]]]
+    masks = _masks(tmp_path / "masks")
+    _move_and_link(masks / "images" / "train" / "a.png", masks / "pool")
+    assert len(mask_splits(masks)[0]["train"].images) == 1
+
+
+def test_links_leaving_the_data_folder_are_still_refused_below_a_split(tmp_path):
+    from prunefx.data.splits import image_folder_data
+
+    folders = tmp_path / "imagefolder"
+    for split in ("train", "val"):
+        _png(folders / split / "cat" / "a.png")
+        _png(folders / split / "dog" / "a.png")
+    _link_out(folders / "train" / "dog", tmp_path / "out")
+    _refused(lambda: image_folder_data(folders, 1), "dog is a link that leads out of")
+    yolo = _yolo(tmp_path / "yolo")
+    _move_and_link(yolo / "images" / "train" / "a.png", tmp_path / "out_yolo")
+    _refused(lambda: yolo_splits(yolo), "a.png is a link that leads out of")
+
+
+# ---- calibration from unlabelled images ------------------------------------------------------------------
+
+def test_calibrate_reads_a_train_folder_without_class_folders_as_plain_images(tmp_path):
+    """`--calibrate u` for the `--data-format images` layout: train/'s images, ImageNet-normalised."""
+    from prunefx.data.calibration import calibration_data
+
+    values = [0, 60, 120, 250]
+    for value in values:
+        _png(tmp_path / "u" / "train" / f"{value:03d}.png", value=value)
+    _png(tmp_path / "u" / "val" / "v.png", value=7)
+    calibration = calibration_data(str(tmp_path / "u"), torch.zeros(2, 3, 8, 8), 4)
+    assert calibration.images == 4 and "4 images from" in calibration.description
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    seen = torch.cat([batch[0] for batch in calibration.batches])
+    for image, value in zip(seen, values):  # name order; a flat grey image stays flat through the resize
+        expected = ((value / 255 - mean) / std)[:, None, None].expand(3, 8, 8)
+        assert torch.allclose(image, expected, atol=1e-5), value

@@ -4,7 +4,8 @@ second-order compensation and batch-norm recalibration.
 - `calibration_data(DATA, example, images)`: `--calibrate DATA`, a data set named as everywhere else
   (prunefx/data/splits.py): "fashion-mnist" (the training split, shuffled with a fixed seed, gray repeated to
   3 channels for an RGB model), "imagenet-sample" (the 20 offline images), a folder in ImageFolder
-  layout with train/ (its train/ split, shuffled with a fixed seed), or a flat folder of images.
+  layout with train/ (its train/ split, shuffled with a fixed seed), a folder whose train/ holds images
+  and no class folder (`--data-format images`: train/'s images, as a flat folder), or a flat folder of images.
   Images are never resized to fit: the data's image shape must be the captured input's.
 - `image_batches(folder, example)`: `--calibration DIR`, a flat folder of images (resized, centre-
   cropped and normalised like ImageNet evaluation);
@@ -47,14 +48,16 @@ def noise_batches(example: torch.Tensor, count: int, *, seed: int = 0) -> list[t
     return [as_program_inputs((torch.randn(example.shape, generator=generator),), (example,)) for _ in range(count)]
 
 
-def image_batches(folder: str | Path, example: torch.Tensor, *, limit: int | None = None) -> list[tuple[torch.Tensor]]:
+def image_batches(folder: str | Path, example: torch.Tensor, *, limit: int | None = None,
+                  within: str | Path | None = None) -> list[tuple[torch.Tensor]]:
     """The images in `folder` (the first `limit` in name order), in full batches of the example's batch
-    size (the graph is static, so a last, incomplete batch is left out)."""
+    size (the graph is static, so a last, incomplete batch is left out); a linked image must lead
+    nowhere outside `within` (default: `folder`)."""
     folder = Path(folder)
     _check_rgb(example, "calibration images")
     if not folder.is_dir():
         raise PrunefxError(f"calibration folder {folder} does not exist")
-    files = image_files(folder, IMAGE_SUFFIXES, recursive=False)[:limit]
+    files = image_files(folder, IMAGE_SUFFIXES, recursive=False, within=within)[:limit]
     if not files:
         raise PrunefxError(f"calibration folder {folder} holds no .jpg/.jpeg/.png images")
     transform = imagenet_transform(int(example.shape[2]))
@@ -66,6 +69,12 @@ def image_batches(folder: str | Path, example: torch.Tensor, *, limit: int | Non
         raise PrunefxError(f"calibration folder {folder} holds {len(images)} images, fewer than one batch of {batch}")
     return [as_program_inputs((torch.stack(images[i:i + batch]),), (example,))
             for i in range(0, len(images) - batch + 1, batch)]
+
+
+def _unlabelled(split: Path) -> bool:
+    """Whether `split` holds images directly and no class folder (unlabelled images, not an ImageFolder)."""
+    return (not any(entry.is_dir() for entry in split.iterdir())
+            and bool(image_files(split, recursive=False, within=split.parent)))
 
 
 def _shape(values) -> str:
@@ -132,8 +141,11 @@ def _calibration_data(data: str, example: torch.Tensor, images: int, seed: int) 
                            "fashion-mnist-seg[:SIZE], fashion-mnist-det[:SIZE] or a folder of images (an ImageFolder layout with train/<class>/, or images directly in it)")
     if (folder / "train").is_dir():
         _check_rgb(example, "calibration images")
-        loader = image_folder_split(confined(folder / "train", folder, "image folder"), batch, image_size=int(example.shape[2]), shuffle=True,
-                                    seed=seed)
+        train = confined(folder / "train", folder, "image folder")
+        if _unlabelled(train):  # `--data-format images`' layout: calibration needs no labels, only the images
+            batches = image_batches(train, example, limit=count * batch, within=folder)
+            return Calibration(batches, f"{sum(len(b[0]) for b in batches)} images from {train} (no class folders)")
+        loader = image_folder_split(train, batch, image_size=int(example.shape[2]), shuffle=True, seed=seed)
         return _from_loader(loader, count, f"{folder / 'train'} (ImageFolder, shuffled)")
     batches = image_batches(folder, example, limit=count * batch)
     return Calibration(batches, f"{sum(len(b[0]) for b in batches)} images from {folder}")

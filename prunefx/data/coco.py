@@ -168,7 +168,7 @@ def read_split(root: Path, annotations: Path, category_ids: list[int]) -> SplitF
         if not _is_file(path):
             raise PrunefxError(f"{printable(str(annotations))}: image {printable(str(name))[:200]} is not in "
                                f"{printable(str(folder))}")
-        images.append(inside(path, folder, "image"))
+        images.append(inside(path, root, "image"))  # a link may lead anywhere inside the data folder
         rows = boxes_of.pop(image_ids[number], [])
         for row in rows:
             _check_inside(row, image, f"{printable(str(annotations))}: image {image_ids[number]}")

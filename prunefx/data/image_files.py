@@ -74,12 +74,13 @@ def image_files(folder: str | Path, suffixes: Iterable[str] = IMAGE_SUFFIXES, *,
 def class_folder_samples(directory: str | Path, class_to_idx: Mapping[str, int],
                          suffixes: Iterable[str] = IMAGE_SUFFIXES) -> list[tuple[str, int]]:
     """(path, class index) for every image of each `directory/<class>/` folder: torchvision
-    ImageFolder's samples, found by `image_files` instead of a walk that follows every link."""
+    ImageFolder's samples, found by `image_files` instead of a walk that follows every link. Links (a
+    class folder, an image) may lead anywhere inside the data folder, the split's parent (ROOT/train/)."""
     samples = []
     for name in sorted(class_to_idx):
         class_folder = Path(directory) / name
         if class_folder.is_dir():
-            files = image_files(class_folder, suffixes, within=directory)
+            files = image_files(class_folder, suffixes, within=Path(directory).parent)
             samples += [(str(path), class_to_idx[name]) for path in files]
     return samples
 

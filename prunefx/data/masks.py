@@ -34,7 +34,8 @@ def is_mask_folder(root: Path) -> bool:
 
 
 def read_split(root: Path, split: str, palette: Palette | None = None) -> SplitFiles:
-    images = images_in(confined(root / "images" / split, root, "image folder"))
+    # flat: a mask is found by its image's name in masks/<split>/; links may lead anywhere inside the data folder
+    images = images_in(confined(root / "images" / split, root, "image folder"), within=root)
     masks = []
     for image in images:
         mask = root / "masks" / split / f"{image.stem}.png"

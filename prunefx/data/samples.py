@@ -70,9 +70,11 @@ def inside(path: Path, folder: Path, what: str) -> Path:
     return path
 
 
-def images_in(folder: Path) -> list[Path]:
-    """The image files directly in `folder`, in name order (image_files' walk: no link out of it)."""
-    return image_files.image_files(folder, recursive=False)
+def images_in(folder: Path, *, within: Path | None = None, recursive: bool = False) -> list[Path]:
+    """The image files directly in `folder` (with `recursive`, in its sub-folders too), in name order, by
+    image_files' walk: no linked folder entered, no linked file leading out of `within` (default `folder`;
+    a split's images may link anywhere inside its data folder)."""
+    return image_files.image_files(folder, recursive=recursive, within=within)
 
 
 @dataclasses.dataclass(frozen=True)

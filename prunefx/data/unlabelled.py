@@ -37,7 +37,8 @@ def unlabelled_data(path: Path, batch_size: int, *, image_size: int | tuple[int,
     roles = [role for role in ("train", "val", "test") if (path / role).is_dir()]
     if "train" not in roles or len(roles) < 2:
         raise PrunefxError(f"unlabelled images {path} need train/ and val/ (or test/) folders of images")
-    splits = {role: SplitFiles(image_files(confined(path / role, path, "image folder")), str(path / role))
+    # links in a split may lead anywhere inside the data folder
+    splits = {role: SplitFiles(image_files(confined(path / role, path, "image folder"), within=path), str(path / role))
               for role in roles}
     first = check_headers(splits["train"])
     for split in splits.values():
