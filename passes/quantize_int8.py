@@ -159,6 +159,10 @@ def _calibrate(program: Program, targets, batches, settings: QuantizeInt8Config)
     for observe in passes:
         for batch in batches:
             for node, value in zip(sources, run_tapped(tapped, batch)):
+                if observe is RangeObserver.observe_max and not bool(torch.isfinite(value).all()):
+                    # a NaN is lost in a max (the range came out 0) and an inf makes no scale: refused, not guessed
+                    raise PrunefxError(f"quantize_int8: {node.name} is not finite (NaN or inf) on the calibration "
+                                       "data: check the batches for NaN or inf, or the model for an overflow")
                 observe(observers[node], value)
     return {node: observer.amax(settings.method, settings.percentile) for node, observer in observers.items()}
 

@@ -647,3 +647,84 @@ def test_lowerings_are_written_all_or_none(quantized, tmp_path):
         export_quantized_lowerings(program, {first: "s8", tmp_path / "taken" / "u8.onnx": "u8"})
     assert first.read_text() == "the previous run's file"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["s8.onnx", "taken"]
+
+
+class ZeroChannelNet(nn.Module):
+    """A convolution with one all-zero weight channel and a bias, and a conv whose input is exactly zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second, self.third = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1), nn.Conv2d(4, 4, 1)
+        with torch.no_grad():
+            self.first.weight[2] = 0
+            self.first.bias[2] = 0.7
+
+    def forward(self, x):
+        y = self.second(torch.relu(self.first(x)))
+        return y + self.third(torch.relu(-y.abs()))  # relu(-|y|) is exactly zero
+
+
+@pytest.mark.parametrize("activations", ["u8", "u8s7"])
+def test_an_all_zero_channel_or_input_keeps_its_bias_in_the_onnx_runtime_file(one_thread, tmp_path, activations):
+    """Their quantizers' scales were the smallest float, and the INT32 bias codes (bias / (s_x * s_w)) were cut to
+    the INT32 range: the zero channel gave 0 instead of relu(0.7), the zero input lost the third conv's bias."""
+    torch.manual_seed(0)
+    program = capture(ZeroChannelNet().eval(), torch.randn(2, 3, 8, 8), name="zeros").eval()
+    quantize_int8(program, config={"calibration": _batches(), "method": "max"})
+    exported = export_quantized_onnx(program, tmp_path / "zeros.onnx", activations=activations)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = program(x).numpy()
+    got = OnnxRuntimeSession(exported.path, threads=1).run(x)[0]
+    assert np.abs(got - want).max() <= ORT_PARITY * np.abs(want).max()
+
+
+class BicubicNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.third = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        up = nn.functional.interpolate(torch.relu(self.first(x)), scale_factor=2, mode="bicubic")
+        return self.third(torch.relu(self.second(up)))
+
+
+def test_a_bicubic_upsample_of_a_non_negative_tensor_keeps_its_negative_overshoot(one_thread, tmp_path):
+    """Bicubic weights go negative: its output is not >= 0 where its input is, and a zero-point of 0 clipped it."""
+    torch.manual_seed(0)
+    program = capture(BicubicNet().eval(), torch.randn(2, 3, 8, 8), name="bicubic").eval()
+    quantize_int8(program, config={"calibration": _batches(), "method": "max"})
+    exported = export_quantized_onnx(program, tmp_path / "bicubic.onnx", activations="u8")
+    model = onnx.load(str(exported.path))
+    resize = next(node for node in model.graph.node if node.op_type == "Resize")
+    quantizer = next(node for node in model.graph.node if resize.output[0] in node.input)
+    zero_point = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == quantizer.input[2]))
+    assert quantizer.op_type == "QuantizeLinear" and int(zero_point) == 128  # signed range, not [0, amax]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_calibration_data_that_is_not_finite_is_refused_in_one_line(one_thread, bad):
+    batches = _batches()
+    batches[1][0, 0, 3, 3] = bad
+    with pytest.raises(PrunefxError, match="not finite"):
+        quantize_int8(_net(), config={"calibration": batches, "method": "mse"})
+
+
+class SharedConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.shared = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.shared(torch.relu(self.shared(torch.relu(self.first(x)))))
+
+
+def test_a_layer_kept_in_float_reads_its_shared_weight_unrounded(one_thread):
+    torch.manual_seed(0)
+    program = capture(SharedConv().eval(), torch.randn(2, 3, 8, 8), name="shared").eval()
+    dense = get_tensor(program.module, "shared.weight").detach().clone()
+    convs = _layers(program, aten.conv2d.default)
+    result = quantize_int8(program, config={"calibration": _batches(), "method": "max", "skip_nodes": [convs[2].name]})
+    assert [row["layer"] for row in result.stats["skipped"]] == [convs[2].name]
+    assert torch.equal(get_tensor(result.program.module, "shared.weight"), dense)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prunefx.graph.attributes import free_name, get_tensor, set_tensor
+from prunefx.graph.attributes import free_name, get_tensor, set_tensor, users_of_tensor
 from prunefx.graph.channels.rules import channel_rule, same_as_input
 
 aten = torch.ops.aten
@@ -166,8 +166,11 @@ def channel_amax(weight: torch.Tensor, axis: int) -> torch.Tensor:
 
 
 def scale_of(amax: torch.Tensor | float) -> torch.Tensor:
-    """amax / 127, never zero (an all-zero channel gets a tiny scale: its values quantize to 0 exactly)."""
+    """amax / 127, never zero. An all-zero channel or tensor quantizes to 0 exactly at any scale: it gets that of
+    a range of +-1, not the smallest float, which would take the INT32 bias codes of the layer reading it
+    (bias / (s_x * s_w)) past their range."""
     amax = torch.as_tensor(amax, dtype=torch.float32)
+    amax = torch.where(amax > 0, amax, torch.ones_like(amax))
     return torch.clamp(amax / LEVELS, min=torch.finfo(torch.float32).tiny * 2 ** 24)
 
 
@@ -190,8 +193,10 @@ def quantize_weight(module: torch.fx.GraphModule, target: QuantTarget) -> torch.
     amax = channel_amax(values, target.weight_axis)
     # Snap the stored weight onto its INT8 grid: the Program computes the same (fq(fq(W)) = fq(W)), and the
     # ONNX lowering's W / scale is then an integer up to float rounding, so both sides hold the same INT8.
-    with torch.no_grad():
-        values.copy_(fake_quantize(values, scale_of(amax), target.weight_axis))
+    # Not a weight another layer also reads (one kept in float): it would read the rounded values.
+    if all(user is layer for user in users_of_tensor(module, weight.target)):
+        with torch.no_grad():
+            values.copy_(fake_quantize(values, scale_of(amax), target.weight_axis))
     stem = weight.target.replace(".", "_")
     scale_name, zero_name = free_name(module, f"{stem}_quant_scale"), free_name(module, f"{stem}_quant_zero_point")
     set_tensor(module, scale_name, scale_of(amax), parameter=False)

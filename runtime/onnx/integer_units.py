@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from prunefx.runtime.errors import OnnxExportError
 from prunefx.runtime.onnx.qdq import (
     array,
     axis_of,
@@ -181,7 +182,12 @@ def _int32_bias(model, made_by, layer, bias_name: str, *, before: onnx.NodeProto
     weight_scale = array(model, made_by[layer.input[1]].input[1]).astype(np.float64)
     scale = (input_scale * weight_scale).astype(np.float32)
     bias = array(model, bias_name).astype(np.float64)
-    codes = np.clip(np.rint(bias / scale), np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
+    codes = np.rint(bias / scale)
+    if not np.all(np.abs(codes) <= np.iinfo(np.int32).max):  # clipped, the layer would compute another bias
+        raise OnnxExportError(f"the bias of {layer.name} ({np.abs(bias).max():.3g}) over its input's and weight's "
+                              f"scales ({float(np.min(scale)):.3g}) is past the INT32 range: it cannot be lowered "
+                              "for ONNX Runtime")
+    codes = codes.astype(np.int32)
     stem = f"{layer.output[0]}_bias_int32"
     set_initializer(model, stem, codes)
     set_initializer(model, f"{stem}_scale", np.broadcast_to(scale, codes.shape).copy())

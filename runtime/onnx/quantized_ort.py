@@ -39,7 +39,7 @@ SIGNED_ZERO_POINT = 128
 # operators whose output is >= 0 whatever their input; and those >= 0 when their (data) inputs are
 NON_NEGATIVE = {"Relu", "Sigmoid", "Softmax", "Abs"}
 FIRST_INPUT_KEEPS_SIGN = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax",
-                          "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Resize"}
+                          "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity"}
 ALL_INPUTS_KEEP_SIGN = {"Concat", "Add", "Mul", "Max"}
 
 
@@ -84,11 +84,18 @@ def _non_negative_node(model, node, made_by, memo) -> bool:
         low = scalar(model, node.input[1])
         if low is not None and low >= 0:
             return True
-    if node.op_type in FIRST_INPUT_KEEPS_SIGN or node.op_type == "Clip":
+    if node.op_type in FIRST_INPUT_KEEPS_SIGN or node.op_type == "Clip" or _convex_resize(node):
         return non_negative(model, node.input[0], made_by, memo)
     if node.op_type in ALL_INPUTS_KEEP_SIGN:
         return all(non_negative(model, name, made_by, memo) for name in node.input if name)
     return False
+
+
+def _convex_resize(node: onnx.NodeProto) -> bool:
+    """A Resize whose outputs are weighted means of its inputs with weights >= 0 (nearest, linear); cubic's
+    weights go negative, and its overshoot takes a non-negative input below zero."""
+    modes = [onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"]
+    return node.op_type == "Resize" and (modes[0] if modes else b"nearest") in (b"nearest", b"linear")
 
 
 def activations_to_u8(model: onnx.ModelProto) -> tuple[int, int]:
