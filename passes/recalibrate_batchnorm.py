@@ -46,8 +46,8 @@ def recalibrate_batchnorm(program: Program, /, *, config: dict | None = None) ->
     batches = calibration_inputs(program.example_inputs, settings.data, max_batches=settings.max_batches,
                                  what="recalibrate_batchnorm")
     with program.evaluating():  # each flag as it was after: a frozen batch norm in a training model stays frozen
-        norms, skipped = _recalibratable(program.module)
-        norms = _only(norms, settings.nodes)
+        found, skipped = _recalibratable(program.module)
+        norms = _only(found, settings.nodes)
         if norms and live_bytes(program.module, norms) * len(batches) <= _WALK_BUDGET:
             changed, passes = _recalibrate_in_one_walk(program.module, norms, batches), 1
         else:
@@ -55,7 +55,7 @@ def recalibrate_batchnorm(program: Program, /, *, config: dict | None = None) ->
             passes = len(set(levels.values()))
             changed = sum(_recalibrate_level(program.module, [n for n in norms if levels[n] == level], batches)
                           for level in range(max(levels.values(), default=-1) + 1))
-    stats = {"batch_norms": len(norms) + sum(skipped.values()), "recalibrated": len(norms),
+    stats = {"batch_norms": len(found) + sum(skipped.values()), "recalibrated": len(norms),
              "changed": changed, "skipped": dict(skipped), "passes_over_data": passes,
              "batches": len(batches), "images": sum(int(batch[0].shape[0]) for batch in batches),
              "variance": "unbiased"}

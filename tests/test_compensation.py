@@ -281,6 +281,16 @@ def test_the_one_pass_walk_and_the_level_passes_set_the_same_statistics(images, 
         torch.testing.assert_close(value, expected[name], rtol=1e-6, atol=1e-7)
 
 
+def test_recalibrating_named_batch_norms_counts_all_and_changes_only_those(images):
+    _, program = _resnet20(images)
+    first = next(node.name for node in program.graph.nodes if "batch_norm" in str(node.target))
+    before = program.state_dict()
+    result = recalibrate_batchnorm(program.clone(), config={"data": _batches(images, 0, 2), "nodes": [first]})
+    assert result.stats["batch_norms"] == 21 and result.stats["recalibrated"] == 1
+    changed = {name for name, value in result.program.state_dict().items() if not torch.equal(value, before[name])}
+    assert changed and all(name.startswith("stem.1.") for name in changed)
+
+
 def test_recalibration_reads_max_batches_and_keeps_each_layer_s_mode(images):
     _, program = _resnet20(images)
     data = _batches(images, 0, 4)
