@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import prunefx
+from prunefx.graph.channels import zero_channels
 from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.passes import remove_channels
 
@@ -71,8 +72,38 @@ class ReluSummed(nn.Module):  # relu(0) = 0: summing the channels is exact
         return torch.relu(self.conv(x)).sum(1)
 
 
+class LinearOverTheLength(nn.Module):  # the linear reads the length: the zero channels' 0.5 goes on to the sum
+    def __init__(self):
+        super().__init__()
+        self.conv, self.linear = nn.Conv1d(3, 8, 3, padding=1), nn.Linear(10, 6)
+
+    def forward(self, x):
+        return self.linear(torch.sigmoid(self.conv(x))).sum(1)
+
+
+class NormOverTheLength(nn.Module):  # a layer norm over the length gives a zero channel its bias
+    def __init__(self):
+        super().__init__()
+        self.conv, self.norm = nn.Conv1d(3, 8, 3, padding=1), nn.LayerNorm(10)
+        nn.init.uniform_(self.norm.bias, 0.5, 1.0)
+
+    def forward(self, x):
+        return self.norm(self.conv(x)).sum(1)
+
+
+class SoftmaxOverSpace(nn.Module):  # a zero channel's softmax is 1/N everywhere
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        return torch.softmax(self.conv(x).flatten(2), -1).sum(1)
+
+
 CASES = [(SigmoidIntoConv, (1, 3, 8, 8), True), (SigmoidSummed, (1, 3, 8, 8), False), (SqueezeExcite, (1, 3, 8, 8), True),
-         (MapAddedThenSummed, (1, 3, 8, 8), False), (LinearAttention, (1, 5, 16), False), (ReluSummed, (1, 3, 8, 8), True)]
+         (MapAddedThenSummed, (1, 3, 8, 8), False), (LinearAttention, (1, 5, 16), False), (ReluSummed, (1, 3, 8, 8), True),
+         (LinearOverTheLength, (1, 3, 10), False), (NormOverTheLength, (1, 3, 10), False),
+         (SoftmaxOverSpace, (1, 3, 8, 8), False)]
 
 
 def _zero_two_channels(program, group) -> None:
@@ -99,3 +130,14 @@ def test_a_group_is_exact_when_removing_its_zero_weight_channels_changes_no_outp
     assert reported["width_after"] == group.size - 2  # the two zeroed channels went, and only they
     moved = (pruned.program(fresh) - before).abs().max().item()
     assert (moved < 1e-5) == exact and reported["exact"] == exact, (moved, reported)
+
+
+def test_an_operator_the_nonzero_tracking_cannot_follow_makes_what_it_reads_inexact(monkeypatch):
+    """Whatever an operator's form, the tracking never raises out of the channel analysis (a 0-d max once
+    did, and no model with it would prune): what that operator reads counts as inexact."""
+    def cannot_follow(self, node):
+        raise ZeroDivisionError("a form the tracking does not know")
+
+    monkeypatch.setattr(zero_channels.NonzeroChannels, "_reduced", cannot_follow)
+    program = prunefx.capture(SigmoidSummed().eval(), torch.randn(1, 3, 8, 8))  # a sum of nonzero channels
+    assert [group.exact for group in find_channel_groups(program.module).groups] == [False]

@@ -211,14 +211,30 @@ def test_model_file_imports_its_siblings_and_leaves_sys_path_as_found(tmp_path, 
         "net.py", "prunefx_test_sibling_layers.py", "prunefx_test_sibling_lazy.py"]
 
 
-def test_sys_path_is_put_back_when_the_model_file_fails(tmp_path, sibling_modules):
-    folder = _model_folder(tmp_path, """\
+def test_the_model_files_folder_leaves_sys_path_and_what_the_file_added_stays(tmp_path, sibling_modules):
+    """A model file that puts its own vendored folder on sys.path at import and imports from it in its factory
+    (the user's own way, which worked before prunefx put the file's folder there) still builds; the folder
+    prunefx put there goes, also when the file fails."""
+    vendored = tmp_path / "third_party"
+    vendored.mkdir()
+    (vendored / "prunefx_test_sibling_lazy.py").write_text("WIDTH = 7\n")
+    folder = _model_folder(tmp_path, f"""\
         import sys
-        from prunefx_test_sibling_layers import block
-        sys.path.append("/somewhere/else")
-        raise RuntimeError("broken model file")
+        import torch.nn as nn
+        sys.path.insert(0, {str(vendored)!r})
+
+        def build():
+            from prunefx_test_sibling_lazy import WIDTH
+            return nn.Conv2d(3, WIDTH, 1)
     """)
+    (folder / "prunefx_test_sibling_lazy.py").unlink()
     before = list(sys.path)
+    try:
+        assert build_model(f"{folder / 'net.py'}:build").module.out_channels == 7
+        assert sys.path == [str(vendored), *before]
+    finally:
+        sys.path[:] = before
+    (folder / "net.py").write_text("raise RuntimeError('broken model file')\n")
     with pytest.raises(ModelReferenceError, match="RuntimeError: broken model file"):
         build_model(f"{folder / 'net.py'}:build")
     assert sys.path == before

@@ -40,14 +40,16 @@ def _import_file(path: Path):
 def _run_as_script(path: Path):
     """While the user's code runs (its import, its factory): its folder first on sys.path, as `python FILE` has
     it, so that it imports the modules beside it; and no bytecode written, so no __pycache__ beside the user's
-    files. sys.path and sys.dont_write_bytecode are put back after: the caller's process is left as found."""
-    saved_path, writes_bytecode = list(sys.path), sys.dont_write_bytecode
-    sys.path.insert(0, str(path.resolve().parent))
+    files. The folder and sys.dont_write_bytecode are taken back after; entries the user's code added itself (a
+    vendored library it imports later, in its factory) stay."""
+    folder, writes_bytecode = str(path.resolve().parent), sys.dont_write_bytecode
+    sys.path.insert(0, folder)
     sys.dont_write_bytecode = True
     try:
         yield
     finally:
-        sys.path[:] = saved_path  # in place: modules that hold the list see it restored too
+        if folder in sys.path:
+            sys.path.remove(folder)  # the first: the one put in above, before whatever the user's code put in
         sys.dont_write_bytecode = writes_bytecode
 
 
