@@ -100,10 +100,38 @@ class SoftmaxOverSpace(nn.Module):  # a zero channel's softmax is 1/N everywhere
         return torch.softmax(self.conv(x).flatten(2), -1).sum(1)
 
 
+class SecondPieceNonzero(nn.Module):  # a cat along the length: the sigmoid piece's channels are the same group
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Conv1d(3, 8, 3, padding=1), nn.Conv1d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        return torch.cat([self.first(x), torch.sigmoid(self.second(x))], dim=2).sum(1)
+
+
+class MapExpanded(nn.Module):  # an expand writes the map's values over the zero channels
+    def __init__(self):
+        super().__init__()
+        self.conv, self.map = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 1, 3, padding=1)
+
+    def forward(self, x):
+        return (self.conv(x) + self.map(x).expand(-1, 8, -1, -1)).sum(1)
+
+
+class MinimumWithMap(nn.Module):  # minimum(0, m) is m where m < 0
+    def __init__(self):
+        super().__init__()
+        self.conv, self.map = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 1, 3, padding=1)
+
+    def forward(self, x):
+        return torch.minimum(self.conv(x), self.map(x)).sum(1)
+
+
 CASES = [(SigmoidIntoConv, (1, 3, 8, 8), True), (SigmoidSummed, (1, 3, 8, 8), False), (SqueezeExcite, (1, 3, 8, 8), True),
          (MapAddedThenSummed, (1, 3, 8, 8), False), (LinearAttention, (1, 5, 16), False), (ReluSummed, (1, 3, 8, 8), True),
          (LinearOverTheLength, (1, 3, 10), False), (NormOverTheLength, (1, 3, 10), False),
-         (SoftmaxOverSpace, (1, 3, 8, 8), False)]
+         (SoftmaxOverSpace, (1, 3, 8, 8), False), (SecondPieceNonzero, (1, 3, 10), False),
+         (MapExpanded, (1, 3, 8, 8), False), (MinimumWithMap, (1, 3, 8, 8), False)]
 
 
 def _zero_two_channels(program, group) -> None:

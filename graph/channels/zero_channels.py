@@ -37,10 +37,15 @@ MOVING = {dims.cat, dims.chunk, dims.expand, dims.flatten, dims.getitem, dims.in
           layers.pixel_unshuffle}
 # They lay the same elements out in another shape: dims map by their sizes.
 RESHAPES = {reshape.view, reshape.reshape_as, dims.flatten}
-# Copies, casts and checks compute nothing (and some would refuse a stand-in of another shape).
-_COPIES = {"clone", "contiguous", "detach", "alias", "_to_copy", "to", "type_as", "lift_fresh_copy",
-           "_assert_tensor_metadata", "dropout", "dropout_", "feature_dropout", "feature_dropout_", "alpha_dropout",
-           "alpha_dropout_", "feature_alpha_dropout", "feature_alpha_dropout_"}
+# Every other shipped rule's operator gives zeros where what it reads is zero (reductions, softmax's dims aside).
+SHIPPED = MOVING | RESHAPES | {elementwise.reduction, elementwise.softmax, layers.matmul, layers.attention,
+                               layers.einsum}
+# Copies, casts, checks and quantizers (fq(0) = 0 at any scale) compute nothing from a zero (and some would
+# refuse a stand-in of another shape).
+_COPIES = {"fake_quantize_per_tensor_affine", "fake_quantize_per_channel_affine", "clone", "contiguous", "detach",
+           "alias", "_to_copy", "to", "type_as", "lift_fresh_copy", "_assert_tensor_metadata", "dropout", "dropout_",
+           "feature_dropout", "feature_dropout_", "alpha_dropout", "alpha_dropout_", "feature_alpha_dropout",
+           "feature_alpha_dropout_"}
 
 
 class NonzeroChannels:
@@ -84,15 +89,30 @@ class NonzeroChannels:
             return frozenset(range(rank)) - {node.args[1] % rank}
         if rule in (layers.convolution, layers.linear, layers.addmm, layers.batch_norm, layers.group_norm,
                     layers.layer_norm):
+            source = node.args[1] if rule is layers.addmm else node.args[0]
+            if any(arg is not source for arg in read):  # a weight made nonzero (an activation, sigmoid(W))
+                for arg in read:
+                    self._inexact(arg, ALL)
+                return ALL
             return self._through_weights(node, rule)
         if rule is layers.matmul:
             return self._product(node)
         if rule is layers.attention:
             return self._attention(node)
-        if rule in (layers.embedding, layers.recurrent, elementwise.new_tensor) or not read:
+        if rule in (dims.expand, dims.repeat):  # a dim grown from one element repeats a value that need not be 0
+            grown = {dim for dim, size in enumerate(_shape(node)) if _grown(node, dim)}
+            return frozenset(grown) | (self._moved(node) if read else frozenset())
+        if rule in (layers.embedding, layers.recurrent, elementwise.new_tensor):
             return frozenset()
+        if not read:  # shipped rules below keep zeros; a rule of the user's is judged like an element-wise one
+            if rule in SHIPPED:
+                return frozenset()
+            return frozenset(dim for dim, size in enumerate(_shape(node) or ()) if size > 1
+                             and not self._keeps_zero(node, dim))
         if rule in RESHAPES:
             return self._reshaped(node)
+        if rule in (dims.cat, dims.stack):
+            return self._joined(node, stacked=rule is dims.stack)
         if rule in MOVING:
             return self._moved(node)
         if rule is elementwise.reduction:
@@ -100,6 +120,17 @@ class NonzeroChannels:
         for arg in read:  # einsum, an operator of the user's: what it reads counts
             self._inexact(arg, ALL)
         return frozenset()
+
+    def _joined(self, node: torch.fx.Node, *, stacked: bool) -> frozenset[int]:
+        """cat and stack: each piece's dims keep their places (stack puts a new one in), and the output is
+        nonzero along a dim where any piece is."""
+        pieces = [piece for piece in node.args[0] if isinstance(piece, torch.fx.Node)]
+        rank = len(_shape(node))
+        at = (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % rank
+        found = set()
+        for piece in pieces:
+            found |= {dim + 1 if stacked and dim >= at else dim for dim in self._dims(piece)}
+        return frozenset(found)
 
     def _reshaped(self, node: torch.fx.Node) -> frozenset[int]:
         """A view: each run of input dims that becomes a run of output dims (197 x 1 x 2304 -> 197 x 1 x 3 x 768:
@@ -230,8 +261,12 @@ class NonzeroChannels:
         nonzero). An operator the stand-in cannot run is taken not to (inexact is the safe answer)."""
         if _name(node) in _COPIES:
             return not any(self._nonzero_along(arg, dim, len(_shape(node))) for arg in node.all_input_nodes)
-        generator = torch.Generator().manual_seed(0)
         rank = len(_shape(node))
+        # the other operands positive, then negative: minimum(0, x) and clamp(max=x) are 0 only for x > 0
+        return all(self._zero_with(node, dim, rank, sign) for sign in (1.0, -1.0))
+
+    def _zero_with(self, node: torch.fx.Node, dim: int, rank: int, sign: float) -> bool:
+        generator = torch.Generator().manual_seed(0)
 
         def stand_in(arg: torch.fx.Node):
             value = arg.meta.get("val")
@@ -242,7 +277,7 @@ class NonzeroChannels:
                 return torch.zeros(small, dtype=value.dtype)
             if value.dtype == torch.bool:
                 return torch.rand(small, generator=generator) < 0.5
-            return (torch.rand(small, generator=generator) + 0.5).to(value.dtype)
+            return (sign * (torch.rand(small, generator=generator) + 0.5)).to(value.dtype)
 
         try:
             args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), stand_in)
@@ -290,6 +325,13 @@ def _reshape_runs(before: tuple[int, ...], after: tuple[int, ...]) -> list[tuple
                 size_out, j = size_out * after[j], j + 1
         runs.append((inputs, outputs))
     return runs
+
+
+def _grown(node: torch.fx.Node, dim: int) -> bool:
+    """Whether the output's `dim` (right-aligned with the input's) was one element in the input and is more."""
+    source, out = _shape(node.args[0]), _shape(node)
+    own = dim - (len(out) - len(source))
+    return out[dim] > 1 and (own < 0 or source[own] == 1)
 
 
 def _flat(labels) -> bool:
