@@ -127,3 +127,39 @@ def test_a_custom_op_with_a_size_argument_registers_how_that_argument_is_rewritt
     assert program.module.a.weight.shape[0] == 24
     call = next(node for node in program.graph.nodes if node.target is SPLIT_HEADS)
     assert list(call.args[1]) == [2, 3, 8]
+
+
+@torch.library.custom_op("prunefx_test::plus_one", mutates_args=())
+def plus_one(x: torch.Tensor) -> torch.Tensor:
+    return x + 1.0
+
+
+@plus_one.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+class PlusOneSummed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        return plus_one(self.conv(x)).sum(1)
+
+
+@pytest.fixture
+def no_plus_one_rule_afterwards():
+    yield
+    RULES.pop(torch.ops.prunefx_test.plus_one.default, None)
+
+
+def test_a_custom_op_that_makes_zero_channels_nonzero_makes_its_group_inexact(no_plus_one_rule_afterwards):
+    """The user's rule says element-wise (in its own function, as channel_rule's example writes it), and the op
+    adds 1: a zero channel comes out as 1, which the sum over the channels adds in."""
+    @prunefx.channel_rule(torch.ops.prunefx_test.plus_one.default)
+    def elementwise(ctx, node):
+        return list(ctx.labels(node.args[0]))
+
+    program = prunefx.capture(PlusOneSummed().eval(), torch.randn(1, 3, 8, 8)).eval()
+    assert [group.exact for group in find_channel_groups(program.module).groups] == [False]
