@@ -311,6 +311,19 @@ def test_fuzz_recipe_text_reads_or_is_one_error(tmp_path_factory, text):
     assert isinstance(pipeline, Pipeline)
 
 
+@pytest.mark.parametrize("text", ["0x_", "0b_", "passes:\n  - remove_channels: {macs: -0x_}\n"])
+def test_a_number_yaml_cannot_read_is_one_error_in_a_recipe_and_a_data_yaml(tmp_path, text):
+    """PyYAML reads `0x_` (a prefix, then only underscores) with a bare ValueError: found by the fuzz above."""
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError, match="is not a number"):
+        read_recipe(path)
+    from prunefx.data.dataset_files import load_yaml
+
+    with pytest.raises(PrunefxError, match="is not a number"):
+        load_yaml(text.encode(), path, "YOLO data file")
+
+
 def test_recipe_documents_round_trip_through_yaml(tmp_path):
     path = tmp_path / "ok.yaml"
     path.write_text(yaml.safe_dump({"name": "x", "verify": "shapes", "passes": [{"remove_channels": {"macs": 0.5}}]}))

@@ -1,5 +1,5 @@
 """YAML read with PyYAML's safe loader and no aliases: an alias lets a file of a few hundred bytes expand to
-gigabytes in memory (a "billion laughs"), and no recipe or data set needs one."""
+gigabytes in memory (a "billion laughs"), and no recipe or data set needs one. Every error is a YAMLError."""
 
 from __future__ import annotations
 
@@ -17,4 +17,13 @@ def no_alias_loader(where: str) -> type[yaml.SafeLoader]:
                                                   event.start_mark)
             return super().compose_node(parent, index)
 
+        def construct_yaml_int(self, node):
+            # PyYAML's own reading of `0x_` or `0b_` (a prefix, then only underscores) raises a bare ValueError
+            try:
+                return super().construct_yaml_int(node)
+            except ValueError:
+                raise yaml.constructor.ConstructorError(None, None, f"{node.value!r} is not a number",
+                                                        node.start_mark) from None
+
+    NoAliasLoader.add_constructor("tag:yaml.org,2002:int", NoAliasLoader.construct_yaml_int)
     return NoAliasLoader
