@@ -7,9 +7,9 @@ where a weight of the group reads them (its zero slice drops them: a squeeze-exc
 zeros, a convolution's zero input columns) and inexact where something without such a weight does (a sum over
 the channels, a product of two activations: linear attention's elu + 1).
 
-Each node's output gets the dims along which zero channels may be nonzero. Element-wise operators are run on a
-tiny stand-in of their operands, rather than listed: operands zero along the dim where they are, the others
-(a broadcast map, a mask, operands already nonzero) not.
+Each node's output gets the dims along which zero channels may be nonzero. Element-wise operators (and the
+user's) are judged by running them on a tiny stand-in of their operands (graph/channels/zero_stand_in.py);
+layers, products, views and reductions by where their weights and dims go.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from prunefx.graph.channels import rules_elementwise as elementwise
 from prunefx.graph.channels import rules_layers as layers
 from prunefx.graph.channels import rules_reshape as reshape
 from prunefx.graph.channels.labels import FIXED, LabelSpace
+from prunefx.graph.channels.zero_stand_in import COPIES, keeps_zero, operator_name
 
 ALL = "all"  # any dim may be nonzero (after an operator that moves dims around)
 
@@ -40,12 +41,7 @@ RESHAPES = {reshape.view, reshape.reshape_as, dims.flatten}
 # Every other shipped rule's operator gives zeros where what it reads is zero (reductions, softmax's dims aside).
 SHIPPED = MOVING | RESHAPES | {elementwise.reduction, elementwise.softmax, layers.matmul, layers.attention,
                                layers.einsum}
-# Copies, casts, checks and quantizers (fq(0) = 0 at any scale) compute nothing from a zero (and some would
-# refuse a stand-in of another shape).
-_COPIES = {"fake_quantize_per_tensor_affine", "fake_quantize_per_channel_affine", "clone", "contiguous", "detach",
-           "alias", "_to_copy", "to", "type_as", "lift_fresh_copy", "_assert_tensor_metadata", "dropout", "dropout_",
-           "feature_dropout", "feature_dropout_", "alpha_dropout", "alpha_dropout_", "feature_alpha_dropout",
-           "feature_alpha_dropout_"}
+
 
 
 class NonzeroChannels:
@@ -82,8 +78,7 @@ class NonzeroChannels:
     def _found(self, node: torch.fx.Node, rule) -> frozenset[int] | str:
         read = [arg for arg in node.all_input_nodes if self.nonzero.get(arg)]
         if rule in ELEMENT_WISE:
-            return frozenset(dim for dim, size in enumerate(_shape(node) or ()) if size > 1
-                             and not (_name(node) in _COPIES and not read) and not self._keeps_zero(node, dim))
+            return frozenset() if operator_name(node) in COPIES and not read else self._judged(node)
         if rule is elementwise.softmax:  # a zero slice becomes 1/N along the normalised dim
             rank = len(_shape(node))
             return frozenset(range(rank)) - {node.args[1] % rank}
@@ -107,8 +102,7 @@ class NonzeroChannels:
         if not read:  # shipped rules below keep zeros; a rule of the user's is judged like an element-wise one
             if rule in SHIPPED:
                 return frozenset()
-            return frozenset(dim for dim, size in enumerate(_shape(node) or ()) if size > 1
-                             and not self._keeps_zero(node, dim))
+            return self._judged(node)
         if rule in RESHAPES:
             return self._reshaped(node)
         if rule in (dims.cat, dims.stack):
@@ -120,6 +114,11 @@ class NonzeroChannels:
         for arg in read:  # einsum, an operator of the user's: what it reads counts
             self._inexact(arg, ALL)
         return frozenset()
+
+    def _judged(self, node: torch.fx.Node) -> frozenset[int]:
+        """The dims along which the stand-in finds the operator's output nonzero (graph/channels/zero_stand_in.py)."""
+        return frozenset(dim for dim, size in enumerate(_shape(node) or ()) if size > 1
+                         and not keeps_zero(node, dim, self._nonzero_along))
 
     def _joined(self, node: torch.fx.Node, *, stacked: bool) -> frozenset[int]:
         """cat and stack: each piece's dims keep their places (stack puts a new one in), and the output is
@@ -256,39 +255,6 @@ class NonzeroChannels:
         kept = self._dims(source) - set(reduced)
         return frozenset(kept if keepdim else {dim - sum(r < dim for r in reduced) for dim in kept})
 
-    def _keeps_zero(self, node: torch.fx.Node, dim: int) -> bool:
-        """Whether the node's output is zero along `dim` where its operands carrying `dim` are (the others
-        nonzero). An operator the stand-in cannot run is taken not to (inexact is the safe answer)."""
-        if _name(node) in _COPIES:
-            return not any(self._nonzero_along(arg, dim, len(_shape(node))) for arg in node.all_input_nodes)
-        rank = len(_shape(node))
-        # the other operands positive, then negative: minimum(0, x) and clamp(max=x) are 0 only for x > 0
-        return all(self._zero_with(node, dim, rank, sign) for sign in (1.0, -1.0))
-
-    def _zero_with(self, node: torch.fx.Node, dim: int, rank: int, sign: float) -> bool:
-        generator = torch.Generator().manual_seed(0)
-
-        def stand_in(arg: torch.fx.Node):
-            value = arg.meta.get("val")
-            if not isinstance(value, torch.Tensor):
-                raise TypeError("an operand without a known tensor value")
-            small = tuple(1 if size == 1 else 2 for size in value.shape)
-            if _carries(value, dim, rank) and not self._nonzero_along(arg, dim, rank):
-                return torch.zeros(small, dtype=value.dtype)
-            if value.dtype == torch.bool:
-                return torch.rand(small, generator=generator) < 0.5
-            return (sign * (torch.rand(small, generator=generator) + 0.5)).to(value.dtype)
-
-        try:
-            args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), stand_in)
-            result = node.target(*args, **kwargs)
-        except Exception:
-            return False
-        if not isinstance(result, torch.Tensor):
-            return False
-        result = result.to(torch.float64)
-        return not (result.abs().gt(0).any().item() or result.isnan().any().item())
-
     def _nonzero_along(self, arg: torch.fx.Node, dim: int, rank: int) -> bool:
         found = self.nonzero.get(arg)
         if not found:
@@ -345,15 +311,9 @@ def _label_ids(labels) -> set[int]:
     return set(np.unique(np.concatenate(arrays)).tolist()) - {FIXED} if arrays else set()
 
 
-def _carries(value: torch.Tensor, dim: int, rank: int) -> bool:
-    """Whether an operand of an element-wise operator (right-aligned, as broadcasting goes) has `dim` whole."""
-    own = dim - (rank - value.dim())
-    return 0 <= own < value.dim() and value.shape[own] > 1
-
-
 def _affine(node: torch.fx.Node) -> bool:
-    """A norm with its weight (batch_norm's and layer_norm's argument 1 after the input, group_norm's 2)."""
-    index = 2 if "group_norm" in _name(node) else 1 if "batch_norm" in _name(node) else 2
+    """A norm with its weight (batch_norm's argument 1, layer_norm's and group_norm's 2)."""
+    index = 1 if "batch_norm" in operator_name(node) else 2
     weight = node.args[index] if len(node.args) > index else node.kwargs.get("weight")
     return isinstance(weight, torch.fx.Node)
 
@@ -361,8 +321,3 @@ def _affine(node: torch.fx.Node) -> bool:
 def _shape(node: torch.fx.Node) -> tuple[int, ...] | None:
     value = node.meta.get("val")
     return tuple(int(size) for size in value.shape) if isinstance(value, torch.Tensor) else None
-
-
-def _name(node: torch.fx.Node) -> str:
-    target = node.target
-    return target._schema.name.removeprefix("aten::") if isinstance(target, torch._ops.OpOverload) else ""
