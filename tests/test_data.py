@@ -231,6 +231,16 @@ def test_image_folder_gives_full_batches_with_the_right_labels(tmp_path):
     assert val_labels.tolist() == [0, 0, 0, 1, 1, 1, IGNORED_LABEL, IGNORED_LABEL]
 
 
+def test_images_beside_the_class_folders_are_said_and_not_read(tmp_path, caplog):
+    make_image_folder(tmp_path, {"train": 4, "val": 1})
+    Image.new("RGB", (40, 36), (0, 255, 0)).save(tmp_path / "train" / "stray.png")
+    with caplog.at_level("WARNING", logger="prunefx"):
+        splits = load_data(tmp_path, 4, image_size=16)
+    assert sum(len(labels) for labels in collect(splits.train)[1]) == 8  # the two classes' images only
+    said = [record.getMessage() for record in caplog.records if "outside its class folders" in record.getMessage()]
+    assert len(said) == 1 and "train holds 1 image(s)" in said[0] and "stray.png" in said[0]
+
+
 def test_image_folder_ranks_and_epochs_are_reproducible(tmp_path):
     make_image_folder(tmp_path, {"train": 4, "val": 1})
     train = image_folder_data(tmp_path, 4, image_size=16).train

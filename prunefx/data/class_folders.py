@@ -4,13 +4,16 @@ datasets import its models and torch's compiler, two seconds of every prunefx st
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from torchvision.datasets import ImageFolder
 
-from prunefx.data.image_files import class_folder_samples, open_image
-from prunefx.graph.errors import PrunefxError
+from prunefx.data.image_files import class_folder_samples, image_files, open_image
+from prunefx.graph.errors import PrunefxError, printable
+
+_log = logging.getLogger(__name__)
 
 
 class _FolderWithClasses(ImageFolder):
@@ -48,4 +51,13 @@ def class_folder_split(split: Path, classes: Sequence[str], transform) -> ImageF
     folder = _FolderWithClasses(split, classes, transform=transform)
     if not folder.samples:
         raise PrunefxError(f"{split} holds no images in its class folders")
+    _warn_of_loose_images(split)
     return folder
+
+
+def _warn_of_loose_images(split: Path) -> None:
+    """Images lying in the split itself, beside its class folders, have no class: said, not read."""
+    loose = image_files(split, recursive=False)
+    if loose:
+        _log.warning(f"{printable(str(split))} holds {len(loose)} image(s) outside its class folders (e.g. "
+                     f"{printable(loose[0].name)}); they have no class and are not read")
