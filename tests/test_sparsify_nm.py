@@ -26,6 +26,7 @@ from prunefx.named_recipes import RECIPES_DIR
 from prunefx.passes.core.recipe import load_recipe, pipeline_from_spec
 from prunefx.passes.core.registry import get_pass
 from prunefx.passes.distill import distill
+from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.passes.rewrites.sparse_masks import SparseMasks
 from prunefx.passes.sparsify_nm import sparsify_nm
 from prunefx.passes.sparsity.config import SparsityError
@@ -259,6 +260,13 @@ def test_bad_configs_are_clear_errors(resnet18, config, message):
     with pytest.raises(PrunefxError, match=message.replace("(", r"\(").replace(")", r"\)")):
         sparsify_nm(resnet18.clone(), config=config)
     assert issubclass(SparsityError, PrunefxError)
+
+
+def test_a_quantized_model_is_refused_with_the_order_to_take(resnet18):
+    # after quantize_int8 every weight is read through its INT8 fake quantizer: none would be sparsified, silently
+    quantized = quantize_int8(resnet18.clone(), config={"calibration": [torch.randn(1, 3, 64, 64)]}).program
+    with pytest.raises(SparsityError, match="already quantized; sparsify first, then quantize_int8"):
+        sparsify_nm(quantized)
 
 
 def test_registered_shipped_as_a_recipe_and_given_labelled_calibration_by_compress():

@@ -13,6 +13,7 @@ import torch
 from prunefx.graph import Program
 from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.graph.sparsity.nm_masks import Pattern
 from prunefx.passes.core.pass_config import PassConfig, option
 
@@ -74,6 +75,9 @@ class SparsityPlan:
 def checked_config(program: Program, config: SparsifyNMConfig | dict | None) -> SparsityPlan:
     """The plan for `config` (parsed here where it is a mapping), with the calibration batches it reads."""
     settings = SparsifyNMConfig.parse(config)
+    if has_fake_quant(program.graph):  # its weights are read through their INT8 scales, calibrated dense
+        raise SparsityError(f"sparsify_nm: model '{program.name}' is already quantized; sparsify first, then "
+                            "quantize_int8, so that the INT8 scales are calibrated on the sparse weights")
     plan = resolved(settings)
     return replace(plan, calibration=_calibration(program, plan.criterion, settings.calibration))
 
