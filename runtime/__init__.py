@@ -61,12 +61,8 @@ from prunefx.runtime.tensorrt.layer_profile import (
 )
 from prunefx.runtime.tensorrt.plan import BuildOptions
 from prunefx.runtime.tensorrt.torch_compiled import compile_torch_tensorrt
-from prunefx.runtime.tensorrt.trtexec_command import (
-    TrtexecOptions,
-    parse_performance_summary,
-    run_trtexec,
-    trtexec_arguments,
-)
+from prunefx.runtime.tensorrt.trtexec_command import TrtexecOptions, run_trtexec, trtexec_arguments
+from prunefx.runtime.tensorrt.trtexec_output import parse_performance_summary
 
 _moved.install()
 

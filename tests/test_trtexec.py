@@ -27,12 +27,11 @@ from prunefx.runtime.tensorrt.plan import OnnxTypes, onnx_types
 from prunefx.runtime.tensorrt.trtexec_command import (
     TrtexecOptions,
     find_trtexec,
-    parse_performance_summary,
-    parse_trtexec_profile,
     run_trtexec,
     trtexec_arguments,
     trtexec_version,
 )
+from prunefx.runtime.tensorrt.trtexec_output import parse_performance_summary, parse_trtexec_profile
 
 torch.set_num_threads(1)
 

@@ -2,17 +2,15 @@
 every Jetson board, at /usr/src/tensorrt/bin/trtexec), and read its results.
 
 `trtexec_arguments` builds the command line as a pure function of the options, the TensorRT version and the
-file (precision as runtime/tensorrt/plan.network_plan); `trtexec_version`, `parse_performance_summary` and
-`parse_trtexec_profile` read its output; `run_trtexec` runs it (recording a Jetson's power state).
+file (precision as runtime/tensorrt/plan.network_plan); `run_trtexec` runs it (recording a Jetson's power state)
+and reads its output with runtime/tensorrt/trtexec_output.py.
 `TrtexecResult.latency` is the GPU compute time, so both TensorRT backends compare. The flags per TensorRT
 version and which latency counts: see docs/tensorrt.md, 'How an engine is built'.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -31,18 +29,17 @@ from prunefx.runtime.tensorrt.plan import (
     onnx_types,
     tensorrt_major,
 )
+from prunefx.runtime.tensorrt.trtexec_output import (
+    TrtexecSummary,
+    parse_performance_summary,
+    parse_trtexec_profile,
+    tensorrt_version_in,
+)
 
 JETPACK_TRTEXEC = Path("/usr/src/tensorrt/bin/trtexec")
 INSTALL_TRTEXEC = ("trtexec ships with TensorRT: on a Jetson board install JetPack (`sudo apt install nvidia-jetpack`; "
                    f"it is then at {JETPACK_TRTEXEC}), on x86-64 unpack the TensorRT tar or install the "
                    "`tensorrt` Debian packages (bin/trtexec); or give its path with --trtexec")
-SUMMARY_METRICS = ("Latency", "End-to-End Host Latency", "Enqueue Time", "H2D Latency", "GPU Compute Time",
-                   "D2H Latency")
-_METRIC_LINE = re.compile(r"\]\s*(?P<metric>[A-Za-z0-9 \-]+?):\s*(?P<values>min = .*)$")
-_VALUE = re.compile(r"(min|max|mean|median|percentile\((\d+(?:\.\d+)?)%\))\s*=\s*([0-9.eE+-]+)\s*ms")
-_THROUGHPUT = re.compile(r"Throughput:\s*([0-9.eE+-]+)\s*qps")
-_VERSION = re.compile(r"\[TensorRT v(\d+)\]")
-# When trtexec does not say its version: JetPack 6's TensorRT, whose strongly typed build TensorRT 11 shares.
 ASSUMED_VERSION = "10.3.0"
 FLOAT32_FILE = OnnxTypes(has_qdq=False, float16=False)
 _WEAK_FLAGS = {"FP16": "--fp16", "INT8": "--int8"}
@@ -109,74 +106,6 @@ def trtexec_arguments(onnx_path: str | os.PathLike, options: TrtexecOptions = Tr
     return arguments
 
 
-# ---- parsing ------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TrtexecSummary:
-    """Per metric ('Latency', 'GPU Compute Time', ...): {'min', 'max', 'mean', 'median', 'p90', 'p95', 'p99'}
-    in ms (the percentiles trtexec printed); throughput in queries per second."""
-
-    metrics: dict[str, dict[str, float]]
-    throughput_qps: float | None
-    tensorrt_version: str | None
-
-    def latency(self, metric: str = "GPU Compute Time") -> LatencyStats:
-        values = self.metrics.get(metric)
-        if values is None or "median" not in values:
-            raise DeviceToolError(f"trtexec printed no '{metric}' line (printed: {', '.join(self.metrics) or 'none'})")
-        return LatencyStats(median_ms=values["median"], p90_ms=values.get("p90", float("nan")),
-                            p99_ms=values.get("p99", float("nan")), mean_ms=values["mean"], min_ms=values["min"],
-                            runs=0, threads=None)
-
-
-def _values(text: str) -> dict[str, float]:
-    values = {}
-    for name, percent, number in _VALUE.findall(text):
-        values[f"p{float(percent):g}" if percent else name] = float(number)
-    return values
-
-
-def parse_performance_summary(output: str) -> TrtexecSummary:
-    """Read trtexec's performance summary from its output (stdout and stderr together)."""
-    start = output.rfind("=== Performance summary ===")
-    if start < 0:
-        raise DeviceToolError("trtexec printed no '=== Performance summary ===' (did the build or the run fail? "
-                              "its last lines: " + " | ".join(output.strip().splitlines()[-3:]) + ")")
-    metrics, throughput = {}, None
-    for line in output[start:].splitlines()[1:]:
-        if "===" in line:
-            break  # the next section (e.g. "=== Explanations ...")
-        found = _THROUGHPUT.search(line)
-        if found:
-            throughput = float(found.group(1))
-        found = _METRIC_LINE.search(line)
-        if found and found.group("metric").strip() in SUMMARY_METRICS:
-            metrics[found.group("metric").strip()] = _values(found.group("values"))
-    version = _VERSION.search(output)
-    return TrtexecSummary(metrics=metrics, throughput_qps=throughput, tensorrt_version=_version_text(version))
-
-
-def _version_text(found: re.Match | None) -> str | None:
-    """'[TensorRT v100900]' -> '10.9.0' (major*10000 + minor*100 + patch since 10), '[TensorRT v8601]' -> '8.6.1'
-    (major*1000 + minor*100 + patch before)."""
-    if found is None:
-        return None
-    value = int(found.group(1))
-    major = value // 10000 if value >= 100000 else value // 1000
-    minor = (value // 100) % (100 if value >= 100000 else 10)
-    return f"{major}.{minor}.{value % 100}"
-
-
-def parse_trtexec_profile(text: str) -> tuple[dict[str, float], int]:
-    """(layer name -> median ms, number of profiled runs) from trtexec's --exportProfile JSON
-    ([{"count": N}, {"name", "timeMs", "averageMs", "medianMs", "percentage"}, ...]; no medianMs before 8.6)."""
-    records = json.loads(text)
-    runs = next((int(record["count"]) for record in records if "count" in record), 0)
-    times = {record["name"]: float(record.get("medianMs", record.get("averageMs", 0.0)))
-             for record in records if "name" in record}
-    return times, runs
-
-
 # ---- running ------------------------------------------------------------------------------------
 
 def find_trtexec(executable: str | None = None) -> str:
@@ -231,7 +160,7 @@ def trtexec_version(program: str, timeout_s: float = 120) -> str | None:
                               timeout=timeout_s)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return _version_text(_VERSION.search(done.stdout))
+    return tensorrt_version_in(done.stdout)
 
 
 def run_trtexec(onnx_path: str | os.PathLike, options: TrtexecOptions = TrtexecOptions(), *,
