@@ -127,11 +127,22 @@ class MinimumWithMap(nn.Module):  # minimum(0, m) is m where m < 0
         return torch.minimum(self.conv(x), self.map(x)).sum(1)
 
 
+class ActivationAsWeight(nn.Module):  # a linear whose weight is an activation: 0.5 times 0.5 on the zero channels
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.sigmoid(self.conv(x))
+        return nn.functional.linear(y.flatten(2).transpose(1, 2), y.mean((2, 3)))
+
+
 CASES = [(SigmoidIntoConv, (1, 3, 8, 8), True), (SigmoidSummed, (1, 3, 8, 8), False), (SqueezeExcite, (1, 3, 8, 8), True),
          (MapAddedThenSummed, (1, 3, 8, 8), False), (LinearAttention, (1, 5, 16), False), (ReluSummed, (1, 3, 8, 8), True),
          (LinearOverTheLength, (1, 3, 10), False), (NormOverTheLength, (1, 3, 10), False),
          (SoftmaxOverSpace, (1, 3, 8, 8), False), (SecondPieceNonzero, (1, 3, 10), False),
-         (MapExpanded, (1, 3, 8, 8), False), (MinimumWithMap, (1, 3, 8, 8), False)]
+         (MapExpanded, (1, 3, 8, 8), False), (MinimumWithMap, (1, 3, 8, 8), False),
+         (ActivationAsWeight, (1, 3, 8, 8), False)]
 
 
 def _zero_two_channels(program, group) -> None:
