@@ -16,9 +16,9 @@ from prunefx.data.calibration import calibration_data
 from prunefx.graph.errors import PrunefxError
 from prunefx.loading import program_from_reference
 from prunefx.models import check_input_shape, parse_input_shape
-from prunefx.runtime import OnnxRuntimeSession, backends, export_onnx
+from prunefx.runtime import OnnxRuntimeSession, backends
 from prunefx.runtime.backends import Backend, BenchModel, Settings
-from prunefx.runtime.measure.speedup import deployed
+from prunefx.runtime.measure.speedup import deployed, exported_file
 from prunefx.runtime.model_precision import require_float32
 from prunefx.runtime.ort.runners import timing_flushes_denormals
 
@@ -95,7 +95,9 @@ def bench_model(reference: str, args, backend: Backend, workdir: Path, label: st
     inputs = list(program.example_inputs)
     if backend.reads != "onnx":
         return BenchModel(reference, program, None, inputs)
-    path = export_onnx(program, workdir / f"{label}.onnx").path
+    # a quantized model in the INT8 lowering the backend runs, as `prunefx quantize` delivers it
+    path, _ = exported_file(program, workdir / f"{label}.onnx", int(inputs[0].shape[0]),
+                            activations=backend.int8_lowering)
     return BenchModel(reference, program, Path(path), inputs, _calibration(args, inputs))
 
 

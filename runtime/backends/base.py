@@ -75,6 +75,8 @@ class Backend:
     default_precision: str = "fp32"
     budgets: bool = True          # offers a latency pair for --speedup/--latency-ms
     reads: str = "onnx"           # what bench hands it: "onnx" (an exported file) or "program"
+    # the ONNX lowering of a quantized Program it reads (runtime/onnx/quantized.py; None: this CPU's ONNX Runtime one)
+    int8_lowering: str | None = None
     gpu_timed: bool = False       # its runners time themselves with CUDA events (return milliseconds)
     # why a budget's INT8 candidates cannot be measured like for like here (None: they can)
     int8_refusal: str | None = None
@@ -168,7 +170,8 @@ class Backend:
         with tempfile.TemporaryDirectory(prefix="prunefx-time-") as tmp:
             path = None
             if self.reads == "onnx":  # the TorchScript exporter: far quicker than dynamo on small modules
-                path, _ = exported_file(program, Path(tmp) / "module.onnx", settings.batch, "torchscript")
+                path, _ = exported_file(program, Path(tmp) / "module.onnx", settings.batch, "torchscript",
+                                        activations=self.int8_lowering)
             model = BenchModel(program.name, program, path, list(program.example_inputs))
             return self.bench([model], settings)["latency"]
 

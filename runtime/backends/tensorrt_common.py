@@ -17,6 +17,7 @@ class TensorRTFamily(Backend):
     precisions = ("fp32", "fp16")
     bench_precisions = ("fp32", "fp16", "int8")
     gpu_timed = True
+    int8_lowering = "s8"  # TensorRT's symmetric Q/DQ form
 
     def precision_refusal(self, precision, allowed):
         return (f"the {self.name} backend measures at {' or '.join(allowed)}, not {precision!r} (INT8 comes from "
@@ -45,4 +46,4 @@ class TensorRTFamily(Backend):
 def onnx_files(batch: int) -> ExportCache:
     """The files a TensorRT pair builds from, at `batch`: a fake-quantized Program in TensorRT's symmetric
     S8 Q/DQ form. One set serves the search and the confirmation: both time what is delivered."""
-    return ExportCache(batch, "dynamo", export=functools.partial(exported_file, activations="s8"))
+    return ExportCache(batch, "dynamo", export=functools.partial(exported_file, activations=TensorRTFamily.int8_lowering))

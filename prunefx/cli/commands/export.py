@@ -1,24 +1,43 @@
-"""prunefx export MODEL -o model.onnx: a cleaned, checked ONNX file, with torch-vs-ORT parity printed."""
+"""prunefx export MODEL -o model.onnx: a cleaned, checked ONNX file, with torch-vs-ORT parity printed.
+
+A quantized model (a model.pt2 of `prunefx quantize`) is written in one of the INT8 lowerings `quantize`
+delivers (runtime/onnx/quantized.py), never as the float weights and Q/DQ pairs a plain export gives, which
+neither runtime runs as INT8."""
 
 from __future__ import annotations
 
 from prunefx import options
+from prunefx.graph.errors import PrunefxError
+from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.graph.whole_files import followed
 from prunefx.loading import program_from_args
 from prunefx.output import staged_file
 from prunefx.output_paths import check_output_file
-from prunefx.runtime import check_parity, export_onnx
+from prunefx.runtime import check_parity, export_onnx, export_quantized_onnx, onnxruntime_lowering
 from prunefx.runtime.onnx.external import remove_stale_side_files, rename_external_data, side_file_name
+from prunefx.runtime.onnx.quantized import require_float32_quantizers
+
+INT8_BACKENDS = ("ort", "trt")
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     parser.add_argument("--opset", type=options.opset, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--backend", choices=INT8_BACKENDS, default=None,
+                        help="a quantized model only: the runtime its INT8 file is lowered for, ort (ONNX Runtime "
+                             "on this CPU, default) or trt (TensorRT: symmetric S8), as prunefx quantize writes them")
 
 
 def run(args) -> int:
     destination = followed(check_output_file(args.output))  # a link: the file it names, its side files beside it
     program = program_from_args(args, writes_onnx=True).eval()
+    quantized = has_fake_quant(program.graph)
+    if args.backend and not quantized:
+        raise PrunefxError(f"--backend picks the INT8 lowering of a quantized model, and {program.name} is not "
+                           "quantized (prunefx quantize makes one)")
+    if quantized:
+        require_float32_quantizers(program)
+        return _export_int8(program, destination, args)
     with staged_file(destination) as staging:  # an existing file is replaced only by a checked, complete one
         exported = export_onnx(program, staging, opset=args.opset)
         # weights in a side file (over 2 GB) take export_onnx's name for the destination: one of this run's where
@@ -31,6 +50,23 @@ def run(args) -> int:
     print(f"wrote {destination} ({exported.node_count} nodes, {exported.exporter} exporter)")
     if exported.fallback_reason:
         print(f"note: the dynamo exporter failed ({exported.fallback_reason}); used the TorchScript exporter")
+    _print_parity(parity)
+    return 0
+
+
+def _export_int8(program, destination, args) -> int:
+    lowering = "s8" if args.backend == "trt" else onnxruntime_lowering()
+    with staged_file(destination) as staging:
+        exported = export_quantized_onnx(program, staging, activations=lowering, opset=args.opset)
+        parity = check_parity(program, exported.path)
+    remove_stale_side_files(destination, keep=None)
+    runtime = "TensorRT" if lowering == "s8" else "ONNX Runtime on this CPU"
+    print(f"wrote {destination} (INT8 for {runtime}, lowering {lowering}: {exported.weight_initializers} INT8 "
+          f"weights, {exported.activation_pairs} activation Q/DQ pairs)")
+    _print_parity(parity)
+    return 0
+
+
+def _print_parity(parity) -> None:
     print(f"parity torch vs ONNX Runtime: max abs error {parity.max_abs_error:.3e} "
           f"(output scale {parity.output_scale:.3e}, relative {parity.relative:.2e})")
-    return 0

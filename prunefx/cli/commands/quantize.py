@@ -16,6 +16,7 @@ from pathlib import Path
 from prunefx.cli import options as cli_options
 from prunefx.data.calibration import calibration_data
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.graph.progress import progress_bar
 from prunefx.graph.rebatch import rebatch
 from prunefx.loading import program_from_args
@@ -61,6 +62,9 @@ def run(args) -> int:
     if not args.calibrate:
         raise PrunefxError("quantize needs calibration images for the activation ranges: give --calibrate DATA")
     program = program_from_args(args, writes_onnx=True).eval()
+    if has_fake_quant(program.graph):  # its float baseline and its ranges would be the INT8 model's own
+        raise PrunefxError(f"{args.model} is already quantized (INT8 fake quantizers): quantize the float model; "
+                           "prunefx export --backend ort|trt writes this one's INT8 files")
     require_float32_quantizers(program)  # before the calibration's minutes
     calibration = calibration_data(args.calibrate, program.example_inputs[0], args.calibration_images)
     config = {**cli_options.pass_config(args, OPTIONS), "calibration": calibration.batches}
