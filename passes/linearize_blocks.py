@@ -142,10 +142,20 @@ def _choose(program: Program, candidates: list[Block], config: LinearizeBlocksCo
     assert count is not None  # the config's check: exactly one of blocks, count and speedup
     if count > len(ranked):
         raise LinearizeError(f"linearize_blocks: count {count} but only {len(ranked)} blocks become "
-                             f"affine once linearised and merge into fewer MACs: "
-                             f"{', '.join(block.name for block in ranked)}")
+                             f"affine once linearised and merge into fewer MACs"
+                             f"{': ' + ', '.join(block.name for block in ranked) if ranked else ''}"
+                             f"{_why_not_affine(candidates)}")
     chosen = set(block.name for block in ranked[:count])
     return [block for block in candidates if block.name in chosen], scores
+
+
+def _why_not_affine(blocks: list[Block]) -> str:
+    """'; 3 cannot merge (REASON)': why blocks stay out, the most common reason named."""
+    reasons = [block.reason for block in blocks if not block.affine]
+    if not reasons:
+        return ""
+    common = max(set(reasons), key=reasons.count)
+    return f"; {len(reasons)} of {len(blocks)} blocks cannot merge ({common}{', ...' if len(set(reasons)) > 1 else ''})"
 
 
 def ranked_blocks(program: Program, batches, *, rank: str = "damage", progress: bool | None = None,

@@ -72,6 +72,15 @@ def test_bad_requests_are_one_line_errors(capsys, tmp_path, argv, message):
     assert code == EXIT_USER_ERROR and message in err and "Traceback" not in err
 
 
+def test_a_named_block_that_cannot_merge_is_refused_with_its_reason_and_nothing_written(capsys, tmp_path):
+    # mobilenet_v3's features.1 is gated by squeeze-excitation: linearised, it would lose its activations and
+    # merge into nothing (`--list` says so; the oracle is find_blocks' own verdict, checked by the pass tests)
+    code, out, err = run_cli(capsys, "depth", "torchvision:mobilenet_v3_small", "--input-shape", "1x3x64x64",
+                             "--block", "features.1", "--no-measure", "-o", tmp_path / "out")
+    assert code == EXIT_USER_ERROR and "--block features.1 cannot be merged once linearised" in err
+    assert "mul.Tensor" in err and not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.zoo  # heavy end-to-end: `make test-zoo` (keeps `make test` within 20 minutes)
 @needs_fashion_mnist

@@ -151,6 +151,16 @@ def test_bad_configurations_are_refused_with_a_reason(mobilenet, config, message
         linearize_blocks(mobilenet.clone(), config=config)
 
 
+def test_a_count_no_block_can_meet_names_why_the_blocks_cannot_merge():
+    spec = build_model("torchvision:mobilenet_v3_small")
+    program = capture(spec.module.eval(), torch.randn(1, 3, 64, 64))
+    gated = [block for block in find_blocks(program.module) if not block.affine]
+    with pytest.raises(PrunefxError) as refused:
+        linearize_blocks(program, config={"count": 100, "calibration": [torch.randn(1, 3, 64, 64)]})
+    message = str(refused.value)
+    assert f"; {len(gated)} of " in message and "cannot merge (not affine: " in message
+
+
 def test_vit_layer_norm_becomes_a_batch_norm_calibrated_on_the_data():
     torch.manual_seed(0)
     spec = build_model("timm:deit_tiny_patch16_224", image_size=64)

@@ -65,6 +65,8 @@ def run(args) -> int:
                            "--calibrate DATA (or name the blocks with --block)")
     if args.recalibrate and not args.calibrate:
         raise PrunefxError("--recalibrate needs --calibrate DATA")
+    if args.block:
+        _check_named_blocks_merge(program, args.block)
     calibration = (calibration_data(args.calibrate, program.example_inputs[0], args.calibration_images).on(device)
                    if args.calibrate else None)
     started = time.perf_counter()
@@ -85,6 +87,17 @@ def run(args) -> int:
     write_depth(output, program, result, command=NAME, outcome=outcome,
                 calibration=calibration.description if calibration else None, opset=args.opset, started=started)
     return 0
+
+
+def _check_named_blocks_merge(program, names: list[str]) -> None:
+    """A named block that does not become affine would lose its non-linearities and merge into nothing: the
+    accuracy goes and no speed comes. Refused with its reason (unknown names: linearize_blocks lists the blocks)."""
+    blocks = {block.name: block for block in find_blocks(program.module)}
+    for name in names:
+        block = blocks.get(name)
+        if block is not None and not block.affine:
+            raise PrunefxError(f"--block {name} cannot be merged once linearised ({block.reason}): its "
+                               "non-linearities would go for no speed; --list shows the blocks that can")
 
 
 def _choice_step(args, calibration):
