@@ -194,7 +194,8 @@ BAD_INPUTS = {
     "calibration data of another shape": (lambda tmp, models: ["prune", f"{models}:wider", "--input-shape", SHAPE,
                                                                "--macs", "0.5", "--calibrate", "fashion-mnist",
                                                                "-o", tmp / "never"],
-                                          "fashion-mnist gives 28x28 images"),
+                                          "but the model takes 3x64x64: capture it at 1x3x28x28 (--input-shape; a saved .pt2 keeps the "
+                                          "shape it was captured at)"),
     "compensate without data": (lambda tmp, models: ["prune", f"{models}:wider", "--input-shape", SHAPE, "--macs",
                                                      "0.5", "--compensate", "-o", tmp / "never"],
                                 "--compensate needs calibration images"),

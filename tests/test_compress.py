@@ -101,6 +101,10 @@ def test_compress_writes_every_file_and_a_full_report(compressed, schema_errors)
     assert "MACs per image" in stdout and "faster" in stdout
     assert "| MACs per image |" in (output / "report.md").read_text()
     assert ", seed 0)" in (output / "report.md").read_text()
+    # where the speed-up was measured, said alike in the three places: report.json's rounds of fresh processes
+    where = f"measured alternately in {latency['rounds']} fresh processes" if latency["rounds"] > 1 else \
+        "measured alternately in one process"
+    assert where in stdout and where in (output / "report.md").read_text()
 
 
 @pytest.mark.slow  # a whole compress run (the `compressed` fixture or the CLI)

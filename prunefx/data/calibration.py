@@ -107,6 +107,10 @@ def calibration_data(data: str, example: torch.Tensor, images: int = 256, *, see
     return replace(calibration, batches=[as_program_inputs(batch, (example,)) for batch in calibration.batches])
 
 
+# how a model gets another input shape: a saved Program keeps the one it was captured at
+_RESHAPE = "--input-shape; a saved .pt2 keeps the shape it was captured at"
+
+
 def _calibration_data(data: str, example: torch.Tensor, images: int, seed: int) -> Calibration:
     if isinstance(images, bool) or not isinstance(images, int) or not 1 <= images <= MAX_CALIBRATION_IMAGES:
         raise PrunefxError(f"the number of calibration images must be an integer from 1 to "
@@ -121,8 +125,8 @@ def _calibration_data(data: str, example: torch.Tensor, images: int, seed: int) 
         channels, height, width = (int(v) for v in example.shape[1:])
         if channels not in (1, 3) or (height, width) != (28, 28):
             raise PrunefxError(f"{FASHION_MNIST} gives 28x28 images (gray, or gray repeated to 3 channels), but "
-                               f"the model takes {_shape(example.shape[1:])}: capture it with --input-shape "
-                               f"{batch}x{channels if channels in (1, 3) else 1}x28x28")
+                               f"the model takes {_shape(example.shape[1:])}: capture it at "
+                               f"{batch}x{channels if channels in (1, 3) else 1}x28x28 ({_RESHAPE})")
         loader = load_data(FASHION_MNIST, batch, channels=channels, augment=False, validation=0, seed=seed).train
         return _from_loader(loader, count, f"{FASHION_MNIST} (training images, shuffled)")
     scene = scene_spec(text)
@@ -164,8 +168,8 @@ def _scene_calibration(text: str, size: int, example: torch.Tensor, count: int) 
     batch, channels, height, width = (int(v) for v in example.shape)
     if channels not in (1, 3) or (height, width) != (size, size):
         raise PrunefxError(f"{text} gives {size}x{size} canvases (gray, or gray repeated to 3 channels), but the "
-                           f"model takes {_shape(example.shape[1:])}: capture it with --input-shape "
-                           f"{batch}x{channels if channels in (1, 3) else 3}x{size}x{size} or ask for "
+                           f"model takes {_shape(example.shape[1:])}: capture it at "
+                           f"{batch}x{channels if channels in (1, 3) else 3}x{size}x{size} ({_RESHAPE}) or ask for "
                            f"{text.partition(':')[0]}:{height}")
     # only as many training canvases as the calibration reads: composing 6000 would take a minute
     loader = load_data(text, batch, channels=channels, validation=0, train_canvases=count * batch,

@@ -106,13 +106,19 @@ def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _where_measured(latency: dict) -> str:
+    """'in 4 fresh processes' (report.json's rounds: a pair of sessions in each), or 'in one process'."""
+    rounds = latency.get("rounds") or 1
+    return f"in {rounds} fresh processes" if rounds > 1 else "in one process"
+
+
 def console_summary(report: dict) -> str:
     rows = [("", "dense", "compressed", ""), *summary_rows(report)]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
                        for i, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in rows]
-    lines.append(f"speed-up measured alternately in one process, {report['latency']['runs']} runs each; parity torch "
-                 f"vs ONNX Runtime: relative error {report['parity']['relative']:.1e}")
+    lines.append(f"speed-up measured alternately {_where_measured(report['latency'])}, {report['latency']['runs']} "
+                 f"runs each; parity torch vs ONNX Runtime: relative error {report['parity']['relative']:.1e}")
     return "\n".join(lines)
 
 
@@ -126,7 +132,7 @@ def markdown_report(report: dict) -> str:
     lines += [f"| {what} | {dense} | {compressed} | {change} |" for what, dense, compressed, change in summary_rows(report)]
     latency = report["latency"]
     lines += ["", f"Latency: ONNX Runtime, batch 1, {_threads(latency['threads'])}, {latency['warmup']} warm-up and "
-                  f"{latency['runs']} timed runs per model, measured alternately in one process; speed-up = ratio of "
+                  f"{latency['runs']} timed runs per model, measured alternately {_where_measured(latency)}; speed-up = ratio of "
                   f"medians. Parity of model.onnx against torch: max abs error {report['parity']['max_abs_error']:.2e} "
                   f"(relative {report['parity']['relative']:.2e}).", "", "## Passes", ""]
     for number, step in enumerate(report["passes"], 1):
