@@ -166,4 +166,17 @@ def _capture_exported(exported: torch.export.ExportedProgram, example_inputs, *,
             raise CaptureError(f"the ExportedProgram '{name}' takes keyword inputs ({', '.join(kwargs)}); "
                                "prunefx captures positional tensor inputs only")
         example_inputs = args
+    dynamic = _dynamic_input_sizes(exported)
+    if dynamic:  # documented, and said: the user's Dims are not kept, in the Program nor in any file made from it
+        _log.warning("%s: the ExportedProgram's dynamic input sizes (%s) are captured at the example inputs' %s; "
+                     "a Program has fixed shapes, and so have its files and to_exported()", name, ", ".join(dynamic),
+                     " and ".join("x".join(map(str, x.shape)) for x in _as_tuple(example_inputs)))
     return capture(exported.module(), example_inputs, name=name)
+
+
+def _dynamic_input_sizes(exported: torch.export.ExportedProgram) -> list[str]:
+    """'input 0 dim 0: s77' for every symbolic size of the user's inputs."""
+    user_inputs = set(exported.graph_signature.user_inputs)
+    placeholders = [node for node in exported.graph.nodes if node.op == "placeholder" and node.name in user_inputs]
+    return [f"input {index} dim {dim}: {size}" for index, node in enumerate(placeholders)
+            for dim, size in enumerate(getattr(node.meta.get("val"), "shape", ())) if not isinstance(size, int)]

@@ -388,6 +388,22 @@ def test_capture_of_an_exported_program_without_inputs_says_what_to_give():
     assert prunefx.capture(ep, torch.randn(1, 4)).output_shapes == [(1, 2)]
 
 
+def test_capture_of_an_exported_program_with_a_dynamic_batch_says_the_sizes_it_fixes(caplog):
+    import prunefx
+
+    batch = torch.export.Dim("batch", min=1, max=8)
+    ep = torch.export.export(torch.nn.Linear(4, 2), (torch.randn(3, 4),), dynamic_shapes=({0: batch},))
+    with caplog.at_level("WARNING", logger="prunefx"):
+        program = prunefx.capture(ep)
+    said = [record.getMessage() for record in caplog.records if "dynamic input sizes" in record.getMessage()]
+    assert len(said) == 1 and "input 0 dim 0" in said[0] and "at the example inputs' 3x4" in said[0]
+    assert program.output_shapes == [(3, 2)]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="prunefx"):  # a static ExportedProgram: nothing to say
+        prunefx.capture(torch.export.export(torch.nn.Linear(4, 2), (torch.randn(3, 4),)))
+    assert not [record for record in caplog.records if "dynamic input sizes" in record.getMessage()]
+
+
 @pytest.mark.parametrize("analysis, message", [
     ({"note": {}}, "unknown analysis record 'note'"),
     ({"sparsity": {"pattern": "2:4"}}, "analysis record 'sparsity' is incomplete"),
