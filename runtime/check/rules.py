@@ -17,7 +17,7 @@ import onnx
 
 from prunefx.runtime.check.findings import Finding
 from prunefx.runtime.check.graph_index import LAYERS, GraphIndex
-from prunefx.runtime.check.targets import Target
+from prunefx.runtime.check.targets import DEFAULT_DOMAINS, Target
 from prunefx.runtime.onnx.float16 import KEEP_FLOAT32
 
 TENSORRT_QUANTIZED_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.INT4}
@@ -28,17 +28,47 @@ def _find(severity: str, rule: str, node: onnx.NodeProto, message: str) -> Findi
 
 
 def unsupported_operators(index: GraphIndex, target: Target) -> Iterator[Finding]:
-    for opset in index.model.opset_import:
-        low, high = target.opsets or (0, 10**6)
-        if opset.domain in ("", "ai.onnx") and not low <= opset.version <= high:
-            yield Finding("error", "unsupported-operator", "-", "opset",
-                          f"opset {opset.version} is outside the {low}-{high} that {target.name}'s parser reads")
+    yield from _opsets_outside(index, target)
+    opset = _default_opset(index.model)
     for node in index.nodes:
         if node.domain not in target.domains:
             yield _find("error", "unsupported-operator", node,
                         f"domain '{node.domain}' has no kernels on {target.name} (a plugin would be needed)")
-        elif node.domain in ("", "ai.onnx") and node.op_type in target.unsupported:
+        elif node.domain not in DEFAULT_DOMAINS:
+            continue
+        elif (problem := _not_an_onnx_operator(node.op_type, opset, target)) is not None:
+            yield _find("error", "unsupported-operator", node, problem)
+        elif node.op_type in target.unsupported:
             yield _find("error", "unsupported-operator", node, f"{target.name}'s ONNX parser does not support it")
+
+
+def _opsets_outside(index: GraphIndex, target: Target) -> Iterator[Finding]:
+    bounds = target.opset_bounds()
+    if bounds is None:
+        return
+    low, high, reader = bounds
+    for opset in index.model.opset_import:
+        if opset.domain in DEFAULT_DOMAINS and not low <= opset.version <= high:
+            yield Finding("error", "unsupported-operator", "-", "opset",
+                          f"opset {opset.version} is outside the {low}-{high} that {reader}")
+
+
+def _default_opset(model: onnx.ModelProto) -> int | None:
+    return next((opset.version for opset in model.opset_import if opset.domain in DEFAULT_DOMAINS), None)
+
+
+def _not_an_onnx_operator(op_type: str, opset: int | None, target: Target) -> str | None:
+    """Why a default-domain operator is not one of ONNX's at `opset`, or None when it is (or cannot be told)."""
+    if opset is None or opset > onnx.defs.onnx_opset_version():
+        return None  # the installed onnx knows no operator of an opset newer than its own
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return f"not an ONNX operator at opset {opset}: {target.name} has no kernel for it"
+    if schema.deprecated and not target.tensorrt:
+        # ONNX Runtime refuses a deprecated operator; TensorRT's parser imports by name (unverified there)
+        return f"deprecated in ONNX since opset {schema.since_version}: the file's opset {opset} has no such operator"
+    return None
 
 
 def missing_dequantize(index: GraphIndex, target: Target) -> Iterator[Finding]:
@@ -47,9 +77,15 @@ def missing_dequantize(index: GraphIndex, target: Target) -> Iterator[Finding]:
             continue
         for position, role in enumerate(("data", "weight")):
             if position >= len(node.input) or index.dequantized(node.input[position]) is None:
-                yield _find("error", "qdq-missing-input", node,
-                            f"DequantizeLinear on one input but not on its {role} input (input {position}): it "
-                            "cannot run in INT8")
+                yield _unpaired_dequantize(node, position, role, target)
+
+
+def _unpaired_dequantize(node: onnx.NodeProto, position: int, role: str, target: Target) -> Finding:
+    unpaired = f"DequantizeLinear on one input but not on its {role} input (input {position})"
+    if target.tensorrt:
+        return _find("error", "qdq-missing-input", node, f"{unpaired}: it cannot run in INT8")
+    # ONNX Runtime fuses Q/DQ into an integer kernel only with both inputs dequantized; else it runs the float layer
+    return _find("warning", "qdq-missing-input", node, f"{unpaired}: {target.name} runs it in float, not INT8")
 
 
 def zero_points(index: GraphIndex, target: Target) -> Iterator[Finding]:

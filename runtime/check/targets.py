@@ -8,12 +8,15 @@ JetPack 6's TensorRT 10.3 ships a parser of the same 10.x line. No 11.x matrix w
 was written, so `trt11` applies the 10.x one and says so in every report (`source`): a 10.x operator dropped
 in 11 would be missed, an operator added in 11 reported as unsupported.
 ONNX Runtime's CPU provider implements every operator of the default ONNX domain up to its opset, so `ort`
-refuses only operators of domains it has no kernels for.
+refuses only operators of domains it has no kernels for, and opsets newer than the installed ONNX Runtime
+loads (asked of it: runtime/check/onnxruntime_opsets.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from prunefx.runtime.check import onnxruntime_opsets
 
 ONNX_TENSORRT_10 = ("onnx/onnx-tensorrt docs/operators.md, 10.1 GA release (commit 96e7811), operators marked "
                     "unsupported; opsets 9-20")
@@ -47,9 +50,19 @@ class Target:
     tensorrt: bool                   # Q/DQ in TensorRT's explicit form, 2:4 sparse kernels, static shapes
     unsupported: frozenset[str]      # operators of the default domain its parser refuses
     domains: frozenset[str]          # operator domains it runs
-    opsets: tuple[int, int] | None   # the default-domain opsets it reads (None: any)
+    opsets: tuple[int, int] | None   # the default-domain opsets it reads (None: the installed ONNX Runtime's)
     multiples: dict
     source: str
+
+    def opset_bounds(self) -> tuple[int, int, str] | None:
+        """(oldest, newest, who reads them) of the default-domain opsets it reads; None when unknown."""
+        if self.opsets:
+            return (*self.opsets, f"{self.name}'s parser reads")
+        newest = onnxruntime_opsets.newest_opset()
+        if newest is None:
+            return None
+        reader = f"the installed ONNX Runtime {onnxruntime_opsets.version()} loads"
+        return onnxruntime_opsets.OLDEST_OPSET, newest, reader
 
 
 def _tensorrt(name: str, description: str, source_note: str = "") -> Target:
@@ -65,5 +78,6 @@ TARGETS = {
     "orin": _tensorrt("orin", "Jetson Orin, JetPack 6: TensorRT 10.3 on an Ampere GPU with sparse tensor cores"),
     "ort": Target(name="ort", description="ONNX Runtime, CPU execution provider", tensorrt=False,
                   unsupported=frozenset(), domains=ONNXRUNTIME_DOMAINS, opsets=None, multiples=ONNXRUNTIME_MULTIPLES,
-                  source="ONNX Runtime's CPU provider: every default-domain operator, plus com.microsoft"),
+                  source="ONNX Runtime's CPU provider: every default-domain operator, plus com.microsoft; "
+                         "opsets up to the newest the installed ONNX Runtime loads"),
 }
