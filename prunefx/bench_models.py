@@ -13,7 +13,7 @@ import torch
 
 from prunefx import options
 from prunefx.data.calibration import calibration_data
-from prunefx.graph.errors import PrunefxError
+from prunefx.graph.errors import PrunefxError, printable
 from prunefx.loading import program_from_reference
 from prunefx.models import check_input_shape, parse_input_shape
 from prunefx.runtime import OnnxRuntimeSession, backends
@@ -24,7 +24,8 @@ from prunefx.runtime.ort.runners import timing_flushes_denormals
 
 # flag (argparse dest) -> the Settings option a backend must read for the flag to apply
 FLAG_OPTIONS = {"sparse": "sparse", "calibrate": "calibration", "trtexec": "trtexec", "cache_dir": "cache_dir",
-                "compile": "compile", "no_spinning": "spinning", "keep_denormals": "flush_denormals"}
+                "compile": "compile", "no_spinning": "spinning", "keep_denormals": "flush_denormals",
+                "rounds": "rounds"}
 
 
 def add_backend_arguments(parser, choices: list[str], default: str) -> None:
@@ -70,7 +71,12 @@ def settings_from(args) -> Settings:
     return Settings(runs=args.runs, warmup=args.warmup, precision=args.precision, batch=args.batch or 1,
                     threads=getattr(args, "threads", 1), trtexec=args.trtexec, cache_dir=args.cache_dir,
                     sparse=args.sparse, compile=args.compile, spinning=not getattr(args, "no_spinning", False),
-                    flush_denormals=flushes_denormals(args), rounds=getattr(args, "rounds", 1))
+                    flush_denormals=flushes_denormals(args), rounds=_rounds(args))
+
+
+def _rounds(args) -> int:
+    # --rounds defaults to None so that a value given where it is not read can be refused
+    return getattr(args, "rounds", None) or Settings.rounds
 
 
 def flushes_denormals(args) -> bool:
@@ -106,24 +112,70 @@ def _calibration(args, inputs: list[torch.Tensor]):
 
 
 def _onnx_inputs(path: str, input_shape: str | None) -> list[torch.Tensor]:
-    """Random inputs for an .onnx file, of its inputs' own types (a half-precision file reads float16): at
-    --input-shape, or the file's own static input shapes."""
+    """Random inputs for an .onnx file, each of the type its input declares (a half-precision file reads float16, an
+    image file may read uint8): --input-shape gives one shape per input, separated by commas, in the file's
+    order; inputs it leaves out take the file's static shapes. Checked here, before any timing process starts."""
     arguments = OnnxRuntimeSession(path).session.get_inputs()
-    dtypes = [_ONNX_TYPES.get(arg.type, torch.float32) for arg in arguments]
-    if input_shape:
-        return [_random(parse_input_shape(input_shape), dtypes[0])]
-    shapes = [arg.shape for arg in arguments]
-    if any(not isinstance(dim, int) for shape in shapes for dim in shape):
-        raise PrunefxError(f"{path} has dynamic input dimensions {shapes}: give --input-shape")
-    for shape in shapes:  # the file's own dims are input too: checked like --input-shape before allocating
-        check_input_shape(tuple(shape), f"{path}: input shape")
-    return [_random(shape, dtype) for shape, dtype in zip(shapes, dtypes)]
+    given = [parse_input_shape(text) for text in input_shape.split(",")] if input_shape else []
+    if len(given) > len(arguments):
+        raise PrunefxError(f"{path} takes {len(arguments)} input(s) ({_declared(arguments)}); --input-shape gives "
+                           f"{len(given)} shapes")
+    shapes = [_given_shape(path, arg, shape) for arg, shape in zip(arguments, given)]
+    shapes += [_static_shape(path, arg, arguments, len(given)) for arg in arguments[len(given):]]
+    return [_random(shape, _dtype(path, arg)) for shape, arg in zip(shapes, arguments)]
+
+
+def _given_shape(path: str, arg, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """`shape` from --input-shape, when it fits the file's fixed dims (else every timing process would fail)."""
+    fits = len(shape) == len(arg.shape) and all(not isinstance(want, int) or want == got
+                                                 for want, got in zip(arg.shape, shape))
+    if not fits:
+        raise PrunefxError(f"{path}: input {_name(arg)} expects shape {_dims(arg)}, got {'x'.join(map(str, shape))} "
+                           "from --input-shape")
+    return shape
+
+
+def _static_shape(path: str, arg, arguments, given: int) -> tuple[int, ...]:
+    if any(not isinstance(dim, int) for dim in arg.shape):
+        how = "" if len(arguments) == 1 else f", one shape per input separated by commas ({_declared(arguments)})"
+        said = f" and --input-shape gives {given} shape{'s' if given > 1 else ''}" if given else ""
+        raise PrunefxError(f"{path}: input {_name(arg)} has dynamic dimensions {_dims(arg)}{said}: give "
+                           f"--input-shape{how}")
+    # the file's own dims are input too: checked like --input-shape before allocating
+    return check_input_shape(tuple(arg.shape), f"{path}: input shape")
+
+
+def _declared(arguments) -> str:
+    return ", ".join(f"{_name(arg)} {_dims(arg)} {arg.type}" for arg in arguments)
+
+
+def _name(arg) -> str:
+    return printable(repr(arg.name))[:60]  # a file's names are its author's text: never a terminal escape
+
+
+def _dims(arg) -> str:
+    return "x".join(str(dim) if isinstance(dim, int) else "?" for dim in arg.shape)
+
+
+def _dtype(path: str, arg) -> torch.dtype:
+    if arg.type not in _ONNX_TYPES:
+        raise PrunefxError(f"{path}: input {_name(arg)} is {printable(str(arg.type))[:40]}, a type bench cannot "
+                           "make random inputs of")
+    return _ONNX_TYPES[arg.type]
 
 
 _ONNX_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(double)": torch.float64,
                "tensor(bfloat16)": torch.bfloat16, "tensor(int64)": torch.int64, "tensor(int32)": torch.int32,
-               "tensor(bool)": torch.bool}
+               "tensor(int16)": torch.int16, "tensor(int8)": torch.int8, "tensor(uint16)": torch.uint16,
+               "tensor(uint8)": torch.uint8, "tensor(bool)": torch.bool}
+# 8- and 16-bit inputs are data (uint8 images, int8 quantized tensors): random over the type's range
+_FULL_RANGE = (torch.uint8, torch.int8, torch.uint16, torch.int16)
 
 
 def _random(shape, dtype: torch.dtype) -> torch.Tensor:
-    return torch.randn(shape).to(dtype) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)
+    if dtype.is_floating_point:
+        return torch.randn(shape).to(dtype)
+    if dtype in _FULL_RANGE:
+        info = torch.iinfo(dtype)
+        return torch.randint(info.min, info.max + 1, tuple(shape)).to(dtype)
+    return torch.zeros(shape, dtype=dtype)  # int32/int64 are indices and bool masks: 0 is valid for any table

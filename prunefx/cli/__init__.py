@@ -48,7 +48,8 @@ def _model_arguments(parser: argparse.ArgumentParser, *, onnx_allowed: bool = Fa
     what = "torchvision:NAME, timm:NAME, prunefx:NAME, path/to/file.py:factory or a saved .pt2"
     parser.add_argument("model", help=what + (" or an .onnx file" if onnx_allowed else ""))
     parser.add_argument("--weights", help="state dict (.pth/.pt) to load into the model")
-    parser.add_argument("--input-shape", help="example input shape, e.g. 1x3x224x224 (default: the model's)")
+    parser.add_argument("--input-shape", help="example input shape, e.g. 1x3x224x224 (default: the model's)"
+                        + ("; an .onnx file's inputs: one shape each, comma-separated" if onnx_allowed else ""))
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

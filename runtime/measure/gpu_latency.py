@@ -128,7 +128,7 @@ def compare_gpu_latency(timed_a: Callable[[], float], timed_b: Callable[[], floa
     a, b = LatencyStats.from_seconds(samples_a), LatencyStats.from_seconds(samples_b)
     low, high = ratio_interval([[x] for x in samples_a], [[x] for x in samples_b])  # call-by-call pairs
     return LatencyComparison(a=a, b=b, speedup=a.median_ms / b.median_ms if b.median_ms > 0 else float("inf"),
-                             speedup_low=low, speedup_high=high, confidence=CONFIDENCE)
+                             speedup_low=low, speedup_high=high, confidence=CONFIDENCE if low is not None else None)
 
 
 def _check(warmup: int, runs: int) -> None:

@@ -200,19 +200,21 @@ def _comparison(blocks_a: list, blocks_b: list, round_of: list[int], threads_a, 
     b = LatencyStats.from_seconds(sum(blocks_b, []), threads=threads_b)
     low, high = ratio_interval(blocks_a, blocks_b, rounds=round_of)
     return LatencyComparison(a=a, b=b, speedup=_ratio(a.median_ms, b.median_ms), speedup_low=low, speedup_high=high,
-                             confidence=CONFIDENCE, rounds=len(set(round_of)))
+                             confidence=CONFIDENCE if low is not None else None, rounds=len(set(round_of)))
 
 
 def ratio_interval(blocks_a: Sequence[Sequence[float]], blocks_b: Sequence[Sequence[float]], *,
                    confidence: float = CONFIDENCE, resamples: int = 2000, seed: int = 0,
-                   rounds: Sequence[int] | None = None) -> tuple[float, float]:
+                   rounds: Sequence[int] | None = None) -> tuple[float, float] | tuple[None, None]:
     """The block-bootstrap interval of median(a) / median(b) (see the module docstring): pairs of blocks drawn
     with replacement `resamples` times (a fixed seed: the same samples give the same interval). With `rounds`
     (each block's round, compare_rounds), rounds are drawn first, then blocks within each drawn round. One pair
-    of blocks gives no spread to resample: the interval is then the point."""
+    of blocks gives no spread to resample: no interval, (None, None), rather than the point posing as one."""
     if len(blocks_a) != len(blocks_b) or not blocks_a:
         raise MeasurementError(f"a ratio interval needs the same number of blocks on both sides, got "
                                f"{len(blocks_a)} and {len(blocks_b)}")
+    if len(blocks_a) == 1:
+        return None, None
     a, b = _padded(blocks_a), _padded(blocks_b)
     chosen = _resampled_blocks(np.random.default_rng(seed), rounds or [0] * len(a), resamples)
     slow, fast = (np.nanmedian(x[chosen].reshape(resamples, -1), axis=1) for x in (a, b))

@@ -47,8 +47,20 @@ def _session_runner(options, request: dict):
     names = [arg.name for arg in session.get_inputs()]
     if len(names) != len(request["inputs"]):
         raise ValueError(f"{Path(request['path']).name} takes {len(names)} input(s), got {len(request['inputs'])}")
+    for arg, value in zip(session.get_inputs(), request["inputs"]):
+        _check_shape(Path(request["path"]).name, arg, tuple(value.shape))
     feed, outputs = dict(zip(names, request["inputs"])), [arg.name for arg in session.get_outputs()]
     return lambda: session.run(outputs, feed)
+
+
+def _check_shape(file_name: str, arg, shape: tuple[int, ...]) -> None:
+    """As runtime/ort/session.py checks a feed: ONNX Runtime's own message spans lines, and only the first
+    reaches the caller (`_one_line`), cut before it names the dims."""
+    fits = len(arg.shape) == len(shape) and all(not isinstance(want, int) or want == got
+                                                for want, got in zip(arg.shape, shape))
+    if not fits:
+        shown = tuple(dim if isinstance(dim, int) else "?" for dim in arg.shape)
+        raise ValueError(f"{file_name}: input '{arg.name}' expects shape {shown}, got {shape}")
 
 
 def _time_pickled(header: dict) -> tuple:

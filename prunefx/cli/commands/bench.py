@@ -7,10 +7,13 @@ cached), PyTorch on a CUDA GPU (`cuda`: fp16/bf16 CUDA-graph replays), Torch-Ten
 backends that read files. With --vs, both models must take the same inputs (else the speed-up compares
 different work: refused), and are timed alternately, so that machine noise hits both equally, and the ratio of medians is the speed-up, with its 90 % interval where the backend gives one
 (`speedup_low`, `speedup_high` in --json); trtexec runs are separate processes, one after the other, and say
-so. With ort, the runs are spread over `--rounds` fresh processes (4 by default), each with its own pair of
-sessions: where one process lands varies by several per cent from the next (runtime/measure/latency.py's
-compare_rounds), and the interval covers that too. ort sessions flush subnormal floats to zero unless
---keep-denormals (runtime/ort/runners.py's timing_flushes_denormals says why).
+so. With ort, the runs are spread over `--rounds` fresh processes (4 by default; refused without --vs or on another
+backend), each with its own pair of sessions: where one process lands varies by several per cent from the next
+(runtime/measure/latency.py's compare_rounds), and the interval covers that too. Too few runs to resample (one
+block per side in one round, one pair of calls) give no interval: said so, and null in --json. ort sessions
+flush subnormal floats to zero unless --keep-denormals (runtime/ort/runners.py's timing_flushes_denormals says
+why). An .onnx file gets random inputs of the types it declares, at its static shapes or at --input-shape: one
+shape per input, separated by commas (`1x3x32x32,1x10`), checked against the file's fixed dims up front.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.reports.budget_text import interval_text
 from prunefx.reports.compression import json_safe
 from prunefx.runtime import backends
+from prunefx.runtime.measure.timing_loop import WARM_SECONDS
 
 
 def add_arguments(parser) -> None:
@@ -32,12 +36,14 @@ def add_arguments(parser) -> None:
     names = backends.names()
     add_backend_arguments(parser, names, names[0])
     parser.add_argument("--runs", type=options.runs, default=100, help="timed runs per model (default 100)")
-    parser.add_argument("--warmup", type=options.warmup_runs, default=10, help="untimed warm-up runs per model (default 10)")
+    parser.add_argument("--warmup", type=options.warmup_runs, default=10,
+                        help=f"untimed warm-up runs per model (default 10); with --vs on ort they stop after "
+                             f"{WARM_SECONDS:g} s, once each model ran twice")
     parser.add_argument("--threads", type=options.threads, default=2, help="intra-op threads for ort and torch (default 2)")
     parser.add_argument("--no-spinning", action="store_true",
                         help="ort: worker threads sleep between operators instead of spinning (ONNX Runtime's "
                              "default, and prunefx's, is to spin; turn it off on hosts that share their cores)")
-    parser.add_argument("--rounds", type=options.runs, default=4,
+    parser.add_argument("--rounds", type=options.runs, default=None,
                         help="ort with --vs: fresh processes the runs are spread over, a pair of sessions each (default 4)")
     parser.add_argument("--keep-denormals", action="store_true",
                         help="ort: time subnormal floats as IEEE arithmetic (slow on x86) instead of flushing them to "
@@ -62,6 +68,8 @@ def _describe(backend, args) -> dict:
 
 def run(args) -> int:
     backend, settings = checked_backend(args)
+    if args.rounds is not None and not args.vs:  # one model is timed in this process
+        raise PrunefxError("--rounds applies to --vs (a speed-up's runs spread over fresh processes)")
     report = _describe(backend, args)
     with tempfile.TemporaryDirectory(prefix="prunefx-bench-") as tmp:
         references = [(args.model, "a")] + ([(args.vs, "b")] if args.vs else [])
@@ -120,11 +128,19 @@ def _footer(report: dict) -> str:
 def _table(report: dict) -> str:
     if "vs" not in report:
         return _row(report["model"], report["latency"]) + "\n" + _footer(report)
-    where = f"in {report['rounds']} fresh processes" if report.get("processes") else "in one process"
+    where = (f"in {report['rounds']} fresh process{'es' if report['rounds'] > 1 else ''}" if report.get("processes")
+             else "in one process")
     how = report.get("note", f"measured alternately {where}")
-    interval = ({"low": report["speedup_low"], "high": report["speedup_high"], "confidence": report["confidence"]}
-                if report.get("speedup_low") is not None else None)
     return "\n".join([_row(report["model"], report["a"]), _row(report["vs"], report["b"]),
                       f"speed-up of {report['vs']} over {report['model']}: {report['speedup']:.2f}x "
-                      f"({how}{interval_text(interval, '; ')})",
+                      f"({how}{_interval_text(report)})",
                       _footer(report)])
+
+
+def _interval_text(report: dict) -> str:
+    if "speedup_low" not in report:  # a backend that gives none (trtexec) says why in its note
+        return ""
+    if report["speedup_low"] is None:
+        return "; no interval: too few runs to resample, give more --runs"
+    return interval_text({"low": report["speedup_low"], "high": report["speedup_high"],
+                          "confidence": report["confidence"]}, "; ")
