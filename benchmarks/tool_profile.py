@@ -45,10 +45,13 @@ class Stage:
 
 
 CHOICE = ("graph/channels/saliency.py", "_compute")
+# saliency's _compute resumes the Hessian generator with next(), which cProfile records as its caller; in a prune,
+# compensation's reads (a for loop, under the compensation stage) are the only other caller
+RESUMED_BY_NEXT = ("~", "<built-in method builtins.next>")
 STAGES = (
     Stage("capture (torch.export)", "prunefx/cli/commands/prune.py", "_program"),
     Stage("channel choice (obs)", *CHOICE),
-    Stage("Hessians: forward passes and X^T X", "graph/layer_hessians.py", "iter_hessians", 2, CHOICE),
+    Stage("Hessians: forward passes and X^T X", "graph/layer_hessians.py", "iter_hessians", 2, RESUMED_BY_NEXT),
     Stage("damped inverses", "graph/channels/compensation.py", "lean_damped_inverse", 2),
     Stage("output energies", "graph/channels/compensation.py", "output_energy", 2, CHOICE),
     Stage("elimination", "graph/channels/obs_elimination.py", "eliminate", 2),
