@@ -107,7 +107,12 @@ def test_compare_latency_speedup_with_a_fake_clock():
     assert comparison.speedup == pytest.approx(3.0)
     assert set(comparison.to_dict()) == {"a", "b", "speedup", "speedup_low", "speedup_high", "confidence", "rounds",
                                             "processes"}
-    assert comparison.speedup_low == comparison.speedup_high == pytest.approx(3.0)  # no spread, no width
+    # one block of 10 runs a side: nothing to resample, so no interval (not the point posing as one)
+    assert comparison.speedup_low is None and comparison.speedup_high is None and comparison.confidence is None
+    clock = FakeClock()
+    slow, fast = clock.callable_taking([9.0] * 30), clock.callable_taking([3.0] * 30)
+    comparison = compare_latency(slow, fast, warmup=2, runs=20, clock=clock)
+    assert (comparison.speedup_low, comparison.speedup_high) == pytest.approx((3.0, 3.0))  # two blocks, no spread
 
 
 def test_sleeping_callables_give_a_speedup_of_about_three():

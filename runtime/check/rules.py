@@ -63,7 +63,7 @@ def _not_an_onnx_operator(op_type: str, opset: int | None, target: Target) -> st
         return None  # the installed onnx knows no operator of an opset newer than its own
     try:
         schema = onnx.defs.get_schema(op_type, opset, "")
-    except onnx.defs.SchemaError:
+    except (onnx.defs.SchemaError, TypeError):  # TypeError: a name that is not text (bytes not UTF-8) is none of ONNX's
         return f"not an ONNX operator at opset {opset}: {target.name} has no kernel for it"
     if schema.deprecated and not target.tensorrt:
         # ONNX Runtime refuses a deprecated operator; TensorRT's parser imports by name (unverified there)
