@@ -53,6 +53,18 @@ def test_one_block_a_side_prints_no_interval(capsys, tiny_onnx, tiny_program, ba
     assert report["speedup"] > 0 and report["speedup_low"] is None and report["speedup_high"] is None
 
 
+def test_the_cpu_and_the_runtime_version_are_named(capsys, tiny_onnx):
+    import onnxruntime
+
+    # the oracle: /proc/cpuinfo's first model name, read here (a CPU timing means little without its CPU)
+    names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+    code, out, err = _bench(capsys, tiny_onnx, *ONE_BLOCK, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["onnxruntime"] == onnxruntime.__version__ and report["cpu"] == names[0]
+    code, out, err = _bench(capsys, tiny_onnx, *ONE_BLOCK)
+    assert f"on {names[0]} (ONNX Runtime {onnxruntime.__version__})" in out
+
+
 def test_several_blocks_still_print_their_interval(capsys, tiny_onnx):
     code, out, err = _bench(capsys, tiny_onnx, "--vs", tiny_onnx, "--rounds", "1", "--runs", "40", "--warmup", "0",
                             "--threads", "1", "--json")

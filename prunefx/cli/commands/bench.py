@@ -28,7 +28,9 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.reports.budget_text import interval_text
 from prunefx.reports.compression import json_safe
 from prunefx.runtime import backends
+from prunefx.runtime.check.onnxruntime_opsets import version as onnxruntime_version
 from prunefx.runtime.measure.timing_loop import WARM_SECONDS
+from prunefx.runtime.tables.timers import cpu_model
 
 
 def add_arguments(parser) -> None:
@@ -54,6 +56,10 @@ def add_arguments(parser) -> None:
 def _describe(backend, args) -> dict:
     report = {"backend": args.backend, "threads": args.threads if "threads" in backend.options else None,
               "runs": args.runs, "model": args.model}
+    if not backend.gpu_timed:  # a CPU timing means little without the CPU (a GPU backend names its GPU)
+        report["cpu"] = cpu_model()
+    if args.backend == "ort":
+        report["onnxruntime"] = onnxruntime_version()
     if "spinning" in backend.options:
         report.update(spinning=not args.no_spinning, denormals="flushed" if flushes_denormals(args) else "kept")
     if (backend.bench_precisions or backend.precisions) != ("fp32",):
@@ -114,7 +120,9 @@ def _footer(report: dict) -> str:
         threads += f", subnormal floats {'flushed to zero' if report['denormals'] == 'flushed' else 'kept'}"
     rounds = f" over {report['rounds']} fresh processes" if report.get("rounds", 1) > 1 else ""
     batch = f", batch {report['batch']}" if "batch" in report else ""
-    gpu = f" on {report['gpu']}" if report.get("gpu") else ""
+    where = report.get("gpu") or report.get("cpu")
+    gpu = f" on {where}" if where else ""
+    gpu += f" (ONNX Runtime {report['onnxruntime']})" if report.get("onnxruntime") else ""
     footer = f"{report['runs']} timed runs each{rounds}{threads}{batch}, backend {backend}{gpu}"
     footer += "".join(f"\nnote: {note}" for note in report.get("notes", []))
     jetson = (report.get("latency") or report.get("a") or {}).get("trtexec", {}).get("jetson")
