@@ -21,6 +21,7 @@ from prunefx.runtime.backends import Backend, BenchModel, Settings
 from prunefx.runtime.measure.speedup import deployed, exported_file
 from prunefx.runtime.model_precision import require_float32
 from prunefx.runtime.ort.runners import timing_flushes_denormals
+from prunefx.runtime.ort.session import shape_fits
 
 # flag (argparse dest) -> the Settings option a backend must read for the flag to apply
 FLAG_OPTIONS = {"sparse": "sparse", "calibrate": "calibration", "trtexec": "trtexec", "cache_dir": "cache_dir",
@@ -127,9 +128,7 @@ def _onnx_inputs(path: str, input_shape: str | None) -> list[torch.Tensor]:
 
 def _given_shape(path: str, arg, shape: tuple[int, ...]) -> tuple[int, ...]:
     """`shape` from --input-shape, when it fits the file's fixed dims (else every timing process would fail)."""
-    fits = len(shape) == len(arg.shape) and all(not isinstance(want, int) or want == got
-                                                 for want, got in zip(arg.shape, shape))
-    if not fits:
+    if not shape_fits(arg.shape, shape):
         raise PrunefxError(f"{path}: input {_name(arg)} expects shape {_dims(arg)}, got {'x'.join(map(str, shape))} "
                            "from --input-shape")
     return shape

@@ -123,11 +123,14 @@ def as_array(value: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(value)
 
 
+def shape_fits(expected, shape: tuple[int, ...]) -> bool:
+    """Whether `shape` fits an input's declared dims: symbolic ones (strings or None) fit any size."""
+    return len(expected) == len(shape) and all(not isinstance(want, int) or want == got
+                                               for want, got in zip(expected, shape))
+
+
 def _check_shape(file_name: str, arg: ort.NodeArg, shape: tuple[int, ...]) -> None:
-    # Symbolic dimensions come back as strings or None; only fixed integer dimensions are checked.
     expected = arg.shape
-    fits = len(expected) == len(shape) and all(
-        not isinstance(want, int) or want == got for want, got in zip(expected, shape))
-    if not fits:
+    if not shape_fits(expected, shape):
         shown = tuple(d if isinstance(d, int) else "?" for d in expected)
         raise OnnxSessionError(f"{file_name}: input '{arg.name}' expects shape {shown}, got {tuple(shape)}")

@@ -22,13 +22,14 @@ import json
 import tempfile
 from pathlib import Path
 
+import onnxruntime
+
 from prunefx import options
 from prunefx.bench_models import add_backend_arguments, bench_model, checked_backend, flushes_denormals
 from prunefx.graph.errors import PrunefxError
 from prunefx.reports.budget_text import interval_text
 from prunefx.reports.compression import json_safe
 from prunefx.runtime import backends
-from prunefx.runtime.check.onnxruntime_opsets import version as onnxruntime_version
 from prunefx.runtime.measure.timing_loop import WARM_SECONDS
 from prunefx.runtime.tables.timers import cpu_model
 
@@ -59,7 +60,7 @@ def _describe(backend, args) -> dict:
     if not backend.gpu_timed:  # a CPU timing means little without the CPU (a GPU backend names its GPU)
         report["cpu"] = cpu_model()
     if args.backend == "ort":
-        report["onnxruntime"] = onnxruntime_version()
+        report["onnxruntime"] = onnxruntime.__version__
     if "spinning" in backend.options:
         report.update(spinning=not args.no_spinning, denormals="flushed" if flushes_denormals(args) else "kept")
     if (backend.bench_precisions or backend.precisions) != ("fp32",):
