@@ -27,7 +27,7 @@ from prunefx.data.splits import (
     scene_spec,
 )
 from prunefx.data.unlabelled import against_dense
-from prunefx.deliverable import write_model
+from prunefx.deliverable import export_deliverable, write_model
 from prunefx.dense_tasks import evaluate_dense
 from prunefx.device import on_device
 from prunefx.graph import Program
@@ -46,7 +46,7 @@ from prunefx.reports.compression import json_safe, markdown_report, pass_summary
 from prunefx.reports.report_facts import Costs, Latency, ReportFacts
 from prunefx.reports.report_json import output_files
 from prunefx.reports.stage import STAGE_TIMED_RUNS, StageMeter
-from prunefx.runtime import export_onnx, onnx_side_by_side
+from prunefx.runtime import onnx_side_by_side
 from prunefx.runtime.backends import Settings
 from prunefx.runtime.measure.deployment_report import CHART_FILE, variants_from_compress, write_chart
 from prunefx.runtime.model_precision import other_than_float32
@@ -260,9 +260,10 @@ def _budget(result, options: Options) -> dict | None:
 
 def _side_by_side(dense_one: Program, compressed_one: Program, compressed_onnx: Path, options: Options):
     """ONNX Runtime latency of the dense and the compressed model at batch 1, side by side over fresh processes,
-    as `bench --vs` measures (runtime.onnx_side_by_side)."""
+    as `bench --vs` measures (runtime.onnx_side_by_side); each file as model.onnx is written (an INT8 dense
+    model in its INT8 lowering)."""
     with tempfile.TemporaryDirectory(prefix="prunefx-compress-") as tmp:
-        dense_onnx = export_onnx(dense_one, Path(tmp) / "dense.onnx", opset=options.opset).path
+        dense_onnx, _ = export_deliverable(dense_one, Path(tmp) / "dense.onnx", opset=options.opset)
         return onnx_side_by_side([(dense_onnx, dense_one.example_inputs),
                                   (compressed_onnx, compressed_one.example_inputs)],
                                  Settings(runs=options.runs, warmup=options.warmup, threads=options.threads))

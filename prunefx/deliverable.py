@@ -20,15 +20,7 @@ def write_model(staging: Path, program: Program, *, opset: int) -> dict:
     """model.pt2 and model.onnx in `staging`; the report's `onnx` and `parity` entries."""
     program.save(staging / "model.pt2")
     release_freed_memory()  # what saving held, before the export's own copy of the weights (graph/heap.py)
-    if has_fake_quant(program.graph):  # INT8: Q/DQ with INT8 weights, lowered for ONNX Runtime's kernels
-        lowering = onnxruntime_lowering()
-        path = export_quantized_onnx(program, staging / "model.onnx", activations=lowering, opset=opset).path
-        onnx_entry = {"exporter": "dynamo", "int8_lowering": lowering}
-    else:
-        exported = export_onnx(program, staging / "model.onnx", opset=opset)
-        path = exported.path
-        onnx_entry = {"exporter": exported.exporter, "fallback_reason": exported.fallback_reason,
-                      "nodes": exported.node_count}
+    path, onnx_entry = export_deliverable(program, staging / "model.onnx", opset=opset)
     parity = check_parity(program, path)
     # INT8 here is ONNX Runtime's lowering; a float file is what TensorRT engines are built from too
     targets = ("ort",) if has_fake_quant(program.graph) else ("trt11", "ort")
@@ -36,3 +28,16 @@ def write_model(staging: Path, program: Program, *, opset: int) -> dict:
             "parity": {"max_abs_error": parity.max_abs_error, "output_scale": parity.output_scale,
                        "relative": parity.relative}}
 
+
+
+def export_deliverable(program: Program, path: Path, *, opset: int) -> tuple[Path, dict]:
+    """`program` as model.onnx is written, and the report's `onnx` entry; also the file a baseline it is timed
+    against is exported to, so that a quantized dense model is timed in its INT8 lowering, not as float
+    weights behind Q/DQ pairs."""
+    if has_fake_quant(program.graph):  # INT8: Q/DQ with INT8 weights, lowered for ONNX Runtime's kernels
+        lowering = onnxruntime_lowering()
+        path = export_quantized_onnx(program, path, activations=lowering, opset=opset).path
+        return path, {"exporter": "dynamo", "int8_lowering": lowering}
+    exported = export_onnx(program, path, opset=opset)
+    return exported.path, {"exporter": exported.exporter, "fallback_reason": exported.fallback_reason,
+                           "nodes": exported.node_count}

@@ -1,4 +1,4 @@
-"""A quantized model.pt2 (what `prunefx quantize` writes) read back by the other commands: `export` and `bench`
+"""A quantized model.pt2 (what `prunefx quantize` writes) read back by the other commands: `export`, `bench` and `compress` (its dense side)
 take it in the INT8 lowering `quantize` delivers (INT8 weights, ONNX Runtime's or TensorRT's Q/DQ form), never
 as the float weights and Q/DQ pairs a plain export gives; `quantize` refuses it. The oracle: the files, read
 back with `onnx`."""
@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch import nn
 
+from prunefx import compression
 from prunefx.bench_models import bench_model
 from prunefx.cli import main
-from prunefx.graph import capture
+from prunefx.graph import Program, capture
 from prunefx.passes import quantize_int8
 from prunefx.runtime import backends
 
@@ -78,3 +79,13 @@ def test_bench_times_a_quantized_model_in_onnx_runtimes_int8_lowering(saved, tmp
 def test_quantize_refuses_a_quantized_model_and_writes_nothing(saved, tmp_path, capsys):
     code = main(["quantize", str(saved / "int8.pt2"), "--calibrate", str(tmp_path), "-o", str(tmp_path / "q")])
     assert code == 2 and "already quantized" in capsys.readouterr().err and not (tmp_path / "q").exists()
+
+
+def test_compress_times_a_quantized_dense_model_in_its_int8_lowering(saved, monkeypatch):
+    """compress of a quantized model (QAT fine-tuning) times its dense side as model.onnx is written."""
+    timed = []
+    monkeypatch.setattr(compression, "onnx_side_by_side", lambda pairs, settings: timed.extend(
+        (_zero_point_types(path), _float_weights_quantized(path)) for path, _ in pairs[:1]))
+    dense = Program.load(saved / "int8.pt2")
+    compression._side_by_side(dense, dense, saved / "unused.onnx", compression.DEFAULTS)
+    assert timed[0] == ({onnx.TensorProto.UINT8}, 0)
