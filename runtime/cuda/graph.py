@@ -26,6 +26,7 @@ from collections.abc import Callable
 import torch
 
 from prunefx.graph import Program
+from prunefx.graph.channels_last import channels_last
 from prunefx.graph.errors import first_line
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.graph.placement import move_module
@@ -130,9 +131,7 @@ class CudaDevice:
 
     def place(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], dtype: torch.dtype):
         """`module` and `inputs` on the GPU at `dtype`, 4-D tensors channels_last."""
-        module = move_module(module, "cuda", dtype)  # also the constants, devices and dtypes the graph names
-        module = module.to(memory_format=torch.channels_last)
-        return module, tuple(_placed(x, "cuda", dtype) for x in inputs)
+        return placed(module, inputs, dtype, "cuda")
 
     def compile(self, module: torch.nn.Module) -> Callable:
         if importlib.util.find_spec("triton") is None:
@@ -160,6 +159,13 @@ class CudaDevice:
 def _model_call(module, inputs: tuple[torch.Tensor, ...]):
     with torch.inference_mode(), cudnn_autotuned():
         return module(*inputs)
+
+
+def placed(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], dtype: torch.dtype, device="cuda"):
+    """`module` (in place) and `inputs` (copies) on `device` at `dtype`, 4-D tensors channels_last: the layout
+    cuDNN's fastest convolutions read (graph/channels_last.py). Integer inputs keep their type."""
+    module = move_module(module, device, dtype)  # also the constants, devices and dtypes the graph names
+    return channels_last(module), tuple(_placed(x, device, dtype) for x in inputs)
 
 
 def _placed(tensor: torch.Tensor, device, dtype: torch.dtype) -> torch.Tensor:

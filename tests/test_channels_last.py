@@ -1,0 +1,71 @@
+"""A captured module placed channels_last as the cuda backend places it (graph/channels_last.py,
+runtime/cuda/graph.py `placed`), here on the CPU, where the layouts behave the same: a network that views
+a convolution's output flat still computes what the model computes (the oracle: the module before placing);
+a view written through in place stays a view."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from prunefx.graph import capture
+from prunefx.graph.channels_last import views_as_reshapes
+from prunefx.runtime.cuda.graph import CudaDevice, GpuModel, placed
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+VIEW = torch.ops.aten.view.default
+
+
+class ViewsFlat(nn.Module):
+    """LeNet's head: the feature map viewed flat across channels and space."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 16, 3), nn.Linear(16 * 5 * 5, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).view(-1, 16 * 5 * 5))
+
+
+class WritesThroughAView(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        flat = y.view(y.shape[0], -1)
+        flat.add_(1.0)  # through the view into y
+        return y
+
+
+def _views(module) -> int:
+    return sum(node.target is VIEW for node in module.graph.nodes)
+
+
+def test_a_flat_view_of_a_channels_last_feature_map_computes_the_model():
+    torch.manual_seed(0)
+    program = capture(ViewsFlat().eval(), torch.randn(2, 3, 7, 7), name="views_flat")
+    expected = program(*program.example_inputs)
+    assert _views(program.module) == 1
+    module, inputs = placed(program.clone().module, program.example_inputs, torch.float32, "cpu")
+    assert _views(module) == 0 and inputs[0].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(module(*inputs), expected)
+
+
+def test_a_view_written_through_in_place_stays_a_view():
+    torch.manual_seed(0)
+    program = capture(WritesThroughAView().eval(), torch.randn(1, 3, 4, 4), name="writes")
+    views = _views(program.module)
+    assert views >= 1 and views_as_reshapes(program.module.graph) == 0 and _views(program.module) == views
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+def test_a_flat_view_model_is_timed_on_the_gpu_and_computes_the_model():
+    program = capture(ViewsFlat().eval(), torch.randn(8, 3, 7, 7), name="views_flat")
+    model = GpuModel(program, precision="fp16", device=CudaDevice())
+    assert model.time_once() > 0
+    output = model._call().float().cpu()
+    torch.testing.assert_close(output, program(*program.example_inputs), atol=5e-2, rtol=5e-2)
