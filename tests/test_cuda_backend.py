@@ -186,6 +186,13 @@ def test_no_graph_is_captured_at_batch_64_and_the_reason_is_stated(fake):
     assert small.mode == "graph" and small.reason == ""
 
 
+def test_a_profile_at_batch_64_captures_no_node_and_says_so(fake):
+    limit = capture_batch_limit()
+    profile = cuda_node_profile.cuda_profile(GpuModel(_net(4, batch=limit), precision="fp16", device=fake),
+                                             warmup=1, runs=1)
+    assert profile.rows and fake.captures == 0 and "no CUDA graph" in profile.notes[0]
+
+
 def test_the_capture_limit_can_be_moved_for_a_probe(monkeypatch):
     monkeypatch.setenv("PRUNEFX_CUDA_CAPTURE_BATCH_LIMIT", "128")
     assert capture_batch_limit() == 128

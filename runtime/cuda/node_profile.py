@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from prunefx.runtime.cuda.graph import GpuModel, cudnn_autotuned, sampled
+from prunefx.runtime.cuda.graph import GpuModel, capture_batch_limit, cudnn_autotuned, sampled
 from prunefx.runtime.measure.gpu_latency import WarmUp, warm_until_steady
 from prunefx.runtime.tensorrt.layer_profile import LayerProfile, LayerRow
 
@@ -47,18 +47,24 @@ def profile_nodes(model: GpuModel, *, warmup: int = 3, runs: int = 20) -> tuple[
     runs first until its times settle: the first nodes timed at idle clocks would read several times slower."""
     warm_until_steady([model.time_once], WarmUp(warmup=1, seconds=model.device.warm_seconds))
     medians, eager = {}, []
+    capture = captures_nodes(model)
     for name, call in node_calls(model).items():
         with torch.inference_mode(), cudnn_autotuned():  # eager calls read the setting: warm-up and samples
             for _ in range(max(warmup, 1)):
                 call()
             try:
-                replay, iterations, calls = sampled(call, model.device)
+                replay, iterations, calls = sampled(call, model.device, capture=capture)
             except RuntimeError:  # not capturable (a host synchronisation): back-to-back eager calls
                 eager.append(name)
                 replay, iterations, calls = sampled(call, model.device, capture=False)
             medians[name] = statistics.median(model.device.time(replay, calls) / iterations for _ in range(runs))
         model.device.release()
     return medians, eager
+
+
+def captures_nodes(model: GpuModel) -> bool:
+    """Whether nodes are captured as CUDA graphs: not from the batch at which whole models are not either."""
+    return model.batch < capture_batch_limit()
 
 
 def cuda_profile(model: GpuModel, *, warmup: int = 3, runs: int = 20) -> LayerProfile:
@@ -70,7 +76,10 @@ def cuda_profile(model: GpuModel, *, warmup: int = 3, runs: int = 20) -> LayerPr
                      precision=model.precision, program_nodes=(name,)) for name, ms in medians.items()]
     notes = ["each node replayed alone in its own CUDA graph on its recorded inputs: the rows add up to more "
              "than a replay of the whole model takes"]
-    if eager:
+    if not captures_nodes(model):
+        notes = [f"each node timed alone on its recorded inputs, eagerly, many calls back to back (no CUDA graph "
+                 f"at batch >= {capture_batch_limit()}): the rows add up to more than the whole model takes"]
+    elif eager:
         notes.append(f"timed eagerly (not capturable): {', '.join(eager)}")
     return LayerProfile(rows=rows, runs=runs, source="cuda", notes=notes)
 
