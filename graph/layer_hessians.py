@@ -45,19 +45,23 @@ class PackedHessian:
     once to float32 moves H as little as the float32 rounding of the activations themselves did; summing
     in float32 is what would not do (graph/channels/saliency.py).
 
-    `spill`: the triangle waits in an anonymous temporary file (deleted with this object) instead of memory,
-    read back by `unpack`: a ViT-L's cache holds 0.95 GB until the compensation reads it, at the moment the
-    `obs` elimination needs most memory."""
+    The triangle waits in host memory whatever device H was gathered on (a GPU's memory is for the work: a
+    ResNet-50's cache would hold hundreds of MB there until the compensation reads it), and `unpack` gives H
+    back on that device; the packing runs on the host too, row by row, where a row's copy costs no kernel
+    launch. `spill`: the triangle waits in an anonymous temporary file (deleted with this object) instead of
+    memory, read back by `unpack`: a ViT-L's cache holds 0.95 GB until the compensation reads it, at the
+    moment the `obs` elimination needs most memory."""
 
     def __init__(self, hessian: torch.Tensor, dtype: torch.dtype, *, spill: bool = False):
         size = hessian.shape[0]
         self.size, self.dtype, self.device = size, dtype, hessian.device
-        data = torch.empty(size * (size + 1) // 2, dtype=dtype, device=hessian.device)
+        hessian = hessian.cpu()
+        data = torch.empty(size * (size + 1) // 2, dtype=dtype)
         for row, start in enumerate(self._starts()):
             data[start:start + size - row] = hessian[row, row:]
         self.data: torch.Tensor | None = data
         self.file = None
-        if spill and data.device.type == "cpu":
+        if spill:
             try:
                 self.file = tempfile.TemporaryFile(prefix="prunefx-hessian-")
                 self.file.write(data.numpy().data)
@@ -84,14 +88,14 @@ class PackedHessian:
         return torch.frombuffer(bytearray(self.file.read()), dtype=self.dtype)
 
     def unpack(self) -> torch.Tensor:
-        """H in float64, symmetric."""
+        """H in float64, symmetric, on the device it was gathered on."""
         size, data = self.size, self._packed()
-        hessian = torch.empty((size, size), dtype=torch.float64, device=self.device)
+        hessian = torch.empty((size, size), dtype=torch.float64)
         for row, start in enumerate(self._starts()):
             part = data[start:start + size - row]
             hessian[row, row:] = part
             hessian[row:, row] = part
-        return hessian
+        return hessian.to(self.device)
 
 
 def _packed(hessian: torch.Tensor, dtype: torch.dtype, cache: dict) -> PackedHessian:
@@ -109,9 +113,10 @@ def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches,
     yielded before the next is gathered and a caller that drops them holds one chunk at a time.
     `from_rows`: the caller works from the rows where they are kept, and H is None there (not formed).
 
-    `cache` (a dict spec -> (PackedHessian, LayerRows), for the same module, weights and batches) shares
-    Hessians between callers (the `obs` importance and the compensation that follows it): those found in
-    it are not gathered again (and are yielded first), and those gathered are stored in it, packed.
+    `cache` (a dict spec -> (PackedHessian, LayerRows, the device they were gathered on), for the same module,
+    weights and batches) shares Hessians between callers (the `obs` importance and the compensation that
+    follows it): those found in it are not gathered again (and are yielded first), and those gathered are
+    stored in it, packed, on the host.
     Callers must not modify H or the rows. `consume`: the caller is the cache's last reader, and each entry
     is dropped from it as it is yielded (and none is stored). `as_cached`: H gathered afresh is rounded as
     the cache holds it, so that the caller's results do not depend on whether a cache was filled."""
@@ -145,8 +150,10 @@ def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches,
 def _finished(total: GramSum, spec: InputSpec, cache: dict | None, as_cached: bool) -> tuple:
     """(H, LayerRows) of a finished sum, stored in `cache` when there is one (see iter_hessians)."""
     hessian, rows = total.finish(), LayerRows(total.rows, total.kept_rows())
-    if cache is not None:
-        cache[spec] = (None if hessian is None else _packed(hessian, total.stored_dtype(), cache), rows)
+    if cache is not None:  # the rows wait on the host as the packed H does (PackedHessian)
+        device = next((tensor.device for tensor in (hessian, rows.kept) if tensor is not None), torch.device("cpu"))
+        host_rows = rows if device.type == "cpu" or rows.kept is None else LayerRows(rows.count, rows.kept.cpu())
+        cache[spec] = (None if hessian is None else _packed(hessian, total.stored_dtype(), cache), host_rows, device)
     if as_cached and hessian is not None:
         hessian = hessian.to(total.stored_dtype()).double()
     return hessian, rows
@@ -154,7 +161,9 @@ def _finished(total: GramSum, spec: InputSpec, cache: dict | None, as_cached: bo
 
 def _cached(entry: tuple, from_rows: bool) -> tuple:
     """(H, LayerRows) from a cache entry: H unpacked, or formed from the rows for a caller that needs it."""
-    packed, rows = entry
+    packed, rows, device = entry
+    if rows.kept is not None and rows.kept.device != device:
+        rows = LayerRows(rows.count, rows.kept.to(device))
     if packed is not None:
         return packed.unpack(), rows
     return (None if from_rows else rows.gram()), rows

@@ -132,3 +132,19 @@ def test_the_cache_holds_packed_hessians_and_the_compensation_drops_them(monkeyp
     for name, tensor in program.module.state_dict().items():
         assert torch.equal(tensor, other.module.state_dict()[name]), name
     assert len(shared["compensated"]) == len(alone["compensated"]) > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+def test_a_cache_of_hessians_gathered_on_a_gpu_waits_on_the_host_and_unpacks_on_the_gpu():
+    program, batches = _program_and_batches()
+    program.module.to("cuda")
+    batches = [tuple(x.cuda() for x in batch) for batch in batches]
+    cache: dict = {}
+    for spec, hessian, _ in iter_hessians(program.module, _specs(program), batches, cache=cache):
+        packed, rows, device = cache[spec]
+        assert hessian.is_cuda and device.type == "cuda" and packed.data.device.type == "cpu"
+        assert rows.kept is None or rows.kept.device.type == "cpu"
+        unpacked = packed.unpack()
+        assert unpacked.is_cuda
+        torch.testing.assert_close(unpacked, hessian, rtol=1e-6, atol=1e-6 * float(hessian.abs().max()))
