@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import torch
 
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.in_place_writes import as_computed, overwritten_later
 from prunefx.graph.input_batches import as_program_inputs
 from prunefx.graph.placement import module_device
 
@@ -64,7 +65,8 @@ def _inputs_of(item, expected: list[tuple[int, ...]], index: int, what: str) -> 
 
 def tap_nodes(module: torch.fx.GraphModule, names: Sequence[str]) -> torch.fx.GraphModule:
     """A module sharing `module`'s tensors whose forward takes the graph inputs (flat) and returns the
-    tuple of the tensors computed by the nodes `names`, and nothing else."""
+    tuple of the tensors computed by the nodes `names` (as they computed them, whatever an in-place operator
+    wrote into them later: graph/in_place_writes.py), and nothing else."""
     nodes = {node.name: node for node in module.graph.nodes}
     missing = [name for name in names if name not in nodes]
     if missing:
@@ -72,7 +74,8 @@ def tap_nodes(module: torch.fx.GraphModule, names: Sequence[str]) -> torch.fx.Gr
     graph = torch.fx.Graph()
     copies: dict[torch.fx.Node, torch.fx.Node] = {}
     graph.graph_copy(module.graph, copies)
-    graph.output(tuple(copies[nodes[name]] for name in names))
+    overwritten = {copies[node] for node in overwritten_later(module.graph)}  # a relu_ or add_ later: a copy
+    graph.output(tuple(as_computed(graph, [copies[nodes[name]] for name in names], overwritten)))
     tapped = torch.fx.GraphModule(module, graph)
     tapped.graph.eliminate_dead_code()
     tapped.recompile()

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.in_place_writes import overwritten_later
 from prunefx.graph.placement import module_device
 
 
@@ -23,6 +24,7 @@ class StagedRun:
         self.index = {node.name: position for position, node in enumerate(self.nodes)}
         self.last_use = {node: max((self.index.get(user.name, len(self.nodes)) for user in node.users),
                                    default=position) for position, node in enumerate(self.nodes)}
+        self.overwritten = overwritten_later(module.graph)
         self.interpreter = torch.fx.Interpreter(module, garbage_collect_values=False)
         self.device = module_device(module)
         self.batches = batches
@@ -54,8 +56,8 @@ class StagedRun:
             for position in range(start, stop):
                 node = self.nodes[position]
                 values[node] = interpreter.run_node(node)
-                if node.name in names:
-                    found[node.name] = values[node]
+                if node.name in names:  # as computed: a later in-place operator may write into it before the yield
+                    found[node.name] = values[node].clone() if node in self.overwritten else values[node]
                 for read in node.all_input_nodes:
                     if self.last_use[read] <= position:
                         values.pop(read, None)

@@ -197,6 +197,8 @@ def _run_layer(program: Program, target: QuantTarget, values: dict, amax: dict |
 
     args = torch.fx.node.map_arg(target.layer.args, value)
     kwargs = torch.fx.node.map_arg(target.layer.kwargs, value)
+    if target.layer.target._schema.is_mutable:  # add_: on copies, the tapped values are read again
+        args = tuple(arg.clone() if isinstance(arg, torch.Tensor) else arg for arg in args)
     return target.layer.target(*args, **kwargs)
 
 
@@ -207,7 +209,7 @@ def _leave_sensitive(targets, errors: dict[str, float], count: int):
     ranked = sorted(targets, key=lambda target: errors[target.layer.name], reverse=True)
     worst = {target.layer.name: rank for rank, target in enumerate(ranked[:count], start=1)}
     rows = [{"layer": target.layer.name, "operator": target.operator,
-             "reason": f"sensitive: relative output error {errors[target.layer.name]:.3g} when quantized, "
+             "reason": f"sensitive: relative squared output error {errors[target.layer.name]:.3g} when quantized, "
                        f"rank {worst[target.layer.name]} of {len(targets)} layers", "error": errors[target.layer.name]}
             for target in ranked[:count]]
     return [target for target in targets if target.layer.name not in worst], rows

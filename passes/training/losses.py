@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils._pytree as pytree
 
+from prunefx.graph.in_place_writes import as_computed, overwritten_later
 from prunefx.passes.training.config import DETECTION, TrainConfig, TrainingError
 
 IGNORE_LABEL = -1
@@ -126,7 +127,8 @@ def tap_outputs(module: torch.fx.GraphModule, names: Sequence[str]) -> torch.fx.
     graph = torch.fx.Graph()
     copies: dict[torch.fx.Node, torch.fx.Node] = {}
     output = graph.graph_copy(module.graph, copies)
-    graph.output((output, tuple(copies[nodes[name]] for name in names)))
+    overwritten = {copies[node] for node in overwritten_later(module.graph)}  # a relu_ or add_ later: a copy
+    graph.output((output, tuple(as_computed(graph, [copies[nodes[name]] for name in names], overwritten))))
     tapped: Any = torch.fx.GraphModule(module, graph)  # out_spec is set on it below
     # torch.export's graphs return flat outputs re-nested by a pytree spec; keep it to rebuild them.
     info = getattr(module.graph._codegen, "pytree_info", None)
