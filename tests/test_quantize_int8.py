@@ -668,6 +668,10 @@ class ZeroChannelNet(nn.Module):
 def test_an_all_zero_channel_or_input_keeps_its_bias_in_the_onnx_runtime_file(one_thread, tmp_path, activations):
     """Their quantizers' scales were the smallest float, and the INT32 bias codes (bias / (s_x * s_w)) were cut to
     the INT32 range: the zero channel gave 0 instead of relu(0.7), the zero input lost the third conv's bias."""
+    from prunefx.runtime.onnx.quantized import onnxruntime_lowering
+
+    if activations == "u8" and onnxruntime_lowering() != "u8":
+        pytest.skip("8-bit weights saturate ONNX Runtime's U8S8 kernels on a CPU without VNNI (u8s7 is checked)")
     torch.manual_seed(0)
     program = capture(ZeroChannelNet().eval(), torch.randn(2, 3, 8, 8), name="zeros").eval()
     quantize_int8(program, config={"calibration": _batches(), "method": "max"})
