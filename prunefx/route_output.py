@@ -18,6 +18,7 @@ from prunefx.passes.linearize_blocks import Linearized
 from prunefx.passes.merge_blocks import Merged
 from prunefx.reports import report_json
 from prunefx.reports.budget_text import search_lines
+from prunefx.reports.prune_summary import macs_line
 from prunefx.reports.pruning_sections import pruning_sections
 from prunefx.reports.report_facts import Costs, ReportFacts
 from prunefx.reports.report_json import output_files
@@ -50,7 +51,7 @@ def write_depth(output: Path, program: Program, result: PipelineResult, *, comma
         chosen = f"with {len(budget['blocks'])} of {len(budget['ranking'])} blocks"
         print("\n".join(search_lines(budget, candidate="{n} blocks, ", chosen=chosen)))
     print(f"blocks {', '.join(linearized or dropped)}{' (dropped)' if dropped else ''}")
-    print(_macs_line(costs))
+    print(macs_line(costs.macs_before, costs.macs_after, int(program.example_inputs[0].shape[0])))
     print(f"wrote {output / 'model.pt2'}, {output / 'model.onnx'} and {output / 'report.json'}")
 
 
@@ -89,10 +90,6 @@ def write_joint(output: Path, program: Program, outcome: BudgetOutcome, *, calib
     budget = report["budget"]
     print("\n".join(search_lines(budget, chosen=f"with {len(budget.get('blocks') or [])} blocks merged and "
                                                  f"{costs.macs_after / costs.macs_before:.3f} of the MACs")))
-    print(_macs_line(costs))
+    print(macs_line(costs.macs_before, costs.macs_after, int(program.example_inputs[0].shape[0])))
     print(f"wrote {output / 'model.pt2'}, {output / 'model.onnx'} and {output / 'report.json'}")
 
-
-def _macs_line(costs: Costs) -> str:
-    before, after = costs.macs_before, costs.macs_after
-    return f"MACs   {before / 1e6:.1f} M -> {after / 1e6:.1f} M ({after / before:.3f})"

@@ -569,3 +569,19 @@ def test_quantize_without_calibration_data_is_refused(capsys, tmp_path):
     code, out, err = run_cli(capsys, "quantize", "prunefx:mobilenetv2_small", "-o", tmp_path / "never")
     line = assert_one_line_error(code, out, err, "quantize")
     assert "give --calibrate DATA" in line and not (tmp_path / "never").exists()
+
+
+def test_prune_says_its_macs_are_a_whole_batchs(capsys, tmp_path, one_thread):
+    """The oracle: torch's own FLOP counter on the eager model, one image (a multiply-add is two FLOPs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from prunefx.models import build_model
+
+    with FlopCounterMode(display=False) as flops, torch.no_grad():
+        build_model("prunefx:mobilenetv2_small").module.eval()(torch.randn(1, 1, 28, 28))
+    code, out, err = run_cli(capsys, "prune", "prunefx:mobilenetv2_small", "--input-shape", "2x1x28x28",
+                             "--macs", "0.5", "--importance", "l2", "-o", tmp_path)
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("MACs"))
+    assert line.endswith(", for a batch of 2 images")
+    assert float(line.split()[1]) == pytest.approx(2 * flops.get_total_flops() / 2 / 1e6, abs=0.06)

@@ -7,17 +7,23 @@ from pathlib import Path
 from prunefx.reports.budget_text import search_lines
 
 
-def summary_lines(report: dict, output: Path) -> list[str]:
+def macs_line(before: int, after: int, batch: int) -> str:
+    """The MACs before and after, of the whole batch the model was captured at (as report.json counts them)."""
+    images = f", for a batch of {batch} images" if batch > 1 else ""
+    return f"MACs   {before / 1e6:.1f} M -> {after / 1e6:.1f} M ({after / before:.3f}){images}"
+
+
+def summary_lines(report: dict, output: Path, batch: int = 1) -> list[str]:
     """What `prunefx prune` prints once it has written `output`: from its report, the search (a budget), the costs
-    before and after, the groups narrowed and blocked, compensation, recalibration, parity and the files."""
+    before and after (`batch`: the images they are counted over), the groups narrowed and blocked, compensation,
+    recalibration, parity and the files."""
     lines: list[str] = []
-    macs = report["macs_after"] / report["macs_before"]
     params = report["params_after"] / report["params_before"]
     changed = sum(g["width_after"] != g["width_before"] for g in report["groups"])
     if report["budget"]:
         budget = report["budget"]
         lines += search_lines(budget, chosen=f"after {len(budget['trace'])} candidates")
-    lines.append(f"MACs   {report['macs_before'] / 1e6:.1f} M -> {report['macs_after'] / 1e6:.1f} M ({macs:.3f})")
+    lines.append(macs_line(report["macs_before"], report["macs_after"], batch))
     lines.append(f"params {report['params_before'] / 1e6:.2f} M -> {report['params_after'] / 1e6:.2f} M ({params:.3f})")
     blocked_by = sorted({op for block in report["blocked"] for op in block["operators"]})
     lines.append(f"groups {changed} of {len(report['groups'])} narrowed; {len(report['blocked'])} blocked"

@@ -151,7 +151,7 @@ def run(args) -> int:
                                                    calibration=calibration.description if calibration else None,
                                                    recalibration=recalibration, module=module,
                                                    seconds=seconds.as_dict()))
-    print("\n".join(summary_lines(report, output)))
+    print("\n".join(summary_lines(report, output, batch=int(program.example_inputs[0].shape[0]))))
     return 0
 
 
