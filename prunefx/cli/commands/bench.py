@@ -82,6 +82,8 @@ def run(args) -> int:
         references = [(args.model, "a")] + ([(args.vs, "b")] if args.vs else [])
         models = [bench_model(reference, args, backend, Path(tmp), label) for reference, label in references]
         _check_same_inputs(models)
+        if models[0].inputs and models[0].inputs[0].dim() > 0:  # the batch timed, also where not asked for
+            report.setdefault("batch", int(models[0].inputs[0].shape[0]))
         report.update(backend.bench(models, settings))
     if args.vs:
         report["vs"] = args.vs
@@ -114,7 +116,8 @@ def _footer(report: dict) -> str:
     backend = report["backend"]
     if "precision" in report:
         backend += f" {report['precision']}" + (" sparse" if report["sparse"] else "")
-    threads = f", {report['threads']} threads" if report["threads"] is not None else ""
+    count = report["threads"]
+    threads = f", {count} thread{'' if count == 1 else 's'}" if count is not None else ""
     if "spinning" in report:
         threads += " (spinning)" if report["spinning"] else " (not spinning)"
     if "denormals" in report:
