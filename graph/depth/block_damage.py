@@ -43,7 +43,8 @@ def divergence(reference: torch.Tensor, other: torch.Tensor) -> float:
     if reference.dim() == 2:
         log_p = torch.log_softmax(reference.double(), dim=1)
         log_q = torch.log_softmax(other.double(), dim=1)
-        return float((log_p.exp() * (log_p - log_q)).sum(dim=1).mean())
+        # a KL divergence is never negative: where the two agree, rounding leaves about -1e-16, reported as 0
+        return max(0.0, float((log_p.exp() * (log_p - log_q)).sum(dim=1).mean()))
     scale = reference.double().square().mean().clamp(min=1e-12)
     return float((reference.double() - other.double()).square().mean() / scale)
 
