@@ -8,7 +8,8 @@
 
 Labels follow prunefx/data/splits.py: segmentation masks N x H x W with -1 for padding; detection targets
 N x max_items x 5 (class, x1, y1, x2, y2 with exclusive x2, y2) with rows of -1 where there is no item;
-an image without any item is padding and is not counted. A detector's raw output is turned into boxes
+a padding copy is -1 everywhere and is not counted, an image without any item (class NO_ITEMS in its
+first row) is, as in COCO's evaluation. A detector's raw output is turned into boxes
 by a `decode` function, `decode_yolo` for YOLOv8-style heads.
 """
 
@@ -78,15 +79,17 @@ class SegmentationScore:
 
 
 def targets_of(labels: torch.Tensor) -> list[dict[str, torch.Tensor] | None]:
-    """Detection targets N x max_items x 5 as torchmetrics' target dicts (None for padding images)."""
+    """Detection targets N x max_items x 5 as torchmetrics' target dicts (None for padding images; no boxes for an
+    image without objects, NO_ITEMS: its detections are false positives, as COCO's evaluation counts them)."""
     if labels.dim() != 3 or labels.shape[-1] != 5:
         raise PrunefxError(f"detection targets must be N x max_items x 5 (class, x1, y1, x2, y2), got "
                            f"{tuple(labels.shape)}")
     targets = []
     for rows in labels:
-        present = rows[:, 0] != IGNORE_LABEL
-        targets.append({"boxes": rows[present, 1:].float(), "labels": rows[present, 0].long()}
-                       if present.any() else None)
+        present = rows[:, 0] >= 0
+        real = bool((rows[:, 0] != IGNORE_LABEL).any())  # a padding copy is -1 everywhere
+        targets.append({"boxes": rows[present, 1:].float().reshape(-1, 4), "labels": rows[present, 0].long()}
+                       if real else None)
     return targets
 
 

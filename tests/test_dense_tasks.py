@@ -176,3 +176,61 @@ def test_reports_name_the_dense_metric_not_accuracy():
               "latency": {"threads": 1, "dense_ms": 2.0, "compressed_ms": 1.0, "speedup": 2.0},
               "macs_before": 2e6, "macs_after": 1e6, "params_before": 1e6, "params_after": 5e5}
     assert summary_rows(report)[0] == ("test mIoU", "50.00 %", "45.00 %", "-5.00 pt")
+
+
+def test_an_image_without_objects_read_from_coco_counts_its_detections_as_false_positives(tmp_path):
+    """A COCO validation image with no annotation (a background image) is scored, not dropped as padding. The
+    oracle: pycocotools' COCOeval on the same annotation file and detections."""
+    import contextlib
+    import io
+    import json
+
+    from PIL import Image
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from prunefx.data.formats import format_data
+
+    images = [{"id": i, "file_name": f"{i}.png", "width": 64, "height": 64} for i in (1, 2)]
+    annotations = {"images": images, "categories": [{"id": 1, "name": "thing"}],
+                   "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400,
+                                    "iscrowd": 0}]}
+    (tmp_path / "annotations").mkdir()
+    for split in ("train2017", "val2017"):
+        (tmp_path / split).mkdir()
+        for image in images:
+            Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / split / image["file_name"])
+        (tmp_path / "annotations" / f"instances_{split}.json").write_text(json.dumps(annotations))
+    splits = format_data(tmp_path, 2, num_workers=0)
+    # a hit on image 1 at score 0.5, a false positive on the empty image 2 at 0.9
+    found = [(torch.tensor([[10.0, 10, 30, 30]]), torch.tensor([0.5]), torch.tensor([0])),
+             (torch.tensor([[40.0, 40, 60, 60]]), torch.tensor([0.9]), torch.tensor([0]))]
+    result = evaluate_dense(torch.nn.Identity(), splits.val, task="detection", num_classes=1,
+                            decode=lambda output: found)
+    truth = COCO(str(tmp_path / "annotations" / "instances_val2017.json"))
+    ours = truth.loadRes([{"image_id": i + 1, "category_id": 1, "score": float(scores[0]),
+                           "bbox": [*boxes[0, :2].tolist(), *(boxes[0, 2:] - boxes[0, :2]).tolist()]}
+                          for i, (boxes, scores, _) in enumerate(found)])
+    with contextlib.redirect_stdout(io.StringIO()):
+        oracle = COCOeval(truth, ours, "bbox")
+        oracle.evaluate(), oracle.accumulate(), oracle.summarize()
+    assert result["count"] == 2
+    assert result["map"] == pytest.approx(oracle.stats[0]) and result["map_50"] == pytest.approx(oracle.stats[1])
+
+
+def test_a_segmenter_scored_against_its_own_predictions_counts_pixels_not_images():
+    """Unlabelled images: a segmenter's score is per-pixel agreement (prunefx/data/unlabelled.py); the log says
+    how many pixels, and that it is a pixel accuracy. The oracle: the pixels of the real (not padding) masks."""
+    from prunefx import compression
+    from prunefx.data.splits import CLASSIFICATION, DataSplits
+    from prunefx.graph import capture
+
+    torch.manual_seed(0)
+    program = capture(torch.nn.Conv2d(3, 4, 1).eval(), torch.randn(2, 3, 8, 8), name="segmenter").eval()
+    images = torch.randn(2, 3, 8, 8)
+    masks = program(images).argmax(1)
+    masks[1] = -1  # a padding copy
+    splits = DataSplits(None, None, None, ("0", "1", "2", "3"), (3, 8, 8), CLASSIFICATION)
+    result = compression._score(program, [(images, masks)], splits)
+    assert result["metric"] == "pixel accuracy" and result["count"] == 64 and result["accuracy"] == 1.0
+    assert compression._percent(result) == "pixel accuracy 100.00 % (64 pixels)"

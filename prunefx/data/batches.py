@@ -24,6 +24,9 @@ from prunefx.data.worker_limits import bounded_workers
 from prunefx.graph.errors import PrunefxError
 
 IGNORED_LABEL = -1
+# A detection image with no item: the class of its box table's first row. All -1 is a padding copy (not counted);
+# an image without objects is counted (COCO's evaluation counts its detections as false positives).
+NO_ITEMS = -2
 
 # Generator streams derived from one (seed, epoch); the values are those the shuffles were always drawn with.
 _ORDER_STREAM, _WORKER_STREAM, _SAMPLE_STREAM, _BATCH_AUGMENT_STREAM = 0, 1, 2, 3

@@ -24,6 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from prunefx.data import image_files
+from prunefx.data.batches import NO_ITEMS
 from prunefx.data.normalise import IMAGENET_MEAN, IMAGENET_STD, normalise
 from prunefx.data.palette import Palette
 from prunefx.graph.errors import PrunefxError, printable
@@ -142,6 +143,8 @@ class LabelledImages(Dataset):
         scaled[:, 1::2] *= self.size[1] / width
         scaled[:, 2::2] *= self.size[0] / height
         rows[:len(scaled)] = scaled
+        if not len(scaled):  # a real image without objects, told apart from a padding copy (all -1)
+            rows[0, 0] = NO_ITEMS
         return rows
 
     def _mask(self, path: Path, image_path: Path, image_size: tuple[int, int]) -> torch.Tensor:

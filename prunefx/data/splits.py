@@ -55,7 +55,8 @@ class DataSplits:
     """The loaders of one data set (None where it has no such split), its class names, the shape of
     one input image (C, H, W) (the model's example input is (batch_size, *input_shape)) and its task:
     classification (labels N), segmentation (labels N x H x W, 0 = background) or detection (labels
-    N x max_items x 5: class, x1, y1, x2, y2, rows of -1 where there is no item)."""
+    N x max_items x 5: class, x1, y1, x2, y2, rows of -1 where there is no item; a real image without any
+    item has class NO_ITEMS (-2) in its first row, a padding copy -1 everywhere)."""
 
     train: StaticBatches | None
     val: StaticBatches | None
