@@ -117,7 +117,9 @@ def _score(program: Program, loader, splits: DataSplits) -> dict:
     """The data's task score: top-1 accuracy, or for dense tasks mIoU / mAP (prunefx/dense_tasks.py),
     kept under "accuracy" too so that every report reads one headline number."""
     if splits.task == CLASSIFICATION:
-        return evaluate(program, loader)
+        shapes = program.output_shapes  # a segmenter on unlabelled images: scored per pixel (data/unlabelled.py)
+        per_pixel = bool(shapes) and len(shapes[0]) == 4
+        return {**evaluate(program, loader), **({"metric": "pixel accuracy"} if per_pixel else {})}
     return evaluate_dense(program, loader, task=splits.task, num_classes=splits.num_classes)
 
 
@@ -136,7 +138,7 @@ def _percent(result: dict | None) -> str:
     if result is None:
         return "n/a"
     metric = result.get("metric")  # dense tasks name their score; classification's is plain accuracy
-    counted = "pixels" if metric == "mIoU" else "images"
+    counted = "pixels" if metric in ("mIoU", "pixel accuracy") else "images"
     return f"{metric + ' ' if metric else ''}{100 * result['accuracy']:.2f} % ({result['count']} {counted})"
 
 
