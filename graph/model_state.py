@@ -119,12 +119,15 @@ def _hook_tables(model: torch.nn.Module) -> list[dict]:
 
 
 def _hook_targets(hook) -> list:
-    """What a hook can write into: its closure's objects, the object it is bound to, a partial's arguments,
+    """What a hook can write into: its closure's objects, the object it is bound to or is, a partial's arguments,
     its default arguments, the module-level names its code reads (`activations.append(output)` in a script)."""
     found, function = [], hook
     while isinstance(function, functools.partial):
         found += [*function.args, *function.keywords.values()]
         function = function.func
+    if not isinstance(function, (types.FunctionType, types.MethodType, types.BuiltinFunctionType)):
+        found.append(function)  # an object with __call__ (a counter of calls): itself, then its method's code
+        function = type(function).__call__  # noqa: B004 (the method, not a test of callability)
     found.append(getattr(function, "__self__", None))
     for cell in getattr(function, "__closure__", None) or ():
         with contextlib.suppress(ValueError):  # an empty cell
@@ -132,6 +135,9 @@ def _hook_targets(hook) -> list:
     found += list(getattr(function, "__defaults__", None) or ())
     names, namespace = getattr(getattr(function, "__code__", None), "co_names", ()), getattr(function, "__globals__", {})
     found += [namespace[name] for name in names if name in namespace]
+    # an object's lists and dicts are appended to in place (self.outputs.append(output)): kept as well
+    found += [value for target in found if _plain_object(target) for value in vars(target).values()
+              if isinstance(value, _CONTAINERS)]
     return [target for target in found if isinstance(target, _CONTAINERS) or _plain_object(target)
             or _own_tensor(target)]
 

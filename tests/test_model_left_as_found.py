@@ -94,6 +94,38 @@ def test_capture_leaves_a_training_model_its_hooks_and_their_list_as_found(one_t
     assert len(kept) == 2 and all(type(t) is torch.Tensor for t in kept)  # the hooks are back and run
 
 
+class CallRecorder:
+    """A hook that is an object with __call__: it counts its calls and keeps each output in its own list."""
+
+    def __init__(self):
+        self.calls, self.outputs = 0, []
+
+    def __call__(self, module, inputs, output):
+        self.calls += 1
+        self.outputs.append(output)
+
+
+class Owner:
+    """A hook that is a bound method keeping outputs in its object's list."""
+
+    def __init__(self):
+        self.outputs = []
+
+    def hook(self, module, inputs, output):
+        self.outputs.append(output)
+
+
+def test_hooks_that_are_objects_or_their_methods_keep_only_the_users_own_calls(one_thread):
+    model, recorder, owner = Branchy().eval(), CallRecorder(), Owner()
+    model.register_forward_hook(recorder)
+    model.register_forward_hook(owner.hook)
+    x = torch.randn(2, 3, 8, 8)
+    model(x)
+    prunefx.capture(model, x)
+    assert recorder.calls == 1 and len(recorder.outputs) == len(owner.outputs) == 1
+    assert type(recorder.outputs[0]) is torch.Tensor and type(owner.outputs[0]) is torch.Tensor  # no fake tensor
+
+
 def test_a_hook_that_computes_is_part_of_the_program_and_its_records_are_put_back(one_thread):
     """Libraries compute with hooks (Hugging Face collects hidden states in them): a hook that changes an
     output is captured, one that records into an object it is bound to finds that object as it was."""
