@@ -127,6 +127,9 @@ def test_session_prunes_to_the_target_and_keeps_the_optimizer_on_the_module():
     ({"macs": 0.5, "params": 0.5}, "exactly one target"),
     ({"macs": 1.5}, "macs"),
     ({"macs": 0.5, "interval": 0}, "interval"),
+    ({"macs": 0.5, "keep": "conv2d"}, "a list of node names, not the text 'conv2d'"),  # not its six letters
+    ({"macs": 0.5, "keep": ["conv2d_typo"]}, "'keep' names 'conv2d_typo', which is not a node of"),  # before training
+    ({"macs": 0.5, "write_back": 5}, "write_back must be a function"),
 ])
 def test_bad_settings_are_one_line_errors(options, message):
     with pytest.raises(PrunefxError, match=message) as raised:

@@ -18,6 +18,7 @@ from prunefx.graph import Program, capture
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.model_state import hook_state_kept
 from prunefx.graph.training_flags import module_modes, set_module_modes
+from prunefx.passes.core.config_checks import names_in
 from prunefx.passes.prune_while_training import PruneWhileTrainingConfig, PruningSchedule, _target
 from prunefx.passes.training.carried_state import carry_optimizer, cut_tracking_indices, named_tensors
 from prunefx.passes.training.config import CLASSIFICATION, TrainConfig
@@ -73,6 +74,11 @@ class PruneWhileTraining:
                  round_to: int = 8, max_ratio: float = 0.8, keep: tuple[str, ...] = (),
                  write_back: Callable[[Program], torch.nn.Module] | None = None,
                  initial_module: torch.nn.Module | None = None):
+        if isinstance(keep, str):  # list("conv2d") would keep six nodes named by its letters
+            raise PrunefxError(f"PruneWhileTraining: keep must be a list of node names, not the text {keep!r}")
+        if write_back is not None and not callable(write_back):
+            raise PrunefxError(f"PruneWhileTraining: write_back must be a function from a Program to a module, "
+                               f"not {type(write_back).__name__}")
         options = PruneWhileTrainingConfig.parse({
             "macs": macs, "params": params, "prune_events": events, "interval": interval, "ranking": ranking,
             "round_to": round_to, "max_ratio": max_ratio, "keep": list(keep),
@@ -84,6 +90,9 @@ class PruneWhileTraining:
         else:
             raise PrunefxError(f"PruneWhileTraining needs a prunefx Program or a torch.nn.Module, "
                                f"not {type(model).__name__}")
+        # refused now, not at the first cut `interval` steps into the caller's training
+        names_in("PruneWhileTraining", "keep", options.keep, {node.name for node in self.program.graph.nodes},
+                 what=f"a node of {self.program.name}")
         self.schedule = PruningSchedule(self.program, _target(options), options)
         self.step = 0
         # With `write_back` (e.g. `lambda program: prunefx.to_module(program, model)`) the caller trains an
