@@ -101,6 +101,23 @@ def test_fisher_scores_accumulate_where_the_gradients_are():
     assert fisher.sums and all(s.device.type == "meta" and s.dtype == torch.float64 for s in fisher.sums.values())
 
 
+def test_a_step_with_non_finite_gradients_adds_nothing_to_the_fisher_scores():
+    """A mixed-precision overflow (the optimizer skips that step too) must not make scores inf or NaN for good.
+    The oracle: the sums of the finite steps alone."""
+    module = copy.deepcopy(_program().module)
+
+    def step(fisher, fill):
+        for parameter in module.parameters():
+            parameter.grad = torch.full_like(parameter, fill)
+        fisher.accumulate()
+
+    finite, mixed = FisherAccumulator(module), FisherAccumulator(module)
+    step(finite, 1.0), step(finite, 2.0)
+    step(mixed, 1.0), step(mixed, float("inf")), step(mixed, 2.0)
+    assert mixed.sums.keys() == finite.sums.keys()
+    assert all(torch.equal(mixed.sums[key], finite.sums[key]) for key in finite.sums)
+
+
 # --- on a GPU ------------------------------------------------------------------------------------------------
 
 def _close(cpu_program, cuda_program, tolerance: float, name: str) -> None:

@@ -220,13 +220,17 @@ class FisherAccumulator:
         self.batches = 0
 
     def accumulate(self) -> None:
-        for name, parameter in self.gradients_from.named_parameters():
-            if parameter.grad is None:
-                continue
-            product = _gate_derivative(parameter)
+        """Add this step's gradients; a step whose gradients are not all finite (a mixed-precision overflow, which
+        the optimizer skips too) adds nothing, decided on the device: no wait for it."""
+        products = {name: _gate_derivative(parameter) for name, parameter in self.gradients_from.named_parameters()
+                    if parameter.grad is not None}
+        finite = torch.stack([torch.isfinite(product).all() for product in products.values()]).all() \
+            if products else None
+        for name, product in products.items():
             scale = self.activations.get(name, 1)
             for dim in range(product.dim()):
                 added = _per_index_on_device(product, dim).square() / scale
+                added = torch.where(finite.to(added.device), added, torch.zeros_like(added))
                 before = self.sums.get((name, dim))
                 self.sums[(name, dim)] = added if before is None else before.to(added.device) + added
         self.batches += 1
