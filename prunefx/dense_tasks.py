@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from prunefx.data.batches import CROWD
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.eval_mode import evaluating
@@ -86,10 +87,13 @@ def targets_of(labels: torch.Tensor) -> list[dict[str, torch.Tensor] | None]:
                            f"{tuple(labels.shape)}")
     targets = []
     for rows in labels:
-        present = rows[:, 0] >= 0
-        real = bool((rows[:, 0] != IGNORE_LABEL).any())  # a padding copy is -1 everywhere
-        targets.append({"boxes": rows[present, 1:].float().reshape(-1, 4), "labels": rows[present, 0].long()}
-                       if real else None)
+        classes = rows[:, 0].long()
+        crowd = classes <= CROWD
+        present = (classes >= 0) | crowd
+        real = bool((classes != IGNORE_LABEL).any())  # a padding copy is -1 everywhere
+        targets.append({"boxes": rows[present, 1:].float().reshape(-1, 4),
+                        "labels": torch.where(crowd, CROWD - classes, classes)[present],
+                        "iscrowd": crowd[present].long()} if real else None)
     return targets
 
 

@@ -178,9 +178,10 @@ def test_reports_name_the_dense_metric_not_accuracy():
     assert summary_rows(report)[0] == ("test mIoU", "50.00 %", "45.00 %", "-5.00 pt")
 
 
-def test_an_image_without_objects_read_from_coco_counts_its_detections_as_false_positives(tmp_path):
-    """A COCO validation image with no annotation (a background image) is scored, not dropped as padding. The
-    oracle: pycocotools' COCOeval on the same annotation file and detections."""
+def _coco_scores(tmp_path, annotations: list[dict], found) -> tuple[dict, list[float]]:
+    """Two 64 px validation images with `annotations` in a COCO folder, read by format_data and scored with
+    `found` (one detection per image): prunefx's result and pycocotools' COCOeval stats (the oracle) on the same
+    annotation file and detections."""
     import contextlib
     import io
     import json
@@ -192,19 +193,14 @@ def test_an_image_without_objects_read_from_coco_counts_its_detections_as_false_
     from prunefx.data.formats import format_data
 
     images = [{"id": i, "file_name": f"{i}.png", "width": 64, "height": 64} for i in (1, 2)]
-    annotations = {"images": images, "categories": [{"id": 1, "name": "thing"}],
-                   "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400,
-                                    "iscrowd": 0}]}
+    content = {"images": images, "categories": [{"id": 1, "name": "thing"}], "annotations": annotations}
     (tmp_path / "annotations").mkdir()
     for split in ("train2017", "val2017"):
         (tmp_path / split).mkdir()
         for image in images:
             Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / split / image["file_name"])
-        (tmp_path / "annotations" / f"instances_{split}.json").write_text(json.dumps(annotations))
+        (tmp_path / "annotations" / f"instances_{split}.json").write_text(json.dumps(content))
     splits = format_data(tmp_path, 2, num_workers=0)
-    # a hit on image 1 at score 0.5, a false positive on the empty image 2 at 0.9
-    found = [(torch.tensor([[10.0, 10, 30, 30]]), torch.tensor([0.5]), torch.tensor([0])),
-             (torch.tensor([[40.0, 40, 60, 60]]), torch.tensor([0.9]), torch.tensor([0]))]
     result = evaluate_dense(torch.nn.Identity(), splits.val, task="detection", num_classes=1,
                             decode=lambda output: found)
     truth = COCO(str(tmp_path / "annotations" / "instances_val2017.json"))
@@ -214,8 +210,27 @@ def test_an_image_without_objects_read_from_coco_counts_its_detections_as_false_
     with contextlib.redirect_stdout(io.StringIO()):
         oracle = COCOeval(truth, ours, "bbox")
         oracle.evaluate(), oracle.accumulate(), oracle.summarize()
-    assert result["count"] == 2
-    assert result["map"] == pytest.approx(oracle.stats[0]) and result["map_50"] == pytest.approx(oracle.stats[1])
+    return result, list(oracle.stats)
+
+
+# a hit on image 1 at score 0.5, a detection on image 2 at 0.9
+FOUND = [(torch.tensor([[10.0, 10, 30, 30]]), torch.tensor([0.5]), torch.tensor([0])),
+         (torch.tensor([[40.0, 40, 60, 60]]), torch.tensor([0.9]), torch.tensor([0]))]
+HIT = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0}
+
+
+def test_an_image_without_objects_read_from_coco_counts_its_detections_as_false_positives(tmp_path):
+    """A COCO validation image with no annotation (a background image) is scored, not dropped as padding."""
+    result, stats = _coco_scores(tmp_path, [HIT], FOUND)
+    assert result["count"] == 2 and stats[0] == pytest.approx(0.5)
+    assert result["map"] == pytest.approx(stats[0]) and result["map_50"] == pytest.approx(stats[1])
+
+
+def test_a_detection_on_a_coco_crowd_region_is_ignored_as_coco_does(tmp_path):
+    crowd = {"id": 2, "image_id": 2, "category_id": 1, "bbox": [38, 38, 24, 24], "area": 576, "iscrowd": 1}
+    result, stats = _coco_scores(tmp_path, [HIT, crowd], FOUND)
+    assert stats[0] == pytest.approx(1.0)
+    assert result["map"] == pytest.approx(stats[0]) and result["map_50"] == pytest.approx(stats[1])
 
 
 def test_a_segmenter_scored_against_its_own_predictions_counts_pixels_not_images():

@@ -27,6 +27,8 @@ IGNORED_LABEL = -1
 # A detection image with no item: the class of its box table's first row. All -1 is a padding copy (not counted);
 # an image without objects is counted (COCO's evaluation counts its detections as false positives).
 NO_ITEMS = -2
+# A crowd region of class c (COCO's iscrowd) has class CROWD - c: evaluation ignores it and the detections on it.
+CROWD = -3
 
 # Generator streams derived from one (seed, epoch); the values are those the shuffles were always drawn with.
 _ORDER_STREAM, _WORKER_STREAM, _SAMPLE_STREAM, _BATCH_AUGMENT_STREAM = 0, 1, 2, 3

@@ -3,8 +3,8 @@
 
 A split whose name starts with train, val or test plays that role. Classes are the train file's
 categories in id order (COCO's ids have gaps: 1..90 for 80 classes), so class index i is the i-th
-category. Crowd annotations (`iscrowd: 1`) are left out of the targets, as COCO's evaluation ignores
-them. Boxes are COCO's [x, y, width, height] turned into (x1, y1, x2, y2).
+category. Crowd annotations (`iscrowd: 1`) are kept as crowd regions (class CROWD - c, prunefx/data/batches.py):
+COCO's evaluation ignores them and the detections that fall on them. Boxes are COCO's [x, y, width, height] turned into (x1, y1, x2, y2).
 
 Every file and folder is opened through prunefx/data/dataset_files.py (nothing outside ROOT is read) and
 every field is checked: ids are integers and unique, a box is four finite numbers with a positive width
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prunefx.data.batches import CROWD
 from prunefx.data.dataset_files import MAX_JSON_BYTES, confined, load_json, quoted, read_data_file, shown
 from prunefx.data.samples import SplitFiles, inside
 from prunefx.graph.errors import PrunefxError, printable
@@ -136,14 +137,13 @@ def _boxes_by_image(content: dict, annotations: Path, index_of: dict[int, int]) 
     boxes_of: dict[int, list[list[float]]] = {}
     for number, annotation in enumerate(content["annotations"]):
         where = f"{printable(str(annotations))}: annotations[{number}]"
-        if annotation.get("iscrowd", 0):
-            continue
         cid = annotation.get("category_id")
         if type(cid) is not int or cid not in index_of:
             raise PrunefxError(f"{where} has category_id {shown(cid)}, not one of the {len(index_of)} "
                                "categories")
         image_id = _integer(annotation, "image_id", where)
-        boxes_of.setdefault(image_id, []).append([index_of[cid], *_box(annotation, where)])
+        label = CROWD - index_of[cid] if annotation.get("iscrowd", 0) else index_of[cid]
+        boxes_of.setdefault(image_id, []).append([label, *_box(annotation, where)])
     return boxes_of
 
 

@@ -56,7 +56,8 @@ class DataSplits:
     one input image (C, H, W) (the model's example input is (batch_size, *input_shape)) and its task:
     classification (labels N), segmentation (labels N x H x W, 0 = background) or detection (labels
     N x max_items x 5: class, x1, y1, x2, y2, rows of -1 where there is no item; a real image without any
-    item has class NO_ITEMS (-2) in its first row, a padding copy -1 everywhere)."""
+    item has class NO_ITEMS (-2) in its first row, a padding copy -1 everywhere, a crowd region of class c has
+    class CROWD - c, -3 - c)."""
 
     train: StaticBatches | None
     val: StaticBatches | None
