@@ -113,6 +113,9 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
         raise CaptureError(f"capture's name must be non-empty text, not {printable(repr(name))[:60]}")
     if isinstance(model, torch.export.ExportedProgram):
         return _capture_exported(model, example_inputs, name=name or "exported")
+    if not isinstance(model, torch.nn.Module):
+        raise CaptureError(f"capture takes a torch.nn.Module or a torch.export.ExportedProgram, not "
+                           f"{type(model).__name__}")
     if example_inputs is None:
         raise CaptureError("capture needs example inputs for a torch.nn.Module (a tensor or a tuple of tensors)")
     name = name or type(model).__name__

@@ -4,7 +4,9 @@ import dataclasses
 
 import pytest
 import torch
+from torch import nn
 
+import prunefx
 from prunefx.graph import capture
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.core.contract import graph_pass
@@ -225,3 +227,18 @@ def test_a_configs_default_is_read_from_its_class_without_parsing_a_target():
     """`default` reads the field's default (remove_channels' 8), where a parse would need a target first."""
     assert RemoveChannelsConfig.default("round_to") == RemoveChannelsConfig.parse({"macs": 0.5}).round_to == 8
     assert RemoveChannelsConfig.default("keep") == RemoveChannelsConfig.parse({"macs": 0.5}).keep
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda program, model: Pipeline([fold_batchnorm]).run(model), "takes a prunefx Program"),
+    (lambda program, model: Pipeline(fold_batchnorm), "a list of steps"),
+    (lambda program, model: prunefx.to_module(model, program), "takes a prunefx Program and the torch.nn.Module"),
+    (lambda program, model: prunefx.capture("resnet", torch.randn(1, 3, 8, 8)), "not str"),
+])
+def test_the_api_given_the_wrong_kind_of_object_says_so_in_one_line(call, message):
+    """Not an AttributeError from deep inside: a PrunefxError naming what was expected."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    program = prunefx.capture(model, torch.randn(1, 3, 8, 8))
+    with pytest.raises(PrunefxError, match=message) as raised:
+        call(program, model)
+    assert "\n" not in str(raised.value)

@@ -131,6 +131,9 @@ class Pipeline:
                  inner: bool = False):
         if verify not in VERIFY_LEVELS:
             raise PrunefxError(f"verify must be one of {VERIFY_LEVELS}, not '{verify}'")
+        if callable(steps) or isinstance(steps, (str, bytes)):  # Pipeline(fold_batchnorm): one pass, not a list
+            raise PrunefxError(f"Pipeline takes a list of steps (passes, or (pass, config) pairs), not "
+                               f"{getattr(steps, '__name__', type(steps).__name__)} alone: Pipeline([...])")
         # A step is a Step, a pass, or a (pass, config) pair.
         self.steps = tuple(_as_step(step, index) for index, step in enumerate(steps))
         self._configs: list[Any] = []  # each step's parsed config, in order (None: its mapping, no config class)
@@ -187,6 +190,9 @@ class Pipeline:
         owns it; a command that reads only the dense Program's name afterwards): no second copy of the weights.
         `after_step(name, result)` is called after each verified pass (compress measures every stage with
         it); it must not change the Program, which the next pass receives."""
+        if not isinstance(program, Program):
+            raise PrunefxError(f"Pipeline.run takes a prunefx Program (prunefx.capture(model, inputs) makes one), "
+                               f"not {type(program).__name__}")
         if on_copy:
             program = program.clone()
         done: list[tuple[str, Result]] = []

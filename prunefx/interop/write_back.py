@@ -59,6 +59,9 @@ def to_module(program: Program, model: nn.Module, *, config: bool = True, same_c
     children, tensors and plain attributes, not the class's methods; with `same_class` (and for a Hugging Face
     model with `config`), WriteBackError instead.
     Raises WriteBackError (a PrunefxError) with a one-line reason where the result cannot be proven."""
+    if not isinstance(program, Program) or not isinstance(model, nn.Module):
+        raise WriteBackError(f"to_module(program, model) takes a prunefx Program and the torch.nn.Module it was "
+                             f"captured from, not {type(program).__name__} and {type(model).__name__}")
     name = program.name
     module = in_program_precision(copy.deepcopy(model).eval(), program, name)
     # The copy shares the closures of the user's hooks: what the proofs' runs leave there is put back, and the
