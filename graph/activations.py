@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import torch
 
 from prunefx.graph.errors import PrunefxError
-from prunefx.graph.in_place_writes import as_computed, overwritten_later
+from prunefx.graph.in_place_writes import as_computed
 from prunefx.graph.input_batches import as_program_inputs
 from prunefx.graph.placement import module_device
 
@@ -74,8 +74,7 @@ def tap_nodes(module: torch.fx.GraphModule, names: Sequence[str]) -> torch.fx.Gr
     graph = torch.fx.Graph()
     copies: dict[torch.fx.Node, torch.fx.Node] = {}
     graph.graph_copy(module.graph, copies)
-    overwritten = {copies[node] for node in overwritten_later(module.graph)}  # a relu_ or add_ later: a copy
-    graph.output(tuple(as_computed(graph, [copies[nodes[name]] for name in names], overwritten)))
+    graph.output(tuple(as_computed(module.graph, graph, copies, [nodes[name] for name in names])))
     tapped = torch.fx.GraphModule(module, graph)
     tapped.graph.eliminate_dead_code()
     tapped.recompile()

@@ -4,13 +4,15 @@
 hand channels_last activations on; an `aten.view` that merges channels with space (`x.view(n, -1)` before a
 classifier, as in LeNet-style and many CIFAR networks) cannot be taken of such a tensor and raises. A reshape
 is a view where one can be taken and a copy where not, the same values either way; so each view becomes a
-reshape, unless something writes in place into it or into the tensor it views, where only a view keeps the two
-aliased.
+reshape, unless an operator after it writes into its memory (graph/in_place_writes.py), where only a view keeps
+the two aliased.
 """
 
 from __future__ import annotations
 
 import torch
+
+from prunefx.graph.in_place_writes import overwritten_later
 
 _VIEW, _RESHAPE = torch.ops.aten.view.default, torch.ops.aten.reshape.default
 
@@ -24,17 +26,11 @@ def channels_last(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def views_as_reshapes(graph: torch.fx.Graph) -> int:
-    """Every `aten.view` of `graph` that nothing writes through made an `aten.reshape`; how many."""
+    """Every `aten.view` of `graph` whose memory nothing writes into later made an `aten.reshape`; how many."""
+    overwritten = overwritten_later(graph)
     changed = 0
     for node in graph.nodes:
-        if node.op == "call_function" and node.target is _VIEW and not _written_in_place(node) \
-                and not _written_in_place(node.args[0]):
+        if node.op == "call_function" and node.target is _VIEW and node not in overwritten:
             node.target = _RESHAPE
             changed += 1
     return changed
-
-
-def _written_in_place(node) -> bool:
-    """Whether an operator that mutates its inputs (relu_, add_, copy_) reads `node`."""
-    return isinstance(node, torch.fx.Node) and any(
-        isinstance(user.target, torch._ops.OpOverload) and user.target._schema.is_mutable for user in node.users)

@@ -4,7 +4,7 @@ Captured graphs keep the in-place operators of the model's code: ResNet's `out +
 `aten.add_(out, identity)` and its `relu(inplace=True)` is `aten.relu_`, each writing into the memory of its
 first argument. A reader that keeps a node's value and looks at it after the graph ran on (calibration taps,
 staged runs, features for distillation) would see what a later in-place operator wrote there, not what the node
-computed: `as_computed` gives it a copy taken when the node ran. Memory is shared as the operators' schemas say:
+computed: `as_computed` gives a copied graph's reader a copy taken when the node ran. Memory is shared as the operators' schemas say:
 an argument annotated as aliased by the result (views, in-place results) shares the result's memory, and one
 annotated as written is overwritten.
 """
@@ -60,11 +60,13 @@ def _aliased_arguments(node: torch.fx.Node) -> tuple[list[torch.fx.Node], list[t
     return shared, written
 
 
-def as_computed(graph: torch.fx.Graph, nodes: list[torch.fx.Node],
-                overwritten: set[torch.fx.Node]) -> list[torch.fx.Node]:
-    """`nodes`, each replaced by a clone inserted right after it where it is in `overwritten`."""
-    copies = {}
+def as_computed(source: torch.fx.Graph, graph: torch.fx.Graph, copies: dict[torch.fx.Node, torch.fx.Node],
+                nodes: list[torch.fx.Node]) -> list[torch.fx.Node]:
+    """The copies in `graph` (`copies`: graph_copy's map from `source`) of `source`'s `nodes`, each one a later
+    operator writes into replaced by a clone inserted right after it."""
+    overwritten = overwritten_later(source)
+    clones = {}
     for node in dict.fromkeys(node for node in nodes if node in overwritten):
-        with graph.inserting_after(node):
-            copies[node] = graph.call_function(_CLONE, (node,))
-    return [copies.get(node, node) for node in nodes]
+        with graph.inserting_after(copies[node]):
+            clones[node] = graph.call_function(_CLONE, (copies[node],))
+    return [clones.get(node, copies[node]) for node in nodes]

@@ -29,7 +29,6 @@ def write_model(staging: Path, program: Program, *, opset: int) -> dict:
                        "relative": parity.relative}}
 
 
-
 def export_deliverable(program: Program, path: Path, *, opset: int) -> tuple[Path, dict]:
     """`program` as model.onnx is written, and the report's `onnx` entry; also the file a baseline it is timed
     against is exported to, so that a quantized dense model is timed in its INT8 lowering, not as float

@@ -227,10 +227,10 @@ class FisherAccumulator:
         finite = torch.stack([torch.isfinite(product).all() for product in products.values()]).all() \
             if products else None
         for name, product in products.items():
-            scale = self.activations.get(name, 1)
+            scale, kept = self.activations.get(name, 1), finite.to(product.device)
             for dim in range(product.dim()):
                 added = _per_index_on_device(product, dim).square() / scale
-                added = torch.where(finite.to(added.device), added, torch.zeros_like(added))
+                added = torch.where(kept, added, torch.zeros_like(added))
                 before = self.sums.get((name, dim))
                 self.sums[(name, dim)] = added if before is None else before.to(added.device) + added
         self.batches += 1

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils._pytree as pytree
 
-from prunefx.graph.in_place_writes import as_computed, overwritten_later
+from prunefx.graph.in_place_writes import as_computed
 from prunefx.passes.training.config import DETECTION, TrainConfig, TrainingError
 
 IGNORE_LABEL = -1
@@ -127,8 +127,7 @@ def tap_outputs(module: torch.fx.GraphModule, names: Sequence[str]) -> torch.fx.
     graph = torch.fx.Graph()
     copies: dict[torch.fx.Node, torch.fx.Node] = {}
     output = graph.graph_copy(module.graph, copies)
-    overwritten = {copies[node] for node in overwritten_later(module.graph)}  # a relu_ or add_ later: a copy
-    graph.output((output, tuple(as_computed(graph, [copies[nodes[name]] for name in names], overwritten))))
+    graph.output((output, tuple(as_computed(module.graph, graph, copies, [nodes[name] for name in names]))))
     tapped: Any = torch.fx.GraphModule(module, graph)  # out_spec is set on it below
     # torch.export's graphs return flat outputs re-nested by a pytree spec; keep it to rebuild them.
     info = getattr(module.graph._codegen, "pytree_info", None)

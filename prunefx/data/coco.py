@@ -4,7 +4,8 @@
 A split whose name starts with train, val or test plays that role. Classes are the train file's
 categories in id order (COCO's ids have gaps: 1..90 for 80 classes), so class index i is the i-th
 category. Crowd annotations (`iscrowd: 1`) are kept as crowd regions (class CROWD - c, prunefx/data/batches.py):
-COCO's evaluation ignores them and the detections that fall on them. Boxes are COCO's [x, y, width, height] turned into (x1, y1, x2, y2).
+COCO's evaluation ignores them and the detections that fall on them. Boxes are COCO's [x, y, width, height]
+turned into (x1, y1, x2, y2).
 
 Every file and folder is opened through prunefx/data/dataset_files.py (nothing outside ROOT is read) and
 every field is checked: ids are integers and unique, a box is four finite numbers with a positive width
