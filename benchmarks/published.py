@@ -93,6 +93,8 @@ RUNS = (
          "2", "4", "6", "--ranks", "damage", "damage_per_mac", "--fractions", "0.7", "0.5"), minutes=42),
     Run("latency_budget", "latency_budget", ("--input-size", "160", "--results-name", "latency_budget"),
         minutes=12),
+    # prunefx against Torch-Pruning on a GPU (cuda backend, fp16): every row, beyond make gpu-check's minutes.
+    Run("gpu_speedup", "gpu_speedup", ("--time-limit", "3600"), lane="all", needs="gpu", minutes=30, guessed=True),
     # The benchmark pages' other results.
     # its three studies: the CNNs at 2x and 4x, at equal latency, the ViT
     Run("budget_choice", "budget_choice", minutes=30),

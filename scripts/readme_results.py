@@ -34,7 +34,9 @@ MODEL_NAMES = {
     "vit_small_patch16_224": "ViT-S", "efficientnet_b0": "EfficientNet-B0", "vit_l16": "ViT-L/16",
     "vit_b16": "ViT-B/16", "resnext50_32x4d": "ResNeXt-50", "convnextv2_atto": "ConvNeXtV2-atto",
     "vit_large_patch16_224": "ViT-L", "mobilenetv2_small": "MobileNetV2-small", "resnet20": "ResNet-20",
-    "vit_tiny_fmnist": "ViT-tiny", "regnet_y_1_6gf": "RegNetY-1.6GF",
+    "vit_tiny_fmnist": "ViT-tiny", "regnet_y_1_6gf": "RegNetY-1.6GF", "resnet101": "ResNet-101",
+    "convnext_small": "ConvNeXt-S", "swin_t": "Swin-T", "vit_b_16": "ViT-B/16", "efficientnet_v2_s": "EfficientNetV2-S",
+    "mobilenetv4_conv_medium": "MobileNetV4-M",
 }
 
 
@@ -204,6 +206,23 @@ def semi_structured_speedup(data: dict) -> str:
             f"{best['batch']}")
 
 
+def gpu_speedup(data: dict) -> str:
+    rows = [row for row in data["equal_macs"] if row["batch"] == 32]
+    ours = [row["prunefx"]["speedup"] for row in rows]
+    rounded = [row for row in rows if "speedup" in row.get("torch-pruning r8", {})]
+    failed = [model_name(row["model"]) for row in rows if row not in rounded]
+    ahead = sum(1 for row in rounded if row["prunefx"]["speedup"] >= row["torch-pruning r8"]["speedup"])
+    theirs = f"Torch-Pruning `round_to=8` {span([row['torch-pruning r8']['speedup'] for row in rounded])}"
+    if failed:
+        theirs += f", its search failed on {listed(failed)}"
+    latency = [row for row in data["latency_choice"] if row["batch"] == 32]
+    chosen = [row["prunefx latency"]["speedup"] for row in latency]
+    faster = sum(1 for row in latency if row["prunefx latency"]["speedup"] > row["prunefx"]["speedup"])
+    return (f"defaults {span(ours)} on {len(rows)} models, at least Torch-Pruning's on {ahead} of {len(rounded)} "
+            f"({theirs}); channels chosen by a latency table timed on the GPU {span(chosen)}, faster than the "
+            f"MACs choice on {faster} of {len(latency)} models timed")
+
+
 @dataclass(frozen=True)
 class Row:
     what: str
@@ -239,6 +258,8 @@ ROWS = (
         "latency_budget", latency_budget, "latency budgets|latency-budget"),
     Row("2:4 ViT MLP layers (cuSPARSELt, fp16)", "semi_structured_speedup", semi_structured_speedup,
         "sparsity|sparsity"),
+    Row("Channel pruning to half the MACs, cuda backend (fp16, CUDA graphs), batch 32", "gpu_speedup", gpu_speedup,
+        "GPU speed-ups|gpu-speedup"),
 )
 
 
@@ -246,8 +267,9 @@ def machine_of(data: dict) -> str:
     """The machine a results file was measured on, as a table's heading says it."""
     machine = data.get("machine") or {}
     versions = machine.get("versions", {})
-    if data.get("gpu"):
-        return f"On one {data['gpu']['name']} (torch {versions.get('torch', '?')}):"
+    gpu = (data.get("gpu") or {}).get("name") or machine.get("gpu")
+    if gpu:
+        return f"On one {gpu} (torch {versions.get('torch', '?')}):"
     isa = "AVX-512" if machine.get("avx512") else "AVX2" if machine.get("avx2") else "neither AVX2 nor AVX-512"
     runtime = ".".join(str(versions.get("onnxruntime", "?")).split(".")[:2])
     cpu = machine.get("cpu", "?").replace("(R)", "").replace("(TM)", "").removesuffix(" Processor")
