@@ -125,6 +125,18 @@ def test_steering_by_time_keeps_more_of_the_cheap_layers_than_steering_by_macs(r
     assert count(by_time).macs >= count(by_macs).macs
 
 
+def test_without_a_choice_a_cuda_budget_times_a_table_and_an_ort_budget_steers_by_macs(resnet, timer, tmp_path):
+    """The backend decides when the caller does not: its channel_choice, what measured faster on it."""
+    _, on_ort = meet_budget(resnet, speedup=1.3, measurer=StandIn(), width=WIDTH, tolerance=0.5, max_candidates=2)
+    assert timer.calls == 0 and on_ort.search["searched"] != "layer_time"
+    _, on_cuda = meet_budget(resnet, speedup=1.3, backend="cuda", measurer=StandIn(), width=WIDTH,
+                             latency_cache=str(tmp_path), tolerance=0.5, max_candidates=2)
+    assert timer.calls > 0 and on_cuda.search["searched"] == "layer_time"
+    _, asked = meet_budget(resnet, speedup=1.3, backend="cuda", measurer=StandIn(), choose_by="macs", width=WIDTH,
+                           tolerance=0.5, max_candidates=2)
+    assert asked.search["searched"] != "layer_time"
+
+
 def test_an_unknown_choice_is_refused_in_one_line(resnet):
     with pytest.raises(PrunefxError, match="choose_by is one of macs, latency"):
         meet_budget(resnet, speedup=1.5, measurer=StandIn(), choose_by="flops")

@@ -46,7 +46,7 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
                 allow_depth: bool = False, routes: Sequence[str] | None = None, tolerance: float | None = 0.15,
                 confirm: bool = True, max_candidates: int = 8, recalibrate: bool | None = None,
                 width: Mapping[str, Any] | None = None, depth: Mapping[str, Any] | None = None,
-                log: Callable[[str], None] | None = None, choose_by: str = "macs", compile: bool = False,
+                log: Callable[[str], None] | None = None, choose_by: str | None = None, compile: bool = False,
                 latency_cache: str | None = None, device: str | torch.device | None = None,
                 measurement=None) -> tuple[Program, BudgetOutcome]:
     """`program` (eval mode, left as it is) made to meet `speedup` (over the dense model) or `latency_ms`,
@@ -59,9 +59,10 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
     instead ("width", "depth", "width+depth", in that order). `log`: a route's progress (default: logging). `width`: remove_channels options (importance,
     round_to, compensate, ...); `depth`: depth_to_budget options (rank, recalibrate, max_kernel_growth, ...).
     `precision` None: the backend's default (fp16 for cuda). `compile`: torch.compile first (cuda).
-    `choose_by`: "macs" (default) steers the width search by the MACs kept; "latency" times every prunable layer
-    on `backend` at candidate widths first (a per-layer table, cached on disk under `latency_cache`) and spends
-    importance per millisecond saved, so channels go where time goes. Either way candidates are measured whole.
+    `choose_by`: "macs" steers the width search by the MACs kept; "latency" times every prunable layer on
+    `backend` at candidate widths first (a per-layer table, cached on disk under `latency_cache`) and spends
+    importance per millisecond saved, so channels go where time goes. None: the backend's `channel_choice`
+    (latency on cuda, macs elsewhere). Either way candidates are measured whole.
     `device`: where the routes' passes compute (importance, OBS, compensation, calibration passes): "auto",
     "cpu", "cuda", "cuda:N" (prunefx/device.py); None: where `program` is. `program` and the chosen Program are on
     `program`'s device when this returns, also after a refusal; the measurer is handed Programs on `device`.
@@ -72,7 +73,7 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
     if any(name != "width" for name in order) and calibration is None:
         raise PrunefxError("the depth route ranks the blocks by their damage on data: give meet_budget calibration "
                            "batches")
-    if choose_by not in CHOICES:
+    if choose_by is not None and choose_by not in CHOICES:
         raise PrunefxError(f"meet_budget: choose_by is one of {', '.join(CHOICES)}, not {choose_by!r}")
     device = resolve_device(device) if device is not None else None  # a GPU that is missing: refused first
     if measurement is None:  # the separate settings, as one Measurement: what the command line builds
@@ -80,7 +81,7 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
     if measurer is None:
         measurer = measurement.pair()
     width = dict(width or {})
-    if choose_by == "latency":  # timed on the GPU the search measures on: cuda:N current, as on_device makes it
+    if (choose_by or _channel_choice(measurement.backend)) == "latency":  # timed on the GPU the search measures on: cuda:N current, as on_device makes it
         with current_gpu(device if device is not None else module_device(program.module)):
             width["latency_table"] = _latency_table(program, measurement, measurer, latency_cache,
                                                     width.get("round_to"))
@@ -129,6 +130,14 @@ def _measurement(backend: str, precision: str | None, batch: int, threads: int |
     precision = precision or (backends.get(backend).default_precision if known else "fp32")
     return Measurement(backend, Settings(runs=runs, precision=precision, batch=batch, threads=threads, trtexec=trtexec,
                                          compile=compile))
+
+
+def _channel_choice(backend: str) -> str:
+    """What steers the width search on `backend` when the caller does not say: its backend's choice; "macs" for
+    a name the registry does not know (a caller's own measurer)."""
+    from prunefx.runtime import backends
+
+    return backends.get(backend).channel_choice if backend in backends.names() else "macs"
 
 
 def _latency_table(program: Program, measurement: Measurement, measurer, cache_dir: str | None,

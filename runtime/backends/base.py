@@ -73,6 +73,8 @@ class Backend:
     precisions: tuple[str, ...] = ("fp32",)        # what a budget is measured at
     bench_precisions: tuple[str, ...] | None = None  # what bench/profile accept (default: `precisions`)
     default_precision: str = "fp32"
+    # what steers a budget's width search by default: "macs", or "latency" (a per-layer table timed here)
+    channel_choice: str = "macs"
     budgets: bool = True          # offers a latency pair for --speedup/--latency-ms
     reads: str = "onnx"           # what bench hands it: "onnx" (an exported file) or "program"
     # the ONNX lowering of a quantized Program it reads (runtime/onnx/quantized.py; None: this CPU's ONNX Runtime one)

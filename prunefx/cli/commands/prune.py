@@ -78,10 +78,10 @@ def add_arguments(parser) -> None:
                         help="when width alone cannot reach --speedup/--latency-ms, merge blocks instead (prunefx "
                              "depth on the same budget), and when depth alone cannot either, take both together "
                              "(needs --calibrate DATA to rank the blocks)")
-    parser.add_argument("--choose-by", choices=("macs", "latency"), default="macs",
-                        help="with --speedup/--latency-ms: steer the width search by the MACs kept (default) or by "
-                             "a per-layer latency table timed first on --backend (cached), which cuts channels where "
-                             "the time goes")
+    parser.add_argument("--choose-by", choices=("macs", "latency"), default=None,
+                        help="with --speedup/--latency-ms: steer the width search by the MACs kept or by a per-layer "
+                             "latency table timed first on --backend (cached), which cuts channels where the time "
+                             "goes (default: latency on the cuda backend, macs on the others)")
     cli_options.add_measurement(parser, runs=30, what="--speedup/--latency-ms (batch 1; a candidate that meets the "
                                                       "budget is confirmed with 4x the runs)")
     cli_options.add_budget_backend(parser)
