@@ -18,7 +18,8 @@ a fresh pair (models prepared anew) and by a separate process with its own timer
 defaults are also timed with channel counts in multiples of 8, 16, 32 and 64 (which a GPU's kernels prefer,
 measured), and with the batch norms folded into the convolutions of both models (what a fusing runtime runs).
 
-The rows run in the order the figures matter (`plan`): equal MACs at the largest batch on every model, the
+The rows run in the order the figures matter (`plan`; `--missing-first FILE` puts first the kinds of row a
+published file lacks): equal MACs at the largest batch on every model, the
 latency choice on every model, the budgets, the width multiples, then the other batches. Within `--time-limit` seconds
 of the process's start a row starts only while the time left exceeds the longest finished row of its kind, in
 this run or in the file `--resume` names (before any of its kind has finished: the longest row of any kind),
@@ -79,8 +80,8 @@ SMOKE_MODEL, SMOKE_BATCHES = "prunefx:resnet20", (1, 4)
 BUDGETS = {1: 1.3, 32: 1.5}  # batch -> speed-up asked of `prune --speedup`
 MACS = 0.5
 ROUND_TO = (8, 16, 32, 64)  # the width multiples a widths row tries: what a GPU's kernels prefer, measured
-ROWS = {"equal": "equal_macs", "latency": "latency_choice", "widths": "widths",
-        "budget": "budgets"}  # a task's kind -> its report key
+ROWS = {"equal": "equal_macs", "latency": "latency_choice", "budget": "budgets",
+        "widths": "widths"}  # a task's kind -> its report key, in plan order
 TORCH_PRUNING_SCRIPT = Path(__file__).resolve().with_name("torch_pruning_baseline.py")
 SEARCH_THREADS = 4  # each Torch-Pruning search's threads (mostly Python tracing)
 
@@ -371,7 +372,8 @@ def budget_row(reference: str, batch: int, speedup: float, settings: Settings, d
     again = CudaBackend(device).latency_pair(at).confirm(dense, chosen)
     independent = independent_speedup(dense, chosen, batch, settings.precision or "fp16")
     judged = independent.get("speedup")  # only the other process's timer can catch a flaw of ours
-    return {**row, "search_speedup": getattr(outcome.measured, "speedup", None),
+    choice = "latency" if outcome.search.get("searched") == "layer_time" else "macs"  # the backend's default
+    return {**row, "choice": choice, "search_speedup": getattr(outcome.measured, "speedup", None),
             "remeasured": again.speedup, "independent": independent,
             "macs_kept": count(chosen).macs / count(dense).macs,
             "within": None if judged is None else 0.95 * speedup <= judged <= 1.25 * speedup}
@@ -397,16 +399,27 @@ def independent_speedup(dense, chosen, batch: int, precision: str, timeout: floa
 
 # ---- the run --------------------------------------------------------------------------------------
 
-def plan(models: list[str], batches: list[int], budgets: dict[int, float]) -> list[tuple[str, str, int]]:
+def plan(models: list[str], batches: list[int], budgets: dict[int, float],
+         kinds_first: tuple[str, ...] = ()) -> list[tuple[str, str, int]]:
     """(kind, model, batch) in the order the figures matter, so that a run cut short has the first ones: equal
     MACs at the largest batch on every model (prunefx's defaults against Torch-Pruning), the latency choice on
     every model, the budgets (largest batch first), the width multiples on the first model, then the other
-    batches."""
+    batches. The rows of `kinds_first` go before all others, in that order."""
     first, rest = max(batches), sorted(batches, reverse=True)[1:]
-    return ([("equal", model, first) for model in models] + [("latency", model, first) for model in models]
-            + [("budget", model, batch) for batch in sorted(budgets, reverse=True) for model in models]
-            + [("widths", models[0], first)]
-            + [("equal", model, batch) for batch in rest for model in models])
+    tasks = ([("equal", model, first) for model in models] + [("latency", model, first) for model in models]
+             + [("budget", model, batch) for batch in sorted(budgets, reverse=True) for model in models]
+             + [("widths", models[0], first)]
+             + [("equal", model, batch) for batch in rest for model in models])
+    rank = {kind: place for place, kind in enumerate(kinds_first)}
+    return sorted(tasks, key=lambda task: rank.get(task[0], len(rank)))  # stable: plan order within a rank
+
+
+def kinds_missing_in(path: Path | None) -> tuple[str, ...]:
+    """The kinds of row that the results file `path` holds none of, in plan order (none: no file)."""
+    if path is None or not path.is_file():
+        return ()
+    rows = json.loads(path.read_text())
+    return tuple(kind for kind, key in ROWS.items() if not rows.get(key))
 
 
 def run(args) -> dict:
@@ -432,7 +445,7 @@ def _measure(args, device) -> dict:
     kept, hints = resumed(args.resume, report["machine"]), earlier_seconds(args.resume)
     report.update(kept)
     done = {(kind, row["model"], row["batch"]) for kind, key in ROWS.items() for row in kept[key]}
-    tasks = [task for task in plan(models, batches, budgets) if task not in done]
+    tasks = [task for task in plan(models, batches, budgets, kinds_missing_in(args.missing_first)) if task not in done]
     with tempfile.TemporaryDirectory(prefix="gpu-speedup-torch-pruning-") as folder:
         searches = SearchesAhead(Path(folder), args.torch_pruning_timeout)
         try:
@@ -574,9 +587,9 @@ def markdown(report: dict) -> str:
                               "latency table"],
                              [[r["model"], r["batch"], f"{r.get('dense_ms', float('nan')):.3f}", cell(r.get("prunefx")),
                                cell(r.get("prunefx latency")), _table(r.get("latency_table"))] for r in chosen])
-    budgets = markdown_table(["model", "batch", "asked", "re-measured (fresh pair)", "own timer, own process",
-                              "MACs kept", "within [0.95 S, 1.25 S]"],
-                             [[r["model"], r["batch"], f"{r['speedup_asked']}x",
+    budgets = markdown_table(["model", "batch", "asked", "channels chosen by", "re-measured (fresh pair)",
+                              "own timer, own process", "MACs kept", "within [0.95 S, 1.25 S]"],
+                             [[r["model"], r["batch"], f"{r['speedup_asked']}x", r.get("choice", "-"),
                                f"{r['remeasured']:.2f}x" if "remeasured" in r else r.get("refused", "-"),
                                _independent(r.get("independent")),
                                f"{r['macs_kept']:.2f}" if "macs_kept" in r else "-",
@@ -626,6 +639,9 @@ def parse(argv=None):
                                                     "measured on the same GPU, software and code")
     parser.add_argument("--code", default=None, help="the code's stamp (default: benchmarks/build_stamp.py's digest "
                                                      "where git can list the files)")
+    parser.add_argument("--missing-first", type=Path,
+                        help="a published gpu_speedup.json: the kinds of row it holds none of run first (a run of "
+                             "minutes fills in what is missing)")
     parser.add_argument("--smoke", action="store_true", help="one small model on a CPU stand-in for the device")
     parser.set_defaults(started=None)  # when the time limit counts from (main: the process's start)
     args = parser.parse_args(argv)

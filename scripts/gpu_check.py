@@ -16,13 +16,14 @@ under its own timeout so that one hung step cannot take the rest with it:
    (a crash there ends the child, not the check);
 3. `prunefx prune --speedup 1.5 --backend cuda --batch 32 --choose-by latency` on a ResNet-50 (its report
    gives the latency table's cost), the chosen model re-measured by a separate process with its own timer
-   (benchmarks/remeasure_speedup.py); gpu_speedup's budget rows check the default MACs choice;
+   (benchmarks/remeasure_speedup.py); gpu_speedup's budget rows check the backend's default choice;
 4. benchmarks/module_speed.py (the written-back module as fast as the Program);
 5. benchmarks/tool_speed.py: calibrated `prunefx prune` of a ResNet-50 with `--device cuda` (the second-order
    math on the GPU), its own process, timed from start to exit, with its report.json's stage seconds (cProfile
    cannot take them on the GPU machine's Python 3.12: benchmarks/tool_profile.py);
 6. benchmarks/gpu_speedup.py in the time left, resumed from the rows of the same code and GPU: those of an
-   earlier call on the same warm machine (build/gpu-check-state/), else the committed ones.
+   earlier call on the same warm machine (build/gpu-check-state/), else the committed ones; the kinds of row
+   that benchmarks/results/gpu_speedup.json holds none of run first.
 `speedup`, a second call on the warm machine, runs step 6 alone in --seconds, going on where the first stopped.
 Each step's output and a summary (gpu_check.json: GPU, driver, torch, cuDNN, each step's exit and seconds, and
 the small results files folded in) go to --out, flat, ready to commit to benchmarks/gpu_check/ (its README.md says why not benchmarks/results/).
@@ -56,6 +57,7 @@ GPU_PYTHON = "3.12"
 STAMP = "code_stamp.txt"  # beside the wheels: the code they were built from
 STATE = ROOT / "build" / "gpu-check-state"  # gpu_speedup's rows, kept on a warm GPU machine between calls
 COMMITTED = ROOT / "benchmarks" / "gpu_check" / "gpu_speedup.json"
+PUBLISHED = ROOT / "benchmarks" / "results" / "gpu_speedup.json"  # the kinds of row it lacks run first
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64")
 
@@ -290,7 +292,8 @@ def gpu_speedup(steps: Steps, python: list[str], smoke: bool) -> None:
     settings = ["--smoke", "--runs", "3"] if smoke else ["--time-limit", str(max(steps.left() - 20, 30))]
     quiet = dict(steps.env, PYTHONWARNINGS="ignore::FutureWarning,ignore::UserWarning")  # its log: rows, not torch's
     steps.run("gpu_speedup", [*python, str(ROOT / "benchmarks" / "gpu_speedup.py"), *settings, "--out",
-                              str(steps.out), "--code", stamp, "--resume", str(earlier)], steps.left() - 5,
+                              str(steps.out), "--code", stamp, "--resume", str(earlier), "--missing-first",
+                              str(PUBLISHED)], steps.left() - 5,
               log="gpu_speedup.log", env=quiet)
     made = steps.out / "gpu_speedup.json"
     if made.is_file():
