@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from prunefx.graph.operators import CONVOLUTIONS, MATRIX_PRODUCTS, TRANSPOSED_CONVOLUTIONS
+from prunefx.graph.program import require_program
 
 aten = torch.ops.aten
 
@@ -129,6 +130,7 @@ def count_params(module: torch.nn.Module) -> int:
 
 def count(program) -> Cost:
     """MACs and parameters of a Program (its shape metadata must be current: see Program.refresh_meta)."""
+    require_program(program, "count")
     return Cost(macs=count_macs(program.module), params=count_params(program.module))
 
 

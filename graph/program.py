@@ -239,6 +239,17 @@ class Program:
         return program
 
 
+def require_program(value: object, taker: str) -> None:
+    """A one-line PrunefxError where `taker` is handed something else than a Program (a module, a path)."""
+    if isinstance(value, Program):
+        return
+    if isinstance(value, (str, os.PathLike)):
+        hint = "prunefx.load(path) reads a saved one"
+    else:
+        hint = "prunefx.capture(model, inputs) makes one"
+    raise PrunefxError(f"{taker} takes a prunefx Program ({hint}), not {type(value).__name__}")
+
+
 def current_output_shapes(module: torch.fx.GraphModule) -> list[tuple[int, ...]]:
     """Shapes of the graph's tensor outputs, in flattened order, from the shape metadata."""
     output = next(node for node in reversed(module.graph.nodes) if node.op == "output")

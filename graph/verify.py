@@ -13,7 +13,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from prunefx.graph.errors import VerificationError, first_line
-from prunefx.graph.program import Program, current_output_shapes
+from prunefx.graph.program import Program, current_output_shapes, require_program
 
 
 def _check_lint(program: Program) -> None:
@@ -43,6 +43,7 @@ def _check_finite(program: Program) -> None:
 
 def verify(program: Program, *, reexport: bool = True) -> None:
     """Raise VerificationError with the reason when `program` is not valid; return None when it is."""
+    require_program(program, "verify")
     _check_lint(program)
     _check_shapes(program)
     if not program.training:

@@ -234,6 +234,9 @@ def test_a_configs_default_is_read_from_its_class_without_parsing_a_target():
     (lambda program, model: Pipeline(fold_batchnorm), "a list of steps"),
     (lambda program, model: prunefx.to_module(model, program), "takes a prunefx Program and the torch.nn.Module"),
     (lambda program, model: prunefx.capture("resnet", torch.randn(1, 3, 8, 8)), "not str"),
+    (lambda program, model: prunefx.count(model), "count takes a prunefx Program"),
+    (lambda program, model: prunefx.graph.verify("model.pt2"), "verify takes .*prunefx.load"),
+    (lambda program, model: prunefx.meet_budget(model, speedup=2.0), "meet_budget takes a prunefx Program"),
 ])
 def test_the_api_given_the_wrong_kind_of_object_says_so_in_one_line(call, message):
     """Not an AttributeError from deep inside: a PrunefxError naming what was expected."""

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from prunefx.graph import Program, verify
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.program import require_program
 from prunefx.graph.progress import shown
 from prunefx.passes.core.contract import Contract, analysis_snapshot, as_pass, changed_fields
 from prunefx.passes.core.pass_config import PassConfig
@@ -190,9 +191,7 @@ class Pipeline:
         owns it; a command that reads only the dense Program's name afterwards): no second copy of the weights.
         `after_step(name, result)` is called after each verified pass (compress measures every stage with
         it); it must not change the Program, which the next pass receives."""
-        if not isinstance(program, Program):
-            raise PrunefxError(f"Pipeline.run takes a prunefx Program (prunefx.capture(model, inputs) makes one), "
-                               f"not {type(program).__name__}")
+        require_program(program, "Pipeline.run")
         if on_copy:
             program = program.clone()
         done: list[tuple[str, Result]] = []

@@ -28,6 +28,7 @@ from prunefx.device import batches_on, current_gpu, on_device, resolve_device
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.placement import module_device
+from prunefx.graph.program import require_program
 from prunefx.passes.budget.measurement import round_to_of
 from prunefx.passes.budget.search import BudgetUnreachable, budget_text, speedup_text, unreachable_in
 from prunefx.passes.prune_to_budget import DEFAULT_ROUND_TO
@@ -67,6 +68,7 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
     "cpu", "cuda", "cuda:N" (prunefx/device.py); None: where `program` is. `program` and the chosen Program are on
     `program`'s device when this returns, also after a refusal; the measurer is handed Programs on `device`.
     Returns (the chosen Program, its BudgetOutcome); raises BudgetUnreachable when no route meets the budget."""
+    require_program(program, "meet_budget")
     order = _routes(routes, allow_depth)
     if (speedup is None) == (latency_ms is None):
         raise PrunefxError("meet_budget needs exactly one budget: speedup or latency_ms")
