@@ -33,7 +33,7 @@ from prunefx.device import on_device
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.rebatch import rebatch
-from prunefx.injection import FirstBatches, inject
+from prunefx.injection import FirstBatches, calibrated_on, inject
 from prunefx.loading import program_from_reference
 from prunefx.models import build_model
 from prunefx.named_recipes import Recipe
@@ -159,6 +159,9 @@ def compress(dense: Program, recipe: Recipe, splits: DataSplits, output: str | o
     dense_one = rebatch(dense, 1)  # fails now, not after training, if the graph cannot be cut to batch 1
     pipeline, injected = inject(recipe.pipeline, dense, splits, data=data, eval_batches=options.eval_batches,
                                 options=options)
+    if calibrated_on(recipe.pipeline, splits) == "test":  # the only images there are: the score that follows is not held out
+        log(f"note: {data} has no training or validation split, so calibration reads the test images it is "
+            "then scored on")
 
     clock = time.perf_counter()
     before = _accuracy(dense, splits, options.eval_batches, options.device)
@@ -232,6 +235,7 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
                                                "rounds": latency.rounds})
     sections = {
         "data": str(data), "data_seed": splits.train.seed if splits.train is not None else None,
+        "calibrated_on": calibrated_on(recipe.pipeline, splits),
         "task": splits.task, "classes": list(splits.classes),
         "labels": getattr(splits.evaluation, "describes", "the data set's labels"), "batch_size": batch,
         "input_shape": list(splits.input_shape),

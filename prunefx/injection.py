@@ -57,11 +57,10 @@ def _sources(dense: Program, splits: DataSplits, eval_batches: int | None, neede
         for parameter in teacher.module.parameters():
             parameter.requires_grad_(False)
         sources["teacher"] = teacher
+    _, loader = calibration_split(splits)
     if "calibration" in needed:
-        loader = splits.train if splits.train is not None else splits.evaluation
         sources["calibration"] = [(inputs,) for inputs, _ in itertools.islice(iter(loader), CALIBRATION_BATCHES)]
     if "labelled_calibration" in needed:
-        loader = splits.train if splits.train is not None else splits.evaluation
         sources["labelled_calibration"] = list(itertools.islice(iter(loader), CALIBRATION_BATCHES))
     if needed & {"measure", "latency"}:  # one Measurement, checked once, for every pass that measures
         measurement = Measurement.of(options.backend, threads=LATENCY_THREADS, runs=MERGE_MEASURE_RUNS,
@@ -72,6 +71,19 @@ def _sources(dense: Program, splits: DataSplits, eval_batches: int | None, neede
         if "latency" in needed:
             sources["latency"] = measurement.pair()
     return sources
+
+
+def calibration_split(splits: DataSplits) -> tuple[str, object]:
+    """(name, loader) of the split the calibration batches are read from: train, else the one evaluated on."""
+    if splits.train is not None:
+        return "train", splits.train
+    return ("val", splits.val) if splits.val is not None else ("test", splits.test)
+
+
+def calibrated_on(pipeline: Pipeline, splits: DataSplits) -> str | None:
+    """The split `pipeline`'s calibration batches come from ("train", "val", "test"); None: no pass reads any."""
+    sources = {source for step in pipeline.steps for source in injected_keys(step).values()}
+    return calibration_split(splits)[0] if sources & {"calibration", "labelled_calibration"} else None
 
 
 def inject(pipeline: Pipeline, dense: Program, splits: DataSplits, *, data: str,

@@ -129,6 +129,7 @@ def test_passes_get_the_data_they_need(compressed):
     _, report, _ = compressed
     pruning, distillation = report["passes"]
     assert pruning["injected"] == ["calibration"] and pruning["stats"]["importance"] == "fisher"
+    assert report["calibrated_on"] == "train"
     assert distillation["injected"] == ["data", "eval_data", "task", "teacher"]
     stats = distillation["stats"]
     assert stats["steps"] == 5
@@ -252,6 +253,31 @@ def test_inject_fills_only_what_a_pass_needs_and_the_recipe_left_unset():
     no_training = DataSplits(None, None, splits.test, splits.classes, splits.input_shape)
     with pytest.raises(PrunefxError, match="'distill' trains, but random has no training split"):
         inject(pipeline, dense, no_training, data="random")
+
+
+def test_data_with_a_test_split_only_calibrates_on_the_images_it_scores_and_says_so(tmp_path):
+    """imagenet-sample's case (20 test images, no other split): the calibration batches are the test images, and
+    the log and report.json say so, where before the score read as held out."""
+    from prunefx.compress_options import Options
+    from prunefx.named_recipes import Recipe
+
+    torch.manual_seed(0)
+    images, labels = torch.randn(16, 3, 8, 8), torch.arange(16) % 4
+    splits = DataSplits(None, None, tensor_batches(images, labels, 4, shuffle=False), tuple("abcd"), (3, 8, 8))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    dense = capture(model, torch.randn(4, 3, 8, 8), name="tiny")
+    spec = {"passes": [{"remove_channels": {"macs": 0.5, "round_to": 2, "importance": "obs"}}]}
+    pipeline, _ = inject(pipeline_from_spec(spec), dense, splits, data="test-only")
+    calibration = pipeline.steps[0].config["calibration"]
+    assert torch.equal(torch.cat([batch[0] for batch in calibration]), images)  # the oracle: the test images
+    lines = []
+    report = compress(dense, Recipe("obs", tmp_path / "obs.yaml", spec, pipeline_from_spec(spec)), splits,
+                      tmp_path / "out", data="test-only", options=Options(runs=3, threads=1, stage_reports=False),
+                      log=lines.append)
+    assert report["calibrated_on"] == "test"
+    assert "the test score is not held out" in (tmp_path / "out" / "report.md").read_text()
+    assert any("calibration reads the test images it is then scored on" in line for line in lines)
 
 
 # --- recipes -------------------------------------------------------------------------------------

@@ -127,7 +127,9 @@ def markdown_report(report: dict) -> str:
              f"Data: {report['data']} (batch {report['batch_size']}, images {'x'.join(map(str, report['input_shape']))}"
              + (f", seed {report['data_seed']}" if report.get("data_seed") is not None else "") + ")"
              + (f", evaluated on the first {report['eval_batches']} batches of each split" if report["eval_batches"]
-                else "") + "." + (f" Scored against {report['labels']}." if report.get("labels") else ""), "",
+                else "") + "." + (f" Scored against {report['labels']}." if report.get("labels") else "")
+             + (" Calibrated on the test images: the test score is not held out."
+                if report.get("calibrated_on") == "test" else ""), "",
              "| | dense | compressed | change |", "|---|---|---|---|"]
     lines += [f"| {what} | {dense} | {compressed} | {change} |" for what, dense, compressed, change in summary_rows(report)]
     latency = report["latency"]
