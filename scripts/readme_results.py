@@ -216,11 +216,19 @@ def gpu_speedup(data: dict) -> str:
     if failed:
         theirs += f", its search failed on {listed(failed)}"
     latency = [row for row in data["latency_choice"] if row["batch"] == 32]
-    chosen = [row["prunefx latency"]["speedup"] for row in latency]
-    faster = sum(1 for row in latency if row["prunefx latency"]["speedup"] > row["prunefx"]["speedup"])
+    equal = [row for row in latency if _equal_macs(row["prunefx latency"]["macs_kept"], row["prunefx"]["macs_kept"])]
+    faster = sum(1 for row in equal if row["prunefx latency"]["speedup"] > row["prunefx"]["speedup"])
+    apart = [f"on {model_name(row['model'])} it kept {row['prunefx latency']['macs_kept']:.2f} of the MACs"
+             for row in latency if row not in equal]
     return (f"defaults {span(ours)} on {len(rows)} models, at least Torch-Pruning's on {ahead} of {len(rounded)} "
-            f"({theirs}); channels chosen by a latency table timed on the GPU {span(chosen)}, faster than the "
-            f"MACs choice on {faster} of {len(latency)} models timed")
+            f"({theirs}); channels chosen by a latency table timed on the GPU faster than the MACs choice at "
+            f"equal MACs on {faster} of {len(equal)} models timed"
+            + (f" ({'; '.join(apart)}, not compared)" if apart else ""))
+
+
+def _equal_macs(kept: float, reference: float, tolerance: float = 0.03) -> bool:
+    """Within `tolerance` of `reference`: the latency choice's bisection stops there (benchmarks/table_fraction.py)."""
+    return abs(kept - reference) <= tolerance * reference
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ class CudaBackend(Backend):
     needs = "an NVIDIA GPU and torch built with CUDA (no TensorRT); --compile also needs triton"
     precisions = ("fp16", "bf16")
     default_precision = "fp16"
-    # a GPU layer's time does not follow its MACs: at equal MACs the table's choice measured faster than the MACs
-    # choice on every model timed (docs/benchmarks/gpu-speedup.md)
+    # a GPU layer's time does not follow its MACs: the table's choice measured faster than the MACs choice on
+    # every model compared at equal MACs (docs/benchmarks/gpu-speedup.md)
     channel_choice = "latency"
     reads, gpu_timed = "program", True
     # PyTorch on the GPU would run the fake quantizers as float operators
