@@ -403,11 +403,11 @@ def plan(models: list[str], batches: list[int], budgets: dict[int, float],
          kinds_first: tuple[str, ...] = ()) -> list[tuple[str, str, int]]:
     """(kind, model, batch) in the order the figures matter, so that a run cut short has the first ones: equal
     MACs at the largest batch on every model (prunefx's defaults against Torch-Pruning), the latency choice on
-    every model, the budgets (largest batch first), the width multiples on the first model, then the other
-    batches. The rows of `kinds_first` go before all others, in that order."""
+    every model, the budgets (model by model, each at every batch, largest first: a run cut short has both
+    batches on its first models), the width multiples on the first model, then the other batches. The rows of `kinds_first` go before all others, in that order."""
     first, rest = max(batches), sorted(batches, reverse=True)[1:]
     tasks = ([("equal", model, first) for model in models] + [("latency", model, first) for model in models]
-             + [("budget", model, batch) for batch in sorted(budgets, reverse=True) for model in models]
+             + [("budget", model, batch) for model in models for batch in sorted(budgets, reverse=True)]
              + [("widths", models[0], first)]
              + [("equal", model, batch) for batch in rest for model in models])
     rank = {kind: place for place, kind in enumerate(kinds_first)}

@@ -51,7 +51,7 @@ def test_the_smoke_run_writes_every_row_outside_the_results_folder(load_script, 
 def test_the_rows_that_decide_come_first(load_script):
     plan = load_script(SCRIPT).plan(["a", "b"], [1, 8, 32], {1: 1.3, 32: 1.5})
     assert plan == [("equal", "a", 32), ("equal", "b", 32), ("latency", "a", 32), ("latency", "b", 32),
-                    ("budget", "a", 32), ("budget", "b", 32), ("budget", "a", 1), ("budget", "b", 1),
+                    ("budget", "a", 32), ("budget", "a", 1), ("budget", "b", 32), ("budget", "b", 1),
                     ("widths", "a", 32), ("equal", "a", 8), ("equal", "b", 8), ("equal", "a", 1), ("equal", "b", 1)]
 
 
@@ -62,7 +62,7 @@ def test_the_kinds_a_published_file_lacks_run_first(load_script, tmp_path):
                                      "budgets": [], "widths": []}))
     assert script.kinds_missing_in(published) == ("budget", "widths")
     plan = script.plan(["a", "b"], [1, 32], {1: 1.3, 32: 1.5}, ("budget", "widths"))
-    assert plan == [("budget", "a", 32), ("budget", "b", 32), ("budget", "a", 1), ("budget", "b", 1),
+    assert plan == [("budget", "a", 32), ("budget", "a", 1), ("budget", "b", 32), ("budget", "b", 1),
                     ("widths", "a", 32), ("equal", "a", 32), ("equal", "b", 32), ("latency", "a", 32),
                     ("latency", "b", 32), ("equal", "a", 1), ("equal", "b", 1)]
     assert script.kinds_missing_in(tmp_path / "none.json") == ()
