@@ -182,13 +182,18 @@ class PruningSchedule:
     def resume_state(self, state: dict, trainer: Trainer) -> None:
         """Go on from a checkpoint's state, on the program the trainer resumed (the cuts already made on it);
         refused when the schedule's settings differ, as the trainer refuses other steps or another optimizer."""
+        self.restore(state, trainer.program.module, where=f"the checkpoint in {trainer.config.checkpoint_dir}")
+
+    def restore(self, state: dict, module, *, where: str, gradients_from=None) -> None:
+        """Go on from `checkpoint_state`'s `state` on `module` (the graph with the cuts already made), the scores
+        read from `gradients_from` as in `restart_scores`; refused when the settings differ from the saved ones."""
         for key, value in self._settings().items():
             if key in state["settings"] and state["settings"][key] != value:  # a setting it did not record: not held
-                raise TrainingError(f"the checkpoint in {trainer.config.checkpoint_dir} was written with "
-                                    f"prune_while_training's {key}={state['settings'].get(key)}, this run has "
-                                    f"{key}={value}; resume with the same settings or use a new checkpoint_dir")
+                raise TrainingError(f"{where} was written with prune_while_training's {key}="
+                                    f"{state['settings'].get(key)}, this run has {key}={value}; resume with the same "
+                                    f"settings or start a new checkpoint")
         self.done = [dict(event) for event in state["done"]]
-        self.restart_scores(trainer.program.module)
+        self.restart_scores(module, gradients_from=gradients_from)
         self.fisher.load_state(state["fisher"])
 
     def _settings(self) -> dict:

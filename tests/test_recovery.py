@@ -97,27 +97,30 @@ def test_distillation_alone_needs_no_labels():
     assert loss.item() == pytest.approx(kl.item(), rel=1e-5)
 
 
-def test_session_prunes_to_the_target_and_keeps_the_optimizer_on_the_module():
-    model = tiny_net()
-    inputs, labels = batch()
-    session = PruneWhileTraining(model, inputs, macs=0.5, events=2, interval=2, round_to=4)
-    kd = DistillationLoss(model)
-    session.train()
-    module = session.module
-    optimizer = torch.optim.SGD(module.parameters(), lr=0.05, momentum=0.9)
+def _train(session, optimizer, steps: range) -> list[int]:
+    """`steps` of a user's loop with distillation from the dense model, batch `step` each (so that a resumed run
+    sees what an uninterrupted one does); the steps after which the session cut."""
     cuts = []
-    for step in range(6):
-        loss = kd(module(inputs), inputs, labels)
+    kd = DistillationLoss(tiny_net())
+    for step in steps:
+        inputs, labels = batch(step)
+        loss = kd(session.module(inputs), inputs, labels)
+        assert torch.isfinite(loss)
         optimizer.zero_grad()
         loss.backward()
         session.after_backward()
         optimizer.step()
         if session.maybe_cut(optimizer):
             cuts.append(step + 1)
-            module = session.module
-    assert cuts == [2, 4] and session.finished
+    return cuts
+
+
+def test_session_prunes_to_the_target_and_keeps_the_optimizer_on_the_module():
+    session = PruneWhileTraining(tiny_net(), batch()[0], macs=0.5, events=2, interval=2, round_to=4).train()
+    optimizer = torch.optim.SGD(session.module.parameters(), lr=0.05, momentum=0.9)
+    assert _train(session, optimizer, range(6)) == [2, 4] and session.finished
     assert session.statistics()["target"]["met"]
-    assert torch.isfinite(loss)
+    module = session.module
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert held == {id(p) for p in module.parameters()}
     assert all(optimizer.state[p]["momentum_buffer"].shape == p.shape for p in module.parameters())
@@ -305,3 +308,61 @@ def test_a_module_teacher_leaves_what_the_users_hooks_keep_as_found():
         del seen[-1]  # the one call the user made
         torch.testing.assert_close(run((x,))[0], expected)
     assert seen == []
+
+
+# --- saving and resuming a session -------------------------------------------------------------------
+
+@pytest.mark.parametrize("write_back", [False, True])
+def test_a_session_saved_and_loaded_midway_ends_where_an_uninterrupted_one_does(tmp_path, write_back):
+    """The oracle: the same loop run without a break. Saved after the first cut with scores accumulated since,
+    loaded into a session made again from the dense model, the loop reaches the same cuts and the same weights."""
+    import prunefx
+
+    def session_of(model):
+        back = (lambda program: prunefx.to_module(program, model)) if write_back else None
+        return PruneWhileTraining(model, batch()[0], macs=0.5, events=2, interval=3, round_to=4,
+                                  write_back=back).train()
+
+    def optimizer_of(session):
+        return torch.optim.SGD(session.module.parameters(), lr=0.05, momentum=0.9)
+
+    whole = session_of(tiny_net())
+    whole_optimizer = optimizer_of(whole)
+    assert _train(whole, whole_optimizer, range(8)) == [3, 6]
+
+    first = session_of(tiny_net())
+    first_optimizer = optimizer_of(first)
+    assert _train(first, first_optimizer, range(4)) == [3]
+    first.save(tmp_path / "session")
+    torch.save(first_optimizer.state_dict(), tmp_path / "optimizer.pt")
+
+    resumed = session_of(tiny_net()).load(tmp_path / "session").train()
+    optimizer = optimizer_of(resumed)
+    optimizer.load_state_dict(torch.load(tmp_path / "optimizer.pt"))
+    assert resumed.step == 4 and len(resumed.events) == 1
+    saved_scores, scores = first.schedule.fisher, resumed.schedule.fisher  # what the next cut ranks by
+    assert scores.batches == saved_scores.batches == 1 and scores.sums.keys() == saved_scores.sums.keys()
+    assert all(torch.equal(scores.sums[key], sums.cpu()) for key, sums in saved_scores.sums.items())
+    assert _train(resumed, optimizer, range(4, 8)) == [6]
+    assert [event["step"] for event in resumed.events] == [event["step"] for event in whole.events]
+    want, got = dict(whole.module.named_parameters()), dict(resumed.module.named_parameters())
+    assert want.keys() == got.keys()
+    for name, parameter in want.items():
+        torch.testing.assert_close(got[name], parameter, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_loading_into_a_session_made_from_the_pruned_model_is_refused(tmp_path):
+    """Made from the saved pruned graph, a session would take it for the dense model and misread every
+    fraction kept: refused in one line."""
+    session = PruneWhileTraining(tiny_net(), batch()[0], macs=0.5, events=2, interval=1, round_to=4).train()
+    _train(session, torch.optim.SGD(session.module.parameters(), lr=0.05), range(1))
+    session.save(tmp_path / "session")
+    wrong = PruneWhileTraining(session.program, macs=0.5, events=2, interval=1, round_to=4)
+    with pytest.raises(PrunefxError, match="same dense model, not the pruned one") as raised:
+        wrong.load(tmp_path / "session")
+    assert "\n" not in str(raised.value)
+    other = PruneWhileTraining(tiny_net(), batch()[0], macs=0.5, events=3, interval=1, round_to=4)
+    with pytest.raises(PrunefxError, match="prune_events=2, this run has prune_events=3"):
+        other.load(tmp_path / "session")
+    with pytest.raises(PrunefxError, match="holds no PruneWhileTraining.save"):
+        other.load(tmp_path / "nothing")

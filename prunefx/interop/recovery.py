@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from prunefx.graph import Program, capture
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.model_state import hook_state_kept
+from prunefx.graph.placement import module_device, move_program
 from prunefx.graph.training_flags import module_modes, set_module_modes
 from prunefx.passes.core.config_checks import names_in
 from prunefx.passes.prune_while_training import PruneWhileTrainingConfig, PruningSchedule, _target
 from prunefx.passes.training.carried_state import carry_optimizer, cut_tracking_indices, named_tensors
+from prunefx.passes.training.checkpoint import read_checkpoint, write_checkpoint
 from prunefx.passes.training.config import CLASSIFICATION, TrainConfig
 from prunefx.passes.training.losses import total_losses
 
@@ -169,6 +173,41 @@ class PruneWhileTraining:
     def statistics(self) -> dict:
         """The pass's statistics: target, achieved fraction, MACs and parameters before/after, events."""
         return self.schedule.statistics(self.program)
+
+    # ---- saving and resuming ------------------------------------------------------------------------
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """Write what resuming needs into `folder`: the graph as trained and cut so far (program.pt2), the step,
+        the cuts' records and the scores since the last cut (trainer_state.pt), written as the recovery trainer's
+        checkpoints are (a save cut short leaves the previous one whole). Save your optimizer's state_dict()
+        beside it."""
+        if self.eager is not None:
+            _copy_by_name(self.eager, self.program.module)  # the graph holds what the caller trained
+        write_checkpoint(Path(folder), self.program, {"session": {
+            "step": self.step, "dense": self._dense_cost(), **self.schedule.checkpoint_state()}})
+
+    def load(self, folder: str | os.PathLike) -> PruneWhileTraining:
+        """Go on from `save`'s folder: this session, made again from the same dense model and settings, takes the
+        graph, step, cuts and scores saved, on the device its graph is on. `module` is then the saved graph (or
+        its write-back) in eval mode: call `train()`, build the optimizer on `module`'s parameters and give it
+        its saved state_dict()."""
+        read = read_checkpoint(Path(folder))
+        saved = None if read is None else read[1].get("session")
+        if saved is None:
+            raise PrunefxError(f"{folder} holds no PruneWhileTraining.save: nothing to resume")
+        if saved["dense"] != self._dense_cost():
+            raise PrunefxError(f"{folder} was saved by a session whose dense model has {saved['dense']['macs']} MACs "
+                               f"and {saved['dense']['params']} parameters, this one's has "
+                               f"{self._dense_cost()['macs']} and {self._dense_cost()['params']}: make it from the "
+                               "same dense model, not the pruned one")
+        program = move_program(read[0], module_device(self.program.module))
+        eager = None if self.eager is None else self._written_back(program, {})  # eval, as the graph
+        self.schedule.restore(saved, program.module, where=str(folder), gradients_from=eager)
+        self.program, self.eager, self.step = program, eager, int(saved["step"])
+        return self
+
+    def _dense_cost(self) -> dict[str, int]:
+        return {"macs": int(self.schedule.before.macs), "params": int(self.schedule.before.params)}
 
 
 def _check_parameter_names(module: torch.nn.Module, program: Program) -> None:
