@@ -404,7 +404,8 @@ def plan(models: list[str], batches: list[int], budgets: dict[int, float],
     """(kind, model, batch) in the order the figures matter, so that a run cut short has the first ones: equal
     MACs at the largest batch on every model (prunefx's defaults against Torch-Pruning), the latency choice on
     every model, the budgets (model by model, each at every batch, largest first: a run cut short has both
-    batches on its first models), the width multiples on the first model, then the other batches. The rows of `kinds_first` go before all others, in that order."""
+    batches on its first models), the width multiples on the first model, then the other batches. The rows of
+    `kinds_first` go before all others, in that order."""
     first, rest = max(batches), sorted(batches, reverse=True)[1:]
     tasks = ([("equal", model, first) for model in models] + [("latency", model, first) for model in models]
              + [("budget", model, batch) for model in models for batch in sorted(budgets, reverse=True)]
@@ -445,7 +446,8 @@ def _measure(args, device) -> dict:
     kept, hints = resumed(args.resume, report["machine"]), earlier_seconds(args.resume)
     report.update(kept)
     done = {(kind, row["model"], row["batch"]) for kind, key in ROWS.items() for row in kept[key]}
-    tasks = [task for task in plan(models, batches, budgets, kinds_missing_in(args.missing_first)) if task not in done]
+    order = plan(models, batches, budgets, kinds_missing_in(args.missing_first))
+    tasks = [task for task in order if task not in done]
     with tempfile.TemporaryDirectory(prefix="gpu-speedup-torch-pruning-") as folder:
         searches = SearchesAhead(Path(folder), args.torch_pruning_timeout)
         try:

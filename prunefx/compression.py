@@ -159,7 +159,7 @@ def compress(dense: Program, recipe: Recipe, splits: DataSplits, output: str | o
     dense_one = rebatch(dense, 1)  # fails now, not after training, if the graph cannot be cut to batch 1
     pipeline, injected = inject(recipe.pipeline, dense, splits, data=data, eval_batches=options.eval_batches,
                                 options=options)
-    if calibrated_on(recipe.pipeline, splits) == "test":  # the only images there are: the score that follows is not held out
+    if calibrated_on(recipe.pipeline, splits) == "test":  # the only images there are: the score is not held out
         log(f"note: {data} has no training or validation split, so calibration reads the test images it is "
             "then scored on")
 

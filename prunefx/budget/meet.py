@@ -83,7 +83,8 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
     if measurer is None:
         measurer = measurement.pair()
     width = dict(width or {})
-    if (choose_by or _channel_choice(measurement.backend)) == "latency":  # timed on the GPU the search measures on: cuda:N current, as on_device makes it
+    choose_by = choose_by or _channel_choice(measurement.backend)
+    if choose_by == "latency":  # timed on the GPU the search measures on: cuda:N current, as on_device makes it
         with current_gpu(device if device is not None else module_device(program.module)):
             width["latency_table"] = _latency_table(program, measurement, measurer, latency_cache,
                                                     width.get("round_to"))

@@ -195,11 +195,11 @@ class PruneWhileTraining:
         saved = None if read is None else read[1].get("session")
         if saved is None:
             raise PrunefxError(f"{folder} holds no PruneWhileTraining.save: nothing to resume")
-        if saved["dense"] != self._dense_cost():
+        dense = self._dense_cost()
+        if saved["dense"] != dense:
             raise PrunefxError(f"{folder} was saved by a session whose dense model has {saved['dense']['macs']} MACs "
-                               f"and {saved['dense']['params']} parameters, this one's has "
-                               f"{self._dense_cost()['macs']} and {self._dense_cost()['params']}: make it from the "
-                               "same dense model, not the pruned one")
+                               f"and {saved['dense']['params']} parameters, this one's has {dense['macs']} and "
+                               f"{dense['params']}: make it from the same dense model, not the pruned one")
         program = move_program(read[0], module_device(self.program.module))
         eager = None if self.eager is None else self._written_back(program, {})  # eval, as the graph
         self.schedule.restore(saved, program.module, where=str(folder), gradients_from=eager)
