@@ -15,8 +15,8 @@ whose whole model, exported to ONNX and timed at batch 1 alternately with the de
 times faster; then its one-shot test accuracy (obs selection with compensation and batch-norm
 recalibration on 512 training images, no fine-tuning, no labels).
 Part 2 (--equal-macs), speed-up at equal MACs (random weights at 224 x 224, the models of
-benchmarks/prune_latency.py, l2 importance): macs at --macs of the MACs, and latency at the table
-fraction whose MACs are the same within 3 %; both timed against the dense model round by round (--rounds
+benchmarks/prune_latency.py, l2 importance): macs at --macs of the MACs, and latency at the MACs the first
+kept, its channels going by the table (benchmarks/table_fraction.py); both timed against the dense model round by round (--rounds
 rounds, each timing both choices, in an order that turns each round), so that a machine that slows down for a
 while slows both alike; each choice's figures are its medians over the rounds.
 
@@ -179,7 +179,7 @@ def equal_macs_rows(model: str, args) -> list[dict]:
     extra = {"importance": "l2", "round_to": args.round_to}
     by_macs = prune(dense, "macs", args.macs, table, extra)
     target = count(by_macs).macs / count(dense).macs
-    by_latency, _, fraction = table_fraction.at_macs(dense, table, target, extra, steps=args.steps + 4)
+    by_latency, _, fraction = table_fraction.at_macs(dense, table, target, extra)
     chosen = {"macs": (by_macs, args.macs), "latency": (by_latency, fraction)}
     with tempfile.TemporaryDirectory() as folder:
         timed = Timing(dense, args, Path(folder)).side_by_side(

@@ -65,7 +65,9 @@ class RemoveChannelsConfig(PassConfig):
     layer_time: float | None = option(describe=FRACTION, low=0.0, high=1.0, low_open=True, cli=False,
                                       help="fraction of the latency table's time of the timed layers to keep")
     latency_table: Callable | None = option(cli=False, help="(layer, in_channels, out_channels) -> ms: the "
-                                                            "per-layer times that price a layer_time target")
+                                                            "per-layer times that price a layer_time target; with "
+                                                            "another target, channels still go by importance lost "
+                                                            "per millisecond saved (global ranking)")
     importance: str | Callable | None = option(
         help="channel importance; default: obs (second order) with compensation when calibration data is "
              "given, l2 without", choices=CRITERIA)
@@ -106,9 +108,12 @@ class RemoveChannelsConfig(PassConfig):
 
     def check_target(self) -> None:
         _target(self)
-        if (self.layer_time is None) != (self.latency_table is None):
-            raise checks.ConfigError(f"{self.owner}: layer_time and latency_table go together (the table prices "
-                                     "that target and no other)")
+        if self.layer_time is not None and self.latency_table is None:
+            raise checks.ConfigError(f"{self.owner}: a layer_time target needs the latency_table that prices it")
+        if self.latency_table is not None and self.layer_time is None and self.ranking != "global":
+            raise checks.ConfigError(f"{self.owner}: a latency_table ranks channels across groups by importance "
+                                     f"per millisecond saved (ranking global); with ranking {self.ranking} and a "
+                                     "target other than layer_time it would go unused")
 
     def reads(self, key: str) -> bool:
         if key != "calibration":

@@ -227,7 +227,7 @@ def gpu_speedup(data: dict) -> str:
 
 
 def _equal_macs(kept: float, reference: float, tolerance: float = 0.03) -> bool:
-    """Within `tolerance` of `reference`: the latency choice's bisection stops there (benchmarks/table_fraction.py)."""
+    """Within `tolerance` of `reference`: where the latency choice lands (remove_channels' target tolerance)."""
     return abs(kept - reference) <= tolerance * reference
 
 

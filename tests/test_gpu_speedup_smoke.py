@@ -26,15 +26,14 @@ def test_the_smoke_run_writes_every_row_outside_the_results_folder(load_script, 
         assert row["prunefx"]["macs_kept"] == pytest.approx(script.MACS, abs=0.02)
         for name in ("torch-pruning", "torch-pruning r8"):  # every variant measured: an error row fails
             assert "error" not in row[name] and row[name]["macs_kept"] == pytest.approx(script.MACS, abs=0.05)
-    # the latency choice at the largest batch alone (where its table was timed), beside the MACs choice. How
-    # near its MACs come to the MACs choice's depends on the table, timed here on a shared CPU: on ResNet-20's
-    # widths in steps of 8 a noisy table moves them further than the 0.05 once checked here (make test saw 0.565
-    # against 0.502). So only "pruned" is checked here; tests/test_table_fraction.py checks that the search
-    # lands at its target on a noiseless table.
+    # the latency choice at the largest batch alone (where its table was timed), beside the MACs choice, at the
+    # MACs the latter kept: the choice stops at those MACs, so a noisy table (timed here on a shared CPU) moves
+    # which channels go, not how many MACs stay
     (chosen,) = report["latency_choice"]
     assert chosen["batch"] == max(script.SMOKE_BATCHES) and "error" not in chosen["prunefx"]
     assert chosen["prunefx"]["macs_kept"] == pytest.approx(script.MACS, abs=0.02)
-    assert 0.0 < chosen["prunefx latency"]["macs_kept"] < 0.9 and 0.0 < chosen["latency_table"]["fraction"] < 1.0
+    assert chosen["prunefx latency"]["macs_kept"] == pytest.approx(chosen["prunefx"]["macs_kept"], rel=0.03)
+    assert 0.0 < chosen["latency_table"]["fraction"] < 1.0
     assert chosen["latency_table"]["table_entries"] > 0
     (widths,) = report["widths"]  # every multiple timed; ResNet-20's 16 to 64 channels reach half at 8 and 16
     kept = {int(m): entry["macs_kept"] for m, entry in widths["round_to"].items()}

@@ -142,9 +142,48 @@ def test_remove_channels_takes_a_table_and_reports_the_time_saved_per_group(chai
     assert all("ms_saved" not in g for g in by_macs.stats["groups"]) and "table_ms" not in by_macs.stats["target"]
 
 
+def _macs_by_hand(a: int, b: int) -> float:
+    """The chain's MACs at widths a, b, as a fraction of dense: 4a + ab + 4b input-output channel pairs, every
+    one over the same 8 x 8 positions and 3 x 3 taps."""
+    return (4 * a + a * b + 4 * b) / (4 * 16 + 16 * 16 + 16 * 4)
+
+
+def test_a_macs_target_with_a_table_spends_its_cut_where_time_is_saved(chain):
+    """The same MACs both ways. B's channels matter far less than A's (scores on one scale), so by MACs B goes;
+    the table says only A's channels cost time, so with it A goes and B, free, stays whole. Both land on the
+    target, counted by hand, and the table's choice is the faster by the table."""
+    goal = _macs_by_hand(8, 16)
+    assert goal == _macs_by_hand(16, 8) == pytest.approx(0.583, abs=1e-3)  # MACs alone cannot tell them apart
+    combing = find_channel_groups(chain.module)
+    names = ["A" if ("conv1.weight", 0) in g.members else "B" for g in combing.groups]
+    scores = [SCORES.copy() if name == "A" else 0.01 * SCORES for name in names]
+
+    def plan(table):
+        return Selector(chain.module, combing, scores, round_to=4, max_ratio=0.8, comparable=True,
+                        layer_time=table).plan(Target("macs", goal))
+
+    by_time, by_macs = plan(expensive_a_free_b), plan(None)
+    assert _widths(by_time, names) == {"A": 8, "B": 16} and by_time.target_met
+    assert by_time.achieved == pytest.approx(goal) and by_time.table_ms == {"dense": 16.0, "planned": 8.0}
+    assert _widths(by_macs, names) == {"A": 16, "B": 8} and by_macs.achieved == pytest.approx(goal)
+    assert _by_hand(expensive_a_free_b, 8, 16) < _by_hand(expensive_a_free_b, 16, 8)
+
+
+def test_remove_channels_takes_a_table_with_a_macs_target(chain):
+    def importance(module, combing):
+        return Importance([SCORES.copy() for _ in combing.groups], "given")
+
+    goal = _macs_by_hand(8, 16)
+    result = remove_channels(chain.clone(), config={"macs": goal, "latency_table": expensive_a_free_b,
+                                                    "round_to": 4, "importance": importance})
+    assert dict(result.program.module.named_parameters())["conv2.weight"].shape[:2] == (16, 8)
+    assert result.stats["target"] == {"kind": "macs", "fraction": goal, "met": True,
+                                      "table_ms": {"dense": 16.0, "planned": 8.0}}
+
+
 @pytest.mark.parametrize("config, message", [
-    ({"layer_time": 0.5}, "go together"),
-    ({"macs": 0.5, "latency_table": expensive_a_free_b}, "go together"),
+    ({"layer_time": 0.5}, "needs the latency_table"),
+    ({"macs": 0.5, "latency_table": expensive_a_free_b, "ranking": "local"}, "would go unused"),
     ({"layer_time": 0.5, "macs": 0.5, "latency_table": expensive_a_free_b}, "exactly one target"),
 ])
 def test_a_table_and_its_target_come_together(chain, config, message):

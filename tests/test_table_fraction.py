@@ -1,5 +1,5 @@
 """benchmarks/table_fraction.py: the latency choice at a given MACs fraction. With a table whose times are
-proportional to each layer's MACs (no timing, so no noise), the search must land within its tolerance of the
+proportional to each layer's MACs (no timing, so no noise), the choice must land within its tolerance of the
 target; the oracle is prunefx's MAC counter on the pruned model."""
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ A knapsack in the spirit of HALP (hardware-aware latency pruning): every group c
 allowed widths, each drop loses the importance of the channels it removes (the group's least important
 first) and saves the time the latency table gives for the layers it narrows (plan_latency.py). Starting
 from the dense widths, the drop with the least importance lost per millisecond saved is taken, again and
-again, until the plan's time is at most the target. Drops of several steps at once are candidates too: a
+again, until the plan's time is at most the target (or, given a target of MACs, parameters or channels,
+until the plan keeps at most that: the drops and their order are the same). Drops of several steps at once are candidates too: a
 backend's time often falls in stairs, and a single step on a stair saves nothing. The last drop is chosen
 to land within the tolerance of the target where one does (the fewest importance lost among those);
 a drop that saves no time is never taken.
@@ -16,6 +17,7 @@ narrows, so its drops are priced from counts: each touched layer loses the group
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,24 +62,33 @@ class LatencyKnapsack:
             touched.append({i for i, (a, b) in enumerate(zip(dense, self.latency.widths(mask))) if a != b})
         return touched
 
-    def widths(self, goal_ms: float, low_ms: float, high_ms: float) -> list[int]:
-        """Kept widths whose table time is at most `goal_ms`, landing in [low_ms, high_ms] where a last
-        drop can; the dense widths' neighbourhood is left as soon as a drop saves time."""
+    def widths(self, goal: float, low: float, high: float,
+               measure: Callable[[list[int]], float] | None = None) -> list[int]:
+        """Kept widths whose table time (ms) is at most `goal`, landing in [low, high] where a last drop can;
+        the dense widths' neighbourhood is left as soon as a drop saves time. Given `measure` (kept widths ->
+        a MACs fraction, say), the same drops are taken in the same order, and `goal`, `low` and `high` bound
+        that measure instead: the time a target of MACs buys is spent where it saves the most."""
         kept = [int(widths[-1]) for widths in self.selector.widths]
-        current = self.latency.ms(self.selector._mask(kept)[0])
+        current = self.latency.ms(self.selector._mask(kept)[0]) if measure is None else measure(kept)
+
+        def after(drop: Drop) -> float:  # the measure once `drop` is taken (a time: its saving is priced already)
+            return current - drop.saved if measure is None else measure(_dropped(kept, drop))
+
         drops = [self._drops(kept, g) for g in range(len(kept))]
-        while current > goal_ms:
+        while current > goal:
             best = min((min(group_drops, key=_greedy_order) for group_drops in drops if group_drops),
                        key=_greedy_order, default=None)
             if best is None:
                 break
-            if current - best.saved < low_ms:  # past the target's tolerance: land in it if a drop can
-                if current <= high_ms:
+            landed = after(best)
+            if landed < low:  # past the target's tolerance: land in it if a drop can
+                if current <= high:
                     break
-                landing = [d for group_drops in drops for d in group_drops if low_ms <= current - d.saved <= high_ms]
-                best = min(landing, key=lambda d: (d.lost, -d.width), default=best)
+                landing = [(d, value) for group_drops in drops for d in group_drops
+                           if low <= (value := after(d)) <= high]
+                best, landed = min(landing, key=lambda pair: (pair[0].lost, -pair[0].width), default=(best, landed))
             kept[best.group] = best.width
-            current -= best.saved
+            current = landed
             for h in self.neighbours[best.group]:
                 drops[h] = self._drops(kept, h)
         return kept
@@ -130,6 +141,10 @@ class LatencyKnapsack:
             times = [self.latency.time_at(layer, int(left[2 * j]), int(left[2 * j + 1]))
                      for j, layer in enumerate(layers)]
             yield width, np.array(times, dtype=np.float64).sum()  # summed as layer_ms's are: ties break alike
+
+
+def _dropped(kept: list[int], drop: Drop) -> list[int]:
+    return kept[:drop.group] + [drop.width] + kept[drop.group + 1:]
 
 
 def _greedy_order(drop: Drop) -> tuple[float, int]:

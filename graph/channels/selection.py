@@ -3,12 +3,13 @@
 A plan removes a prefix of every group's least-important-first list, within its allowed widths (multiples of
 `round_to`, at least (1 - max_ratio) of the original, never zero). The local, uniform and global rankings are
 each one scalar bisected to the target, and a plan's cost is predicted exactly without touching the graph;
-a `layer_time` target spends importance per millisecond saved (latency_selection.py). The rankings: see
-docs/algorithms.md, 'Channel selection'.
+with a latency table, the global ranking spends importance per millisecond saved, to any target
+(latency_selection.py). The rankings: see docs/algorithms.md, 'Channel selection'.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -189,13 +190,14 @@ class Selector:
     # --- search ------------------------------------------------------------------------------------
     def plan(self, target: Target, *, iterations: int = 40) -> Plan:
         """Bisection on the knob: the largest model whose cost is at most the target, or, when the
-        allowed widths skip over it, the closest on either side (a table's time with the global ranking:
-        the latency knapsack instead)."""
-        if target.kind == "layer_time":
-            goal = target.fraction * priced_by(self.latency).dense_ms
-            if self.ranking == "global":
-                band = [goal * (1 + d * TARGET_TOLERANCE) for d in (0, -1, 1)]
-                return self._finish(target, LatencyKnapsack(self).widths(*band))
+        allowed widths skip over it, the closest on either side. Given a latency table, the global ranking
+        is the latency knapsack's instead, whatever the target: importance lost per millisecond saved."""
+        if self.latency is not None and self.ranking == "global":
+            by_time = target.kind == "layer_time"
+            goal = target.fraction * (priced_by(self.latency).dense_ms if by_time else 1.0)
+            band = [goal * (1 + d * TARGET_TOLERANCE) for d in (0, -1, 1)]
+            measure = None if by_time else functools.partial(self._measure, target)
+            return self._finish(target, LatencyKnapsack(self).widths(*band, measure=measure))
         low, high = 0.0, 1.0 if self.ranking != "global" else self._global_ceiling()
         best = (abs(self._measure(target, self._kept_for(low)) - target.fraction), low)
         for _ in range(iterations):
