@@ -7,12 +7,13 @@ the oracle is the stand-in's own ratio on the Program returned, computed from th
 widths, which the search never sees as such."""
 
 import importlib
+import json
 
 import pytest
 import torch
 
 from prunefx.budget import meet_budget
-from prunefx.graph import capture, count
+from prunefx.graph import Program, capture, count
 from prunefx.graph.channels.plan_latency import timed_layers
 from prunefx.graph.errors import PrunefxError
 from prunefx.models import build_model
@@ -142,12 +143,39 @@ def test_an_unknown_choice_is_refused_in_one_line(resnet):
         meet_budget(resnet, speedup=1.5, measurer=StandIn(), choose_by="flops")
 
 
-def test_the_cli_refuses_choose_by_latency_without_a_budget(tmp_path, capsys):
+def test_the_cli_spends_a_macs_target_where_the_table_says_time_goes(resnet, timer, tmp_path, monkeypatch, capsys):
+    """`prune --macs 0.5 --choose-by latency`: the same MACs as `--macs 0.5` alone (the oracle: prunefx's count of
+    each written model.pt2), spent on the dear 3x3 convolutions, so the stand-in runtime runs the table's choice
+    faster; the table is timed at the width multiple of the backend (the stand-in's 4) and the report says what
+    it predicted."""
+    from prunefx.cli import main
+
+    monkeypatch.setenv("PRUNEFX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("prunefx.cli.options.budget_latency", lambda args: StandIn())
+    saved = str(resnet.save(tmp_path / "resnet.pt2"))
+    written = {}
+    for choice in ("macs", "latency"):
+        out = tmp_path / choice
+        code = main(["prune", saved, "--macs", "0.5", "--choose-by", choice, "--importance", "l2", "-o", str(out)])
+        assert code == 0, capsys.readouterr().err
+        written[choice] = (Program.load(out / "model.pt2"), json.loads((out / "report.json").read_text()))
+    assert "latency table on ort at batch 1" in capsys.readouterr().out and timer.calls > 0
+    dense_macs = count(resnet).macs
+    for program, _ in written.values():
+        assert count(program).macs / dense_macs == pytest.approx(0.5, rel=0.03)
+    (by_macs, macs_report), (by_time, time_report) = written["macs"], written["latency"]
+    assert stand_in_ms(by_time) < stand_in_ms(by_macs)
+    assert time_report["round_to"] == StandIn.round_to and macs_report["round_to"] == 8
+    assert "table_ms" in time_report["target"] and "table_ms" not in macs_report["target"]
+    assert "latency table" in time_report["seconds"]
+
+
+def test_the_cli_refuses_a_backend_that_nothing_times(tmp_path, capsys):
     from prunefx.cli import EXIT_USER_ERROR, main
 
-    code = main(["prune", "prunefx:resnet20", "--macs", "0.5", "--choose-by", "latency", "-o", str(tmp_path / "out")])
+    code = main(["prune", "prunefx:resnet20", "--macs", "0.5", "--backend", "cuda", "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == EXIT_USER_ERROR and len(err) == 1 and "--choose-by latency steers a budget" in err[0]
+    assert code == EXIT_USER_ERROR and len(err) == 1 and "or --choose-by latency" in err[0]
     assert not (tmp_path / "out").exists()
 
 

@@ -158,15 +158,15 @@ def add_budget_backend(parser, *, note: str = "") -> None:
     parser.add_argument("--trtexec", metavar="PATH", help="the trtexec program (default: on PATH or JetPack's)")
 
 
-def check_budget_backend(args, *, budgeted: bool, measures: bool = False) -> None:
+def check_budget_backend(args, *, budgeted: bool, measures: bool = False, or_else: str = "") -> None:
     """Refuse backend options with nothing to measure (no budget, and no pass that times what it keeps when
-    `measures` is false), a flag the backend does not read, and a backend that is not installed, in one line
-    and before any model is loaded; fill in the backend's precision."""
+    `measures` is false; `or_else` names what else would), a flag the backend does not read, and a backend that
+    is not installed, in one line and before any model is loaded; fill in the backend's precision."""
     default = budget_backend_names()[0]
     if not (budgeted or measures) and (args.backend != default or args.precision is not None or getattr(args, "batch", 1) != 1
                          or getattr(args, "compile", False)):
         raise PrunefxError("--backend, --precision, --batch and --compile say where --speedup/--latency-ms is "
-                           "measured: give a budget")
+                           f"measured: give a budget{or_else}")
     chosen = backends.get(args.backend)
     if args.trtexec and "trtexec" not in chosen.options:
         raise PrunefxError("--trtexec applies to --backend trtexec")

@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 
 from prunefx import options
+from prunefx.budget.meet import latency_table, table_multiple
 from prunefx.cli import options as cli_options
 from prunefx.cli.prune_budget import check_allow_depth, meet_for_command_line
 from prunefx.data.calibration import Calibration, calibration_data, noise_batches
 from prunefx.deliverable import write_model
 from prunefx.detectors import part_from_reference
-from prunefx.device import on_device, resolve_device
+from prunefx.device import current_gpu, on_device, resolve_device
 from prunefx.graph.channels.importance import DATA_CRITERIA
 from prunefx.graph.errors import PrunefxError
 from prunefx.interop.module_file import write_module
@@ -79,9 +80,10 @@ def add_arguments(parser) -> None:
                              "depth on the same budget), and when depth alone cannot either, take both together "
                              "(needs --calibrate DATA to rank the blocks)")
     parser.add_argument("--choose-by", choices=("macs", "latency"), default=None,
-                        help="with --speedup/--latency-ms: steer the width search by the MACs kept or by a per-layer "
-                             "latency table timed first on --backend (cached), which cuts channels where the time "
-                             "goes (default: latency on the cuda backend, macs on the others)")
+                        help="which channels go: by importance alone (macs), or by importance lost per millisecond "
+                             "saved in a per-layer latency table timed first on --backend at --batch (cached), which "
+                             "cuts channels where the time goes; with --macs/--params/--channels the target stays "
+                             "what it is. Default: latency for a budget on the cuda backend, else macs")
     cli_options.add_measurement(parser, runs=30, what="--speedup/--latency-ms (batch 1; a candidate that meets the "
                                                       "budget is confirmed with 4x the runs)")
     cli_options.add_budget_backend(parser)
@@ -93,9 +95,9 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     device = resolve_device(args.device)  # a GPU that is missing is refused before anything loads
     output = check_output_folder(args.output)
-    cli_options.check_budget_backend(args, budgeted=args.speedup is not None or args.latency_ms is not None)
-    if args.choose_by == "latency" and args.speedup is None and args.latency_ms is None:
-        raise PrunefxError("--choose-by latency steers a budget's search: give --speedup S or --latency-ms T")
+    cli_options.check_budget_backend(args, budgeted=args.speedup is not None or args.latency_ms is not None,
+                                     measures=args.choose_by == "latency",  # a table is timed on --backend
+                                     or_else=", or --choose-by latency to time a latency table there")
     if args.compensate and not args.calibrate:
         raise PrunefxError("--compensate needs calibration images: give --calibrate DATA")
     if args.recalibrate and not args.calibrate:
@@ -125,6 +127,9 @@ def run(args) -> int:
         result = outcome.result
     else:  # the same Pipeline as the API and recipes: every step verified (lint, shapes, re-export), exact
         # steps checked, and a failure names the pass
+        if args.choose_by == "latency":
+            with seconds.stage("latency table"):
+                config |= _timed_choice(args, program, config["round_to"], device)
         steps = [_pruning_step(config)]
         if calibration is not None and args.calibrate and args.recalibrate is not False:
             steps.append((recalibrate_batchnorm, {"data": calibration.batches}))
@@ -180,6 +185,21 @@ def _calibration(args, program) -> Calibration | None:
     if args.importance not in DATA_CRITERIA:
         return None
     return Calibration(noise_batches(example, args.calibration_batches), f"{args.calibration_batches} noise batches")
+
+
+def _timed_choice(args, program, round_to: int | None, device) -> dict:
+    """--choose-by latency with a MACs, parameter or channel target: remove_channels' latency_table, timed on
+    --backend at --batch (cached as a budget's is), and the width multiple it was timed at (the backend's unless
+    --round-to says), so that the target's MACs go where the table says they buy the most time."""
+    measurement = cli_options.measurement(args)
+    multiple = table_multiple(round_to, cli_options.budget_latency(args))
+    with current_gpu(device):  # cuda:N timed as the passes' GPU, as a budget's table is
+        table = latency_table(program, measurement, multiple)
+    summary = table.summary()
+    print(f"latency table on {args.backend} at batch {measurement.settings.batch}: {summary['layers']} layers, "
+          f"{summary['entries_timed']} widths timed, {summary['entries_cached']} from the cache, "
+          f"{summary['seconds']:.1f} s", flush=True)
+    return {"latency_table": table, "round_to": multiple}
 
 
 def _pruning_step(config: dict):
