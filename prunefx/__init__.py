@@ -36,6 +36,7 @@ _LAZY = {
     "meet_budget": ("prunefx.budget", "meet_budget"),
     "BudgetOutcome": ("prunefx.budget", "BudgetOutcome"),
     "BudgetUnreachable": ("prunefx.budget", "BudgetUnreachable"),
+    "latency_table": ("prunefx.layer_latency", "latency_table"),
     "Pipeline": ("prunefx.passes.core.pipeline", "Pipeline"),
     "PipelineError": ("prunefx.passes.core.pipeline", "PipelineError"),
     "load_recipe": ("prunefx.passes.core.recipe", "load_recipe"),
@@ -67,6 +68,6 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "BudgetOutcome", "BudgetUnreachable", "CaptureError", "DistillationLoss", "PruneWhileTraining", "Pipeline", "PipelineError", "Program", "PrunefxError", "VerificationError",
-    "capture", "channel_rule", "count", "graph_pass", "load", "load_recipe", "meet_budget", "models", "passes", "prune_part",
+    "capture", "channel_rule", "count", "graph_pass", "latency_table", "load", "load_recipe", "meet_budget", "models", "passes", "prune_part",
     "register_module_resizer", "register_pass", "registered_passes", "remove_channel_rule", "runtime", "to_module", "unregister_pass", "verify",
 ]

@@ -170,6 +170,22 @@ def test_the_cli_spends_a_macs_target_where_the_table_says_time_goes(resnet, tim
     assert "latency table" in time_report["seconds"]
 
 
+def test_the_python_api_times_a_table_that_a_macs_target_takes(resnet, timer, tmp_path):
+    """prunefx.latency_table, then remove_channels to half the MACs with it: the MACs asked (prunefx's count),
+    cut where the stand-in runtime's time is, so that runtime runs it faster than the MACs choice at round_to 4."""
+    import prunefx
+    from prunefx.passes.remove_channels import remove_channels
+
+    table = prunefx.latency_table(resnet, backend="ort", multiple=4, cache_dir=str(tmp_path))
+    assert table.summary()["layers"] == len(timed_layers(resnet.module)) and timer.calls > 0
+    by_time, by_macs = (remove_channels(resnet.clone(), config={"macs": 0.5, "round_to": 4, **WIDTH, **extra}).program
+                        for extra in ({"latency_table": table}, {}))
+    assert count(by_time).macs / count(resnet).macs == pytest.approx(0.5, rel=0.03)
+    assert stand_in_ms(by_time) < stand_in_ms(by_macs)
+    with pytest.raises(PrunefxError, match="latency_table"):
+        prunefx.latency_table(resnet.module)
+
+
 def test_the_cli_refuses_a_backend_that_nothing_times(tmp_path, capsys):
     from prunefx.cli import EXIT_USER_ERROR, main
 

@@ -29,9 +29,8 @@ from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.placement import module_device
 from prunefx.graph.program import require_program
-from prunefx.passes.budget.measurement import round_to_of
+from prunefx.layer_latency import latency_table, table_multiple
 from prunefx.passes.budget.search import BudgetUnreachable, budget_text, speedup_text, unreachable_in
-from prunefx.passes.prune_to_budget import DEFAULT_ROUND_TO
 
 if TYPE_CHECKING:
     from prunefx.runtime.measure.pairs import Measurement
@@ -86,8 +85,8 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
     choose_by = choose_by or _channel_choice(measurement.backend)
     if choose_by == "latency":  # timed on the GPU the search measures on: cuda:N current, as on_device makes it
         with current_gpu(device if device is not None else module_device(program.module)):
-            width["latency_table"] = latency_table(program, measurement, table_multiple(width.get("round_to"), measurer),
-                                                   cache_dir=latency_cache)
+            width["latency_table"] = latency_table(program, measurement=measurement, cache_dir=latency_cache,
+                                                   multiple=table_multiple(width.get("round_to"), measurer))
     budget = Budget(speedup, latency_ms, tolerance, confirm, max_candidates)
     with on_device(program, device) as placed:
         if device is not None:  # some readers run the module on the batches as given: they go along
@@ -141,23 +140,6 @@ def _channel_choice(backend: str) -> str:
     from prunefx.runtime import backends
 
     return backends.get(backend).channel_choice if backend in backends.names() else "macs"
-
-
-def latency_table(program: Program, measurement: Measurement, multiple: int, *, cache_dir: str | None = None):
-    """The per-layer latency table of `program` (runtime/tables/table.py), timed as `measurement` says at widths
-    in steps of `multiple`, cached on disk under `cache_dir` (None: the user cache): what remove_channels'
-    `latency_table` spends importance against, for a budget's search or a MACs target."""
-    from prunefx.runtime.tables.table import program_latency_table
-    from prunefx.runtime.tables.timer_by_name import layer_timer
-
-    timer = layer_timer(measurement.backend, measurement.settings)
-    return program_latency_table(program, timer, multiple=int(multiple), batch=measurement.settings.batch,
-                                 cache_dir=cache_dir)
-
-
-def table_multiple(round_to: int | None, measurer) -> int:
-    """The width multiple a table is timed at: the one the removal keeps, as the width search resolves it."""
-    return int(round_to or round_to_of(measurer) or DEFAULT_ROUND_TO)
 
 
 class _Routes:

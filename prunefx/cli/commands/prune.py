@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 from prunefx import options
-from prunefx.budget.meet import latency_table, table_multiple
 from prunefx.cli import options as cli_options
 from prunefx.cli.prune_budget import check_allow_depth, meet_for_command_line
 from prunefx.data.calibration import Calibration, calibration_data, noise_batches
@@ -24,6 +23,7 @@ from prunefx.device import current_gpu, on_device, resolve_device
 from prunefx.graph.channels.importance import DATA_CRITERIA
 from prunefx.graph.errors import PrunefxError
 from prunefx.interop.module_file import write_module
+from prunefx.layer_latency import latency_table, table_multiple
 from prunefx.loading import model_and_program
 from prunefx.models import parse_input_shape
 from prunefx.output import staged_folder
@@ -194,7 +194,7 @@ def _timed_choice(args, program, round_to: int | None, device) -> dict:
     measurement = cli_options.measurement(args)
     multiple = table_multiple(round_to, cli_options.budget_latency(args))
     with current_gpu(device):  # cuda:N timed as the passes' GPU, as a budget's table is
-        table = latency_table(program, measurement, multiple)
+        table = latency_table(program, measurement=measurement, multiple=multiple)
     summary = table.summary()
     print(f"latency table on {args.backend} at batch {measurement.settings.batch}: {summary['layers']} layers, "
           f"{summary['entries_timed']} widths timed, {summary['entries_cached']} from the cache, "

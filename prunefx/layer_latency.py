@@ -1,0 +1,50 @@
+"""A Program's per-layer latency table, timed on a backend: what channel selection spends importance against
+(remove_channels' `latency_table`), for a budget's width search (meet_budget with choose_by="latency") or for a
+MACs, parameter or channel target (`prunefx prune --macs F --choose-by latency`).
+
+    table = prunefx.latency_table(program, backend="cuda", batch=32)
+    remove_channels(program, config={"macs": 0.5, "latency_table": table})
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prunefx.graph import Program
+from prunefx.graph.program import require_program
+from prunefx.passes.budget.measurement import round_to_of
+from prunefx.passes.prune_to_budget import DEFAULT_ROUND_TO
+
+ENTRY_RUNS = 10  # timed runs per table entry: the most a layer timer takes (runtime/tables/timer_by_name.py)
+
+if TYPE_CHECKING:
+    from prunefx.runtime.measure.pairs import Measurement
+
+
+def latency_table(program: Program, backend: str = "ort", *, precision: str | None = None, batch: int = 1,
+                  threads: int | None = None, multiple: int | None = None, cache_dir: str | None = None,
+                  measurement: Measurement | None = None):
+    """Every prunable 2-D convolution and linear layer of `program` timed alone on `backend` at `precision`
+    (None: the backend's), `batch` and `threads`, at a few widths in steps of `multiple` (None: the backend's
+    width multiple, the one to prune to), cached on disk under `cache_dir` (None: the user cache), so a second
+    call times nothing. `measurement` (a runtime.measure.pairs.Measurement) stands for backend, precision, batch
+    and threads. Returns the table: a callable (layer, in_channels, out_channels) -> ms with `summary()`."""
+    from prunefx.runtime import LATENCY_THREADS
+    from prunefx.runtime.measure.pairs import Measurement
+    from prunefx.runtime.tables.table import program_latency_table
+    from prunefx.runtime.tables.timer_by_name import layer_timer
+
+    require_program(program, "latency_table")
+    if measurement is None:
+        measurement = Measurement.of(backend, threads=threads or LATENCY_THREADS, precision=precision, batch=batch,
+                                     runs=ENTRY_RUNS)
+    multiple = multiple or table_multiple(None, measurement.pair())
+    timer = layer_timer(measurement.backend, measurement.settings)
+    return program_latency_table(program, timer, multiple=int(multiple), batch=measurement.settings.batch,
+                                 cache_dir=cache_dir)
+
+
+def table_multiple(round_to: int | None, measurer) -> int:
+    """The width multiple a table is timed at: the one the removal keeps, as the width search resolves it (the
+    round_to asked, else the measurer's backend's, else remove_channels' default)."""
+    return int(round_to or round_to_of(measurer) or DEFAULT_ROUND_TO)
