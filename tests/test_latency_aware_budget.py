@@ -186,13 +186,17 @@ def test_the_python_api_times_a_table_that_a_macs_target_takes(resnet, timer, tm
         prunefx.latency_table(resnet.module)
 
 
-def test_the_cli_refuses_a_backend_that_nothing_times(tmp_path, capsys):
+@pytest.mark.parametrize("flags, message", [
+    (["--backend", "cuda"], "or --choose-by latency"),  # nothing times on the backend
+    (["--choose-by", "latency", "--local"], "takes --ranking global"),  # the table would go unused
+])
+def test_the_cli_refuses_what_a_macs_target_would_not_use(tmp_path, capsys, timer, flags, message):
     from prunefx.cli import EXIT_USER_ERROR, main
 
-    code = main(["prune", "prunefx:resnet20", "--macs", "0.5", "--backend", "cuda", "-o", str(tmp_path / "out")])
+    code = main(["prune", "prunefx:resnet20", "--macs", "0.5", *flags, "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == EXIT_USER_ERROR and len(err) == 1 and "or --choose-by latency" in err[0]
-    assert not (tmp_path / "out").exists()
+    assert code == EXIT_USER_ERROR and len(err) == 1 and message in err[0]
+    assert not (tmp_path / "out").exists() and timer.calls == 0  # refused before any table is timed
 
 
 @pytest.mark.slow

@@ -5,8 +5,8 @@ allowed widths, each drop loses the importance of the channels it removes (the g
 first) and saves the time the latency table gives for the layers it narrows (plan_latency.py). Starting
 from the dense widths, the drop with the least importance lost per millisecond saved is taken, again and
 again, until the plan's time is at most the target (or, given a target of MACs, parameters or channels,
-until the plan keeps at most that: the drops and their order are the same). Drops of several steps at once are candidates too: a
-backend's time often falls in stairs, and a single step on a stair saves nothing. The last drop is chosen
+until the plan keeps at most that: the drops and their order are the same). Drops of several steps at once
+are candidates too: a backend's time often falls in stairs, and a single step on a stair saves nothing. The last drop is chosen
 to land within the tolerance of the target where one does (the fewest importance lost among those);
 a drop that saves no time is never taken.
 

@@ -95,9 +95,12 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     device = resolve_device(args.device)  # a GPU that is missing is refused before anything loads
     output = check_output_folder(args.output)
-    cli_options.check_budget_backend(args, budgeted=args.speedup is not None or args.latency_ms is not None,
-                                     measures=args.choose_by == "latency",  # a table is timed on --backend
+    budgeted = args.speedup is not None or args.latency_ms is not None
+    cli_options.check_budget_backend(args, budgeted=budgeted, measures=args.choose_by == "latency",
                                      or_else=", or --choose-by latency to time a latency table there")
+    if args.choose_by == "latency" and not budgeted and args.ranking not in (None, "global"):
+        raise PrunefxError("--choose-by latency ranks channels across groups by importance per millisecond saved: "
+                           f"it takes --ranking global, not {args.ranking}")
     if args.compensate and not args.calibrate:
         raise PrunefxError("--compensate needs calibration images: give --calibrate DATA")
     if args.recalibrate and not args.calibrate:
