@@ -377,6 +377,44 @@ def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path):
         resume()
 
 
+def test_a_checkpoint_of_another_run_is_refused_and_the_same_run_resumes(tmp_path):
+    """A checkpoint belongs to one run: resumed under another learning rate, distillation, seed, or for another
+    model or the same model with other weights, it is refused with what differs (it used to finish "resumed"
+    with the checkpoint's weights under the new settings' name); the same run resumes."""
+    data, teacher = _batches(2), _program(1)
+    _train(_program(), teacher, data, **_checkpointed(tmp_path))
+
+    def resume(program=None, **changes):
+        config = {**_checkpointed(tmp_path, resume=True), **changes}
+        return Trainer(program or _program(), teacher=teacher, data=data, config=TrainConfig(**config)).fit()
+
+    for change, said in [({"lr": 0.2}, "lr=0.05"), ({"kd_weight": 0.1}, "kd_weight=0.9"), ({"seed": 5}, "seed=0"),
+                         ({"feature_losses": {}}, "feature_losses=")]:
+        with pytest.raises(TrainingError, match=said):
+            resume(**change)
+    with pytest.raises(TrainingError, match="for another model"):
+        resume(_program(width=16))
+    with pytest.raises(TrainingError, match="with other weights"):
+        resume(_program(3))
+    assert resume()["resumed_from"] == 10
+
+
+def test_an_interrupt_says_how_to_go_on_only_where_a_checkpoint_was_written(tmp_path):
+    data = _batches(2)
+    for every, said in [(4, "run the same command with `resume: true`"), (0, "no training checkpoint was written")]:
+        folder = tmp_path / str(every)
+
+        def interrupt_at_step_5(trainer, current):
+            if current == 5:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt) as caught:
+            Trainer(_program(), teacher=None, data=data, after_step=[interrupt_at_step_5],
+                    config=TrainConfig(**{**_checkpointed(folder), "checkpoint_every": every, "kd_weight": 0.0,
+                                          "feature_losses": {}})).fit()
+        assert said in " ".join(caught.value.__notes__)
+
+
 def _checkpoint_files(directory) -> list[str]:
     return sorted(path.name for path in directory.iterdir())
 

@@ -366,3 +366,18 @@ def test_loading_into_a_session_made_from_the_pruned_model_is_refused(tmp_path):
         other.load(tmp_path / "session")
     with pytest.raises(PrunefxError, match="holds no PruneWhileTraining.save"):
         other.load(tmp_path / "nothing")
+
+
+def test_a_trainer_given_a_session_folder_as_its_checkpoints_refuses_it_in_one_line(tmp_path):
+    """A PruneWhileTraining.save folder is not a trainer checkpoint: refused by name (it was a KeyError)."""
+    from prunefx.passes.training.engine import TrainConfig, Trainer
+
+    session = PruneWhileTraining(tiny_net(), batch()[0], macs=0.5, events=2, interval=1, round_to=4).train()
+    _train(session, torch.optim.SGD(session.module.parameters(), lr=0.05), range(1))
+    session.save(tmp_path / "session")
+    trainer = Trainer(capture(tiny_net().eval(), batch()[0]), teacher=None, data=[batch()],
+                      config=TrainConfig(steps=2, kd_weight=0.0, checkpoint_dir=tmp_path / "session", resume=True,
+                                         progress=False))
+    with pytest.raises(PrunefxError, match="holds no trainer checkpoint") as raised:
+        trainer.fit()
+    assert "\n" not in str(raised.value)

@@ -12,6 +12,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -46,7 +47,7 @@ from prunefx.passes.training.losses import (
 )
 from prunefx.passes.training.placement import Placement
 from prunefx.passes.training.random_state import random_state_kept, seed_training
-from prunefx.passes.training.resume import resume, save_checkpoint
+from prunefx.passes.training.resume import parameter_norms, resume, save_checkpoint
 from prunefx.passes.training.schedule import lr_factor, make_optimizer, make_scheduler
 from prunefx.passes.training.statistics import fit_statistics
 from prunefx.passes.training.teacher import frozen_teacher
@@ -104,6 +105,7 @@ class Trainer:
         self.log: list[dict[str, float]] = []
         self.history: list[dict[str, float]] = []
         self.last_losses: dict[str, float] = {}
+        self.given_parameters = parameter_norms(program.module)  # which run a checkpoint belongs to (resume.py)
         self._placement = Placement(program, self.device, self.world_size,
                                     [pair.student for pair in config.feature_pairs])
         self._placed = False
@@ -175,8 +177,7 @@ class Trainer:
         except KeyboardInterrupt as interrupt:
             # say how to go on, in the interrupt's one line (notes are Python 3.11+; prunefx runs on 3.10 too)
             if self.config.checkpoint_dir is not None and hasattr(interrupt, "add_note"):
-                interrupt.add_note(f"training checkpoints are in {self.config.checkpoint_dir}: run the same "
-                                   "command with `resume: true` in the pass's config to continue")
+                interrupt.add_note(self._where_to_go_on())
             raise
         finally:
             bar.close()
@@ -185,6 +186,15 @@ class Trainer:
         if self._owns_process_group:
             dist.destroy_process_group()
         return stats
+
+    def _where_to_go_on(self) -> str:
+        """The interrupt's note: how to continue, when a checkpoint was written; else that none was."""
+        directory = Path(self.config.checkpoint_dir)
+        if (directory / PROGRAM_FILE).is_file():
+            return (f"training checkpoints are in {directory}: run the same command with `resume: true` in the "
+                    "pass's config to continue")
+        return (f"no training checkpoint was written to {directory} yet (checkpoint_every: "
+                f"{self.config.checkpoint_every}; 0 writes one at the end only)")
 
     def _train_step(self, batch) -> None:
         inputs, labels = self._on_device(batch)

@@ -3,15 +3,18 @@
 What is saved: the program (checkpoint.py writes `program.pt2` and `trainer_state.pt`), the optimizer
 and scheduler states, the step, the data position, every process's RNG state, the logs and the state of the
 hooks the trainer carries (`carried`: prune_while_training's schedule, its cuts and scores). A run
-resumed from them reaches the same weights as an uninterrupted one; a checkpoint written under other
-settings (steps, optimizer, number of processes) is refused rather than continued differently.
+resumed from them reaches the same weights as an uninterrupted one; a checkpoint written by another run (other
+settings: steps, optimizer, processes, learning rate, distillation, seed; or another model, or other weights
+given) is refused rather than continued differently. The data are not compared, only their length (the steps).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 import torch.distributed as dist
 
 from prunefx.graph.errors import first_line
@@ -23,6 +26,10 @@ from prunefx.passes.training.checkpoint import (
 )
 from prunefx.passes.training.config import TrainingError
 from prunefx.passes.training.random_state import rng_state, set_rng_state
+
+# The settings that shape a run's training; steps, optimizer and processes are checked on their own (check_settings).
+TRAJECTORY = ("lr", "momentum", "weight_decay", "warmup_steps", "temperature", "kd_weight", "max_grad_norm", "seed",
+              "task")
 
 if TYPE_CHECKING:
     from prunefx.graph import Program
@@ -43,7 +50,7 @@ def save_checkpoint(trainer: Trainer) -> None:
 
 def _write_checkpoint(trainer: Trainer, directory: Path, rng: list[dict]) -> None:
     write_checkpoint(directory, trainer.program, {
-        "step": trainer.step, "epoch": trainer.epoch, "batch_in_epoch": trainer.batch_in_epoch,
+        "run": run_identity(trainer), "step": trainer.step, "epoch": trainer.epoch, "batch_in_epoch": trainer.batch_in_epoch,
         "total_steps": trainer.total_steps, "optimizer_kind": trainer.config.optimizer,
         "world_size": trainer.world_size, "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(), "rng": rng, "log": trainer.log, "history": trainer.history,
@@ -70,6 +77,44 @@ def _keep_callers_inputs(saved: Program, current: Program) -> None:
         saved.example_inputs = tuple(x.detach().clone() for x in current.example_inputs)
 
 
+def run_identity(trainer: Trainer) -> dict:
+    """What a checkpoint must share with the run that resumes it, beyond steps, optimizer and processes: the
+    settings that shape the training, and the program the trainer was given (its parameters' names, shapes and
+    norms: another model, or the same one with other weights, is another run)."""
+    config = trainer.config
+    settings = {key: getattr(config, key) for key in TRAJECTORY}
+    settings["feature_losses"] = [[pair.student, pair.teacher, pair.weight] for pair in config.feature_pairs]
+    return {"settings": settings, "given": trainer.given_parameters}
+
+
+def parameter_norms(module: torch.nn.Module) -> list[list]:
+    """[name, shape, L2 norm] of every parameter: a fingerprint that a rerun of the same command reproduces."""
+    with torch.no_grad():
+        return [[name, list(p.shape), float(torch.linalg.vector_norm(p.detach().float()))]
+                for name, p in module.named_parameters()]
+
+
+def _check_identity(saved: dict | None, current: dict, directory: Path) -> None:
+    """Refuse a checkpoint of another run (module docstring): a setting that differs is named, and so is a
+    program given with other parameters. Norms are compared to 1e-4: reruns may differ in the last bits."""
+    if saved is None or "settings" not in saved:
+        raise TrainingError(f"the checkpoint in {directory} was written by another version of prunefx (it does "
+                            "not say which run wrote it); delete it or use a new checkpoint_dir")
+    for key, value in current["settings"].items():
+        if saved["settings"].get(key) != value:
+            raise TrainingError(f"the checkpoint in {directory} was written with {key}={saved['settings'].get(key)}, "
+                                f"this run has {key}={value}; resume with the same settings or use a new "
+                                "checkpoint_dir")
+    given, now = saved["given"], current["given"]
+    if [entry[:2] for entry in given] != [entry[:2] for entry in now]:
+        raise TrainingError(f"the checkpoint in {directory} was written for another model (other parameters); "
+                            "resume the same model or use a new checkpoint_dir")
+    for (name, _, norm), (_, _, norm_now) in zip(given, now):
+        if not math.isclose(norm, norm_now, rel_tol=1e-4, abs_tol=1e-6):
+            raise TrainingError(f"the checkpoint in {directory} was written for the same model with other weights "
+                                f"({name}); resume from the same weights or use a new checkpoint_dir")
+
+
 def resume(trainer: Trainer) -> int | None:
     """Load the checkpoint if there is one; return the step it was written at (None: no checkpoint)."""
     directory = Path(trainer.config.checkpoint_dir)
@@ -77,6 +122,10 @@ def resume(trainer: Trainer) -> int | None:
     if saved is None:
         return None
     program, state = saved
+    if "total_steps" not in state:
+        raise TrainingError(f"{directory} holds no trainer checkpoint (a PruneWhileTraining.save folder?): give "
+                            "the trainer its own checkpoint_dir")
+    _check_identity(state.get("run"), run_identity(trainer), directory)
     check_settings(state, {"total_steps": trainer.total_steps, "optimizer_kind": trainer.config.optimizer,
                            "world_size": trainer.world_size}, directory)
     trainer.step = state["step"]
