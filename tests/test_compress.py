@@ -181,6 +181,18 @@ def test_recipe_with_an_unknown_pass(capsys, tmp_path):
     assert "unknown pass 'prune_everything'" in line and "bad.yaml" in line
 
 
+def test_a_checkpoint_dir_inside_the_output_folder_is_refused_before_any_data(capsys, tmp_path):
+    """The rerun that resumes would be refused (the folder holds files prunefx did not publish) and publishing
+    replaces the folder whole: refused up front, before the data is read (this data set does not exist)."""
+    recipe = write_recipe(tmp_path / "in.yaml", {"passes": [{"distill": {
+        "steps": 2, "checkpoint_dir": str(tmp_path / "out" / "ckpt"), "checkpoint_every": 1}}]})
+    code, out, err = run_cli(capsys, "compress", "prunefx:resnet20", "--recipe", recipe, "--data", "no-such-data",
+                             "-o", tmp_path / "out")
+    line = _one_line_error(code, out, err)
+    assert "distill's checkpoint_dir" in line and "inside the output folder" in line
+    assert not (tmp_path / "out").exists()
+
+
 @needs_fashion_mnist
 def test_the_seed_draws_the_validation_images_and_the_training_order():
     def first_images(splits, split):

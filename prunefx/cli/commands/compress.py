@@ -12,12 +12,15 @@ The flow lives in prunefx/compression.py, shared with `prunefx demo`.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from prunefx import options
 from prunefx.cli import options as cli_options
 from prunefx.compression import Options, compress, load_model_and_data
 from prunefx.data.formats import FORMATS
 from prunefx.device import resolve_device
-from prunefx.graph.errors import PrunefxError
+from prunefx.graph.errors import PrunefxError, printable
 from prunefx.named_recipes import BUDGET_PASSES, load_named_recipe, with_budget
 from prunefx.output_paths import check_output_folder
 from prunefx.reports.compression import console_summary
@@ -81,6 +84,18 @@ def options_from(args) -> Options:
                    trtexec=args.trtexec, batch=args.batch, compile=args.compile, device=str(resolve_device(args.device)))
 
 
+def _check_checkpoints_outside(recipe, output: Path) -> None:
+    """A pass's checkpoint_dir inside -o would be refused on the rerun that resumes it (the folder holds files the
+    run did not publish), and replaced with the folder once published: refused now, before any training."""
+    top = os.path.realpath(output)
+    for step in recipe.pipeline.steps:
+        config = step.config if isinstance(step.config, dict) else vars(step.config)
+        folder = config.get("checkpoint_dir")
+        if folder is not None and os.path.commonpath([top, os.path.realpath(folder)]) == top:
+            raise PrunefxError(f"{step.name}'s checkpoint_dir {printable(str(folder))} is inside the output "
+                               f"folder {printable(str(output))}, which a run replaces whole: put it outside")
+
+
 def run(args) -> int:
     budgeted = args.speedup is not None or args.latency_ms is not None
     resolve_device(args.device)  # a GPU that is missing is refused before anything loads
@@ -92,6 +107,7 @@ def run(args) -> int:
     # a recipe's own budget pass counts: its budget may be in the YAML
     cli_options.check_budget_backend(args, budgeted=bool(set(recipe.pipeline.names) & set(BUDGET_PASSES)))
     output = check_output_folder(args.output)
+    _check_checkpoints_outside(recipe, output)
     files = {"data_format": args.data_format, "num_workers": args.workers, "image_size": args.image_size,
              "palette": args.palette}
     dense, splits = load_model_and_data(args.model, args.data, batch_size=args.batch_size, weights=args.weights,
