@@ -148,6 +148,21 @@ def test_loaders_give_masks_or_boxes_and_pad_the_last_batch_with_ignored_labels(
     assert boxes.shape == (4, 6, 5) and boxes.dtype == torch.float32
 
 
+def test_a_scene_folder_missing_a_file_is_written_anew_not_read_short(valued_dataset, caplog):
+    """The cache's scenes are checked against their manifest: with one test image and its mask deleted, the next
+    run reads all 10 test canvases again (it read 9, silently), and the same ones as before."""
+    options = {"root": valued_dataset, "validation": 0, "train_canvases": 8, "test_canvases": 10, "channels": 1}
+    first = load_data(f"{FASHION_MNIST_SEG}:32", 4, **options)
+    images, masks = list(first.test.source.split.images), list(first.test.source.split.masks)
+    before = [np.asarray(Image.open(path)) for path in images]
+    images[3].unlink()
+    masks[3].unlink()
+    again = load_data(f"{FASHION_MNIST_SEG}:32", 4, **options)
+    after = [np.asarray(Image.open(path)) for path in again.test.source.split.images]
+    assert len(after) == 10 and all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert "written anew" in caplog.text
+
+
 @pytest.mark.parametrize("spec, options, message", [
     (f"{FASHION_MNIST_SEG}:big", {}, "canvas size"),
     (f"{FASHION_MNIST_SEG}:32", {"scene": {"min_items": 3, "max_items": 2}}, "min_items"),

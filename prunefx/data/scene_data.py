@@ -6,7 +6,8 @@ COCO JSON (detection, whose [x, y, w, h] keeps the pixel boxes exact) under a ca
 everything that decides their content, and read from there on every later run:
 $PRUNEFX_CACHE, else $XDG_CACHE_HOME/prunefx, else ~/.cache/prunefx, then scenes/<key>/.
 A folder is written beside its final name and renamed into place, so a run never reads a half-written
-one and two runs racing to write it both end up reading one complete copy.
+one and two runs racing to write it both end up reading one complete copy. Its manifest (scenes.json) lists
+every file with its size: a folder whose files differ (one deleted or truncated since) is written anew.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -26,7 +28,9 @@ from prunefx.data.splits import DETECTION, SEGMENTATION, DataSplits, split_train
 from prunefx.graph.errors import PrunefxError, first_line
 
 _LAYOUT = {SEGMENTATION: MASKS, DETECTION: COCO}
-_VERSION = 1  # of the written layout: bump when scene_files.py writes something else
+_VERSION = 2  # of the written layout: bump when scene_files.py writes something else
+MANIFEST = "scenes.json"
+_log = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
@@ -63,7 +67,11 @@ def scene_folder(task: str, counts: dict[str, int], validation: int, config, see
                      sort_keys=True)
     folder = cache_root() / "scenes" / hashlib.sha256(key.encode()).hexdigest()[:16]
     if folder.is_dir():
-        return folder
+        if _intact(folder):
+            return folder
+        _log.warning("the scenes in %s are not the files written there (one missing or changed): written anew",
+                     folder)
+        _set_aside(folder)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
@@ -72,7 +80,8 @@ def scene_folder(task: str, counts: dict[str, int], validation: int, config, see
                            f"(set PRUNEFX_CACHE to a writable folder)") from None
     try:
         write_scenes(compose_scenes(counts, validation, config, seed, root), staging, _LAYOUT[task])
-        (staging / "scenes.json").write_text(key + "\n")  # what the folder holds, for whoever looks
+        # what the folder holds, for whoever looks, and every file with its size, checked on each later run
+        (staging / MANIFEST).write_text(json.dumps({"key": json.loads(key), "files": _files(staging)}) + "\n")
         os.rename(staging, folder)
     except OSError:
         if not folder.is_dir():  # not a lost race with another run: a real failure
@@ -80,6 +89,31 @@ def scene_folder(task: str, counts: dict[str, int], validation: int, config, see
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _files(folder: Path) -> list[list]:
+    """[path relative to `folder`, size] of every file under it but the manifest, sorted."""
+    return sorted([str(path.relative_to(folder)), path.stat().st_size] for path in folder.rglob("*")
+                  if path.is_file() and path.name != MANIFEST)
+
+
+def _intact(folder: Path) -> bool:
+    """The folder holds the files its manifest lists, with their sizes, and no others."""
+    try:
+        listed = json.loads((folder / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return listed == _files(folder)
+
+
+def _set_aside(folder: Path) -> None:
+    """Move a damaged folder out of the way (a racing run may do the same: whichever moves it first), then delete it."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}-damaged-", dir=folder.parent))
+    try:
+        os.rename(folder, aside / folder.name)
+    except OSError:
+        pass
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def scene_data(batch_size: int, *, task: str, size: int, train_canvases: int, val_canvases: int,
