@@ -140,7 +140,7 @@ def backend_help(names: list[str], default: str) -> str:
     return ", ".join(f"{name} ({backends.label(name)}{', default' if name == default else ''})" for name in names)
 
 
-def add_budget_backend(parser, *, note: str = "") -> None:
+def add_budget_backend(parser, *, note: str = "", batch_from: str = "--input-shape") -> None:
     """`--backend`, `--precision`, `--batch`, `--compile` and `--trtexec`: where `--speedup/--latency-ms` is
     measured (runtime/backends/); check them with `check_budget_backend` before loading a model."""
     names = budget_backend_names()
@@ -152,7 +152,7 @@ def add_budget_backend(parser, *, note: str = "") -> None:
                              + "); a quantized model's INT8 comes from its own Q/DQ nodes")
     parser.add_argument("--batch", type=options.count, default=1,
                         help="batch size a budget is measured at (default 1); a model captured at a smaller batch "
-                             "cannot be measured at a larger one (give --input-shape)")
+                             f"cannot be measured at a larger one (give {batch_from})")
     parser.add_argument("--compile", action="store_true",
                         help="cuda: compile each model with torch.compile (inductor) before timing it")
     parser.add_argument("--trtexec", metavar="PATH", help="the trtexec program (default: on PATH or JetPack's)")

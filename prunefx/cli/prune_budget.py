@@ -24,7 +24,7 @@ def meet_for_command_line(args, program, calibration: Calibration | None, width:
         if error.dimension == "width":
             raise width_refusal(error, args, program) from None
         if error.dimension == "width+depth":
-            raise PrunefxError(f"{error}; `prunefx compress {args.model}` with the same budget adds INT8") from None
+            raise PrunefxError(f"{error}; `prunefx compress {args.model} {_budget_flag(args)} --data DATA -o DIR` adds INT8") from None
         raise
     return outcome
 
@@ -40,10 +40,10 @@ def width_refusal(width: BudgetUnreachable, args, program) -> PrunefxError:
     if blocks:
         route = (f"width alone cannot, but depth can {how} up to {blocks} blocks of {program.name}: add "
                  f"--allow-depth --calibrate DATA, or run `prunefx depth {args.model} {flag} --calibrate DATA`, "
-                 f"or `prunefx compress {args.model} {flag}` (width, depth and INT8 together)")
+                 f"or `prunefx compress {args.model} {flag} --data DATA -o DIR` (width, depth and INT8 together)")
     else:
         route = (f"width alone cannot, and no block of {program.name} merges or drops (no depth route); "
-                 f"`prunefx compress {args.model} {flag}` adds INT8")
+                 f"`prunefx compress {args.model} {flag} --data DATA -o DIR` adds INT8")
     return PrunefxError(f"{width}; {route}")
 
 

@@ -62,7 +62,7 @@ def add_arguments(parser) -> None:
     add_measurement_arguments(parser)
     cli_options.add_device(parser, runs="the recipe's passes (calibration, importance, OBS, recovery training) and the test scores")
     cli_options.add_budget_backend(parser, note="; only the budget pass measures there: the report's final latency "
-                                                "is ONNX Runtime's")
+                                                "is ONNX Runtime's", batch_from="--batch-size")
 
 
 def add_measurement_arguments(parser) -> None:
