@@ -50,9 +50,14 @@ def check_output_folder(path: str | os.PathLike) -> Path:
     return path
 
 
+def within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether `path` is `folder` or lies inside it, links followed (neither need exist yet)."""
+    top = os.path.realpath(folder)
+    return os.path.commonpath([os.path.realpath(path), top]) == top
+
+
 def _check_replaceable(path: Path) -> None:
-    here, top = os.path.realpath(os.getcwd()), os.path.realpath(path)
-    if os.path.commonpath([here, top]) == top:
+    if within(os.getcwd(), path):
         raise OutputError(f"-o {printable(str(path))} holds the current folder, and a run replaces its output "
                           "folder whole: give a folder of its own")
     entries = sorted(entry.name for entry in path.iterdir())
@@ -112,8 +117,7 @@ def _holds(folder: Path, path: Path) -> bool:
     """Whether the existing `path` lies inside the existing folder `folder`, links followed."""
     if not folder.is_dir() or not path.exists():
         return False
-    real, top = os.path.realpath(path), os.path.realpath(folder)
-    return real != top and os.path.commonpath([real, top]) == top
+    return os.path.realpath(path) != os.path.realpath(folder) and within(path, folder)
 
 
 def _check_not_dangling(path: Path) -> None:

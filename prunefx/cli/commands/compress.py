@@ -12,7 +12,6 @@ The flow lives in prunefx/compression.py, shared with `prunefx demo`.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from prunefx import options
@@ -22,7 +21,7 @@ from prunefx.data.formats import FORMATS
 from prunefx.device import resolve_device
 from prunefx.graph.errors import PrunefxError, printable
 from prunefx.named_recipes import BUDGET_PASSES, load_named_recipe, with_budget
-from prunefx.output_paths import check_output_folder
+from prunefx.output_paths import check_output_folder, within
 from prunefx.reports.compression import console_summary
 
 DEFAULT_BUDGET_RECIPE = "budget-kd"
@@ -87,11 +86,10 @@ def options_from(args) -> Options:
 def _check_checkpoints_outside(recipe, output: Path) -> None:
     """A pass's checkpoint_dir inside -o would be refused on the rerun that resumes it (the folder holds files the
     run did not publish), and replaced with the folder once published: refused now, before any training."""
-    top = os.path.realpath(output)
     for step in recipe.pipeline.steps:
         config = step.config if isinstance(step.config, dict) else vars(step.config)
         folder = config.get("checkpoint_dir")
-        if folder is not None and os.path.commonpath([top, os.path.realpath(folder)]) == top:
+        if folder is not None and within(folder, output):
             raise PrunefxError(f"{step.name}'s checkpoint_dir {printable(str(folder))} is inside the output "
                                f"folder {printable(str(output))}, which a run replaces whole: put it outside")
 
