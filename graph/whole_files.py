@@ -25,7 +25,7 @@ def replaced_whole(path: Path) -> Iterator[Path]:
     is removed."""
     with _temporary(path) as (target, temporary):
         yield temporary
-        _sync_file(temporary)
+        sync_file(temporary)
         with _named(target):
             os.replace(temporary, target)
         sync_folder(target.parent)
@@ -45,7 +45,7 @@ def replaced_together(paths: Sequence[Path]) -> Iterator[list[Path]]:
         yield [temporary for _, temporary in pairs]
         for target, temporary in pairs:
             with _named(target):
-                _sync_file(temporary)
+                sync_file(temporary)
         _replace_all(pairs)
 
 
@@ -124,7 +124,8 @@ def _stem(path: Path) -> str:
     return os.fsencode(path.name)[:_NAME_ROOM].decode(errors="ignore")
 
 
-def _sync_file(path: Path) -> None:
+def sync_file(path: Path) -> None:
+    """`path`'s data made durable (written and flushed by whoever wrote it)."""
     with open(path, "rb") as file:
         os.fsync(file.fileno())
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from prunefx.graph.errors import printable
-from prunefx.graph.whole_files import followed, sync_folder
+from prunefx.graph.whole_files import followed, sync_file, sync_folder
 from prunefx.interrupts import raise_if_interrupted, record_published, signals_held
 from prunefx.leftovers import sibling
 from prunefx.output_paths import MARK, OutputError, check_output_file, check_output_folder
@@ -67,6 +67,7 @@ def _staging(destination: Path, *, publish, mark: bool) -> Iterator[Path]:
                 (staging / MARK).write_text(_MARK_TEXT)
             yield staging
             raise_if_interrupted()
+            _sync_tree(staging)  # files written by torch or ONNX were not synced: none is published empty
             with signals_held():  # an interrupt between the renames would leave neither output in place
                 publish(staging)
                 sync_folder(folder)  # the renames reach the disk before the command says it wrote
@@ -77,6 +78,16 @@ def _staging(destination: Path, *, publish, mark: bool) -> Iterator[Path]:
                 shutil.rmtree(staging, ignore_errors=True)
                 if not done and created is not None:
                     _remove_empty(folder, up_to=created)
+
+
+def _sync_tree(folder: Path) -> None:
+    """Every file under `folder` and every folder's entries made durable, before the renames that publish them:
+    a machine that loses power just after keeps the previous output or this one, never files of zero bytes."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if not os.path.islink(Path(root, name)):  # a link's file lies elsewhere, not published here
+                sync_file(Path(root, name))
+        sync_folder(Path(root))
 
 
 def _first_missing(folder: Path) -> Path | None:

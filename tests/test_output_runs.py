@@ -5,6 +5,7 @@ at any stage leaves `-o` holding one run's files, never a mix, and the next run 
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 import sys
 import textwrap
@@ -52,6 +53,30 @@ def test_a_run_replaces_the_previous_output_whole(tmp_path):
             (staging / name).write_bytes(data)
     assert _is_new(_snapshot(output))  # b.txt of the earlier run is gone
     assert _siblings(output) == []
+
+
+def test_every_file_of_a_folder_reaches_the_disk_before_it_is_published(tmp_path, monkeypatch):
+    """Files a library wrote straight into the staging folder (torch's, ONNX's), in a sub-folder too, are synced
+    before the rename that publishes them: the oracle is the inode of every file fsync was called on."""
+    real_rename, real_fsync, synced, renamed = output_module.os.rename, os.fsync, set(), []
+
+    def fsync(descriptor):
+        synced.add(os.fstat(descriptor).st_ino)
+        return real_fsync(descriptor)
+
+    def rename(source, target):  # what was synced by the time the folder is published
+        renamed.append(set(synced))
+        return real_rename(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(output_module.os, "rename", rename)
+    output = tmp_path / "out"
+    with staged_folder(output) as staging:
+        (staging / "model.onnx").write_bytes(b"onnx")
+        (staging / "data").mkdir()
+        (staging / "data" / "weights.bin").write_bytes(b"weights")
+    files = [output / "model.onnx", output / "data" / "weights.bin", output / "data", output]
+    assert renamed and {path.stat().st_ino for path in files} <= renamed[-1]
 
 
 def _fail_rename(monkeypatch, call: int) -> None:

@@ -279,13 +279,13 @@ def test_trtexecs_files_are_kept_all_together_or_not_at_all(tmp_path, file_size_
 def _sync_fails_for(monkeypatch, name: str) -> None:
     """fsync of the temporary file of `name` fails as on a full disk with delayed allocation (ENOSPC)."""
     from prunefx.graph import whole_files
-    real = whole_files._sync_file
+    real = whole_files.sync_file
 
     def sync(path: Path) -> None:
         if path.name.startswith(f".{name}."):
             raise OSError(errno.ENOSPC, "No space left on device")
         real(path)
-    monkeypatch.setattr(whole_files, "_sync_file", sync)
+    monkeypatch.setattr(whole_files, "sync_file", sync)
 
 
 def test_a_report_whose_last_file_fails_to_sync_replaces_none_of_the_previous_files(tmp_path, monkeypatch):
