@@ -327,6 +327,30 @@ def test_a_run_on_a_gpu_draws_from_its_own_seed_and_leaves_the_callers_cuda_stat
         assert torch.allclose(first.float(), second.float(), rtol=1e-4, atol=1e-6), name
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+def test_a_run_on_a_gpu_resumed_from_its_checkpoint_matches_the_uninterrupted_one(tmp_path):
+    """The checkpoint of a cuda run (written on the CPU, whatever the device) resumes on cuda: its identity (the
+    given weights' norms, computed on the GPU) is accepted, the CUDA generator is restored, and the weights equal
+    the uninterrupted run's to cuDNN's rounding; a run given other weights is refused."""
+    data, teacher = _batches(3), _program(1, dropout=0.3)
+    settings = dict(_checkpointed(tmp_path / "full"), device="cuda")
+    full, _ = _train(_program(dropout=0.3), teacher, data, **settings)
+    interrupted = Trainer(_program(dropout=0.3), teacher=teacher, data=data, after_step=[_crash_at(7)],
+                          config=TrainConfig(**dict(settings, checkpoint_dir=tmp_path / "cut")))
+    with pytest.raises(_Crash):
+        interrupted.fit()
+    resumed = Trainer(_program(dropout=0.3), teacher=teacher, data=data,
+                      config=TrainConfig(**dict(settings, checkpoint_dir=tmp_path / "cut", resume=True)))
+    assert resumed.fit()["resumed_from"] == 4
+    for (name, expected), (_, actual) in zip(full.program.state_dict().items(), resumed.program.state_dict().items()):
+        assert torch.allclose(expected.float(), actual.float(), rtol=1e-4, atol=1e-6), name
+    other = Trainer(_program(seed=3, dropout=0.3), teacher=teacher, data=data,
+                    config=TrainConfig(**dict(settings, checkpoint_dir=tmp_path / "cut", resume=True)))
+    with pytest.raises(TrainingError, match="other weights"):
+        other.fit()
+
+
 def test_only_a_process_of_torchrun_has_its_gpu_made_current_for_good(monkeypatch):
     """One process names its GPU wherever it places tensors and makes it current only during `fit`; a process
     of torchrun owns the GPU of its LOCAL_RANK, which NCCL reads as the current device."""

@@ -213,3 +213,21 @@ def test_the_cli_times_the_latency_table_at_the_threads_it_times_whole_models_at
                  "--threads", "3", "--importance", "l2", "-o", str(tmp_path / "out")])
     assert code == 0, capsys.readouterr().err
     assert pairs == [3] and [settings.threads for settings in timer.settings_given] == [3]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+def test_the_cli_on_a_gpu_keeps_the_macs_asked_and_spends_them_by_the_cuda_table(resnet, tmp_path, monkeypatch, capsys):
+    """`prune --macs 0.5 --choose-by latency --backend cuda --batch 8`, nothing faked: the table timed on the GPU
+    at the cuda backend's width multiple, the written model at half the MACs (prunefx's count of the file)."""
+    from prunefx.cli import main
+
+    monkeypatch.setenv("PRUNEFX_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    code = main(["prune", str(resnet.save(tmp_path / "resnet.pt2")), "--macs", "0.5", "--choose-by", "latency",
+                 "--backend", "cuda", "--batch", "8", "--importance", "l2", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert count(Program.load(out / "model.pt2")).macs / count(resnet).macs == pytest.approx(0.5, rel=0.03)
+    table = report["target"]["table_ms"]
+    assert 0 < table["planned"] < table["dense"] and "latency table" in report["seconds"]
