@@ -23,6 +23,7 @@ from prunefx.graph import Program
 from prunefx.graph.input_batches import as_program_inputs
 from prunefx.graph.progress import shown
 from prunefx.passes.training.checkpoint import PROGRAM_FILE, STATE_FILE
+from prunefx.passes.training.checkpoint_lock import checkpoint_dir_held
 from prunefx.passes.training.config import DETECTION, OPTIMIZERS, FeaturePair, TrainConfig, TrainingError
 from prunefx.passes.training.data import (
     accuracy_summary,
@@ -147,7 +148,9 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to `total_steps` (resuming from the checkpoint when asked) and return statistics. The run
         draws from its own seed; the caller's random state is left as found."""
-        with random_state_kept(self.device), current_during(self.device):
+        # the first process holds the checkpoint directory: another run's checkpoints would replace this one's
+        held = Path(self.config.checkpoint_dir) if self.config.checkpoint_dir is not None and self.rank == 0 else None
+        with random_state_kept(self.device), current_during(self.device), checkpoint_dir_held(held):
             return self._fit()
 
     def _fit(self) -> dict[str, Any]:

@@ -1,0 +1,56 @@
+"""One training run per checkpoint directory at a time.
+
+Two runs given the same `checkpoint_dir` would replace each other's checkpoints, and the one resumed later would
+go on from the other's. The run's first process holds an advisory lock on the directory itself (flock of the
+folder: no lock file to leave behind) for as long as it trains; a second run is refused in one line. Where the
+file system cannot lock (some network mounts) or the platform has no flock, training goes on unlocked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from prunefx.passes.training.config import TrainingError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
+_BUSY = {errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES}
+
+
+@contextlib.contextmanager
+def checkpoint_dir_held(directory: Path | None) -> Iterator[None]:
+    """`directory` locked for this run while the block runs (None: nothing to lock). A directory this created
+    and left empty (the run stopped before its first checkpoint) is removed again."""
+    if directory is None or fcntl is None:
+        yield
+        return
+    if directory.exists() and not directory.is_dir():
+        raise TrainingError(f"checkpoint_dir {directory} is a file, not a folder")
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        _lock(descriptor, directory)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+        if created:
+            with contextlib.suppress(OSError):  # not empty: a checkpoint was written
+                directory.rmdir()
+
+
+def _lock(descriptor: int, directory: Path) -> None:
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in _BUSY:
+            raise TrainingError(f"checkpoint_dir {directory} is in use by another training run; give each run "
+                                "its own checkpoint_dir, or wait for that one to end") from None
+        # the file system cannot lock: train unlocked rather than refuse

@@ -1,0 +1,72 @@
+"""One training run per checkpoint_dir: a second run given the directory of one still training is refused before
+it trains, and the first run's checkpoint is left as it was (the oracle: its bytes)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from prunefx.graph import capture
+from prunefx.passes.training.engine import PROGRAM_FILE, STATE_FILE, TrainConfig, Trainer, TrainingError
+
+
+def _program():
+    torch.manual_seed(0)
+    return capture(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval(),
+                   torch.randn(4, 3, 8, 8)).eval()
+
+
+def _data():
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.randn(4, 3, 8, 8, generator=generator), torch.randint(0, 3, (4,), generator=generator))]
+
+
+def _fit(directory, **extra):
+    config = TrainConfig(steps=2, lr=0.01, kd_weight=0.0, checkpoint_dir=directory, progress=False, **extra)
+    return Trainer(_program(), teacher=None, data=_data(), config=config).fit()
+
+
+def test_a_run_given_the_checkpoint_dir_of_a_run_still_training_is_refused(tmp_path):
+    directory = tmp_path / "checkpoints"
+    _fit(directory)
+    written = {name: (directory / name).read_bytes() for name in (PROGRAM_FILE, STATE_FILE)}
+    # the other run: another process holding the directory as a training run does
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys; d = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(d, fcntl.LOCK_EX); "
+        "print('held', flush=True); sys.stdin.read()"), str(directory)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(TrainingError, match="in use by another training run"):
+            _fit(directory, resume=False)
+    finally:
+        holder.communicate("")
+    assert {name: (directory / name).read_bytes() for name in written} == written
+    assert _fit(directory, resume=True)["resumed_from"] == 2  # the holder gone: the directory is free again
+
+
+def test_the_lock_is_released_when_a_run_ends_even_by_an_error(tmp_path):
+    directory = tmp_path / "checkpoints"
+    with pytest.raises(TrainingError):
+        Trainer(_program(), teacher=None, data=[], config=TrainConfig(steps=2, checkpoint_dir=directory, progress=False)).fit()
+    assert not directory.exists()  # it made the folder and wrote nothing there: the folder is gone again
+    _fit(directory)
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises should the run have kept its lock
+    finally:
+        os.close(descriptor)
+
+
+def test_a_file_given_as_checkpoint_dir_is_refused_before_training(tmp_path):
+    path = tmp_path / "not_a_folder"
+    path.write_text("mine")
+    with pytest.raises(TrainingError, match="is a file"):
+        _fit(path)
+    assert path.read_text() == "mine"
