@@ -20,6 +20,7 @@ from prunefx.graph.whole_files import replaced_whole
 from prunefx.graph.zip_target import FailureHoldingFile
 
 _METADATA_FILE = "prunefx.json"
+_ROOT_KEY = "L__self__"  # torch.export's prefix of every nn_module_stack key
 
 
 def write_program_file(path: Path, exported: torch.export.ExportedProgram, metadata: dict) -> Path:
@@ -45,6 +46,7 @@ def read_program_file(path: Path) -> tuple[torch.export.ExportedProgram, dict, t
         raise
     except Exception as error:
         raise ProgramFileError(f"cannot read program {path}: {first_line(error)}") from error
+    _forget_earlier_exports(exported)
     written = check_writes(exported)
     if written is not None:
         raise ProgramFileError(f"{path}: {printable(written)[:200]} (refused: a saved graph may write only into "
@@ -56,6 +58,26 @@ def read_program_file(path: Path) -> tuple[torch.export.ExportedProgram, dict, t
     except Exception as error:
         raise ProgramFileError(f"cannot rebuild program {path}: {first_line(error)}") from error
     return exported, metadata, inputs
+
+
+def _forget_earlier_exports(exported: torch.export.ExportedProgram) -> None:
+    """Node metadata as a first export writes it. Saving re-exports the graph, and each re-export nests every node's
+    `from_node` one level deeper and puts one more `L__self__` before each nn_module_stack key: without this, a file
+    grew with every load-save cycle. The stack's module paths and call numbers (`@2`), which prunefx reads, stay."""
+    for module in exported.graph_module.modules():
+        if not isinstance(module, torch.fx.GraphModule):
+            continue
+        for node in module.graph.nodes:
+            node.meta.pop("from_node", None)  # torch's provenance of the graph it was exported from; prunefx reads none
+            stack = node.meta.get("nn_module_stack")
+            if stack:
+                node.meta["nn_module_stack"] = {_one_root(key): value for key, value in stack.items()}
+
+
+def _one_root(key: str) -> str:
+    while key.startswith(_ROOT_KEY * 2):
+        key = key[len(_ROOT_KEY):]
+    return key
 
 
 def _example_inputs(metadata: dict, exported: torch.export.ExportedProgram) -> tuple[torch.Tensor, ...]:

@@ -221,6 +221,42 @@ def test_save_load_reproduces_outputs_bit_for_bit(resnet18_program, tmp_path):
     assert [tuple(t.shape) for t in loaded.example_inputs] == [(2, 3, 64, 64)]
 
 
+def test_a_file_loaded_and_saved_again_does_not_grow_and_computes_as_the_model(tmp_path):
+    """Saving re-exports the graph, and each re-export nested every node's `from_node` one level deeper and put one
+    more `L__self__` before its nn_module_stack keys: model.pt2 grew with every load-save cycle (prune chains)."""
+    shared = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
+
+    class Twice(torch.nn.Module):  # a module called twice: its second call's stack key ends in `@1`
+        def __init__(self):
+            super().__init__()
+            self.stem, self.block, self.head = torch.nn.Conv2d(3, 8, 3, padding=1), shared, torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.head(self.block(self.block(self.stem(x))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model, x = Twice().eval(), torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+    captured = capture(model, x)
+    path = captured.save(tmp_path / "0.pt2")
+    sizes = [path.stat().st_size]
+    for cycle in range(1, 4):
+        program = Program.load(path)
+        path = program.save(tmp_path / f"{cycle}.pt2")
+        sizes.append(path.stat().st_size)
+    assert max(sizes) - min(sizes) < 100, sizes  # was about 3.4 kB (8 %) more on every cycle
+
+    def stacks(graph):
+        return [node.meta.get("nn_module_stack") for node in graph.nodes if node.op == "call_function"]
+
+    loaded = Program.load(path)
+    assert stacks(loaded.graph) == stacks(captured.graph)  # module paths and call numbers, keys as captured
+    assert any(key.endswith("@1") for stack in stacks(loaded.graph) for key in stack or {})
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected)
+
+
 def test_a_program_off_the_cpu_is_saved_from_a_cpu_copy_and_stays_as_it_was(resnet18_program, tmp_path,
                                                                               monkeypatch):
     """The copy's route, taken here on the CPU (tests/test_made_on_the_model_device.py takes it from a GPU)."""
