@@ -106,7 +106,7 @@ def _inferred_sizes(call: ScopedCall, literals: tuple) -> tuple:
 
 def literal_changes(dense: torch.fx.GraphModule, pruned: torch.fx.GraphModule) -> list[LiteralChange]:
     """The integer literals the pruned graph spells differently from the dense one, call by call. A -1 in
-    the dense graph's view/reshape/expand sizes counts as the size it inferred; any other -1 is no width
+    either graph's view/reshape/expand sizes counts as the size it inferred; any other -1 is no width
     and is left out."""
     pruned_calls = scoped_calls(pruned)
     changes = []
@@ -115,11 +115,13 @@ def literal_changes(dense: torch.fx.GraphModule, pruned: torch.fx.GraphModule) -
         if other is None:
             continue
         literals = _inferred_sizes(call, call.literals)
-        pairs = _int_pairs(literals, other.literals) or []
+        # the pruned graph's -1 is inferred too: a view the removal left as captured (YOLO Detect's spatial -1)
+        # changed no size, which read as (inferred, -1) would set an attribute equal to it (reg_max 16) to -1
+        others = _inferred_sizes(other, other.literals)
+        pairs = _int_pairs(literals, others) or []
         changed = tuple((a, b) for a, b in pairs if a != b and a != -1)
         if changed:
-            changes.append(LiteralChange(call.scope, call.operator, changed,
-                                         tuple(_changed_lists(literals, other.literals))))
+            changes.append(LiteralChange(call.scope, call.operator, changed, tuple(_changed_lists(literals, others))))
     return changes
 
 

@@ -29,7 +29,7 @@ from prunefx.detectors import (
 from prunefx.graph import count, verify
 from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.graph.channels.removal import remove_classes
-from prunefx.models import ModelReferenceError, build_model
+from prunefx.models import ModelReferenceError, build_model, prepare_ultralytics
 from prunefx.passes import remove_channels
 from prunefx.runtime import OnnxRuntimeSession, check_parity, export_onnx
 
@@ -292,6 +292,28 @@ def test_yolo_half_macs_matches_onnx_and_runs_in_ultralytics_predict(one_thread,
     with torch.no_grad():
         raw = pruned(torch.from_numpy(image[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255)
     assert float(boxes.conf.max()) == pytest.approx(float(raw[0, 4:].max()), rel=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [64, 128])
+def test_unpruned_yolo_captured_small_writes_back_and_matches_ultralytics(size, one_thread):
+    """At these sizes a Detect view's inferred spatial size (4 x 4) equals its reg_max (16): the write-back
+    must not take the view's unchanged -1 for a width. Oracle: a twin Ultralytics never handed to prunefx."""
+    pytest.importorskip("ultralytics", reason="ultralytics (AGPL-3.0, dev extra) is not installed")
+    from ultralytics.nn.tasks import DetectionModel
+
+    from prunefx.interop.ultralytics_bridge import to_ultralytics_module
+
+    model, twin = (DetectionModel("yolov8n.yaml", verbose=False).eval() for _ in range(2))
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    _lively_weights(model)
+    _condition_head(model, x)
+    twin.load_state_dict(model.state_dict())
+    program = prunefx.capture(prepare_ultralytics(model), x).eval()
+    written = to_ultralytics_module(program, model).eval()
+    other = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        _assert_close_boxes_and_scores(written(other)[0], twin(other)[0])
 
 
 def test_ultralytics_reference_errors():
