@@ -9,6 +9,7 @@ The rewrite, the config and why mse is the default: see docs/algorithms.md, 'qua
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -41,6 +42,7 @@ from prunefx.passes.core.result import Result
 from prunefx.passes.fold_batchnorm import Folded, fold_batchnorm
 
 OWNER = "quantize_int8"
+_KEPT_BYTES = 256 << 20  # calibration activations kept between their reads (_Activations)
 
 
 @dataclass
@@ -103,8 +105,10 @@ def quantize_int8(program: Program, /, *, config: dict | QuantizeInt8Config | No
     batches = calibration_inputs(program.example_inputs, settings.calibration, max_batches=settings.max_batches,
                                  what=f"{OWNER} calibration")
     with program.evaluating():
-        amax = _calibrate(program, chosen, batches, settings)
-        errors = _layer_errors(program, chosen, amax, batches[:settings.sensitivity_batches])
+        values = _Activations(program, chosen, batches)
+        amax = _calibrate(values, settings)
+        errors = _layer_errors(program, chosen, amax, values, settings.sensitivity_batches)
+        del values  # the kept activations, before the rewrite
     chosen, sensitive = _leave_sensitive(chosen, errors, settings.sensitive)
     skipped += sensitive
     _rewrite(program, chosen, amax)
@@ -148,40 +152,57 @@ def _sources(targets: Sequence[QuantTarget]) -> list[torch.fx.Node]:
     return list(dict.fromkeys(node for target in targets for node in target.activations))
 
 
-def _calibrate(program: Program, targets, batches, settings: QuantizeInt8Config) -> dict[torch.fx.Node, float]:
-    """amax of every activation source: a max pass, then (percentile, mse) a histogram pass on [0, max]."""
-    sources = _sources(targets)
-    if not sources:
-        return {}
-    tapped = tap_nodes(program.module, [node.name for node in sources])
-    observers = {node: RangeObserver() for node in sources}
-    passes = [RangeObserver.observe_max] + ([RangeObserver.observe_histogram] if settings.method != "max" else [])
-    for observe in passes:
-        for batch in batches:
-            for node, value in zip(sources, run_tapped(tapped, batch)):
-                if observe is RangeObserver.observe_max and not bool(torch.isfinite(value).all()):
-                    # a NaN is lost in a max (the range came out 0) and an inf makes no scale: refused, not guessed
-                    raise PrunefxError(f"quantize_int8: {node.name} is not finite (NaN or inf) on the calibration "
-                                       "data: check the batches for NaN or inf, or the model for an overflow")
-                observe(observers[node], value)
+def _calibrate(values: _Activations, settings: QuantizeInt8Config) -> dict[torch.fx.Node, float]:
+    """amax of every activation source: a max pass, then (percentile, mse, entropy) a histogram pass on [0, max]."""
+    observers = {node: RangeObserver() for node in values.sources}
+    for index in range(len(values.batches)):
+        for node, value in zip(values.sources, values(index)):
+            if not math.isfinite(observers[node].observe_max(value)):
+                # a NaN is lost in a max over batches (the range came out 0) and an inf makes no scale: refused
+                raise PrunefxError(f"quantize_int8: {node.name} is not finite (NaN or inf) on the calibration "
+                                   "data: check the batches for NaN or inf, or the model for an overflow")
+    if settings.method != "max":
+        for index in range(len(values.batches)):
+            for node, value in zip(values.sources, values(index)):
+                observers[node].observe_histogram(value, count_zeros=settings.method == "entropy")
     return {node: observer.amax(settings.method, settings.percentile) for node, observer in observers.items()}
 
 
-def _layer_errors(program: Program, targets, amax, batches) -> dict[str, float]:
-    """Per layer: ||op(q(x), q(W)) - op(x, W)||^2 / ||op(x, W)||^2 over `batches`, every other layer float."""
-    sources = _sources(targets)
-    tapped = tap_nodes(program.module, [node.name for node in sources])
+def _layer_errors(program: Program, targets, amax, values: _Activations, batches: int) -> dict[str, float]:
+    """Per layer: ||op(q(x), q(W)) - op(x, W)||^2 / ||op(x, W)||^2 over the first `batches`, every other layer
+    float."""
     noise = {target.layer.name: 0.0 for target in targets}
     signal = dict(noise)
     with torch.no_grad():
-        for batch in batches:
-            values = dict(zip(sources, run_tapped(tapped, batch)))
+        for index in range(min(batches, len(values.batches))):
+            tapped = dict(zip(values.sources, values(index)))
             for target in targets:
-                exact = _run_layer(program, target, values, None)
-                quantized = _run_layer(program, target, values, amax)
+                exact = _run_layer(program, target, tapped, None)
+                quantized = _run_layer(program, target, tapped, amax)
                 noise[target.layer.name] += float((quantized - exact).double().pow(2).sum())
                 signal[target.layer.name] += float(exact.double().pow(2).sum())
     return {name: noise[name] / signal[name] if signal[name] > 0 else 0.0 for name in noise}
+
+
+class _Activations:
+    """The values of the activation sources on each calibration batch. Calibration reads them twice (the max, then
+    the histogram) and the layer errors a third time: the first batches' values are kept, up to _KEPT_BYTES, so
+    that the model runs on them once; later batches run again when read again."""
+
+    def __init__(self, program: Program, targets, batches: Sequence):
+        self.sources, self.batches = _sources(targets), batches
+        self._tapped = tap_nodes(program.module, [node.name for node in self.sources]) if self.sources else None
+        self._kept: dict[int, tuple[torch.Tensor, ...]] = {}
+        self._room = _KEPT_BYTES
+
+    def __call__(self, index: int) -> tuple[torch.Tensor, ...]:
+        if index in self._kept or self._tapped is None:
+            return self._kept.get(index, ())
+        values = run_tapped(self._tapped, self.batches[index])
+        size = sum(value.numel() * value.element_size() for value in values)
+        if size <= self._room:
+            self._kept[index], self._room = values, self._room - size
+        return values
 
 
 def _run_layer(program: Program, target: QuantTarget, values: dict, amax: dict | None) -> torch.Tensor:

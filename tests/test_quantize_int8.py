@@ -15,6 +15,7 @@ file's own operators compute (graph optimisations off) within 1e-3: nothing satu
 from __future__ import annotations
 
 import collections
+import importlib
 
 import numpy as np
 import onnx
@@ -713,6 +714,25 @@ def test_calibration_data_that_is_not_finite_is_refused_in_one_line(one_thread, 
     batches[1][0, 0, 3, 3] = bad
     with pytest.raises(PrunefxError, match="not finite"):
         quantize_int8(_net(), config={"calibration": batches, "method": "mse"})
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_the_model_runs_once_per_calibration_batch_and_gives_the_ranges_of_rerunning_it(one_thread, monkeypatch,
+                                                                                       method):
+    """The max, the histogram and the layer errors read the same activations: kept from the first run, the model
+    runs once per batch. Oracle: with nothing kept (a budget of 0 bytes), every read runs the model again, and
+    the ranges and errors come out the same."""
+    module = importlib.import_module("prunefx.passes.quantize_int8")  # the module: the package names the pass
+    runs, real = [], module.run_tapped
+    monkeypatch.setattr(module, "run_tapped", lambda *args: runs.append(1) or real(*args))
+    batches, rows = _batches(4), {}
+    for budget in (module._KEPT_BYTES, 0):
+        monkeypatch.setattr(module, "_KEPT_BYTES", budget)
+        runs.clear()
+        stats = quantize_int8(_net(), config={"calibration": batches, "method": method, "sensitivity_batches": 2}).stats
+        rows[budget] = [(row["layer"], row["input_amax"], row["error"]) for row in stats["quantized"]]
+        assert len(runs) == (len(batches) if budget else 2 * len(batches) + 2), budget
+    assert rows[0] == rows[module._KEPT_BYTES]
 
 
 class SharedConv(nn.Module):

@@ -30,15 +30,21 @@ class RangeObserver:
         self.histogram: np.ndarray | None = None
         self.zeros = 0.0  # how many of the values in the histogram's first bin are exactly 0
 
-    def observe_max(self, x: torch.Tensor) -> None:
-        self.max = max(self.max, float(x.detach().abs().max()))
+    def observe_max(self, x: torch.Tensor) -> float:
+        """Returns this batch's max: NaN or inf where `x` holds one (torch's max keeps them; the running max,
+        a Python max, would drop a NaN)."""
+        batch_max = float(x.detach().abs().max())
+        self.max = max(self.max, batch_max)
+        return batch_max
 
-    def observe_histogram(self, x: torch.Tensor) -> None:
+    def observe_histogram(self, x: torch.Tensor, *, count_zeros: bool = True) -> None:
+        """`count_zeros`: also count the exact zeros, which only the entropy method reads (a pass of its own)."""
         if self.max <= 0:
             return
         counts = torch.histc(x.detach().abs().float().flatten(), bins=HISTOGRAM_BINS, min=0.0, max=self.max)
         counts = counts.double().cpu().numpy()
-        self.zeros += float((x == 0).sum())
+        if count_zeros:
+            self.zeros += float((x == 0).sum())
         self.histogram = counts if self.histogram is None else self.histogram + counts
 
     def amax(self, method: str, percentile: float = 99.99) -> float:
