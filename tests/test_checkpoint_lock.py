@@ -64,9 +64,26 @@ def test_the_lock_is_released_when_a_run_ends_even_by_an_error(tmp_path):
         os.close(descriptor)
 
 
-def test_a_file_given_as_checkpoint_dir_is_refused_before_training(tmp_path):
-    path = tmp_path / "not_a_folder"
-    path.write_text("mine")
-    with pytest.raises(TrainingError, match="is a file"):
-        _fit(path)
-    assert path.read_text() == "mine"
+@pytest.mark.parametrize("kind", ["file", "link to nothing", "read-only"])
+def test_a_checkpoint_dir_that_cannot_hold_checkpoints_is_refused_before_training(tmp_path, monkeypatch, kind):
+    """Refused in one TrainingError before the first step (not by the checkpoint written after the last one),
+    and the caller's program given back as it came (eval mode, its weights)."""
+    path = tmp_path / "checkpoints"
+    if kind == "file":
+        path.write_text("mine")
+    elif kind == "link to nothing":
+        path.symlink_to(tmp_path / "gone")
+    else:  # a read-only file system (root ignores permission bits): the probe write fails as it would there
+        from prunefx.passes.training import checkpoint_lock
+        monkeypatch.setattr(checkpoint_lock.tempfile, "TemporaryFile",
+                            lambda **_: (_ for _ in ()).throw(OSError(30, "Read-only file system")))
+    program, steps = _program(), []
+    weights = {name: value.clone() for name, value in program.state_dict().items()}
+    config = TrainConfig(steps=2, lr=0.01, kd_weight=0.0, checkpoint_dir=path, progress=False)
+    trainer = Trainer(program, teacher=None, data=_data(), config=config, after_step=[lambda _, step: steps.append(step)])
+    with pytest.raises(TrainingError, match=f"checkpoint_dir {path}"):
+        trainer.fit()
+    assert steps == [] and not program.training and not program.module.training
+    assert all(torch.equal(value, weights[name]) for name, value in program.state_dict().items())
+    if kind == "file":
+        assert path.read_text() == "mine"

@@ -396,6 +396,9 @@ def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path):
     (tmp_path / STATE_FILE).write_bytes(b"not a checkpoint")
     with pytest.raises(TrainingError, match="cannot read .*trainer_state.pt"):
         resume()
+    torch.save({"format": 1}, tmp_path / STATE_FILE)  # another tool's file of the right format number
+    with pytest.raises(TrainingError, match="not a whole prunefx trainer state .*program_sha256"):
+        resume()
     (tmp_path / STATE_FILE).unlink()
     with pytest.raises(TrainingError, match="incomplete checkpoint"):
         resume()

@@ -31,6 +31,7 @@ from prunefx.passes.training.config import TrainingError
 PROGRAM_FILE = "program.pt2"
 STATE_FILE = "trainer_state.pt"
 _STATE_FORMAT = 1
+_WRITTEN_KEYS = ("parameters", "program_sha256")  # what write_checkpoint adds to every state
 _PARTIAL_PROGRAM, _PARTIAL_STATE = "program.partial.pt2", "trainer_state.partial.pt"
 
 
@@ -95,6 +96,10 @@ def _read_state(path: Path) -> dict:
                             f"{first_line(error)}") from error
     if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
         raise TrainingError(f"{path} is not a prunefx trainer state (format {_STATE_FORMAT})")
+    missing = [key for key in _WRITTEN_KEYS if key not in state]
+    if missing:
+        raise TrainingError(f"{path} is not a whole prunefx trainer state (it has no {', '.join(missing)}); delete "
+                            "it to start over")
     return state
 
 

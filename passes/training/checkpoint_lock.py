@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,19 +32,37 @@ def checkpoint_dir_held(directory: Path | None) -> Iterator[None]:
     if directory is None or fcntl is None:
         yield
         return
-    if directory.exists() and not directory.is_dir():
-        raise TrainingError(f"checkpoint_dir {directory} is a file, not a folder")
     created = not directory.exists()
-    directory.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as error:  # a file, a link to nothing, a read-only or forbidden parent
+        raise TrainingError(f"cannot use checkpoint_dir {directory}: {_reason(error, directory)}") from None
     try:
         _lock(descriptor, directory)
+        _check_writable(directory)
         yield
     finally:
         os.close(descriptor)  # releases the lock
         if created:
             with contextlib.suppress(OSError):  # not empty: a checkpoint was written
                 directory.rmdir()
+
+
+def _reason(error: OSError, directory: Path) -> str:
+    if error.errno in (errno.EEXIST, errno.ENOTDIR) and not directory.is_dir():
+        return "it is not a folder" if directory.exists() else "it is a link to nothing"
+    return error.strerror or str(error)
+
+
+def _check_writable(directory: Path) -> None:
+    """A checkpoint written at the end of training must not find the folder read-only only then: a nameless
+    file made and dropped proves it can be written now."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise TrainingError(f"cannot write in checkpoint_dir {directory}: {error.strerror or error}") from None
 
 
 def _lock(descriptor: int, directory: Path) -> None:

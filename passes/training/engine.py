@@ -8,6 +8,7 @@ layout and the non-goals: see docs/algorithms.md, 'The trainer'.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
@@ -150,7 +151,12 @@ class Trainer:
         draws from its own seed; the caller's random state is left as found."""
         # the first process holds the checkpoint directory: another run's checkpoints would replace this one's
         held = Path(self.config.checkpoint_dir) if self.config.checkpoint_dir is not None and self.rank == 0 else None
-        with random_state_kept(self.device), current_during(self.device), checkpoint_dir_held(held):
+        with random_state_kept(self.device), current_during(self.device), contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(checkpoint_dir_held(held))
+            except BaseException:  # refused: the program goes back as it came, as after any fit
+                self.release()
+                raise
             return self._fit()
 
     def _fit(self) -> dict[str, Any]:
