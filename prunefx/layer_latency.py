@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from prunefx.graph import Program
+from prunefx.graph.errors import PrunefxError
 from prunefx.graph.program import require_program
+from prunefx.models.input_shapes import check_input_shape
 from prunefx.passes.budget.measurement import round_to_of
 from prunefx.passes.prune_to_budget import DEFAULT_ROUND_TO
 
@@ -35,13 +37,23 @@ def latency_table(program: Program, backend: str = "ort", *, precision: str | No
     from prunefx.runtime.tables.timer_by_name import layer_timer
 
     require_program(program, "latency_table")
+    for name, value in (("batch", batch), ("threads", threads), ("multiple", multiple)):
+        _require_count(name, value)
     if measurement is None:
         measurement = Measurement.of(backend, threads=threads or LATENCY_THREADS, precision=precision, batch=batch,
                                      runs=ENTRY_RUNS)
-    multiple = multiple or table_multiple(None, measurement.pair())
+    for example in program.example_inputs:  # each layer is timed on inputs of this batch: they must fit in memory
+        check_input_shape((measurement.settings.batch, *example.shape[1:]), "latency table input")
+    multiple = table_multiple(None, measurement.pair()) if multiple is None else multiple
     timer = layer_timer(measurement.backend, measurement.settings)
-    return program_latency_table(program, timer, multiple=int(multiple), batch=measurement.settings.batch,
+    return program_latency_table(program, timer, multiple=multiple, batch=measurement.settings.batch,
                                  cache_dir=cache_dir)
+
+
+def _require_count(name: str, value) -> None:
+    """None (the default) or an integer >= 1: a 0 or a 1.5 is refused, not read as the default or rounded."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise PrunefxError(f"latency_table: {name} must be an integer >= 1, not {value!r}")
 
 
 def table_multiple(round_to: int | None, measurer) -> int:

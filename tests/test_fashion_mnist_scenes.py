@@ -163,6 +163,19 @@ def test_a_scene_folder_missing_a_file_is_written_anew_not_read_short(valued_dat
     assert "written anew" in caplog.text
 
 
+def test_a_scene_manifest_nested_past_what_json_reads_is_damage_not_an_internal_error(valued_dataset, caplog):
+    """A scenes.json of 200,000 nested brackets makes json recurse past Python's limit: the folder is written
+    anew like any other damaged one (it ended the run with an internal error)."""
+    options = {"root": valued_dataset, "validation": 0, "train_canvases": 8, "test_canvases": 10, "channels": 1}
+    first = load_data(f"{FASHION_MNIST_SEG}:32", 4, **options)
+    folder = first.test.source.split.images[0].parent
+    while not (folder / "scenes.json").is_file():
+        folder = folder.parent
+    (folder / "scenes.json").write_text("[" * 200_000 + "]" * 200_000)
+    again = load_data(f"{FASHION_MNIST_SEG}:32", 4, **options)
+    assert len(again.test.source.split.images) == 10 and "written anew" in caplog.text
+
+
 @pytest.mark.parametrize("spec, options, message", [
     (f"{FASHION_MNIST_SEG}:big", {}, "canvas size"),
     (f"{FASHION_MNIST_SEG}:32", {"scene": {"min_items": 3, "max_items": 2}}, "min_items"),

@@ -189,6 +189,7 @@ def test_the_python_api_times_a_table_that_a_macs_target_takes(resnet, timer, tm
 @pytest.mark.parametrize("flags, message", [
     (["--backend", "cuda"], "or --choose-by latency"),  # nothing times on the backend
     (["--choose-by", "latency", "--local"], "takes --ranking global"),  # the table would go unused
+    (["--choose-by", "latency", "--batch", str(10**20)], "more than prunefx allocates"),  # no layer input fits
 ])
 def test_the_cli_refuses_what_a_macs_target_would_not_use(tmp_path, capsys, timer, flags, message):
     from prunefx.cli import EXIT_USER_ERROR, main
@@ -231,3 +232,15 @@ def test_the_cli_on_a_gpu_keeps_the_macs_asked_and_spends_them_by_the_cuda_table
     assert count(Program.load(out / "model.pt2")).macs / count(resnet).macs == pytest.approx(0.5, rel=0.03)
     table = report["target"]["table_ms"]
     assert 0 < table["planned"] < table["dense"] and "latency table" in report["seconds"]
+
+
+@pytest.mark.parametrize("options", [{"multiple": 0}, {"multiple": 1.5}, {"multiple": True}, {"threads": 0},
+                                     {"batch": "2"}, {"batch": 10**12}])
+def test_latency_table_refuses_what_it_would_read_as_something_else(resnet, timer, options):
+    """A multiple of 0 read as the default, 1.5 rounded to 1, a batch no layer input fits in memory: refused in
+    one PrunefxError before anything is timed."""
+    import prunefx
+
+    with pytest.raises(PrunefxError):
+        prunefx.latency_table(resnet, backend="ort", **options)
+    assert timer.calls == 0

@@ -101,7 +101,7 @@ def _intact(folder: Path) -> bool:
     """The folder holds the files its manifest lists, with their sizes, and no others."""
     try:
         listed = json.loads((folder / MANIFEST).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # RecursionError: nesting json cannot read
         return False
     return listed == _files(folder)
 
