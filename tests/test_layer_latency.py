@@ -394,6 +394,23 @@ def test_depthwise_and_grouped_layers_are_timed_only_at_widths_they_run(tmp_path
                           cache_dir=tmp_path / "ort")
 
 
+def test_a_table_answers_for_its_own_layers_narrowed_and_refuses_a_layer_of_another_shape(tmp_path):
+    """Layers are found by name, and another model's, or the same model at another input size, has the same
+    names: its times would be other layers'. The oracle: the fake timer's formula for the layer asked."""
+    timer = FakeTimer()
+    table = program_latency_table(capture(Grouped().eval(), torch.randn(1, 3, 8, 8)), timer, multiple=8, batch=1,
+                                  cache_dir=tmp_path)
+    stem, depthwise, _ = timed_layers(capture(Grouped().eval(), torch.randn(4, 3, 8, 8)).module)  # another batch
+    assert table(stem, 3, 16) == pytest.approx(_ms(3, 16)) and table(depthwise, 16, 32) == pytest.approx(_ms(16, 32))
+    narrowed = stem.resized(3, 16)  # a model already cut from the one the table was timed on
+    assert table(narrowed, 3, 8) == pytest.approx(_ms(3, 8))
+    larger, _, _ = timed_layers(capture(Grouped().eval(), torch.randn(1, 3, 32, 32)).module)
+    with pytest.raises(MeasurementError, match="another model or input size"):
+        table(larger, 3, 16)
+    with pytest.raises(MeasurementError, match="another model or input size"):
+        table(replace(stem, kernel=(3, 3), padding=(1, 1, 1, 1)), 3, 16)
+
+
 def test_layers_are_timed_with_the_norm_and_activation_that_alone_read_them():
     """In context: a convolution with the batch norm and activation after it, a linear layer with its GELU; a
     convolution whose output two operators read (a residual) is priced alone."""

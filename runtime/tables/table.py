@@ -57,6 +57,7 @@ class LayerGrid:
     out_widths: tuple[int, ...]
     ms: tuple[tuple[float, ...], ...]
     tied: bool = False  # a depthwise layer: its output width follows its input's, one row of one column each
+    geometry: str = ""  # the dense layer's as timed (TimedLayer.geometry): what a layer read from the grid must match
 
     def at(self, in_width: int, out_width: int) -> float:
         if self.tied:  # the removal keeps a depthwise layer's widths together: its input width says it all
@@ -86,8 +87,9 @@ class LatencyTable:
     """The callable `(layer, in_channels, out_channels) -> ms` that channel selection reads, by layer name."""
 
     def __init__(self, grids: dict[str, LayerGrid], identity: dict[str, str], *, measured: int, cached: int,
-                 seconds: float = 0.0):
-        self.grids, self.identity = grids, identity
+                 seconds: float = 0.0, batch: int | None = None):
+        self.grids, self.identity, self.batch = grids, identity, batch
+        self._matched: set[TimedLayer] = set()  # layers found to be those the grids were timed as
         self.measured, self.cached = measured, cached  # entries timed by this build, and read from the cache
         self.seconds = seconds  # what this build took: the table's cost to the user
 
@@ -95,7 +97,20 @@ class LatencyTable:
         grid = self.grids.get(layer.name)
         if grid is None:
             raise MeasurementError(f"the latency table has no layer '{layer.name}': it was built for another model")
+        if layer not in self._matched:
+            self._match(layer, grid)
         return grid.at(in_channels, out_channels)
+
+    def _match(self, layer: TimedLayer, grid: LayerGrid) -> None:
+        """Refuse a layer of the same name but another shape (another model, another input size): its times would
+        be another layer's. Compared at the grid's dense widths, so a layer already narrowed still matches."""
+        timed = layer.with_batch(self.batch) if self.batch is not None else layer
+        geometry = timed.resized(grid.in_widths[-1], grid.out_widths[-1] if not grid.tied else
+                                 grid.in_widths[-1] * layer.out_channels // layer.in_channels).geometry()
+        if grid.geometry and geometry != grid.geometry:
+            raise MeasurementError(f"the latency table timed layer '{layer.name}' as {grid.geometry}, this model's is "
+                                   f"{geometry}: the table was built for another model or input size")
+        self._matched.add(layer)
 
     def summary(self) -> dict:
         """What the table cost, for reports: its layers, the entries timed and read from the cache, seconds."""
@@ -133,7 +148,7 @@ def build_latency_table(layers: Sequence[TimedLayer], timer: LayerTimer, *, mult
     seconds = time.perf_counter() - started
     log.info("latency table: %d layers, %d entries timed, %d from %s, %.1f s", len(grids), measured, cached,
              cache.path, seconds)
-    return LatencyTable(grids, identity, measured=measured, cached=cached, seconds=seconds)
+    return LatencyTable(grids, identity, measured=measured, cached=cached, seconds=seconds, batch=batch)
 
 
 def _grid(dense: TimedLayer, timer: LayerTimer, cache: LatencyCache, multiple: int, max_ratio: float,
@@ -160,7 +175,7 @@ def _grid(dense: TimedLayer, timer: LayerTimer, cache: LatencyCache, multiple: i
                 cached += 1
             row.append(ms)
         rows.append(tuple(row))
-    return LayerGrid(ins, outs, tuple(rows), tied), measured, cached
+    return LayerGrid(ins, outs, tuple(rows), tied, dense.geometry()), measured, cached
 
 
 def program_latency_table(program: Program, timer: LayerTimer, **options) -> LatencyTable:
