@@ -27,7 +27,7 @@ needs_fashion_mnist = pytest.mark.skipif(
 @pytest.fixture(autouse=True)
 def scene_cache(tmp_path_factory, monkeypatch):
     """Scenes drawn from the temporary item files below are written to a temporary cache, not the user's."""
-    monkeypatch.setenv("PRUNEFX_CACHE", str(tmp_path_factory.getbasetemp() / "prunefx-cache"))
+    monkeypatch.setenv("PRUNEFX_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "prunefx-cache"))
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ back by the code that reads users' data (prunefx/data/formats.py), so our own fi
 The scenes are composed (prunefx/data/fashion_mnist_scenes.py), written once as mask folders (segmentation) or
 COCO JSON (detection, whose [x, y, w, h] keeps the pixel boxes exact) under a cache folder named by
 everything that decides their content, and read from there on every later run:
-$PRUNEFX_CACHE, else $XDG_CACHE_HOME/prunefx, else ~/.cache/prunefx, then scenes/<key>/.
+$PRUNEFX_CACHE_DIR, else $XDG_CACHE_HOME/prunefx, else ~/.cache/prunefx (graph/cache_folder.py), then
+scenes/<key>/.
 A folder is written beside its final name and renamed into place, so a run never reads a half-written
 one and two runs racing to write it both end up reading one complete copy. Its manifest (scenes.json) lists
 every file with its size: a folder whose files differ (one deleted or truncated since) is written anew.
@@ -25,19 +26,13 @@ from prunefx.data import fashion_mnist, fashion_mnist_scenes
 from prunefx.data.formats import COCO, MASKS, format_data
 from prunefx.data.scene_files import write_scenes
 from prunefx.data.splits import DETECTION, SEGMENTATION, DataSplits, split_train_validation
+from prunefx.graph.cache_folder import cache_root
 from prunefx.graph.errors import PrunefxError, first_line
 
 _LAYOUT = {SEGMENTATION: MASKS, DETECTION: COCO}
 _VERSION = 2  # of the written layout: bump when scene_files.py writes something else
 MANIFEST = "scenes.json"
 _log = logging.getLogger(__name__)
-
-
-def cache_root() -> Path:
-    explicit = os.environ.get("PRUNEFX_CACHE")
-    if explicit:
-        return Path(explicit)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "prunefx"
 
 
 def _source_stamp(root: str | Path | None) -> list:
@@ -77,7 +72,7 @@ def scene_folder(task: str, counts: dict[str, int], validation: int, config, see
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     except OSError as error:
         raise PrunefxError(f"cannot write the scenes under {folder.parent}: {first_line(error)} "
-                           f"(set PRUNEFX_CACHE to a writable folder)") from None
+                           f"(set PRUNEFX_CACHE_DIR to a writable folder)") from None
     try:
         write_scenes(compose_scenes(counts, validation, config, seed, root), staging, _LAYOUT[task])
         # what the folder holds, for whoever looks, and every file with its size, checked on each later run

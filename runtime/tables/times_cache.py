@@ -18,14 +18,14 @@ import math
 import os
 from pathlib import Path
 
+from prunefx.graph.cache_folder import cache_root
 from prunefx.graph.whole_files import write_whole
 
 log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("PRUNEFX_CACHE_DIR") or Path.home() / ".cache" / "prunefx"
-    return Path(root) / "latency"
+    return cache_root() / "latency"
 
 
 class LatencyCache:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from prunefx.graph.cache_folder import cache_root
 from prunefx.runtime.onnx.external import external_data_digest
 from prunefx.runtime.tensorrt.plan import BuildOptions
 
@@ -63,5 +63,4 @@ def calibration_digest(batches: Sequence[Sequence[torch.Tensor]]) -> str:
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("PRUNEFX_CACHE_DIR") or Path.home() / ".cache" / "prunefx"
-    return Path(root) / "tensorrt"
+    return cache_root() / "tensorrt"
