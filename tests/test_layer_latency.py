@@ -4,6 +4,7 @@ A fake timer gives each layer a time from a formula, so every figure is known by
 checked for what they build (a one-layer model that computes the layer), not for how fast it runs."""
 
 import json
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -137,9 +138,19 @@ def test_an_unreadable_cache_is_measured_again(tmp_path, text):
     assert len(timer.timed) == 8 and json.loads(path.read_text())["identity"]["device"] == "fake CPU A"
 
 
-@pytest.mark.parametrize("value", [True, -1.0, "2.0", None])
+def test_a_cache_file_that_is_a_fifo_is_measured_again_not_waited_on(tmp_path):
+    build_latency_table([CONV], FakeTimer(), multiple=16, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("*.json")
+    path.unlink()
+    os.mkfifo(path)  # a read would wait for a writer that never comes
+    timer = FakeTimer()
+    build_latency_table([CONV], timer, multiple=16, cache_dir=tmp_path)
+    assert len(timer.timed) == 8
+
+
+@pytest.mark.parametrize("value", [True, -1.0, "2.0", None, 1e308])
 def test_a_cached_entry_that_is_no_time_is_measured_again(tmp_path, value):
-    """JSON's `true` is a Python int: read as a time it said 1 ms."""
+    """JSON's `true` is a Python int: read as a time it said 1 ms; 1e308 ms made every sum of times inf."""
     build_latency_table([CONV], FakeTimer(), multiple=16, cache_dir=tmp_path)
     (path,) = tmp_path.glob("*.json")
     record = json.loads(path.read_text())

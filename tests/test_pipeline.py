@@ -237,6 +237,9 @@ def test_a_configs_default_is_read_from_its_class_without_parsing_a_target():
     (lambda program, model: prunefx.count(model), "count takes a prunefx Program"),
     (lambda program, model: prunefx.graph.verify("model.pt2"), "verify takes .*prunefx.load"),
     (lambda program, model: prunefx.meet_budget(model, speedup=2.0), "meet_budget takes a prunefx Program"),
+    (lambda program, model: prunefx.passes.remove_channels(model, config={"macs": 0.5}),
+     "remove_channels takes a prunefx Program"),  # a pass called directly, outside a Pipeline
+    (lambda program, model: prunefx.passes.fold_batchnorm("model.pt2"), "fold_batchnorm takes .*prunefx.load"),
 ])
 def test_the_api_given_the_wrong_kind_of_object_says_so_in_one_line(call, message):
     """Not an AttributeError from deep inside: a PrunefxError naming what was expected."""

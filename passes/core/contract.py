@@ -20,6 +20,7 @@ from typing import Any
 
 from prunefx.graph import Program
 from prunefx.graph.analysis_record import Analysis
+from prunefx.graph.program import require_program
 from prunefx.passes.core.pass_config import PassConfig
 from prunefx.passes.core.result import Result
 
@@ -65,6 +66,7 @@ class DeclaredPass:
         return self.contract.config
 
     def __call__(self, program: Program, /, *, config: Any = None) -> Result:
+        require_program(program, self.name)  # a module or a path: one line, not an AttributeError deep inside
         return self.function(program, config=config)
 
     def __repr__(self) -> str:

@@ -14,14 +14,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 from pathlib import Path
 
 from prunefx.graph.cache_folder import cache_root
+from prunefx.graph.errors import PrunefxError
+from prunefx.graph.safety.regular_files import read_regular_file
 from prunefx.graph.whole_files import write_whole
 
 log = logging.getLogger(__name__)
+_MAX_MS = 3.6e6  # an hour: a layer time above it is no time (1e308 made every sum inf), so it is timed again
 
 
 def default_cache_dir() -> Path:
@@ -40,11 +42,11 @@ class LatencyCache:
         self.entries = self._load()
 
     def _load(self) -> dict[str, float]:
-        try:
-            record = json.loads(self.path.read_text())
-        except FileNotFoundError:
+        if not self.path.exists():
             return {}
-        except (OSError, ValueError, RecursionError) as error:
+        try:  # a regular file only: a FIFO put there would hang the read
+            record = json.loads(read_regular_file(self.path, "latency cache"))
+        except (OSError, ValueError, RecursionError, PrunefxError) as error:
             log.warning("latency cache %s is unreadable (%s); its layers are measured again", self.path, error)
             return {}
         entries = record.get("entries") if isinstance(record, dict) else None
@@ -53,8 +55,7 @@ class LatencyCache:
                         self.path)
             return {}
         return {str(key): float(value) for key, value in entries.items()
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                and value >= 0}
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < _MAX_MS}
 
     def get(self, geometry: str) -> float | None:
         return self.entries.get(geometry)
