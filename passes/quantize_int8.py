@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -155,15 +155,15 @@ def _sources(targets: Sequence[QuantTarget]) -> list[torch.fx.Node]:
 def _calibrate(values: _Activations, settings: QuantizeInt8Config) -> dict[torch.fx.Node, float]:
     """amax of every activation source: a max pass, then (percentile, mse, entropy) a histogram pass on [0, max]."""
     observers = {node: RangeObserver() for node in values.sources}
-    for index in range(len(values.batches)):
-        for node, value in zip(values.sources, values(index)):
+    for tapped in values.each():
+        for node, value in tapped.items():
             if not math.isfinite(observers[node].observe_max(value)):
                 # a NaN is lost in a max over batches (the range came out 0) and an inf makes no scale: refused
                 raise PrunefxError(f"quantize_int8: {node.name} is not finite (NaN or inf) on the calibration "
                                    "data: check the batches for NaN or inf, or the model for an overflow")
     if settings.method != "max":
-        for index in range(len(values.batches)):
-            for node, value in zip(values.sources, values(index)):
+        for tapped in values.each():
+            for node, value in tapped.items():
                 observers[node].observe_histogram(value, count_zeros=settings.method == "entropy")
     return {node: observer.amax(settings.method, settings.percentile) for node, observer in observers.items()}
 
@@ -174,8 +174,7 @@ def _layer_errors(program: Program, targets, amax, values: _Activations, batches
     noise = {target.layer.name: 0.0 for target in targets}
     signal = dict(noise)
     with torch.no_grad():
-        for index in range(min(batches, len(values.batches))):
-            tapped = dict(zip(values.sources, values(index)))
+        for tapped in values.each(batches):
             for target in targets:
                 exact = _run_layer(program, target, tapped, None)
                 quantized = _run_layer(program, target, tapped, amax)
@@ -195,9 +194,16 @@ class _Activations:
         self._kept: dict[int, tuple[torch.Tensor, ...]] = {}
         self._room = _KEPT_BYTES
 
-    def __call__(self, index: int) -> tuple[torch.Tensor, ...]:
-        if index in self._kept or self._tapped is None:
-            return self._kept.get(index, ())
+    def each(self, count: int | None = None) -> Iterator[dict[torch.fx.Node, torch.Tensor]]:
+        """Source -> value on each of the first `count` batches (None: all of them), in order."""
+        for index in range(len(self.batches) if count is None else min(count, len(self.batches))):
+            yield dict(zip(self.sources, self._values(index)))
+
+    def _values(self, index: int) -> tuple[torch.Tensor, ...]:
+        if self._tapped is None:  # nothing to calibrate
+            return ()
+        if index in self._kept:
+            return self._kept[index]
         values = run_tapped(self._tapped, self.batches[index])
         size = sum(value.numel() * value.element_size() for value in values)
         if size <= self._room:

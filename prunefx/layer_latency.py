@@ -37,7 +37,7 @@ def latency_table(program: Program, backend: str = "ort", *, precision: str | No
     from prunefx.runtime.tables.timer_by_name import layer_timer
 
     require_program(program, "latency_table")
-    for name, value in (("batch", batch), ("threads", threads), ("multiple", multiple)):
+    for name, value in (("batch", batch), ("threads", threads)):  # a multiple: the table's own check
         _require_count(name, value)
     if measurement is None:
         measurement = Measurement.of(backend, threads=threads or LATENCY_THREADS, precision=precision, batch=batch,
