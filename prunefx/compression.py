@@ -127,11 +127,13 @@ def _accuracy_on(program: Program, loader, splits: DataSplits, eval_batches: int
     return _score(program, FirstBatches(loader, eval_batches), splits) if loader is not None else None
 
 
-def _accuracy(program: Program, splits: DataSplits, eval_batches: int | None, device: str | None) -> dict:
-    """Test and validation scores, computed on `device` as the recipe's passes are (and the stage rows)."""
+def _accuracy(program: Program, splits: DataSplits, eval_batches: int | None, device: str | None, *,
+              test: dict | None = None) -> dict:
+    """Test and validation scores, computed on `device` as the recipe's passes are (and the stage rows); `test`,
+    where given, is the program's test score already computed there (by the last stage row)."""
     with on_device(program, device):
-        return {name: _accuracy_on(program, loader, splits, eval_batches)
-                for name, loader in (("test", splits.test), ("val", splits.val))}
+        return {"test": test or _accuracy_on(program, splits.test, splits, eval_batches),
+                "val": _accuracy_on(program, splits.val, splits, eval_batches)}
 
 
 def _percent(result: dict | None) -> str:
@@ -185,7 +187,7 @@ def compress(dense: Program, recipe: Recipe, splits: DataSplits, output: str | o
         try:
             return _measure_and_write(dense, dense_one, compressed, result, injected, recipe, splits, staging,
                                       output, data=data, options=options, log=log, before=before,
-                                      seconds=seconds, started=started, stages=meter.rows if meter else None)
+                                      seconds=seconds, started=started, stage_meter=meter)
         except Exception as error:
             kept = _keep_training(staging / "model_train.pt2", output)
             if not isinstance(error, PrunefxError):  # a fault of ours stays one (exit 3), the model kept all the same
@@ -207,12 +209,13 @@ def _keep_training(saved: Path, output: Path) -> Path:
 
 
 def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, splits, staging: Path,
-                       output: Path, *, data, options, log, before, seconds, started, stages) -> dict:
+                       output: Path, *, data, options, log, before, seconds, started, stage_meter) -> dict:
     """Evaluate, cut to batch 1, export, time against the dense model and write the report into
     `staging` (moved to `output` by the caller); the report names the files as they will be in `output`."""
     batch = int(dense.example_inputs[0].shape[0])
     clock = time.perf_counter()
-    after = _accuracy(compressed, splits, options.eval_batches, options.device)
+    after = _accuracy(compressed, splits, options.eval_batches, options.device,
+                      test=stage_meter.test_score_of(compressed) if stage_meter else None)
     seconds["evaluate_compressed"] = time.perf_counter() - clock
     log(f"[compressed] test {_percent(after['test'])}, val {_percent(after['val'])}")
 
@@ -247,7 +250,7 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
         "passes": [{"pass": name, "modified": step.modified, "injected": keys, "stats": json_safe(step.stats)}
                    for (name, step), keys in zip(result.steps, injected)],
         "seconds": seconds,
-        "stages": stages,
+        "stages": stage_meter.rows if stage_meter else None,
     }
     facts = ReportFacts("compress", dense.name, Costs.of(dense_one, compressed_one), output_files(output, *written),
                         parity=delivered["parity"], budget=budget, latency=measured, sections=sections)

@@ -292,6 +292,35 @@ def test_data_with_a_test_split_only_calibrates_on_the_images_it_scores_and_says
     assert any("calibration reads the test images it is then scored on" in line for line in lines)
 
 
+def test_the_delivered_model_is_scored_on_the_test_split_once(tmp_path):
+    """The last stage row scores the model compress delivers on the test batches; the final score reuses it
+    (the test split was read once more for the same number)."""
+    from prunefx.compress_options import Options
+    from prunefx.named_recipes import Recipe
+
+    torch.manual_seed(0)
+    reads = {"train": 0, "val": 0, "test": 0}
+
+    def split(name, count, shuffle):
+        def prepare(images):
+            reads[name] += 1
+            return images
+        return tensor_batches(torch.randn(count, 3, 8, 8), torch.arange(count) % 4, 4, shuffle=shuffle,
+                              prepare=prepare)
+
+    splits = DataSplits(split("train", 8, True), split("val", 8, False), split("test", 16, False), tuple("abcd"),
+                        (3, 8, 8))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    dense = capture(model, torch.randn(4, 3, 8, 8), name="tiny")
+    spec = {"passes": [{"remove_channels": {"macs": 0.5, "round_to": 2, "importance": "l2"}}]}
+    report = compress(dense, Recipe("l2", tmp_path / "l2.yaml", spec, pipeline_from_spec(spec)), splits,
+                      tmp_path / "out", data="tensors", options=Options(runs=3, threads=1), log=lambda line: None)
+    assert reads["test"] == 2 * 4  # the dense model and the one stage, 4 batches each
+    assert report["stages"][0]["test"] == report["accuracy"]["after"]["test"]
+    assert report["accuracy"]["after"]["test"]["count"] == 16 and report["accuracy"]["after"]["val"]["count"] == 8
+
+
 # --- recipes -------------------------------------------------------------------------------------
 
 def test_shipped_recipes_resolve_and_build():
