@@ -34,19 +34,26 @@ def _check_shapes(program: Program) -> None:
         raise VerificationError(f"output shapes of '{program.name}' changed: {program.output_shapes} -> {shapes}")
 
 
-def _check_finite(program: Program) -> None:
-    outputs = pytree.tree_leaves(program.run_example())
+def _check_finite(program: Program) -> list[torch.Tensor]:
+    outputs = [leaf for leaf in pytree.tree_leaves(program.run_example()) if isinstance(leaf, torch.Tensor)]
     for index, output in enumerate(outputs):
-        if isinstance(output, torch.Tensor) and output.is_floating_point() and not torch.isfinite(output).all():
+        if output.is_floating_point() and not torch.isfinite(output).all():
             raise VerificationError(f"output {index} of '{program.name}' has NaN or infinite values")
+    return outputs
 
 
 def verify(program: Program, *, reexport: bool = True) -> None:
     """Raise VerificationError with the reason when `program` is not valid; return None when it is."""
+    verified_outputs(program, reexport=reexport)
+
+
+def verified_outputs(program: Program, *, reexport: bool = True) -> list[torch.Tensor] | None:
+    """verify(program), returning the output tensors of its eval-mode run on the example inputs (None in training
+    mode, which is checked by shapes only): the Pipeline compares them for exactness instead of running again."""
     require_program(program, "verify")
     _check_lint(program)
     _check_shapes(program)
-    if not program.training:
-        _check_finite(program)
+    outputs = None if program.training else _check_finite(program)
     if reexport:
         program.export()
+    return outputs

@@ -68,6 +68,37 @@ def test_exactness_promise_is_checked_numerically():
         Pipeline([claims_exact_but_is_not]).run(_program())
 
 
+@graph_pass(config=None, in_place=True)
+def triples_the_weights(program, /, *, config=None):
+    program.module.state_dict()["0.weight"].mul_(3)
+    return Result(program, modified=True)
+
+
+def test_an_exact_pass_is_checked_against_the_outputs_of_the_program_it_was_given():
+    """The reference is the previous pass's result (whose check ran it), not the model the Pipeline started with."""
+    result = Pipeline([triples_the_weights, fold_batchnorm]).run(_program())  # exact after the change
+    assert result.stats()["fold_batchnorm"]["folded"] == 1
+    with pytest.raises(PipelineError, match="promised an exact rewrite"):
+        Pipeline([triples_the_weights, claims_exact_but_is_not]).run(_program())
+
+
+def test_each_verified_pass_runs_the_model_once(monkeypatch):
+    """One run for the first exact pass's reference, then one per pass: the check's run is the exactness
+    comparison's and the next pass's reference."""
+    from prunefx.graph.program import Program
+
+    runs = []
+    run_example = Program.run_example
+
+    def counted(self):
+        runs.append(self.name)
+        return run_example(self)
+
+    monkeypatch.setattr(Program, "run_example", counted)
+    Pipeline([fold_batchnorm, identity_pass, fold_batchnorm]).run(_program())
+    assert len(runs) == 1 + 3
+
+
 def test_recipe_builds_the_same_pipeline(tmp_path):
     recipe = tmp_path / "fold.yaml"
     recipe.write_text("name: fold\nverify: full\npasses:\n  - fold_batchnorm: {}\n")

@@ -30,6 +30,7 @@ from prunefx.graph import Program, verify
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.program import require_program
 from prunefx.graph.progress import shown
+from prunefx.graph.verify import verified_outputs
 from prunefx.passes.core.contract import Contract, analysis_snapshot, as_pass, changed_fields
 from prunefx.passes.core.pass_config import PassConfig
 from prunefx.passes.core.result import Facts, Pass, Result
@@ -195,8 +196,9 @@ class Pipeline:
         if on_copy:
             program = program.clone()
         done: list[tuple[str, Result]] = []
+        outputs = None  # the outputs of `program` where the last check ran it: the next exact pass's reference
         for step, parsed in zip(tqdm(self.steps, desc="passes", disable=not shown(self.progress)), self._configs):
-            result = self._run_step(step, parsed, program, [name for name, _ in done])
+            result, outputs = self._run_step(step, parsed, program, [name for name, _ in done], outputs)
             log.log(logging.DEBUG if self.inner else logging.INFO, "pass %s: modified=%s", step.name, result.modified)
             done.append((step.name, result))
             if after_step is not None:
@@ -204,11 +206,14 @@ class Pipeline:
             program = result.program
         return PipelineResult(program, done)
 
-    def _run_step(self, step: Step, parsed: Any, program: Program, ran_before: list[str]) -> Result:
-        """One pass on `program`, handed its `parsed` config (its mapping where the pass has no config class)."""
+    def _run_step(self, step: Step, parsed: Any, program: Program, ran_before: list[str],
+                  outputs: list[torch.Tensor] | None) -> tuple[Result, list[torch.Tensor] | None]:
+        """One pass on `program`, handed its `parsed` config (its mapping where the pass has no config class);
+        `outputs`: `program`'s outputs on its example inputs if known. Returns the result and its Program's
+        outputs where the check ran it."""
         contract = step.function.contract
         check_exact = self.verify == "full" and contract.exact and not program.training
-        reference = _outputs(program) if check_exact else None
+        reference = (_outputs(program) if outputs is None else outputs) if check_exact else None
         analysis = analysis_snapshot(program)
         level = _ENCLOSING_LEVEL.set(self.verify)
         try:
@@ -224,10 +229,9 @@ class Pipeline:
         try:
             _check_in_place(contract, program, result)
             _check_writes(contract, result, analysis)
-            self._check(result, reference)
+            return result, self._check(result, reference)
         except Exception as error:
             raise self._failure(step, error, ran_before) from error
-        return result
 
     def _failure(self, step: Step, error: BaseException, ran_before: list[str], *,
                  failed: str | None = None) -> PipelineError:
@@ -235,16 +239,19 @@ class Pipeline:
         return PipelineError(f"pass '{step.name}' failed: {error}{where}", failed=failed or step.name,
                              ran_before=ran_before)
 
-    def _check(self, result: Result, reference: list[torch.Tensor] | None) -> None:
+    def _check(self, result: Result, reference: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
+        """Verify the result (and its exactness against `reference`); its Program's outputs where it ran them."""
         if self.verify == "none":
-            return
+            return None
         # inner steps skip the re-export, the costliest check: a composite may try dozens of candidates,
         # and the Pipeline running it re-exports the one it returns
-        verify(result.program, reexport=self.verify == "full" and not self.inner)
+        outputs = verified_outputs(result.program, reexport=self.verify == "full" and not self.inner)
         if reference is not None and result.modified:
-            error = _largest_relative_error(reference, _outputs(result.program))
+            outputs = _outputs(result.program) if outputs is None else outputs
+            error = _largest_relative_error(reference, outputs)
             if error > EXACTNESS_TOLERANCE:
                 raise PrunefxError(f"promised an exact rewrite but outputs moved by {error:.2e} (relative)")
+        return outputs
 
 
 def run_inner(function: Pass, program: Program, config: dict[str, Any] | PassConfig | None = None, *,
