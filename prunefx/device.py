@@ -78,9 +78,9 @@ def _full_float32() -> Iterator[None]:
     saved = _precision_state()
     torch.set_float32_matmul_precision("highest")
     torch.backends.cudnn.allow_tf32 = False
-    for owner, _ in _precision_owners():  # a global fp32_precision would otherwise override the flags
-        if owner is not torch.backends.cudnn:
-            owner.fp32_precision = "ieee"
+    for key, _ in _precision_keys():  # a global fp32_precision would otherwise override the flags
+        if key != ("cuda", "all"):
+            _set_string(key, "ieee")
     try:
         yield
     finally:
@@ -92,33 +92,41 @@ def _full_float32() -> Iterator[None]:
         _put_back_strings(strings)  # last: the legacy setters above rewrite them
 
 
-def _precision_state() -> tuple[str | None, bool | None, dict[object, str]]:
+def _precision_state() -> tuple[str | None, bool | None, dict[tuple[str, str], str]]:
     """The legacy matmul precision and cuDNN flag (None where reading raises: the process set the two APIs apart)
-    and every `fp32_precision` string as torch reads it."""
+    and every `fp32_precision` string as torch keeps it."""
     return (_readable(torch.get_float32_matmul_precision), _readable(lambda: torch.backends.cudnn.allow_tf32),
-            {owner: owner.fp32_precision for owner, _ in _precision_owners()})
+            {key: torch._C._get_fp32_precision_getter(*key) for key, _ in _precision_keys()})
 
 
-def _put_back_strings(saved: dict[object, str]) -> None:
-    """Each string read as `saved` again, parents first. Torch reads a string left at "none" as its parent's, so a
-    string that read as its parent's is set back to "none": it follows its parent again, as it did before."""
-    for owner, parent in _precision_owners():
-        inherited = parent in saved and saved[owner] == saved[parent]
-        owner.fp32_precision = "none" if inherited else saved[owner]
-        if owner.fp32_precision != saved[owner]:  # torch's own default that is not "none" (cuDNN's conv)
-            owner.fp32_precision = saved[owner]
+def _put_back_strings(saved: dict[tuple[str, str], str]) -> None:
+    """Each string as `saved` again, parents first (setting a parent sets its children). A string equal to its
+    parent's is set to "none", which follows the parent, as a string the parent's setting wrote did before."""
+    for key, parent in _precision_keys():
+        inherited = parent in saved and saved[key] == saved[parent]
+        _set_string(key, "none" if inherited else saved[key])
+        if torch._C._get_fp32_precision_getter(*key) != saved[key]:  # torch's own default that is not "none"
+            _set_string(key, saved[key])
 
 
-def _precision_owners() -> list[tuple[object, object | None]]:
-    """Where torch has `fp32_precision`, each with the owner it inherits from, parents first: the process as a
-    whole; oneDNN (the CPU) and its matrix products, convolutions and RNNs; CUDA (`cudnn`), its cuBLAS matrix
-    products and cuDNN convolutions and RNNs."""
-    backends, mkldnn, cudnn = torch.backends, torch.backends.mkldnn, torch.backends.cudnn
-    owners = [(backends, None), (mkldnn, backends), (getattr(mkldnn, "matmul", None), mkldnn),
-              (getattr(mkldnn, "conv", None), mkldnn), (getattr(mkldnn, "rnn", None), mkldnn), (cudnn, backends),
-              (torch.backends.cuda.matmul, cudnn), (getattr(cudnn, "conv", None), cudnn),
-              (getattr(cudnn, "rnn", None), cudnn)]
-    return [(owner, parent) for owner, parent in owners if owner is not None and hasattr(owner, "fp32_precision")]
+def _set_string(key: tuple[str, str], value: str) -> None:
+    torch._C._set_fp32_precision_setter(*key, value)
+
+
+# (backend, operation) of each fp32_precision string, parents first, with the one it inherits from: the process as
+# a whole, oneDNN (the CPU) and its matrix products, convolutions and RNNs, CUDA, cuBLAS's matrix products and
+# cuDNN's convolutions and RNNs. Read and written through torch's own keys: the module attributes do not always
+# name the string they set (torch.backends.mkldnn.fp32_precision reads oneDNN's and sets the process's).
+_PRECISION_TREE = ((("generic", "all"), None), (("mkldnn", "all"), ("generic", "all")),
+                   (("mkldnn", "matmul"), ("mkldnn", "all")), (("mkldnn", "conv"), ("mkldnn", "all")),
+                   (("mkldnn", "rnn"), ("mkldnn", "all")), (("cuda", "all"), ("generic", "all")),
+                   (("cuda", "matmul"), ("cuda", "all")), (("cuda", "conv"), ("cuda", "all")),
+                   (("cuda", "rnn"), ("cuda", "all")))
+
+
+def _precision_keys() -> tuple[tuple[tuple[str, str], tuple[str, str] | None], ...]:
+    """The strings this torch keeps (none before 2.9)."""
+    return _PRECISION_TREE if hasattr(torch._C, "_get_fp32_precision_getter") else ()
 
 
 def _readable(read):

@@ -450,7 +450,9 @@ from prunefx.device import on_device
 from prunefx.graph import capture
 
 B = torch.backends
-STRINGS = [B, B.mkldnn, B.mkldnn.matmul, B.mkldnn.conv, B.mkldnn.rnn, B.cudnn, B.cuda.matmul, B.cudnn.conv, B.cudnn.rnn]
+# torch's own keys: its module attributes do not always name the string they set (mkldnn's sets the process's)
+STRINGS = [("generic", "all"), ("mkldnn", "all"), ("mkldnn", "matmul"), ("mkldnn", "conv"), ("mkldnn", "rnn"),
+           ("cuda", "all"), ("cuda", "matmul"), ("cuda", "conv"), ("cuda", "rnn")]
 
 def read(getter):
     try:
@@ -460,7 +462,8 @@ def read(getter):
 
 def settings():
     legacy = [torch.get_float32_matmul_precision, lambda: B.cuda.matmul.allow_tf32, lambda: B.cudnn.allow_tf32]
-    return [read(getter) for getter in legacy] + [read(lambda: owner.fp32_precision) for owner in STRINGS]
+    return [read(getter) for getter in legacy] + [read(lambda: torch._C._get_fp32_precision_getter(*key))
+                                                  for key in STRINGS]
 
 def after_the_parents_change():
     # what the user's next setting of a whole backend does: reaches each string that followed it
@@ -484,6 +487,10 @@ for setting in sys.argv[1:]:
         without_the_block()
         with on_device(program, "cpu"):
             inside = settings()
+            try:  # what compress and meet_budget run inside: torch.export saves and sets oneDNN's string itself
+                torch.export.export(program.module, program.example_inputs)
+            except RuntimeError:  # a setting that makes torch.export refuse
+                pass
         full = inside[0] == "highest" and inside[1:3] == [False, False] and set(inside[4:]) - {"ieee"} <= {"none"}
         print(setting, "|", full, settings() == before, inside, before, flush=True)
         print(after_the_parents_change(), flush=True)
