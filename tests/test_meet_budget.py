@@ -158,3 +158,23 @@ def test_the_python_api_guide_example_runs(graph_order, monkeypatch, capsys):
     assert printed[1].startswith("width cannot reach a 2x speed-up by width")
     assert stand_in_ms(namespace["program"]) / stand_in_ms(namespace["faster"]) >= 2.0
     assert prunefx.meet_budget is meet_budget
+
+
+def test_a_refused_budget_leaves_none_of_its_measurement_files(tmp_path, monkeypatch):
+    """The ONNX files the measurer meet_budget made exported are gone when BudgetUnreachable reaches the caller,
+    not at the next garbage collection (the error's traceback holds the measurer)."""
+    import gc
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(16, 5)).eval()
+    program = capture(model, torch.randn(1, 3, 8, 8), name="tiny")
+    gc.disable()  # no collection may remove them in the test's place
+    try:
+        with pytest.raises(BudgetUnreachable):
+            meet_budget(program, speedup=50.0, runs=3, threads=1, max_candidates=1, width=WIDTH)
+        left = sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("prunefx"))  # not torch's
+    finally:
+        gc.enable()
+    assert left == []

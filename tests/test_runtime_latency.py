@@ -3,7 +3,6 @@
 import math
 import random
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -217,7 +216,11 @@ def test_the_files_a_measurement_exports_stay_bounded_and_come_back_when_met_aga
         for program in (dense, candidate):
             path, _, _ = cache.get(program)
             assert path.read_bytes() == program.name.encode()
-    folder = Path(cache.folder.name)
+    folder = path.parent
     assert len(list(folder.iterdir())) == 3 and exported == ["dense", "w1", "w2", "w3", "w5"]
     cache.get(candidates[0])  # its file went: exported again
     assert exported[-1] == "w1" and len(list(folder.iterdir())) == 3
+    cache.close()  # every file goes at once, the folder too; a later get exports again
+    assert not folder.exists()
+    path, _, _ = cache.get(dense)
+    assert exported[-1] == "dense" and path.read_bytes() == b"dense"

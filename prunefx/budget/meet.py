@@ -12,6 +12,7 @@ in full: docs/latency-budgets.md, 'Width, then depth'.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -79,31 +80,35 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
     device = resolve_device(device) if device is not None else None  # a GPU that is missing: refused first
     if measurement is None:  # the separate settings, as one Measurement: what the command line builds
         measurement = _measurement(backend, precision, batch, threads, runs, trtexec, compile, given=measurer)
-    if measurer is None:
-        measurer = measurement.pair()
-    width = dict(width or {})
-    choose_by = choose_by or _channel_choice(measurement.backend)
-    if choose_by == "latency":  # timed on the GPU the search measures on: cuda:N current, as on_device makes it
-        with current_gpu(device if device is not None else module_device(program.module)):
-            width["latency_table"] = latency_table(program, measurement=measurement, cache_dir=latency_cache,
-                                                   multiple=table_multiple(width.get("round_to"), measurer))
-    budget = Budget(speedup, latency_ms, tolerance, confirm, max_candidates)
-    with on_device(program, device) as placed:
-        if device is not None:  # some readers run the module on the batches as given: they go along
-            calibration = batches_on(calibration, placed.device)
-            if width.get("calibration") is not None:  # the caller's own width calibration (noise)
-                width["calibration"] = batches_on(width["calibration"], placed.device)
-        search = _Routes(program, budget, measurer, calibration,
-                         MeasuredOn(measurement.backend, measurement.settings.precision, measurement.settings.batch),
-                         recalibrate=calibration is not None if recalibrate is None else recalibrate,
-                         width=width, depth=dict(depth or {}), log=log or _log.info)
-        chosen, outcome = search.run(order)
-        facts = getattr(measurer, "facts", None)
-        table = getattr(width.get("latency_table"), "summary", None)  # part of how the budget was measured
-        if callable(facts) or table is not None:
-            outcome.measured_on = dataclasses.replace(outcome.measured_on, facts={
-                **(facts() if callable(facts) else {}), **({"latency_table": table()} if table else {})})
-        return placed.home(chosen), outcome
+    with contextlib.ExitStack() as owned:  # a measurer made here removes its files on the way out, raised or not
+        if measurer is None:
+            measurer = measurement.pair()
+            if callable(getattr(measurer, "close", None)):  # a backend's pair; a Measurer need not have one
+                owned.callback(measurer.close)
+        width = dict(width or {})
+        choose_by = choose_by or _channel_choice(measurement.backend)
+        if choose_by == "latency":  # timed on the GPU the search measures on: cuda:N current, as on_device makes it
+            with current_gpu(device if device is not None else module_device(program.module)):
+                width["latency_table"] = latency_table(program, measurement=measurement, cache_dir=latency_cache,
+                                                       multiple=table_multiple(width.get("round_to"), measurer))
+        budget = Budget(speedup, latency_ms, tolerance, confirm, max_candidates)
+        with on_device(program, device) as placed:
+            if device is not None:  # some readers run the module on the batches as given: they go along
+                calibration = batches_on(calibration, placed.device)
+                if width.get("calibration") is not None:  # the caller's own width calibration (noise)
+                    width["calibration"] = batches_on(width["calibration"], placed.device)
+            settings = measurement.settings
+            search = _Routes(program, budget, measurer, calibration,
+                             MeasuredOn(measurement.backend, settings.precision, settings.batch),
+                             recalibrate=calibration is not None if recalibrate is None else recalibrate,
+                             width=width, depth=dict(depth or {}), log=log or _log.info)
+            chosen, outcome = search.run(order)
+            facts = getattr(measurer, "facts", None)
+            table = getattr(width.get("latency_table"), "summary", None)  # part of how the budget was measured
+            if callable(facts) or table is not None:
+                outcome.measured_on = dataclasses.replace(outcome.measured_on, facts={
+                    **(facts() if callable(facts) else {}), **({"latency_table": table()} if table else {})})
+            return placed.home(chosen), outcome
 
 
 def _routes(routes: Sequence[str] | None, allow_depth: bool) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from prunefx.runtime.backends.base import CONFIRM_FACTOR, Settings
 from prunefx.runtime.measure import gpu_latency
 from prunefx.runtime.measure.gpu_latency import compare_gpu_latency
-from prunefx.runtime.measure.speedup import PairMeasurer, cached_pair, timing_of
+from prunefx.runtime.measure.speedup import ExportCache, PairMeasurer, cached_pair, timing_of
 
 
 def gpu_timing(timed_of: Callable[[tuple], Callable[[], float]], warm_seconds: float | None = None):
@@ -38,5 +38,5 @@ def pair_of(sources, timing, settings: Settings, round_to: int, *, int8_refusal:
         cached_pair(sources, functools.partial(timing, runs=CONFIRM_FACTOR * runs, warmup=2 * warmup)),
         round_to,
         cached_pair(sources, functools.partial(timing, runs=2 * CONFIRM_FACTOR * runs, warmup=2 * warmup)),
-        int8_refusal=int8_refusal)
+        int8_refusal=int8_refusal, files=(sources,) if isinstance(sources, ExportCache) else ())
 

@@ -13,7 +13,7 @@ import functools
 import hashlib
 import operator
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -60,10 +60,24 @@ class PairMeasurer:
     backend cannot time a fake-quantized Program like for like (None: it can; else none is measured at all)."""
 
     def __init__(self, search: LatencyPair, confirm: Callable[..., Timing], round_to: int | None,
-                 longer: Callable[..., Timing] | None = None, *, int8_refusal: str | None = None):
+                 longer: Callable[..., Timing] | None = None, *, int8_refusal: str | None = None,
+                 files: Sequence[ExportCache] = ()):
         self.search, self._confirm, self.round_to, self.int8_refusal = search, confirm, round_to, int8_refusal
         self._longer = longer or confirm
         self.stops_early = bool(getattr(confirm, "stops_early", False))
+        self.files = files  # the exported files its measurements read, removed by close()
+
+    def close(self) -> None:
+        """Remove the files it exported now (a garbage-collected measurer removes them too, but one that a raised
+        error's traceback holds would keep them until the next collection)."""
+        for cache in self.files:
+            cache.close()
+
+    def __enter__(self) -> PairMeasurer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def __call__(self, dense: Program, candidate: Program) -> Timing:
         return Timing.of(self.search(dense, candidate))
@@ -113,7 +127,8 @@ def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup:
                         onnxruntime_multiple(),
                         # where the budget lies inside the confirmed interval: twice the processes and runs
                         _onnx_runtime_pair(delivered, threads=threads, runs=2 * confirming, warmup=2 * warmup,
-                                           rounds=2 * confirm_rounds))
+                                           rounds=2 * confirm_rounds),
+                        files=(search,) if delivered is search else (search, delivered))
 
 
 def _onnx_runtime_pair(exports: ExportCache, *, threads: int, runs: int, warmup: int, rounds: int = 1) -> LatencyPair:
@@ -187,9 +202,16 @@ class ExportCache:
         # `quantized`: another cache that holds the fake-quantized Programs' files (they do not depend on the exporter)
         self.batch, self.exporter, self.export, self.quantized = batch, exporter, export, quantized
         self.check = check  # what a Program must be to be measured here, checked before it is exported
-        self.folder = tempfile.TemporaryDirectory(prefix="prunefx-measure-")
+        self._folder: tempfile.TemporaryDirectory | None = None  # made at the first export
         # the least recently used file goes (exported again if met again)
         self.files = LastUsed(keep, released=lambda entry: _remove_with_side_file(entry[0]))
+
+    def close(self) -> None:
+        """Remove every file now; a later `get` exports again."""
+        self.files.entries.clear()
+        if self._folder is not None:
+            self._folder.cleanup()
+            self._folder = None
 
     def get(self, program: Program) -> tuple[Path, tuple, str]:
         """(ONNX path, example inputs at `batch`, sha256 of the file) for `program`."""
@@ -201,7 +223,9 @@ class ExportCache:
 
     def _exported(self, program: Program) -> tuple[Path, tuple, str]:
         name = f"{self.files.made}.onnx"  # a name of its own: an evicted file's is never reused
-        path, inputs = (self.export or exported_file)(program, Path(self.folder.name) / name, self.batch, self.exporter)
+        if self._folder is None:
+            self._folder = tempfile.TemporaryDirectory(prefix="prunefx-measure-")
+        path, inputs = (self.export or exported_file)(program, Path(self._folder.name) / name, self.batch, self.exporter)
         return path, inputs, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
