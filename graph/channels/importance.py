@@ -21,6 +21,7 @@ from prunefx.graph.channels.factor_slices import FactorSlices
 from prunefx.graph.channels.groups import Combing
 from prunefx.graph.channels.saliency import obs_saliency
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.grad_mode import gradients_on
 from prunefx.graph.model_state import random_state_kept, values_kept
 from prunefx.graph.placement import module_device
 
@@ -162,7 +163,7 @@ def _batch_norm_weights(module: torch.fx.GraphModule) -> set[str]:
 def _gradient_scores(module, combing: Combing, criterion: str, batches) -> np.ndarray:
     device = module_device(module)
     batches = [tuple(t.to(device) for t in batch) for batch in batches]  # a recipe's loader gives CPU batches
-    with _left_as_found(module):
+    with gradients_on(f"importance '{criterion}'"), _left_as_found(module):
         if criterion == "fisher":
             fisher = FisherAccumulator(module)
             for batch in batches:

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from prunefx.graph import Program
+from prunefx.graph.grad_mode import gradients_on
 from prunefx.graph.input_batches import as_program_inputs
 from prunefx.graph.progress import shown
 from prunefx.passes.training.checkpoint import PROGRAM_FILE, STATE_FILE
@@ -152,7 +153,8 @@ class Trainer:
         # the first process holds the checkpoint directory: another run's checkpoints would replace this one's
         held = Path(self.config.checkpoint_dir) if self.config.checkpoint_dir is not None and self.rank == 0 else None
         with random_state_kept(self.device), current_during(self.device), contextlib.ExitStack() as stack:
-            try:
+            try:  # gradients on, whatever the caller's grad mode (refused in inference mode)
+                stack.enter_context(gradients_on("training"))
                 stack.enter_context(checkpoint_dir_held(held))
             except BaseException:  # refused: the program goes back as it came, as after any fit
                 self.release()
