@@ -585,3 +585,13 @@ def test_prune_says_its_macs_are_a_whole_batchs(capsys, tmp_path, one_thread):
     line = next(line for line in out.splitlines() if line.startswith("MACs"))
     assert line.endswith(", for a batch of 2 images")
     assert float(line.split()[1]) == pytest.approx(2 * flops.get_total_flops() / 2 / 1e6, abs=0.06)
+
+
+def test_main_called_in_process_leaves_the_warning_filters_as_found(tmp_path, capsys):
+    """The command hides torch's and ONNX's warnings while it runs; a program calling main() gets its own filters
+    back (the console script's process keeps them hidden through exit)."""
+    import warnings
+
+    before = list(warnings.filters)
+    assert main(["check", str(tmp_path / "missing.onnx")]) == EXIT_USER_ERROR
+    assert warnings.filters == before

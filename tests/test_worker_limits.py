@@ -61,3 +61,24 @@ def test_a_data_worker_whose_parent_went_away_prints_no_traceback(monkeypatch, c
             threading.excepthook(arguments)
     printed = capsys.readouterr().err
     assert "ConnectionResetError" not in printed and "ValueError: a transform's own bug" in printed
+
+
+def test_the_library_leaves_the_open_file_limit_as_found_and_the_command_raises_it():
+    """A loader with workers made by the library keeps the process's soft limit (code that waits with select()
+    takes no descriptor above 1024); `prunefx` itself raises it towards the hard limit, at its start."""
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 8192))
+
+    script = ("import resource, torch\n"
+              "from prunefx.data.batches import StaticBatches\n"
+              "StaticBatches(torch.utils.data.TensorDataset(torch.zeros(4, 1), torch.zeros(4)), 2, shuffle=False, "
+              "num_workers=1)\n"
+              "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+              "from prunefx.data.worker_limits import raise_open_file_limit\n"
+              "raise_open_file_limit()\n"
+              "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n")
+    done = subprocess.run([sys.executable, "-c", script], preexec_fn=limited, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1024", "4096"]

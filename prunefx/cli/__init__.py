@@ -118,6 +118,10 @@ def entry_point() -> int:
     """The `prunefx` command (and `python -m prunefx`): main(), then the objects left are frozen out of the
     cyclic collector. The interpreter's last collections at exit walk every object torch, the exporters
     and the model left (1 to 2 s after a ViT-L); none of them holds anything that must be finalised."""
+    from prunefx.data.worker_limits import raise_open_file_limit
+    raise_open_file_limit()  # the process is the command's: room for data workers under a soft limit of 1024
+    if not os.environ.get("PRUNEFX_DEBUG"):
+        warnings.filterwarnings("ignore")  # also those of finalisers and exit handlers, after main() returned
     try:
         status = main()
     except KeyboardInterrupt:  # before the command's own handlers (its imports, the parser): still one line
@@ -155,7 +159,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     debug = bool(os.environ.get("PRUNEFX_DEBUG"))
     if not debug:
-        warnings.filterwarnings("ignore")  # torch.export/onnx warnings are noise for CLI users
         _quiet_onnxruntime()
     # torch prints the partial graph of a model it could not capture straight to stderr, under the one line
     # (`2>&-` leaves none: nothing to filter, and a wrapper would hide that there is none)
@@ -167,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.unraisablehook = lambda _: None
     stdout = None
     try:
-        with quiet, _logging_to_stderr(args), standard_output.watched_stdout() as stdout:
+        with quiet, _logging_to_stderr(args), warnings.catch_warnings(), standard_output.watched_stdout() as stdout:
+            if not debug:
+                warnings.filterwarnings("ignore")  # torch.export/onnx warnings are noise for CLI users
             check_outputs_spare_inputs(args)
             status = int(args.handler(args) or 0)
             if stdout is not None:  # a full device or a closed pipe is said here, not at the interpreter's exit

@@ -3,12 +3,14 @@
 `--workers 1000000` would start processes until the system refuses (a fork bomb where no process limit
 is set), and workers under a small open-file limit (`ulimit -n 32`) hang the loader after "Too many open
 files" (each batch a worker hands over is a shared-memory file descriptor). So the count is capped at the
-cores this process may run on, and at what the open-file limit leaves room for (the soft limit raised to
-the hard one first, as the system allows any process to); each cap is said once, on prunefx's log.
+cores this process may run on, and at what the open-file limit leaves room for (the `prunefx` command raises
+the soft limit towards the hard one first, as the system allows any process to; the library leaves the process's
+limit as it is); each cap is said once, on prunefx's log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -30,16 +32,19 @@ def usable_cores() -> int:
 
 
 def open_file_limit() -> int:
-    """The soft RLIMIT_NOFILE, raised towards the hard limit first (any process may do so)."""
+    """The soft RLIMIT_NOFILE, as the process has it: a library leaves it alone (code that waits on file
+    descriptors with select() cannot take one above 1024); the command raises it (raise_open_file_limit)."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def raise_open_file_limit() -> None:
+    """The soft RLIMIT_NOFILE raised towards the hard limit, as any process may: what the `prunefx` command does
+    at its start, so that a default soft limit of 1024 leaves room for its data workers."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = _WANTED_FILES if hard == resource.RLIM_INFINITY else min(hard, _WANTED_FILES)
     if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
+        with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-            soft = wanted
-        except (ValueError, OSError):
-            pass
-    return soft
 
 
 def bounded_workers(asked: int) -> int:
