@@ -163,6 +163,31 @@ def test_torch_and_onnx_runners_compare_on_a_real_model(tmp_path):
     assert comparison.speedup == pytest.approx(comparison.a.median_ms / comparison.b.median_ms)
 
 
+def test_a_timing_loop_sets_up_each_session_run_once_not_per_call(tmp_path, monkeypatch):
+    """An in-process timed call is the bare session.run a fresh process's round times: the interruptible
+    RunOptions (about 5 us a call to set up) are made once per runner around the loop, and the runs still use them."""
+    import prunefx.runtime.ort.interrupts as interrupts
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    program = capture(model.eval(), torch.randn(1, 3, 8, 8), name="tiny")
+    path = export_onnx(program, tmp_path / "tiny.onnx").path
+    made = []
+
+    class CountedOptions(interrupts.ort.RunOptions):
+        def __init__(self):
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(interrupts.ort, "RunOptions", CountedOptions)
+    a, b = (onnx_runner(path, program.example_inputs, threads=1) for _ in range(2))
+    compare_latency(a, b, warmup=3, runs=20)
+    measure_latency(a, warmup=3, runs=20)
+    assert len(made) == 3  # two for the comparison, one for the measurement
+    assert all(options.log_severity_level == interrupts.RUN_LOG_SEVERITY_FATAL for options in made)
+    a()  # a call outside a timing loop sets up its own
+    assert len(made) == 4
+
+
 @pytest.mark.parametrize("spinning", [True, False])
 def test_onnx_runner_sets_thread_spinning_as_asked(tmp_path, spinning):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())

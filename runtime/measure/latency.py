@@ -11,13 +11,14 @@ independent, so resampling single runs would give too narrow an interval. See do
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pickle
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -105,9 +106,10 @@ def measure_latency(fn: Callable[[], object], *, warmup: int = 10, runs: int = 5
                     clock: Clock = time.perf_counter) -> LatencyStats:
     """Call `fn` `warmup` times untimed, then `runs` times, timing each call."""
     _check_counts(warmup, runs)
-    for _ in range(warmup):
-        fn()
-    samples = [time_call(fn, clock) for _ in _bar(progress, "latency", iterable=range(runs))]
+    with _timed(fn) as (call,):
+        for _ in range(warmup):
+            call()
+        samples = [time_call(call, clock) for _ in _bar(progress, "latency", iterable=range(runs))]
     return LatencyStats.from_seconds(samples, threads=_threads_of(fn, threads))
 
 
@@ -118,8 +120,8 @@ def compare_latency(fn_a: Callable[[], object], fn_b: Callable[[], object], *, w
     up to `block` timed calls of a, then of b, until each side has `runs` timed calls."""
     _check_counts(warmup, runs)
     _check_blocks(block, settle)
-    with _bar(progress, "latency a/b", total=runs) as bar:
-        blocks_a, blocks_b = alternate(fn_a, fn_b, warmup, runs, block, settle, clock, bar)
+    with _bar(progress, "latency a/b", total=runs) as bar, _timed(fn_a, fn_b) as (call_a, call_b):
+        blocks_a, blocks_b = alternate(call_a, call_b, warmup, runs, block, settle, clock, bar)
     return _comparison(blocks_a, blocks_b, [0] * len(blocks_a), _threads_of(fn_a, threads), _threads_of(fn_b, threads))
 
 
@@ -164,8 +166,17 @@ def timing_round(make_a, make_b, warmup: int, runs: int, block: int, settle: int
                  threads: int | None, bar=None) -> tuple[list, list, int | None, int | None]:
     """One round of compare_rounds: a fresh pair of callables, warmed up, then alternated."""
     fn_a, fn_b = make_a(), make_b()
-    got_a, got_b = alternate(fn_a, fn_b, warmup, runs, block, settle, clock, bar)
+    with _timed(fn_a, fn_b) as (call_a, call_b):
+        got_a, got_b = alternate(call_a, call_b, warmup, runs, block, settle, clock, bar)
     return got_a, got_b, _threads_of(fn_a, threads), _threads_of(fn_b, threads)
+
+
+@contextlib.contextmanager
+def _timed(*fns: Callable[[], object]) -> Iterator[list[Callable[[], object]]]:
+    """Each callable as a timing loop calls it: its `timed_calls()` where it has one (an ONNX Runtime runner's run,
+    set up once around the loop, as bare as a fresh process's round times it), else itself."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(fn.timed_calls()) if hasattr(fn, "timed_calls") else fn for fn in fns]
 
 
 def _round_in_process(task: tuple) -> tuple[list, list, int | None, int | None]:

@@ -10,8 +10,9 @@ measurement reports the thread count it ran at.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,10 +53,14 @@ class OnnxRunner:
     def __init__(self, session: OnnxRuntimeSession, inputs: Sequence[np.ndarray | torch.Tensor]):
         self.session = session
         self.threads = session.threads
-        self._run = session.runner(*inputs)
+        self._feed = session.feed(*inputs)  # converted once, not per call
 
     def __call__(self) -> list[np.ndarray]:
-        return self._run()
+        return self.session.run_feed(self._feed)
+
+    def timed_calls(self) -> contextlib.AbstractContextManager[Callable[[], list[np.ndarray]]]:
+        """The call a timing loop makes, set up once around the loop (runtime/measure/latency.py)."""
+        return self.session.timed_calls(self._feed)
 
 
 def torch_runner(program: Program, inputs: Sequence[torch.Tensor] | None = None, *,
