@@ -1,4 +1,4 @@
-"""`prunefx bench A --vs B`: one block of runs per side leaves a bootstrap nothing to resample, so no interval
+"""`prunefx bench A --vs B`: one block of runs per side leaves no spread to judge, so no interval
 is printed as one (null in --json); `--rounds` is refused where nothing reads it, and keeps its default of 4
 where ONNX Runtime does (prunefx/cli/commands/bench.py, prunefx/bench_models.py)."""
 

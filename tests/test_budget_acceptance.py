@@ -55,7 +55,7 @@ class Optimistic:
 
 class Noisy:
     """Timings drawn from a seed: each side's runs share a per-block drift (4 %) and vary run to run (3 %);
-    the search's measurement has 3 blocks of 10, the confirmation 12, with the block-bootstrap interval
+    the search's measurement has 3 blocks of 10, the confirmation 12, with the t interval over its pairs of blocks
     (or its point alone, `interval=False`)."""
 
     round_to = None
@@ -73,7 +73,7 @@ class Noisy:
         if not self.interval:
             return Timing(dense_ms, ms, 0.03)
         low, high = ratio_interval(a, b)
-        return Timing(dense_ms, ms, 0.03, low, high, 0.9, "block bootstrap")
+        return Timing(dense_ms, ms, 0.03, low, high, 0.9, "t over pairs of blocks")
 
     def __call__(self, dense, candidate):
         return tuple(self._timing(dense, candidate, 3))
@@ -108,7 +108,7 @@ def test_point_acceptance_returns_a_model_slower_than_the_budget(small):
 def test_noisy_timings_accepted_on_the_bound_hold_the_budget(small, seed):
     truth, stats = search(small, Noisy(seed))
     assert BUDGET <= truth <= 1.25 * BUDGET, stats["trace"]
-    assert stats["interval"]["low"] >= BUDGET and stats["interval"]["method"] == "block bootstrap"
+    assert stats["interval"]["low"] >= BUDGET and stats["interval"]["method"] == "t over pairs of blocks"
 
 
 def test_noisy_timings_accepted_on_the_point_hold_the_budget_once_the_floor_applies(small):

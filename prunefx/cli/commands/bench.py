@@ -9,7 +9,7 @@ different work: refused), and are timed alternately, so that machine noise hits 
 (`speedup_low`, `speedup_high` in --json); trtexec runs are separate processes, one after the other, and say
 so. With ort, the runs are spread over `--rounds` fresh processes (4 by default; refused without --vs or on another
 backend), each with its own pair of sessions: where one process lands varies by several per cent from the next
-(runtime/measure/latency.py's compare_rounds), and the interval covers that too. Too few runs to resample (one
+(runtime/measure/latency.py's compare_rounds), and the interval covers that too. Too few runs to judge a spread (one
 block per side in one round, one pair of calls) give no interval: said so, and null in --json. ort sessions
 flush subnormal floats to zero unless --keep-denormals (runtime/ort/runners.py's timing_flushes_denormals says
 why). An .onnx file gets random inputs of the types it declares, at its static shapes or at --input-shape: one
@@ -153,6 +153,6 @@ def _interval_text(report: dict) -> str:
     if "speedup_low" not in report:  # a backend that gives none (trtexec) says why in its note
         return ""
     if report["speedup_low"] is None:
-        return "; no interval: too few runs to resample, give more --runs"
+        return "; no interval: too few runs to judge a spread from, give more --runs"
     return interval_text({"low": report["speedup_low"], "high": report["speedup_high"],
                           "confidence": report["confidence"]}, "; ")
