@@ -109,3 +109,23 @@ def test_the_layer_timer_times_flushing_and_leaves_the_caller_as_found(monkeypat
     OnnxRuntimeLayerTimer(warmup=1, runs=1)(layer)
     assert seen and all(seen)
     assert not caller_flushes()
+
+
+def test_the_layer_timer_keeps_subnormals_where_whole_models_are_timed_so(monkeypatch, caller_mode):
+    """PRUNEFX_KEEP_DENORMALS=1 times whole models keeping subnormals; a layer table then times its layers so too,
+    and its settings (part of the cache's identity) say so, so the flushed table is not read for it."""
+    caller_mode(False)
+    seen = []
+
+    def measure_once(run, **_):
+        seen.append(caller_flushes())
+        run()
+        return type("Stats", (), {"median_ms": 1.0})()
+
+    monkeypatch.setattr(timers, "measure_latency", measure_once)
+    flushing = OnnxRuntimeLayerTimer(warmup=1, runs=1)
+    monkeypatch.setenv("PRUNEFX_KEEP_DENORMALS", "1")
+    keeping = OnnxRuntimeLayerTimer(warmup=1, runs=1)
+    keeping(TimedLayer("c", "conv2d", (1, 4, 5, 5), 4, True, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1))
+    assert seen and not any(seen)
+    assert keeping.settings != flushing.settings and "subnormals kept" in keeping.settings

@@ -23,6 +23,7 @@ from prunefx.runtime.measure.latency import measure_latency
 from prunefx.runtime.measure.width_multiple import CPUINFO
 from prunefx.runtime.ort.denormals import subnormal_mode
 from prunefx.runtime.ort.options import session_options
+from prunefx.runtime.ort.runners import timing_flushes_denormals
 
 OPSET = 18
 IR_VERSION = 9  # read by every ONNX Runtime prunefx supports
@@ -141,7 +142,9 @@ class OnnxRuntimeLayerTimer:
                  clock: Callable[[], float] = time.perf_counter):
         self.threads, self.warmup, self.runs, self.clock = threads, warmup, runs, clock
         self.device = cpu_model()
-        self.settings = f"onnxruntime {ort.__version__}, {threads} threads, less the call overhead"
+        self.flush_denormals = timing_flushes_denormals()  # as the whole models are timed (PRUNEFX_KEEP_DENORMALS)
+        self.settings = (f"onnxruntime {ort.__version__}, {threads} threads, less the call overhead"
+                         + ("" if self.flush_denormals else ", subnormals kept"))  # a table of each is its own
         self._overheads: dict[tuple[int, ...], float] = {}
 
     def __call__(self, layer: TimedLayer) -> float:
@@ -153,8 +156,8 @@ class OnnxRuntimeLayerTimer:
         return max(self._median(layer_model(layer), shape) - self._overheads[shape], 0.0)
 
     def _median(self, model: onnx.ModelProto, shape: tuple[int, ...]) -> float:
-        options = session_options(self.threads, spinning=True, flush_denormals=True)
-        with subnormal_mode(True):  # this thread computes too, flushing as the session's workers do
+        options = session_options(self.threads, spinning=True, flush_denormals=self.flush_denormals)
+        with subnormal_mode(self.flush_denormals):  # this thread computes too, as the session's workers do
             session = ort.InferenceSession(model.SerializeToString(), sess_options=options,
                                            providers=["CPUExecutionProvider"])
             feed = {"x": np.random.default_rng(1).standard_normal(shape).astype(np.float32)}
