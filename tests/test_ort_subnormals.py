@@ -95,8 +95,9 @@ def test_a_processs_first_session_flushing_leaves_the_caller_as_found(mul_onnx):
     assert [int(word) for word in ran.stdout.split()] == [0, PRODUCT_BITS, PRODUCT_BITS]
 
 
-def test_the_layer_timer_times_flushing_and_leaves_the_caller_as_found(monkeypatch, caller_mode):
-    caller_mode(False)
+@pytest.fixture
+def modes_seen(monkeypatch) -> list[bool]:
+    """Whether the calling thread flushed subnormals at each of the layer timer's runs (one run each)."""
     seen = []
 
     def measure_once(run, **_):
@@ -105,24 +106,23 @@ def test_the_layer_timer_times_flushing_and_leaves_the_caller_as_found(monkeypat
         return type("Stats", (), {"median_ms": 1.0})()
 
     monkeypatch.setattr(timers, "measure_latency", measure_once)
+    return seen
+
+
+def test_the_layer_timer_times_flushing_and_leaves_the_caller_as_found(modes_seen, caller_mode):
+    caller_mode(False)
+    seen = modes_seen
     layer = TimedLayer("c", "conv2d", (1, 4, 5, 5), 4, True, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
     OnnxRuntimeLayerTimer(warmup=1, runs=1)(layer)
     assert seen and all(seen)
     assert not caller_flushes()
 
 
-def test_the_layer_timer_keeps_subnormals_where_whole_models_are_timed_so(monkeypatch, caller_mode):
+def test_the_layer_timer_keeps_subnormals_where_whole_models_are_timed_so(monkeypatch, modes_seen, caller_mode):
     """PRUNEFX_KEEP_DENORMALS=1 times whole models keeping subnormals; a layer table then times its layers so too,
     and its settings (part of the cache's identity) say so, so the flushed table is not read for it."""
     caller_mode(False)
-    seen = []
-
-    def measure_once(run, **_):
-        seen.append(caller_flushes())
-        run()
-        return type("Stats", (), {"median_ms": 1.0})()
-
-    monkeypatch.setattr(timers, "measure_latency", measure_once)
+    seen = modes_seen
     flushing = OnnxRuntimeLayerTimer(warmup=1, runs=1)
     monkeypatch.setenv("PRUNEFX_KEEP_DENORMALS", "1")
     keeping = OnnxRuntimeLayerTimer(warmup=1, runs=1)
