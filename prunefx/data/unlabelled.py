@@ -54,22 +54,48 @@ def unlabelled_data(path: Path, batch_size: int, *, image_size: int | tuple[int,
 
 
 class DenseLabels:
-    """An evaluation loader whose real images are labelled with `dense`'s predictions (padding stays -1)."""
+    """An evaluation loader whose real images are labelled with `dense`'s predictions (padding stays -1).
+
+    The labels of a batch are the same at every pass (an evaluation loader reads its images in order), so the
+    first pass keeps them, up to KEPT_LABEL_BYTES, and a later one (each stage's score, the final one) reads
+    them instead of running the dense model, on the CPU, again beside the model it scores."""
 
     describes = "the dense model's own predictions (unlabelled images: scores are agreement with the dense model)"
 
     def __init__(self, loader, dense: Program):
         self.loader, self.dense = loader, dense
+        self._kept: list[torch.Tensor] = []  # each batch's labels in loader order, as compact integers
 
     def __len__(self) -> int:
         return len(self.loader)
 
     @torch.no_grad()
     def __iter__(self):
-        for images, labels in self.loader:
+        for index, (images, labels) in enumerate(self.loader):
+            real = labels != IGNORED_LABEL
+            kept = self._kept[index] if index < len(self._kept) else None
+            if kept is not None and kept.shape[0] == real.shape[0] and torch.equal(kept != IGNORED_LABEL,
+                                                                                    _spread(real, kept)):
+                yield images, kept.long()
+                continue
             predicted = logits_of(self.dense.module(images)).argmax(1)
-            real = (labels != IGNORED_LABEL).view(-1, *[1] * (predicted.dim() - 1))
-            yield images, torch.where(real, predicted, torch.full_like(predicted, IGNORED_LABEL))
+            labelled = torch.where(_spread(real, predicted), predicted, torch.full_like(predicted, IGNORED_LABEL))
+            room = _kept_bytes(self._kept) + labelled.numel() * 2 <= KEPT_LABEL_BYTES
+            if index == len(self._kept) and room and int(labelled.max()) < 2 ** 15:
+                self._kept.append(labelled.to(torch.int16))
+            yield images, labelled
+
+
+KEPT_LABEL_BYTES = 256 << 20  # a segmenter's labels are one per pixel: beyond this, predicted again at each pass
+
+
+def _spread(real: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The per-image mask `real` in the shape of `like` (per pixel for a segmenter's labels)."""
+    return real.view(-1, *[1] * (like.dim() - 1)).expand_as(like)
+
+
+def _kept_bytes(kept: list[torch.Tensor]) -> int:
+    return sum(labels.numel() * 2 for labels in kept)  # int16
 
 
 def against_dense(dense: Program, splits: DataSplits) -> DataSplits:
