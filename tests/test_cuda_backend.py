@@ -562,3 +562,19 @@ def test_after_models_turn_eager_a_pair_measured_as_graphs_is_measured_again(fak
         timed = len(fake.timed)
         pair(dense, narrower)
     assert len(fake.timed) > timed  # measured again, eagerly
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_bench_and_profile_on_a_real_gpu_end_to_end(capsys, tmp_path):
+    """The commands as a user types them (their parts are tested on the GPU above, the commands on the fake)."""
+    pt2 = _net(16, batch=4).save(tmp_path / "a.pt2")
+    other = _net(8, batch=4).save(tmp_path / "b.pt2")
+    assert main(["bench", str(pt2), "--vs", str(other), "--backend", "cuda", "--batch", "2", "--runs", "20",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["backend"] == "cuda" and report["batch"] == 2 and report["speedup"] > 0
+    assert report["gpu"] == torch.cuda.get_device_name()
+    assert main(["profile", str(pt2), "--backend", "cuda", "--runs", "5", "-o", str(tmp_path / "profile.json")]) == 0
+    profile = json.loads((tmp_path / "profile.json").read_text())
+    assert profile["source"] == "cuda" and sum(row["share"] for row in profile["layers"]) == pytest.approx(1)

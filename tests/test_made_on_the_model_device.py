@@ -157,3 +157,28 @@ def test_a_program_saved_on_cuda_loads_on_the_cpu_and_computes_the_same(tmp_path
     x = torch.randn(2, 3, 8, 8)
     expected = on_cuda.module(x.cuda()).cpu()
     assert float((loaded.module(x) - expected).abs().max()) <= 1e-4 * float(expected.abs().max())
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_gradient_importance_and_every_int8_method_on_cuda_match_the_cpu_run(monkeypatch):
+    """Taylor and Fisher scores (a backward on the device) and INT8's max, mse and entropy ranges on a cuda Program
+    against the CPU run: the same widths (local ranking: each group keeps the same fraction) and, for INT8,
+    outputs within 5 % of their largest magnitude."""
+    from prunefx.passes.remove_channels import remove_channels
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    for importance in ("taylor", "fisher"):
+        config = {"macs": 0.5, "importance": importance, "ranking": "local", "round_to": 1,
+                  "calibration": _calibration(labelled=True)}
+        cpu = remove_channels(_program(), config=config).program
+        cuda = remove_channels(move_program(_program(), "cuda"), config=config).program
+        shapes = [tuple(t.shape) for t in cpu.module.state_dict().values()]
+        assert shapes == [tuple(t.shape) for t in cuda.module.state_dict().values()], importance
+        assert shapes != [tuple(t.shape) for t in _program().module.state_dict().values()]
+    for method in ("max", "mse", "entropy"):
+        config = {"calibration": _calibration(), "method": method}
+        cpu = quantize_int8(_program(), config=config).program
+        cuda = quantize_int8(move_program(_program(), "cuda"), config=config).program
+        _close(cpu, cuda, 5e-2, method)
