@@ -24,7 +24,6 @@ _ROOT_KEY = "L__self__"  # torch.export's prefix of every nn_module_stack key
 
 
 def write_program_file(path: Path, exported: torch.export.ExportedProgram, metadata: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Through a file that holds a failed write instead of raising it into torch's zip writer (graph/zip_target.py);
     # the file appears under its name only once complete (graph/whole_files.py).
     with replaced_whole(path) as partial, open(partial, "wb") as file:

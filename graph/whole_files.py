@@ -7,9 +7,11 @@ its folder): a board that loses power keeps the previous file or the new one, ne
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -37,7 +39,8 @@ def replaced_together(paths: Sequence[Path]) -> Iterator[list[Path]]:
     times): all are written and synced before the first replaces its file, and should a rename fail or an
     interrupt land between them, the files already replaced get their previous contents back. All or none."""
     targets = [followed(Path(path)) for path in paths]
-    twice = next((target for index, target in enumerate(targets) if target in targets[:index]), None)
+    files = [Path(os.path.realpath(target)) for target in targets]  # one file by two names (a/../b, a linked folder)
+    twice = next((target for index, target in enumerate(targets) if files[index] in files[:index]), None)
     if twice is not None:
         raise PrunefxError(f"cannot write {printable(str(twice))} twice at once: two of the files name it")
     with contextlib.ExitStack() as stack:
@@ -98,15 +101,43 @@ def _temporary(path: Path) -> Iterator[tuple[Path, Path]]:
     path = followed(path)
     if path.exists() and not path.is_file():  # a rename would replace a folder's entry, or a device (/dev/null)
         raise PrunefxError(f"cannot write {printable(str(path))}: it is {'a folder' if path.is_dir() else 'not a regular file'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent, writing=path)
     _remove_killed_writers(path)
     temporary = path.with_name(f".{_stem(path)}.{os.getpid()}-{secrets.token_hex(4)}.partial")
-    with _named(path):
+    try:
         temporary.touch(exist_ok=False)  # not mkstemp: its 0600 would become the file's mode, not the user's umask
+    except OSError as error:
+        raise _refusal(path, path.parent, error) from None
+    if path.is_file():  # the file replaced keeps its mode: a private file stays private
+        shutil.copymode(path, temporary)
     try:
         yield path, temporary
     finally:
         temporary.unlink(missing_ok=True)
+
+
+# A target these refuse is the caller's to change (another path, permissions): a PrunefxError, not an OSError.
+_REFUSED_TARGETS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.EEXIST, errno.ENOTDIR}
+
+
+def make_folder(folder: Path, *, writing: Path | None = None) -> None:
+    """`folder` and its parents made where missing, to write `writing` (the folder itself by default). A path
+    that cannot be one is said in one line (PrunefxError): which part is a file or a link to nothing, or what
+    the system refused (permissions, a read-only file system); other errors (a full disk) go on as OSErrors."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _refusal(writing or folder, folder, error) from None
+
+
+def _refusal(path: Path, folder: Path, error: OSError) -> Exception:
+    if error.errno not in _REFUSED_TARGETS:
+        return OSError(error.errno, error.strerror, str(path))
+    blocking = next((part for part in reversed((folder, *folder.parents))
+                     if part.exists() and not part.is_dir() or part.is_symlink() and not part.exists()), None)
+    why = (f"{printable(str(blocking))} is {'a link to nothing' if not blocking.exists() else 'not a folder'}"
+           if blocking is not None else f"{error.strerror} ({printable(str(folder))})")
+    return PrunefxError(f"cannot write {printable(str(path))}: {why}")
 
 
 @contextlib.contextmanager
@@ -146,12 +177,16 @@ def sync_folder(folder: Path) -> None:
 
 def _remove_killed_writers(path: Path) -> None:
     """The temporary files of earlier writes of `path` whose process is gone (killed outright: SIGKILL, out of
-    memory), each as large as the file. A running writer's stays."""
-    pattern = re.compile(re.escape(f".{_stem(path)}.") + r"(\d+)-[0-9a-f]{8}\.partial")
+    memory), each as large as the file, and the folders such a write made beside its temporary file (named after
+    it: quantize_static_file's private copy of its source). A running writer's stay."""
+    pattern = re.compile(re.escape(f".{_stem(path)}.") + r"(\d+)-[0-9a-f]{8}\.partial(\..+)?")
     for entry in path.parent.iterdir():
         found = pattern.fullmatch(entry.name)
         if found and not process_running(int(found.group(1))):
-            entry.unlink(missing_ok=True)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
 
 def process_running(pid: int) -> bool:

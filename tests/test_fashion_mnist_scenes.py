@@ -201,3 +201,29 @@ def test_scenes_calibrate_at_the_models_input_size():
     assert all(float(batch[0].std()) > 0 for batch in calibration.batches)  # real items on the canvases
     with pytest.raises(PrunefxError, match="ask for fashion-mnist-seg:32$"):
         calibration_data("fashion-mnist-seg:64", torch.zeros(4, 3, 32, 32), images=8)
+
+
+def test_a_killed_runs_staging_folder_goes_with_the_next_write(tmp_path, monkeypatch):
+    """A run killed while it wrote its scenes left its hidden staging folder (as large as the scenes) past every
+    later run; the next write removes those of ended processes and keeps a running one's."""
+    import os
+    import subprocess
+    import sys
+
+    from prunefx.data import scene_data
+    from prunefx.data.fashion_mnist_scenes import SceneConfig
+
+    monkeypatch.setenv("PRUNEFX_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(scene_data, "compose_scenes", lambda *args, **kwargs: {})  # stand-in scenes, no data set
+    monkeypatch.setattr(scene_data, "write_scenes", lambda scenes, staging, layout: (staging / "a.png").write_bytes(b"x"))
+    arguments = ("segmentation", {"train": 1, "test": 1}, 0, SceneConfig(size=64), 0)
+    folder = scene_data.scene_folder(*arguments, root=tmp_path / "none")
+    ended = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                               text=True, check=True).stdout)
+    killed, running = (folder.parent / f".{folder.name}-{pid}-abc123" for pid in (ended, os.getpid()))
+    for leftover in (killed, running):
+        leftover.mkdir()
+        (leftover / "a.png").write_bytes(b"half")
+    (folder / "a.png").unlink()  # damage: the next run writes the scenes anew
+    assert scene_data.scene_folder(*arguments, root=tmp_path / "none") == folder
+    assert sorted(path.name for path in folder.parent.iterdir()) == sorted([running.name, folder.name])

@@ -329,3 +329,80 @@ def test_files_written_together_may_not_name_one_file_twice(tmp_path):
     with pytest.raises(PrunefxError, match="twice at once"), whole_files.replaced_together([target, link]):
         pass
     assert target.read_bytes() == PREVIOUS and [path.name for path in target.parent.iterdir()] == ["out"]
+
+
+def _ended_pid() -> int:
+    """The pid of a process that has ended."""
+    import subprocess
+    import sys
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+
+
+def test_a_killed_writers_private_folder_goes_with_the_next_write_too(tmp_path):
+    """quantize_static_file makes a folder named after its temporary file (its private copy of the source); a
+    write killed outright left it, weights and all, past every later write."""
+    killed = f".q.onnx.{_ended_pid()}-0123abcd.partial"
+    (tmp_path / killed).write_bytes(b"half")
+    (tmp_path / f"{killed}.x1y2").mkdir()
+    (tmp_path / f"{killed}.x1y2" / "fp32.weights").write_bytes(b"weights")
+    running = tmp_path / f".q.onnx.{os.getpid()}-89abcdef.partial.z9"
+    running.mkdir()
+    write_whole(tmp_path / "q.onnx", "whole")
+    assert sorted(path.name for path in tmp_path.iterdir()) == [running.name, "q.onnx"]
+
+
+def test_a_file_written_over_keeps_its_mode(tmp_path):
+    """A private file (0600) written anew stays private; a new file gets the process's usual mode."""
+    private = tmp_path / "model.onnx"
+    private.write_bytes(b"old")
+    private.chmod(0o600)
+    write_whole(private, "new")
+    assert private.read_text() == "new" and private.stat().st_mode & 0o777 == 0o600
+    fresh = tmp_path / "fresh.onnx"
+    write_whole(fresh, "new")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_one_file_by_two_names_is_refused_in_a_write_of_files_together(tmp_path):
+    """a/../b and a linked folder name one file: written together, the second would silently replace the first
+    (one lowering under the other's name)."""
+    from prunefx.graph.whole_files import replaced_together
+    (tmp_path / "x").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "x")
+    for other in (tmp_path / "x" / ".." / "a.onnx", tmp_path / "linked" / ".." / "x" / "a.onnx"):
+        first = tmp_path / ("a.onnx" if ".." in other.parts[-2:] else "x/a.onnx")
+        with pytest.raises(PrunefxError, match="twice at once"):
+            with replaced_together([first, other]):
+                pass
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["linked", "x"] and not any((tmp_path / "x").iterdir())
+
+
+@pytest.mark.parametrize("writer", ["chart", "profile", "float16"])
+def test_a_destination_ending_in_a_slash_is_refused_not_written_as_a_file(writer, tmp_path, one_thread):
+    destination = f"{tmp_path}/out/"
+    source = export_onnx(_program(), tmp_path / "fp32.onnx").path if writer == "float16" else None
+    write = {"chart": lambda: write_chart(_variants(), destination),
+             "profile": lambda: write_profile_json(LayerProfile([], 1, "tensorrt"), destination),
+             "float16": lambda: lower_to_float16(source, destination)}[writer]
+    with pytest.raises(PrunefxError, match="it names a folder"):
+        write()
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("blocking", ["file", "dangling link"])
+def test_a_destination_under_a_file_or_a_link_to_nothing_is_one_line_naming_it(blocking, tmp_path, one_thread):
+    from prunefx.passes.training.checkpoint import write_checkpoint
+    part = tmp_path / "part"
+    if blocking == "file":
+        part.write_text("a file of the user's")
+    else:
+        part.symlink_to(tmp_path / "nowhere" / "folder")
+    said = "not a folder" if blocking == "file" else "a link to nothing"
+    with pytest.raises(PrunefxError, match=f"cannot write {part}/model.pt2: {part} is {said}"):
+        _program().save(part / "model.pt2")
+    with pytest.raises(PrunefxError, match=f"{part} is {said}"):
+        write_checkpoint(part, _program(), {})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["part"]

@@ -25,7 +25,7 @@ import torch
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError, first_line
 from prunefx.graph.placement import move_program
-from prunefx.graph.whole_files import replaced_whole, sync_folder
+from prunefx.graph.whole_files import make_folder, replaced_whole, sync_folder
 from prunefx.passes.training.config import TrainingError
 
 PROGRAM_FILE = "program.pt2"
@@ -37,7 +37,7 @@ _PARTIAL_PROGRAM, _PARTIAL_STATE = "program.partial.pt2", "trainer_state.partial
 
 def write_checkpoint(directory: Path, program: Program, state: dict) -> None:
     """Save a copy of `program` and `state` (plus the format, parameter shapes and program hash)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    make_folder(directory)
     snapshot = Program(copy.deepcopy(program.module), program.example_inputs, name=program.name,
                        analysis=copy.deepcopy(program.analysis), output_shapes=list(program.output_shapes))
     move_program(snapshot, "cpu")  # a checkpoint reads back on any machine, whatever device trained it

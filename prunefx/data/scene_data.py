@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,6 +29,7 @@ from prunefx.data.scene_files import write_scenes
 from prunefx.data.splits import DETECTION, SEGMENTATION, DataSplits, split_train_validation
 from prunefx.graph.cache_folder import cache_root
 from prunefx.graph.errors import PrunefxError, first_line
+from prunefx.graph.whole_files import process_running
 
 _LAYOUT = {SEGMENTATION: MASKS, DETECTION: COCO}
 _VERSION = 2  # of the written layout: bump when scene_files.py writes something else
@@ -69,7 +71,8 @@ def scene_folder(task: str, counts: dict[str, int], validation: int, config, see
         _set_aside(folder)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        _remove_killed_writers(folder)
+        staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(folder), dir=folder.parent))
     except OSError as error:
         raise PrunefxError(f"cannot write the scenes under {folder.parent}: {first_line(error)} "
                            f"(set PRUNEFX_CACHE_DIR to a writable folder)") from None
@@ -101,9 +104,24 @@ def _intact(folder: Path) -> bool:
     return listed == _files(folder)
 
 
+def _staging_prefix(folder: Path) -> str:
+    """The start of the name of a folder this process writes beside `folder` (staging it, or setting it aside)."""
+    return f".{folder.name}-{os.getpid()}-"
+
+
+def _remove_killed_writers(folder: Path) -> None:
+    """The staging and set-aside folders of earlier runs whose process is gone (killed outright), each as large as
+    the scenes: a running writer's stay."""
+    pattern = re.compile(re.escape(f".{folder.name}-") + r"(\d+)-.+")
+    for entry in folder.parent.iterdir():
+        found = pattern.fullmatch(entry.name)
+        if found and entry.is_dir() and not entry.is_symlink() and not process_running(int(found.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def _set_aside(folder: Path) -> None:
     """Move a damaged folder out of the way (a racing run may do the same: whichever moves it first), then delete it."""
-    aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}-damaged-", dir=folder.parent))
+    aside = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(folder)}damaged-", dir=folder.parent))
     try:
         os.rename(folder, aside / folder.name)
     except OSError:

@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from prunefx.graph.whole_files import replaced_whole
+from prunefx.graph.whole_files import file_path, replaced_whole
 from prunefx.runtime.measure.deployment_report import figure_classes
 
 BUDGET_CHART_FILE = "budget_candidates.png"
@@ -86,7 +86,7 @@ def write_budget_chart(stats: Mapping, path: str | os.PathLike, *, title: str = 
     if missed:
         figure.text(0.01, 0.01, f"did not meet the budget: {', '.join(missed)}", fontsize=7, va="bottom")
     figure.subplots_adjust(bottom=0.16)
-    path = Path(path)
+    path = file_path(path)
     with replaced_whole(path) as partial:
         figure.savefig(partial, format="png")
     return path

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from prunefx.graph.whole_files import replaced_together, replaced_whole
+from prunefx.graph.whole_files import file_path, replaced_together, replaced_whole
 from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
 
 CHART_FILE = "accuracy_latency.png"
@@ -91,7 +91,7 @@ def figure_classes():
 def write_chart(variants: Sequence[Variant], path: str | os.PathLike, *, title: str = "") -> Path:
     """PNG scatter of accuracy (%) against median latency (ms), one labelled point per variant; variants
     without an accuracy are listed under the plot instead. Faster is left, better is up."""
-    path = Path(path)
+    path = file_path(path)
     with replaced_whole(path) as partial:
         _chart(variants, title).savefig(partial, format="png")
     return path

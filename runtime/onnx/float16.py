@@ -20,7 +20,7 @@ from pathlib import Path
 
 import onnx
 
-from prunefx.graph.whole_files import replaced_whole
+from prunefx.graph.whole_files import file_path, replaced_whole
 from prunefx.runtime.errors import MeasurementError, require_module
 
 # Operators kept in float32 (see the module docstring), on top of the converter's own block list.
@@ -56,7 +56,7 @@ def lower_to_float16(source: str | os.PathLike, target: str | os.PathLike, *,
     lowered = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
     _restore_float32_outputs(lowered)
     onnx.checker.check_model(lowered)
-    target = Path(target)
+    target = file_path(target)
     with replaced_whole(target) as partial:
         onnx.save_model(lowered, partial)
     return target

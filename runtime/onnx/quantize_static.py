@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from prunefx.graph.whole_files import replaced_whole
+from prunefx.graph.whole_files import file_path, replaced_whole
 from prunefx.runtime.onnx.external import check_external_data, external_data_names
 
 
@@ -39,7 +39,7 @@ def quantize_static_file(source: str | os.PathLike, target: str | os.PathLike,
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     symmetric = activations == "s8"
-    target = Path(target)
+    target = file_path(target)
     with replaced_whole(target) as partial, _seen_from_a_private_folder(Path(source), structure, partial) as private:
         ort_quantize_static(str(private), str(partial), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,

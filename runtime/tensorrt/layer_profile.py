@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from prunefx.graph import Program
-from prunefx.graph.whole_files import write_whole
+from prunefx.graph.whole_files import file_path, write_whole
 from prunefx.runtime.onnx.provenance import map_to_program, onnx_node_origins
 
 _ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
@@ -210,6 +210,6 @@ def format_profile_table(profile: LayerProfile, *, limit: int | None = None) -> 
 
 
 def write_profile_json(profile: LayerProfile, path: str | os.PathLike) -> Path:
-    path = Path(path)
+    path = file_path(path)
     write_whole(path, json.dumps(profile.to_dict(), indent=2) + "\n")
     return path
