@@ -52,6 +52,7 @@ class Plan:
     target_met: bool
     table_ms: dict | None = None    # with a latency table: the dense and planned time of the timed layers
     ms_saved: list[float] | None = None  # with a latency table: per group, see ms_saved_per_group
+    at_floor: bool = False          # every group at its smallest allowed width: no smaller target cuts more
 
 
 def allowed_widths(size: int, step: int, *, max_ratio: float, floor: int = 1) -> np.ndarray:
@@ -290,7 +291,8 @@ class Selector:
         predicted = self.cost_model.cost(mask)
         achieved = self._fraction(target, kept, predicted)
         met = abs(achieved - target.fraction) <= TARGET_TOLERANCE * target.fraction
+        at_floor = all(width == int(widths[0]) for width, widths in zip(kept, self.widths))
         if self.latency is None:
-            return Plan(kept, removed, predicted, achieved, met)
+            return Plan(kept, removed, predicted, achieved, met, at_floor=at_floor)
         table_ms = {"dense": round(self.latency.dense_ms, 6), "planned": round(self.latency.ms(mask), 6)}
-        return Plan(kept, removed, predicted, achieved, met, table_ms, ms_saved_per_group(self, kept))
+        return Plan(kept, removed, predicted, achieved, met, table_ms, ms_saved_per_group(self, kept), at_floor)

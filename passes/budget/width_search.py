@@ -143,7 +143,10 @@ class WidthSearch:
                 yield from self.confirming(candidate)  # what could be returned, and what a noisy first measurement put below
             if self.close_enough(candidate):
                 return candidate
-            following = self._next(*self._bracket())
+            good, bad = self._bracket()
+            if good is None and self._at_the_floor(candidate):
+                break  # every smaller fraction cuts this same model: nothing below it to try
+            following = self._next(good, bad)
             if following is None:
                 break
             fraction = following
@@ -152,6 +155,11 @@ class WidthSearch:
             best = max(self.trace, key=lambda c: c.measured.lower_bound)
             raise BudgetUnreachable(self._unreachable(best), dimension="width", best=best.measured)
         return good
+
+    def _at_the_floor(self, candidate: WidthCandidate) -> bool:
+        """Missed, with every group at its smallest allowed width: a smaller fraction cuts this same model, which
+        the search cut again and again until its candidates ran out."""
+        return not self.meets(candidate) and candidate.result.facts_as(ChannelsRemoved).target["at_floor"]
 
     def implausible(self, candidate: WidthCandidate) -> bool:
         """Read slower than a less pruned candidate: one reading is noise (docs/algorithms.md, 'prune_to_budget')."""

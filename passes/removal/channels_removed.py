@@ -62,7 +62,7 @@ def removal_facts(config, target, importance, combing, plan, before, after, comp
               | ({} if plan.ms_saved is None else {"ms_saved": plan.ms_saved[i]})
               for i, (g, kept) in enumerate(zip(combing.groups, plan.kept))]
     return ChannelsRemoved(
-        target={"kind": target.kind, "fraction": target.fraction, "met": plan.target_met}
+        target={"kind": target.kind, "fraction": target.fraction, "met": plan.target_met, "at_floor": plan.at_floor}
         | ({} if plan.table_ms is None else {"table_ms": plan.table_ms}),
         importance=importance.criterion, importance_fallback_groups=importance.fallback_groups,
         importance_fallback_channels=importance.fallback_channels,
