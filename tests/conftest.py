@@ -112,6 +112,15 @@ def stand_in_gpus_need_no_warm_up(monkeypatch):
         monkeypatch.setattr(gpu_latency, "WARM_SECONDS", 0.0)
 
 
+@pytest.fixture(autouse=True)
+def exports_start_afresh():
+    """Each test's exports export (runtime/onnx/export_memo.py copies a file exported before in the process): a
+    test that makes the exporter fail, or counts its exports, is not answered by another test's file."""
+    from prunefx.runtime.onnx.export_memo import forget_written
+
+    forget_written()
+
+
 @pytest.fixture
 def file_size_limit():
     """`with file_size_limit(n):` files written in the block cannot grow past n bytes, as on a full disk: a

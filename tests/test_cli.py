@@ -595,3 +595,21 @@ def test_main_called_in_process_leaves_the_warning_filters_as_found(tmp_path, ca
     before = list(warnings.filters)
     assert main(["check", str(tmp_path / "missing.onnx")]) == EXIT_USER_ERROR
     assert warnings.filters == before
+
+
+def test_a_budgeted_prune_exports_no_program_twice(tmp_path, monkeypatch, capsys):
+    """The confirmation exports the chosen model as model.onnx is written (dynamo): the deliverable is a copy of
+    that file (runtime/onnx/export_memo.py), not a second export. The oracle: each dynamo export's Program, by
+    its contents."""
+    import prunefx.runtime.onnx.export as export
+    from prunefx.graph.fingerprint import fingerprint
+
+    exported = []
+    dynamo = export._export_dynamo
+    monkeypatch.setattr(export, "_export_dynamo", lambda program, opset: exported.append(fingerprint(program))
+                        or dynamo(program, opset))
+    assert main(["prune", "prunefx:resnet20", "--speedup", "1.3", "--runs", "10", "--threads", "1",
+                 "-o", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    assert exported and len(exported) == len(set(exported))
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["parity"]["relative"] < 1e-4 and report["onnx"]["exporter"] == "dynamo"

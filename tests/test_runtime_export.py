@@ -16,6 +16,7 @@ from prunefx.runtime import (
     check_parity,
     export_onnx,
 )
+from prunefx.runtime.onnx.export_memo import forget_written
 
 TOLERANCE = 1e-4
 
@@ -204,11 +205,16 @@ def test_exports_share_one_translation_table_and_write_what_a_table_of_their_own
     monkeypatch.setattr(_registration.ONNXRegistry, "from_torchlib", counting)
     monkeypatch.setattr(torchlib_registry, "_BUILT", {})
     program = tiny_program()
-    shared = [export_onnx(program, tmp_path / f"{index}.onnx").path.read_bytes() for index in range(2)]
+
+    def exported(name):  # each a real export, not a copy of the one before (runtime/onnx/export_memo.py)
+        forget_written()
+        return export_onnx(program, tmp_path / name).path.read_bytes()
+
+    shared = [exported(f"{index}.onnx") for index in range(2)]
     assert len(built) == 1  # the second export reused the first one's table
     assert vars(_registration.ONNXRegistry)["from_torchlib"] is counting  # as it was, outside the block
     monkeypatch.setattr(export_module, "registries_reused", contextlib.nullcontext)  # a table of its own
-    own = export_onnx(program, tmp_path / "own.onnx").path.read_bytes()
+    own = exported("own.onnx")
     assert len(built) == 2 and shared[0] == shared[1] == own
 
 
@@ -226,3 +232,28 @@ def test_a_translation_one_export_adds_never_reaches_the_next():
         second = _registration.ONNXRegistry().from_torchlib(opset_version=18)
     assert any(meta.is_custom for meta in first.get_decomps(relu))
     assert second.get_decomps(relu) and not any(meta.is_custom for meta in second.get_decomps(relu))
+
+
+def test_the_same_program_exported_again_is_a_copy_of_the_first_file(tmp_path, monkeypatch):
+    """A budget search's confirmation exports the chosen candidate as delivered; model.onnx is then that same
+    file, not a second export. The oracle: the exporter's calls, and the bytes of the files."""
+    import prunefx.runtime.onnx.export as export
+
+    calls = []
+    dynamo = export._export_dynamo
+    monkeypatch.setattr(export, "_export_dynamo", lambda *args: calls.append(1) or dynamo(*args))
+    program = tiny_program()
+    first = export_onnx(program, tmp_path / "first.onnx")
+    again = export_onnx(program.clone(), tmp_path / "again.onnx")  # another object, the same contents
+    assert len(calls) == 1 and again.path == tmp_path / "again.onnx"
+    assert again.path.read_bytes() == first.path.read_bytes() and again.exporter == first.exporter
+    assert check_parity(program, again.path).relative < TOLERANCE
+    export_onnx(program, tmp_path / "other.onnx", opset=19)  # other settings: exported
+    changed = program.clone()
+    with torch.no_grad():
+        changed.module.conv.weight.add_(1.0)
+    export_onnx(changed, tmp_path / "changed.onnx")  # other weights: exported
+    first.path.write_bytes(b"changed behind prunefx's back")
+    export_onnx(program, tmp_path / "third.onnx")  # the file it would copy changed: exported
+    assert len(calls) == 4
+    assert check_parity(changed, tmp_path / "changed.onnx").relative < TOLERANCE

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import os
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError, first_line
+from prunefx.graph.fingerprint import file_sha256
 from prunefx.graph.placement import move_program
 from prunefx.graph.whole_files import make_folder, replaced_whole, sync_folder
 from prunefx.passes.training.config import TrainingError
@@ -45,7 +45,7 @@ def write_checkpoint(directory: Path, program: Program, state: dict) -> None:
     try:
         snapshot.eval().save(program_tmp)
         state = {"format": _STATE_FORMAT, "parameters": parameter_shapes(program.module),
-                 "program_sha256": _sha256(program_tmp), **state}
+                 "program_sha256": file_sha256(program_tmp), **state}
         with replaced_whole(state_tmp) as partial:  # on the disk before the commit: a power cut keeps one pair
             torch.save(state, partial)
         os.replace(program_tmp, directory / PROGRAM_FILE)
@@ -107,7 +107,7 @@ def _matching_state(directory: Path) -> dict | None:
     """The state whose hash is the program's: trainer_state.pt, or the partial state a save killed between its two
     replaces left beside its program (module docstring), then put in place; None when neither is. The state file
     is read again last: every process of a distributed run resumes, and another may finish that save first."""
-    program_hash = _sha256(directory / PROGRAM_FILE)
+    program_hash = file_sha256(directory / PROGRAM_FILE)
     for name in (STATE_FILE, _PARTIAL_STATE, STATE_FILE):
         path = directory / name
         try:
@@ -120,14 +120,6 @@ def _matching_state(directory: Path) -> dict | None:
                     os.replace(path, directory / STATE_FILE)
             return state
     return None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def parameter_shapes(module: torch.nn.Module) -> list[list]:

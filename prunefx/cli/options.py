@@ -11,9 +11,11 @@ work runs on) are added here once, and mean the same in every command.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import types
 import typing
+from collections.abc import Iterator
 
 from prunefx import options
 from prunefx.graph.errors import PrunefxError
@@ -187,6 +189,19 @@ def measurement(args) -> Measurement:
 def budget_latency(args):
     """The budget passes' measuring function on the command line's backend (runtime/measure/pairs.py)."""
     return measurement(args).pair()
+
+
+@contextlib.contextmanager
+def budget_measurer(args, *, budgeted: bool) -> Iterator:
+    """`budget_latency(args)` for a budgeted run (None for another), kept until the block ends and then closed: the
+    command writes its deliverable inside, and the file the search exported of the chosen model is copied
+    (runtime/onnx/export_memo.py) where a second export would take seconds to minutes."""
+    measurer = budget_latency(args) if budgeted else None
+    try:
+        yield measurer
+    finally:
+        if callable(getattr(measurer, "close", None)):  # a backend's pair; a stand-in Measurer need not have one
+            measurer.close()
 
 
 def pass_measure(args):

@@ -10,13 +10,15 @@ from prunefx.data.calibration import Calibration
 from prunefx.graph.errors import PrunefxError
 
 
-def meet_for_command_line(args, program, calibration: Calibration | None, width: dict, device) -> BudgetOutcome:
+def meet_for_command_line(args, program, calibration: Calibration | None, width: dict, device,
+                          measurer=None) -> BudgetOutcome:
     """prunefx.meet_budget on the command line's budget: width, and with --allow-depth depth and both; a
-    refusal says, in one line, which route can go further. `width`: remove_channels' options for the width search."""
+    refusal says, in one line, which route can go further. `width`: remove_channels' options for the width search;
+    `measurer`: the command line's (budget_measurer), a new one by default."""
     try:
         _, outcome = meet_budget(
             program, speedup=args.speedup, latency_ms=args.latency_ms, measurement=cli_options.measurement(args),
-            measurer=cli_options.budget_latency(args), calibration=calibration.batches if calibration and args.calibrate else None,
+            measurer=measurer or cli_options.budget_latency(args), calibration=calibration.batches if calibration and args.calibrate else None,
             allow_depth=args.allow_depth, tolerance=args.tolerance, confirm=args.confirm,
             max_candidates=args.max_candidates, recalibrate=args.recalibrate is not False, width=width,
             log=lambda line: print(line, flush=True), choose_by=args.choose_by, device=device)

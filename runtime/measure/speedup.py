@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import operator
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
-
 from prunefx.graph import Program
+from prunefx.graph.fingerprint import fingerprint
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.graph.rebatch import rebatch
 from prunefx.graph.timing import Timing
@@ -232,20 +230,6 @@ class ExportCache:
 def _remove_with_side_file(path: Path) -> None:
     path.unlink(missing_ok=True)
     path.with_name(f"{path.name}.data").unlink(missing_ok=True)  # a model over 2 GB keeps its weights beside it
-
-
-def fingerprint(program: Program) -> str:
-    """sha256 of the graph's code, its input shapes, its mode and the bytes of every tensor it reads."""
-    digest = hashlib.sha256(program.module.code.encode())
-    digest.update(repr([tuple(x.shape) for x in program.example_inputs]).encode() + bytes([program.training]))
-    for node in program.graph.nodes:
-        if node.op == "get_attr":
-            value = operator.attrgetter(node.target)(program.module)
-            if isinstance(value, torch.Tensor):
-                tensor = value.detach().cpu().contiguous()
-                digest.update(f"{node.target}{tuple(tensor.shape)}{tensor.dtype}".encode())
-                digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def exported_file(program: Program, path: Path, batch: int, exporter: str = "dynamo", *, activations: str | None = None):

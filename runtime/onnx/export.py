@@ -31,6 +31,7 @@ from prunefx.graph.heap import release_freed_memory
 from prunefx.graph.whole_files import file_path, followed, replaced_whole
 from prunefx.runtime.errors import OnnxExportError, describe_failure
 from prunefx.runtime.onnx.cleanup import APART, clean_graph
+from prunefx.runtime.onnx.export_memo import copy_of_written, export_key, remember_written
 from prunefx.runtime.onnx.external import (
     own_side_files,
     remove_stale_side_files,
@@ -70,13 +71,18 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
     first and the other one if it fails: "dynamo" (the default, what prunefx delivers) or "torchscript"
     (5 to 15 times faster; runtime/measure/speedup.py uses it for the many candidates of a budget search).
     The file appears under `path` only once written and checked: a failed or interrupted export leaves a
-    previous file there as it was (graph/whole_files.py)."""
+    previous file there as it was (graph/whole_files.py). A Program this process exported before with the same
+    settings is a copy of that file, where it is still there unchanged (runtime/onnx/export_memo.py)."""
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise OnnxExportError(f"ONNX opset {opset!r} is outside what the exporter writes ({MIN_OPSET} to {MAX_OPSET})")
     if exporter not in EXPORTERS:
         raise OnnxExportError(f"exporter must be one of {', '.join(EXPORTERS)}, not {exporter!r}")
     path = file_path(path)
     program = program.clone().eval() if program.training else program
+    key = export_key(program, opset, exporter)
+    copied = copy_of_written(key, path)  # exported before in this process: a copy of that file
+    if copied is not None:
+        return copied
     first, second = EXPORTERS[exporter]
     exporters = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
     exporter, fallback_reason = first, None
@@ -123,8 +129,10 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
             moved_in.unlink(missing_ok=True)
         raise
     remove_stale_side_files(target, keep=None if moved_in is None else moved_in.name)
-    return OnnxExport(path=path, exporter=exporter, fallback_reason=fallback_reason,
-                      node_count=node_count, raw_node_count=raw_node_count)
+    made = OnnxExport(path=path, exporter=exporter, fallback_reason=fallback_reason, node_count=node_count,
+                      raw_node_count=raw_node_count)
+    remember_written(key, made)
+    return made
 
 
 def _export_dynamo(program: Program, opset: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:

@@ -71,21 +71,22 @@ def run(args) -> int:
                    if args.calibrate else None)
     started = time.perf_counter()
     outcome = None
-    if budget and calibration is not None:  # the library's depth route: depth_to_budget, then merge_blocks
-        _, outcome = meet_budget(
-            program, speedup=args.speedup, latency_ms=args.latency_ms, measurement=cli_options.measurement(args),
-            measurer=cli_options.budget_latency(args),
-            calibration=calibration.batches,
-            routes=("depth",), tolerance=args.tolerance, confirm=args.confirm,
-            depth={"recalibrate": args.recalibrate, "max_kernel_growth": args.max_kernel_growth}, device=device)
-        result = outcome.result
-    else:  # one verified Pipeline, as in the API: merge_blocks promises exactness and the Pipeline checks it
-        with on_device(program, device) as placed:  # the dense Program goes back even when a pass fails
-            result = Pipeline([_choice_step(args, calibration), _merge_step(args)], verify="full").run(program)
-            placed.home(result.program)  # written from the CPU
-    assert output is not None  # checked above: only --list writes nothing
-    write_depth(output, program, result, command=NAME, outcome=outcome,
-                calibration=calibration.description if calibration else None, opset=args.opset, started=started)
+    # held until model.onnx is written: the file its confirmation exported of the chosen model is copied
+    with cli_options.budget_measurer(args, budgeted=bool(budget and calibration is not None)) as measurer:
+        if measurer is not None:  # the library's depth route: depth_to_budget, then merge_blocks
+            _, outcome = meet_budget(
+                program, speedup=args.speedup, latency_ms=args.latency_ms, measurement=cli_options.measurement(args),
+                measurer=measurer, calibration=calibration.batches,
+                routes=("depth",), tolerance=args.tolerance, confirm=args.confirm,
+                depth={"recalibrate": args.recalibrate, "max_kernel_growth": args.max_kernel_growth}, device=device)
+            result = outcome.result
+        else:  # one verified Pipeline, as in the API: merge_blocks promises exactness and the Pipeline checks it
+            with on_device(program, device) as placed:  # the dense Program goes back even when a pass fails
+                result = Pipeline([_choice_step(args, calibration), _merge_step(args)], verify="full").run(program)
+                placed.home(result.program)  # written from the CPU
+        assert output is not None  # checked above: only --list writes nothing
+        write_depth(output, program, result, command=NAME, outcome=outcome,
+                    calibration=calibration.description if calibration else None, opset=args.opset, started=started)
     return 0
 
 

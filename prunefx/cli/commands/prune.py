@@ -115,52 +115,54 @@ def run(args) -> int:
         calibration = calibration.on(device) if calibration else None  # some readers run the module on them as given
     config = _config(args, calibration)
     started = time.perf_counter()
-    outcome = None
-    if args.speedup is not None or args.latency_ms is not None:
-        with seconds.stage("budget search"):
-            outcome = meet_for_command_line(args, program, calibration, _width_options(config), device)
-        described = calibration.description if calibration else None
-        if outcome.route == "depth":
-            write_depth(output, program, outcome.result, command=NAME, outcome=outcome, calibration=described,
-                        opset=args.opset, started=started, seconds=seconds)
-            return 0
-        if outcome.route == "width+depth":
-            write_joint(output, program, outcome, calibration=described, opset=args.opset, seconds=seconds)
-            return 0
-        result = outcome.result
-    else:  # the same Pipeline as the API and recipes: every step verified (lint, shapes, re-export), exact
-        # steps checked, and a failure names the pass
-        if args.choose_by == "latency":
-            with seconds.stage("latency table"):
-                config |= _timed_choice(args, program, config["round_to"], device)
-        steps = [_pruning_step(config)]
-        if calibration is not None and args.calibrate and args.recalibrate is not False:
-            steps.append((recalibrate_batchnorm, {"data": calibration.batches}))
-        with seconds.stage("prune"), on_device(program, device) as placed:  # the dense Program goes back even
-            # when a pass fails. on_copy=False: the dense Program is rewritten, not cloned; only its name is read
-            # after, its costs are in the pass's facts, and a second copy of the weights would double the memory
-            result = Pipeline(steps, verify="full").run(program, on_copy=False, after_step=seconds.after_step)
-            placed.home(result.program)  # written from the CPU
-    pruned, all_stats = result.program, result.stats()
-    removal = (result.facts("prune_to_budget", WidthChosen).removal if outcome
-               else result.facts("remove_channels", ChannelsRemoved))
-    if outcome is None:  # a budget search's removals are many: its stage is the search
-        seconds.add_parts("prune: remove_channels", removal.seconds)
-    recalibration = all_stats.get("recalibrate_batchnorm")
-    print(f"pruned {program.name} to {_target_text(args)} ({removal.importance}, {removal.ranking}"
-          f"{', compensated' if removal.compensation else ''}"
-          f"{', batch norms recalibrated' if recalibration else ''}) "
-          f"in {time.perf_counter() - started:.1f} s; exporting to ONNX", flush=True)
-    with staged_folder(output) as staging:
-        with seconds.stage(WRITE_STAGE):
-            delivered = write_model(staging, pruned, opset=args.opset)
-            module = write_module(staging, pruned, model) if args.module else None
-        report = report_json.write(staging, _facts(program.name, removal, delivered, output, outcome=outcome,
-                                                   calibration=calibration.description if calibration else None,
-                                                   recalibration=recalibration, module=module,
-                                                   seconds=seconds.as_dict()))
-    print("\n".join(summary_lines(report, output, batch=int(program.example_inputs[0].shape[0]))))
-    return 0
+    # held until model.onnx is written: the file its confirmation exported of the chosen model is copied
+    with cli_options.budget_measurer(args, budgeted=budgeted) as measurer:
+        outcome = None
+        if budgeted:
+            with seconds.stage("budget search"):
+                outcome = meet_for_command_line(args, program, calibration, _width_options(config), device, measurer)
+            described = calibration.description if calibration else None
+            if outcome.route == "depth":
+                write_depth(output, program, outcome.result, command=NAME, outcome=outcome, calibration=described,
+                            opset=args.opset, started=started, seconds=seconds)
+                return 0
+            if outcome.route == "width+depth":
+                write_joint(output, program, outcome, calibration=described, opset=args.opset, seconds=seconds)
+                return 0
+            result = outcome.result
+        else:  # the same Pipeline as the API and recipes: every step verified (lint, shapes, re-export), exact
+            # steps checked, and a failure names the pass
+            if args.choose_by == "latency":
+                with seconds.stage("latency table"):
+                    config |= _timed_choice(args, program, config["round_to"], device)
+            steps = [_pruning_step(config)]
+            if calibration is not None and args.calibrate and args.recalibrate is not False:
+                steps.append((recalibrate_batchnorm, {"data": calibration.batches}))
+            with seconds.stage("prune"), on_device(program, device) as placed:  # the dense Program goes back even
+                # when a pass fails. on_copy=False: the dense Program is rewritten, not cloned; only its name is read
+                # after, its costs are in the pass's facts, and a second copy of the weights would double the memory
+                result = Pipeline(steps, verify="full").run(program, on_copy=False, after_step=seconds.after_step)
+                placed.home(result.program)  # written from the CPU
+        pruned, all_stats = result.program, result.stats()
+        removal = (result.facts("prune_to_budget", WidthChosen).removal if outcome
+                   else result.facts("remove_channels", ChannelsRemoved))
+        if outcome is None:  # a budget search's removals are many: its stage is the search
+            seconds.add_parts("prune: remove_channels", removal.seconds)
+        recalibration = all_stats.get("recalibrate_batchnorm")
+        print(f"pruned {program.name} to {_target_text(args)} ({removal.importance}, {removal.ranking}"
+              f"{', compensated' if removal.compensation else ''}"
+              f"{', batch norms recalibrated' if recalibration else ''}) "
+              f"in {time.perf_counter() - started:.1f} s; exporting to ONNX", flush=True)
+        with staged_folder(output) as staging:
+            with seconds.stage(WRITE_STAGE):
+                delivered = write_model(staging, pruned, opset=args.opset)
+                module = write_module(staging, pruned, model) if args.module else None
+            report = report_json.write(staging, _facts(program.name, removal, delivered, output, outcome=outcome,
+                                                       calibration=calibration.description if calibration else None,
+                                                       recalibration=recalibration, module=module,
+                                                       seconds=seconds.as_dict()))
+        print("\n".join(summary_lines(report, output, batch=int(program.example_inputs[0].shape[0]))))
+        return 0
 
 
 def _program(args):
