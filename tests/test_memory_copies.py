@@ -21,6 +21,7 @@ from prunefx.runtime import OnnxExportError, export_onnx
 from prunefx.runtime.check import readiness as engine_check
 from prunefx.runtime.onnx import bounds as onnx_bounds
 from prunefx.runtime.onnx import export as onnx_export
+from prunefx.runtime.onnx.export_memo import forget_written
 from prunefx.runtime.onnx.write import save_model_streamed
 
 
@@ -94,6 +95,7 @@ def test_the_export_checks_the_written_file_and_removes_one_that_fails(tmp_path,
         raise onnx.checker.ValidationError("planted")
 
     monkeypatch.setattr(onnx.checker, "check_model", failing)
+    forget_written()  # an export, not a copy of the file before (runtime/onnx/export_memo.py)
     with pytest.raises(OnnxExportError, match="fails onnx.checker: .*planted"):
         export_onnx(mlp_program(), tmp_path / "bad.onnx")
     assert not (tmp_path / "bad.onnx").exists()
@@ -264,6 +266,7 @@ def test_the_export_keeps_the_weights_apart_and_writes_the_same_file(tmp_path, m
     apart = export_onnx(program, tmp_path / "apart.onnx").path
     assert cleaned_inputs == [[]]  # the exporter's model reached the cleanup without the weights' data
     monkeypatch.setattr(onnx_export, "_weights_apart", lambda model: {})  # the weights left inside: the oracle
+    forget_written()  # an export, not a copy of the file before (runtime/onnx/export_memo.py)
     inside = export_onnx(program, tmp_path / "inside.onnx").path
     assert apart.read_bytes() == inside.read_bytes()
 
@@ -274,6 +277,7 @@ def test_weights_beside_the_file_hold_what_the_inline_file_holds(tmp_path, monke
     program = mlp_program()
     inline = onnx.load(export_onnx(program, tmp_path / "inline.onnx").path)
     monkeypatch.setattr(onnx_export, "STRUCTURE_HEADROOM", 4 << 30)
+    forget_written()  # an export, not a copy of the file before (runtime/onnx/export_memo.py)
     beside = export_onnx(program, tmp_path / "beside" / "model.onnx").path
     assert (beside.parent / "model.onnx.data").stat().st_size >= 4 * (16 * 64 + 64 * 8)
     loaded = onnx.load(str(beside))  # reads model.onnx.data
@@ -296,6 +300,7 @@ def test_weights_beside_the_file_are_replaced_by_a_second_export_to_the_same_pat
     folder = tmp_path / "beside"
     export_onnx(first, folder / "model.onnx")
     size = (folder / "model.onnx.data").stat().st_size
+    forget_written()  # an export, not a copy of the inline file (runtime/onnx/export_memo.py)
     export_onnx(second, folder / "model.onnx")
     (side,) = [path for path in folder.iterdir() if path.name != "model.onnx"]
     assert side.name.startswith("model.onnx.") and side.name.endswith(".data")

@@ -644,7 +644,7 @@ def test_lowerings_are_written_all_or_none(quantized, tmp_path):
     first = tmp_path / "s8.onnx"
     first.write_text("the previous run's file")
     (tmp_path / "taken").write_text("a file where a folder should be")
-    with pytest.raises(OSError):
+    with pytest.raises(PrunefxError, match="taken is not a folder"):
         export_quantized_lowerings(program, {first: "s8", tmp_path / "taken" / "u8.onnx": "u8"})
     assert first.read_text() == "the previous run's file"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["s8.onnx", "taken"]

@@ -257,3 +257,27 @@ def test_the_same_program_exported_again_is_a_copy_of_the_first_file(tmp_path, m
     export_onnx(program, tmp_path / "third.onnx")  # the file it would copy changed: exported
     assert len(calls) == 4
     assert check_parity(changed, tmp_path / "changed.onnx").relative < TOLERANCE
+
+
+def test_a_copy_over_a_file_whose_weights_lay_beside_it_leaves_no_stale_weights(tmp_path, monkeypatch):
+    """The copy replaces a pair (a model over 2 GB, its weights in model.onnx.data) with one whole file: the
+    previous weights go, as after an export."""
+    import prunefx.runtime.onnx.export as export
+
+    def mlp(shift: float):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)).eval()
+        with torch.no_grad():
+            model[0].weight.add_(shift)
+        return capture(model, torch.randn(2, 16), name="mlp")
+
+    program = mlp(0.0)
+    export_onnx(program, tmp_path / "first.onnx")  # whole, remembered
+    with monkeypatch.context() as patched:
+        patched.setattr(export, "STRUCTURE_HEADROOM", 4 << 30)  # as if over 2 GB: weights beside it
+        export_onnx(mlp(1.0), tmp_path / "out" / "model.onnx")
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["model.onnx", "model.onnx.data"]
+    export_onnx(program, tmp_path / "out" / "model.onnx")  # a copy of first.onnx over the pair
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["model.onnx"]
+    assert (tmp_path / "out" / "model.onnx").read_bytes() == (tmp_path / "first.onnx").read_bytes()
+    assert check_parity(program, tmp_path / "out" / "model.onnx").relative < TOLERANCE

@@ -17,7 +17,7 @@ from pathlib import Path
 from prunefx.graph import Program
 from prunefx.graph.fingerprint import file_sha256, fingerprint
 from prunefx.graph.whole_files import followed, replaced_whole
-from prunefx.runtime.onnx.external import own_side_files
+from prunefx.runtime.onnx.external import own_side_files, remove_stale_side_files
 
 KEPT = 8  # the files a search's candidates leave at once (its caches keep 4 each)
 
@@ -49,6 +49,7 @@ def copy_of_written(key: tuple, path: Path):
     _written.move_to_end(key)
     with replaced_whole(path) as partial:
         shutil.copyfile(written.file, partial)
+    remove_stale_side_files(followed(path), keep=None)  # the replaced file's weights, if they lay beside it
     return dataclasses.replace(written.export, path=path)
 
 
