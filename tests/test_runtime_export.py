@@ -281,3 +281,16 @@ def test_a_copy_over_a_file_whose_weights_lay_beside_it_leaves_no_stale_weights(
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["model.onnx"]
     assert (tmp_path / "out" / "model.onnx").read_bytes() == (tmp_path / "first.onnx").read_bytes()
     assert check_parity(program, tmp_path / "out" / "model.onnx").relative < TOLERANCE
+
+
+def test_a_model_whose_tensors_all_stay_inside_is_written_whole_when_its_weights_would_go_beside_it(tmp_path,
+                                                                                                  monkeypatch):
+    """onnx writes no side file for tensors under 1 KB: with the weights sent beside the file (here: no headroom
+    left), a model of such tensors only is one file, not a FileNotFoundError for a side file never written."""
+    import prunefx.runtime.onnx.export as export
+
+    monkeypatch.setattr(export, "STRUCTURE_HEADROOM", 4 << 30)
+    program = tiny_program()  # its largest tensor, the convolution's weight, is 864 bytes
+    exported = export_onnx(program, tmp_path / "model.onnx")
+    assert [path.name for path in tmp_path.iterdir()] == ["model.onnx"]
+    assert check_parity(program, exported.path).relative < TOLERANCE

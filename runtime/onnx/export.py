@@ -212,7 +212,7 @@ def _save(model: onnx.ModelProto, path: Path, apart: dict[str, np.ndarray], data
             tensor.raw_data = little_endian_bytes(apart[tensor.name]).tobytes()
     data = path.with_name(data_name)
     onnx.save_model(model, path, save_as_external_data=True, location=data.name)
-    return [path, data]
+    return [path, data] if data.exists() else [path]  # onnx keeps tensors under 1 KB inside: all of them, maybe
 
 
 def _check_file(path: Path, name: str) -> None:
