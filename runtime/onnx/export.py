@@ -71,16 +71,18 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
     first and the other one if it fails: "dynamo" (the default, what prunefx delivers) or "torchscript"
     (5 to 15 times faster; runtime/measure/speedup.py uses it for the many candidates of a budget search).
     The file appears under `path` only once written and checked: a failed or interrupted export leaves a
-    previous file there as it was (graph/whole_files.py). A Program this process exported before with the same
-    settings is a copy of that file, where it is still there unchanged (runtime/onnx/export_memo.py)."""
+    previous file there as it was (graph/whole_files.py). A Program this process exported before with dynamo and
+    the same opset is a copy of that file, where it is still there unchanged (runtime/onnx/export_memo.py)."""
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise OnnxExportError(f"ONNX opset {opset!r} is outside what the exporter writes ({MIN_OPSET} to {MAX_OPSET})")
     if exporter not in EXPORTERS:
         raise OnnxExportError(f"exporter must be one of {', '.join(EXPORTERS)}, not {exporter!r}")
     path = file_path(path)
     program = program.clone().eval() if program.training else program
-    key = export_key(program, opset, exporter)
-    copied = copy_of_written(key, path)  # exported before in this process: a copy of that file
+    # The files prunefx delivers (dynamo) are remembered: a budget's confirmation exported the chosen model as
+    # model.onnx is written. Not a search's many TorchScript readings, whose hashing would only add time.
+    key = export_key(program, opset, exporter) if exporter == "dynamo" else None
+    copied = copy_of_written(key, path) if key is not None else None  # exported before: a copy of that file
     if copied is not None:
         return copied
     first, second = EXPORTERS[exporter]
@@ -131,7 +133,8 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
     remove_stale_side_files(target, keep=None if moved_in is None else moved_in.name)
     made = OnnxExport(path=path, exporter=exporter, fallback_reason=fallback_reason, node_count=node_count,
                       raw_node_count=raw_node_count)
-    remember_written(key, made)
+    if key is not None:
+        remember_written(key, made)
     return made
 
 
