@@ -82,9 +82,8 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
         measurement = _measurement(backend, precision, batch, threads, runs, trtexec, compile, given=measurer)
     with contextlib.ExitStack() as owned:  # a measurer made here removes its files on the way out, raised or not
         if measurer is None:
-            measurer = measurement.pair()
-            if callable(getattr(measurer, "close", None)):  # a backend's pair; a Measurer need not have one
-                owned.callback(measurer.close)
+            from prunefx.runtime.measure.speedup import closed_after
+            measurer = owned.enter_context(closed_after(measurement.pair()))
         width = dict(width or {})
         choose_by = choose_by or _channel_choice(measurement.backend)
         if choose_by == "latency":  # timed on the GPU the search measures on: cuda:N current, as on_device makes it

@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import types
 import typing
-from collections.abc import Iterator
 
 from prunefx import options
 from prunefx.graph.errors import PrunefxError
@@ -28,6 +27,7 @@ from prunefx.runtime.measure.pairs import (
     budget_precisions,
     require_backend,
 )
+from prunefx.runtime.measure.speedup import closed_after
 from prunefx.runtime.onnx.export import DEFAULT_OPSET
 from prunefx.runtime.ort.session import LATENCY_THREADS
 
@@ -191,17 +191,11 @@ def budget_latency(args):
     return measurement(args).pair()
 
 
-@contextlib.contextmanager
-def budget_measurer(args, *, budgeted: bool) -> Iterator:
+def budget_measurer(args, *, budgeted: bool) -> contextlib.AbstractContextManager:
     """`budget_latency(args)` for a budgeted run (None for another), kept until the block ends and then closed: the
     command writes its deliverable inside, and the file the search exported of the chosen model is copied
     (runtime/onnx/export_memo.py) where a second export would take seconds to minutes."""
-    measurer = budget_latency(args) if budgeted else None
-    try:
-        yield measurer
-    finally:
-        if callable(getattr(measurer, "close", None)):  # a backend's pair; a stand-in Measurer need not have one
-            measurer.close()
+    return closed_after(budget_latency(args) if budgeted else None)
 
 
 def pass_measure(args):

@@ -9,6 +9,7 @@ alternately in this process, so machine noise hits both alike; the speed-up is t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import tempfile
@@ -77,6 +78,7 @@ class PairMeasurer:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
+
     def __call__(self, dense: Program, candidate: Program) -> Timing:
         return Timing.of(self.search(dense, candidate))
 
@@ -91,6 +93,17 @@ class PairMeasurer:
         if against is None or not getattr(measure, "stops_early", False):
             return measure(dense, candidate)
         return measure(dense, candidate, against=against)
+
+
+@contextlib.contextmanager
+def closed_after(measurer):
+    """`measurer` inside the block, its exported files removed after it, raised or not, where it has any (a
+    backend's PairMeasurer; a stand-in Measurer need not have `close`)."""
+    try:
+        yield measurer
+    finally:
+        if callable(getattr(measurer, "close", None)):
+            measurer.close()
 
 
 def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup: int = 10, batch: int = 1,
