@@ -204,8 +204,14 @@ def _merge_gains(program: Program, blocks: list[Block]) -> dict[str, int]:
     """{block: MACs that merge_blocks saves once that block alone is linearised}, against merging the
     network as it is (batch-norm folds alone save nothing). Counted, never measured: a cheap filter so
     that `count` never spends a block on a non-linearity whose removal merges nothing (a stem, a head)."""
-    baseline = count(_linearized_and_merged(program, [])).macs
-    return {block.name: baseline - count(_linearized_and_merged(program, [block])).macs for block in blocks}
+    merged = _linearized_and_merged(program, [])
+    baseline = count(merged).macs
+    names = {node.name for node in merged.graph.nodes}
+    # Merging the merged network again redoes only what the block's linearity adds (a merge keeps the names
+    # of the non-linearities it leaves): about a third of the time of merging all of it once per block.
+    return {block.name: baseline - count(_linearized_and_merged(
+                merged if names.issuperset(block.activations + block.layer_norms) else program, [block])).macs
+            for block in blocks}
 
 
 def _summary(block: Block, scores: dict) -> dict:

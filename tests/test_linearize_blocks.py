@@ -10,6 +10,7 @@ from prunefx.graph.depth.linearization import set_blends, strip_finished_blends
 from prunefx.models import build_model
 from prunefx.passes.distill import distill
 from prunefx.passes.linearize_blocks import linearize_blocks
+from prunefx.passes.merge_blocks import merge_blocks
 
 aten = torch.ops.aten
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -206,3 +207,21 @@ def test_constancy_is_decided_on_graphs_deeper_than_the_recursion_limit():
         activation, scale = graph.call_function(torch.relu, (activation,)), graph.call_function(torch.neg, (scale,))
     assert not is_constant(activation) and is_constant(scale)
     assert not is_constant(graph.call_function(torch.mul, (scale, activation)))
+
+
+def test_merge_gains_equal_merging_from_scratch_and_merge_the_dense_network_once(mobilenet, monkeypatch):
+    import importlib
+    module = importlib.import_module("prunefx.passes.linearize_blocks")
+    merging = importlib.import_module("prunefx.passes.merge_blocks")
+    blocks = [block for block in find_blocks(mobilenet.module) if block.affine]
+    baseline = count(module._linearized_and_merged(mobilenet, [])).macs
+    from_scratch = {block.name: baseline - count(module._linearized_and_merged(mobilenet, [block])).macs
+                    for block in blocks}
+    dense_merges = len(merge_blocks(mobilenet.clone(), config={}).stats["merges"])
+    applied = []
+    monkeypatch.setattr(merging, "apply_merge", lambda module, candidate, real=merging.apply_merge: (
+        applied.append(candidate.kind), real(module, candidate))[1])
+    assert module._merge_gains(mobilenet, blocks) == from_scratch
+    assert sum(gain > 0 for gain in from_scratch.values()) >= 15
+    # the dense network's batch-norm folds are made once, not once per block
+    assert dense_merges > 40 and len(applied) < dense_merges + 4 * len(blocks)
