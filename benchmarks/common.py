@@ -8,8 +8,10 @@
 - `BUILD`: the folder benchmarks resume from (build/, or $PRUNEFX_BENCH_BUILD).
 - `modelopt_environment()`: the environment of a child process that imports NVIDIA ModelOpt, installed beside
   the venv in MODELOPT_PATH (benchmarks/modelopt_side_by_side.py's docstring has the pip command).
-- `side_by_side()`: several pruned models timed against the dense one round by round, so that no
-  variant is timed in a half of its own.
+- `side_by_side()` (`rounds_side_by_side()` beneath it): several pruned models timed against the dense one
+  round by round, so that no variant is timed in a half of its own; each speed-up is the runtime's one
+  statistic (`speedup_fields()`: the pooled ratio of medians and its interval over the rounds, as
+  `prunefx bench --vs` states it).
 - `markdown_table()`, `relative_difference()`, `realistic_batchnorm()`: small pieces several
   benchmarks need.
 
@@ -25,9 +27,9 @@ import json
 import os
 import platform
 import shlex
-import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Hashable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -38,7 +40,8 @@ import torch
 import torch.utils._pytree as pytree
 
 from prunefx.graph.whole_files import write_whole
-from prunefx.runtime import compare_latency
+from prunefx.reports.budget_text import interval_text
+from prunefx.runtime.measure.latency import LatencyComparison, pooled_rounds, timing_round
 
 Key = TypeVar("Key", bound=Hashable)
 
@@ -48,6 +51,8 @@ RESULTS = Path(os.environ.get("PRUNEFX_RESULTS_DIR") or BENCHMARKS / "results")
 # What a benchmark keeps to resume from (trained baselines, finished runs, exported files): build/ unless
 # $PRUNEFX_BENCH_BUILD says where; benchmarks/run_all.py gives every run of `make bench` one fresh folder.
 BUILD = Path(os.environ.get("PRUNEFX_BENCH_BUILD") or REPO / "build")
+# compare_latency's blocks: untimed settling calls, then timed calls of one side, then of the other.
+BLOCK, SETTLE = 10, 2
 # ModelOpt's [onnx] extra pins packages this CPU machine neither needs nor has: it lives beside the venv.
 MODELOPT_PATH = REPO / ".venv" / "modelopt"
 
@@ -183,23 +188,54 @@ def per_model_option(parser: argparse.ArgumentParser, values: Sequence[str], mod
         parser.error(str(error))
 
 
-def side_by_side(dense: Callable[[], object], runners: dict[Key, Callable[[], object]], *, rounds: int,
-                 runs: int, warmup: int = 10, threads: int | None = None) -> dict[Key, dict]:
-    """Each of `runners` against `dense`, round by round: every round compares each runner with the dense one
-    (compare_latency, `runs` timed calls a side) in an order that turns each round, so a slow spell of the machine
-    reaches every variant alike instead of the ones timed during it. Per runner: the medians over the rounds of
-    dense_ms, pruned_ms and speedup, and each round's speed-up (round_speedups)."""
+def rounds_side_by_side(dense: Callable[[], object], runners: dict[Key, Callable[[], object]], *, rounds: int,
+                        runs: int, warmup: int = 10,
+                        threads: int | None = None) -> dict[Key, tuple[LatencyComparison, list[float]]]:
+    """Each of `runners` against `dense`, round by round: every round times each runner alternately with the dense
+    one (`runs` timed calls a side, in compare_latency's blocks) in an order that turns each round, so a slow spell
+    of the machine reaches every variant alike instead of the ones timed during it. Per runner: its comparison over
+    the rounds as the runtime reports one (pooled_rounds: the ratio of the pooled medians, Student's t interval over
+    the rounds), and each round's own speed-up."""
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     per_round: dict[Key, list] = {name: [] for name in runners}
     for index in range(rounds):
         for name in (list(runners) if index % 2 == 0 else list(reversed(runners))):
-            per_round[name].append(compare_latency(dense, runners[name], warmup=warmup, runs=runs, threads=threads))
-    return {name: {"dense_ms": statistics.median(c.a.median_ms for c in results),
-                   "pruned_ms": statistics.median(c.b.median_ms for c in results),
-                   "speedup": statistics.median(c.speedup for c in results),
-                   "round_speedups": [c.speedup for c in results]}
-            for name, results in per_round.items()}
+            per_round[name].append(timing_round(_same(dense), _same(runners[name]), warmup, runs, BLOCK, SETTLE,
+                                                time.perf_counter, threads))
+    return {name: (pooled_rounds(timed), [pooled_rounds([one]).speedup for one in timed])
+            for name, timed in per_round.items()}
+
+
+def side_by_side(dense: Callable[[], object], runners: dict[Key, Callable[[], object]], *, rounds: int,
+                 runs: int, warmup: int = 10, threads: int | None = None) -> dict[Key, dict]:
+    """rounds_side_by_side's figures per runner: dense_ms and pruned_ms (the pooled medians), the speed-up with its
+    interval (speedup_fields), and each round's speed-up (round_speedups)."""
+    timed = rounds_side_by_side(dense, runners, rounds=rounds, runs=runs, warmup=warmup, threads=threads)
+    return {name: {"dense_ms": pooled.a.median_ms, "pruned_ms": pooled.b.median_ms, **speedup_fields(pooled),
+                   "round_speedups": each} for name, (pooled, each) in timed.items()}
+
+
+def speedup_fields(comparison: LatencyComparison, key: str = "speedup") -> dict:
+    """A speed-up as the benchmarks' results state it, the runtime's one statistic (`prunefx bench --vs`'s): the
+    ratio of medians (`key`), and its interval (`key`_low, `key`_high) at `confidence` (None where too few units
+    give no spread to judge)."""
+    return {key: comparison.speedup, f"{key}_low": comparison.speedup_low, f"{key}_high": comparison.speedup_high,
+            "confidence": comparison.confidence}
+
+
+def interval_cell(record: dict, key: str = "speedup") -> str:
+    """' (90 % interval 1.45-1.56)' after the speed-up `key` of a record with speedup_fields; '' where it has none
+    (too few units to judge a spread, or a results file from before the benchmarks stated one)."""
+    if record.get(f"{key}_low") is None:
+        return ""
+    interval = {"low": record[f"{key}_low"], "high": record[f"{key}_high"], "confidence": record["confidence"]}
+    return f" ({interval_text(interval, lead='')})"
+
+
+def _same(runner: Callable[[], object]) -> Callable[[], Callable[[], object]]:
+    """A maker for timing_round that gives `runner` itself each round: its session is kept, as compare_latency's."""
+    return lambda: runner
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

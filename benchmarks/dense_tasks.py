@@ -54,6 +54,7 @@ from common import (
     REPO,
     Key,
     command_line,
+    interval_cell,
     machine_info,
     machine_summary,
     markdown_table,
@@ -254,8 +255,9 @@ def dense_runner(model: str, dense: Program, args):
 
 def timed_together(dense_run, runners: dict[Key, Callable[[], object]], args) -> dict[Key, dict]:
     """Each of `runners` against the dense model in `--repeats` rounds, every round timing all of them in turn
-    (common.side_by_side): one comparison on this shared machine spreads by +-0.2x, so the median speed-up is
-    reported with the range, and a slow spell reaches every variant alike."""
+    (common.side_by_side): one comparison on this shared machine spreads by +-0.2x, so the speed-up is pooled over
+    the rounds as the runtime pools it, with its interval over the rounds and the range, and a slow spell reaches
+    every variant alike."""
     load_before = os.getloadavg()[0]
     results = side_by_side(dense_run, runners, rounds=args.repeats, runs=args.runs, threads=args.threads)
     load = [load_before, os.getloadavg()[0]]
@@ -419,8 +421,10 @@ def markdown(report: dict) -> str:
              "from the dense model (kd_weight 0.9, T = 4); widths rounded to multiples of "
              f"{settings['round_to']} for every tool.",
              f"- Latency: ONNX Runtime, batch 1, {settings['threads']} thread(s), each model alternated with the dense "
-             f"one, {settings['runs']} runs each; the speed-up is the median of {settings['repeats']} rounds, each "
-             "comparing every model of a network in turn (range in brackets), ms the medians. Target (issue 19): >= 1.9x for at most 1.5 points of mIoU.\n"]
+             f"one, {settings['runs']} runs each, in {settings['repeats']} rounds, each comparing every model of "
+             "a network in turn; ms the medians over the rounds, the speed-up their ratio with its 90 % interval "
+             "(Student's t over the rounds, as `prunefx bench --vs` states one; range of the rounds in brackets). "
+             "Target (issue 19): >= 1.9x for at most 1.5 points of mIoU.\n"]
     if any(e["variant"].endswith(INT8) for e in report["runs"]):
         lines[-1:-1] = [f"- INT8 (`--int8`): each prunefx-obs run quantized by passes/quantize_int8 (defaults: mse "
                         f"activation ranges, per-channel weights) on its first {CALIBRATION_BATCHES} training batches, "
@@ -446,7 +450,7 @@ def markdown(report: dict) -> str:
                          "-" if one_shot is None else f"{100 * one_shot:.2f}", f"**{100 * e['test_miou']:.2f}**",
                          f"{100 * (e['test_miou'] - info['test_miou']):+.2f}",
                          "-" if "pruned_ms" not in lat else f"{lat['dense_ms']:.2f} / {lat['pruned_ms']:.2f}",
-                         "-" if "speedup" not in lat else f"{lat['speedup']:.2f}x"
+                         "-" if "speedup" not in lat else f"{lat['speedup']:.2f}x{interval_cell(lat)}"
                          + (f" ({min(lat['speedups']):.2f}-{max(lat['speedups']):.2f})" if "speedups" in lat else ""),
                          verdict(e, info["test_miou"])])
         lines.append(markdown_table(["MACs target", "variant", "MACs kept", "one-shot mIoU", "mIoU after recovery",

@@ -26,7 +26,15 @@ from pathlib import Path
 
 import torch
 import torchvision
-from common import command_line, machine_info, machine_summary, markdown_table, write_results
+from common import (
+    command_line,
+    interval_cell,
+    machine_info,
+    machine_summary,
+    markdown_table,
+    speedup_fields,
+    write_results,
+)
 from one_shot_accuracy import imagenet_calibration_views
 
 from prunefx.assets import imagenet_sample_images, load_imagenet_batch, mobilenet_v2_weights_path
@@ -63,7 +71,7 @@ def latency(dense: Program, pruned: Program, args) -> dict:
         paths = [export_onnx(program, Path(tmp) / f"{i}.onnx").path for i, program in enumerate(one)]
         runners = [onnx_runner(path, one[0].example_inputs, threads=args.threads) for path in paths]
         result = compare_latency(*runners, warmup=20, runs=args.runs, threads=args.threads, progress=True)
-    return {"dense_ms": result.a.median_ms, "pruned_ms": result.b.median_ms, "speedup": result.speedup}
+    return {"dense_ms": result.a.median_ms, "pruned_ms": result.b.median_ms, **speedup_fields(result)}
 
 
 def run(args) -> dict:
@@ -108,7 +116,8 @@ def markdown(report: dict) -> str:
     rows = [[r["blocks"], r["variant"], f"{r['macs_kept']:.3f}", r["merges"],
              f"**{100 * r['agreement']:.0f}**",
              f"{r['dense_ms']:.2f} / {r['pruned_ms']:.2f}" if "speedup" in r else "",
-             f"**{r['speedup']:.2f}x**" if "speedup" in r else "", "; ".join(", ".join(c) for c in r["chosen"])]
+             f"**{r['speedup']:.2f}x**{interval_cell(r)}" if "speedup" in r else "",
+             "; ".join(", ".join(c) for c in r["chosen"])]
             for r in report["runs"]]
     lines.append(markdown_table(["blocks", "variant", "MACs kept", "merges", "top-1 agreement %",
                                  "latency dense / pruned ms", "speed-up", "blocks chosen (fold 1; fold 2)"], rows))

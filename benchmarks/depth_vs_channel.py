@@ -31,6 +31,7 @@ import torch
 from common import (
     RESULTS,
     command_line,
+    interval_cell,
     machine_info,
     machine_summary,
     markdown_table,
@@ -105,7 +106,8 @@ def saved_program(model: str, entry: dict) -> Program:
 
 def measure_latency(model: str, dense: Program, entries: list[dict], args) -> None:
     """Batch-1 ONNX Runtime latency of every variant against the dense model (both batch-norm folded), all of
-    them round by round (common.side_by_side: `--rounds` rounds sharing `--runs` timed calls a side)."""
+    them round by round (common.side_by_side: `--rounds` rounds sharing `--runs` timed calls a side, the speed-up
+    pooled over them with its interval)."""
     with tempfile.TemporaryDirectory(prefix="prunefx-depth-channel-") as tmp:
         def runner(program: Program, name: str):
             folded = merge_blocks(rebatch(program.eval(), 1), config={}).program
@@ -128,11 +130,13 @@ def markdown(report: dict) -> str:
                      f"({info['epochs']} epochs)\n")
         lines.append(f"Recovery: {report['epochs']} epoch(s) of distillation from the dense model for every variant. "
                      "Latency: ONNX Runtime, batch 1, batch norms folded in every model, each variant timed "
-                     "alternately with the dense model, all variants round by round (median over the rounds).\n")
+                     "alternately with the dense model, all variants round by round; the speed-up is pooled over "
+                     "the rounds, with its 90 % interval (as `prunefx bench --vs` states one).\n")
         rows = [[e["variant"], f"{e['macs_kept']:.3f}", f"**{100 * e['test_accuracy']:.2f}**",
                  f"{100 * (e['test_accuracy'] - info['test_accuracy']):+.2f}",
                  f"{e['latency']['dense_ms']:.3f} / {e['latency']['pruned_ms']:.3f}" if "latency" in e else "",
-                 f"**{e['latency']['speedup']:.2f}x**" if "latency" in e else "", ", ".join(e.get("blocks", []))]
+                 f"**{e['latency']['speedup']:.2f}x**{interval_cell(e['latency'])}" if "latency" in e else "",
+                 ", ".join(e.get("blocks", []))]
                 for e in report["runs"] if e["model"] == model]
         lines.append(markdown_table(["variant", "MACs kept", "test accuracy %", "vs dense", "latency dense / "
                                      "pruned ms", "speed-up", "blocks linearised"], rows))

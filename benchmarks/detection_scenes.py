@@ -31,8 +31,8 @@ and prunefx both read them from there, prunefx through the reader users' YOLO da
    task "detection": Bernoulli KL of the class scores + teacher-weighted box L1 on the decoded output; no ground-truth
    loss, which would need Ultralytics' assigner on the raw training-mode head), AdamW.
 3. Scored on the test canvases (mAP@[.5:.95] and mAP@.5) and timed in ONNX Runtime at batch 1 against the
-   dense model, alternated in one process, `--repeats` rounds each timing every model in turn (median
-   speed-up, range).
+   dense model, alternated in one process, `--repeats` rounds each timing every model in turn (the speed-up
+   pooled over the rounds with its 90 % interval, as `prunefx bench --vs` states one; the range).
 4. With `--int8`, every finished prunefx-obs* run is also quantized (passes/quantize_int8 at its defaults,
    calibrated on the first 4 training batches) and lowered for ONNX Runtime on this CPU as `prunefx quantize`
    does (export_quantized_onnx with onnxruntime_lowering()); its mAP is that INT8 file's, run by ONNX Runtime
@@ -58,7 +58,15 @@ import warnings
 from pathlib import Path
 
 import torch
-from common import BUILD, command_line, machine_info, machine_summary, markdown_table, write_results
+from common import (
+    BUILD,
+    command_line,
+    interval_cell,
+    machine_info,
+    machine_summary,
+    markdown_table,
+    write_results,
+)
 from dense_tasks import quantized_for_onnxruntime, timed, timed_together
 
 from prunefx.data import fashion_mnist
@@ -298,7 +306,7 @@ def dense_runner(dense: Program, args):
 
 def latency(entries: list[dict], dense: Program, args) -> None:
     """Batch-1 ONNX Runtime latency of each pruned model against the dense one: dense_tasks.timed_together's
-    `--repeats` rounds, each timing every pruned model in turn, the median speed-up with the range."""
+    `--repeats` rounds, each timing every pruned model in turn, the pooled speed-up with its interval and range."""
     folder, example = dense_folder(args) / "onnx", (dense.example_inputs[0][:1],)
     dense_run = dense_runner(dense, args)
     runners = {}
@@ -374,7 +382,8 @@ def table(runs: list[dict], dense_map: float) -> str:
     rows = []
     for e in sorted(runs, key=lambda e: (-(e["fraction"] or 0), e["epochs"], e["variant"])):
         timing = e.get("latency", {})
-        speed = (f"{timing['speedup']:.2f}x ({timing['speedups'][0]:.2f}-{timing['speedups'][-1]:.2f})"
+        speed = (f"{timing['speedup']:.2f}x{interval_cell(timing)} "
+                 f"({timing['speedups'][0]:.2f}-{timing['speedups'][-1]:.2f})"
                  if timing else "-")
         ms = f"{timing['dense_ms']:.2f} / {timing['pruned_ms']:.2f}" if timing else "-"
         target = f"{e['speedup_budget']:g}x measured" if e.get("speedup_budget") else e["fraction"]
@@ -440,8 +449,9 @@ def markdown(report: dict) -> str:
              f"(Bernoulli KL of the class scores + teacher-weighted, scale-free box L1 on the decoded output), AdamW lr {report['lr']:g}; "
              f"widths multiples of {ROUND_TO} for every tool; the 16 DFL bins kept.",
              f"- Latency: ONNX Runtime, batch 1, {report['threads']} thread(s), each model alternated with the "
-             f"dense one, {report['timing_runs']} runs each; median speed-up of {report['repeats']} rounds, each comparing "
-             "every model in turn (range).",
+             f"dense one, {report['timing_runs']} runs each, in {report['repeats']} rounds, each comparing every "
+             "model in turn; the speed-up is pooled over the rounds, with its 90 % interval (Student's t over the "
+             "rounds, as `prunefx bench --vs` states one; range of the rounds in brackets).",
              "", table(report["runs"], dense_map), "", "Targets (issue 19):", "",
              *target_lines(report["runs"], dense_map), ""]
     for e in report["runs"]:

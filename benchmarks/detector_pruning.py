@@ -10,10 +10,11 @@ their export-mode forward, decoded boxes and class scores, no NMS), at 1x3xSIZEx
   MetaPruner with MagnitudeImportance(p=2) prunes at a uniform ratio, found by bisection until prunefx's
   MAC counter reads the target; round_to 16 like prunefx. A failure is recorded with its message.
 Both tools' models are captured, counted and exported by prunefx; each pruned ONNX file is timed against
-the dense one alternately in this process (prunefx.runtime.compare_latency), ONNX Runtime on the CPU,
-batch 1, `--threads` threads, in `--repeats` rounds that each time every pruned file in turn (the median
-speed-up is reported). Exactness of the prunefx model is checked the cheap way that still means something:
-its ONNX parity with torch.
+the dense one alternately in this process (common.rounds_side_by_side), ONNX Runtime on the CPU,
+batch 1, `--threads` threads, in `--repeats` rounds that each time every pruned file in turn (the speed-up
+is the runtime's over the rounds: the ratio of the pooled medians, with its 90 % interval, as `prunefx bench
+--vs` gives it). Exactness of the prunefx model is checked the cheap way that still means something: its ONNX
+parity with torch.
 
 Writes benchmarks/results/detector_pruning.json and .md (with --quick: only where --output-dir says).
 
@@ -36,14 +37,25 @@ from pathlib import Path
 
 import torch
 import torch_pruning as tp
-from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, write_results
+from common import (
+    BLOCK,
+    RESULTS,
+    command_line,
+    interval_cell,
+    machine_info,
+    machine_summary,
+    markdown_table,
+    rounds_side_by_side,
+    speedup_fields,
+    write_results,
+)
 
 from prunefx.detectors import softmax_nodes
 from prunefx.graph import capture, count
 from prunefx.models import build_model
 from prunefx.passes.core.pipeline import Pipeline
 from prunefx.passes.remove_channels import remove_channels
-from prunefx.runtime import OnnxRuntimeSession, compare_latency, export_onnx, onnx_runner
+from prunefx.runtime import OnnxRuntimeSession, export_onnx, onnx_runner
 
 NAME = "detector_pruning"
 MODELS = {"yolov8n": "ultralytics:yolov8n.yaml", "yolo11n": "ultralytics:yolo11n.yaml"}
@@ -52,7 +64,6 @@ MODELS = {"yolov8n": "ultralytics:yolov8n.yaml", "yolo11n": "ultralytics:yolo11n
 VARIANTS = ("prunefx", "prunefx-local", "torch-pruning")
 ROUND_TO = 16
 TOLERANCE = 0.03   # accepted relative error of the pruned MACs against the target
-BLOCK, SETTLE = 10, 2
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -207,24 +218,16 @@ def _stats(latency) -> dict:
 
 def time_variants(dense_path: Path, files: dict[str, Path], inputs, args) -> dict[str, dict]:
     """Every variant against the dense model in `--repeats` rounds, each round timing all of them in an order
-    that turns each round: a slow spell of the machine reaches every variant alike. Per variant: the figures of
-    its middle round by speed-up, and each round's speed-up in order."""
+    that turns each round (common.rounds_side_by_side): a slow spell of the machine reaches every variant alike.
+    Per variant: the runtime's speed-up over its rounds (the ratio of the pooled medians, with its interval over
+    the rounds), the pooled latencies, and each round's speed-up, sorted and in order."""
     dense = onnx_runner(dense_path, inputs, threads=args.threads)
     runners = {variant: onnx_runner(path, inputs, threads=args.threads) for variant, path in files.items()}
-    rounds: dict[str, list] = {variant: [] for variant in runners}
-    for index in range(args.repeats):
-        for variant in (list(runners) if index % 2 == 0 else list(reversed(runners))):
-            rounds[variant].append(compare_latency(dense, runners[variant], warmup=args.warmup, runs=args.runs,
-                                                   block=BLOCK, settle=SETTLE, threads=args.threads))
-    return {variant: _middle(comparisons) for variant, comparisons in rounds.items()}
-
-
-def _middle(comparisons: list) -> dict:
-    repeats = sorted(comparisons, key=lambda comparison: comparison.speedup)
-    middle = repeats[len(repeats) // 2]
-    return {"dense": _stats(middle.a), "pruned": _stats(middle.b), "speedup": middle.speedup,
-            "speedups_of_repeats": [comparison.speedup for comparison in repeats],
-            "round_speedups": [comparison.speedup for comparison in comparisons]}
+    timed = rounds_side_by_side(dense, runners, rounds=args.repeats, runs=args.runs, warmup=args.warmup,
+                                threads=args.threads)
+    return {variant: {"dense": _stats(pooled.a), "pruned": _stats(pooled.b), **speedup_fields(pooled),
+                      "speedups_of_repeats": sorted(each), "round_speedups": each}
+            for variant, (pooled, each) in timed.items()}
 
 
 def he_init(model: torch.nn.Module) -> None:
@@ -304,7 +307,8 @@ def table_rows(report: dict) -> list[list[str]]:
             rows.append([model, variant, f"{dense['macs'] / 1e6:.0f} M", f"{result['macs'] / 1e6:.0f} M",
                          f"{result['macs_reduction']:.2f}x", f"{latency['dense']['median_ms']:.2f}",
                          f"{latency['pruned']['median_ms']:.2f}",
-                         f"**{latency['speedup']:.2f}x** ({min(spread):.2f}-{max(spread):.2f})",
+                         f"**{latency['speedup']:.2f}x**{interval_cell(latency)} "
+                         f"({min(spread):.2f}-{max(spread):.2f})",
                          f"{result['onnx_parity']['boxes']:.1e} / {result['onnx_parity']['scores']:.1e}"])
     return rows
 
@@ -342,8 +346,9 @@ Produced by `{report['command']}` on {machine['date_utc']} UTC.
 - Torch-Pruning: C2f/C3k2 blocks split into two convolutions (its documented YOLOv8 workaround, re-implemented),
   Detect head ignored, MetaPruner + MagnitudeImportance(p=2), uniform ratio by bisection, round_to {ROUND_TO}.
 - Latency: ONNX Runtime CPU, batch 1, {settings['threads']} threads, {settings['warmup']} warm-up and
-  {settings['runs']} timed runs per side, dense and pruned alternated in blocks of {BLOCK}; median ms;
-  {settings['repeats']} repeats, the one with the median speed-up shown, lowest and highest in brackets.
+  {settings['runs']} timed runs per side and round, dense and pruned alternated in blocks of {BLOCK};
+  {settings['repeats']} rounds; median ms over all rounds, speed-up = their ratio with its 90 % interval
+  (Student's t over the rounds, as `prunefx bench --vs` states one), lowest and highest round in brackets.
 
 {table}
 {chr(10).join(notes)}

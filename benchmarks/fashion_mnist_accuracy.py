@@ -44,6 +44,7 @@ import torch_pruning as tp
 from common import (
     BUILD,
     command_line,
+    interval_cell,
     machine_info,
     machine_summary,
     markdown_table,
@@ -216,7 +217,8 @@ def second_order_prune(dense: Program, fraction: float, data) -> Program:
 
 def latency(model: str, entries: list[dict], dense: Program, args) -> None:
     """Batch-1 ONNX Runtime latency of each pruned model against the dense one, all of them round by round
-    (common.side_by_side: `--rounds` rounds sharing `--runs` timed calls a side)."""
+    (common.side_by_side: `--rounds` rounds sharing `--runs` timed calls a side, the speed-up pooled over them with
+    its interval)."""
     workdir = CACHE / model / "onnx"
     dense_onnx = export_onnx(rebatch(dense, 1), workdir / "dense.onnx")
     example = (dense.example_inputs[0][:1],)
@@ -258,7 +260,8 @@ def markdown(report: dict) -> str:
              "cross-entropy only.",
              "- Accuracy on the 10,000 test images, never used for any choice; one run per cell (seed 0).",
              "- Latency: ONNX Runtime, batch 1, 2 threads, median, each model alternated with the dense one, all of "
-             "them round by round (median over the rounds).\n"]
+             "them round by round; the speed-up is pooled over the rounds (the ratio of the medians of all their "
+             "runs, as `prunefx bench --vs` gives it), with its 90 % interval (Student's t over the rounds).\n"]
     for model, info in report["baselines"].items():
         lines.append(f"## {model}: dense {100 * info['test_accuracy']:.2f} % (trained here for {info['epochs']} "
                      f"epochs, {info['macs_per_image'] / 1e6:.1f} M MACs)\n")
@@ -271,7 +274,7 @@ def markdown(report: dict) -> str:
                          "-" if one_shot is None else f"{100 * one_shot:.2f}",
                          f"**{100 * e['test_accuracy']:.2f}**",
                          f"{100 * (e['test_accuracy'] - info['test_accuracy']):+.2f}",
-                         "-" if speed is None else f"{speed:.2f}x"])
+                         "-" if speed is None else f"{speed:.2f}x{interval_cell(e['latency'])}"])
         lines.append(markdown_table(["MACs target", "variant", "recovery", "MACs kept", "one-shot %",
                                      "test % after recovery", "vs dense (points)", "ORT speed-up"], rows))
         lines.append("")

@@ -5,7 +5,8 @@ downloaded; latency does not depend on the weight values) and non-trivial batch 
 parameters, running statistics estimated on random inputs), capture it, run fold_batchnorm through
 prunefx.passes.Pipeline (verified), and time dense against folded *alternately* in this one process
 with prunefx.runtime.compare_latency: torch eager (torch_runner) and ONNX Runtime (both exported
-with export_onnx, run with onnx_runner), at a pinned thread count.
+with export_onnx, run with onnx_runner), at a pinned thread count. The speed-up is the runtime's: the ratio of
+medians, with its 90 % interval over the pairs of blocks.
 
 Writes benchmarks/results/fold_batchnorm_latency.json and .md.
 
@@ -26,11 +27,13 @@ import torchvision
 from common import (
     RESULTS,
     command_line,
+    interval_cell,
     machine_info,
     machine_summary,
     markdown_table,
     realistic_batchnorm,
     relative_difference,
+    speedup_fields,
     write_results,
 )
 
@@ -61,7 +64,7 @@ def _stats(latency) -> dict:
 
 def _side_by_side(comparison) -> dict:
     result = comparison.to_dict()
-    return {"dense": _stats(result["a"]), "folded": _stats(result["b"]), "speedup": result["speedup"]}
+    return {"dense": _stats(result["a"]), "folded": _stats(result["b"]), **speedup_fields(comparison)}
 
 
 def _batchnorm_nodes(path: Path) -> int:
@@ -140,7 +143,8 @@ def markdown(report: dict) -> str:
                 f"{dense['params'] / 1e6:.2f} M → {folded['params'] / 1e6:.2f} M",
                 f"{dense['macs'] / 1e6:.1f} M → {folded['macs'] / 1e6:.1f} M",
                 f"{entry['folded_batch_norms']}/{entry['batch_norms']}", nodes,
-                _ms(latency["dense"]), _ms(latency["folded"]), f"**{latency['speedup']:.2f}x**",
+                _ms(latency["dense"]), _ms(latency["folded"]),
+                f"**{latency['speedup']:.2f}x**{interval_cell(latency)}",
                 f"{entry['max_relative_difference'][backend]:.1e}",
             ])
     table = markdown_table(["model", "backend", "params", "MACs", "BN folded", "graph nodes",
@@ -162,7 +166,8 @@ Produced by `{report['command']}` on {machine['date_utc']} UTC.
   more than that means other work shared the CPUs and the tails (p90, p99) are not trustworthy.
 - Batch 1, input 1x3x224x224, {settings['threads']} intra-op threads (torch and ONNX Runtime),
   {settings['warmup']} warm-up and {settings['runs']} timed runs per model, dense and folded measured
-  alternately in one process (prunefx.runtime.compare_latency). Speed-up = dense median / folded median.
+  alternately in one process (prunefx.runtime.compare_latency). Speed-up = dense median / folded median,
+  with its 90 % interval (Student's t over the pairs of blocks, the runtime's statistic for one round).
 - Weights are **random** (torchvision `weights=None`, seed {settings['seed']}): latency does not depend on
   weight values. Batch norms are made non-trivial (random gamma and beta, running statistics estimated on
   random inputs), so every fold really changes the convolution weights and biases.

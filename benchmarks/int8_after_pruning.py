@@ -7,7 +7,8 @@ file made from the pruned FP32 file (the peer: if both INT8 files lose their gai
 prunefx's lowering). Pruning is budget_choice's width setting (l2, global ranking, widths rounded to 8, batch
 norms re-estimated). Every file of a model is timed in one interleaved run (blocks of `--block` runs each in
 turn), batch `--batch`, `--threads` intra-op threads; speed-ups are over the dense FP32 file, and "INT8 gain"
-is the pruned FP32 file's median over the pruned INT8 file's.
+is the pruned FP32 file's median over the pruned INT8 file's, each the runtime's statistic (int8_latency.against:
+the ratio of medians, with its 90 % interval over the pairs of blocks of one pass).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/int8_after_pruning.py --models resnet20 mobilenetv2_small
 
@@ -24,8 +25,16 @@ from pathlib import Path
 
 import torch
 from budget_choice import WIDTH, dense_model
-from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, publish_results
-from int8_latency import _sessions, interleaved_latency
+from common import (
+    RESULTS,
+    command_line,
+    machine_info,
+    machine_summary,
+    markdown_table,
+    publish_results,
+    speedup_fields,
+)
+from int8_latency import _sessions, against, interleaved_blocks
 
 from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph import Program, count
@@ -93,15 +102,23 @@ def run_model(name: str, data, args) -> dict:
         files, kept = model_files(dense, settings, batches, Path(tmp), args.batch)
         sessions, _ = _sessions(files, args.threads)
         example = torch.zeros(args.batch, *dense.example_inputs[0].shape[1:])
-        latency = interleaved_latency(sessions, example, args)
-    dense_ms = latency["dense fp32"]["median_ms"]
+        blocks = interleaved_blocks(sessions, example, args)
+    versus_dense = against(blocks, "dense fp32", args.threads)
     rows = {}
     for key in kept:
-        ms = {kind: latency[f"{key} {kind}"]["median_ms"] for kind in KINDS}
-        rows[key] = {"macs_kept": kept[key], "ms": ms,
-                                 "speedup": {kind: dense_ms / value for kind, value in ms.items()},
-                                 "int8_gain": {kind: ms["fp32"] / ms[kind] for kind in KINDS[1:]}}
-    return {"dense_ms": dense_ms, "fractions": rows, "latency": latency}
+        versus_fp32 = against({kind: blocks[f"{key} {kind}"] for kind in KINDS}, "fp32", args.threads)
+        rows[key] = {"macs_kept": kept[key], "ms": {kind: versus_fp32[kind].b.median_ms for kind in KINDS},
+                     **_by_kind("speedup", {kind: versus_dense[f"{key} {kind}"] for kind in KINDS}),
+                     **_by_kind("int8_gain", {kind: versus_fp32[kind] for kind in KINDS[1:]})}
+    return {"dense_ms": versus_dense["dense fp32"].b.median_ms, "fractions": rows,
+            "latency": {variant: comparison.b.to_dict() for variant, comparison in versus_dense.items()}}
+
+
+def _by_kind(name: str, comparisons: dict) -> dict:
+    """`name`, `name`_low and `name`_high, each {kind: value} (speedup_fields), and the interval's confidence."""
+    fields = {kind: speedup_fields(comparison, name) for kind, comparison in comparisons.items()}
+    return {**{f"{name}{end}": {kind: field[f"{name}{end}"] for kind, field in fields.items()}
+               for end in ("", "_low", "_high")}, "confidence": next(iter(fields.values()))["confidence"]}
 
 
 def markdown(report: dict) -> str:

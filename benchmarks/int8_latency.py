@@ -19,7 +19,9 @@ fp32, int8 PTQ, pruned fp32 (remove_channels to half the MACs, widths a multiple
 through the fake quantizers, passes/distill.py), and the peers on the dense FP32 file. Calibration: the
 first 8 training batches of 128 of epoch 0, the same images for every method (read before any KD).
 Latency: every variant timed in one process, interleaved in blocks, median / p90 of single runs, ONNX
-Runtime CPU at --threads intra-op threads; the load average is recorded at the start and at the end.
+Runtime CPU at --threads intra-op threads; the load average is recorded at the start and at the end. A speed-up
+over FP32 is the runtime's statistic (`prunefx bench --vs`'s): the ratio of medians, with its 90 % interval over
+the pairs of blocks timed in the same pass.
 
 Writes benchmarks/results/int8_latency.json and .md.
 
@@ -45,6 +47,7 @@ from common import (
     BUILD,
     RESULTS,
     command_line,
+    interval_cell,
     machine_info,
     machine_summary,
     markdown_table,
@@ -52,6 +55,7 @@ from common import (
     publish_results,
     realistic_batchnorm,
     relative_difference,
+    speedup_fields,
 )
 
 from prunefx.assets import load_imagenet_batch, mobilenet_v2_weights_path
@@ -62,7 +66,9 @@ from prunefx.models import build_model
 from prunefx.passes.distill import distill
 from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.passes.remove_channels import remove_channels
-from prunefx.runtime import LatencyStats, OnnxRuntimeSession, export_onnx
+from prunefx.runtime import LatencyComparison, OnnxRuntimeSession, export_onnx
+from prunefx.runtime.measure.latency import pooled_rounds
+from prunefx.runtime.measure.timing_loop import time_call
 from prunefx.runtime.onnx.quantize_static import quantize_static_file
 from prunefx.runtime.onnx.quantized import export_quantized_onnx, onnxruntime_lowering
 
@@ -179,22 +185,26 @@ def accuracy(sessions: dict, images: torch.Tensor, labels: torch.Tensor) -> dict
             for variant, out in outputs.items()}
 
 
-def interleaved_latency(sessions: dict, x: torch.Tensor, args) -> dict[str, dict]:
-    """Blocks of `block` runs of each variant in turn until each has `runs`: machine noise hits all alike."""
+def interleaved_blocks(sessions: dict, x: torch.Tensor, args) -> dict[str, list[list[float]]]:
+    """Blocks of `block` runs of each variant in turn until each has `runs` (seconds): machine noise hits all
+    alike. The runtime pairs two models' blocks timed alternately; here block i of every variant is of pass i."""
     runners = {variant: session.runner(x) for variant, session in sessions.items()}
     for runner in runners.values():
         for _ in range(args.warmup):
             runner()
-    samples = {variant: [] for variant in runners}
+    blocks: dict[str, list[list[float]]] = {variant: [] for variant in runners}
     first = next(iter(runners))
-    while len(samples[first]) < args.runs:
+    while sum(map(len, blocks[first])) < args.runs:
         for variant, runner in runners.items():
-            for _ in range(args.block):
-                started = time.perf_counter()
-                runner()
-                samples[variant].append(time.perf_counter() - started)
-    return {variant: LatencyStats.from_seconds(times, threads=args.threads).to_dict()
-            for variant, times in samples.items()}
+            blocks[variant].append([time_call(runner, time.perf_counter) for _ in range(args.block)])
+    return blocks
+
+
+def against(blocks: dict[str, list[list[float]]], reference: str, threads: int) -> dict[str, LatencyComparison]:
+    """Each variant against `reference` as the runtime compares two models (pooled_rounds of one round: the ratio
+    of medians, its interval over the pairs of blocks of one pass); its `b` is the variant's own latency."""
+    return {variant: pooled_rounds([(blocks[reference], timed, threads, threads)])
+            for variant, timed in blocks.items()}
 
 
 def _sessions(files: dict, threads: int) -> tuple[dict, dict]:
@@ -204,9 +214,9 @@ def _sessions(files: dict, threads: int) -> tuple[dict, dict]:
     return sessions, failures
 
 
-def _with_speedups(latency: dict, failures: dict) -> dict:
-    fp32 = latency["fp32"]["median_ms"]
-    rows = {variant: {**row, "speedup_vs_fp32": fp32 / row["median_ms"]} for variant, row in latency.items()}
+def _with_speedups(blocks: dict, failures: dict, threads: int) -> dict:
+    rows = {variant: {**comparison.b.to_dict(), **speedup_fields(comparison, "speedup_vs_fp32")}
+            for variant, comparison in against(blocks, "fp32", threads).items()}
     return {**rows, **{variant: {"error": message} for variant, message in failures.items()}}
 
 
@@ -230,8 +240,8 @@ def run_model(name: str, images, labels, args) -> dict:
         files.update(peer_files(files["fp32"], folder, batches))
         sessions, failures = _sessions(files, args.threads)
         quality = accuracy(sessions, images, labels)
-        latency = interleaved_latency(sessions, images[:1], args)
-    rows = _with_speedups(latency, failures)
+        blocks = interleaved_blocks(sessions, images[:1], args)
+    rows = _with_speedups(blocks, failures, args.threads)
     rows = {variant: {**row, **quality.get(variant, {})} for variant, row in rows.items()}
     return {"variants": rows, "gains_multiply": gains_multiply(rows)}
 
@@ -312,8 +322,8 @@ def fashion_mnist_row(name: str, args) -> dict:
         files.update(peer_files(files["fp32"], folder, calibration_images))
         sessions, failures = _sessions(files, args.threads)
         scores = {variant: test_accuracy(session, images, labels) for variant, session in sessions.items()}
-        latency = interleaved_latency(sessions, images[:1], args)
-    rows = _with_speedups(latency, failures)
+        blocks = interleaved_blocks(sessions, images[:1], args)
+    rows = _with_speedups(blocks, failures, args.threads)
     return {"test_images": len(labels), "variants": {variant: {**row, "accuracy": scores.get(variant)}
                                                      for variant, row in rows.items()}}
 
@@ -323,7 +333,8 @@ def fashion_mnist_row(name: str, args) -> dict:
 def _cells(row: dict) -> list[str]:
     if "error" in row:
         return ["-", "-", "-", row["error"]]
-    return [f"{row['median_ms']:.2f}", f"{row['p90_ms']:.2f}", f"{row['speedup_vs_fp32']:.2f}x"]
+    return [f"{row['median_ms']:.2f}", f"{row['p90_ms']:.2f}",
+            f"{row['speedup_vs_fp32']:.2f}x{interval_cell(row, 'speedup_vs_fp32')}"]
 
 
 def markdown(report: dict, info: dict) -> str:

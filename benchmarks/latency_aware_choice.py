@@ -18,7 +18,8 @@ Part 2 (--equal-macs), speed-up at equal MACs (random weights at 224 x 224, the 
 benchmarks/prune_latency.py, l2 importance): macs at --macs of the MACs, and latency at the MACs the first
 kept, its channels going by the table (benchmarks/table_fraction.py); both timed against the dense model round by round (--rounds
 rounds, each timing both choices, in an order that turns each round), so that a machine that slows down for a
-while slows both alike; each choice's figures are its medians over the rounds.
+while slows both alike; each choice's speed-up is the runtime's statistic over its rounds (common.side_by_side:
+the ratio of the pooled medians, with its 90 % interval over the rounds, as `prunefx bench --vs` gives it).
 
 --smoke runs every step on untrained models with tiny settings (batches of 16, 256 test images, 2 candidates,
 5 timed runs; its figures mean nothing) and writes under build/latency_aware_choice/smoke unless --results
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import sys
 import tempfile
 import time
@@ -46,6 +46,8 @@ from common import (
     machine_info,
     machine_summary,
     markdown_table,
+    side_by_side,
+    speedup_fields,
     write_results,
 )
 from fashion_mnist_accuracy import baseline
@@ -89,28 +91,20 @@ class Timing:
         return onnx_runner(path, self.example, threads=self.args.threads)
 
     def speedup(self, program: Program) -> dict:
-        return self._against_dense(self._runner(program), self.args.runs)
-
-    def _against_dense(self, runner, runs: int) -> dict:
-        comparison = compare_latency(self.dense, runner, warmup=self.args.warmup, runs=runs,
+        """One pruned model against the dense one (one comparison, its interval over pairs of blocks)."""
+        comparison = compare_latency(self.dense, self._runner(program), warmup=self.args.warmup, runs=self.args.runs,
                                      threads=self.args.threads)
-        return {"speedup": comparison.speedup, "dense_ms": comparison.a.median_ms, "ms": comparison.b.median_ms}
+        return {**speedup_fields(comparison), "dense_ms": comparison.a.median_ms, "ms": comparison.b.median_ms}
 
     def side_by_side(self, programs: dict[str, Program], rounds: int) -> dict[str, dict]:
-        """Speed-ups of several pruned models, timed round by round against the dense one (each round times every
-        model, in an order that turns each round): a machine that slows down for a while slows all of them alike.
-        Each model's figures are the medians over the rounds, and its speed-up of every round is kept."""
+        """Speed-ups of several pruned models, timed round by round against the dense one (common.side_by_side: a
+        machine that slows down for a while slows all of them alike), each pooled over the rounds with its
+        interval, and its speed-up of every round kept."""
         runners = {name: self._runner(program) for name, program in programs.items()}
-        runs = max(self.args.runs // rounds, 10)
-        per_round: dict[str, list[dict]] = {name: [] for name in programs}
-        for index in range(rounds):
-            names = list(programs) if index % 2 == 0 else list(reversed(programs))
-            for name in names:
-                per_round[name].append(self._against_dense(runners[name], runs))
-        return {name: {**{key: statistics.median(result[key] for result in results)
-                          for key in ("speedup", "dense_ms", "ms")},
-                       "round_speedups": [result["speedup"] for result in results]}
-                for name, results in per_round.items()}
+        timed = side_by_side(self.dense, runners, rounds=rounds, runs=max(self.args.runs // rounds, 10),
+                             warmup=self.args.warmup, threads=self.args.threads)
+        return {name: {**{key: value for key, value in result.items() if key != "pruned_ms"},
+                       "ms": result["pruned_ms"]} for name, result in timed.items()}
 
 
 def latency_table(dense: Program, args):

@@ -8,8 +8,9 @@ variant removes channels until the model keeps `--macs` (0.5) of its dense MACs:
   copy of the dense model on each try, until prunefx's own MAC counter says the target is met.
 Both tools' models are captured with prunefx `capture`, counted with prunefx `count` and exported
 with `export_onnx`, so the MACs and the ONNX pipeline are the same for both. Each pruned model is
-timed against the dense one *alternately* in this process (prunefx.runtime.compare_latency), every variant
-once per round for `--repeats` rounds (a slow spell of the machine reaches all variants alike),
+timed against the dense one *alternately* in this process (common.rounds_side_by_side), every variant
+once per round for `--repeats` rounds (a slow spell of the machine reaches all variants alike), its speed-up
+the runtime's over the rounds (the ratio of the pooled medians, with its 90 % interval, as `prunefx bench --vs`),
 ONNX Runtime on the CPU at `--threads` threads, twice: with ONNX Runtime's default worker threads that
 spin between operators (the target's figure) and with spinning off. The target is speed-up >= 0.9 x
 MACs reduction.
@@ -36,13 +37,26 @@ from pathlib import Path
 
 import torch
 import torch_pruning as tp
-from common import REPO, RESULTS, command_line, machine_info, machine_summary, markdown_table, write_results
+from common import (
+    BLOCK,
+    REPO,
+    RESULTS,
+    SETTLE,
+    command_line,
+    interval_cell,
+    machine_info,
+    machine_summary,
+    markdown_table,
+    rounds_side_by_side,
+    speedup_fields,
+    write_results,
+)
 from timm.models.vision_transformer import Attention
 
 from prunefx.graph import capture, count
 from prunefx.models import build_model
 from prunefx.passes.remove_channels import remove_channels
-from prunefx.runtime import compare_latency, export_onnx, onnx_runner
+from prunefx.runtime import export_onnx, onnx_runner
 
 NAME = "prune_latency"
 MODELS = {
@@ -66,8 +80,6 @@ INPUT_SHAPE = (1, 3, 224, 224)
 NUM_CLASSES = 1000
 TOLERANCE = 0.03      # accepted relative error of the pruned MACs against the target (as prunefx's)
 TARGET_RATIO = 0.9    # speed-up / MACs reduction that counts as "latency follows MACs"
-# compare_latency's blocks: untimed settling calls, then timed calls of one side, then of the other.
-BLOCK, SETTLE = 10, 2
 ALIGNMENT = 16        # the width ONNX Runtime's CPU kernels prefer (AVX-512 blocks of 16 floats)
 
 
@@ -83,7 +95,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"pruning variants to run (default: {' '.join(VARIANTS)})")
     parser.add_argument("--repeats", type=int, default=3,
                         help="rounds, each timing every variant against the dense model once; each variant's "
-                             "median round is reported (default 3)")
+                             "speed-up is pooled over them (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and input (default 0)")
     parser.add_argument("--update", action="store_true",
                         help="keep the rows of the last results for the models and variants not run now")
@@ -243,29 +255,24 @@ def benchmark_model(name: str, args, workdir: Path) -> dict:
 
 
 def time_variants(dense_path: Path, pruned_paths: dict[str, Path], inputs, spinning: bool, args) -> dict[str, dict]:
-    """Every variant against the dense model, side by side (prunefx.runtime.compare_latency), in `--repeats`
-    rounds: each round times every variant once, in an order that turns each round, so that this shared 2-core
-    machine's slow spells (seconds long) reach every variant alike rather than one variant's repeats. ONNX
-    Runtime's worker threads spin between operators (its default, what deploys) or not. A variant's figures
-    are those of its round with the median speed-up, and the spread of its rounds is kept."""
+    """Every variant against the dense model, side by side (common.rounds_side_by_side), in `--repeats` rounds:
+    each round times every variant once, in an order that turns each round, so that this shared 2-core machine's
+    slow spells (seconds long) reach every variant alike rather than one variant's repeats. ONNX Runtime's worker
+    threads spin between operators (its default, what deploys) or not. A variant's speed-up is the runtime's over
+    its rounds (the ratio of the pooled medians, with its interval over the rounds), and its rounds' spread is
+    kept."""
     dense = onnx_runner(dense_path, inputs, threads=args.threads, spinning=spinning)
     runners = {variant: onnx_runner(path, inputs, threads=args.threads, spinning=spinning)
                for variant, path in pruned_paths.items()}
-    rounds: dict[str, list] = {variant: [] for variant in runners}
-    for index in range(args.repeats):
-        for variant in (list(runners) if index % 2 == 0 else list(reversed(runners))):
-            rounds[variant].append(compare_latency(dense, runners[variant], warmup=args.warmup, runs=args.runs,
-                                                   block=BLOCK, settle=SETTLE, threads=args.threads, progress=True))
-    return {variant: _median_round(comparisons) for variant, comparisons in rounds.items()}
+    timed = rounds_side_by_side(dense, runners, rounds=args.repeats, runs=args.runs, warmup=args.warmup,
+                                threads=args.threads)
+    return {variant: _pooled(*result) for variant, result in timed.items()}
 
 
-def _median_round(comparisons: list) -> dict:
-    ordered = sorted(comparisons, key=lambda comparison: comparison.speedup)
-    middle = ordered[len(ordered) // 2]
+def _pooled(pooled, round_speedups: list[float]) -> dict:
     # The ratio of the fastest runs is less sensitive to other load on the machine than the medians.
-    return {"dense": _stats(middle.a), "pruned": _stats(middle.b), "speedup": middle.speedup,
-            "speedup_of_min": middle.a.min_ms / middle.b.min_ms,
-            "speedups_of_repeats": [comparison.speedup for comparison in ordered]}
+    return {"dense": _stats(pooled.a), "pruned": _stats(pooled.b), **speedup_fields(pooled),
+            "speedup_of_min": pooled.a.min_ms / pooled.b.min_ms, "speedups_of_repeats": sorted(round_speedups)}
 
 
 def source_version() -> str | None:
@@ -332,7 +339,8 @@ def table_rows(report: dict) -> list[list[str]]:
             rows.append([
                 model, variant, f"{dense_macs / 1e6:.0f} M", f"{result['macs'] / 1e6:.0f} M",
                 _reduction(result), f"{latency['dense']['median_ms']:.2f}",
-                f"{latency['pruned']['median_ms']:.2f}", f"**{latency['speedup']:.2f}x**{_spread(latency)}",
+                f"{latency['pruned']['median_ms']:.2f}",
+                f"**{latency['speedup']:.2f}x**{interval_cell(latency)}{_spread(latency)}",
                 f"{result['speedup_per_macs_reduction']:.2f}", _verdict(result["meets_target"]),
                 _no_spinning_note(result), _widths_note(result["unaligned_widths"]),
             ])
@@ -409,9 +417,10 @@ Produced by `{report['command']}` on {machine['date_utc']} UTC.{_updated_note(re
   (tp-round16). Its models are captured and exported through the same prunefx pipeline.
 - Latency: ONNX Runtime CPU, {settings['threads']} intra-op threads, {settings['warmup']} warm-up and
   {settings['runs']} timed runs per pair, dense and pruned alternated in one process (blocks of {settings['block']}
-  timed runs, each after {settings['settle']} untimed ones); median ms. Speed-up = dense median / pruned median. Each
-  pair is measured {settings.get('repeats', 1)} times; the table shows the repeat with the median speed-up
-  and, in brackets, the lowest and highest. The target is speed-up >= {TARGET_RATIO} x MACs reduction.
+  timed runs, each after {settings['settle']} untimed ones), in {settings.get('repeats', 1)} rounds that each time
+  every pair; median ms over all rounds. Speed-up = dense median / pruned median pooled over the rounds, with
+  its 90 % interval (Student's t over the rounds, as `prunefx bench --vs` states one) and, in brackets, the
+  lowest and highest round. The target is speed-up >= {TARGET_RATIO} x MACs reduction.
 - Threads: the main columns use ONNX Runtime's default, worker threads spinning between operators (what
   a deployed session runs with), stopped at the end of each run (`session.force_spinning_stop`) so that
   the idle session does not compete with the timed one. The "threads not spinning" column times the

@@ -48,6 +48,15 @@ AWAITING_RERUN: set[str] = {"gpu_speedup"}
 ROUND_BY_ROUND = {"latency_aware_choice", "fashion_mnist_accuracy", "dense_tasks", "detection_scenes",
                   "depth_vs_channel", "detector_pruning"}
 MEASURED_APART: set[str] = set()
+# Scripts whose speed-ups are the runtime's one statistic (common.speedup_fields: the ratio of the pooled medians,
+# with its interval and `confidence`, as `prunefx bench --vs` states it): a results file of theirs whose speed-ups
+# have no `confidence` took the median of its rounds (or gave no interval), and awaits the next `make bench`.
+RUNTIME_STATISTIC = {"latency_aware_choice", "fashion_mnist_accuracy", "dense_tasks", "detection_scenes",
+                     "depth_vs_channel", "detector_pruning", "prune_latency", "fold_batchnorm_latency",
+                     "depth_pruning", "int8_latency", "int8_after_pruning"}
+MEDIAN_OF_ROUNDS = {"latency_aware_choice", "fashion_mnist_accuracy", "dense_tasks", "detection_scenes",
+                    "depth_vs_channel", "detector_pruning", "prune_latency", "fold_batchnorm_latency", "depth_pruning",
+                    "int8_latency", "int8_after_pruning"}
 
 
 def recorded_command(name: str) -> str | None:
@@ -177,13 +186,13 @@ def test_each_results_file_records_the_command_of_its_run_or_awaits_its_rerun():
     assert set(recorded) - matching == AWAITING_RERUN
 
 
-def timings_against_dense(data) -> list[dict]:
-    """Every record of a variant timed against the dense model: `latency` records, latency_aware_choice's rows."""
-    found = [row for row in data.get("equal_macs", [])]
+def records(data, wanted) -> list[dict]:
+    """Every dict at any depth of `data` for which `wanted(the key it is under, the dict)` holds."""
+    found = []
 
     def walk(value, key=None):
         if isinstance(value, dict):
-            if key == "latency" and "speedup" in value:
+            if wanted(key, value):
                 found.append(value)
             for inner_key, inner in value.items():
                 walk(inner, inner_key)
@@ -193,6 +202,11 @@ def timings_against_dense(data) -> list[dict]:
 
     walk(data)
     return found
+
+
+def timings_against_dense(data) -> list[dict]:
+    """Every record of a variant timed against the dense model: `latency` records, latency_aware_choice's rows."""
+    return [*data.get("equal_macs", []), *records(data, lambda key, value: key == "latency" and "speedup" in value)]
 
 
 def test_the_variants_of_a_comparison_were_timed_round_by_round_or_await_a_rerun():
@@ -205,15 +219,31 @@ def test_the_variants_of_a_comparison_were_timed_round_by_round_or_await_a_rerun
     assert apart == MEASURED_APART
 
 
+def speedup_records(data) -> list[dict]:
+    """Every record that states a speed-up of one model against another (`speedup`, int8_latency's
+    `speedup_vs_fp32`)."""
+    return records(data, lambda key, value: "speedup" in value or "speedup_vs_fp32" in value)
+
+
+def test_the_speedups_are_the_runtimes_statistic_or_await_a_rerun():
+    stale = set()
+    for run in published.RUNS:
+        if run.script in RUNTIME_STATISTIC:
+            records = speedup_records(json.loads((RESULTS / f"{run.results}.json").read_text()))
+            if not all("confidence" in record for record in records):  # a file without speed-ups passes
+                stale.add(run.results)
+    assert stale == MEDIAN_OF_ROUNDS
+
+
 def test_side_by_side_times_every_variant_in_each_round_in_turned_order(monkeypatch):
     compared = []
 
-    def recording(dense, runner, **settings):
-        compared.append(runner.__name__)
-        return compare_latency(dense, runner, **settings)
+    def recording(make_a, make_b, *settings):
+        compared.append(make_b().__name__)
+        return timing_round(make_a, make_b, *settings)
 
-    compare_latency = common.compare_latency
-    monkeypatch.setattr(common, "compare_latency", recording)
+    timing_round = common.timing_round
+    monkeypatch.setattr(common, "timing_round", recording)
 
     def a():
         pass
@@ -224,6 +254,42 @@ def test_side_by_side_times_every_variant_in_each_round_in_turned_order(monkeypa
     timed = common.side_by_side(lambda: None, {"a": a, "b": b}, rounds=3, runs=10, warmup=1)
     assert compared == ["a", "b", "b", "a", "a", "b"]
     assert all(len(result["round_speedups"]) == 3 and result["speedup"] > 0 for result in timed.values())
+
+
+def test_side_by_side_states_the_runtimes_pooled_speedup_and_its_interval_over_the_rounds(monkeypatch):
+    """Scripted blocks (a slow spell in rounds 2 and 3 that slows the dense model more): the speed-up is median(every
+    dense run) / median(every pruned run), as compare_rounds and `prunefx bench --vs` pool it, with Student's t
+    over the rounds' log-ratios (scipy), not the median of the rounds' speed-ups; each round's own ratio is kept."""
+    import numpy as np
+    from scipy import stats
+
+    rng = np.random.default_rng(1)
+    spell = {0: (1.0, 1.0), 1: (2.0, 1.5), 2: (2.0, 1.5), 3: (1.0, 1.0)}  # round -> (dense, pruned) slow-down
+    pruned_s = {"half": 0.010, "third": 0.008}
+    script = {(name, r): ([list(0.020 * spell[r][0] * rng.uniform(0.95, 1.05, 10)) for _ in range(2)],
+                          [list(pruned_s[name] * spell[r][1] * rng.uniform(0.95, 1.05, 10)) for _ in range(2)])
+              for name in pruned_s for r in spell}
+    done = {name: 0 for name in pruned_s}
+
+    def scripted(make_a, make_b, warmup, runs, block, settle, clock, threads):
+        name = make_b()
+        done[name] += 1
+        return (*script[name, done[name] - 1], threads, threads)
+
+    monkeypatch.setattr(common, "timing_round", scripted)
+    timed = common.side_by_side("dense", {name: name for name in pruned_s}, rounds=4, runs=20, threads=2)
+    for name, result in timed.items():
+        dense = [np.concatenate(script[name, r][0]) for r in spell]
+        pruned = [np.concatenate(script[name, r][1]) for r in spell]
+        each = [np.median(a) / np.median(b) for a, b in zip(dense, pruned)]
+        pooled = np.median(np.concatenate(dense)) / np.median(np.concatenate(pruned))
+        half = stats.t.ppf(0.95, 3) * np.std(np.log(each), ddof=1) / 2
+        assert result["speedup"] == pytest.approx(pooled, rel=1e-12)
+        assert (result["speedup_low"], result["speedup_high"]) == pytest.approx(
+            (pooled * np.exp(-half), pooled * np.exp(half)), rel=1e-12)
+        assert result["confidence"] == 0.9 and result["round_speedups"] == pytest.approx(each, rel=1e-12)
+        assert result["dense_ms"] == pytest.approx(1e3 * np.median(np.concatenate(dense)), rel=1e-12)
+        assert abs(result["speedup"] - np.median(each)) > 0.02  # the old statistic, the median of the rounds, differs
 
 
 def test_the_dry_run_prints_the_bench_plan_with_its_minutes_and_total():

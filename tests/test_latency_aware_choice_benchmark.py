@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -38,23 +39,34 @@ def test_the_smoke_run_writes_a_row_per_model_choice_and_speedup(tmp_path):
     assert "Smoke run" in (tmp_path / "latency_aware_choice.md").read_text()
 
 
-def test_equal_macs_choices_are_timed_round_by_round_against_the_dense_model():
-    """Both choices in every round, the order turned each round; a slow spell in the middle (rounds 2 and 3 here)
-    reaches both, and each choice's figure is its median over the rounds."""
+def test_equal_macs_choices_are_timed_round_by_round_against_the_dense_model(monkeypatch):
+    """Both choices in every round, the order turned each round, through common.side_by_side; a slow spell in the
+    middle (rounds 2 and 3 here, the dense model slowed 2x and the pruned ones 1.5x) reaches both, and each choice's
+    figures are pooled over the rounds (numpy: the medians of all their runs), not its median round."""
     benchmark = _benchmark()
+    import common
+
     timing = object.__new__(benchmark.Timing)
-    timing.args = argparse.Namespace(runs=100)
+    timing.args = argparse.Namespace(runs=100, warmup=1, threads=2)
+    timing.dense = "dense"
     calls = []
 
-    def against_dense(runner, runs):
-        calls.append(runner)
-        slow = 2.0 if len(calls) in (3, 4, 5, 6) else 1.0
-        ms = {"macs": 10.0, "latency": 8.0}[runner] * slow
-        return {"speedup": 20.0 * slow / ms, "dense_ms": 20.0 * slow, "ms": ms}
+    def timing_round(make_a, make_b, warmup, runs, block, settle, clock, threads):
+        calls.append(make_b())
+        dense_slow, slow = (2.0, 1.5) if len(calls) in (3, 4, 5, 6) else (1.0, 1.0)
+        ms = {"macs": 10.0, "latency": 8.0}[calls[-1]] * slow
+        assert (make_a(), runs, warmup, threads) == ("dense", 25, 1, 2)
+        return [[20e-3 * dense_slow] * 5] * 5, [[ms * 1e-3] * 5] * 5, threads, threads
 
+    monkeypatch.setattr(common, "timing_round", timing_round)
     timing._runner = lambda program: program
-    timing._against_dense = against_dense
     timed = timing.side_by_side({"macs": "macs", "latency": "latency"}, rounds=4)
     assert calls == ["macs", "latency", "latency", "macs", "macs", "latency", "latency", "macs"]
-    assert timed["macs"]["round_speedups"] == [2.0, 2.0, 2.0, 2.0] and timed["macs"]["speedup"] == 2.0
-    assert timed["latency"]["speedup"] == 2.5 and timed["latency"]["dense_ms"] == 30.0
+    for choice, ms in (("macs", 10.0), ("latency", 8.0)):
+        dense, pruned = np.repeat([20.0, 40.0, 40.0, 20.0], 25), np.repeat([ms, 1.5 * ms, 1.5 * ms, ms], 25)
+        result = timed[choice]
+        assert result["round_speedups"] == pytest.approx([20 / ms, 40 / (1.5 * ms), 40 / (1.5 * ms), 20 / ms])
+        assert result["speedup"] == pytest.approx(np.median(dense) / np.median(pruned))
+        assert (result["dense_ms"], result["ms"]) == pytest.approx((np.median(dense), np.median(pruned)))
+        assert result["speedup_low"] < result["speedup"] < result["speedup_high"] and "pruned_ms" not in result
+    assert timed["macs"]["speedup"] == pytest.approx(2.4)  # the median of its rounds would be 2.33

@@ -8,7 +8,9 @@ import argparse
 import importlib
 import sys
 from pathlib import Path
-from types import SimpleNamespace
+
+import numpy as np
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -19,22 +21,37 @@ def _benchmark():
     return importlib.import_module("prune_latency")
 
 
-def test_every_round_times_every_variant_and_each_keeps_its_median_round(monkeypatch):
+def test_every_round_times_every_variant_and_each_is_pooled_over_its_rounds(monkeypatch):
+    """A slow spell over the second round slows the dense model and variant a alike; each variant's figures are the
+    runtime's over its rounds (numpy: the medians of all their runs, and their ratio), not its median round."""
     benchmark = _benchmark()
-    calls = []
+    import common
+    from scipy import stats
 
-    def compare(dense, pruned, **settings):
+    calls = []
+    dense_s = [0.020, 0.030, 0.020]  # per round
+    pruned_s = {"a": [0.010, 0.012, 0.015], "b": [0.005, 0.006, 0.005]}
+
+    def timing_round(make_a, make_b, warmup, runs, block, settle, clock, threads):
+        pruned = make_b()
         calls.append(pruned)
-        slow = 1.5 if len(calls) in (3, 4) else 1.0  # a slow spell over the second round
-        pruned_ms = {"a": 10.0, "b": 5.0}[pruned] * slow
-        stats = SimpleNamespace(median_ms=pruned_ms, min_ms=pruned_ms)
-        return SimpleNamespace(speedup=20.0 / pruned_ms, a=SimpleNamespace(median_ms=20.0, min_ms=20.0), b=stats)
+        index = sum(call == pruned for call in calls) - 1
+        assert (make_a(), block, settle, runs, threads) == ("dense", 10, 2, 10, 2)
+        return [[dense_s[index]] * 5] * 2, [[pruned_s[pruned][index]] * 5] * 2, threads, threads
 
     monkeypatch.setattr(benchmark, "onnx_runner", lambda path, inputs, **options: str(path))
-    monkeypatch.setattr(benchmark, "compare_latency", compare)
-    monkeypatch.setattr(benchmark, "_stats", lambda stats: stats.median_ms)
+    monkeypatch.setattr(common, "timing_round", timing_round)
     args = argparse.Namespace(threads=2, warmup=1, runs=10, repeats=3)
     timed = benchmark.time_variants(Path("dense"), {"a": Path("a"), "b": Path("b")}, (), True, args)
     assert calls == ["a", "b", "b", "a", "a", "b"]
-    assert timed["a"]["speedups_of_repeats"] == [20 / 15, 2.0, 2.0] and timed["a"]["speedup"] == 2.0
-    assert timed["b"]["speedup"] == 4.0 and timed["b"]["pruned"] == 5.0
+    for variant, seconds in pruned_s.items():
+        each = np.array(dense_s) / np.array(seconds)
+        pooled = np.median(np.repeat(dense_s, 10)) / np.median(np.repeat(seconds, 10))
+        half = stats.t.ppf(0.95, 2) * np.std(np.log(each), ddof=1) / np.sqrt(3)
+        result = timed[variant]
+        assert result["speedup"] == pytest.approx(pooled) and result["speedups_of_repeats"] == pytest.approx(sorted(each))
+        assert (result["speedup_low"], result["speedup_high"]) == pytest.approx((pooled / np.exp(half),
+                                                                                  pooled * np.exp(half)))
+        assert result["pruned"]["median_ms"] == pytest.approx(1e3 * np.median(seconds))
+        assert result["pruned"]["runs"] == 30 and result["confidence"] == 0.9
+    assert timed["a"]["speedup"] == pytest.approx(20 / 12)  # the median of its rounds (2, 2.5, 1.33) would be 2

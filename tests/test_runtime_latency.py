@@ -4,6 +4,7 @@ import math
 import random
 import time
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -20,6 +21,7 @@ from prunefx.runtime import (
     onnx_runner,
     torch_runner,
 )
+from prunefx.runtime.measure.latency import compare_rounds, pooled_rounds, timing_round
 
 
 class FakeClock:
@@ -125,6 +127,57 @@ def test_bad_counts_are_refused():
         measure_latency(lambda: None, runs=0)
     with pytest.raises(PrunefxError, match="warm-up cannot be negative"):
         compare_latency(lambda: None, lambda: None, warmup=-1)
+
+
+def test_pooled_rounds_is_the_pooled_ratio_with_students_t_over_the_rounds():
+    """Checked against numpy and scipy directly: the speed-up is median(all of a) / median(all of b); the interval is
+    t over the rounds' log-ratios around it; one round falls back to its pairs of blocks as units."""
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    rounds = [([list(rng.uniform(8e-3, 12e-3, 10)) for _ in range(3)],
+               [list(rng.uniform(3e-3, 5e-3, 10)) for _ in range(3)], 2, 2) for _ in range(4)]
+
+    def expected(units: list[tuple[np.ndarray, np.ndarray]], a: np.ndarray, b: np.ndarray, confidence=0.9):
+        logs = [np.log(np.median(x) / np.median(y)) for x, y in units]
+        half = stats.t.ppf((1 + confidence) / 2, len(logs) - 1) * np.std(logs, ddof=1) / np.sqrt(len(logs))
+        centre = np.median(a) / np.median(b)
+        return centre, centre * np.exp(-half), centre * np.exp(half)
+
+    every_a = np.concatenate([np.concatenate(got_a) for got_a, *_ in rounds])
+    every_b = np.concatenate([np.concatenate(got_b) for _, got_b, *_ in rounds])
+    by_round = [(np.concatenate(got_a), np.concatenate(got_b)) for got_a, got_b, *_ in rounds]
+    pooled = pooled_rounds(rounds)
+    assert (pooled.speedup, pooled.speedup_low, pooled.speedup_high) == pytest.approx(
+        expected(by_round, every_a, every_b), rel=1e-12)
+    assert pooled.a.median_ms == pytest.approx(1e3 * np.median(every_a)) and pooled.b.runs == 120
+    assert (pooled.confidence, pooled.rounds, pooled.a.threads) == (0.9, 4, 2)
+    assert pooled_rounds(rounds, confidence=0.5).speedup_high < pooled.speedup_high
+    got_a, got_b, *_ = rounds[0]
+    one = pooled_rounds(rounds[:1])
+    assert (one.speedup, one.speedup_low, one.speedup_high) == pytest.approx(expected(
+        [(np.array(x), np.array(y)) for x, y in zip(got_a, got_b)], *by_round[0]), rel=1e-12)
+    with pytest.raises(MeasurementError, match="at least one round"):
+        pooled_rounds([])
+
+
+def test_pooled_rounds_of_timing_rounds_is_what_compare_rounds_reports_of_the_same_timings():
+    per_round = {"a": [[9.0, 8.0, 11.0, 10.0], [12.0, 9.5, 10.0, 9.0], [8.5, 10.5, 9.0, 13.0]],
+                 "b": [[3.0, 3.5, 2.5, 4.0], [3.2, 2.9, 3.1, 5.0], [2.0, 3.0, 4.5, 3.5]]}
+
+    def timed(run):
+        clock = FakeClock()
+
+        def maker(side):
+            scripts = iter(per_round[side])
+            return lambda: clock.callable_taking(next(scripts))
+        return run(maker("a"), maker("b"), clock)
+
+    whole = timed(lambda make_a, make_b, clock: compare_rounds(make_a, make_b, rounds=3, warmup=0, runs=12, block=2,
+                                                               settle=0, clock=clock))
+    by_hand = timed(lambda make_a, make_b, clock: pooled_rounds(
+        [timing_round(make_a, make_b, 0, 4, 2, 0, clock, None) for _ in range(3)]))
+    assert by_hand == whole and whole.rounds == 3 and whole.speedup_low < whole.speedup < whole.speedup_high
 
 
 def test_progress_bar_is_optional(capsys):

@@ -190,6 +190,17 @@ def timing_round(make_a, make_b, warmup: int, runs: int, block: int, settle: int
     return got_a, got_b, _threads_of(fn_a, threads), _threads_of(fn_b, threads)
 
 
+def pooled_rounds(rounds: Sequence[tuple[list, list, int | None, int | None]], *,
+                  confidence: float = CONFIDENCE) -> LatencyComparison:
+    """compare_rounds' comparison of rounds its caller timed (each as `timing_round` returns it; the benchmarks
+    interleave several pairs' rounds): the ratio of the pooled medians, its interval over the rounds."""
+    if not rounds:
+        raise MeasurementError("a comparison over rounds needs at least one round")
+    paired = [(a, b, index) for index, (got_a, got_b, *_) in enumerate(rounds) for a, b in zip(got_a, got_b)]
+    blocks_a, blocks_b, round_of = (list(side) for side in zip(*paired))
+    return _comparison(blocks_a, blocks_b, round_of, rounds[0][2], rounds[0][3], confidence)
+
+
 @contextlib.contextmanager
 def _timed(*fns: Callable[[], object]) -> Iterator[list[Callable[[], object]]]:
     """Each callable as a timing loop calls it: its `timed_calls()` where it has one (an ONNX Runtime runner's run,
