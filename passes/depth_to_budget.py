@@ -68,10 +68,14 @@ class DepthToBudgetConfig(PassConfig):
 class DepthCandidate:
     blocks: list[str]
     program: Program     # linearised, not merged: what the pass returns
-    merged: Program      # what was measured
+    merging: Result      # merge_blocks' verified Result on a copy of `program`: its Program was measured
     macs_kept: float     # of the merged network, over the dense one
     measured: Measured
     linearize_stats: dict = field(repr=False)
+
+    @property
+    def merged(self) -> Program:
+        return self.merging.program
 
     @property
     def speedup(self) -> float:
@@ -210,7 +214,7 @@ class DepthSearch:
         merged = run_inner(merge_blocks, program, {"max_kernel_growth": self.settings.max_kernel_growth},
                            on_copy=True)
         timing = yield Ask("search", self.dense, merged.program)
-        candidate = DepthCandidate(blocks, program, merged.program, count(merged.program).macs / self.dense_macs,
+        candidate = DepthCandidate(blocks, program, merged, count(merged.program).macs / self.dense_macs,
                                    Measured.of(timing), stats)
         self.trace.append(candidate)
         return candidate

@@ -77,6 +77,18 @@ def test_allow_depth_takes_the_depth_route_after_width_refuses(graph_order):
     assert count(program) == before  # the input is left as it was
 
 
+def test_the_depth_route_delivers_the_merge_it_measured_without_merging_again(graph_order, monkeypatch):
+    program, batches = graph_order
+    merging = importlib.import_module("prunefx.passes.merge_blocks")
+    merged = []
+    monkeypatch.setattr(merging, "_merge_all", lambda program, config, real=merging._merge_all: (
+        merged.append(program.name), real(program, config))[1])
+    chosen, outcome = meet_budget(program, speedup=2.0, measurer=PerOperator(), calibration=batches,
+                                  allow_depth=True, max_candidates=1, width=WIDTH)
+    assert outcome.route == "depth" and len(merged) == len(outcome.search["trace"]) >= 1
+    assert stand_in_ms(program) / stand_in_ms(chosen) == pytest.approx(outcome.measured.speedup)
+
+
 def test_width_and_depth_together_land_between_whole_block_steps(graph_order):
     """With a 2 % window, depth's fewest blocks that meet 2.5x overshoot it; the mix merges blocks up to
     just under the budget and width closes the rest, below depth's overshooting step (within 4 candidates

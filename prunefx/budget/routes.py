@@ -27,7 +27,6 @@ from prunefx.passes.choose_for_budget import (
 )
 from prunefx.passes.core.pipeline import Pipeline, PipelineResult
 from prunefx.passes.depth_to_budget import DepthChosen, DepthToBudgetConfig, depth_result, depth_search
-from prunefx.passes.merge_blocks import merge_blocks
 from prunefx.passes.prune_to_budget import PruneToBudgetConfig, WidthChosen, chosen_result, width_search
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 
@@ -88,15 +87,15 @@ def measured_by(measurer, steps: Steps):
 
 def depth(program: Program, budget: Budget, measurer, options: dict, calibration) -> Reached:
     """The depth search run here, its measurements answered by `measurer` from this frame, the chosen blocks
-    verified as a Pipeline would, then merged by merge_blocks unmeasured (exactly the network measured)."""
+    merged as the search merged and measured it, re-exported as a Pipeline would."""
     settings = DepthToBudgetConfig.parse({"recalibrate": False, **options, **budget.passes(),
                                           "tolerance": budget.tolerance, "calibration": calibration})
     search = depth_search(program, settings)
-    chosen = depth_result(search, measured_by(measurer, search.steps()))
-    verify(chosen.program, reexport=True)
-    merged = Pipeline([(merge_blocks, {"max_kernel_growth": settings.max_kernel_growth, "measure": None})],
-                      verify="full").run(chosen.program)
-    result = PipelineResult(merged.program, [("depth_to_budget", chosen), *merged.steps])
+    candidate = measured_by(measurer, search.steps())
+    chosen = depth_result(search, candidate)
+    # the search merged this candidate on a copy and checked the merge exact; only the re-export is left
+    verify(candidate.merged, reexport=True)
+    result = PipelineResult(candidate.merged, [("depth_to_budget", chosen), ("merge_blocks", candidate.merging)])
     search_report = {key: value for key, value in chosen.stats.items() if key != "linearize_blocks"}
     return Reached(result, search_report, chosen.facts_as(DepthChosen).measured, search_report["trace"])
 
