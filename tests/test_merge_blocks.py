@@ -342,3 +342,35 @@ def test_merges_a_program_on_the_gpu_and_keeps_it_there():
     assert result.stats["merged"] == {"fold_after": 1, "layers": 1}
     assert all(tensor.is_cuda for tensor in result.program.state_dict().values())
     torch.testing.assert_close(result.program.run_example(), expected, rtol=1e-4, atol=1e-4)
+
+
+class _InPlaceResidual(torch.nn.Module):
+    """`y += conv(y)` writes into y, which an earlier view reads (`skip_written`), or `out += y` writes into the
+    block's own output, which nothing else reads."""
+
+    def __init__(self, skip_written: bool):
+        super().__init__()
+        self.skip_written = skip_written
+        self.c0, self.c1 = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.c0(x)
+        head = y[:, :2]
+        if self.skip_written:
+            y += self.c1(y)
+            return y, head * 2
+        out = self.c1(y)
+        out += y
+        return out, head * 2
+
+
+@pytest.mark.parametrize("skip_written, folded", [(True, 0), (False, 1)])
+def test_an_in_place_residual_is_folded_only_where_it_writes_into_the_block_output(skip_written, folded):
+    torch.manual_seed(0)
+    model, x = _InPlaceResidual(skip_written).eval(), torch.randn(1, 3, 8, 8)
+    program = capture(model, x).eval()
+    stats = merge_blocks(program).stats  # called bare: no Pipeline to catch a rewrite that is not exact
+    assert stats["merged"].get("residual", 0) == folded
+    with torch.no_grad():
+        for expected, got in zip(model(x), program(x)):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

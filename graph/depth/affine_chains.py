@@ -270,10 +270,13 @@ def _constant_value(module, arg, depth: int = 0) -> torch.Tensor | None:
 
 
 def _residual(node: Node, tails: dict[Node, Chain]) -> Element | None:
-    """`add(x, tail)` where tail ends a chain that starts at x, in either operand order."""
+    """`add(x, tail)` where tail ends a chain that starts at x, in either operand order; an in-place add only
+    where it writes into the tail (`out += identity`): one that writes into x (`x += f(x)`) changes x for every
+    other reader of its memory (a view taken before), which the merged layer would no longer do."""
     if node.target not in _ADDS or len(node.args) != 2 or any(v != 1 for v in node.kwargs.values()):
         return None
-    for data, skip in (node.args, node.args[::-1]):
+    in_place = node.target is aten.add_.Tensor
+    for data, skip in (node.args, node.args[::-1]) if not in_place else (node.args,):
         chain = tails.get(data) if isinstance(data, Node) else None
         if chain is not None and chain.input is skip and len(data.users) == 1 and _shape(data) == _shape(node):
             return Element("residual", (node,), data, None, skip)
