@@ -4,9 +4,10 @@ benchmarks/int8_latency.py times seven variants per model; on this shared 2-core
 the same speed swap places from one run to the next (MobileNetV2: prunefx 1.47x against 1.44x in one run,
 1.44x against 1.55x in another). Here only the two INT8 files are timed, in many independent rounds of
 runtime/measure/latency.compare_latency (alternating blocks of 10 runs), and each round gives one speed ratio,
-quantize_static's median / prunefx's median (above 1: prunefx is faster). The report gives the median of
-the rounds and a 95 % bootstrap interval of that median (resampling rounds, numpy): an interval that
-contains 1 means the two files cannot be told apart at this precision; one below 1 means prunefx is slower.
+quantize_static's median / prunefx's median (above 1: prunefx is faster). The report states it as the runtime
+does (runtime/measure/latency.py's pooled_rounds: the ratio of the medians pooled over the rounds, Student's t
+interval over the rounds, at 95 %): an interval that contains 1 means the two files cannot be told apart at this
+precision; one below 1 means prunefx is slower.
 
 Files, calibration and method are int8_latency.py's (ImageNet-sample calibration, mse, this CPU's lowering).
 
@@ -22,19 +23,29 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, publish_results
+from common import (
+    BLOCK,
+    RESULTS,
+    SETTLE,
+    command_line,
+    machine_info,
+    machine_summary,
+    markdown_table,
+    publish_results,
+)
 from int8_latency import MODELS, int8_pair_files
 from tqdm import tqdm
 
 from prunefx.assets import load_imagenet_batch
-from prunefx.runtime.measure.latency import compare_latency
+from prunefx.runtime.measure.latency import pooled_rounds, timing_round
 from prunefx.runtime.ort.runners import onnx_runner
 
 NAME = "int8_head_to_head"
+CONFIDENCE = 0.95
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,31 +54,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="ONNX Runtime intra-op threads")
     parser.add_argument("--rounds", type=int, default=40, help="independent comparisons per model and thread count")
     parser.add_argument("--runs", type=int, default=50, help="timed runs of each file per round")
-    parser.add_argument("--seed", type=int, default=0, help="of the bootstrap")
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     return parser.parse_args(argv)
 
 
-def bootstrap_interval(ratios: np.ndarray, seed: int, draws: int = 10_000) -> tuple[float, float]:
-    """95 % interval of the median of `ratios`, by resampling the rounds with replacement."""
-    generator = np.random.default_rng(seed)
-    medians = np.median(generator.choice(ratios, size=(draws, ratios.size), replace=True), axis=1)
-    low, high = np.percentile(medians, [2.5, 97.5])
-    return float(low), float(high)
-
-
 def head_to_head(files: dict[str, Path], inputs: tuple, threads: int, args) -> dict:
-    """`args.rounds` alternating comparisons of the two files; each round's ratio of medians."""
+    """`args.rounds` rounds of the two files timed alternately, stated as the runtime states a comparison (the
+    pooled ratio and its 95 % interval over the rounds), with each round's own ratio."""
     ours = onnx_runner(files["prunefx int8"], inputs, threads=threads)
     theirs = onnx_runner(files["ort u8"], inputs, threads=threads)
-    rounds = [compare_latency(theirs, ours, runs=args.runs, threads=threads)
+    rounds = [timing_round(lambda: theirs, lambda: ours, 10, args.runs, BLOCK, SETTLE, time.perf_counter, threads)
               for _ in tqdm(range(args.rounds), desc=f"{threads} thread(s)", leave=False)]
-    ratios = np.array([comparison.speedup for comparison in rounds])
-    low, high = bootstrap_interval(ratios, args.seed)
-    return {"ratio_median": float(np.median(ratios)), "interval_95": [low, high],
-            "prunefx_ms_median": float(np.median([c.b.median_ms for c in rounds])),
-            "ort_u8_ms_median": float(np.median([c.a.median_ms for c in rounds])),
-            "rounds_prunefx_faster": int((ratios > 1).sum()), "rounds": len(ratios), "ratios": ratios.tolist()}
+    pooled = pooled_rounds(rounds, confidence=CONFIDENCE)
+    ratios = [pooled_rounds([one]).speedup for one in rounds]
+    return {"ratio": pooled.speedup, "interval_95": [pooled.speedup_low, pooled.speedup_high],
+            "confidence": CONFIDENCE, "prunefx_ms_median": pooled.b.median_ms, "ort_u8_ms_median": pooled.a.median_ms,
+            "rounds_prunefx_faster": sum(ratio > 1 for ratio in ratios), "rounds": len(ratios), "ratios": ratios}
 
 
 def run_model(name: str, images, args) -> dict:
@@ -88,14 +90,15 @@ def verdict(row: dict) -> str:
 
 def markdown(report: dict, info: dict) -> str:
     rows = [[model, threads, f"{row['prunefx_ms_median']:.2f}", f"{row['ort_u8_ms_median']:.2f}",
-             f"{row['ratio_median']:.3f}", f"{row['interval_95'][0]:.3f} - {row['interval_95'][1]:.3f}",
+             f"{row['ratio']:.3f}", f"{row['interval_95'][0]:.3f} - {row['interval_95'][1]:.3f}",
              f"{row['rounds_prunefx_faster']} of {row['rounds']}", verdict(row)]
             for model, by_threads in report["models"].items() for threads, row in by_threads.items()]
     return (f"# prunefx INT8 against quantize_static U8, head to head (ONNX Runtime, batch 1, 224x224)\n\n"
             f"{machine_summary(info)}; load average at start {info['load_average_at_start']}, at end "
             f"{report['load_average_at_end']}.\n\nCommand: `{report['command']}`\n\n"
             f"{info['rounds']} rounds of {info['runs']} alternating runs per file; ratio = quantize_static's "
-            f"median / prunefx's (above 1: prunefx faster); interval: 95 % bootstrap of the median ratio.\n\n"
+            f"median / prunefx's pooled over the rounds (above 1: prunefx faster); interval: 95 % Student's t over "
+            "the rounds, the runtime's statistic.\n\n"
             + markdown_table(["model", "threads", "prunefx ms", "quantize_static u8 ms", "ratio", "95 % interval",
                               "rounds prunefx faster", "verdict"], rows) + "\n")
 

@@ -167,8 +167,8 @@ def _write(args, runs: list, rows: list, load_at_start, top_at_start: str) -> No
         "importance, no fine-tuning (speed, not accuracy); width first, depth (--allow-depth, blocks ranked on the "
         "20 offline ImageNet images) when width alone cannot reach S, both together (width+depth) when depth alone "
         "cannot either.",
-        "- 'search' is the confirmed speed-up the search accepted and the lower bound of its 90 % interval (a "
-        f"bootstrap over {CONFIRM_ROUNDS} fresh processes and their blocks); 'independent' is `prunefx bench "
+        "- 'search' is the confirmed speed-up the search accepted and the lower bound of its 90 % interval, "
+        f"drawn by {_interval_methods(runs)}; 'independent' is `prunefx bench "
         f"dense.onnx --vs model.onnx` in another process ({args.runs} runs each after {BENCH_WARMUP} warm-up runs, "
         f"over {BENCH_ROUNDS} fresh processes, alternating) with its interval; 'control' is dense.onnx against a byte copy of itself, the same way. "
         f"Subnormal floats {info['denormals']} in every timing session (search and bench).",
@@ -194,11 +194,18 @@ def _latest_runs(parts: dict) -> tuple[list[dict], list[dict]]:
     return list(latest.values()), superseded
 
 
-def _measured_how(machine: dict) -> str:
+def _interval_methods(runs: list) -> str:
+    """How the searches' intervals were drawn, as their records say (the runtime names its method in each)."""
+    methods = sorted({run["search"]["interval"]["method"] for run in runs
+                      if ((run.get("search") or {}).get("interval") or {}).get("method")})
+    return ", ".join(methods) or "no interval recorded"
+
+
+def _measured_how(machine: dict, runs: list) -> str:
     """How the merged runs measured, as the latest part's machine record states it."""
     rounds = machine["rounds_in"]
-    return ("- 'search' is the confirmed speed-up the search accepted and the lower bound of its 90 % interval "
-            f"(bootstrap over {machine['confirm_rounds']} {rounds} and their blocks); 'independent' is `prunefx "
+    return ("- 'search' is the confirmed speed-up the search accepted and the lower bound of its 90 % interval, "
+            f"drawn by {_interval_methods(runs)}; 'independent' is `prunefx "
             f"bench dense.onnx --vs model.onnx` in another process ({machine['bench_runs']} runs each after "
             f"{machine['bench_warmup']} warm-up runs, over {machine['bench_rounds']} {rounds}, alternating) with "
             "its 90 % interval; 'control' is dense.onnx against a byte copy of itself, the same way. "
@@ -229,7 +236,7 @@ def merge(names: list[str], results_name: str, note: str = "") -> int:
         "- ONNX Runtime, batch 1, 2 threads; widths on the backend's multiple; l2 importance, no fine-tuning (speed, "
         "not accuracy); width first, then depth (--allow-depth: merged blocks, or dropped residual branches where "
         "no block merges) when width alone cannot reach S.",
-        _measured_how(latest), "", _summary(runs), "",
+        _measured_how(latest, runs), "", _summary(runs), "",
         markdown_table(["model", "budget S", "route", "MACs kept", "search (bound)", "independent", "control",
                         "within target", "search seconds"], [row_of(run) for run in runs]), ""]))
     return 0

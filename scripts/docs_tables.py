@@ -78,11 +78,15 @@ def int8_head_to_head(data: dict) -> str:
         for threads, row in by_threads.items():
             low, high = row["interval_95"]
             verdict = "prunefx faster" if low > 1 else "prunefx slower" if high < 1 else "cannot be told apart"
+            ratio = row.get("ratio", row.get("ratio_median"))  # a file from before the runtime's statistic
             rows.append([model, threads, f"{row['prunefx_ms_median']:.2f}", f"{row['ort_u8_ms_median']:.2f}",
-                         f"{row['ratio_median']:.3f}", f"{low:.3f} - {high:.3f}",
+                         f"{ratio:.3f}", f"{low:.3f} - {high:.3f}",
                          f"{row['rounds_prunefx_faster']} of {row['rounds']}", verdict])
+    pooled = all("confidence" in row for by_threads in data["models"].values() for row in by_threads.values())
+    interval = ("95 % Student's t interval over the rounds (the runtime's statistic)" if pooled
+                else "95 % bootstrap interval of the median ratio")
     return (f"`{data['command']}`: ratio = quantize_static's median / prunefx's (above 1: prunefx faster), "
-            "95 % bootstrap interval of the median ratio.\n\n"
+            f"{interval}.\n\n"
             + _table(["model", "threads", "prunefx ms", "quantize_static u8 ms", "ratio", "95 % interval",
                       "rounds prunefx faster", "verdict"], rows))
 

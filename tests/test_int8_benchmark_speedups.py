@@ -76,3 +76,26 @@ def test_int8_after_pruning_states_speedups_and_int8_gains_with_their_intervals(
     monkeypatch.setattr(benchmark, "machine_summary", lambda machine: "a machine")
     assert "| 0.500 |" in benchmark.markdown({"settings": {"batch": 1, "threads": 1, "runs": 20, "block": 5},
                                                      "machine": {}, "command": "x", "models": {"resnet20": result}})
+
+
+def test_int8_head_to_head_states_the_pooled_ratio_with_a_95_percent_interval_over_the_rounds(monkeypatch):
+    benchmark = _benchmark("int8_head_to_head")
+    rng = np.random.default_rng(2)
+    # each round: blocks of quantize_static's file (a) and of prunefx's (b), a slow round for both
+    scripted = [([list(0.0102 * slow * rng.uniform(0.95, 1.05, 5)) for _ in range(3)],
+                 [list(0.0100 * slow * rng.uniform(0.95, 1.05, 5)) for _ in range(3)], 1, 1)
+                for slow in (1.0, 1.2, 1.0, 1.05, 0.98)]
+    rounds = iter(scripted)
+    monkeypatch.setattr(benchmark, "onnx_runner", lambda path, inputs, threads: path)
+    monkeypatch.setattr(benchmark, "timing_round", lambda *settings: next(rounds))
+    args = argparse.Namespace(rounds=len(scripted), runs=15)
+    row = benchmark.head_to_head({"prunefx int8": "ours", "ort u8": "theirs"}, (), 1, args)
+    a = [np.concatenate(theirs) for theirs, _, _, _ in scripted]
+    b = [np.concatenate(ours) for _, ours, _, _ in scripted]
+    logs = np.log([np.median(x) / np.median(y) for x, y in zip(a, b)])
+    half = stats.t.ppf(0.975, len(logs) - 1) * np.std(logs, ddof=1) / np.sqrt(len(logs))
+    centre = np.median(np.concatenate(a)) / np.median(np.concatenate(b))
+    assert row["ratio"] == pytest.approx(centre, rel=1e-12) and row["confidence"] == 0.95
+    assert row["interval_95"] == pytest.approx([centre * np.exp(-half), centre * np.exp(half)], rel=1e-12)
+    assert row["ratios"] == pytest.approx(list(np.exp(logs)), rel=1e-12)
+    assert row["rounds_prunefx_faster"] == int((logs > 0).sum()) and row["rounds"] == 5

@@ -115,8 +115,8 @@ def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup:
 
     Its `confirm` method is the same measurement made longer (`confirm_runs` timed runs each, 4x `runs`
     by default, twice the warm-up, over `confirm_rounds` fresh processes: runtime/measure/latency.py's
-    compare_rounds says why), cached apart, answering a `Timing` with the bootstrap interval
-    of the speed-up: prune_to_budget accepts a candidate only when that interval's
+    compare_rounds says why), cached apart, answering a `Timing` with the interval of the
+    speed-up (ratio_interval): prune_to_budget accepts a candidate only when that interval's
     lower bound clears the budget, because one short measurement on a loaded machine can be off by 20 %.
     Its `confirm_longer` doubles the runs and the processes, for a candidate whose interval holds the budget
     (passes/budget/measurement.py's LongerMeasurer).
