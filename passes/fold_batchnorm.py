@@ -9,8 +9,9 @@ which is exact in eval mode.
 Preconditions for a fold (otherwise the pair is left alone and counted in the stats):
 - the batch norm is in eval mode and tracks running statistics;
 - the layer's only user is the batch norm, and its weight is used by no other node;
-- the layer is a (non-transposed) convolution, or a linear layer whose output is 2-D [N, C]
-  (BatchNorm1d on [N, C, L] normalises a different axis than linear's output features).
+- the layer is a convolution (transposed too: its weight holds the output channels in dim 1, per group), or a
+  linear layer whose output is 2-D [N, C] (BatchNorm1d on [N, C, L] normalises a different axis than linear's
+  output features).
 Non-goals: folding a batch norm *before* a layer (the merge_blocks pass does that), training mode.
 """
 
@@ -43,7 +44,9 @@ _FOLDABLE_LAYERS = {
     aten.conv1d.default: 2, aten.conv2d.default: 2, aten.conv3d.default: 2,
     aten.conv1d.padding: 2, aten.conv2d.padding: 2, aten.conv3d.padding: 2,
     aten.convolution.default: 2, aten.linear.default: 2,
+    aten.conv_transpose1d.default: 2, aten.conv_transpose2d.input: 2, aten.conv_transpose3d.input: 2,
 }
+_TRANSPOSED = {aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input}
 
 
 def _batch_norm_parts(bn: torch.fx.Node):
@@ -61,8 +64,6 @@ def _foldable_layer(bn: torch.fx.Node, module: torch.fx.GraphModule) -> torch.fx
     if not isinstance(layer, torch.fx.Node) or layer.op != "call_function" or layer.target not in _FOLDABLE_LAYERS:
         return None
     if len(layer.users) != 1:
-        return None
-    if layer.target is aten.convolution.default and layer.args[6]:  # transposed
         return None
     weight = attribute_name(layer.args[1])
     if weight is None or len(users_of_tensor(module, weight)) != 1:
@@ -82,8 +83,10 @@ def _fold_pair(module: torch.fx.GraphModule, layer: torch.fx.Node, bn: torch.fx.
     weight_t = tensor_name(layer.args[1])
     weight = get_tensor(module, weight_t)
     dtype = weight.dtype
+    groups = _transposed_groups(layer)
+    channels = weight.shape[0] if groups is None else weight.shape[1] * groups
     # the defaults sit beside the weight: a cuda model's folding must not mix in CPU tensors
-    zeros = torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device)
+    zeros = torch.zeros(channels, dtype=torch.float64, device=weight.device)
     as64 = lambda target, default: (get_tensor(module, target).double() if target else default)  # noqa: E731
     gamma = as64(gamma_t, zeros + 1)
     beta = as64(beta_t, zeros)
@@ -92,12 +95,31 @@ def _fold_pair(module: torch.fx.GraphModule, layer: torch.fx.Node, bn: torch.fx.
     bias = get_tensor(module, tensor_name(bias_node)).double() if bias_node is not None else zeros
 
     scale = gamma / torch.sqrt(var + eps)
-    new_weight = weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+    new_weight = _scaled_outputs(weight.double(), scale, groups)
     new_bias = (bias - mean) * scale + beta
     set_tensor(module, weight_t, new_weight.to(dtype))
     _set_bias(module, layer, weight_t, new_bias.to(dtype))
     bn.replace_all_uses_with(layer)
     module.graph.erase_node(bn)
+
+
+def _transposed_groups(layer: torch.fx.Node) -> int | None:
+    """The groups of a transposed convolution (None for any other layer)."""
+    if layer.target in _TRANSPOSED:
+        return int(layer.args[6]) if len(layer.args) > 6 else 1
+    if layer.target is aten.convolution.default and layer.args[6]:
+        return int(layer.args[8])
+    return None
+
+
+def _scaled_outputs(weight: torch.Tensor, scale: torch.Tensor, groups: int | None) -> torch.Tensor:
+    """`weight` with each output channel's kernel times its `scale`: dim 0 of a layer's weight, and for a
+    transposed convolution ([in, out / groups, ...]) dim 1 within each group of inputs."""
+    if groups is None:
+        return weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+    grouped = weight.reshape(groups, weight.shape[0] // groups, *weight.shape[1:])
+    per_group = scale.reshape(groups, 1, weight.shape[1], *([1] * (weight.dim() - 2)))
+    return (grouped * per_group).reshape(weight.shape)
 
 
 def _set_bias(module: torch.fx.GraphModule, layer: torch.fx.Node, weight_target: str, value: torch.Tensor) -> None:

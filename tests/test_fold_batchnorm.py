@@ -83,3 +83,32 @@ def test_a_batch_norm_over_the_length_of_an_unbatched_conv_is_left_alone(out_cha
     fresh = torch.randn(3, 6)
     with torch.no_grad():
         assert torch.allclose(result.program(fresh), model(fresh), atol=1e-6)
+
+
+class _ConvolutionTransposed(torch.nn.Module):
+    """A transposed convolution written as aten.convolution (transposed=True), as some exporters leave it."""
+
+    def __init__(self, deconvolution: torch.nn.ConvTranspose2d):
+        super().__init__()
+        self.deconvolution = deconvolution
+
+    def forward(self, x):
+        layer = self.deconvolution
+        return torch.ops.aten.convolution(x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation,
+                                          True, layer.output_padding, layer.groups)
+
+
+@pytest.mark.parametrize("dims, groups, bias, as_convolution", [
+    (2, 1, True, False), (2, 3, False, False), (1, 3, True, False), (3, 1, False, False), (2, 3, True, True)])
+def test_folds_a_batch_norm_after_a_transposed_convolution_per_output_channel_of_each_group(
+        dims, groups, bias, as_convolution):
+    torch.manual_seed(0)
+    deconvolution = getattr(torch.nn, f"ConvTranspose{dims}d")(6, 9, 3, stride=2, groups=groups, bias=bias)
+    layer = _ConvolutionTransposed(deconvolution) if as_convolution else deconvolution
+    model = _randomise_batchnorms(torch.nn.Sequential(layer, getattr(torch.nn, f"BatchNorm{dims}d")(9)))
+    x = torch.randn(2, 6, *[5] * dims)
+    result = fold_batchnorm(capture(model, x))
+    assert result.stats["folded"] == 1 and _batch_norm_count(result.program) == 0
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(result.program(x), expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
