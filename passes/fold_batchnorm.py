@@ -10,8 +10,8 @@ Preconditions for a fold (otherwise the pair is left alone and counted in the st
 - the batch norm is in eval mode and tracks running statistics;
 - the layer's only user is the batch norm, and its weight is used by no other node;
 - the layer is a convolution (transposed too: its weight holds the output channels in dim 1, per group), or a
-  linear layer whose output is 2-D [N, C] (BatchNorm1d on [N, C, L] normalises a different axis than linear's
-  output features).
+  linear layer whose output is 2-D [N, C], or flattened to [N * L, C] first (LeViT's linear + BatchNorm1d):
+  BatchNorm1d on [N, C, L] normalises a different axis than linear's output features.
 Non-goals: folding a batch norm *before* a layer (the merge_blocks pass does that), training mode.
 """
 
@@ -46,6 +46,7 @@ _FOLDABLE_LAYERS = {
     aten.convolution.default: 2, aten.linear.default: 2,
     aten.conv_transpose1d.default: 2, aten.conv_transpose2d.input: 2, aten.conv_transpose3d.input: 2,
 }
+_SHAPE_OF_SECOND = {aten.reshape_as.default, aten.view_as.default, aten.expand_as.default}  # (values, shape)
 _TRANSPOSED = {aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input}
 
 
@@ -59,18 +60,37 @@ def _batch_norm_parts(bn: torch.fx.Node):
     return attribute_name(weight), attribute_name(bias), attribute_name(mean), attribute_name(var), eps
 
 
+def _flattened_linear(node) -> torch.fx.Node | None:
+    """The linear layer whose output `node` flattens to [N * L, C] (its features last), read by nothing else."""
+    if not (isinstance(node, torch.fx.Node) and node.target is aten.flatten.using_ints and len(node.users) == 1):
+        return None
+    linear, start, end = (list(node.args) + [0, -1])[:3]
+    if not (isinstance(linear, torch.fx.Node) and linear.target is aten.linear.default):
+        return None
+    rank = linear.meta["val"].dim()
+    return linear if start == 0 and end % rank == rank - 2 else None
+
+
+def _reads_shape_only(user: torch.fx.Node, node: torch.fx.Node) -> bool:
+    """`user` reads `node`'s shape, not its values (LeViT's `bn(x.flatten(0, 1)).reshape_as(x)`)."""
+    if user.target is aten.sym_size.int:
+        return True
+    return user.target in _SHAPE_OF_SECOND and node not in (user.args[:1] + tuple(user.kwargs.values()))
+
+
 def _foldable_layer(bn: torch.fx.Node, module: torch.fx.GraphModule) -> torch.fx.Node | None:
-    layer = bn.args[0]
+    normalised = bn.args[0]  # the layer's output, or a linear's flattened
+    layer = _flattened_linear(normalised) or normalised
     if not isinstance(layer, torch.fx.Node) or layer.op != "call_function" or layer.target not in _FOLDABLE_LAYERS:
         return None
-    if len(layer.users) != 1:
+    if sum(not _reads_shape_only(user, layer) for user in layer.users) != 1:
         return None
     weight = attribute_name(layer.args[1])
     if weight is None or len(users_of_tensor(module, weight)) != 1:
         return None
     # the batch norm scales dim 1, the layer's output channels only where the output is batched: a conv's output
     # has its weight's rank then, a linear's two dims (an unbatched conv1d gives [C, L], and dim 1 is the length)
-    if layer.meta["val"].dim() != get_tensor(module, tensor_name(layer.args[1])).dim():
+    if normalised.meta["val"].dim() != get_tensor(module, tensor_name(layer.args[1])).dim():
         return None
     bias = layer.args[2] if len(layer.args) > 2 else None
     if bias is not None and (attribute_name(bias) is None or len(users_of_tensor(module, attribute_name(bias))) != 1):
@@ -99,7 +119,7 @@ def _fold_pair(module: torch.fx.GraphModule, layer: torch.fx.Node, bn: torch.fx.
     new_bias = (bias - mean) * scale + beta
     set_tensor(module, weight_t, new_weight.to(dtype))
     _set_bias(module, layer, weight_t, new_bias.to(dtype))
-    bn.replace_all_uses_with(layer)
+    bn.replace_all_uses_with(bn.args[0])
     module.graph.erase_node(bn)
 
 

@@ -112,3 +112,47 @@ def test_folds_a_batch_norm_after_a_transposed_convolution_per_output_channel_of
     with torch.no_grad():
         expected = model(x)
         torch.testing.assert_close(result.program(x), expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
+
+
+class _LinearNorm(torch.nn.Module):
+    """LeViT's linear + BatchNorm1d over the tokens: bn(linear(x).flatten(0, 1)).reshape_as(...); `flatten` says
+    which dims are joined, and `also_read` adds a reader of the linear's values besides the batch norm."""
+
+    def __init__(self, flatten=(0, 1), also_read=False):
+        super().__init__()
+        self.linear, self.norm = torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8)
+        self.flatten, self.also_read = flatten, also_read
+
+    def forward(self, x):
+        y = self.linear(x)
+        flat = y.flatten(*self.flatten)
+        if flat.shape[-1] != 8:  # the features joined with the tokens: normalise what BatchNorm1d can take
+            flat = flat.reshape(-1, 8)
+        out = self.norm(flat).reshape_as(y)
+        return out + y if self.also_read else out
+
+
+@pytest.mark.parametrize("flatten, also_read, folded", [((0, 1), False, 1), ((0, -2), False, 1), ((1, 2), False, 0),
+                                                        ((0, 1), True, 0)])
+def test_folds_linear_and_batch_norm_over_flattened_tokens_only_where_the_features_stay_last(flatten, also_read,
+                                                                                            folded):
+    torch.manual_seed(0)
+    model = _randomise_batchnorms(_LinearNorm(flatten, also_read))
+    x = torch.randn(2, 5, 6)
+    result = fold_batchnorm(capture(model, x))
+    assert result.stats["folded"] == folded
+    with torch.no_grad():
+        torch.testing.assert_close(result.program(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_folds_levits_batch_norms_exactly():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = _randomise_batchnorms(timm.create_model("levit_128s", pretrained=False))
+    x = torch.randn(1, 3, 224, 224)
+    result = fold_batchnorm(capture(model, x))
+    # all but the head's two, which sit after a mean over the tokens
+    assert result.stats["folded"] == result.stats["batch_norms"] - 2 > 40
+    with torch.no_grad():
+        expected = model(x)
+        assert (result.program(x) - expected).abs().max() <= 1e-5 * expected.abs().max()
