@@ -321,3 +321,24 @@ def test_semi_structured_linear_matches_dense_and_is_timed():
     timing = time_linear(torch.randn(1536, 384), 64 * 197, warmup=3, runs=5)
     # the two kernels sum in different orders: fp16 rounding, a few units of 2**-10 of the largest output
     assert timing.relative_difference < 1e-2 and timing.dense.median_ms > 0 and timing.sparse.median_ms > 0
+
+
+class _ScaledWeight(torch.nn.Module):
+    """A stored convolution beside one whose weight the graph computes (weight * gain)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stored, self.scaled = torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.Conv2d(32, 32, 3, padding=1)
+        self.gain = torch.nn.Parameter(torch.full((32, 1, 1, 1), 2.0))
+
+    def forward(self, x):
+        return F.conv2d(self.stored(x), self.scaled.weight * self.gain, self.scaled.bias, padding=1)
+
+
+def test_a_layer_whose_weight_the_graph_computes_is_listed_as_skipped_with_its_reason():
+    torch.manual_seed(0)
+    program = capture(_ScaledWeight().eval(), torch.randn(1, 32, 8, 8))
+    stats = sparsify_nm(program, config={"pattern": "2:4"}).stats
+    assert stats["weights"] == ["stored.weight"]
+    assert [entry["node"] for entry in stats["skipped"]] == ["conv2d_1"]
+    assert "computed in the graph" in stats["skipped"][0]["reason"]

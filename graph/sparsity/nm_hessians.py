@@ -57,6 +57,10 @@ def find_sparse_layers(module: torch.fx.GraphModule, *, pattern: Pattern | None,
     for node in module.graph.nodes:
         weight = _weight_node(node)
         if weight is None:
+            computed = _computed_weight(node)
+            if computed is not None and (only is None or node.name in only):
+                skipped.append({"node": node.name, "weight": computed.name, "reason": "its weight is computed in the "
+                                "graph (a scaled or standardised weight), not a stored tensor to sparsify"})
             continue
         names = {node.name, weight.target}
         if only is not None and not names & only:
@@ -82,6 +86,16 @@ def _weight_node(node: torch.fx.Node) -> torch.fx.Node | None:
         return None
     weight = node.args[index] if len(node.args) > index else None
     return weight if isinstance(weight, torch.fx.Node) and weight.op == "get_attr" else None
+
+
+def _computed_weight(node: torch.fx.Node) -> torch.fx.Node | None:
+    """The weight of a convolution or linear layer that the graph computes (no get_attr), else None; a matrix
+    product of two computed values is no weighted layer (attention's)."""
+    if node.op != "call_function" or not (node.target in _CONVOLUTIONS or node.target in OTHER_CONVOLUTIONS
+                                          or node.target is aten.linear.default):
+        return None
+    weight = node.args[1] if len(node.args) > 1 else None
+    return weight if isinstance(weight, torch.fx.Node) and weight.op != "get_attr" else None
 
 
 def _argument(node: torch.fx.Node, index: int, name: str, default):
