@@ -80,6 +80,8 @@ def _reads_shape_only(user: torch.fx.Node, node: torch.fx.Node) -> bool:
 
 def _foldable_layer(bn: torch.fx.Node, module: torch.fx.GraphModule) -> torch.fx.Node | None:
     normalised = bn.args[0]  # the layer's output, or a linear's flattened
+    if not isinstance(normalised, torch.fx.Node):
+        return None
     layer = _flattened_linear(normalised) or normalised
     if not isinstance(layer, torch.fx.Node) or layer.op != "call_function" or layer.target not in _FOLDABLE_LAYERS:
         return None
@@ -119,16 +121,18 @@ def _fold_pair(module: torch.fx.GraphModule, layer: torch.fx.Node, bn: torch.fx.
     new_bias = (bias - mean) * scale + beta
     set_tensor(module, weight_t, new_weight.to(dtype))
     _set_bias(module, layer, weight_t, new_bias.to(dtype))
-    bn.replace_all_uses_with(bn.args[0])
+    normalised = bn.args[0]
+    assert isinstance(normalised, torch.fx.Node)  # _foldable_layer's check
+    bn.replace_all_uses_with(normalised)
     module.graph.erase_node(bn)
 
 
 def _transposed_groups(layer: torch.fx.Node) -> int | None:
     """The groups of a transposed convolution (None for any other layer)."""
     if layer.target in _TRANSPOSED:
-        return int(layer.args[6]) if len(layer.args) > 6 else 1
+        return int(layer.args[6]) if len(layer.args) > 6 else 1  # type: ignore[arg-type]  # groups: an int
     if layer.target is aten.convolution.default and layer.args[6]:
-        return int(layer.args[8])
+        return int(layer.args[8])  # type: ignore[arg-type]
     return None
 
 
