@@ -33,7 +33,7 @@ from prunefx.runtime.measure.pairs import latency_pair, speedup_measure
 from prunefx.runtime.measure.speedup import onnx_latency_pair, onnx_speedup
 from prunefx.runtime.onnx.export import OnnxExport, export_onnx
 from prunefx.runtime.onnx.float16 import lower_to_float16
-from prunefx.runtime.onnx.parity import OutputParity, Parity, check_parity
+from prunefx.runtime.onnx.parity import OutputParity, Parity, check_parity, program_parity
 from prunefx.runtime.onnx.provenance import map_to_program, onnx_node_origins
 from prunefx.runtime.onnx.quantized import (
     QuantizedExport,
@@ -74,6 +74,6 @@ __all__ = [
     "check_parity", "compare_gpu_latency", "compare_latency", "compile_torch_tensorrt", "engine_cache_key",
     "export_onnx", "format_profile_table", "jetson_state", "latency_pair", "map_to_program", "measure_gpu_latency",
     "measure_latency", "onnx_node_origins", "onnx_nodes_of_layer", "QuantizedExport", "export_quantized_lowerings", "export_quantized_onnx", "lower_to_float16", "onnx_latency_pair", "onnx_side_by_side", "onnxruntime_lowering", "onnx_runner", "OnnxRunnerMaker", "onnx_speedup", "parse_engine_information",
-    "parse_performance_summary", "parse_tegrastats_line", "profile_engine", "read_variants", "run_trtexec", "speedup_measure",
+    "parse_performance_summary", "parse_tegrastats_line", "profile_engine", "program_parity", "read_variants", "run_trtexec", "speedup_measure",
     "torch_runner", "trtexec_arguments", "variants_from_compress", "write_chart", "write_deployment_report",
 ]

@@ -21,6 +21,7 @@ import torchvision
 from prunefx.cli import EXIT_USER_ERROR, main
 from prunefx.data import fashion_mnist
 from prunefx.graph import Program, PrunefxError, capture, count
+from prunefx.models import build_model
 from prunefx.reports.seconds import WRITE_STAGE
 from prunefx.runtime import OnnxRuntimeSession, export_onnx
 
@@ -562,7 +563,16 @@ def test_quantize_writes_tensorrt_and_onnxruntime_files(capsys, tmp_path, one_th
     assert ort_inputs  # zero-points (and, without VNNI, weights) in UINT8 for ONNX Runtime's kernels
     for entry in report["exports"].values():
         assert entry["parity"]["relative"] < 0.1
-    assert Program.load(tmp_path / "q" / "model.pt2").training is False
+    quantized = Program.load(tmp_path / "q" / "model.pt2")
+    assert quantized.training is False
+    # the fake-quantized model against the float one, recomputed here from a float model of the same seed
+    torch.manual_seed(0)
+    dense = build_model("prunefx:mobilenetv2_small").module.eval()
+    with torch.no_grad():
+        want, got = dense(*quantized.example_inputs).double(), quantized(*quantized.example_inputs).double()
+    departure = report["float_departure"]["relative"]
+    assert departure == pytest.approx(float((want - got).abs().max() / want.abs().max()), rel=1e-6) and departure > 0
+    assert f"against the float one: relative error {departure:.2e}" in out
 
 
 def test_quantize_without_calibration_data_is_refused(capsys, tmp_path):

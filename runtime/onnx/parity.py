@@ -51,11 +51,8 @@ def check_parity(program: Program, onnx_path: str | os.PathLike,
     """Run `program` (eval mode) and the ONNX file on `inputs` (example inputs by default); compare. ONNX
     Runtime runs on `threads` threads, by default as many as torch runs the program on."""
     require_onnx_runtime_can_check(program)
-    program = program.clone().eval() if program.training else program
     inputs = program.example_inputs if inputs is None else tuple(inputs)
-    with torch.inference_mode():
-        expected = [leaf.detach().cpu().numpy() for leaf in pytree.tree_leaves(program(*inputs))
-                    if isinstance(leaf, torch.Tensor)]
+    expected = _outputs(program, inputs)
     session = OnnxRuntimeSession(onnx_path, threads=threads or torch.get_num_threads())
     actual = session.run(*inputs)
     names, file_name = session.output_names, session.path.name
@@ -64,8 +61,29 @@ def check_parity(program: Program, onnx_path: str | os.PathLike,
     if len(actual) != len(expected):
         raise ParityError(f"model '{program.name}' has {len(expected)} output(s) in torch but "
                           f"{len(actual)} in {file_name}")
-    outputs = [_compare(name, want, got, program.name)
-               for name, want, got in zip(names, expected, actual)]
+    return _worst([_compare(name, want, got, program.name) for name, want, got in zip(names, expected, actual)])
+
+
+def program_parity(reference: Program, other: Program, inputs: Sequence[torch.Tensor] | None = None) -> Parity:
+    """`other` against `reference` on the same inputs (`reference`'s example inputs by default), measured as
+    check_parity measures a file: how far a rewrite that is not exact (quantization) moves the outputs, the scale
+    its files' parity is read on."""
+    inputs = reference.example_inputs if inputs is None else tuple(inputs)
+    expected, actual = (_outputs(program, inputs) for program in (reference, other))
+    if len(actual) != len(expected):
+        raise ParityError(f"model '{other.name}' has {len(actual)} output(s), '{reference.name}' {len(expected)}")
+    return _worst([_compare(f"output {index}", want, got, reference.name)
+                   for index, (want, got) in enumerate(zip(expected, actual))])
+
+
+def _outputs(program: Program, inputs) -> list[np.ndarray]:
+    program = program.clone().eval() if program.training else program
+    with torch.inference_mode():
+        return [leaf.detach().cpu().numpy() for leaf in pytree.tree_leaves(program(*inputs))
+                if isinstance(leaf, torch.Tensor)]
+
+
+def _worst(outputs: list[OutputParity]) -> Parity:
     worst = max(output.max_abs_error for output in outputs)
     scale = max(output.output_scale for output in outputs)
     return Parity(max_abs_error=worst, output_scale=scale, relative=_relative(worst, scale), outputs=outputs)
