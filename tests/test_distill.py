@@ -30,6 +30,7 @@ from prunefx.passes.training.engine import (
     kd_loss,
     make_scheduler,
 )
+from prunefx.reports.compression import pass_summary
 
 BATCH = 8
 CLASSES = 5
@@ -257,6 +258,9 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
                       config=TrainConfig(**_checkpointed(tmp_path / "cut", resume=True)))
     stats = resumed.fit()
     assert stats["resumed_from"] == 4 and stats["steps_run"] == 6
+    # the console's and report.md's line counts every step the model took, and says where this run began
+    assert "10 training steps (6 in this run, resumed at step 4)," in pass_summary(stats)
+    assert pass_summary(full_stats).startswith("10 training steps, loss")
     assert resumed.program is not given and not given.training  # the caller's program given back as it came
     # the checkpoint's program runs on the caller's example inputs (a loaded one draws random ones)
     assert all(torch.equal(ours, theirs) for ours, theirs in zip(resumed.program.example_inputs, given.example_inputs))

@@ -26,7 +26,10 @@ def pass_summary(stats: Mapping) -> str:
         parts.append(f"{len(stats['events'])} pruning events")
     training = stats.get("training", stats)
     if "steps_run" in training:
-        parts.append(f"{training['steps_run']} training steps, loss {training['train_loss']:.4f} "
+        resumed = training.get("resumed_from")  # a resumed run trained from a checkpoint's step on
+        steps = (f"{training['steps']} training steps ({training['steps_run']} in this run, resumed at step {resumed})"
+                 if resumed else f"{training['steps_run']} training steps")
+        parts.append(f"{steps}, loss {training['train_loss']:.4f} "
                      f"(task {training['task_loss']:.4f}, KD {training['kd_loss']:.4f})")
         if training.get("eval"):
             parts.append(f"val {100 * training['eval'][-1]['accuracy']:.2f} %")
