@@ -563,3 +563,43 @@ def test_a_write_into_an_item_of_a_chunk_of_the_input_leaves_the_callers_tensor(
     assert torch.equal(x, before)
     prunefx.load(program.save(tmp_path / "model.pt2"))(x)
     assert torch.equal(x, before)
+
+
+class CachedBias(nn.Module):
+    """timm's LeViT attention in small: an eval-mode call stores the bias it gathers, later calls read the store."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.table = nn.Parameter(torch.randn(4, 5))
+        self.register_buffer("index", torch.tensor([0, 2, 4]), persistent=False)
+        self.cache: dict = {}
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            self.cache = {}
+        return self
+
+    def forward(self, x):
+        if self.training:
+            bias = self.table[:, self.index]
+        else:
+            bias = self.cache.setdefault("bias", self.table[:, self.index])
+        return self.conv(x).mean((2, 3)) @ bias
+
+
+def test_to_module_of_a_program_captured_from_a_cache_says_how_to_capture_it_again(one_thread):
+    torch.manual_seed(0)
+    model, x = CachedBias().eval(), torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        model(x)  # an ordinary evaluation fills the cache
+    program = prunefx.capture(model, x)
+    model.train().eval()  # the cache cleared: the forward reads the index again
+    with pytest.raises(prunefx.PrunefxError, match="cannot write CachedBias back") as refused:
+        prunefx.to_module(program, model)
+    assert "read a cache" in str(refused.value) and "model.train() then model.eval()" in str(refused.value)
+    model.train().eval()
+    program = prunefx.capture(model, x)  # captured with the cache cleared, as the refusal says
+    with torch.no_grad():
+        torch.testing.assert_close(prunefx.to_module(program, model)(x), model(x))

@@ -208,6 +208,13 @@ def _made_from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Modu
     raise WriteBackError(f"{error}{tried_too}{''.join('; ' + line for line in kept[-1:])}") from error
 
 
+# A model whose eval-mode forward stores what it computes (timm LeViT's attention bias) and reads the store on later
+# calls was captured reading a constant where its forward now reads its tensors, or the other way round.
+_CACHED = ("or the model read a cache it fills when it was captured (an attention bias an earlier eval-mode call "
+           "stored) and not now, or the other way round: capture it with the cache cleared, e.g. after "
+           "model.train() then model.eval()")
+
+
 def _check_nothing_dropped(program: Program, dense: Program, name: str) -> None:
     """Every tensor the model's forward reads must still be in the Program: a pass that merged one into
     another (fold_batchnorm, merge_blocks) leaves the model's layer computing on a tensor the Program lost."""
@@ -217,8 +224,8 @@ def _check_nothing_dropped(program: Program, dense: Program, name: str) -> None:
     if dropped:
         raise WriteBackError(f"cannot write {name} back: the program no longer has '{dropped[0]}', which the "
                              f"model's forward reads ({len(dropped)} such tensors; a pass that merges layers ran, "
-                             "e.g. fold_batchnorm or merge_blocks: write back before it; or the program was "
-                             "captured from another model)")
+                             f"e.g. fold_batchnorm or merge_blocks: write back before it; {_CACHED}; or the program "
+                             "was captured from another model)")
 
 
 def _check_same_model(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], name: str) -> None:
@@ -270,6 +277,6 @@ def _program_values(program: Program, module: nn.Module, name: str, built: set[s
         if not isinstance(getattr(owner, attribute, None) if owner is not None else None, torch.Tensor):
             raise WriteBackError(f"cannot write {name} back: the program holds tensor '{target}', which the model "
                                  "has no place for (a pass that adds tensors ran, e.g. fold_batchnorm or "
-                                 "merge_blocks: write back before it)")
+                                 f"merge_blocks: write back before it; {_CACHED})")
         values[target] = tensor
     return values
