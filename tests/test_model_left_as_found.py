@@ -603,3 +603,33 @@ def test_to_module_of_a_program_captured_from_a_cache_says_how_to_capture_it_aga
     program = prunefx.capture(model, x)  # captured with the cache cleared, as the refusal says
     with torch.no_grad():
         torch.testing.assert_close(prunefx.to_module(program, model)(x), model(x))
+
+
+class MaskToken(nn.Module):
+    """A masked-image model in small: `mask_token` is read only when a mask is passed."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = nn.Linear(8, 32), nn.Linear(32, 4)
+        self.mask_token = nn.Parameter(torch.randn(32))
+
+    def forward(self, x, mask=None):
+        hidden = self.embed(x)
+        if mask is not None:
+            hidden = torch.where(mask[..., None], self.mask_token, hidden)
+        return self.head(torch.relu(hidden))
+
+
+def test_to_module_names_a_tensor_the_captured_call_never_reads_that_keeps_a_pruned_width(one_thread):
+    from prunefx.interop.unread_tensors import WriteBackWarning
+    from prunefx.passes import remove_channels
+
+    torch.manual_seed(0)
+    model, x = MaskToken().eval(), torch.randn(2, 5, 8)
+    program = prunefx.capture(model, x)
+    remove_channels(program, config={"macs": 0.5, "importance": "l2"})
+    with pytest.warns(WriteBackWarning, match="'mask_token' \\(32,\\)") as warned:
+        written = prunefx.to_module(program, model)
+    assert len(warned) == 1 and written.embed.out_features < 32 and written.mask_token.shape == (32,)
+    with pytest.raises(RuntimeError):  # what the warning foretells: the masked call meets the pruned width
+        written(x, torch.zeros(2, 5, dtype=torch.bool))

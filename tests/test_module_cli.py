@@ -149,3 +149,40 @@ def test_prune_with_head_dims_writes_a_module_that_keeps_fused_attention(capsys,
     with torch.no_grad():
         expected, actual = pytree.tree_leaves(program(x))[0], module(x)
     assert (actual - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+_USER_MASKED = """
+import torch
+from torch import nn
+
+
+class Masked(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 16, 3, padding=1)
+        self.head = nn.Linear(16, 5)
+        self.mask_token = nn.Parameter(torch.randn(1, 16, 1, 1))  # read only when a mask is passed
+
+    def forward(self, x, mask=None):
+        hidden = self.embed(x)
+        if mask is not None:
+            hidden = torch.where(mask, self.mask_token, hidden)
+        return self.head(torch.relu(hidden).mean((2, 3)))
+
+
+def build():
+    torch.manual_seed(0)
+    return Masked()
+"""
+
+
+@pytest.mark.slow
+def test_a_tensor_the_captured_call_never_reads_is_named_in_a_note_and_the_report(capsys, tmp_path):
+    (tmp_path / "masked.py").write_text(_USER_MASKED)
+    code, out, err = _run(capsys, "prune", f"{tmp_path / 'masked.py'}:build", "--input-shape", "1x3x16x16",
+                          "--macs", "0.5", "--round-to", "4", "--module", "-o", tmp_path / "out")
+    assert code == 0, err
+    assert "note: module.pt: masked:build written back: 1 tensor(s) the captured call never reads" in err
+    assert "'mask_token' (1, 16, 1, 1)" in err
+    notes = json.loads((tmp_path / "out" / "report.json").read_text())["module"]["notes"]
+    assert len(notes) == 1 and "mask_token" in notes[0]

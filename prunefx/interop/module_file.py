@@ -11,11 +11,13 @@ stand-in made from the pruned graph: a note says so, and the report names the cl
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 
 from prunefx.graph import Program
+from prunefx.interop.unread_tensors import WriteBackWarning
 from prunefx.interop.write_back import WriteBackError, to_module
 
 FILE_NAME = "module.pt"
@@ -24,12 +26,19 @@ FILE_NAME = "module.pt"
 def write_module(staging: Path, program: Program, model: torch.nn.Module) -> dict:
     """module.pt in `staging` when `to_module` proves the write-back; the report's `module` entry."""
     try:
-        module = to_module(program, model)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", WriteBackWarning)
+            module = to_module(program, model)
     except WriteBackError as error:
         print(f"warning: {FILE_NAME} not written: {error}", file=sys.stderr, flush=True)
         return {"written": False, "reason": str(error)}
     torch.save(module, staging / FILE_NAME)
     written = {"written": True, "file": FILE_NAME, "class": f"{type(module).__module__}.{type(module).__qualname__}"}
+    notes = [str(warning.message) for warning in caught if issubclass(warning.category, WriteBackWarning)]
+    for note in notes:
+        print(f"note: {FILE_NAME}: {note}", file=sys.stderr, flush=True)
+    if notes:
+        written["notes"] = notes
     if type(module) is not type(model):  # the model's own forward spells a width: made from its subgraph
         written["stands_in_for"] = f"{type(model).__module__}.{type(model).__qualname__}"
         print(f"note: {FILE_NAME} holds a stand-in for {type(model).__qualname__} made from the pruned graph "

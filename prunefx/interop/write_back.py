@@ -31,6 +31,7 @@ from prunefx.interop.put_tensors import put_tensors
 from prunefx.interop.resized_modules import resize_modules
 from prunefx.interop.set_back_sizes import SetBack
 from prunefx.interop.subgraph_module import SubgraphError, put_back, replace_by_subgraph, stand_in
+from prunefx.interop.unread_tensors import changed_widths, warn_unread
 from prunefx.interop.write_back_hint import failure_hint
 from prunefx.interop.write_back_precision import in_program_precision
 from prunefx.interop.write_back_proof import (
@@ -77,9 +78,11 @@ def _written_back(program: Program, model: nn.Module, module: nn.Module, name: s
         dense = capture(copy.deepcopy(module), inputs, name=name)
     except PrunefxError as error:
         raise WriteBackError(f"cannot write {name} back: the dense model does not capture ({error})") from error
+    read = {str(node.target) for node in dense.graph.nodes if node.op == "get_attr" and node.users}  # dead code too
     full, dead = eliminate_dead_code(dense.module, _state_names(model))
     delete_unused_tensors(dense.module)
     _check_nothing_dropped(program, dense, name)
+    widths = changed_widths(program_tensors(program), program_tensors(dense))
     built = _built_in_forward(dense, model)
     comparable = agreeing(dense, module, TOLERANCE)  # the modules the proof compares one by one
     # the branches the model calls and ignores, cut as the live ones were
@@ -106,6 +109,7 @@ def _written_back(program: Program, model: nn.Module, module: nn.Module, name: s
                                  error, comparable, {} if with_config else matched, class_kept)
     module.train(model.training)  # also the graphs' flags of the subgraphs standing in for modules
     set_module_modes(module, module_modes(model), model.training)  # each layer's own, as in the user's model
+    warn_unread(module, read, widths, name)
     return module
 
 
