@@ -32,6 +32,7 @@ from prunefx.graph.attributes import (
     users_of_tensor,
 )
 from prunefx.graph.counting import count
+from prunefx.graph.operators import TRANSPOSED_CONVOLUTIONS
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.pass_config import PassConfig
 from prunefx.passes.core.registry import shipped_pass
@@ -44,10 +45,9 @@ _FOLDABLE_LAYERS = {
     aten.conv1d.default: 2, aten.conv2d.default: 2, aten.conv3d.default: 2,
     aten.conv1d.padding: 2, aten.conv2d.padding: 2, aten.conv3d.padding: 2,
     aten.convolution.default: 2, aten.linear.default: 2,
-    aten.conv_transpose1d.default: 2, aten.conv_transpose2d.input: 2, aten.conv_transpose3d.input: 2,
+    **dict.fromkeys(TRANSPOSED_CONVOLUTIONS, 2),
 }
 _SHAPE_OF_SECOND = {aten.reshape_as.default, aten.view_as.default, aten.expand_as.default}  # (values, shape)
-_TRANSPOSED = {aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input}
 
 
 def _batch_norm_parts(bn: torch.fx.Node):
@@ -129,7 +129,7 @@ def _fold_pair(module: torch.fx.GraphModule, layer: torch.fx.Node, bn: torch.fx.
 
 def _transposed_groups(layer: torch.fx.Node) -> int | None:
     """The groups of a transposed convolution (None for any other layer)."""
-    if layer.target in _TRANSPOSED:
+    if layer.target in TRANSPOSED_CONVOLUTIONS:
         return int(layer.args[6]) if len(layer.args) > 6 else 1  # type: ignore[arg-type]  # groups: an int
     if layer.target is aten.convolution.default and layer.args[6]:
         return int(layer.args[8])  # type: ignore[arg-type]

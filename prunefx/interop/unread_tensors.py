@@ -25,15 +25,15 @@ def warn_unread(module: nn.Module, read: set[str], widths: set[int], name: str) 
     """Warn (WriteBackWarning) of the tensors of `module` that the captured call never read (`read`: the dense
     capture's tensor names) and whose shape holds one of the changed `widths`; their names."""
     names: dict[int, list[str]] = {}  # a tensor shared under several names is read if any of them is
-    tensors = {}
+    shapes: dict[int, tuple[int, ...]] = {}
     for key, tensor in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
         names.setdefault(id(tensor), []).append(key)
-        tensors[id(tensor)] = tensor
-    unread = sorted(keys[0] for ident, keys in names.items()
-                    if not read.intersection(keys) and any(size in widths for size in tensors[ident].shape))
+        shapes[id(tensor)] = tuple(tensor.shape)
+    found = sorted((keys[0], shapes[ident]) for ident, keys in names.items()
+                   if not read.intersection(keys) and any(size in widths for size in shapes[ident]))
+    unread = [key for key, _ in found]
     if unread:
-        shape = tuple(module.get_parameter(unread[0]).shape if unread[0] in dict(module.named_parameters())
-                      else module.get_buffer(unread[0]).shape)
+        shape = found[0][1]
         warnings.warn(f"{name} written back: {len(unread)} tensor(s) the captured call never reads keep their dense "
                       f"shape ('{unread[0]}' {shape}); a call that reads them (another input or branch) meets the "
                       "pruned widths: capture the model on that path to prune them too", WriteBackWarning,
