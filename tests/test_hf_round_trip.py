@@ -135,3 +135,34 @@ def test_a_model_pruned_with_the_default_ranking_writes_back_as_a_module(build):
         expected, actual = program(other)["logits"], module(other).logits
     assert actual.shape == expected.shape
     assert (actual - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def _swin():
+    config = transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4],
+                                     window_size=4, num_labels=5)
+    return transformers.SwinForImageClassification(config), torch.randn(1, 3, 32, 32)
+
+
+def test_swin_round_trip(tmp_path):
+    # the head counts are held whole and not counted by the channels target: every width the ranking cuts halves
+    # (the last MLP kept 60 of 128 where the held heads counted); SwinModel.num_features, which no captured call
+    # reads, is set as the class sets it from the pruned embed_dim
+    model, x, program = _pruned(_swin, UNIFORM)
+    config = _round_trip(model, program, x, tmp_path / "swin")
+    assert config.embed_dim == 8 and config.num_heads == [2, 4]
+    assert program.state_dict()["swin.encoder.layers.1.blocks.0.mlp.fc1.weight"].shape[0] == 64
+
+
+def test_a_tensor_no_captured_call_reads_is_named_in_the_refusal():
+    # ViTForMaskedImageModeling's mask_token is read only with bool_masked_pos: it keeps the dense width, which
+    # no config of the pruned widths builds; the refusal names it and does not recommend the ranking just used
+    def build():
+        config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, intermediate_size=128)
+        return transformers.ViTForMaskedImageModeling(config), torch.randn(1, 3, 32, 32)
+
+    model, _, program = _pruned(build, UNIFORM)
+    with pytest.raises(PrunefxError, match=r"'vit\.embeddings\.mask_token' \(1, 1, 64\), which the captured call "
+                                           r"never reads") as refused:
+        to_module(program, model)
+    assert "--ranking uniform" not in str(refused.value) and "\n" not in str(refused.value)

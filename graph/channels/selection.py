@@ -151,6 +151,9 @@ class Selector:
         else:
             self.sorted_normalised = [np.sort(s / s.mean()) if s.mean() > 0 else np.zeros_like(s) for s in scores]
         self.widths = group_widths(combing, round_to=round_to, max_ratio=max_ratio, ranking=ranking, floors=floors)
+        # a channels target counts the prunable channels: a group held at its width (uniform ranking's head counts)
+        # is no part of it, so that channels 0.5 halves every width the ranking cuts
+        self.prunable = [len(widths) > 1 for widths in self.widths]
 
     # --- from the scalar knob to widths ------------------------------------------------------------
     def _kept_for(self, knob: float) -> list[int]:
@@ -181,7 +184,8 @@ class Selector:
     def _fraction(self, target: Target, kept: list[int], cost: Cost | None) -> float:
         """The fraction of the dense model a plan keeps, in the target's unit."""
         if target.kind == "channels":
-            return sum(kept) / max(sum(g.size for g in self.combing.groups), 1)
+            cut = [(width, g.size) for width, g, prunable in zip(kept, self.combing.groups, self.prunable) if prunable]
+            return sum(width for width, _ in cut) / max(sum(size for _, size in cut), 1)
         if target.kind == "layer_time":
             table = priced_by(self.latency)
             return table.ms(self._mask(kept)[0]) / table.dense_ms

@@ -36,25 +36,68 @@ def is_hf_model(module: nn.Module) -> bool:
     return transformers is not None and isinstance(module, transformers.PreTrainedModel)
 
 
-def update_config(module: nn.Module, model: nn.Module, name: str) -> None:
-    """Set `module.config` (a copy of the dense `model`'s) to the pruned widths, or raise PrunefxError."""
+def update_config(module: nn.Module, model: nn.Module, name: str,
+                  unread: list[tuple[str, tuple[int, ...]]] = ()) -> list[str]:
+    """Set `module.config` (a copy of the dense `model`'s) to the pruned widths, or raise PrunefxError naming what
+    stops it (`unread`: tensors the captured call never reads that keep a changed width, unread_tensors.py). The
+    integer attributes set as the class sets them (_differences) are returned: the caller's proof confirms them."""
     if not is_hf_model(module):
-        return
+        return []
     mapping = _size_mapping(model, module)
     options = _field_options(module.config, mapping) + _extra_fields(module)
+    dense_attributes = {path: _int_attributes(submodule) for path, submodule in model.named_modules()}
+    chosen, first = None, None
     for candidate in itertools.islice(_candidates(module.config, options), MAX_CANDIDATES):
-        fresh = _built_same(module, candidate)
-        if fresh is not None:
-            _fold_scales(module, fresh, name)
-            for key, value in candidate.to_dict().items():
-                if getattr(module.config, key, None) != value and key != "transformers_version":
-                    setattr(module.config, key, value)  # in place: every submodule holding the config sees it
-            return
-    raise PrunefxError(f"cannot write {name} back with its config: {type(module.config).__name__} has one value "
-                       f"per field, and the pruned widths need more{_conflict(module.config, mapping)}; prune with "
-                       "ranking uniform and a channels target (every width the same fraction, head counts kept: "
-                       "prunefx prune --ranking uniform --channels F), or keep the module without its config "
-                       "(prunefx.to_module(..., config=False), prunefx prune --module)")
+        fresh = _built(module, candidate)
+        first = first or (candidate, fresh)
+        untouched = _differences(module, fresh, dense_attributes) if fresh is not None else None
+        if untouched is not None and (chosen is None or not untouched):
+            chosen = candidate, fresh, untouched
+        if untouched == []:
+            break  # the class builds the written-back module as it is
+    if chosen is None:
+        raise PrunefxError(f"cannot write {name} back with its config: {type(module.config).__name__} has one value "
+                           f"per field, and {_why_not(module, mapping, unread, first)}, or keep the module without "
+                           "its config (prunefx.to_module(..., config=False), prunefx prune --module)")
+    candidate, fresh, untouched = chosen
+    _fold_scales(module, fresh, name)
+    for path, key, value in untouched:
+        setattr(module.get_submodule(path), key, value)
+    for key, value in candidate.to_dict().items():
+        if getattr(module.config, key, None) != value and key != "transformers_version":
+            setattr(module.config, key, value)  # in place: every submodule holding the config sees it
+    return [f"{path}.{key}" if path else key for path, key, _ in untouched]
+
+
+def _why_not(module: nn.Module, mapping, unread, first) -> str:
+    """Why no candidate config builds the written-back module, and what to do."""
+    if unread:
+        key, shape = unread[0]
+        return (f"'{key}' {shape}, which the captured call never reads, keeps its dense width (no config of the "
+                "pruned widths builds it): capture the model on the path that reads it (another input) to prune it")
+    conflict = _conflict(module.config, mapping)
+    fresh = first[1] if first else None
+    reason = conflict or (_first_difference(module, fresh) if fresh is not None else "the class refuses the likeliest")
+    return (f"the pruned widths need more ({reason}): prune with ranking uniform, a channels target and a round_to "
+            "every width keeps in proportion (every width the same fraction, head counts kept: prunefx prune "
+            "--ranking uniform --channels F --round-to N)")
+
+
+def _first_difference(module: nn.Module, fresh: nn.Module) -> str:
+    mine, theirs = module.state_dict(), fresh.state_dict()
+    for key in sorted(mine.keys() ^ theirs.keys()):
+        where = "the pruned model" if key in mine else "the likeliest config's model"
+        return f"'{key}' is in {where} only"
+    for key, tensor in mine.items():
+        if tensor.shape != theirs[key].shape:
+            return f"'{key}' is {tuple(tensor.shape)}, the likeliest config builds {tuple(theirs[key].shape)}"
+    fresh_modules = dict(fresh.named_modules())
+    for path, submodule in module.named_modules():
+        built = _int_attributes(fresh_modules.get(path, nn.Module()))
+        for key, value in _int_attributes(submodule).items():
+            if built.get(key) != value:
+                return f"'{path}.{key}' is {value}, the likeliest config sets {built.get(key)}"
+    return "no shape or integer attribute differs"
 
 
 def _size_mapping(model: nn.Module, module: nn.Module) -> dict[int, set[int]]:
@@ -129,21 +172,37 @@ def _candidates(config, options):
         yield candidate
 
 
-def _built_same(module: nn.Module, config) -> nn.Module | None:
-    """The model class built from `config` on the meta device, when its tensor shapes and integer attributes
-    are the written-back module's; None otherwise."""
+def _built(module: nn.Module, config) -> nn.Module | None:
+    """The model class built from `config` on the meta device; None where the class rejects it (a width not
+    divisible by the heads, ...)."""
     try:
         with torch.device("meta"):
-            fresh = type(module)(config)
-    except Exception:  # a candidate the model class rejects (a width not divisible by the heads, ...)
+            return type(module)(config)
+    except Exception:
         return None
+
+
+def _differences(module: nn.Module, fresh: nn.Module, dense_attributes: dict[str, dict[str, int]]):
+    """Where `fresh` (the class built from a candidate) has every tensor shape and integer attribute of the
+    written-back module but some attributes still at the dense model's value: those, as (path, attribute, the
+    class's value); None where anything else differs. Write-back sets every integer the captured call reads (a
+    literal in its graph) that the pruning changed; one it left while the widths changed may be read on no
+    captured path (Swin's `num_features`, a record of the last stage's width): the class built from the config
+    sets it, as from_pretrained will, and the caller's proof of the captured call confirms it."""
     mine, theirs = module.state_dict(), fresh.state_dict()
     if mine.keys() != theirs.keys() or any(mine[k].shape != theirs[k].shape for k in mine):
         return None
     fresh_modules = dict(fresh.named_modules())
-    same = all(_int_attributes(m) == _int_attributes(fresh_modules.get(p, nn.Module()))
-               for p, m in module.named_modules())
-    return fresh if same else None
+    untouched = []
+    for path, submodule in module.named_modules():
+        ours, built = _int_attributes(submodule), _int_attributes(fresh_modules.get(path, nn.Module()))
+        if ours.keys() != built.keys():
+            return None
+        for key in sorted(key for key in ours if ours[key] != built[key]):
+            if dense_attributes.get(path, {}).get(key) != ours[key]:
+                return None
+            untouched.append((path, key, built[key]))
+    return untouched
 
 
 def _fold_scales(module: nn.Module, fresh: nn.Module, name: str) -> None:
@@ -178,5 +237,5 @@ def _conflict(config, mapping) -> str:
         for v in values:
             if key not in _NOT_WIDTHS and type(v) is int and len(mapping.get(v, set()) - {v}) > 1:
                 became = " and ".join(map(str, sorted(mapping[v] - {v})))
-                return f" ({key} {v} became {became} in different layers)"
+                return f"{key} {v} became {became} in different layers"
     return ""

@@ -21,21 +21,25 @@ def changed_widths(pruned: dict[str, torch.Tensor], dense: dict[str, torch.Tenso
             for before, after in zip(dense[key].shape, pruned[key].shape) if before != after}
 
 
-def warn_unread(module: nn.Module, read: set[str], widths: set[int], name: str) -> list[str]:
-    """Warn (WriteBackWarning) of the tensors of `module` that the captured call never read (`read`: the dense
-    capture's tensor names) and whose shape holds one of the changed `widths`; their names."""
+def unread_tensors(module: nn.Module, read: set[str], widths: set[int]) -> list[tuple[str, tuple[int, ...]]]:
+    """The tensors of `module` that the captured call never read (`read`: the dense capture's tensor names) and
+    whose shape holds one of the changed `widths`: (first name, shape), by name."""
     names: dict[int, list[str]] = {}  # a tensor shared under several names is read if any of them is
     shapes: dict[int, tuple[int, ...]] = {}
     for key, tensor in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
         names.setdefault(id(tensor), []).append(key)
         shapes[id(tensor)] = tuple(tensor.shape)
-    found = sorted((keys[0], shapes[ident]) for ident, keys in names.items()
-                   if not read.intersection(keys) and any(size in widths for size in shapes[ident]))
-    unread = [key for key, _ in found]
-    if unread:
-        shape = found[0][1]
-        warnings.warn(f"{name} written back: {len(unread)} tensor(s) the captured call never reads keep their dense "
-                      f"shape ('{unread[0]}' {shape}); a call that reads them (another input or branch) meets the "
+    return sorted((keys[0], shapes[ident]) for ident, keys in names.items()
+                  if not read.intersection(keys) and any(size in widths for size in shapes[ident]))
+
+
+def warn_unread(module: nn.Module, read: set[str], widths: set[int], name: str) -> list[str]:
+    """Warn (WriteBackWarning) of the unread tensors that keep a changed width (unread_tensors); their names."""
+    found = unread_tensors(module, read, widths)
+    if found:
+        key, shape = found[0]
+        warnings.warn(f"{name} written back: {len(found)} tensor(s) the captured call never reads keep their dense "
+                      f"shape ('{key}' {shape}); a call that reads them (another input or branch) meets the "
                       "pruned widths: capture the model on that path to prune them too", WriteBackWarning,
                       stacklevel=3)
-    return unread
+    return [key for key, _ in found]

@@ -31,7 +31,7 @@ from prunefx.interop.put_tensors import put_tensors
 from prunefx.interop.resized_modules import resize_modules
 from prunefx.interop.set_back_sizes import SetBack
 from prunefx.interop.subgraph_module import SubgraphError, put_back, replace_by_subgraph, stand_in
-from prunefx.interop.unread_tensors import changed_widths, warn_unread
+from prunefx.interop.unread_tensors import changed_widths, unread_tensors, warn_unread
 from prunefx.interop.write_back_hint import failure_hint
 from prunefx.interop.write_back_precision import in_program_precision
 from prunefx.interop.write_back_proof import (
@@ -93,13 +93,19 @@ def _written_back(program: Program, model: nn.Module, module: nn.Module, name: s
     off_nested_tensors(module)
     replaced = replaced_calls(dense.module, program.module)
     hint = failure_hint(module, changes, replaced)
+    set_by_config: list[str] = []
     if config:  # before the proof: the config may move an attention's scale into its query weights
-        update_config(module, model, name)
+        set_by_config = update_config(module, model, name, unread_tensors(module, read, widths))
     try:
         if unresized:  # a subgraph may still stand in for that module
             raise unresized[0]
         verify_module(program, module, name, hint, comparable)
     except WriteBackError as error:
+        if set_by_config:  # attributes the config's class set, which the captured call reads after all
+            raise WriteBackError(f"cannot write {name} back with its config: with {', '.join(set_by_config)} set as "
+                                 f"the class built from it sets them, the module does not compute the pruned program "
+                                 f"({error}); keep the module without its config (prunefx.to_module(..., "
+                                 "config=False), prunefx prune --module)") from error
         scopes = _own_code_changed(module, changes, replaced, _cut_constants(program, dense, built))
         # with a config, its fields were chosen for the matched attributes: none is set back then; and the model
         # is to keep its class, whose from_pretrained reads the config
