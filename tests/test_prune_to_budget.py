@@ -164,6 +164,24 @@ def test_the_onnx_measuring_function_exports_each_program_once_and_sees_changed_
     assert exported == ["torchscript", "dynamo", "torchscript"] and dense_ms > 0 and changed_ms > 0
 
 
+@pytest.mark.slow
+def test_the_speedup_function_for_passes_times_the_delivered_files_and_answers_a_pair_again(resnet20, monkeypatch):
+    """onnx_speedup (merge_blocks' and linearize_blocks' `measure`): the files prunefx delivers (dynamo), each
+    Program exported once, and a pair asked again answered with the same figure."""
+    import importlib
+
+    speedup = importlib.import_module("prunefx.runtime.measure.speedup")
+    exported, real = [], speedup.exported_file
+    monkeypatch.setattr(speedup, "exported_file", lambda program, path, batch, exporter: exported.append(exporter)
+                        or real(program, path, batch, exporter))
+    measure = speedup.onnx_speedup(threads=1, runs=2, warmup=0)
+    changed = resnet20.clone()
+    with torch.no_grad():
+        next(changed.module.parameters()).add_(1.0)
+    first = measure(resnet20, changed)
+    assert first > 0 and measure(resnet20, changed) == first and exported == ["dynamo", "dynamo"]
+
+
 def test_an_int8_candidate_confirmed_after_the_search_is_exported_once(resnet20, monkeypatch):
     """A fake-quantized Program's ONNX file is the INT8 lowering whichever exporter is asked for: the confirmation
     times the file the search exported (the dense model still gets its delivered dynamo file)."""

@@ -14,11 +14,8 @@ import math
 import torch
 
 from prunefx.graph.errors import ProgramFileError, first_line, printable
+from prunefx.graph.safety.tensor_bound import MAX_TENSOR_ELEMENTS
 from prunefx.graph.shape_propagation import propagate_shapes
-
-# 2**28 float32 values are 1 GiB: far above any activation of a vision model at the batch sizes prunefx
-# captures (ResNet-50's largest at batch 8 is 2**25), far below what would exhaust a development machine.
-MAX_TENSOR_ELEMENTS = 1 << 28
 
 
 def recompute_shapes(module: torch.fx.GraphModule, inputs: tuple[torch.Tensor, ...], where: str) -> None:

@@ -17,7 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from prunefx.graph.errors import PrunefxError, printable
-from prunefx.graph.safety.graph_bounds import MAX_TENSOR_ELEMENTS
+from prunefx.graph.safety.tensor_bound import MAX_TENSOR_ELEMENTS
 
 LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 SHAPE_ONLY = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")

@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 
 from prunefx.graph.errors import printable
-from prunefx.graph.safety.graph_bounds import MAX_TENSOR_ELEMENTS
+from prunefx.graph.safety.tensor_bound import MAX_TENSOR_ELEMENTS
 from prunefx.runtime.errors import OnnxSessionError
 from prunefx.runtime.onnx.external import check_external_data
 
