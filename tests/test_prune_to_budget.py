@@ -144,16 +144,22 @@ def test_measured_on_onnx_runtime():
     assert stats["remove_channels"]["macs_after"] < stats["remove_channels"]["macs_before"]
 
 
-def test_the_onnx_measuring_function_exports_each_program_once_and_sees_changed_weights(resnet20, monkeypatch):
-    """The dense model is measured against every candidate: one export per exporter, not one per call (the
-    search's fast TorchScript file, and the delivered dynamo file the confirmation times); a Program whose
-    weights changed is a different model and is exported again."""
+def _recording_exports(monkeypatch, record):
+    """runtime.measure.speedup, its exports recorded (`record(program, exporter)` each) into the list returned."""
     import importlib
 
     speedup = importlib.import_module("prunefx.runtime.measure.speedup")
     exported, real = [], speedup.exported_file
-    monkeypatch.setattr(speedup, "exported_file", lambda program, path, batch, exporter: exported.append(exporter)
-                        or real(program, path, batch, exporter))
+    monkeypatch.setattr(speedup, "exported_file", lambda program, path, batch, exporter: exported.append(
+        record(program, exporter)) or real(program, path, batch, exporter))
+    return speedup, exported
+
+
+def test_the_onnx_measuring_function_exports_each_program_once_and_sees_changed_weights(resnet20, monkeypatch):
+    """The dense model is measured against every candidate: one export per exporter, not one per call (the
+    search's fast TorchScript file, and the delivered dynamo file the confirmation times); a Program whose
+    weights changed is a different model and is exported again."""
+    speedup, exported = _recording_exports(monkeypatch, lambda program, exporter: exporter)
     latency = speedup.onnx_latency_pair(threads=1, runs=2, warmup=0)
     changed = resnet20.clone()
     with torch.no_grad():
@@ -168,12 +174,7 @@ def test_the_onnx_measuring_function_exports_each_program_once_and_sees_changed_
 def test_the_speedup_function_for_passes_times_the_delivered_files_and_answers_a_pair_again(resnet20, monkeypatch):
     """onnx_speedup (merge_blocks' and linearize_blocks' `measure`): the files prunefx delivers (dynamo), each
     Program exported once, and a pair asked again answered with the same figure."""
-    import importlib
-
-    speedup = importlib.import_module("prunefx.runtime.measure.speedup")
-    exported, real = [], speedup.exported_file
-    monkeypatch.setattr(speedup, "exported_file", lambda program, path, batch, exporter: exported.append(exporter)
-                        or real(program, path, batch, exporter))
+    speedup, exported = _recording_exports(monkeypatch, lambda program, exporter: exporter)
     measure = speedup.onnx_speedup(threads=1, runs=2, warmup=0)
     changed = resnet20.clone()
     with torch.no_grad():
@@ -185,14 +186,11 @@ def test_the_speedup_function_for_passes_times_the_delivered_files_and_answers_a
 def test_an_int8_candidate_confirmed_after_the_search_is_exported_once(resnet20, monkeypatch):
     """A fake-quantized Program's ONNX file is the INT8 lowering whichever exporter is asked for: the confirmation
     times the file the search exported (the dense model still gets its delivered dynamo file)."""
-    import importlib
 
     from prunefx.passes.quantize_int8 import quantize_int8
 
-    speedup = importlib.import_module("prunefx.runtime.measure.speedup")
-    exported, real = [], speedup.exported_file
-    monkeypatch.setattr(speedup, "exported_file", lambda program, path, batch, exporter: exported.append(
-        (exporter, has_fake_quant(program.graph))) or real(program, path, batch, exporter))
+    speedup, exported = _recording_exports(monkeypatch,
+                                           lambda program, exporter: (exporter, has_fake_quant(program.graph)))
     calibration = [torch.randn(1, 1, 28, 28) for _ in range(2)]
     quantized = quantize_int8(resnet20.clone(), config={"calibration": calibration}).program
     latency = speedup.onnx_latency_pair(threads=1, runs=2, warmup=0)
