@@ -13,6 +13,7 @@ themselves are gathered by graph/layer_hessians.py.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,9 +94,20 @@ class LayerInput:
     transposed: bool = False
     problem: str | None = None
 
-    def columns(self, classes: np.ndarray) -> np.ndarray:
-        """The columns that carry any of `classes` (a boolean mask over the columns)."""
-        return np.isin(self.column_classes, classes)
+    def column_indices(self, classes: np.ndarray) -> np.ndarray:
+        """The indices of the columns that carry any of `classes`, ascending. Read once per channel of every
+        group: the columns are sorted by class once (_by_class), so each read costs its own columns alone, where
+        a scan of every column per channel grew as channels x columns (a ViT-L MLP: 4096 x 4096 per layer)."""
+        order, ordered_classes = self._by_class
+        wanted = np.unique(classes)
+        starts = np.searchsorted(ordered_classes, wanted, side="left")
+        ends = np.searchsorted(ordered_classes, wanted, side="right")
+        return np.sort(np.concatenate([order[start:end] for start, end in zip(starts, ends)] or [order[:0]]))
+
+    @functools.cached_property
+    def _by_class(self) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(self.column_classes, kind="stable")
+        return order, self.column_classes[order]
 
 
 def layer_inputs(module: torch.fx.GraphModule, analysis: ChannelAnalysis) -> list[LayerInput]:

@@ -6,6 +6,8 @@ and, on ResNet-20 with Fashion-MNIST images, a lower logits error than l2 when b
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from prunefx.graph import PrunefxError, capture, verify
@@ -13,7 +15,7 @@ from prunefx.graph.channels.compensation import second_order_update
 from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.graph.channels.importance import channel_importance
 from prunefx.graph.layer_hessians import gather_hessians
-from prunefx.graph.layer_inputs import find_consumers
+from prunefx.graph.layer_inputs import LayerInput, find_consumers
 from prunefx.passes.remove_channels import remove_channels
 
 BATCH = 16
@@ -384,3 +386,11 @@ def test_compensation_after_obs_reports_what_it_reports_alone(monkeypatch):
         assert mine["error_with"] == pytest.approx(theirs["error_with"], rel=1e-6)  # the cache holds H in float32
         assert mine["error_without"] == pytest.approx(theirs["error_without"], rel=1e-6)
     assert after["compensated"] and len(after["compensated"]) == len(alone["compensated"])
+
+
+@given(st.lists(st.integers(0, 12), max_size=40), st.lists(st.integers(-1, 14), max_size=4))
+def test_the_columns_of_a_channel_are_those_carrying_its_classes(column_classes, classes):
+    # the oracle: a scan of every column (numpy's isin), which the per-class index replaced
+    layer = LayerInput("layer", np.array(column_classes, dtype=np.int64))
+    found = layer.column_indices(np.array(classes, dtype=np.int64))
+    assert found.tolist() == np.flatnonzero(np.isin(layer.column_classes, classes)).tolist()

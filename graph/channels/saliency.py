@@ -169,7 +169,7 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
                     by_group: dict[int, dict[int, torch.Tensor]] = defaultdict(dict)
                     for group, index in positions:
                         if group in complete:
-                            cols = np.flatnonzero(layer.columns(blocks[(group, index)]))
+                            cols = layer.column_indices(blocks[(group, index)])
                             by_group[group][index] = torch.from_numpy(cols).to(device)
                     for group, columns in by_group.items():
                         # zero input or zero weights: removing anything costs nothing, the layer is left out
