@@ -139,6 +139,18 @@ class Program:
         self.module.recompile()
         self.refresh_meta()
 
+    def drop_dead_code(self) -> bool:
+        """Remove the nodes nothing reads, and the tensors and submodules only they held; True if any went. The
+        nodes left compute what they did, so their shape metadata stays (recompile would propagate it again:
+        capture leaves a dead read of every batch norm's num_batches_tracked)."""
+        if not self.module.graph.eliminate_dead_code():
+            return False
+        self._exported = None
+        delete_unused_tensors(self.module)
+        self.module.delete_all_unused_submodules()
+        self.module.recompile()
+        return True
+
     def refresh_meta(self) -> None:
         """Re-run shape propagation with fake tensors so node.meta['val'] matches the rewritten graph.
         It reads only the graphs, the tensors' shapes and the inputs' shapes: when none changed since the last

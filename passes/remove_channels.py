@@ -147,9 +147,8 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
         settings.calibration = _calibration(program, settings.calibration)
     # Dead nodes and the parameters only they read (googlenet's aux heads in eval mode) would count
     # before pruning and vanish after it, inflating the reduction: drop them first.
-    if program.module.graph.eliminate_dead_code():
-        program.recompile()
-    delete_unused_tensors(program.module)
+    program.drop_dead_code()
+    delete_unused_tensors(program.module)  # also those no node reads at all
     before = count(program)
     parts = PartSeconds(module_device(program.module))
     with parts.part("channel groups"):

@@ -282,3 +282,22 @@ def test_fisher_sums_a_half_precision_gradient_in_full_precision():
     gate = (weight.detach().double() * weight.grad.double()).sum(dim=1)  # per output channel, in float64
     expected = gate.square() / fisher.activations.get("0.weight", 1)
     torch.testing.assert_close(fisher.sums[("0.weight", 0)], expected, rtol=1e-6, atol=0)
+
+
+def test_the_dead_reads_capture_leaves_cost_no_second_shape_propagation(monkeypatch):
+    """Capture leaves a dead read of every batch norm's num_batches_tracked: dropping it changes no shape, so the
+    pass propagates shapes once (after the removal), not also before it (a ResNet-50's half second)."""
+    import prunefx.graph.program as program_module
+
+    program = capture(torchvision.models.resnet18().eval(), torch.randn(1, 3, 64, 64)).eval()
+    assert any(node.op == "get_attr" and not node.users for node in program.graph.nodes)
+    propagated, real = [], program_module.propagate_shapes
+    monkeypatch.setattr(program_module, "propagate_shapes", lambda *args: propagated.append(1) or real(*args))
+    result = remove_channels(program, config={"macs": 0.5})
+    assert len(propagated) == 1 and not any(node.op == "get_attr" and not node.users for node in program.graph.nodes)
+    fresh = result.program.clone()
+    real(fresh.module, fresh.example_inputs)  # the oracle: every shape propagated afresh
+    kept = {node.name: node.meta.get("val") for node in result.program.graph.nodes}
+    for node in fresh.graph.nodes:
+        if isinstance(node.meta.get("val"), torch.Tensor):
+            assert tuple(kept[node.name].shape) == tuple(node.meta["val"].shape), node.name
