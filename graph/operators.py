@@ -16,3 +16,13 @@ TRANSPOSED_CONVOLUTIONS = frozenset({aten.conv_transpose1d.default, aten.conv_tr
 MATRIX_PRODUCTS = frozenset({aten.mm.default, aten.bmm.default, aten.matmul.default, aten.addmm.default,
                              aten.baddbmm.default, aten.addbmm.default})
 LINEARS = frozenset({aten.linear.default})
+
+
+def transposed_groups(node: torch.fx.Node) -> int | None:
+    """The groups of a transposed convolution (its weight holds each group's outputs in dim 1); None for any other
+    node."""
+    if node.target in TRANSPOSED_CONVOLUTIONS:
+        return int(node.args[6]) if len(node.args) > 6 else 1  # type: ignore[arg-type]  # groups: an int
+    if node.target is aten.convolution.default and node.args[6]:
+        return int(node.args[8])  # type: ignore[arg-type]
+    return None

@@ -32,7 +32,7 @@ from prunefx.graph.attributes import (
     users_of_tensor,
 )
 from prunefx.graph.counting import count
-from prunefx.graph.operators import TRANSPOSED_CONVOLUTIONS
+from prunefx.graph.operators import TRANSPOSED_CONVOLUTIONS, transposed_groups
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.pass_config import PassConfig
 from prunefx.passes.core.registry import shipped_pass
@@ -105,7 +105,7 @@ def _fold_pair(module: torch.fx.GraphModule, layer: torch.fx.Node, bn: torch.fx.
     weight_t = tensor_name(layer.args[1])
     weight = get_tensor(module, weight_t)
     dtype = weight.dtype
-    groups = _transposed_groups(layer)
+    groups = transposed_groups(layer)
     channels = weight.shape[0] if groups is None else weight.shape[1] * groups
     # the defaults sit beside the weight: a cuda model's folding must not mix in CPU tensors
     zeros = torch.zeros(channels, dtype=torch.float64, device=weight.device)
@@ -125,15 +125,6 @@ def _fold_pair(module: torch.fx.GraphModule, layer: torch.fx.Node, bn: torch.fx.
     assert isinstance(normalised, torch.fx.Node)  # _foldable_layer's check
     bn.replace_all_uses_with(normalised)
     module.graph.erase_node(bn)
-
-
-def _transposed_groups(layer: torch.fx.Node) -> int | None:
-    """The groups of a transposed convolution (None for any other layer)."""
-    if layer.target in TRANSPOSED_CONVOLUTIONS:
-        return int(layer.args[6]) if len(layer.args) > 6 else 1  # type: ignore[arg-type]  # groups: an int
-    if layer.target is aten.convolution.default and layer.args[6]:
-        return int(layer.args[8])  # type: ignore[arg-type]
-    return None
 
 
 def _scaled_outputs(weight: torch.Tensor, scale: torch.Tensor, groups: int | None) -> torch.Tensor:

@@ -16,15 +16,13 @@ import torch
 
 from prunefx.graph.attributes import free_name, get_tensor, set_tensor, users_of_tensor
 from prunefx.graph.channels.rules import channel_rule, same_as_input
+from prunefx.graph.operators import CONVOLUTIONS, TRANSPOSED_CONVOLUTIONS, transposed_groups
 
 aten = torch.ops.aten
 QMIN, QMAX = -128, 127
 LEVELS = 127                     # symmetric: the scale maps amax to 127
 FAKE_QUANT_OPS = (aten.fake_quantize_per_tensor_affine.default, aten.fake_quantize_per_channel_affine.default)
 
-_CONVOLUTIONS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default,
-                 aten.conv1d.padding, aten.conv2d.padding, aten.conv3d.padding}
-_TRANSPOSED = {aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input}
 _MATMULS = {aten.matmul.default, aten.mm.default, aten.bmm.default}
 _AVERAGE_POOLS = {aten.adaptive_avg_pool1d.default, aten.adaptive_avg_pool2d.default,
                   aten.adaptive_avg_pool3d.default, aten.avg_pool1d.default, aten.avg_pool2d.default,
@@ -38,7 +36,7 @@ def _short_name(target) -> str:
 
 # What `skip_operators` may name: every operator a QuantTarget can have.
 QUANTIZABLE_OPERATORS = frozenset(map(_short_name, (
-    *_CONVOLUTIONS, *_TRANSPOSED, *_MATMULS, *_AVERAGE_POOLS, aten.convolution.default, aten.linear.default,
+    *CONVOLUTIONS, *TRANSPOSED_CONVOLUTIONS, *_MATMULS, *_AVERAGE_POOLS, aten.linear.default,
     aten.add.Tensor, aten.add_.Tensor, aten.mean.dim)))
 
 
@@ -74,11 +72,9 @@ def _target(node: torch.fx.Node) -> QuantTarget | str | None:
         return None
     target, args = node.target, node.args
     name = operator_name(node)
-    if target in _CONVOLUTIONS or target is aten.linear.default or target in _TRANSPOSED \
-            or target is aten.convolution.default:
-        transposed = target in _TRANSPOSED or (target is aten.convolution.default and bool(args[6]))
-        groups = (args[6] if len(args) > 6 else 1) if target in _TRANSPOSED else \
-            (args[8] if target is aten.convolution.default else 1)
+    if target in CONVOLUTIONS or target in TRANSPOSED_CONVOLUTIONS or target is aten.linear.default:
+        groups = transposed_groups(node)
+        transposed = groups is not None
         if transposed and groups != 1:
             return "grouped transposed convolution: no per-output-channel axis for its weight"
         if not _attr(args[1]):
