@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-# The dropouts: (input, p, train).
-DROPOUTS = frozenset({torch.ops.aten.dropout.default, torch.ops.aten.feature_dropout.default,
-                      torch.ops.aten.alpha_dropout.default, torch.ops.aten.feature_alpha_dropout.default})
+# The dropouts: (input, p, train); nn.Dropout(inplace=True) captures as the in-place form (MobileNetV3's head).
+DROPOUTS = frozenset({getattr(torch.ops.aten, name).default
+                      for base in ("dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout")
+                      for name in (base, base + "_")})
 # Graph operators whose behaviour depends on the training flag, and the index of that flag.
 _TRAINING_FLAG_ARG = {torch.ops.aten.batch_norm.default: 5, **dict.fromkeys(DROPOUTS, 2)}
 

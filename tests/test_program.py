@@ -125,6 +125,24 @@ def test_a_program_counts_batches_as_its_batch_norms_would_in_each_mode(tmp_path
     assert counters()[0] == 3
 
 
+def test_in_place_dropout_captured_in_training_is_switched_off_by_eval():
+    """nn.Dropout(inplace=True) (torchvision's MobileNetV3 and EfficientNet heads) captures as aten.dropout_: the
+    eval Program drew a fresh mask from torch's generator on every call, and computed what the model's eval did
+    not. The oracle: the model itself in eval mode."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Dropout(0.5, inplace=True),
+                                torch.nn.Linear(32, 4)).train()
+    x = torch.randn(2, 16)
+    program = capture(model, x)
+    assert any(node.target is torch.ops.aten.dropout_.default for node in program.graph.nodes)
+    assert program.training
+    program.eval()
+    state = torch.get_rng_state()
+    with torch.no_grad():
+        assert not program.training and torch.equal(program(x), model.eval()(x))
+    assert torch.equal(state, torch.get_rng_state())
+
+
 def test_a_file_saved_with_an_eval_program_still_counting_batches_loads_in_eval_mode_counting_none(tmp_path):
     """Files written before the counters followed the mode hold `num_batches_tracked += 1` in an eval graph."""
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)).train()

@@ -23,6 +23,7 @@ from torch.fx.node import map_aggregate
 
 from prunefx.graph.attributes import attribute_name, get_tensor
 from prunefx.graph.depth.affine_maps import ChannelAffine, Conv, Linear, batch_norm_affine
+from prunefx.graph.training_flags import DROPOUTS
 
 aten = torch.ops.aten
 Node = torch.fx.Node
@@ -98,7 +99,7 @@ def read_element(module: torch.fx.GraphModule, node: Node) -> Element | None:
         return _wrapped_batch_norm(module, node)
     if target in _ARITHMETIC:
         return _constant_channel(module, node)
-    if (target is aten.dropout.default and len(node.args) > 2 and not node.args[2]) or target in _IDENTITIES:
+    if (target in DROPOUTS and len(node.args) > 2 and not node.args[2]) or target in _IDENTITIES:
         return Element("identity", (node,), node.args[0]) if isinstance(node.args[0], Node) else None
     return None
 

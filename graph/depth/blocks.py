@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from prunefx.graph.operators import CONVOLUTIONS, LINEARS
+from prunefx.graph.training_flags import DROPOUTS
 
 aten = torch.ops.aten
 
@@ -32,8 +33,8 @@ LAYER_NORMS = {aten.layer_norm.default}
 _AFFINE_LAYERS = CONVOLUTIONS | LINEARS | {aten.batch_norm.default, aten.layer_norm.default}
 _SHAPE_OPS = {
     aten.view.default, aten.reshape.default, aten.permute.default, aten.transpose.int, aten.flatten.using_ints,
-    aten.unflatten.int, aten.contiguous.default, aten.clone.default, aten.dropout.default, aten.alias.default,
-    aten.squeeze.dim, aten.unsqueeze.default, aten._assert_tensor_metadata.default,
+    aten.unflatten.int, aten.contiguous.default, aten.clone.default, aten.alias.default, aten.squeeze.dim,
+    aten.unsqueeze.default, aten._assert_tensor_metadata.default, *DROPOUTS,
 }
 _ADDS = {aten.add.Tensor, aten.add_.Tensor}
 _ELEMENTWISE_WITH_CONSTANT = {aten.mul.Tensor, aten.div.Tensor}
