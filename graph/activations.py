@@ -20,6 +20,7 @@ import torch
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.in_place_writes import as_computed
 from prunefx.graph.input_batches import as_program_inputs
+from prunefx.graph.model_state import random_state_kept
 from prunefx.graph.placement import module_device
 
 
@@ -37,9 +38,11 @@ def calibration_inputs(example_inputs: Sequence[torch.Tensor], data: Iterable, *
         raise PrunefxError(f"{what}: max_batches must be a positive integer, not {max_batches!r}")
     items = itertools.islice(data, max_batches) if max_batches is not None else data
     expected = [tuple(t.shape) for t in example_inputs]
-    # in the Program's precision: data sets give float32 images, a half-precision Program takes half
-    batches = [as_program_inputs(_inputs_of(item, expected, index, what), example_inputs)
-               for index, item in enumerate(items)]
+    # in the Program's precision: data sets give float32 images, a half-precision Program takes half; torch's
+    # generator as found afterwards: a DataLoader draws its workers' base seed from it on every iter()
+    with random_state_kept(example_inputs):
+        batches = [as_program_inputs(_inputs_of(item, expected, index, what), example_inputs)
+                   for index, item in enumerate(items)]
     if not batches:
         raise PrunefxError(f"{what} got no batches: give at least one input batch")
     return batches
