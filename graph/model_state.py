@@ -4,13 +4,15 @@ torch.export runs the module's forward on fake tensors. Attributes the forward a
 (Ultralytics' Detect head sets `anchors`, `strides` and `shape`: FakeTensors the model can no longer run
 with), and forward hooks hand fake tensors to whatever the user's hooks keep. `left_as_found(model)`
 records every submodule's attributes, the contents of its containers and the values of its buffers and
-tensor attributes, and what the forward hooks keep (hooks stay in place: libraries compute with them), and
+tensor attributes, and what the forward hooks keep (their containers, those nested in them, and the names they
+rebind: a counter in a closure; hooks stay in place: libraries compute with them), and
 puts all of it back on the way out, on success and on error alike. Parameters are kept by identity only (no
 copy: a ViT-L's weights would double the memory); nothing prunefx runs writes into them.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import random
@@ -21,7 +23,8 @@ import numpy as np
 import torch
 from torch.nn.modules import module as torch_module
 
-_CONTAINERS = (list, dict, set)
+_CONTAINERS = (list, dict, set, collections.deque)
+_NESTED_DEPTH = 3  # containers inside containers a hook keeps (activations[name].append(output)), this deep
 _HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks")
 _GLOBAL_HOOK_TABLES = ("_global_forward_hooks", "_global_forward_pre_hooks")
 
@@ -94,7 +97,7 @@ def _shallow_copy(container):
 def _refill(container, saved: list) -> None:
     """Put `saved` back into `container` in place (its identity is what other objects hold), keeping order."""
     container.clear()
-    if isinstance(container, list):
+    if isinstance(container, (list, collections.deque)):
         container.extend(saved)
     else:
         container.update(saved)
@@ -138,8 +141,58 @@ def _hook_targets(hook) -> list:
     # an object's lists and dicts are appended to in place (self.outputs.append(output)): kept as well
     found += [value for target in found if _plain_object(target) for value in vars(target).values()
               if isinstance(value, _CONTAINERS)]
+    found += _nested_containers([target for target in found if isinstance(target, _CONTAINERS)])
     return [target for target in found if isinstance(target, _CONTAINERS) or _plain_object(target)
             or _own_tensor(target)]
+
+
+def _nested_containers(containers: list) -> list:
+    """The containers inside `containers`, _NESTED_DEPTH levels down (a dict of lists of outputs per layer)."""
+    found: list = []
+    for _ in range(_NESTED_DEPTH):
+        containers = [value for container in containers if not isinstance(container, set)
+                      for value in (container.values() if isinstance(container, dict) else container)
+                      if isinstance(value, _CONTAINERS)]
+        found += containers
+    return found
+
+
+def _hook_bindings(hook) -> list[tuple[object, str]]:
+    """The names a hook can rebind (a call counter: `nonlocal calls; calls += 1`, or `global calls`): its closure's
+    cells and the module-level names its code reads, as (cell or namespace, name)."""
+    function = hook
+    while isinstance(function, functools.partial):
+        function = function.func
+    function = getattr(function, "__func__", function)  # a bound method's function
+    if not isinstance(function, types.FunctionType):
+        return []
+    cells = [(cell, "cell_contents") for cell in function.__closure__ or ()]
+    namespace = function.__globals__
+    return cells + [(namespace, name) for name in function.__code__.co_names if name in namespace]
+
+
+class _Binding:
+    """A closure cell's or a module-level name's value as found (by identity): put back where it was rebound."""
+
+    def __init__(self, holder, name: str):
+        self.holder, self.name = holder, name
+        self.value = self._read()
+
+    def _read(self):
+        if isinstance(self.holder, dict):
+            return self.holder.get(self.name, _MISSING)
+        try:
+            return self.holder.cell_contents
+        except ValueError:  # an empty cell
+            return _MISSING
+
+    def restore(self) -> None:
+        if self._read() is self.value or self.value is _MISSING:
+            return
+        if isinstance(self.holder, dict):
+            self.holder[self.name] = self.value
+        else:
+            self.holder.cell_contents = self.value
 
 
 def _own_tensor(value) -> bool:
@@ -184,13 +237,14 @@ def hook_state_kept(model: torch.nn.Module) -> Iterator[None]:
     collects hidden states in hooks), and put back what the hooks keep, in their closures or the objects they
     are bound to, when it ends: a user's list of activations gets none of the export's fake tensors."""
     seen: set[int] = set()
-    records = []
+    records: list = []
     for table in _hook_tables(model):
         for hook in list(table.values()):
             for target in _hook_targets(hook):
                 if id(target) not in seen:
                     seen.add(id(target))
                     records.append(_KeptRecord(target))
+            records += [_Binding(holder, name) for holder, name in _hook_bindings(hook)]
     try:
         yield
     finally:

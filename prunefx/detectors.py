@@ -46,11 +46,13 @@ def _record_calls(model: torch.nn.Module, example_inputs, parts: Sequence[str]) 
     is left as found: a training model's batch-norm statistics, what its forward sets, torch's random state, and
     the inputs, which it is given copies of (a forward may write into its input)."""
     calls: dict[str, list] = {part: [] for part in parts}
-    handles = [_get_part(model, part).register_forward_pre_hook(
-        lambda _module, args, kwargs, part=part: calls[part].append((args, kwargs)), with_kwargs=True)
-        for part in parts]
+    handles = []
     try:
         with torch.no_grad(), left_as_found(model), random_state_kept(model.parameters()):
+            # added inside: what the user's hooks keep is put back on the way out, what these record is not
+            handles = [_get_part(model, part).register_forward_pre_hook(
+                lambda _module, args, kwargs, part=part: calls[part].append((args, kwargs)), with_kwargs=True)
+                for part in parts]
             model(*pytree.tree_map_only(torch.Tensor, torch.clone, _as_args(example_inputs)))
     except Exception as error:
         raise PartError(f"{type(model).__name__} does not run on the example inputs: {first_line(error)}") from error

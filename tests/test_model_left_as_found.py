@@ -654,3 +654,28 @@ def test_a_pass_reading_a_shuffling_data_loader_leaves_torchs_random_state_as_fo
     state = torch.get_rng_state()
     getattr(passes, call)(program, config=config)
     assert torch.equal(state, torch.get_rng_state())
+
+
+def test_capture_puts_back_nested_lists_deques_and_rebound_counters_its_hooks_keep(one_thread):
+    """The usual ways to keep activations: a dict of lists (activations[name].append(output)), a rolling deque,
+    and a call counter rebound in a closure; after capture each holds what it held, with no export tensor."""
+    import collections
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)).eval()
+    activations, recent = collections.defaultdict(list), collections.deque(maxlen=4)
+    model[0].register_forward_hook(lambda module, inputs, output: activations["conv0"].append(output.detach()))
+    model[1].register_forward_hook(lambda module, inputs, output: recent.append(output.detach()))
+    calls = 0
+
+    def counting(module, inputs, output):
+        nonlocal calls
+        calls += 1
+
+    model[2].register_forward_hook(counting)
+    x = torch.randn(1, 3, 16, 16)
+    model(x)
+    kept = activations["conv0"][0], recent[0]
+    prunefx.capture(model, x)
+    assert calls == 1 and list(activations) == ["conv0"]
+    assert len(activations["conv0"]) == 1 and activations["conv0"][0] is kept[0]
+    assert len(recent) == 1 and recent[0] is kept[1]
