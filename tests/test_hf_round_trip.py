@@ -166,3 +166,19 @@ def test_a_tensor_no_captured_call_reads_is_named_in_the_refusal():
                                            r"never reads") as refused:
         to_module(program, model)
     assert "--ranking uniform" not in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_an_attribute_set_from_the_config_that_the_proof_refutes_is_a_refusal_naming_it(monkeypatch):
+    # Swin's num_features is set as the class sets it (test_swin_round_trip); were the captured call to read it
+    # after all, the proof would fail: then the refusal names it, and no subgraph stands in under a config that
+    # from_pretrained would rebuild otherwise
+    import prunefx.interop.write_back as write_back
+
+    def refuted(*args, **kwargs):
+        raise write_back.WriteBackError("the module differs by 0.5 relative from the pruned program")
+
+    model, _, program = _pruned(_swin, UNIFORM)
+    monkeypatch.setattr(write_back, "verify_module", refuted)
+    with pytest.raises(PrunefxError, match=r"with swin\.num_features set as the class built from it sets them, the "
+                                           r"module does not compute the pruned program \(the module differs"):
+        to_module(program, model)
