@@ -137,6 +137,11 @@ def defining_path(module_name: str, name: str) -> str:
     qualname, home = getattr(value, "__qualname__", None), getattr(value, "__module__", None)
     if (inspect.isfunction(value) or inspect.isclass(value) or inspect.ismethod(value)) and home and qualname:
         return f"{home}.{qualname}".replace(".<locals>", "")
+    lazy = getattr(importlib.import_module(module_name), "_LAZY", {}).get(name)  # data a package imports lazily
+    if isinstance(lazy, tuple):  # prunefx's: (module, attribute path)
+        return f"{lazy[0]}.{lazy[1] or name}"
+    if isinstance(lazy, str):  # prunefx.graph's (module) and prunefx.runtime's (module under the package)
+        return f"{lazy if lazy.startswith('prunefx.') else f'{module_name}.{lazy}'}.{name}"
     return f"{module_name}.{name}"
 
 
