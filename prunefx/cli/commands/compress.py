@@ -20,7 +20,7 @@ from prunefx.compression import Options, compress, load_model_and_data
 from prunefx.data.formats import FORMATS
 from prunefx.device import resolve_device
 from prunefx.graph.errors import PrunefxError, printable
-from prunefx.named_recipes import BUDGET_PASSES, load_named_recipe, with_budget
+from prunefx.named_recipes import BUDGET_PASSES, load_named_recipe, shipped_recipes, with_budget
 from prunefx.output_paths import check_output_folder, within
 from prunefx.reports.compression import console_summary
 
@@ -32,14 +32,14 @@ def add_arguments(parser) -> None:
                                       ".pt2 (captured at --batch-size)")
     parser.add_argument("--weights", help="state dict (.pth/.pt) to load into the model")
     parser.add_argument("--recipe",
-                        help="a shipped recipe (cpd-macs0.5, prune-l2-kd-macs0.5, finetune, budget-kd) or a recipe "
-                             ".yaml file (default with a budget: budget-kd)")
+                        help=f"a shipped recipe ({', '.join(shipped_recipes())}) or a recipe .yaml file (default "
+                             "with a budget: budget-kd)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--speedup", type=options.number(1.0, low_open=True), metavar="S",
                         help="the budget of the recipe's budget pass (choose_for_budget, prune_to_budget, "
-                             "depth_to_budget): a speed-up measured on --backend at batch 1")
+                             "depth_to_budget): a speed-up measured on --backend at --batch")
     budget.add_argument("--latency-ms", type=options.number(0.0, low_open=True), metavar="T",
-                        help="the same budget as a latency in ms at batch 1")
+                        help="the same budget as a latency in ms at --batch")
     parser.add_argument("--data", required=True, help="fashion-mnist, imagenet-sample, fashion-mnist-seg[:SIZE], "
                         "fashion-mnist-det[:SIZE] (scenes for segmentation and detection), or a data set on "
                         "disk: an ImageFolder (train/<class>/, val/<class>/), COCO (annotations/instances_*.json), "

@@ -62,11 +62,12 @@ def add_arguments(parser) -> None:
                         help="fraction of the dense model's MACs to keep (default 0.4)")
     parser.add_argument("--calibration-images", type=options.calibration_images, default=256,
                         help="Fashion-MNIST training images that choose the channels, compensate the weights and "
-                             "recalibrate the batch norms (default 256)")
+                             "recalibrate the batch norms, in whole batches of --batch-size (default 256)")
     parser.add_argument("--kd-steps", type=options.count, default=60,
                         help="distillation steps after the one-shot pruning (default 60)")
     parser.add_argument("--eval-images", type=options.count, default=2048,
-                        help="test images the accuracy is measured on (default 2048; 10000: all)")
+                        help="test images the accuracy is measured on, in whole batches of --batch-size (default "
+                             "2048; 10000: all)")
     parser.add_argument("--batch-size", type=options.count, default=128, help="training batch size (default 128)")
     cli_options.add_measurement(parser, runs=200, what="the latencies")
     # One thread: a 28x28 ResNet-20 runs in well under a millisecond, where a second thread adds
