@@ -182,3 +182,30 @@ def test_an_attribute_set_from_the_config_that_the_proof_refutes_is_a_refusal_na
     with pytest.raises(PrunefxError, match=r"with swin\.num_features set as the class built from it sets them, the "
                                            r"module does not compute the pruned program \(the module differs"):
         to_module(program, model)
+
+
+def test_an_attribute_that_merely_equals_a_pruned_width_is_built_as_the_class_builds_it(tmp_path):
+    # ViTEmbeddings' image_size (64, 64) beside a hidden size of 64: write-back sets it by value to (32, 32), the
+    # config's class builds (64, 64), the dense value; it is settled as the class builds it, and the proof holds
+    def build():
+        config = transformers.ViTConfig(image_size=64, patch_size=16, hidden_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, intermediate_size=128, num_labels=5)
+        # at batch 2 the class token's expand spells the hidden size (64 -> 32) in the embeddings' own call
+        return transformers.ViTForImageClassification(config), torch.randn(2, 3, 64, 64)
+
+    model, x, program = _pruned(build, {**UNIFORM, "round_to": 1})
+    config = _round_trip(model, program, x, tmp_path / "vit")
+    assert config.hidden_size == 32 and config.image_size == 64
+
+
+def test_mobilevit_round_trip_with_a_head_count_equal_to_a_head_dim(tmp_path):
+    # four heads of 4 dims: write-back sets the head count by value to 2 where the head dim became 2; the class
+    # built from the config keeps the 4 heads
+    def build():
+        config = transformers.MobileViTConfig(image_size=64, num_labels=5, hidden_sizes=[16, 24, 32],
+                                              neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64])
+        return transformers.MobileViTForImageClassification(config), torch.randn(1, 3, 64, 64)
+
+    model, x, program = _pruned(build, {**UNIFORM, "round_to": 1})
+    config = _round_trip(model, program, x, tmp_path / "mobilevit")
+    assert config.hidden_sizes == [8, 12, 16] and config.num_attention_heads == 4

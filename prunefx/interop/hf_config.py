@@ -40,33 +40,33 @@ def update_config(module: nn.Module, model: nn.Module, name: str,
                   unread: list[tuple[str, tuple[int, ...]]] = ()) -> list[str]:
     """Set `module.config` (a copy of the dense `model`'s) to the pruned widths, or raise PrunefxError naming what
     stops it (`unread`: tensors the captured call never reads that keep a changed width, unread_tensors.py). The
-    integer attributes set as the class sets them (_differences) are returned: the caller's proof confirms them."""
+    attributes set as the class sets them (_differences) are returned: the caller's proof confirms them."""
     if not is_hf_model(module):
         return []
     mapping = _size_mapping(model, module)
     options = _field_options(module.config, mapping) + _extra_fields(module)
-    dense_attributes = {path: _int_attributes(submodule) for path, submodule in model.named_modules()}
+    dense_attributes = {path: _size_attributes(submodule) for path, submodule in model.named_modules()}
     chosen, first = None, None
     for candidate in itertools.islice(_candidates(module.config, options), MAX_CANDIDATES):
         fresh = _built(module, candidate)
         first = first or (candidate, fresh)
-        untouched = _differences(module, fresh, dense_attributes) if fresh is not None else None
-        if untouched is not None and (chosen is None or not untouched):
-            chosen = candidate, fresh, untouched
-        if untouched == []:
+        settled = _differences(module, fresh, dense_attributes) if fresh is not None else None
+        if settled is not None and (chosen is None or len(settled) < len(chosen[2])):
+            chosen = candidate, fresh, settled
+        if settled == []:
             break  # the class builds the written-back module as it is
     if chosen is None:
         raise PrunefxError(f"cannot write {name} back with its config: {type(module.config).__name__} has one value "
                            f"per field, and {_why_not(module, mapping, unread, first)}, or keep the module without "
                            "its config (prunefx.to_module(..., config=False), prunefx prune --module)")
-    candidate, fresh, untouched = chosen
+    candidate, fresh, settled = chosen
     _fold_scales(module, fresh, name)
-    for path, key, value in untouched:
+    for path, key, value in settled:
         setattr(module.get_submodule(path), key, value)
     for key, value in candidate.to_dict().items():
         if getattr(module.config, key, None) != value and key != "transformers_version":
             setattr(module.config, key, value)  # in place: every submodule holding the config sees it
-    return [f"{path}.{key}" if path else key for path, key, _ in untouched]
+    return [f"{path}.{key}" if path else key for path, key, _ in settled]
 
 
 def _why_not(module: nn.Module, mapping, unread, first) -> str:
@@ -182,27 +182,40 @@ def _built(module: nn.Module, config) -> nn.Module | None:
         return None
 
 
-def _differences(module: nn.Module, fresh: nn.Module, dense_attributes: dict[str, dict[str, int]]):
-    """Where `fresh` (the class built from a candidate) has every tensor shape and integer attribute of the
-    written-back module but some attributes still at the dense model's value: those, as (path, attribute, the
-    class's value); None where anything else differs. Write-back sets every integer the captured call reads (a
-    literal in its graph) that the pruning changed; one it left while the widths changed may be read on no
-    captured path (Swin's `num_features`, a record of the last stage's width): the class built from the config
-    sets it, as from_pretrained will, and the caller's proof of the captured call confirms it."""
+def _differences(module: nn.Module, fresh: nn.Module, dense_attributes: dict[str, dict]):
+    """Where `fresh` (the class built from a candidate) has every tensor shape of the written-back module, the
+    size attributes (integers, lists of them) that differ, each to be set as the class sets it: (path, attribute,
+    the class's value); None where a tensor shape differs, or an attribute is neither the dense model's value nor
+    the class's. Write-back sets an attribute by the value of a size the pruning changed, so it may leave one the
+    captured call never reads (Swin's `num_features`, a record of the last stage's width) or set one that merely
+    equals a width (a ViT's `image_size` of 64 beside a hidden size of 64): where the one value is the dense
+    model's, the class's is what from_pretrained will build, and the caller's proof of the captured call confirms
+    it."""
     mine, theirs = module.state_dict(), fresh.state_dict()
     if mine.keys() != theirs.keys() or any(mine[k].shape != theirs[k].shape for k in mine):
         return None
     fresh_modules = dict(fresh.named_modules())
-    untouched = []
+    settled = []
     for path, submodule in module.named_modules():
-        ours, built = _int_attributes(submodule), _int_attributes(fresh_modules.get(path, nn.Module()))
+        ours, built = _size_attributes(submodule), _size_attributes(fresh_modules.get(path, nn.Module()))
         if ours.keys() != built.keys():
             return None
+        dense = dense_attributes.get(path, {})
         for key in sorted(key for key in ours if ours[key] != built[key]):
-            if dense_attributes.get(path, {}).get(key) != ours[key]:
+            if dense.get(key) not in (ours[key], built[key]):
                 return None
-            untouched.append((path, key, built[key]))
-    return untouched
+            settled.append((path, key, getattr(fresh_modules[path], key)))  # as the class holds it (a list, a tuple)
+    return settled
+
+
+def _size_attributes(module: nn.Module) -> dict[str, int | tuple]:
+    """A module's integer attributes and its lists of integers (as tuples: `image_size` (64, 64))."""
+    found: dict[str, int | tuple] = dict(_int_attributes(module))
+    for key, value in vars(module).items():
+        if not key.startswith("_") and isinstance(value, (tuple, list)) and value \
+                and all(type(v) is int for v in value):
+            found[key] = tuple(value)
+    return found
 
 
 def _fold_scales(module: nn.Module, fresh: nn.Module, name: str) -> None:
