@@ -184,18 +184,31 @@ def test_an_attribute_set_from_the_config_that_the_proof_refutes_is_a_refusal_na
         to_module(program, model)
 
 
+def _vit_image_size_as_hidden_size():
+    config = transformers.ViTConfig(image_size=64, patch_size=16, hidden_size=64, num_hidden_layers=2,
+                                    num_attention_heads=4, intermediate_size=128, num_labels=5)
+    # at batch 2 the class token's expand spells the hidden size (64 -> 32) in the embeddings' own call
+    return transformers.ViTForImageClassification(config), torch.randn(2, 3, 64, 64)
+
+
 def test_an_attribute_that_merely_equals_a_pruned_width_is_built_as_the_class_builds_it(tmp_path):
     # ViTEmbeddings' image_size (64, 64) beside a hidden size of 64: write-back sets it by value to (32, 32), the
     # config's class builds (64, 64), the dense value; it is settled as the class builds it, and the proof holds
-    def build():
-        config = transformers.ViTConfig(image_size=64, patch_size=16, hidden_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, intermediate_size=128, num_labels=5)
-        # at batch 2 the class token's expand spells the hidden size (64 -> 32) in the embeddings' own call
-        return transformers.ViTForImageClassification(config), torch.randn(2, 3, 64, 64)
-
-    model, x, program = _pruned(build, {**UNIFORM, "round_to": 1})
+    model, x, program = _pruned(_vit_image_size_as_hidden_size, {**UNIFORM, "round_to": 1})
     config = _round_trip(model, program, x, tmp_path / "vit")
     assert config.hidden_size == 32 and config.image_size == 64
+
+
+def test_without_the_config_an_attribute_that_merely_equals_a_width_is_set_back_where_a_subgraph_fails():
+    # the embeddings' own code changed (the class token's expand), so their subgraph stands in first, and fails on
+    # the batch of two; the module's own code with its image size as in the dense model is the one proven
+    model, x, program = _pruned(_vit_image_size_as_hidden_size, {**UNIFORM, "round_to": 1})
+    module = to_module(program, model, config=False)
+    assert type(module.vit.embeddings).__name__ == "ViTEmbeddings" and module.vit.embeddings.image_size == (64, 64)
+    other = torch.randn_like(x)
+    with torch.no_grad():
+        expected, actual = program(other)["logits"], module(other).logits
+    assert (actual - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
 def test_mobilevit_round_trip_with_a_head_count_equal_to_a_head_dim(tmp_path):

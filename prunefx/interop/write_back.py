@@ -190,6 +190,16 @@ def _made_from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Modu
     def set_back(scope: str | None) -> bool:
         return scope not in replaced and sizes.next(scope)
 
+    def unmake(scope: str | None) -> bool:
+        """Where nothing else is left to try, a module made from its subgraph that fails (on the batch of two) put
+        back, with its next size set back instead: a size matched by value alone may be another quantity that
+        equals it (a ViT's image size beside its hidden size), where the module's own code was right."""
+        if not scope or scope not in replaced or scope not in sizes.matched:
+            return False
+        tree, original = replaced.pop(scope)
+        put_back(tree, scope, original)
+        return sizes.next(scope)
+
     def mend(scope: str | None) -> bool:
         """The failing module made from its subgraph, else its next size set back; the model itself the other
         way round, so that it stays of the user's class where it can."""
@@ -206,7 +216,7 @@ def _made_from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Modu
             return root
         except WriteBackError as failed:
             failing = getattr(failed, "module_path", None)
-            last, progress = failed, mend(failing) or any(map(set_back, sizes.last()))
+            last, progress = failed, mend(failing) or any(map(set_back, sizes.last())) or unmake(failing)
     changed = [f"{', '.join(scope or '(model)' for scope in replaced)} made from the pruned subgraph"] \
         if replaced else []
     changed += sizes.described()

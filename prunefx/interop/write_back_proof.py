@@ -83,10 +83,15 @@ def _run(module: nn.Module, inputs, name: str, hint: str) -> list[torch.Tensor]:
     except Exception as error:  # the user's forward may raise anything; name the module that did
         failed = WriteBackError(f"cannot write {name} back: {_failing_module(error, module)}"
                                 f"{first_line(error)}{hint}")
-        # the innermost module of the user's own code that raised: its subgraph may stand in for it
-        failed.module_path = next((path for path in reversed(_failing_paths(error, module))
-                                   if not type(module.get_submodule(path)).__module__.startswith("torch.")), None)
+        failed.module_path = _own_failing_path(error, module)
         raise failed from error
+
+
+def _own_failing_path(error: Exception, module: nn.Module) -> str | None:
+    """The innermost module outside torch's own that raised `error` (of the user's code, or a subgraph standing in
+    for one): its subgraph may stand in for it, or its sizes be set back."""
+    return next((path for path in reversed(_failing_paths(error, module))
+                 if not type(module.get_submodule(path)).__module__.startswith("torch.")), None)
 
 
 def _failing_paths(error: Exception, module: nn.Module) -> list[str]:
@@ -139,8 +144,10 @@ def check_batch(program: Program, module: nn.Module, name: str) -> None:
     try:
         pair = batch_outputs(program, module, [program.example_inputs, _second_input(program.example_inputs)])
     except Exception as error:  # the user's forward may raise anything; name the module that did
-        raise WriteBackError(f"cannot write {name} back: on a batch of two inputs, {_failing_module(error, module)}"
-                             f"{first_line(error)}") from error
+        failed = WriteBackError(f"cannot write {name} back: on a batch of two inputs, "
+                                f"{_failing_module(error, module)}{first_line(error)}")
+        failed.module_path = _own_failing_path(error, module)
+        raise failed from error
     if pair is not None:
         error = _relative_error(*pair)
         if error is None or error > TOLERANCE:
