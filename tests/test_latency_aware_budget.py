@@ -244,3 +244,25 @@ def test_latency_table_refuses_what_it_would_read_as_something_else(resnet, time
     with pytest.raises(PrunefxError):
         prunefx.latency_table(resnet, backend="ort", **options)
     assert timer.calls == 0
+
+
+def test_width_and_depth_together_time_the_layers_of_the_network_depth_merged(timer, tmp_path):
+    """The joint route prunes the network depth merged: its merged convolutions are timed as the dense layers were
+    (the dense model's table alone refused every candidate: 'has no layer conv2d_default'), and the table's cost
+    in the report counts them."""
+    class ByMacs(StandIn):  # merged blocks make dense 3x3 convolutions, which the per-kind costs price high
+        def __call__(self, dense, candidate):
+            return Timing(5 + 5 * count(dense).macs / macs, 5 + 5 * count(candidate).macs / macs, 0.0)
+
+    torch.manual_seed(0)
+    program = capture(build_model("prunefx:mobilenetv2_small").module.eval(), torch.randn(1, 1, 28, 28)).eval()
+    macs = count(program).macs
+    calibration = [torch.randn(1, 1, 28, 28) for _ in range(4)]
+    chosen, outcome = meet_budget(program, speedup=1.4, measurer=ByMacs(), choose_by="latency", width=WIDTH,
+                                  calibration=calibration, routes=("width+depth",), latency_cache=str(tmp_path),
+                                  tolerance=0.5)
+    assert outcome.route == "width+depth" and 10 / (5 + 5 * count(chosen).macs / macs) >= 1.4
+    dense_layers = {layer.name for layer in timed_layers(program.module)}
+    assert {layer.name for layer in timed_layers(chosen.module)} - dense_layers  # merged layers, priced too
+    table = outcome.budget_entry()["measurement"]["latency_table"]
+    assert table["entries_timed"] == timer.calls > 0

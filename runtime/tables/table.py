@@ -10,10 +10,11 @@ The grid, the interpolation and the cache: see docs/algorithms.md, 'Latency tabl
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -87,11 +88,24 @@ class LatencyTable:
     """The callable `(layer, in_channels, out_channels) -> ms` that channel selection reads, by layer name."""
 
     def __init__(self, grids: dict[str, LayerGrid], identity: dict[str, str], *, measured: int, cached: int,
-                 seconds: float = 0.0, batch: int | None = None):
+                 seconds: float = 0.0, batch: int | None = None,
+                 build: Callable[[Sequence[TimedLayer]], LatencyTable] | None = None):
         self.grids, self.identity, self.batch = grids, identity, batch
         self._matched: set[TimedLayer] = set()  # layers found to be those the grids were timed as
         self.measured, self.cached = measured, cached  # entries timed by this build, and read from the cache
         self.seconds = seconds  # what this build took: the table's cost to the user
+        self._build = build  # the same timing of other layers (for_program)
+
+    def for_program(self, program: Program) -> LatencyTable:
+        """The table of another program's timed layers, timed as this one's were, the cache read first: a joint
+        search prunes the network depth merged, whose merged convolutions this table does not hold. Its cost is
+        counted in this table's summary."""
+        if self._build is None:
+            raise MeasurementError("this latency table cannot time another model's layers: build one for it")
+        table = self._build(timed_layers(program.module))
+        self.measured, self.cached, self.seconds = (self.measured + table.measured, self.cached + table.cached,
+                                                    self.seconds + table.seconds)
+        return table
 
     def __call__(self, layer: TimedLayer, in_channels: int, out_channels: int) -> float:
         grid = self.grids.get(layer.name)
@@ -148,7 +162,9 @@ def build_latency_table(layers: Sequence[TimedLayer], timer: LayerTimer, *, mult
     seconds = time.perf_counter() - started
     log.info("latency table: %d layers, %d entries timed, %d from %s, %.1f s", len(grids), measured, cached,
              cache.path, seconds)
-    return LatencyTable(grids, identity, measured=measured, cached=cached, seconds=seconds, batch=batch)
+    again = functools.partial(build_latency_table, timer=timer, multiple=multiple, max_ratio=max_ratio, points=points,
+                              batch=batch, cache_dir=cache_dir)
+    return LatencyTable(grids, identity, measured=measured, cached=cached, seconds=seconds, batch=batch, build=again)
 
 
 def _grid(dense: TimedLayer, timer: LayerTimer, cache: LatencyCache, multiple: int, max_ratio: float,
