@@ -163,6 +163,24 @@ def test_a_short_last_block_is_used_and_unequal_sides_are_refused():
         ratio_interval([[1.0]], [[1.0], [1.0]])
 
 
+def test_a_zero_median_gives_no_interval_and_stops_no_comparison_early():
+    # 0 / 0 is no ratio of 1: all zeros on both sides give no interval, as a zero on one side does
+    assert ratio_interval([[0.0] * 5] * 4, [[0.0] * 5] * 4) == (None, None)
+    assert ratio_interval([[2.0] * 5] * 4, [[0.0] * 5] * 4) == (None, None)
+    now, looked = [0.0], []
+
+    def maker(seconds):
+        def make():
+            def call():
+                now[0] += seconds
+            return call
+        return make
+
+    comparison = compare_rounds(maker(2e-3), maker(0.0), rounds=4, runs=40, warmup=2, block=5, clock=lambda: now[0],
+                                until=lambda low, high: looked.append((low, high)) or True)
+    assert looked == [] and comparison.rounds == 4 and comparison.speedup_low is None
+
+
 def test_compare_latency_reports_the_interval_of_its_own_blocks():
     """A fake clock: the fast side takes 2 ms in its first block of 5 and 3 ms in its second, the slow side
     6 ms always; the interval is the two-unit one computed by hand above."""

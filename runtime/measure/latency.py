@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import pickle
 import subprocess
 import sys
@@ -163,12 +164,18 @@ def compare_rounds(make_a: Callable[[], Callable[[], object]], make_b: Callable[
             if processes:
                 bar.update(share)
             blocks_a, blocks_b, round_of = blocks_a + got_a, blocks_b + got_b, round_of + [index] * len(got_a)
-            if until is not None and 1 <= index < rounds - 1 and until(*ratio_interval(
+            if until is not None and 1 <= index < rounds - 1 and _stops(until, ratio_interval(
                     blocks_a, blocks_b, rounds=round_of, confidence=early)):
                 confidence = early
                 break
     return dataclasses.replace(_comparison(blocks_a, blocks_b, round_of, threads_a, threads_b, confidence),
                                processes=processes)
+
+
+def _stops(until: Callable[[float, float], bool], interval: tuple[float, float] | tuple[None, None]) -> bool:
+    """Whether an early look stops the comparison: never on an interval there is none of (a zero median)."""
+    low, high = interval
+    return low is not None and high is not None and until(low, high)
 
 
 def _looks_confidence(rounds: int) -> tuple[float, float]:
@@ -261,12 +268,12 @@ def ratio_interval(blocks_a: Sequence[Sequence[float]], blocks_b: Sequence[Seque
     units = _units(blocks_a, blocks_b, rounds or [0] * len(blocks_a))
     if len(units) < 2:
         return None, None
-    with np.errstate(divide="ignore"):
-        logs = np.log([_ratio(float(np.median(a)), float(np.median(b))) for a, b in units])
-        pooled = [float(np.median(np.concatenate(blocks))) for blocks in (blocks_a, blocks_b)]
-        centre = np.log(_ratio(*pooled))
-    if not (np.isfinite(logs).all() and np.isfinite(centre)):
-        return None, None
+    medians = [(float(np.median(a)), float(np.median(b))) for a, b in units]
+    pooled = [float(np.median(np.concatenate(blocks))) for blocks in (blocks_a, blocks_b)]
+    if not all(a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b) for a, b in [*medians, pooled]):
+        return None, None  # a zero on both sides too: 0 / 0 is no ratio of 1
+    logs = np.log([a / b for a, b in medians])
+    centre = np.log(pooled[0] / pooled[1])
     from scipy.special import stdtrit  # Student's t quantile; scipy.stats takes a second to import
 
     half = stdtrit(len(logs) - 1, (1 + confidence) / 2) * logs.std(ddof=1) / np.sqrt(len(logs))
