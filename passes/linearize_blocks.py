@@ -166,10 +166,7 @@ def ranked_blocks(program: Program, batches, *, rank: str = "damage", progress: 
     if batches is None:
         raise LinearizeError("linearize_blocks: choosing blocks by 'count' or 'speedup' needs 'calibration' data "
                              "to score them")
-    candidates = find_blocks(program.module) if candidates is None else candidates
-    affine = [block for block in candidates if block.affine]
-    gains = _merge_gains(program, affine)
-    worth = [block for block in affine if gains[block.name] > 0]
+    worth, gains = _worth_merging(program, find_blocks(program.module) if candidates is None else candidates)
     damage = block_damage(program, worth, batches, progress=progress)
     order = _RANKINGS[rank]
     ranked = sorted(worth, key=lambda block: order(damage[block.name], gains[block.name]))
@@ -177,6 +174,17 @@ def ranked_blocks(program: Program, batches, *, rank: str = "damage", progress: 
     for name, gain in gains.items():
         scores.setdefault(name, {})["macs_saved"] = gain
     return ranked, scores
+
+
+def mergeable_blocks(program: Program) -> list[Block]:
+    """The blocks that become affine once linearised and whose merge saves MACs: those `ranked_blocks` ranks."""
+    return _worth_merging(program, find_blocks(program.module))[0]
+
+
+def _worth_merging(program: Program, candidates: list[Block]) -> tuple[list[Block], dict[str, int]]:
+    affine = [block for block in candidates if block.affine]
+    gains = _merge_gains(program, affine)
+    return [block for block in affine if gains[block.name] > 0], gains
 
 
 def _linearized_and_merged(program: Program, blocks: list[Block]) -> Program:

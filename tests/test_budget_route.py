@@ -177,3 +177,25 @@ def test_the_refusal_names_depth_only_where_a_block_merges():
     assert "prunefx depth m --speedup 2 --calibrate DATA" in offered and "\n" not in offered
     refused = str(width_refusal(width, args, gated))
     assert "no block of gated_net merges or drops (no depth route)" in refused and "--allow-depth" not in refused
+
+
+def test_the_depth_route_offered_counts_the_blocks_whose_merge_saves_macs():
+    """ResNet-20's blocks become affine once linearised, but merging none of them saves MACs (a residual around a
+    3x3 pair merges into no smaller layer): the depth route drops its residual branches, and says so (it offered to
+    merge 10 blocks that linearize_blocks ranks none of)."""
+    import argparse
+
+    from prunefx.cli.prune_budget import width_refusal
+    from prunefx.graph.depth.branch_drop import droppable_blocks
+    from prunefx.models import build_model
+    from prunefx.passes.budget.search import BudgetUnreachable, Measured
+    from prunefx.passes.linearize_blocks import mergeable_blocks
+
+    program = capture(build_model("prunefx:resnet20").module.eval(), torch.randn(1, 1, 28, 28), name="resnet20")
+    args = argparse.Namespace(model="m", speedup=100.0, latency_ms=None)
+    width = BudgetUnreachable("cannot reach a 100x speed-up by width: the best measured was 1.50x", dimension="width",
+                              best=Measured.of((1.5, 1.0, 0.0)))
+    assert mergeable_blocks(program) == []
+    dropped = len(droppable_blocks(program))
+    offered = str(width_refusal(width, args, program))
+    assert dropped > 0 and f"depth can drop up to {dropped} blocks of resnet20" in offered

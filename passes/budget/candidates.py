@@ -214,7 +214,9 @@ class _Search:
         left = (yield from self._wanted()) / gain
         share = left * self.settings.depth_share if self.settings.depth_share else math.sqrt(left)
         if share < SMALLEST_SHARE:
-            raise PrunefxError(f"INT8 alone gives {gain:.2f}x: no share of the budget is left for depth")
+            reason = f"INT8 alone gives {gain:.2f}x" if "int8" in dimensions else \
+                f"depth's share of the {left:.2f}x left beside width comes to {share:.2f}x"
+            raise PrunefxError(f"{reason}: no share of the budget is left for depth")
         return share
 
     def _int8_gain(self) -> Steps:

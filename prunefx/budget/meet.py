@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from prunefx.budget.outcome import ROUTES, BudgetOutcome, MeasuredOn, RouteRefusal
-from prunefx.budget.routes import Budget, Reached, depth_blocks
+from prunefx.budget.routes import Budget, Reached, has_depth_route
 from prunefx.budget.routes import depth as depth_route
 from prunefx.budget.routes import joint as joint_route
 from prunefx.budget.routes import width as width_route
@@ -158,7 +158,7 @@ class _Routes:
 
     def run(self, order: tuple[str, ...]) -> tuple[Program, BudgetOutcome]:
         for name in order:
-            if name != "width" and self.refusals and not depth_blocks(self.program)[0]:
+            if name != "width" and self.refusals and not has_depth_route(self.program):
                 continue  # no block merges or drops: no depth route, and a mix would be width alone
             try:
                 reached = self._take(name)

@@ -27,6 +27,7 @@ from prunefx.passes.choose_for_budget import (
 )
 from prunefx.passes.core.pipeline import Pipeline, PipelineResult
 from prunefx.passes.depth_to_budget import DepthChosen, DepthToBudgetConfig, depth_result, depth_search
+from prunefx.passes.linearize_blocks import mergeable_blocks
 from prunefx.passes.prune_to_budget import PruneToBudgetConfig, WidthChosen, chosen_result, width_search
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 
@@ -118,8 +119,15 @@ def joint(program: Program, budget: Budget, measurer, options: dict, calibration
     return Reached(result, search, choice.measured, search["trace"])
 
 
+def has_depth_route(program: Program) -> bool:
+    """Whether a block may become affine once linearised or a residual branch be dropped: the depth route's first
+    test, which merges nothing to count what a merge saves (depth_blocks does)."""
+    return any(block.affine for block in find_blocks(program.module)) or bool(droppable_blocks(program))
+
+
 def depth_blocks(program: Program) -> tuple[int, str]:
-    """(how many blocks the depth route can take, and how): merged when any block becomes affine once
-    linearised, else dropped whole residual branches (depth_to_budget's route "auto"; ConvNeXtV2's GRN)."""
-    mergeable = sum(block.affine for block in find_blocks(program.module))
+    """(how many blocks the depth route can take, and how): merged when any block becomes affine once linearised
+    and its merge saves MACs (those linearize_blocks ranks), else dropped whole residual branches (depth_to_budget's
+    route "auto"; ConvNeXtV2's GRN)."""
+    mergeable = len(mergeable_blocks(program))
     return (mergeable, "merge") if mergeable else (len(droppable_blocks(program)), "drop")
