@@ -248,10 +248,10 @@ class _Search:
 
     def _pruned(self, model: Program, finish, candidate: Combination) -> Steps:
         width = dict(self.settings.width)
-        table = width.get("latency_table")
-        if "depth" in candidate.dimensions and hasattr(table, "for_program"):
+        for_program = getattr(width.get("latency_table"), "for_program", None)
+        if "depth" in candidate.dimensions and for_program is not None:
             # the dense model's table lacks the convolutions depth merged: the same timing of this network's layers
-            width["latency_table"] = table.for_program(model)
+            width["latency_table"] = for_program(model)
         if "int8" in candidate.dimensions:  # widths the INT8 kernels run well (int8_round_to's help says why)
             asked = width.get("round_to") or round_to_of(self.settings.latency) or RemoveChannelsConfig.default("round_to")
             width["round_to"] = math.lcm(int(asked), self.settings.int8_round_to)
