@@ -142,3 +142,14 @@ def test_example_refuses_in_one_line_without_a_traceback(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 2
     assert "Traceback" not in run.stderr and run.stderr.strip().splitlines()[-1].startswith("error: name an")
+
+
+@pytest.mark.parametrize("name", ["yolo11n-seg.yaml", "yolo11n-pose.yaml", "yolo11n-obb.yaml", "yolo11n.yaml"])
+def test_a_task_yaml_is_built_as_the_class_ultralytics_builds_for_its_task(name):
+    """The class carries the task's loss: a segmenter built as a DetectionModel (as every yaml but a classifier's
+    was) trains a module written back with the detection loss alone. The oracle: Ultralytics' own YOLO(name)."""
+    from ultralytics import YOLO
+
+    from prunefx.models import build_model
+
+    assert type(build_model(f"ultralytics:{name}", image_size=64).module) is type(YOLO(name).model)

@@ -78,18 +78,21 @@ def prepare_ultralytics(model: torch.nn.Module) -> torch.nn.Module:
     return _export_mode(model, type(model).__name__)
 
 
+# The model class Ultralytics' YOLO builds for each task a yaml names (its task map): the class carries the task's
+# loss, so a module written back keeps training as the task's.
+_TASK_CLASSES = {"classify": "ClassificationModel", "detect": "DetectionModel", "segment": "SegmentationModel",
+                 "pose": "PoseModel", "obb": "OBBModel"}
+
+
 def _ultralytics_model_class(name: str) -> type:
-    """DetectionModel, RTDETRDetectionModel for an RT-DETR yaml (rtdetr-l.yaml: Ultralytics' own RTDETR class
-    picks it the same way, by name), or ClassificationModel for a classification yaml (yolo11n-cls.yaml)."""
-    from ultralytics.nn.tasks import (
-        ClassificationModel,
-        DetectionModel,
-        RTDETRDetectionModel,
-        guess_model_task,
-    )
+    """The class Ultralytics builds for the task of the yaml `name` (yolo11n-seg.yaml: SegmentationModel), or
+    RTDETRDetectionModel for an RT-DETR yaml (rtdetr-l.yaml: Ultralytics' own RTDETR class picks it the same
+    way, by name)."""
+    from ultralytics.nn import tasks
+
     if "rtdetr" in Path(name).stem:
-        return RTDETRDetectionModel
-    return ClassificationModel if guess_model_task(name) == "classify" else DetectionModel
+        return tasks.RTDETRDetectionModel
+    return getattr(tasks, _TASK_CLASSES.get(tasks.guess_model_task(name), "DetectionModel"))
 
 
 def _fresh_anchors(decoder: torch.nn.Module, _inputs) -> None:
