@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import torch
 
 from prunefx.data.batches import CROWD
@@ -104,8 +105,11 @@ class DetectionScore:
         detection = _torchmetrics().detection
         self.num_classes = num_classes
         try:
+            # COCOeval's own 101 recall thresholds, in float64: torchmetrics makes them in float32, where a recall of
+            # exactly k/100 falls below its threshold and reads the next precision
             self._metric = detection.MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools",
                                                           max_detection_thresholds=[1, 10, max_detections],
+                                                          rec_thresholds=np.linspace(0, 1, 101).tolist(),
                                                           class_metrics=True)
         except ModuleNotFoundError as error:
             raise PrunefxError(f"COCO mAP needs pycocotools: pip install pycocotools ({error})") from None
