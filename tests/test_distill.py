@@ -824,3 +824,10 @@ def test_only_floating_inputs_take_the_program_dtype():
     examples = (torch.zeros(2, dtype=torch.float16), torch.zeros(2, dtype=torch.int64))
     given = (torch.ones(2), torch.ones(2, dtype=torch.int32), torch.ones(2, dtype=torch.float64))
     assert [t.dtype for t in as_program_inputs(given, examples, "cpu")] == [torch.float16, torch.int32, torch.float64]
+
+
+def test_the_training_line_names_the_trainers_top_1_as_what_it_is():
+    # a segmenter's is per pixel, beside the report's mIoU: a bare 'val 2.75 %' read as another metric's figure
+    stats = {"steps_run": 10, "train_loss": 1.0, "task_loss": 1.0, "kd_loss": 0.5, "seconds": 3.0,
+             "eval": [{"accuracy": 0.0275, "loss": 1.0, "count": 64}]}
+    assert pass_summary(stats) == "10 training steps, loss 1.0000 (task 1.0000, KD 0.5000), val top-1 2.75 %, 3 s"

@@ -31,8 +31,8 @@ def pass_summary(stats: Mapping) -> str:
                  if resumed else f"{training['steps_run']} training steps")
         parts.append(f"{steps}, loss {training['train_loss']:.4f} "
                      f"(task {training['task_loss']:.4f}, KD {training['kd_loss']:.4f})")
-        if training.get("eval"):
-            parts.append(f"val {100 * training['eval'][-1]['accuracy']:.2f} %")
+        if training.get("eval"):  # the trainer's top-1 (per pixel for a segmenter), not the report's metric
+            parts.append(f"val top-1 {100 * training['eval'][-1]['accuracy']:.2f} %")
         parts.append(f"{training['seconds']:.0f} s")
     if "folded" in stats:
         parts.append(f"folded {stats['folded']}")
