@@ -211,6 +211,7 @@ def test_without_the_config_an_attribute_that_merely_equals_a_width_is_set_back_
     assert (actual - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
+@pytest.mark.zoo  # breadth (16 s): the ViT whose image size equals its hidden size holds the mechanism in make test
 def test_mobilevit_round_trip_with_a_head_count_equal_to_a_head_dim(tmp_path):
     # four heads of 4 dims: write-back sets the head count by value to 2 where the head dim became 2; the class
     # built from the config keeps the 4 heads
