@@ -132,11 +132,8 @@ class Program:
     # --- graph maintenance ---------------------------------------------------------------------
     def recompile(self) -> None:
         """Regenerate code after a graph rewrite and refresh every node's shape metadata."""
-        self._exported = None  # the graph changes: a kept export would also keep the tensors it replaced
         self.module.graph.eliminate_dead_code()
-        delete_unused_tensors(self.module)
-        self.module.delete_all_unused_submodules()
-        self.module.recompile()
+        self._regenerate()
         self.refresh_meta()
 
     def drop_dead_code(self) -> bool:
@@ -145,11 +142,15 @@ class Program:
         capture leaves a dead read of every batch norm's num_batches_tracked)."""
         if not self.module.graph.eliminate_dead_code():
             return False
-        self._exported = None
+        self._regenerate()
+        return True
+
+    def _regenerate(self) -> None:
+        """The code of the graph as it now is, without the tensors and submodules no node reads."""
+        self._exported = None  # the graph changed: a kept export would also keep the tensors it replaced
         delete_unused_tensors(self.module)
         self.module.delete_all_unused_submodules()
         self.module.recompile()
-        return True
 
     def refresh_meta(self) -> None:
         """Re-run shape propagation with fake tensors so node.meta['val'] matches the rewritten graph.

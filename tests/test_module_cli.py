@@ -21,6 +21,13 @@ def _run(capsys, *argv):
     return code, captured.out, captured.err
 
 
+def _prune_with_module(capsys, tmp_path, file_name: str, source: str):
+    """`prunefx prune FILE:build --macs 0.5 --module` on a 16 x 16 model written to `file_name`, into tmp_path/out."""
+    (tmp_path / file_name).write_text(source)
+    return _run(capsys, "prune", f"{tmp_path / file_name}:build", "--input-shape", "1x3x16x16", "--macs", "0.5",
+                "--round-to", "4", "--module", "-o", tmp_path / "out")
+
+
 _USER_MODEL = """
 import torch
 from torch import nn
@@ -45,9 +52,7 @@ def build():
 
 @pytest.mark.slow
 def test_prune_writes_the_module_beside_the_program(capsys, tmp_path):
-    (tmp_path / "tiny.py").write_text(_USER_MODEL)
-    code, out, err = _run(capsys, "prune", f"{tmp_path / 'tiny.py'}:build", "--input-shape", "1x3x16x16",
-                          "--macs", "0.5", "--round-to", "4", "--module", "-o", tmp_path / "out")
+    code, out, err = _prune_with_module(capsys, tmp_path, "tiny.py", _USER_MODEL)
     assert code == 0, err
     module = torch.load(tmp_path / "out" / "module.pt", weights_only=False)  # our own file: trusted
     assert type(module).__name__ == "Tiny" and not module.training
@@ -178,9 +183,7 @@ def build():
 
 @pytest.mark.slow
 def test_a_tensor_the_captured_call_never_reads_is_named_in_a_note_and_the_report(capsys, tmp_path):
-    (tmp_path / "masked.py").write_text(_USER_MASKED)
-    code, out, err = _run(capsys, "prune", f"{tmp_path / 'masked.py'}:build", "--input-shape", "1x3x16x16",
-                          "--macs", "0.5", "--round-to", "4", "--module", "-o", tmp_path / "out")
+    code, out, err = _prune_with_module(capsys, tmp_path, "masked.py", _USER_MASKED)
     assert code == 0, err
     assert "note: module.pt: masked:build written back: 1 tensor(s) the captured call never reads" in err
     assert "'mask_token' (1, 16, 1, 1)" in err

@@ -11,9 +11,11 @@ See docs/your-model.md, 'Hugging Face'.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import sys
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -46,19 +48,20 @@ def update_config(module: nn.Module, model: nn.Module, name: str,
     mapping = _size_mapping(model, module)
     options = _field_options(module.config, mapping) + _extra_fields(module)
     dense_attributes = {path: _size_attributes(submodule) for path, submodule in model.named_modules()}
-    chosen, first = None, None
+    chosen, likeliest = None, []  # the class built from the first candidate, for a refusal to name what differs
     for candidate in itertools.islice(_candidates(module.config, options), MAX_CANDIDATES):
         fresh = _built(module, candidate)
-        first = first or (candidate, fresh)
+        likeliest = likeliest or [fresh]
         settled = _differences(module, fresh, dense_attributes) if fresh is not None else None
         if settled is not None and (chosen is None or len(settled) < len(chosen[2])):
             chosen = candidate, fresh, settled
         if settled == []:
             break  # the class builds the written-back module as it is
     if chosen is None:
+        why = _why_not(module, mapping, unread, likeliest[0] if likeliest else None)
         raise PrunefxError(f"cannot write {name} back with its config: {type(module.config).__name__} has one value "
-                           f"per field, and {_why_not(module, mapping, unread, first)}, or keep the module without "
-                           "its config (prunefx.to_module(..., config=False), prunefx prune --module)")
+                           f"per field, and {why}, or keep the module without its config (prunefx.to_module(..., "
+                           "config=False), prunefx prune --module)")
     candidate, fresh, settled = chosen
     _fold_scales(module, fresh, name)
     for path, key, value in settled:
@@ -69,35 +72,19 @@ def update_config(module: nn.Module, model: nn.Module, name: str,
     return [f"{path}.{key}" if path else key for path, key, _ in settled]
 
 
-def _why_not(module: nn.Module, mapping, unread, first) -> str:
+def _why_not(module: nn.Module, mapping, unread, fresh: nn.Module | None) -> str:
     """Why no candidate config builds the written-back module, and what to do."""
     if unread:
         key, shape = unread[0]
         return (f"'{key}' {shape}, which the captured call never reads, keeps its dense width (no config of the "
                 "pruned widths builds it): capture the model on the path that reads it (another input) to prune it")
-    conflict = _conflict(module.config, mapping)
-    fresh = first[1] if first else None
-    reason = conflict or (_first_difference(module, fresh) if fresh is not None else "the class refuses the likeliest")
+    reason = _conflict(module.config, mapping)
+    if not reason:
+        reason = "the class refuses the likeliest config" if fresh is None else \
+            next((mismatch.text for mismatch in _mismatches(module, fresh)), "no shape or size attribute differs")
     return (f"the pruned widths need more ({reason}): prune with ranking uniform, a channels target and a round_to "
             "every width keeps in proportion (every width the same fraction, head counts kept: prunefx prune "
             "--ranking uniform --channels F --round-to N)")
-
-
-def _first_difference(module: nn.Module, fresh: nn.Module) -> str:
-    mine, theirs = module.state_dict(), fresh.state_dict()
-    for key in sorted(mine.keys() ^ theirs.keys()):
-        where = "the pruned model" if key in mine else "the likeliest config's model"
-        return f"'{key}' is in {where} only"
-    for key, tensor in mine.items():
-        if tensor.shape != theirs[key].shape:
-            return f"'{key}' is {tuple(tensor.shape)}, the likeliest config builds {tuple(theirs[key].shape)}"
-    fresh_modules = dict(fresh.named_modules())
-    for path, submodule in module.named_modules():
-        built = _int_attributes(fresh_modules.get(path, nn.Module()))
-        for key, value in _int_attributes(submodule).items():
-            if built.get(key) != value:
-                return f"'{path}.{key}' is {value}, the likeliest config sets {built.get(key)}"
-    return "no shape or integer attribute differs"
 
 
 def _size_mapping(model: nn.Module, module: nn.Module) -> dict[int, set[int]]:
@@ -182,6 +169,38 @@ def _built(module: nn.Module, config) -> nn.Module | None:
         return None
 
 
+@dataclasses.dataclass(frozen=True)
+class _Mismatch:
+    """One way the class built from a candidate differs from the written-back module."""
+
+    text: str                                  # for a refusal
+    attribute: tuple[str, str] | None = None   # (module path, name) of a size attribute; None: a tensor or a set
+    ours: object = None                        # the attribute's values, lists as tuples
+    theirs: object = None
+
+
+def _mismatches(module: nn.Module, fresh: nn.Module) -> Iterator[_Mismatch]:
+    """Where `fresh` (the class built from a candidate) differs from the written-back module: tensors, their shapes,
+    then size attributes (integers, lists of them), in order."""
+    mine, theirs = module.state_dict(), fresh.state_dict()
+    for key in sorted(mine.keys() ^ theirs.keys()):
+        where = "the pruned model" if key in mine else "the likeliest config's model"
+        yield _Mismatch(f"'{key}' is in {where} only")
+    for key in mine:
+        if key in theirs and mine[key].shape != theirs[key].shape:
+            yield _Mismatch(f"'{key}' is {tuple(mine[key].shape)}, the likeliest config builds "
+                            f"{tuple(theirs[key].shape)}")
+    fresh_modules = dict(fresh.named_modules())
+    for path, submodule in module.named_modules():
+        ours, built = _size_attributes(submodule), _size_attributes(fresh_modules.get(path, nn.Module()))
+        if ours.keys() != built.keys():
+            yield _Mismatch(f"'{path}' has size attributes the likeliest config's model does not, or the other way")
+            continue
+        for key in sorted(key for key in ours if ours[key] != built[key]):
+            yield _Mismatch(f"'{path}.{key}' is {ours[key]}, the likeliest config sets {built[key]}", (path, key),
+                            ours[key], built[key])
+
+
 def _differences(module: nn.Module, fresh: nn.Module, dense_attributes: dict[str, dict]):
     """Where `fresh` (the class built from a candidate) has every tensor shape of the written-back module, the
     size attributes (integers, lists of them) that differ, each to be set as the class sets it: (path, attribute,
@@ -191,20 +210,14 @@ def _differences(module: nn.Module, fresh: nn.Module, dense_attributes: dict[str
     equals a width (a ViT's `image_size` of 64 beside a hidden size of 64): where the one value is the dense
     model's, the class's is what from_pretrained will build, and the caller's proof of the captured call confirms
     it."""
-    mine, theirs = module.state_dict(), fresh.state_dict()
-    if mine.keys() != theirs.keys() or any(mine[k].shape != theirs[k].shape for k in mine):
-        return None
-    fresh_modules = dict(fresh.named_modules())
     settled = []
-    for path, submodule in module.named_modules():
-        ours, built = _size_attributes(submodule), _size_attributes(fresh_modules.get(path, nn.Module()))
-        if ours.keys() != built.keys():
+    for mismatch in _mismatches(module, fresh):
+        if mismatch.attribute is None:
             return None
-        dense = dense_attributes.get(path, {})
-        for key in sorted(key for key in ours if ours[key] != built[key]):
-            if dense.get(key) not in (ours[key], built[key]):
-                return None
-            settled.append((path, key, getattr(fresh_modules[path], key)))  # as the class holds it (a list, a tuple)
+        path, key = mismatch.attribute
+        if dense_attributes.get(path, {}).get(key) not in (mismatch.ours, mismatch.theirs):
+            return None
+        settled.append((path, key, getattr(fresh.get_submodule(path), key)))  # as the class holds it (a list, ...)
     return settled
 
 
