@@ -49,7 +49,7 @@ _MODULES = {
     ),
     "tensorrt.plan": ("BuildOptions",),
     "tensorrt.torch_compiled": ("compile_torch_tensorrt",),
-    "tensorrt.trtexec_command": ("TrtexecOptions", "run_trtexec", "trtexec_arguments"),
+    "tensorrt.trtexec_command": ("TrtexecOptions", "run_trtexec", "build_arguments", "timing_arguments"),
     "tensorrt.trtexec_output": ("parse_performance_summary",),
 }
 _LAZY = {name: module for module, names in _MODULES.items() for name in names}

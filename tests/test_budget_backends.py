@@ -54,21 +54,39 @@ def _conv_weights(model: onnx.ModelProto) -> int:
 
 @pytest.fixture
 def trtexec(monkeypatch):
-    """A stand-in for trtexec: its median GPU time is MS_PER_WEIGHT per convolution weight in the file (so latency
-    follows MACs); every run is recorded with the file as trtexec would read it."""
-    runs = []
+    """A stand-in for trtexec: its median GPU time is MS_PER_WEIGHT per convolution weight in the file it built the
+    engine from (so latency follows MACs); every timing is recorded with that file as trtexec would read it, and
+    every build by the file's bytes (`trtexec.builds`)."""
+    runs, built = TimedRuns(), {}
 
-    def run(path, options, *, executable=None):
-        model = onnx.load(str(path))
+    def build(path, options, program, version, folder, *, timing_cache=None, **_):
+        engine = trtexec_backend.BuiltEngine(folder / "model.engine", [program, f"--onnx={path}"])
+        engine.path.write_bytes(b"")
+        built[engine.path] = onnx.load(str(path))
+        runs.builds.append(built[engine.path].SerializeToString())
+        return engine
+
+    def time(engine, options, program, version, **_):
+        model = built[engine.path]
         ms = MS_PER_WEIGHT * _conv_weights(model)
-        runs.append({"model": model, "options": options, "executable": executable, "ms": ms})
+        runs.append({"model": model, "options": options, "executable": program, "ms": ms})
         stats = LatencyStats(median_ms=ms, p90_ms=(1 + SPREAD) * ms, p99_ms=1.5 * ms, mean_ms=ms, min_ms=0.9 * ms,
                              runs=options.iterations, threads=None)
         return type("Result", (), {"latency": stats})()
 
     monkeypatch.setattr(trtexec_backend, "find_trtexec", lambda executable=None: executable or "trtexec")
-    monkeypatch.setattr(trtexec_backend, "run_trtexec", run)
+    monkeypatch.setattr(trtexec_backend, "trtexec_version", lambda program: "10.3.0")
+    monkeypatch.setattr(trtexec_backend, "build_with_trtexec", build)
+    monkeypatch.setattr(trtexec_backend, "time_with_trtexec", time)
     return runs
+
+
+class TimedRuns(list):
+    builds: list[bytes]
+
+    def __init__(self):
+        super().__init__()
+        self.builds = []
 
 
 def test_trtexec_pair_returns_medians_caches_and_confirms_longer(trtexec):
@@ -117,6 +135,7 @@ def test_prune_to_budget_meets_a_budget_measured_by_trtexec(trtexec):
     assert stats["met"] and stats["confirmed"] and 1.5 <= dense_ms / ms <= 1.5 * 1.15
     assert stats["speedup"] == pytest.approx(dense_ms / ms)
     assert any(run["options"].iterations == 12 for run in trtexec)  # a candidate was confirmed, longer
+    assert len(trtexec.builds) == len(set(trtexec.builds)) < len(trtexec)  # the dense engine was built once
 
 
 def test_trt_pair_builds_one_engine_per_file_and_times_them_alternately(monkeypatch):

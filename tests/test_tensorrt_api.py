@@ -29,7 +29,7 @@ from prunefx.runtime.tensorrt.migration import (
     TRTEXEC_REMOVED_IN_11,
 )
 from prunefx.runtime.tensorrt.plan import OnnxTypes, network_plan
-from prunefx.runtime.tensorrt.trtexec_command import TrtexecOptions, trtexec_arguments
+from prunefx.runtime.tensorrt.trtexec_command import TrtexecOptions, build_arguments, timing_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 STUBS = Path(os.environ.get("PRUNEFX_TENSORRT_STUBS", ROOT / ".venv" / "tensorrt-stubs"))
@@ -311,11 +311,13 @@ def test_builder_flags_of_every_plan_exist_and_none_removed_in_11_is_planned_the
 def trtexec_findings(arguments_for) -> list[str]:
     """Options `arguments_for(version, options, types)` passes that the version's trtexec does not document."""
     findings = []
-    for version, precision, types, sparse in itertools.product(("10.3.0", "11.1.0"), PRECISIONS, FILES, (False, True)):
+    for version, precision, types, sparse, graphs in itertools.product(("10.3.0", "11.1.0"), PRECISIONS, FILES,
+                                                                        (False, True), (False, True)):
         if (precision == "int8" and not types.has_qdq) or (precision == "fp16" and version.startswith("11")
                                                           and not types.float16):
             continue  # refused, or lowered to an FP16 file first (run_trtexec)
-        options = TrtexecOptions(precision=precision, sparse=sparse, use_cuda_graph=True, dla_core=0)
+        options = TrtexecOptions(precision=precision, sparse=sparse, use_cuda_graph=graphs,
+                                 no_data_transfers=not graphs, dla_core=0, input_shapes=(("x", (2, 3)),))
         major = int(version.split(".")[0])
         for argument in arguments_for(version, options, types):
             flag = argument.split("=")[0]
@@ -326,8 +328,10 @@ def trtexec_findings(arguments_for) -> list[str]:
 
 
 def _ours(version, options, types):
-    return trtexec_arguments("m.onnx", options, tensorrt_version=version, types=types, engine_path="e",
-                             timing_cache="t", profile_path="p", layer_info_path="l")[1:]
+    build = build_arguments("m.onnx", options, engine_path="e", tensorrt_version=version, types=types,
+                            timing_cache="t", detailed=True)
+    timing = timing_arguments("e", options, tensorrt_version=version, profile_path="p", layer_info_path="l")
+    return build[1:] + timing[1:]
 
 
 def test_trtexec_options_are_documented_for_each_version():

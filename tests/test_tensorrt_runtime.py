@@ -37,6 +37,7 @@ from prunefx.runtime.onnx.provenance import _torchscript_scope
 from prunefx.runtime.tensorrt import engine as tensorrt_engine
 from prunefx.runtime.tensorrt.engine import _build
 from prunefx.runtime.tensorrt.engine_cache import calibration_digest, timing_cache_key
+from prunefx.runtime.tensorrt.input_shapes import dynamic_input_shapes
 from prunefx.runtime.tensorrt.plan import (
     NetworkPlan,
     OnnxTypes,
@@ -409,7 +410,7 @@ def _fake_tensorrt(version: str, *, explicit_batch: bool, strongly_typed: bool, 
 
         def create_network(self, flags):
             calls["network_flags"].append(flags)
-            return "network"
+            return types.SimpleNamespace(num_inputs=0)  # fixed shapes: no optimization profile
 
         def create_builder_config(self):
             return Config()
@@ -499,6 +500,25 @@ def test_onnx_types_reads_qdq_and_float16(resnet, tmp_path):
     assert onnx_types(tmp_path / "half.onnx") == FLOAT16_FILE
 
 
+def test_int8_from_calibration_data_quantizes_what_tensorrt_parses_and_keeps_biases_float(tmp_path):
+    """TensorRT's ONNX parser dequantizes INT8 (and FP8, INT4) only: an INT32 bias behind a DequantizeLinear, ONNX
+    Runtime's default, would fail every calibrated INT8 build at the first convolution."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)).eval()
+    path = export_onnx(capture(model, torch.randn(1, 3, 8, 8)), tmp_path / "fp32.onnx").path
+    batches = [(torch.randn(1, 3, 8, 8),) for _ in range(2)]
+    source = tensorrt_engine._explicit_source(path, BuildOptions(precision="int8"), FLOAT32_FILE, batches,
+                                              tmp_path / "key")
+    graph = onnx.load(str(source)).graph
+    initializers = {tensor.name: tensor.data_type for tensor in graph.initializer}
+    made_by = {output: node for node in graph.node for output in node.output}
+    dequantized = [initializers[node.input[0]] for node in graph.node
+                   if node.op_type == "DequantizeLinear" and node.input[0] in initializers]
+    assert dequantized and set(dequantized) == {onnx.TensorProto.INT8}
+    biases = [node.input[2] for node in graph.node if node.op_type in ("Conv", "Gemm") and len(node.input) > 2]
+    assert len(biases) == 2 and all(initializers.get(bias) == onnx.TensorProto.FLOAT for bias in biases), \
+        [made_by[bias].op_type for bias in biases if bias in made_by]
+
+
 @pytest.mark.tensorrt
 @pytest.mark.gpu
 @requires_tensorrt
@@ -546,6 +566,44 @@ def test_torch_tensorrt_prepares_an_fp16_model_that_exports_where_its_graph_name
     assert out.dtype == torch.float16
     torch.testing.assert_close(out.float(), program(x), rtol=1e-2, atol=1e-2)
     assert program.module.conv.weight.dtype == torch.float32  # the Program itself is left as it was
+
+
+def _dynamic_batch_file(path):
+    torch.onnx.export(nn.Conv2d(3, 8, 3), (torch.randn(1, 3, 8, 8),), str(path), dynamo=False, opset_version=18,
+                      input_names=["images"], dynamic_axes={"images": {0: "batch"}})
+    return path
+
+
+def test_a_file_of_dynamic_batch_is_built_and_bound_at_the_batch_timed(resnet, tmp_path):
+    """Without an optimization profile TensorRT builds no engine of a file with dynamic inputs: one at exactly the
+    shapes timed, the engine's context bound to them, so that its buffers have the outputs' shapes."""
+    path = _dynamic_batch_file(tmp_path / "dynamic.onnx")
+    shapes = dynamic_input_shapes(path, [torch.randn(32, 3, 8, 8)])
+    assert shapes == (("images", (32, 3, 8, 8)),)
+    assert dynamic_input_shapes(resnet[1], [torch.randn(1, 1, 28, 28)]) == ()  # fixed shapes: no profile
+
+    made = []
+    builder = types.SimpleNamespace(create_optimization_profile=lambda: types.SimpleNamespace(
+        set_shape=lambda name, *sizes: made.append((name, sizes))))
+    images = types.SimpleNamespace(name="images", shape=(-1, 3, 8, 8))
+    network = types.SimpleNamespace(num_inputs=1, get_input=lambda index: images)
+    config = types.SimpleNamespace(add_optimization_profile=lambda profile: made.append("added"))
+    tensorrt_engine._add_profile(None, builder, network, config, BuildOptions(input_shapes=shapes), path)
+    assert made == [("images", ((32, 3, 8, 8),) * 3), "added"]
+    with pytest.raises(DeviceToolError, match="input images has dynamic dimensions and no shape"):
+        tensorrt_engine._add_profile(None, builder, network, config, BuildOptions(), path)
+
+    engine = tensorrt_engine.Engine.__new__(tensorrt_engine.Engine)
+    bound = {}
+    engine.path, engine.options = path, BuildOptions(input_shapes=shapes)
+    engine.engine = types.SimpleNamespace(num_io_tensors=2, get_tensor_name=["images", "output"].__getitem__)
+    engine.context = types.SimpleNamespace(
+        set_input_shape=bound.__setitem__,
+        get_tensor_shape=lambda name: bound.get(name, (bound["images"][0], 8, 6, 6) if bound else (-1, 8, 6, 6)))
+    assert engine._bound_shapes() == {"images": (32, 3, 8, 8), "output": (32, 8, 6, 6)}
+    engine.options, bound = BuildOptions(), {}
+    with pytest.raises(DeviceToolError, match="tensor images has a dynamic shape"):
+        engine._bound_shapes()
 
 
 def test_engine_buffers_take_torch_s_type_for_every_tensorrt_type_it_has_and_refuse_the_rest(tmp_path):

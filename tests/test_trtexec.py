@@ -26,9 +26,10 @@ from prunefx.runtime.tensorrt.jetson import (
 from prunefx.runtime.tensorrt.plan import OnnxTypes, onnx_types
 from prunefx.runtime.tensorrt.trtexec_command import (
     TrtexecOptions,
+    build_arguments,
     find_trtexec,
     run_trtexec,
-    trtexec_arguments,
+    timing_arguments,
     trtexec_version,
 )
 from prunefx.runtime.tensorrt.trtexec_output import parse_performance_summary, parse_trtexec_profile
@@ -41,6 +42,8 @@ TRTEXEC_10 = textwrap.dedent("""\
     [10/14/2024-09:12:40] [I] === Model Options ===
     [10/14/2024-09:12:40] [I] Format: ONNX
     [10/14/2024-09:12:58] [I] Engine built in 17.8311 sec.
+    [10/14/2024-09:13:01] [I] Warmup completed 412 queries over 500 ms
+    [10/14/2024-09:13:01] [I] Timing trace has 2439 queries over 3.00215 s
     [10/14/2024-09:13:01] [I] Average on 10 runs - GPU latency: 1.20361 ms - Host latency: 1.2637 ms (enqueue 0.395313 ms)
     [10/14/2024-09:13:01] [I]
     [10/14/2024-09:13:01] [I] === Performance summary ===
@@ -111,12 +114,37 @@ JETSON_CLOCKS_PINNED = textwrap.dedent("""\
 
 # --- command lines -------------------------------------------------------------------------------
 
-def test_default_arguments_time_the_engine_with_percentiles():
-    args = trtexec_arguments("m.onnx")
-    assert args[:2] == ["trtexec", "--onnx=m.onnx"]
-    assert {"--warmUp=500", "--iterations=200", "--duration=3", "--percentile=90,95,99", "--sparsity=disable",
-            "--noDataTransfers"} <= set(args)
-    assert not any(a.startswith(("--fp16", "--int8", "--saveEngine", "--exportProfile", "--useDLACore")) for a in args)
+def test_default_arguments_build_once_and_time_the_engine_with_percentiles():
+    build = build_arguments("m.onnx", engine_path="m.engine")
+    assert build[:4] == ["trtexec", "--onnx=m.onnx", "--saveEngine=m.engine", "--skipInference"]
+    assert "--sparsity=disable" in build and not any(a.startswith(("--warmUp", "--iterations", "--shapes")) for a in build)
+    timing = timing_arguments("m.engine")
+    assert timing[:2] == ["trtexec", "--loadEngine=m.engine"]
+    assert {"--warmUp=500", "--iterations=200", "--duration=3", "--percentile=90,95,99", "--noDataTransfers"} <= set(timing)
+    assert not any(a.startswith(("--onnx", "--fp16", "--int8", "--exportProfile", "--useDLACore")) for a in timing)
+
+
+@pytest.mark.parametrize("version, default, graphs_with_transfers", [
+    ("10.3.0", ["--noDataTransfers"], ["--useCudaGraph"]),
+    ("8.6.1", ["--noDataTransfers"], ["--useCudaGraph"]),
+    # 11 turned both defaults round: CUDA graphs on, transfers off (its help marks the old flags no-ops)
+    ("11.1.0", ["--noCudaGraph"], ["--includeDataTransfers"]),
+])
+def test_cuda_graphs_and_data_transfers_are_what_was_asked_on_every_version(version, default, graphs_with_transfers):
+    switches = ("--noDataTransfers", "--useCudaGraph", "--noCudaGraph", "--includeDataTransfers")
+
+    def asked(**options):
+        return [a for a in timing_arguments("e", TrtexecOptions(**options), tensorrt_version=version) if a in switches]
+
+    assert asked() == default
+    assert asked(use_cuda_graph=True, no_data_transfers=False) == graphs_with_transfers
+
+
+def test_a_file_with_dynamic_inputs_is_built_and_timed_at_the_shapes_given():
+    options = TrtexecOptions(input_shapes=(("images", (32, 3, 224, 224)), ("scale:0", (32, 2))))
+    shapes = "--shapes='images':32x3x224x224,'scale:0':32x2"  # quoted: a name may hold trtexec's ':' or ','
+    assert shapes in build_arguments("m.onnx", options, engine_path="e")
+    assert shapes in timing_arguments("e", options)
 
 
 FLOAT32, FLOAT16, QDQ = OnnxTypes(False, False), OnnxTypes(False, True), OnnxTypes(True, False)
@@ -135,32 +163,37 @@ FLOAT32, FLOAT16, QDQ = OnnxTypes(False, False), OnnxTypes(False, True), OnnxTyp
     ("8.6.1", "int8", QDQ, ["--fp16", "--int8"]),
 ])
 def test_precision_flags(version, precision, types, flags):
-    args = trtexec_arguments("m.onnx", TrtexecOptions(precision=precision), tensorrt_version=version, types=types)
+    args = build_arguments("m.onnx", TrtexecOptions(precision=precision), engine_path="e", tensorrt_version=version,
+                           types=types)
     assert [a for a in args if a in ("--fp16", "--int8", "--stronglyTyped", "--best")] == flags
     assert not any(a.startswith("--calib") for a in args)  # no implicit calibration, no placeholder ranges
 
 
 def test_int8_without_qdq_and_fp16_flag_on_tensorrt_11_are_refused():
     with pytest.raises(MeasurementError, match="INT8 comes only from QuantizeLinear/DequantizeLinear"):
-        trtexec_arguments("m.onnx", TrtexecOptions(precision="int8"), tensorrt_version="10.3.0", types=FLOAT32)
+        build_arguments("m.onnx", TrtexecOptions(precision="int8"), engine_path="e", tensorrt_version="10.3.0",
+                        types=FLOAT32)
     with pytest.raises(MeasurementError, match="TensorRT >= 11 has no --fp16.*lower"):
-        trtexec_arguments("m.onnx", TrtexecOptions(precision="fp16"), tensorrt_version="11.0.0", types=FLOAT32)
+        build_arguments("m.onnx", TrtexecOptions(precision="fp16"), engine_path="e", tensorrt_version="11.0.0",
+                        types=FLOAT32)
 
 
 def test_sparse_profile_engine_and_dla_arguments(tmp_path):
     options = TrtexecOptions(precision="fp16", sparse=True, iterations=50, warmup_ms=100, duration_s=0,
                              use_cuda_graph=True, no_data_transfers=False, dla_core=1)
-    args = trtexec_arguments(tmp_path / "m.onnx", options, executable="/opt/trt/trtexec",
-                             engine_path=tmp_path / "m.engine", timing_cache=tmp_path / "t.cache",
-                             profile_path=tmp_path / "p.json", layer_info_path=tmp_path / "l.json")
-    assert args[0] == "/opt/trt/trtexec"
-    for flag in ("--sparsity=enable", "--iterations=50", "--warmUp=100", "--duration=0", "--useCudaGraph",
-                 "--useDLACore=1", "--allowGPUFallback", f"--saveEngine={tmp_path / 'm.engine'}",
-                 f"--timingCacheFile={tmp_path / 't.cache'}", "--profilingVerbosity=detailed",
-                 "--separateProfileRun", "--dumpProfile", f"--exportProfile={tmp_path / 'p.json'}",
-                 f"--exportLayerInfo={tmp_path / 'l.json'}"):
-        assert flag in args, flag
-    assert "--noDataTransfers" not in args
+    build = build_arguments(tmp_path / "m.onnx", options, executable="/opt/trt/trtexec", engine_path=tmp_path / "e",
+                            timing_cache=tmp_path / "t.cache", detailed=True)
+    timing = timing_arguments(tmp_path / "e", options, executable="/opt/trt/trtexec",
+                              profile_path=tmp_path / "p.json", layer_info_path=tmp_path / "l.json")
+    assert build[0] == timing[0] == "/opt/trt/trtexec"
+    for flag in ("--sparsity=enable", "--useDLACore=1", "--allowGPUFallback", f"--saveEngine={tmp_path / 'e'}",
+                 f"--timingCacheFile={tmp_path / 't.cache'}", "--profilingVerbosity=detailed"):
+        assert flag in build, flag
+    for flag in ("--iterations=50", "--warmUp=100", "--duration=0", "--useCudaGraph", "--useDLACore=1",
+                 "--profilingVerbosity=detailed", "--separateProfileRun", "--dumpProfile",
+                 f"--exportProfile={tmp_path / 'p.json'}", f"--exportLayerInfo={tmp_path / 'l.json'}"):
+        assert flag in timing, flag
+    assert "--noDataTransfers" not in timing
 
 
 def test_bad_options_are_refused():
@@ -267,8 +300,15 @@ FAKE_TRTEXEC = '''\
 import json, sys, time
 import onnx
 args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if "=" in a)
+with open(sys.argv[0] + ".calls", "a") as calls:
+    calls.write(json.dumps(sys.argv[1:]) + "\\n")
+if "--skipInference" in sys.argv:  # a build: the "engine" names the file it was built from
+    open(args["saveEngine"], "w").write(args["onnx"])
+    time.sleep(0.3)  # tegrastats samples nothing of it
+    open(sys.argv[0] + ".built", "w").write(str(time.time()))
+    sys.exit(0)
 if "exportProfile" in args:  # one layer per ONNX node, each Conv fused with the Relu after it, like TensorRT
-    nodes = onnx.load(args["onnx"]).graph.node
+    nodes = onnx.load(open(args["loadEngine"]).read()).graph.node
     layers, i = [], 0
     while i < len(nodes):
         fused = i + 1 < len(nodes) and nodes[i].op_type == "Conv" and nodes[i + 1].op_type == "Relu"
@@ -286,6 +326,12 @@ print(open(sys.argv[0] + ".out").read())
 '''
 
 
+def _calls(trtexec) -> list[list[str]]:
+    """The arguments of each run of the trtexec stand-in (its --help runs included)."""
+    path = trtexec.parent / "trtexec.calls"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
 def _script(folder, name: str, body: str):
     path = folder / name
     path.write_text(f"#!{sys.executable}\n{body}")
@@ -301,7 +347,9 @@ def fake_jetson(tmp_path, monkeypatch):
     trtexec = _script(bin_dir, "trtexec", FAKE_TRTEXEC)
     (bin_dir / "trtexec.out").write_text(TRTEXEC_10)
     line = TEGRASTATS["orin-nano"][0]
-    _script(bin_dir, "tegrastats", f"import time\nwhile True:\n    print({line!r}, flush=True)\n    time.sleep(0.05)\n")
+    sampled = bin_dir / "tegrastats.times"
+    _script(bin_dir, "tegrastats", f"import time\nwhile True:\n    print({line!r}, flush=True)\n"
+                                   f"    open({str(sampled)!r}, 'a').write(f'{{time.time()}}\\n')\n    time.sleep(0.05)\n")
     _script(bin_dir, "nvpmodel", f"print({NVPMODEL!r})")
     _script(bin_dir, "jetson_clocks", f"print({JETSON_CLOCKS_PINNED!r})")
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -309,16 +357,20 @@ def fake_jetson(tmp_path, monkeypatch):
     return trtexec
 
 
-def test_run_trtexec_records_power_mode_clocks_and_power(fake_jetson, tmp_path):
+def test_run_trtexec_records_power_mode_clocks_and_power_while_the_engine_runs(fake_jetson, tmp_path):
     onnx_path = tmp_path / "m.onnx"
     onnx_path.write_bytes(b"")  # the stand-in reads the file only when profiling
     result = run_trtexec(onnx_path, TrtexecOptions(precision="fp16"))
     # the stand-in says TensorRT 10.3 and the file has no FP16 tensors: the weakly typed flag, version-checked
-    assert result.command[0] == str(fake_jetson) and "--fp16" in result.command
-    assert "--stronglyTyped" not in result.command and trtexec_version(str(fake_jetson)) == "10.3.0"
+    assert result.build_command[0] == result.command[0] == str(fake_jetson) and "--fp16" in result.build_command
+    assert "--stronglyTyped" not in result.build_command and trtexec_version(str(fake_jetson)) == "10.3.0"
     assert result.latency.median_ms == pytest.approx(1.16162)
+    assert result.latency.runs == 2439  # what trtexec timed, not the --iterations floor
     assert result.jetson.power_mode == "15W" and result.jetson.power_mode_id == 2 and result.jetson.clocks_pinned
     assert result.power["samples"] >= 1 and result.power["mean_mw"] == 9120 and result.power["total_source"] == "VDD_IN"
+    built = float((fake_jetson.parent / "trtexec.built").read_text())
+    sampled = [float(t) for t in (fake_jetson.parent / "tegrastats.times").read_text().split()]
+    assert sampled and min(sampled) > built  # the build's power is not the engine's
     assert json.loads(json.dumps(result.to_dict()))["jetson"]["power_mode"] == "15W"
 
 
@@ -365,10 +417,28 @@ def test_trtexec_of_tensorrt_11_gets_an_fp16_file_and_no_precision_flags(fake_je
     torch.onnx.export(model, (torch.randn(1, 3, 8, 8),), str(onnx_path), dynamo=False, opset_version=18)
     result = run_trtexec(onnx_path, TrtexecOptions(precision="fp16"), workdir=tmp_path / "work")
     assert result.summary.tensorrt_version == "11.0.0"
-    assert not {"--fp16", "--int8", "--stronglyTyped"} & set(result.command)
-    built = next(a.split("=", 1)[1] for a in result.command if a.startswith("--onnx="))
+    assert not {"--fp16", "--int8", "--stronglyTyped"} & set(result.build_command + result.command)
+    assert "--noCudaGraph" in result.command and "--noDataTransfers" not in result.command  # 11's defaults
+    built = next(a.split("=", 1)[1] for a in result.build_command if a.startswith("--onnx="))
     assert built.endswith("m.fp16.onnx")
     # what trtexec wrote is kept in the workdir once it succeeded, under its names
     assert onnx_types(tmp_path / "work" / "m.fp16.onnx") == FLOAT16
     with pytest.raises(MeasurementError, match="INT8 comes only from"):
         run_trtexec(onnx_path, TrtexecOptions(precision="int8"))
+
+
+@pytest.mark.slow  # an ONNX export and four runs of the trtexec stand-in: about 3 s
+def test_bench_builds_and_times_a_file_of_dynamic_batch_at_the_batch_asked(fake_jetson, tmp_path, capsys):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
+    onnx_path = tmp_path / "dynamic.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 8, 8),), str(onnx_path), dynamo=False, opset_version=18,
+                      input_names=["images"], dynamic_axes={"images": {0: "batch"}})
+    argv = ["bench", str(onnx_path), "--input-shape", "32x3x8x8", "--backend", "trtexec", "--runs", "20", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    runs = [call for call in _calls(fake_jetson) if "--help" not in call]
+    assert len(runs) == 2 and "--skipInference" in runs[0] and any(a.startswith("--loadEngine=") for a in runs[1])
+    for call in runs:  # without them trtexec would build and time batch 1
+        assert "--shapes='images':32x3x8x8" in call
+    assert report["batch"] == 32 and report["latency"]["runs"] == 2439
+    assert report["notes"] == ["trtexec timed 2439 queries: at least --runs, for at least 3 s"]

@@ -17,6 +17,7 @@ from prunefx.runtime.backends.tensorrt_common import TensorRTFamily, onnx_files
 from prunefx.runtime.measure.last_used import LastUsed
 from prunefx.runtime.measure.speedup import PairMeasurer
 from prunefx.runtime.tensorrt.engine import build_engine, free_gpu_cache, require_cuda, require_tensorrt
+from prunefx.runtime.tensorrt.input_shapes import dynamic_input_shapes
 from prunefx.runtime.tensorrt.layer_profile import (
     LayerProfile,
     build_layer_profile,
@@ -49,9 +50,9 @@ class TensorRTBackend(TensorRTFamily):
 
     def engine(self, model: BenchModel, settings: Settings):
         """The (cached) engine for the model's file with the settings' precision, sparsity and calibration."""
-        engine = build_engine(model.onnx, BuildOptions(precision=settings.precision or self.default_precision,
-                                                       sparse=settings.sparse),
-                              calibration=model.calibration, cache_dir=settings.cache_dir)
+        options = BuildOptions(precision=settings.precision or self.default_precision, sparse=settings.sparse,
+                               input_shapes=dynamic_input_shapes(model.onnx, model.inputs))
+        engine = build_engine(model.onnx, options, calibration=model.calibration, cache_dir=settings.cache_dir)
         engine.set_inputs(*[x.cuda() for x in model.inputs])
         return engine
 
@@ -79,7 +80,8 @@ class _Engines:
         return self.loaded.get(sha, lambda: self._load(path, inputs)).time_once
 
     def _load(self, path, inputs):
-        engine = build_engine(path, BuildOptions(precision=self.precision), cache_dir=self.cache_dir)
+        options = BuildOptions(precision=self.precision, input_shapes=dynamic_input_shapes(path, inputs))
+        engine = build_engine(path, options, cache_dir=self.cache_dir)
         engine.set_inputs(*[x.cuda() for x in inputs])
         return engine
 

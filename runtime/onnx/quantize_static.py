@@ -19,10 +19,11 @@ from prunefx.runtime.onnx.external import check_external_data, external_data_nam
 
 def quantize_static_file(source: str | os.PathLike, target: str | os.PathLike,
                          batches: Sequence[Sequence[torch.Tensor]], *, activations: str = "u8",
-                         method: str = "minmax", reduce_range: bool = False) -> Path:
+                         method: str = "minmax", reduce_range: bool = False, quantize_bias: bool = True) -> Path:
     """ONNX Runtime's quantize_static on the FP32 file `source`: QDQ format, per-channel symmetric INT8
     weights (7-bit with `reduce_range`, its option for CPUs without VNNI), activations U8 asymmetric (its
-    default) or S8 symmetric (TensorRT's form)."""
+    default) or S8 symmetric (TensorRT's form). `quantize_bias=False` keeps biases float, as TensorRT reads them:
+    its parser takes no INT32 DequantizeLinear, which ONNX Runtime's default puts on every bias."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
@@ -44,7 +45,8 @@ def quantize_static_file(source: str | os.PathLike, target: str | os.PathLike,
         ort_quantize_static(str(private), str(partial), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=methods[method], reduce_range=reduce_range,
-                            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
+                            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
+                                           "QuantizeBias": quantize_bias})
     return target
 
 

@@ -142,12 +142,14 @@ def _describe(plan: NetworkPlan) -> str:
 
 def _explicit_source(onnx_path: Path, options: BuildOptions, types: OnnxTypes, calibration, stem: Path) -> Path:
     """The file TensorRT parses: `onnx_path`, or for INT8 with calibration batches and no Q/DQ in the file, a
-    copy quantized by ONNX Runtime's quantize_static in TensorRT's form (symmetric S8, per-channel weights)."""
+    copy quantized by ONNX Runtime's quantize_static in TensorRT's form (symmetric S8, per-channel weights, float
+    biases)."""
     if options.precision != "int8" or types.has_qdq or calibration is None:
         return onnx_path
     from prunefx.runtime.onnx.quantize_static import quantize_static_file  # imports onnxruntime.quantization
 
-    return quantize_static_file(onnx_path, stem.with_name(stem.name + ".qdq.onnx"), calibration, activations="s8")
+    return quantize_static_file(onnx_path, stem.with_name(stem.name + ".qdq.onnx"), calibration, activations="s8",
+                                quantize_bias=False)
 
 
 def _lowered_fp16(source: Path, target: Path) -> Path:
@@ -162,12 +164,32 @@ def _build(trt, onnx_path: Path, options: BuildOptions, plan: NetworkPlan, timin
     network, _parser = _parse_onnx(trt, builder, logger, onnx_path, plan)  # the parser must outlive the build
     timing = timing_file.read_bytes() if timing_file.is_file() else b""
     config = configure(trt, builder, options, plan, timing)
+    _add_profile(trt, builder, network, config, options, onnx_path)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise DeviceToolError(f"TensorRT failed to build an engine for {onnx_path} with {options.to_dict()} "
                               f"({_describe(plan)}; the TensorRT log above says why)")
     write_whole(timing_file, bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(memoryview(serialized))
+
+
+def _add_profile(trt, builder, network, config, options: BuildOptions, onnx_path: Path) -> None:
+    """An optimization profile at exactly `options.input_shapes` when the network has dynamic inputs, without
+    which TensorRT builds nothing (runtime/tensorrt/input_shapes.py)."""
+    dynamic = [network.get_input(index) for index in range(network.num_inputs)
+               if any(size < 0 for size in network.get_input(index).shape)]
+    if not dynamic:
+        return
+    given = dict(options.input_shapes)
+    missing = [tensor.name for tensor in dynamic if tensor.name not in given]
+    if missing:
+        raise DeviceToolError(f"{onnx_path}: input {missing[0]} has dynamic dimensions and no shape was given to "
+                              "build it at (--input-shape)")
+    profile = builder.create_optimization_profile()
+    for tensor in dynamic:
+        shape = given[tensor.name]
+        profile.set_shape(tensor.name, shape, shape, shape)
+    config.add_optimization_profile(profile)
 
 
 # ---- run and time -------------------------------------------------------------------------------
@@ -204,11 +226,7 @@ class Engine:
         self.buffers: dict[str, torch.Tensor] = {}
         self.input_names: list[str] = []
         self.output_names: list[str] = []
-        for index in range(engine.num_io_tensors):
-            name = engine.get_tensor_name(index)
-            shape = tuple(engine.get_tensor_shape(name))
-            if any(dim < 0 for dim in shape):
-                raise DeviceToolError(f"{path}: tensor {name} has a dynamic shape {shape}; export at a fixed shape")
+        for name, shape in self._bound_shapes().items():
             is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             (self.input_names if is_input else self.output_names).append(name)
             buffer = torch.empty(shape, dtype=torch_dtype(trt, engine.get_tensor_dtype(name), name, path), device="cuda")
@@ -217,6 +235,19 @@ class Engine:
                 else buffer.zero_()
             self.context.set_tensor_address(name, buffer.data_ptr())
         torch.cuda.synchronize()  # the buffers were filled on the default stream; the engine runs on its own
+
+    def _bound_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every input's and output's shape, a file with dynamic inputs bound at its profile's one shape first."""
+        for name, shape in self.options.input_shapes:  # the outputs' shapes follow from the inputs'
+            self.context.set_input_shape(name, shape)
+        shapes = {}
+        for index in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(index)
+            shapes[name] = tuple(self.context.get_tensor_shape(name))
+            if any(size < 0 for size in shapes[name]):
+                raise DeviceToolError(f"{self.path}: tensor {name} has a dynamic shape {shapes[name]}; give "
+                                      "--input-shape")
+        return shapes
 
     @classmethod
     def load(cls, path: str | os.PathLike, options: BuildOptions = FP32, *, cached: bool = False) -> Engine:

@@ -13,6 +13,9 @@ Sources:
   https://docs.nvidia.com/deeplearning/tensorrt/11.0.0/api/migration/tensorrt-10x-to-11x-trtexec.html
   ("removes all precision flags (--fp16, --int8, --bf16, --fp8, --int4, --best)", "removes the --int8 and --calib
   flags", "--stronglyTyped is no longer needed"; 11.1's help marks it "[Deprecated] ... a no-op").
+- TRTEXEC_NO_OP_IN_11: 11.1's help, "[Deprecated] ... This flag is a no-op": --stronglyTyped, and the run defaults 11
+  turned round, --useCudaGraph (CUDA graphs on; --noCudaGraph turns them off), --noDataTransfers (off;
+  --includeDataTransfers), --useSpinWait, and --separateProfileRun (always).
 - TRTEXEC_OPTIONS: the options trtexec's help prints, read from NVIDIA/TensorRT samples/common/sampleOptions.cpp
   at the 10.3 GA release (commit 84dd6ed1) and the 11.1 OSS release (commit 82d1dca8), less, for 11, the options
   the migration guide lists as removed.
@@ -30,7 +33,8 @@ PYTHON_REMOVED_IN_11 = frozenset({
 })
 
 TRTEXEC_REMOVED_IN_11 = frozenset({"--fp16", "--int8", "--bf16", "--fp8", "--int4", "--best", "--calib"})
-TRTEXEC_NO_OP_IN_11 = frozenset({"--stronglyTyped"})
+TRTEXEC_NO_OP_IN_11 = frozenset({"--stronglyTyped", "--useCudaGraph", "--noDataTransfers", "--useSpinWait",
+                                 "--separateProfileRun"})
 
 _TRTEXEC_10 = """
     allocationStrategy allowGPUFallback allowWeightStreaming avgRuns avgTiming best bf16 buildDLAStandalone

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 
 from prunefx.runtime.errors import MeasurementError
+from prunefx.runtime.tensorrt.input_shapes import InputShapes
 
 PRECISIONS = ("fp32", "fp16", "int8")
 QDQ_FP16_STRONG = ("TensorRT 11 builds the float layers of a Q/DQ file in the types the file gives them (FP32 "
@@ -38,6 +39,7 @@ class BuildOptions:
     sparse: bool = False
     workspace_mib: int | None = None           # builder scratch memory limit (None: TensorRT's default)
     calibration_digest: str | None = None      # sha256 of the INT8 calibration batches (calibration_digest)
+    input_shapes: InputShapes = ()             # the optimization profile of a file with dynamic inputs
 
     def __post_init__(self):
         check_precision(self.precision)

@@ -1,9 +1,10 @@
 """trtexec as a backend: build and time an ONNX file through the `trtexec` command (JetPack ships it on
 every Jetson board, at /usr/src/tensorrt/bin/trtexec), and read its results.
 
-`trtexec_arguments` builds the command line as a pure function of the options, the TensorRT version and the
-file (precision as runtime/tensorrt/plan.network_plan); `run_trtexec` runs it (recording a Jetson's power state)
-and reads its output with runtime/tensorrt/trtexec_output.py.
+`build_arguments` and `timing_arguments` are its two command lines, pure functions of the options, the TensorRT
+version and the file (precision as runtime/tensorrt/plan.network_plan): one builds the engine, the other times it,
+so that a Jetson's power is sampled while the engine runs and never while it is built. `run_trtexec` runs both
+(recording the board's power state) and reads the output with runtime/tensorrt/trtexec_output.py.
 `TrtexecResult.latency` is the GPU compute time, so both TensorRT backends compare. The flags per TensorRT
 version and which latency counts: see docs/tensorrt.md, 'How an engine is built'.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 from prunefx.graph.whole_files import replaced_together
 from prunefx.runtime.errors import BackendUnavailableError, DeviceToolError, MeasurementError
 from prunefx.runtime.measure.latency import LatencyStats
+from prunefx.runtime.tensorrt.input_shapes import InputShapes, trtexec_shapes
 from prunefx.runtime.tensorrt.jetson import JetsonState, TegrastatsSampler, is_jetson, jetson_state
 from prunefx.runtime.tensorrt.plan import (
     NetworkPlan,
@@ -55,6 +57,7 @@ class TrtexecOptions:
     use_cuda_graph: bool = False
     no_data_transfers: bool = True  # time the engine, not PCIe/unified-memory copies
     dla_core: int | None = None     # Jetson AGX/NX deep-learning accelerator, with GPU fallback
+    input_shapes: InputShapes = ()  # a file with dynamic inputs: the shapes built and timed (input_shapes.py)
 
     def __post_init__(self):
         check_precision(self.precision)
@@ -73,37 +76,64 @@ def precision_arguments(plan: NetworkPlan, tensorrt_version: str) -> list[str]:
     return [_WEAK_FLAGS[name] for name in plan.builder_flags if name in _WEAK_FLAGS]
 
 
-def trtexec_arguments(onnx_path: str | os.PathLike, options: TrtexecOptions = TrtexecOptions(), *,
-                      executable: str = "trtexec", engine_path: str | os.PathLike | None = None,
-                      timing_cache: str | os.PathLike | None = None, profile_path: str | os.PathLike | None = None,
-                      layer_info_path: str | os.PathLike | None = None, tensorrt_version: str = ASSUMED_VERSION,
-                      types: OnnxTypes = FLOAT32_FILE) -> list[str]:
-    """The trtexec command line for `onnx_path` (whose Q/DQ and FP16 content is `types`) on trtexec of
-    `tensorrt_version`. With `profile_path`, per-layer times are exported from a separate profiling run (so the
-    summary is not slowed by the profiler) and `layer_info_path` gets the engine inspector's JSON, built with
-    detailed verbosity."""
-    arguments = [executable, f"--onnx={onnx_path}", f"--warmUp={options.warmup_ms}",
-                 f"--iterations={options.iterations}", f"--duration={options.duration_s:g}",
-                 "--percentile=90,95,99"]
+def build_arguments(onnx_path: str | os.PathLike, options: TrtexecOptions = TrtexecOptions(), *,
+                    engine_path: str | os.PathLike, executable: str = "trtexec",
+                    timing_cache: str | os.PathLike | None = None, detailed: bool = False,
+                    tensorrt_version: str = ASSUMED_VERSION, types: OnnxTypes = FLOAT32_FILE) -> list[str]:
+    """The trtexec command line that builds `onnx_path` (whose Q/DQ and FP16 content is `types`) into
+    `engine_path` and times nothing: the build, minutes on a Jetson, stays out of the power a timing records, and
+    one engine serves every timing of the file. `detailed`: layer names and tactics for --exportLayerInfo."""
+    arguments = [executable, f"--onnx={onnx_path}", f"--saveEngine={engine_path}", "--skipInference"]
     arguments += precision_arguments(network_plan(tensorrt_version, options.precision, types), tensorrt_version)
     arguments.append(f"--sparsity={'enable' if options.sparse else 'disable'}")
-    if options.use_cuda_graph:
-        arguments.append("--useCudaGraph")
-    if options.no_data_transfers:
-        arguments.append("--noDataTransfers")
+    arguments += _shape_arguments(options)
     if options.dla_core is not None:
         arguments += [f"--useDLACore={options.dla_core}", "--allowGPUFallback"]
-    if engine_path is not None:
-        arguments.append(f"--saveEngine={engine_path}")
     if timing_cache is not None:
         arguments.append(f"--timingCacheFile={timing_cache}")
+    if detailed:
+        arguments.append("--profilingVerbosity=detailed")
+    return arguments
+
+
+def timing_arguments(engine_path: str | os.PathLike, options: TrtexecOptions = TrtexecOptions(), *,
+                     executable: str = "trtexec", profile_path: str | os.PathLike | None = None,
+                     layer_info_path: str | os.PathLike | None = None,
+                     tensorrt_version: str = ASSUMED_VERSION) -> list[str]:
+    """The trtexec command line that times the engine at `engine_path`. With `profile_path`, per-layer times are
+    exported from a separate profiling run (so the summary is not slowed by the profiler) and `layer_info_path`
+    gets the engine inspector's JSON."""
+    arguments = [executable, f"--loadEngine={engine_path}", f"--warmUp={options.warmup_ms}",
+                 f"--iterations={options.iterations}", f"--duration={options.duration_s:g}",
+                 "--percentile=90,95,99"]
+    arguments += _shape_arguments(options) + _run_arguments(options, tensorrt_major(tensorrt_version))
+    if options.dla_core is not None:
+        arguments.append(f"--useDLACore={options.dla_core}")
     if profile_path is not None or layer_info_path is not None:
-        arguments += ["--profilingVerbosity=detailed", "--separateProfileRun"]
+        arguments.append("--profilingVerbosity=detailed")
+        if tensorrt_major(tensorrt_version) < 11:  # 11 always profiles in a run of its own
+            arguments.append("--separateProfileRun")
     if profile_path is not None:
         arguments += ["--dumpProfile", f"--exportProfile={profile_path}"]
     if layer_info_path is not None:
         arguments.append(f"--exportLayerInfo={layer_info_path}")
     return arguments
+
+
+def _shape_arguments(options: TrtexecOptions) -> list[str]:
+    # without --shapes, trtexec sets every dynamic dimension to 1, and says so only in its log
+    return [f"--shapes={trtexec_shapes(options.input_shapes)}"] if options.input_shapes else []
+
+
+def _run_arguments(options: TrtexecOptions, major: int) -> list[str]:
+    """CUDA graphs and data transfers as `options` ask, from each version's defaults: both off before 11; from 11
+    CUDA graphs on and transfers off (11.1's help: "--useCudaGraph [Deprecated] CUDA graph is now enabled by
+    default", "--noDataTransfers [Deprecated] DMA transfers are now disabled by default")."""
+    if major >= 11:
+        return (["--noCudaGraph"] if not options.use_cuda_graph else []) + \
+               (["--includeDataTransfers"] if not options.no_data_transfers else [])
+    return (["--useCudaGraph"] if options.use_cuda_graph else []) + \
+           (["--noDataTransfers"] if options.no_data_transfers else [])
 
 
 # ---- running ------------------------------------------------------------------------------------
@@ -135,9 +165,10 @@ def find_trtexec(executable: str | None = None) -> str:
 @dataclass
 class TrtexecResult:
     summary: TrtexecSummary
-    command: list[str]
+    command: list[str]                        # the timing run's
+    build_command: list[str] = field(default_factory=list)
     jetson: JetsonState | None = None
-    power: dict | None = None                 # TegrastatsSampler.summary() while trtexec ran
+    power: dict | None = None                 # TegrastatsSampler.summary() while trtexec timed the engine
     layer_times: dict[str, float] = field(default_factory=dict)
     profiled_runs: int = 0
     layer_info: str | None = None             # the engine inspector JSON, when profiled
@@ -147,7 +178,8 @@ class TrtexecResult:
         return self.summary.latency()
 
     def to_dict(self) -> dict:
-        return {"command": self.command, "throughput_qps": self.summary.throughput_qps,
+        return {"command": self.command, "build_command": self.build_command,
+                "throughput_qps": self.summary.throughput_qps, "timed_queries": self.summary.timed_queries,
                 "tensorrt_version": self.summary.tensorrt_version, "metrics": self.summary.metrics,
                 "jetson": asdict(self.jetson) if self.jetson else None, "power": self.power}
 
@@ -174,21 +206,50 @@ def run_trtexec(onnx_path: str | os.PathLike, options: TrtexecOptions = TrtexecO
     version = trtexec_version(program) or ASSUMED_VERSION
     with tempfile.TemporaryDirectory(prefix="prunefx-trtexec-") as tmp:
         folder = Path(tmp)
-        source, types = _explicit_file(Path(onnx_path), options, version, folder)
-        paths = {"profile_path": folder / "profile.json", "layer_info_path": folder / "layers.json"} if profile else {}
-        command = trtexec_arguments(source, options, executable=program, engine_path=folder / "model.engine",
-                                    tensorrt_version=version, types=types, **paths)
-        jetson = jetson_state() if is_jetson() else None
-        sampler = TegrastatsSampler(power_interval_ms) if jetson is not None else None
-        with sampler if sampler is not None else _nothing():
-            done = _run(command, timeout_s)
-        result = TrtexecResult(summary=parse_performance_summary(done.stdout), command=command, jetson=jetson,
-                               power=sampler.summary() if sampler is not None else None)
-        if profile:
-            result.layer_times, result.profiled_runs = parse_trtexec_profile(paths["profile_path"].read_text())
-            result.layer_info = paths["layer_info_path"].read_text()
+        engine = build_with_trtexec(onnx_path, options, program, version, folder, detailed=profile,
+                                    timeout_s=timeout_s)
+        result = time_with_trtexec(engine, options, program, version, profile=profile,
+                                   power_interval_ms=power_interval_ms, timeout_s=timeout_s)
         if workdir is not None:
             _keep(folder, Path(workdir))
+    return result
+
+
+@dataclass(frozen=True)
+class BuiltEngine:
+    path: Path
+    command: list[str]
+
+
+def build_with_trtexec(onnx_path: str | os.PathLike, options: TrtexecOptions, program: str, version: str,
+                       folder: Path, *, detailed: bool = False, timing_cache: Path | None = None,
+                       timeout_s: float = 1800) -> BuiltEngine:
+    """The engine of `onnx_path`, built by trtexec into `folder` (beside the FP16 lowering it may need)."""
+    source, types = _explicit_file(Path(onnx_path), options, version, folder)
+    engine = folder / "model.engine"
+    command = build_arguments(source, options, engine_path=engine, executable=program, timing_cache=timing_cache,
+                              detailed=detailed, tensorrt_version=version, types=types)
+    _run(command, timeout_s)
+    return BuiltEngine(engine, command)
+
+
+def time_with_trtexec(engine: BuiltEngine, options: TrtexecOptions, program: str, version: str, *,
+                      profile: bool = False, power_interval_ms: int = 100, timeout_s: float = 1800) -> TrtexecResult:
+    """trtexec's timing of a built engine; on Jetson, the board's power sampled while it runs, and only then.
+    With `profile`, its per-layer times and layer information, written beside the engine."""
+    folder = engine.path.parent
+    paths = {"profile_path": folder / "profile.json", "layer_info_path": folder / "layers.json"} if profile else {}
+    command = timing_arguments(engine.path, options, executable=program, tensorrt_version=version, **paths)
+    jetson = jetson_state() if is_jetson() else None
+    sampler = TegrastatsSampler(power_interval_ms) if jetson is not None else None
+    with sampler if sampler is not None else _nothing():
+        done = _run(command, timeout_s)
+    result = TrtexecResult(summary=parse_performance_summary(done.stdout), command=command,
+                           build_command=engine.command, jetson=jetson,
+                           power=sampler.summary() if sampler is not None else None)
+    if profile:
+        result.layer_times, result.profiled_runs = parse_trtexec_profile(paths["profile_path"].read_text())
+        result.layer_info = paths["layer_info_path"].read_text()
     return result
 
 

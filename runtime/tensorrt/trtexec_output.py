@@ -17,6 +17,8 @@ _METRIC_LINE = re.compile(r"\]\s*(?P<metric>[A-Za-z0-9 \-]+?):\s*(?P<values>min 
 _VALUE = re.compile(r"(min|max|mean|median|percentile\((\d+(?:\.\d+)?)%\))\s*=\s*([0-9.eE+-]+)\s*ms")
 _THROUGHPUT = re.compile(r"Throughput:\s*([0-9.eE+-]+)\s*qps")
 _VERSION = re.compile(r"\[TensorRT v(\d+)\]")
+# trtexec times at least --iterations queries and for at least --duration: how many it timed, it says here
+_TIMED = re.compile(r"Timing trace has (\d+) queries")
 # When trtexec does not say its version: JetPack 6's TensorRT, whose strongly typed build TensorRT 11 shares.
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class TrtexecSummary:
     metrics: dict[str, dict[str, float]]
     throughput_qps: float | None
     tensorrt_version: str | None
+    timed_queries: int | None = None
 
     def latency(self, metric: str = "GPU Compute Time") -> LatencyStats:
         values = self.metrics.get(metric)
@@ -34,7 +37,7 @@ class TrtexecSummary:
             raise DeviceToolError(f"trtexec printed no '{metric}' line (printed: {', '.join(self.metrics) or 'none'})")
         return LatencyStats(median_ms=values["median"], p90_ms=values.get("p90", float("nan")),
                             p99_ms=values.get("p99", float("nan")), mean_ms=values["mean"], min_ms=values["min"],
-                            runs=0, threads=None)
+                            runs=self.timed_queries or 0, threads=None)
 
 
 def _values(text: str) -> dict[str, float]:
@@ -60,8 +63,9 @@ def parse_performance_summary(output: str) -> TrtexecSummary:
         found = _METRIC_LINE.search(line)
         if found and found.group("metric").strip() in SUMMARY_METRICS:
             metrics[found.group("metric").strip()] = _values(found.group("values"))
-    version = _VERSION.search(output)
-    return TrtexecSummary(metrics=metrics, throughput_qps=throughput, tensorrt_version=_version_text(version))
+    version, timed = _VERSION.search(output), _TIMED.findall(output[:start])
+    return TrtexecSummary(metrics=metrics, throughput_qps=throughput, tensorrt_version=_version_text(version),
+                          timed_queries=int(timed[-1]) if timed else None)
 
 
 def _version_text(found: re.Match | None) -> str | None:
