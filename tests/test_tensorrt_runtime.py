@@ -258,6 +258,15 @@ def test_names_only_engine_information():
     assert not any(layer.ran_sparse for layer in layers)
 
 
+def test_layer_precision_is_read_from_tensorrt_10_and_11_inspector_json():
+    """TensorRT 11's inspector split the output's "Format/Datatype" field (its 10.x-to-11.x migration guide)."""
+    ten = {"Name": "a", "Outputs": [{"Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}]}
+    eleven = {"Name": "b", "Outputs": [{"DataType": "Half", "Format": "Channel major FP16 format (kHWC8)"}]}
+    int8 = {"Name": "c", "Outputs": [{"DataType": "Int8", "Format": "Row major linear INT8 format (kLINEAR)"}]}
+    layers = parse_engine_information({"Layers": [ten, eleven, int8], "I/O Tensors": []})
+    assert [layer.precision for layer in layers] == ["FP16", "FP16", "INT8"]
+
+
 # --- without TensorRT ----------------------------------------------------------------------------
 
 @pytest.fixture

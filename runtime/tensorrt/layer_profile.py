@@ -62,9 +62,13 @@ class EngineLayer:
         return self.layer_type == "Reformat" or self.name.startswith("Reformatting")
 
 
+# Where the inspector's JSON names an output's type: one "Format/Datatype" field to TensorRT 10; 11 split it in two
+_TYPE_FIELDS = ("Format/Datatype", "DataType", "Datatype", "Format")
+
+
 def _precision(layer: Mapping) -> str:
     outputs = layer.get("Outputs") or [{}]
-    text = str(outputs[0].get("Format/Datatype", "")) if isinstance(outputs[0], Mapping) else ""
+    text = " ".join(str(outputs[0].get(key, "")) for key in _TYPE_FIELDS) if isinstance(outputs[0], Mapping) else ""
     for marker, precision in (("Int8", "INT8"), ("Half", "FP16"), ("FP16", "FP16"), ("Float", "FP32"),
                               ("FP32", "FP32")):
         if marker in text:
