@@ -5,7 +5,7 @@ hand channels_last activations on; an `aten.view` that merges channels with spac
 classifier, as in LeNet-style and many CIFAR networks) cannot be taken of such a tensor and raises. A reshape
 is a view where one can be taken and a copy where not, the same values either way; so each view becomes a
 reshape, unless an operator after it writes into its memory (graph/in_place_writes.py), where only a view keeps
-the two aliased.
+the two aliased: a module with such a view of a 4-D tensor stays in the contiguous layout.
 """
 
 from __future__ import annotations
@@ -17,12 +17,27 @@ from prunefx.graph.in_place_writes import overwritten_later
 _VIEW, _RESHAPE = torch.ops.aten.view.default, torch.ops.aten.reshape.default
 
 
-def channels_last(module: torch.nn.Module) -> torch.nn.Module:
-    """`module` (in place, returned) with its 4-D tensors channels_last and its graphs' views as reshapes."""
-    for graph_module in module.modules():
-        if isinstance(graph_module, torch.fx.GraphModule) and views_as_reshapes(graph_module.graph):
+def channels_last(module: torch.nn.Module) -> bool:
+    """`module` (in place) with its 4-D tensors channels_last and its graphs' views as reshapes; False, the module
+    left as it was, where a view written through later reads a 4-D tensor (the module docstring)."""
+    graphs = [graph_module for graph_module in module.modules() if isinstance(graph_module, torch.fx.GraphModule)]
+    if any(_written_view_of_4d(graph_module.graph) for graph_module in graphs):
+        return False
+    for graph_module in graphs:
+        if views_as_reshapes(graph_module.graph):
             graph_module.recompile()
-    return module.to(memory_format=torch.channels_last)
+    module.to(memory_format=torch.channels_last)
+    return True
+
+
+def _written_view_of_4d(graph: torch.fx.Graph) -> bool:
+    overwritten = overwritten_later(graph)
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target is _VIEW and node in overwritten:
+            value = node.args[0].meta.get("val") if isinstance(node.args[0], torch.fx.Node) else None
+            if not isinstance(value, torch.Tensor) or value.dim() == 4:  # unknown: as unsafe as 4-D
+                return True
+    return False
 
 
 def views_as_reshapes(graph: torch.fx.Graph) -> int:

@@ -8,7 +8,8 @@
   renamed along, where it named the device the tensors came from; with a `dtype`, every float32 the graph
   names (the `.float()`/`.to()` casts, their `_assert_tensor_metadata` checks, factory and softmax dtypes)
   becomes that dtype, and so do the floats it makes without naming a dtype (a factory's default, integers
-  divided), as a half-precision deployment runs the model end to end. This is torch.export's
+  divided), as a half-precision deployment runs the model end to end; a fill value beyond the half type's range
+  (an attention mask's -1e9) becomes its largest finite value. This is torch.export's
   `move_to_device_pass` for the unlifted GraphModule a Program holds (that pass takes an ExportedProgram:
   re-exporting twice per move would cost more than the work it moves and would rename the nodes).
 - `move_program(program, device)`: the module and the example inputs.
@@ -19,6 +20,7 @@ Program.refresh_meta compares, so the next shape propagation runs again on the m
 from __future__ import annotations
 
 import itertools
+import math
 import operator
 
 import torch
@@ -137,6 +139,35 @@ def _cast_unnamed_float32(graph: torch.fx.Graph, dtype: torch.dtype) -> bool:
     return changed
 
 
+# Operators that store a number they are given in the tensor they make (a fill value, a clamp's bound): in half
+# precision a float32-sized one (-1e9, finfo(float32).min: the usual attention-mask fill, baked in at capture)
+# cannot be stored and the call raises. Arithmetic with a number (x / 1e5) computes in float and is left alone.
+_FILLS = {"masked_fill", "full", "full_like", "new_full", "fill", "scalar_tensor", "where", "clamp", "clamp_min",
+          "clamp_max", "constant_pad_nd", "pad", "hardtanh"}
+
+
+def _fit_fill_values(graph: torch.fx.Graph, dtype: torch.dtype) -> bool:
+    """Every finite fill value beyond `dtype`'s range made its largest finite value of the same sign: what the
+    model meant by it (a mask's "minus infinity"), and what a model written for half precision fills with."""
+    largest = torch.finfo(dtype).max
+    changed = False
+    for node in graph.nodes:
+        packet = getattr(node.target, "overloadpacket", None)
+        if node.op != "call_function" or packet is None or packet.__name__.rstrip("_") not in _FILLS:
+            continue
+
+        def fit(value):
+            if isinstance(value, float) and largest < abs(value) < math.inf:
+                return math.copysign(largest, value)
+            return value
+
+        args, kwargs = tuple(fit(value) for value in node.args), {key: fit(value) for key, value in node.kwargs.items()}
+        if args != node.args or kwargs != node.kwargs:
+            node.args, node.kwargs = args, kwargs
+            changed = True
+    return changed
+
+
 def _makes_float32_from_nothing(node: torch.fx.Node) -> bool:
     """A call whose recorded value is float32 while every node it reads is known to hold no floating tensor."""
     value = node.meta.get("val")
@@ -167,7 +198,7 @@ def move_module(module: torch.nn.Module, device: str | torch.device,
     """`module` (in place, returned) with its tensors on `device` and the devices its graphs name renamed;
     with a floating `dtype`, its floating-point tensors and the float32 its graphs name cast to it as well (the
     cuda backend times fp16/bf16 copies)."""
-    target = torch.device(device)
+    target = _indexed(torch.device(device))
     source = module_device(module)
     module.to(device=target, dtype=dtype) if dtype is not None else module.to(target)
     for graph_module in module.modules():
@@ -175,10 +206,19 @@ def move_module(module: torch.nn.Module, device: str | torch.device,
             _move_plain_attributes(graph_module, target, dtype)
             moved = source != target and _rename_devices(graph_module.graph, source, target)
             cast = dtype is not None and dtype != torch.float32 and (
-                _rename_float32(graph_module.graph, dtype) | _cast_unnamed_float32(graph_module.graph, dtype))
+                _rename_float32(graph_module.graph, dtype) | _cast_unnamed_float32(graph_module.graph, dtype)
+                | (dtype.itemsize < 4 and _fit_fill_values(graph_module.graph, dtype)))
             if moved or cast:
                 graph_module.recompile()
     return module
+
+
+def _indexed(device: torch.device) -> torch.device:
+    """A CUDA device with its index: the device checks the exporter writes for `.float()`/`.to()` compare devices
+    strictly under fake tensors (torch.compile, torch.export), where `cuda` is not the tensors' `cuda:0`."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def move_program(program: Program, device: str | torch.device) -> Program:

@@ -54,11 +54,19 @@ def test_a_flat_view_of_a_channels_last_feature_map_computes_the_model():
     torch.testing.assert_close(module(*inputs), expected)
 
 
-def test_a_view_written_through_in_place_stays_a_view():
+def test_a_view_written_through_in_place_stays_a_view_and_its_module_runs_placed():
+    """A flat view of a channels_last tensor cannot be taken, and only a view keeps the write aliased: such a
+    module is placed in the contiguous layout, and computes the model (at fp16 too, as the cuda backend runs)."""
     torch.manual_seed(0)
     program = capture(WritesThroughAView().eval(), torch.randn(1, 3, 4, 4), name="writes")
     views = _views(program.module)
     assert views >= 1 and views_as_reshapes(program.module.graph) == 0 and _views(program.module) == views
+    expected = program(*program.example_inputs)
+    for dtype in (torch.float32, torch.float16):
+        module, inputs = placed(program.clone().module, program.example_inputs, dtype, "cpu")
+        assert _views(module) == views and inputs[0].is_contiguous()
+        with torch.inference_mode():
+            torch.testing.assert_close(module(*inputs).float(), expected, rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.gpu

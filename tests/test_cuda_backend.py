@@ -27,7 +27,7 @@ from prunefx.runtime.backends import Settings
 from prunefx.runtime.backends.cuda import CudaBackend
 from prunefx.runtime.cuda.graph import CudaDevice, GpuModel, capture_batch_limit
 from prunefx.runtime.cuda.layer_timer import CudaLayerTimer
-from prunefx.runtime.errors import BackendUnavailableError
+from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
 from prunefx.runtime.measure.gpu_latency import SAMPLE_MS
 
 cuda_module = importlib.import_module("prunefx.runtime.backends.cuda")
@@ -457,6 +457,24 @@ def test_a_model_whose_capture_fails_is_sampled_eagerly_and_says_why(fake, monke
         dense_ms, narrow_ms, _ = pair(_net(16), _net(8))
     assert dense_ms == pytest.approx(MS_PER_WEIGHT * _weights(_net(16).module)) and narrow_ms < dense_ms
     assert pair.notes and "capture failed (RuntimeError: operation not permitted" in pair.notes[0]
+
+
+def test_a_model_that_cannot_run_on_the_device_is_one_line_naming_it_and_how_it_was_placed(fake, monkeypatch,
+                                                                                           capsys, tmp_path):
+    """The first calls on the device (cuDNN's autotuning, torch.compile's tracing) fail for reasons of the model
+    at that precision: one line naming the model and the precision, no traceback, nothing written."""
+    def placed_badly(module, inputs, dtype):
+        module.register_forward_pre_hook(lambda *_: (_ for _ in ()).throw(
+            RuntimeError("value cannot be converted to type c10::Half without overflow\nmore")))
+        return module, tuple(inputs)
+
+    monkeypatch.setattr(fake, "place", placed_badly)
+    with pytest.raises(MeasurementError, match=r"could not run 'net16' at fp16, compiled: RuntimeError: value cannot"):
+        GpuModel(_net(16), precision="fp16", device=fake, compile=True)
+    assert main(["bench", "prunefx:resnet20", "--input-shape", "1x1x28x28", "--backend", "cuda", "--runs", "2"]) \
+        == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not run 'prunefx:resnet20' at fp16: RuntimeError" in err
 
 
 def _refusing_the_narrow_one(fake):

@@ -16,6 +16,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import prunefx.budget.meet as meet_module
@@ -389,6 +390,55 @@ def test_a_graph_with_float32_casts_runs_at_half_precision_and_matches_float32(d
     assert got.dtype == dtype  # no cast went back to float32 on the way
     torch.testing.assert_close(got.float(), expected, rtol=2e-2, atol=2e-2)
     assert torch.equal(program.run_example(), expected)  # the Program itself is untouched
+
+
+class _MaskedAttention(nn.Module):
+    """The attention mask's fill as models write it, float32's lowest number baked into the graph at capture, and
+    a clamp bound and padding value beyond half precision's range; a division by a large number, which is not
+    a value the tensor stores."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(16, 48)
+
+    def forward(self, x, mask):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        scores = (q @ k.transpose(-2, -1)).masked_fill(~mask, torch.finfo(torch.float32).min)
+        out = scores.softmax(-1) @ v
+        return F.pad(out.clamp(min=-1e9), (0, 1), value=-1e30)[..., :-1] + out / 1e5
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fill_values_beyond_half_precision_become_its_largest_and_the_model_runs(dtype):
+    torch.manual_seed(0)
+    mask = torch.ones(2, 8, 8, dtype=torch.bool).tril()
+    program = capture(_MaskedAttention().eval(), (torch.randn(2, 8, 16), mask), name="masked")
+    expected = program.run_example()
+    module = move_module(copy.deepcopy(program.module), "cpu", dtype)
+    got = module(program.example_inputs[0].to(dtype), mask)
+    torch.testing.assert_close(got.float(), expected, rtol=2e-2, atol=2e-2)
+    divisions = [node.args[1] for node in module.graph.nodes if node.target is torch.ops.aten.div.Tensor]
+    assert divisions == [1e5]  # arithmetic keeps its number
+
+
+def test_a_move_to_cuda_names_its_index_so_that_traced_device_checks_pass(monkeypatch):
+    """Fake tensors, which torch.compile and torch.export trace with, compare devices strictly: a graph moved to a
+    bare 'cuda' asserted `cuda` against its tensors' `cuda:0`. Emulated without a GPU: FakeTensorMode makes cuda:0
+    tensors, and the parameters are plain attributes, which move_module moves itself."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    module = copy.deepcopy(capture(_CastsToFloat32().eval(), torch.randn(2, 3, 8, 8), name="casts").module)
+    for owner in module.modules():
+        for name, value in list(owner._parameters.items()):
+            del owner._parameters[name]
+            setattr(owner, name, value.detach())
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        moved = move_module(module, "cuda", torch.float16)
+        asserted = {str(node.kwargs["device"]) for node in moved.graph.nodes
+                    if node.target is torch.ops.aten._assert_tensor_metadata.default}
+        assert asserted == {"cuda:0"}
+        assert moved(torch.empty(2, 3, 8, 8, device="cuda", dtype=torch.float16)).device == torch.device("cuda", 0)
 
 
 @pytest.mark.slow

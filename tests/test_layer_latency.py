@@ -306,6 +306,27 @@ def test_a_table_on_the_cuda_backend_times_each_layer_as_a_plain_module(tmp_path
     assert json.loads(next(tmp_path.glob("cuda-*.json")).read_text())["identity"]["device"] == "Fake H100"
 
 
+def test_a_cuda_table_warms_the_gpu_up_again_after_it_was_left_idle(tmp_path, monkeypatch):
+    """Entries that follow each other keep the clocks up; the merged network's table of a joint search comes after
+    seconds of CPU work, and its first entry is warmed up again rather than timed at idle clocks."""
+    from prunefx.runtime.cuda import layer_timer as cuda_timer
+
+    gpu, warmed, now = FakeGpu(), [], [0.0]
+    gpu.warm_seconds = 0.3
+    real = cuda_timer.measure_gpu_latency
+    monkeypatch.setattr(cuda_timer, "measure_gpu_latency",
+                        lambda *args, warm_seconds, **kwargs: warmed.append(warm_seconds) or real(*args, **kwargs))
+    monkeypatch.setattr(cuda_timer.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(backends.get("cuda"), "device", gpu)
+    timer = layer_timer("cuda", Settings(runs=3, warmup=1, batch=8))
+    table = build_latency_table([CONV], timer, multiple=16, batch=2, cache_dir=tmp_path)
+    assert warmed[0] == 0.3 and set(warmed[1:]) == {0.0} and len(warmed) == table.measured
+    now[0] += 5.0  # the GPU idle meanwhile
+    warmed.clear()
+    build_latency_table([replace(CONV, name="merged", kernel=(5, 5))], timer, multiple=16, batch=2, cache_dir=tmp_path)
+    assert warmed[0] == 0.3 and set(warmed[1:]) == {0.0}
+
+
 def _no_export(*args, **kwargs):
     raise AssertionError("a cuda latency-table entry must not be exported or captured as a Program")
 
@@ -468,7 +489,7 @@ def test_a_linear_layer_s_4d_input_is_timed_contiguous_with_the_same_rows():
     from prunefx.runtime.cuda.layer_timer import probe_shape
 
     linear = TimedLayer("fc1", "linear", (2, 7, 7, 96), 384, True)
-    probe = _placed(torch.randn(probe_shape(linear)), "cpu", torch.float16)  # as CudaDevice.place makes it
+    probe = _placed(torch.randn(probe_shape(linear)), "cpu", torch.float16, torch.channels_last)  # as CudaDevice.place makes it
     assert probe.is_contiguous() and probe.shape == (2, 49, 96)
     assert F.linear(probe, torch.zeros(384, 96, dtype=torch.float16)).numel() == 2 * 7 * 7 * 384
     assert probe_shape(CONV) == CONV.input_shape  # a convolution's input stays 4-D (and channels_last)

@@ -240,6 +240,24 @@ def test_masks_are_taken_again_when_the_trainer_program_changes(resnet18):
     assert pattern_violations(get_tensor(replacement.module, "fc.weight"), TWO_FOUR) == 0
 
 
+def test_keeping_the_zeros_reads_nothing_back_to_the_host(resnet18, monkeypatch):
+    """Run after every optimizer step: a count read back with int() or item() waits for a GPU to finish."""
+    program = resnet18.clone()
+    sparsify_nm(program, config={"layers": ["fc.weight"]})
+    hook = SparseMasks(program)
+    with torch.no_grad():
+        get_tensor(program.module, "fc.weight").add_(1.0)
+
+    def synchronises(*_):
+        raise AssertionError("a value was read back to the host")
+
+    for reader in ("__int__", "__bool__", "item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, reader, synchronises)
+    hook.apply(program)
+    monkeypatch.undo()
+    assert pattern_violations(get_tensor(program.module, "fc.weight"), TWO_FOUR) == 0
+
+
 # --- configuration, registry, recipe ------------------------------------------------------------------
 
 @pytest.mark.parametrize("config, message", [

@@ -50,18 +50,16 @@ class SparseMasks:
     __call__ = after_step  # usable directly as an after_step hook
 
     @torch.no_grad()
-    def apply(self, program: Program) -> int:
-        """Zero the masked entries; return how many had moved away from zero."""
-        moved = 0
+    def apply(self, program: Program) -> None:
+        """Zero the masked entries. Nothing is read back to the host: on a GPU that would wait for every step."""
         for name, keep in self.masks.items():
             weight = get_tensor(program.module, name)
             if weight.shape != keep.shape:  # sliced since the masks were taken: take them again next time
                 self._program = None
                 continue
-            keep = keep.to(weight.device)
-            moved += int(((weight != 0) & ~keep).sum())
+            if keep.device != weight.device:  # moved once, not copied to the weight's device every step
+                keep = self.masks[name] = keep.to(weight.device)
             weight.masked_fill_(~keep, 0.0)
-        return moved
 
 
 def _has_tensor(module: torch.nn.Module, name: str) -> bool:

@@ -162,15 +162,17 @@ def _model_call(module, inputs: tuple[torch.Tensor, ...]):
 
 
 def placed(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], dtype: torch.dtype, device="cuda"):
-    """`module` (in place) and `inputs` (copies) on `device` at `dtype`, 4-D tensors channels_last: the layout
-    cuDNN's fastest convolutions read (graph/channels_last.py). Integer inputs keep their type."""
+    """`module` (in place) and `inputs` (copies) on `device` at `dtype`, 4-D tensors channels_last where the
+    module allows it: the layout cuDNN's fastest convolutions read (graph/channels_last.py). Integer inputs keep
+    their type."""
     module = move_module(module, device, dtype)  # also the constants, devices and dtypes the graph names
-    return channels_last(module), tuple(_placed(x, device, dtype) for x in inputs)
+    layout = torch.channels_last if channels_last(module) else torch.contiguous_format
+    return module, tuple(_placed(x, device, dtype, layout) for x in inputs)
 
 
-def _placed(tensor: torch.Tensor, device, dtype: torch.dtype) -> torch.Tensor:
+def _placed(tensor: torch.Tensor, device, dtype: torch.dtype, layout: torch.memory_format) -> torch.Tensor:
     tensor = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
-    return tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4 else tensor
+    return tensor.contiguous(memory_format=layout) if tensor.dim() == 4 else tensor
 
 
 class GpuModel:
@@ -185,6 +187,7 @@ class GpuModel:
                                    "runs its fake quantizers as float operators; use --backend trt, which builds "
                                    "INT8 from the Q/DQ nodes of its ONNX file")
         program = program.clone().eval() if program.training else program
+        self.name = program.name
         self._prepare(copy.deepcopy(program.module), program.example_inputs, precision, device, compile, capture)
 
     @classmethod
@@ -192,6 +195,7 @@ class GpuModel:
                   device: CudaDevice) -> GpuModel:
         """A plain module (one layer of a latency table), placed as it is: no copy, no Program."""
         model = cls.__new__(cls)
+        model.name = type(module).__name__
         model._prepare(module, inputs, precision, device, False, True)
         return model
 
@@ -203,8 +207,13 @@ class GpuModel:
         # the model's call, not a bound method: a replay holding one would make this object a cycle, alive (and its
         # GPU memory with it) after a pair dropped it until the next cyclic collection
         self._call = functools.partial(_model_call, self.module, self.inputs)
-        for _ in range(WARMUP_CALLS):
-            self._call()
+        try:
+            for _ in range(WARMUP_CALLS):
+                self._call()
+        except (RuntimeError, AssertionError, TypeError, ValueError) as error:  # torch.compile's too are of these
+            how = f"at {precision}" + (", compiled" if compile else "")
+            raise MeasurementError(f"the cuda backend could not run '{self.name}' {how}: {first_line(error)}") \
+                from error
         self.reason = ""
         if capture and self.batch >= capture_batch_limit():
             capture = False

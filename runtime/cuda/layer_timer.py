@@ -3,16 +3,18 @@ LayerModule) placed on the GPU and timed as runtime/cuda/graph.GpuModel times a 
 enough iterations to hide its launch, many replays per sample), with no export and no capture of a Program.
 
 A table of a few hundred entries then costs a capture and a few hundred replays each: seconds on a GPU. The
-GPU is warmed up once, before the first entry (its clocks then stay up as entries follow each other), and
+GPU is warmed up before the first entry (its clocks then stay up as entries follow each other), and
 each entry's memory is handed back once it is timed. An input is drawn once per shape and kept as placed on
 the GPU: a layer's grid times each input width against every output width, and drawing a batch-32 input on
-the CPU costs more than timing an entry. Layers run eagerly (never
+the CPU costs more than timing an entry. After other work left the GPU idle (a joint search times the merged
+network's layers after its depth search) it is warmed up again. Layers run eagerly (never
 compiled, whatever --compile says): the table chooses channels, and whole-model measurements, compiled where
 asked, confirm the speed-up.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 
 import torch
@@ -24,6 +26,7 @@ from prunefx.runtime.tables.timers import LayerModule
 
 RUNS, WARMUP = 20, 3  # samples per entry, each already many replays long
 INPUTS_KEPT = 4        # placed inputs kept, the most recently used shapes
+IDLE_SECONDS = 1.0     # a GPU left idle longer than this between entries may have lowered its clocks
 
 
 class CudaLayerTimer:
@@ -36,7 +39,7 @@ class CudaLayerTimer:
         self.device = str(gpu.describe().get("gpu"))
         self.settings = (f"PyTorch on CUDA, torch {torch.__version__}, cuDNN autotuned, channels_last convolutions, "
                          f"CUDA-graph samples below batch {capture_batch_limit()}, eager calls from it, eager kernels")
-        self.warmed = False
+        self.last_timed: float | None = None  # time.monotonic() when the last entry was timed
         self.inputs: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()  # by shape, as placed
 
     def __call__(self, layer: TimedLayer) -> float:
@@ -44,9 +47,10 @@ class CudaLayerTimer:
         model = GpuModel.of_module(LayerModule(layer).eval(), (self._input(shape),), precision=self.precision,
                                    device=self.gpu)
         self.inputs[shape] = model.inputs[0]  # placing it again is then a no-op
-        warm_seconds = 0.0 if self.warmed else self.gpu.warm_seconds
-        ms = measure_gpu_latency(model.time_once, warmup=WARMUP, runs=RUNS, warm_seconds=warm_seconds).median_ms
-        self.warmed = True
+        idle = self.last_timed is None or time.monotonic() - self.last_timed > IDLE_SECONDS
+        ms = measure_gpu_latency(model.time_once, warmup=WARMUP, runs=RUNS,
+                                 warm_seconds=self.gpu.warm_seconds if idle else 0.0).median_ms
+        self.last_timed = time.monotonic()
         del model
         self.gpu.release()
         return ms
