@@ -2,7 +2,8 @@
 
 Passes communicate through these fields and nothing else, each with a writer and a reader declared in the
 passes' contracts (`@graph_pass(reads=..., writes=...)`, checked by tests/test_analysis_record.py):
-`sparsity` (sparsify_nm -> distill, prune_while_training: zeros kept at zero), `linearize`
+`sparsity` (sparsify_nm -> distill: zeros kept at zero; remove_channels, prune_while_training, merge_blocks:
+refused, their rewrites would move the zeros off the pattern), `linearize`
 (linearize_blocks, depth_to_budget, choose_for_budget -> distill, prune_while_training, linearize_blocks,
 merge_blocks) and `kept_channels` (remove_channels -> remove_channels, which composes it, and the write-back,
 which cuts the dead branches the Program dropped as the live tensors were cut). A pass's report and facts are its Result's, not fields here. Retired fields of older files

@@ -49,17 +49,23 @@ def distill(program: Program, /, *, config: dict | None = None) -> Result:
     trainer = Trainer(program, teacher=teacher, data=options.data, config=train_config,
                       eval_data=options.eval_data, after_backward=options.after_backward or (),
                       after_step=options.after_step or ())
-    schedule = blend_schedule(program, trainer.total_steps)
-    if schedule is not None:  # linearize_blocks left blends: fade their activations out while training
-        trainer.after_step.insert(0, schedule)
-    if recorded_weights(program):  # sparsify_nm recorded sparse weights: their zeros stay zero (sparse_masks.py)
-        masks = SparseMasks(program)
-        trainer.after_backward.insert(0, masks.after_backward)
-        trainer.after_step.insert(0, masks.after_step)
+    keep_what_records_ask(trainer, program)
     stats = {**trainer.fit(), "quantization_aware": has_fake_quant(program.graph)}
     if trainer.program is not program:  # resumed: the Trainer trained the checkpoint's program, ours takes it on
         program.adopt(trainer.program)
     return Result(program, modified=_changed(before, program), stats=stats)
+
+
+def keep_what_records_ask(trainer: Trainer, program: Program) -> None:
+    """The hooks every training pass adds, ahead of its own, for what earlier passes recorded: linearize_blocks'
+    blends raised to 1 (their activations faded out) and sparsify_nm's zeros kept at zero (sparse_masks.py)."""
+    schedule = blend_schedule(program, trainer.total_steps)
+    if schedule is not None:
+        trainer.after_step.insert(0, schedule)
+    if recorded_weights(program):
+        masks = SparseMasks(program)
+        trainer.after_backward.insert(0, masks.after_backward)
+        trainer.after_step.insert(0, masks.after_step)
 
 
 def _snapshot(program: Program) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ from prunefx.passes.core.registry import shipped_pass
 from prunefx.passes.core.result import Result
 from prunefx.passes.rewrites.merge_candidates import MergeCandidate, chain_candidate
 from prunefx.passes.rewrites.merge_rewrite import apply_merge, describe_merge
+from prunefx.passes.rewrites.sparse_masks import refuse_sparse_weights
 
 aten = torch.ops.aten
 
@@ -51,12 +52,14 @@ class Merged:
 
 
 @shipped_pass
-@graph_pass(config=MergeBlocksConfig, in_place=True, exact=True, reads=("linearize",), writes=("linearize",))
+@graph_pass(config=MergeBlocksConfig, in_place=True, exact=True, reads=("linearize", "sparsity"),
+            writes=("linearize",))
 def merge_blocks(program: Program, /, *, config: dict | None = None) -> Result:
     settings = MergeBlocksConfig.parse(config)
     if program.training:
         raise MergeBlocksError(f"merge_blocks is exact in eval mode only, and '{program.name}' is in training "
                                f"mode (batch norms use batch statistics); call program.eval() first")
+    refuse_sparse_weights(program, "merge_blocks", "multiplying a block's kernels into one")
     stripped = strip_finished_blends(program)
     before = _census(program)
     merges, skipped = _merge_all(program, settings)

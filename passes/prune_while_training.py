@@ -24,8 +24,10 @@ from prunefx.passes.core.pass_config import given, option
 from prunefx.passes.core.pipeline import run_inner
 from prunefx.passes.core.registry import shipped_pass
 from prunefx.passes.core.result import Result
+from prunefx.passes.distill import keep_what_records_ask
 from prunefx.passes.removal.channels_removed import ChannelsRemoved
 from prunefx.passes.remove_channels import remove_channels
+from prunefx.passes.rewrites.sparse_masks import refuse_sparse_weights
 from prunefx.passes.training.carried_state import carry_state, cut_tracking_indices
 from prunefx.passes.training.config import TrainingError, TrainingPassConfig
 from prunefx.passes.training.engine import TrainConfig, Trainer
@@ -69,6 +71,7 @@ def prune_while_training(program: Program, /, *, config: dict | None = None) -> 
     if given(config, "data") is None:  # before the other checks: without data nothing else matters
         raise PrunefxError("prune_while_training needs training batches: config['data']")
     options = PruneWhileTrainingConfig.parse(config)
+    refuse_sparse_weights(program, "prune_while_training", "removing channels")
     train_config = TrainConfig.from_dict(TrainConfig.fields_of(options), owner="prune_while_training")
     target = _target(options)
     schedule = PruningSchedule(program, target, options)
@@ -76,6 +79,7 @@ def prune_while_training(program: Program, /, *, config: dict | None = None) -> 
     trainer = Trainer(program, teacher=teacher, data=options.data, config=train_config,
                       eval_data=options.eval_data, after_backward=[schedule.accumulate],
                       after_step=[schedule.maybe_prune], carried={"pruning_schedule": schedule})
+    keep_what_records_ask(trainer, program)  # blends raised while training, as distill does
     if trainer.total_steps < schedule.last_step:
         trainer.release()  # the Trainer took the program to train: back as found before refusing
         raise PrunefxError(f"prune_while_training: {trainer.total_steps} training steps cannot hold "

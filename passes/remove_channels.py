@@ -45,6 +45,7 @@ from prunefx.passes.core.pass_config import PassConfig, option
 from prunefx.passes.core.registry import shipped_pass
 from prunefx.passes.core.result import Result
 from prunefx.passes.removal.channels_removed import removal_facts
+from prunefx.passes.rewrites.sparse_masks import refuse_sparse_weights
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +136,14 @@ class RemoveChannelsConfig(PassConfig):
 
 
 @shipped_pass
-@graph_pass(config=RemoveChannelsConfig, in_place=True, reads=("kept_channels",), writes=("kept_channels",))
+@graph_pass(config=RemoveChannelsConfig, in_place=True, reads=("kept_channels", "sparsity"), writes=("kept_channels",))
 def remove_channels(program: Program, /, *, config: dict | None = None) -> Result:
     parsed = RemoveChannelsConfig.parse(config)
     importance, compensate = parsed.resolved()  # the defaults that depend on the data given, settled once
     settings = dataclasses.replace(parsed, importance=importance, compensate=compensate,
                                    heads=parsed.resolved_heads())
     _check_keep(program, settings.keep)
+    refuse_sparse_weights(program, "remove_channels", "removing (and compensating) channels")
     target = _target(settings)
     if settings.compensate or settings.importance in DATA_CRITERIA:  # checked (and read once) up front
         settings.calibration = _calibration(program, settings.calibration)

@@ -125,3 +125,23 @@ def test_a_run_resumed_from_a_checkpoint_cuts_as_the_uninterrupted_one(resnet20_
         torch.testing.assert_close(actual, expected, msg=name)
     with pytest.raises(TrainingError, match="prune_while_training's fraction=0.5, this run has fraction=0.4"):
         prune_while_training(program.clone(), config={**cut, "macs": 0.4})
+
+
+def test_it_raises_the_blends_linearize_blocks_left_as_distill_does():
+    """linearize_blocks hands its blends to the next training pass, which fades the activations out while it
+    trains: left at 0, merge_blocks would find nothing to merge."""
+    from prunefx.graph.attributes import get_tensor
+    from prunefx.passes.linearize_blocks import linearize_blocks
+
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    data = [(torch.randn(8, 1, 28, 28, generator=generator), torch.randint(0, 10, (8,), generator=generator))
+            for _ in range(4)]
+    dense = capture(build_model("prunefx:mobilenetv2_small").module.eval(), data[0][0], name="mbv2").eval()
+    linearized = linearize_blocks(dense, config={"count": 2, "calibration": [(x,) for x, _ in data]}).program
+    blends = list(linearized.analysis.linearize.blends)
+    assert blends and all(float(get_tensor(linearized.module, name)) == 0.0 for name in blends)
+    trained = prune_while_training(linearized, config={
+        "data": data, "teacher": dense, "macs": 0.8, "steps": 8, "interval": 2, "prune_events": 2, "round_to": 4,
+        "lr": 0.01, "strict": False, "progress": False}).program
+    assert [float(get_tensor(trained.module, name)) for name in blends] == [1.0] * len(blends)

@@ -258,6 +258,26 @@ def test_keeping_the_zeros_reads_nothing_back_to_the_host(resnet18, monkeypatch)
     assert pattern_violations(get_tensor(program.module, "fc.weight"), TWO_FOUR) == 0
 
 
+@pytest.mark.parametrize("rewrite, config", [
+    ("remove_channels", {"macs": 0.6}),
+    ("prune_while_training", {"macs": 0.6, "steps": 2, "data": [(torch.randn(2, 3, 64, 64), torch.tensor([0, 1]))]}),
+    ("merge_blocks", {}),
+])
+def test_a_rewrite_that_would_move_the_zeros_off_the_pattern_is_refused_before_any_work(resnet18, rewrite, config):
+    """Slicing input channels shifts every 2:4 group after the cut (and compensation fills the zeros); merging
+    multiplies kernels into dense ones. The Program would still record its weights as sparse."""
+    from prunefx.passes import merge_blocks, prune_while_training, remove_channels
+
+    program = sparsify_nm(resnet18.clone(), config={"layers": ["layer1.0.conv1.weight"]}).program
+    before = {name: tensor.clone() for name, tensor in program.state_dict().items()}
+    passes = {"remove_channels": remove_channels, "prune_while_training": prune_while_training,
+              "merge_blocks": merge_blocks}
+    with pytest.raises(PrunefxError, match=f"{rewrite}: 1 weights of 'resnet18' are 2:4 sparse .* run sparsify_nm "
+                                           f"after {rewrite}"):
+        passes[rewrite](program, config=config)
+    assert all(torch.equal(before[name], tensor) for name, tensor in program.state_dict().items())
+
+
 # --- configuration, registry, recipe ------------------------------------------------------------------
 
 @pytest.mark.parametrize("config, message", [

@@ -14,11 +14,23 @@ import torch
 
 from prunefx.graph import Program
 from prunefx.graph.attributes import get_tensor
+from prunefx.graph.errors import PrunefxError
 
 
 def recorded_weights(program: Program) -> list[str]:
     """The weights a sparsify pass recorded as sparse in the Program's analysis ([] when none)."""
     return program.analysis.sparse_weights
+
+
+def refuse_sparse_weights(program: Program, owner: str, how: str) -> None:
+    """Refuse, before any work, a pass that rewrites weights `how` (slicing input channels, multiplying kernels
+    together) on a Program sparsify_nm made N:M sparse: the zeros would move off the pattern that the Program
+    still records, and a sparse deployment would find dense weights."""
+    record = program.analysis.sparsity
+    if record is not None and record.weights:
+        raise PrunefxError(f"{owner}: {len(record.weights)} weights of '{program.name}' are {record.pattern} sparse "
+                           f"(sparsify_nm, e.g. {record.weights[0]}), and {how} would break that pattern: run "
+                           f"sparsify_nm after {owner}")
 
 
 class SparseMasks:
