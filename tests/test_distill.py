@@ -167,6 +167,66 @@ def test_a_diverging_run_stops_before_the_weights_turn_nan():
     assert weights and all(bool(torch.isfinite(p).all()) for p in weights)
 
 
+def test_a_warm_up_as_long_as_the_run_is_refused_before_any_step():
+    """lr 0.1 with a 100-step warm-up over 3 steps trained at lr 0.001 to 0.003, and said nothing."""
+    student = _program(0)
+    before = {name: tensor.clone() for name, tensor in student.state_dict().items()}
+    with pytest.raises(TrainingError, match=r"warmup_steps=100 is not below the run's 3 training steps.*lr=0\.1"):
+        _train(student, _program(1), _batches(3), steps=3, lr=0.1, warmup_steps=100)
+    assert all(torch.equal(before[name], tensor) for name, tensor in student.state_dict().items())
+    _train(_program(0), _program(1), _batches(3), steps=3, lr=0.1, warmup_steps=2)  # shorter than the run: trains
+
+
+def test_empty_evaluation_data_is_refused_rather_than_reported_as_nan():
+    with pytest.raises(TrainingError, match="the evaluation data holds no batches"):
+        Trainer(_program(0), teacher=_program(1), data=_batches(2), eval_data=[], config=TrainConfig(steps=2))
+
+
+def test_the_program_given_as_its_own_teacher_is_frozen_not_trained_along():
+    """distill(p, teacher=p): the teacher shared the student's weights and followed it (a KD loss of exactly 0)."""
+    data = _batches(3)
+    program = _program(0)
+    given = {name: tensor.clone() for name, tensor in program.state_dict().items()}
+    _, own = _train(program, program, data, steps=6, lr=0.05)
+    _, copied = _train(_program(0), _program(0), data, steps=6, lr=0.05)
+    assert own["kd_loss"] == copied["kd_loss"] > 0
+    assert any(not torch.equal(given[name], tensor) for name, tensor in program.state_dict().items())  # it trained
+
+
+def test_a_teacher_program_of_another_batch_size_is_refused_in_words_that_name_it():
+    with pytest.raises(TrainingError, match=r"the teacher '.*' takes inputs of shapes \[\(1, 3, 8, 8\)\] and the "
+                                            r"student trains on \[\(8, 3, 8, 8\)\]: capture the teacher"):
+        _train(_program(0), _program(1, batch=1), _batches(3), steps=2)
+
+
+class _Tokens(nn.Module):
+    """A vision transformer's parameters that are not kernels though of two or more dims: a class token
+    concatenated, position embeddings added."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch, self.head = nn.Conv2d(3, 8, 4, stride=4), nn.Linear(8, CLASSES)
+        self.cls_token, self.pos_embed = nn.Parameter(torch.zeros(1, 1, 8)), nn.Parameter(torch.zeros(1, 5, 8))
+
+    def forward(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], 1) + self.pos_embed
+        return self.head(tokens[:, 0])
+
+
+def test_weight_decay_reaches_kernels_and_matrices_and_not_tokens_nor_position_embeddings():
+    from prunefx.passes.quantize_int8 import quantize_int8
+    from prunefx.passes.training.schedule import make_optimizer
+
+    program = capture(_Tokens().eval(), torch.randn(2, 3, 8, 8))
+    quantized = quantize_int8(program.clone(), config={"calibration": [torch.randn(2, 3, 8, 8)]}).program
+    for each in (program, quantized):  # a fake quantizer between a weight and its convolution
+        names = {id(p): name for name, p in each.module.named_parameters()}
+        decayed, kept = make_optimizer(each.module, TrainConfig(steps=1, weight_decay=0.1)).param_groups
+        assert decayed["weight_decay"] == 0.1 and kept["weight_decay"] == 0.0
+        assert sorted(names[id(p)] for p in decayed["params"]) == ["head.weight", "patch.weight"]
+
+
 def test_distill_defaults_to_a_frozen_copy_of_the_program_as_teacher():
     program = _program()
     reference = {name: tensor.clone() for name, tensor in program.state_dict().items()}
@@ -268,6 +328,44 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
         assert torch.equal(expected, actual), name
     assert [e["loss"] for e in resumed.log] == [e["loss"] for e in full.log]
     assert stats["train_loss"] == full_stats["train_loss"]
+
+
+class _Flipped(torch.utils.data.Dataset):
+    """Images flipped at random as they are read: augmentation drawing from torch's generator, as transforms do."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        image = self.images[index]
+        return (image.flip(-1) if torch.rand(()) < 0.5 else image), self.labels[index]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_run_on_a_shuffling_loader_resumed_mid_epoch_equals_the_uninterrupted_run(tmp_path, workers):
+    """A DataLoader draws its order and its workers' seeds from torch's generator when it is iterated: resumed
+    mid-epoch, the epoch is drawn again from the state its start drew from, the trained batches skipped."""
+    images, labels = (torch.cat(part) for part in zip(*_batches(3)))  # 3 batches an epoch
+
+    def loader():
+        return torch.utils.data.DataLoader(_Flipped(images, labels), batch_size=BATCH, shuffle=True,
+                                           num_workers=workers, drop_last=True)
+
+    teacher, settings = _program(1, dropout=0.3), dict(_checkpointed(tmp_path / "full"), steps=10)
+    full, _ = _train(_program(dropout=0.3), teacher, loader(), **settings)
+    cut = Trainer(_program(dropout=0.3), teacher=teacher, data=loader(), after_step=[_crash_at(6)],
+                  config=TrainConfig(**{**settings, "checkpoint_dir": tmp_path / "cut"}))
+    with pytest.raises(_Crash):
+        cut.fit()  # its checkpoint at step 4: one batch into the second epoch
+    resumed = Trainer(_program(dropout=0.3), teacher=teacher, data=loader(),
+                      config=TrainConfig(**{**settings, "checkpoint_dir": tmp_path / "cut", "resume": True}))
+    assert resumed.fit()["resumed_from"] == 4
+    assert [e["loss"] for e in resumed.log] == [e["loss"] for e in full.log]
+    for (name, expected), (_, actual) in zip(full.program.state_dict().items(), resumed.program.state_dict().items()):
+        assert torch.equal(expected, actual), name
 
 
 def test_the_distill_pass_resumed_inside_a_pipeline_returns_the_program_it_was_given(tmp_path):

@@ -301,7 +301,7 @@ def test_a_module_teacher_leaves_what_the_users_hooks_keep_as_found():
     x, labels = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])
     student = capture(model, x).train()
     loss = DistillationLoss(model, kd_weight=0.5)
-    run = frozen_teacher(model, TrainConfig(steps=1), torch.device("cpu"))
+    run = frozen_teacher(model, TrainConfig(steps=1), torch.device("cpu"), student)
     for _ in range(3):
         loss(student(x), x, labels).backward()
         expected = model(x)

@@ -9,10 +9,9 @@ layout and the non-goals: see docs/algorithms.md, 'The trainer'.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,7 +48,7 @@ from prunefx.passes.training.losses import (
     total_losses,
 )
 from prunefx.passes.training.placement import Placement
-from prunefx.passes.training.random_state import random_state_kept, seed_training
+from prunefx.passes.training.random_state import random_state_kept, rng_state, seed_training, set_rng_state
 from prunefx.passes.training.resume import parameter_norms, resume, save_checkpoint
 from prunefx.passes.training.schedule import lr_factor, make_optimizer, make_scheduler
 from prunefx.passes.training.statistics import fit_statistics
@@ -66,6 +65,7 @@ __all__ = [
 
 AfterBackward = Callable[["Trainer"], None]
 AfterStep = Callable[["Trainer", int], None]
+_END = object()  # what next() returns for an epoch that ran out while its trained batches were skipped
 
 
 class Carried(Protocol):
@@ -98,13 +98,20 @@ class Trainer:
         self.data = shard_batches(data, self.rank, self.world_size)
         # A detector is not evaluated here: eval_totals' top-1 accuracy would argmax over box coordinates.
         evaluates = eval_data is not None and config.task != DETECTION
+        if evaluates and isinstance(eval_data, Sized) and len(eval_data) == 0:
+            raise TrainingError("the evaluation data holds no batches: give some, or none (eval_data=None)")
         self.eval_data = shard_batches(eval_data, self.rank, self.world_size) if evaluates else None
         self.total_steps = self._total_steps()
+        if config.warmup_steps >= self.total_steps > 0:
+            raise TrainingError(f"warmup_steps={config.warmup_steps} is not below the run's {self.total_steps} "
+                                f"training steps: the learning rate would still be rising when the run ends, never "
+                                f"reaching lr={config.lr:g}; give fewer warmup_steps or more steps")
         self.needs_teacher = config.kd_weight > 0 or bool(config.feature_pairs)
         if self.needs_teacher and teacher is None:
             raise TrainingError("distillation needs a teacher (or set kd_weight=0 without feature_losses)")
-        self._teacher: Any = frozen_teacher(teacher, config, self.device) if self.needs_teacher else None
+        self._teacher: Any = frozen_teacher(teacher, config, self.device, program) if self.needs_teacher else None
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.epoch_rng: dict | None = None  # the random state the epoch's data order was drawn from (_batches)
         self.log: list[dict[str, float]] = []
         self.history: list[dict[str, float]] = []
         self.last_losses: dict[str, float] = {}
@@ -261,7 +268,7 @@ class Trainer:
             if hasattr(self.data, "set_epoch"):
                 self.data.set_epoch(self.epoch)
             seen_any = False
-            for batch in itertools.islice(iter(self.data), self.batch_in_epoch, None):
+            for batch in self._epoch_from_its_position():
                 seen_any = True
                 self.batch_in_epoch += 1
                 yield batch
@@ -269,6 +276,24 @@ class Trainer:
                 raise TrainingError(f"the training data yielded no batches in epoch {self.epoch}; pass a list or "
                                     "a loader that can be iterated again, not a one-shot generator")
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    def _epoch_from_its_position(self):
+        """This epoch's batches from `batch_in_epoch` on. A loader draws its order (and its workers' seeds) from
+        torch's generator when iterated: a resumed epoch is drawn again from the state its start drew from, the
+        batches already trained on are skipped, and the random state goes on from where the checkpoint left it."""
+        resumed_midway = self.batch_in_epoch > 0 and self.epoch_rng is not None
+        now = rng_state()
+        if resumed_midway:
+            set_rng_state(self.epoch_rng)
+        else:
+            self.epoch_rng = now
+        batches = iter(self.data)
+        for _ in range(self.batch_in_epoch):
+            if next(batches, _END) is _END:
+                return
+        if resumed_midway:
+            set_rng_state(now)
+        yield from batches
 
     def _show(self, bar, train_seconds: float, start_step: int) -> None:
         images = (self.step - start_step) * self.global_batch()

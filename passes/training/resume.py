@@ -1,7 +1,8 @@
 """Saving a `Trainer` to its checkpoint directory and resuming it from there.
 
 What is saved: the program (checkpoint.py writes `program.pt2` and `trainer_state.pt`), the optimizer
-and scheduler states, the step, the data position, every process's RNG state, the logs and the state of the
+and scheduler states, the step, the data position, every process's RNG state (and the one its epoch's data order
+was drawn from: a DataLoader shuffles when it is iterated), the logs and the state of the
 hooks the trainer carries (`carried`: prune_while_training's schedule, its cuts and scores). A run
 resumed from them reaches the same weights as an uninterrupted one; a checkpoint written by another run (other
 settings: steps, optimizer, processes, learning rate, distillation, seed; or another model, or other weights
@@ -38,22 +39,24 @@ if TYPE_CHECKING:
 
 def save_checkpoint(trainer: Trainer) -> None:
     """Write program.pt2 and trainer_state.pt (rank 0; every rank contributes its RNG state)."""
-    rng = [rng_state()]
+    rng, epoch_rng = [rng_state()], [trainer.epoch_rng]
     if trainer.world_size > 1:
-        rng = [None] * trainer.world_size
+        rng, epoch_rng = [None] * trainer.world_size, [None] * trainer.world_size
         dist.all_gather_object(rng, rng_state())
+        dist.all_gather_object(epoch_rng, trainer.epoch_rng)
     if trainer.rank == 0:
-        _write_checkpoint(trainer, Path(trainer.config.checkpoint_dir), rng)
+        _write_checkpoint(trainer, Path(trainer.config.checkpoint_dir), rng, epoch_rng)
     if trainer.world_size > 1:
         dist.barrier()  # nobody runs ahead of (or resumes from) a half-written checkpoint
 
 
-def _write_checkpoint(trainer: Trainer, directory: Path, rng: list[dict]) -> None:
+def _write_checkpoint(trainer: Trainer, directory: Path, rng: list[dict], epoch_rng: list[dict | None]) -> None:
     write_checkpoint(directory, trainer.program, {
         "run": run_identity(trainer), "step": trainer.step, "epoch": trainer.epoch, "batch_in_epoch": trainer.batch_in_epoch,
         "total_steps": trainer.total_steps, "optimizer_kind": trainer.config.optimizer,
         "world_size": trainer.world_size, "optimizer": trainer.optimizer.state_dict(),
-        "scheduler": trainer.scheduler.state_dict(), "rng": rng, "log": trainer.log, "history": trainer.history,
+        "scheduler": trainer.scheduler.state_dict(), "rng": rng, "epoch_rng": epoch_rng, "log": trainer.log,
+        "history": trainer.history,
         "carried": {name: hook.checkpoint_state() for name, hook in trainer.carried.items()},
     })
 
@@ -141,4 +144,6 @@ def resume(trainer: Trainer) -> int | None:
     trainer.epoch, trainer.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
     trainer.log, trainer.history = list(state["log"]), list(state["history"])
     set_rng_state(state["rng"][trainer.rank])
+    # what the epoch's order was drawn from (older checkpoints: not kept, the epoch is drawn from the state above)
+    trainer.epoch_rng = state.get("epoch_rng", [None] * trainer.world_size)[trainer.rank]
     return trainer.step

@@ -2,7 +2,9 @@
 
 Learning rate: linear warm-up for `warmup_steps` steps (`lr * (s + 1) / (warmup_steps + 1)` at step s), then
 a half cosine from `lr` at step `warmup_steps` down to 0 at step `total_steps`.
-Weight decay applies to weights of two or more dims only (not to biases or norm scales).
+Weight decay applies to the kernels and matrices that convolutions and matrix products read, not to biases,
+norm scales, nor to the tokens, position embeddings and bias tables a vision transformer adds, concatenates or
+indexes, whatever their number of dims (as timm leaves them undecayed).
 """
 
 from __future__ import annotations
@@ -11,7 +13,16 @@ import math
 
 import torch
 
+from prunefx.graph.int8.quantization import FAKE_QUANT_OPS
+from prunefx.graph.operators import CONVOLUTIONS, LINEARS, MATRIX_PRODUCTS, TRANSPOSED_CONVOLUTIONS
 from prunefx.passes.training.config import TrainConfig, TrainingError
+
+aten = torch.ops.aten
+# What reads a kernel or a matrix, and what may stand between the parameter and that reader.
+_KERNEL_READERS = CONVOLUTIONS | TRANSPOSED_CONVOLUTIONS | MATRIX_PRODUCTS | LINEARS | {aten.einsum.default}
+_PASSED_THROUGH = {aten.t.default, aten.transpose.int, aten.permute.default, aten.view.default, aten.reshape.default,
+                   aten.expand.default, aten.unsqueeze.default, aten.contiguous.default, aten.clone.default,
+                   aten._to_copy.default, aten.to.dtype, *FAKE_QUANT_OPS}
 
 # --- learning-rate schedule ----------------------------------------------------------------------
 
@@ -41,8 +52,26 @@ def make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.
         raise TrainingError("no parameter of the model requires grad, so training cannot change it (a "
                             "checkpoint saved frozen, e.g. an EMA copy?): call requires_grad_(True) on the "
                             "module before capturing it")
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    decayed = _kernels(module)
+    groups = [{"params": [p for p in params if id(p) in decayed], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))
+
+
+def _kernels(module: torch.nn.Module) -> set[int]:
+    """ids of the parameters a convolution or matrix product reads, directly or through a transpose, a view or a
+    fake quantizer; for a module without a graph, those of two or more dims."""
+    if not isinstance(module, torch.fx.GraphModule):
+        return {id(p) for p in module.parameters() if p.dim() >= 2}
+    parameters = dict(module.named_parameters())
+    return {id(parameters[node.target]) for node in module.graph.find_nodes(op="get_attr")
+            if node.target in parameters and parameters[node.target].dim() >= 2 and _read_as_kernel(node)}
+
+
+def _read_as_kernel(node: torch.fx.Node) -> bool:
+    for user in node.users:
+        if user.target in _KERNEL_READERS or (user.target in _PASSED_THROUGH and _read_as_kernel(user)):
+            return True
+    return False

@@ -1,9 +1,7 @@
 """What changed between TensorRT 10 and 11 for the code prunefx runs against it, as data with its sources.
 
-tests/test_tensorrt_api.py holds runtime/tensorrt/engine.py, tensorrt_plan.py, tensorrt_profile.py and trtexec.py to
-these lists: a TensorRT-10-only API or trtexec option may be used only behind the TensorRT version check.
-
-Sources:
+tests/test_tensorrt_api.py holds runtime/tensorrt/ to these lists: a TensorRT-10-only API or trtexec option may be
+used only behind the TensorRT version check. Sources:
 - PYTHON_REMOVED_IN_11: NVIDIA, "Removed Python APIs and Replacements", TensorRT 11 migration guide,
   https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x-python-api-reference.html
   (the weak-typing builder flags, implicit INT8 calibration and quantization flags; the entries prunefx could reach),
@@ -12,10 +10,8 @@ Sources:
 - TRTEXEC_REMOVED_IN_11: "Migrating trtexec Usage from TensorRT 10.x to 11.x",
   https://docs.nvidia.com/deeplearning/tensorrt/11.0.0/api/migration/tensorrt-10x-to-11x-trtexec.html
   ("removes all precision flags (--fp16, --int8, --bf16, --fp8, --int4, --best)", "removes the --int8 and --calib
-  flags", "--stronglyTyped is no longer needed"; 11.1's help marks it "[Deprecated] ... a no-op").
-- TRTEXEC_NO_OP_IN_11: 11.1's help, "[Deprecated] ... This flag is a no-op": --stronglyTyped, and the run defaults 11
-  turned round, --useCudaGraph (CUDA graphs on; --noCudaGraph turns them off), --noDataTransfers (off;
-  --includeDataTransfers), --useSpinWait, and --separateProfileRun (always).
+  flags"). TRTEXEC_NO_OP_IN_11: what 11.1's help marks "[Deprecated] ... a no-op": --stronglyTyped, and the flags
+  of the run defaults 11 turned round (CUDA graphs on, data transfers off, spin wait, a separate profile run).
 - TRTEXEC_OPTIONS: the options trtexec's help prints, read from NVIDIA/TensorRT samples/common/sampleOptions.cpp
   at the 10.3 GA release (commit 84dd6ed1) and the 11.1 OSS release (commit 82d1dca8), less, for 11, the options
   the migration guide lists as removed.
