@@ -49,6 +49,7 @@ def train(model: torch.nn.Module, loader, total: int) -> None:
     step = 0
     model.train()
     for epoch in range(math.ceil(total / len(loader))):
+        loader.set_epoch(epoch)  # each epoch its own order, crops and flips (StaticBatches draws them per epoch)
         for images, labels in itertools.islice(loader, total - step):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total)
