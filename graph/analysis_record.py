@@ -5,9 +5,11 @@ passes' contracts (`@graph_pass(reads=..., writes=...)`, checked by tests/test_a
 `sparsity` (sparsify_nm -> distill: zeros kept at zero; remove_channels, prune_while_training, merge_blocks:
 refused, their rewrites would move the zeros off the pattern), `linearize`
 (linearize_blocks, depth_to_budget, choose_for_budget -> distill, prune_while_training, linearize_blocks,
-merge_blocks) and `kept_channels` (remove_channels -> remove_channels, which composes it, and the write-back,
-which cuts the dead branches the Program dropped as the live tensors were cut). A pass's report and facts are its Result's, not fields here. Retired fields of older files
-load and are dropped (RETIRED, logged); an unknown field or one of the wrong type is refused on load.
+merge_blocks), `kept_channels` (remove_channels -> remove_channels, which composes it, and the write-back,
+which cuts the dead branches the Program dropped as the live tensors were cut) and `training` (distill,
+prune_while_training -> the next of them: the epoch its data starts at). A pass's report and facts are its
+Result's, not fields here. Retired fields of older files load and are dropped (RETIRED, logged); an unknown
+field or one of the wrong type is refused on load.
 """
 
 from __future__ import annotations
@@ -61,7 +63,19 @@ class KeptChannelsRecord:
             raise AnalysisRecordError("analysis record 'kept_channels': tensors must map names to {dim: mask index}")
 
 
-_TYPED = {"sparsity": SparsityRecord, "linearize": LinearizeRecord, "kept_channels": KeptChannelsRecord}  # every field of Analysis, by name
+@dataclass
+class TrainingRecord:
+    """How far the Program's training passes went through their data: the next one starts at the epoch after,
+    so that each draws its own order and augmentation rather than the first epoch's again."""
+    epochs: int = 0
+
+    def __post_init__(self) -> None:
+        if type(self.epochs) is not int or self.epochs < 0:
+            raise AnalysisRecordError("analysis record 'training': epochs must be a whole number >= 0")
+
+
+_TYPED = {"sparsity": SparsityRecord, "linearize": LinearizeRecord, "kept_channels": KeptChannelsRecord,
+          "training": TrainingRecord}  # every field of Analysis, by name
 
 
 @dataclass
@@ -69,6 +83,7 @@ class Analysis:
     sparsity: SparsityRecord | None = None
     linearize: LinearizeRecord | None = None
     kept_channels: KeptChannelsRecord | None = None
+    training: TrainingRecord | None = None
 
     @property
     def sparse_weights(self) -> list[str]:

@@ -15,6 +15,7 @@ from typing import ClassVar
 import torch
 
 from prunefx.graph import Program
+from prunefx.graph.analysis_record import TrainingRecord
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.pass_config import given, option
@@ -36,7 +37,7 @@ class DistillConfig(TrainingPassConfig):
 
 # trains the Program it is given
 @shipped_pass
-@graph_pass(config=DistillConfig, in_place=True, reads=("sparsity", "linearize"))
+@graph_pass(config=DistillConfig, in_place=True, reads=("sparsity", "linearize", "training"), writes=("training",))
 def distill(program: Program, /, *, config: dict | None = None) -> Result:
     if given(config, "data") is None:  # before the other checks: without data nothing else matters
         raise TrainingError("distill needs 'data': the training batches, (inputs, labels) tuples")
@@ -48,12 +49,18 @@ def distill(program: Program, /, *, config: dict | None = None) -> Result:
     before = _snapshot(program)
     trainer = Trainer(program, teacher=teacher, data=options.data, config=train_config,
                       eval_data=options.eval_data, after_backward=options.after_backward or (),
-                      after_step=options.after_step or ())
+                      after_step=options.after_step or (), first_epoch=epochs_trained(program))
     keep_what_records_ask(trainer, program)
     stats = {**trainer.fit(), "quantization_aware": has_fake_quant(program.graph)}
     if trainer.program is not program:  # resumed: the Trainer trained the checkpoint's program, ours takes it on
         program.adopt(trainer.program)
+    program.analysis.training = TrainingRecord(trainer.epochs_begun())
     return Result(program, modified=_changed(before, program), stats=stats)
+
+
+def epochs_trained(program: Program) -> int:
+    """The epoch a training pass's data starts at: after those the Program's earlier training passes began."""
+    return program.analysis.training.epochs if program.analysis.training is not None else 0
 
 
 def keep_what_records_ask(trainer: Trainer, program: Program) -> None:

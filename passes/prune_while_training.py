@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from prunefx.graph import Program, count
+from prunefx.graph.analysis_record import TrainingRecord
 from prunefx.graph.channels.attention_dims import floor_names
 from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.graph.channels.importance import FisherAccumulator, group_importance
@@ -24,7 +25,7 @@ from prunefx.passes.core.pass_config import given, option
 from prunefx.passes.core.pipeline import run_inner
 from prunefx.passes.core.registry import shipped_pass
 from prunefx.passes.core.result import Result
-from prunefx.passes.distill import keep_what_records_ask
+from prunefx.passes.distill import epochs_trained, keep_what_records_ask
 from prunefx.passes.removal.channels_removed import ChannelsRemoved
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.rewrites.sparse_masks import refuse_sparse_weights
@@ -65,8 +66,8 @@ class PruneWhileTrainingConfig(TrainingPassConfig):
 
 
 @shipped_pass
-@graph_pass(config=PruneWhileTrainingConfig, in_place=True, reads=("sparsity", "linearize", "kept_channels"),
-            writes=("kept_channels",))
+@graph_pass(config=PruneWhileTrainingConfig, in_place=True, reads=("sparsity", "linearize", "kept_channels", "training"),
+            writes=("kept_channels", "training"))
 def prune_while_training(program: Program, /, *, config: dict | None = None) -> Result:
     if given(config, "data") is None:  # before the other checks: without data nothing else matters
         raise PrunefxError("prune_while_training needs training batches: config['data']")
@@ -78,7 +79,8 @@ def prune_while_training(program: Program, /, *, config: dict | None = None) -> 
     teacher = options.teacher or program.clone().eval()
     trainer = Trainer(program, teacher=teacher, data=options.data, config=train_config,
                       eval_data=options.eval_data, after_backward=[schedule.accumulate],
-                      after_step=[schedule.maybe_prune], carried={"pruning_schedule": schedule})
+                      after_step=[schedule.maybe_prune], carried={"pruning_schedule": schedule},
+                      first_epoch=epochs_trained(program))
     keep_what_records_ask(trainer, program)  # blends raised while training, as distill does
     if trainer.total_steps < schedule.last_step:
         trainer.release()  # the Trainer took the program to train: back as found before refusing
@@ -88,6 +90,7 @@ def prune_while_training(program: Program, /, *, config: dict | None = None) -> 
     training = trainer.fit()
     if trainer.program is not program:  # resumed: the Trainer trained the checkpoint's program, ours takes it on
         program.adopt(trainer.program)
+    program.analysis.training = TrainingRecord(trainer.epochs_begun())
     stats = schedule.statistics(program)
     stats["training"] = training
     if options.strict and not stats["target"]["met"]:

@@ -227,6 +227,27 @@ def test_weight_decay_reaches_kernels_and_matrices_and_not_tokens_nor_position_e
         assert sorted(names[id(p)] for p in decayed["params"]) == ["head.weight", "patch.weight"]
 
 
+class _EpochsSeen(list):
+    """Batches that say which epochs they were asked for, as StaticBatches and DistributedSampler are."""
+
+    def __init__(self, batches):
+        super().__init__(batches)
+        self.epochs = []
+
+    def set_epoch(self, epoch):
+        self.epochs.append(epoch)
+
+
+def test_a_second_training_pass_starts_at_the_epoch_after_the_first_one_s():
+    """A recipe's training passes (prune_while_training, then distill) each drew the first epoch's order and
+    augmentation again; the Program records how far its data went, and saves it."""
+    program, data = _program(0), _EpochsSeen(_batches(3))
+    distill(program, config={"data": data, "steps": 4, "kd_weight": 0.0, "progress": False})
+    assert data.epochs == [0, 1] and program.analysis.training.epochs == 2  # 3 batches, then 1 of the next epoch
+    distill(program, config={"data": data, "steps": 3, "kd_weight": 0.0, "progress": False})
+    assert data.epochs == [0, 1, 2] and program.analysis.training.epochs == 3
+
+
 def test_distill_defaults_to_a_frozen_copy_of_the_program_as_teacher():
     program = _program()
     reference = {name: tensor.clone() for name, tensor in program.state_dict().items()}

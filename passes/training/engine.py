@@ -89,7 +89,7 @@ class Trainer:
     def __init__(self, program: Program, *, teacher: Program | torch.nn.Module | None, data: Iterable,
                  config: TrainConfig, eval_data: Iterable | None = None,
                  after_backward: Sequence[AfterBackward] = (), after_step: Sequence[AfterStep] = (),
-                 carried: dict[str, Carried] | None = None):
+                 carried: dict[str, Carried] | None = None, first_epoch: int = 0):
         self.config = config
         self.after_backward, self.after_step = list(after_backward), list(after_step)
         self.carried = dict(carried or {})  # hooks whose state a checkpoint keeps, by name
@@ -110,7 +110,8 @@ class Trainer:
         if self.needs_teacher and teacher is None:
             raise TrainingError("distillation needs a teacher (or set kd_weight=0 without feature_losses)")
         self._teacher: Any = frozen_teacher(teacher, config, self.device, program) if self.needs_teacher else None
-        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.first_epoch = first_epoch  # where the data's epochs start: after those an earlier pass went through
+        self.step, self.epoch, self.batch_in_epoch = 0, first_epoch, 0
         self.epoch_rng: dict | None = None  # the random state the epoch's data order was drawn from (_batches)
         self.log: list[dict[str, float]] = []
         self.history: list[dict[str, float]] = []
@@ -177,7 +178,7 @@ class Trainer:
             self.release()
             raise
         if resumed_from is None:
-            seed_training(self.config.seed + self.rank, self.device)
+            seed_training(self.config.seed + self.first_epoch * self.world_size + self.rank, self.device)
         start_step, train_seconds, eval_seconds = self.step, 0.0, 0.0
         # on a terminal unless the config says otherwise (graph/progress.py); other ranks never draw
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
@@ -294,6 +295,10 @@ class Trainer:
         if resumed_midway:
             set_rng_state(now)
         yield from batches
+
+    def epochs_begun(self) -> int:
+        """The epochs of the data this run began, counted from the first: where a later training pass starts."""
+        return self.epoch + (self.batch_in_epoch > 0)
 
     def _show(self, bar, train_seconds: float, start_step: int) -> None:
         images = (self.step - start_step) * self.global_batch()
