@@ -71,6 +71,8 @@ ZOO_LANE = {'torchvision:maxvit_t', 'torchvision:densenet121', 'torchvision:effi
             'timm:ghostnet_100', 'timm:levit_128s',
             # torchvision's MobileNetV2 blocks stay through prunefx:mobilenetv2_small and efficientnet_b0
             'torchvision:mobilenet_v2',
+            # the segmentation heads stay through deeplabv3_mobilenet_v3_large
+            'torchvision:lraspp_mobilenet_v3_large',
             # their structures stay through test_structural_cases.py's multi_query_attention,
             # permuted_in_submodule and shared_under_several_names
             'timm:mobilenetv4_hybrid_medium', 'timm:csatv2', 'timm:coat_lite_tiny'}
