@@ -20,7 +20,8 @@ from prunefx.passes.budget.measurement import LongerMeasurer, Measurer, Timing, 
 from prunefx.passes.budget.search import Acceptance, Measured, meets, speedup_text
 from prunefx.runtime.backends import width_multiple as backend_multiple
 from prunefx.runtime.errors import MeasurementError
-from prunefx.runtime.measure.latency import compare_latency, compare_rounds, ratio_interval
+from prunefx.runtime.measure.latency import compare_latency, compare_rounds
+from prunefx.runtime.measure.ratio_interval import ratio_interval
 from prunefx.runtime.measure.speedup import PairMeasurer, decided
 from prunefx.runtime.measure.width_multiple import onnxruntime_multiple
 

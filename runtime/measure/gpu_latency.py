@@ -20,7 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from prunefx.runtime.errors import MeasurementError
-from prunefx.runtime.measure.latency import CONFIDENCE, LatencyComparison, LatencyStats, ratio_interval
+from prunefx.runtime.measure.latency import LatencyComparison, LatencyStats
+from prunefx.runtime.measure.ratio_interval import CONFIDENCE, ratio_interval
 
 WARM_SECONDS = 0.3  # what a GPU measurement warms up for at least (runners on a real GPU)
 WINDOW = 5          # samples per window of the settling check

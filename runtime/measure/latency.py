@@ -3,17 +3,14 @@
 A speed-up is two latencies taken *alternately*, in short blocks (a few settling calls, then up to `block`
 timed calls of one side, then of the other): drift hits both sides alike, and each timed call finds its own
 weights in the caches, as a model serving requests back to back does. Each call is timed on its own (the
-clock can be swapped: the tests check the statistics exactly). The interval (`ratio_interval`) is Student's t
-over the ratio of medians of independent units (pairs of blocks, or rounds of fresh processes): runs within a
-block are not independent, so treating single runs as such would give too narrow an interval. See
-docs/latency-budgets.md, 'How a candidate is accepted'.
+clock can be swapped: the tests check the statistics exactly). The speed-up's interval is over independent
+units (pairs of blocks, or rounds of fresh processes): runtime/measure/ratio_interval.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import pickle
 import subprocess
 import sys
@@ -29,6 +26,7 @@ from tqdm.auto import tqdm
 
 from prunefx.graph.progress import shown
 from prunefx.runtime.errors import MeasurementError
+from prunefx.runtime.measure.ratio_interval import CONFIDENCE, looks_confidence, ratio_interval
 from prunefx.runtime.measure.timing_loop import alternate, time_call
 
 Clock = Callable[[], float]
@@ -42,15 +40,6 @@ class DescribedSession(Protocol):
     def __call__(self) -> Callable[[], object]: ...
 
     def round_request(self) -> dict: ...
-
-
-CONFIDENCE = 0.90  # the speed-up interval's: two-sided, so its lower bound holds with about 95 % probability
-# Of the interval's error rate (1 - CONFIDENCE), the share spent on the looks a confirmation that stops early
-# takes before its last round: each look is then judged at a stricter confidence, and the interval of the last
-# round at a little above CONFIDENCE, so that stopping at whichever look settles it keeps the error rate within
-# 1 - CONFIDENCE (looking at a 90 % interval after each round and stopping at the first that settled the budget
-# put a true speed-up equal to the budget outside the interval 40 % of the time).
-EARLY_LOOKS_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -155,7 +144,7 @@ def compare_rounds(make_a: Callable[[], Callable[[], object]], make_b: Callable[
     if rounds < 1 or runs < rounds:
         raise MeasurementError(f"rounds must be from 1 to runs ({runs}), got rounds={rounds}")
     blocks_a, blocks_b, round_of, threads_a, threads_b = [], [], [], threads, threads
-    early, confidence = _looks_confidence(rounds if until is not None else 1)
+    early, confidence = looks_confidence(rounds if until is not None else 1)
     with _bar(progress, "latency a/b", total=runs) as bar:
         for index in range(rounds):
             share = runs // rounds + (index < runs % rounds)
@@ -176,16 +165,6 @@ def _stops(until: Callable[[float, float], bool], interval: tuple[float, float] 
     """Whether an early look stops the comparison: never on an interval there is none of (a zero median)."""
     low, high = interval
     return low is not None and high is not None and until(low, high)
-
-
-def _looks_confidence(rounds: int) -> tuple[float, float]:
-    """(the confidence of each look before the last round, that of the last) for a comparison over `rounds`
-    that may stop at any of the looks after its second round: a Bonferroni split of 1 - CONFIDENCE."""
-    looks = max(0, rounds - 2)
-    if looks == 0:
-        return CONFIDENCE, CONFIDENCE
-    error = 1 - CONFIDENCE
-    return 1 - error * EARLY_LOOKS_SHARE / looks, 1 - error * (1 - EARLY_LOOKS_SHARE)
 
 
 def timing_round(make_a, make_b, warmup: int, runs: int, block: int, settle: int, clock: Clock,
@@ -250,43 +229,6 @@ def _comparison(blocks_a: list, blocks_b: list, round_of: list[int], threads_a, 
     low, high = ratio_interval(blocks_a, blocks_b, rounds=round_of, confidence=confidence)
     return LatencyComparison(a=a, b=b, speedup=_ratio(a.median_ms, b.median_ms), speedup_low=low, speedup_high=high,
                              confidence=confidence if low is not None else None, rounds=len(set(round_of)))
-
-
-def ratio_interval(blocks_a: Sequence[Sequence[float]], blocks_b: Sequence[Sequence[float]], *,
-                   confidence: float = CONFIDENCE,
-                   rounds: Sequence[int] | None = None) -> tuple[float, float] | tuple[None, None]:
-    """The `confidence` interval of median(a) / median(b): Student's t over the log-ratios of the medians of its
-    independent units, centred on the log of the pooled ratio. The units are the rounds where there are several
-    (`rounds`: each block's round, compare_rounds), since fresh sessions or processes differ more than the blocks
-    of one; else the pairs of blocks (runs within a block are not independent). A percentile bootstrap over so few
-    units (4 rounds, or 5 pairs of blocks) covered 52 to 84 % of simulated true ratios where it claimed 90 %;
-    t's tails for few units hold it near 90. One unit, or a zero median, gives no spread to judge: (None, None)
-    rather than the point posing as an interval."""
-    if len(blocks_a) != len(blocks_b) or not blocks_a:
-        raise MeasurementError(f"a ratio interval needs the same number of blocks on both sides, got "
-                               f"{len(blocks_a)} and {len(blocks_b)}")
-    units = _units(blocks_a, blocks_b, rounds or [0] * len(blocks_a))
-    if len(units) < 2:
-        return None, None
-    medians = [(float(np.median(a)), float(np.median(b))) for a, b in units]
-    pooled = [float(np.median(np.concatenate(blocks))) for blocks in (blocks_a, blocks_b)]
-    if not all(a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b) for a, b in [*medians, pooled]):
-        return None, None  # a zero on both sides too: 0 / 0 is no ratio of 1
-    logs = np.log([a / b for a, b in medians])
-    centre = np.log(pooled[0] / pooled[1])
-    from scipy.special import stdtrit  # Student's t quantile; scipy.stats takes a second to import
-
-    half = stdtrit(len(logs) - 1, (1 + confidence) / 2) * logs.std(ddof=1) / np.sqrt(len(logs))
-    return float(np.exp(centre - half)), float(np.exp(centre + half))
-
-
-def _units(blocks_a, blocks_b, rounds: Sequence[int]) -> list[tuple[list[float], list[float]]]:
-    """The independent units of a comparison: each round's runs where there are several rounds, else each pair of
-    blocks."""
-    if len(set(rounds)) == 1:
-        return [(list(a), list(b)) for a, b in zip(blocks_a, blocks_b)]
-    return [([x for block, r in zip(blocks_a, rounds) if r == unit for x in block],
-             [x for block, r in zip(blocks_b, rounds) if r == unit for x in block]) for unit in sorted(set(rounds))]
 
 
 def _bar(progress: bool, description: str, **kwargs) -> tqdm:
