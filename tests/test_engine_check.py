@@ -69,32 +69,91 @@ def test_an_operator_the_parser_refuses_is_an_error(op, domain):
     assert not _findings(model, "ort", "unsupported-operator") or domain == "com.example"
 
 
-def test_an_opset_beyond_the_parser_is_an_error_for_tensorrt_only():
+def test_an_opset_beyond_the_parser_s_matrix_is_a_warning_and_trt11_reads_up_to_25():
+    """TensorRT's parser reads any opset (it warns below 7); the 10.1 matrix documents 9 to 20, TensorRT 11 25."""
     model = _model([helper.make_node("Relu", ["x"], ["y"], name="relu")], {}, opset=21)
-    assert [f.severity for f in _findings(model, "trt10", "unsupported-operator")] == ["error"]
-    assert _findings(model, "ort") == []
+    assert [f.severity for f in _findings(model, "trt10", "unsupported-operator")] == ["warning"]
+    assert _findings(model, "trt11") == [] and _findings(model, "ort") == []
 
 
-def test_an_int8_convolution_without_dequantize_on_its_data_input_is_an_error():
+def test_an_int8_convolution_without_dequantize_on_its_data_input_runs_in_float_a_warning():
+    """No parser refuses it: TensorRT dequantizes the weight as it builds and runs the layer in float."""
     nodes, inits = _int8_conv("conv", "x", "y", data_dq=False)
     [finding] = _findings(_model(nodes, inits))
-    assert (finding.severity, finding.rule, finding.node) == ("error", "qdq-missing-input", "conv")
-    assert "data input" in finding.message
+    assert (finding.severity, finding.rule, finding.node) == ("warning", "qdq-missing-input", "conv")
+    assert "data input" in finding.message and "float" in finding.message
 
 
-@pytest.mark.parametrize("zero, message", [(np.uint8(0), "UINT8 zero point"), (np.int8(3), "asymmetric"),
-                                           (None, "UINT8")])
+@pytest.mark.parametrize("zero, message", [(np.uint8(0), "UINT8 zero point"), (np.int8(3), "asymmetric")])
 def test_a_zero_point_that_is_not_symmetric_int8_is_an_error(zero, message):
     nodes, inits = _int8_conv("conv", "x", "y")
-    if zero is None:
-        nodes[1].input.pop()  # the QuantizeLinear without its zero point
-        nodes[2].input.pop()
-    else:
-        inits["conv_z"] = zero
+    inits["conv_z"] = zero
     found = _findings(_model(nodes, inits), rule="qdq-zero-point")
     assert found and all(f.severity == "error" for f in found) and message in found[0].message
     assert found[0].node == "conv_q"
     assert _findings(_model(nodes, inits), "ort") == []  # ONNX Runtime runs asymmetric UINT8 fine
+
+
+def test_a_quantize_without_zero_point_is_int8_to_tensorrt_a_warning_not_a_uint8_tensor():
+    """ONNX's default zero point is UINT8; TensorRT's parser takes INT8 and builds: the numbers differ."""
+    nodes, inits = _int8_conv("conv", "x", "y")
+    nodes[1].input.pop()  # the QuantizeLinear without its zero point
+    nodes[2].input.pop()
+    found = _findings(_model(nodes, inits))
+    assert [(f.severity, f.rule, f.node) for f in found] == [("warning", "qdq-zero-point", "conv_q")]
+
+
+def _single(op, inputs=("x",), outputs=("y",), inits=None, **attributes):
+    return _model([helper.make_node(op, list(inputs), list(outputs), name="node", **attributes)], inits or {})
+
+
+@pytest.mark.parametrize("model, said", [
+    (_single("BatchNormalization", ["x", "g", "b", "m", "v"], inits={k: np.ones(32, np.float32) for k in "gbmv"},
+             training_mode=1), "training_mode=1"),
+    (_single("Resize", ["x", "", "scales"], inits={"scales": np.array([1, 1, 2, 2], np.float32)}, antialias=1,
+             mode="linear"), "antialias=1"),
+    (_single("Resize", ["x", "", "scales"], inits={"scales": np.array([1, 1, 2, 2], np.float32)},
+             coordinate_transformation_mode="tf_crop_and_resize"), "tf_crop_and_resize"),
+    (_single("MaxPool", outputs=["y", "indices"], kernel_shape=[2, 2]), "indices output"),
+    (_single("MaxPool", kernel_shape=[2, 2], dilations=[2, 2]), "dilations"),
+    (_single("LpPool", kernel_shape=[2, 2], p=3), "p=3"),
+    (_single("ScatterND", ["x", "i", "u"], inits={"i": np.zeros((1, 1), np.int64), "u": np.ones((1, 32, 8, 8),
+                                                                                              np.float32)},
+             reduction="add"), "reduction add"),
+    (_single("TopK", ["x", "k"], outputs=["y", "i"], inits={"k": np.array([5000], np.int64)}), "K=5000"),
+    (_model([helper.make_node("Cast", ["x"], ["u"], to=TensorProto.UINT8, name="node"),
+             helper.make_node("Cast", ["u"], ["y"], to=TensorProto.FLOAT, name="back")], {}), "UINT8 tensor u inside"),
+    (_model([helper.make_node("Cast", ["x"], ["u"], to=TensorProto.UINT16, name="node"),
+             helper.make_node("Cast", ["u"], ["y"], to=TensorProto.FLOAT, name="back")], {}), "UINT16 tensor u"),
+    (_model([helper.make_node("DequantizeLinear", ["b", "bs"], ["bias"], name="node"),
+             helper.make_node("Add", ["x", "bias"], ["y"], name="add")],
+            {"b": np.ones(8, np.int32), "bs": _scale()}), "DequantizeLinear of INT32"),
+])
+def test_what_tensorrt_s_parser_refuses_in_an_operator_it_supports_is_an_error(model, said):
+    """Each an import check of onnx-tensorrt's 10.x parser (runtime/check/parser_limits.py): the build stops."""
+    [finding] = _findings(model, rule="parser-limit")
+    assert (finding.severity, finding.node) == ("error", "node") and said in finding.message
+    assert _findings(model, "ort", "parser-limit") == []  # ONNX Runtime's rules are its own
+
+
+def test_functions_the_file_defines_and_tensorrt_s_own_quantizers_are_operators_it_imports():
+    function = helper.make_function("local", "MySwish", ["a"], ["b"],
+                                    [helper.make_node("Sigmoid", ["a"], ["s"]), helper.make_node("Mul", ["a", "s"], ["b"])],
+                                    [helper.make_opsetid("", 18)])
+    model = _model([helper.make_node("MySwish", ["x"], ["y"], name="swish", domain="local")], {})
+    model.functions.append(function)
+    model.opset_import.append(helper.make_opsetid("local", 1))
+    assert _findings(model, "trt10") == []
+    own = _model([helper.make_node("TRT_FP8QuantizeLinear", ["x", "s"], ["y"], name="q", domain="trt")],
+                 {"s": _scale()})
+    assert _findings(own, "trt10", "unsupported-operator") == []
+    assert [f.node for f in _findings(own, "ort", "unsupported-operator")] == ["q"]
+
+
+def test_trt11_reads_the_window_operators_and_fp4_the_10_1_parser_did_not():
+    window = _model([helper.make_node("HannWindow", ["n"], ["y"], name="hann")], {"n": np.array(8, np.int64)})
+    assert [f.node for f in _findings(window, "trt10", "unsupported-operator")] == ["hann"]
+    assert _findings(window, "trt11", "unsupported-operator") == []
 
 
 def test_a_quantize_not_followed_by_dequantize_is_an_error():
@@ -190,7 +249,8 @@ def test_prunefx_int8_files_have_no_error(one_thread, tmp_path):
 
 
 def _hostile_file(tmp_path):
-    nodes, inits = _int8_conv("conv", "x", "y", data_dq=False)
+    nodes, inits = _int8_conv("conv", "x", "y")
+    inits["conv_s"] = _scale(-0.1)  # a scale TensorRT's parser refuses
     path = tmp_path / "hostile.onnx"
     onnx.save(_model(nodes, inits), str(path))
     return path
@@ -199,8 +259,9 @@ def _hostile_file(tmp_path):
 def test_command_prints_one_line_per_finding_and_exits_1_on_an_error(tmp_path, capsys):
     assert main(["check", str(_hostile_file(tmp_path)), "--target", "trt11"]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("error") and "qdq-missing-input" in lines[0] and " conv " in lines[0]
-    assert "1 errors" in lines[1]
+    assert [line.split()[:3] for line in lines[:2]] == [["error", "parser-limit", "conv_q"],
+                                                         ["error", "parser-limit", "conv_dq"]]
+    assert "2 errors" in lines[2]
 
 
 def test_command_json_and_a_clean_file_exits_0(tmp_path, capsys):

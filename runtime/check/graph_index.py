@@ -42,6 +42,7 @@ class GraphIndex:
         self._before_shapes: dict[str, str] = {}
         self._origins: dict[str, str] = {}
         self._reaches: dict[str, bool] = {}
+        self._types: dict[str, int] | None = None
 
     def value(self, name: str) -> np.ndarray | None:
         """A constant's values; through a DequantizeLinear its integer codes (zeros stay zeros), through a
@@ -79,6 +80,28 @@ class GraphIndex:
                 raise PrunefxError(f"constant '{printable(name)[:60]}' of shape {dims[:8]} does not hold its "
                                    f"data ({type(error).__name__})") from None
         return self._arrays[name]
+
+    def element_types(self) -> dict[str, int]:
+        """Every tensor's element type, as the file says it or ONNX's shape inference finds it. Inferred on the
+        graph without its weights' data (a ViT-L's 1.2 GB would be copied to infer types it states itself)."""
+        if self._types is None:
+            model, graph = self.model, self.model.graph
+            listed = {value.name for value in graph.input}  # older files list their weights as inputs too
+            weights = [onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+                       for init in graph.initializer if init.name not in listed]
+            light = onnx.helper.make_model(
+                onnx.helper.make_graph(graph.node, graph.name, [*graph.input, *weights], graph.output,
+                                       value_info=graph.value_info),
+                opset_imports=model.opset_import, functions=model.functions, ir_version=model.ir_version)
+            try:
+                light = onnx.shape_inference.infer_shapes(light)
+            except Exception:  # noqa: BLE001 - a graph ONNX cannot infer: the types in the file are all there is
+                pass
+            inferred = light.graph
+            self._types = {value.name: value.type.tensor_type.elem_type
+                           for value in (*inferred.value_info, *inferred.input, *inferred.output)}
+            self._types.update({name: tensor.data_type for name, tensor in self.constants.items()})
+        return self._types
 
     def _walk_back(self, name: str, through: tuple[str, ...], cache: dict[str, str]) -> str:
         """The first tensor before `name`, along first inputs, whose producer's operator is not in `through`;

@@ -17,10 +17,9 @@ import onnx
 
 from prunefx.runtime.check.findings import Finding
 from prunefx.runtime.check.graph_index import LAYERS, GraphIndex
-from prunefx.runtime.check.targets import DEFAULT_DOMAINS, Target
+from prunefx.runtime.check.parser_limits import attribute_limits, type_limits
+from prunefx.runtime.check.targets import DEFAULT_DOMAINS, TENSORRT_OWN_OPERATORS, Target
 from prunefx.runtime.onnx.float16 import KEEP_FLOAT32
-
-TENSORRT_QUANTIZED_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.INT4}
 
 
 def _find(severity: str, rule: str, node: onnx.NodeProto, message: str) -> Finding:
@@ -30,7 +29,12 @@ def _find(severity: str, rule: str, node: onnx.NodeProto, message: str) -> Findi
 def unsupported_operators(index: GraphIndex, target: Target) -> Iterator[Finding]:
     yield from _opsets_outside(index, target)
     opset = _default_opset(index.model)
+    # a function the file defines is imported from its body, whatever its domain (the parser's local functions)
+    defined = {(function.domain, function.name) for function in index.model.functions}
     for node in index.nodes:
+        if (node.domain, node.op_type) in defined or (target.tensorrt and
+                                                      (node.domain, node.op_type) in TENSORRT_OWN_OPERATORS):
+            continue
         if node.domain not in target.domains:
             yield _find("error", "unsupported-operator", node,
                         f"domain '{node.domain}' has no kernels on {target.name} (a plugin would be needed)")
@@ -49,7 +53,9 @@ def _opsets_outside(index: GraphIndex, target: Target) -> Iterator[Finding]:
     low, high, reader = bounds
     for opset in index.model.opset_import:
         if opset.domain in DEFAULT_DOMAINS and not low <= opset.version <= high:
-            yield Finding("error", "unsupported-operator", "-", "opset",
+            # TensorRT's parser reads any opset (it warns below 7); its matrix documents 9 to the newest it knows
+            severity = "warning" if target.tensorrt else "error"
+            yield Finding(severity, "unsupported-operator", "-", "opset",
                           f"opset {opset.version} is outside the {low}-{high} that {reader}")
 
 
@@ -81,10 +87,9 @@ def missing_dequantize(index: GraphIndex, target: Target) -> Iterator[Finding]:
 
 
 def _unpaired_dequantize(node: onnx.NodeProto, position: int, role: str, target: Target) -> Finding:
+    """Neither runtime refuses such a layer: TensorRT dequantizes the weight as it builds (its weight-only INT4
+    kernels aside), ONNX Runtime fuses Q/DQ into an integer kernel only with both inputs dequantized."""
     unpaired = f"DequantizeLinear on one input but not on its {role} input (input {position})"
-    if target.tensorrt:
-        return _find("error", "qdq-missing-input", node, f"{unpaired}: it cannot run in INT8")
-    # ONNX Runtime fuses Q/DQ into an integer kernel only with both inputs dequantized; else it runs the float layer
     return _find("warning", "qdq-missing-input", node, f"{unpaired}: {target.name} runs it in float, not INT8")
 
 
@@ -94,14 +99,14 @@ def zero_points(index: GraphIndex, target: Target) -> Iterator[Finding]:
             continue
         zero = node.input[2] if len(node.input) > 2 else ""
         if not zero:
-            if node.op_type == "QuantizeLinear":
-                yield _find("error", "qdq-zero-point", node, "no zero point: its output is UINT8, TensorRT "
-                                                             "quantizes to INT8")
+            if node.op_type == "QuantizeLinear":  # the parser takes INT8 where ONNX says UINT8
+                yield _find("warning", "qdq-zero-point", node, "no zero point: ONNX makes its output UINT8, "
+                                                               "TensorRT INT8, so the two runtimes' numbers differ")
             continue
         tensor = index.constants.get(zero)
         if tensor is None:
             yield _find("error", "qdq-zero-point", node, "its zero point is computed, not a constant")
-        elif tensor.data_type not in TENSORRT_QUANTIZED_TYPES:
+        elif tensor.data_type not in target.quantized_types:
             kind = _type_name(tensor.data_type)
             yield _find("error", "qdq-zero-point", node, f"{kind} zero point: TensorRT quantizes to INT8 (or FP8)")
         elif np.any(index.array(zero) != 0):
@@ -244,13 +249,7 @@ def float32_in_float16_graph(index: GraphIndex, target: Target) -> Iterator[Find
     and the operators kept in FP32 on purpose (runtime/onnx/float16.KEEP_FLOAT32) as notes."""
     if not any(init.data_type == onnx.TensorProto.FLOAT16 for init in index.model.graph.initializer):
         return
-    try:
-        inferred = onnx.shape_inference.infer_shapes(index.model)
-    except Exception:  # noqa: BLE001 - a graph ONNX cannot infer: the types in the file are all there is
-        inferred = index.model
-    types = {value.name: value.type.tensor_type.elem_type
-             for value in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
-    types.update({name: tensor.data_type for name, tensor in index.constants.items()})
+    types = index.element_types()
     for node in index.nodes:
         if types.get(node.input[0] if node.input else "") != onnx.TensorProto.FLOAT:
             continue
@@ -261,8 +260,9 @@ def float32_in_float16_graph(index: GraphIndex, target: Target) -> Iterator[Find
                                                           "engine runs it in FP32")
 
 
-TENSORRT_RULES = (unsupported_operators, missing_dequantize, zero_points, dangling_quantizers, residual_adds,
-                  concat_scales, channel_multiples, dynamic_shapes, sparse_eligible, float32_in_float16_graph)
+TENSORRT_RULES = (unsupported_operators, attribute_limits, type_limits, missing_dequantize, zero_points,
+                  dangling_quantizers, residual_adds, concat_scales, channel_multiples, dynamic_shapes, sparse_eligible,
+                  float32_in_float16_graph)
 ONNXRUNTIME_RULES = (unsupported_operators, missing_dequantize, residual_adds, concat_scales, channel_multiples)
 
 

@@ -4,9 +4,8 @@ reads, and the channel multiples its tensor-core kernels want. Every entry names
 TensorRT's operator support is the ONNX parser's own support matrix, onnx/onnx-tensorrt docs/operators.md at
 the 10.1 GA release (commit 96e781103cfc4adf4a6bb557e94bac8e693f6f4c, June 2024: "TensorRT 10.0 supports
 operators in the inclusive range of opset 9 to opset 20"); the operators it marks "N" are listed below.
-JetPack 6's TensorRT 10.3 ships a parser of the same 10.x line. No 11.x matrix was available where this table
-was written, so `trt11` applies the 10.x one and says so in every report (`source`): a 10.x operator dropped
-in 11 would be missed, an operator added in 11 reported as unsupported.
+JetPack 6's TensorRT 10.3 ships a parser of the same 10.x line; later 10.x parsers read opsets up to 24, so an
+opset past 20 is a warning there, not an error. `trt11` takes the 10.x line's matrix as of 10.15 (ONNX_TENSORRT_11).
 ONNX Runtime's CPU provider implements every operator of the default ONNX domain up to its opset, so `ort`
 refuses only operators of domains it has no kernels for, and opsets newer than the installed ONNX Runtime
 loads (asked of it: runtime/check/onnxruntime_opsets.py).
@@ -15,6 +14,8 @@ loads (asked of it: runtime/check/onnxruntime_opsets.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import onnx
 
 from prunefx.runtime.check import onnxruntime_opsets
 
@@ -32,7 +33,18 @@ TENSORRT_10_UNSUPPORTED = frozenset({
     "SplitToSequence", "StringConcat", "StringNormalizer", "StringSplit", "TfIdfVectorizer", "Unique",
 })
 
+ONNX_TENSORRT_11 = ("TensorRT 11.x: the parser's matrix of the 10.x line as of 10.15 (onnx/onnx-tensorrt "
+                    "docs/operators.md; its Changelog.md adds the window operators in 10.4, STFT in 10.5 and FP4 "
+                    "in 10.8); opsets up to 25 (NVIDIA's ONNX opset guide: 'TensorRT 11.x ... Maximum opset 25')")
+TENSORRT_11_UNSUPPORTED = TENSORRT_10_UNSUPPORTED - {"BlackmanWindow", "HammingWindow", "HannWindow", "STFT"}
+# The element types TensorRT's DequantizeLinear reads (operators.md: INT8, FP8, INT4; FP4 from 10.8).
+TENSORRT_10_QUANTIZED = frozenset({onnx.TensorProto.INT8, onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.INT4})
+TENSORRT_11_QUANTIZED = TENSORRT_10_QUANTIZED | {onnx.TensorProto.FLOAT4E2M1}
+
 DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
+# Nodes of TensorRT's own domain that its parser imports (what NVIDIA Model Optimizer writes for INT4 and FP8).
+TENSORRT_OWN_OPERATORS = frozenset({("trt", "TRT_INT4DequantizeLinear"), ("trt", "TRT_FP8QuantizeLinear"),
+                                    ("trt", "TRT_FP8DequantizeLinear")})
 # ONNX Runtime's contrib operators (its own fused kernels, what its optimiser writes): runnable there only.
 ONNXRUNTIME_DOMAINS = DEFAULT_DOMAINS | {"com.microsoft", "ai.onnx.ml"}
 
@@ -53,6 +65,7 @@ class Target:
     opsets: tuple[int, int] | None   # the default-domain opsets it reads (None: the installed ONNX Runtime's)
     multiples: dict
     source: str
+    quantized_types: frozenset[int] = TENSORRT_10_QUANTIZED  # what its DequantizeLinear reads
 
     def opset_bounds(self) -> tuple[int, int, str] | None:
         """(oldest, newest, who reads them) of the default-domain opsets it reads; None when unknown."""
@@ -65,16 +78,16 @@ class Target:
         return onnxruntime_opsets.OLDEST_OPSET, newest, reader
 
 
-def _tensorrt(name: str, description: str, source_note: str = "") -> Target:
+def _tensorrt(name: str, description: str) -> Target:
     return Target(name=name, description=description, tensorrt=True, unsupported=TENSORRT_10_UNSUPPORTED,
-                  domains=DEFAULT_DOMAINS, opsets=(9, 20), multiples=TENSOR_CORE_MULTIPLES,
-                  source=ONNX_TENSORRT_10 + source_note)
+                  domains=DEFAULT_DOMAINS, opsets=(9, 20), multiples=TENSOR_CORE_MULTIPLES, source=ONNX_TENSORRT_10)
 
 
 TARGETS = {
     "trt10": _tensorrt("trt10", "TensorRT 10.x (x86-64 GPUs; JetPack 6 ships 10.3)"),
-    "trt11": _tensorrt("trt11", "TensorRT 11.x (always strongly typed)",
-                       "; no 11.x matrix was available: the 10.x one is applied"),
+    "trt11": Target(name="trt11", description="TensorRT 11.x (always strongly typed)", tensorrt=True,
+                    unsupported=TENSORRT_11_UNSUPPORTED, domains=DEFAULT_DOMAINS, opsets=(9, 25),
+                    multiples=TENSOR_CORE_MULTIPLES, source=ONNX_TENSORRT_11, quantized_types=TENSORRT_11_QUANTIZED),
     "orin": _tensorrt("orin", "Jetson Orin, JetPack 6: TensorRT 10.3 on an Ampere GPU with sparse tensor cores"),
     "ort": Target(name="ort", description="ONNX Runtime, CPU execution provider", tensorrt=False,
                   unsupported=frozenset(), domains=ONNXRUNTIME_DOMAINS, opsets=None, multiples=ONNXRUNTIME_MULTIPLES,
