@@ -141,7 +141,8 @@ def _ranking(program: Program, settings: DepthToBudgetConfig) -> tuple[str, list
     batches = calibration_inputs(program.example_inputs, settings.calibration, what="depth_to_budget")
     names, scores = [], {}
     if route == "merge":
-        ranked, scores = ranked_blocks(program, batches, rank=settings.rank, progress=settings.progress)
+        ranked, scores = ranked_blocks(program, batches, rank=settings.rank, progress=settings.progress,
+                                       max_kernel_growth=settings.max_kernel_growth, layer_norms=settings.layer_norms)
         names = [block.name for block in ranked]
     if not names and settings.route != "merge":
         route, blocks = "drop", droppable_blocks(program)

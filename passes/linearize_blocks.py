@@ -8,6 +8,7 @@ of blocks and the config: see docs/algorithms.md, 'linearize_blocks'.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -25,7 +26,7 @@ from prunefx.graph.depth.linearization import (
     remove_activation,
     set_blends,
 )
-from prunefx.graph.depth.norm_replacement import layer_norm_to_batch_norm
+from prunefx.graph.depth.norm_replacement import layer_norm_to_batch_norm, why_not_replaceable
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.pass_config import PassConfig, option
@@ -37,6 +38,7 @@ from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 
 # How candidate blocks are ordered: by the damage their linearisation does, or by that damage per MAC
 # the merge saves (cheap-to-lose blocks that buy little speed go last).
+log = logging.getLogger(__name__)
 _RANKINGS = {"damage": lambda damage, saved: damage, "damage_per_mac": lambda damage, saved: damage / saved}
 
 
@@ -59,6 +61,8 @@ class LinearizeBlocksConfig(PassConfig):
     layer_norms: str = option("batch_norm", help="layer norms inside chosen blocks become batch norms, or stay",
                               choices=("batch_norm", "keep"))
     recalibrate: bool = option(False, help="re-estimate the batch norms inside the chosen blocks (one-shot use)")
+    max_kernel_growth: float = option(1.0, low=1.0, help="the kernel growth merge_blocks will allow, with which "
+                                      "blocks are counted as merging", cli=False)
     calibration: Any = option(source="calibration", help="input batches to score blocks and estimate statistics")
     max_batches: int | None = option(low=1, help="read at most this many calibration batches")
     progress: bool | None = option(help="a progress bar (default: on a terminal)", cli=False)
@@ -93,6 +97,11 @@ def linearize_blocks(program: Program, /, *, config: dict | None = None) -> Resu
     stats = {"mode": settings.mode, "candidates": [_summary(block, damage) for block in candidates],
              "chosen": [block.name for block in chosen],
              "not_mergeable": [block.name for block in chosen if not block.affine]}
+    if "speedup_missed" in damage:  # every ranked block chosen, the target still not reached
+        stats["speedup_missed"] = damage["speedup_missed"]
+        log.warning("linearize_blocks: no choice of blocks reached a %.2fx speed-up (best measured %.2fx): all %d "
+                    "ranked blocks linearised", settings.speedup, damage["speedup_missed"]["best_measured"],
+                    len(chosen))
     new_norms = _replace_layer_norms(program, chosen) if settings.layer_norms == "batch_norm" else []
     stats.update(_linearize(program, chosen, settings.mode, settings.ramp))
     program.recompile()
@@ -133,11 +142,12 @@ def _choose(program: Program, candidates: list[Block], config: LinearizeBlocksCo
     if config.count == 0:
         return [], {}
     ranked, scores = ranked_blocks(program, batches, rank=config.rank, progress=config.progress,
-                                   candidates=candidates)
+                                   candidates=candidates, max_kernel_growth=config.max_kernel_growth,
+                                   layer_norms=config.layer_norms)
     count = config.count
     if config.speedup is not None:
         # _enough_for_speedup keeps the shortest prefix of the ranking that reaches the target: all of it is chosen
-        ranked = _enough_for_speedup(program, ranked, config.speedup, config.measure, scores)
+        ranked = _enough_for_speedup(program, ranked, config, scores)
         count = len(ranked)
     assert count is not None  # the config's check: exactly one of blocks, count and speedup
     if count > len(ranked):
@@ -159,14 +169,16 @@ def _why_not_affine(blocks: list[Block]) -> str:
 
 
 def ranked_blocks(program: Program, batches, *, rank: str = "damage", progress: bool | None = None,
-                  candidates: list[Block] | None = None) -> tuple[list[Block], dict]:
+                  candidates: list[Block] | None = None, max_kernel_growth: float = 1.0,
+                  layer_norms: str = "batch_norm") -> tuple[list[Block], dict]:
     """The blocks worth linearising (affine once linearised, and their merge saves MACs), least harmful
     on `batches` (input tuples: graph/activations.calibration_inputs) first by `rank`, and {block: {damage, macs_saved}}. Budget searches (passes/depth_to_budget.py) take
     prefixes of this order."""
     if batches is None:
         raise LinearizeError("linearize_blocks: choosing blocks by 'count' or 'speedup' needs 'calibration' data "
                              "to score them")
-    worth, gains = _worth_merging(program, find_blocks(program.module) if candidates is None else candidates)
+    worth, gains = _worth_merging(program, find_blocks(program.module) if candidates is None else candidates,
+                                  max_kernel_growth, layer_norms)
     damage = block_damage(program, worth, batches, progress=progress)
     order = _RANKINGS[rank]
     ranked = sorted(worth, key=lambda block: order(damage[block.name], gains[block.name]))
@@ -176,49 +188,62 @@ def ranked_blocks(program: Program, batches, *, rank: str = "damage", progress: 
     return ranked, scores
 
 
-def mergeable_blocks(program: Program) -> list[Block]:
+def mergeable_blocks(program: Program, max_kernel_growth: float = 1.0) -> list[Block]:
     """The blocks that become affine once linearised and whose merge saves MACs: those `ranked_blocks` ranks."""
-    return _worth_merging(program, find_blocks(program.module))[0]
+    return _worth_merging(program, find_blocks(program.module), max_kernel_growth)[0]
 
 
-def _worth_merging(program: Program, candidates: list[Block]) -> tuple[list[Block], dict[str, int]]:
+def _worth_merging(program: Program, candidates: list[Block], growth: float,
+                   layer_norms: str = "batch_norm") -> tuple[list[Block], dict[str, int]]:
     affine = [block for block in candidates if block.affine]
-    gains = _merge_gains(program, affine)
+    gains = _merge_gains(program, affine, growth, layer_norms)
     return [block for block in affine if gains[block.name] > 0], gains
 
 
-def _linearized_and_merged(program: Program, blocks: list[Block]) -> Program:
-    """A copy of `program` with `blocks` in their abrupt pruned form, merged (what deployment runs)."""
+def _linearized_and_merged(program: Program, blocks: list[Block], growth: float = 1.0,
+                           layer_norms: str = "batch_norm") -> Program:
+    """A copy of `program` with `blocks` in their abrupt pruned form, merged with `growth` (what deployment runs,
+    layer norms replaced as the pass will replace them)."""
     candidate = program.clone().eval()
-    _replace_layer_norms(candidate, blocks)
+    if layer_norms == "batch_norm":
+        _replace_layer_norms(candidate, blocks)
     _linearize(candidate, blocks, "abrupt")
     candidate.module.recompile()  # shapes are unchanged: merge_blocks refreshes them when it rewrites
-    return merge_blocks(candidate, config={}).program
+    return merge_blocks(candidate, config={"max_kernel_growth": growth}).program
 
 
-def _enough_for_speedup(program: Program, ranked: list[Block], target: float, measure, scores: dict) -> list[Block]:
-    """The shortest prefix of `ranked` whose merged network `measure` finds `target` times faster than the
-    merged dense one; all of them (and the stats say the target was missed) when none is."""
-    reference = _linearized_and_merged(program, [])
+def _enough_for_speedup(program: Program, ranked: list[Block], config: LinearizeBlocksConfig,
+                        scores: dict) -> list[Block]:
+    """The shortest prefix of `ranked` whose merged network `measure` finds `speedup` times faster than the
+    merged dense one; all of them when none is, and `scores` then holds `speedup_missed` (the best measured)."""
+    def merged(blocks):
+        return _linearized_and_merged(program, blocks, config.max_kernel_growth, config.layer_norms)
+
+    measure, target = config.measure, config.speedup
+    assert callable(measure) and target is not None  # _check_inputs and the config's check
+    reference, best = merged([]), 0.0
     for n in range(1, len(ranked) + 1):
-        speedup = float(measure(reference, _linearized_and_merged(program, ranked[:n])))
+        speedup = float(measure(reference, merged(ranked[:n])))
         scores.setdefault(ranked[n - 1].name, {})["measured_speedup_with_previous"] = speedup
+        best = max(best, speedup)
         if speedup >= target:
             return ranked[:n]
+    scores["speedup_missed"] = {"target": target, "best_measured": best}
     return ranked
 
 
-def _merge_gains(program: Program, blocks: list[Block]) -> dict[str, int]:
+def _merge_gains(program: Program, blocks: list[Block], growth: float, layer_norms: str) -> dict[str, int]:
     """{block: MACs that merge_blocks saves once that block alone is linearised}, against merging the
     network as it is (batch-norm folds alone save nothing). Counted, never measured: a cheap filter so
     that `count` never spends a block on a non-linearity whose removal merges nothing (a stem, a head)."""
-    merged = _linearized_and_merged(program, [])
+    merged = _linearized_and_merged(program, [], growth, layer_norms)
     baseline = count(merged).macs
     names = {node.name for node in merged.graph.nodes}
     # Merging the merged network again does only what the block's linearity adds, not every fold of the dense
     # network once per block (a merge keeps the names of the non-linearities it leaves).
     return {block.name: baseline - count(_linearized_and_merged(
-                merged if names.issuperset(block.activations + block.layer_norms) else program, [block])).macs
+                merged if names.issuperset(block.activations + block.layer_norms) else program, [block], growth,
+                layer_norms)).macs
             for block in blocks}
 
 
@@ -232,10 +257,13 @@ def _summary(block: Block, scores: dict) -> dict:
 
 
 def _replace_layer_norms(program: Program, blocks: list[Block]) -> list[str]:
+    """The blocks' layer norms that can become batch norms, replaced (checked before the first is: a norm over
+    more than the channels stays, and its block is not mergeable, `not_mergeable` in the stats)."""
     if not any(block.layer_norms for block in blocks):
         return []
     nodes = {node.name: node for node in program.graph.nodes}
-    return [layer_norm_to_batch_norm(program, nodes[name]).name for block in blocks for name in block.layer_norms]
+    replaceable = [name for block in blocks for name in block.layer_norms if why_not_replaceable(nodes[name]) is None]
+    return [layer_norm_to_batch_norm(program, nodes[name]).name for name in replaceable]
 
 
 def _linearize(program: Program, blocks: list[Block], mode: str, ramp: float | None = None) -> dict:

@@ -81,6 +81,15 @@ def test_a_named_block_that_cannot_merge_is_refused_with_its_reason_and_nothing_
     assert "mul.Tensor" in err and not (tmp_path / "out").exists()
 
 
+def test_a_named_block_with_layer_norms_needs_data_for_the_batch_norms_they_become(capsys, tmp_path):
+    """Without --calibrate the batch norms made of ConvNeXt's layer norms kept mean 0 and variance 1, said only in
+    report.json; the oracle is the block's own layer norms as find_blocks lists them."""
+    code, out, err = run_cli(capsys, "depth", "timm:convnext_atto", "--input-shape", "1x3x64x64",
+                             "--block", "stages.0.blocks.0", "--no-measure", "-o", tmp_path / "out")
+    assert code == EXIT_USER_ERROR and "turns 1 layer norm(s) into batch norms" in err and "--calibrate" in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.zoo  # heavy end-to-end: `make test-zoo` (keeps `make test` within 20 minutes)
 @needs_fashion_mnist

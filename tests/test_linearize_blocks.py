@@ -9,7 +9,7 @@ from prunefx.graph.depth.blocks import find_blocks, is_constant
 from prunefx.graph.depth.linearization import set_blends, strip_finished_blends
 from prunefx.models import build_model
 from prunefx.passes.distill import distill
-from prunefx.passes.linearize_blocks import linearize_blocks
+from prunefx.passes.linearize_blocks import linearize_blocks, mergeable_blocks
 from prunefx.passes.merge_blocks import merge_blocks
 
 aten = torch.ops.aten
@@ -221,7 +221,71 @@ def test_merge_gains_equal_merging_from_scratch_and_merge_the_dense_network_once
     applied = []
     monkeypatch.setattr(merging, "apply_merge", lambda module, candidate, real=merging.apply_merge: (
         applied.append(candidate.kind), real(module, candidate))[1])
-    assert module._merge_gains(mobilenet, blocks) == from_scratch
+    assert module._merge_gains(mobilenet, blocks, 1.0, "batch_norm") == from_scratch
     assert sum(gain > 0 for gain in from_scratch.values()) >= 15
     # the dense network's batch-norm folds are made once, not once per block
     assert dense_merges > 40 and len(applied) < dense_merges + 4 * len(blocks)
+
+
+class _ResidualNorm(torch.nn.Module):
+    def __init__(self, channels, norm):
+        super().__init__()
+        self.c1, self.norm, self.c2 = torch.nn.Conv2d(channels, channels, 1), norm, torch.nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        return x + self.c2(torch.relu(self.norm(self.c1(x))))
+
+
+class _ChannelNorm(torch.nn.LayerNorm):  # timm's LayerNorm2d: over the channels only
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def test_a_layer_norm_over_more_than_the_channels_keeps_its_block_unmergeable_and_the_others_choosable():
+    """A layer norm over [C, H, W] cannot become a batch norm: its block is not affine, the other block is still
+    counted, and naming both replaces only the norm that can be replaced (it raised half-way, the Program
+    half-rewritten)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 6, 6)
+    model = torch.nn.Sequential(_ResidualNorm(8, _ChannelNorm(8)), _ResidualNorm(8, torch.nn.LayerNorm([8, 6, 6])))
+    program = capture(model.eval(), x).eval()
+    blocks = {block.name: block for block in find_blocks(program.module)}
+    assert blocks["0"].affine and not blocks["1"].affine and "normalises over [8, 6, 6]" in blocks["1"].reason
+    assert [block.name for block in mergeable_blocks(program)] == ["0"]
+    assert linearize_blocks(program.clone(), config={"count": 1, "calibration": [x]}).stats["chosen"] == ["0"]
+    named = linearize_blocks(program.clone(), config={"blocks": ["0", "1"], "mode": "abrupt", "calibration": [x]})
+    assert named.stats["layer_norms_replaced"] == 1 and named.stats["not_mergeable"] == ["1"]
+    assert sum(node.target is torch.ops.aten.layer_norm.default for node in named.program.graph.nodes) == 1
+
+
+class _GrownKernel(torch.nn.Module):
+    """Two depthwise 3x3 convolutions: merged, one 5x5 (a kernel side grown by 5/3) with fewer MACs."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.head = torch.nn.Conv2d(3, 8, 1), torch.nn.Linear(8, 10)
+        self.block = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, groups=8), torch.nn.ReLU(),
+                                         torch.nn.Conv2d(8, 8, 3, groups=8))
+
+    def forward(self, x):
+        return self.head(torch.relu(self.block(self.stem(x))).mean((2, 3)))
+
+
+def test_blocks_are_counted_as_merging_with_the_kernel_growth_the_merge_will_allow():
+    program = capture(_GrownKernel().eval(), torch.randn(2, 3, 8, 8)).eval()
+    assert mergeable_blocks(program) == []  # at growth 1 the 5x5 is refused
+    assert [block.name for block in mergeable_blocks(program, max_kernel_growth=2.0)] == ["relu"]
+
+
+def test_a_speedup_no_choice_of_blocks_reaches_is_said_in_the_stats():
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 6, 6)
+    program = capture(torch.nn.Sequential(_ResidualNorm(8, _ChannelNorm(8))).eval(), x).eval()
+
+    def measure(before, after):
+        return count(before).macs / count(after).macs
+
+    result = linearize_blocks(program, config={"speedup": 50.0, "measure": measure, "mode": "abrupt",
+                                               "calibration": [x]})
+    missed = result.stats["speedup_missed"]
+    assert missed["target"] == 50.0 and 1.0 < missed["best_measured"] < 50.0 and result.stats["chosen"] == ["0"]

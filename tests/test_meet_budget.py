@@ -190,3 +190,26 @@ def test_a_refused_budget_leaves_none_of_its_measurement_files(tmp_path, monkeyp
     finally:
         gc.enable()
     assert left == []
+
+
+def test_the_width_and_depth_route_searches_depth_with_the_depth_options_given(monkeypatch):
+    """meet_budget(depth={...}) reached the depth route alone; taking both, the depth search used its defaults."""
+    routes = importlib.import_module("prunefx.budget.routes")
+    given = {}
+
+    class Chosen(Exception):
+        pass
+
+    def choice(settings, steps):
+        given.update(settings.depth)
+        raise Chosen
+
+    monkeypatch.setattr(routes, "budget_choice", choice)
+    monkeypatch.setattr(routes, "candidate_steps", lambda program, settings: None)
+    monkeypatch.setattr(routes, "measured_by", lambda measurer, steps: steps)
+    budget = routes.Budget(speedup=1.5, latency_ms=None, tolerance=0.1, confirm=False, max_candidates=2)
+    program = capture(build_model("prunefx:resnet20").module.eval(), torch.randn(1, 1, 28, 28))
+    depth = {"rank": "damage_per_mac", "max_kernel_growth": 3.0, "layer_norms": None}
+    with pytest.raises(Chosen):
+        routes.joint(program, budget, None, {}, None, False, None, depth)
+    assert given == {"rank": "damage_per_mac", "max_kernel_growth": 3.0}  # the unset ones left to their defaults

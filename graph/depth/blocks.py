@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from prunefx.graph.depth.norm_replacement import why_not_replaceable
 from prunefx.graph.operators import CONVOLUTIONS, LINEARS
 from prunefx.graph.training_flags import DROPOUTS
 
@@ -163,17 +164,26 @@ def _affine_once_linear(nodes: list[torch.fx.Node], fork) -> tuple[bool, str]:
     """Whether every node is affine in the block's input once activations are gone; else which are not."""
     blockers = []
     for node in nodes:
+        if node.op == "call_function" and node.target in LAYER_NORMS and (why := why_not_replaceable(node)):
+            return False, why  # it stays a layer norm, which is not affine
         if node.op != "call_function" or node.target in ACTIVATIONS | _AFFINE_LAYERS | _SHAPE_OPS | _ADDS:
             continue  # (a sum of affine maps is affine)
         if node.target is aten.sub.Tensor:
             continue
-        if node.target in _ELEMENTWISE_WITH_CONSTANT and len(_tensor_inputs(node)) <= 1:
+        if node.target in _ELEMENTWISE_WITH_CONSTANT and _scaled_by_a_constant(node):
             continue  # a layer scale or a constant shift
         if _operator_name(node) not in blockers:
             blockers.append(_operator_name(node))
     if blockers:
         return False, f"not affine: {', '.join(blockers)}"
     return True, ""
+
+
+def _scaled_by_a_constant(node: torch.fx.Node) -> bool:
+    """x * c, c * x or x / c: one activation operand, counted with repeats (x * x is not affine), and never a
+    divisor (c / x is not)."""
+    operands = [arg for arg in node.args[:2] if isinstance(arg, torch.fx.Node) and not is_constant(arg)]
+    return len(operands) <= 1 and not (node.target is aten.div.Tensor and operands and node.args[0] is not operands[0])
 
 
 def _operator_name(node: torch.fx.Node) -> str:

@@ -59,6 +59,16 @@ def layer_norm_to_batch_norm(program, layer_norm: torch.fx.Node, *, recompile: b
     return batch_norm
 
 
+def why_not_replaceable(layer_norm: torch.fx.Node) -> str | None:
+    """Why `layer_norm` cannot become a batch norm (it normalises more than the channels, its scale is
+    computed), or None when it can: a block holding one is not affine once linearised."""
+    try:
+        _layer_norm_parts(layer_norm)
+    except NormReplacementError as error:
+        return str(error)
+    return None
+
+
 def _layer_norm_parts(node: torch.fx.Node):
     """(C, gamma node or None, beta node or None, eps) of a layer norm over the last dim only."""
     if not isinstance(node, torch.fx.Node) or node.op != "call_function" or node.target is not aten.layer_norm.default:

@@ -132,7 +132,9 @@ class _Search:
             return {}
         if self.ranking is None:
             ranked, _ = ranked_blocks(self.dense, self.batches, rank=self.settings.depth.get("rank", "damage"),
-                                      progress=self.settings.progress)
+                                      progress=self.settings.progress,
+                                      max_kernel_growth=self.settings.depth.get("max_kernel_growth", 1.0),
+                                      layer_norms=self.settings.depth.get("layer_norms", "batch_norm"))
             self.ranking = [block.name for block in ranked]
         if self.ranking:
             return {"ranking": self.ranking, "route": "merge"}  # "merge": depth_to_budget does not rank again

@@ -187,7 +187,7 @@ class _Routes:
         if self.refusals:
             self.log(f"{self.refusals[-1].message}; taking width and depth together: depth searches for {said}")
         return joint_route(self.program, self.budget, self.measurer, self.width, self.calibration,
-                            self.recalibrate, share)
+                            self.recalibrate, share, self.depth)
 
     def _mirrored_share(self) -> float | None:
         """After a whole-block overshoot, S / U of the budget (U: the overshooting step's speed-up), so that the

@@ -102,12 +102,13 @@ def depth(program: Program, budget: Budget, measurer, options: dict, calibration
 
 
 def joint(program: Program, budget: Budget, measurer, options: dict, calibration, recalibrate: bool,
-          depth_share: float | None) -> Reached:
+          depth_share: float | None, depth_options: dict) -> Reached:
     config = {**budget.passes(), "dimensions": ["width", "depth"], "combinations": [["width", "depth"]],
               "depth_share": depth_share, "tolerance": budget.tolerance, "max_candidates": budget.max_candidates,
               "recalibrate": recalibrate, "latency": measurer, "calibration": calibration,
               # the width search reads choose_for_budget's calibration; None: remove_channels' own default
-              "width": {key: value for key, value in options.items() if key != "calibration" and value is not None}}
+              "width": {key: value for key, value in options.items() if key != "calibration" and value is not None},
+              "depth": {key: value for key, value in depth_options.items() if value is not None}}
     settings = ChooseForBudgetConfig.parse(config)
     chosen = budget_choice(settings, measured_by(measurer, candidate_steps(program, settings)))
     verify(chosen.program, reexport=True)

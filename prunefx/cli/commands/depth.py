@@ -66,7 +66,7 @@ def run(args) -> int:
     if args.recalibrate and not args.calibrate:
         raise PrunefxError("--recalibrate needs --calibrate DATA")
     if args.block:
-        _check_named_blocks_merge(program, args.block)
+        _check_named_blocks_merge(program, args.block, calibrated=bool(args.calibrate))
     calibration = (calibration_data(args.calibrate, program.example_inputs[0], args.calibration_images).on(device)
                    if args.calibrate else None)
     started = time.perf_counter()
@@ -90,15 +90,19 @@ def run(args) -> int:
     return 0
 
 
-def _check_named_blocks_merge(program, names: list[str]) -> None:
+def _check_named_blocks_merge(program, names: list[str], *, calibrated: bool) -> None:
     """A named block that does not become affine would lose its non-linearities and merge into nothing: the
-    accuracy goes and no speed comes. Refused with its reason (unknown names: linearize_blocks lists the blocks)."""
+    accuracy goes and no speed comes. Refused with its reason (unknown names: linearize_blocks lists the blocks),
+    as is one whose layer norms would become batch norms with no data to estimate their statistics."""
     blocks = {block.name: block for block in find_blocks(program.module)}
     for name in names:
         block = blocks.get(name)
         if block is not None and not block.affine:
             raise PrunefxError(f"--block {name} cannot be merged once linearised ({block.reason}): its "
                                "non-linearities would go for no speed; --list shows the blocks that can")
+        if block is not None and block.layer_norms and not calibrated:
+            raise PrunefxError(f"--block {name} turns {len(block.layer_norms)} layer norm(s) into batch norms, whose "
+                               "statistics are estimated on data: give --calibrate DATA")
 
 
 def _choice_step(args, calibration):
