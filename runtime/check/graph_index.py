@@ -85,23 +85,25 @@ class GraphIndex:
         """Every tensor's element type, as the file says it or ONNX's shape inference finds it. Inferred on the
         graph without its weights' data (a ViT-L's 1.2 GB would be copied to infer types it states itself)."""
         if self._types is None:
-            model, graph = self.model, self.model.graph
-            listed = {value.name for value in graph.input}  # older files list their weights as inputs too
-            weights = [onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
-                       for init in graph.initializer if init.name not in listed]
-            light = onnx.helper.make_model(
-                onnx.helper.make_graph(graph.node, graph.name, [*graph.input, *weights], graph.output,
-                                       value_info=graph.value_info),
-                opset_imports=model.opset_import, functions=model.functions, ir_version=model.ir_version)
             try:
-                light = onnx.shape_inference.infer_shapes(light)
-            except Exception:  # noqa: BLE001 - a graph ONNX cannot infer: the types in the file are all there is
-                pass
-            inferred = light.graph
+                inferred = onnx.shape_inference.infer_shapes(self._without_weight_data()).graph
+            except Exception:  # noqa: BLE001 - a graph ONNX cannot infer (or rebuild): the file's own types
+                inferred = self.model.graph
             self._types = {value.name: value.type.tensor_type.elem_type
                            for value in (*inferred.value_info, *inferred.input, *inferred.output)}
             self._types.update({name: tensor.data_type for name, tensor in self.constants.items()})
         return self._types
+
+    def _without_weight_data(self) -> onnx.ModelProto:
+        """The model with its initializers declared as inputs of their type and shape, holding no data."""
+        model, graph = self.model, self.model.graph
+        listed = {value.name for value in graph.input}  # older files list their weights as inputs too
+        weights = [onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+                   for init in graph.initializer if init.name not in listed]
+        return onnx.helper.make_model(
+            onnx.helper.make_graph(graph.node, graph.name, [*graph.input, *weights], graph.output,
+                                   value_info=graph.value_info),
+            opset_imports=model.opset_import, functions=model.functions, ir_version=model.ir_version)
 
     def _walk_back(self, name: str, through: tuple[str, ...], cache: dict[str, str]) -> str:
         """The first tensor before `name`, along first inputs, whose producer's operator is not in `through`;
