@@ -20,18 +20,18 @@ _VIEW, _RESHAPE = torch.ops.aten.view.default, torch.ops.aten.reshape.default
 def channels_last(module: torch.nn.Module) -> bool:
     """`module` (in place) with its 4-D tensors channels_last and its graphs' views as reshapes; False, the module
     left as it was, where a view written through later reads a 4-D tensor (the module docstring)."""
-    graphs = [graph_module for graph_module in module.modules() if isinstance(graph_module, torch.fx.GraphModule)]
-    if any(_written_view_of_4d(graph_module.graph) for graph_module in graphs):
+    graphs = [(graph_module, overwritten_later(graph_module.graph)) for graph_module in module.modules()
+              if isinstance(graph_module, torch.fx.GraphModule)]
+    if any(_written_view_of_4d(graph_module.graph, overwritten) for graph_module, overwritten in graphs):
         return False
-    for graph_module in graphs:
-        if views_as_reshapes(graph_module.graph):
+    for graph_module, overwritten in graphs:
+        if views_as_reshapes(graph_module.graph, overwritten):
             graph_module.recompile()
     module.to(memory_format=torch.channels_last)
     return True
 
 
-def _written_view_of_4d(graph: torch.fx.Graph) -> bool:
-    overwritten = overwritten_later(graph)
+def _written_view_of_4d(graph: torch.fx.Graph, overwritten: set[torch.fx.Node]) -> bool:
     for node in graph.nodes:
         if node.op == "call_function" and node.target is _VIEW and node in overwritten:
             value = node.args[0].meta.get("val") if isinstance(node.args[0], torch.fx.Node) else None
@@ -40,9 +40,10 @@ def _written_view_of_4d(graph: torch.fx.Graph) -> bool:
     return False
 
 
-def views_as_reshapes(graph: torch.fx.Graph) -> int:
-    """Every `aten.view` of `graph` whose memory nothing writes into later made an `aten.reshape`; how many."""
-    overwritten = overwritten_later(graph)
+def views_as_reshapes(graph: torch.fx.Graph, overwritten: set[torch.fx.Node] | None = None) -> int:
+    """Every `aten.view` of `graph` whose memory nothing writes into later (`overwritten`, found here when not
+    given) made an `aten.reshape`; how many."""
+    overwritten = overwritten_later(graph) if overwritten is None else overwritten
     changed = 0
     for node in graph.nodes:
         if node.op == "call_function" and node.target is _VIEW and node not in overwritten:

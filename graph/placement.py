@@ -155,17 +155,19 @@ def _fit_fill_values(graph: torch.fx.Graph, dtype: torch.dtype) -> bool:
         packet = getattr(node.target, "overloadpacket", None)
         if node.op != "call_function" or packet is None or packet.__name__.rstrip("_") not in _FILLS:
             continue
-
-        def fit(value):
-            if isinstance(value, float) and largest < abs(value) < math.inf:
-                return math.copysign(largest, value)
-            return value
-
-        args, kwargs = tuple(fit(value) for value in node.args), {key: fit(value) for key, value in node.kwargs.items()}
+        args = tuple(_within(value, largest) for value in node.args)
+        kwargs = {key: _within(value, largest) for key, value in node.kwargs.items()}
         if args != node.args or kwargs != node.kwargs:
             node.args, node.kwargs = args, kwargs
             changed = True
     return changed
+
+
+def _within(value, largest: float):
+    """A finite float beyond ±`largest` made ±`largest`; any other argument as it is."""
+    if isinstance(value, float) and largest < abs(value) < math.inf:
+        return math.copysign(largest, value)
+    return value
 
 
 def _makes_float32_from_nothing(node: torch.fx.Node) -> bool:

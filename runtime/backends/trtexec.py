@@ -19,7 +19,7 @@ from prunefx.runtime.backends.tensorrt_common import TensorRTFamily, onnx_files
 from prunefx.runtime.measure.last_used import LastUsed
 from prunefx.runtime.measure.latency import LatencyStats
 from prunefx.runtime.measure.speedup import PairMeasurer, medians_and_spread
-from prunefx.runtime.tensorrt.input_shapes import dynamic_input_shapes
+from prunefx.runtime.tensorrt.input_shapes import InputShapes, dynamic_input_shapes
 from prunefx.runtime.tensorrt.layer_profile import LayerProfile, build_layer_profile, parse_engine_information
 from prunefx.runtime.tensorrt.trtexec_command import (
     ASSUMED_VERSION,
@@ -81,27 +81,29 @@ class TrtexecBackend(TensorRTFamily):
 
 class _Engines:
     """trtexec's engines by file sha256, each in a folder of its own: the dense model is timed against every
-    candidate, and building it again each time would cost minutes on a Jetson. The two used last stay
-    (measure/last_used.LastUsed), the others are removed; the builds of one search share a timing cache."""
+    candidate, and building it again each time would cost minutes on a Jetson. The two used last stay, with the
+    shapes they were built at (measure/last_used.LastUsed), the others are removed; the builds of one search share
+    a timing cache."""
 
     def __init__(self, program: str, precision: str):
         self.program, self.precision = program, precision
         self.version = trtexec_version(program) or ASSUMED_VERSION
         self.folder = tempfile.TemporaryDirectory(prefix="prunefx-trtexec-engines-")
-        self.built = LastUsed(released=lambda engine: shutil.rmtree(engine.path.parent, ignore_errors=True))
+        self.built = LastUsed(released=lambda built: shutil.rmtree(built[0].path.parent, ignore_errors=True))
 
     def timed(self, entry: tuple, runs: int) -> LatencyStats:
         path, inputs, sha = entry
-        options = TrtexecOptions(precision=self.precision, iterations=runs,
-                                 input_shapes=dynamic_input_shapes(path, inputs))
-        engine = self.built.get(sha, lambda: self._build(path, options, sha))
+        engine, shapes = self.built.get(sha, lambda: self._build(path, inputs, sha))
+        options = TrtexecOptions(precision=self.precision, iterations=runs, input_shapes=shapes)
         return time_with_trtexec(engine, options, self.program, self.version).latency
 
-    def _build(self, path, options: TrtexecOptions, sha: str) -> BuiltEngine:
+    def _build(self, path, inputs, sha: str) -> tuple[BuiltEngine, InputShapes]:
+        shapes = dynamic_input_shapes(path, inputs)
         folder = Path(self.folder.name) / sha
         folder.mkdir()
+        options = TrtexecOptions(precision=self.precision, input_shapes=shapes)
         return build_with_trtexec(path, options, self.program, self.version, folder,
-                                  timing_cache=Path(self.folder.name) / "timing.cache")
+                                  timing_cache=Path(self.folder.name) / "timing.cache"), shapes
 
 
 BACKEND = TrtexecBackend()

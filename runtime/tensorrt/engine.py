@@ -176,8 +176,8 @@ def _build(trt, onnx_path: Path, options: BuildOptions, plan: NetworkPlan, timin
 def _add_profile(trt, builder, network, config, options: BuildOptions, onnx_path: Path) -> None:
     """An optimization profile at exactly `options.input_shapes` when the network has dynamic inputs, without
     which TensorRT builds nothing (runtime/tensorrt/input_shapes.py)."""
-    dynamic = [network.get_input(index) for index in range(network.num_inputs)
-               if any(size < 0 for size in network.get_input(index).shape)]
+    inputs = [network.get_input(index) for index in range(network.num_inputs)]
+    dynamic = [tensor for tensor in inputs if any(size < 0 for size in tensor.shape)]
     if not dynamic:
         return
     given = dict(options.input_shapes)
