@@ -14,8 +14,6 @@ from prunefx.runtime import MeasurementError, OnnxRuntimeSession, export_onnx
 from prunefx.runtime.onnx.float16 import lower_to_float16
 from prunefx.runtime.tensorrt.plan import onnx_types
 
-pytest.importorskip("onnxconverter_common", reason="onnxconverter-common is not installed")
-
 
 class Block(nn.Module):
     def __init__(self):
@@ -58,3 +56,36 @@ def test_qdq_files_are_not_lowered(tmp_path):
     onnx.save(onnx.helper.make_model(graph), tmp_path / "qdq.onnx")
     with pytest.raises(MeasurementError, match="holds Q/DQ nodes"):
         lower_to_float16(tmp_path / "qdq.onnx", tmp_path / "out.onnx")
+
+
+class Mixed(nn.Module):
+    """What the old converter wrote wrong: a Cast to float32 inside the graph (a mask made a float), one merged
+    constant read by a kept-float32 Pow and a float16 Mul, zero biases of two layer norms and a linear merged into one
+    initializer (two kept-float32 readers and a float16 one), and a constant float16 holds but 1e4 does not."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.norms, self.linear = nn.ModuleList([nn.LayerNorm(8), nn.LayerNorm(8)]), nn.Linear(8, 8)
+        nn.init.zeros_(self.linear.bias)
+        self.register_buffer("scale", torch.full((8,), 30000.0))
+
+    def forward(self, x):
+        y = self.conv(x)
+        y = y * (y > 0).float() + y.pow(2) * 0.01 + y * 0.01
+        tokens = y.flatten(2).transpose(1, 2)
+        tokens = self.norms[1](self.linear(self.norms[0](tokens)))
+        return torch.tanh(tokens) * self.scale
+
+
+@pytest.mark.slow  # an ONNX export and two sessions: about 3 s
+def test_fp16_lowering_of_casts_shared_constants_and_large_values(one_thread, tmp_path):
+    torch.manual_seed(0)
+    program = capture(Mixed().eval(), torch.randn(1, 3, 10, 10), name="mixed").eval()
+    source = export_onnx(program, tmp_path / "fp32.onnx").path
+    lowered = lower_to_float16(source, tmp_path / "fp16.onnx")
+    onnx.checker.check_model(onnx.load(str(lowered)), full_check=True)
+    x = torch.randn(1, 3, 10, 10)
+    want = program.module(x).detach().numpy()  # the oracle: torch in float32
+    got = OnnxRuntimeSession(lowered, threads=1).run(x)[0]
+    assert np.abs(got - want).max() <= 5e-3 * np.abs(want).max()  # 30000 kept (float16's 1e4 clamp: 67 % off)

@@ -92,6 +92,29 @@ def test_dict_outputs_are_flattened_in_order(tiny):
     assert [o.shape for o in parity.outputs] == [(2, 4), (2, 8, 16, 16)]  # logits, then features
 
 
+class Anchored(torch.nn.Module):
+    """A detection head that returns its anchors (a buffer) and their scaled copy (folded to a constant)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.register_buffer("anchors", torch.rand(36, 4))
+
+    def forward(self, x):
+        return self.conv(x), self.anchors, self.anchors * 8.0
+
+
+def test_a_weight_the_model_returns_is_exported_by_dynamo(tmp_path):
+    program = capture(Anchored().eval(), torch.randn(1, 3, 8, 8))
+    result = export_onnx(program, tmp_path / "anchored.onnx")
+    assert result.exporter == "dynamo"  # not a fallback: the weight kept apart was renamed output_1
+    parity = check_parity(program, result.path, threads=1)
+    assert [o.name for o in parity.outputs] == ["output_0", "output_1", "output_2"] and parity.within(TOLERANCE)
+    written = onnx.numpy_helper.to_array(next(tensor for tensor in onnx.load(result.path).graph.initializer
+                                              if tensor.name == "output_1"))
+    assert np.array_equal(written, program.module.anchors.numpy())
+
+
 def test_fallback_to_torchscript_when_dynamo_fails(monkeypatch, tmp_path):
     original = torch.onnx.export
 

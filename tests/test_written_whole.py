@@ -43,7 +43,6 @@ def _variants():
 
 
 def _float16(path: Path) -> None:
-    pytest.importorskip("onnxconverter_common", reason="onnxconverter-common is not installed")
     lower_to_float16(export_onnx(_program(), path.parent.parent / "fp32.onnx").path, path)
 
 

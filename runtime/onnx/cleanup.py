@@ -33,15 +33,18 @@ def clean_graph(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> tuple
         graph.fold_constants()
     graph.cleanup()
     graph.toposort()
-    _rename(graph.inputs, "input")
-    _rename(graph.outputs, "output")
+    returned = {id(tensor) for tensor in graph.outputs}  # renamed below: such a weight is written inline
     apart = {}
     for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Constant) and tensor.name in references and tensor.values is weights[tensor.name]:
+        if not isinstance(tensor, gs.Constant) or tensor.name not in weights:
+            continue
+        if tensor.name in references and tensor.values is weights[tensor.name] and id(tensor) not in returned:
             tensor.values = LazyValues(references[tensor.name])  # exported as the reference: no copy of the data
             apart[tensor.name] = weights[tensor.name]
-        elif isinstance(tensor, gs.Constant) and tensor.name in weights:
-            tensor.data_location = None  # a weight folding gave new values: written inline
+        else:
+            tensor.data_location = None  # a weight folding gave new values, or the model returns: written inline
+    _rename(graph.inputs, "input")
+    _rename(graph.outputs, "output")
     cleaned = gs.export_onnx(graph)
     _keep_provenance(model, cleaned)
     if any(entry.value == APART for tensor in cleaned.graph.initializer if tensor.name not in apart

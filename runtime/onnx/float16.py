@@ -1,16 +1,18 @@
 """FP16 lowering for strongly typed TensorRT: an FP16 graph with the float32 inputs and outputs kept.
 
 A strongly typed engine (TensorRT >= 10, and every TensorRT 11 engine) runs each tensor in the type the ONNX
-graph gives it, so FP16 must be in the file. The conversion is onnxconverter-common's
-`convert_float_to_float16` (a well-kept converter, used by ONNX Runtime's own tools): initializers and
-tensor types become float16, with Cast nodes at the borders of the operators it must leave in float32.
-What this module adds:
+graph gives it, so FP16 must be in the file. The conversion is ONNX Runtime's own
+`onnxruntime.transformers.float16.convert_float_to_float16`: initializers and tensor types become float16 over
+float16's whole range, Cast nodes inside the graph cast to float16, an initializer read by both a float16 and a
+kept-float32 operator is cast back for the latter, and Cast nodes stand at the borders of the operators left in
+float32. What this module adds:
 - the inputs and outputs stay float32 (`keep_io_types`), so callers feed and read the same tensors;
 - numerically sensitive operators stay float32 (`KEEP_FLOAT32`): the normalisation statistics of LayerNorm /
   GroupNorm / InstanceNorm, Softmax, and the reductions and powers that spelled-out norms are made of; an
   FP16 sum of squares over hundreds of channels overflows or loses the small variances;
-- Q/DQ files are refused: their precision is already explicit, and scales must stay float32.
-onnxconverter-common is optional: without it, the FP16 lowering says what to install.
+- Q/DQ files are refused: their precision is already explicit, and scales must stay float32;
+- the result is checked with types inferred (`full_check`) before it is written: a mistyped file is an error here,
+  not at the engine build.
 """
 
 from __future__ import annotations
@@ -21,12 +23,11 @@ from pathlib import Path
 import onnx
 
 from prunefx.graph.whole_files import file_path, replaced_whole
-from prunefx.runtime.errors import MeasurementError, require_module
+from prunefx.runtime.errors import MeasurementError
 
 # Operators kept in float32 (see the module docstring), on top of the converter's own block list.
 KEEP_FLOAT32 = ("LayerNormalization", "GroupNormalization", "InstanceNormalization", "Softmax", "LogSoftmax",
                 "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "Pow", "Sqrt", "Reciprocal", "Erf")
-INSTALL = "install it with `pip install onnxconverter-common` (FP16 lowering for strongly typed TensorRT)"
 
 
 def _restore_float32_outputs(model: onnx.ModelProto) -> None:
@@ -44,10 +45,30 @@ def _restore_float32_outputs(model: onnx.ModelProto) -> None:
         output.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
 
 
+def _drop_repeated_casts(model: onnx.ModelProto) -> None:
+    """The converter casts a float16 value back to float32 once per kept-float32 reader, each time under the same
+    name (two layer norms reading one merged zero bias): one Cast, and one record of its type, is kept."""
+    seen: set[bytes] = set()
+    kept = []
+    for node in model.graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if node.op_type == "Cast" and key in seen:
+            continue
+        seen.add(key)
+        kept.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    infos = {info.name: info for info in model.graph.value_info}
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(infos.values())
+
+
 def lower_to_float16(source: str | os.PathLike, target: str | os.PathLike, *,
                      keep_float32: tuple[str, ...] = KEEP_FLOAT32) -> Path:
     """Write the FP16 form of the ONNX file `source` to `target` (float32 inputs and outputs kept)."""
-    float16 = require_module("onnxconverter_common.float16", "FP16 lowering", INSTALL)
+    from onnxruntime.transformers import float16  # ONNX Runtime's tools: imported only to lower
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
     model = onnx.load(str(source))
     if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node):
         raise MeasurementError(f"{source} holds Q/DQ nodes: its precision is already explicit (INT8), "
@@ -55,7 +76,12 @@ def lower_to_float16(source: str | os.PathLike, target: str | os.PathLike, *,
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(keep_float32))
     lowered = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
     _restore_float32_outputs(lowered)
-    onnx.checker.check_model(lowered)
+    _drop_repeated_casts(lowered)
+    OnnxModel(lowered).topological_sort()  # the converter appends its Cast nodes after the nodes that read them
+    try:
+        onnx.checker.check_model(lowered, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise MeasurementError(f"the FP16 form of {source} is not a valid ONNX file: {error}") from None
     target = file_path(target)
     with replaced_whole(target) as partial:
         onnx.save_model(lowered, partial)
