@@ -26,7 +26,10 @@ from prunefx.runtime.ort.session import shape_fits
 # flag (argparse dest) -> the Settings option a backend must read for the flag to apply
 FLAG_OPTIONS = {"sparse": "sparse", "calibrate": "calibration", "trtexec": "trtexec", "cache_dir": "cache_dir",
                 "compile": "compile", "no_spinning": "spinning", "keep_denormals": "flush_denormals",
-                "rounds": "rounds"}
+                "rounds": "rounds", "threads": "threads"}
+# --threads and --warmup default to None, so that a value given where it is not read can be refused
+DEFAULT_THREADS = 2
+DEFAULT_WARMUP = 10
 
 
 def add_backend_arguments(parser, choices: list[str], default: str) -> None:
@@ -40,7 +43,9 @@ def add_backend_arguments(parser, choices: list[str], default: str) -> None:
                         help="precision (default: the backend's, fp16 on cuda, else fp32); int8 (TensorRT) needs a "
                              "file with Q/DQ nodes (quantize_int8) or --calibrate DATA to quantize it first")
     parser.add_argument("--batch", type=options.count, metavar="B",
-                        help="cut a model reference or .pt2 to batch B (default: its own batch, 1 for a reference)")
+                        help="time at batch B: a model reference is captured at B, a .pt2 cut to B (a saved "
+                             "program cannot grow: capture it at B); default: the model's own batch, 1 for a "
+                             "reference; an .onnx file's batch is its --input-shape")
     parser.add_argument("--compile", action="store_true", help="cuda: torch.compile (inductor) before timing")
     parser.add_argument("--sparse", action="store_true",
                         help="allow 2:4 sparse tensor-core kernels (TensorRT SPARSE_WEIGHTS / trtexec --sparsity)")
@@ -52,15 +57,17 @@ def add_backend_arguments(parser, choices: list[str], default: str) -> None:
     parser.add_argument("--cache-dir", help="TensorRT engine cache (default ~/.cache/prunefx/tensorrt)")
 
 
-def checked_backend(args) -> tuple[Backend, Settings]:
+def checked_backend(args, *, purpose: str = "bench") -> tuple[Backend, Settings]:
     """The chosen backend and its settings, after refusing what it cannot do, before any model is loaded."""
     backend = backends.get(args.backend)
     for flag, option in FLAG_OPTIONS.items():
         if getattr(args, flag, None) and option not in backend.options:
             readers = [b.name for b in backends.backends() if option in b.options]
             raise PrunefxError(f"--{flag.replace('_', '-')} applies to --backend {', '.join(readers)}")
+    if args.warmup is not None and not backend.reads_warmup:
+        raise PrunefxError(f"--warmup does not apply to --backend {backend.name}: it keeps its own warm-up")
     settings = settings_from(args)
-    precision = backend.require(settings, purpose="bench")
+    precision = backend.require(settings, purpose=purpose)
     if args.calibrate and precision != "int8":
         raise PrunefxError("--calibrate applies to --backend trt --precision int8 (for trtexec, give a file "
                            "with Q/DQ nodes)")
@@ -69,8 +76,9 @@ def checked_backend(args) -> tuple[Backend, Settings]:
 
 
 def settings_from(args) -> Settings:
-    return Settings(runs=args.runs, warmup=args.warmup, precision=args.precision, batch=args.batch or 1,
-                    threads=getattr(args, "threads", 1), trtexec=args.trtexec, cache_dir=args.cache_dir,
+    warmup = DEFAULT_WARMUP if args.warmup is None else args.warmup
+    return Settings(runs=args.runs, warmup=warmup, precision=args.precision, batch=args.batch or 1,
+                    threads=getattr(args, "threads", None) or DEFAULT_THREADS, trtexec=args.trtexec, cache_dir=args.cache_dir,
                     sparse=args.sparse, compile=args.compile, spinning=not getattr(args, "no_spinning", False),
                     flush_denormals=flushes_denormals(args), rounds=_rounds(args))
 
@@ -87,6 +95,8 @@ def flushes_denormals(args) -> bool:
 def bench_model(reference: str, args, backend: Backend, workdir: Path, label: str) -> BenchModel:
     """`reference` as `backend` reads it: its ONNX file (exported here for a model) or its Program."""
     if reference.endswith(".onnx"):
+        if args.weights:
+            raise PrunefxError(f"{reference}: --weights loads a state dict into a model; an .onnx file holds its own")
         if backend.reads != "onnx":
             raise PrunefxError(f"{reference}: an .onnx file cannot be timed with --backend {backend.name}")
         if args.batch:
@@ -94,7 +104,8 @@ def bench_model(reference: str, args, backend: Backend, workdir: Path, label: st
         path = Path(reference).expanduser()  # quoted, or after `--vs=`, the shell leaves its `~` alone
         inputs = _onnx_inputs(str(path), args.input_shape)
         return BenchModel(reference, None, path, inputs, _calibration(args, inputs))
-    program = program_from_reference(reference, weights=args.weights, input_shape=args.input_shape).eval()
+    program = program_from_reference(reference, weights=args.weights, input_shape=args.input_shape,
+                                     batch=args.batch).eval()
     if backend.float32_only:
         require_float32(program, backend.label)
     if args.batch:
@@ -163,8 +174,9 @@ def _dtype(path: str, arg) -> torch.dtype:
     return _ONNX_TYPES[arg.type]
 
 
+# bfloat16 is left out: numpy, which ONNX Runtime's Python API is fed, has no such type
 _ONNX_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(double)": torch.float64,
-               "tensor(bfloat16)": torch.bfloat16, "tensor(int64)": torch.int64, "tensor(int32)": torch.int32,
+               "tensor(int64)": torch.int64, "tensor(int32)": torch.int32,
                "tensor(int16)": torch.int16, "tensor(int8)": torch.int8, "tensor(uint16)": torch.uint16,
                "tensor(uint8)": torch.uint8, "tensor(bool)": torch.bool}
 # 8- and 16-bit inputs are data (uint8 images, int8 quantized tensors): random over the type's range

@@ -11,6 +11,7 @@ import torch
 from prunefx.graph import Program, capture
 from prunefx.graph.errors import PrunefxError
 from prunefx.models import build_model, load_weights, parse_input_shape
+from prunefx.models.input_shapes import check_input_shape
 from prunefx.runtime.model_precision import require_onnx_runtime_can_check
 
 
@@ -22,13 +23,16 @@ def _square_image_size(shape: tuple[int, ...] | None) -> int | None:
 
 
 def program_from_reference(reference: str, *, weights: str | None = None, input_shape: str | None = None,
-                           writes_onnx: bool = False) -> Program:
+                           writes_onnx: bool = False, batch: int | None = None) -> Program:
+    """The Program of `reference`; `batch`: a model built here is captured at that batch when no `input_shape` is
+    given (its default shape's batch replaced)."""
     return model_and_program(reference, weights=weights, input_shape=input_shape, keep_model=False,
-                             writes_onnx=writes_onnx)[1]
+                             writes_onnx=writes_onnx, batch=batch)[1]
 
 
 def model_and_program(reference: str, *, weights: str | None = None, input_shape: str | None = None,
-                      keep_model: bool = True, writes_onnx: bool = False) -> tuple[torch.nn.Module | None, Program]:
+                      keep_model: bool = True, writes_onnx: bool = False,
+                      batch: int | None = None) -> tuple[torch.nn.Module | None, Program]:
     """The model built from `reference` (None for a saved .pt2, which holds no Python module, and with
     keep_model=False, when the Program takes its tensors without a copy) and the Program captured from it: the
     module the write-back (prunefx/interop/write_back.py) copies the pruned tensors into. `writes_onnx`: the
@@ -48,7 +52,9 @@ def model_and_program(reference: str, *, weights: str | None = None, input_shape
         return None, program.eval()
     if weights:
         load_weights(spec.module, weights)
-    shape = shape or spec.default_input_shape
+    if shape is None:
+        default = tuple(spec.default_input_shape)
+        shape = check_input_shape((batch, *default[1:]), "--batch's input shape") if batch else default
     generator = torch.Generator().manual_seed(0)
     program = capture(spec.module.eval(), torch.randn(shape, generator=generator), name=spec.name,
                       copy_weights=keep_model).eval()

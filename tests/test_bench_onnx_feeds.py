@@ -6,6 +6,7 @@ helpers and the oracle reads them with onnx and onnxruntime directly."""
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 import onnx
@@ -98,8 +99,11 @@ def test_each_input_of_a_dynamic_file_takes_its_own_shape_and_type(tmp_path, cap
     assert [(array.shape, array.dtype) for array in arrays] == [((2, 3, 4, 4), x_type), ((2, 5), ids_type)]
     _runs_in_onnxruntime(path, arrays)
     assert main(["bench", path, "--input-shape", "2x3x4x4,2x5", *RUNS]) == 0, capsys.readouterr().err
-    out = capsys.readouterr().out  # the batch timed, named unasked
-    assert ", 1 thread (" in out and ", batch 2, backend ort" in out
+    out = capsys.readouterr().out  # the shapes timed, named unasked
+    assert ", 1 thread (" in out and ", inputs 2x3x4x4 float32, 2x5 int64, backend ort" in out
+    assert main(["bench", path, "--input-shape", "2x3x4x4,2x5", *RUNS, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["inputs"] == ["2x3x4x4 float32", "2x5 int64"] and "batch" not in report  # two inputs: no guess
 
 
 def test_a_dynamic_file_with_one_shape_for_two_inputs_says_give_one_per_input(tmp_path, capsys):

@@ -120,3 +120,51 @@ def test_a_weight_only_dequantized_convolution_runs_in_float_on_tensorrt_a_warni
     found = check_model(model, "trt10").findings
     assert [(f.severity, f.rule, f.node) for f in found] == [("warning", "qdq-missing-input", "conv")]
     assert _errors(_weight_only_convolution(data_dequantized=True)[0], "trt10") == []
+
+
+def _one_node_file(tmp_path, name, node, inputs, output_type=TensorProto.FLOAT, *, initializers=(), opsets=(("", 17),),
+                   ir_version=8):
+    graph = helper.make_graph([node], name, [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+                              [helper.make_tensor_value_info("y", output_type, None)], initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets], ir_version=ir_version)
+    path = tmp_path / f"{name}.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path, model
+
+
+LOAD_CASES = {  # what only a load finds: a kernel missing at a type, an undefined operator of ONNX Runtime's domains
+    "float64_conv": lambda tmp: _one_node_file(
+        tmp, "float64_conv", helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+        [("x", TensorProto.DOUBLE, [1, 3, 8, 8])], TensorProto.DOUBLE,
+        initializers=[numpy_helper.from_array(np.ones((4, 3, 3, 3)), "w")]),
+    "int8_matmul": lambda tmp: _one_node_file(
+        tmp, "int8_matmul", helper.make_node("MatMul", ["x", "x2"], ["y"], name="matmul"),
+        [("x", TensorProto.INT8, [2, 2]), ("x2", TensorProto.INT8, [2, 2])], TensorProto.INT8),
+    "float_plus_int": lambda tmp: _one_node_file(
+        tmp, "float_plus_int", helper.make_node("Add", ["x", "c"], ["y"], name="add"), [("x", TensorProto.FLOAT, [1, 4])],
+        initializers=[numpy_helper.from_array(np.ones((1, 4), np.int64), "c")]),
+    "undefined_contrib_operator": lambda tmp: _one_node_file(
+        tmp, "undefined_contrib_operator", helper.make_node("NoSuchOp", ["x"], ["y"], name="op", domain="com.microsoft"),
+        [("x", TensorProto.FLOAT, [1, 4])], opsets=(("", 17), ("com.microsoft", 1))),
+    "ir_version_99": lambda tmp: _one_node_file(
+        tmp, "ir_version_99", helper.make_node("Relu", ["x"], ["y"], name="relu"), [("x", TensorProto.FLOAT, [1, 4])],
+        ir_version=99),
+    "relu": lambda tmp: _one_node_file(
+        tmp, "relu", helper.make_node("Relu", ["x"], ["y"], name="relu"), [("x", TensorProto.FLOAT, [1, 4])]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LOAD_CASES))
+def test_check_on_ort_is_an_error_exactly_when_onnxruntime_does_not_load_the_file(tmp_path, capsys, case):
+    from prunefx.cli import main
+
+    path, model = LOAD_CASES[case](tmp_path)
+    try:
+        _session(model)
+        loads = True
+    except Exception:  # noqa: BLE001 - the oracle: any refusal of ONNX Runtime's own
+        loads = False
+    status = main(["check", str(path), "--target", "ort"])
+    out = capsys.readouterr().out
+    assert status == (0 if loads else 1), out
+    assert ("onnxruntime-refuses" in out) == (not loads) and (loads or onnxruntime.__version__ in out)

@@ -226,3 +226,16 @@ def test_hostile_external_data_entries_are_one_line(tmp_path, capsys, entries):
     _one_line_refusal(*_check(capsys, str(folder / "m.onnx")))
     with pytest.raises(ExternalDataError):
         check_value_sizes(folder / "m.onnx")
+
+
+@pytest.mark.parametrize("reads", ["node", "graph output"])
+def test_a_value_nothing_gives_is_refused_in_one_line(tmp_path, capsys, reads):
+    value = helper.make_tensor_value_info
+    node = helper.make_node("Add", ["x", "ghost"] if reads == "node" else ["x", "x"], ["y"], name="add")
+    outputs = [value("y" if reads == "node" else "ghost", TensorProto.FLOAT, [1, 4])]
+    graph = helper.make_graph([node], "ghost", [value("x", TensorProto.FLOAT, [1, 4])], outputs)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString())
+    status, out, err = _check(capsys, str(path))
+    _one_line_refusal(status, out, err)
+    assert "'ghost'" in err and "no node, graph input or initializer" in err

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from prunefx.graph import Program
-from prunefx.runtime.errors import MeasurementError
+from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
 from prunefx.runtime.measure import gpu_latency
 from prunefx.runtime.measure.gpu_latency import compare_gpu_latency, measure_gpu_latency
 from prunefx.runtime.measure.latency import compare_latency, measure_latency
@@ -25,6 +25,7 @@ from prunefx.runtime.measure.speedup import Measure, PairMeasurer, deployed, exp
 from prunefx.runtime.ort.session import DEFAULT_THREADS
 from prunefx.runtime.tensorrt.layer_profile import LayerProfile
 
+CPU_BACKEND = "ort"  # what a machine without the backend's GPU or TensorRT can measure on
 CONFIRM_FACTOR = 4  # a pair's `confirm` times this many times the runs (as ONNX Runtime's does)
 
 
@@ -85,6 +86,7 @@ class Backend:
     max_batch: int | None = None  # None: any batch the Program can be cut to
     float32_only: bool = False    # times a model in the precision it holds, and states float32 (the CPU runtimes)
     options: frozenset[str] = frozenset()  # Settings fields beyond runs/warmup/precision/batch it reads
+    reads_warmup: bool = True  # False where the backend keeps its own warm-up (trtexec's, in milliseconds)
 
     # ---- checks ------------------------------------------------------------------------------------
 
@@ -100,7 +102,12 @@ class Backend:
         if self.max_batch is not None and settings.batch > self.max_batch:
             raise MeasurementError(f"the {self.name} backend measures at batch {self.max_batch} only, not "
                                    f"{settings.batch}")
-        self.check_installed(settings)
+        try:
+            self.check_installed(settings)
+        except BackendUnavailableError as missing:
+            if purpose == "profile" or self.name == CPU_BACKEND:  # profile has no CPU backend to point to
+                raise
+            raise BackendUnavailableError(f"{missing}; --backend {CPU_BACKEND} measures on this machine's CPU") from None
         return precision
 
     def precision_refusal(self, precision: str, allowed: Sequence[str]) -> str:

@@ -37,6 +37,7 @@ class TrtexecBackend(TensorRTFamily):
     name, label, rank = "trtexec", "trtexec", 40
     needs = "the trtexec program (JetPack's, or on PATH; --trtexec PATH)"
     options = frozenset({"trtexec", "sparse"})
+    reads_warmup = False  # trtexec warms up for its own --warmUp milliseconds
 
     def check_installed(self, settings: Settings) -> None:
         find_trtexec(settings.trtexec)

@@ -18,6 +18,7 @@ from prunefx.graph.errors import PrunefxError, printable
 from prunefx.graph.safety.regular_files import read_regular_file
 from prunefx.runtime.check.findings import SEVERITIES, Finding
 from prunefx.runtime.check.graph_index import GraphIndex
+from prunefx.runtime.check.onnxruntime_load import load_findings
 from prunefx.runtime.check.rules import run_rules
 from prunefx.runtime.check.targets import TARGETS, Target
 from prunefx.runtime.onnx.external import inline_external_data
@@ -82,6 +83,7 @@ def check_graph(graph: onnx.GraphProto, name: str) -> None:
             raise PrunefxError(f"{name}: node '{printable(node.name)[:60]}' ({printable(node.op_type)[:40]}) has "
                                "no outputs")
     produced_by = {output: index for index, node in enumerate(graph.node) for output in node.output if output}
+    _refuse_undefined_values(graph, name, produced_by)
     waiting = [sum(1 for value in node.input if value in produced_by) for node in graph.node]
     readers: dict[int, list[int]] = {}
     for index, node in enumerate(graph.node):
@@ -103,18 +105,39 @@ def check_graph(graph: onnx.GraphProto, name: str) -> None:
                            f"({printable(stuck.op_type)[:40]}); an ONNX graph must be acyclic")
 
 
-def check_model(model: onnx.ModelProto, target: str, *, name: str = "model.onnx", index=None) -> Readiness:
+def _refuse_undefined_values(graph: onnx.GraphProto, name: str, produced_by: dict[str, int]) -> None:
+    """A value a node reads, or the graph returns, that no node, graph input or initializer gives: no runtime loads
+    such a graph (an empty name is an optional input left out)."""
+    given = set(produced_by) | {value.name for value in graph.input} | {tensor.name for tensor in graph.initializer} \
+        | {tensor.values.name for tensor in graph.sparse_initializer}
+    for node in graph.node:
+        missing = next((value for value in node.input if value and value not in given), None)
+        if missing is not None:
+            raise PrunefxError(f"{name}: node '{printable(node.name)[:60]}' ({printable(node.op_type)[:40]}) reads "
+                               f"'{printable(missing)[:60]}', which no node, graph input or initializer gives")
+    for output in graph.output:
+        if output.name not in given:
+            raise PrunefxError(f"{name}: graph output '{printable(output.name)[:60]}' is given by no node, graph input "
+                               "or initializer")
+
+
+def check_model(model: onnx.ModelProto, target: str, *, name: str = "model.onnx", index=None,
+                load: bool = False) -> Readiness:
     """Every finding of every rule for `target` on `model`, errors first. `index`: the model's GraphIndex
-    (runtime/check/graph_index.py) when one is at hand, shared between targets so that the weights are decoded once."""
+    (runtime/check/graph_index.py) when one is at hand, shared between targets so that the weights are decoded once.
+    `load`: on `ort`, also load the model in ONNX Runtime (runtime/check/onnxruntime_load.py); the files prunefx
+    writes were loaded already, by their parity check."""
     chosen = target_of(target)
     findings = run_rules(index or GraphIndex(model), chosen)
+    if load and not chosen.tensorrt:
+        findings += load_findings(model)
     findings.sort(key=lambda finding: SEVERITIES.index(finding.severity))
     return Readiness(file=name, target=chosen.name, description=chosen.description, source=chosen.source,
                      findings=tuple(findings))
 
 
 def check_file(path: str | os.PathLike, target: str) -> Readiness:
-    return check_model(load_onnx(path), target, name=str(path))
+    return check_model(load_onnx(path), target, name=str(path), load=True)
 
 
 def report_entry(path: str | os.PathLike, target: str) -> dict:

@@ -122,7 +122,7 @@ class CudaDevice:
 
     def unavailable_reason(self) -> str:
         return (f"the cuda backend needs an NVIDIA GPU with CUDA, and torch sees none (torch {torch.__version__}, "
-                f"CUDA build {torch.version.cuda}); use --backend ort on this machine")
+                f"CUDA build {torch.version.cuda})")
 
     def describe(self) -> dict:
         # cuDNN autotunes every model call a GpuModel makes (_model_call), whenever this is asked

@@ -55,8 +55,7 @@ def require_tensorrt():
 def require_cuda() -> None:
     if not torch.cuda.is_available():
         raise BackendUnavailableError("the TensorRT backend needs an NVIDIA GPU with CUDA, and torch sees none "
-                                      f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); "
-                                      "use --backend ort on this machine")
+                                      f"(torch {torch.__version__}, CUDA build {torch.version.cuda})")
 
 
 def free_gpu_cache() -> None:

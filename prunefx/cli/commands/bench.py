@@ -25,7 +25,14 @@ from pathlib import Path
 import onnxruntime
 
 from prunefx import options
-from prunefx.bench_models import add_backend_arguments, bench_model, checked_backend, flushes_denormals
+from prunefx.bench_models import (
+    DEFAULT_THREADS,
+    DEFAULT_WARMUP,
+    add_backend_arguments,
+    bench_model,
+    checked_backend,
+    flushes_denormals,
+)
 from prunefx.graph.errors import PrunefxError
 from prunefx.reports.budget_text import interval_text
 from prunefx.reports.compression import json_safe
@@ -39,10 +46,11 @@ def add_arguments(parser) -> None:
     names = backends.names()
     add_backend_arguments(parser, names, names[0])
     parser.add_argument("--runs", type=options.runs, default=100, help="timed runs per model (default 100)")
-    parser.add_argument("--warmup", type=options.warmup_runs, default=10,
-                        help=f"untimed warm-up runs per model (default 10); with --vs on ort they stop after "
-                             f"{WARM_SECONDS:g} s, once each model ran twice")
-    parser.add_argument("--threads", type=options.threads, default=2, help="intra-op threads for ort and torch (default 2)")
+    parser.add_argument("--warmup", type=options.warmup_runs, default=None,
+                        help=f"untimed warm-up runs per model (default {DEFAULT_WARMUP}); with --vs on ort they stop "
+                             f"after {WARM_SECONDS:g} s, once each model ran twice; trtexec keeps its own")
+    parser.add_argument("--threads", type=options.threads, default=None,
+                        help=f"intra-op threads for ort and torch (default {DEFAULT_THREADS})")
     parser.add_argument("--no-spinning", action="store_true",
                         help="ort: worker threads sleep between operators instead of spinning (ONNX Runtime's "
                              "default, and prunefx's, is to spin; turn it off on hosts that share their cores)")
@@ -54,8 +62,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _describe(backend, args) -> dict:
-    report = {"backend": args.backend, "threads": args.threads if "threads" in backend.options else None,
+def _describe(backend, args, settings) -> dict:
+    report = {"backend": args.backend, "threads": settings.threads if "threads" in backend.options else None,
               "runs": args.runs, "model": args.model}
     if not backend.gpu_timed:  # a CPU timing means little without the CPU (a GPU backend names its GPU)
         report["cpu"] = cpu_model()
@@ -77,12 +85,16 @@ def run(args) -> int:
     backend, settings = checked_backend(args)
     if args.rounds is not None and not args.vs:  # one model is timed in this process
         raise PrunefxError("--rounds applies to --vs (a speed-up's runs spread over fresh processes)")
-    report = _describe(backend, args)
+    if args.rounds is not None and args.rounds > args.runs:
+        raise PrunefxError(f"--rounds {args.rounds} spreads --runs {args.runs} over that many processes: give at "
+                           "least as many runs as rounds")
+    report = _describe(backend, args, settings)
     with tempfile.TemporaryDirectory(prefix="prunefx-bench-") as tmp:
         references = [(args.model, "a")] + ([(args.vs, "b")] if args.vs else [])
         models = [bench_model(reference, args, backend, Path(tmp), label) for reference, label in references]
         _check_same_inputs(models)
-        if models[0].inputs and models[0].inputs[0].dim() > 0:  # the batch timed, also where not asked for
+        report["inputs"] = [_input_text(tensor) for tensor in models[0].inputs]  # shape and type of each
+        if len(models[0].inputs) == 1 and models[0].inputs[0].dim() > 0:  # the batch timed, also where not asked for
             report.setdefault("batch", int(models[0].inputs[0].shape[0]))
         report.update(backend.bench(models, settings))
     if args.vs:
@@ -92,9 +104,12 @@ def run(args) -> int:
     return 0
 
 
+def _input_text(tensor) -> str:
+    return f"{'x'.join(map(str, tensor.shape))} {str(tensor.dtype).removeprefix('torch.')}"
+
+
 def _inputs_text(model) -> str:
-    return ", ".join(f"{'x'.join(map(str, tensor.shape))} {str(tensor.dtype).removeprefix('torch.')}"
-                     for tensor in model.inputs)
+    return ", ".join(_input_text(tensor) for tensor in model.inputs)
 
 
 def _check_same_inputs(models) -> None:
@@ -123,7 +138,8 @@ def _footer(report: dict) -> str:
     if "denormals" in report:
         threads += f", subnormal floats {'flushed to zero' if report['denormals'] == 'flushed' else 'kept'}"
     rounds = f" over {report['rounds']} fresh processes" if report.get("rounds", 1) > 1 else ""
-    batch = f", batch {report['batch']}" if "batch" in report else ""
+    shapes = report.get("inputs") or []
+    batch = f", input{'s' if len(shapes) > 1 else ''} {', '.join(shapes)}" if shapes else ""
     where = report.get("gpu") or report.get("cpu")
     gpu = f" on {where}" if where else ""
     gpu += f" (ONNX Runtime {report['onnxruntime']})" if report.get("onnxruntime") else ""

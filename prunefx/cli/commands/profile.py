@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from prunefx import options
-from prunefx.bench_models import add_backend_arguments, bench_model, checked_backend
+from prunefx.bench_models import DEFAULT_WARMUP, add_backend_arguments, bench_model, checked_backend
 from prunefx.output import staged_file
 from prunefx.output_paths import check_output_file
 from prunefx.runtime import backends, format_profile_table
@@ -25,15 +25,16 @@ from prunefx.runtime.tensorrt.layer_profile import write_profile_json
 def add_arguments(parser) -> None:
     names = backends.names(profiles=True)
     add_backend_arguments(parser, names, "trt" if "trt" in names else names[0])
-    parser.add_argument("--runs", type=options.count, default=50, help="profiled runs (default 50)")
-    parser.add_argument("--warmup", type=options.non_negative, default=10, help="untimed warm-up runs (default 10)")
+    parser.add_argument("--runs", type=options.runs, default=50, help="profiled runs (default 50)")
+    parser.add_argument("--warmup", type=options.warmup_runs, default=None,
+                        help=f"untimed warm-up runs (default {DEFAULT_WARMUP}; trtexec keeps its own)")
     parser.add_argument("--top", type=options.count, metavar="N", help="show only the N slowest layers")
     # -o is where results go in every command; --json (inspect, bench) prints JSON instead of text
     parser.add_argument("-o", "--output", metavar="PATH", help="also write the profile as JSON to PATH")
 
 
 def run(args) -> int:
-    backend, settings = checked_backend(args)
+    backend, settings = checked_backend(args, purpose="profile")
     json_path = check_output_file(args.output) if args.output else None
     with tempfile.TemporaryDirectory(prefix="prunefx-profile-") as tmp:
         profile = backend.profile(bench_model(args.model, args, backend, Path(tmp), "model"), settings)
