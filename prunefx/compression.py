@@ -58,6 +58,10 @@ def _rgb(reference: str) -> bool:
     return shape is not None and len(shape) == 4 and shape[1] == 3
 
 
+# options of a data set on disk (format_data's) that a named data set does not read
+FILE_OPTIONS = ("data_format", "image_size", "palette")
+
+
 def load_model_and_data(reference: str, data: str, *, batch_size: int, weights: str | None = None,
                         validation: int = 5000, files: dict | None = None,
                         seed: int = 0) -> tuple[Program, DataSplits]:
@@ -70,6 +74,10 @@ def load_model_and_data(reference: str, data: str, *, batch_size: int, weights: 
     if saved is not None:
         require_float32_training(saved)  # before the data is read (and, unlabelled, run through the model)
     options = {}
+    named = str(data) in (FASHION_MNIST, IMAGENET_SAMPLE) or scene_spec(data) is not None
+    given = [key for key in FILE_OPTIONS if (files or {}).get(key) is not None]
+    if named and given:  # a named data set has its own layout, size and labels: the option would go unread
+        raise PrunefxError(f"--{given[0].replace('_', '-')} applies to a data set on disk, not {data}")
     if str(data) == FASHION_MNIST or scene_spec(data) is not None:
         rgb = saved.example_inputs[0].shape[1] == 3 if saved is not None else _rgb(reference)
         options = {"validation": validation, "channels": 3 if rgb else 1, "seed": seed}

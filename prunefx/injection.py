@@ -100,4 +100,18 @@ def inject(pipeline: Pipeline, dense: Program, splits: DataSplits, *, data: str,
                        options or DEFAULTS)
     steps = [Step(step.function, {**{key: sources[source] for key, source in keys.items()}, **step.config})
              for step, keys in zip(pipeline.steps, wanted)]
+    if not splits.labelled:
+        _refuse_training_without_a_teacher([step for step, keys in zip(steps, wanted) if "train" in keys.values()],
+                                           data)
     return Pipeline(steps, verify=pipeline.verify, progress=pipeline.progress), [sorted(keys) for keys in wanted]
+
+
+def _refuse_training_without_a_teacher(training: list[Step], data: str) -> None:
+    """Unlabelled images have no labels to train on: the dense model's outputs, through distillation, are all a
+    training pass learns from, and one with kd_weight 0 and no feature_losses would train on a loss of 0."""
+    for step in training:
+        parsed = step.function.contract.parse(step.config) if hasattr(step.function, "contract") else None
+        if parsed is not None and getattr(parsed, "kd_weight", None) == 0 and not getattr(parsed, "feature_losses", None):
+            raise PrunefxError(f"recipe pass '{step.name}' trains with kd_weight 0, but {data} is unlabelled: "
+                               "distillation from the dense model is all it could learn from; set kd_weight > 0 "
+                               "or give feature_losses")

@@ -26,7 +26,7 @@ import torch
 from prunefx.assets import imagenet_transform
 from prunefx.data.dataset_files import confined
 from prunefx.data.formats import dense_format, format_data
-from prunefx.data.image_files import image_files, read_image
+from prunefx.data.image_files import IMAGE_SUFFIXES, image_files, read_image
 from prunefx.data.load import load_data
 from prunefx.data.splits import (
     FASHION_MNIST,
@@ -39,8 +39,6 @@ from prunefx.device import batches_on
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.input_batches import as_program_inputs
 from prunefx.options import MAX_CALIBRATION_IMAGES
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
 def noise_batches(example: torch.Tensor, count: int, *, seed: int = 0) -> list[tuple[torch.Tensor]]:
@@ -59,7 +57,7 @@ def image_batches(folder: str | Path, example: torch.Tensor, *, limit: int | Non
         raise PrunefxError(f"calibration folder {folder} does not exist")
     files = image_files(folder, IMAGE_SUFFIXES, recursive=False, within=within)[:limit]
     if not files:
-        raise PrunefxError(f"calibration folder {folder} holds no .jpg/.jpeg/.png images")
+        raise PrunefxError(f"calibration folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     transform = imagenet_transform(int(example.shape[2]))
     images = []
     for path in files:  # a file that does not decode is named, never skipped (prunefx/data/image_files.py)

@@ -15,6 +15,7 @@ file, the entry and the field.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -22,8 +23,10 @@ import numpy as np
 
 from prunefx.data.batches import CROWD
 from prunefx.data.dataset_files import MAX_JSON_BYTES, confined, load_json, quoted, read_data_file, shown
-from prunefx.data.samples import SplitFiles, inside
+from prunefx.data.samples import SplitFiles, UnlabelledSplit, inside
 from prunefx.graph.errors import PrunefxError, printable
+
+_log = logging.getLogger(__name__)
 
 ROLES = ("train", "val", "test")
 BOX_TOLERANCE = 0.01
@@ -156,7 +159,10 @@ def read_split(root: Path, annotations: Path, category_ids: list[int]) -> SplitF
     folder = _image_folder(root, split, annotations)
     boxes_of = _boxes_by_image(content, annotations, {cid: i for i, cid in enumerate(category_ids)})
     image_ids = _unique_ids(content["images"], annotations, "images")
-    images, boxes = [], []
+    if image_ids and not content["annotations"]:  # (no images at all: an empty split, refused as one)
+        raise UnlabelledSplit(f"{printable(str(annotations))}: its {len(image_ids)} images have no annotations (a "
+                              "benchmark's test split, as COCO's test-dev ships): nothing to train or score on")
+    images, boxes, declared = [], [], []
     for number in sorted(range(len(image_ids)), key=lambda i: image_ids[i]):
         image = content["images"][number]
         if not isinstance(image.get("file_name"), str) or not image["file_name"]:
@@ -174,14 +180,24 @@ def read_split(root: Path, annotations: Path, category_ids: list[int]) -> SplitF
         for row in rows:
             _check_inside(row, image, f"{printable(str(annotations))}: image {image_ids[number]}")
         boxes.append(np.asarray(rows, dtype=np.float32).reshape(-1, 5))
+        sides = image.get("height"), image.get("width")
+        declared.append(sides if all(type(side) is int for side in sides) else None)
     if boxes_of:
         raise PrunefxError(f"{printable(str(annotations))}: annotations name image_id {next(iter(boxes_of))}, "
                            "which its images lack")
-    return SplitFiles(images, str(annotations), boxes=boxes)
+    return SplitFiles(images, str(annotations), boxes=boxes, declared_sizes=declared)
 
 
 def coco_splits(root: Path) -> tuple[dict[str, SplitFiles], tuple[str, ...]]:
     """role -> split, and the class names (the train file's categories)."""
     files = annotation_files(root)
     category_ids, names = categories(files["train"], root)
-    return {role: read_split(root, path, category_ids) for role, path in files.items()}, names
+    splits = {}
+    for role, path in files.items():
+        try:
+            splits[role] = read_split(root, path, category_ids)
+        except UnlabelledSplit as error:
+            if role != "test":
+                raise
+            _log.warning(f"the test split is left out: {error}")  # the rest of the data still serves
+    return splits, names

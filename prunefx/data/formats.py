@@ -91,6 +91,8 @@ def format_data(path: str | Path, batch_size: int, *, data_format: str | None = 
     data_format = data_format or detect_format(path)
     if data_format not in FORMATS:
         raise PrunefxError(f"unknown data format {data_format!r}: use one of {', '.join(FORMATS)}")
+    if palette is not None and data_format != MASKS:
+        raise PrunefxError(f"a palette maps mask colours to classes: it needs mask folders, not {data_format} data")
     workers = default_workers() if num_workers is None else num_workers
     if data_format == IMAGEFOLDER:
         side = image_size if isinstance(image_size, int) else 224
@@ -100,8 +102,6 @@ def format_data(path: str | Path, batch_size: int, *, data_format: str | None = 
     if data_format == UNLABELLED:
         return unlabelled_data(path, batch_size, image_size=image_size, channels=channels, seed=seed,
                                num_workers=workers)
-    if palette is not None and data_format != MASKS:
-        raise PrunefxError(f"a palette maps mask colours to classes: it needs mask folders, not {data_format} data")
     splits, names = read_format(path, data_format, ignore_index=ignore_index, palette=palette)
     size = _size(image_size, splits["train"])
     for role, split in splits.items():

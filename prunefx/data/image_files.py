@@ -3,7 +3,9 @@
 - `image_files(folder)`: the image files under a folder, walked without following symlinked folders
   (a link to `..` would make the walk grow without end) and refusing a file whose link leads out of
   the folder: a data set is what lies inside its folder.
-- `open_image(path)` (PIL, RGB) and `read_image(path)` (the same, as uint8 3 x H x W): the file is
+- `open_image(path)` (PIL, RGB, turned as its EXIF orientation says: a phone's portrait photo is stored sideways,
+  and label tools and Ultralytics read it upright; 16-bit gray scaled to 8 bits, not clipped at 255) and
+  `read_image(path)` (the same, as uint8 3 x H x W): the file is
   read once, as a regular file of at most MAX_IMAGE_BYTES, and the pixel count its header declares is
   checked against MAX_IMAGE_PIXELS before anything is decoded (a 1.5 MB PNG can declare 40000 x
   40000 pixels, 4.8 GB decoded). Every failure is one PrunefxError line naming the file.
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from prunefx.graph.errors import PrunefxError, first_line, printable
 from prunefx.graph.safety.regular_files import read_regular_file
@@ -37,6 +39,10 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, ImportError, Image.Decompress
 def decode_error_text(error: Exception) -> str:
     """Why a file did not decode, in one line (a missing optional plugin means no decoder knew the file)."""
     return "cannot identify the image format" if isinstance(error, ImportError) else first_line(error)
+# EXIF orientations that turn the stored image a quarter: shown, its width and height swap
+QUARTER_TURNS = frozenset({5, 6, 7, 8})
+# 16- and 32-bit integer gray (16-bit PNG, TIFF): read as 16-bit values and scaled to 8 bits
+_WIDE_GRAY = ("I;16", "I;16B", "I;16L", "I")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -112,6 +118,10 @@ def open_image(path: str | Path) -> Image.Image:
     """The image at `path` decoded to RGB by PIL (see the module docstring for the checks)."""
     _, image = _checked_bytes(path)
     try:
+        image = ImageOps.exif_transpose(image)
+        if image.mode in _WIDE_GRAY:
+            wide = np.asarray(image).astype(np.int64)
+            image = Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), "L")
         return image.convert("RGB")
     except DECODE_ERRORS as error:
         raise PrunefxError(f"cannot read image {printable(str(path))}: {decode_error_text(error)} "

@@ -61,7 +61,7 @@ def _ids_in(split: SplitFiles, ignore_index: int) -> tuple[int, Path]:
     return largest, where
 
 
-def class_names(root: Path, train: SplitFiles, ignore_index: int) -> tuple[str, ...]:
+def class_names(root: Path, largest_in_train: int) -> tuple[str, ...]:
     path = root / CLASSES_FILE
     if path.is_file():
         text = read_text(path, root, "class list")
@@ -69,8 +69,7 @@ def class_names(root: Path, train: SplitFiles, ignore_index: int) -> tuple[str, 
         if len(names) < 2:
             raise PrunefxError(f"{path} names {len(names)} class; segmentation needs at least 2")
         return names
-    largest, _ = _ids_in(train, ignore_index)
-    return tuple(str(i) for i in range(max(largest + 1, 2)))
+    return tuple(str(i) for i in range(max(largest_in_train + 1, 2)))
 
 
 def _palette(root: Path, palette: Path | str | None, ignore_index: int) -> Palette | None:
@@ -89,9 +88,13 @@ def mask_splits(root: Path, ignore_index: int = DEFAULT_IGNORE_INDEX, palette: P
     colours = _palette(root, palette, ignore_index)
     splits = {role: read_split(root, role, colours) for role in ("train", "val", "test")
               if (root / "images" / role).is_dir()}
-    names = colours.names if colours is not None else class_names(root, splits["train"], ignore_index)
-    for split in splits.values():
-        largest, where = _ids_in(split, ignore_index)
+    found = {role: _ids_in(split, ignore_index) for role, split in splits.items()}  # each mask read once
+    if found["train"][0] <= 0:  # what a binary mask stored as 0 and 255 reads as: every object ignored
+        raise PrunefxError(f"the masks of {root / 'masks' / 'train'} hold no class but 0 (background) besides the "
+                           f"ignore index {ignore_index}: nothing to segment; write objects as class ids 1, 2, ... "
+                           f"(a binary mask stored as 0/255 reads 255 as the ignore index)")
+    names = colours.names if colours is not None else class_names(root, found["train"][0])
+    for largest, where in found.values():
         if largest >= len(names):
             raise PrunefxError(f"mask {where} holds class id {largest}, outside the {len(names)} classes "
                                f"0..{len(names) - 1} (ignore index {ignore_index})")

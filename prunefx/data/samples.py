@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 from torch.utils.data import Dataset
 
 from prunefx.data import image_files
@@ -48,19 +48,33 @@ def _cannot_read(path: Path, what: str, error: Exception) -> PrunefxError:
 
 
 def image_size_of(path: Path) -> tuple[int, int]:
-    """(height, width) from the file's header, checked against image_files' pixel limit; a file whose
+    """(height, width) from the file's header, as shown (a camera's EXIF quarter turn applied, as open_image
+    applies it), checked against image_files' pixel limit; a file whose
     header does not decode is one line naming it. Only the header is read: this runs over every image
     of a data set before training."""
     require_regular_file(path, "image")  # a FIFO or device named like an image would hang PIL's open
     try:
         with Image.open(path) as image:
+            turned = _turned_a_quarter(image)
             image.verify()  # the header and, for PNG, the chunk checksums: no pixels decoded
-            height, width = image.height, image.width
+            height, width = (image.width, image.height) if turned else (image.height, image.width)
     except _DECODE_ERRORS as error:
         raise _cannot_read(path, "image", error) from None
     if width * height > image_files.MAX_IMAGE_PIXELS:
         raise image_files.too_many_pixels(path, f"{width}x{height}")
     return height, width
+
+
+def _turned_a_quarter(image: Image.Image) -> bool:
+    """Whether the image's EXIF orientation turns it a quarter, read from the header alone: PIL reads a PNG's
+    EXIF by decoding it, so a PNG's is the eXIf chunk found before its pixels."""
+    if image.format == "PNG":
+        exif = Image.Exif()
+        if image.info.get("exif"):
+            exif.load(image.info["exif"])
+    else:
+        exif = image.getexif()
+    return exif.get(ExifTags.Base.Orientation) in image_files.QUARTER_TURNS
 
 
 def inside(path: Path, folder: Path, what: str) -> Path:
@@ -89,6 +103,7 @@ class SplitFiles:
     boxes: list[np.ndarray] | None = None
     masks: list[Path] | None = None
     palette: Palette | None = None
+    declared_sizes: list[tuple[int, int] | None] | None = None  # (H, W) the annotations state, checked by check_headers
 
     def __post_init__(self) -> None:
         if not self.images:
@@ -183,7 +198,17 @@ def read_mask(path: Path, palette: Palette | None = None) -> np.ndarray:
         raise _cannot_read(path, "mask", error) from None
 
 
+class UnlabelledSplit(PrunefxError):
+    """A split where not one image has a label: its labels are elsewhere, or it is a benchmark's unlabelled test."""
+
+
 def check_headers(split: SplitFiles) -> tuple[int, int]:
-    """Every image's header decodes (one line naming the first that does not); (H, W) of the first."""
+    """Every image's header decodes (one line naming the first that does not), and is the size its annotations
+    state, where they state one (boxes in pixels of another size would land elsewhere); (H, W) of the first."""
     sizes = [image_size_of(path) for path in split.images]
+    for path, size, declared in zip(split.images, sizes, split.declared_sizes or [None] * len(sizes)):
+        if declared is not None and tuple(declared) != size:
+            raise PrunefxError(f"{split.source}: image {printable(str(path))} is {size[1]}x{size[0]} pixels but its "
+                               f"annotations say {declared[1]}x{declared[0]}: its boxes would land elsewhere (fix "
+                               "the image's width and height, or the file)")
     return sizes[0]

@@ -65,6 +65,7 @@ class DataSplits:
     classes: tuple[str, ...]
     input_shape: tuple[int, int, int]
     task: str = CLASSIFICATION
+    labelled: bool = True  # False: images without labels, scored against the dense model (prunefx/data/unlabelled.py)
 
     @property
     def num_classes(self) -> int:
@@ -161,18 +162,20 @@ def image_folder_data(path: str | Path, batch_size: int, *, image_size: int = 22
         if (root / name).is_dir():  # a linked split folder is followed only while it stays in the data folder
             confined(root / name, root, "image folder")
     from prunefx.data.class_folders import class_folder_split, class_folders
+    from prunefx.data.samples import image_size_of
 
     classes = class_folders(root / "train")
     train_transform = imagenet_train_transform(image_size) if augment else imagenet_transform(image_size)
     eval_transform = imagenet_transform(image_size)
-    train = StaticBatches(class_folder_split(root / "train", classes, train_transform), batch_size,
-                          shuffle=True, seed=seed, num_workers=num_workers)
-    val = StaticBatches(class_folder_split(root / "val", classes, eval_transform), batch_size,
-                        shuffle=False, num_workers=num_workers)
-    test = None
-    if (root / "test").is_dir():
-        test = StaticBatches(class_folder_split(root / "test", classes, eval_transform), batch_size,
-                             shuffle=False, num_workers=num_workers)
+    folders = {name: class_folder_split(root / name, classes, train_transform if name == "train" else eval_transform)
+               for name in ("train", "val", "test") if name != "test" or (root / "test").is_dir()}
+    for folder in folders.values():  # every image's header, before any training (a bad file hours in stops a run)
+        for path, _ in folder.samples:
+            image_size_of(Path(path))
+    train = StaticBatches(folders["train"], batch_size, shuffle=True, seed=seed, num_workers=num_workers)
+    val = StaticBatches(folders["val"], batch_size, shuffle=False, num_workers=num_workers)
+    test = (StaticBatches(folders["test"], batch_size, shuffle=False, num_workers=num_workers)
+            if "test" in folders else None)
     return DataSplits(train, val, test, tuple(classes), (3, image_size, image_size))
 
 

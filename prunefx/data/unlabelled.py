@@ -106,5 +106,5 @@ def against_dense(dense: Program, splits: DataSplits) -> DataSplits:
                            "scored by agreement with a classifier (N x classes) or segmenter (N x classes x H x W)")
     dense = dense.clone().eval()
     val, test = (DenseLabels(loader, dense) if loader is not None else None for loader in (splits.val, splits.test))
-    return dataclasses.replace(splits, val=val, test=test,
-                               classes=tuple(str(i) for i in range(shapes[0][1])))
+    return dataclasses.replace(splits, val=val, test=test, classes=tuple(str(i) for i in range(shapes[0][1])),
+                               labelled=False)

@@ -22,7 +22,7 @@ import numpy as np
 
 from prunefx.data.dataset_files import MAX_TEXT_BYTES, confined, load_yaml, quoted, read_text
 from prunefx.data.image_files import IMAGE_SUFFIXES
-from prunefx.data.samples import SplitFiles, image_size_of, images_in
+from prunefx.data.samples import SplitFiles, UnlabelledSplit, image_size_of, images_in
 from prunefx.graph.errors import PrunefxError, printable
 from prunefx.graph.safety.regular_files import read_regular_file
 
@@ -112,10 +112,6 @@ def _labels_root(labels: Path) -> Path:
     if "labels" not in parts:
         return labels.parent
     return Path(*parts[:len(parts) - 1 - parts[::-1].index("labels")])
-
-
-class UnlabelledSplit(PrunefxError):
-    """A split where not one image has a label file."""
 
 
 def _lies_in(path: Path, root: Path) -> bool:
