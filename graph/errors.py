@@ -13,8 +13,11 @@ def first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
 
 
-def printable(text: str) -> str:
-    """Control characters and terminal escapes written out as escapes: shown, never obeyed by a terminal."""
+def printable(text: str | bytes) -> str:
+    """Control characters and terminal escapes written out as escapes: shown, never obeyed by a terminal. Bytes (a
+    protobuf string field that is not UTF-8, as a damaged ONNX file holds) are shown with their bad bytes escaped."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "backslashreplace")
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 

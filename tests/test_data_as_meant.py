@@ -163,3 +163,24 @@ def test_unlabelled_images_are_not_trained_without_distillation(tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert code == 2 and "trains with kd_weight 0" in err and "is unlabelled" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_coco_val_categories_other_than_train_are_refused(tmp_path):
+    root = _coco(tmp_path / "coco")
+    val = root / "annotations" / "instances_val.json"
+    val.write_text(json.dumps({**json.loads(val.read_text()), "categories": [{"id": 1, "name": "another"}]}))
+    with pytest.raises(PrunefxError, match="instances_val.json: its categories are not the train file's"):
+        coco_splits(root)
+
+
+def test_validation_images_that_are_training_images_are_said(tmp_path, caplog):
+    root = tmp_path / "yolo"
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "labels" / "train").mkdir(parents=True)
+    for name in ("a", "b"):
+        Image.new("RGB", (8, 8)).save(root / "images" / "train" / f"{name}.png")
+        (root / "labels" / "train" / f"{name}.txt").write_text("0 0.5 0.5 0.25 0.25\n")
+    (root / "data.yaml").write_text("train: images/train\nval: images/train\nnames: [a]\n")
+    with caplog.at_level(logging.WARNING):
+        format_data(root, 1, num_workers=0)
+    assert "2 of the 2 val images are training images too" in caplog.text

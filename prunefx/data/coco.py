@@ -87,9 +87,9 @@ def _unique_ids(entries: list[dict], path: Path, key: str) -> list[int]:
     return ids
 
 
-def categories(path: Path, root: Path) -> tuple[list[int], tuple[str, ...]]:
-    """(category ids in id order, their names) of an annotation file."""
-    cats = _load_json(path, root)["categories"]
+def categories_in(content: dict, path: Path) -> tuple[list[int], tuple[str, ...]]:
+    """(category ids in id order, their names) of the annotation file `path` read as `content`."""
+    cats = content["categories"]
     ids = _unique_ids(cats, path, "categories")
     if not cats:
         raise PrunefxError(f"{WHAT} {printable(str(path))} define no categories")
@@ -151,10 +151,14 @@ def _boxes_by_image(content: dict, annotations: Path, index_of: dict[int, int]) 
     return boxes_of
 
 
-def read_split(root: Path, annotations: Path, category_ids: list[int]) -> SplitFiles:
-    """One split's images and boxes (class index, x1, y1, x2, y2); a category id outside `category_ids`
-    or an image file that is not there is one line naming the annotation file."""
-    content = _load_json(annotations, root)
+def read_split(root: Path, annotations: Path, content: dict, classes: tuple[list[int], tuple[str, ...]]) -> SplitFiles:
+    """One split's images and boxes (class index, x1, y1, x2, y2) from its annotation file read as `content`;
+    categories other than `classes` (the train file's ids and names), a category id outside them or an image file
+    that is not there is one line naming the annotation file."""
+    if content["categories"] and categories_in(content, annotations) != classes:
+        raise PrunefxError(f"{printable(str(annotations))}: its categories are not the train file's (ids and names): "
+                           "the same id would be another class in training and in scoring")
+    category_ids = classes[0]
     split = annotations.stem.removeprefix("instances_")
     folder = _image_folder(root, split, annotations)
     boxes_of = _boxes_by_image(content, annotations, {cid: i for i, cid in enumerate(category_ids)})
@@ -191,13 +195,14 @@ def read_split(root: Path, annotations: Path, category_ids: list[int]) -> SplitF
 def coco_splits(root: Path) -> tuple[dict[str, SplitFiles], tuple[str, ...]]:
     """role -> split, and the class names (the train file's categories)."""
     files = annotation_files(root)
-    category_ids, names = categories(files["train"], root)
+    train = _load_json(files["train"], root)  # read once: COCO 2017's is 450 MB
+    classes = categories_in(train, files["train"])
     splits = {}
     for role, path in files.items():
         try:
-            splits[role] = read_split(root, path, category_ids)
+            splits[role] = read_split(root, path, train if role == "train" else _load_json(path, root), classes)
         except UnlabelledSplit as error:
             if role != "test":
                 raise
             _log.warning(f"the test split is left out: {error}")  # the rest of the data still serves
-    return splits, names
+    return splits, classes[1]

@@ -15,6 +15,7 @@ headers are checked while the data set is opened, before any training.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from prunefx.data.samples import LabelledImages, SplitFiles, check_headers
 from prunefx.data.splits import DETECTION, SEGMENTATION, DataSplits, image_folder_data
 from prunefx.data.unlabelled import UNLABELLED, unlabelled_data
 from prunefx.data.yolo import yaml_file, yolo_splits
-from prunefx.graph.errors import PrunefxError
+from prunefx.graph.errors import PrunefxError, printable
+
+_log = logging.getLogger(__name__)
 
 IMAGEFOLDER, COCO, YOLO, MASKS = "imagefolder", "coco", "yolo", "masks"
 FORMATS = (IMAGEFOLDER, COCO, YOLO, MASKS, UNLABELLED)
@@ -103,6 +106,7 @@ def format_data(path: str | Path, batch_size: int, *, data_format: str | None = 
         return unlabelled_data(path, batch_size, image_size=image_size, channels=channels, seed=seed,
                                num_workers=workers)
     splits, names = read_format(path, data_format, ignore_index=ignore_index, palette=palette)
+    _warn_of_trained_images(splits)
     size = _size(image_size, splits["train"])
     for role, split in splits.items():
         if role != "train":
@@ -114,3 +118,14 @@ def format_data(path: str | Path, batch_size: int, *, data_format: str | None = 
                for role, split in splits.items()}
     return DataSplits(loaders["train"], loaders.get("val"), loaders.get("test"), names, (channels, *size),
                       _TASKS[data_format])
+
+
+def _warn_of_trained_images(splits: dict[str, SplitFiles]) -> None:
+    """A validation or test image that is also a training image (a data yaml's `val:` naming the train folder, COCO's
+    trainval beside its val) scores the model on what it learnt: said, since small demos do it on purpose."""
+    trained = {os.path.realpath(image) for image in splits["train"].images}
+    for role, split in splits.items():
+        shared = [image for image in split.images if os.path.realpath(image) in trained] if role != "train" else []
+        if shared:
+            _log.warning(f"{len(shared)} of the {len(split.images)} {role} images are training images too (first "
+                         f"{printable(str(shared[0]))}): their scores are of images the model trained on")
