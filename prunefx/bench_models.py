@@ -119,6 +119,11 @@ def bench_model(reference: str, args, backend: Backend, workdir: Path, label: st
     return BenchModel(reference, program, Path(path), inputs, _calibration(args, inputs))
 
 
+def input_text(tensor: torch.Tensor) -> str:
+    """'1x3x224x224 float32': an input's shape and type, as bench and profile name what they timed."""
+    return f"{'x'.join(map(str, tensor.shape))} {str(tensor.dtype).removeprefix('torch.')}"
+
+
 def _calibration(args, inputs: list[torch.Tensor]):
     return calibration_data(args.calibrate, inputs[0]).batches if args.calibrate else None
 

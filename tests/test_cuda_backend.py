@@ -308,6 +308,9 @@ def test_bench_and_profile_on_cuda_with_the_fake_device(capsys, tmp_path, fake):
     profile = json.loads((tmp_path / "profile.json").read_text())
     convolutions = [row for row in profile["layers"] if row["layer_type"] == "conv2d"]
     assert profile["source"] == "cuda" and len(convolutions) == 2  # one row per convolution node, timed
+    # what was profiled, and how, recorded with the rows
+    assert (profile["model"], profile["backend"], profile["precision"]) == (str(pt2), "cuda", "fp16")
+    assert len(profile["inputs"]) == 1 and profile["inputs"][0].startswith("4x")
     # the fake timer answers the whole model's time for each node it times: every row has it
     assert all(row["median_ms"] == pytest.approx(MS_PER_WEIGHT * _weights(_net(16).module)) for row in convolutions)
     assert sum(row["share"] for row in profile["layers"]) == pytest.approx(1)

@@ -213,7 +213,8 @@ def format_profile_table(profile: LayerProfile, *, limit: int | None = None) -> 
     return "\n".join(lines + [f"note: {note}" for note in profile.notes])
 
 
-def write_profile_json(profile: LayerProfile, path: str | os.PathLike) -> Path:
+def write_profile_json(profile: LayerProfile, path: str | os.PathLike, about: dict | None = None) -> Path:
+    """The profile as JSON at `path`, after `about` (what was profiled, and how: model, backend, precision, inputs)."""
     path = file_path(path)
-    write_whole(path, json.dumps(profile.to_dict(), indent=2) + "\n")
+    write_whole(path, json.dumps({**(about or {}), **profile.to_dict()}, indent=2) + "\n")
     return path

@@ -32,6 +32,7 @@ from prunefx.bench_models import (
     bench_model,
     checked_backend,
     flushes_denormals,
+    input_text,
 )
 from prunefx.graph.errors import PrunefxError
 from prunefx.reports.budget_text import interval_text
@@ -93,7 +94,7 @@ def run(args) -> int:
         references = [(args.model, "a")] + ([(args.vs, "b")] if args.vs else [])
         models = [bench_model(reference, args, backend, Path(tmp), label) for reference, label in references]
         _check_same_inputs(models)
-        report["inputs"] = [_input_text(tensor) for tensor in models[0].inputs]  # shape and type of each
+        report["inputs"] = [input_text(tensor) for tensor in models[0].inputs]  # shape and type of each
         if len(models[0].inputs) == 1 and models[0].inputs[0].dim() > 0:  # the batch timed, also where not asked for
             report.setdefault("batch", int(models[0].inputs[0].shape[0]))
         report.update(backend.bench(models, settings))
@@ -104,12 +105,8 @@ def run(args) -> int:
     return 0
 
 
-def _input_text(tensor) -> str:
-    return f"{'x'.join(map(str, tensor.shape))} {str(tensor.dtype).removeprefix('torch.')}"
-
-
 def _inputs_text(model) -> str:
-    return ", ".join(_input_text(tensor) for tensor in model.inputs)
+    return ", ".join(input_text(tensor) for tensor in model.inputs)
 
 
 def _check_same_inputs(models) -> None:

@@ -15,7 +15,13 @@ import tempfile
 from pathlib import Path
 
 from prunefx import options
-from prunefx.bench_models import DEFAULT_WARMUP, add_backend_arguments, bench_model, checked_backend
+from prunefx.bench_models import (
+    DEFAULT_WARMUP,
+    add_backend_arguments,
+    bench_model,
+    checked_backend,
+    input_text,
+)
 from prunefx.output import staged_file
 from prunefx.output_paths import check_output_file
 from prunefx.runtime import backends, format_profile_table
@@ -37,10 +43,13 @@ def run(args) -> int:
     backend, settings = checked_backend(args, purpose="profile")
     json_path = check_output_file(args.output) if args.output else None
     with tempfile.TemporaryDirectory(prefix="prunefx-profile-") as tmp:
-        profile = backend.profile(bench_model(args.model, args, backend, Path(tmp), "model"), settings)
+        model = bench_model(args.model, args, backend, Path(tmp), "model")
+        profile = backend.profile(model, settings)
     print(format_profile_table(profile, limit=args.top))
     if json_path:
+        about = {"model": args.model, "backend": args.backend, "precision": args.precision, "sparse": args.sparse,
+                 "inputs": [input_text(tensor) for tensor in model.inputs]}
         with staged_file(json_path) as staging:
-            write_profile_json(profile, staging)
+            write_profile_json(profile, staging, about)
         print(f"wrote {json_path}")
     return 0
