@@ -28,6 +28,7 @@ from prunefx.runtime.onnx.integer_units import S8_LEVELS, SEVEN_BIT_LEVELS
 from prunefx.runtime.onnx.qdq import activation_quantizers, fold_weight_quantizers, name_inputs_and_outputs
 from prunefx.runtime.onnx.quantize_static import quantize_static_file
 from prunefx.runtime.onnx.quantized_ort import lower_for_onnxruntime
+from prunefx.runtime.onnx.reshape_layout import contiguous_before_reshapes
 from prunefx.runtime.onnx.torchlib_registry import registries_reused
 
 # lowering -> the integer units' weight levels (None: the TensorRT file, no ONNX Runtime rewrites)
@@ -127,7 +128,7 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _exported(program: Program, opset: int) -> onnx.ModelProto:
     try:
-        exported = program.export()
+        exported = contiguous_before_reshapes(program.export())  # attention with a mask left in float (reshape_layout.py)
         with registries_reused():
             return torch.onnx.export(exported, program.example_inputs, dynamo=True, opset_version=opset,
                                      external_data=False, optimize=True, verbose=False).model_proto
