@@ -42,6 +42,9 @@ def test_fp16_lowering_keeps_float32_io_and_sensitive_ops(one_thread, tmp_path):
     for node in model.graph.node:
         if node.op_type in ("Softmax", "LayerNormalization"):  # kept in float32 (statistics, exponentials)
             assert types.get(node.input[0], float32) == float32, node.op_type
+    producer = {output: node for node in model.graph.node for output in node.output}
+    last = producer[producer[model.graph.output[0].name].input[0]]
+    assert last.op_type == "Softmax"  # its float32 result is returned, not rounded to float16 on the way
     x = torch.randn(1, 3, 10, 10)
     want = OnnxRuntimeSession(source, threads=1).run(x)[0]
     got = OnnxRuntimeSession(lowered, threads=1).run(x)[0]

@@ -11,6 +11,7 @@ float32. What this module adds:
   GroupNorm / InstanceNorm, Softmax, and the reductions and powers that spelled-out norms are made of; an
   FP16 sum of squares over hundreds of channels overflows or loses the small variances;
 - Q/DQ files are refused: their precision is already explicit, and scales must stay float32;
+- a kept-float32 result cast to float16 and straight back (on its way to an output) keeps its float32;
 - the result is checked with types inferred (`full_check`) before it is written: a mistyped file is an error here,
   not at the engine build.
 """
@@ -63,6 +64,36 @@ def _drop_repeated_casts(model: onnx.ModelProto) -> None:
     model.graph.value_info.extend(infos.values())
 
 
+def _drop_float16_round_trips(model: onnx.ModelProto) -> None:
+    """A Cast to float16 read only by a Cast to float32 (a kept-float32 operator's result on its way to a graph output
+    or to another kept-float32 operator) rounds to float16 for nothing: the second Cast reads the first's input."""
+    graph = model.graph
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    returned = {output.name for output in graph.output}
+    to_half = {node.output[0]: node for node in graph.node if _casts_to(node, onnx.TensorProto.FLOAT16)}
+    dropped = set()
+    for node in graph.node:
+        first = to_half.get(node.input[0]) if _casts_to(node, onnx.TensorProto.FLOAT) else None
+        if first is not None and readers[first.output[0]] == 1 and first.output[0] not in returned:
+            node.input[0] = first.input[0]
+            dropped.add(id(first))
+    gone = {node.output[0] for node in graph.node if id(node) in dropped}
+    kept = [node for node in graph.node if id(node) not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+    infos = [info for info in graph.value_info if info.name not in gone]
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
+
+
+def _casts_to(node: onnx.NodeProto, element_type: int) -> bool:
+    return node.op_type == "Cast" and node.domain in ("", "ai.onnx") and any(
+        attribute.name == "to" and attribute.i == element_type for attribute in node.attribute)
+
+
 def lower_to_float16(source: str | os.PathLike, target: str | os.PathLike, *,
                      keep_float32: tuple[str, ...] = KEEP_FLOAT32) -> Path:
     """Write the FP16 form of the ONNX file `source` to `target` (float32 inputs and outputs kept)."""
@@ -77,6 +108,7 @@ def lower_to_float16(source: str | os.PathLike, target: str | os.PathLike, *,
     lowered = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
     _restore_float32_outputs(lowered)
     _drop_repeated_casts(lowered)
+    _drop_float16_round_trips(lowered)
     OnnxModel(lowered).topological_sort()  # the converter appends its Cast nodes after the nodes that read them
     try:
         onnx.checker.check_model(lowered, full_check=True)
