@@ -20,6 +20,7 @@ from torch.export.passes import move_to_device_pass
 from prunefx.graph.analysis_record import Analysis, AnalysisRecordError
 from prunefx.graph.attributes import delete_unused_tensors, get_tensor
 from prunefx.graph.errors import ProgramFileError, PrunefxError, VerificationError, first_line, printable
+from prunefx.graph.export_refresh import with_current_tensors
 from prunefx.graph.node_names import node_names, restore_node_names
 from prunefx.graph.program_file import read_program_file, write_program_file
 from prunefx.graph.program_metadata import FORMAT_VERSION, INPUT_DTYPES, program_name
@@ -189,7 +190,10 @@ class Program:
         key = (_propagation_key(self), _tensor_identities(self.module), tuple(map(id, self.example_inputs)))
         if self._exported is not None and self._exported[0] == key:
             return self._exported[1]
-        self._exported = None
+        refreshed = self._refreshed(key)
+        self._exported = None if refreshed is None else (key, refreshed)
+        if refreshed is not None:
+            return refreshed
         try:
             exported = torch.export.export(self.module, self.example_inputs, strict=False)
         except Exception as error:
@@ -197,6 +201,17 @@ class Program:
                                     f"{first_line(error)}") from error
         self._exported = (key, exported)
         return exported
+
+    def _refreshed(self, key: tuple) -> torch.export.ExportedProgram | None:
+        """The kept export with the tensors replaced since, when nothing else changed (graph/export_refresh.py)."""
+        if self._exported is None:
+            return None
+        kept_key, kept = self._exported
+        same_names = [name for name, _ in kept_key[1]] == [name for name, _ in key[1]]
+        if kept_key[0] != key[0] or kept_key[2] != key[2] or not same_names:
+            return None
+        replaced = {name for (name, before), (_, now) in zip(kept_key[1], key[1]) if before != now}
+        return with_current_tensors(kept, self.module, replaced)
 
     # --- persistence (graph/program_file.py) ---------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

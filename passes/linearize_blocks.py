@@ -143,18 +143,13 @@ def _choose(program: Program, candidates: list[Block], config: LinearizeBlocksCo
         return [], {}
     ranked, scores = ranked_blocks(program, batches, rank=config.rank, progress=config.progress,
                                    candidates=candidates, max_kernel_growth=config.max_kernel_growth,
-                                   layer_norms=config.layer_norms)
+                                   layer_norms=config.layer_norms, needed=config.count)
     count = config.count
     if config.speedup is not None:
         # _enough_for_speedup keeps the shortest prefix of the ranking that reaches the target: all of it is chosen
         ranked = _enough_for_speedup(program, ranked, config, scores)
         count = len(ranked)
     assert count is not None  # the config's check: exactly one of blocks, count and speedup
-    if count > len(ranked):
-        raise LinearizeError(f"linearize_blocks: count {count} but only {len(ranked)} blocks become "
-                             f"affine once linearised and merge into fewer MACs"
-                             f"{': ' + ', '.join(block.name for block in ranked) if ranked else ''}"
-                             f"{_why_not_affine(candidates)}")
     chosen = set(block.name for block in ranked[:count])
     return [block for block in candidates if block.name in chosen], scores
 
@@ -170,15 +165,20 @@ def _why_not_affine(blocks: list[Block]) -> str:
 
 def ranked_blocks(program: Program, batches, *, rank: str = "damage", progress: bool | None = None,
                   candidates: list[Block] | None = None, max_kernel_growth: float = 1.0,
-                  layer_norms: str = "batch_norm") -> tuple[list[Block], dict]:
+                  layer_norms: str = "batch_norm", needed: int | None = None) -> tuple[list[Block], dict]:
     """The blocks worth linearising (affine once linearised, and their merge saves MACs), least harmful
     on `batches` (input tuples: graph/activations.calibration_inputs) first by `rank`, and {block: {damage, macs_saved}}. Budget searches (passes/depth_to_budget.py) take
-    prefixes of this order."""
+    prefixes of this order. `needed`: fewer worth linearising is an error, before any block is scored on data."""
     if batches is None:
         raise LinearizeError("linearize_blocks: choosing blocks by 'count' or 'speedup' needs 'calibration' data "
                              "to score them")
-    worth, gains = _worth_merging(program, find_blocks(program.module) if candidates is None else candidates,
-                                  max_kernel_growth, layer_norms)
+    candidates = find_blocks(program.module) if candidates is None else candidates
+    worth, gains = _worth_merging(program, candidates, max_kernel_growth, layer_norms)
+    if needed is not None and needed > len(worth):
+        raise LinearizeError(f"linearize_blocks: count {needed} but only {len(worth)} blocks become "
+                             f"affine once linearised and merge into fewer MACs"
+                             f"{': ' + ', '.join(block.name for block in worth) if worth else ''}"
+                             f"{_why_not_affine(candidates)}")
     damage = block_damage(program, worth, batches, progress=progress)
     order = _RANKINGS[rank]
     ranked = sorted(worth, key=lambda block: order(damage[block.name], gains[block.name]))

@@ -1,5 +1,7 @@
 """Depth pruning, first half: block discovery, progressive linearisation, its schedule and block choice."""
 
+import importlib
+
 import pytest
 import torch
 
@@ -289,3 +291,12 @@ def test_a_speedup_no_choice_of_blocks_reaches_is_said_in_the_stats():
                                                "calibration": [x]})
     missed = result.stats["speedup_missed"]
     assert missed["target"] == 50.0 and 1.0 < missed["best_measured"] < 50.0 and result.stats["chosen"] == ["0"]
+
+
+def test_a_count_beyond_the_mergeable_blocks_is_refused_before_any_block_is_scored(mobilenet, monkeypatch):
+    module = importlib.import_module("prunefx.passes.linearize_blocks")
+    mergeable = len(mergeable_blocks(mobilenet))
+    monkeypatch.setattr(module, "block_damage", lambda *a, **k: pytest.fail("blocks scored before the refusal"))
+    batches = [torch.randn(2, 3, 64, 64)]
+    with pytest.raises(PrunefxError, match=f"count {mergeable + 1} but only {mergeable} blocks"):
+        linearize_blocks(mobilenet.clone(), config={"count": mergeable + 1, "mode": "abrupt", "calibration": batches})

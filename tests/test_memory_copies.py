@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from prunefx.graph import capture
+from prunefx.graph.attributes import set_tensor
+from prunefx.graph.export_refresh import with_current_tensors
 from prunefx.graph.heap import release_freed_memory
 from prunefx.graph.zip_target import FailureHoldingFile
 from prunefx.passes.core.pipeline import Pipeline
@@ -153,6 +155,25 @@ def test_a_tensor_replaced_without_recompiling_is_seen():
     assert program.export() is not first
     program.example_inputs = (torch.randn(2, 16),)
     assert program.export().example_inputs[0][0] is program.example_inputs[0]
+
+
+def test_tensors_replaced_by_others_alike_keep_the_graph_without_exporting_again(monkeypatch):
+    """What recalibrate_batchnorm does: new values in tensors of the same shape. torch.export is not run again, and
+    the export reads the new values; one handed out before keeps its own."""
+    program = mlp_program()
+    first = program.export()
+    exports = []
+    real_export = torch.export.export
+    monkeypatch.setattr(torch.export, "export", lambda *a, **k: exports.append(1) or real_export(*a, **k))
+    set_tensor(program.module, "fc2.bias", torch.full_like(program.module.fc2.bias, 3.0))
+    second = program.export()
+    assert exports == [] and second is not first and second.state_dict["fc2.bias"] is program.module.fc2.bias
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        assert torch.equal(second.module()(x), program.module(x))  # the oracle: the module itself
+        assert not torch.equal(first.module()(x), program.module(x))
+    set_tensor(program.module, "fc2.bias", torch.zeros(3))  # another shape: not a replacement alike
+    assert with_current_tensors(second, program.module, {"fc2.bias"}) is None
 
 
 def test_the_streamed_onnx_file_is_what_onnx_writes(tmp_path):

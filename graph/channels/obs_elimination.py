@@ -196,7 +196,7 @@ def _compact_in_place(square: torch.Tensor, kept: torch.Tensor, chunk: int = 256
     size = kept.numel()
     flat = square.view(-1)
     for start in range(0, size, chunk):
-        rows = square[kept[start:start + chunk]][:, kept]
+        rows = square.index_select(0, kept[start:start + chunk]).index_select(1, kept)  # two gathers, no mask copy
         flat[start * size:start * size + rows.numel()] = rows.reshape(-1)
     return flat[:size * size].view(size, size)
 
