@@ -168,3 +168,21 @@ def test_check_on_ort_is_an_error_exactly_when_onnxruntime_does_not_load_the_fil
     out = capsys.readouterr().out
     assert status == (0 if loads else 1), out
     assert ("onnxruntime-refuses" in out) == (not loads) and (loads or onnxruntime.__version__ in out)
+
+
+@pytest.mark.parametrize("pad_value", [0.0, -np.inf])
+def test_a_zero_pad_into_a_max_pool_is_a_warning_exactly_where_onnxruntime_fuses_it_wrong(pad_value):
+    value = numpy_helper.from_array(np.array(pad_value, np.float32), "value")
+    pads = numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")
+    graph = helper.make_graph(
+        [helper.make_node("Pad", ["x", "pads", "value"], ["padded"], name="pad", mode="constant"),
+         helper.make_node("MaxPool", ["padded"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2])],
+        "stem", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[pads, value])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    x = -np.ones((1, 1, 6, 6), np.float32)  # every window's values negative: only padding can give a 0
+    fused = _session(model).run(None, {"x": x})[0]
+    unfused = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"],
+                                           disabled_optimizers=["Pad_Fusion"]).run(None, {"x": x})[0]
+    warned = [f for f in check_model(model, "ort").findings if f.rule == "zero-pad-into-max-pool"]
+    assert bool(warned) == (not np.array_equal(fused, unfused)) == (pad_value == 0)

@@ -115,6 +115,29 @@ def test_a_weight_the_model_returns_is_exported_by_dynamo(tmp_path):
     assert np.array_equal(written, program.module.anchors.numpy())
 
 
+class ZeroPaddedPool(torch.nn.Module):
+    """BiT's stem (timm resnetv2): a convolution, a zero ConstantPad2d and a MaxPool, on signed values."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pad, self.pool = torch.nn.Conv2d(3, 8, 3), torch.nn.ConstantPad2d(1, 0.0), torch.nn.MaxPool2d(3, 2)
+
+    def forward(self, x):
+        return self.pool(self.pad(self.conv(x)))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_a_zero_pad_before_a_max_pool_computes_the_same_on_onnx_runtime(tmp_path, exporter):
+    """ONNX Runtime's Pad fusion folds a zero Pad into the MaxPool after it, which pads with -inf: 0.1 off here."""
+    torch.manual_seed(0)
+    program = capture(ZeroPaddedPool().eval(), torch.randn(1, 3, 16, 16))
+    result = export_onnx(program, tmp_path / "stem.onnx", exporter=exporter)
+    x = torch.randn(1, 3, 16, 16)  # not the example input: the file computes, it does not replay
+    got = OnnxRuntimeSession(result.path, threads=1).run(x)[0]  # ONNX Runtime's default optimisations, as deployed
+    want = program.module(x).detach().numpy()
+    assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+
+
 def test_fallback_to_torchscript_when_dynamo_fails(monkeypatch, tmp_path):
     original = torch.onnx.export
 

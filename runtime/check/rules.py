@@ -229,6 +229,22 @@ def dynamic_shapes(index: GraphIndex, target: Target) -> Iterator[Finding]:
                           "(min/opt/max shapes)")
 
 
+def zero_pads_into_max_pools(index: GraphIndex, target: Target) -> Iterator[Finding]:
+    """A constant Pad of zeros whose readers are MaxPools: ONNX Runtime's Pad fusion folds it into the pool's own
+    padding, which is -inf (runtime/onnx/zero_pads_before_max_pools.py writes such a Pad safely)."""
+    for node in index.nodes:
+        if node.op_type != "Pad" or any(a.name == "mode" and a.s not in (b"", b"constant") for a in node.attribute):
+            continue
+        readers = index.consumers.get(node.output[0], [])
+        value = node.input[2] if len(node.input) > 2 else ""
+        zero = not value or (value in index.constants and not np.any(index.array(value)))
+        if zero and readers and all(reader.op_type == "MaxPool" for reader in readers):
+            yield _find("warning", "zero-pad-into-max-pool", node,
+                        "ONNX Runtime's Pad fusion folds this zero padding into the MaxPool after it, which pads with "
+                        "-inf: a window whose values are all negative no longer takes the 0 (disable it with "
+                        "disabled_optimizers=['Pad_Fusion'], or export with prunefx, which writes the Pad safely)")
+
+
 def sparse_eligible(index: GraphIndex, target: Target) -> Iterator[Finding]:
     for node in index.nodes:
         if node.op_type not in LAYERS or len(node.input) < 2:
@@ -263,7 +279,8 @@ def float32_in_float16_graph(index: GraphIndex, target: Target) -> Iterator[Find
 TENSORRT_RULES = (unsupported_operators, attribute_limits, type_limits, missing_dequantize, zero_points,
                   dangling_quantizers, residual_adds, concat_scales, channel_multiples, dynamic_shapes, sparse_eligible,
                   float32_in_float16_graph)
-ONNXRUNTIME_RULES = (unsupported_operators, missing_dequantize, residual_adds, concat_scales, channel_multiples)
+ONNXRUNTIME_RULES = (unsupported_operators, missing_dequantize, residual_adds, concat_scales, channel_multiples,
+                     zero_pads_into_max_pools)
 
 
 def run_rules(index: GraphIndex, target: Target) -> list[Finding]:

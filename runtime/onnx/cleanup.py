@@ -1,5 +1,6 @@
 """The cleanup of an exported ONNX graph before it is written: constants folded, dead nodes dropped, nodes
-sorted, inputs and outputs named input_N / output_N, and the exporter's provenance of each node kept
+sorted, inputs and outputs named input_N / output_N, a zero Pad before a MaxPool made safe from ONNX Runtime's
+Pad fusion (runtime/onnx/zero_pads_before_max_pools.py), and the exporter's provenance of each node kept
 (onnx-graphsurgeon does the work; runtime/onnx/export.py calls it)."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from prunefx.runtime.errors import OnnxExportError
+from prunefx.runtime.onnx.zero_pads_before_max_pools import guard_zero_pads_before_max_pools
 
 # Where a weight kept apart during the export is said to be: never a file, every such reference is replaced
 # in clean_graph.
@@ -31,6 +33,7 @@ def clean_graph(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> tuple
             tensor.values = weights[tensor.name]
     with _graph_surgeon_errors_only():
         graph.fold_constants()
+    guard_zero_pads_before_max_pools(graph)  # ONNX Runtime's Pad fusion would change what they compute
     graph.cleanup()
     graph.toposort()
     returned = {id(tensor) for tensor in graph.outputs}  # renamed below: such a weight is written inline
