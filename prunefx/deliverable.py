@@ -14,6 +14,7 @@ from prunefx.graph.heap import release_freed_memory
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.runtime import check_parity, export_onnx, export_quantized_onnx, onnxruntime_lowering
 from prunefx.runtime.check.readiness import report_entries
+from prunefx.runtime.onnx.parity import warn_if_inexact
 
 
 def write_model(staging: Path, program: Program, *, opset: int) -> dict:
@@ -22,8 +23,11 @@ def write_model(staging: Path, program: Program, *, opset: int) -> dict:
     release_freed_memory()  # what saving held, before the export's own copy of the weights (graph/heap.py)
     path, onnx_entry = export_deliverable(program, staging / "model.onnx", opset=opset)
     parity = check_parity(program, path)
+    quantized = has_fake_quant(program.graph)
+    if not quantized:  # an INT8 file's rounding is its own: no float tolerance reads it
+        warn_if_inexact(parity, "model.onnx")
     # INT8 here is ONNX Runtime's lowering; a float file is what TensorRT engines are built from too
-    targets = ("ort",) if has_fake_quant(program.graph) else ("trt11", "ort")
+    targets = ("ort",) if quantized else ("trt11", "ort")
     return {"onnx": onnx_entry, "readiness": report_entries(path, targets),
             "parity": {"max_abs_error": parity.max_abs_error, "output_scale": parity.output_scale,
                        "relative": parity.relative}}

@@ -1,6 +1,7 @@
 """runtime: ONNX export (dynamo and TorchScript fallback), graph-surgeon cleanup, ONNX Runtime, parity."""
 
 import contextlib
+import importlib
 
 import numpy as np
 import onnx
@@ -8,6 +9,7 @@ import pytest
 import torch
 import torchvision
 
+from prunefx.cli import main
 from prunefx.graph import PrunefxError, capture
 from prunefx.runtime import (
     OnnxExportError,
@@ -136,6 +138,19 @@ def test_a_zero_pad_before_a_max_pool_computes_the_same_on_onnx_runtime(tmp_path
     got = OnnxRuntimeSession(result.path, threads=1).run(x)[0]  # ONNX Runtime's default optimisations, as deployed
     want = program.module(x).detach().numpy()
     assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+
+
+def test_a_file_further_from_torch_than_an_exact_export_is_said_in_export(tmp_path, monkeypatch, capsys):
+    """Without the Pad rewrite ONNX Runtime's fusion leaves the stem 0.1 off: the command says so, not only the
+    figure."""
+    monkeypatch.setattr(importlib.import_module("prunefx.runtime.onnx.cleanup"), "guard_zero_pads_before_max_pools",
+                        lambda graph: 0)
+    factory = tmp_path / "stem.py"
+    factory.write_text("import torch\n\ndef net():\n    torch.manual_seed(0)\n    return torch.nn.Sequential("
+                       "torch.nn.Conv2d(3, 8, 3), torch.nn.ConstantPad2d(1, 0.0), torch.nn.MaxPool2d(3, 2))\n")
+    assert main(["export", f"{factory}:net", "--input-shape", "1x3x16x16", "-o", str(tmp_path / "stem.onnx")]) == 0
+    err = capsys.readouterr().err
+    assert "stem.onnx computes" in err and "away from the PyTorch model on ONNX Runtime" in err, err
 
 
 def test_fallback_to_torchscript_when_dynamo_fails(monkeypatch, tmp_path):

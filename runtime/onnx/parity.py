@@ -9,6 +9,7 @@ detector's scores in [0, 1] are not read on the scale of its boxes in pixels.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from prunefx.graph.heap import release_freed_memory
 from prunefx.runtime.errors import ParityError
 from prunefx.runtime.model_precision import require_onnx_runtime_can_check
 from prunefx.runtime.ort.session import OnnxRuntimeSession
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,22 @@ def check_parity(program: Program, onnx_path: str | os.PathLike,
         raise ParityError(f"model '{program.name}' has {len(expected)} output(s) in torch but "
                           f"{len(actual)} in {file_name}")
     return _worst([_compare(name, want, got, program.name) for name, want, got in zip(names, expected, actual)])
+
+
+# What an exact float export reads on the models prunefx verifies (docs/reference/verified.md): further than this,
+# the file does not compute the model as ONNX Runtime runs it (an optimisation of its own, an exporter's mistake).
+FLOAT_TOLERANCE = 1e-4
+
+
+def warn_if_inexact(parity: Parity, file: str) -> bool:
+    """Log a warning when a float file's `parity` is further than FLOAT_TOLERANCE; whether it was."""
+    if parity.relative <= FLOAT_TOLERANCE:
+        return False
+    worst = max(parity.outputs, key=lambda output: _relative(output.max_abs_error, output.output_scale))
+    log.warning(f"{file} computes {parity.relative:.1e} away from the PyTorch model on ONNX Runtime ({worst.name}; "
+                f"an exact export reads below {FLOAT_TOLERANCE:g}): check it on your runtime before deploying; "
+                f"`prunefx check {file} --target ort` names patterns ONNX Runtime computes differently")
+    return True
 
 
 def program_parity(reference: Program, other: Program, inputs: Sequence[torch.Tensor] | None = None) -> Parity:

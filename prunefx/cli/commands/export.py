@@ -15,6 +15,7 @@ from prunefx.output import staged_file
 from prunefx.output_paths import check_output_file
 from prunefx.runtime import check_parity, export_onnx, export_quantized_onnx, onnxruntime_lowering
 from prunefx.runtime.onnx.external import remove_stale_side_files, rename_external_data, side_file_name
+from prunefx.runtime.onnx.parity import warn_if_inexact
 from prunefx.runtime.onnx.quantized import require_float32_quantizers
 
 INT8_BACKENDS = ("ort", "trt")
@@ -51,6 +52,7 @@ def run(args) -> int:
     if exported.fallback_reason:
         print(f"note: the dynamo exporter failed ({exported.fallback_reason}); used the TorchScript exporter")
     _print_parity(parity)
+    warn_if_inexact(parity, str(destination))
     return 0
 
 
