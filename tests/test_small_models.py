@@ -154,3 +154,24 @@ def test_vit_pruning_keeps_whole_heads_of_equal_width():
         qkv = result.program.module.get_parameter(f"blocks.{block}.attn.qkv.weight")
         assert qkv.shape[0] == 3 * heads["width_after"] * head_dims["width_after"]
     assert any(g["width_after"] < g["width_before"] for g in groups if g["factor"])
+
+
+class _GainConv(torch.nn.Module):
+    """timm's ScaledStdConv2d pattern: a per-output gain of shape [C, 1, 1, 1] read through view(-1)."""
+
+    def __init__(self, inputs, outputs):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(outputs, inputs, 3, 3))
+        self.gain = torch.nn.Parameter(torch.ones(outputs, 1, 1, 1))
+
+    def forward(self, x):
+        return torch.nn.functional.conv2d(x, self.weight * self.gain.view(-1)[:, None, None, None], padding=1)
+
+
+def test_a_parameters_size_one_dims_are_not_channel_groups():
+    from prunefx.graph.channels.groups import find_channel_groups
+
+    model = torch.nn.Sequential(_GainConv(3, 32), torch.nn.ReLU(), _GainConv(32, 16), torch.nn.ReLU()).eval()
+    program = capture(model, torch.randn(1, 3, 8, 8))
+    combing = find_channel_groups(program.module)
+    assert [len(group.classes) for group in combing.groups] == [32]  # the hidden channels (the output is fixed); no 1s

@@ -207,9 +207,12 @@ def find_channel_groups(module: torch.fx.GraphModule, *, keep: set[str] | None =
     weights = _weight_targets(module)
     by_signature, factor_classes = _group_classes(analysis, analysis.classes, weights)
     inexact = _inexact_classes(analysis)
+    # a group of one channel cannot narrow (its last channel stays): most are a parameter's size-1 dims (a gain of
+    # shape [C, 1, 1, 1]), not channels, and counted as removable they would inflate every channel count
+    widths = [(signature, classes) for (signature, _), classes in by_signature.items() if len(classes) > 1]
     groups = [ChannelGroup(index, np.array(classes), sorted(signature),
                            exact=not (set(classes) & inexact), factor=classes[0] in factor_classes)
-              for index, ((signature, _), classes) in enumerate(by_signature.items())]
+              for index, (signature, classes) in enumerate(widths)]
     return Combing(groups, _blocked_groups(analysis, weights), analysis)
 
 
@@ -226,8 +229,8 @@ def _blocked_groups(analysis: ChannelAnalysis, weights: set[str]) -> list[Blocke
     by_signature, _ = _group_classes(analysis, unblocked, weights)
     blocked = []
     for (signature, _), classes in by_signature.items():
-        if not all(analysis.classes[first_label[c]] == fixed_now for c in classes):
-            continue
+        if len(classes) < 2 or not all(analysis.classes[first_label[c]] == fixed_now for c in classes):
+            continue  # (one channel would not narrow blocked or not: see find_channel_groups)
         class_set = set(classes)
         culprits = [b for b, touched in zip(analysis.space.blockers, blocker_classes) if class_set & touched]
         blocked.append(BlockedGroup(sorted(signature), len(classes),
