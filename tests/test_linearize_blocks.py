@@ -300,3 +300,17 @@ def test_a_count_beyond_the_mergeable_blocks_is_refused_before_any_block_is_scor
     batches = [torch.randn(2, 3, 64, 64)]
     with pytest.raises(PrunefxError, match=f"count {mergeable + 1} but only {mergeable} blocks"):
         linearize_blocks(mobilenet.clone(), config={"count": mergeable + 1, "mode": "abrupt", "calibration": batches})
+
+
+class _PooledResidual(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.second(torch.nn.functional.avg_pool2d(torch.relu(self.first(x)), 3, 1, 1))
+
+
+def test_a_block_held_back_by_a_linear_operator_is_not_called_non_linear():
+    [block] = find_blocks(capture(_PooledResidual().eval(), torch.randn(1, 8, 8, 8)).module)
+    assert not block.affine and block.reason == "linear, but not foldable into a convolution: avg_pool2d.default"

@@ -38,6 +38,13 @@ _SHAPE_OPS = {
     aten.unsqueeze.default, aten._assert_tensor_metadata.default, *DROPOUTS,
 }
 _ADDS = {aten.add.Tensor, aten.add_.Tensor}
+# Linear in their activation input, but nothing merge_blocks folds into a convolution: a block holding one is
+# affine once linearised yet cannot merge, and is said so (not called non-linear).
+_LINEAR_UNMERGED = {
+    aten.avg_pool2d.default, aten.adaptive_avg_pool2d.default, aten.mean.dim, aten.sum.dim_IntList,
+    aten.pad.default, aten.constant_pad_nd.default, aten.cat.default, aten.stack.default,
+    aten.upsample_nearest2d.vec, aten.upsample_bilinear2d.vec,
+}
 _ELEMENTWISE_WITH_CONSTANT = {aten.mul.Tensor, aten.div.Tensor}
 
 
@@ -175,7 +182,10 @@ def _affine_once_linear(nodes: list[torch.fx.Node], fork) -> tuple[bool, str]:
         if _operator_name(node) not in blockers:
             blockers.append(_operator_name(node))
     if blockers:
-        return False, f"not affine: {', '.join(blockers)}"
+        linear = {_operator_name(node) for node in nodes if node.op == "call_function" and node.target in _LINEAR_UNMERGED}
+        if set(blockers) <= linear:
+            return False, f"linear, but not foldable into a convolution: {', '.join(blockers)}"
+        return False, f"not affine: {', '.join(name for name in blockers if name not in linear)}"
     return True, ""
 
 
