@@ -175,3 +175,15 @@ def test_a_parameters_size_one_dims_are_not_channel_groups():
     program = capture(model, torch.randn(1, 3, 8, 8))
     combing = find_channel_groups(program.module)
     assert [len(group.classes) for group in combing.groups] == [32]  # the hidden channels (the output is fixed); no 1s
+
+
+def test_attentions_q_k_v_split_is_not_reported_as_blocked_channels():
+    import timm
+
+    from prunefx.graph.channels.groups import find_channel_groups
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1, embed_dim=64, num_heads=2,
+                              img_size=32).eval()
+    combing = find_channel_groups(capture(model, torch.randn(1, 3, 32, 32)).module)
+    assert not [blocked for blocked in combing.blocked if blocked.operators == ["aten.unbind.int"]]
+    assert combing.groups  # the widths themselves are still found

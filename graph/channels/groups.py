@@ -216,6 +216,9 @@ def find_channel_groups(module: torch.fx.GraphModule, *, keep: set[str] | None =
     return Combing(groups, _blocked_groups(analysis, weights), analysis)
 
 
+_INDEXING = {"aten.unbind.int", "aten.select.int"}
+
+
 def _blocked_groups(analysis: ChannelAnalysis, weights: set[str]) -> list[BlockedGroup]:
     """Groups that would exist without the blocking operators, and which operators blocked them."""
     unblocked = analysis.unblocked_classes
@@ -233,6 +236,8 @@ def _blocked_groups(analysis: ChannelAnalysis, weights: set[str]) -> list[Blocke
             continue  # (one channel would not narrow blocked or not: see find_channel_groups)
         class_set = set(classes)
         culprits = [b for b, touched in zip(analysis.space.blockers, blocker_classes) if class_set & touched]
+        if culprits and all(b.operator in _INDEXING for b in culprits):
+            continue  # a dim that is taken apart by index (attention's q, k, v): never a width
         blocked.append(BlockedGroup(sorted(signature), len(classes),
                                     sorted({b.operator for b in culprits}) or ["(propagated)"],
                                     sorted({b.reason for b in culprits})))
