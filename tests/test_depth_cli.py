@@ -1,5 +1,6 @@
 """`prunefx depth`: one-shot depth pruning from the command line, and the depth-kd recipe."""
 
+import importlib
 import json
 
 import pytest
@@ -157,3 +158,13 @@ def test_prune_reports_a_pass_that_breaks_the_program_by_name(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert status == 2 and "pass 'shrinking_remove_channels' failed" in err and "output shapes" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_blocks_whose_merge_measures_slower_are_refused_not_written_linearised(capsys, tmp_path, monkeypatch):
+    """Without a merge, a linearised block is only less accurate: refused, naming the blocks and what to do."""
+    options = importlib.import_module("prunefx.cli.options")
+    monkeypatch.setattr(options, "pass_measure", lambda args: lambda before, after: 0.97)  # every merge slower
+    code, out, err = run_cli(capsys, "depth", "prunefx:mobilenetv2_small", "--block", "blocks.2", "-o", tmp_path / "o")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "merging block(s) blocks.2 measured slower on ort" in err and "--no-measure" in err
+    assert not (tmp_path / "o").exists()

@@ -200,6 +200,13 @@ def _operator_name(node: torch.fx.Node) -> str:
     return getattr(node.target, "__name__", str(node.target))
 
 
+def in_block(node: torch.fx.Node, block: str) -> bool:
+    """Whether `node` lies in the module named `block` (a Block's name), by the module path export recorded: node
+    names change as passes rewrite a graph, module paths stay."""
+    path = ".".join(_module_path(node))
+    return path == block or path.startswith(block + ".")
+
+
 def _module_path(node: torch.fx.Node) -> list[str]:
     stack = node.meta.get("nn_module_stack") or {}
     path = list(stack.values())[-1][0] if stack else ""

@@ -47,6 +47,8 @@ def _layer_nodes(module: torch.fx.GraphModule, candidate: MergeCandidate, anchor
     else:
         out = graph.call_function(aten.linear.default, (data, weight, bias))
     out.meta["val"] = anchor.meta["val"]  # same shape; the counter reads it until the final recompile
+    if "nn_module_stack" in template.meta:  # the module it came from: blocks and the ONNX scopes name it by that
+        out.meta["nn_module_stack"] = template.meta["nn_module_stack"]
     if isinstance(op, Conv) and op.bias_map is not None:
         out = graph.call_function(aten.add.Tensor, (out, tensor("bias_map", op.bias_map)))
         out.meta["val"] = anchor.meta["val"]

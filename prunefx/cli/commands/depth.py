@@ -14,7 +14,7 @@ from prunefx.budget import meet_budget
 from prunefx.cli import options as cli_options
 from prunefx.data.calibration import calibration_data
 from prunefx.device import on_device, resolve_device
-from prunefx.graph.depth.blocks import find_blocks
+from prunefx.graph.depth.blocks import find_blocks, in_block
 from prunefx.graph.errors import PrunefxError
 from prunefx.loading import program_from_args
 from prunefx.output_paths import check_output_folder
@@ -83,6 +83,7 @@ def run(args) -> int:
         else:  # one verified Pipeline, as in the API: merge_blocks promises exactness and the Pipeline checks it
             with on_device(program, device) as placed:  # the dense Program goes back even when a pass fails
                 result = Pipeline([_choice_step(args, calibration), _merge_step(args)], verify="full").run(program)
+                _refuse_blocks_left_unmerged(result, args.backend)
                 placed.home(result.program)  # written from the CPU
         assert output is not None  # checked above: only --list writes nothing
         write_depth(output, program, result, command=NAME, outcome=outcome,
@@ -103,6 +104,20 @@ def _check_named_blocks_merge(program, names: list[str], *, calibrated: bool) ->
         if block is not None and block.layer_norms and not calibrated:
             raise PrunefxError(f"--block {name} turns {len(block.layer_norms)} layer norm(s) into batch norms, whose "
                                "statistics are estimated on data: give --calibrate DATA")
+
+
+def _refuse_blocks_left_unmerged(result, backend: str) -> None:
+    """A chosen block whose merge measured slower than its layers kept apart has lost its non-linearities for no
+    speed: the model would be less accurate and no faster. Nothing is written; the line says what to do instead."""
+    slower = [entry for entry in result.steps[1][1].stats["skipped"] if entry["reason"].startswith("measured")]
+    nodes = {node.name: node for node in result.program.graph.nodes}  # a refused merge's layers are still there
+    left = [nodes[name] for entry in slower for name in entry["nodes"] if name in nodes]
+    lost = [block for block in result.steps[0][1].stats["chosen"] if any(in_block(node, block) for node in left)]
+    if lost:
+        raise PrunefxError(f"merging block(s) {', '.join(lost)} measured slower on {backend} than their layers kept "
+                           "apart: their non-linearities would go for no speed, so nothing is written; merge them "
+                           "regardless with --no-measure, choose other blocks (--list), or give a measured budget "
+                           "(--speedup)")
 
 
 def _choice_step(args, calibration):
