@@ -133,7 +133,8 @@ def test_prune_to_half_the_macs(name):
 def test_vit_combing_finds_heads_and_head_dims_in_every_block():
     result = comb_channels(captured("vit_tiny_fmnist"))
     stats = result.stats
-    assert (stats["blocked_groups"], stats["blocking_operators"]) == (VIT_BLOCKS, ["aten.unbind.int"])  # q/k/v
+    # the q/k/v split (unbind) takes a dim apart by index: not a width, so not reported as blocked
+    assert (stats["blocked_groups"], stats["blocking_operators"]) == (0, [])
     groups = result.facts_as(ChannelGroups).groups
     for block in range(VIT_BLOCKS):
         attention = [g for g in groups if f"blocks.{block}.attn.qkv.weight:0" in g["members"]]
