@@ -120,8 +120,8 @@ def test_prune_to_half_the_macs(name):
     result = remove_channels(captured(name), config=config)
     stats = result.stats
     assert result.modified and stats["target"]["met"]
-    # only the ViT's q/k/v split is blocked: three fixed slices, never prunable
-    assert all((b["size"], b["operators"]) == (3, ["aten.unbind.int"]) for b in stats["blocked"])
+    # nothing is blocked: the ViT's q/k/v split is three slices taken apart by index, not a width
+    assert stats["blocked"] == []
     assert stats["macs_after"] == pytest.approx(0.5 * stats["macs_before"], rel=0.03)
     assert (stats["macs_predicted"], stats["params_predicted"]) == (stats["macs_after"], stats["params_after"])
     assert stats["params_after"] < stats["params_before"]
