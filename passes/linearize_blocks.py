@@ -163,6 +163,15 @@ def _why_not_affine(blocks: list[Block]) -> str:
     return f"; {len(reasons)} of {len(blocks)} blocks cannot merge ({common}{', ...' if len(set(reasons)) > 1 else ''})"
 
 
+def _saving_nothing(blocks: list[Block], gains: dict[str, int], growth: float) -> str:
+    """'; 4 would merge into no fewer MACs (...)': the affine blocks whose merge saves nothing, named."""
+    idle = [block.name for block in blocks if block.affine and gains.get(block.name, 0) <= 0]
+    if not idle:
+        return ""
+    return (f"; {len(idle)} would merge into no fewer MACs ({', '.join(idle[:4])}{', ...' if len(idle) > 4 else ''}; "
+            f"max_kernel_growth {growth:g} bounds how far a merge may grow a kernel)")
+
+
 def ranked_blocks(program: Program, batches, *, rank: str = "damage", progress: bool | None = None,
                   candidates: list[Block] | None = None, max_kernel_growth: float = 1.0,
                   layer_norms: str = "batch_norm", needed: int | None = None) -> tuple[list[Block], dict]:
@@ -178,7 +187,7 @@ def ranked_blocks(program: Program, batches, *, rank: str = "damage", progress: 
         raise LinearizeError(f"linearize_blocks: count {needed} but only {len(worth)} blocks become "
                              f"affine once linearised and merge into fewer MACs"
                              f"{': ' + ', '.join(block.name for block in worth) if worth else ''}"
-                             f"{_why_not_affine(candidates)}")
+                             f"{_why_not_affine(candidates)}{_saving_nothing(candidates, gains, max_kernel_growth)}")
     damage = block_damage(program, worth, batches, progress=progress)
     order = _RANKINGS[rank]
     ranked = sorted(worth, key=lambda block: order(damage[block.name], gains[block.name]))

@@ -314,3 +314,19 @@ class _PooledResidual(torch.nn.Module):
 def test_a_block_held_back_by_a_linear_operator_is_not_called_non_linear():
     [block] = find_blocks(capture(_PooledResidual().eval(), torch.randn(1, 8, 8, 8)).module)
     assert not block.affine and block.reason == "linear, but not foldable into a convolution: avg_pool2d.default"
+
+
+class _TwoThreeByThrees(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.second(torch.relu(self.first(x)))
+
+
+def test_a_count_no_block_meets_names_the_blocks_whose_merge_would_save_nothing():
+    """Two 3x3 convolutions merge into a 5x5: past max_kernel_growth 1, so the block is affine yet saves nothing."""
+    program = capture(_TwoThreeByThrees().eval(), torch.randn(1, 8, 8, 8))
+    with pytest.raises(PrunefxError, match="1 would merge into no fewer MACs .*max_kernel_growth 1 bounds"):
+        linearize_blocks(program, config={"count": 1, "calibration": [torch.randn(1, 8, 8, 8)]})
