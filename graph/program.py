@@ -191,9 +191,10 @@ class Program:
         if self._exported is not None and self._exported[0] == key:
             return self._exported[1]
         refreshed = self._refreshed(key)
-        self._exported = None if refreshed is None else (key, refreshed)
         if refreshed is not None:
+            self._exported = (key, refreshed)
             return refreshed
+        self._exported = None
         try:
             exported = torch.export.export(self.module, self.example_inputs, strict=False)
         except Exception as error:

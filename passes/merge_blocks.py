@@ -44,6 +44,10 @@ class MergeBlocksConfig(PassConfig):
     min_speedup: float = option(1.0, low=0.0, low_open=True, help="the measured speed-up a merge of layers must reach")
 
 
+# How a refusal of a merge of layers that measured no faster begins (prunefx depth reads it in the stats' `skipped`)
+MEASURED_SLOWER = "measured speed-up"
+
+
 @dataclass(frozen=True)
 class Merged:
     """What merge_blocks hands to its caller (`prunefx depth`): how many merges it made."""
@@ -104,7 +108,7 @@ def _merge_all(program: Program, config: MergeBlocksConfig) -> tuple[list[dict],
             speedup = _measured(program, candidate, config)
             stale = False  # recompiled, whether kept or undone
             if speedup <= config.min_speedup:
-                refused[candidate.key] = f"measured speed-up {speedup:.3f}x is not above {config.min_speedup}x"
+                refused[candidate.key] = f"{MEASURED_SLOWER} {speedup:.3f}x is not above {config.min_speedup}x"
                 continue
             record["speedup"] = round(speedup, 4)
         else:

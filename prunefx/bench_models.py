@@ -21,15 +21,12 @@ from prunefx.runtime.backends import Backend, BenchModel, Settings
 from prunefx.runtime.measure.speedup import deployed, exported_file
 from prunefx.runtime.model_precision import require_float32
 from prunefx.runtime.ort.runners import timing_flushes_denormals
-from prunefx.runtime.ort.session import shape_fits
+from prunefx.runtime.ort.session import LATENCY_THREADS, shape_fits
 
 # flag (argparse dest) -> the Settings option a backend must read for the flag to apply
 FLAG_OPTIONS = {"sparse": "sparse", "calibrate": "calibration", "trtexec": "trtexec", "cache_dir": "cache_dir",
                 "compile": "compile", "no_spinning": "spinning", "keep_denormals": "flush_denormals",
                 "rounds": "rounds", "threads": "threads"}
-# --threads and --warmup default to None, so that a value given where it is not read can be refused
-DEFAULT_THREADS = 2
-DEFAULT_WARMUP = 10
 
 
 def add_backend_arguments(parser, choices: list[str], default: str) -> None:
@@ -76,15 +73,15 @@ def checked_backend(args, *, purpose: str = "bench") -> tuple[Backend, Settings]
 
 
 def settings_from(args) -> Settings:
-    warmup = DEFAULT_WARMUP if args.warmup is None else args.warmup
+    warmup = Settings.warmup if args.warmup is None else args.warmup
     return Settings(runs=args.runs, warmup=warmup, precision=args.precision, batch=args.batch or 1,
-                    threads=getattr(args, "threads", None) or DEFAULT_THREADS, trtexec=args.trtexec, cache_dir=args.cache_dir,
+                    threads=getattr(args, "threads", None) or LATENCY_THREADS, trtexec=args.trtexec, cache_dir=args.cache_dir,
                     sparse=args.sparse, compile=args.compile, spinning=not getattr(args, "no_spinning", False),
                     flush_denormals=flushes_denormals(args), rounds=_rounds(args))
 
 
 def _rounds(args) -> int:
-    # --rounds defaults to None so that a value given where it is not read can be refused
+    # --rounds (as --threads and --warmup) defaults to None so that a value given where it is not read can be refused
     return getattr(args, "rounds", None) or Settings.rounds
 
 

@@ -25,12 +25,17 @@ class Block(nn.Module):
         return torch.softmax(self.head(tokens.mean(1)), dim=-1)
 
 
+def _lowered(model: type[nn.Module], name: str, tmp_path):
+    """(a seeded `model`'s Program on a 1x3x10x10 input, its float32 ONNX file, that file's FP16 form)."""
+    torch.manual_seed(0)
+    program = capture(model().eval(), torch.randn(1, 3, 10, 10), name=name).eval()
+    source = export_onnx(program, tmp_path / "fp32.onnx").path
+    return program, source, lower_to_float16(source, tmp_path / "fp16.onnx")
+
+
 @pytest.mark.slow  # an ONNX export and two sessions: about 3 s
 def test_fp16_lowering_keeps_float32_io_and_sensitive_ops(one_thread, tmp_path):
-    torch.manual_seed(0)
-    program = capture(Block().eval(), torch.randn(1, 3, 10, 10), name="block").eval()
-    source = export_onnx(program, tmp_path / "fp32.onnx").path
-    lowered = lower_to_float16(source, tmp_path / "fp16.onnx")
+    _, source, lowered = _lowered(Block, "block", tmp_path)
     model = onnx.load(str(lowered))
     float32, float16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
     assert [v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output]] == [float32, float32]
@@ -83,10 +88,7 @@ class Mixed(nn.Module):
 
 @pytest.mark.slow  # an ONNX export and two sessions: about 3 s
 def test_fp16_lowering_of_casts_shared_constants_and_large_values(one_thread, tmp_path):
-    torch.manual_seed(0)
-    program = capture(Mixed().eval(), torch.randn(1, 3, 10, 10), name="mixed").eval()
-    source = export_onnx(program, tmp_path / "fp32.onnx").path
-    lowered = lower_to_float16(source, tmp_path / "fp16.onnx")
+    program, _, lowered = _lowered(Mixed, "mixed", tmp_path)
     onnx.checker.check_model(onnx.load(str(lowered)), full_check=True)
     x = torch.randn(1, 3, 10, 10)
     want = program.module(x).detach().numpy()  # the oracle: torch in float32

@@ -169,7 +169,8 @@ def _make_block(nodes, kind: str, fork, join, order: dict) -> Block:
 
 def _affine_once_linear(nodes: list[torch.fx.Node], fork) -> tuple[bool, str]:
     """Whether every node is affine in the block's input once activations are gone; else which are not."""
-    blockers = []
+    blockers: list[str] = []  # not affine
+    unmerged: list[str] = []  # affine, but nothing merge_blocks folds
     for node in nodes:
         if node.op == "call_function" and node.target in LAYER_NORMS and (why := why_not_replaceable(node)):
             return False, why  # it stays a layer norm, which is not affine
@@ -179,13 +180,13 @@ def _affine_once_linear(nodes: list[torch.fx.Node], fork) -> tuple[bool, str]:
             continue
         if node.target in _ELEMENTWISE_WITH_CONSTANT and _scaled_by_a_constant(node):
             continue  # a layer scale or a constant shift
-        if _operator_name(node) not in blockers:
-            blockers.append(_operator_name(node))
+        kind = unmerged if node.target in _LINEAR_UNMERGED else blockers
+        if _operator_name(node) not in kind:
+            kind.append(_operator_name(node))
     if blockers:
-        linear = {_operator_name(node) for node in nodes if node.op == "call_function" and node.target in _LINEAR_UNMERGED}
-        if set(blockers) <= linear:
-            return False, f"linear, but not foldable into a convolution: {', '.join(blockers)}"
-        return False, f"not affine: {', '.join(name for name in blockers if name not in linear)}"
+        return False, f"not affine: {', '.join(blockers)}"
+    if unmerged:
+        return False, f"linear, but not foldable into a convolution: {', '.join(unmerged)}"
     return True, ""
 
 

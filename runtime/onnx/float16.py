@@ -32,8 +32,8 @@ KEEP_FLOAT32 = ("LayerNormalization", "GroupNormalization", "InstanceNormalizati
 
 
 def _restore_float32_outputs(model: onnx.ModelProto) -> None:
-    """keep_io_types misses a graph output produced by a blocked (float32) operator: the converter casts it to
-    float16 and declares the output float16. Cast such outputs back, so the I/O types stay float32."""
+    """A graph output the converter left float16 cast back, so the I/O types stay float32 whatever the converter
+    does (ONNX Runtime's keeps them with keep_io_types, also behind kept-float32 operators)."""
     for output in model.graph.output:
         if output.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16:
             continue
@@ -57,11 +57,7 @@ def _drop_repeated_casts(model: onnx.ModelProto) -> None:
             continue
         seen.add(key)
         kept.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
-    infos = {info.name: info for info in model.graph.value_info}
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(infos.values())
+    _replace_nodes(model.graph, kept, {info.name: info for info in model.graph.value_info}.values())
 
 
 def _drop_float16_round_trips(model: onnx.ModelProto) -> None:
@@ -81,12 +77,17 @@ def _drop_float16_round_trips(model: onnx.ModelProto) -> None:
             node.input[0] = first.input[0]
             dropped.add(id(first))
     gone = {node.output[0] for node in graph.node if id(node) in dropped}
-    kept = [node for node in graph.node if id(node) not in dropped]
+    _replace_nodes(graph, [node for node in graph.node if id(node) not in dropped],
+                   [info for info in graph.value_info if info.name not in gone])
+
+
+def _replace_nodes(graph: onnx.GraphProto, nodes, value_info) -> None:
+    """The graph's nodes and recorded value types made `nodes` and `value_info` (copied before they are cleared)."""
+    nodes, value_info = list(nodes), list(value_info)
     del graph.node[:]
-    graph.node.extend(kept)
-    infos = [info for info in graph.value_info if info.name not in gone]
+    graph.node.extend(nodes)
     del graph.value_info[:]
-    graph.value_info.extend(infos)
+    graph.value_info.extend(value_info)
 
 
 def _casts_to(node: onnx.NodeProto, element_type: int) -> bool:

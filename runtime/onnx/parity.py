@@ -36,6 +36,10 @@ class OutputParity:
     max_abs_error: float
     output_scale: float
 
+    @property
+    def relative(self) -> float:
+        return _relative(self.max_abs_error, self.output_scale)
+
 
 @dataclass(frozen=True)
 class Parity:
@@ -77,7 +81,7 @@ def warn_if_inexact(parity: Parity, file: str) -> bool:
     """Log a warning when a float file's `parity` is further than FLOAT_TOLERANCE; whether it was."""
     if parity.relative <= FLOAT_TOLERANCE:
         return False
-    worst = max(parity.outputs, key=lambda output: _relative(output.max_abs_error, output.output_scale))
+    worst = _worst_output(parity.outputs)
     log.warning(f"{file} computes {parity.relative:.1e} away from the PyTorch model on ONNX Runtime ({worst.name}; "
                 f"an exact export reads below {FLOAT_TOLERANCE:g}): check it on your runtime before deploying; "
                 f"`prunefx check {file} --target ort` names patterns ONNX Runtime computes differently")
@@ -104,9 +108,13 @@ def _outputs(program: Program, inputs) -> list[np.ndarray]:
 
 
 def _worst(outputs: list[OutputParity]) -> Parity:
-    worst = max(outputs, key=lambda output: _relative(output.max_abs_error, output.output_scale))
-    return Parity(max_abs_error=worst.max_abs_error, output_scale=worst.output_scale,
-                  relative=_relative(worst.max_abs_error, worst.output_scale), outputs=outputs)
+    worst = _worst_output(outputs)
+    return Parity(max_abs_error=worst.max_abs_error, output_scale=worst.output_scale, relative=worst.relative,
+                  outputs=outputs)
+
+
+def _worst_output(outputs: list[OutputParity]) -> OutputParity:
+    return max(outputs, key=lambda output: output.relative)
 
 
 def _compare(name: str, expected: np.ndarray, actual: np.ndarray, model: str) -> OutputParity:

@@ -26,8 +26,6 @@ import onnxruntime
 
 from prunefx import options
 from prunefx.bench_models import (
-    DEFAULT_THREADS,
-    DEFAULT_WARMUP,
     add_backend_arguments,
     bench_model,
     checked_backend,
@@ -38,7 +36,9 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.reports.budget_text import interval_text
 from prunefx.reports.compression import json_safe
 from prunefx.runtime import backends
+from prunefx.runtime.backends import Settings
 from prunefx.runtime.measure.timing_loop import WARM_SECONDS
+from prunefx.runtime.ort.session import LATENCY_THREADS
 from prunefx.runtime.tables.timers import cpu_model
 
 
@@ -48,10 +48,10 @@ def add_arguments(parser) -> None:
     add_backend_arguments(parser, names, names[0])
     parser.add_argument("--runs", type=options.runs, default=100, help="timed runs per model (default 100)")
     parser.add_argument("--warmup", type=options.warmup_runs, default=None,
-                        help=f"untimed warm-up runs per model (default {DEFAULT_WARMUP}); with --vs on ort they stop "
+                        help=f"untimed warm-up runs per model (default {Settings.warmup}); with --vs on ort they stop "
                              f"after {WARM_SECONDS:g} s, once each model ran twice; trtexec keeps its own")
     parser.add_argument("--threads", type=options.threads, default=None,
-                        help=f"intra-op threads for ort and torch (default {DEFAULT_THREADS})")
+                        help=f"intra-op threads for ort and torch (default {LATENCY_THREADS})")
     parser.add_argument("--no-spinning", action="store_true",
                         help="ort: worker threads sleep between operators instead of spinning (ONNX Runtime's "
                              "default, and prunefx's, is to spin; turn it off on hosts that share their cores)")

@@ -21,7 +21,7 @@ from prunefx.output_paths import check_output_folder
 from prunefx.passes.core.pipeline import Pipeline
 from prunefx.passes.depth_to_budget import DepthToBudgetConfig
 from prunefx.passes.linearize_blocks import LinearizeBlocksConfig, linearize_blocks
-from prunefx.passes.merge_blocks import MergeBlocksConfig, merge_blocks
+from prunefx.passes.merge_blocks import MEASURED_SLOWER, MergeBlocksConfig, merge_blocks
 from prunefx.route_output import write_depth
 
 NAME = "depth"
@@ -109,7 +109,7 @@ def _check_named_blocks_merge(program, names: list[str], *, calibrated: bool) ->
 def _refuse_blocks_left_unmerged(result, backend: str) -> None:
     """A chosen block whose merge measured slower than its layers kept apart has lost its non-linearities for no
     speed: the model would be less accurate and no faster. Nothing is written; the line says what to do instead."""
-    slower = [entry for entry in result.steps[1][1].stats["skipped"] if entry["reason"].startswith("measured")]
+    slower = [entry for entry in result.steps[1][1].stats["skipped"] if entry["reason"].startswith(MEASURED_SLOWER)]
     nodes = {node.name: node for node in result.program.graph.nodes}  # a refused merge's layers are still there
     left = [nodes[name] for entry in slower for name in entry["nodes"] if name in nodes]
     lost = [block for block in result.steps[0][1].stats["chosen"] if any(in_block(node, block) for node in left)]
