@@ -59,14 +59,14 @@ def _randomise_zero_parameters(program) -> None:
 
 # Their families stay in `make test` through smaller members (resnet18, swin and maxxvit via coatnet's windows and
 # relative-position MLPs, deit_tiny for the ViTs, torchvision's efficientnet_b0, convnext_atto, poolformer for the
-# MetaFormers, mobilenet_v3 for the mobile hybrids).
+# MetaFormers, deeplabv3_mobilenet_v3_large's MobileNetV3 backbone for the mobile hybrids).
 ZOO_LANE = {'torchvision:maxvit_t', 'torchvision:densenet121', 'torchvision:efficientnet_v2_s', 'torchvision:swin_t',
             'timm:swin_tiny_patch4_window7_224', 'torchvision:resnext50_32x4d', 'torchvision:fcn_resnet50',
             'torchvision:resnet50', 'torchvision:convnext_tiny', 'torchvision:vit_b_16', 'timm:beitv2_base_patch16_224',
             'timm:deit3_small_patch16_224', 'timm:maxxvit_rmlp_nano_rw_256', 'timm:vit_small_patch16_224',
             'timm:efficientnet_b0', 'timm:efficientformer_l1', 'timm:fastvit_t8',
-            # inverted residuals and grouped convs stay through mobilenet_v2, mobilenet_v3_large and regnet_y, the
-            # mobile hybrids through mobilenet_v3_large, attention biases through test_attention_bias.py
+            # inverted residuals and grouped convs stay through mobilenet_v2, MobileNetV3 and regnet_y, the mobile
+            # hybrids through MobileNetV3, attention biases through test_attention_bias.py
             'torchvision:mnasnet1_0', 'torchvision:mobilenet_v3_small', 'torchvision:regnet_x_400mf',
             'timm:ghostnet_100', 'timm:levit_128s',
             # torchvision's MobileNetV2 blocks stay through prunefx:mobilenetv2_small and efficientnet_b0
@@ -75,7 +75,10 @@ ZOO_LANE = {'torchvision:maxvit_t', 'torchvision:densenet121', 'torchvision:effi
             'torchvision:lraspp_mobilenet_v3_large',
             # their structures stay through test_structural_cases.py's multi_query_attention,
             # permuted_in_submodule and shared_under_several_names
-            'timm:mobilenetv4_hybrid_medium', 'timm:csatv2', 'timm:coat_lite_tiny'}
+            'timm:mobilenetv4_hybrid_medium', 'timm:csatv2', 'timm:coat_lite_tiny',
+            # MobileNetV3-Large stays as deeplabv3_mobilenet_v3_large's backbone; channel shuffles through
+            # test_channels_can_be_removed_across_channel_shuffles and ShuffleNet's rebatching (test_rebatch.py)
+            'torchvision:mobilenet_v3_large', 'torchvision:shufflenet_v2_x1_0'}
 
 
 @pytest.mark.slow

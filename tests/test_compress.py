@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from prunefx.cli import EXIT_USER_ERROR, main
 from prunefx.compression import compress, load_model_and_data
@@ -22,7 +23,7 @@ from prunefx.injection import CALIBRATION_BATCHES, inject, injected_keys
 from prunefx.named_recipes import recipe_path, shipped_recipes
 from prunefx.passes.core.recipe import pipeline_from_spec, read_recipe
 from prunefx.reports.compression import json_safe
-from prunefx.runtime import OnnxRuntimeSession
+from prunefx.runtime import OnnxRuntimeSession, read_variants
 
 torch.set_num_threads(1)
 
@@ -105,6 +106,27 @@ def test_compress_writes_every_file_and_a_full_report(compressed, schema_errors)
     where = f"measured alternately in {latency['rounds']} fresh processes" if latency["rounds"] > 1 else \
         "measured alternately in one process"
     assert where in stdout and where in (output / "report.md").read_text()
+
+
+@pytest.mark.slow  # a whole compress run (the `compressed` fixture or the CLI)
+def test_compress_ends_with_the_deployment_report(compressed):
+    """The dense and the compressed model side by side (runtime/measure/deployment_report.py), read back from
+    report.json and drawn in accuracy_latency.png."""
+    output, report, stdout = compressed
+    assert "accuracy_latency.png" in stdout
+    variants = read_variants(report)
+    assert [v.name for v in variants] == ["dense", "compressed"]
+    assert [v.latency_ms for v in variants] == [report["latency"]["dense_ms"], report["latency"]["compressed_ms"]]
+    assert [v.accuracy for v in variants] == [report["accuracy"]["before"]["test"]["accuracy"],
+                                              report["accuracy"]["after"]["test"]["accuracy"]]
+    assert variants[1].macs == report["macs_after"] and variants[0].backend == "onnxruntime (batch 1, 1 thread)"
+    assert report["files"]["accuracy_latency.png"] == str(output / "accuracy_latency.png")
+    assert (output / "accuracy_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(output / "accuracy_latency.png") as image:
+        image.verify()
+    markdown = (output / "report.md").read_text()
+    assert "## Deployment" in markdown
+    assert "| dense | onnxruntime" in markdown and "| compressed | onnxruntime" in markdown
 
 
 @pytest.mark.slow  # a whole compress run (the `compressed` fixture or the CLI)

@@ -1,22 +1,17 @@
 """runtime/measure/deployment_report.py: the Markdown + JSON + PNG report of accuracy against measured latency, on
-variants measured with ONNX Runtime here, and at the end of a real (tiny) `prunefx compress` run."""
+variants measured with ONNX Runtime here, and at the end of a real `prunefx compress` run in tests/test_compress.py."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import sys
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 from torch import nn
 
-from prunefx.cli import main
-from prunefx.data import fashion_mnist
 from prunefx.graph import capture, count
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.passes.training.engine import evaluate
@@ -130,28 +125,3 @@ def test_empty_report_and_missing_matplotlib(tmp_path, monkeypatch):
 
 
 # --- the end of a real compress run --------------------------------------------------------------
-
-@pytest.mark.slow  # a real compress run: about 15 s
-@pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir(),
-                    reason=f"{fashion_mnist.DEFAULT_ROOT} missing: apt-get install dataset-fashion-mnist")
-def test_compress_ends_with_the_deployment_report(tmp_path):
-    recipe = tmp_path / "prune.yaml"
-    recipe.write_text(yaml.safe_dump({"name": "prune-only", "passes": [{"remove_channels": {"macs": 0.5, "round_to": 4}}]}))
-    output = tmp_path / "out"
-    with contextlib.redirect_stdout(io.StringIO()) as stdout:
-        code = main(["compress", "prunefx:resnet20", "--recipe", str(recipe), "--data", "fashion-mnist", "-o", str(output),
-                     "--batch-size", "16", "--eval-batches", "1", "--runs", "3", "--threads", "1"])
-    assert code == 0, stdout.getvalue()
-    assert "accuracy_latency.png" in stdout.getvalue()
-    report = json.loads((output / "report.json").read_text())
-    variants = read_variants(report)
-    assert [v.name for v in variants] == ["dense", "compressed"]
-    assert [v.latency_ms for v in variants] == [report["latency"]["dense_ms"], report["latency"]["compressed_ms"]]
-    assert [v.accuracy for v in variants] == [report["accuracy"]["before"]["test"]["accuracy"],
-                                              report["accuracy"]["after"]["test"]["accuracy"]]
-    assert variants[1].macs == report["macs_after"] and variants[0].backend == "onnxruntime (batch 1, 1 thread)"
-    assert report["files"]["accuracy_latency.png"] == str(output / "accuracy_latency.png")
-    _image(output / "accuracy_latency.png")
-    markdown = (output / "report.md").read_text()
-    assert "| MACs per image |" in markdown and "## Deployment" in markdown
-    assert "| dense | onnxruntime" in markdown and "| compressed | onnxruntime" in markdown
