@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import logging
 import sys
 
 import onnx
@@ -128,3 +129,15 @@ def test_the_int8_export_refuses_a_half_precision_program_and_writes_nothing(tmp
     with pytest.raises(OnnxExportError, match="holds float16 tensors"):
         export_quantized_onnx(quantized, tmp_path / "int8.onnx", activations="u8")
     assert not list(tmp_path.iterdir())
+
+
+def test_int8_measured_slower_than_float_is_a_warning(caplog):
+    """A ratio under 1 in the summary is easy to read past: where the speed-up's whole interval lies below 1x, a
+    warning says so; an interval that reaches 1x (or none) says nothing."""
+    slower = {"threads": 2, "speedup": 0.8, "interval": {"low": 0.75, "high": 0.85, "confidence": 0.95}}
+    with caplog.at_level(logging.WARNING):
+        quantize_command._warn_if_slower({**slower, "interval": {**slower["interval"], "high": 1.02}})
+        quantize_command._warn_if_slower({**slower, "interval": None})
+        assert not caplog.records
+        quantize_command._warn_if_slower(slower)
+    assert "model_ort.onnx ran slower than the float model" in caplog.text and "0.75-0.85x" in caplog.text

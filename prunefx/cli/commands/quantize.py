@@ -8,6 +8,7 @@ the pass's statistics, exports and parity, ONNX Runtime latency). See docs/refer
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import time
@@ -40,6 +41,7 @@ from prunefx.runtime.backends import Settings
 from prunefx.runtime.check.readiness import report_entry
 from prunefx.runtime.onnx.quantized import require_float32_quantizers
 
+log = logging.getLogger(__name__)
 NAME = "quantize"
 BACKENDS = {"ort": "model_ort.onnx", "trt": "model_trt.onnx"}
 READINESS = {"model_trt.onnx": ("trt10", "trt11"), "model_ort.onnx": ("ort",)}  # prunefx check's targets per file
@@ -151,4 +153,16 @@ def _summary(report: dict, output: Path) -> None:
     if "speedup" in latency:
         print(f"ONNX Runtime, batch 1, {latency['threads']} threads: float {latency['dense_ms']:.2f} ms, "
               f"INT8 {latency['compressed_ms']:.2f} ms ({latency['speedup']:.2f}x)")
+        _warn_if_slower(latency)
     print(f"wrote {', '.join(report['files'].values())} (model.onnx: {report['model.onnx']})")
+
+
+def _warn_if_slower(latency: dict) -> None:
+    """INT8 measured slower than float, its whole interval below 1x: a warning, not only a ratio under 1."""
+    interval = latency.get("interval") or {}
+    if interval.get("high") is None or interval["high"] >= 1:
+        return
+    log.warning(f"model_ort.onnx ran slower than the float model on this machine's ONNX Runtime at batch 1, "
+                f"{latency['threads']} threads ({latency['speedup']:.2f}x, interval "
+                f"{interval['low']:.2f}-{interval['high']:.2f}x): its INT8 kernels do not pay here; time the files "
+                f"where they will run (prunefx bench, --backend trt or trtexec for model_trt.onnx)")
