@@ -137,6 +137,12 @@ class Program:
         self._regenerate()
         self.refresh_meta()
 
+    def recompile_keeping_shapes(self) -> None:
+        """recompile() after a rewrite that leaves every remaining node's shape as it was and gives each node it
+        adds its own (merge_blocks' exact merges): the shapes are not propagated again until refresh_meta is asked."""
+        self.module.graph.eliminate_dead_code()
+        self._regenerate()
+
     def drop_dead_code(self) -> bool:
         """Remove the nodes nothing reads, and the tensors and submodules only they held; True if any went. The
         nodes left compute what they did, so their shape metadata stays (recompile would propagate it again:

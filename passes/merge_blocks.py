@@ -70,8 +70,8 @@ def merge_blocks(program: Program, /, *, config: dict | None = None) -> Result:
     # Refusals of candidates that a later merge replaced are history; keep those that still stand.
     names = {node.name for node in program.graph.nodes}
     skipped = {key: reason for key, reason in skipped.items() if all(name in names for name in key[1:])}
-    if merges:
-        program.recompile()
+    if merges:  # an exact merge keeps every shape, and its new nodes carry theirs (merge_rewrite.apply_merge)
+        program.recompile_keeping_shapes()
     after = _census(program)
     stats = {"merged": dict(Counter(merge["kind"] for merge in merges)), "merges": merges,
              "skipped": [{"kind": key[0], "nodes": list(key[1:]), "reason": reason} for key, reason in skipped.items()],

@@ -374,3 +374,35 @@ def test_an_in_place_residual_is_folded_only_where_it_writes_into_the_block_outp
     with torch.no_grad():
         for expected, got in zip(model(x), program(x)):
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_merging_leaves_every_shape_a_fresh_propagation_gives_without_propagating_again(monkeypatch):
+    """An exact merge keeps every shape and gives its new nodes theirs, so merge_blocks regenerates the code without
+    running shape propagation over the whole graph (half of what ranking blocks by their merge gains cost): the
+    oracle is a propagation of the merged graph from scratch."""
+    import importlib
+
+    from prunefx.graph.depth.blocks import find_blocks
+    from prunefx.models import build_model
+    from prunefx.passes.linearize_blocks import linearize_blocks
+
+    torch.manual_seed(0)
+    dense = capture(build_model("prunefx:mobilenetv2_small").module.eval(), torch.randn(2, 1, 28, 28)).eval()
+    blocks = [block.name for block in find_blocks(dense.module) if block.affine]
+    linearized = linearize_blocks(dense, config={"blocks": blocks, "mode": "abrupt"}).program
+    program_module = importlib.import_module("prunefx.graph.program")
+    propagations = []
+    monkeypatch.setattr(program_module, "propagate_shapes",
+                        lambda *args, real=program_module.propagate_shapes: (propagations.append(1), real(*args))[1])
+    before = len(linearized.graph.nodes)
+    merged = merge_blocks(linearized, config={}).program  # in place
+    assert len(merged.graph.nodes) < before and not propagations
+
+    def shapes(program):
+        return {node.name: tuple(node.meta["val"].shape) for node in program.graph.nodes
+                if isinstance(node.meta.get("val"), torch.Tensor)}
+
+    fresh = merged.clone()
+    fresh.refresh_meta()
+    assert propagations and shapes(merged) == shapes(fresh) and len(shapes(fresh)) > 20
+    verify(merged)
