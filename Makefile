@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.prunefx-setup
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 # The test lanes write bytecode even where PYTHONDONTWRITEBYTECODE is set: otherwise every test worker rewrites
-# every test module's asserts and every process a test starts compiles prunefx again (collection alone: 21 s -> 15 s).
+# every test module's asserts and every process a test starts compiles prunefx again.
 TEST_ENV := OMP_NUM_THREADS=1 PYTHONDONTWRITEBYTECODE=
 
 .PHONY: setup demo test test-fast test-zoo test-faults bench bench-all lint docs clean

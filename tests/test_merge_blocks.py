@@ -378,7 +378,7 @@ def test_an_in_place_residual_is_folded_only_where_it_writes_into_the_block_outp
 
 def test_merging_leaves_every_shape_a_fresh_propagation_gives_without_propagating_again(monkeypatch):
     """An exact merge keeps every shape and gives its new nodes theirs, so merge_blocks regenerates the code without
-    running shape propagation over the whole graph (half of what ranking blocks by their merge gains cost): the
+    running shape propagation over the whole graph (much of what ranking blocks by their merge gains cost): the
     oracle is a propagation of the merged graph from scratch."""
     import importlib
 
