@@ -7,7 +7,8 @@ STAMP := $(VENV)/.prunefx-setup
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 # The test lanes write bytecode even where PYTHONDONTWRITEBYTECODE is set: otherwise every test worker rewrites
 # every test module's asserts and every process a test starts compiles prunefx again.
-TEST_ENV := OMP_NUM_THREADS=1 PYTHONDONTWRITEBYTECODE=
+WRITE_BYTECODE := PYTHONDONTWRITEBYTECODE=
+TEST_ENV := OMP_NUM_THREADS=1 $(WRITE_BYTECODE)
 
 .PHONY: setup demo test test-fast test-zoo test-faults bench bench-all lint docs clean
 
@@ -54,13 +55,13 @@ test: setup
 	$(VENV)/bin/ruff check .
 	@$(MAKE) --no-print-directory docs
 	$(TEST_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not timing and not zoo" --durations=15
-	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -q -m "timing and not zoo"
+	$(WRITE_BYTECODE) $(PY) -m pytest -q -m "timing and not zoo"
 
 # The heaviest model-zoo cases (marked zoo): the breadth the 20-minute lane leaves out. Those that also time
 # (the doc pages run in full: their --speedup searches) run afterwards, alone, as in `make test`.
 test-zoo: setup
 	$(TEST_ENV) $(PY) -m pytest -q -m "zoo and not timing" -n $(TEST_WORKERS) --dist worksteal
-	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -q -m "zoo and timing"
+	$(WRITE_BYTECODE) $(PY) -m pytest -q -m "zoo and timing"
 
 # The fault-injection lane alone (killed and hung-up runs, full disks and streams, limits, corrupt images);
 # `make test` runs it too, within its 20 minutes.

@@ -133,8 +133,7 @@ class Program:
     # --- graph maintenance ---------------------------------------------------------------------
     def recompile(self) -> None:
         """Regenerate code after a graph rewrite and refresh every node's shape metadata."""
-        self.module.graph.eliminate_dead_code()
-        self._regenerate()
+        self.recompile_keeping_shapes()
         self.refresh_meta()
 
     def recompile_keeping_shapes(self) -> None:

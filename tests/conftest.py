@@ -60,6 +60,22 @@ def schema_errors():
 
 
 @pytest.fixture(scope="session")
+def png_pixels():
+    """`png_pixels(path)`: the RGB pixels of a PNG file, after checking its signature and that Pillow verifies it
+    (the charts of deployment and compress reports)."""
+    import numpy as np
+    from PIL import Image
+
+    def read(path):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    return read
+
+
+@pytest.fixture(scope="session")
 def load_script():
     """`load_script("benchmarks/gpu_speedup.py")`: that script as a freshly loaded module."""
     return _script

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from prunefx.cli import EXIT_USER_ERROR, main
 from prunefx.compression import compress, load_model_and_data
@@ -109,7 +108,7 @@ def test_compress_writes_every_file_and_a_full_report(compressed, schema_errors)
 
 
 @pytest.mark.slow  # a whole compress run (the `compressed` fixture or the CLI)
-def test_compress_ends_with_the_deployment_report(compressed):
+def test_compress_ends_with_the_deployment_report(compressed, png_pixels):
     """The dense and the compressed model side by side (runtime/measure/deployment_report.py), read back from
     report.json and drawn in accuracy_latency.png."""
     output, report, stdout = compressed
@@ -121,9 +120,7 @@ def test_compress_ends_with_the_deployment_report(compressed):
                                               report["accuracy"]["after"]["test"]["accuracy"]]
     assert variants[1].macs == report["macs_after"] and variants[0].backend == "onnxruntime (batch 1, 1 thread)"
     assert report["files"]["accuracy_latency.png"] == str(output / "accuracy_latency.png")
-    assert (output / "accuracy_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with Image.open(output / "accuracy_latency.png") as image:
-        image.verify()
+    png_pixels(output / "accuracy_latency.png")
     markdown = (output / "report.md").read_text()
     assert "## Deployment" in markdown
     assert "| dense | onnxruntime" in markdown and "| compressed | onnxruntime" in markdown
@@ -433,7 +430,7 @@ def test_the_budget_replaces_the_recipes_own_in_every_budget_pass():
 
 @pytest.mark.slow
 @pytest.mark.timing
-def test_compress_to_a_speedup_reports_every_combination_and_charts_them(capsys, tmp_path):
+def test_compress_to_a_speedup_reports_every_combination_and_charts_them(capsys, tmp_path, png_pixels):
     """End to end on measured latency (the zoo lane's timing part): width or INT8 alone, or both, at a modest
     budget. Any speed-up from 1.3x up is accepted (tolerance 1.0): this checks the plumbing and the report, not
     how close a search lands (benchmarks/latency_budget.py's job). A narrow window on a sub-millisecond model
@@ -452,8 +449,7 @@ def test_compress_to_a_speedup_reports_every_combination_and_charts_them(capsys,
     assert [row["dimensions"] for row in budget["candidates"]] == [["width"], ["int8"], ["width", "int8"]]
     met = [row for row in budget["candidates"] if row["met"]]
     assert budget["proxy"] == min(row["proxy"] for row in met) and all(row["speedup"] >= 1.3 for row in met)
-    png = (tmp_path / "out" / "budget_candidates.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    png_pixels(tmp_path / "out" / "budget_candidates.png")
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "## Budget: a 1.3x speed-up" in markdown and markdown.count("| width + int8 |") == 1
 

@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from prunefx.graph import capture, count
@@ -28,7 +27,6 @@ from prunefx.runtime import (
 )
 
 torch.set_num_threads(1)
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _tiny_cnn() -> nn.Module:
@@ -58,21 +56,13 @@ def measured(tmp_path_factory):
             for name, acc, stats, cost in zip(("dense", "pruned 0.5"), accuracy, (latency.a, latency.b), costs)]
 
 
-def _image(path) -> np.ndarray:
-    assert path.read_bytes()[:8] == PNG_SIGNATURE
-    with Image.open(path) as image:
-        image.verify()
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-def test_report_of_measured_variants(measured, tmp_path):
+def test_report_of_measured_variants(measured, tmp_path, png_pixels):
     dense, pruned = measured
     assert dense.accuracy == 1.0 and 0 <= pruned.accuracy <= 1 and pruned.macs < dense.macs
     paths = write_deployment_report(measured, tmp_path / "report", title="tiny CNN on ONNX Runtime",
                                     extra={"machine": "ci"})
     assert set(paths) == {"markdown", "json", "chart"} and all(path.is_file() for path in paths.values())
-    pixels = _image(paths["chart"])
+    pixels = png_pixels(paths["chart"])
     assert pixels.shape[0] > 300 and pixels.shape[1] > 500
     assert (pixels < 200).any() and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10  # drawn on, not blank
 
@@ -90,10 +80,10 @@ def test_report_of_measured_variants(measured, tmp_path):
     assert read_variants(data) == measured
 
 
-def test_chart_lists_variants_without_accuracy(tmp_path):
+def test_chart_lists_variants_without_accuracy(tmp_path, png_pixels):
     variants = [Variant("fp32", 0.91, 2.0, "tensorrt fp32"), Variant("fp16", None, 1.1, "tensorrt fp16")]
     path = write_chart(variants, tmp_path / "chart.png", title="precisions")
-    assert _image(path).shape[2] == 3
+    assert png_pixels(path).shape[2] == 3
     markdown = write_deployment_report(variants, tmp_path / "r")["markdown"].read_text()
     assert "| fp16 | tensorrt fp16 | n/a | 1.100 | n/a | n/a | 1.82x |" in markdown
 
