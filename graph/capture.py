@@ -23,6 +23,7 @@ from prunefx.graph.program import Program
 from prunefx.graph.program_metadata import program_name
 from prunefx.graph.safety.functional_ops import clone_written_inputs
 from prunefx.graph.scoped_calls import scope_of
+from prunefx.graph.stack_traces import stack_traces_off
 from prunefx.graph.torch_quiet import torch_quiet
 from prunefx.graph.training_flags import training_nodes
 
@@ -123,12 +124,16 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     _check_initialised(model, name)
     _check_not_a_library_wrapper(model, name)
     try:
-        with torch_quiet(), left_as_found(model), random_state_kept([*model.parameters(), *inputs]):
-            exported = torch.export.export(model, inputs, strict=False)
+        with stack_traces_off():
+            exported = _export(model, inputs)
     except Exception as error:  # torch raises many unrelated types here; all mean "cannot export"
         _check_runs_eagerly(model, inputs, name)
         raise _capture_error(name, error) from error
-    check_static_shapes(exported.graph, name)  # .item(), nonzero, NMS: refused here, with the module to blame
+    try:
+        check_static_shapes(exported.graph, name)  # .item(), nonzero, NMS: refused here, with the module to blame
+    except CaptureError:
+        check_static_shapes(_export(model, inputs).graph, name)  # again with stack traces: the user's line
+        raise
     # exported.module() shares parameter and buffer storage with `model`; copy it so that training or
     # rewriting the Program never changes the user's model behind their back.
     # the inputs too: the caller reusing the tensor (a loader's buffer) must not change what checks run on
@@ -142,6 +147,11 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
         program.module = copy.deepcopy(program.module)
     use_builtin_outputs(program.module)  # a saved Program must never need the model's library to be read
     return program
+
+
+def _export(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
+    with torch_quiet(), left_as_found(model), random_state_kept([*model.parameters(), *inputs]):
+        return torch.export.export(model, inputs, strict=False)
 
 
 def _say_training_in_eval(program: Program, name: str) -> None:

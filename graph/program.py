@@ -26,6 +26,7 @@ from prunefx.graph.program_file import read_program_file, write_program_file
 from prunefx.graph.program_metadata import FORMAT_VERSION, INPUT_DTYPES, program_name
 from prunefx.graph.safety.graph_bounds import recompute_shapes
 from prunefx.graph.shape_propagation import propagate_shapes
+from prunefx.graph.stack_traces import stack_traces_off
 from prunefx.graph.training_flags import (
     Modes,
     graph_training_mode,
@@ -201,7 +202,8 @@ class Program:
             return refreshed
         self._exported = None
         try:
-            exported = torch.export.export(self.module, self.example_inputs, strict=False)
+            with stack_traces_off():  # they would point into the generated code
+                exported = torch.export.export(self.module, self.example_inputs, strict=False)
         except Exception as error:
             raise VerificationError(f"program '{self.name}' no longer exports: "
                                     f"{first_line(error)}") from error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.util
 import signal
 from pathlib import Path
@@ -190,6 +191,16 @@ def pytest_collection_modifyitems(config, items):
         callspec = getattr(item, "callspec", None)
         if callspec is not None and callspec.params.get("reference") in heavy:
             item.add_marker(pytest.mark.zoo)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _imports_out_of_collections():
+    """What a worker has imported and kept so far (torch, onnx, the fixtures that outlive a module) is left out of
+    the garbage collector's scans from each test module on: the full collections (the library's own in
+    runtime/onnx/export.py and the automatic ones) then cost what the module's tests allocate, not the millions of
+    objects of every module the worker has imported. Collected first, so no garbage is kept for good."""
+    gc.collect()
+    gc.freeze()
 
 
 class _SmallNet(torch.nn.Module):

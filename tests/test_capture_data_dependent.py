@@ -40,6 +40,14 @@ def test_the_module_and_what_to_do_are_named(post, operator):
     assert "\n" not in message
     assert f"module 'post' ({type(post).__name__})" in message and operator in message
     assert "export (deploy) mode" in message and "part=" in message
+    # the user's line, from a stack trace that a capture records only to refuse the model
+    assert "(test_capture_data_dependent.py:" in message and f".{operator}()" in message
+
+
+def test_a_capture_and_a_re_export_keep_no_stack_traces():
+    program = capture(Detector(nn.Identity()).eval(), torch.randn(8, 4))
+    for graph in (program.graph, program.export().graph):
+        assert not [node.name for node in graph.nodes if node.meta.get("stack_trace")]
 
 
 def test_a_static_model_still_captures():

@@ -28,6 +28,7 @@ import torch
 
 from prunefx.graph import Program
 from prunefx.graph.heap import release_freed_memory
+from prunefx.graph.stack_traces import stack_traces_off
 from prunefx.graph.whole_files import file_path, followed, replaced_whole
 from prunefx.runtime.errors import OnnxExportError, describe_failure
 from prunefx.runtime.onnx.cleanup import APART, clean_graph
@@ -143,7 +144,7 @@ def _export_dynamo(program: Program, opset: int) -> tuple[onnx.ModelProto, dict[
     # program.export() raises VerificationError if the module no longer exports; the dynamo exporter
     # would fail the same way, so that error simply becomes the fallback reason.
     exported = contiguous_before_reshapes(program.export())
-    with registries_reused():
+    with registries_reused(), stack_traces_off():  # the exporter's decompositions trace again; we keep no traces
         onnx_program = torch.onnx.export(exported, program.example_inputs, dynamo=True, opset_version=opset,
                                          external_data=False, optimize=True, verbose=False)
     assert onnx_program is not None  # None only when given a file to write
