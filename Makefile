@@ -17,12 +17,13 @@ setup: $(STAMP)
 # Re-runs only when the pinned inputs change, so a second `make setup` is instant.
 $(STAMP): pyproject.toml constraints.txt assets.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade -c constraints.txt pip setuptools
-	@# pip byte-compiles what it installs one file at a time (about 70 s of CPU for torch, transformers, ultralytics);
-	@# compileall does the same on every core (41 s on 2). The bytecode must exist: where PYTHONDONTWRITEBYTECODE is
-	@# set, every process (each test worker, each fresh measuring process) would compile torch again on import.
-	@# compileall's status is not checked: a few packages ship templates that are not Python, as pip also ignores.
-	$(PIP) install --quiet --no-compile -c constraints.txt -e '.[dev,docs]'
+	$(PIP) install --quiet --upgrade -c constraints.txt pip setuptools uv
+	@# uv installs the dependencies (torch's CUDA libraries are gigabytes of wheels): it downloads and unpacks them in
+	@# parallel, where pip takes one at a time. Then compileall byte-compiles them on every core. The bytecode must
+	@# exist: where PYTHONDONTWRITEBYTECODE is set, every process (each test worker, each fresh measuring process)
+	@# would compile torch again on import. compileall's status is not checked: a few packages ship templates that
+	@# are not Python, as pip and uv also ignore.
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -c constraints.txt -e '.[dev,docs]'
 	-$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null 2>&1
 	$(PIP) install --quiet --no-deps -r assets.txt
 	@# TensorRT's type stubs for tests/test_tensorrt_api.py, in their own folder: they require TensorRT itself (no wheel

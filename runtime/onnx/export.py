@@ -143,13 +143,20 @@ def _export_dynamo(program: Program, opset: int) -> tuple[onnx.ModelProto, dict[
     """The exported model and its floating-point weights apart (see _weights_apart)."""
     # program.export() raises VerificationError if the module no longer exports; the dynamo exporter
     # would fail the same way, so that error simply becomes the fallback reason.
-    exported = contiguous_before_reshapes(program.export())
-    with registries_reused(), stack_traces_off():  # the exporter's decompositions trace again; we keep no traces
+    onnx_program = dynamo_onnx_program(program, opset)
+    weights = _weights_apart(onnx_program.model)
+    return onnx_program.model_proto, weights
+
+
+def dynamo_onnx_program(program: Program, opset: int) -> torch.onnx.ONNXProgram:
+    """The dynamo exporter's ONNXProgram of `program`, from its ExportedProgram (runtime/onnx/quantized.py's
+    export too). The exporter's decompositions trace the graph again: without stack traces, which no file keeps."""
+    exported = contiguous_before_reshapes(program.export())  # attention with a mask left in float (reshape_layout.py)
+    with registries_reused(), stack_traces_off():
         onnx_program = torch.onnx.export(exported, program.example_inputs, dynamo=True, opset_version=opset,
                                          external_data=False, optimize=True, verbose=False)
     assert onnx_program is not None  # None only when given a file to write
-    weights = _weights_apart(onnx_program.model)
-    return onnx_program.model_proto, weights
+    return onnx_program
 
 
 _FLOAT_WEIGHTS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE)

@@ -16,20 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-import torch
 
 from prunefx.graph import Program
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.graph.whole_files import file_path, replaced_together
 from prunefx.runtime.errors import OnnxExportError, describe_failure
 from prunefx.runtime.model_precision import other_than_float32
-from prunefx.runtime.onnx.export import DEFAULT_OPSET
+from prunefx.runtime.onnx.export import DEFAULT_OPSET, dynamo_onnx_program
 from prunefx.runtime.onnx.integer_units import S8_LEVELS, SEVEN_BIT_LEVELS
 from prunefx.runtime.onnx.qdq import activation_quantizers, fold_weight_quantizers, name_inputs_and_outputs
 from prunefx.runtime.onnx.quantize_static import quantize_static_file
 from prunefx.runtime.onnx.quantized_ort import lower_for_onnxruntime
-from prunefx.runtime.onnx.reshape_layout import contiguous_before_reshapes
-from prunefx.runtime.onnx.torchlib_registry import registries_reused
 
 # lowering -> the integer units' weight levels (None: the TensorRT file, no ONNX Runtime rewrites)
 LOWERINGS = {"s8": None, "u8": S8_LEVELS, "u8s7": SEVEN_BIT_LEVELS}
@@ -128,10 +125,7 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _exported(program: Program, opset: int) -> onnx.ModelProto:
     try:
-        exported = contiguous_before_reshapes(program.export())  # attention with a mask left in float (reshape_layout.py)
-        with registries_reused():
-            return torch.onnx.export(exported, program.example_inputs, dynamo=True, opset_version=opset,
-                                     external_data=False, optimize=True, verbose=False).model_proto
+        return dynamo_onnx_program(program, opset).model_proto
     except Exception as error:  # torch.onnx raises many types; all mean "the exporter failed"
         raise OnnxExportError(f"could not export quantized model '{program.name}' to ONNX: "
                               f"{describe_failure(error)}") from error
