@@ -38,8 +38,7 @@ from torch import nn
 
 from prunefx.data.fashion_mnist_scenes import NUM_CLASSES, SceneConfig
 from prunefx.data.formats import format_data
-from prunefx.data.normalise import NormalizeBatch
-from prunefx.data.samples import normalisation
+from prunefx.data.normalise import NormalizeBatch, pixel_statistics
 from prunefx.data.scene_data import compose_scenes
 from prunefx.data.scene_files import write_scenes
 from prunefx.data.tensor_samples import tensor_batches
@@ -92,7 +91,7 @@ def train_epoch(model: nn.Module, loader, optimizer) -> tuple[float, float]:
 
 
 def throughput(args, folder: Path, scenes) -> list[dict]:
-    mean, std = normalisation(3)
+    mean, std = pixel_statistics(3)
     loaders = {
         "decoded in memory (uint8 tensors, the old fashion-mnist-seg route)":
             tensor_batches(scenes.images, scenes.masks, args.batch, shuffle=True,

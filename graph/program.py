@@ -54,6 +54,10 @@ class Program:
         self.output_shapes = output_shapes if output_shapes is not None else current_output_shapes(module)
         # What passes hand to later passes (graph/analysis_record.py), saved with the Program.
         self.analysis: Analysis = analysis if analysis is not None else Analysis()
+        # The per-channel (mean, std) the model's images are normalised with, where known (a timm model's
+        # pretrained configuration, the command line's --mean/--std): saved, so that later commands read images
+        # as the model expects them. None: not known (prunefx/data/normalise.py then uses ImageNet's).
+        self.normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
         self._exported: tuple[tuple, torch.export.ExportedProgram] | None = None  # see export()
 
     @property
@@ -180,8 +184,10 @@ class Program:
         vars(self).update(vars(other))
 
     def clone(self) -> Program:
-        return Program(copy.deepcopy(self.module), tuple(x.clone() for x in self.example_inputs), name=self.name,
-                       analysis=copy.deepcopy(self.analysis), output_shapes=list(self.output_shapes))
+        copied = Program(copy.deepcopy(self.module), tuple(x.clone() for x in self.example_inputs), name=self.name,
+                         analysis=copy.deepcopy(self.analysis), output_shapes=list(self.output_shapes))
+        copied.normalisation = self.normalisation
+        return copied
 
     def to_exported(self) -> torch.export.ExportedProgram:
         """The rewritten model as a torch.export ExportedProgram (static shapes: those of the example
@@ -235,6 +241,8 @@ class Program:
             "output_shapes": [list(shape) for shape in self.output_shapes],
             "analysis": self.analysis.to_json(),
             "nodes": node_names(self.module),
+            **({"normalisation": {"mean": list(self.normalisation[0]), "std": list(self.normalisation[1])}}
+               if self.normalisation is not None else {}),
         }
         return write_program_file(file_path(path), self._exported_on_cpu(), metadata)
 
@@ -268,6 +276,7 @@ class Program:
             program.analysis = Analysis.from_json(metadata.get("analysis", {}))
         except AnalysisRecordError as error:
             raise ProgramFileError(f"{path}: {error}") from error
+        program.normalisation = metadata.get("normalisation")
         stored = [tuple(shape) for shape in metadata.get("output_shapes", program.output_shapes)]
         if stored != program.output_shapes:
             raise ProgramFileError(f"{path}: prunefx.json says the outputs are {stored}, the graph computes "

@@ -22,7 +22,7 @@ MAX_NAME_LENGTH = 200
 # (a 4k RGB frame is 2**25), and small enough to allocate on a development machine.
 MAX_INPUT_ELEMENTS = 1 << 28
 INPUT_DTYPES = {"float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"}
-_KEYS = {"format", "name", "inputs", "output_shapes", "analysis", "nodes"}
+_KEYS = {"format", "name", "inputs", "output_shapes", "analysis", "nodes", "normalisation"}
 MAX_NODES = 1 << 20  # operator nodes whose names a file records: ViT-g has about 3,000
 
 
@@ -52,6 +52,9 @@ def parse_metadata(text: str, where: str) -> dict:
                                     for i, s in enumerate(_list(record["output_shapes"], f"{where}: output_shapes"))]
     if "nodes" in record:
         checked["nodes"] = _nodes(record["nodes"], where)
+    if "normalisation" in record:
+        checked["normalisation"] = input_normalisation(record["normalisation"], f"{where}: prunefx.json field "
+                                                       "'normalisation'", ProgramFileError)
     if "analysis" in record:
         if not isinstance(record["analysis"], dict):
             raise ProgramFileError(f"{where}: prunefx.json field 'analysis' must be a JSON object, "
@@ -93,6 +96,19 @@ def program_name(value) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return None
     return printable(value.strip())[:MAX_NAME_LENGTH]
+
+
+def input_normalisation(value, where: str, error: type[Exception]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """{"mean": [...], "std": [...]}, the per-channel statistics a model's images are normalised with, as
+    (mean, std): 1 or 3 finite values each, as many of both, every std above 0; else `error` saying so."""
+    if not isinstance(value, dict) or set(value) != {"mean", "std"}:
+        raise error(f"{where} must be an object with 'mean' and 'std'")
+    mean, std = value["mean"], value["std"]
+    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) in (1, 3) and len(std) == len(mean)
+            and all(type(v) in (int, float) and math.isfinite(v) for v in mean + std) and min(std) > 0):
+        raise error(f"{where}: mean and std must be lists of 1 or 3 finite numbers, as many of both, every std "
+                    f"above 0, not {printable(json.dumps(value))[:80]}")
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 def _name(value, where: str) -> str:

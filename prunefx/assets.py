@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from prunefx.data.image_files import read_image
-from prunefx.data.normalise import IMAGENET_MEAN, IMAGENET_STD
+from prunefx.data.normalise import pixel_statistics
 from prunefx.graph.errors import PrunefxError
 
 if TYPE_CHECKING:
@@ -74,7 +74,8 @@ def imagenet_sample_images() -> list[tuple[Path, int]]:
 
 
 def imagenet_transform(size: int = 224) -> v2.Compose:
-    """The usual ImageNet evaluation transform: resize to size/0.875, centre crop, normalise."""
+    """The usual ImageNet evaluation transform: resize to size/0.875, centre crop, normalise (with the pixel
+    statistics in force, ImageNet's by default: prunefx/data/normalise.py)."""
     from torchvision.transforms import v2  # on use: torchvision's import costs every prunefx start 2 s
 
     return v2.Compose([
@@ -82,7 +83,7 @@ def imagenet_transform(size: int = 224) -> v2.Compose:
         v2.Resize(round(size * 256 / 224)),
         v2.CenterCrop(size),
         v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        v2.Normalize(*pixel_statistics()),
     ])
 
 

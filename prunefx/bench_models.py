@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 
 from prunefx import options
-from prunefx.data.calibration import calibration_data
+from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError, printable
+from prunefx.image_statistics import add_normalisation, calibration_read
 from prunefx.loading import program_from_reference
 from prunefx.models import check_input_shape, parse_input_shape
 from prunefx.runtime import OnnxRuntimeSession, backends
@@ -50,6 +51,7 @@ def add_backend_arguments(parser, choices: list[str], default: str) -> None:
                         help="for --backend trt --precision int8 on a file without Q/DQ: fashion-mnist, "
                              "imagenet-sample or a folder of images (256 images), read by ONNX Runtime's "
                              "quantize_static to write TensorRT's symmetric Q/DQ form first")
+    add_normalisation(parser)
     parser.add_argument("--trtexec", metavar="PATH", help="the trtexec program (default: on PATH or JetPack's)")
     parser.add_argument("--cache-dir", help="TensorRT engine cache (default ~/.cache/prunefx/tensorrt)")
 
@@ -100,7 +102,7 @@ def bench_model(reference: str, args, backend: Backend, workdir: Path, label: st
             raise PrunefxError(f"{reference}: --batch cuts a Program; give an .onnx file's shape with --input-shape")
         path = Path(reference).expanduser()  # quoted, or after `--vs=`, the shell leaves its `~` alone
         inputs = _onnx_inputs(str(path), args.input_shape)
-        return BenchModel(reference, None, path, inputs, _calibration(args, inputs))
+        return BenchModel(reference, None, path, inputs, _calibration(args, None, inputs))
     program = program_from_reference(reference, weights=args.weights, input_shape=args.input_shape,
                                      batch=args.batch).eval()
     if backend.float32_only:
@@ -113,7 +115,7 @@ def bench_model(reference: str, args, backend: Backend, workdir: Path, label: st
     # a quantized model in the INT8 lowering the backend runs, as `prunefx quantize` delivers it
     path, _ = exported_file(program, workdir / f"{label}.onnx", int(inputs[0].shape[0]),
                             activations=backend.int8_lowering)
-    return BenchModel(reference, program, Path(path), inputs, _calibration(args, inputs))
+    return BenchModel(reference, program, Path(path), inputs, _calibration(args, program, inputs))
 
 
 def input_text(tensor: torch.Tensor) -> str:
@@ -121,8 +123,8 @@ def input_text(tensor: torch.Tensor) -> str:
     return f"{'x'.join(map(str, tensor.shape))} {str(tensor.dtype).removeprefix('torch.')}"
 
 
-def _calibration(args, inputs: list[torch.Tensor]):
-    return calibration_data(args.calibrate, inputs[0]).batches if args.calibrate else None
+def _calibration(args, program: Program | None, inputs: list[torch.Tensor]):
+    return calibration_read(args, program, inputs[0]).batches if args.calibrate else None
 
 
 def _onnx_inputs(path: str, input_shape: str | None) -> list[torch.Tensor]:

@@ -9,6 +9,7 @@ Recipe names resolve in prunefx/named_recipes.py. See docs/reference/recipes.md.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -17,7 +18,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from prunefx.compress_options import DEFAULTS, Options
+from prunefx.data import fashion_mnist
 from prunefx.data.load import load_data
+from prunefx.data.normalise import IMAGENET_MEAN, IMAGENET_STD, Statistics, normalised_with
 from prunefx.data.splits import (
     CLASSIFICATION,
     DETECTION,
@@ -36,6 +39,7 @@ from prunefx.graph.rebatch import rebatch
 from prunefx.injection import FirstBatches, calibrated_on, inject
 from prunefx.loading import program_from_reference
 from prunefx.models import build_model
+from prunefx.models.references import reference_normalisation
 from prunefx.named_recipes import Recipe
 from prunefx.output import staged_folder
 from prunefx.output_paths import check_output_folder
@@ -63,13 +67,15 @@ FILE_OPTIONS = ("data_format", "image_size", "palette")
 
 
 def load_model_and_data(reference: str, data: str, *, batch_size: int, weights: str | None = None,
-                        validation: int = 5000, files: dict | None = None,
-                        seed: int = 0) -> tuple[Program, DataSplits]:
+                        validation: int = 5000, files: dict | None = None, seed: int = 0,
+                        normalisation: Statistics | None = None) -> tuple[Program, DataSplits]:
     """The data set's loaders at `batch_size`, and the model captured (or loaded) for input shape
     (batch_size, *the data's image shape). Fashion-MNIST is gray; for a model that takes RGB its
     channel is repeated three times. `files`: options of a data set on disk (data_formats.format_data:
     data_format, num_workers, image_size). `seed`: the data's draws (validation split, order,
-    augmentation) of every data set that trains; imagenet-sample is a fixed test set."""
+    augmentation) of every data set that trains; imagenet-sample is a fixed test set. Images other than
+    Fashion-MNIST's are normalised with `normalisation` (mean, std), else the model's own (a timm model's, a saved
+    Program's), else ImageNet's; the Program returned records the first two."""
     saved = program_from_reference(reference, weights=weights, writes_onnx=True) if reference.endswith(".pt2") else None
     if saved is not None:
         require_float32_training(saved)  # before the data is read (and, unlabelled, run through the model)
@@ -83,7 +89,10 @@ def load_model_and_data(reference: str, data: str, *, batch_size: int, weights: 
         options = {"validation": validation, "channels": 3 if rgb else 1, "seed": seed}
     elif str(data) != IMAGENET_SAMPLE:
         options = {**{key: value for key, value in (files or {}).items() if value is not None}, "seed": seed}
-    splits = load_data(data, batch_size, **options)
+    if normalisation is None:
+        normalisation = saved.normalisation if saved is not None else reference_normalisation(reference)
+    with normalised_with(*normalisation) if normalisation is not None else contextlib.nullcontext():
+        splits = load_data(data, batch_size, **options)
     shape = (batch_size, *splits.input_shape)
     text = "x".join(map(str, shape))
     if saved is not None:
@@ -95,6 +104,7 @@ def load_model_and_data(reference: str, data: str, *, batch_size: int, weights: 
         program = saved
     else:
         program = program_from_reference(reference, weights=weights, input_shape=text)
+    program.normalisation = normalisation
     if not splits.classes:  # unlabelled images: evaluation labels are the dense model's predictions
         splits = against_dense(program, splits)
     _check_classes(program, splits, data)
@@ -246,6 +256,7 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
                                                "rounds": latency.rounds})
     sections = {
         "data": str(data), "data_seed": splits.train.seed if splits.train is not None else None,
+        "normalisation": _normalisation(data, dense),
         "calibrated_on": calibrated_on(recipe.pipeline, splits),
         "task": splits.task, "classes": list(splits.classes),
         "labels": getattr(splits.evaluation, "describes", "the data set's labels"), "batch_size": batch,
@@ -263,6 +274,15 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
     facts = ReportFacts("compress", dense.name, Costs.of(dense_one, compressed_one), output_files(output, *written),
                         parity=delivered["parity"], budget=budget, latency=measured, sections=sections)
     return _write_report(facts, staging, title=f"{dense.name}, recipe {recipe.name}")
+
+
+def _normalisation(data: str, dense: Program) -> dict:
+    """report.json's `normalisation`: the per-channel mean and std the images were normalised with."""
+    if str(data) == FASHION_MNIST:
+        mean, std = (fashion_mnist.MEAN,), (fashion_mnist.STD,)
+    else:
+        mean, std = dense.normalisation or (IMAGENET_MEAN, IMAGENET_STD)
+    return {"mean": list(mean), "std": list(std)}
 
 
 def _budget(result, options: Options) -> dict | None:

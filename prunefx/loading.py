@@ -58,6 +58,7 @@ def model_and_program(reference: str, *, weights: str | None = None, input_shape
     generator = torch.Generator().manual_seed(0)
     program = capture(spec.module.eval(), torch.randn(shape, generator=generator), name=spec.name,
                       copy_weights=keep_model).eval()
+    program.normalisation = spec.normalisation
     return (spec.module if keep_model else None), program
 
 

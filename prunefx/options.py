@@ -62,3 +62,16 @@ warmup_runs = integer(0, MAX_RUNS)
 calibration_images = integer(1, MAX_CALIBRATION_IMAGES)
 threads = integer(1, MAX_THREADS)
 opset = integer(MIN_OPSET, MAX_OPSET)
+
+
+def channel_values(*, positive: bool) -> Callable[[str], tuple[float, ...]]:
+    """'V' or 'R,G,B': one finite number for every channel, or one per channel (--mean, --std)."""
+    def parse(text: str) -> tuple[float, ...]:
+        values = tuple(_number(part.strip(), float) for part in text.split(","))
+        if len(values) not in (1, 3):
+            raise argparse.ArgumentTypeError(f"takes 1 value or 3 (R,G,B), not {len(values)}: {text!r}")
+        if positive and min(values) <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0 (images are divided by it), not {text!r}")
+        return values
+    parse.__name__ = "values"
+    return parse

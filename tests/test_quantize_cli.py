@@ -115,7 +115,7 @@ def test_a_half_precision_model_is_refused_before_calibration_and_nothing_writte
     capture(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU()).half().eval(),
             torch.randn(1, 1, 28, 28).half()).save(path)
     read = []
-    monkeypatch.setattr(quantize_command, "calibration_data", lambda *args: read.append(args))
+    monkeypatch.setattr(quantize_command, "calibration_read", lambda *args: read.append(args))
     code = main(["quantize", str(path), "--calibrate", "fashion-mnist", "-o", str(tmp_path / "never")])
     line = _one_line_exit_2(code, capsys)
     assert "INT8 export takes float32 models" in line and "float16" in line

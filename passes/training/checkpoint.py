@@ -40,6 +40,7 @@ def write_checkpoint(directory: Path, program: Program, state: dict) -> None:
     make_folder(directory)
     snapshot = Program(copy.deepcopy(program.module), program.example_inputs, name=program.name,
                        analysis=copy.deepcopy(program.analysis), output_shapes=list(program.output_shapes))
+    snapshot.normalisation = program.normalisation
     move_program(snapshot, "cpu")  # a checkpoint reads back on any machine, whatever device trained it
     program_tmp, state_tmp = directory / _PARTIAL_PROGRAM, directory / _PARTIAL_STATE
     try:

@@ -18,6 +18,7 @@ import typing
 
 from prunefx import options
 from prunefx.graph.errors import PrunefxError
+from prunefx.image_statistics import add_normalisation
 from prunefx.passes.core.config_checks import ConfigError
 from prunefx.passes.core.pass_config import check_bounds
 from prunefx.runtime import backends
@@ -121,6 +122,7 @@ def add_calibration(parser, *, reads: str) -> None:
                              f"train/, COCO, YOLO data.yaml, image + mask folders) or a folder of images; {reads}")
     parser.add_argument("--calibration-images", type=options.calibration_images, default=256,
                         help="images read from --calibrate, in batches of the captured batch size (default 256)")
+    add_normalisation(parser)
 
 
 def add_device(parser, *, runs: str) -> None:

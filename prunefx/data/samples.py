@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from prunefx.data import image_files
 from prunefx.data.batches import NO_ITEMS
-from prunefx.data.normalise import IMAGENET_MEAN, IMAGENET_STD, normalise
+from prunefx.data.normalise import normalise, pixel_statistics
 from prunefx.data.palette import Palette
 from prunefx.graph.errors import PrunefxError, printable
 from prunefx.graph.safety.regular_files import read_regular_file, require_regular_file
@@ -110,15 +110,8 @@ class SplitFiles:
             raise PrunefxError(f"{self.source} holds no images (an empty split)")
 
 
-def normalisation(channels: int) -> tuple[list[float], list[float]]:
-    """ImageNet's mean and std (what pretrained encoders expect); a gray image takes their average."""
-    if channels == 3:
-        return list(IMAGENET_MEAN), list(IMAGENET_STD)
-    return [sum(IMAGENET_MEAN) / 3], [sum(IMAGENET_STD) / 3]
-
-
 class LabelledImages(Dataset):
-    """`split`'s images at `size` (H, W), normalised (`mean_std`, default ImageNet's), with their labels in
+    """`split`'s images at `size` (H, W), normalised (`mean_std`, default the pixel statistics in force: data/normalise.py), with their labels in
     prunefx's layout.
 
     Detection pads every image's boxes to `max_items` rows (the same for every split of a data set) and
@@ -130,7 +123,7 @@ class LabelledImages(Dataset):
                  unlabelled: int = IGNORED):
         self.split, self.size, self.channels, self.unlabelled = split, size, channels, unlabelled
         self.max_items, self.ignore_index = max_items, ignore_index
-        mean, std = mean_std or normalisation(channels)
+        mean, std = mean_std or pixel_statistics(channels)
         self.mean, self.std = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
         self.root = split.source  # named in the loader's description
 

@@ -21,7 +21,7 @@ from prunefx.data.augment import RandomCropFlip
 from prunefx.data.batches import IGNORED_LABEL, StaticBatches, derive_seed
 from prunefx.data.dataset_files import confined
 from prunefx.data.image_files import open_image
-from prunefx.data.normalise import IMAGENET_MEAN, IMAGENET_STD, NormalizeBatch
+from prunefx.data.normalise import NormalizeBatch, pixel_statistics
 from prunefx.data.tensor_samples import tensor_batches
 from prunefx.graph.errors import PrunefxError
 
@@ -43,9 +43,6 @@ FASHION_MNIST_SEG = "fashion-mnist-seg"
 FASHION_MNIST_DET = "fashion-mnist-det"
 CLASSIFICATION, SEGMENTATION, DETECTION = "classification", "segmentation", "detection"
 _SCENE_TASKS = {FASHION_MNIST_SEG: SEGMENTATION, FASHION_MNIST_DET: DETECTION}
-# Gray scenes on black: normalised with ImageNet's statistics, which ImageNet-pretrained encoders expect
-# (a single channel takes their mean).
-_SCENE_MEAN, _SCENE_STD = tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
 
 
 # ---- data sets ---------------------------------------------------------------------------------
@@ -133,7 +130,7 @@ def imagenet_train_transform(size: int = 224) -> v2.Compose:
         v2.RandomResizedCrop(size, antialias=True),
         v2.RandomHorizontalFlip(),
         v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        v2.Normalize(*pixel_statistics()),
     ])
 
 

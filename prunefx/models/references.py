@@ -104,7 +104,23 @@ def _timm_model(name: str, image_size: int | None) -> ModelSpec:
     module = timm.create_model(name, pretrained=False, **kwargs).eval()
     size = (3, image_size, image_size) if image_size else timm.data.resolve_model_data_config(module)["input_size"]
     shape = (1, *size)
-    return ModelSpec(module, None, f"timm:{name}", shape)
+    return ModelSpec(module, None, f"timm:{name}", shape, normalisation=_timm_normalisation(cfg))
+
+
+def reference_normalisation(ref: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The (mean, std) the model `ref` names expects of its images, where its library says (timm), without
+    building the model; None otherwise."""
+    source, _, name = ref.partition(":")
+    return _timm_normalisation(_timm_pretrained_cfg(name)) if source == "timm" and name else None
+
+
+def _timm_normalisation(cfg) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The mean and std the model's pretrained weights were trained with (0.5 for many ViTs, CLIP's own), where
+    its configuration names them."""
+    mean, std = getattr(cfg, "mean", None), getattr(cfg, "std", None)
+    if mean is None or std is None:
+        return None
+    return tuple(map(float, mean)), tuple(map(float, std))
 
 
 def _prunefx_model(name: str, image_size: int | None) -> ModelSpec:

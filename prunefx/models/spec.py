@@ -31,6 +31,8 @@ class ModelSpec:
     name: str
     # None for a saved Program: it carries the example inputs it was captured with.
     default_input_shape: tuple[int, ...] | None
+    # The (mean, std) its images are normalised with where the library says (timm's pretrained configuration)
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     def kind(self) -> str:

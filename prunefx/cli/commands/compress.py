@@ -20,6 +20,7 @@ from prunefx.compression import Options, compress, load_model_and_data
 from prunefx.data.formats import FORMATS
 from prunefx.device import resolve_device
 from prunefx.graph.errors import PrunefxError, printable
+from prunefx.image_statistics import add_normalisation, given_statistics
 from prunefx.named_recipes import BUDGET_PASSES, load_named_recipe, shipped_recipes, with_budget
 from prunefx.output_paths import check_output_folder, within
 from prunefx.reports.compression import console_summary
@@ -71,6 +72,7 @@ def add_measurement_arguments(parser) -> None:
                         help="Fashion-MNIST training images held out for validation (default 5000)")
     parser.add_argument("--eval-batches", type=options.count, metavar="N",
                         help="evaluate on the first N batches of test and validation only (default: all)")
+    add_normalisation(parser)
     cli_options.add_measurement(parser, runs=Options.runs)
     cli_options.add_opset(parser)
     parser.add_argument("--no-stage-report", dest="stage_reports", action="store_false",
@@ -109,6 +111,7 @@ def run(args) -> int:
     files = {"data_format": args.data_format, "num_workers": args.workers, "image_size": args.image_size,
              "palette": args.palette}
     dense, splits = load_model_and_data(args.model, args.data, batch_size=args.batch_size, weights=args.weights,
+                                        normalisation=given_statistics(args, args.data),
                                         validation=args.validation, files=files, seed=args.seed)
     report = compress(dense, recipe, splits, output, data=args.data, options=options_from(args))
     print(console_summary(report))

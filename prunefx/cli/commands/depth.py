@@ -12,10 +12,10 @@ import time
 
 from prunefx.budget import meet_budget
 from prunefx.cli import options as cli_options
-from prunefx.data.calibration import calibration_data
 from prunefx.device import on_device, resolve_device
 from prunefx.graph.depth.blocks import find_blocks, in_block
 from prunefx.graph.errors import PrunefxError
+from prunefx.image_statistics import calibration_read
 from prunefx.loading import program_from_args
 from prunefx.output_paths import check_output_folder
 from prunefx.passes.core.pipeline import Pipeline
@@ -67,7 +67,7 @@ def run(args) -> int:
         raise PrunefxError("--recalibrate needs --calibrate DATA")
     if args.block:
         _check_named_blocks_merge(program, args.block, calibrated=bool(args.calibrate))
-    calibration = (calibration_data(args.calibrate, program.example_inputs[0], args.calibration_images).on(device)
+    calibration = (calibration_read(args, program, program.example_inputs[0]).on(device)
                    if args.calibrate else None)
     started = time.perf_counter()
     outcome = None

@@ -16,12 +16,13 @@ from pathlib import Path
 from prunefx import options
 from prunefx.cli import options as cli_options
 from prunefx.cli.prune_budget import check_allow_depth, meet_for_command_line
-from prunefx.data.calibration import Calibration, calibration_data, noise_batches
+from prunefx.data.calibration import Calibration, noise_batches
 from prunefx.deliverable import write_model
 from prunefx.detectors import part_from_reference
 from prunefx.device import current_gpu, on_device, resolve_device
 from prunefx.graph.channels.importance import DATA_CRITERIA
 from prunefx.graph.errors import PrunefxError
+from prunefx.image_statistics import calibration_read
 from prunefx.interop.module_file import write_module
 from prunefx.layer_latency import latency_table, table_multiple
 from prunefx.loading import model_and_program
@@ -186,7 +187,7 @@ def _calibration(args, program) -> Calibration | None:
     """The calibration batches, when anything reads them (see the module docstring)."""
     example = program.example_inputs[0]
     if args.calibrate:
-        return calibration_data(args.calibrate, example, args.calibration_images)
+        return calibration_read(args, program, example)
     if args.importance not in DATA_CRITERIA:
         return None
     return Calibration(noise_batches(example, args.calibration_batches), f"{args.calibration_batches} noise batches")

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 from prunefx.cli import options as cli_options
-from prunefx.data.calibration import calibration_data
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.graph.progress import progress_bar
 from prunefx.graph.rebatch import rebatch
+from prunefx.image_statistics import calibration_read
 from prunefx.loading import program_from_args
 from prunefx.output import staged_folder
 from prunefx.output_paths import check_output_folder
@@ -69,7 +69,7 @@ def run(args) -> int:
         raise PrunefxError(f"{args.model} is already quantized (INT8 fake quantizers): quantize the float model; "
                            "prunefx export --backend ort|trt writes this one's INT8 files")
     require_float32_quantizers(program)  # before the calibration's minutes
-    calibration = calibration_data(args.calibrate, program.example_inputs[0], args.calibration_images)
+    calibration = calibration_read(args, program, program.example_inputs[0])
     config = {**cli_options.pass_config(args, OPTIONS), "calibration": calibration.batches}
     started = time.perf_counter()
     result = Pipeline([(quantize_int8, config)], verify="full").run(program)
