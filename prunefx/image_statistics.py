@@ -9,11 +9,10 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
-
-import torch
+from typing import TYPE_CHECKING
 
 from prunefx import options
-from prunefx.data.calibration import Calibration, calibration_data
+from prunefx.data.fashion_mnist import NAME as FASHION_MNIST
 from prunefx.data.normalise import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -22,9 +21,13 @@ from prunefx.data.normalise import (
     normalised_with,
     pixel_statistics,
 )
-from prunefx.data.splits import FASHION_MNIST
-from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
+
+if TYPE_CHECKING:
+    import torch
+
+    from prunefx.data.calibration import Calibration
+    from prunefx.graph import Program
 
 log = logging.getLogger("prunefx")
 
@@ -70,6 +73,8 @@ def describe(stats: Statistics) -> str:
 def calibration_read(args, program: Program | None, example: torch.Tensor) -> Calibration:
     """--calibrate's images (--calibration-images of them, 256 where the command has no such flag) in batches of
     `example`'s shape, normalised as images_normalised says."""
+    from prunefx.data.calibration import calibration_data
+
     with images_normalised(args, program, args.calibrate):
         calibration = calibration_data(args.calibrate, example, getattr(args, "calibration_images", 256))
         if str(args.calibrate) == FASHION_MNIST:

@@ -23,6 +23,7 @@ _FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
+NAME = "fashion-mnist"  # as data is named on the command line and in the API
 # Pixel mean and standard deviation of the 60000 training images scaled to [0, 1].
 MEAN = 0.2860
 STD = 0.3530

@@ -37,7 +37,7 @@ __all__ = [
     "split_train_validation",
 ]
 
-FASHION_MNIST = "fashion-mnist"
+FASHION_MNIST = fashion_mnist.NAME
 IMAGENET_SAMPLE = "imagenet-sample"
 FASHION_MNIST_SEG = "fashion-mnist-seg"
 FASHION_MNIST_DET = "fashion-mnist-det"
