@@ -150,7 +150,6 @@ def main(argv: list[str] | None = None) -> int:
     from prunefx.environment_faults import environment_fault, unspellable_arguments
     from prunefx.graph.errors import PrunefxError, first_line
     from prunefx.graph.torch_quiet import WithoutTorchPrints
-    from prunefx.image_statistics import given_statistics
     from prunefx.output_paths import check_outputs_spare_inputs
 
     _never_raise_on_encoding()
@@ -175,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
             if not debug:
                 warnings.filterwarnings("ignore")  # torch.export/onnx warnings are noise for CLI users
             check_outputs_spare_inputs(args)
-            given_statistics(args, getattr(args, "calibrate", None) or getattr(args, "data", None))  # before any work
+            # --mean/--std refused before any work; their module imports torch, so only where they are given
+            if getattr(args, "mean", None) is not None or getattr(args, "std", None) is not None:
+                from prunefx.image_statistics import given_statistics
+
+                given_statistics(args, getattr(args, "calibrate", None) or getattr(args, "data", None))
             status = int(args.handler(args) or 0)
             if stdout is not None:  # a full device or a closed pipe is said here, not at the interpreter's exit
                 stdout.flush()
