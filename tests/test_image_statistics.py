@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from prunefx.cli import main
+from prunefx.cli.commands.inspect import summary as inspect_summary
 from prunefx.data.normalise import IMAGENET_MEAN, IMAGENET_STD
 from prunefx.graph import ProgramFileError, capture
 from prunefx.graph.program import Program
@@ -52,6 +53,7 @@ def test_given_statistics_normalise_the_images_and_travel_with_the_saved_program
     program.save(tmp_path / "model.pt2")
     loaded = Program.load(tmp_path / "model.pt2")
     assert loaded.normalisation == ((0.5,), (0.25,))
+    assert inspect_summary(loaded)["normalisation"] == {"mean": [0.5], "std": [0.25]}  # `prunefx inspect` shows it
     again = calibration_read(_args(solid_images), loaded, loaded.example_inputs[0])  # no flags: the file's
     assert torch.equal(again.batches[0][0], calibration.batches[0][0])
 

@@ -6,6 +6,7 @@ import json
 
 from prunefx.graph import count, operator_histogram
 from prunefx.graph.channels.groups import find_channel_groups
+from prunefx.image_statistics import describe
 from prunefx.loading import program_from_args
 
 
@@ -24,6 +25,9 @@ def summary(program) -> dict:
         "params": cost.params,
         "macs": cost.macs,
         "nodes": len(program.graph.nodes),
+        # the statistics its images are normalised with, where known (null: ImageNet's are used)
+        "normalisation": (None if program.normalisation is None else
+                          {"mean": list(program.normalisation[0]), "std": list(program.normalisation[1])}),
         "operators": dict(histogram.most_common()),
         "channel_groups": [group.to_dict() for group in combing.groups],
         "blocked_groups": [blocked.to_dict() for blocked in combing.blocked],
@@ -41,11 +45,18 @@ def run(args) -> int:
     print(f"params     {info['params']:,} ({info['params'] / 1e6:.2f} M)")
     print(f"MACs       {info['macs']:,} ({info['macs'] / 1e9:.3f} G)")
     print(f"nodes      {info['nodes']}")
+    print(f"images     {_normalisation(info['normalisation'])}")
     print("operators:")
     for operator, times in info["operators"].items():
         print(f"  {times:6d}  {operator}")
     _print_groups(info)
     return 0
+
+
+def _normalisation(known: dict | None) -> str:
+    if known is None:
+        return "normalised with ImageNet's statistics (the model names none)"
+    return f"normalised with {describe((known['mean'], known['std']))} (the model's)"
 
 
 def _print_groups(info: dict) -> None:
