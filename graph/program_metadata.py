@@ -23,6 +23,10 @@ MAX_NAME_LENGTH = 200
 MAX_INPUT_ELEMENTS = 1 << 28
 INPUT_DTYPES = {"float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"}
 _KEYS = {"format", "name", "inputs", "output_shapes", "analysis", "nodes", "normalisation"}
+# Bounds on the statistics of pixels scaled to [0, 1] a model's images are normalised with: wide for any real data
+# set, narrow enough that normalised pixels stay finite (a std of 1e-300 would make every input infinite).
+MEAN_RANGE = (-10.0, 10.0)
+STD_RANGE = (1e-3, 100.0)
 MAX_NODES = 1 << 20  # operator nodes whose names a file records: ViT-g has about 3,000
 
 
@@ -53,8 +57,8 @@ def parse_metadata(text: str, where: str) -> dict:
     if "nodes" in record:
         checked["nodes"] = _nodes(record["nodes"], where)
     if "normalisation" in record:
-        checked["normalisation"] = input_normalisation(record["normalisation"], f"{where}: prunefx.json field "
-                                                       "'normalisation'", ProgramFileError)
+        checked["normalisation"] = _normalisation(record["normalisation"], f"{where}: prunefx.json field "
+                                                  "'normalisation'")
     if "analysis" in record:
         if not isinstance(record["analysis"], dict):
             raise ProgramFileError(f"{where}: prunefx.json field 'analysis' must be a JSON object, "
@@ -98,16 +102,19 @@ def program_name(value) -> str | None:
     return printable(value.strip())[:MAX_NAME_LENGTH]
 
 
-def input_normalisation(value, where: str, error: type[Exception]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _normalisation(value, where: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """{"mean": [...], "std": [...]}, the per-channel statistics a model's images are normalised with, as
-    (mean, std): 1 or 3 finite values each, as many of both, every std above 0; else `error` saying so."""
+    (mean, std): 1 or 3 values each, as many of both, within MEAN_RANGE and STD_RANGE."""
     if not isinstance(value, dict) or set(value) != {"mean", "std"}:
-        raise error(f"{where} must be an object with 'mean' and 'std'")
+        raise ProgramFileError(f"{where} must be an object with 'mean' and 'std'")
     mean, std = value["mean"], value["std"]
     if not (isinstance(mean, list) and isinstance(std, list) and len(mean) in (1, 3) and len(std) == len(mean)
-            and all(type(v) in (int, float) and math.isfinite(v) for v in mean + std) and min(std) > 0):
-        raise error(f"{where}: mean and std must be lists of 1 or 3 finite numbers, as many of both, every std "
-                    f"above 0, not {printable(json.dumps(value))[:80]}")
+            and all(type(v) in (int, float) for v in mean + std)
+            and all(MEAN_RANGE[0] <= v <= MEAN_RANGE[1] for v in mean)
+            and all(STD_RANGE[0] <= v <= STD_RANGE[1] for v in std)):
+        raise ProgramFileError(f"{where}: mean and std must be lists of 1 or 3 numbers, as many of both, each mean in "
+                    f"[{MEAN_RANGE[0]:g}, {MEAN_RANGE[1]:g}] and std in [{STD_RANGE[0]:g}, {STD_RANGE[1]:g}], not "
+                    f"{printable(json.dumps(value))[:80]}")
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 

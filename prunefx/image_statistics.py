@@ -16,6 +16,8 @@ from prunefx.data.fashion_mnist import NAME as FASHION_MNIST
 from prunefx.data.normalise import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    MEAN_RANGE,
+    STD_RANGE,
     Statistics,
     checked_statistics,
     normalised_with,
@@ -33,10 +35,10 @@ log = logging.getLogger("prunefx")
 
 
 def add_normalisation(parser) -> None:
-    parser.add_argument("--mean", type=options.channel_values(positive=False), metavar="M[,M,M]",
+    parser.add_argument("--mean", type=options.channel_values(*MEAN_RANGE), metavar="M[,M,M]",
                         help="per-channel mean the images read are normalised with, pixels scaled to [0, 1] (default: "
                              "the model's own where known, as timm's configuration, else ImageNet's; with --std)")
-    parser.add_argument("--std", type=options.channel_values(positive=True), metavar="S[,S,S]",
+    parser.add_argument("--std", type=options.channel_values(*STD_RANGE), metavar="S[,S,S]",
                         help="per-channel standard deviation, with --mean")
 
 

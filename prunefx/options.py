@@ -64,14 +64,15 @@ threads = integer(1, MAX_THREADS)
 opset = integer(MIN_OPSET, MAX_OPSET)
 
 
-def channel_values(*, positive: bool) -> Callable[[str], tuple[float, ...]]:
-    """'V' or 'R,G,B': one finite number for every channel, or one per channel (--mean, --std)."""
+def channel_values(low: float, high: float) -> Callable[[str], tuple[float, ...]]:
+    """'V' or 'R,G,B': one number in [low, high] for every channel, or one per channel (--mean, --std)."""
     def parse(text: str) -> tuple[float, ...]:
         values = tuple(_number(part.strip(), float) for part in text.split(","))
         if len(values) not in (1, 3):
             raise argparse.ArgumentTypeError(f"takes 1 value or 3 (R,G,B), not {len(values)}: {text!r}")
-        if positive and min(values) <= 0:
-            raise argparse.ArgumentTypeError(f"must be above 0 (images are divided by it), not {text!r}")
+        if not all(low <= value <= high for value in values):
+            raise argparse.ArgumentTypeError(f"must lie in [{low:g}, {high:g}] (pixels scaled to [0, 1]), "
+                                             f"not {text!r}")
         return values
     parse.__name__ = "values"
     return parse

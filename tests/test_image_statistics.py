@@ -71,7 +71,8 @@ def test_a_timm_model_names_its_own_statistics():
 
 
 @pytest.mark.parametrize("record", [{"mean": [0.5]}, {"mean": [0.5], "std": [0]}, {"mean": [0.5, 1], "std": [1, 1]},
-                                    {"mean": ["0.5"], "std": [1]}])
+                                    {"mean": ["0.5"], "std": [1]}, {"mean": [1e308], "std": [1]},
+                                    {"mean": [0.5], "std": [1e-300]}])
 def test_a_saved_record_of_other_statistics_is_refused(program, tmp_path, record):
     path = tmp_path / "model.pt2"
     program.save(path)
@@ -88,7 +89,9 @@ def test_a_saved_record_of_other_statistics_is_refused(program, tmp_path, record
 
 @pytest.mark.parametrize("flags, message", [
     (["--mean", "0.5"], "--mean and --std go together"),
-    (["--mean", "0.5", "--std", "0"], "must be above 0"),
+    (["--mean", "0.5", "--std", "0"], "must lie in [0.001, 100]"),
+    (["--mean", "1e308", "--std", "1"], "must lie in [-10, 10]"),
+    (["--mean", "nan", "--std", "1"], "not a finite number"),
     (["--mean", "0.5,0.4", "--std", "1,1"], "takes 1 value or 3"),
     (["--mean", "0.5", "--std", "0.5", "--calibrate", "fashion-mnist"], "normalised with its own statistics"),
 ])

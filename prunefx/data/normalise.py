@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import math
 from collections.abc import Iterator, Sequence
 
 import torch
 
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.program_metadata import (  # a saved Program's record is held to them too
+    MEAN_RANGE,
+    STD_RANGE,
+)
 
 # ImageNet's per-channel statistics (the values timm.data and torchvision's weights use; tests/test_assets.py
 # checks them against timm's): written here so that reading data does not import timm, 0.7 s of a start.
@@ -51,8 +54,8 @@ def normalised_with(mean: Sequence[float], std: Sequence[float]) -> Iterator[Non
 
 
 def checked_statistics(mean: Sequence[float], std: Sequence[float]) -> Statistics:
-    """(mean, std) as tuples of floats, or a one-line PrunefxError: 1 or 3 finite values each, as many of both,
-    every std above zero (a zero would divide by it)."""
+    """(mean, std) as tuples of floats, or a one-line PrunefxError: 1 or 3 values each, as many of both, within
+    MEAN_RANGE and STD_RANGE (NaN and infinities are outside)."""
     try:
         mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
     except (TypeError, ValueError) as error:
@@ -60,9 +63,11 @@ def checked_statistics(mean: Sequence[float], std: Sequence[float]) -> Statistic
     if len(mean) not in (1, 3) or len(std) != len(mean):
         raise PrunefxError(f"pixel mean and std take 1 or 3 values each, as many of both: got {len(mean)} and "
                            f"{len(std)}")
-    if not all(map(math.isfinite, mean + std)) or min(std) <= 0:
-        raise PrunefxError(f"pixel mean must be finite and std finite and above 0, not mean {list(mean)} and std "
-                           f"{list(std)}")
+    if not (all(MEAN_RANGE[0] <= v <= MEAN_RANGE[1] for v in mean) and all(STD_RANGE[0] <= v <= STD_RANGE[1]
+                                                                           for v in std)):
+        raise PrunefxError(f"pixel mean must lie in [{MEAN_RANGE[0]:g}, {MEAN_RANGE[1]:g}] and std in "
+                           f"[{STD_RANGE[0]:g}, {STD_RANGE[1]:g}] (pixels scaled to [0, 1]), not mean {list(mean)} "
+                           f"and std {list(std)}")
     return mean, std
 
 
