@@ -23,7 +23,7 @@ from prunefx.graph.errors import ProgramFileError, PrunefxError, VerificationErr
 from prunefx.graph.export_refresh import with_current_tensors
 from prunefx.graph.node_names import node_names, restore_node_names
 from prunefx.graph.program_file import read_program_file, write_program_file
-from prunefx.graph.program_metadata import FORMAT_VERSION, INPUT_DTYPES, program_name
+from prunefx.graph.program_metadata import FORMAT_VERSION, INPUT_DTYPES, normalisation_record, program_name
 from prunefx.graph.safety.graph_bounds import recompute_shapes
 from prunefx.graph.shape_propagation import propagate_shapes
 from prunefx.graph.stack_traces import stack_traces_off
@@ -241,8 +241,7 @@ class Program:
             "output_shapes": [list(shape) for shape in self.output_shapes],
             "analysis": self.analysis.to_json(),
             "nodes": node_names(self.module),
-            **({"normalisation": {"mean": list(self.normalisation[0]), "std": list(self.normalisation[1])}}
-               if self.normalisation is not None else {}),
+            **({"normalisation": normalisation_record(self.normalisation)} if self.normalisation is not None else {}),
         }
         return write_program_file(file_path(path), self._exported_on_cpu(), metadata)
 

@@ -102,19 +102,36 @@ def program_name(value) -> str | None:
     return printable(value.strip())[:MAX_NAME_LENGTH]
 
 
+def statistics_problem(mean: tuple[float, ...], std: tuple[float, ...]) -> str | None:
+    """Why `mean` and `std` are not the statistics a model's images (pixels scaled to [0, 1]) can be normalised
+    with, in words; None where they are: 1 or 3 values each, as many of both, within MEAN_RANGE and STD_RANGE
+    (NaN and infinities are outside). prunefx/data/normalise.py holds the command line's to the same rule."""
+    if len(mean) not in (1, 3) or len(std) != len(mean):
+        return f"mean and std take 1 or 3 values each, as many of both, not {len(mean)} and {len(std)}"
+    if not (all(MEAN_RANGE[0] <= v <= MEAN_RANGE[1] for v in mean)
+            and all(STD_RANGE[0] <= v <= STD_RANGE[1] for v in std)):
+        return (f"each mean must lie in [{MEAN_RANGE[0]:g}, {MEAN_RANGE[1]:g}] and each std in [{STD_RANGE[0]:g}, "
+                f"{STD_RANGE[1]:g}] (pixels scaled to [0, 1]), not mean {list(mean)} and std {list(std)}")
+    return None
+
+
+def normalisation_record(statistics: tuple[tuple[float, ...], tuple[float, ...]]) -> dict[str, list[float]]:
+    """(mean, std) as prunefx.json, `prunefx inspect --json` and compress's report.json write them."""
+    mean, std = statistics
+    return {"mean": list(mean), "std": list(std)}
+
+
 def _normalisation(value, where: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """{"mean": [...], "std": [...]}, the per-channel statistics a model's images are normalised with, as
-    (mean, std): 1 or 3 values each, as many of both, within MEAN_RANGE and STD_RANGE."""
+    """A record of normalisation_record's form, checked by statistics_problem, as (mean, std)."""
     if not isinstance(value, dict) or set(value) != {"mean", "std"}:
         raise ProgramFileError(f"{where} must be an object with 'mean' and 'std'")
     mean, std = value["mean"], value["std"]
-    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) in (1, 3) and len(std) == len(mean)
-            and all(type(v) in (int, float) for v in mean + std)
-            and all(MEAN_RANGE[0] <= v <= MEAN_RANGE[1] for v in mean)
-            and all(STD_RANGE[0] <= v <= STD_RANGE[1] for v in std)):
-        raise ProgramFileError(f"{where}: mean and std must be lists of 1 or 3 numbers, as many of both, each mean in "
-                    f"[{MEAN_RANGE[0]:g}, {MEAN_RANGE[1]:g}] and std in [{STD_RANGE[0]:g}, {STD_RANGE[1]:g}], not "
-                    f"{printable(json.dumps(value))[:80]}")
+    if not (isinstance(mean, list) and isinstance(std, list)
+            and all(type(v) in (int, float) for v in mean + std)):
+        raise ProgramFileError(f"{where}: mean and std must be lists of numbers, not {printable(json.dumps(value))[:80]}")
+    problem = statistics_problem(tuple(mean), tuple(std))
+    if problem is not None:
+        raise ProgramFileError(f"{where}: {problem}")
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 

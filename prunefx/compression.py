@@ -18,9 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from prunefx.compress_options import DEFAULTS, Options
-from prunefx.data import fashion_mnist
 from prunefx.data.load import load_data
-from prunefx.data.normalise import IMAGENET_MEAN, IMAGENET_STD, Statistics, normalised_with
+from prunefx.data.normalise import Statistics, normalised_with
 from prunefx.data.splits import (
     CLASSIFICATION,
     DETECTION,
@@ -35,7 +34,9 @@ from prunefx.dense_tasks import evaluate_dense
 from prunefx.device import on_device
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.program_metadata import normalisation_record
 from prunefx.graph.rebatch import rebatch
+from prunefx.image_statistics import statistics_read
 from prunefx.injection import FirstBatches, calibrated_on, inject
 from prunefx.loading import program_from_reference
 from prunefx.models import build_model
@@ -256,7 +257,7 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
                                                "rounds": latency.rounds})
     sections = {
         "data": str(data), "data_seed": splits.train.seed if splits.train is not None else None,
-        "normalisation": _normalisation(data, dense),
+        "normalisation": normalisation_record(statistics_read(data, dense.normalisation)),
         "calibrated_on": calibrated_on(recipe.pipeline, splits),
         "task": splits.task, "classes": list(splits.classes),
         "labels": getattr(splits.evaluation, "describes", "the data set's labels"), "batch_size": batch,
@@ -274,15 +275,6 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
     facts = ReportFacts("compress", dense.name, Costs.of(dense_one, compressed_one), output_files(output, *written),
                         parity=delivered["parity"], budget=budget, latency=measured, sections=sections)
     return _write_report(facts, staging, title=f"{dense.name}, recipe {recipe.name}")
-
-
-def _normalisation(data: str, dense: Program) -> dict:
-    """report.json's `normalisation`: the per-channel mean and std the images were normalised with."""
-    if str(data) == FASHION_MNIST:
-        mean, std = (fashion_mnist.MEAN,), (fashion_mnist.STD,)
-    else:
-        mean, std = dense.normalisation or (IMAGENET_MEAN, IMAGENET_STD)
-    return {"mean": list(mean), "std": list(std)}
 
 
 def _budget(result, options: Options) -> dict | None:

@@ -12,18 +12,18 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from prunefx import options
+from prunefx.data import fashion_mnist
 from prunefx.data.fashion_mnist import NAME as FASHION_MNIST
 from prunefx.data.normalise import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    MEAN_RANGE,
-    STD_RANGE,
     Statistics,
     checked_statistics,
     normalised_with,
     pixel_statistics,
 )
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.program_metadata import MEAN_RANGE, STD_RANGE
 
 if TYPE_CHECKING:
     import torch
@@ -65,6 +65,14 @@ def statistics(args, known: Statistics | None, data: str | None) -> tuple[Statis
     if known is not None:
         return known, "the model's own"
     return (IMAGENET_MEAN, IMAGENET_STD), "ImageNet's (the default)"
+
+
+def statistics_read(data: str, known: Statistics | None) -> Statistics:
+    """The statistics the images of `data` were normalised with for a model that names `known`: Fashion-MNIST's
+    own, else `known`, else ImageNet's (compress's report.json)."""
+    if str(data) == FASHION_MNIST:
+        return (fashion_mnist.MEAN,), (fashion_mnist.STD,)
+    return known or (IMAGENET_MEAN, IMAGENET_STD)
 
 
 def describe(stats: Statistics) -> str:

@@ -13,10 +13,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from prunefx.graph.errors import PrunefxError
-from prunefx.graph.program_metadata import (  # a saved Program's record is held to them too
-    MEAN_RANGE,
-    STD_RANGE,
-)
+from prunefx.graph.program_metadata import statistics_problem  # a saved Program's record is held to it too
 
 # ImageNet's per-channel statistics (the values timm.data and torchvision's weights use; tests/test_assets.py
 # checks them against timm's): written here so that reading data does not import timm, 0.7 s of a start.
@@ -54,20 +51,14 @@ def normalised_with(mean: Sequence[float], std: Sequence[float]) -> Iterator[Non
 
 
 def checked_statistics(mean: Sequence[float], std: Sequence[float]) -> Statistics:
-    """(mean, std) as tuples of floats, or a one-line PrunefxError: 1 or 3 values each, as many of both, within
-    MEAN_RANGE and STD_RANGE (NaN and infinities are outside)."""
+    """(mean, std) as tuples of floats, or a one-line PrunefxError where statistics_problem finds one."""
     try:
         mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
     except (TypeError, ValueError) as error:
         raise PrunefxError(f"pixel mean and std must be numbers ({error})") from None
-    if len(mean) not in (1, 3) or len(std) != len(mean):
-        raise PrunefxError(f"pixel mean and std take 1 or 3 values each, as many of both: got {len(mean)} and "
-                           f"{len(std)}")
-    if not (all(MEAN_RANGE[0] <= v <= MEAN_RANGE[1] for v in mean) and all(STD_RANGE[0] <= v <= STD_RANGE[1]
-                                                                           for v in std)):
-        raise PrunefxError(f"pixel mean must lie in [{MEAN_RANGE[0]:g}, {MEAN_RANGE[1]:g}] and std in "
-                           f"[{STD_RANGE[0]:g}, {STD_RANGE[1]:g}] (pixels scaled to [0, 1]), not mean {list(mean)} "
-                           f"and std {list(std)}")
+    problem = statistics_problem(mean, std)
+    if problem is not None:
+        raise PrunefxError(f"pixel statistics: {problem}")
     return mean, std
 
 

@@ -6,6 +6,7 @@ import json
 
 from prunefx.graph import count, operator_histogram
 from prunefx.graph.channels.groups import find_channel_groups
+from prunefx.graph.program_metadata import normalisation_record
 from prunefx.image_statistics import describe
 from prunefx.loading import program_from_args
 
@@ -26,8 +27,7 @@ def summary(program) -> dict:
         "macs": cost.macs,
         "nodes": len(program.graph.nodes),
         # the statistics its images are normalised with, where known (null: ImageNet's are used)
-        "normalisation": (None if program.normalisation is None else
-                          {"mean": list(program.normalisation[0]), "std": list(program.normalisation[1])}),
+        "normalisation": None if program.normalisation is None else normalisation_record(program.normalisation),
         "operators": dict(histogram.most_common()),
         "channel_groups": [group.to_dict() for group in combing.groups],
         "blocked_groups": [blocked.to_dict() for blocked in combing.blocked],
