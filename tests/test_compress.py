@@ -14,7 +14,8 @@ import torch
 import yaml
 
 from prunefx.cli import EXIT_USER_ERROR, main
-from prunefx.compression import compress, load_model_and_data
+from prunefx.compress_inputs import load_model_and_data
+from prunefx.compression import compress
 from prunefx.data import fashion_mnist
 from prunefx.data.splits import DataSplits, tensor_batches
 from prunefx.graph import Program, PrunefxError, capture
@@ -462,7 +463,7 @@ def test_a_half_precision_program_is_refused_before_any_work(capsys, tmp_path, m
                    (torch.randn(BATCH, 1, 28, 28).half(),))
     saved = half.save(tmp_path / "half.pt2")
     read = []
-    monkeypatch.setattr("prunefx.compression.load_data", lambda *args, **kwargs: read.append(args))
+    monkeypatch.setattr("prunefx.compress_inputs.load_data", lambda *args, **kwargs: read.append(args))
     code, out, err = run_cli(capsys, "compress", saved, "--recipe", "finetune", "--data", "fashion-mnist",
                              "--batch-size", BATCH, "-o", tmp_path / "never")
     assert "holds float16 tensors" in _one_line_error(code, out, err) and not read

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from prunefx.cli import main
-from prunefx.compression import load_model_and_data
+from prunefx.compress_inputs import load_model_and_data
 from prunefx.data.calibration import image_batches
 from prunefx.data.coco import coco_splits
 from prunefx.data.formats import format_data

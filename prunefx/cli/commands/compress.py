@@ -16,7 +16,8 @@ from pathlib import Path
 
 from prunefx import options
 from prunefx.cli import options as cli_options
-from prunefx.compression import Options, compress, load_model_and_data
+from prunefx.compress_inputs import load_model_and_data
+from prunefx.compression import Options, compress
 from prunefx.data.formats import FORMATS
 from prunefx.device import resolve_device
 from prunefx.graph.errors import PrunefxError, printable
