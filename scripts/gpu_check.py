@@ -205,7 +205,7 @@ def run(args) -> int:
         summary = {"smoke": args.smoke, "machine": facts(env)}
         bench = ROOT / "benchmarks"
         steps.run("pytest -m gpu", [*python, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "--durations=8",
-                                    "--rootdir", str(ROOT), *gpu_test_files()], 150, log="gpu_pytest.log")
+                                    "--rootdir", str(ROOT), *gpu_test_files()], 240, log="gpu_pytest.log")
         if args.smoke:
             steps.steps.append({"step": "capture probe", "skipped": "no GPU (smoke)"})
         else:

@@ -458,6 +458,50 @@ def test_efficientvit_with_its_asserted_casts_runs_in_bfloat16():
 
 # --- on a GPU ------------------------------------------------------------------------------------------------
 
+def _half_precision_cases():
+    torch.manual_seed(0)
+    mask = torch.ones(2, 8, 8, dtype=torch.bool).tril()
+    return {"casts": capture(_CastsToFloat32().eval(), torch.randn(2, 3, 8, 8), name="casts"),
+            "masked": capture(_MaskedAttention().eval(), (torch.randn(2, 8, 16), mask), name="masked")}
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("case", ["casts", "masked"])
+@pytest.mark.parametrize("precision, compiled", [("fp16", False), ("bf16", False), ("fp16", True)])
+def test_the_cuda_backend_runs_float32_casts_and_fills_at_half_precision_as_a_graph(case, precision, compiled):
+    """The graphs the CPU tests above move to half precision, prepared as the cuda backend times them: on the GPU,
+    at `precision`, warmed, captured as a CUDA graph, and compiled by inductor first (whose fake tensors check the
+    graph's asserted dtypes and devices strictly)."""
+    from prunefx.runtime.cuda.graph import DTYPES, CudaDevice, GpuModel
+
+    if compiled:
+        pytest.importorskip("triton")
+    program = _half_precision_cases()[case]
+    expected = program.run_example()
+    model = GpuModel(program, precision=precision, device=CudaDevice(), compile=compiled)
+    assert model.mode == "graph", model.reason
+    assert model.time_once() > 0
+    got = model._call()
+    assert got.dtype == DTYPES[precision]  # no cast went back to float32 on the way
+    torch.testing.assert_close(got.float().cpu(), expected, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_bench_compile_on_the_cuda_backend_times_a_graph_that_casts_to_float32(tmp_path, capsys):
+    """`prunefx bench MODEL.pt2 --backend cuda --compile` as a user types it, on a graph asserting float32."""
+    import json
+
+    pytest.importorskip("triton")
+    saved = _half_precision_cases()["casts"].save(tmp_path / "casts.pt2")
+    code = main(["bench", str(saved), "--backend", "cuda", "--compile", "--runs", "10", "--json"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(capsys.readouterr().out)
+    assert report["backend"] == "cuda" and report["gpu"] == torch.cuda.get_device_name()
+    assert report["cuda_graph"] and report["latency"]["median_ms"] > 0
+
+
 def _prune_args(tmp_path, weights, device: str, name: str) -> list[str]:
     return ["prune", "torchvision:resnet18", "--weights", str(weights), "--input-shape", "4x3x64x64",
             "--macs", "0.5", "--local", "--calibrate", "imagenet-sample", "--device", device,

@@ -234,6 +234,28 @@ def test_the_cli_on_a_gpu_keeps_the_macs_asked_and_spends_them_by_the_cuda_table
     assert 0 < table["planned"] < table["dense"] and "latency table" in report["seconds"]
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+def test_width_and_depth_together_on_a_gpu_meet_the_budget_by_the_cuda_table(tmp_path):
+    """The joint route on the cuda backend, nothing faked: the table timed on the GPU (the merged layers too), the
+    candidates timed there as CUDA graphs, and the answer checked by a pair of the backend made afresh. A small
+    network at batch 32 is bound by its kernels' count on a GPU, which merging blocks cuts."""
+    from prunefx.runtime import latency_pair
+
+    torch.manual_seed(0)
+    program = capture(build_model("prunefx:mobilenetv2_small").module.eval(), torch.randn(32, 1, 28, 28)).eval()
+    calibration = [torch.randn(32, 1, 28, 28) for _ in range(2)]
+    chosen, outcome = meet_budget(program, speedup=1.2, backend="cuda", batch=32, choose_by="latency", width=WIDTH,
+                                  calibration=calibration, routes=("width+depth",), latency_cache=str(tmp_path),
+                                  max_candidates=4)
+    entry = outcome.budget_entry()
+    assert outcome.route == "width+depth" and entry["backend"] == "cuda"
+    assert entry["measurement"]["latency_table"]["entries_timed"] > 0
+    assert chosen.module.graph is not program.module.graph and next(chosen.module.parameters()).device.type == "cpu"
+    timing = latency_pair("cuda", threads=1, runs=50, precision="fp16", batch=32)(program, chosen)
+    assert timing.dense_ms / timing.ms >= 1.2 * 0.9  # a fresh pair, within the noise of one short measurement
+
+
 @pytest.mark.parametrize("options", [{"multiple": 0}, {"multiple": 1.5}, {"multiple": True}, {"threads": 0},
                                      {"batch": "2"}, {"batch": 10**12}])
 def test_latency_table_refuses_what_it_would_read_as_something_else(resnet, timer, options):

@@ -206,7 +206,10 @@ def fashion_batches():
     return [(images[i:i + 16], labels[i:i + 16].long()) for i in range(0, 64, 16)]
 
 
-def test_masks_survive_distillation(fashion_batches):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")])])
+def test_masks_survive_distillation(fashion_batches, device):
+    """On a GPU too: the masks, made on the CPU, are applied to the weights the trainer moved there."""
     torch.manual_seed(0)
     program = capture(build_model("prunefx:resnet20").module, fashion_batches[0][0], name="resnet20")
     sparsify_nm(program, config={"criterion": "magnitude"})
@@ -214,10 +217,11 @@ def test_masks_survive_distillation(fashion_batches):
     zeros = {name: get_tensor(program.module, name).detach() == 0 for name in names}
     before = {name: get_tensor(program.module, name).detach().clone() for name in names}
     result = distill(program, config={"data": fashion_batches, "steps": 4, "lr": 0.05, "kd_weight": 0.5,
-                                      "progress": False})
+                                      "progress": False, "device": device})
     trained = result.program
     for name in names:
         weight = get_tensor(trained.module, name).detach()
+        assert weight.device.type == "cpu", name  # trained where asked, handed back where it was
         assert torch.equal(weight == 0, zeros[name]), name  # the same zeros, exactly
     assert any(not torch.equal(get_tensor(trained.module, n).detach(), before[n]) for n in names)  # it trained
 
