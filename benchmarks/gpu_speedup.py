@@ -16,7 +16,8 @@ budgets on the same backend (S = 1.3 at batch 1, 1.5 at batch 32) and each chose
 a fresh pair (models prepared anew) and by a separate process with its own timer
 (benchmarks/remeasure_speedup.py), which alone is judged against [0.95 S, 1.25 S]. On the first model, prunefx's
 defaults are also timed with channel counts in multiples of 8, 16, 32 and 64 (which a GPU's kernels prefer,
-measured), and with the batch norms folded into the convolutions of both models (what a fusing runtime runs).
+measured), with the batch norms folded into the convolutions of both models (what a fusing runtime runs), and
+with both compiled by inductor (`--compile`: the elementwise work fused, which eager mode runs kernel by kernel).
 
 The rows run in the order the figures matter (`plan`; `--missing-first FILE` puts first the kinds of row a
 published file lacks): equal MACs at the largest batch on every model, the
@@ -346,6 +347,10 @@ def widths_row(reference: str, batch: int, settings: Settings, device, dense: Pr
         if multiple == ROUND_TO[0]:  # batch norms folded into the convolutions, in both: what fused runtimes run
             folded = Pipeline([fold_batchnorm])
             row["folded"] = _confirmed(pair, folded.run(dense).program, folded.run(program).program)
+            # both compiled by inductor (`--compile`), which fuses the elementwise work eager mode runs apart
+            compiled = CudaBackend(device).latency_pair(dataclasses.replace(settings, batch=batch, compile=True))
+            timed = _or_error(lambda: _confirmed(compiled, dense, program))
+            row["compiled"] = {"error": timed} if isinstance(timed, str) else timed
     return row
 
 
@@ -598,14 +603,18 @@ def markdown(report: dict) -> str:
                                {True: "yes", False: "no"}.get(r.get("within"), "refused" if "refused" in r else "-")]
                               for r in report["budgets"] if "error" not in r])
     widths = markdown_table(["model", "batch", *[f"round_to {m}" for m in ROUND_TO],
-                             f"round_to {ROUND_TO[0]}, batch norms folded in both"],
+                             f"round_to {ROUND_TO[0]}, batch norms folded in both",
+                             f"round_to {ROUND_TO[0]}, both compiled (inductor)"],
                             [[r["model"], r["batch"], *[cell(r["round_to"].get(str(m))) for m in ROUND_TO],
-                              cell(r.get("folded"))] for r in report.get("widths", []) if "error" not in r])
+                              cell(r.get("folded")), cell(r.get("compiled"))]
+                             for r in report.get("widths", []) if "error" not in r])
     failures = [f"\n- failed: {r['model']} at batch {r['batch']}"
                 f"{' --speedup ' + str(r['speedup_asked']) if 'speedup_asked' in r else ''}: {r['error']}"
                 for key in ROWS.values() for r in report.get(key, []) if "error" in r]
     failures += [f"\n- {r['model']} at batch {r['batch']}, {name}: failed: {r[name]['error']}"
                  for r in measured + chosen for name in names if "error" in r.get(name, {})]
+    failures += [f"\n- {r['model']} at batch {r['batch']}, both compiled: failed: {r['compiled']['error']}"
+                 for r in report.get("widths", []) if "error" in r.get("compiled", {})]
     skipped = "".join(failures) + "".join(f"\n- skipped: {line}" for line in report["skipped"])
     return (f"# GPU speed-ups at equal MACs and latency budgets\n\n{machine['gpu']}, driver {machine['driver']}, "
             f"torch {machine['torch']}, {machine['timing']}, random weights.\n\n"

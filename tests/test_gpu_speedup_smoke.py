@@ -40,6 +40,7 @@ def test_the_smoke_run_writes_every_row_outside_the_results_folder(load_script, 
     assert sorted(kept) == list(script.ROUND_TO) and all(k >= script.MACS - 0.03 for k in kept.values())
     assert kept[8] == pytest.approx(script.MACS, abs=0.03) and kept[16] == pytest.approx(script.MACS, abs=0.06)
     assert widths["folded"]["macs_kept"] == pytest.approx(kept[8], abs=0.01)  # folding moves no MACs of a conv
+    assert widths["compiled"]["macs_kept"] == kept[8] and widths["compiled"]["speedup"] > 0  # the same model compiled
     (budget,) = report["budgets"]
     assert ("refused" in budget and len(budget["refused"].splitlines()) == 1) or (
         budget["remeasured"] > 0 and budget["independent"]["speedup"] > 0
