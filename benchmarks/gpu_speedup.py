@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib
 import json
 import os
@@ -349,7 +350,7 @@ def widths_row(reference: str, batch: int, settings: Settings, device, dense: Pr
             row["folded"] = _confirmed(pair, folded.run(dense).program, folded.run(program).program)
             # both compiled by inductor (`--compile`), which fuses the elementwise work eager mode runs apart
             compiled = CudaBackend(device).latency_pair(dataclasses.replace(settings, batch=batch, compile=True))
-            timed = _or_error(lambda: _confirmed(compiled, dense, program))
+            timed = _or_error(functools.partial(_confirmed, compiled, dense, program))
             row["compiled"] = {"error": timed} if isinstance(timed, str) else timed
     return row
 
