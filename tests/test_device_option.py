@@ -502,6 +502,47 @@ def test_bench_compile_on_the_cuda_backend_times_a_graph_that_casts_to_float32(t
     assert report["cuda_graph"] and report["latency"]["median_ms"] > 0
 
 
+@pytest.mark.gpu
+@requires_cuda
+def test_compress_on_the_gpu_prunes_as_the_cpu_run_and_trains_there(tmp_path, monkeypatch):
+    """A recipe of second-order pruning with compensation, then distillation, compressed on cuda and on the CPU
+    (TF32 off): the same widths (local ranking: no near-ties between groups), the trained model written float32 on
+    the CPU, losses and scores that agree to rounding (cuDNN adds gradients in another order)."""
+    import json
+
+    import prunefx.compression as compression
+    from prunefx.compress_options import Options
+    from prunefx.data.splits import DataSplits, tensor_batches
+    from prunefx.named_recipes import Recipe
+    from prunefx.passes.core.recipe import pipeline_from_spec
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.manual_seed(0)
+    images, labels = torch.randn(32, 3, 12, 12), torch.arange(32) % 4
+    splits = DataSplits(train=tensor_batches(images, labels, 8, shuffle=True), val=None,
+                        test=tensor_batches(images, labels, 8, shuffle=False), classes=tuple("abcd"),
+                        input_shape=(3, 12, 12))
+    spec = {"name": "obs-kd", "passes": [
+        {"remove_channels": {"macs": 0.6, "importance": "obs", "compensate": True, "round_to": 1, "ranking": "local"}},
+        {"distill": {"steps": 4, "lr": 0.01}}]}
+    recipe = Recipe(name="obs-kd", path=None, spec=spec, pipeline=pipeline_from_spec(spec))
+    dense = capture(_net(), torch.randn(8, 3, 12, 12), name="net").eval()
+    for device in ("cpu", "cuda"):
+        options = Options(threads=1, runs=2, warmup=1, stage_reports=False, device=device)
+        compression.compress(dense.clone(), recipe, splits, tmp_path / device, data="random", options=options,
+                             log=lambda line: None)
+    cpu, cuda = (json.loads((tmp_path / device / "report.json").read_text()) for device in ("cpu", "cuda"))
+    widths = [[group["width_after"] for group in report["passes"][0]["stats"]["groups"]] for report in (cpu, cuda)]
+    assert widths[0] == widths[1]
+    losses = [report["passes"][1]["stats"]["train_loss"] for report in (cpu, cuda)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3)
+    after = [report["accuracy"]["after"]["test"]["loss"] for report in (cpu, cuda)]
+    assert after[1] == pytest.approx(after[0], rel=1e-3)
+    written = Program.load(tmp_path / "cuda" / "model.pt2")
+    assert {(p.device.type, p.dtype) for p in written.module.parameters()} == {("cpu", torch.float32)}
+
+
 def _prune_args(tmp_path, weights, device: str, name: str) -> list[str]:
     return ["prune", "torchvision:resnet18", "--weights", str(weights), "--input-shape", "4x3x64x64",
             "--macs", "0.5", "--local", "--calibrate", "imagenet-sample", "--device", device,
