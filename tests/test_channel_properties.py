@@ -694,3 +694,45 @@ def test_a_linear_viewed_as_an_image_prunes_whole_channel_planes_exactly(removal
 
     prunes_whole_planes()
     draws.check()
+
+
+@_settings(50)
+@given(values=st.lists(st.integers(0, 40), max_size=60), rows=st.integers(1, 3))
+def test_distinct_is_numpys_unique(values, rows):
+    from prunefx.graph.channels.labels import distinct
+
+    array = np.array(values[:len(values) - len(values) % rows], dtype=np.int64).reshape(rows, -1)
+    assert np.array_equal(distinct(array), np.unique(array)) and distinct(array).dtype == np.int64
+
+
+class CondConvNet(nn.Module):
+    """timm's CondConv2d: each sample's kernel mixes the expert kernels by routing weights, the experts' weights
+    one flat parameter viewed as (experts, out, in, kh, kw)."""
+
+    def __init__(self):
+        from timm.layers import CondConv2d
+
+        super().__init__()
+        self.stem, self.route = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 4)
+        self.cond, self.head = CondConv2d(8, 16, 3, padding=1, num_experts=4), nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.stem(x).relu()
+        routing = torch.sigmoid(self.route(x.mean((2, 3))))
+        return self.head(self.cond(x, routing).relu().mean((2, 3)))
+
+
+def test_condconv_experts_inputs_and_outputs_are_groups_removed_exactly(removal_is_exact):
+    """The stem's channels (the experts' input slices), the experts and the CondConv's outputs are three exact
+    groups, whose channels go from the flat expert parameter as from a plain weight."""
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    program = capture(CondConvNet().eval(), x).eval()
+    combing = find_channel_groups(program.module)
+    sizes = sorted((group.size, ("cond.weight", 0) in group.members) for group in combing.groups)
+    assert sizes == [(4, True), (8, False), (16, False)] and all(group.exact for group in combing.groups)
+    removed = {int(group.classes[index]) for group in combing.groups for index in range(0, group.size, 3)}
+    removal_is_exact(program, combing, removed, x, tolerance=1e-4)
+    # every third channel of each group: 2 of 4 experts, 5 of 8 inputs and 10 of 16 outputs left
+    assert program.module.cond.weight.shape == (2, 10 * 5 * 3 * 3)

@@ -19,7 +19,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from prunefx.graph.channels.factor_slices import FactorSlices
-from prunefx.graph.channels.labels import FIXED, Grid, LabelSpace, Member
+from prunefx.graph.channels.labels import FIXED, Grid, LabelSpace, Member, distinct
 from prunefx.graph.channels.rules import RULES
 from prunefx.graph.channels.zero_channels import NonzeroChannels
 
@@ -181,17 +181,16 @@ def _shared_element_pins(space: LabelSpace, classes: np.ndarray) -> list[tuple[n
     slice is ambiguous. Pin every free factor but the largest (the group counts, not the channels);
     the grid then has one free factor and _single_factor_ties relates it exactly."""
     multi = [g for g in space.grids if len(free_axes(g, classes)) > 1]
-    element_sets: dict[bytes, int] = {}
-    pairs, conflicted = [], set()
+    element_sets: dict[bytes, np.ndarray] = {}  # each distinct set of element classes once
+    conflicted = set()
     for index, grid in enumerate(multi):
-        elements = np.unique(classes[grid.elements])
+        elements = distinct(classes[grid.elements])
         if elements.size < grid.elements.size:
             conflicted.add(index)  # an element repeats within the grid
-        key = element_sets.setdefault(elements.tobytes(), len(element_sets))
-        pairs.append(np.stack([elements, np.full_like(elements, key)]))
-    if pairs:  # classes that are elements of grids over different element sets
-        owners = np.unique(np.concatenate(pairs, axis=1), axis=1)[0]
-        shared = np.unique(owners[1:][owners[1:] == owners[:-1]])
+        element_sets.setdefault(elements.tobytes(), elements)
+    if len(element_sets) > 1:  # classes that are elements of grids over different element sets
+        every = np.sort(np.concatenate(list(element_sets.values())))  # each set holds a class at most once
+        shared = distinct(every[1:][every[1:] == every[:-1]])
         conflicted.update(i for i, g in enumerate(multi) if np.isin(classes[g.elements], shared).any())
     ties = []
     for index in sorted(conflicted):

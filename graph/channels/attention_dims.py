@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from prunefx.graph.channels.groups import Combing, _parameter_sources
+from prunefx.graph.channels.labels import distinct
 
 aten = torch.ops.aten
 SDPA = aten.scaled_dot_product_attention.default
@@ -70,7 +71,7 @@ def head_dim_groups(module: torch.fx.GraphModule, combing: Combing) -> list[int]
     analysis = combing.analysis
     classes: set[int] = set()
     for labels in _head_dim_labels(module, analysis.node_labels):
-        classes.update(int(c) for c in np.unique(analysis.classes[labels]))
+        classes.update(int(c) for c in distinct(analysis.classes[labels]))
     classes.discard(analysis.fixed_class)
     return [index for index, group in enumerate(combing.groups) if classes & set(group.classes.tolist())]
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from prunefx.graph.channels.labels import distinct
+
 if TYPE_CHECKING:  # the analysis builds one of these on demand (ChannelAnalysis.factor_slices)
     from prunefx.graph.channels.analysis import ChannelAnalysis
 
@@ -46,7 +48,7 @@ class FactorSlices:
         found, waiting = {cls}, [cls]
         while waiting:
             for labels in self.slices.get(waiting.pop(), ()):
-                for inner in np.unique(self.classes[labels]).tolist():
+                for inner in distinct(self.classes[labels]).tolist():
                     if inner not in found:
                         found.add(inner)
                         waiting.append(inner)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from prunefx.graph.channels.analysis import ChannelAnalysis, analyse_channels, free_axes
+from prunefx.graph.channels.labels import distinct
 from prunefx.graph.operators import CONVOLUTIONS, LINEARS, TRANSPOSED_CONVOLUTIONS
 
 aten = torch.ops.aten
@@ -103,12 +104,12 @@ def _signatures(analysis: ChannelAnalysis, classes: np.ndarray) -> tuple[dict, d
     for grid_index, grid in enumerate(analysis.space.grids):
         if len(free_axes(grid, classes)) < 2:
             continue  # a plain relabelling (a flatten into a linear): its factor is tied to its elements
-        derived.update(int(c) for c in np.unique(classes[grid.elements]))
+        derived.update(int(c) for c in distinct(classes[grid.elements]))
         for axis, factor in enumerate(grid.factors):
             rows = np.sort(classes[np.moveaxis(grid.elements, axis, 0).reshape(factor.size, -1)], axis=1)
-            distinct = np.ones(rows.shape, dtype=bool)
-            distinct[:, 1:] = rows[:, 1:] != rows[:, :-1]
-            for label, row, keep in zip(classes[factor].tolist(), rows, distinct):
+            first_seen = np.ones(rows.shape, dtype=bool)
+            first_seen[:, 1:] = rows[:, 1:] != rows[:, :-1]
+            for label, row, keep in zip(classes[factor].tolist(), rows, first_seen):
                 controls[label].update(row[keep].tolist())
                 axes[label].add((grid_index, axis))
     return direct, controls, derived, axes
@@ -120,7 +121,7 @@ def _direct_members(members: list, classes: np.ndarray) -> dict[int, frozenset]:
     compared element by element with its first class) and each distinct set is built once and shared."""
     if not members:
         return {}
-    per_member = [np.unique(classes[member.labels]) for member in members]
+    per_member = [distinct(classes[member.labels]) for member in members]
     owner = np.repeat(np.arange(len(members)), [found.size for found in per_member])
     cls = np.concatenate(per_member)
     order = np.lexsort((owner, cls))  # by class, then member
@@ -222,7 +223,7 @@ _INDEXING = {"aten.unbind.int", "aten.select.int"}
 def _blocked_groups(analysis: ChannelAnalysis, weights: set[str]) -> list[BlockedGroup]:
     """Groups that would exist without the blocking operators, and which operators blocked them."""
     unblocked = analysis.unblocked_classes
-    blocker_classes = [set(np.unique(unblocked[b.labels]).tolist()) - {int(unblocked[0])}
+    blocker_classes = [set(distinct(unblocked[b.labels]).tolist()) - {int(unblocked[0])}
                        for b in analysis.space.blockers]
     if not any(blocker_classes):  # every blocker only touched dims that were fixed anyway
         return []

@@ -23,6 +23,7 @@ from torch.utils._pytree import tree_flatten
 
 from prunefx.graph.channels.compensation import energy_key, lean_damped_inverse, output_energy
 from prunefx.graph.channels.groups import Combing
+from prunefx.graph.channels.labels import distinct
 from prunefx.graph.channels.obs_elimination import LayerState, eliminate
 from prunefx.graph.heap import release_freed_memory
 from prunefx.graph.layer_hessians import iter_hessians
@@ -124,7 +125,7 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
     for layer in layer_inputs(module, analysis):
         if layer.problem is not None:
             continue
-        positions = list(dict.fromkeys(p for cls in np.unique(layer.column_classes).tolist()
+        positions = list(dict.fromkeys(p for cls in distinct(layer.column_classes).tolist()
                                        for p in readers.get(cls, ())))
         if positions:
             by_spec[layer.spec].append((layer, positions))

@@ -24,7 +24,7 @@ from prunefx.graph.channels import rules_dims as dims
 from prunefx.graph.channels import rules_elementwise as elementwise
 from prunefx.graph.channels import rules_layers as layers
 from prunefx.graph.channels import rules_reshape as reshape
-from prunefx.graph.channels.labels import FIXED, LabelSpace
+from prunefx.graph.channels.labels import FIXED, LabelSpace, distinct
 from prunefx.graph.channels.zero_stand_in import COPIES, keeps_zero, operator_name
 
 ALL = "all"  # any dim may be nonzero (after an operator that moves dims around)
@@ -308,7 +308,7 @@ def _flat(labels) -> bool:
 def _label_ids(labels) -> set[int]:
     """Every label in `labels` (an array, a tensor's arrays, or several tensors'), FIXED left out."""
     arrays = [leaf for leaf in pytree.tree_leaves(labels) if isinstance(leaf, np.ndarray)]
-    return set(np.unique(np.concatenate(arrays)).tolist()) - {FIXED} if arrays else set()
+    return set(distinct(np.concatenate(arrays)).tolist()) - {FIXED} if arrays else set()
 
 
 def _affine(node: torch.fx.Node) -> bool:
