@@ -705,6 +705,26 @@ def test_distinct_is_numpys_unique(values, rows):
     assert np.array_equal(distinct(array), np.unique(array)) and distinct(array).dtype == np.int64
 
 
+def test_direct_members_are_exact_when_member_lists_hash_alike(monkeypatch):
+    """Classes are grouped by a hash of their member lists and then checked exactly: lists of other lengths or
+    other members that hash alike are told apart. Every key 1 here, so lists of odd length collide: class 3's
+    [a, b, c] with class 1's [a], which the entries after it (class 2's b, c) would extend to [a, b, c]."""
+    from prunefx.graph.channels import groups
+    from prunefx.graph.channels.labels import Member
+
+    members = [Member("a", 0, np.array([1, 3])), Member("b", 1, np.array([2, 3])), Member("c", 0, np.array([2, 3]))]
+    classes = np.arange(4)  # every label its own class
+    expected = {cls: frozenset((m.target, m.dim) for m in members if cls in m.labels) for cls in (1, 2, 3)}
+    assert groups._direct_members(members, classes) == expected
+
+    class Ones:
+        def integers(self, low, high, size, dtype):
+            return np.ones(size, dtype=dtype)
+
+    monkeypatch.setattr(np.random, "default_rng", lambda seed: Ones())
+    assert groups._direct_members(members, classes) == expected
+
+
 class CondConvNet(nn.Module):
     """timm's CondConv2d: each sample's kernel mixes the expert kernels by routing weights, the experts' weights
     one flat parameter viewed as (experts, out, in, kh, kw)."""

@@ -130,12 +130,15 @@ def _direct_members(members: list, classes: np.ndarray) -> dict[int, frozenset]:
     counts = np.diff(np.r_[starts, cls.size])
     keys = np.random.default_rng(0).integers(1, 2**63, size=len(members), dtype=np.int64)
     hashes = np.bitwise_xor.reduceat(keys[owner], starts)
-    _, first, kind = np.unique(np.stack([hashes, counts]), axis=1, return_index=True, return_inverse=True)
+    _, first, kind = np.unique(hashes, return_index=True, return_inverse=True)
     kind = kind.reshape(-1)
-    # exact, not probable: every class's list equals its kind's first list, or the kinds are rebuilt by value
-    segment = np.repeat(np.arange(starts.size), counts)
-    offset = np.arange(cls.size) - starts[segment]
-    same = owner == owner[starts[first[kind]][segment] + offset] if cls.size else np.ones(0, dtype=bool)
+    # exact, not probable: every class's list is as long as its kind's first list and equal to it element by
+    # element, or the kinds are rebuilt by value
+    same = counts == counts[first[kind]]
+    if same.all() and cls.size:
+        segment = np.repeat(np.arange(starts.size), counts)
+        offset = np.arange(cls.size) - starts[segment]
+        same = owner == owner[starts[first[kind]][segment] + offset]
     if not same.all():
         lists = [tuple(owner[a:a + n].tolist()) for a, n in zip(starts, counts)]
         index = {found: number for number, found in enumerate(dict.fromkeys(lists))}
