@@ -166,6 +166,9 @@ def test_the_depth_command_refuses_a_budget_out_of_reach_in_one_line(ranked_once
     lines = err.strip().splitlines()
     assert code == EXIT_USER_ERROR and len(lines) == 1 and "cannot reach a 50x speed-up" in lines[0]
     assert lines[0].startswith("prunefx depth: error: ") and "the best measured was" in lines[0]
+    # and the command that goes further: width first, depth, then both
+    assert lines[0].endswith("; `prunefx prune prunefx:mobilenetv2_small --speedup 50 --allow-depth --calibrate DATA` "
+                             "tries width, then depth, then both together")
     assert not (tmp_path / "out").exists()
 
 

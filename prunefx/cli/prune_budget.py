@@ -26,19 +26,20 @@ def meet_for_command_line(args, program, calibration: Calibration | None, width:
         if error.dimension == "width":
             raise width_refusal(error, args, program) from None
         if error.dimension == "width+depth":
-            raise PrunefxError(f"{error}; `prunefx compress {args.model} {_budget_flag(args)} --data DATA -o DIR` adds INT8") from None
+            raise PrunefxError(f"{error}; `prunefx compress {args.model} {budget_flag(args)} --data DATA -o DIR` adds INT8") from None
         raise
     return outcome
 
 
-def _budget_flag(args) -> str:
+def budget_flag(args) -> str:
+    """The budget as the user typed it: `--speedup S` or `--latency-ms L`."""
     return f"--speedup {args.speedup:g}" if args.speedup is not None else f"--latency-ms {args.latency_ms:g}"
 
 
 def width_refusal(width: BudgetUnreachable, args, program) -> PrunefxError:
     """One line: what width reached, and the route that can go further (see the module docstring)."""
     blocks, how = depth_blocks(program)
-    flag = _budget_flag(args)
+    flag = budget_flag(args)
     if blocks:
         route = (f"width alone cannot, but depth can {how} up to {blocks} blocks of {program.name}: add "
                  f"--allow-depth --calibrate DATA, or run `prunefx depth {args.model} {flag} --calibrate DATA`, "

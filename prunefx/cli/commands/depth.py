@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import time
 
-from prunefx.budget import meet_budget
+from prunefx.budget import BudgetUnreachable, meet_budget
 from prunefx.cli import options as cli_options
+from prunefx.cli.prune_budget import budget_flag
 from prunefx.device import on_device, resolve_device
 from prunefx.graph.depth.blocks import find_blocks, in_block
 from prunefx.graph.errors import PrunefxError
@@ -74,11 +75,16 @@ def run(args) -> int:
     # held until model.onnx is written: the file its confirmation exported of the chosen model is copied
     with cli_options.budget_measurer(args, budgeted=bool(budget and calibration is not None)) as measurer:
         if measurer is not None:  # the library's depth route: depth_to_budget, then merge_blocks
-            _, outcome = meet_budget(
-                program, speedup=args.speedup, latency_ms=args.latency_ms, measurement=cli_options.measurement(args),
-                measurer=measurer, calibration=calibration.batches,
-                routes=("depth",), tolerance=args.tolerance, confirm=args.confirm,
-                depth={"recalibrate": args.recalibrate, "max_kernel_growth": args.max_kernel_growth}, device=device)
+            try:
+                _, outcome = meet_budget(
+                    program, speedup=args.speedup, latency_ms=args.latency_ms,
+                    measurement=cli_options.measurement(args), measurer=measurer, calibration=calibration.batches,
+                    routes=("depth",), tolerance=args.tolerance, confirm=args.confirm,
+                    depth={"recalibrate": args.recalibrate, "max_kernel_growth": args.max_kernel_growth},
+                    device=device)
+            except BudgetUnreachable as refusal:  # the commands that go further, as prune's refusal names them
+                raise PrunefxError(f"{refusal}; `prunefx prune {args.model} {budget_flag(args)} --allow-depth "
+                                   "--calibrate DATA` tries width, then depth, then both together") from None
             result = outcome.result
         else:  # one verified Pipeline, as in the API: merge_blocks promises exactness and the Pipeline checks it
             with on_device(program, device) as placed:  # the dense Program goes back even when a pass fails
