@@ -17,11 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tqdm import tqdm
 
-from prunefx.graph.depth.block_damage import _outputs, divergence
+from prunefx.graph.depth.block_damage import damages
 from prunefx.graph.depth.blocks import Block, find_blocks
-from prunefx.graph.progress import shown
 
 
 def _shape(node: torch.fx.Node):
@@ -63,12 +61,8 @@ def drop_branches(program, blocks: Sequence[Block]):
 
 def drop_damage(program, blocks: Sequence[Block], batches: Sequence[tuple[torch.Tensor, ...]], *,
                 progress: bool | None = None) -> dict[str, float]:
-    """{block name: mean output divergence over `batches` when only that block's branch is dropped}."""
-    with program.evaluating():
-        reference = _outputs(program.module, batches)
-        damage = {}
-        for block in tqdm(blocks, desc="scoring blocks to drop", unit="block",
-                          disable=not shown(progress)):
-            outputs = _outputs(drop_branches(program, [block]).module, batches)
-            damage[block.name] = sum(map(divergence, reference, outputs)) / len(outputs)
-    return damage
+    """{block name: mean output divergence over `batches` when only that block's branch is dropped}: the add's
+    users read the fork, as drop_branches rewrites it (block_damage.damages runs each from the dense run)."""
+    nodes = {node.name: node for node in program.graph.nodes}
+    candidates = {block.name: {nodes[block.join]: nodes[block.fork]} for block in blocks}
+    return damages(program, candidates, batches, desc="scoring blocks to drop", progress=progress)
