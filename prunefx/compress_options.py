@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prunefx.runtime import LATENCY_THREADS
-from prunefx.runtime.onnx.export import DEFAULT_OPSET
+from prunefx.runtime.onnx.opsets import DEFAULT_OPSET
 
 LATENCY_WARMUP = 10
 

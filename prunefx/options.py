@@ -8,7 +8,7 @@ import argparse
 import math
 from collections.abc import Callable
 
-from prunefx.runtime.onnx.export import MAX_OPSET, MIN_OPSET
+from prunefx.runtime.onnx.opsets import MAX_OPSET, MIN_OPSET
 from prunefx.runtime.ort.session import MAX_THREADS  # the bound the sessions themselves enforce
 
 

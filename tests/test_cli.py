@@ -105,6 +105,15 @@ def test_the_command_line_reads_its_arguments_without_importing_torchvision_or_t
     assert "--speedup" in done.stdout and done.stdout.strip().endswith("0 []"), done.stdout[-300:]
 
 
+def test_inspect_reads_its_arguments_without_importing_the_onnx_exporter():
+    """The exporter's packages (onnx_ir, onnxscript) take half a second to import; inspect exports nothing, and
+    the --opset bounds every exporting command checks live apart from them (runtime/onnx/opsets.py)."""
+    code = ("import sys; from prunefx.cli import main; status = main(['inspect', '--help']); "
+            "print(status, sorted({m.split('.')[0] for m in sys.modules} & {'onnx_ir', 'onnxscript'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().endswith("0 []"), done.stdout[-300:]
+
+
 @pytest.mark.parametrize("argv, status, said", [
     (["--help"], 0, "demo"),  # every command listed, with what it does
     ([], EXIT_USER_ERROR, "the following arguments are required: COMMAND"),

@@ -29,7 +29,7 @@ from prunefx.runtime.measure.pairs import (
     require_backend,
 )
 from prunefx.runtime.measure.speedup import closed_after
-from prunefx.runtime.onnx.export import DEFAULT_OPSET
+from prunefx.runtime.onnx.opsets import DEFAULT_OPSET
 from prunefx.runtime.ort.session import LATENCY_THREADS
 
 

@@ -39,16 +39,12 @@ from prunefx.runtime.onnx.external import (
     rename_external_data,
     side_file_name,
 )
+from prunefx.runtime.onnx.opsets import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from prunefx.runtime.onnx.reshape_layout import contiguous_before_reshapes
 from prunefx.runtime.onnx.torchlib_registry import registries_reused
 from prunefx.runtime.onnx.write import is_apart, little_endian_bytes, save_model_streamed
 
 log = logging.getLogger(__name__)
-DEFAULT_OPSET = 18
-# The dynamo exporter writes opset 18 and later, up to what torch's ONNX converters know; outside that
-# range the converters fill stderr with warnings and write a file that may not load. Refused instead.
-MIN_OPSET = 18
-MAX_OPSET = int(getattr(getattr(torch.onnx, "_constants", None), "ONNX_MAX_OPSET", 23))
 
 
 @dataclass(frozen=True)
