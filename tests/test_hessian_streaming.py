@@ -1,17 +1,23 @@
 """The layer Hessians gathered a chunk at a time in one staged pass over the data (graph/staged_run.py), the
 packed float32 form a cache holds them in, and the compensation, their last reader, dropping them."""
 
+import contextlib
+import sys
+
 import pytest
 import torch
 from torch import nn
 
-from prunefx.graph import capture, layer_hessians
+from prunefx.graph import capture, count, layer_hessians
 from prunefx.graph.activations import run_tapped, tap_nodes
+from prunefx.graph.channels import saliency
 from prunefx.graph.channels.compensation import compensate_removed_inputs
 from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.graph.layer_hessians import PackedHessian, iter_hessians
 from prunefx.graph.layer_inputs import InputSpec, find_consumers
 from prunefx.graph.staged_run import StagedRun
+from prunefx.graph.timing import Timing
+from prunefx.passes.prune_to_budget import prune_to_budget
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -132,6 +138,43 @@ def test_the_cache_holds_packed_hessians_and_the_compensation_drops_them(monkeyp
     for name, tensor in program.module.state_dict().items():
         assert torch.equal(tensor, other.module.state_dict()[name]), name
     assert len(shared["compensated"]) == len(alone["compensated"]) > 0
+
+
+class SlowsWithMacs:
+    """A stand-in measurer whose time grows slower than the MACs, so that a width search takes several
+    candidates to reach its budget."""
+
+    round_to = 2
+
+    def __init__(self, dense):
+        self.macs = count(dense).macs
+
+    def __call__(self, dense, candidate):
+        return Timing(10 * (count(dense).macs / self.macs) ** 0.6, 10 * (count(candidate).macs / self.macs) ** 0.6, 0.0)
+
+    def confirm(self, dense, candidate):
+        return self(dense, candidate)
+
+
+def test_a_budget_search_gathers_the_dense_hessians_once_for_every_candidate(monkeypatch):
+    """The obs scores of the dense model are cached across a search's candidates; inside the search the Hessians
+    gathered with them stay too (saliency.hessians_shared), so that every candidate's compensation reads them
+    instead of running the network again: one gathering pass, and the model chosen as without the sharing."""
+    program, batches = _program_and_batches()
+    saliency._LAST.clear()  # scored afresh, whatever ran before in this process
+    gathered = []
+    original = StagedRun.__init__
+    monkeypatch.setattr(StagedRun, "__init__", lambda self, *args: gathered.append(1) or original(self, *args))
+    config = {"speedup": 1.6, "latency": SlowsWithMacs(program), "calibration": batches, "importance": "obs",
+              "compensate": True, "tolerance": 0.05}
+    shared = prune_to_budget(program.clone(), config=config)
+    assert len(shared.stats["trace"]) >= 2 and len(gathered) == 1
+    saliency._LAST.clear()  # scored afresh again
+    monkeypatch.setattr(sys.modules["prunefx.passes.prune_to_budget"], "hessians_shared", contextlib.nullcontext)
+    alone = prune_to_budget(program.clone(), config=config)
+    assert len(gathered) == 1 + len(alone.stats["trace"])  # the scores', then each candidate's compensation
+    expected = alone.program.state_dict()
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in shared.program.state_dict().items())
 
 
 @pytest.mark.gpu

@@ -5,16 +5,19 @@ A channel costs the OBS error trace(M_S [(H^-1)_SS]^-1 M_S^T) of the layers that
 layer's output energy so that scores add across layers and compare across groups (`comparable`). Every group
 is eliminated greedily (CAP's correlation-aware elimination, obs_elimination.py), a channel scored by the
 group's total error once it is gone. Hessians are shared with `compensate`; the last result is cached per
-model and data (obs_saliency). The formulas, the normalisation, the scope and the cost: see
+model and data (obs_saliency), with its Hessians while a budget search runs (hessians_shared). The formulas, the normalisation, the scope and the cost: see
 docs/algorithms.md, 'The obs importance'.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import dataclasses
 import hashlib
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,15 +57,37 @@ def obs_saliency(module: torch.fx.GraphModule, combing: Combing, batches, *, dam
     the module, the channel groups, the batches and the damping): a budget search prunes the same dense
     model at one fraction after another, and its scores do not depend on the fraction."""
     key = _fingerprint(module, combing, batches, (damping, steps, removable))
+    shared = _SHARED.get()
     if key in _LAST:
+        if hessians is not None and shared is not None and key in shared:
+            hessians.update(shared[key])  # the Hessians gathered with these scores, for the compensation
         return dataclasses.replace(copy.deepcopy(_LAST[key]), seconds={})  # nothing computed this time
     saliency = _compute(module, combing, batches, damping, hessians, (steps, removable), progress)
     _LAST.clear()
     _LAST[key] = copy.deepcopy(saliency)  # callers may replace scores (the l2 fallback): a copy is kept
+    if hessians is not None and shared is not None:
+        shared.clear()  # one model's at a time
+        shared[key] = dict(hessians)  # its entries, not the dict: the compensation pops from the one it was given
     return saliency
 
 
 _LAST: dict[str, Saliency] = {}  # at most one entry: fingerprint -> the saliency it produced
+# inside hessians_shared(): fingerprint -> the Hessian cache its scores were computed with (one entry)
+_SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("prunefx_shared_hessians", default=None)
+
+
+@contextlib.contextmanager
+def hessians_shared() -> Iterator[None]:
+    """Within the block, the layer Hessians an `obs` scoring gathered stay beside its cached scores, and a later
+    scoring of the same model and data hands them on with the scores: a budget search's every candidate is
+    compensated from the Hessians of the same dense network, which it would otherwise gather again (a ViT-L's:
+    about a minute on two cores). One model's at a time, dropped with the block: a ViT-L's are 0.95 GB, mostly
+    in temporary files (graph/layer_hessians.py, PackedHessian)."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
 
 
 def _fingerprint(module: torch.fx.GraphModule, combing: Combing, batches, options: tuple) -> str:
