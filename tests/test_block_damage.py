@@ -4,6 +4,8 @@ network run whole."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -74,3 +76,5 @@ def test_each_block_run_on_from_the_dense_run_scores_as_the_whole_rewritten_netw
         expected = _rewritten_damage(program, lambda p, b=block: drop_branches(p, [b]), batches)
         assert dropped[block.name] == pytest.approx(expected, rel=1e-9, abs=1e-15), block.name
     assert droppable or reference != "prunefx:resnet20"  # a ResNet's identity shortcuts drop
+    unchanged = dataclasses.replace(blocks[0], name="nothing removed", activations=[])
+    assert block_damage(program, [unchanged], batches, progress=False) == {"nothing removed": 0.0}

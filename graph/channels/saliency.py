@@ -5,8 +5,8 @@ A channel costs the OBS error trace(M_S [(H^-1)_SS]^-1 M_S^T) of the layers that
 layer's output energy so that scores add across layers and compare across groups (`comparable`). Every group
 is eliminated greedily (CAP's correlation-aware elimination, obs_elimination.py), a channel scored by the
 group's total error once it is gone. Hessians are shared with `compensate`; the last result is cached per
-model and data (obs_saliency), with its Hessians while a budget search runs (hessians_shared). The formulas, the normalisation, the scope and the cost: see
-docs/algorithms.md, 'The obs importance'.
+model and data (obs_saliency), with its Hessians while a budget search runs (hessians_shared). The formulas,
+the normalisation, the scope and the cost: see docs/algorithms.md, 'The obs importance'.
 """
 
 from __future__ import annotations

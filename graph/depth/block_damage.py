@@ -89,13 +89,14 @@ def damages(program, candidates: Mapping[str, Substitutions], batches: Sequence[
             desc: str, progress: bool | None = None) -> dict[str, float]:
     """{candidate name: mean output divergence over `batches` of the network with the candidate's substitutions},
     each run on from the dense run's values at its first substituted node (see the module docstring)."""
-    damage = dict.fromkeys(candidates, 0.0)
-    with program.evaluating(), torch.no_grad(), tqdm(total=len(batches) * len(candidates), desc=desc, unit="block",
-                                                     disable=not shown(progress) or not candidates) as bar:
+    damage = dict.fromkeys(candidates, 0.0)  # a candidate that substitutes nothing is the dense network
+    changed = {name: substitutions for name, substitutions in candidates.items() if substitutions}
+    with program.evaluating(), torch.no_grad(), tqdm(total=len(batches) * len(changed), desc=desc, unit="block",
+                                                     disable=not shown(progress) or not changed) as bar:
         device = module_device(program.module)  # batches as given may sit elsewhere (a loader's, on the CPU)
         for batch in batches:
             args = tuple(x.to(device) for x in batch)
-            dense = _DenseRun(program.module, candidates, args)
+            dense = _DenseRun(program.module, changed, args)
             reference = _first_tensor(dense.run(*args)).float()
             for name, output in dense.outputs.items():
                 damage[name] += divergence(reference, output) / len(batches)
