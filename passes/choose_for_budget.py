@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass
 
 from prunefx.graph import Program
-from prunefx.graph.channels.saliency import hessians_shared
 from prunefx.passes.budget.candidates import Combination, budget_candidates, candidate_steps
 from prunefx.passes.budget.choose_config import ChooseForBudgetConfig
 from prunefx.passes.budget.measurement import drive
@@ -31,8 +30,7 @@ __all__ = ["BudgetChosen", "ChooseForBudgetConfig", "budget_candidates", "budget
 def choose_for_budget(program: Program, /, *, config: dict | None = None) -> Result:
     settings = ChooseForBudgetConfig.parse(config)
     require_latency("choose_for_budget", settings.latency)
-    with hessians_shared():  # every width candidate compensated from one gathering of the dense Hessians
-        return budget_choice(settings, drive(candidate_steps(program, settings), settings.latency))
+    return budget_choice(settings, drive(candidate_steps(program, settings), settings.latency))
 
 
 def budget_choice(settings: ChooseForBudgetConfig, candidates: list[Combination]) -> Result:

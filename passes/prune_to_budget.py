@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from prunefx.graph import Program
-from prunefx.graph.channels.saliency import hessians_shared
 from prunefx.passes.budget.measurement import drive, round_to_of
 from prunefx.passes.budget.search import CROSS_PROCESS, Measured, budget_text, require_latency
 from prunefx.passes.budget.width_search import WidthCandidate, WidthSearch
@@ -115,8 +114,7 @@ def prune_to_budget(program: Program, /, *, config: dict | None = None) -> Resul
     settings = PruneToBudgetConfig.parse(config)
     require_latency("prune_to_budget", settings.latency)
     search = width_search(program, settings)
-    with hessians_shared():  # every candidate compensated from one gathering of the dense Hessians
-        return chosen_result(search, drive(search.steps(), settings.latency))
+    return chosen_result(search, drive(search.steps(), settings.latency))
 
 
 def width_search(program: Program, settings: PruneToBudgetConfig) -> WidthSearch:

@@ -2,7 +2,6 @@
 packed float32 form a cache holds them in, and the compensation, their last reader, dropping them."""
 
 import contextlib
-import sys
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from prunefx.graph.layer_hessians import PackedHessian, iter_hessians
 from prunefx.graph.layer_inputs import InputSpec, find_consumers
 from prunefx.graph.staged_run import StagedRun
 from prunefx.graph.timing import Timing
+from prunefx.passes.budget import measurement
 from prunefx.passes.prune_to_budget import prune_to_budget
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -158,7 +158,7 @@ class SlowsWithMacs:
 
 def test_a_budget_search_gathers_the_dense_hessians_once_for_every_candidate(monkeypatch):
     """The obs scores of the dense model are cached across a search's candidates; inside the search the Hessians
-    gathered with them stay too (saliency.hessians_shared), so that every candidate's compensation reads them
+    gathered with them stay too (saliency.hessians_shared, entered by the search's Asked), so that every candidate's compensation reads them
     instead of running the network again: one gathering pass, and the model chosen as without the sharing."""
     program, batches = _program_and_batches()
     saliency._LAST.clear()  # scored afresh, whatever ran before in this process
@@ -170,7 +170,7 @@ def test_a_budget_search_gathers_the_dense_hessians_once_for_every_candidate(mon
     shared = prune_to_budget(program.clone(), config=config)
     assert len(shared.stats["trace"]) >= 2 and len(gathered) == 1
     saliency._LAST.clear()  # scored afresh again
-    monkeypatch.setattr(sys.modules["prunefx.passes.prune_to_budget"], "hessians_shared", contextlib.nullcontext)
+    monkeypatch.setattr(measurement, "hessians_shared", contextlib.nullcontext)
     alone = prune_to_budget(program.clone(), config=config)
     assert len(gathered) == 1 + len(alone.stats["trace"])  # the scores', then each candidate's compensation
     expected = alone.program.state_dict()

@@ -14,6 +14,7 @@ function is wrapped by `as_measurer` (confirmed by calling it again, a point int
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Protocol, runtime_checkable
 from tqdm import tqdm
 
 from prunefx.graph import Program
+from prunefx.graph.channels.saliency import hessians_shared
 from prunefx.graph.progress import progress_bar
 from prunefx.graph.timing import CONFIDENCE, Timing
 
@@ -127,21 +129,25 @@ _READINGS = {"search": "a search reading", "confirm": "a confirmation", "confirm
 class Asked:
     """A search's steps as an iterator of the Asks they make, each to be `answer`ed before the next is drawn;
     `result` once they end. The answering is the caller's (its frame calls the measurer). Used `with`, a bar (on
-    a terminal, graph/progress.py) counts the measurements and shows the last speed-up."""
+    a terminal, graph/progress.py) counts the measurements and shows the last speed-up, and the search's every
+    candidate is compensated from one gathering of the dense Hessians (saliency.hessians_shared)."""
 
     def __init__(self, steps: Steps, progress: bool | None = None):
         self.steps, self.progress, self.result = steps, progress, None
         self._reply: Timing | None = None
         self._how = ""  # the last Ask's
         self._bar: tqdm | None = None
+        self._shared = contextlib.ExitStack()
 
     def __enter__(self) -> Asked:
+        self._shared.enter_context(hessians_shared())
         self._bar = progress_bar("budget search", None, unit="measurement", progress=self.progress)
         return self
 
     def __exit__(self, *_) -> None:
         if self._bar is not None:
             self._bar.close()
+        self._shared.close()
 
     def __iter__(self) -> Iterator[Ask]:
         try:

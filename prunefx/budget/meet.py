@@ -27,7 +27,6 @@ from prunefx.budget.routes import joint as joint_route
 from prunefx.budget.routes import width as width_route
 from prunefx.device import batches_on, current_gpu, on_device, resolve_device
 from prunefx.graph import Program
-from prunefx.graph.channels.saliency import hessians_shared
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.placement import module_device
 from prunefx.graph.program import require_program
@@ -102,8 +101,7 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
                              MeasuredOn(measurement.backend, settings.precision, settings.batch),
                              recalibrate=calibration is not None if recalibrate is None else recalibrate,
                              width=width, depth=dict(depth or {}), log=log or _log.info)
-            with hessians_shared():  # every candidate compensated from one gathering of the dense Hessians
-                chosen, outcome = search.run(order)
+            chosen, outcome = search.run(order)
             facts = getattr(measurer, "facts", None)
             table = getattr(width.get("latency_table"), "summary", None)  # part of how the budget was measured
             if callable(facts) or table is not None:
