@@ -79,13 +79,18 @@ def _percent(result: dict | None) -> str:
 
 def compress(dense: Program, recipe: Recipe, splits: DataSplits, output: str | os.PathLike, *, data: str,
              options: Options = DEFAULTS, log: Callable[[str], None] = print) -> dict:
-    """Run `recipe` on `dense` (captured at the training batch size, eval mode) and write OUTPUT/;
-    return the report (also in OUTPUT/report.json and report.md)."""
+    """Run `recipe` on `dense` (captured at the training batch size, run in eval mode and left in the modes it
+    came in) and write OUTPUT/; return the report (also in OUTPUT/report.json and report.md)."""
     require_float32_training(dense)
     output = check_output_folder(output)
+    with dense.evaluating():
+        return _compress(dense, recipe, splits, output, data=data, options=options, log=log)
+
+
+def _compress(dense: Program, recipe: Recipe, splits: DataSplits, output: Path, *, data: str, options: Options,
+              log: Callable[[str], None]) -> dict:
     started = time.perf_counter()
     seconds: dict[str, float] = {}
-    dense = dense.eval()
     batch = int(dense.example_inputs[0].shape[0])
     expected = (batch, *splits.input_shape)
     if tuple(dense.example_inputs[0].shape) != expected:

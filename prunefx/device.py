@@ -24,6 +24,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from prunefx.graph import Program
+from prunefx.graph.model_state import random_state_kept
 from prunefx.graph.placement import DEVICE_CHOICES, device_named, module_device, move_program
 
 __all__ = ["DEVICE_CHOICES", "Placement", "batches_on", "on_device", "resolve_device"]
@@ -138,8 +139,10 @@ def _readable(read):
 
 def batches_on(batches: Iterable | None, device: str | torch.device) -> list | None:
     """Calibration batches (tensors, tuples of tensors, or (inputs, labels) pairs) with every tensor on
-    `device`; None stays None."""
+    `device`; None stays None. torch's generator as found afterwards: a DataLoader draws its workers' base seed
+    from it on every iter()."""
     if batches is None:
         return None
     target = torch.device(device)
-    return [pytree.tree_map_only(torch.Tensor, lambda tensor: tensor.to(target), batch) for batch in batches]
+    with random_state_kept(()):
+        return [pytree.tree_map_only(torch.Tensor, lambda tensor: tensor.to(target), batch) for batch in batches]

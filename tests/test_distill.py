@@ -499,6 +499,28 @@ def test_a_run_on_a_second_gpu_computes_there_and_leaves_the_current_device_as_f
     assert seen and set(seen) == {1} and torch.cuda.current_device() == found == 0
 
 
+def test_a_process_group_a_trainer_made_ends_with_its_run_refused_stopped_or_done(monkeypatch):
+    """Under torchrun a Trainer that found no process group makes one: it ends with the run, also when the run is
+    refused while it is set up or stopped by an error, so that a script that catches the error and retries starts
+    a group of its own (stood in for: the world is one process, the group's end is recorded)."""
+    import prunefx.passes.training.engine as engine_module
+
+    ended = []
+    monkeypatch.setattr(engine_module, "distributed_world", lambda device: (0, 1, True))
+    monkeypatch.setattr(engine_module.dist, "destroy_process_group", lambda: ended.append(True))
+    settings = dict(steps=3, lr=0.01, kd_weight=0.0, progress=False)
+    with pytest.raises(TrainingError, match="warmup_steps"):
+        Trainer(_program(), teacher=None, data=_batches(2), config=TrainConfig(**dict(settings, warmup_steps=5)))
+    assert ended == [True]
+    stopped = Trainer(_program(), teacher=None, data=_batches(2), after_step=[_crash_at(1)],
+                      config=TrainConfig(**settings))
+    with pytest.raises(_Crash):
+        stopped.fit()
+    assert ended == [True, True]
+    _train(_program(), None, _batches(2), **settings)
+    assert ended == [True, True, True]
+
+
 def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path):
     data, teacher = _batches(2), _program(1)
     _train(_program(), teacher, data, **_checkpointed(tmp_path))

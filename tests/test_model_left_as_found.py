@@ -656,6 +656,74 @@ def test_a_pass_reading_a_shuffling_data_loader_leaves_torchs_random_state_as_fo
     assert torch.equal(state, torch.get_rng_state())
 
 
+def _shuffling_loader(*tensors):
+    from torch.utils.data import DataLoader, TensorDataset
+    return DataLoader(TensorDataset(*tensors), batch_size=2, shuffle=True)
+
+
+def test_2_4_sparsity_by_cap_reading_a_shuffling_data_loader_leaves_torchs_random_state_as_found(one_thread):
+    """cap reads (inputs, labels) batches for its Fisher, outside the calibration reader the other passes share."""
+    from prunefx import passes
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 16, 1), nn.ReLU(), nn.Conv2d(16, 16, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(16, 4)).eval()
+    program = prunefx.capture(model, torch.randn(2, 4, 8, 8))
+    loader = _shuffling_loader(torch.randn(8, 4, 8, 8), torch.randint(0, 4, (8,)))
+    state = torch.get_rng_state()
+    sparse = passes.sparsify_nm(program, config={"criterion": "cap", "calibration": loader})
+    assert sparse.modified and sparse.stats["layers"]
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_moving_calibration_batches_to_the_device_leaves_torchs_random_state_as_found():
+    """meet_budget(..., device=...) and the CLI's --device move the caller's batches before any pass reads them."""
+    from prunefx.device import batches_on
+
+    loader = _shuffling_loader(torch.randn(8, 3))
+    state = torch.get_rng_state()
+    moved = batches_on(loader, "cpu")
+    assert len(moved) == 4 and torch.equal(state, torch.get_rng_state())
+
+
+def test_to_module_runs_the_users_code_on_copies_of_the_programs_inputs(one_thread):
+    """The proof runs the written-back module eagerly: a model opening with ReLU(inplace=True) must not write into
+    the Program's example input (the oracle: a copy taken before)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(WritesIntoItsInput(), nn.ReLU(), nn.Conv2d(4, 8, 1)).eval()
+    pruned = prunefx.Pipeline([(prunefx.passes.remove_channels, {"channels": 0.5, "round_to": 1})]).run(
+        prunefx.capture(model, torch.randn(1, 3, 4, 4))).program
+    before = pruned.example_inputs[0].clone()
+    assert (before < 0).any()  # what an in-place ReLU would zero
+    module = prunefx.to_module(pruned, model)
+    assert module[0].conv.out_channels == 2
+    assert torch.equal(pruned.example_inputs[0], before)
+
+
+def test_compress_leaves_a_training_mode_program_in_its_modes(one_thread, tmp_path):
+    """compress runs its Program in eval mode and gives it back in the modes it came in."""
+    from prunefx.compress_options import Options
+    from prunefx.compression import compress
+    from prunefx.data.splits import DataSplits, tensor_batches
+    from prunefx.named_recipes import Recipe
+    from prunefx.passes.core.recipe import pipeline_from_spec
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 4))
+    program = prunefx.capture(model.train(), torch.randn(2, 3, 12, 12))
+    assert program.training
+    images, labels = torch.randn(8, 3, 12, 12), torch.arange(8) % 4
+    splits = DataSplits(train=None, val=None, test=tensor_batches(images, labels, 2, shuffle=False),
+                        classes=tuple("abcd"), input_shape=(3, 12, 12))
+    spec = {"name": "l2", "passes": [{"remove_channels": {"channels": 0.5, "importance": "l2", "round_to": 1}}]}
+    recipe = Recipe(name="l2", path=None, spec=spec, pipeline=pipeline_from_spec(spec))
+    report = compress(program, recipe, splits, tmp_path / "out", data="random",
+                      options=Options(threads=1, runs=2, warmup=1, stage_reports=False), log=lambda line: None)
+    assert report["macs_after"] < report["macs_before"]
+    assert program.training
+
+
 def test_capture_puts_back_nested_lists_deques_and_rebound_counters_its_hooks_keep(one_thread):
     """The usual ways to keep activations: a dict of lists (activations[name].append(output)), a rolling deque,
     and a call counter rebound in a closure; after capture each holds what it held, with no export tensor."""

@@ -14,6 +14,7 @@ from prunefx.graph import Program
 from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.int8.quantization import has_fake_quant
+from prunefx.graph.model_state import random_state_kept
 from prunefx.graph.sparsity.nm_masks import Pattern
 from prunefx.passes.core.pass_config import PassConfig, option
 
@@ -142,7 +143,8 @@ def _calibration(program: Program, criterion: str, batches):
     if batches is None:
         raise SparsityError("sparsify_nm: criterion cap needs 'calibration' as (inputs, labels) batches "
                             "(its empirical Fisher comes from the gradients of the labelled loss)")
-    batches = list(batches)
+    with random_state_kept(program.example_inputs):  # a DataLoader's iter() draws from torch's generator
+        batches = list(batches)
     inputs = calibration_inputs(program.example_inputs, batches)  # checks the shapes
     labels = [item[1] if isinstance(item, (tuple, list)) and len(item) == 2 and not isinstance(item[1], tuple)
               else None for item in batches]

@@ -95,6 +95,14 @@ class Trainer:
         self.carried = dict(carried or {})  # hooks whose state a checkpoint keeps, by name
         self.device = resolve_device(config, program.module)
         self.rank, self.world_size, self._owns_process_group = distributed_world(self.device)
+        try:
+            self._set_up(program, teacher, data, eval_data, first_epoch)
+        except BaseException:  # refused: a process group made for this run is not left behind
+            self._leave_process_group()
+            raise
+
+    def _set_up(self, program: Program, teacher, data: Iterable, eval_data: Iterable | None, first_epoch: int) -> None:
+        config = self.config
         self.data = shard_batches(data, self.rank, self.world_size)
         # A detector is not evaluated here: eval_totals' top-1 accuracy would argmax over box coordinates.
         evaluates = eval_data is not None and config.task != DETECTION
@@ -167,7 +175,10 @@ class Trainer:
             except BaseException:  # refused: the program goes back as it came, as after any fit
                 self.release()
                 raise
-            return self._fit()
+            try:
+                return self._fit()
+            finally:  # stopped or done: a process group made for this run ends with it
+                self._leave_process_group()
 
     def _fit(self) -> dict[str, Any]:
         if not self._placed:  # a fit before this one gave the program back (release)
@@ -201,10 +212,7 @@ class Trainer:
         finally:
             bar.close()
             self.release()
-        stats = fit_statistics(self, start_step, train_seconds, eval_seconds, resumed_from)
-        if self._owns_process_group:
-            dist.destroy_process_group()
-        return stats
+        return fit_statistics(self, start_step, train_seconds, eval_seconds, resumed_from)
 
     def _where_to_go_on(self) -> str:
         """The interrupt's note: how to continue, when a checkpoint was written; else that none was."""
@@ -326,6 +334,11 @@ class Trainer:
         if self.world_size > 1:
             dist.all_reduce(totals)
         return accuracy_summary(totals)
+
+    def _leave_process_group(self) -> None:
+        if self._owns_process_group:
+            dist.destroy_process_group()
+            self._owns_process_group = False
 
     def release(self) -> None:
         """Give the program back as it came (modes, device): after every fit, even one stopped by an error, and

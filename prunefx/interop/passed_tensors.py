@@ -109,7 +109,7 @@ class CallWatcher:
             for recorder in recorders.values():
                 handles += recorder.hooks()
             try:
-                model(*self._inputs)
+                model(*(x.clone() for x in self._inputs))  # the user's code may write into its input
             except Exception:  # the user's code, with its own errors: no binding, and the subgraph is refused
                 return {path: {} for path in paths}
             finally:

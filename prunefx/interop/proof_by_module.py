@@ -199,7 +199,7 @@ def agreeing(dense: Program, module: nn.Module, tolerance: float) -> set[str]:
         _, values = program_values(dense, dense.example_inputs, ends)
     with torch.no_grad(), watched(module, values, tolerance) as differences:
         try:
-            module(*dense.example_inputs)
+            module(*(x.clone() for x in dense.example_inputs))  # the user's code may write into its input
         except Exception:  # the user's code, with its own errors: the proof names them
             return set()
     return differences.agreeing()

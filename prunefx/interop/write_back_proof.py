@@ -78,8 +78,8 @@ def _module_differs(module: nn.Module, name: str, path: str, error: float) -> Wr
 
 def _run(module: nn.Module, inputs, name: str, hint: str) -> list[torch.Tensor]:
     try:
-        with torch.no_grad():
-            return leaves(module(*inputs))
+        with torch.no_grad():  # on copies: the user's code may write into its input (ReLU(inplace=True))
+            return leaves(module(*(x.clone() for x in inputs)))
     except Exception as error:  # the user's forward may raise anything; name the module that did
         failed = WriteBackError(f"cannot write {name} back: {_failing_module(error, module)}"
                                 f"{first_line(error)}{hint}")
