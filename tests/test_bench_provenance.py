@@ -26,6 +26,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 RESULTS = BENCHMARKS / "results"
+GPU_CHECK = BENCHMARKS / "gpu_check"  # what `make gpu-check` brought back (its README)
 for folder in (BENCHMARKS, ROOT / "scripts"):
     if str(folder) not in sys.path:  # published.py and common.py are imported as the benchmarks import them
         sys.path.insert(0, str(folder))
@@ -54,9 +55,7 @@ MEASURED_APART: set[str] = set()
 RUNTIME_STATISTIC = {"latency_aware_choice", "fashion_mnist_accuracy", "dense_tasks", "detection_scenes",
                      "depth_vs_channel", "detector_pruning", "prune_latency", "fold_batchnorm_latency",
                      "depth_pruning", "int8_latency", "int8_after_pruning"}
-MEDIAN_OF_ROUNDS = {"latency_aware_choice", "fashion_mnist_accuracy", "dense_tasks", "detection_scenes",
-                    "depth_vs_channel", "detector_pruning", "prune_latency", "fold_batchnorm_latency", "depth_pruning",
-                    "int8_latency", "int8_after_pruning"}
+MEDIAN_OF_ROUNDS = {"fashion_mnist_accuracy", "dense_tasks", "detection_scenes", "depth_vs_channel", "int8_latency"}
 
 
 def recorded_command(name: str) -> str | None:
@@ -121,14 +120,15 @@ PAGE_FIGURES_WITHOUT_RESULTS = {("fashion-mnist-accuracy.md", "92.34"), ("proces
 
 def test_every_figure_of_a_benchmark_page_is_in_the_results_files_it_shows():
     """Each decimal figure in a benchmark page's text (code blocks aside) is a value of a results file the page
-    shows or names, as shown (or a difference of two, as accuracy points are): a rerun that moves a figure fails
-    here until the page's text follows it."""
+    shows or names (benchmarks/results/, or the GPU check's benchmarks/gpu_check/), as shown (or a difference of
+    two, as accuracy points are): a rerun that moves a figure fails here until the page's text follows it."""
     unsupported = set()
     for page in sorted((ROOT / "docs" / "benchmarks").glob("*.md")):
         text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)
         names = set(re.findall(r"prunefx:results (\w+)", text)) | set(re.findall(r"results/(\w+)\.(?:md|json)", text))
-        values = [value for name in sorted(names) if (RESULTS / f"{name}.json").is_file()
-                  for value in _numbers(json.loads((RESULTS / f"{name}.json").read_text()))]
+        files = [RESULTS / f"{name}.json" for name in sorted(names)]
+        files += [GPU_CHECK / f"{name}.json" for name in sorted(set(re.findall(r"gpu_check/(\w+)\.json", text)))]
+        values = [value for path in files if path.is_file() for value in _numbers(json.loads(path.read_text()))]
         for figure in re.findall(r"(?<![\w.])[+-]?\d+\.\d+", text):
             if not any(_rounds_to(value, float(figure), figure) for value in values):
                 unsupported.add((page.name, figure))
