@@ -635,12 +635,15 @@ def test_to_module_names_a_tensor_the_captured_call_never_reads_that_keeps_a_pru
         written(x, torch.zeros(2, 5, dtype=torch.bool))
 
 
+def _shuffling_loader(*tensors):
+    from torch.utils.data import DataLoader, TensorDataset
+    return DataLoader(TensorDataset(*tensors), batch_size=2, shuffle=True)
+
+
 @pytest.mark.parametrize("call", ["recalibrate_batchnorm", "quantize_int8", "remove_channels"])
 def test_a_pass_reading_a_shuffling_data_loader_leaves_torchs_random_state_as_found(one_thread, call):
     """A DataLoader draws its base seed from torch's generator on every iter(), shuffled or not: each pass that
     reads calibration batches puts the generator back, as distill does."""
-    from torch.utils.data import DataLoader, TensorDataset
-
     from prunefx import passes
 
     torch.manual_seed(0)
@@ -648,17 +651,12 @@ def test_a_pass_reading_a_shuffling_data_loader_leaves_torchs_random_state_as_fo
                           nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                           nn.Flatten(), nn.Linear(16, 4)).eval()
     program = prunefx.capture(model, torch.randn(2, 3, 8, 8))
-    loader = DataLoader(TensorDataset(torch.randn(8, 3, 8, 8)), batch_size=2, shuffle=True)
+    loader = _shuffling_loader(torch.randn(8, 3, 8, 8))
     config = {"recalibrate_batchnorm": {"data": loader}, "quantize_int8": {"calibration": loader},
               "remove_channels": {"macs": 0.6, "round_to": 4, "calibration": loader}}[call]
     state = torch.get_rng_state()
     getattr(passes, call)(program, config=config)
     assert torch.equal(state, torch.get_rng_state())
-
-
-def _shuffling_loader(*tensors):
-    from torch.utils.data import DataLoader, TensorDataset
-    return DataLoader(TensorDataset(*tensors), batch_size=2, shuffle=True)
 
 
 def test_2_4_sparsity_by_cap_reading_a_shuffling_data_loader_leaves_torchs_random_state_as_found(one_thread):
