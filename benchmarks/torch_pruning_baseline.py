@@ -3,7 +3,9 @@ in its own process (a search that runs out of memory or time then ends the child
 
 What a Torch-Pruning user runs: build the model (the same builder and random weights as `prunefx prune`),
 then MetaPruner with MagnitudeImportance(p=2) at one uniform ratio (the classifier kept whole, timm
-attention heads kept whole; channel counts rounded to `--round-to` where given), the ratio found by bisection on Torch-Pruning's own MAC counter
+attention heads kept whole; channel counts rounded to `--round-to` where given), set up for torchvision's ViT as
+Torch-Pruning's own torchvision example does (widths a multiple of the head count, the model's hidden_dim
+following its patch embedding), the ratio found by bisection on Torch-Pruning's own MAC counter
 (`tp.utils.count_ops_and_params`) until the pruned model keeps the asked fraction within 1 %. Each try
 prunes a fresh copy of the dense model. No calibration data, no export, no parity check.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import time
 import warnings
 from typing import Any
@@ -39,12 +42,28 @@ def _attention_modules(model: torch.nn.Module) -> list[Any]:
             if isinstance(getattr(m, "qkv", None), torch.nn.Linear) and isinstance(getattr(m, "num_heads", None), int)]
 
 
+def _torchvision_vits(model: torch.nn.Module) -> list[Any]:
+    """torchvision-style ViTs: a patch-embedding `conv_proj` and an int `hidden_dim` that forward() reshapes by."""
+    return [m for m in model.modules()
+            if isinstance(getattr(m, "conv_proj", None), torch.nn.Conv2d) and isinstance(getattr(m, "hidden_dim", None), int)]
+
+
+def _whole_heads(model: torch.nn.Module, round_to: int | None) -> int | None:
+    """round_to, made a multiple of every nn.MultiheadAttention's head count: its embedding width must divide
+    into its heads, which Torch-Pruning's torchvision example keeps so (round_to = num_heads)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.MultiheadAttention):
+            round_to = math.lcm(round_to or 1, module.num_heads)
+    return round_to
+
+
 def prune_at(dense: torch.nn.Module, example: torch.Tensor, ratio: float,
              round_to: int | None = None) -> torch.nn.Module:
     """Torch-Pruning at one uniform channel ratio on a deep copy of `dense`."""
     model = copy.deepcopy(dense)
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     attentions = _attention_modules(model)
+    round_to = _whole_heads(model, round_to)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its notes about unwrapped parameters (layer scales, tokens) are expected
         pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=2),
@@ -56,6 +75,8 @@ def prune_at(dense: torch.nn.Module, example: torch.Tensor, ratio: float,
         m.head_dim = m.qkv.out_features // (3 * m.num_heads)
         if hasattr(m, "attn_dim"):
             m.attn_dim = m.num_heads * m.head_dim
+    for m in _torchvision_vits(model):  # forward() reshapes the patches by hidden_dim, which no pruner updates
+        m.hidden_dim = m.conv_proj.out_channels
     return model.eval()
 
 

@@ -257,3 +257,19 @@ def test_torch_pruning_keeps_attention_heads_whole_on_a_vit(load_script):
     assert all(m.qkv.out_features == 3 * m.num_heads * m.head_dim and m.head_dim < 64 for m in attention)
     assert all(m.head_dim % 8 == 0 for m in attention) and reached["macs_kept"] == pytest.approx(0.5, abs=0.06)
     assert pruned(example).shape == (1, 10)
+
+
+def test_torch_pruning_prunes_a_torchvision_vit_as_its_example_does(load_script):
+    """The baseline on torchvision's ViT (an nn.MultiheadAttention per block, a forward() that reshapes the patches
+    by `hidden_dim`): widths a multiple of the 8 asked and of the 4 heads, hidden_dim following the patch
+    embedding. It failed with "shape '[1, 768, 196]' is invalid" before, a failed cell in gpu_speedup's table."""
+    from torchvision.models.vision_transformer import VisionTransformer
+    baseline = load_script("benchmarks/torch_pruning_baseline.py")
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=96, mlp_dim=192,
+                              num_classes=10).eval()
+    pruned = baseline.prune_at(model, torch.randn(1, 3, 32, 32), 0.5, round_to=8)
+    width = pruned.conv_proj.out_channels
+    assert width < 96 and width % 8 == 0 and width % 4 == 0 and pruned.hidden_dim == width
+    assert all(layer.self_attention.embed_dim == width for layer in pruned.encoder.layers)
+    assert pruned(torch.randn(3, 3, 32, 32)).shape == (3, 10)  # another batch than the traced one
