@@ -58,6 +58,13 @@ MODEL_FILE = textwrap.dedent("""
 
     def data_dependent():
         return Gate()
+
+
+    def zero_head():
+        model = build()
+        nn.init.zeros_(model[-1].weight)  # as timm's MLP-Mixers start: every output 0 until trained
+        nn.init.zeros_(model[-1].bias)
+        return model
 """)
 
 
@@ -367,6 +374,27 @@ def test_export_writes_a_checked_file_with_parity_and_the_given_weights(capsys, 
         untrained = factories["build"]().eval()(x).numpy()
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
     assert np.abs(got - untrained).max() > 1e-2  # the file holds the loaded weights, not the factory's
+
+
+def test_a_parity_that_compares_only_zeros_says_so(capsys, tmp_path, model_file, factories):
+    """A model whose outputs are all zero (its head initialised to zero) matches any file that ends in that head:
+    prune and export say the parity compared nothing, and why, rather than a relative error of 0."""
+    with torch.no_grad():
+        assert not factories["zero_head"]()(torch.randn(2, 3, 64, 64)).any()  # the oracle: zeros whatever the input
+    code, out, err = run_cli(capsys, "prune", f"{model_file}:zero_head", "--input-shape", SHAPE, "--channels", "0.5", "--round-to", "1",
+                             "-o", tmp_path / "pruned")
+    assert code == 0, err
+    assert "parity torch vs ONNX Runtime: nothing compared (every output is zero)" in out
+    assert "every output of the model is zero" in err and "--weights" in err
+    parity = json.loads((tmp_path / "pruned" / "report.json").read_text())["parity"]
+    assert parity["outputs_all_zero"] is True and parity["output_scale"] == 0
+
+    code, out, err = run_cli(capsys, "export", f"{model_file}:zero_head", "--input-shape", SHAPE,
+                             "-o", tmp_path / "model.onnx")
+    assert code == 0 and "nothing compared" in out and "every output of the model is zero" in err, (out, err)
+    code, out, err = run_cli(capsys, "export", f"{model_file}:build", "--input-shape", SHAPE,
+                             "-o", tmp_path / "other.onnx")
+    assert code == 0 and "nothing compared" not in out and "is zero" not in err, (out, err)
 
 
 # --- saved programs and bench --------------------------------------------------------------------------

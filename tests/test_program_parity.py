@@ -64,3 +64,26 @@ def test_programs_with_other_outputs_are_refused_in_one_line():
     two = capture(_TwoHeads().eval(), x)
     with pytest.raises(ParityError, match="has 2 output"):
         program_parity(one, two)
+
+
+def test_outputs_zero_on_both_sides_compare_nothing():
+    """A zero-initialised head: every output 0 in both models, so any change before it reads as exact. all_zero
+    says so; an output zero on one side only is infinitely wrong, not all_zero."""
+    torch.manual_seed(0)
+    model, x = _TwoHeads().eval(), torch.randn(2, 3, 8, 8)
+    before = capture(model, x)
+    with torch.no_grad():
+        for head in (model.small, model.large):
+            head.weight.zero_()
+            head.bias.zero_()
+    zero = capture(model, x)
+    with torch.no_grad():
+        model.body.weight.mul_(2)  # another body, the same zeros out
+    other_body = capture(model, x)
+    with torch.no_grad():
+        assert not any(t.any() for t in zero(x).values())  # the oracle: nothing but zeros
+    parity = program_parity(zero, other_body)
+    assert parity.all_zero and parity.relative == 0 and parity.entry()["outputs_all_zero"] is True
+    assert not program_parity(before, before).all_zero
+    one_sided = program_parity(zero, before)
+    assert one_sided.relative == float("inf") and not one_sided.all_zero

@@ -12,6 +12,7 @@ import torch
 
 from prunefx.graph import Program
 from prunefx.reports.budget import budget_markdown, budget_stats
+from prunefx.reports.parity_text import parity_words
 from prunefx.reports.per_class import per_class_markdown
 from prunefx.reports.stage import stages_markdown
 from prunefx.runtime.measure.deployment_report import CHART_FILE, Variant, deployment_markdown
@@ -115,13 +116,19 @@ def _where_measured(latency: dict) -> str:
     return f"in {rounds} fresh processes" if rounds > 1 else "in one process"
 
 
+def _parity_markdown(parity: dict) -> str:
+    if parity.get("outputs_all_zero"):
+        return parity_words(parity)
+    return f"max abs error {parity['max_abs_error']:.2e} (relative {parity['relative']:.2e})"
+
+
 def console_summary(report: dict) -> str:
     rows = [("", "dense", "compressed", ""), *summary_rows(report)]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
                        for i, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in rows]
     lines.append(f"speed-up measured alternately {_where_measured(report['latency'])}, {report['latency']['runs']} "
-                 f"runs each; parity torch vs ONNX Runtime: relative error {report['parity']['relative']:.1e}")
+                 f"runs each; parity torch vs ONNX Runtime: {parity_words(report['parity'], digits=1)}")
     return "\n".join(lines)
 
 
@@ -138,8 +145,7 @@ def markdown_report(report: dict) -> str:
     latency = report["latency"]
     lines += ["", f"Latency: ONNX Runtime, batch 1, {_threads(latency['threads'])}, {latency['warmup']} warm-up and "
                   f"{latency['runs']} timed runs per model, measured alternately {_where_measured(latency)}; speed-up = ratio of "
-                  f"medians. Parity of model.onnx against torch: max abs error {report['parity']['max_abs_error']:.2e} "
-                  f"(relative {report['parity']['relative']:.2e}).", "", "## Passes", ""]
+                  f"medians. Parity of model.onnx against torch: {_parity_markdown(report['parity'])}.", "", "## Passes", ""]
     for number, step in enumerate(report["passes"], 1):
         given = f" (given {', '.join(step['injected'])} by prunefx compress)" if step["injected"] else ""
         lines.append(f"{number}. `{step['pass']}`{given}: {pass_summary(step['stats'])}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prunefx.reports.budget_text import search_lines
+from prunefx.reports.parity_text import parity_words
 
 
 def macs_line(before: int, after: int, batch: int) -> str:
@@ -38,7 +39,7 @@ def summary_lines(report: dict, output: Path, batch: int = 1) -> list[str]:
         recalibration = report["recalibrate_batchnorm"]
         lines.append(f"recalibrated {recalibration['recalibrated']} of {recalibration['batch_norms']} batch norms on "
                      f"{recalibration['images']} images")
-    lines.append(f"parity torch vs ONNX Runtime: relative error {report['parity']['relative']:.2e}")
+    lines.append(f"parity torch vs ONNX Runtime: {parity_words(report['parity'])}")
     written = [output / name for name in ("model.pt2", "model.onnx", "report.json")]
     if (report.get("module") or {}).get("written"):
         written.append(output / report["module"]["file"])

@@ -53,6 +53,17 @@ class Parity:
     def within(self, tolerance: float) -> bool:
         return self.relative <= tolerance
 
+    @property
+    def all_zero(self) -> bool:
+        """Every output is zero in both, on these inputs (a head initialised to zero, before training): a file that
+        computes anything else before the last layer reads as exact, so the comparison proves nothing."""
+        return all(output.output_scale == 0 and output.max_abs_error == 0 for output in self.outputs)
+
+    def entry(self) -> dict:
+        """As report.json holds it (docs/reference/report.schema.json, `parity`)."""
+        return {"max_abs_error": self.max_abs_error, "output_scale": self.output_scale, "relative": self.relative,
+                "outputs_all_zero": self.all_zero}
+
 
 def check_parity(program: Program, onnx_path: str | os.PathLike,
                  inputs: Sequence[torch.Tensor] | None = None, *, threads: int | None = None) -> Parity:
@@ -85,6 +96,16 @@ def warn_if_inexact(parity: Parity, file: str) -> bool:
     log.warning(f"{file} computes {parity.relative:.1e} away from the PyTorch model on ONNX Runtime ({worst.name}; "
                 f"an exact export reads below {FLOAT_TOLERANCE:g}): check it on your runtime before deploying; "
                 f"`prunefx check {file} --target ort` names patterns ONNX Runtime computes differently")
+    return True
+
+
+def warn_if_all_zero(parity: Parity, file: str) -> bool:
+    """Log a warning when `parity` compared nothing (Parity.all_zero); whether it did."""
+    if not parity.all_zero:
+        return False
+    log.warning(f"{file}: every output of the model is zero on the example input, in PyTorch and in ONNX Runtime (a "
+                "head initialised to zero, as some models are before training): the parity check compares nothing; "
+                "give the trained weights (--weights) to check the file")
     return True
 
 

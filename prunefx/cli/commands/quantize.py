@@ -26,6 +26,7 @@ from prunefx.output_paths import check_output_folder
 from prunefx.passes.core.pipeline import Pipeline
 from prunefx.passes.quantize_int8 import Quantized, QuantizeInt8Config, quantize_int8
 from prunefx.reports import report_json
+from prunefx.reports.parity_text import parity_words
 from prunefx.reports.report_facts import Costs, Latency, LatencySkipped, ReportFacts
 from prunefx.reports.report_json import output_files
 from prunefx.runtime import (
@@ -39,6 +40,7 @@ from prunefx.runtime import (
 )
 from prunefx.runtime.backends import Settings
 from prunefx.runtime.check.readiness import report_entry
+from prunefx.runtime.onnx.parity import warn_if_all_zero
 from prunefx.runtime.onnx.quantized import require_float32_quantizers
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,8 @@ def run(args) -> int:
     started = time.perf_counter()
     result = Pipeline([(quantize_int8, config)], verify="full").run(program)
     quantized, stats, facts = result.program, result.stats()["quantize_int8"], result.facts("quantize_int8", Quantized)
-    departure = _parity_entry(program_parity(program, quantized))  # the scale the files' parity is read on
+    departure = program_parity(program, quantized)  # the scale the files' parity is read on
+    warn_if_all_zero(departure, program.name)  # then so is every file's
     print(f"quantized {facts.layers} layers of {program.name} ({facts.kept_in_float} kept in float) "
           f"on {calibration.description} in {time.perf_counter() - started:.1f} s; exporting", flush=True)
     lowering = onnxruntime_lowering()
@@ -92,7 +95,7 @@ def run(args) -> int:
             NAME, program.name, Costs.of(program, quantized), output_files(output, *names),
             parity=exports[BACKENDS[args.backend]]["parity"], calibration=calibration.description, latency=latency,
             sections={"onnxruntime_lowering": lowering, "backend": args.backend, "model.onnx": BACKENDS[args.backend],
-                      "quantize_int8": stats, "float_departure": departure, "exports": exports,
+                      "quantize_int8": stats, "float_departure": departure.entry(), "exports": exports,
                       "readiness": readiness}))
     _summary(report, output)
     return 0
@@ -122,11 +125,7 @@ def _export_entry(program, exported: QuantizedExport) -> dict:
     return {"activations": exported.activations, "weight_initializers": exported.weight_initializers,
             "activation_pairs": exported.activation_pairs, "integer_units": exported.integer_units,
             "unsigned_activations": exported.unsigned_activations, "weight_levels": exported.weight_levels,
-            "parity": _parity_entry(parity)}
-
-
-def _parity_entry(parity) -> dict:
-    return {"max_abs_error": parity.max_abs_error, "output_scale": parity.output_scale, "relative": parity.relative}
+            "parity": parity.entry()}
 
 
 def _latency(dense, quantized, quantized_file: Path, args) -> Latency | LatencySkipped:
@@ -145,10 +144,10 @@ def _summary(report: dict, output: Path) -> None:
     for name, entry in report["exports"].items():
         print(f"{name}: {entry['activations']} activations, {entry['weight_initializers']} INT8 weights, "
               f"{entry['activation_pairs']} activation Q/DQ pairs; parity with the fake-quantized model: "
-              f"relative error {entry['parity']['relative']:.2e}")
+              f"{parity_words(entry['parity'])}")
     # an INT8 file and the Program round values on a boundary apart, and the network carries the step on as it
     # carries quantization noise: the Program's own departure from the float model is the scale to read that on
-    print(f"the fake-quantized model against the float one: relative error {report['float_departure']['relative']:.2e}")
+    print(f"the fake-quantized model against the float one: {parity_words(report['float_departure'])}")
     latency = report["latency"]
     if "speedup" in latency:
         print(f"ONNX Runtime, batch 1, {latency['threads']} threads: float {latency['dense_ms']:.2f} ms, "
