@@ -14,7 +14,7 @@ from prunefx.graph.heap import release_freed_memory
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.runtime import check_parity, export_onnx, export_quantized_onnx, onnxruntime_lowering
 from prunefx.runtime.check.readiness import report_entries
-from prunefx.runtime.onnx.parity import warn_if_all_zero, warn_if_inexact
+from prunefx.runtime.onnx.parity import warn_if_constant, warn_if_inexact
 
 
 def write_model(staging: Path, program: Program, *, opset: int) -> dict:
@@ -26,7 +26,7 @@ def write_model(staging: Path, program: Program, *, opset: int) -> dict:
     quantized = has_fake_quant(program.graph)
     if not quantized:  # an INT8 file's rounding is its own: no float tolerance reads it
         warn_if_inexact(parity, "model.onnx")
-    warn_if_all_zero(parity, "model.onnx")
+    warn_if_constant(parity, "model.onnx")
     # INT8 here is ONNX Runtime's lowering; a float file is what TensorRT engines are built from too
     targets = ("ort",) if quantized else ("trt11", "ort")
     return {"onnx": onnx_entry, "readiness": report_entries(path, targets),

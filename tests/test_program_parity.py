@@ -66,24 +66,26 @@ def test_programs_with_other_outputs_are_refused_in_one_line():
         program_parity(one, two)
 
 
-def test_outputs_zero_on_both_sides_compare_nothing():
-    """A zero-initialised head: every output 0 in both models, so any change before it reads as exact. all_zero
-    says so; an output zero on one side only is infinitely wrong, not all_zero."""
+
+def test_outputs_that_no_input_changes_compare_nothing():
+    """A head whose weights are zero returns its bias whatever comes before it: two models that differ before the
+    head read as exact. outputs_constant says so, whether the bias is zero or not; a model whose outputs move
+    with the input is not constant, even compared with itself."""
     torch.manual_seed(0)
     model, x = _TwoHeads().eval(), torch.randn(2, 3, 8, 8)
-    before = capture(model, x)
-    with torch.no_grad():
-        for head in (model.small, model.large):
-            head.weight.zero_()
-            head.bias.zero_()
-    zero = capture(model, x)
-    with torch.no_grad():
-        model.body.weight.mul_(2)  # another body, the same zeros out
-    other_body = capture(model, x)
-    with torch.no_grad():
-        assert not any(t.any() for t in zero(x).values())  # the oracle: nothing but zeros
-    parity = program_parity(zero, other_body)
-    assert parity.all_zero and parity.relative == 0 and parity.entry()["outputs_all_zero"] is True
-    assert not program_parity(before, before).all_zero
-    one_sided = program_parity(zero, before)
-    assert one_sided.relative == float("inf") and not one_sided.all_zero
+    moving = capture(model, x)
+    for bias in (0.0, 0.5):
+        with torch.no_grad():
+            for head in (model.small, model.large):
+                head.weight.zero_()
+                head.bias.fill_(bias)
+        constant = capture(model, x)
+        with torch.no_grad():
+            model.body.weight.mul_(2)  # another body, the same outputs
+            other_body = capture(model, x)
+            # the oracle: the outputs on another input, compared by hand
+            assert all(torch.equal(a, b) for a, b in zip(constant(x).values(), constant(-3 * x).values()))
+        parity = program_parity(constant, other_body)
+        assert parity.outputs_constant and parity.relative == 0 and parity.entry()["outputs_constant"] is True
+    exact = program_parity(moving, moving)
+    assert exact.relative == 0 and not exact.outputs_constant

@@ -117,7 +117,7 @@ def _where_measured(latency: dict) -> str:
 
 
 def _parity_markdown(parity: dict) -> str:
-    if parity.get("outputs_all_zero"):
+    if parity.get("outputs_constant"):
         return parity_words(parity)
     return f"max abs error {parity['max_abs_error']:.2e} (relative {parity['relative']:.2e})"
 

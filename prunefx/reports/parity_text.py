@@ -1,10 +1,12 @@
 """How a summary says a report's parity entry (runtime/onnx/parity.py's Parity.entry): its relative error, or that
-nothing was compared, where every output was zero on both sides."""
+nothing was compared, where the model's outputs do not change with its input."""
 
 from __future__ import annotations
 
+CONSTANT = "nothing compared (the outputs do not change with the input)"
+
 
 def parity_words(entry: dict, digits: int = 2) -> str:
-    if entry.get("outputs_all_zero"):
-        return "nothing compared (every output is zero)"
+    if entry.get("outputs_constant"):
+        return CONSTANT
     return f"relative error {entry['relative']:.{digits}e}"

@@ -13,9 +13,10 @@ from prunefx.graph.whole_files import followed
 from prunefx.loading import program_from_args
 from prunefx.output import staged_file
 from prunefx.output_paths import check_output_file
+from prunefx.reports.parity_text import CONSTANT
 from prunefx.runtime import check_parity, export_onnx, export_quantized_onnx, onnxruntime_lowering
 from prunefx.runtime.onnx.external import remove_stale_side_files, rename_external_data, side_file_name
-from prunefx.runtime.onnx.parity import warn_if_all_zero, warn_if_inexact
+from prunefx.runtime.onnx.parity import warn_if_constant, warn_if_inexact
 from prunefx.runtime.onnx.quantized import require_float32_quantizers
 
 INT8_BACKENDS = ("ort", "trt")
@@ -53,7 +54,7 @@ def run(args) -> int:
         print(f"note: the dynamo exporter failed ({exported.fallback_reason}); used the TorchScript exporter")
     _print_parity(parity)
     warn_if_inexact(parity, str(destination))
-    warn_if_all_zero(parity, str(destination))
+    warn_if_constant(parity, str(destination))
     return 0
 
 
@@ -67,13 +68,13 @@ def _export_int8(program, destination, args) -> int:
     print(f"wrote {destination} (INT8 for {runtime}, lowering {lowering}: {exported.weight_initializers} INT8 "
           f"weights, {exported.activation_pairs} activation Q/DQ pairs)")
     _print_parity(parity)
-    warn_if_all_zero(parity, str(destination))
+    warn_if_constant(parity, str(destination))
     return 0
 
 
 def _print_parity(parity) -> None:
-    if parity.all_zero:
-        print("parity torch vs ONNX Runtime: nothing compared (every output is zero)")
+    if parity.outputs_constant:
+        print(f"parity torch vs ONNX Runtime: {CONSTANT}")
         return
     print(f"parity torch vs ONNX Runtime: max abs error {parity.max_abs_error:.3e} "
           f"(output scale {parity.output_scale:.3e}, relative {parity.relative:.2e})")

@@ -40,7 +40,7 @@ from prunefx.runtime import (
 )
 from prunefx.runtime.backends import Settings
 from prunefx.runtime.check.readiness import report_entry
-from prunefx.runtime.onnx.parity import warn_if_all_zero
+from prunefx.runtime.onnx.parity import warn_if_constant
 from prunefx.runtime.onnx.quantized import require_float32_quantizers
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def run(args) -> int:
     result = Pipeline([(quantize_int8, config)], verify="full").run(program)
     quantized, stats, facts = result.program, result.stats()["quantize_int8"], result.facts("quantize_int8", Quantized)
     departure = program_parity(program, quantized)  # the scale the files' parity is read on
-    warn_if_all_zero(departure, program.name)  # then so is every file's
+    warn_if_constant(departure, program.name)  # then so is every file's
     print(f"quantized {facts.layers} layers of {program.name} ({facts.kept_in_float} kept in float) "
           f"on {calibration.description} in {time.perf_counter() - started:.1f} s; exporting", flush=True)
     lowering = onnxruntime_lowering()
