@@ -1,0 +1,20 @@
+"""The lines `prunefx prune` prints from its report (prunefx/reports/prune_summary.py), read for what they claim."""
+
+from pathlib import Path
+
+from prunefx.reports.prune_summary import summary_lines
+
+
+def _report(recalibration: dict | None) -> dict:
+    return {"params_before": 2_000_000, "params_after": 1_000_000, "macs_before": 4e8, "macs_after": 2e8,
+            "groups": [{"width_before": 8, "width_after": 4}], "blocked": [], "budget": None, "compensation": None,
+            "recalibrate_batchnorm": recalibration, "module": None,
+            "parity": {"max_abs_error": 1e-7, "output_scale": 1.0, "relative": 1e-7, "outputs_constant": False}}
+
+
+def test_recalibration_is_reported_as_counted_and_a_model_without_batch_norms_says_so():
+    done = summary_lines(_report({"recalibrated": 3, "batch_norms": 3, "images": 64}), Path("out"))
+    assert "recalibrated 3 of 3 batch norms on 64 images" in done
+    none = summary_lines(_report({"recalibrated": 0, "batch_norms": 0, "images": 64}), Path("out"))
+    assert "no batch norms to recalibrate" in none and not any(line.startswith("recalibrated") for line in none)
+    assert not any("batch norm" in line for line in summary_lines(_report(None), Path("out")))
