@@ -31,6 +31,7 @@ from prunefx.graph.heap import release_freed_memory
 from prunefx.graph.stack_traces import stack_traces_off
 from prunefx.graph.whole_files import file_path, followed, replaced_whole
 from prunefx.runtime.errors import OnnxExportError, describe_failure
+from prunefx.runtime.onnx.attention_dims import attention_in_four_dims
 from prunefx.runtime.onnx.cleanup import APART, clean_graph
 from prunefx.runtime.onnx.export_memo import copy_of_written, export_key, remember_written
 from prunefx.runtime.onnx.external import (
@@ -147,7 +148,9 @@ def _export_dynamo(program: Program, opset: int) -> tuple[onnx.ModelProto, dict[
 def dynamo_onnx_program(program: Program, opset: int) -> torch.onnx.ONNXProgram:
     """The dynamo exporter's ONNXProgram of `program`, from its ExportedProgram (runtime/onnx/quantized.py's
     export too). The exporter's decompositions trace the graph again: without stack traces, which no file keeps."""
-    exported = contiguous_before_reshapes(program.export())  # attention with a mask left in float (reshape_layout.py)
+    # attention folded to the 4-D inputs the exporter translates (attention_dims.py), and with a mask left in float
+    # (reshape_layout.py)
+    exported = contiguous_before_reshapes(attention_in_four_dims(program.export()))
     with registries_reused(), stack_traces_off():
         onnx_program = torch.onnx.export(exported, program.example_inputs, dynamo=True, opset_version=opset,
                                          external_data=False, optimize=True, verbose=False)
