@@ -79,7 +79,8 @@ def main() -> None:
           "yes" if r["ok"] else f"no: {r['error']}"] for r in rows])
     passed = sum(r["ok"] and abs(r["macs_kept"] / r["target"] - 1) <= 0.03 for r in rows)
     markdown = (f"# Pruning the model zoo to 0.5 and 0.3 of its MACs\n\nProduced by `{command_line()}` on "
-                f"{info['date_utc']} UTC.\n\n- Machine: {machine_summary(info)}.\n- Random weights, l2 importance, "
+                f"{info['date_utc']} UTC.\n\n- Machine: {machine_summary(info)}.\n- Random weights (redrawn where a model's "
+                f"outputs would not change with its input, as tests/test_prune_zoo.py does), l2 importance, "
                 f"global ranking, round_to={args.round_to}; parity is max abs error / max abs output, torch vs "
                 f"ONNX Runtime.\n- {passed} of {len(rows)} runs verified, exported and met the target within 3 %.\n\n"
                 f"{table}\n")

@@ -38,6 +38,7 @@ def _test_module(name: str):
 
 removal = _test_module("test_channel_removal")
 cases = _test_module("test_structural_cases")
+zoo = _test_module("test_prune_zoo")
 
 # Refused, and why (none: a model whose own code spells a width that pruning changed, split([4, 12]) or
 # view(b, 8, -1) in its forward, is made from its subgraph like any module).
@@ -48,8 +49,8 @@ MAIN_MODELS = {"prunefx:resnet20", "prunefx:mobilenetv2_small", "prunefx:vit_tin
 
 
 def model_case(reference: str):
-    """(model, inputs) as tests/test_channel_removal.py builds them, zero-initialised heads randomised (a
-    zero output would make any comparison vacuous)."""
+    """(model, inputs) as tests/test_channel_removal.py builds them, zero-initialised heads randomised and weights
+    redrawn where the outputs would not change with the input (either would make any comparison vacuous)."""
     torch.manual_seed(0)
     size = removal.IMAGE_SIZES.get(reference, 64)
     inputs = (torch.randn(1, removal.IN_CHANNELS.get(reference, 3), size, size),)
@@ -60,6 +61,7 @@ def model_case(reference: str):
         for parameter in model.parameters():
             if parameter.is_floating_point() and not parameter.any():
                 parameter.normal_(std=0.02)
+    zoo.redraw_if_constant(model, inputs[0])
     return model, inputs
 
 
@@ -73,14 +75,27 @@ def structural_case(name: str):
 def third_input_error(program, module, inputs) -> float:
     """The largest output difference on a third random input, relative to the largest output magnitude."""
     generator = torch.Generator().manual_seed(2)
-    other = tuple(torch.randn(x.shape, generator=generator) if x.is_floating_point() else x for x in inputs)
+    other = tuple(_another(x, generator) for x in inputs)
     with torch.no_grad():
         expected = [t for t in pytree.tree_leaves(program(*other)) if isinstance(t, torch.Tensor)]
         actual = [t for t in pytree.tree_leaves(module(*other)) if isinstance(t, torch.Tensor)]
     assert [t.shape for t in expected] == [t.shape for t in actual]
     scale = max(t.abs().max().item() for t in expected)
     assert scale > 0, "a zero output would make the check vacuous"
+    with torch.no_grad():  # nor may the outputs be the same for every input (a head reading activations that vanish)
+        given = [t for t in pytree.tree_leaves(program(*inputs)) if isinstance(t, torch.Tensor)]
+    moved = max((g - e).abs().max().item() for g, e in zip(given, expected))
+    assert moved > 1e-4 * scale, "outputs (nearly) constant would make the check vacuous"
     return max((e - a).abs().max().item() for e, a in zip(expected, actual)) / scale
+
+
+def _another(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random tensor like `x`: integers (token ids) drawn within the range of the given ones."""
+    if x.is_floating_point():
+        return torch.randn(x.shape, generator=generator)
+    if x.dtype == torch.bool:
+        return x
+    return torch.randint(int(x.min()), int(x.max()) + 1, x.shape, generator=generator, dtype=x.dtype)
 
 
 def _check_written_back(model, program, module, inputs) -> None:

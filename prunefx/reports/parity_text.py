@@ -1,9 +1,9 @@
 """How a summary says a report's parity entry (runtime/onnx/parity.py's Parity.entry): its relative error, or that
-nothing was compared, where the model's outputs do not change with its input."""
+nothing was compared, where the model's outputs barely change with its input."""
 
 from __future__ import annotations
 
-CONSTANT = "nothing compared (the outputs do not change with the input)"
+CONSTANT = "nothing compared (the outputs barely change with the input)"
 
 
 def parity_words(entry: dict, digits: int = 2) -> str:
