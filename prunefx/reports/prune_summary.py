@@ -35,12 +35,11 @@ def summary_lines(report: dict, output: Path, batch: int = 1) -> list[str]:
         mean = [sum(pair[i] for pair in errors) / max(len(errors), 1) for i in (0, 1)]
         lines.append(f"compensated {len(layers)} layers ({len(report['compensation']['skipped'])} skipped): relative "
                      f"output error on the calibration data {mean[0]:.3g} -> {mean[1]:.3g} (mean over layers)")
-    if report["recalibrate_batchnorm"] and not report["recalibrate_batchnorm"]["batch_norms"]:
-        lines.append("no batch norms to recalibrate")
-    elif report["recalibrate_batchnorm"]:
-        recalibration = report["recalibrate_batchnorm"]
+    recalibration = report["recalibrate_batchnorm"]
+    if recalibration:
         lines.append(f"recalibrated {recalibration['recalibrated']} of {recalibration['batch_norms']} batch norms on "
-                     f"{recalibration['images']} images")
+                     f"{recalibration['images']} images" if recalibration["batch_norms"] else
+                     "no batch norms to recalibrate")
     lines.append(f"parity torch vs ONNX Runtime: {parity_words(report['parity'])}")
     written = [output / name for name in ("model.pt2", "model.onnx", "report.json")]
     if (report.get("module") or {}).get("written"):

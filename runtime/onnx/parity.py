@@ -80,7 +80,7 @@ def check_parity(program: Program, onnx_path: str | os.PathLike,
     if len(actual) != len(expected):
         raise ParityError(f"model '{program.name}' has {len(expected)} output(s) in torch but "
                           f"{len(actual)} in {file_name}")
-    return _worst([_compare(name, want, got, program.name) for name, want, got in zip(names, expected, actual)],
+    return _parity([_compare(name, want, got, program.name) for name, want, got in zip(names, expected, actual)],
                   program, inputs, expected)
 
 
@@ -118,7 +118,7 @@ def program_parity(reference: Program, other: Program, inputs: Sequence[torch.Te
     expected, actual = (_outputs(program, inputs) for program in (reference, other))
     if len(actual) != len(expected):
         raise ParityError(f"model '{other.name}' has {len(actual)} output(s), '{reference.name}' {len(expected)}")
-    return _worst([_compare(f"output {index}", want, got, reference.name)
+    return _parity([_compare(f"output {index}", want, got, reference.name)
                    for index, (want, got) in enumerate(zip(expected, actual))], reference, inputs, expected)
 
 
@@ -129,7 +129,8 @@ def _outputs(program: Program, inputs) -> list[np.ndarray]:
                 if isinstance(leaf, torch.Tensor)]
 
 
-def _worst(outputs: list[OutputParity], program: Program, inputs, expected: list[np.ndarray]) -> Parity:
+def _parity(outputs: list[OutputParity], program: Program, inputs, expected: list[np.ndarray]) -> Parity:
+    """The worst of `outputs`, and whether `program`'s outputs move with its input (one more forward)."""
     worst = _worst_output(outputs)
     constant = _same_on_another_input(program, inputs, expected)
     return Parity(max_abs_error=worst.max_abs_error, output_scale=worst.output_scale, relative=worst.relative,
@@ -151,9 +152,7 @@ def _same_on_another_input(program: Program, inputs, expected: list[np.ndarray])
 
 
 def _within_tolerance(again: np.ndarray, expected: np.ndarray) -> bool:
-    expected, again = expected.astype(np.float64), again.astype(np.float64)
-    scale = float(np.max(np.abs(expected), initial=0.0))
-    return float(np.max(np.abs(again - expected), initial=0.0)) <= FLOAT_TOLERANCE * scale
+    return _relative(*_error_and_scale(expected, again)) <= FLOAT_TOLERANCE
 
 
 def _worst_output(outputs: list[OutputParity]) -> OutputParity:
@@ -170,11 +169,15 @@ def _compare(name: str, expected: np.ndarray, actual: np.ndarray, model: str) ->
         if values.dtype.kind in "fc" and not np.isfinite(values).all():
             raise ParityError(f"model '{model}': output {name} holds NaN or infinite values in {side} "
                               "(non-finite weights, or an overflow); parity cannot be checked")
-    # float64 so that the difference itself adds no rounding error; integer outputs compare exactly.
-    expected, actual = expected.astype(np.float64), actual.astype(np.float64)
-    error = float(np.max(np.abs(expected - actual), initial=0.0))
-    scale = float(np.max(np.abs(expected), initial=0.0))
+    error, scale = _error_and_scale(expected, actual)
     return OutputParity(name=name, shape=tuple(expected.shape), max_abs_error=error, output_scale=scale)
+
+
+def _error_and_scale(expected: np.ndarray, actual: np.ndarray) -> tuple[float, float]:
+    """The largest absolute difference and the largest magnitude of `expected`, in float64 so that the difference
+    itself adds no rounding error; integer outputs compare exactly."""
+    expected, actual = expected.astype(np.float64), actual.astype(np.float64)
+    return float(np.max(np.abs(expected - actual), initial=0.0)), float(np.max(np.abs(expected), initial=0.0))
 
 
 def _relative(error: float, scale: float) -> float:
