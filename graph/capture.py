@@ -16,6 +16,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from prunefx.graph.data_dependent import check_static_shapes
 from prunefx.graph.errors import CaptureError, first_line, printable
+from prunefx.graph.mode_caches import drop_mode_caches
 from prunefx.graph.model_state import left_as_found, random_state_kept
 from prunefx.graph.module_paths import name_sliced_modules
 from prunefx.graph.output_tree import use_builtin_outputs
@@ -151,6 +152,7 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
 
 def _export(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
     with torch_quiet(), left_as_found(model), random_state_kept([*model.parameters(), *inputs]):
+        drop_mode_caches(model)  # the graph reads the weights, not what an earlier eval-mode call stored of them
         return torch.export.export(model, inputs, strict=False)
 
 

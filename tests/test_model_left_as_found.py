@@ -589,20 +589,40 @@ class CachedBias(nn.Module):
         return self.conv(x).mean((2, 3)) @ bias
 
 
-def test_to_module_of_a_program_captured_from_a_cache_says_how_to_capture_it_again(one_thread):
+def test_capture_reads_the_weights_not_a_cache_an_eval_call_filled_and_leaves_the_cache(one_thread):
     torch.manual_seed(0)
     model, x = CachedBias().eval(), torch.randn(1, 3, 8, 8)
     with torch.no_grad():
         model(x)  # an ordinary evaluation fills the cache
+    cache, cached = model.cache, model.cache["bias"]
     program = prunefx.capture(model, x)
-    model.train().eval()  # the cache cleared: the forward reads the index again
-    with pytest.raises(prunefx.PrunefxError, match="cannot write CachedBias back") as refused:
-        prunefx.to_module(program, model)
-    assert "read a cache" in str(refused.value) and "model.train() then model.eval()" in str(refused.value)
-    model.train().eval()
-    program = prunefx.capture(model, x)  # captured with the cache cleared, as the refusal says
+    assert model.cache is cache and model.cache["bias"] is cached and not model.training  # left as found
     with torch.no_grad():
         torch.testing.assert_close(prunefx.to_module(program, model)(x), model(x))
+        before = program.module(x)
+        dict(program.module.named_parameters())["table"].mul_(2)  # a graph reading the weights sees this
+        torch.testing.assert_close(program.module(x), 2 * before)
+    model.train = lambda mode=True: nn.Module.train(model, mode)  # a cache its train() keeps: still named
+    with pytest.raises(prunefx.PrunefxError, match="cannot write CachedBias back.*a cache it fills"):
+        prunefx.to_module(prunefx.capture(model, x), CachedBias().eval())
+
+
+class FreezesOnTrain(CachedBias):
+    """A train() that freezes a layer, as detection backbones freeze their first stages."""
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.conv.weight.requires_grad_(False)
+        return self
+
+
+def test_the_switch_that_drops_caches_leaves_what_train_also_changes(one_thread):
+    model, x = FreezesOnTrain().eval(), torch.randn(1, 3, 8, 8)
+    model.conv.weight.requires_grad_(True)  # the user unfroze it
+    before = full_state(model)
+    prunefx.capture(model, x)
+    assert model.conv.weight.requires_grad
+    assert_state_unchanged(before, model)
 
 
 class MaskToken(nn.Module):

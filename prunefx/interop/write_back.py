@@ -228,11 +228,10 @@ def _made_from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Modu
     raise WriteBackError(f"{error}{tried_too}{''.join('; ' + line for line in kept[-1:])}") from error
 
 
-# A model whose eval-mode forward stores what it computes (timm LeViT's attention bias) and reads the store on later
-# calls was captured reading a constant where its forward now reads its tensors, or the other way round.
-_CACHED = ("or the model read a cache it fills when it was captured (an attention bias an earlier eval-mode call "
-           "stored) and not now, or the other way round: capture it with the cache cleared, e.g. after "
-           "model.train() then model.eval()")
+# A model whose eval-mode forward stores what it computes and reads the store on later calls, and whose train() does
+# not drop the store (graph/mode_caches.py), was captured reading a constant where its forward now reads its tensors.
+_CACHED = ("or the model read a cache it fills in eval mode when it was captured and not now, or the other way "
+           "round (prunefx drops a cache a module's train() drops before each capture; clear any other first)")
 
 
 def _check_nothing_dropped(program: Program, dense: Program, name: str) -> None:
