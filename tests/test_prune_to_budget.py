@@ -13,6 +13,7 @@ from prunefx.models import build_model
 from prunefx.passes import Pipeline, prune_to_budget
 from prunefx.passes.budget.measurement import Timing
 from prunefx.passes.core.pipeline import PipelineError
+from prunefx.reports.budget_text import measured_candidates, search_lines
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -341,6 +342,11 @@ def test_a_fraction_between_two_width_steps_is_not_measured_again(resnet20):
         assert entry["speedup"] == earlier["speedup"]
     measured = {tuple(p.shape for p in program.module.parameters()) for program in latency.calls}
     assert len(measured) == len(latency.calls)  # the oracle: no model was measured twice
+    # the console says so, and counts the candidates measured, not the steps
+    lines = search_lines(result.stats)
+    assert measured_candidates(result.stats) == len(latency.calls)
+    assert sum("not measured again" in line for line in lines) == len(repeats)
+    assert sum(" -> " in line for line in lines) == len(latency.calls)  # one line of figures per measurement
     dense_ms, ms, _ = latency_of_macs()(resnet20, result.program)
     assert dense_ms / ms >= 1.5
 

@@ -7,12 +7,21 @@ from __future__ import annotations
 from prunefx.runtime import backends
 
 
+def measured_candidates(budget: dict) -> int:
+    """The candidates a search measured: a step that found an earlier one's widths again is not one more."""
+    return sum("same_widths_as" not in row for row in budget["trace"])
+
+
 def search_lines(budget: dict, *, candidate: str = "", chosen: str = "") -> list[str]:
     """`budget` is a budget pass's statistics (trace, speedup, ms, dense_ms; `backend` and `precision` where the
     command recorded them, ONNX Runtime otherwise); `candidate` is a format string
     over a trace row's keys put before its figures (e.g. '{n} blocks, '), `chosen` ends the last line."""
     lines = []
     for row in budget["trace"]:
+        if "same_widths_as" in row:  # a step that landed on an earlier candidate's widths shares its measurement
+            lines.append(f"  candidate: {row['macs_kept']:.3f} of the MACs again (the widths of candidate "
+                         f"{row['same_widths_as'] + 1}, not measured again)")
+            continue
         confirmed = (f"; confirmed{interval_text(row.get('interval'))}, first measured {row['first']['speedup']:.2f}x"
                      if row.get("first") else "")
         lines.append(f"  candidate: {candidate.format(**row)}{row['macs_kept']:.3f} of the MACs -> "

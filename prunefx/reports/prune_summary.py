@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prunefx.reports.budget_text import search_lines
+from prunefx.reports.budget_text import measured_candidates, search_lines
 from prunefx.reports.parity_text import parity_words
 
 
@@ -23,7 +23,7 @@ def summary_lines(report: dict, output: Path, batch: int = 1) -> list[str]:
     changed = sum(g["width_after"] != g["width_before"] for g in report["groups"])
     if report["budget"]:
         budget = report["budget"]
-        lines += search_lines(budget, chosen=f"after {len(budget['trace'])} candidates")
+        lines += search_lines(budget, chosen=f"after {measured_candidates(budget)} candidates")
     lines.append(macs_line(report["macs_before"], report["macs_after"], batch))
     lines.append(f"params {report['params_before'] / 1e6:.2f} M -> {report['params_after'] / 1e6:.2f} M ({params:.3f})")
     blocked_by = sorted({op for block in report["blocked"] for op in block["operators"]})
