@@ -165,7 +165,7 @@ def test_the_refusal_names_depth_only_where_a_block_merges():
             y = self.conv(x)
             return y * torch.linalg.vector_norm(y, dim=1, keepdim=True)
 
-    args = argparse.Namespace(model="m", speedup=2.0, latency_ms=None)
+    args = argparse.Namespace(model="m", speedup=2.0, latency_ms=None, calibrate=None)
     width = BudgetUnreachable("cannot reach a 2x speed-up by width: the best measured was 1.50x", dimension="width",
                               best=Measured.of((1.5, 1.0, 0.0)))
     relu = capture(nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 1)).eval(), torch.randn(1, 8, 4, 4),
@@ -177,6 +177,12 @@ def test_the_refusal_names_depth_only_where_a_block_merges():
     assert "prunefx depth m --speedup 2 --calibrate DATA" in offered and "\n" not in offered
     refused = str(width_refusal(width, args, gated))
     assert "no block of gated_net merges or drops (no depth route)" in refused and "--allow-depth" not in refused
+    # data the user gave is named back; a timing too noisy to decide did not show that width cannot
+    args.calibrate = "imagenet-sample"
+    noisy = BudgetUnreachable("...", dimension="width", best=Measured.of((1.5, 1.0, 0.0)), noisy=True)
+    offered = str(width_refusal(noisy, args, relu))
+    assert "; if a quieter run confirms that width alone cannot, depth can merge up to 1 blocks" in offered
+    assert "add --allow-depth, or run `prunefx depth m --speedup 2 --calibrate imagenet-sample`" in offered
 
 
 def test_the_depth_route_offered_counts_the_blocks_whose_merge_saves_macs():
@@ -192,7 +198,7 @@ def test_the_depth_route_offered_counts_the_blocks_whose_merge_saves_macs():
     from prunefx.passes.linearize_blocks import mergeable_blocks
 
     program = capture(build_model("prunefx:resnet20").module.eval(), torch.randn(1, 1, 28, 28), name="resnet20")
-    args = argparse.Namespace(model="m", speedup=100.0, latency_ms=None)
+    args = argparse.Namespace(model="m", speedup=100.0, latency_ms=None, calibrate=None)
     width = BudgetUnreachable("cannot reach a 100x speed-up by width: the best measured was 1.50x", dimension="width",
                               best=Measured.of((1.5, 1.0, 0.0)))
     assert mergeable_blocks(program) == []

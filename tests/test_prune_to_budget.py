@@ -12,6 +12,7 @@ from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.models import build_model
 from prunefx.passes import Pipeline, prune_to_budget
 from prunefx.passes.budget.measurement import Timing
+from prunefx.passes.budget.search import unreachable_in
 from prunefx.passes.core.pipeline import PipelineError
 from prunefx.reports.budget_text import measured_candidates, search_lines
 
@@ -312,6 +313,7 @@ def test_a_refusal_whose_best_interval_holds_the_budget_says_the_timing_decided(
     assert str(caught.value).endswith("so the timing was too noisy to decide: run it again with nothing else running")
     best = float(str(caught.value).split("the best measured was ")[1].split("x")[0])
     assert best >= 2.0  # the point cleared the budget: only the interval did not
+    assert unreachable_in(caught.value).noisy  # what the command line's refusal reads to offer depth with care
 
 
 def test_when_no_width_lands_above_the_floor_the_least_pruned_that_met_is_returned(resnet20):

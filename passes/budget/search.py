@@ -228,11 +228,13 @@ def noise_text(measured: Measured, wanted: float) -> str:
 class BudgetUnreachable(PrunefxError):
     """A dimension's search could not meet the budget; `best` is the fastest candidate it measured, so a caller
     trying another dimension (width, then depth) can say what each reached. `overshot`: the budget was met, but
-    only by a step that lands above its tolerance (depth moves in whole blocks), which `best` then holds."""
+    only by a step that lands above its tolerance (depth moves in whole blocks), which `best` then holds. `noisy`:
+    `best`'s point cleared the budget and only its interval did not (noise_text)."""
 
-    def __init__(self, message: str, *, dimension: str, best: Measured | None, overshot: bool = False):
+    def __init__(self, message: str, *, dimension: str, best: Measured | None, overshot: bool = False,
+                 noisy: bool = False):
         super().__init__(message)
-        self.dimension, self.best, self.overshot = dimension, best, overshot
+        self.dimension, self.best, self.overshot, self.noisy = dimension, best, overshot, noisy
 
 
 def unreachable_in(error: BaseException | None) -> BudgetUnreachable | None:

@@ -153,7 +153,8 @@ class WidthSearch:
         good = (yield from self._confirmed_good()) or self._met_below_floor()
         if good is None:
             best = max(self.trace, key=lambda c: c.measured.lower_bound)
-            raise BudgetUnreachable(self._unreachable(best), dimension="width", best=best.measured)
+            raise BudgetUnreachable(self._unreachable(best), dimension="width", best=best.measured,
+                                    noisy=bool(noise_text(best.measured, self._wanted_speedup(best))))
         return good
 
     def _at_the_floor(self, candidate: WidthCandidate) -> bool:
@@ -229,10 +230,14 @@ class WidthSearch:
         margins = [c.speedup / c.measured.lower_bound for c in self.trace if c.measured.confirmed]
         return min(max(margins + [self.rule.floor]), 1 + self.settings.tolerance)
 
+    def _measured(self) -> int:
+        """The candidates measured: a step that found an earlier one's widths again is not one more."""
+        return sum(c.same_as is None for c in self.trace)
+
     def _unreachable(self, best: WidthCandidate) -> str:
         return (f"cannot reach {budget_text(self.settings.speedup, self.settings.latency_ms)} by width: the best "
                 f"measured was {speedup_text(best.measured)} ({best.measured.ms:.2f} ms, "
-                f"{best.result.facts_as(ChannelsRemoved).macs_kept:.3f} of the MACs) after {len(self.trace)} candidates"
+                f"{best.result.facts_as(ChannelsRemoved).macs_kept:.3f} of the MACs) after {self._measured()} candidates"
                 + noise_text(best.measured, self._wanted_speedup(best)))
 
 

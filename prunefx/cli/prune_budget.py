@@ -40,10 +40,15 @@ def width_refusal(width: BudgetUnreachable, args, program) -> PrunefxError:
     """One line: what width reached, and the route that can go further (see the module docstring)."""
     blocks, how = depth_blocks(program)
     flag = budget_flag(args)
+    data = args.calibrate or "DATA"  # the user's own where they gave it
     if blocks:
-        route = (f"width alone cannot, but depth can {how} up to {blocks} blocks of {program.name}: add "
-                 f"--allow-depth --calibrate DATA, or run `prunefx depth {args.model} {flag} --calibrate DATA`, "
-                 f"or `prunefx compress {args.model} {flag} --data DATA -o DIR` (width, depth and INT8 together)")
+        # a noisy timing did not show that width cannot: the quieter run comes first
+        cannot = "if a quieter run confirms that width alone cannot, depth" if width.noisy else \
+            "width alone cannot, but depth"
+        route = (f"{cannot} can {how} up to {blocks} blocks of {program.name}: add --allow-depth"
+                 f"{'' if args.calibrate else ' --calibrate DATA'}, or run `prunefx depth {args.model} {flag} "
+                 f"--calibrate {data}`, or `prunefx compress {args.model} {flag} --data DATA -o DIR` (width, depth "
+                 "and INT8 together)")
     else:
         route = (f"width alone cannot, and no block of {program.name} merges or drops (no depth route); "
                  f"`prunefx compress {args.model} {flag} --data DATA -o DIR` adds INT8")
