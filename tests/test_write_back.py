@@ -321,6 +321,30 @@ def test_constants_the_forward_builds_are_built_again_not_refused():
     _check_written_back(model, program, module, (x,))
 
 
+class PlainShift(nn.Module):
+    """A per-channel shift kept as a plain tensor attribute (no register_buffer), on the channels pruning cuts."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3), nn.Conv2d(16, 8, 3)
+        self.shift = torch.randn(1, 16, 1, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x) + self.shift))
+
+
+def test_a_plain_tensor_attribute_is_cut_and_written_back_as_an_attribute():
+    torch.manual_seed(0)
+    model, x = PlainShift().eval(), torch.randn(1, 3, 16, 16)
+    program = capture(model, x, name="PlainShift").eval()
+    remove_channels(program, config={"macs": 0.5, "round_to": 2})
+    module = to_module(program, model)
+    kept = module.a.out_channels
+    assert kept < 16 and type(module) is PlainShift and "shift" not in dict(module.named_buffers())
+    assert module.shift.shape == (1, kept, 1, 1) and model.shift.shape == (1, 16, 1, 1)
+    _check_written_back(model, program, module, (x,))
+
+
 @pytest.mark.zoo
 def test_vit_b_16_with_uniform_widths_is_written_back():
     # nn.MultiheadAttention holds a pruned program when its heads keep its input width: uniform ranking

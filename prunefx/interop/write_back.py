@@ -263,8 +263,14 @@ def _check_same_model(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Ten
 
 
 def _state_names(model: nn.Module) -> set[str]:
+    """The model's tensors by name: parameters, buffers, and plain tensor attributes (`self.shift = torch.zeros(...)`,
+    which the capture reads as constants of the attribute's name and pruning cuts like a buffer)."""
     state = {name for name, _ in model.named_parameters(remove_duplicate=False)}
     state.update(name for name, _ in model.named_buffers(remove_duplicate=False))
+    state.update(f"{path}.{attribute}" if path else attribute
+                 for path, owner in model.named_modules(remove_duplicate=False)
+                 for attribute, value in vars(owner).items()
+                 if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter))
     return state
 
 
