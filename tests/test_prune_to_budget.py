@@ -55,6 +55,22 @@ def test_a_speedup_budget_is_met_within_tolerance(resnet20, speedup):
     assert result.program.output_shapes == resnet20.output_shapes
 
 
+def test_readings_of_the_wrong_slope_never_send_the_search_to_the_dense_model(resnet20):
+    """A RexNet search read 1.88x at 0.62 of the MACs, then 2.10x at 0.71 (noise: less pruned, faster), and the line
+    through them stepped to fraction 1.0, the dense model, measured at 1.11x for nothing. Until a candidate misses,
+    the dense model is the miss (1.0x at fraction 1): the search brackets against it."""
+    dense_macs = count(resnet20).macs
+
+    def latency(dense, candidate):  # faster the less it is pruned, at any fraction under 1
+        kept = count(candidate).macs / dense_macs
+        return 1.0, 1.0 / (1.5 + 2.0 * kept) if kept < 0.999 else 1.0, 0.01
+
+    result = prune_to_budget(resnet20.clone(), config={"speedup": 1.5, "latency": latency, "round_to": 4,
+                                                       "confirm": False, "max_candidates": 4})
+    asked = [row["macs_fraction_asked"] for row in result.stats["trace"]]
+    assert len(asked) == 4 and max(asked) < 0.95, asked
+
+
 def first_call_optimistic(factor: float = 1.3, efficiency: float = 1.0):
     """The true runtime of `latency_of_macs` (its speed-up times `efficiency`), except that its first
     measurement (a load spike on the dense side, say) makes the candidate look `factor` times faster than it

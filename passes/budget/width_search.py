@@ -199,18 +199,22 @@ class WidthSearch:
         """The next fraction to try, or None when the search has nowhere left to go: the fraction at which the
         measured speed-ups, read as speed-up = c * fraction^k (a straight line in log-log), reach the middle
         of the acceptance window [S, S (1 + tolerance)]. Between a candidate that met and one that missed,
-        the line through them, kept inside their bracket (regula falsi); on one side only, the line through
-        the two nearest candidates, or k = -1 (latency proportional to MACs) with one. Aiming at the window
+        the line through them, kept inside their bracket (regula falsi); with none missed, the dense model is the
+        one that missed (1.0x at fraction 1); with none met, the line through the two nearest candidates, or k = -1
+        (latency proportional to MACs) with one. Aiming at the window
         rather than stepping by a fixed factor keeps a near miss from cutting far more than the budget needs."""
         anchor = bad if bad is not None else good
         if anchor is None:  # nothing measured yet: no line to aim along
             return None
         margin = self._margin()  # the middle (in log) of the points that can be accepted: [S margin, S (1 + tolerance)]
         aim = math.log(self._wanted_speedup(anchor) * math.sqrt(margin * (1 + self.settings.tolerance)))
-        if good is not None and bad is not None:
-            low, high = sorted((math.log(good.fraction), math.log(bad.fraction)))  # met: the smaller fraction
+        # nothing missed yet: the dense model does, at 1.0x by definition, so the search brackets against it (a line
+        # from two noisy readings of the wrong slope stepped to the dense model and measured it)
+        missed = bad if bad is not None or good is None or self._wanted_speedup(good) <= 1 else _DENSE
+        if good is not None and missed is not None:
+            low, high = sorted((math.log(good.fraction), math.log(missed.fraction)))  # met: the smaller fraction
             margin = BRACKET_MARGIN * (high - low)
-            fraction = math.exp(min(max(_log_fraction_at(aim, bad, good), low + margin), high - margin))
+            fraction = math.exp(min(max(_log_fraction_at(aim, missed, good), low + margin), high - margin))
         else:
             side = [c for c in self.trace if self.meets(c) == self.meets(anchor)]
             nearest = sorted(side, key=lambda c: abs(math.log(c.fraction / anchor.fraction)))[:2]
@@ -245,6 +249,16 @@ def _shapes(program: Program) -> list[tuple[int, ...]]:
     return [tuple(tensor.shape) for tensor in program.module.state_dict().values()]
 
 
+@dataclass(frozen=True)
+class _Point:
+    """A point on the speed-up curve known without measuring it."""
+    fraction: float
+    speedup: float
+
+
+_DENSE = _Point(1.0, 1.0)
+
+
 def _held(log_step: float) -> float:
     """A step in log fraction held within STEP: an extrapolation from noisy figures is trusted only so far,
     and a step too small to change the widths would measure the same model again."""
@@ -252,7 +266,7 @@ def _held(log_step: float) -> float:
     return math.copysign(size, log_step)
 
 
-def _log_fraction_at(aim: float, a: WidthCandidate, b: WidthCandidate) -> float:
+def _log_fraction_at(aim: float, a: WidthCandidate | _Point, b: WidthCandidate | _Point) -> float:
     """log fraction where the line through a and b in (log fraction, log speed-up) reaches `aim`; the slope
     is held to ELASTICITY, since two noisy measurements close together can suggest any slope, even a wrong sign.
     Given one candidate twice, the slope is -1: latency proportional to the MACs."""
