@@ -77,8 +77,24 @@ def dequantized_weight(model: onnx.ModelProto, dequantize: onnx.NodeProto) -> np
             * scale.astype(np.float32).reshape(shape))
 
 
+def fold_initializer_casts(model: onnx.ModelProto) -> None:
+    """Replace each Cast of an initializer by the initializer it computes. The exporter casts every quantizer's
+    int32 zero-point to INT8 and its optimizer folds most such casts, not all (TinyViT's 1000-class head kept
+    one): the lowering reads zero-points as initializers."""
+    inits = initializers(model)
+    for node in list(model.graph.node):
+        if node.op_type != "Cast" or node.input[0] not in inits:
+            continue
+        to = next(attribute.i for attribute in node.attribute if attribute.name == "to")
+        values = numpy_helper.to_array(inits[node.input[0]]).astype(onnx.helper.tensor_dtype_to_np_dtype(to))
+        model.graph.initializer.append(numpy_helper.from_array(values, node.output[0]))
+        model.graph.node.remove(node)
+    drop_unused_initializers(model)
+
+
 def fold_weight_quantizers(model: onnx.ModelProto) -> int:
     """Replace QuantizeLinear(float initializer) by the INT8 initializer it computes; returns how many."""
+    fold_initializer_casts(model)
     inits = initializers(model)
     folded = 0
     for node in list(model.graph.node):
