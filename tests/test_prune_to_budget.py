@@ -104,6 +104,24 @@ def test_a_noisy_first_measurement_is_not_accepted(resnet20, separate_confirm):
     assert first["speedup"] == pytest.approx(truth(resnet20, resnet20)[0] / first["ms"])
 
 
+def test_a_reading_faster_than_a_more_pruned_one_is_confirmed_however_fast(resnet20):
+    """A SqueezeNet search read 1.78x at 0.62 of the MACs, then 3.85x at 0.66: far above the window, so it went
+    unconfirmed and steered the search to 0.85 (1.46x once confirmed). A reading out of order with another is noise
+    on one side: it is confirmed before it steers. Here the second reading is 3x too fast."""
+    truth, calls = latency_of_macs(), []
+
+    def latency(dense, candidate):  # 1.3x as fast as the MACs say: the first candidate lands above the window
+        calls.append(candidate)
+        dense_ms, ms, spread = truth(dense, candidate)
+        return dense_ms, ms / 1.3 / (3.0 if len(calls) == 2 else 1.0), spread
+
+    result = prune_to_budget(resnet20.clone(), config={"speedup": 1.5, "latency": latency, "round_to": 4})
+    first, second = result.stats["trace"][:2]
+    assert first["macs_kept"] < second["macs_kept"] and "first" not in first  # far above the window: not confirmed
+    assert second["confirmed"] and second["first"]["speedup"] == pytest.approx(3.0 * second["speedup"])
+    assert len(result.stats["trace"]) == 3 and 1.5 <= result.stats["speedup"] <= 1.5 * 1.15
+
+
 def test_without_confirmation_the_noisy_first_measurement_misleads(resnet20):
     """The case the confirmation is for: the same search, unconfirmed, returns a model slower than asked (a
     runtime 0.9 x as fast as the MACs say, read 10 % fast the first time)."""
