@@ -618,11 +618,28 @@ class FreezesOnTrain(CachedBias):
 
 def test_the_switch_that_drops_caches_leaves_what_train_also_changes(one_thread):
     model, x = FreezesOnTrain().eval(), torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        model(x)  # fills the cache: the capture switches the model to train and back
     model.conv.weight.requires_grad_(True)  # the user unfroze it
     before = full_state(model)
     prunefx.capture(model, x)
     assert model.conv.weight.requires_grad
     assert_state_unchanged(before, model)
+
+
+def test_an_override_of_train_with_no_cache_is_not_run_by_capture(one_thread):
+    """Hugging Face's train() swaps kernels when the mode changes: nothing to drop, so not run for nothing."""
+    calls = []
+
+    class Counting(nn.Sequential):
+        def train(self, mode: bool = True):
+            calls.append(mode)
+            return super().train(mode)
+
+    model = Counting(nn.Conv2d(3, 4, 3)).eval()
+    calls.clear()
+    prunefx.capture(model, torch.randn(1, 3, 8, 8))
+    assert calls == []
 
 
 class MaskToken(nn.Module):
