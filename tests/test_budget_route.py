@@ -173,7 +173,7 @@ def test_the_refusal_names_depth_only_where_a_block_merges():
     gated = capture(Gated().eval(), torch.randn(1, 8, 4, 4), name="gated_net")
     offered = str(width_refusal(width, args, relu))
     assert offered.startswith("cannot reach a 2x speed-up by width: the best measured was 1.50x; width alone cannot")
-    assert "depth can merge up to 1 blocks of relu_net: add --allow-depth" in offered
+    assert "depth can merge up to 1 block of relu_net: add --allow-depth" in offered
     assert "prunefx depth m --speedup 2 --calibrate DATA" in offered and "\n" not in offered
     refused = str(width_refusal(width, args, gated))
     assert "no block of gated_net merges or drops (no depth route)" in refused and "--allow-depth" not in refused
@@ -181,7 +181,7 @@ def test_the_refusal_names_depth_only_where_a_block_merges():
     args.calibrate = "imagenet-sample"
     noisy = BudgetUnreachable("...", dimension="width", best=Measured.of((1.5, 1.0, 0.0)), noisy=True)
     offered = str(width_refusal(noisy, args, relu))
-    assert "; if a quieter run confirms that width alone cannot, depth can merge up to 1 blocks" in offered
+    assert "; if a quieter run confirms that width alone cannot, depth can merge up to 1 block of" in offered
     assert "add --allow-depth, or run `prunefx depth m --speedup 2 --calibrate imagenet-sample`" in offered
 
 

@@ -45,7 +45,8 @@ def width_refusal(width: BudgetUnreachable, args, program) -> PrunefxError:
         # a noisy timing did not show that width cannot: the quieter run comes first
         cannot = "if a quieter run confirms that width alone cannot, depth" if width.noisy else \
             "width alone cannot, but depth"
-        route = (f"{cannot} can {how} up to {blocks} blocks of {program.name}: add --allow-depth"
+        some = f"{blocks} block{'' if blocks == 1 else 's'}"
+        route = (f"{cannot} can {how} up to {some} of {program.name}: add --allow-depth"
                  f"{'' if args.calibrate else ' --calibrate DATA'}, or run `prunefx depth {args.model} {flag} "
                  f"--calibrate {data}`, or `prunefx compress {args.model} {flag} --data DATA -o DIR` (width, depth "
                  "and INT8 together)")
