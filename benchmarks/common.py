@@ -57,6 +57,16 @@ BLOCK, SETTLE = 10, 2
 MODELOPT_PATH = REPO / ".venv" / "modelopt"
 
 
+def modelopt_version() -> str:
+    """The version of ModelOpt in MODELOPT_PATH; exits in one line where it is not there, before a run of minutes
+    would publish its rows as failures."""
+    metadata = next(MODELOPT_PATH.glob("nvidia_modelopt-*.dist-info"), None)
+    if metadata is None:
+        sys.exit(f"ModelOpt is not installed in {MODELOPT_PATH}: see benchmarks/modelopt_side_by_side.py's "
+                 "docstring for the pip command")
+    return metadata.name.split("-")[1].removesuffix(".dist")
+
+
 def modelopt_environment() -> dict[str, str]:
     """os.environ with MODELOPT_PATH first on PYTHONPATH, for a child process that imports modelopt (its import
     patches onnxruntime.quantization, so it never runs in a benchmark's own process)."""

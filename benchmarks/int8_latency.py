@@ -52,6 +52,7 @@ from common import (
     machine_summary,
     markdown_table,
     modelopt_environment,
+    modelopt_version,
     publish_results,
     realistic_batchnorm,
     relative_difference,
@@ -373,9 +374,10 @@ def markdown(report: dict, info: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    version = modelopt_version()  # its rows are the comparison: none is published as a failure to import it
     torch.set_num_threads(args.torch_threads)
     images, labels = load_imagenet_batch()
-    info = machine_info(threads=args.threads, runs=args.runs, block=args.block, method=args.method,
+    info = machine_info(threads=args.threads, runs=args.runs, block=args.block, method=args.method, modelopt=version,
                         train_epochs=args.train_epochs, recovery_steps=args.recovery_steps, qat_steps=args.qat_steps,
                         test_images=args.test_images)
     report = {"command": command_line(), "machine": info, "lowering": onnxruntime_lowering(),

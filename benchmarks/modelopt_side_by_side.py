@@ -50,12 +50,12 @@ import torch
 import torchvision
 from common import (
     BUILD,
-    MODELOPT_PATH,
     command_line,
     machine_info,
     machine_summary,
     markdown_table,
     modelopt_environment,
+    modelopt_version,
     publish_results,
     realistic_batchnorm,
     relative_difference,
@@ -273,13 +273,6 @@ def markdown(data: dict) -> str:
             "\n\n## prunefx check --target trt11 findings by rule\n\n" +
             markdown_table(("model", "file", "findings"), rules) +
             "\n\n## Conv/Gemm/MatMul left in float\n\n" + markdown_table(("model", "file", "layers"), floats) + "\n")
-
-
-def modelopt_version() -> str:
-    metadata = next(MODELOPT_PATH.glob("nvidia_modelopt-*.dist-info"), None)
-    if metadata is None:
-        sys.exit(f"ModelOpt is not installed in {MODELOPT_PATH}: see this script's docstring for the pip command")
-    return metadata.name.split("-")[1].removesuffix(".dist")
 
 
 def main() -> int:
