@@ -93,7 +93,8 @@ def fold_initializer_casts(model: onnx.ModelProto) -> None:
 
 
 def fold_weight_quantizers(model: onnx.ModelProto) -> int:
-    """Replace QuantizeLinear(float initializer) by the INT8 initializer it computes; returns how many."""
+    """Replace QuantizeLinear(float initializer) by the INT8 initializer it computes; returns how many. Casts of
+    initializers are folded first, so that every zero-point it reads is one."""
     fold_initializer_casts(model)
     inits = initializers(model)
     folded = 0
