@@ -42,6 +42,8 @@ from pathlib import Path
 
 from common import RESULTS, command_line, machine_info, machine_summary, markdown_table, write_results
 
+from prunefx.graph.counted import counted
+
 NAME = "tool_speed"
 MODELS = {
     "resnet50": "torchvision:resnet50",
@@ -228,7 +230,7 @@ def _what_it_did(row: dict) -> str:
         return (f"{len(found['tries'])} tries in {found['search_seconds']:.1f} s, one prune "
                 f"{found['one_prune_seconds']:.2f} s; no export, no parity")
     if row.get("speedup") is not None:
-        return f"measured {row['speedup']:.2f}x after {row['candidates']} candidates"
+        return f"measured {row['speedup']:.2f}x after {counted(row['candidates'], 'candidate')}"
     parity = row.get("parity_relative")
     return "" if parity is None else f"parity {parity:.1e}"
 

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from prunefx.graph import Program, count
 from prunefx.graph.activations import calibration_inputs
+from prunefx.graph.counted import counted
 from prunefx.graph.depth.branch_drop import drop_branches, drop_damage, droppable_blocks
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.budget.measurement import Ask, Steps, drive
@@ -199,10 +200,10 @@ class DepthSearch:
         if tolerance is None or self.rule.in_window(met.measured):
             return
         below = next((c for c in self.trace if len(c.blocks) == missed), None)
-        fewer = f"{missed} blocks gave {speedup_text(below.measured)}" if below else "the dense model misses it"
+        fewer = f"{counted(missed, 'block')} gave {speedup_text(below.measured)}" if below else "the dense model misses it"
         raise BudgetUnreachable(
             f"cannot reach {budget_text(self.settings.speedup, self.settings.latency_ms)} by depth within "
-            f"{tolerance:.0%} above it: {fewer}, {len(met.blocks)} blocks {speedup_text(met.measured)}, above "
+            f"{tolerance:.0%} above it: {fewer}, {counted(len(met.blocks), 'block')} {speedup_text(met.measured)}, above "
             f"{wanted * (1 + tolerance):.2f}x; whole blocks step past the budget, and a mix with width "
             f"(choose_for_budget) can land between".replace("%", " %", 1), dimension="depth", best=met.measured,
             overshot=True)

@@ -18,6 +18,7 @@ import torch
 from prunefx.graph import Program, count
 from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.analysis_record import LinearizeRecord
+from prunefx.graph.counted import counted
 from prunefx.graph.depth.block_damage import block_damage
 from prunefx.graph.depth.blocks import Block, find_blocks
 from prunefx.graph.depth.linearization import (
@@ -160,7 +161,7 @@ def _why_not_affine(blocks: list[Block]) -> str:
     if not reasons:
         return ""
     common = max(set(reasons), key=reasons.count)
-    return f"; {len(reasons)} of {len(blocks)} blocks cannot merge ({common}{', ...' if len(set(reasons)) > 1 else ''})"
+    return f"; {len(reasons)} of {counted(len(blocks), 'block')} cannot merge ({common}{', ...' if len(set(reasons)) > 1 else ''})"
 
 
 def _saving_nothing(blocks: list[Block], gains: dict[str, int], growth: float) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from prunefx.budget.outcome import BudgetOutcome
 from prunefx.deliverable import write_model
 from prunefx.graph import Program
+from prunefx.graph.counted import counted
 from prunefx.output import staged_folder
 from prunefx.passes.core.pipeline import PipelineResult
 from prunefx.passes.depth_to_budget import DepthChosen
@@ -34,8 +35,8 @@ def write_depth(output: Path, program: Program, result: PipelineResult, *, comma
     pruned = result.program
     choice, merged = result.steps[0][1], result.steps[1][1]
     linearized, dropped = _blocks(choice, budgeted=outcome is not None)
-    print(f"linearised {len(linearized)} blocks of {program.name}"
-          f"{f', dropped {len(dropped)} residual branches' if dropped else ''} and made "
+    branches = f", dropped {counted(len(dropped), 'residual branch', 'residual branches')}" if dropped else ""
+    print(f"linearised {counted(len(linearized), 'block')} of {program.name}{branches} and made "
           f"{merged.facts_as(Merged).merges} merges in {time.perf_counter() - started:.1f} s; exporting to ONNX",
           flush=True)
     costs = Costs.of(program, pruned)
@@ -48,8 +49,8 @@ def write_depth(output: Path, program: Program, result: PipelineResult, *, comma
                                                    outcome, sections))
     budget = report["budget"]
     if budget:
-        chosen = f"with {len(budget['blocks'])} of {len(budget['ranking'])} blocks"
-        print("\n".join(search_lines(budget, candidate="{n} blocks, ", chosen=chosen)))
+        chosen = f"with {len(budget['blocks'])} of {counted(len(budget['ranking']), 'block')}"
+        print("\n".join(search_lines(budget, candidate=lambda row: counted(row["n"], "block") + ", ", chosen=chosen)))
     print(f"blocks {', '.join(linearized or dropped)}{' (dropped)' if dropped else ''}")
     print(macs_line(costs.macs_before, costs.macs_after, int(program.example_inputs[0].shape[0])))
     print(f"wrote {output / 'model.pt2'}, {output / 'model.onnx'} and {output / 'report.json'}")
@@ -88,7 +89,7 @@ def write_joint(output: Path, program: Program, outcome: BudgetOutcome, *, calib
         report = report_json.write(staging, _facts("prune", program.name, costs, output, delivered, calibration,
                                                    outcome, sections))
     budget = report["budget"]
-    print("\n".join(search_lines(budget, chosen=f"with {len(budget.get('blocks') or [])} blocks merged and "
+    print("\n".join(search_lines(budget, chosen=f"with {counted(len(budget.get('blocks') or []), 'block')} merged and "
                                                  f"{costs.macs_after / costs.macs_before:.3f} of the MACs")))
     print(macs_line(costs.macs_before, costs.macs_after, int(program.example_inputs[0].shape[0])))
     print(f"wrote {output / 'model.pt2'}, {output / 'model.onnx'} and {output / 'report.json'}")

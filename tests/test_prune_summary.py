@@ -18,3 +18,22 @@ def test_recalibration_is_reported_as_counted_and_a_model_without_batch_norms_sa
     none = summary_lines(_report({"recalibrated": 0, "batch_norms": 0, "images": 64}), Path("out"))
     assert "no batch norms to recalibrate" in none and not any(line.startswith("recalibrated") for line in none)
     assert not any("batch norm" in line for line in summary_lines(_report(None), Path("out")))
+
+
+def test_a_search_that_measured_one_candidate_says_so_in_the_singular():
+    row = {"macs_kept": 0.45, "speedup": 2.1, "ms": 1.0, "dense_ms": 2.1, "spread": 0.03}
+    budget = {"trace": [row], "budget": "a 2x speed-up", "speedup": 2.1, "ms": 1.0, "dense_ms": 2.1}
+    one = summary_lines({**_report(None), "budget": budget}, Path("out"))
+    assert one[1].endswith("after 1 candidate")
+    again = {"macs_kept": 0.45, "same_widths_as": 0}  # a step back onto the first one's widths: not measured
+    two = summary_lines({**_report(None), "budget": {**budget, "trace": [row, again, dict(row, macs_kept=0.4)]}},
+                        Path("out"))
+    assert two[3].endswith("after 2 candidates")
+
+
+def test_a_count_takes_the_number_of_its_noun():
+    from prunefx.graph.counted import counted
+
+    assert [counted(n, "block") for n in (0, 1, 2)] == ["0 blocks", "1 block", "2 blocks"]
+    assert counted(1, "residual branch", "residual branches") == "1 residual branch"
+    assert counted(3, "residual branch", "residual branches") == "3 residual branches"

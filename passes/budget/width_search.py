@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from prunefx.graph import Program
 from prunefx.graph.channels.plan_latency import timed_layers
+from prunefx.graph.counted import counted
 from prunefx.passes.budget.measurement import Ask, Steps
 from prunefx.passes.budget.search import (
     Acceptance,
@@ -244,7 +245,7 @@ class WidthSearch:
     def _unreachable(self, best: WidthCandidate) -> str:
         return (f"cannot reach {budget_text(self.settings.speedup, self.settings.latency_ms)} by width: the best "
                 f"measured was {speedup_text(best.measured)} ({best.measured.ms:.2f} ms, "
-                f"{best.result.facts_as(ChannelsRemoved).macs_kept:.3f} of the MACs) after {self._measured()} candidates"
+                f"{best.result.facts_as(ChannelsRemoved).macs_kept:.3f} of the MACs) after {counted(self._measured(), 'candidate')}"
                 + noise_text(best.measured, self._wanted_speedup(best)))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from prunefx.budget import BudgetOutcome, BudgetUnreachable, depth_blocks, meet_budget
 from prunefx.cli import options as cli_options
 from prunefx.data.calibration import Calibration
+from prunefx.graph.counted import counted
 from prunefx.graph.errors import PrunefxError
 
 
@@ -45,7 +46,7 @@ def width_refusal(width: BudgetUnreachable, args, program) -> PrunefxError:
         # a noisy timing did not show that width cannot: the quieter run comes first
         cannot = "if a quieter run confirms that width alone cannot, depth" if width.noisy else \
             "width alone cannot, but depth"
-        some = f"{blocks} block{'' if blocks == 1 else 's'}"
+        some = counted(blocks, "block")
         route = (f"{cannot} can {how} up to {some} of {program.name}: add --allow-depth"
                  f"{'' if args.calibrate else ' --calibrate DATA'}, or run `prunefx depth {args.model} {flag} "
                  f"--calibrate {data}`, or `prunefx compress {args.model} {flag} --data DATA -o DIR` (width, depth "

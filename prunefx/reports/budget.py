@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from prunefx.graph.counted import counted
 from prunefx.graph.whole_files import file_path, replaced_whole
 from prunefx.runtime.measure.deployment_report import figure_classes
 
@@ -29,7 +30,7 @@ def _setting(row: Mapping) -> str:
     if row.get("macs_fraction") is not None:
         parts.append(f"width to {row['macs_fraction']:.3f} of the MACs")
     if row.get("blocks") is not None:
-        parts.append(f"{len(row['blocks'])} blocks merged")
+        parts.append(f"{counted(len(row['blocks']), 'block')} merged")
     if row.get("int8_layers") is not None:
         parts.append(f"{row['int8_layers']} INT8 layers")
     return ", ".join(parts) or "-"

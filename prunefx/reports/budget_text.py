@@ -4,6 +4,8 @@ then the budget met."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prunefx.runtime import backends
 
 
@@ -12,10 +14,10 @@ def measured_candidates(budget: dict) -> int:
     return sum("same_widths_as" not in row for row in budget["trace"])
 
 
-def search_lines(budget: dict, *, candidate: str = "", chosen: str = "") -> list[str]:
+def search_lines(budget: dict, *, candidate: Callable[[dict], str] = lambda row: "", chosen: str = "") -> list[str]:
     """`budget` is a budget pass's statistics (trace, speedup, ms, dense_ms; `backend` and `precision` where the
-    command recorded them, ONNX Runtime otherwise); `candidate` is a format string
-    over a trace row's keys put before its figures (e.g. '{n} blocks, '), `chosen` ends the last line."""
+    command recorded them, ONNX Runtime otherwise); `candidate` says what a trace row
+    measured, put before its figures (e.g. '3 blocks, '), `chosen` ends the last line."""
     lines = []
     for row in budget["trace"]:
         if "same_widths_as" in row:  # a step that landed on an earlier candidate's widths shares its measurement
@@ -24,7 +26,7 @@ def search_lines(budget: dict, *, candidate: str = "", chosen: str = "") -> list
             continue
         confirmed = (f"; confirmed{interval_text(row.get('interval'))}, first measured {row['first']['speedup']:.2f}x"
                      if row.get("first") else "")
-        lines.append(f"  candidate: {candidate.format(**row)}{row['macs_kept']:.3f} of the MACs -> "
+        lines.append(f"  candidate: {candidate(row)}{row['macs_kept']:.3f} of the MACs -> "
                      f"{row['speedup']:.2f}x ({row['ms']:.2f} ms vs {row['dense_ms']:.2f} ms dense, spread "
                      f"{row['spread']:.0%}{confirmed})")
     backend = budget.get("backend", "ort")  # reports written before backends were recorded: ONNX Runtime

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from prunefx.graph import Program
+from prunefx.graph.counted import counted
 from prunefx.reports.budget import budget_markdown, budget_stats
 from prunefx.reports.parity_text import parity_words
 from prunefx.reports.per_class import per_class_markdown
@@ -69,7 +70,7 @@ def json_safe(value):
 
 
 def _threads(count: int) -> str:
-    return f"{count} thread" + ("s" if count != 1 else "")
+    return counted(count, "thread")
 
 
 def _ratio(after: float, before: float) -> str:

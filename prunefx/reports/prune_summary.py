@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prunefx.graph.counted import counted
 from prunefx.reports.budget_text import measured_candidates, search_lines
 from prunefx.reports.parity_text import parity_words
 
@@ -23,7 +24,7 @@ def summary_lines(report: dict, output: Path, batch: int = 1) -> list[str]:
     changed = sum(g["width_after"] != g["width_before"] for g in report["groups"])
     if report["budget"]:
         budget = report["budget"]
-        lines += search_lines(budget, chosen=f"after {measured_candidates(budget)} candidates")
+        lines += search_lines(budget, chosen=f"after {counted(measured_candidates(budget), 'candidate')}")
     lines.append(macs_line(report["macs_before"], report["macs_after"], batch))
     lines.append(f"params {report['params_before'] / 1e6:.2f} M -> {report['params_after'] / 1e6:.2f} M ({params:.3f})")
     blocked_by = sorted({op for block in report["blocked"] for op in block["operators"]})
@@ -33,7 +34,7 @@ def summary_lines(report: dict, output: Path, batch: int = 1) -> list[str]:
         layers = report["compensation"]["compensated"]
         errors = [(layer["error_without"], layer["error_with"]) for layer in layers]
         mean = [sum(pair[i] for pair in errors) / max(len(errors), 1) for i in (0, 1)]
-        lines.append(f"compensated {len(layers)} layers ({len(report['compensation']['skipped'])} skipped): relative "
+        lines.append(f"compensated {counted(len(layers), 'layer')} ({len(report['compensation']['skipped'])} skipped): relative "
                      f"output error on the calibration data {mean[0]:.3g} -> {mean[1]:.3g} (mean over layers)")
     recalibration = report["recalibrate_batchnorm"]
     if recalibration:

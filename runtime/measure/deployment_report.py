@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from prunefx.graph.counted import counted
 from prunefx.graph.whole_files import file_path, replaced_together, replaced_whole
 from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
 
@@ -64,7 +65,7 @@ def _accuracy(results: Mapping) -> tuple[float | None, str]:
 def variants_from_compress(report: Mapping) -> list[Variant]:
     """The dense and the compressed model of a `prunefx compress` report, as measured there."""
     latency = report["latency"]
-    threads = f"{latency['threads']} thread" + ("s" if latency["threads"] != 1 else "")
+    threads = counted(latency["threads"], "thread")
     backend = f"{latency['backend']} (batch {latency['batch_size']}, {threads})"
     variants = []
     for name, when, which in (("dense", "before", "dense"), ("compressed", "after", "compressed")):

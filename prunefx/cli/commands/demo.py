@@ -25,6 +25,7 @@ from prunefx.data.splits import IGNORED_LABEL
 from prunefx.data.splits import accuracy as count_correct
 from prunefx.deliverable import write_model
 from prunefx.graph import capture, count
+from prunefx.graph.counted import counted
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.rebatch import rebatch
 from prunefx.models import build_model, load_weights
@@ -244,9 +245,9 @@ def _imagenet_demo(args) -> int:
     comparison = compare_latency(torch_runner(dense, threads=args.threads),
                                  torch_runner(folded, threads=args.threads), warmup=5, runs=args.runs)
     ort = measure_latency(onnx_runner(path, [images[:1]], threads=args.threads), warmup=5, runs=args.runs)
-    print(f"[latency] torch, batch 1, {args.threads} threads: dense {comparison.a.median_ms:.2f} ms, "
+    print(f"[latency] torch, batch 1, {counted(args.threads, 'thread')}: dense {comparison.a.median_ms:.2f} ms, "
           f"folded {comparison.b.median_ms:.2f} ms ({comparison.speedup:.2f}x, measured side by side)")
-    print(f"[latency] ONNX Runtime, batch 1, {args.threads} threads: median {ort.median_ms:.2f} ms, "
+    print(f"[latency] ONNX Runtime, batch 1, {counted(args.threads, 'thread')}: median {ort.median_ms:.2f} ms, "
           f"p90 {ort.p90_ms:.2f} ms, p99 {ort.p99_ms:.2f} ms")
     return 0
 

@@ -21,6 +21,7 @@ from prunefx.deliverable import write_model
 from prunefx.detectors import part_from_reference
 from prunefx.device import current_gpu, on_device, resolve_device
 from prunefx.graph.channels.importance import DATA_CRITERIA
+from prunefx.graph.counted import counted
 from prunefx.graph.errors import PrunefxError
 from prunefx.image_statistics import calibration_read
 from prunefx.interop.module_file import write_module
@@ -202,7 +203,7 @@ def _timed_choice(args, program, round_to: int | None, device) -> dict:
     with current_gpu(device):  # cuda:N timed as the passes' GPU, as a budget's table is
         table = latency_table(program, measurement=measurement, multiple=multiple)
     summary = table.summary()
-    print(f"latency table on {args.backend} at batch {measurement.settings.batch}: {summary['layers']} layers, "
+    print(f"latency table on {args.backend} at batch {measurement.settings.batch}: {counted(summary['layers'], 'layer')}, "
           f"{summary['entries_timed']} widths timed, {summary['entries_cached']} from the cache, "
           f"{summary['seconds']:.1f} s", flush=True)
     return {"latency_table": table, "round_to": multiple}

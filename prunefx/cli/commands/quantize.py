@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from prunefx.cli import options as cli_options
+from prunefx.graph.counted import counted
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.graph.progress import progress_bar
@@ -78,7 +79,7 @@ def run(args) -> int:
     quantized, stats, facts = result.program, result.stats()["quantize_int8"], result.facts("quantize_int8", Quantized)
     departure = program_parity(program, quantized)  # the scale the files' parity is read on
     warn_if_constant(departure, program.name)  # then so is every file's
-    print(f"quantized {facts.layers} layers of {program.name} ({facts.kept_in_float} kept in float) "
+    print(f"quantized {counted(facts.layers, 'layer')} of {program.name} ({facts.kept_in_float} kept in float) "
           f"on {calibration.description} in {time.perf_counter() - started:.1f} s; exporting", flush=True)
     lowering = onnxruntime_lowering()
     files = {"model_trt.onnx": "s8", "model_ort.onnx": lowering}
@@ -150,7 +151,7 @@ def _summary(report: dict, output: Path) -> None:
     print(f"the fake-quantized model against the float one: {parity_words(report['float_departure'])}")
     latency = report["latency"]
     if "speedup" in latency:
-        print(f"ONNX Runtime, batch 1, {latency['threads']} threads: float {latency['dense_ms']:.2f} ms, "
+        print(f"ONNX Runtime, batch 1, {counted(latency['threads'], 'thread')}: float {latency['dense_ms']:.2f} ms, "
               f"INT8 {latency['compressed_ms']:.2f} ms ({latency['speedup']:.2f}x)")
         _warn_if_slower(latency)
     print(f"wrote {', '.join(report['files'].values())} (model.onnx: {report['model.onnx']})")
@@ -162,6 +163,6 @@ def _warn_if_slower(latency: dict) -> None:
     if interval.get("high") is None or interval["high"] >= 1:
         return
     log.warning(f"model_ort.onnx ran slower than the float model on this machine's ONNX Runtime at batch 1, "
-                f"{latency['threads']} threads ({latency['speedup']:.2f}x, interval "
+                f"{counted(latency['threads'], 'thread')} ({latency['speedup']:.2f}x, interval "
                 f"{interval['low']:.2f}-{interval['high']:.2f}x): its INT8 kernels do not pay here; time the files "
                 f"where they will run (prunefx bench, --backend trt or trtexec for model_trt.onnx)")
