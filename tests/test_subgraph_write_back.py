@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from prunefx.graph import capture
-from prunefx.interop import write_back
+from prunefx.interop import subgraph_fallback
 from prunefx.interop.subgraph_call import ReturnedLike
 from prunefx.interop.subgraph_module import SubgraphError, SubgraphModule, replace_by_subgraph
 from prunefx.interop.write_back import WriteBackError, to_module
@@ -1149,7 +1149,7 @@ def test_a_failed_attempt_puts_each_module_back_in_the_model_it_was_taken_from(m
     remove_channels(program, config={"macs": 0.3, "importance": "l2", "round_to": 1, "strict": False})
     assert isinstance(to_module(program, model), SubgraphModule)  # both are made when the proof may pass
     given = []
-    attempt = write_back._made_from_subgraphs
+    attempt = subgraph_fallback._made_from_subgraphs
 
     def recorded(program, watcher, module, *rest):
         given.append(module)
@@ -1159,8 +1159,8 @@ def test_a_failed_attempt_puts_each_module_back_in_the_model_it_was_taken_from(m
         assert isinstance(module, SubgraphModule) and isinstance(module.block, SubgraphModule)
         raise WriteBackError("the batch of two differs")
 
-    monkeypatch.setattr(write_back, "_made_from_subgraphs", recorded)
-    monkeypatch.setattr(write_back, "check_batch", fails)
+    monkeypatch.setattr(subgraph_fallback, "_made_from_subgraphs", recorded)
+    monkeypatch.setattr(subgraph_fallback, "check_batch", fails)
     with pytest.raises(WriteBackError, match="block, \\(model\\) made from the pruned subgraph"):
         to_module(program, model)
     assert given and all(type(module.block) is HalvesBlock for module in given)

@@ -345,6 +345,39 @@ def test_a_plain_tensor_attribute_is_cut_and_written_back_as_an_attribute():
     _check_written_back(model, program, module, (x,))
 
 
+def test_a_program_on_another_device_is_written_back_from_a_copy_on_the_models(monkeypatch):
+    """Pruned on a GPU, the Program's tensors are on cuda and the user's model on the CPU: the dense model's capture
+    ran the CPU copy on cuda inputs, refused as "does not capture". A copy of the Program is moved to the model's
+    device (here the Program reads as on cuda:0; the GPU test below moves one for real); the user's is left."""
+    write_back = importlib.import_module("prunefx.interop.write_back")
+    torch.manual_seed(0)
+    model, x = PlainShift().eval(), torch.randn(1, 3, 16, 16)
+    program = capture(model, x, name="PlainShift").eval()
+    remove_channels(program, config={"macs": 0.5, "round_to": 2})
+    real_device, moved = write_back.module_device, []
+    monkeypatch.setattr(write_back, "module_device", lambda module: torch.device("cuda", 0)
+                        if module is program.module else real_device(module))
+    monkeypatch.setattr(write_back, "move_program", lambda copy, device: moved.append((copy, device)) or copy)
+    module = to_module(program, model)
+    assert len(moved) == 1 and moved[0][0] is not program and moved[0][1] == torch.device("cpu")
+    _check_written_back(model, program, module, (x,))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+def test_a_program_pruned_on_a_gpu_writes_back_into_the_model_on_the_cpu():
+    from prunefx.graph.placement import move_program
+
+    torch.manual_seed(0)
+    model, x = PlainShift().eval(), torch.randn(1, 3, 16, 16)
+    program = move_program(capture(model, x, name="PlainShift").eval(), "cuda")
+    remove_channels(program, config={"macs": 0.5, "round_to": 2})
+    module = to_module(program, model)
+    assert all(tensor.device.type == "cpu" for tensor in module.state_dict().values())
+    assert program.example_inputs[0].is_cuda
+    torch.testing.assert_close(module(x), program(x.cuda()).cpu(), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.zoo
 def test_vit_b_16_with_uniform_widths_is_written_back():
     # nn.MultiheadAttention holds a pruned program when its heads keep its input width: uniform ranking

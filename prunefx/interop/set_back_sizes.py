@@ -2,7 +2,7 @@
 
 The default resizer (module_resizers.py) sets each integer attribute whose value equals a size the channel
 removal rewrote. A value may match by chance: BEiT's relative-position window of 4 beside its 4 heads. Where a
-failing module has no subgraph to stand in for it (write_back.py), its matched attributes are tried as they
+failing module has no subgraph to stand in for it (subgraph_fallback.py), its matched attributes are tried as they
 were in the dense model, one at a time, the one tried before made pruned again: the others were matched right.
 """
 

@@ -2,7 +2,7 @@
 
 A module's forward may fix a width that the channel removal changed: two equal halves of a `chunk`, a
 split at sizes it stored (`split_indexes`), a reshape from stored sizes. Where setting its attributes
-cannot make it compute what the Program computes, the write-back (prunefx/interop/write_back.py) puts in
+cannot make it compute what the Program computes, the write-back (prunefx/interop/subgraph_fallback.py) puts in
 its place, under the same qualified name, a module whose graph is the Program's operators of that module's
 own code (subgraph_cut.py), calling the module's children as modules. The children are the very same objects,
 so parameter names, state-dict keys and `named_modules` stay; they keep their own eager forward (batch norm

@@ -19,26 +19,23 @@ from prunefx.graph import Program, capture
 from prunefx.graph.attributes import delete_unused_tensors
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.model_state import hook_state_kept, random_state_kept
+from prunefx.graph.placement import module_device, move_program
 from prunefx.graph.scoped_calls import literal_changes, replaced_calls
 from prunefx.graph.training_flags import module_modes, set_module_modes
 from prunefx.interop.dead_branches import dead_branch_tensors, eliminate_dead_code
 from prunefx.interop.hf_config import is_hf_model, update_config
-from prunefx.interop.module_resizers import resize_attributes, resizer_for
 from prunefx.interop.passed_tensors import CallWatcher
 from prunefx.interop.proof_by_module import agreeing
 from prunefx.interop.pruned_attention import off_nested_tensors
 from prunefx.interop.put_tensors import put_tensors
 from prunefx.interop.resized_modules import resize_modules
-from prunefx.interop.set_back_sizes import SetBack
-from prunefx.interop.subgraph_module import SubgraphError, put_back, replace_by_subgraph, stand_in
+from prunefx.interop.subgraph_fallback import from_subgraphs, own_code_changed
 from prunefx.interop.unread_tensors import changed_widths, unread_tensors, warn_unread
 from prunefx.interop.write_back_hint import failure_hint
 from prunefx.interop.write_back_precision import in_program_precision
 from prunefx.interop.write_back_proof import (
     TOLERANCE,
     WriteBackError,
-    batch_first_outputs,
-    check_batch,
     program_tensors,
     verify_module,
 )
@@ -53,7 +50,8 @@ def to_module(program: Program, model: nn.Module, *, config: bool = True, same_c
     With `config` (default), a Hugging Face model's `config` is updated to the pruned widths too, so that
     `save_pretrained`/`from_pretrained` rebuild it (prunefx/interop/hf_config.py); where the config cannot hold the
     widths (global ranking gives every layer its own), WriteBackError says so. The copy takes the Program's
-    floating dtype where each holds one (a bfloat16 Program of a float32 model). Library classes whose width
+    floating dtype where each holds one (a bfloat16 Program of a float32 model), and stays on the model's device
+    (a Program pruned on a GPU writes back into a model on the CPU). Library classes whose width
     attributes the generic matching misses: `prunefx.register_module_resizer(cls, fn)`.
     Where the model's own forward spells a width that pruning changed (`x.view(-1, 16 * 5 * 5)`), the model
     itself is made from its subgraph: a SubgraphModule standing in for its class is returned, with the same
@@ -64,11 +62,21 @@ def to_module(program: Program, model: nn.Module, *, config: bool = True, same_c
         raise WriteBackError(f"to_module(program, model) takes a prunefx Program and the torch.nn.Module it was "
                              f"captured from, not {type(program).__name__} and {type(model).__name__}")
     name = program.name
+    program = _on_the_models_device(program, model)
     module = in_program_precision(copy.deepcopy(model).eval(), program, name)
     # The copy shares the closures of the user's hooks: what the proofs' runs leave there is put back, and the
     # random state they draw from, however they end.
     with hook_state_kept(module), random_state_kept([*module.parameters(), *program.module.parameters()]):
         return _written_back(program, model, module, name, config, same_class)
+
+
+def _on_the_models_device(program: Program, model: nn.Module) -> Program:
+    """`program`, or a copy of it on the model's device where they differ (pruned on a GPU, the user's model on
+    the CPU): the model's copy gets the Program's tensors on the device it computes on, and the proofs run there."""
+    device = module_device(model)
+    if module_device(program.module) == device:
+        return program
+    return move_program(program.clone(), device)
 
 
 def _written_back(program: Program, model: nn.Module, module: nn.Module, name: str, config: bool,
@@ -106,126 +114,17 @@ def _written_back(program: Program, model: nn.Module, module: nn.Module, name: s
                                  f"the class built from it sets them, the module does not compute the pruned program "
                                  f"({error}); keep the module without its config (prunefx.to_module(..., "
                                  "config=False), prunefx prune --module)") from error
-        scopes = _own_code_changed(module, changes, replaced, _cut_constants(program, dense, built))
+        scopes = own_code_changed(module, changes, replaced, _cut_constants(program, dense, built))
         # with a config, its fields were chosen for the matched attributes: none is set back then; and the model
         # is to keep its class, whose from_pretrained reads the config
         with_config = config and is_hf_model(module)
         class_kept = "same_class" if same_class else "its config" if with_config else None
-        module = _from_subgraphs(program, CallWatcher(model, inputs, dense.module, scopes), module, name, scopes,
+        module = from_subgraphs(program, CallWatcher(model, inputs, dense.module, scopes), module, name, scopes,
                                  error, comparable, {} if with_config else matched, class_kept)
     module.train(model.training)  # also the graphs' flags of the subgraphs standing in for modules
     set_module_modes(module, module_modes(model), model.training)  # each layer's own, as in the user's model
     warn_unread(module, read, widths, name)
     return module
-
-
-def _own_code_changed(module: nn.Module, changes, replaced, cut: set[str]) -> list[str]:
-    """Modules (deepest first) whose own code made an operator the channel removal rewrote or a constant it
-    cut (`cut`), and whose sizes no registered resizer sets: those a subgraph may stand in for."""
-    scopes = {dense.scope for dense, _ in replaced} | {change.scope for change in changes} | cut
-    found = []
-    for scope in scopes - {""}:
-        try:
-            owner = module.get_submodule(scope)
-        except AttributeError:
-            continue
-        if resizer_for(owner) is resize_attributes:
-            found.append(scope)
-    return sorted(found, key=lambda scope: -scope.count("."))
-
-
-def _from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Module, name: str, scopes: list[str],
-                    error: WriteBackError, comparable: set[str], matched: dict[str, dict[str, object]],
-                    class_kept: str | None) -> nn.Module:
-    """Put the Program's subgraph in place of each module in `scopes` (prunefx/interop/subgraph_module.py),
-    then of each module of the user's code whose forward raises (the model itself too: what is returned then
-    stands in for it), and prove the result again, also on a
-    batch of both inputs; else `error`, with why not. Where that fails and the Program's outputs have the batch
-    first (so that the batch of two proves it), again with the windows or heads of every image batched together
-    following the input's batch too. `watcher`: the calls of the user's dense model and the values of its
-    capture, from which a subgraph's arguments are read (prunefx/interop/subgraph_arguments.py). A failing
-    module that no subgraph can stand in for is tried with the sizes its attributes held in the dense model
-    (`matched`: those set by matching values, by module path)."""
-    attempts = (False, True) if batch_first_outputs(program) else (False,)
-    failures = []
-    for windows in attempts:
-        sizes = SetBack(module, matched)
-        try:
-            return _made_from_subgraphs(program, watcher, module, name, scopes, error, windows, comparable, sizes,
-                                        class_kept)
-        except WriteBackError as failed:  # the modules it replaced are put back; the sizes it set back, here
-            failures.append(failed)
-            sizes.undo()
-    raise failures[0]
-
-
-def _made_from_subgraphs(program: Program, watcher: CallWatcher, module: nn.Module, name: str, scopes: list[str],
-                         error: WriteBackError, windows: bool, comparable: set[str], sizes: SetBack,
-                         class_kept: str | None) -> nn.Module:
-    """One attempt of `_from_subgraphs`, returning the model proven, or else, each module it replaced put back,
-    raising; `comparable`: the modules the proof compares one by one; `sizes`: the attributes set by matching
-    values, set back here where no subgraph stands in for their module (set_back_sizes.py), for the caller to
-    undo; `class_kept`: why the model itself is not to be made from its subgraph (None: it may be)."""
-    kept: list[str] = []  # a module left as it is may be right with its attributes: the proof decides
-    root = module
-    replaced: dict[str, tuple[nn.Module, nn.Module]] = {}  # path ('' the model) -> (the model it was put in, original)
-
-    def make(scope: str | None) -> bool:
-        nonlocal root
-        if scope is None or scope in replaced or resizer_for(root.get_submodule(scope)) is not resize_attributes:
-            return False
-        if not scope and class_kept:
-            kept.append(f"the model itself is not made from its subgraph: it keeps its class ({class_kept})")
-            return False
-        try:
-            if scope:
-                replaced[scope] = root, replace_by_subgraph(program, root, scope, windows=windows, watch=watcher)
-            else:
-                replaced[scope], root = (root, root), stand_in(program, root, scope, windows=windows, watch=watcher)
-        except SubgraphError as reason:
-            kept.append(f"module '{scope or '(model)'}' is not made from its subgraph: {reason}")
-            return False
-        return True
-
-    def set_back(scope: str | None) -> bool:
-        return scope not in replaced and sizes.next(scope)
-
-    def unmake(scope: str | None) -> bool:
-        """Where nothing else is left to try, a module made from its subgraph that fails (on the batch of two) put
-        back, with its next size set back instead: a size matched by value alone may be another quantity that
-        equals it (a ViT's image size beside its hidden size), where the module's own code was right."""
-        if not scope or scope not in replaced or scope not in sizes.matched:
-            return False
-        tree, original = replaced.pop(scope)
-        put_back(tree, scope, original)
-        return sizes.next(scope)
-
-    def mend(scope: str | None) -> bool:
-        """The failing module made from its subgraph, else its next size set back; the model itself the other
-        way round, so that it stays of the user's class where it can."""
-        return (set_back(scope) or make(scope)) if scope == "" else (make(scope) or set_back(scope))
-
-    for scope in scopes:
-        make(scope)
-    failing = getattr(error, "module_path", None)
-    last, progress = error, mend(failing) or bool(replaced)
-    while progress:
-        try:
-            verify_module(program, root, name, "", comparable)
-            check_batch(program, root, name)
-            return root
-        except WriteBackError as failed:
-            failing = getattr(failed, "module_path", None)
-            last, progress = failed, mend(failing) or any(map(set_back, sizes.last())) or unmake(failing)
-    changed = [f"{', '.join(scope or '(model)' for scope in replaced)} made from the pruned subgraph"] \
-        if replaced else []
-    changed += sizes.described()
-    # each module put back in the model it was put in (a child of the model's stand-in is in that one's table only)
-    for scope, (tree, original) in reversed(replaced.items()):
-        if scope:
-            put_back(tree, scope, original)
-    tried_too = f"; nor with {' and '.join(changed)}: {last}" if changed else ""
-    raise WriteBackError(f"{error}{tried_too}{''.join('; ' + line for line in kept[-1:])}") from error
 
 
 # A model whose eval-mode forward stores what it computes and reads the store on later calls, and whose train() does
