@@ -972,3 +972,18 @@ def test_the_training_line_names_the_trainers_top_1_as_what_it_is():
     stats = {"steps_run": 10, "train_loss": 1.0, "task_loss": 1.0, "kd_loss": 0.5, "seconds": 3.0,
              "eval": [{"accuracy": 0.0275, "loss": 1.0, "count": 64}]}
     assert pass_summary(stats) == "10 training steps, loss 1.0000 (task 1.0000, KD 0.5000), val top-1 2.75 %, 3 s"
+
+
+def test_a_checkpoint_of_more_gpus_resumes_on_fewer_with_the_states_of_the_gpus_there(monkeypatch):
+    """A checkpoint holds every GPU's random state; resumed where fewer are visible (another node,
+    CUDA_VISIBLE_DEVICES), set_rng_state_all indexed past the last one. Here two states, one GPU (faked)."""
+    from prunefx.passes.training.random_state import rng_state, set_rng_state
+
+    given = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: given.update(enumerate(states)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": given.update({device: state}))
+    first, second = torch.zeros(8, dtype=torch.uint8), torch.ones(8, dtype=torch.uint8)
+    set_rng_state({**rng_state(), "cuda": [first, second]})
+    assert list(given) == [0] and given[0] is first

@@ -110,6 +110,36 @@ def test_the_box_term_ignores_anchors_where_the_teacher_sees_nothing():
     assert detection_kd_loss(seen, teacher) > before + 1.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_detector_distils_to_the_float32_loss_of_the_same_values(dtype):
+    """Under autocast (Ultralytics' trainer) the heads' probabilities come in half precision, where 1 - 1e-6 rounds
+    to 1: a teacher certain of a class made the class term 0 * log(0), NaN. The loss is the float32 one of the same
+    values (the oracle: the loss of the values cast up first)."""
+    torch.manual_seed(0)
+    teacher = torch.cat([torch.rand(2, 4, 6) * 20 + 1, torch.rand(2, CLASSES, 6)], 1).to(dtype)
+    teacher[0, 4, 0], teacher[1, 5, 3] = 1.0, 0.0  # certain of a class, and of its absence
+    student = teacher.clone()
+    student[:, 4:] = student[:, 4:].flip(2)
+    loss = detection_kd_loss(student, teacher)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert loss.item() == pytest.approx(detection_kd_loss(student.float(), teacher.float()).item(), rel=1e-6)
+
+
+def test_half_precision_logits_of_a_segmentation_map_sum_their_losses_in_float32():
+    """A cross-entropy summed over 8 x 256 x 256 pixels passes float16's largest value, 65504: the loss was inf
+    and the trainer stopped as diverged at its first step."""
+    from prunefx.passes.training.losses import kd_loss, task_loss
+
+    torch.manual_seed(0)
+    logits = (torch.randn(8, 21, 256, 256) * 3).half()
+    labels = torch.randint(0, 21, (8, 256, 256))
+    expected = task_loss(logits.float(), labels)
+    assert task_loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-5)
+    teacher = (torch.randn(8, 21, 256, 256) * 3).half()
+    assert kd_loss(logits, teacher).item() == pytest.approx(kd_loss(logits.float(), teacher.float()).item(),
+                                                           rel=1e-5)
+
+
 def test_detection_kd_loss_refuses_other_shapes():
     with pytest.raises(TrainingError, match="differ in shape"):
         detection_kd_loss(torch.rand(1, 7, 4), torch.rand(1, 7, 5))

@@ -21,7 +21,7 @@ from prunefx.graph.eval_mode import evaluating
 from prunefx.graph.input_batches import as_program_inputs
 from prunefx.graph.placement import device_named, module_device
 from prunefx.passes.training.config import TrainConfig, TrainingError
-from prunefx.passes.training.losses import IGNORE_LABEL, logits_of
+from prunefx.passes.training.losses import IGNORE_LABEL, in_float32, logits_of
 
 # --- data ----------------------------------------------------------------------------------------
 
@@ -84,7 +84,8 @@ def eval_totals(model, batches: Iterable, device: torch.device) -> torch.Tensor:
             logits = logits_of(module(*inputs))
             valid = labels != IGNORE_LABEL
             totals[0] += ((logits.argmax(1) == labels) & valid).sum()
-            totals[1] += F.cross_entropy(logits, labels, ignore_index=IGNORE_LABEL, reduction="sum").double()
+            totals[1] += F.cross_entropy(*in_float32(logits), labels, ignore_index=IGNORE_LABEL,
+                                         reduction="sum").double()
             totals[2] += valid.sum()
     return totals
 
