@@ -1,7 +1,7 @@
 """A captured module in the channels_last memory format, as the cuda backend times it.
 
-`Module.to(memory_format=torch.channels_last)` changes the layout of the weights, and the convolutions then
-hand channels_last activations on; an `aten.view` that merges channels with space (`x.view(n, -1)` before a
+The 4-D weights are made channels_last (a Conv3d's keep their layout), and the convolutions then hand
+channels_last activations on; an `aten.view` that merges channels with space (`x.view(n, -1)` before a
 classifier, as in LeNet-style and many CIFAR networks) cannot be taken of such a tensor and raises. A reshape
 is a view where one can be taken and a copy where not, the same values either way; so each view becomes a
 reshape, unless an operator after it writes into its memory (graph/in_place_writes.py), where only a view keeps
@@ -27,8 +27,20 @@ def channels_last(module: torch.nn.Module) -> bool:
     for graph_module, overwritten in graphs:
         if views_as_reshapes(graph_module.graph, overwritten):
             graph_module.recompile()
-    module.to(memory_format=torch.channels_last)
+    _four_d_channels_last(module)
     return True
+
+
+def _four_d_channels_last(module: torch.nn.Module) -> None:
+    """The 4-D parameters and buffers made channels_last. `Module.to(memory_format=...)` converts 5-D ones too,
+    which channels_last (a layout of four dimensions) refuses: a Conv3d's weight, a video model's."""
+    for parameter in module.parameters():
+        if parameter.dim() == 4:
+            parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
+    for owner in module.modules():
+        for name, buffer in owner.named_buffers(recurse=False):
+            if buffer.dim() == 4:
+                setattr(owner, name, buffer.contiguous(memory_format=torch.channels_last))
 
 
 def _written_view_of_4d(graph: torch.fx.Graph, overwritten: set[torch.fx.Node]) -> bool:

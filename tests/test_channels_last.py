@@ -77,3 +77,29 @@ def test_a_flat_view_model_is_timed_on_the_gpu_and_computes_the_model():
     assert model.time_once() > 0
     output = model._call().float().cpu()
     torch.testing.assert_close(output, program(*program.example_inputs), atol=5e-2, rtol=5e-2)
+
+
+class VideoStem(nn.Module):
+    """A clip's frames convolved in 3-D, then averaged over time for a 2-D head: 5-D weights beside 4-D ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.head = nn.Conv3d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+        self.register_buffer("clip_scale", torch.rand(1, 8, 1, 1, 1) + 0.5)
+
+    def forward(self, clip):
+        return self.head(torch.relu(self.stem(clip) * self.clip_scale).mean(2))
+
+
+def test_a_model_with_5d_weights_is_placed_with_its_4d_weights_channels_last_and_computes_the_model():
+    """channels_last is a layout of four dimensions: `Module.to(memory_format=...)` refuses a Conv3d's weight, and
+    the cuda backend ended such a model with a traceback. 5-D tensors keep their layout."""
+    torch.manual_seed(0)
+    program = capture(VideoStem().eval(), torch.randn(1, 3, 4, 8, 8), name="video")
+    expected = program(*program.example_inputs)
+    module, inputs = placed(program.clone().module, program.example_inputs, torch.float32, "cpu")
+    weights = {name: tensor for name, tensor in module.state_dict().items() if tensor.dim() >= 4}
+    assert weights["head.weight"].is_contiguous(memory_format=torch.channels_last)
+    assert weights["stem.weight"].is_contiguous() and weights["clip_scale"].is_contiguous()
+    with torch.inference_mode():
+        torch.testing.assert_close(module(*inputs), expected)

@@ -356,6 +356,32 @@ def test_a_profile_autotunes_every_node_call_and_leaves_the_setting_as_found(mon
     assert profile.rows and seen and all(seen) and torch.backends.cudnn.benchmark is False
 
 
+class _Classifier(nn.Module):
+    """A permute (a view), a flat reshape of it (a copy), a view of that, a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x)))
+        flat = y.permute(0, 2, 3, 1).reshape(y.shape[0], -1)
+        return self.fc(flat.view(y.shape[0], -1))
+
+
+def test_a_profile_times_the_nodes_that_run_kernels_and_not_views_or_items():
+    """Captured alone, a node that picks an item of a tuple or returns a view of its input is an empty CUDA graph
+    (torch warns) and a row of microseconds for nothing; a reshape that had to copy runs a kernel and keeps its row.
+    The oracle: torch's own semantics of each operator (a permute is a view, a flat reshape of it copies)."""
+    torch.manual_seed(0)
+    program = capture(_Classifier().eval(), torch.randn(2, 3, 8, 8), name="classifier").eval()
+    timed = cuda_node_profile.node_calls(GpuModel(program, precision="fp32", device=FakeDevice(), capture=False))
+    operators = {node.name: str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert {"aten.permute.default", "aten.view.default"} < set(operators.values())
+    assert {operators[name] for name in timed} == {"aten.conv2d.default", "aten.batch_norm.default",
+                                                  "aten.relu.default", "aten.reshape.default", "aten.linear.default"}
+
+
 def test_bench_refuses_a_flag_the_backend_does_not_read(capsys, tmp_path):
     code = main(["bench", "prunefx:resnet20", "--backend", "ort", "--compile"])
     err = capsys.readouterr().err
@@ -377,6 +403,19 @@ def test_a_cuda_graph_replay_computes_the_model_and_times_it(precision):
     expected = program(*program.example_inputs)
     output = model._call()  # the placed module (half precision, channels_last) computes the float32 model
     assert output.dtype != torch.float32 and torch.allclose(output.float().cpu(), expected, atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_every_capture_on_a_gpu_warms_and_captures_on_one_side_stream(monkeypatch):
+    """cuBLAS keeps a workspace per stream it ran on, which empty_cache does not give back: a search's hundreds of
+    captures took up to every stream of torch's pool."""
+    made = []
+    real_stream = torch.cuda.Stream
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *args, **kwargs: made.append(1) or real_stream(*args, **kwargs))
+    for width in (8, 16, 32):
+        assert GpuModel(_net(width, batch=8), precision="fp16", device=CudaDevice()).mode == "graph"
+    assert len(made) <= 1  # none where an earlier test of this process made the GPU's side stream
 
 
 class SyncsOnTheHost(nn.Module):
@@ -506,6 +545,32 @@ def test_once_a_model_cannot_be_captured_both_models_of_the_pair_are_sampled_eag
     assert (dense.mode, narrow.mode, later.mode) == ("eager", "eager", "eager")
     assert "could not be captured" in dense.reason and "capture failed" in narrow.reason
     assert "could not be captured" in later.reason
+
+
+def test_the_dense_model_is_prepared_once_though_a_candidate_could_not_be_captured(fake, monkeypatch):
+    """Models are kept by fingerprint and how they are sampled: the dense model, kept as a graph and sampled eagerly
+    since the candidate's capture failed, was looked for as eager by the next pair, missed, and prepared (copied,
+    placed, warmed, compiled with --compile) again."""
+    monkeypatch.setattr(fake, "capture", _refusing_the_narrow_one(fake))
+    pair = latency_pair("cuda", threads=1, runs=2, warmup=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pair(_net(16), _net(8))
+        pair(_net(16), _net(4))
+    facts = pair.facts()
+    assert facts["models_prepared"] == 3 and facts["models_freed"] == 1
+    assert [timing["mode"] for timing in facts["timing"]] == ["eager", "eager"]
+
+
+def test_a_model_that_its_device_cannot_take_is_one_line_naming_it(fake, monkeypatch):
+    """Placing is part of running: a layout or precision a tensor refuses, or the device's memory, is the same
+    one-line MeasurementError as a first call that fails, not a traceback."""
+    def refuses(module, inputs, dtype):
+        raise RuntimeError("required rank 4 tensor to use channels_last format")
+
+    monkeypatch.setattr(fake, "place", refuses)
+    with pytest.raises(MeasurementError, match=r"could not run 'net16' at fp16: RuntimeError: required rank 4"):
+        GpuModel(_net(16), precision="fp16", device=fake)
 
 
 def test_bench_vs_samples_both_models_eagerly_when_one_cannot_be_captured(fake, monkeypatch):

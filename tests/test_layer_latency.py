@@ -235,12 +235,14 @@ def test_the_timers_return_a_time_and_say_where_they_ran():
     # every call takes 1 ms, the layer's as the Identity model's: nothing is left of the layer's time
     assert ort_timer(CONV) == pytest.approx(0.0, abs=1e-9) and ort_timer.device == cpu_model()
     assert 0.0 <= OnnxRuntimeLayerTimer(warmup=1, runs=3)(CONV) < 1e3
-    assert ort.__version__ in ort_timer.settings and "1 threads" in ort_timer.settings
+    assert ort.__version__ in ort_timer.settings and "1 thread," in ort_timer.settings
     seen = []
     torch_timer = TorchLayerTimer(time_module=lambda module, inputs: seen.append(module(*inputs).shape) or 2.5,
                                   device="Fake GPU", precision="fp16", backend="cuda", settings="fake")
     assert torch_timer(CONV) == 2.5 and seen == [torch.Size([1, 32, 8, 8])]
     assert (torch_timer.backend, torch_timer.device, torch_timer.precision) == ("cuda", "Fake GPU", "fp16")
+    with pytest.raises(ValueError, match="on cuda give a time_module that waits for the device"):
+        TorchLayerTimer(torch_device="cuda")  # the host's clock would time the launches, not the work
 
 
 def test_cpu_model_reads_the_model_name():

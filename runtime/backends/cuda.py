@@ -95,6 +95,10 @@ def _sample_eagerly(models) -> None:
             model.sample_eagerly(ALIKE)
 
 
+def _eager(key: str) -> str:
+    return key.rpartition(":")[0] + ":eager"
+
+
 class PreparedModels:
     """GpuModels by Program fingerprint, each cut to `batch` and prepared once. Only the `keep` models used
     last stay on the GPU (the dense model, fetched for every measurement, and the candidate): a search meets
@@ -115,7 +119,13 @@ class PreparedModels:
     def get(self, program: Program, key: str | None = None) -> tuple[GpuModel, str]:
         """The prepared model of `program`, whose `key` is given where the caller knows it already."""
         key = key or self.key(program)
-        return self.models.get(key, lambda: (self._prepared(program), key))
+        entry = self.models.get(key, lambda: (self._prepared(program), key))
+        if not self.capture and key.endswith(":graph"):
+            # a capture failed meanwhile: the models kept are sampled eagerly now, and the next pair asks for them by
+            # their eager keys (else it would prepare the dense model again)
+            self.models.rekey(lambda kept, entry: (_eager(kept), (entry[0], _eager(kept))))
+            entry = self.models.get(_eager(key), lambda: (self._prepared(program), _eager(key)))
+        return entry
 
     def _prepared(self, program: Program) -> GpuModel:
         model = GpuModel(deployed(program, self.batch), precision=self.precision, device=self.device,

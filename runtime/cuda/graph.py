@@ -62,7 +62,7 @@ def graph_replay(run: Callable[[], object], *, warmup: int = 1, iterations: int 
     """`run` (a zero-argument GPU callable) captured once as a CUDA graph of `iterations` calls; the returned
     callable replays it. Warm-up runs on a side stream first, as capture requires (lazy initialisation must not
     be recorded), and the capture uses the graph's own memory pool."""
-    side = torch.cuda.Stream()
+    side = _side_stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side), _syncs_refused():
         for _ in range(warmup):
@@ -78,6 +78,18 @@ def graph_replay(run: Callable[[], object], *, warmup: int = 1, iterations: int 
         torch.cuda.set_stream(current)  # a failed capture's exit skips putting the caller's stream back
         raise
     return graph.replay
+
+
+_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def _side_stream() -> torch.cuda.Stream:
+    """The current GPU's one side stream for warm-ups and captures: cuBLAS keeps a workspace per stream it ran on
+    (tens of MiB on Hopper, not given back by empty_cache), and a search captures hundreds of graphs."""
+    index = torch.cuda.current_device()
+    if index not in _SIDE_STREAMS:
+        _SIDE_STREAMS[index] = torch.cuda.Stream(index)
+    return _SIDE_STREAMS[index]
 
 
 @contextlib.contextmanager
@@ -202,12 +214,12 @@ class GpuModel:
     def _prepare(self, module, inputs, precision: str, device: CudaDevice, compile: bool, capture: bool) -> None:
         self.batch = int(inputs[0].shape[0]) if inputs else 1
         self.device, self.precision = device, precision
-        module, self.inputs = device.place(module, tuple(inputs), DTYPES[precision])
-        self.module = device.compile(module) if compile else module
-        # the model's call, not a bound method: a replay holding one would make this object a cycle, alive (and its
-        # GPU memory with it) after a pair dropped it until the next cyclic collection
-        self._call = functools.partial(_model_call, self.module, self.inputs)
-        try:
+        try:  # placing too: a layout or a precision the model's tensors refuse, the device's memory
+            module, self.inputs = device.place(module, tuple(inputs), DTYPES[precision])
+            self.module = device.compile(module) if compile else module
+            # the model's call, not a bound method: a replay holding one would make this object a cycle, alive (and
+            # its GPU memory with it) after a pair dropped it until the next cyclic collection
+            self._call = functools.partial(_model_call, self.module, self.inputs)
             for _ in range(WARMUP_CALLS):
                 self._call()
         except (RuntimeError, AssertionError, TypeError, ValueError) as error:  # torch.compile's too are of these

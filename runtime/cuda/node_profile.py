@@ -10,10 +10,12 @@ replay of the whole model takes (no overlap between kernels): they say where the
 
 from __future__ import annotations
 
+import operator
 import statistics
 from collections.abc import Callable
 
 import torch
+import torch.utils._pytree as pytree
 
 from prunefx.runtime.cuda.graph import GpuModel, capture_batch_limit, cudnn_autotuned, sampled
 from prunefx.runtime.measure.gpu_latency import WarmUp, warm_until_steady
@@ -21,21 +23,40 @@ from prunefx.runtime.tensorrt.layer_profile import LayerProfile, LayerRow
 
 
 class _RecordingInterpreter(torch.fx.Interpreter):
-    """Runs the graph once and keeps, per call_function node, a zero-argument call of it on its inputs."""
+    """Runs the graph once and keeps, per call_function node that launches GPU work, a zero-argument call of it on
+    its inputs."""
 
     def __init__(self, module: torch.fx.GraphModule):
         super().__init__(module)
         self.calls: dict[str, Callable[[], object]] = {}
 
     def run_node(self, node: torch.fx.Node):
-        if node.op == "call_function":
-            args, kwargs = self.fetch_args_kwargs_from_env(node)
+        if node.op != "call_function":
+            return super().run_node(node)
+        args, kwargs = self.fetch_args_kwargs_from_env(node)  # before the node runs: an in-place one writes them
+        result = super().run_node(node)
+        if _launches_work(node.target, (args, kwargs), result):
             self.calls[node.name] = lambda target=node.target, a=args, k=kwargs: target(*a, **k)
-        return super().run_node(node)
+        return result
+
+
+def _launches_work(target, inputs, result) -> bool:
+    """Whether a node runs kernels: not one that returns no tensor (a shape read, an assertion), picks an item of
+    a tuple, or returns a view of its input (a reshape that had to copy does run one). Captured alone, those make
+    an empty CUDA graph (a warning of torch's) and a row of microseconds that is the launch of nothing."""
+    outputs = [leaf for leaf in pytree.tree_leaves(result) if isinstance(leaf, torch.Tensor)]
+    if target is operator.getitem or not outputs:
+        return False
+    returns = target._schema.returns if isinstance(target, torch._ops.OpOverload) else ()
+    if not any(value.alias_info is not None and not value.alias_info.is_write for value in returns):
+        return True
+    read = {leaf.untyped_storage().data_ptr() for leaf in pytree.tree_leaves(inputs) if isinstance(leaf, torch.Tensor)}
+    return any(output.untyped_storage().data_ptr() not in read for output in outputs)
 
 
 def node_calls(model: GpuModel) -> dict[str, Callable[[], object]]:
-    """Every call_function node of the prepared (uncompiled) model, callable alone on its recorded inputs."""
+    """Every call_function node of the prepared (uncompiled) model that launches GPU work, callable alone on its
+    recorded inputs."""
     interpreter = _RecordingInterpreter(model.module)
     with torch.inference_mode():
         interpreter.run(*model.inputs)

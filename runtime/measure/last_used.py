@@ -28,6 +28,10 @@ class LastUsed:
         self.made += 1
         return value
 
+    def rekey(self, change: Callable[[object, object], tuple[object, object]]) -> None:
+        """Each entry (key, value) replaced by `change(key, value)`, in the same order: what is kept stays."""
+        self.entries = OrderedDict(change(key, value) for key, value in self.entries.items())
+
     def _drop_oldest(self) -> None:
         _, entry = self.entries.popitem(last=False)
         self.dropped += 1

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 from prunefx.graph.channels.plan_latency import TimedLayer
+from prunefx.graph.counted import counted
 from prunefx.runtime.measure.latency import measure_latency
 from prunefx.runtime.measure.width_multiple import CPUINFO
 from prunefx.runtime.ort.denormals import subnormal_mode
@@ -143,7 +144,7 @@ class OnnxRuntimeLayerTimer:
         self.threads, self.warmup, self.runs, self.clock = threads, warmup, runs, clock
         self.device = cpu_model()
         self.flush_denormals = timing_flushes_denormals()  # as the whole models are timed (PRUNEFX_KEEP_DENORMALS)
-        self.settings = (f"onnxruntime {ort.__version__}, {threads} threads, less the call overhead"
+        self.settings = (f"onnxruntime {ort.__version__}, {counted(threads, 'thread')}, less the call overhead"
                          + ("" if self.flush_denormals else ", subnormals kept"))  # a table of each is its own
         self._overheads: dict[tuple[int, ...], float] = {}
 
@@ -217,11 +218,15 @@ class TorchLayerTimer:
     def __init__(self, *, time_module: TimeModule | None = None, device: str | None = None,
                  torch_device: str = "cpu", precision: str = "fp32", backend: str = "torch",
                  settings: str | None = None, warmup: int = 3, runs: int = 10):
+        if time_module is None and torch.device(torch_device).type != "cpu":
+            # the eager timer reads the host's clock, which a GPU's queued kernels do not stop: launches, not work
+            raise ValueError(f"TorchLayerTimer times eagerly on the CPU only; on {torch_device} give a time_module "
+                             "that waits for the device (the cuda backend's CudaLayerTimer)")
         self.backend, self.precision, self.torch_device = backend, precision, torch_device
         self.time_module = time_module or self._eager
         self.device = device or cpu_model()
         self.warmup, self.runs = warmup, runs
-        self.settings = settings or f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+        self.settings = settings or f"torch {torch.__version__}, {counted(torch.get_num_threads(), 'thread')}"
 
     def __call__(self, layer: TimedLayer) -> float:
         module = LayerModule(layer).to(self.torch_device).eval()
