@@ -144,9 +144,9 @@ class PruningSchedule:
         return {name: max(math.ceil(floor * group.size - 1e-9), 1)
                 for group, names in zip(combing.groups, floor_names(program.module, combing)) for name in names}
 
-    def accumulate(self, trainer: Trainer | None = None) -> None:
+    def accumulate(self, trainer: Trainer | None = None, *, loss_scale: float = 1.0) -> None:
         if len(self.done) < self.events:
-            self.fisher.accumulate()
+            self.fisher.accumulate(loss_scale)
 
     def due(self, step: int) -> bool:
         """Whether an event comes after `step` optimizer steps."""

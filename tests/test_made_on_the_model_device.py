@@ -118,6 +118,23 @@ def test_a_step_with_non_finite_gradients_adds_nothing_to_the_fisher_scores():
     assert all(torch.equal(mixed.sums[key], finite.sums[key]) for key in finite.sums)
 
 
+def test_gradients_at_a_loss_scale_add_what_the_unscaled_ones_add():
+    """Ultralytics reads its AMP gradients for the Fisher scores before unscaling them: at a scale S they are S times
+    the loss's, so a step before the scaler halved S counted four times one after it. The oracle: the same steps'
+    gradients at scale 1."""
+    module = copy.deepcopy(_program().module)
+
+    def step(fisher, fill, scale):
+        for parameter in module.parameters():
+            parameter.grad = torch.full_like(parameter, fill * scale)
+        fisher.accumulate(loss_scale=scale)
+
+    unscaled, scaled = FisherAccumulator(module), FisherAccumulator(module)
+    step(unscaled, 1.0, 1.0), step(unscaled, 2.0, 1.0)
+    step(scaled, 1.0, 65536.0), step(scaled, 2.0, 32768.0)
+    assert all(torch.allclose(scaled.sums[key], unscaled.sums[key], rtol=1e-12) for key in unscaled.sums)
+
+
 # --- on a GPU ------------------------------------------------------------------------------------------------
 
 def _close(cpu_program, cuda_program, tolerance: float, name: str) -> None:

@@ -220,11 +220,13 @@ class FisherAccumulator:
         self.sums: dict[tuple[str, int], torch.Tensor] = {}
         self.batches = 0
 
-    def accumulate(self) -> None:
+    def accumulate(self, loss_scale: float = 1.0) -> None:
         """Add this step's gradients; a step whose gradients are not all finite (a mixed-precision overflow, which
-        the optimizer skips too) adds nothing, decided on the device: no wait for it."""
-        products = {name: _gate_derivative(parameter) for name, parameter in self.gradients_from.named_parameters()
-                    if parameter.grad is not None}
+        the optimizer skips too) adds nothing, decided on the device: no wait for it. `loss_scale`: the factor a
+        mixed-precision loss was multiplied by (a GradScaler's scale), which the gradients carry: divided out, so
+        that a step after the scaler halved or doubled it counts as much as one before."""
+        products = {name: _gate_derivative(parameter) / loss_scale
+                    for name, parameter in self.gradients_from.named_parameters() if parameter.grad is not None}
         finite = torch.stack([torch.isfinite(product).all() for product in products.values()]).all() \
             if products else None
         for name, product in products.items():

@@ -133,9 +133,11 @@ class PruneWhileTraining:
     def eval(self) -> PruneWhileTraining:
         return self.train(False)
 
-    def after_backward(self) -> None:
-        """Accumulate the Fisher scores from the gradients now on the parameters (before optimizer.step)."""
-        self.schedule.accumulate()
+    def after_backward(self, *, loss_scale: float = 1.0) -> None:
+        """Accumulate the Fisher scores from the gradients now on the parameters (before optimizer.step).
+        `loss_scale`: under mixed precision, the scale the loss was multiplied by (`scaler.get_scale()`) where the
+        gradients are read before `scaler.unscale_`."""
+        self.schedule.accumulate(loss_scale=loss_scale)
 
     def maybe_cut(self, optimizer: torch.optim.Optimizer | None = None, *, train_loss: float | None = None) -> bool:
         """Count one optimizer step; on the schedule's steps cut channels and give `optimizer` the new

@@ -127,7 +127,8 @@ def prune_while_training_trainer(session, *, teacher: nn.Module | None = None, k
                 self.model.criterion = DistilledCriterion(self.model, frozen.to(self.device), kd_weight)
 
         def optimizer_step(self):
-            session.after_backward()
+            # Ultralytics unscales its AMP gradients inside optimizer_step: they are read here at the scaler's scale
+            session.after_backward(loss_scale=self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
             super().optimizer_step()
             if session.maybe_cut(self.optimizer):
                 self.model = session.module.to(self.device).train()
