@@ -99,6 +99,31 @@ def test_each_verified_pass_runs_the_model_once(monkeypatch):
     assert len(runs) == 1 + 3
 
 
+def test_the_exactness_check_runs_the_model_in_full_float32_and_leaves_the_process_s_setting(monkeypatch):
+    """On a GPU, cuDNN's default TF32 moves a convolution's output by about 1e-3: a folded batch norm (its weights
+    rounded otherwise than the unfolded ones) read as an inexact rewrite outside `on_device`. Both runs the check
+    compares are in full float32, whatever the process set; its setting reads as before afterwards."""
+    from prunefx.graph.program import Program
+
+    seen = []
+    run_example = Program.run_example
+
+    def recorded(self):
+        seen.append((torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32))
+        return run_example(self)
+
+    monkeypatch.setattr(Program, "run_example", recorded)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")  # a user's (or a library's) TF32
+    try:
+        Pipeline([fold_batchnorm]).run(_program())
+        after = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert seen == [("highest", False)] * 2 and after == ("medium", True)
+
+
 def test_recipe_builds_the_same_pipeline(tmp_path):
     recipe = tmp_path / "fold.yaml"
     recipe.write_text("name: fold\nverify: full\npasses:\n  - fold_batchnorm: {}\n")

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from prunefx.graph import Program, verify
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.full_float32 import full_float32
 from prunefx.graph.program import require_program
 from prunefx.graph.progress import shown
 from prunefx.graph.verify import verified_outputs
@@ -97,7 +98,8 @@ class PipelineResult:
 
 
 def _outputs(program: Program) -> list[torch.Tensor]:
-    return [t for t in pytree.tree_leaves(program.run_example()) if isinstance(t, torch.Tensor)]
+    with full_float32():  # TF32 (cuDNN's default on a GPU) would move them by 1e-3: as inexact as a wrong rewrite
+        return [t for t in pytree.tree_leaves(program.run_example()) if isinstance(t, torch.Tensor)]
 
 
 def _largest_relative_error(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
@@ -245,7 +247,8 @@ class Pipeline:
             return None
         # inner steps skip the re-export, the costliest check: a composite may try dozens of candidates,
         # and the Pipeline running it re-exports the one it returns
-        outputs = verified_outputs(result.program, reexport=self.verify == "full" and not self.inner)
+        with full_float32():  # the outputs the exactness check reads, as _outputs computes the reference
+            outputs = verified_outputs(result.program, reexport=self.verify == "full" and not self.inner)
         if reference is not None and result.modified:
             outputs = _outputs(result.program) if outputs is None else outputs
             error = _largest_relative_error(reference, outputs)
