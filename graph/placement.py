@@ -195,13 +195,14 @@ def _cast_already(node: torch.fx.Node) -> bool:
             and users[0].kwargs.get("dtype") is not None)
 
 
-def move_module(module: torch.nn.Module, device: str | torch.device,
-                dtype: torch.dtype | None = None) -> torch.nn.Module:
+def move_module(module: torch.nn.Module, device: str | torch.device, dtype: torch.dtype | None = None, *,
+                source: torch.device | None = None) -> torch.nn.Module:
     """`module` (in place, returned) with its tensors on `device` and the devices its graphs name renamed;
     with a floating `dtype`, its floating-point tensors and the float32 its graphs name cast to it as well (the
-    cuda backend times fp16/bf16 copies)."""
+    cuda backend times fp16/bf16 copies). `source`: the device its graphs name, where that is not the one its
+    tensors are on (a caller moved the module with `Module.to`, which renames nothing)."""
     target = _indexed(torch.device(device))
-    source = module_device(module)
+    source = module_device(module) if source is None else _indexed(torch.device(source))
     module.to(device=target, dtype=dtype) if dtype is not None else module.to(target)
     for graph_module in module.modules():
         if isinstance(graph_module, torch.fx.GraphModule):
@@ -223,8 +224,9 @@ def _indexed(device: torch.device) -> torch.device:
     return device
 
 
-def move_program(program: Program, device: str | torch.device) -> Program:
-    """`program` (in place, returned) on `device`: its module (see move_module) and its example inputs."""
-    move_module(program.module, device)
+def move_program(program: Program, device: str | torch.device, *, source: torch.device | None = None) -> Program:
+    """`program` (in place, returned) on `device`: its module (see move_module, and `source`) and its example
+    inputs."""
+    move_module(program.module, device, source=source)
     program.example_inputs = tuple(x.to(device) for x in program.example_inputs)
     return program

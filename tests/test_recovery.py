@@ -381,3 +381,47 @@ def test_a_trainer_given_a_session_folder_as_its_checkpoints_refuses_it_in_one_l
     with pytest.raises(PrunefxError, match="holds no trainer checkpoint") as raised:
         trainer.fit()
     assert "\n" not in str(raised.value)
+
+
+class MakesItsPositions(nn.Module):
+    """Builds a tensor on the device named at capture (`torch.arange(..., device=cpu)` in the graph)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x) + torch.arange(8, device=x.device, dtype=x.dtype).view(1, 8, 1, 1)
+
+
+def _named_devices(program) -> set[str]:
+    return {str(node.kwargs["device"]) for node in program.graph.nodes if node.kwargs.get("device") is not None}
+
+
+def test_a_session_whose_module_the_caller_moved_moves_its_program_along_before_a_cut():
+    """`session.module.cuda()` moves the graph's weights but not the example inputs a cut runs the Program on, nor
+    the device its graph names: the first cut, `interval` steps in, mixed devices. Here the meta device stands
+    in for the GPU (the GPU test below trains and cuts on one)."""
+    session = PruneWhileTraining(MakesItsPositions(), torch.randn(2, 3, 8, 8), macs=0.5, events=1, interval=1)
+    assert _named_devices(session.program) == {"cpu"}
+    session.module.to("meta")
+    session._follow_the_module()
+    assert session.program.example_inputs[0].device.type == "meta" and _named_devices(session.program) == {"meta"}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+def test_a_session_trained_on_a_gpu_after_module_cuda_cuts_there():
+    session = PruneWhileTraining(tiny_net(), batch()[0], macs=0.5, events=2, interval=2, round_to=4).train()
+    session.module.cuda()
+    optimizer = torch.optim.SGD(session.module.parameters(), lr=0.05, momentum=0.9)
+    for step in range(4):
+        inputs, labels = (t.cuda() for t in batch(step))
+        loss = F.cross_entropy(session.module(inputs), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        session.after_backward()
+        optimizer.step()
+        session.maybe_cut(optimizer)
+    assert session.finished and session.statistics()["target"]["met"]
+    assert all(p.is_cuda for p in session.module.parameters()) and session.program.example_inputs[0].is_cuda

@@ -124,6 +124,14 @@ class PruneWhileTraining:
     def finished(self) -> bool:
         return len(self.schedule.done) >= self.schedule.events
 
+    def _follow_the_module(self) -> None:
+        """The caller moved the graph it trains (`session.module.cuda()`): the Program follows before a cut runs it,
+        its example inputs and the devices its graph names (torch.arange(..., device=cpu)) with it."""
+        trained = module_device(self.program.module)
+        named = next((x.device for x in self.program.example_inputs if isinstance(x, torch.Tensor)), trained)
+        if named != trained:
+            move_program(self.program, trained, source=named)
+
     def train(self, mode: bool = True) -> PruneWhileTraining:
         self.program.train(mode)
         if self.eager is not None:
@@ -146,6 +154,7 @@ class PruneWhileTraining:
         self.step += 1
         if not self.schedule.due(self.step):
             return False
+        self._follow_the_module()
         before = dict(self.module.named_parameters())
         graph_modes = self.program.modes()
         if self.eager is not None:
