@@ -22,6 +22,7 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.passes.prune_to_budget import prune_to_budget
 from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.runtime import LatencyStats, latency_pair
+from prunefx.runtime.errors import MeasurementError
 
 trtexec_backend = importlib.import_module("prunefx.runtime.backends.trtexec")
 trt_backend = importlib.import_module("prunefx.runtime.backends.trt")
@@ -171,6 +172,28 @@ def test_trt_pair_builds_one_engine_per_file_and_times_them_alternately(monkeypa
     assert calls == built * 6 and tuple(built[0].inputs[0].shape) == (1, 3, 16, 16)  # 1 warm-up, 5 runs
     pair.confirm(dense, quantized)
     assert len(built) == 2 and len(calls) == 12 + 2 * (2 + 20)  # the same engines: 2 warm-ups, 20 runs
+
+
+def test_a_sparse_pair_builds_and_times_every_engine_with_sparse_kernels(trtexec, monkeypatch):
+    """`sparse` is among the TensorRT backends' options, and bench and profile passed it on; a budget's pair built
+    its engines dense whatever it was given."""
+    pair = latency_pair("trtexec", threads=1, runs=3, sparse=True)
+    pair(_net(16), _net(8))
+    assert len(trtexec) == 2 and all(run["options"].sparse for run in trtexec)
+    options = []
+    monkeypatch.setattr(trt_backend, "build_engine", lambda path, given, cache_dir=None: options.append(given)
+                        or type("Engine", (), {"set_inputs": lambda self, *x: None, "time_once": lambda self: 1.0})())
+    monkeypatch.setattr(trt_backend, "dynamic_input_shapes", lambda path, inputs: {})
+    trt_backend._Engines("fp16", None, sparse=True).timed(("model.onnx", (), "sha"))
+    assert [given.sparse for given in options] == [True]
+    torch_trt = importlib.import_module("prunefx.runtime.backends.torch_trt")
+    compiled = []
+    monkeypatch.setattr(torch_trt, "compile_torch_tensorrt", lambda program, precision, sparse=False:
+                        compiled.append(sparse))
+    torch_trt._Compiled("fp16", 1, sparse=True).get(_net(8))
+    assert compiled == [True]
+    with pytest.raises(MeasurementError, match="no 2:4 sparse kernels to measure with: sparse applies to trt, torch-trt, trtexec"):
+        latency_pair("ort", threads=1, runs=3, sparse=True)
 
 
 @pytest.mark.parametrize(("backend", "precision", "message"), [

@@ -607,12 +607,24 @@ def test_a_file_of_dynamic_batch_is_built_and_bound_at_the_batch_timed(resnet, t
     engine.path, engine.options = path, BuildOptions(input_shapes=shapes)
     engine.engine = types.SimpleNamespace(num_io_tensors=2, get_tensor_name=["images", "output"].__getitem__)
     engine.context = types.SimpleNamespace(
-        set_input_shape=bound.__setitem__,
+        set_input_shape=lambda name, shape: bound.__setitem__(name, shape) or True,  # TensorRT's: whether it took it
         get_tensor_shape=lambda name: bound.get(name, (bound["images"][0], 8, 6, 6) if bound else (-1, 8, 6, 6)))
     assert engine._bound_shapes() == {"images": (32, 3, 8, 8), "output": (32, 8, 6, 6)}
     engine.options, bound = BuildOptions(), {}
     with pytest.raises(DeviceToolError, match="tensor images has a dynamic shape"):
         engine._bound_shapes()
+    # a shape outside the profile is refused by TensorRT's return value, not later as a dynamic shape
+    engine.options, engine.context.set_input_shape = BuildOptions(input_shapes=shapes), lambda name, shape: False
+    with pytest.raises(DeviceToolError, match=r"input images cannot take shape \(32, 3, 8, 8\): outside the engine's"):
+        engine._bound_shapes()
+
+
+def test_an_engine_s_fp8_and_half_buffers_are_filled_with_random_values_torch_cannot_draw_in_fp8():
+    """torch has no normal_ kernel for float8: an engine with FP8 inputs or outputs failed while binding them."""
+    for dtype in (torch.float8_e4m3fn, torch.float16, torch.float32):
+        buffer = tensorrt_engine._random_filled(torch.empty(64, dtype=dtype))
+        values = buffer.float()
+        assert buffer.dtype is dtype and values.std() > 0.5 and torch.isfinite(values).all()
 
 
 def test_engine_buffers_take_torch_s_type_for_every_tensorrt_type_it_has_and_refuse_the_rest(tmp_path):

@@ -36,7 +36,7 @@ class TorchTensorRTBackend(TensorRTFamily):
 
     def latency_pair(self, settings: Settings) -> PairMeasurer:
         precision = settings.precision or self.default_precision
-        compiled = _Compiled(precision, settings.batch)
+        compiled = _Compiled(precision, settings.batch, settings.sparse)
         return pair_of(compiled, gpu_timing(lambda entry: entry[0].time_once), settings,
                        self.width_multiple(precision), int8_refusal=self.int8_refusal_at(settings))
 
@@ -49,8 +49,8 @@ class _Compiled:
     """Torch-TensorRT modules by Program fingerprint, each compiled once at the pair's batch; the two used last
     stay on the GPU (measure/last_used.LastUsed)."""
 
-    def __init__(self, precision: str, batch: int):
-        self.precision, self.batch = precision, batch
+    def __init__(self, precision: str, batch: int, sparse: bool = False):
+        self.precision, self.batch, self.sparse = precision, batch, sparse
         self.modules = LastUsed(freed=free_gpu_cache)
 
     def get(self, program: Program) -> tuple:
@@ -61,7 +61,7 @@ class _Compiled:
         if has_fake_quant(program.graph):  # its quantizers would be timed as float operators
             raise MeasurementError(f"Torch-TensorRT does not time '{program.name}' as INT8 (fake quantizers): "
                                    "use --backend trt, which builds INT8 from its Q/DQ nodes")
-        return compile_torch_tensorrt(deployed(program, self.batch), precision=self.precision)
+        return compile_torch_tensorrt(deployed(program, self.batch), precision=self.precision, sparse=self.sparse)
 
 
 BACKEND = TorchTensorRTBackend()

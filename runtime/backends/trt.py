@@ -43,7 +43,7 @@ class TensorRTBackend(TensorRTFamily):
         return f"TensorRT {self.software_version(settings)}"
 
     def latency_pair(self, settings: Settings) -> PairMeasurer:
-        engines = _Engines(settings.precision or self.default_precision, settings.cache_dir)
+        engines = _Engines(settings.precision or self.default_precision, settings.cache_dir, settings.sparse)
         return pair_of(onnx_files(settings.batch), gpu_timing(engines.timed), settings,
                        self.width_multiple(settings.precision or self.default_precision),
                        int8_refusal=self.int8_refusal_at(settings))
@@ -71,8 +71,8 @@ class _Engines:
     candidate, and loading it again each time would cost a deserialization and fresh GPU buffers. The two used
     last stay loaded (measure/last_used.LastUsed): a search's every engine kept would fill a Jetson's memory."""
 
-    def __init__(self, precision: str, cache_dir: str | None):
-        self.precision, self.cache_dir = precision, cache_dir
+    def __init__(self, precision: str, cache_dir: str | None, sparse: bool = False):
+        self.precision, self.cache_dir, self.sparse = precision, cache_dir, sparse
         self.loaded = LastUsed(freed=free_gpu_cache)
 
     def timed(self, entry: tuple) -> Callable[[], float]:
@@ -80,7 +80,8 @@ class _Engines:
         return self.loaded.get(sha, lambda: self._load(path, inputs)).time_once
 
     def _load(self, path, inputs):
-        options = BuildOptions(precision=self.precision, input_shapes=dynamic_input_shapes(path, inputs))
+        options = BuildOptions(precision=self.precision, sparse=self.sparse,
+                               input_shapes=dynamic_input_shapes(path, inputs))
         engine = build_engine(path, options, cache_dir=self.cache_dir)
         engine.set_inputs(*[x.cuda() for x in inputs])
         return engine

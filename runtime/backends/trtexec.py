@@ -50,7 +50,7 @@ class TrtexecBackend(TensorRTFamily):
 
     def latency_pair(self, settings: Settings) -> PairMeasurer:
         precision = settings.precision or self.default_precision
-        engines = _Engines(find_trtexec(settings.trtexec), precision)
+        engines = _Engines(find_trtexec(settings.trtexec), precision, settings.sparse)
 
         def timing(a: tuple, b: tuple, *, runs: int, warmup: int) -> tuple[float, float, float]:
             return medians_and_spread(*(engines.timed(entry, runs) for entry in (a, b)))
@@ -86,8 +86,8 @@ class _Engines:
     shapes they were built at (measure/last_used.LastUsed), the others are removed; the builds of one search share
     a timing cache."""
 
-    def __init__(self, program: str, precision: str):
-        self.program, self.precision = program, precision
+    def __init__(self, program: str, precision: str, sparse: bool = False):
+        self.program, self.precision, self.sparse = program, precision, sparse
         self.version = trtexec_version(program) or ASSUMED_VERSION
         self.folder = tempfile.TemporaryDirectory(prefix="prunefx-trtexec-engines-")
         self.built = LastUsed(released=lambda built: shutil.rmtree(built[0].path.parent, ignore_errors=True))
@@ -95,14 +95,14 @@ class _Engines:
     def timed(self, entry: tuple, runs: int) -> LatencyStats:
         path, inputs, sha = entry
         engine, shapes = self.built.get(sha, lambda: self._build(path, inputs, sha))
-        options = TrtexecOptions(precision=self.precision, iterations=runs, input_shapes=shapes)
+        options = TrtexecOptions(precision=self.precision, sparse=self.sparse, iterations=runs, input_shapes=shapes)
         return time_with_trtexec(engine, options, self.program, self.version).latency
 
     def _build(self, path, inputs, sha: str) -> tuple[BuiltEngine, InputShapes]:
         shapes = dynamic_input_shapes(path, inputs)
         folder = Path(self.folder.name) / sha
         folder.mkdir()
-        options = TrtexecOptions(precision=self.precision, input_shapes=shapes)
+        options = TrtexecOptions(precision=self.precision, sparse=self.sparse, input_shapes=shapes)
         return build_with_trtexec(path, options, self.program, self.version, folder,
                                   timing_cache=Path(self.folder.name) / "timing.cache"), shapes
 

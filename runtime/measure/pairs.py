@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from prunefx.runtime import backends
 from prunefx.runtime.backends.base import CONFIRM_FACTOR, Backend, Settings
+from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.measure.speedup import Measure, PairMeasurer
 
 
@@ -51,13 +52,17 @@ class Measurement:
     @classmethod
     def of(cls, backend: str, *, threads: int, runs: int, warmup: int = 10, precision: str | None = None,
            trtexec: str | None = None, cache_dir: str | None = None, batch: int = 1,
-           compile: bool = False) -> Measurement:
+           compile: bool = False, sparse: bool = False) -> Measurement:
         """`threads` is read by ONNX Runtime, `trtexec` by trtexec, `cache_dir` by TensorRT, `compile`
-        (torch.compile first) by cuda; a backend that cannot measure so is refused now, in one line."""
+        (torch.compile first) by cuda, `sparse` (2:4 sparse kernels) by TensorRT and trtexec; a backend that
+        cannot measure so is refused now, in one line."""
         chosen = require_backend(backend, precision, trtexec, batch=batch, compile=compile)
+        if sparse and "sparse" not in chosen.options:
+            raise MeasurementError(f"the {chosen.name} backend has no 2:4 sparse kernels to measure with: "
+                                   f"sparse applies to {', '.join(b.name for b in backends.backends(budgets=True) if 'sparse' in b.options)}")
         return cls(chosen.name, Settings(runs=runs, warmup=warmup, precision=precision or chosen.default_precision,
                                          batch=batch, threads=threads, trtexec=trtexec, cache_dir=cache_dir,
-                                         compile=compile))
+                                         compile=compile, sparse=sparse))
 
     def pair(self) -> PairMeasurer:
         """A `(before, after) -> (before ms, after ms, spread)` callable, with `confirm` (CONFIRM_FACTOR x the

@@ -199,6 +199,14 @@ _TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bf
                  "BOOL": torch.bool}
 
 
+def _random_filled(buffer: torch.Tensor) -> torch.Tensor:
+    """`buffer` filled with normal values drawn in float32 (torch draws none in FP8) from a generator of its own: the
+    caller's CUDA random state is left as it was."""
+    drawn = torch.empty(buffer.shape, dtype=torch.float32, device=buffer.device).normal_(
+        generator=_seeded(buffer.device))
+    return buffer.copy_(drawn)
+
+
 def _seeded(device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(0)
 
@@ -229,16 +237,16 @@ class Engine:
             is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             (self.input_names if is_input else self.output_names).append(name)
             buffer = torch.empty(shape, dtype=torch_dtype(trt, engine.get_tensor_dtype(name), name, path), device="cuda")
-            # random inputs from a generator of their own: the caller's CUDA random state is left as it was
-            self.buffers[name] = buffer.normal_(generator=_seeded(buffer.device)) if buffer.is_floating_point() \
-                else buffer.zero_()
+            self.buffers[name] = _random_filled(buffer) if buffer.is_floating_point() else buffer.zero_()
             self.context.set_tensor_address(name, buffer.data_ptr())
         torch.cuda.synchronize()  # the buffers were filled on the default stream; the engine runs on its own
 
     def _bound_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every input's and output's shape, a file with dynamic inputs bound at its profile's one shape first."""
         for name, shape in self.options.input_shapes:  # the outputs' shapes follow from the inputs'
-            self.context.set_input_shape(name, shape)
+            if not self.context.set_input_shape(name, shape):
+                raise DeviceToolError(f"{self.path}: input {name} cannot take shape {tuple(shape)}: outside the "
+                                      "engine's optimization profile (TensorRT's log says which dimension)")
         shapes = {}
         for index in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(index)
