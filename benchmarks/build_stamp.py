@@ -37,8 +37,13 @@ def deciding_files(repo: Path = REPO) -> list[str]:
 
 def code_digest(repo: Path = REPO) -> str:
     """SHA-256 over each deciding file's path and its bytes on disk (a deleted one counts as gone)."""
+    return digest_of(deciding_files(repo), repo)
+
+
+def digest_of(paths: list[str], repo: Path = REPO) -> str:
+    """code_digest over the files `paths` names: where there is no git to list them (the GPU machine's copy)."""
     digest = hashlib.sha256()
-    for path in deciding_files(repo):
+    for path in paths:
         file = repo / path
         digest.update(path.encode() + b"\0")
         digest.update(file.read_bytes() if file.is_file() else b"<deleted>")

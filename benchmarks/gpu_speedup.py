@@ -19,7 +19,7 @@ defaults are also timed with channel counts in multiples of 8, 16, 32 and 64 (wh
 measured), with the batch norms folded into the convolutions of both models (what a fusing runtime runs), and
 with both compiled by inductor (`--compile`: the elementwise work fused, which eager mode runs kernel by kernel).
 
-The rows run in the order the figures matter (`plan`; `--missing-first FILE` puts first the kinds of row a
+The rows run in the order the figures matter (`plan`; `--missing-first FILE` puts first one row of each kind a
 published file lacks): equal MACs at the largest batch on every model, the
 latency choice on every model, the budgets, the width multiples, then the other batches. Within `--time-limit` seconds
 of the process's start a row starts only while the time left exceeds the longest finished row of its kind, in
@@ -410,15 +410,17 @@ def plan(models: list[str], batches: list[int], budgets: dict[int, float],
     """(kind, model, batch) in the order the figures matter, so that a run cut short has the first ones: equal
     MACs at the largest batch on every model (prunefx's defaults against Torch-Pruning), the latency choice on
     every model, the budgets (model by model, each at every batch, largest first: a run cut short has both
-    batches on its first models), the width multiples on the first model, then the other batches. The rows of
-    `kinds_first` go before all others, in that order."""
+    batches on its first models), the width multiples on the first model, then the other batches. The first row
+    of each kind of `kinds_first` goes before all others, in that order: a run cut short has one figure of each
+    kind the published results lack, not every row of the first such kind."""
     first, rest = max(batches), sorted(batches, reverse=True)[1:]
     tasks = ([("equal", model, first) for model in models] + [("latency", model, first) for model in models]
              + [("budget", model, batch) for model in models for batch in sorted(budgets, reverse=True)]
              + [("widths", models[0], first)]
              + [("equal", model, batch) for batch in rest for model in models])
-    rank = {kind: place for place, kind in enumerate(kinds_first)}
-    return sorted(tasks, key=lambda task: rank.get(task[0], len(rank)))  # stable: plan order within a rank
+    leading = [next(task for task in tasks if task[0] == kind) for kind in kinds_first
+               if any(task[0] == kind for task in tasks)]
+    return leading + [task for task in tasks if task not in leading]
 
 
 def kinds_missing_in(path: Path | None) -> tuple[str, ...]:

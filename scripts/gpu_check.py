@@ -1,8 +1,12 @@
 """`make gpu-check`: everything prunefx can check on an NVIDIA GPU, prepared here and run there in one call.
 
     python3 scripts/gpu_check.py prepare [--smoke]       # on the development machine (reaches PyPI)
-    python3 scripts/gpu_check.py run [--smoke] [--out DIR] [--seconds 510]
-    python3 scripts/gpu_check.py speedup [--out DIR] [--seconds 300]   # a second call: gpu_speedup goes on
+    python3 scripts/gpu_check.py run [--smoke] [--out DIR] [--seconds 450]
+    python3 scripts/gpu_check.py speedup [--out DIR] [--seconds 240]   # a second call: gpu_speedup goes on
+
+A session's 15 minutes of device time hold a machine's start (a minute or two), this run and the second call, at
+once on the warm machine (it goes back after 30 s idle): give the second call the device time `status` says is
+left, less a minute.
 
 `prepare` builds what must travel into `.gpu-check/` (ignored by git, carried to the GPU machine): the stamp
 of the code (benchmarks/build_stamp.py: the GPU machine's copy has no git), a wheel of prunefx and the wheels of the pure-Python or binary dependencies the GPU machine lacks (it has torch,
@@ -22,8 +26,8 @@ under its own timeout so that one hung step cannot take the rest with it:
    math on the GPU), its own process, timed from start to exit, with its report.json's stage seconds (cProfile
    cannot take them on the GPU machine's Python 3.12: benchmarks/tool_profile.py);
 6. benchmarks/gpu_speedup.py in the time left, resumed from the rows of the same code and GPU: those of an
-   earlier call on the same warm machine (build/gpu-check-state/), else the committed ones; the kinds of row
-   that benchmarks/results/gpu_speedup.json holds none of run first.
+   earlier call on the same warm machine (build/gpu-check-state/), else the committed ones; one row of each
+   kind that benchmarks/results/gpu_speedup.json holds none of runs first.
 `speedup`, a second call on the warm machine, runs step 6 alone in --seconds, going on where the first stopped.
 Each step's output and a summary (gpu_check.json: GPU, driver, torch, cuDNN, each step's exit and seconds, and
 the small results files folded in) go to --out, flat, ready to commit to benchmarks/gpu_check/ (its README.md says why not benchmarks/results/).
@@ -34,6 +38,7 @@ to prove the check end to end before a GPU is spent on it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -55,9 +60,10 @@ SMOKE_WHEELS = ROOT / "build" / "gpu-check-smoke"  # --smoke's wheels (this Pyth
 MISSING_THERE = ("onnx-graphsurgeon", "pycocotools", "torch-pruning", "foolbox==3.3.4")
 GPU_PYTHON = "3.12"
 STAMP = "code_stamp.txt"  # beside the wheels: the code they were built from
+STAMP_FILES = "code_files.txt"  # the files it was taken over: the GPU machine has no git to list them
 STATE = ROOT / "build" / "gpu-check-state"  # gpu_speedup's rows, kept on a warm GPU machine between calls
 COMMITTED = ROOT / "benchmarks" / "gpu_check" / "gpu_speedup.json"
-PUBLISHED = ROOT / "benchmarks" / "results" / "gpu_speedup.json"  # the kinds of row it lacks run first
+PUBLISHED = ROOT / "benchmarks" / "results" / "gpu_speedup.json"  # a row of each kind it lacks runs first
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64")
 
@@ -79,7 +85,9 @@ def prepare(smoke: bool) -> int:
     pinned = [_pinned(name) for name in MISSING_THERE]
     _step_or_die([*pip, "download", "--quiet", "--no-deps", "--only-binary=:all:", *target, "-d", str(wheels),
                   *pinned])
-    (wheels.parent / STAMP).write_text(build_stamp.code_digest() + "\n")
+    files = build_stamp.deciding_files()
+    (wheels.parent / STAMP).write_text(build_stamp.digest_of(files) + "\n")
+    (wheels.parent / STAMP_FILES).write_text("\n".join(files) + "\n")
     size = sum(f.stat().st_size for f in wheels.iterdir())
     print(f"gpu-check: {len(list(wheels.iterdir()))} wheels, {size / 2**20:.1f} MiB in {wheels.relative_to(ROOT)}"
           f" ({'this Python' if smoke else 'Python ' + GPU_PYTHON})")
@@ -117,6 +125,15 @@ class Steps:
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
+    @contextlib.contextmanager
+    def guarded(self, name: str):
+        """A failure between the steps' processes (a file they should have written) is one error entry, and the
+        check goes on to the next step."""
+        try:
+            yield
+        except Exception as error:  # any of them: the summary names it
+            self.steps.append({"step": name, "error": f"{type(error).__name__}: {error}"[:300]})
+
     def run(self, name: str, command: list[str], timeout: float, log: str | None = None,
             env: dict | None = None) -> int | None:
         timeout = min(timeout, self.left() - 5)
@@ -125,29 +142,27 @@ class Steps:
             return None
         start = time.monotonic()
         print(f"gpu-check: {name} (at most {timeout:.0f} s)", flush=True)
-        # a session of its own, so that a timeout stops the step's children too (gpu_speedup's Torch-Pruning
-        # searches): left running, they would hold CPU, memory and the GPU through every later step
-        process = subprocess.Popen(command, env=env or self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True, cwd=self.out, start_new_session=True)
-        try:
-            stdout, stderr = process.communicate(timeout=timeout)
-            code, output = process.returncode, stdout + stderr
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            stdout, stderr = process.communicate()
-            code, output = None, _text(stdout) + _text(stderr)
+        # straight into the log as it is printed: a step killed at its timeout, or a call the device cut off, keeps
+        # what it wrote
+        with open(self.out / log, "w+b") if log else tempfile.TemporaryFile() as sink:
+            # a session of its own, so that a timeout stops the step's children too (gpu_speedup's Torch-Pruning
+            # searches): left running, they would hold CPU, memory and the GPU through every later step
+            process = subprocess.Popen(command, env=env or self.env, stdout=sink, stderr=subprocess.STDOUT,
+                                       cwd=self.out, start_new_session=True)
+            try:
+                code = process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                code = None
+            sink.seek(0)
+            output = sink.read().decode(errors="replace")
         seconds = time.monotonic() - start
-        if log:
-            (self.out / log).write_text(output)
         tail = output.strip().splitlines()[-3:]
         self.steps.append({"step": name, "exit": code, "timed_out": code is None, "seconds": round(seconds, 1),
                            "tail": tail})
         print(f"gpu-check: {name}: {'timed out' if code is None else f'exit {code}'} in {seconds:.0f} s", flush=True)
         return code
-
-
-def _text(value) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else (value or "")
 
 
 def install(site: Path, smoke: bool) -> dict:
@@ -162,6 +177,20 @@ def install(site: Path, smoke: bool) -> dict:
                PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
     env.pop("PYTHONSAFEPATH", None)
     return env
+
+
+def _stale_wheel(smoke: bool) -> bool | None:
+    """Whether the checkout's code differs from the code the wheel was built from (the tests come from the checkout,
+    prunefx from the wheel): `make gpu-check-prepare` was not run after the last edit. None where it cannot tell."""
+    folder = _wheels(smoke).parent
+    if not (folder / STAMP_FILES).is_file():
+        return None
+    files = (folder / STAMP_FILES).read_text().split()
+    stale = build_stamp.digest_of(files, ROOT) != (folder / STAMP).read_text().strip()
+    if stale:
+        print("gpu-check: the checkout's code is not the wheel's: run `make gpu-check-prepare` right before the "
+              "call; the tests below run against the older wheel", flush=True)
+    return stale
 
 
 def gpu_test_files() -> list[str]:
@@ -202,30 +231,39 @@ def run(args) -> int:
         env = install(Path(site), args.smoke)
         steps = Steps(out, args.seconds, env)
         python = [sys.executable, "-P"]  # -P: the checkout's own prunefx/ folder must not shadow the wheel
-        summary = {"smoke": args.smoke, "machine": facts(env)}
-        bench = ROOT / "benchmarks"
-        steps.run("pytest -m gpu", [*python, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "--durations=8",
-                                    "--rootdir", str(ROOT), *gpu_test_files()], 240, log="gpu_pytest.log")
-        if args.smoke:
-            steps.steps.append({"step": "capture probe", "skipped": "no GPU (smoke)"})
-        else:
-            for batch in (64, 128):
-                steps.run(f"capture probe at batch {batch}", [*python, "-c", CAPTURE_PROBE, str(batch)], 60,
-                          env=dict(env, PRUNEFX_CUDA_CAPTURE_BATCH_LIMIT="100000"))
-        _budget(steps, python, bench, args.smoke)
-        module_speed = ["--model", "timm:deit_tiny_patch16_224", "--image-size", "64", "--device", "cpu",
-                        "--runs", "10"] if args.smoke else ["--batch", "8"]
-        steps.run("module_speed", [*python, str(bench / "module_speed.py"), *module_speed,
-                                   "--out", str(out / "gpu_module_speed.json")], 120)
-        _calibrated(steps, python, bench, args.smoke)
-        gpu_speedup(steps, python, args.smoke)
-        summary["steps"] = steps.steps
-        summary["results"] = _folded(out, ("gpu_remeasure.json", "gpu_module_speed.json"))
-        (out / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
+        summary = {"smoke": args.smoke, "machine": facts(env), "stale": _stale_wheel(args.smoke)}
+        try:
+            _every_step(steps, python, env, args.smoke)
+        finally:  # whatever broke between steps, what ran is reported
+            summary["steps"] = steps.steps
+            summary["results"] = _folded(out, ("gpu_remeasure.json", "gpu_module_speed.json"))
+            (out / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
     failed = [s["step"] for s in steps.steps
-              if (s.get("exit") not in (0, None) and not s.get("refused")) or s.get("timed_out")]
+              if (s.get("exit") not in (0, None) and not s.get("refused")) or s.get("timed_out") or s.get("error")]
     print(f"gpu-check: wrote {out / 'gpu_check.json'}; " + (f"failed: {', '.join(failed)}" if failed else "all ran"))
     return 1 if failed else 0
+
+
+def _every_step(steps: Steps, python: list[str], env: dict, smoke: bool) -> None:
+    bench = ROOT / "benchmarks"
+    steps.run("pytest -m gpu", [*python, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "--durations=8",
+                                "--rootdir", str(ROOT), *gpu_test_files()], 240, log="gpu_pytest.log")
+    if smoke:
+        steps.steps.append({"step": "capture probe", "skipped": "no GPU (smoke)"})
+    else:
+        for batch in (64, 128):
+            steps.run(f"capture probe at batch {batch}", [*python, "-c", CAPTURE_PROBE, str(batch)], 60,
+                      env=dict(env, PRUNEFX_CUDA_CAPTURE_BATCH_LIMIT="100000"))
+    with steps.guarded("budget"):
+        _budget(steps, python, bench, smoke)
+    module_speed = ["--model", "timm:deit_tiny_patch16_224", "--image-size", "64", "--device", "cpu",
+                    "--runs", "10"] if smoke else ["--batch", "8"]
+    steps.run("module_speed", [*python, str(bench / "module_speed.py"), *module_speed,
+                               "--out", str(steps.out / "gpu_module_speed.json")], 120)
+    with steps.guarded("calibrated prune"):
+        _calibrated(steps, python, bench, smoke)
+    with steps.guarded("gpu_speedup"):
+        gpu_speedup(steps, python, smoke)
 
 
 def _budget(steps: Steps, python: list[str], bench: Path, smoke: bool) -> None:
@@ -234,23 +272,35 @@ def _budget(steps: Steps, python: list[str], bench: Path, smoke: bool) -> None:
     reference, batch, speedup, backend = (("prunefx:resnet20", 8, "1.2", "ort") if smoke else
                                           ("torchvision:resnet50", 32, "1.5", "cuda"))
     shape = f"{batch}x1x28x28" if smoke else f"{batch}x3x224x224"
-    dense = steps.out / "budget_dense.pt2"
+    # not in --out: what comes back from the GPU machine is at most eight files, and a step killed at its timeout
+    # leaves its staging folder behind
+    with tempfile.TemporaryDirectory(prefix="gpu-check-budget-") as folder:
+        _budget_in(steps, python, bench, Path(folder), reference, shape, batch, speedup, backend)
+
+
+def _budget_in(steps: Steps, python: list[str], bench: Path, folder: Path, reference: str, shape: str, batch: int,
+               speedup: str, backend: str) -> None:
+    dense = folder / "budget_dense.pt2"
     save_dense = ("import sys; from prunefx.loading import model_and_program; "
                   "model_and_program(sys.argv[1], input_shape=sys.argv[2])[1].eval().save(sys.argv[3])")
     steps.run("dense model", [*python, "-c", save_dense, reference, shape, str(dense)], 120)
-    chosen_folder = steps.out / "budget_prune"
+    chosen_folder = folder / "budget_prune"
     code = steps.run(f"prune --speedup {speedup} --backend {backend} --batch {batch} --choose-by latency",
                      [*python, "-m", "prunefx", "prune", str(dense), "--speedup", speedup, "--backend", backend,
                       "--batch", str(batch), "--choose-by", "latency", "-o", str(chosen_folder)], 240)
-    if code == 2:  # a budget out of reach is a finding of the check, in its one line, not a broken step
+    if _refused(steps.steps[-1]):
         steps.steps[-1]["refused"] = True
     if code == 0:
         shutil.copy(chosen_folder / "report.json", steps.out / "gpu_prune_report.json")
         steps.run("re-measure with its own timer", [*python, str(bench / "remeasure_speedup.py"), str(dense),
                                                     str(chosen_folder / "model.pt2"), "--batch", str(batch),
                                                     "--json", str(steps.out / "gpu_remeasure.json")], 90)
-    shutil.rmtree(chosen_folder, ignore_errors=True)
-    dense.unlink(missing_ok=True)
+
+
+def _refused(entry: dict) -> bool:
+    """A budget out of reach: a finding of the check, in its one line, not a broken step. Any other exit 2 (a
+    missing dense model, an environment fault, a bad argument) is a broken step."""
+    return entry.get("exit") == 2 and any("cannot reach" in line for line in entry.get("tail", ()))
 
 
 def _calibrated(steps: Steps, python: list[str], bench: Path, smoke: bool) -> None:
@@ -271,12 +321,16 @@ def _calibrated(steps: Steps, python: list[str], bench: Path, smoke: bool) -> No
 
 def _folded(out: Path, names: tuple[str, ...]) -> dict:
     """Small results files read into the summary and removed: what comes back from the GPU machine is at most
-    eight files."""
+    eight files. One that does not read (a step killed while writing it) is kept as it is, and said."""
     folded = {}
     for name in names:
         path = out / name
         if path.is_file():
-            folded[path.stem] = json.loads(path.read_text())
+            try:
+                folded[path.stem] = json.loads(path.read_text())
+            except ValueError as error:
+                folded[path.stem] = {"unreadable": str(error)[:200]}
+                continue
             path.unlink()
     return folded
 
@@ -319,10 +373,10 @@ def main(argv=None) -> int:
     parser.add_argument("action", choices=("prepare", "run", "speedup"))
     parser.add_argument("--smoke", action="store_true", help="on a CPU, with stand-ins: proves the check end to end")
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "build" / "gpu-check"))
-    parser.add_argument("--seconds", type=float, default=None, help="the whole run's limit (run: 510, speedup: 300)")
+    parser.add_argument("--seconds", type=float, default=None, help="the whole run's limit (run: 450, speedup: 240)")
     args = parser.parse_args(argv)
     if args.seconds is None:
-        args.seconds = 300.0 if args.action == "speedup" else 510.0
+        args.seconds = 240.0 if args.action == "speedup" else 450.0
     return {"prepare": lambda: prepare(args.smoke), "run": lambda: run(args),
             "speedup": lambda: speedup_only(args)}[args.action]()
 

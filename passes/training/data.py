@@ -84,7 +84,7 @@ def eval_totals(model, batches: Iterable, device: torch.device) -> torch.Tensor:
             logits = logits_of(module(*inputs))
             valid = labels != IGNORE_LABEL
             totals[0] += ((logits.argmax(1) == labels) & valid).sum()
-            totals[1] += F.cross_entropy(*in_float32(logits), labels, ignore_index=IGNORE_LABEL,
+            totals[1] += F.cross_entropy(in_float32(logits), labels, ignore_index=IGNORE_LABEL,
                                          reduction="sum").double()
             totals[2] += valid.sum()
     return totals

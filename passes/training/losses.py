@@ -22,10 +22,10 @@ IGNORE_LABEL = -1
 
 # --- losses --------------------------------------------------------------------------------------
 
-def in_float32(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Half and bfloat16 outputs (a half-precision Program, a loss under autocast) in float32: their sums pass
+def in_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """A half or bfloat16 output (a half-precision Program, a loss under autocast) in float32: its sums pass
     65504 on a segmentation map, and 1 - 1e-6 rounds to 1, so a clamp keeps no probability off 0 or 1."""
-    return tuple(t.float() if t.is_floating_point() and t.element_size() < 4 else t for t in tensors)
+    return tensor.float() if tensor.is_floating_point() and tensor.element_size() < 4 else tensor
 
 
 def _class_last(logits: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     if student_logits.shape != teacher_logits.shape:
         raise TrainingError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                             f"{tuple(teacher_logits.shape)} differ in shape")
-    student, teacher = in_float32(_class_last(student_logits), _class_last(teacher_logits))
+    student, teacher = in_float32(_class_last(student_logits)), in_float32(_class_last(teacher_logits))
     log_student = F.log_softmax(student / temperature, dim=-1)
     log_teacher = F.log_softmax(teacher / temperature, dim=-1)
     kl = F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
@@ -72,7 +72,7 @@ def detection_kd_loss(student: torch.Tensor, teacher: torch.Tensor, *, box_dims:
     if student.dim() != 3 or student.shape[1] <= box_dims:
         raise TrainingError(f"a detector's output must be N x ({box_dims} + classes) x anchors, "
                             f"got {tuple(student.shape)}")
-    student, teacher = in_float32(student, teacher)
+    student, teacher = in_float32(student), in_float32(teacher)
     return (_class_distillation(student[:, box_dims:], teacher[:, box_dims:])
             + _box_distillation(student[:, :box_dims], teacher[:, :box_dims], teacher[:, box_dims:]))
 
@@ -98,12 +98,12 @@ def feature_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     if student.shape != teacher.shape:
         raise TrainingError(f"feature shapes differ: student {tuple(student.shape)}, teacher "
                             f"{tuple(teacher.shape)}; pick tensors whose widths were not pruned")
-    return F.mse_loss(*in_float32(student, teacher))
+    return F.mse_loss(in_float32(student), in_float32(teacher))
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over the labelled items (label -1 is padding); 0, with a graph, when there are none."""
-    total = F.cross_entropy(*in_float32(logits), labels, ignore_index=IGNORE_LABEL, reduction="sum")
+    total = F.cross_entropy(in_float32(logits), labels, ignore_index=IGNORE_LABEL, reduction="sum")
     return total / (labels != IGNORE_LABEL).sum().clamp(min=1)
 
 

@@ -123,7 +123,7 @@ class PreparedModels:
         if not self.capture and key.endswith(":graph"):
             # a capture failed meanwhile: the models kept are sampled eagerly now, and the next pair asks for them by
             # their eager keys (else it would prepare the dense model again)
-            self.models.rekey(lambda kept, entry: (_eager(kept), (entry[0], _eager(kept))))
+            self.models.rekey(lambda old, kept: (_eager(old), (kept[0], _eager(old))))
             entry = self.models.get(_eager(key), lambda: (self._prepared(program), _eager(key)))
         return entry
 

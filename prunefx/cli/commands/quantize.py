@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from prunefx.cli import options as cli_options
+from prunefx.device import on_device, resolve_device
 from prunefx.graph.counted import counted
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.int8.quantization import has_fake_quant
@@ -59,11 +60,13 @@ def add_arguments(parser) -> None:
                         help="the runtime model.onnx is lowered for: ort (ONNX Runtime on this CPU, default) or trt "
                              "(TensorRT: symmetric S8)")
     cli_options.add_measurement(parser, runs=50)
+    cli_options.add_device(parser, runs="the calibration (activation ranges, their search) and the batch-norm fold")
     cli_options.add_opset(parser)
     cli_options.add_output(parser, "model.pt2, model_trt.onnx, model_ort.onnx and report.json")
 
 
 def run(args) -> int:
+    device = resolve_device(args.device)  # a GPU that is missing is refused before anything loads
     output = check_output_folder(args.output)
     if not args.calibrate:
         raise PrunefxError("quantize needs calibration images for the activation ranges: give --calibrate DATA")
@@ -73,9 +76,11 @@ def run(args) -> int:
                            "prunefx export --backend ort|trt writes this one's INT8 files")
     require_float32_quantizers(program)  # before the calibration's minutes
     calibration = calibration_read(args, program, program.example_inputs[0])
-    config = {**cli_options.pass_config(args, OPTIONS), "calibration": calibration.batches}
+    config = {**cli_options.pass_config(args, OPTIONS), "calibration": calibration.on(device).batches}
     started = time.perf_counter()
-    result = Pipeline([(quantize_int8, config)], verify="full").run(program)
+    with on_device(program, device) as placed:  # the float Program goes back even when the pass fails
+        result = Pipeline([(quantize_int8, config)], verify="full").run(program)
+        placed.home(result.program)  # exported, checked and written from the CPU
     quantized, stats, facts = result.program, result.stats()["quantize_int8"], result.facts("quantize_int8", Quantized)
     departure = program_parity(program, quantized)  # the scale the files' parity is read on
     warn_if_constant(departure, program.name)  # then so is every file's
