@@ -16,11 +16,9 @@ from prunefx.data.splits import DataSplits
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.core.pipeline import Pipeline, Step
-from prunefx.runtime import LATENCY_THREADS
 from prunefx.runtime.measure.pairs import Measurement
 
 CALIBRATION_BATCHES = 4
-MERGE_MEASURE_RUNS = 30  # per merge of layers that merge_blocks considers, and per budget candidate
 
 
 def injected_keys(step: Step) -> dict[str, str]:
@@ -62,8 +60,9 @@ def _sources(dense: Program, splits: DataSplits, eval_batches: int | None, neede
         sources["calibration"] = [(inputs,) for inputs, _ in itertools.islice(iter(loader), CALIBRATION_BATCHES)]
     if "labelled_calibration" in needed:
         sources["labelled_calibration"] = list(itertools.islice(iter(loader), CALIBRATION_BATCHES))
-    if needed & {"measure", "latency"}:  # one Measurement, checked once, for every pass that measures
-        measurement = Measurement.of(options.backend, threads=LATENCY_THREADS, runs=MERGE_MEASURE_RUNS,
+    if needed & {"measure", "latency"}:  # one Measurement, checked once, for every pass that measures; the
+        # command line's --threads and --runs, as prune's and depth's budgets read them
+        measurement = Measurement.of(options.backend, threads=options.threads, runs=options.runs,
                                      precision=options.precision, trtexec=options.trtexec, batch=options.batch,
                                      compile=options.compile)
         if "measure" in needed:

@@ -15,6 +15,7 @@ import yaml
 
 from prunefx.cli import EXIT_USER_ERROR, main
 from prunefx.compress_inputs import load_model_and_data
+from prunefx.compress_options import Options
 from prunefx.compression import compress
 from prunefx.data import fashion_mnist
 from prunefx.data.splits import DataSplits, tensor_batches
@@ -288,10 +289,27 @@ def test_inject_fills_only_what_a_pass_needs_and_the_recipe_left_unset():
         inject(pipeline, dense, no_training, data="random")
 
 
+def test_a_budget_pass_measures_with_the_threads_and_runs_the_command_line_gives(monkeypatch):
+    """compress --threads 1 --runs 7: the budget's candidates are timed on 1 thread, 7 runs each (as prune's and
+    depth's are), not at the defaults; the report times the result with the same settings."""
+    ort_backend = importlib.import_module("prunefx.runtime.backends.ort")
+    asked = []
+    measurer = lambda dense, candidate: (1.0, 1.0, 0.0)  # noqa: E731 (what the pass is handed, never called)
+    monkeypatch.setattr(ort_backend, "onnx_latency_pair", lambda **settings: asked.append(settings) or measurer)
+    images, labels = torch.randn(8, 3, 8, 8), torch.arange(8) % 2
+    splits = DataSplits(train=tensor_batches(images, labels, 4, shuffle=True), val=None,
+                        test=tensor_batches(images, labels, 4, shuffle=False), classes=("a", "b"),
+                        input_shape=(3, 8, 8))
+    dense = capture(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten()).eval(), torch.randn(4, 3, 8, 8))
+    pipeline = pipeline_from_spec({"passes": [{"prune_to_budget": {"speedup": 1.5}}]})
+    injected, keys = inject(pipeline, dense, splits, data="random", options=Options(threads=1, runs=7))
+    assert "latency" in keys[0] and injected.steps[0].config["latency"] is measurer
+    assert [(settings["threads"], settings["runs"]) for settings in asked] == [(1, 7)]
+
+
 def test_data_with_a_test_split_only_calibrates_on_the_images_it_scores_and_says_so(tmp_path):
     """imagenet-sample's case (20 test images, no other split): the calibration batches are the test images, and
     the log and report.json say so, where before the score read as held out."""
-    from prunefx.compress_options import Options
     from prunefx.named_recipes import Recipe
 
     torch.manual_seed(0)
@@ -316,7 +334,6 @@ def test_data_with_a_test_split_only_calibrates_on_the_images_it_scores_and_says
 def test_the_delivered_model_is_scored_on_the_test_split_once(tmp_path):
     """The last stage row scores the model compress delivers on the test batches; the final score reuses it
     (the test split was read once more for the same number)."""
-    from prunefx.compress_options import Options
     from prunefx.named_recipes import Recipe
 
     torch.manual_seed(0)

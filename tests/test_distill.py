@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import math
 import os
@@ -646,6 +647,28 @@ def test_a_save_killed_between_its_two_replaces_is_finished_on_resume(tmp_path, 
     assert _checkpoint_files(tmp_path) == left
     _, stats = _train(_program(), _program(1), _batches(2), **_checkpointed(tmp_path, resume=True))
     assert stats["resumed_from"] == resumed_from and _checkpoint_files(tmp_path) == [PROGRAM_FILE, STATE_FILE]
+
+
+def test_a_save_that_fails_after_a_killed_one_keeps_the_state_that_save_left(tmp_path, monkeypatch):
+    """A killed save left its program and, under the partial name, its state; the next save fails (a full disk
+    while writing the state). The pair the killed save left still resumes: the failed save's cleanup removed only
+    files of its own."""
+    checkpoint = importlib.import_module("prunefx.passes.training.checkpoint")
+    _killed_after_program_replace(tmp_path, monkeypatch, 2)
+
+    real_save = checkpoint.torch.save
+
+    def disk_full(value, target, *args, **kwargs):  # the program is written; its state is not
+        if "trainer_state" in str(target):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(value, target, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        checkpoint.write_checkpoint(tmp_path, _program(), {"step": 9})
+    monkeypatch.undo()
+    _, stats = _train(_program(), _program(1), _batches(2), **_checkpointed(tmp_path, resume=True))
+    assert stats["resumed_from"] == 8 and _checkpoint_files(tmp_path) == [PROGRAM_FILE, STATE_FILE]
 
 
 def test_a_save_reaches_the_disk_before_its_commit_and_the_commit_after_it(tmp_path, monkeypatch):

@@ -38,6 +38,7 @@ _PARTIAL_PROGRAM, _PARTIAL_STATE = "program.partial.pt2", "trainer_state.partial
 def write_checkpoint(directory: Path, program: Program, state: dict) -> None:
     """Save a copy of `program` and `state` (plus the format, parameter shapes and program hash)."""
     make_folder(directory)
+    _finish_killed_save(directory)  # else a failure of this save would delete the only state matching the program
     snapshot = Program(copy.deepcopy(program.module), program.example_inputs, name=program.name,
                        analysis=copy.deepcopy(program.analysis), output_shapes=list(program.output_shapes))
     snapshot.normalisation = program.normalisation
@@ -57,6 +58,13 @@ def write_checkpoint(directory: Path, program: Program, state: dict) -> None:
         elif state_tmp.exists():  # the program is the new one: its state follows, whatever stopped the save
             os.replace(state_tmp, directory / STATE_FILE)
         sync_folder(directory)
+
+
+def _finish_killed_save(directory: Path) -> None:
+    """A save killed between its two replaces left its state under the partial name: put in place (as
+    `read_checkpoint` would) before a new save, whose cleanup removes partial files when it fails."""
+    if (directory / _PARTIAL_STATE).is_file() and (directory / PROGRAM_FILE).is_file():
+        _matching_state(directory)
 
 
 def read_checkpoint(directory: Path) -> tuple[Program, dict] | None:
