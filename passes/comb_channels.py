@@ -16,6 +16,7 @@ from typing import ClassVar
 
 from prunefx.graph import Program
 from prunefx.graph.channels.groups import find_channel_groups
+from prunefx.passes.core import config_checks as checks
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.pass_config import PassConfig, option
 from prunefx.passes.core.registry import shipped_pass
@@ -42,6 +43,7 @@ class ChannelGroups:
 @graph_pass(config=CombChannelsConfig, in_place=True)
 def comb_channels(program: Program, /, *, config: dict | None = None) -> Result:
     settings = CombChannelsConfig.parse(config)
+    checks.nodes_in("comb_channels", "keep", settings.keep, program)
     combing = find_channel_groups(program.module, keep=set(settings.keep))
     facts = ChannelGroups([group.to_dict() for group in combing.groups],
                           [blocked.to_dict() for blocked in combing.blocked])

@@ -142,7 +142,7 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     importance, compensate = parsed.resolved()  # the defaults that depend on the data given, settled once
     settings = dataclasses.replace(parsed, importance=importance, compensate=compensate,
                                    heads=parsed.resolved_heads())
-    _check_keep(program, settings.keep)
+    checks.nodes_in("remove_channels", "keep", settings.keep, program)
     refuse_sparse_weights(program, "remove_channels", "removing (and compensating) channels")
     target = _target(settings)
     if settings.compensate or settings.importance in DATA_CRITERIA:  # checked (and read once) up front
@@ -196,11 +196,6 @@ def _check_outputs_kept(program: Program) -> None:
         raise PrunefxError(f"remove_channels changed the output shapes of {program.name} from "
                            f"{list(program.output_shapes)} to {shapes}; this is a bug in a channel rule, "
                            "please report it (pass keep=[...] for the nodes involved meanwhile)")
-
-
-def _check_keep(program: Program, keep) -> None:
-    checks.names_in("remove_channels", "keep", keep, {node.name for node in program.graph.nodes},
-                    what=f"a node of {program.name}")
 
 
 def _importance(program: Program, combing, config: RemoveChannelsConfig, hessians: dict | None, widths: dict):

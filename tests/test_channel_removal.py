@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.utils._pytree as pytree
 
-from prunefx.graph import capture, count, verify
+from prunefx.graph import PrunefxError, capture, count, verify
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.graph.channels.removal import remove_classes
@@ -232,6 +232,10 @@ def test_comb_channels_pass_hands_its_groups_to_the_caller_as_typed_facts():
     assert len(facts.groups) == 12 and facts.blocked == []
     assert facts.groups[0]["size"] == 64 and "conv1.weight:0" in facts.groups[0]["members"]
     assert result.program.analysis.to_json() == {}  # nothing stored that the first width change makes stale
+    kept = Pipeline([(comb_channels, {"keep": ["conv2d"]})]).run(program).stats()["comb_channels"]
+    assert kept["groups"] < stats["groups"]  # the stem's group is kept whole
+    with pytest.raises(PrunefxError, match="'keep' names 'conv2d_99', which is not a node of"):
+        Pipeline([(comb_channels, {"keep": ["conv2d_99"]})]).run(program)
 
 
 def test_inspect_lists_channel_groups(capsys):

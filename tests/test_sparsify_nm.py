@@ -297,6 +297,8 @@ def test_a_rewrite_that_would_move_the_zeros_off_the_pattern_is_refused_before_a
     ({"criterion": "obs", "calibration": [torch.randn(2, 3, 64, 64)]}, "captured for"),
     ({"criterion": "cap", "damping": 0, "calibration": [(torch.randn(1, 3, 64, 64), torch.tensor([1]))]}, "> 0"),
     ({"keep": "fc"}, "list of node or weight names"),
+    ({"keep": ["fc.wieght"]}, "'keep' names 'fc.wieght', which is not a node or weight of .*; did you mean fc.weight"),
+    ({"layers": ["conv2d_99"]}, "'layers' names 'conv2d_99', which is not a node or weight of"),
 ])
 def test_bad_configs_are_clear_errors(resnet18, config, message):
     with pytest.raises(PrunefxError, match=message.replace("(", r"\(").replace(")", r"\)")):

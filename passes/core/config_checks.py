@@ -54,3 +54,11 @@ def names_in(owner: str, key: str, names: Iterable[str], known: Collection[str],
             close = difflib.get_close_matches(name, sorted(known), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else where
             raise ConfigError(f"{owner}: '{key}' names '{printable(name)[:60]}', which is not {what}{hint}")
+
+
+def nodes_in(owner: str, key: str, names: Iterable[str], program, *, weights: bool = False) -> None:
+    """`names_in` against the nodes of `program`'s graph (and, with `weights`, the weights they read)."""
+    known = {node.name for node in program.graph.nodes}
+    if weights:
+        known |= {str(node.target) for node in program.graph.nodes if node.op == "get_attr"}
+    names_in(owner, key, names, known, what=f"a node{' or weight' if weights else ''} of {program.name}")

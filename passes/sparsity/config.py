@@ -16,6 +16,7 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.graph.model_state import random_state_kept
 from prunefx.graph.sparsity.nm_masks import Pattern
+from prunefx.passes.core import config_checks as checks
 from prunefx.passes.core.pass_config import PassConfig, option
 
 CRITERIA = ("magnitude", "obs", "cap")
@@ -80,6 +81,8 @@ def checked_config(program: Program, config: SparsifyNMConfig | dict | None) -> 
         raise SparsityError(f"sparsify_nm: model '{program.name}' is already quantized; sparsify first, then "
                             "quantize_int8, so that the INT8 scales are calibrated on the sparse weights")
     plan = resolved(settings)
+    for key in ("keep", "layers"):  # a name that matches nothing would keep (or sparsify) nothing, silently
+        checks.nodes_in("sparsify_nm", key, sorted(getattr(plan, key) or ()), program, weights=True)
     return replace(plan, calibration=_calibration(program, plan.criterion, settings.calibration))
 
 
