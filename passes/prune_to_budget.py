@@ -64,6 +64,10 @@ class PruneToBudgetConfig(PassConfig):
         if searched:
             raise ConfigError(f"{cls.owner}: '{searched[0]}' is not an option here: the budget sets the MACs "
                               "(or, with a latency_table, the table's time)")
+        given_removal = mapping.get("removal")
+        if "strict" in mapping or (isinstance(given_removal, Mapping) and "strict" in given_removal):
+            raise ConfigError(f"{cls.owner}: 'strict' is not an option here: each candidate takes the fraction "
+                              "remove_channels reaches, and the measurement decides")
         removal = {key: mapping.pop(key) for key in list(mapping) if key in REMOVAL_OPTIONS}
         if mapping.get("removal") is None:
             mapping["removal"] = _removal_options(removal)

@@ -3,6 +3,8 @@ fails in one line when the budget is out of reach. The measuring function here i
 latency is a known function of the candidate's MACs (an oracle the search does not see); one slow test
 measures with ONNX Runtime for real."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -139,6 +141,23 @@ def test_a_latency_budget_is_met(resnet20):
     budget = dense_ms / 2
     result = prune_to_budget(resnet20.clone(), config={"latency_ms": budget, "latency": latency, "round_to": 4})
     assert budget / 1.15 <= latency(resnet20, result.program)[1] <= budget
+
+
+@pytest.mark.parametrize("start_speedup", [None, 2.0])
+def test_a_latency_budget_starts_where_the_same_speedup_budget_does(resnet20, start_speedup):
+    """A latency budget T is the speed-up dense ms / T: its first candidate is the speed-up budget's, and an input
+    already faster (start_speedup, depth's share) moves both alike."""
+    def first_candidate(budget: dict):
+        latency = latency_of_macs()
+        config = {**budget, "latency": latency, "round_to": 4, "max_candidates": 1, "confirm": False,
+                  "start_speedup": start_speedup}
+        with contextlib.suppress(PrunefxError):  # one candidate rarely meets it: only the first is compared
+            prune_to_budget(resnet20.clone(), config=config)
+        return next(program for program in latency.calls if count(program).macs < count(resnet20).macs)
+
+    dense_ms = latency_of_macs()(resnet20, resnet20)[0]
+    by_speedup, by_latency = first_candidate({"speedup": 3.0}), first_candidate({"latency_ms": dense_ms / 3.0})
+    assert count(by_latency).macs == count(by_speedup).macs
 
 
 def test_a_budget_out_of_reach_names_the_best_speedup(resnet20):
@@ -402,6 +421,9 @@ def test_the_budget_config_composes_the_removal_config_and_still_parses_a_flat_m
         PruneToBudgetConfig.parse({"speedup": 2.0, "importance": "loudest"})
     with pytest.raises(ConfigError, match="^prune_to_budget: 'macs' is not an option here"):
         PruneToBudgetConfig.parse({"speedup": 2.0, "macs": 0.5})
+    for strict in ({"strict": True}, {"removal": {"strict": False}}):  # each candidate takes what it reaches
+        with pytest.raises(ConfigError, match="^prune_to_budget: 'strict' is not an option here"):
+            PruneToBudgetConfig.parse({"speedup": 2.0, **strict})
 
 
 def test_out_of_reach_the_search_stops_where_a_smaller_fraction_cuts_the_same_model(resnet20, monkeypatch):

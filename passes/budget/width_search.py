@@ -126,6 +126,15 @@ class WidthSearch:
         return next((index for index, c in enumerate(self.trace)
                      if c.same_as is None and _shapes(c.result.program) == shapes), None)
 
+    def _wanted(self) -> Steps:
+        """The budget as a speed-up over the dense model; a latency budget through the dense model's time, measured
+        beside itself once, so that its first guess (and an input already faster, `start_speedup`) aims as a
+        speed-up budget's does."""
+        if self.settings.speedup is not None:
+            return self.settings.speedup
+        timing = yield Ask("search", self.dense, self.dense)
+        return timing.dense_ms / self.settings.latency_ms
+
     def confirming(self, candidate: WidthCandidate) -> Steps:
         """Confirmed; measured longer still where the budget lies inside the interval (Measured.straddles)."""
         if self.settings.confirm:
@@ -134,9 +143,9 @@ class WidthSearch:
 
     def steps(self) -> Steps:
         """The search, asking for each measurement (passes/budget/measurement.py); returns the chosen WidthCandidate."""
-        wanted = self.settings.speedup  # first guess: latency as if proportional to MACs, aimed mid-window
+        wanted = yield from self._wanted()  # first guess: latency as if proportional to MACs, aimed mid-window
         start = self.settings.start_speedup or 1.0
-        fraction = min(start / (wanted * (1 + self.settings.tolerance / 2)), 1.0) if wanted else 0.5
+        fraction = min(start / (wanted * (1 + self.settings.tolerance / 2)), 1.0) if wanted > 1 else 0.5
         for _ in range(self.settings.max_candidates):
             candidate = yield from self.measuring(fraction)
             if self.out_of_order(candidate) or \
