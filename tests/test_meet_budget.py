@@ -77,6 +77,17 @@ def test_allow_depth_takes_the_depth_route_after_width_refuses(graph_order):
     assert count(program) == before  # the input is left as it was
 
 
+@pytest.mark.parametrize("recalibrate", [True, False])
+def test_the_depth_route_recalibrates_as_asked(graph_order, recalibrate):
+    """`recalibrate` (prune's --recalibrate) reaches the depth route too: the batch norms inside the merged blocks
+    are re-estimated on the calibration batches, or left alone."""
+    program, batches = graph_order
+    _, outcome = meet_budget(program, speedup=2.0, measurer=PerOperator(), calibration=batches, routes=("depth",),
+                             recalibrate=recalibrate, max_candidates=2)
+    linearized = outcome.result.stats()["depth_to_budget"]["linearize_blocks"]
+    assert outcome.route == "depth" and (linearized["batch_norms_recalibrated"] > 0) == recalibrate
+
+
 def test_the_depth_route_delivers_the_merge_it_measured_without_merging_again(graph_order, monkeypatch):
     program, batches = graph_order
     merging = importlib.import_module("prunefx.passes.merge_blocks")

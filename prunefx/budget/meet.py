@@ -55,7 +55,8 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
     `threads` and `runs` (or by `measurer`, a ready passes.measurement.Measurer; `backend` and `precision`
     then only name it). `measurement`: a runtime.measure.pairs.Measurement, in place of backend, precision,
     batch, threads, runs, trtexec and compile: the command line builds one. `calibration`: input batches, for the depth ranking, the width search's data-driven
-    defaults and the batch norms re-estimated after pruning (`recalibrate`, default: on with calibration).
+    defaults and the batch norms re-estimated after pruning (`recalibrate`, default: on with calibration; on the
+    depth route, those inside the merged blocks, unless `depth` sets its own).
     `allow_depth`: when width cannot, depth, then both (`calibration` needed); `routes` names the routes
     instead ("width", "depth", "width+depth", in that order). `log`: a route's progress (default: logging). `width`: remove_channels options (importance,
     round_to, compensate, ...); `depth`: depth_to_budget options (rank, recalibrate, max_kernel_growth, ...).
@@ -181,7 +182,9 @@ class _Routes:
         if name == "depth":
             if self.refusals:
                 self.log(f"{self.refusals[-1].message}; width alone cannot: taking the depth route")
-            return depth_route(self.program, self.budget, self.measurer, self.depth, self.calibration)
+            # the batch norms inside the merged blocks re-estimated as asked, unless the depth options say
+            return depth_route(self.program, self.budget, self.measurer, {"recalibrate": self.recalibrate, **self.depth},
+                               self.calibration)
         share = self._mirrored_share()
         said = f"{share:.3f} of the budget" if share else "an even split in log-speed-up"
         if self.refusals:
