@@ -101,3 +101,16 @@ def test_a_demo_stopped_while_measuring_leaves_the_previous_output_and_its_repor
     assert main(arguments) != 0
     assert {path.name: path.read_bytes() for path in (tmp_path / "demo").iterdir()} == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["demo"]  # no staging folder left beside it
+
+
+def test_the_imagenet_demo_exports_at_the_opset_asked_and_refuses_the_pruning_demos_settings(capsys, tmp_path):
+    import onnx
+
+    assert main(["demo", "--imagenet", "--opset", "20", "--runs", "3", "-o", str(tmp_path / "imagenet")]) == 0
+    written = onnx.load(str(tmp_path / "imagenet" / "mobilenet_v2_folded.onnx"), load_external_data=False)
+    assert {entry.version for entry in written.opset_import if entry.domain in ("", "ai.onnx")} == {20}
+    capsys.readouterr()
+    assert main(["demo", "--imagenet", "--macs", "0.5", "--kd-steps", "3", "-o", str(tmp_path / "refused")]) \
+        == EXIT_USER_ERROR
+    assert "--macs, --kd-steps: settings of the pruning demo" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
