@@ -246,6 +246,19 @@ def test_a_backend_without_a_budget_fails_in_one_line(capsys, tmp_path, command)
     assert "give a budget" in line and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command, flags, said", [
+    (["prune", "prunefx:resnet20", "--macs", 0.5], ["--tolerance", 0.05, "--no-confirm"],
+     "--tolerance, --confirm: only a budget's search reads these"),
+    (["prune", "prunefx:resnet20", "--macs", 0.5], ["--threads", 1, "--runs", 7], "--threads, --runs: only a budget's measurements"),
+    (["depth", "prunefx:resnet20", "--blocks", 2], ["--tolerance", 0.05], "--tolerance: only a budget's search reads these"),
+    (["depth", "prunefx:resnet20", "--blocks", 2, "--no-measure"], ["--runs", 7], "--runs: only timed merges read these"),
+])
+def test_measurement_flags_with_nothing_to_measure_fail_in_one_line(capsys, tmp_path, command, flags, said):
+    """Flags a run would not read (no budget; no latency table; no merge timed) are refused, not ignored."""
+    line = _one_line_error(capsys, *command, *flags, "-o", tmp_path / "out")
+    assert said in line and not (tmp_path / "out").exists()
+
+
 def test_compress_checks_the_backend_before_loading_data(capsys, tmp_path):
     line = _one_line_error(capsys, "compress", "prunefx:resnet20", "--speedup", 2, "--data", "no-such-data",
                            "--backend", "trtexec", "--trtexec", "/nonexistent/trtexec", "-o", tmp_path / "out")

@@ -110,6 +110,8 @@ def add_opset(parser) -> None:
 
 
 def add_measurement(parser, *, runs: int, what: str = "the latency") -> None:
+    """`--threads` and `--runs` (`runs` its default: check with `refuse_unread(args, measurement_defaults(runs))`
+    where a run may measure nothing)."""
     parser.add_argument("--threads", type=options.threads, default=LATENCY_THREADS,
                         help=f"ONNX Runtime threads for {what} (default {LATENCY_THREADS})")
     parser.add_argument("--runs", type=options.runs, default=runs, help=f"timed runs per model (default {runs})")
@@ -160,6 +162,19 @@ def add_budget_backend(parser, *, note: str = "", batch_from: str = "--input-sha
     parser.add_argument("--compile", action="store_true",
                         help="cuda: compile each model with torch.compile (inductor) before timing it")
     parser.add_argument("--trtexec", metavar="PATH", help="the trtexec program (default: on PATH or JetPack's)")
+
+
+def refuse_unread(args, defaults: dict[str, object], why: str) -> None:
+    """Flags set away from their defaults that this run would not read, refused in one line before any model is
+    loaded (`why`: what they apply to), rather than ignored."""
+    given = [flag_of(name) for name, default in defaults.items() if getattr(args, name) != default]
+    if given:
+        raise PrunefxError(f"{', '.join(given)}: {why}")
+
+
+def measurement_defaults(runs: int) -> dict[str, object]:
+    """`add_measurement`'s defaults, for `refuse_unread`."""
+    return {"threads": LATENCY_THREADS, "runs": runs}
 
 
 def check_budget_backend(args, *, budgeted: bool, measures: bool = False, or_else: str = "") -> None:

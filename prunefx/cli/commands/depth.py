@@ -27,6 +27,7 @@ from prunefx.route_output import write_depth
 
 NAME = "depth"
 BUDGETS = ("speedup", "latency_ms")  # depth_to_budget's: measured on --backend at batch 1
+RUNS = 50  # --runs' default: timed runs of each merge or budget candidate
 
 
 def add_arguments(parser) -> None:
@@ -42,7 +43,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-measure", dest="measure", action="store_false",
                         help="merge wherever the MACs go down, without timing each merge on ONNX Runtime")
     cli_options.add_pass_options(parser, DepthToBudgetConfig, ("confirm", "tolerance"))
-    cli_options.add_measurement(parser, runs=50, what="the measurements (a budget's candidate that meets it is "
+    cli_options.add_measurement(parser, runs=RUNS, what="the measurements (a budget's candidate that meets it is "
                                                       "confirmed with 4x the runs)")
     cli_options.add_budget_backend(parser, note="; merges without a budget are timed there too")
     cli_options.add_device(parser, runs="the block ranking, layer-norm statistics and batch-norm recalibration")
@@ -57,6 +58,12 @@ def run(args) -> int:
     output = check_output_folder(args.output) if not args.list else None
     budget = args.speedup is not None or args.latency_ms is not None
     cli_options.check_budget_backend(args, budgeted=budget, measures=args.measure)
+    if not budget:
+        cli_options.refuse_unread(args, {name: DepthToBudgetConfig.default(name) for name in ("confirm", "tolerance")},
+                                  "only a budget's search reads these: give --speedup or --latency-ms")
+        if not args.measure:
+            cli_options.refuse_unread(args, cli_options.measurement_defaults(RUNS),
+                                      "only timed merges read these, and --no-measure times none")
     program = program_from_args(args, writes_onnx=not args.list).eval()  # --list writes nothing
     if args.list:
         _list_blocks(program)

@@ -47,6 +47,7 @@ NAME = "prune"
 TARGETS = ("macs", "params", "channels")
 BUDGETS = ("speedup", "latency_ms")  # prune_to_budget's: measured on --backend at batch 1
 SEARCH = ("tolerance", "max_candidates", "confirm")  # how prune_to_budget searches
+RUNS = 30  # --runs' default: timed runs of each budget candidate
 OPTIONS = ("importance", "ranking", "round_to", "max_ratio", "heads", "keep", "compensate", "damping")
 WIDTHS = ("round_to",)  # prune_to_budget's: default None, the budget backend's multiple (runtime/measure/width_multiple.py)
 
@@ -86,7 +87,7 @@ def add_arguments(parser) -> None:
                              "saved in a per-layer latency table timed first on --backend at --batch (cached), which "
                              "cuts channels where the time goes; with --macs/--params/--channels the target stays "
                              "what it is. Default: latency for a budget on the cuda backend, else macs")
-    cli_options.add_measurement(parser, runs=30, what="--speedup/--latency-ms (batch 1; a candidate that meets the "
+    cli_options.add_measurement(parser, runs=RUNS, what="--speedup/--latency-ms (batch 1; a candidate that meets the "
                                                       "budget is confirmed with 4x the runs)")
     cli_options.add_budget_backend(parser)
     cli_options.add_device(parser, runs="channel importance, the OBS math, compensation and the calibration passes")
@@ -100,6 +101,12 @@ def run(args) -> int:
     budgeted = args.speedup is not None or args.latency_ms is not None
     cli_options.check_budget_backend(args, budgeted=budgeted, measures=args.choose_by == "latency",
                                      or_else=", or --choose-by latency to time a latency table there")
+    if not budgeted:
+        cli_options.refuse_unread(args, {name: PruneToBudgetConfig.default(name) for name in SEARCH},
+                                  "only a budget's search reads these: give --speedup or --latency-ms")
+        if args.choose_by != "latency":
+            cli_options.refuse_unread(args, cli_options.measurement_defaults(RUNS),
+                                      "only a budget's measurements (or --choose-by latency's table) read these")
     if args.choose_by == "latency" and not budgeted and args.ranking not in (None, "global"):
         raise PrunefxError("--choose-by latency ranks channels across groups by importance per millisecond saved: "
                            f"it takes --ranking global, not {args.ranking}")
