@@ -56,6 +56,14 @@ def given_statistics(args, data: str | None) -> Statistics | None:
     return checked_statistics(mean, std)
 
 
+def record_given_statistics(args, program: Program) -> None:
+    """--mean/--std, where given, as `program`'s normalisation: the files written from it record them, whether
+    or not the command reads images (--calibrate)."""
+    given = given_statistics(args, getattr(args, "calibrate", None))
+    if given is not None:
+        program.normalisation = given
+
+
 def statistics(args, known: Statistics | None, data: str | None) -> tuple[Statistics, str]:
     """(mean, std) and where they come from, in words: --mean/--std, else `known` (the model's), else
     ImageNet's."""

@@ -10,6 +10,7 @@ import torch
 
 from prunefx.graph import Program, capture
 from prunefx.graph.errors import PrunefxError
+from prunefx.image_statistics import record_given_statistics
 from prunefx.models import build_model, load_weights, parse_input_shape
 from prunefx.models.input_shapes import check_input_shape
 from prunefx.runtime.model_precision import require_onnx_runtime_can_check
@@ -63,5 +64,7 @@ def model_and_program(reference: str, *, weights: str | None = None, input_shape
 
 
 def program_from_args(args, *, writes_onnx: bool = False) -> Program:
-    return program_from_reference(args.model, weights=args.weights, input_shape=args.input_shape,
-                                  writes_onnx=writes_onnx)
+    program = program_from_reference(args.model, weights=args.weights, input_shape=args.input_shape,
+                                     writes_onnx=writes_onnx)
+    record_given_statistics(args, program)
+    return program

@@ -58,6 +58,13 @@ def test_given_statistics_normalise_the_images_and_travel_with_the_saved_program
     assert torch.equal(again.batches[0][0], calibration.batches[0][0])
 
 
+def test_given_statistics_travel_with_the_model_of_a_prune_that_reads_no_images(tmp_path):
+    """--mean/--std without --calibrate: nothing is normalised, but the model.pt2 written records them."""
+    out = tmp_path / "pruned"
+    assert main(["prune", "prunefx:resnet20", "--macs", "0.6", "--mean", "0.3", "--std", "0.2", "-o", str(out)]) == 0
+    assert Program.load(out / "model.pt2").normalisation == ((0.3,), (0.2,))
+
+
 def test_without_statistics_images_are_normalised_with_imagenet_s(solid_images, program):
     calibration = calibration_read(_args(solid_images), program, program.example_inputs[0])
     assert torch.allclose(calibration.batches[0][0][0][:, 8, 8], _expected(IMAGENET_MEAN, IMAGENET_STD), atol=1e-6)

@@ -23,7 +23,7 @@ from prunefx.device import current_gpu, on_device, resolve_device
 from prunefx.graph.channels.importance import DATA_CRITERIA
 from prunefx.graph.counted import counted
 from prunefx.graph.errors import PrunefxError
-from prunefx.image_statistics import calibration_read
+from prunefx.image_statistics import calibration_read, record_given_statistics
 from prunefx.interop.module_file import write_module
 from prunefx.layer_latency import latency_table, table_multiple
 from prunefx.loading import model_and_program
@@ -118,6 +118,7 @@ def run(args) -> int:
     seconds = StageSeconds()
     with seconds.stage("load"):
         model, program = _program(args)
+        record_given_statistics(args, program)
         program = program.eval()
     with seconds.stage("calibration"):
         calibration = _calibration(args, program)
