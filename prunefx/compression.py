@@ -185,7 +185,8 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
         "eval_batches": options.eval_batches,
         "accuracy": {"before": before, "after": after},
         "speedup": latency.speedup, **{key: value for key, value in delivered.items() if key != "parity"},
-        "budget_measured_on": {"backend": options.backend, "precision": options.precision, "batch": options.batch},  # the final latency: ort
+        "budget_measured_on": {"backend": options.backend, "precision": options.precision, "batch": options.batch,
+                               "threads": options.threads, "runs": options.runs},  # the final latency: ort
         "passes": [{"pass": name, "modified": step.modified, "injected": keys, "stats": json_safe(step.stats)}
                    for (name, step), keys in zip(result.steps, injected)],
         "seconds": seconds,

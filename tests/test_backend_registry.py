@@ -113,7 +113,7 @@ def test_the_cli_offers_a_registered_backend_and_measures_on_it(counting, tmp_pa
     assert "counting" in build_parser()._subparsers._group_actions[0].choices["prune"].format_help()
     cli_options.check_budget_backend(args, budgeted=True)
     assert args.precision == "fp32"  # the backend's default, filled in
-    assert cli_options.measured_on(args) == {"backend": "counting", "precision": "fp32", "batch": 2}
+    assert cli_options.measured_on(args) == {"backend": "counting", "precision": "fp32", "batch": 2, "runs": args.runs}
     dense_ms, ms, _ = cli_options.budget_latency(args)(_net(32), _net(16))
     assert (dense_ms, ms) == pytest.approx((MS_PER_WEIGHT * _weights(_net(32)), MS_PER_WEIGHT * _weights(_net(16))))
     assert counting.made[-1].batch == 2
@@ -139,3 +139,12 @@ def test_a_backend_times_a_small_program_alone():
     """`time_program`, what a per-layer latency table reuses: statistics of the Program's ONNX file."""
     stats = backends.get("ort").time_program(_net(8), Settings(runs=5, warmup=1, threads=1))
     assert stats["runs"] == 5 and 0 < stats["median_ms"] <= stats["p90_ms"]
+
+
+def test_a_budget_says_the_runs_and_the_threads_it_was_measured_with():
+    """report.json's `budget`: threads where the backend reads them (ONNX Runtime), runs always."""
+    from prunefx.budget.outcome import MeasuredOn
+    from prunefx.runtime.measure.pairs import Measurement
+
+    said = MeasuredOn.of(Measurement.of("ort", threads=1, runs=7)).to_dict()
+    assert said == {"backend": "ort", "precision": "fp32", "runs": 7, "threads": 1}

@@ -77,15 +77,19 @@ def test_allow_depth_takes_the_depth_route_after_width_refuses(graph_order):
     assert count(program) == before  # the input is left as it was
 
 
-@pytest.mark.parametrize("recalibrate", [True, False])
-def test_the_depth_route_recalibrates_as_asked(graph_order, recalibrate):
-    """`recalibrate` (prune's --recalibrate) reaches the depth route too: the batch norms inside the merged blocks
-    are re-estimated on the calibration batches, or left alone."""
-    program, batches = graph_order
-    _, outcome = meet_budget(program, speedup=2.0, measurer=PerOperator(), calibration=batches, routes=("depth",),
-                             recalibrate=recalibrate, max_candidates=2)
-    linearized = outcome.result.stats()["depth_to_budget"]["linearize_blocks"]
-    assert outcome.route == "depth" and (linearized["batch_norms_recalibrated"] > 0) == recalibrate
+@pytest.mark.parametrize("flag, depth", [(["--recalibrate"], {"recalibrate": True}), ([], None),
+                                         (["--no-recalibrate"], None)])
+def test_prune_recalibrate_given_reaches_the_depth_route(monkeypatch, flag, depth):
+    """`prune --allow-depth --recalibrate`: the depth route re-estimates the batch norms inside the merged blocks, as
+    `prunefx depth --recalibrate` does; without the flag it keeps depth's own default."""
+    from prunefx.cli import build_parser
+    prune_budget = importlib.import_module("prunefx.cli.prune_budget")
+    asked = {}
+    monkeypatch.setattr(prune_budget, "meet_budget", lambda program, **kwargs: (asked.update(kwargs), (None, None))[1])
+    args = build_parser(["prune"]).parse_args(["prune", "m.pt2", "--speedup", "1.5", "--allow-depth", "--calibrate",
+                                               "imagenet-sample", *flag, "-o", "out"])
+    prune_budget.meet_for_command_line(args, None, None, {}, None, measurer=PerOperator())
+    assert asked["depth"] == depth
 
 
 def test_the_depth_route_delivers_the_merge_it_measured_without_merging_again(graph_order, monkeypatch):

@@ -55,8 +55,8 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
     `threads` and `runs` (or by `measurer`, a ready passes.measurement.Measurer; `backend` and `precision`
     then only name it). `measurement`: a runtime.measure.pairs.Measurement, in place of backend, precision,
     batch, threads, runs, trtexec and compile: the command line builds one. `calibration`: input batches, for the depth ranking, the width search's data-driven
-    defaults and the batch norms re-estimated after pruning (`recalibrate`, default: on with calibration; on the
-    depth route, those inside the merged blocks, unless `depth` sets its own).
+    defaults and the batch norms re-estimated after pruning (`recalibrate`, default: on with calibration; the
+    depth route's own is `depth`'s `recalibrate`, default off).
     `allow_depth`: when width cannot, depth, then both (`calibration` needed); `routes` names the routes
     instead ("width", "depth", "width+depth", in that order). `log`: a route's progress (default: logging). `width`: remove_channels options (importance,
     round_to, compensate, ...); `depth`: depth_to_budget options (rank, recalibrate, max_kernel_growth, ...).
@@ -97,9 +97,7 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
                 calibration = batches_on(calibration, placed.device)
                 if width.get("calibration") is not None:  # the caller's own width calibration (noise)
                     width["calibration"] = batches_on(width["calibration"], placed.device)
-            settings = measurement.settings
-            search = _Routes(program, budget, measurer, calibration,
-                             MeasuredOn(measurement.backend, settings.precision, settings.batch),
+            search = _Routes(program, budget, measurer, calibration, MeasuredOn.of(measurement),
                              recalibrate=calibration is not None if recalibrate is None else recalibrate,
                              width=width, depth=dict(depth or {}), log=log or _log.info)
             chosen, outcome = search.run(order)
@@ -182,9 +180,7 @@ class _Routes:
         if name == "depth":
             if self.refusals:
                 self.log(f"{self.refusals[-1].message}; width alone cannot: taking the depth route")
-            # the batch norms inside the merged blocks re-estimated as asked, unless the depth options say
-            return depth_route(self.program, self.budget, self.measurer, {"recalibrate": self.recalibrate, **self.depth},
-                               self.calibration)
+            return depth_route(self.program, self.budget, self.measurer, self.depth, self.calibration)
         share = self._mirrored_share()
         said = f"{share:.3f} of the budget" if share else "an even split in log-speed-up"
         if self.refusals:

@@ -35,16 +35,31 @@ class RouteRefusal:
 
 @dataclass(frozen=True)
 class MeasuredOn:
-    """Where every measurement of the budget was made."""
+    """Where and how every measurement of the budget was made."""
 
     backend: str
     precision: str
     batch: int = 1
+    runs: int | None = None     # timed runs of each model per measurement (a confirmation takes more)
+    threads: int | None = None  # where the backend reads them (ONNX Runtime, eager torch)
+    compile: bool = False
     facts: dict = field(default_factory=dict)  # the measurer's own account (the cuda backend's timing, memory)
+
+    @classmethod
+    def of(cls, measurement) -> MeasuredOn:
+        """From a runtime.measure.pairs.Measurement: its backend and the settings that backend reads."""
+        from prunefx.runtime import backends
+
+        settings = measurement.settings
+        threads = settings.threads if "threads" in backends.get(measurement.backend).options else None
+        return cls(measurement.backend, settings.precision, settings.batch, settings.runs, threads, settings.compile)
 
     def to_dict(self) -> dict:
         # batch 1 is every budget's default: the report names the batch only when it is another
         return {"backend": self.backend, "precision": self.precision, **({"batch": self.batch} if self.batch != 1 else {}),
+                **({"runs": self.runs} if self.runs is not None else {}),
+                **({"threads": self.threads} if self.threads is not None else {}),
+                **({"compile": True} if self.compile else {}),
                 **({"measurement": self.facts} if self.facts else {})}
 
 

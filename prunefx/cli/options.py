@@ -17,6 +17,7 @@ import types
 import typing
 
 from prunefx import options
+from prunefx.budget.outcome import MeasuredOn
 from prunefx.graph.errors import PrunefxError
 from prunefx.image_statistics import add_normalisation
 from prunefx.passes.core.config_checks import ConfigError
@@ -222,6 +223,5 @@ def pass_measure(args):
 
 
 def measured_on(args) -> dict:
-    """Where a budget was measured, for report.json."""
-    precision = args.precision or backends.get(args.backend).default_precision
-    return {"backend": args.backend, "precision": precision, "batch": getattr(args, "batch", 1)}
+    """Where and how a budget is measured, as report.json's `budget` says it."""
+    return MeasuredOn.of(measurement(args)).to_dict()

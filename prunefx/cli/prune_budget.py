@@ -22,6 +22,7 @@ def meet_for_command_line(args, program, calibration: Calibration | None, width:
             measurer=measurer or cli_options.budget_latency(args), calibration=calibration.batches if calibration and args.calibrate else None,
             allow_depth=args.allow_depth, tolerance=args.tolerance, confirm=args.confirm,
             max_candidates=args.max_candidates, recalibrate=args.recalibrate is not False, width=width,
+            depth={"recalibrate": True} if args.recalibrate else None,  # as `prunefx depth --recalibrate`
             log=lambda line: print(line, flush=True), choose_by=args.choose_by, device=device)
     except BudgetUnreachable as error:
         if error.dimension == "width":
