@@ -29,6 +29,7 @@ from prunefx.graph.depth.linearization import (
 )
 from prunefx.graph.depth.norm_replacement import layer_norm_to_batch_norm, why_not_replaceable
 from prunefx.graph.errors import PrunefxError
+from prunefx.passes.core.config_checks import ConfigError
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.pass_config import PassConfig, option
 from prunefx.passes.core.pipeline import run_inner
@@ -91,6 +92,7 @@ class Linearized:
 def linearize_blocks(program: Program, /, *, config: dict | None = None) -> Result:
     settings = LinearizeBlocksConfig.parse(config)
     _check_inputs(settings)
+    _check_ramp(program, settings)
     candidates = find_blocks(program.module)
     batches = (calibration_inputs(program.example_inputs, settings.calibration, max_batches=settings.max_batches,
                                   what="linearize_blocks") if settings.calibration is not None else None)
@@ -274,6 +276,15 @@ def _replace_layer_norms(program: Program, blocks: list[Block]) -> list[str]:
     nodes = {node.name: node for node in program.graph.nodes}
     replaceable = [name for block in blocks for name in block.layer_norms if why_not_replaceable(nodes[name]) is None]
     return [layer_norm_to_batch_norm(program, nodes[name]).name for name in replaceable]
+
+
+def _check_ramp(program: Program, settings: LinearizeBlocksConfig) -> None:
+    """One schedule raises every blend of a Program: a second progressive call with another ramp would move the
+    first call's blends too."""
+    record = program.analysis.linearize
+    if settings.mode == "progressive" and record is not None and record.blends and record.ramp != settings.ramp:
+        raise ConfigError(f"linearize_blocks: the blends already in {program.name} ramp over {record.ramp:g} of the "
+                          f"steps; a second progressive call takes the same ramp, not {settings.ramp:g}")
 
 
 def _linearize(program: Program, blocks: list[Block], mode: str, ramp: float | None = None) -> dict:

@@ -97,6 +97,15 @@ def test_progressive_blend_is_exact_at_both_ends_and_strips_to_the_abrupt_form(m
     reloaded.export()
 
 
+def test_a_second_progressive_call_takes_the_first_calls_ramp(mobilenet):
+    """One schedule raises every blend of a Program: another ramp would move the first call's blends too."""
+    blended = linearize_blocks(mobilenet.clone(), config={"blocks": ["features.3"], "ramp": 0.2}).program
+    with pytest.raises(PrunefxError, match="ramp over 0.2 of the steps; a second progressive call takes the same"):
+        linearize_blocks(blended, config={"blocks": ["features.4"], "ramp": 0.9})
+    both = linearize_blocks(blended, config={"blocks": ["features.4"], "ramp": 0.2}).program
+    assert set(both.analysis.linearize.blends.values()) == {"features.3", "features.4"}
+
+
 def test_a_half_blend_of_an_in_place_activation_reads_the_input_before_the_activation():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU6(inplace=True), torch.nn.Conv2d(4, 4, 1),
                                 torch.nn.ReLU6(inplace=True)).eval()
