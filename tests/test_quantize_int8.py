@@ -27,7 +27,7 @@ from torch import nn
 
 from prunefx.graph import Program, PrunefxError, capture
 from prunefx.graph.attributes import get_tensor
-from prunefx.graph.int8.ranges import RangeObserver
+from prunefx.graph.int8.ranges import HISTOGRAM_BINS, RangeObserver
 from prunefx.passes.core.config_checks import ConfigError
 from prunefx.passes.fold_batchnorm import fold_batchnorm
 from prunefx.passes.quantize_int8 import QuantizeInt8Config, quantize_int8
@@ -149,6 +149,15 @@ def test_entropy_clip_ignores_the_exact_zeros_a_relu_leaves():
         clips.append(observer.amax("entropy"))
     assert clips[0] == clips[1]
     assert clips[0] > float(torch.quantile(positives[:100_000], 0.999))
+
+
+def test_the_100th_percentile_is_the_largest_value_even_where_the_sums_round_below_one():
+    """The cumulative sum's last entry can round to just below 1 (1 - 1e-15 here): percentile 100 is the max, not
+    an index past the histogram's last bin."""
+    observer = RangeObserver()
+    observer.max = 5.0
+    observer.histogram = torch.from_numpy(np.random.default_rng(0).random(HISTOGRAM_BINS) * 1000)
+    assert observer.amax("percentile", 100.0) == 5.0
 
 
 def test_calibration_methods_read_the_range_from_the_data(one_thread):

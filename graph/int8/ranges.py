@@ -53,7 +53,9 @@ class RangeObserver:
         edges = np.linspace(0.0, self.max, HISTOGRAM_BINS + 1)
         if method == "percentile":
             cumulative = np.cumsum(self.histogram) / self.histogram.sum()
-            return float(edges[1 + np.searchsorted(cumulative, percentile / 100.0)].clip(max=self.max))
+            # at 100 the last sum may round to just below 1: searchsorted would point past the last bin
+            index = min(int(np.searchsorted(cumulative, percentile / 100.0)), HISTOGRAM_BINS - 1)
+            return float(edges[1 + index].clip(max=self.max))
         if method == "entropy":
             return self._entropy_amax(edges)
         return self._mse_amax(edges)
