@@ -123,6 +123,8 @@ def test_a_budget_no_combination_reaches_is_one_line_naming_the_best(mobilenet):
     ({"dimensions": ["width", "colour"]}, "'dimensions' must list some of width, depth, int8"),
     ({"dimensions": []}, "'dimensions' must list some of"),
     ({"width": {"speedup": 3}}, "'speedup' is set on the budget pass, not in 'width'"),
+    ({"width": {"start_speedup": 2}}, "'start_speedup' is set on the budget pass, not in 'width'"),  # depth's share
+    ({"depth": {"progress": False}}, "'progress' is set on the budget pass, not in 'depth'"),
     ({"width": {"importance": "astrology"}}, "'width': prune_to_budget: 'importance' must be one of"),
     ({"int8": {"method": "guess"}}, "'int8': quantize_int8"),
     ({"latency_ms": 3.0}, "exactly one budget"),

@@ -18,7 +18,8 @@ from prunefx.passes.quantize_int8 import QuantizeInt8Config
 DIMENSIONS = ("width", "depth", "int8")
 # options the budget pass owns: a dimension's own mapping may not set them
 OWNED = {"speedup", "latency_ms", "tolerance", "max_candidates", "confirm", "latency", "calibration"}
-OWNED_BY_DIMENSION = {"width": OWNED, "depth": OWNED | {"ranking"}, "int8": OWNED}  # depth: ranked once, here
+# depth: ranked once, here, and its bar is this pass's; width: starts from depth's (and INT8's) measured share
+OWNED_BY_DIMENSION = {"width": OWNED | {"start_speedup"}, "depth": OWNED | {"ranking", "progress"}, "int8": OWNED}
 SMALLEST_SHARE = 1.05  # a depth share below this is no share: the combination is the one without depth
 
 
