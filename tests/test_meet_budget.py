@@ -92,6 +92,25 @@ def test_prune_recalibrate_given_reaches_the_depth_route(monkeypatch, flag, dept
     assert asked["depth"] == depth
 
 
+@pytest.mark.parametrize("options, said", [
+    ({"width": {"confirm": False}}, "'confirm' is an argument of meet_budget, not an option in 'width'"),
+    ({"depth": {"tolerance": 0.5}}, "'tolerance' is an argument of meet_budget, not an option in 'depth'"),
+])
+def test_a_route_option_that_meet_budget_sets_itself_is_refused(mobilenet, options, said):
+    """The routes set these from meet_budget's own arguments: given in `width`/`depth`, they were overridden silently."""
+    program, batches = mobilenet
+    with pytest.raises(PrunefxError, match=said):
+        meet_budget(program, speedup=2.0, measurer=PerOperator(), calibration=batches, allow_depth=True, **options)
+
+
+def test_a_measurement_setting_the_backend_does_not_read_is_refused():
+    from prunefx.runtime.measure.pairs import Measurement
+
+    for setting in ({"compile": True}, {"trtexec": "/usr/bin/trtexec"}):  # the report would say it measured so
+        with pytest.raises(PrunefxError, match="the ort backend does not read"):
+            Measurement.of("ort", threads=1, runs=5, **setting)
+
+
 def test_the_depth_route_delivers_the_merge_it_measured_without_merging_again(graph_order, monkeypatch):
     program, batches = graph_order
     merging = importlib.import_module("prunefx.passes.merge_blocks")

@@ -128,7 +128,7 @@ def test_recipe_builds_the_same_pipeline(tmp_path):
     recipe = tmp_path / "fold.yaml"
     recipe.write_text("name: fold\nverify: full\npasses:\n  - fold_batchnorm: {}\n")
     pipeline = load_recipe(recipe)
-    assert pipeline.names == ["fold_batchnorm"] and pipeline.verify == "full"
+    assert pipeline.names == ["fold_batchnorm"] and pipeline.verify == "full" and pipeline.__name__ == "fold"
     assert pipeline.run(_program()).stats()["fold_batchnorm"]["folded"] == 1
 
 

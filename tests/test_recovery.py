@@ -133,6 +133,7 @@ def test_session_prunes_to_the_target_and_keeps_the_optimizer_on_the_module():
     ({"macs": 0.5, "keep": "conv2d"}, "a list of node names, not the text 'conv2d'"),  # not its six letters
     ({"macs": 0.5, "keep": ["conv2d_typo"]}, "'keep' names 'conv2d_typo', which is not a node of"),  # before training
     ({"macs": 0.5, "write_back": 5}, "write_back must be a function"),
+    ({"macs": 0.5, "initial_module": nn.Linear(2, 2)}, "initial_module is the module write_back writes into"),
 ])
 def test_bad_settings_are_one_line_errors(options, message):
     with pytest.raises(PrunefxError, match=message) as raised:

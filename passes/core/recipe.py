@@ -76,7 +76,7 @@ def pipeline_from_spec(spec: dict, *, progress: bool = False) -> Pipeline:
     if len(spec["passes"]) > MAX_RECIPE_STEPS:
         raise RecipeError(f"a recipe has {len(spec['passes'])} steps, over the limit of {MAX_RECIPE_STEPS}")
     steps = [_step(entry, index) for index, entry in enumerate(spec["passes"])]
-    return Pipeline(steps, verify=spec.get("verify", "full"), progress=progress)
+    return Pipeline(steps, verify=spec.get("verify", "full"), progress=progress, name=spec.get("name", "pipeline"))
 
 
 def read_recipe(path: str | Path) -> dict:

@@ -31,6 +31,7 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.graph.placement import module_device
 from prunefx.graph.program import require_program
 from prunefx.layer_latency import latency_table, table_multiple
+from prunefx.passes.budget.choose_config import OWNED
 from prunefx.passes.budget.search import BudgetUnreachable, budget_text, speedup_text, unreachable_in
 
 if TYPE_CHECKING:
@@ -76,6 +77,10 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
     if any(name != "width" for name in order) and calibration is None:
         raise PrunefxError("the depth route ranks the blocks by their damage on data: give meet_budget calibration "
                            "batches")
+    for name, options, owned in (("width", width, OWNED - {"calibration"}), ("depth", depth, OWNED)):
+        given = sorted(owned & set(options or {}))
+        if given:  # the route would set them over the caller's, silently
+            raise PrunefxError(f"meet_budget: '{given[0]}' is an argument of meet_budget, not an option in '{name}'")
     if choose_by is not None and choose_by not in CHOICES:
         raise PrunefxError(f"meet_budget: choose_by is one of {', '.join(CHOICES)}, not {choose_by!r}")
     device = resolve_device(device) if device is not None else None  # a GPU that is missing: refused first

@@ -101,6 +101,8 @@ class PruneWhileTraining:
         self.step = 0
         # With `write_back` (e.g. `lambda program: prunefx.to_module(program, model)`) the caller trains an
         # eager module of their own classes, written back from the graph at the start and after every cut.
+        if initial_module is not None and write_back is None:
+            raise PrunefxError("initial_module is the module write_back writes into: give write_back too")
         self.write_back = write_back
         self.eager = None
         if write_back is not None:  # before the first cut the caller's dense module is the graph's view

@@ -57,6 +57,10 @@ class Measurement:
         (torch.compile first) by cuda, `sparse` (2:4 sparse kernels) by TensorRT and trtexec; a backend that
         cannot measure so is refused now, in one line."""
         chosen = require_backend(backend, precision, trtexec, batch=batch, compile=compile)
+        unread = [name for name, given in (("compile", compile), ("trtexec", trtexec)) if given and name not in chosen.options]
+        if unread:  # the report would say it measured so
+            raise MeasurementError(f"the {chosen.name} backend does not read {unread[0]}: it applies to "
+                                   f"{', '.join(b.name for b in backends.backends() if unread[0] in b.options)}")
         if sparse and "sparse" not in chosen.options:
             raise MeasurementError(f"the {chosen.name} backend has no 2:4 sparse kernels to measure with: "
                                    f"sparse applies to {', '.join(b.name for b in backends.backends(budgets=True) if 'sparse' in b.options)}")
