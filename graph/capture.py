@@ -108,13 +108,13 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     put back, and its forward hooks run as in a call of the model, what they keep put back afterwards
     (graph/model_state.py).
     `copy_weights=False` is for a caller that drops `model` afterwards (a model built from a name on the command
-    line): the Program then takes the model's own tensors, without a second copy of every weight, and rewriting
+    line): the Program then takes the model's (or the ExportedProgram's) own tensors, without a second copy of every weight, and rewriting
     or training it would change the model too.
     """
     if name and program_name(name) is None:  # refused before any work, as the Program would (None, "": the default)
         raise CaptureError(f"capture's name must be non-empty text, not {printable(repr(name))[:60]}")
     if isinstance(model, torch.export.ExportedProgram):
-        return _capture_exported(model, example_inputs, name=name or "exported")
+        return _capture_exported(model, example_inputs, name=name or "exported", copy_weights=copy_weights)
     if not isinstance(model, torch.nn.Module):
         raise CaptureError(f"capture takes a torch.nn.Module or a torch.export.ExportedProgram, not "
                            f"{type(model).__name__}")
@@ -171,7 +171,8 @@ def _say_training_in_eval(program: Program, name: str) -> None:
                  ", ".join(operators), ", ".join(where[:3]) + (f" and {len(where) - 3} more" if len(where) > 3 else ""))
 
 
-def _capture_exported(exported: torch.export.ExportedProgram, example_inputs, *, name: str) -> Program:
+def _capture_exported(exported: torch.export.ExportedProgram, example_inputs, *, name: str,
+                      copy_weights: bool) -> Program:
     if example_inputs is None:
         stored = exported.example_inputs
         if stored is None:
@@ -186,7 +187,7 @@ def _capture_exported(exported: torch.export.ExportedProgram, example_inputs, *,
         _log.warning("%s: the ExportedProgram's dynamic input sizes (%s) are captured at the example inputs' %s; "
                      "a Program has fixed shapes, and so have its files and to_exported()", name, ", ".join(dynamic),
                      " and ".join("x".join(map(str, x.shape)) for x in _as_tuple(example_inputs)))
-    return capture(exported.module(), example_inputs, name=name)
+    return capture(exported.module(), example_inputs, name=name, copy_weights=copy_weights)
 
 
 def _dynamic_input_sizes(exported: torch.export.ExportedProgram) -> list[str]:

@@ -262,6 +262,10 @@ def test_capture_copies_the_weights_unless_told_the_model_is_given_away():
     assert copied.module.fc1.weight.data_ptr() != model.fc1.weight.data_ptr()
     taken = capture(model, torch.randn(2, 16), copy_weights=False)
     assert taken.module.fc1.weight.data_ptr() == model.fc1.weight.data_ptr()
+    exported = torch.export.export(model, (torch.randn(2, 16),))  # an ExportedProgram given away, alike
+    held = {tensor.data_ptr() for tensor in exported.state_dict.values()}
+    assert capture(exported).module.fc1.weight.data_ptr() not in held
+    assert capture(exported, copy_weights=False).module.fc1.weight.data_ptr() in held
 
 
 def test_a_model_built_only_for_its_program_is_not_kept_nor_copied(monkeypatch):
