@@ -64,7 +64,7 @@ def _sources(dense: Program, splits: DataSplits, eval_batches: int | None, neede
         # command line's --threads and --runs, as prune's and depth's budgets read them
         measurement = Measurement.of(options.backend, threads=options.threads, runs=options.runs,
                                      precision=options.precision, trtexec=options.trtexec, batch=options.batch,
-                                     compile=options.compile)
+                                     compile=options.compile, opset=options.opset)
         if "measure" in needed:
             sources["measure"] = measurement.speedup()
         if "latency" in needed:

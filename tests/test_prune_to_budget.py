@@ -205,8 +205,8 @@ def _recording_exports(monkeypatch, record):
 
     speedup = importlib.import_module("prunefx.runtime.measure.speedup")
     exported, real = [], speedup.exported_file
-    monkeypatch.setattr(speedup, "exported_file", lambda program, path, batch, exporter: exported.append(
-        record(program, exporter)) or real(program, path, batch, exporter))
+    monkeypatch.setattr(speedup, "exported_file", lambda program, path, batch, exporter, **options: exported.append(
+        record(program, exporter)) or real(program, path, batch, exporter, **options))
     return speedup, exported
 
 

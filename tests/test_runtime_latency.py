@@ -282,7 +282,7 @@ def test_the_files_a_measurement_exports_stay_bounded_and_come_back_when_met_aga
     from prunefx.runtime.measure.speedup import ExportCache
     exported = []
 
-    def export(program, path, batch, exporter):
+    def export(program, path, batch, exporter, opset):
         path.write_bytes(program.name.encode())
         exported.append(program.name)
         return path, program.example_inputs
@@ -302,3 +302,25 @@ def test_the_files_a_measurement_exports_stay_bounded_and_come_back_when_met_aga
     assert not folder.exists()
     path, _, _ = cache.get(dense)
     assert exported[-1] == "dense" and path.read_bytes() == b"dense"
+
+
+def test_a_budget_times_its_files_at_the_opset_the_model_is_delivered_at(monkeypatch):
+    """--opset 20: the search's files and the confirmation's (the delivered ones) are written at opset 20, so the
+    file timed is the file written."""
+    import importlib
+
+    from prunefx.runtime.measure.pairs import Measurement
+
+    speedup = importlib.import_module("prunefx.runtime.measure.speedup")
+    asked, real = [], speedup.export_onnx
+    monkeypatch.setattr(speedup, "export_onnx", lambda program, path, **options: (
+        asked.append((options["exporter"], options["opset"])), real(program, path, **options))[1])
+    dense = capture(torch.nn.Linear(16, 16).eval(), torch.randn(1, 16), name="dense")
+    candidate = capture(torch.nn.Linear(16, 8).eval(), torch.randn(1, 16), name="candidate")
+    pair = Measurement.of("ort", threads=1, runs=3, opset=20).pair()
+    try:
+        pair(dense, candidate)
+        pair.confirm(dense, candidate)
+    finally:
+        pair.close()
+    assert {exporter for exporter, _ in asked} == {"torchscript", "dynamo"} and {opset for _, opset in asked} == {20}

@@ -201,7 +201,8 @@ def check_budget_backend(args, *, budgeted: bool, measures: bool = False, or_els
 def measurement(args) -> Measurement:
     """The command line's one Measurement: its backend and every setting it measures with."""
     return Measurement.of(args.backend, threads=args.threads, runs=args.runs, precision=args.precision,
-                          trtexec=args.trtexec, batch=getattr(args, "batch", 1), compile=getattr(args, "compile", False))
+                          trtexec=args.trtexec, batch=getattr(args, "batch", 1), compile=getattr(args, "compile", False),
+                          opset=getattr(args, "opset", DEFAULT_OPSET))
 
 
 def budget_latency(args):

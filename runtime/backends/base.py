@@ -22,6 +22,7 @@ from prunefx.runtime.measure import gpu_latency
 from prunefx.runtime.measure.gpu_latency import compare_gpu_latency, measure_gpu_latency
 from prunefx.runtime.measure.latency import compare_latency, measure_latency
 from prunefx.runtime.measure.speedup import Measure, PairMeasurer, deployed, exported_file
+from prunefx.runtime.onnx.opsets import DEFAULT_OPSET
 from prunefx.runtime.ort.session import DEFAULT_THREADS
 from prunefx.runtime.tensorrt.layer_profile import LayerProfile
 
@@ -46,6 +47,7 @@ class Settings:
     spinning: bool = True          # ONNX Runtime's worker threads spin between operators
     flush_denormals: bool | None = None
     rounds: int = 4                # ONNX Runtime: fresh processes a side-by-side bench spreads its runs over
+    opset: int = DEFAULT_OPSET     # of the ONNX files a budget times: the delivered file's
 
     def with_precision(self, precision: str) -> Settings:
         return replace(self, precision=precision)

@@ -9,6 +9,7 @@ from prunefx.runtime.backends.base import Backend
 from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.measure.speedup import ExportCache, exported_file
 from prunefx.runtime.measure.width_multiple import TENSOR_CORE_MULTIPLE
+from prunefx.runtime.onnx.opsets import DEFAULT_OPSET
 from prunefx.runtime.tensorrt.plan import QDQ_FP16_STRONG, tensorrt_major
 
 
@@ -43,7 +44,8 @@ class TensorRTFamily(Backend):
         return TENSOR_CORE_MULTIPLE[precision]
 
 
-def onnx_files(batch: int) -> ExportCache:
+def onnx_files(batch: int, opset: int = DEFAULT_OPSET) -> ExportCache:
     """The files a TensorRT pair builds from, at `batch`: a fake-quantized Program in TensorRT's symmetric
     S8 Q/DQ form. One set serves the search and the confirmation: both time what is delivered."""
-    return ExportCache(batch, "dynamo", export=functools.partial(exported_file, activations=TensorRTFamily.int8_lowering))
+    return ExportCache(batch, "dynamo", export=functools.partial(exported_file, activations=TensorRTFamily.int8_lowering),
+                       opset=opset)

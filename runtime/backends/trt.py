@@ -44,7 +44,7 @@ class TensorRTBackend(TensorRTFamily):
 
     def latency_pair(self, settings: Settings) -> PairMeasurer:
         engines = _Engines(settings.precision or self.default_precision, settings.cache_dir, settings.sparse)
-        return pair_of(onnx_files(settings.batch), gpu_timing(engines.timed), settings,
+        return pair_of(onnx_files(settings.batch, settings.opset), gpu_timing(engines.timed), settings,
                        self.width_multiple(settings.precision or self.default_precision),
                        int8_refusal=self.int8_refusal_at(settings))
 

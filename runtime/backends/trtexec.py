@@ -55,7 +55,7 @@ class TrtexecBackend(TensorRTFamily):
         def timing(a: tuple, b: tuple, *, runs: int, warmup: int) -> tuple[float, float, float]:
             return medians_and_spread(*(engines.timed(entry, runs) for entry in (a, b)))
 
-        return pair_of(onnx_files(settings.batch), timing, settings, self.width_multiple(precision),
+        return pair_of(onnx_files(settings.batch, settings.opset), timing, settings, self.width_multiple(precision),
                        int8_refusal=self.int8_refusal_at(settings))
 
     def _options(self, settings: Settings, model: BenchModel) -> TrtexecOptions:

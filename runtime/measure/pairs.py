@@ -18,6 +18,7 @@ from prunefx.runtime import backends
 from prunefx.runtime.backends.base import CONFIRM_FACTOR, Backend, Settings
 from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.measure.speedup import Measure, PairMeasurer
+from prunefx.runtime.onnx.opsets import DEFAULT_OPSET
 
 
 def budget_backend_names() -> list[str]:
@@ -52,7 +53,7 @@ class Measurement:
     @classmethod
     def of(cls, backend: str, *, threads: int, runs: int, warmup: int = 10, precision: str | None = None,
            trtexec: str | None = None, cache_dir: str | None = None, batch: int = 1,
-           compile: bool = False, sparse: bool = False) -> Measurement:
+           compile: bool = False, sparse: bool = False, opset: int = DEFAULT_OPSET) -> Measurement:
         """`threads` is read by ONNX Runtime, `trtexec` by trtexec, `cache_dir` by TensorRT, `compile`
         (torch.compile first) by cuda, `sparse` (2:4 sparse kernels) by TensorRT and trtexec; a backend that
         cannot measure so is refused now, in one line."""
@@ -66,7 +67,7 @@ class Measurement:
                                    f"sparse applies to {', '.join(b.name for b in backends.backends(budgets=True) if 'sparse' in b.options)}")
         return cls(chosen.name, Settings(runs=runs, warmup=warmup, precision=precision or chosen.default_precision,
                                          batch=batch, threads=threads, trtexec=trtexec, cache_dir=cache_dir,
-                                         compile=compile, sparse=sparse))
+                                         compile=compile, sparse=sparse, opset=opset))
 
     def pair(self) -> PairMeasurer:
         """A `(before, after) -> (before ms, after ms, spread)` callable, with `confirm` (CONFIRM_FACTOR x the

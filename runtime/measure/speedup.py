@@ -26,6 +26,7 @@ from prunefx.runtime.measure.latency import LatencyComparison, LatencyStats, com
 from prunefx.runtime.measure.width_multiple import onnxruntime_multiple
 from prunefx.runtime.model_precision import require_float32
 from prunefx.runtime.onnx.export import export_onnx
+from prunefx.runtime.onnx.opsets import DEFAULT_OPSET
 from prunefx.runtime.onnx.quantized import export_quantized_onnx, onnxruntime_lowering
 from prunefx.runtime.ort.runners import OnnxRunnerMaker
 from prunefx.runtime.ort.session import DEFAULT_THREADS
@@ -108,7 +109,7 @@ def closed_after(measurer):
 
 def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup: int = 10, batch: int = 1,
                       confirm_runs: int | None = None, search_exporter: str = "torchscript",
-                      confirm_rounds: int = CONFIRM_ROUNDS) -> PairMeasurer:
+                      confirm_rounds: int = CONFIRM_ROUNDS, opset: int = DEFAULT_OPSET) -> PairMeasurer:
     """A `(before, after) -> (before ms, after ms, spread)` callable: both Programs at `batch`, exported and
     timed alternately with ONNX Runtime. Measurements are cached by the sha256 of both ONNX files, so a
     search that meets the same candidate twice (two fractions rounding to the same widths) times it once.
@@ -128,9 +129,10 @@ def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup:
     (TorchScript by default), and the confirmation, which alone accepts a candidate, times the files
     prunefx delivers (dynamo). A fake-quantized Program always goes through the INT8 lowering."""
     float32 = functools.partial(require_float32, runtime="ONNX Runtime")
-    search = ExportCache(batch, search_exporter, check=float32)  # shared: the dense model is exported once per search
+    search = ExportCache(batch, search_exporter, check=float32, opset=opset)  # shared: the dense model is exported once per search
     # an INT8 candidate's file is the same whatever the exporter (the INT8 lowering): confirmed, it is not exported again
-    delivered = search if search_exporter == "dynamo" else ExportCache(batch, "dynamo", quantized=search, check=float32)
+    delivered = search if search_exporter == "dynamo" else ExportCache(batch, "dynamo", quantized=search, check=float32,
+                                                                           opset=opset)
     confirming = confirm_runs or 4 * runs
     return PairMeasurer(_onnx_runtime_pair(search, threads=threads, runs=runs, warmup=warmup),
                         _onnx_runtime_pair(delivered, threads=threads, runs=confirming, warmup=2 * warmup,
@@ -208,10 +210,12 @@ class ExportCache:
     candidate at every step, and every file of a large model kept would fill the disk."""
 
     def __init__(self, batch: int, exporter: str = "dynamo", export: Callable | None = None,
-                 quantized: ExportCache | None = None, keep: int = 4, check: Callable[[Program], None] | None = None):
+                 quantized: ExportCache | None = None, keep: int = 4, check: Callable[[Program], None] | None = None,
+                 opset: int = DEFAULT_OPSET):
         # export(program, path, batch, exporter) -> (path, inputs): `exported_file` (ONNX Runtime's files) by default;
         # `quantized`: another cache that holds the fake-quantized Programs' files (they do not depend on the exporter)
         self.batch, self.exporter, self.export, self.quantized = batch, exporter, export, quantized
+        self.opset = opset  # the delivered file's: what is timed is what is written
         self.check = check  # what a Program must be to be measured here, checked before it is exported
         self._folder: tempfile.TemporaryDirectory | None = None  # made at the first export
         # the least recently used file goes (exported again if met again)
@@ -236,7 +240,8 @@ class ExportCache:
         name = f"{self.files.made}.onnx"  # a name of its own: an evicted file's is never reused
         if self._folder is None:
             self._folder = tempfile.TemporaryDirectory(prefix="prunefx-measure-")
-        path, inputs = (self.export or exported_file)(program, Path(self._folder.name) / name, self.batch, self.exporter)
+        path, inputs = (self.export or exported_file)(program, Path(self._folder.name) / name, self.batch, self.exporter,
+                                                       opset=self.opset)
         return path, inputs, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -245,15 +250,16 @@ def _remove_with_side_file(path: Path) -> None:
     path.with_name(f"{path.name}.data").unlink(missing_ok=True)  # a model over 2 GB keeps its weights beside it
 
 
-def exported_file(program: Program, path: Path, batch: int, exporter: str = "dynamo", *, activations: str | None = None):
+def exported_file(program: Program, path: Path, batch: int, exporter: str = "dynamo", *, activations: str | None = None,
+                  opset: int = DEFAULT_OPSET):
     """The ONNX file ONNX Runtime runs for `program`: a fake-quantized Program (passes/quantize_int8) in the
     integer lowering for this CPU (runtime/onnx/quantized.py), so an INT8 candidate is timed as deployed;
     `activations` names another lowering ("s8": TensorRT's symmetric Q/DQ form)."""
     program = deployed(program, batch)
     if has_fake_quant(program.graph):
         lowering = activations or onnxruntime_lowering()
-        return export_quantized_onnx(program, path, activations=lowering).path, program.example_inputs
-    return export_onnx(program, path, exporter=exporter).path, program.example_inputs
+        return export_quantized_onnx(program, path, activations=lowering, opset=opset).path, program.example_inputs
+    return export_onnx(program, path, exporter=exporter, opset=opset).path, program.example_inputs
 
 
 def deployed(program: Program, batch: int) -> Program:
