@@ -46,10 +46,13 @@ def _blamed_operator(message: str) -> str | None:
 def _capture_error(name: str, error: Exception) -> CaptureError:
     operator = _blamed_operator(str(error))
     where = f" at operator {operator}" if operator else ""
+    # a branch on tensor values is most often post-processing (a detector's box selection): the part before it exports
+    part = (" Or prune the part before it (a detector's backbone and neck): prunefx.prune_part(model, inputs, "
+            "pipeline, part=...) or `prunefx prune --part auto`." if "data-dependent" in str(error) else "")
     return CaptureError(
         f"could not capture model '{name}'{where}: {first_line(error)}. "
         "Fix: make the failing code traceable (no data-dependent Python control flow, no .item()/.tolist() "
-        "on tensors), or wrap it in a custom operator (torch.library.custom_op)."
+        f"on tensors), or wrap it in a custom operator (torch.library.custom_op).{part}"
     )
 
 

@@ -53,3 +53,21 @@ def test_a_capture_and_a_re_export_keep_no_stack_traces():
 def test_a_static_model_still_captures():
     program = capture(Detector(nn.Identity()).eval(), torch.randn(8, 4))
     assert program.module(torch.randn(8, 4)).shape == (8, 4)
+
+
+class BranchOnCount(nn.Module):
+    """A branch on how many values pass a threshold, as a detector's post-processing takes: torch.export stops."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y * 2 if (y > 0).sum() > 10 else y
+
+
+def test_a_branch_on_tensor_values_points_to_the_part_that_exports():
+    with pytest.raises(CaptureError, match="data-dependent") as raised:
+        capture(BranchOnCount().eval(), torch.randn(1, 3, 8, 8))
+    assert "`prunefx prune --part auto`" in str(raised.value) and "\n" not in str(raised.value)
