@@ -16,7 +16,15 @@ from prunefx.graph.activations import calibration_inputs
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.budget.choose_config import DIMENSIONS, SMALLEST_SHARE, ChooseForBudgetConfig
 from prunefx.passes.budget.damage_proxy import kl_damage, model_outputs
-from prunefx.passes.budget.measurement import Ask, Steps, Timing, drive, int8_refusal_of, round_to_of
+from prunefx.passes.budget.measurement import (
+    Ask,
+    Steps,
+    Timing,
+    drive,
+    int8_refusal_of,
+    round_to_of,
+    wanted_speedup,
+)
 from prunefx.passes.budget.search import Acceptance, BudgetUnreachable, Measured, budget_text, require_latency
 from prunefx.passes.core.pipeline import PipelineError, run_inner, verify_inner
 from prunefx.passes.depth_to_budget import (
@@ -200,20 +208,13 @@ class _Search:
         candidate.macs_kept = count(finished).macs / self.dense_macs
         candidate.proxy = kl_damage(self.reference, model_outputs(finished, self.batches[:self.settings.proxy_batches]))
 
-    def _wanted(self) -> Steps:
-        """The budget as a speed-up over the dense model (a latency budget through the dense model's time)."""
-        if self.settings.speedup is not None:
-            return self.settings.speedup
-        timing = yield Ask("search", self.dense, self.dense)
-        return timing.dense_ms / self.settings.latency_ms
-
     def _depth_share(self, dimensions) -> Steps:
         """The speed-up depth is searched for: the whole budget alone (None); beside width, sqrt(S / g), or
         `depth_share` of S / g when the config sets one."""
         if "width" not in dimensions:
             return None
         gain = (yield from self._int8_gain()) if "int8" in dimensions else 1.0
-        left = (yield from self._wanted()) / gain
+        left = (yield from wanted_speedup(self.settings.speedup, self.settings.latency_ms, self.dense)) / gain
         share = left * self.settings.depth_share if self.settings.depth_share else math.sqrt(left)
         if share < SMALLEST_SHARE:
             reason = f"INT8 alone gives {gain:.2f}x" if "int8" in dimensions else \

@@ -100,6 +100,15 @@ class Ask:
 Steps = Generator[Ask, "Timing | None", object]  # a search step: yields what it needs measured, returns its result
 
 
+def wanted_speedup(speedup: float | None, latency_ms: float | None, dense: Program) -> Steps:
+    """The budget as a speed-up over `dense`: a latency budget through the dense model's time, measured beside
+    itself once."""
+    if speedup is not None:
+        return speedup
+    timing = yield Ask("search", dense, dense)
+    return timing.dense_ms / latency_ms
+
+
 def answerer(measurer, ask: Ask) -> Callable[[Program, Program], object] | None:
     """What answers `ask` with `measurer` (a Measurer or a plain function): the call, `confirm` or
     `confirm_longer`; None where the measurer has no such measurement."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from prunefx.graph import Program
 from prunefx.graph.channels.plan_latency import timed_layers
 from prunefx.graph.counted import counted
-from prunefx.passes.budget.measurement import Ask, Steps
+from prunefx.passes.budget.measurement import Ask, Steps, wanted_speedup
 from prunefx.passes.budget.search import (
     Acceptance,
     BudgetUnreachable,
@@ -126,15 +126,6 @@ class WidthSearch:
         return next((index for index, c in enumerate(self.trace)
                      if c.same_as is None and _shapes(c.result.program) == shapes), None)
 
-    def _wanted(self) -> Steps:
-        """The budget as a speed-up over the dense model; a latency budget through the dense model's time, measured
-        beside itself once, so that its first guess (and an input already faster, `start_speedup`) aims as a
-        speed-up budget's does."""
-        if self.settings.speedup is not None:
-            return self.settings.speedup
-        timing = yield Ask("search", self.dense, self.dense)
-        return timing.dense_ms / self.settings.latency_ms
-
     def confirming(self, candidate: WidthCandidate) -> Steps:
         """Confirmed; measured longer still where the budget lies inside the interval (Measured.straddles)."""
         if self.settings.confirm:
@@ -143,7 +134,8 @@ class WidthSearch:
 
     def steps(self) -> Steps:
         """The search, asking for each measurement (passes/budget/measurement.py); returns the chosen WidthCandidate."""
-        wanted = yield from self._wanted()  # first guess: latency as if proportional to MACs, aimed mid-window
+        # first guess: latency as if proportional to MACs, aimed mid-window (a latency budget as the speed-up it asks)
+        wanted = yield from wanted_speedup(self.settings.speedup, self.settings.latency_ms, self.dense)
         start = self.settings.start_speedup or 1.0
         fraction = min(start / (wanted * (1 + self.settings.tolerance / 2)), 1.0) if wanted > 1 else 0.5
         for _ in range(self.settings.max_candidates):
