@@ -106,6 +106,7 @@ def wanted_speedup(speedup: float | None, latency_ms: float | None, dense: Progr
     if speedup is not None:
         return speedup
     timing = yield Ask("search", dense, dense)
+    assert timing is not None and latency_ms is not None  # a "search" Ask is always answered with a Timing
     return timing.dense_ms / latency_ms
 
 
