@@ -148,3 +148,47 @@ def test_a_budget_says_the_runs_and_the_threads_it_was_measured_with():
 
     said = MeasuredOn.of(Measurement.of("ort", threads=1, runs=7)).to_dict()
     assert said == {"backend": "ort", "precision": "fp32", "runs": 7, "threads": 1}
+    sleeping = Measurement.of("ort", threads=1, runs=7, spinning=False, flush_denormals=False, rounds=2)
+    assert MeasuredOn.of(sleeping).to_dict() == {**said, "spinning": False, "flush_denormals": False, "rounds": 2}
+
+
+@pytest.mark.parametrize("option", [{"spinning": False}, {"flush_denormals": True}, {"rounds": 2}])
+def test_a_session_option_is_refused_on_a_backend_that_does_not_read_it(counting, option):
+    """ONNX Runtime's session options on another backend would be reported and not applied."""
+    from prunefx.runtime.errors import MeasurementError
+    from prunefx.runtime.measure.pairs import Measurement
+
+    name = next(iter(option))
+    with pytest.raises(MeasurementError, match=f"does not read {name}: it applies to ort"):
+        Measurement.of("counting", threads=1, runs=2, **option)
+
+
+
+def test_an_onnx_runtime_budget_times_with_the_session_options_and_rounds_it_is_given(monkeypatch):
+    """Settings' spinning and flush_denormals reach every session a budget times (search and confirmation), and
+    `rounds` the confirmation's fresh processes, as `bench` times with them (a budget on a shared host, say)."""
+    from prunefx.runtime.measure import speedup
+
+    sessions, confirm_rounds = [], []
+
+    class Timed(Exception):
+        pass
+
+    class RecordedMaker(speedup.OnnxRunnerMaker):
+        def __init__(self, *args, **options):
+            super().__init__(*args, **options)
+            sessions.append((self.threads, self.spinning, self.flush_denormals))
+
+    def stop(*makers, rounds=1, **options):
+        confirm_rounds.append(rounds)
+        raise Timed
+
+    monkeypatch.setattr(speedup, "OnnxRunnerMaker", RecordedMaker)
+    monkeypatch.setattr(speedup, "compare_latency", stop)
+    monkeypatch.setattr(speedup, "compare_rounds", stop)
+    pair = backends.get("ort").latency_pair(Settings(runs=2, warmup=0, threads=1, spinning=False,
+                                                      flush_denormals=False, rounds=3))
+    for measure in (pair, pair.confirm):
+        with pytest.raises(Timed):
+            measure(_net(8), _net(4))
+    assert sessions == [(1, False, False)] * 4 and confirm_rounds == [1, 3]

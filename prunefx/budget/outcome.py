@@ -43,23 +43,31 @@ class MeasuredOn:
     runs: int | None = None     # timed runs of each model per measurement (a confirmation takes more)
     threads: int | None = None  # where the backend reads them (ONNX Runtime, eager torch)
     compile: bool = False
+    # ONNX Runtime's session options and confirmation processes, where not its defaults
+    session: dict = field(default_factory=dict)
     facts: dict = field(default_factory=dict)  # the measurer's own account (the cuda backend's timing, memory)
 
     @classmethod
     def of(cls, measurement) -> MeasuredOn:
         """From a runtime.measure.pairs.Measurement: its backend and the settings that backend reads."""
         from prunefx.runtime import backends
+        from prunefx.runtime.backends.base import Settings
 
-        settings = measurement.settings
-        threads = settings.threads if "threads" in backends.get(measurement.backend).options else None
-        return cls(measurement.backend, settings.precision, settings.batch, settings.runs, threads, settings.compile)
+        settings, reads = measurement.settings, backends.get(measurement.backend).options
+        threads = settings.threads if "threads" in reads else None
+        session = {name: value for name, value, default in (("spinning", settings.spinning, True),
+                                                             ("flush_denormals", settings.flush_denormals, None),
+                                                             ("rounds", settings.rounds, Settings.rounds))
+                   if name in reads and value != default}
+        return cls(measurement.backend, settings.precision, settings.batch, settings.runs, threads, settings.compile,
+                   session)
 
     def to_dict(self) -> dict:
         # batch 1 is every budget's default: the report names the batch only when it is another
         return {"backend": self.backend, "precision": self.precision, **({"batch": self.batch} if self.batch != 1 else {}),
                 **({"runs": self.runs} if self.runs is not None else {}),
                 **({"threads": self.threads} if self.threads is not None else {}),
-                **({"compile": True} if self.compile else {}),
+                **({"compile": True} if self.compile else {}), **self.session,
                 **({"measurement": self.facts} if self.facts else {})}
 
 

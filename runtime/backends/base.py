@@ -46,7 +46,7 @@ class Settings:
     compile: bool = False          # torch.compile (inductor) before timing
     spinning: bool = True          # ONNX Runtime's worker threads spin between operators
     flush_denormals: bool | None = None
-    rounds: int = 4                # ONNX Runtime: fresh processes a side-by-side bench spreads its runs over
+    rounds: int = 4                # ONNX Runtime: fresh processes a side-by-side bench (or a confirmation) spreads its runs over
     opset: int = DEFAULT_OPSET     # of the ONNX files a budget times: the delivered file's
 
     def with_precision(self, precision: str) -> Settings:

@@ -36,7 +36,8 @@ class OnnxRuntimeBackend(Backend):
 
     def latency_pair(self, settings: Settings) -> PairMeasurer:
         return onnx_latency_pair(threads=settings.threads, runs=settings.runs, warmup=settings.warmup,
-                                 batch=settings.batch, opset=settings.opset)
+                                 batch=settings.batch, opset=settings.opset, confirm_rounds=settings.rounds,
+                                 spinning=settings.spinning, flush_denormals=settings.flush_denormals)
 
     def runner(self, model: BenchModel, settings: Settings):
         return OnnxRunnerMaker(model.onnx, model.inputs, threads=settings.threads, spinning=settings.spinning,

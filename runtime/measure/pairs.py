@@ -53,12 +53,17 @@ class Measurement:
     @classmethod
     def of(cls, backend: str, *, threads: int, runs: int, warmup: int = 10, precision: str | None = None,
            trtexec: str | None = None, cache_dir: str | None = None, batch: int = 1,
-           compile: bool = False, sparse: bool = False, opset: int = DEFAULT_OPSET) -> Measurement:
+           compile: bool = False, sparse: bool = False, opset: int = DEFAULT_OPSET, spinning: bool = True,
+           flush_denormals: bool | None = None, rounds: int = Settings.rounds) -> Measurement:
         """`threads` is read by ONNX Runtime, `trtexec` by trtexec, `cache_dir` by TensorRT, `compile`
-        (torch.compile first) by cuda, `sparse` (2:4 sparse kernels) by TensorRT and trtexec; a backend that
-        cannot measure so is refused now, in one line."""
+        (torch.compile first) by cuda, `sparse` (2:4 sparse kernels) by TensorRT and trtexec; `spinning`,
+        `flush_denormals` (None: as every timing, runtime/ort/runners.timing_flushes_denormals) and `rounds` (the
+        fresh processes a confirmation spreads its runs over) by ONNX Runtime. A backend that cannot measure so
+        is refused now, in one line."""
         chosen = require_backend(backend, precision, trtexec, batch=batch, compile=compile)
-        unread = [name for name, given in (("compile", compile), ("trtexec", trtexec)) if given and name not in chosen.options]
+        asked = (("compile", compile), ("trtexec", trtexec), ("spinning", not spinning),
+                 ("flush_denormals", flush_denormals is not None), ("rounds", rounds != Settings.rounds))
+        unread = [name for name, given in asked if given and name not in chosen.options]
         if unread:  # the report would say it measured so
             raise MeasurementError(f"the {chosen.name} backend does not read {unread[0]}: it applies to "
                                    f"{', '.join(b.name for b in backends.backends() if unread[0] in b.options)}")
@@ -67,7 +72,8 @@ class Measurement:
                                    f"sparse applies to {', '.join(b.name for b in backends.backends(budgets=True) if 'sparse' in b.options)}")
         return cls(chosen.name, Settings(runs=runs, warmup=warmup, precision=precision or chosen.default_precision,
                                          batch=batch, threads=threads, trtexec=trtexec, cache_dir=cache_dir,
-                                         compile=compile, sparse=sparse, opset=opset))
+                                         compile=compile, sparse=sparse, opset=opset, spinning=spinning,
+                                         flush_denormals=flush_denormals, rounds=rounds))
 
     def pair(self) -> PairMeasurer:
         """A `(before, after) -> (before ms, after ms, spread)` callable, with `confirm` (CONFIRM_FACTOR x the

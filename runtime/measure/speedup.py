@@ -109,7 +109,8 @@ def closed_after(measurer):
 
 def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup: int = 10, batch: int = 1,
                       confirm_runs: int | None = None, search_exporter: str = "torchscript",
-                      confirm_rounds: int = CONFIRM_ROUNDS, opset: int = DEFAULT_OPSET) -> PairMeasurer:
+                      confirm_rounds: int = CONFIRM_ROUNDS, opset: int = DEFAULT_OPSET, spinning: bool = True,
+                      flush_denormals: bool | None = None) -> PairMeasurer:
     """A `(before, after) -> (before ms, after ms, spread)` callable: both Programs at `batch`, exported and
     timed alternately with ONNX Runtime. Measurements are cached by the sha256 of both ONNX files, so a
     search that meets the same candidate twice (two fractions rounding to the same widths) times it once.
@@ -121,7 +122,8 @@ def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup:
     lower bound clears the budget, because one short measurement on a loaded machine can be off by 20 %.
     Its `confirm_longer` doubles the runs and the processes, for a candidate whose interval holds the budget
     (passes/budget/measurement.py's LongerMeasurer).
-    Its `round_to` is this CPU's width multiple for ONNX Runtime (16 with AVX-512, else 8).
+    Its `round_to` is this CPU's width multiple for ONNX Runtime (16 with AVX-512, else 8). `spinning` and
+    `flush_denormals` are the sessions' (runtime/ort/runners.onnx_runner), as `bench` times them.
 
     A search measures many candidates and only confirms a few, and a dynamo export costs far more than
     the timing on small models (docs/design.md, 'Runtime and measurement'). So the search's measurement exports
@@ -134,19 +136,22 @@ def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup:
     delivered = search if search_exporter == "dynamo" else ExportCache(batch, "dynamo", quantized=search, check=float32,
                                                                            opset=opset)
     confirming = confirm_runs or 4 * runs
-    return PairMeasurer(_onnx_runtime_pair(search, threads=threads, runs=runs, warmup=warmup),
-                        _onnx_runtime_pair(delivered, threads=threads, runs=confirming, warmup=2 * warmup,
-                                           rounds=confirm_rounds),
+    sessions = {"threads": threads, "spinning": spinning, "flush_denormals": flush_denormals}
+    return PairMeasurer(_onnx_runtime_pair(search, sessions, runs=runs, warmup=warmup),
+                        _onnx_runtime_pair(delivered, sessions, runs=confirming, warmup=2 * warmup, rounds=confirm_rounds),
                         onnxruntime_multiple(),
                         # where the budget lies inside the confirmed interval: twice the processes and runs
-                        _onnx_runtime_pair(delivered, threads=threads, runs=2 * confirming, warmup=2 * warmup,
+                        _onnx_runtime_pair(delivered, sessions, runs=2 * confirming, warmup=2 * warmup,
                                            rounds=2 * confirm_rounds),
                         files=(search,) if delivered is search else (search, delivered))
 
 
-def _onnx_runtime_pair(exports: ExportCache, *, threads: int, runs: int, warmup: int, rounds: int = 1) -> LatencyPair:
+def _onnx_runtime_pair(exports: ExportCache, sessions: dict, *, runs: int, warmup: int, rounds: int = 1) -> LatencyPair:
+    """`sessions`: OnnxRunnerMaker's threads, spinning and flush_denormals for both files."""
+    threads = sessions["threads"]
+
     def timed(a: tuple[Path, tuple, str], b: tuple[Path, tuple, str], against: float | None = None):
-        makers = [OnnxRunnerMaker(path, inputs, threads=threads) for path, inputs, _ in (a, b)]
+        makers = [OnnxRunnerMaker(path, inputs, **sessions) for path, inputs, _ in (a, b)]
         if rounds == 1:
             return timing_of(compare_latency(makers[0](), makers[1](), warmup=warmup, runs=runs, threads=threads))
         return timing_of(compare_rounds(*makers, rounds=rounds, warmup=warmup, runs=runs, threads=threads,
