@@ -2,13 +2,61 @@
 
 `progress` None shows a bar only on a terminal (never in a log, a pipe or a notebook's captured stream);
 True or False force it. No bar is drawn where there is no stderr at all (`2>&-`): tqdm would fail on its
-first write. The bar is cleared when the work is done: the command's summary follows it."""
+first write. The bar is cleared when the work is done: the command's summary follows it.
+
+Off a terminal, the command line (`lines_off_terminal`) asks instead for a plain line every LINE_EVERY seconds
+of work that lasts longer than that, and one when it ends: a log of a ten-minute prune says what it is doing,
+and a short command's output is unchanged. A library caller gets neither unless it asks the same."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
 from tqdm import tqdm
+
+LINE_EVERY = 30.0  # seconds between two progress lines off a terminal
+_LINE = "{desc}: {n_fmt}/{total_fmt} {unit}s ({percentage:.0f}%), {elapsed} elapsed, {remaining} left{postfix}"
+_COUNT_LINE = "{desc}: {n_fmt} {unit}s, {elapsed} elapsed{postfix}"
+_lines_asked = False
+
+
+@contextlib.contextmanager
+def lines_off_terminal(asked: bool = True) -> Iterator[None]:
+    """Within the block, work whose `progress` is None writes progress lines where no bar is drawn (see above)."""
+    global _lines_asked
+    previous, _lines_asked = _lines_asked, asked
+    try:
+        yield
+    finally:
+        _lines_asked = previous
+
+
+class _Lines:
+    """A tqdm stream that turns each redraw into a line of stderr, as prunefx's log lines are written."""
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").strip()
+        if line and sys.stderr is not None:
+            sys.stderr.write(f"prunefx: {line}\n")
+
+    def flush(self) -> None:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+
+
+def bar_or_lines(progress: bool | None, *, make=None, **options) -> tqdm:
+    """`make(**options)` (tqdm by default, or tqdm.auto's) as a bar where `shown(progress)`, as progress lines
+    where the command line asks for them, else disabled."""
+    make = make or tqdm
+    if shown(progress):
+        return make(dynamic_ncols=True, **options)
+    if progress is None and _lines_asked and sys.stderr is not None:
+        counting = options.get("total") is None and not hasattr(options.get("iterable"), "__len__")
+        options.update(leave=True, bar_format=_COUNT_LINE if counting else _LINE, ascii=True)
+        return tqdm(file=_Lines(), delay=LINE_EVERY, mininterval=LINE_EVERY, **options)
+    return make(disable=True, **options)
 
 
 def shown(progress: bool | None) -> bool:
@@ -27,5 +75,4 @@ def shown(progress: bool | None) -> bool:
 def progress_bar(description: str, total: int | None, *, unit: str, progress: bool | None) -> tqdm:
     """`total` None: a count without an end (a search's measurements), drawn "DESC (UNITs: 3) [00:41, ...]"."""
     count_only = None if total is not None else f"{{desc}} ({unit}s: {{n_fmt}}) [{{elapsed}}{{postfix}}]"
-    return tqdm(total=total, desc=description, unit=unit, leave=False, dynamic_ncols=True, bar_format=count_only,
-                disable=not shown(progress))
+    return bar_or_lines(progress, total=total, desc=description, unit=unit, leave=False, bar_format=count_only)

@@ -150,3 +150,33 @@ def test_off_a_terminal_nothing_is_written_unless_asked(monkeypatch, every_updat
     assert stream.getvalue() == ""
     _prune(progress=True)
     assert "compensating" in stream.getvalue()
+
+
+def _lines(text: str) -> list[str]:
+    assert "\r" not in text  # a log holds whole lines, no redraws
+    return text.splitlines()
+
+
+def test_off_a_terminal_the_command_line_writes_a_progress_line_now_and_then(monkeypatch):
+    """Where the command line asks (lines_off_terminal), long work writes whole lines instead of a bar: one each
+    LINE_EVERY seconds (0 here: every layer) and one at the end, with the count to the last; -q asks for none."""
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(graph_progress, "LINE_EVERY", 0.0)
+    with graph_progress.lines_off_terminal():
+        _prune()
+    lines = [line for line in _lines(stream.getvalue()) if line.startswith("prunefx: compensating: ")]
+    total = LAYERS_READING_NARROWED_CHANNELS
+    assert len(lines) >= 2 and lines[-1].startswith(f"prunefx: compensating: {total}/{total} layers (100%)")
+    stream.truncate(0)
+    with graph_progress.lines_off_terminal(asked=False):
+        _prune()
+    assert stream.getvalue() == ""
+
+
+def test_work_shorter_than_the_interval_writes_no_line(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    with graph_progress.lines_off_terminal():  # LINE_EVERY's 30 s: a tiny prune is over long before
+        _prune()
+    assert stream.getvalue() == ""

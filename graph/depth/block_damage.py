@@ -20,11 +20,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-from tqdm import tqdm
 
 from prunefx.graph.depth.blocks import Block
 from prunefx.graph.placement import module_device
-from prunefx.graph.progress import shown
+from prunefx.graph.progress import progress_bar
 
 # a node -> the node whose value it takes instead of computing its own (an activation -> its input)
 Substitutions = Mapping[torch.fx.Node, torch.fx.Node]
@@ -91,8 +90,8 @@ def damages(program, candidates: Mapping[str, Substitutions], batches: Sequence[
     each run on from the dense run's values at its first substituted node (see the module docstring)."""
     damage = dict.fromkeys(candidates, 0.0)  # a candidate that substitutes nothing is the dense network
     changed = {name: substitutions for name, substitutions in candidates.items() if substitutions}
-    with program.evaluating(), torch.no_grad(), tqdm(total=len(batches) * len(changed), desc=desc, unit="block",
-                                                     disable=not shown(progress) or not changed) as bar:
+    counter = progress_bar(desc, len(batches) * len(changed), unit="block", progress=progress if changed else False)
+    with program.evaluating(), torch.no_grad(), counter as bar:
         device = module_device(program.module)  # batches as given may sit elsewhere (a loader's, on the CPU)
         for batch in batches:
             args = tuple(x.to(device) for x in batch)

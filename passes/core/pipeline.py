@@ -30,7 +30,7 @@ from prunefx.graph import Program, verify
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.full_float32 import full_float32
 from prunefx.graph.program import require_program
-from prunefx.graph.progress import shown
+from prunefx.graph.progress import bar_or_lines
 from prunefx.graph.verify import verified_outputs
 from prunefx.passes.core.contract import Contract, analysis_snapshot, as_pass, changed_fields
 from prunefx.passes.core.pass_config import PassConfig
@@ -199,7 +199,8 @@ class Pipeline:
             program = program.clone()
         done: list[tuple[str, Result]] = []
         outputs = None  # the outputs of `program` where the last check ran it: the next exact pass's reference
-        for step, parsed in zip(tqdm(self.steps, desc="passes", disable=not shown(self.progress)), self._configs):
+        for step, parsed in zip(bar_or_lines(self.progress, make=tqdm, iterable=self.steps, desc="passes", unit="pass"),
+                                self._configs):
             result, outputs = self._run_step(step, parsed, program, [name for name, _ in done], outputs)
             log.log(logging.DEBUG if self.inner else logging.INFO, "pass %s: modified=%s", step.name, result.modified)
             done.append((step.name, result))

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from prunefx.graph import Program
 from prunefx.graph.grad_mode import gradients_on
 from prunefx.graph.input_batches import as_program_inputs
-from prunefx.graph.progress import shown
+from prunefx.graph.progress import bar_or_lines
 from prunefx.passes.training.checkpoint import PROGRAM_FILE, STATE_FILE
 from prunefx.passes.training.checkpoint_lock import checkpoint_dir_held
 from prunefx.passes.training.config import DETECTION, OPTIMIZERS, FeaturePair, TrainConfig, TrainingError
@@ -192,8 +192,8 @@ class Trainer:
             seed_training(self.config.seed + self.first_epoch * self.world_size + self.rank, self.device)
         start_step, train_seconds, eval_seconds = self.step, 0.0, 0.0
         # on a terminal unless the config says otherwise (graph/progress.py); other ranks never draw
-        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
-                   disable=self.rank != 0 or not shown(self.config.progress))
+        bar = bar_or_lines(self.config.progress if self.rank == 0 else False, make=tqdm, total=self.total_steps,
+                             initial=self.step, unit="step")
         batches = self._batches()
         try:
             while self.step < self.total_steps:

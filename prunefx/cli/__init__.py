@@ -239,7 +239,10 @@ def _interruption(interrupt: KeyboardInterrupt) -> tuple[str, int]:
 @contextlib.contextmanager
 def _logging_to_stderr(args):
     """prunefx's log records (logging.getLogger(__name__) in passes and runtime) go to stderr at the level
-    -v / -vv / -q ask for: warnings by default. Progress bars are tqdm's, not log records: they stay."""
+    -v / -vv / -q ask for: warnings by default. Progress bars are tqdm's, not log records: they stay; off a
+    terminal, long work writes a progress line now and then instead (graph/progress.py), unless -q."""
+    from prunefx.graph.progress import lines_off_terminal
+
     level = logging.ERROR if args.quiet else {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logger = logging.getLogger("prunefx")
     handler = logging.StreamHandler(sys.stderr)
@@ -248,7 +251,8 @@ def _logging_to_stderr(args):
     logger.addHandler(handler)
     logger.setLevel(level)
     try:
-        yield
+        with lines_off_terminal(not args.quiet):
+            yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous)

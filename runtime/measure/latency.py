@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from tqdm.auto import tqdm
 
-from prunefx.graph.progress import shown
+from prunefx.graph.progress import bar_or_lines
 from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.measure.ratio_interval import CONFIDENCE, looks_confidence, ratio_interval
 from prunefx.runtime.measure.timing_loop import alternate, time_call
@@ -233,7 +233,7 @@ def _comparison(blocks_a: list, blocks_b: list, round_of: list[int], threads_a, 
 
 def _bar(progress: bool, description: str, **kwargs) -> tqdm:
     # Off by default: library calls stay quiet; the CLI and benchmarks turn it on for long runs.
-    return tqdm(desc=description, unit="run", disable=not shown(progress), leave=False, **kwargs)
+    return bar_or_lines(progress, make=tqdm, desc=description, unit="run", leave=False, **kwargs)
 
 
 def _threads_of(fn: Callable[[], object], threads: int | None) -> int | None:
