@@ -191,3 +191,74 @@ def test_a_cache_of_hessians_gathered_on_a_gpu_waits_on_the_host_and_unpacks_on_
         unpacked = packed.unpack()
         assert unpacked.is_cuda
         torch.testing.assert_close(unpacked, hessian, rtol=1e-6, atol=1e-6 * float(hessian.abs().max()))
+
+
+def test_a_wide_layer_input_with_many_rows_has_its_hessian_summed_over_rows_drawn_at_random(monkeypatch):
+    """Past GRAM_BUDGET, H comes from about `most_rows` rows drawn at random, scaled to stand for every row: the
+    oracle is H summed over all of them, which the drawn one must approach (its trace, and the matrix as a whole)."""
+    torch.manual_seed(0)
+    columns, batches = 16, 8
+    mixing = torch.randn(columns, columns)
+    data = [torch.randn(512, columns) @ mixing for _ in range(batches)]  # correlated columns, as activations are
+    full = layer_hessians.GramSum()
+    for x in data:
+        full.add(x)
+    everything = full.finish()
+    most = layer_hessians.most_rows(columns)
+    assert most == layer_hessians.GRAM_BUDGET // columns**2  # far more rows than these batches hold
+    monkeypatch.setattr(layer_hessians, "GRAM_BUDGET", 1024 * columns**2)  # a quarter of the 4096 rows
+    drawn = layer_hessians.GramSum(most_rows=layer_hessians.most_rows(columns), batches=batches)
+    for x in data:
+        drawn.add(x)
+    estimate = drawn.finish()
+    assert drawn.rows == 1024 and drawn.drawn_from() == 4096
+    assert abs(estimate.trace() / everything.trace() - 1) < 0.1
+    assert torch.linalg.matrix_norm(estimate - everything) / torch.linalg.matrix_norm(everything) < 0.15
+
+
+def test_rows_are_drawn_no_fewer_than_the_floor_and_not_at_all_within_the_budget(monkeypatch):
+    program, batches = _program_and_batches()
+    specs = _specs(program)
+    summed = {spec: rows for spec, _, rows in iter_hessians(program.module, specs, batches)}
+    assert all(rows.drawn_from is None for rows in summed.values())
+    monkeypatch.setattr(layer_hessians, "GRAM_BUDGET", 0)  # every input at its floor: 2 rows a column
+    drawn = {spec: rows for spec, _, rows in iter_hessians(program.module, specs, batches)}
+    assert any(rows.drawn_from for rows in drawn.values())
+    for spec, rows in drawn.items():
+        columns = layer_hessians._columns(program.module, spec)
+        floor = layer_hessians.MIN_ROWS_PER_COLUMN * columns
+        if summed[spec].count <= floor:
+            assert rows.drawn_from is None and rows.count == summed[spec].count
+        else:
+            assert rows.drawn_from == summed[spec].count and abs(rows.count - floor) <= len(batches)
+
+
+def test_a_global_choice_from_drawn_rows_keeps_nearly_the_channels_all_rows_keep(monkeypatch):
+    """The oracle is the same global obs choice from every row: with the widest layer inputs (ResNet-20's last
+    stage, 576 columns) summed over a fifth of their 6272 rows (about MIN_ROWS_PER_COLUMN a column), at most 3 % of
+    the channels kept move between groups (8 of 544 here; at a twelfth of the rows, 127)."""
+    from prunefx.models import build_model
+
+    torch.manual_seed(0)
+    program = capture(build_model("prunefx:resnet20").module.eval(), torch.randn(32, 1, 28, 28)).eval()
+    generator = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(32, 1, 28, 28, generator=generator),) for _ in range(4)]  # 6272 rows in the last stage
+
+    everything = _kept_widths(program, batches)
+    monkeypatch.setattr(layer_hessians, "most_rows", lambda columns: 1200 if columns >= 576 else 10**9)
+    drawn = _kept_widths(program, batches)
+    assert drawn.keys() == everything.keys()
+    moved = sum(abs(drawn[name][0] - everything[name][0]) for name in everything)
+    assert 0 < moved <= 0.03 * sum(kept for kept, _ in everything.values()), (everything, drawn)
+
+
+def _kept_widths(program, batches) -> dict[str, tuple[int, int]]:
+    """{convolution weight: (output channels kept, before)} after a global obs choice of half the MACs."""
+    from prunefx.passes import remove_channels
+
+    saliency._LAST.clear()  # the last model's scores are kept for the same model and data
+    pruned = remove_channels(program.clone(), config={"macs": 0.5, "importance": "obs", "calibration": batches,
+                                                      "round_to": 1, "compensate": False}).program
+    before = {name: weight.shape[0] for name, weight in program.module.named_parameters() if weight.dim() == 4}
+    return {name: (weight.shape[0], before[name]) for name, weight in pruned.module.named_parameters()
+            if weight.dim() == 4}

@@ -200,7 +200,8 @@ def compensate_removed_inputs(module: torch.fx.GraphModule, analysis: ChannelAna
                     consumer.store(module, updated)
                 else:
                     updates[consumer.node] = (consumer, updated)
-                layers[consumer.node] = {"layer": consumer.node, "weight": consumer.weight, "rows": rows.count,
+                drawn = {} if rows.drawn_from is None else {"rows_drawn_from": rows.drawn_from}
+                layers[consumer.node] = {"layer": consumer.node, "weight": consumer.weight, "rows": rows.count, **drawn,
                                          "columns": int(consumer.removed_columns.size),
                                          "columns_removed": int(consumer.removed_columns.sum()), **errors}
                 bar.update()
