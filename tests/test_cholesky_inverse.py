@@ -69,3 +69,31 @@ def test_the_damped_inverse_written_over_h_is_the_damped_inverse_bit_for_bit():
         written = lean_damped_inverse(hessian, damping, overwrite=True)
         assert written.data_ptr() == storage
         assert torch.equal(written, copied) and torch.equal(written, expected)
+
+
+def test_scipys_openblas_factors_on_one_thread_and_keeps_its_threads_for_the_rest(monkeypatch):
+    """Its threaded dpotrf kills the process from about 16,000 columns on two threads (an FCN-ResNet50 head's H):
+    the factorisation runs with scipy's BLAS on one thread, read from threadpoolctl's own account of it."""
+    from scipy.linalg import lapack
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from prunefx.graph.numerics import cholesky_inverse
+
+    def scipy_blas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info()
+                if pool["user_api"] == "blas" and "scipy" in pool["filepath"] and "64_" not in pool["filepath"]]
+
+    seen, real = [], lapack.dpotrf
+
+    def recording(*args, **kwargs):
+        seen.append(scipy_blas_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cholesky_inverse.lapack, "dpotrf", recording)
+    matrix = torch.randn(40, 32, dtype=torch.float64)
+    square = matrix.t() @ matrix
+    with threadpool_limits(limits=2, user_api="blas"):  # as on two cores, whatever the tests' environment says
+        before = scipy_blas_threads()
+        assert cholesky_inverse.symmetric_inverse_(square)
+        after = scipy_blas_threads()
+    assert before == after == [2] and seen == [[1]]

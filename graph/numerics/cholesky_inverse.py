@@ -1,14 +1,20 @@
 """(L L^T)^-1 from a lower Cholesky factor L, written over L's own storage; and A^-1 of a symmetric positive
 definite A written over A, the factor made in place too. On the CPU in float64 by LAPACK's dpotri through
 scipy: torch's cholesky_inverse (MKL) ran at a third of its speed on the AMD EPYC machines the benchmarks use
-(docs/benchmarks/tool-speed.md). Elsewhere torch's."""
+(docs/benchmarks/tool-speed.md). Elsewhere torch's.
+
+scipy's OpenBLAS (0.3.30) factors with dpotrf on one thread: its threaded dpotrf writes out of bounds and kills
+the process from about 16,000 columns on two threads (an FCN-ResNet50 head's 18,432-column H; 14,336 passed),
+the family of OpenBLAS issues #352 and #2562. Serial, it is in place still and about 1.4x slower on two cores."""
 
 from __future__ import annotations
 
 import torch
 from scipy.linalg import lapack
+from threadpoolctl import ThreadpoolController
 
 _BLOCK = 512  # rows mirrored at a time
+_THREADPOOLS = ThreadpoolController()  # finds the BLAS libraries loaded (scipy's among them) once
 
 
 def cholesky_inverse_(factor: torch.Tensor) -> torch.Tensor:
@@ -37,7 +43,8 @@ def symmetric_inverse_(square: torch.Tensor) -> bool:
         return True
     diagonal = square.diagonal().clone()
     fortran = square.numpy().T  # its lower triangle is row-major's upper one
-    _, info = lapack.dpotrf(fortran, lower=1, clean=0, overwrite_a=1)
+    with _THREADPOOLS.limit(limits=1, user_api="blas"):
+        _, info = lapack.dpotrf(fortran, lower=1, clean=0, overwrite_a=1)
     if info != 0:
         _mirror_lower(square)  # the upper triangle back from the lower one, which LAPACK did not touch
         square.diagonal().copy_(diagonal)
