@@ -6,12 +6,15 @@ first write. The bar is cleared when the work is done: the command's summary fol
 
 Off a terminal, the command line (`lines_off_terminal`) asks instead for a plain line every LINE_EVERY seconds
 of work that lasts longer than that, and one when it ends: a log of a ten-minute prune says what it is doing,
-and a short command's output is unchanged. A library caller gets neither unless it asks the same."""
+and a short command's output is unchanged. A step that itself outlasts LINE_EVERY (an 18,432-column Hessian's
+inverse) has its line written again as the time passes, so that a log never falls silent for longer. A library
+caller gets neither unless it asks the same."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 from collections.abc import Iterator
 
 from tqdm import tqdm
@@ -46,6 +49,26 @@ class _Lines:
             sys.stderr.flush()
 
 
+class _LineBar(tqdm):
+    """tqdm writing lines, and a thread that writes the line again while no update comes for LINE_EVERY seconds."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._closed = threading.Event()
+        threading.Thread(target=self._beat, name="prunefx-progress-line", daemon=True).start()
+
+    def _beat(self) -> None:
+        every = max(LINE_EVERY, 0.01)
+        while not self._closed.wait(every):
+            now = self._time()
+            if now - self.last_print_t >= every and now >= self.start_t + self.delay:
+                self.refresh()
+
+    def close(self) -> None:
+        self._closed.set()
+        super().close()
+
+
 def bar_or_lines(progress: bool | None, *, make=None, **options) -> tqdm:
     """`make(**options)` (tqdm by default, or tqdm.auto's) as a bar where `shown(progress)`, as progress lines
     where the command line asks for them, else disabled."""
@@ -55,7 +78,7 @@ def bar_or_lines(progress: bool | None, *, make=None, **options) -> tqdm:
     if progress is None and _lines_asked and sys.stderr is not None:
         counting = options.get("total") is None and not hasattr(options.get("iterable"), "__len__")
         options.update(leave=True, bar_format=_COUNT_LINE if counting else _LINE, ascii=True)
-        return tqdm(file=_Lines(), delay=LINE_EVERY, mininterval=LINE_EVERY, **options)
+        return _LineBar(file=_Lines(), delay=LINE_EVERY, mininterval=LINE_EVERY, **options)
     return make(disable=True, **options)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import io
 import sys
+import threading
 
 import pytest
 import torch
@@ -180,3 +181,26 @@ def test_work_shorter_than_the_interval_writes_no_line(monkeypatch):
     with graph_progress.lines_off_terminal():  # LINE_EVERY's 30 s: a tiny prune is over long before
         _prune()
     assert stream.getvalue() == ""
+
+
+def test_a_step_longer_than_the_interval_has_its_line_written_again_as_time_passes(monkeypatch):
+    """An 18,432-column Hessian's inverse is one step of minutes: the log is not silent meanwhile."""
+    import time
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(graph_progress, "LINE_EVERY", 0.05)
+    with graph_progress.lines_off_terminal():
+        bar = graph_progress.progress_bar("inverting", 2, unit="layer", progress=None)
+        bar.update(1)
+        time.sleep(0.5)  # one long step: about ten intervals
+        written = len(_lines(stream.getvalue()))
+        bar.update(1)
+        bar.close()
+    lines = _lines(stream.getvalue())
+    assert written >= 3 and all(line.startswith("prunefx: inverting: 1/2 layers") for line in lines[:written])
+    assert lines[-1].startswith("prunefx: inverting: 2/2 layers (100%)")
+    beating = [thread for thread in threading.enumerate() if thread.name == "prunefx-progress-line"]
+    for thread in beating:
+        thread.join(timeout=1.0)
+    assert not any(thread.is_alive() for thread in beating)  # closed, the bar's thread ends
