@@ -97,3 +97,22 @@ def test_scipys_openblas_factors_on_one_thread_and_keeps_its_threads_for_the_res
         assert cholesky_inverse.symmetric_inverse_(square)
         after = scipy_blas_threads()
     assert before == after == [2] and seen == [[1]]
+
+
+def test_the_inverse_of_an_fcn_heads_size_on_two_threads_finishes_and_is_the_inverse():
+    """The regression itself (tests/zoo_lane.txt: 4 GB, about a minute on 2 cores): 16,384 columns with scipy's BLAS on two
+    threads, where its threaded dpotrf killed the process. Oracle: A^-1 (A p) = p for random p."""
+    from threadpoolctl import threadpool_limits
+
+    from prunefx.graph.numerics.cholesky_inverse import symmetric_inverse_
+
+    size = 16384
+    generator = torch.Generator().manual_seed(0)
+    square = torch.rand(size, size, dtype=torch.float64, generator=generator)
+    square += square.t().clone()
+    square.diagonal().add_(2.0 * size)  # diagonally dominant: positive definite, made in O(n^2)
+    probe = torch.randn(size, 2, dtype=torch.float64, generator=generator)
+    product = square @ probe
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert symmetric_inverse_(square)
+    torch.testing.assert_close(square @ product, probe, rtol=0, atol=1e-6)
