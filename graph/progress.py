@@ -15,13 +15,14 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+import weakref
 from collections.abc import Iterator
 
 from tqdm import tqdm
 
 LINE_EVERY = 30.0  # seconds between two progress lines off a terminal
-_LINE = "{desc}: {n_fmt}/{total_fmt} {unit}s ({percentage:.0f}%), {elapsed} elapsed, {remaining} left{postfix}"
-_COUNT_LINE = "{desc}: {n_fmt} {unit}s, {elapsed} elapsed{postfix}"
+_LINE = "{desc}: {n_fmt}/{total_fmt} {unit} ({percentage:.0f}%), {elapsed} elapsed, {remaining} left{postfix}"
+_COUNT_LINE = "{desc}: {n_fmt} {unit}, {elapsed} elapsed{postfix}"  # a line's unit is plural: "layers"
 _lines_asked = False
 
 
@@ -50,23 +51,45 @@ class _Lines:
 
 
 class _LineBar(tqdm):
-    """tqdm writing lines, and a thread that writes the line again while no update comes for LINE_EVERY seconds."""
+    """tqdm writing lines, and a thread that writes the line again while no update comes for LINE_EVERY seconds.
+    The thread holds the bar weakly: a bar dropped unclosed is collected (tqdm's __del__ closes it) and the thread
+    ends with it."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._closed = threading.Event()
-        threading.Thread(target=self._beat, name="prunefx-progress-line", daemon=True).start()
+        threading.Thread(target=_beat, args=(weakref.ref(self), self._closed), name="prunefx-progress-line",
+                         daemon=True).start()
 
-    def _beat(self) -> None:
-        every = max(LINE_EVERY, 0.01)
-        while not self._closed.wait(every):
-            now = self._time()
-            if now - self.last_print_t >= every and now >= self.start_t + self.delay:
-                self.refresh()
+    def __iter__(self):
+        # tqdm's own iteration keeps the count in a local between redraws: the thread would write a stale one
+        try:
+            for item in self.iterable:
+                yield item
+                self.update()
+        finally:
+            self.close()
 
     def close(self) -> None:
         self._closed.set()
         super().close()
+
+
+def _beat(held: weakref.ref, closed: threading.Event) -> None:
+    every = max(LINE_EVERY, 0.01)
+    while not closed.wait(every):
+        bar = held()
+        if bar is None:
+            return
+        now = bar._time()
+        if now - bar.last_print_t >= every and now >= bar.start_t + bar.delay:
+            bar.refresh()
+            bar.last_print_t = now  # an update crossing the interval now is not written twice
+        del bar
+
+
+def _plural(unit: str) -> str:
+    return unit + ("es" if unit.endswith("s") else "s")
 
 
 def bar_or_lines(progress: bool | None, *, make=None, **options) -> tqdm:
@@ -77,8 +100,11 @@ def bar_or_lines(progress: bool | None, *, make=None, **options) -> tqdm:
         return make(dynamic_ncols=True, **options)
     if progress is None and _lines_asked and sys.stderr is not None:
         counting = options.get("total") is None and not hasattr(options.get("iterable"), "__len__")
-        options.update(leave=True, bar_format=_COUNT_LINE if counting else _LINE, ascii=True)
-        return _LineBar(file=_Lines(), delay=LINE_EVERY, mininterval=LINE_EVERY, **options)
+        options.update(leave=True, bar_format=_COUNT_LINE if counting else _LINE, ascii=True,
+                       unit=_plural(options.get("unit", "step")))
+        # position 0: a bar opened inside another (a candidate's scoring in a budget search) would otherwise move
+        # the cursor up between lines; miniters 1: tqdm's monitor thread then leaves the interval alone
+        return _LineBar(file=_Lines(), delay=LINE_EVERY, mininterval=LINE_EVERY, miniters=1, position=0, **options)
     return make(disable=True, **options)
 
 

@@ -204,3 +204,39 @@ def test_a_step_longer_than_the_interval_has_its_line_written_again_as_time_pass
     for thread in beating:
         thread.join(timeout=1.0)
     assert not any(thread.is_alive() for thread in beating)  # closed, the bar's thread ends
+
+
+def test_progress_lines_of_a_bar_inside_another_and_of_an_iterated_bar_are_plain_and_current(monkeypatch):
+    """A candidate's scoring runs inside the budget search's bar: no cursor movement between lines. A bar iterated
+    (the pipeline's passes) counts what is done while its current step runs. Units are plural: 'passes'."""
+    import time
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(graph_progress, "LINE_EVERY", 0.05)
+    with graph_progress.lines_off_terminal():
+        outer = graph_progress.progress_bar("budget search", None, unit="measurement", progress=None)
+        for step in graph_progress.bar_or_lines(None, iterable=["a", "b", "c"], desc="passes", unit="pass"):
+            if step == "c":
+                time.sleep(0.3)
+        outer.update()
+        outer.close()
+    lines = _lines(stream.getvalue())
+    assert all(line.isprintable() for line in lines)
+    during_c = [line for line in lines if line.startswith("prunefx: passes: ") and "(100%)" not in line]
+    assert during_c and all(line.startswith("prunefx: passes: 2/3 passes") for line in during_c[-3:])
+
+
+def test_a_line_bar_dropped_unclosed_is_collected_and_its_thread_ends(monkeypatch):
+    import gc
+    import time
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setattr(graph_progress, "LINE_EVERY", 0.02)
+    with graph_progress.lines_off_terminal():
+        bar = graph_progress.progress_bar("abandoned", 3, unit="layer", progress=None)
+        bar.update()
+        del bar
+        gc.collect()
+        time.sleep(0.2)
+    assert not any(thread.name == "prunefx-progress-line" and thread.is_alive() for thread in threading.enumerate())
