@@ -8,6 +8,7 @@ its readers (PackedHessian).
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -22,10 +23,11 @@ from prunefx.graph.staged_run import StagedRun
 _HESSIAN_BUDGET = 1 << 28  # bytes of float64 Hessians held at once (256 MiB)
 # Summing H costs rows x columns^2 multiply-adds: a segmentation head's 3x3 convolution over 2048 channels at
 # 32x32 reads 18432 columns on 1024 rows an image, 5e13 multiply-adds for 256 images (most of an hour on two
-# cores). Where a layer input's sum would cost more than GRAM_BUDGET, its rows are drawn at random, at one rate for
-# every batch, down to that cost but never below MIN_ROWS_PER_COLUMN a column (the elimination already works from
-# fewer: KEEP_ROWS). H is scaled to stand for the sum over every row, as its readers take it (the obs scores and
-# the compensation do not depend on its scale, but a reader that damps by an absolute amount would).
+# cores). Where a layer input's sum would cost more than GRAM_BUDGET, each batch gives at most its share of that
+# cost's rows (most_rows: MIN_ROWS_PER_COLUMN a column at least; the elimination already works from fewer,
+# KEEP_ROWS), drawn at random and scaled so that their product stands for the batch's: H is an unbiased estimate
+# of the sum over every row, as its readers take it (the obs scores and the compensation do not depend on its
+# scale, but a reader that damps by an absolute amount would).
 GRAM_BUDGET = 10**12
 MIN_ROWS_PER_COLUMN = 2
 
@@ -211,9 +213,9 @@ class GramSum:
     `gram_of_kept`, their product is put off until there are more, and never formed if there are not
     (a caller that works from the rows).
 
-    `most_rows` over `batches` batches: rows drawn at random (a generator seeded with `seed`) at the rate that
-    leaves about that many, where the first batch says there would be more (see GRAM_BUDGET); H and the kept rows
-    are then scaled to stand for every row."""
+    `most_rows` over `batches` batches: a batch with more rows than its share gives that many, drawn at random (a
+    generator seeded with `seed`) and scaled by sqrt(its rows / drawn), so that H (and the kept rows' product)
+    stands for every row (see GRAM_BUDGET)."""
 
     def __init__(self, keep_up_to: int = 0, *, gram_of_kept: bool = True, most_rows: int | None = None,
                  batches: int = 1, seed: int = 0):
@@ -221,7 +223,7 @@ class GramSum:
         self.pending: list[torch.Tensor] = []
         self.keep_up_to, self.gram_of_kept = keep_up_to, gram_of_kept
         self.kept: list[torch.Tensor] | None = [] if keep_up_to > 0 else None
-        self.most_rows, self.batches, self.rate = most_rows, batches, None
+        self.share = None if most_rows is None else math.ceil(most_rows / max(batches, 1))  # rows a batch gives
         self.generator = torch.Generator().manual_seed(seed)
 
     def add(self, x: torch.Tensor) -> None:
@@ -243,8 +245,6 @@ class GramSum:
     def finish(self) -> torch.Tensor | None:
         """H; None when no row was added, or the rows were kept without their product."""
         self._multiply_pending()
-        if self.gram is not None and self.drawn_from() is not None:
-            self.gram.mul_(self.seen / self.rows)
         return None if self.gram is None else mirror_upper(self.gram)
 
     def drawn_from(self) -> int | None:
@@ -252,25 +252,18 @@ class GramSum:
         return self.seen if self.rows < self.seen else None
 
     def _drawn(self, x: torch.Tensor) -> torch.Tensor:
-        if self.rate is None:
-            self.rate = 1.0 if self.most_rows is None else min(1.0, self.most_rows / (x.shape[0] * self.batches))
-        if self.rate >= 1.0:
+        if self.share is None or x.shape[0] <= self.share:
             return x
-        count = max(1, round(x.shape[0] * self.rate))
-        drawn = torch.randperm(x.shape[0], generator=self.generator)[:count].sort().values
-        return x[drawn.to(x.device)]
+        drawn = torch.randperm(x.shape[0], generator=self.generator)[:self.share].sort().values
+        return x[drawn.to(x.device)] * math.sqrt(x.shape[0] / self.share)
 
     def stored_dtype(self) -> torch.dtype:
         """The precision a cache holds H in: float64 for float64 activations, float32 otherwise."""
         return torch.float64 if self.source_dtype == torch.float64 else torch.float32
 
     def kept_rows(self) -> torch.Tensor | None:
-        """All rows added, float64 [rows, columns], when they were kept (after finish); scaled as H is, where
-        they were drawn."""
-        if not self.kept:
-            return None
-        rows = torch.cat(self.kept)
-        return rows if self.drawn_from() is None else rows.mul_((self.seen / self.rows) ** 0.5)
+        """All rows added, float64 [rows, columns], when they were kept (after finish; drawn ones scaled)."""
+        return torch.cat(self.kept) if self.kept else None
 
     def _multiply_pending(self) -> None:
         if not self.pending:

@@ -262,3 +262,22 @@ def _kept_widths(program, batches) -> dict[str, tuple[int, int]]:
     before = {name: weight.shape[0] for name, weight in program.module.named_parameters() if weight.dim() == 4}
     return {name: (weight.shape[0], before[name]) for name, weight in pruned.module.named_parameters()
             if weight.dim() == 4}
+
+
+@pytest.mark.parametrize("sizes", [(4000, 100, 100, 100), (100, 4000, 4000, 4000), (0, 2000, 2000)],
+                         ids=["a large batch first", "a small batch first", "an empty batch first"])
+def test_batches_of_unequal_rows_each_give_their_share_and_h_stays_the_sum_over_every_row(sizes):
+    """Each batch gives at most its share (most_rows / batches), scaled to stand for its own rows: the oracle is H
+    over every row; an empty batch gives nothing and changes nothing."""
+    torch.manual_seed(0)
+    columns, most = 16, 400
+    mixing = torch.randn(columns, columns)
+    data = [torch.randn(size, columns) @ mixing for size in sizes]
+    full, drawn = layer_hessians.GramSum(), layer_hessians.GramSum(most_rows=most, batches=len(sizes))
+    for x in data:
+        full.add(x)
+        drawn.add(x)
+    everything, estimate = full.finish(), drawn.finish()
+    share = -(-most // len(sizes))
+    assert drawn.rows == sum(min(size, share) for size in sizes) and drawn.drawn_from() == sum(sizes)
+    assert abs(estimate.trace() / everything.trace() - 1) < 0.1
