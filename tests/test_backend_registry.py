@@ -163,6 +163,14 @@ def test_a_session_option_is_refused_on_a_backend_that_does_not_read_it(counting
         Measurement.of("counting", threads=1, runs=2, **option)
 
 
+def test_a_confirmation_over_no_process_is_refused_when_the_measurement_is_made():
+    from prunefx.runtime.errors import MeasurementError
+    from prunefx.runtime.measure.pairs import Measurement
+
+    with pytest.raises(MeasurementError, match="at least 1 process, not rounds=0"):
+        Measurement.of("ort", threads=1, runs=2, rounds=0)
+
+
 
 def test_an_onnx_runtime_budget_times_with_the_session_options_and_rounds_it_is_given(monkeypatch):
     """Settings' spinning and flush_denormals reach every session a budget times (search and confirmation), and

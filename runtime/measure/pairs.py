@@ -61,6 +61,8 @@ class Measurement:
         fresh processes a confirmation spreads its runs over) by ONNX Runtime. A backend that cannot measure so
         is refused now, in one line."""
         chosen = require_backend(backend, precision, trtexec, batch=batch, compile=compile)
+        if rounds < 1:
+            raise MeasurementError(f"a confirmation spreads its runs over at least 1 process, not rounds={rounds}")
         asked = (("compile", compile), ("trtexec", trtexec), ("spinning", not spinning),
                  ("flush_denormals", flush_denormals is not None), ("rounds", rounds != Settings.rounds))
         unread = [name for name, given in asked if given and name not in chosen.options]

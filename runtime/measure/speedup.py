@@ -154,7 +154,7 @@ def _onnx_runtime_pair(exports: ExportCache, sessions: dict, *, runs: int, warmu
         makers = [OnnxRunnerMaker(path, inputs, **sessions) for path, inputs, _ in (a, b)]
         if rounds == 1:
             return timing_of(compare_latency(makers[0](), makers[1](), warmup=warmup, runs=runs, threads=threads))
-        return timing_of(compare_rounds(*makers, rounds=rounds, warmup=warmup, runs=runs, threads=threads,
+        return timing_of(compare_rounds(*makers, rounds=min(rounds, runs), warmup=warmup, runs=runs, threads=threads,
                                         processes=True, until=decided(against)))
 
     return cached_pair(exports, timed, stops_early=rounds > 1)
