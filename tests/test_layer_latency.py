@@ -380,6 +380,23 @@ def test_layer_timers_by_backend_name():
         layer_timer("nonesuch", Settings())
 
 
+def test_an_onnx_runtime_layer_table_is_timed_with_the_measurements_session_options(monkeypatch):
+    """A latency table predicts the whole models' times: its sessions take the Measurement's spinning and
+    subnormals (read at the session options the timer asks for), and a table of each is its own."""
+    from prunefx.runtime.tables import timers
+
+    asked = []
+    real = timers.session_options
+    monkeypatch.setattr(timers, "session_options", lambda threads, spinning, flush_denormals: asked.append(
+        (spinning, flush_denormals)) or real(threads, spinning, flush_denormals))
+    timer = layer_timer("ort", Settings(threads=1, runs=1, warmup=0, spinning=False, flush_denormals=False))
+    timer(CONV)
+    assert asked and set(asked) == {(False, False)}
+    default = layer_timer("ort", Settings(threads=1))
+    assert "not spinning" in timer.settings and "subnormals kept" in timer.settings
+    assert "not spinning" not in default.settings
+
+
 def test_a_missing_gpu_is_refused_before_anything_is_timed(monkeypatch):
     monkeypatch.setattr(backends.get("cuda"), "device", FakeGpu(available=False))
     with pytest.raises(BackendUnavailableError):

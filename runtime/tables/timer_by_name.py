@@ -51,7 +51,8 @@ def layer_timer(name: str, settings: Settings) -> LayerTimer:
     if backend.name == "ort":
         backend.require(settings, purpose="bench")
         return OnnxRuntimeLayerTimer(threads=settings.threads, warmup=min(settings.warmup, 3),
-                                     runs=min(settings.runs, 10))
+                                     runs=min(settings.runs, 10), spinning=settings.spinning,
+                                     flush_denormals=settings.flush_denormals)
     own = getattr(backend, "layer_timer", None)  # a backend that times plain layer modules itself (cuda)
     if callable(own):
         backend.require(settings, purpose="bench")

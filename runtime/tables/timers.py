@@ -139,12 +139,15 @@ class OnnxRuntimeLayerTimer:
     backend = "ort"
     precision = "fp32"
 
-    def __init__(self, *, threads: int = 1, warmup: int = 3, runs: int = 10,
-                 clock: Callable[[], float] = time.perf_counter):
+    def __init__(self, *, threads: int = 1, warmup: int = 3, runs: int = 10, spinning: bool = True,
+                 flush_denormals: bool | None = None, clock: Callable[[], float] = time.perf_counter):
         self.threads, self.warmup, self.runs, self.clock = threads, warmup, runs, clock
         self.device = cpu_model()
-        self.flush_denormals = timing_flushes_denormals()  # as the whole models are timed (PRUNEFX_KEEP_DENORMALS)
+        # as the whole models are timed: the Measurement's session options (None: PRUNEFX_KEEP_DENORMALS decides)
+        self.spinning = spinning
+        self.flush_denormals = timing_flushes_denormals() if flush_denormals is None else flush_denormals
         self.settings = (f"onnxruntime {ort.__version__}, {counted(threads, 'thread')}, less the call overhead"
+                         + ("" if spinning else ", not spinning")
                          + ("" if self.flush_denormals else ", subnormals kept"))  # a table of each is its own
         self._overheads: dict[tuple[int, ...], float] = {}
 
@@ -157,7 +160,7 @@ class OnnxRuntimeLayerTimer:
         return max(self._median(layer_model(layer), shape) - self._overheads[shape], 0.0)
 
     def _median(self, model: onnx.ModelProto, shape: tuple[int, ...]) -> float:
-        options = session_options(self.threads, spinning=True, flush_denormals=self.flush_denormals)
+        options = session_options(self.threads, spinning=self.spinning, flush_denormals=self.flush_denormals)
         with subnormal_mode(self.flush_denormals):  # this thread computes too, as the session's workers do
             session = ort.InferenceSession(model.SerializeToString(), sess_options=options,
                                            providers=["CPUExecutionProvider"])
