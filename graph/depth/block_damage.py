@@ -90,8 +90,8 @@ def damages(program, candidates: Mapping[str, Substitutions], batches: Sequence[
     each run on from the dense run's values at its first substituted node (see the module docstring)."""
     damage = dict.fromkeys(candidates, 0.0)  # a candidate that substitutes nothing is the dense network
     changed = {name: substitutions for name, substitutions in candidates.items() if substitutions}
-    counter = progress_bar(desc, len(batches) * len(changed), unit="block", progress=progress if changed else False)
-    with program.evaluating(), torch.no_grad(), counter as bar:
+    with (program.evaluating(), torch.no_grad(),
+          progress_bar(desc, len(batches) * len(changed), unit="block", progress=progress if changed else False) as bar):
         device = module_device(program.module)  # batches as given may sit elsewhere (a loader's, on the CPU)
         for batch in batches:
             args = tuple(x.to(device) for x in batch)

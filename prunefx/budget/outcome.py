@@ -51,14 +51,11 @@ class MeasuredOn:
     def of(cls, measurement) -> MeasuredOn:
         """From a runtime.measure.pairs.Measurement: its backend and the settings that backend reads."""
         from prunefx.runtime import backends
-        from prunefx.runtime.backends.base import Settings
 
         settings, reads = measurement.settings, backends.get(measurement.backend).options
         threads = settings.threads if "threads" in reads else None
-        session = {name: value for name, value, default in (("spinning", settings.spinning, True),
-                                                             ("flush_denormals", settings.flush_denormals, None),
-                                                             ("rounds", settings.rounds, Settings.rounds))
-                   if name in reads and value != default}
+        session = {name: value for name, value in settings.set_apart("spinning", "flush_denormals", "rounds").items()
+                   if name in reads}
         return cls(measurement.backend, settings.precision, settings.batch, settings.runs, threads, settings.compile,
                    session)
 

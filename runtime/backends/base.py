@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -51,6 +51,11 @@ class Settings:
 
     def with_precision(self, precision: str) -> Settings:
         return replace(self, precision=precision)
+
+    def set_apart(self, *names: str) -> dict:
+        """{name: value} of the fields among `names` set away from their defaults (what a backend must read)."""
+        defaults = {each.name: each.default for each in fields(self)}
+        return {name: getattr(self, name) for name in names if getattr(self, name) != defaults[name]}
 
 
 @dataclass

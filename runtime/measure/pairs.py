@@ -63,19 +63,18 @@ class Measurement:
         chosen = require_backend(backend, precision, trtexec, batch=batch, compile=compile)
         if rounds < 1:
             raise MeasurementError(f"a confirmation spreads its runs over at least 1 process, not rounds={rounds}")
-        asked = (("compile", compile), ("trtexec", trtexec), ("spinning", not spinning),
-                 ("flush_denormals", flush_denormals is not None), ("rounds", rounds != Settings.rounds))
-        unread = [name for name, given in asked if given and name not in chosen.options]
+        settings = Settings(runs=runs, warmup=warmup, precision=precision or chosen.default_precision, batch=batch,
+                            threads=threads, trtexec=trtexec, cache_dir=cache_dir, compile=compile, sparse=sparse,
+                            opset=opset, spinning=spinning, flush_denormals=flush_denormals, rounds=rounds)
+        asked = settings.set_apart("compile", "trtexec", "spinning", "flush_denormals", "rounds")
+        unread = [name for name in asked if name not in chosen.options]
         if unread:  # the report would say it measured so
             raise MeasurementError(f"the {chosen.name} backend does not read {unread[0]}: it applies to "
                                    f"{', '.join(b.name for b in backends.backends() if unread[0] in b.options)}")
         if sparse and "sparse" not in chosen.options:
             raise MeasurementError(f"the {chosen.name} backend has no 2:4 sparse kernels to measure with: "
                                    f"sparse applies to {', '.join(b.name for b in backends.backends(budgets=True) if 'sparse' in b.options)}")
-        return cls(chosen.name, Settings(runs=runs, warmup=warmup, precision=precision or chosen.default_precision,
-                                         batch=batch, threads=threads, trtexec=trtexec, cache_dir=cache_dir,
-                                         compile=compile, sparse=sparse, opset=opset, spinning=spinning,
-                                         flush_denormals=flush_denormals, rounds=rounds))
+        return cls(chosen.name, settings)
 
     def pair(self) -> PairMeasurer:
         """A `(before, after) -> (before ms, after ms, spread)` callable, with `confirm` (CONFIRM_FACTOR x the
