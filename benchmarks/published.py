@@ -135,6 +135,8 @@ RUNS = (
     Run("write_back_hf", "write_back_hf", minutes=5),
     # what the write-back's proof module by module catches (a hidden wrong scale), and its cost
     Run("write_back_proof", "write_back_proof", minutes=3),
+    # the cost of factoring layer Hessians on one BLAS thread (graph/numerics/cholesky_inverse.py)
+    Run("hessian_factorisation", "hessian_factorisation", minutes=5),
 )
 
 
