@@ -5,8 +5,8 @@ scipy: torch's cholesky_inverse (MKL) ran at a third of its speed on the AMD EPY
 
 scipy's OpenBLAS (0.3.30) factors with dpotrf on one thread: its threaded dpotrf writes out of bounds and kills
 the process from about 16,000 columns on two threads (an FCN-ResNet50 head's 18,432-column H; 14,336 passed),
-the family of OpenBLAS issues #352 and #2562. Serial, it is in place still and about half as fast on two cores
-(benchmarks/results/hessian_factorisation.md), a small part of a calibrated prune; dpotri stays threaded."""
+the family of OpenBLAS issues #352 and #2562. Serial, it is in place still and about half as fast on two cores,
+a small part of a calibrated prune; dpotri stays threaded."""
 
 from __future__ import annotations
 
