@@ -25,10 +25,12 @@ under its own timeout so that one hung step cannot take the rest with it:
 5. benchmarks/tool_speed.py: calibrated `prunefx prune` of a ResNet-50 with `--device cuda` (the second-order
    math on the GPU), its own process, timed from start to exit, with its report.json's stage seconds (cProfile
    cannot take them on the GPU machine's Python 3.12: benchmarks/tool_profile.py);
-6. benchmarks/gpu_speedup.py in the time left, resumed from the rows of the same code and GPU: those of an
+6. benchmarks/training_precision.py: the recovery trainer's images per second in bf16 against fp32 on a
+   ResNet-50 at batch 64, side by side;
+7. benchmarks/gpu_speedup.py in the time left, resumed from the rows of the same code and GPU: those of an
    earlier call on the same warm machine (build/gpu-check-state/), else the committed ones; one row of each
    kind that benchmarks/results/gpu_speedup.json holds none of runs first.
-`speedup`, a second call on the warm machine, runs step 6 alone in --seconds, going on where the first stopped.
+`speedup`, a second call on the warm machine, runs step 7 alone in --seconds, going on where the first stopped.
 Each step's output and a summary (gpu_check.json: GPU, driver, torch, cuDNN, each step's exit and seconds, and
 the small results files folded in) go to --out, flat, ready to commit to benchmarks/gpu_check/ (its README.md says why not benchmarks/results/).
 `--smoke` runs the same steps on a CPU with stand-ins (small models, the ort backend, gpu_speedup's --smoke)
@@ -236,7 +238,8 @@ def run(args) -> int:
             _every_step(steps, python, env, args.smoke)
         finally:  # whatever broke between steps, what ran is reported
             summary["steps"] = steps.steps
-            summary["results"] = _folded(out, ("gpu_remeasure.json", "gpu_module_speed.json"))
+            summary["results"] = _folded(out, ("gpu_remeasure.json", "gpu_module_speed.json",
+                                               "gpu_training_precision.json"))
             (out / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
     failed = [s["step"] for s in steps.steps
               if (s.get("exit") not in (0, None) and not s.get("refused")) or s.get("timed_out") or s.get("error")]
@@ -262,6 +265,10 @@ def _every_step(steps: Steps, python: list[str], env: dict, smoke: bool) -> None
                                "--out", str(steps.out / "gpu_module_speed.json")], 120)
     with steps.guarded("calibrated prune"):
         _calibrated(steps, python, bench, smoke)
+    training = ["--model", "prunefx:resnet20", "--input-shape", "16x1x28x28", "--device", "cpu", "--steps", "3",
+                "--warmup", "1", "--rounds", "2"] if smoke else ["--input-shape", "64x3x224x224"]
+    steps.run("training bf16 against fp32", [*python, str(bench / "training_precision.py"), *training,
+                                             "--out", str(steps.out / "gpu_training_precision.json")], 120)
     with steps.guarded("gpu_speedup"):
         gpu_speedup(steps, python, smoke)
 

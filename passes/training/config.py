@@ -20,6 +20,7 @@ OPTIMIZERS = ("sgd", "adamw")
 # prunefx/data/splits.py's DataSplits.task, so a data set's task can be handed over as it is.
 CLASSIFICATION, SEGMENTATION, DETECTION = "classification", "segmentation", "detection"
 TASKS = (CLASSIFICATION, SEGMENTATION, DETECTION)
+PRECISIONS = ("fp32", "bf16")  # what a training step computes in (passes/training/precision.py)
 
 
 class TrainingError(PrunefxError):
@@ -59,6 +60,7 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None  # "auto", "cpu", "cuda", "cuda:N" (graph/placement.py); default: where the program is
     task: str = CLASSIFICATION  # detection: YOLO export output, distillation only (passes/training/engine.py)
+    precision: str = "fp32"  # or "bf16": the forward passes and losses under bfloat16 autocast (precision.py)
 
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.epochs is None):
@@ -80,6 +82,8 @@ class TrainConfig:
         for name in ("resume",):
             if not isinstance(getattr(self, name), bool):
                 raise TrainingError(f"'{name}' must be true or false, not {getattr(self, name)!r}")
+        if self.precision not in PRECISIONS:
+            raise TrainingError(f"'precision' must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.progress is not None and not isinstance(self.progress, bool):
             raise TrainingError(f"'progress' must be true, false or null, not {self.progress!r}")
         if (self.checkpoint_every or self.resume) and self.checkpoint_dir is None:
@@ -120,6 +124,11 @@ class TrainingPassConfig(TrainConfig, PassConfig):
     # Redeclared as an input: `prunefx compress` knows the data set's task and hands it over.
     task: str = option(CLASSIFICATION, source="task", choices=TASKS,
                        help="what the output means: classification, segmentation or detection")
+    # Redeclared with its choices and help, for the pass reference and the config's own check.
+    precision: str = option("fp32", choices=PRECISIONS,
+                            help="fp32, or bf16: forward passes and losses under bfloat16 autocast, weights, "
+                                 "gradients and optimizer state in float32 (a GPU since Ampere; slower on a CPU "
+                                 "without bfloat16 arithmetic)")
 
 
 def _check_task(config: TrainConfig) -> None:

@@ -48,6 +48,7 @@ from prunefx.passes.training.losses import (
     total_losses,
 )
 from prunefx.passes.training.placement import Placement
+from prunefx.passes.training.precision import autocast, check_supported
 from prunefx.passes.training.random_state import random_state_kept, rng_state, seed_training, set_rng_state
 from prunefx.passes.training.resume import parameter_norms, resume, save_checkpoint
 from prunefx.passes.training.schedule import lr_factor, make_optimizer, make_scheduler
@@ -125,8 +126,9 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.last_losses: dict[str, float] = {}
         self.given_parameters = parameter_norms(program.module)  # which run a checkpoint belongs to (resume.py)
+        check_supported(config.precision, self.device)
         self._placement = Placement(program, self.device, self.world_size,
-                                    [pair.student for pair in config.feature_pairs])
+                                    [pair.student for pair in config.feature_pairs], config.precision)
         self._placed = False
         self._attach(program)
 
@@ -226,11 +228,12 @@ class Trainer:
     def _train_step(self, batch) -> None:
         inputs, labels = self._on_device(batch)
         teacher_output, teacher_features = (None, ())
-        if self.needs_teacher:
-            with torch.no_grad():
-                teacher_output, teacher_features = self._teacher(inputs)
-        output, features = run_tapped(self._model, self._student.out_spec, inputs)
-        losses = total_losses(self.config, output, features, teacher_output, teacher_features, labels)
+        with autocast(self.config.precision, self.device):  # the backward pass runs in the forward's dtypes
+            if self.needs_teacher:
+                with torch.no_grad():
+                    teacher_output, teacher_features = self._teacher(inputs)
+            output, features = run_tapped(self._model, self._student.out_spec, inputs)
+            losses = total_losses(self.config, output, features, teacher_output, teacher_features, labels)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         for hook in self.after_backward:

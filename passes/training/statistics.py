@@ -23,6 +23,7 @@ def fit_statistics(trainer: Trainer, start_step: int, train_seconds: float, eval
         "epochs": trainer.epoch + (trainer.batch_in_epoch / len(trainer.data) if hasattr(trainer.data, "__len__") else 0),
         "train_loss": mean["loss"], "task_loss": mean["task"], "kd_loss": mean["kd"],
         "feature_loss": mean["feature"], "eval": list(trainer.history), "world_size": trainer.world_size,
+        "precision": trainer.config.precision,
         "seconds": train_seconds + eval_seconds, "train_seconds": train_seconds,
         "images_per_second": (trainer.step - start_step) * trainer.global_batch() / max(train_seconds, 1e-9),
     }

@@ -21,6 +21,7 @@ from prunefx.graph.placement import move_module
 from prunefx.passes.training.config import TrainConfig, TrainingError
 from prunefx.passes.training.data import module_device
 from prunefx.passes.training.losses import run_tapped, tap_outputs
+from prunefx.passes.training.precision import FP32, without_dtype_assertions
 
 TeacherRun = Callable[[tuple[torch.Tensor, ...]], tuple[Any, Any]]
 
@@ -45,8 +46,12 @@ def frozen_teacher(teacher, config: TrainConfig, device: torch.device, student: 
         raise TrainingError(f"the teacher must be a Program or a torch.nn.Module, not {type(teacher).__name__}")
     # the batch comes in the student's precision: a teacher Program takes its own
     examples = teacher.example_inputs if isinstance(teacher, Program) else ()
-    if config.feature_pairs:
+    # a graph run under autocast: a copy of it, whose casts assert no dtype (precision.py)
+    autocast_graph = config.precision != FP32 and isinstance(module, torch.fx.GraphModule)
+    if config.feature_pairs or autocast_graph:
         tapped = tap_outputs(module, [pair.teacher for pair in config.feature_pairs])
+        if autocast_graph:
+            without_dtype_assertions(tapped)
         return lambda inputs: run_tapped(tapped, tapped.out_spec, as_program_inputs(inputs, examples, device))
     if isinstance(teacher, Program):
         return lambda inputs: (module(*as_program_inputs(inputs, examples, device)), ())
