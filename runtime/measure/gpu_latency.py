@@ -20,14 +20,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from prunefx.runtime.errors import MeasurementError
-from prunefx.runtime.measure.latency import LatencyComparison, LatencyStats
-from prunefx.runtime.measure.ratio_interval import CONFIDENCE, ratio_interval
+from prunefx.runtime.measure.latency import LatencyComparison, LatencyStats, comparison_of_blocks
 
 WARM_SECONDS = 0.3  # what a GPU measurement warms up for at least (runners on a real GPU)
 WINDOW = 5          # samples per window of the settling check
 TOLERANCE = 0.03    # the last two windows' medians within this fraction: settled
 SAMPLE_MS = 1.0     # one timed sample: back-to-back calls between one pair of events, at least this long
 MAX_CALLS = 2000    # calls in one sample
+# Alternating pairs of samples per unit of a speed-up's interval: neighbouring samples share the GPU's clocks and
+# temperature, so one pair is not independent of the next, and an interval over single pairs would be too narrow.
+BLOCK = 10
 
 
 def calls_per_sample(per_call_ms: float) -> int:
@@ -119,17 +121,20 @@ def compare_gpu_latency(timed_a: Callable[[], float], timed_b: Callable[[], floa
                         runs: int = 200, warm_seconds: float = 0.0,
                         clock: Callable[[], float] = time.perf_counter) -> LatencyComparison:
     """Two CUDA-event-timed runners measured alternately (a, b, a, b, ...): no CPU thread pool spins between
-    runs here, so call-by-call alternation is fair (latency.compare_latency needs blocks for that)."""
+    runs here, so call-by-call alternation is fair (latency.compare_latency needs blocks for that). The speed-up is
+    the ratio of the pooled medians, as on the CPU; its interval is over pairs of BLOCK samples each."""
     _check(warmup, runs)
     warm_until_steady([timed_a, timed_b], WarmUp(warmup, warm_seconds), clock)
     samples_a, samples_b = [], []
     for _ in range(runs):
         samples_a.append(timed_a() / 1e3)
         samples_b.append(timed_b() / 1e3)
-    a, b = LatencyStats.from_seconds(samples_a), LatencyStats.from_seconds(samples_b)
-    low, high = ratio_interval([[x] for x in samples_a], [[x] for x in samples_b])  # call-by-call pairs
-    return LatencyComparison(a=a, b=b, speedup=a.median_ms / b.median_ms if b.median_ms > 0 else float("inf"),
-                             speedup_low=low, speedup_high=high, confidence=CONFIDENCE if low is not None else None)
+    blocks_a, blocks_b = _blocks(samples_a), _blocks(samples_b)
+    return comparison_of_blocks(blocks_a, blocks_b, [0] * len(blocks_a))
+
+
+def _blocks(samples: list[float]) -> list[list[float]]:
+    return [samples[start:start + BLOCK] for start in range(0, len(samples), BLOCK)]
 
 
 def _check(warmup: int, runs: int) -> None:

@@ -118,7 +118,7 @@ def compare_latency(fn_a: Callable[[], object], fn_b: Callable[[], object], *, w
     _check_blocks(block, settle)
     with _bar(progress, "latency a/b", total=runs) as bar, _timed(fn_a, fn_b) as (call_a, call_b):
         blocks_a, blocks_b = alternate(call_a, call_b, warmup, runs, block, settle, clock, bar)
-    return _comparison(blocks_a, blocks_b, [0] * len(blocks_a), _threads_of(fn_a, threads), _threads_of(fn_b, threads))
+    return comparison_of_blocks(blocks_a, blocks_b, [0] * len(blocks_a), _threads_of(fn_a, threads), _threads_of(fn_b, threads))
 
 
 def compare_rounds(make_a: Callable[[], Callable[[], object]], make_b: Callable[[], Callable[[], object]], *,
@@ -157,7 +157,7 @@ def compare_rounds(make_a: Callable[[], Callable[[], object]], make_b: Callable[
                     blocks_a, blocks_b, rounds=round_of, confidence=early)):
                 confidence = early
                 break
-    return dataclasses.replace(_comparison(blocks_a, blocks_b, round_of, threads_a, threads_b, confidence),
+    return dataclasses.replace(comparison_of_blocks(blocks_a, blocks_b, round_of, threads_a, threads_b, confidence),
                                processes=processes)
 
 
@@ -184,7 +184,7 @@ def pooled_rounds(rounds: Sequence[tuple[list, list, int | None, int | None]], *
         raise MeasurementError("a comparison over rounds needs at least one round")
     paired = [(a, b, index) for index, (got_a, got_b, *_) in enumerate(rounds) for a, b in zip(got_a, got_b)]
     blocks_a, blocks_b, round_of = (list(side) for side in zip(*paired))
-    return _comparison(blocks_a, blocks_b, round_of, rounds[0][2], rounds[0][3], confidence)
+    return comparison_of_blocks(blocks_a, blocks_b, round_of, rounds[0][2], rounds[0][3], confidence)
 
 
 @contextlib.contextmanager
@@ -222,8 +222,11 @@ def _round_request(task: tuple) -> dict:
     return {"kind": "pickled", "sys_path": list(sys.path), "task": pickle.dumps(task)}
 
 
-def _comparison(blocks_a: list, blocks_b: list, round_of: list[int], threads_a, threads_b,
-                confidence: float = CONFIDENCE) -> LatencyComparison:
+def comparison_of_blocks(blocks_a: list, blocks_b: list, round_of: list[int], threads_a=None, threads_b=None,
+                         confidence: float = CONFIDENCE) -> LatencyComparison:
+    """The comparison every timing path reports: the ratio of the pooled medians of the timed seconds in
+    `blocks_a` and `blocks_b` (lists of runs, paired block by block; `round_of`: each pair's round), its interval
+    over the independent units (ratio_interval)."""
     a = LatencyStats.from_seconds(sum(blocks_a, []), threads=threads_a)
     b = LatencyStats.from_seconds(sum(blocks_b, []), threads=threads_b)
     low, high = ratio_interval(blocks_a, blocks_b, rounds=round_of, confidence=confidence)
