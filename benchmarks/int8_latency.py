@@ -32,6 +32,7 @@ Writes benchmarks/results/int8_latency.json and .md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -72,6 +73,7 @@ from prunefx.runtime.measure.latency import pooled_rounds
 from prunefx.runtime.measure.timing_loop import time_call
 from prunefx.runtime.onnx.quantize_static import quantize_static_file
 from prunefx.runtime.onnx.quantized import export_quantized_onnx, onnxruntime_lowering
+from prunefx.runtime.ort.runners import onnx_runner
 
 NAME = "int8_latency"
 MODELS = ("resnet50", "mobilenet_v2", "efficientnet_b0", "vit_s16")
@@ -188,16 +190,20 @@ def accuracy(sessions: dict, images: torch.Tensor, labels: torch.Tensor) -> dict
 
 def interleaved_blocks(sessions: dict, x: torch.Tensor, args) -> dict[str, list[list[float]]]:
     """Blocks of `block` runs of each variant in turn until each has `runs` (seconds): machine noise hits all
-    alike. The runtime pairs two models' blocks timed alternately; here block i of every variant is of pass i."""
-    runners = {variant: session.runner(x) for variant, session in sessions.items()}
-    for runner in runners.values():
-        for _ in range(args.warmup):
-            runner()
-    blocks: dict[str, list[list[float]]] = {variant: [] for variant in runners}
-    first = next(iter(runners))
-    while sum(map(len, blocks[first])) < args.runs:
-        for variant, runner in runners.items():
-            blocks[variant].append([time_call(runner, time.perf_counter) for _ in range(args.block)])
+    alike. The runtime pairs two models' blocks timed alternately; here block i of every variant is of pass i.
+    Each variant is timed in a session of its own, set as `prunefx bench` sets its timing sessions (onnx_runner:
+    subnormal floats flushed to zero, worker threads spinning) and called as its timing loop calls one."""
+    runners = {variant: onnx_runner(session.path, [x], threads=session.threads) for variant, session in sessions.items()}
+    with contextlib.ExitStack() as stack:
+        calls = {variant: stack.enter_context(runner.timed_calls()) for variant, runner in runners.items()}
+        for call in calls.values():
+            for _ in range(args.warmup):
+                call()
+        blocks: dict[str, list[list[float]]] = {variant: [] for variant in calls}
+        first = next(iter(calls))
+        while sum(map(len, blocks[first])) < args.runs:
+            for variant, call in calls.items():
+                blocks[variant].append([time_call(call, time.perf_counter) for _ in range(args.block)])
     return blocks
 
 

@@ -99,3 +99,23 @@ def test_int8_head_to_head_states_the_pooled_ratio_with_a_95_percent_interval_ov
     assert row["interval_95"] == pytest.approx([centre * np.exp(-half), centre * np.exp(half)], rel=1e-12)
     assert row["ratios"] == pytest.approx(list(np.exp(logs)), rel=1e-12)
     assert row["rounds_prunefx_faster"] == int((logs > 0).sum()) and row["rounds"] == 5
+
+
+def test_the_int8_benchmarks_time_each_file_in_a_session_set_as_prunefx_bench_sets_its_own(tmp_path, monkeypatch):
+    """Subnormal floats flushed to zero (a random-weight fp32 model otherwise times its denormal arithmetic,
+    which inflates INT8's gain), every variant's blocks from its own session."""
+    from prunefx.graph import capture
+    from prunefx.runtime import OnnxRuntimeSession, export_onnx
+
+    monkeypatch.delenv("PRUNEFX_KEEP_DENORMALS", raising=False)
+    benchmark = _benchmark("int8_latency")
+    made, original = [], benchmark.onnx_runner
+    monkeypatch.setattr(benchmark, "onnx_runner", lambda *a, **k: made.append(original(*a, **k)) or made[-1])
+    program = capture(torch.nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8)).eval()
+    sessions = {name: OnnxRuntimeSession(export_onnx(program, tmp_path / f"{name}.onnx").path, threads=1)
+                for name in ("fp32", "int8")}
+    assert not any(session.flush_denormals for session in sessions.values())  # the plain session keeps them
+    blocks = benchmark.interleaved_blocks(sessions, torch.randn(1, 3, 8, 8),
+                                          argparse.Namespace(warmup=1, runs=4, block=2))
+    assert [runner.session.flush_denormals for runner in made] == [True, True]
+    assert {name: [len(block) for block in timed] for name, timed in blocks.items()} == {"fp32": [2, 2], "int8": [2, 2]}
