@@ -45,7 +45,7 @@ def test_stats_equal_known_values_with_a_fake_clock():
     clock = FakeClock()
     timed = list(range(1, 101))  # 1..100 ms, in random order: order must not matter
     random.Random(0).shuffle(timed)
-    warmup = [10_000.0] * 5  # huge warm-up calls must not be counted
+    warmup = [150.0] * 5  # slow warm-up calls (within WARM_SECONDS in all) must not be counted
     stats = measure_latency(clock.callable_taking(warmup + timed), warmup=5, runs=100, clock=clock)
     assert stats.runs == 100 and stats.threads is None
     assert stats.median_ms == pytest.approx(50.5)
@@ -69,6 +69,22 @@ def test_to_dict_has_every_field():
     assert stats.to_dict() == {"median_ms": pytest.approx(1.5), "p90_ms": pytest.approx(1.9),
                                "p99_ms": pytest.approx(1.99), "mean_ms": pytest.approx(1.5),
                                "min_ms": pytest.approx(1.0), "runs": 2, "threads": 2}
+
+
+def test_one_model_and_a_pair_warm_up_alike_stopping_after_warm_seconds_once_each_ran_twice():
+    """`bench m` and `bench m --vs n` warm m alike: calls of 0.6 s stop after two, where a count would take 10."""
+    for pair in (False, True):
+        clock, calls = FakeClock(), []
+
+        def slow(calls=calls, clock=clock):
+            calls.append(clock.now)
+            clock.now += 0.6
+
+        if pair:
+            compare_latency(slow, slow, warmup=10, runs=2, block=2, settle=0, clock=clock)
+        else:
+            measure_latency(slow, warmup=10, runs=2, clock=clock)
+        assert len(calls) == (2 + 2) * (2 if pair else 1)  # two warm-up calls a side, then two timed
 
 
 def test_compare_latency_alternates_call_by_call_in_warmup_then_in_blocks():

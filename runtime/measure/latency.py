@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from prunefx.graph.progress import bar_or_lines
 from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.measure.ratio_interval import CONFIDENCE, looks_confidence, ratio_interval
-from prunefx.runtime.measure.timing_loop import alternate, time_call
+from prunefx.runtime.measure.timing_loop import alternate, time_call, warm
 
 Clock = Callable[[], float]
 
@@ -100,11 +100,11 @@ class LatencyComparison:
 def measure_latency(fn: Callable[[], object], *, warmup: int = 10, runs: int = 50,
                     threads: int | None = None, progress: bool = False,
                     clock: Clock = time.perf_counter) -> LatencyStats:
-    """Call `fn` `warmup` times untimed, then `runs` times, timing each call."""
+    """Call `fn` `warmup` times untimed (timing_loop.warm: at most WARM_SECONDS once it ran twice), then `runs`
+    times, timing each call."""
     _check_counts(warmup, runs)
     with _timed(fn) as (call,):
-        for _ in range(warmup):
-            call()
+        warm((call,), warmup, clock)
         samples = [time_call(call, clock) for _ in _bar(progress, "latency", iterable=range(runs))]
     return LatencyStats.from_seconds(samples, threads=_threads_of(fn, threads))
 

@@ -28,12 +28,7 @@ def alternate(fn_a: Callable[[], object], fn_b: Callable[[], object], warmup: in
     alternating blocks of up to `block`, each block after `settle` untimed calls (see runtime/measure/latency.py's
     compare_latency); the blocks, in seconds."""
     bar = bar if bar is not None else NoBar()
-    started = clock()
-    for done in range(warmup):
-        fn_a()
-        fn_b()
-        if done >= 1 and clock() - started >= WARM_SECONDS:
-            break
+    warm((fn_a, fn_b), warmup, clock)
     blocks_a: list[list[float]] = []
     blocks_b: list[list[float]] = []
     while sum(map(len, blocks_a)) < runs:
@@ -44,6 +39,17 @@ def alternate(fn_a: Callable[[], object], fn_b: Callable[[], object], warmup: in
             blocks.append([time_call(fn, clock) for _ in range(size)])
         bar.update(size)
     return blocks_a, blocks_b
+
+
+def warm(fns: tuple[Callable[[], object], ...], warmup: int, clock: Callable[[], float]) -> None:
+    """The warm-up of every CPU timing, one model or two: each of `fns` in turn, `warmup` times, stopping after
+    WARM_SECONDS once each ran twice."""
+    started = clock()
+    for done in range(warmup):
+        for fn in fns:
+            fn()
+        if done >= 1 and clock() - started >= WARM_SECONDS:
+            return
 
 
 def time_call(fn: Callable[[], object], clock: Callable[[], float]) -> float:
