@@ -15,6 +15,7 @@ import math
 import torch
 
 from prunefx.graph.errors import ProgramFileError, first_line, printable
+from prunefx.graph.normalisation_bounds import MEAN_RANGE, STD_RANGE
 
 FORMAT_VERSION = 1
 MAX_NAME_LENGTH = 200
@@ -23,10 +24,6 @@ MAX_NAME_LENGTH = 200
 MAX_INPUT_ELEMENTS = 1 << 28
 INPUT_DTYPES = {"float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"}
 _KEYS = {"format", "name", "inputs", "output_shapes", "analysis", "nodes", "normalisation"}
-# Bounds on the statistics of pixels scaled to [0, 1] a model's images are normalised with: wide for any real data
-# set, narrow enough that normalised pixels stay finite (a std of 1e-300 would make every input infinite).
-MEAN_RANGE = (-10.0, 10.0)
-STD_RANGE = (1e-3, 100.0)
 MAX_NODES = 1 << 20  # operator nodes whose names a file records: ViT-g has about 3,000
 
 

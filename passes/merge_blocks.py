@@ -8,9 +8,7 @@ of merges, the conditions and the config: see docs/algorithms.md, 'merge_blocks'
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
@@ -20,10 +18,10 @@ from prunefx.graph.depth.affine_chains import find_chains
 from prunefx.graph.depth.linearization import strip_finished_blends
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.core.contract import graph_pass
-from prunefx.passes.core.pass_config import PassConfig, option
 from prunefx.passes.core.registry import shipped_pass
 from prunefx.passes.core.result import Result
 from prunefx.passes.rewrites.merge_candidates import MergeCandidate, chain_candidate
+from prunefx.passes.rewrites.merge_config import MergeBlocksConfig
 from prunefx.passes.rewrites.merge_rewrite import apply_merge, describe_merge
 from prunefx.passes.rewrites.sparse_masks import refuse_sparse_weights
 
@@ -32,16 +30,6 @@ aten = torch.ops.aten
 
 class MergeBlocksError(PrunefxError):
     """merge_blocks cannot run on this Program or configuration."""
-
-
-@dataclass
-class MergeBlocksConfig(PassConfig):
-    owner: ClassVar[str] = "merge_blocks"
-
-    max_kernel_growth: float = option(1.0, low=1.0, help="largest growth of a kernel side a merge of layers may cause (>= 1)")
-    measure: Callable | None = option(source="measure", help="(before, after) -> measured speed-up; a merge of "
-                                                             "layers is kept only when it runs faster")
-    min_speedup: float = option(1.0, low=0.0, low_open=True, help="the measured speed-up a merge of layers must reach")
 
 
 # How a refusal of a merge of layers that measured no faster begins (prunefx depth reads it in the stats' `skipped`)

@@ -12,7 +12,6 @@ import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
 
 import torch
 
@@ -32,36 +31,16 @@ from prunefx.graph.int8.quantization import (
     quantize_weight,
     scale_of,
 )
-from prunefx.graph.int8.ranges import METHODS, RangeObserver
+from prunefx.graph.int8.ranges import RangeObserver
 from prunefx.passes.core import config_checks as checks
 from prunefx.passes.core.contract import graph_pass
-from prunefx.passes.core.pass_config import PassConfig, option
 from prunefx.passes.core.pipeline import run_inner
 from prunefx.passes.core.registry import shipped_pass
 from prunefx.passes.core.result import Result
 from prunefx.passes.fold_batchnorm import Folded, fold_batchnorm
+from prunefx.passes.rewrites.quantize_config import OWNER, QuantizeInt8Config
 
-OWNER = "quantize_int8"
 _KEPT_BYTES = 256 << 20  # calibration activations kept between their reads (_Activations)
-
-
-@dataclass
-class QuantizeInt8Config(PassConfig):
-    owner: ClassVar[str] = OWNER
-
-    calibration: Any = option(source="calibration", help="input batches the activation ranges are read from")
-    method: str = option("mse", help="how an activation's range is read from its statistics", choices=METHODS)
-    percentile: float = option(99.99, low=50.0, high=100.0, help="the percentile of |x| taken as the range")
-    max_batches: int | None = option(low=1, help="read at most this many calibration batches")
-    skip_nodes: list[str] = option([], help="layer names kept in float", describe="a list of node names")
-    skip_operators: list[str] = option([], help="operators kept in float (conv2d, linear, matmul, add, ...)")
-    sensitive: int = option(0, low=0, help="leave the k layers with the largest quantization error in float")
-    sensitivity_batches: int = option(4, low=1, help="batches the per-layer errors are measured on",
-                                      cli=False)
-    fold_batchnorm: bool = option(True, help="fold batch norms into the layers before them first, as TensorRT "
-                                             "would")
-    attention: bool = option(True, help="INT8 attention: spell scaled_dot_product_attention out (matmul, softmax, "
-                                        "matmul) and quantize Q, K, V and the softmax output")
 
 
 def _settings(config: dict | QuantizeInt8Config | None) -> QuantizeInt8Config:

@@ -1,5 +1,6 @@
-"""What `prunefx bench` and `prunefx profile` share: the backend flags, their checks, and the models handed to a
-backend (runtime/backends/): exported to ONNX for a backend that reads files, the Program for one that runs it.
+"""What `prunefx bench` and `prunefx profile` share: the checks of their backend flags (made in
+prunefx/cli/flags.py), and the models handed to a backend (runtime/backends/): exported to ONNX for a backend
+that reads files, the Program for one that runs it.
 
 Every flag is checked against the chosen backend before a model is loaded: a flag the backend does not read,
 a precision it does not offer or a missing install is a one-line error.
@@ -11,10 +12,9 @@ from pathlib import Path
 
 import torch
 
-from prunefx import options
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError, printable
-from prunefx.image_statistics import add_normalisation, calibration_read
+from prunefx.image_statistics import calibration_read
 from prunefx.loading import program_from_reference
 from prunefx.models import check_input_shape, parse_input_shape
 from prunefx.runtime import OnnxRuntimeSession, backends
@@ -22,38 +22,13 @@ from prunefx.runtime.backends import Backend, BenchModel, Settings
 from prunefx.runtime.measure.speedup import deployed, exported_file
 from prunefx.runtime.model_precision import require_float32
 from prunefx.runtime.ort.runners import timing_flushes_denormals
-from prunefx.runtime.ort.session import LATENCY_THREADS, shape_fits
+from prunefx.runtime.ort.session import shape_fits
+from prunefx.runtime.ort.threads import LATENCY_THREADS
 
 # flag (argparse dest) -> the Settings option a backend must read for the flag to apply
 FLAG_OPTIONS = {"sparse": "sparse", "calibrate": "calibration", "trtexec": "trtexec", "cache_dir": "cache_dir",
                 "compile": "compile", "no_spinning": "spinning", "keep_denormals": "flush_denormals",
                 "rounds": "rounds", "threads": "threads"}
-
-
-def add_backend_arguments(parser, choices: list[str], default: str) -> None:
-    """`--backend` among `choices`, and the options some backends read."""
-    parser.add_argument("--backend", choices=choices, default=default,
-                        help=", ".join(f"{name}: {backends.label(name)}{' (default)' if name == default else ''}"
-                                       for name in choices))
-    precisions = dict.fromkeys(p for name in choices for p in (backends.get(name).bench_precisions
-                                                               or backends.get(name).precisions))
-    parser.add_argument("--precision", choices=list(precisions), default=None,
-                        help="precision (default: the backend's, fp16 on cuda, else fp32); int8 (TensorRT) needs a "
-                             "file with Q/DQ nodes (quantize_int8) or --calibrate DATA to quantize it first")
-    parser.add_argument("--batch", type=options.count, metavar="B",
-                        help="time at batch B: a model reference is captured at B, a .pt2 cut to B (a saved "
-                             "program cannot grow: capture it at B); default: the model's own batch, 1 for a "
-                             "reference; an .onnx file's batch is its --input-shape")
-    parser.add_argument("--compile", action="store_true", help="cuda: torch.compile (inductor) before timing")
-    parser.add_argument("--sparse", action="store_true",
-                        help="allow 2:4 sparse tensor-core kernels (TensorRT SPARSE_WEIGHTS / trtexec --sparsity)")
-    parser.add_argument("--calibrate", metavar="DATA",
-                        help="for --backend trt --precision int8 on a file without Q/DQ: fashion-mnist, "
-                             "imagenet-sample or a folder of images (256 images), read by ONNX Runtime's "
-                             "quantize_static to write TensorRT's symmetric Q/DQ form first")
-    add_normalisation(parser)
-    parser.add_argument("--trtexec", metavar="PATH", help="the trtexec program (default: on PATH or JetPack's)")
-    parser.add_argument("--cache-dir", help="TensorRT engine cache (default ~/.cache/prunefx/tensorrt)")
 
 
 def checked_backend(args, *, purpose: str = "bench") -> tuple[Backend, Settings]:

@@ -1,7 +1,8 @@
-"""The command line's --mean/--std: the per-channel statistics the images a command reads (calibration data, a
-data set) are normalised with. Given, they win, and the Program the command writes records them; else the
-model's own (a timm model's pretrained configuration, or what a saved Program records); else ImageNet's
-(prunefx/data/normalise.py). Fashion-MNIST is normalised with its own statistics, so they do not apply to it."""
+"""The command line's --mean/--std (made in prunefx/cli/flags.py): the per-channel statistics the images a
+command reads (calibration data, a data set) are normalised with. Given, they win, and the Program the command
+writes records them; else the model's own (a timm model's pretrained configuration, or what a saved Program
+records); else ImageNet's (prunefx/data/normalise.py). Fashion-MNIST is normalised with its own statistics, so
+they do not apply to it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from prunefx import options
 from prunefx.data import fashion_mnist
 from prunefx.data.fashion_mnist import NAME as FASHION_MNIST
 from prunefx.data.normalise import (
@@ -23,7 +23,6 @@ from prunefx.data.normalise import (
     pixel_statistics,
 )
 from prunefx.graph.errors import PrunefxError
-from prunefx.graph.program_metadata import MEAN_RANGE, STD_RANGE
 
 if TYPE_CHECKING:
     import torch
@@ -32,14 +31,6 @@ if TYPE_CHECKING:
     from prunefx.graph import Program
 
 log = logging.getLogger("prunefx")
-
-
-def add_normalisation(parser) -> None:
-    parser.add_argument("--mean", type=options.channel_values(*MEAN_RANGE), metavar="M[,M,M]",
-                        help="per-channel mean the images read are normalised with, pixels scaled to [0, 1] (default: "
-                             "the model's own where known, as timm's configuration, else ImageNet's; with --std)")
-    parser.add_argument("--std", type=options.channel_values(*STD_RANGE), metavar="S[,S,S]",
-                        help="per-channel standard deviation, with --mean")
 
 
 def given_statistics(args, data: str | None) -> Statistics | None:

@@ -13,12 +13,7 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.graph.safety.regular_files import require_regular_file
 from prunefx.passes.core.pipeline import Pipeline
 from prunefx.passes.core.recipe import RecipeError, pipeline_from_spec, read_recipe
-
-RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
-
-
-def shipped_recipes() -> list[str]:
-    return sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
+from prunefx.recipe_names import RECIPES_DIR, shipped_recipes
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import argparse
 import math
 from collections.abc import Callable
 
-from prunefx.runtime.onnx.opsets import MAX_OPSET, MIN_OPSET
-from prunefx.runtime.ort.session import MAX_THREADS  # the bound the sessions themselves enforce
+from prunefx.runtime.onnx.opsets import MIN_OPSET, max_opset
+from prunefx.runtime.ort.threads import MAX_THREADS  # the bound the sessions themselves enforce
 
 
 def _number(text: str, kind: type) -> float | int:
@@ -61,7 +61,13 @@ runs = integer(1, MAX_RUNS)
 warmup_runs = integer(0, MAX_RUNS)
 calibration_images = integer(1, MAX_CALIBRATION_IMAGES)
 threads = integer(1, MAX_THREADS)
-opset = integer(MIN_OPSET, MAX_OPSET)
+
+
+def opset(text: str) -> int:
+    """An opset the exporter writes, from MIN_OPSET to the newest torch's converters know: text that is no
+    integer is refused before torch is imported to ask."""
+    _number(text, int)
+    return integer(MIN_OPSET, max_opset())(text)
 
 
 def channel_values(low: float, high: float) -> Callable[[str], tuple[float, ...]]:

@@ -13,8 +13,7 @@ The names below are imported on first use (as prunefx's own are): `prunefx check
 onnx alone, takes no torch.
 """
 
-import importlib
-
+from prunefx.graph.lazy_package import lazy_names
 from prunefx.runtime import _moved
 
 # module (under prunefx.runtime) -> the names it defines
@@ -39,7 +38,8 @@ _MODULES = {
         "QuantizedExport", "export_quantized_lowerings", "export_quantized_onnx", "onnxruntime_lowering"
     ),
     "ort.runners": ("OnnxRunner", "OnnxRunnerMaker", "TorchRunner", "onnx_runner", "torch_runner"),
-    "ort.session": ("DEFAULT_THREADS", "LATENCY_THREADS", "OnnxRuntimeSession"),
+    "ort.session": ("OnnxRuntimeSession",),
+    "ort.threads": ("DEFAULT_THREADS", "LATENCY_THREADS"),
     "tensorrt.engine": ("Engine", "build_engine"),
     "tensorrt.engine_cache": ("engine_cache_key",),
     "tensorrt.jetson": ("JetsonState", "TegrastatsSampler", "jetson_state", "parse_tegrastats_line"),
@@ -52,20 +52,8 @@ _MODULES = {
     "tensorrt.trtexec_command": ("TrtexecOptions", "run_trtexec", "build_arguments", "timing_arguments"),
     "tensorrt.trtexec_output": ("parse_performance_summary",),
 }
-_LAZY = {name: module for module, names in _MODULES.items() for name in names}
-
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'prunefx.runtime' has no attribute '{name}'")
-    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
-
+_LAZY = {name: f"{__name__}.{module}" for module, names in _MODULES.items() for name in names}
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
 
 _moved.install()
 

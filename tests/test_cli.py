@@ -524,7 +524,7 @@ def test_prune_flags_are_remove_channels_options():
     import argparse
     import dataclasses
 
-    from prunefx.cli.commands import prune
+    from prunefx.cli.arguments import prune
     from prunefx.passes.prune_to_budget import PruneToBudgetConfig
     from prunefx.passes.remove_channels import RemoveChannelsConfig
 

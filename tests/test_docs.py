@@ -113,7 +113,8 @@ def test_the_api_reference_covers_every_public_name(module_name):
 def test_api_directives_point_where_the_object_is_defined():
     reference = _script("docs_reference")
     assert reference.defining_path("prunefx", "Pipeline") == "prunefx.passes.core.pipeline.Pipeline"
-    assert reference.defining_path("prunefx.passes", "PASSES") == "prunefx.passes.PASSES"  # data stays put
+    # data a package imports lazily: where it is defined (prunefx.passes imports its names on first use)
+    assert reference.defining_path("prunefx.passes", "PASSES") == "prunefx.passes.core.registry.PASSES"
 
 
 def test_every_results_file_is_on_the_site():

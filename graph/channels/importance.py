@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
+from prunefx.graph.channels.choices import CRITERIA, DATA_CRITERIA, GRADIENT_CRITERIA
 from prunefx.graph.channels.factor_slices import FactorSlices
 from prunefx.graph.channels.groups import Combing
 from prunefx.graph.channels.saliency import obs_saliency
@@ -26,9 +27,6 @@ from prunefx.graph.model_state import random_state_kept, values_kept
 from prunefx.graph.placement import module_device
 
 aten = torch.ops.aten
-CRITERIA = ("l1", "l2", "bn", "taylor", "fisher", "obs", "random")
-GRADIENT_CRITERIA = ("taylor", "fisher")
-DATA_CRITERIA = (*GRADIENT_CRITERIA, "obs")  # the criteria that read calibration batches
 _BATCH_NORMS = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default}
 
 

@@ -223,7 +223,6 @@ def _solve(block: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     return solved
 
 
-STEPS = ("exact", "fast")  # remove_channels' obs_steps: where the elimination stops (see eliminate)
 STEP_SHARE = 32  # each step removes alive // STEP_SHARE channels at once (at least one)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from prunefx.graph.channels.choices import RANKINGS, TARGET_KINDS
 from prunefx.graph.channels.groups import ChannelGroup, Combing
 from prunefx.graph.channels.latency_selection import LatencyKnapsack, ms_saved_per_group
 from prunefx.graph.channels.plan_cost import CostModel
@@ -23,11 +24,9 @@ from prunefx.graph.channels.plan_latency import LayerTime, PlanLatency, priced_b
 from prunefx.graph.counting import Cost
 from prunefx.graph.errors import PrunefxError
 
-TARGET_KINDS = ("macs", "params", "channels", "layer_time")
 TARGET_TOLERANCE = 0.03  # relative to the target cost
 EXHAUSTIVE_UP_TO_PLANS = 4096  # every plan of a small model is listed when the moves stall
 PAIR_MOVES_UP_TO_GROUPS = 24  # 4 x 276 pair plans per round at most; larger models have fine-grained steps
-RANKINGS = ("global", "local", "uniform")
 UNIFORM_STEPS = 64  # the kept fraction of uniform ranking is a multiple of 1/64
 
 

@@ -18,7 +18,6 @@ import torch
 from prunefx.graph.int8.quantization import LEVELS
 
 HISTOGRAM_BINS = 2048
-METHODS = ("max", "percentile", "mse", "entropy")
 
 
 class RangeObserver:

@@ -42,7 +42,7 @@ def option(default: Any = None, *, help: str, choices: tuple | None = None, sour
     input the caller injects, where it comes from (a key of SOURCES; such fields get no CLI flag).
     `describe` names the accepted values in errors when the type alone says too little ("a fraction in (0, 1]").
     `low`/`high` bound a number (closed unless `low_open`/`high_open`): checked by `parse` and, through
-    prunefx/cli/options.py, by the CLI while it parses its flags."""
+    prunefx/cli/flags.py, by the CLI while it parses its flags."""
     if source is not None and source not in SOURCES:
         raise ValueError(f"unknown input source {source!r}")
     metadata = {"help": help, "choices": choices, "source": source, "cli": cli and source is None,

@@ -1,25 +1,55 @@
 """Passes by name, so recipes (YAML) and the CLI spell the same pipeline as the Python API.
 
-A shipped pass registers itself where it is defined (`@shipped_pass`), and importing prunefx.passes
-imports every one of them, so the shipped passes are always there. A user adds their own with
-`register_pass` (then a recipe can name it), lists them with `registered_passes` and takes one away with
-`unregister_pass`. Replacing a pass that is already registered (shipped or not) needs `replace=True`, and a
-shipped pass cannot be removed: the shipped recipes name them.
+A shipped pass registers itself where it is defined (`@shipped_pass`), and the registry imports every one
+of them when it is first read (core/shipped.py lists them), so the shipped passes are always there. A user
+adds their own with `register_pass` (then a recipe can name it), lists them with `registered_passes` and
+takes one away with `unregister_pass`. Replacing a pass that is already registered (shipped or not) needs
+`replace=True`, and a shipped pass cannot be removed: the shipped recipes name them.
 """
 
 from __future__ import annotations
 
-from types import MappingProxyType
+import importlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.core.contract import as_pass
 from prunefx.passes.core.result import Pass
+from prunefx.passes.core.shipped import SHIPPED_PASSES
 
 _SHIPPED: dict[str, Pass] = {}  # filled by @shipped_pass where each pass is defined
 _REGISTERED: dict[str, Pass] = {}
+_imported = False  # every shipped pass's module
 
-PASSES = MappingProxyType(_REGISTERED)  # a live, read-only view: register_pass is the way in
+
+def _with_shipped() -> dict[str, Pass]:
+    """The registry, every shipped pass imported first (each registers itself): once, on the first read."""
+    global _imported
+    if not _imported:
+        for name in SHIPPED_PASSES:
+            importlib.import_module(f"prunefx.passes.{name}")
+        _imported = True
+    return _REGISTERED
+
+
+class _Passes(Mapping[str, Pass]):
+    """A live, read-only view of the registry (register_pass is the way in), the shipped passes in it."""
+
+    def __getitem__(self, name: str) -> Pass:
+        return _with_shipped()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_with_shipped())
+
+    def __len__(self) -> int:
+        return len(_with_shipped())
+
+    def __repr__(self) -> str:
+        return f"PASSES({sorted(self)})"
+
+
+PASSES = _Passes()
 
 
 def shipped_pass(function: Any) -> Any:
@@ -32,7 +62,7 @@ def shipped_pass(function: Any) -> Any:
 
 def get_pass(name: str) -> Pass:
     try:
-        return _REGISTERED[name]
+        return _with_shipped()[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTERED))
         raise PrunefxError(f"unknown pass '{name}' (known passes: {known})") from None
@@ -45,6 +75,7 @@ def register_pass(function: Any = None, *, name: str | None = None, replace: boo
     def register(function: Any) -> Any:
         declared = as_pass(function)
         key = name or declared.__name__
+        _with_shipped()  # a shipped pass of that name is one to replace, not a free name
         if not key.isidentifier():
             raise PrunefxError(f"a pass name is a Python identifier (recipes spell it), not {key!r}")
         if key in _REGISTERED and not replace:
@@ -67,4 +98,4 @@ def unregister_pass(name: str) -> None:
 
 
 def registered_passes() -> list[str]:
-    return sorted(_REGISTERED)
+    return sorted(_with_shipped())

@@ -1,1 +1,2 @@
-"""What channel removal (passes/remove_channels.py) did, as the facts other passes and the CLI read."""
+"""Channel removal's configuration and what it did (passes/remove_channels.py): the options the CLI's flags are
+made of, and the facts other passes and the CLI read."""

@@ -1,1 +1,1 @@
-"""Building blocks of single passes that are not passes themselves: merge_blocks' candidates and graph rewrite, and the masks that keep sparsify_nm's zeros through training."""
+"""Building blocks of single passes that are not passes themselves: merge_blocks' candidates and graph rewrite, the masks that keep sparsify_nm's zeros through training, and the configurations of linearize_blocks, merge_blocks and quantize_int8 (torch-free: the command line's flags are made of them)."""

@@ -20,8 +20,9 @@ import sys
 import threading
 import warnings
 
-# Only modules that import no torch up here: `prunefx --help` and a mistyped argument answer at once. The rest
-# (prunefx.graph, which takes torch) once the arguments are read.
+# Only modules that import no torch up here, and in the flags (prunefx/cli/arguments/): `prunefx CMD --help` and
+# a mistyped argument answer at once. The rest (prunefx.graph, which takes torch; the command) once the
+# arguments are read.
 from prunefx import standard_output
 from prunefx.cli.commands import COMMANDS, Command
 from prunefx.interrupts import (
@@ -53,8 +54,8 @@ def _model_arguments(parser: argparse.ArgumentParser, *, onnx_allowed: bool = Fa
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """Every command's parser; given the command line, only the command it names gets its arguments (and its
-    module imported), which is all argparse reads."""
+    """Every command's parser; given the command line, only the command it names gets its arguments, which is
+    all argparse reads."""
     parser = _Parser(prog="prunefx", description="Make vision models smaller and faster.")
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("-v", "--verbose", action="count", default=0,
@@ -76,11 +77,10 @@ def _named_command(argv: list[str]) -> Command | None:
 
 
 def _command_arguments(parser: argparse.ArgumentParser, command: Command) -> None:
-    module = command.module()
     if command.takes_model:
         _model_arguments(parser, onnx_allowed=command.onnx_allowed)
-    module.add_arguments(parser)
-    parser.set_defaults(handler=module.run)
+    command.arguments().add_arguments(parser)
+    parser.set_defaults(handler=command.run)  # its module (torch, seconds) imported once the arguments are read
 
 
 class _Parser(argparse.ArgumentParser):

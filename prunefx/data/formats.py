@@ -21,17 +21,16 @@ from pathlib import Path
 
 from prunefx.data.batches import StaticBatches
 from prunefx.data.coco import coco_splits, is_coco
+from prunefx.data.format_names import COCO, FORMATS, IMAGEFOLDER, MASKS, UNLABELLED, YOLO
 from prunefx.data.masks import DEFAULT_IGNORE_INDEX, is_mask_folder, mask_splits
 from prunefx.data.samples import LabelledImages, SplitFiles, check_headers
 from prunefx.data.splits import DETECTION, SEGMENTATION, DataSplits, image_folder_data
-from prunefx.data.unlabelled import UNLABELLED, unlabelled_data
+from prunefx.data.unlabelled import unlabelled_data
 from prunefx.data.yolo import yaml_file, yolo_splits
 from prunefx.graph.errors import PrunefxError, printable
 
 _log = logging.getLogger(__name__)
 
-IMAGEFOLDER, COCO, YOLO, MASKS = "imagefolder", "coco", "yolo", "masks"
-FORMATS = (IMAGEFOLDER, COCO, YOLO, MASKS, UNLABELLED)
 _TASKS = {COCO: DETECTION, YOLO: DETECTION, MASKS: SEGMENTATION}
 
 

@@ -27,7 +27,6 @@ from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.training.losses import logits_of
 
-UNLABELLED = "images"
 REAL_IMAGE = 0  # the placeholder label of a real evaluation image, replaced by the dense prediction
 
 

@@ -2,20 +2,36 @@
 
 Budgets (`latency_pair`), the speed-up measure handed to passes, `prunefx bench`, `prunefx profile`, the CLI's
 `--backend` choices, the budget report's runtime names and the docs table all read this registry, so a new
-backend is one new file here. `register`/`unregister` add or remove one at run time (a plug-in, a test).
+backend is one new file here (and its facts in facts.py). `register`/`unregister` add or remove one at run time
+(a plug-in, a test). `names`, `label` and `described` list the backends by their facts alone: until the
+registry is read, the shipped backends' (facts.py), so that the CLI makes its flags without importing one.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import TYPE_CHECKING
 
-from prunefx.runtime.backends.base import Backend, BenchModel, Settings
+from prunefx.runtime.backends.facts import SHIPPED, Facts
+from prunefx.runtime.backends.settings import Settings
 from prunefx.runtime.errors import MeasurementError
+
+if TYPE_CHECKING:
+    from prunefx.runtime.backends.base import Backend, BenchModel
 
 _REGISTRY: dict[str, Backend] = {}
 _DISCOVERED = False
 _NOT_BACKENDS = {"base"}
+_LAZY = {"Backend", "BenchModel"}  # base.py's, imported on first use: it imports torch
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'prunefx.runtime.backends' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f"{__name__}.base"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
 
 
 def _discover() -> None:
@@ -24,6 +40,8 @@ def _discover() -> None:
     if _DISCOVERED:
         return
     _DISCOVERED = True
+    from prunefx.runtime.backends.base import Backend
+
     for module in pkgutil.iter_modules(__path__):
         if module.name not in _NOT_BACKENDS and not module.name.startswith("_"):
             backend = getattr(importlib.import_module(f"{__name__}.{module.name}"), "BACKEND", None)
@@ -48,12 +66,27 @@ def unregister(name: str) -> None:
 def backends(*, budgets: bool = False, profiles: bool = False) -> list[Backend]:
     """The registered backends, default first; only those that measure budgets or profile layers if asked."""
     _discover()
-    chosen = [b for b in _REGISTRY.values() if (b.budgets or not budgets) and (b.profiles or not profiles)]
+    return _chosen(_REGISTRY.values(), budgets, profiles)
+
+
+def described(*, budgets: bool = False, profiles: bool = False) -> list[Facts]:
+    """`backends()`'s facts, read without importing a backend: the shipped backends' until the registry is read
+    (a plug-in is registered only then), the registered backends themselves after."""
+    return _chosen(_REGISTRY.values() if _DISCOVERED else SHIPPED, budgets, profiles)
+
+
+def _chosen(known, budgets: bool, profiles: bool) -> list:
+    chosen = [b for b in known if (b.budgets or not budgets) and (b.profiles or not profiles)]
     return sorted(chosen, key=lambda backend: (backend.rank, backend.name))
 
 
 def names(*, budgets: bool = False, profiles: bool = False) -> list[str]:
-    return [backend.name for backend in backends(budgets=budgets, profiles=profiles)]
+    return [backend.name for backend in described(budgets=budgets, profiles=profiles)]
+
+
+def budget_precisions() -> list[str]:
+    """Every precision some budget backend measures at."""
+    return list(dict.fromkeys(p for backend in described(budgets=True) for p in backend.precisions))
 
 
 def get(name: str, *, budgets: bool = False) -> Backend:
@@ -79,8 +112,8 @@ def width_multiple(backend: str, precision: str = "fp32", *, cpuinfo: str | None
 
 def label(name: str) -> str:
     """The human name of backend `name` ("ONNX Runtime"), the name itself for one not registered."""
-    _discover()
-    return _REGISTRY[name].label if name in _REGISTRY else name
+    known = {backend.name: backend for backend in described()}
+    return known[name].label if name in known else name
 
 
 def markdown_table() -> str:
@@ -95,4 +128,5 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["markdown_table", "Backend", "BenchModel", "Settings", "backends", "get", "label", "names", "register", "unregister"]
+__all__ = ["markdown_table", "Backend", "BenchModel", "Settings", "backends", "budget_precisions", "described", "get", "label",
+           "names", "register", "unregister"]

@@ -11,51 +11,23 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from prunefx.graph import Program
+from prunefx.runtime.backends.facts import Facts
+from prunefx.runtime.backends.settings import Settings
 from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
 from prunefx.runtime.measure import gpu_latency
 from prunefx.runtime.measure.gpu_latency import compare_gpu_latency, measure_gpu_latency
 from prunefx.runtime.measure.latency import compare_latency, measure_latency
 from prunefx.runtime.measure.speedup import Measure, PairMeasurer, deployed, exported_file
-from prunefx.runtime.onnx.opsets import DEFAULT_OPSET
-from prunefx.runtime.ort.session import DEFAULT_THREADS
 from prunefx.runtime.tensorrt.layer_profile import LayerProfile
 
 CPU_BACKEND = "ort"  # what a machine without the backend's GPU or TensorRT can measure on
 CONFIRM_FACTOR = 4  # a pair's `confirm` times this many times the runs (as ONNX Runtime's does)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How a backend measures. Every backend reads runs, warmup, precision and batch; the others only where
-    the backend lists them in `Backend.options` (the CLI refuses a flag its backend does not read)."""
-
-    runs: int = 50
-    warmup: int = 10
-    precision: str | None = None   # None: the backend's default_precision
-    batch: int = 1
-    threads: int = DEFAULT_THREADS
-    trtexec: str | None = None     # the trtexec program
-    cache_dir: str | None = None   # TensorRT's engine cache
-    sparse: bool = False           # 2:4 sparse tensor-core kernels
-    compile: bool = False          # torch.compile (inductor) before timing
-    spinning: bool = True          # ONNX Runtime's worker threads spin between operators
-    flush_denormals: bool | None = None
-    rounds: int = 4                # ONNX Runtime: fresh processes a side-by-side bench (or a confirmation) spreads its runs over
-    opset: int = DEFAULT_OPSET     # of the ONNX files a budget times: the delivered file's
-
-    def with_precision(self, precision: str) -> Settings:
-        return replace(self, precision=precision)
-
-    def set_apart(self, *names: str) -> dict:
-        """{name: value} of the fields among `names` set away from their defaults (what a backend must read)."""
-        defaults = {each.name: each.default for each in fields(self)}
-        return {name: getattr(self, name) for name in names if getattr(self, name) != defaults[name]}
 
 
 @dataclass
@@ -71,19 +43,13 @@ class BenchModel:
     calibration: list | None = None
 
 
-class Backend:
-    """One latency backend. Subclasses set the class attributes and override what they support."""
+class Backend(Facts):
+    """One latency backend. Subclasses set the class attributes (those of Facts too: a shipped backend derives
+    from its facts, facts.py) and override what they support."""
 
-    name: str = ""
-    label: str = ""               # the human name reports print ("measured on ONNX Runtime")
     needs: str = ""               # what must be installed, for the docs table and help
-    rank: int = 50                # where it is listed (the default backend first)
-    precisions: tuple[str, ...] = ("fp32",)        # what a budget is measured at
-    bench_precisions: tuple[str, ...] | None = None  # what bench/profile accept (default: `precisions`)
-    default_precision: str = "fp32"
     # what steers a budget's width search by default: "macs", or "latency" (a per-layer table timed here)
     channel_choice: str = "macs"
-    budgets: bool = True          # offers a latency pair for --speedup/--latency-ms
     reads: str = "onnx"           # what bench hands it: "onnx" (an exported file) or "program"
     # the ONNX lowering of a quantized Program it reads (runtime/onnx/quantized.py; None: this CPU's ONNX Runtime one)
     int8_lowering: str | None = None
@@ -195,7 +161,7 @@ class Backend:
         raise MeasurementError(f"the {self.name} backend has no per-layer profile")
 
     @property
-    def profiles(self) -> bool:
+    def profiles(self) -> bool:  # a shipped backend states it in its facts, for the flags made without it
         return type(self).profile is not Backend.profile
 
     def __repr__(self) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from prunefx.graph import Program
 from prunefx.runtime.backends.base import Backend, BenchModel, Settings
+from prunefx.runtime.backends.facts import CudaFacts
 from prunefx.runtime.backends.gpu_pair import gpu_timing, pair_of
 from prunefx.runtime.cuda.graph import CudaDevice, GpuModel
 from prunefx.runtime.cuda.layer_timer import CudaLayerTimer
@@ -27,11 +28,8 @@ from prunefx.runtime.measure.width_multiple import CUDA_TENSOR_CORE_MULTIPLE
 from prunefx.runtime.tensorrt.layer_profile import LayerProfile
 
 
-class CudaBackend(Backend):
-    name, label, rank = "cuda", "PyTorch on CUDA", 20
+class CudaBackend(CudaFacts, Backend):
     needs = "an NVIDIA GPU and torch built with CUDA (no TensorRT); --compile also needs triton"
-    precisions = ("fp16", "bf16")
-    default_precision = "fp16"
     # a GPU layer's time does not follow its MACs: the table's choice measured faster than the MACs choice on
     # every model compared at equal MACs (docs/benchmarks/gpu-speedup.md)
     channel_choice = "latency"

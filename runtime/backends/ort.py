@@ -12,14 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prunefx.runtime.backends.base import Backend, BenchModel, Settings
+from prunefx.runtime.backends.facts import OnnxRuntimeFacts
 from prunefx.runtime.measure.latency import LatencyComparison, compare_rounds
 from prunefx.runtime.measure.speedup import PairMeasurer, onnx_latency_pair
 from prunefx.runtime.measure.width_multiple import onnxruntime_multiple
 from prunefx.runtime.ort.runners import OnnxRunnerMaker
 
 
-class OnnxRuntimeBackend(Backend):
-    name, label, rank = "ort", "ONNX Runtime", 0
+class OnnxRuntimeBackend(OnnxRuntimeFacts, Backend):
     needs = "nothing beyond prunefx (onnxruntime is a dependency); runs on this CPU"
     options = frozenset({"threads", "spinning", "flush_denormals", "rounds"})
     float32_only = True

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 
 from prunefx.runtime.backends.base import Backend
+from prunefx.runtime.backends.facts import TensorRTFamilyFacts
 from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.measure.speedup import ExportCache, exported_file
 from prunefx.runtime.measure.width_multiple import TENSOR_CORE_MULTIPLE
@@ -13,10 +14,7 @@ from prunefx.runtime.onnx.opsets import DEFAULT_OPSET
 from prunefx.runtime.tensorrt.plan import QDQ_FP16_STRONG, tensorrt_major
 
 
-class TensorRTFamily(Backend):
-    # INT8 is not a budget precision: it comes from the Program's own quantizers (Q/DQ nodes)
-    precisions = ("fp32", "fp16")
-    bench_precisions = ("fp32", "fp16", "int8")
+class TensorRTFamily(TensorRTFamilyFacts, Backend):
     gpu_timed = True
     int8_lowering = "s8"  # TensorRT's symmetric Q/DQ form
 

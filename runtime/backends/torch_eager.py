@@ -5,13 +5,13 @@ not one prunefx delivers for."""
 from __future__ import annotations
 
 from prunefx.runtime.backends.base import Backend, BenchModel, Settings
+from prunefx.runtime.backends.facts import TorchEagerFacts
 from prunefx.runtime.ort.runners import torch_runner
 
 
-class TorchEagerBackend(Backend):
-    name, label, rank = "torch", "torch eager (CPU)", 90
+class TorchEagerBackend(TorchEagerFacts, Backend):
     needs = "nothing beyond prunefx; runs on this CPU"
-    budgets, reads = False, "program"
+    reads = "program"
     options = frozenset({"threads"})
     float32_only = True
 

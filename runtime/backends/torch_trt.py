@@ -9,6 +9,7 @@ from __future__ import annotations
 from prunefx.graph import Program
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.runtime.backends.base import BenchModel, Settings
+from prunefx.runtime.backends.facts import TorchTensorRTFacts
 from prunefx.runtime.backends.gpu_pair import gpu_timing, pair_of
 from prunefx.runtime.backends.tensorrt_common import TensorRTFamily
 from prunefx.runtime.errors import MeasurementError
@@ -18,10 +19,8 @@ from prunefx.runtime.tensorrt.engine import free_gpu_cache, require_cuda
 from prunefx.runtime.tensorrt.torch_compiled import compile_torch_tensorrt, require_torch_tensorrt
 
 
-class TorchTensorRTBackend(TensorRTFamily):
-    name, label, rank = "torch-trt", "Torch-TensorRT", 30
+class TorchTensorRTBackend(TorchTensorRTFacts, TensorRTFamily):
     needs = "the `torch_tensorrt` Python package (built for your torch) and an NVIDIA GPU with CUDA"
-    bench_precisions = ("fp32", "fp16")
     reads = "program"
     # INT8 needs ModelOpt's Q/DQ here; prunefx's fake quantizers would be timed as float operators
     int8_refusal = "Torch-TensorRT runs no INT8 kernels for prunefx's quantizers (ONNX Runtime and TensorRT do)"

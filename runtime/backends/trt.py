@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prunefx.runtime.backends.base import BenchModel, Settings
+from prunefx.runtime.backends.facts import TensorRTFacts
 from prunefx.runtime.backends.gpu_pair import gpu_timing, pair_of
 from prunefx.runtime.backends.tensorrt_common import TensorRTFamily, onnx_files
 from prunefx.runtime.measure.last_used import LastUsed
@@ -27,8 +28,7 @@ from prunefx.runtime.tensorrt.layer_profile import (
 from prunefx.runtime.tensorrt.plan import BuildOptions
 
 
-class TensorRTBackend(TensorRTFamily):
-    name, label, rank = "trt", "TensorRT", 10
+class TensorRTBackend(TensorRTFacts, TensorRTFamily):
     needs = "the `tensorrt` Python package and an NVIDIA GPU with CUDA"
     options = frozenset({"cache_dir", "sparse", "calibration"})
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prunefx.runtime.backends.base import BenchModel, Settings
+from prunefx.runtime.backends.facts import TrtexecFacts
 from prunefx.runtime.backends.gpu_pair import pair_of
 from prunefx.runtime.backends.tensorrt_common import TensorRTFamily, onnx_files
 from prunefx.runtime.measure.last_used import LastUsed
@@ -33,8 +34,7 @@ from prunefx.runtime.tensorrt.trtexec_command import (
 )
 
 
-class TrtexecBackend(TensorRTFamily):
-    name, label, rank = "trtexec", "trtexec", 40
+class TrtexecBackend(TrtexecFacts, TensorRTFamily):
     needs = "the trtexec program (JetPack's, or on PATH; --trtexec PATH)"
     options = frozenset({"trtexec", "sparse"})
     reads_warmup = False  # trtexec warms up for its own --warmUp milliseconds

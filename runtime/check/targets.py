@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import onnx
 
 from prunefx.runtime.check import onnxruntime_opsets
+from prunefx.runtime.check.descriptions import DESCRIPTIONS
 
 ONNX_TENSORRT_10 = ("onnx/onnx-tensorrt docs/operators.md, 10.1 GA release (commit 96e7811), operators marked "
                     "unsupported; opsets 9-20")
@@ -78,18 +79,18 @@ class Target:
         return onnxruntime_opsets.OLDEST_OPSET, newest, reader
 
 
-def _tensorrt(name: str, description: str) -> Target:
-    return Target(name=name, description=description, tensorrt=True, unsupported=TENSORRT_10_UNSUPPORTED,
+def _tensorrt(name: str) -> Target:
+    return Target(name=name, description=DESCRIPTIONS[name], tensorrt=True, unsupported=TENSORRT_10_UNSUPPORTED,
                   domains=DEFAULT_DOMAINS, opsets=(9, 20), multiples=TENSOR_CORE_MULTIPLES, source=ONNX_TENSORRT_10)
 
 
 TARGETS = {
-    "trt10": _tensorrt("trt10", "TensorRT 10.x (x86-64 GPUs; JetPack 6 ships 10.3)"),
-    "trt11": Target(name="trt11", description="TensorRT 11.x (always strongly typed)", tensorrt=True,
+    "trt10": _tensorrt("trt10"),
+    "trt11": Target(name="trt11", description=DESCRIPTIONS["trt11"], tensorrt=True,
                     unsupported=TENSORRT_11_UNSUPPORTED, domains=DEFAULT_DOMAINS, opsets=(9, 25),
                     multiples=TENSOR_CORE_MULTIPLES, source=ONNX_TENSORRT_11, quantized_types=TENSORRT_11_QUANTIZED),
-    "orin": _tensorrt("orin", "Jetson Orin, JetPack 6: TensorRT 10.3 on an Ampere GPU with sparse tensor cores"),
-    "ort": Target(name="ort", description="ONNX Runtime, CPU execution provider", tensorrt=False,
+    "orin": _tensorrt("orin"),
+    "ort": Target(name="ort", description=DESCRIPTIONS["ort"], tensorrt=False,
                   unsupported=frozenset(), domains=ONNXRUNTIME_DOMAINS, opsets=None, multiples=ONNXRUNTIME_MULTIPLES,
                   source="ONNX Runtime's CPU provider: every default-domain operator, plus com.microsoft; "
                          "opsets up to the newest the installed ONNX Runtime loads"),

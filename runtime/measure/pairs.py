@@ -21,16 +21,6 @@ from prunefx.runtime.measure.speedup import Measure, PairMeasurer
 from prunefx.runtime.onnx.opsets import DEFAULT_OPSET
 
 
-def budget_backend_names() -> list[str]:
-    """The backends a budget can be measured on, default first."""
-    return backends.names(budgets=True)
-
-
-def budget_precisions() -> list[str]:
-    """Every precision some budget backend measures at."""
-    return list(dict.fromkeys(p for backend in backends.backends(budgets=True) for p in backend.precisions))
-
-
 def require_backend(backend: str, precision: str | None = None, trtexec: str | None = None, *,
                     batch: int = 1, compile: bool = False) -> Backend:
     """The backend, after checking now that it can measure a budget at `precision` (None: its default) and
@@ -97,5 +87,4 @@ def speedup_measure(backend: str, **settings) -> Measure:
     return Measurement.of(backend, **settings).speedup()
 
 
-__all__ = ["CONFIRM_FACTOR", "Measurement", "budget_backend_names", "budget_precisions", "latency_pair", "require_backend",
-           "speedup_measure"]
+__all__ = ["CONFIRM_FACTOR", "Measurement", "latency_pair", "require_backend", "speedup_measure"]

@@ -40,7 +40,7 @@ from prunefx.runtime.onnx.external import (
     rename_external_data,
     side_file_name,
 )
-from prunefx.runtime.onnx.opsets import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from prunefx.runtime.onnx.opsets import DEFAULT_OPSET, MIN_OPSET, max_opset
 from prunefx.runtime.onnx.reshape_layout import contiguous_before_reshapes
 from prunefx.runtime.onnx.torchlib_registry import registries_reused
 from prunefx.runtime.onnx.write import is_apart, little_endian_bytes, save_model_streamed
@@ -71,8 +71,8 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
     The file appears under `path` only once written and checked: a failed or interrupted export leaves a
     previous file there as it was (graph/whole_files.py). A Program this process exported before with dynamo and
     the same opset is a copy of that file, where it is still there unchanged (runtime/onnx/export_memo.py)."""
-    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise OnnxExportError(f"ONNX opset {opset!r} is outside what the exporter writes ({MIN_OPSET} to {MAX_OPSET})")
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset():
+        raise OnnxExportError(f"ONNX opset {opset!r} is outside what the exporter writes ({MIN_OPSET} to {max_opset()})")
     if exporter not in EXPORTERS:
         raise OnnxExportError(f"exporter must be one of {', '.join(EXPORTERS)}, not {exporter!r}")
     path = file_path(path)

@@ -1,12 +1,19 @@
 """The ONNX opsets prunefx writes, apart from the exporter (whose imports take half a second): the command line
-checks --opset against them before it imports anything that exports."""
+checks --opset against them before it imports anything that exports, and makes its flag without torch."""
 
 from __future__ import annotations
 
-import torch.onnx._constants
+import functools
 
 DEFAULT_OPSET = 18
 # The dynamo exporter writes opset 18 and later, up to what torch's ONNX converters know; outside that
 # range the converters fill stderr with warnings and write a file that may not load. Refused instead.
 MIN_OPSET = 18
-MAX_OPSET = int(getattr(torch.onnx._constants, "ONNX_MAX_OPSET", 23))
+
+
+@functools.cache
+def max_opset() -> int:
+    """The newest opset torch's ONNX converters know (torch imported on the first call)."""
+    import torch.onnx._constants
+
+    return int(getattr(torch.onnx._constants, "ONNX_MAX_OPSET", 23))

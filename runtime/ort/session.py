@@ -29,12 +29,7 @@ from prunefx.runtime.onnx.bounds import check_value_sizes
 from prunefx.runtime.ort.denormals import subnormal_mode
 from prunefx.runtime.ort.interrupts import interruptible_run
 from prunefx.runtime.ort.options import cpu_session
-
-DEFAULT_THREADS = 1
-# Latency measurements (prunefx prune/depth/compress/bench and merge_blocks' timing): two threads, the
-# cores of the machines we measure on and of a Jetson's busy CPU cluster; one constant for every command.
-LATENCY_THREADS = 2
-MAX_THREADS = 256  # one OS thread each: beyond the largest CPUs' cores they only contend (and exhaust memory)
+from prunefx.runtime.ort.threads import DEFAULT_THREADS, MAX_THREADS
 
 
 class OnnxRuntimeSession:

@@ -1,6 +1,7 @@
-"""CLI sub-commands: each module has add_arguments(parser) and run(args) -> exit code. This table names them and
-says what each does, so that `prunefx --help` and a mistyped command answer without importing any of them
-(their imports take torch, seconds before the first line)."""
+"""CLI sub-commands: each module has run(args) -> exit code, and its flags are prunefx/cli/arguments/NAME.py's
+add_arguments(parser). This table names them and says what each does, so that `prunefx --help` and a
+mistyped command answer without importing any of them (their imports take torch, seconds before the first
+line); a command's module is imported only to run it, once its arguments are parsed."""
 
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ class Command:
 
     def module(self) -> ModuleType:
         return importlib.import_module(f"{__name__}.{self.name}")
+
+    def arguments(self) -> ModuleType:
+        """The module that makes the command's flags (prunefx/cli/arguments/NAME.py): it imports no torch."""
+        return importlib.import_module(f"prunefx.cli.arguments.{self.name}")
+
+    def run(self, args) -> int:
+        return self.module().run(args)
 
 
 COMMANDS = (

@@ -24,9 +24,7 @@ from pathlib import Path
 
 import onnxruntime
 
-from prunefx import options
 from prunefx.bench_models import (
-    add_backend_arguments,
     bench_model,
     checked_backend,
     flushes_denormals,
@@ -35,32 +33,7 @@ from prunefx.bench_models import (
 from prunefx.graph.errors import PrunefxError
 from prunefx.reports.budget_text import interval_text
 from prunefx.reports.compression import json_safe
-from prunefx.runtime import backends
-from prunefx.runtime.backends import Settings
-from prunefx.runtime.measure.timing_loop import WARM_SECONDS
-from prunefx.runtime.ort.session import LATENCY_THREADS
 from prunefx.runtime.tables.timers import cpu_model
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--vs", metavar="OTHER", help="a second model or .onnx file, timed alternately with the first")
-    names = backends.names()
-    add_backend_arguments(parser, names, names[0])
-    parser.add_argument("--runs", type=options.runs, default=100, help="timed runs per model (default 100)")
-    parser.add_argument("--warmup", type=options.warmup_runs, default=None,
-                        help=f"untimed warm-up runs per model (default {Settings.warmup}); with --vs on ort they stop "
-                             f"after {WARM_SECONDS:g} s, once each model ran twice; trtexec keeps its own")
-    parser.add_argument("--threads", type=options.threads, default=None,
-                        help=f"intra-op threads for ort and torch (default {LATENCY_THREADS})")
-    parser.add_argument("--no-spinning", action="store_true",
-                        help="ort: worker threads sleep between operators instead of spinning (ONNX Runtime's "
-                             "default, and prunefx's, is to spin; turn it off on hosts that share their cores)")
-    parser.add_argument("--rounds", type=options.runs, default=None,
-                        help="ort with --vs: fresh processes the runs are spread over, a pair of sessions each (default 4)")
-    parser.add_argument("--keep-denormals", action="store_true",
-                        help="ort: time subnormal floats as IEEE arithmetic (slow on x86) instead of flushing them to "
-                             "zero as GPUs and TensorRT do (also PRUNEFX_KEEP_DENORMALS=1, for every command)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _describe(backend, args, settings) -> dict:

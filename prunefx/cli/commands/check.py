@@ -11,15 +11,6 @@ from __future__ import annotations
 import json
 
 from prunefx.runtime.check.readiness import check_file
-from prunefx.runtime.check.targets import TARGETS
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("file", help="the .onnx file to check")
-    parser.add_argument("--target", choices=tuple(TARGETS), default="trt10",
-                        help="; ".join(f"{name}: {target.description}" for name, target in TARGETS.items())
-                        + " (default trt10)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
 
 
 def run(args) -> int:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import time
 
 from prunefx.budget import BudgetUnreachable, meet_budget
+from prunefx.cli import flags
 from prunefx.cli import options as cli_options
+from prunefx.cli.arguments.depth import RUNS
 from prunefx.cli.prune_budget import budget_flag
 from prunefx.device import on_device, resolve_device
 from prunefx.graph.depth.blocks import find_blocks, in_block
@@ -21,34 +23,11 @@ from prunefx.loading import program_from_args
 from prunefx.output_paths import check_output_folder
 from prunefx.passes.core.pipeline import Pipeline
 from prunefx.passes.depth_to_budget import DepthToBudgetConfig
-from prunefx.passes.linearize_blocks import LinearizeBlocksConfig, linearize_blocks
-from prunefx.passes.merge_blocks import MEASURED_SLOWER, MergeBlocksConfig, merge_blocks
+from prunefx.passes.linearize_blocks import linearize_blocks
+from prunefx.passes.merge_blocks import MEASURED_SLOWER, merge_blocks
 from prunefx.route_output import write_depth
 
 NAME = "depth"
-BUDGETS = ("speedup", "latency_ms")  # depth_to_budget's: measured on --backend at batch 1
-RUNS = 50  # --runs' default: timed runs of each merge or budget candidate
-
-
-def add_arguments(parser) -> None:
-    which = parser.add_mutually_exclusive_group(required=True)
-    # --blocks K is linearize_blocks' count; --speedup S and --latency-ms T are depth_to_budget's budgets
-    cli_options.add_pass_options(parser, LinearizeBlocksConfig, ("count",), flags={"count": "--blocks"}, group=which)
-    cli_options.add_pass_options(parser, DepthToBudgetConfig, BUDGETS, group=which)
-    which.add_argument("--block", action="append", metavar="NAME", help="a block to linearise (repeatable)")
-    which.add_argument("--list", action="store_true", help="list the candidate blocks and exit")
-    cli_options.add_calibration(parser, reads="needed by --blocks and --speedup (block damage) and for layer norms")
-    cli_options.add_pass_options(parser, LinearizeBlocksConfig, ("recalibrate",))
-    cli_options.add_pass_options(parser, MergeBlocksConfig, ("max_kernel_growth",))
-    parser.add_argument("--no-measure", dest="measure", action="store_false",
-                        help="merge wherever the MACs go down, without timing each merge on ONNX Runtime")
-    cli_options.add_pass_options(parser, DepthToBudgetConfig, ("confirm", "tolerance"))
-    cli_options.add_measurement(parser, runs=RUNS, what="the measurements (a budget's candidate that meets it is "
-                                                      "confirmed with 4x the runs)")
-    cli_options.add_budget_backend(parser, note="; merges without a budget are timed there too")
-    cli_options.add_device(parser, runs="the block ranking, layer-norm statistics and batch-norm recalibration")
-    cli_options.add_opset(parser)
-    cli_options.add_output(parser, "model.pt2, model.onnx and report.json", required=False)
 
 
 def run(args) -> int:
@@ -59,10 +38,10 @@ def run(args) -> int:
     budget = args.speedup is not None or args.latency_ms is not None
     cli_options.check_budget_backend(args, budgeted=budget, measures=args.measure)
     if not budget:
-        cli_options.refuse_unread(args, {name: DepthToBudgetConfig.default(name) for name in ("confirm", "tolerance")},
+        flags.refuse_unread(args, {name: DepthToBudgetConfig.default(name) for name in ("confirm", "tolerance")},
                                   "only a budget's search reads these: give --speedup or --latency-ms")
         if not args.measure:
-            cli_options.refuse_unread(args, cli_options.measurement_defaults(RUNS),
+            flags.refuse_unread(args, flags.measurement_defaults(RUNS),
                                       "only timed merges read these, and --no-measure times none")
     program = program_from_args(args, writes_onnx=not args.list).eval()  # --list writes nothing
     if args.list:

@@ -6,7 +6,6 @@ neither runtime runs as INT8."""
 
 from __future__ import annotations
 
-from prunefx import options
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.graph.whole_files import followed
@@ -18,16 +17,6 @@ from prunefx.runtime import check_parity, export_onnx, export_quantized_onnx, on
 from prunefx.runtime.onnx.external import remove_stale_side_files, rename_external_data, side_file_name
 from prunefx.runtime.onnx.parity import warn_if_constant, warn_if_inexact
 from prunefx.runtime.onnx.quantized import require_float32_quantizers
-
-INT8_BACKENDS = ("ort", "trt")
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("-o", "--output", required=True, help="the .onnx file to write")
-    parser.add_argument("--opset", type=options.opset, default=18, help="ONNX opset (default 18)")
-    parser.add_argument("--backend", choices=INT8_BACKENDS, default=None,
-                        help="a quantized model only: the runtime its INT8 file is lowered for, ort (ONNX Runtime "
-                             "on this CPU, default) or trt (TensorRT: symmetric S8), as prunefx quantize writes them")
 
 
 def run(args) -> int:

@@ -11,10 +11,6 @@ from prunefx.image_statistics import describe
 from prunefx.loading import program_from_args
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-
-
 def summary(program) -> dict:
     cost = count(program)
     histogram = operator_histogram(program.module)

@@ -14,24 +14,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from prunefx import options
-from prunefx.bench_models import add_backend_arguments, bench_model, checked_backend, input_text
+from prunefx.bench_models import bench_model, checked_backend, input_text
 from prunefx.output import staged_file
 from prunefx.output_paths import check_output_file
-from prunefx.runtime import backends, format_profile_table
-from prunefx.runtime.backends import Settings
+from prunefx.runtime import format_profile_table
 from prunefx.runtime.tensorrt.layer_profile import write_profile_json
-
-
-def add_arguments(parser) -> None:
-    names = backends.names(profiles=True)
-    add_backend_arguments(parser, names, "trt" if "trt" in names else names[0])
-    parser.add_argument("--runs", type=options.runs, default=50, help="profiled runs (default 50)")
-    parser.add_argument("--warmup", type=options.warmup_runs, default=None,
-                        help=f"untimed warm-up runs (default {Settings.warmup}; trtexec keeps its own)")
-    parser.add_argument("--top", type=options.count, metavar="N", help="show only the N slowest layers")
-    # -o is where results go in every command; --json (inspect, bench) prints JSON instead of text
-    parser.add_argument("-o", "--output", metavar="PATH", help="also write the profile as JSON to PATH")
 
 
 def run(args) -> int:

@@ -1,26 +1,26 @@
 """prunefx prune MODEL --macs 0.5 -o DIR: structured channel pruning, written as model.pt2, model.onnx
 and report.json (costs before/after, the width of every group, blocked groups, ONNX parity).
 
-The pass options are remove_channels' own, each flag made from its config field (prunefx/cli/options.py).
-Given `--calibrate DATA` the defaults use it (obs, compensation, batch norms recalibrated); a budget
-(`--speedup`, `--latency-ms`) is met by prunefx.meet_budget (prunefx/budget/). The user-facing behaviour
-(calibration, device, budgets and their routes): see docs/reference/cli.md, 'prune'.
+The pass options are remove_channels' own, each flag made from its config field (the flags:
+prunefx/cli/arguments/prune.py). Given `--calibrate DATA` the defaults use it (obs, compensation, batch norms
+recalibrated); a budget (`--speedup`, `--latency-ms`) is met by prunefx.meet_budget (prunefx/budget/). The
+user-facing behaviour (calibration, device, budgets and their routes): see docs/reference/cli.md, 'prune'.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
-from prunefx import options
+from prunefx.cli import flags
 from prunefx.cli import options as cli_options
+from prunefx.cli.arguments.prune import BUDGETS, OPTIONS, RUNS, SEARCH, TARGETS
 from prunefx.cli.prune_budget import check_allow_depth, meet_for_command_line
 from prunefx.data.calibration import Calibration, noise_batches
 from prunefx.deliverable import write_model
 from prunefx.detectors import part_from_reference
 from prunefx.device import current_gpu, on_device, resolve_device
-from prunefx.graph.channels.importance import DATA_CRITERIA
+from prunefx.graph.channels.choices import DATA_CRITERIA
 from prunefx.graph.counted import counted
 from prunefx.graph.errors import PrunefxError
 from prunefx.image_statistics import calibration_read, record_given_statistics
@@ -44,55 +44,6 @@ from prunefx.reports.seconds import WRITE_STAGE, StageSeconds
 from prunefx.route_output import write_depth, write_joint
 
 NAME = "prune"
-TARGETS = ("macs", "params", "channels")
-BUDGETS = ("speedup", "latency_ms")  # prune_to_budget's: measured on --backend at batch 1
-SEARCH = ("tolerance", "max_candidates", "confirm")  # how prune_to_budget searches
-RUNS = 30  # --runs' default: timed runs of each budget candidate
-OPTIONS = ("importance", "ranking", "round_to", "max_ratio", "heads", "keep", "compensate", "damping")
-WIDTHS = ("round_to",)  # prune_to_budget's: default None, the budget backend's multiple (runtime/measure/width_multiple.py)
-
-
-def add_arguments(parser) -> None:
-    target = parser.add_mutually_exclusive_group(required=True)
-    cli_options.add_pass_options(parser, RemoveChannelsConfig, TARGETS, group=target)
-    cli_options.add_pass_options(parser, PruneToBudgetConfig, BUDGETS, group=target)
-    cli_options.add_pass_options(parser, RemoveChannelsConfig, tuple(o for o in OPTIONS if o not in WIDTHS))
-    cli_options.add_pass_options(parser, PruneToBudgetConfig, WIDTHS)
-    # Shorthands for --ranking global|local (the same destination and default)
-    parser.add_argument("--global", dest="ranking", action="store_const", const="global", help="--ranking global")
-    parser.add_argument("--local", dest="ranking", action="store_const", const="local", help="--ranking local")
-    parser.add_argument("--part", metavar="PATH",
-                        help="prune only this submodule (e.g. backbone; 'auto': the largest child that captures), "
-                             "for detectors whose post-processing does not export; model.pt2 then holds the pruned "
-                             "part, put back with prunefx.detectors.replace_part")
-    parser.add_argument("--module", action="store_true",
-                        help="also write module.pt: the pruned model as your own module class (same classes and "
-                             "submodule names), only when it is proven to compute what model.pt2 computes. It is "
-                             "torch.save's pickle: load it with torch.load(..., weights_only=False), from trusted "
-                             "sources only; model.pt2 is plain tensor data and JSON")
-    cli_options.add_calibration(parser, reads="with it, channels are chosen by obs, the remaining weights "
-                                              "compensated and every batch norm recalibrated")
-    parser.add_argument("--recalibrate", action=argparse.BooleanOptionalAction, default=None,
-                        help="re-estimate every batch norm on the calibration data after pruning (default: on "
-                             "with --calibrate)")
-    parser.add_argument("--calibration-batches", type=options.count, default=4,
-                        help="noise batches for taylor/fisher/obs without --calibrate (default 4)")
-    cli_options.add_pass_options(parser, PruneToBudgetConfig, SEARCH)
-    parser.add_argument("--allow-depth", action="store_true",
-                        help="when width alone cannot reach --speedup/--latency-ms, merge blocks instead (prunefx "
-                             "depth on the same budget), and when depth alone cannot either, take both together "
-                             "(needs --calibrate DATA to rank the blocks)")
-    parser.add_argument("--choose-by", choices=("macs", "latency"), default=None,
-                        help="which channels go: by importance alone (macs), or by importance lost per millisecond "
-                             "saved in a per-layer latency table timed first on --backend at --batch (cached), which "
-                             "cuts channels where the time goes; with --macs/--params/--channels the target stays "
-                             "what it is. Default: latency for a budget on the cuda backend, else macs")
-    cli_options.add_measurement(parser, runs=RUNS, what="--speedup/--latency-ms (batch 1; a candidate that meets the "
-                                                      "budget is confirmed with 4x the runs)")
-    cli_options.add_budget_backend(parser)
-    cli_options.add_device(parser, runs="channel importance, the OBS math, compensation and the calibration passes")
-    cli_options.add_opset(parser)
-    cli_options.add_output(parser, "model.pt2, model.onnx and report.json")
 
 
 def run(args) -> int:
@@ -102,10 +53,10 @@ def run(args) -> int:
     cli_options.check_budget_backend(args, budgeted=budgeted, measures=args.choose_by == "latency",
                                      or_else=", or --choose-by latency to time a latency table there")
     if not budgeted:
-        cli_options.refuse_unread(args, {name: PruneToBudgetConfig.default(name) for name in SEARCH},
+        flags.refuse_unread(args, {name: PruneToBudgetConfig.default(name) for name in SEARCH},
                                   "only a budget's search reads these: give --speedup or --latency-ms")
         if args.choose_by != "latency":
-            cli_options.refuse_unread(args, cli_options.measurement_defaults(RUNS),
+            flags.refuse_unread(args, flags.measurement_defaults(RUNS),
                                       "only a budget's measurements (or --choose-by latency's table) read these")
     if args.choose_by == "latency" and not budgeted and args.ranking not in (None, "global"):
         raise PrunefxError("--choose-by latency ranks channels across groups by importance per millisecond saved: "
@@ -225,7 +176,7 @@ def _pruning_step(config: dict):
 
 
 def _config(args, calibration: Calibration | None) -> dict:
-    config = cli_options.pass_config(args, (*TARGETS, *BUDGETS, *SEARCH, *OPTIONS))
+    config = flags.pass_config(args, (*TARGETS, *BUDGETS, *SEARCH, *OPTIONS))
     if calibration is not None:  # noise (no --calibrate) is read by a named criterion, never to fit weights:
         config["calibration"] = calibration.batches  # compensation defaults on only with the default importance
     return config

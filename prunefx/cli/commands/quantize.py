@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from prunefx.cli import options as cli_options
+from prunefx.cli import flags
+from prunefx.cli.arguments.quantize import BACKENDS, OPTIONS
 from prunefx.device import on_device, resolve_device
 from prunefx.graph.counted import counted
 from prunefx.graph.errors import PrunefxError
@@ -26,7 +27,7 @@ from prunefx.loading import program_from_args
 from prunefx.output import staged_folder
 from prunefx.output_paths import check_output_folder
 from prunefx.passes.core.pipeline import Pipeline
-from prunefx.passes.quantize_int8 import Quantized, QuantizeInt8Config, quantize_int8
+from prunefx.passes.quantize_int8 import Quantized, quantize_int8
 from prunefx.reports import report_json
 from prunefx.reports.parity_text import parity_words
 from prunefx.reports.report_facts import Costs, Latency, LatencySkipped, ReportFacts
@@ -47,22 +48,7 @@ from prunefx.runtime.onnx.quantized import require_float32_quantizers
 
 log = logging.getLogger(__name__)
 NAME = "quantize"
-BACKENDS = {"ort": "model_ort.onnx", "trt": "model_trt.onnx"}
 READINESS = {"model_trt.onnx": ("trt10", "trt11"), "model_ort.onnx": ("ort",)}  # prunefx check's targets per file
-OPTIONS = ("method", "percentile", "max_batches", "skip_nodes", "skip_operators", "sensitive", "fold_batchnorm",
-           "attention")
-
-
-def add_arguments(parser) -> None:
-    cli_options.add_calibration(parser, reads="the activation ranges are read from it (required)")
-    cli_options.add_pass_options(parser, QuantizeInt8Config, OPTIONS)
-    parser.add_argument("--backend", choices=tuple(BACKENDS), default="ort",
-                        help="the runtime model.onnx is lowered for: ort (ONNX Runtime on this CPU, default) or trt "
-                             "(TensorRT: symmetric S8)")
-    cli_options.add_measurement(parser, runs=50)
-    cli_options.add_device(parser, runs="the calibration (activation ranges, their search) and the batch-norm fold")
-    cli_options.add_opset(parser)
-    cli_options.add_output(parser, "model.pt2, model_trt.onnx, model_ort.onnx and report.json")
 
 
 def run(args) -> int:
@@ -76,7 +62,7 @@ def run(args) -> int:
                            "prunefx export --backend ort|trt writes this one's INT8 files")
     require_float32_quantizers(program)  # before the calibration's minutes
     calibration = calibration_read(args, program, program.example_inputs[0])
-    config = {**cli_options.pass_config(args, OPTIONS), "calibration": calibration.on(device).batches}
+    config = {**flags.pass_config(args, OPTIONS), "calibration": calibration.on(device).batches}
     started = time.perf_counter()
     with on_device(program, device) as placed:  # the float Program goes back even when the pass fails
         result = Pipeline([(quantize_int8, config)], verify="full").run(program)

@@ -1,0 +1,7 @@
+"""`prunefx inspect`'s flags (the command: prunefx/cli/commands/inspect.py)."""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
