@@ -79,12 +79,21 @@ test-fast: setup
 # The benchmarks behind the README's headline and coverage figures that fit about 90 minutes on 2 cores, with the
 # settings each was published with (benchmarks/published.py; `run_all.py --dry-run` prints the plan), then the
 # README's tables regenerated from their results files; on a quiet machine.
-bench: setup
+# NVIDIA ModelOpt, the peer the INT8 and side-by-side benchmarks compare with, beside the venv (its [onnx] extra
+# pins onnxruntime-gpu and cupy, which a CPU machine neither needs nor has; the rest of the extra is in the venv).
+MODELOPT := $(VENV)/modelopt/.prunefx-installed
+MODELOPT_PACKAGES := nvidia-modelopt==0.47.0 omegaconf==2.4.0 antlr4-python3-runtime==4.9.3 pulp==3.3.2 \
+	onnxslim==0.1.98 polygraphy==0.53.6 lief==1.0.0 cppimport==26.4.17 ninja==1.13.2
+$(MODELOPT): $(STAMP)
+	$(PIP) install --quiet --target $(VENV)/modelopt --upgrade --no-deps $(MODELOPT_PACKAGES)
+	@touch $@
+
+bench: setup $(MODELOPT)
 	$(PY) benchmarks/run_all.py
 	@$(MAKE) --no-print-directory docs
 
 # Every results file the docs show, then every other benchmark script with its defaults.
-bench-all: setup
+bench-all: setup $(MODELOPT)
 	$(PY) benchmarks/run_all.py --all
 	@$(MAKE) --no-print-directory docs
 

@@ -62,8 +62,8 @@ def modelopt_version() -> str:
     would publish its rows as failures."""
     metadata = next(MODELOPT_PATH.glob("nvidia_modelopt-*.dist-info"), None)
     if metadata is None:
-        sys.exit(f"ModelOpt is not installed in {MODELOPT_PATH}: see benchmarks/modelopt_side_by_side.py's "
-                 "docstring for the pip command")
+        sys.exit(f"ModelOpt is not installed in {MODELOPT_PATH}: `make .venv/modelopt/.prunefx-installed` "
+                 "installs it (`make bench` does)")
     return metadata.name.split("-")[1].removesuffix(".dist")
 
 

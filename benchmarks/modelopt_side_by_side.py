@@ -21,11 +21,9 @@ parity of both files against FP32 on the 20 images: max |out - fp32| / max |fp32
 top-1 agreement with FP32. Only MobileNetV2 has trained weights (the offline package); the others are random
 (batch norms given realistic statistics), so parity on them says how close the arithmetic is, not accuracy.
 
-ModelOpt is a benchmark dependency, installed beside the venv (its [onnx] extra pins onnxruntime-gpu and cupy,
-which this CPU machine neither needs nor has; the rest of the extra is already in the venv):
+ModelOpt is a benchmark dependency, installed beside the venv by `make bench` (the Makefile's MODELOPT, pinned):
 
-    .venv/bin/pip install --target .venv/modelopt --no-deps nvidia-modelopt==0.47.0 omegaconf \\
-        antlr4-python3-runtime==4.9.3 pulp onnxslim polygraphy lief cppimport ninja
+    make .venv/modelopt/.prunefx-installed
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/modelopt_side_by_side.py [--models NAME ...] [--size 224]
 
 Each model's finished row is cached in build/modelopt_side_by_side/, so that an interrupted run resumes where it
