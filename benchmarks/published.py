@@ -59,6 +59,8 @@ RUNS = (
     Run("tool_speed", "tool_speed", ("--timeout", "300"), lane="bench", minutes=40),
     # where the calibrated case's time goes, stage by stage (the tool-speed page's last table)
     Run("tool_profile", "tool_profile", lane="bench", minutes=4),
+    # how fast `prunefx CMD --help` and a mistyped flag answer
+    Run("cli_startup", "cli_startup", lane="bench", minutes=1),
     # Skipped on a machine without a GPU; a few minutes on one.
     Run("semi_structured_speedup", "semi_structured_speedup",
         ("--models", "vit_small_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224"), lane="bench",
