@@ -138,12 +138,16 @@ def _keep_training(saved: Path, output: Path) -> Path:
     """Hours of training are not thrown away with the failed run: the trained model moves beside the
     output folder (not into it: the folder only ever holds complete results)."""
     folder = output.absolute().parent
-    kept, number = folder / f"{output.name}.model_train.pt2", 1
-    while kept.exists():  # an earlier failed run's trained model stays too
-        number += 1
-        kept = folder / f"{output.name}.model_train-{number}.pt2"
-    os.replace(saved, kept)
-    return kept
+    number = 1
+    while True:
+        kept = folder / (f"{output.name}.model_train.pt2" if number == 1 else f"{output.name}.model_train-{number}.pt2")
+        try:  # the name is claimed in one step: another run failing at the same moment takes the next one
+            kept.touch(exist_ok=False)
+        except FileExistsError:  # an earlier failed run's trained model stays too
+            number += 1
+            continue
+        os.replace(saved, kept)
+        return kept
 
 
 def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, splits, staging: Path,

@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -421,6 +422,21 @@ def test_a_failure_after_training_keeps_the_trained_model_beside_the_output(tmp_
     assert kept.read_bytes() == first and Program.load(again).name == "prunefx:resnet20"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.model_train-2.pt2", "out.model_train.pt2",
                                                           "tiny.yaml"]
+
+
+def test_a_trained_model_is_never_kept_over_another_failed_runs(tmp_path, monkeypatch):
+    """Two runs with one output failing at once: a name the other run takes after this one looked is not
+    written over. The stand-in for the other run: every look at a name finds it free."""
+    from prunefx.compression import _keep_training
+
+    theirs = tmp_path / "out.model_train.pt2"
+    theirs.write_bytes(b"the other run's model")
+    saved = tmp_path / "staging.pt2"
+    saved.write_bytes(b"this run's model")
+    monkeypatch.setattr(Path, "exists", lambda self: False)
+    kept = _keep_training(saved, tmp_path / "out")
+    assert theirs.read_bytes() == b"the other run's model"
+    assert kept.name == "out.model_train-2.pt2" and kept.read_bytes() == b"this run's model" and not saved.is_file()
 
 
 # --- a budget ------------------------------------------------------------------------------------

@@ -496,6 +496,37 @@ def test_an_engine_cut_short_by_a_full_disk_is_never_cached(tmp_path, monkeypatc
     assert loaded == [serialized] and len(list(cache.glob("*.engine"))) == 1
 
 
+def test_a_cached_engine_tensorrt_cannot_load_is_built_again(tmp_path, monkeypatch, caplog):
+    """The key names the TensorRT version and the GPU, so a cached engine that does not load was damaged after
+    it was written: it is removed and built again, not refused by every later build of that key."""
+    serialized = b"engine bytes"
+    trt, _ = _fake_tensorrt("10.3.0", explicit_batch=True, strongly_typed=True, weak_flags=True, engine=serialized)
+    loaded = []
+
+    def load(path, *_, **__):
+        if path.read_bytes() != serialized:  # as TensorRT answers a file it cannot deserialize
+            raise DeviceToolError(f"TensorRT could not load the engine {path}")
+        loaded.append(path.name)
+        return path.name
+
+    monkeypatch.setattr(tensorrt_engine, "require_tensorrt", lambda: trt)
+    monkeypatch.setattr(tensorrt_engine, "require_cuda", lambda: None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "fake GPU")
+    monkeypatch.setattr(tensorrt_engine.Engine, "load", load)
+    relu = onnx.helper.make_node("Relu", ["x"], ["y"])
+    graph = onnx.helper.make_graph([relu], "relu", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])])
+    onnx.save(onnx.helper.make_model(graph), tmp_path / "relu.onnx")
+    cache = tmp_path / "cache"
+    tensorrt_engine.build_engine(tmp_path / "relu.onnx", cache_dir=cache)
+    (engine_file,) = cache.glob("*.engine")
+    engine_file.write_bytes(serialized[:5])  # damaged in the cache
+    for _ in range(2):  # built again, then read from the cache
+        tensorrt_engine.build_engine(tmp_path / "relu.onnx", cache_dir=cache)
+    assert loaded == [engine_file.name] * 3 and engine_file.read_bytes() == serialized
+    assert "did not load" in caplog.text
+
+
 def test_onnx_types_reads_qdq_and_float16(resnet, tmp_path):
     assert onnx_types(resnet[1]) == FLOAT32_FILE
     model = onnx.load(str(resnet[1]))

@@ -10,12 +10,31 @@ a small part of a calibrated prune; dpotri stays threaded."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 from scipy.linalg import lapack
-from threadpoolctl import ThreadpoolController
 
 _BLOCK = 512  # rows mirrored at a time
-_THREADPOOLS = ThreadpoolController()  # finds the BLAS libraries loaded (scipy's among them) once
+# threadpoolctl's import sets KMP_DUPLICATE_LIB_OK=True in the process's environment, where every process it
+# starts (a measuring worker, trtexec) inherits it: Intel's OpenMP would then load twice without a word
+_ENVIRONMENT_KEY = "KMP_DUPLICATE_LIB_OK"
+
+
+def _threadpool_controller():
+    """threadpoolctl's controller of the BLAS libraries loaded (scipy's among them), the environment left as found."""
+    before = os.environ.get(_ENVIRONMENT_KEY)
+    try:
+        from threadpoolctl import ThreadpoolController
+    finally:
+        if before is None:
+            os.environ.pop(_ENVIRONMENT_KEY, None)
+        else:
+            os.environ[_ENVIRONMENT_KEY] = before
+    return ThreadpoolController()
+
+
+_THREADPOOLS = _threadpool_controller()  # finds the libraries once
 
 
 def cholesky_inverse_(factor: torch.Tensor) -> torch.Tensor:

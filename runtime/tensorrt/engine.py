@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +39,8 @@ from prunefx.runtime.tensorrt.plan import (
     network_plan,
     onnx_types,
 )
+
+logger = logging.getLogger(__name__)
 
 INSTALL_TENSORRT = ("install it with `pip install tensorrt` (or tensorrt-cu12 / tensorrt-cu13 to match your CUDA) on "
                     "x86-64 Linux or Windows with an NVIDIA GPU, or on a Jetson board through JetPack "
@@ -116,7 +119,9 @@ def build_engine(onnx_path: str | os.PathLike, options: BuildOptions = FP32, *,
     key = engine_file_key(onnx_path, options, trt.__version__, gpu)
     engine_file = cache / f"{key}.engine"
     if engine_file.is_file():
-        return Engine.load(engine_file, options, cached=True)
+        cached = _cached_engine(engine_file, options)
+        if cached is not None:
+            return cached
     started = time.perf_counter()
     cache.mkdir(parents=True, exist_ok=True)
     source = _explicit_source(onnx_path, options, types, calibration, cache / f"{key}")
@@ -155,6 +160,18 @@ def _lowered_fp16(source: Path, target: Path) -> Path:
     from prunefx.runtime.onnx.float16 import lower_to_float16
 
     return lower_to_float16(source, target)
+
+
+def _cached_engine(engine_file: Path, options: BuildOptions) -> Engine | None:
+    """The engine cached in `engine_file`, or None (the file removed) where TensorRT cannot load it: its key names
+    the TensorRT version and the GPU, so such a file was damaged after it was written, and would fail every build
+    of that key for good."""
+    try:
+        return Engine.load(engine_file, options, cached=True)
+    except DeviceToolError as error:
+        engine_file.unlink(missing_ok=True)
+        logger.warning("cached TensorRT engine %s did not load (%s); it is built again", engine_file, error)
+        return None
 
 
 def _build(trt, onnx_path: Path, options: BuildOptions, plan: NetworkPlan, timing_file: Path) -> bytes:
