@@ -80,17 +80,24 @@ def bench_model(reference: str, args, backend: Backend, workdir: Path, label: st
         return BenchModel(reference, None, path, inputs, _calibration(args, None, inputs))
     program = program_from_reference(reference, weights=args.weights, input_shape=args.input_shape,
                                      batch=args.batch).eval()
-    if backend.float32_only:
-        require_float32(program, backend.label)
     if args.batch:
         program = deployed(program, args.batch)
+    return program_bench_model(reference, program, backend, workdir / f"{label}.onnx",
+                               calibrate=lambda inputs: _calibration(args, program, inputs))
+
+
+def program_bench_model(reference: str, program: Program, backend: Backend, onnx_path: Path,
+                        calibrate=lambda inputs: None) -> BenchModel:
+    """`program` (in eval mode, at the batch it is timed at) as `backend` reads it: the Program, or its ONNX file
+    written to `onnx_path`; `calibrate(inputs)`: INT8 calibration batches for a TensorRT build, or None."""
+    if backend.float32_only:
+        require_float32(program, backend.label)
     inputs = list(program.example_inputs)
     if backend.reads != "onnx":
         return BenchModel(reference, program, None, inputs)
     # a quantized model in the INT8 lowering the backend runs, as `prunefx quantize` delivers it
-    path, _ = exported_file(program, workdir / f"{label}.onnx", int(inputs[0].shape[0]),
-                            activations=backend.int8_lowering)
-    return BenchModel(reference, program, Path(path), inputs, _calibration(args, program, inputs))
+    path, _ = exported_file(program, onnx_path, int(inputs[0].shape[0]), activations=backend.int8_lowering)
+    return BenchModel(reference, program, Path(path), inputs, calibrate(inputs))
 
 
 def input_text(tensor: torch.Tensor) -> str:

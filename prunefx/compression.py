@@ -2,15 +2,14 @@
 training batch size, a recipe and a data set in; a compressed, deployable model and a measured report out.
 
 Dense accuracy, the recipe's Pipeline with data injected (prunefx/injection.py), accuracy after, costs per
-image, both programs cut to batch 1 (graph/rebatch.py), ONNX export, parity and ONNX Runtime latency side by
-side; then OUTPUT/model.pt2, model_train.pt2, model.onnx, report.json, report.md and accuracy_latency.png.
+image, both programs cut to batch 1 (graph/rebatch.py), ONNX export, parity and the latency side by side where
+the budget is measured (prunefx/delivered_latency.py: ONNX Runtime by default); then OUTPUT/model.pt2, model_train.pt2, model.onnx, report.json, report.md and accuracy_latency.png.
 Recipe names resolve in prunefx/named_recipes.py. See docs/reference/recipes.md.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -22,7 +21,8 @@ from prunefx.data.splits import (
     CLASSIFICATION,
     DataSplits,
 )
-from prunefx.deliverable import export_deliverable, write_model
+from prunefx.deliverable import write_model
+from prunefx.delivered_latency import delivered_latency, stage_latency
 from prunefx.dense_tasks import evaluate_dense
 from prunefx.device import on_device
 from prunefx.graph import Program
@@ -38,11 +38,9 @@ from prunefx.passes.training.engine import evaluate
 from prunefx.reports import report_json
 from prunefx.reports.budget import BUDGET_CHART_FILE, write_budget_chart
 from prunefx.reports.compression import json_safe, markdown_report, pass_summary
-from prunefx.reports.report_facts import Costs, Latency, ReportFacts
+from prunefx.reports.report_facts import Costs, ReportFacts
 from prunefx.reports.report_json import output_files
-from prunefx.reports.stage import STAGE_TIMED_RUNS, StageMeter
-from prunefx.runtime import onnx_side_by_side
-from prunefx.runtime.backends import Settings
+from prunefx.reports.stage import StageMeter
 from prunefx.runtime.measure.deployment_report import CHART_FILE, variants_from_compress, write_chart
 
 
@@ -111,7 +109,7 @@ def _compress(dense: Program, recipe: Recipe, splits: DataSplits, output: Path, 
     log(f"[compress] recipe {recipe.name}: {' -> '.join(pipeline.names)}")
     clock = time.perf_counter()
     meter = (StageMeter(dense, lambda program: _accuracy_on(program, splits.test, splits, options.eval_batches),
-                        threads=options.threads, runs=min(options.runs, STAGE_TIMED_RUNS), log=log)
+                        latency=stage_latency(options), log=log)
              if options.stage_reports else None)
     with on_device(dense, options.device) as placed:  # the dense model (also the teacher) goes back even on failure
         result = pipeline.run(dense, after_step=meter)
@@ -167,17 +165,13 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
     seconds["export"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    latency = _side_by_side(dense_one, compressed_one, staging / "model.onnx", options)
+    measured = delivered_latency((dense, compressed), (dense_one, compressed_one), staging / "model.onnx", options)
     seconds["latency"] = time.perf_counter() - clock
     seconds["total"] = time.perf_counter() - started
 
     budget = _budget(result, options)
     written = ("model.pt2", "model_train.pt2", "model.onnx", "report.json", "report.md", CHART_FILE,
                *([BUDGET_CHART_FILE] if budget else []))
-    measured = Latency("onnxruntime", options.threads, options.runs, latency.a.median_ms, latency.b.median_ms,
-                       latency.speedup, extra={"batch_size": 1, "warmup": options.warmup, "dense": latency.a.to_dict(),
-                                               "compressed": latency.b.to_dict(), "interval": latency.interval(),
-                                               "rounds": latency.rounds})
     sections = {
         "data": str(data), "data_seed": splits.train.seed if splits.train is not None else None,
         "normalisation": normalisation_record(statistics_read(data, dense.normalisation)),
@@ -188,9 +182,9 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
         "recipe": {"name": recipe.name, "path": str(recipe.path), "spec": json_safe(recipe.spec)},
         "eval_batches": options.eval_batches,
         "accuracy": {"before": before, "after": after},
-        "speedup": latency.speedup, **{key: value for key, value in delivered.items() if key != "parity"},
+        "speedup": measured.speedup, **{key: value for key, value in delivered.items() if key != "parity"},
         "budget_measured_on": {"backend": options.backend, "precision": options.precision, "batch": options.batch,
-                               "threads": options.threads, "runs": options.runs},  # the final latency: ort
+                               "threads": options.threads, "runs": options.runs},
         "passes": [{"pass": name, "modified": step.modified, "injected": keys, "stats": json_safe(step.stats)}
                    for (name, step), keys in zip(result.steps, injected)],
         "seconds": seconds,
@@ -209,17 +203,6 @@ def _budget(result, options: Options) -> dict | None:
         return None
     return {**json_safe(chosen[-1]), "backend": options.backend, "precision": options.precision,
             **({"batch": options.batch} if options.batch != 1 else {})}
-
-
-def _side_by_side(dense_one: Program, compressed_one: Program, compressed_onnx: Path, options: Options):
-    """ONNX Runtime latency of the dense and the compressed model at batch 1, side by side over fresh processes,
-    as `bench --vs` measures (runtime.onnx_side_by_side); each file as model.onnx is written (an INT8 dense
-    model in its INT8 lowering)."""
-    with tempfile.TemporaryDirectory(prefix="prunefx-compress-") as tmp:
-        dense_onnx, _ = export_deliverable(dense_one, Path(tmp) / "dense.onnx", opset=options.opset)
-        return onnx_side_by_side([(dense_onnx, dense_one.example_inputs),
-                                  (compressed_onnx, compressed_one.example_inputs)],
-                                 Settings(runs=options.runs, warmup=options.warmup, threads=options.threads))
 
 
 def _write_report(facts: ReportFacts, staging: Path, *, title: str) -> dict:

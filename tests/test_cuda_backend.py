@@ -294,6 +294,32 @@ def test_prune_meets_a_speedup_on_cuda_at_a_batch_and_reports_where(capsys, tmp_
     assert set(fake.timed) >= {_weights(dense.module)} and fake.dtypes[0] == torch.float16
 
 
+def test_compress_times_its_stages_and_its_result_on_the_budget_backend(capsys, tmp_path, fake, schema_errors):
+    """compress --backend cuda, no budget: the report's latency and each stage's are the GPU's (the stand-in's truth:
+    MS_PER_WEIGHT per convolution weight of the model timed), at the batch and precision asked, not ONNX Runtime's."""
+    from prunefx.models.small import resnet20
+
+    recipe = tmp_path / "prune.yaml"
+    recipe.write_text(json.dumps({"passes": [{"remove_channels": {"macs": 0.5}}]}))  # YAML reads JSON
+    code = main(["compress", "prunefx:resnet20", "--recipe", str(recipe), "--data", "fashion-mnist", "--batch-size", "8",
+                 "--eval-batches", "1", "--runs", "3", "--backend", "cuda", "--batch", "2", "-o", str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    truth = _weights(resnet20()) / _weights(Program.load(tmp_path / "out" / "model.pt2").module)
+    latency = report["latency"]
+    assert (latency["backend"], latency["precision"], latency["batch_size"], latency["threads"]) == ("cuda", "fp16", 2, None)
+    assert latency["measurement"]["gpu"] == "fake GPU" and latency["measurement"]["cuda_graph"] is True
+    assert not schema_errors(report)  # the published shape, with no thread count on a GPU
+    assert report["speedup"] == pytest.approx(truth) and truth > 1.5
+    (stage,) = report["stages"]
+    assert stage["latency"]["speedup"] == pytest.approx(truth)
+    assert set(fake.dtypes) == {torch.float16}
+    assert "latency (PyTorch on CUDA fp16, batch 2, median)" in out
+    assert "Test score, MACs per image and latency (PyTorch on CUDA fp16, batch 2," in (
+        tmp_path / "out" / "report.md").read_text()
+
+
 def test_bench_and_profile_on_cuda_with_the_fake_device(capsys, tmp_path, fake):
     pt2 = _net(16, batch=4).save(tmp_path / "a.pt2")
     other = _net(8, batch=4).save(tmp_path / "b.pt2")

@@ -150,19 +150,19 @@ def backend_help(names: list[str], default: str) -> str:
     return ", ".join(f"{name} ({backends.label(name)}{', default' if name == default else ''})" for name in names)
 
 
-def add_budget_backend(parser, *, note: str = "", batch_from: str = "--input-shape") -> None:
+def add_budget_backend(parser, *, note: str = "", batch_from: str = "--input-shape", subject: str = "a budget") -> None:
     """`--backend`, `--precision`, `--batch`, `--compile` and `--trtexec`: where `--speedup/--latency-ms` is
     measured (runtime/backends/); check them with options.check_budget_backend (prunefx/cli/options.py) before
     loading a model."""
     names = backends.names(budgets=True)
     parser.add_argument("--backend", choices=names, default=names[0],
-                        help=f"where a budget is measured: {backend_help(names, names[0])}{note}")
+                        help=f"where {subject} is measured: {backend_help(names, names[0])}{note}")
     parser.add_argument("--precision", choices=backends.budget_precisions(), default=None,
-                        help="precision of a budget's measurement (default: the backend's, "
+                        help=f"precision of {subject}'s measurement (default: the backend's, "
                              + ", ".join(f"{b.default_precision} on {b.name}" for b in backends.described(budgets=True))
                              + "); a quantized model's INT8 comes from its own Q/DQ nodes")
     parser.add_argument("--batch", type=options.count, default=1,
-                        help="batch size a budget is measured at (default 1); a model captured at a smaller batch "
+                        help=f"batch size {subject} is measured at (default 1); a model captured at a smaller batch "
                              f"cannot be measured at a larger one (give {batch_from})")
     parser.add_argument("--compile", action="store_true",
                         help="cuda: compile each model with torch.compile (inductor) before timing it")

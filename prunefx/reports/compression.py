@@ -16,6 +16,7 @@ from prunefx.reports.budget import budget_markdown, budget_stats
 from prunefx.reports.parity_text import parity_words
 from prunefx.reports.per_class import per_class_markdown
 from prunefx.reports.stage import stages_markdown
+from prunefx.runtime import backends
 from prunefx.runtime.measure.deployment_report import CHART_FILE, Variant, deployment_markdown
 
 
@@ -73,6 +74,15 @@ def _threads(count: int) -> str:
     return counted(count, "thread")
 
 
+def measured_on(latency: Mapping) -> str:
+    """'ONNX Runtime, batch 1, 2 threads' or 'PyTorch on CUDA fp16, batch 32': where report.json's `latency` was
+    timed (the stages too: they are timed where it is)."""
+    name = "ort" if latency["backend"] == "onnxruntime" else latency["backend"]
+    precision = f" {latency['precision']}" if latency.get("precision") else ""
+    threads = f", {_threads(latency['threads'])}" if latency.get("threads") else ""
+    return f"{backends.label(name)}{precision}, batch {latency['batch_size']}{threads}"
+
+
 def _ratio(after: float, before: float) -> str:
     return f"{after / before:.3f}x" if before else "n/a"
 
@@ -105,7 +115,7 @@ def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
          _ratio(report["macs_after"], report["macs_before"])),
         ("parameters", f"{report['params_before'] / 1e6:.3f} M", f"{report['params_after'] / 1e6:.3f} M",
          _ratio(report["params_after"], report["params_before"])),
-        (f"ONNX Runtime latency (batch 1, {_threads(latency['threads'])}, median)", f"{latency['dense_ms']:.3f} ms",
+        (f"latency ({measured_on(latency)}, median)", f"{latency['dense_ms']:.3f} ms",
          f"{latency['compressed_ms']:.3f} ms", f"{latency['speedup']:.2f}x faster"),
     ]
     return rows
@@ -144,7 +154,7 @@ def markdown_report(report: dict) -> str:
              "| | dense | compressed | change |", "|---|---|---|---|"]
     lines += [f"| {what} | {dense} | {compressed} | {change} |" for what, dense, compressed, change in summary_rows(report)]
     latency = report["latency"]
-    lines += ["", f"Latency: ONNX Runtime, batch 1, {_threads(latency['threads'])}, {latency['warmup']} warm-up and "
+    lines += ["", f"Latency: {measured_on(latency)}, {latency['warmup']} warm-up and "
                   f"{latency['runs']} timed runs per model, measured alternately {_where_measured(latency)}; speed-up = ratio of "
                   f"medians. Parity of model.onnx against torch: {_parity_markdown(report['parity'])}.", "", "## Passes", ""]
     for number, step in enumerate(report["passes"], 1):
@@ -163,7 +173,7 @@ def markdown_report(report: dict) -> str:
         lines.append(per_class)
     if report.get("stages"):
         lines.append(stages_markdown(report["stages"], report["accuracy"]["before"]["test"],
-                                     report["macs_before"], report["latency"]["threads"]))
+                                     report["macs_before"], measured_on(report["latency"])))
     budget = budget_stats(report)
     if budget is not None:
         lines.append(budget_markdown(budget))

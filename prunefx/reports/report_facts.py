@@ -33,7 +33,7 @@ class Latency:
     that is `budget`). `extra`: the command's own figures beside the common ones (interval, warm-up, p90)."""
 
     backend: str
-    threads: int
+    threads: int | None  # None on a backend that reads no thread count (a GPU's)
     runs: int
     dense_ms: float
     compressed_ms: float

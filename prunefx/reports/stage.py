@@ -1,4 +1,4 @@
-"""Accuracy, MACs and ONNX Runtime latency after every stage of a compress recipe.
+"""Accuracy, MACs and latency after every stage of a compress recipe.
 
 A recipe such as prune -> distill -> quantize -> distill delivers one model, but a user deciding whether
 the INT8 step or the second distillation was worth it needs each stage's cost and gain. The Pipeline calls
@@ -6,9 +6,9 @@ a `StageMeter` after every pass (passes/core/pipeline.py, `after_step`); a pass 
 gets a row saying so, and a stage whose measurement fails keeps the error in its row instead of failing
 the whole run, since the delivered model is measured again at the end in full.
 
-Latency is the same side-by-side ONNX Runtime timing the budget searches use (runtime/measure/speedup.py): batch 1,
-the dense file exported once and timed alternately with each stage's file; a fake-quantized stage is timed
-in its INT8 lowering, as it would be delivered.
+Latency is the short reading the budget searches take (runtime/measure/pairs.py), on the backend, precision and
+batch the run measures on: on ONNX Runtime the dense file exported once and timed alternately with each stage's
+file, a fake-quantized stage in its INT8 lowering, as it would be delivered.
 """
 
 from __future__ import annotations
@@ -18,21 +18,18 @@ from collections.abc import Callable
 from prunefx.graph import Program, count
 from prunefx.graph.errors import first_line
 from prunefx.passes.core.result import Result
-from prunefx.runtime import onnx_latency_pair
-
-STAGE_TIMED_RUNS = 30  # per model and stage: enough to see a stage's effect, a fraction of the final timing
 
 
 class StageMeter:
     """Called as `meter(name, result)` after each pass; `rows` holds one JSON-safe row per stage."""
 
-    def __init__(self, dense: Program, score: Callable[[Program], dict | None], *, threads: int,
-                 runs: int = STAGE_TIMED_RUNS, log: Callable[[str], None] = print):
-        self.dense, self.score, self.log = dense, score, log
+    def __init__(self, dense: Program, score: Callable[[Program], dict | None], *,
+                 latency: Callable[[Program, Program], tuple[float, float, float]], log: Callable[[str], None] = print):
+        """`latency`: `(dense, stage) -> (dense ms, stage ms, spread)`, a backend's latency pair (its search
+        reading: on ONNX Runtime, TorchScript files, a tenth of dynamo's time on small models; the delivered
+        file is exported with dynamo and timed again at the end)."""
+        self.dense, self.score, self.log, self.latency = dense, score, log, latency
         self.batch = int(dense.example_inputs[0].shape[0])
-        # exported as the budget searches export (TorchScript first: a tenth of dynamo's time on small models,
-        # the same graph); the delivered file is exported with dynamo and timed again at the end
-        self.latency = onnx_latency_pair(threads=threads, runs=runs)
         self.rows: list[dict] = []
         self._last_scored: tuple[Program, dict | None] | None = None
 
@@ -74,12 +71,13 @@ def stage_summary(row: dict) -> str:
     return f"{score}, {row['macs'] / 1e6:.2f} M MACs, {timed}"
 
 
-def stages_markdown(rows: list[dict], dense_test: dict | None, dense_macs: float, threads: int) -> str:
-    """The per-stage table of report.md."""
+def stages_markdown(rows: list[dict], dense_test: dict | None, dense_macs: float, measured_on: str) -> str:
+    """The per-stage table of report.md; `measured_on` says where the latency was timed ('ONNX Runtime, batch 1,
+    2 threads')."""
     dense_score = "n/a" if dense_test is None else f"{100 * dense_test['accuracy']:.2f} %"
     lines = ["## After every stage", "",
-             f"Test score, MACs per image and ONNX Runtime latency (batch 1, {threads} thread(s), timed "
-             "alternately with the dense model) after each pass of the recipe.", "",
+             f"Test score, MACs per image and latency ({measured_on}, a short reading timed alternately with "
+             "the dense model) after each pass of the recipe.", "",
              "| stage | pass | test | MACs | latency | speed-up |", "|---|---|---|---|---|---|",
              f"| 0 | dense | {dense_score} | {dense_macs / 1e6:.2f} M | | 1.00x |"]
     for row in rows:

@@ -65,8 +65,9 @@ def _accuracy(results: Mapping) -> tuple[float | None, str]:
 def variants_from_compress(report: Mapping) -> list[Variant]:
     """The dense and the compressed model of a `prunefx compress` report, as measured there."""
     latency = report["latency"]
-    threads = counted(latency["threads"], "thread")
-    backend = f"{latency['backend']} (batch {latency['batch_size']}, {threads})"
+    setting = [latency.get("precision"), f"batch {latency['batch_size']}",
+               counted(latency["threads"], "thread") if latency.get("threads") else None]
+    backend = f"{latency['backend']} ({', '.join(part for part in setting if part)})"
     variants = []
     for name, when, which in (("dense", "before", "dense"), ("compressed", "after", "compressed")):
         accuracy, split = _accuracy(report["accuracy"][when])

@@ -43,8 +43,8 @@ def add_arguments(parser) -> None:
     flags.add_output(parser, "the models and the report")
     add_measurement_arguments(parser)
     flags.add_device(parser, runs="the recipe's passes (calibration, importance, OBS, recovery training) and the test scores")
-    flags.add_budget_backend(parser, note="; only the budget pass measures there: the report's final latency "
-                                                "is ONNX Runtime's", batch_from="--batch-size")
+    flags.add_budget_backend(parser, note="; a budget, the stages and the report's final latency are timed there",
+                             batch_from="--batch-size", subject="the latency")
 
 
 def add_measurement_arguments(parser) -> None:

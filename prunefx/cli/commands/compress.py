@@ -20,7 +20,7 @@ from prunefx.compression import Options, compress
 from prunefx.device import resolve_device
 from prunefx.graph.errors import PrunefxError, printable
 from prunefx.image_statistics import given_statistics
-from prunefx.named_recipes import BUDGET_PASSES, load_named_recipe, with_budget
+from prunefx.named_recipes import load_named_recipe, with_budget
 from prunefx.output_paths import check_output_folder, within
 from prunefx.reports.compression import console_summary
 
@@ -52,8 +52,8 @@ def run(args) -> int:
     recipe = load_named_recipe(args.recipe or DEFAULT_BUDGET_RECIPE)  # a bad recipe fails before the data loads
     if budgeted:
         recipe = with_budget(recipe, speedup=args.speedup, latency_ms=args.latency_ms)
-    # a recipe's own budget pass counts: its budget may be in the YAML
-    cli_options.check_budget_backend(args, budgeted=bool(set(recipe.pipeline.names) & set(BUDGET_PASSES)))
+    # the stages and the report's final latency are timed on --backend: with or without a budget pass
+    cli_options.check_budget_backend(args, budgeted=False, measures=True)
     output = check_output_folder(args.output)
     _check_checkpoints_outside(recipe, output)
     files = {"data_format": args.data_format, "num_workers": args.workers, "image_size": args.image_size,
