@@ -173,7 +173,7 @@ def test_reports_name_the_dense_metric_not_accuracy():
     scored = {"metric": "mIoU", "accuracy": 0.5, "count": 10}
     report = {"accuracy": {"before": {"test": scored, "val": None}, "after": {"test": {**scored, "accuracy": 0.45},
                                                                               "val": None}},
-              "latency": {"threads": 1, "dense_ms": 2.0, "compressed_ms": 1.0, "speedup": 2.0},
+              "latency": {"backend": "onnxruntime", "batch_size": 1, "threads": 1, "dense_ms": 2.0, "compressed_ms": 1.0, "speedup": 2.0},
               "macs_before": 2e6, "macs_after": 1e6, "params_before": 1e6, "params_after": 5e5}
     assert summary_rows(report)[0] == ("test mIoU", "50.00 %", "45.00 %", "-5.00 pt")
 
