@@ -66,10 +66,7 @@ def _on_backend(dense: Program, compressed: Program, options: Options) -> Latenc
         models = [program_bench_model(name, deployed(program, options.batch), backend, Path(tmp) / f"{name}.onnx")
                   for name, program in (("dense", dense), ("compressed", compressed))]
         timed = backend.bench(models, settings)
-    fields = {field.name for field in dataclasses.fields(LatencyComparison)}
-    comparison = LatencyComparison(**{key: value for key, value in timed.items() if key in fields and key not in ("a", "b")},
-                                   a=LatencyStats(**timed["a"]), b=LatencyStats(**timed["b"]))
-    account = {key: value for key, value in timed.items() if key not in fields}
+    comparison, account = _comparison_and_account(timed)
     if backend.name == CPU_BACKEND:
         return _latency(ORT_NAME, comparison, options, batch=options.batch, threads=options.threads)
     threads = options.threads if "threads" in backend.options else None
@@ -77,9 +74,28 @@ def _on_backend(dense: Program, compressed: Program, options: Options) -> Latenc
                     precision=options.precision, measurement=account)
 
 
+def _comparison_and_account(timed: dict) -> tuple[LatencyComparison, dict]:
+    """A backend's `bench` of two models split in two: the comparison every timing path states, and the rest, the
+    backend's account of how it measured (cuda: the GPU, CUDA graphs; trtexec: each side's run, as `dense` and
+    `compressed`)."""
+    statistics = {field.name for field in dataclasses.fields(LatencyStats)}
+    compared = {field.name for field in dataclasses.fields(LatencyComparison)} - {"a", "b"}
+    sides = {side: LatencyStats(**{key: value for key, value in timed[side].items() if key in statistics})
+             for side in ("a", "b")}
+    comparison = LatencyComparison(**sides, **{key: value for key, value in timed.items() if key in compared})
+    account = {key: value for key, value in timed.items() if key not in compared | {"a", "b"}}
+    for side, name in (("a", "dense"), ("b", "compressed")):
+        extra = {key: value for key, value in timed[side].items() if key not in statistics}
+        if extra:
+            account[name] = extra
+    return comparison, account
+
+
 def _latency(backend: str, comparison: LatencyComparison, options: Options, *, batch: int, threads: int | None,
              **more) -> Latency:
     return Latency(backend, threads, options.runs, comparison.a.median_ms, comparison.b.median_ms, comparison.speedup,
                    extra={"batch_size": batch, "warmup": options.warmup, "dense": comparison.a.to_dict(),
-                          "compressed": comparison.b.to_dict(), "interval": comparison.interval(),
+                          "compressed": comparison.b.to_dict(),
+                          # trtexec times one model after the other: no interval
+                          "interval": comparison.interval() if comparison.speedup_low is not None else None,
                           "rounds": comparison.rounds, **more})

@@ -409,6 +409,24 @@ def test_cli_bench_and_profile_through_trtexec(fake_jetson, capsys, tmp_path):
     assert "conv2d, batch_norm, relu" in out and f"{len(rows)} layers" in out
 
 
+@pytest.mark.slow  # a compress run of ResNet-20 on Fashion-MNIST: about 15 s
+def test_compress_states_the_trtexec_runs_of_its_final_latency(fake_jetson, capsys, tmp_path):
+    """compress --backend trtexec: the report's latency is trtexec's (the stand-in answers one time for every
+    file), at the precision asked, each side's run kept, and no interval claimed for runs one after the other."""
+    recipe = tmp_path / "prune.yaml"
+    recipe.write_text(json.dumps({"passes": [{"remove_channels": {"macs": 0.5}}]}))  # YAML reads JSON
+    code = main(["compress", "prunefx:resnet20", "--recipe", str(recipe), "--data", "fashion-mnist", "--batch-size",
+                 "8", "--eval-batches", "1", "--runs", "20", "--backend", "trtexec", "--precision", "fp16",
+                 "--no-stage-report", "-o", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    latency = json.loads((tmp_path / "out" / "report.json").read_text())["latency"]
+    assert (latency["backend"], latency["precision"], latency["threads"]) == ("trtexec", "fp16", None)
+    assert latency["dense_ms"] == latency["compressed_ms"] == pytest.approx(1.16162) and latency["interval"] is None
+    runs = latency["measurement"]
+    assert "--iterations=20" in runs["dense"]["trtexec"]["command"] and runs["compressed"]["trtexec"]["jetson"]
+    assert "trtexec fp16, batch 1" in (tmp_path / "out" / "report.md").read_text()
+
+
 @pytest.mark.slow  # three runs of the trtexec stand-in and an ONNX export: about 4 s
 def test_trtexec_of_tensorrt_11_gets_an_fp16_file_and_no_precision_flags(fake_jetson, tmp_path):
     (fake_jetson.parent / "trtexec.out").write_text(TRTEXEC_10.replace("v100300", "v110000").replace(" --fp16", ""))
