@@ -504,6 +504,35 @@ def test_a_large_batch_is_sampled_eagerly_back_to_back_and_agrees_with_triton():
 
 @pytest.mark.gpu
 @requires_cuda
+def test_compress_on_a_gpu_reports_the_gpus_latency(tmp_path, schema_errors):
+    """compress on the cuda backend on the real device: the report's latency names the GPU and states a speed-up
+    inside its interval, in the published shape (what the fake device cannot show: a real GPU's account)."""
+    from prunefx.compress_options import Options
+    from prunefx.compression import compress
+    from prunefx.data.splits import DataSplits, tensor_batches
+    from prunefx.named_recipes import Recipe
+    from prunefx.passes.core.recipe import pipeline_from_spec
+
+    torch.manual_seed(0)
+    images, labels = torch.randn(64, 3, 32, 32), torch.arange(64) % 4
+    splits = DataSplits(train=tensor_batches(images, labels, 32, shuffle=True), val=None,
+                        test=tensor_batches(images, labels, 32, shuffle=False), classes=tuple("abcd"),
+                        input_shape=(3, 32, 32))
+    spec = {"name": "half", "passes": [{"remove_channels": {"macs": 0.5}}]}
+    recipe = Recipe(name="half", path=None, spec=spec, pipeline=pipeline_from_spec(spec))
+    dense = capture(nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 4)).eval(),
+                    torch.randn(32, 3, 32, 32), name="net")
+    report = compress(dense, recipe, splits, tmp_path / "out", data="tensors",
+                      options=Options(runs=50, backend="cuda", precision="fp16", batch=32))
+    latency = report["latency"]
+    assert latency["backend"] == "cuda" and latency["batch_size"] == 32 and latency["measurement"]["gpu"]
+    assert latency["interval"]["low"] <= latency["speedup"] <= latency["interval"]["high"]
+    assert report["stages"][0]["latency"]["speedup"] > 0 and not schema_errors(report)
+
+
+@pytest.mark.gpu
+@requires_cuda
 def test_profile_rows_are_gpu_work_on_a_gpu():
     program = _net(64, batch=8)
     profile = cuda_module.BACKEND.profile(
