@@ -94,6 +94,9 @@ def _compress(dense: Program, recipe: Recipe, splits: DataSplits, output: Path, 
     if tuple(dense.example_inputs[0].shape) != expected:
         raise PrunefxError(f"{dense.name} takes input shape {tuple(dense.example_inputs[0].shape)}, the data "
                            f"gives {expected}")
+    if options.batch > batch:  # refused now: the latency is timed on models cut from the training batch
+        raise PrunefxError(f"the latency is measured at batch {options.batch}, larger than the training batch {batch} "
+                           f"the model is captured at: give a training batch of at least {options.batch} (--batch-size)")
     dense_one = rebatch(dense, 1)  # fails now, not after training, if the graph cannot be cut to batch 1
     pipeline, injected = inject(recipe.pipeline, dense, splits, data=data, eval_batches=options.eval_batches,
                                 options=options)

@@ -449,6 +449,20 @@ def test_a_budget_with_a_recipe_that_has_no_budget_pass_is_refused(capsys, tmp_p
     assert not (tmp_path / "never").exists()
 
 
+def test_a_latency_batch_above_the_training_batch_is_refused_before_training(capsys, tmp_path, monkeypatch):
+    """The latency is timed on models cut from the training batch: a larger --batch could only fail after the
+    recipe ran, so it is refused before any pass runs, in one line, nothing written."""
+    from prunefx.passes.core.pipeline import Pipeline
+
+    ran = []
+    monkeypatch.setattr(Pipeline, "run", lambda *args, **kwargs: ran.append(args))
+    code, out, err = run_cli(capsys, "compress", "prunefx:resnet20", "--recipe", "finetune", "--data", "fashion-mnist",
+                             "--batch-size", 8, "--eval-batches", 1, "--batch", 16, "-o", tmp_path / "never")
+    line = _one_line_error(code, out, err)
+    assert "batch 16, larger than the training batch 8" in line and "--batch-size" in line
+    assert not ran and not (tmp_path / "never").exists()
+
+
 def test_neither_a_recipe_nor_a_budget_is_refused(capsys, tmp_path):
     code, out, err = run_cli(capsys, "compress", "prunefx:resnet20", "--data", "fashion-mnist", "-o", tmp_path / "never")
     assert "give --recipe" in _one_line_error(code, out, err)
