@@ -141,6 +141,21 @@ def test_a_backend_times_a_small_program_alone():
     assert stats["runs"] == 5 and 0 < stats["median_ms"] <= stats["p90_ms"]
 
 
+def test_every_latency_measurement_defaults_to_the_commands_thread_count():
+    """The library's ONNX Runtime measures (merge_blocks' speed-up, a latency pair) and the commands' --threads time
+    with one default: the same model measured from Python and from the command line is the same measurement."""
+    import inspect
+
+    from prunefx.cli import build_parser
+    from prunefx.runtime import onnx_latency_pair, onnx_speedup
+
+    commands = {build_parser().parse_args([name, "prunefx:resnet20", *flags, "-o", "out"]).threads
+                for name, flags in (("prune", ["--speedup", "2"]), ("depth", ["--speedup", "2"]),
+                                    ("compress", ["--recipe", "finetune", "--data", "fashion-mnist"]))}
+    defaults = {inspect.signature(function).parameters["threads"].default for function in (onnx_speedup, onnx_latency_pair)}
+    assert len(commands) == 1 and defaults == commands
+
+
 def test_a_budget_says_the_runs_and_the_threads_it_was_measured_with():
     """report.json's `budget`: threads where the backend reads them (ONNX Runtime), runs always."""
     from prunefx.budget.outcome import MeasuredOn

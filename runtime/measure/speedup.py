@@ -29,7 +29,7 @@ from prunefx.runtime.onnx.export import export_onnx
 from prunefx.runtime.onnx.opsets import DEFAULT_OPSET
 from prunefx.runtime.onnx.quantized import export_quantized_onnx, onnxruntime_lowering
 from prunefx.runtime.ort.runners import OnnxRunnerMaker
-from prunefx.runtime.ort.session import DEFAULT_THREADS
+from prunefx.runtime.ort.threads import LATENCY_THREADS
 
 Measure = Callable[[Program, Program], float]
 CONFIRM_ROUNDS = 4  # fresh processes a confirmation spreads its runs over (latency.compare_rounds)
@@ -38,7 +38,7 @@ CONFIRM_ROUNDS = 4  # fresh processes a confirmation spreads its runs over (late
 LatencyPair = Callable[[Program, Program], tuple[float, float, float]]
 
 
-def onnx_speedup(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup: int = 10, batch: int = 1) -> Measure:
+def onnx_speedup(*, threads: int = LATENCY_THREADS, runs: int = 50, warmup: int = 10, batch: int = 1) -> Measure:
     """A `(before, after) -> speed-up` callable timing both Programs with ONNX Runtime at `batch`: the search
     reading of `onnx_latency_pair` on the files prunefx delivers (dynamo), so a Program met again is not exported
     again (a merge pass measures the same model before every merge it considers) and a pair measured before is
@@ -107,7 +107,7 @@ def closed_after(measurer):
             measurer.close()
 
 
-def onnx_latency_pair(*, threads: int = DEFAULT_THREADS, runs: int = 50, warmup: int = 10, batch: int = 1,
+def onnx_latency_pair(*, threads: int = LATENCY_THREADS, runs: int = 50, warmup: int = 10, batch: int = 1,
                       confirm_runs: int | None = None, search_exporter: str = "torchscript",
                       confirm_rounds: int = CONFIRM_ROUNDS, opset: int = DEFAULT_OPSET, spinning: bool = True,
                       flush_denormals: bool | None = None) -> PairMeasurer:
