@@ -3,7 +3,8 @@ training batch size, a recipe and a data set in; a compressed, deployable model 
 
 Dense accuracy, the recipe's Pipeline with data injected (prunefx/injection.py), accuracy after, costs per
 image, both programs cut to batch 1 (graph/rebatch.py), ONNX export, parity and the latency side by side where
-the budget is measured (prunefx/delivered_latency.py: ONNX Runtime by default); then OUTPUT/model.pt2, model_train.pt2, model.onnx, report.json, report.md and accuracy_latency.png.
+the budget is measured (prunefx/delivered_latency.py: ONNX Runtime by default); then OUTPUT/model.pt2,
+model_train.pt2, model.onnx, report.json, report.md and accuracy_latency.png.
 Recipe names resolve in prunefx/named_recipes.py. See docs/reference/recipes.md.
 """
 
@@ -95,8 +96,9 @@ def _compress(dense: Program, recipe: Recipe, splits: DataSplits, output: Path, 
         raise PrunefxError(f"{dense.name} takes input shape {tuple(dense.example_inputs[0].shape)}, the data "
                            f"gives {expected}")
     if options.batch > batch:  # refused now: the latency is timed on models cut from the training batch
-        raise PrunefxError(f"the latency is measured at batch {options.batch}, larger than the training batch {batch} "
-                           f"the model is captured at: give a training batch of at least {options.batch} (--batch-size)")
+        raise PrunefxError(f"the latency is measured at batch {options.batch}, larger than the training batch "
+                           f"{batch} the model is captured at: give a training batch of at least {options.batch} "
+                           "(--batch-size)")
     dense_one = rebatch(dense, 1)  # fails now, not after training, if the graph cannot be cut to batch 1
     pipeline, injected = inject(recipe.pipeline, dense, splits, data=data, eval_batches=options.eval_batches,
                                 options=options)

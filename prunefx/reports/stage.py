@@ -18,13 +18,14 @@ from collections.abc import Callable
 from prunefx.graph import Program, count
 from prunefx.graph.errors import first_line
 from prunefx.passes.core.result import Result
+from prunefx.runtime.measure.speedup import LatencyPair
 
 
 class StageMeter:
     """Called as `meter(name, result)` after each pass; `rows` holds one JSON-safe row per stage."""
 
     def __init__(self, dense: Program, score: Callable[[Program], dict | None], *,
-                 latency: Callable[[Program, Program], tuple[float, float, float]], log: Callable[[str], None] = print):
+                 latency: LatencyPair, log: Callable[[str], None] = print):
         """`latency`: `(dense, stage) -> (dense ms, stage ms, spread)`, a backend's latency pair (its search
         reading: on ONNX Runtime, TorchScript files, a tenth of dynamo's time on small models; the delivered
         file is exported with dynamo and timed again at the end)."""
