@@ -25,7 +25,7 @@ from prunefx.data.splits import (
 from prunefx.deliverable import write_model
 from prunefx.delivered_latency import delivered_latency, stage_latency
 from prunefx.dense_tasks import evaluate_dense
-from prunefx.device import on_device
+from prunefx.device import current_gpu, on_device, resolve_device
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.program_metadata import normalisation_record
@@ -43,6 +43,7 @@ from prunefx.reports.report_facts import Costs, ReportFacts
 from prunefx.reports.report_json import output_files
 from prunefx.reports.stage import StageMeter
 from prunefx.runtime.measure.deployment_report import CHART_FILE, variants_from_compress, write_chart
+from prunefx.runtime.measure.speedup import closed_after
 
 
 def _score(program: Program, loader, splits: DataSplits) -> dict:
@@ -116,7 +117,8 @@ def _compress(dense: Program, recipe: Recipe, splits: DataSplits, output: Path, 
     meter = (StageMeter(dense, lambda program: _accuracy_on(program, splits.test, splits, options.eval_batches),
                         latency=stage_latency(options), log=log)
              if options.stage_reports else None)
-    with on_device(dense, options.device) as placed:  # the dense model (also the teacher) goes back even on failure
+    # the dense model (also the teacher) goes back even on failure; the stage rows' models leave the GPU
+    with on_device(dense, options.device) as placed, closed_after(meter):
         result = pipeline.run(dense, after_step=meter)
         placed.home(result.program)  # measured and written from the CPU
     seconds["pipeline"] = time.perf_counter() - clock
@@ -170,7 +172,8 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
     seconds["export"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    measured = delivered_latency((dense, compressed), (dense_one, compressed_one), staging / "model.onnx", options)
+    with current_gpu(resolve_device(options.device) if options.device else None):  # the GPU the stages ran on
+        measured = delivered_latency((dense, compressed), (dense_one, compressed_one), staging / "model.onnx", options)
     seconds["latency"] = time.perf_counter() - clock
     seconds["total"] = time.perf_counter() - started
 

@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import math
 import weakref
+from pathlib import Path
 
 import onnx
 import pytest
@@ -63,6 +64,7 @@ def trtexec(monkeypatch):
     def build(path, options, program, version, folder, *, timing_cache=None, **_):
         engine = trtexec_backend.BuiltEngine(folder / "model.engine", [program, f"--onnx={path}"])
         engine.path.write_bytes(b"")
+        runs.engine_paths.append(engine.path)
         built[engine.path] = onnx.load(str(path))
         runs.builds.append(built[engine.path].SerializeToString())
         return engine
@@ -84,10 +86,11 @@ def trtexec(monkeypatch):
 
 class TimedRuns(list):
     builds: list[bytes]
+    engine_paths: list[Path]
 
     def __init__(self):
         super().__init__()
-        self.builds = []
+        self.builds, self.engine_paths = [], []
 
 
 def test_trtexec_pair_returns_medians_caches_and_confirms_longer(trtexec):
@@ -108,6 +111,10 @@ def test_trtexec_pair_returns_medians_caches_and_confirms_longer(trtexec):
     assert tuple(confirmed) == pytest.approx((dense_ms, narrow_ms, spread)) and confirmed.method == "point"
     assert pair.round_to == 8  # FP32/TF32 tensor cores, not ONNX Runtime's CPU multiple
     assert [run["options"].iterations for run in trtexec[2:]] == [28, 28]  # 4x the runs
+    built = set(trtexec.engine_paths)
+    assert len(built) == 2 and all(path.exists() for path in built)
+    pair.close()  # its engines and files are removed now, not when it is collected
+    assert not any(path.exists() for path in built)
 
 
 def test_a_fake_quantized_program_is_timed_in_tensorrt_s8_form_its_other_layers_as_the_dense_models(trtexec):

@@ -8,6 +8,7 @@ checked against that stand-in's truth. The `gpu` tests run the real thing on CUD
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import math
@@ -28,7 +29,7 @@ from prunefx.runtime.backends.cuda import CudaBackend
 from prunefx.runtime.cuda.graph import CudaDevice, GpuModel, capture_batch_limit
 from prunefx.runtime.cuda.layer_timer import CudaLayerTimer
 from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
-from prunefx.runtime.measure.gpu_latency import SAMPLE_MS
+from prunefx.runtime.measure.gpu_latency import SAMPLE_MS, measure_gpu_latency
 
 cuda_module = importlib.import_module("prunefx.runtime.backends.cuda")
 cuda_graph = importlib.import_module("prunefx.runtime.cuda.graph")
@@ -243,6 +244,28 @@ def test_a_graphs_first_replay_does_not_decide_its_iterations(fake, monkeypatch)
     assert model.calls == math.ceil(SAMPLE_MS / (model.iterations * one_call))
 
 
+def test_a_graph_sized_at_idle_clocks_is_captured_again_once_the_warm_gpu_shows_its_launch(fake, monkeypatch):
+    """Sized before the warm-up, at idle clocks (here ten times slower), a graph of one call outlasts the minimum;
+    at busy clocks its replays last no longer than their launch, which every sample would then time. The
+    warm-up's samples show it, and the graph is captured again until a replay outlasts the minimum."""
+    program = _net(1, batch=2)
+    one_call = MS_PER_WEIGHT * _weights(program.module)  # at busy clocks
+    launch = 5 * one_call  # a replay lasts at least its launch
+    monkeypatch.setattr(cuda_graph, "GRAPH_MIN_MS", 10 * one_call)
+    idle, busy_time = iter([10.0] * 3), fake.time  # the first three timings at a tenth of the clocks
+
+    def time_with_clocks_and_launch(run, calls=1):
+        return max(busy_time(run, calls) * next(idle, 1.0), launch)
+
+    monkeypatch.setattr(fake, "time", time_with_clocks_and_launch)
+    model = GpuModel(program, precision="fp16", device=fake)
+    assert model.iterations == 1  # sized at idle clocks
+    median = measure_gpu_latency(model.time_once, warmup=5, runs=5).median_ms
+    assert model.iterations * one_call >= cuda_graph.GRAPH_MIN_MS * (1 - 1e-9)
+    assert median == pytest.approx(one_call)  # not the launch's 5x
+    assert model.calls == math.ceil(SAMPLE_MS / (model.iterations * one_call))
+
+
 def test_a_budget_search_keeps_two_models_on_the_gpu_and_reports_its_memory(fake):
     dense = _net(32)
     pair = latency_pair("cuda", threads=1, runs=2, warmup=0)
@@ -294,13 +317,21 @@ def test_prune_meets_a_speedup_on_cuda_at_a_batch_and_reports_where(capsys, tmp_
     assert set(fake.timed) >= {_weights(dense.module)} and fake.dtypes[0] == torch.float16
 
 
-def test_compress_times_its_stages_and_its_result_on_the_budget_backend(capsys, tmp_path, fake, schema_errors):
+def test_compress_times_its_stages_and_its_result_on_the_budget_backend(capsys, tmp_path, fake, schema_errors,
+                                                                      monkeypatch):
     """compress --backend cuda, no budget: the report's latency and each stage's are the GPU's (the stand-in's truth:
     MS_PER_WEIGHT per convolution weight of the model timed), at the batch and precision asked, not ONNX Runtime's."""
     from prunefx.models.small import resnet20
 
     recipe = tmp_path / "prune.yaml"
     recipe.write_text(json.dumps({"passes": [{"remove_channels": {"macs": 0.5}}]}))  # YAML reads JSON
+    held_at_the_final_timing, bench = [], CudaBackend.bench
+
+    def counted_bench(self, models, settings):  # the models the stage rows timed are off the GPU by then
+        held_at_the_final_timing.append(sum(isinstance(thing, GpuModel) for thing in gc.get_objects()))
+        return bench(self, models, settings)
+
+    monkeypatch.setattr(CudaBackend, "bench", counted_bench)
     code = main(["compress", "prunefx:resnet20", "--recipe", str(recipe), "--data", "fashion-mnist", "--batch-size", "8",
                  "--eval-batches", "1", "--runs", "3", "--backend", "cuda", "--batch", "2", "-o", str(tmp_path / "out")])
     out, err = capsys.readouterr()
@@ -314,7 +345,7 @@ def test_compress_times_its_stages_and_its_result_on_the_budget_backend(capsys, 
     assert report["speedup"] == pytest.approx(truth) and truth > 1.5
     (stage,) = report["stages"]
     assert stage["latency"]["speedup"] == pytest.approx(truth)
-    assert set(fake.dtypes) == {torch.float16}
+    assert set(fake.dtypes) == {torch.float16} and held_at_the_final_timing == [0]
     assert "latency (PyTorch on CUDA fp16, batch 2, median)" in out
     assert "Test score, MACs per image and latency (PyTorch on CUDA fp16, batch 2," in (
         tmp_path / "out" / "report.md").read_text()

@@ -13,6 +13,7 @@ import contextlib
 import copy
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -677,13 +678,26 @@ def test_tf32_is_off_inside_the_block_in_both_of_torch_s_apis_and_every_setting_
     assert with_block == without, done.stdout  # every string that followed its parent follows it still
 
 
-def test_compress_scores_the_dense_and_the_compressed_model_on_the_device(fake_gpu, monkeypatch, tmp_path):
-    """The scores before and after are computed where the recipe's passes run, not on the CPU the model came from."""
+def _compress_l2_on(device: str, folder: Path) -> None:
+    """compress a small net with an L2 recipe on `device`, scored on random images, no stage rows."""
     import prunefx.compression as compression
     from prunefx.compress_options import Options
     from prunefx.data.splits import DataSplits, tensor_batches
     from prunefx.named_recipes import Recipe
     from prunefx.passes.core.recipe import pipeline_from_spec
+
+    images, labels = torch.randn(8, 3, 12, 12), torch.arange(8) % 4
+    splits = DataSplits(train=None, val=None, test=tensor_batches(images, labels, 2, shuffle=False),
+                        classes=tuple("abcd"), input_shape=(3, 12, 12))
+    spec = {"name": "l2", "passes": [{"remove_channels": {"macs": 0.6, "importance": "l2", "round_to": 1}}]}
+    recipe = Recipe(name="l2", path=None, spec=spec, pipeline=pipeline_from_spec(spec))
+    options = Options(threads=1, runs=2, warmup=1, stage_reports=False, device=device)
+    compression.compress(_program(), recipe, splits, folder, data="random", options=options, log=lambda line: None)
+
+
+def test_compress_scores_the_dense_and_the_compressed_model_on_the_device(fake_gpu, monkeypatch, tmp_path):
+    """The scores before and after are computed where the recipe's passes run, not on the CPU the model came from."""
+    import prunefx.compression as compression
 
     scored = []
 
@@ -692,16 +706,39 @@ def test_compress_scores_the_dense_and_the_compressed_model_on_the_device(fake_g
         return {"accuracy": 0.5, "count": 4}
 
     monkeypatch.setattr(compression, "_score", score)
-    images, labels = torch.randn(8, 3, 12, 12), torch.arange(8) % 4
-    splits = DataSplits(train=None, val=None, test=tensor_batches(images, labels, 2, shuffle=False),
-                        classes=tuple("abcd"), input_shape=(3, 12, 12))
-    spec = {"name": "l2", "passes": [{"remove_channels": {"macs": 0.6, "importance": "l2", "round_to": 1}}]}
-    recipe = Recipe(name="l2", path=None, spec=spec, pipeline=pipeline_from_spec(spec))
-    options = Options(threads=1, runs=2, warmup=1, stage_reports=False, device="cuda")
-    compression.compress(_program(), recipe, splits, tmp_path / "out", data="random", options=options,
-                         log=lambda line: None)
+    _compress_l2_on("cuda", tmp_path / "out")
     assert scored == [torch.float64, torch.float64]  # dense, then compressed
     assert next(Program.load(tmp_path / "out" / "model.pt2").module.parameters()).dtype == torch.float32
+
+
+def test_compress_on_cuda_n_times_its_result_on_that_gpu(fake_gpu, monkeypatch, tmp_path):
+    """The final latency is timed after the passes' block has closed: on --device cuda:1 it must still be GPU 1
+    that is current (the cuda backend and TensorRT time on the current device), not GPU 0."""
+    import prunefx.compression as compression
+
+    current: list[int] = []
+
+    @contextlib.contextmanager
+    def device(index):
+        current.append(index)
+        try:
+            yield
+        finally:
+            current.pop()
+
+    timed_on, delivered_latency = [], compression.delivered_latency
+
+    def timed(*args):
+        timed_on.append(list(current))
+        return delivered_latency(*args)
+
+    monkeypatch.setattr(device_module, "device_named", lambda name: torch.device("cuda", 1))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(compression, "_score", lambda program, loader, splits: {"accuracy": 0.5, "count": 4})
+    monkeypatch.setattr(compression, "delivered_latency", timed)
+    _compress_l2_on("cuda:1", tmp_path / "out")
+    assert timed_on == [[1]] and current == []
 
 
 def test_cuda_n_is_torch_s_current_device_inside_the_block(fake_gpu, monkeypatch):

@@ -4,6 +4,7 @@ dtype assertion of its graph. The oracle is the same run in float32."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -107,12 +108,34 @@ def test_an_unknown_precision_is_refused_in_words_that_list_the_choices():
 
 
 def test_bf16_on_a_gpu_without_bfloat16_arithmetic_is_refused_and_fp32_is_not(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100-SXM2-16GB")
     with pytest.raises(TrainingError, match="Ampere or newer.*Tesla V100.*'fp32'"):
         check_supported("bf16", torch.device("cuda", 0))
     check_supported("fp32", torch.device("cuda", 0))
     check_supported("bf16", torch.device("cpu"))
+
+
+def test_bf16_is_checked_on_the_gpu_trained_on_not_the_current_one(monkeypatch):
+    """A machine with an A100 as GPU 0 (current) and a V100 as GPU 1: training on cuda:1 is refused bf16."""
+    current = [0]
+
+    @contextlib.contextmanager
+    def device(index):
+        before, current[0] = current[0], torch.device(index).index
+        try:
+            yield
+        finally:
+            current[0] = before
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: current[0] == 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100-SXM2-16GB")
+    with pytest.raises(TrainingError, match="Tesla V100"):
+        check_supported("bf16", torch.device("cuda", 1))
+    check_supported("bf16", torch.device("cuda", 0))
+    assert current == [0]
 
 
 def test_dtype_assertions_given_by_position_or_by_name_lose_their_dtype_and_keep_the_rest():

@@ -39,7 +39,9 @@ def check_supported(precision: str, device: torch.device) -> None:
     processor lacks AVX-512 BF16 or AMX: correct, not faster)."""
     if precision != BF16 or device.type != "cuda":
         return
-    if not torch.cuda.is_bf16_supported(including_emulation=False):
+    with torch.cuda.device(device):  # torch asks the current GPU: the one trained on, on a machine of mixed GPUs
+        supported = torch.cuda.is_bf16_supported(including_emulation=False)
+    if not supported:
         name = torch.cuda.get_device_name(device)
         raise TrainingError(f"precision 'bf16' needs a GPU with bfloat16 arithmetic (Ampere or newer); {name} has "
                             "none: train in 'fp32'")

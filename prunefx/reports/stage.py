@@ -41,6 +41,12 @@ class StageMeter:
         self.rows.append(row)
         self.log(f"[stage {row['stage']} {name}] {stage_summary(row)}")
 
+    def close(self) -> None:
+        """Let go of what the latency pair keeps (exported files; on a GPU, the last two models it timed and their
+        CUDA graphs or engines), before the final timing prepares its own."""
+        if callable(getattr(self.latency, "close", None)):
+            self.latency.close()
+
     def test_score_of(self, program: Program) -> dict | None:
         """The test score of `program` if it is the Program the last stage scored (the recipe's result, unless
         passes after that stage changed nothing), else None: compress scores its result once."""

@@ -138,6 +138,10 @@ class PreparedModels:
             warnings.warn(f"cuda backend: {model.reason}", stacklevel=4)
         return model
 
+    def close(self) -> None:
+        """Every model off the GPU, with its graph and memory pool (a later `get` prepares it again)."""
+        self.models.clear()
+
     def facts(self) -> dict:
         """What a budget report says of the measurements: how samples were taken, warm-up, autotuning, memory."""
         return {**self.device.describe(), "warm_seconds": self.device.warm_seconds,

@@ -9,12 +9,12 @@ compiled or built models.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prunefx.runtime.backends.base import CONFIRM_FACTOR, Settings
 from prunefx.runtime.measure import gpu_latency
 from prunefx.runtime.measure.gpu_latency import compare_gpu_latency
-from prunefx.runtime.measure.speedup import ExportCache, PairMeasurer, cached_pair, timing_of
+from prunefx.runtime.measure.speedup import PairMeasurer, cached_pair, timing_of
 
 
 def gpu_timing(timed_of: Callable[[tuple], Callable[[], float]], warm_seconds: float | None = None):
@@ -28,15 +28,17 @@ def gpu_timing(timed_of: Callable[[tuple], Callable[[], float]], warm_seconds: f
     return timing
 
 
-def pair_of(sources, timing, settings: Settings, round_to: int, *, int8_refusal: str | None = None) -> PairMeasurer:
+def pair_of(sources, timing, settings: Settings, round_to: int, *, int8_refusal: str | None = None,
+            holds: Sequence = ()) -> PairMeasurer:
     """A PairMeasurer over `sources.get(program) -> entry` (its last item the cache key) timed by
     `timing(a, b, runs=, warmup=)`: the search's runs, CONFIRM_FACTOR x for `confirm`, twice that longer.
-    `int8_refusal`: why INT8 candidates are not measured (PairMeasurer)."""
+    `int8_refusal`: why INT8 candidates are not measured (PairMeasurer). The measurer's close() closes `sources`
+    and `holds` (what `timing` keeps loaded, e.g. engines)."""
     runs, warmup = settings.runs, settings.warmup
     return PairMeasurer(
         cached_pair(sources, functools.partial(timing, runs=runs, warmup=warmup)),
         cached_pair(sources, functools.partial(timing, runs=CONFIRM_FACTOR * runs, warmup=2 * warmup)),
         round_to,
         cached_pair(sources, functools.partial(timing, runs=2 * CONFIRM_FACTOR * runs, warmup=2 * warmup)),
-        int8_refusal=int8_refusal, files=(sources,) if isinstance(sources, ExportCache) else ())
+        int8_refusal=int8_refusal, held=(sources, *holds))
 

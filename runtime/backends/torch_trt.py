@@ -52,6 +52,10 @@ class _Compiled:
         self.precision, self.batch, self.sparse = precision, batch, sparse
         self.modules = LastUsed(freed=free_gpu_cache)
 
+    def close(self) -> None:
+        """Every compiled module off the GPU (a later `get` compiles it again)."""
+        self.modules.clear()
+
     def get(self, program: Program) -> tuple:
         key = fingerprint(program)
         return self.modules.get(key, lambda: (self._compiled(program), key))

@@ -46,7 +46,7 @@ class TensorRTBackend(TensorRTFacts, TensorRTFamily):
         engines = _Engines(settings.precision or self.default_precision, settings.cache_dir, settings.sparse)
         return pair_of(onnx_files(settings.batch, settings.opset), gpu_timing(engines.timed), settings,
                        self.width_multiple(settings.precision or self.default_precision),
-                       int8_refusal=self.int8_refusal_at(settings))
+                       int8_refusal=self.int8_refusal_at(settings), holds=(engines,))
 
     def engine(self, model: BenchModel, settings: Settings):
         """The (cached) engine for the model's file with the settings' precision, sparsity and calibration."""
@@ -74,6 +74,10 @@ class _Engines:
     def __init__(self, precision: str, cache_dir: str | None, sparse: bool = False):
         self.precision, self.cache_dir, self.sparse = precision, cache_dir, sparse
         self.loaded = LastUsed(freed=free_gpu_cache)
+
+    def close(self) -> None:
+        """Every engine unloaded (a later measurement loads it again, from the engine cache where one is kept)."""
+        self.loaded.clear()
 
     def timed(self, entry: tuple) -> Callable[[], float]:
         path, inputs, sha = entry

@@ -56,7 +56,7 @@ class TrtexecBackend(TrtexecFacts, TensorRTFamily):
             return medians_and_spread(*(engines.timed(entry, runs) for entry in (a, b)))
 
         return pair_of(onnx_files(settings.batch, settings.opset), timing, settings, self.width_multiple(precision),
-                       int8_refusal=self.int8_refusal_at(settings))
+                       int8_refusal=self.int8_refusal_at(settings), holds=(engines,))
 
     def _options(self, settings: Settings, model: BenchModel) -> TrtexecOptions:
         return TrtexecOptions(precision=settings.precision or self.default_precision, sparse=settings.sparse,
@@ -91,6 +91,10 @@ class _Engines:
         self.version = trtexec_version(program) or ASSUMED_VERSION
         self.folder = tempfile.TemporaryDirectory(prefix="prunefx-trtexec-engines-")
         self.built = LastUsed(released=lambda built: shutil.rmtree(built[0].path.parent, ignore_errors=True))
+
+    def close(self) -> None:
+        """Every engine removed (their shared timing cache stays: a later build reads it)."""
+        self.built.clear()
 
     def timed(self, entry: tuple, runs: int) -> LatencyStats:
         path, inputs, sha = entry

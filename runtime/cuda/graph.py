@@ -3,7 +3,8 @@ activations, cuDNN autotuning on, optionally compiled by torch.compile (inductor
 and timed with CUDA events.
 
 What a sample times is the GPU's work, not the host's launches: a graph holds enough iterations of the model
-that one replay outlasts its own launch (GRAPH_MIN_MS), and a sample is enough back-to-back replays between
+that one replay outlasts its own launch (GRAPH_MIN_MS; captured again with more where a later sample, at the
+clocks a warm GPU runs, reads a replay shorter), and a sample is enough back-to-back replays between
 one pair of events to last SAMPLE_MS, so the host stays ahead of the GPU and the events' resolution is
 negligible. Everything that touches the GPU goes through a `CudaDevice`, so tests run the same code on a CPU
 with a fake device and a fake timer.
@@ -107,12 +108,21 @@ def sampled(run: Callable[[], object], device: CudaDevice, *, capture: bool = Tr
     """(replay, iterations, calls): `run` captured in a graph of `iterations` calls, enough that a replay
     outlasts its launch (or `run` itself when not captured, iterations 1), and the replays a sample takes to
     last SAMPLE_MS. `run` has been called before (warm-up), as a capture requires."""
-    replay, iterations = (device.capture(run), 1) if capture else (run, 1)
-    if capture:
-        once = _replay_ms(device, replay)
-        if once < GRAPH_MIN_MS:  # the launch would show: more iterations in one graph
-            iterations = min(math.ceil(GRAPH_MIN_MS / max(once, 1e-6)), MAX_ITERATIONS)
-            replay = device.capture(run, iterations)
+    if not capture:
+        return run, 1, calls_per_sample(_replay_ms(device, run))
+    replay = device.capture(run)
+    once = _replay_ms(device, replay)
+    if once >= GRAPH_MIN_MS:
+        return replay, 1, calls_per_sample(_replay_ms(device, replay))
+    del replay  # its graph and memory pool, before the next capture makes its own
+    return captured_to_outlast(run, device, once)
+
+
+def captured_to_outlast(run: Callable[[], object], device: CudaDevice, call_ms: float):
+    """(replay, iterations, calls): `run` captured again with as many calls per replay as outlast GRAPH_MIN_MS
+    when one takes `call_ms` (at most MAX_ITERATIONS), and the replays a sample then takes."""
+    iterations = min(math.ceil(GRAPH_MIN_MS / max(call_ms, 1e-6)), MAX_ITERATIONS)
+    replay = device.capture(run, iterations)
     return replay, iterations, calls_per_sample(_replay_ms(device, replay))
 
 
@@ -248,7 +258,14 @@ class GpuModel:
         self.replay, self.iterations, self.calls = sampled(self._call, self.device, capture=False)
 
     def time_once(self) -> float:
-        return self.device.time(self.replay, self.calls) / self.iterations
+        replay_ms = self.device.time(self.replay, self.calls)
+        call_ms = replay_ms / self.iterations
+        if self.mode == "graph" and replay_ms < GRAPH_MIN_MS and self.iterations < MAX_ITERATIONS:
+            # sized at idle clocks (before the warm-up), its replays now last no longer than their launch: the
+            # warm-up's samples see it, and the graph is captured again with enough iterations
+            self.replay = None  # the old graph's memory pool, before the new capture makes its own
+            self.replay, self.iterations, self.calls = captured_to_outlast(self._call, self.device, call_ms)
+        return call_ms
 
     def timing(self) -> dict:
         """How a sample is taken, for reports."""

@@ -32,11 +32,21 @@ class LastUsed:
         """Each entry (key, value) replaced by `change(key, value)`, in the same order: what is kept stays."""
         self.entries = OrderedDict(change(key, value) for key, value in self.entries.items())
 
+    def clear(self) -> None:
+        """Drop every entry (a measurement done with: what they hold goes back now, not when it is collected)."""
+        while self.entries:
+            self._pop_oldest()
+        if self.freed is not None:
+            self.freed()
+
     def _drop_oldest(self) -> None:
+        self._pop_oldest()
+        if self.freed is not None:
+            self.freed()
+
+    def _pop_oldest(self) -> None:
         _, entry = self.entries.popitem(last=False)
         self.dropped += 1
         if self.released is not None:
             self.released(entry)
         del entry  # the last reference held here: freed() can hand its memory back
-        if self.freed is not None:
-            self.freed()

@@ -57,21 +57,25 @@ class PairMeasurer:
     `confirm` for the longer one that answers a `Timing` with its speed-up interval, and the backend's width
     multiple `round_to` (runtime/measure/width_multiple.py). `stops_early`: its confirmations take `against`,
     the speed-up their interval is judged against, and stop once it clears or misses it. `int8_refusal`: why its
-    backend cannot time a fake-quantized Program like for like (None: it can; else none is measured at all)."""
+    backend cannot time a fake-quantized Program like for like (None: it can; else none is measured at all).
+    `held`: what its measurements keep (exported files, models prepared or engines loaded on a GPU), each with a
+    `close()` that lets it go."""
 
     def __init__(self, search: LatencyPair, confirm: Callable[..., Timing], round_to: int | None,
                  longer: Callable[..., Timing] | None = None, *, int8_refusal: str | None = None,
-                 files: Sequence[ExportCache] = ()):
+                 held: Sequence = ()):
         self.search, self._confirm, self.round_to, self.int8_refusal = search, confirm, round_to, int8_refusal
         self._longer = longer or confirm
         self.stops_early = bool(getattr(confirm, "stops_early", False))
-        self.files = files  # the exported files its measurements read, removed by close()
+        self.held = held
 
     def close(self) -> None:
-        """Remove the files it exported now (a garbage-collected measurer removes them too, but one that a raised
-        error's traceback holds would keep them until the next collection)."""
-        for cache in self.files:
-            cache.close()
+        """Remove the files it exported and let go of the models it keeps on a GPU, now (a garbage-collected
+        measurer does too, but one that a raised error's traceback holds, or a report that times a stage now and
+        then, would keep them: two models and their CUDA graphs through every later pass). A later measurement
+        prepares them again."""
+        for holder in self.held:
+            holder.close()
 
     def __enter__(self) -> PairMeasurer:
         return self
@@ -143,7 +147,7 @@ def onnx_latency_pair(*, threads: int = LATENCY_THREADS, runs: int = 50, warmup:
                         # where the budget lies inside the confirmed interval: twice the processes and runs
                         _onnx_runtime_pair(delivered, sessions, runs=2 * confirming, warmup=2 * warmup,
                                            rounds=2 * confirm_rounds),
-                        files=(search,) if delivered is search else (search, delivered))
+                        held=(search,) if delivered is search else (search, delivered))
 
 
 def _onnx_runtime_pair(exports: ExportCache, sessions: dict, *, runs: int, warmup: int, rounds: int = 1) -> LatencyPair:
