@@ -520,6 +520,8 @@ def test_a_tiny_layer_is_timed_without_its_launch():
     ours = sorted(model.time_once() for _ in range(50))[25]
     theirs = triton_testing.do_bench_cudagraph(model._call, rep=100)
     assert 0.5 < ours / theirs < 2.0
+    # at the warm GPU's clocks a replay still outlasts the minimum (captured again if it had been sized idle)
+    assert model.iterations == cuda_graph.MAX_ITERATIONS or model.iterations * ours >= 0.8 * cuda_graph.GRAPH_MIN_MS
 
 
 @pytest.mark.gpu
