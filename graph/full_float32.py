@@ -2,7 +2,9 @@
 
 cuDNN's default TF32 moves a convolution's output by about 1e-3 of its magnitude (oneDNN's bf16 more): enough for
 calibration to choose other channels, and for an exact rewrite to read as inexact. The device prunefx's work runs
-on (prunefx/device.py) and the Pipeline's exactness check (passes/core/pipeline.py) compute inside this.
+on (prunefx/device.py) and the Pipeline's exactness check (passes/core/pipeline.py) compute inside this. Training
+steps need no such exactness, and compute with the settings the process had (`float32_as_found`): on a GPU,
+cuDNN's TF32 by default, as a PyTorch training loop runs.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ def full_float32() -> Iterator[None]:
     these settings twice (the legacy precision and flags, and since 2.9 `fp32_precision` strings) and its reads
     raise when the two disagree: inside, both say full float32; after, each is put back as the process left it."""
     saved = _precision_state()
+    _FOUND.append(saved)
     torch.set_float32_matmul_precision("highest")
     torch.backends.cudnn.allow_tf32 = False
     for key, _ in _precision_keys():  # a global fp32_precision would otherwise override the flags
@@ -28,12 +31,37 @@ def full_float32() -> Iterator[None]:
     try:
         yield
     finally:
-        matmul, cudnn, strings = saved
-        if matmul is not None:
-            torch.set_float32_matmul_precision(matmul)
-        if cudnn is not None:
-            torch.backends.cudnn.allow_tf32 = cudnn
-        _put_back_strings(strings)  # last: the legacy setters above rewrite them
+        _FOUND.pop()
+        _put_back(saved)
+
+
+# the settings each full_float32 block now open found, outermost first
+_FOUND: list[tuple[str | None, bool | None, dict[tuple[str, str], str]]] = []
+
+
+@contextlib.contextmanager
+def float32_as_found() -> Iterator[None]:
+    """Inside full_float32 blocks, the settings the outermost one found (the process's own) for the work of this
+    block, and full float32 again after it: for training steps, which need no exactness and would run several
+    times slower without TF32 on a GPU. Outside any block it changes nothing."""
+    if not _FOUND:
+        yield
+        return
+    inside = _precision_state()
+    _put_back(_FOUND[0])
+    try:
+        yield
+    finally:
+        _put_back(inside)
+
+
+def _put_back(state: tuple[str | None, bool | None, dict[tuple[str, str], str]]) -> None:
+    matmul, cudnn, strings = state
+    if matmul is not None:
+        torch.set_float32_matmul_precision(matmul)
+    if cudnn is not None:
+        torch.backends.cudnn.allow_tf32 = cudnn
+    _put_back_strings(strings)  # last: the legacy setters above rewrite them
 
 
 def _precision_state() -> tuple[str | None, bool | None, dict[tuple[str, str], str]]:

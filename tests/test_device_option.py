@@ -610,6 +610,7 @@ import sys
 import torch
 from prunefx.device import on_device
 from prunefx.graph import capture
+from prunefx.graph.full_float32 import float32_as_found
 
 B = torch.backends
 # torch's own keys: its module attributes do not always name the string they set (mkldnn's sets the process's)
@@ -649,12 +650,15 @@ for setting in sys.argv[1:]:
         without_the_block()
         with on_device(program, "cpu"):
             inside = settings()
+            with float32_as_found():  # a training step's: the user's own settings, full float32 again after
+                as_found = settings()
+            training_steps = as_found == before and settings() == inside
             try:  # what compress and meet_budget run inside: torch.export saves and sets oneDNN's string itself
                 torch.export.export(program.module, program.example_inputs)
             except RuntimeError:  # a setting that makes torch.export refuse
                 pass
         full = inside[0] == "highest" and inside[1:3] == [False, False] and set(inside[4:]) - {"ieee"} <= {"none"}
-        print(setting, "|", full, settings() == before, inside, before, flush=True)
+        print(setting, "|", full, settings() == before, training_steps, inside, before, flush=True)
         print(after_the_parents_change(), flush=True)
         os._exit(0)
     os.waitpid(child, 0)
@@ -668,13 +672,14 @@ SETTINGS = ["pass", "torch.set_float32_matmul_precision('medium')", "torch.backe
 @pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch before 2.9")
 def test_tf32_is_off_inside_the_block_in_both_of_torch_s_apis_and_every_setting_reads_as_before_after():
     """After a block, torch's reads of either API answer as before it, for each way a user may have set them, and
-    a string that followed its parent (the whole process, oneDNN, CUDA) before follows it still."""
+    a string that followed its parent (the whole process, oneDNN, CUDA) before follows it still. A training step
+    inside the block reads the user's settings, and full float32 is back after it."""
     done = subprocess.run([sys.executable, "-c", _TF32_SETTINGS, *SETTINGS], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     without, outcome, with_block = lines[0::3], lines[1::3], lines[2::3]
     assert [line.split(" | ")[0] for line in outcome] == SETTINGS, done.stdout + done.stderr[-2000:]
-    assert all(line.split(" | ")[1].startswith("True True") for line in outcome), done.stdout
+    assert all(line.split(" | ")[1].startswith("True True True") for line in outcome), done.stdout
     assert with_block == without, done.stdout  # every string that followed its parent follows it still
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from prunefx.graph import capture
+from prunefx.graph.full_float32 import full_float32
 from prunefx.passes import distill
 from prunefx.passes.training.engine import TrainConfig, Trainer, TrainingError
 from prunefx.passes.training.precision import check_supported, without_dtype_assertions
@@ -105,6 +106,22 @@ def test_the_distill_pass_takes_bf16_from_its_config(one_thread):
 def test_an_unknown_precision_is_refused_in_words_that_list_the_choices():
     with pytest.raises(TrainingError, match=r"'precision' must be one of fp32, bf16, not 'fp16'"):
         TrainConfig(steps=1, precision="fp16")
+
+
+def test_training_steps_inside_prunefx_s_full_float32_work_compute_with_the_process_s_own_settings(one_thread,
+                                                                                                     monkeypatch):
+    """compress and `--device` runs turn TF32 off for their work (exactness); a training step needs none, and on a
+    GPU would run several times slower in full float32: it computes as the process set torch (cuDNN's TF32 on by
+    default), and the block is full float32 again after it."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # the process's own: cuDNN's default
+    program = _program()
+    trainer = Trainer(program, teacher=None, data=_batches(), config=TrainConfig(steps=3, lr=0.05, progress=False, kd_weight=0.0))
+    in_steps = []
+    trainer.after_backward.append(lambda t: in_steps.append(torch.backends.cudnn.allow_tf32))
+    with full_float32():
+        trainer.fit()
+        after_the_steps = torch.backends.cudnn.allow_tf32
+    assert in_steps == [True] * 3 and after_the_steps is False and torch.backends.cudnn.allow_tf32 is True
 
 
 def test_bf16_on_a_gpu_without_bfloat16_arithmetic_is_refused_and_fp32_is_not(monkeypatch):

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from prunefx.graph import Program
+from prunefx.graph.full_float32 import float32_as_found
 from prunefx.graph.grad_mode import gradients_on
 from prunefx.graph.input_batches import as_program_inputs
 from prunefx.graph.progress import bar_or_lines
@@ -200,7 +201,8 @@ class Trainer:
         try:
             while self.step < self.total_steps:
                 started = time.perf_counter()
-                self._train_step(next(batches))
+                with float32_as_found():  # TF32 where the process allows it, inside prunefx's full float32 work
+                    self._train_step(next(batches))
                 train_seconds += time.perf_counter() - started
                 self._show(bar, train_seconds, start_step)
                 started = time.perf_counter()
