@@ -226,16 +226,20 @@ def test_the_onnx_measuring_function_exports_each_program_once_and_sees_changed_
 
 
 @pytest.mark.slow
-def test_the_speedup_function_for_passes_times_the_delivered_files_and_answers_a_pair_again(resnet20, monkeypatch):
-    """onnx_speedup (merge_blocks' and linearize_blocks' `measure`): the files prunefx delivers (dynamo), each
-    Program exported once, and a pair asked again answered with the same figure."""
+def test_the_speedup_function_for_passes_times_as_the_command_line_and_answers_a_pair_again(resnet20, monkeypatch):
+    """onnx_speedup (merge_blocks' and linearize_blocks' `measure`): the search's files (TorchScript), as the command
+    line's merge passes time them, each Program exported once, and a pair asked again answered with the same
+    figure."""
     speedup, exported = _recording_exports(monkeypatch, lambda program, exporter: exporter)
     measure = speedup.onnx_speedup(threads=1, runs=2, warmup=0)
     changed = resnet20.clone()
     with torch.no_grad():
         next(changed.module.parameters()).add_(1.0)
     first = measure(resnet20, changed)
-    assert first > 0 and measure(resnet20, changed) == first and exported == ["dynamo", "dynamo"]
+    assert first > 0 and measure(resnet20, changed) == first and exported == ["torchscript", "torchscript"]
+    from prunefx.runtime import speedup_measure
+    speedup_measure("ort", threads=1, runs=2, warmup=0)(resnet20, changed)  # the command line's merge passes'
+    assert exported == ["torchscript"] * 4
 
 
 def test_an_int8_candidate_confirmed_after_the_search_is_exported_once(resnet20, monkeypatch):

@@ -23,7 +23,7 @@ from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
 from prunefx.runtime.measure import gpu_latency
 from prunefx.runtime.measure.gpu_latency import compare_gpu_latency, measure_gpu_latency
 from prunefx.runtime.measure.latency import compare_latency, measure_latency
-from prunefx.runtime.measure.speedup import Measure, PairMeasurer, deployed, exported_file
+from prunefx.runtime.measure.speedup import Measure, PairMeasurer, deployed, exported_file, speedup_of
 from prunefx.runtime.tensorrt.layer_profile import LayerProfile
 
 CPU_BACKEND = "ort"  # what a machine without the backend's GPU or TensorRT can measure on
@@ -115,13 +115,7 @@ class Backend(Facts):
     def speedup(self, settings: Settings) -> Measure:
         """`(before, after) -> speed-up of after over before`, for passes that keep only what runs faster:
         the latency pair's short measurement."""
-        pair = self.latency_pair(settings)
-
-        def measure(before: Program, after: Program) -> float:
-            before_ms, after_ms, _ = pair(before, after)
-            return before_ms / after_ms
-
-        return measure
+        return speedup_of(self.latency_pair(settings))
 
     # ---- bench and profile -------------------------------------------------------------------------
 
