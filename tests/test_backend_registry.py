@@ -142,8 +142,9 @@ def test_a_backend_times_a_small_program_alone():
 
 
 def test_every_latency_measurement_defaults_to_the_commands_thread_count():
-    """The library's ONNX Runtime measures (merge_blocks' speed-up, a latency pair) and the commands' --threads time
-    with one default: the same model measured from Python and from the command line is the same measurement."""
+    """The library's ONNX Runtime measures (merge_blocks' speed-up, a latency pair, a backend's Settings) and the
+    commands' --threads time with one default: the same model measured from Python and from the command line is
+    the same measurement."""
     import inspect
 
     from prunefx.cli import build_parser
@@ -154,6 +155,7 @@ def test_every_latency_measurement_defaults_to_the_commands_thread_count():
                                     ("compress", ["--recipe", "finetune", "--data", "fashion-mnist"]))}
     defaults = {inspect.signature(function).parameters["threads"].default for function in (onnx_speedup, onnx_latency_pair)}
     assert len(commands) == 1 and defaults == commands
+    assert Settings().threads in commands  # onnx_side_by_side(files, Settings()) times as `bench --vs` does
 
 
 def test_a_budget_says_the_runs_and_the_threads_it_was_measured_with():

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from prunefx.runtime.onnx.opsets import DEFAULT_OPSET
-from prunefx.runtime.ort.threads import DEFAULT_THREADS
+from prunefx.runtime.ort.threads import LATENCY_THREADS
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class Settings:
     warmup: int = 10
     precision: str | None = None   # None: the backend's default_precision
     batch: int = 1
-    threads: int = DEFAULT_THREADS
+    threads: int = LATENCY_THREADS  # as the commands measure (runtime/ort/threads.py)
     trtexec: str | None = None     # the trtexec program
     cache_dir: str | None = None   # TensorRT's engine cache
     sparse: bool = False           # 2:4 sparse tensor-core kernels
