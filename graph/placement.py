@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
+import os
 
 import torch
 
@@ -34,7 +35,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
 def device_named(name: str | torch.device | None) -> torch.device:
     """The device `name` says (None or "auto": CUDA when available, else the CPU), with a CUDA index."""
     if name is None or name == "auto":
-        return _cuda(torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        return _cuda(_current_index()) if torch.cuda.is_available() else torch.device("cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError, ValueError):
@@ -46,7 +47,18 @@ def device_named(name: str | torch.device | None) -> torch.device:
     if not torch.cuda.is_available():
         raise PrunefxError(f"device {name!r} asked, but torch sees no CUDA GPU (torch {torch.__version__}, CUDA "
                            f"build {torch.version.cuda}): use --device cpu (or auto)")
-    return _cuda(torch.cuda.current_device() if device.index is None else device.index)
+    return _cuda(_current_index() if device.index is None else device.index)
+
+
+def _current_index() -> int:
+    """The GPU a name without an index means: torch's current one, or under torchrun (WORLD_SIZE > 1) the process's
+    own, LOCAL_RANK's, as the trainer and NCCL take it (every process's current device is 0 until it is set)."""
+    try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return int(os.environ["LOCAL_RANK"])
+    except (KeyError, ValueError):  # not launched by torchrun after all
+        pass
+    return torch.cuda.current_device()
 
 
 def _cuda(index: int) -> torch.device:

@@ -77,6 +77,18 @@ def test_auto_is_the_cpu_without_a_gpu_and_the_current_gpu_with_one(gpus):
     assert resolve_device("cuda:1") == torch.device("cuda", 1) and resolve_device("cpu") == torch.device("cpu")
 
 
+def test_under_torchrun_a_gpu_without_an_index_is_the_process_s_own(gpus, monkeypatch):
+    """torchrun's processes all start with GPU 0 current: 'auto' and 'cuda' mean LOCAL_RANK's GPU, as the trainer and
+    NCCL take it; a GPU named by its index stays that one."""
+    gpus(4)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda", 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+
+
 @pytest.mark.parametrize("seen, name, said", [
     (0, "cuda", "'cuda' asked, but torch sees no CUDA GPU"),
     (0, "cuda:0", "'cuda:0' asked, but torch sees no CUDA GPU"),
