@@ -22,11 +22,11 @@ from __future__ import annotations
 import itertools
 import math
 import operator
-import os
 
 import torch
 
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.launch import torchrun_launch
 from prunefx.graph.program import Program
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
@@ -51,14 +51,10 @@ def device_named(name: str | torch.device | None) -> torch.device:
 
 
 def _current_index() -> int:
-    """The GPU a name without an index means: torch's current one, or under torchrun (WORLD_SIZE > 1) the process's
-    own, LOCAL_RANK's, as the trainer and NCCL take it (every process's current device is 0 until it is set)."""
-    try:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            return int(os.environ["LOCAL_RANK"])
-    except (KeyError, ValueError):  # not launched by torchrun after all
-        pass
-    return torch.cuda.current_device()
+    """The GPU a name without an index means: torch's current one, or under torchrun the process's own,
+    LOCAL_RANK's, as the trainer and NCCL take it (every process's current device is 0 until it is set)."""
+    launch = torchrun_launch()
+    return launch.local_rank if launch.distributed else torch.cuda.current_device()
 
 
 def _cuda(index: int) -> torch.device:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from prunefx.graph import Program
 from prunefx.graph.eval_mode import evaluating
 from prunefx.graph.input_batches import as_program_inputs
+from prunefx.graph.launch import torchrun_launch
 from prunefx.graph.placement import device_named, module_device
 from prunefx.passes.training.config import TrainConfig, TrainingError
 from prunefx.passes.training.losses import IGNORE_LABEL, in_float32, logits_of
@@ -128,8 +129,9 @@ def resolve_device(config: TrainConfig, module: torch.nn.Module) -> torch.device
     refuses a GPU torch cannot see), or where the module's tensors are."""
     device = device_named(config.device) if config.device is not None else module_device(module)
     # Under torchrun every process owns one GPU, the one named by LOCAL_RANK, made current for NCCL.
-    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    launch = torchrun_launch()
+    if device.type == "cuda" and launch.distributed:
+        device = torch.device("cuda", launch.local_rank)
         torch.cuda.set_device(device)
     return device
 

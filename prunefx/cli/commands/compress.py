@@ -62,6 +62,8 @@ def run(args) -> int:
                                         normalisation=given_statistics(args, args.data),
                                         validation=args.validation, files=files, seed=args.seed)
     report = compress(dense, recipe, splits, output, data=args.data, options=options_from(args))
+    if report is None:  # a torchrun process other than the first, which writes
+        return 0
     print(console_summary(report))
     print(f"wrote {', '.join(str(output / name) for name in ('model.pt2', 'model_train.pt2', 'model.onnx'))}, "
           f"{output / 'report.json'}, {output / 'report.md'} and {output / 'accuracy_latency.png'}")
