@@ -28,7 +28,7 @@ from prunefx.dense_tasks import evaluate_dense
 from prunefx.device import current_gpu, on_device, resolve_device
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
-from prunefx.graph.launch import Launch, torchrun_launch
+from prunefx.graph.launch import torchrun_launch
 from prunefx.graph.program_metadata import normalisation_record
 from prunefx.graph.rebatch import rebatch
 from prunefx.image_statistics import statistics_read
@@ -79,18 +79,28 @@ def _percent(result: dict | None) -> str:
 
 
 def compress(dense: Program, recipe: Recipe, splits: DataSplits, output: str | os.PathLike, *, data: str,
-             options: Options = DEFAULTS, log: Callable[[str], None] = print) -> dict | None:
+             options: Options = DEFAULTS, log: Callable[[str], None] = print) -> dict:
     """Run `recipe` on `dense` (captured at the training batch size, run in eval mode and left in the modes it
-    came in) and write OUTPUT/; return the report (also in OUTPUT/report.json and report.md). Under torchrun only
-    the first process scores, times and writes; the others train with it and return None."""
+    came in) and write OUTPUT/; return the report (also in OUTPUT/report.json and report.md)."""
+    require_one_process()
     require_float32_training(dense)
     output = check_output_folder(output)
     with dense.evaluating():
         return _compress(dense, recipe, splits, output, data=data, options=options, log=log)
 
 
+def require_one_process() -> None:
+    """compress refuses a torchrun launch, in one line: its model is captured at one static batch, and each
+    process would have trained on a share of it, and scored, timed and written the output beside the others."""
+    launch = torchrun_launch()
+    if launch.distributed:
+        raise PrunefxError(f"compress does not run under torchrun ({launch.world_size} processes): the model is "
+                           "captured at one static batch, of which each process would train on a share; prune in "
+                           "one process, then train across GPUs with passes.distill or a Trainer from Python")
+
+
 def _compress(dense: Program, recipe: Recipe, splits: DataSplits, output: Path, *, data: str, options: Options,
-              log: Callable[[str], None]) -> dict | None:
+              log: Callable[[str], None]) -> dict:
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     batch = int(dense.example_inputs[0].shape[0])
@@ -109,9 +119,6 @@ def _compress(dense: Program, recipe: Recipe, splits: DataSplits, output: Path, 
         log(f"note: {data} has no training or validation split, so calibration reads the test images it is "
             "then scored on")
 
-    launch = torchrun_launch()
-    if launch.rank != 0:  # under torchrun the other processes train with the first, which alone scores and writes
-        return _train_alongside(dense, pipeline, output, launch, options, log)
     clock = time.perf_counter()
     before = _accuracy(dense, splits, options.eval_batches, options.device)
     seconds["evaluate_dense"] = time.perf_counter() - clock
@@ -142,15 +149,6 @@ def _compress(dense: Program, recipe: Recipe, splits: DataSplits, output: Path, 
                 log(f"the trained model was kept in {kept}")
                 raise
             raise PrunefxError(f"{error}; the trained model was kept in {kept}") from error
-
-
-def _train_alongside(dense: Program, pipeline, output: Path, launch: Launch, options: Options,
-                     log: Callable[[str], None]) -> None:
-    """A torchrun process other than the first: the recipe's passes, whose training joins the first process's, and
-    nothing scored, timed or written (the first process does that, alone: timings side by side would be wrong)."""
-    with on_device(dense, options.device):
-        pipeline.run(dense)
-    log(f"[compress] process {launch.rank} of {launch.world_size}: done; process 0 writes {output}")
 
 
 def _keep_training(saved: Path, output: Path) -> Path:

@@ -15,7 +15,6 @@ from prunefx.compress_options import DEFAULTS, Options
 from prunefx.data.splits import DataSplits
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
-from prunefx.graph.launch import torchrun_launch
 from prunefx.passes.core.pipeline import Pipeline, Step
 from prunefx.runtime.measure.pairs import Measurement
 
@@ -92,12 +91,7 @@ def inject(pipeline: Pipeline, dense: Program, splits: DataSplits, *, data: str,
     them (as each pass declares), and, per step, the keys that were injected; `options` says where a budget
     is measured (Options.backend)."""
     wanted = [injected_keys(step) for step in pipeline.steps]
-    launch = torchrun_launch()
     for step, keys in zip(pipeline.steps, wanted):
-        if launch.distributed and {"measure", "latency"} & set(keys.values()):
-            raise PrunefxError(f"recipe pass '{step.name}' measures latency, and under torchrun each of the "
-                               f"{launch.world_size} processes would time and choose a model of its own: run it in "
-                               "one process, then train the model it chose under torchrun")
         if splits.train is None and "train" in keys.values():
             raise PrunefxError(f"recipe pass '{step.name}' trains, but {data} has no training split "
                                f"(use fashion-mnist or a folder with train/ and val/)")

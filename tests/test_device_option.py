@@ -695,11 +695,8 @@ def test_tf32_is_off_inside_the_block_in_both_of_torch_s_apis_and_every_setting_
     assert with_block == without, done.stdout  # every string that followed its parent follows it still
 
 
-L2_PASSES = [{"remove_channels": {"macs": 0.6, "importance": "l2", "round_to": 1}}]
-
-
-def _compress_l2_on(device: str, folder: Path, passes: list = L2_PASSES, stage_reports: bool = False) -> dict | None:
-    """compress a small net with an L2 recipe (or `passes`) on `device`, scored on random images."""
+def _compress_l2_on(device: str, folder: Path) -> dict:
+    """compress a small net with an L2 recipe on `device`, scored on random images, no stage rows."""
     import prunefx.compression as compression
     from prunefx.compress_options import Options
     from prunefx.data.splits import DataSplits, tensor_batches
@@ -709,44 +706,29 @@ def _compress_l2_on(device: str, folder: Path, passes: list = L2_PASSES, stage_r
     images, labels = torch.randn(8, 3, 12, 12), torch.arange(8) % 4
     splits = DataSplits(train=None, val=None, test=tensor_batches(images, labels, 2, shuffle=False),
                         classes=tuple("abcd"), input_shape=(3, 12, 12))
-    spec = {"name": "l2", "passes": passes}
+    spec = {"name": "l2", "passes": [{"remove_channels": {"macs": 0.6, "importance": "l2", "round_to": 1}}]}
     recipe = Recipe(name="l2", path=None, spec=spec, pipeline=pipeline_from_spec(spec))
-    options = Options(threads=1, runs=2, warmup=1, stage_reports=stage_reports, device=device)
+    options = Options(threads=1, runs=2, warmup=1, stage_reports=False, device=device)
     return compression.compress(_program(), recipe, splits, folder, data="random", options=options,
                                 log=lambda line: None)
 
 
-def _torchrun(monkeypatch, rank: int, world_size: int = 2) -> None:
-    for name, value in (("RANK", rank), ("LOCAL_RANK", rank), ("WORLD_SIZE", world_size)):
-        monkeypatch.setenv(name, str(value))
+def test_compress_refuses_torchrun_in_one_line_before_anything_loads(monkeypatch, capsys, tmp_path):
+    """Under torchrun its model, captured at the whole batch, met a share of it in each process (the distill pass
+    failed after pruning), and every process would have scored, timed and written the output side by side."""
+    import prunefx.cli.commands.compress as compress_command
 
-
-def test_under_torchrun_only_the_first_process_scores_times_and_writes(monkeypatch, tmp_path):
-    """Every process runs the recipe (its training is one DDP run); timed side by side, the processes would slow
-    each other, and each would write the same folder: the others run the passes and nothing else."""
-    import prunefx.compression as compression
-
-    scored, ran = [], []
-    monkeypatch.setattr(compression, "_score", lambda program, loader, splits: scored.append(1) or
-                        {"accuracy": 0.5, "count": 4})
-    monkeypatch.setattr(compression, "delivered_latency", lambda *args: pytest.fail("process 1 timed"))
-    monkeypatch.setattr(compression, "StageMeter", lambda *args, **kwargs: pytest.fail("process 1 timed a stage"))
-    run = Pipeline.run
-    monkeypatch.setattr(Pipeline, "run", lambda self, program, **kwargs: ran.append(self.names) or
-                        run(self, program, **kwargs))
-    _torchrun(monkeypatch, rank=1)
-    assert _compress_l2_on("cpu", tmp_path / "out", stage_reports=True) is None
-    assert ran == [["remove_channels"]] and scored == [] and not (tmp_path / "out").exists()
-
-
-def test_under_torchrun_a_recipe_that_measures_latency_is_refused_before_it_runs(monkeypatch, tmp_path):
-    """Each process would time candidates on its own and could choose another model than the others: their
-    training would then not be one run."""
-    _torchrun(monkeypatch, rank=0)
-    with pytest.raises(PrunefxError, match="recipe pass 'merge_blocks' measures latency, and under torchrun each of "
-                                           "the 2 processes would time and choose a model of its own"):
-        _compress_l2_on("cpu", tmp_path / "out", passes=[{"merge_blocks": {}}])
-    assert not (tmp_path / "out").exists()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(compress_command, "load_model_and_data", lambda *a, **k: pytest.fail("data loaded"))
+    code = main(["compress", "prunefx:resnet20", "--recipe", "finetune", "--data", "fashion-mnist",
+                 "-o", str(tmp_path / "out")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == EXIT_USER_ERROR and len(lines) == 1 and not (tmp_path / "out").exists()
+    assert "compress does not run under torchrun (2 processes)" in lines[0]
+    with pytest.raises(PrunefxError, match="does not run under torchrun"):  # from Python too
+        _compress_l2_on("cpu", tmp_path / "out")
 
 
 def test_compress_scores_the_dense_and_the_compressed_model_on_the_device(fake_gpu, monkeypatch, tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from prunefx.cli import options as cli_options
 from prunefx.compress_inputs import load_model_and_data
-from prunefx.compression import Options, compress
+from prunefx.compression import Options, compress, require_one_process
 from prunefx.device import resolve_device
 from prunefx.graph.errors import PrunefxError, printable
 from prunefx.image_statistics import given_statistics
@@ -46,6 +46,7 @@ def _check_checkpoints_outside(recipe, output: Path) -> None:
 
 def run(args) -> int:
     budgeted = args.speedup is not None or args.latency_ms is not None
+    require_one_process()
     resolve_device(args.device)  # a GPU that is missing is refused before anything loads
     if args.recipe is None and not budgeted:
         raise PrunefxError("give --recipe (or a budget, --speedup S or --latency-ms T, for the budget-kd recipe)")
@@ -62,8 +63,6 @@ def run(args) -> int:
                                         normalisation=given_statistics(args, args.data),
                                         validation=args.validation, files=files, seed=args.seed)
     report = compress(dense, recipe, splits, output, data=args.data, options=options_from(args))
-    if report is None:  # a torchrun process other than the first, which writes
-        return 0
     print(console_summary(report))
     print(f"wrote {', '.join(str(output / name) for name in ('model.pt2', 'model_train.pt2', 'model.onnx'))}, "
           f"{output / 'report.json'}, {output / 'report.md'} and {output / 'accuracy_latency.png'}")
