@@ -42,8 +42,8 @@ _FOUND: list[tuple[str | None, bool | None, dict[tuple[str, str], str]]] = []
 @contextlib.contextmanager
 def float32_as_found() -> Iterator[None]:
     """Inside full_float32 blocks, the settings the outermost one found (the process's own) for the work of this
-    block, and full float32 again after it: for training steps, which need no exactness and would run several
-    times slower without TF32 on a GPU. Outside any block it changes nothing."""
+    block, and full float32 again after it: for training steps, which need no exactness and on a GPU would give
+    up the TF32 a PyTorch training loop runs with. Outside any block it changes nothing."""
     if not _FOUND:
         yield
         return

@@ -1,5 +1,5 @@
-"""Which process of a `torchrun` launch this is, from the variables torchrun sets (RANK, LOCAL_RANK, WORLD_SIZE):
-read before any process group exists, as the device a run takes and which process writes its results are."""
+"""Which process of a `torchrun` launch this is, from the variables torchrun sets (LOCAL_RANK, WORLD_SIZE): read
+before any process group exists, as the device a run takes and whether compress may run are."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Launch:
-    rank: int = 0        # among all processes
     local_rank: int = 0  # on this machine: the GPU the process owns
     world_size: int = 1
 
@@ -24,6 +23,6 @@ def torchrun_launch() -> Launch:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size <= 1:
             return Launch()
-        return Launch(int(os.environ.get("RANK", "0")), int(os.environ["LOCAL_RANK"]), world_size)
+        return Launch(int(os.environ["LOCAL_RANK"]), world_size)
     except (KeyError, ValueError):  # variables that torchrun would not have set: not launched by it
         return Launch()
