@@ -22,15 +22,16 @@ def evaluating(model: Program | torch.nn.Module) -> Iterator[None]:
             yield
         return
     modes = [(module, module.training) for module in model.modules()]
+    # a graph inside (prunefx.detectors.GraphPart): its flags live in its nodes, each put back as it was (its
+    # train() would set them all alike, a frozen batch norm's too)
+    graphs = [(module.program, module.program.modes()) for module in model.modules()
+              if isinstance(getattr(module, "program", None), Program)]
     model.eval()
     try:
         yield
     finally:
         model.train(modes[0][1])  # through the model's own train(), which some override
         for module, mode in modes:
-            if module.training == mode:
-                continue
-            if isinstance(getattr(module, "program", None), Program):
-                module.train(mode)  # a graph inside (prunefx.detectors.GraphPart): its flags live in its nodes
-            else:
-                module.training = mode
+            module.training = mode
+        for program, found in graphs:
+            program.restore_modes(found)

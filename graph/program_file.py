@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from prunefx.graph.errors import ProgramFileError, first_line, printable
+from prunefx.graph.held_signals import signals_held
 from prunefx.graph.program_metadata import MAX_INPUT_ELEMENTS, check_against_graph, parse_metadata
 from prunefx.graph.safety.archive import safe_load
 from prunefx.graph.safety.functional_ops import check_writes
@@ -24,11 +25,13 @@ _ROOT_KEY = "L__self__"  # torch.export's prefix of every nn_module_stack key
 
 
 def write_program_file(path: Path, exported: torch.export.ExportedProgram, metadata: dict) -> Path:
-    # Through a file that holds a failed write instead of raising it into torch's zip writer (graph/zip_target.py);
+    # Through a file that holds a failed write instead of raising it into torch's zip writer (graph/zip_target.py),
+    # with Ctrl-C held until the writer is done (an interrupt raised into it aborts the process: graph/held_signals.py);
     # the file appears under its name only once complete (graph/whole_files.py).
     with replaced_whole(path) as partial, open(partial, "wb") as file:
         target = FailureHoldingFile(file)
-        torch.export.save(exported, target, extra_files={_METADATA_FILE: json.dumps(metadata)})
+        with signals_held():
+            torch.export.save(exported, target, extra_files={_METADATA_FILE: json.dumps(metadata)})
         target.raise_held()
     return path
 

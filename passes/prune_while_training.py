@@ -157,8 +157,10 @@ class PruningSchedule:
             return
         program, optimizer = trainer.program, trainer.optimizer
         before = dict(program.module.named_parameters())
-        _, kept = cut_tracking_indices(
-            program, lambda cut: self.cut(cut, step, train_loss=trainer.last_losses.get("loss")), in_place=True)
+        # cut on a copy, taken on once whole: a cut that fails leaves the trained weights, not the copy's index probes
+        pruned, kept = cut_tracking_indices(
+            program, lambda cut: self.cut(cut, step, train_loss=trainer.last_losses.get("loss")))
+        program.adopt(pruned)
         trainer.replace_program(program)  # new parameters: a new optimizer (and train mode restored)
         if self.options.optimizer_state == "carry":  # momentum goes on for the channels kept
             carry_state(optimizer, trainer.optimizer, before, dict(program.module.named_parameters()), kept)

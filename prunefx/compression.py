@@ -28,6 +28,7 @@ from prunefx.dense_tasks import evaluate_dense
 from prunefx.device import current_gpu, on_device, resolve_device
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.held_signals import signals_held
 from prunefx.graph.launch import torchrun_launch
 from prunefx.graph.program_metadata import normalisation_record
 from prunefx.graph.rebatch import rebatch
@@ -143,9 +144,9 @@ def _compress(dense: Program, recipe: Recipe, splits: DataSplits, output: Path, 
             return _measure_and_write(dense, dense_one, compressed, result, injected, recipe, splits, staging,
                                       output, data=data, options=options, log=log, before=before,
                                       seconds=seconds, started=started, stage_meter=meter)
-        except Exception as error:
+        except BaseException as error:  # a Ctrl-C during the final measurement too: the training is what took hours
             kept = _keep_training(staging / "model_train.pt2", output)
-            if not isinstance(error, PrunefxError):  # a fault of ours stays one (exit 3), the model kept all the same
+            if not isinstance(error, PrunefxError):  # a fault of ours stays one (exit 3), an interrupt one (130)
                 log(f"the trained model was kept in {kept}")
                 raise
             raise PrunefxError(f"{error}; the trained model was kept in {kept}") from error
@@ -158,12 +159,13 @@ def _keep_training(saved: Path, output: Path) -> Path:
     number = 1
     while True:
         kept = folder / (f"{output.name}.model_train.pt2" if number == 1 else f"{output.name}.model_train-{number}.pt2")
-        try:  # the name is claimed in one step: another run failing at the same moment takes the next one
-            kept.touch(exist_ok=False)
-        except FileExistsError:  # an earlier failed run's trained model stays too
-            number += 1
-            continue
-        os.replace(saved, kept)
+        with signals_held():  # a second Ctrl-C between the two steps would leave an empty file under the name
+            try:  # the name is claimed in one step: another run failing at the same moment takes the next one
+                kept.touch(exist_ok=False)
+            except FileExistsError:  # an earlier failed run's trained model stays too
+                number += 1
+                continue
+            os.replace(saved, kept)
         return kept
 
 

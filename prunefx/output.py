@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from prunefx.graph.errors import printable
+from prunefx.graph.held_signals import signals_held
 from prunefx.graph.whole_files import followed, sync_file, sync_folder
-from prunefx.interrupts import raise_if_interrupted, record_published, signals_held
+from prunefx.interrupts import raise_if_interrupted, record_published
 from prunefx.leftovers import sibling
 from prunefx.output_paths import MARK, OutputError, check_output_file, check_output_folder
 

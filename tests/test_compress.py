@@ -395,11 +395,12 @@ def test_json_safe_statistics():
 @needs_fashion_mnist
 def test_a_failure_after_training_keeps_the_trained_model_beside_the_output(tmp_path, capsys, monkeypatch):
     """A refusal (exit 2) says where the model is; a fault of ours stays one (exit 3) and says it too; a second
-    failed run keeps its model beside the first one's rather than over it."""
+    failed run keeps its model beside the first one's rather than over it; so does a Ctrl-C during the final
+    measurement (exit 130)."""
     import prunefx.compression as compression
     from prunefx.graph.errors import PrunefxError
 
-    failures = [PrunefxError("the exporter refused"), RuntimeError("the exporter broke")]
+    failures = [PrunefxError("the exporter refused"), RuntimeError("the exporter broke"), KeyboardInterrupt()]
 
     def fail_after_training(*args, **kwargs):
         raise failures.pop(0)
@@ -420,8 +421,11 @@ def test_a_failure_after_training_keeps_the_trained_model_beside_the_output(tmp_
     again = tmp_path / "out.model_train-2.pt2"
     assert code == 3 and "internal error: RuntimeError: the exporter broke" in err and str(again) in out + err
     assert kept.read_bytes() == first and Program.load(again).name == "prunefx:resnet20"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.model_train-2.pt2", "out.model_train.pt2",
-                                                          "tiny.yaml"]
+    code, out, err = run_cli(capsys, *command)
+    third = tmp_path / "out.model_train-3.pt2"
+    assert code == 130 and str(third) in out + err and Program.load(third).name == "prunefx:resnet20"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.model_train-2.pt2", "out.model_train-3.pt2",
+                                                          "out.model_train.pt2", "tiny.yaml"]
 
 
 def test_a_trained_model_is_never_kept_over_another_failed_runs(tmp_path, monkeypatch):

@@ -413,6 +413,21 @@ def test_evaluating_a_model_gives_a_frozen_graph_part_its_mode_back():
     assert not whole.backbone.training and not whole.backbone.program.training
 
 
+def test_evaluating_a_training_model_keeps_a_frozen_batch_norm_inside_its_graph_part_frozen():
+    """The part trains with one batch norm frozen: evaluating the model (evaluate, evaluate_dense) gave the part
+    back through its train(), which sets every flag of its graph alike, and the frozen batch norm trained again."""
+    from prunefx.graph.eval_mode import evaluating
+    torch.manual_seed(0)
+    model = _TwoParts().train()
+    model.backbone[1].eval()
+    pruned = prune_part(model, (torch.randn(2, 3, 8, 8),), [], part="backbone").model
+    found = pruned.backbone.program.modes()
+    with evaluating(pruned):
+        assert not any(pruned.backbone.program.modes().flags.values())
+    assert pruned.backbone.program.modes() == found
+    assert pruned.training and pruned.backbone.training and pruned.head.training
+
+
 def test_a_frozen_batch_norm_of_a_training_model_stays_frozen_in_the_pruned_part():
     torch.manual_seed(0)
     model = _TwoParts().train()

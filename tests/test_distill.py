@@ -194,6 +194,31 @@ def test_the_program_given_as_its_own_teacher_is_frozen_not_trained_along():
     assert any(not torch.equal(given[name], tensor) for name, tensor in program.state_dict().items())  # it trained
 
 
+def test_a_module_teacher_that_writes_into_its_input_leaves_the_batch_to_the_student():
+    """An nn.Module teacher runs before the student on the same batch: one that starts with ReLU(inplace=True)
+    wrote into the user's images, and the student then trained on what it wrote (the batch left as given, and
+    the steps those of a teacher that copies its input first)."""
+    class WritesIntoItsInput(nn.Module):
+        def __init__(self, inplace: bool):
+            super().__init__()
+            self.relu, self.net = nn.ReLU(inplace=inplace), SmallNet()
+
+        def forward(self, x):
+            return self.net(self.relu(x))
+
+    data = _batches(2)
+    given = [images.clone() for images, _ in data]
+    torch.manual_seed(0)
+    writing = WritesIntoItsInput(inplace=True).eval()
+    copying = WritesIntoItsInput(inplace=False).eval()
+    copying.load_state_dict(writing.state_dict())
+    written, _ = _train(_program(0), writing, data, steps=2, lr=0.05, kd_weight=1.0)
+    assert all(torch.equal(images, before) for (images, _), before in zip(data, given))
+    copied, _ = _train(_program(0), copying, data, steps=2, lr=0.05, kd_weight=1.0)
+    for (name, tensor), other in zip(written.program.state_dict().items(), copied.program.state_dict().values()):
+        assert torch.equal(tensor, other), name
+
+
 def test_a_teacher_program_of_another_batch_size_is_refused_in_words_that_name_it():
     with pytest.raises(TrainingError, match=r"the teacher '.*' takes inputs of shapes \[\(1, 3, 8, 8\)\] and the "
                                             r"student trains on \[\(8, 3, 8, 8\)\]: capture the teacher"):

@@ -215,6 +215,17 @@ def test_signals_to_a_real_process(tmp_path, signum, status, words):
     assert not output.exists() and _leftovers(tmp_path) == []
 
 
+def test_a_model_file_interrupted_while_it_imports_leaves_no_half_run_module(tmp_path):
+    from prunefx.models.user_files import _import_file
+
+    model_file = tmp_path / "interrupted.py"
+    model_file.write_text("raise KeyboardInterrupt\n")
+    loaded = set(sys.modules)
+    with pytest.raises(KeyboardInterrupt):
+        _import_file(model_file)
+    assert set(sys.modules) == loaded
+
+
 def test_a_model_factory_calling_sys_exit_is_an_error(tmp_path, capsys):
     factory = tmp_path / "quits.py"
     factory.write_text("import sys\n\ndef factory():\n    sys.exit(0)\n")

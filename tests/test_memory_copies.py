@@ -256,6 +256,46 @@ def test_saving_a_program_onto_a_full_disk_raises_and_leaves_nothing(tmp_path, m
     assert list(tmp_path.iterdir()) == []
 
 
+INTERRUPTED_SAVE = """
+import os, signal, sys
+import torch
+from prunefx.graph import Program, capture
+from prunefx.graph.zip_target import FailureHoldingFile
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job's shell may have left it ignored
+program = capture(torch.nn.Linear(16, 8).eval(), torch.randn(2, 16))
+path = sys.argv[1]
+program.save(path)
+previous = open(path, "rb").read()
+write, calls = FailureHoldingFile.write, []
+
+def interrupted_write(self, data):  # Ctrl-C while torch's writer is in the middle of its records
+    calls.append(1)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGINT)
+    return write(self, data)
+
+FailureHoldingFile.write = interrupted_write
+try:
+    program.save(path)
+except KeyboardInterrupt:
+    print("interrupted", open(path, "rb").read() == previous, sorted(os.listdir(os.path.dirname(path))))
+"""
+
+
+def test_ctrl_c_during_a_save_is_an_interrupt_and_leaves_the_previous_file(tmp_path):
+    """torch's zip writer calls back into Python for every block it writes, and aborts the process (std::terminate)
+    when an exception comes back: a Ctrl-C then took the caller's process, a notebook's kernel with it."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "model.pt2"
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_SAVE, str(path)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["interrupted", "True", "['model.pt2']"]
+
+
 def test_capture_copies_the_weights_unless_told_the_model_is_given_away():
     model = Mlp().eval()
     copied = capture(model, torch.randn(2, 16))

@@ -243,7 +243,7 @@ def test_a_holding_handler_left_behind_acts_as_the_one_it_stood_for(python_ctrl_
     ended they deliver as the handlers they replaced (here Python's Ctrl-C), never swallow a signal."""
     import signal
 
-    from prunefx.interrupts import signals_held
+    from prunefx.graph.held_signals import signals_held
     with signals_held():
         holding = signal.getsignal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -311,6 +311,38 @@ def test_a_module_teacher_leaves_what_the_users_hooks_keep_as_found():
     assert seen == []
 
 
+def test_distillation_loss_leaves_the_batch_a_module_teacher_writes_into_as_given():
+    teacher = nn.Sequential(nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(3 * 8 * 8, 5)).eval()
+    x, labels = batch()
+    given = x.clone()
+    student = capture(tiny_net().eval(), x)
+    DistillationLoss(teacher, kd_weight=0.5)(student(x), x, labels)
+    assert torch.equal(x, given)
+
+
+def test_an_interrupted_cut_in_training_leaves_the_trained_weights():
+    """The trainer's cut tracked surviving elements by running on index-valued tensors, in the trained Program
+    itself: a cut that failed (Ctrl-C, out of memory, a refusal) left it holding those indices instead of weights."""
+    from prunefx.passes.prune_while_training import PruneWhileTrainingConfig, PruningSchedule, _target
+
+    program = capture(tiny_net().eval(), batch()[0])
+    trained = {name: tensor.clone() for name, tensor in program.state_dict().items()}
+    options = PruneWhileTrainingConfig.parse({"macs": 0.5, "prune_events": 1, "interval": 1, "steps": 1})
+    schedule = PruningSchedule(program, _target(options), options)
+
+    class StandInTrainer:
+        def __init__(self):
+            self.program, self.optimizer, self.last_losses = program, None, {}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    schedule.cut = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        schedule.maybe_prune(StandInTrainer(), 1)
+    assert all(torch.equal(tensor, trained[name]) for name, tensor in program.state_dict().items())
+
+
 # --- saving and resuming a session -------------------------------------------------------------------
 
 @pytest.mark.parametrize("write_back", [False, True])

@@ -30,12 +30,10 @@ def _indexable(tensor: torch.Tensor) -> bool:
     return tensor.dtype in (torch.float32, torch.float64) and tensor.numel() <= 2 / torch.finfo(tensor.dtype).eps
 
 
-def cut_tracking_indices(program: Program, cut: Callable[[Program], object], *, in_place: bool = False
-                         ) -> tuple[Program, dict[str, torch.Tensor]]:
-    """Run `cut` on `program` (on a copy unless `in_place`) and return the cut Program with, per tensor name,
-    the flat indices of the original's elements that survived. Without `in_place`, `program` is left as it
-    was whatever `cut` raises."""
-    pruned = program if in_place else program.clone()
+def cut_tracking_indices(program: Program, cut: Callable[[Program], object]) -> tuple[Program, dict[str, torch.Tensor]]:
+    """Run `cut` on a copy of `program` and return the cut copy with, per tensor name, the flat indices of the
+    original's elements that survived. `program` is left as it was whatever `cut` raises."""
+    pruned = program.clone()
     originals = {name: tensor for name, tensor in named_tensors(program.module) if _indexable(tensor)}
     for name, tensor in originals.items():
         probe = torch.arange(tensor.numel(), dtype=tensor.dtype, device=tensor.device).reshape(tensor.shape)

@@ -77,5 +77,7 @@ def _check_inputs(teacher, student: Program) -> None:
 
 
 def _run_keeping_hook_state(module: torch.nn.Module, inputs, device: torch.device):
+    # on copies: a module may write into its input (a ReLU(inplace=True) first), and the student reads the batch next
+    given = tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in as_program_inputs(inputs, (), device))
     with hook_state_kept(module):
-        return module(*as_program_inputs(inputs, (), device)), ()
+        return module(*given), ()

@@ -44,8 +44,12 @@ class DistillationLoss:
 
     def __call__(self, student_output, inputs, labels: torch.Tensor | None = None) -> torch.Tensor:
         inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
-        # a module teacher is a copy sharing the closures of the user's hooks: what its runs leave there is put back
-        kept = hook_state_kept(self.teacher) if isinstance(self.teacher, torch.nn.Module) else contextlib.nullcontext()
+        kept = contextlib.nullcontext()
+        if isinstance(self.teacher, torch.nn.Module):
+            # a copy sharing the closures of the user's hooks: what its runs leave there is put back; and it runs on
+            # copies of the batch, which it may write into (a ReLU(inplace=True) first) and the caller trains on
+            kept = hook_state_kept(self.teacher)
+            inputs = tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in inputs)
         with torch.no_grad(), kept:
             teacher_output = self.teacher(*inputs)
         if labels is None and self.config.task == CLASSIFICATION and self.config.kd_weight < 1:

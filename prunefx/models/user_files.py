@@ -33,6 +33,9 @@ def _import_file(path: Path):
     except Exception as exc:
         del sys.modules[module_name]
         raise ModelReferenceError(f"importing model file {path} failed: {type(exc).__name__}: {exc}") from exc
+    except BaseException:  # a Ctrl-C half-way: no half-run module left for the next import to find
+        sys.modules.pop(module_name, None)
+        raise
     return module
 
 
