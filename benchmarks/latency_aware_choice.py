@@ -11,12 +11,13 @@ ONNX Runtime's width multiple on this CPU, runtime/measure/width_multiple.py):
 Part 1, accuracy at the same measured speed-up (Fashion-MNIST, the dense baselines that
 benchmarks/fashion_mnist_accuracy.py trains and caches; trained here first when missing): for each
 speed-up S, each choice's fraction is searched (bisection, at most --steps candidates) for the smallest cut
-whose whole model, exported to ONNX and timed at batch 1 alternately with the dense one, is at least S
-times faster; then its one-shot test accuracy (obs selection with compensation and batch-norm
+whose whole model, exported to ONNX (TorchScript's exporter, as prunefx's own searches time their candidates)
+and timed at batch 1 alternately with the dense one, is at least S times faster; then its one-shot test accuracy (obs selection with compensation and batch-norm
 recalibration on 512 training images, no fine-tuning, no labels).
 Part 2 (--equal-macs), speed-up at equal MACs (random weights at 224 x 224, the models of
 benchmarks/prune_latency.py, l2 importance): macs at --macs of the MACs, and latency at the MACs the first
-kept, its channels going by the table (benchmarks/table_fraction.py); both timed against the dense model round by round (--rounds
+kept, its channels going by the table (benchmarks/table_fraction.py); the files prunefx delivers (dynamo's exporter)
+of both timed against the dense model's round by round (--rounds
 rounds, each timing both choices, in an order that turns each round), so that a machine that slows down for a
 while slows both alike; each choice's speed-up is the runtime's statistic over its rounds (common.side_by_side:
 the ratio of the pooled medians, with its 90 % interval over the rounds, as `prunefx bench --vs` gives it).
@@ -77,17 +78,19 @@ CALIBRATION_BATCHES = 4
 
 
 class Timing:
-    """The dense model's ONNX runner, and speed-ups of pruned models against it (alternated, batch 1)."""
+    """The dense model's ONNX runner, and speed-ups of pruned models against it (alternated, batch 1). `exporter`:
+    "torchscript" for a search's many candidates (as prunefx's own searches time them), "dynamo" for the files
+    prunefx delivers, which the published figures time."""
 
-    def __init__(self, dense: Program, args, folder: Path):
-        self.args, self.folder, self.count = args, folder, 0
+    def __init__(self, dense: Program, args, folder: Path, exporter: str):
+        self.args, self.folder, self.count, self.exporter = args, folder, 0, exporter
         self.example = (dense.example_inputs[0][:1],)
         self.dense = self._runner(dense)
 
     def _runner(self, program: Program):
         self.count += 1
         path = export_onnx(rebatch(program, 1).eval(), self.folder / f"model{self.count}.onnx",
-                           exporter="torchscript").path
+                           exporter=self.exporter).path
         return onnx_runner(path, self.example, threads=self.args.threads)
 
     def speedup(self, program: Program) -> dict:
@@ -150,7 +153,7 @@ def accuracy_rows(model: str, args, data) -> tuple[dict, list[dict]]:
     table = latency_table(dense, args)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        timing = Timing(dense, args, Path(folder))
+        timing = Timing(dense, args, Path(folder), "torchscript")
         for goal in args.speedups:
             for choice in CHOICES:
                 started = time.perf_counter()
@@ -176,7 +179,7 @@ def equal_macs_rows(model: str, args) -> list[dict]:
     by_latency, _, fraction = table_fraction.at_macs(dense, table, target, extra)
     chosen = {"macs": (by_macs, args.macs), "latency": (by_latency, fraction)}
     with tempfile.TemporaryDirectory() as folder:
-        timed = Timing(dense, args, Path(folder)).side_by_side(
+        timed = Timing(dense, args, Path(folder), "dynamo").side_by_side(
             {choice: program for choice, (program, _) in chosen.items()}, args.rounds)
     return [{"model": model, "choice": choice, "fraction": fraction,
              "macs_kept": count(program).macs / count(dense).macs, **timed[choice]}

@@ -22,8 +22,11 @@ def _benchmark():
 
 
 @pytest.mark.slow
-def test_the_smoke_run_writes_a_row_per_model_choice_and_speedup(tmp_path):
+def test_the_smoke_run_writes_a_row_per_model_choice_and_speedup(tmp_path, monkeypatch):
     benchmark = _benchmark()
+    exporters, export = [], benchmark.export_onnx
+    monkeypatch.setattr(benchmark, "export_onnx", lambda *args, exporter, **kwargs: exporters.append(exporter)
+                        or export(*args, exporter=exporter, **kwargs))
     assert benchmark.main(["--smoke", "--models", "resnet20", "--equal-macs", "resnet50", "--threads", "1",
                            "--results", str(tmp_path), "--cache-dir", str(tmp_path / "cache")]) == 0
     report = json.loads((tmp_path / "latency_aware_choice.json").read_text())
@@ -37,6 +40,8 @@ def test_the_smoke_run_writes_a_row_per_model_choice_and_speedup(tmp_path):
     assert by_time["macs_kept"] == pytest.approx(by_macs["macs_kept"], rel=0.2)  # matched in MACs (loosely here)
     assert report["baselines"]["resnet20"]["table"]["measured"] > 0
     assert "Smoke run" in (tmp_path / "latency_aware_choice.md").read_text()
+    # the searches time TorchScript files, as prunefx's do; the published equal-MACs rows the files it delivers
+    assert set(exporters[:-3]) == {"torchscript"} and exporters[-3:] == ["dynamo"] * 3
 
 
 def test_equal_macs_choices_are_timed_round_by_round_against_the_dense_model(monkeypatch):
