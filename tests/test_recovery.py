@@ -68,6 +68,31 @@ def test_optimizer_state_follows_the_surviving_channels(optimizer_class):
         assert float(state["step"]) == 7.0
 
 
+def test_an_optimizer_whose_carry_fails_half_way_is_left_as_it_was(monkeypatch):
+    from prunefx.passes.training import carried_state
+
+    program = capture(tiny_net().eval(), batch()[0])
+    before = dict(program.module.named_parameters())
+    optimizer = torch.optim.SGD(before.values(), lr=0.1, momentum=0.9)
+    for parameter in before.values():
+        optimizer.state[parameter] = {"momentum_buffer": parameter.detach().clone()}
+    found = ([list(group["params"]) for group in optimizer.param_groups], dict(optimizer.state))
+    pruned, kept = cut_tracking_indices(program, random_cut)
+    sliced, calls = carried_state._sliced_state, []
+
+    def interrupted(*args):  # Ctrl-C on the third parameter
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return sliced(*args)
+
+    monkeypatch.setattr(carried_state, "_sliced_state", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        carry_optimizer(optimizer, before, dict(pruned.module.named_parameters()), kept)
+    assert [list(group["params"]) for group in optimizer.param_groups] == found[0]
+    assert dict(optimizer.state) == found[1]
+
+
 def test_kd_loss_is_the_trainers_formula():
     student, teacher = tiny_net(), tiny_net()
     with torch.no_grad():

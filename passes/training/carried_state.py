@@ -17,6 +17,7 @@ import torch
 
 from prunefx.graph import Program
 from prunefx.graph.attributes import set_tensor
+from prunefx.graph.held_signals import signals_held
 
 # Probes hold index * 2^-64: exact (a power of two only moves the exponent, and 2^-64 is far above float32's
 # smallest normal number, 2^-126), and small enough that the network stays finite on them (activations
@@ -59,8 +60,10 @@ def carry_optimizer(optimizer: torch.optim.Optimizer, before: dict[str, torch.nn
                     after: dict[str, torch.nn.Parameter], kept: dict[str, torch.Tensor]) -> None:
     """Swap `before`'s parameters for `after`'s (same names) in `optimizer`'s groups, slicing their state
     by `kept` (flat indices of the old elements that survived); parameters gone leave the optimizer, a
-    state that cannot be sliced (no indices and a new shape) restarts."""
+    state that cannot be sliced (no indices and a new shape) restarts. Everything is worked out first: an
+    error or an interrupt on the way leaves the optimizer as it was, never half carried."""
     names = {id(parameter): name for name, parameter in before.items()}
+    groups, states, replaced = [], {}, []
     for group in optimizer.param_groups:
         carried = []
         for parameter in group["params"]:
@@ -68,15 +71,21 @@ def carry_optimizer(optimizer: torch.optim.Optimizer, before: dict[str, torch.nn
             if name is None:  # not the model's (an extra parameter of the caller's): left alone
                 carried.append(parameter)
                 continue
-            state = optimizer.state.pop(parameter, None)
+            replaced.append(parameter)
             new = after.get(name)
             if new is None:
                 continue
             carried.append(new)
-            sliced = _sliced_state(state or {}, parameter, new, kept.get(name))
+            sliced = _sliced_state(optimizer.state.get(parameter) or {}, parameter, new, kept.get(name))
             if sliced:
-                optimizer.state[new] = sliced
-        group["params"] = carried
+                states[new] = sliced
+        groups.append(carried)
+    with signals_held():
+        for group, carried in zip(optimizer.param_groups, groups):
+            group["params"] = carried
+        for parameter in replaced:
+            optimizer.state.pop(parameter, None)
+        optimizer.state.update(states)
 
 
 def carry_state(old: torch.optim.Optimizer, new: torch.optim.Optimizer, before: dict[str, torch.nn.Parameter],
