@@ -262,6 +262,17 @@ def test_fuzz_numeric_options_parse_or_are_one_line(case):
     assert isinstance(parsed, int | float) and math.isfinite(parsed), (option, value, parsed)
 
 
+def test_a_number_option_that_may_be_none_takes_none_and_the_others_refuse_it(capsys):
+    """`prunefx depth --tolerance` says "(none: accept)", as a recipe's `tolerance: null` does: the flag parsed
+    every value as a number and refused it."""
+    depth = ["depth", "prunefx:resnet20", "--speedup", "2", "-o", "out"]
+    assert build_parser().parse_args([*depth, "--tolerance", "none"]).tolerance is None
+    assert build_parser().parse_args([*depth, "--tolerance", "0.2"]).tolerance == 0.2
+    with pytest.raises(SystemExit) as refused:  # prune's tolerance takes no None
+        build_parser().parse_args(["prune", "prunefx:resnet20", "--speedup", "2", "--tolerance", "none", "-o", "out"])
+    assert refused.value.code == 2 and "'none' is not a number" in _one_line(capsys.readouterr().err)
+
+
 @pytest.mark.slow
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(macs=st.sampled_from(["0.5", "0.01", "1", "nan", "2"]), round_to=st.sampled_from(["1", "8", "64", "0", "1000"]))

@@ -42,9 +42,12 @@ def _base_type(kind):
     return None
 
 
-def _parser_for(config_class, field: dataclasses.Field, kind):
-    """An argparse `type=` that converts the text and checks the field's bounds while parsing."""
+def _parser_for(config_class, field: dataclasses.Field, kind, optional: bool):
+    """An argparse `type=` that converts the text and checks the field's bounds while parsing; `optional`: the
+    field also takes None, given as `none` (what a recipe writes as null)."""
     def parse(text: str):
+        if optional and text.strip().lower() == "none":
+            return None
         value = options.integer(-(2**63))(text) if kind is int else options.number(float("-inf"))(text) \
             if kind is float else text
         try:
@@ -83,7 +86,8 @@ def add_pass_options(parser, config_class, names, *, flags: dict[str, str] | Non
             target.add_argument(flags.get(name, flag_of(name)), action="append", default=default, metavar="NAME",
                                 **{**common, "help": help_text + " (repeatable)"})
         else:
-            target.add_argument(flags.get(name, flag_of(name)), type=_parser_for(config_class, field, kind),
+            optional = kind in (int, float) and type(None) in typing.get_args(hints[name])
+            target.add_argument(flags.get(name, flag_of(name)), type=_parser_for(config_class, field, kind, optional),
                                 default=default, choices=field.metadata.get("choices"), **common)
 
 

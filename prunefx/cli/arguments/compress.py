@@ -58,4 +58,4 @@ def add_measurement_arguments(parser) -> None:
     flags.add_measurement(parser, runs=Options.runs)
     flags.add_opset(parser)
     parser.add_argument("--no-stage-report", dest="stage_reports", action="store_false",
-                        help="skip the test score and ONNX Runtime latency measured after every pass of the recipe")
+                        help="skip the test score and latency (on --backend) measured after every pass of the recipe")
