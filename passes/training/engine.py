@@ -209,9 +209,10 @@ class Trainer:
                 self._periodic(final=self.step == self.total_steps)
                 eval_seconds += time.perf_counter() - started
         except KeyboardInterrupt as interrupt:
-            # say how to go on, in the interrupt's one line (notes are Python 3.11+; prunefx runs on 3.10 too)
-            if self.config.checkpoint_dir is not None and hasattr(interrupt, "add_note"):
-                interrupt.add_note(self._where_to_go_on())
+            # say how to go on, in the interrupt's one line: a note, as Python 3.11's add_note keeps it (3.10 has no
+            # add_note, and the command line reads __notes__ on either)
+            if self.config.checkpoint_dir is not None:
+                interrupt.__notes__ = [*getattr(interrupt, "__notes__", ()), self._where_to_go_on()]
             raise
         finally:
             bar.close()
