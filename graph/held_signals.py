@@ -19,9 +19,9 @@ HELD = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
     """SIGINT, SIGTERM and SIGHUP held back until the block ends, then raised again to the handlers that were
-    there: for the few renames that replace an output, which an interrupt half-way would leave neither old
-    nor new, and for torch's zip writer, which an exception raised into it ends with the whole process. Held by Python handlers that only note the signal (a thread's signal mask would not do: torch's
-    threads would take the signal). The main thread only: Python runs signal handlers there alone."""
+    there (the module docstring says where). Held by Python handlers that only note the signal (a thread's
+    signal mask would not do: torch's threads would take the signal). The main thread only: Python runs signal
+    handlers there alone."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
