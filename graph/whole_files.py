@@ -101,19 +101,33 @@ def _temporary(path: Path) -> Iterator[tuple[Path, Path]]:
     path = followed(path)
     if path.exists() and not path.is_file():  # a rename would replace a folder's entry, or a device (/dev/null)
         raise PrunefxError(f"cannot write {printable(str(path))}: it is {'a folder' if path.is_dir() else 'not a regular file'}")
+    made = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]  # deepest first
     make_folder(path.parent, writing=path)
-    _remove_killed_writers(path)
-    temporary = path.with_name(f".{_stem(path)}.{os.getpid()}-{secrets.token_hex(4)}.partial")
     try:
-        temporary.touch(exist_ok=False)  # not mkstemp: its 0600 would become the file's mode, not the user's umask
-    except OSError as error:
-        raise _refusal(path, path.parent, error) from None
-    if path.is_file():  # the file replaced keeps its mode: a private file stays private
-        shutil.copymode(path, temporary)
-    try:
-        yield path, temporary
-    finally:
-        temporary.unlink(missing_ok=True)
+        _remove_killed_writers(path)
+        temporary = path.with_name(f".{_stem(path)}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+        try:
+            temporary.touch(exist_ok=False)  # not mkstemp: its 0600 would become the file's mode, not the user's umask
+        except OSError as error:
+            raise _refusal(path, path.parent, error) from None
+        if path.is_file():  # the file replaced keeps its mode: a private file stays private
+            shutil.copymode(path, temporary)
+        try:
+            yield path, temporary
+        finally:
+            temporary.unlink(missing_ok=True)
+    except BaseException:  # nothing written: the folders made for it go too, where nothing else came into them
+        _remove_empty(made)
+        raise
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove `folders` (deepest first) while each is empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 # A target these refuse is the caller's to change (another path, permissions): a PrunefxError, not an OSError.

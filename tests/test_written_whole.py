@@ -88,6 +88,18 @@ def _previous_file(folder: Path) -> Path:
     return previous
 
 
+def test_a_write_that_fails_leaves_no_folder_it_made_and_keeps_those_that_were_there(tmp_path):
+    (tmp_path / "there").mkdir()
+    target = tmp_path / "there" / "new" / "deeper" / "model.onnx"
+    with pytest.raises(KeyboardInterrupt), replaced_whole(target) as partial:
+        partial.write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert [p.name for p in tmp_path.rglob("*")] == ["there"]
+    with replaced_whole(target) as partial:  # a write that succeeds keeps them
+        partial.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole"
+
+
 @pytest.mark.slow  # two ONNX exports each: about 5 s
 @pytest.mark.parametrize("writer", sorted(ONNX_WRITERS))
 def test_an_onnx_file_cut_short_leaves_the_previous_file_as_it_was(writer, tmp_path, monkeypatch, one_thread):
