@@ -87,19 +87,22 @@ def latency_aware_choice(data: dict) -> str:
     by_model: dict[str, dict[str, dict]] = {}
     for row in data["equal_macs"]:
         by_model.setdefault(row["model"], {})[row["choice"]] = row
-    faster = {model: rows for model, rows in by_model.items() if rows["latency"]["speedup"] > rows["macs"]["speedup"]}
-    slower = [model_name(model) for model in by_model if model not in faster]
+    shown = {model: [round(rows[choice]["speedup"], 2) for choice in ("latency", "macs")]  # as the page shows them
+             for model, rows in by_model.items()}
+    faster = {model: rows for model, rows in by_model.items() if shown[model][0] > shown[model][1]}
+    even = [model_name(model) for model in by_model if shown[model][0] == shown[model][1]]
+    slower = [model_name(model) for model in by_model if shown[model][0] < shown[model][1]]
     cases: dict[tuple, dict[str, float]] = {}
     for row in data["accuracy"]:
         cases.setdefault((row["model"], row["goal"]), {})[row["choice"]] = row["test_accuracy"]
     better = sum(1 for case in cases.values() if case["latency"] > case["macs"])
     accuracy = f"at equal speed-up more accurate in {better} of {len(cases)} Fashion-MNIST cases: MACs stay the default"
+    rest = (f", even on {listed(even)}" if even else "") + (f", slower on {listed(slower)}" if slower else "")
     if not faster:
-        return f"at equal MACs slower on all {len(by_model)} models; {accuracy}"
+        return f"at equal MACs faster on none of {len(by_model)} models{rest}; {accuracy}"
     best_model, best = max(faster.items(), key=lambda item: item[1]["latency"]["speedup"] / item[1]["macs"]["speedup"])
-    slower_text = f", slower on {listed(slower)}" if slower else ""
     return (f"at equal MACs faster on {len(faster)} of {len(by_model)} models ({model_name(best_model)} "
-            f"{best['latency']['speedup']:.2f}x vs {best['macs']['speedup']:.2f}x){slower_text}; {accuracy}")
+            f"{best['latency']['speedup']:.2f}x vs {best['macs']['speedup']:.2f}x){rest}; {accuracy}")
 
 
 def modelopt_side_by_side(data: dict) -> str:
