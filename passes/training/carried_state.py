@@ -63,7 +63,9 @@ def carry_optimizer(optimizer: torch.optim.Optimizer, before: dict[str, torch.nn
     state that cannot be sliced (no indices and a new shape) restarts. Everything is worked out first: an
     error or an interrupt on the way leaves the optimizer as it was, never half carried."""
     names = {id(parameter): name for name, parameter in before.items()}
-    groups, states, replaced = [], {}, []
+    groups: list[list] = []
+    states: dict[torch.Tensor, dict] = {}
+    replaced: list[torch.Tensor] = []
     for group in optimizer.param_groups:
         carried = []
         for parameter in group["params"]:

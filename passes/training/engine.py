@@ -212,7 +212,8 @@ class Trainer:
             # say how to go on, in the interrupt's one line: a note, as Python 3.11's add_note keeps it (3.10 has no
             # add_note, and the command line reads __notes__ on either)
             if self.config.checkpoint_dir is not None:
-                interrupt.__notes__ = [*getattr(interrupt, "__notes__", ()), self._where_to_go_on()]
+                notes = [*getattr(interrupt, "__notes__", ()), self._where_to_go_on()]
+                interrupt.__notes__ = notes  # type: ignore[attr-defined]
             raise
         finally:
             bar.close()
