@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import re
 import secrets
@@ -101,7 +102,8 @@ def _temporary(path: Path) -> Iterator[tuple[Path, Path]]:
     path = followed(path)
     if path.exists() and not path.is_file():  # a rename would replace a folder's entry, or a device (/dev/null)
         raise PrunefxError(f"cannot write {printable(str(path))}: it is {'a folder' if path.is_dir() else 'not a regular file'}")
-    made = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]  # deepest first
+    # the folders this write makes, deepest first: up to the first that is there (its parents are too)
+    made = list(itertools.takewhile(lambda folder: not folder.exists(), (path.parent, *path.parent.parents)))
     make_folder(path.parent, writing=path)
     try:
         _remove_killed_writers(path)

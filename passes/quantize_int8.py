@@ -32,6 +32,7 @@ from prunefx.graph.int8.quantization import (
     scale_of,
 )
 from prunefx.graph.int8.ranges import RangeObserver
+from prunefx.graph.tensor_copies import tensor_copies
 from prunefx.passes.core import config_checks as checks
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.pipeline import run_inner
@@ -204,7 +205,7 @@ def _run_layer(program: Program, target: QuantTarget, values: dict, amax: dict |
     args = torch.fx.node.map_arg(target.layer.args, value)
     kwargs = torch.fx.node.map_arg(target.layer.kwargs, value)
     if target.layer.target._schema.is_mutable:  # add_: on copies, the tapped values are read again
-        args = tuple(arg.clone() if isinstance(arg, torch.Tensor) else arg for arg in args)
+        args = tensor_copies(tuple(args))
     return target.layer.target(*args, **kwargs)
 
 

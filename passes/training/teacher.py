@@ -18,6 +18,7 @@ from prunefx.graph import Program
 from prunefx.graph.input_batches import as_program_inputs
 from prunefx.graph.model_state import hook_state_kept
 from prunefx.graph.placement import move_module
+from prunefx.graph.tensor_copies import tensor_copies
 from prunefx.passes.training.config import TrainConfig, TrainingError
 from prunefx.passes.training.data import module_device
 from prunefx.passes.training.losses import run_tapped, tap_outputs
@@ -78,6 +79,6 @@ def _check_inputs(teacher, student: Program) -> None:
 
 def _run_keeping_hook_state(module: torch.nn.Module, inputs, device: torch.device):
     # on copies: a module may write into its input (a ReLU(inplace=True) first), and the student reads the batch next
-    given = tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in as_program_inputs(inputs, (), device))
+    given = tensor_copies(as_program_inputs(inputs, (), device))
     with hook_state_kept(module):
         return module(*given), ()

@@ -22,6 +22,7 @@ from torch import fx, nn
 
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.model_state import hook_state_kept, random_state_kept
+from prunefx.graph.tensor_copies import tensor_copies
 from prunefx.interop.subgraph_call import ReturnedLike, input_list
 
 
@@ -211,16 +212,12 @@ def followed(call: WatchedCall, argument: tuple[str, int | None, torch.Tensor]) 
         try:  # on copies: a module that writes into its arguments leaves the watched call as it was
             # that tensor, wherever the call passes it (an input list's entry too), plus one
             args, kwargs = pytree.tree_map(lambda leaf: leaf + 1 if leaf is value else leaf, (call.args, call.kwargs))
-            first = pytree.tree_leaves(call.owner(*_copies(call.args), **_copies(call.kwargs)))
-            second = pytree.tree_leaves(call.owner(*_copies(args), **_copies(kwargs)))
+            first = pytree.tree_leaves(call.owner(*tensor_copies(call.args), **tensor_copies(call.kwargs)))
+            second = pytree.tree_leaves(call.owner(*tensor_copies(args), **tensor_copies(kwargs)))
         except Exception:  # the user's code, with its own errors: no answer, and the subgraph is refused
             return None
     return any(not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b))
                for a, b in zip(first, second))
-
-
-def _copies(tree):
-    return pytree.tree_map(lambda leaf: leaf.clone() if isinstance(leaf, torch.Tensor) else leaf, tree)
 
 
 def taken(passed: list[PassedTensor], args: tuple, kwargs: dict, owner: str) -> list[torch.Tensor]:

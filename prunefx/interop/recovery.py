@@ -20,6 +20,7 @@ from prunefx.graph import Program, capture
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.model_state import hook_state_kept
 from prunefx.graph.placement import module_device, move_program
+from prunefx.graph.tensor_copies import tensor_copies
 from prunefx.graph.training_flags import module_modes, set_module_modes
 from prunefx.passes.core.config_checks import names_in
 from prunefx.passes.prune_while_training import PruneWhileTrainingConfig, PruningSchedule, _target
@@ -49,7 +50,7 @@ class DistillationLoss:
             # a copy sharing the closures of the user's hooks: what its runs leave there is put back; and it runs on
             # copies of the batch, which it may write into (a ReLU(inplace=True) first) and the caller trains on
             kept = hook_state_kept(self.teacher)
-            inputs = tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in inputs)
+            inputs = tensor_copies(tuple(inputs))
         with torch.no_grad(), kept:
             teacher_output = self.teacher(*inputs)
         if labels is None and self.config.task == CLASSIFICATION and self.config.kd_weight < 1:
