@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import warnings
 from collections.abc import Iterator
+
+from prunefx.graph.debug_mode import debug_requested
 
 
 class WithoutTorchPrints:
@@ -43,7 +44,7 @@ def _torch_loggers() -> list[logging.Logger]:
 
 @contextlib.contextmanager
 def torch_quiet() -> Iterator[None]:
-    if os.environ.get("PRUNEFX_DEBUG"):
+    if debug_requested():
         yield
         return
     loggers = [logger for logger in _torch_loggers() if not logger.disabled]

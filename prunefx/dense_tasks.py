@@ -25,7 +25,8 @@ from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.eval_mode import evaluating
 from prunefx.graph.input_batches import as_program_inputs
-from prunefx.passes.training.data import module_device, split_batch
+from prunefx.graph.placement import module_device
+from prunefx.passes.training.data import split_batch
 from prunefx.passes.training.losses import IGNORE_LABEL, logits_of
 
 Detections = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # per image: boxes k x 4, scores k, classes k

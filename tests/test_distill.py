@@ -19,8 +19,7 @@ from torch import nn
 
 from prunefx.graph import capture
 from prunefx.passes import distill, get_pass, remove_channels
-from prunefx.passes.training import data as training_data
-from prunefx.passes.training.data import resolve_device
+from prunefx.passes.training import processes as training_processes
 from prunefx.passes.training.engine import (
     PROGRAM_FILE,
     STATE_FILE,
@@ -31,6 +30,7 @@ from prunefx.passes.training.engine import (
     kd_loss,
     make_scheduler,
 )
+from prunefx.passes.training.processes import resolve_device
 from prunefx.reports.compression import pass_summary
 
 BATCH = 8
@@ -504,7 +504,7 @@ def test_only_a_process_of_torchrun_has_its_gpu_made_current_for_good(monkeypatc
     """One process names its GPU wherever it places tensors and makes it current only during `fit`; a process
     of torchrun owns the GPU of its LOCAL_RANK, which NCCL reads as the current device."""
     made_current = []
-    monkeypatch.setattr(training_data, "device_named", torch.device)  # a machine with two GPUs, as far as it asks
+    monkeypatch.setattr(training_processes, "device_named", torch.device)  # a machine with two GPUs, as far as it asks
     monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert resolve_device(TrainConfig(steps=1, device="cuda:1"), nn.Linear(2, 2)) == torch.device("cuda", 1)
@@ -533,7 +533,7 @@ def test_a_process_group_a_trainer_made_ends_with_its_run_refused_stopped_or_don
 
     ended = []
     monkeypatch.setattr(engine_module, "distributed_world", lambda device: (0, 1, True))
-    monkeypatch.setattr(engine_module.dist, "destroy_process_group", lambda: ended.append(True))
+    monkeypatch.setattr(engine_module, "leave_process_group", lambda: ended.append(True))
     settings = dict(steps=3, lr=0.01, kd_weight=0.0, progress=False)
     with pytest.raises(TrainingError, match="warmup_steps"):
         Trainer(_program(), teacher=None, data=_batches(2), config=TrainConfig(**dict(settings, warmup_steps=5)))

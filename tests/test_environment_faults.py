@@ -6,6 +6,7 @@ prunefx/standard_output.py, prunefx/working_folder.py)."""
 from __future__ import annotations
 
 import errno
+import io
 import os
 import subprocess
 import sys
@@ -113,6 +114,16 @@ def test_a_path_of_bytes_that_are_no_utf8_is_one_line(tmp_path):
     assert done.returncode == 2 and "is not valid UTF-8 text" in line
 
 
+def test_main_called_from_python_gives_the_streams_back_as_they_were(monkeypatch):
+    # the command writes unspellable paths with escapes; a notebook's own streams keep their error mode
+    streams = [io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="strict") for _ in range(2)]
+    monkeypatch.setattr(sys, "stdout", streams[0])
+    monkeypatch.setattr(sys, "stderr", streams[1])
+    _inspect_raising(monkeypatch, KeyError("prunefx's own"))
+    assert main(INSPECT) == 3
+    assert [stream.errors for stream in streams] == ["strict", "strict"]
+
+
 def _inspect_raising(monkeypatch, error: BaseException) -> None:
     def failing(args):
         raise error
@@ -144,10 +155,23 @@ def test_environment_faults_are_named_as_such(monkeypatch, capsys, error, words)
     assert line.startswith("prunefx inspect: error: ") and words in line, line
 
 
-def test_a_bug_is_still_an_internal_error(monkeypatch, capsys):
+@pytest.mark.parametrize("debug", [None, "0", "false", "off", " No "])
+def test_a_bug_is_still_an_internal_error(monkeypatch, capsys, debug):
+    # PRUNEFX_DEBUG=0 and its kin keep the one line: only a "yes" raises the traceback
+    if debug is None:
+        monkeypatch.delenv("PRUNEFX_DEBUG", raising=False)
+    else:
+        monkeypatch.setenv("PRUNEFX_DEBUG", debug)
     _inspect_raising(monkeypatch, KeyError("prunefx's own"))
     assert main(INSPECT) == 3
     assert "internal error" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback_of_a_bug(monkeypatch):
+    monkeypatch.setenv("PRUNEFX_DEBUG", "1")
+    _inspect_raising(monkeypatch, KeyError("prunefx's own"))
+    with pytest.raises(KeyError, match="prunefx's own"):
+        main(INSPECT)
 
 
 def test_onnx_runtime_out_of_memory_is_not_a_corrupt_file(monkeypatch, tmp_path):

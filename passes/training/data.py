@@ -1,4 +1,4 @@
-"""Batches, evaluation and the distributed setup of the recovery trainer (passes/training/engine.py).
+"""Batches and evaluation of the recovery trainer (passes/training/engine.py).
 
 Batches are `(inputs, labels)` pairs, `inputs` a tensor or a tuple of tensors; label -1 marks padding.
 Under torchrun a loader with `distributed(rank, world_size)` (prunefx's StaticBatches) reads its part through
@@ -7,21 +7,17 @@ torch's DistributedSampler; any other iterable of batches gives every rank its s
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from prunefx.graph import Program
 from prunefx.graph.eval_mode import evaluating
 from prunefx.graph.input_batches import as_program_inputs
-from prunefx.graph.launch import torchrun_launch
-from prunefx.graph.placement import device_named, module_device
-from prunefx.passes.training.config import TrainConfig, TrainingError
+from prunefx.graph.placement import module_device
+from prunefx.passes.training.config import TrainingError
 from prunefx.passes.training.losses import IGNORE_LABEL, in_float32, logits_of
 
 # --- data ----------------------------------------------------------------------------------------
@@ -105,38 +101,3 @@ def evaluate(model: Program | torch.nn.Module, batches: Iterable, *, device: str
     module = model.module if isinstance(model, Program) else model
     device = torch.device(device) if device is not None else module_device(module)
     return accuracy_summary(eval_totals(model, batches, device))
-
-
-# --- distributed ---------------------------------------------------------------------------------
-
-def distributed_world(device: torch.device) -> tuple[int, int, bool]:
-    """(rank, world size, whether this call created the process group)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return 0, 1, False
-    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
-    if missing or not dist.is_available():
-        raise TrainingError(f"WORLD_SIZE={world_size} but {', '.join(missing) or 'torch.distributed'} is "
-                            "missing; launch with torchrun")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), True
-
-
-def resolve_device(config: TrainConfig, module: torch.nn.Module) -> torch.device:
-    """The training device: `config.device` ("auto", "cpu", "cuda", "cuda:N"; graph/placement.device_named
-    refuses a GPU torch cannot see), or where the module's tensors are."""
-    device = device_named(config.device) if config.device is not None else module_device(module)
-    # Under torchrun every process owns one GPU, the one named by LOCAL_RANK, made current for NCCL.
-    launch = torchrun_launch()
-    if device.type == "cuda" and launch.distributed:
-        device = torch.device("cuda", launch.local_rank)
-        torch.cuda.set_device(device)
-    return device
-
-
-def current_during(device: torch.device) -> contextlib.AbstractContextManager:
-    """`device` as CUDA's current device in the block (a model that names "cuda" without an index computes
-    there), and the caller's current device back after it."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()

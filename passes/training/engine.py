@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from prunefx.graph import Program
@@ -27,16 +26,7 @@ from prunefx.graph.progress import bar_or_lines
 from prunefx.passes.training.checkpoint import PROGRAM_FILE, STATE_FILE
 from prunefx.passes.training.checkpoint_lock import checkpoint_dir_held
 from prunefx.passes.training.config import DETECTION, OPTIMIZERS, FeaturePair, TrainConfig, TrainingError
-from prunefx.passes.training.data import (
-    accuracy_summary,
-    current_during,
-    distributed_world,
-    eval_totals,
-    evaluate,
-    resolve_device,
-    shard_batches,
-    split_batch,
-)
+from prunefx.passes.training.data import accuracy_summary, eval_totals, evaluate, shard_batches, split_batch
 from prunefx.passes.training.losses import (
     IGNORE_LABEL,
     detection_kd_loss,
@@ -50,6 +40,13 @@ from prunefx.passes.training.losses import (
 )
 from prunefx.passes.training.placement import Placement
 from prunefx.passes.training.precision import autocast, check_supported
+from prunefx.passes.training.processes import (
+    current_during,
+    distributed_world,
+    leave_process_group,
+    resolve_device,
+    summed_over_processes,
+)
 from prunefx.passes.training.random_state import random_state_kept, rng_state, seed_training, set_rng_state
 from prunefx.passes.training.resume import parameter_norms, resume, save_checkpoint
 from prunefx.passes.training.schedule import lr_factor, make_optimizer, make_scheduler
@@ -259,9 +256,7 @@ class Trainer:
     def _logged(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
         """The step's losses as floats, of the global batch when distributed (every rank reads the same)."""
         values = torch.stack([value.detach() for value in losses.values()])
-        if self.world_size > 1:  # log the loss of the global batch, not of this rank's slice
-            dist.all_reduce(values)
-            values /= self.world_size
+        values = summed_over_processes(values, self.world_size) / self.world_size  # the global batch's loss
         return dict(zip(losses, values.tolist()))
 
     def _on_device(self, batch) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
@@ -337,14 +332,12 @@ class Trainer:
         if self.eval_data is None:
             raise TrainingError("no evaluation data (a detector is never evaluated by the trainer: it scores "
                                 "top-1 classes; use prunefx.dense_tasks.evaluate_dense for mAP)")
-        totals = eval_totals(self.program, self.eval_data, self.device)
-        if self.world_size > 1:
-            dist.all_reduce(totals)
-        return accuracy_summary(totals)
+        return accuracy_summary(summed_over_processes(eval_totals(self.program, self.eval_data, self.device),
+                                                      self.world_size))
 
     def _leave_process_group(self) -> None:
         if self._owns_process_group:
-            dist.destroy_process_group()
+            leave_process_group()
             self._owns_process_group = False
 
     def release(self) -> None:

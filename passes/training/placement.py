@@ -13,8 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from prunefx.graph import Program
-from prunefx.graph.placement import move_program
-from prunefx.passes.training.data import module_device
+from prunefx.graph.placement import module_device, move_program
 from prunefx.passes.training.losses import tap_outputs
 from prunefx.passes.training.precision import FP32, without_dtype_assertions
 

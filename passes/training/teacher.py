@@ -17,10 +17,9 @@ import torch
 from prunefx.graph import Program
 from prunefx.graph.input_batches import as_program_inputs
 from prunefx.graph.model_state import hook_state_kept
-from prunefx.graph.placement import move_module
+from prunefx.graph.placement import module_device, move_module
 from prunefx.graph.tensor_copies import tensor_copies
 from prunefx.passes.training.config import TrainConfig, TrainingError
-from prunefx.passes.training.data import module_device
 from prunefx.passes.training.losses import run_tapped, tap_outputs
 from prunefx.passes.training.precision import FP32, without_dtype_assertions
 

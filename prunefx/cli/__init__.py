@@ -14,11 +14,11 @@ import contextlib
 import errno
 import gc
 import logging
-import os
 import signal
 import sys
 import threading
 import warnings
+from typing import Any
 
 # Only modules that import no torch up here, and in the flags (prunefx/cli/arguments/): `prunefx CMD --help` and
 # a mistyped argument answer at once. The rest (prunefx.graph, which takes torch; the command) once the
@@ -120,7 +120,8 @@ def entry_point() -> int:
     and the model left (1 to 2 s after a ViT-L); none of them holds anything that must be finalised."""
     from prunefx.data.worker_limits import raise_open_file_limit
     raise_open_file_limit()  # the process is the command's: room for data workers under a soft limit of 1024
-    if not os.environ.get("PRUNEFX_DEBUG"):
+    from prunefx.graph.debug_mode import debug_requested
+    if not debug_requested():
         warnings.filterwarnings("ignore")  # also those of finalisers and exit handlers, after main() returned
     try:
         status = main()
@@ -147,17 +148,25 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a bad argument (2, its one line already printed)
         return int(exit_.code or 0)
+    error_modes = _never_raise_on_encoding()
+    try:
+        return _run(args, argv)
+    finally:  # a caller in Python gets its streams back as they were
+        _restore_error_modes(error_modes)
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from prunefx.environment_faults import environment_fault, unspellable_arguments
+    from prunefx.graph.debug_mode import debug_requested
     from prunefx.graph.errors import PrunefxError, first_line
     from prunefx.graph.torch_quiet import WithoutTorchPrints
     from prunefx.output_paths import check_outputs_spare_inputs
 
-    _never_raise_on_encoding()
     unspellable = unspellable_arguments(argv)
     if unspellable:
         _report(f"prunefx {args.command}: error: {unspellable}")
         return EXIT_USER_ERROR
-    debug = bool(os.environ.get("PRUNEFX_DEBUG"))
+    debug = debug_requested()
     if not debug:
         _quiet_onnxruntime()
     # torch prints the partial graph of a model it could not capture straight to stderr, under the one line
@@ -221,11 +230,22 @@ def main(argv: list[str] | None = None) -> int:
         _restore_signal_handlers(previous)
 
 
-def _never_raise_on_encoding() -> None:
-    """A path the terminal's encoding cannot spell is written with escapes, never raised on mid-run."""
+def _never_raise_on_encoding() -> list[tuple[Any, str]]:
+    """A path the terminal's encoding cannot spell is written with escapes, never raised on mid-run.
+    Returns each stream reconfigured with its previous error mode."""
+    previous = []
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError):
+            errors = stream.errors
             stream.reconfigure(errors="backslashreplace")
+            previous.append((stream, errors))
+    return previous
+
+
+def _restore_error_modes(previous: list[tuple[Any, str]]) -> None:
+    for stream, errors in previous:
+        with contextlib.suppress(AttributeError, ValueError):  # closed by the command's output handling
+            stream.reconfigure(errors=errors)
 
 
 def _interruption(interrupt: KeyboardInterrupt) -> tuple[str, int]:
