@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,14 @@ from prunefx.graph.errors import ProgramFileError, PrunefxError, VerificationErr
 from prunefx.graph.export_refresh import with_current_tensors
 from prunefx.graph.node_names import node_names, restore_node_names
 from prunefx.graph.program_file import read_program_file, write_program_file
-from prunefx.graph.program_metadata import FORMAT_VERSION, INPUT_DTYPES, normalisation_record, program_name
+from prunefx.graph.program_metadata import (
+    FORMAT_VERSION,
+    INPUT_DTYPES,
+    input_record,
+    normalisation_record,
+    parse_metadata,
+    program_name,
+)
 from prunefx.graph.safety.graph_bounds import recompute_shapes
 from prunefx.graph.shape_propagation import propagate_shapes
 from prunefx.graph.stack_traces import stack_traces_off
@@ -237,12 +245,16 @@ class Program:
         metadata = {
             "format": FORMAT_VERSION,
             "name": self.name,
-            "inputs": [{"shape": list(x.shape), "dtype": dtype} for x, dtype in zip(self.example_inputs, dtypes)],
+            "inputs": [input_record(x) for x in self.example_inputs],
             "output_shapes": [list(shape) for shape in self.output_shapes],
             "analysis": self.analysis.to_json(),
             "nodes": node_names(self.module),
             **({"normalisation": normalisation_record(self.normalisation)} if self.normalisation is not None else {}),
         }
+        try:  # a record the next load would refuse (too many inputs, statistics out of range) is not written
+            parse_metadata(json.dumps(metadata), f"cannot save {self.name}")
+        except ProgramFileError as error:
+            raise PrunefxError(str(error)) from None
         return write_program_file(file_path(path), self._exported_on_cpu(), metadata)
 
     def _exported_on_cpu(self) -> torch.export.ExportedProgram:

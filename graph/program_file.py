@@ -83,15 +83,24 @@ def _one_root(key: str) -> str:
 
 
 def _example_inputs(metadata: dict, exported: torch.export.ExportedProgram) -> tuple[torch.Tensor, ...]:
+    """Floating inputs drawn from a fixed seed; integer and boolean ones as the record stores them, else zeros."""
     generator = torch.Generator().manual_seed(0)  # its own: loading leaves the process's random state alone
     if metadata.get("inputs"):
-        dtypes = [getattr(torch, spec["dtype"]) for spec in metadata["inputs"]]  # bfloat16 is floating too
-        return tuple(torch.randn(spec["shape"], generator=generator, dtype=dtype) if dtype.is_floating_point
-                     else torch.zeros(spec["shape"], dtype=dtype) for spec, dtype in zip(metadata["inputs"], dtypes))
+        return tuple(_example_input(spec["shape"], getattr(torch, spec["dtype"]), generator, spec.get("values"))
+                     for spec in metadata["inputs"])
     # An archive written by torch.export.save directly: inputs from the placeholders' metadata.
     values = [node.meta["val"] for node in exported.graph.nodes
               if node.op == "placeholder" and node.name in exported.graph_signature.user_inputs]
     for value in values:
         if value.numel() > MAX_INPUT_ELEMENTS:
             raise ProgramFileError(f"an input of shape {tuple(value.shape)} is too large to allocate (refused)")
-    return tuple(torch.randn(tuple(v.shape), generator=generator, dtype=v.dtype) for v in values)
+    return tuple(_example_input(tuple(v.shape), v.dtype, generator) for v in values)
+
+
+def _example_input(shape, dtype: torch.dtype, generator: torch.Generator, values: list[int] | None = None
+                   ) -> torch.Tensor:
+    if values is not None:
+        return torch.tensor(values, dtype=torch.int64).to(dtype).reshape(shape)
+    if dtype.is_floating_point:  # bfloat16 too
+        return torch.randn(shape, generator=generator, dtype=dtype)
+    return torch.zeros(shape, dtype=dtype)

@@ -25,6 +25,9 @@ MAX_INPUT_ELEMENTS = 1 << 28
 INPUT_DTYPES = {"float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"}
 _KEYS = {"format", "name", "inputs", "output_shapes", "analysis", "nodes", "normalisation"}
 MAX_NODES = 1 << 20  # operator nodes whose names a file records: ViT-g has about 3,000
+# Integer and boolean example inputs (masks, indices) are stored whole up to this many elements: zeros or a draw
+# could make a degenerate call (every key masked) where the caller's values did not. Larger ones load as zeros.
+MAX_STORED_VALUES = 1 << 16
 
 
 def parse_metadata(text: str, where: str) -> dict:
@@ -144,8 +147,8 @@ def _inputs(value, where: str) -> list[dict]:
     checked = []
     for index, spec in enumerate(specs):
         here = f"{where}: inputs[{index}]"
-        if not isinstance(spec, dict) or set(spec) != {"shape", "dtype"}:
-            raise ProgramFileError(f"{here} must be an object with 'shape' and 'dtype'")
+        if not isinstance(spec, dict) or set(spec) - {"values"} != {"shape", "dtype"}:
+            raise ProgramFileError(f"{here} must be an object with 'shape' and 'dtype' (and 'values')")
         if spec["dtype"] not in INPUT_DTYPES:
             raise ProgramFileError(f"{here}: dtype '{printable(str(spec['dtype']))[:20]}' is not one of "
                                    f"{', '.join(sorted(INPUT_DTYPES))}")
@@ -154,7 +157,31 @@ def _inputs(value, where: str) -> list[dict]:
             raise ProgramFileError(f"{here}: shape {'x'.join(map(str, shape))} has more than 2**28 elements "
                                    "(refused: it could not be allocated)")
         checked.append({"shape": shape, "dtype": spec["dtype"]})
+        if "values" in spec:
+            checked[-1]["values"] = _values(spec["values"], spec["dtype"], math.prod(shape), here)
     return checked
+
+
+def input_record(tensor: torch.Tensor) -> dict:
+    """An example input as the record keeps it: its shape and dtype, and an integer or boolean one's values
+    where it has at most MAX_STORED_VALUES elements."""
+    record = {"shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch.")}
+    if not tensor.dtype.is_floating_point and not tensor.dtype.is_complex and tensor.numel() <= MAX_STORED_VALUES:
+        record["values"] = tensor.detach().cpu().reshape(-1).to(torch.int64).tolist()
+    return record
+
+
+def _values(value, dtype: str, count: int, where: str) -> list[int]:
+    """Stored values: `count` integers that `dtype` holds (0 and 1 for bool)."""
+    if dtype not in INPUT_DTYPES or getattr(torch, dtype).is_floating_point:
+        raise ProgramFileError(f"{where}: values are stored for integer and boolean inputs only, not {dtype}")
+    low, high = (0, 1) if dtype == "bool" else (torch.iinfo(getattr(torch, dtype)).min,
+                                                 torch.iinfo(getattr(torch, dtype)).max)
+    if (not isinstance(value, list) or len(value) != count or count > MAX_STORED_VALUES
+            or not all(type(v) is int and low <= v <= high for v in value)):
+        raise ProgramFileError(f"{where}: 'values' must be a list of the input's {count} elements, integers in "
+                               f"[{low}, {high}]")
+    return value
 
 
 def _nodes(value, where: str) -> list[list[str]]:

@@ -34,6 +34,9 @@ def _as_args(example_inputs) -> tuple:
 
 
 def _get_part(model: torch.nn.Module, part: str) -> torch.nn.Module:
+    if not isinstance(part, str) or not part:  # get_submodule("") is the model itself, which no part replaces
+        raise PartError(f"a part is the dotted name of a submodule ('head', 'model.22'), not {part!r}: to prune "
+                        "the whole model, capture it with prunefx.capture")
     try:
         return model.get_submodule(part)
     except AttributeError:

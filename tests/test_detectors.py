@@ -159,6 +159,20 @@ def test_part_errors_are_one_line(one_thread):
         capture_part(model, (images,), "head")
 
 
+@pytest.mark.parametrize("part", ["", None])
+def test_a_part_that_names_no_submodule_is_refused_not_read_as_the_whole_model(one_thread, part):
+    # get_submodule("") is the model itself: the pruned graph went in beside it, as a child named "", and the
+    # model handed back computed as the dense one
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3))
+    x = torch.randn(1, 3, 12, 12)
+    with pytest.raises(PartError, match="dotted name of a submodule"):
+        replace_part(model, part, prunefx.capture(model, x))
+    if part == "":
+        with pytest.raises(PartError, match="dotted name of a submodule"):
+            prune_part(model, x, [(remove_channels, {"macs": 0.5})], part=part)
+    assert [name for name, _ in model.named_children()] == ["0", "1", "2"]
+
+
 def test_graph_part_refuses_other_shapes_and_follows_train_eval(one_thread):
     class Net(torch.nn.Module):
         def __init__(self):

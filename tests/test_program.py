@@ -364,6 +364,41 @@ def test_a_program_a_load_could_not_remake_is_not_saved(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+class _MaskedSum(torch.nn.Module):
+    """Reads a boolean mask and integer indices: a mask of zeros (all False) leaves nothing to average."""
+
+    def forward(self, x, mask, index):
+        picked = x[:, index]
+        return (picked * mask).sum(dim=1) / mask.sum(dim=1)
+
+
+def test_integer_and_boolean_example_inputs_come_back_as_they_were(tmp_path):
+    x, mask, index = torch.randn(2, 6), torch.tensor([[True, False] * 2] * 2), torch.tensor([5, 0, 3, 1])
+    program = capture(_MaskedSum(), (x, mask, index))
+    loaded = Program.load(program.save(tmp_path / "masked.pt2"))
+    _, mask_back, index_back = loaded.example_inputs
+    assert torch.equal(mask_back, mask) and torch.equal(index_back, index)
+    assert torch.isfinite(loaded(*loaded.example_inputs)).all()
+
+
+def test_a_plain_export_archive_with_an_integer_input_loads(tmp_path):
+    # torch.export.save's own archive carries no record: integer inputs are made as zeros, not drawn (randn
+    # refused the dtype, and the file with it)
+    exported = torch.export.export(_MaskedSum(), (torch.randn(2, 6), torch.ones(2, 4, dtype=torch.bool),
+                                                  torch.tensor([5, 0, 3, 1])))
+    torch.export.save(exported, tmp_path / "plain.pt2")
+    _, mask, index = Program.load(tmp_path / "plain.pt2").example_inputs
+    assert mask.dtype == torch.bool and index.dtype == torch.int64 and not index.any()
+
+
+def test_a_record_a_load_would_refuse_is_not_written(tmp_path):
+    program = capture(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1)), torch.randn(1, 1, 4, 4))
+    program.normalisation = ((0.5,), (0.0,))  # a std of 0: a load refuses it
+    with pytest.raises(PrunefxError, match="cannot save .*std"):
+        program.save(tmp_path / "model.pt2")
+    assert not list(tmp_path.iterdir())
+
+
 def test_load_rejects_missing_and_corrupt_files(tmp_path):
     with pytest.raises(ProgramFileError, match="no such program file"):
         Program.load(tmp_path / "missing.pt2")
