@@ -57,11 +57,13 @@ def _capture_error(name: str, error: Exception) -> CaptureError:
 
 
 def _as_tuple(example_inputs) -> tuple[torch.Tensor, ...]:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    inputs = tuple(example_inputs)
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
         raise CaptureError("example inputs must be a tensor or a non-empty tuple of tensors")
+    for x in inputs:  # a batch of 0 captures, then every pass that averages over it divides by zero
+        if x.numel() == 0:
+            raise CaptureError(f"an example input of shape {'x'.join(map(str, x.shape))} holds no elements: give "
+                               "inputs with every dimension at least 1")
     return inputs
 
 

@@ -140,13 +140,24 @@ def _floors(program: Program, combing, min_widths: dict | None, heads: str) -> l
     head_dims = head_dim_groups(program.module, combing) if min_widths or heads == "whole" else []
     if min_widths:
         names = floor_names(program.module, combing, head_dims)
-        for index, group in enumerate(combing.groups):
-            plain = [f"{tensor}:{dim}" for tensor, dim in group.members]
-            floors[index] = max((min_widths.get(name, 1) for name in names[index] + plain), default=1)
+        plains = [[f"{tensor}:{dim}" for tensor, dim in group.members] for group in combing.groups]
+        _check_floor_names(program, min_widths, {name for found in names + plains for name in found})
+        for index in range(len(combing.groups)):
+            floors[index] = max((min_widths.get(name, 1) for name in names[index] + plains[index]), default=1)
     if heads == "whole":
         for index in head_dims:
             floors[index] = combing.groups[index].size
     return floors if any(floor > 1 for floor in floors) else None
+
+
+def _check_floor_names(program: Program, min_widths: dict, grouped: set[str]) -> None:
+    """Every `min_widths` name is a dim of one of the model's tensors ('tensor:dim'; a group's names add the head
+    grid's ':heads' and ':head_dim'): a typo would floor nothing and say nothing. A dim no group prunes is named
+    rightly and floors nothing."""
+    tensors = [*program.module.named_parameters(), *program.module.named_buffers()]
+    known = grouped | {f"{name}:{dim}" for name, tensor in tensors for dim in range(tensor.dim())}
+    checks.names_in("remove_channels", "min_widths", min_widths, known, what="a 'tensor:dim' of this model",
+                    where=" (a parameter's or buffer's name and a dim, e.g. 'conv1.weight:0')")
 
 
 def _calibration(program: Program, batches) -> list:

@@ -323,6 +323,13 @@ def test_a_programs_name_is_kept_as_a_saved_file_reads_it_back(tmp_path, given, 
     assert Program.load(program.save(tmp_path / "named.pt2")).name == kept
 
 
+@pytest.mark.parametrize("shape", [(0, 8), (2, 0)])
+def test_an_example_input_without_elements_is_refused(shape):
+    # captured, a batch of 0 later divided by zero in channel selection and failed inside fold_batchnorm
+    with pytest.raises(CaptureError, match=f"shape {shape[0]}x{shape[1]} holds no elements"):
+        capture(torch.nn.Linear(8, 4).eval(), torch.randn(*shape))
+
+
 def test_a_blank_name_is_refused_before_anything_runs():
     with pytest.raises(CaptureError, match="name must be non-empty text"):
         capture(torch.nn.Linear(8, 4).eval(), torch.randn(2, 8), name="   ")

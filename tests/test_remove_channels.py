@@ -185,6 +185,10 @@ def test_allowed_widths_respect_step_and_max_ratio():
     ({"macs": 0.5, "keep": ["conv_one"]}, "not a node of"),
     ({"macs": 0.5, "speed": 2}, "unknown option"),
     ({"macs": 0.5, "min_widths": {"conv1.weight:0": 0}}, "min_widths must map"),
+    # a name that is no dim of the model floors nothing: refused, not ignored
+    ({"macs": 0.5, "min_widths": {"conv1.wieght:0": 16}}, "'min_widths' names 'conv1.wieght:0'.*conv1.weight:0"),
+    ({"macs": 0.5, "min_widths": {"conv1.weight:7": 16}}, "'min_widths' names 'conv1.weight:7'"),
+    ({"macs": 0.5, "min_widths": {"conv1.weight:0:heads": 16}}, "'min_widths' names 'conv1.weight:0:heads'"),
     ({"macs": 0.02}, "cannot reach macs=0.02"),
     ({"macs": 0.5, "importance": "fisher", "calibration": [(torch.randn(2, 3, 64, 64),)]}, "calibration batch"),
 ])
