@@ -812,6 +812,27 @@ def test_bad_inputs_are_refused():
         _train(program, teacher, iter(_batches(1)), steps=3)
 
 
+def _labelled(labels: torch.Tensor) -> list:
+    return [(torch.randn(BATCH, 3, 8, 8), labels)]
+
+
+@pytest.mark.parametrize("labels, said", [
+    (torch.full((BATCH,), CLASSES), f"labels must lie in \\[0, {CLASSES - 1}\\].*from {CLASSES} to {CLASSES}"),
+    (torch.full((BATCH,), -2), "labels must lie in"),
+    (torch.zeros(BATCH), "labels must be class indices .* not float32"),
+    (torch.zeros(BATCH - 1, dtype=torch.long), "do not go with logits"),
+])
+def test_labels_the_logits_cannot_score_are_refused_in_training_and_evaluation(labels, said):
+    # an IndexError from inside cross-entropy before, and on a GPU a device-side assert
+    program, teacher = _program(), _program(1)
+    before = {name: value.clone() for name, value in program.state_dict().items()}
+    with pytest.raises(TrainingError, match=said):
+        _train(program, teacher, _labelled(labels), steps=1)
+    assert all(torch.equal(value, before[name]) for name, value in program.state_dict().items())
+    with pytest.raises(TrainingError, match=said):
+        evaluate(program, _labelled(labels))
+
+
 # --- distributed -----------------------------------------------------------------------------------
 
 def _ddp_config(directory) -> dict:

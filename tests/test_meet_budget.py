@@ -169,6 +169,16 @@ def test_bad_requests_are_refused_before_anything_is_measured(mobilenet, options
         meet_budget(mobilenet[0], measurer=never, **options)
 
 
+@pytest.mark.parametrize("options, said", [
+    ({"threads": 0}, "threads must be an integer >= 1, not 0"),  # was read as the default
+    ({"threads": True}, "threads must be an integer >= 1, not True"),  # was read as 1
+    ({"runs": 2.5}, "runs must be an integer >= 1, not 2.5"),  # was a TypeError from the timing loop
+])
+def test_measurement_counts_are_refused_before_the_search(mobilenet, options, said):
+    with pytest.raises(PrunefxError, match=re.escape(said)):
+        meet_budget(mobilenet[0], speedup=2.0, **options)
+
+
 def test_the_acceptance_rule_is_one_and_depth_takes_its_fallback(graph_order):
     """The floor: a confirmed point below S x 1.05 does not meet the rule, whatever its bound. Depth moves in
     whole blocks, so it accepts the fewest blocks whose bound clears S (the rule's fallback, which width

@@ -18,7 +18,7 @@ from prunefx.graph.eval_mode import evaluating
 from prunefx.graph.input_batches import as_program_inputs
 from prunefx.graph.placement import module_device
 from prunefx.passes.training.config import TrainingError
-from prunefx.passes.training.losses import IGNORE_LABEL, in_float32, logits_of
+from prunefx.passes.training.losses import IGNORE_LABEL, check_labels, in_float32, logits_of
 
 # --- data ----------------------------------------------------------------------------------------
 
@@ -74,11 +74,13 @@ def eval_totals(model, batches: Iterable, device: torch.device) -> torch.Tensor:
     examples = model.example_inputs if isinstance(model, Program) else ()
     totals = torch.zeros(3, dtype=torch.float64, device=device)
     with evaluating(model):
-        for batch in batches:
+        for index, batch in enumerate(batches):
             inputs, labels = split_batch(batch)
             inputs = as_program_inputs(inputs, examples, device)
             labels = labels.to(device)
             logits = logits_of(module(*inputs))
+            if index == 0:
+                check_labels(tuple(logits.shape), labels)
             valid = labels != IGNORE_LABEL
             totals[0] += ((logits.argmax(1) == labels) & valid).sum()
             totals[1] += F.cross_entropy(in_float32(logits), labels, ignore_index=IGNORE_LABEL,

@@ -29,10 +29,12 @@ from prunefx.passes.training.config import DETECTION, OPTIMIZERS, FeaturePair, T
 from prunefx.passes.training.data import accuracy_summary, eval_totals, evaluate, shard_batches, split_batch
 from prunefx.passes.training.losses import (
     IGNORE_LABEL,
+    check_labels,
     detection_kd_loss,
     feature_loss,
     kd_loss,
     logits_of,
+    logits_shape,
     run_tapped,
     tap_outputs,
     task_loss,
@@ -128,6 +130,7 @@ class Trainer:
         self._placement = Placement(program, self.device, self.world_size,
                                     [pair.student for pair in config.feature_pairs], config.precision)
         self._placed = False
+        self._labels_checked = False
         self._attach(program)
 
     # --- setup -------------------------------------------------------------------------------------
@@ -228,6 +231,9 @@ class Trainer:
 
     def _train_step(self, batch) -> None:
         inputs, labels = self._on_device(batch)
+        if not self._labels_checked and self.config.task != DETECTION and labels is not None:  # once: it syncs
+            check_labels(logits_shape(self.program.output_shapes, self._student.out_spec), labels)
+            self._labels_checked = True
         teacher_output, teacher_features = (None, ())
         with autocast(self.config.precision, self.device):  # the backward pass runs in the forward's dtypes
             if self.needs_teacher:

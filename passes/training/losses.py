@@ -107,6 +107,31 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return total / (labels != IGNORE_LABEL).sum().clamp(min=1)
 
 
+def check_labels(logits: tuple[int, ...], labels: torch.Tensor) -> None:
+    """Labels logits of shape `logits` can be scored on: class indices in [0, classes) or -1, one per item (per
+    pixel for dense logits). Checked on a run's first batch: a wrong one fails inside cross-entropy as an
+    IndexError, and on a GPU as a device-side assert that leaves the process unusable."""
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TrainingError(f"labels must be class indices (an integer tensor), not {str(labels.dtype)[6:]}")
+    expected = (logits[0], *logits[2:])
+    if tuple(labels.shape) != expected:
+        raise TrainingError(f"labels of shape {tuple(labels.shape)} do not go with logits of shape "
+                            f"{tuple(logits)}: expected {expected}, a class index per item")
+    classes = logits[1]
+    if labels.numel():
+        low, high = int(labels.min()), int(labels.max())
+        if low < IGNORE_LABEL or high >= classes:
+            raise TrainingError(f"labels must lie in [0, {classes - 1}] ({IGNORE_LABEL} for none): the model scores "
+                                f"{classes} classes, the batch holds labels from {low} to {high}")
+
+
+def logits_shape(output_shapes: Sequence[tuple[int, ...]], out_spec) -> tuple[int, ...]:
+    """The shape of the logits among outputs of these shapes (nested by `out_spec`, where the graph has one),
+    found without running the model: on stand-ins that hold no data."""
+    flat = [torch.empty(shape, device="meta") for shape in output_shapes]
+    return tuple(logits_of(pytree.tree_unflatten(flat, out_spec) if out_spec is not None else flat).shape)
+
+
 def logits_of(output: Any) -> torch.Tensor:
     """The logits in a model's output: the tensor itself, the first item of a tuple or list, or the
     'out' entry (else the first value) of a dict (torchvision segmentation models return {'out': ...})."""

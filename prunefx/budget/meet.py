@@ -132,7 +132,7 @@ def _measurement(backend: str, precision: str | None, batch: int, threads: int |
     from prunefx.runtime.backends.base import Settings
     from prunefx.runtime.measure.pairs import Measurement
 
-    threads = threads or LATENCY_THREADS
+    threads = LATENCY_THREADS if threads is None else threads  # a 0 is refused, not read as the default
     if given is None:
         return Measurement.of(backend, threads=threads, runs=runs, precision=precision, trtexec=trtexec, batch=batch,
                               compile=compile)

@@ -50,9 +50,12 @@ class Measurement:
         `flush_denormals` (None: as every timing, runtime/ort/runners.timing_flushes_denormals) and `rounds` (the
         fresh processes a confirmation spreads its runs over) by ONNX Runtime. A backend that cannot measure so
         is refused now, in one line."""
+        for name, value, least in (("threads", threads, 1), ("runs", runs, 1), ("warmup", warmup, 0)):
+            _require_count(name, value, least)
         chosen = require_backend(backend, precision, trtexec, batch=batch, compile=compile)
-        if rounds < 1:
-            raise MeasurementError(f"a confirmation spreads its runs over at least 1 process, not rounds={rounds}")
+        _require_count("batch", batch, 1)  # after the backend's own refusal, which says what it measures
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise MeasurementError(f"a confirmation spreads its runs over at least 1 process, not rounds={rounds!r}")
         settings = Settings(runs=runs, warmup=warmup, precision=precision or chosen.default_precision, batch=batch,
                             threads=threads, trtexec=trtexec, cache_dir=cache_dir, compile=compile, sparse=sparse,
                             opset=opset, spinning=spinning, flush_denormals=flush_denormals, rounds=rounds)
@@ -75,6 +78,12 @@ class Measurement:
         """`(before, after) -> speed-up of after over before`: what passes that keep only what runs faster
         (merge_blocks, linearize_blocks) are handed."""
         return backends.get(self.backend, budgets=True).speedup(self.settings)
+
+
+def _require_count(name: str, value, least: int) -> None:
+    """An integer of at least `least`: a 0 is not read as a default, a 2.5 or True not as a count."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise MeasurementError(f"a latency measurement's {name} must be an integer >= {least}, not {value!r}")
 
 
 def latency_pair(backend: str, **settings) -> PairMeasurer:
