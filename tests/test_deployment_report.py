@@ -100,10 +100,23 @@ def test_nan_percentiles_become_null(tmp_path):
     ({"latency_ms": 0.0}, "latency must be a positive number"),
     ({"latency_ms": float("nan")}, "latency must be a positive number"),
     ({"accuracy": 91.0}, "accuracy is a fraction"),
+    ({"accuracy": "0.9"}, "accuracy is a fraction"),  # a TypeError from the comparison before
+    ({"latency_ms": True}, "latency must be a positive number"),  # read as 1 ms before
 ])
 def test_bad_variants(kwargs, message):
     with pytest.raises(MeasurementError, match=message):
         Variant(**{"name": "v", "accuracy": 0.5, "latency_ms": 1.0, "backend": "ort", **kwargs})
+
+
+def test_a_report_that_is_missing_or_no_report_is_said_so(tmp_path):
+    # a missing path was parsed as JSON text: a JSONDecodeError about its first character
+    with pytest.raises(MeasurementError, match="no report file .*typo.json"):
+        read_variants(str(tmp_path / "typo.json"))
+    with pytest.raises(MeasurementError, match="no report file"):
+        read_variants(tmp_path)  # a folder
+    (tmp_path / "other.json").write_text('{"runs": []}')
+    with pytest.raises(MeasurementError, match="not a deployment report .*'variants'"):
+        read_variants(tmp_path / "other.json")
 
 
 def test_empty_report_and_missing_matplotlib(tmp_path, monkeypatch):

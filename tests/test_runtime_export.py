@@ -74,6 +74,12 @@ def test_dynamo_export_matches_torch(case, request):
     assert check_parity(program, result.path, other).relative < TOLERANCE
 
 
+def test_check_parity_refuses_zero_threads_rather_than_reading_the_default(tiny):
+    program, result = tiny
+    with pytest.raises(PrunefxError, match="threads must be an integer from 1"):
+        check_parity(program, result.path, threads=0)
+
+
 @pytest.mark.parametrize("case", ["resnet18", "tiny"])
 def test_exported_file_is_checked_single_and_clean(case, request):
     _, result = request.getfixturevalue(case)

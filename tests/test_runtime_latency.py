@@ -218,6 +218,14 @@ def test_torch_runner_pins_and_restores_threads():
     assert measure_latency(runner, warmup=0, runs=1, threads=7).threads == 7  # explicit argument wins
 
 
+@pytest.mark.parametrize("threads", [0, -1, "2", True])
+def test_torch_runner_refuses_a_thread_count_it_cannot_run_on(threads):
+    # torch's own RuntimeError came only at the first timed call
+    program = capture(torch.nn.Linear(4, 2).eval(), torch.randn(1, 4))
+    with pytest.raises(PrunefxError, match="threads must be an integer from 1"):
+        torch_runner(program, threads=threads)
+
+
 def test_torch_and_onnx_runners_compare_on_a_real_model(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),

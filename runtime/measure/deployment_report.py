@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from prunefx.graph.counted import counted
+from prunefx.graph.errors import first_line, printable
 from prunefx.graph.whole_files import file_path, replaced_together, replaced_whole
 from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
 
@@ -37,10 +38,11 @@ class Variant:
     notes: str = ""
 
     def __post_init__(self):
-        if not (isinstance(self.latency_ms, (int, float)) and math.isfinite(self.latency_ms) and self.latency_ms > 0):
-            raise MeasurementError(f"variant {self.name!r}: latency must be a positive number of ms, got {self.latency_ms}")
-        if self.accuracy is not None and not 0 <= self.accuracy <= 1:
-            raise MeasurementError(f"variant {self.name!r}: accuracy is a fraction in [0, 1], got {self.accuracy}")
+        if not (_number(self.latency_ms) and math.isfinite(self.latency_ms) and self.latency_ms > 0):
+            raise MeasurementError(f"variant {self.name!r}: latency must be a positive number of ms, "
+                                   f"got {self.latency_ms!r}")
+        if self.accuracy is not None and not (_number(self.accuracy) and 0 <= self.accuracy <= 1):
+            raise MeasurementError(f"variant {self.name!r}: accuracy is a fraction in [0, 1], got {self.accuracy!r}")
 
     def to_dict(self) -> dict:
         # trtexec before 8.6 prints no p90: NaN becomes null, so the JSON stays strict
@@ -51,6 +53,11 @@ class Variant:
     def from_dict(cls, data: Mapping) -> Variant:
         known = {field.name for field in fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def _number(value) -> bool:
+    """An int or float, not a bool (True would read as 1 ms) nor text."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # ---- from a compress report ---------------------------------------------------------------------
@@ -158,10 +165,17 @@ def deployment_markdown(variants: Sequence[Variant], chart: str | None = CHART_F
 
 def read_variants(data: Mapping | str | os.PathLike) -> list[Variant]:
     """Variants from a report: a JSON file, its text, or the parsed dict (its "variants" list)."""
-    if isinstance(data, (str, os.PathLike)):
-        text = Path(data).read_text() if Path(data).is_file() else str(data)
-        data = json.loads(text)
-    return [Variant.from_dict(item) for item in data["variants"]]
+    if isinstance(data, os.PathLike) or (isinstance(data, str) and not data.lstrip().startswith("{")):
+        path = Path(data)  # a path: a missing one is said as such, not parsed as JSON text
+        if not path.is_file():
+            raise MeasurementError(f"no report file {printable(str(path))}")
+        data = path.read_text()
+    try:
+        parsed = json.loads(data) if isinstance(data, str) else data
+        return [Variant.from_dict(item) for item in parsed["variants"]]
+    except (ValueError, KeyError, TypeError) as error:
+        raise MeasurementError(f"not a deployment report (a JSON object with a 'variants' list): "
+                               f"{first_line(error)}") from error
 
 
 def write_deployment_report(variants: Iterable[Variant], output: str | os.PathLike, *, title: str = "Deployment report",

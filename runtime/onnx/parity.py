@@ -72,7 +72,7 @@ def check_parity(program: Program, onnx_path: str | os.PathLike,
     require_onnx_runtime_can_check(program)
     inputs = program.example_inputs if inputs is None else tuple(inputs)
     expected = _outputs(program, inputs)
-    session = OnnxRuntimeSession(onnx_path, threads=threads or torch.get_num_threads())
+    session = OnnxRuntimeSession(onnx_path, threads=torch.get_num_threads() if threads is None else threads)
     actual = session.run(*inputs)
     names, file_name = session.output_names, session.path.name
     del session  # its copy of the weights

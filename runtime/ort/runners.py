@@ -19,12 +19,14 @@ import numpy as np
 import torch
 
 from prunefx.graph import Program
+from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.ort.session import (
     DEFAULT_THREADS,
     OnnxRuntimeSession,
     as_array,
     check_session_file,
 )
+from prunefx.runtime.ort.threads import threads_problem
 
 
 class TorchRunner:
@@ -66,6 +68,9 @@ class OnnxRunner:
 def torch_runner(program: Program, inputs: Sequence[torch.Tensor] | None = None, *,
                  threads: int = DEFAULT_THREADS) -> TorchRunner:
     """Run `program` (its example inputs by default) in eval mode; a training Program is copied."""
+    problem = threads_problem(threads)
+    if problem is not None:  # torch's own refusal comes at the first call, in its words
+        raise MeasurementError(f"torch_runner: {problem}")
     program = program.clone().eval() if program.training else program
     return TorchRunner(program, program.example_inputs if inputs is None else inputs, threads)
 

@@ -29,7 +29,7 @@ from prunefx.runtime.onnx.bounds import check_value_sizes
 from prunefx.runtime.ort.denormals import subnormal_mode
 from prunefx.runtime.ort.interrupts import interruptible_run
 from prunefx.runtime.ort.options import cpu_session
-from prunefx.runtime.ort.threads import DEFAULT_THREADS, MAX_THREADS
+from prunefx.runtime.ort.threads import DEFAULT_THREADS, threads_problem
 
 
 class OnnxRuntimeSession:
@@ -102,8 +102,9 @@ def check_session_file(path: Path, threads: int) -> None:
 
 
 def _check_threads(threads: int) -> None:
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
-        raise OnnxSessionError(f"threads must be an integer from 1 to {MAX_THREADS}, got {threads!r}")
+    problem = threads_problem(threads)
+    if problem is not None:
+        raise OnnxSessionError(problem)
 
 
 def _load(path: Path, threads: int, spinning: bool, flush_denormals: bool = False) -> ort.InferenceSession:
