@@ -102,8 +102,7 @@ def _temporary(path: Path) -> Iterator[tuple[Path, Path]]:
     path = followed(path)
     if path.exists() and not path.is_file():  # a rename would replace a folder's entry, or a device (/dev/null)
         raise PrunefxError(f"cannot write {printable(str(path))}: it is {'a folder' if path.is_dir() else 'not a regular file'}")
-    # the folders this write makes, deepest first: up to the first that is there (its parents are too)
-    made = list(itertools.takewhile(lambda folder: not folder.exists(), (path.parent, *path.parent.parents)))
+    made = missing_folders(path.parent)
     make_folder(path.parent, writing=path)
     try:
         _remove_killed_writers(path)
@@ -119,11 +118,17 @@ def _temporary(path: Path) -> Iterator[tuple[Path, Path]]:
         finally:
             temporary.unlink(missing_ok=True)
     except BaseException:  # nothing written: the folders made for it go too, where nothing else came into them
-        _remove_empty(made)
+        remove_empty_folders(made)
         raise
 
 
-def _remove_empty(folders: Sequence[Path]) -> None:
+def missing_folders(folder: Path) -> list[Path]:
+    """`folder` and its parents that do not exist (what making it makes), deepest first: up to the first that is
+    there (its parents are too)."""
+    return list(itertools.takewhile(lambda missing: not missing.exists(), (folder, *folder.parents)))
+
+
+def remove_empty_folders(folders: Sequence[Path]) -> None:
     """Remove `folders` (deepest first) while each is empty."""
     for folder in folders:
         try:

@@ -120,7 +120,8 @@ def _onnx_inputs(path: str, input_shape: str | None) -> list[torch.Tensor]:
                            f"{len(given)} shapes")
     shapes = [_given_shape(path, arg, shape) for arg, shape in zip(arguments, given)]
     shapes += [_static_shape(path, arg, arguments, len(given)) for arg in arguments[len(given):]]
-    return [_random(shape, _dtype(path, arg)) for shape, arg in zip(shapes, arguments)]
+    generator = torch.Generator().manual_seed(0)  # its own: the same inputs every run, the caller's state left alone
+    return [_random(shape, _dtype(path, arg), generator) for shape, arg in zip(shapes, arguments)]
 
 
 def _given_shape(path: str, arg, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -169,10 +170,10 @@ _ONNX_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16,
 _FULL_RANGE = (torch.uint8, torch.int8, torch.uint16, torch.int16)
 
 
-def _random(shape, dtype: torch.dtype) -> torch.Tensor:
+def _random(shape, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
     if dtype.is_floating_point:
-        return torch.randn(shape).to(dtype)
+        return torch.randn(shape, generator=generator).to(dtype)
     if dtype in _FULL_RANGE:
         info = torch.iinfo(dtype)
-        return torch.randint(info.min, info.max + 1, tuple(shape)).to(dtype)
+        return torch.randint(info.min, info.max + 1, tuple(shape), generator=generator).to(dtype)
     return torch.zeros(shape, dtype=dtype)  # int32/int64 are indices and bool masks: 0 is valid for any table

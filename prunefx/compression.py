@@ -33,10 +33,11 @@ from prunefx.graph.launch import torchrun_launch
 from prunefx.graph.program_metadata import normalisation_record
 from prunefx.graph.rebatch import rebatch
 from prunefx.image_statistics import statistics_read
-from prunefx.injection import FirstBatches, calibrated_on, inject
+from prunefx.injection import FirstBatches, MeasurerRelease, calibrated_on, inject
 from prunefx.named_recipes import Recipe
 from prunefx.output import staged_folder
 from prunefx.output_paths import check_output_folder
+from prunefx.passes.core.result import Result
 from prunefx.passes.training.engine import evaluate
 from prunefx.reports import report_json
 from prunefx.reports.budget import BUDGET_CHART_FILE, write_budget_chart
@@ -130,9 +131,16 @@ def _compress(dense: Program, recipe: Recipe, splits: DataSplits, output: Path, 
     meter = (StageMeter(dense, lambda program: _accuracy_on(program, splits.test, splits, options.eval_batches),
                         latency=stage_latency(options), log=log)
              if options.stage_reports else None)
+    release = MeasurerRelease(pipeline)
+
+    def after_step(name: str, step: Result) -> None:
+        if meter is not None:
+            meter(name, step)
+        release.after_step()  # a budget pass's measurer: its files and GPU models go once no later pass reads it
+
     # the dense model (also the teacher) goes back even on failure; the stage rows' models leave the GPU
-    with on_device(dense, options.device) as placed, closed_after(meter):
-        result = pipeline.run(dense, after_step=meter)
+    with on_device(dense, options.device) as placed, closed_after(meter), closed_after(release):
+        result = pipeline.run(dense, after_step=after_step)
         placed.home(result.program)  # measured and written from the CPU
     seconds["pipeline"] = time.perf_counter() - clock
     for (name, step), keys in zip(result.steps, injected):

@@ -17,6 +17,7 @@ from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
 from prunefx.passes.core.pipeline import Pipeline, Step
 from prunefx.runtime.measure.pairs import Measurement
+from prunefx.runtime.measure.speedup import PairMeasurer, SpeedupOf
 
 CALIBRATION_BATCHES = 4
 
@@ -83,6 +84,33 @@ def calibrated_on(pipeline: Pipeline, splits: DataSplits) -> str | None:
     """The split `pipeline`'s calibration batches come from ("train", "val", "test"); None: no pass reads any."""
     sources = {source for step in pipeline.steps for source in injected_keys(step).values()}
     return calibration_split(splits)[0] if sources & {"calibration", "labelled_calibration"} else None
+
+
+class MeasurerRelease:
+    """Lets go of each measurer injected into `pipeline` (its exported files, its models and engines on a GPU)
+    once the last step given it is done, not at the process's exit: a budget pass's candidates are not held
+    through the distillation after it. `after_step()` after each step; `close()` releases the rest."""
+
+    def __init__(self, pipeline: Pipeline):
+        self.done = 0
+        self.last: dict[int, tuple[object, int]] = {}  # id -> (measurer, index of the last step given it)
+        for index, step in enumerate(pipeline.steps):
+            for value in step.config.values():
+                if isinstance(value, (PairMeasurer, SpeedupOf)):
+                    self.last[id(value)] = (value, index)
+
+    def after_step(self) -> None:
+        self.done += 1
+        for key, (measurer, index) in list(self.last.items()):
+            if index < self.done:
+                del self.last[key]
+                measurer.close()
+
+    def close(self) -> None:
+        measurers = [measurer for measurer, _ in self.last.values()]
+        self.last.clear()
+        for measurer in measurers:
+            measurer.close()
 
 
 def inject(pipeline: Pipeline, dense: Program, splits: DataSplits, *, data: str,

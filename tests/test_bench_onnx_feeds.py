@@ -135,3 +135,15 @@ def test_a_timing_round_names_a_shape_its_file_refuses_in_full(tmp_path):
     wrong = [np.zeros((1, 3, 4, 4), np.float32)]
     with pytest.raises(MeasurementError, match=r"'img' expects shape \(1, 3, 8, 8\), got \(1, 3, 4, 4\)"):
         onnx_side_by_side([(path, wrong), (path, wrong)], Settings(runs=2, warmup=0, threads=1, rounds=1))
+
+
+def test_a_files_inputs_are_the_same_every_run_and_leave_the_callers_random_state(tmp_path):
+    # drawn from torch's global generator before: a bench run moved its caller's random state
+    import torch
+
+    path = _integer_image(tmp_path, TensorProto.UINT8)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = _inputs(path)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert all(np.array_equal(a, b) for a, b in zip(first, _inputs(path)))

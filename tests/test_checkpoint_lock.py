@@ -87,3 +87,16 @@ def test_a_checkpoint_dir_that_cannot_hold_checkpoints_is_refused_before_trainin
     assert all(torch.equal(value, weights[name]) for name, value in program.state_dict().items())
     if kind == "file":
         assert path.read_text() == "mine"
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_none_of_the_folders_it_made(tmp_path):
+    # mkdir(parents=True) made run1/ and ckpt/: only ckpt/ was removed again
+    directory = tmp_path / "runs" / "run1" / "ckpt"
+
+    def fails(trainer, step):
+        raise RuntimeError("the user's hook failed")
+
+    config = TrainConfig(steps=2, lr=0.01, kd_weight=0.0, checkpoint_dir=directory, progress=False)
+    with pytest.raises(RuntimeError, match="hook failed"):
+        Trainer(_program(), teacher=None, data=_data(), config=config, after_step=[fails]).fit()
+    assert list(tmp_path.iterdir()) == []

@@ -332,6 +332,46 @@ def test_data_with_a_test_split_only_calibrates_on_the_images_it_scores_and_says
     assert any("calibration reads the test images it is then scored on" in line for line in lines)
 
 
+def test_a_budget_pass_lets_its_measurer_go_before_the_next_pass_runs(tmp_path, monkeypatch):
+    """The measurer compress hands a budget pass holds exported files (and on a GPU the models and engines): it is
+    closed once no later pass reads it, not kept through the passes after it (hours of distillation) until exit."""
+    from prunefx.graph.timing import Timing
+    from prunefx.named_recipes import Recipe
+    from prunefx.passes.core.pipeline import Pipeline
+    from prunefx.runtime.measure.speedup import PairMeasurer
+
+    events = []
+
+    class Held:
+        def close(self):
+            events.append("measurer closed")
+
+    def two_times_faster(**settings):  # every candidate measures 2x: the search takes its first
+        return PairMeasurer(lambda d, c: (2.0, 1.0, 0.0), lambda d, c: Timing(2.0, 1.0, 0.0), round_to=None,
+                            held=[Held()])
+
+    run_step = Pipeline._run_step
+
+    def logged_step(self, step, *args):
+        events.append(f"run {step.name}")
+        return run_step(self, step, *args)
+
+    monkeypatch.setattr(importlib.import_module("prunefx.runtime.backends.ort"), "onnx_latency_pair", two_times_faster)
+    monkeypatch.setattr(Pipeline, "_run_step", logged_step)
+    torch.manual_seed(0)
+    images, labels = torch.randn(16, 3, 8, 8), torch.arange(16) % 4
+    splits = DataSplits(tensor_batches(images, labels, 4, shuffle=True), None,
+                        tensor_batches(images, labels, 4, shuffle=False), tuple("abcd"), (3, 8, 8))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 4)).eval()
+    dense = capture(model, torch.randn(4, 3, 8, 8), name="tiny")
+    spec = {"passes": [{"prune_to_budget": {"speedup": 1.5, "round_to": 2}}, {"fold_batchnorm": {}}]}
+    compress(dense, Recipe("budget", tmp_path / "budget.yaml", spec, pipeline_from_spec(spec)), splits,
+             tmp_path / "out", data="random", options=Options(runs=3, threads=1, stage_reports=False), log=print)
+    outer = [event for event in events if event in ("run prune_to_budget", "run fold_batchnorm", "measurer closed")]
+    assert outer == ["run prune_to_budget", "measurer closed", "run fold_batchnorm"], outer
+
+
 def test_the_delivered_model_is_scored_on_the_test_split_once(tmp_path):
     """The last stage row scores the model compress delivers on the test batches; the final score reuses it
     (the test split was read once more for the same number)."""

@@ -124,6 +124,24 @@ def test_main_called_from_python_gives_the_streams_back_as_they_were(monkeypatch
     assert [stream.errors for stream in streams] == ["strict", "strict"]
 
 
+def test_only_the_command_s_own_process_sets_onnx_runtime_s_log_level(monkeypatch, capsys):
+    # the level is process-wide and has no getter: main() called from Python must leave its host's alone
+    import onnxruntime
+
+    import prunefx.cli as cli
+
+    levels = []
+    monkeypatch.setattr(onnxruntime, "set_default_logger_severity", levels.append)
+    monkeypatch.delenv("PRUNEFX_DEBUG", raising=False)
+    monkeypatch.setattr(cli, "_OWN_PROCESS", False)
+    assert main(INSPECT) == 0
+    assert levels == []
+    monkeypatch.setattr(sys, "argv", ["prunefx", *INSPECT])
+    monkeypatch.setattr(cli.gc, "freeze", lambda: None)  # the test process's objects stay collectable
+    assert cli.entry_point() == 0
+    assert levels == [3]
+
+
 def _inspect_raising(monkeypatch, error: BaseException) -> None:
     def failing(args):
         raise error

@@ -242,6 +242,20 @@ def test_the_speedup_function_for_passes_times_as_the_command_line_and_answers_a
     assert exported == ["torchscript"] * 4
 
 
+def test_the_speedup_function_lets_its_files_go_when_closed(resnet20, tmp_path, monkeypatch):
+    # it was a plain function over the pair: its exported files stayed until it was collected, with a
+    # ResourceWarning then
+    import tempfile
+
+    from prunefx.runtime import onnx_speedup
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with onnx_speedup(threads=1, runs=2, warmup=0) as measure:
+        assert measure(resnet20, resnet20.clone()) > 0
+        assert list(tmp_path.glob("prunefx-measure-*/*.onnx"))
+    assert not list(tmp_path.iterdir())
+
+
 def test_an_int8_candidate_confirmed_after_the_search_is_exported_once(resnet20, monkeypatch):
     """A fake-quantized Program's ONNX file is the INT8 lowering whichever exporter is asked for: the confirmation
     times the file the search exported (the dense model still gets its delivered dynamo file)."""

@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from prunefx.graph.whole_files import missing_folders, remove_empty_folders
 from prunefx.passes.training.config import TrainingError
 
 try:
@@ -27,12 +28,12 @@ _BUSY = {errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES}
 
 @contextlib.contextmanager
 def checkpoint_dir_held(directory: Path | None) -> Iterator[None]:
-    """`directory` locked for this run while the block runs (None: nothing to lock). A directory this created
-    and left empty (the run stopped before its first checkpoint) is removed again."""
+    """`directory` locked for this run while the block runs (None: nothing to lock). The folders this created
+    and left empty (the run stopped before its first checkpoint) are removed again, its parents made with it too."""
     if directory is None or fcntl is None:
         yield
         return
-    created = not directory.exists()
+    created = missing_folders(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -44,9 +45,7 @@ def checkpoint_dir_held(directory: Path | None) -> Iterator[None]:
         yield
     finally:
         os.close(descriptor)  # releases the lock
-        if created:
-            with contextlib.suppress(OSError):  # not empty: a checkpoint was written
-                directory.rmdir()
+        remove_empty_folders(created)  # those a checkpoint was written into stay
 
 
 def _reason(error: OSError, directory: Path) -> str:

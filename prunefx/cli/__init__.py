@@ -114,6 +114,9 @@ def _printable(word: str) -> str:
     return printable(word)
 
 
+_OWN_PROCESS = False  # whether the process is the command's (entry_point), not a Python program calling main()
+
+
 def entry_point() -> int:
     """The `prunefx` command (and `python -m prunefx`): main(), then the objects left are frozen out of the
     cyclic collector. The interpreter's last collections at exit walk every object torch, the exporters
@@ -121,6 +124,8 @@ def entry_point() -> int:
     from prunefx.data.worker_limits import raise_open_file_limit
     raise_open_file_limit()  # the process is the command's: room for data workers under a soft limit of 1024
     from prunefx.graph.debug_mode import debug_requested
+    global _OWN_PROCESS
+    _OWN_PROCESS = True  # process-wide settings are the command's to make (ONNX Runtime's log level)
     if not debug_requested():
         warnings.filterwarnings("ignore")  # also those of finalisers and exit handlers, after main() returned
     try:
@@ -167,7 +172,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         _report(f"prunefx {args.command}: error: {unspellable}")
         return EXIT_USER_ERROR
     debug = debug_requested()
-    if not debug:
+    if not debug and _OWN_PROCESS:  # main() called from Python leaves its host's ONNX Runtime log level alone
         _quiet_onnxruntime()
     # torch prints the partial graph of a model it could not capture straight to stderr, under the one line
     # (`2>&-` leaves none: nothing to filter, and a wrapper would hide that there is none)

@@ -47,13 +47,32 @@ def onnx_speedup(*, threads: int = LATENCY_THREADS, runs: int = 50, warmup: int 
     return speedup_of(onnx_latency_pair(threads=threads, runs=runs, warmup=warmup, batch=batch))
 
 
-def speedup_of(pair: LatencyPair) -> Measure:
+def speedup_of(pair: LatencyPair) -> SpeedupOf:
     """`(before, after) -> speed-up of after over before` from a latency pair's (short) reading."""
-    def measure(before: Program, after: Program) -> float:
-        before_ms, after_ms, _ = pair(before, after)
+    return SpeedupOf(pair)
+
+
+class SpeedupOf:
+    """A latency pair read as `(before, after) -> speed-up of after over before`; `close()` (or a with-block)
+    lets go of what the pair holds (its exported files, its models on a GPU), as the pair's own close does."""
+
+    def __init__(self, pair: LatencyPair):
+        self.pair = pair
+
+    def __call__(self, before: Program, after: Program) -> float:
+        before_ms, after_ms, _ = self.pair(before, after)
         return before_ms / after_ms
 
-    return measure
+    def close(self) -> None:
+        close = getattr(self.pair, "close", None)
+        if callable(close):
+            close()
+
+    def __enter__(self) -> SpeedupOf:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 class PairMeasurer:
