@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import itertools
 import os
 import re
 import secrets
 import shutil
+import socket
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from prunefx.graph.errors import PrunefxError, printable
 
-_NAME_ROOM = 200  # of 255 bytes: the dot, the process id, the random part and ".partial" take the rest
+_NAME_ROOM = 200  # of 255 bytes: the dot, the host and process id, the random part and ".partial" take the rest
 
 
 @contextlib.contextmanager
@@ -88,7 +91,7 @@ def _hard_link(target: Path) -> Path | None:
     None where there is no file, or the file system makes no hard links."""
     if not target.is_file():
         return None
-    kept = target.with_name(f".{_stem(target)}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+    kept = target.with_name(f".{_stem(target)}.{writer_tag()}-{secrets.token_hex(4)}.partial")
     try:
         os.link(target, kept)
     except OSError:
@@ -106,7 +109,7 @@ def _temporary(path: Path) -> Iterator[tuple[Path, Path]]:
     make_folder(path.parent, writing=path)
     try:
         _remove_killed_writers(path)
-        temporary = path.with_name(f".{_stem(path)}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+        temporary = path.with_name(f".{_stem(path)}.{writer_tag()}-{secrets.token_hex(4)}.partial")
         try:
             temporary.touch(exist_ok=False)  # not mkstemp: its 0600 would become the file's mode, not the user's umask
         except OSError as error:
@@ -200,14 +203,36 @@ def _remove_killed_writers(path: Path) -> None:
     """The temporary files of earlier writes of `path` whose process is gone (killed outright: SIGKILL, out of
     memory), each as large as the file, and the folders such a write made beside its temporary file (named after
     it: quantize_static_file's private copy of its source). A running writer's stay."""
-    pattern = re.compile(re.escape(f".{_stem(path)}.") + r"(\d+)-[0-9a-f]{8}\.partial(\..+)?")
+    pattern = re.compile(re.escape(f".{_stem(path)}.") + WRITER + r"-[0-9a-f]{8}\.partial(\..+)?")
     for entry in path.parent.iterdir():
         found = pattern.fullmatch(entry.name)
-        if found and not process_running(int(found.group(1))):
+        if found and writer_gone(found.group(1), int(found.group(2)), entry):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
+
+
+# This process as the names of what it writes say it: its host (a digest of the hostname) and its pid. A pid alone
+# says nothing of a writer on another host (a cache on NFS, containers sharing a mount): its live file looked stale.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+WRITER = r"(?:([0-9a-f]{8})-)?(\d+)"  # a writer tag in a name: (host, pid); names from before hosts count as this host's
+STALE_SECONDS = 24 * 3600  # another host's leftover this old is a killed writer's: no write takes a day
+
+
+def writer_tag() -> str:
+    return f"{_HOST}-{os.getpid()}"
+
+
+def writer_gone(host: str | None, pid: int, entry: Path) -> bool:
+    """Whether the writer a leftover's name tags is gone: this host's when its process has ended, another host's
+    once the leftover is a day old."""
+    if host is None or host == _HOST:
+        return not process_running(pid)
+    try:
+        return time.time() - entry.lstat().st_mtime > STALE_SECONDS
+    except OSError:  # removed meanwhile
+        return False
 
 
 def process_running(pid: int) -> bool:

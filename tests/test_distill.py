@@ -816,6 +816,14 @@ def _labelled(labels: torch.Tensor) -> list:
     return [(torch.randn(BATCH, 3, 8, 8), labels)]
 
 
+def test_class_indices_of_any_integer_type_train_and_evaluate():
+    # int32 labels (a numpy-made loader's) failed inside cross-entropy: "expected target dtype to be Long"
+    program, teacher = _program(), _program(1)
+    data = [(images, labels.to(torch.int32)) for images, labels in _batches(2)]
+    _train(program, teacher, data, steps=2)
+    assert evaluate(program, data)["count"] == 2 * BATCH
+
+
 @pytest.mark.parametrize("labels, said", [
     (torch.full((BATCH,), CLASSES), f"labels must lie in \\[0, {CLASSES - 1}\\].*from {CLASSES} to {CLASSES}"),
     (torch.full((BATCH,), -2), "labels must lie in"),

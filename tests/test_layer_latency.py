@@ -148,6 +148,19 @@ def test_a_cache_file_that_is_a_fifo_is_measured_again_not_waited_on(tmp_path):
     assert len(timer.timed) == 8
 
 
+def test_two_processes_saving_one_cache_keep_each_others_times(tmp_path):
+    # each wrote the entries it had read plus its own: the first saver's new times were lost
+    from prunefx.runtime.tables.times_cache import LatencyCache
+
+    identity = {"backend": "ort", "device": "fake CPU"}
+    first, second = LatencyCache(identity, tmp_path), LatencyCache(identity, tmp_path)  # both read an empty cache
+    first.put("conv A", 1.0)
+    second.put("conv B", 2.0)
+    first.save()
+    second.save()
+    assert LatencyCache(identity, tmp_path).entries == {"conv A": 1.0, "conv B": 2.0}
+
+
 @pytest.mark.parametrize("value", [True, -1.0, "2.0", None, 1e308])
 def test_a_cached_entry_that_is_no_time_is_measured_again(tmp_path, value):
     """JSON's `true` is a Python int: read as a time it said 1 ms; 1e308 ms made every sum of times inf."""

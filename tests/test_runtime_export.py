@@ -361,3 +361,33 @@ def test_a_model_whose_tensors_all_stay_inside_is_written_whole_when_its_weights
     exported = export_onnx(program, tmp_path / "model.onnx")
     assert [path.name for path in tmp_path.iterdir()] == ["model.onnx"]
     assert check_parity(program, exported.path).relative < TOLERANCE
+
+
+class _NoGradTail(torch.nn.Module):
+    """A convolution, then an activation in a `with torch.no_grad():` block: torch.export captures the block as a
+    graph of its own, which the outer graph's code only calls."""
+
+    def __init__(self, activation: torch.nn.Module):
+        super().__init__()
+        self.conv, self.activation = torch.nn.Conv2d(3, 4, 3), activation
+
+    def forward(self, x):
+        y = self.conv(x)
+        with torch.no_grad():
+            return self.activation(y) + 1
+
+
+def test_models_that_differ_only_inside_a_nested_graph_are_exported_apart(tmp_path):
+    # the export memo keyed them by the outer graph's code: the second file was a copy of the first
+    import onnxruntime as ort
+
+    x = torch.randn(1, 3, 8, 8)
+    programs = []
+    for activation in (torch.nn.ReLU(), torch.nn.Sigmoid()):
+        torch.manual_seed(0)  # the same weights
+        programs.append(capture(_NoGradTail(activation).eval(), x))
+    for index, program in enumerate(programs):
+        path = export_onnx(program, tmp_path / f"{index}.onnx").path
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input_0": x.numpy()})[0]
+        with torch.no_grad():
+            assert np.abs(got - program(x).numpy()).max() < 1e-5

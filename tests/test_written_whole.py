@@ -189,6 +189,22 @@ def test_a_killed_writers_temporary_file_goes_with_the_next_write_and_a_running_
     assert not killed.exists() and running.exists() and other.exists()
 
 
+def test_another_hosts_writer_is_not_taken_for_a_killed_one(tmp_path):
+    # a cache folder on NFS: another host's pid is no process here, and its live temporary file was removed
+    # mid-write; one left a day ago by a writer killed there goes
+    from prunefx.graph.whole_files import STALE_SECONDS, write_whole, writer_tag
+
+    other_host = "0" * 8 if not writer_tag().startswith("0" * 8) else "1" * 8
+    live = tmp_path / f".out.{other_host}-999999999-0123abcd.partial"
+    old = tmp_path / f".out.{other_host}-999999998-89abcdef.partial"
+    for leftover in (live, old):
+        leftover.write_bytes(b"half")
+    day_ago = os.stat(old).st_mtime - STALE_SECONDS - 60
+    os.utime(old, (day_ago, day_ago))
+    write_whole(tmp_path / "out", "whole")
+    assert live.exists() and not old.exists()
+
+
 def test_a_whole_write_reaches_the_disk_before_its_rename_and_the_rename_before_it_returns(tmp_path, monkeypatch):
     """A board that loses power after the rename keeps the new file, not an empty one: the file's data are synced
     before the rename, the folder (the rename) after it."""

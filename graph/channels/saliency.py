@@ -28,6 +28,7 @@ from prunefx.graph.channels.compensation import energy_key, lean_damped_inverse,
 from prunefx.graph.channels.groups import Combing
 from prunefx.graph.channels.labels import distinct
 from prunefx.graph.channels.obs_elimination import LayerState, eliminate
+from prunefx.graph.fingerprint import graph_code
 from prunefx.graph.heap import release_freed_memory
 from prunefx.graph.layer_hessians import iter_hessians
 from prunefx.graph.layer_inputs import InputSpec, LayerInput, layer_inputs, weight_matrix
@@ -94,7 +95,7 @@ def _fingerprint(module: torch.fx.GraphModule, combing: Combing, batches, option
     """A digest of the graph, every tensor the module holds (parameters, buffers, constants read by
     get_attr), the groups' channel classes, the batches and the `options` (damping and elimination steps)."""
     digest = hashlib.blake2b(digest_size=32)
-    digest.update(module.code.encode())
+    digest.update(graph_code(module).encode())
     digest.update(repr(options).encode())
     tensors: dict[str, torch.Tensor] = dict(module.named_parameters(remove_duplicate=False))
     tensors.update(module.named_buffers(remove_duplicate=False))

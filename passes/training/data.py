@@ -62,7 +62,13 @@ def split_batch(batch) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         raise TrainingError(f"batches must be (inputs, labels) pairs, got {type(batch).__name__}")
     inputs, labels = batch
     inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    if isinstance(labels, torch.Tensor) and labels.dtype in _NARROW_INDICES:  # what cross-entropy takes
+        labels = labels.long()
     return inputs, labels
+
+
+# class indices as a numpy-made loader gives them: cross-entropy takes int64 (or uint8) only
+_NARROW_INDICES = (torch.int32, torch.int16, torch.int8)
 
 
 # --- evaluation ----------------------------------------------------------------------------------

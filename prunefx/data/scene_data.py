@@ -29,7 +29,7 @@ from prunefx.data.scene_files import write_scenes
 from prunefx.data.splits import DETECTION, SEGMENTATION, DataSplits, split_train_validation
 from prunefx.graph.cache_folder import cache_root
 from prunefx.graph.errors import PrunefxError, first_line
-from prunefx.graph.whole_files import process_running
+from prunefx.graph.whole_files import WRITER, writer_gone, writer_tag
 
 _LAYOUT = {SEGMENTATION: MASKS, DETECTION: COCO}
 _VERSION = 2  # of the written layout: bump when scene_files.py writes something else
@@ -106,16 +106,17 @@ def _intact(folder: Path) -> bool:
 
 def _staging_prefix(folder: Path) -> str:
     """The start of the name of a folder this process writes beside `folder` (staging it, or setting it aside)."""
-    return f".{folder.name}-{os.getpid()}-"
+    return f".{folder.name}-{writer_tag()}-"
 
 
 def _remove_killed_writers(folder: Path) -> None:
     """The staging and set-aside folders of earlier runs whose process is gone (killed outright), each as large as
     the scenes: a running writer's stay."""
-    pattern = re.compile(re.escape(f".{folder.name}-") + r"(\d+)-.+")
+    pattern = re.compile(re.escape(f".{folder.name}-") + WRITER + "-.+")
     for entry in folder.parent.iterdir():
         found = pattern.fullmatch(entry.name)
-        if found and entry.is_dir() and not entry.is_symlink() and not process_running(int(found.group(1))):
+        if (found and entry.is_dir() and not entry.is_symlink()
+                and writer_gone(found.group(1), int(found.group(2)), entry)):
             shutil.rmtree(entry, ignore_errors=True)
 
 

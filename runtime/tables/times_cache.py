@@ -5,17 +5,25 @@ where and how it ran: the backend, the device (a CPU model string, a GPU's name)
 timer's settings (library version, threads). The file is named after the sha256 of that identity and
 holds the identity itself and geometry -> ms, so that a second build on the same device measures nothing
 and another device, precision or thread count never reads these times. Writes go to a temporary file
-that replaces the cache in one step; a cache that cannot be read is measured again (it is only a cache).
+that replaces the cache in one step, merged under a lock with what other processes saved meanwhile; a cache that
+cannot be read is measured again (it is only a cache).
 Folder: `cache_dir`, default $PRUNEFX_CACHE_DIR/latency, else ~/.cache/prunefx/latency.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: saves are not serialised
+    fcntl = None  # type: ignore[assignment]
 
 from prunefx.graph.cache_folder import cache_root
 from prunefx.graph.errors import PrunefxError
@@ -64,5 +72,28 @@ class LatencyCache:
         self.entries[geometry] = float(ms)
 
     def save(self) -> None:
-        write_whole(self.path, json.dumps({"identity": self.identity, "entries": self.entries}, indent=0,
-                                          sort_keys=True))
+        """Write the entries over what the file holds by now: another process timing on the same device may have
+        saved since this cache was read, and its entries are kept (this one's win where both timed a layer)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(self.path.with_name(f"{self.path.name}.lock")):
+            self.entries = {**self._load(), **self.entries}
+            write_whole(self.path, json.dumps({"identity": self.identity, "entries": self.entries}, indent=0,
+                                              sort_keys=True))
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An advisory lock on `path` (made if missing) held in the block: savers of one cache take turns. Where the
+    file system cannot lock (some network mounts) or there is no flock, the block runs unlocked: only a cache."""
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        if fcntl is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
