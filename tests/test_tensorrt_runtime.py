@@ -669,3 +669,22 @@ def test_engine_buffers_take_torch_s_type_for_every_tensorrt_type_it_has_and_ref
         assert tensorrt_engine.torch_dtype(trt, f"DataType.{name}", "x", tmp_path) is dtype
     with pytest.raises(DeviceToolError, match="tensor x is of TensorRT type DataType.INT4"):
         tensorrt_engine.torch_dtype(trt, "DataType.INT4", "x", tmp_path)
+
+
+def test_the_engine_cache_keeps_the_engines_used_last_within_its_limit(tmp_path):
+    # every candidate of a budget search left a full engine (and an fp16 copy of its file) in the cache for good
+    import os
+
+    from prunefx.runtime.tensorrt.engine_cache import trim_engine_cache
+
+    keys = [f"{index:064x}" for index in range(4)]
+    for age, key in enumerate(reversed(keys)):  # keys[0] used last, keys[3] first
+        for suffix in (".engine", ".json", ".fp16.onnx"):
+            (tmp_path / f"{key}{suffix}").write_bytes(b"x" * 100)
+            os.utime(tmp_path / f"{key}{suffix}", (1000 + age, 1000 + age))
+    timing = tmp_path / f"timing-{'f' * 64}.cache"
+    timing.write_bytes(b"x" * 1000)
+    removed = trim_engine_cache(tmp_path, keep=keys[3], limit=700)  # room for two engines of 300 bytes
+    assert removed == [keys[2], keys[1]]  # the least recent after the one just built, which stays
+    assert sorted({path.name[:64] for path in tmp_path.glob("*.engine")}) == sorted([keys[0], keys[3]])
+    assert timing.exists() and not list(tmp_path.glob(f"{keys[1]}*"))

@@ -12,6 +12,7 @@ runtime/measure/gpu_latency.py.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -30,6 +31,7 @@ from prunefx.runtime.tensorrt.engine_cache import (
     default_cache_dir,
     engine_file_key,
     timing_cache_key,
+    trim_engine_cache,
 )
 from prunefx.runtime.tensorrt.plan import (
     BuildOptions,
@@ -121,6 +123,8 @@ def build_engine(onnx_path: str | os.PathLike, options: BuildOptions = FP32, *,
     if engine_file.is_file():
         cached = _cached_engine(engine_file, options)
         if cached is not None:
+            with contextlib.suppress(OSError):  # used now: the cache's trimming removes the least recent first
+                os.utime(engine_file)
             return cached
     started = time.perf_counter()
     cache.mkdir(parents=True, exist_ok=True)
@@ -136,6 +140,10 @@ def build_engine(onnx_path: str | os.PathLike, options: BuildOptions = FP32, *,
                                                   "tensorrt": trt.__version__, "gpu": gpu, "build_seconds": seconds}))
     if log:
         log(f"built TensorRT engine {engine_file.name[:12]}... in {seconds:.1f} s ({_describe(plan)})")
+    try:
+        trim_engine_cache(cache, keep=key)
+    except OSError as error:  # only a cache: the engine just built is good
+        logger.warning("could not trim the TensorRT engine cache %s (%s)", cache, error)
     return Engine.load(engine_file, options, cached=False)
 
 

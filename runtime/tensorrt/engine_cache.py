@@ -6,12 +6,16 @@ plan's rules): any change to the model, its weights, the precision, the sparsity
 TensorRT, the GPU or how plan.py builds a file makes a new key; nothing else does. The timing cache (per-tactic
 timings the builder measures) is keyed by TensorRT version and GPU name only: timings of a kernel on a shape do
 not depend on which model asked for them, so every build on this GPU shares it and later builds are faster. Folder: $PRUNEFX_CACHE_DIR/tensorrt, default ~/.cache/prunefx.
+A budget search builds an engine per candidate, each a new key never met again: the folder keeps the engines used
+last, up to MAX_CACHE_BYTES (trim_engine_cache).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,3 +68,31 @@ def calibration_digest(batches: Sequence[Sequence[torch.Tensor]]) -> str:
 
 def default_cache_dir() -> Path:
     return cache_root() / "tensorrt"
+
+
+MAX_CACHE_BYTES = 20 << 30  # engines and the files built beside them: a few hundred ResNet-50 engines
+_KEYED = re.compile(r"([0-9a-f]{64})\..+")  # <key>.engine, .json, .fp16.onnx, .qdq.onnx (not the timing caches)
+
+
+def trim_engine_cache(folder: Path, keep: str, limit: int = MAX_CACHE_BYTES) -> list[str]:
+    """Remove the engines used least recently (each key's files together; an engine is used when built or loaded,
+    which touches it) until the folder's engines take at most `limit` bytes; the engine `keep` stays. The removed
+    keys."""
+    files: dict[str, list[Path]] = defaultdict(list)
+    for entry in folder.iterdir():
+        found = _KEYED.fullmatch(entry.name)
+        if found and entry.is_file() and not entry.is_symlink():
+            files[found.group(1)].append(entry)
+    stats = {key: [path.stat() for path in paths] for key, paths in files.items()}
+    total = sum(stat.st_size for found in stats.values() for stat in found)
+    removed = []
+    for key in sorted(stats, key=lambda k: max(stat.st_mtime for stat in stats[k])):  # the least recent first
+        if total <= limit:
+            break
+        if key == keep:
+            continue
+        for path in files[key]:
+            path.unlink(missing_ok=True)
+        total -= sum(stat.st_size for stat in stats[key])
+        removed.append(key)
+    return removed
