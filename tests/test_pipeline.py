@@ -68,6 +68,32 @@ def test_exactness_promise_is_checked_numerically():
         Pipeline([claims_exact_but_is_not]).run(_program())
 
 
+def _randomised_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Batch norms far from the identity, or a fold that forgot one would go unseen."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                for tensor in (module.weight, module.bias, module.running_mean):
+                    tensor.copy_(torch.randn(tensor.shape, generator=generator))
+                module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=generator))
+    return model.eval()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_an_exact_pass_on_a_half_precision_program_is_checked_to_its_rounding(dtype):
+    # the float32 tolerance (1e-4 of the outputs) refused every fold of a float16 or bfloat16 Program, blaming the
+    # pass; a pass that is wrong is still refused
+    import torchvision
+
+    model = _randomised_norms(torchvision.models.resnet18(num_classes=10)).to(dtype)
+    program = capture(model, torch.randn(1, 3, 32, 32, dtype=dtype))
+    assert Pipeline([fold_batchnorm]).run(program).stats()["fold_batchnorm"]["folded"] == 20
+    with pytest.raises(PipelineError, match="promised an exact rewrite"):
+        Pipeline([claims_exact_but_is_not]).run(capture(_program().module.to(dtype), torch.randn(1, 3, 8, 8,
+                                                                                                  dtype=dtype)))
+
+
 @graph_pass(config=None, in_place=True)
 def triples_the_weights(program, /, *, config=None):
     program.module.state_dict()["0.weight"].mul_(3)
