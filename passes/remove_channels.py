@@ -155,7 +155,10 @@ def _check_floor_names(program: Program, min_widths: dict, grouped: set[str]) ->
     grid's ':heads' and ':head_dim'): a typo would floor nothing and say nothing. A dim no group prunes is named
     rightly and floors nothing."""
     tensors = [*program.module.named_parameters(), *program.module.named_buffers()]
-    known = grouped | {f"{name}:{dim}" for name, tensor in tensors for dim in range(tensor.dim())}
+    plain = {f"{name}:{dim}" for name, tensor in tensors for dim in range(tensor.dim())}
+    # a head grid's factor stays a valid name once its heads are down to one (no grid any more): prune_while_training
+    # hands every cut the floors it named on the dense model
+    known = grouped | plain | {f"{name}:{factor}" for name in plain for factor in ("heads", "head_dim")}
     checks.names_in("remove_channels", "min_widths", min_widths, known, what="a 'tensor:dim' of this model",
                     where=" (a parameter's or buffer's name and a dim, e.g. 'conv1.weight:0')")
 

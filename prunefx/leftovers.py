@@ -1,22 +1,23 @@
-"""The hidden folders a run keeps beside its destination (`.NAME.KIND-PID-RANDOM`: its staging folder, a
+"""The hidden folders a run keeps beside its destination (`.NAME.KIND-HOST-PID-RANDOM`: its staging folder, a
 previous output moved aside), named for the process that made them, and the clearing of those a killed
-run left behind."""
+run left behind (on a folder shared between hosts, another host's only once a day old: graph/whole_files.py)."""
 
 from __future__ import annotations
 
 import glob
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
 
-from prunefx.graph.whole_files import process_running
+from prunefx.graph.whole_files import WRITER, writer_gone, writer_tag
 
 
 def sibling(destination: Path, kind: str) -> Path:
-    """A hidden name beside `destination` that says whose it is: `.NAME.KIND-PID-RANDOM`."""
+    """A hidden name beside `destination` that says whose it is: `.NAME.KIND-HOST-PID-RANDOM`."""
     destination = Path(os.path.abspath(destination))
-    return destination.parent / f".{destination.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+    return destination.parent / f".{destination.name}.{kind}-{writer_tag()}-{secrets.token_hex(4)}"
 
 
 def clear_stale(destination: Path) -> None:
@@ -27,8 +28,9 @@ def clear_stale(destination: Path) -> None:
     if not folder.is_dir():
         return
     for kind in ("partial", "old"):
-        for stale in sorted(folder.glob(f".{glob.escape(destination.name)}.{kind}-*")):
-            if _owner_alive(stale.name):
+        prefix = f".{destination.name}.{kind}-"
+        for stale in sorted(folder.glob(f"{glob.escape(prefix)}*")):
+            if _owner_alive(stale, stale.name[len(prefix):]):
                 continue
             if kind == "old" and not destination.exists() and not destination.is_symlink():
                 os.rename(stale, destination)  # killed between the two renames: the previous output returns
@@ -36,10 +38,8 @@ def clear_stale(destination: Path) -> None:
                 shutil.rmtree(stale, ignore_errors=True)
 
 
-def _owner_alive(name: str) -> bool:
-    """Whether the process that made `.NAME.KIND-PID-RANDOM` still runs (a name without a pid: no)."""
-    try:
-        pid = int(name.rsplit("-", 2)[-2])
-    except (ValueError, IndexError):
-        return False
-    return pid == os.getpid() or process_running(pid)
+def _owner_alive(stale: Path, tag: str) -> bool:
+    """Whether the writer that made `stale`, named `...-TAG` (HOST-PID-RANDOM, or PID-RANDOM from before hosts),
+    may still be writing it (a name without a pid: no)."""
+    found = re.fullmatch(WRITER + r"-[0-9a-f]{8}", tag)
+    return found is not None and not writer_gone(found.group(1), int(found.group(2)), stale)

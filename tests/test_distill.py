@@ -824,6 +824,25 @@ def test_class_indices_of_any_integer_type_train_and_evaluate():
     assert evaluate(program, data)["count"] == 2 * BATCH
 
 
+class _AlsoANumber(nn.Module):
+    """Logits and the batch size: its output's spec holds a leaf that no tensor shape stands for."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3 * 8 * 8, CLASSES)
+
+    def forward(self, x):
+        return self.linear(x.flatten(1)), x.shape[0]
+
+
+def test_labels_are_checked_on_a_model_that_also_returns_a_number():
+    # the check rebuilt the outputs from their shapes before the forward: a ValueError at the first step
+    program = capture(_AlsoANumber().eval(), torch.randn(BATCH, 3, 8, 8))
+    _train(program, None, _batches(2), steps=2, kd_weight=0.0)
+    with pytest.raises(TrainingError, match="labels must lie in"):
+        _train(program, None, _labelled(torch.full((BATCH,), CLASSES)), steps=1, kd_weight=0.0)
+
+
 @pytest.mark.parametrize("labels, said", [
     (torch.full((BATCH,), CLASSES), f"labels must lie in \\[0, {CLASSES - 1}\\].*from {CLASSES} to {CLASSES}"),
     (torch.full((BATCH,), -2), "labels must lie in"),

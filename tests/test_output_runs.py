@@ -250,3 +250,20 @@ def test_a_holding_handler_left_behind_acts_as_the_one_it_stood_for(python_ctrl_
     with pytest.raises(KeyboardInterrupt):
         holding(signal.SIGINT, None)
 
+
+
+def test_another_hosts_staging_folder_is_left_until_a_day_old(tmp_path):
+    # an output folder shared between hosts: a pid says nothing of another host's run, whose live staging
+    # folder was removed as a killed run's
+    from prunefx.graph.whole_files import STALE_SECONDS, writer_tag
+    from prunefx.leftovers import clear_stale
+
+    other_host = "0" * 8 if not writer_tag().startswith("0" * 8) else "1" * 8
+    live = tmp_path / f".out.partial-{other_host}-999999999-0123abcd"
+    old = tmp_path / f".out.partial-{other_host}-999999998-89abcdef"
+    for folder in (live, old):
+        folder.mkdir()
+    day_ago = os.stat(old).st_mtime - STALE_SECONDS - 60
+    os.utime(old, (day_ago, day_ago))
+    clear_stale(tmp_path / "out")
+    assert live.exists() and not old.exists()

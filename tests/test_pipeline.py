@@ -80,6 +80,11 @@ def _randomised_norms(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
+class _ToFloat32(torch.nn.Module):
+    def forward(self, x):
+        return x.float()
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_an_exact_pass_on_a_half_precision_program_is_checked_to_its_rounding(dtype):
     # the float32 tolerance (1e-4 of the outputs) refused every fold of a float16 or bfloat16 Program, blaming the
@@ -89,6 +94,9 @@ def test_an_exact_pass_on_a_half_precision_program_is_checked_to_its_rounding(dt
     model = _randomised_norms(torchvision.models.resnet18(num_classes=10)).to(dtype)
     program = capture(model, torch.randn(1, 3, 32, 32, dtype=dtype))
     assert Pipeline([fold_batchnorm]).run(program).stats()["fold_batchnorm"]["folded"] == 20
+    # the same with its outputs cast to float32 at the end: the rounding happened before the cast
+    widened = capture(torch.nn.Sequential(model, _ToFloat32()), torch.randn(1, 3, 32, 32, dtype=dtype))
+    assert Pipeline([fold_batchnorm]).run(widened).stats()["fold_batchnorm"]["folded"] == 20
     with pytest.raises(PipelineError, match="promised an exact rewrite"):
         Pipeline([claims_exact_but_is_not]).run(capture(_program().module.to(dtype), torch.randn(1, 3, 8, 8,
                                                                                                   dtype=dtype)))

@@ -114,6 +114,15 @@ def test_the_pass_runs_from_a_pipeline_by_name(resnet18):
     assert outcome.stats()["remove_channels"]["target"]["met"]
 
 
+def test_a_head_grid_floor_stays_a_valid_name_once_the_grid_is_gone(resnet18):
+    # prune_while_training names its floors on the dense model: a ':heads' floor must not fail a later cut whose
+    # attention is down to one head (no grid any more); on a plain dim it floors nothing
+    config = {"macs": 0.5, "round_to": 8, "strict": False}
+    plain = remove_channels(resnet18.clone(), config=config).program
+    named = remove_channels(resnet18.clone(), config={**config, "min_widths": {"conv1.weight:0:heads": 64}}).program
+    assert [tuple(t.shape) for t in named.state_dict().values()] == [tuple(t.shape) for t in plain.state_dict().values()]
+
+
 @pytest.mark.parametrize("criterion", ["l1", "l2", "bn", "taylor", "fisher"])
 def test_a_channel_with_zero_weights_scores_lowest(criterion):
     program = _resnet18()
@@ -188,7 +197,7 @@ def test_allowed_widths_respect_step_and_max_ratio():
     # a name that is no dim of the model floors nothing: refused, not ignored
     ({"macs": 0.5, "min_widths": {"conv1.wieght:0": 16}}, "'min_widths' names 'conv1.wieght:0'.*conv1.weight:0"),
     ({"macs": 0.5, "min_widths": {"conv1.weight:7": 16}}, "'min_widths' names 'conv1.weight:7'"),
-    ({"macs": 0.5, "min_widths": {"conv1.weight:0:heads": 16}}, "'min_widths' names 'conv1.weight:0:heads'"),
+    ({"macs": 0.5, "min_widths": {"conv1.weight:0:head": 16}}, "'min_widths' names 'conv1.weight:0:head'"),
     ({"macs": 0.02}, "cannot reach macs=0.02"),
     ({"macs": 0.5, "importance": "fisher", "calibration": [(torch.randn(2, 3, 64, 64),)]}, "calibration batch"),
 ])

@@ -106,11 +106,13 @@ def _outputs(program: Program) -> list[torch.Tensor]:
         return [t for t in pytree.tree_leaves(program.run_example()) if isinstance(t, torch.Tensor)]
 
 
-def exactness_tolerance(outputs: list[torch.Tensor]) -> float:
-    """How far an exact rewrite may move outputs like these (relative): EXACTNESS_TOLERANCE, or HALF_ROUNDINGS of
-    the epsilon of the least precise floating output where that is larger."""
-    epsilons = [torch.finfo(t.dtype).eps for t in outputs if t.is_floating_point()]
-    return max([EXACTNESS_TOLERANCE, *(HALF_ROUNDINGS * eps for eps in epsilons)])
+def exactness_tolerance(outputs: list[torch.Tensor], program: Program) -> float:
+    """How far an exact rewrite of `program` may move outputs like these (relative): EXACTNESS_TOLERANCE, or
+    HALF_ROUNDINGS of the epsilon of the least precise floating weight or output where that is larger (a half
+    precision Program whose last step casts to float32 still rounds in half before it)."""
+    tensors = [*outputs, *program.module.parameters(), *program.module.buffers()]
+    dtypes = {t.dtype for t in tensors if t.is_floating_point()}
+    return max([EXACTNESS_TOLERANCE, *(HALF_ROUNDINGS * torch.finfo(dtype).eps for dtype in dtypes)])
 
 
 def _largest_relative_error(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
@@ -263,7 +265,7 @@ class Pipeline:
             outputs = verified_outputs(result.program, reexport=self.verify == "full" and not self.inner)
         if reference is not None and result.modified:
             outputs = _outputs(result.program) if outputs is None else outputs
-            error, tolerance = _largest_relative_error(reference, outputs), exactness_tolerance(reference)
+            error, tolerance = _largest_relative_error(reference, outputs), exactness_tolerance(reference, result.program)
             if error > tolerance:
                 raise PrunefxError(f"promised an exact rewrite but outputs moved by {error:.2e} (relative; "
                                    f"rounding allows {tolerance:.0e})")

@@ -231,15 +231,21 @@ class Trainer:
 
     def _train_step(self, batch) -> None:
         inputs, labels = self._on_device(batch)
-        if not self._labels_checked and self.config.task != DETECTION and labels is not None:  # once: it syncs
-            check_labels(logits_shape(self.program.output_shapes, self._student.out_spec), labels)
-            self._labels_checked = True
+        checking = not self._labels_checked and self.config.task != DETECTION and labels is not None  # once: it syncs
+        if checking:  # before the forward, which would move the batch norms' statistics of a refused run
+            shape = logits_shape(self.program.output_shapes, self._student.out_spec)
+            if shape is not None:
+                check_labels(shape, labels)
+                self._labels_checked = True
         teacher_output, teacher_features = (None, ())
         with autocast(self.config.precision, self.device):  # the backward pass runs in the forward's dtypes
             if self.needs_teacher:
                 with torch.no_grad():
                     teacher_output, teacher_features = self._teacher(inputs)
             output, features = run_tapped(self._model, self._student.out_spec, inputs)
+            if checking and not self._labels_checked:  # outputs the shapes could not stand for (an int among them)
+                check_labels(tuple(logits_of(output).shape), labels)
+                self._labels_checked = True
             losses = total_losses(self.config, output, features, teacher_output, teacher_features, labels)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()

@@ -125,11 +125,15 @@ def check_labels(logits: tuple[int, ...], labels: torch.Tensor) -> None:
                                 f"{classes} classes, the batch holds labels from {low} to {high}")
 
 
-def logits_shape(output_shapes: Sequence[tuple[int, ...]], out_spec) -> tuple[int, ...]:
+def logits_shape(output_shapes: Sequence[tuple[int, ...]], out_spec) -> tuple[int, ...] | None:
     """The shape of the logits among outputs of these shapes (nested by `out_spec`, where the graph has one),
-    found without running the model: on stand-ins that hold no data."""
+    found without running the model, on stand-ins that hold no data; None where the tensors' shapes alone cannot
+    stand for the outputs (a model that also returns a number)."""
     flat = [torch.empty(shape, device="meta") for shape in output_shapes]
-    return tuple(logits_of(pytree.tree_unflatten(flat, out_spec) if out_spec is not None else flat).shape)
+    try:
+        return tuple(logits_of(pytree.tree_unflatten(flat, out_spec) if out_spec is not None else flat).shape)
+    except (ValueError, TypeError, IndexError, KeyError, TrainingError):
+        return None
 
 
 def logits_of(output: Any) -> torch.Tensor:

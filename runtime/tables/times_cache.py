@@ -49,18 +49,22 @@ class LatencyCache:
         self.path = self.path / name
         self.entries = self._load()
 
-    def _load(self) -> dict[str, float]:
+    def _load(self, *, saving: bool = False) -> dict[str, float]:
+        """The file's entries; a file that cannot be read or is another timer's gives none, said unless `saving`
+        (the save then replaces it)."""
         if not self.path.exists():
             return {}
         try:  # a regular file only: a FIFO put there would hang the read
             record = json.loads(read_regular_file(self.path, "latency cache"))
         except (OSError, ValueError, RecursionError, PrunefxError) as error:
-            log.warning("latency cache %s is unreadable (%s); its layers are measured again", self.path, error)
+            if not saving:
+                log.warning("latency cache %s is unreadable (%s); its layers are measured again", self.path, error)
             return {}
         entries = record.get("entries") if isinstance(record, dict) else None
         if not isinstance(entries, dict) or record.get("identity") != self.identity:
-            log.warning("latency cache %s belongs to another device or timer; its layers are measured again",
-                        self.path)
+            if not saving:
+                log.warning("latency cache %s belongs to another device or timer; its layers are measured again",
+                            self.path)
             return {}
         return {str(key): float(value) for key, value in entries.items()
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < _MAX_MS}
@@ -76,7 +80,7 @@ class LatencyCache:
         saved since this cache was read, and its entries are kept (this one's win where both timed a layer)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _locked(self.path.with_name(f"{self.path.name}.lock")):
-            self.entries = {**self._load(), **self.entries}
+            self.entries = {**self._load(saving=True), **self.entries}
             write_whole(self.path, json.dumps({"identity": self.identity, "entries": self.entries}, indent=0,
                                               sort_keys=True))
 

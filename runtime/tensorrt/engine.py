@@ -176,6 +176,8 @@ def _cached_engine(engine_file: Path, options: BuildOptions) -> Engine | None:
     of that key for good."""
     try:
         return Engine.load(engine_file, options, cached=True)
+    except FileNotFoundError:  # trimmed by another process's build since it was found: built again
+        return None
     except DeviceToolError as error:
         engine_file.unlink(missing_ok=True)
         logger.warning("cached TensorRT engine %s did not load (%s); it is built again", engine_file, error)
