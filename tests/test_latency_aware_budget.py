@@ -138,6 +138,23 @@ def test_without_a_choice_a_cuda_budget_times_a_table_and_an_ort_budget_steers_b
     assert asked.search["searched"] != "layer_time"
 
 
+def test_a_depth_only_search_on_cuda_times_no_table_it_would_not_read(timer, tmp_path):
+    """cuda's channel choice is latency, but the depth route never reads the per-layer table: it was timed all
+    the same (every prunable layer at several widths on the GPU) and named in the report as part of the measurement."""
+    class ByMacs(StandIn):
+        def __call__(self, dense, candidate):
+            return Timing(5 + 5 * count(dense).macs / macs, 5 + 5 * count(candidate).macs / macs, 0.0)
+
+    torch.manual_seed(0)
+    program = capture(build_model("prunefx:mobilenetv2_small").module.eval(), torch.randn(1, 1, 28, 28)).eval()
+    macs = count(program).macs
+    calibration = [torch.randn(1, 1, 28, 28) for _ in range(4)]
+    chosen, outcome = meet_budget(program, speedup=1.1, backend="cuda", measurer=ByMacs(), calibration=calibration,
+                                  routes=("depth",), latency_cache=str(tmp_path), tolerance=0.5)
+    assert outcome.route == "depth" and count(chosen).macs < macs
+    assert timer.calls == 0 and "latency_table" not in outcome.budget_entry().get("measurement", {})
+
+
 def test_an_unknown_choice_is_refused_in_one_line(resnet):
     with pytest.raises(PrunefxError, match="choose_by is one of macs, latency"):
         meet_budget(resnet, speedup=1.5, measurer=StandIn(), choose_by="flops")

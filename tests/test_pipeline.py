@@ -133,6 +133,32 @@ def test_each_verified_pass_runs_the_model_once(monkeypatch):
     assert len(runs) == 1 + 3
 
 
+def test_a_pass_that_is_not_checked_for_exactness_runs_with_no_stale_reference_held(monkeypatch):
+    """The outputs a check ran are kept as the next exact pass's reference only: a training pass after an exact one
+    ran with them held (on a GPU, a segmentation model's outputs at its batch: hundreds of MB, for nothing)."""
+    import gc
+    import weakref
+
+    from prunefx.passes.core import pipeline
+
+    ran, alive_during = [], []
+    verified_outputs = pipeline.verified_outputs
+
+    def tracked(*args, **kwargs):
+        outputs = verified_outputs(*args, **kwargs)
+        ran.extend(weakref.ref(tensor) for tensor in outputs or [])
+        return outputs
+
+    def looks(program, /, *, config=None):  # not exact: its check needs no reference
+        gc.collect()
+        alive_during.append(sum(ref() is not None for ref in ran))
+        return Result(program, modified=False)
+
+    monkeypatch.setattr(pipeline, "verified_outputs", tracked)
+    Pipeline([fold_batchnorm, looks]).run(_program())
+    assert ran and alive_during == [0]
+
+
 def test_the_exactness_check_runs_the_model_in_full_float32_and_leaves_the_process_s_setting(monkeypatch):
     """On a GPU, cuDNN's default TF32 moves a convolution's output by about 1e-3: a folded batch norm (its weights
     rounded otherwise than the unfolded ones) read as an inexact rewrite outside `on_device`. Both runs the check

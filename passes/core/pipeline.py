@@ -214,6 +214,8 @@ class Pipeline:
         outputs = None  # the outputs of `program` where the last check ran it: the next exact pass's reference
         for step, parsed in zip(bar_or_lines(self.progress, make=tqdm, iterable=self.steps, desc="passes", unit="pass"),
                                 self._configs):
+            if not self._checks_exactness(step, program):  # a training step's GPU memory is not for a stale reference
+                outputs = None
             result, outputs = self._run_step(step, parsed, program, [name for name, _ in done], outputs)
             log.log(logging.DEBUG if self.inner else logging.INFO, "pass %s: modified=%s", step.name, result.modified)
             done.append((step.name, result))
@@ -228,8 +230,8 @@ class Pipeline:
         `outputs`: `program`'s outputs on its example inputs if known. Returns the result and its Program's
         outputs where the check ran it."""
         contract = step.function.contract
-        check_exact = self.verify == "full" and contract.exact and not program.training
-        reference = (_outputs(program) if outputs is None else outputs) if check_exact else None
+        reference = (_outputs(program) if outputs is None else outputs) if self._checks_exactness(step, program) else None
+        del outputs
         analysis = analysis_snapshot(program)
         level = _ENCLOSING_LEVEL.set(self.verify)
         try:
@@ -248,6 +250,9 @@ class Pipeline:
             return result, self._check(result, reference)
         except Exception as error:
             raise self._failure(step, error, ran_before) from error
+
+    def _checks_exactness(self, step: Step, program: Program) -> bool:
+        return self.verify == "full" and step.function.contract.exact and not program.training
 
     def _failure(self, step: Step, error: BaseException, ran_before: list[str], *,
                  failed: str | None = None) -> PipelineError:

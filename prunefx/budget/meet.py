@@ -92,7 +92,8 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
             measurer = owned.enter_context(closed_after(measurement.pair()))
         width = dict(width or {})
         choose_by = choose_by or _channel_choice(measurement.backend)
-        if choose_by == "latency":  # timed on the GPU the search measures on: cuda:N current, as on_device makes it
+        # the table steers the width routes only: a depth-only search would time every layer for nothing
+        if choose_by == "latency" and order != ("depth",):  # timed on the GPU the search measures on: cuda:N current
             with current_gpu(device if device is not None else module_device(program.module)):
                 width["latency_table"] = latency_table(program, measurement=measurement, cache_dir=latency_cache,
                                                        multiple=table_multiple(width.get("round_to"), measurer))
