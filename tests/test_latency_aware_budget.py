@@ -48,6 +48,23 @@ class StandIn:
         return self(dense, candidate)
 
 
+class ByMacs(StandIn):
+    """A runtime whose time is 5 ms fixed and 5 ms for the dense MACs `macs`, in proportion."""
+
+    def __init__(self, macs: int):
+        self.macs = macs
+
+    def __call__(self, dense, candidate):
+        return Timing(5 + 5 * count(dense).macs / self.macs, 5 + 5 * count(candidate).macs / self.macs, 0.0)
+
+
+def small_mobilenet():
+    """A captured MobileNetV2 for 28 x 28 images and four calibration batches."""
+    torch.manual_seed(0)
+    program = capture(build_model("prunefx:mobilenetv2_small").module.eval(), torch.randn(1, 1, 28, 28)).eval()
+    return program, [torch.randn(1, 1, 28, 28) for _ in range(4)]
+
+
 class FakeLayerTimer:
     backend, device, precision, settings = "fake", "test device", "fp32", "stand-in"
 
@@ -141,15 +158,9 @@ def test_without_a_choice_a_cuda_budget_times_a_table_and_an_ort_budget_steers_b
 def test_a_depth_only_search_on_cuda_times_no_table_it_would_not_read(timer, tmp_path):
     """cuda's channel choice is latency, but the depth route never reads the per-layer table: it was timed all
     the same (every prunable layer at several widths on the GPU) and named in the report as part of the measurement."""
-    class ByMacs(StandIn):
-        def __call__(self, dense, candidate):
-            return Timing(5 + 5 * count(dense).macs / macs, 5 + 5 * count(candidate).macs / macs, 0.0)
-
-    torch.manual_seed(0)
-    program = capture(build_model("prunefx:mobilenetv2_small").module.eval(), torch.randn(1, 1, 28, 28)).eval()
+    program, calibration = small_mobilenet()
     macs = count(program).macs
-    calibration = [torch.randn(1, 1, 28, 28) for _ in range(4)]
-    chosen, outcome = meet_budget(program, speedup=1.1, backend="cuda", measurer=ByMacs(), calibration=calibration,
+    chosen, outcome = meet_budget(program, speedup=1.1, backend="cuda", measurer=ByMacs(macs), calibration=calibration,
                                   routes=("depth",), latency_cache=str(tmp_path), tolerance=0.5)
     assert outcome.route == "depth" and count(chosen).macs < macs
     assert timer.calls == 0 and "latency_table" not in outcome.budget_entry().get("measurement", {})
@@ -289,15 +300,11 @@ def test_width_and_depth_together_time_the_layers_of_the_network_depth_merged(ti
     """The joint route prunes the network depth merged: its merged convolutions are timed as the dense layers were
     (the dense model's table alone refused every candidate: 'has no layer conv2d_default'), and the table's cost
     in the report counts them."""
-    class ByMacs(StandIn):  # merged blocks make dense 3x3 convolutions, which the per-kind costs price high
-        def __call__(self, dense, candidate):
-            return Timing(5 + 5 * count(dense).macs / macs, 5 + 5 * count(candidate).macs / macs, 0.0)
-
-    torch.manual_seed(0)
-    program = capture(build_model("prunefx:mobilenetv2_small").module.eval(), torch.randn(1, 1, 28, 28)).eval()
+    # a runtime whose time follows the MACs: merged blocks make dense 3x3 convolutions, which the per-kind costs
+    # of StandIn price high
+    program, calibration = small_mobilenet()
     macs = count(program).macs
-    calibration = [torch.randn(1, 1, 28, 28) for _ in range(4)]
-    chosen, outcome = meet_budget(program, speedup=1.4, measurer=ByMacs(), choose_by="latency", width=WIDTH,
+    chosen, outcome = meet_budget(program, speedup=1.4, measurer=ByMacs(macs), choose_by="latency", width=WIDTH,
                                   calibration=calibration, routes=("width+depth",), latency_cache=str(tmp_path),
                                   tolerance=0.5)
     assert outcome.route == "width+depth" and 10 / (5 + 5 * count(chosen).macs / macs) >= 1.4
