@@ -280,6 +280,18 @@ needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir()
 
 @pytest.mark.slow
 @needs_fashion_mnist
+def test_prune_of_a_model_without_batch_norms_does_not_claim_to_have_recalibrated_them(capsys, tmp_path, one_thread):
+    """The first line listed "batch norms recalibrated" whenever the recalibration step ran, also where it found none."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    saved = capture(model.eval(), torch.randn(1, 1, 28, 28), name="mlp").save(tmp_path / "mlp.pt2")
+    code, out, err = run_cli(capsys, "prune", saved, "--macs", "0.5", "--round-to", "4", "--calibrate",
+                             "fashion-mnist", "--calibration-images", "32", "-o", tmp_path / "out")
+    assert code == 0, err
+    assert "no batch norms to recalibrate" in out and "batch norms recalibrated" not in out
+    assert "(obs, global, compensated)" in out.splitlines()[0]
+
+
 def test_prune_calibrate_compensates_recalibrates_and_reports_both(capsys, tmp_path, one_thread):
     # Calibration data and no other choice: the defaults take the best one-shot path (obs, compensation,
     # batch-norm recalibration)

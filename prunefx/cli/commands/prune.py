@@ -112,7 +112,7 @@ def run(args) -> int:
         recalibration = all_stats.get("recalibrate_batchnorm")
         print(f"pruned {program.name} to {_target_text(args)} ({removal.importance}, {removal.ranking}"
               f"{', compensated' if removal.compensation else ''}"
-              f"{', batch norms recalibrated' if recalibration else ''}) "
+              f"{', batch norms recalibrated' if recalibration and recalibration['recalibrated'] else ''}) "
               f"in {time.perf_counter() - started:.1f} s; exporting to ONNX", flush=True)
         with staged_folder(output) as staging:
             with seconds.stage(WRITE_STAGE):
