@@ -52,11 +52,13 @@ def _settings(config: dict | QuantizeInt8Config | None) -> QuantizeInt8Config:
 
 @dataclass(frozen=True)
 class Quantized:
-    """What quantize_int8 hands to its caller (choose_for_budget, `prunefx quantize`): how many layers it
-    quantized and how many it kept in float."""
+    """What quantize_int8 hands to its caller (choose_for_budget, `prunefx quantize`): how many layers
+    (convolutions, linear layers, matmuls) it quantized, how many residual adds and average pools it quantized
+    beside them, and how many of its targets it kept in float."""
 
     layers: int
     kept_in_float: int = 0
+    adds_and_pools: int = 0
 
 
 @shipped_pass
@@ -99,7 +101,8 @@ def quantize_int8(program: Program, /, *, config: dict | QuantizeInt8Config | No
              "skipped": skipped,
              "activation_quantizers": len({node for target in chosen for node in target.activations}),
              "weight_quantizers": sum(target.weight is not None for target in chosen)}
-    return Result(program, modified=bool(chosen), stats=stats, facts=Quantized(len(chosen), len(skipped)))
+    return Result(program, modified=bool(chosen), stats=stats, facts=Quantized(
+        sum(target.kind == "layer" for target in chosen), len(skipped), sum(target.kind != "layer" for target in chosen)))
 
 
 def _refusals(refused: dict[str, str]) -> str:

@@ -71,7 +71,8 @@ def _on_backend(dense: Program, compressed: Program, options: Options) -> Latenc
         return _latency(ORT_NAME, comparison, options, batch=options.batch, threads=options.threads)
     threads = options.threads if "threads" in backend.options else None
     return _latency(backend.name, comparison, options, batch=options.batch, threads=threads,
-                    precision=options.precision, measurement=account)
+                    precision=options.precision, measurement=account,
+                    **({} if backend.reads_warmup else {"warmup": None}))  # trtexec keeps its own warm-up
 
 
 def _comparison_and_account(timed: dict) -> tuple[LatencyComparison, dict]:

@@ -18,6 +18,7 @@ from prunefx.passes.depth_to_budget import DepthChosen
 from prunefx.passes.linearize_blocks import Linearized
 from prunefx.passes.merge_blocks import Merged
 from prunefx.reports import report_json
+from prunefx.reports.budget import depth_done
 from prunefx.reports.budget_text import search_lines
 from prunefx.reports.prune_summary import macs_line
 from prunefx.reports.pruning_sections import pruning_sections
@@ -89,7 +90,7 @@ def write_joint(output: Path, program: Program, outcome: BudgetOutcome, *, calib
         report = report_json.write(staging, _facts("prune", program.name, costs, output, delivered, calibration,
                                                    outcome, sections))
     budget = report["budget"]
-    print("\n".join(search_lines(budget, chosen=f"with {counted(len(budget.get('blocks') or []), 'block')} merged and "
+    print("\n".join(search_lines(budget, chosen=f"with {counted(len(budget.get('blocks') or []), 'block')} {depth_done(budget)} and "
                                                  f"{costs.macs_after / costs.macs_before:.3f} of the MACs")))
     print(macs_line(costs.macs_before, costs.macs_after, int(program.example_inputs[0].shape[0])))
     print(f"wrote {output / 'model.pt2'}, {output / 'model.onnx'} and {output / 'report.json'}")

@@ -3,6 +3,7 @@
 Deliberate errors must exit with status 2 and print exactly one line to stderr, never a traceback.
 """
 
+import importlib
 import json
 import math
 import os
@@ -292,6 +293,32 @@ def test_prune_of_a_model_without_batch_norms_does_not_claim_to_have_recalibrate
     assert "(obs, global, compensated)" in out.splitlines()[0]
 
 
+def test_prune_names_the_groups_its_criterion_could_not_score(capsys, tmp_path, one_thread):
+    """`--importance bn` on a model without batch norms scores every group by l2: the first line said "(bn, global)"."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    saved = capture(model.eval(), torch.randn(1, 1, 28, 28), name="mlp").save(tmp_path / "mlp.pt2")
+    code, out, err = run_cli(capsys, "prune", saved, "--macs", "0.5", "--round-to", "4", "--importance", "bn",
+                             "-o", tmp_path / "out")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    groups = len(report["groups"])
+    assert report["importance_fallback_groups"] == groups == 1
+    assert f"(bn; l2 for {groups} of {groups} groups, global)" in out.splitlines()[0]
+
+
+def test_prune_that_removes_nothing_does_not_claim_a_compensation(capsys, tmp_path, one_thread):
+    """At 1.0 of the MACs no channel goes and no layer is updated: the report said compensated, and the summary
+    'compensated 0 layers: ... 0 -> 0 (mean over layers)'."""
+    code, out, err = run_cli(capsys, "prune", "prunefx:resnet20", "--macs", "1.0", "--calibrate", "fashion-mnist",
+                             "--calibration-images", "32", "-o", tmp_path)
+    assert code == 0, err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["macs_after"] == report["macs_before"]
+    assert report["compensated"] is False and report["compensation"]["compensated"] == []
+    assert "compensated" not in out
+
+
 def test_prune_calibrate_compensates_recalibrates_and_reports_both(capsys, tmp_path, one_thread):
     # Calibration data and no other choice: the defaults take the best one-shot path (obs, compensation,
     # batch-norm recalibration)
@@ -359,6 +386,23 @@ def test_calibration_data_fits_the_captured_input(tmp_path):
     assert torch.equal(gray_half.batches[0][0], gray.batches[0][0].bfloat16())
     noise = noise_batches(torch.zeros(2, 3, 4, 4, dtype=torch.bfloat16), 2)
     assert torch.equal(noise[1][0], noise_batches(torch.zeros(2, 3, 4, 4), 2)[1][0].bfloat16())
+
+
+def test_calibration_data_says_which_images_fill_its_last_batch_again():
+    """imagenet-sample's 20 images in batches of 8 end with 4 copies of the last ones (labelled as padding): every
+    pass reads 24 images, the description said 20 and no more."""
+    from prunefx.data.calibration import calibration_data
+
+    if importlib.util.find_spec("foolbox") is None:
+        pytest.skip("foolbox (the 20 offline ImageNet images) is not installed")
+    data = calibration_data("imagenet-sample", torch.zeros(8, 3, 64, 64), 256)
+    last = data.batches[-1][0]
+    assert len(data.batches) == 3 and data.images == 24
+    assert torch.equal(last[4:], last[:4])  # copies of the last ones
+    assert data.description.startswith("20 images from imagenet-sample")
+    assert "and 4 copies of its last ones filling the last batch" in data.description
+    exact = calibration_data("imagenet-sample", torch.zeros(4, 3, 64, 64), 256)
+    assert exact.images == 20 and "copies" not in exact.description
 
 
 # --- export --------------------------------------------------------------------------------------------
@@ -625,6 +669,27 @@ def test_quantize_writes_tensorrt_and_onnxruntime_files(capsys, tmp_path, one_th
     departure = report["float_departure"]["relative"]
     assert departure == pytest.approx(float((want - got).abs().max() / want.abs().max()), rel=1e-6) and departure > 0
     assert f"against the float one: relative error {departure:.2e}" in out
+
+
+def test_quantize_counts_its_layers_apart_from_adds_and_pools_and_names_the_batches_it_read(capsys, tmp_path,
+                                                                                              one_thread):
+    """'quantized 32 layers' counted ResNet-20's residual adds and its pool as layers, and under --max-batches the
+    line and the report named all 32 calibration images where two were read. The oracle for the layers: the
+    dense graph's convolutions and linear layers."""
+    code, out, err = run_cli(capsys, "quantize", "prunefx:resnet20", "--calibrate", "fashion-mnist",
+                             "--calibration-images", "32", "--max-batches", "2", "--runs", "2", "--threads", "1",
+                             "-o", tmp_path / "q")
+    assert code == 0, err
+    model = build_model("prunefx:resnet20").module
+    layers = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
+    report = json.loads((tmp_path / "q" / "report.json").read_text())
+    stats = report["quantize_int8"]
+    joins = len(stats["quantized"]) - layers
+    assert layers == 22 and joins > 0 and stats["calibration_batches"] == 2
+    first = out.splitlines()[0]
+    assert first.startswith(f"quantized {layers} layers and {joins} adds and pools of ")
+    read = f"the first 2 batches ({stats['calibration_images']} images) of 32 images from fashion-mnist"
+    assert read in first and report["calibration"].startswith(read)
 
 
 def test_quantize_without_calibration_data_is_refused(capsys, tmp_path):

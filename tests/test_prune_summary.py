@@ -20,6 +20,18 @@ def test_recalibration_is_reported_as_counted_and_a_model_without_batch_norms_sa
     assert not any("batch norm" in line for line in summary_lines(_report(None), Path("out")))
 
 
+def test_compensation_is_reported_only_where_a_layer_was_compensated_or_skipped():
+    layer = {"layer": "conv", "error_without": 0.2, "error_with": 0.05}
+    done = summary_lines({**_report(None), "compensation": {"compensated": [layer], "skipped": []}}, Path("out"))
+    assert "compensated 1 layer (0 skipped): relative output error on the calibration data 0.2 -> 0.05 " \
+           "(mean over layers)" in done
+    skipped = summary_lines({**_report(None), "compensation": {"compensated": [], "skipped": [{"layer": "dw"}]}},
+                            Path("out"))
+    assert "compensated no layer (1 layer skipped)" in skipped
+    nothing = summary_lines({**_report(None), "compensation": {"compensated": [], "skipped": []}}, Path("out"))
+    assert not any("compensated" in line for line in nothing)
+
+
 def test_a_search_that_measured_one_candidate_says_so_in_the_singular():
     row = {"macs_kept": 0.45, "speedup": 2.1, "ms": 1.0, "dense_ms": 2.1, "spread": 0.03}
     budget = {"trace": [row], "budget": "a 2x speed-up", "speedup": 2.1, "ms": 1.0, "dense_ms": 2.1}

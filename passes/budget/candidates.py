@@ -55,7 +55,8 @@ class Combination:
     proxy: float | None = None
     failed: str | None = None
     # each dimension's setting, set by its own search (None where the dimension is not in the combination)
-    blocks: list[str] | None = None        # depth: the blocks linearised and merged
+    blocks: list[str] | None = None        # depth: the blocks linearised and merged, or whose branches were dropped
+    depth_route: str | None = None         # depth: "merge" or "drop" (no block merges: ConvNeXtV2's GRN)
     macs_fraction: float | None = None     # width: the fraction of MACs asked of remove_channels
     round_to: int | None = None            # width: the multiple the widths were kept on
     width_trace: list[dict] | None = None  # width: every width measured, why the search ended where it did
@@ -77,7 +78,7 @@ class Combination:
 
     def settings(self) -> dict:
         """Each dimension's setting that its search set, in search order (depth, width, int8)."""
-        values = {"blocks": self.blocks, "depth_speedup": self.depth_speedup, "macs_fraction": self.macs_fraction,
+        values = {"blocks": self.blocks, "depth_route": self.depth_route, "depth_speedup": self.depth_speedup, "macs_fraction": self.macs_fraction,
                   "round_to": self.round_to,
                   "width_trace": self.width_trace, "int8_layers": self.int8_layers}
         return {name: value for name, value in values.items() if value is not None}
@@ -241,7 +242,7 @@ class _Search:
         chosen = yield from self._finished(search.steps(), candidate.dimensions, finish if share is None else None)
         result = verify_inner("depth_to_budget", depth_result(search, chosen))
         depth = result.facts_as(DepthChosen)
-        candidate.blocks = depth.blocks
+        candidate.blocks, candidate.depth_route = depth.blocks, depth.route
         if share is None:
             candidate.measured = depth.measured
         else:  # the width search starts from there (its first guess removes only the rest)

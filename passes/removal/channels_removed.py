@@ -37,6 +37,11 @@ class ChannelsRemoved:
     seconds: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
+    def compensated(self) -> bool:
+        """Whether some layer's weights were compensated (asked, and a layer lost inputs it could update)."""
+        return bool(self.compensation and self.compensation["compensated"])
+
+    @property
     def macs_kept(self) -> float:
         return self.macs_after / self.macs_before
 

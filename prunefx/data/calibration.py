@@ -36,6 +36,7 @@ from prunefx.data.splits import (
     scene_spec,
 )
 from prunefx.device import batches_on
+from prunefx.graph.counted import counted
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.input_batches import as_program_inputs
 from prunefx.options import MAX_CALIBRATION_IMAGES
@@ -184,4 +185,7 @@ def _from_loader(loader, count: int, source: str) -> Calibration:
         real += int((labels != IGNORED_LABEL).sum()) if per_image else int(inputs.shape[0])
     if not batches:
         raise PrunefxError(f"{source} holds fewer images than one batch")
-    return Calibration(batches, f"{real} images from {source}")
+    # the passes read every image of every batch: the copies that fill the last one are counted by them too
+    repeated = sum(int(batch[0].shape[0]) for batch in batches) - real
+    filled = f" and {counted(repeated, 'copy', 'copies')} of its last ones filling the last batch" if repeated else ""
+    return Calibration(batches, f"{real} images from {source}{filled}")

@@ -25,12 +25,17 @@ def _name(row: Mapping) -> str:
     return " + ".join(row["dimensions"])
 
 
+def depth_done(row: Mapping) -> str:
+    """What the depth route did to its blocks: merged them, or dropped their residual branches."""
+    return "dropped" if row.get("depth_route") == "drop" else "merged"
+
+
 def _setting(row: Mapping) -> str:
     parts = []
     if row.get("macs_fraction") is not None:
         parts.append(f"width to {row['macs_fraction']:.3f} of the MACs")
     if row.get("blocks") is not None:
-        parts.append(f"{counted(len(row['blocks']), 'block')} merged")
+        parts.append(f"{counted(len(row['blocks']), 'block')} {depth_done(row)}")
     if row.get("int8_layers") is not None:
         parts.append(f"{row['int8_layers']} INT8 layers")
     return ", ".join(parts) or "-"

@@ -30,12 +30,14 @@ def summary_lines(report: dict, output: Path, batch: int = 1) -> list[str]:
     blocked_by = sorted({op for block in report["blocked"] for op in block["operators"]})
     lines.append(f"groups {changed} of {len(report['groups'])} narrowed; {len(report['blocked'])} blocked"
                  + (f" by {', '.join(blocked_by)}" if blocked_by else ""))
-    if report["compensation"]:
-        layers = report["compensation"]["compensated"]
-        errors = [(layer["error_without"], layer["error_with"]) for layer in layers]
-        mean = [sum(pair[i] for pair in errors) / max(len(errors), 1) for i in (0, 1)]
-        lines.append(f"compensated {counted(len(layers), 'layer')} ({len(report['compensation']['skipped'])} skipped): relative "
+    compensation = report["compensation"] or {"compensated": [], "skipped": []}
+    layers, skipped = compensation["compensated"], compensation["skipped"]
+    if layers:
+        mean = [sum(layer[key] for layer in layers) / len(layers) for key in ("error_without", "error_with")]
+        lines.append(f"compensated {counted(len(layers), 'layer')} ({len(skipped)} skipped): relative "
                      f"output error on the calibration data {mean[0]:.3g} -> {mean[1]:.3g} (mean over layers)")
+    elif skipped:  # every layer that lost inputs was one compensation cannot update
+        lines.append(f"compensated no layer ({counted(len(skipped), 'layer')} skipped)")
     recalibration = report["recalibrate_batchnorm"]
     if recalibration:
         lines.append(f"recalibrated {recalibration['recalibrated']} of {recalibration['batch_norms']} batch norms on "

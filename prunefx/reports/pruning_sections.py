@@ -26,6 +26,6 @@ def _width(removal: ChannelsRemoved | None) -> dict:
         return dict.fromkeys(WIDTH_KEYS)
     return {"target": removal.target, "importance": removal.importance,
             "importance_fallback_groups": removal.importance_fallback_groups,
-            "compensated": bool(removal.compensation), "compensation": removal.compensation,
+            "compensated": removal.compensated, "compensation": removal.compensation,
             "ranking": removal.ranking, "round_to": removal.round_to, "max_ratio": removal.max_ratio,
             "heads": removal.heads, "groups": removal.groups, "blocked": removal.blocked}

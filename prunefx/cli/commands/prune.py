@@ -110,8 +110,8 @@ def run(args) -> int:
         if outcome is None:  # a budget search's removals are many: its stage is the search
             seconds.add_parts("prune: remove_channels", removal.seconds)
         recalibration = all_stats.get("recalibrate_batchnorm")
-        print(f"pruned {program.name} to {_target_text(args)} ({removal.importance}, {removal.ranking}"
-              f"{', compensated' if removal.compensation else ''}"
+        print(f"pruned {program.name} to {_target_text(args)} ({_importance_text(removal)}, {removal.ranking}"
+              f"{', compensated' if removal.compensated else ''}"
               f"{', batch norms recalibrated' if recalibration and recalibration['recalibrated'] else ''}) "
               f"in {time.perf_counter() - started:.1f} s; exporting to ONNX", flush=True)
         with staged_folder(output) as staging:
@@ -190,6 +190,15 @@ def _width_options(config: dict) -> dict:
 def _target_text(args) -> str:
     kind = next(k for k in (*TARGETS, *BUDGETS) if getattr(args, k) is not None)
     return f"{kind}={getattr(args, kind):g}"
+
+
+def _importance_text(removal: ChannelsRemoved) -> str:
+    """The criterion, and how many groups it had nothing to read in and l2 scored instead (a bn criterion on a
+    model without batch norms scores none of them itself)."""
+    fallback = removal.importance_fallback_groups
+    if not fallback or removal.importance == "l2":
+        return str(removal.importance)
+    return f"{removal.importance}; l2 for {fallback} of {len(removal.groups)} groups"
 
 
 def _facts(name, removal: ChannelsRemoved, delivered: dict, output: Path, *, outcome, calibration, recalibration,

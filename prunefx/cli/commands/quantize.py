@@ -70,8 +70,9 @@ def run(args) -> int:
     quantized, stats, facts = result.program, result.stats()["quantize_int8"], result.facts("quantize_int8", Quantized)
     departure = program_parity(program, quantized)  # the scale the files' parity is read on
     warn_if_constant(departure, program.name)  # then so is every file's
-    print(f"quantized {counted(facts.layers, 'layer')} of {program.name} ({facts.kept_in_float} kept in float) "
-          f"on {calibration.description} in {time.perf_counter() - started:.1f} s; exporting", flush=True)
+    joins = f" and {counted(facts.adds_and_pools, 'add or pool', 'adds and pools')}" if facts.adds_and_pools else ""
+    print(f"quantized {counted(facts.layers, 'layer')}{joins} of {program.name} ({facts.kept_in_float} kept in float) "
+          f"on {_calibrated_on(stats, calibration)} in {time.perf_counter() - started:.1f} s; exporting", flush=True)
     lowering = onnxruntime_lowering()
     files = {"model_trt.onnx": "s8", "model_ort.onnx": lowering}
     with staged_folder(output) as staging:
@@ -85,12 +86,20 @@ def run(args) -> int:
         names = ("model.pt2", "model.onnx", *files, "report.json")
         report = report_json.write(staging, ReportFacts(
             NAME, program.name, Costs.of(program, quantized), output_files(output, *names),
-            parity=exports[BACKENDS[args.backend]]["parity"], calibration=calibration.description, latency=latency,
+            parity=exports[BACKENDS[args.backend]]["parity"], calibration=_calibrated_on(stats, calibration), latency=latency,
             sections={"onnxruntime_lowering": lowering, "backend": args.backend, "model.onnx": BACKENDS[args.backend],
                       "quantize_int8": stats, "float_departure": departure.entry(), "exports": exports,
                       "readiness": readiness}))
     _summary(report, output)
     return 0
+
+
+def _calibrated_on(stats: dict, calibration) -> str:
+    """The calibration data the ranges were read on: its first batches only under --max-batches."""
+    used = stats["calibration_batches"]
+    if used >= len(calibration.batches):
+        return calibration.description
+    return f"the first {counted(used, 'batch', 'batches')} ({stats['calibration_images']} images) of {calibration.description}"
 
 
 def _exports(program, folder: Path, files: dict[str, str], opset: int, bar) -> dict:
