@@ -12,8 +12,10 @@ copy: a ViT-L's weights would double the memory); nothing prunefx runs writes in
 
 from __future__ import annotations
 
+import array
 import collections
 import contextlib
+import copy
 import functools
 import random
 import types
@@ -143,7 +145,7 @@ def _hook_targets(hook) -> list:
               if isinstance(value, _CONTAINERS)]
     found += _nested_containers([target for target in found if isinstance(target, _CONTAINERS)])
     return [target for target in found if isinstance(target, _CONTAINERS) or _plain_object(target)
-            or _own_tensor(target)]
+            or _own_tensor(target) or _own_buffer(target)]
 
 
 def _nested_containers(containers: list) -> list:
@@ -201,6 +203,25 @@ def _own_tensor(value) -> bool:
     return isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter) and not value.is_meta
 
 
+def _own_buffer(value) -> bool:
+    """A numpy array, array.array or bytearray a hook may update in place (`counts[0] += 1`): put back by value."""
+    return isinstance(value, (np.ndarray, array.array, bytearray))
+
+
+def _buffers_kept(values) -> list[tuple[object, object]]:
+    """(buffer, its copy) for each of `values` that is a buffer (_own_buffer)."""
+    return [(value, copy.copy(value)) for value in values if _own_buffer(value)]
+
+
+def _put_back_buffers(saved: list[tuple[object, object]]) -> None:
+    for buffer, value in saved:
+        if isinstance(buffer, np.ndarray):
+            if buffer.shape == value.shape and buffer.flags.writeable:
+                np.copyto(buffer, value)
+        else:
+            buffer[:] = value
+
+
 def _plain_object(value) -> bool:
     return hasattr(value, "__dict__") and not isinstance(value, (type, torch.Tensor, types.FunctionType,
                                                                   types.ModuleType, types.MethodType))
@@ -211,15 +232,16 @@ class _KeptRecord:
 
     def __init__(self, target):
         self.target = target
-        if isinstance(target, torch.Tensor):
+        if isinstance(target, torch.Tensor) or _own_buffer(target):
             self.saved = None
             held = [target]
         else:
             self.saved = _shallow_copy(target) if isinstance(target, _CONTAINERS) else dict(vars(target))
             held = [value for value in (target.values() if isinstance(target, dict) else
                                         target if isinstance(target, _CONTAINERS) else self.saved.values())]
-        # tensors changed in place are put back by value
+        # tensors and buffers changed in place are put back by value
         self.values = [(tensor, tensor.detach().clone()) for tensor in held if _own_tensor(tensor)]
+        self.buffers = _buffers_kept(held)
 
     def restore(self) -> None:
         if isinstance(self.target, _CONTAINERS):
@@ -229,6 +251,7 @@ class _KeptRecord:
             state.clear()
             state.update(self.saved)
         _put_back(self.values)
+        _put_back_buffers(self.buffers)
 
 
 @contextlib.contextmanager

@@ -99,7 +99,7 @@ def program_name(value) -> str | None:
     MAX_NAME_LENGTH characters; None for no name (not text, or blank)."""
     if not isinstance(value, str) or not value.strip():
         return None
-    return printable(value.strip())[:MAX_NAME_LENGTH]
+    return printable(value.strip())[:MAX_NAME_LENGTH].rstrip()  # a cut may end on a space, which a reload strips
 
 
 def statistics_problem(mean: tuple[float, ...], std: tuple[float, ...]) -> str | None:

@@ -271,3 +271,17 @@ def test_unlabelled_images_without_a_val_folder_are_one_line_exit_2(written, tmp
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "need train/ and val/" in err, err
     assert not out.exists()
+
+
+def test_a_palette_comment_may_follow_an_entry(tmp_path):
+    """'255 255 255 ignore  # object borders' named a class 'ignore  # object borders': its pixels were trained on
+    as a third class instead of ignored."""
+    from prunefx.data.palette import read_palette
+
+    palette_file = tmp_path / "palette.txt"
+    palette_file.write_text("# colour masks\n0 0 0 background\n128 64 128 road  # asphalt\n"
+                            "255 255 255 ignore  # object borders\n")
+    palette = read_palette(palette_file, ignore_id=-1)
+    assert palette.names == ("background", "road")
+    pixels = np.array([[[0, 0, 0], [128, 64, 128], [255, 255, 255]]], dtype=np.uint8)
+    assert palette.ids(pixels, palette_file).tolist() == [[0, 1, -1]]

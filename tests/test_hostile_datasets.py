@@ -438,6 +438,35 @@ def test_a_yolo_test_split_without_labels_is_left_out_with_a_warning(tmp_path, c
     assert "the test split is left out" in caplog.text
 
 
+def test_a_yolo_set_whose_only_other_split_has_no_labels_is_one_line(tmp_path):
+    """Its test split left out, nothing was left to score on: the set was taken, and every score read n/a."""
+    root = _yolo(tmp_path / "yolo")
+    _png(root / "images" / "test" / "a.png")
+    (root / "data.yaml").write_text("train: images/train\ntest: images/test\nnames: [one, two]\n")
+    _refused(lambda: format_data(root, 1, num_workers=0), "no labelled val or test split")
+
+
+def test_an_image_folder_set_may_score_on_test_alone(tmp_path):
+    """'a train split and a val or test split': train/ and test/ were refused for lacking val/."""
+    for split in ("train", "test"):
+        for label in ("cat", "dog"):
+            _png(tmp_path / "set" / split / label / "a.png")
+    splits = format_data(tmp_path / "set", 1, num_workers=0, image_size=16)
+    assert splits.val is None and len(splits.test) == 2 and splits.classes == ("cat", "dog")
+    (tmp_path / "set" / "test").rename(tmp_path / "set" / "elsewhere")
+    _refused(lambda: format_data(tmp_path / "set", 1, num_workers=0), "lacks val/")
+
+
+def test_a_blank_line_inside_a_class_list_is_one_line_naming_it(tmp_path):
+    """Blank lines were skipped: every class below one took the id of the class above it."""
+    from prunefx.data.masks import class_names
+
+    (tmp_path / "classes.txt").write_text("background\n\nroad\n\n")
+    _refused(lambda: class_names(tmp_path, 2), "classes.txt:2 is blank")
+    (tmp_path / "classes.txt").write_text("background\nroad\n\n")  # blank lines after the last: fine
+    assert class_names(tmp_path, 1) == ("background", "road")
+
+
 def _roboflow(root):
     """Roboflow's export: data.yaml beside train/ and valid/, naming them as ../train/images."""
     for split in ("train", "valid"):

@@ -759,6 +759,30 @@ def test_compress_leaves_a_training_mode_program_in_its_modes(one_thread, tmp_pa
     assert program.training
 
 
+def test_numpy_and_array_counters_a_hook_updates_in_place_are_put_back():
+    """Only containers, objects and tensors were kept: a numpy array or an array.array a hook counts calls in
+    (`counts[0] += 1`) counted the export's run too. The oracle: the counts of the user's own calls."""
+    import array
+
+    import numpy as np
+
+    in_numpy, in_array, in_object = np.zeros(1, dtype=np.int64), array.array("i", [0]), nn.Module()
+    in_object.calls = np.zeros(1)  # a buffer an object holds
+
+    def hook(module, inputs, output):
+        in_numpy[0] += 1
+        in_array[0] += 1
+        in_object.calls += 1
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    model[0].register_forward_hook(hook)
+    model(torch.randn(1, 3, 6, 6))
+    prunefx.capture(model, torch.randn(1, 3, 6, 6))
+    assert int(in_numpy[0]) == in_array[0] == int(in_object.calls[0]) == 1
+    model(torch.randn(1, 3, 6, 6))  # the hook still counts the user's own calls
+    assert int(in_numpy[0]) == in_array[0] == int(in_object.calls[0]) == 2
+
+
 def test_capture_puts_back_nested_lists_deques_and_rebound_counters_its_hooks_keep(one_thread):
     """The usual ways to keep activations: a dict of lists (activations[name].append(output)), a rolling deque,
     and a call counter rebound in a closure; after capture each holds what it held, with no export tensor."""

@@ -131,3 +131,34 @@ def test_a_half_precision_program_is_written_back_into_a_float32_model_in_its_ow
     with pytest.raises(WriteBackError, match="holds bfloat16 and float64 tensors and the model float32 and float64: pass the "
                                              "model in the program's precision"):
         to_module(program, mixed)
+
+
+class _Shifted(_Plain):
+    """A plain tensor attribute (not a buffer) on the pruned channels: cut like a buffer, cast like one."""
+
+    def __init__(self):
+        super().__init__()
+        self.shift = torch.full((1, 16, 1, 1), 0.1)
+
+    def forward(self, x):
+        return self.body[2](torch.relu(self.body[0](x) + self.shift)).mean((2, 3))
+
+
+def test_a_plain_tensor_attribute_is_written_back_in_the_program_s_precision():
+    """`module.to(dtype)` leaves plain tensor attributes as they are: the float32 shift beside bfloat16 weights
+    refused the write-back ('Input type (float) and bias type (c10::BFloat16) should be the same')."""
+    from prunefx.interop.write_back import to_module
+    from prunefx.passes.remove_channels import remove_channels
+
+    torch.manual_seed(0)
+    model = _Shifted().eval()
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    half.shift = half.shift.to(torch.bfloat16)
+    program = capture(half, torch.randn(1, 3, 16, 16, dtype=torch.bfloat16))
+    remove_channels(program, config={"macs": 0.5, "round_to": 1})
+    written = to_module(program, model)
+    assert written.shift.dtype == torch.bfloat16 and written.shift.shape[1] == written.body[0].out_channels < 16
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    with torch.no_grad():  # the oracle: the Program, an image at a time
+        assert torch.equal(written(x), torch.cat([program(x[i:i + 1]) for i in range(2)]))
+    assert model.shift.dtype == torch.float32 and model.shift.shape[1] == 16  # the user's model as found

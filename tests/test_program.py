@@ -314,6 +314,7 @@ def test_loading_either_kind_of_archive_leaves_the_random_state_and_draws_the_sa
 
 @pytest.mark.parametrize("given, kept", [
     (" resnet18 ", "resnet18"), ("line1\nline2", "line1\\nline2"), ("modèle", "modèle"), ("x" * 250, "x" * 200),
+    ("x" * 199 + " y", "x" * 199),  # a cut that ends on a space: load would strip it
 ])
 def test_a_programs_name_is_kept_as_a_saved_file_reads_it_back(tmp_path, given, kept):
     """load strips, escapes and shortens a file's name: a Program keeps it that way from the start, so that

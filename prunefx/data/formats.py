@@ -105,6 +105,9 @@ def format_data(path: str | Path, batch_size: int, *, data_format: str | None = 
         return unlabelled_data(path, batch_size, image_size=image_size, channels=channels, seed=seed,
                                num_workers=workers)
     splits, names = read_format(path, data_format, ignore_index=ignore_index, palette=palette)
+    if "val" not in splits and "test" not in splits:  # an unlabelled test split is left out: nothing to score on
+        raise PrunefxError(f"{data_format} data {printable(str(path))} has no labelled val or test split to score "
+                           "the model on; give it one (a val split of labelled images)")
     _warn_of_trained_images(splits)
     size = _size(image_size, splits["train"])
     for role, split in splits.items():

@@ -65,7 +65,13 @@ def class_names(root: Path, largest_in_train: int) -> tuple[str, ...]:
     path = root / CLASSES_FILE
     if path.is_file():
         text = read_text(path, root, "class list")
-        names = tuple(printable(line.strip()) for line in text.splitlines() if line.strip())
+        lines = [line.strip() for line in text.splitlines()]
+        while lines and not lines[-1]:
+            lines.pop()
+        if "" in lines:  # skipped, it would give every class below it the id of the one above
+            raise PrunefxError(f"{printable(str(path))}:{lines.index('') + 1} is blank: class i is named on line "
+                               "i + 1, so every class needs its line")
+        names = tuple(printable(line) for line in lines)
         if len(names) < 2:
             raise PrunefxError(f"{path} names {len(names)} class; segmentation needs at least 2")
         return names

@@ -73,8 +73,9 @@ def read_palette(path: Path, ignore_id: int, root: Path | None = None) -> Palett
     if not path.is_file():
         raise PrunefxError(f"palette file {printable(str(path))} does not exist")
     text = read_text(path, root, "palette file")
-    entries = [_parse_line(line, number, path) for number, line in enumerate(text.splitlines(), 1)
-               if line.strip() and not line.lstrip().startswith("#")]
+    # `#` starts a comment, at the start of a line or after an entry ("255 255 255 ignore  # borders")
+    lines = [(number, line.split("#", 1)[0]) for number, line in enumerate(text.splitlines(), 1)]
+    entries = [_parse_line(line, number, path) for number, line in lines if line.strip()]
     colours = [colour for colour, _ in entries]
     if len(entries) < 2:
         raise PrunefxError(f"{printable(str(path))} lists {len(entries)} colour; segmentation needs at least 2")

@@ -145,16 +145,18 @@ def load_image(path: str) -> Image.Image:
 def image_folder_data(path: str | Path, batch_size: int, *, image_size: int = 224, augment: bool = True,
                       seed: int = 0, num_workers: int = 0) -> DataSplits:
     """Users' images in ImageFolder layout: `path/train/<class>/*` and `path/val/<class>/*` (and
-    `path/test/<class>/*` if present). Train: random resized crop + flip (with `augment`), shuffled;
+    `path/test/<class>/*` if present; test alone in place of val). Train: random resized crop + flip (with `augment`), shuffled;
     val/test: resize + centre crop. All normalised with the ImageNet mean and std. Class indices are
     the sorted class folder names of train/."""
     root = Path(path)
     if not root.is_dir():
         raise PrunefxError(f"data folder {root} does not exist")
-    missing = [name for name in ("train", "val") if not (root / name).is_dir()]
+    # a train split, and a val or test split to score on
+    missing = [name for name in ("train", "val") if not (root / name).is_dir()
+               and not (name == "val" and (root / "test").is_dir())]
     if missing:
         raise PrunefxError(f"data folder {root} lacks {' and '.join(f'{name}/' for name in missing)}: "
-                           f"expected {root}/train/<class>/* and {root}/val/<class>/*")
+                           f"expected {root}/train/<class>/* and {root}/val/<class>/* (or test/<class>/*)")
     for name in ("train", "val", "test"):
         if (root / name).is_dir():  # a linked split folder is followed only while it stays in the data folder
             confined(root / name, root, "image folder")
@@ -165,14 +167,13 @@ def image_folder_data(path: str | Path, batch_size: int, *, image_size: int = 22
     train_transform = imagenet_train_transform(image_size) if augment else imagenet_transform(image_size)
     eval_transform = imagenet_transform(image_size)
     folders = {name: class_folder_split(root / name, classes, train_transform if name == "train" else eval_transform)
-               for name in ("train", "val", "test") if name != "test" or (root / "test").is_dir()}
+               for name in ("train", "val", "test") if (root / name).is_dir()}
     for folder in folders.values():  # every image's header, before any training (a bad file hours in stops a run)
         for path, _ in folder.samples:
             image_size_of(Path(path))
     train = StaticBatches(folders["train"], batch_size, shuffle=True, seed=seed, num_workers=num_workers)
-    val = StaticBatches(folders["val"], batch_size, shuffle=False, num_workers=num_workers)
-    test = (StaticBatches(folders["test"], batch_size, shuffle=False, num_workers=num_workers)
-            if "test" in folders else None)
+    val, test = (StaticBatches(folders[name], batch_size, shuffle=False, num_workers=num_workers)
+                 if name in folders else None for name in ("val", "test"))
     return DataSplits(train, val, test, tuple(classes), (3, image_size, image_size))
 
 

@@ -16,10 +16,22 @@ def in_program_precision(module: nn.Module, program: Program, name: str) -> nn.M
     """The copy in the Program's floating dtype where each holds one and they differ (a bfloat16 Program of a
     float32 model: the module holds the Program's tensors, and proves itself, in bfloat16); differing mixes of
     dtypes cannot be matched: refused."""
-    held, found = floating_dtypes(program), dtype_names([*module.parameters(), *module.buffers()])
+    plain = _plain_tensors(module)  # `self.shift = torch.zeros(...)`: cut as a buffer, and cast as one
+    held, found = floating_dtypes(program), dtype_names([*module.parameters(), *module.buffers(), *plain.values()])
     if not held or not found or held == found:
         return module
     if len(held) == 1 and len(found) == 1:
-        return module.to(getattr(torch, held[0]))
+        dtype = getattr(torch, held[0])
+        for (owner, attribute), tensor in plain.items():
+            if tensor.is_floating_point():
+                setattr(owner, attribute, tensor.to(dtype))
+        return module.to(dtype)
     raise WriteBackError(f"cannot write {name} back: the pruned program holds {' and '.join(held)} tensors and the "
                          f"model {' and '.join(found)}: pass the model in the program's precision")
+
+
+def _plain_tensors(module: nn.Module) -> dict[tuple[nn.Module, str], torch.Tensor]:
+    """The plain tensor attributes of `module` and its submodules (neither parameters nor buffers), by owner and
+    name: `module.to` leaves them as they are."""
+    return {(owner, attribute): value for owner in module.modules() for attribute, value in vars(owner).items()
+            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter)}
