@@ -39,12 +39,33 @@ class SparsityRecord:
     layers: list[dict] = field(default_factory=list)
     skipped: list = field(default_factory=list)
 
+    def __post_init__(self) -> None:  # read from a file: a wrong type failed later, inside the pass that read it
+        if not (isinstance(self.pattern, str) and isinstance(self.criterion, str) and _strings(self.weights)
+                and isinstance(self.layers, list) and all(isinstance(layer, dict) for layer in self.layers)
+                and isinstance(self.skipped, list)):
+            raise AnalysisRecordError("analysis record 'sparsity': pattern and criterion must be strings, weights "
+                                      "a list of tensor names, layers a list of objects and skipped a list")
+
 
 @dataclass
 class LinearizeRecord:
     blends: dict[str, str] = field(default_factory=dict)    # blend buffer -> block name, pending
     ramp: float = 0.5                                        # fraction of training over which blends reach 1
     stripped: dict[str, str] = field(default_factory=dict)  # blends merge_blocks has already removed
+
+    def __post_init__(self) -> None:
+        if not (_names_to_names(self.blends) and _names_to_names(self.stripped)
+                and type(self.ramp) in (int, float) and 0 <= self.ramp <= 1):
+            raise AnalysisRecordError("analysis record 'linearize': blends and stripped must map names to block "
+                                      "names, ramp be a number from 0 to 1")
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _names_to_names(value) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
 
 
 @dataclass

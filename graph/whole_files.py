@@ -91,7 +91,7 @@ def _hard_link(target: Path) -> Path | None:
     None where there is no file, or the file system makes no hard links."""
     if not target.is_file():
         return None
-    kept = target.with_name(f".{_stem(target)}.{writer_tag()}-{secrets.token_hex(4)}.partial")
+    kept = target.with_name(f".{hidden_stem(target)}.{writer_tag()}-{secrets.token_hex(4)}.partial")
     try:
         os.link(target, kept)
     except OSError:
@@ -109,7 +109,7 @@ def _temporary(path: Path) -> Iterator[tuple[Path, Path]]:
     make_folder(path.parent, writing=path)
     try:
         _remove_killed_writers(path)
-        temporary = path.with_name(f".{_stem(path)}.{writer_tag()}-{secrets.token_hex(4)}.partial")
+        temporary = path.with_name(f".{hidden_stem(path)}.{writer_tag()}-{secrets.token_hex(4)}.partial")
         try:
             temporary.touch(exist_ok=False)  # not mkstemp: its 0600 would become the file's mode, not the user's umask
         except OSError as error:
@@ -173,9 +173,10 @@ def _named(path: Path) -> Iterator[None]:
         raise OSError(error.errno, error.strerror, str(path)) from None
 
 
-def _stem(path: Path) -> str:
-    """The start of a temporary file's name: `path`'s name, cut where the name's own length would take the
-    temporary one past what a file system allows (255 bytes): the write of a name that fits must not fail."""
+def hidden_stem(path: Path) -> str:
+    """The start of a hidden temporary name beside `path` (a file's, or a run's staging folder): `path`'s name,
+    cut where its own length would take the temporary one past what a file system allows (255 bytes): the write
+    of a name that fits must not fail."""
     return os.fsencode(path.name)[:_NAME_ROOM].decode(errors="ignore")
 
 
@@ -203,7 +204,7 @@ def _remove_killed_writers(path: Path) -> None:
     """The temporary files of earlier writes of `path` whose process is gone (killed outright: SIGKILL, out of
     memory), each as large as the file, and the folders such a write made beside its temporary file (named after
     it: quantize_static_file's private copy of its source). A running writer's stay."""
-    pattern = re.compile(re.escape(f".{_stem(path)}.") + WRITER + r"-[0-9a-f]{8}\.partial(\..+)?")
+    pattern = re.compile(re.escape(f".{hidden_stem(path)}.") + WRITER + r"-[0-9a-f]{8}\.partial(\..+)?")
     for entry in path.parent.iterdir():
         found = pattern.fullmatch(entry.name)
         if found and writer_gone(found.group(1), int(found.group(2)), entry):

@@ -11,13 +11,13 @@ import secrets
 import shutil
 from pathlib import Path
 
-from prunefx.graph.whole_files import WRITER, writer_gone, writer_tag
+from prunefx.graph.whole_files import WRITER, hidden_stem, writer_gone, writer_tag
 
 
 def sibling(destination: Path, kind: str) -> Path:
     """A hidden name beside `destination` that says whose it is: `.NAME.KIND-HOST-PID-RANDOM`."""
     destination = Path(os.path.abspath(destination))
-    return destination.parent / f".{destination.name}.{kind}-{writer_tag()}-{secrets.token_hex(4)}"
+    return destination.parent / f".{hidden_stem(destination)}.{kind}-{writer_tag()}-{secrets.token_hex(4)}"
 
 
 def clear_stale(destination: Path) -> None:
@@ -28,7 +28,7 @@ def clear_stale(destination: Path) -> None:
     if not folder.is_dir():
         return
     for kind in ("partial", "old"):
-        prefix = f".{destination.name}.{kind}-"
+        prefix = f".{hidden_stem(destination)}.{kind}-"
         for stale in sorted(folder.glob(f"{glob.escape(prefix)}*")):
             if _owner_alive(stale, stale.name[len(prefix):]):
                 continue

@@ -59,6 +59,8 @@ def model_and_program(reference: str, *, weights: str | None = None, input_shape
     generator = torch.Generator().manual_seed(0)
     program = capture(spec.module.eval(), torch.randn(shape, generator=generator), name=spec.name,
                       copy_weights=keep_model).eval()
+    if writes_onnx:  # a model built in bfloat16 too, as a saved one: before the pruning and the export
+        require_onnx_runtime_can_check(program)
     program.normalisation = spec.normalisation
     return (spec.module if keep_model else None), program
 

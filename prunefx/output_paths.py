@@ -104,13 +104,19 @@ def check_outputs_spare_inputs(args) -> None:
         value = getattr(args, name, None)
         if not isinstance(value, str) or not value:
             continue
-        read = Path(os.path.expanduser(value))
+        read = Path(os.path.expanduser(_file_read(value)))
         if _same_file(written, read):
             raise OutputError(f"-o {printable(output)} is also the {name} being read; writing it would replace "
                               "the input: choose another output path")
         if _holds(written, read):
             raise OutputError(f"-o {printable(output)} holds the {name} being read ({printable(value)}); writing "
                               "there could replace the input: choose another output folder")
+
+
+def _file_read(value: str) -> str:
+    """The file an argument reads: `model.py:make` reads model.py (rpartition: a path may hold ':')."""
+    path, sep, _ = value.rpartition(":")
+    return path if sep and path.endswith(".py") else value
 
 
 def _holds(folder: Path, path: Path) -> bool:

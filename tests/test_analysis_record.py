@@ -51,3 +51,20 @@ def test_retired_fields_are_not_fields_and_are_dropped_on_load(caplog):
     with pytest.raises(AnalysisRecordError, match="unknown analysis record 'colour'"):
         Analysis.from_json({"colour": {}})  # a field no version wrote is still refused
 
+
+
+@pytest.mark.parametrize("name, value, says", [
+    ("sparsity", {"pattern": 7, "criterion": None, "weights": 5}, "pattern and criterion must be strings"),
+    ("sparsity", {"pattern": "2:4", "criterion": "obs", "weights": ["w"], "layers": ["x"]}, "layers a list of objects"),
+    ("linearize", {"blends": "notamapping", "ramp": "half"}, "blends and stripped must map names"),
+    ("linearize", {"blends": {"b": "layer1"}, "ramp": 3}, "ramp be a number from 0 to 1"),
+])
+def test_a_sparsity_or_linearize_record_of_the_wrong_form_is_refused_on_load(name, value, says):
+    """Only their field names were checked: `inspect` read such a file, and the pass that read the record failed
+    inside ('object of type int has no len()', "'GraphModule' object has no attribute 'n'")."""
+    with pytest.raises(AnalysisRecordError, match=says):
+        Analysis.from_json({name: value})
+    good = {"sparsity": {"pattern": "2:4", "criterion": "magnitude", "weights": ["conv.weight"],
+                         "layers": [{"weight": "conv.weight"}], "skipped": []},
+            "linearize": {"blends": {"blend_0": "layer1"}, "ramp": 0.5, "stripped": {}}}[name]
+    assert dataclasses.asdict(getattr(Analysis.from_json({name: good}), name)) == good

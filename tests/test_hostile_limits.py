@@ -40,6 +40,11 @@ def test_repetition_counts_are_bounded_before_any_work(tmp_path, monkeypatch, ca
 def test_recipe_integers_and_step_counts_are_bounded():
     with pytest.raises(PrunefxError, match="round_to.*over the limit"):
         pipeline_from_spec({"passes": [{"remove_channels": {"round_to": 10 ** 400}}]})
+    # inside a mapping's values too: they were not looked at
+    with pytest.raises(PrunefxError, match="min_widths.*over the limit"):
+        pipeline_from_spec({"passes": [{"remove_channels": {"macs": 0.5, "min_widths": {"conv1:0": 10 ** 30}}}]})
+    with pytest.raises(PrunefxError, match="width.*over the limit"):
+        pipeline_from_spec({"passes": [{"choose_for_budget": {"speedup": 2, "width": {"min_widths": {"c:0": 10 ** 30}}}}]})
     started = time.perf_counter()
     with pytest.raises(RecipeError, match="over the limit"):
         pipeline_from_spec({"passes": ["fold_batchnorm"] * 40_000})

@@ -192,6 +192,17 @@ def test_python_tags_and_huge_recipes_are_refused(tmp_path):
         read_recipe(huge)
 
 
+@pytest.mark.parametrize("text", ["name: !!str tagged\npasses: [fold_batchnorm]\n",
+                                  "passes:\n- remove_channels: {macs: 0.5, keep: !!set {stem: null}}\n"])
+def test_safe_yaml_tags_are_refused_too(tmp_path, text):
+    """'plain YAML, no aliases or tags': the safe loader still took every standard tag (`!!set` made a Python set
+    of a node list)."""
+    tagged = tmp_path / "tagged.yaml"
+    tagged.write_text(text)
+    with pytest.raises(RecipeError, match="tags .* are not allowed in"):
+        read_recipe(tagged)
+
+
 def test_misspelled_top_level_keys_are_refused():
     with pytest.raises(RecipeError, match="unknown top-level key 'verfy'"):
         pipeline_from_spec({"verfy": "none", "passes": ["fold_batchnorm"]})

@@ -44,6 +44,29 @@ def test_an_output_folder_holding_the_weights_or_data_is_refused(tmp_path, capsy
     assert status == 2 and "holds the weights being read" in err, err
 
 
+def test_a_model_file_read_through_its_factory_is_an_input_too(tmp_path, capsys):
+    """`export m.py:make -o m.py` wrote the ONNX file over the user's source, and `prune DIR/m.py:make -o DIR`
+    replaced the folder holding it: the reference was compared as the path 'm.py:make', which exists nowhere."""
+    source = tmp_path / "m.py"
+    source.write_text("raise SystemExit('not run: the refusal comes first')\n")
+    status, err = _run(capsys, ["export", f"{source}:make", "--input-shape", "1x3x8x8", "-o", str(source)])
+    assert status == 2 and "is also the model being read" in err, err
+    status, err = _run(capsys, ["prune", f"{source}:make", "--macs", "0.5", "-o", str(tmp_path)])
+    assert status == 2 and "holds the model being read" in err, err
+    assert source.read_text() == "raise SystemExit('not run: the refusal comes first')\n"
+
+
+def test_an_output_folder_with_the_longest_name_allowed_gets_its_staging_folder_beside_it(tmp_path):
+    """The check allows 255 bytes a name, but the hidden staging folder beside it added about 35: a 245-byte name
+    failed with 'File name too long' after all the work. The oracle: the file system makes the folder."""
+    from prunefx.leftovers import sibling
+
+    for kind in ("partial", "old"):
+        hidden = sibling(tmp_path / ("a" * 255), kind)
+        hidden.mkdir()
+        assert hidden.name.startswith(".aaa") and f".{kind}-" in hidden.name
+
+
 def test_an_output_next_to_the_model_is_accepted_by_the_check(tmp_path):
     from prunefx.output_paths import check_outputs_spare_inputs
 

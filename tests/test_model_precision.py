@@ -42,6 +42,20 @@ def refused(capsys, tmp_path, argv) -> str:
     return lines[0]
 
 
+@pytest.mark.parametrize("command", [["export"], ["prune", "--macs", "0.5"]])
+def test_a_model_file_built_in_bfloat16_is_refused_before_any_work(capsys, tmp_path, command):
+    """Only a saved .pt2 was checked first: a model file's bfloat16 model was pruned and exported, and refused
+    only when its file was to be checked."""
+    source = tmp_path / "m.py"
+    source.write_text("import torch\nfrom torch import nn\n\n\nclass M(nn.Module):\n    def __init__(self):\n"
+                      "        super().__init__()\n        self.body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), "
+                      "nn.Conv2d(8, 8, 3)).to(torch.bfloat16)\n\n    def forward(self, x):\n"
+                      "        return self.body(x.to(torch.bfloat16)).float().mean((2, 3))\n\n\n"
+                      "def make():\n    return M()\n")
+    line = refused(capsys, tmp_path, [command[0], f"{source}:make", "--input-shape", "1x3x16x16", *command[1:]])
+    assert "bfloat16, which ONNX Runtime cannot run on the CPU" in line
+
+
 @pytest.mark.parametrize("command", [["export"], ["prune", "--macs", "0.5"], ["depth", "--blocks", "1"]])
 def test_a_bfloat16_program_is_refused_where_onnx_runtime_must_check_its_file(saved, capsys, tmp_path, command):
     line = refused(capsys, tmp_path, [command[0], saved["bfloat16"], *command[1:]])

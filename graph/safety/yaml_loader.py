@@ -1,4 +1,4 @@
-"""YAML read with PyYAML's safe loader, no aliases and no repeated keys: an alias lets a file of a few hundred
+"""YAML read with PyYAML's safe loader, no aliases, no tags and no repeated keys: an alias lets a file of a few hundred
 bytes expand to gigabytes in memory (a "billion laughs"), and no recipe or data set needs one; a key given twice
 would silently keep the last (a recipe's second `passes:` replacing its first). Every error is a YAMLError."""
 
@@ -8,6 +8,8 @@ from collections.abc import Hashable
 
 import yaml
 
+from prunefx.graph.errors import printable
+
 
 def no_alias_loader(where: str) -> type[yaml.SafeLoader]:
     """A SafeLoader subclass that refuses any alias (*name) and any key repeated in one mapping, its error naming
@@ -15,10 +17,13 @@ def no_alias_loader(where: str) -> type[yaml.SafeLoader]:
 
     class NoAliasLoader(yaml.SafeLoader):
         def compose_node(self, parent, index):
-            if self.check_event(yaml.AliasEvent):
-                event = self.peek_event()
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent):
                 raise yaml.composer.ComposerError(None, None, f"aliases (*name) are not allowed in {where}",
                                                   event.start_mark)
+            if getattr(event, "tag", None) is not None:  # `!!set`, `!!binary`: types no plain value has
+                raise yaml.composer.ComposerError(None, None, f"tags ({printable(event.tag)[:40]}) are not allowed "
+                                                  f"in {where}", event.start_mark)
             return super().compose_node(parent, index)
 
         def construct_yaml_int(self, node):

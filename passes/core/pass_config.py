@@ -103,12 +103,18 @@ def _matches(value, kind) -> bool:
 MAX_CONFIG_INTEGER = 1 << 31
 
 
-def _check_integer_size(owner: str, name: str, value) -> None:
-    values = value if isinstance(value, (list, tuple, set, frozenset)) else (value,)
-    for item in values:
-        if isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_CONFIG_INTEGER:
-            raise ConfigError(f"{owner}: '{name}' is an integer of {item.bit_length()} bits, over the limit of "
-                              "2**31 (refused)")
+def _check_integer_size(owner: str, name: str, value, depth: int = 0) -> None:
+    """Every integer in `value`, in its lists and its mappings' values too (min_widths, a budget's width options)."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        if depth < 8:  # a recipe's options nest a few levels at most (YAML aliases are refused)
+            for item in value:
+                _check_integer_size(owner, name, item, depth + 1)
+        return
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_CONFIG_INTEGER:
+        raise ConfigError(f"{owner}: '{name}' is an integer of {value.bit_length()} bits, over the limit of "
+                          "2**31 (refused)")
 
 
 def check_bounds(owner: str, field: dataclasses.Field, value) -> None:
