@@ -24,7 +24,9 @@ def test_facts_agree_with_the_report(resnet):
     folded = fold_batchnorm(resnet.clone())
     assert folded.facts_as(Folded).folded == folded.stats["folded"] == 20  # every BN of ResNet-18 follows a conv
     quantized = quantize_int8(resnet.clone(), config={"calibration": [torch.randn(1, 3, 32, 32)]})
-    assert quantized.facts_as(Quantized).layers == len(quantized.stats["quantized"]) > 0
+    facts = quantized.facts_as(Quantized)  # the layers apart from the residual adds and the pool
+    assert facts.layers + facts.adds_and_pools == len(quantized.stats["quantized"]) > 0
+    assert facts.layers == quantized.stats["weight_quantizers"] == 21
     removed = remove_channels(resnet.clone(), config={"macs": 0.5, "importance": "l2"})
     facts = removed.facts_as(ChannelsRemoved)
     assert (facts.macs_before, facts.macs_after, facts.params_after, facts.channels_removed) == tuple(
