@@ -125,7 +125,8 @@ def _check_skip_lists(program: Program, settings: QuantizeInt8Config, targets, r
 def _kept_by_user(target: QuantTarget, settings: QuantizeInt8Config) -> str | None:
     if target.layer.name in settings.skip_nodes:
         return "kept in float by name (skip_nodes)"
-    if target.operator in settings.skip_operators:
+    # an in-place form is the same operator: `out += x` captures as add_, and 'add' names the residual adds
+    if target.operator.rstrip("_") in {name.rstrip("_") for name in settings.skip_operators}:
         return f"kept in float by operator {target.operator} (skip_operators)"
     return None
 

@@ -54,9 +54,31 @@ def sparsify_nm(program: Program, /, *, config: dict | None = None) -> Result:
         errors = _sparsify(program.module, layers, plan)
     changed = sum(not torch.equal(before[layer.weight], get_tensor(program.module, layer.weight)) for layer in layers)
     stats = _statistics(program, layers, skipped, plan, errors, changed)
-    program.analysis.sparsity = SparsityRecord(**{key: stats[key] for key in
-                                                  ("pattern", "criterion", "weights", "layers", "skipped")})
+    # a weight with no zero has none to keep (an M:M pattern removes nothing)
+    holding = [layer for layer in stats["layers"] if layer["zero_fraction"] > 0]
+    record = SparsityRecord(stats["pattern"], stats["criterion"], [layer["weight"] for layer in holding], holding,
+                            stats["skipped"])
+    program.analysis.sparsity = _merged(program.analysis.sparsity, record)
     return Result(program, modified=changed > 0, stats=stats)
+
+
+def _merged(previous: SparsityRecord | None, record: SparsityRecord) -> SparsityRecord:
+    """`record` beside the weights an earlier run made sparse and this one left alone: a second run over other
+    layers replaced the record, and distill no longer kept the first run's zeros (nor did remove_channels refuse)."""
+    earlier = [] if previous is None else [w for w in previous.weights if w not in set(record.weights)]
+    if not earlier:
+        return record
+    if not record.weights:
+        return SparsityRecord(previous.pattern, previous.criterion, earlier,
+                              [layer for layer in previous.layers if layer.get("weight") in earlier], record.skipped)
+
+    def both(first: str, second: str) -> str:
+        return first if first == second else f"{first} and {second}"
+
+    return SparsityRecord(both(previous.pattern, record.pattern), both(previous.criterion, record.criterion),
+                          [*earlier, *record.weights],
+                          [*(layer for layer in previous.layers if layer.get("weight") in earlier), *record.layers],
+                          record.skipped)
 
 
 def _sparsify(module, layers: list[SparseLayer], config: SparsityPlan) -> dict[str, float]:

@@ -582,9 +582,9 @@ def test_a_checkpoint_of_another_run_is_refused_and_the_same_run_resumes(tmp_pat
     data, teacher = _batches(2), _program(1)
     _train(_program(), teacher, data, **_checkpointed(tmp_path))
 
-    def resume(program=None, **changes):
+    def resume(program=None, by=None, **changes):
         config = {**_checkpointed(tmp_path, resume=True), **changes}
-        return Trainer(program or _program(), teacher=teacher, data=data, config=TrainConfig(**config)).fit()
+        return Trainer(program or _program(), teacher=by or teacher, data=data, config=TrainConfig(**config)).fit()
 
     for change, said in [({"lr": 0.2}, "lr=0.05"), ({"kd_weight": 0.1}, "kd_weight=0.9"), ({"seed": 5}, "seed=0"),
                          ({"feature_losses": {}}, "feature_losses=")]:
@@ -594,6 +594,9 @@ def test_a_checkpoint_of_another_run_is_refused_and_the_same_run_resumes(tmp_pat
         resume(_program(width=16))
     with pytest.raises(TrainingError, match="with other weights"):
         resume(_program(3))
+    # the teacher is part of the run: another one (its norms differ) was taken without a word
+    with pytest.raises(TrainingError, match="for the same teacher with other weights"):
+        resume(by=_program(2))
     assert resume()["resumed_from"] == 10
 
 

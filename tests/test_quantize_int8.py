@@ -232,6 +232,32 @@ def test_a_skip_list_naming_nothing_it_could_keep_is_refused(one_thread, config,
     assert kept.stats["quantized"]  # an operator this model lacks: one recipe serves many models
 
 
+class InPlaceResidual(nn.Module):
+    """A residual written `out += x`, as torchvision's ResNets write it: it captures as add_, not add."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.first(x))
+        out = self.second(x)
+        out += x
+        return self.head(out.mean((2, 3)))
+
+
+@pytest.mark.parametrize("named", ["add", "add_"])
+def test_skip_operators_add_keeps_the_in_place_residual_adds_too(one_thread, named):
+    """'add' passed the name check and kept nothing: torchvision's residual adds were quantized."""
+    torch.manual_seed(0)
+    program = capture(InPlaceResidual().eval(), torch.randn(2, 3, 8, 8), name="inplace").eval()
+    assert any(node.target is torch.ops.aten.add_.Tensor for node in program.graph.nodes)
+    result = quantize_int8(program, config={"calibration": _batches(), "skip_operators": [named]})
+    assert {row["operator"] for row in result.stats["quantized"]} == {"conv2d", "linear", "mean"}
+    assert [row["reason"] for row in result.stats["skipped"]] == ["kept in float by operator add_ (skip_operators)"]
+
+
 def test_second_run_changes_nothing_and_bad_inputs_are_errors(quantized):
     program, _ = quantized
     again = quantize_int8(program, config={"calibration": _batches()})

@@ -151,6 +151,19 @@ def test_session_prunes_to_the_target_and_keeps_the_optimizer_on_the_module():
     assert all(optimizer.state[p]["momentum_buffer"].shape == p.shape for p in module.parameters())
 
 
+def test_a_session_whose_width_floors_stop_it_short_says_so_after_its_last_cut(caplog):
+    """max_ratio 0.5 floors every width at half: 0.1 of the MACs cannot be reached, and the last cut returned as
+    any other, said nothing (the pass refuses the same miss under `strict`)."""
+    session = PruneWhileTraining(tiny_net(), batch()[0], macs=0.1, events=2, interval=2, round_to=1,
+                                 max_ratio=0.5).train()
+    optimizer = torch.optim.SGD(session.module.parameters(), lr=0.05, momentum=0.9)
+    with caplog.at_level("WARNING", logger="prunefx.interop.recovery"):
+        assert _train(session, optimizer, range(4)) == [2, 4] and session.finished
+    target = session.statistics()["target"]
+    assert not target["met"] and target["achieved"] > 0.2  # the oracle: the session's own count of the MACs
+    assert f"last cut left macs={target['achieved']:.3f} of the dense model, short of the target 0.1" in caplog.text
+
+
 @pytest.mark.parametrize("options, message", [
     ({"macs": 0.5, "params": 0.5}, "exactly one target"),
     ({"macs": 1.5}, "macs"),

@@ -282,6 +282,29 @@ def test_a_rewrite_that_would_move_the_zeros_off_the_pattern_is_refused_before_a
     assert all(torch.equal(before[name], tensor) for name, tensor in program.state_dict().items())
 
 
+def test_a_second_run_over_other_layers_keeps_the_first_runs_weights_recorded(resnet18):
+    """The record was replaced by each run: distill stopped keeping the first run's zeros, and a run that sparsified
+    nothing (an M:M pattern, or no layer eligible) let remove_channels prune a 2:4 model. The oracle: the zeros
+    in the weights themselves."""
+    from prunefx.passes import remove_channels
+    from prunefx.passes.rewrites.sparse_masks import SparseMasks
+
+    program = sparsify_nm(resnet18.clone(), config={"layers": ["layer1.0.conv1.weight", "fc.weight"]}).program
+    sparsify_nm(program, config={"pattern": "4:8", "layers": ["layer2.0.conv1.weight"]})
+    record = program.analysis.sparsity
+    assert record.weights == ["layer1.0.conv1.weight", "fc.weight", "layer2.0.conv1.weight"]
+    assert record.pattern == "2:4 and 4:8" and [layer["weight"] for layer in record.layers] == record.weights
+    masks = SparseMasks(program).masks
+    assert all(not bool(masks[name].all()) for name in record.weights)  # every recorded weight holds zeros
+    sparsify_nm(program, config={"pattern": "4:4", "layers": ["layer3.0.conv1.weight"]})  # removes nothing
+    assert program.analysis.sparsity.weights == record.weights
+    with pytest.raises(PrunefxError, match="3 weights of 'resnet18' are 2:4 and 4:8 sparse"):
+        remove_channels(program, config={"macs": 0.6})
+    dense = sparsify_nm(resnet18.clone(), config={"pattern": "4:4"}).program  # M:M: no zero to keep
+    assert dense.analysis.sparsity.weights == []
+    assert remove_channels(dense, config={"macs": 0.6}).modified
+
+
 # --- configuration, registry, recipe ------------------------------------------------------------------
 
 @pytest.mark.parametrize("config, message", [

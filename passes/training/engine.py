@@ -126,6 +126,8 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.last_losses: dict[str, float] = {}
         self.given_parameters = parameter_norms(program.module)  # which run a checkpoint belongs to (resume.py)
+        self.teacher_parameters = (parameter_norms(getattr(teacher, "module", teacher)) if self.needs_teacher
+                                   else [])  # and which teacher it distilled from
         check_supported(config.precision, self.device)
         self._placement = Placement(program, self.device, self.world_size,
                                     [pair.student for pair in config.feature_pairs], config.precision)

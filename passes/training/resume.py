@@ -87,7 +87,7 @@ def run_identity(trainer: Trainer) -> dict:
     config = trainer.config
     settings = {key: getattr(config, key) for key in TRAJECTORY}
     settings["feature_losses"] = [[pair.student, pair.teacher, pair.weight] for pair in config.feature_pairs]
-    return {"settings": settings, "given": trainer.given_parameters}
+    return {"settings": settings, "given": trainer.given_parameters, "teacher": trainer.teacher_parameters}
 
 
 def parameter_norms(module: torch.nn.Module) -> list[list]:
@@ -108,14 +108,20 @@ def _check_identity(saved: dict | None, current: dict, directory: Path) -> None:
             raise TrainingError(f"the checkpoint in {directory} was written with {key}={saved['settings'].get(key)}, "
                                 f"this run has {key}={value}; resume with the same settings or use a new "
                                 "checkpoint_dir")
-    given, now = saved["given"], current["given"]
+    _check_same_parameters(saved["given"], current["given"], directory, "model")
+    if "teacher" in saved:  # checkpoints from before teachers were compared say nothing of theirs
+        _check_same_parameters(saved["teacher"], current["teacher"], directory, "teacher")
+
+
+def _check_same_parameters(given: list, now: list, directory: Path, what: str) -> None:
+    """Refuse parameters (parameter_norms) of another `what`, or of the same one with other weights."""
     if [entry[:2] for entry in given] != [entry[:2] for entry in now]:
-        raise TrainingError(f"the checkpoint in {directory} was written for another model (other parameters); "
-                            "resume the same model or use a new checkpoint_dir")
+        raise TrainingError(f"the checkpoint in {directory} was written for another {what} (other parameters); "
+                            f"resume with the same {what} or use a new checkpoint_dir")
     for (name, _, norm), (_, _, norm_now) in zip(given, now):
         if not math.isclose(norm, norm_now, rel_tol=1e-4, abs_tol=1e-6):
-            raise TrainingError(f"the checkpoint in {directory} was written for the same model with other weights "
-                                f"({name}); resume from the same weights or use a new checkpoint_dir")
+            raise TrainingError(f"the checkpoint in {directory} was written for the same {what} with other weights "
+                                f"({name}); resume with the same weights or use a new checkpoint_dir")
 
 
 def resume(trainer: Trainer) -> int | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,8 @@ from prunefx.passes.training.carried_state import carry_optimizer, cut_tracking_
 from prunefx.passes.training.checkpoint import read_checkpoint, write_checkpoint
 from prunefx.passes.training.config import CLASSIFICATION, TrainConfig
 from prunefx.passes.training.losses import total_losses
+
+log = logging.getLogger(__name__)
 
 
 class DistillationLoss:
@@ -179,7 +182,18 @@ class PruneWhileTraining:
         self.schedule.restart_scores(pruned.module, gradients_from=eager)
         if optimizer is not None:
             carry_optimizer(optimizer, before, dict(self.module.named_parameters()), kept)
+        if self.finished:
+            self._warn_if_short()
         return True
+
+    def _warn_if_short(self) -> None:
+        """After the last cut: say where the width floors (max_ratio of each dense width) stopped it short of the
+        target, which the prune_while_training pass refuses under `strict` and a caller's loop would not see."""
+        target = self.schedule.statistics(self.program)["target"]
+        if not target["met"]:
+            log.warning("PruneWhileTraining's last cut left %s=%.3f of the dense model, short of the target %g: the "
+                        "width floors max_ratio sets stop it there", target["kind"], target["achieved"],
+                        target["fraction"])
 
     def _written_back(self, program: Program, modes: dict[str, bool]) -> torch.nn.Module:
         """`write_back(program)`, checked, each layer in the mode `modes` names."""
