@@ -32,7 +32,7 @@ from prunefx.interop.resized_modules import resize_modules
 from prunefx.interop.subgraph_fallback import from_subgraphs, own_code_changed
 from prunefx.interop.unread_tensors import changed_widths, unread_tensors, warn_unread
 from prunefx.interop.write_back_hint import failure_hint
-from prunefx.interop.write_back_precision import in_program_precision
+from prunefx.interop.write_back_precision import in_program_precision, plain_tensor_attributes
 from prunefx.interop.write_back_proof import (
     TOLERANCE,
     WriteBackError,
@@ -166,10 +166,7 @@ def _state_names(model: nn.Module) -> set[str]:
     which the capture reads as constants of the attribute's name and pruning cuts like a buffer)."""
     state = {name for name, _ in model.named_parameters(remove_duplicate=False)}
     state.update(name for name, _ in model.named_buffers(remove_duplicate=False))
-    state.update(f"{path}.{attribute}" if path else attribute
-                 for path, owner in model.named_modules(remove_duplicate=False)
-                 for attribute, value in vars(owner).items()
-                 if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter))
+    state.update(f"{path}.{attribute}" if path else attribute for path, _, attribute, _ in plain_tensor_attributes(model))
     return state
 
 

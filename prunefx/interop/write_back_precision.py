@@ -30,8 +30,15 @@ def in_program_precision(module: nn.Module, program: Program, name: str) -> nn.M
                          f"model {' and '.join(found)}: pass the model in the program's precision")
 
 
+def plain_tensor_attributes(model: nn.Module) -> list[tuple[str, nn.Module, str, torch.Tensor]]:
+    """(module path, module, attribute, tensor) of every plain tensor attribute (`self.shift = torch.zeros(...)`):
+    neither a parameter nor a buffer, which the capture reads as a constant and pruning cuts like a buffer, and
+    `module.to` leaves as it is. Shared modules once per path."""
+    return [(path, owner, attribute, value) for path, owner in model.named_modules(remove_duplicate=False)
+            for attribute, value in vars(owner).items()
+            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter)]
+
+
 def _plain_tensors(module: nn.Module) -> dict[tuple[nn.Module, str], torch.Tensor]:
-    """The plain tensor attributes of `module` and its submodules (neither parameters nor buffers), by owner and
-    name: `module.to` leaves them as they are."""
-    return {(owner, attribute): value for owner in module.modules() for attribute, value in vars(owner).items()
-            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter)}
+    """The plain tensor attributes of `module`, by owner and name (each once)."""
+    return {(owner, attribute): value for _, owner, attribute, value in plain_tensor_attributes(module)}
