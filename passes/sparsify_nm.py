@@ -65,7 +65,9 @@ def sparsify_nm(program: Program, /, *, config: dict | None = None) -> Result:
 def _merged(previous: SparsityRecord | None, record: SparsityRecord) -> SparsityRecord:
     """`record` beside the weights an earlier run made sparse and this one left alone: a second run over other
     layers replaced the record, and distill no longer kept the first run's zeros (nor did remove_channels refuse)."""
-    earlier = [] if previous is None else [w for w in previous.weights if w not in set(record.weights)]
+    if previous is None:
+        return record
+    earlier = [w for w in previous.weights if w not in set(record.weights)]
     if not earlier:
         return record
     if not record.weights:
