@@ -12,6 +12,7 @@ from pathlib import Path
 from prunefx.graph.errors import PrunefxError, printable
 from prunefx.graph.whole_files import file_path
 from prunefx.leftovers import clear_stale
+from prunefx.reference_forms import file_factory
 
 
 class OutputError(PrunefxError):
@@ -114,9 +115,9 @@ def check_outputs_spare_inputs(args) -> None:
 
 
 def _file_read(value: str) -> str:
-    """The file an argument reads: `model.py:make` reads model.py (rpartition: a path may hold ':')."""
-    path, sep, _ = value.rpartition(":")
-    return path if sep and path.endswith(".py") else value
+    """The file an argument reads: `model.py:make` reads model.py."""
+    file_reference = file_factory(value)
+    return file_reference[0] if file_reference is not None else value
 
 
 def _holds(folder: Path, path: Path) -> bool:

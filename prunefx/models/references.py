@@ -24,6 +24,7 @@ from prunefx.models.spec import (
 )
 from prunefx.models.ultralytics_models import ultralytics_model
 from prunefx.models.user_files import file_model
+from prunefx.reference_forms import file_factory
 
 _REFERENCE_FORMS = ("torchvision:NAME, timm:NAME, prunefx:NAME, ultralytics:NAME, path/to/file.py:FACTORY "
                     "or a saved .pt2 program")
@@ -53,9 +54,9 @@ def _build(ref: str, image_size: int | None) -> ModelSpec:
     if ref.endswith(".pt2"):
         # image_size is ignored: the caller compares its shape with the one the Program was saved with.
         return _saved_program(Path(ref).expanduser())
-    # rpartition: the path itself may contain ':' (a Windows drive letter).
-    path, sep, factory = ref.rpartition(":")
-    if sep and path.endswith(".py"):
+    file_reference = file_factory(ref)
+    if file_reference is not None:
+        path, factory = file_reference
         return file_model(Path(path).expanduser(), factory, image_size)
     if ref.endswith(".py"):
         raise ModelReferenceError(f"model reference {ref!r} names no factory: write {ref}:FACTORY")
