@@ -15,6 +15,7 @@ import torch
 from prunefx.graph import capture, verify
 from prunefx.graph.channels.attention_dims import head_dim_groups
 from prunefx.graph.channels.groups import find_channel_groups
+from prunefx.graph.errors import PrunefxError
 from prunefx.passes.comb_channels import comb_channels
 from prunefx.passes.core import config_checks
 from prunefx.passes.fold_batchnorm import fold_batchnorm
@@ -188,3 +189,28 @@ def test_einsum_attention_head_dims_are_found_and_kept_whole():
     result = remove_channels(program, config={"channels": 0.5, "round_to": 1, "strict": False})
     widths = {(g["width_before"], g["factor"]): g["width_after"] for g in result.stats["groups"]}
     assert widths[(8, True)] == 8 and widths[(4, True)] == 4
+
+
+@pytest.mark.parametrize("channels, round_to", [(0.7, 1), (0.7, 8), (0.6, 4), (0.45, 2)])
+def test_uniform_ranking_keeps_one_proportion_a_config_can_hold(channels, round_to):
+    """Hidden width, attention width (heads x head dim) and MLP width all keep one fraction of the dense ones,
+    read from the weights' shapes: a ViT config (hidden size, head count, MLP ratio) then describes the result."""
+    from prunefx.models.small import MODELS
+    torch.manual_seed(0)
+    program = capture(MODELS["vit_tiny_fmnist"]().eval(), torch.randn(2, 1, 28, 28))
+    dense = program.module.state_dict()
+    result = remove_channels(program, config={"channels": channels, "ranking": "uniform", "round_to": round_to,
+                                              "importance": "l2", "strict": False})
+    weights = result.program.module.state_dict()
+    fractions = {weights[name].shape[0] / dense[name].shape[0]
+                 for name in ("patch_embed.weight", "blocks.0.attn.qkv.weight", "blocks.0.mlp.0.weight")}
+    assert len(fractions) == 1 and fractions.pop() < 1
+
+
+def test_uniform_ranking_refuses_widths_no_fraction_keeps_in_proportion():
+    # 12 and 20 channels at round_to 4: 12 keeps 4 or 8 (a third, two thirds), which no width of 20 matches
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 12, 3), torch.nn.ReLU(), torch.nn.Conv2d(12, 20, 3), torch.nn.ReLU(),
+                                torch.nn.Conv2d(20, 5, 3))
+    program = capture(model.eval(), torch.randn(1, 3, 16, 16))
+    with pytest.raises(PrunefxError, match="uniform ranking: no width below the whole .* round_to 4"):
+        remove_channels(program, config={"channels": 0.5, "ranking": "uniform", "round_to": 4, "importance": "l2"})

@@ -23,6 +23,8 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.passes.prune_to_budget import prune_to_budget
 from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.runtime import LatencyStats, latency_pair
+from prunefx.runtime.backends.base import BenchModel
+from prunefx.runtime.backends.settings import Settings
 from prunefx.runtime.errors import MeasurementError
 
 trtexec_backend = importlib.import_module("prunefx.runtime.backends.trtexec")
@@ -316,3 +318,17 @@ def test_a_trt_search_keeps_two_engines_loaded(monkeypatch):
     gc.collect()
     assert len(loaded) == 4  # the dense model's engine built once, every candidate's once
     assert [ref() is not None for ref in loaded] == [True, False, False, True]
+
+
+def test_torch_tensorrt_refuses_to_bench_an_int8_program_as_its_budgets_do(monkeypatch):
+    """Torch-TensorRT has no converter for fake quantizers: bench compiled them and timed float operators."""
+    torch_trt = importlib.import_module("prunefx.runtime.backends.torch_trt")
+    compiled = []
+    monkeypatch.setattr(torch_trt, "compile_torch_tensorrt", lambda program, precision, sparse=False:
+                        compiled.append(program))
+    dense = _net(16)
+    quantized = quantize_int8(dense.clone(), config={"calibration": [torch.randn(2, 3, 16, 16)]}).program
+    settings = Settings(precision="fp16")
+    with pytest.raises(MeasurementError, match="Torch-TensorRT does not time 'net16' as INT8"):
+        torch_trt.BACKEND.runner(BenchModel("int8.pt2", quantized, None), settings)
+    assert compiled == []

@@ -304,3 +304,27 @@ def test_delivered_model_onnx_carries_its_readiness(one_thread, tmp_path):
         expected = check_model(onnx.load(str(tmp_path / "model.onnx")), target)
         assert entry["file"] == "model.onnx" and entry["errors"] == expected.count("error") == 0
         assert entry["warnings"] == expected.count("warning") == len(entry["findings"])
+
+
+@pytest.mark.parametrize("flags, warned", [("fpu sse avx2 fma", False), ("fpu avx2 avx512f", True)])
+def test_onnxruntimes_channel_multiple_follows_the_cpu_as_its_budgets_do(tmp_path, flags, warned):
+    """24 channels are a multiple of ONNX Runtime's 8 on an AVX2 CPU (a budget's widths there), not of AVX-512's 16:
+    `check --target ort` warned on every such layer of a model pruned on an AVX2 machine."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), helper.make_node("Relu", ["c"], ["y"])]
+    onnx.save(_model(nodes, {"w": np.ones((24, 32, 1, 1), np.float32)}), tmp_path / "m.onnx")
+    (tmp_path / "cpuinfo").write_text(f"processor : 0\nflags : {flags}\n")
+    script = ("import json, pathlib, sys\nimport prunefx.runtime.measure.width_multiple as cpu\n"
+              "cpu.CPUINFO = pathlib.Path(sys.argv[1])\nfrom prunefx.runtime.check.readiness import check_file\n"
+              "print(json.dumps([f.rule for f in check_file(sys.argv[2], 'ort').findings]))")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "cpuinfo"), str(tmp_path / "m.onnx")],
+                          capture_output=True, text=True, check=True)
+    assert ("channel-multiple" in json.loads(done.stdout)) is warned
+
+
+def test_the_last_line_of_check_counts_the_findings(tmp_path, capsys):
+    """docs/tensorrt.md: a CI step reads the count with `tail -1`; the operator-support citation came after it."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), helper.make_node("Relu", ["c"], ["y"])]
+    onnx.save(_model(nodes, {"w": np.ones((20, 32, 1, 1), np.float32)}), tmp_path / "m.onnx")
+    assert main(["check", str(tmp_path / "m.onnx"), "--target", "trt10"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.endswith("0 errors, 1 warnings, 0 notes"), last

@@ -104,6 +104,7 @@ def test_compress_writes_the_shape_with_a_budget(stand_in, capsys, tmp_path):
     report = written(capsys, tmp_path / "budget", "compress", "prunefx:resnet20", "--recipe", recipe, "--data",
                      "fashion-mnist", "--batch-size", 16, "--eval-batches", 1, "--runs", 3, "--threads", 1)
     assert report["budget"]["met"] and report["budget"]["backend"] == "ort" and report["latency"]["speedup"] > 0
+    assert report["budget"]["batch"] == 1  # docs/backends.md: recorded next to the backend and the precision
 
 
 def test_the_schema_is_valid_and_the_builder_keeps_common_keys_common():

@@ -460,3 +460,13 @@ def test_bench_builds_and_times_a_file_of_dynamic_batch_at_the_batch_asked(fake_
         assert "--shapes='images':32x3x8x8" in call
     assert report["batch"] == 32 and report["latency"]["runs"] == 2439
     assert report["notes"] == ["trtexec timed 2439 queries: at least --runs, for at least 3 s"]
+
+
+@pytest.mark.parametrize("version, percentiles", [("8.5.2", "--percentile=99"), ("8.2.1", "--percentile=99"),
+                                                   ("8.6.1", "--percentile=90,95,99"), ("10.3.0", "--percentile=90,95,99"),
+                                                   ("11.1.0", "--percentile=90,95,99")])
+def test_trtexec_is_asked_for_the_percentiles_its_version_reads(version, percentiles):
+    """trtexec before 8.6 reads one number: "90,95,99" gave JetPack 5.1's 8.5 the 90th alone, where the 99th is
+    documented."""
+    arguments = [a for a in timing_arguments("e", tensorrt_version=version) if a.startswith("--percentile")]
+    assert arguments == [percentiles]

@@ -13,6 +13,7 @@ import functools
 import itertools
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -27,7 +28,6 @@ from prunefx.graph.errors import PrunefxError
 TARGET_TOLERANCE = 0.03  # relative to the target cost
 EXHAUSTIVE_UP_TO_PLANS = 4096  # every plan of a small model is listed when the moves stall
 PAIR_MOVES_UP_TO_GROUPS = 24  # 4 x 276 pair plans per round at most; larger models have fine-grained steps
-UNIFORM_STEPS = 64  # the kept fraction of uniform ranking is a multiple of 1/64
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,24 @@ def removable_counts(combing: Combing, **options) -> list[int]:
     return [int(g.size - widths[0]) for g, widths in zip(combing.groups, group_widths(combing, **options))]
 
 
+def uniform_fractions(groups: list[ChannelGroup], widths: list[np.ndarray], prunable: list[bool],
+                      round_to: int) -> list[Fraction]:
+    """The kept fractions of uniform ranking: those at which every group it cuts keeps exactly that fraction of
+    its channels at an allowed width (hidden 128 and head dims 32 keep 88 and 22 together, never 88 and 24), so
+    that one config holds every width. Read off the smallest cut group's widths; 1 (nothing cut) always."""
+    cut = [(g.size, set(w.tolist())) for g, w, p in zip(groups, widths, prunable) if p]
+    if not cut:
+        return [Fraction(1)]
+    smallest, allowed = min(cut, key=lambda item: item[0])
+    fractions = [Fraction(width, smallest) for width in sorted(allowed)]
+    kept = [f for f in fractions if all((size * f).denominator == 1 and int(size * f) in sizes for size, sizes in cut)]
+    if kept == [Fraction(1)]:
+        raise PrunefxError(f"uniform ranking: no width below the whole keeps every group's channels in one "
+                           f"proportion at round_to {round_to} (group widths {', '.join(sorted({str(s) for s, _ in cut}, key=int))}): "
+                           "use a smaller round_to, or local ranking")
+    return kept
+
+
 class Selector:
     """Turns importance scores into a removal plan for a target."""
 
@@ -153,12 +171,16 @@ class Selector:
         # a channels target counts the prunable channels: a group held at its width (uniform ranking's head counts)
         # is no part of it, so that channels 0.5 halves every width the ranking cuts
         self.prunable = [len(widths) > 1 for widths in self.widths]
+        if ranking == "uniform":
+            self.uniform_fractions = uniform_fractions(combing.groups, self.widths, self.prunable, round_to)
 
     # --- from the scalar knob to widths ------------------------------------------------------------
     def _kept_for(self, knob: float) -> list[int]:
+        if self.ranking == "uniform":  # the nearest fraction every cut width holds exactly; ties keep fewer
+            fraction = min(self.uniform_fractions, key=lambda f: (abs(float(f) - (1.0 - knob)), f))
+            return [int(group.size * fraction) if prunable else group.size
+                    for group, prunable in zip(self.combing.groups, self.prunable)]
         kept = []
-        if self.ranking == "uniform":  # fractions in 1/64ths: groups of power-of-two sizes keep exact proportions
-            knob = round(knob * UNIFORM_STEPS) / UNIFORM_STEPS
         for group, widths, normalised in zip(self.combing.groups, self.widths, self.sorted_normalised):
             if self.ranking != "global":
                 wanted = group.size * (1.0 - knob)

@@ -60,8 +60,7 @@ class MeasuredOn:
                    session)
 
     def to_dict(self) -> dict:
-        # batch 1 is every budget's default: the report names the batch only when it is another
-        return {"backend": self.backend, "precision": self.precision, **({"batch": self.batch} if self.batch != 1 else {}),
+        return {"backend": self.backend, "precision": self.precision, "batch": self.batch,
                 **({"runs": self.runs} if self.runs is not None else {}),
                 **({"threads": self.threads} if self.threads is not None else {}),
                 **({"compile": True} if self.compile else {}), **self.session,

@@ -40,6 +40,7 @@ class TorchTensorRTBackend(TorchTensorRTFacts, TensorRTFamily):
                        self.width_multiple(precision), int8_refusal=self.int8_refusal_at(settings))
 
     def runner(self, model: BenchModel, settings: Settings):
+        _refuse_fake_quantizers(model.program)
         return compile_torch_tensorrt(model.program, precision=settings.precision or self.default_precision,
                                       sparse=settings.sparse).time_once
 
@@ -61,10 +62,15 @@ class _Compiled:
         return self.modules.get(key, lambda: (self._compiled(program), key))
 
     def _compiled(self, program: Program):
-        if has_fake_quant(program.graph):  # its quantizers would be timed as float operators
-            raise MeasurementError(f"Torch-TensorRT does not time '{program.name}' as INT8 (fake quantizers): "
-                                   "use --backend trt, which builds INT8 from its Q/DQ nodes")
+        _refuse_fake_quantizers(program)
         return compile_torch_tensorrt(deployed(program, self.batch), precision=self.precision, sparse=self.sparse)
+
+
+def _refuse_fake_quantizers(program: Program) -> None:
+    """Torch-TensorRT has no converter for fake quantizers: they would run, and be timed, as float operators."""
+    if has_fake_quant(program.graph):
+        raise MeasurementError(f"Torch-TensorRT does not time '{program.name}' as INT8 (fake quantizers): "
+                               "use --backend trt, which builds INT8 from its Q/DQ nodes")
 
 
 BACKEND = TorchTensorRTBackend()

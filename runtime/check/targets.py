@@ -19,6 +19,7 @@ import onnx
 
 from prunefx.runtime.check import onnxruntime_opsets
 from prunefx.runtime.check.descriptions import DESCRIPTIONS
+from prunefx.runtime.measure.width_multiple import onnxruntime_multiple
 
 ONNX_TENSORRT_10 = ("onnx/onnx-tensorrt docs/operators.md, 10.1 GA release (commit 96e7811), operators marked "
                     "unsupported; opsets 9-20")
@@ -50,10 +51,11 @@ TENSORRT_OWN_OPERATORS = frozenset({("trt", "TRT_INT4DequantizeLinear"), ("trt",
 ONNXRUNTIME_DOMAINS = DEFAULT_DOMAINS | {"com.microsoft", "ai.onnx.ml"}
 
 # Channel multiples. TensorRT's performance guide: tensor-core kernels want channel counts that are multiples
-# of 8 in FP16 and 32 in INT8 (others are padded); ONNX Runtime's blocked convolution kernels on AVX-512 CPUs
-# want 16 (docs/latency-budgets.md, 'The rounding multiple comes from the backend').
+# of 8 in FP16 and 32 in INT8 (others are padded); ONNX Runtime's blocked convolution kernels want one SIMD
+# register of float32 channels, 16 with AVX-512 and 8 without, read from this machine's CPU as the budgets'
+# widths are (docs/latency-budgets.md, 'The rounding multiple comes from the backend').
 TENSOR_CORE_MULTIPLES = {"int8": 32, "float": 8}
-ONNXRUNTIME_MULTIPLES = {"int8": 16, "float": 16}
+ONNXRUNTIME_MULTIPLES = dict.fromkeys(("int8", "float"), onnxruntime_multiple())
 
 
 @dataclass(frozen=True)

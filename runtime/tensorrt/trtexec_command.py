@@ -105,7 +105,7 @@ def timing_arguments(engine_path: str | os.PathLike, options: TrtexecOptions = T
     gets the engine inspector's JSON."""
     arguments = [executable, f"--loadEngine={engine_path}", f"--warmUp={options.warmup_ms}",
                  f"--iterations={options.iterations}", f"--duration={options.duration_s:g}",
-                 "--percentile=90,95,99"]
+                 _percentiles(tensorrt_version)]
     arguments += _shape_arguments(options) + _run_arguments(options, tensorrt_major(tensorrt_version))
     if options.dla_core is not None:
         arguments.append(f"--useDLACore={options.dla_core}")
@@ -123,6 +123,14 @@ def timing_arguments(engine_path: str | os.PathLike, options: TrtexecOptions = T
 def _shape_arguments(options: TrtexecOptions) -> list[str]:
     # without --shapes, trtexec sets every dynamic dimension to 1, and says so only in its log
     return [f"--shapes={trtexec_shapes(options.input_shapes)}"] if options.input_shapes else []
+
+
+def _percentiles(tensorrt_version: str) -> str:
+    """90, 95 and 99 % from TensorRT 8.6, whose trtexec reads a list; before it, one number (8.5's trtexec took
+    the leading 90 of "90,95,99" and printed the 90th percentile alone): the 99th."""
+    minor = (str(tensorrt_version).split(".") + ["0"])[1]
+    before_lists = (tensorrt_major(tensorrt_version), int(minor) if minor.isdigit() else 0) < (8, 6)
+    return "--percentile=99" if before_lists else "--percentile=90,95,99"
 
 
 def _run_arguments(options: TrtexecOptions, major: int) -> list[str]:

@@ -20,6 +20,6 @@ def run(args) -> int:
     else:
         for finding in readiness.findings:
             print(finding.line())
-        print(readiness.summary())
         print(f"operator support: {readiness.source}")
+        print(readiness.summary())  # last: the count of findings, what a script reads with `tail -1`
     return 0 if readiness.ok else 1
