@@ -231,8 +231,7 @@ def _budget(result, options: Options) -> dict | None:
     chosen = [step.stats for name, step in result.steps if name == "choose_for_budget"]
     if not chosen:
         return None
-    return {**json_safe(chosen[-1]), "backend": options.backend, "precision": options.precision,
-            **({"batch": options.batch} if options.batch != 1 else {})}
+    return {**json_safe(chosen[-1]), "backend": options.backend, "precision": options.precision, "batch": options.batch}
 
 
 def _write_report(facts: ReportFacts, staging: Path, *, title: str) -> dict:
