@@ -100,8 +100,6 @@ def _choose(program: Program, candidates: list[Block], config: LinearizeBlocksCo
         if unknown:
             raise LinearizeError(f"linearize_blocks: no block named {unknown}; the blocks are: {', '.join(by_name)}")
         return [by_name[name] for name in config.blocks], {}
-    if config.count == 0:
-        return [], {}
     ranked, scores = ranked_blocks(program, batches, rank=config.rank, progress=config.progress,
                                    candidates=candidates, max_kernel_growth=config.max_kernel_growth,
                                    layer_norms=config.layer_norms, needed=config.count)

@@ -160,11 +160,22 @@ def api_reference(module_name: str) -> str:
     return "\n".join(lines)
 
 
+def _first_comment_paragraph(text: str) -> list[str]:
+    """The lines of a file's leading comment up to its first blank comment line (`#` alone) or its end."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#") or not line.lstrip("#").strip():
+            break
+        lines.append(line.lstrip("#").strip())
+    return lines
+
+
 def recipes_table() -> str:
-    """The shipped recipes, each with the one-line summary at the top of its file."""
+    """The shipped recipes, each with the summary at the top of its file: its first comment paragraph, which may
+    run over several lines."""
     rows = ["| recipe | what it does |", "|---|---|"]
     for path in sorted(RECIPES.glob("*.yaml")):
-        first = path.read_text().splitlines()[0].lstrip("# ").strip()
+        first = " ".join(_first_comment_paragraph(path.read_text()))
         summary = first.split("—", 1)[-1].strip() if "—" in first else first
         rows.append(f"| `{path.stem}` | {_cell(summary)} |")
     return "\n".join(rows)

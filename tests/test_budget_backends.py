@@ -261,6 +261,10 @@ def test_a_backend_without_a_budget_fails_in_one_line(capsys, tmp_path, command)
     (["prune", "prunefx:resnet20", "--macs", 0.5], ["--threads", 1, "--runs", 7], "--threads, --runs: only a budget's measurements"),
     (["depth", "prunefx:resnet20", "--blocks", 2], ["--tolerance", 0.05], "--tolerance: only a budget's search reads these"),
     (["depth", "prunefx:resnet20", "--blocks", 2, "--no-measure"], ["--runs", 7], "--runs: only timed merges read these"),
+    # at their defaults too: asked for, and not read (cli.md: "refused ... rather than ignored")
+    (["prune", "prunefx:resnet20", "--macs", 0.5], ["--tolerance", 0.15, "--confirm"],
+     "--tolerance, --confirm: only a budget's search reads these"),
+    (["prune", "prunefx:resnet20", "--macs", 0.5], ["--threads=2"], "--threads: only a budget's measurements"),
 ])
 def test_measurement_flags_with_nothing_to_measure_fail_in_one_line(capsys, tmp_path, command, flags, said):
     """Flags a run would not read (no budget; no latency table; no merge timed) are refused, not ignored."""

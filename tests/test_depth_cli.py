@@ -68,6 +68,7 @@ def test_blocks_by_count_read_calibration_data_and_recalibrate(capsys, tmp_path)
     (["--blocks", "2"], "give --calibrate"),
     (["--block", "nope"], "no block named"),
     (["--block", "blocks.2", "--recalibrate"], "--recalibrate needs --calibrate"),
+    (["--blocks", "0", "--calibrate", "fashion-mnist"], "--blocks"),  # counts are >= 1 (errors.md)
 ])
 def test_bad_requests_are_one_line_errors(capsys, tmp_path, argv, message):
     code, out, err = run_cli(capsys, "depth", "prunefx:mobilenetv2_small", *argv, "-o", tmp_path)
@@ -169,3 +170,31 @@ def test_blocks_whose_merge_measures_slower_are_refused_not_written_linearised(c
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "merging block(s) blocks.2 measured slower on ort" in err and "--no-measure" in err
     assert not (tmp_path / "o").exists()
+
+
+_CHAIN = """
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    # a 3x3 conv, its batch norm, a ReLU, an unpadded 3x3 conv: linearised, the two merge into one 5x5 (growth 5/3)
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                         nn.Conv2d(64, 16, 3, padding=0, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+"""
+
+
+@needs_fashion_mnist
+def test_blocks_by_count_choose_among_the_merges_max_kernel_growth_allows(capsys, tmp_path):
+    """--blocks K ranked its blocks at growth 1 whatever --max-kernel-growth said: the one block that merges only
+    with growth 5/3 was refused, where naming it merged it."""
+    (tmp_path / "chain.py").write_text(_CHAIN)
+    code, out, err = run_cli(capsys, "depth", f"{tmp_path / 'chain.py'}:build", "--input-shape", "1x1x28x28",
+                             "--blocks", "1", "--max-kernel-growth", "2", "--calibrate", "fashion-mnist",
+                             "--calibration-images", "8", "--no-measure", "-o", tmp_path / "out")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert len(report["linearize_blocks"]["chosen"]) == 1 and report["macs_after"] < report["macs_before"]

@@ -350,3 +350,9 @@ def test_library_comments_say_why_without_citing_results_files_issues_or_missing
              for path in sorted((ROOT / folder).rglob("*.py"))
              for number, line in enumerate(path.read_text().splitlines(), 1) if citation.search(line)]
     assert not found, found
+
+
+def test_the_recipe_table_gives_each_summary_whole():
+    """recipes.md's table took each file's first line: five summaries stopped mid-sentence ("... during")."""
+    rows = _script("docs_reference").recipes_table().splitlines()[2:]
+    assert len(rows) >= 9 and all(row.endswith(". |") for row in rows), [row for row in rows if not row.endswith(". |")]

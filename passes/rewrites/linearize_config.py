@@ -25,7 +25,7 @@ class LinearizeBlocksConfig(PassConfig):
     owner: ClassVar[str] = "linearize_blocks"
 
     blocks: list[str] | None = option(help="the blocks to linearise, by name", cli=False)
-    count: int | None = option(low=0, help="how many blocks to linearise, the least damaging first")
+    count: int | None = option(low=1, help="how many blocks to linearise, the least damaging first")
     speedup: float | None = option(low=1.0, low_open=True, help="linearise the fewest blocks whose merge reaches this measured speed-up")
     measure: Callable | None = option(source="measure", help="(before, after) -> measured speed-up")
     rank: str = option("damage", help="order of the candidate blocks", choices=tuple(RANKINGS))

@@ -24,6 +24,7 @@ from typing import Any
 # a mistyped argument answer at once. The rest (prunefx.graph, which takes torch; the command) once the
 # arguments are read.
 from prunefx import standard_output
+from prunefx.cli import flags
 from prunefx.cli.commands import COMMANDS, Command
 from prunefx.interrupts import (
     HungUp,
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a bad argument (2, its one line already printed)
         return int(exit_.code or 0)
+    args.given = flags.given_destinations(parser, argv)  # flags a run refuses when it would not read them
     error_modes = _never_raise_on_encoding()
     try:
         return _run(args, argv)

@@ -202,9 +202,12 @@ def add_backend_arguments(parser, choices: list[str], default: str) -> None:
 
 
 def refuse_unread(args, defaults: dict[str, object], why: str) -> None:
-    """Flags set away from their defaults that this run would not read, refused in one line before any model is
-    loaded (`why`: what they apply to), rather than ignored."""
-    given = [flag_of(name) for name, default in defaults.items() if getattr(args, name) != default]
+    """Flags this run would not read, refused in one line before any model is loaded (`why`: what they apply to),
+    rather than ignored: those given on the command line (`args.given`, whatever their value: `--threads 2` is
+    the default and still a request), else those set away from their defaults."""
+    typed = getattr(args, "given", None)
+    given = [flag_of(name) for name, default in defaults.items()
+             if (name in typed if typed is not None else getattr(args, name) != default)]
     if given:
         raise PrunefxError(f"{', '.join(given)}: {why}")
 
@@ -212,3 +215,28 @@ def refuse_unread(args, defaults: dict[str, object], why: str) -> None:
 def measurement_defaults(runs: int) -> dict[str, object]:
     """`add_measurement`'s defaults, for `refuse_unread`."""
     return {"threads": LATENCY_THREADS, "runs": runs}
+
+
+def given_destinations(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations `argv` sets itself, whatever their values: `argv` parsed again with every default of the
+    parser and its sub-commands suppressed (absent flags then leave no attribute), the defaults put back after."""
+    actions = _every_action(parser)
+    saved = [(action, action.default) for action in actions]
+    for action in actions:
+        action.default = argparse.SUPPRESS
+    try:
+        parsed, _ = parser.parse_known_args(argv)
+    finally:
+        for action, default in saved:
+            action.default = default
+    return set(vars(parsed))
+
+
+def _every_action(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    actions = []
+    for action in parser._actions:
+        actions.append(action)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                actions += _every_action(sub)
+    return actions

@@ -116,7 +116,7 @@ def _choice_step(args, calibration):
     """linearize_blocks for a count or named blocks."""
     which = {"count": args.count} if args.count is not None else {"blocks": args.block}
     return linearize_blocks, {"mode": "abrupt", "calibration": calibration.batches if calibration else None,
-                              "recalibrate": args.recalibrate, **which}
+                              "recalibrate": args.recalibrate, "max_kernel_growth": args.max_kernel_growth, **which}
 
 
 def _merge_step(args):
