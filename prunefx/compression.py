@@ -11,10 +11,12 @@ Recipe names resolve in prunefx/named_recipes.py. See docs/reference/recipes.md.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn
 
 from prunefx.compress_inputs import require_float32_training
 from prunefx.compress_options import DEFAULTS, Options
@@ -30,10 +32,11 @@ from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.held_signals import signals_held
 from prunefx.graph.launch import torchrun_launch
+from prunefx.graph.placement import move_program
 from prunefx.graph.program_metadata import normalisation_record
 from prunefx.graph.rebatch import rebatch
 from prunefx.image_statistics import statistics_read
-from prunefx.injection import FirstBatches, MeasurerRelease, calibrated_on, inject
+from prunefx.injection import FirstBatches, MeasurerRelease, calibrated_on, inject, injected_keys
 from prunefx.named_recipes import Recipe
 from prunefx.output import staged_folder
 from prunefx.output_paths import check_output_folder
@@ -132,16 +135,25 @@ def _compress(dense: Program, recipe: Recipe, splits: DataSplits, output: Path, 
                         latency=stage_latency(options), log=log)
              if options.stage_reports else None)
     release = MeasurerRelease(pipeline)
+    trains = iter(["train" in injected_keys(step).values() for step in recipe.pipeline.steps])
+    trained: list[Program] = []  # a copy of the last training pass's model, kept if a later pass fails
 
     def after_step(name: str, step: Result) -> None:
         if meter is not None:
             meter(name, step)
         release.after_step()  # a budget pass's measurer: its files and GPU models go once no later pass reads it
+        if next(trains):
+            trained[:] = [move_program(step.program.clone(), "cpu")]
 
     # the dense model (also the teacher) goes back even on failure; the stage rows' models leave the GPU
-    with on_device(dense, options.device) as placed, closed_after(meter), closed_after(release):
-        result = pipeline.run(dense, after_step=after_step)
-        placed.home(result.program)  # measured and written from the CPU
+    try:
+        with on_device(dense, options.device) as placed, closed_after(meter), closed_after(release):
+            result = pipeline.run(dense, after_step=after_step)
+            placed.home(result.program)  # measured and written from the CPU
+    except BaseException as error:  # a pass after the training failed, or Ctrl-C: the training is kept
+        if not trained:
+            raise
+        _raise_keeping(error, _keep_program(trained[0], output), log)
     seconds["pipeline"] = time.perf_counter() - clock
     for (name, step), keys in zip(result.steps, injected):
         log(f"[{name}] {pass_summary(step.stats)}" + (f" (given {', '.join(keys)})" if keys else ""))
@@ -153,11 +165,24 @@ def _compress(dense: Program, recipe: Recipe, splits: DataSplits, output: Path, 
                                       output, data=data, options=options, log=log, before=before,
                                       seconds=seconds, started=started, stage_meter=meter)
         except BaseException as error:  # a Ctrl-C during the final measurement too: the training is what took hours
-            kept = _keep_training(staging / "model_train.pt2", output)
-            if not isinstance(error, PrunefxError):  # a fault of ours stays one (exit 3), an interrupt one (130)
-                log(f"the trained model was kept in {kept}")
-                raise
-            raise PrunefxError(f"{error}; the trained model was kept in {kept}") from error
+            _raise_keeping(error, _keep_training(staging / "model_train.pt2", output), log)
+
+
+def _raise_keeping(error: BaseException, kept: Path, log: Callable[[str], None]) -> NoReturn:
+    """`error` again, saying where the trained model was kept."""
+    if not isinstance(error, PrunefxError):  # a fault of ours stays one (exit 3), an interrupt one (130)
+        log(f"the trained model was kept in {kept}")
+        raise error
+    raise PrunefxError(f"{error}; the trained model was kept in {kept}") from error
+
+
+def _keep_program(program: Program, output: Path) -> Path:
+    """`program` saved and kept beside the output folder as _keep_training keeps it (a temporary folder beside it
+    first: the same file system, so that the move is a rename)."""
+    with signals_held(), tempfile.TemporaryDirectory(dir=output.absolute().parent, prefix=f".{output.name}.") as folder:
+        saved = Path(folder) / "model_train.pt2"
+        program.save(saved)
+        return _keep_training(saved, output)
 
 
 def _keep_training(saved: Path, output: Path) -> Path:

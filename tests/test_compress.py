@@ -468,6 +468,24 @@ def test_a_failure_after_training_keeps_the_trained_model_beside_the_output(tmp_
                                                           "out.model_train.pt2", "tiny.yaml"]
 
 
+@pytest.mark.slow  # a whole compress run
+@needs_fashion_mnist
+@pytest.mark.slow  # a whole compress run
+@needs_fashion_mnist
+def test_a_pass_failing_after_the_training_keeps_the_trained_model(tmp_path, capsys):
+    """distill, then a quantize_int8 that fails when it runs (a node name no graph has; prune-int8's order): the
+    distilled model is kept beside the output, and nothing else is written. It was lost with the run."""
+    recipe = write_recipe(tmp_path / "tiny.yaml", {"passes": [{"distill": {"steps": 2, "lr": 0.01}},
+                                                              {"quantize_int8": {"skip_nodes": ["conv2d_typo"]}}]})
+    code, _, err = run_cli(capsys, "compress", "prunefx:resnet20", "--recipe", recipe, "--data", "fashion-mnist",
+                           "-o", tmp_path / "out", *fast_options())
+    kept = tmp_path / "out.model_train.pt2"
+    assert code == 2 and "conv2d_typo" in err and str(kept) in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.model_train.pt2", "tiny.yaml"]
+    trained = Program.load(kept)
+    assert trained.name == "prunefx:resnet20" and not any("quantize" in str(node.target) for node in trained.graph.nodes)
+
+
 def test_a_trained_model_is_never_kept_over_another_failed_runs(tmp_path, monkeypatch):
     """Two runs with one output failing at once: a name the other run takes after this one looked is not
     written over. The stand-in for the other run: every look at a name finds it free."""
