@@ -36,7 +36,15 @@ from prunefx.graph.placement import move_program
 from prunefx.graph.program_metadata import normalisation_record
 from prunefx.graph.rebatch import rebatch
 from prunefx.image_statistics import statistics_read
-from prunefx.injection import FirstBatches, MeasurerRelease, calibrated_on, inject, injected_keys
+from prunefx.injection import (
+    CALIBRATION_BATCHES,
+    FirstBatches,
+    MeasurerRelease,
+    calibrated_on,
+    calibration_split,
+    inject,
+    injected_keys,
+)
 from prunefx.named_recipes import Recipe
 from prunefx.output import staged_folder
 from prunefx.output_paths import check_output_folder
@@ -246,8 +254,19 @@ def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, s
         "stages": stage_meter.rows if stage_meter else None,
     }
     facts = ReportFacts("compress", dense.name, Costs.of(dense_one, compressed_one), output_files(output, *written),
-                        parity=delivered["parity"], budget=budget, latency=measured, sections=sections)
+                        parity=delivered["parity"], budget=budget, latency=measured, sections=sections,
+                        calibration=_calibration_read(recipe, splits, data, batch))
     return _write_report(facts, staging, title=f"{dense.name}, recipe {recipe.name}")
+
+
+def _calibration_read(recipe: Recipe, splits: DataSplits, data: str, batch: int) -> str | None:
+    """report.json's `calibration`: the batches the recipe's passes read as calibration data, in words (inject
+    gives every such pass the first CALIBRATION_BATCHES of one split); None where no pass reads any."""
+    split = calibrated_on(recipe.pipeline, splits)
+    if split is None:
+        return None
+    batches = min(CALIBRATION_BATCHES, len(calibration_split(splits)[1]))
+    return f"{batches} batches of {batch} images of {data}'s {split} split"
 
 
 def _budget(result, options: Options) -> dict | None:

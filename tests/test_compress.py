@@ -153,6 +153,8 @@ def test_passes_get_the_data_they_need(compressed):
     pruning, distillation = report["passes"]
     assert pruning["injected"] == ["calibration"] and pruning["stats"]["importance"] == "fisher"
     assert report["calibrated_on"] == "train"
+    # what the fisher pass read, in words (it was always null): the first CALIBRATION_BATCHES training batches
+    assert report["calibration"] == f"{CALIBRATION_BATCHES} batches of {BATCH} images of fashion-mnist's train split"
     assert distillation["injected"] == ["data", "eval_data", "task", "teacher"]
     stats = distillation["stats"]
     assert stats["steps"] == 5
