@@ -157,6 +157,25 @@ def test_inspect_json_counts_resnet18(capsys, resnet18_eval):
     assert info["operators"]["aten.conv2d.default"] == 20
 
 
+def test_inspect_nodes_lists_the_names_keep_takes(capsys, tmp_path):
+    """`--keep NODE` pointed at `prunefx inspect` for node names, which it did not print: --nodes lists them, with
+    the module each runs in, and a name read off the list is one --keep accepts."""
+    code, out, err = run_cli(capsys, "inspect", "torchvision:resnet18", "--input-shape", SHAPE, "--nodes")
+    assert code == 0, err
+    rows = re.findall(r"^  (\S+)  (aten\.\S+)  (\S+)$", out, re.MULTILINE)
+    convolutions = [(name, module) for name, operator, module in rows if operator == "aten.conv2d.default"]
+    assert len(convolutions) == 20 and ("conv2d", "conv1") in convolutions and ("conv2d_1", "layer1.0.conv1") in convolutions
+    code, _, err = run_cli(capsys, "prune", "torchvision:resnet18", "--input-shape", SHAPE, "--macs", 0.5,
+                           "--keep", "conv2d_1", "-o", tmp_path / "out")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "prune", "torchvision:resnet18", "--input-shape", SHAPE, "--macs", 0.5,
+                           "--keep", "layer1.0.conv1", "-o", tmp_path / "typo")
+    assert code == 2 and "names the module 'layer1.0.conv1', where it takes nodes: that module's are conv2d_1" in err
+    code, _, err = run_cli(capsys, "prune", "torchvision:resnet18", "--input-shape", SHAPE, "--macs", 0.5,
+                           "--keep", "conv2d_99", "-o", tmp_path / "typo")
+    assert code == 2 and "inspect MODEL --nodes" in err
+
+
 def test_inspect_table_lists_operator_counts(capsys):
     code, out, err = run_cli(capsys, "inspect", "torchvision:resnet18", "--input-shape", SHAPE)
     assert code == 0, err

@@ -46,14 +46,14 @@ def integer(owner: str, key: str, value, *, minimum: int | None = None) -> int:
 
 
 def names_in(owner: str, key: str, names: Iterable[str], known: Collection[str], *, what: str,
-             where: str = " (see `prunefx inspect` for node names)") -> None:
+             where: str = " (`prunefx inspect MODEL --nodes` lists the node names)") -> None:
     """Every name is one of `known`: a name that is not (a typo, a name from before a save) would keep nothing
     and say nothing, so it is refused, with the closest known names."""
     for name in names:
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else where
-            raise ConfigError(f"{owner}: '{key}' names '{printable(name)[:60]}', which is not {what}{hint}")
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"{owner}: '{key}' names '{printable(name)[:60]}', which is not {what}{hint}{where}")
 
 
 def nodes_in(owner: str, key: str, names: Iterable[str], program, *, weights: bool = False) -> None:
@@ -61,4 +61,10 @@ def nodes_in(owner: str, key: str, names: Iterable[str], program, *, weights: bo
     known = {node.name for node in program.graph.nodes}
     if weights:
         known |= {str(node.target) for node in program.graph.nodes if node.op == "get_attr"}
+    for name in names:  # a module's path where a node is wanted: its nodes are what to name
+        inside = [node.name for node in program.graph.nodes if name not in known and node.op == "call_function"
+                  and name in [path for path, _ in (node.meta.get("nn_module_stack") or {}).values()]]
+        if inside:
+            raise ConfigError(f"{owner}: '{key}' names the module '{printable(name)[:60]}', where it takes nodes: "
+                              f"that module's are {', '.join(inside[:6])}{', ...' if len(inside) > 6 else ''}")
     names_in(owner, key, names, known, what=f"a node{' or weight' if weights else ''} of {program.name}")

@@ -50,7 +50,7 @@ class RemoveChannelsConfig(PassConfig):
     min_widths: dict | None = option(help="{'tensor:dim': width}: no group with such a member keeps fewer; "
                                            "'tensor:dim:heads' or ':head_dim' names one factor of a head grid",
                                       cli=False)
-    keep: list[str] = option([], help="graph node whose channels must stay (see `prunefx inspect`)")
+    keep: list[str] = option([], help="graph node whose channels must stay (`prunefx inspect MODEL --nodes` lists them)")
     seed: int = option(0, help="seed of the random criterion", cli=False)
     strict: bool = option(True, help="fail when the target cannot be met within 3 %", cli=False)
     compensate: bool | None = option(

@@ -30,8 +30,22 @@ def summary(program) -> dict:
     }
 
 
+def operation_nodes(program) -> list[dict]:
+    """Every operation node of the graph: its name, its operator and the module it was called in ("" at the top)."""
+    rows = []
+    for node in program.graph.nodes:
+        if node.op == "call_function":
+            stack = node.meta.get("nn_module_stack") or {}
+            module = list(stack.values())[-1][0] if stack else ""
+            rows.append({"name": node.name, "operator": str(node.target), "module": module})
+    return rows
+
+
 def run(args) -> int:
-    info = summary(program_from_args(args))
+    program = program_from_args(args)
+    info = summary(program)
+    if args.nodes:
+        info["operation_nodes"] = operation_nodes(program)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -46,6 +60,10 @@ def run(args) -> int:
     for operator, times in info["operators"].items():
         print(f"  {times:6d}  {operator}")
     _print_groups(info)
+    if args.nodes:
+        print("operation nodes (name, operator, module):")
+        for row in info["operation_nodes"]:
+            print(f"  {row['name']}  {row['operator']}  {row['module'] or '(top level)'}")
     return 0
 
 
