@@ -164,7 +164,7 @@ def test_a_budget_says_the_runs_and_the_threads_it_was_measured_with():
     from prunefx.runtime.measure.pairs import Measurement
 
     said = MeasuredOn.of(Measurement.of("ort", threads=1, runs=7)).to_dict()
-    assert said == {"backend": "ort", "precision": "fp32", "runs": 7, "threads": 1}
+    assert said == {"backend": "ort", "precision": "fp32", "batch": 1, "runs": 7, "threads": 1}
     sleeping = Measurement.of("ort", threads=1, runs=7, spinning=False, flush_denormals=False, rounds=2)
     assert MeasuredOn.of(sleeping).to_dict() == {**said, "spinning": False, "flush_denormals": False, "rounds": 2}
 
