@@ -251,6 +251,16 @@ def results_name(epochs: int) -> str:
     return NAME if epochs == 1 else f"{NAME}_{epochs}epochs"
 
 
+def _speedup_statistic(runs: list[dict]) -> str:
+    """How the file's speed-ups were computed, as its records hold them: pooled with an interval (`confidence`), or,
+    in a file made before the script pooled its rounds, the median of the rounds' own speed-ups."""
+    timed = [run["latency"] for run in runs if run.get("latency")]
+    if timed and all("confidence" in latency for latency in timed):
+        return ("the speed-up is pooled over the rounds (the ratio of the medians of all their runs, as `prunefx "
+                "bench --vs` gives it), with its 90 % interval (Student's t over the rounds)")
+    return "the speed-up is the median of the rounds' own speed-ups, with no interval"
+
+
 def markdown(report: dict) -> str:
     lines = ["# Fashion-MNIST: accuracy after pruning and recovery, prunefx and Torch-Pruning\n",
              f"Produced by `{report['command']}`.\n", machine_summary(report["machine"]), "",
@@ -260,8 +270,7 @@ def markdown(report: dict) -> str:
              "cross-entropy only.",
              "- Accuracy on the 10,000 test images, never used for any choice; one run per cell (seed 0).",
              "- Latency: ONNX Runtime, batch 1, 2 threads, median, each model alternated with the dense one, all of "
-             "them round by round; the speed-up is pooled over the rounds (the ratio of the medians of all their "
-             "runs, as `prunefx bench --vs` gives it), with its 90 % interval (Student's t over the rounds).\n"]
+             f"them round by round; {_speedup_statistic(report['runs'])}.\n"]
     for model, info in report["baselines"].items():
         lines.append(f"## {model}: dense {100 * info['test_accuracy']:.2f} % (trained here for {info['epochs']} "
                      f"epochs, {info['macs_per_image'] / 1e6:.1f} M MACs)\n")
