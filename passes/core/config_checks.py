@@ -61,8 +61,9 @@ def nodes_in(owner: str, key: str, names: Iterable[str], program, *, weights: bo
     known = {node.name for node in program.graph.nodes}
     if weights:
         known |= {str(node.target) for node in program.graph.nodes if node.op == "get_attr"}
-    for name in names:  # a module's path where a node is wanted: its nodes are what to name
-        inside = [node.name for node in program.graph.nodes if name not in known and node.op == "call_function"
+    names = list(names)  # read twice: here and by names_in
+    for name in set(names) - known:  # a module's path where a node is wanted: its nodes are what to name
+        inside = [node.name for node in program.graph.nodes if node.op == "call_function"
                   and name in [path for path, _ in (node.meta.get("nn_module_stack") or {}).values()]]
         if inside:
             raise ConfigError(f"{owner}: '{key}' names the module '{printable(name)[:60]}', where it takes nodes: "
