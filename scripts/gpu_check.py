@@ -58,8 +58,10 @@ import build_stamp  # noqa: E402
 
 CARRIED = ROOT / ".gpu-check"
 SMOKE_WHEELS = ROOT / "build" / "gpu-check-smoke"  # --smoke's wheels (this Python's): .gpu-check stays for the GPU
-# what the GPU machine lacks of prunefx's dependencies (and of the benchmarks' and tests' data): name==version
-MISSING_THERE = ("onnx-graphsurgeon", "pycocotools", "torch-pruning", "threadpoolctl", "foolbox==3.3.4")
+# what the GPU machine lacks of prunefx's dependencies (and of the benchmarks' and tests' data): name==version;
+# jsonschema and what it needs check the reports the GPU tests write against the published schema
+MISSING_THERE = ("onnx-graphsurgeon", "pycocotools", "torch-pruning", "threadpoolctl", "foolbox==3.3.4",
+                 "jsonschema", "jsonschema-specifications", "referencing", "rpds-py", "attrs")
 GPU_PYTHON = "3.12"
 STAMP = "code_stamp.txt"  # beside the wheels: the code they were built from
 STAMP_FILES = "code_files.txt"  # the files it was taken over: the GPU machine has no git to list them

@@ -469,7 +469,13 @@ def test_every_capture_on_a_gpu_warms_and_captures_on_one_side_stream(monkeypatc
     captures took up to every stream of torch's pool."""
     made = []
     real_stream = torch.cuda.Stream
-    monkeypatch.setattr(torch.cuda, "Stream", lambda *args, **kwargs: made.append(1) or real_stream(*args, **kwargs))
+
+    def stream(*args, **kwargs):  # current_stream() wraps an existing stream by its stream_id: not a new one
+        if "stream_id" not in kwargs:
+            made.append(1)
+        return real_stream(*args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "Stream", stream)
     for width in (8, 16, 32):
         assert GpuModel(_net(width, batch=8), precision="fp16", device=CudaDevice()).mode == "graph"
     assert len(made) <= 1  # none where an earlier test of this process made the GPU's side stream
