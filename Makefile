@@ -115,6 +115,12 @@ GPU_SECONDS ?= 240
 gpu-speedup:
 	$(GPU_PYTHON) scripts/gpu_check.py speedup --seconds $(GPU_SECONDS)
 
+# Back here, with the check's files copied into benchmarks/gpu_check/: its speed-up rows that the published
+# figures lack are added to benchmarks/results/gpu_speedup.*, each stamped with its code.
+gpu-publish: setup
+	$(PY) scripts/publish_gpu_rows.py
+	$(PY) scripts/readme_results.py --write
+
 gpu-check-smoke: setup
 	$(PY) scripts/gpu_check.py prepare --smoke
 	$(PY) scripts/gpu_check.py run --smoke --out build/gpu-check-smoke/out

@@ -19,8 +19,8 @@ defaults are also timed with channel counts in multiples of 8, 16, 32 and 64 (wh
 measured), with the batch norms folded into the convolutions of both models (what a fusing runtime runs), and
 with both compiled by inductor (`--compile`: the elementwise work fused, which eager mode runs kernel by kernel).
 
-The rows run in the order the figures matter (`plan`; `--missing-first FILE` puts first one row of each kind a
-published file lacks): equal MACs at the largest batch on every model, the
+The rows run in the order the figures matter (`plan`; `--missing-first FILE` puts first the rows a published
+file lacks, one of each kind it lacks altogether before the others): equal MACs at the largest batch on every model, the
 latency choice on every model, the budgets, the width multiples, then the other batches. Within `--time-limit` seconds
 of the process's start a row starts only while the time left exceeds the longest finished row of its kind, in
 this run or in the file `--resume` names (before any of its kind has finished: the longest row of any kind),
@@ -406,29 +406,34 @@ def independent_speedup(dense, chosen, batch: int, precision: str, timeout: floa
 # ---- the run --------------------------------------------------------------------------------------
 
 def plan(models: list[str], batches: list[int], budgets: dict[int, float],
-         kinds_first: tuple[str, ...] = ()) -> list[tuple[str, str, int]]:
+         published: frozenset[tuple[str, str, int]] = frozenset()) -> list[tuple[str, str, int]]:
     """(kind, model, batch) in the order the figures matter, so that a run cut short has the first ones: equal
     MACs at the largest batch on every model (prunefx's defaults against Torch-Pruning), the latency choice on
     every model, the budgets (model by model, each at every batch, largest first: a run cut short has both
-    batches on its first models), the width multiples on the first model, then the other batches. The first row
-    of each kind of `kinds_first` goes before all others, in that order: a run cut short has one figure of each
-    kind the published results lack, not every row of the first such kind."""
+    batches on its first models), the width multiples on the first model, then the other batches. Given the
+    rows a published file holds (`published_rows`), the rows it lacks go first: the first row of each kind it
+    holds none of (a run of minutes has a figure of each), then its other missing rows, in that order."""
     first, rest = max(batches), sorted(batches, reverse=True)[1:]
     tasks = ([("equal", model, first) for model in models] + [("latency", model, first) for model in models]
              + [("budget", model, batch) for model in models for batch in sorted(budgets, reverse=True)]
              + [("widths", models[0], first)]
              + [("equal", model, batch) for batch in rest for model in models])
-    leading = [next(task for task in tasks if task[0] == kind) for kind in kinds_first
-               if any(task[0] == kind for task in tasks)]
-    return leading + [task for task in tasks if task not in leading]
+    if not published:
+        return tasks
+    missing = [task for task in tasks if task not in published]
+    held = {kind for kind, _, _ in published}
+    leading = [next(task for task in missing if task[0] == kind) for kind in ROWS
+               if kind not in held and any(task[0] == kind for task in missing)]
+    return leading + [task for task in missing if task not in leading] + [task for task in tasks if task in published]
 
 
-def kinds_missing_in(path: Path | None) -> tuple[str, ...]:
-    """The kinds of row that the results file `path` holds none of, in plan order (none: no file)."""
+def published_rows(path: Path | None) -> frozenset[tuple[str, str, int]]:
+    """(kind, model, batch) of each row the results file `path` holds that did not fail (none: no file)."""
     if path is None or not path.is_file():
-        return ()
+        return frozenset()
     rows = json.loads(path.read_text())
-    return tuple(kind for kind, key in ROWS.items() if not rows.get(key))
+    return frozenset((kind, row["model"], row["batch"]) for kind, key in ROWS.items() for row in rows.get(key, [])
+                     if "error" not in row)
 
 
 def run(args) -> dict:
@@ -454,7 +459,7 @@ def _measure(args, device) -> dict:
     kept, hints = resumed(args.resume, report["machine"]), earlier_seconds(args.resume)
     report.update(kept)
     done = {(kind, row["model"], row["batch"]) for kind, key in ROWS.items() for row in kept[key]}
-    order = plan(models, batches, budgets, kinds_missing_in(args.missing_first))
+    order = plan(models, batches, budgets, published_rows(args.missing_first))
     tasks = [task for task in order if task not in done]
     with tempfile.TemporaryDirectory(prefix="gpu-speedup-torch-pruning-") as folder:
         searches = SearchesAhead(Path(folder), args.torch_pruning_timeout)
@@ -505,9 +510,7 @@ def _rows(args, device, tasks, report, hints, searches, settings, budgets) -> di
     rows = {"equal": equal, "latency": latency, "widths": widths,
             "budget": lambda reference, batch: budget_row(reference, batch, budgets[batch], settings, device)}
     for number, (kind, reference, batch) in enumerate(tasks, 1):
-        what = {"equal": f"equal-MACs row at batch {batch}", "latency": f"latency choice at batch {batch}",
-                "widths": f"width multiples at batch {batch}",
-                "budget": f"--speedup {budgets.get(batch)} at batch {batch}"}[kind]
+        what = row_name(kind, batch, budgets)
         needs = expected_seconds(kind, report, hints)
         searches.drop_overdue()
         if deadline - time.monotonic() < needs:  # a row cut off half-way is GPU time lost: start only what fits
@@ -527,6 +530,13 @@ def _rows(args, device, tasks, report, hints, searches, settings, budgets) -> di
         print(f"gpu_speedup: [{number}/{len(tasks)}] {reference}, {what}: {row['seconds']:.0f} s", flush=True)
         save(report, args.out)  # a run stopped from outside keeps every row finished
     return report
+
+
+def row_name(kind: str, batch: int, budgets: dict[int, float]) -> str:
+    """How the log and the skipped list name a row of `kind` at `batch` (after its model)."""
+    return {"equal": f"equal-MACs row at batch {batch}", "latency": f"latency choice at batch {batch}",
+            "widths": f"width multiples at batch {batch}",
+            "budget": f"--speedup {budgets.get(batch)} at batch {batch}"}[kind]
 
 
 def expected_seconds(kind: str, report: dict, hints: dict[str, float]) -> float:
@@ -654,8 +664,8 @@ def parse(argv=None):
     parser.add_argument("--code", default=None, help="the code's stamp (default: benchmarks/build_stamp.py's digest "
                                                      "where git can list the files)")
     parser.add_argument("--missing-first", type=Path,
-                        help="a published gpu_speedup.json: the kinds of row it holds none of run first (a run of "
-                             "minutes fills in what is missing)")
+                        help="a published gpu_speedup.json: the rows it lacks run first (a run of minutes fills in "
+                             "what is missing)")
     parser.add_argument("--smoke", action="store_true", help="one small model on a CPU stand-in for the device")
     parser.set_defaults(started=None)  # when the time limit counts from (main: the process's start)
     args = parser.parse_args(argv)

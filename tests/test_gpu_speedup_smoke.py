@@ -55,18 +55,21 @@ def test_the_rows_that_decide_come_first(load_script):
                     ("widths", "a", 32), ("equal", "a", 8), ("equal", "b", 8), ("equal", "a", 1), ("equal", "b", 1)]
 
 
-def test_one_row_of_each_kind_a_published_file_lacks_runs_first(load_script, tmp_path):
+def test_the_rows_a_published_file_lacks_run_first_one_of_each_missing_kind_leading(load_script, tmp_path):
     script = load_script(SCRIPT)
     published = tmp_path / "gpu_speedup.json"
-    published.write_text(json.dumps({"equal_macs": [{"model": "a"}], "latency_choice": [{"model": "a"}],
-                                     "budgets": [], "widths": []}))
-    assert script.kinds_missing_in(published) == ("budget", "widths")
-    plan = script.plan(["a", "b"], [1, 32], {1: 1.3, 32: 1.5}, ("budget", "widths"))
-    # one of each missing kind first (a short run has a figure of each), then the plan's order
-    assert plan == [("budget", "a", 32), ("widths", "a", 32), ("equal", "a", 32), ("equal", "b", 32),
-                    ("latency", "a", 32), ("latency", "b", 32), ("budget", "a", 1), ("budget", "b", 32),
-                    ("budget", "b", 1), ("equal", "a", 1), ("equal", "b", 1)]
-    assert script.kinds_missing_in(tmp_path / "none.json") == ()
+    published.write_text(json.dumps({"equal_macs": [{"model": "a", "batch": 32}, {"model": "b", "batch": 32}],
+                                     "latency_choice": [{"model": "a", "batch": 32}],
+                                     "budgets": [{"model": "a", "batch": 32, "error": "failed"}], "widths": []}))
+    held = script.published_rows(published)
+    assert held == {("equal", "a", 32), ("equal", "b", 32), ("latency", "a", 32)}  # a failed row is not held
+    plan = script.plan(["a", "b"], [1, 32], {1: 1.3, 32: 1.5}, held)
+    # the first row of each kind the file has none of, the other rows it lacks, then those it holds (re-measured)
+    assert plan == [("budget", "a", 32), ("widths", "a", 32), ("latency", "b", 32), ("budget", "a", 1),
+                    ("budget", "b", 32), ("budget", "b", 1), ("equal", "a", 1), ("equal", "b", 1),
+                    ("equal", "a", 32), ("equal", "b", 32), ("latency", "a", 32)]
+    assert script.published_rows(tmp_path / "none.json") == frozenset()
+    assert script.plan(["a"], [32], {32: 1.5}, frozenset()) == script.plan(["a"], [32], {32: 1.5})
 
 
 class _FakeVariants:

@@ -4,8 +4,9 @@ Widths matter more than MACs, and the multiple is a property of the target, so t
 (`round_to`, passes/budget/measurement.py) and prune_to_budget uses it unless the user names one: ONNX
 Runtime on a CPU 16 with AVX-512 and 8 otherwise (its blocked NCHWc kernels hold one SIMD register of float32
 channels; read from /proc/cpuinfo), TensorRT 8 (FP16, TF32) or 32 (INT8), PyTorch on CUDA 8 (NVIDIA's
-documented rule, not measured here). Each backend states its multiple (runtime/backends/). The table and
-why: docs/latency-budgets.md, 'The rounding multiple comes from the backend'.
+documented rule; benchmarks/gpu_speedup.py's width multiples row measures 8 to 64). Each backend states its
+multiple (runtime/backends/). The table and why: docs/latency-budgets.md, 'The rounding multiple comes from the
+backend'.
 """
 
 from __future__ import annotations

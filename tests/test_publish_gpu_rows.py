@@ -1,0 +1,56 @@
+"""scripts/publish_gpu_rows.py: the rows of a GPU check that the published GPU speed-ups lack are added, stamped
+with their code, and nothing else moves; a check on another GPU or torch is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+SCRIPT = "scripts/publish_gpu_rows.py"
+MACHINE = {"gpu": "NVIDIA H200", "driver": "580", "torch": "2.11.0+cu130", "precision": "fp16",
+           "timing": "fp16, CUDA graphs", "code": "old", "date_utc": "2026-11-30"}
+
+
+def _entry(speedup: float) -> dict:
+    return {"speedup": speedup, "macs_kept": 0.5}
+
+
+def _files(tmp_path, published: dict, check: dict):
+    (tmp_path / "published.json").write_text(json.dumps(published))
+    (tmp_path / "check.json").write_text(json.dumps(check))
+    return ["--published", str(tmp_path / "published.json"), "--check", str(tmp_path / "check.json")]
+
+
+def _report(machine: dict, equal: list, budgets: list, skipped: list) -> dict:
+    return {"machine": machine, "equal_macs": equal, "latency_choice": [], "budgets": budgets, "widths": [],
+            "skipped": skipped}
+
+
+def test_rows_the_published_file_lacks_are_added_with_their_code_and_nothing_else_moves(load_script, tmp_path):
+    published_equal = {"model": "a", "batch": 32, "dense_ms": 3.0, "prunefx": _entry(1.17)}
+    failed_budget = {"model": "a", "batch": 32, "speedup_asked": 1.5, "error": "timed out"}
+    published = _report(MACHINE, [published_equal], [failed_budget],
+                         ["a: --speedup 1.5 at batch 32 (time limit)", "b: equal-MACs row at batch 32 (time limit)"])
+    new_budget = {"model": "a", "batch": 32, "speedup_asked": 1.5, "choice": "latency", "remeasured": 1.65,
+                  "macs_kept": 0.48, "within": True}
+    check = _report({**MACHINE, "code": "new", "date_utc": "2026-12-04"},
+                    [{"model": "a", "batch": 32, "dense_ms": 3.1, "prunefx": _entry(1.30)}], [new_budget], [])
+    assert load_script(SCRIPT).main(_files(tmp_path, published, check)) == 0
+    result = json.loads((tmp_path / "published.json").read_text())
+    assert result["equal_macs"] == [published_equal]  # the published row stays, not the check's 1.30x
+    assert result["budgets"] == [failed_budget, {**new_budget, "code": "new", "date_utc": "2026-12-04"}]
+    assert result["skipped"] == ["b: equal-MACs row at batch 32 (time limit)"]
+    assert result["machine"] == MACHINE
+    markdown = (tmp_path / "published.md").read_text()
+    assert "| a | 32 | 1.5x | latency | 1.65x |" in markdown and "1.30x" not in markdown
+
+
+def test_a_check_on_another_gpu_is_refused_and_nothing_is_written(load_script, tmp_path):
+    published = _report(MACHINE, [], [], [])
+    check = _report({**MACHINE, "gpu": "NVIDIA H100"}, [{"model": "a", "batch": 32, "prunefx": _entry(1.2)}], [], [])
+    argv = _files(tmp_path, published, check)
+    before = (tmp_path / "published.json").read_text()
+    with pytest.raises(SystemExit, match="another gpu"):
+        load_script(SCRIPT).main(argv)
+    assert (tmp_path / "published.json").read_text() == before and not (tmp_path / "published.md").exists()
