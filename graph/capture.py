@@ -88,6 +88,18 @@ def _check_initialised(model: torch.nn.Module, name: str) -> None:
                                "weights yet: call the model once on an input before capturing it")
 
 
+def _check_has_values(model: torch.nn.Module, inputs: tuple, name: str) -> None:
+    """Tensors on the meta device have shapes and no values: a Program of them captures, then fails inside torch
+    when anything reads a weight (saving, scoring, exporting)."""
+    where = next((path for path, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta),
+                 None)
+    if where is not None:
+        raise CaptureError(f"model '{name}': {where} is on the meta device (a shape with no values): load the weights "
+                           "first (model.to_empty(device='cpu'), then load_state_dict)")
+    if any(isinstance(x, torch.Tensor) and x.is_meta for x in inputs):
+        raise CaptureError(f"model '{name}': the example inputs are on the meta device: give tensors with values")
+
+
 def _check_not_a_library_wrapper(model: torch.nn.Module, name: str) -> None:
     """Ultralytics' YOLO/RTDETR wrapper runs its whole predict pipeline when called (printing, and adding its
     callbacks to the wrapper): refused before anything runs it, naming the network to pass instead."""
@@ -118,6 +130,8 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     """
     if name and program_name(name) is None:  # refused before any work, as the Program would (None, "": the default)
         raise CaptureError(f"capture's name must be non-empty text, not {printable(repr(name))[:60]}")
+    if not isinstance(copy_weights, bool):
+        raise CaptureError(f"capture's copy_weights is True or False, not {printable(repr(copy_weights))[:60]}")
     if isinstance(model, torch.export.ExportedProgram):
         return _capture_exported(model, example_inputs, name=name or "exported", copy_weights=copy_weights)
     if not isinstance(model, torch.nn.Module):
@@ -128,6 +142,7 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     name = name or type(model).__name__
     inputs = _as_tuple(example_inputs)
     _check_initialised(model, name)
+    _check_has_values(model, inputs, name)
     _check_not_a_library_wrapper(model, name)
     try:
         with stack_traces_off():

@@ -55,6 +55,9 @@ class Program:
     def __init__(self, module: torch.fx.GraphModule, example_inputs: tuple[torch.Tensor, ...], *,
                  name: str = "model", analysis: Analysis | None = None,
                  output_shapes: list[tuple[int, ...]] | None = None):
+        if not isinstance(module, torch.fx.GraphModule):
+            raise PrunefxError(f"Program wraps the torch.fx.GraphModule of a captured model, not "
+                               f"{type(module).__name__}: prunefx.capture(model, inputs) makes one")
         self.module = module
         self.example_inputs = tuple(example_inputs)
         self.name = name
@@ -106,6 +109,8 @@ class Program:
 
     def train(self, mode: bool = True) -> Program:
         """Flip the training flag of every batch norm and dropout inside the graph."""
+        if not isinstance(mode, bool):  # as torch's Module.train: "no" would be truthy
+            raise PrunefxError(f"Program.train takes True or False, not {mode!r:.60}")
         set_training(self.module, mode)
         return self
 

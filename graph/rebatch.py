@@ -24,6 +24,8 @@ from prunefx.graph.program import Program, current_output_shapes
 def rebatch(program: Program, batch_size: int) -> Program:
     """A copy of `program` that takes `batch_size` items per input; item i of its outputs equals item
     i of the original's (the example inputs keep their first `batch_size` items)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise PrunefxError(f"rebatch takes a whole number of items, not {batch_size!r:.40}")
     current = _batch_size(program)
     if not 1 <= batch_size <= current:
         raise PrunefxError(f"cannot rebatch {program.name} from {current} to {batch_size}: only a smaller batch "

@@ -51,6 +51,8 @@ def verified_outputs(program: Program, *, reexport: bool = True) -> list[torch.T
     """verify(program), returning the output tensors of its eval-mode run on the example inputs (None in training
     mode, which is checked by shapes only): the Pipeline compares them for exactness instead of running again."""
     require_program(program, "verify")
+    if not isinstance(reexport, bool):
+        raise VerificationError(f"verify's reexport is True or False, not {reexport!r:.40}")
     _check_lint(program)
     _check_shapes(program)
     outputs = None if program.training else _check_finite(program)

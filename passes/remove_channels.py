@@ -43,6 +43,7 @@ from prunefx.passes.removal.config import RemoveChannelsConfig
 from prunefx.passes.rewrites.sparse_masks import refuse_sparse_weights
 
 log = logging.getLogger(__name__)
+_UNITS = {"macs": "MACs", "params": "parameters"}
 
 
 @shipped_pass
@@ -62,6 +63,9 @@ def remove_channels(program: Program, /, *, config: dict | None = None) -> Resul
     program.drop_dead_code()
     delete_unused_tensors(program.module)  # also those no node reads at all
     before = count(program)
+    if target.kind in ("macs", "params") and not getattr(before, target.kind):
+        raise PrunefxError(f"remove_channels: {program.name} has no {_UNITS[target.kind]} to cut (no layer with "
+                           "weights that channels run through)")
     parts = PartSeconds(module_device(program.module))
     with parts.part("channel groups"):
         combing = find_channel_groups(program.module, keep=set(settings.keep))

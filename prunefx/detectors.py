@@ -220,6 +220,8 @@ class PartPruning:
 def prune_part(model: torch.nn.Module, example_inputs, pipeline, *, part: str | None = None) -> PartPruning:
     """Capture `part` of `model` (see `capture_part`), run `pipeline` (a Pipeline, or its steps) on it,
     and return a copy of `model` with the rewritten part in place. The user's model is not changed."""
+    if not isinstance(model, torch.nn.Module):
+        raise PartError(f"prune_part takes the detector's torch.nn.Module, not {type(model).__name__}")
     pipeline = pipeline if isinstance(pipeline, Pipeline) else Pipeline(pipeline)
     part, dense = _find(model, example_inputs) if part is None else (part, capture_part(model, example_inputs, part))
     result = pipeline.run(dense)

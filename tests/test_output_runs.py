@@ -267,3 +267,26 @@ def test_another_hosts_staging_folder_is_left_until_a_day_old(tmp_path):
     os.utime(old, (day_ago, day_ago))
     clear_stale(tmp_path / "out")
     assert live.exists() and not old.exists()
+
+
+LATE_SIGNAL = """
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a pytest-xdist worker's children ignore it
+import prunefx.cli as cli
+cli._OWN_PROCESS = True  # as the `prunefx` command's entry point sets it
+status = cli.main(sys.argv[1:])
+print("ran", status, flush=True)
+os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the interpreter tears the finished command down
+time.sleep(10)
+print("survived the signal", flush=True)
+"""
+
+
+def test_a_signal_after_the_command_ended_exits_with_its_status_without_a_traceback(tmp_path):
+    """The run has said its outcome (here a one-line refusal, status 2): a late Ctrl-C ends the process with
+    that status at once, not as a signal death with a KeyboardInterrupt traceback and no outcome."""
+    done = subprocess.run([sys.executable, "-c", LATE_SIGNAL, "prune", "nosuch:model", "--macs", "0.5", "-o", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done
+    assert done.stdout.splitlines() == ["ran 2"]
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr

@@ -140,6 +140,9 @@ def channel_rule(operator, *, rewrite: LiteralRewrite | None = None, override: b
 def remove_channel_rule(operator) -> None:
     """Take away a rule registered with `channel_rule` (and its literal rewrite): the operator is back to
     its shipped rule, or blocked when prunefx ships none."""
+    if not any(operator in table for table in (RULES, LITERAL_REWRITES)):  # a name as text would do nothing
+        raise PrunefxError(f"remove_channel_rule: {operator!r:.80} has no rule registered (it takes the operator "
+                           "overload given to channel_rule, such as torch.ops.mylib.op.default)")
     for table, shipped in ((RULES, _SHIPPED_RULES), (LITERAL_REWRITES, _SHIPPED_REWRITES)):
         if operator in shipped:
             table[operator] = shipped[operator]

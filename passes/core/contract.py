@@ -76,9 +76,15 @@ class DeclaredPass:
 def graph_pass(*, config: type[PassConfig] | None, in_place: bool, exact: bool = False,
                reads: tuple[str, ...] = (), writes: tuple[str, ...] = ()) -> Callable[[PassFunction], DeclaredPass]:
     """Declare a pass function's contract (see the module docstring)."""
+    if not isinstance(in_place, bool) or not isinstance(exact, bool):
+        raise TypeError(f"graph_pass: in_place and exact are True or False, not {in_place!r} and {exact!r}")
+    if isinstance(reads, str) or isinstance(writes, str):  # tuple("graph") would read it letter by letter
+        raise TypeError("graph_pass: reads and writes are tuples of Analysis field names, not a text")
     contract = Contract(config, in_place, exact, tuple(reads), tuple(writes))
 
     def declare(function: PassFunction) -> DeclaredPass:
+        if config is not None and not (isinstance(config, type) and issubclass(config, PassConfig)):
+            raise TypeError(f"{function.__name__}: config must be a PassConfig subclass (or None), not {config!r}")
         if config is not None and config.owner != function.__name__:  # every config message names the pass
             raise ValueError(f"{function.__name__}: its config class says owner = '{config.owner}'")
         return DeclaredPass(function, contract)

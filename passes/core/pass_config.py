@@ -147,6 +147,9 @@ class PassConfig:
         of this class as it is (the Pipeline parses once and hands the pass the parsed config)."""
         if isinstance(mapping, cls):
             return mapping
+        if mapping is not None and not isinstance(mapping, Mapping):  # dict("macs=0.5") fails without naming it
+            raise ConfigError(f"{cls.owner}: its config is a mapping of option names to values, such as "
+                              f"{{'{dataclasses.fields(cls)[0].name}': ...}}, not {_shown(mapping)}")
         mapping = dict(mapping or {})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(str(key) for key in mapping if key not in known)

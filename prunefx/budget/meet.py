@@ -78,6 +78,9 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
         raise PrunefxError("the depth route ranks the blocks by their damage on data: give meet_budget calibration "
                            "batches")
     for name, options, owned in (("width", width, OWNED - {"calibration"}), ("depth", depth, OWNED)):
+        if options is not None and not isinstance(options, Mapping):  # dict("l2") fails naming neither
+            raise PrunefxError(f"meet_budget: '{name}' is a mapping of its pass's options, such as "
+                               f"{{'importance': 'l2'}}, not {type(options).__name__} {options!r:.40}")
         given = sorted(owned & set(options or {}))
         if given:  # the route would set them over the caller's, silently
             raise PrunefxError(f"meet_budget: '{given[0]}' is an argument of meet_budget, not an option in '{name}'")

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import gc
 import logging
+import os
 import signal
 import sys
 import threading
@@ -157,9 +158,25 @@ def main(argv: list[str] | None = None) -> int:
     args.given = flags.given_destinations(parser, argv)  # flags a run refuses when it would not read them
     error_modes = _never_raise_on_encoding()
     try:
-        return _run(args, argv)
+        return _run_with_signals(args, argv)
     finally:  # a caller in Python gets its streams back as they were
         _restore_error_modes(error_modes)
+
+
+def _run_with_signals(args: argparse.Namespace, argv: list[str]) -> int:
+    """The run with SIGINT, SIGTERM and SIGHUP raised as exceptions inside it; after it, a caller in Python gets
+    its own handlers back, and the command's own process exits at once with the run's status on such a signal:
+    the interpreter's teardown after a large model takes seconds, and the outputs and their line are out."""
+    previous = _install_signal_handlers()
+    status = EXIT_INTERNAL_ERROR
+    try:
+        status = _run(args, argv)
+        return status
+    finally:
+        if _OWN_PROCESS and previous is not None:
+            _exit_on_signals(previous, status)
+        else:
+            _restore_signal_handlers(previous)
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -180,7 +197,6 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     # (`2>&-` leaves none: nothing to filter, and a wrapper would hide that there is none)
     filtering = not debug and sys.stderr is not None
     quiet = contextlib.redirect_stderr(WithoutTorchPrints(sys.stderr)) if filtering else contextlib.nullcontext()
-    previous = _install_signal_handlers()
     unraisable = sys.unraisablehook
     if not debug:  # "Exception ignored in ..." from finalisers hit by an interrupt: noise, not news
         sys.unraisablehook = lambda _: None
@@ -234,7 +250,6 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         return EXIT_INTERNAL_ERROR
     finally:
         sys.unraisablehook = unraisable
-        _restore_signal_handlers(previous)
 
 
 def _never_raise_on_encoding() -> list[tuple[Any, str]]:
@@ -297,6 +312,18 @@ def _install_signal_handlers() -> dict | None:
     # a signal the caller ignores stays ignored (`nohup prunefx ...` must outlive its terminal)
     signums = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]
     return {signum: signal.signal(signum, _on_signal) for signum in signums}
+
+
+def _exit_on_signals(handled: dict, status: int) -> None:
+    """Each signal of `handled` ends the process with `status` from now on, its streams flushed."""
+    def exit_now(signum, frame):
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(status)
+
+    for signum in handled:
+        signal.signal(signum, exit_now)
 
 
 def _restore_signal_handlers(previous: dict | None) -> None:

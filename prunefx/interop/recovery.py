@@ -28,7 +28,7 @@ from prunefx.passes.prune_while_training import PruneWhileTrainingConfig, Prunin
 from prunefx.passes.training.carried_state import carry_optimizer, cut_tracking_indices, named_tensors
 from prunefx.passes.training.checkpoint import read_checkpoint, write_checkpoint
 from prunefx.passes.training.config import CLASSIFICATION, TrainConfig
-from prunefx.passes.training.losses import total_losses
+from prunefx.passes.training.losses import check_labels, logits_of, total_losses
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class DistillationLoss:
             teacher_output = self.teacher(*inputs)
         if labels is None and self.config.task == CLASSIFICATION and self.config.kd_weight < 1:
             raise PrunefxError("DistillationLoss needs the labels when kd_weight < 1 (the cross-entropy term)")
+        if labels is not None and self.config.task == CLASSIFICATION:  # else an IndexError inside cross-entropy
+            check_labels(tuple(logits_of(student_output).shape), labels)
         losses = total_losses(self.config, student_output, (), teacher_output, (), labels)
         self.last = {name: float(value.detach()) for name, value in losses.items()}
         return losses["loss"]

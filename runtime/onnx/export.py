@@ -28,6 +28,7 @@ import torch
 
 from prunefx.graph import Program
 from prunefx.graph.heap import release_freed_memory
+from prunefx.graph.program import require_program
 from prunefx.graph.stack_traces import stack_traces_off
 from prunefx.graph.whole_files import file_path, followed, replaced_whole
 from prunefx.runtime.errors import OnnxExportError, describe_failure
@@ -71,6 +72,7 @@ def export_onnx(program: Program, path: str | os.PathLike, *, opset: int = DEFAU
     The file appears under `path` only once written and checked: a failed or interrupted export leaves a
     previous file there as it was (graph/whole_files.py). A Program this process exported before with dynamo and
     the same opset is a copy of that file, where it is still there unchanged (runtime/onnx/export_memo.py)."""
+    require_program(program, "export_onnx")
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset():
         raise OnnxExportError(f"ONNX opset {opset!r} is outside what the exporter writes ({MIN_OPSET} to {max_opset()})")
     if exporter not in EXPORTERS:

@@ -22,6 +22,7 @@ import torch.utils._pytree as pytree
 
 from prunefx.graph import Program
 from prunefx.graph.heap import release_freed_memory
+from prunefx.graph.program import require_program
 from prunefx.runtime.errors import ParityError
 from prunefx.runtime.model_precision import require_onnx_runtime_can_check
 from prunefx.runtime.ort.session import OnnxRuntimeSession
@@ -69,8 +70,9 @@ def check_parity(program: Program, onnx_path: str | os.PathLike,
                  inputs: Sequence[torch.Tensor] | None = None, *, threads: int | None = None) -> Parity:
     """Run `program` (eval mode) and the ONNX file on `inputs` (example inputs by default); compare. ONNX
     Runtime runs on `threads` threads, by default as many as torch runs the program on."""
+    require_program(program, "check_parity")
     require_onnx_runtime_can_check(program)
-    inputs = program.example_inputs if inputs is None else tuple(inputs)
+    inputs = program.example_inputs if inputs is None else _inputs_like_the_examples(program, inputs)
     expected = _outputs(program, inputs)
     session = OnnxRuntimeSession(onnx_path, threads=torch.get_num_threads() if threads is None else threads)
     actual = session.run(*inputs)
@@ -120,6 +122,20 @@ def program_parity(reference: Program, other: Program, inputs: Sequence[torch.Te
         raise ParityError(f"model '{other.name}' has {len(actual)} output(s), '{reference.name}' {len(expected)}")
     return _parity([_compare(f"output {index}", want, got, reference.name)
                    for index, (want, got) in enumerate(zip(expected, actual))], reference, inputs, expected)
+
+
+def _inputs_like_the_examples(program: Program, inputs) -> tuple[torch.Tensor, ...]:
+    """`inputs` as a tuple, refused in one line unless they are tensors of the captured shapes (the graph's
+    shapes are static: another shape fails inside torch's guards)."""
+    if isinstance(inputs, torch.Tensor):
+        raise ParityError("check_parity's inputs are a sequence of tensors, one per model input: (x,), not x")
+    inputs = tuple(inputs)
+    expected = [tuple(example.shape) for example in program.example_inputs]
+    given = [tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__ for value in inputs]
+    if given != expected:
+        raise ParityError(f"check_parity's inputs are {given}, the program was captured at {expected}: "
+                          "prunefx.graph.rebatch changes its batch")
+    return inputs
 
 
 def _outputs(program: Program, inputs) -> list[np.ndarray]:
