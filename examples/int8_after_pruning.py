@@ -5,9 +5,9 @@ from, and the file lowered for ONNX Runtime on this CPU, each checked against th
 
 How-to: docs/howto/int8-tensorrt.md. Run it:
 
-    .venv/bin/python examples/int8_after_pruning.py --model torchvision:resnet18 -o out/r18int8
+    .venv/bin/python examples/int8_after_pruning.py --model torchvision:resnet18 -o out/r18int8-example
 
-then, on any machine, `prunefx check out/r18int8/model_trt.onnx --target trt10`.
+then, on any machine, `prunefx check out/r18int8-example/model_trt.onnx --target trt10`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ figure with an independent measurement of the two delivered ONNX files.
 
 How-to: docs/howto/prune-torchvision.md. Run it:
 
-    .venv/bin/python examples/prune_to_speedup.py --model torchvision:resnet18 --speedup 2 -o out/r18x2
+    .venv/bin/python examples/prune_to_speedup.py --model torchvision:resnet18 --speedup 2 -o out/r18x2-example
 
 Writes OUT/dense.onnx, OUT/model.onnx, OUT/model.pt2 and OUT/summary.json.
 """

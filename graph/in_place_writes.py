@@ -38,6 +38,21 @@ def overwritten_later(graph: torch.fx.Graph) -> set[torch.fx.Node]:
     return {node for node in graph.nodes if order[node] < last_write.get(owner(node), -1)}
 
 
+def writes_into(node: torch.fx.Node, value: torch.fx.Node) -> bool:
+    """Whether `node`'s operator overwrites the memory of its argument `value`."""
+    return value in _aliased_arguments(node)[1]
+
+
+def out_of_place(op) -> torch._ops.OpOverload | None:
+    """The out-of-place form of an in-place ATen operator (`relu_` -> `relu`, `add_.Tensor` -> `add.Tensor`),
+    which takes the same arguments; None where torch has none."""
+    if not isinstance(op, torch._ops.OpOverload) or not op.__name__.split(".")[0].endswith("_"):
+        return None
+    name = op._schema.name.split("::")[-1]
+    packet = getattr(torch.ops.aten, name[:-1], None) if op.namespace == "aten" else None
+    return getattr(packet, op._overloadname, None) if packet is not None else None
+
+
 def _aliased_arguments(node: torch.fx.Node) -> tuple[list[torch.fx.Node], list[torch.fx.Node]]:
     """(the arguments whose memory `node`'s result shares, the arguments `node` writes into)."""
     if node.op != "call_function":

@@ -132,3 +132,69 @@ def test_the_merge_route_alone_refuses_in_one_line(net):
                                            r"fewer MACs$"):
         depth_to_budget(program.clone(), config={"speedup": 1.3, "latency": macs_latency, "calibration": batches,
                                                  "route": "merge"})
+
+
+class HalvedBlock(nn.Module):
+    """x + relu(conv(x)), then halved in place: the writer after the add is not idempotent on the fork."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        out = torch.relu(self.conv(x))
+        out += x
+        return out.mul_(0.5)
+
+
+class ForkReadAfter(nn.Module):
+    """The second block's fork is read again after it (the head sees both blocks' outputs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.first, self.second = HalvedBlock(4), HalvedBlock(4)
+
+    def forward(self, x):
+        first = self.first(self.stem(x))
+        return torch.cat([self.second(first), first], dim=1)
+
+
+def test_an_in_place_writer_after_a_dropped_add_leaves_the_fork_as_it_was():
+    """Dropped, the second block is its shortcut halved (its conv's output zero): the fork, which the head reads
+    again, must not be halved too, as an in-place writer reading the fork would do."""
+    torch.manual_seed(0)
+    module = ForkReadAfter().eval()
+    program = capture(module, torch.randn(2, 3, 8, 8), name="halved").eval()
+    assert any(node.target is torch.ops.aten.mul_.Tensor or node.target is torch.ops.aten.mul_.Scalar
+               for node in program.graph.nodes)  # captured as written: in place
+    (second,) = [block for block in droppable_blocks(program) if block.name == "second"]
+    dropped = drop_branches(program, [second])
+    oracle = copy.deepcopy(module)
+    nn.init.zeros_(oracle.second.conv.weight), nn.init.zeros_(oracle.second.conv.bias)
+    images = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(dropped.module(images), oracle(images), atol=1e-6)
+
+
+def test_a_resnet_with_dropped_blocks_trains_and_computes_the_blocks_as_identity():
+    """torchvision's BasicBlock ends `out += identity; relu(inplace=True)`: dropped, the ReLU read the previous
+    block's output and wrote into it, which autograd had saved (training failed). The fork is a ReLU's output,
+    so the oracle is the block replaced by identity."""
+    import torchvision
+
+    torch.manual_seed(0)
+    module = torchvision.models.resnet18(num_classes=3).eval()
+    program = capture(module, torch.randn(2, 3, 64, 64), name="resnet18").eval()
+    names = ("layer1.0", "layer1.1", "layer4.1")  # one after another, and the last
+    dropped = drop_branches(program, [block for block in droppable_blocks(program) if block.name in names])
+    oracle = copy.deepcopy(module)
+    for name in names:
+        layer, index = name.split(".")
+        getattr(oracle, layer)[int(index)] = nn.Identity()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(dropped.module(images), oracle(images), atol=1e-5)
+    dropped.train()
+    dropped.module(images).square().sum().backward()  # raised: a saved ReLU output modified in place
+    assert all(p.grad is not None for p in dropped.module.parameters() if p.requires_grad)

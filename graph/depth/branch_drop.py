@@ -6,7 +6,9 @@ cannot be merged. A residual block `y = x + f(x)` can still leave the network wh
 `f` and its parameters removed (stochastic depth at its limit; the trained network is known to tolerate
 losing its least useful branches, and distillation recovers the rest). A block is droppable when its add
 reads the fork itself (an identity shortcut) and the add's output has the fork's shape, so nothing else
-in the graph changes.
+in the graph changes. An operator that wrote in place into the add's output (ResNet's `relu(inplace=True)`
+after `out += identity`) would write into the fork once it reads it, changing what the fork's other readers
+see and what autograd saved: it becomes its out-of-place form (a block whose writer has none is not droppable).
 
 The damage of dropping one block alone is measured as block_damage measures linearising one: the output
 divergence on calibration batches (KL for logits, relative MSE otherwise); lower is safer to drop.
@@ -20,6 +22,7 @@ import torch
 
 from prunefx.graph.depth.block_damage import damages
 from prunefx.graph.depth.blocks import Block, find_blocks
+from prunefx.graph.in_place_writes import out_of_place, writes_into
 
 
 def _shape(node: torch.fx.Node):
@@ -32,7 +35,13 @@ def droppable(block: Block, nodes: dict[str, torch.fx.Node]) -> bool:
     if block.kind != "residual" or block.fork is None or block.join is None:
         return False
     fork, join = nodes[block.fork], nodes[block.join]
-    return fork in join.all_input_nodes and _shape(fork) is not None and _shape(fork) == _shape(join)
+    return (fork in join.all_input_nodes and _shape(fork) is not None and _shape(fork) == _shape(join)
+            and all(out_of_place(writer.target) is not None for writer in _writers(join)))
+
+
+def _writers(join: torch.fx.Node) -> list[torch.fx.Node]:
+    """The readers of `join` that write into its memory."""
+    return [user for user in join.users if writes_into(user, join)]
 
 
 def droppable_blocks(program) -> list[Block]:
@@ -48,6 +57,8 @@ def drop_branches(program, blocks: Sequence[Block]):
     nodes = {node.name: node for node in candidate.graph.nodes}
     for block in sorted(blocks, key=lambda b: list(nodes).index(b.join)):
         join, fork = nodes[block.join], nodes[block.fork]
+        for writer in _writers(join):  # reading the fork now: it must not write into it
+            writer.target = out_of_place(writer.target)
         join.replace_all_uses_with(fork)
         candidate.graph.erase_node(join)
         nodes[block.join] = fork  # a later block forking at this add forks at its input now
