@@ -339,3 +339,35 @@ def test_a_count_no_block_meets_names_the_blocks_whose_merge_would_save_nothing(
     program = capture(_TwoThreeByThrees().eval(), torch.randn(1, 8, 8, 8))
     with pytest.raises(PrunefxError, match="1 would merge into no fewer MACs .*max_kernel_growth 1 bounds"):
         linearize_blocks(program, config={"count": 1, "calibration": [torch.randn(1, 8, 8, 8)]})
+
+
+class _WritesIntoItsActivation(torch.nn.Module):
+    """`a = relu(h); a += 1`, with `h` read again after: the add writes into the activation's own output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        h = self.conv(x)
+        a = torch.relu(h)
+        a += 1
+        return a + h
+
+
+def test_an_activation_removed_leaves_its_input_to_its_other_readers():
+    """Removed, the activation is the identity: `(h + 1) + h`, the in-place add no longer writing into `h`."""
+    from prunefx.graph.depth.linearization import remove_activation
+
+    torch.manual_seed(0)
+    module = _WritesIntoItsActivation().eval()
+    program = capture(module, torch.randn(1, 3, 6, 6), name="writes").eval()
+    (relu,) = [node for node in program.graph.nodes if node.target is torch.ops.aten.relu.default]
+    assert any(node.target is torch.ops.aten.add_.Tensor or node.target is torch.ops.aten.add_.Scalar
+               for node in relu.users)  # captured in place, as written
+    remove_activation(program.module, relu)
+    program.recompile()
+    images = torch.randn(1, 3, 6, 6)
+    with torch.no_grad():
+        h = module.conv(images)
+        assert torch.allclose(program.module(images), (h + 1) + h, atol=1e-6)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from prunefx.graph.attributes import delete_unused_tensors, free_name, get_tensor, set_tensor
+from prunefx.graph.in_place_writes import out_of_place, writes_into
 from prunefx.graph.placement import module_device
 
 aten = torch.ops.aten
@@ -58,8 +59,20 @@ def new_blend_buffer(module: torch.fx.GraphModule, block_name: str) -> str:
 
 
 def remove_activation(module: torch.fx.GraphModule, activation: torch.fx.Node) -> None:
-    """Replace `act(x)` by `x` (its users read `x` directly) and erase the activation."""
-    activation.replace_all_uses_with(activation.args[0])
+    """Replace `act(x)` by `x` (its users read `x` directly) and erase the activation. A user that wrote in place
+    into the activation's output (`a = relu(h); a += 1`) would write into `x`, which others may read after it:
+    it becomes its out-of-place form, or reads a copy of `x` where torch has none."""
+    x = activation.args[0]
+    for writer in [user for user in activation.users if writes_into(user, activation)]:
+        replacement = out_of_place(writer.target)
+        if replacement is not None:
+            writer.target = replacement
+        else:
+            with module.graph.inserting_before(writer):
+                copy = module.graph.call_function(aten.clone.default, (x,))
+            _copy_meta(x, copy)
+            writer.replace_input_with(activation, copy)
+    activation.replace_all_uses_with(x)
     module.graph.erase_node(activation)
 
 
