@@ -41,8 +41,8 @@ REUSING = {"--report-only", "--reuse", "--update", "--markdown-from", "--merge",
 # Options that say where a run's files go, or what else ran on the machine: no setting of the measurement.
 LOCATION_OPTIONS = {"--output-dir", "--results-name", "--note"}
 
-# Files that merge several runs, or reran only some rows: gpu_speedup's rows are make gpu-check's two calls, the
-# second resumed from the first, within their minutes.
+# Files that merge several runs, or reran only some rows: gpu_speedup's rows come from several `make gpu-check`s
+# (make gpu-publish adds the rows a check measured that the file lacks, each stamped with its code).
 AWAITING_RERUN: set[str] = {"gpu_speedup"}
 # Scripts whose variants are timed against the dense model round by round (common.side_by_side, or their own
 # rounds): a results file of theirs without each round's speed-up timed its variants one after another.
