@@ -355,9 +355,15 @@ class _WritesIntoItsActivation(torch.nn.Module):
         return a + h
 
 
-def test_an_activation_removed_leaves_its_input_to_its_other_readers():
-    """Removed, the activation is the identity: `(h + 1) + h`, the in-place add no longer writing into `h`."""
+@pytest.mark.parametrize("out_of_place_exists", [True, False])
+def test_an_activation_removed_leaves_its_input_to_its_other_readers(out_of_place_exists, monkeypatch):
+    """Removed, the activation is the identity: `(h + 1) + h`, the in-place add no longer writing into `h`: in its
+    out-of-place form, or reading a copy where torch had none (as if it had none, here)."""
+    import prunefx.graph.depth.linearization as linearization
     from prunefx.graph.depth.linearization import remove_activation
+
+    if not out_of_place_exists:
+        monkeypatch.setattr(linearization, "out_of_place", lambda op: None)
 
     torch.manual_seed(0)
     module = _WritesIntoItsActivation().eval()
@@ -367,6 +373,8 @@ def test_an_activation_removed_leaves_its_input_to_its_other_readers():
                for node in relu.users)  # captured in place, as written
     remove_activation(program.module, relu)
     program.recompile()
+    copies = [node for node in program.graph.nodes if node.target is torch.ops.aten.clone.default]
+    assert len(copies) == (0 if out_of_place_exists else 1)
     images = torch.randn(1, 3, 6, 6)
     with torch.no_grad():
         h = module.conv(images)
