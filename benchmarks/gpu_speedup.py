@@ -428,11 +428,15 @@ def plan(models: list[str], batches: list[int], budgets: dict[int, float],
 
 
 def published_rows(path: Path | None) -> frozenset[tuple[str, str, int]]:
-    """(kind, model, batch) of each row the results file `path` holds that did not fail (none: no file)."""
+    """`rows_held` by the results file `path` (none: no file)."""
     if path is None or not path.is_file():
         return frozenset()
-    rows = json.loads(path.read_text())
-    return frozenset((kind, row["model"], row["batch"]) for kind, key in ROWS.items() for row in rows.get(key, [])
+    return rows_held(json.loads(path.read_text()))
+
+
+def rows_held(report: dict) -> frozenset[tuple[str, str, int]]:
+    """(kind, model, batch) of each row of `report` that did not fail."""
+    return frozenset((kind, row["model"], row["batch"]) for kind, key in ROWS.items() for row in report.get(key, [])
                      if "error" not in row)
 
 

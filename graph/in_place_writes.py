@@ -38,9 +38,9 @@ def overwritten_later(graph: torch.fx.Graph) -> set[torch.fx.Node]:
     return {node for node in graph.nodes if order[node] < last_write.get(owner(node), -1)}
 
 
-def writes_into(node: torch.fx.Node, value: torch.fx.Node) -> bool:
-    """Whether `node`'s operator overwrites the memory of its argument `value`."""
-    return value in _aliased_arguments(node)[1]
+def writers_of(node: torch.fx.Node) -> list[torch.fx.Node]:
+    """The readers of `node` whose operator overwrites its memory (`relu_(node)`, `add_(node, y)`)."""
+    return [user for user in node.users if node in _aliased_arguments(user)[1]]
 
 
 def out_of_place(op) -> torch._ops.OpOverload | None:

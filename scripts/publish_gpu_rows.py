@@ -28,8 +28,7 @@ SAME = ("gpu", "driver", "torch", "precision")  # what must match for rows to st
 
 def added_rows(published: dict, check: dict) -> dict[str, list[dict]]:
     """The check's rows, by report key, that `published` lacks (a failed row is never added)."""
-    held = {(kind, row["model"], row["batch"]) for kind, key in gpu_speedup.ROWS.items()
-            for row in published.get(key, []) if "error" not in row}
+    held = gpu_speedup.rows_held(published)
     stamp = {"code": check["machine"].get("code"), "date_utc": check["machine"].get("date_utc")}
     return {key: [{**row, **stamp} for row in check.get(key, [])
                   if "error" not in row and (kind, row["model"], row["batch"]) not in held]

@@ -22,7 +22,7 @@ import torch
 
 from prunefx.graph.depth.block_damage import damages
 from prunefx.graph.depth.blocks import Block, find_blocks
-from prunefx.graph.in_place_writes import out_of_place, writes_into
+from prunefx.graph.in_place_writes import out_of_place, writers_of
 
 
 def _shape(node: torch.fx.Node):
@@ -36,12 +36,7 @@ def droppable(block: Block, nodes: dict[str, torch.fx.Node]) -> bool:
         return False
     fork, join = nodes[block.fork], nodes[block.join]
     return (fork in join.all_input_nodes and _shape(fork) is not None and _shape(fork) == _shape(join)
-            and all(out_of_place(writer.target) is not None for writer in _writers(join)))
-
-
-def _writers(join: torch.fx.Node) -> list[torch.fx.Node]:
-    """The readers of `join` that write into its memory."""
-    return [user for user in join.users if writes_into(user, join)]
+            and all(out_of_place(writer.target) is not None for writer in writers_of(join)))
 
 
 def droppable_blocks(program) -> list[Block]:
@@ -57,7 +52,7 @@ def drop_branches(program, blocks: Sequence[Block]):
     nodes = {node.name: node for node in candidate.graph.nodes}
     for block in sorted(blocks, key=lambda b: list(nodes).index(b.join)):
         join, fork = nodes[block.join], nodes[block.fork]
-        for writer in _writers(join):  # reading the fork now: it must not write into it
+        for writer in writers_of(join):  # reading the fork now: it must not write into it
             writer.target = out_of_place(writer.target)
         join.replace_all_uses_with(fork)
         candidate.graph.erase_node(join)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from prunefx.graph.attributes import delete_unused_tensors, free_name, get_tensor, set_tensor
-from prunefx.graph.in_place_writes import out_of_place, writes_into
+from prunefx.graph.in_place_writes import out_of_place, writers_of
 from prunefx.graph.placement import module_device
 
 aten = torch.ops.aten
@@ -63,7 +63,7 @@ def remove_activation(module: torch.fx.GraphModule, activation: torch.fx.Node) -
     into the activation's output (`a = relu(h); a += 1`) would write into `x`, which others may read after it:
     it becomes its out-of-place form, or reads a copy of `x` where torch has none."""
     x = activation.args[0]
-    for writer in [user for user in activation.users if writes_into(user, activation)]:
+    for writer in writers_of(activation):
         replacement = out_of_place(writer.target)
         if replacement is not None:
             writer.target = replacement

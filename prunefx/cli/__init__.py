@@ -14,10 +14,7 @@ import contextlib
 import errno
 import gc
 import logging
-import os
-import signal
 import sys
-import threading
 import warnings
 from typing import Any
 
@@ -25,17 +22,9 @@ from typing import Any
 # a mistyped argument answer at once. The rest (prunefx.graph, which takes torch; the command) once the
 # arguments are read.
 from prunefx import standard_output
-from prunefx.cli import flags
+from prunefx.cli import flags, signal_handlers
 from prunefx.cli.commands import COMMANDS, Command
-from prunefx.interrupts import (
-    HungUp,
-    Terminated,
-    clear_interrupt,
-    interrupt_for,
-    published,
-    raise_if_interrupted,
-    record_interrupt,
-)
+from prunefx.interrupts import HungUp, Terminated, published, raise_if_interrupted
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
@@ -90,14 +79,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {_one_line(message)}\n")
-
-
-def _on_signal(signum, frame):
-    """SIGINT, SIGTERM and SIGHUP become exceptions, so staged outputs are cleaned up on the way out. The signal
-    is also recorded: should the exception land in code that swallows it (a finaliser, a worker
-    thread's callback), the run still never commits its outputs nor exits 0 (prunefx/output.py)."""
-    record_interrupt(signum)
-    raise interrupt_for(signum)
 
 
 # An error line quotes names and values from the user's files; a line of a label file can be 10,000 columns.
@@ -167,16 +148,16 @@ def _run_with_signals(args: argparse.Namespace, argv: list[str]) -> int:
     """The run with SIGINT, SIGTERM and SIGHUP raised as exceptions inside it; after it, a caller in Python gets
     its own handlers back, and the command's own process exits at once with the run's status on such a signal:
     the interpreter's teardown after a large model takes seconds, and the outputs and their line are out."""
-    previous = _install_signal_handlers()
+    previous = signal_handlers.install()
     status = EXIT_INTERNAL_ERROR
     try:
         status = _run(args, argv)
         return status
     finally:
         if _OWN_PROCESS and previous is not None:
-            _exit_on_signals(previous, status)
+            signal_handlers.exit_on(previous, status)
         else:
-            _restore_signal_handlers(previous)
+            signal_handlers.restore(previous)
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -302,33 +283,6 @@ def _logging_to_stderr(args):
 
 def _report(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def _install_signal_handlers() -> dict | None:
-    # Only the main thread may set signal handlers (tests call main() from worker threads too).
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    clear_interrupt()
-    # a signal the caller ignores stays ignored (`nohup prunefx ...` must outlive its terminal)
-    signums = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]
-    return {signum: signal.signal(signum, _on_signal) for signum in signums}
-
-
-def _exit_on_signals(handled: dict, status: int) -> None:
-    """Each signal of `handled` ends the process with `status` from now on, its streams flushed."""
-    def exit_now(signum, frame):
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(status)
-
-    for signum in handled:
-        signal.signal(signum, exit_now)
-
-
-def _restore_signal_handlers(previous: dict | None) -> None:
-    for signum, handler in (previous or {}).items():
-        signal.signal(signum, handler)
 
 
 if __name__ == "__main__":
