@@ -11,8 +11,8 @@ backend (runtime/backends/cuda.py: fp16, channels_last, CUDA-graph replays timed
 variant alternated; each figure is the backend's confirmation, 4x the runs). A latency row: prunefx's latency
 choice at the MACs of its defaults (`--choose-by latency`'s per-layer table timed on the cuda backend at the
 row's batch, every entry anew, its cost recorded; benchmarks/table_fraction.py), timed against dense beside the
-defaults in the same row. Then prunefx meets `--speedup S`
-budgets on the same backend (S = 1.3 at batch 1, 1.5 at batch 32) and each chosen model is measured again by
+defaults in the same row. Then prunefx meets `--speedup S --allow-depth`
+budgets on the same backend (S = 1.3 at batch 1, 1.5 at batch 32; width first, whole blocks where it falls short) and each chosen model is measured again by
 a fresh pair (models prepared anew) and by a separate process with its own timer
 (benchmarks/remeasure_speedup.py), which alone is judged against [0.95 S, 1.25 S]. On the first model, prunefx's
 defaults are also timed with channel counts in multiples of 8, 16, 32 and 64 (which a GPU's kernels prefer,
@@ -20,7 +20,7 @@ measured), with the batch norms folded into the convolutions of both models (wha
 with both compiled by inductor (`--compile`: the elementwise work fused, which eager mode runs kernel by kernel).
 
 The rows run in the order the figures matter (`plan`; `--missing-first FILE` puts first the rows a published
-file lacks, one of each kind it lacks altogether before the others): equal MACs at the largest batch on every model, the
+file lacks or holds no figure of, one of each kind it lacks altogether before the others): equal MACs at the largest batch on every model, the
 latency choice on every model, the budgets, the width multiples, then the other batches. Within `--time-limit` seconds
 of the process's start a row starts only while the time left exceeds the longest finished row of its kind, in
 this run or in the file `--resume` names (before any of its kind has finished: the longest row of any kind),
@@ -57,6 +57,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build_stamp  # noqa: E402
+import equal_macs  # noqa: E402
 import table_fraction  # noqa: E402
 from common import RESULTS, machine_info, markdown_table  # noqa: E402
 
@@ -370,16 +371,25 @@ def budget_row(reference: str, batch: int, speedup: float, settings: Settings, d
     dense = dense.eval()
     at = dataclasses.replace(settings, batch=batch)
     row = {"model": reference, "batch": batch, "speedup_asked": speedup}
+    # --allow-depth: where width buys too little (a GPU at batch 1), whole blocks go. The weights are random, so
+    # random images rank the blocks as well as any; the width route keeps its defaults without data (l2, batch
+    # norms as they are).
+    generator = torch.Generator().manual_seed(0)
+    example = dense.example_inputs[0]
+    calibration = [(torch.randn(example.shape, generator=generator).to(example),) for _ in range(4)]
     try:
         chosen, outcome = prunefx.meet_budget(dense, speedup=speedup, backend="cuda", precision=at.precision,
-                                              batch=batch, measurer=CudaBackend(device).latency_pair(at))
+                                              batch=batch, measurer=CudaBackend(device).latency_pair(at),
+                                              allow_depth=True, calibration=calibration, recalibrate=False,
+                                              width={"calibration": None})
     except PrunefxError as error:
         return {**row, "refused": str(error).splitlines()[0]}
     again = CudaBackend(device).latency_pair(at).confirm(dense, chosen)
     independent = independent_speedup(dense, chosen, batch, settings.precision or "fp16")
     judged = independent.get("speedup")  # only the other process's timer can catch a flaw of ours
     choice = "latency" if outcome.search.get("searched") == "layer_time" else "macs"  # the backend's default
-    return {**row, "choice": choice, "search_speedup": getattr(outcome.measured, "speedup", None),
+    return {**row, "route": outcome.route, "choice": choice,
+            "search_speedup": getattr(outcome.measured, "speedup", None),
             "remeasured": again.speedup, "independent": independent,
             "macs_kept": count(chosen).macs / count(dense).macs,
             "within": None if judged is None else 0.95 * speedup <= judged <= 1.25 * speedup}
@@ -435,9 +445,16 @@ def published_rows(path: Path | None) -> frozenset[tuple[str, str, int]]:
 
 
 def rows_held(report: dict) -> frozenset[tuple[str, str, int]]:
-    """(kind, model, batch) of each row of `report` that did not fail."""
+    """(kind, model, batch) of each row of `report` that did not fail, nor compare its latency choice at other
+    MACs than the defaults' (equal_macs.py: no comparison, to be measured again)."""
     return frozenset((kind, row["model"], row["batch"]) for kind, key in ROWS.items() for row in report.get(key, [])
-                     if "error" not in row)
+                     if "error" not in row and (kind != "latency" or _compared(row)))
+
+
+def _compared(row: dict) -> bool:
+    latency, defaults = row.get("prunefx latency", {}), row.get("prunefx", {})
+    return "macs_kept" in latency and "macs_kept" in defaults and equal_macs.at_equal_macs(
+        latency["macs_kept"], defaults["macs_kept"])
 
 
 def run(args) -> dict:
@@ -611,9 +628,10 @@ def markdown(report: dict) -> str:
                               "latency table"],
                              [[r["model"], r["batch"], f"{r.get('dense_ms', float('nan')):.3f}", cell(r.get("prunefx")),
                                cell(r.get("prunefx latency")), _table(r.get("latency_table"))] for r in chosen])
-    budgets = markdown_table(["model", "batch", "asked", "channels chosen by", "re-measured (fresh pair)",
+    budgets = markdown_table(["model", "batch", "asked", "route", "channels chosen by", "re-measured (fresh pair)",
                               "own timer, own process", "MACs kept", "within [0.95 S, 1.25 S]"],
-                             [[r["model"], r["batch"], f"{r['speedup_asked']}x", r.get("choice", "-"),
+                             [[r["model"], r["batch"], f"{r['speedup_asked']}x", r.get("route", "width"),
+                               r.get("choice", "-"),
                                f"{r['remeasured']:.2f}x" if "remeasured" in r else r.get("refused", "-"),
                                _independent(r.get("independent")),
                                f"{r['macs_kept']:.2f}" if "macs_kept" in r else "-",

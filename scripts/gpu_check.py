@@ -1,7 +1,7 @@
 """`make gpu-check`: everything prunefx can check on an NVIDIA GPU, prepared here and run there in one call.
 
     python3 scripts/gpu_check.py prepare [--smoke]       # on the development machine (reaches PyPI)
-    python3 scripts/gpu_check.py run [--smoke] [--out DIR] [--seconds 450]
+    python3 scripts/gpu_check.py run [--smoke] [--out DIR] [--seconds 470]
     python3 scripts/gpu_check.py speedup [--out DIR] [--seconds 240]   # a second call: gpu_speedup goes on
 
 A session's 15 minutes of device time hold a machine's start (a minute or two), this run and the second call, at
@@ -15,22 +15,22 @@ Python (3.12) or, with --smoke, for this one.
 
 `run` installs those wheels into a private folder (pip --no-index: nothing is fetched) and runs, each step
 under its own timeout so that one hung step cannot take the rest with it:
-1. `pytest -m gpu` on the installed package;
+1. `pytest -m gpu` on the installed package (tests/test_module_speed_check.py among them: the written-back
+   module as fast as the Program);
 2. a capture probe: a ResNet-50 at fp16 captured as a CUDA graph at batch 64 and 128 in a child process
    (a crash there ends the child, not the check);
 3. `prunefx prune --speedup 1.5 --backend cuda --batch 32 --choose-by latency` on a ResNet-50 (its report
    gives the latency table's cost), the chosen model re-measured by a separate process with its own timer
    (benchmarks/remeasure_speedup.py); gpu_speedup's budget rows check the backend's default choice;
-4. benchmarks/module_speed.py (the written-back module as fast as the Program);
-5. benchmarks/tool_speed.py: calibrated `prunefx prune` of a ResNet-50 with `--device cuda` (the second-order
+4. benchmarks/tool_speed.py: calibrated `prunefx prune` of a ResNet-50 with `--device cuda` (the second-order
    math on the GPU), its own process, timed from start to exit, with its report.json's stage seconds (cProfile
    cannot take them on the GPU machine's Python 3.12: benchmarks/tool_profile.py);
-6. benchmarks/training_precision.py: the recovery trainer's images per second in bf16 against fp32 on a
+5. benchmarks/training_precision.py: the recovery trainer's images per second in bf16 against fp32 on a
    ResNet-50 at batch 64, side by side;
-7. benchmarks/gpu_speedup.py in the time left, resumed from the rows of the same code and GPU: those of an
-   earlier call on the same warm machine (build/gpu-check-state/), else the committed ones; one row of each
-   kind that benchmarks/results/gpu_speedup.json holds none of runs first.
-`speedup`, a second call on the warm machine, runs step 7 alone in --seconds, going on where the first stopped.
+6. benchmarks/gpu_speedup.py in the time left, resumed from the rows of the same code and GPU: those of an
+   earlier call on the same warm machine (build/gpu-check-state/), else the committed ones; the rows
+   benchmarks/results/gpu_speedup.json lacks run first.
+`speedup`, a second call on the warm machine, runs step 6 alone in --seconds, going on where the first stopped.
 Each step's output and a summary (gpu_check.json: GPU, driver, torch, cuDNN, each step's exit and seconds, and
 the small results files folded in) go to --out, flat, ready to commit to benchmarks/gpu_check/ (its README.md says why not benchmarks/results/).
 `--smoke` runs the same steps on a CPU with stand-ins (small models, the ort backend, gpu_speedup's --smoke)
@@ -240,8 +240,7 @@ def run(args) -> int:
             _every_step(steps, python, env, args.smoke)
         finally:  # whatever broke between steps, what ran is reported
             summary["steps"] = steps.steps
-            summary["results"] = _folded(out, ("gpu_remeasure.json", "gpu_module_speed.json",
-                                               "gpu_training_precision.json"))
+            summary["results"] = _folded(out, ("gpu_remeasure.json", "gpu_training_precision.json"))
             (out / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
     failed = [s["step"] for s in steps.steps
               if (s.get("exit") not in (0, None) and not s.get("refused")) or s.get("timed_out") or s.get("error")]
@@ -261,10 +260,6 @@ def _every_step(steps: Steps, python: list[str], env: dict, smoke: bool) -> None
                       env=dict(env, PRUNEFX_CUDA_CAPTURE_BATCH_LIMIT="100000"))
     with steps.guarded("budget"):
         _budget(steps, python, bench, smoke)
-    module_speed = ["--model", "timm:deit_tiny_patch16_224", "--image-size", "64", "--device", "cpu",
-                    "--runs", "10"] if smoke else ["--batch", "8"]
-    steps.run("module_speed", [*python, str(bench / "module_speed.py"), *module_speed,
-                               "--out", str(steps.out / "gpu_module_speed.json")], 120)
     with steps.guarded("calibrated prune"):
         _calibrated(steps, python, bench, smoke)
     training = ["--model", "prunefx:resnet20", "--input-shape", "16x1x28x28", "--device", "cpu", "--steps", "3",
@@ -382,10 +377,10 @@ def main(argv=None) -> int:
     parser.add_argument("action", choices=("prepare", "run", "speedup"))
     parser.add_argument("--smoke", action="store_true", help="on a CPU, with stand-ins: proves the check end to end")
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "build" / "gpu-check"))
-    parser.add_argument("--seconds", type=float, default=None, help="the whole run's limit (run: 450, speedup: 240)")
+    parser.add_argument("--seconds", type=float, default=None, help="the whole run's limit (run: 470, speedup: 240)")
     args = parser.parse_args(argv)
     if args.seconds is None:
-        args.seconds = 240.0 if args.action == "speedup" else 450.0
+        args.seconds = 240.0 if args.action == "speedup" else 470.0
     return {"prepare": lambda: prepare(args.smoke), "run": lambda: run(args),
             "speedup": lambda: speedup_only(args)}[args.action]()
 

@@ -3,7 +3,8 @@
 
 A GPU session measures minutes of rows, and each session's code differs: the published file gathers the rows
 of several checks on the same GPU, driver, torch and precision, a row kept until a full run replaces the file.
-Rows the published file already holds stay as they are (one table per code would leave most cells empty). Both
+Rows the published file already holds stay as they are (one table per code would leave most cells empty), unless
+they hold no figure (a failed row, a latency choice at other MACs than the defaults': gpu_speedup.rows_held). Both
 files are written whole; the skipped list loses the rows added.
 
     python scripts/publish_gpu_rows.py [--check FILE] [--published FILE]
@@ -44,9 +45,17 @@ def merged(published: dict, check: dict) -> tuple[dict, int]:
     added = added_rows(published, check)
     names = {f"{row['model']}: {gpu_speedup.row_name(kind, row['batch'], gpu_speedup.BUDGETS)}"
              for kind, key in gpu_speedup.ROWS.items() for row in added[key]}
-    result = {**published, **{key: published.get(key, []) + added[key] for key in gpu_speedup.ROWS.values()}}
+    result = {**published, **{key: _replaced(published.get(key, []), added[key]) for key in gpu_speedup.ROWS.values()}}
     result["skipped"] = [line for line in published.get("skipped", []) if line.split(" (")[0] not in names]
     return result, sum(map(len, added.values()))
+
+
+def _replaced(rows: list[dict], added: list[dict]) -> list[dict]:
+    """`rows` with `added` in place of those of the same model and batch (a row held without a figure: a
+    failure, or a latency choice at other MACs), the others appended."""
+    by_place = {(row["model"], row["batch"]): row for row in added}
+    kept = [by_place.pop((row["model"], row["batch"]), row) for row in rows]
+    return kept + list(by_place.values())
 
 
 def main(argv=None) -> int:

@@ -15,6 +15,7 @@ README.md holds exactly what the results files give.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -50,11 +51,16 @@ def load(name: str) -> dict:
     return json.loads((RESULTS / f"{name}.json").read_text())
 
 
-def lanes() -> dict[str, str]:
-    """Results name -> the make target that reruns it (benchmarks/published.py, imported as the benchmarks do)."""
+def _benchmark_module(name: str):
+    """A module of benchmarks/, imported as the benchmarks import each other."""
     if str(REPO / "benchmarks") not in sys.path:
         sys.path.insert(0, str(REPO / "benchmarks"))
-    import published
+    return importlib.import_module(name)
+
+
+def lanes() -> dict[str, str]:
+    """Results name -> the make target that reruns it (benchmarks/published.py)."""
+    published = _benchmark_module("published")
     return {run.results: "`make bench`" if run.lane == "bench" else "`make bench-all`" for run in published.RUNS}
 
 
@@ -219,7 +225,8 @@ def gpu_speedup(data: dict) -> str:
     if failed:
         theirs += f", its search failed on {listed(failed)}"
     latency = [row for row in data["latency_choice"] if row["batch"] == 32]
-    equal = [row for row in latency if _equal_macs(row["prunefx latency"]["macs_kept"], row["prunefx"]["macs_kept"])]
+    at_equal_macs = _benchmark_module("equal_macs").at_equal_macs
+    equal = [row for row in latency if at_equal_macs(row["prunefx latency"]["macs_kept"], row["prunefx"]["macs_kept"])]
     faster = sum(1 for row in equal if row["prunefx latency"]["speedup"] > row["prunefx"]["speedup"])
     apart = [f"on {model_name(row['model'])} it kept {row['prunefx latency']['macs_kept']:.2f} of the MACs"
              for row in latency if row not in equal]
@@ -227,11 +234,6 @@ def gpu_speedup(data: dict) -> str:
             f"({theirs}); channels chosen by a latency table timed on the GPU faster than the MACs choice at "
             f"equal MACs on {faster} of {len(equal)} models timed"
             + (f" ({'; '.join(apart)}, not compared)" if apart else ""))
-
-
-def _equal_macs(kept: float, reference: float, tolerance: float = 0.03) -> bool:
-    """Within `tolerance` of `reference`: where the latency choice lands (remove_channels' target tolerance)."""
-    return abs(kept - reference) <= tolerance * reference
 
 
 @dataclass(frozen=True)

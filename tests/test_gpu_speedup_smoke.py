@@ -43,7 +43,8 @@ def test_the_smoke_run_writes_every_row_outside_the_results_folder(load_script, 
     assert widths["compiled"]["macs_kept"] == kept[8] and widths["compiled"]["speedup"] > 0  # the same model compiled
     (budget,) = report["budgets"]
     assert ("refused" in budget and len(budget["refused"].splitlines()) == 1) or (
-        budget["remeasured"] > 0 and budget["independent"]["speedup"] > 0
+        budget["route"] in ("width", "depth", "width+depth") and budget["remeasured"] > 0
+        and budget["independent"]["speedup"] > 0
         and budget["independent"]["timer"].startswith("torch.utils.benchmark"))
     assert report["machine"]["gpu"].startswith("none") and "gpu_speedup.md" in {p.name for p in tmp_path.iterdir()}
 
@@ -55,14 +56,20 @@ def test_the_rows_that_decide_come_first(load_script):
                     ("widths", "a", 32), ("equal", "a", 8), ("equal", "b", 8), ("equal", "a", 1), ("equal", "b", 1)]
 
 
+def _latency(model: str, kept: float) -> dict:
+    return {"model": model, "batch": 32, "prunefx": {"speedup": 1.2, "macs_kept": 0.5},
+            "prunefx latency": {"speedup": 1.4, "macs_kept": kept}}
+
+
 def test_the_rows_a_published_file_lacks_run_first_one_of_each_missing_kind_leading(load_script, tmp_path):
     script = load_script(SCRIPT)
     published = tmp_path / "gpu_speedup.json"
     published.write_text(json.dumps({"equal_macs": [{"model": "a", "batch": 32}, {"model": "b", "batch": 32}],
-                                     "latency_choice": [{"model": "a", "batch": 32}],
+                                     "latency_choice": [_latency("a", 0.51), _latency("b", 0.44)],
                                      "budgets": [{"model": "a", "batch": 32, "error": "failed"}], "widths": []}))
     held = script.published_rows(published)
-    assert held == {("equal", "a", 32), ("equal", "b", 32), ("latency", "a", 32)}  # a failed row is not held
+    # a failed row is not held, nor a latency choice at other MACs than the defaults' (no comparison)
+    assert held == {("equal", "a", 32), ("equal", "b", 32), ("latency", "a", 32)}
     plan = script.plan(["a", "b"], [1, 32], {1: 1.3, 32: 1.5}, held)
     # the first row of each kind the file has none of, the other rows it lacks, then those it holds (re-measured)
     assert plan == [("budget", "a", 32), ("widths", "a", 32), ("latency", "b", 32), ("budget", "a", 1),

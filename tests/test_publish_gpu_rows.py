@@ -22,9 +22,9 @@ def _files(tmp_path, published: dict, check: dict):
     return ["--published", str(tmp_path / "published.json"), "--check", str(tmp_path / "check.json")]
 
 
-def _report(machine: dict, equal: list, budgets: list, skipped: list) -> dict:
-    return {"machine": machine, "equal_macs": equal, "latency_choice": [], "budgets": budgets, "widths": [],
-            "skipped": skipped}
+def _report(machine: dict, equal: list, budgets: list, skipped: list, latency: list = ()) -> dict:
+    return {"machine": machine, "equal_macs": equal, "latency_choice": list(latency), "budgets": budgets,
+            "widths": [], "skipped": skipped}
 
 
 def test_rows_the_published_file_lacks_are_added_with_their_code_and_nothing_else_moves(load_script, tmp_path):
@@ -39,11 +39,11 @@ def test_rows_the_published_file_lacks_are_added_with_their_code_and_nothing_els
     assert load_script(SCRIPT).main(_files(tmp_path, published, check)) == 0
     result = json.loads((tmp_path / "published.json").read_text())
     assert result["equal_macs"] == [published_equal]  # the published row stays, not the check's 1.30x
-    assert result["budgets"] == [failed_budget, {**new_budget, "code": "new", "date_utc": "2026-12-04"}]
+    assert result["budgets"] == [{**new_budget, "code": "new", "date_utc": "2026-12-04"}]  # the failure replaced
     assert result["skipped"] == ["b: equal-MACs row at batch 32 (time limit)"]
     assert result["machine"] == MACHINE
     markdown = (tmp_path / "published.md").read_text()
-    assert "| a | 32 | 1.5x | latency | 1.65x |" in markdown and "1.30x" not in markdown
+    assert "| a | 32 | 1.5x | width | latency | 1.65x |" in markdown and "1.30x" not in markdown
 
 
 def test_a_check_on_another_gpu_is_refused_and_nothing_is_written(load_script, tmp_path):
@@ -54,3 +54,20 @@ def test_a_check_on_another_gpu_is_refused_and_nothing_is_written(load_script, t
     with pytest.raises(SystemExit, match="another gpu"):
         load_script(SCRIPT).main(argv)
     assert (tmp_path / "published.json").read_text() == before and not (tmp_path / "published.md").exists()
+
+
+def _latency_row(model: str, kept: float, speedup: float) -> dict:
+    return {"model": model, "batch": 32, "dense_ms": 5.0, "prunefx": _entry(1.2),
+            "prunefx latency": {"speedup": speedup, "macs_kept": kept}}
+
+
+def test_a_latency_choice_at_other_macs_is_replaced_by_one_at_equal_macs(load_script, tmp_path):
+    """0.44 of the MACs against the defaults' 0.50 compares nothing: the check's row at 0.50 takes its place, while
+    a row at equal MACs stays as published."""
+    apart, held = _latency_row("swin", 0.44, 1.39), _latency_row("resnet", 0.51, 1.61)
+    published = _report(MACHINE, [], [], [], latency=[apart, held])
+    check = _report({**MACHINE, "code": "new"}, [], [], [],
+                    latency=[_latency_row("swin", 0.50, 1.25), _latency_row("resnet", 0.50, 1.40)])
+    assert load_script(SCRIPT).main(_files(tmp_path, published, check)) == 0
+    rows = json.loads((tmp_path / "published.json").read_text())["latency_choice"]
+    assert [(row["model"], row["prunefx latency"]["speedup"]) for row in rows] == [("swin", 1.25), ("resnet", 1.61)]
