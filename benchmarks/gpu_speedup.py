@@ -20,7 +20,7 @@ measured), with the batch norms folded into the convolutions of both models (wha
 with both compiled by inductor (`--compile`: the elementwise work fused, which eager mode runs kernel by kernel).
 
 The rows run in the order the figures matter (`plan`; `--missing-first FILE` puts first the rows a published
-file lacks or holds no figure of, one of each kind it lacks altogether before the others): equal MACs at the largest batch on every model, the
+file lacks or holds no figure of (`rows_held`), one of each kind it lacks altogether before the others): equal MACs at the largest batch on every model, the
 latency choice on every model, the budgets, the width multiples, then the other batches. Within `--time-limit` seconds
 of the process's start a row starts only while the time left exceeds the longest finished row of its kind, in
 this run or in the file `--resume` names (before any of its kind has finished: the longest row of any kind),
@@ -388,7 +388,7 @@ def budget_row(reference: str, batch: int, speedup: float, settings: Settings, d
     independent = independent_speedup(dense, chosen, batch, settings.precision or "fp16")
     judged = independent.get("speedup")  # only the other process's timer can catch a flaw of ours
     choice = "latency" if outcome.search.get("searched") == "layer_time" else "macs"  # the backend's default
-    return {**row, "route": outcome.route, "choice": choice,
+    return {**row, "route": outcome.route, **({} if outcome.route == "depth" else {"choice": choice}),
             "search_speedup": getattr(outcome.measured, "speedup", None),
             "remeasured": again.speedup, "independent": independent,
             "macs_kept": count(chosen).macs / count(dense).macs,
@@ -445,10 +445,11 @@ def published_rows(path: Path | None) -> frozenset[tuple[str, str, int]]:
 
 
 def rows_held(report: dict) -> frozenset[tuple[str, str, int]]:
-    """(kind, model, batch) of each row of `report` that did not fail, nor compare its latency choice at other
-    MACs than the defaults' (equal_macs.py: no comparison, to be measured again)."""
+    """(kind, model, batch) of each row of `report` that holds its figure: not failed, not a refused budget (newer
+    code may meet it: the route that failed is tried again), not a latency choice at other MACs than the
+    defaults' (equal_macs.py: no comparison)."""
     return frozenset((kind, row["model"], row["batch"]) for kind, key in ROWS.items() for row in report.get(key, [])
-                     if "error" not in row and (kind != "latency" or _compared(row)))
+                     if "error" not in row and "refused" not in row and (kind != "latency" or _compared(row)))
 
 
 def _compared(row: dict) -> bool:

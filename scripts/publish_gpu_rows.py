@@ -4,7 +4,8 @@
 A GPU session measures minutes of rows, and each session's code differs: the published file gathers the rows
 of several checks on the same GPU, driver, torch and precision, a row kept until a full run replaces the file.
 Rows the published file already holds stay as they are (one table per code would leave most cells empty), unless
-they hold no figure (a failed row, a latency choice at other MACs than the defaults': gpu_speedup.rows_held). Both
+they hold no figure (a failed row, a refused budget, a latency choice at other MACs than the defaults':
+gpu_speedup.rows_held). Both
 files are written whole; the skipped list loses the rows added.
 
     python scripts/publish_gpu_rows.py [--check FILE] [--published FILE]

@@ -66,9 +66,12 @@ def test_the_rows_a_published_file_lacks_run_first_one_of_each_missing_kind_lead
     published = tmp_path / "gpu_speedup.json"
     published.write_text(json.dumps({"equal_macs": [{"model": "a", "batch": 32}, {"model": "b", "batch": 32}],
                                      "latency_choice": [_latency("a", 0.51), _latency("b", 0.44)],
-                                     "budgets": [{"model": "a", "batch": 32, "error": "failed"}], "widths": []}))
+                                     "budgets": [{"model": "a", "batch": 32, "error": "failed"},
+                                                 {"model": "b", "batch": 1, "refused": "by width: 1.18x at best"}],
+                                     "widths": []}))
     held = script.published_rows(published)
-    # a failed row is not held, nor a latency choice at other MACs than the defaults' (no comparison)
+    # a failed row is not held, nor a refused budget, nor a latency choice at other MACs than the defaults'
+    # (no comparison)
     assert held == {("equal", "a", 32), ("equal", "b", 32), ("latency", "a", 32)}
     plan = script.plan(["a", "b"], [1, 32], {1: 1.3, 32: 1.5}, held)
     # the first row of each kind the file has none of, the other rows it lacks, then those it holds (re-measured)
