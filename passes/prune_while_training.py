@@ -63,6 +63,14 @@ class PruneWhileTrainingConfig(TrainingPassConfig):
         checks.integer(owner, "interval", self.interval, minimum=1)
         checks.integer(owner, "round_to", self.round_to, minimum=1)
         checks.number(owner, "max_ratio", self.max_ratio, low=0.0, high=1.0, high_open=True)
+        if self.steps is not None and self.steps < self.prune_events * self.interval:  # with epochs: once data is
+            raise PrunefxError(events_text(self.steps, self.prune_events, self.interval))
+
+
+def events_text(steps: int, events: int, interval: int) -> str:
+    """Why a run of `steps` cannot hold the pruning schedule."""
+    return (f"prune_while_training: {steps} training steps cannot hold {events} pruning events every {interval} "
+            f"steps (needs at least {events * interval})")
 
 
 @shipped_pass
@@ -84,9 +92,7 @@ def prune_while_training(program: Program, /, *, config: dict | None = None) -> 
     keep_what_records_ask(trainer, program)  # blends raised while training, as distill does
     if trainer.total_steps < schedule.last_step:
         trainer.release()  # the Trainer took the program to train: back as found before refusing
-        raise PrunefxError(f"prune_while_training: {trainer.total_steps} training steps cannot hold "
-                           f"{schedule.events} pruning events every {schedule.interval} steps "
-                           f"(needs at least {schedule.last_step})")
+        raise PrunefxError(events_text(trainer.total_steps, schedule.events, schedule.interval))
     training = trainer.fit()
     if trainer.program is not program:  # resumed: the Trainer trained the checkpoint's program, ours takes it on
         program.adopt(trainer.program)

@@ -51,11 +51,10 @@ def load_named_recipe(text: str) -> Recipe:
     path = recipe_path(text)
     spec = read_recipe(path)
     try:
-        pipeline = pipeline_from_spec(spec)
+        pipeline = pipeline_from_spec(spec, name=path.stem)
     except PrunefxError as error:
         raise RecipeError(f"recipe {path}: {error}") from error
-    name = spec.get("name") if isinstance(spec.get("name"), str) else path.stem
-    return Recipe(name=name, path=path, spec=spec, pipeline=pipeline)
+    return Recipe(name=pipeline.__name__, path=path, spec=spec, pipeline=pipeline)
 
 
 BUDGET_PASSES = ("choose_for_budget", "prune_to_budget", "depth_to_budget")
@@ -77,4 +76,4 @@ def with_budget(recipe: Recipe, *, speedup: float | None = None, latency_ms: flo
         raise RecipeError(f"recipe {recipe.name} has no budget pass ({', '.join(BUDGET_PASSES)}) for --speedup or "
                           "--latency-ms; use --recipe budget-kd or add one")
     spec = {**recipe.spec, "passes": entries}
-    return Recipe(name=recipe.name, path=recipe.path, spec=spec, pipeline=pipeline_from_spec(spec))
+    return Recipe(name=recipe.name, path=recipe.path, spec=spec, pipeline=pipeline_from_spec(spec, name=recipe.name))

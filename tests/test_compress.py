@@ -582,3 +582,13 @@ def test_a_half_precision_program_is_refused_before_any_work(capsys, tmp_path, m
     with pytest.raises(PrunefxError, match="compress trains and measures float32 models"):
         compress(half, None, None, tmp_path / "never", data="fashion-mnist")  # refused before either is read
     assert not (tmp_path / "never").exists()
+
+
+def test_the_closing_line_names_the_files_written_and_the_budget_chart_only_where_drawn(tmp_path):
+    from prunefx.cli.commands.compress import written
+
+    for name in ("model.pt2", "model_train.pt2", "model.onnx", "report.json", "report.md", "accuracy_latency.png"):
+        (tmp_path / name).write_bytes(b"x")
+    assert written(tmp_path).endswith(f"{tmp_path / 'report.md'} and {tmp_path / 'accuracy_latency.png'}")
+    (tmp_path / "budget_candidates.png").write_bytes(b"x")
+    assert written(tmp_path).endswith(f"{tmp_path / 'accuracy_latency.png'} and {tmp_path / 'budget_candidates.png'}")

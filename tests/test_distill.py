@@ -535,8 +535,9 @@ def test_a_process_group_a_trainer_made_ends_with_its_run_refused_stopped_or_don
     monkeypatch.setattr(engine_module, "distributed_world", lambda device: (0, 1, True))
     monkeypatch.setattr(engine_module, "leave_process_group", lambda: ended.append(True))
     settings = dict(steps=3, lr=0.01, kd_weight=0.0, progress=False)
+    refused = {**settings, "steps": None, "epochs": 1, "warmup_steps": 5}  # 2 steps: known once the data is
     with pytest.raises(TrainingError, match="warmup_steps"):
-        Trainer(_program(), teacher=None, data=_batches(2), config=TrainConfig(**dict(settings, warmup_steps=5)))
+        Trainer(_program(), teacher=None, data=_batches(2), config=TrainConfig(**refused))
     assert ended == [True]
     stopped = Trainer(_program(), teacher=None, data=_batches(2), after_step=[_crash_at(1)],
                       config=TrainConfig(**settings))

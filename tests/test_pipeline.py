@@ -12,7 +12,7 @@ from prunefx.graph.errors import PrunefxError
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.pass_config import PassConfig
 from prunefx.passes.core.pipeline import Pipeline, PipelineError
-from prunefx.passes.core.recipe import RecipeError, load_recipe
+from prunefx.passes.core.recipe import RecipeError, load_recipe, pipeline_from_spec
 from prunefx.passes.core.registry import PASSES
 from prunefx.passes.core.result import Result
 from prunefx.passes.fold_batchnorm import fold_batchnorm
@@ -322,6 +322,42 @@ def test_a_recipe_with_a_wrong_type_in_its_last_pass_is_refused_before_anything_
     with pytest.raises(PipelineError, match="step 3 \\('distill'\\): distill: 'epochs' must be an integer or null, "
                                             "not 'two' \\(no pass has run\\)"):
         load_recipe(recipe)
+
+
+@pytest.mark.parametrize("late, refusal", [
+    ("prune_while_training: {macs: 0.5, steps: 10, interval: 60}",
+     "step 2 \\('prune_while_training'\\): prune_while_training: 10 training steps cannot hold 5 pruning events "
+     "every 60 steps \\(needs at least 300\\) \\(no pass has run\\)"),
+    ("distill: {steps: 5, warmup_steps: 10}",
+     "step 2 \\('distill'\\): warmup_steps=10 is not below the run's 5 training steps.* \\(no pass has run\\)"),
+])
+def test_a_schedule_the_steps_cannot_hold_is_refused_before_an_earlier_pass_trains(tmp_path, late, refusal):
+    """Visible in the config when it gives steps: refused when the recipe is read, not after hours of training."""
+    recipe = tmp_path / "late.yaml"
+    recipe.write_text(f"passes:\n  - distill: {{steps: 3}}\n  - {late}\n")
+    with pytest.raises(PipelineError, match=refusal):
+        load_recipe(recipe)
+
+
+def test_an_unknown_width_option_of_a_budget_pass_lists_the_options_it_takes():
+    """remove_channels' options are width options too; the error names the key the user wrote, not the pass
+    that checks it."""
+    for spec, prefix in (({"choose_for_budget": {"speedup": 2.0, "width": {"bogus": 1}}}, "choose_for_budget: 'width': "),
+                         ({"prune_to_budget": {"speedup": 2.0, "bogus": 1}}, "prune_to_budget: ")):
+        with pytest.raises(PipelineError) as refused:
+            pipeline_from_spec({"passes": [spec]})
+        message = str(refused.value)
+        known = message.split("(known: ")[1].split(")")[0].split(", ")
+        assert f"{prefix}unknown option 'bogus'" in message
+        assert "prune_to_budget" not in message or spec.get("prune_to_budget")  # a nested width names no other pass
+        assert {"importance", "ranking", "max_ratio", "round_to", "tolerance"} <= set(known) and "strict" not in known
+
+
+def test_a_recipe_file_names_its_pipeline_by_its_stem_unless_it_names_one(tmp_path):
+    (tmp_path / "quick.yaml").write_text("passes:\n  - fold_batchnorm\n")
+    (tmp_path / "named.yaml").write_text("name: mine\npasses:\n  - fold_batchnorm\n")
+    assert load_recipe(tmp_path / "quick.yaml").__name__ == "quick"
+    assert load_recipe(tmp_path / "named.yaml").__name__ == "mine"
 
 
 def test_a_pass_twice_with_tensor_data_runs_each_step_on_its_own_config():

@@ -76,8 +76,9 @@ class ChooseForBudgetConfig(PassConfig):
                 raise ConfigError(f"{self.owner}: '{owned[0]}' is set on the budget pass, not in '{name}'")
             try:  # the dimension's own pass checks its options now, before any measurement
                 config_class.parse({**options, **self._budget_of(config_class)})
-            except ConfigError as error:
-                raise ConfigError(f"{self.owner}: '{name}': {error}") from None
+            except ConfigError as error:  # named by where the user wrote it, not by the pass that checks it
+                reason = str(error).removeprefix(f"{config_class.owner}: ")
+                raise ConfigError(f"{self.owner}: '{name}': {reason}") from None
 
     def _budget_of(self, config_class) -> dict:
         """The budget a dimension's own config is checked with: this pass's own (the width search runs with

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from prunefx.graph.errors import printable
 from prunefx.passes.core.config_checks import ConfigError
 from prunefx.passes.core.pass_config import PassConfig, option
 from prunefx.passes.removal.config import RemoveChannelsConfig
@@ -52,6 +53,11 @@ class PruneToBudgetConfig(PassConfig):
         if "strict" in mapping or (isinstance(given_removal, Mapping) and "strict" in given_removal):
             raise ConfigError(f"{cls.owner}: 'strict' is not an option here: each candidate takes the fraction "
                               "remove_channels reaches, and the measurement decides")
+        known = {field.name for field in dataclasses.fields(cls)} | REMOVAL_OPTIONS - {"strict"}  # refused above
+        unknown = sorted(str(key) for key in mapping if key not in known)
+        if unknown:
+            raise ConfigError(f"{cls.owner}: unknown option '{printable(unknown[0])[:40]}' "
+                              f"(known: {', '.join(sorted(known))})")
         removal = {key: mapping.pop(key) for key in list(mapping) if key in REMOVAL_OPTIONS}
         if mapping.get("removal") is None:
             mapping["removal"] = removal_options(removal)

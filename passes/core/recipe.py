@@ -64,7 +64,8 @@ def _named_pass(name, index: int):
         raise RecipeError(f"step {index + 1}: {printable(str(error))[:300]}") from None
 
 
-def pipeline_from_spec(spec: dict, *, progress: bool = False) -> Pipeline:
+def pipeline_from_spec(spec: dict, *, progress: bool = False, name: str = "pipeline") -> Pipeline:
+    """The Pipeline a recipe's mapping describes, every step's config checked; `name` where it names none."""
     if not isinstance(spec, dict) or not isinstance(spec.get("passes"), list):
         raise RecipeError("a recipe is a mapping with a 'passes' list")
     unknown = [str(key) for key in spec if key not in TOP_LEVEL_KEYS]
@@ -76,7 +77,7 @@ def pipeline_from_spec(spec: dict, *, progress: bool = False) -> Pipeline:
     if len(spec["passes"]) > MAX_RECIPE_STEPS:
         raise RecipeError(f"a recipe has {len(spec['passes'])} steps, over the limit of {MAX_RECIPE_STEPS}")
     steps = [_step(entry, index) for index, entry in enumerate(spec["passes"])]
-    return Pipeline(steps, verify=spec.get("verify", "full"), progress=progress, name=spec.get("name", "pipeline"))
+    return Pipeline(steps, verify=spec.get("verify", "full"), progress=progress, name=spec.get("name", name))
 
 
 def read_recipe(path: str | Path) -> dict:
@@ -101,4 +102,5 @@ def read_recipe(path: str | Path) -> dict:
 
 
 def load_recipe(path: str | Path, *, progress: bool = False) -> Pipeline:
-    return pipeline_from_spec(read_recipe(path), progress=progress)
+    """The recipe file at `path` as a Pipeline, named by its `name` or, as on the command line, its file's stem."""
+    return pipeline_from_spec(read_recipe(path), progress=progress, name=Path(path).stem)

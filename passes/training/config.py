@@ -86,6 +86,8 @@ class TrainConfig:
             raise TrainingError(f"'precision' must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.progress is not None and not isinstance(self.progress, bool):
             raise TrainingError(f"'progress' must be true, false or null, not {self.progress!r}")
+        if self.steps is not None and self.warmup_steps >= self.steps:  # with epochs: known once the data is
+            raise TrainingError(warmup_text(self.warmup_steps, self.steps, self.lr))
         if (self.checkpoint_every or self.resume) and self.checkpoint_dir is None:
             raise TrainingError("'checkpoint_every' and 'resume' need a 'checkpoint_dir'")
         self.feature_losses = _feature_pairs(self.feature_losses)
@@ -129,6 +131,12 @@ class TrainingPassConfig(TrainConfig, PassConfig):
                             help="fp32, or bf16: forward passes and losses under bfloat16 autocast, weights, "
                                  "gradients and optimizer state in float32 (a GPU since Ampere; slower on a CPU "
                                  "without bfloat16 arithmetic)")
+
+
+def warmup_text(warmup_steps: int, steps: int, lr: float) -> str:
+    """Why warmup_steps must stay below the run's training steps."""
+    return (f"warmup_steps={warmup_steps} is not below the run's {steps} training steps: the learning rate would "
+            f"still be rising when the run ends, never reaching lr={lr:g}; give fewer warmup_steps or more steps")
 
 
 def _check_task(config: TrainConfig) -> None:

@@ -25,7 +25,14 @@ from prunefx.graph.input_batches import as_program_inputs
 from prunefx.graph.progress import bar_or_lines
 from prunefx.passes.training.checkpoint import PROGRAM_FILE, STATE_FILE
 from prunefx.passes.training.checkpoint_lock import checkpoint_dir_held
-from prunefx.passes.training.config import DETECTION, OPTIMIZERS, FeaturePair, TrainConfig, TrainingError
+from prunefx.passes.training.config import (
+    DETECTION,
+    OPTIMIZERS,
+    FeaturePair,
+    TrainConfig,
+    TrainingError,
+    warmup_text,
+)
 from prunefx.passes.training.data import accuracy_summary, eval_totals, evaluate, shard_batches, split_batch
 from prunefx.passes.training.losses import (
     IGNORE_LABEL,
@@ -112,9 +119,7 @@ class Trainer:
         self.eval_data = shard_batches(eval_data, self.rank, self.world_size) if evaluates else None
         self.total_steps = self._total_steps()
         if config.warmup_steps >= self.total_steps > 0:
-            raise TrainingError(f"warmup_steps={config.warmup_steps} is not below the run's {self.total_steps} "
-                                f"training steps: the learning rate would still be rising when the run ends, never "
-                                f"reaching lr={config.lr:g}; give fewer warmup_steps or more steps")
+            raise TrainingError(warmup_text(config.warmup_steps, self.total_steps, config.lr))
         self.needs_teacher = config.kd_weight > 0 or bool(config.feature_pairs)
         if self.needs_teacher and teacher is None:
             raise TrainingError("distillation needs a teacher (or set kd_weight=0 without feature_losses)")

@@ -96,7 +96,7 @@ class PruneWhileTraining:
         options = PruneWhileTrainingConfig.parse({
             "macs": macs, "params": params, "prune_events": events, "interval": interval, "ranking": ranking,
             "round_to": round_to, "max_ratio": max_ratio, "keep": list(keep),
-            "steps": 1})  # the pass's checks; the step budget is the caller's business here
+            "epochs": 1})  # the pass's checks; the training length is the caller's, so none that checks it
         if isinstance(model, Program):
             self.program = model.clone()  # trained and cut here: the caller's dense Program is left as found
         elif isinstance(model, torch.nn.Module):

@@ -22,6 +22,7 @@ from prunefx.graph.errors import PrunefxError, printable
 from prunefx.image_statistics import given_statistics
 from prunefx.named_recipes import load_named_recipe, with_budget
 from prunefx.output_paths import check_output_folder, within
+from prunefx.reports.budget import BUDGET_CHART_FILE
 from prunefx.reports.compression import console_summary
 
 DEFAULT_BUDGET_RECIPE = "budget-kd"
@@ -64,6 +65,13 @@ def run(args) -> int:
                                         validation=args.validation, files=files, seed=args.seed)
     report = compress(dense, recipe, splits, output, data=args.data, options=options_from(args))
     print(console_summary(report))
-    print(f"wrote {', '.join(str(output / name) for name in ('model.pt2', 'model_train.pt2', 'model.onnx'))}, "
-          f"{output / 'report.json'}, {output / 'report.md'} and {output / 'accuracy_latency.png'}")
+    print(f"wrote {written(output)}")
     return 0
+
+
+def written(output) -> str:
+    """The files compress wrote into `output`, in the order they matter (the budget's chart only where one ran)."""
+    names = ["model.pt2", "model_train.pt2", "model.onnx", "report.json", "report.md", "accuracy_latency.png",
+             BUDGET_CHART_FILE]
+    paths = [str(output / name) for name in names if (output / name).is_file()]
+    return ", ".join(paths[:-1]) + f" and {paths[-1]}" if len(paths) > 1 else "".join(paths)
