@@ -113,12 +113,47 @@ def _move_plain_attributes(graph_module: torch.fx.GraphModule, device: torch.dev
                 setattr(owner, leaf, value.to(device=device, dtype=cast))
 
 
+def _index_arithmetic(graph: torch.fx.Graph) -> set[torch.fx.Node]:
+    """The floating nodes whose every use ends, through floating arithmetic alone, in a value that is not
+    floating (an index from `arange(w, dtype=float32)` cast to int64, a comparison's mask), with the dtype
+    assertions on them: left float32, which holds such integers exactly, where bf16 holds them only up to 256
+    and fp16 up to 2048 (a rounded index reads another element, or past the end)."""
+    ending: set[torch.fx.Node] = set()
+    for node in reversed(graph.nodes):  # a node's users come after it: decided first
+        if not _floating(node):
+            continue
+        uses = [user for user in node.users if not _checks_only(user)]
+        if uses and all(user in ending or _not_floating(user) for user in uses):
+            ending.add(node)
+    return ending | {user for node in ending for user in node.users if _checks_only(user)}
+
+
+def _floating(node: torch.fx.Node) -> bool:
+    value = node.meta.get("val")
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def _not_floating(node: torch.fx.Node) -> bool:
+    value = node.meta.get("val")
+    return (node.op == "call_function" and isinstance(value, (torch.Tensor, int, bool, torch.SymInt, torch.SymBool))
+            and not (isinstance(value, torch.Tensor) and value.is_floating_point()))
+
+
+def _checks_only(node: torch.fx.Node) -> bool:
+    """A call that makes no value (the exporter's dtype and shape assertions)."""
+    return node.op == "call_function" and "val" in node.meta and node.meta["val"] is None
+
+
 def _rename_float32(graph: torch.fx.Graph, dtype: torch.dtype) -> bool:
     """Every float32 a node names as an argument (a cast's target, an assertion's expected dtype, a factory's
     or softmax's dtype) renamed to `dtype`: left as float32, a cast would mix precisions and the assertions
-    the exporter writes for `.float()`/`.to()` would refuse the half-precision tensors."""
+    the exporter writes for `.float()`/`.to()` would refuse the half-precision tensors. Index arithmetic stays
+    float32 (_index_arithmetic)."""
     changed = False
+    kept = _index_arithmetic(graph)
     for node in graph.nodes:
+        if node in kept:
+            continue
         if node.op == "call_function" and any(value is torch.float32 for value in (*node.args, *node.kwargs.values())):
             node.args = tuple(dtype if value is torch.float32 else value for value in node.args)
             node.kwargs = {key: dtype if value is torch.float32 else value for key, value in node.kwargs.items()}
@@ -132,8 +167,9 @@ def _cast_unnamed_float32(graph: torch.fx.Graph, dtype: torch.dtype) -> bool:
     `dtype` too: left as float32, it promotes the half-precision tensors it meets back to float32, and the
     next layer refuses them. A factory takes `dtype` as its argument; any other op gets a cast after it."""
     changed = False
+    kept = _index_arithmetic(graph)
     for node in list(graph.nodes):
-        if not _makes_float32_from_nothing(node) or _cast_already(node):
+        if node in kept or not _makes_float32_from_nothing(node) or _cast_already(node):
             continue
         if _takes_dtype(node):
             if node.kwargs.get("dtype") is not None:

@@ -406,6 +406,34 @@ def test_a_graph_with_float32_casts_runs_at_half_precision_and_matches_float32(d
     assert torch.equal(program.run_example(), expected)  # the Program itself is untouched
 
 
+class _ColumnsReversedByAFloatIndex(nn.Module):
+    """Indices computed in float32 (exact), as some models compute positions, then cast to int64: 2100 columns,
+    past what bf16 (256) and fp16 (2048) hold exactly; and a float mask from the same arithmetic, compared."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        positions = torch.arange(y.shape[-1], dtype=torch.float32)
+        reversed_columns = (y.shape[-1] - 1 - positions).long()
+        return y[..., reversed_columns] * (positions > 2049).to(y.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_index_arithmetic_in_float32_keeps_its_precision_when_the_module_is_cast(dtype):
+    """The oracle is the eager module cast with Module.to, whose float32 arange stays float32."""
+    torch.manual_seed(0)
+    model = _ColumnsReversedByAFloatIndex().eval()
+    program = capture(model, torch.randn(1, 3, 1, 2100), name="float_index")
+    module = move_module(copy.deepcopy(program.module), "cpu", dtype)
+    x = program.example_inputs[0].to(dtype)
+    got = module(x)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, copy.deepcopy(model).to(dtype)(x), rtol=0, atol=0)
+
+
 class _MaskedAttention(nn.Module):
     """The attention mask's fill as models write it, float32's lowest number baked into the graph at capture, and
     a clamp bound and padding value beyond half precision's range; a division by a large number, which is not
