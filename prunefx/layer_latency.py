@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from prunefx.device import current_gpu
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.placement import module_device
 from prunefx.graph.program import require_program
 from prunefx.models.input_shapes import check_input_shape
 from prunefx.passes.budget.measurement import round_to_of
@@ -46,8 +48,10 @@ def latency_table(program: Program, backend: str = "ort", *, precision: str | No
         check_input_shape((measurement.settings.batch, *example.shape[1:]), "latency table input")
     multiple = table_multiple(None, measurement.pair()) if multiple is None else multiple
     timer = layer_timer(measurement.backend, measurement.settings)
-    return program_latency_table(program, timer, multiple=multiple, batch=measurement.settings.batch,
-                                 cache_dir=cache_dir)
+    # a Program on cuda:N is timed on cuda:N: the timers place layers on "cuda", the current GPU
+    with current_gpu(module_device(program.module)):
+        return program_latency_table(program, timer, multiple=multiple, batch=measurement.settings.batch,
+                                     cache_dir=cache_dir)
 
 
 def _require_count(name: str, value) -> None:

@@ -758,3 +758,38 @@ def test_bench_and_profile_on_a_real_gpu_end_to_end(capsys, tmp_path):
     assert main(["profile", str(pt2), "--backend", "cuda", "--runs", "5", "-o", str(tmp_path / "profile.json")]) == 0
     profile = json.loads((tmp_path / "profile.json").read_text())
     assert profile["source"] == "cuda" and sum(row["share"] for row in profile["layers"]) == pytest.approx(1)
+
+
+def test_a_capture_out_of_gpu_memory_fails_in_one_line_and_is_not_blamed_on_the_model(fake, monkeypatch):
+    """Out of memory is the GPU's state, not the model's: timing every later candidate eagerly would not help,
+    and the note would say the model cannot be captured. The same holds for a graph captured again when warm."""
+    def out_of_memory(run, iterations=1):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(fake, "capture", out_of_memory)
+    with pytest.raises(MeasurementError, match=r"ran out of GPU memory timing 'net16': OutOfMemoryError: CUDA out"):
+        GpuModel(_net(16), precision="fp16", device=fake)
+    monkeypatch.undo()
+    model = GpuModel(_net(16), precision="fp16", device=fake)
+    monkeypatch.setattr(fake, "capture", out_of_memory)
+    monkeypatch.setattr(fake, "time", lambda run, calls=1: cuda_graph.GRAPH_MIN_MS / 2)  # warm: launch-bound now
+    with pytest.raises(MeasurementError, match="ran out of GPU memory timing 'net16'"):
+        model.time_once()
+
+
+@pytest.mark.parametrize("settings, missing, refusal", [
+    (Settings(precision="bf16"), "bf16", r"precision bf16 needs a GPU with bfloat16 arithmetic.*Tesla T4 has none"),
+    (Settings(compile=True), "triton", r"torch.compile \(inductor\) on a GPU needs the `triton` package"),
+])
+def test_what_this_gpu_cannot_time_is_refused_before_any_work(monkeypatch, settings, missing, refusal):
+    """bf16 before Ampere is emulated (slower than fp32: every choice it steered would be wrong); --compile needs
+    triton: both refused when the backend is checked, not after a latency table or a training run."""
+    if missing == "bf16":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    else:
+        found = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "triton" else found(name, *rest))
+    with pytest.raises(BackendUnavailableError, match=refusal):
+        CudaBackend(FakeDevice()).require(settings)

@@ -3,6 +3,7 @@
 A fake timer gives each layer a time from a formula, so every figure is known by hand; the real timers are
 checked for what they build (a one-layer model that computes the layer), not for how fast it runs."""
 
+import contextlib
 import json
 import os
 from dataclasses import replace
@@ -533,3 +534,26 @@ def test_a_cache_that_cannot_be_saved_still_gives_the_table_just_timed(caplog):
     table = build_latency_table([CONV], timer, multiple=16, cache_dir="/proc/prunefx-no-cache")
     assert table.measured == len(timer.timed) == 8
     assert "could not save the cache" in caplog.text
+
+
+def test_the_public_table_times_a_program_on_cuda_n_on_that_gpu(monkeypatch, tmp_path):
+    """The layer timers place layers on "cuda", the current GPU: the table of a Program on cuda:1 is timed with
+    cuda:1 current, as meet_budget does (stood in for: the device the Program is on, and what is current)."""
+    import prunefx
+    import prunefx.layer_latency as module
+    import prunefx.runtime.tables.table as tables
+
+    current = []
+
+    @contextlib.contextmanager
+    def made_current(device):
+        current.append(device)
+        yield
+        current.pop()
+
+    timed_on = []
+    monkeypatch.setattr(module, "module_device", lambda _: torch.device("cuda", 1))
+    monkeypatch.setattr(module, "current_gpu", made_current)
+    monkeypatch.setattr(tables, "program_latency_table", lambda *args, **kwargs: timed_on.append(list(current)))
+    prunefx.latency_table(capture(torch.nn.Conv2d(3, 8, 3).eval(), torch.randn(1, 3, 8, 8)), cache_dir=str(tmp_path))
+    assert timed_on == [[torch.device("cuda", 1)]] and current == []

@@ -44,6 +44,9 @@ class CudaBackend(CudaFacts, Backend):
     def check_installed(self, settings: Settings) -> None:
         if not self.device.available():
             raise BackendUnavailableError(self.device.unavailable_reason())
+        reason = self.device.refusal(settings.precision or self.default_precision, settings.compile)
+        if reason:
+            raise BackendUnavailableError(reason)
 
     def width_multiple(self, precision: str) -> int:
         return CUDA_TENSOR_CORE_MULTIPLE[precision]

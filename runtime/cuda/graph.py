@@ -155,10 +155,21 @@ class CudaDevice:
         """`module` and `inputs` on the GPU at `dtype`, 4-D tensors channels_last."""
         return placed(module, inputs, dtype, "cuda")
 
+    def refusal(self, precision: str, compile: bool) -> str | None:
+        """Why this GPU cannot time at `precision` (bf16 before Ampere: emulated, slower than fp32, so every
+        choice it steered would be wrong) or compiled (no triton), checked before any work; None where it can."""
+        if compile and importlib.util.find_spec("triton") is None:
+            return "torch.compile (inductor) on a GPU needs the `triton` package: pip install triton, or leave out --compile"
+        if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported(
+                including_emulation=False):
+            return (f"precision bf16 needs a GPU with bfloat16 arithmetic (Ampere or newer); "
+                    f"{torch.cuda.get_device_name()} has none: use fp16")
+        return None
+
     def compile(self, module: torch.nn.Module) -> Callable:
-        if importlib.util.find_spec("triton") is None:
-            raise BackendUnavailableError("torch.compile (inductor) on a GPU needs the `triton` package: "
-                                          "pip install triton, or leave out --compile")
+        reason = self.refusal("fp32", compile=True)
+        if reason:
+            raise BackendUnavailableError(reason)
         return torch.compile(module)
 
     def capture(self, run: Callable[[], object], iterations: int = 1) -> Callable[[], object]:
@@ -174,8 +185,23 @@ class CudaDevice:
         torch.cuda.empty_cache()
 
     def peak_memory(self) -> int | None:
-        """The most bytes the process's tensors held on the GPU at once, so far."""
+        """The most bytes the process's tensors held on the GPU at once, so far: calibration and training in the
+        same process count too (resetting torch's peak would reset the caller's own)."""
         return torch.cuda.max_memory_allocated()
+
+
+# The GPU itself failed, not the capture: out of memory (a graph holds its own pool beside the models kept), or a
+# sticky error that breaks every later call in the process. Timing eagerly would not help, and would blame the model.
+_DEVICE_ERRORS = (torch.OutOfMemoryError, *((torch.AcceleratorError,) if hasattr(torch, "AcceleratorError") else ()))
+
+
+def _device_failed(error: BaseException) -> bool:
+    return isinstance(error, _DEVICE_ERRORS)
+
+
+def _measurement_error(name: str, error: BaseException) -> MeasurementError:
+    what = "ran out of GPU memory" if isinstance(error, torch.OutOfMemoryError) else "failed"
+    return MeasurementError(f"the cuda backend {what} timing '{name}': {first_line(error)}")
 
 
 def _model_call(module, inputs: tuple[torch.Tensor, ...]):
@@ -245,8 +271,8 @@ class GpuModel:
         try:
             self.replay, self.iterations, self.calls = sampled(self._call, device, capture=capture)
         except RuntimeError as error:  # not capturable (a host synchronisation, a data-dependent shape)
-            if not capture:
-                raise
+            if not capture or _device_failed(error):
+                raise _measurement_error(self.name, error) from error
             self.capture_failed = True
             self.sample_eagerly(f"timed eagerly, many calls back to back: its CUDA graph capture failed "
                                 f"({first_line(error)})")
@@ -264,7 +290,10 @@ class GpuModel:
             # sized at idle clocks (before the warm-up), its replays now last no longer than their launch: the
             # warm-up's samples see it, and the graph is captured again with enough iterations
             self.replay = None  # the old graph's memory pool, before the new capture makes its own
-            self.replay, self.iterations, self.calls = captured_to_outlast(self._call, self.device, call_ms)
+            try:
+                self.replay, self.iterations, self.calls = captured_to_outlast(self._call, self.device, call_ms)
+            except RuntimeError as error:
+                raise _measurement_error(self.name, error) from error
         return call_ms
 
     def timing(self) -> dict:
