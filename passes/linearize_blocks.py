@@ -156,9 +156,12 @@ def ranked_blocks(program: Program, batches, *, rank: str = "damage", progress: 
     return ranked, scores
 
 
-def mergeable_blocks(program: Program, max_kernel_growth: float = 1.0) -> list[Block]:
-    """The blocks that become affine once linearised and whose merge saves MACs: those `ranked_blocks` ranks."""
-    return _worth_merging(program, find_blocks(program.module), max_kernel_growth)[0]
+def mergeable_blocks(program: Program, max_kernel_growth: float = 1.0,
+                     candidates: list[Block] | None = None) -> list[Block]:
+    """The blocks (of `candidates`, default all) that become affine once linearised and whose merge saves MACs:
+    those `ranked_blocks` ranks."""
+    return _worth_merging(program, find_blocks(program.module) if candidates is None else candidates,
+                          max_kernel_growth)[0]
 
 
 def _worth_merging(program: Program, candidates: list[Block], growth: float,

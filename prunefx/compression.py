@@ -35,6 +35,7 @@ from prunefx.graph.launch import torchrun_launch
 from prunefx.graph.placement import move_program
 from prunefx.graph.program_metadata import normalisation_record
 from prunefx.graph.rebatch import rebatch
+from prunefx.graph.whole_files import hidden_stem
 from prunefx.image_statistics import statistics_read
 from prunefx.injection import (
     CALIBRATION_BATCHES,
@@ -47,7 +48,7 @@ from prunefx.injection import (
 )
 from prunefx.named_recipes import Recipe
 from prunefx.output import staged_folder
-from prunefx.output_paths import check_output_folder
+from prunefx.output_paths import MAX_NAME_BYTES, check_output_folder
 from prunefx.passes.core.result import Result
 from prunefx.passes.training.engine import evaluate
 from prunefx.reports import report_json
@@ -167,7 +168,10 @@ def _compress(dense: Program, recipe: Recipe, splits: DataSplits, output: Path, 
         log(f"[{name}] {pass_summary(step.stats)}" + (f" (given {', '.join(keys)})" if keys else ""))
     compressed = result.program.eval()
     with staged_folder(output) as staging:
-        compressed.save(staging / "model_train.pt2")  # before anything else can fail: the training is kept
+        try:  # before anything else can fail: the training is kept
+            compressed.save(staging / "model_train.pt2")
+        except BaseException as error:  # Ctrl-C or a full disk during the save: kept beside the output instead
+            _raise_keeping(error, _keep_program(compressed, output), log)
         try:
             return _measure_and_write(dense, dense_one, compressed, result, injected, recipe, splits, staging,
                                       output, data=data, options=options, log=log, before=before,
@@ -180,6 +184,7 @@ def _raise_keeping(error: BaseException, kept: Path, log: Callable[[str], None])
     """`error` again, saying where the trained model was kept."""
     if not isinstance(error, PrunefxError):  # a fault of ours stays one (exit 3), an interrupt one (130)
         log(f"the trained model was kept in {kept}")
+        error.add_note(f"the trained model was kept in {kept}")  # the CLI's error line ends with it, on stderr
         raise error
     raise PrunefxError(f"{error}; the trained model was kept in {kept}") from error
 
@@ -187,7 +192,8 @@ def _raise_keeping(error: BaseException, kept: Path, log: Callable[[str], None])
 def _keep_program(program: Program, output: Path) -> Path:
     """`program` saved and kept beside the output folder as _keep_training keeps it (a temporary folder beside it
     first: the same file system, so that the move is a rename)."""
-    with signals_held(), tempfile.TemporaryDirectory(dir=output.absolute().parent, prefix=f".{output.name}.") as folder:
+    with signals_held(), tempfile.TemporaryDirectory(dir=output.absolute().parent,
+                                                     prefix=f".{hidden_stem(output)}.") as folder:
         saved = Path(folder) / "model_train.pt2"
         program.save(saved)
         return _keep_training(saved, output)
@@ -199,7 +205,7 @@ def _keep_training(saved: Path, output: Path) -> Path:
     folder = output.absolute().parent
     number = 1
     while True:
-        kept = folder / (f"{output.name}.model_train.pt2" if number == 1 else f"{output.name}.model_train-{number}.pt2")
+        kept = folder / _kept_name(output.name, ".model_train.pt2" if number == 1 else f".model_train-{number}.pt2")
         with signals_held():  # a second Ctrl-C between the two steps would leave an empty file under the name
             try:  # the name is claimed in one step: another run failing at the same moment takes the next one
                 kept.touch(exist_ok=False)
@@ -208,6 +214,13 @@ def _keep_training(saved: Path, output: Path) -> Path:
                 continue
             os.replace(saved, kept)
         return kept
+
+
+def _kept_name(name: str, suffix: str) -> str:
+    """`name` + `suffix`, `name` cut where the whole would pass what a file system allows in one name (255
+    bytes): an output folder's name may use them all."""
+    room = MAX_NAME_BYTES - len(os.fsencode(suffix))
+    return os.fsencode(name)[:room].decode(errors="ignore") + suffix
 
 
 def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, splits, staging: Path,

@@ -461,17 +461,26 @@ def test_a_failure_after_training_keeps_the_trained_model_beside_the_output(tmp_
     first = kept.read_bytes()
     code, out, err = run_cli(capsys, *command)
     again = tmp_path / "out.model_train-2.pt2"
-    assert code == 3 and "internal error: RuntimeError: the exporter broke" in err and str(again) in out + err
+    assert code == 3 and "internal error: RuntimeError: the exporter broke" in err and str(again) in err
     assert kept.read_bytes() == first and Program.load(again).name == "prunefx:resnet20"
     code, out, err = run_cli(capsys, *command)
     third = tmp_path / "out.model_train-3.pt2"
-    assert code == 130 and str(third) in out + err and Program.load(third).name == "prunefx:resnet20"
+    assert code == 130 and str(third) in err and Program.load(third).name == "prunefx:resnet20"  # on stderr too
+    save = Program.save
+
+    def interrupted_in_the_staging_folder(program, path, *args, **kwargs):
+        if ".partial-" in str(path):  # Ctrl-C while model_train.pt2 is written into the staging folder
+            raise KeyboardInterrupt
+        return save(program, path, *args, **kwargs)
+
+    monkeypatch.setattr(Program, "save", interrupted_in_the_staging_folder)
+    code, out, err = run_cli(capsys, *command)
+    fourth = tmp_path / "out.model_train-4.pt2"
+    assert code == 130 and str(fourth) in err and Program.load(fourth).name == "prunefx:resnet20"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.model_train-2.pt2", "out.model_train-3.pt2",
-                                                          "out.model_train.pt2", "tiny.yaml"]
+                                                          "out.model_train-4.pt2", "out.model_train.pt2", "tiny.yaml"]
 
 
-@pytest.mark.slow  # a whole compress run
-@needs_fashion_mnist
 @pytest.mark.slow  # a whole compress run
 @needs_fashion_mnist
 def test_a_pass_failing_after_the_training_keeps_the_trained_model(tmp_path, capsys):
@@ -486,6 +495,16 @@ def test_a_pass_failing_after_the_training_keeps_the_trained_model(tmp_path, cap
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.model_train.pt2", "tiny.yaml"]
     trained = Program.load(kept)
     assert trained.name == "prunefx:resnet20" and not any("quantize" in str(node.target) for node in trained.graph.nodes)
+
+
+def test_a_trained_model_is_kept_under_a_name_that_fits_beside_an_output_of_the_longest_name(tmp_path):
+    """An output folder's name may take all 255 bytes a name allows; the kept model's name adds its suffix."""
+    from prunefx.compression import _keep_training
+
+    saved = tmp_path / "staging.pt2"
+    saved.write_bytes(b"trained")
+    kept = _keep_training(saved, tmp_path / ("b" * 250))
+    assert kept.read_bytes() == b"trained" and len(kept.name) <= 255 and kept.name.endswith(".model_train.pt2")
 
 
 def test_a_trained_model_is_never_kept_over_another_failed_runs(tmp_path, monkeypatch):

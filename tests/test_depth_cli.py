@@ -75,6 +75,21 @@ def test_bad_requests_are_one_line_errors(capsys, tmp_path, argv, message):
     assert code == EXIT_USER_ERROR and message in err and "Traceback" not in err
 
 
+def test_a_named_block_whose_merge_saves_no_macs_is_refused_and_list_says_so(capsys, tmp_path):
+    """ResNet-20's residual blocks hold two 3x3 convolutions of 16 channels: merged, one 5x5, 25 C^2 MACs a pixel
+    against their 18 C^2, so linearising one loses its activations for nothing; MobileNetV2's pointwise blocks merge
+    into fewer."""
+    code, out, err = run_cli(capsys, "depth", "prunefx:resnet20", "--block", "stages.0.0", "--no-measure",
+                             "-o", tmp_path / "out")
+    assert code == EXIT_USER_ERROR and "--block stages.0.0 would merge into no fewer MACs" in err
+    assert not (tmp_path / "out").exists()
+    code, out, _ = run_cli(capsys, "depth", "prunefx:resnet20", "--list")
+    line = next(line for line in out.splitlines() if line.startswith("stages.0.0 "))
+    assert code == 0 and "(merges into no fewer MACs at --max-kernel-growth 1)" in line
+    code, out, _ = run_cli(capsys, "depth", "prunefx:mobilenetv2_small", "--list")
+    assert "no fewer MACs" not in next(line for line in out.splitlines() if line.startswith("blocks.2 "))
+
+
 def test_a_named_block_that_cannot_merge_is_refused_with_its_reason_and_nothing_written(capsys, tmp_path):
     # mobilenet_v3's features.1 is gated by squeeze-excitation: linearised, it would lose its activations and
     # merge into nothing (`--list` says so; the oracle is find_blocks' own verdict, checked by the pass tests)

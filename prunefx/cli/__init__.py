@@ -202,7 +202,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt as interrupt:
         what, status = _interruption(interrupt)
-        notes = "".join(f"; {_one_line(note)}" for note in getattr(interrupt, "__notes__", ()))
+        notes = _notes(interrupt)
         written = published()  # demo measures after it wrote its folder, for one
         outcome = f"after writing {', '.join(map(_printable, written))}" if written else "no output was written"
         _report(f"prunefx {args.command}: {what}; {outcome}{notes}")
@@ -212,7 +212,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         return EXIT_USER_ERROR
     except Exception as error:
         if isinstance(error, OSError) and error.errno in _PATH_ERRNOS:  # a path the user gave, not a bug
-            _report(f"prunefx {args.command}: error: {_one_line(f'{error.strerror}: {error.filename}')}")
+            _report(f"prunefx {args.command}: error: {_one_line(f'{error.strerror}: {error.filename}')}{_notes(error)}")
             return EXIT_USER_ERROR
         if stdout is not None and stdout.error is error:  # standard output's, not a file's
             standard_output.silence()
@@ -224,13 +224,18 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             raise
         fault = environment_fault(error)  # a full disk, a limit, memory, the locale: not prunefx's bug
         if fault:
-            _report(f"prunefx {args.command}: error: {_one_line(fault)}")
+            _report(f"prunefx {args.command}: error: {_one_line(fault)}{_notes(error)}")
             return EXIT_USER_ERROR
         _report(f"prunefx {args.command}: internal error: {_one_line(first_line(error))} "
-                "(rerun with PRUNEFX_DEBUG=1 for the traceback, and please report it)")
+                f"(rerun with PRUNEFX_DEBUG=1 for the traceback, and please report it){_notes(error)}")
         return EXIT_INTERNAL_ERROR
     finally:
         sys.unraisablehook = unraisable
+
+
+def _notes(error: BaseException) -> str:
+    """What the code raising `error` added to it (where a trained model was kept), for the end of its line."""
+    return "".join(f"; {_one_line(note)}" for note in getattr(error, "__notes__", ()))
 
 
 def _never_raise_on_encoding() -> list[tuple[Any, str]]:

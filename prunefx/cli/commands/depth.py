@@ -23,7 +23,7 @@ from prunefx.loading import program_from_args
 from prunefx.output_paths import check_output_folder
 from prunefx.passes.core.pipeline import Pipeline
 from prunefx.passes.depth_to_budget import DepthToBudgetConfig
-from prunefx.passes.linearize_blocks import linearize_blocks
+from prunefx.passes.linearize_blocks import linearize_blocks, mergeable_blocks
 from prunefx.passes.merge_blocks import MEASURED_SLOWER, merge_blocks
 from prunefx.route_output import write_depth
 
@@ -45,7 +45,7 @@ def run(args) -> int:
                                       "only timed merges read these, and --no-measure times none")
     program = program_from_args(args, writes_onnx=not args.list).eval()  # --list writes nothing
     if args.list:
-        _list_blocks(program)
+        _list_blocks(program, args.max_kernel_growth)
         return 0
     if (args.count is not None or budget) and not args.calibrate:
         raise PrunefxError("--blocks, --speedup and --latency-ms choose blocks by their damage on data: give "
@@ -53,7 +53,8 @@ def run(args) -> int:
     if args.recalibrate and not args.calibrate:
         raise PrunefxError("--recalibrate needs --calibrate DATA")
     if args.block:
-        _check_named_blocks_merge(program, args.block, calibrated=bool(args.calibrate))
+        _check_named_blocks_merge(program, args.block, calibrated=bool(args.calibrate),
+                                  max_kernel_growth=args.max_kernel_growth)
     calibration = (calibration_read(args, program, program.example_inputs[0]).on(device)
                    if args.calibrate else None)
     started = time.perf_counter()
@@ -83,17 +84,24 @@ def run(args) -> int:
     return 0
 
 
-def _check_named_blocks_merge(program, names: list[str], *, calibrated: bool) -> None:
-    """A named block that does not become affine would lose its non-linearities and merge into nothing: the
-    accuracy goes and no speed comes. Refused with its reason (unknown names: linearize_blocks lists the blocks),
-    as is one whose layer norms would become batch norms with no data to estimate their statistics."""
+def _check_named_blocks_merge(program, names: list[str], *, calibrated: bool, max_kernel_growth: float) -> None:
+    """A named block that does not become affine, or whose merge saves no MACs (its kernels would grow past
+    --max-kernel-growth), would lose its non-linearities for nothing: the accuracy goes and no speed comes.
+    Refused with its reason (unknown names: linearize_blocks lists the blocks), as is one whose layer norms would
+    become batch norms with no data to estimate their statistics."""
     blocks = {block.name: block for block in find_blocks(program.module)}
-    for name in names:
-        block = blocks.get(name)
-        if block is not None and not block.affine:
+    named = [blocks[name] for name in names if name in blocks]
+    worth = {block.name for block in mergeable_blocks(program, max_kernel_growth, [b for b in named if b.affine])}
+    for block in named:
+        name = block.name
+        if not block.affine:
             raise PrunefxError(f"--block {name} cannot be merged once linearised ({block.reason}): its "
                                "non-linearities would go for no speed; --list shows the blocks that can")
-        if block is not None and block.layer_norms and not calibrated:
+        if name not in worth:
+            raise PrunefxError(f"--block {name} would merge into no fewer MACs at --max-kernel-growth "
+                               f"{max_kernel_growth:g}: its non-linearities would go for no speed; --list shows the "
+                               "blocks that can")
+        if block.layer_norms and not calibrated:
             raise PrunefxError(f"--block {name} turns {len(block.layer_norms)} layer norm(s) into batch norms, whose "
                                "statistics are estimated on data: give --calibrate DATA")
 
@@ -125,8 +133,16 @@ def _merge_step(args):
     return merge_blocks, {"max_kernel_growth": args.max_kernel_growth, "measure": measure}
 
 
-def _list_blocks(program) -> None:
-    for block in find_blocks(program.module):
-        note = "" if block.affine else f"   (cannot merge: {block.reason})"
+def _list_blocks(program, max_kernel_growth: float) -> None:
+    blocks = find_blocks(program.module)
+    if not blocks:
+        print(f"{program.name}: no candidate blocks (a residual block, or a run of layers between activations, "
+              "that could become one affine layer)")
+        return
+    worth = {block.name for block in mergeable_blocks(program, max_kernel_growth, [b for b in blocks if b.affine])}
+    for block in blocks:
+        note = (f"   (cannot merge: {block.reason})" if not block.affine else
+                "" if block.name in worth else
+                f"   (merges into no fewer MACs at --max-kernel-growth {max_kernel_growth:g})")
         print(f"{block.name:<30} {block.kind:<9} {len(block.activations)} activation(s)"
               f"{f', {len(block.layer_norms)} layer norm(s)' if block.layer_norms else ''}{note}")
