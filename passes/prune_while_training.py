@@ -57,6 +57,7 @@ class PruneWhileTrainingConfig(TrainingPassConfig):
                                   "kept, or restart it", choices=("carry", "restart"))
 
     def check(self) -> None:
+        super().check()
         owner = self.owner
         _target(self)
         checks.integer(owner, "prune_events", self.prune_events, minimum=1)

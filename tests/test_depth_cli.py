@@ -68,6 +68,8 @@ def test_blocks_by_count_read_calibration_data_and_recalibrate(capsys, tmp_path)
     (["--blocks", "2"], "give --calibrate"),
     (["--block", "nope"], "no block named"),
     (["--block", "blocks.2", "--recalibrate"], "--recalibrate needs --calibrate"),
+    (["--block", "blocks.2", "--batch", "4"], "--batch 4: what is timed is cut from the batch prunefx:mobilenetv2_small "
+                                             "is captured at (1)"),
     (["--blocks", "0", "--calibrate", "fashion-mnist"], "--blocks"),  # counts are >= 1 (errors.md)
 ])
 def test_bad_requests_are_one_line_errors(capsys, tmp_path, argv, message):

@@ -400,3 +400,13 @@ def test_the_api_given_the_wrong_kind_of_object_says_so_in_one_line(call, messag
     with pytest.raises(PrunefxError, match=message) as raised:
         call(program, model)
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("key, value", [("data", "/etc"), ("teacher", 5), ("eval_data", "val")])
+def test_what_a_caller_hands_a_training_pass_cannot_be_text_or_a_number_in_a_recipe(tmp_path, key, value):
+    """It would fail only when the pass ran, after the passes before it had (compress: after the dense model's
+    evaluation, minutes on real data)."""
+    recipe = tmp_path / "given.yaml"
+    recipe.write_text(f"passes:\n  - fold_batchnorm\n  - distill: {{steps: 3, {key}: {value}}}\n")
+    with pytest.raises(PipelineError, match=f"distill: '{key}' is an object the caller gives .* \\(no pass has run\\)"):
+        load_recipe(recipe)

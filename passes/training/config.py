@@ -132,6 +132,19 @@ class TrainingPassConfig(TrainConfig, PassConfig):
                                  "gradients and optimizer state in float32 (a GPU since Ampere; slower on a CPU "
                                  "without bfloat16 arithmetic)")
 
+    def check(self) -> None:
+        """Objects the caller hands over: a recipe can write text or a number in their place (`data: /my/images`),
+        which would fail only when the pass runs, after the passes before it."""
+        for name in ("data", "eval_data", "teacher"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes, os.PathLike, int, float)):
+                raise TrainingError(f"{self.owner}: '{name}' is an object the caller gives ({_GIVEN[name]}), "
+                                    f"not {value!r:.60}")
+
+
+_GIVEN = {"data": "training batches; compress: --data", "eval_data": "evaluation batches; compress: --data",
+          "teacher": "a Program or module; compress: the dense model"}
+
 
 def warmup_text(warmup_steps: int, steps: int, lr: float) -> str:
     """Why warmup_steps must stay below the run's training steps."""

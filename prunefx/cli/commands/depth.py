@@ -47,6 +47,11 @@ def run(args) -> int:
     if args.list:
         _list_blocks(program, args.max_kernel_growth)
         return 0
+    captured = int(program.example_inputs[0].shape[0])
+    if args.measure and args.batch > captured:  # refused now, not once the blocks are linearised and timed
+        raise PrunefxError(f"--batch {args.batch}: what is timed is cut from the batch {program.name} is "
+                           f"captured at ({captured}); capture it at a larger one (--input-shape) or give a smaller "
+                           "--batch")
     if (args.count is not None or budget) and not args.calibrate:
         raise PrunefxError("--blocks, --speedup and --latency-ms choose blocks by their damage on data: give "
                            "--calibrate DATA (or name the blocks with --block)")
