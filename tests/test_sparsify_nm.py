@@ -264,7 +264,7 @@ def test_keeping_the_zeros_reads_nothing_back_to_the_host(resnet18, monkeypatch)
 
 @pytest.mark.parametrize("rewrite, config", [
     ("remove_channels", {"macs": 0.6}),
-    ("prune_while_training", {"macs": 0.6, "steps": 2, "data": [(torch.randn(2, 3, 64, 64), torch.tensor([0, 1]))]}),
+    ("prune_while_training", {"macs": 0.6, "steps": 2, "prune_events": 1, "interval": 1, "data": [(torch.randn(2, 3, 64, 64), torch.tensor([0, 1]))]}),
     ("merge_blocks", {}),
 ])
 def test_a_rewrite_that_would_move_the_zeros_off_the_pattern_is_refused_before_any_work(resnet18, rewrite, config):
