@@ -32,8 +32,11 @@ def added_rows(published: dict, check: dict) -> dict[str, list[dict]]:
     """The check's rows, by report key, that `published` lacks (a failed row is never added)."""
     held = gpu_speedup.rows_held(published)
     stamp = {"code": check["machine"].get("code"), "date_utc": check["machine"].get("date_utc")}
+    # a row without a figure that this very check measured (a refusal it published before) is not added again
+    same = {(kind, row["model"], row["batch"]) for kind, key in gpu_speedup.ROWS.items()
+            for row in published.get(key, []) if row.get("code") == stamp["code"]}
     return {key: [{**row, **stamp} for row in check.get(key, [])
-                  if "error" not in row and (kind, row["model"], row["batch"]) not in held]
+                  if "error" not in row and (kind, row["model"], row["batch"]) not in held | same]
             for kind, key in gpu_speedup.ROWS.items()}
 
 

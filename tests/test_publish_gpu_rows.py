@@ -71,3 +71,16 @@ def test_a_latency_choice_at_other_macs_is_replaced_by_one_at_equal_macs(load_sc
     assert load_script(SCRIPT).main(_files(tmp_path, published, check)) == 0
     rows = json.loads((tmp_path / "published.json").read_text())["latency_choice"]
     assert [(row["model"], row["prunefx latency"]["speedup"]) for row in rows] == [("swin", 1.25), ("resnet", 1.61)]
+
+
+def test_a_refusal_published_from_the_same_check_is_not_added_again(load_script, tmp_path, capsys):
+    """A refused budget holds no figure, so the next check measures it again; publishing the check that refused it
+    a second time changes nothing."""
+    refused = {"model": "a", "batch": 1, "speedup_asked": 1.3, "refused": "by width: 1.18x at best"}
+    check = _report({**MACHINE, "code": "new", "date_utc": "2026-12-04"}, [], [refused], [])
+    published = _report(MACHINE, [], [{**refused, "code": "new", "date_utc": "2026-12-04"}], [])
+    argv = _files(tmp_path, published, check)
+    before = (tmp_path / "published.json").read_text()
+    assert load_script(SCRIPT).main(argv) == 0
+    assert json.loads((tmp_path / "published.json").read_text()) == json.loads(before)
+    assert "0 rows added" in capsys.readouterr().out
