@@ -4,6 +4,7 @@ written only when the write-back is proven; refused in one line where there is n
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -51,10 +52,17 @@ def build():
 
 
 @pytest.mark.slow
-def test_prune_writes_the_module_beside_the_program(capsys, tmp_path):
+def test_prune_writes_the_module_beside_the_program(capsys, tmp_path, monkeypatch):
+    """module.pt loads as the user loads it: with the model file importable by its own name (`import tiny`), not
+    by the name prunefx imported it under."""
     code, out, err = _prune_with_module(capsys, tmp_path, "tiny.py", _USER_MODEL)
     assert code == 0, err
-    module = torch.load(tmp_path / "out" / "module.pt", weights_only=False)  # our own file: trusted
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:  # imported afresh by the load, and forgotten after it
+        module = torch.load(tmp_path / "out" / "module.pt", weights_only=False)  # our own file: trusted
+        assert type(module).__module__ == "tiny" and sys.modules["tiny"].__file__ == str(tmp_path / "tiny.py")
+    finally:
+        sys.modules.pop("tiny", None)
     assert type(module).__name__ == "Tiny" and not module.training
     assert module.body.groups == module.body.out_channels == module.stem[0].out_channels < 16
     program = Program.load(tmp_path / "out" / "model.pt2")
@@ -65,7 +73,7 @@ def test_prune_writes_the_module_beside_the_program(capsys, tmp_path):
     assert (actual - expected).abs().max() <= 1e-5 * expected.abs().max()
     assert all(module.state_dict()[k].shape == v.shape for k, v in program.state_dict().items())
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["module"]["written"] and "module.pt" in out
+    assert report["module"]["written"] and report["module"]["class"] == "tiny.Tiny" and "module.pt" in out
 
 
 _USER_LENET = """

@@ -14,6 +14,10 @@ import torch
 
 from prunefx.models.spec import DEFAULT_IMAGE_SIZE, ModelReferenceError, ModelSpec, require_file
 
+# the name each imported file's module has here -> the one the user imports it by (`import model` for model.py):
+# what a pickle of its classes must name, to load where the user's code is importable (interop/module_file.py)
+USER_NAMES: dict[str, str] = {}
+
 
 def _import_file(path: Path):
     # One module name per file (two model.py files in different folders must not collide),
@@ -24,6 +28,8 @@ def _import_file(path: Path):
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    if path.stem.isidentifier():
+        USER_NAMES[module_name] = path.stem
     try:
         with _run_as_script(path):
             spec.loader.exec_module(module)
