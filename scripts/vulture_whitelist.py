@@ -47,4 +47,5 @@ ENTRY_POINTS = [
     framework.input_size,
     framework.extra_repr,           # nn.Module's repr hook (prunefx/interop/subgraph_module.py)
     framework.raw_data,             # onnx TensorProto field, read by onnx (runtime/onnx/external.py)
+    framework.reducer_override,     # pickle.Pickler's hook, called by pickle (prunefx/interop/module_file.py)
 ]
