@@ -70,6 +70,14 @@ def test_unknown_backend_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys)
     assert code == 2 and "invalid choice: 'gpu'" in err[-1] and not (tmp_path / "never").exists()
 
 
+@pytest.mark.parametrize("method", [[], ["--method", "max"]])
+def test_a_percentile_the_method_does_not_read_is_refused_not_ignored(tmp_path, capsys, method):
+    code = main(["quantize", "prunefx:resnet20", "--calibrate", "fashion-mnist", *method, "--percentile", "99",
+                 "-o", str(tmp_path / "never")])
+    line = _one_line_exit_2(code, capsys)
+    assert "--percentile: only --method percentile reads it" in line and not (tmp_path / "never").exists()
+
+
 class _PoolOnly(torch.nn.Module):
     """Nothing to quantize: no convolution, linear or matmul."""
 

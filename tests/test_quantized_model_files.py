@@ -1,6 +1,6 @@
 """A quantized model.pt2 (what `prunefx quantize` writes) read back by the other commands: `export`, `bench` and `compress` (its dense side)
 take it in the INT8 lowering `quantize` delivers (INT8 weights, ONNX Runtime's or TensorRT's Q/DQ form), never
-as the float weights and Q/DQ pairs a plain export gives; `quantize` refuses it. The oracle: the files, read
+as the float weights and Q/DQ pairs a plain export gives; `quantize` and `prune` refuse it. The oracle: the files, read
 back with `onnx`."""
 
 from __future__ import annotations
@@ -79,6 +79,13 @@ def test_bench_times_a_quantized_model_in_onnx_runtimes_int8_lowering(saved, tmp
 def test_quantize_refuses_a_quantized_model_and_writes_nothing(saved, tmp_path, capsys):
     code = main(["quantize", str(saved / "int8.pt2"), "--calibrate", str(tmp_path), "-o", str(tmp_path / "q")])
     assert code == 2 and "already quantized" in capsys.readouterr().err and not (tmp_path / "q").exists()
+
+
+def test_prune_refuses_a_quantized_model_and_writes_nothing(saved, tmp_path, capsys):
+    """Its activation ranges were calibrated on the unpruned layers: pruned, they would no longer hold."""
+    code = main(["prune", str(saved / "int8.pt2"), "--macs", "0.5", "-o", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert code == 2 and "prune the float model, then quantize it" in err and not (tmp_path / "p").exists()
 
 
 def test_compress_times_a_quantized_dense_model_in_its_int8_lowering(saved, monkeypatch):

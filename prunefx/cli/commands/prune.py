@@ -23,6 +23,7 @@ from prunefx.device import current_gpu, on_device, resolve_device
 from prunefx.graph.channels.choices import DATA_CRITERIA
 from prunefx.graph.counted import counted
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.image_statistics import calibration_read, record_given_statistics
 from prunefx.interop.module_file import write_module
 from prunefx.layer_latency import latency_table, table_multiple
@@ -137,6 +138,9 @@ def _program(args):
         if args.module and model is None:
             raise PrunefxError("--module needs the model's own Python code, which a saved .pt2 does not hold: "
                                "prune the model reference (torchvision:NAME, timm:NAME, file.py:FACTORY) instead")
+        if has_fake_quant(program.graph):  # its activation ranges were read on the layers as they were
+            raise PrunefxError(f"{args.model} is quantized (INT8 fake quantizers), whose ranges were calibrated on "
+                               "the unpruned layers: prune the float model, then quantize it")
         return (model if args.module else None), program  # the Program holds its own copy of the weights
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     return None, part_from_reference(args.model, None if args.part == "auto" else args.part,

@@ -28,6 +28,7 @@ from prunefx.output import staged_folder
 from prunefx.output_paths import check_output_folder
 from prunefx.passes.core.pipeline import Pipeline
 from prunefx.passes.quantize_int8 import Quantized, quantize_int8
+from prunefx.passes.rewrites.quantize_config import QuantizeInt8Config
 from prunefx.reports import report_json
 from prunefx.reports.parity_text import parity_words
 from prunefx.reports.report_facts import Costs, Latency, LatencySkipped, ReportFacts
@@ -56,6 +57,9 @@ def run(args) -> int:
     output = check_output_folder(args.output)
     if not args.calibrate:
         raise PrunefxError("quantize needs calibration images for the activation ranges: give --calibrate DATA")
+    if args.method != "percentile":
+        flags.refuse_unread(args, {"percentile": QuantizeInt8Config.default("percentile")},
+                            f"only --method percentile reads it, and the method is {args.method}")
     program = program_from_args(args, writes_onnx=True).eval()
     if has_fake_quant(program.graph):  # its float baseline and its ranges would be the INT8 model's own
         raise PrunefxError(f"{args.model} is already quantized (INT8 fake quantizers): quantize the float model; "
