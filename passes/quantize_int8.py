@@ -84,6 +84,7 @@ def quantize_int8(program: Program, /, *, config: dict | QuantizeInt8Config | No
             skipped.append({"layer": target.layer.name, "operator": target.operator, "reason": reason})
         else:
             chosen.append(target)
+    _check_something_left(program, chosen, settings)
     batches = calibration_inputs(program.example_inputs, settings.calibration, max_batches=settings.max_batches,
                                  what=f"{OWNER} calibration")
     with program.evaluating():
@@ -103,6 +104,17 @@ def quantize_int8(program: Program, /, *, config: dict | QuantizeInt8Config | No
              "weight_quantizers": sum(target.weight is not None for target in chosen)}
     return Result(program, modified=bool(chosen), stats=stats, facts=Quantized(
         sum(target.kind == "layer" for target in chosen), len(skipped), sum(target.kind != "layer" for target in chosen)))
+
+
+def _check_something_left(program: Program, chosen, settings: QuantizeInt8Config) -> None:
+    """Skips or a `sensitive` count that leave nothing to quantize, refused before the calibration's minutes (the
+    model would come out unquantized, and every INT8 step after this one would fail)."""
+    if not any(target.kind == "layer" for target in chosen):
+        raise PrunefxError(f"{OWNER}: skip_nodes and skip_operators keep every quantizable layer of "
+                           f"'{program.name}' in float: nothing is left to quantize")
+    if settings.sensitive >= len(chosen):
+        raise PrunefxError(f"{OWNER}: sensitive={settings.sensitive} would leave all {len(chosen)} quantizable "
+                           f"layers, adds and pools of '{program.name}' in float: give fewer than {len(chosen)}")
 
 
 def _refusals(refused: dict[str, str]) -> str:

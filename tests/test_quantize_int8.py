@@ -232,6 +232,21 @@ def test_a_skip_list_naming_nothing_it_could_keep_is_refused(one_thread, config,
     assert kept.stats["quantized"]  # an operator this model lacks: one recipe serves many models
 
 
+@pytest.mark.parametrize("config, message", [
+    ({"sensitive": 1000}, "sensitive=1000 would leave all .* in float: give fewer than"),
+    ({"skip_operators": ["conv2d", "conv_transpose2d", "linear", "matmul"]}, "keep every quantizable layer of .net. in float"),
+])
+def test_skips_that_leave_nothing_to_quantize_are_refused_before_calibration(one_thread, config, message,
+                                                                           monkeypatch):
+    """Left to run, the model came out unquantized and the export after it failed naming the pass as not run."""
+    module = importlib.import_module("prunefx.passes.quantize_int8")  # the module, not the pass it exports
+    calibrated = []
+    monkeypatch.setattr(module, "calibration_inputs", lambda *args, **kwargs: calibrated.append(1) or [])
+    with pytest.raises(PrunefxError, match=message):
+        quantize_int8(_net(), config={"calibration": _batches(), **config})
+    assert not calibrated
+
+
 class InPlaceResidual(nn.Module):
     """A residual written `out += x`, as torchvision's ResNets write it: it captures as add_, not add."""
 
