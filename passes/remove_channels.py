@@ -179,5 +179,5 @@ def _unreachable(target: Target, plan, combing) -> str:
     blockers = sorted({op for b in combing.blocked for op in b.operators})
     hint = f"; groups blocked by {', '.join(blockers)}" if blockers else ""
     return (f"cannot reach {target.kind}={target.fraction:g} within {TARGET_TOLERANCE:.0%}: the closest plan keeps "
-            f"{plan.achieved:.3f} ({len(combing.groups)} prunable groups{hint}); raise max_ratio, lower round_to, "
-            f"or pass strict=False to accept it")
+            f"{plan.achieved:.3f} ({len(combing.groups)} prunable groups{hint}); raise max_ratio (--max-ratio), lower "
+            f"round_to (--round-to), or accept it with strict=False (Python)")

@@ -106,7 +106,7 @@ def test_a_budget_neither_dimension_reaches_gives_both_best_in_one_line(stand_in
     code, out, err = prune(capsys, "--speedup", 8, "--allow-depth", "-o", tmp_path / "never")
     assert code == EXIT_USER_ERROR and len(err) == 1, err
     assert "cannot reach a 8x speed-up: width's best was 1." in err[0] and "depth's best 3." in err[0]
-    assert "and together: cannot reach a 8x speed-up with any mix of width, depth" in err[0]
+    assert "and together (depth aiming at its share of the budget, width at the rest): cannot reach a 8x speed-up with any mix of width, depth" in err[0]
     assert "prunefx compress" in err[0] and not (tmp_path / "never").exists()
 
 

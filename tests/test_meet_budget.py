@@ -146,7 +146,7 @@ def test_a_budget_no_route_reaches_raises_one_line_with_each_best(graph_order):
     message = str(caught.value)
     assert caught.value.dimension == "width+depth" and "\n" not in message
     assert message.startswith("cannot reach a 8x speed-up: width's best was 1.") and "depth's best 3." in message
-    assert "and together: cannot reach a 8x speed-up with any mix of width, depth" in message
+    assert "and together (depth aiming at its share of the budget, width at the rest): cannot reach a 8x speed-up with any mix of width, depth" in message
 
 
 def test_without_allow_depth_width_refuses_alone(mobilenet):

@@ -216,5 +216,6 @@ class _Routes:
                    else depth.message)
         width_best = speedup_text(width.best) if width.best else width.message
         return BudgetUnreachable(f"cannot reach {budget_text(self.budget.speedup, self.budget.latency_ms)}: width's "
-                                 f"best was {width_best}, depth's {reached}, and together: {last.message}",
+                                 f"best was {width_best}, depth's {reached}, and together (depth aiming at its share of the "
+                                 f"budget, width at the rest): {last.message}",
                                  dimension="width+depth", best=width.best)
