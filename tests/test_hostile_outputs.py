@@ -215,6 +215,28 @@ def test_signals_to_a_real_process(tmp_path, signum, status, words):
     assert not output.exists() and _leftovers(tmp_path) == []
 
 
+_TEARDOWN = """
+import signal
+from prunefx.cli import signal_handlers
+GARBAGE = [[i] for i in range(3_000_000)]  # freed in the interpreter's teardown: a fraction of a second
+signal_handlers.exit_on({signal.SIGTERM: signal.SIG_DFL}, 0)  # as after a run that exits 0
+print("DONE", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_signal_while_the_interpreter_tears_down_after_a_run_keeps_its_status(tmp_path):
+    """Teardown puts Python's handlers back to the default action: a SIGTERM then killed the process with 143 and
+    no line, after the run had written its output and said so."""
+    script = tmp_path / "teardown.py"
+    script.write_text(_TEARDOWN)
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "DONE"
+    time.sleep(0.05)
+    process.terminate()
+    assert process.wait(timeout=60) == 0
+
+
 def test_a_model_file_interrupted_while_it_imports_leaves_no_half_run_module(tmp_path):
     from prunefx.models.user_files import _import_file
 

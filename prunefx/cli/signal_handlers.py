@@ -1,9 +1,10 @@
 """The command's signal handlers: inside a run SIGINT, SIGTERM and SIGHUP are raised as exceptions (so staged
 outputs are cleaned up on the way out); after it, a Python caller gets its own handlers back, and the command's
-own process ends at once with the run's status."""
+own process ends at once with the run's status, also while the interpreter tears down."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -42,6 +43,14 @@ def exit_on(handled: dict, status: int) -> None:
 
     for signum in handled:
         signal.signal(signum, exit_now)
+    # the interpreter's teardown (seconds after a large model) puts Python's handlers back to the default action,
+    # which would kill the process with no line and the signal's status: ignored from the teardown's start instead
+    atexit.register(_ignore, tuple(handled))
+
+
+def _ignore(signums: tuple[int, ...]) -> None:
+    for signum in signums:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def restore(previous: dict | None) -> None:
