@@ -127,6 +127,8 @@ def test_inspect_reads_its_arguments_without_importing_the_onnx_exporter():
     ([], EXIT_USER_ERROR, "the following arguments are required: COMMAND"),
     (["-v", "prnue", "x"], EXIT_USER_ERROR, "invalid choice: 'prnue'"),
     (["-q", "-v"], EXIT_USER_ERROR, "not allowed with argument"),
+    # an option the command does not take is said as the command's own error, like its other argument errors
+    (["bench", "model.onnx", "--bogus"], EXIT_USER_ERROR, "prunefx bench: error: unrecognized arguments: --bogus"),
 ])
 def test_the_command_list_and_its_errors_import_no_torch(argv, status, said):
     """`prunefx --help` and a mistyped command answer without torch's seconds of imports."""

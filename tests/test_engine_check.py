@@ -204,6 +204,18 @@ def test_a_symbolic_input_dimension_is_a_warning():
     assert finding.node == "x" and "batch" in finding.message
 
 
+@pytest.mark.parametrize("target", ["trt10", "ort"])
+def test_an_input_dimension_fixed_at_zero_is_an_error_not_a_dynamic_one(target):
+    """A zero-sized batch is fixed, not symbolic (an unset dimension is): no runtime can time an empty input."""
+    relu = [helper.make_node("Relu", ["x"], ["y"], name="relu")]
+    [finding] = _findings(_model(relu, {}, inputs=(("x", [0, 3, 8, 8]),)), target, rule="empty-input")
+    assert finding.severity == "error" and finding.node == "x" and "a dimension of 0" in finding.message
+    assert _findings(_model(relu, {}, inputs=(("x", [0, 3, 8, 8]),)), target, rule="dynamic-shape") == []
+    unset = _model(relu, {}, inputs=(("x", [None, 3, 8, 8]),))
+    assert [f.rule for f in _findings(unset, target) if f.rule in ("empty-input", "dynamic-shape")] == (
+        ["dynamic-shape"] if target == "trt10" else [])
+
+
 def test_two_of_four_weights_along_input_channels_is_a_sparse_note():
     rng = np.random.default_rng(0)
     dense = rng.integers(1, 100, size=(32, 32, 1, 1)).astype(np.int8)

@@ -58,6 +58,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         sub = commands.add_parser(command.name, help=command.help, description=command.help)
         if argv is None or command is named:
             _command_arguments(sub, command)
+    parser.commands = commands.choices  # an argument the command does not take is its error (main)
     return parser
 
 
@@ -133,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # said by the command's parser, "prunefx bench: error: ...", as its other argument errors
+            parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as exit_:  # --help (0) or a bad argument (2, its one line already printed)
         return int(exit_.code or 0)
     args.given = flags.given_destinations(parser, argv)  # flags a run refuses when it would not read them

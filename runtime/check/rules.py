@@ -222,11 +222,23 @@ def dynamic_shapes(index: GraphIndex, target: Target) -> Iterator[Finding]:
         if value.name not in index.inputs:
             continue
         dims = value.type.tensor_type.shape.dim
-        dynamic = [dim.dim_param or "?" for dim in dims if dim.dim_param or dim.dim_value <= 0]
+        # a dimension set to a number is fixed, 0 included (an empty input: empty_inputs' finding)
+        dynamic = [dim.dim_param or "?" for dim in dims if not dim.HasField("dim_value")]
         if dynamic:
             yield Finding("warning", "dynamic-shape", value.name, "input",
                           f"dimensions {', '.join(dynamic)} are not fixed: the engine needs an optimization profile "
                           "(min/opt/max shapes)")
+
+
+def empty_inputs(index: GraphIndex, target: Target) -> Iterator[Finding]:
+    """A graph input with a dimension fixed at 0 or below: it holds no data, and nothing can be timed on it."""
+    for value in index.model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        empty = [str(dim.dim_value) for dim in dims if dim.HasField("dim_value") and dim.dim_value <= 0]
+        if value.name in index.inputs and empty:
+            yield Finding("error", "empty-input", value.name, "input",
+                          f"a dimension of {', '.join(empty)}: the input holds no data, so no runtime builds or "
+                          "times it; export at a batch and size of at least 1")
 
 
 def zero_pads_into_max_pools(index: GraphIndex, target: Target) -> Iterator[Finding]:
@@ -277,10 +289,10 @@ def float32_in_float16_graph(index: GraphIndex, target: Target) -> Iterator[Find
 
 
 TENSORRT_RULES = (unsupported_operators, attribute_limits, type_limits, missing_dequantize, zero_points,
-                  dangling_quantizers, residual_adds, concat_scales, channel_multiples, dynamic_shapes, sparse_eligible,
-                  float32_in_float16_graph)
+                  dangling_quantizers, residual_adds, concat_scales, channel_multiples, dynamic_shapes, empty_inputs,
+                  sparse_eligible, float32_in_float16_graph)
 ONNXRUNTIME_RULES = (unsupported_operators, missing_dequantize, residual_adds, concat_scales, channel_multiples,
-                     zero_pads_into_max_pools)
+                     empty_inputs, zero_pads_into_max_pools)
 
 
 def run_rules(index: GraphIndex, target: Target) -> list[Finding]:
