@@ -136,6 +136,16 @@ def test_what_tensorrt_s_parser_refuses_in_an_operator_it_supports_is_an_error(m
     assert _findings(model, "ort", "parser-limit") == []  # ONNX Runtime's rules are its own
 
 
+def test_a_string_input_is_a_type_tensorrt_lacks():
+    """An engine has no string tensors: the parser refuses the node that reads one from the network's inputs."""
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"], name="node")], "strings",
+                              [helper.make_tensor_value_info("x", TensorProto.STRING, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.STRING, [1, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    [finding] = _findings(model, rule="parser-limit")
+    assert finding.severity == "error" and "STRING tensor" in finding.message
+
+
 def test_functions_the_file_defines_and_tensorrt_s_own_quantizers_are_operators_it_imports():
     function = helper.make_function("local", "MySwish", ["a"], ["b"],
                                     [helper.make_node("Sigmoid", ["a"], ["s"]), helper.make_node("Mul", ["a", "s"], ["b"])],

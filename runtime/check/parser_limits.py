@@ -18,7 +18,9 @@ from prunefx.runtime.check.graph_index import GraphIndex
 from prunefx.runtime.check.targets import Target
 
 TOPK_MAX_K = 3840  # operators.md, TopK: "K input must be less than 3840"
-_NO_TENSORRT_TYPE = {onnx.TensorProto.INT16: "INT16", onnx.TensorProto.UINT16: "UINT16"}
+_NO_TENSORRT_TYPE = {onnx.TensorProto.INT16: "INT16", onnx.TensorProto.UINT16: "UINT16",
+                     onnx.TensorProto.STRING: "STRING", onnx.TensorProto.COMPLEX64: "COMPLEX64",
+                     onnx.TensorProto.COMPLEX128: "COMPLEX128"}
 
 
 def _attribute(node: onnx.NodeProto, name: str, default=None):
