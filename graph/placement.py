@@ -144,13 +144,12 @@ def _checks_only(node: torch.fx.Node) -> bool:
     return node.op == "call_function" and "val" in node.meta and node.meta["val"] is None
 
 
-def _rename_float32(graph: torch.fx.Graph, dtype: torch.dtype) -> bool:
+def _rename_float32(graph: torch.fx.Graph, dtype: torch.dtype, kept: set[torch.fx.Node]) -> bool:
     """Every float32 a node names as an argument (a cast's target, an assertion's expected dtype, a factory's
     or softmax's dtype) renamed to `dtype`: left as float32, a cast would mix precisions and the assertions
-    the exporter writes for `.float()`/`.to()` would refuse the half-precision tensors. Index arithmetic stays
-    float32 (_index_arithmetic)."""
+    the exporter writes for `.float()`/`.to()` would refuse the half-precision tensors. The `kept` nodes, index
+    arithmetic, stay float32 (_index_arithmetic)."""
     changed = False
-    kept = _index_arithmetic(graph)
     for node in graph.nodes:
         if node in kept:
             continue
@@ -161,13 +160,12 @@ def _rename_float32(graph: torch.fx.Graph, dtype: torch.dtype) -> bool:
     return changed
 
 
-def _cast_unnamed_float32(graph: torch.fx.Graph, dtype: torch.dtype) -> bool:
+def _cast_unnamed_float32(graph: torch.fx.Graph, dtype: torch.dtype, kept: set[torch.fx.Node]) -> bool:
     """Every float32 tensor the graph makes from no floating input without naming float32 (`torch.zeros(4)`,
     `torch.linspace`, `arange(n) / n`: the default dtype, which the exporter does not write down) made in
     `dtype` too: left as float32, it promotes the half-precision tensors it meets back to float32, and the
     next layer refuses them. A factory takes `dtype` as its argument; any other op gets a cast after it."""
     changed = False
-    kept = _index_arithmetic(graph)
     for node in list(graph.nodes):
         if node in kept or not _makes_float32_from_nothing(node) or _cast_already(node):
             continue
@@ -252,12 +250,18 @@ def move_module(module: torch.nn.Module, device: str | torch.device, dtype: torc
         if isinstance(graph_module, torch.fx.GraphModule):
             _move_plain_attributes(graph_module, target, dtype)
             moved = source != target and _rename_devices(graph_module.graph, source, target)
-            cast = dtype is not None and dtype != torch.float32 and (
-                _rename_float32(graph_module.graph, dtype) | _cast_unnamed_float32(graph_module.graph, dtype)
-                | (dtype.itemsize < 4 and _fit_fill_values(graph_module.graph, dtype)))
+            cast = dtype is not None and dtype != torch.float32 and _cast_graph(graph_module.graph, dtype)
             if moved or cast:
                 graph_module.recompile()
     return module
+
+
+def _cast_graph(graph: torch.fx.Graph, dtype: torch.dtype) -> bool:
+    """The float32 `graph` names or makes, cast to the half-precision `dtype` but for its index arithmetic, and
+    fill values beyond `dtype`'s range brought within it; whether anything changed."""
+    kept = _index_arithmetic(graph)  # before the renames: read from the values recorded at capture
+    return (_rename_float32(graph, dtype, kept) | _cast_unnamed_float32(graph, dtype, kept)
+            | (dtype.itemsize < 4 and _fit_fill_values(graph, dtype)))
 
 
 def _indexed(device: torch.device) -> torch.device:

@@ -177,7 +177,12 @@ def hidden_stem(path: Path) -> str:
     """The start of a hidden temporary name beside `path` (a file's, or a run's staging folder): `path`'s name,
     cut where its own length would take the temporary one past what a file system allows (255 bytes): the write
     of a name that fits must not fail."""
-    return os.fsencode(path.name)[:_NAME_ROOM].decode(errors="ignore")
+    return cut_name(path.name, _NAME_ROOM)
+
+
+def cut_name(name: str, room: int) -> str:
+    """The first `room` bytes of `name` as the file system stores it, no character cut in two."""
+    return os.fsencode(name)[:room].decode(errors="ignore")
 
 
 def sync_file(path: Path) -> None:

@@ -35,7 +35,7 @@ from prunefx.graph.launch import torchrun_launch
 from prunefx.graph.placement import move_program
 from prunefx.graph.program_metadata import normalisation_record
 from prunefx.graph.rebatch import rebatch
-from prunefx.graph.whole_files import hidden_stem
+from prunefx.graph.whole_files import cut_name, hidden_stem
 from prunefx.image_statistics import statistics_read
 from prunefx.injection import (
     CALIBRATION_BATCHES,
@@ -219,8 +219,7 @@ def _keep_training(saved: Path, output: Path) -> Path:
 def _kept_name(name: str, suffix: str) -> str:
     """`name` + `suffix`, `name` cut where the whole would pass what a file system allows in one name (255
     bytes): an output folder's name may use them all."""
-    room = MAX_NAME_BYTES - len(os.fsencode(suffix))
-    return os.fsencode(name)[:room].decode(errors="ignore") + suffix
+    return cut_name(name, MAX_NAME_BYTES - len(os.fsencode(suffix))) + suffix
 
 
 def _measure_and_write(dense, dense_one, compressed, result, injected, recipe, splits, staging: Path,

@@ -158,8 +158,9 @@ class CudaDevice:
     def refusal(self, precision: str, compile: bool) -> str | None:
         """Why this GPU cannot time at `precision` (bf16 before Ampere: emulated, slower than fp32, so every
         choice it steered would be wrong) or compiled (no triton), checked before any work; None where it can."""
-        if compile and importlib.util.find_spec("triton") is None:
-            return "torch.compile (inductor) on a GPU needs the `triton` package: pip install triton, or leave out --compile"
+        missing = _triton_missing() if compile else None
+        if missing:
+            return missing
         if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported(
                 including_emulation=False):
             return (f"precision bf16 needs a GPU with bfloat16 arithmetic (Ampere or newer); "
@@ -167,7 +168,7 @@ class CudaDevice:
         return None
 
     def compile(self, module: torch.nn.Module) -> Callable:
-        reason = self.refusal("fp32", compile=True)
+        reason = _triton_missing()
         if reason:
             raise BackendUnavailableError(reason)
         return torch.compile(module)
@@ -188,6 +189,13 @@ class CudaDevice:
         """The most bytes the process's tensors held on the GPU at once, so far: calibration and training in the
         same process count too (resetting torch's peak would reset the caller's own)."""
         return torch.cuda.max_memory_allocated()
+
+
+def _triton_missing() -> str | None:
+    """Why torch.compile cannot run on a GPU here, or None."""
+    if importlib.util.find_spec("triton") is None:
+        return "torch.compile (inductor) on a GPU needs the `triton` package: pip install triton, or leave out --compile"
+    return None
 
 
 # The GPU itself failed, not the capture: out of memory (a graph holds its own pool beside the models kept), or a
