@@ -11,6 +11,7 @@ import onnx
 
 from prunefx.graph.errors import printable
 from prunefx.runtime.check.findings import Finding
+from prunefx.runtime.ort.refusals import refusal_reason
 
 RULE = "onnxruntime-refuses"
 # protobuf serialises at most 2 GiB: a larger model (weights inlined) is not loaded here
@@ -31,7 +32,7 @@ def load_findings(model: onnx.ModelProto) -> list[Finding]:
     try:
         session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own Fail/InvalidGraph/NotImplemented types
-        reason = printable(" ".join(str(error).split()))[:400]
+        reason = printable(refusal_reason(error))
         return [Finding("error", RULE, "-", "model",
                         f"ONNX Runtime {onnxruntime.__version__} does not load the file on its CPU provider: {reason}")]
     del session  # its copy of the weights

@@ -29,6 +29,7 @@ from prunefx.runtime.onnx.bounds import check_value_sizes
 from prunefx.runtime.ort.denormals import subnormal_mode
 from prunefx.runtime.ort.interrupts import interruptible_run
 from prunefx.runtime.ort.options import cpu_session
+from prunefx.runtime.ort.refusals import is_unreadable_protobuf, refusal_reason
 from prunefx.runtime.ort.threads import DEFAULT_THREADS, threads_problem
 
 
@@ -85,7 +86,7 @@ class OnnxRuntimeSession:
                 return self.session.run(self.output_names, feed, options)
         except Exception as error:  # pybind errors (wrong dtype, kernel failures) have no common base
             raise OnnxSessionError(f"ONNX Runtime failed to run {self.path.name}: "
-                                   f"{first_line(error)}") from error
+                                   f"{refusal_reason(error)}") from error
 
 
 def check_session_file(path: Path, threads: int) -> None:
@@ -115,8 +116,10 @@ def _load(path: Path, threads: int, spinning: bool, flush_denormals: bool = Fals
     except Exception as error:  # InvalidProtobuf, Fail, InvalidGraph...: all mean "unusable file"
         if _out_of_memory(error):  # a memory limit, not a corrupt file: the CLI names it as such
             raise MemoryError(f"loading {path} into ONNX Runtime: {first_line(error)}") from error
-        raise OnnxSessionError(f"cannot load ONNX model {path} (corrupt or not an ONNX file): "
-                               f"{first_line(error)}") from error
+        if is_unreadable_protobuf(error):
+            raise OnnxSessionError(f"cannot load ONNX model {path} (corrupt or not an ONNX file): "
+                                   f"{refusal_reason(error)}") from error
+        raise OnnxSessionError(f"ONNX Runtime {ort.__version__} cannot load {path}: {refusal_reason(error)}") from error
 
 
 def _out_of_memory(error: Exception) -> bool:
