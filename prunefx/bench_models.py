@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnx
 import torch
 
 from prunefx.graph import Program
@@ -101,8 +102,8 @@ def program_bench_model(reference: str, program: Program, backend: Backend, onnx
 
 
 def input_text(tensor: torch.Tensor) -> str:
-    """'1x3x224x224 float32': an input's shape and type, as bench and profile name what they timed."""
-    return f"{'x'.join(map(str, tensor.shape))} {str(tensor.dtype).removeprefix('torch.')}"
+    """'1x3x224x224 float32' ('scalar float32'): an input's shape and type, as bench and profile name what they timed."""
+    return f"{'x'.join(map(str, tensor.shape)) or 'scalar'} {str(tensor.dtype).removeprefix('torch.')}"
 
 
 def _calibration(args, program: Program | None, inputs: list[torch.Tensor]):
@@ -118,21 +119,33 @@ def _onnx_inputs(path: str, input_shape: str | None) -> list[torch.Tensor]:
     if len(given) > len(arguments):
         raise PrunefxError(f"{path} takes {len(arguments)} input(s) ({_declared(arguments)}); --input-shape gives "
                            f"{len(given)} shapes")
-    shapes = [_given_shape(path, arg, shape) for arg, shape in zip(arguments, given)]
-    shapes += [_static_shape(path, arg, arguments, len(given)) for arg in arguments[len(given):]]
+    shaped = _inputs_with_shapes(path)
+    shapes = [_given_shape(path, arg, shape, arg.name in shaped) for arg, shape in zip(arguments, given)]
+    shapes += [_static_shape(path, arg, arguments, len(given), arg.name in shaped) for arg in arguments[len(given):]]
     generator = torch.Generator().manual_seed(0)  # its own: the same inputs every run, the caller's state left alone
     return [_random(shape, _dtype(path, arg), generator) for shape, arg in zip(shapes, arguments)]
 
 
-def _given_shape(path: str, arg, shape: tuple[int, ...]) -> tuple[int, ...]:
+def _given_shape(path: str, arg, shape: tuple[int, ...], declared: bool) -> tuple[int, ...]:
     """`shape` from --input-shape, when it fits the file's fixed dims (else every timing process would fail)."""
+    if declared and not arg.shape:
+        raise PrunefxError(f"{path}: input {_name(arg)} is a scalar: leave it out of --input-shape (the inputs after "
+                           "those it gives take the file's shapes)")
     if not shape_fits(arg.shape, shape):
         raise PrunefxError(f"{path}: input {_name(arg)} expects shape {_dims(arg)}, got {'x'.join(map(str, shape))} "
                            "from --input-shape")
     return shape
 
 
-def _static_shape(path: str, arg, arguments, given: int) -> tuple[int, ...]:
+def _inputs_with_shapes(path: str) -> set[str]:
+    """The inputs whose shape the file declares (ONNX Runtime reports an input without one as a scalar)."""
+    graph = onnx.load(path, load_external_data=False).graph  # loaded by ONNX Runtime already: readable
+    return {value.name for value in graph.input if value.type.tensor_type.HasField("shape")}
+
+
+def _static_shape(path: str, arg, arguments, given: int, declared: bool) -> tuple[int, ...]:
+    if not declared:
+        raise PrunefxError(f"{path}: input {_name(arg)} has no declared shape: give --input-shape")
     if any(not isinstance(dim, int) for dim in arg.shape):
         how = "" if len(arguments) == 1 else f", one shape per input separated by commas ({_declared(arguments)})"
         said = f" and --input-shape gives {given} shape{'s' if given > 1 else ''}" if given else ""

@@ -147,3 +147,31 @@ def test_a_files_inputs_are_the_same_every_run_and_leave_the_callers_random_stat
     first = _inputs(path)
     assert torch.equal(torch.get_rng_state(), before)
     assert all(np.array_equal(a, b) for a, b in zip(first, _inputs(path)))
+
+
+def _scaled(tmp_path, scale_shape) -> str:
+    """y = x * s, x 1x4 and s of `scale_shape` ([]: a scalar; None: no declared shape)."""
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+              helper.make_tensor_value_info("s", TensorProto.FLOAT, scale_shape)]
+    return _save(tmp_path, f"scaled_{scale_shape is None}", inputs, [helper.make_node("Mul", ["x", "s"], ["y"])])
+
+
+def test_a_scalar_input_is_fed_as_a_scalar(tmp_path, capsys):
+    path = _scaled(tmp_path, [])
+    arrays = _inputs(path)
+    assert [array.shape for array in arrays] == [(1, 4), ()]
+    _runs_in_onnxruntime(path, arrays)
+    assert main(["bench", path, *RUNS]) == 0, capsys.readouterr().err  # a scalar kept its rank on its way to the run
+    assert ", inputs 1x4 float32, scalar float32, backend ort" in capsys.readouterr().out
+    err = _one_line_error(capsys, ["bench", path, "--input-shape", "1x4,2", *RUNS])
+    assert "'s' is a scalar: leave it out of --input-shape" in err
+
+
+def test_an_input_without_a_declared_shape_takes_the_shape_given(tmp_path, capsys):
+    path = _scaled(tmp_path, None)
+    assert onnx.load(path).graph.input[1].type.tensor_type.HasField("shape") is False  # the case: no shape at all
+    err = _one_line_error(capsys, ["bench", path, *RUNS])
+    assert "input 's' has no declared shape: give --input-shape" in err
+    arrays = _inputs(path, "1x4,1x4")
+    assert [array.shape for array in arrays] == [(1, 4), (1, 4)]
+    assert main(["bench", path, "--input-shape", "1x4,1x4", *RUNS]) == 0, capsys.readouterr().err

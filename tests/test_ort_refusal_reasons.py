@@ -63,6 +63,10 @@ def test_a_file_that_is_not_a_protobuf_is_still_called_corrupt(tmp_path):
     ("[ONNXRuntimeError] : 1 : FAIL : Deserialize tensor W failed.tensorprotoutils.cc:633 GetExternalDataInfo "
      "TensorProto: W external data size mismatch.",
      "Deserialize tensor W failed. GetExternalDataInfo TensorProto: W external data size mismatch."),
+    ("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Mul node. Status Message: "
+     "/src/math/element_wise_ops.h:563 void onnxruntime::BroadcastIterator::Init(ptrdiff_t, ptrdiff_t) axis == 1 "
+     "was false. 2 by 4\n",
+     "Non-zero status code returned while running Mul node. Status Message: axis == 1 was false. 2 by 4"),
     ("a message (with parentheses) of another form", "a message (with parentheses) of another form"),
 ])
 def test_the_reason_is_cut_from_the_message(message, reason):

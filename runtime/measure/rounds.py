@@ -56,8 +56,8 @@ def _session_runner(options, request: dict):
 def _check_shape(file_name: str, arg, shape: tuple[int, ...]) -> None:
     """As runtime/ort/session.py checks a feed (its shape_fits: this file imports no prunefx). ONNX Runtime's own
     message spans lines, and only the first reaches the caller (`_one_line`), cut before it names the dims."""
-    fits = len(arg.shape) == len(shape) and all(not isinstance(want, int) or want == got
-                                                for want, got in zip(arg.shape, shape))
+    fits = not arg.shape or len(arg.shape) == len(shape) and all(not isinstance(want, int) or want == got
+                                                                 for want, got in zip(arg.shape, shape))
     if not fits:
         shown = tuple(dim if isinstance(dim, int) else "?" for dim in arg.shape)
         raise ValueError(f"{file_name}: input '{arg.name}' expects shape {shown}, got {shape}")

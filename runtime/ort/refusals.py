@@ -13,7 +13,7 @@ import re
 _STATUS = re.compile(r"^\[ONNXRuntimeError\] : \d+ : ([A-Z_]+) : ")
 _LOAD = re.compile(r"^Load model from .*? failed:")
 _SOURCE_LINE = re.compile(r"(?:/[\w.+-]+)*/?\b[\w+-]+\.(?:cc|cpp|h):\d+ ")
-_QUALIFIED_CALL = re.compile(r"^[\w:~<>]+\(")
+_QUALIFIED_CALL = re.compile(r"^(?:[\w:<>*&]+ )*\w+(?:::[\w~<>]+)+\(")  # [return type] namespace::name(
 REASON_CHARACTERS = 300
 
 
@@ -35,7 +35,7 @@ def is_unreadable_protobuf(error: BaseException) -> bool:
 
 
 def _after_signature(text: str) -> str:
-    """`text` past the C++ function signature it may start with (`ns::f(args...) const `), parentheses balanced;
+    """`text` past the C++ function signature it may start with (`void ns::f(args...) const `), parentheses balanced;
     a bare function name (`GetExternalDataInfo TensorProto: ...`) is left: it reads as part of the sentence."""
     if _QUALIFIED_CALL.match(text) is None:
         return text

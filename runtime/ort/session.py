@@ -131,14 +131,17 @@ def _out_of_memory(error: Exception) -> bool:
 def as_array(value: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
-    # ONNX Runtime reads the buffer directly; a strided view (a transposed tensor) must be copied.
-    return np.ascontiguousarray(value)
+    # ONNX Runtime reads the buffer directly; a strided view (a transposed tensor) must be copied (asarray: a scalar
+    # stays one, where ascontiguousarray would give it a dimension)
+    return np.asarray(value, order="C")
 
 
 def shape_fits(expected, shape: tuple[int, ...]) -> bool:
-    """Whether `shape` fits an input's declared dims: symbolic ones (strings or None) fit any size."""
-    return len(expected) == len(shape) and all(not isinstance(want, int) or want == got
-                                               for want, got in zip(expected, shape))
+    """Whether `shape` fits an input's declared dims: symbolic ones (strings or None) fit any size. No dims at all is
+    a scalar or an input whose shape the file leaves out, which ONNX Runtime reports alike: any shape fits here,
+    and ONNX Runtime refuses a feed of another rank than a scalar's itself."""
+    return not expected or len(expected) == len(shape) and all(not isinstance(want, int) or want == got
+                                                               for want, got in zip(expected, shape))
 
 
 def _check_shape(file_name: str, arg: ort.NodeArg, shape: tuple[int, ...]) -> None:
