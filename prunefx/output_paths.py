@@ -51,6 +51,21 @@ def check_output_folder(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_writable_folder(path: str | os.PathLike) -> Path:
+    """`path` is, or can be made, a folder we can write into; checked without creating anything (a folder a run
+    makes for itself later, as a checkpoint_dir, must not be refused only after hours of work)."""
+    path = output_path(path)
+    _check_length(path)
+    _check_not_dangling(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{printable(str(path))} exists and is not a folder")
+    if path.is_dir():
+        _probe(path, path)
+    else:
+        _check_parent(path)
+    return path
+
+
 def within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
     """Whether `path` is `folder` or lies inside it, links followed (neither need exist yet)."""
     top = os.path.realpath(folder)

@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -215,6 +216,28 @@ def test_a_checkpoint_dir_inside_the_output_folder_is_refused_before_any_data(ca
                              "-o", tmp_path / "out")
     line = _one_line_error(code, out, err)
     assert "distill's checkpoint_dir" in line and "inside the output folder" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["a file", "under a file", "read-only parent"])
+def test_a_checkpoint_dir_the_run_cannot_write_is_refused_before_any_data_and_nothing_is_made(capsys, tmp_path, case):
+    """Training would refuse it only when it starts, after every pass before it; checked without creating it."""
+    blocker = tmp_path / "blocker"
+    if case == "read-only parent":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        blocker.mkdir(mode=0o500)
+        folder = blocker / "ckpt"
+    else:
+        blocker.write_text("not a folder")
+        folder = blocker if case == "a file" else blocker / "ckpt"
+    recipe = write_recipe(tmp_path / "in.yaml", {"passes": [{"distill": {
+        "steps": 2, "checkpoint_dir": str(folder), "checkpoint_every": 1}}]})
+    code, out, err = run_cli(capsys, "compress", "prunefx:resnet20", "--recipe", recipe, "--data", "no-such-data",
+                             "-o", tmp_path / "out")
+    line = _one_line_error(code, out, err)
+    assert "distill's checkpoint_dir" in line and "no-such-data" not in line
+    assert not folder.exists() or folder.is_file()
     assert not (tmp_path / "out").exists()
 
 

@@ -21,7 +21,7 @@ from prunefx.device import resolve_device
 from prunefx.graph.errors import PrunefxError, printable
 from prunefx.image_statistics import given_statistics
 from prunefx.named_recipes import load_named_recipe, with_budget
-from prunefx.output_paths import check_output_folder, within
+from prunefx.output_paths import check_output_folder, check_writable_folder, within
 from prunefx.reports.budget import BUDGET_CHART_FILE
 from prunefx.reports.compression import console_summary
 
@@ -34,15 +34,22 @@ def options_from(args) -> Options:
                    trtexec=args.trtexec, batch=args.batch, compile=args.compile, device=str(resolve_device(args.device)))
 
 
-def _check_checkpoints_outside(recipe, output: Path) -> None:
-    """A pass's checkpoint_dir inside -o would be refused on the rerun that resumes it (the folder holds files the
-    run did not publish), and replaced with the folder once published: refused now, before any training."""
+def _check_checkpoint_folders(recipe, output: Path) -> None:
+    """Each pass's checkpoint_dir, checked before any training: one the run cannot write would fail only when its
+    training starts, after the passes before it; one inside -o would be refused on the rerun that resumes it (the
+    folder holds files the run did not publish), and replaced with the folder once published."""
     for step in recipe.pipeline.steps:
         config = step.config if isinstance(step.config, dict) else vars(step.config)
         folder = config.get("checkpoint_dir")
-        if folder is not None and within(folder, output):
+        if folder is None:
+            continue
+        if within(folder, output):
             raise PrunefxError(f"{step.name}'s checkpoint_dir {printable(str(folder))} is inside the output "
                                f"folder {printable(str(output))}, which a run replaces whole: put it outside")
+        try:
+            check_writable_folder(folder)
+        except PrunefxError as error:
+            raise PrunefxError(f"{step.name}'s checkpoint_dir: {error}") from None
 
 
 def run(args) -> int:
@@ -57,7 +64,7 @@ def run(args) -> int:
     # the stages and the report's final latency are timed on --backend: with or without a budget pass
     cli_options.check_budget_backend(args, budgeted=False, measures=True)
     output = check_output_folder(args.output)
-    _check_checkpoints_outside(recipe, output)
+    _check_checkpoint_folders(recipe, output)
     files = {"data_format": args.data_format, "num_workers": args.workers, "image_size": args.image_size,
              "palette": args.palette}
     dense, splits = load_model_and_data(args.model, args.data, batch_size=args.batch_size, weights=args.weights,
