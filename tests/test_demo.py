@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime
 import pytest
 
+from prunefx.assets import load_imagenet_batch
 from prunefx.cli import EXIT_USER_ERROR, main
 from prunefx.data import fashion_mnist
 from prunefx.output_paths import MARK
@@ -106,13 +107,27 @@ def test_a_demo_stopped_while_measuring_leaves_the_previous_output_and_its_repor
     assert sorted(path.name for path in tmp_path.iterdir()) == ["demo"]  # no staging folder left beside it
 
 
-def test_the_imagenet_demo_exports_at_the_opset_asked_and_refuses_the_pruning_demos_settings(capsys, tmp_path):
+def test_the_imagenet_demo_exports_at_the_opset_asked_and_refuses_the_pruning_demos_settings(capsys, tmp_path,
+                                                                                               schema_errors):
     import onnx
 
     assert main(["demo", "--imagenet", "--opset", "20", "--runs", "3", "-o", str(tmp_path / "imagenet")]) == 0
     written = onnx.load(str(tmp_path / "imagenet" / "mobilenet_v2_folded.onnx"), load_external_data=False)
     assert {entry.version for entry in written.opset_import if entry.domain in ("", "ai.onnx")} == {20}
-    capsys.readouterr()
+    printed = capsys.readouterr().out
+    # its report.json, beside the file: what it printed, and the file's own top-1 read again by ONNX Runtime
+    report = json.loads((tmp_path / "imagenet" / "report.json").read_text())
+    assert sorted(path.name for path in (tmp_path / "imagenet").iterdir()) == sorted([MARK, "mobilenet_v2_folded.onnx",
+                                                                                      "report.json"])
+    top1 = report["top1"]
+    assert f"torch {top1['torch']}/{top1['images']}, ONNX Runtime {top1['onnxruntime']}/{top1['images']}" in printed
+    images, labels = load_imagenet_batch(size=224)
+    session = onnxruntime.InferenceSession(str(tmp_path / "imagenet" / "mobilenet_v2_folded.onnx"))
+    logits = np.concatenate([session.run(None, {session.get_inputs()[0].name: images[i:i + 1].numpy()})[0]
+                             for i in range(len(images))])
+    assert int((logits.argmax(1) == labels.numpy()).sum()) == top1["onnxruntime"]
+    assert 0 < report["macs_after"] <= report["macs_before"] and report["latency"]["backend"] == "torch"
+    assert schema_errors(report) == []
     assert main(["demo", "--imagenet", "--macs", "0.5", "--kd-steps", "3", "-o", str(tmp_path / "refused")]) \
         == EXIT_USER_ERROR
     assert "--macs, --kd-steps: settings of the pruning demo" in capsys.readouterr().err

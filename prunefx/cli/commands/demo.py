@@ -194,6 +194,15 @@ def _top1(logits: torch.Tensor, labels: torch.Tensor) -> int:
     return int((torch.as_tensor(logits).argmax(1) == labels).sum())
 
 
+def _imagenet_top1(folded, path: Path, images: torch.Tensor, labels: torch.Tensor, threads: int) -> dict[str, int]:
+    """Top-1 hits of the folded model on `images`, one image at a time, in torch and in ONNX Runtime from `path`."""
+    with torch.no_grad():
+        torch_logits = torch.cat([folded(images[i:i + 1]) for i in range(len(images))])
+    session = OnnxRuntimeSession(path, threads=threads)
+    ort_logits = torch.cat([torch.from_numpy(session.run(images[i:i + 1])[0]) for i in range(len(images))])
+    return {"torch": _top1(torch_logits, labels), "onnxruntime": _top1(ort_logits, labels)}
+
+
 def _imagenet_demo(args) -> int:
     images, labels = load_imagenet_batch(size=224)
     import torchvision  # on use: its import costs every prunefx command 2 s
@@ -210,25 +219,31 @@ def _imagenet_demo(args) -> int:
     print(f"[fold_batchnorm] folded {stats['folded']} of {stats['batch_norms']} batch norms "
           "(verified: re-exports, outputs unchanged)")
 
-    path = check_output_folder(args.output) / "mobilenet_v2_folded.onnx"
-    with staged_folder(path.parent) as staging:  # the output folder, all of this run (prunefx/output.py)
+    output = check_output_folder(args.output)
+    path = output / "mobilenet_v2_folded.onnx"
+    with staged_folder(output) as staging:  # the output folder, all of this run: the file and its report.json
         exported = export_onnx(folded, staging / path.name, opset=args.opset)
         parity = check_parity(folded, staging / path.name)
-    print(f"[export] {path}: {exported.node_count} ONNX nodes, parity max abs error {parity.max_abs_error:.2e}")
-
-    with torch.no_grad():
-        torch_logits = torch.cat([folded(images[i:i + 1]) for i in range(len(images))])
-    session = OnnxRuntimeSession(path, threads=args.threads)
-    ort_logits = torch.cat([torch.from_numpy(session.run(images[i:i + 1])[0]) for i in range(len(images))])
-    print(f"[accuracy] top-1 on {len(labels)} real ImageNet images: torch {_top1(torch_logits, labels)}/{len(labels)}, "
-          f"ONNX Runtime {_top1(ort_logits, labels)}/{len(labels)}")
-
-    comparison = compare_latency(torch_runner(dense, threads=args.threads),
-                                 torch_runner(folded, threads=args.threads), warmup=5, runs=args.runs)
-    ort = measure_latency(onnx_runner(path, [images[:1]], threads=args.threads), warmup=5, runs=args.runs)
-    print(f"[latency] torch, batch 1, {counted(args.threads, 'thread')}: dense {comparison.a.median_ms:.2f} ms, "
-          f"folded {comparison.b.median_ms:.2f} ms ({comparison.speedup:.2f}x, measured side by side)")
-    print(f"[latency] ONNX Runtime, batch 1, {counted(args.threads, 'thread')}: median {ort.median_ms:.2f} ms, "
-          f"p90 {ort.p90_ms:.2f} ms, p99 {ort.p99_ms:.2f} ms")
+        print(f"[export] {path}: {exported.node_count} ONNX nodes, parity max abs error {parity.max_abs_error:.2e}")
+        accuracy = _imagenet_top1(folded, staging / path.name, images, labels, args.threads)
+        print(f"[accuracy] top-1 on {len(labels)} real ImageNet images: torch {accuracy['torch']}/{len(labels)}, "
+              f"ONNX Runtime {accuracy['onnxruntime']}/{len(labels)}")
+        comparison = compare_latency(torch_runner(dense, threads=args.threads),
+                                     torch_runner(folded, threads=args.threads), warmup=5, runs=args.runs)
+        ort = measure_latency(onnx_runner(staging / path.name, [images[:1]], threads=args.threads), warmup=5,
+                              runs=args.runs)
+        print(f"[latency] torch, batch 1, {counted(args.threads, 'thread')}: dense {comparison.a.median_ms:.2f} ms, "
+              f"folded {comparison.b.median_ms:.2f} ms ({comparison.speedup:.2f}x, measured side by side)")
+        print(f"[latency] ONNX Runtime, batch 1, {counted(args.threads, 'thread')}: median {ort.median_ms:.2f} ms, "
+              f"p90 {ort.p90_ms:.2f} ms, p99 {ort.p99_ms:.2f} ms")
+        after = count(folded)
+        report_json.write(staging, ReportFacts(
+            NAME, dense.name, Costs(cost.macs, after.macs, cost.params, after.params),
+            output_files(output, path.name, "report.json"), parity=parity.entry(),
+            latency=Latency("torch", args.threads, args.runs, comparison.a.median_ms, comparison.b.median_ms,
+                            comparison.speedup),
+            sections={"fold_batchnorm": stats, "top1": {**accuracy, "images": len(labels)},
+                      "onnxruntime_ms": {"median": ort.median_ms, "p90": ort.p90_ms, "p99": ort.p99_ms}}))
+    print(f"wrote {path}, {output / 'report.json'}")
     return 0
 
