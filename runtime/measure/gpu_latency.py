@@ -3,7 +3,9 @@ a compiled Torch-TensorRT module, runtime/cuda/graph.GpuModel.time_once): one ru
 alternately for a fair speed-up.
 
 A sample is many back-to-back calls between one pair of events (`BackToBack`, `calls_per_sample`): one short
-call alone would time its launch, the GPU idle while the host enqueues it.
+call alone would time its launch, the GPU idle while the host enqueues it. Each sample is led by one untimed call,
+which keeps the GPU busy while the start event and the timed calls are enqueued behind it: the start is then
+stamped when the GPU reaches the timed work, not when the host asks, and the first call's launch is not timed.
 
 Warm-up is time, not a count: after seconds of CPU work between candidates a GPU's clocks are down (an idle
 H200 read 345 MHz, a busy one 1980 MHz), so both runners are called until their times settle (the medians of
@@ -43,6 +45,7 @@ def event_ms(run: Callable[[], object], calls: int = 1, stream=None) -> float:
     import torch  # here: the CPU paths that import this module never start CUDA
 
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    run()  # untimed: the start event waits behind it, so the GPU is busy when the timed calls begin
     start.record(stream)
     for _ in range(calls):
         run()
