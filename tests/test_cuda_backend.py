@@ -110,10 +110,13 @@ def test_the_pair_times_dense_and_candidate_alternately_with_the_fake_timer(fake
     dense_ms, narrow_ms, spread = pair(dense, narrow)
     assert dense_ms == pytest.approx(MS_PER_WEIGHT * _weights(dense.module))
     assert narrow_ms == pytest.approx(MS_PER_WEIGHT * _weights(narrow.module)) and spread == 0
-    # each model timed twice as it is prepared (a replay's length, then a sample's), then the timed samples
-    # alternate dense, candidate, ... over 2 warm-ups and 5 runs
+    # each model timed twice as it is prepared (a replay's length, then a sample's), then 2 warm-ups of dense,
+    # candidate and 5 runs that alternate which of the two goes first
     prepared = [_weights(dense.module)] * 2 + [_weights(narrow.module)] * 2
-    assert fake.timed == prepared + [_weights(dense.module), _weights(narrow.module)] * 7
+    pair_first, pair_second = [_weights(dense.module), _weights(narrow.module)], [_weights(narrow.module),
+                                                                                  _weights(dense.module)]
+    runs = (pair_first + pair_second) * 2 + pair_first
+    assert fake.timed == prepared + pair_first * 2 + runs
     assert fake.dtypes == [torch.float16] * 2 and fake.captures == 2  # fp16 by default, one graph each
     assert pair.round_to == 8
 

@@ -32,8 +32,7 @@ def test_the_interval_of_drifting_samples_misses_the_true_ratio_about_as_often_a
 
 
 def test_the_speed_up_is_the_ratio_of_the_pooled_medians_and_a_zero_one_no_infinity():
-    times = iter([2.0, 1.0] * 40)
-    comparison = compare_gpu_latency(lambda: next(times), lambda: next(times), warmup=0, runs=40)
+    comparison = compare_gpu_latency(lambda: 2.0, lambda: 1.0, warmup=0, runs=40)
     assert comparison.speedup == pytest.approx(2.0)
     assert comparison.speedup_low == pytest.approx(2.0) and comparison.speedup_high == pytest.approx(2.0)
     zero = compare_gpu_latency(lambda: 0.0, lambda: 0.0, warmup=0, runs=2 * BLOCK)

@@ -92,8 +92,9 @@ def test_compare_latency_alternates_call_by_call_in_warmup_then_in_blocks():
     comparison = compare_latency(lambda: order.append("a"), lambda: order.append("b"), warmup=2, runs=5,
                                  block=2, settle=1)
     warmup = ["a", "b"] * 2
-    # Each block: one settling call, then the timed calls; the last block holds what is left (1 run).
-    blocks = ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3 + ["a"] * 2 + ["b"] * 2
+    # Each block: one settling call, then the timed calls; the last block holds what is left (1 run). The side that
+    # goes first alternates from one pair of blocks to the next.
+    blocks = ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3 + ["a"] * 2 + ["b"] * 2
     assert order == warmup + blocks
     assert comparison.a.runs == comparison.b.runs == 5
 

@@ -123,15 +123,17 @@ def measure_gpu_latency(timed: Callable[[], float], *, warmup: int = 50, runs: i
 def compare_gpu_latency(timed_a: Callable[[], float], timed_b: Callable[[], float], *, warmup: int = 50,
                         runs: int = 200, warm_seconds: float = 0.0,
                         clock: Callable[[], float] = time.perf_counter) -> LatencyComparison:
-    """Two CUDA-event-timed runners measured alternately (a, b, a, b, ...): no CPU thread pool spins between
-    runs here, so call-by-call alternation is fair (latency.compare_latency needs blocks for that). The speed-up is
-    the ratio of the pooled medians, as on the CPU; its interval is over pairs of BLOCK samples each."""
+    """Two CUDA-event-timed runners measured alternately (a b, b a, a b, ...: neither always first): no CPU thread
+    pool spins between runs here, so call-by-call alternation is fair (latency.compare_latency needs blocks for
+    that). The speed-up is the ratio of the pooled medians, as on the CPU; its interval is over pairs of BLOCK
+    samples each."""
     _check(warmup, runs)
     warm_until_steady([timed_a, timed_b], WarmUp(warmup, warm_seconds), clock)
     samples_a, samples_b = [], []
-    for _ in range(runs):
-        samples_a.append(timed_a() / 1e3)
-        samples_b.append(timed_b() / 1e3)
+    for index in range(runs):
+        sides = ((timed_a, samples_a), (timed_b, samples_b))
+        for timed, samples in sides if index % 2 == 0 else sides[::-1]:
+            samples.append(timed() / 1e3)
     blocks_a, blocks_b = _blocks(samples_a), _blocks(samples_b)
     return comparison_of_blocks(blocks_a, blocks_b, [0] * len(blocks_a))
 

@@ -26,14 +26,16 @@ def alternate(fn_a: Callable[[], object], fn_b: Callable[[], object], warmup: in
               settle: int, clock: Callable[[], float], bar=None) -> tuple[list, list]:
     """Warm-up call by call (`warmup` calls per side, or WARM_SECONDS), then `runs` timed calls per side in
     alternating blocks of up to `block`, each block after `settle` untimed calls (see runtime/measure/latency.py's
-    compare_latency); the blocks, in seconds."""
+    compare_latency); the blocks, in seconds. The side that goes first alternates too (a b, b a, a b, ...): a
+    machine that drifts during the measurement, or favours the block after a switch, then favours neither side."""
     bar = bar if bar is not None else NoBar()
     warm((fn_a, fn_b), warmup, clock)
     blocks_a: list[list[float]] = []
     blocks_b: list[list[float]] = []
     while sum(map(len, blocks_a)) < runs:
         size = min(block, runs - sum(map(len, blocks_a)))
-        for fn, blocks in ((fn_a, blocks_a), (fn_b, blocks_b)):
+        sides = ((fn_a, blocks_a), (fn_b, blocks_b))
+        for fn, blocks in sides if len(blocks_a) % 2 == 0 else sides[::-1]:
             for _ in range(settle):
                 fn()
             blocks.append([time_call(fn, clock) for _ in range(size)])
