@@ -11,7 +11,8 @@
 - `side_by_side()` (`rounds_side_by_side()` beneath it): several pruned models timed against the dense one
   round by round, so that no variant is timed in a half of its own; each speed-up is the runtime's one
   statistic (`speedup_fields()`: the pooled ratio of medians and its interval over the rounds, as
-  `prunefx bench --vs` states it).
+  `prunefx bench --vs` states it; here the rounds reuse each runner's session in one process, where bench's are
+  fresh processes, so the interval leaves out how sessions differ from one process to the next).
 - `markdown_table()`, `relative_difference()`, `realistic_batchnorm()`: small pieces several
   benchmarks need.
 

@@ -8,7 +8,7 @@ line runs in its own process:
 
 (ONNX Runtime, batch 1, T threads; widths rounded to the backend's multiple; width first, depth when width
 alone cannot reach S, both together when depth alone cannot either). Then separate processes time the result
-independently of the search, as long as the search's confirmation (200 runs after 20 warm-up, 4 processes):
+independently of the search (200 runs after 20 warm-up, over 4 processes: longer than the search's confirmation):
 `prunefx bench dense.onnx --vs model.onnx` and, as a control, `prunefx bench dense.onnx --vs control.onnx`
 (a byte copy of the dense file: it must read 1.00x, and its interval shows how far this machine's noise
 reaches). Target: every budget lands within [0.95 S, 1.25 S] on the independent check or is refused in one

@@ -4,8 +4,9 @@ For timm vit_small_patch16_224 and vit_base_patch16_224 (randomly initialised: t
 on trained values), the MLP of the first block: fc1 (E -> 4E) and fc2 (4E -> E), each made 2:4 by
 magnitude along its input features, in fp16, at batch 64, 128 and 256 images (rows = batch x 197
 tokens). Each is timed dense (F.linear, cuBLAS) against semi-structured (torch.sparse
-.to_sparse_semi_structured, cuSPARSELt or CUTLASS) with CUDA events, alternately, 10 calls per timed
-run, 100 runs after 20 warm-up pairs; the speed-up is the ratio of medians. The whole MLP block
+.to_sparse_semi_structured, cuSPARSELt or CUTLASS) with CUDA events, alternately, each sample as many
+back-to-back calls as last a millisecond, 100 samples after a warm-up of at least 20 pairs that lasts until the
+times settle (runtime/measure/gpu_latency.py); the speed-up is the ratio of medians. The whole MLP block
 (fc1, GELU, fc2) is timed the same way. Each pair is timed twice: eager (F.linear called from Python, as a
 PyTorch model runs it) and replayed from a CUDA graph (runtime/cuda/semi_structured.cuda_graphed: the kernels
 alone, no host work per call). The GPU, torch and CUDA versions are recorded.

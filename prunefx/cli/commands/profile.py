@@ -4,8 +4,8 @@ One row per layer, slowest first: its type, precision, median time and share, an
 builds the engine with the TensorRT Python API and times layers with an IProfiler; `trtexec` runs the
 trtexec program with --exportProfile and --exportLayerInfo (Jetson boards); for those, a row says whether
 the layer ran a sparse tensor-core kernel and lists the Program nodes it computes (fused layers list several)
-or, for a bare .onnx file, the module scopes recorded in the file. `cuda` times each Program node eagerly
-between CUDA events (runtime/cuda/node_profile.py). The choices are the registry's backends that profile
+or, for a bare .onnx file, the module scopes recorded in the file. `cuda` times each Program node replayed as
+its own CUDA graph between CUDA events (runtime/cuda/node_profile.py). The choices are the registry's backends that profile
 (runtime/backends/). --output PATH writes the rows as JSON.
 """
 
