@@ -257,3 +257,30 @@ def test_the_width_and_depth_route_searches_depth_with_the_depth_options_given(m
     with pytest.raises(Chosen):
         routes.joint(program, budget, None, {}, None, False, None, depth)
     assert given == {"rank": "damage_per_mac", "max_kernel_growth": 3.0}  # the unset ones left to their defaults
+
+
+class _StampedPerOperator(PerOperator):
+    """PerOperator as a backend's measurer reads: stamped with the backend and settings it measures with."""
+
+    def __init__(self, settings):
+        self.measured_as = ("ort", settings)
+
+
+def test_a_backends_measurer_states_its_own_settings_in_the_outcome_not_meet_budgets_defaults(mobilenet):
+    from prunefx.runtime.backends.base import Settings
+
+    program, batches = mobilenet
+    measurer = _StampedPerOperator(Settings(runs=7, threads=1, precision="fp32", batch=2))
+    _, outcome = meet_budget(program, speedup=1.1, measurer=measurer, calibration=batches, width=WIDTH)
+    assert (outcome.measured_on.backend, outcome.measured_on.runs, outcome.measured_on.batch) == ("ort", 7, 2)
+
+
+@pytest.mark.parametrize("backend", ["ort", "cuda", "trt", "trtexec", "torch-trt"])
+def test_every_backends_measurer_is_stamped_with_what_it_was_made_with(backend, monkeypatch):
+    from prunefx.runtime import backends
+    from prunefx.runtime.backends.base import Settings
+
+    chosen = backends.get(backend, budgets=True)
+    settings = Settings(runs=7, threads=1, precision=chosen.default_precision, batch=3, trtexec="trtexec")
+    monkeypatch.setattr("prunefx.runtime.backends.trtexec.find_trtexec", lambda given: given, raising=False)
+    assert chosen.latency_pair(settings).measured_as == (chosen.name, settings)

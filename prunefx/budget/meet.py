@@ -54,7 +54,7 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
     """`program` (eval mode, left as it is) made to meet `speedup` (over the dense model) or `latency_ms`,
     measured at batch `batch` on `backend` ("ort", "trt", "torch-trt", "trtexec") at `precision`, with
     `threads` and `runs` (or by `measurer`, a ready passes.measurement.Measurer; `backend` and `precision`
-    then only name it). `measurement`: a runtime.measure.pairs.Measurement, in place of backend, precision,
+    then only name it, and a backend's own measurer states the backend and settings it was made with). `measurement`: a runtime.measure.pairs.Measurement, in place of backend, precision,
     batch, threads, runs, trtexec and compile: the command line builds one. `calibration`: input batches, for the depth ranking, the width search's data-driven
     defaults and the batch norms re-estimated after pruning (`recalibrate`, default: on with calibration; the
     depth route's own is `depth`'s `recalibrate`, default off).
@@ -87,8 +87,9 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
     if choose_by is not None and choose_by not in CHOICES:
         raise PrunefxError(f"meet_budget: choose_by is one of {', '.join(CHOICES)}, not {choose_by!r}")
     device = resolve_device(device) if device is not None else None  # a GPU that is missing: refused first
-    if measurement is None:  # the separate settings, as one Measurement: what the command line builds
-        measurement = _measurement(backend, precision, batch, threads, runs, trtexec, compile, given=measurer)
+    if measurement is None:  # a backend's measurer states its own; else the separate settings, as one Measurement
+        measurement = _measurement_of(measurer) or _measurement(backend, precision, batch, threads, runs, trtexec,
+                                                                compile, given=measurer)
     with contextlib.ExitStack() as owned:  # a measurer made here removes its files on the way out, raised or not
         if measurer is None:
             from prunefx.runtime.measure.speedup import closed_after
@@ -144,6 +145,15 @@ def _measurement(backend: str, precision: str | None, batch: int, threads: int |
     precision = precision or (backends.get(backend).default_precision if known else "fp32")
     return Measurement(backend, Settings(runs=runs, precision=precision, batch=batch, threads=threads, trtexec=trtexec,
                                          compile=compile))
+
+
+def _measurement_of(measurer) -> Measurement | None:
+    """The Measurement a backend's measurer was made with (what the report and the latency table then follow: not
+    meet_budget's separate settings, which it does not read); None for another measurer."""
+    from prunefx.runtime.measure.pairs import Measurement
+
+    made = getattr(measurer, "measured_as", None)
+    return None if made is None else Measurement(*made)
 
 
 def _channel_choice(backend: str) -> str:

@@ -112,6 +112,12 @@ class Backend(Facts):
         `round_to`. Called after `require`."""
         raise MeasurementError(f"the {self.name} backend does not measure budgets")
 
+    def stamped(self, pair: PairMeasurer, settings: Settings) -> PairMeasurer:
+        """`pair` marked as measuring on this backend with `settings`: what a budget's report then states, whoever
+        made the measurer (prunefx.meet_budget)."""
+        pair.measured_as = (self.name, settings)
+        return pair
+
     def speedup(self, settings: Settings) -> Measure:
         """`(before, after) -> speed-up of after over before`, for passes that keep only what runs faster:
         the latency pair's short measurement."""

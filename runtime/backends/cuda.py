@@ -57,7 +57,7 @@ class CudaBackend(CudaFacts, Backend):
         timing = gpu_timing(lambda entry: entry[0].time_once, self.device.warm_seconds)
         pair = pair_of(models, timing, settings, self.width_multiple(precision), int8_refusal=self.int8_refusal_at(settings))
         pair.notes, pair.facts = models.notes, models.facts
-        return pair
+        return self.stamped(pair, settings)
 
     def layer_timer(self, settings: Settings) -> CudaLayerTimer:
         """Latency-table entries as plain modules on the GPU (runtime/cuda/layer_timer.py), at the precision."""

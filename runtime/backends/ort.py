@@ -35,9 +35,10 @@ class OnnxRuntimeBackend(OnnxRuntimeFacts, Backend):
         return "fp32: 16 with AVX-512, else 8 (read from this CPU)"
 
     def latency_pair(self, settings: Settings) -> PairMeasurer:
-        return onnx_latency_pair(threads=settings.threads, runs=settings.runs, warmup=settings.warmup,
-                                 batch=settings.batch, opset=settings.opset, confirm_rounds=settings.rounds,
-                                 spinning=settings.spinning, flush_denormals=settings.flush_denormals)
+        return self.stamped(onnx_latency_pair(threads=settings.threads, runs=settings.runs, warmup=settings.warmup,
+                                              batch=settings.batch, opset=settings.opset,
+                                              confirm_rounds=settings.rounds, spinning=settings.spinning,
+                                              flush_denormals=settings.flush_denormals), settings)
 
     def runner(self, model: BenchModel, settings: Settings):
         return OnnxRunnerMaker(model.onnx, model.inputs, threads=settings.threads, spinning=settings.spinning,

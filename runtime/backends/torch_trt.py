@@ -36,8 +36,9 @@ class TorchTensorRTBackend(TorchTensorRTFacts, TensorRTFamily):
     def latency_pair(self, settings: Settings) -> PairMeasurer:
         precision = settings.precision or self.default_precision
         compiled = _Compiled(precision, settings.batch, settings.sparse)
-        return pair_of(compiled, gpu_timing(lambda entry: entry[0].time_once), settings,
-                       self.width_multiple(precision), int8_refusal=self.int8_refusal_at(settings))
+        return self.stamped(pair_of(compiled, gpu_timing(lambda entry: entry[0].time_once), settings,
+                                    self.width_multiple(precision), int8_refusal=self.int8_refusal_at(settings)),
+                            settings)
 
     def runner(self, model: BenchModel, settings: Settings):
         _refuse_fake_quantizers(model.program)

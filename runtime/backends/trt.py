@@ -44,9 +44,9 @@ class TensorRTBackend(TensorRTFacts, TensorRTFamily):
 
     def latency_pair(self, settings: Settings) -> PairMeasurer:
         engines = _Engines(settings.precision or self.default_precision, settings.cache_dir, settings.sparse)
-        return pair_of(onnx_files(settings.batch, settings.opset), gpu_timing(engines.timed), settings,
-                       self.width_multiple(settings.precision or self.default_precision),
-                       int8_refusal=self.int8_refusal_at(settings), holds=(engines,))
+        return self.stamped(pair_of(onnx_files(settings.batch, settings.opset), gpu_timing(engines.timed), settings,
+                                    self.width_multiple(settings.precision or self.default_precision),
+                                    int8_refusal=self.int8_refusal_at(settings), holds=(engines,)), settings)
 
     def engine(self, model: BenchModel, settings: Settings):
         """The (cached) engine for the model's file with the settings' precision, sparsity and calibration."""

@@ -55,8 +55,9 @@ class TrtexecBackend(TrtexecFacts, TensorRTFamily):
         def timing(a: tuple, b: tuple, *, runs: int, warmup: int) -> tuple[float, float, float]:
             return medians_and_spread(*(engines.timed(entry, runs) for entry in (a, b)))
 
-        return pair_of(onnx_files(settings.batch, settings.opset), timing, settings, self.width_multiple(precision),
-                       int8_refusal=self.int8_refusal_at(settings), holds=(engines,))
+        return self.stamped(pair_of(onnx_files(settings.batch, settings.opset), timing, settings,
+                                    self.width_multiple(precision), int8_refusal=self.int8_refusal_at(settings),
+                                    holds=(engines,)), settings)
 
     def _options(self, settings: Settings, model: BenchModel) -> TrtexecOptions:
         return TrtexecOptions(precision=settings.precision or self.default_precision, sparse=settings.sparse,

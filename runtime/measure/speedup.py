@@ -91,6 +91,7 @@ class PairMeasurer:
         self._longer = longer or confirm
         self.stops_early = bool(getattr(confirm, "stops_early", False))
         self.held = held
+        self.measured_as = None  # (backend name, Settings) where a backend made it (Backend.stamped)
 
     def close(self) -> None:
         """Remove the files it exported and let go of the models it keeps on a GPU, now (a garbage-collected
