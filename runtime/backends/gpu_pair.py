@@ -3,7 +3,8 @@
 Both models of a pair are timed call by call, alternately (runtime/measure/gpu_latency.compare_gpu_latency), and the
 measurements are cached by what is timed (a file's sha256, a Program's fingerprint): the search's short
 measurement, `confirm` (CONFIRM_FACTOR x the runs, twice the warm-up) and the longer one share one set of
-compiled or built models.
+compiled or built models. A confirmation takes at least MIN_CONFIRM_BLOCKS blocks of samples: its interval is over
+blocks, and with fewer than two there is none, so a budget would be judged on a point.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from prunefx.runtime.backends.base import CONFIRM_FACTOR, Settings
 from prunefx.runtime.measure import gpu_latency
 from prunefx.runtime.measure.gpu_latency import compare_gpu_latency
 from prunefx.runtime.measure.speedup import PairMeasurer, cached_pair, timing_of
+
+MIN_CONFIRM_BLOCKS = 3  # the fewest blocks of gpu_latency.BLOCK samples a confirmation's interval is made over
 
 
 def gpu_timing(timed_of: Callable[[tuple], Callable[[], float]], warm_seconds: float | None = None):
@@ -35,10 +38,11 @@ def pair_of(sources, timing, settings: Settings, round_to: int, *, int8_refusal:
     `int8_refusal`: why INT8 candidates are not measured (PairMeasurer). The measurer's close() closes `sources`
     and `holds` (what `timing` keeps loaded, e.g. engines)."""
     runs, warmup = settings.runs, settings.warmup
+    confirm_runs = max(CONFIRM_FACTOR * runs, MIN_CONFIRM_BLOCKS * gpu_latency.BLOCK)
     return PairMeasurer(
         cached_pair(sources, functools.partial(timing, runs=runs, warmup=warmup)),
-        cached_pair(sources, functools.partial(timing, runs=CONFIRM_FACTOR * runs, warmup=2 * warmup)),
+        cached_pair(sources, functools.partial(timing, runs=confirm_runs, warmup=2 * warmup)),
         round_to,
-        cached_pair(sources, functools.partial(timing, runs=2 * CONFIRM_FACTOR * runs, warmup=2 * warmup)),
+        cached_pair(sources, functools.partial(timing, runs=2 * confirm_runs, warmup=2 * warmup)),
         int8_refusal=int8_refusal, held=(sources, *holds))
 
