@@ -219,6 +219,29 @@ def test_torch_runner_pins_and_restores_threads():
     assert measure_latency(runner, warmup=0, runs=1, threads=7).threads == 7  # explicit argument wins
 
 
+def test_a_timing_loop_sets_torchs_threads_once_not_twice_a_call(monkeypatch):
+    """Switching torch's thread count around every call would be timed with it; a pair at two counts still runs
+    each side at its own."""
+    seen, switches = [], []
+    real_set = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda count: (switches.append(count), real_set(count)))
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+
+    def program(side):
+        return lambda *inputs: seen.append((side, torch.get_num_threads()))
+
+    one, other = TorchRunner(program("a"), (), threads=target), TorchRunner(program("b"), (), threads=target)
+    compare_latency(one, other, warmup=2, runs=20, block=5, settle=1)
+    assert len(seen) == 2 * (2 + 20 + 4) and {threads for _, threads in seen} == {target}
+    assert len(switches) <= 3  # once for the loop, and back after it
+    assert torch.get_num_threads() == before
+    seen.clear()
+    compare_latency(one, TorchRunner(program("b"), (), threads=before), warmup=0, runs=4, block=2, settle=0)
+    assert {side: threads for side, threads in seen} == {"a": target, "b": before}
+    assert torch.get_num_threads() == before
+
+
 @pytest.mark.parametrize("threads", [0, -1, "2", True])
 def test_torch_runner_refuses_a_thread_count_it_cannot_run_on(threads):
     # torch's own RuntimeError came only at the first timed call

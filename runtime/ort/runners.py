@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,23 @@ class TorchRunner:
         finally:
             if previous != self.threads:
                 torch.set_num_threads(previous)
+
+    @contextlib.contextmanager
+    def timed_calls(self) -> Iterator[Callable[[], object]]:
+        """The call a timing loop makes (runtime/measure/latency.py): torch's thread count set for the loop, not
+        around every call, where switching it twice a call would be timed too; as it was after the loop."""
+        previous = torch.get_num_threads()
+
+        def call():
+            if torch.get_num_threads() != self.threads:  # only when the other side of a pair runs at another count
+                torch.set_num_threads(self.threads)
+            with torch.inference_mode():
+                return self.program(*self.inputs)
+
+        try:
+            yield call
+        finally:
+            torch.set_num_threads(previous)
 
 
 class OnnxRunner:
