@@ -78,13 +78,18 @@ def cpu_comparison(program_module, module, inputs, *, runs: int, clock=None):
     return compare_latency(call(program_module), call(module), warmup=max(runs // 10, 1), runs=runs, **options)
 
 
-def gpu_comparison(program_module, module, inputs, *, runs: int, precision: str):
+def gpu_comparison(program_module, module, inputs, *, runs: int, precision: str, device=None):
+    """Both timed as the cuda backend times a pair: as CUDA graphs, or both eagerly where one cannot be captured
+    (a graph against eager calls would not compare like with like)."""
+    from prunefx.runtime.backends.cuda import sample_alike
     from prunefx.runtime.cuda.graph import CudaDevice, GpuModel
     from prunefx.runtime.measure.gpu_latency import compare_gpu_latency
 
-    device = CudaDevice()
+    device = device or CudaDevice()
     models = [GpuModel.of_module(copy.deepcopy(each), inputs, precision=precision, device=device)
               for each in (program_module, module)]
+    if any(model.capture_failed for model in models):
+        sample_alike(models)
     return compare_gpu_latency(models[0].time_once, models[1].time_once, warmup=max(runs // 4, 1), runs=runs,
                                warm_seconds=device.warm_seconds)
 

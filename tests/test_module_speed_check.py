@@ -80,3 +80,30 @@ def test_on_a_gpu_the_written_back_deit_runs_as_fast_as_its_program(load_script,
     report = json.loads(out.read_text())
     assert report["structure"]["ok"], report["structure"]
     assert status == 0, report["speed"]
+
+
+def test_when_one_side_cannot_be_captured_both_are_timed_eagerly(load_script, monkeypatch):
+    """A CUDA graph against eager calls is not like with like: the pair is sampled as the cuda backend samples
+    one then, both eagerly (a stand-in device on the CPU whose capture fails for the module's side)."""
+    check = load_script(SCRIPT)
+    gpu_speedup = load_script("benchmarks/gpu_speedup.py")
+    captured = []
+
+    class RefusesOneCapture(gpu_speedup.CpuStandIn):
+        def capture(self, run, iterations=1):
+            module = getattr(run, "args", (None,))[0]
+            captured.append(module)
+            if getattr(module, "refuses_capture", False):  # the module's side holds a host synchronisation, say
+                raise RuntimeError("operation not permitted when stream is capturing")
+            return run
+
+    from prunefx.runtime.cuda.graph import GpuModel
+
+    eager, switch = [], GpuModel.sample_eagerly
+    monkeypatch.setattr(GpuModel, "sample_eagerly", lambda model, reason: (eager.append(model), switch(model, reason)))
+    refusing = torch.nn.Linear(8, 8).eval()
+    refusing.refuses_capture = True
+    comparison = check.gpu_comparison(torch.nn.Linear(8, 8).eval(), refusing, (torch.randn(2, 8),), runs=4,
+                                      precision="fp32", device=RefusesOneCapture())
+    assert comparison.a.runs == comparison.b.runs == 4 and any(getattr(m, "refuses_capture", 0) for m in captured)
+    assert len({id(model) for model in eager}) == 2 and all(model.mode == "eager" for model in eager)

@@ -73,7 +73,7 @@ class CudaBackend(CudaFacts, Backend):
     def bench(self, models: Sequence[BenchModel], settings: Settings) -> dict:
         prepared = [self.prepared(model, settings, compile=settings.compile) for model in models]
         if any(model.capture_failed for model in prepared):  # graphs against eager calls: not like with like
-            _sample_eagerly(prepared)
+            sample_alike(prepared)
         report = self.time_runners([model.time_once for model in prepared], settings)
         reasons = sorted({model.reason for model in prepared if model.reason})
         return {**report, "cuda_graph": all(model.mode == "graph" for model in prepared),
@@ -89,7 +89,7 @@ class CudaBackend(CudaFacts, Backend):
 ALIKE = "timed eagerly, many calls back to back, as a model it is compared with could not be captured"
 
 
-def _sample_eagerly(models) -> None:
+def sample_alike(models) -> None:
     """The models sampled as CUDA graphs sampled eagerly instead, as a model compared with them has to be."""
     for model in models:
         if model.mode == "graph":
@@ -133,7 +133,7 @@ class PreparedModels:
                          compile=self.compile, capture=self.capture)
         if model.capture_failed:  # a graph against eager calls would not compare like with like
             self.capture = False
-            _sample_eagerly(kept for kept, _ in self.models.entries.values())
+            sample_alike(kept for kept, _ in self.models.entries.values())
         elif not self.capture:
             model.reason = model.reason or ALIKE
         if model.reason and model.reason not in self.notes:
