@@ -19,6 +19,7 @@ from pathlib import Path
 
 from prunefx.graph import Program
 from prunefx.graph.whole_files import file_path, write_whole
+from prunefx.runtime.measure.gpu_latency import WARM_SECONDS, WarmUp, warm_until_steady
 from prunefx.runtime.onnx.provenance import map_to_program, onnx_node_origins
 
 _ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
@@ -123,10 +124,11 @@ def tensorrt_profiler(trt, times: LayerTimes):
     return Profiler()
 
 
-def profile_engine(engine, *, warmup: int = 10, runs: int = 50) -> LayerTimes:
-    """Per-layer times of `engine` (runtime/tensorrt/engine.Engine) over `runs` profiled runs."""
-    for _ in range(warmup):
-        engine()
+def profile_engine(engine, *, warmup: int = 10, runs: int = 50, warm_seconds: float = WARM_SECONDS) -> LayerTimes:
+    """Per-layer times of `engine` (runtime/tensorrt/engine.Engine) over `runs` profiled runs, after a warm-up of at
+    least `warmup` runs that lasts until the engine's times settle (a GPU's clocks are down after idle seconds, and
+    every layer would read slow), as the cuda backend's node profile warms up."""
+    warm_until_steady([engine.time_once], WarmUp(warmup=warmup, seconds=warm_seconds))
     times = LayerTimes()
     engine.profiler = tensorrt_profiler(engine.trt, times)  # kept on the engine: the context holds a raw pointer
     engine.context.profiler = engine.profiler
