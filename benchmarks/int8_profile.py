@@ -30,6 +30,8 @@ from common import RESULTS, command_line, machine_info, machine_summary, markdow
 from int8_latency import MODELS, int8_pair_files
 
 from prunefx.assets import load_imagenet_batch
+from prunefx.runtime.ort.options import session_options
+from prunefx.runtime.ort.runners import timing_flushes_denormals
 
 NAME = "int8_profile"
 
@@ -43,9 +45,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def profiled_session(path: Path, folder: Path) -> tuple[ort.InferenceSession, Path]:
-    """A 1-thread session of `path` with ONNX Runtime's profiler on, and where its optimized graph is written."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    """A 1-thread session of `path` with ONNX Runtime's profiler on, and where its optimized graph is written: the
+    settings every prunefx timing session has (runtime/ort/options.py: spinning, subnormals flushed as a timing
+    flushes them), and the profiler."""
+    options = session_options(1, spinning=True, flush_denormals=timing_flushes_denormals())
     options.optimized_model_filepath = str(folder / f"{path.stem}_optimized.onnx")
     options.enable_profiling = True
     options.profile_file_prefix = str(folder / path.stem)
