@@ -178,9 +178,11 @@ def test_trt_pair_builds_one_engine_per_file_and_times_them_alternately(monkeypa
     dense_ms, quantized_ms, spread = pair(dense, quantized)
     assert [engine.options.precision for engine in built] == ["fp16", "fp16"]
     assert dense_ms == pytest.approx(built[0].ms) and quantized_ms == pytest.approx(built[1].ms) and spread == 0
-    assert calls == built * 6 and tuple(built[0].inputs[0].shape) == (1, 3, 16, 16)  # 1 warm-up, 5 runs
+    # 1 warm-up, then 5 runs, each of the two first by turns
+    assert calls == built + built + built[::-1] + built + built[::-1] + built
+    assert tuple(built[0].inputs[0].shape) == (1, 3, 16, 16)
     pair.confirm(dense, quantized)
-    assert len(built) == 2 and len(calls) == 12 + 2 * (2 + 20)  # the same engines: 2 warm-ups, 20 runs
+    assert len(built) == 2 and len(calls) == 12 + 2 * (2 + 30)  # the same engines: 2 warm-ups, 4x the runs but 3 blocks at least
 
 
 def test_a_sparse_pair_builds_and_times_every_engine_with_sparse_kernels(trtexec, monkeypatch):

@@ -32,13 +32,14 @@ def gpu_timing(timed_of: Callable[[tuple], Callable[[], float]], warm_seconds: f
 
 
 def pair_of(sources, timing, settings: Settings, round_to: int, *, int8_refusal: str | None = None,
-            holds: Sequence = ()) -> PairMeasurer:
+            holds: Sequence = (), sampled: bool = True) -> PairMeasurer:
     """A PairMeasurer over `sources.get(program) -> entry` (its last item the cache key) timed by
     `timing(a, b, runs=, warmup=)`: the search's runs, CONFIRM_FACTOR x for `confirm`, twice that longer.
     `int8_refusal`: why INT8 candidates are not measured (PairMeasurer). The measurer's close() closes `sources`
-    and `holds` (what `timing` keeps loaded, e.g. engines)."""
+    and `holds` (what `timing` keeps loaded, e.g. engines). `sampled`: `timing` gives an interval over blocks of
+    samples (not trtexec's, which runs one model after the other): a confirmation then takes enough for one."""
     runs, warmup = settings.runs, settings.warmup
-    confirm_runs = max(CONFIRM_FACTOR * runs, MIN_CONFIRM_BLOCKS * gpu_latency.BLOCK)
+    confirm_runs = max(CONFIRM_FACTOR * runs, MIN_CONFIRM_BLOCKS * gpu_latency.BLOCK if sampled else 0)
     return PairMeasurer(
         cached_pair(sources, functools.partial(timing, runs=runs, warmup=warmup)),
         cached_pair(sources, functools.partial(timing, runs=confirm_runs, warmup=2 * warmup)),

@@ -57,7 +57,7 @@ class TrtexecBackend(TrtexecFacts, TensorRTFamily):
 
         return self.stamped(pair_of(onnx_files(settings.batch, settings.opset), timing, settings,
                                     self.width_multiple(precision), int8_refusal=self.int8_refusal_at(settings),
-                                    holds=(engines,)), settings)
+                                    holds=(engines,), sampled=False), settings)
 
     def _options(self, settings: Settings, model: BenchModel) -> TrtexecOptions:
         return TrtexecOptions(precision=settings.precision or self.default_precision, sparse=settings.sparse,
