@@ -35,14 +35,19 @@ from build_stamp import StampMismatch, check_stamp, write_stamp
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
 HELPERS = {"common.py", "published.py", "build_stamp.py"}
+# Tools another script or a person runs with its own arguments (the GPU check's re-measurement, Torch-Pruning's
+# baseline for one model): not benchmarks with defaults of their own, so `--all` does not run them.
+TOOLS = {"remeasure_speedup.py", "torch_pruning_baseline.py"}
 README_TABLES = REPO / "scripts" / "readme_results.py"
 FRESH_BUILD = REPO / "build" / "bench"  # published.py's arguments name files under it
 
 
 def benchmark_scripts() -> list[Path]:
+    """The scripts that run on their own: not this one, its helpers, the tools, or a module others import (no
+    `__main__` block)."""
     return sorted(path for path in BENCHMARKS.glob("*.py")
-                  if path.name != Path(__file__).name and path.name not in HELPERS
-                  and not path.name.startswith("_"))
+                  if path.name != Path(__file__).name and path.name not in HELPERS | TOOLS
+                  and not path.name.startswith("_") and '__name__ == "__main__"' in path.read_text())
 
 
 def chosen_runs(everything: bool, only: list[str] | None = None) -> list[published.Run]:

@@ -301,6 +301,22 @@ def test_the_dry_run_prints_the_bench_plan_with_its_minutes_and_total():
     assert f"about {sum(run.minutes for run in runs):g} min on 2 cores" in total
 
 
+def test_every_script_bench_all_runs_with_its_defaults_takes_no_positional_argument(load_script):
+    """`make bench-all` runs each script without a results file as it is: a helper module (no main) or a tool that
+    needs its arguments would be reported as a failed benchmark."""
+    import ast
+
+    run_all = load_script("benchmarks/run_all.py")
+    extra = [step for step in run_all.planned(True) if step[3] == "? min"]
+    assert extra  # the scripts without a published results file
+    for _, (script,), _, _ in extra:
+        tree = ast.parse((ROOT / script).read_text())
+        positional = [call for call in ast.walk(tree) if isinstance(call, ast.Call)
+                      and getattr(call.func, "attr", "") == "add_argument" and call.args
+                      and isinstance(call.args[0], ast.Constant) and not str(call.args[0].value).startswith("-")]
+        assert not positional, f"{script} needs positional arguments"
+
+
 def test_a_results_file_records_command_date_code_version_and_cpu(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["benchmarks/example.py", "--runs", "3"])
     json_path, _ = common.write_results("example", {"rows": [1]}, "# example", folder=tmp_path)
