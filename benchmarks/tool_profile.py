@@ -57,7 +57,7 @@ STAGES = (
     Stage("elimination", "graph/channels/obs_elimination.py", "eliminate", 2),
     Stage("compensation", "graph/channels/compensation.py", "compensate_removed_inputs"),
     Stage("batch-norm recalibration", "passes/recalibrate_batchnorm.py", "recalibrate_batchnorm"),
-    Stage("verification (lint, shapes, re-export)", "graph/verify.py", "verify"),
+    Stage("verification (lint, shapes, re-export)", "graph/verify.py", "verified_outputs"),
     Stage("model.pt2, ONNX export, parity", "prunefx/deliverable.py", "write_model"),
     Stage("ONNX export", "runtime/onnx/export.py", "export_onnx", 2),
     Stage("parity", "runtime/onnx/parity.py", "check_parity", 2),
