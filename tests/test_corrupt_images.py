@@ -96,3 +96,11 @@ def test_the_cli_with_a_flipped_png_to_calibrate_exits_2_in_one_line(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "z_flipped.png" in lines[0] and "cannot read image" in lines[0], done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_an_empty_calibration_folder_says_it_is_empty_whatever_the_model_takes(tmp_path, channels):
+    """A gray model given an empty folder was told it needs RGB images: true, but the folder was the problem."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PrunefxError, match="holds no images"):
+        calibration_data(str(tmp_path / "empty"), torch.zeros(2, channels, 28, 28), 4)

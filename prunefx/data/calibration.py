@@ -53,12 +53,12 @@ def image_batches(folder: str | Path, example: torch.Tensor, *, limit: int | Non
     size (the graph is static, so a last, incomplete batch is left out); a linked image must lead
     nowhere outside `within` (default: `folder`)."""
     folder = Path(folder)
-    _check_rgb(example, "calibration images")
     if not folder.is_dir():
         raise PrunefxError(f"calibration folder {folder} does not exist")
     files = image_files(folder, IMAGE_SUFFIXES, recursive=False, within=within)[:limit]
-    if not files:
+    if not files:  # said first: a folder with nothing in it is the problem, whatever the model takes
         raise PrunefxError(f"calibration folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    _check_rgb(example, "calibration images")
     transform = imagenet_transform(int(example.shape[2]))
     images = []
     for path in files:  # a file that does not decode is named, never skipped (prunefx/data/image_files.py)
