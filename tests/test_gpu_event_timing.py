@@ -1,6 +1,7 @@
 """event_ms times the GPU's work, not the host's launch of it: checked on a simulated CUDA stream (host launches
-cost L each, the GPU's work W each, an event is stamped when the stream reaches it), so that no GPU is needed and
-the true time per call is known independently of the code under test."""
+cost L each, the GPU's work W each, an event is stamped when the stream reaches it, torch.cuda._sleep is busy
+work of its own), so that no GPU is needed and the true time per call is known independently of the code under
+test."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from prunefx.runtime.measure.gpu_latency import event_ms
 
 LAUNCH_MS = 0.02
+SLEEP_MS = 0.05  # the simulated GPU's time for the lead busy-wait
 
 
 class _Stream:
@@ -43,6 +45,7 @@ def stream(monkeypatch):
             return end.at - self.at
 
     monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: timeline.enqueue(SLEEP_MS), raising=False)
     return timeline
 
 
@@ -53,4 +56,16 @@ def test_a_call_longer_than_its_launch_is_timed_without_the_launch(stream, calls
 
 
 def test_calls_shorter_than_their_launch_read_as_the_launch_they_are_bound_by(stream):
-    assert event_ms(lambda: stream.enqueue(0.005), 10) == pytest.approx(LAUNCH_MS, rel=1e-9)
+    """A sample of them is many calls (calls_per_sample): the lead hides the launches of its first one or two."""
+    assert event_ms(lambda: stream.enqueue(0.005), 100) == pytest.approx(LAUNCH_MS, rel=0.03)
+
+
+def test_without_a_busy_wait_an_untimed_call_leads_the_sample(stream, monkeypatch):
+    monkeypatch.delattr(torch.cuda, "_sleep", raising=False)
+    calls = []
+
+    def run():
+        calls.append(1)
+        stream.enqueue(2.0)
+
+    assert event_ms(run, 2) == pytest.approx(2.0, rel=1e-9) and len(calls) == 3

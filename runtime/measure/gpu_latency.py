@@ -3,9 +3,10 @@ a compiled Torch-TensorRT module, runtime/cuda/graph.GpuModel.time_once): one ru
 alternately for a fair speed-up.
 
 A sample is many back-to-back calls between one pair of events (`BackToBack`, `calls_per_sample`): one short
-call alone would time its launch, the GPU idle while the host enqueues it. Each sample is led by one untimed call,
-which keeps the GPU busy while the start event and the timed calls are enqueued behind it: the start is then
-stamped when the GPU reaches the timed work, not when the host asks, and the first call's launch is not timed.
+call alone would time its launch, the GPU idle while the host enqueues it. Each sample is led by a short busy-wait
+on the GPU (`LEAD_CYCLES`, torch.cuda._sleep), which keeps it busy while the start event and the timed calls are
+enqueued behind it: the start is then stamped when the GPU reaches the timed work, not when the host asks, and the
+first call's launch is not timed. A wait, not an untimed call: a call of a millisecond would double every sample.
 
 Warm-up is time, not a count: after seconds of CPU work between candidates a GPU's clocks are down (an idle
 H200 read 345 MHz, a busy one 1980 MHz), so both runners are called until their times settle (the medians of
@@ -15,6 +16,7 @@ ratio, and the settled warm-up the absolute milliseconds a `--latency-ms` budget
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -32,6 +34,7 @@ MAX_CALLS = 2000    # calls in one sample
 # Alternating pairs of samples per unit of a speed-up's interval: neighbouring samples share the GPU's clocks and
 # temperature, so one pair is not independent of the next, and an interval over single pairs would be too narrow.
 BLOCK = 10
+LEAD_CYCLES = 100_000  # GPU clock cycles of the busy-wait before a sample's start event: about 50 us at 2 GHz
 
 
 def calls_per_sample(per_call_ms: float) -> int:
@@ -45,13 +48,26 @@ def event_ms(run: Callable[[], object], calls: int = 1, stream=None) -> float:
     import torch  # here: the CPU paths that import this module never start CUDA
 
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    run()  # untimed: the start event waits behind it, so the GPU is busy when the timed calls begin
+    _keep_busy(run, stream)  # the start event waits behind it: the GPU is busy when the timed calls begin
     start.record(stream)
     for _ in range(calls):
         run()
     end.record(stream)
     end.synchronize()
     return start.elapsed_time(end) / calls
+
+
+def _keep_busy(run: Callable[[], object], stream) -> None:
+    """Enqueue LEAD_CYCLES of busy-waiting on `stream` (the current one when None); where torch has no such wait,
+    one untimed call of `run` instead."""
+    import torch
+
+    sleep = getattr(torch.cuda, "_sleep", None)
+    if sleep is None:
+        run()
+        return
+    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+        sleep(LEAD_CYCLES)
 
 
 class BackToBack:
