@@ -38,11 +38,7 @@ def check_output_folder(path: str | os.PathLike) -> Path:
     """`path` can become (or already is) a folder we can write into, and is empty or one prunefx wrote;
     checked before heavy work. What killed runs left beside it is cleared first. Returns `output_path(path)`,
     the path to write."""
-    path = output_path(path)
-    _check_length(path)
-    _check_not_dangling(path)
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"{path} exists and is not a folder")
+    path = _folder_path(path)
     _check_parent(path)
     clear_stale(path)
     if path.is_dir():
@@ -54,15 +50,21 @@ def check_output_folder(path: str | os.PathLike) -> Path:
 def check_writable_folder(path: str | os.PathLike) -> Path:
     """`path` is, or can be made, a folder we can write into; checked without creating anything (a folder a run
     makes for itself later, as a checkpoint_dir, must not be refused only after hours of work)."""
+    path = _folder_path(path)
+    if path.is_dir():
+        _probe(path, path)
+    else:
+        _check_parent(path)
+    return path
+
+
+def _folder_path(path: str | os.PathLike) -> Path:
+    """`output_path(path)`, refused where no folder can be there: a name too long, a link to nothing, a file."""
     path = output_path(path)
     _check_length(path)
     _check_not_dangling(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{printable(str(path))} exists and is not a folder")
-    if path.is_dir():
-        _probe(path, path)
-    else:
-        _check_parent(path)
     return path
 
 

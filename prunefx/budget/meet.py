@@ -54,8 +54,9 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
     """`program` (eval mode, left as it is) made to meet `speedup` (over the dense model) or `latency_ms`,
     measured at batch `batch` on `backend` ("ort", "trt", "torch-trt", "trtexec") at `precision`, with
     `threads` and `runs` (or by `measurer`, a ready passes.measurement.Measurer; `backend` and `precision`
-    then only name it, and a backend's own measurer states the backend and settings it was made with). `measurement`: a runtime.measure.pairs.Measurement, in place of backend, precision,
-    batch, threads, runs, trtexec and compile: the command line builds one. `calibration`: input batches, for the depth ranking, the width search's data-driven
+    then only name it, and a backend's own measurer states the backend and settings it was made with).
+    `measurement`: a runtime.measure.pairs.Measurement, in place of backend, precision, batch, threads, runs,
+    trtexec and compile: the command line builds one. `calibration`: input batches, for the depth ranking, the width search's data-driven
     defaults and the batch norms re-estimated after pruning (`recalibrate`, default: on with calibration; the
     depth route's own is `depth`'s `recalibrate`, default off).
     `allow_depth`: when width cannot, depth, then both (`calibration` needed); `routes` names the routes

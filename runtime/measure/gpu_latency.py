@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.measure.latency import LatencyComparison, LatencyStats, comparison_of_blocks
+from prunefx.runtime.measure.timing_loop import in_turn
 
 WARM_SECONDS = 0.3  # what a GPU measurement warms up for at least (runners on a real GPU)
 WINDOW = 5          # samples per window of the settling check
@@ -147,8 +148,7 @@ def compare_gpu_latency(timed_a: Callable[[], float], timed_b: Callable[[], floa
     warm_until_steady([timed_a, timed_b], WarmUp(warmup, warm_seconds), clock)
     samples_a, samples_b = [], []
     for index in range(runs):
-        sides = ((timed_a, samples_a), (timed_b, samples_b))
-        for timed, samples in sides if index % 2 == 0 else sides[::-1]:
+        for timed, samples in in_turn(((timed_a, samples_a), (timed_b, samples_b)), index):
             samples.append(timed() / 1e3)
     blocks_a, blocks_b = _blocks(samples_a), _blocks(samples_b)
     return comparison_of_blocks(blocks_a, blocks_b, [0] * len(blocks_a))

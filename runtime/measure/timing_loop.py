@@ -34,13 +34,17 @@ def alternate(fn_a: Callable[[], object], fn_b: Callable[[], object], warmup: in
     blocks_b: list[list[float]] = []
     while sum(map(len, blocks_a)) < runs:
         size = min(block, runs - sum(map(len, blocks_a)))
-        sides = ((fn_a, blocks_a), (fn_b, blocks_b))
-        for fn, blocks in sides if len(blocks_a) % 2 == 0 else sides[::-1]:
+        for fn, blocks in in_turn(((fn_a, blocks_a), (fn_b, blocks_b)), len(blocks_a)):
             for _ in range(settle):
                 fn()
             blocks.append([time_call(fn, clock) for _ in range(size)])
         bar.update(size)
     return blocks_a, blocks_b
+
+
+def in_turn(sides: tuple, index: int) -> tuple:
+    """`sides` in order at an even `index` and reversed at an odd one: neither side of a comparison always first."""
+    return sides if index % 2 == 0 else sides[::-1]
 
 
 def warm(fns: tuple[Callable[[], object], ...], warmup: int, clock: Callable[[], float]) -> None:

@@ -42,11 +42,14 @@ class TorchRunner:
         if previous != self.threads:
             torch.set_num_threads(self.threads)
         try:
-            with torch.inference_mode():
-                return self.program(*self.inputs)
+            return self._run()
         finally:
             if previous != self.threads:
                 torch.set_num_threads(previous)
+
+    def _run(self):
+        with torch.inference_mode():
+            return self.program(*self.inputs)
 
     @contextlib.contextmanager
     def timed_calls(self) -> Iterator[Callable[[], object]]:
@@ -57,8 +60,7 @@ class TorchRunner:
         def call():
             if torch.get_num_threads() != self.threads:  # only when the other side of a pair runs at another count
                 torch.set_num_threads(self.threads)
-            with torch.inference_mode():
-                return self.program(*self.inputs)
+            return self._run()
 
         try:
             yield call

@@ -138,8 +138,8 @@ def as_array(value: np.ndarray | torch.Tensor) -> np.ndarray:
 
 def shape_fits(expected, shape: tuple[int, ...]) -> bool:
     """Whether `shape` fits an input's declared dims: symbolic ones (strings or None) fit any size. No dims at all is
-    a scalar or an input whose shape the file leaves out, which ONNX Runtime reports alike: any shape fits here,
-    and ONNX Runtime refuses a feed of another rank than a scalar's itself."""
+    a scalar or an input whose shape the file leaves out, which ONNX Runtime reports alike: any shape fits here
+    (bench, which reads the file's declarations, refuses a shape given for a scalar: prunefx/bench_models.py)."""
     return not expected or len(expected) == len(shape) and all(not isinstance(want, int) or want == got
                                                                for want, got in zip(expected, shape))
 
