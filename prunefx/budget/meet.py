@@ -51,24 +51,23 @@ def meet_budget(program: Program, *, speedup: float | None = None, latency_ms: f
                 log: Callable[[str], None] | None = None, choose_by: str | None = None, compile: bool = False,
                 latency_cache: str | None = None, device: str | torch.device | None = None,
                 measurement=None) -> tuple[Program, BudgetOutcome]:
-    """`program` (eval mode, left as it is) made to meet `speedup` (over the dense model) or `latency_ms`,
-    measured at batch `batch` on `backend` ("ort", "trt", "torch-trt", "trtexec") at `precision`, with
-    `threads` and `runs` (or by `measurer`, a ready passes.measurement.Measurer; `backend` and `precision`
-    then only name it, and a backend's own measurer states the backend and settings it was made with).
-    `measurement`: a runtime.measure.pairs.Measurement, in place of backend, precision, batch, threads, runs,
-    trtexec and compile: the command line builds one. `calibration`: input batches, for the depth ranking, the width search's data-driven
-    defaults and the batch norms re-estimated after pruning (`recalibrate`, default: on with calibration; the
-    depth route's own is `depth`'s `recalibrate`, default off).
-    `allow_depth`: when width cannot, depth, then both (`calibration` needed); `routes` names the routes
-    instead ("width", "depth", "width+depth", in that order). `log`: a route's progress (default: logging). `width`: remove_channels options (importance,
-    round_to, compensate, ...); `depth`: depth_to_budget options (rank, recalibrate, max_kernel_growth, ...).
-    `precision` None: the backend's default (fp16 for cuda). `compile`: torch.compile first (cuda).
-    `choose_by`: "macs" steers the width search by the MACs kept; "latency" times every prunable layer on
-    `backend` at candidate widths first (a per-layer table, cached on disk under `latency_cache`) and spends
-    importance per millisecond saved, so channels go where time goes. None: the backend's `channel_choice`
-    (latency on cuda, macs elsewhere). Either way candidates are measured whole.
-    `device`: where the routes' passes compute (importance, OBS, compensation, calibration passes): "auto",
-    "cpu", "cuda", "cuda:N" (prunefx/device.py); None: where `program` is. `program` and the chosen Program are on
+    """`program` (eval mode, left as it is) made to meet `speedup` (over the dense model) or `latency_ms`, measured at
+    batch `batch` on `backend` ("ort", "trt", "torch-trt", "trtexec") at `precision`, with `threads` and `runs` (or by
+    `measurer`, a ready passes.measurement.Measurer; `backend` and `precision` then only name it, and a backend's own
+    measurer states the backend and settings it was made with). `measurement`: a runtime.measure.pairs.Measurement,
+    in place of backend, precision, batch, threads, runs, trtexec and compile: the command line builds one.
+    `calibration`: input batches, for the depth ranking, the width search's data-driven defaults and the batch norms
+    re-estimated after pruning (`recalibrate`, default: on with calibration; the depth route's own is `depth`'s
+    `recalibrate`, default off). `allow_depth`: when width cannot, depth, then both (`calibration` needed); `routes`
+    names the routes instead ("width", "depth", "width+depth", in that order). `log`: a route's progress (default:
+    logging). `width`: remove_channels options (importance, round_to, compensate, ...); `depth`: depth_to_budget
+    options (rank, recalibrate, max_kernel_growth, ...). `precision` None: the backend's default (fp16 for cuda).
+    `compile`: torch.compile first (cuda). `choose_by`: "macs" steers the width search by the MACs kept; "latency"
+    times every prunable layer on `backend` at candidate widths first (a per-layer table, cached on disk under
+    `latency_cache`) and spends importance per millisecond saved, so channels go where time goes. None: the
+    backend's `channel_choice` (latency on cuda, macs elsewhere). Either way candidates are measured whole.
+    `device`: where the routes' passes compute (importance, OBS, compensation, calibration passes): "auto", "cpu",
+    "cuda", "cuda:N" (prunefx/device.py); None: where `program` is. `program` and the chosen Program are on
     `program`'s device when this returns, also after a refusal; the measurer is handed Programs on `device`.
     Returns (the chosen Program, its BudgetOutcome); raises BudgetUnreachable when no route meets the budget."""
     require_program(program, "meet_budget")
