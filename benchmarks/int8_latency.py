@@ -18,7 +18,8 @@ fp32, int8 PTQ, pruned fp32 (remove_channels to half the MACs, widths a multiple
 --recovery-steps of KD from the dense model), pruned int8 PTQ, pruned int8 QAT (--qat-steps of KD
 through the fake quantizers, passes/distill.py), and the peers on the dense FP32 file. Calibration: the
 first 8 training batches of 128 of epoch 0, the same images for every method (read before any KD).
-Latency: every variant timed in one process, interleaved in blocks, median / p90 of single runs, ONNX
+Latency: every variant timed in one process, interleaved in blocks by the runtime's loop (the order reversed on
+every other pass, untimed calls before each block), median / p90 of single runs, ONNX
 Runtime CPU at --threads intra-op threads; the load average is recorded at the start and at the end. A speed-up
 over FP32 is the runtime's statistic (`prunefx bench --vs`'s): the ratio of medians, with its 90 % interval over
 the pairs of blocks timed in the same pass.
@@ -70,7 +71,7 @@ from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.passes.remove_channels import remove_channels
 from prunefx.runtime import LatencyComparison, OnnxRuntimeSession, export_onnx
 from prunefx.runtime.measure.latency import pooled_rounds
-from prunefx.runtime.measure.timing_loop import time_call
+from prunefx.runtime.measure.timing_loop import alternate_all
 from prunefx.runtime.onnx.quantize_static import quantize_static_file
 from prunefx.runtime.onnx.quantized import export_quantized_onnx, onnxruntime_lowering
 from prunefx.runtime.ort.runners import onnx_runner
@@ -80,6 +81,7 @@ MODELS = ("resnet50", "mobilenet_v2", "efficientnet_b0", "vit_s16")
 VARIANTS = ("fp32", "int8", "pruned fp32", "pruned int8", "ort u8", "ort s8", "modelopt")
 SMALL_VARIANTS = ("fp32", "int8", "pruned fp32", "pruned int8", "pruned int8 qat", "ort u8", "ort s8", "modelopt")
 HELD_OUT = slice(10, 20)
+SETTLE = 2  # untimed calls before each block, as compare_latency and `prunefx bench` settle theirs
 FASHION_MNIST_MODELS = ("resnet20", "mobilenetv2_small", "vit_tiny_fmnist")
 FASHION_MNIST_BATCH = 128
 CACHE = BUILD / NAME
@@ -189,22 +191,16 @@ def accuracy(sessions: dict, images: torch.Tensor, labels: torch.Tensor) -> dict
 
 
 def interleaved_blocks(sessions: dict, x: torch.Tensor, args) -> dict[str, list[list[float]]]:
-    """Blocks of `block` runs of each variant in turn until each has `runs` (seconds): machine noise hits all
-    alike. The runtime pairs two models' blocks timed alternately; here block i of every variant is of pass i.
-    Each variant is timed in a session of its own, set as `prunefx bench` sets its timing sessions (onnx_runner:
-    subnormal floats flushed to zero, worker threads spinning) and called as its timing loop calls one."""
+    """Blocks of `block` runs of each variant in turn until each has `runs` (seconds), by the runtime's own loop
+    (timing_loop.alternate_all: block i of every variant in pass i, the order reversed on odd passes, untimed calls
+    before each block), so machine noise and drift hit all alike. Each variant is timed in a session of its own, set
+    as `prunefx bench` sets its timing sessions (onnx_runner: subnormal floats flushed to zero, worker threads
+    spinning) and called as its timing loop calls one."""
     runners = {variant: onnx_runner(session.path, [x], threads=session.threads) for variant, session in sessions.items()}
     with contextlib.ExitStack() as stack:
         calls = {variant: stack.enter_context(runner.timed_calls()) for variant, runner in runners.items()}
-        for call in calls.values():
-            for _ in range(args.warmup):
-                call()
-        blocks: dict[str, list[list[float]]] = {variant: [] for variant in calls}
-        first = next(iter(calls))
-        while sum(map(len, blocks[first])) < args.runs:
-            for variant, call in calls.items():
-                blocks[variant].append([time_call(call, time.perf_counter) for _ in range(args.block)])
-    return blocks
+        timed = alternate_all(tuple(calls.values()), args.warmup, args.runs, args.block, SETTLE, time.perf_counter)
+    return dict(zip(calls, timed))
 
 
 def against(blocks: dict[str, list[list[float]]], reference: str, threads: int) -> dict[str, LatencyComparison]:

@@ -119,3 +119,28 @@ def test_the_int8_benchmarks_time_each_file_in_a_session_set_as_prunefx_bench_se
                                           argparse.Namespace(warmup=1, runs=4, block=2))
     assert [runner.session.flush_denormals for runner in made] == [True, True]
     assert {name: [len(block) for block in timed] for name, timed in blocks.items()} == {"fp32": [2, 2], "int8": [2, 2]}
+
+
+def test_the_int8_benchmarks_time_their_variants_in_the_runtimes_loop_first_side_turning(monkeypatch):
+    """Three variants: warm-up in turn, then per pass a settling call and a block of each, the order reversed on odd
+    passes (a fixed order favoured whichever variant followed the same neighbour every time)."""
+    import contextlib
+
+    benchmark = _benchmark("int8_latency")
+    order = []
+
+    class Recording:
+        def __init__(self, name):
+            self.name = name
+
+        @contextlib.contextmanager
+        def timed_calls(self):
+            yield lambda: order.append(self.name)
+
+    monkeypatch.setattr(benchmark, "onnx_runner", lambda path, inputs, threads: Recording(path))
+    sessions = {name: argparse.Namespace(path=name, threads=1) for name in ("a", "b", "c")}
+    blocks = benchmark.interleaved_blocks(sessions, None, argparse.Namespace(warmup=1, runs=4, block=2))
+    settle = benchmark.SETTLE
+    passes = [name * (settle + 2) for name in "abc"] + [name * (settle + 2) for name in "cba"]
+    assert "".join(order) == "abc" + "".join(passes)
+    assert {name: [len(block) for block in timed] for name, timed in blocks.items()} == {n: [2, 2] for n in "abc"}

@@ -28,18 +28,25 @@ def alternate(fn_a: Callable[[], object], fn_b: Callable[[], object], warmup: in
     alternating blocks of up to `block`, each block after `settle` untimed calls (see runtime/measure/latency.py's
     compare_latency); the blocks, in seconds. The side that goes first alternates too (a b, b a, a b, ...): a
     machine that drifts during the measurement, or favours the block after a switch, then favours neither side."""
+    blocks_a, blocks_b = alternate_all((fn_a, fn_b), warmup, runs, block, settle, clock, bar)
+    return blocks_a, blocks_b
+
+
+def alternate_all(fns: tuple[Callable[[], object], ...], warmup: int, runs: int, block: int, settle: int,
+                  clock: Callable[[], float], bar=None) -> list[list[list[float]]]:
+    """`alternate` for any number of callables (a benchmark's variants timed side by side): block i of every
+    callable is timed in pass i, in order on even passes and reversed on odd ones; the blocks of each, in seconds."""
     bar = bar if bar is not None else NoBar()
-    warm((fn_a, fn_b), warmup, clock)
-    blocks_a: list[list[float]] = []
-    blocks_b: list[list[float]] = []
-    while sum(map(len, blocks_a)) < runs:
-        size = min(block, runs - sum(map(len, blocks_a)))
-        for fn, blocks in in_turn(((fn_a, blocks_a), (fn_b, blocks_b)), len(blocks_a)):
+    warm(fns, warmup, clock)
+    blocks: list[list[list[float]]] = [[] for _ in fns]
+    while sum(map(len, blocks[0])) < runs:
+        size = min(block, runs - sum(map(len, blocks[0])))
+        for fn, timed in in_turn(tuple(zip(fns, blocks)), len(blocks[0])):
             for _ in range(settle):
                 fn()
-            blocks.append([time_call(fn, clock) for _ in range(size)])
+            timed.append([time_call(fn, clock) for _ in range(size)])
         bar.update(size)
-    return blocks_a, blocks_b
+    return blocks
 
 
 def in_turn(sides: tuple, index: int) -> tuple:
