@@ -17,6 +17,7 @@ from prunefx.graph.counting import count
 from prunefx.graph.depth.affine_chains import find_chains
 from prunefx.graph.depth.linearization import strip_finished_blends
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.timing import Timing
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.registry import shipped_pass
 from prunefx.passes.core.result import Result
@@ -93,25 +94,40 @@ def _merge_all(program: Program, config: MergeBlocksConfig) -> tuple[list[dict],
         if candidate.kind == "layers" and config.measure is not None:
             if stale:
                 program.recompile()
-            speedup = _measured(program, candidate, config)
+            timing = _measured(program, candidate, config)
             stale = False  # recompiled, whether kept or undone
-            if speedup <= config.min_speedup:
-                refused[candidate.key] = f"{MEASURED_SLOWER} {speedup:.3f}x is not above {config.min_speedup}x"
+            if timing.speedup <= config.min_speedup:
+                refused[candidate.key] = f"{MEASURED_SLOWER} {_reading(timing)} is not above {config.min_speedup}x"
                 continue
-            record["speedup"] = round(speedup, 4)
+            record["speedup"] = round(timing.speedup, 4)
+            if timing.method != "point":
+                record["speedup_interval"] = [round(timing.low, 4), round(timing.high, 4)]
         else:
             apply_merge(program.module, candidate)
             stale = True
         merges.append(record)
 
 
-def _measured(program: Program, candidate: MergeCandidate, config: MergeBlocksConfig) -> float:
-    """Apply the candidate, measure against a copy of the Program before it, and undo it unless faster."""
+def _measured(program: Program, candidate: MergeCandidate, config: MergeBlocksConfig) -> Timing:
+    """Apply the candidate, measure against a copy of the Program before it, and undo it unless faster. A short
+    reading that says faster is not taken on trust where `measure` offers `confirmed` (prunefx.runtime's do): the
+    longer confirmation, over fresh processes, decides (a short reading of an equally fast merge is a coin toss)."""
     before = program.clone()
     apply_merge(program.module, candidate)
     program.recompile()
     assert config.measure is not None  # only measured candidates come here
     speedup = float(config.measure(before, program))
-    if speedup <= config.min_speedup:
+    timing = Timing(speedup, 1.0, 0.0)  # the ratio itself, as a point
+    confirmed = getattr(config.measure, "confirmed", None)
+    if speedup > config.min_speedup and callable(confirmed):
+        timing = Timing.of(confirmed(before, program, config.min_speedup))
+    if timing.speedup <= config.min_speedup:
         program.module = before.module
-    return speedup
+    return timing
+
+
+def _reading(timing: Timing) -> str:
+    """`1.012x`, with its interval where the measurement gave one."""
+    if timing.method == "point":
+        return f"{timing.speedup:.3f}x"
+    return f"{timing.speedup:.3f}x ({timing.confidence:.0%} interval {timing.low:.3f}-{timing.high:.3f})"

@@ -406,3 +406,31 @@ def test_merging_leaves_every_shape_a_fresh_propagation_gives_without_propagatin
     fresh.refresh_meta()
     assert propagations and shapes(merged) == shapes(fresh) and len(shapes(fresh)) > 20
     verify(merged)
+
+
+@pytest.mark.parametrize("confirmed", [(0.99, 0.97, 1.01), (1.04, 1.02, 1.06)])
+def test_a_merge_read_faster_once_is_kept_only_if_the_longer_confirmation_says_so(confirmed):
+    """The runtime's measure (speedup_of a PairMeasurer): a short reading of 1.05x is measured again by the pair's
+    confirmation, judged against min_speedup, and that reading decides the merge and is the one reported."""
+    from prunefx.graph.timing import Timing
+    from prunefx.runtime.measure.speedup import PairMeasurer, speedup_of
+
+    asked = []
+
+    def confirm(dense, candidate, against=None):
+        asked.append(against)
+        speedup, low, high = confirmed
+        return Timing(speedup, 1.0, 0.01, low, high, 0.9, "t")
+
+    confirm.stops_early = True
+    measurer = PairMeasurer(lambda dense, candidate: (1.05, 1.0, 0.01), confirm, round_to=None)
+    model, x = _TwoDepthwise().eval(), torch.randn(2, 8, 8, 8)
+    result = merge_blocks(capture(model, x), config={"max_kernel_growth": 2, "measure": speedup_of(measurer),
+                                                     "min_speedup": 1.0})
+    assert asked == [1.0]
+    if confirmed[0] > 1:
+        assert result.stats["merges"][0]["speedup"] == 1.04 and result.stats["merges"][0]["speedup_interval"] == [1.02, 1.06]
+        assert _layer_count(result.program) == 1
+    else:
+        assert not result.modified and _layer_count(result.program) == 2
+        assert "measured speed-up 0.990x (90% interval 0.970-1.010) is not above 1.0x" in result.stats["skipped"][0]["reason"]

@@ -63,6 +63,15 @@ class SpeedupOf:
         before_ms, after_ms, _ = self.pair(before, after)
         return before_ms / after_ms
 
+    def confirmed(self, before: Program, after: Program, against: float) -> Timing:
+        """The pair's longer confirmation, with its interval, stopped once that interval clears or misses
+        `against` (merge_blocks asks it of a merge its short reading calls faster); the short reading where the
+        pair has no confirmation."""
+        confirm = getattr(self.pair, "confirm", None)
+        if not callable(confirm):
+            return Timing.of(self.pair(before, after))
+        return Timing.of(confirm(before, after, against=against))
+
     def close(self) -> None:
         close = getattr(self.pair, "close", None)
         if callable(close):

@@ -112,14 +112,14 @@ def _check_named_blocks_merge(program, names: list[str], *, calibrated: bool, ma
 
 
 def _refuse_blocks_left_unmerged(result, backend: str) -> None:
-    """A chosen block whose merge measured slower than its layers kept apart has lost its non-linearities for no
+    """A chosen block whose merge measured no faster than its layers kept apart has lost its non-linearities for no
     speed: the model would be less accurate and no faster. Nothing is written; the line says what to do instead."""
     slower = [entry for entry in result.steps[1][1].stats["skipped"] if entry["reason"].startswith(MEASURED_SLOWER)]
     nodes = {node.name: node for node in result.program.graph.nodes}  # a refused merge's layers are still there
     left = [nodes[name] for entry in slower for name in entry["nodes"] if name in nodes]
     lost = [block for block in result.steps[0][1].stats["chosen"] if any(in_block(node, block) for node in left)]
     if lost:
-        raise PrunefxError(f"merging block(s) {', '.join(lost)} measured slower on {backend} than their layers kept "
+        raise PrunefxError(f"merging block(s) {', '.join(lost)} measured no faster on {backend} than their layers kept "
                            "apart: their non-linearities would go for no speed, so nothing is written; merge them "
                            "regardless with --no-measure, choose other blocks (--list), or give a measured budget "
                            "(--speedup)")
