@@ -557,3 +557,22 @@ def test_the_public_table_times_a_program_on_cuda_n_on_that_gpu(monkeypatch, tmp
     monkeypatch.setattr(tables, "program_latency_table", lambda *args, **kwargs: timed_on.append(list(current)))
     prunefx.latency_table(capture(torch.nn.Conv2d(3, 8, 3).eval(), torch.randn(1, 3, 8, 8)), cache_dir=str(tmp_path))
     assert timed_on == [[torch.device("cuda", 1)]] and current == []
+
+
+def test_a_table_entry_takes_the_same_few_runs_on_every_backend_that_times_it_as_a_program(monkeypatch):
+    """An entry on a backend timed through `time_program` (TensorRT, torch) gets at most 3 warm-up and 10 timed
+    runs, as ONNX Runtime's entries do, not the 50 of a whole-model measurement: a table has hundreds of entries."""
+    from prunefx.graph.channels.plan_latency import TimedLayer
+    from prunefx.runtime.backends.torch_eager import TorchEagerBackend
+    from prunefx.runtime.tables.timer_by_name import BackendLayerTimer
+
+    asked = []
+    monkeypatch.setattr(TorchEagerBackend, "time_program",
+                        lambda self, program, settings: asked.append(settings) or {"median_ms": 1.0})
+    timer = BackendLayerTimer(TorchEagerBackend(), Settings(runs=50, warmup=10))
+    layer = TimedLayer("fc", "linear", (1, 8), 4, True)
+    assert timer(layer) == 1.0
+    assert (asked[0].runs, asked[0].warmup) == (10, 3)
+    small = BackendLayerTimer(TorchEagerBackend(), Settings(runs=5, warmup=1))
+    small(layer)
+    assert (asked[1].runs, asked[1].warmup) == (5, 1)  # fewer asked: fewer taken

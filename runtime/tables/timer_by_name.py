@@ -4,13 +4,16 @@ backend (runtime/backends/).
 `layer_timer(name, settings)`:
 - `ort`: OnnxRuntimeLayerTimer (runtime/tables/timers.py), a one-node ONNX model per layer and width at
   `settings.threads`: no capture and no export, so a table of a few hundred entries takes seconds;
-  at most 3 warm-up and 10 timed runs an entry, whatever a whole-model measurement would use;
 - a backend with its own `layer_timer(settings)` (`cuda`: runtime/cuda/layer_timer.py, plain layer modules
   replayed as CUDA graphs, no export or capture per entry): that timer;
 - any other backend (`trt`, ...): BackendLayerTimer, the layer captured as a one-layer Program at its
   input shape and timed by the backend's own `time_program`, the way `bench` times a whole model. Its
   device identity is the GPU the backend describes, else this CPU's model; its settings name the backend,
   torch and compile.
+
+Every timer but cuda's (whose samples are each many replays of a CUDA graph: runtime/cuda/layer_timer.py) takes
+at most ENTRY_WARMUP warm-up and ENTRY_RUNS timed runs an entry, whatever a whole-model measurement would use:
+a table has hundreds of entries, and whole-model measurements confirm what it chose.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from prunefx.runtime.backends.base import Backend, Settings
 from prunefx.runtime.tables.table import LayerTimer
 from prunefx.runtime.tables.timers import LayerModule, OnnxRuntimeLayerTimer, cpu_model
 
+ENTRY_WARMUP, ENTRY_RUNS = 3, 10  # an entry's most warm-up and timed runs, on every backend but cuda
+
 
 class BackendLayerTimer:
     """Times one layer as a Program with `backend.time_program` (its median, in ms)."""
 
     def __init__(self, backend: Backend, settings: Settings):
-        self.measuring, self.options = backend, settings
+        self.measuring, self.options = backend, per_entry(settings)
         self.precision = backend.require(settings, purpose="bench")
         self.backend = backend.name
         self.device = _device_name(backend)
@@ -50,14 +55,19 @@ def layer_timer(name: str, settings: Settings) -> LayerTimer:
     backend = backends.get(name)
     if backend.name == "ort":
         backend.require(settings, purpose="bench")
-        return OnnxRuntimeLayerTimer(threads=settings.threads, warmup=min(settings.warmup, 3),
-                                     runs=min(settings.runs, 10), spinning=settings.spinning,
-                                     flush_denormals=settings.flush_denormals)
+        entry = per_entry(settings)
+        return OnnxRuntimeLayerTimer(threads=settings.threads, warmup=entry.warmup, runs=entry.runs,
+                                     spinning=settings.spinning, flush_denormals=settings.flush_denormals)
     own = getattr(backend, "layer_timer", None)  # a backend that times plain layer modules itself (cuda)
     if callable(own):
         backend.require(settings, purpose="bench")
         return own(settings)
     return BackendLayerTimer(backend, settings)
+
+
+def per_entry(settings: Settings) -> Settings:
+    """`settings` with at most ENTRY_WARMUP warm-up and ENTRY_RUNS timed runs."""
+    return replace(settings, warmup=min(settings.warmup, ENTRY_WARMUP), runs=min(settings.runs, ENTRY_RUNS))
 
 
 def _device_name(backend: Backend) -> str:
