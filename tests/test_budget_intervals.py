@@ -368,3 +368,41 @@ def test_a_session_maker_checks_the_file_before_any_round_starts(tmp_path):
     with pytest.raises(OnnxSessionError, match="no such ONNX file"):
         missing = OnnxRunnerMaker(tmp_path / "gone.onnx", [np.ones((1, 8), np.float32)])
         compare_rounds(missing, missing, rounds=1, warmup=0, runs=1, block=1, settle=0, processes=True)
+
+
+def test_a_round_in_a_fresh_process_stops_its_passes_after_its_seconds(tmp_path):
+    """rounds.py honours `seconds` for plain sessions: 0 seconds, one pass of blocks (2 runs a side of the 8 asked);
+    none, every run."""
+    from prunefx.runtime.ort.runners import OnnxRunnerMaker
+
+    maker = OnnxRunnerMaker(_relu_file(tmp_path / "relu.onnx"), [np.ones((1, 8), np.float32)], threads=1)
+    short = compare_rounds(maker, maker, rounds=2, warmup=1, runs=16, block=2, settle=0, processes=True, seconds=0)
+    whole = compare_rounds(maker, maker, rounds=2, warmup=1, runs=16, block=2, settle=0, processes=True)
+    assert (short.a.runs, short.b.runs) == (4, 4) and (whole.a.runs, whole.b.runs) == (16, 16)
+
+
+def test_the_onnx_confirmation_caps_each_round_at_round_seconds(monkeypatch):
+    """A confirmation (rounds > 1) asks compare_rounds for ROUND_SECONDS a round; a search reading (one round)
+    times every run it asked for."""
+    from prunefx.runtime.measure import speedup
+
+    asked = {}
+
+    def recording(make_a, make_b, **kwargs):
+        asked.update(kwargs)
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(speedup, "compare_rounds", recording)
+    monkeypatch.setattr(speedup, "OnnxRunnerMaker", lambda path, inputs, **sessions: path)
+    timed = speedup._onnx_runtime_pair(_Sources(), {"threads": 1, "spinning": True, "flush_denormals": None},
+                                       runs=40, warmup=2, rounds=4)
+    with pytest.raises(RuntimeError, match="recorded"):
+        timed(object(), object())
+    assert asked["seconds"] == speedup.ROUND_SECONDS and asked["runs"] == 40 and asked["rounds"] == 4
+
+
+class _Sources:
+    """ExportCache's interface, without exporting: an entry (path, inputs, key) per Program."""
+
+    def get(self, program, key=None):
+        return ("model.onnx", (np.ones((1, 8), np.float32),), str(id(program)))

@@ -372,3 +372,15 @@ def test_a_budget_times_its_files_at_the_opset_the_model_is_delivered_at(monkeyp
     finally:
         pair.close()
     assert {exporter for exporter, _ in asked} == {"torchscript", "dynamo"} and {opset for _, opset in asked} == {20}
+
+
+def test_a_round_with_seconds_times_whole_passes_until_they_have_passed():
+    """Calls of 2 s and 1 s, blocks of 2, 10 runs asked: a pass takes 6 s, so 7 s let a second pass begin, not a
+    third; without `seconds` every run is timed; a first pass is timed whatever `seconds` says."""
+    from prunefx.runtime.measure.timing_loop import alternate
+
+    for seconds, passes in ((7.0, 2), (None, 5), (0.0, 1)):
+        clock = FakeClock()
+        a, b = clock.callable_taking([2000.0] * 100), clock.callable_taking([1000.0] * 100)
+        blocks_a, blocks_b = alternate(a, b, 0, 10, 2, 0, clock, seconds=seconds)
+        assert len(blocks_a) == len(blocks_b) == passes and all(len(block) == 2 for block in blocks_a)

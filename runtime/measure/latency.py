@@ -125,7 +125,8 @@ def compare_rounds(make_a: Callable[[], Callable[[], object]], make_b: Callable[
                    rounds: int = 4, warmup: int = 10, runs: int = 100, block: int = 10, settle: int = 2,
                    threads: int | None = None, progress: bool = False,
                    clock: Clock = time.perf_counter, processes: bool = False,
-                   until: Callable[[float, float], bool] | None = None) -> LatencyComparison:
+                   until: Callable[[float, float], bool] | None = None,
+                   seconds: float | None = None) -> LatencyComparison:
     """`compare_latency` over `rounds` fresh pairs of callables (`make_a()`, `make_b()`: new ONNX Runtime
     sessions, say), `runs` timed calls per side in all. Why: fresh sessions of one process spread wider than
     one pair's interval, which covers its blocks' noise but not where the next session lands. The
@@ -138,7 +139,9 @@ def compare_rounds(make_a: Callable[[], Callable[[], object]], make_b: Callable[
 
     `until(low, high)`: checked on the interval after each round from the second on; True stops there (a
     confirmation whose interval already clears or misses its budget), with the runs measured so far. Those looks
-    are judged at a stricter confidence (EARLY_LOOKS_SHARE), and the result states the confidence it has."""
+    are judged at a stricter confidence (EARLY_LOOKS_SHARE), and the result states the confidence it has.
+    `seconds`: each round times whole passes of blocks until that long has passed (at least one pass, at most its
+    share of `runs`): the rounds are the interval's units, and a slow model's few long calls give a round's median."""
     _check_counts(warmup, runs)
     _check_blocks(block, settle)
     if rounds < 1 or runs < rounds:
@@ -149,7 +152,8 @@ def compare_rounds(make_a: Callable[[], Callable[[], object]], make_b: Callable[
         for index in range(rounds):
             share = runs // rounds + (index < runs % rounds)
             task = (make_a, make_b, warmup, share, block, settle, clock, threads)
-            got_a, got_b, threads_a, threads_b = _round_in_process(task) if processes else timing_round(*task, bar=bar)
+            got_a, got_b, threads_a, threads_b = (_round_in_process(task, seconds) if processes else
+                                                  timing_round(*task, bar=bar, seconds=seconds))
             if processes:
                 bar.update(share)
             blocks_a, blocks_b, round_of = blocks_a + got_a, blocks_b + got_b, round_of + [index] * len(got_a)
@@ -168,11 +172,11 @@ def _stops(until: Callable[[float, float], bool], interval: tuple[float, float] 
 
 
 def timing_round(make_a, make_b, warmup: int, runs: int, block: int, settle: int, clock: Clock,
-                 threads: int | None, bar=None) -> tuple[list, list, int | None, int | None]:
+                 threads: int | None, bar=None, seconds: float | None = None) -> tuple[list, list, int | None, int | None]:
     """One round of compare_rounds: a fresh pair of callables, warmed up, then alternated."""
     fn_a, fn_b = make_a(), make_b()
     with _timed(fn_a, fn_b) as (call_a, call_b):
-        got_a, got_b = alternate(call_a, call_b, warmup, runs, block, settle, clock, bar)
+        got_a, got_b = alternate(call_a, call_b, warmup, runs, block, settle, clock, bar, seconds)
     return got_a, got_b, _threads_of(fn_a, threads), _threads_of(fn_b, threads)
 
 
@@ -195,14 +199,14 @@ def _timed(*fns: Callable[[], object]) -> Iterator[list[Callable[[], object]]]:
         yield [stack.enter_context(fn.timed_calls()) if hasattr(fn, "timed_calls") else fn for fn in fns]
 
 
-def _round_in_process(task: tuple) -> tuple[list, list, int | None, int | None]:
+def _round_in_process(task: tuple, seconds: float | None = None) -> tuple[list, list, int | None, int | None]:
     """`timing_round` in a fresh interpreter (runtime/measure/rounds.py), the task and its blocks passed as pickles in
     a private temporary folder. Not multiprocessing: its spawn re-runs the caller's main script, which breaks
     a user's script that calls prunefx without an `if __name__ == "__main__"` guard; a fork would inherit this
     process's memory layout, the thing a fresh process is for."""
     with tempfile.TemporaryDirectory(prefix="prunefx-round-") as folder:
         request, answer = Path(folder, "round.pickle"), Path(folder, "blocks.pickle")
-        request.write_bytes(pickle.dumps(_round_request(task)))
+        request.write_bytes(pickle.dumps(_round_request(task, seconds)))
         done = subprocess.run([sys.executable, str(Path(__file__).with_name("rounds.py")), str(request),
                                str(answer)], capture_output=True, text=True)
         if done.returncode != 0 or not answer.exists():
@@ -212,14 +216,14 @@ def _round_in_process(task: tuple) -> tuple[list, list, int | None, int | None]:
         return pickle.loads(answer.read_bytes())
 
 
-def _round_request(task: tuple) -> dict:
+def _round_request(task: tuple, seconds: float | None = None) -> dict:
     """Plain ONNX Runtime sessions where both makers can describe theirs (runners.OnnxRunnerMaker) and the clock
     is the default one: their round then imports neither prunefx nor torch. Any other makers travel pickled."""
     make_a, make_b, warmup, runs, block, settle, clock, threads = task
     if clock is time.perf_counter and all(isinstance(make, DescribedSession) for make in (make_a, make_b)):
         return {"kind": "sessions", "a": make_a.round_request(), "b": make_b.round_request(), "warmup": warmup,
-                "runs": runs, "block": block, "settle": settle, "threads": threads}
-    return {"kind": "pickled", "sys_path": list(sys.path), "task": pickle.dumps(task)}
+                "runs": runs, "block": block, "settle": settle, "threads": threads, "seconds": seconds}
+    return {"kind": "pickled", "sys_path": list(sys.path), "task": pickle.dumps(task), "seconds": seconds}
 
 
 def comparison_of_blocks(blocks_a: list, blocks_b: list, round_of: list[int], threads_a=None, threads_b=None,

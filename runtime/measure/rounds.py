@@ -37,7 +37,7 @@ def _time_sessions(header: dict) -> tuple[list, list, int, int]:
     loop, options = _neighbour("timing_loop", HERE), _neighbour("options", HERE.parent / "ort")
     run_a, run_b = (_session_runner(options, header[side]) for side in ("a", "b"))
     got_a, got_b = loop.alternate(run_a, run_b, header["warmup"], header["runs"], header["block"], header["settle"],
-                                  time.perf_counter)
+                                  time.perf_counter, None, header.get("seconds"))
     threads = header["threads"]
     return got_a, got_b, threads or header["a"]["threads"], threads or header["b"]["threads"]
 
@@ -69,7 +69,7 @@ def _time_pickled(header: dict) -> tuple:
         timing_round,  # the package, only for makers that need it anyway
     )
 
-    return timing_round(*pickle.loads(header["task"]))
+    return timing_round(*pickle.loads(header["task"]), seconds=header.get("seconds"))
 
 
 def _neighbour(name: str, folder: Path):

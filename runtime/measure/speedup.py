@@ -33,6 +33,10 @@ from prunefx.runtime.ort.threads import LATENCY_THREADS
 
 Measure = Callable[[Program, Program], float]
 CONFIRM_ROUNDS = 4  # fresh processes a confirmation spreads its runs over (latency.compare_rounds)
+# A confirmation's round times whole passes of blocks until this long has passed (at least one pass): a model whose
+# calls take a third of a second (a ViT-L on 2 cores) then takes 10 runs a side per round, not 30, and a round's
+# median of long calls is steady; the interval, over the rounds, widens where that costs precision
+ROUND_SECONDS = 5.0
 # (before, after) -> (before ms, after ms, spread): medians measured side by side, and the after side's
 # p90/median - 1 (how noisy the measurement was), for passes that meet a latency budget
 LatencyPair = Callable[[Program, Program], tuple[float, float, float]]
@@ -154,7 +158,7 @@ def onnx_latency_pair(*, threads: int = LATENCY_THREADS, runs: int = 50, warmup:
 
     Its `confirm` method is the same measurement made longer (`confirm_runs` timed runs each, 4x `runs`
     by default, twice the warm-up, over `confirm_rounds` fresh processes: runtime/measure/latency.py's
-    compare_rounds says why), cached apart, answering a `Timing` with the interval of the
+    compare_rounds says why; fewer where a round's passes of blocks outlast ROUND_SECONDS), cached apart, answering a `Timing` with the interval of the
     speed-up (ratio_interval): prune_to_budget accepts a candidate only when that interval's
     lower bound clears the budget, because one short measurement on a loaded machine can be off by 20 %.
     Its `confirm_longer` doubles the runs and the processes, for a candidate whose interval holds the budget
@@ -192,7 +196,7 @@ def _onnx_runtime_pair(exports: ExportCache, sessions: dict, *, runs: int, warmu
         if rounds == 1:
             return timing_of(compare_latency(makers[0](), makers[1](), warmup=warmup, runs=runs, threads=threads))
         return timing_of(compare_rounds(*makers, rounds=min(rounds, runs), warmup=warmup, runs=runs, threads=threads,
-                                        processes=True, until=decided(against)))
+                                        processes=True, until=decided(against), seconds=ROUND_SECONDS))
 
     return cached_pair(exports, timed, stops_early=rounds > 1)
 

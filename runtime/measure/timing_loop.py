@@ -23,23 +23,29 @@ WARM_SECONDS = 1.0
 
 
 def alternate(fn_a: Callable[[], object], fn_b: Callable[[], object], warmup: int, runs: int, block: int,
-              settle: int, clock: Callable[[], float], bar=None) -> tuple[list, list]:
+              settle: int, clock: Callable[[], float], bar=None, seconds: float | None = None) -> tuple[list, list]:
     """Warm-up call by call (`warmup` calls per side, or WARM_SECONDS), then `runs` timed calls per side in
     alternating blocks of up to `block`, each block after `settle` untimed calls (see runtime/measure/latency.py's
     compare_latency); the blocks, in seconds. The side that goes first alternates too (a b, b a, a b, ...): a
-    machine that drifts during the measurement, or favours the block after a switch, then favours neither side."""
-    blocks_a, blocks_b = alternate_all((fn_a, fn_b), warmup, runs, block, settle, clock, bar)
+    machine that drifts during the measurement, or favours the block after a switch, then favours neither side.
+    `seconds`: no pair of blocks begins once that long has passed since the first (see alternate_all)."""
+    blocks_a, blocks_b = alternate_all((fn_a, fn_b), warmup, runs, block, settle, clock, bar, seconds)
     return blocks_a, blocks_b
 
 
 def alternate_all(fns: tuple[Callable[[], object], ...], warmup: int, runs: int, block: int, settle: int,
-                  clock: Callable[[], float], bar=None) -> list[list[list[float]]]:
+                  clock: Callable[[], float], bar=None, seconds: float | None = None) -> list[list[list[float]]]:
     """`alternate` for any number of callables (a benchmark's variants timed side by side): block i of every
-    callable is timed in pass i, in order on even passes and reversed on odd ones; the blocks of each, in seconds."""
+    callable is timed in pass i, in order on even passes and reversed on odd ones; the blocks of each, in seconds.
+    `seconds`: fewer runs than `runs` where a pass of blocks is long, whole passes (at least one) until that long
+    has passed (a slow model's round: its calls are long, so few of them give a steady median)."""
     bar = bar if bar is not None else NoBar()
     warm(fns, warmup, clock)
     blocks: list[list[list[float]]] = [[] for _ in fns]
+    started = clock()
     while sum(map(len, blocks[0])) < runs:
+        if blocks[0] and seconds is not None and clock() - started >= seconds:
+            break
         size = min(block, runs - sum(map(len, blocks[0])))
         for fn, timed in in_turn(tuple(zip(fns, blocks)), len(blocks[0])):
             for _ in range(settle):
