@@ -406,3 +406,21 @@ class _Sources:
 
     def get(self, program, key=None):
         return ("model.onnx", (np.ones((1, 8), np.float32),), str(id(program)))
+
+
+def test_the_onnx_search_reading_caps_its_passes_at_round_seconds_too(monkeypatch):
+    from prunefx.runtime.measure import speedup
+
+    asked = {}
+
+    def recording(fn_a, fn_b, **kwargs):
+        asked.update(kwargs)
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(speedup, "compare_latency", recording)
+    monkeypatch.setattr(speedup, "OnnxRunnerMaker", lambda path, inputs, **sessions: lambda: path)
+    timed = speedup._onnx_runtime_pair(_Sources(), {"threads": 1, "spinning": True, "flush_denormals": None},
+                                       runs=30, warmup=2)
+    with pytest.raises(RuntimeError, match="recorded"):
+        timed(object(), object())
+    assert asked["seconds"] == speedup.ROUND_SECONDS and asked["runs"] == 30

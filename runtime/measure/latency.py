@@ -111,13 +111,15 @@ def measure_latency(fn: Callable[[], object], *, warmup: int = 10, runs: int = 5
 
 def compare_latency(fn_a: Callable[[], object], fn_b: Callable[[], object], *, warmup: int = 10,
                     runs: int = 50, block: int = 10, settle: int = 2, threads: int | None = None,
-                    progress: bool = False, clock: Clock = time.perf_counter) -> LatencyComparison:
+                    progress: bool = False, clock: Clock = time.perf_counter,
+                    seconds: float | None = None) -> LatencyComparison:
     """Measure `fn_a` and `fn_b` alternately: warm-up a, b, a, b, ...; then pairs of blocks of `settle` untimed and
-    up to `block` timed calls of each, a first then b first by turns, until each side has `runs` timed calls."""
+    up to `block` timed calls of each, a first then b first by turns, until each side has `runs` timed calls
+    (`seconds`: or until that long has passed, after at least one pair of blocks; timing_loop.alternate_all)."""
     _check_counts(warmup, runs)
     _check_blocks(block, settle)
     with _bar(progress, "latency a/b", total=runs) as bar, _timed(fn_a, fn_b) as (call_a, call_b):
-        blocks_a, blocks_b = alternate(call_a, call_b, warmup, runs, block, settle, clock, bar)
+        blocks_a, blocks_b = alternate(call_a, call_b, warmup, runs, block, settle, clock, bar, seconds)
     return comparison_of_blocks(blocks_a, blocks_b, [0] * len(blocks_a), _threads_of(fn_a, threads), _threads_of(fn_b, threads))
 
 

@@ -33,9 +33,9 @@ from prunefx.runtime.ort.threads import LATENCY_THREADS
 
 Measure = Callable[[Program, Program], float]
 CONFIRM_ROUNDS = 4  # fresh processes a confirmation spreads its runs over (latency.compare_rounds)
-# A confirmation's round times whole passes of blocks until this long has passed (at least one pass): a model whose
-# calls take a third of a second (a ViT-L on 2 cores) then takes 10 runs a side per round, not 30, and a round's
-# median of long calls is steady; the interval, over the rounds, widens where that costs precision
+# A search reading, and each round of a confirmation, times whole passes of blocks until this long has passed (at
+# least one pass): a model whose calls take a third of a second (a ViT-L on 2 cores) then takes 10 runs a side, not
+# 30, and a median of long calls is steady (a confirmation's interval, over its rounds, widens where it is not)
 ROUND_SECONDS = 5.0
 # (before, after) -> (before ms, after ms, spread): medians measured side by side, and the after side's
 # p90/median - 1 (how noisy the measurement was), for passes that meet a latency budget
@@ -194,7 +194,8 @@ def _onnx_runtime_pair(exports: ExportCache, sessions: dict, *, runs: int, warmu
     def timed(a: tuple[Path, tuple, str], b: tuple[Path, tuple, str], against: float | None = None):
         makers = [OnnxRunnerMaker(path, inputs, **sessions) for path, inputs, _ in (a, b)]
         if rounds == 1:
-            return timing_of(compare_latency(makers[0](), makers[1](), warmup=warmup, runs=runs, threads=threads))
+            return timing_of(compare_latency(makers[0](), makers[1](), warmup=warmup, runs=runs, threads=threads,
+                                             seconds=ROUND_SECONDS))
         return timing_of(compare_rounds(*makers, rounds=min(rounds, runs), warmup=warmup, runs=runs, threads=threads,
                                         processes=True, until=decided(against), seconds=ROUND_SECONDS))
 
