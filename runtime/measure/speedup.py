@@ -158,9 +158,10 @@ def onnx_latency_pair(*, threads: int = LATENCY_THREADS, runs: int = 50, warmup:
 
     Its `confirm` method is the same measurement made longer (`confirm_runs` timed runs each, 4x `runs`
     by default, twice the warm-up, over `confirm_rounds` fresh processes: runtime/measure/latency.py's
-    compare_rounds says why; fewer where a round's passes of blocks outlast ROUND_SECONDS), cached apart, answering a `Timing` with the interval of the
-    speed-up (ratio_interval): prune_to_budget accepts a candidate only when that interval's
-    lower bound clears the budget, because one short measurement on a loaded machine can be off by 20 %.
+    compare_rounds says why; fewer where a round's passes of blocks outlast ROUND_SECONDS), cached apart,
+    answering a `Timing` with the interval of the speed-up (ratio_interval): prune_to_budget accepts a
+    candidate only when that interval's lower bound clears the budget, because one short measurement on a
+    loaded machine can be off by 20 %.
     Its `confirm_longer` doubles the runs and the processes, for a candidate whose interval holds the budget
     (passes/budget/measurement.py's LongerMeasurer).
     Its `round_to` is this CPU's width multiple for ONNX Runtime (16 with AVX-512, else 8). `spinning` and
