@@ -169,9 +169,8 @@ def onnx_latency_pair(*, threads: int = LATENCY_THREADS, runs: int = 50, warmup:
 
     A search measures many candidates and only confirms a few, and a dynamo export costs far more than
     the timing on small models (docs/design.md, 'Runtime and measurement'). So the search's measurement exports
-    with `search_exporter`
-    (TorchScript by default), and the confirmation, which alone accepts a candidate, times the files
-    prunefx delivers (dynamo). A fake-quantized Program always goes through the INT8 lowering."""
+    with `search_exporter` (TorchScript by default), and the confirmation, which alone accepts a candidate,
+    times the files prunefx delivers (dynamo). A fake-quantized Program always goes through the INT8 lowering."""
     float32 = functools.partial(require_float32, runtime="ONNX Runtime")
     search = ExportCache(batch, search_exporter, check=float32, opset=opset)  # shared: the dense model is exported once per search
     # an INT8 candidate's file is the same whatever the exporter (the INT8 lowering): confirmed, it is not exported again
