@@ -224,3 +224,53 @@ def test_a_candidate_whose_interval_holds_the_budget_is_measured_longer_and_acce
     # a wide confirmation alone never clears S inside the window: here the search gives up instead
     with pytest.raises(BudgetUnreachable, match=r"interval 1\.9"):
         prune_to_budget(small.clone(), config={"speedup": BUDGET, "latency": Straddling(longer=False), "round_to": 1})
+
+
+class BelowTheFloor:
+    """True speed-up EFFICIENCY_LOW x the MACs ratio, up to `ceiling`: the first guess (aimed at 2.15x) reads
+    2.03x, in [S, 1.05 S). The confirmation's interval is +-15 % (the budget always inside it), the longer one's
+    +-1 %; `longer_calls` counts the longer ones, `longer_of` the speed-ups they were asked of."""
+
+    round_to = None
+
+    def __init__(self, ceiling: float = 10.0):
+        self.ceiling, self.longer_calls, self.longer_of = ceiling, 0, []
+
+    def __call__(self, dense, candidate):
+        return 1.0, 1.0 / min(0.944 * count(dense).macs / count(candidate).macs, self.ceiling), 0.02
+
+    def _within(self, dense, candidate, half: float) -> Timing:
+        dense_ms, ms, spread = self(dense, candidate)
+        return Timing(dense_ms, ms, spread, (1 - half) * dense_ms / ms, (1 + half) * dense_ms / ms, 0.9, "fixed")
+
+    def confirm(self, dense, candidate) -> Timing:
+        return self._within(dense, candidate, 0.15)
+
+    def confirm_longer(self, dense, candidate) -> Timing:
+        self.longer_calls += 1
+        self.longer_of.append(self(dense, candidate)[0] / self(dense, candidate)[1])
+        return self._within(dense, candidate, 0.01)
+
+
+def test_a_point_below_the_floor_is_not_measured_longer_while_the_search_can_still_land_above_it(small):
+    """Its longer reading could not make it accepted (its point is below 1.05 S): only the candidate above the floor
+    is measured longer (on a ViT-L/16 a longer measurement is 8 processes of 10 s or more)."""
+    measurer = BelowTheFloor()
+    result = prune_to_budget(small.clone(), config={"speedup": BUDGET, "latency": measurer, "round_to": 1})
+    first, chosen = result.stats["trace"][0], result.stats["chosen"]
+    assert BUDGET <= first["speedup"] < 1.05 * BUDGET and not first.get("longer")
+    assert chosen["speedup"] >= 1.05 * BUDGET and chosen.get("longer") is True
+    assert measurer.longer_calls == 1 and measurer.longer_of[0] >= 1.05 * BUDGET
+
+
+def test_the_search_s_last_resort_measures_longer_the_point_it_left_below_the_floor(small):
+    """No candidate can clear 1.05 S (the speed-up stops at 2.08x): the least pruned whose interval holds S is then
+    measured longer, its lower bound clears S, and it is returned, as before its longer reading was put off."""
+    measurer = BelowTheFloor(ceiling=2.08)
+    result = prune_to_budget(small.clone(), config={"speedup": BUDGET, "latency": measurer, "round_to": 1})
+    chosen = result.stats["chosen"]
+    assert chosen.get("longer") is True and chosen["interval"]["low"] >= BUDGET
+    assert BUDGET <= chosen["speedup"] < 1.05 * BUDGET and measurer.longer_calls >= 1
+    straddling = [row for row in result.stats["trace"] if row.get("interval") and row["interval"]["low"] < BUDGET
+                  <= row["speedup"] and row["macs_kept"] > count(result.program).macs / count(small).macs + 1e-6]
+    assert not straddling  # no less pruned candidate was left undecided

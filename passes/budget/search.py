@@ -194,15 +194,25 @@ class Acceptance:
         drive(self.confirming(measured, dense, candidate), latency)
         return measured
 
-    def confirming(self, measured: Measured, dense: Program, candidate: Program) -> Steps:
+    def confirming(self, measured: Measured, dense: Program, candidate: Program, *,
+                   longer_below_floor: bool = True) -> Steps:
         """Confirm `measured` (once), and measure longer still where the budget lies inside the interval
-        (Measured.straddles): the step every search takes before it relies on a reading."""
+        (Measured.straddles): the step every search takes before it relies on a reading. `longer_below_floor`
+        False: not where the point lies below S times the floor, which no longer reading lets `meets` accept (a
+        search whose last resort is such a candidate measures it longer then)."""
         # each measurement is judged against S: the measurer may stop once its interval settles it
         yield from measured.confirming(dense, candidate, self.wanted(measured))
+        if self.wants_longer(measured, below_floor=longer_below_floor):
+            yield from measured.confirming_longer(dense, candidate, self.wanted(measured))
+
+    def wants_longer(self, measured: Measured, *, below_floor: bool = True) -> bool:
+        """Confirmed with the budget inside its interval, not yet measured longer (and, unless `below_floor`, with
+        its point at S times the floor or above). No window (tolerance None) holds no point but S itself: nothing
+        to settle by measuring longer."""
         wanted = self.wanted(measured)  # after the confirmation: a latency budget reads its dense median
-        # no window (tolerance None) holds no point but S itself: nothing to settle by measuring longer
-        if measured.straddles(wanted, self.tolerance or 0.0):
-            yield from measured.confirming_longer(dense, candidate, wanted)
+        if measured.longer or not measured.straddles(wanted, self.tolerance or 0.0):
+            return False
+        return below_floor or measured.speedup >= self.floor * wanted
 
 
 def budget_text(speedup: float | None, latency_ms: float | None) -> str:

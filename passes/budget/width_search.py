@@ -127,9 +127,12 @@ class WidthSearch:
                      if c.same_as is None and _shapes(c.result.program) == shapes), None)
 
     def confirming(self, candidate: WidthCandidate) -> Steps:
-        """Confirmed; measured longer still where the budget lies inside the interval (Measured.straddles)."""
+        """Confirmed; measured longer still where the budget lies inside the interval (Measured.straddles) and
+        its point could be accepted: one below S times the floor is measured longer only if the search ends
+        without a candidate that clears the floor (_met_below_floor)."""
         if self.settings.confirm:
-            yield from self.rule.confirming(candidate.measured, self.dense, candidate.result.program)
+            yield from self.rule.confirming(candidate.measured, self.dense, candidate.result.program,
+                                            longer_below_floor=False)
         return candidate
 
     def steps(self) -> Steps:
@@ -152,7 +155,7 @@ class WidthSearch:
             if following is None:
                 break
             fraction = following
-        good = (yield from self._confirmed_good()) or self._met_below_floor()
+        good = (yield from self._confirmed_good()) or (yield from self._met_below_floor())
         if good is None:
             best = max(self.trace, key=lambda c: c.measured.lower_bound)
             raise BudgetUnreachable(self._unreachable(best), dimension="width", best=best.measured,
@@ -185,11 +188,21 @@ class WidthSearch:
                 return good
             yield from self.confirming(good)
 
-    def _met_below_floor(self) -> WidthCandidate | None:
+    def _met_below_floor(self) -> Steps:
         """None cleared the floor, widths too coarse to land above it: the least pruned whose confirmed lower bound
-        clears S."""
-        plain = [c for c in self.trace if (c.measured.confirmed or not self.settings.confirm) and self._bound_clears(c)]
-        return max(plain, key=lambda c: c.fraction, default=None)
+        clears S. A less pruned one whose interval holds S, not measured longer while it could not be accepted,
+        is measured longer now (the least pruned first), and taken if its lower bound then clears S."""
+        tried: set[int] = set()  # each at most once, even where the measurer has no longer measurement
+        while True:
+            plain = [c for c in self.trace if (c.measured.confirmed or not self.settings.confirm) and self._bound_clears(c)]
+            best = max(plain, key=lambda c: c.fraction, default=None)
+            undecided = [c for c in self.trace if c.same_as is None and id(c) not in tried
+                         and self.rule.wants_longer(c.measured) and (best is None or c.fraction > best.fraction)]
+            if not undecided:
+                return best
+            chosen = max(undecided, key=lambda c: c.fraction)
+            tried.add(id(chosen))
+            yield from self.rule.confirming(chosen.measured, self.dense, chosen.result.program)
 
     def _bracket(self) -> tuple[WidthCandidate | None, WidthCandidate | None]:
         """The least pruned candidate that met the budget and the most pruned one that missed it, by the
