@@ -210,9 +210,11 @@ class Straddling(Optimistic):
     def confirm(self, dense, candidate) -> Timing:
         return self._within(dense, candidate, 0.15)
 
+    LONGER_HALF = 0.04
+
     def confirm_longer(self, dense, candidate) -> Timing:
         self.longer_calls += 1
-        return self._within(dense, candidate, 0.04)
+        return self._within(dense, candidate, self.LONGER_HALF)
 
 
 def test_a_candidate_whose_interval_holds_the_budget_is_measured_longer_and_accepted_inside_the_window(small):
@@ -226,30 +228,24 @@ def test_a_candidate_whose_interval_holds_the_budget_is_measured_longer_and_acce
         prune_to_budget(small.clone(), config={"speedup": BUDGET, "latency": Straddling(longer=False), "round_to": 1})
 
 
-class BelowTheFloor:
-    """True speed-up EFFICIENCY_LOW x the MACs ratio, up to `ceiling`: the first guess (aimed at 2.15x) reads
-    2.03x, in [S, 1.05 S). The confirmation's interval is +-15 % (the budget always inside it), the longer one's
-    +-1 %; `longer_calls` counts the longer ones, `longer_of` the speed-ups they were asked of."""
+class BelowTheFloor(Straddling):
+    """Straddling, with a true speed-up of 0.944 x the MACs ratio, up to `ceiling`: the first guess (aimed at
+    2.15x) reads 2.03x, in [S, 1.05 S). The longer confirmation's interval is +-1 %; `longer_of` holds the
+    speed-ups the longer ones were asked of."""
 
-    round_to = None
+    LONGER_HALF = 0.01
 
     def __init__(self, ceiling: float = 10.0):
-        self.ceiling, self.longer_calls, self.longer_of = ceiling, 0, []
+        super().__init__()
+        self.ceiling, self.longer_of = ceiling, []
 
     def __call__(self, dense, candidate):
         return 1.0, 1.0 / min(0.944 * count(dense).macs / count(candidate).macs, self.ceiling), 0.02
 
-    def _within(self, dense, candidate, half: float) -> Timing:
-        dense_ms, ms, spread = self(dense, candidate)
-        return Timing(dense_ms, ms, spread, (1 - half) * dense_ms / ms, (1 + half) * dense_ms / ms, 0.9, "fixed")
-
-    def confirm(self, dense, candidate) -> Timing:
-        return self._within(dense, candidate, 0.15)
-
     def confirm_longer(self, dense, candidate) -> Timing:
-        self.longer_calls += 1
-        self.longer_of.append(self(dense, candidate)[0] / self(dense, candidate)[1])
-        return self._within(dense, candidate, 0.01)
+        dense_ms, ms, _ = self(dense, candidate)
+        self.longer_of.append(dense_ms / ms)
+        return super().confirm_longer(dense, candidate)
 
 
 def test_a_point_below_the_floor_is_not_measured_longer_while_the_search_can_still_land_above_it(small):
