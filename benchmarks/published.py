@@ -57,6 +57,10 @@ RUNS = (
         lane="bench", minutes=17),
     # every case of four models and ViT-g/14's uncalibrated one, 3 rounds
     Run("tool_speed", "tool_speed", ("--timeout", "300"), lane="bench", minutes=40),
+    # ViT-L/16's --speedup 2 case alone, run to its end (the table above stops it at 300 s)
+    Run("tool_speed_vit_l16_budget", "tool_speed",
+        ("--pair", "vit_l16", "speedup", "--repeat", "1", "--timeout", "900", "--results-name",
+         "tool_speed_vit_l16_budget"), minutes=6),
     # where the calibrated case's time goes, stage by stage (the tool-speed page's last table)
     Run("tool_profile", "tool_profile", lane="bench", minutes=4),
     # how fast `prunefx CMD --help` and a mistyped flag answer
