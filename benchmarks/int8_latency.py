@@ -125,6 +125,9 @@ def calibration(images: torch.Tensor) -> list[tuple[torch.Tensor]]:
     return [(x.unsqueeze(0),) for x in torch.cat([first, first.flip(-1)])]
 
 
+PRUNED_ROUND_TO = 16  # part 1's pruned widths: the multiple ONNX Runtime's INT8 kernels run well (int8_after_pruning)
+
+
 def pruned(program: Program, round_to: int) -> Program:
     program = program.clone().eval()
     remove_channels(program, config={"macs": 0.5, "importance": "l2", "ranking": "global", "round_to": round_to,
@@ -138,14 +141,22 @@ def int8_file(program: Program, path: Path, batches, method: str) -> Path:
     return export_quantized_onnx(quantized, path, activations=onnxruntime_lowering()).path
 
 
-def int8_pair_files(name: str, images: torch.Tensor, folder: Path) -> dict[str, Path]:
+def int8_pair_files(name: str, images: torch.Tensor, folder: Path, *,
+                    pruned_round_to: int | None = None) -> dict[str, Path]:
     """The 224x224 model `name` as FP32, prunefx INT8 (mse) and quantize_static U8 files under `folder`, both
-    INT8 files calibrated on `calibration(images)`: the pair that int8_profile and int8_head_to_head compare."""
+    INT8 files calibrated on `calibration(images)`: the pair that int8_profile and int8_head_to_head compare.
+    `pruned_round_to`: also the model pruned as run_model prunes it (half the MACs, widths on that multiple), as
+    FP32 and prunefx INT8 ("pruned fp32", "pruned int8")."""
     batches = calibration(images)
     dense = capture(build(name), torch.randn(1, 3, 224, 224), name=name).eval()
     fp32 = export_onnx(dense, folder / "fp32.onnx").path
-    return {"fp32": fp32, "prunefx int8": int8_file(dense, folder / "int8.onnx", batches, "mse"),
-            "ort u8": quantize_static_file(fp32, folder / "ort_u8.onnx", batches, activations="u8")}
+    files = {"fp32": fp32, "prunefx int8": int8_file(dense, folder / "int8.onnx", batches, "mse"),
+             "ort u8": quantize_static_file(fp32, folder / "ort_u8.onnx", batches, activations="u8")}
+    if pruned_round_to is not None:
+        small = pruned(dense, pruned_round_to)
+        files["pruned fp32"] = export_onnx(small, folder / "pruned_fp32.onnx").path
+        files["pruned int8"] = int8_file(small, folder / "pruned_int8.onnx", batches, "mse")
+    return files
 
 
 def peer_files(fp32: Path, folder: Path, batches) -> dict[str, Path | str]:
@@ -235,7 +246,7 @@ def run_model(name: str, images, labels, args) -> dict:
     dense = capture(build(name), torch.randn(1, 3, 224, 224), name=name).eval()
     with tempfile.TemporaryDirectory(prefix="prunefx-int8-") as tmp:
         folder = Path(tmp)
-        small = pruned(dense, 16)
+        small = pruned(dense, PRUNED_ROUND_TO)
         files = {"fp32": export_onnx(dense, folder / f"{name}.onnx").path,
                  "int8": int8_file(dense, folder / f"{name}_int8.onnx", batches, args.method),
                  "pruned fp32": export_onnx(small, folder / f"{name}_pruned.onnx").path,

@@ -123,7 +123,7 @@ RUNS = (
         minutes=2),
     Run("int8_head_to_head", "int8_head_to_head", minutes=3),
     Run("int8_methods", "int8_methods", minutes=11),
-    Run("int8_profile", "int8_profile", ("--models", "mobilenet_v2", "resnet50", "efficientnet_b0", "--runs", "100"),
+    Run("int8_profile", "int8_profile", ("--models", "mobilenet_v2", "resnet50", "efficientnet_b0", "vit_s16", "--runs", "100"),
         minutes=1),
     Run("plain_loop_recovery", "plain_loop_recovery", minutes=2),
     Run("process_rounds", "process_rounds", ("--repeats", "6"), minutes=2),

@@ -48,8 +48,8 @@ class ChooseForBudgetConfig(PassConfig):
                          cli=False)
     int8: dict = option({}, help="quantize_int8 options (method, percentile, sensitive, ...)", cli=False)
     int8_round_to: int = option(16, low=1, help="with INT8 in the combination, pruned widths are also multiples of "
-                                                 "this: ONNX Runtime's x86 INT8 kernels lose their gain on widths "
-                                                 "that are multiples of 8 only")
+                                                 "this: ONNX Runtime's x86 kernels run pruned widths on multiples "
+                                                 "of 16 at least as well as on multiples of 8")
     proxy_batches: int = option(4, low=1, help="calibration batches the KL damage proxy is read on")
     recalibrate: bool = option(True, help="re-estimate the batch norms of a pruned or merged candidate on the "
                                           "calibration batches before it is quantized and scored")
