@@ -105,6 +105,7 @@ RUNS = (
     # its three studies: the CNNs at 2x and 4x, at equal latency, the ViT
     Run("budget_choice", "budget_choice", minutes=30),
     Run("combing_time", "combing_time", minutes=1),
+    Run("gelu_opset", "gelu_opset", minutes=4, guessed=True),
     Run("latency_choice_speed", "latency_choice_speed", minutes=2),
     Run("data_loading", "data_loading", minutes=2),
     Run("data_loading_routes", "data_loading",
