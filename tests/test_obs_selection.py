@@ -394,3 +394,35 @@ def test_the_columns_of_a_channel_are_those_carrying_its_classes(column_classes,
     layer = LayerInput("layer", np.array(column_classes, dtype=np.int64))
     found = layer.column_indices(np.array(classes, dtype=np.int64))
     assert found.tolist() == np.flatnonzero(np.isin(layer.column_classes, classes)).tolist()
+
+
+class Pooled(nn.Module):
+    """A convolution read by a classifier after global pooling: one calibration row per image for the classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 5)
+
+    def features(self, x):
+        return torch.relu(self.a(x)).mean(dim=(2, 3))
+
+    def forward(self, x):
+        return self.b(self.features(x))
+
+
+def test_a_layer_with_fewer_calibration_rows_than_columns_charges_each_channel_its_uncompensated_error():
+    # 4 images: 4 rows for the classifier's 8 columns, which a compensation would fit exactly whatever went
+    torch.manual_seed(0)
+    model = Pooled().eval()
+    images = torch.randn(4, 3, 8, 8)
+    program = capture(model, images).eval()
+    combing = find_channel_groups(program.module)
+    at = _positions(combing, "a.weight")
+    scores = channel_importance(program.module, combing, "obs", calibration=[(images,)], damping=1e-8).scores[0]
+    with torch.no_grad():  # the oracle: ||X_c w_c^T||^2 / ||X W^T||^2 from the model's own pooled features
+        pooled, weight = model.features(images).double(), model.b.weight.double()
+        own = pooled.square().sum(0) * weight.square().sum(0) / (pooled @ weight.t()).square().sum()
+    order = torch.argsort(own).tolist()  # removed cheapest first, each scored by the errors gone so far
+    expected = np.cumsum(own[order].numpy())
+    np.testing.assert_allclose([scores[at[c]] for c in order], expected, rtol=1e-6)
+    assert expected[-1] > 0.5  # without a fit, removing every channel costs about the whole output

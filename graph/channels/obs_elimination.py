@@ -175,6 +175,31 @@ class LayerState:
         return kept
 
 
+class UncompensatedState:
+    """A layer with fewer calibration rows than columns, in an elimination: the least-squares compensation of its
+    other columns would reproduce its outputs on those rows exactly, however many channels went, so its OBS error
+    there says nothing of other inputs (ImageNet MobileNetV2's classifier, after global pooling: one row per
+    image). Such a layer charges a channel its error with no compensation, trace(M_c H_cc M_c^T) / energy, which
+    no fit can shrink; the errors of a step's channels add up (their cross terms left out)."""
+
+    def __init__(self, matrix: torch.Tensor, gram_block, energy: float, columns: dict[int, torch.Tensor]):
+        """`gram_block(cols)`: H restricted to the columns `cols` (from H, or from the kept rows)."""
+        kept = {channel: cols for channel, cols in columns.items() if cols.numel()}
+        self.channels = np.array(list(kept), dtype=np.int64)
+        self.values = np.array([max(float((gram_block(cols) * (matrix[:, cols].t() @ matrix[:, cols])).sum()), 0.0)
+                                for cols in kept.values()]) / energy
+        self.by_channel = dict(zip(self.channels.tolist(), self.values.tolist()))
+
+    def add_errors(self, errors: np.ndarray, alive: np.ndarray) -> None:
+        keep = alive[self.channels]
+        errors[self.channels[keep]] += self.values[keep]
+
+    def remove(self, channels) -> float:
+        return sum(self.by_channel.get(channel, 0.0) for channel in channels)
+
+    joint_error = remove
+
+
 def _column_factor(matrix: torch.Tensor) -> torch.Tensor:
     """M^T (a copy) [columns, outputs]; where M has at least twice as many outputs as columns (a ViT's
     qkv and MLP input layers), a factor F [columns, columns] with F F^T = M^T M instead. All the

@@ -27,7 +27,7 @@ from torch.utils._pytree import tree_flatten
 from prunefx.graph.channels.compensation import energy_key, lean_damped_inverse, output_energy
 from prunefx.graph.channels.groups import Combing
 from prunefx.graph.channels.labels import distinct
-from prunefx.graph.channels.obs_elimination import LayerState, eliminate
+from prunefx.graph.channels.obs_elimination import LayerState, UncompensatedState, eliminate
 from prunefx.graph.fingerprint import graph_code
 from prunefx.graph.heap import release_freed_memory
 from prunefx.graph.layer_hessians import iter_hessians
@@ -181,13 +181,16 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
             spec, hessian, rows = item
             del item  # H is freed with the names below, before the next layer's is gathered
             device = (rows.kept if hessian is None else hessian).device
+            # fewer rows than columns: a compensation would fit them exactly (UncompensatedState)
+            fitted_exactly = rows.count < (rows.kept if hessian is None else hessian).shape[1]
             with parts.part("inverses"):
                 matrices, energies = [], []
                 for layer, _ in by_spec[spec]:
                     matrices.append(weight_matrix(module, layer.weight, transposed=layer.transposed).to(device))
                     energies.append(output_energy(matrices[-1], hessian, rows))
+                gram_block = _gram_block(hessian, rows) if fitted_exactly else None
                 # H is read no more: its inverse is written over it (H and a copy of a ViT-L MLP's: 268 MB)
-                inverse = lean_damped_inverse(hessian, damping, rows, overwrite=True)
+                inverse = None if fitted_exactly else lean_damped_inverse(hessian, damping, rows, overwrite=True)
             with parts.part("elimination"):
                 for (layer, positions), matrix, energy in zip(by_spec[spec], matrices, energies):
                     layers += 1
@@ -200,13 +203,16 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
                             by_group[group][index] = torch.from_numpy(cols).to(device)
                     for group, columns in by_group.items():
                         # zero input or zero weights: removing anything costs nothing, the layer is left out
-                        if inverse is not None and energy > 0:
+                        if fitted_exactly and energy > 0:
+                            states[group].append(UncompensatedState(matrix, gram_block, energy, columns))
+                        elif inverse is not None and energy > 0:
                             states[group].append(LayerState(matrix, inverse, energy, columns))  # it keeps a copy
                         waiting[group] -= 1
-                sharing = [state for found in states.values() for state in found if state.base is inverse]
+                sharing = [state for found in states.values() for state in found
+                           if inverse is not None and getattr(state, "base", None) is inverse]
                 if len(sharing) == 1:
                     sharing[0].owned = True  # its downdates may overwrite the inverse: no copy of it is made
-                del hessian, inverse, sharing, matrices  # held by the states sharing it, until their first downdate
+                del hessian, inverse, sharing, matrices, gram_block  # held by the states sharing it, until their first downdate
                 for group in [g for g in states if waiting[g] == 0]:
                     scores[group] = eliminate(combing.groups[group].size, states.pop(group), steps=steps,
                                               removable=None if removable is None else removable[group])
@@ -215,6 +221,14 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
             release_freed_memory()
             bar.update(len(by_spec[spec]))
     return Saliency(scores, read, layers, parts.seconds)
+
+
+def _gram_block(hessian: torch.Tensor | None, rows):
+    """cols -> H restricted to `cols`, from H or, where it was not formed, from the kept calibration rows."""
+    if hessian is not None:
+        return lambda cols: hessian[cols[:, None], cols]
+    kept = rows.kept
+    return lambda cols: kept[:, cols].t() @ kept[:, cols]
 
 
 def _channel_blocks(combing: Combing) -> dict[tuple[int, int], np.ndarray]:
