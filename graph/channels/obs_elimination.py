@@ -188,14 +188,13 @@ class UncompensatedState:
         self.channels = np.array(list(kept), dtype=np.int64)
         self.values = np.array([max(float((gram_block(cols) * (matrix[:, cols].t() @ matrix[:, cols])).sum()), 0.0)
                                 for cols in kept.values()]) / energy
-        self.by_channel = dict(zip(self.channels.tolist(), self.values.tolist()))
 
     def add_errors(self, errors: np.ndarray, alive: np.ndarray) -> None:
         keep = alive[self.channels]
         errors[self.channels[keep]] += self.values[keep]
 
     def remove(self, channels) -> float:
-        return sum(self.by_channel.get(channel, 0.0) for channel in channels)
+        return float(self.values[np.isin(self.channels, list(channels))].sum())
 
     joint_error = remove
 

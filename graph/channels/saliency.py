@@ -180,9 +180,11 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
                 break
             spec, hessian, rows = item
             del item  # H is freed with the names below, before the next layer's is gathered
-            device = (rows.kept if hessian is None else hessian).device
+            gathered_as = rows.kept if hessian is None else hessian
+            device = gathered_as.device
             # fewer rows than columns: a compensation would fit them exactly (UncompensatedState)
-            fitted_exactly = rows.count < (rows.kept if hessian is None else hessian).shape[1]
+            fitted_exactly = rows.count < gathered_as.shape[1]
+            del gathered_as
             with parts.part("inverses"):
                 matrices, energies = [], []
                 for layer, _ in by_spec[spec]:
