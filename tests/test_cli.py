@@ -300,13 +300,18 @@ needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist.DEFAULT_ROOT.is_dir()
                                          reason="Fashion-MNIST missing: apt-get install dataset-fashion-mnist")
 
 
+def _saved_mlp(tmp_path):
+    """A 784-64-10 MLP without batch norms, saved as a Program: one prunable group, read by the last layer."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    return capture(model.eval(), torch.randn(1, 1, 28, 28), name="mlp").save(tmp_path / "mlp.pt2")
+
+
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_prune_of_a_model_without_batch_norms_does_not_claim_to_have_recalibrated_them(capsys, tmp_path, one_thread):
     """The first line listed "batch norms recalibrated" whenever the recalibration step ran, also where it found none."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
-    saved = capture(model.eval(), torch.randn(1, 1, 28, 28), name="mlp").save(tmp_path / "mlp.pt2")
+    saved = _saved_mlp(tmp_path)
     code, out, err = run_cli(capsys, "prune", saved, "--macs", "0.5", "--round-to", "4", "--calibrate",
                              "fashion-mnist", "--calibration-images", "32", "-o", tmp_path / "out")
     assert code == 0, err
@@ -314,11 +319,23 @@ def test_prune_of_a_model_without_batch_norms_does_not_claim_to_have_recalibrate
     assert "(obs, global, compensated)" in out.splitlines()[0]
 
 
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_prune_names_a_layer_with_fewer_calibration_rows_than_columns(capsys, tmp_path, one_thread):
+    """32 images give the last layer 32 rows for its 64 columns: obs scores its channels without compensation
+    (any compensation would fit 32 rows exactly), and the report and the summary say so."""
+    saved = _saved_mlp(tmp_path)
+    code, out, err = run_cli(capsys, "prune", saved, "--macs", "0.5", "--round-to", "4", "--calibrate",
+                             "fashion-mnist", "--calibration-images", "32", "-o", tmp_path / "out")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["importance_uncompensated"] == [{"layer": "3.weight", "rows": 32, "columns": 64}]
+    assert "scored without compensation: 3.weight (fewer calibration rows than input columns: 32 for 64)" in out
+
+
 def test_prune_names_the_groups_its_criterion_could_not_score(capsys, tmp_path, one_thread):
     """`--importance bn` on a model without batch norms scores every group by l2: the first line said "(bn, global)"."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
-    saved = capture(model.eval(), torch.randn(1, 1, 28, 28), name="mlp").save(tmp_path / "mlp.pt2")
+    saved = _saved_mlp(tmp_path)
     code, out, err = run_cli(capsys, "prune", saved, "--macs", "0.5", "--round-to", "4", "--importance", "bn",
                              "-o", tmp_path / "out")
     assert code == 0, err
@@ -349,6 +366,7 @@ def test_prune_calibrate_compensates_recalibrates_and_reports_both(capsys, tmp_p
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["calibration"] == "256 images from fashion-mnist (training images, shuffled)"
     assert report["importance"] == "obs" and report["compensated"] and report["macs_after"] == pytest.approx(0.5 * report["macs_before"], rel=0.03)
+    assert report["importance_uncompensated"] == []  # 256 rows for the classifier's 64 columns, and more elsewhere
     recalibration = report["recalibrate_batchnorm"]
     assert recalibration["recalibrated"] == recalibration["batch_norms"] == 21 and recalibration["images"] == 256
     compensation = report["compensation"]

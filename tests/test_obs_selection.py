@@ -426,3 +426,27 @@ def test_a_layer_with_fewer_calibration_rows_than_columns_charges_each_channel_i
     expected = np.cumsum(own[order].numpy())
     np.testing.assert_allclose([scores[at[c]] for c in order], expected, rtol=1e-6)
     assert expected[-1] > 0.5  # without a fit, removing every channel costs about the whole output
+
+
+@pytest.mark.parametrize("from_rows", [False, True])
+def test_uncompensated_errors_of_channels_with_different_column_counts_are_each_their_own(from_rows):
+    # channels of 1, 2 and 3 columns in one layer (scored a bucket at a time): each channel's error is
+    # ||X_c M_c^T||^2 / energy, computed here from the calibration rows X themselves
+    from types import SimpleNamespace
+
+    from prunefx.graph.channels.obs_elimination import UncompensatedState
+    from prunefx.graph.channels.saliency import _gram_blocks
+
+    torch.manual_seed(0)
+    rows, matrix = torch.randn(5, 9, dtype=torch.float64), torch.randn(4, 9, dtype=torch.float64)
+    columns = {0: torch.tensor([0]), 1: torch.tensor([1, 2]), 2: torch.tensor([3]), 3: torch.tensor([4, 5, 6]),
+               4: torch.tensor([], dtype=torch.long), 5: torch.tensor([7, 8])}
+    energy = float((rows @ matrix.t()).square().sum())
+    gram_blocks = _gram_blocks(None, SimpleNamespace(kept=rows)) if from_rows else _gram_blocks(rows.t() @ rows, None)
+    state = UncompensatedState(matrix, gram_blocks, energy, columns)
+    errors = np.zeros(6)
+    state.add_errors(errors, np.array([True, True, True, True, True, False]))
+    expected = [float((rows[:, c] @ matrix[:, c].t()).square().sum()) / energy if c.numel() else 0.0
+                for c in columns.values()]
+    np.testing.assert_allclose(errors, expected[:5] + [0.0], rtol=1e-12)
+    assert state.remove([1, 5]) == pytest.approx(expected[1] + expected[5], rel=1e-12)

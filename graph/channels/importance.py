@@ -38,6 +38,8 @@ class Importance:
     fallback_channels: int = 0      # the channels of those groups
     comparable: bool = False        # scores share one scale across groups: global ranking uses them as they are
     seconds: dict[str, float] = field(default_factory=dict)  # where `obs` spent its time (graph/part_seconds.py)
+    # `obs`: the layers with fewer calibration rows than columns, scored without compensation (layer, rows, columns)
+    uncompensated: list[dict] = field(default_factory=list)
 
 
 def channel_importance(module: torch.fx.GraphModule, combing: Combing, criterion: str, *,
@@ -98,7 +100,8 @@ def _obs_importance(module, combing: Combing, batches, damping: float, hessians:
     steps, removable = elimination
     saliency = obs_saliency(module, combing, batches, damping=damping, hessians=hessians, steps=steps,
                             removable=removable, progress=progress)
-    importance = Importance(saliency.scores, "obs", comparable=True, seconds=saliency.seconds)
+    importance = Importance(saliency.scores, "obs", comparable=True, seconds=saliency.seconds,
+                            uncompensated=saliency.uncompensated)
     missing = [index for index, read in enumerate(saliency.read) if not read.all()]
     _score_by_l2(module, combing, importance, missing)
     if missing:

@@ -49,17 +49,12 @@ class LayerState:
         if 2 * int((self.place >= 0).sum()) <= self.place.numel():
             self._compact()  # a small slice of a wide layer (a skip connection's share of a concat): copy it
         self.used, self.left, self.right = 0, None, None
-        by_size: dict[int, list[int]] = defaultdict(list)
-        for channel, cols in columns.items():
-            if cols.numel():
-                by_size[int(cols.numel())].append(channel)
         # channels with as many columns, their columns as one [channels, s] index (solved in one batch),
         # and their diagonal blocks of the inverse
         self.buckets = []
-        for channels in by_size.values():
-            index = torch.stack([columns[c] for c in channels])
+        for channels, index in _buckets(columns):
             at = self.place[index]
-            self.buckets.append((np.array(channels), index, self.base[at[:, :, None], at[:, None, :]]))
+            self.buckets.append((channels, index, self.base[at[:, :, None], at[:, None, :]]))
 
     def add_errors(self, errors: np.ndarray, alive: np.ndarray) -> None:
         """Add dE / energy of removing each alive channel (alone) from the current state to `errors`."""
@@ -182,12 +177,18 @@ class UncompensatedState:
     image). Such a layer charges a channel its error with no compensation, trace(M_c H_cc M_c^T) / energy, which
     no fit can shrink; the errors of a step's channels add up (their cross terms left out)."""
 
-    def __init__(self, matrix: torch.Tensor, gram_block, energy: float, columns: dict[int, torch.Tensor]):
-        """`gram_block(cols)`: H restricted to the columns `cols` (from H, or from the kept rows)."""
-        kept = {channel: cols for channel, cols in columns.items() if cols.numel()}
-        self.channels = np.array(list(kept), dtype=np.int64)
-        self.values = np.array([max(float((gram_block(cols) * (matrix[:, cols].t() @ matrix[:, cols])).sum()), 0.0)
-                                for cols in kept.values()]) / energy
+    def __init__(self, matrix: torch.Tensor, gram_blocks, energy: float, columns: dict[int, torch.Tensor]):
+        """`gram_blocks(index)`: H's diagonal blocks [n, s, s] for the columns of index [n, s] (from H, or from
+        the kept rows). Channels with as many columns are scored in one batch and read back once: on cuda a
+        read per channel would wait on the device a thousand times for a classifier's input."""
+        channels, values = [], []
+        for bucket, index in _buckets(columns):
+            weights = matrix[:, index]                                               # [outputs, n, s]
+            products = torch.einsum("oni,onj->nij", weights, weights)               # M_c^T M_c per channel
+            values.append((gram_blocks(index) * products).sum(dim=(1, 2)))
+            channels.append(bucket)
+        self.channels = np.concatenate(channels) if channels else np.zeros(0, dtype=np.int64)
+        self.values = np.zeros(0) if not values else np.maximum(torch.cat(values).cpu().numpy(), 0.0) / energy
 
     def add_errors(self, errors: np.ndarray, alive: np.ndarray) -> None:
         keep = alive[self.channels]
@@ -197,6 +198,16 @@ class UncompensatedState:
         return float(self.values[np.isin(self.channels, list(channels))].sum())
 
     joint_error = remove
+
+
+def _buckets(columns: dict[int, torch.Tensor]) -> list[tuple[np.ndarray, torch.Tensor]]:
+    """The channels that read columns, grouped by how many: (their indices, their columns as one [n, s] index)."""
+    by_size: dict[int, list[int]] = defaultdict(list)
+    for channel, cols in columns.items():
+        if cols.numel():
+            by_size[int(cols.numel())].append(channel)
+    return [(np.array(channels, dtype=np.int64), torch.stack([columns[c] for c in channels]))
+            for channels in by_size.values()]
 
 
 def _column_factor(matrix: torch.Tensor) -> torch.Tensor:

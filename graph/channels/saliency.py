@@ -43,6 +43,8 @@ class Saliency:
     read: list[np.ndarray]     # per group and channel: whether a usable layer reads it
     layers: int                # layers whose Hessian was used
     seconds: dict[str, float] = field(default_factory=dict)  # Hessians, inverses, elimination (none when cached)
+    # layers with fewer calibration rows than columns, scored without compensation: layer, rows, columns
+    uncompensated: list[dict] = field(default_factory=list)
 
 
 def obs_saliency(module: torch.fx.GraphModule, combing: Combing, batches, *, damping: float = 0.01,
@@ -168,7 +170,7 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
                 waiting[group] += 1
     states: dict[int, list[LayerState]] = defaultdict(list)
     scores = [np.zeros(group.size) for group in combing.groups]
-    layers = 0
+    layers, uncompensated = 0, {}
     total = sum(len(by_spec[spec]) for spec in needed)
     parts = PartSeconds(module_device(module))
     gathered = iter_hessians(module, needed, batches, cache=hessians, from_rows=True)
@@ -184,13 +186,14 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
             device = gathered_as.device
             # fewer rows than columns: a compensation would fit them exactly (UncompensatedState)
             fitted_exactly = rows.count < gathered_as.shape[1]
+            columns_read = gathered_as.shape[1]
             del gathered_as
             with parts.part("inverses"):
                 matrices, energies = [], []
                 for layer, _ in by_spec[spec]:
                     matrices.append(weight_matrix(module, layer.weight, transposed=layer.transposed).to(device))
                     energies.append(output_energy(matrices[-1], hessian, rows))
-                gram_block = _gram_block(hessian, rows) if fitted_exactly else None
+                gram_blocks = _gram_blocks(hessian, rows) if fitted_exactly else None
                 # H is read no more: its inverse is written over it (H and a copy of a ViT-L MLP's: 268 MB)
                 inverse = None if fitted_exactly else lean_damped_inverse(hessian, damping, rows, overwrite=True)
             with parts.part("elimination"):
@@ -206,7 +209,9 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
                     for group, columns in by_group.items():
                         # zero input or zero weights: removing anything costs nothing, the layer is left out
                         if fitted_exactly and energy > 0:
-                            states[group].append(UncompensatedState(matrix, gram_block, energy, columns))
+                            states[group].append(UncompensatedState(matrix, gram_blocks, energy, columns))
+                            uncompensated[layer.weight] = {"layer": layer.weight, "rows": int(rows.count),
+                                                           "columns": int(columns_read)}
                         elif inverse is not None and energy > 0:
                             states[group].append(LayerState(matrix, inverse, energy, columns))  # it keeps a copy
                         waiting[group] -= 1
@@ -214,7 +219,7 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
                            if inverse is not None and getattr(state, "base", None) is inverse]
                 if len(sharing) == 1:
                     sharing[0].owned = True  # its downdates may overwrite the inverse: no copy of it is made
-                del hessian, inverse, sharing, matrices, gram_block  # held by the states sharing it, until their first downdate
+                del hessian, inverse, sharing, matrices, gram_blocks  # held by the states sharing it, until their first downdate
                 for group in [g for g in states if waiting[g] == 0]:
                     scores[group] = eliminate(combing.groups[group].size, states.pop(group), steps=steps,
                                               removable=None if removable is None else removable[group])
@@ -222,15 +227,16 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
             # system, or the next layer's buffers land beside them and the peak grows with every layer
             release_freed_memory()
             bar.update(len(by_spec[spec]))
-    return Saliency(scores, read, layers, parts.seconds)
+    return Saliency(scores, read, layers, parts.seconds, list(uncompensated.values()))
 
 
-def _gram_block(hessian: torch.Tensor | None, rows):
-    """cols -> H restricted to `cols`, from H or, where it was not formed, from the kept calibration rows."""
+def _gram_blocks(hessian: torch.Tensor | None, rows):
+    """index [n, s] -> H's diagonal blocks [n, s, s] on those columns, from H or, where it was not formed, from
+    the kept calibration rows."""
     if hessian is not None:
-        return lambda cols: hessian[cols[:, None], cols]
+        return lambda index: hessian[index[:, :, None], index[:, None, :]]
     kept = rows.kept
-    return lambda cols: kept[:, cols].t() @ kept[:, cols]
+    return lambda index: torch.einsum("rni,rnj->nij", kept[:, index], kept[:, index])
 
 
 def _channel_blocks(combing: Combing) -> dict[tuple[int, int], np.ndarray]:

@@ -32,6 +32,8 @@ class ChannelsRemoved:
     blocked: list[dict]
     compensation: dict | None = None  # compensated and skipped layers, when compensation was asked
     heads: str = "whole"  # whole heads only, or head dims too
+    # `obs`: the layers with fewer calibration rows than columns, scored without compensation (layer, rows, columns)
+    importance_uncompensated: list[dict] = field(default_factory=list)
     # wall seconds per part (graph/part_seconds.py): read by `prunefx prune`'s report, kept out of the stats,
     # which say what was done and are the same on every run
     seconds: dict[str, float] = field(default_factory=dict, compare=False)
@@ -49,7 +51,8 @@ class ChannelsRemoved:
         """The report's keys (report.json of compress and prune), spelled out so that they stay put."""
         stats = {"target": self.target, "importance": self.importance,
                  "importance_fallback_groups": self.importance_fallback_groups,
-                 "importance_fallback_channels": self.importance_fallback_channels, "ranking": self.ranking,
+                 "importance_fallback_channels": self.importance_fallback_channels,
+                 "importance_uncompensated": self.importance_uncompensated, "ranking": self.ranking,
                  "round_to": self.round_to, "max_ratio": self.max_ratio, "heads": self.heads,
                  "macs_before": self.macs_before,
                  "macs_after": self.macs_after, "params_before": self.params_before, "params_after": self.params_after,
@@ -70,7 +73,7 @@ def removal_facts(config, target, importance, combing, plan, before, after, comp
         target={"kind": target.kind, "fraction": target.fraction, "met": plan.target_met, "at_floor": plan.at_floor}
         | ({} if plan.table_ms is None else {"table_ms": plan.table_ms}),
         importance=importance.criterion, importance_fallback_groups=importance.fallback_groups,
-        importance_fallback_channels=importance.fallback_channels,
+        importance_fallback_channels=importance.fallback_channels, importance_uncompensated=importance.uncompensated,
         ranking=config.ranking, round_to=int(config.round_to), max_ratio=float(config.max_ratio),
         heads=config.heads,
         macs_before=before.macs, macs_after=after.macs, params_before=before.params,

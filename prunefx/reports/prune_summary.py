@@ -30,6 +30,7 @@ def summary_lines(report: dict, output: Path, batch: int = 1) -> list[str]:
     blocked_by = sorted({op for block in report["blocked"] for op in block["operators"]})
     lines.append(f"groups {changed} of {len(report['groups'])} narrowed; {len(report['blocked'])} blocked"
                  + (f" by {', '.join(blocked_by)}" if blocked_by else ""))
+    lines += _too_few_rows(report.get("importance_uncompensated") or [])
     compensation = report["compensation"] or {"compensated": [], "skipped": []}
     layers, skipped = compensation["compensated"], compensation["skipped"]
     if layers:
@@ -49,3 +50,13 @@ def summary_lines(report: dict, output: Path, batch: int = 1) -> list[str]:
         written.append(output / report["module"]["file"])
     lines.append(f"wrote {', '.join(map(str, written))}")
     return lines
+
+
+def _too_few_rows(layers: list[dict]) -> list[str]:
+    """The layers obs scored without compensation: their calibration rows could not tell a compensation from a fit."""
+    if not layers:
+        return []
+    first = layers[0]
+    others = f" and {counted(len(layers) - 1, 'other layer')}" if len(layers) > 1 else ""
+    return [f"scored without compensation: {first['layer']}{others} (fewer calibration rows than input columns: "
+            f"{first['rows']} for {first['columns']}); more calibration images would let obs compensate there"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from prunefx.passes.removal.channels_removed import ChannelsRemoved
 
-WIDTH_KEYS = ("target", "importance", "importance_fallback_groups", "compensated", "compensation", "ranking",
-              "round_to", "max_ratio", "heads", "groups", "blocked")
+WIDTH_KEYS = ("target", "importance", "importance_fallback_groups", "importance_uncompensated", "compensated",
+              "compensation", "ranking", "round_to", "max_ratio", "heads", "groups", "blocked")
 
 
 def pruning_sections(*, removal: ChannelsRemoved | None = None, recalibration: dict | None = None,
@@ -26,6 +26,7 @@ def _width(removal: ChannelsRemoved | None) -> dict:
         return dict.fromkeys(WIDTH_KEYS)
     return {"target": removal.target, "importance": removal.importance,
             "importance_fallback_groups": removal.importance_fallback_groups,
+            "importance_uncompensated": removal.importance_uncompensated,
             "compensated": removal.compensated, "compensation": removal.compensation,
             "ranking": removal.ranking, "round_to": removal.round_to, "max_ratio": removal.max_ratio,
             "heads": removal.heads, "groups": removal.groups, "blocked": removal.blocked}
