@@ -101,8 +101,12 @@ def latency_aware_choice(data: dict) -> str:
     cases: dict[tuple, dict[str, float]] = {}
     for row in data["accuracy"]:
         cases.setdefault((row["model"], row["goal"]), {})[row["choice"]] = row["test_accuracy"]
-    better = sum(1 for case in cases.values() if case["latency"] > case["macs"])
-    accuracy = f"at equal speed-up more accurate in {better} of {len(cases)} Fashion-MNIST cases: MACs stay the default"
+    shown_accuracy = [[round(100 * case[choice], 2) for choice in ("latency", "macs")] for case in cases.values()]
+    counts = {"more accurate": sum(ours > theirs for ours, theirs in shown_accuracy),
+              "as accurate": sum(ours == theirs for ours, theirs in shown_accuracy),
+              "less accurate": sum(ours < theirs for ours, theirs in shown_accuracy)}
+    said = ", ".join(f"{words} in {count}" for words, count in counts.items() if count)
+    accuracy = f"at equal speed-up {said} of {len(cases)} Fashion-MNIST cases: MACs stay the default"
     rest = (f", even on {listed(even)}" if even else "") + (f", slower on {listed(slower)}" if slower else "")
     if not faster:
         return f"at equal MACs faster on none of {len(by_model)} models{rest}; {accuracy}"
