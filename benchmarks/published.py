@@ -52,9 +52,9 @@ FASHION_MNIST_MODELS = ("resnet20", "mobilenetv2_small", "vit_tiny_fmnist")
 
 RUNS = (
     # make bench: about 90 minutes on 2 cores (its last run: 45 minutes).
-    Run("prune_latency", "prune_latency", lane="bench", minutes=12),
+    Run("prune_latency", "prune_latency", lane="bench", minutes=18),
     Run("latency_aware_choice", "latency_aware_choice", ("--baseline-epochs", "2", "--equal-macs"),
-        lane="bench", minutes=17),
+        lane="bench", minutes=13),
     # every case of four models and ViT-g/14's uncalibrated one, 3 rounds
     Run("tool_speed", "tool_speed", ("--timeout", "300"), lane="bench", minutes=40),
     # ViT-L/16's --speedup 2 case alone, run to its end (the table above stops it at 300 s)
@@ -70,8 +70,8 @@ RUNS = (
         ("--models", "vit_small_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224"), lane="bench",
         needs="gpu", minutes=3, guessed=True),
     # Coverage: every model of the zoo and of the write-back, pruned with today's defaults.
-    Run("prune_zoo", "prune_zoo", lane="bench", minutes=9),
-    Run("write_back_coverage", "write_back_coverage", lane="bench", minutes=3),
+    Run("prune_zoo", "prune_zoo", lane="bench", minutes=6),
+    Run("write_back_coverage", "write_back_coverage", lane="bench", minutes=4),
     # make bench-all adds the rest: first the README's other headline rows, in the README's order.
     Run("modelopt_side_by_side", "modelopt_side_by_side",
         ("--models", "resnet50", "mobilenet_v2", "efficientnet_b0", "regnet_y_400mf", "convnext_tiny", "deit_small",
