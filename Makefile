@@ -76,7 +76,7 @@ test-fast: setup
 	$(VENV)/bin/ruff check .
 	$(TEST_ENV) $(PY) -m pytest -q -m "not slow and not zoo and not timing" -x -n $(TEST_WORKERS) --dist worksteal --durations=25
 
-# The benchmarks behind the README's headline and coverage figures that fit about 90 minutes on 2 cores, with the
+# The benchmarks behind the README's headline and coverage figures that fit about 95 minutes on 2 cores, with the
 # settings each was published with (benchmarks/published.py; `run_all.py --dry-run` prints the plan), then the
 # README's tables regenerated from their results files; on a quiet machine.
 # NVIDIA ModelOpt, the peer the INT8 and side-by-side benchmarks compare with, beside the venv (its [onnx] extra
