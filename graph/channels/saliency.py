@@ -185,8 +185,8 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
             gathered_as = rows.kept if hessian is None else hessian
             device = gathered_as.device
             # fewer rows than columns: a compensation would fit them exactly (UncompensatedState)
-            fitted_exactly = rows.count < gathered_as.shape[1]
             columns_read = gathered_as.shape[1]
+            fitted_exactly = rows.count < columns_read
             del gathered_as
             with parts.part("inverses"):
                 matrices, energies = [], []
@@ -211,7 +211,7 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
                         if fitted_exactly and energy > 0:
                             states[group].append(UncompensatedState(matrix, gram_blocks, energy, columns))
                             uncompensated[layer.weight] = {"layer": layer.weight, "rows": int(rows.count),
-                                                           "columns": int(columns_read)}
+                                                           "columns": columns_read}
                         elif inverse is not None and energy > 0:
                             states[group].append(LayerState(matrix, inverse, energy, columns))  # it keeps a copy
                         waiting[group] -= 1
@@ -236,7 +236,12 @@ def _gram_blocks(hessian: torch.Tensor | None, rows):
     if hessian is not None:
         return lambda index: hessian[index[:, :, None], index[:, None, :]]
     kept = rows.kept
-    return lambda index: torch.einsum("rni,rnj->nij", kept[:, index], kept[:, index])
+
+    def from_rows(index: torch.Tensor) -> torch.Tensor:
+        gathered = kept[:, index]  # [rows, n, s], gathered once for both sides of X_c^T X_c
+        return torch.einsum("rni,rnj->nij", gathered, gathered)
+
+    return from_rows
 
 
 def _channel_blocks(combing: Combing) -> dict[tuple[int, int], np.ndarray]:
