@@ -20,6 +20,7 @@ from prunefx.runtime import backends
 from prunefx.runtime.backends import Settings
 from prunefx.runtime.cuda.graph import CudaDevice
 from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
+from prunefx.runtime.ort.kernel_profile import kernel_ms_per_run
 from prunefx.runtime.tables.table import build_latency_table, grid_widths, program_latency_table
 from prunefx.runtime.tables.timer_by_name import layer_timer
 from prunefx.runtime.tables.timers import (
@@ -27,7 +28,6 @@ from prunefx.runtime.tables.timers import (
     OnnxRuntimeLayerTimer,
     TorchLayerTimer,
     cpu_model,
-    identity_model,
     layer_model,
 )
 
@@ -240,16 +240,38 @@ def test_the_one_layer_models_compute_the_layer(layer):
     torch.testing.assert_close(module(x), expected)
 
 
-def test_the_timers_return_a_time_and_say_where_they_ran():
-    clock = iter(np.arange(0.0, 100.0, 0.001)).__next__  # every call takes 1 ms on this clock
-    ort_timer = OnnxRuntimeLayerTimer(warmup=1, runs=3, clock=clock)
-    x = np.arange(6, dtype=np.float32).reshape(1, 6)  # the overhead's model computes nothing
-    session = ort.InferenceSession(identity_model((1, 6)).SerializeToString(), providers=["CPUExecutionProvider"])
-    np.testing.assert_array_equal(session.run(None, {"x": x})[0], x)
-    # every call takes 1 ms, the layer's as the Identity model's: nothing is left of the layer's time
-    assert ort_timer(CONV) == pytest.approx(0.0, abs=1e-9) and ort_timer.device == cpu_model()
-    assert 0.0 <= OnnxRuntimeLayerTimer(warmup=1, runs=3)(CONV) < 1e3
+def _profile_event(name: str, ts: int, dur: int, op: str | None = None) -> dict:
+    if op is None:
+        return {"cat": "Session", "name": name, "ts": ts, "dur": dur}
+    return {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
+
+
+def test_kernel_times_add_up_per_run_without_the_layout_reorders():
+    events = [_profile_event("model_run", 100, 50), _profile_event("model_run", 200, 60),
+              _profile_event("x_nchwc", 105, 7, "ReorderInput"), _profile_event("conv", 112, 30, "Conv"),
+              _profile_event("conv_fence_before", 111, 0, "Conv"), _profile_event("y", 143, 5, "ReorderOutput"),
+              _profile_event("x_nchwc", 203, 9, "ReorderInput"), _profile_event("conv", 212, 40, "Conv"),
+              {"cat": "Node", "name": "conv_fence_after", "ts": 252, "dur": 0, "args": {"op_name": "Conv"}},
+              _profile_event("session_initialization", 0, 90)]
+    assert kernel_ms_per_run(events) == pytest.approx([0.030, 0.040])  # microseconds in, milliseconds out
+    assert kernel_ms_per_run(events, skip=1) == pytest.approx([0.040])
+    assert kernel_ms_per_run(events, left_out=frozenset()) == pytest.approx([0.042, 0.049])
+
+
+def test_the_timers_return_a_time_and_say_where_they_ran(tmp_path):
+    ort_timer = OnnxRuntimeLayerTimer(warmup=1, runs=3)
+    assert 0.0 < ort_timer(CONV) < 1e3 and ort_timer.device == cpu_model()
     assert ort.__version__ in ort_timer.settings and "1 thread," in ort_timer.settings
+    # the operator work of a run is part of that run, as the profiler's own span of the run says
+    options = ort.SessionOptions()
+    options.enable_profiling, options.profile_file_prefix = True, str(tmp_path / "p")
+    session = ort.InferenceSession(layer_model(CONV).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        session.run(None, {"x": np.ones(CONV.input_shape, np.float32)})
+    events = json.loads(open(session.end_profiling()).read())
+    runs = [event["dur"] / 1e3 for event in events if event.get("name") == "model_run"]
+    every_node, without_layout = kernel_ms_per_run(events, left_out=frozenset()), kernel_ms_per_run(events)
+    assert len(every_node) == len(runs) == 3 and all(0 < w <= e <= r for w, e, r in zip(without_layout, every_node, runs))
     seen = []
     torch_timer = TorchLayerTimer(time_module=lambda module, inputs: seen.append(module(*inputs).shape) or 2.5,
                                   device="Fake GPU", precision="fp16", backend="cuda", settings="fake")

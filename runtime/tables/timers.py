@@ -1,6 +1,6 @@
 """Layer timers for latency tables (runtime/tables/table.py): one layer, built alone, timed on a backend.
 
-`OnnxRuntimeLayerTimer` ("ort") times a one-node ONNX model less the cost of an empty call; `TorchLayerTimer`
+`OnnxRuntimeLayerTimer` ("ort") times a one-node ONNX model's operator work as ONNX Runtime profiles it; `TorchLayerTimer`
 ("torch") times the layer as a module through a `time_module` function a GPU backend can supply. A timer's
 identity (device, library version, threads) keys the cache. Details: docs/algorithms.md, 'Latency tables'.
 """
@@ -8,7 +8,6 @@ identity (device, library version, threads) keys the cache. Details: docs/algori
 from __future__ import annotations
 
 import platform
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -23,6 +22,7 @@ from prunefx.graph.counted import counted
 from prunefx.runtime.measure.latency import measure_latency
 from prunefx.runtime.measure.width_multiple import CPUINFO
 from prunefx.runtime.ort.denormals import subnormal_mode
+from prunefx.runtime.ort.kernel_profile import median_kernel_ms
 from prunefx.runtime.ort.options import session_options
 from prunefx.runtime.ort.runners import timing_flushes_denormals
 
@@ -125,48 +125,38 @@ def layer_model(layer: TimedLayer) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
 
 
-def identity_model(shape: tuple[int, ...]) -> onnx.ModelProto:
-    """An ONNX model that returns its input `x` of `shape`: the cost of a call that computes nothing."""
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
-
-
 class OnnxRuntimeLayerTimer:
-    """Times a layer with ONNX Runtime on the CPU: `warmup` untimed runs, the median of `runs` timed ones."""
+    """Times a layer with ONNX Runtime on the CPU: the median over `runs` timed runs (after `warmup`) of its
+    operators' work as ONNX Runtime's profiler records it, without the call's overhead and the layout reorders
+    that only a lone layer needs (runtime/ort/kernel_profile.py): the layer's time inside a whole model."""
 
     backend = "ort"
     precision = "fp32"
 
     def __init__(self, *, threads: int = 1, warmup: int = 3, runs: int = 10, spinning: bool = True,
-                 flush_denormals: bool | None = None, clock: Callable[[], float] = time.perf_counter):
-        self.threads, self.warmup, self.runs, self.clock = threads, warmup, runs, clock
+                 flush_denormals: bool | None = None):
+        self.threads, self.warmup, self.runs = threads, warmup, runs
         self.device = cpu_model()
         # as the whole models are timed: the Measurement's session options (None: PRUNEFX_KEEP_DENORMALS decides)
         self.spinning = spinning
         self.flush_denormals = timing_flushes_denormals() if flush_denormals is None else flush_denormals
-        self.settings = (f"onnxruntime {ort.__version__}, {counted(threads, 'thread')}, less the call overhead"
-                         + ("" if spinning else ", not spinning")
+        self.settings = (f"onnxruntime {ort.__version__}, {counted(threads, 'thread')}, operator work without "
+                         "layout reorders" + ("" if spinning else ", not spinning")
                          + ("" if self.flush_denormals else ", subnormals kept"))  # a table of each is its own
-        self._overheads: dict[tuple[int, ...], float] = {}
+        self._warmed = False
 
     def __call__(self, layer: TimedLayer) -> float:
-        if not self._overheads:  # the process's first ONNX Runtime run, untimed
-            self._median(layer_model(layer), layer.input_shape)
-        shape = tuple(layer.input_shape)
-        if shape not in self._overheads:
-            self._overheads[shape] = self._median(identity_model(shape), shape)
-        return max(self._median(layer_model(layer), shape) - self._overheads[shape], 0.0)
+        if not self._warmed:  # the process's first ONNX Runtime run, untimed: its thread pools start
+            self._median(layer)
+            self._warmed = True
+        return self._median(layer)
 
-    def _median(self, model: onnx.ModelProto, shape: tuple[int, ...]) -> float:
+    def _median(self, layer: TimedLayer) -> float:
         options = session_options(self.threads, spinning=self.spinning, flush_denormals=self.flush_denormals)
+        feed = {"x": np.random.default_rng(1).standard_normal(layer.input_shape).astype(np.float32)}
         with subnormal_mode(self.flush_denormals):  # this thread computes too, as the session's workers do
-            session = ort.InferenceSession(model.SerializeToString(), sess_options=options,
-                                           providers=["CPUExecutionProvider"])
-            feed = {"x": np.random.default_rng(1).standard_normal(shape).astype(np.float32)}
-            return measure_latency(lambda: session.run(None, feed), warmup=self.warmup, runs=self.runs,
-                                   clock=self.clock).median_ms
+            return median_kernel_ms(layer_model(layer).SerializeToString(), feed, options, warmup=self.warmup,
+                                    runs=self.runs)
 
 
 _TORCH_ACTIVATIONS = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "gelu": F.gelu,

@@ -1,0 +1,59 @@
+"""What a model's operators take inside a run, read from ONNX Runtime's own profiler: the time of a run less
+what is not its operators' work (the call into ONNX Runtime, copying the input in and the output out) and
+less the layout reorders it adds around a lone operator.
+
+A latency table times one layer alone (runtime/tables/timers.py). Alone, ONNX Runtime's CPU provider reorders
+the input into its blocked layout (NCHWc) before a convolution and the output back after it; inside a whole
+model consecutive convolutions stay blocked and those reorders are not there. On a small layer the reorders
+and the call take as long as the convolution, and they grow with the activations, not with the work: timed
+with them, a table mistakes where a model's time goes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import onnxruntime as ort
+
+# ONNX Runtime's NCHWc transformer's layout conversions: inside a whole model only at the edges of blocked runs
+LAYOUT_OPS = frozenset({"ReorderInput", "ReorderOutput"})
+_KERNEL_SUFFIX = "_kernel_time"
+
+
+def kernel_ms_per_run(events: Iterable[Mapping], *, skip: int = 0, left_out: frozenset[str] = LAYOUT_OPS) -> list[float]:
+    """Milliseconds of operator work in each run of a profile's `events` (its JSON list), the first `skip` runs
+    left out: the kernel times of a run's nodes, nodes of the operators `left_out` not counted."""
+    events = list(events)
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                  if e.get("cat") == "Session" and e.get("name") == "model_run")
+    starts = [start for start, _ in runs]
+    totals = [0.0] * len(runs)
+    for event in events:
+        if event.get("cat") != "Node" or not event.get("name", "").endswith(_KERNEL_SUFFIX):
+            continue
+        if event.get("args", {}).get("op_name") in left_out:
+            continue
+        run = bisect.bisect_right(starts, event["ts"]) - 1
+        if run >= 0 and event["ts"] <= runs[run][1]:
+            totals[run] += event["dur"] / 1e3  # the profiler's times are in microseconds
+    return totals[skip:]
+
+
+def median_kernel_ms(model: bytes, feed: dict[str, np.ndarray], options: ort.SessionOptions, *, warmup: int,
+                     runs: int) -> float:
+    """The median over `runs` timed runs (after `warmup` untimed ones) of the operator work of a run of `model`
+    (kernel_ms_per_run), in a session with `options` and the profiler on; the profile file is removed."""
+    with tempfile.TemporaryDirectory(prefix="prunefx-profile-") as folder:
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(folder, "layer")
+        session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+        for _ in range(warmup + runs):
+            session.run(None, feed)
+        with open(session.end_profiling(), encoding="utf-8") as file:
+            events = json.load(file)
+    return float(np.median(kernel_ms_per_run(events, skip=warmup)))
