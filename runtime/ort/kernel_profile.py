@@ -25,14 +25,16 @@ LAYOUT_OPS = frozenset({"ReorderInput", "ReorderOutput"})
 _KERNEL_SUFFIX = "_kernel_time"
 
 
-def kernel_ms_per_run(events: Iterable[Mapping], *, skip: int = 0, left_out: frozenset[str] = LAYOUT_OPS) -> list[float]:
+def kernel_ms_per_run(events: Iterable[Mapping], *, skip: int = 0, left_out: frozenset[str] = LAYOUT_OPS,
+                      lead: int = 0) -> list[float]:
     """Milliseconds of operator work in each run of a profile's `events` (its JSON list), the first `skip` runs
-    left out: the kernel times of a run's nodes, nodes of the operators `left_out` not counted."""
+    left out: the kernel times of a run's nodes, nodes of the operators `left_out` not counted, nor the first
+    `lead` of the others to run (a lead-in that is not the work timed)."""
     events = list(events)
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
                   if e.get("cat") == "Session" and e.get("name") == "model_run")
     starts = [start for start, _ in runs]
-    totals = [0.0] * len(runs)
+    kernels: list[list[tuple[int, float]]] = [[] for _ in runs]  # per run: (start, ms) of each node counted
     for event in events:
         if event.get("cat") != "Node" or not event.get("name", "").endswith(_KERNEL_SUFFIX):
             continue
@@ -40,14 +42,15 @@ def kernel_ms_per_run(events: Iterable[Mapping], *, skip: int = 0, left_out: fro
             continue
         run = bisect.bisect_right(starts, event["ts"]) - 1
         if run >= 0 and event["ts"] <= runs[run][1]:
-            totals[run] += event["dur"] / 1e3  # the profiler's times are in microseconds
-    return totals[skip:]
+            kernels[run].append((event["ts"], event["dur"] / 1e3))  # the profiler's times are in microseconds
+    return [sum(ms for _, ms in sorted(nodes)[lead:]) for nodes in kernels[skip:]]
 
 
 def median_kernel_ms(model: bytes, feed: dict[str, np.ndarray], options: ort.SessionOptions, *, warmup: int,
-                     runs: int) -> float:
+                     runs: int, lead: int = 0) -> float:
     """The median over `runs` timed runs (after `warmup` untimed ones) of the operator work of a run of `model`
-    (kernel_ms_per_run), in a session with `options` and the profiler on; the profile file is removed."""
+    (kernel_ms_per_run, its first `lead` operators left out), in a session with `options` and the profiler on;
+    the profile file is removed."""
     with tempfile.TemporaryDirectory(prefix="prunefx-profile-") as folder:
         options.enable_profiling = True  # noqa: V101 - read by ONNX Runtime, not by Python
         options.profile_file_prefix = os.path.join(folder, "layer")  # noqa: V101
@@ -56,4 +59,4 @@ def median_kernel_ms(model: bytes, feed: dict[str, np.ndarray], options: ort.Ses
             session.run(None, feed)
         with open(session.end_profiling(), encoding="utf-8") as file:
             events = json.load(file)
-    return float(np.median(kernel_ms_per_run(events, skip=warmup)))
+    return float(np.median(kernel_ms_per_run(events, skip=warmup, lead=lead)))
