@@ -182,15 +182,23 @@ def equal_macs_rows(model: str, args) -> list[dict]:
         timed = Timing(dense, args, Path(folder), "dynamo").side_by_side(
             {choice: program for choice, (program, _) in chosen.items()}, args.rounds)
     return [{"model": model, "choice": choice, "fraction": fraction,
-             "macs_kept": count(program).macs / count(dense).macs, **timed[choice]}
+             "macs_kept": count(program).macs / count(dense).macs, **timed[choice],
+             "table_dense_ms": table_ms(table, dense), "table_ms": table_ms(table, program)}
             for choice, (program, fraction) in chosen.items()]
+
+
+def table_ms(table, program: Program) -> float:
+    """What the latency table says the program's timed layers take, each at its widths: beside the whole model's
+    measured time, how far the table's prediction is from it."""
+    return sum(table(layer, layer.in_channels, layer.out_channels) for layer in timed_layers(program.module))
 
 
 def markdown(report: dict) -> str:
     lines = ["# Channels chosen by measured time against channels chosen by MACs (ONNX Runtime, CPU)\n",
              f"Produced by `{report['command']}`.\n", machine_summary(report["machine"]), "",
              f"- Widths: multiples of {report['round_to']}; speed-ups at batch 1, {report['threads']} threads, "
-             "alternated with the dense model. The latency table times each layer alone.\n"]
+             "alternated with the dense model. The latency table times each layer alone: ONNX Runtime's kernel time of "
+             "its operators, without the layout reorders a lone layer needs.\n"]
     if report["smoke"]:
         lines.append("**Smoke run: untrained models and tiny settings; these figures mean nothing.**\n")
     for model, info in report["baselines"].items():
@@ -202,9 +210,18 @@ def markdown(report: dict) -> str:
     if report["equal_macs"]:
         lines.append("## Speed-up at equal MACs (random weights, l2 importance)\n")
         rows = [[r["model"], r["choice"], f"{r['macs_kept']:.3f}", f"{r['dense_ms']:.2f}", f"{r['ms']:.2f}",
-                 f"**{r['speedup']:.2f}x**"] for r in report["equal_macs"]]
-        lines.append(markdown_table(["model", "choice", "MACs kept", "dense ms", "pruned ms", "speed-up"], rows))
+                 f"**{r['speedup']:.2f}x**", *_table_cells(r)] for r in report["equal_macs"]]
+        lines.append(markdown_table(["model", "choice", "MACs kept", "dense ms", "pruned ms", "speed-up",
+                                     "table: dense ms", "table: pruned ms", "table: speed-up"], rows))
+        lines.append("\nThe table's columns: the sum of its times of the model's timed layers (convolutions and linear "
+                     "layers) at their widths, and the speed-up that sum predicts.")
     return "\n".join(lines)
+
+
+def _table_cells(row: dict) -> list[str]:
+    if "table_ms" not in row:
+        return ["", "", ""]
+    return [f"{row['table_dense_ms']:.2f}", f"{row['table_ms']:.2f}", f"{row['table_dense_ms'] / row['table_ms']:.2f}x"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
