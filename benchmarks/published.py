@@ -125,6 +125,8 @@ RUNS = (
     Run("int8_methods", "int8_methods", minutes=11),
     Run("int8_profile", "int8_profile", ("--models", "mobilenet_v2", "resnet50", "efficientnet_b0", "vit_s16", "--runs", "100"),
         minutes=3),
+    # where prune_latency's pruned models spend their time, operator type by type (its target's misses)
+    Run("prune_profile", "prune_profile", minutes=5, guessed=True),
     Run("plain_loop_recovery", "plain_loop_recovery", minutes=2),
     Run("process_rounds", "process_rounds", ("--repeats", "6"), minutes=2),
     # the files latency_budget's run (earlier in this list) leaves in run_all.py's build/bench/latency_budget/

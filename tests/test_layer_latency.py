@@ -20,7 +20,7 @@ from prunefx.runtime import backends
 from prunefx.runtime.backends import Settings
 from prunefx.runtime.cuda.graph import CudaDevice
 from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
-from prunefx.runtime.ort.kernel_profile import kernel_ms_per_run
+from prunefx.runtime.ort.kernel_profile import kernel_ms_by_operator, kernel_ms_per_run
 from prunefx.runtime.tables.table import build_latency_table, grid_widths, program_latency_table
 from prunefx.runtime.tables.timer_by_name import layer_timer
 from prunefx.runtime.tables.timers import (
@@ -259,6 +259,11 @@ def test_kernel_times_add_up_per_run_without_the_layout_reorders():
     assert kernel_ms_per_run(events, skip=1) == pytest.approx([0.044])
     assert kernel_ms_per_run(events, left_out=frozenset()) == pytest.approx([0.040, 0.051])
     assert kernel_ms_per_run(events, lead=1) == pytest.approx([0.030, 0.040])  # the lead-in ran first, in order
+    by_operator = kernel_ms_by_operator(events)  # per run, over both
+    assert list(by_operator) == ["Conv", "ReorderOutput", "ReorderInput"]
+    assert by_operator == pytest.approx({"Conv": 0.0385, "ReorderOutput": 0.005, "ReorderInput": 0.002})
+    assert kernel_ms_by_operator(events, skip=1) == pytest.approx({"Conv": 0.044, "ReorderInput": 0.002,
+                                                                   "ReorderOutput": 0.005})
 
 
 def test_the_timers_return_a_time_and_say_where_they_ran(tmp_path):

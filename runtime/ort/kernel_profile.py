@@ -60,3 +60,20 @@ def median_kernel_ms(model: bytes, feed: dict[str, np.ndarray], options: ort.Ses
         with open(session.end_profiling(), encoding="utf-8") as file:
             events = json.load(file)
     return float(np.median(kernel_ms_per_run(events, skip=warmup, lead=lead)))
+
+
+def kernel_ms_by_operator(events: Iterable[Mapping], *, skip: int = 0) -> dict[str, float]:
+    """Milliseconds per run of each operator type in a profile's `events`, over the runs after the first `skip`
+    (layout reorders included, as ReorderInput and ReorderOutput): where a whole model's time goes."""
+    events = list(events)
+    starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    if len(starts) <= skip:
+        return {}
+    totals: dict[str, float] = {}
+    for event in events:
+        if (event.get("cat") == "Node" and event.get("name", "").endswith(_KERNEL_SUFFIX)
+                and event["ts"] >= starts[skip]):
+            op = event.get("args", {}).get("op_name", "?")
+            totals[op] = totals.get(op, 0.0) + event["dur"] / 1e3
+    timed = len(starts) - skip
+    return {op: ms / timed for op, ms in sorted(totals.items(), key=lambda item: -item[1])}
