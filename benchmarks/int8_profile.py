@@ -33,6 +33,7 @@ from common import RESULTS, command_line, machine_info, machine_summary, markdow
 from int8_latency import MODELS, PRUNED_ROUND_TO, int8_pair_files
 
 from prunefx.assets import load_imagenet_batch
+from prunefx.runtime.ort.kernel_profile import kernel_ms_by_operator
 from prunefx.runtime.ort.options import session_options
 from prunefx.runtime.ort.runners import timing_flushes_denormals
 
@@ -48,11 +49,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def profiled_session(path: Path, folder: Path) -> tuple[ort.InferenceSession, Path]:
-    """A 1-thread session of `path` with ONNX Runtime's profiler on, and where its optimized graph is written: the
-    settings every prunefx timing session has (runtime/ort/options.py: spinning, subnormals flushed as a timing
-    flushes them), and the profiler."""
-    options = session_options(1, spinning=True, flush_denormals=timing_flushes_denormals())
+def profiled_session(path: Path, folder: Path, threads: int = 1) -> tuple[ort.InferenceSession, Path]:
+    """A session of `path` (1 thread unless told) with ONNX Runtime's profiler on, and where its optimized graph is
+    written: the settings every prunefx timing session has (runtime/ort/options.py: spinning, subnormals flushed as
+    a timing flushes them), and the profiler."""
+    options = session_options(threads, spinning=True, flush_denormals=timing_flushes_denormals())
     options.optimized_model_filepath = str(folder / f"{path.stem}_optimized.onnx")
     options.enable_profiling = True
     options.profile_file_prefix = str(folder / path.stem)
@@ -73,20 +74,16 @@ def run_interleaved(sessions, x, runs: int, warmup: int, block: int = 10) -> Non
                 session.run(None, feed)
 
 
-def kernel_times(session: ort.InferenceSession, optimized: Path, runs: int, warmup: int) -> dict:
+def kernel_times(session: ort.InferenceSession, optimized: Path, warmup: int) -> dict:
     """The operators ONNX Runtime runs and their kernel microseconds per run, by operator type; the first
     `warmup` runs (allocations, first-touch) are left out by their place in the profile."""
     events = json.loads(Path(session.end_profiling()).read_text())
-    timed_from = sorted(e["ts"] for e in events if e.get("name") == "model_run")[warmup]
-    micros: dict[str, float] = collections.defaultdict(float)
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= timed_from:
-            micros[event["args"]["op_name"]] += event["dur"]
+    ms = kernel_ms_by_operator(events, skip=warmup)  # per run, over the runs after the warm-up
     ran = collections.Counter(node.op_type for node in onnx.load(optimized).graph.node)
     return {"operators_run": dict(ran.most_common()),
-            "kernel_us_per_run": {op: us / runs for op, us in sorted(micros.items(), key=lambda kv: -kv[1])},
-            "kernel_ms_per_run": sum(micros.values()) / runs / 1000,
-            "kernel_ms_by_kind": {kind: sum(us for op, us in micros.items() if operator_kind(op) == kind) / runs / 1000
+            "kernel_us_per_run": {op: 1000 * value for op, value in ms.items()},
+            "kernel_ms_per_run": sum(ms.values()),
+            "kernel_ms_by_kind": {kind: sum(value for op, value in ms.items() if operator_kind(op) == kind)
                                   for kind in KINDS}}
 
 
@@ -110,7 +107,7 @@ def run_model(name: str, images, runs: int, pruned: bool, warmup: int = 3) -> di
         files = int8_pair_files(name, images, folder, pruned_round_to=PRUNED_ROUND_TO if pruned else None)
         sessions = {variant: profiled_session(path, folder) for variant, path in files.items()}
         run_interleaved([session for session, _ in sessions.values()], images[:1].numpy(), runs, warmup)
-        return {variant: kernel_times(session, optimized, runs, warmup)
+        return {variant: kernel_times(session, optimized, warmup)
                 for variant, (session, optimized) in sessions.items()}
 
 

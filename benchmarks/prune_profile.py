@@ -21,18 +21,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-import onnxruntime as ort
 import torch
 from common import command_line, machine_info, machine_summary, markdown_table, publish_results
-from int8_profile import run_interleaved
+from int8_profile import profiled_session, run_interleaved
 from prune_latency import INPUT_SHAPE, MODELS, TARGET_RATIO, VARIANTS, prune_prunefx
 
 from prunefx.graph import capture, count
 from prunefx.models import build_model
 from prunefx.runtime import export_onnx
 from prunefx.runtime.ort.kernel_profile import kernel_ms_by_operator
-from prunefx.runtime.ort.options import session_options
-from prunefx.runtime.ort.runners import timing_flushes_denormals
 
 NAME = "prune_profile"
 VARIANT = "prunefx-global"
@@ -53,13 +50,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def profiled_session(path: Path, folder: Path, threads: int) -> ort.InferenceSession:
-    options = session_options(threads, spinning=True, flush_denormals=timing_flushes_denormals())
-    options.enable_profiling = True
-    options.profile_file_prefix = str(folder / path.stem)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def profile_model(name: str, args) -> dict:
     torch.manual_seed(args.seed)
     dense_module = build_model(MODELS[name]).module.eval()
@@ -71,7 +61,7 @@ def profile_model(name: str, args) -> dict:
         folder = Path(tmp)
         files = {"dense": export_onnx(dense, folder / "dense.onnx").path,
                  "pruned": export_onnx(pruned, folder / "pruned.onnx").path}
-        sessions = {side: profiled_session(path, folder, args.threads) for side, path in files.items()}
+        sessions = {side: profiled_session(path, folder, args.threads)[0] for side, path in files.items()}
         print(f"[{name}] profiling dense and pruned, {args.runs} runs each ...", file=sys.stderr)
         run_interleaved(list(sessions.values()), example.numpy(), args.runs, WARMUP)
         by_operator = {side: kernel_ms_by_operator(json.loads(Path(session.end_profiling()).read_text()), skip=WARMUP)

@@ -40,7 +40,7 @@ def test_kernel_time_split_into_integer_conversions_and_float_adds_up_and_follow
     sessions = {name: profile.profiled_session(path, tmp_path) for name, path in files.items()}
     profile.run_interleaved([session for session, _ in sessions.values()], x.numpy(), runs=10, warmup=2)
     for name, (session, optimized) in sessions.items():
-        times = profile.kernel_times(session, optimized, runs=10, warmup=2)
+        times = profile.kernel_times(session, optimized, warmup=2)
         by_kind = times["kernel_ms_by_kind"]
         assert sum(by_kind.values()) == pytest.approx(times["kernel_ms_per_run"], rel=1e-9)
         ran = {node.op_type for node in onnx.load(optimized).graph.node}
