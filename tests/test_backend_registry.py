@@ -77,7 +77,7 @@ def test_the_shipped_backends_are_registered_default_first():
     assert backends.names()[0] == "ort"
     assert set(backends.names()) == {"ort", "trt", "cuda", "torch-trt", "trtexec", "torch"}
     assert "torch" not in backends.names(budgets=True)  # bench only
-    assert set(backends.names(profiles=True)) == {"trt", "trtexec", "cuda"}
+    assert set(backends.names(profiles=True)) == {"ort", "trt", "trtexec", "cuda"}
     assert backends.label("cuda") == "PyTorch on CUDA" and backends.label("unknown") == "unknown"
 
 

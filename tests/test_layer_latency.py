@@ -427,12 +427,12 @@ def test_layer_timers_by_backend_name():
 def test_an_onnx_runtime_layer_table_is_timed_with_the_measurements_session_options(monkeypatch):
     """A latency table predicts the whole models' times: its sessions take the Measurement's spinning and
     subnormals (read at the session options the timer asks for), and a table of each is its own."""
-    from prunefx.runtime.tables import timers
+    from prunefx.runtime.ort import kernel_profile
 
     asked = []
-    real = timers.session_options
-    monkeypatch.setattr(timers, "session_options", lambda threads, spinning, flush_denormals: asked.append(
-        (spinning, flush_denormals)) or real(threads, spinning, flush_denormals))
+    real = kernel_profile.session_options
+    monkeypatch.setattr(kernel_profile, "session_options", lambda threads, spinning, flush_denormals, **profiler:
+                        asked.append((spinning, flush_denormals)) or real(threads, spinning, flush_denormals, **profiler))
     timer = layer_timer("ort", Settings(threads=1, runs=1, warmup=0, spinning=False, flush_denormals=False))
     timer(CONV)
     assert asked and set(asked) == {(False, False)}

@@ -201,6 +201,18 @@ def add_backend_arguments(parser, choices: list[str], default: str) -> None:
     parser.add_argument("--cache-dir", help="TensorRT engine cache (default ~/.cache/prunefx/tensorrt)")
 
 
+def add_cpu_timing_arguments(parser) -> None:
+    """`bench` and `profile`'s flags for how ONNX Runtime (and torch on the CPU) time: threads, spinning, subnormals."""
+    parser.add_argument("--threads", type=options.threads, default=None,
+                        help=f"intra-op threads for ort and torch (default {LATENCY_THREADS})")
+    parser.add_argument("--no-spinning", action="store_true",
+                        help="ort: worker threads sleep between operators instead of spinning (ONNX Runtime's "
+                             "default, and prunefx's, is to spin; turn it off on hosts that share their cores)")
+    parser.add_argument("--keep-denormals", action="store_true",
+                        help="ort: time subnormal floats as IEEE arithmetic (slow on x86) instead of flushing them to "
+                             "zero as GPUs and TensorRT do (also PRUNEFX_KEEP_DENORMALS=1, for every command)")
+
+
 def refuse_unread(args, defaults: dict[str, object], why: str) -> None:
     """Flags this run would not read, refused in one line before any model is loaded (`why`: what they apply to),
     rather than ignored: those given on the command line (`args.given`, whatever their value: `--threads 2` is

@@ -20,6 +20,7 @@ class Facts:
 
 class OnnxRuntimeFacts(Facts):
     name, label, rank = "ort", "ONNX Runtime", 0
+    profiles = True
 
 
 class TensorRTFamilyFacts(Facts):

@@ -16,7 +16,9 @@ from prunefx.runtime.backends.facts import OnnxRuntimeFacts
 from prunefx.runtime.measure.latency import LatencyComparison, compare_rounds
 from prunefx.runtime.measure.speedup import PairMeasurer, onnx_latency_pair
 from prunefx.runtime.measure.width_multiple import onnxruntime_multiple
-from prunefx.runtime.ort.runners import OnnxRunnerMaker
+from prunefx.runtime.ort.node_profile import ort_profile
+from prunefx.runtime.ort.runners import OnnxRunnerMaker, timing_flushes_denormals
+from prunefx.runtime.tensorrt.layer_profile import LayerProfile
 
 
 class OnnxRuntimeBackend(OnnxRuntimeFacts, Backend):
@@ -48,6 +50,11 @@ class OnnxRuntimeBackend(OnnxRuntimeFacts, Backend):
         if len(models) == 1:
             return super().bench(models, settings)
         return onnx_side_by_side([(model.onnx, model.inputs) for model in models], settings).to_dict()
+
+    def profile(self, model: BenchModel, settings: Settings) -> LayerProfile:
+        flush = timing_flushes_denormals() if settings.flush_denormals is None else settings.flush_denormals
+        return ort_profile(model.onnx, model.inputs, threads=settings.threads, spinning=settings.spinning,
+                           flush_denormals=flush, warmup=settings.warmup, runs=settings.runs)
 
 
 def onnx_side_by_side(files: Sequence[tuple[Path, Sequence]], settings: Settings, *,

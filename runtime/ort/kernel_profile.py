@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import onnxruntime as ort
 
+from prunefx.runtime.ort.options import session_options
+
 # ONNX Runtime's NCHWc transformer's layout conversions: inside a whole model only at the edges of blocked runs
 LAYOUT_OPS = frozenset({"ReorderInput", "ReorderOutput"})
 _KERNEL_SUFFIX = "_kernel_time"
@@ -46,14 +48,13 @@ def kernel_ms_per_run(events: Iterable[Mapping], *, skip: int = 0, left_out: fro
     return [sum(ms for _, ms in sorted(nodes)[lead:]) for nodes in kernels[skip:]]
 
 
-def median_kernel_ms(model: bytes, feed: dict[str, np.ndarray], options: ort.SessionOptions, *, warmup: int,
-                     runs: int, lead: int = 0) -> float:
+def median_kernel_ms(model: bytes, feed: dict[str, np.ndarray], *, threads: int, spinning: bool,
+                     flush_denormals: bool, warmup: int, runs: int, lead: int = 0) -> float:
     """The median over `runs` timed runs (after `warmup` untimed ones) of the operator work of a run of `model`
-    (kernel_ms_per_run, its first `lead` operators left out), in a session with `options` and the profiler on;
-    the profile file is removed."""
+    (kernel_ms_per_run, its first `lead` operators left out), in a session with prunefx's timing settings
+    (runtime/ort/options.py) and the profiler on; the profile file is removed."""
     with tempfile.TemporaryDirectory(prefix="prunefx-profile-") as folder:
-        options.enable_profiling = True  # noqa: V101 - read by ONNX Runtime, not by Python
-        options.profile_file_prefix = os.path.join(folder, "layer")  # noqa: V101
+        options = session_options(threads, spinning, flush_denormals, profile_prefix=os.path.join(folder, "layer"))
         session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
         for _ in range(warmup + runs):
             session.run(None, feed)
@@ -77,3 +78,24 @@ def kernel_ms_by_operator(events: Iterable[Mapping], *, skip: int = 0) -> dict[s
             totals[op] = totals.get(op, 0.0) + event["dur"] / 1e3
     timed = len(starts) - skip
     return {op: ms / timed for op, ms in sorted(totals.items(), key=lambda item: -item[1])}
+
+
+def kernel_ms_by_node(events: Iterable[Mapping], *, skip: int = 0) -> dict[str, tuple[str, float]]:
+    """For each node that ran, in the order the nodes first ran: its operator type and the median over the runs
+    after the first `skip` of its kernel milliseconds in a run (nodes as ONNX Runtime runs them: after its graph
+    optimisations, fused nodes under one name and its layout reorders among them)."""
+    events = list(events)
+    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")[skip:]
+    if not runs:
+        return {}
+    per_run: dict[str, list[float]] = {}
+    ops: dict[str, str] = {}
+    for event in sorted(events, key=lambda e: e.get("ts", 0)):
+        if (event.get("cat") != "Node" or not event.get("name", "").endswith(_KERNEL_SUFFIX)
+                or event["ts"] < runs[0]):
+            continue
+        name = event["name"][:-len(_KERNEL_SUFFIX)]
+        ops.setdefault(name, event.get("args", {}).get("op_name", "?"))
+        times = per_run.setdefault(name, [0.0] * len(runs))
+        times[bisect.bisect_right(runs, event["ts"]) - 1] += event["dur"] / 1e3
+    return {name: (ops[name], float(np.median(times))) for name, times in per_run.items()}

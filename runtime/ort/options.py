@@ -14,9 +14,11 @@ import onnxruntime as ort
 LOG_SEVERITY_ERROR = 3
 
 
-def session_options(threads: int, spinning: bool, flush_denormals: bool) -> ort.SessionOptions:
+def session_options(threads: int, spinning: bool, flush_denormals: bool,
+                    profile_prefix: str | None = None) -> ort.SessionOptions:
     """CPU settings: `threads` intra-op threads, one inter-op thread, sequential execution, every graph
-    optimisation; workers spinning between operators unless `spinning=False`; subnormals flushed if asked."""
+    optimisation; workers spinning between operators unless `spinning=False`; subnormals flushed if asked;
+    ONNX Runtime's profiler on, writing to `profile_prefix`_<time>.json, if given."""
     options = ort.SessionOptions()
     options.log_severity_level = LOG_SEVERITY_ERROR
     options.intra_op_num_threads = threads
@@ -34,10 +36,14 @@ def session_options(threads: int, spinning: bool, flush_denormals: bool) -> ort.
     # its timing sessions first, and in-process runs set that thread themselves (ort/denormals.py).
     if flush_denormals:
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    if profile_prefix is not None:
+        options.enable_profiling = True  # noqa: V101 - read by ONNX Runtime, not by Python
+        options.profile_file_prefix = profile_prefix  # noqa: V101
     return options
 
 
-def cpu_session(path: str, threads: int, spinning: bool, flush_denormals: bool) -> ort.InferenceSession:
+def cpu_session(path: str, threads: int, spinning: bool, flush_denormals: bool,
+                profile_prefix: str | None = None) -> ort.InferenceSession:
     """An InferenceSession on the CPU execution provider with `session_options`."""
-    return ort.InferenceSession(path, sess_options=session_options(threads, spinning, flush_denormals),
+    return ort.InferenceSession(path, sess_options=session_options(threads, spinning, flush_denormals, profile_prefix),
                                 providers=["CPUExecutionProvider"])

@@ -37,13 +37,14 @@ class OnnxRuntimeSession:
     """Run an .onnx file on the CPU: `OnnxRuntimeSession(path, threads=2).run(x)` -> list of arrays."""
 
     def __init__(self, path: str | os.PathLike, *, threads: int = DEFAULT_THREADS, spinning: bool = True,
-                 flush_denormals: bool = False):
+                 flush_denormals: bool = False, profile_prefix: str | None = None):
         _check_threads(threads)
         self.path = Path(path)
         self.threads = threads
         self.spinning = spinning
         self.flush_denormals = flush_denormals
-        self.session = _load(self.path, threads, spinning, flush_denormals)
+        # profile_prefix: ONNX Runtime's profiler on, its file from session.end_profiling() (runtime/ort/node_profile.py)
+        self.session = _load(self.path, threads, spinning, flush_denormals, profile_prefix)
         self.input_names = [arg.name for arg in self.session.get_inputs()]
         self.output_names = [arg.name for arg in self.session.get_outputs()]
 
@@ -108,11 +109,12 @@ def _check_threads(threads: int) -> None:
         raise OnnxSessionError(problem)
 
 
-def _load(path: Path, threads: int, spinning: bool, flush_denormals: bool = False) -> ort.InferenceSession:
+def _load(path: Path, threads: int, spinning: bool, flush_denormals: bool = False,
+          profile_prefix: str | None = None) -> ort.InferenceSession:
     check_session_file(path, threads)
     try:
         with subnormal_mode(None):  # a process's first session sets its creator's mode: put it back
-            return cpu_session(str(path), threads, spinning, flush_denormals)
+            return cpu_session(str(path), threads, spinning, flush_denormals, profile_prefix)
     except Exception as error:  # InvalidProtobuf, Fail, InvalidGraph...: all mean "unusable file"
         if _out_of_memory(error):  # a memory limit, not a corrupt file: the CLI names it as such
             raise MemoryError(f"loading {path} into ONNX Runtime: {first_line(error)}") from error

@@ -23,7 +23,6 @@ from prunefx.runtime.measure.latency import measure_latency
 from prunefx.runtime.measure.width_multiple import CPUINFO
 from prunefx.runtime.ort.denormals import subnormal_mode
 from prunefx.runtime.ort.kernel_profile import median_kernel_ms
-from prunefx.runtime.ort.options import session_options
 from prunefx.runtime.ort.runners import timing_flushes_denormals
 
 OPSET = 18
@@ -161,11 +160,11 @@ class OnnxRuntimeLayerTimer:
         return self._median(layer)
 
     def _median(self, layer: TimedLayer) -> float:
-        options = session_options(self.threads, spinning=self.spinning, flush_denormals=self.flush_denormals)
         feed = {"x": np.random.default_rng(1).standard_normal(layer.input_shape).astype(np.float32)}
         lead_in = layer.kind == "conv2d"  # its lead-in convolution runs first and is not the layer's time
         with subnormal_mode(self.flush_denormals):  # this thread computes too, as the session's workers do
-            return median_kernel_ms(layer_model(layer, lead_in=lead_in).SerializeToString(), feed, options,
+            return median_kernel_ms(layer_model(layer, lead_in=lead_in).SerializeToString(), feed,
+                                    threads=self.threads, spinning=self.spinning, flush_denormals=self.flush_denormals,
                                     warmup=self.warmup, runs=self.runs, lead=int(lead_in))
 
 
