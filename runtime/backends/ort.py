@@ -16,7 +16,7 @@ from prunefx.runtime.backends.facts import OnnxRuntimeFacts
 from prunefx.runtime.measure.latency import LatencyComparison, compare_rounds
 from prunefx.runtime.measure.speedup import PairMeasurer, onnx_latency_pair
 from prunefx.runtime.measure.width_multiple import onnxruntime_multiple
-from prunefx.runtime.ort.node_profile import ort_profile
+from prunefx.runtime.ort.profile_nodes import ort_profile
 from prunefx.runtime.ort.runners import OnnxRunnerMaker, timing_flushes_denormals
 from prunefx.runtime.tensorrt.layer_profile import LayerProfile
 

@@ -43,7 +43,7 @@ class OnnxRuntimeSession:
         self.threads = threads
         self.spinning = spinning
         self.flush_denormals = flush_denormals
-        # profile_prefix: ONNX Runtime's profiler on, its file from session.end_profiling() (runtime/ort/node_profile.py)
+        # profile_prefix: ONNX Runtime's profiler on, its file from session.end_profiling() (runtime/ort/profile_nodes.py)
         self.session = _load(self.path, threads, spinning, flush_denormals, profile_prefix)
         self.input_names = [arg.name for arg in self.session.get_inputs()]
         self.output_names = [arg.name for arg in self.session.get_outputs()]

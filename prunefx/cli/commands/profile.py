@@ -1,7 +1,7 @@
 """prunefx profile MODEL_OR_ONNX [--backend ort|trt|trtexec|cuda]: a per-layer profile on a backend.
 
 One row per layer, slowest first: its type, precision, median time and share, and what it computes. `ort` (the
-default) reads ONNX Runtime's profiler, one row per node it runs (runtime/ort/node_profile.py); `trt`
+default) reads ONNX Runtime's profiler, one row per node it runs (runtime/ort/profile_nodes.py); `trt`
 builds the engine with the TensorRT Python API and times layers with an IProfiler; `trtexec` runs the
 trtexec program with --exportProfile and --exportLayerInfo (Jetson boards); for those, a row says whether
 the layer ran a sparse tensor-core kernel and lists the Program nodes it computes (fused layers list several)
