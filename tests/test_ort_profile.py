@@ -57,4 +57,5 @@ def test_the_profile_has_a_row_for_each_node_onnx_runtime_runs(tmp_path, capsys)
     assert all(row["precision"] == "fp32" and row["median_ms"] >= 0 for row in profile["layers"])
     # a node ONNX Runtime kept under its own name, or wrote into its blocked layout, names the module it computes
     assert any(row["scopes"] for row in profile["layers"])
-    assert "onnxruntime" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "onnxruntime" in printed and "sparse" not in printed  # ONNX Runtime's profile cannot tell sparse kernels

@@ -200,18 +200,23 @@ def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
+SPARSE_SOURCES = ("tensorrt", "trtexec")  # the profiles that say whether a layer ran a 2:4 sparse kernel
+
+
 def format_profile_table(profile: LayerProfile, *, limit: int | None = None) -> str:
-    """A fixed-width table, slowest layers first."""
+    """A fixed-width table, slowest layers first; the sparse column where the profile can tell (TensorRT's)."""
     rows = sorted(profile.rows, key=lambda row: row.median_ms, reverse=True)[:limit]
-    lines = [f"{'layer':<48} {'type':<16} {'prec':<5} {'ms':>9} {'share':>6} {'sparse':<6} program nodes / scope"]
+    tells_sparse = profile.source in SPARSE_SOURCES
+    sparse_column = f" {'sparse':<6}" if tells_sparse else ""
+    lines = [f"{'layer':<48} {'type':<16} {'prec':<5} {'ms':>9} {'share':>6}{sparse_column} program nodes / scope"]
     for row in rows:
         where = ("reformat for " if row.reformat else "") + (", ".join(row.program_nodes) or ", ".join(row.scopes) or "-")
+        sparse = f" {'yes' if row.ran_sparse else 'no':<6}" if tells_sparse else ""
         lines.append(f"{_shorten(row.layer, 48):<48} {_shorten(row.layer_type, 16):<16} {row.precision:<5} "
-                     f"{row.median_ms:9.4f} {100 * row.share:5.1f}% {'yes' if row.ran_sparse else 'no':<6} "
-                     f"{_shorten(where, 60)}")
-    sparse = sum(row.ran_sparse for row in profile.rows)
+                     f"{row.median_ms:9.4f} {100 * row.share:5.1f}%{sparse} {_shorten(where, 60)}")
+    ran_sparse = f"; {sum(row.ran_sparse for row in profile.rows)} ran sparse kernels" if tells_sparse else ""
     lines.append(f"{len(profile.rows)} layers, {profile.total_ms:.4f} ms summed (median of {profile.runs} runs, "
-                 f"{profile.source}); {sparse} ran sparse kernels")
+                 f"{profile.source}){ran_sparse}")
     return "\n".join(lines + [f"note: {note}" for note in profile.notes])
 
 
