@@ -174,7 +174,8 @@ def equal_macs_rows(model: str, args) -> list[dict]:
                     name=model).eval()
     table = latency_table(dense, args)
     extra = {"importance": "l2", "round_to": args.round_to}
-    by_macs = prune(dense, "macs", args.macs, table, extra)
+    removed = remove_channels(dense.clone(), config={"macs": args.macs, "strict": False, **extra})
+    by_macs, groups = removed.program, [group["members"][0] for group in removed.stats["groups"]]
     target = count(by_macs).macs / count(dense).macs
     by_latency, _, fraction = table_fraction.at_macs(dense, table, target, extra)
     chosen = {"macs": (by_macs, args.macs), "latency": (by_latency, fraction)}
@@ -183,8 +184,16 @@ def equal_macs_rows(model: str, args) -> list[dict]:
             {choice: program for choice, (program, _) in chosen.items()}, args.rounds)
     return [{"model": model, "choice": choice, "fraction": fraction,
              "macs_kept": count(program).macs / count(dense).macs, **timed[choice],
-             "table_dense_ms": table_ms(table, dense), "table_ms": table_ms(table, program)}
+             "table_dense_ms": table_ms(table, dense), "table_ms": table_ms(table, program),
+             "widths": {member: [group_width(dense, member), group_width(program, member)] for member in groups}}
             for choice, (program, fraction) in chosen.items()]
+
+
+def group_width(program: Program, member: str) -> int:
+    """The width of a channel group in `program`, read from its first member ("parameter:dim", as the removal's
+    statistics name it) in the program's weights: the same for whichever choice cut it."""
+    name, _, dim = member.rpartition(":")
+    return int(program.module.state_dict()[name].shape[int(dim)])
 
 
 def table_ms(table, program: Program) -> float:
@@ -214,8 +223,24 @@ def markdown(report: dict) -> str:
         lines.append(markdown_table(["model", "choice", "MACs kept", "dense ms", "pruned ms", "speed-up",
                                      "table: dense ms", "table: pruned ms", "table: speed-up"], rows))
         lines.append("\nThe table's columns: the sum of its times of the model's timed layers (convolutions and linear "
-                     "layers) at their widths, and the speed-up that sum predicts.")
+                     "layers) at their widths, and the speed-up that sum predicts.\n")
+        lines += ["Where the two choices' widths differ most (channel groups by their first member: dense width, "
+                  "MACs choice, latency choice):\n", *_widest_differences(report["equal_macs"])]
     return "\n".join(lines)
+
+
+def _widest_differences(rows: list[dict], shown: int = 4) -> list[str]:
+    """A line per model: its `shown` groups whose kept widths differ most between the choices, relative to dense."""
+    lines = []
+    for model in dict.fromkeys(row["model"] for row in rows):
+        widths = {row["choice"]: row.get("widths", {}) for row in rows if row["model"] == model}
+        macs, latency = widths.get("macs", {}), widths.get("latency", {})
+        common = [member for member in macs if member in latency]
+        common.sort(key=lambda member: -abs(macs[member][1] - latency[member][1]) / macs[member][0])
+        if common:
+            lines.append(f"- {model}: " + "; ".join(f"`{member}` {macs[member][0]}: {macs[member][1]}, "
+                                                    f"{latency[member][1]}" for member in common[:shown]))
+    return lines
 
 
 def _table_cells(row: dict) -> list[str]:
